@@ -1,0 +1,28 @@
+//! Clients: what generated `<Name>Client` types are built on.
+//!
+//! A generated client encodes each call as its state machine's `Write` or
+//! `Read` command and hands the bytes to a [`Submit`] implementation, which
+//! delivers them to the cluster and returns the encoded reply. The network
+//! client (QUIC, leader routing, retries) implements [`Submit`]; so does
+//! [`Local`], which applies commands to a state machine in the same process
+//! and serves unit tests and examples that need no cluster.
+//!
+//! This module never imports the runtime: a client binary carries no server.
+
+mod local;
+
+use std::future::Future;
+
+pub use local::Local;
+
+use crate::error::Error;
+
+/// Delivers encoded commands to a state machine and returns encoded replies.
+pub trait Submit: Send + Sync {
+    /// Submits an encoded `Write` command; resolves to the encoded
+    /// `WriteOutput` once the command has been applied.
+    fn write(&self, command: Vec<u8>) -> impl Future<Output = Result<Vec<u8>, Error>> + Send;
+    /// Submits an encoded `Read` query; resolves to the encoded `ReadOutput`,
+    /// linearizable with respect to every write.
+    fn read(&self, query: Vec<u8>) -> impl Future<Output = Result<Vec<u8>, Error>> + Send;
+}

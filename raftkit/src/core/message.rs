@@ -1,0 +1,143 @@
+//! The messages Raft peers exchange (Raft Figure 2, thesis §6.4, §3.10).
+//!
+//! Every message carries the sender's term in one place, [`Message::term`],
+//! so that the rule "a node adopts a higher term from any message" (Raft
+//! §5.1) is applied once, before a message's body is looked at.
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{Entry, Index, NodeId, SnapshotMeta, Term};
+
+/// A message between two peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The sender.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// The sender's term, or for a pre-vote request the term the sender would
+    /// campaign in.
+    pub term: Term,
+    /// What the message says.
+    pub body: Body,
+}
+
+/// The body of a [`Message`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// RequestVote (Raft §5.2) or, with `pre_vote`, the PreVote probe
+    /// (thesis §9.6) that asks whether a vote *would* be granted.
+    RequestVote {
+        /// Index of the candidate's last log entry.
+        last_index: Index,
+        /// Term of the candidate's last log entry.
+        last_term: Term,
+        /// A PreVote probe: receivers neither adopt the term nor record a vote.
+        pre_vote: bool,
+        /// Sent because of a leadership transfer: receivers grant it even
+        /// while they believe a leader is alive (thesis §3.10).
+        transfer: bool,
+    },
+    /// The answer to a [`Body::RequestVote`].
+    RequestVoteResponse {
+        /// Whether the vote was granted.
+        granted: bool,
+        /// Answers a pre-vote probe.
+        pre_vote: bool,
+    },
+    /// AppendEntries (Raft §5.3). With no entries it still carries the commit
+    /// index and probes for the follower's log position.
+    AppendEntries {
+        /// Index of the entry immediately before `entries`.
+        prev_index: Index,
+        /// Term of that entry.
+        prev_term: Term,
+        /// Entries to append; may be empty.
+        entries: Vec<Entry>,
+        /// The leader's commit index.
+        commit: Index,
+    },
+    /// The answer to a [`Body::AppendEntries`].
+    AppendEntriesResponse {
+        /// On success, the index of the last entry now known to match the
+        /// leader's log; on rejection, the `prev_index` that was rejected.
+        index: Index,
+        /// Whether the follower's log matched at `prev_index`.
+        success: bool,
+        /// On rejection, the follower's hint for fast backtracking: the
+        /// largest index at or below the rejected one whose term is at most
+        /// the leader's `prev_term`, and that entry's term.
+        hint: Option<(Index, Term)>,
+    },
+    /// A heartbeat (Raft §5.2). It carries the commit index the follower may
+    /// safely adopt and the round of read confirmation it belongs to
+    /// (thesis §6.4).
+    Heartbeat {
+        /// `min(follower's match index, leader's commit)`.
+        commit: Index,
+        /// The read-confirmation round this heartbeat belongs to.
+        round: u64,
+    },
+    /// The answer to a [`Body::Heartbeat`], echoing its round.
+    HeartbeatResponse {
+        /// The round of the heartbeat being answered.
+        round: u64,
+    },
+    /// Tells a caught-up voter to campaign at once (thesis §3.10).
+    TimeoutNow,
+    /// One chunk of a snapshot (Raft §7).
+    InstallSnapshot {
+        /// What the whole snapshot covers.
+        meta: SnapshotMeta,
+        /// Byte offset of this chunk within the snapshot data.
+        offset: u64,
+        /// The chunk's bytes.
+        data: Vec<u8>,
+        /// Whether this is the last chunk.
+        done: bool,
+    },
+    /// The answer to an [`Body::InstallSnapshot`] chunk.
+    InstallSnapshotResponse {
+        /// The snapshot's last index.
+        index: Index,
+        /// The offset the follower expects next (the end of what it holds),
+        /// or the whole length once installed.
+        next_offset: u64,
+        /// Whether the snapshot has been installed.
+        done: bool,
+        /// The chunk did not continue the transfer the follower holds; the
+        /// leader must restart from `next_offset`.
+        rejected: bool,
+    },
+}
+
+impl Body {
+    /// Whether this body is a response (its term is compared differently by
+    /// some rules).
+    pub fn is_response(&self) -> bool {
+        matches!(
+            self,
+            Body::RequestVoteResponse { .. }
+                | Body::AppendEntriesResponse { .. }
+                | Body::HeartbeatResponse { .. }
+                | Body::InstallSnapshotResponse { .. }
+        )
+    }
+
+    /// A short name for logs and traces.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::RequestVote { pre_vote: true, .. } => "PreVote",
+            Body::RequestVote { .. } => "RequestVote",
+            Body::RequestVoteResponse { pre_vote: true, .. } => "PreVoteResponse",
+            Body::RequestVoteResponse { .. } => "RequestVoteResponse",
+            Body::AppendEntries { .. } => "AppendEntries",
+            Body::AppendEntriesResponse { .. } => "AppendEntriesResponse",
+            Body::Heartbeat { .. } => "Heartbeat",
+            Body::HeartbeatResponse { .. } => "HeartbeatResponse",
+            Body::TimeoutNow => "TimeoutNow",
+            Body::InstallSnapshot { .. } => "InstallSnapshot",
+            Body::InstallSnapshotResponse { .. } => "InstallSnapshotResponse",
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! raftkit: typed, replicated state machines on Raft.
+//!
+//! The crate is organised in layers (see `DESIGN.md` in the repository):
+//!
+//! - [`core`]: the Raft protocol as a pure, deterministic state machine. No
+//!   IO, no clocks, no threads: time arrives as ticks and every output is
+//!   collected in a [`core::Ready`] value.
+//! - [`state_machine`]: the trait a user's state machine implements (usually
+//!   through `#[derive(StateMachine)]`), and the byte-level dispatch.
+//! - [`client`]: what generated typed clients are built on.
+//! - `sim` (feature `sim`): a seeded, deterministic cluster simulation and a
+//!   linearizability checker.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod core;
+pub mod error;
+pub mod state_machine;
+
+pub use error::Error;
+pub use state_machine::{ErrorPolicy, StateMachine};

@@ -1,0 +1,168 @@
+//! The contract between raftkit and a user's replicated state machine.
+//!
+//! Users rarely implement [`StateMachine`] by hand: `#[derive(StateMachine)]`
+//! on a struct together with `#[raftkit::state_machine]` on its impl block
+//! generate it (see the crate docs). The runtime and the simulation speak to a
+//! state machine only through the byte-level helpers in this module
+//! ([`apply_encoded`], [`query_encoded`]), which decode commands with postcard,
+//! run the handler, apply the error policy and encode the reply.
+//!
+//! # Invariants
+//! - Handlers are deterministic: the same state and the same command give the
+//!   same result and the same new state on every replica. No clocks, no
+//!   randomness, no IO in handlers.
+//! - Whatever a handler does, including panicking, the log is neither lost
+//!   nor reordered: under [`ErrorPolicy::Skip`] the entry is consumed with an
+//!   error reply on every replica alike; under [`ErrorPolicy::Halt`] the node
+//!   stops applying at that entry and keeps it in the log for a fixed binary.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// What happens when a `#[write]` handler panics (DESIGN §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ErrorPolicy {
+    /// Log the panic, answer the caller with a handler error, and go on with
+    /// the next entry. Every replica does the same, so replicas stay equal.
+    Skip,
+    /// Stop applying on this node, report it through status and metrics, and
+    /// keep the log intact so that a fixed binary can resume from it.
+    Halt,
+}
+
+/// A replicated state machine.
+///
+/// `Write` commands change the state and go through the log; `Read` queries
+/// observe it and are served on the leader after a ReadIndex round.
+pub trait StateMachine: Sized + Send + 'static {
+    /// The command enum: one variant per `#[write]` handler.
+    type Write: Serialize + DeserializeOwned + Send + 'static;
+    /// What applying a `Write` returns.
+    type WriteOutput: Serialize + DeserializeOwned + Send + 'static;
+    /// The query enum: one variant per `#[read]` handler.
+    type Read: Serialize + DeserializeOwned + Send + 'static;
+    /// What a `Read` returns.
+    type ReadOutput: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The state machine's name, used in default peer names
+    /// (`<name>@<advertised address>`).
+    const NAME: &'static str;
+    /// A fingerprint of the command schema (handler names, tags, argument and
+    /// return types). Peers compare it when they connect and a replayed log is
+    /// checked against it, so that a mismatch is an error, never a misapplied
+    /// command.
+    const SCHEMA_FINGERPRINT: u64;
+
+    /// Applies a command. Must be deterministic.
+    fn apply(&mut self, command: Self::Write) -> Self::WriteOutput;
+    /// Answers a query without changing the state.
+    fn query(&self, query: Self::Read) -> Self::ReadOutput;
+    /// What to do if `apply` panics on this command.
+    fn error_policy(command: &Self::Write) -> ErrorPolicy;
+    /// Serializes the whole state for a snapshot.
+    fn snapshot(&self) -> Result<Vec<u8>, CodecError>;
+    /// Rebuilds the state from a snapshot made by [`StateMachine::snapshot`].
+    fn restore(data: &[u8]) -> Result<Self, CodecError>;
+}
+
+/// A value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct CodecError {
+    /// What was being encoded or decoded.
+    pub what: &'static str,
+    /// Why it failed.
+    pub reason: String,
+}
+
+impl CodecError {
+    /// Wraps a postcard error.
+    pub fn postcard(what: &'static str, err: postcard::Error) -> Self {
+        CodecError {
+            what,
+            reason: err.to_string(),
+        }
+    }
+}
+
+/// Encodes a value with postcard, the wire and log format of commands.
+pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
+    postcard::to_allocvec(value).map_err(|e| CodecError::postcard(what, e))
+}
+
+/// Decodes a postcard value.
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
+    postcard::from_bytes(bytes).map_err(|e| CodecError::postcard(what, e))
+}
+
+/// Why applying an encoded command produced no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The command bytes do not decode as this state machine's `Write`.
+    #[error("undecodable command: {0}")]
+    Decode(CodecError),
+    /// The handler panicked and its policy is `skip`: the entry is consumed
+    /// and the caller receives this error.
+    #[error("handler panicked: {message}")]
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The handler panicked and its policy is `halt`: this node must stop
+    /// applying at this entry.
+    #[error("handler panicked, node halted: {message}")]
+    Halted {
+        /// The panic message.
+        message: String,
+    },
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Checks that `bytes` decode as a `Write` command of `S`: the leader's test
+/// before a command may enter the log.
+pub fn validate_command<S: StateMachine>(bytes: &[u8]) -> Result<(), CodecError> {
+    decode::<S::Write>("command", bytes).map(|_| ())
+}
+
+/// Decodes a command, applies it under the state machine's error policy and
+/// encodes the reply.
+pub fn apply_encoded<S: StateMachine>(sm: &mut S, bytes: &[u8]) -> Result<Vec<u8>, ApplyError> {
+    let command: S::Write = decode("command", bytes).map_err(ApplyError::Decode)?;
+    let policy = S::error_policy(&command);
+    match catch_unwind(AssertUnwindSafe(|| sm.apply(command))) {
+        Ok(output) => encode("write output", &output).map_err(|e| ApplyError::Panicked {
+            message: e.to_string(),
+        }),
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            match policy {
+                ErrorPolicy::Skip => Err(ApplyError::Panicked { message }),
+                ErrorPolicy::Halt => Err(ApplyError::Halted { message }),
+            }
+        }
+    }
+}
+
+/// Decodes a query, runs it and encodes the answer. A panicking read handler
+/// changes no state, so it is reported to its caller whatever the policy.
+pub fn query_encoded<S: StateMachine>(sm: &S, bytes: &[u8]) -> Result<Vec<u8>, ApplyError> {
+    let query: S::Read = decode("query", bytes).map_err(ApplyError::Decode)?;
+    match catch_unwind(AssertUnwindSafe(|| sm.query(query))) {
+        Ok(output) => encode("read output", &output).map_err(|e| ApplyError::Panicked {
+            message: e.to_string(),
+        }),
+        Err(payload) => Err(ApplyError::Panicked {
+            message: panic_message(payload.as_ref()),
+        }),
+    }
+}

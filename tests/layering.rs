@@ -1,0 +1,1 @@
+//! Architecture rules that must hold for every commit.
