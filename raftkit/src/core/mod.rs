@@ -1,3 +1,51 @@
 //! The Raft protocol as a pure, deterministic state machine.
+//!
+//! Nothing in this module performs IO, reads a clock, spawns a thread or
+//! draws unseeded randomness (a test enforces the imports): time arrives as
+//! [`Raft::tick`] calls, messages as [`Raft::step`] calls, and everything the
+//! node wants done comes out of [`Raft::ready`] as one [`Ready`] value, in
+//! the spirit of etcd's RawNode. The same inputs always give the same
+//! outputs, which is what lets the simulation (`raftkit::sim`) drive
+//! thousands of seeded clusters through crashes and partitions.
+//!
+//! One concept per file:
+//!
+//! | file | concept |
+//! |---|---|
+//! | `types` | ids, entries, hard state, configurations |
+//! | `message` | what peers send each other |
+//! | `config` | a node's parameters |
+//! | `log` | the in-memory log and its cursors |
+//! | `progress` | a leader's view of each follower; the inflight window |
+//! | `quorum` | majorities of simple and joint configurations |
+//! | `raft` | roles, terms, input dispatch |
+//! | `election` | PreVote, votes, CheckQuorum |
+//! | `replication` | AppendEntries, heartbeats, commitment |
+//! | `read_index` | linearizable reads |
+//! | `transfer` | leadership transfer |
+//! | `membership` | joint-consensus configuration changes |
+//! | `snapshot` | compaction and InstallSnapshot |
+//! | `ready` | the outputs |
+
+pub mod config;
+mod election;
+pub mod log;
+mod membership;
 pub mod message;
+pub mod progress;
+pub mod quorum;
+mod raft;
+mod read_index;
+pub mod ready;
+mod replication;
+mod snapshot;
+mod transfer;
 pub mod types;
+
+pub use config::{Config, ConfigError};
+pub use message::{Body, Message};
+pub use raft::{NotLeader, ProposeError, Raft, Restored, Role, Status};
+pub use ready::{InstalledSnapshot, PersistMarker, ReadState, Ready};
+pub use snapshot::CompactError;
+pub use transfer::TransferError;
+pub use types::{Configuration, Entry, HardState, Index, NO_NODE, NodeId, Payload, SnapshotMeta, Term};

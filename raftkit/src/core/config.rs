@@ -1,0 +1,101 @@
+//! Tunable parameters of one Raft node.
+//!
+//! Time in the core is counted in ticks: the runtime calls
+//! [`Raft::tick`](super::Raft::tick) at a fixed interval (the simulation on a
+//! virtual clock), so every timeout below is a number of ticks.
+
+use super::types::NodeId;
+
+/// Parameters of one node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id. Must not be [`NO_NODE`](super::types::NO_NODE).
+    pub id: NodeId,
+    /// `T`: a follower campaigns after a randomized timeout in `[T, 2T)`
+    /// ticks without hearing from a leader (Raft §5.2). A leader with
+    /// `check_quorum` steps down after `T` ticks without a quorum.
+    pub election_ticks: u32,
+    /// A leader sends heartbeats every this many ticks. Must be less than
+    /// `election_ticks`.
+    pub heartbeat_ticks: u32,
+    /// At most this many AppendEntries messages in flight per follower in
+    /// replicate mode.
+    pub max_inflight: usize,
+    /// An AppendEntries carries at most this many bytes of entries (at least
+    /// one entry regardless).
+    pub max_batch_bytes: usize,
+    /// Run a PreVote round before a real election (thesis §9.6).
+    pub pre_vote: bool,
+    /// A leader steps down when it has not heard from a quorum within an
+    /// election timeout, and followers ignore vote requests while they hear
+    /// from a leader (thesis §6.2, §9.6).
+    pub check_quorum: bool,
+    /// Ask for a snapshot once this many entries were applied since the
+    /// last one (0: never).
+    pub snapshot_entries: u64,
+    /// Size of one InstallSnapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Seed of the node's random election timeouts.
+    pub seed: u64,
+    /// Deliberately broken rules, for the simulation's own tests only.
+    #[cfg(any(test, feature = "sim"))]
+    #[doc(hidden)]
+    pub bugs: Bugs,
+}
+
+impl Config {
+    /// Parameters for node `id` with the defaults: election timeout 10 ticks,
+    /// heartbeat every 2 ticks, PreVote and CheckQuorum on.
+    pub fn new(id: NodeId) -> Self {
+        Config {
+            id,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_inflight: 64,
+            max_batch_bytes: 1 << 20,
+            pre_vote: true,
+            check_quorum: true,
+            snapshot_entries: 10_000,
+            snapshot_chunk_bytes: super::snapshot::DEFAULT_CHUNK_BYTES,
+            seed: id,
+            #[cfg(any(test, feature = "sim"))]
+            bugs: Bugs::default(),
+        }
+    }
+
+    /// Checks that the parameters make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == super::types::NO_NODE {
+            return Err(ConfigError("node id 0 is reserved".into()));
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return Err(ConfigError(format!(
+                "heartbeat_ticks ({}) must be at least 1 and below election_ticks ({})",
+                self.heartbeat_ticks, self.election_ticks
+            )));
+        }
+        if self.max_inflight == 0 {
+            return Err(ConfigError("max_inflight must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Invalid [`Config`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid raft config: {0}")]
+pub struct ConfigError(pub String);
+
+/// Switches that break one Raft rule each, so that tests can show the
+/// simulation catches the violation. Never set outside tests.
+#[cfg(any(test, feature = "sim"))]
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Commit entries of earlier terms by counting replicas (breaks §5.4.2).
+    pub commit_old_terms: bool,
+    /// Followers acknowledge entries before they are durable.
+    pub ack_before_persist: bool,
+    /// The leader answers reads without a heartbeat round (breaks §6.4).
+    pub read_without_heartbeat: bool,
+}

@@ -1,0 +1,166 @@
+//! Leader election (Raft §5.2, §5.4.1), PreVote (thesis §9.6) and
+//! CheckQuorum (thesis §6.2).
+//!
+//! Invariants:
+//! - a node grants at most one vote per term, and only to a candidate whose
+//!   log is at least as up to date as its own (§5.4.1);
+//! - a PreVote probe changes neither the term nor the vote of anybody, so a
+//!   node that cannot win (partitioned, behind, removed) cannot raise the
+//!   cluster's term;
+//! - a leader that has not heard from a quorum within an election timeout
+//!   steps down, so a partitioned leader stops serving reads.
+
+use super::message::{Body, Message};
+use super::quorum::{self, VoteResult};
+use super::raft::{Raft, Role};
+use super::types::NO_NODE;
+
+impl Raft {
+    /// A follower's or candidate's tick: campaign once the randomized
+    /// election timeout has passed without hearing from a leader.
+    pub(super) fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.promotable() && self.election_elapsed >= self.randomized_timeout {
+            self.election_elapsed = 0;
+            self.campaign(false);
+        }
+    }
+
+    /// A leader's tick: heartbeats, CheckQuorum, and abandoning a
+    /// leadership transfer that took too long.
+    pub(super) fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum && !self.quorum_recently_active() {
+                self.become_follower(self.term, NO_NODE);
+                return;
+            }
+            // Thesis §3.10: a transfer that does not finish within an
+            // election timeout is abandoned and the leader resumes.
+            self.transfer_target = None;
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Whether a quorum was heard from since the last check; clears the
+    /// marks for the next round.
+    fn quorum_recently_active(&mut self) -> bool {
+        let me = self.id;
+        let active = quorum::is_quorum(&self.conf, |id| {
+            id == me || self.progress.get(&id).is_some_and(|p| p.recent_active)
+        });
+        for (&id, p) in self.progress.iter_mut() {
+            p.recent_active = id == me;
+        }
+        active
+    }
+
+    /// Starts an election: a PreVote round first when enabled, unless this
+    /// is a leadership transfer (thesis §3.10 skips it).
+    pub(super) fn campaign(&mut self, transfer: bool) {
+        if !self.promotable() {
+            return;
+        }
+        if self.cfg.pre_vote && !transfer {
+            self.become_pre_candidate();
+            self.request_votes(true, false);
+        } else {
+            self.become_candidate();
+            self.request_votes(false, transfer);
+        }
+    }
+
+    fn request_votes(&mut self, pre_vote: bool, transfer: bool) {
+        self.votes.insert(self.id, true);
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let voters: Vec<_> = self.conf.members().into_iter().filter(|&id| id != self.id).collect();
+        for id in voters {
+            if !self.conf.is_voter(id) {
+                continue;
+            }
+            self.send(
+                id,
+                Body::RequestVote {
+                    last_index,
+                    last_term,
+                    pre_vote,
+                    transfer,
+                },
+            );
+        }
+        self.tally_votes();
+    }
+
+    /// Raft §5.2: a voter grants its vote to the first candidate of a term
+    /// whose log is at least as up to date as its own (§5.4.1).
+    pub(super) fn handle_request_vote(&mut self, m: Message) {
+        let Body::RequestVote {
+            last_index,
+            last_term,
+            pre_vote,
+            ..
+        } = m.body
+        else {
+            return;
+        };
+        let can_vote = self.vote == m.from
+            || (self.vote == NO_NODE && self.leader == NO_NODE)
+            || (pre_vote && m.term > self.term);
+        if can_vote && self.log.is_up_to_date(last_index, last_term) {
+            let term = if pre_vote { m.term } else { self.term };
+            self.send_with_term(
+                m.from,
+                term,
+                Body::RequestVoteResponse {
+                    granted: true,
+                    pre_vote,
+                },
+            );
+            if !pre_vote {
+                self.election_elapsed = 0;
+                self.vote = m.from;
+            }
+        } else {
+            let term = self.term;
+            self.send_with_term(
+                m.from,
+                term,
+                Body::RequestVoteResponse {
+                    granted: false,
+                    pre_vote,
+                },
+            );
+        }
+    }
+
+    pub(super) fn handle_vote_response(&mut self, from: super::types::NodeId, granted: bool, pre_vote: bool) {
+        let expected = match self.role {
+            Role::PreCandidate => pre_vote,
+            Role::Candidate => !pre_vote,
+            _ => false,
+        };
+        if !expected {
+            return;
+        }
+        self.votes.entry(from).or_insert(granted);
+        self.tally_votes();
+    }
+
+    fn tally_votes(&mut self) {
+        let result = quorum::vote_result(&self.conf, |id| self.votes.get(&id).copied());
+        match result {
+            VoteResult::Won if self.role == Role::PreCandidate => {
+                self.become_candidate();
+                self.request_votes(false, false);
+            }
+            VoteResult::Won => self.become_leader(),
+            VoteResult::Lost => self.become_follower(self.term, NO_NODE),
+            VoteResult::Pending => {}
+        }
+    }
+}

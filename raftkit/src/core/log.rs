@@ -1,0 +1,368 @@
+//! The replicated log as the core sees it (Raft §5.3).
+//!
+//! The core keeps every entry since the last snapshot in memory: the runtime
+//! loads them from storage on start and the core hands new ones back to
+//! storage through [`Ready`](super::Ready). Keeping the log here makes the
+//! core a pure function of its inputs (no storage reads in the middle of a
+//! step); snapshots bound the memory it takes.
+//!
+//! Four cursors describe what has happened to the entries:
+//!
+//! ```text
+//!  snapshot.index < applied <= committed,   persisted <= last_index
+//!                                           unstable  <= last_index + 1
+//! ```
+//!
+//! - `committed`: known committed (Raft §5.3, §5.4.2).
+//! - `applied`: handed to the state machine (through a `Ready`).
+//! - `persisted`: durable in local storage (acknowledged by the runtime).
+//! - `unstable`: the first index not yet handed to storage.
+//!
+//! Invariants: `entries[i].index == snapshot.index + 1 + i`; terms never
+//! decrease along the log; committed entries are never truncated.
+
+use super::types::{Configuration, Entry, Index, Payload, SnapshotMeta, Term};
+
+/// The in-memory log of one node.
+#[derive(Clone, Debug)]
+pub struct RaftLog {
+    snapshot: SnapshotMeta,
+    entries: Vec<Entry>,
+    committed: Index,
+    applied: Index,
+    persisted: Index,
+    unstable: Index,
+}
+
+impl RaftLog {
+    /// A log restored from durable state: a snapshot (possibly empty) and the
+    /// entries after it. Everything given is durable.
+    pub fn restore(snapshot: SnapshotMeta, entries: Vec<Entry>, committed: Index) -> Self {
+        let last = snapshot.index + entries.len() as Index;
+        let committed = committed.clamp(snapshot.index, last);
+        RaftLog {
+            applied: snapshot.index,
+            persisted: last,
+            unstable: last + 1,
+            snapshot,
+            entries,
+            committed,
+        }
+    }
+
+    /// The snapshot the log starts after.
+    pub fn snapshot(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+
+    /// The first index still held in memory (after the snapshot).
+    pub fn first_index(&self) -> Index {
+        self.snapshot.index + 1
+    }
+
+    /// The index of the last entry (or of the snapshot when empty).
+    pub fn last_index(&self) -> Index {
+        self.snapshot.index + self.entries.len() as Index
+    }
+
+    /// The term of the last entry.
+    pub fn last_term(&self) -> Term {
+        self.entries.last().map_or(self.snapshot.term, |e| e.term)
+    }
+
+    /// The commit index.
+    pub fn committed(&self) -> Index {
+        self.committed
+    }
+
+    /// The index up to which entries were handed to the state machine.
+    pub fn applied(&self) -> Index {
+        self.applied
+    }
+
+    /// The index up to which entries are durable locally.
+    pub fn persisted(&self) -> Index {
+        self.persisted
+    }
+
+    /// The term of the entry at `index`: `None` when it is compacted away
+    /// (below the snapshot) or beyond the end.
+    pub fn term(&self, index: Index) -> Option<Term> {
+        if index == self.snapshot.index {
+            return Some(self.snapshot.term);
+        }
+        self.entry(index).map(|e| e.term)
+    }
+
+    /// The entry at `index`, if held.
+    pub fn entry(&self, index: Index) -> Option<&Entry> {
+        if index <= self.snapshot.index {
+            return None;
+        }
+        self.entries.get((index - self.snapshot.index - 1) as usize)
+    }
+
+    /// Whether the log holds an entry at `index` with `term` (the
+    /// AppendEntries consistency check, Raft §5.3).
+    pub fn matches(&self, index: Index, term: Term) -> bool {
+        self.term(index) == Some(term)
+    }
+
+    /// Whether a candidate whose log ends at (`last_index`, `last_term`) is at
+    /// least as up to date as this log (Raft §5.4.1).
+    pub fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    /// Appends entries created by this node as leader.
+    pub fn append(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            debug_assert_eq!(e.index, self.last_index() + 1);
+            self.entries.push(e);
+        }
+    }
+
+    /// Appends a leader's entries after `prev_index`, truncating a
+    /// conflicting suffix first (Raft §5.3: "If an existing entry conflicts
+    /// with a new one, delete the existing entry and all that follow it").
+    /// Entries already present with the same term are kept, so a stale or
+    /// duplicated AppendEntries never truncates anything. Returns the index
+    /// of the last entry of the message and whether the log was truncated.
+    ///
+    /// The caller has checked that the log matches at `prev_index`.
+    pub fn append_after(&mut self, prev_index: Index, entries: Vec<Entry>) -> (Index, bool) {
+        let last_new = prev_index + entries.len() as Index;
+        let mut truncated = false;
+        for e in entries {
+            if e.index <= self.snapshot.index {
+                continue; // covered by our snapshot, hence committed and equal
+            }
+            match self.term(e.index) {
+                Some(t) if t == e.term => continue,
+                Some(_) => {
+                    assert!(
+                        e.index > self.committed,
+                        "a leader tried to overwrite committed entry {}",
+                        e.index
+                    );
+                    self.truncate_from(e.index);
+                    truncated = true;
+                    self.entries.push(e);
+                }
+                None => self.entries.push(e),
+            }
+        }
+        (last_new, truncated)
+    }
+
+    /// Drops every entry from `index` on.
+    fn truncate_from(&mut self, index: Index) {
+        let keep = (index - self.snapshot.index - 1) as usize;
+        self.entries.truncate(keep);
+        self.persisted = self.persisted.min(index - 1);
+        self.unstable = self.unstable.min(index);
+    }
+
+    /// Entries in `[lo, hi)` up to about `max_bytes` (at least one entry when
+    /// the range is not empty). `None` when `lo` is compacted away.
+    pub fn slice(&self, lo: Index, hi: Index, max_bytes: usize) -> Option<Vec<Entry>> {
+        if lo <= self.snapshot.index {
+            return None;
+        }
+        let hi = hi.min(self.last_index() + 1);
+        let mut out = Vec::new();
+        let mut size = 0;
+        for index in lo..hi {
+            let Some(e) = self.entry(index) else { break };
+            size += e.approx_size();
+            if !out.is_empty() && size > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Some(out)
+    }
+
+    /// Raises the commit index (never lowers it).
+    pub fn commit_to(&mut self, index: Index) {
+        let index = index.min(self.last_index());
+        if index > self.committed {
+            self.committed = index;
+        }
+    }
+
+    /// Entries not yet handed to storage; marks them handed.
+    pub fn take_unstable(&mut self) -> Vec<Entry> {
+        let from = self.unstable.max(self.first_index());
+        let out = self.slice(from, Index::MAX, usize::MAX).unwrap_or_default();
+        self.unstable = self.last_index() + 1;
+        out
+    }
+
+    /// Whether entries wait to be handed to storage.
+    pub fn has_unstable(&self) -> bool {
+        self.unstable <= self.last_index()
+    }
+
+    /// Storage reports entries up to (`index`, `term`) durable. A report for
+    /// an entry that has since been replaced is ignored.
+    pub fn persisted_to(&mut self, index: Index, term: Term) {
+        if index > self.persisted && self.matches(index, term) && index < self.unstable {
+            self.persisted = index;
+        }
+    }
+
+    /// Committed, durable entries not yet handed to the state machine; marks
+    /// them handed.
+    pub fn take_committed(&mut self, max_bytes: usize) -> Vec<Entry> {
+        let upto = self.committed.min(self.persisted);
+        if upto <= self.applied {
+            return Vec::new();
+        }
+        let out = self
+            .slice(self.applied + 1, upto + 1, max_bytes)
+            .unwrap_or_default();
+        if let Some(last) = out.last() {
+            self.applied = last.index;
+        }
+        out
+    }
+
+    /// Whether committed entries wait to be applied.
+    pub fn has_committed(&self) -> bool {
+        self.committed.min(self.persisted) > self.applied
+    }
+
+    /// The last configuration in the log or, failing that, the snapshot's,
+    /// with the index it was appended at.
+    pub fn last_config(&self) -> (Index, &Configuration) {
+        self.entries
+            .iter()
+            .rev()
+            .find_map(|e| match &e.payload {
+                Payload::Config(c) => Some((e.index, c)),
+                _ => None,
+            })
+            .unwrap_or((self.snapshot.index, &self.snapshot.config))
+    }
+
+    /// The configuration in force at `index`: the last one appended at or
+    /// before it.
+    pub fn config_at(&self, index: Index) -> &Configuration {
+        self.entries
+            .iter()
+            .rev()
+            .filter(|e| e.index <= index)
+            .find_map(|e| match &e.payload {
+                Payload::Config(c) => Some(c),
+                _ => None,
+            })
+            .unwrap_or(&self.snapshot.config)
+    }
+
+    /// The largest index at or below `index` whose term is at most `term`,
+    /// with that term: the follower's conflict hint and the leader's use of
+    /// it (fast backtracking, Raft §5.3).
+    pub fn find_conflict_by_term(&self, index: Index, term: Term) -> (Index, Term) {
+        let mut i = index.min(self.last_index());
+        loop {
+            match self.term(i) {
+                Some(t) if t > term => i -= 1,
+                Some(t) => return (i, t),
+                None => return (i, 0), // at or below the snapshot: unknown
+            }
+        }
+    }
+
+    /// Replaces the log's prefix by a snapshot. Entries after the snapshot are
+    /// kept when the log agrees with the snapshot's last entry (Raft §7),
+    /// otherwise the whole log is discarded.
+    pub fn install_snapshot(&mut self, meta: SnapshotMeta) {
+        let keep_tail = self.matches(meta.index, meta.term);
+        if keep_tail {
+            let drop = (meta.index - self.snapshot.index) as usize;
+            self.entries.drain(..drop);
+        } else {
+            self.entries.clear();
+        }
+        self.committed = self.committed.max(meta.index);
+        self.applied = self.applied.max(meta.index);
+        if !keep_tail {
+            self.persisted = meta.index;
+            self.unstable = meta.index + 1;
+        } else {
+            self.persisted = self.persisted.max(meta.index);
+            self.unstable = self.unstable.max(meta.index + 1);
+        }
+        self.snapshot = meta;
+    }
+
+    /// Forgets entries up to `index` because a local snapshot covers them.
+    /// Only applied (hence committed, durable) entries can be compacted.
+    pub fn compact_to(&mut self, meta: SnapshotMeta) {
+        assert!(meta.index <= self.applied && meta.index <= self.persisted);
+        if meta.index <= self.snapshot.index {
+            return;
+        }
+        let drop = (meta.index - self.snapshot.index) as usize;
+        self.entries.drain(..drop);
+        self.snapshot = meta;
+    }
+
+    /// The entries held in memory.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ents(terms: &[Term]) -> Vec<Entry> {
+        terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Entry {
+                term: t,
+                index: i as Index + 1,
+                payload: Payload::Noop,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn append_after_truncates_only_conflicts() {
+        let mut log = RaftLog::restore(SnapshotMeta::default(), ents(&[1, 1, 2, 2]), 1);
+        // Duplicate: nothing changes.
+        let (last, trunc) = log.append_after(1, ents(&[1, 1, 2])[1..].to_vec());
+        assert_eq!((last, trunc, log.last_index()), (3, false, 4));
+        // Conflict at 3.
+        let mut new = ents(&[1, 1, 3]);
+        new.drain(..2);
+        let (last, trunc) = log.append_after(2, new);
+        assert_eq!((last, trunc, log.last_index(), log.last_term()), (3, true, 3, 3));
+        assert_eq!(log.persisted(), 2);
+    }
+
+    #[test]
+    fn conflict_hint_skips_a_whole_term() {
+        let log = RaftLog::restore(SnapshotMeta::default(), ents(&[1, 1, 4, 4, 4, 4]), 0);
+        assert_eq!(log.find_conflict_by_term(6, 2), (2, 1));
+        assert_eq!(log.find_conflict_by_term(6, 4), (6, 4));
+        assert_eq!(log.find_conflict_by_term(10, 5), (6, 4));
+    }
+
+    #[test]
+    fn committed_entries_wait_for_persistence() {
+        let mut log = RaftLog::restore(SnapshotMeta::default(), ents(&[1]), 1);
+        log.append(vec![Entry { term: 1, index: 2, payload: Payload::Noop }]);
+        log.commit_to(2);
+        assert_eq!(log.take_committed(usize::MAX).len(), 1);
+        assert!(!log.has_committed());
+        assert_eq!(log.take_unstable().len(), 1);
+        log.persisted_to(2, 1);
+        assert_eq!(log.take_committed(usize::MAX)[0].index, 2);
+    }
+}

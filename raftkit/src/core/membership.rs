@@ -1,0 +1,122 @@
+//! Configuration changes by joint consensus (Raft thesis §4.3).
+//!
+//! A change from `C_old` to `C_new` appends the joint configuration
+//! `C_old,new` (decisions need majorities of both); once it commits, the
+//! leader appends `C_new` by itself. Configurations take effect as soon as
+//! they are appended, on every node, and roll back if truncated (the
+//! configuration in force is always the last one in the log, see
+//! [`RaftLog::last_config`](super::log::RaftLog::last_config)).
+//!
+//! Invariants:
+//! - one change in flight at a time: a new change is refused while the last
+//!   configuration entry is uncommitted;
+//! - a leader proposes a change only after committing an entry of its own
+//!   term (otherwise a change from an earlier leader may still be
+//!   uncommitted in the log of a later one: the single-server change bug);
+//! - a leader that is not a voter of `C_new` steps down once `C_new`
+//!   commits (thesis §4.2.2);
+//! - learners receive the log but never vote or count.
+
+use std::collections::BTreeSet;
+
+use super::progress::Progress;
+use super::raft::{ProposeError, Raft, Role};
+use super::types::{Configuration, Index, NO_NODE, Payload};
+
+impl Raft {
+    /// Proposes a change to the voters and learners in `target` (a simple,
+    /// non-joint configuration). Changing voters goes through a joint
+    /// configuration, left automatically once it commits. Returns the index
+    /// of the first configuration entry.
+    pub fn propose_config(&mut self, target: Configuration) -> Result<Index, ProposeError> {
+        self.check_can_propose()?;
+        if self.conf_index > self.log.committed() || self.conf.is_joint() {
+            return Err(ProposeError::ChangeInFlight(self.conf_index));
+        }
+        if !self.committed_in_term() {
+            return Err(ProposeError::NotReady);
+        }
+        if target.is_joint() {
+            return Err(ProposeError::InvalidConfiguration(
+                "the target must not be joint".into(),
+            ));
+        }
+        if target.voters.is_empty() {
+            return Err(ProposeError::InvalidConfiguration(
+                "at least one voter is required".into(),
+            ));
+        }
+        if let Some(id) = target.voters.intersection(&target.learners).next() {
+            return Err(ProposeError::InvalidConfiguration(format!(
+                "node {id} cannot be both voter and learner"
+            )));
+        }
+        if target.voters.contains(&NO_NODE) || target.learners.contains(&NO_NODE) {
+            return Err(ProposeError::InvalidConfiguration("node id 0 is reserved".into()));
+        }
+        let demoted: BTreeSet<_> = self.conf.voters.intersection(&target.learners).copied().collect();
+        if !demoted.is_empty() {
+            return Err(ProposeError::InvalidConfiguration(format!(
+                "demoting voters {demoted:?} to learners directly is not supported: remove them first"
+            )));
+        }
+        let next = if target.voters == self.conf.voters {
+            // Only learners change: no joint phase is needed.
+            target
+        } else {
+            Configuration {
+                voters: target.voters,
+                outgoing: self.conf.voters.clone(),
+                learners: target.learners,
+            }
+        };
+        let index = self.append_entry(Payload::Config(next));
+        self.broadcast_append();
+        Ok(index)
+    }
+
+    /// The configuration in force may have changed (appended, truncated or
+    /// installed from a snapshot): adopt the last one in the log.
+    pub(super) fn on_config_changed(&mut self) {
+        let (index, conf) = self.log.last_config();
+        if index == self.conf_index && *conf == self.conf {
+            return;
+        }
+        self.conf = conf.clone();
+        self.conf_index = index;
+        if self.role == Role::Leader {
+            let members = self.conf.members();
+            self.progress.retain(|id, _| members.contains(id));
+            let next = self.log.last_index() + 1;
+            for id in members {
+                self.progress.entry(id).or_insert_with(|| {
+                    let mut pr = Progress::new(next, self.cfg.max_inflight);
+                    pr.recent_active = true;
+                    pr
+                });
+            }
+        }
+    }
+
+    /// Called whenever the leader's commit index advances.
+    pub(super) fn on_commit_advanced(&mut self) {
+        self.release_waiting_reads();
+        if self.role != Role::Leader || self.conf_index > self.log.committed() {
+            return;
+        }
+        if self.conf.is_joint() {
+            // Thesis §4.3: once C_old,new commits, the leader appends C_new.
+            let next = Configuration {
+                voters: self.conf.voters.clone(),
+                outgoing: BTreeSet::new(),
+                learners: self.conf.learners.clone(),
+            };
+            self.append_entry(Payload::Config(next));
+            self.broadcast_append();
+        } else if !self.conf.is_voter(self.id) {
+            // Thesis §4.2.2: a leader removed by C_new steps down once C_new
+            // commits.
+            self.become_follower(self.term, NO_NODE);
+        }
+    }
+}

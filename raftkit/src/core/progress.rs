@@ -1,0 +1,251 @@
+//! What a leader knows about each follower's log (Raft §5.3), and the flow
+//! control that keeps replication pipelined but bounded.
+//!
+//! A follower is in one of three modes:
+//! - **Probe**: the leader does not know where the follower's log matches.
+//!   It sends one AppendEntries at a time and waits for the answer (or a
+//!   heartbeat response) before sending the next.
+//! - **Replicate**: the follower is known to match up to `matched`. The
+//!   leader streams entries optimistically, advancing `next` as it sends, up
+//!   to `max_inflight` unacknowledged messages ([`Inflights`]).
+//! - **Snapshot**: the follower needs entries the leader has compacted; a
+//!   snapshot is being sent and nothing else is until it is acknowledged.
+//!
+//! Invariants: `matched < next`; in replicate mode every in-flight message's
+//! last index lies in `(matched, next)`, ascending.
+
+use std::collections::VecDeque;
+
+use super::types::Index;
+
+/// The replication mode of one follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One message at a time, until the match point is found.
+    Probe,
+    /// Pipelined, optimistic streaming.
+    Replicate,
+    /// A snapshot is in transfer.
+    Snapshot,
+}
+
+/// A bounded window of in-flight AppendEntries, identified by the index of
+/// their last entry.
+#[derive(Clone, Debug)]
+pub struct Inflights {
+    last_indexes: VecDeque<Index>,
+    capacity: usize,
+}
+
+impl Inflights {
+    /// A window of at most `capacity` messages.
+    pub fn new(capacity: usize) -> Self {
+        Inflights {
+            last_indexes: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    /// Whether no more messages may be sent.
+    pub fn is_full(&self) -> bool {
+        self.last_indexes.len() >= self.capacity
+    }
+
+    /// Number of messages in flight.
+    pub fn len(&self) -> usize {
+        self.last_indexes.len()
+    }
+
+    /// Whether nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.last_indexes.is_empty()
+    }
+
+    /// Records a message whose last entry is `last`.
+    pub fn add(&mut self, last: Index) {
+        debug_assert!(self.last_indexes.back().is_none_or(|&b| b < last));
+        self.last_indexes.push_back(last);
+    }
+
+    /// Frees every message acknowledged by a response covering `upto`.
+    pub fn free_to(&mut self, upto: Index) {
+        while self.last_indexes.front().is_some_and(|&i| i <= upto) {
+            self.last_indexes.pop_front();
+        }
+    }
+
+    /// Frees the oldest message (it was probably lost).
+    pub fn free_first(&mut self) {
+        self.last_indexes.pop_front();
+    }
+
+    /// Frees everything.
+    pub fn reset(&mut self) {
+        self.last_indexes.clear();
+    }
+}
+
+/// The leader's view of one member.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// The highest index known to match the leader's log.
+    pub matched: Index,
+    /// The next index to send.
+    pub next: Index,
+    /// The replication mode.
+    pub mode: Mode,
+    /// In probe mode: a message was sent and no answer has arrived yet.
+    pub probe_sent: bool,
+    /// In snapshot mode: the index of the snapshot being sent.
+    pub pending_snapshot: Index,
+    /// The pipelining window.
+    pub inflights: Inflights,
+    /// Heard from since the last CheckQuorum round.
+    pub recent_active: bool,
+    /// The highest read-confirmation round this member acknowledged.
+    pub read_round: u64,
+}
+
+impl Progress {
+    /// A member whose log position is unknown: probe from `next`.
+    pub fn new(next: Index, max_inflight: usize) -> Self {
+        Progress {
+            matched: 0,
+            next,
+            mode: Mode::Probe,
+            probe_sent: false,
+            pending_snapshot: 0,
+            inflights: Inflights::new(max_inflight),
+            recent_active: false,
+            read_round: 0,
+        }
+    }
+
+    /// Whether the leader must hold back new AppendEntries to this member.
+    pub fn is_paused(&self) -> bool {
+        match self.mode {
+            Mode::Probe => self.probe_sent,
+            Mode::Replicate => self.inflights.is_full(),
+            Mode::Snapshot => true,
+        }
+    }
+
+    /// Switches to probe mode, resuming from just after `matched` (or after
+    /// the snapshot being sent).
+    pub fn become_probe(&mut self) {
+        if self.mode == Mode::Snapshot {
+            self.next = self.matched.max(self.pending_snapshot) + 1;
+        } else {
+            self.next = self.matched + 1;
+        }
+        self.mode = Mode::Probe;
+        self.probe_sent = false;
+        self.pending_snapshot = 0;
+        self.inflights.reset();
+    }
+
+    /// Switches to pipelined streaming after a successful probe.
+    pub fn become_replicate(&mut self) {
+        self.mode = Mode::Replicate;
+        self.next = self.matched + 1;
+        self.probe_sent = false;
+        self.inflights.reset();
+    }
+
+    /// Switches to snapshot transfer of the snapshot ending at `index`.
+    pub fn become_snapshot(&mut self, index: Index) {
+        self.mode = Mode::Snapshot;
+        self.pending_snapshot = index;
+        self.probe_sent = false;
+        self.inflights.reset();
+    }
+
+    /// Records that the member's log matches up to `index`. Returns whether
+    /// this was news (a stale or duplicate acknowledgement is not).
+    pub fn maybe_update(&mut self, index: Index) -> bool {
+        let updated = index > self.matched;
+        if updated {
+            self.matched = index;
+            self.probe_sent = false;
+        }
+        self.next = self.next.max(index + 1);
+        updated
+    }
+
+    /// Handles a rejection of the AppendEntries whose `prev_index` was
+    /// `rejected`; `match_hint` is the leader's best guess of the last
+    /// matching index, from the follower's conflict hint (fast backtracking,
+    /// Raft §5.3 "the follower can include the term of the conflicting
+    /// entry"). Returns whether the rejection was news.
+    pub fn maybe_decrease(&mut self, rejected: Index, match_hint: Index) -> bool {
+        if self.mode == Mode::Replicate {
+            // Rejections at or below the match point are stale.
+            if rejected <= self.matched {
+                return false;
+            }
+            self.next = self.matched + 1;
+            return true;
+        }
+        // In probe mode only the answer to the message in flight counts.
+        if self.next.saturating_sub(1) != rejected {
+            return false;
+        }
+        self.next = rejected.min(match_hint + 1).max(self.matched + 1);
+        self.probe_sent = false;
+        true
+    }
+
+    /// Records that an AppendEntries ending at `last` was sent.
+    pub fn sent_entries(&mut self, last: Index) {
+        match self.mode {
+            Mode::Replicate => {
+                self.next = last + 1;
+                self.inflights.add(last);
+            }
+            Mode::Probe => self.probe_sent = true,
+            Mode::Snapshot => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inflight_window_bounds_pipelining() {
+        let mut pr = Progress::new(1, 2);
+        pr.maybe_update(0);
+        pr.become_replicate();
+        pr.sent_entries(3);
+        assert!(!pr.is_paused());
+        pr.sent_entries(6);
+        assert!(pr.is_paused());
+        assert!(pr.maybe_update(3));
+        pr.inflights.free_to(3);
+        assert!(!pr.is_paused());
+        assert_eq!(pr.next, 7);
+    }
+
+    #[test]
+    fn probe_rejections_use_the_hint_and_ignore_stale_ones() {
+        let mut pr = Progress::new(11, 4);
+        pr.sent_entries(10);
+        assert!(pr.is_paused());
+        assert!(!pr.maybe_decrease(5, 2), "not the message in flight");
+        assert!(pr.maybe_decrease(10, 4));
+        assert_eq!(pr.next, 5);
+        assert!(!pr.is_paused());
+    }
+
+    #[test]
+    fn replicate_rejection_falls_back_to_match() {
+        let mut pr = Progress::new(1, 4);
+        pr.maybe_update(5);
+        pr.become_replicate();
+        pr.sent_entries(9);
+        assert!(!pr.maybe_decrease(4, 0), "stale");
+        assert!(pr.maybe_decrease(7, 0));
+        assert_eq!(pr.next, 6);
+    }
+}

@@ -1,0 +1,129 @@
+//! Quorum arithmetic for simple and joint configurations.
+//!
+//! A simple configuration decides by a majority of its voters. A joint
+//! configuration (Raft thesis §4.3) decides only when a majority of the
+//! incoming voters **and** a majority of the outgoing voters agree. Every
+//! commit and election decision in the core goes through this module, so
+//! joint consensus holds everywhere at once.
+//!
+//! Invariant: an empty voter set never blocks a decision (it is the absent
+//! half of a non-joint configuration).
+
+use std::collections::BTreeSet;
+
+use super::types::{Configuration, Index, NodeId};
+
+/// The outcome of counting votes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoteResult {
+    /// A quorum granted.
+    Won,
+    /// A quorum can no longer grant.
+    Lost,
+    /// Not decided yet.
+    Pending,
+}
+
+/// The largest index that a majority of `voters` have reached, given each
+/// voter's acknowledged index. An empty set yields `Index::MAX`.
+pub fn majority_index(voters: &BTreeSet<NodeId>, acked: impl Fn(NodeId) -> Index) -> Index {
+    if voters.is_empty() {
+        return Index::MAX;
+    }
+    let mut acks: Vec<Index> = voters.iter().map(|&v| acked(v)).collect();
+    acks.sort_unstable_by(|a, b| b.cmp(a));
+    // With n voters, the (n/2 + 1)-th largest is held by a majority.
+    acks[voters.len() / 2]
+}
+
+/// The largest index acknowledged by a quorum of `conf` (both halves when
+/// joint).
+pub fn committed_index(conf: &Configuration, acked: impl Fn(NodeId) -> Index) -> Index {
+    let incoming = majority_index(&conf.voters, &acked);
+    let outgoing = majority_index(&conf.outgoing, &acked);
+    incoming.min(outgoing)
+}
+
+/// Counts votes of a simple majority.
+pub fn majority_vote(voters: &BTreeSet<NodeId>, vote: impl Fn(NodeId) -> Option<bool>) -> VoteResult {
+    if voters.is_empty() {
+        return VoteResult::Won;
+    }
+    let (mut yes, mut missing) = (0, 0);
+    for &v in voters {
+        match vote(v) {
+            Some(true) => yes += 1,
+            Some(false) => {}
+            None => missing += 1,
+        }
+    }
+    let need = voters.len() / 2 + 1;
+    if yes >= need {
+        VoteResult::Won
+    } else if yes + missing >= need {
+        VoteResult::Pending
+    } else {
+        VoteResult::Lost
+    }
+}
+
+/// Counts votes in `conf`: won only when both halves are won, lost as soon
+/// as either half is lost.
+pub fn vote_result(conf: &Configuration, vote: impl Fn(NodeId) -> Option<bool>) -> VoteResult {
+    let a = majority_vote(&conf.voters, &vote);
+    let b = majority_vote(&conf.outgoing, &vote);
+    match (a, b) {
+        (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
+        (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
+        _ => VoteResult::Pending,
+    }
+}
+
+/// Whether the set of nodes for which `active` holds forms a quorum of
+/// `conf`.
+pub fn is_quorum(conf: &Configuration, active: impl Fn(NodeId) -> bool) -> bool {
+    vote_result(conf, |id| Some(active(id))) == VoteResult::Won
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn majority_index_picks_the_median_held_by_a_majority() {
+        let acked = |id: NodeId| [0, 5, 3, 9, 1, 7][id as usize];
+        assert_eq!(majority_index(&set(&[1, 2, 3]), acked), 5);
+        assert_eq!(majority_index(&set(&[1, 2, 3, 4]), acked), 3);
+        assert_eq!(majority_index(&set(&[1, 2, 3, 4, 5]), acked), 3);
+        assert_eq!(majority_index(&set(&[3]), acked), 9);
+        assert_eq!(majority_index(&set(&[]), acked), Index::MAX);
+    }
+
+    #[test]
+    fn joint_commit_needs_both_majorities() {
+        let acked = |id: NodeId| [0, 9, 9, 9, 1, 1, 1][id as usize];
+        let old = Configuration::new([1, 2, 3]);
+        assert_eq!(committed_index(&old, acked), 9);
+        let joint = Configuration::joint([4, 5, 6], [1, 2, 3]);
+        assert_eq!(committed_index(&joint, acked), 1);
+        let joint = Configuration::joint([1, 2, 4], [1, 2, 3]);
+        assert_eq!(committed_index(&joint, acked), 9);
+    }
+
+    #[test]
+    fn joint_votes_need_both_majorities() {
+        let joint = Configuration::joint([1, 2, 3], [3, 4, 5]);
+        let granted = |ids: &'static [NodeId]| move |id| Some(ids.contains(&id));
+        assert_eq!(vote_result(&joint, granted(&[1, 2])), VoteResult::Lost);
+        assert_eq!(vote_result(&joint, granted(&[1, 2, 4, 5])), VoteResult::Won);
+        assert_eq!(vote_result(&joint, granted(&[3])), VoteResult::Lost);
+        let partial = |id| if id == 1 || id == 3 || id == 4 { Some(true) } else { None };
+        assert_eq!(vote_result(&joint, partial), VoteResult::Won);
+        let pending = |id| if id == 1 { Some(true) } else { None };
+        assert_eq!(vote_result(&joint, pending), VoteResult::Pending);
+    }
+}

@@ -1,0 +1,625 @@
+//! The node: roles, terms, and the dispatch of inputs to the rules that
+//! handle them.
+//!
+//! [`Raft`] owns the state of one node. Its inputs are [`Raft::tick`],
+//! [`Raft::step`], [`Raft::propose`], [`Raft::read_index`],
+//! [`Raft::transfer_leadership`] and the completion notices
+//! [`Raft::on_persisted`]; its outputs are drained with [`Raft::ready`].
+//! The rules themselves live in sibling modules, one concept each:
+//! `election` (PreVote, votes, CheckQuorum), `replication` (AppendEntries,
+//! heartbeats, commitment), `read_index` (linearizable reads), `transfer`
+//! (leadership transfer) and `snapshot` (InstallSnapshot).
+//!
+//! Invariants kept here:
+//! - the term never decreases; a higher term seen in any message is adopted
+//!   before the message is handled (Raft §5.1);
+//! - at most one vote per term (Raft §5.2), made durable before any message
+//!   that depends on it leaves (see [`Raft::send`]);
+//! - every pending proposal or read either succeeds or gets an error: a
+//!   leader that steps down fails its pending reads with [`NotLeader`].
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::config::{Config, ConfigError};
+use super::log::RaftLog;
+use super::message::{Body, Message};
+use super::progress::Progress;
+use super::read_index::ReadIndex;
+use super::ready::{PersistMarker, ReadState, Ready};
+use super::snapshot::SnapshotTransfer;
+use super::types::{
+    Configuration, Entry, HardState, Index, NO_NODE, NodeId, Payload, SnapshotMeta, Term,
+};
+
+/// The role a node plays in its current term (Raft §5.1, thesis §9.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asks whether it could win an election, without raising its term.
+    PreCandidate,
+    /// Campaigns for leadership in its term.
+    Candidate,
+    /// Leads its term.
+    Leader,
+}
+
+/// A request that only the leader can serve reached another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not the leader (leader hint: {leader:?})")]
+pub struct NotLeader {
+    /// The leader this node believes in, if any.
+    pub leader: Option<NodeId>,
+}
+
+/// Why a proposal was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader.
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    /// A leadership transfer is in progress; retry on the new leader.
+    #[error("leadership transfer to {0} in progress")]
+    Transferring(NodeId),
+    /// A configuration change is already in flight (one at a time).
+    #[error("a configuration change is already in flight (appended at index {0})")]
+    ChangeInFlight(Index),
+    /// The leader has not yet committed an entry of its own term, which it
+    /// must before it changes the configuration (thesis §4.1, the bug in
+    /// single-server changes).
+    #[error("the leader has not committed an entry of its term yet")]
+    NotReady,
+    /// The requested configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    InvalidConfiguration(String),
+}
+
+/// Durable state a node restarts from: the last snapshot, the entries after
+/// it, and the hard state. A new node starts from
+/// [`Restored::bootstrap`] or [`Restored::empty`].
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// Term, vote and commit index.
+    pub hard_state: HardState,
+    /// The snapshot the log starts after.
+    pub snapshot: SnapshotMeta,
+    /// The snapshot's data, if the node holds one (so it can send it on).
+    pub snapshot_data: Option<Vec<u8>>,
+    /// The entries after the snapshot.
+    pub entries: Vec<Entry>,
+}
+
+impl Restored {
+    /// A node that belongs to no cluster yet: it never campaigns until a
+    /// leader sends it a configuration that includes it.
+    pub fn empty() -> Self {
+        Restored::default()
+    }
+
+    /// The initial state of every founding member of a new cluster: the same
+    /// configuration entry at index 1, term 1, on every member, so that their
+    /// logs agree from the start.
+    pub fn bootstrap(conf: Configuration) -> Self {
+        Restored {
+            hard_state: HardState {
+                term: 1,
+                vote: NO_NODE,
+                commit: 0,
+            },
+            snapshot: SnapshotMeta::default(),
+            snapshot_data: None,
+            entries: vec![Entry {
+                term: 1,
+                index: 1,
+                payload: Payload::Config(conf),
+            }],
+        }
+    }
+}
+
+/// A snapshot of a node's state for status reports and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its term.
+    pub term: Term,
+    /// The leader it follows (itself when leader), if known.
+    pub leader: Option<NodeId>,
+    /// Its commit index.
+    pub commit: Index,
+    /// The index it has handed to the state machine.
+    pub applied: Index,
+    /// Its last log index.
+    pub last_index: Index,
+    /// The configuration in force.
+    pub config: Configuration,
+    /// On a leader: each member's (matched, next) positions.
+    pub progress: BTreeMap<NodeId, (Index, Index)>,
+}
+
+/// One Raft node: a pure, deterministic state machine.
+pub struct Raft {
+    pub(super) cfg: Config,
+    pub(super) id: NodeId,
+    pub(super) term: Term,
+    pub(super) vote: NodeId,
+    pub(super) leader: NodeId,
+    pub(super) role: Role,
+    pub(super) log: RaftLog,
+    /// The configuration in force: the last one in the log (thesis §4.1).
+    pub(super) conf: Configuration,
+    /// Where `conf` was appended.
+    pub(super) conf_index: Index,
+    /// Leader only: each member's replication progress (self included).
+    pub(super) progress: BTreeMap<NodeId, Progress>,
+    /// Candidate and pre-candidate: votes received.
+    pub(super) votes: BTreeMap<NodeId, bool>,
+    pub(super) election_elapsed: u32,
+    pub(super) heartbeat_elapsed: u32,
+    pub(super) randomized_timeout: u32,
+    rng: StdRng,
+    pub(super) reads: ReadIndex,
+    pub(super) read_states: Vec<ReadState>,
+    /// Leader only: the target of a leadership transfer in progress.
+    pub(super) transfer_target: Option<NodeId>,
+    /// Snapshot chunks being sent (leader) or received (follower).
+    pub(super) snapshots: SnapshotTransfer,
+    msgs: Vec<Message>,
+    msgs_after_persist: Vec<Message>,
+    /// Term and vote as last made durable.
+    durable: (Term, NodeId),
+    /// The hard state as last handed out in a Ready.
+    handed: HardState,
+}
+
+impl Raft {
+    /// Creates a node from its parameters and its durable state.
+    pub fn new(cfg: Config, restored: Restored) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let Restored {
+            hard_state,
+            snapshot,
+            snapshot_data,
+            entries,
+        } = restored;
+        let log = RaftLog::restore(snapshot, entries, hard_state.commit);
+        let (conf_index, conf) = log.last_config();
+        let conf = conf.clone();
+        let rng = StdRng::seed_from_u64(cfg.seed ^ cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut raft = Raft {
+            id: cfg.id,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            leader: NO_NODE,
+            role: Role::Follower,
+            conf,
+            conf_index,
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_timeout: cfg.election_ticks,
+            rng,
+            reads: ReadIndex::default(),
+            read_states: Vec::new(),
+            transfer_target: None,
+            snapshots: SnapshotTransfer::new(snapshot_data),
+            msgs: Vec::new(),
+            msgs_after_persist: Vec::new(),
+            durable: (hard_state.term, hard_state.vote),
+            handed: HardState {
+                commit: log.committed(),
+                ..hard_state
+            },
+            log,
+            cfg,
+        };
+        raft.reset_randomized_timeout();
+        Ok(raft)
+    }
+
+    // ----- accessors -------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The leader this node follows, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        (self.leader != NO_NODE).then_some(self.leader)
+    }
+
+    /// The log (read-only).
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Configuration {
+        &self.conf
+    }
+
+    /// The node's parameters.
+    pub fn params(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The hard state as it stands (durable or not).
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed(),
+        }
+    }
+
+    /// A summary for status reports.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            leader: self.leader(),
+            commit: self.log.committed(),
+            applied: self.log.applied(),
+            last_index: self.log.last_index(),
+            config: self.conf.clone(),
+            progress: self
+                .progress
+                .iter()
+                .map(|(&id, p)| (id, (p.matched, p.next)))
+                .collect(),
+        }
+    }
+
+    pub(super) fn not_leader(&self) -> NotLeader {
+        NotLeader {
+            leader: self.leader(),
+        }
+    }
+
+    /// Whether this node may campaign: it votes in the configuration in
+    /// force. Learners and nodes outside the configuration never do.
+    pub(super) fn promotable(&self) -> bool {
+        self.conf.is_voter(self.id)
+    }
+
+    // ----- role transitions ------------------------------------------------
+
+    pub(super) fn reset_randomized_timeout(&mut self) {
+        // Raft §5.2: election timeouts are chosen randomly from [T, 2T).
+        let t = self.cfg.election_ticks;
+        self.randomized_timeout = self.rng.random_range(t..2 * t);
+    }
+
+    /// Common reset when the term or role changes.
+    fn reset(&mut self, term: Term) {
+        if self.term != term {
+            self.term = term;
+            self.vote = NO_NODE;
+        }
+        self.leader = NO_NODE;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.reset_randomized_timeout();
+        self.votes.clear();
+        self.progress.clear();
+        self.transfer_target = None;
+        self.snapshots.abort_sends();
+        // A node that stops leading fails every read it was confirming.
+        let failed = self.reads.fail_all();
+        let err = self.not_leader();
+        self.read_states
+            .extend(failed.into_iter().map(|ctx| ReadState {
+                ctx,
+                result: Err(err),
+            }));
+    }
+
+    /// Becomes a follower of `leader` (or of nobody) in `term`.
+    pub(super) fn become_follower(&mut self, term: Term, leader: NodeId) {
+        self.reset(term);
+        self.leader = leader;
+        self.role = Role::Follower;
+        // Reads failed in reset() carry no hint; the leader is known now.
+    }
+
+    pub(super) fn become_pre_candidate(&mut self) {
+        // PreVote (thesis §9.6) does not change the term or the vote.
+        let term = self.term;
+        self.reset(term);
+        self.role = Role::PreCandidate;
+    }
+
+    pub(super) fn become_candidate(&mut self) {
+        let term = self.term + 1;
+        self.reset(term);
+        self.vote = self.id;
+        self.role = Role::Candidate;
+    }
+
+    pub(super) fn become_leader(&mut self) {
+        let term = self.term;
+        self.reset(term);
+        self.leader = self.id;
+        self.role = Role::Leader;
+        let next = self.log.last_index() + 1;
+        for id in self.conf.members() {
+            let mut pr = Progress::new(next, self.cfg.max_inflight);
+            pr.recent_active = true;
+            self.progress.insert(id, pr);
+        }
+        if let Some(me) = self.progress.get_mut(&self.id) {
+            me.matched = self.log.persisted();
+            me.become_replicate();
+        }
+        // Raft §8: a new leader commits a no-op entry of its term, which
+        // commits every earlier entry and lets reads proceed (thesis §6.4).
+        self.append_entry(Payload::Noop);
+        self.broadcast_append();
+    }
+
+    // ----- inputs ----------------------------------------------------------
+
+    /// Advances time by one tick.
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+    }
+
+    /// Handles a message from a peer.
+    ///
+    /// Messages not addressed to this node are ignored.
+    pub fn step(&mut self, m: Message) {
+        if m.to != self.id || m.from == self.id {
+            return;
+        }
+        if m.term > self.term {
+            if let Body::RequestVote {
+                pre_vote, transfer, ..
+            } = &m.body
+            {
+                // Thesis §4.2.3 / §9.6: while a follower hears from a leader
+                // it ignores vote requests, so a removed or partitioned node
+                // cannot disrupt a healthy cluster. A transfer overrides it.
+                let in_lease = self.cfg.check_quorum
+                    && self.leader != NO_NODE
+                    && self.election_elapsed < self.cfg.election_ticks;
+                if in_lease && !transfer {
+                    return;
+                }
+                if *pre_vote {
+                    // A PreVote probe does not raise our term.
+                    self.handle_request_vote(m);
+                    return;
+                }
+            }
+            let keeps_term = matches!(
+                m.body,
+                Body::RequestVoteResponse {
+                    pre_vote: true,
+                    granted: true
+                }
+            );
+            if !keeps_term {
+                // Raft §5.1: adopt the higher term from any message.
+                let leader = match m.body {
+                    Body::AppendEntries { .. }
+                    | Body::Heartbeat { .. }
+                    | Body::InstallSnapshot { .. } => m.from,
+                    _ => NO_NODE,
+                };
+                self.become_follower(m.term, leader);
+            }
+        } else if m.term < self.term {
+            self.handle_stale(m);
+            return;
+        }
+
+        match m.body {
+            Body::RequestVote { .. } => self.handle_request_vote(m),
+            Body::RequestVoteResponse { granted, pre_vote } => {
+                self.handle_vote_response(m.from, granted, pre_vote)
+            }
+            Body::AppendEntries { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. } => {
+                if self.role != Role::Follower {
+                    // Raft §5.2: a candidate that hears from the leader of
+                    // its term returns to follower.
+                    self.become_follower(self.term, m.from);
+                }
+                self.leader = m.from;
+                self.election_elapsed = 0;
+                match m.body {
+                    Body::AppendEntries { .. } => self.handle_append(m),
+                    Body::Heartbeat { .. } => self.handle_heartbeat(m),
+                    _ => self.handle_install_snapshot(m),
+                }
+            }
+            Body::AppendEntriesResponse { .. } => self.handle_append_response(m),
+            Body::HeartbeatResponse { round } => self.handle_heartbeat_response(m.from, round),
+            Body::TimeoutNow => self.handle_timeout_now(),
+            Body::InstallSnapshotResponse { .. } => self.handle_snapshot_response(m),
+        }
+    }
+
+    /// A message from an earlier term: answer requests with our term so a
+    /// stale leader or candidate learns it is behind (Raft §5.1); ignore
+    /// stale responses.
+    fn handle_stale(&mut self, m: Message) {
+        match m.body {
+            Body::AppendEntries { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. } => {
+                self.send(
+                    m.from,
+                    Body::AppendEntriesResponse {
+                        index: 0,
+                        success: false,
+                        hint: None,
+                    },
+                );
+            }
+            Body::RequestVote { pre_vote, .. } => {
+                self.send(
+                    m.from,
+                    Body::RequestVoteResponse {
+                        granted: false,
+                        pre_vote,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Proposes a command. On the leader, returns the index and term the
+    /// entry was appended at: the command is committed if and when the entry
+    /// at that index has that term.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(Index, Term), ProposeError> {
+        self.check_can_propose()?;
+        let index = self.append_entry(Payload::Command(data));
+        self.broadcast_append();
+        Ok((index, self.term))
+    }
+
+    pub(super) fn check_can_propose(&self) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader().into());
+        }
+        if let Some(to) = self.transfer_target {
+            return Err(ProposeError::Transferring(to));
+        }
+        Ok(())
+    }
+
+    /// Appends an entry of the current term to the leader's log.
+    pub(super) fn append_entry(&mut self, payload: Payload) -> Index {
+        let index = self.log.last_index() + 1;
+        let is_config = matches!(payload, Payload::Config(_));
+        self.log.append(vec![Entry {
+            term: self.term,
+            index,
+            payload,
+        }]);
+        if is_config {
+            self.on_config_changed();
+        }
+        index
+    }
+
+    // ----- outputs ---------------------------------------------------------
+
+    /// Queues a message. Messages that carry a term or vote not yet durable
+    /// wait until the current Ready is persisted, as do acknowledgements of
+    /// entries (DESIGN §3: "a follower's entries are durable before it
+    /// acknowledges them", "term and vote are durable before a vote is
+    /// granted or a message of the new term is sent").
+    pub(super) fn send(&mut self, to: NodeId, body: Body) {
+        let term = match body {
+            // A PreVote probe asks about the term we would campaign in.
+            Body::RequestVote { pre_vote: true, .. } => self.term + 1,
+            _ => self.term,
+        };
+        self.send_with_term(to, term, body);
+    }
+
+    /// [`Raft::send`] with an explicit term: a granted pre-vote answers in
+    /// the term the pre-candidate proposed.
+    pub(super) fn send_with_term(&mut self, to: NodeId, term: Term, body: Body) {
+        let acknowledges = matches!(
+            body,
+            Body::AppendEntriesResponse { .. } | Body::InstallSnapshotResponse { .. }
+        );
+        #[cfg(any(test, feature = "sim"))]
+        let acknowledges = acknowledges && !self.cfg.bugs.ack_before_persist;
+        let m = Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        };
+        if acknowledges || self.durable != (self.term, self.vote) {
+            self.msgs_after_persist.push(m);
+        } else {
+            self.msgs.push(m);
+        }
+    }
+
+    /// Whether [`Raft::ready`] has anything to hand out.
+    pub fn has_ready(&self) -> bool {
+        !self.msgs.is_empty()
+            || !self.msgs_after_persist.is_empty()
+            || self.log.has_unstable()
+            || self.log.has_committed()
+            || !self.read_states.is_empty()
+            || self.hard_state() != self.handed
+            || self.snapshots.has_received()
+    }
+
+    /// Takes every pending output. See [`Ready`] for what the runtime must
+    /// do with it.
+    pub fn ready(&mut self) -> Ready {
+        let snapshot = self.snapshots.take_received();
+        let entries = self.log.take_unstable();
+        let hs = self.hard_state();
+        let hard_state = (hs != self.handed).then_some(hs);
+        let term_vote_changed = (hs.term, hs.vote) != (self.handed.term, self.handed.vote);
+        self.handed = hs;
+        let persist_marker = PersistMarker {
+            last_entry: entries.last().map(|e| (e.index, e.term)),
+            term_vote: term_vote_changed.then_some((hs.term, hs.vote)),
+            snapshot: snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)),
+        };
+        Ready {
+            hard_state,
+            snapshot,
+            persist_marker,
+            entries,
+            messages: std::mem::take(&mut self.msgs),
+            persisted_messages: std::mem::take(&mut self.msgs_after_persist),
+            committed_entries: self.log.take_committed(self.cfg.max_batch_bytes.max(1 << 20)),
+            reads: std::mem::take(&mut self.read_states),
+        }
+    }
+
+    /// Storage reports that the writes of the Ready carrying `marker` (and
+    /// of every Ready before it) are durable.
+    pub fn on_persisted(&mut self, marker: PersistMarker) {
+        if let Some(tv) = marker.term_vote {
+            // Readies are persisted in order: this is the latest durable.
+            if tv.0 >= self.durable.0 {
+                self.durable = tv;
+            }
+        }
+        if let Some((index, term)) = marker.last_entry {
+            self.log.persisted_to(index, term);
+            if self.role == Role::Leader {
+                // The leader counts itself only once its own entries are
+                // durable (thesis §10.2.1).
+                let persisted = self.log.persisted();
+                if let Some(me) = self.progress.get_mut(&self.id)
+                    && me.maybe_update(persisted)
+                {
+                    self.maybe_commit();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Log replication and commitment (Raft §5.3, §5.4.2), heartbeats (§5.2).
+//!
+//! The leader streams entries to each follower according to its
+//! [`Progress`](super::progress::Progress) mode: one probe at a time until
+//! the match point is found (using the follower's conflict hint to skip a
+//! whole term per round trip), then pipelined batches within a bounded
+//! window. Heartbeats carry `min(follower's match, commit)`, a commit index
+//! the follower is known to hold the entries for.
+//!
+//! Invariants:
+//! - the leader commits an index only when a quorum (of both halves of a
+//!   joint configuration) holds it **and** it belongs to the leader's term
+//!   (§5.4.2); earlier entries commit with it;
+//! - the leader counts itself only for entries durable on its own disk;
+//! - a follower never truncates a committed entry, and a stale or duplicated
+//!   AppendEntries never truncates anything.
+
+use super::message::{Body, Message};
+use super::progress::Mode;
+use super::quorum;
+use super::raft::{Raft, Role};
+use super::types::{Index, NodeId, Payload};
+
+impl Raft {
+    /// Sends entries (or a probe) to every other member.
+    pub(super) fn broadcast_append(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
+        for id in peers {
+            self.send_append_all(id, false);
+        }
+    }
+
+    /// Sends as many AppendEntries to `to` as its flow control allows; with
+    /// `probe`, sends one even when there are no new entries.
+    pub(super) fn send_append_all(&mut self, to: NodeId, probe: bool) {
+        let mut allow_empty = probe;
+        while self.send_append(to, allow_empty) {
+            allow_empty = false;
+        }
+    }
+
+    /// Sends one AppendEntries to `to`. Returns whether it carried entries
+    /// and more may follow.
+    fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
+        let last = self.log.last_index();
+        let committed = self.log.committed();
+        let max_bytes = self.cfg.max_batch_bytes;
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return false;
+        };
+        if pr.is_paused() {
+            return false;
+        }
+        let prev_index = pr.next - 1;
+        let (Some(prev_term), Some(entries)) = (
+            self.log.term(prev_index),
+            self.log.slice(pr.next, last + 1, max_bytes),
+        ) else {
+            // Raft §7: the follower needs entries we have compacted.
+            self.send_snapshot(to);
+            return false;
+        };
+        if entries.is_empty() && !(allow_empty || pr.mode == Mode::Probe) {
+            return false;
+        }
+        let sent_last = prev_index + entries.len() as Index;
+        let has_entries = !entries.is_empty();
+        if has_entries || pr.mode == Mode::Probe {
+            pr.sent_entries(sent_last);
+        }
+        self.send(
+            to,
+            Body::AppendEntries {
+                prev_index,
+                prev_term,
+                entries,
+                commit: committed,
+            },
+        );
+        has_entries && sent_last < last
+    }
+
+    /// Sends a heartbeat to every other member, carrying the latest read
+    /// confirmation round. Followers receiving a snapshot get its current
+    /// chunk again, so a lost chunk does not stall the transfer.
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let round = self.reads.round();
+        let committed = self.log.committed();
+        let peers: Vec<(NodeId, Index, Mode)> = self
+            .progress
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(&id, p)| (id, p.matched, p.mode))
+            .collect();
+        for (id, matched, mode) in peers {
+            self.send(
+                id,
+                Body::Heartbeat {
+                    commit: matched.min(committed),
+                    round,
+                },
+            );
+            if mode == Mode::Snapshot {
+                self.resend_snapshot_chunk(id);
+            }
+        }
+    }
+
+    /// Follower: Raft §5.3 receiver rules for AppendEntries.
+    pub(super) fn handle_append(&mut self, m: Message) {
+        let Body::AppendEntries {
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+        } = m.body
+        else {
+            return;
+        };
+        let committed = self.log.committed();
+        if prev_index < committed {
+            // Everything up to our commit index already matches the leader
+            // (Leader Completeness); tell it where to continue.
+            self.send(
+                m.from,
+                Body::AppendEntriesResponse {
+                    index: committed,
+                    success: true,
+                    hint: None,
+                },
+            );
+            return;
+        }
+        if self.log.matches(prev_index, prev_term) {
+            let has_config = entries.iter().any(|e| matches!(e.payload, Payload::Config(_)));
+            let (last_new, truncated) = self.log.append_after(prev_index, entries);
+            if has_config || truncated {
+                self.on_config_changed();
+            }
+            // Figure 2: commitIndex = min(leaderCommit, index of last new entry).
+            self.log.commit_to(commit.min(last_new));
+            self.send(
+                m.from,
+                Body::AppendEntriesResponse {
+                    index: last_new,
+                    success: true,
+                    hint: None,
+                },
+            );
+        } else {
+            // Fast backtracking: the largest index at or below the probe
+            // whose term is at most the leader's prev_term.
+            let hint = self.log.find_conflict_by_term(prev_index, prev_term);
+            self.send(
+                m.from,
+                Body::AppendEntriesResponse {
+                    index: prev_index,
+                    success: false,
+                    hint: Some(hint),
+                },
+            );
+        }
+    }
+
+    /// Leader: an answer to AppendEntries.
+    pub(super) fn handle_append_response(&mut self, m: Message) {
+        let Body::AppendEntriesResponse {
+            index,
+            success,
+            hint,
+        } = m.body
+        else {
+            return;
+        };
+        if self.role != Role::Leader {
+            return;
+        }
+        let from = m.from;
+        let match_hint = match hint {
+            Some((hi, ht)) => self.log.find_conflict_by_term(hi, ht).0,
+            None => index.saturating_sub(1),
+        };
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if !success {
+            if pr.maybe_decrease(index, match_hint) {
+                if pr.mode == Mode::Replicate {
+                    pr.become_probe();
+                }
+                self.send_append_all(from, true);
+            }
+            return;
+        }
+        if pr.maybe_update(index) {
+            match pr.mode {
+                Mode::Probe => pr.become_replicate(),
+                Mode::Replicate => pr.inflights.free_to(index),
+                Mode::Snapshot => {
+                    if pr.matched >= pr.pending_snapshot {
+                        pr.become_probe();
+                    }
+                }
+            }
+            let caught_up = pr.matched == last;
+            if self.maybe_commit() {
+                // Tell followers promptly so they can apply.
+                self.broadcast_append();
+            }
+            if caught_up && self.transfer_target == Some(from) {
+                self.send(from, Body::TimeoutNow);
+            }
+        } else if pr.mode == Mode::Replicate {
+            pr.inflights.free_to(index);
+        }
+        self.send_append_all(from, false);
+    }
+
+    /// Follower: a heartbeat raises the commit index to what the leader
+    /// knows this follower holds, and is echoed with its read round.
+    pub(super) fn handle_heartbeat(&mut self, m: Message) {
+        let Body::Heartbeat { commit, round } = m.body else {
+            return;
+        };
+        self.log.commit_to(commit);
+        self.send(m.from, Body::HeartbeatResponse { round });
+    }
+
+    /// Leader: a heartbeat answer proves the follower still follows us.
+    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, round: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        pr.read_round = pr.read_round.max(round);
+        pr.probe_sent = false;
+        if pr.mode == Mode::Replicate && pr.inflights.is_full() {
+            // Appends may have been lost: make room for one more, whose
+            // rejection (if there is a gap) restarts probing.
+            pr.inflights.free_first();
+        }
+        let behind = pr.matched < last;
+        if behind {
+            self.send_append_all(from, false);
+        }
+        self.check_read_quorum();
+    }
+
+    /// Raft §5.4.2: advance the commit index to the largest index held by a
+    /// quorum, but only if that entry is of the current term. Returns whether
+    /// it advanced.
+    pub(super) fn maybe_commit(&mut self) -> bool {
+        let index = quorum::committed_index(&self.conf, |id| {
+            self.progress.get(&id).map_or(0, |p| p.matched)
+        });
+        if index <= self.log.committed() || index == Index::MAX {
+            return false;
+        }
+        let current_term = self.log.term(index) == Some(self.term);
+        #[cfg(any(test, feature = "sim"))]
+        let current_term = current_term || self.cfg.bugs.commit_old_terms;
+        if !current_term {
+            return false;
+        }
+        self.log.commit_to(index);
+        self.on_commit_advanced();
+        true
+    }
+}

@@ -1,0 +1,249 @@
+//! Snapshots in the protocol (Raft §7): compacting the log behind a local
+//! snapshot, and sending a snapshot in bounded chunks to a follower that
+//! needs compacted entries.
+//!
+//! Transfer protocol: the leader sends chunks in order, one at a time; the
+//! follower appends a chunk only if it starts exactly where its buffer ends
+//! and answers with the offset it expects next. A lost chunk is resent with
+//! the next heartbeat; a chunk of another snapshot (a newer snapshot, or a
+//! new leader) at offset zero restarts the transfer, at another offset is
+//! rejected so the sender restarts. Only a complete snapshot is installed,
+//! and it is installed as a whole: the runtime persists it (temp file, fsync,
+//! rename) and restores the state machine from it before applying anything
+//! after it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::message::{Body, Message};
+use super::progress::Mode;
+use super::raft::{Raft, Role};
+use super::ready::InstalledSnapshot;
+use super::types::{Index, NodeId, SnapshotMeta};
+
+/// Default size of one snapshot chunk.
+pub const DEFAULT_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Snapshot state of one node.
+#[derive(Debug, Default)]
+pub(super) struct SnapshotTransfer {
+    /// The latest local snapshot's data, for sending.
+    local: Option<Arc<Vec<u8>>>,
+    /// Leader: the offset each follower expects next.
+    sending: BTreeMap<NodeId, u64>,
+    /// Follower: the snapshot being received.
+    receiving: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Follower: a complete snapshot waiting to be handed out in a Ready.
+    received: Option<InstalledSnapshot>,
+}
+
+impl SnapshotTransfer {
+    pub(super) fn new(data: Option<Vec<u8>>) -> Self {
+        SnapshotTransfer {
+            local: data.map(Arc::new),
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn abort_sends(&mut self) {
+        self.sending.clear();
+    }
+
+    pub(super) fn has_received(&self) -> bool {
+        self.received.is_some()
+    }
+
+    pub(super) fn take_received(&mut self) -> Option<InstalledSnapshot> {
+        self.received.take()
+    }
+}
+
+impl Raft {
+    /// Whether the log since the last snapshot has grown past the configured
+    /// threshold: the runtime should then take a snapshot of the state
+    /// machine at [`RaftLog::applied`](super::log::RaftLog::applied) and call
+    /// [`Raft::compact`].
+    pub fn wants_snapshot(&self) -> bool {
+        let threshold = self.cfg.snapshot_entries;
+        threshold > 0 && self.log.applied() >= self.log.snapshot().index + threshold
+    }
+
+    /// Records a snapshot of the state machine taken after applying every
+    /// entry up to `index`, and forgets the log up to it.
+    pub fn compact(&mut self, index: Index, data: Vec<u8>) -> Result<SnapshotMeta, CompactError> {
+        if index > self.log.applied() || index > self.log.persisted() {
+            return Err(CompactError::NotApplied {
+                index,
+                applied: self.log.applied(),
+            });
+        }
+        if index <= self.log.snapshot().index {
+            return Err(CompactError::Outdated(index));
+        }
+        let term = self.log.term(index).ok_or(CompactError::Outdated(index))?;
+        let meta = SnapshotMeta {
+            index,
+            term,
+            config: self.log.config_at(index).clone(),
+        };
+        self.log.compact_to(meta.clone());
+        self.snapshots.local = Some(Arc::new(data));
+        Ok(meta)
+    }
+
+    /// Leader: starts sending the local snapshot to `to`.
+    pub(super) fn send_snapshot(&mut self, to: NodeId) {
+        if self.snapshots.local.is_none() {
+            return; // nothing to send yet; retried on the next heartbeat
+        }
+        let index = self.log.snapshot().index;
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.become_snapshot(index);
+        }
+        self.snapshots.sending.insert(to, 0);
+        self.send_snapshot_chunk(to, 0);
+    }
+
+    /// Leader: resends the chunk `to` is waiting for (after a loss).
+    pub(super) fn resend_snapshot_chunk(&mut self, to: NodeId) {
+        match self.snapshots.sending.get(&to).copied() {
+            Some(offset) => self.send_snapshot_chunk(to, offset),
+            None => self.send_snapshot(to),
+        }
+    }
+
+    fn send_snapshot_chunk(&mut self, to: NodeId, offset: u64) {
+        let Some(data) = self.snapshots.local.clone() else {
+            return;
+        };
+        let meta = self.log.snapshot().clone();
+        let pending = self.progress.get(&to).map(|p| p.pending_snapshot);
+        if pending != Some(meta.index) {
+            // A newer snapshot replaced the one being sent: restart.
+            if let Some(pr) = self.progress.get_mut(&to) {
+                pr.become_snapshot(meta.index);
+            }
+            self.snapshots.sending.insert(to, 0);
+            return self.send_snapshot_chunk(to, 0);
+        }
+        let start = (offset as usize).min(data.len());
+        let end = (start + self.cfg.snapshot_chunk_bytes.max(1)).min(data.len());
+        self.send(
+            to,
+            Body::InstallSnapshot {
+                meta,
+                offset: start as u64,
+                data: data[start..end].to_vec(),
+                done: end == data.len(),
+            },
+        );
+    }
+
+    /// Leader: a follower answered a chunk.
+    pub(super) fn handle_snapshot_response(&mut self, m: Message) {
+        let Body::InstallSnapshotResponse {
+            index,
+            next_offset,
+            done,
+            ..
+        } = m.body
+        else {
+            return;
+        };
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&m.from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if pr.mode != Mode::Snapshot || pr.pending_snapshot != index {
+            return; // stale
+        }
+        if done {
+            pr.maybe_update(index);
+            pr.become_probe();
+            self.snapshots.sending.remove(&m.from);
+            self.send_append_all(m.from, true);
+        } else {
+            self.snapshots.sending.insert(m.from, next_offset);
+            self.send_snapshot_chunk(m.from, next_offset);
+        }
+    }
+
+    /// Follower: one chunk of a snapshot.
+    pub(super) fn handle_install_snapshot(&mut self, m: Message) {
+        let Body::InstallSnapshot {
+            meta,
+            offset,
+            data,
+            done,
+        } = m.body
+        else {
+            return;
+        };
+        let index = meta.index;
+        let reply = |next_offset: u64, done: bool, rejected: bool| Body::InstallSnapshotResponse {
+            index,
+            next_offset,
+            done,
+            rejected,
+        };
+        if index <= self.log.committed() {
+            // We already hold everything the snapshot covers.
+            self.send(m.from, reply(0, true, false));
+            return;
+        }
+        let same = self
+            .snapshots
+            .receiving
+            .as_ref()
+            .is_some_and(|(held, _)| *held == meta);
+        if !same {
+            if offset != 0 {
+                self.send(m.from, reply(0, false, true));
+                return;
+            }
+            self.snapshots.receiving = Some((meta.clone(), Vec::new()));
+        }
+        let Some((_, buf)) = self.snapshots.receiving.as_mut() else {
+            return;
+        };
+        let held = buf.len() as u64;
+        if offset != held {
+            // A duplicate (behind) or a gap (ahead): say where we are.
+            self.send(m.from, reply(held, false, offset > held));
+            return;
+        }
+        buf.extend_from_slice(&data);
+        let held = buf.len() as u64;
+        if !done {
+            self.send(m.from, reply(held, false, false));
+            return;
+        }
+        let Some((meta, data)) = self.snapshots.receiving.take() else {
+            return;
+        };
+        self.log.install_snapshot(meta.clone());
+        self.snapshots.local = Some(Arc::new(data.clone()));
+        self.snapshots.received = Some(InstalledSnapshot { meta, data });
+        self.on_config_changed();
+        self.send(m.from, reply(held, true, false));
+    }
+}
+
+/// Why [`Raft::compact`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompactError {
+    /// The snapshot claims entries the state machine has not applied.
+    #[error("cannot compact to {index}: only {applied} applied")]
+    NotApplied {
+        /// The requested index.
+        index: Index,
+        /// What has been applied.
+        applied: Index,
+    },
+    /// The log is already compacted past this index.
+    #[error("already compacted past {0}")]
+    Outdated(Index),
+}

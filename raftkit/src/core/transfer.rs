@@ -1,0 +1,57 @@
+//! Leadership transfer (Raft thesis §3.10).
+//!
+//! The leader stops accepting proposals, brings the target's log up to date,
+//! then sends it `TimeoutNow`; the target campaigns at once, skipping
+//! PreVote, with a flag that lets voters grant the vote even though they
+//! still hear from the current leader. A transfer that does not complete
+//! within an election timeout is abandoned (see `election`).
+
+use super::message::Body;
+use super::raft::{Raft, Role};
+use super::types::NodeId;
+
+/// Why a leadership transfer could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// This node is not the leader.
+    #[error(transparent)]
+    NotLeader(#[from] super::NotLeader),
+    /// The target is not a voter of the configuration in force.
+    #[error("node {0} is not a voter")]
+    NotVoter(NodeId),
+}
+
+impl Raft {
+    /// Starts transferring leadership to `to`. Transferring to itself is a
+    /// no-op.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader().into());
+        }
+        if to == self.id {
+            return Ok(());
+        }
+        if !self.conf.is_voter(to) {
+            return Err(TransferError::NotVoter(to));
+        }
+        self.transfer_target = Some(to);
+        self.election_elapsed = 0;
+        let caught_up = self
+            .progress
+            .get(&to)
+            .is_some_and(|p| p.matched == self.log.last_index());
+        if caught_up {
+            self.send(to, Body::TimeoutNow);
+        } else {
+            self.send_append_all(to, true);
+        }
+        Ok(())
+    }
+
+    /// The target of a transfer campaigns immediately.
+    pub(super) fn handle_timeout_now(&mut self) {
+        if self.role != Role::Leader {
+            self.campaign(true);
+        }
+    }
+}
