@@ -15,6 +15,8 @@
 pub mod client;
 pub mod core;
 pub mod error;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod state_machine;
 
 pub use error::Error;
