@@ -98,7 +98,7 @@ mod tests {
         let acked = |id: NodeId| [0, 5, 3, 9, 1, 7][id as usize];
         assert_eq!(majority_index(&set(&[1, 2, 3]), acked), 5);
         assert_eq!(majority_index(&set(&[1, 2, 3, 4]), acked), 3);
-        assert_eq!(majority_index(&set(&[1, 2, 3, 4, 5]), acked), 3);
+        assert_eq!(majority_index(&set(&[1, 2, 3, 4, 5]), acked), 5);
         assert_eq!(majority_index(&set(&[3]), acked), 9);
         assert_eq!(majority_index(&set(&[]), acked), Index::MAX);
     }
