@@ -43,7 +43,7 @@ impl Entry {
 }
 
 /// The contents of a log entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Payload {
     /// The empty entry a new leader appends to commit entries of earlier
     /// terms (Raft §5.4.2, §8).
@@ -75,7 +75,7 @@ pub struct HardState {
 /// While `outgoing` is non-empty the configuration is *joint* (Raft thesis
 /// §4.3): every decision needs a majority of `voters` **and** a majority of
 /// `outgoing`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Configuration {
     /// The voters of the (incoming) configuration.
     pub voters: BTreeSet<NodeId>,

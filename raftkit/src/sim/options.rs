@@ -1,0 +1,149 @@
+//! What one simulated run looks like, and the outcome.
+
+use std::fmt;
+
+use super::oracle::Violation;
+
+/// Parameters of one simulated run. [`SimOptions::for_seed`] draws a mixed
+/// scenario from the seed, which is what the CI seed sweep uses.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Cluster size.
+    pub nodes: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Distinct keys the clients use.
+    pub keys: u64,
+    /// Length of the phase with faults (virtual milliseconds).
+    pub fault_ms: u64,
+    /// Length of the calm phase after the final heal (virtual ms), within
+    /// which a leader must emerge and a write must complete.
+    pub heal_ms: u64,
+    /// Take a snapshot every this many applied entries (0: never).
+    pub snapshot_entries: u64,
+    /// Size of one InstallSnapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Crash nodes (losing unsynced writes) during the fault phase.
+    pub crashes: bool,
+    /// Partition the network during the fault phase.
+    pub partitions: bool,
+    /// Lose, duplicate and reorder messages during the fault phase.
+    pub lossy_network: bool,
+    /// Print every event.
+    pub trace: bool,
+    /// Deliberately broken rules (tests of the simulation's teeth).
+    pub bugs: crate::core::config::Bugs,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            nodes: 3,
+            clients: 4,
+            keys: 3,
+            fault_ms: 2_500,
+            heal_ms: 2_000,
+            snapshot_entries: 0,
+            snapshot_chunk_bytes: 64,
+            crashes: true,
+            partitions: true,
+            lossy_network: true,
+            trace: false,
+            bugs: Default::default(),
+        }
+    }
+}
+
+impl SimOptions {
+    /// A mixed scenario drawn from `seed`: 3 or 5 nodes, with or without
+    /// snapshots, and a mix of fault kinds (always at least one).
+    pub fn for_seed(seed: u64) -> Self {
+        let bits = seed.wrapping_mul(0x2545_F491_4F6C_DD1D).rotate_left(17);
+        let mut o = SimOptions {
+            nodes: if bits & 1 == 0 { 3 } else { 5 },
+            snapshot_entries: if bits & 2 == 0 { 0 } else { 16 + (bits >> 8) % 48 },
+            crashes: bits & 4 == 0 || bits & 32 != 0,
+            partitions: bits & 8 == 0 || bits & 64 != 0,
+            lossy_network: bits & 16 == 0 || bits & 128 != 0,
+            ..SimOptions::default()
+        };
+        if !(o.crashes || o.partitions || o.lossy_network) {
+            o.crashes = true;
+        }
+        o
+    }
+}
+
+/// What a successful run did.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Events processed.
+    pub events: u64,
+    /// A hash of the whole event trace: one seed always gives the same.
+    pub trace_hash: u64,
+    /// Client operations issued.
+    pub ops: usize,
+    /// Operations whose outcome the client learned.
+    pub completed: usize,
+    /// Leaders elected (distinct terms with a leader).
+    pub leaders: usize,
+    /// Crashes injected.
+    pub crashes: usize,
+    /// Snapshots taken locally.
+    pub snapshots_taken: usize,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: usize,
+    /// The highest commit index reached.
+    pub commit: u64,
+}
+
+/// Why a run failed.
+#[derive(Clone, Debug)]
+pub enum FailureKind {
+    /// A Raft safety property broke.
+    Safety(Violation),
+    /// The client history is not linearizable (or could not be checked).
+    Linearizability(String),
+    /// No progress after the network healed.
+    Liveness(String),
+}
+
+/// A failed run, with the command that replays it.
+#[derive(Clone, Debug)]
+pub struct SimFailure {
+    /// The seed.
+    pub seed: u64,
+    /// Virtual time of the failure.
+    pub time: u64,
+    /// What went wrong.
+    pub kind: FailureKind,
+}
+
+impl SimFailure {
+    /// The one-line command that replays this seed with a full trace.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "RAFTKIT_SIM_SEED={} RAFTKIT_SIM_TRACE=1 cargo test --test sim replay -- --nocapture",
+            self.seed
+        )
+    }
+}
+
+impl fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            FailureKind::Safety(v) => write!(
+                f,
+                "seed {} violated {} at t={}ms: {}",
+                self.seed, v.property, self.time, v.detail
+            )?,
+            FailureKind::Linearizability(s) => {
+                write!(f, "seed {}: history not linearizable: {s}", self.seed)?
+            }
+            FailureKind::Liveness(s) => write!(f, "seed {}: liveness: {s}", self.seed)?,
+        }
+        write!(f, "\n  replay: {}", self.replay_command())
+    }
+}

@@ -1,0 +1,770 @@
+//! The discrete-event scheduler that runs one simulated cluster.
+//!
+//! Everything happens at a virtual time (milliseconds) drawn from one seeded
+//! RNG, in the order of a priority queue keyed by (time, sequence number):
+//! node ticks, message deliveries, fsync completions, client requests and
+//! timeouts, and the nemesis that alternates fault and calm periods. One seed
+//! always yields the same run; the trace hash proves it.
+//!
+//! Each simulated node is what the runtime will be in miniature: it drives a
+//! [`Raft`] core, persists through a simulated [`Disk`] whose writes complete
+//! in order after a latency, sends persisted-only messages after their
+//! write completes, applies committed entries to a [`SimKv`], tracks client
+//! proposals by (index, term), and serves ReadIndex reads once applied.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::disk::{Disk, PendingWrite, WriteQueue};
+use super::kv::{SimKv, SimKvWrite};
+use super::linearizability::{self, History, Key, KvOp, KvOutcome, OpId, Value};
+use super::network::{NetworkFaults, Partition};
+use super::options::{FailureKind, SimFailure, SimOptions, SimReport};
+use super::oracle::{Oracle, Violation};
+use crate::core::{
+    Config, Configuration, Entry, Index, Message, NodeId, Payload, Raft, Restored, Role, Term,
+};
+use crate::state_machine::{StateMachine, decode, encode};
+
+const TICK_MS: u64 = 10;
+const OP_TIMEOUT_MS: u64 = 400;
+const READ_ATTEMPT_MS: u64 = 120;
+
+#[derive(Debug)]
+enum Event {
+    Tick { node: NodeId, epoch: u64 },
+    Deliver(Message),
+    Persisted { node: NodeId, epoch: u64 },
+    ClientNext { client: usize },
+    ClientSend { client: usize, seq: u64, attempt: u32 },
+    ClientDeadline { client: usize, seq: u64 },
+    ReadAttemptTimeout { client: usize, seq: u64, attempt: u32 },
+    Nemesis { fault: bool },
+    Restart { node: NodeId },
+    Heal,
+}
+
+struct Scheduled {
+    time: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.time, self.seq).cmp(&(other.time, other.seq))
+    }
+}
+
+struct Node {
+    id: NodeId,
+    raft: Option<Raft>,
+    epoch: u64,
+    disk: Disk,
+    writes: WriteQueue,
+    kv: SimKv,
+    /// Client proposals by index: (term, client, op seq).
+    proposals: BTreeMap<Index, (Term, usize, u64)>,
+    /// ReadIndex requests by context: (client, op seq, key).
+    reads: BTreeMap<u64, (usize, u64, Key)>,
+    /// Reads whose index is known, waiting for the state machine.
+    read_waiting: Vec<(Index, usize, u64, Key)>,
+    last_role: (Role, Term),
+}
+
+struct InFlight {
+    seq: u64,
+    op: KvOp,
+    id: OpId,
+    attempt: u32,
+}
+
+struct Client {
+    hint: Option<NodeId>,
+    op: Option<InFlight>,
+    seq: u64,
+    counter: u64,
+    seen: BTreeMap<Key, Option<Value>>,
+}
+
+enum Reply {
+    Done(KvOutcome),
+    /// Definitely not applied: retry elsewhere.
+    Retry(Option<NodeId>),
+}
+
+/// One simulated cluster run.
+pub struct World {
+    seed: u64,
+    opts: SimOptions,
+    rng: StdRng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    nodes: BTreeMap<NodeId, Node>,
+    ids: Vec<NodeId>,
+    conf: Configuration,
+    faults: NetworkFaults,
+    clients: Vec<Client>,
+    history: History,
+    oracle: Oracle,
+    trace: DefaultHasher,
+    next_ctx: u64,
+    heal_at: u64,
+    end_at: u64,
+    healed: bool,
+    write_after_heal: bool,
+    report: SimReport,
+}
+
+type Step = Result<(), FailureKind>;
+
+impl World {
+    /// Builds a cluster for `seed`.
+    pub fn new(seed: u64, opts: SimOptions) -> Self {
+        let ids: Vec<NodeId> = (1..=opts.nodes as NodeId).collect();
+        let conf = Configuration::new(ids.iter().copied());
+        let restored = Restored::bootstrap(conf.clone());
+        let mut world = World {
+            seed,
+            rng: StdRng::seed_from_u64(seed),
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: BTreeMap::new(),
+            ids: ids.clone(),
+            conf,
+            faults: NetworkFaults::default(),
+            clients: Vec::new(),
+            history: History::new(),
+            oracle: Oracle::default(),
+            trace: DefaultHasher::new(),
+            next_ctx: 1,
+            heal_at: opts.fault_ms,
+            end_at: opts.fault_ms + opts.heal_ms,
+            healed: false,
+            write_after_heal: false,
+            report: SimReport {
+                seed,
+                ..Default::default()
+            },
+            opts,
+        };
+        for &id in &ids {
+            let raft = world.new_raft(id, restored.clone());
+            world.nodes.insert(
+                id,
+                Node {
+                    id,
+                    raft: Some(raft),
+                    epoch: 0,
+                    disk: Disk::new(&restored),
+                    writes: WriteQueue::default(),
+                    kv: SimKv::default(),
+                    proposals: BTreeMap::new(),
+                    reads: BTreeMap::new(),
+                    read_waiting: Vec::new(),
+                    last_role: (Role::Follower, 1),
+                },
+            );
+            let offset = world.rng.random_range(0..TICK_MS);
+            world.schedule(offset, Event::Tick { node: id, epoch: 0 });
+        }
+        for c in 0..world.opts.clients {
+            world.clients.push(Client {
+                hint: None,
+                op: None,
+                seq: 0,
+                counter: 0,
+                seen: BTreeMap::new(),
+            });
+            let start = world.rng.random_range(0..50);
+            world.schedule(start, Event::ClientNext { client: c });
+        }
+        let first = world.rng.random_range(200..600);
+        world.schedule(first, Event::Nemesis { fault: true });
+        world.schedule(world.heal_at, Event::Heal);
+        world
+    }
+
+    fn new_raft(&mut self, id: NodeId, restored: Restored) -> Raft {
+        let mut cfg = Config::new(id);
+        cfg.seed = self.seed.wrapping_add(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.rng.random::<u64>();
+        cfg.max_inflight = 8;
+        cfg.max_batch_bytes = 4096;
+        cfg.snapshot_entries = self.opts.snapshot_entries;
+        cfg.snapshot_chunk_bytes = self.opts.snapshot_chunk_bytes;
+        cfg.bugs = self.opts.bugs;
+        match Raft::new(cfg, restored) {
+            Ok(r) => r,
+            Err(e) => panic!("simulation built an invalid config: {e}"),
+        }
+    }
+
+    fn schedule(&mut self, delay: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            time: self.now + delay,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    fn fail(&self, kind: FailureKind) -> SimFailure {
+        SimFailure {
+            seed: self.seed,
+            time: self.now,
+            kind,
+        }
+    }
+
+    /// Runs to the end and checks the history.
+    pub fn run(mut self) -> Result<SimReport, SimFailure> {
+        while let Some(Reverse(s)) = self.queue.pop() {
+            if s.time > self.end_at {
+                break;
+            }
+            self.now = s.time;
+            self.report.events += 1;
+            self.trace_event(&s.event);
+            if let Err(kind) = self.handle(s.event) {
+                return Err(self.fail(kind));
+            }
+        }
+        self.finish()
+    }
+
+    fn trace_event(&mut self, e: &Event) {
+        self.now.hash(&mut self.trace);
+        let line = match e {
+            Event::Deliver(m) => {
+                (1u8, m.from, m.to, m.term).hash(&mut self.trace);
+                m.body.kind().hash(&mut self.trace);
+                if !self.opts.trace {
+                    return;
+                }
+                format!("deliver {} {}->{} term {}: {:?}", m.body.kind(), m.from, m.to, m.term, m.body)
+            }
+            other => {
+                let s = format!("{other:?}");
+                s.hash(&mut self.trace);
+                s
+            }
+        };
+        if self.opts.trace {
+            println!("[{:>6}ms] {line}", self.now);
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Step {
+        match event {
+            Event::Tick { node, epoch } => {
+                let Some(n) = self.nodes.get_mut(&node) else { return Ok(()) };
+                if n.epoch != epoch {
+                    return Ok(());
+                }
+                let Some(raft) = n.raft.as_mut() else { return Ok(()) };
+                raft.tick();
+                self.schedule(TICK_MS, Event::Tick { node, epoch });
+                self.process(node)
+            }
+            Event::Deliver(m) => {
+                let to = m.to;
+                let Some(raft) = self.nodes.get_mut(&to).and_then(|n| n.raft.as_mut()) else {
+                    return Ok(());
+                };
+                raft.step(m);
+                self.process(to)
+            }
+            Event::Persisted { node, epoch } => self.persisted(node, epoch),
+            Event::ClientNext { client } => {
+                self.start_op(client);
+                Ok(())
+            }
+            Event::ClientSend {
+                client,
+                seq,
+                attempt,
+            } => self.client_send(client, seq, attempt),
+            Event::ClientDeadline { client, seq } => {
+                let c = &mut self.clients[client];
+                if c.op.as_ref().is_some_and(|op| op.seq == seq) {
+                    // The outcome stays unknown: possibly applied.
+                    c.op = None;
+                    let think = self.rng.random_range(0..20);
+                    self.schedule(think, Event::ClientNext { client });
+                }
+                Ok(())
+            }
+            Event::ReadAttemptTimeout {
+                client,
+                seq,
+                attempt,
+            } => {
+                let c = &mut self.clients[client];
+                if let Some(op) = c.op.as_mut()
+                    && op.seq == seq
+                    && op.attempt == attempt
+                {
+                    op.attempt += 1;
+                    c.hint = None;
+                    let attempt = op.attempt;
+                    self.schedule(1, Event::ClientSend {
+                        client,
+                        seq,
+                        attempt,
+                    });
+                }
+                Ok(())
+            }
+            Event::Nemesis { fault } => self.nemesis(fault),
+            Event::Restart { node } => {
+                self.restart(node);
+                Ok(())
+            }
+            Event::Heal => {
+                self.healed = true;
+                self.faults = NetworkFaults::default();
+                for id in self.ids.clone() {
+                    self.restart(id);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    // ----- nodes ---------------------------------------------------------
+
+    /// Drains a node's Ready outputs and checks the invariants.
+    fn process(&mut self, id: NodeId) -> Step {
+        loop {
+            let Some(n) = self.nodes.get_mut(&id) else { return Ok(()) };
+            let Some(raft) = n.raft.as_mut() else { return Ok(()) };
+            if !raft.has_ready() {
+                break;
+            }
+            let rd = raft.ready();
+            let role = (raft.role(), raft.term());
+            let became_leader = role.0 == Role::Leader && n.last_role != role;
+            n.last_role = role;
+            if became_leader {
+                self.report.leaders += 1;
+            }
+            let raft = n.raft.as_ref().expect("checked above");
+            self.oracle.observe(raft, &rd.entries, became_leader).map_err(FailureKind::Safety)?;
+
+            let must_write = rd.must_persist() || !rd.persisted_messages.is_empty();
+            for m in rd.messages {
+                self.send(m);
+            }
+            let n = self.nodes.get_mut(&id).expect("node exists");
+            if let Some(snap) = &rd.snapshot {
+                n.kv = SimKv::restore(&snap.data).map_err(|e| {
+                    FailureKind::Safety(Violation {
+                        property: "snapshot",
+                        detail: format!("node {id} received an undecodable snapshot: {e}"),
+                    })
+                })?;
+                self.report.snapshots_installed += 1;
+            }
+            if must_write {
+                let latency = self.rng.random_range(1..4);
+                let done_at = n.writes.completion_time(self.now, latency);
+                n.writes.pending.push_back(PendingWrite {
+                    done_at,
+                    installed: rd.snapshot.map(|s| (s.meta, s.data)),
+                    entries: rd.entries,
+                    hard_state: rd.hard_state,
+                    compaction: None,
+                    messages: rd.persisted_messages,
+                    marker: Some(rd.persist_marker),
+                });
+                let epoch = n.epoch;
+                let delay = done_at - self.now;
+                self.schedule(delay, Event::Persisted { node: id, epoch });
+            }
+            for e in rd.committed_entries {
+                self.apply(id, e)?;
+            }
+            for r in rd.reads {
+                let n = self.nodes.get_mut(&id).expect("node exists");
+                let Some((client, seq, key)) = n.reads.remove(&r.ctx) else { continue };
+                match r.result {
+                    Ok(index) => n.read_waiting.push((index, client, seq, key)),
+                    Err(e) => self.reply(client, seq, Reply::Retry(e.leader)),
+                }
+            }
+            self.serve_reads(id);
+            self.maybe_snapshot(id);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, id: NodeId, e: Entry) -> Step {
+        self.oracle.on_apply(id, &e).map_err(FailureKind::Safety)?;
+        let n = self.nodes.get_mut(&id).expect("node exists");
+        let outcome = match &e.payload {
+            Payload::Command(bytes) => {
+                let cmd: SimKvWrite = decode("command", bytes).map_err(|err| {
+                    FailureKind::Safety(Violation {
+                        property: "state machine",
+                        detail: format!("undecodable command at {}: {err}", e.index),
+                    })
+                })?;
+                Some(KvOutcome::from(n.kv.apply(cmd)))
+            }
+            _ => None,
+        };
+        let proposal = n.proposals.remove(&e.index);
+        if let Some((term, client, seq)) = proposal {
+            match outcome {
+                Some(o) if term == e.term => self.reply(client, seq, Reply::Done(o)),
+                // Another entry took the index: ours was never committed.
+                _ => self.reply(client, seq, Reply::Retry(None)),
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_reads(&mut self, id: NodeId) {
+        let n = self.nodes.get_mut(&id).expect("node exists");
+        let applied = n.raft.as_ref().map_or(0, |r| r.log().applied());
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            n.read_waiting.drain(..).partition(|(index, ..)| *index <= applied);
+        n.read_waiting = waiting;
+        let answers: Vec<_> = ready
+            .into_iter()
+            .map(|(_, client, seq, key)| (client, seq, n.kv.query(key)))
+            .collect();
+        for (client, seq, value) in answers {
+            self.reply(client, seq, Reply::Done(KvOutcome::Get(value)));
+        }
+    }
+
+    fn maybe_snapshot(&mut self, id: NodeId) {
+        let n = self.nodes.get_mut(&id).expect("node exists");
+        let Some(raft) = n.raft.as_mut() else { return };
+        if !raft.wants_snapshot() {
+            return;
+        }
+        let index = raft.log().applied().min(raft.log().persisted());
+        let Ok(data) = n.kv.snapshot() else { return };
+        let Ok(meta) = raft.compact(index, data.clone()) else { return };
+        self.report.snapshots_taken += 1;
+        let latency = self.rng.random_range(2..8);
+        let done_at = n.writes.completion_time(self.now, latency);
+        n.writes.pending.push_back(PendingWrite {
+            done_at,
+            compaction: Some((meta, data)),
+            ..Default::default()
+        });
+        let epoch = n.epoch;
+        self.schedule(done_at - self.now, Event::Persisted { node: id, epoch });
+    }
+
+    fn persisted(&mut self, id: NodeId, epoch: u64) -> Step {
+        let n = self.nodes.get_mut(&id).expect("node exists");
+        if n.epoch != epoch {
+            return Ok(());
+        }
+        let Some(w) = n.writes.pending.pop_front() else { return Ok(()) };
+        n.disk.apply(&w);
+        if let Some(raft) = n.raft.as_mut()
+            && let Some(marker) = w.marker
+        {
+            raft.on_persisted(marker);
+        }
+        for m in w.messages {
+            self.send(m);
+        }
+        self.process(id)
+    }
+
+    fn crash(&mut self, id: NodeId) -> Step {
+        let n = self.nodes.get_mut(&id).expect("node exists");
+        if n.raft.is_none() {
+            return Ok(());
+        }
+        // Unsynced writes are lost, except a random prefix the kernel may
+        // already have flushed.
+        let pending: Vec<_> = n.writes.pending.drain(..).collect();
+        let survive = self.rng.random_range(0..=pending.len());
+        for w in &pending[..survive] {
+            n.disk.apply(w);
+        }
+        n.raft = None;
+        n.epoch += 1;
+        n.proposals.clear();
+        n.reads.clear();
+        n.read_waiting.clear();
+        self.report.crashes += 1;
+        self.check_durable()
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let restored = {
+            let n = &self.nodes[&id];
+            if n.raft.is_some() {
+                return;
+            }
+            n.disk.restore()
+        };
+        let kv = match &restored.snapshot_data {
+            Some(d) => SimKv::restore(d).unwrap_or_default(),
+            None => SimKv::default(),
+        };
+        let raft = self.new_raft(id, restored);
+        let n = self.nodes.get_mut(&id).expect("node exists");
+        n.kv = kv;
+        n.raft = Some(raft);
+        n.last_role = (Role::Follower, 0);
+        let epoch = n.epoch;
+        let offset = self.rng.random_range(1..=TICK_MS);
+        self.schedule(offset, Event::Tick { node: id, epoch });
+    }
+
+    fn check_durable(&self) -> Step {
+        let disks: HashMap<NodeId, &Disk> = self.nodes.values().map(|n| (n.id, &n.disk)).collect();
+        self.oracle
+            .check_durable(&disks, &self.conf)
+            .map_err(FailureKind::Safety)
+    }
+
+    // ----- network -------------------------------------------------------
+
+    fn send(&mut self, m: Message) {
+        if !self.faults.reachable(m.from, m.to) {
+            return;
+        }
+        if self.faults.drop > 0.0 && self.rng.random_bool(self.faults.drop) {
+            return;
+        }
+        let jitter = self.faults.jitter;
+        let delay = self.rng.random_range(1..4) + if jitter > 0 { self.rng.random_range(0..jitter) } else { 0 };
+        if self.faults.duplicate > 0.0 && self.rng.random_bool(self.faults.duplicate) {
+            let later = delay + self.rng.random_range(1..20);
+            self.schedule(later, Event::Deliver(m.clone()));
+        }
+        self.schedule(delay, Event::Deliver(m));
+    }
+
+    fn nemesis(&mut self, fault: bool) -> Step {
+        if self.healed {
+            return Ok(());
+        }
+        if fault {
+            let leader = self.current_leader().unwrap_or(self.ids[0]);
+            if self.opts.partitions && self.rng.random_bool(0.6) {
+                let kind = Partition::ALL[self.rng.random_range(0..Partition::ALL.len())];
+                let target = if self.rng.random_bool(0.6) {
+                    leader
+                } else {
+                    self.ids[self.rng.random_range(0..self.ids.len())]
+                };
+                let ids = self.ids.clone();
+                kind.apply(&ids, target, &mut self.rng, &mut self.faults);
+            }
+            if self.opts.lossy_network && self.rng.random_bool(0.6) {
+                self.faults.drop = self.rng.random_range(0.0..0.25);
+                self.faults.duplicate = self.rng.random_range(0.0..0.1);
+                self.faults.jitter = self.rng.random_range(0..40);
+            }
+            if self.opts.crashes && self.rng.random_bool(0.5) {
+                let count = self.rng.random_range(1..=(self.ids.len() / 2).max(1));
+                for _ in 0..count {
+                    let victim = if self.rng.random_bool(0.5) {
+                        leader
+                    } else {
+                        self.ids[self.rng.random_range(0..self.ids.len())]
+                    };
+                    self.crash(victim)?;
+                    let back = self.rng.random_range(20..600);
+                    self.schedule(back, Event::Restart { node: victim });
+                }
+            }
+            let length = self.rng.random_range(100..700);
+            self.schedule(length, Event::Nemesis { fault: false });
+        } else {
+            self.faults = NetworkFaults::default();
+            let length = self.rng.random_range(50..400);
+            self.schedule(length, Event::Nemesis { fault: true });
+        }
+        Ok(())
+    }
+
+    fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.raft.as_ref())
+            .filter(|r| r.role() == Role::Leader)
+            .max_by_key(|r| r.term())
+            .map(|r| r.id())
+    }
+
+    // ----- clients -------------------------------------------------------
+
+    fn start_op(&mut self, client: usize) {
+        if self.clients[client].op.is_some() || self.now >= self.end_at.saturating_sub(OP_TIMEOUT_MS) {
+            return;
+        }
+        let key = self.rng.random_range(0..self.opts.keys);
+        let roll = self.rng.random_range(0..100);
+        let c = &mut self.clients[client];
+        c.counter += 1;
+        let value = ((client as u64 + 1) << 32) | c.counter;
+        let op = if roll < 45 {
+            KvOp::Put { key, value }
+        } else if roll < 80 {
+            KvOp::Get { key }
+        } else {
+            let expected = c.seen.get(&key).copied().flatten();
+            KvOp::Cas { key, expected, new: value }
+        };
+        c.seq += 1;
+        let seq = c.seq;
+        let id = self.history.invoke(client as u64, op.clone(), self.now);
+        c.op = Some(InFlight {
+            seq,
+            op,
+            id,
+            attempt: 0,
+        });
+        self.report.ops += 1;
+        self.schedule(OP_TIMEOUT_MS, Event::ClientDeadline { client, seq });
+        self.schedule(0, Event::ClientSend {
+            client,
+            seq,
+            attempt: 0,
+        });
+    }
+
+    fn client_send(&mut self, client: usize, seq: u64, attempt: u32) -> Step {
+        let c = &self.clients[client];
+        let Some(op) = c.op.as_ref() else { return Ok(()) };
+        if op.seq != seq || op.attempt != attempt {
+            return Ok(());
+        }
+        let target = match c.hint {
+            Some(h) => h,
+            None => self.ids[self.rng.random_range(0..self.ids.len())],
+        };
+        let op_kind = op.op.clone();
+        let node = self.nodes.get_mut(&target).expect("node exists");
+        let Some(raft) = node.raft.as_mut() else {
+            // Connection refused: definitely not applied.
+            self.reply(client, seq, Reply::Retry(None));
+            return Ok(());
+        };
+        match SimKvWrite::from_op(&op_kind) {
+            Some(cmd) => {
+                let bytes = encode("command", &cmd).map_err(|e| {
+                    FailureKind::Safety(Violation {
+                        property: "encoding",
+                        detail: e.to_string(),
+                    })
+                })?;
+                match raft.propose(bytes) {
+                    Ok((index, term)) => {
+                        node.proposals.insert(index, (term, client, seq));
+                    }
+                    Err(crate::core::ProposeError::NotLeader(nl)) => {
+                        self.reply(client, seq, Reply::Retry(nl.leader))
+                    }
+                    Err(_) => self.reply(client, seq, Reply::Retry(None)),
+                }
+            }
+            None => {
+                let key = op_kind.key();
+                let ctx = self.next_ctx;
+                self.next_ctx += 1;
+                match raft.read_index(ctx) {
+                    Ok(()) => {
+                        node.reads.insert(ctx, (client, seq, key));
+                        self.schedule(READ_ATTEMPT_MS, Event::ReadAttemptTimeout {
+                            client,
+                            seq,
+                            attempt,
+                        });
+                    }
+                    Err(nl) => self.reply(client, seq, Reply::Retry(nl.leader)),
+                }
+            }
+        }
+        self.process(target)
+    }
+
+    fn reply(&mut self, client: usize, seq: u64, reply: Reply) {
+        let c = &mut self.clients[client];
+        let Some(op) = c.op.as_mut() else { return };
+        if op.seq != seq {
+            return;
+        }
+        match reply {
+            Reply::Done(outcome) => {
+                if let KvOutcome::Get(v) = &outcome {
+                    c.seen.insert(op.op.key(), *v);
+                }
+                if self.healed && !matches!(op.op, KvOp::Get { .. }) {
+                    self.write_after_heal = true;
+                }
+                self.history.complete(op.id, self.now, outcome);
+                c.op = None;
+                self.report.completed += 1;
+                let think = self.rng.random_range(0..10);
+                self.schedule(think, Event::ClientNext { client });
+            }
+            Reply::Retry(hint) => {
+                c.hint = hint;
+                op.attempt += 1;
+                let attempt = op.attempt;
+                let backoff = self.rng.random_range(2..15);
+                self.schedule(backoff, Event::ClientSend {
+                    client,
+                    seq,
+                    attempt,
+                });
+            }
+        }
+    }
+
+    // ----- the end -------------------------------------------------------
+
+    fn finish(mut self) -> Result<SimReport, SimFailure> {
+        if let Err(kind) = self.check_durable() {
+            return Err(self.fail(kind));
+        }
+        self.report.trace_hash = self.trace.finish();
+        self.report.commit = self.oracle.committed().len() as u64;
+        if self.current_leader().is_none() {
+            return Err(self.fail(FailureKind::Liveness(format!(
+                "no leader {}ms after the network healed",
+                self.opts.heal_ms
+            ))));
+        }
+        if !self.write_after_heal {
+            return Err(self.fail(FailureKind::Liveness(format!(
+                "no write completed within {}ms after the network healed",
+                self.opts.heal_ms
+            ))));
+        }
+        match linearizability::check(self.history.ops(), linearizability::DEFAULT_BUDGET) {
+            linearizability::CheckResult::Linearizable => Ok(self.report),
+            other => Err(self.fail(FailureKind::Linearizability(other.to_string()))),
+        }
+    }
+}
