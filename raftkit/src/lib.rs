@@ -19,3 +19,21 @@ pub mod state_machine;
 
 pub use error::Error;
 pub use state_machine::{ErrorPolicy, StateMachine};
+
+// The macros. `StateMachine` (derive) shares its name with the trait and
+// `state_machine` (attribute) with the module, like serde's derives: macros
+// live in their own namespace, so each path names both.
+pub use raftkit_derive::{StateMachine, read, state_machine, write};
+
+/// Everything a state machine definition needs:
+/// `use raftkit::prelude::*;`.
+pub mod prelude {
+    pub use crate::error::Error;
+    pub use crate::state_machine::{ErrorPolicy, StateMachine};
+    pub use raftkit_derive::{StateMachine, read, state_machine, write};
+    pub use serde::{Deserialize, Serialize};
+}
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
