@@ -308,24 +308,30 @@ fn parse_handler_attr(attr: &Attribute, kind: Kind, errors: &mut Errors) -> Hand
 /// Replaces every `Self` in `tokens` by `self_ty`, so that a type written
 /// inside the impl block can be named in the generated items outside it.
 fn replace_self(tokens: TokenStream, self_ty: &Type) -> TokenStream {
-    tokens
-        .into_iter()
-        .flat_map(|tt| -> TokenStream {
-            match tt {
-                TokenTree::Ident(ident) if ident == "Self" => {
-                    let span = ident.span();
-                    // `<T>` keeps `Self::Assoc`-style paths valid.
-                    respan(quote!(<#self_ty>), span)
-                }
-                TokenTree::Group(g) => {
-                    let mut group = Group::new(g.delimiter(), replace_self(g.stream(), self_ty));
-                    group.set_span(g.span());
-                    TokenTree::Group(group).into()
-                }
-                other => other.into(),
+    let mut out = TokenStream::new();
+    let mut iter = tokens.into_iter().peekable();
+    while let Some(tt) = iter.next() {
+        match tt {
+            TokenTree::Ident(ident) if ident == "Self" => {
+                // `Self::Assoc` needs `<T>::Assoc`; a bare `Self` is `T`.
+                let path_follows =
+                    matches!(iter.peek(), Some(TokenTree::Punct(p)) if p.as_char() == ':');
+                let replacement = if path_follows {
+                    quote!(<#self_ty>)
+                } else {
+                    quote!(#self_ty)
+                };
+                out.extend(respan(replacement, ident.span()));
             }
-        })
-        .collect()
+            TokenTree::Group(g) => {
+                let mut group = Group::new(g.delimiter(), replace_self(g.stream(), self_ty));
+                group.set_span(g.span());
+                out.extend([TokenTree::Group(group)]);
+            }
+            other => out.extend([other]),
+        }
+    }
+    out
 }
 
 fn respan(tokens: TokenStream, span: Span) -> TokenStream {
@@ -398,7 +404,7 @@ pub fn parse_impl(item: &mut ItemImpl, errors: &mut Errors) -> Option<ImplModel>
         usable = false;
     }
     let ident = self_ident(&item.self_ty);
-    if ident.is_none() {
+    if ident.is_none() && usable {
         errors.spanned(
             &item.self_ty,
             "`#[raftkit::state_machine]` expects the impl block of a named, non-generic struct \
@@ -713,11 +719,15 @@ fn check_unique(
             );
         }
         if let Some(first) = earlier.iter().find(|o| o.kind == h.kind && o.tag == h.tag) {
+            let k = h.kind.as_str();
             let how = |span: Option<Span>| {
                 if span.is_some() {
-                    "pinned with `tag = ".to_string()
+                    format!("pinned with `tag = {}`", h.tag)
                 } else {
-                    "implicit, from declaration order: tag = ".to_string()
+                    format!(
+                        "implicit tag {}: its position among the `#[{k}]` handlers",
+                        h.tag
+                    )
                 }
             };
             let first_idx = handlers.iter().position(|o| std::ptr::eq(o, first));
@@ -726,12 +736,10 @@ fn check_unique(
             errors.at(
                 span,
                 format!(
-                    "duplicate `#[{k}]` tag {tag}: `{a}` ({}{tag}`) and `{b}` ({}{tag}`) would be \
-                     the same command on the wire; pin one of them to an unused tag with \
+                    "duplicate `#[{k}]` tag {tag}: `{a}` ({first_how}) and `{b}` ({}) would be the \
+                     same command on the wire; pin one of them to an unused tag with \
                      `#[{k}(tag = N)]`",
-                    first_how,
                     how(explicit[i]),
-                    k = h.kind.as_str(),
                     tag = h.tag,
                     a = first.ident,
                     b = h.ident,

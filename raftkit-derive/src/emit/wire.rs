@@ -74,10 +74,10 @@ fn serde_impls(enum_ident: &Ident, what: &str, variants: &[WireVariant<'_>]) -> 
         let tag = v.tag;
         let fields = v.fields();
         let len = 1 + fields.len();
-        let elements = fields.iter().enumerate().map(|(i, (_, span))| {
+        let elements = fields.iter().enumerate().map(|(i, (ty, span))| {
             let bind = field_binding(i);
             quote_spanned! {*span=>
-                #serde::ser::SerializeTuple::serialize_element(&mut __tuple, #bind)?;
+                #serde::ser::SerializeTuple::serialize_element::<#ty>(&mut __tuple, #bind)?;
             }
         });
         quote! {
