@@ -5,11 +5,12 @@
 //! - [`core`]: the Raft protocol as a pure, deterministic state machine. No
 //!   IO, no clocks, no threads: time arrives as ticks and every output is
 //!   collected in a [`core::Ready`] value.
-//! - [`state_machine`]: the trait a user's state machine implements (usually
+//! - [`state_machine`](mod@state_machine): the trait a user's state machine implements (usually
 //!   through `#[derive(StateMachine)]`), and the byte-level dispatch.
 //! - [`client`]: what generated typed clients are built on.
 //! - `sim` (feature `sim`): a seeded, deterministic cluster simulation and a
 //!   linearizability checker.
+#![doc = include_str!("macros.md")]
 #![warn(missing_docs)]
 
 pub mod client;
