@@ -73,6 +73,8 @@ mod case;
 pub(crate) mod emit;
 pub(crate) mod errors;
 pub(crate) mod model;
+#[cfg(test)]
+mod tests;
 
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
@@ -130,12 +132,16 @@ fn state_machine_impl(args: TokenStream2, input: TokenStream2) -> TokenStream2 {
     }
     let mut item: syn::ItemImpl = match syn::parse2(input.clone()) {
         Ok(item) => item,
-        Err(_) => {
-            errors.spanned(
-                &input,
-                "`#[raftkit::state_machine]` goes on the impl block of a state machine \
-                 (`impl Kv { ... }`) whose struct has `#[derive(StateMachine)]`",
-            );
+        Err(parse_error) => {
+            if syn::parse2::<syn::Item>(input.clone()).is_ok() {
+                errors.spanned(
+                    &input,
+                    "`#[raftkit::state_machine]` goes on the impl block of a state machine \
+                     (`impl Kv { ... }`) whose struct has `#[derive(StateMachine)]`",
+                );
+            } else {
+                errors.push(parse_error);
+            }
             let errors = errors.to_compile_errors();
             return quote!(#input #errors);
         }

@@ -47,9 +47,9 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
             quote!(#cmd::#variant { #(#fields),* })
         };
         let output = &h.output;
-        let (submit, what) = match h.kind {
-            Kind::Write => (quote!(write), "write output"),
-            Kind::Read => (quote!(read), "read output"),
+        let (submit, encoded, what) = match h.kind {
+            Kind::Write => (quote!(write), "command", "write output"),
+            Kind::Read => (quote!(read), "query", "read output"),
         };
         let mismatch = format!(
             "the reply to `{method}` is the output of another handler (does the peer run another \
@@ -60,7 +60,7 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
             #(#cfgs)*
             #(#lints)*
             pub async fn #method(&self #(, #params)*) -> ::core::result::Result<#output, ::raftkit::Error> {
-                let __command = ::raftkit::state_machine::encode("command", &#command)?;
+                let __command = ::raftkit::state_machine::encode(#encoded, &#command)?;
                 let __reply = ::raftkit::client::Submit::#submit(&self.submit, __command).await?;
                 #[allow(unreachable_patterns)]
                 match ::raftkit::state_machine::decode::<#out>(#what, &__reply)? {
@@ -75,8 +75,8 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
 
     let doc = format!(
         "A typed client of the `{ident}` state machine: one `async` method per `#[write]` and \
-         `#[read]` handler.\n\nIt wraps any [`Submit`](::raftkit::client::Submit): the network \
-         client of a cluster, or [`Local`](::raftkit::client::Local) in tests. Every method \
+         `#[read]` handler.\n\nIt wraps any [`Submit`](raftkit::client::Submit): the network \
+         client of a cluster, or [`Local`](raftkit::client::Local) in tests. Every method \
          returns `Err(raftkit::Error)` when the call itself fails; the handler's own return \
          value, including a typed `Result`, is inside the `Ok`."
     );
