@@ -35,6 +35,10 @@ pub trait Handlers {}
 /// Compiles only if `T` has a `#[raftkit::state_machine]` impl block.
 pub const fn require_handlers<T: ?Sized + Handlers>() {}
 
+/// Compiles only if `T` can be a handler's argument or return type as far
+/// as threads go (the serde bounds are checked by the wire impls).
+pub const fn require_send<T: Send + 'static>() {}
+
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 

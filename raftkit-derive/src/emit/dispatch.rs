@@ -85,7 +85,27 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
         ::raftkit::state_machine::decode::<#self_ty>("snapshot", data)
     };
 
+    // Commands and replies cross threads: check each type where it is
+    // written (serde bounds are checked there by the wire impls).
+    let send_checks = model.handlers.iter().flat_map(|h| {
+        let cfgs = &h.cfgs;
+        h.args
+            .iter()
+            .map(|a| (&a.ty, a.span))
+            .chain([(&h.output, h.output_span)])
+            .map(move |(ty, span)| {
+                quote_spanned! {span=>
+                    #(#cfgs)*
+                    ::raftkit::__private::require_send::<#ty>();
+                }
+            })
+    });
+
     quote! {
+        const _: () = {
+            #(#send_checks)*
+        };
+
         #[automatically_derived]
         impl ::raftkit::StateMachine for #self_ty {
             type Write = #write;
