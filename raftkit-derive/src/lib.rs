@@ -147,7 +147,7 @@ fn state_machine_impl(args: TokenStream2, input: TokenStream2) -> TokenStream2 {
         }
     };
     let model = model::parse_impl(&mut item, &mut errors);
-    let marker = emit::handlers_marker(&item.self_ty);
+    let marker = emit::handlers_marker(&item);
     let generated = match &model {
         Some(model) if errors.is_empty() => emit::state_machine(model),
         _ => TokenStream2::new(),

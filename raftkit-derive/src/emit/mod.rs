@@ -82,9 +82,14 @@ pub fn state_machine(model: &ImplModel) -> TokenStream {
 /// The marker impl that tells the derive half an impl block exists. Emitted
 /// on the error path too, so that a broken impl block does not add a second,
 /// misleading "missing `#[raftkit::state_machine]`" error.
-pub fn handlers_marker(self_ty: &syn::Type) -> TokenStream {
+pub fn handlers_marker(item: &syn::ItemImpl) -> TokenStream {
+    if item.trait_.is_some() {
+        return TokenStream::new();
+    }
+    let self_ty = &item.self_ty;
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
     quote! {
         #[automatically_derived]
-        impl ::raftkit::__private::Handlers for #self_ty {}
+        impl #impl_generics ::raftkit::__private::Handlers for #self_ty #where_clause {}
     }
 }
