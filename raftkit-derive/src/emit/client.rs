@@ -1,0 +1,120 @@
+//! The typed client `KvClient<S>`: one `async fn` per handler, mirroring the
+//! handler's arguments, return type, docs, `#[cfg]`s and lint attributes.
+//!
+//! A call encodes the command, hands it to the wrapped
+//! [`Submit`](raftkit::client::Submit) and decodes the reply. A handler
+//! returning `T` gives `Result<T, raftkit::Error>`; so a handler returning
+//! `Result<T, E>` gives `Result<Result<T, E>, raftkit::Error>` with `E` typed.
+//! A reply of another variant than the call's (a peer with another schema)
+//! is `Error::Protocol`, never a wrong value.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use super::Names;
+use crate::model::{ImplModel, Kind};
+
+/// The client struct and its impls.
+pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
+    let ident = &model.ident;
+    let client = &names.client;
+
+    let methods = model.handlers.iter().map(|h| {
+        let (cmd, out) = names.of(h.kind);
+        let method = &h.ident;
+        let variant = &h.variant;
+        let cfgs = &h.cfgs;
+        let lints = &h.lints;
+        let docs = if h.docs.is_empty() {
+            let doc = format!(
+                "Calls the `#[{}]` handler `{ident}::{method}` on the state machine.",
+                h.kind.as_str()
+            );
+            quote!(#[doc = #doc])
+        } else {
+            let docs = &h.docs;
+            quote!(#(#docs)*)
+        };
+        let params = h.args.iter().map(|a| {
+            let name = &a.ident;
+            let ty = &a.ty;
+            quote!(#name: #ty)
+        });
+        let fields = h.args.iter().map(|a| &a.ident);
+        let command = if h.args.is_empty() {
+            quote!(#cmd::#variant)
+        } else {
+            quote!(#cmd::#variant { #(#fields),* })
+        };
+        let output = &h.output;
+        let (submit, encoded, what) = match h.kind {
+            Kind::Write => (quote!(write), "command", "write output"),
+            Kind::Read => (quote!(read), "query", "read output"),
+        };
+        let mismatch = format!(
+            "the reply to `{method}` is the output of another handler (does the peer run another \
+             version of `{ident}`?)"
+        );
+        quote! {
+            #docs
+            #(#cfgs)*
+            #(#lints)*
+            pub async fn #method(&self #(, #params)*) -> ::core::result::Result<#output, ::raftkit::Error> {
+                let __command = ::raftkit::state_machine::encode(#encoded, &#command)?;
+                let __reply = ::raftkit::client::Submit::#submit(&self.submit, __command).await?;
+                #[allow(unreachable_patterns)]
+                match ::raftkit::state_machine::decode::<#out>(#what, &__reply)? {
+                    #out::#variant(__value) => ::core::result::Result::Ok(__value),
+                    _ => ::core::result::Result::Err(::raftkit::Error::Protocol(
+                        ::std::string::ToString::to_string(#mismatch),
+                    )),
+                }
+            }
+        }
+    });
+
+    let doc = format!(
+        "A typed client of the `{ident}` state machine: one `async` method per `#[write]` and \
+         `#[read]` handler.\n\nIt wraps any [`Submit`](raftkit::client::Submit): the network \
+         client of a cluster, or [`Local`](raftkit::client::Local) in tests. Every method \
+         returns `Err(raftkit::Error)` when the call itself fails; the handler's own return \
+         value, including a typed `Result`, is inside the `Ok`."
+    );
+    quote! {
+        #[doc = #doc]
+        pub struct #client<S> {
+            submit: S,
+        }
+
+        #[automatically_derived]
+        impl<S: ::core::clone::Clone> ::core::clone::Clone for #client<S> {
+            fn clone(&self) -> Self {
+                #client {
+                    submit: ::core::clone::Clone::clone(&self.submit),
+                }
+            }
+        }
+
+        impl<S> #client<S> {
+            /// Wraps `submit`, which delivers the encoded commands.
+            pub fn new(submit: S) -> Self {
+                #client { submit }
+            }
+
+            /// The wrapped submitter.
+            pub fn inner(&self) -> &S {
+                &self.submit
+            }
+
+            /// Unwraps the submitter.
+            pub fn into_inner(self) -> S {
+                self.submit
+            }
+        }
+
+        #[allow(private_interfaces)]
+        impl<S: ::raftkit::client::Submit> #client<S> {
+            #(#methods)*
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `impl ::raftkit::StateMachine`: dispatch of commands and queries to the
+//! handlers, the per-command error policy, the schema fingerprint and
+//! snapshots through postcard.
+//!
+//! The impl reads the name and default policy from the derive half through
+//! `<Kv as ::raftkit::__private::Derived>`, spanned at the impl's self type:
+//! without `#[derive(StateMachine)]` every such use fails with the same
+//! message at the same place, which the compiler reports once.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use super::derive::policy_tokens;
+use super::enums::{command_pattern, field_binding};
+use super::fingerprint::handler_hash;
+use super::{Names, of_kind};
+use crate::model::{ImplModel, Kind};
+
+/// The `StateMachine` impl and the `Handlers` marker.
+pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
+    let self_ty = &model.self_ty;
+    let derived = quote_spanned! {self_ty.span()=>
+        <#self_ty as ::raftkit::__private::Derived>
+    };
+    let Names {
+        write,
+        read,
+        write_output,
+        read_output,
+        ..
+    } = names;
+
+    let arms = |kind: Kind, recv: TokenStream| {
+        let (cmd, out) = names.of(kind);
+        of_kind(model, kind)
+            .map(|h| {
+                let cfgs = &h.cfgs;
+                let pattern = command_pattern(cmd, h, false);
+                let method = &h.ident;
+                let variant = &h.variant;
+                let binds = (0..h.args.len()).map(field_binding);
+                quote! {
+                    #(#cfgs)*
+                    #pattern => #out::#variant(<#self_ty>::#method(#recv #(, #binds)*)),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let apply_arms = arms(Kind::Write, quote!(self));
+    let query_arms = arms(Kind::Read, quote!(self));
+
+    let policy_arms = of_kind(model, Kind::Write).map(|h| {
+        let cfgs = &h.cfgs;
+        let variant = &h.variant;
+        let pattern = if h.args.is_empty() {
+            quote!(#write::#variant)
+        } else {
+            quote!(#write::#variant { .. })
+        };
+        let policy = match h.policy {
+            Some(p) => policy_tokens(p),
+            None => quote!(#derived::ERROR_POLICY),
+        };
+        quote! { #(#cfgs)* #pattern => #policy, }
+    });
+
+    let folds = model.handlers.iter().map(|h| {
+        let cfgs = &h.cfgs;
+        let hash = handler_hash(h);
+        quote! {
+            #(#cfgs)*
+            {
+                __hash = ::raftkit::__private::fingerprint_add(__hash, #hash);
+            }
+        }
+    });
+
+    // Spanned at the type: a state machine that is not Serialize +
+    // DeserializeOwned is reported there.
+    let snapshot = quote_spanned! {self_ty.span()=>
+        ::raftkit::state_machine::encode::<#self_ty>("snapshot", self)
+    };
+    let restore = quote_spanned! {self_ty.span()=>
+        ::raftkit::state_machine::decode::<#self_ty>("snapshot", data)
+    };
+
+    // Commands and replies cross threads: check each type where it is
+    // written (serde bounds are checked there by the wire impls).
+    let send_checks = model.handlers.iter().flat_map(|h| {
+        let cfgs = &h.cfgs;
+        h.args
+            .iter()
+            .map(|a| (&a.ty, a.span))
+            .chain([(&h.output, h.output_span)])
+            .map(move |(ty, span)| {
+                quote_spanned! {span=>
+                    #(#cfgs)*
+                    ::raftkit::__private::require_send::<#ty>();
+                }
+            })
+    });
+
+    quote! {
+        const _: () = {
+            #(#send_checks)*
+        };
+
+        #[automatically_derived]
+        impl ::raftkit::StateMachine for #self_ty {
+            type Write = #write;
+            type WriteOutput = #write_output;
+            type Read = #read;
+            type ReadOutput = #read_output;
+
+            const NAME: &'static str = #derived::NAME;
+            const SCHEMA_FINGERPRINT: u64 = {
+                let mut __hash = ::raftkit::__private::fingerprint_start(#derived::NAME);
+                #(#folds)*
+                __hash
+            };
+
+            #[allow(deprecated)]
+            fn apply(&mut self, command: #write) -> #write_output {
+                match command {
+                    #(#apply_arms)*
+                }
+            }
+
+            #[allow(deprecated)]
+            fn query(&self, query: #read) -> #read_output {
+                match query {
+                    #(#query_arms)*
+                }
+            }
+
+            fn error_policy(command: &#write) -> ::raftkit::ErrorPolicy {
+                match *command {
+                    #(#policy_arms)*
+                }
+            }
+
+            fn snapshot(
+                &self,
+            ) -> ::core::result::Result<
+                ::std::vec::Vec<u8>,
+                ::raftkit::state_machine::CodecError,
+            > {
+                #snapshot
+            }
+
+            fn restore(
+                data: &[u8],
+            ) -> ::core::result::Result<Self, ::raftkit::state_machine::CodecError> {
+                #restore
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The generated dispatch, wire format and client, without a network:
+//! commands go through `raftkit::client::Local`, which runs exactly the
+//! encode / apply_encoded / decode path of a cluster.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use raftkit::client::Local;
+use raftkit::prelude::*;
+use raftkit::state_machine::{decode, encode};
+
+/// Drives a future that is ready at once (`Local`'s are).
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CasMismatch {
+    pub actual: Option<String>,
+}
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+pub struct Kv {
+    map: BTreeMap<String, String>,
+}
+
+#[raftkit::state_machine]
+impl Kv {
+    /// Sets `key` to `value`, returning the previous value.
+    #[write]
+    fn put(&mut self, key: String, value: String) -> Option<String> {
+        self.map.insert(key, value)
+    }
+
+    #[write]
+    fn delete(&mut self, key: String) -> Option<String> {
+        self.map.remove(&key)
+    }
+
+    #[write]
+    fn cas(
+        &mut self,
+        key: String,
+        expected: Option<String>,
+        new: String,
+    ) -> Result<(), CasMismatch> {
+        let actual = self.map.get(&key).cloned();
+        if actual != expected {
+            return Err(CasMismatch { actual });
+        }
+        self.map.insert(key, new);
+        Ok(())
+    }
+
+    #[write]
+    fn boom(&mut self, key: String) {
+        self.map.insert(key, "half-done".into());
+        panic!("boom handler");
+    }
+
+    #[write(tag = 100, on_error = "halt")]
+    fn fatal(&mut self) {
+        panic!("fatal handler");
+    }
+
+    #[read]
+    fn get(&self, key: String) -> Option<String> {
+        self.map.get(&key).cloned()
+    }
+
+    #[read]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    #[read(tag = 7)]
+    fn explode(&self) -> u32 {
+        panic!("read panic")
+    }
+}
+
+fn kv() -> (Local<Kv>, KvClient<Local<Kv>>) {
+    let local = Local::new(Kv::default());
+    (local.clone(), KvClient::new(local))
+}
+
+#[test]
+fn put_get_delete() {
+    let (_, kv) = kv();
+    assert_eq!(block_on(kv.put("a".into(), "1".into())), Ok(None));
+    assert_eq!(
+        block_on(kv.put("a".into(), "2".into())),
+        Ok(Some("1".into()))
+    );
+    assert_eq!(block_on(kv.get("a".into())), Ok(Some("2".into())));
+    assert_eq!(block_on(kv.len()), Ok(1));
+    assert_eq!(block_on(kv.delete("a".into())), Ok(Some("2".into())));
+    assert_eq!(block_on(kv.get("a".into())), Ok(None));
+    assert_eq!(block_on(kv.delete("a".into())), Ok(None));
+}
+
+#[test]
+fn cas_error_is_typed() {
+    let (_, kv) = kv();
+    assert_eq!(block_on(kv.cas("k".into(), None, "1".into())), Ok(Ok(())));
+    let r: Result<Result<(), CasMismatch>, raftkit::Error> =
+        block_on(kv.cas("k".into(), None, "2".into()));
+    assert_eq!(
+        r,
+        Ok(Err(CasMismatch {
+            actual: Some("1".into())
+        }))
+    );
+    assert_eq!(
+        block_on(kv.cas("k".into(), Some("1".into()), "2".into())),
+        Ok(Ok(()))
+    );
+    assert_eq!(block_on(kv.get("k".into())), Ok(Some("2".into())));
+}
+
+#[test]
+fn panic_under_skip_reports_and_continues() {
+    let (local, kv) = kv();
+    assert_eq!(
+        <Kv as StateMachine>::error_policy(&KvWrite::Boom { key: "x".into() }),
+        ErrorPolicy::Skip
+    );
+    match block_on(kv.boom("x".into())) {
+        Err(raftkit::Error::Handler { message }) => assert!(message.contains("boom handler")),
+        other => panic!("expected a handler error, got {other:?}"),
+    }
+    assert_eq!(local.halted(), None);
+    // The next command works.
+    assert_eq!(block_on(kv.put("a".into(), "1".into())), Ok(None));
+    assert_eq!(block_on(kv.get("a".into())), Ok(Some("1".into())));
+    // A panicking read is reported to its caller whatever the policy.
+    assert!(matches!(
+        block_on(kv.explode()),
+        Err(raftkit::Error::Handler { .. })
+    ));
+    assert_eq!(block_on(kv.len()), Ok(2));
+}
+
+#[test]
+fn panic_under_halt_stops() {
+    let (local, kv) = kv();
+    assert_eq!(
+        <Kv as StateMachine>::error_policy(&KvWrite::Fatal),
+        ErrorPolicy::Halt
+    );
+    assert!(matches!(
+        block_on(kv.fatal()),
+        Err(raftkit::Error::Handler { .. })
+    ));
+    assert_eq!(local.halted().as_deref(), Some("fatal handler"));
+    // Nothing is applied after a halt.
+    assert!(matches!(
+        block_on(kv.put("a".into(), "1".into())),
+        Err(raftkit::Error::Handler { .. })
+    ));
+    assert_eq!(local.with(|kv| kv.map.len()), 0);
+}
+
+#[test]
+fn name_and_default_policy() {
+    assert_eq!(<Kv as StateMachine>::NAME, "kv");
+    assert_eq!(
+        <Kv as StateMachine>::error_policy(&KvWrite::Put {
+            key: String::new(),
+            value: String::new()
+        }),
+        ErrorPolicy::Skip
+    );
+}
+
+#[test]
+fn wire_tags_are_stable() {
+    // put is the first #[write]: tag 0, then the arguments in order.
+    let bytes = encode(
+        "cmd",
+        &KvWrite::Put {
+            key: "k".into(),
+            value: "v".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(bytes, [0, 1, b'k', 1, b'v']);
+    // delete: tag 1; cas: tag 2; boom: tag 3.
+    assert_eq!(
+        encode("cmd", &KvWrite::Delete { key: "k".into() }).unwrap(),
+        [1, 1, b'k']
+    );
+    assert_eq!(
+        encode("cmd", &KvWrite::Boom { key: String::new() }).unwrap(),
+        [3, 0]
+    );
+    // fatal is pinned to tag 100 (one varint byte), and has no arguments.
+    assert_eq!(encode("cmd", &KvWrite::Fatal).unwrap(), [100]);
+    // Reads have their own tag space: get 0, len 1, explode pinned to 7.
+    assert_eq!(encode("q", &KvRead::Len).unwrap(), [1]);
+    assert_eq!(encode("q", &KvRead::Explode).unwrap(), [7]);
+    // Outputs carry the handler's tag too.
+    assert_eq!(encode("o", &KvReadOutput::Len(5)).unwrap(), [1, 5]);
+    let back: KvWrite = decode("cmd", &[1, 1, b'z']).unwrap();
+    assert!(matches!(back, KvWrite::Delete { key } if key == "z"));
+}
+
+#[test]
+fn unknown_tag_fails_to_decode() {
+    assert!(decode::<KvWrite>("cmd", &[5]).is_err());
+    assert!(decode::<KvWrite>("cmd", &[99, 0]).is_err());
+    assert!(decode::<KvRead>("q", &[2]).is_err());
+    assert!(decode::<KvReadOutput>("o", &[3, 0]).is_err());
+    // A truncated command is an error too, not a default.
+    assert!(decode::<KvWrite>("cmd", &[0, 1, b'k']).is_err());
+    assert!(decode::<KvWrite>("cmd", &[]).is_err());
+    // The leader's check refuses it before it enters the log.
+    assert!(raftkit::state_machine::validate_command::<Kv>(&[42]).is_err());
+    let (_, kv) = kv();
+    let local = kv.inner();
+    assert!(matches!(
+        block_on(raftkit::client::Submit::write(local, vec![42])),
+        Err(raftkit::Error::Rejected(_))
+    ));
+}
+
+#[test]
+fn snapshot_round_trip() {
+    let (local, kv) = kv();
+    block_on(kv.put("a".into(), "1".into())).unwrap();
+    let snap = local.with(|kv| kv.snapshot()).unwrap();
+    let restored = Kv::restore(&snap).unwrap();
+    assert_eq!(restored.map.get("a").map(String::as_str), Some("1"));
+    assert!(Kv::restore(&[0xff, 0xff]).is_err());
+}
+
+/// The same state machine twice, once with a handler's signature changed.
+mod v1 {
+    use raftkit::prelude::*;
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    pub struct Kv {
+        n: u64,
+    }
+
+    #[raftkit::state_machine]
+    impl Kv {
+        #[write]
+        fn add(&mut self, by: u64) -> u64 {
+            self.n += by;
+            self.n
+        }
+    }
+}
+
+mod v1_again {
+    use raftkit::prelude::*;
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    pub struct Kv {
+        n: u64,
+    }
+
+    #[raftkit::state_machine]
+    impl Kv {
+        /// Docs and bodies are not part of the schema.
+        #[write]
+        fn add(&mut self, by: u64) -> u64 {
+            self.n = self.n.wrapping_add(by);
+            self.n
+        }
+    }
+}
+
+mod v2 {
+    use raftkit::prelude::*;
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    pub struct Kv {
+        n: u64,
+    }
+
+    #[raftkit::state_machine]
+    impl Kv {
+        #[write]
+        fn add(&mut self, by: u32) -> u64 {
+            self.n += u64::from(by);
+            self.n
+        }
+    }
+}
+
+mod v3 {
+    use raftkit::prelude::*;
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    #[raftkit(name = "counter")]
+    pub struct Kv {
+        n: u64,
+    }
+
+    #[raftkit::state_machine]
+    impl Kv {
+        #[write]
+        fn add(&mut self, by: u64) -> u64 {
+            self.n += by;
+            self.n
+        }
+    }
+}
+
+#[test]
+fn fingerprint_tracks_the_schema() {
+    let v1 = <v1::Kv as StateMachine>::SCHEMA_FINGERPRINT;
+    assert_eq!(v1, <v1_again::Kv as StateMachine>::SCHEMA_FINGERPRINT);
+    assert_ne!(v1, <v2::Kv as StateMachine>::SCHEMA_FINGERPRINT);
+    assert_ne!(v1, <v3::Kv as StateMachine>::SCHEMA_FINGERPRINT);
+    assert_eq!(<v3::Kv as StateMachine>::NAME, "counter");
+    assert_ne!(v1, <Kv as StateMachine>::SCHEMA_FINGERPRINT);
+}
