@@ -325,7 +325,13 @@ pub fn make_candidate(r: &mut Raft) -> Out {
             }
         }
     }
-    assert_eq!(r.role(), Role::Candidate, "node {} is not a candidate", r.id());
+    let alone = peers(r).is_empty();
+    assert!(
+        r.role() == Role::Candidate || (alone && r.role() == Role::Leader),
+        "node {} is not a candidate: {:?}",
+        r.id(),
+        r.role()
+    );
     out
 }
 
