@@ -372,3 +372,29 @@ fn non_leaders_refuse_proposals_with_a_leader_hint() {
     assert_eq!(r.role(), Role::Candidate);
     assert_eq!(r.propose(b"x".to_vec()), Err(ProposeError::NotLeader(NotLeader { leader: None })));
 }
+
+/// §5.3: "If followers crash or run slowly, or if network packets are lost,
+/// the leader retries AppendEntries RPCs indefinitely ... until all
+/// followers eventually store all log entries." Here the AppendEntries
+/// carrying a proposal is lost on the way to both followers of a pipelining
+/// leader, and no further proposal comes: the heartbeats must get the entry
+/// through, and it must commit.
+#[test]
+fn lost_appends_are_retried_until_they_arrive() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.filter = Some(Box::new(|m| {
+        !matches!(&m.body, Body::AppendEntries { entries, .. } if !entries.is_empty())
+    }));
+    let index = c.node_mut(1).propose(b"x".to_vec()).expect("leader").0;
+    c.deliver();
+    assert_eq!(c.node(2).log().last_index(), index - 1, "the append was not lost");
+    c.filter = None;
+    for _ in 0..2 * T {
+        c.tick(1);
+    }
+    for id in [2, 3] {
+        assert_eq!(c.node(id).log().last_index(), index, "node {id} never received the entry");
+    }
+    assert_eq!(c.node(1).log().committed(), index, "the proposal never committed");
+}
