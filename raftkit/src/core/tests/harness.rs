@@ -305,7 +305,10 @@ pub fn tick_until_campaign(r: &mut Raft) -> (Out, u32) {
     for n in 1..=2 * T {
         r.tick();
         let out = flush(r);
-        if r.role() != role || !out.of_kind("RequestVote").is_empty() || !out.of_kind("PreVote").is_empty() {
+        if r.role() != role
+            || !out.of_kind("RequestVote").is_empty()
+            || !out.of_kind("PreVote").is_empty()
+        {
             return (out, n);
         }
     }
@@ -432,7 +435,11 @@ impl Cluster {
 
     /// A cluster of `voters` where node `voters[i]` is at `state[i].0` with
     /// a log of the terms `state[i].1`, with parameters adjusted by `tweak`.
-    pub fn from_logs(voters: &[NodeId], state: &[(Term, &[Term])], tweak: impl Fn(&mut Config)) -> Self {
+    pub fn from_logs(
+        voters: &[NodeId],
+        state: &[(Term, &[Term])],
+        tweak: impl Fn(&mut Config),
+    ) -> Self {
         assert_eq!(voters.len(), state.len());
         Self::from_nodes(voters.iter().zip(state).map(|(&id, &(term, log))| {
             let mut cfg = config(id);
@@ -468,10 +475,22 @@ impl Cluster {
             let r = self.nodes.get_mut(&id).expect("node");
             let out = flush(r);
             check_contract(&out);
-            self.early.entry(id).or_default().extend(out.messages.iter().cloned());
-            self.applied.entry(id).or_default().extend(out.committed.iter().cloned());
-            self.reads.entry(id).or_default().extend(out.reads.iter().cloned());
-            self.installed.entry(id).or_default().extend(out.snapshots.iter().cloned());
+            self.early
+                .entry(id)
+                .or_default()
+                .extend(out.messages.iter().cloned());
+            self.applied
+                .entry(id)
+                .or_default()
+                .extend(out.committed.iter().cloned());
+            self.reads
+                .entry(id)
+                .or_default()
+                .extend(out.reads.iter().cloned());
+            self.installed
+                .entry(id)
+                .or_default()
+                .extend(out.snapshots.iter().cloned());
             self.queue.extend(out.all());
         }
     }
@@ -534,7 +553,10 @@ impl Cluster {
 
     /// Proposes `data` on `id` and delivers.
     pub fn propose(&mut self, id: NodeId, data: &[u8]) -> (Index, Term) {
-        let at = self.node_mut(id).propose(data.to_vec()).expect("proposal accepted");
+        let at = self
+            .node_mut(id)
+            .propose(data.to_vec())
+            .expect("proposal accepted");
         self.deliver();
         at
     }

@@ -15,7 +15,10 @@ fn joint_cluster(incoming: &[u64], outgoing: &[u64]) -> Cluster {
     let mut ids: Vec<u64> = incoming.iter().chain(outgoing).copied().collect();
     ids.sort_unstable();
     ids.dedup();
-    Cluster::from_nodes(ids.into_iter().map(|id| (config(id), Restored::bootstrap(conf.clone()))))
+    Cluster::from_nodes(
+        ids.into_iter()
+            .map(|id| (config(id), Restored::bootstrap(conf.clone()))),
+    )
 }
 
 /// An election in C_old,new needs both majorities: a majority of the
@@ -34,13 +37,21 @@ fn joint_election_needs_both_majorities() {
     for from in [2, 3] {
         step(&mut r, vote_resp(from, 1, next, true, true));
     }
-    assert_eq!(r.role(), Role::PreCandidate, "a majority of C_new alone won the pre-vote");
+    assert_eq!(
+        r.role(),
+        Role::PreCandidate,
+        "a majority of C_new alone won the pre-vote"
+    );
     step(&mut r, vote_resp(4, 1, next, true, true));
     assert_eq!(r.role(), Role::Candidate);
     for from in [2, 3] {
         step(&mut r, vote_resp(from, 1, next, true, false));
     }
-    assert_eq!(r.role(), Role::Candidate, "a majority of C_new alone won the election");
+    assert_eq!(
+        r.role(),
+        Role::Candidate,
+        "a majority of C_new alone won the election"
+    );
     step(&mut r, vote_resp(4, 1, next, true, false));
     assert_eq!(r.role(), Role::Leader);
 
@@ -59,12 +70,20 @@ fn joint_election_needs_both_majorities() {
     c.isolate(4);
     c.isolate(5);
     c.tick_all(10 * T);
-    assert!(c.leaders().is_empty(), "{:?} elected without the outgoing majority", c.leaders());
+    assert!(
+        c.leaders().is_empty(),
+        "{:?} elected without the outgoing majority",
+        c.leaders()
+    );
     c.heal();
     c.isolate(2);
     c.isolate(3);
     c.tick_all(10 * T);
-    assert!(c.leaders().is_empty(), "{:?} elected without the incoming majority", c.leaders());
+    assert!(
+        c.leaders().is_empty(),
+        "{:?} elected without the incoming majority",
+        c.leaders()
+    );
     c.heal();
     c.isolate(5);
     c.isolate(3);
@@ -75,8 +94,9 @@ fn joint_election_needs_both_majorities() {
 /// halves and a leader in the outgoing half only.
 #[test]
 fn joint_commit_needs_both_majorities() {
-    let cases: &[(&[u64], &[u64], &[u64], bool)] = &[
-        // (incoming, outgoing, acknowledging followers, committed)
+    // (incoming, outgoing, acknowledging followers, committed)
+    type Case = (&'static [u64], &'static [u64], &'static [u64], bool);
+    let cases: &[Case] = &[
         (&[1, 2, 3], &[1, 4, 5], &[2, 3], false),
         (&[1, 2, 3], &[1, 4, 5], &[4, 5], false),
         (&[1, 2, 3], &[1, 4, 5], &[2, 4], true),
@@ -103,13 +123,23 @@ fn joint_commit_needs_both_majorities() {
 #[test]
 fn joint_cluster_commits_only_with_both_halves_then_leaves_the_joint_configuration() {
     let mut c = joint_cluster(&[1, 2, 3], &[1, 4, 5]);
-    c.filter = Some(Box::new(|m| !(matches!(m.from, 4 | 5) && m.body.kind() == "AppendEntriesResponse")));
+    c.filter = Some(Box::new(|m| {
+        !(matches!(m.from, 4 | 5) && m.body.kind() == "AppendEntriesResponse")
+    }));
     c.elect(1);
     let noop = c.node(1).log().last_index();
     for id in [2, 3, 4, 5] {
-        assert_eq!(c.node(id).log().last_index(), noop, "node {id} holds the no-op");
+        assert_eq!(
+            c.node(id).log().last_index(),
+            noop,
+            "node {id} holds the no-op"
+        );
     }
-    assert_eq!(c.node(1).log().committed(), 0, "committed without the outgoing majority");
+    assert_eq!(
+        c.node(1).log().committed(),
+        0,
+        "committed without the outgoing majority"
+    );
     c.filter = None;
     for _ in 0..2 * T {
         c.tick(1);
@@ -119,7 +149,11 @@ fn joint_cluster_commits_only_with_both_halves_then_leaves_the_joint_configurati
     assert_eq!(leader.config(), &Configuration::new([1, 2, 3]));
     assert_eq!(leader.log().committed(), leader.log().last_index());
     for id in [2, 3] {
-        assert_eq!(c.node(id).config(), &Configuration::new([1, 2, 3]), "node {id}");
+        assert_eq!(
+            c.node(id).config(),
+            &Configuration::new([1, 2, 3]),
+            "node {id}"
+        );
     }
 }
 
@@ -128,9 +162,13 @@ fn joint_cluster_commits_only_with_both_halves_then_leaves_the_joint_configurati
 #[test]
 fn adding_a_voter_goes_through_the_joint_configuration() {
     let mut c = Cluster::new(&[1, 2, 3]);
-    c.nodes.insert(4, Raft::new(config(4), Restored::empty()).expect("config"));
+    c.nodes
+        .insert(4, Raft::new(config(4), Restored::empty()).expect("config"));
     c.elect(1);
-    let first = c.node_mut(1).propose_config(Configuration::new([1, 2, 3, 4])).expect("leader");
+    let first = c
+        .node_mut(1)
+        .propose_config(Configuration::new([1, 2, 3, 4]))
+        .expect("leader");
     let joint = c.node(1).log().entry(first).expect("appended").clone();
     assert!(matches!(&joint.payload, crate::core::Payload::Config(conf) if conf.is_joint()));
     c.deliver();

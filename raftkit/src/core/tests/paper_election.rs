@@ -34,14 +34,23 @@ fn in_role(role: Role) -> Raft {
 /// from a newer leader) and from a response.
 #[test]
 fn every_role_adopts_a_higher_term_from_a_request() {
-    for role in [Role::Follower, Role::PreCandidate, Role::Candidate, Role::Leader] {
+    for role in [
+        Role::Follower,
+        Role::PreCandidate,
+        Role::Candidate,
+        Role::Leader,
+    ] {
         let mut r = in_role(role);
         let term = r.term() + 3;
         let last = (r.log().last_index(), r.log().last_term());
         step(&mut r, append(3, 1, term, last, vec![], 0));
         assert_eq!(r.term(), term, "{role:?}");
         assert_eq!(r.role(), Role::Follower, "{role:?}");
-        assert_eq!(r.leader(), Some(3), "{role:?}: the sender leads the new term");
+        assert_eq!(
+            r.leader(),
+            Some(3),
+            "{role:?}: the sender leads the new term"
+        );
     }
 }
 
@@ -55,13 +64,22 @@ fn every_role_adopts_a_higher_term_from_a_response() {
             msg(from, 1, term, Body::HeartbeatResponse { round: 0 }),
         ]
     };
-    for role in [Role::Follower, Role::PreCandidate, Role::Candidate, Role::Leader] {
+    for role in [
+        Role::Follower,
+        Role::PreCandidate,
+        Role::Candidate,
+        Role::Leader,
+    ] {
         for (i, m) in responses(2, 9).into_iter().enumerate() {
             let mut r = in_role(role);
             step(&mut r, m);
             assert_eq!(r.term(), 9, "{role:?} #{i}");
             assert_eq!(r.role(), Role::Follower, "{role:?} #{i}");
-            assert_eq!(r.leader(), None, "{role:?} #{i}: a response names no leader");
+            assert_eq!(
+                r.leader(),
+                None,
+                "{role:?} #{i}: a response names no leader"
+            );
         }
     }
 }
@@ -89,7 +107,10 @@ fn non_leaders_adopt_a_higher_term_from_a_vote_request() {
         let resp = out.of_kind("RequestVoteResponse");
         assert_eq!(resp.len(), 1);
         assert_eq!(resp[0].term, 7);
-        assert!(matches!(resp[0].body, Body::RequestVoteResponse { granted: false, .. }));
+        assert!(matches!(
+            resp[0].body,
+            Body::RequestVoteResponse { granted: false, .. }
+        ));
     }
 }
 
@@ -120,9 +141,16 @@ fn stale_requests_are_rejected_with_the_current_term() {
     let resp = out.of_kind("AppendEntriesResponse");
     assert_eq!(resp.len(), 1);
     assert_eq!(resp[0].term, 3);
-    assert!(matches!(resp[0].body, Body::AppendEntriesResponse { success: false, .. }));
+    assert!(matches!(
+        resp[0].body,
+        Body::AppendEntriesResponse { success: false, .. }
+    ));
     assert_eq!(r.log().last_index(), 2, "stale entries are not appended");
-    assert_eq!(r.log().committed(), 0, "a stale commit index is not adopted");
+    assert_eq!(
+        r.log().committed(),
+        0,
+        "a stale commit index is not adopted"
+    );
     assert_eq!(r.leader(), Some(2), "a stale leader is not followed");
 
     let out = step(&mut r, heartbeat(3, 1, 1, 2));
@@ -133,9 +161,15 @@ fn stale_requests_are_rejected_with_the_current_term() {
     let resp = out.of_kind("RequestVoteResponse");
     assert_eq!(resp.len(), 1);
     assert_eq!(resp[0].term, 3);
-    assert!(matches!(resp[0].body, Body::RequestVoteResponse { granted: false, .. }));
+    assert!(matches!(
+        resp[0].body,
+        Body::RequestVoteResponse { granted: false, .. }
+    ));
     assert_eq!(r.hard_state().vote, NO_NODE);
-    assert_eq!((r.term(), r.role(), r.leader()), (3, Role::Follower, Some(2)));
+    assert_eq!(
+        (r.term(), r.role(), r.leader()),
+        (3, Role::Follower, Some(2))
+    );
 }
 
 #[test]
@@ -178,10 +212,14 @@ fn election_timeouts_are_randomized_in_t_to_2t() {
         assert!((T..2 * T).contains(&ticks), "seed {seed}: {ticks} ticks");
         seen.insert(ticks);
     }
-    assert!(seen.len() >= 5, "timeouts barely differ across seeds: {seen:?}");
+    assert!(
+        seen.len() >= 5,
+        "timeouts barely differ across seeds: {seen:?}"
+    );
 
     // Same seed, same timeouts: the core is deterministic.
-    let first = |seed| tick_until_campaign(&mut node_with(1, &[1, 2, 3], 1, &[1], |c| c.seed = seed)).1;
+    let first =
+        |seed| tick_until_campaign(&mut node_with(1, &[1, 2, 3], 1, &[1], |c| c.seed = seed)).1;
     assert_eq!(first(7), first(7));
 
     // One node over many elections (each unanswered PreVote round times
@@ -219,7 +257,12 @@ fn follower_and_candidate_start_elections() {
             assert_eq!(m.term, term + 1);
             assert!(matches!(
                 m.body,
-                Body::RequestVote { last_index: 2, last_term: 1, pre_vote: false, transfer: false }
+                Body::RequestVote {
+                    last_index: 2,
+                    last_term: 1,
+                    pre_vote: false,
+                    transfer: false
+                }
             ));
         }
     }
@@ -231,7 +274,9 @@ fn follower_and_candidate_start_elections() {
 #[test]
 fn leader_election_in_one_round() {
     use Role::*;
-    let cases: &[(u64, &[(u64, bool)], Role)] = &[
+    // (cluster size, votes received, resulting role)
+    type Case = (u64, &'static [(u64, bool)], Role);
+    let cases: &[Case] = &[
         (1, &[], Leader),
         (3, &[(2, true), (3, true)], Leader),
         (3, &[(2, true)], Leader),
@@ -239,8 +284,16 @@ fn leader_election_in_one_round() {
         (5, &[(2, true), (3, true), (4, true)], Leader),
         (5, &[(2, true), (3, true)], Leader),
         (3, &[(2, false), (3, false)], Follower),
-        (5, &[(2, false), (3, false), (4, false), (5, false)], Follower),
-        (5, &[(2, true), (3, false), (4, false), (5, false)], Follower),
+        (
+            5,
+            &[(2, false), (3, false), (4, false), (5, false)],
+            Follower,
+        ),
+        (
+            5,
+            &[(2, true), (3, false), (4, false), (5, false)],
+            Follower,
+        ),
         (3, &[], Candidate),
         (5, &[(2, true)], Candidate),
         (5, &[(2, false), (3, false)], Candidate),
@@ -266,7 +319,10 @@ fn pre_vote_round_precedes_the_election() {
     assert_eq!((r.role(), r.term()), (Role::PreCandidate, 3));
     let probes = out.of_kind("PreVote");
     assert_eq!(probes.len(), 4);
-    assert!(probes.iter().all(|m| m.term == 4), "probes ask about the next term");
+    assert!(
+        probes.iter().all(|m| m.term == 4),
+        "probes ask about the next term"
+    );
     assert!(out.hard_states.is_empty(), "a PreVote round writes nothing");
     step(&mut r, vote_resp(2, 1, 4, true, true));
     assert_eq!((r.role(), r.term()), (Role::PreCandidate, 3));
@@ -288,7 +344,14 @@ fn pre_vote_round_precedes_the_election() {
 /// the Ready carrying it writes the vote.
 #[test]
 fn one_vote_per_term_first_come_first_served() {
-    let cases = [(NO_NODE, 2, true), (NO_NODE, 3, true), (2, 2, true), (3, 3, true), (2, 3, false), (3, 2, false)];
+    let cases = [
+        (NO_NODE, 2, true),
+        (NO_NODE, 3, true),
+        (2, 2, true),
+        (3, 3, true),
+        (2, 3, false),
+        (3, 2, false),
+    ];
     for (i, (vote, candidate, granted)) in cases.into_iter().enumerate() {
         let mut restored = restored(&[1, 2, 3], 1, &[1]);
         restored.hard_state.vote = vote;
@@ -298,7 +361,10 @@ fn one_vote_per_term_first_come_first_served() {
         assert_eq!(resp.len(), 1, "#{i}");
         assert_eq!(
             resp[0].body,
-            Body::RequestVoteResponse { granted, pre_vote: false },
+            Body::RequestVoteResponse {
+                granted,
+                pre_vote: false
+            },
             "#{i}"
         );
         assert_eq!(resp[0].term, 1, "#{i}");
@@ -309,9 +375,15 @@ fn one_vote_per_term_first_come_first_served() {
     // Two candidates of one term: the first is granted, the second not.
     let mut r = node(1, &[1, 2, 3], 1, &[1]);
     let out = step(&mut r, vote_req(2, 1, 2, (1, 1)));
-    assert!(matches!(out.of_kind("RequestVoteResponse")[0].body, Body::RequestVoteResponse { granted: true, .. }));
+    assert!(matches!(
+        out.of_kind("RequestVoteResponse")[0].body,
+        Body::RequestVoteResponse { granted: true, .. }
+    ));
     let out = step(&mut r, vote_req(3, 1, 2, (1, 1)));
-    assert!(matches!(out.of_kind("RequestVoteResponse")[0].body, Body::RequestVoteResponse { granted: false, .. }));
+    assert!(matches!(
+        out.of_kind("RequestVoteResponse")[0].body,
+        Body::RequestVoteResponse { granted: false, .. }
+    ));
     assert_eq!(r.hard_state().vote, 2);
 }
 
@@ -326,13 +398,22 @@ fn granted_vote_leaves_only_after_persistence() {
         r.step(vote_req(2, 1, 2, (1, 1)));
         let rd = r.ready();
         assert!(
-            rd.messages.iter().all(|m| m.body.kind() != "RequestVoteResponse"),
+            rd.messages
+                .iter()
+                .all(|m| m.body.kind() != "RequestVoteResponse"),
             "voter at term {voter_term}: the vote leaves before it is durable: {:?}",
             rd.messages
         );
-        let resp: Vec<_> = rd.persisted_messages.iter().filter(|m| m.body.kind() == "RequestVoteResponse").collect();
+        let resp: Vec<_> = rd
+            .persisted_messages
+            .iter()
+            .filter(|m| m.body.kind() == "RequestVoteResponse")
+            .collect();
         assert_eq!(resp.len(), 1, "voter at term {voter_term}");
-        assert!(matches!(resp[0].body, Body::RequestVoteResponse { granted: true, .. }));
+        assert!(matches!(
+            resp[0].body,
+            Body::RequestVoteResponse { granted: true, .. }
+        ));
         let hs = rd.hard_state.expect("the vote is written");
         assert_eq!((hs.term, hs.vote), (2, 2));
         assert_eq!(rd.persist_marker.term_vote, Some((2, 2)));
@@ -349,12 +430,21 @@ fn pre_vote_is_not_a_vote() {
     let rd = r.ready();
     assert!(rd.hard_state.is_none());
     assert_eq!(rd.messages.len(), 1);
-    assert_eq!(rd.messages[0].body, Body::RequestVoteResponse { granted: true, pre_vote: true });
+    assert_eq!(
+        rd.messages[0].body,
+        Body::RequestVoteResponse {
+            granted: true,
+            pre_vote: true
+        }
+    );
     assert_eq!(rd.messages[0].term, 2, "answered in the proposed term");
     r.on_persisted(rd.persist_marker);
     assert_eq!((r.term(), r.hard_state().vote), (1, NO_NODE));
     let out = step(&mut r, vote_req(3, 1, 2, (1, 1)));
-    assert!(matches!(out.of_kind("RequestVoteResponse")[0].body, Body::RequestVoteResponse { granted: true, .. }));
+    assert!(matches!(
+        out.of_kind("RequestVoteResponse")[0].body,
+        Body::RequestVoteResponse { granted: true, .. }
+    ));
 }
 
 /// §5.2: "While waiting for votes, a candidate may receive an AppendEntries
@@ -373,10 +463,18 @@ fn candidate_falls_back_to_a_legitimate_leader() {
             }
             let term = r.term() + delta;
             let out = step(&mut r, append(2, 1, term, (1, 1), vec![entry(2, term)], 0));
-            assert_eq!((r.role(), r.term(), r.leader()), (Role::Follower, term, Some(2)), "#{i} pre={pre}");
+            assert_eq!(
+                (r.role(), r.term(), r.leader()),
+                (Role::Follower, term, Some(2)),
+                "#{i} pre={pre}"
+            );
             assert!(matches!(
                 out.of_kind("AppendEntriesResponse")[0].body,
-                Body::AppendEntriesResponse { success: true, index: 2, .. }
+                Body::AppendEntriesResponse {
+                    success: true,
+                    index: 2,
+                    ..
+                }
             ));
         }
     }
@@ -385,7 +483,10 @@ fn candidate_falls_back_to_a_legitimate_leader() {
     make_candidate(&mut r);
     let term = r.term();
     step(&mut r, heartbeat(3, 1, term, 0));
-    assert_eq!((r.role(), r.term(), r.leader()), (Role::Follower, term, Some(3)));
+    assert_eq!(
+        (r.role(), r.term(), r.leader()),
+        (Role::Follower, term, Some(3))
+    );
 }
 
 /// §5.2: "a candidate ... neither wins nor loses the election ... each
@@ -400,7 +501,9 @@ fn candidate_stays_candidate_on_split_vote_then_retries() {
     // 1 and 5 campaign at the same time; 2 hears 1 first, 4 hears 5 first,
     // 3 hears neither.
     c.isolate(3);
-    c.filter = Some(Box::new(|m| !matches!((m.from, m.to), (1, 4) | (4, 1) | (5, 2) | (2, 5))));
+    c.filter = Some(Box::new(|m| {
+        !matches!((m.from, m.to), (1, 4) | (4, 1) | (5, 2) | (2, 5))
+    }));
     for id in [1, 5] {
         let r = c.node_mut(id);
         while r.role() == Role::Follower {
@@ -409,7 +512,11 @@ fn candidate_stays_candidate_on_split_vote_then_retries() {
     }
     c.deliver();
     for id in [1, 5] {
-        assert_eq!((c.node(id).role(), c.node(id).term()), (Role::Candidate, 2), "node {id}");
+        assert_eq!(
+            (c.node(id).role(), c.node(id).term()),
+            (Role::Candidate, 2),
+            "node {id}"
+        );
     }
     assert!(c.leaders().is_empty());
     // Each has one grant (2 for 1, 4 for 5) and one refusal (from the other
@@ -436,7 +543,11 @@ fn pre_vote_keeps_a_partitioned_node_from_raising_its_term() {
     let term = c.node(1).term();
     c.isolate(3);
     c.tick_all(10 * T);
-    assert_eq!(c.node(3).term(), term, "the partitioned node raised its term");
+    assert_eq!(
+        c.node(3).term(),
+        term,
+        "the partitioned node raised its term"
+    );
     assert_ne!(c.node(3).role(), Role::Leader);
     assert_eq!(c.leaders(), [1]);
     c.heal();
@@ -474,7 +585,11 @@ fn check_quorum_leader_without_quorum_steps_down() {
         c.tick(1);
     }
     assert_eq!(c.node(1).role(), Role::Follower);
-    assert_eq!(c.node(1).term(), term, "stepping down does not change the term");
+    assert_eq!(
+        c.node(1).term(),
+        term,
+        "stepping down does not change the term"
+    );
 
     // A leader with a quorum stays, however long it runs.
     let mut c = Cluster::new(&[1, 2, 3]);
@@ -510,10 +625,23 @@ fn follower_in_lease_ignores_vote_requests() {
     // A transfer overrides the lease (thesis §3.10).
     let out = step(
         &mut r,
-        msg(3, 1, 3, Body::RequestVote { last_index: 9, last_term: 9, pre_vote: false, transfer: true }),
+        msg(
+            3,
+            1,
+            3,
+            Body::RequestVote {
+                last_index: 9,
+                last_term: 9,
+                pre_vote: false,
+                transfer: true,
+            },
+        ),
     );
     assert_eq!((r.term(), r.hard_state().vote), (3, 3));
-    assert!(matches!(out.of_kind("RequestVoteResponse")[0].body, Body::RequestVoteResponse { granted: true, .. }));
+    assert!(matches!(
+        out.of_kind("RequestVoteResponse")[0].body,
+        Body::RequestVoteResponse { granted: true, .. }
+    ));
 
     // A node that has not heard from a leader (no lease) answers.
     let mut r = node(1, &[1, 2, 3], 2, &[1, 2]);

@@ -31,7 +31,14 @@ fn leader_starts_replication() {
         let sent = appends_to(&rd.messages, to);
         assert_eq!(
             sent,
-            [append(1, to, term, (li, term), vec![command(li + 1, term, b"some data")], li)],
+            [append(
+                1,
+                to,
+                term,
+                (li, term),
+                vec![command(li + 1, term, b"some data")],
+                li
+            )],
             "to {to}"
         );
     }
@@ -47,7 +54,10 @@ fn leader_appends_a_noop_on_election() {
     let term = r.term();
     assert_eq!(term, 3);
     let last = r.log().entry(4).expect("a new entry");
-    assert_eq!((last.index, last.term, &last.payload), (4, term, &Payload::Noop));
+    assert_eq!(
+        (last.index, last.term, &last.payload),
+        (4, term, &Payload::Noop)
+    );
     assert_eq!(out.entries, [entry(4, term)]);
     for to in [2, 3] {
         let sent = appends_to(&out.all(), to);
@@ -95,7 +105,11 @@ fn leader_counts_itself_only_once_its_write_is_durable() {
     assert_eq!(rd.entries.len(), 1);
     // A follower acknowledges before the leader's own write is durable.
     r.step(append_ok(2, 1, term, index));
-    assert_eq!(r.log().committed(), li, "committed with only one durable copy");
+    assert_eq!(
+        r.log().committed(),
+        li,
+        "committed with only one durable copy"
+    );
     let rd2 = r.ready();
     assert!(rd2.committed_entries.is_empty());
     r.on_persisted(rd2.persist_marker);
@@ -123,7 +137,11 @@ fn committed_entries_are_applied_everywhere() {
     }
     for id in [2, 3] {
         assert_eq!(c.node(id).log().committed(), index, "node {id}");
-        assert_eq!(c.applied[&id].last(), Some(&command(index, term, b"x")), "node {id}");
+        assert_eq!(
+            c.applied[&id].last(),
+            Some(&command(index, term, b"x")),
+            "node {id}"
+        );
     }
     // Every node applied the same entries in the same order.
     assert_eq!(c.applied[&1], c.applied[&2]);
@@ -182,8 +200,20 @@ fn follower_checks_the_previous_entry() {
         let resp = out.of_kind("AppendEntriesResponse");
         assert_eq!(resp.len(), 1, "#{i}");
         assert_eq!(resp[0].term, 2);
-        assert_eq!(resp[0].body, Body::AppendEntriesResponse { index, success, hint }, "#{i}");
-        assert_eq!(log_of(&r), [(1, 1), (2, 2)], "#{i}: a probe changes nothing");
+        assert_eq!(
+            resp[0].body,
+            Body::AppendEntriesResponse {
+                index,
+                success,
+                hint
+            },
+            "#{i}"
+        );
+        assert_eq!(
+            log_of(&r),
+            [(1, 1), (2, 2)],
+            "#{i}: a probe changes nothing"
+        );
     }
 }
 
@@ -194,11 +224,21 @@ fn follower_checks_the_previous_entry() {
 /// nothing.
 #[test]
 fn follower_appends_and_truncates_conflicts() {
-    type Case = ((u64, u64), &'static [(u64, u64)], &'static [(u64, u64)], &'static [(u64, u64)]);
+    type Case = (
+        (u64, u64),
+        &'static [(u64, u64)],
+        &'static [(u64, u64)],
+        &'static [(u64, u64)],
+    );
     // (prev, new entries, resulting log, entries written to storage)
     let cases: &[Case] = &[
         ((2, 2), &[(3, 3)], &[(1, 1), (2, 2), (3, 3)], &[(3, 3)]),
-        ((1, 1), &[(2, 3), (3, 4)], &[(1, 1), (2, 3), (3, 4)], &[(2, 3), (3, 4)]),
+        (
+            (1, 1),
+            &[(2, 3), (3, 4)],
+            &[(1, 1), (2, 3), (3, 4)],
+            &[(2, 3), (3, 4)],
+        ),
         ((0, 0), &[(1, 1)], &[(1, 1), (2, 2)], &[]),
         ((0, 0), &[(1, 3)], &[(1, 3)], &[(1, 3)]),
         ((1, 1), &[], &[(1, 1), (2, 2)], &[]),
@@ -212,20 +252,35 @@ fn follower_appends_and_truncates_conflicts() {
         assert_eq!(written, want_written, "#{i}: only new entries are written");
         assert_eq!(
             out.of_kind("AppendEntriesResponse")[0].body,
-            Body::AppendEntriesResponse { index: prev.0 + new.len() as u64, success: true, hint: None },
+            Body::AppendEntriesResponse {
+                index: prev.0 + new.len() as u64,
+                success: true,
+                hint: None
+            },
             "#{i}"
         );
     }
 
     // A delayed copy of an earlier message arrives after a longer one.
     let mut r = node(1, &[1, 2, 3], 2, &[1]);
-    step(&mut r, append(2, 1, 2, (1, 1), vec![entry(2, 2), entry(3, 2)], 0));
+    step(
+        &mut r,
+        append(2, 1, 2, (1, 1), vec![entry(2, 2), entry(3, 2)], 0),
+    );
     let out = step(&mut r, append(2, 1, 2, (1, 1), vec![entry(2, 2)], 0));
-    assert_eq!(log_of(&r), [(1, 1), (2, 2), (3, 2)], "a stale AppendEntries truncated the log");
+    assert_eq!(
+        log_of(&r),
+        [(1, 1), (2, 2), (3, 2)],
+        "a stale AppendEntries truncated the log"
+    );
     assert!(out.entries.is_empty());
     assert_eq!(
         out.of_kind("AppendEntriesResponse")[0].body,
-        Body::AppendEntriesResponse { index: 2, success: true, hint: None }
+        Body::AppendEntriesResponse {
+            index: 2,
+            success: true,
+            hint: None
+        }
     );
 }
 
@@ -241,7 +296,11 @@ fn follower_acknowledges_only_durable_entries() {
     assert_eq!(rd.persisted_messages.len(), 1);
     assert!(matches!(
         rd.persisted_messages[0].body,
-        Body::AppendEntriesResponse { index: 2, success: true, .. }
+        Body::AppendEntriesResponse {
+            index: 2,
+            success: true,
+            ..
+        }
     ));
 }
 
@@ -269,7 +328,11 @@ fn figure_7_followers_converge_to_the_leader() {
         for _ in 0..2 {
             c.tick(1);
         }
-        let mut want: Vec<(u64, u64)> = leader.iter().enumerate().map(|(i, &t)| (i as u64 + 1, t)).collect();
+        let mut want: Vec<(u64, u64)> = leader
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| (i as u64 + 1, t))
+            .collect();
         want.push((11, 8));
         assert_eq!(log_of(c.node(1)), want, "({name}) leader");
         assert_eq!(log_of(c.node(2)), want, "({name}) follower");
@@ -291,28 +354,41 @@ fn long_divergent_tail_is_repaired_in_few_round_trips() {
     follower.extend([3; 50]);
     let mut leader: Vec<Term> = vec![1];
     leader.extend([4; 20]);
-    let mut c = Cluster::from_logs(&[1, 2, 3], &[(4, &leader), (4, &follower), (4, &leader)], |_| {});
+    let mut c = Cluster::from_logs(
+        &[1, 2, 3],
+        &[(4, &leader), (4, &follower), (4, &leader)],
+        |_| {},
+    );
     c.elect(1);
     c.tick(1);
     c.tick(1);
     assert_eq!(log_of(c.node(2)), log_of(c.node(1)));
     assert_eq!(c.node(2).log().last_index(), 22);
-    let rejections =
-        c.count(|m| m.from == 2 && matches!(m.body, Body::AppendEntriesResponse { success: false, .. }));
-    assert!(rejections <= 2, "{rejections} rejections to repair 100 divergent entries");
+    let rejections = c.count(|m| {
+        m.from == 2 && matches!(m.body, Body::AppendEntriesResponse { success: false, .. })
+    });
+    assert!(
+        rejections <= 2,
+        "{rejections} rejections to repair 100 divergent entries"
+    );
 
     // The other way round: the follower is far behind within one term and
     // its tail of a later term must go.
     let mut follower: Vec<Term> = vec![1; 3];
     follower.extend([2; 60]);
     let leader: Vec<Term> = vec![1; 40];
-    let mut c = Cluster::from_logs(&[1, 2, 3], &[(2, &leader), (2, &follower), (2, &leader)], |_| {});
+    let mut c = Cluster::from_logs(
+        &[1, 2, 3],
+        &[(2, &leader), (2, &follower), (2, &leader)],
+        |_| {},
+    );
     c.elect(1);
     c.tick(1);
     c.tick(1);
     assert_eq!(log_of(c.node(2)), log_of(c.node(1)));
-    let rejections =
-        c.count(|m| m.from == 2 && matches!(m.body, Body::AppendEntriesResponse { success: false, .. }));
+    let rejections = c.count(|m| {
+        m.from == 2 && matches!(m.body, Body::AppendEntriesResponse { success: false, .. })
+    });
     assert!(rejections <= 2, "{rejections} rejections");
 }
 
@@ -335,7 +411,9 @@ fn pipelining_is_bounded_by_max_inflight() {
         let sent = appends_to(&c.queue.iter().cloned().collect::<Vec<_>>(), to);
         assert_eq!(sent.len(), 2, "to {to}: {sent:?}");
         for m in &sent {
-            let Body::AppendEntries { entries, .. } = &m.body else { unreachable!() };
+            let Body::AppendEntries { entries, .. } = &m.body else {
+                unreachable!()
+            };
             assert_eq!(entries.len(), 1);
         }
     }
@@ -344,7 +422,11 @@ fn pipelining_is_bounded_by_max_inflight() {
         for to in [2, 3] {
             let pr = &c.node(1).progress[&to];
             max_seen = max_seen.max(pr.inflights.len());
-            assert!(pr.inflights.len() <= 2, "to {to}: {} in flight", pr.inflights.len());
+            assert!(
+                pr.inflights.len() <= 2,
+                "to {to}: {} in flight",
+                pr.inflights.len()
+            );
         }
     }
     assert_eq!(max_seen, 2);
@@ -370,7 +452,10 @@ fn non_leaders_refuse_proposals_with_a_leader_hint() {
     let mut r: Raft = node(1, &[1, 2, 3], 1, &[1]);
     make_candidate(&mut r);
     assert_eq!(r.role(), Role::Candidate);
-    assert_eq!(r.propose(b"x".to_vec()), Err(ProposeError::NotLeader(NotLeader { leader: None })));
+    assert_eq!(
+        r.propose(b"x".to_vec()),
+        Err(ProposeError::NotLeader(NotLeader { leader: None }))
+    );
 }
 
 /// §5.3: "If followers crash or run slowly, or if network packets are lost,
@@ -383,18 +468,30 @@ fn non_leaders_refuse_proposals_with_a_leader_hint() {
 fn lost_appends_are_retried_until_they_arrive() {
     let mut c = Cluster::new(&[1, 2, 3]);
     c.elect(1);
-    c.filter = Some(Box::new(|m| {
-        !matches!(&m.body, Body::AppendEntries { entries, .. } if !entries.is_empty())
-    }));
+    c.filter = Some(Box::new(
+        |m| !matches!(&m.body, Body::AppendEntries { entries, .. } if !entries.is_empty()),
+    ));
     let index = c.node_mut(1).propose(b"x".to_vec()).expect("leader").0;
     c.deliver();
-    assert_eq!(c.node(2).log().last_index(), index - 1, "the append was not lost");
+    assert_eq!(
+        c.node(2).log().last_index(),
+        index - 1,
+        "the append was not lost"
+    );
     c.filter = None;
     for _ in 0..2 * T {
         c.tick(1);
     }
     for id in [2, 3] {
-        assert_eq!(c.node(id).log().last_index(), index, "node {id} never received the entry");
+        assert_eq!(
+            c.node(id).log().last_index(),
+            index,
+            "node {id} never received the entry"
+        );
     }
-    assert_eq!(c.node(1).log().committed(), index, "the proposal never committed");
+    assert_eq!(
+        c.node(1).log().committed(),
+        index,
+        "the proposal never committed"
+    );
 }

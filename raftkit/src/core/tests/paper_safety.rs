@@ -19,7 +19,7 @@ fn vote_is_denied_to_a_less_up_to_date_log() {
         (&[1, 1], (1, 1), false), // same term, shorter
         (&[1, 1], (2, 1), true),
         (&[1, 1], (3, 1), true),
-        (&[1, 1], (1, 2), true), // later term, however short
+        (&[1, 1], (1, 2), true),  // later term, however short
         (&[1, 2], (3, 1), false), // longer but an earlier term
         (&[1, 2], (1, 2), false),
         (&[1, 2], (2, 2), true),
@@ -29,11 +29,23 @@ fn vote_is_denied_to_a_less_up_to_date_log() {
     for (i, &(log, last, granted)) in cases.iter().enumerate() {
         for pre_vote in [false, true] {
             let mut r = node(1, &[1, 2, 3], 2, log);
-            let m = if pre_vote { pre_vote_req(2, 1, 3, last) } else { vote_req(2, 1, 3, last) };
+            let m = if pre_vote {
+                pre_vote_req(2, 1, 3, last)
+            } else {
+                vote_req(2, 1, 3, last)
+            };
             let out = step(&mut r, m);
-            let resp = out.of_kind(if pre_vote { "PreVoteResponse" } else { "RequestVoteResponse" });
+            let resp = out.of_kind(if pre_vote {
+                "PreVoteResponse"
+            } else {
+                "RequestVoteResponse"
+            });
             assert_eq!(resp.len(), 1, "#{i} pre_vote={pre_vote}");
-            assert_eq!(resp[0].body, Body::RequestVoteResponse { granted, pre_vote }, "#{i} pre_vote={pre_vote}");
+            assert_eq!(
+                resp[0].body,
+                Body::RequestVoteResponse { granted, pre_vote },
+                "#{i} pre_vote={pre_vote}"
+            );
             if pre_vote {
                 assert_eq!(r.term(), 2, "#{i}: a probe does not raise the voter's term");
             } else {
@@ -56,7 +68,11 @@ fn leader_only_commits_entries_of_its_term_by_counting() {
     assert_eq!(term, 3);
     for (acked, want) in [(1, 0), (2, 0), (3, 3)] {
         step(&mut r, append_ok(2, 1, term, acked));
-        assert_eq!(r.log().committed(), want, "after an acknowledgement of {acked}");
+        assert_eq!(
+            r.log().committed(),
+            want,
+            "after an acknowledgement of {acked}"
+        );
     }
 }
 
@@ -77,7 +93,13 @@ fn strip_term(term: Term) -> Filter {
 /// own entry of term 4 has reached nobody.
 fn figure_8_c() -> Cluster {
     let ids = [1, 2, 3, 4, 5];
-    let state: [(Term, &[Term]); 5] = [(3, &[1, 2]), (2, &[1, 2]), (3, &[1]), (3, &[1]), (3, &[1, 3])];
+    let state: [(Term, &[Term]); 5] = [
+        (3, &[1, 2]),
+        (2, &[1, 2]),
+        (3, &[1]),
+        (3, &[1]),
+        (3, &[1, 3]),
+    ];
     // The paper's algorithm: no PreVote, no CheckQuorum; one entry per
     // AppendEntries so that S1 can "crash" between entries.
     let mut c = Cluster::from_logs(&ids, &state, |c| {
@@ -94,10 +116,18 @@ fn figure_8_c() -> Cluster {
         c.tick(1);
     }
     for id in [1, 2, 3] {
-        assert_eq!(c.node(id).log().term(2), Some(2), "S{id} holds index 2 of term 2");
+        assert_eq!(
+            c.node(id).log().term(2),
+            Some(2),
+            "S{id} holds index 2 of term 2"
+        );
     }
     assert_eq!(c.node(1).log().term(3), Some(4), "S1's own entry of term 4");
-    assert_eq!(c.node(2).log().last_index(), 2, "S1's entry of term 4 reached nobody");
+    assert_eq!(
+        c.node(2).log().last_index(),
+        2,
+        "S1's entry of term 4 reached nobody"
+    );
     c
 }
 
@@ -106,7 +136,11 @@ fn figure_8_c() -> Cluster {
 #[test]
 fn figure_8_an_earlier_term_entry_on_a_majority_is_not_committed() {
     let mut c = figure_8_c();
-    assert_eq!(c.node(1).log().committed(), 0, "S1 committed an entry of an earlier term by counting replicas");
+    assert_eq!(
+        c.node(1).log().committed(),
+        0,
+        "S1 committed an entry of an earlier term by counting replicas"
+    );
     for id in [2, 3] {
         assert!(c.node(id).log().committed() < 2, "S{id}");
     }
@@ -122,7 +156,11 @@ fn figure_8_an_earlier_term_entry_on_a_majority_is_not_committed() {
         c.tick(5);
     }
     for id in [2, 3, 4, 5] {
-        assert_eq!(c.node(id).log().term(2), Some(3), "S{id}: index 2 is now S5's entry of term 3");
+        assert_eq!(
+            c.node(id).log().term(2),
+            Some(3),
+            "S{id}: index 2 is now S5's entry of term 3"
+        );
         assert_eq!(c.node(id).log().committed(), 3, "S{id}");
     }
 }
@@ -147,7 +185,11 @@ fn figure_8_an_entry_of_the_current_term_commits_the_earlier_ones() {
     c.isolate(1);
     for _ in 0..10 * T {
         c.tick(5);
-        assert_ne!(c.node(5).role(), Role::Leader, "S5 lacks committed entries but was elected");
+        assert_ne!(
+            c.node(5).role(),
+            Role::Leader,
+            "S5 lacks committed entries but was elected"
+        );
     }
     // Everybody runs: the new leader is S2 or S3, and it keeps index 2.
     c.tick_all(10 * T);
@@ -184,5 +226,9 @@ fn node_missing_a_committed_entry_is_never_elected() {
         .expect("a leader among 2, 3");
     assert_eq!(leader, 2);
     assert_eq!(c.node(2).log().term(index), Some(term));
-    assert_eq!(c.node(3).log().term(index), Some(term), "the new leader brings 3 up to date");
+    assert_eq!(
+        c.node(3).log().term(index),
+        Some(term),
+        "the new leader brings 3 up to date"
+    );
 }

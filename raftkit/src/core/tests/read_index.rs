@@ -35,7 +35,10 @@ fn no_read_is_released_before_a_commit_in_the_leaders_term() {
     r.read_index(7).expect("the leader accepts reads");
     let out = flush(&mut r);
     assert!(out.reads.is_empty());
-    assert!(heartbeats(&out).is_empty(), "no confirmation round before the no-op commits");
+    assert!(
+        heartbeats(&out).is_empty(),
+        "no confirmation round before the no-op commits"
+    );
     // Answers to the periodic heartbeats (of the last round issued, none
     // yet) do not release it either.
     for _ in 0..T / 2 {
@@ -78,7 +81,10 @@ fn one_heartbeat_round_serves_a_batch_of_reads() {
     let hb = heartbeats(&out);
     assert_eq!(hb.len(), 2, "one round: {hb:?}");
     let out = step(&mut r, heartbeat_resp(2, term, hb[0].1));
-    assert_eq!(out.reads, (1..=5).map(|ctx| ok(ctx, noop)).collect::<Vec<_>>());
+    assert_eq!(
+        out.reads,
+        (1..=5).map(|ctx| ok(ctx, noop)).collect::<Vec<_>>()
+    );
 
     // Reads arriving while a round is in flight.
     let mut r = node(1, &[1, 2, 3], 1, &[1]);
@@ -96,12 +102,22 @@ fn one_heartbeat_round_serves_a_batch_of_reads() {
     let out = step(&mut r, heartbeat_resp(2, term, first[0].1));
     assert_eq!(out.reads, [ok(10, commit)]);
     let second = heartbeats(&out);
-    assert_eq!(second.len(), 2, "the queued reads start the next round at once");
+    assert_eq!(
+        second.len(),
+        2,
+        "the queued reads start the next round at once"
+    );
     assert!(second[0].1 > first[0].1);
     let out = step(&mut r, heartbeat_resp(3, term, first[0].1));
-    assert!(out.reads.is_empty(), "an answer to an older round confirmed a newer one");
+    assert!(
+        out.reads.is_empty(),
+        "an answer to an older round confirmed a newer one"
+    );
     let out = step(&mut r, heartbeat_resp(3, term, second[0].1));
-    assert_eq!(out.reads, (11..=14).map(|ctx| ok(ctx, commit)).collect::<Vec<_>>());
+    assert_eq!(
+        out.reads,
+        (11..=14).map(|ctx| ok(ctx, commit)).collect::<Vec<_>>()
+    );
 }
 
 /// Every pending read gets an answer: a leader that steps down fails them
@@ -135,7 +151,12 @@ fn leader_stepping_down_fails_pending_reads() {
     let mut ctxs: Vec<_> = reads.iter().map(|r| r.ctx).collect();
     ctxs.sort_unstable();
     assert_eq!(ctxs, [2, 3]);
-    assert!(reads.iter().all(|r| matches!(r.result, Err(NotLeader { .. }))), "{reads:?}");
+    assert!(
+        reads
+            .iter()
+            .all(|r| matches!(r.result, Err(NotLeader { .. }))),
+        "{reads:?}"
+    );
 }
 
 /// A deposed leader that does not know it yet cannot confirm a read: the
@@ -153,7 +174,9 @@ fn partitioned_leader_serves_no_read() {
             c.node_mut(id).tick();
         }
         c.deliver();
-        leader = [2, 3].into_iter().find(|&id| c.node(id).role() == Role::Leader);
+        leader = [2, 3]
+            .into_iter()
+            .find(|&id| c.node(id).role() == Role::Leader);
         if leader.is_some() {
             break;
         }
@@ -161,13 +184,21 @@ fn partitioned_leader_serves_no_read() {
     let leader = leader.expect("2 or 3 is elected");
     assert_eq!(c.node(1).role(), Role::Leader);
     let (index, _) = c.propose(leader, b"new");
-    c.node_mut(1).read_index(9).expect("still believes it leads");
+    c.node_mut(1)
+        .read_index(9)
+        .expect("still believes it leads");
     c.tick(1);
     assert!(c.reads[&1].is_empty());
     for _ in 0..2 * T {
         c.tick(1);
     }
-    assert!(matches!(c.reads[&1].as_slice(), [ReadState { ctx: 9, result: Err(_) }]));
+    assert!(matches!(
+        c.reads[&1].as_slice(),
+        [ReadState {
+            ctx: 9,
+            result: Err(_)
+        }]
+    ));
     // The real leader serves it, at an index that covers the new write.
     c.node_mut(leader).read_index(10).expect("leader");
     c.deliver();
@@ -187,5 +218,8 @@ fn read_on_a_follower_returns_not_leader_with_a_hint() {
 
     let mut c = Cluster::new(&[1, 2, 3]);
     c.elect(2);
-    assert_eq!(c.node_mut(3).read_index(1), Err(NotLeader { leader: Some(2) }));
+    assert_eq!(
+        c.node_mut(3).read_index(1),
+        Err(NotLeader { leader: Some(2) })
+    );
 }

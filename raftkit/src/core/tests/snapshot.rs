@@ -59,7 +59,10 @@ fn follower_installs_only_a_complete_snapshot() {
 
     let out = step(&mut r, msg(1, 2, 2, chunk(8, b"ij", true)));
     assert_eq!(snapshot_reply(&out), reply(10, true, false));
-    assert!(out.messages.is_empty(), "the installed snapshot is acknowledged only once durable");
+    assert!(
+        out.messages.is_empty(),
+        "the installed snapshot is acknowledged only once durable"
+    );
     assert_eq!(out.snapshots.len(), 1);
     assert_eq!(out.snapshots[0].data, b"abcdefghij");
     assert_eq!(out.snapshots[0].meta.index, 10);
@@ -74,11 +77,17 @@ fn compaction_covers_only_applied_entries() {
     c.elect(1);
     let applied = c.node(1).log().applied();
     let r = c.node_mut(1);
-    assert!(matches!(r.compact(applied + 1, vec![]), Err(CompactError::NotApplied { .. })));
+    assert!(matches!(
+        r.compact(applied + 1, vec![]),
+        Err(CompactError::NotApplied { .. })
+    ));
     let meta = r.compact(applied, b"state".to_vec()).expect("applied");
     assert_eq!(meta.index, applied);
     assert_eq!(r.log().first_index(), applied + 1);
-    assert_eq!(r.compact(applied, vec![]), Err(CompactError::Outdated(applied)));
+    assert_eq!(
+        r.compact(applied, vec![]),
+        Err(CompactError::Outdated(applied))
+    );
 }
 
 /// §7: "the leader must occasionally send snapshots to followers that lag
@@ -98,7 +107,10 @@ fn lagging_follower_receives_the_snapshot_in_chunks_then_catches_up() {
     let applied = c.node(1).log().applied();
     assert_eq!(applied, c.node(1).log().committed());
     let data = b"the state machine, serialized".to_vec();
-    let meta = c.node_mut(1).compact(applied, data.clone()).expect("compact");
+    let meta = c
+        .node_mut(1)
+        .compact(applied, data.clone())
+        .expect("compact");
     for i in 5..7u8 {
         c.propose(1, &[i]);
     }
@@ -108,7 +120,8 @@ fn lagging_follower_receives_the_snapshot_in_chunks_then_catches_up() {
     let lost = Rc::new(Cell::new(false));
     let seen = lost.clone();
     c.filter = Some(Box::new(move |m: &mut Message| {
-        let second = matches!(m.body, Body::InstallSnapshot { offset, .. } if offset == CHUNK as u64);
+        let second =
+            matches!(m.body, Body::InstallSnapshot { offset, .. } if offset == CHUNK as u64);
         if second && !seen.get() {
             seen.set(true);
             return false;
@@ -122,14 +135,21 @@ fn lagging_follower_receives_the_snapshot_in_chunks_then_catches_up() {
         c.tick(1);
         ticks += 1;
         if c.installed[&3].is_empty() {
-            assert_eq!(c.node(3).log().snapshot().index, 0, "installed a partial snapshot");
+            assert_eq!(
+                c.node(3).log().snapshot().index,
+                0,
+                "installed a partial snapshot"
+            );
         }
     }
     assert!(lost.get(), "no chunk was lost");
     let installed = &c.installed[&3];
     assert_eq!(installed.len(), 1);
     assert_eq!(installed[0].meta, meta);
-    assert_eq!(installed[0].data, data, "the follower installed other bytes than the snapshot");
+    assert_eq!(
+        installed[0].data, data,
+        "the follower installed other bytes than the snapshot"
+    );
 
     let chunks: Vec<_> = c
         .delivered
@@ -141,7 +161,10 @@ fn lagging_follower_receives_the_snapshot_in_chunks_then_catches_up() {
         .collect();
     assert!(chunks.iter().all(|&(_, len)| len <= CHUNK), "{chunks:?}");
     assert!(chunks.len() >= data.len().div_ceil(CHUNK), "{chunks:?}");
-    assert!(chunks.contains(&(CHUNK as u64, CHUNK)), "the lost chunk was never resent");
+    assert!(
+        chunks.contains(&(CHUNK as u64, CHUNK)),
+        "the lost chunk was never resent"
+    );
 
     // It catches up with the entries after the snapshot.
     for _ in 0..2 {
@@ -152,6 +175,14 @@ fn lagging_follower_receives_the_snapshot_in_chunks_then_catches_up() {
     assert_eq!(log_of(follower), log_of(leader));
     assert_eq!(follower.log().committed(), leader.log().committed());
     assert_eq!(follower.log().applied(), leader.log().applied());
-    let after: Vec<_> = c.applied[&3].iter().map(|e| e.index).filter(|&i| i > meta.index).collect();
-    assert_eq!(after, (meta.index + 1..=leader.log().last_index()).collect::<Vec<_>>(), "applies what follows the snapshot");
+    let after: Vec<_> = c.applied[&3]
+        .iter()
+        .map(|e| e.index)
+        .filter(|&i| i > meta.index)
+        .collect();
+    assert_eq!(
+        after,
+        (meta.index + 1..=leader.log().last_index()).collect::<Vec<_>>(),
+        "applies what follows the snapshot"
+    );
 }

@@ -17,11 +17,22 @@ fn timeout_now_to_a_caught_up_voter_makes_it_leader() {
     assert_eq!(c.leaders(), [2]);
     assert_eq!(c.node(2).term(), term + 1);
     for id in [1, 3] {
-        assert_eq!((c.node(id).role(), c.node(id).leader()), (Role::Follower, Some(2)), "node {id}");
+        assert_eq!(
+            (c.node(id).role(), c.node(id).leader()),
+            (Role::Follower, Some(2)),
+            "node {id}"
+        );
     }
     let after = &c.delivered[before..];
-    assert!(after.iter().any(|m| m.from == 1 && m.to == 2 && m.body == Body::TimeoutNow));
-    assert!(after.iter().all(|m| m.body.kind() != "PreVote"), "the target skipped PreVote");
+    assert!(
+        after
+            .iter()
+            .any(|m| m.from == 1 && m.to == 2 && m.body == Body::TimeoutNow)
+    );
+    assert!(
+        after.iter().all(|m| m.body.kind() != "PreVote"),
+        "the target skipped PreVote"
+    );
     // The new leader commits its no-op.
     assert_eq!(c.node(2).log().committed(), c.node(2).log().last_index());
 }
@@ -57,7 +68,10 @@ fn transfer_refuses_proposals_then_is_abandoned_after_an_election_timeout() {
     c.isolate(3);
     c.node_mut(1).transfer_leadership(3).expect("leader");
     c.deliver();
-    assert_eq!(c.node_mut(1).propose(b"x".to_vec()), Err(ProposeError::Transferring(3)));
+    assert_eq!(
+        c.node_mut(1).propose(b"x".to_vec()),
+        Err(ProposeError::Transferring(3))
+    );
     assert_eq!(
         c.node_mut(1).propose_config(Configuration::new([1, 2])),
         Err(ProposeError::Transferring(3))
@@ -65,7 +79,10 @@ fn transfer_refuses_proposals_then_is_abandoned_after_an_election_timeout() {
     for _ in 0..T - 1 {
         c.tick(1);
     }
-    assert_eq!(c.node_mut(1).propose(b"x".to_vec()), Err(ProposeError::Transferring(3)));
+    assert_eq!(
+        c.node_mut(1).propose(b"x".to_vec()),
+        Err(ProposeError::Transferring(3))
+    );
     c.tick(1);
     assert_eq!(c.leaders(), [1], "the leader resumes");
     let (index, _) = c.propose(1, b"x");
@@ -80,9 +97,15 @@ fn transfer_is_refused_off_the_leader_and_to_non_voters() {
         c.node_mut(2).transfer_leadership(3),
         Err(TransferError::NotLeader(NotLeader { leader: Some(1) }))
     );
-    assert_eq!(c.node_mut(1).transfer_leadership(9), Err(TransferError::NotVoter(9)));
+    assert_eq!(
+        c.node_mut(1).transfer_leadership(9),
+        Err(TransferError::NotVoter(9))
+    );
     assert_eq!(c.node_mut(1).transfer_leadership(1), Ok(()));
     c.deliver();
     assert_eq!(c.leaders(), [1]);
-    assert!(c.node_mut(1).propose(b"x".to_vec()).is_ok(), "a transfer to itself is a no-op");
+    assert!(
+        c.node_mut(1).propose(b"x".to_vec()).is_ok(),
+        "a transfer to itself is a no-op"
+    );
 }
