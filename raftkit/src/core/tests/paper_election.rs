@@ -661,3 +661,23 @@ fn node_outside_the_configuration_never_campaigns() {
     assert!(flush(&mut r).all().is_empty());
     assert_eq!((r.role(), r.term()), (Role::Follower, 0));
 }
+
+/// Figure 2: the candidate's new term and self-vote are persisted before
+/// its RequestVotes leave (a restart must not let it vote again in the
+/// term).
+#[test]
+fn candidate_requests_votes_only_once_its_term_and_vote_are_durable() {
+    let mut r = node_with(1, &[1, 2, 3], 1, &[1], |c| c.pre_vote = false);
+    while r.role() == Role::Follower {
+        r.tick();
+    }
+    let rd = r.ready();
+    assert!(rd.messages.is_empty(), "{:?}", rd.messages);
+    assert_eq!(rd.persisted_messages.len(), 2);
+    assert!(
+        rd.persisted_messages
+            .iter()
+            .all(|m| m.body.kind() == "RequestVote")
+    );
+    assert_eq!(rd.persist_marker.term_vote, Some((2, 1)));
+}

@@ -223,3 +223,18 @@ fn read_on_a_follower_returns_not_leader_with_a_hint() {
         Err(NotLeader { leader: Some(2) })
     );
 }
+
+/// A single-node cluster is its own quorum: reads are served without any
+/// message, once its no-op is durable and committed.
+#[test]
+fn single_node_serves_reads_alone() {
+    let mut r = node(1, &[1], 1, &[1]);
+    let (_, _) = tick_until_campaign(&mut r);
+    assert_eq!(r.role(), Role::Leader);
+    let commit = r.log().committed();
+    assert_eq!(commit, r.log().last_index());
+    r.read_index(5).expect("leader");
+    let out = flush(&mut r);
+    assert!(out.all().is_empty());
+    assert_eq!(out.reads, [ok(5, commit)]);
+}
