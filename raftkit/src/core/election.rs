@@ -113,6 +113,14 @@ impl Raft {
             || (pre_vote && m.term > self.term);
         if can_vote && self.log.is_up_to_date(last_index, last_term) {
             let term = if pre_vote { m.term } else { self.term };
+            // Figure 2: the vote is persisted before the answer leaves. Record
+            // it *before* queuing the answer, so that `send` sees it is not
+            // durable yet and holds the answer back, also when the request
+            // did not raise the term.
+            if !pre_vote {
+                self.election_elapsed = 0;
+                self.vote = m.from;
+            }
             self.send_with_term(
                 m.from,
                 term,
@@ -121,10 +129,6 @@ impl Raft {
                     pre_vote,
                 },
             );
-            if !pre_vote {
-                self.election_elapsed = 0;
-                self.vote = m.from;
-            }
         } else {
             let term = self.term;
             self.send_with_term(

@@ -42,6 +42,9 @@ mod snapshot;
 mod transfer;
 pub mod types;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::{Config, ConfigError};
 pub use message::{Body, Message};
 pub use raft::{NotLeader, ProposeError, Raft, Restored, Role, Status};

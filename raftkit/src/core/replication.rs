@@ -247,7 +247,12 @@ impl Raft {
         }
         let behind = pr.matched < last;
         if behind {
-            self.send_append_all(from, false);
+            // Raft §5.3: the leader retries AppendEntries until the follower
+            // stores every entry. In replicate mode `next` may already be
+            // past entries that were lost: send even an empty append (at the
+            // optimistic position) so that the follower's rejection restarts
+            // probing from its match point.
+            self.send_append_all(from, true);
         }
         self.check_read_quorum();
     }

@@ -1,0 +1,17 @@
+//! The paper tests: one test per rule of the Raft paper (Figure 2,
+//! §5.1–§5.4) and of the thesis extensions the core implements (PreVote,
+//! CheckQuorum, ReadIndex, leadership transfer, joint consensus,
+//! snapshots), in the manner of etcd's `raft_paper_test.go`.
+//!
+//! Each test builds one node or a small cluster of cores with given logs
+//! and terms (see `harness`), drives it with ticks and messages, and checks
+//! the messages and state that result.
+
+mod harness;
+mod joint;
+mod paper_election;
+mod paper_replication;
+mod paper_safety;
+mod read_index;
+mod snapshot;
+mod transfer;

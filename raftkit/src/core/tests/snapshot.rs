@@ -1,0 +1,188 @@
+//! Log compaction and InstallSnapshot (Raft §7).
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use super::harness::*;
+use crate::core::{Body, CompactError, Configuration, Message, SnapshotMeta};
+
+fn chunk(offset: u64, data: &[u8], done: bool) -> Body {
+    Body::InstallSnapshot {
+        meta: SnapshotMeta {
+            index: 10,
+            term: 2,
+            config: Configuration::new([1, 2, 3]),
+        },
+        offset,
+        data: data.to_vec(),
+        done,
+    }
+}
+
+fn snapshot_reply(out: &Out) -> Body {
+    let replies = out.of_kind("InstallSnapshotResponse");
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    replies[0].body.clone()
+}
+
+/// §7: the follower accepts chunks only in order and installs the snapshot
+/// only once it has every byte, as a whole; each answer leaves only after
+/// the follower's writes are durable.
+#[test]
+fn follower_installs_only_a_complete_snapshot() {
+    let mut r = node(2, &[1, 2, 3], 2, &[1]);
+    let reply = |next_offset, done, rejected| Body::InstallSnapshotResponse {
+        index: 10,
+        next_offset,
+        done,
+        rejected,
+    };
+
+    let out = step(&mut r, msg(1, 2, 2, chunk(0, b"abcd", false)));
+    assert_eq!(snapshot_reply(&out), reply(4, false, false));
+    assert!(out.messages.is_empty(), "answers wait for persistence");
+
+    // A gap: the chunk at 8 before the one at 4.
+    let out = step(&mut r, msg(1, 2, 2, chunk(8, b"ij", true)));
+    assert_eq!(snapshot_reply(&out), reply(4, false, true));
+    assert!(out.snapshots.is_empty(), "installed with a gap");
+    assert_eq!(r.log().snapshot().index, 0);
+
+    // A duplicate of the first chunk changes nothing.
+    let out = step(&mut r, msg(1, 2, 2, chunk(0, b"abcd", false)));
+    assert_eq!(snapshot_reply(&out), reply(4, false, false));
+
+    let out = step(&mut r, msg(1, 2, 2, chunk(4, b"efgh", false)));
+    assert_eq!(snapshot_reply(&out), reply(8, false, false));
+    assert!(out.snapshots.is_empty());
+    assert_eq!(r.log().snapshot().index, 0);
+
+    let out = step(&mut r, msg(1, 2, 2, chunk(8, b"ij", true)));
+    assert_eq!(snapshot_reply(&out), reply(10, true, false));
+    assert!(
+        out.messages.is_empty(),
+        "the installed snapshot is acknowledged only once durable"
+    );
+    assert_eq!(out.snapshots.len(), 1);
+    assert_eq!(out.snapshots[0].data, b"abcdefghij");
+    assert_eq!(out.snapshots[0].meta.index, 10);
+    assert_eq!(r.log().snapshot().index, 10);
+    assert_eq!((r.log().last_index(), r.log().committed()), (10, 10));
+}
+
+/// §7: a snapshot can only cover applied entries.
+#[test]
+fn compaction_covers_only_applied_entries() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    let applied = c.node(1).log().applied();
+    let r = c.node_mut(1);
+    assert!(matches!(
+        r.compact(applied + 1, vec![]),
+        Err(CompactError::NotApplied { .. })
+    ));
+    let meta = r.compact(applied, b"state".to_vec()).expect("applied");
+    assert_eq!(meta.index, applied);
+    assert_eq!(r.log().first_index(), applied + 1);
+    assert_eq!(
+        r.compact(applied, vec![]),
+        Err(CompactError::Outdated(applied))
+    );
+}
+
+/// §7: "the leader must occasionally send snapshots to followers that lag
+/// behind". The leader compacts its log while a follower is cut off; the
+/// follower then receives the snapshot in chunks. One chunk is lost: it is
+/// resent, the follower never installs a partial snapshot, and afterwards
+/// it catches up with the entries after the snapshot.
+#[test]
+fn lagging_follower_receives_the_snapshot_in_chunks_then_catches_up() {
+    const CHUNK: usize = 4;
+    let mut c = Cluster::with(&[1, 2, 3], |c| c.snapshot_chunk_bytes = CHUNK);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..5u8 {
+        c.propose(1, &[i]);
+    }
+    let applied = c.node(1).log().applied();
+    assert_eq!(applied, c.node(1).log().committed());
+    let data = b"the state machine, serialized".to_vec();
+    let meta = c
+        .node_mut(1)
+        .compact(applied, data.clone())
+        .expect("compact");
+    for i in 5..7u8 {
+        c.propose(1, &[i]);
+    }
+    assert!(c.node(3).log().last_index() < meta.index);
+
+    // Lose the second chunk, once.
+    let lost = Rc::new(Cell::new(false));
+    let seen = lost.clone();
+    c.filter = Some(Box::new(move |m: &mut Message| {
+        let second =
+            matches!(m.body, Body::InstallSnapshot { offset, .. } if offset == CHUNK as u64);
+        if second && !seen.get() {
+            seen.set(true);
+            return false;
+        }
+        true
+    }));
+    c.heal();
+    let mut ticks = 0;
+    while c.installed[&3].is_empty() {
+        assert!(ticks < 10 * T, "the snapshot never arrived");
+        c.tick(1);
+        ticks += 1;
+        if c.installed[&3].is_empty() {
+            assert_eq!(
+                c.node(3).log().snapshot().index,
+                0,
+                "installed a partial snapshot"
+            );
+        }
+    }
+    assert!(lost.get(), "no chunk was lost");
+    let installed = &c.installed[&3];
+    assert_eq!(installed.len(), 1);
+    assert_eq!(installed[0].meta, meta);
+    assert_eq!(
+        installed[0].data, data,
+        "the follower installed other bytes than the snapshot"
+    );
+
+    let chunks: Vec<_> = c
+        .delivered
+        .iter()
+        .filter_map(|m| match &m.body {
+            Body::InstallSnapshot { offset, data, .. } if m.to == 3 => Some((*offset, data.len())),
+            _ => None,
+        })
+        .collect();
+    assert!(chunks.iter().all(|&(_, len)| len <= CHUNK), "{chunks:?}");
+    assert!(chunks.len() >= data.len().div_ceil(CHUNK), "{chunks:?}");
+    assert!(
+        chunks.contains(&(CHUNK as u64, CHUNK)),
+        "the lost chunk was never resent"
+    );
+
+    // It catches up with the entries after the snapshot.
+    for _ in 0..2 {
+        c.tick(1);
+    }
+    let leader = c.node(1);
+    let follower = c.node(3);
+    assert_eq!(log_of(follower), log_of(leader));
+    assert_eq!(follower.log().committed(), leader.log().committed());
+    assert_eq!(follower.log().applied(), leader.log().applied());
+    let after: Vec<_> = c.applied[&3]
+        .iter()
+        .map(|e| e.index)
+        .filter(|&i| i > meta.index)
+        .collect();
+    assert_eq!(
+        after,
+        (meta.index + 1..=leader.log().last_index()).collect::<Vec<_>>(),
+        "applies what follows the snapshot"
+    );
+}

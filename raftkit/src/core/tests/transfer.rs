@@ -1,0 +1,111 @@
+//! Leadership transfer (thesis §3.10).
+
+use super::harness::*;
+use crate::core::{Body, Configuration, NotLeader, ProposeError, Role, TransferError};
+
+/// Thesis §3.10: once the target's log matches, the leader sends it
+/// TimeoutNow; the target campaigns at once (no PreVote) and voters grant
+/// the vote although they still hear from the old leader.
+#[test]
+fn timeout_now_to_a_caught_up_voter_makes_it_leader() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    let term = c.node(1).term();
+    let before = c.delivered.len();
+    c.node_mut(1).transfer_leadership(2).expect("leader");
+    c.deliver();
+    assert_eq!(c.leaders(), [2]);
+    assert_eq!(c.node(2).term(), term + 1);
+    for id in [1, 3] {
+        assert_eq!(
+            (c.node(id).role(), c.node(id).leader()),
+            (Role::Follower, Some(2)),
+            "node {id}"
+        );
+    }
+    let after = &c.delivered[before..];
+    assert!(
+        after
+            .iter()
+            .any(|m| m.from == 1 && m.to == 2 && m.body == Body::TimeoutNow)
+    );
+    assert!(
+        after.iter().all(|m| m.body.kind() != "PreVote"),
+        "the target skipped PreVote"
+    );
+    // The new leader commits its no-op.
+    assert_eq!(c.node(2).log().committed(), c.node(2).log().last_index());
+}
+
+/// Thesis §3.10: a lagging target is first brought up to date, then told
+/// to time out.
+#[test]
+fn lagging_target_is_caught_up_before_timeout_now() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.isolate(3);
+    let (index, term) = c.propose(1, b"x");
+    c.heal();
+    c.node_mut(1).transfer_leadership(3).expect("leader");
+    c.deliver();
+    for _ in 0..T {
+        if c.leaders() == [3] {
+            break;
+        }
+        c.tick(1);
+    }
+    assert_eq!(c.leaders(), [3]);
+    assert_eq!(c.node(3).log().term(index), Some(term));
+}
+
+/// Thesis §3.10: during a transfer the leader refuses proposals (they would
+/// likely be lost), and abandons the transfer when it does not complete
+/// within an election timeout.
+#[test]
+fn transfer_refuses_proposals_then_is_abandoned_after_an_election_timeout() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.isolate(3);
+    c.node_mut(1).transfer_leadership(3).expect("leader");
+    c.deliver();
+    assert_eq!(
+        c.node_mut(1).propose(b"x".to_vec()),
+        Err(ProposeError::Transferring(3))
+    );
+    assert_eq!(
+        c.node_mut(1).propose_config(Configuration::new([1, 2])),
+        Err(ProposeError::Transferring(3))
+    );
+    for _ in 0..T - 1 {
+        c.tick(1);
+    }
+    assert_eq!(
+        c.node_mut(1).propose(b"x".to_vec()),
+        Err(ProposeError::Transferring(3))
+    );
+    c.tick(1);
+    assert_eq!(c.leaders(), [1], "the leader resumes");
+    let (index, _) = c.propose(1, b"x");
+    assert_eq!(c.node(1).log().committed(), index);
+}
+
+#[test]
+fn transfer_is_refused_off_the_leader_and_to_non_voters() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    assert_eq!(
+        c.node_mut(2).transfer_leadership(3),
+        Err(TransferError::NotLeader(NotLeader { leader: Some(1) }))
+    );
+    assert_eq!(
+        c.node_mut(1).transfer_leadership(9),
+        Err(TransferError::NotVoter(9))
+    );
+    assert_eq!(c.node_mut(1).transfer_leadership(1), Ok(()));
+    c.deliver();
+    assert_eq!(c.leaders(), [1]);
+    assert!(
+        c.node_mut(1).propose(b"x".to_vec()).is_ok(),
+        "a transfer to itself is a no-op"
+    );
+}
