@@ -80,3 +80,59 @@ fn replay() {
         Err(failure) => panic!("{failure}"),
     }
 }
+
+/// One seed always yields the same run.
+#[test]
+fn a_seed_replays_identically() {
+    for seed in [3, 17, 4242] {
+        let a = sim::run(seed, SimOptions::for_seed(seed)).unwrap_or_else(|f| panic!("{f}"));
+        let b = sim::run(seed, SimOptions::for_seed(seed)).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed} diverged");
+        assert_eq!(a.events, b.events);
+        assert!(a.completed > 0, "seed {seed} completed no operation");
+    }
+    let a = sim::run(3, SimOptions::for_seed(3)).unwrap_or_else(|f| panic!("{f}"));
+    let b = sim::run(4, SimOptions::for_seed(3)).unwrap_or_else(|f| panic!("{f}"));
+    assert_ne!(a.trace_hash, b.trace_hash, "different seeds gave the same trace");
+}
+
+// ----- teeth: a deliberately broken rule is caught within the CI budget ----
+
+/// Runs seeds with `bugs` switched on until one fails; returns the failure.
+fn find_violation(bugs: raftkit::core::config::Bugs, budget: u64) -> sim::SimFailure {
+    for seed in 1..=budget {
+        let mut opts = SimOptions::for_seed(seed);
+        opts.bugs = bugs;
+        if let Err(failure) = sim::run(seed, opts) {
+            println!("caught after {seed} seeds: {failure}");
+            return *Box::new(failure);
+        }
+    }
+    panic!("{bugs:?} survived {budget} seeds: the simulation has no teeth for it");
+}
+
+#[test]
+fn teeth_acknowledging_before_persisting_is_caught() {
+    let bugs = raftkit::core::config::Bugs {
+        ack_before_persist: true,
+        ..Default::default()
+    };
+    let failure = find_violation(bugs, 2000);
+    assert!(
+        !matches!(failure.kind, sim::FailureKind::Liveness(_)),
+        "expected a safety or linearizability failure, got {failure}"
+    );
+}
+
+#[test]
+fn teeth_reads_without_a_heartbeat_round_are_caught() {
+    let bugs = raftkit::core::config::Bugs {
+        read_without_heartbeat: true,
+        ..Default::default()
+    };
+    let failure = find_violation(bugs, 2000);
+    assert!(
+        matches!(failure.kind, sim::FailureKind::Linearizability(_)),
+        "expected a stale read, got {failure}"
+    );
+}

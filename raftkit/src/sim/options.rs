@@ -23,12 +23,18 @@ pub struct SimOptions {
     pub snapshot_entries: u64,
     /// Size of one InstallSnapshot chunk.
     pub snapshot_chunk_bytes: usize,
+    /// Bytes of entries per AppendEntries (1: one entry per message).
+    pub max_batch_bytes: usize,
     /// Crash nodes (losing unsynced writes) during the fault phase.
     pub crashes: bool,
     /// Partition the network during the fault phase.
     pub partitions: bool,
     /// Lose, duplicate and reorder messages during the fault phase.
     pub lossy_network: bool,
+    /// Leader churn: during fault periods new leaders are crashed soon after
+    /// their election and message loss is heavy (the histories of Raft
+    /// Figure 8).
+    pub churn: bool,
     /// Print every event.
     pub trace: bool,
     /// Deliberately broken rules (tests of the simulation's teeth).
@@ -45,9 +51,11 @@ impl Default for SimOptions {
             heal_ms: 2_000,
             snapshot_entries: 0,
             snapshot_chunk_bytes: 64,
+            max_batch_bytes: 4096,
             crashes: true,
             partitions: true,
             lossy_network: true,
+            churn: false,
             trace: false,
             bugs: Default::default(),
         }
@@ -65,8 +73,15 @@ impl SimOptions {
             crashes: bits & 4 == 0 || bits & 32 != 0,
             partitions: bits & 8 == 0 || bits & 64 != 0,
             lossy_network: bits & 16 == 0 || bits & 128 != 0,
+            max_batch_bytes: if bits & 256 == 0 { 4096 } else { 1 },
+            churn: bits & (512 | 1024) == 0,
             ..SimOptions::default()
         };
+        if o.churn {
+            o.crashes = true;
+            o.lossy_network = true;
+            o.max_batch_bytes = 1;
+        }
         if !(o.crashes || o.partitions || o.lossy_network) {
             o.crashes = true;
         }

@@ -45,6 +45,7 @@ enum Event {
     ReadAttemptTimeout { client: usize, seq: u64, attempt: u32 },
     Nemesis { fault: bool },
     Restart { node: NodeId },
+    Crash { node: NodeId, epoch: u64 },
     Heal,
 }
 
@@ -128,6 +129,7 @@ pub struct World {
     heal_at: u64,
     end_at: u64,
     healed: bool,
+    kill_new_leaders: bool,
     write_after_heal: bool,
     report: SimReport,
 }
@@ -158,6 +160,7 @@ impl World {
             heal_at: opts.fault_ms,
             end_at: opts.fault_ms + opts.heal_ms,
             healed: false,
+            kill_new_leaders: false,
             write_after_heal: false,
             report: SimReport {
                 seed,
@@ -206,7 +209,7 @@ impl World {
         let mut cfg = Config::new(id);
         cfg.seed = self.seed.wrapping_add(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.rng.random::<u64>();
         cfg.max_inflight = 8;
-        cfg.max_batch_bytes = 4096;
+        cfg.max_batch_bytes = self.opts.max_batch_bytes;
         cfg.snapshot_entries = self.opts.snapshot_entries;
         cfg.snapshot_chunk_bytes = self.opts.snapshot_chunk_bytes;
         cfg.bugs = self.opts.bugs;
@@ -333,12 +336,22 @@ impl World {
                 Ok(())
             }
             Event::Nemesis { fault } => self.nemesis(fault),
+            Event::Crash { node, epoch } => {
+                if self.healed || self.nodes[&node].epoch != epoch {
+                    return Ok(());
+                }
+                self.crash(node)?;
+                let back = self.rng.random_range(20..300);
+                self.schedule(back, Event::Restart { node });
+                Ok(())
+            }
             Event::Restart { node } => {
                 self.restart(node);
                 Ok(())
             }
             Event::Heal => {
                 self.healed = true;
+                self.kill_new_leaders = false;
                 self.faults = NetworkFaults::default();
                 for id in self.ids.clone() {
                     self.restart(id);
@@ -364,6 +377,18 @@ impl World {
             n.last_role = role;
             if became_leader {
                 self.report.leaders += 1;
+                // The "flaky leader" nemesis: new leaders die young, which
+                // produces the leader churn of Raft Figure 8.
+                if self.kill_new_leaders && self.rng.random_bool(0.5) {
+                    let epoch = n.epoch;
+                    let after = self.rng.random_range(1..40);
+                    self.seq += 1;
+                    self.queue.push(Reverse(Scheduled {
+                        time: self.now + after,
+                        seq: self.seq,
+                        event: Event::Crash { node: id, epoch },
+                    }));
+                }
             }
             let raft = n.raft.as_ref().expect("checked above");
             self.oracle.observe(raft, &rd.entries, became_leader).map_err(FailureKind::Safety)?;
@@ -569,7 +594,15 @@ impl World {
         }
         if fault {
             let leader = self.current_leader().unwrap_or(self.ids[0]);
-            if self.opts.partitions && self.rng.random_bool(0.6) {
+            if self.opts.churn {
+                // Isolate one node at a time, over and over: the sequences
+                // of minority leaders of Raft Figure 8.
+                if self.rng.random_bool(0.8) {
+                    let ids = self.ids.clone();
+                    let target = ids[self.rng.random_range(0..ids.len())];
+                    Partition::Isolate.apply(&ids, target, &mut self.rng, &mut self.faults);
+                }
+            } else if self.opts.partitions && self.rng.random_bool(0.6) {
                 let kind = Partition::ALL[self.rng.random_range(0..Partition::ALL.len())];
                 let target = if self.rng.random_bool(0.6) {
                     leader
@@ -579,7 +612,9 @@ impl World {
                 let ids = self.ids.clone();
                 kind.apply(&ids, target, &mut self.rng, &mut self.faults);
             }
-            if self.opts.lossy_network && self.rng.random_bool(0.6) {
+            if self.opts.churn {
+                self.faults.drop = self.rng.random_range(0.0..0.3);
+            } else if self.opts.lossy_network && self.rng.random_bool(0.6) {
                 self.faults.drop = self.rng.random_range(0.0..0.25);
                 self.faults.duplicate = self.rng.random_range(0.0..0.1);
                 self.faults.jitter = self.rng.random_range(0..40);
@@ -597,11 +632,21 @@ impl World {
                     self.schedule(back, Event::Restart { node: victim });
                 }
             }
-            let length = self.rng.random_range(100..700);
+            self.kill_new_leaders = self.opts.churn || (self.opts.crashes && self.rng.random_bool(0.3));
+            let length = if self.opts.churn {
+                self.rng.random_range(150..400)
+            } else {
+                self.rng.random_range(100..700)
+            };
             self.schedule(length, Event::Nemesis { fault: false });
         } else {
             self.faults = NetworkFaults::default();
-            let length = self.rng.random_range(50..400);
+            self.kill_new_leaders = false;
+            let length = if self.opts.churn {
+                self.rng.random_range(0..60)
+            } else {
+                self.rng.random_range(50..400)
+            };
             self.schedule(length, Event::Nemesis { fault: true });
         }
         Ok(())
