@@ -164,6 +164,7 @@ impl Wal {
             for (i, seq) in seqs.into_iter().enumerate() {
                 let mut seg = Segment::open(wal.dir.join(segment_name(seq)), seq)?;
                 let mut max_entry = 0;
+                let prev = wal.segments.back().map(|p| (p.path.clone(), p.len));
                 seg.scan(i + 1 == count, |offset, payload| {
                     wal.replay_frame(
                         &seg_path(&wal.dir, seq),
@@ -171,6 +172,7 @@ impl Wal {
                         offset,
                         payload,
                         &mut max_entry,
+                        prev.as_ref(),
                     )
                 })?;
                 seg.max_entry = max_entry;
@@ -190,21 +192,16 @@ impl Wal {
             wal.durable_boundary = (wal.first - 1, wal.boundary_term);
             // Every segment must open with a checkpoint frame (so that older
             // segments can be removed); restore it if the torn tail took it.
-            if let Some(active) = wal.segments.back_mut()
-                && active.len == super::segment::SEGMENT_HEADER_LEN
-            {
-                let checkpoint = {
-                    let mut f = FrameBuf::new();
-                    f.push(&RecordRef::HardState(&wal.durable_hard_state));
-                    f.push(&RecordRef::Compact {
-                        upto: wal.durable_boundary.0,
-                        term: wal.durable_boundary.1,
-                    });
-                    f.finish().to_vec()
-                };
-                active.append(&checkpoint)?;
-                active.sync()?;
-                active.base_len = active.len;
+            if let Some(mut active) = wal.segments.pop_back() {
+                if active.len == super::segment::SEGMENT_HEADER_LEN {
+                    // Built while `active` is out of the list, so that it
+                    // records the length of the segment before it.
+                    let checkpoint = wal.checkpoint_frame();
+                    active.append(&checkpoint)?;
+                    active.sync()?;
+                    active.base_len = active.len;
+                }
+                wal.segments.push_back(active);
             }
         }
         info!(
@@ -266,6 +263,9 @@ impl Wal {
     /// compaction boundary, so that replay can start at that segment.
     fn checkpoint_frame(&self) -> Vec<u8> {
         let mut f = FrameBuf::new();
+        f.push(&RecordRef::SegmentStart {
+            prev_len: self.segments.back().map_or(0, |s| s.len),
+        });
         f.push(&RecordRef::HardState(&self.durable_hard_state));
         f.push(&RecordRef::Compact {
             upto: self.durable_boundary.0,
@@ -282,6 +282,7 @@ impl Wal {
         offset: u64,
         payload: &[u8],
         max_entry: &mut Index,
+        prev: Option<&(PathBuf, u64)>,
     ) -> Result<(), StorageError> {
         let frame = self.pending_frame_no();
         self.frames.push_back(FrameLoc { seg: seq, offset });
@@ -333,6 +334,19 @@ impl Wal {
                     self.slots.truncate((from - self.first) as usize);
                 }
                 Record::Compact { upto, term } => self.apply_compact(upto, term),
+                Record::SegmentStart { prev_len } => {
+                    if let Some((prev_path, actual)) = prev
+                        && *actual != prev_len
+                    {
+                        return Err(StorageError::corrupt(
+                            prev_path,
+                            (*actual).min(prev_len),
+                            format!(
+                                "segment is {actual} bytes long but was sealed at {prev_len} bytes"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         Ok(())

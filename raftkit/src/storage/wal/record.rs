@@ -62,6 +62,14 @@ pub(crate) enum Record {
         /// Its term.
         term: Term,
     },
+    /// Opens the checkpoint frame of every segment: the length of the
+    /// previous segment when this one was started (0 for the first). A
+    /// previous segment of another length lost or gained frames: corruption,
+    /// even when it was cut exactly at a frame boundary.
+    SegmentStart {
+        /// The previous segment's length in bytes.
+        prev_len: u64,
+    },
 }
 
 /// The borrowed twin of [`Record`] used for encoding (same variants, same
@@ -83,6 +91,11 @@ pub(crate) enum RecordRef<'a> {
         upto: Index,
         /// See [`Record::Compact`].
         term: Term,
+    },
+    /// See [`Record::SegmentStart`].
+    SegmentStart {
+        /// See [`Record::SegmentStart`].
+        prev_len: u64,
     },
 }
 
