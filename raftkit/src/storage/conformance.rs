@@ -12,8 +12,8 @@
 //! conformance::run_durable(MemLogStore::new, reopen);
 //! ```
 //!
-//! or generate one `#[test]` per check with [`log_store_conformance!`]
-//! (`crate::log_store_conformance`):
+//! or generate one `#[test]` per check with
+//! [`log_store_conformance!`](crate::log_store_conformance):
 //!
 //! ```ignore
 //! raftkit::log_store_conformance!(MemLogStore::new);

@@ -1,29 +1,6 @@
 //! Group commit: one storage thread, many writers, one fsync per batch.
 //!
-//! [`GroupCommit`] owns a [`LogStore`] on a dedicated thread. Requests arrive
-//! over a channel; the thread takes the first request, then every request
-//! that queued up meanwhile (those that arrived while the previous fsync ran),
-//! applies them all in arrival order, calls [`LogStore::sync`] **once**, and
-//! completes each request through its callback. With `n` writers waiting,
-//! one fsync serves all of them, which is where a log's throughput comes
-//! from when fsync costs milliseconds.
-//!
-//! Invariants:
-//!
-//! - Requests are applied in the order they were sent (one channel, one
-//!   consumer), so a caller that assigns log indexes in send order gets a
-//!   contiguous log.
-//! - A write's callback runs only after the sync covering it returned; it
-//!   gets `Ok(index)` only if that sync succeeded. Every callback runs
-//!   exactly once, including on shutdown and after a failure.
-//! - After a fatal error (see [`StorageError::is_fatal`]) the store refuses
-//!   every later request with an error; nothing is retried.
-//! - Callbacks run on the storage thread: they must be quick and must not
-//!   block on the storage thread itself (completing a oneshot is ideal).
-//!
-//! The channel is unbounded: back-pressure belongs to the caller, which
-//! bounds in-flight proposals anyway. The storage layer has no async runtime
-//! dependency; the callback is how a tokio runtime completes its oneshots.
+//! See [`GroupCommit`]: its documentation states the invariants.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,7 +54,36 @@ struct Counters {
 }
 
 /// A storage thread owning a [`LogStore`] and batching writes into shared
-/// fsyncs. See the [module documentation](self).
+/// fsyncs.
+///
+/// [`GroupCommit`] owns a [`LogStore`] on a dedicated thread. Requests arrive
+/// over a channel; the thread takes the first request, then every request
+/// that queued up meanwhile (those that arrived while the previous fsync ran),
+/// applies them all in arrival order, calls [`LogStore::sync`] **once**, and
+/// completes each request through its callback. With `n` writers waiting,
+/// one fsync serves all of them, which is where a log's throughput comes
+/// from when fsync costs milliseconds.
+///
+/// Invariants:
+///
+/// - Requests are applied in the order they were sent (one channel, one
+///   consumer), so a caller that assigns log indexes in send order gets a
+///   contiguous log.
+/// - A write's callback runs only after the sync covering it returned; it
+///   gets `Ok(index)` only if that sync succeeded. Every callback runs
+///   exactly once, including on shutdown and after a failure.
+/// - After a failed sync, every later request fails with
+///   [`StorageError::Failed`] without reaching the store, whatever the store
+///   would do; nothing is retried.
+/// - Callbacks must not panic: a panicking callback stops the thread, and
+///   the requests of its batch that were not yet completed are dropped
+///   uncompleted (later sends report [`StorageError::Closed`]).
+/// - Callbacks run on the storage thread: they must be quick and must not
+///   block on the storage thread itself (completing a oneshot is ideal).
+///
+/// The channel is unbounded: back-pressure belongs to the caller, which
+/// bounds in-flight proposals anyway. The storage layer has no async runtime
+/// dependency; the callback is how a tokio runtime completes its oneshots.
 pub struct GroupCommit<S: LogStore + Send + 'static> {
     tx: Option<mpsc::Sender<Request<S>>>,
     thread: Option<JoinHandle<S>>,
@@ -185,10 +191,22 @@ impl<S: LogStore + Send + 'static> Drop for GroupCommit<S> {
 
 fn run<S: LogStore>(mut store: S, rx: mpsc::Receiver<Request<S>>, counters: &Counters) -> S {
     let mut batch: Vec<(AppendCallback, Result<Index, StorageError>)> = Vec::new();
+    // Set by the first failed sync: from then on nothing touches the store,
+    // whatever the store itself would do.
+    let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         let mut entries = 0u64;
         while let Some(req) = next.take() {
+            if let Some(cause) = &failed {
+                if let Some(done) = req.done {
+                    done(Err(StorageError::Failed {
+                        cause: cause.clone(),
+                    }));
+                }
+                next = rx.try_recv().ok();
+                continue;
+            }
             let result = match req.op {
                 Op::Append(es) => {
                     entries += es.len() as u64;
@@ -216,6 +234,10 @@ fn run<S: LogStore>(mut store: S, rx: mpsc::Receiver<Request<S>>, counters: &Cou
             continue;
         }
         let synced = store.sync();
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "storage sync failed; refusing further requests");
+            failed = Some(e.to_string());
+        }
         counters.syncs.fetch_add(1, Ordering::Relaxed);
         counters
             .requests

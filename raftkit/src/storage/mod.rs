@@ -3,7 +3,7 @@
 //! # What lives here
 //!
 //! - [`LogStore`]: the log of entries plus the [`HardState`] (term, vote,
-//!   commit). Implementations: [`Wal`](wal::Wal), the default embedded
+//!   commit). Implementations: [`Wal`], the default embedded
 //!   segmented write-ahead log, and [`MemLogStore`], an in-memory store for
 //!   tests and for users who do not need durability.
 //! - [`SnapshotStore`]: the latest snapshot (and a few older ones), written
@@ -35,7 +35,7 @@
 //!    once but durable only after the next successful [`sync`](LogStore::sync).
 //!    After a crash a durable store recovers exactly the state at the end of
 //!    some `sync` call, never older than the last one that returned `Ok`.
-//!    (The [`Wal`](wal::Wal) writes everything a `sync` covers as one
+//!    (The [`Wal`] writes everything a `sync` covers as one
 //!    checksummed frame, so it recovers either all or nothing of each sync.)
 //! 6. Errors are never swallowed: an IO error in a write or an fsync makes the
 //!    store refuse further use ([`StorageError::Failed`]); the caller (the

@@ -19,15 +19,18 @@
 //! and segment files `00000000000000000001.wal`, `...02.wal`, ... with
 //! consecutive sequence numbers. A segment is a 16-byte header followed by
 //! frames; a frame is a checksummed batch of typed records (entries, hard
-//! state, truncate marker, compaction marker), see [`record`](self) format
-//! notes in the source (`wal/record.rs`) and `wal/segment.rs`.
+//! state, truncate marker, compaction marker, segment start), encoded with
+//! postcard. The byte-level format is documented in the sources,
+//! `wal/record.rs` and `wal/segment.rs`.
 //!
 //! - Every [`sync`](crate::storage::LogStore::sync) writes **one frame**
 //!   holding every record produced since the previous sync, with one
 //!   `write`, then one `fdatasync`. Mutations before that are only in memory.
-//! - Every segment begins with a *checkpoint* frame: the hard state and the
-//!   compaction boundary that were durable when it was created. Replay can
-//!   therefore start at any segment.
+//! - Every segment begins with a *checkpoint* frame: the length at which the
+//!   previous segment was sealed, and the hard state and compaction boundary
+//!   that were durable when it was created. Replay can therefore start at any
+//!   segment, and a sealed segment that lost bytes is detected even when it
+//!   was cut exactly at a frame boundary.
 //! - A segment is sealed when the next frame would push it past
 //!   [`WalOptions::segment_size`]; the next segment is created under a
 //!   temporary name with its header and checkpoint, fsynced, renamed, and the
@@ -55,7 +58,9 @@
 //! more data — is [`StorageError::Corrupt`](crate::storage::StorageError)
 //! naming the file and the frame's offset, and the log refuses to open.
 //! After replay every entry between the first and last index must be present;
-//! a missing one (a removed or lost segment) is also `Corrupt`.
+//! a missing one (a removed or lost segment) is also `Corrupt`, as are a gap
+//! in the segment sequence numbers and a sealed segment whose length differs
+//! from the one recorded when it was sealed.
 //!
 //! # Crash safety, point by point
 //!

@@ -8,7 +8,8 @@
 //! directory are consecutive. A segment is born complete: it is written under
 //! a temporary name (`.wal.tmp`) with its header and its first frame (a
 //! checkpoint of the hard state and the compaction boundary), fsynced,
-//! renamed, and the directory fsynced. So a segment with a damaged header is
+//! renamed, and the directory fsynced. The checkpoint's first record gives
+//! the previous segment's length at sealing, which open checks. So a segment with a damaged header is
 //! corruption, never a crash artefact, and a leftover `.wal.tmp` is a
 //! segment that was never born (it is deleted on open).
 //!
