@@ -19,6 +19,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
@@ -44,6 +45,17 @@ fn small_opts() -> WalOptions {
     WalOptions {
         segment_size: 3 * 1024,
     }
+}
+
+/// Held around spawning a child and around opening a log. The log's
+/// `flock` is shared with a child forked while it is held, until that child
+/// `exec`s; without this, a test reopening a log while another test forks
+/// could find it still locked.
+static SPAWN_OR_OPEN: Mutex<()> = Mutex::new(());
+
+fn open_wal(dir: &Path, opts: WalOptions) -> Result<Wal, StorageError> {
+    let _guard = SPAWN_OR_OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    Wal::open(dir, opts)
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -177,7 +189,7 @@ fn crash_child() {
         return;
     };
     let seed = env_u64(CHILD_SEED, 0);
-    let mut wal = Wal::open(&dir, opts()).expect("child: open");
+    let mut wal = open_wal(Path::new(&dir), opts()).expect("child: open");
     let mut rng = StdRng::seed_from_u64(seed);
     let stdout = std::io::stdout();
     for n in 1..=10_000_000u64 {
@@ -209,6 +221,7 @@ fn sigkill_at_random_moments_loses_nothing_durable() {
     for round in 0..rounds {
         let child_seed: u64 = rng.random();
         let kill_after = rng.random_range(1..120u64);
+        let guard = SPAWN_OR_OPEN.lock().unwrap_or_else(|e| e.into_inner());
         let mut child = Command::new(&exe)
             .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_DIR, &dir)
@@ -217,6 +230,7 @@ fn sigkill_at_random_moments_loses_nothing_durable() {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        drop(guard);
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -253,7 +267,7 @@ fn sigkill_at_random_moments_loses_nothing_durable() {
         let len_before = std::fs::metadata(segments(&dir).pop().unwrap())
             .unwrap()
             .len();
-        let wal = Wal::open(&dir, opts())
+        let wal = open_wal(&dir, opts())
             .unwrap_or_else(|e| panic!("round {round}: reopen after SIGKILL failed: {e}"));
         // The torn tail (if any) is gone: the last segment is whole frames.
         let last_seg = segments(&dir).pop().unwrap();
@@ -301,7 +315,7 @@ fn sigkill_at_random_moments_loses_nothing_durable() {
 /// Builds a log of `steps` syncs in `dir`; returns the model state after
 /// each step (index 0: before any).
 fn build(dir: &Path, steps: usize, seed: u64) -> Vec<MemLogStore> {
-    let mut wal = Wal::open(dir, small_opts()).unwrap();
+    let mut wal = open_wal(dir, small_opts()).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut states = vec![model_of(&wal)];
     for _ in 0..steps {
@@ -370,7 +384,7 @@ fn flipped_bits_are_detected() {
         let file = copy.join(segs[k].file_name().unwrap());
         std::fs::write(&file, &bytes).unwrap();
         let what = format!("trial {trial}: bit flip in {} at {at}", file.display());
-        let result = Wal::open(&copy, small_opts());
+        let result = open_wal(&copy, small_opts());
         if at < SEGMENT_HEADER {
             expect_corrupt(result, &file, &[0, 8], &what);
             detected += 1;
@@ -430,7 +444,7 @@ fn truncated_files_are_detected() {
         let file = copy.join(segs[k].file_name().unwrap());
         std::fs::write(&file, &bytes[..cut]).unwrap();
         let what = format!("trial {trial}: {} cut at {cut}", file.display());
-        let result = Wal::open(&copy, small_opts());
+        let result = open_wal(&copy, small_opts());
         if cut < SEGMENT_HEADER {
             expect_corrupt(result, &file, &[0], &what);
         } else if is_last {
@@ -441,7 +455,7 @@ fn truncated_files_are_detected() {
             compare(&w, &states[expected]).unwrap_or_else(|e| panic!("{what}: {e}"));
             drop(w);
             // The repaired log reopens identically.
-            let w = Wal::open(&copy, small_opts()).unwrap();
+            let w = open_wal(&copy, small_opts()).unwrap();
             compare(&w, &states[expected]).unwrap_or_else(|e| panic!("{what}, reopened: {e}"));
         } else {
             // A sealed segment lost bytes: inside a frame, at that frame's

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, error, info};
 
-use super::record::{FRAME_HEADER_LEN, FrameBuf, Record, RecordRef, decode_record, split_records};
+use super::record::{
+    FRAME_HEADER_LEN, FrameBuf, MAX_FRAME_LEN, Record, RecordRef, decode_record, split_records,
+};
 use super::segment::{Segment, parse_segment_name, segment_name};
 use crate::core::types::{Entry, HardState, Index, Term};
 use crate::storage::fsutil::{create_dir_durable, sync_dir};
@@ -93,7 +95,9 @@ impl Wal {
     /// Scans every segment and verifies every checksum. A torn tail of the
     /// last segment is cut off; any other damage fails with
     /// [`StorageError::Corrupt`] naming the file and offset. Fails with
-    /// [`StorageError::Locked`] if another `Wal` holds the directory.
+    /// [`StorageError::Locked`] if another `Wal` holds the directory (an
+    /// advisory `flock` on `LOCK`; note that a child process forked while the
+    /// log is open shares that lock until it `exec`s).
     pub fn open(dir: impl AsRef<Path>, opts: WalOptions) -> Result<Wal, StorageError> {
         let dir = dir.as_ref().to_path_buf();
         create_dir_durable(&dir)?;
@@ -471,10 +475,10 @@ impl Wal {
             };
             for index in i..j {
                 let slot = self.slots[(index - self.first) as usize];
-                let rel = (slot.off - span_start) as usize;
+                let rel = slot.off.checked_sub(span_start).unwrap_or(u32::MAX) as usize;
                 let at = base + rel as u64;
                 let rec = bytes
-                    .get(rel..rel + slot.len as usize)
+                    .get(rel..rel.saturating_add(slot.len as usize))
                     .ok_or_else(|| StorageError::corrupt(&file, at, "record outside its frame"))?;
                 if crc32fast::hash(rec) != slot.crc {
                     return Err(StorageError::corrupt(
@@ -526,6 +530,17 @@ impl LogStore for Wal {
         let Some(head) = entries.first() else {
             return Ok(());
         };
+        // A frame is at most MAX_FRAME_LEN bytes: refuse (harmlessly) an
+        // append that could overflow the unsynced frame. The estimate is
+        // generous: postcard's varints never exceed twice `approx_size`.
+        let estimate: usize = entries.iter().map(|e| 2 * e.approx_size() + 64).sum();
+        if self.pending.len().saturating_add(estimate) > MAX_FRAME_LEN as usize {
+            return Err(StorageError::Invalid(format!(
+                "{} bytes are waiting for sync; sync before appending {} more",
+                self.pending.len(),
+                estimate
+            )));
+        }
         if head.index <= self.last() {
             let from = head.index;
             self.pending.push(&RecordRef::Truncate { from });
