@@ -47,10 +47,12 @@ fn small_opts() -> WalOptions {
     }
 }
 
-/// Held around spawning a child and around opening a log. The log's
-/// `flock` is shared with a child forked while it is held, until that child
-/// `exec`s; without this, a test reopening a log while another test forks
-/// could find it still locked.
+/// Held around opening a log, and from spawning a child until the child has
+/// printed its first line. A child forked while a log is open shares that
+/// log's `flock` until its `exec` has closed the inherited descriptors, which
+/// the kernel finishes only after `spawn` has returned; the child's first
+/// output proves it is done. Without this, a test reopening a log while
+/// another test spawns could find it still locked.
 static SPAWN_OR_OPEN: Mutex<()> = Mutex::new(());
 
 fn open_wal(dir: &Path, opts: WalOptions) -> Result<Wal, StorageError> {
@@ -230,20 +232,22 @@ fn sigkill_at_random_moments_loses_nothing_durable() {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        drop(guard);
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(n) = parse_report(&line)
-                    && tx.send(n).is_err()
-                {
+                // 0 for any other line: the child is alive and has exec'd.
+                if tx.send(parse_report(&line).unwrap_or(0)).is_err() {
                     break;
                 }
             }
         });
-        let mut reported = 0;
+        let mut reported = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(n) => n,
+            Err(e) => panic!("round {round}: child printed nothing: {e:?}"),
+        };
+        drop(guard);
         while reported < kill_after {
             match rx.recv_timeout(Duration::from_secs(120)) {
                 Ok(n) => reported = n,
