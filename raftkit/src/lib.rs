@@ -8,6 +8,8 @@
 //! - [`state_machine`](mod@state_machine): the trait a user's state machine implements (usually
 //!   through `#[derive(StateMachine)]`), and the byte-level dispatch.
 //! - [`client`]: what generated typed clients are built on.
+//! - [`storage`]: the durable log (an embedded write-ahead log), the hard
+//!   state and snapshots, behind the pluggable [`storage::LogStore`] trait.
 //! - `sim` (feature `sim`): a seeded, deterministic cluster simulation and a
 //!   linearizability checker.
 #![doc = include_str!("macros.md")]
@@ -19,6 +21,7 @@ pub mod error;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod state_machine;
+pub mod storage;
 
 pub use error::Error;
 pub use state_machine::{ErrorPolicy, StateMachine};

@@ -1,0 +1,261 @@
+//! Group commit: one storage thread, many writers, one fsync per batch.
+//!
+//! See [`GroupCommit`]: its documentation states the invariants.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use tracing::trace;
+
+use super::{LogStore, StorageError};
+use crate::core::types::{Entry, HardState, Index, Term};
+
+/// Completes a write request once it is durable. `Ok(index)` carries the
+/// log's last index right after the request was applied (for an append: its
+/// last entry's index). A later request of the same caller (a truncation)
+/// may of course have removed it again; the caller, which sent both, knows.
+pub type AppendCallback = Box<dyn FnOnce(Result<Index, StorageError>) + Send>;
+
+/// A closure run on the storage thread with the store (see
+/// [`GroupCommit::with_store`]).
+type StoreFn<S> = Box<dyn FnOnce(&mut S) + Send>;
+
+enum Op<S> {
+    Append(Vec<Entry>),
+    HardState(HardState),
+    Truncate(Index),
+    Compact(Index, Term),
+    Call(StoreFn<S>),
+}
+
+struct Request<S> {
+    op: Op<S>,
+    done: Option<AppendCallback>,
+}
+
+/// Counters describing how well group commit batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Syncs performed.
+    pub syncs: u64,
+    /// Write requests completed.
+    pub requests: u64,
+    /// Entries appended.
+    pub entries: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    syncs: AtomicU64,
+    requests: AtomicU64,
+    entries: AtomicU64,
+}
+
+/// A storage thread owning a [`LogStore`] and batching writes into shared
+/// fsyncs.
+///
+/// [`GroupCommit`] owns a [`LogStore`] on a dedicated thread. Requests arrive
+/// over a channel; the thread takes the first request, then every request
+/// that queued up meanwhile (those that arrived while the previous fsync ran),
+/// applies them all in arrival order, calls [`LogStore::sync`] **once**, and
+/// completes each request through its callback. With `n` writers waiting,
+/// one fsync serves all of them, which is where a log's throughput comes
+/// from when fsync costs milliseconds.
+///
+/// Invariants:
+///
+/// - Requests are applied in the order they were sent (one channel, one
+///   consumer), so a caller that assigns log indexes in send order gets a
+///   contiguous log.
+/// - A write's callback runs only after the sync covering it returned; it
+///   gets `Ok(index)` only if that sync succeeded. Every callback runs
+///   exactly once, including on shutdown and after a failure.
+/// - After a failed sync, every later request fails with
+///   [`StorageError::Failed`] without reaching the store, whatever the store
+///   would do; nothing is retried.
+/// - Callbacks must not panic: a panicking callback stops the thread, and
+///   the requests of its batch that were not yet completed are dropped
+///   uncompleted (later sends report [`StorageError::Closed`]).
+/// - Callbacks run on the storage thread: they must be quick and must not
+///   block on the storage thread itself (completing a oneshot is ideal).
+///
+/// The channel is unbounded: back-pressure belongs to the caller, which
+/// bounds in-flight proposals anyway. The storage layer has no async runtime
+/// dependency; the callback is how a tokio runtime completes its oneshots.
+pub struct GroupCommit<S: LogStore + Send + 'static> {
+    tx: Option<mpsc::Sender<Request<S>>>,
+    thread: Option<JoinHandle<S>>,
+    counters: Arc<Counters>,
+}
+
+impl<S: LogStore + Send + 'static> std::fmt::Debug for GroupCommit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: LogStore + Send + 'static> GroupCommit<S> {
+    /// Starts the storage thread, which takes ownership of `store`.
+    pub fn spawn(store: S) -> Result<Self, StorageError> {
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        let thread = std::thread::Builder::new()
+            .name("raftkit-storage".into())
+            .spawn(move || run(store, rx, &c))
+            .map_err(|e| StorageError::io("spawn storage thread", "", e))?;
+        Ok(GroupCommit {
+            tx: Some(tx),
+            thread: Some(thread),
+            counters,
+        })
+    }
+
+    fn send(&self, op: Op<S>, done: Option<AppendCallback>) {
+        let req = Request { op, done };
+        let Some(tx) = &self.tx else {
+            if let Some(done) = req.done {
+                done(Err(StorageError::Closed));
+            }
+            return;
+        };
+        if let Err(mpsc::SendError(req)) = tx.send(req)
+            && let Some(done) = req.done
+        {
+            done(Err(StorageError::Closed));
+        }
+    }
+
+    /// Appends `entries` (see [`LogStore::append`]); `done` gets the last
+    /// appended index once they are durable.
+    pub fn append(&self, entries: Vec<Entry>, done: AppendCallback) {
+        self.send(Op::Append(entries), Some(done));
+    }
+
+    /// Saves the hard state; `done` runs once it is durable.
+    pub fn save_hard_state(&self, hs: HardState, done: AppendCallback) {
+        self.send(Op::HardState(hs), Some(done));
+    }
+
+    /// Truncates the suffix from `from`; `done` runs once that is durable.
+    pub fn truncate_suffix(&self, from: Index, done: AppendCallback) {
+        self.send(Op::Truncate(from), Some(done));
+    }
+
+    /// Compacts the prefix up to `upto` (see [`LogStore::compact_prefix`]);
+    /// `done` runs once that is durable.
+    pub fn compact_prefix(&self, upto: Index, term: Term, done: AppendCallback) {
+        self.send(Op::Compact(upto, term), Some(done));
+    }
+
+    /// Runs `f` on the storage thread with the store, in order with the
+    /// writes sent before it (it sees them, durable or not). Use it for
+    /// reads; a closure that writes must call [`LogStore::sync`] itself.
+    /// If the thread has stopped, `f` is dropped without running.
+    pub fn with_store(&self, f: impl FnOnce(&mut S) + Send + 'static) {
+        self.send(Op::Call(Box::new(f)), None);
+    }
+
+    /// Batching counters so far.
+    pub fn stats(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            syncs: self.counters.syncs.load(Ordering::Relaxed),
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            entries: self.counters.entries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the thread after it has completed every request already sent,
+    /// and returns the store.
+    pub fn shutdown(mut self) -> Result<S, StorageError> {
+        self.tx = None;
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(store)) => Ok(store),
+            _ => Err(StorageError::Closed),
+        }
+    }
+}
+
+impl<S: LogStore + Send + 'static> Drop for GroupCommit<S> {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run<S: LogStore>(mut store: S, rx: mpsc::Receiver<Request<S>>, counters: &Counters) -> S {
+    let mut batch: Vec<(AppendCallback, Result<Index, StorageError>)> = Vec::new();
+    // Set by the first failed sync: from then on nothing touches the store,
+    // whatever the store itself would do.
+    let mut failed: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut entries = 0u64;
+        while let Some(req) = next.take() {
+            if let Some(cause) = &failed {
+                if let Some(done) = req.done {
+                    done(Err(StorageError::Failed {
+                        cause: cause.clone(),
+                    }));
+                }
+                next = rx.try_recv().ok();
+                continue;
+            }
+            let result = match req.op {
+                Op::Append(es) => {
+                    entries += es.len() as u64;
+                    store.append(&es)
+                }
+                Op::HardState(hs) => store.save_hard_state(hs),
+                Op::Truncate(from) => store.truncate_suffix(from),
+                Op::Compact(upto, term) => store.compact_prefix(upto, term),
+                Op::Call(f) => {
+                    f(&mut store);
+                    Ok(())
+                }
+            }
+            .map(|()| store.last_index());
+            if let Some(done) = req.done {
+                batch.push((done, result));
+            }
+            // Everything that queued while the previous sync ran joins this
+            // batch; bound it so callbacks are not delayed without end.
+            if batch.len() < 65_536 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let synced = store.sync();
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "storage sync failed; refusing further requests");
+            failed = Some(e.to_string());
+        }
+        counters.syncs.fetch_add(1, Ordering::Relaxed);
+        counters
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        counters.entries.fetch_add(entries, Ordering::Relaxed);
+        trace!(
+            requests = batch.len(),
+            entries,
+            ok = synced.is_ok(),
+            "group commit"
+        );
+        for (done, result) in batch.drain(..) {
+            let outcome = match (&synced, result) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(()), result) => result,
+            };
+            done(outcome);
+        }
+    }
+    store
+}

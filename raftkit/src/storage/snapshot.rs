@@ -1,0 +1,313 @@
+//! Snapshot stores: the latest snapshot of the state machine, kept durably.
+//!
+//! # File format and atomicity ([`FileSnapshotStore`])
+//!
+//! A snapshot covering index `i` at term `t` is the file
+//! `snapshot-{i:020}-{t:020}.snap`:
+//!
+//! ```text
+//! magic:[u8; 8] = "RKSNAP01"  meta_len:u32le  postcard(SnapshotMeta)[meta_len]
+//! data_len:u64le  data[data_len]  crc:u32le = crc32(everything before it)
+//! ```
+//!
+//! It is written under a temporary name (`.snap.tmp`), fsynced, renamed into
+//! place, and the directory fsynced; only then are snapshots beyond the
+//! retention limit removed (and the directory fsynced again). A crash at any
+//! point leaves either the old set of snapshots or the new one, plus perhaps
+//! a temporary file that the next open deletes. Invariants: every `.snap`
+//! file in the directory is complete and checksummed; the latest snapshot is
+//! the one with the highest index; `save` never lowers it.
+//!
+//! The log may be compacted up to a snapshot's index only after `save` has
+//! returned `Ok` for it.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, info};
+
+use super::StorageError;
+use super::fsutil::{create_dir_durable, sync_dir};
+use crate::core::types::{Index, SnapshotMeta, Term};
+
+/// A snapshot: where it stands in the log, and the state machine's bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The log position and configuration the snapshot covers.
+    pub meta: SnapshotMeta,
+    /// The serialized state machine.
+    pub data: Vec<u8>,
+}
+
+/// Durable storage for snapshots.
+pub trait SnapshotStore {
+    /// Stores `snapshot` atomically: after a crash, either it is the latest
+    /// snapshot or the previous latest still is. Fails with
+    /// [`StorageError::Invalid`] if its index is below the latest one's.
+    fn save(&mut self, snapshot: &Snapshot) -> Result<(), StorageError>;
+
+    /// Reads the latest snapshot, verifying it.
+    fn latest(&self) -> Result<Option<Snapshot>, StorageError>;
+
+    /// The latest snapshot's metadata, without reading its data.
+    fn latest_meta(&self) -> Option<SnapshotMeta>;
+}
+
+const MAGIC: [u8; 8] = *b"RKSNAP01";
+
+fn file_name(index: Index, term: Term) -> String {
+    format!("snapshot-{index:020}-{term:020}.snap")
+}
+
+fn parse_name(name: &str) -> Option<(Index, Term)> {
+    let rest = name.strip_prefix("snapshot-")?.strip_suffix(".snap")?;
+    let (i, t) = rest.split_once('-')?;
+    Some((i.parse().ok()?, t.parse().ok()?))
+}
+
+fn encode(snapshot: &Snapshot) -> Vec<u8> {
+    // Encoding plain data into a Vec cannot fail.
+    let meta = postcard::to_allocvec(&snapshot.meta).expect("postcard encoding into a Vec");
+    let mut out = Vec::with_capacity(8 + 4 + meta.len() + 8 + snapshot.data.len() + 4);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&snapshot.data);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot, StorageError> {
+    let bad = |offset: usize, reason: &str| StorageError::corrupt(path, offset as u64, reason);
+    if bytes.len() < 8 + 4 + 8 + 4 {
+        return Err(bad(0, "snapshot file too short"));
+    }
+    let (body, crc_bytes) = bytes.split_at(bytes.len() - 4);
+    let crc = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
+    if crc32fast::hash(body) != crc {
+        return Err(bad(0, "snapshot checksum mismatch"));
+    }
+    if body[..8] != MAGIC {
+        return Err(bad(0, "bad snapshot magic"));
+    }
+    let meta_len = u32::from_le_bytes([body[8], body[9], body[10], body[11]]) as usize;
+    let meta_end = 12usize
+        .checked_add(meta_len)
+        .filter(|&e| e + 8 <= body.len())
+        .ok_or_else(|| bad(8, "metadata length past the end"))?;
+    let meta: SnapshotMeta = postcard::from_bytes(&body[12..meta_end])
+        .map_err(|e| bad(12, &format!("undecodable metadata: {e}")))?;
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&body[meta_end..meta_end + 8]);
+    let data_len = u64::from_le_bytes(len_bytes);
+    let data_start = meta_end + 8;
+    if (body.len() - data_start) as u64 != data_len {
+        return Err(bad(meta_end, "data length does not match the file size"));
+    }
+    Ok(Snapshot {
+        meta,
+        data: body[data_start..].to_vec(),
+    })
+}
+
+/// A [`SnapshotStore`] keeping snapshots as files in a directory.
+#[derive(Debug)]
+pub struct FileSnapshotStore {
+    dir: PathBuf,
+    retain_old: usize,
+    /// `(index, term)` of the snapshots on disk, ascending.
+    on_disk: Vec<(Index, Term)>,
+    latest_meta: Option<SnapshotMeta>,
+}
+
+impl FileSnapshotStore {
+    /// Opens (or creates) a snapshot directory, keeping at most `retain_old`
+    /// snapshots besides the latest.
+    ///
+    /// Deletes leftover temporary files and verifies the latest snapshot; a
+    /// damaged one is [`StorageError::Corrupt`] (it was fsynced before it was
+    /// renamed into place, so damage is never a crash artefact).
+    pub fn open(dir: impl AsRef<Path>, retain_old: usize) -> Result<Self, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        create_dir_durable(&dir)?;
+        let mut on_disk = Vec::new();
+        let mut removed = false;
+        let listing =
+            std::fs::read_dir(&dir).map_err(|e| StorageError::io("list directory", &dir, e))?;
+        for item in listing {
+            let item = item.map_err(|e| StorageError::io("list directory", &dir, e))?;
+            let name = item.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".snap.tmp") {
+                std::fs::remove_file(item.path())
+                    .map_err(|e| StorageError::io("remove", item.path(), e))?;
+                removed = true;
+            } else if let Some(it) = parse_name(name) {
+                on_disk.push(it);
+            }
+        }
+        if removed {
+            sync_dir(&dir)?;
+        }
+        on_disk.sort_unstable();
+        let mut store = FileSnapshotStore {
+            dir,
+            retain_old,
+            on_disk,
+            latest_meta: None,
+        };
+        store.latest_meta = store.latest()?.map(|s| s.meta);
+        Ok(store)
+    }
+
+    /// The directory holding the snapshots.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, (index, term): (Index, Term)) -> PathBuf {
+        self.dir.join(file_name(index, term))
+    }
+}
+
+impl SnapshotStore for FileSnapshotStore {
+    fn save(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let key = (snapshot.meta.index, snapshot.meta.term);
+        if let Some(&(latest, _)) = self.on_disk.last()
+            && key.0 < latest
+        {
+            return Err(StorageError::Invalid(format!(
+                "snapshot at index {} is older than the latest at {latest}",
+                key.0
+            )));
+        }
+        let path = self.path(key);
+        let tmp = self.dir.join(format!("{}.tmp", file_name(key.0, key.1)));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| StorageError::io("create snapshot", &tmp, e))?;
+        file.write_all(&encode(snapshot))
+            .map_err(|e| StorageError::io("write snapshot", &tmp, e))?;
+        file.sync_all()
+            .map_err(|e| StorageError::io("fsync snapshot", &tmp, e))?;
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(|e| StorageError::io("rename snapshot", &tmp, e))?;
+        sync_dir(&self.dir)?;
+        self.latest_meta = Some(snapshot.meta.clone());
+        info!(
+            index = key.0,
+            term = key.1,
+            bytes = snapshot.data.len(),
+            "saved snapshot"
+        );
+
+        // A snapshot at the same index under another term is superseded; then
+        // keep the newest `retain_old` of the rest.
+        let mut doomed: Vec<(Index, Term)> = self
+            .on_disk
+            .iter()
+            .copied()
+            .filter(|&k| k.0 == key.0 && k != key)
+            .collect();
+        self.on_disk.retain(|&k| k.0 != key.0);
+        let excess = self.on_disk.len().saturating_sub(self.retain_old);
+        doomed.extend(self.on_disk.drain(..excess));
+        self.on_disk.push(key);
+        for old in &doomed {
+            let old_path = self.path(*old);
+            std::fs::remove_file(&old_path)
+                .map_err(|e| StorageError::io("remove snapshot", &old_path, e))?;
+            debug!(file = %old_path.display(), "removed old snapshot");
+        }
+        if !doomed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn latest(&self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(&key) = self.on_disk.last() else {
+            return Ok(None);
+        };
+        let path = self.path(key);
+        let bytes =
+            std::fs::read(&path).map_err(|e| StorageError::io("read snapshot", &path, e))?;
+        let snap = decode(&path, &bytes)?;
+        if (snap.meta.index, snap.meta.term) != key {
+            return Err(StorageError::corrupt(
+                &path,
+                0,
+                format!(
+                    "file name says index {} term {}, metadata says index {} term {}",
+                    key.0, key.1, snap.meta.index, snap.meta.term
+                ),
+            ));
+        }
+        Ok(Some(snap))
+    }
+
+    fn latest_meta(&self) -> Option<SnapshotMeta> {
+        self.latest_meta.clone()
+    }
+}
+
+/// A [`SnapshotStore`] in memory, keeping at most `retain_old` snapshots
+/// besides the latest.
+#[derive(Clone, Debug, Default)]
+pub struct MemSnapshotStore {
+    retain_old: usize,
+    snapshots: Vec<Snapshot>,
+}
+
+impl MemSnapshotStore {
+    /// An empty store keeping at most `retain_old` old snapshots.
+    pub fn new(retain_old: usize) -> Self {
+        MemSnapshotStore {
+            retain_old,
+            snapshots: Vec::new(),
+        }
+    }
+
+    /// How many snapshots are kept (the latest included).
+    pub fn len(&self) -> usize {
+        self.snapshots.len()
+    }
+
+    /// Whether no snapshot was saved.
+    pub fn is_empty(&self) -> bool {
+        self.snapshots.is_empty()
+    }
+}
+
+impl SnapshotStore for MemSnapshotStore {
+    fn save(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        if let Some(latest) = self.snapshots.last()
+            && snapshot.meta.index < latest.meta.index
+        {
+            return Err(StorageError::Invalid(format!(
+                "snapshot at index {} is older than the latest at {}",
+                snapshot.meta.index, latest.meta.index
+            )));
+        }
+        self.snapshots
+            .retain(|s| s.meta.index != snapshot.meta.index);
+        self.snapshots.push(snapshot.clone());
+        let excess = self.snapshots.len().saturating_sub(self.retain_old + 1);
+        self.snapshots.drain(..excess);
+        Ok(())
+    }
+
+    fn latest(&self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.snapshots.last().cloned())
+    }
+
+    fn latest_meta(&self) -> Option<SnapshotMeta> {
+        self.snapshots.last().map(|s| s.meta.clone())
+    }
+}

@@ -1,0 +1,438 @@
+//! Unit tests: the conformance suite on every built-in store, and the
+//! WAL-, snapshot- and group-commit-specific behaviour.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use tempfile::TempDir;
+
+use super::*;
+use crate::core::types::{Configuration, Entry, HardState, Index, Payload, SnapshotMeta, Term};
+
+/// A WAL in its own temporary directory (removed on drop).
+struct TmpWal {
+    wal: Wal,
+    opts: WalOptions,
+    _dir: TempDir,
+}
+
+fn tmp_wal(segment_size: u64) -> TmpWal {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = WalOptions { segment_size };
+    let wal = Wal::open(dir.path().join("wal"), opts.clone()).expect("open wal");
+    TmpWal {
+        wal,
+        opts,
+        _dir: dir,
+    }
+}
+
+fn reopen(t: TmpWal) -> TmpWal {
+    let TmpWal { wal, opts, _dir } = t;
+    let path = wal.dir().to_path_buf();
+    drop(wal);
+    let wal = Wal::open(&path, opts.clone()).expect("reopen wal");
+    TmpWal { wal, opts, _dir }
+}
+
+impl LogStore for TmpWal {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.wal.append(entries)
+    }
+    fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
+        self.wal.truncate_suffix(from)
+    }
+    fn compact_prefix(&mut self, upto: Index, term: Term) -> Result<(), StorageError> {
+        self.wal.compact_prefix(upto, term)
+    }
+    fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
+        self.wal.entries(lo, hi)
+    }
+    fn term(&self, index: Index) -> Result<Option<Term>, StorageError> {
+        self.wal.term(index)
+    }
+    fn first_index(&self) -> Index {
+        self.wal.first_index()
+    }
+    fn last_index(&self) -> Index {
+        self.wal.last_index()
+    }
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.wal.save_hard_state(hs)
+    }
+    fn hard_state(&self) -> HardState {
+        self.wal.hard_state()
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.wal.sync()
+    }
+}
+
+mod mem {
+    crate::log_store_conformance!(crate::storage::MemLogStore::new);
+}
+
+mod wal_default {
+    use super::*;
+    crate::log_store_conformance!(|| tmp_wal(64 << 20), reopen = reopen);
+}
+
+/// Tiny segments: every sync rolls over, compaction removes segments.
+mod wal_tiny_segments {
+    use super::*;
+    crate::log_store_conformance!(|| tmp_wal(200), reopen = reopen);
+}
+
+#[test]
+fn run_all_and_run_durable_cover_every_store() {
+    conformance::run_all(MemLogStore::new);
+    conformance::run_durable(|| tmp_wal(1024), reopen);
+}
+
+fn cmd(index: Index, term: Term, len: usize) -> Entry {
+    Entry {
+        term,
+        index,
+        payload: Payload::Command(vec![index as u8; len]),
+    }
+}
+
+#[test]
+fn compaction_removes_old_segments_and_survives_reopen() {
+    let mut t = tmp_wal(4096);
+    for i in 1..=200 {
+        t.append(&[cmd(i, 1, 100)]).unwrap();
+        t.sync().unwrap();
+    }
+    let before = t.wal.segment_paths().len();
+    assert!(before > 4, "expected several segments, got {before}");
+    t.save_hard_state(HardState {
+        term: 1,
+        vote: 1,
+        commit: 150,
+    })
+    .unwrap();
+    t.compact_prefix(150, 1).unwrap();
+    t.sync().unwrap();
+    let after = t.wal.segment_paths();
+    assert!(
+        after.len() < before,
+        "{} segments remain of {before}",
+        after.len()
+    );
+    for p in t.wal.segment_paths() {
+        assert!(p.exists());
+    }
+    // Removal is oldest first: the survivors have consecutive numbers.
+    let t = reopen(t);
+    assert_eq!(t.first_index(), 151);
+    assert_eq!(t.last_index(), 200);
+    assert_eq!(t.entries(151, 201).unwrap().len(), 50);
+    assert_eq!(t.hard_state().commit, 150);
+    assert_eq!(t.wal.segment_paths(), after);
+}
+
+#[test]
+fn hard_state_survives_removal_of_the_segment_that_held_it() {
+    let mut t = tmp_wal(1024);
+    let hs = HardState {
+        term: 9,
+        vote: 4,
+        commit: 0,
+    };
+    t.save_hard_state(hs).unwrap();
+    t.sync().unwrap();
+    for i in 1..=100 {
+        t.append(&[cmd(i, 9, 64)]).unwrap();
+        t.sync().unwrap();
+    }
+    t.compact_prefix(99, 9).unwrap();
+    t.sync().unwrap();
+    let t = reopen(t);
+    assert_eq!(t.hard_state(), hs);
+    assert_eq!(t.first_index(), 100);
+}
+
+#[test]
+fn unsynced_writes_are_not_on_disk() {
+    let mut t = tmp_wal(1 << 20);
+    t.append(&[cmd(1, 1, 10)]).unwrap();
+    t.sync().unwrap();
+    t.append(&[cmd(2, 1, 10)]).unwrap();
+    t.save_hard_state(HardState {
+        term: 5,
+        vote: 1,
+        commit: 0,
+    })
+    .unwrap();
+    let t = reopen(t);
+    assert_eq!(t.last_index(), 1);
+    assert_eq!(t.hard_state(), HardState::default());
+}
+
+#[test]
+fn second_open_of_a_directory_is_locked() {
+    let t = tmp_wal(1 << 20);
+    let err = Wal::open(t.wal.dir(), WalOptions::default()).unwrap_err();
+    assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+}
+
+fn last_segment(dir: &Path) -> std::path::PathBuf {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    names.sort();
+    names.pop().unwrap()
+}
+
+#[test]
+fn torn_tail_is_cut_and_appends_continue() {
+    let mut t = tmp_wal(1 << 20);
+    for i in 1..=5 {
+        t.append(&[cmd(i, 1, 50)]).unwrap();
+        t.sync().unwrap();
+    }
+    let dir = t.wal.dir().to_path_buf();
+    drop(t.wal);
+    let seg = last_segment(&dir);
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 7).unwrap();
+    // Then zeros, as a filesystem may leave after a power cut.
+    f.set_len(len + 300).unwrap();
+    drop(f);
+    let mut wal = Wal::open(&dir, WalOptions::default()).unwrap();
+    assert_eq!(wal.last_index(), 4);
+    wal.append(&[cmd(5, 2, 10), cmd(6, 2, 10)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = Wal::open(&dir, WalOptions::default()).unwrap();
+    assert_eq!(wal.last_index(), 6);
+    assert_eq!(
+        wal.entries(5, 7).unwrap(),
+        vec![cmd(5, 2, 10), cmd(6, 2, 10)]
+    );
+}
+
+#[test]
+fn corruption_before_the_tail_names_file_and_offset() {
+    let mut t = tmp_wal(1 << 20);
+    for i in 1..=5 {
+        t.append(&[cmd(i, 1, 50)]).unwrap();
+        t.sync().unwrap();
+    }
+    let dir = t.wal.dir().to_path_buf();
+    drop(t.wal);
+    let seg = last_segment(&dir);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Segment header (16) + checkpoint frame; flip a byte well inside the
+    // first entry frame's payload.
+    let checkpoint_len = 12 + u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+    let frame = 16 + checkpoint_len;
+    bytes[frame + 12 + 20] ^= 0x04;
+    std::fs::write(&seg, &bytes).unwrap();
+    match Wal::open(&dir, WalOptions::default()) {
+        Err(StorageError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, seg);
+            assert_eq!(offset, frame as u64);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// A store whose sync fails once, to check that failures are fatal.
+struct FailingSync {
+    inner: MemLogStore,
+    fail_at_sync: usize,
+    syncs: usize,
+}
+
+impl LogStore for FailingSync {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.inner.append(entries)
+    }
+    fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
+        self.inner.truncate_suffix(from)
+    }
+    fn compact_prefix(&mut self, upto: Index, term: Term) -> Result<(), StorageError> {
+        self.inner.compact_prefix(upto, term)
+    }
+    fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(lo, hi)
+    }
+    fn term(&self, index: Index) -> Result<Option<Term>, StorageError> {
+        self.inner.term(index)
+    }
+    fn first_index(&self) -> Index {
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> Index {
+        self.inner.last_index()
+    }
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.inner.save_hard_state(hs)
+    }
+    fn hard_state(&self) -> HardState {
+        self.inner.hard_state()
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.syncs += 1;
+        if self.syncs >= self.fail_at_sync {
+            Err(StorageError::Failed {
+                cause: "injected".into(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn group_commit_completes_every_request_in_order() {
+    let gc = GroupCommit::spawn(MemLogStore::new()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=500u64 {
+        let tx = tx.clone();
+        gc.append(
+            vec![cmd(i, 1, 8)],
+            Box::new(move |r| tx.send((i, r)).unwrap()),
+        );
+    }
+    let (tx2, rx2) = mpsc::channel();
+    gc.with_store(move |s| tx2.send(s.last_index()).unwrap());
+    assert_eq!(rx2.recv().unwrap(), 500);
+    drop(tx);
+    let mut got: Vec<_> = rx.iter().collect();
+    assert_eq!(got.len(), 500);
+    got.sort_by_key(|(i, _)| *i);
+    for (i, r) in got {
+        assert_eq!(r.unwrap(), i);
+    }
+    let stats = gc.stats();
+    assert_eq!(stats.requests, 500);
+    assert!(stats.syncs >= 1 && stats.syncs <= 500);
+    let store = gc.shutdown().unwrap();
+    assert_eq!(store.last_index(), 500);
+}
+
+#[test]
+fn group_commit_reports_request_errors_and_fatal_sync_errors() {
+    let store = FailingSync {
+        inner: MemLogStore::new(),
+        fail_at_sync: 2,
+        syncs: 0,
+    };
+    let gc = GroupCommit::spawn(store).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let send = |entries: Vec<Entry>| {
+        let tx = tx.clone();
+        gc.append(entries, Box::new(move |r| tx.send(r).unwrap()));
+        rx.recv().unwrap()
+    };
+    assert_eq!(send(vec![cmd(1, 1, 1)]).unwrap(), 1);
+    // A gap is the request's own error...
+    let err = send(vec![cmd(5, 1, 1)]).unwrap_err();
+    // ... but here the sync of that batch fails too, which wins.
+    assert!(err.is_fatal(), "{err}");
+    let err = send(vec![cmd(2, 1, 1)]).unwrap_err();
+    assert!(matches!(err, StorageError::Failed { .. }), "{err}");
+}
+
+#[test]
+fn group_commit_drop_completes_queued_requests() {
+    let gc = GroupCommit::spawn(MemLogStore::new()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=100u64 {
+        let tx = tx.clone();
+        gc.append(vec![cmd(i, 1, 1)], Box::new(move |r| tx.send(r).unwrap()));
+    }
+    drop(tx);
+    drop(gc);
+    let results: Vec<_> = rx.iter().collect();
+    assert_eq!(results.len(), 100);
+    assert!(results.iter().all(Result::is_ok));
+}
+
+#[test]
+fn wal_fatal_error_refuses_further_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal");
+    let mut w = Wal::open(&path, WalOptions { segment_size: 1 }).unwrap();
+    w.append(&[cmd(1, 1, 1)]).unwrap();
+    w.sync().unwrap();
+    // The next sync must roll over to a new segment, whose file cannot be
+    // created once the directory is gone.
+    std::fs::remove_dir_all(&path).unwrap();
+    w.append(&[cmd(2, 1, 1)]).unwrap();
+    let err = w.sync().unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    assert!(matches!(err, StorageError::Io { .. }), "{err}");
+    let err = w.append(&[cmd(3, 1, 1)]).unwrap_err();
+    assert!(matches!(err, StorageError::Failed { .. }), "{err}");
+    assert!(matches!(w.sync(), Err(StorageError::Failed { .. })));
+    assert!(matches!(w.entries(1, 2), Err(StorageError::Failed { .. })));
+}
+
+fn snap(index: Index, term: Term, data: &[u8]) -> Snapshot {
+    Snapshot {
+        meta: SnapshotMeta {
+            index,
+            term,
+            config: Configuration::new([1, 2, 3]),
+        },
+        data: data.to_vec(),
+    }
+}
+
+fn check_snapshot_store(s: &mut dyn SnapshotStore) {
+    assert!(s.latest().unwrap().is_none());
+    assert!(s.latest_meta().is_none());
+    s.save(&snap(10, 1, b"ten")).unwrap();
+    s.save(&snap(20, 2, b"twenty")).unwrap();
+    assert_eq!(s.latest().unwrap().unwrap(), snap(20, 2, b"twenty"));
+    assert_eq!(s.latest_meta().unwrap().index, 20);
+    let err = s.save(&snap(15, 2, b"old")).unwrap_err();
+    assert!(matches!(err, StorageError::Invalid(_)), "{err}");
+    s.save(&snap(20, 2, b"twenty again")).unwrap();
+    s.save(&snap(30, 3, b"")).unwrap();
+    assert_eq!(s.latest().unwrap().unwrap(), snap(30, 3, b""));
+}
+
+#[test]
+fn mem_snapshot_store() {
+    let mut s = MemSnapshotStore::new(1);
+    check_snapshot_store(&mut s);
+    assert_eq!(s.len(), 2);
+}
+
+#[test]
+fn file_snapshot_store_is_atomic_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snaps");
+    let mut s = FileSnapshotStore::open(&path, 1).unwrap();
+    check_snapshot_store(&mut s);
+    let count = |p: &Path| std::fs::read_dir(p).unwrap().count();
+    assert_eq!(count(&path), 2, "latest + 1 old");
+    // A leftover temporary file (a crash mid-save) is ignored and removed.
+    std::fs::write(
+        path.join("snapshot-00000000000000000040-00000000000000000004.snap.tmp"),
+        b"junk",
+    )
+    .unwrap();
+    drop(s);
+    let s = FileSnapshotStore::open(&path, 1).unwrap();
+    assert_eq!(count(&path), 2);
+    assert_eq!(s.latest().unwrap().unwrap(), snap(30, 3, b""));
+    assert_eq!(s.latest_meta().unwrap().index, 30);
+    // A damaged snapshot is a clear error.
+    let file = path.join("snapshot-00000000000000000030-00000000000000000003.snap");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[14] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    match FileSnapshotStore::open(&path, 1) {
+        Err(StorageError::Corrupt { file: f, .. }) => assert_eq!(f, file),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}

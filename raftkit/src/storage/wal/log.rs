@@ -1,0 +1,636 @@
+//! The write-ahead log itself: [`Wal`], a [`LogStore`] over segment files.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, error, info};
+
+use super::record::{
+    FRAME_HEADER_LEN, FrameBuf, MAX_FRAME_LEN, Record, RecordRef, decode_record, split_records,
+};
+use super::segment::{Segment, parse_segment_name, segment_name};
+use crate::core::types::{Entry, HardState, Index, Term};
+use crate::storage::fsutil::{create_dir_durable, sync_dir};
+use crate::storage::{LogStore, StorageError, validate_append, validate_range};
+
+/// The name of the lock file in a WAL directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// Options for [`Wal::open`].
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// The size at which the active segment is sealed and a new one started.
+    /// A segment exceeds it by at most one frame (a frame never spans two
+    /// segments). Default: 64 MiB.
+    pub segment_size: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_size: 64 << 20,
+        }
+    }
+}
+
+/// Where a frame lives.
+#[derive(Clone, Copy, Debug)]
+struct FrameLoc {
+    seg: u64,
+    offset: u64,
+}
+
+/// The in-memory index entry of one log entry: its term (so that `term()`
+/// never touches the disk) and where its record lives.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    term: Term,
+    /// The frame number ([`Wal::frames`]), or [`MISSING`] during replay.
+    frame: u64,
+    /// Offset of the record's bytes from the start of the frame.
+    off: u32,
+    len: u32,
+    /// crc32 of the record's bytes, checked on every read.
+    crc: u32,
+}
+
+/// Marks a slot whose entry lives in a segment that was removed; legal only
+/// transiently during replay (a later compaction record must cover it).
+const MISSING: u64 = u64::MAX;
+
+/// The default embedded write-ahead log: a [`LogStore`] over a directory of
+/// segment files.
+///
+/// See the [module documentation](super) for the format and the
+/// crash-safety argument.
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    opts: WalOptions,
+    _lock: File,
+    /// Ascending sequence numbers, consecutive; the back one is active.
+    segments: VecDeque<Segment>,
+    /// `frames[i]` is frame number `frame_base + i`.
+    frames: VecDeque<FrameLoc>,
+    frame_base: u64,
+    /// Records since the last sync; written as one frame by `sync`.
+    pending: FrameBuf,
+    pending_max_entry: Index,
+    pending_compact: bool,
+    first: Index,
+    boundary_term: Term,
+    slots: VecDeque<Slot>,
+    hard_state: HardState,
+    /// The hard state and boundary as of the last successful sync: what a new
+    /// segment's checkpoint frame records.
+    durable_hard_state: HardState,
+    durable_boundary: (Index, Term),
+    failed: Option<String>,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`.
+    ///
+    /// Scans every segment and verifies every checksum. A torn tail of the
+    /// last segment is cut off; any other damage fails with
+    /// [`StorageError::Corrupt`] naming the file and offset. Fails with
+    /// [`StorageError::Locked`] if another `Wal` holds the directory (an
+    /// advisory `flock` on `LOCK`; note that a child process forked while the
+    /// log is open shares that lock until it `exec`s).
+    pub fn open(dir: impl AsRef<Path>, opts: WalOptions) -> Result<Wal, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        create_dir_durable(&dir)?;
+        let lock = lock_dir(&dir)?;
+
+        let mut seqs = Vec::new();
+        let mut removed_tmp = false;
+        let listing =
+            std::fs::read_dir(&dir).map_err(|e| StorageError::io("list directory", &dir, e))?;
+        for item in listing {
+            let item = item.map_err(|e| StorageError::io("list directory", &dir, e))?;
+            let name = item.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(seq) = parse_segment_name(name) {
+                seqs.push(seq);
+            } else if name.ends_with(".wal.tmp") {
+                // A segment that was never renamed into place: never born.
+                std::fs::remove_file(item.path())
+                    .map_err(|e| StorageError::io("remove", item.path(), e))?;
+                removed_tmp = true;
+            }
+        }
+        if removed_tmp {
+            sync_dir(&dir)?;
+        }
+        seqs.sort_unstable();
+        for pair in seqs.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                return Err(StorageError::corrupt(
+                    dir.join(segment_name(pair[0] + 1)),
+                    0,
+                    format!(
+                        "segment missing between {} and {}",
+                        segment_name(pair[0]),
+                        segment_name(pair[1])
+                    ),
+                ));
+            }
+        }
+
+        let mut wal = Wal {
+            dir,
+            opts,
+            _lock: lock,
+            segments: VecDeque::new(),
+            frames: VecDeque::new(),
+            frame_base: 0,
+            pending: FrameBuf::new(),
+            pending_max_entry: 0,
+            pending_compact: false,
+            first: 1,
+            boundary_term: 0,
+            slots: VecDeque::new(),
+            hard_state: HardState::default(),
+            durable_hard_state: HardState::default(),
+            durable_boundary: (0, 0),
+            failed: None,
+        };
+
+        if seqs.is_empty() {
+            let checkpoint = wal.checkpoint_frame();
+            let seg = Segment::create(&wal.dir, 1, &checkpoint)?;
+            debug!(file = %seg.path.display(), "created the first wal segment");
+            // Checkpoint frames hold no entries: they need no frame number.
+            wal.segments.push_back(seg);
+        } else {
+            let count = seqs.len();
+            for (i, seq) in seqs.into_iter().enumerate() {
+                let mut seg = Segment::open(wal.dir.join(segment_name(seq)), seq)?;
+                let mut max_entry = 0;
+                let prev = wal.segments.back().map(|p| (p.path.clone(), p.len));
+                seg.scan(i + 1 == count, |offset, payload| {
+                    wal.replay_frame(
+                        &seg_path(&wal.dir, seq),
+                        seq,
+                        offset,
+                        payload,
+                        &mut max_entry,
+                        prev.as_ref(),
+                    )
+                })?;
+                seg.max_entry = max_entry;
+                wal.segments.push_back(seg);
+            }
+            if let Some(i) = wal.slots.iter().position(|s| s.frame == MISSING) {
+                return Err(StorageError::corrupt(
+                    &wal.dir,
+                    0,
+                    format!(
+                        "entry {} is missing: a segment holding it was removed or lost",
+                        wal.first + i as Index
+                    ),
+                ));
+            }
+            wal.durable_hard_state = wal.hard_state;
+            wal.durable_boundary = (wal.first - 1, wal.boundary_term);
+            // Every segment must open with a checkpoint frame (so that older
+            // segments can be removed); restore it if the torn tail took it.
+            if let Some(mut active) = wal.segments.pop_back() {
+                if active.len == super::segment::SEGMENT_HEADER_LEN {
+                    // Built while `active` is out of the list, so that it
+                    // records the length of the segment before it.
+                    let checkpoint = wal.checkpoint_frame();
+                    active.append(&checkpoint)?;
+                    active.sync()?;
+                    active.base_len = active.len;
+                }
+                wal.segments.push_back(active);
+            }
+        }
+        info!(
+            dir = %wal.dir.display(),
+            segments = wal.segments.len(),
+            first_index = wal.first,
+            last_index = wal.last(),
+            term = wal.hard_state.term,
+            "opened write-ahead log"
+        );
+        Ok(wal)
+    }
+
+    /// The directory holding the segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The paths of the segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments.iter().map(|s| s.path.clone()).collect()
+    }
+
+    fn last(&self) -> Index {
+        self.first + self.slots.len() as Index - 1
+    }
+
+    fn term_at(&self, index: Index) -> Option<Term> {
+        if index + 1 == self.first {
+            Some(self.boundary_term)
+        } else if index >= self.first && index <= self.last() {
+            Some(self.slots[(index - self.first) as usize].term)
+        } else {
+            None
+        }
+    }
+
+    fn pending_frame_no(&self) -> u64 {
+        self.frame_base + self.frames.len() as u64
+    }
+
+    fn check(&self) -> Result<(), StorageError> {
+        match &self.failed {
+            Some(cause) => Err(StorageError::Failed {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a fatal error: the store refuses any further use.
+    fn fail(&mut self, e: StorageError) -> StorageError {
+        error!(dir = %self.dir.display(), error = %e, "write-ahead log failed; refusing further use");
+        self.failed = Some(e.to_string());
+        e
+    }
+
+    /// The first frame of a new segment: the durable hard state and
+    /// compaction boundary, so that replay can start at that segment.
+    fn checkpoint_frame(&self) -> Vec<u8> {
+        let mut f = FrameBuf::new();
+        f.push(&RecordRef::SegmentStart {
+            prev_len: self.segments.back().map_or(0, |s| s.len),
+        });
+        f.push(&RecordRef::HardState(&self.durable_hard_state));
+        f.push(&RecordRef::Compact {
+            upto: self.durable_boundary.0,
+            term: self.durable_boundary.1,
+        });
+        f.finish().to_vec()
+    }
+
+    /// Applies one verified frame read during open.
+    fn replay_frame(
+        &mut self,
+        path: &Path,
+        seq: u64,
+        offset: u64,
+        payload: &[u8],
+        max_entry: &mut Index,
+        prev: Option<&(PathBuf, u64)>,
+    ) -> Result<(), StorageError> {
+        let frame = self.pending_frame_no();
+        self.frames.push_back(FrameLoc { seg: seq, offset });
+        let records = split_records(payload).map_err(|r| StorageError::corrupt(path, offset, r))?;
+        for raw in records {
+            let rec =
+                decode_record(raw.bytes).map_err(|r| StorageError::corrupt(path, offset, r))?;
+            match rec {
+                Record::Entry(e) => {
+                    if e.index < self.first {
+                        return Err(StorageError::corrupt(
+                            path,
+                            offset,
+                            format!("entry {} below the first index {}", e.index, self.first),
+                        ));
+                    }
+                    let pos = (e.index - self.first) as usize;
+                    self.slots.truncate(pos);
+                    while self.slots.len() < pos {
+                        self.slots.push_back(Slot {
+                            term: 0,
+                            frame: MISSING,
+                            off: 0,
+                            len: 0,
+                            crc: 0,
+                        });
+                    }
+                    self.slots.push_back(Slot {
+                        term: e.term,
+                        frame,
+                        off: (FRAME_HEADER_LEN + raw.off) as u32,
+                        len: raw.bytes.len() as u32,
+                        crc: crc32fast::hash(raw.bytes),
+                    });
+                    *max_entry = (*max_entry).max(e.index);
+                }
+                Record::HardState(hs) => self.hard_state = hs,
+                Record::Truncate { from } => {
+                    if from < self.first {
+                        return Err(StorageError::corrupt(
+                            path,
+                            offset,
+                            format!(
+                                "truncation from {from} below the first index {}",
+                                self.first
+                            ),
+                        ));
+                    }
+                    self.slots.truncate((from - self.first) as usize);
+                }
+                Record::Compact { upto, term } => self.apply_compact(upto, term),
+                Record::SegmentStart { prev_len } => {
+                    if let Some((prev_path, actual)) = prev
+                        && *actual != prev_len
+                    {
+                        return Err(StorageError::corrupt(
+                            prev_path,
+                            (*actual).min(prev_len),
+                            format!(
+                                "segment is {actual} bytes long but was sealed at {prev_len} bytes"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_compact(&mut self, upto: Index, term: Term) {
+        if upto < self.first {
+            return;
+        }
+        let drop = ((upto + 1 - self.first) as usize).min(self.slots.len());
+        self.slots.drain(..drop);
+        self.first = upto + 1;
+        self.boundary_term = term;
+    }
+
+    /// Seals the active segment and starts the next one.
+    fn roll_over(&mut self) -> Result<(), StorageError> {
+        let seq = self.segments.back().map_or(1, |s| s.seq + 1);
+        let checkpoint = self.checkpoint_frame();
+        let seg = Segment::create(&self.dir, seq, &checkpoint)?;
+        debug!(file = %seg.path.display(), "started a new wal segment");
+        // The checkpoint frame holds no entries: it needs no frame number.
+        self.segments.push_back(seg);
+        Ok(())
+    }
+
+    /// Removes sealed segments holding only compacted entries, oldest first,
+    /// fsyncing the directory after each removal so that the surviving
+    /// segments always have consecutive sequence numbers.
+    fn remove_compacted_segments(&mut self) -> Result<(), StorageError> {
+        let boundary = self.durable_boundary.0;
+        while self.segments.len() > 1 {
+            let Some(oldest) = self.segments.front() else {
+                break;
+            };
+            if oldest.max_entry > boundary {
+                break;
+            }
+            let (seq, path) = (oldest.seq, oldest.path.clone());
+            std::fs::remove_file(&path)
+                .map_err(|e| StorageError::io("remove segment", &path, e))?;
+            sync_dir(&self.dir)?;
+            self.segments.pop_front();
+            while self.frames.front().is_some_and(|f| f.seg == seq) {
+                self.frames.pop_front();
+                self.frame_base += 1;
+            }
+            info!(file = %path.display(), compacted_upto = boundary, "removed a compacted wal segment");
+        }
+        Ok(())
+    }
+
+    fn sync_inner(&mut self) -> Result<(), StorageError> {
+        let frame_len = self.pending.len() as u64;
+        let needs_new_segment = self.segments.back().is_none_or(|active| {
+            active.len > active.base_len && active.len + frame_len > self.opts.segment_size
+        });
+        if needs_new_segment {
+            self.roll_over()?;
+        }
+        let frame_no = self.pending_frame_no();
+        let Some(active) = self.segments.back_mut() else {
+            return Err(StorageError::Closed);
+        };
+        let offset = active.append(self.pending.finish())?;
+        active.sync()?;
+        active.max_entry = active.max_entry.max(self.pending_max_entry);
+        let seg = active.seq;
+        debug_assert_eq!(frame_no, self.frame_base + self.frames.len() as u64);
+        self.frames.push_back(FrameLoc { seg, offset });
+        self.pending.clear();
+        self.pending_max_entry = 0;
+        self.durable_hard_state = self.hard_state;
+        self.durable_boundary = (self.first - 1, self.boundary_term);
+        if std::mem::take(&mut self.pending_compact) {
+            self.remove_compacted_segments()?;
+        }
+        Ok(())
+    }
+
+    /// Reads and decodes the entries `lo..hi` (already validated).
+    fn read_entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::with_capacity((hi - lo) as usize);
+        let pending_no = self.pending_frame_no();
+        let mut i = lo;
+        while i < hi {
+            let head = self.slots[(i - self.first) as usize];
+            let mut j = i + 1;
+            while j < hi && self.slots[(j - self.first) as usize].frame == head.frame {
+                j += 1;
+            }
+            let tail = self.slots[(j - 1 - self.first) as usize];
+            let span_start = head.off;
+            let span_end = tail.off + tail.len;
+            let owned;
+            let (bytes, file, base): (&[u8], PathBuf, u64) = if head.frame == pending_no {
+                (
+                    self.pending.record_bytes(span_start, span_end - span_start),
+                    self.dir.clone(),
+                    0,
+                )
+            } else {
+                let loc = self
+                    .frames
+                    .get(head.frame.wrapping_sub(self.frame_base) as usize)
+                    .copied()
+                    .ok_or_else(|| {
+                        StorageError::corrupt(&self.dir, 0, format!("entry {i}: frame not indexed"))
+                    })?;
+                let seg = self
+                    .segments
+                    .iter()
+                    .find(|s| s.seq == loc.seg)
+                    .ok_or_else(|| {
+                        StorageError::corrupt(&self.dir, 0, format!("entry {i}: segment gone"))
+                    })?;
+                let mut buf = vec![0u8; (span_end - span_start) as usize];
+                let at = loc.offset + span_start as u64;
+                seg.read_at(&mut buf, at)?;
+                owned = buf;
+                (&owned[..], seg.path.clone(), at)
+            };
+            for index in i..j {
+                let slot = self.slots[(index - self.first) as usize];
+                let rel = slot.off.checked_sub(span_start).unwrap_or(u32::MAX) as usize;
+                let at = base + rel as u64;
+                let rec = bytes
+                    .get(rel..rel.saturating_add(slot.len as usize))
+                    .ok_or_else(|| StorageError::corrupt(&file, at, "record outside its frame"))?;
+                if crc32fast::hash(rec) != slot.crc {
+                    return Err(StorageError::corrupt(
+                        &file,
+                        at,
+                        format!("entry {index}: checksum mismatch on read"),
+                    ));
+                }
+                match decode_record(rec).map_err(|r| StorageError::corrupt(&file, at, r))? {
+                    Record::Entry(e) if e.index == index && e.term == slot.term => out.push(e),
+                    other => {
+                        return Err(StorageError::corrupt(
+                            &file,
+                            at,
+                            format!("expected entry {index}, found {other:?}"),
+                        ));
+                    }
+                }
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+}
+
+fn seg_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(segment_name(seq))
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io("open lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StorageError::Locked { path }),
+        Err(TryLockError::Error(e)) => Err(StorageError::io("lock", &path, e)),
+    }
+}
+
+impl LogStore for Wal {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.check()?;
+        validate_append(entries, self.first, self.last(), |i| self.term_at(i))?;
+        let Some(head) = entries.first() else {
+            return Ok(());
+        };
+        // A frame is at most MAX_FRAME_LEN bytes: refuse (harmlessly) an
+        // append that could overflow the unsynced frame. The estimate is
+        // generous: postcard's varints never exceed twice `approx_size`.
+        let estimate: usize = entries.iter().map(|e| 2 * e.approx_size() + 64).sum();
+        if self.pending.len().saturating_add(estimate) > MAX_FRAME_LEN as usize {
+            return Err(StorageError::Invalid(format!(
+                "{} bytes are waiting for sync; sync before appending {} more",
+                self.pending.len(),
+                estimate
+            )));
+        }
+        if head.index <= self.last() {
+            let from = head.index;
+            self.pending.push(&RecordRef::Truncate { from });
+            self.slots.truncate((from - self.first) as usize);
+        }
+        let frame = self.pending_frame_no();
+        for e in entries {
+            let pos = self.pending.push(&RecordRef::Entry(e));
+            self.slots.push_back(Slot {
+                term: e.term,
+                frame,
+                off: pos.off,
+                len: pos.len,
+                crc: pos.crc,
+            });
+        }
+        self.pending_max_entry = self.pending_max_entry.max(self.last());
+        Ok(())
+    }
+
+    fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
+        self.check()?;
+        if from < self.first {
+            return Err(StorageError::Compacted {
+                index: from,
+                first: self.first,
+            });
+        }
+        if from <= self.last() {
+            self.pending.push(&RecordRef::Truncate { from });
+            self.slots.truncate((from - self.first) as usize);
+        }
+        Ok(())
+    }
+
+    fn compact_prefix(&mut self, upto: Index, term: Term) -> Result<(), StorageError> {
+        self.check()?;
+        if upto < self.first {
+            return Ok(());
+        }
+        if self.term_at(upto).is_some_and(|t| t != term) && !self.slots.is_empty() {
+            // The log conflicts with the snapshot: discard all of it, and say
+            // so explicitly so that replay never has to judge terms.
+            let from = self.first;
+            self.pending.push(&RecordRef::Truncate { from });
+            self.slots.clear();
+        }
+        self.pending.push(&RecordRef::Compact { upto, term });
+        self.apply_compact(upto, term);
+        self.pending_compact = true;
+        Ok(())
+    }
+
+    fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
+        self.check()?;
+        validate_range(lo, hi, self.first, self.last())?;
+        self.read_entries(lo, hi)
+    }
+
+    fn term(&self, index: Index) -> Result<Option<Term>, StorageError> {
+        self.check()?;
+        Ok(self.term_at(index))
+    }
+
+    fn first_index(&self) -> Index {
+        self.first
+    }
+
+    fn last_index(&self) -> Index {
+        self.last()
+    }
+
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.check()?;
+        if hs != self.hard_state {
+            self.pending.push(&RecordRef::HardState(&hs));
+            self.hard_state = hs;
+        }
+        Ok(())
+    }
+
+    fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.check()?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.sync_inner().map_err(|e| self.fail(e))
+    }
+}
