@@ -93,7 +93,10 @@ fn a_seed_replays_identically() {
     }
     let a = sim::run(3, SimOptions::for_seed(3)).unwrap_or_else(|f| panic!("{f}"));
     let b = sim::run(4, SimOptions::for_seed(3)).unwrap_or_else(|f| panic!("{f}"));
-    assert_ne!(a.trace_hash, b.trace_hash, "different seeds gave the same trace");
+    assert_ne!(
+        a.trace_hash, b.trace_hash,
+        "different seeds gave the same trace"
+    );
 }
 
 // ----- teeth: a deliberately broken rule is caught within the CI budget ----

@@ -78,7 +78,12 @@ impl Raft {
     fn request_votes(&mut self, pre_vote: bool, transfer: bool) {
         self.votes.insert(self.id, true);
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        let voters: Vec<_> = self.conf.members().into_iter().filter(|&id| id != self.id).collect();
+        let voters: Vec<_> = self
+            .conf
+            .members()
+            .into_iter()
+            .filter(|&id| id != self.id)
+            .collect();
         for id in voters {
             if !self.conf.is_voter(id) {
                 continue;
@@ -142,7 +147,12 @@ impl Raft {
         }
     }
 
-    pub(super) fn handle_vote_response(&mut self, from: super::types::NodeId, granted: bool, pre_vote: bool) {
+    pub(super) fn handle_vote_response(
+        &mut self,
+        from: super::types::NodeId,
+        granted: bool,
+        pre_vote: bool,
+    ) {
         let expected = match self.role {
             Role::PreCandidate => pre_vote,
             Role::Candidate => !pre_vote,

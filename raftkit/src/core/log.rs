@@ -342,7 +342,10 @@ mod tests {
         let mut new = ents(&[1, 1, 3]);
         new.drain(..2);
         let (last, trunc) = log.append_after(2, new);
-        assert_eq!((last, trunc, log.last_index(), log.last_term()), (3, true, 3, 3));
+        assert_eq!(
+            (last, trunc, log.last_index(), log.last_term()),
+            (3, true, 3, 3)
+        );
         assert_eq!(log.persisted(), 2);
     }
 
@@ -357,7 +360,11 @@ mod tests {
     #[test]
     fn committed_entries_wait_for_persistence() {
         let mut log = RaftLog::restore(SnapshotMeta::default(), ents(&[1]), 1);
-        log.append(vec![Entry { term: 1, index: 2, payload: Payload::Noop }]);
+        log.append(vec![Entry {
+            term: 1,
+            index: 2,
+            payload: Payload::Noop,
+        }]);
         log.commit_to(2);
         assert_eq!(log.take_committed(usize::MAX).len(), 1);
         assert!(!log.has_committed());

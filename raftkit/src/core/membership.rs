@@ -52,9 +52,16 @@ impl Raft {
             )));
         }
         if target.voters.contains(&NO_NODE) || target.learners.contains(&NO_NODE) {
-            return Err(ProposeError::InvalidConfiguration("node id 0 is reserved".into()));
+            return Err(ProposeError::InvalidConfiguration(
+                "node id 0 is reserved".into(),
+            ));
         }
-        let demoted: BTreeSet<_> = self.conf.voters.intersection(&target.learners).copied().collect();
+        let demoted: BTreeSet<_> = self
+            .conf
+            .voters
+            .intersection(&target.learners)
+            .copied()
+            .collect();
         if !demoted.is_empty() {
             return Err(ProposeError::InvalidConfiguration(format!(
                 "demoting voters {demoted:?} to learners directly is not supported: remove them first"

@@ -51,4 +51,6 @@ pub use raft::{NotLeader, ProposeError, Raft, Restored, Role, Status};
 pub use ready::{InstalledSnapshot, PersistMarker, ReadState, Ready};
 pub use snapshot::CompactError;
 pub use transfer::TransferError;
-pub use types::{Configuration, Entry, HardState, Index, NO_NODE, NodeId, Payload, SnapshotMeta, Term};
+pub use types::{
+    Configuration, Entry, HardState, Index, NO_NODE, NodeId, Payload, SnapshotMeta, Term,
+};

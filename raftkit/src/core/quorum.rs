@@ -45,7 +45,10 @@ pub fn committed_index(conf: &Configuration, acked: impl Fn(NodeId) -> Index) ->
 }
 
 /// Counts votes of a simple majority.
-pub fn majority_vote(voters: &BTreeSet<NodeId>, vote: impl Fn(NodeId) -> Option<bool>) -> VoteResult {
+pub fn majority_vote(
+    voters: &BTreeSet<NodeId>,
+    vote: impl Fn(NodeId) -> Option<bool>,
+) -> VoteResult {
     if voters.is_empty() {
         return VoteResult::Won;
     }
@@ -121,7 +124,13 @@ mod tests {
         assert_eq!(vote_result(&joint, granted(&[1, 2])), VoteResult::Lost);
         assert_eq!(vote_result(&joint, granted(&[1, 2, 4, 5])), VoteResult::Won);
         assert_eq!(vote_result(&joint, granted(&[3])), VoteResult::Lost);
-        let partial = |id| if id == 1 || id == 3 || id == 4 { Some(true) } else { None };
+        let partial = |id| {
+            if id == 1 || id == 3 || id == 4 {
+                Some(true)
+            } else {
+                None
+            }
+        };
         assert_eq!(vote_result(&joint, partial), VoteResult::Won);
         let pending = |id| if id == 1 { Some(true) } else { None };
         assert_eq!(vote_result(&joint, pending), VoteResult::Pending);

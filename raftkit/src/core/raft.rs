@@ -594,7 +594,9 @@ impl Raft {
             entries,
             messages: std::mem::take(&mut self.msgs),
             persisted_messages: std::mem::take(&mut self.msgs_after_persist),
-            committed_entries: self.log.take_committed(self.cfg.max_batch_bytes.max(1 << 20)),
+            committed_entries: self
+                .log
+                .take_committed(self.cfg.max_batch_bytes.max(1 << 20)),
             reads: std::mem::take(&mut self.read_states),
         }
     }

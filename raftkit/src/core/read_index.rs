@@ -117,16 +117,19 @@ impl Raft {
     pub(super) fn check_read_quorum(&mut self) {
         while let Some(&(round, index, _)) = self.reads.rounds.front() {
             let confirmed = quorum::is_quorum(&self.conf, |id| {
-                self.progress.get(&id).is_some_and(|p| p.read_round >= round)
+                self.progress
+                    .get(&id)
+                    .is_some_and(|p| p.read_round >= round)
             });
             if !confirmed {
                 return;
             }
             if let Some((_, _, ctxs)) = self.reads.rounds.pop_front() {
-                self.read_states.extend(ctxs.into_iter().map(|ctx| ReadState {
-                    ctx,
-                    result: Ok(index),
-                }));
+                self.read_states
+                    .extend(ctxs.into_iter().map(|ctx| ReadState {
+                        ctx,
+                        result: Ok(index),
+                    }));
             }
         }
         self.maybe_start_read_round();

@@ -24,7 +24,12 @@ use super::types::{Index, NodeId, Payload};
 impl Raft {
     /// Sends entries (or a probe) to every other member.
     pub(super) fn broadcast_append(&mut self) {
-        let peers: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
+        let peers: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect();
         for id in peers {
             self.send_append_all(id, false);
         }
@@ -132,7 +137,9 @@ impl Raft {
             return;
         }
         if self.log.matches(prev_index, prev_term) {
-            let has_config = entries.iter().any(|e| matches!(e.payload, Payload::Config(_)));
+            let has_config = entries
+                .iter()
+                .any(|e| matches!(e.payload, Payload::Config(_)));
             let (last_new, truncated) = self.log.append_after(prev_index, entries);
             if has_config || truncated {
                 self.on_config_changed();

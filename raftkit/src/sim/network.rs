@@ -70,7 +70,13 @@ impl Partition {
 
     /// Builds the cut links of this partition over `nodes`, with `target`
     /// (often the current leader) given a special place where it matters.
-    pub fn apply(self, nodes: &[NodeId], target: NodeId, rng: &mut StdRng, faults: &mut NetworkFaults) {
+    pub fn apply(
+        self,
+        nodes: &[NodeId],
+        target: NodeId,
+        rng: &mut StdRng,
+        faults: &mut NetworkFaults,
+    ) {
         let n = nodes.len();
         match self {
             Partition::Split => {

@@ -69,7 +69,11 @@ impl SimOptions {
         let bits = seed.wrapping_mul(0x2545_F491_4F6C_DD1D).rotate_left(17);
         let mut o = SimOptions {
             nodes: if bits & 1 == 0 { 3 } else { 5 },
-            snapshot_entries: if bits & 2 == 0 { 0 } else { 16 + (bits >> 8) % 48 },
+            snapshot_entries: if bits & 2 == 0 {
+                0
+            } else {
+                16 + (bits >> 8) % 48
+            },
             crashes: bits & 4 == 0 || bits & 32 != 0,
             partitions: bits & 8 == 0 || bits & 64 != 0,
             lossy_network: bits & 16 == 0 || bits & 128 != 0,

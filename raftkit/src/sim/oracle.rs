@@ -54,7 +54,12 @@ impl Oracle {
     }
 
     /// Checks a node after it handled an input.
-    pub fn observe(&mut self, raft: &Raft, new_entries: &[Entry], became_leader: bool) -> Result<(), Violation> {
+    pub fn observe(
+        &mut self,
+        raft: &Raft,
+        new_entries: &[Entry],
+        became_leader: bool,
+    ) -> Result<(), Violation> {
         let log = raft.log();
         // Election safety.
         if raft.role() == Role::Leader {
@@ -169,7 +174,11 @@ impl Oracle {
 
     /// Checks that every committed entry is on the disks of a quorum of
     /// `conf`.
-    pub fn check_durable(&self, disks: &HashMap<NodeId, &Disk>, conf: &Configuration) -> Result<(), Violation> {
+    pub fn check_durable(
+        &self,
+        disks: &HashMap<NodeId, &Disk>,
+        conf: &Configuration,
+    ) -> Result<(), Violation> {
         for (i, &(term, _, _)) in self.committed.iter().enumerate() {
             let index = i as Index + 1;
             let held = crate::core::quorum::is_quorum(conf, |id| {

@@ -36,16 +36,42 @@ const READ_ATTEMPT_MS: u64 = 120;
 
 #[derive(Debug)]
 enum Event {
-    Tick { node: NodeId, epoch: u64 },
+    Tick {
+        node: NodeId,
+        epoch: u64,
+    },
     Deliver(Message),
-    Persisted { node: NodeId, epoch: u64 },
-    ClientNext { client: usize },
-    ClientSend { client: usize, seq: u64, attempt: u32 },
-    ClientDeadline { client: usize, seq: u64 },
-    ReadAttemptTimeout { client: usize, seq: u64, attempt: u32 },
-    Nemesis { fault: bool },
-    Restart { node: NodeId },
-    Crash { node: NodeId, epoch: u64 },
+    Persisted {
+        node: NodeId,
+        epoch: u64,
+    },
+    ClientNext {
+        client: usize,
+    },
+    ClientSend {
+        client: usize,
+        seq: u64,
+        attempt: u32,
+    },
+    ClientDeadline {
+        client: usize,
+        seq: u64,
+    },
+    ReadAttemptTimeout {
+        client: usize,
+        seq: u64,
+        attempt: u32,
+    },
+    Nemesis {
+        fault: bool,
+    },
+    Restart {
+        node: NodeId,
+    },
+    Crash {
+        node: NodeId,
+        epoch: u64,
+    },
     Heal,
 }
 
@@ -207,7 +233,11 @@ impl World {
 
     fn new_raft(&mut self, id: NodeId, restored: Restored) -> Raft {
         let mut cfg = Config::new(id);
-        cfg.seed = self.seed.wrapping_add(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.rng.random::<u64>();
+        cfg.seed = self
+            .seed
+            .wrapping_add(id)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ self.rng.random::<u64>();
         cfg.max_inflight = 8;
         cfg.max_batch_bytes = self.opts.max_batch_bytes;
         cfg.snapshot_entries = self.opts.snapshot_entries;
@@ -261,7 +291,14 @@ impl World {
                 if !self.opts.trace {
                     return;
                 }
-                format!("deliver {} {}->{} term {}: {:?}", m.body.kind(), m.from, m.to, m.term, m.body)
+                format!(
+                    "deliver {} {}->{} term {}: {:?}",
+                    m.body.kind(),
+                    m.from,
+                    m.to,
+                    m.term,
+                    m.body
+                )
             }
             other => {
                 let s = format!("{other:?}");
@@ -277,11 +314,15 @@ impl World {
     fn handle(&mut self, event: Event) -> Step {
         match event {
             Event::Tick { node, epoch } => {
-                let Some(n) = self.nodes.get_mut(&node) else { return Ok(()) };
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return Ok(());
+                };
                 if n.epoch != epoch {
                     return Ok(());
                 }
-                let Some(raft) = n.raft.as_mut() else { return Ok(()) };
+                let Some(raft) = n.raft.as_mut() else {
+                    return Ok(());
+                };
                 raft.tick();
                 self.schedule(TICK_MS, Event::Tick { node, epoch });
                 self.process(node)
@@ -327,11 +368,14 @@ impl World {
                     op.attempt += 1;
                     c.hint = None;
                     let attempt = op.attempt;
-                    self.schedule(1, Event::ClientSend {
-                        client,
-                        seq,
-                        attempt,
-                    });
+                    self.schedule(
+                        1,
+                        Event::ClientSend {
+                            client,
+                            seq,
+                            attempt,
+                        },
+                    );
                 }
                 Ok(())
             }
@@ -366,8 +410,12 @@ impl World {
     /// Drains a node's Ready outputs and checks the invariants.
     fn process(&mut self, id: NodeId) -> Step {
         loop {
-            let Some(n) = self.nodes.get_mut(&id) else { return Ok(()) };
-            let Some(raft) = n.raft.as_mut() else { return Ok(()) };
+            let Some(n) = self.nodes.get_mut(&id) else {
+                return Ok(());
+            };
+            let Some(raft) = n.raft.as_mut() else {
+                return Ok(());
+            };
             if !raft.has_ready() {
                 break;
             }
@@ -391,7 +439,9 @@ impl World {
                 }
             }
             let raft = n.raft.as_ref().expect("checked above");
-            self.oracle.observe(raft, &rd.entries, became_leader).map_err(FailureKind::Safety)?;
+            self.oracle
+                .observe(raft, &rd.entries, became_leader)
+                .map_err(FailureKind::Safety)?;
 
             let must_write = rd.must_persist() || !rd.persisted_messages.is_empty();
             for m in rd.messages {
@@ -428,7 +478,9 @@ impl World {
             }
             for r in rd.reads {
                 let n = self.nodes.get_mut(&id).expect("node exists");
-                let Some((client, seq, key)) = n.reads.remove(&r.ctx) else { continue };
+                let Some((client, seq, key)) = n.reads.remove(&r.ctx) else {
+                    continue;
+                };
                 match r.result {
                     Ok(index) => n.read_waiting.push((index, client, seq, key)),
                     Err(e) => self.reply(client, seq, Reply::Retry(e.leader)),
@@ -469,8 +521,10 @@ impl World {
     fn serve_reads(&mut self, id: NodeId) {
         let n = self.nodes.get_mut(&id).expect("node exists");
         let applied = n.raft.as_ref().map_or(0, |r| r.log().applied());
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            n.read_waiting.drain(..).partition(|(index, ..)| *index <= applied);
+        let (ready, waiting): (Vec<_>, Vec<_>) = n
+            .read_waiting
+            .drain(..)
+            .partition(|(index, ..)| *index <= applied);
         n.read_waiting = waiting;
         let answers: Vec<_> = ready
             .into_iter()
@@ -489,7 +543,9 @@ impl World {
         }
         let index = raft.log().applied().min(raft.log().persisted());
         let Ok(data) = n.kv.snapshot() else { return };
-        let Ok(meta) = raft.compact(index, data.clone()) else { return };
+        let Ok(meta) = raft.compact(index, data.clone()) else {
+            return;
+        };
         self.report.snapshots_taken += 1;
         let latency = self.rng.random_range(2..8);
         let done_at = n.writes.completion_time(self.now, latency);
@@ -507,7 +563,9 @@ impl World {
         if n.epoch != epoch {
             return Ok(());
         }
-        let Some(w) = n.writes.pending.pop_front() else { return Ok(()) };
+        let Some(w) = n.writes.pending.pop_front() else {
+            return Ok(());
+        };
         n.disk.apply(&w);
         if let Some(raft) = n.raft.as_mut()
             && let Some(marker) = w.marker
@@ -580,7 +638,12 @@ impl World {
             return;
         }
         let jitter = self.faults.jitter;
-        let delay = self.rng.random_range(1..4) + if jitter > 0 { self.rng.random_range(0..jitter) } else { 0 };
+        let delay = self.rng.random_range(1..4)
+            + if jitter > 0 {
+                self.rng.random_range(0..jitter)
+            } else {
+                0
+            };
         if self.faults.duplicate > 0.0 && self.rng.random_bool(self.faults.duplicate) {
             let later = delay + self.rng.random_range(1..20);
             self.schedule(later, Event::Deliver(m.clone()));
@@ -632,7 +695,8 @@ impl World {
                     self.schedule(back, Event::Restart { node: victim });
                 }
             }
-            self.kill_new_leaders = self.opts.churn || (self.opts.crashes && self.rng.random_bool(0.3));
+            self.kill_new_leaders =
+                self.opts.churn || (self.opts.crashes && self.rng.random_bool(0.3));
             let length = if self.opts.churn {
                 self.rng.random_range(150..400)
             } else {
@@ -664,7 +728,9 @@ impl World {
     // ----- clients -------------------------------------------------------
 
     fn start_op(&mut self, client: usize) {
-        if self.clients[client].op.is_some() || self.now >= self.end_at.saturating_sub(OP_TIMEOUT_MS) {
+        if self.clients[client].op.is_some()
+            || self.now >= self.end_at.saturating_sub(OP_TIMEOUT_MS)
+        {
             return;
         }
         let key = self.rng.random_range(0..self.opts.keys);
@@ -678,11 +744,15 @@ impl World {
             KvOp::Get { key }
         } else {
             let expected = c.seen.get(&key).copied().flatten();
-            KvOp::Cas { key, expected, new: value }
+            KvOp::Cas {
+                key,
+                expected,
+                new: value,
+            }
         };
         c.seq += 1;
         let seq = c.seq;
-        let id = self.history.invoke(client as u64, op.clone(), self.now);
+        let id = self.history.invoke(client as u64, op, self.now);
         c.op = Some(InFlight {
             seq,
             op,
@@ -691,16 +761,21 @@ impl World {
         });
         self.report.ops += 1;
         self.schedule(OP_TIMEOUT_MS, Event::ClientDeadline { client, seq });
-        self.schedule(0, Event::ClientSend {
-            client,
-            seq,
-            attempt: 0,
-        });
+        self.schedule(
+            0,
+            Event::ClientSend {
+                client,
+                seq,
+                attempt: 0,
+            },
+        );
     }
 
     fn client_send(&mut self, client: usize, seq: u64, attempt: u32) -> Step {
         let c = &self.clients[client];
-        let Some(op) = c.op.as_ref() else { return Ok(()) };
+        let Some(op) = c.op.as_ref() else {
+            return Ok(());
+        };
         if op.seq != seq || op.attempt != attempt {
             return Ok(());
         }
@@ -708,7 +783,7 @@ impl World {
             Some(h) => h,
             None => self.ids[self.rng.random_range(0..self.ids.len())],
         };
-        let op_kind = op.op.clone();
+        let op_kind = op.op;
         let node = self.nodes.get_mut(&target).expect("node exists");
         let Some(raft) = node.raft.as_mut() else {
             // Connection refused: definitely not applied.
@@ -740,11 +815,14 @@ impl World {
                 match raft.read_index(ctx) {
                     Ok(()) => {
                         node.reads.insert(ctx, (client, seq, key));
-                        self.schedule(READ_ATTEMPT_MS, Event::ReadAttemptTimeout {
-                            client,
-                            seq,
-                            attempt,
-                        });
+                        self.schedule(
+                            READ_ATTEMPT_MS,
+                            Event::ReadAttemptTimeout {
+                                client,
+                                seq,
+                                attempt,
+                            },
+                        );
                     }
                     Err(nl) => self.reply(client, seq, Reply::Retry(nl.leader)),
                 }
@@ -778,11 +856,14 @@ impl World {
                 op.attempt += 1;
                 let attempt = op.attempt;
                 let backoff = self.rng.random_range(2..15);
-                self.schedule(backoff, Event::ClientSend {
-                    client,
-                    seq,
-                    attempt,
-                });
+                self.schedule(
+                    backoff,
+                    Event::ClientSend {
+                        client,
+                        seq,
+                        attempt,
+                    },
+                );
             }
         }
     }
