@@ -1,39 +1,44 @@
 //! The simulation's key-value state machine: registers of `u64` keyed by
 //! `u64`, with put, get and compare-and-swap, the operations the
-//! linearizability checker models.
+//! linearizability checker models. It is defined with the same derive users
+//! write, so every simulated run also exercises the generated dispatch.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::linearizability::{Key, KvOp, KvOutcome, Value};
-use crate::state_machine::{CodecError, ErrorPolicy, StateMachine, decode, encode};
 
 /// The simulated key-value store.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(crate::StateMachine, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[raftkit(name = "simkv", on_error = "halt")]
 pub struct SimKv {
     map: BTreeMap<Key, Value>,
 }
 
-/// A write command of [`SimKv`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SimKvWrite {
+#[crate::state_machine]
+impl SimKv {
     /// Sets a key.
-    Put {
-        /// The key.
-        key: Key,
-        /// The new value.
-        value: Value,
-    },
-    /// Sets a key if it holds `expected`.
-    Cas {
-        /// The key.
-        key: Key,
-        /// The value the key must hold (`None`: absent).
-        expected: Option<Value>,
-        /// The new value.
-        new: Value,
-    },
+    #[write]
+    pub fn put(&mut self, key: Key, value: Value) {
+        self.map.insert(key, value);
+    }
+
+    /// Sets a key if it holds `expected`; returns whether it swapped.
+    #[write]
+    pub fn cas(&mut self, key: Key, expected: Option<Value>, new: Value) -> bool {
+        let swapped = self.map.get(&key).copied() == expected;
+        if swapped {
+            self.map.insert(key, new);
+        }
+        swapped
+    }
+
+    /// Reads a key.
+    #[read]
+    pub fn get(&self, key: Key) -> Option<Value> {
+        self.map.get(&key).copied()
+    }
 }
 
 impl SimKvWrite {
@@ -47,61 +52,11 @@ impl SimKvWrite {
     }
 }
 
-impl StateMachine for SimKv {
-    type Write = SimKvWrite;
-    type WriteOutput = KvOutcomeWire;
-    type Read = Key;
-    type ReadOutput = Option<Value>;
-    const NAME: &'static str = "simkv";
-    const SCHEMA_FINGERPRINT: u64 = 0x5_1_3_4_7_7;
-
-    fn apply(&mut self, command: SimKvWrite) -> KvOutcomeWire {
-        match command {
-            SimKvWrite::Put { key, value } => {
-                self.map.insert(key, value);
-                KvOutcomeWire::Put
-            }
-            SimKvWrite::Cas { key, expected, new } => {
-                let swapped = self.map.get(&key).copied() == expected;
-                if swapped {
-                    self.map.insert(key, new);
-                }
-                KvOutcomeWire::Cas(swapped)
-            }
-        }
-    }
-
-    fn query(&self, key: Key) -> Option<Value> {
-        self.map.get(&key).copied()
-    }
-
-    fn error_policy(_: &SimKvWrite) -> ErrorPolicy {
-        ErrorPolicy::Halt
-    }
-
-    fn snapshot(&self) -> Result<Vec<u8>, CodecError> {
-        encode("simkv snapshot", self)
-    }
-
-    fn restore(data: &[u8]) -> Result<Self, CodecError> {
-        decode("simkv snapshot", data)
-    }
-}
-
-/// The reply to a [`SimKvWrite`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KvOutcomeWire {
-    /// A put was applied.
-    Put,
-    /// A compare-and-swap was applied; whether it swapped.
-    Cas(bool),
-}
-
-impl From<KvOutcomeWire> for KvOutcome {
-    fn from(w: KvOutcomeWire) -> Self {
+impl From<SimKvWriteOutput> for KvOutcome {
+    fn from(w: SimKvWriteOutput) -> Self {
         match w {
-            KvOutcomeWire::Put => KvOutcome::Put,
-            KvOutcomeWire::Cas(b) => KvOutcome::Cas(b),
+            SimKvWriteOutput::Put(()) => KvOutcome::Put,
+            SimKvWriteOutput::Cas(swapped) => KvOutcome::Cas(swapped),
         }
     }
 }

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::disk::{Disk, PendingWrite, WriteQueue};
-use super::kv::{SimKv, SimKvWrite};
+use super::kv::{SimKv, SimKvRead, SimKvReadOutput, SimKvWrite};
 use super::linearizability::{self, History, Key, KvOp, KvOutcome, OpId, Value};
 use super::network::{NetworkFaults, Partition};
 use super::options::{FailureKind, SimFailure, SimOptions, SimReport};
@@ -528,7 +528,10 @@ impl World {
         n.read_waiting = waiting;
         let answers: Vec<_> = ready
             .into_iter()
-            .map(|(_, client, seq, key)| (client, seq, n.kv.query(key)))
+            .map(|(_, client, seq, key)| {
+                let SimKvReadOutput::Get(value) = n.kv.query(SimKvRead::Get { key });
+                (client, seq, value)
+            })
             .collect();
         for (client, seq, value) in answers {
             self.reply(client, seq, Reply::Done(KvOutcome::Get(value)));
