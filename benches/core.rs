@@ -133,9 +133,18 @@ fn main() {
     println!("| workload | figure |");
     println!("|---|---|");
     for batch in [1usize, 64, 256] {
-        let ops = median((0..RUNS).map(|_| proposals_per_second(batch, 200_000)).collect());
-        println!("| 3-node in-memory cluster, {batch} proposals per round | {ops:>12.0} proposals/s |");
+        let ops = median(
+            (0..RUNS)
+                .map(|_| proposals_per_second(batch, 200_000))
+                .collect(),
+        );
+        println!(
+            "| 3-node in-memory cluster, {batch} proposals per round | {ops:>12.0} proposals/s |"
+        );
     }
     let step = median((0..RUNS).map(|_| step_append_64()).collect());
-    println!("| follower step: AppendEntries of 64 entries (+ ready) | {:>9.2} µs |", step.as_secs_f64() * 1e6);
+    println!(
+        "| follower step: AppendEntries of 64 entries (+ ready) | {:>9.2} µs |",
+        step.as_secs_f64() * 1e6
+    );
 }

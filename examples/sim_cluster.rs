@@ -72,5 +72,9 @@ fn main() -> ExitCode {
         seeds.len() - failed,
         failed
     );
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
