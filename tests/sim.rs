@@ -33,11 +33,16 @@ fn sweep(part: u64) {
             let done: usize = reports.iter().map(|r| r.completed).sum();
             let snaps: usize = reports.iter().map(|r| r.snapshots_installed).sum();
             let crashes: usize = reports.iter().map(|r| r.crashes).sum();
+            let mid_compaction: usize = reports.iter().map(|r| r.crashes_mid_compaction).sum();
+            let mid_install: usize = reports.iter().map(|r| r.crashes_mid_install).sum();
             println!(
-                "seeds {first}..{}: {} runs ok, {ops} client ops ({done} completed), {crashes} crashes, {snaps} snapshots installed",
+                "seeds {first}..{}: {} runs ok, {ops} client ops ({done} completed), {crashes} crashes \
+                 ({mid_compaction} while writing a snapshot and compacting, {mid_install} while installing one), \
+                 {snaps} snapshots installed",
                 first + per,
                 reports.len()
             );
+            assert!(crashes > 0 && snaps > 0, "the sweep must exercise crashes and snapshot installs");
             assert_eq!(reports.len() as u64, per);
         }
         Err(failure) => panic!("{failure}"),

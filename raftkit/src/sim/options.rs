@@ -114,6 +114,12 @@ pub struct SimReport {
     pub snapshots_taken: usize,
     /// Snapshots installed from a leader.
     pub snapshots_installed: usize,
+    /// Crashes that struck while a local snapshot (and the compaction
+    /// behind it) was being written.
+    pub crashes_mid_compaction: usize,
+    /// Crashes that struck while a snapshot received from the leader was
+    /// being installed.
+    pub crashes_mid_install: usize,
     /// The highest commit index reached.
     pub commit: u64,
 }

@@ -589,6 +589,12 @@ impl World {
         // Unsynced writes are lost, except a random prefix the kernel may
         // already have flushed.
         let pending: Vec<_> = n.writes.pending.drain(..).collect();
+        if pending.iter().any(|w| w.compaction.is_some()) {
+            self.report.crashes_mid_compaction += 1;
+        }
+        if pending.iter().any(|w| w.installed.is_some()) {
+            self.report.crashes_mid_install += 1;
+        }
         let survive = self.rng.random_range(0..=pending.len());
         for w in &pending[..survive] {
             n.disk.apply(w);
