@@ -93,7 +93,10 @@ fn a_seed_replays_identically() {
     }
     let a = sim::run(3, SimOptions::for_seed(3)).unwrap_or_else(|f| panic!("{f}"));
     let b = sim::run(4, SimOptions::for_seed(3)).unwrap_or_else(|f| panic!("{f}"));
-    assert_ne!(a.trace_hash, b.trace_hash, "different seeds gave the same trace");
+    assert_ne!(
+        a.trace_hash, b.trace_hash,
+        "different seeds gave the same trace"
+    );
 }
 
 // ----- teeth: a deliberately broken rule is caught within the CI budget ----
@@ -134,5 +137,18 @@ fn teeth_reads_without_a_heartbeat_round_are_caught() {
     assert!(
         matches!(failure.kind, sim::FailureKind::Linearizability(_)),
         "expected a stale read, got {failure}"
+    );
+}
+
+#[test]
+fn teeth_committing_earlier_term_entries_by_counting_is_caught() {
+    let bugs = raftkit::core::config::Bugs {
+        commit_old_terms: true,
+        ..Default::default()
+    };
+    let failure = find_violation(bugs, 2000);
+    assert!(
+        !matches!(failure.kind, sim::FailureKind::Liveness(_)),
+        "expected a safety or linearizability failure, got {failure}"
     );
 }

@@ -13,7 +13,7 @@
 //! proposals by (index, term), and serves ReadIndex reads once applied.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use rand::rngs::StdRng;
@@ -26,7 +26,7 @@ use super::network::{NetworkFaults, Partition};
 use super::options::{FailureKind, SimFailure, SimOptions, SimReport};
 use super::oracle::{Oracle, Violation};
 use crate::core::{
-    Config, Configuration, Entry, Index, Message, NodeId, Payload, Raft, Restored, Role, Term,
+    Body, Config, Configuration, Entry, Index, Message, NodeId, Payload, Raft, Restored, Role, Term,
 };
 use crate::state_machine::{StateMachine, decode, encode};
 
@@ -36,16 +36,42 @@ const READ_ATTEMPT_MS: u64 = 120;
 
 #[derive(Debug)]
 enum Event {
-    Tick { node: NodeId, epoch: u64 },
+    Tick {
+        node: NodeId,
+        epoch: u64,
+    },
     Deliver(Message),
-    Persisted { node: NodeId, epoch: u64 },
-    ClientNext { client: usize },
-    ClientSend { client: usize, seq: u64, attempt: u32 },
-    ClientDeadline { client: usize, seq: u64 },
-    ReadAttemptTimeout { client: usize, seq: u64, attempt: u32 },
-    Nemesis { fault: bool },
-    Restart { node: NodeId },
-    Crash { node: NodeId, epoch: u64 },
+    Persisted {
+        node: NodeId,
+        epoch: u64,
+    },
+    ClientNext {
+        client: usize,
+    },
+    ClientSend {
+        client: usize,
+        seq: u64,
+        attempt: u32,
+    },
+    ClientDeadline {
+        client: usize,
+        seq: u64,
+    },
+    ReadAttemptTimeout {
+        client: usize,
+        seq: u64,
+        attempt: u32,
+    },
+    Nemesis {
+        fault: bool,
+    },
+    Restart {
+        node: NodeId,
+    },
+    Crash {
+        node: NodeId,
+        epoch: u64,
+    },
     Heal,
 }
 
@@ -130,6 +156,14 @@ pub struct World {
     end_at: u64,
     healed: bool,
     kill_new_leaders: bool,
+    /// The "Figure 8" nemesis: new leaders are cut off from everyone at
+    /// their election or after their first successful replications.
+    isolate_new_leaders: bool,
+    /// Nodes cut off by that nemesis, oldest first (at most a minority).
+    isolated: VecDeque<NodeId>,
+    /// Leaders to cut off after this many more successful AppendEntries
+    /// answers in their term: node -> (term, answers left).
+    isolate_after_acks: BTreeMap<NodeId, (Term, u32)>,
     write_after_heal: bool,
     report: SimReport,
 }
@@ -161,6 +195,9 @@ impl World {
             end_at: opts.fault_ms + opts.heal_ms,
             healed: false,
             kill_new_leaders: false,
+            isolate_new_leaders: false,
+            isolated: VecDeque::new(),
+            isolate_after_acks: BTreeMap::new(),
             write_after_heal: false,
             report: SimReport {
                 seed,
@@ -207,7 +244,11 @@ impl World {
 
     fn new_raft(&mut self, id: NodeId, restored: Restored) -> Raft {
         let mut cfg = Config::new(id);
-        cfg.seed = self.seed.wrapping_add(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.rng.random::<u64>();
+        cfg.seed = self
+            .seed
+            .wrapping_add(id)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ self.rng.random::<u64>();
         cfg.max_inflight = 8;
         cfg.max_batch_bytes = self.opts.max_batch_bytes;
         cfg.snapshot_entries = self.opts.snapshot_entries;
@@ -261,7 +302,14 @@ impl World {
                 if !self.opts.trace {
                     return;
                 }
-                format!("deliver {} {}->{} term {}: {:?}", m.body.kind(), m.from, m.to, m.term, m.body)
+                format!(
+                    "deliver {} {}->{} term {}: {:?}",
+                    m.body.kind(),
+                    m.from,
+                    m.to,
+                    m.term,
+                    m.body
+                )
             }
             other => {
                 let s = format!("{other:?}");
@@ -277,17 +325,22 @@ impl World {
     fn handle(&mut self, event: Event) -> Step {
         match event {
             Event::Tick { node, epoch } => {
-                let Some(n) = self.nodes.get_mut(&node) else { return Ok(()) };
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return Ok(());
+                };
                 if n.epoch != epoch {
                     return Ok(());
                 }
-                let Some(raft) = n.raft.as_mut() else { return Ok(()) };
+                let Some(raft) = n.raft.as_mut() else {
+                    return Ok(());
+                };
                 raft.tick();
                 self.schedule(TICK_MS, Event::Tick { node, epoch });
                 self.process(node)
             }
             Event::Deliver(m) => {
                 let to = m.to;
+                self.maybe_isolate_replicating_leader(&m);
                 let Some(raft) = self.nodes.get_mut(&to).and_then(|n| n.raft.as_mut()) else {
                     return Ok(());
                 };
@@ -327,11 +380,14 @@ impl World {
                     op.attempt += 1;
                     c.hint = None;
                     let attempt = op.attempt;
-                    self.schedule(1, Event::ClientSend {
-                        client,
-                        seq,
-                        attempt,
-                    });
+                    self.schedule(
+                        1,
+                        Event::ClientSend {
+                            client,
+                            seq,
+                            attempt,
+                        },
+                    );
                 }
                 Ok(())
             }
@@ -352,6 +408,7 @@ impl World {
             Event::Heal => {
                 self.healed = true;
                 self.kill_new_leaders = false;
+                self.end_leader_isolation();
                 self.faults = NetworkFaults::default();
                 for id in self.ids.clone() {
                     self.restart(id);
@@ -366,8 +423,12 @@ impl World {
     /// Drains a node's Ready outputs and checks the invariants.
     fn process(&mut self, id: NodeId) -> Step {
         loop {
-            let Some(n) = self.nodes.get_mut(&id) else { return Ok(()) };
-            let Some(raft) = n.raft.as_mut() else { return Ok(()) };
+            let Some(n) = self.nodes.get_mut(&id) else {
+                return Ok(());
+            };
+            let Some(raft) = n.raft.as_mut() else {
+                return Ok(());
+            };
             if !raft.has_ready() {
                 break;
             }
@@ -377,6 +438,20 @@ impl World {
             n.last_role = role;
             if became_leader {
                 self.report.leaders += 1;
+                if self.isolate_new_leaders {
+                    // Raft Figure 8: leaders that fail before (or just
+                    // after) their entries reach a majority. Cutting the
+                    // node off here, before its first messages leave,
+                    // leaves its no-op on its own log only.
+                    let roll = self.rng.random_range(0..100);
+                    if roll < 35 {
+                        self.isolate(id);
+                    } else if roll < 80 {
+                        let acks = self.rng.random_range(1..=2);
+                        self.isolate_after_acks.insert(id, (role.1, acks));
+                    }
+                }
+                let n = self.nodes.get_mut(&id).expect("node exists");
                 // The "flaky leader" nemesis: new leaders die young, which
                 // produces the leader churn of Raft Figure 8.
                 if self.kill_new_leaders && self.rng.random_bool(0.5) {
@@ -390,8 +465,10 @@ impl World {
                     }));
                 }
             }
-            let raft = n.raft.as_ref().expect("checked above");
-            self.oracle.observe(raft, &rd.entries, became_leader).map_err(FailureKind::Safety)?;
+            let raft = self.nodes[&id].raft.as_ref().expect("checked above");
+            self.oracle
+                .observe(raft, &rd.entries, became_leader)
+                .map_err(FailureKind::Safety)?;
 
             let must_write = rd.must_persist() || !rd.persisted_messages.is_empty();
             for m in rd.messages {
@@ -428,7 +505,9 @@ impl World {
             }
             for r in rd.reads {
                 let n = self.nodes.get_mut(&id).expect("node exists");
-                let Some((client, seq, key)) = n.reads.remove(&r.ctx) else { continue };
+                let Some((client, seq, key)) = n.reads.remove(&r.ctx) else {
+                    continue;
+                };
                 match r.result {
                     Ok(index) => n.read_waiting.push((index, client, seq, key)),
                     Err(e) => self.reply(client, seq, Reply::Retry(e.leader)),
@@ -469,8 +548,10 @@ impl World {
     fn serve_reads(&mut self, id: NodeId) {
         let n = self.nodes.get_mut(&id).expect("node exists");
         let applied = n.raft.as_ref().map_or(0, |r| r.log().applied());
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            n.read_waiting.drain(..).partition(|(index, ..)| *index <= applied);
+        let (ready, waiting): (Vec<_>, Vec<_>) = n
+            .read_waiting
+            .drain(..)
+            .partition(|(index, ..)| *index <= applied);
         n.read_waiting = waiting;
         let answers: Vec<_> = ready
             .into_iter()
@@ -489,7 +570,9 @@ impl World {
         }
         let index = raft.log().applied().min(raft.log().persisted());
         let Ok(data) = n.kv.snapshot() else { return };
-        let Ok(meta) = raft.compact(index, data.clone()) else { return };
+        let Ok(meta) = raft.compact(index, data.clone()) else {
+            return;
+        };
         self.report.snapshots_taken += 1;
         let latency = self.rng.random_range(2..8);
         let done_at = n.writes.completion_time(self.now, latency);
@@ -507,7 +590,9 @@ impl World {
         if n.epoch != epoch {
             return Ok(());
         }
-        let Some(w) = n.writes.pending.pop_front() else { return Ok(()) };
+        let Some(w) = n.writes.pending.pop_front() else {
+            return Ok(());
+        };
         n.disk.apply(&w);
         if let Some(raft) = n.raft.as_mut()
             && let Some(marker) = w.marker
@@ -580,7 +665,12 @@ impl World {
             return;
         }
         let jitter = self.faults.jitter;
-        let delay = self.rng.random_range(1..4) + if jitter > 0 { self.rng.random_range(0..jitter) } else { 0 };
+        let delay = self.rng.random_range(1..4)
+            + if jitter > 0 {
+                self.rng.random_range(0..jitter)
+            } else {
+                0
+            };
         if self.faults.duplicate > 0.0 && self.rng.random_bool(self.faults.duplicate) {
             let later = delay + self.rng.random_range(1..20);
             self.schedule(later, Event::Deliver(m.clone()));
@@ -594,7 +684,10 @@ impl World {
         }
         if fault {
             let leader = self.current_leader().unwrap_or(self.ids[0]);
-            if self.opts.churn {
+            self.isolate_new_leaders = self.opts.churn && self.rng.random_bool(0.5);
+            if self.isolate_new_leaders {
+                // Partitions follow the elections (see `isolate`).
+            } else if self.opts.churn {
                 // Isolate one node at a time, over and over: the sequences
                 // of minority leaders of Raft Figure 8.
                 if self.rng.random_bool(0.8) {
@@ -612,7 +705,9 @@ impl World {
                 let ids = self.ids.clone();
                 kind.apply(&ids, target, &mut self.rng, &mut self.faults);
             }
-            if self.opts.churn {
+            if self.isolate_new_leaders {
+                self.faults.drop = self.rng.random_range(0.0..0.1);
+            } else if self.opts.churn {
                 self.faults.drop = self.rng.random_range(0.0..0.3);
             } else if self.opts.lossy_network && self.rng.random_bool(0.6) {
                 self.faults.drop = self.rng.random_range(0.0..0.25);
@@ -632,14 +727,22 @@ impl World {
                     self.schedule(back, Event::Restart { node: victim });
                 }
             }
-            self.kill_new_leaders = self.opts.churn || (self.opts.crashes && self.rng.random_bool(0.3));
-            let length = if self.opts.churn {
+            self.kill_new_leaders = if self.isolate_new_leaders {
+                self.rng.random_bool(0.2)
+            } else {
+                self.opts.churn || (self.opts.crashes && self.rng.random_bool(0.3))
+            };
+            let length = if self.isolate_new_leaders {
+                // Long enough for a few elections to follow each other.
+                self.rng.random_range(400..1200)
+            } else if self.opts.churn {
                 self.rng.random_range(150..400)
             } else {
                 self.rng.random_range(100..700)
             };
             self.schedule(length, Event::Nemesis { fault: false });
         } else {
+            self.end_leader_isolation();
             self.faults = NetworkFaults::default();
             self.kill_new_leaders = false;
             let length = if self.opts.churn {
@@ -650,6 +753,58 @@ impl World {
             self.schedule(length, Event::Nemesis { fault: true });
         }
         Ok(())
+    }
+
+    /// Cuts `node` off from every other node. At most a minority stays cut
+    /// off: isolating one more reconnects the longest-isolated node, so the
+    /// isolations move from leader to leader as in Raft Figure 8.
+    fn isolate(&mut self, node: NodeId) {
+        if self.isolated.contains(&node) {
+            return;
+        }
+        self.isolated.push_back(node);
+        while self.isolated.len() > (self.ids.len() - 1) / 2 {
+            self.isolated.pop_front();
+        }
+        self.faults.cut.clear();
+        for &x in &self.isolated {
+            let rest: Vec<NodeId> = self.ids.iter().copied().filter(|&y| y != x).collect();
+            self.faults.split(&[x], &rest);
+        }
+    }
+
+    /// The Figure 8 nemesis counts a leader's successful AppendEntries
+    /// answers and cuts it off just before it handles the last one it is
+    /// allowed: whatever it sends next is lost.
+    fn maybe_isolate_replicating_leader(&mut self, m: &Message) {
+        if !matches!(m.body, Body::AppendEntriesResponse { success: true, .. }) {
+            return;
+        }
+        let Some(&(term, left)) = self.isolate_after_acks.get(&m.to) else {
+            return;
+        };
+        let leads = self.nodes[&m.to]
+            .raft
+            .as_ref()
+            .is_some_and(|r| r.role() == Role::Leader && r.term() == term);
+        if !leads || m.term != term {
+            if !leads {
+                self.isolate_after_acks.remove(&m.to);
+            }
+            return;
+        }
+        if left > 1 {
+            self.isolate_after_acks.insert(m.to, (term, left - 1));
+        } else {
+            self.isolate_after_acks.remove(&m.to);
+            self.isolate(m.to);
+        }
+    }
+
+    fn end_leader_isolation(&mut self) {
+        self.isolate_new_leaders = false;
+        self.isolated.clear();
+        self.isolate_after_acks.clear();
     }
 
     fn current_leader(&self) -> Option<NodeId> {
@@ -664,7 +819,9 @@ impl World {
     // ----- clients -------------------------------------------------------
 
     fn start_op(&mut self, client: usize) {
-        if self.clients[client].op.is_some() || self.now >= self.end_at.saturating_sub(OP_TIMEOUT_MS) {
+        if self.clients[client].op.is_some()
+            || self.now >= self.end_at.saturating_sub(OP_TIMEOUT_MS)
+        {
             return;
         }
         let key = self.rng.random_range(0..self.opts.keys);
@@ -678,7 +835,11 @@ impl World {
             KvOp::Get { key }
         } else {
             let expected = c.seen.get(&key).copied().flatten();
-            KvOp::Cas { key, expected, new: value }
+            KvOp::Cas {
+                key,
+                expected,
+                new: value,
+            }
         };
         c.seq += 1;
         let seq = c.seq;
@@ -691,16 +852,21 @@ impl World {
         });
         self.report.ops += 1;
         self.schedule(OP_TIMEOUT_MS, Event::ClientDeadline { client, seq });
-        self.schedule(0, Event::ClientSend {
-            client,
-            seq,
-            attempt: 0,
-        });
+        self.schedule(
+            0,
+            Event::ClientSend {
+                client,
+                seq,
+                attempt: 0,
+            },
+        );
     }
 
     fn client_send(&mut self, client: usize, seq: u64, attempt: u32) -> Step {
         let c = &self.clients[client];
-        let Some(op) = c.op.as_ref() else { return Ok(()) };
+        let Some(op) = c.op.as_ref() else {
+            return Ok(());
+        };
         if op.seq != seq || op.attempt != attempt {
             return Ok(());
         }
@@ -740,11 +906,14 @@ impl World {
                 match raft.read_index(ctx) {
                     Ok(()) => {
                         node.reads.insert(ctx, (client, seq, key));
-                        self.schedule(READ_ATTEMPT_MS, Event::ReadAttemptTimeout {
-                            client,
-                            seq,
-                            attempt,
-                        });
+                        self.schedule(
+                            READ_ATTEMPT_MS,
+                            Event::ReadAttemptTimeout {
+                                client,
+                                seq,
+                                attempt,
+                            },
+                        );
                     }
                     Err(nl) => self.reply(client, seq, Reply::Retry(nl.leader)),
                 }
@@ -778,11 +947,14 @@ impl World {
                 op.attempt += 1;
                 let attempt = op.attempt;
                 let backoff = self.rng.random_range(2..15);
-                self.schedule(backoff, Event::ClientSend {
-                    client,
-                    seq,
-                    attempt,
-                });
+                self.schedule(
+                    backoff,
+                    Event::ClientSend {
+                        client,
+                        seq,
+                        attempt,
+                    },
+                );
             }
         }
     }
