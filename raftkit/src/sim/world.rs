@@ -843,7 +843,7 @@ impl World {
         };
         c.seq += 1;
         let seq = c.seq;
-        let id = self.history.invoke(client as u64, op.clone(), self.now);
+        let id = self.history.invoke(client as u64, op, self.now);
         c.op = Some(InFlight {
             seq,
             op,
@@ -874,7 +874,7 @@ impl World {
             Some(h) => h,
             None => self.ids[self.rng.random_range(0..self.ids.len())],
         };
-        let op_kind = op.op.clone();
+        let op_kind = op.op;
         let node = self.nodes.get_mut(&target).expect("node exists");
         let Some(raft) = node.raft.as_mut() else {
             // Connection refused: definitely not applied.
