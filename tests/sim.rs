@@ -42,7 +42,10 @@ fn sweep(part: u64) {
                 first + per,
                 reports.len()
             );
-            assert!(crashes > 0 && snaps > 0, "the sweep must exercise crashes and snapshot installs");
+            assert!(
+                crashes > 0 && snaps > 0,
+                "the sweep must exercise crashes and snapshot installs"
+            );
             assert_eq!(reports.len() as u64, per);
         }
         Err(failure) => panic!("{failure}"),
@@ -142,5 +145,18 @@ fn teeth_reads_without_a_heartbeat_round_are_caught() {
     assert!(
         matches!(failure.kind, sim::FailureKind::Linearizability(_)),
         "expected a stale read, got {failure}"
+    );
+}
+
+#[test]
+fn teeth_committing_earlier_term_entries_by_counting_is_caught() {
+    let bugs = raftkit::core::config::Bugs {
+        commit_old_terms: true,
+        ..Default::default()
+    };
+    let failure = find_violation(bugs, 2000);
+    assert!(
+        !matches!(failure.kind, sim::FailureKind::Liveness(_)),
+        "expected a safety or linearizability failure, got {failure}"
     );
 }

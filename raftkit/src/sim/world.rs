@@ -13,7 +13,7 @@
 //! proposals by (index, term), and serves ReadIndex reads once applied.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use rand::rngs::StdRng;
@@ -26,7 +26,7 @@ use super::network::{NetworkFaults, Partition};
 use super::options::{FailureKind, SimFailure, SimOptions, SimReport};
 use super::oracle::{Oracle, Violation};
 use crate::core::{
-    Config, Configuration, Entry, Index, Message, NodeId, Payload, Raft, Restored, Role, Term,
+    Body, Config, Configuration, Entry, Index, Message, NodeId, Payload, Raft, Restored, Role, Term,
 };
 use crate::state_machine::{StateMachine, decode, encode};
 
@@ -156,6 +156,14 @@ pub struct World {
     end_at: u64,
     healed: bool,
     kill_new_leaders: bool,
+    /// The "Figure 8" nemesis: new leaders are cut off from everyone at
+    /// their election or after their first successful replications.
+    isolate_new_leaders: bool,
+    /// Nodes cut off by that nemesis, oldest first (at most a minority).
+    isolated: VecDeque<NodeId>,
+    /// Leaders to cut off after this many more successful AppendEntries
+    /// answers in their term: node -> (term, answers left).
+    isolate_after_acks: BTreeMap<NodeId, (Term, u32)>,
     write_after_heal: bool,
     report: SimReport,
 }
@@ -187,6 +195,9 @@ impl World {
             end_at: opts.fault_ms + opts.heal_ms,
             healed: false,
             kill_new_leaders: false,
+            isolate_new_leaders: false,
+            isolated: VecDeque::new(),
+            isolate_after_acks: BTreeMap::new(),
             write_after_heal: false,
             report: SimReport {
                 seed,
@@ -329,6 +340,7 @@ impl World {
             }
             Event::Deliver(m) => {
                 let to = m.to;
+                self.maybe_isolate_replicating_leader(&m);
                 let Some(raft) = self.nodes.get_mut(&to).and_then(|n| n.raft.as_mut()) else {
                     return Ok(());
                 };
@@ -396,6 +408,7 @@ impl World {
             Event::Heal => {
                 self.healed = true;
                 self.kill_new_leaders = false;
+                self.end_leader_isolation();
                 self.faults = NetworkFaults::default();
                 for id in self.ids.clone() {
                     self.restart(id);
@@ -425,6 +438,20 @@ impl World {
             n.last_role = role;
             if became_leader {
                 self.report.leaders += 1;
+                if self.isolate_new_leaders {
+                    // Raft Figure 8: leaders that fail before (or just
+                    // after) their entries reach a majority. Cutting the
+                    // node off here, before its first messages leave,
+                    // leaves its no-op on its own log only.
+                    let roll = self.rng.random_range(0..100);
+                    if roll < 35 {
+                        self.isolate(id);
+                    } else if roll < 80 {
+                        let acks = self.rng.random_range(1..=2);
+                        self.isolate_after_acks.insert(id, (role.1, acks));
+                    }
+                }
+                let n = self.nodes.get_mut(&id).expect("node exists");
                 // The "flaky leader" nemesis: new leaders die young, which
                 // produces the leader churn of Raft Figure 8.
                 if self.kill_new_leaders && self.rng.random_bool(0.5) {
@@ -438,7 +465,7 @@ impl World {
                     }));
                 }
             }
-            let raft = n.raft.as_ref().expect("checked above");
+            let raft = self.nodes[&id].raft.as_ref().expect("checked above");
             self.oracle
                 .observe(raft, &rd.entries, became_leader)
                 .map_err(FailureKind::Safety)?;
@@ -666,7 +693,10 @@ impl World {
         }
         if fault {
             let leader = self.current_leader().unwrap_or(self.ids[0]);
-            if self.opts.churn {
+            self.isolate_new_leaders = self.opts.churn && self.rng.random_bool(0.5);
+            if self.isolate_new_leaders {
+                // Partitions follow the elections (see `isolate`).
+            } else if self.opts.churn {
                 // Isolate one node at a time, over and over: the sequences
                 // of minority leaders of Raft Figure 8.
                 if self.rng.random_bool(0.8) {
@@ -684,7 +714,9 @@ impl World {
                 let ids = self.ids.clone();
                 kind.apply(&ids, target, &mut self.rng, &mut self.faults);
             }
-            if self.opts.churn {
+            if self.isolate_new_leaders {
+                self.faults.drop = self.rng.random_range(0.0..0.1);
+            } else if self.opts.churn {
                 self.faults.drop = self.rng.random_range(0.0..0.3);
             } else if self.opts.lossy_network && self.rng.random_bool(0.6) {
                 self.faults.drop = self.rng.random_range(0.0..0.25);
@@ -704,15 +736,22 @@ impl World {
                     self.schedule(back, Event::Restart { node: victim });
                 }
             }
-            self.kill_new_leaders =
-                self.opts.churn || (self.opts.crashes && self.rng.random_bool(0.3));
-            let length = if self.opts.churn {
+            self.kill_new_leaders = if self.isolate_new_leaders {
+                self.rng.random_bool(0.2)
+            } else {
+                self.opts.churn || (self.opts.crashes && self.rng.random_bool(0.3))
+            };
+            let length = if self.isolate_new_leaders {
+                // Long enough for a few elections to follow each other.
+                self.rng.random_range(400..1200)
+            } else if self.opts.churn {
                 self.rng.random_range(150..400)
             } else {
                 self.rng.random_range(100..700)
             };
             self.schedule(length, Event::Nemesis { fault: false });
         } else {
+            self.end_leader_isolation();
             self.faults = NetworkFaults::default();
             self.kill_new_leaders = false;
             let length = if self.opts.churn {
@@ -723,6 +762,58 @@ impl World {
             self.schedule(length, Event::Nemesis { fault: true });
         }
         Ok(())
+    }
+
+    /// Cuts `node` off from every other node. At most a minority stays cut
+    /// off: isolating one more reconnects the longest-isolated node, so the
+    /// isolations move from leader to leader as in Raft Figure 8.
+    fn isolate(&mut self, node: NodeId) {
+        if self.isolated.contains(&node) {
+            return;
+        }
+        self.isolated.push_back(node);
+        while self.isolated.len() > (self.ids.len() - 1) / 2 {
+            self.isolated.pop_front();
+        }
+        self.faults.cut.clear();
+        for &x in &self.isolated {
+            let rest: Vec<NodeId> = self.ids.iter().copied().filter(|&y| y != x).collect();
+            self.faults.split(&[x], &rest);
+        }
+    }
+
+    /// The Figure 8 nemesis counts a leader's successful AppendEntries
+    /// answers and cuts it off just before it handles the last one it is
+    /// allowed: whatever it sends next is lost.
+    fn maybe_isolate_replicating_leader(&mut self, m: &Message) {
+        if !matches!(m.body, Body::AppendEntriesResponse { success: true, .. }) {
+            return;
+        }
+        let Some(&(term, left)) = self.isolate_after_acks.get(&m.to) else {
+            return;
+        };
+        let leads = self.nodes[&m.to]
+            .raft
+            .as_ref()
+            .is_some_and(|r| r.role() == Role::Leader && r.term() == term);
+        if !leads || m.term != term {
+            if !leads {
+                self.isolate_after_acks.remove(&m.to);
+            }
+            return;
+        }
+        if left > 1 {
+            self.isolate_after_acks.insert(m.to, (term, left - 1));
+        } else {
+            self.isolate_after_acks.remove(&m.to);
+            self.isolate(m.to);
+        }
+    }
+
+    fn end_leader_isolation(&mut self) {
+        self.isolate_new_leaders = false;
+        self.isolated.clear();
+        self.isolate_after_acks.clear();
     }
 
     fn current_leader(&self) -> Option<NodeId> {
