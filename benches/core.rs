@@ -32,13 +32,13 @@ fn pump(nodes: &mut [Raft], inbox: &mut VecDeque<Message>) -> usize {
     let mut applied = 0;
     loop {
         let mut progressed = false;
-        for i in 0..nodes.len() {
-            while nodes[i].has_ready() {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            while node.has_ready() {
                 progressed = true;
-                let rd = nodes[i].ready();
+                let rd = node.ready();
                 inbox.extend(rd.messages);
                 // Durable at once.
-                nodes[i].on_persisted(rd.persist_marker);
+                node.on_persisted(rd.persist_marker);
                 inbox.extend(rd.persisted_messages);
                 if i == 0 {
                     applied += rd.committed_entries.len();
