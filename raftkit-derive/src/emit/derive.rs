@@ -24,6 +24,7 @@ pub fn derive(model: &DeriveModel) -> TokenStream {
     };
     quote! {
         #[automatically_derived]
+        #[diagnostic::do_not_recommend]
         impl ::raftkit::__private::Derived for #ident {
             const NAME: &'static str = #name;
             const ERROR_POLICY: ::raftkit::ErrorPolicy = #policy;

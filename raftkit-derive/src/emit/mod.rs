@@ -90,6 +90,7 @@ pub fn handlers_marker(item: &syn::ItemImpl) -> TokenStream {
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
     quote! {
         #[automatically_derived]
+        #[diagnostic::do_not_recommend]
         impl #impl_generics ::raftkit::__private::Handlers for #self_ty #where_clause {}
     }
 }

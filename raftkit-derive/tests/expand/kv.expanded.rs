@@ -4,6 +4,7 @@
 
 // ---- #[derive(StateMachine)] ----
 #[automatically_derived]
+#[diagnostic::do_not_recommend]
 impl ::raftkit::__private::Derived for Kv {
     const NAME: &'static str = "kv";
     const ERROR_POLICY: ::raftkit::ErrorPolicy = ::raftkit::ErrorPolicy::Skip;
@@ -38,6 +39,7 @@ impl Kv {
     }
 }
 #[automatically_derived]
+#[diagnostic::do_not_recommend]
 impl ::raftkit::__private::Handlers for Kv {}
 ///The `#[write]` commands of `Kv`: one variant per handler. On the wire a value is the tuple `(tag: u32, arguments...)`, so variants keep their meaning when handlers are reordered or added.
 #[allow(private_interfaces, clippy::large_enum_variant)]
