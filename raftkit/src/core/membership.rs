@@ -67,14 +67,30 @@ impl Raft {
                 "demoting voters {demoted:?} to learners directly is not supported: remove them first"
             )));
         }
+        // Addresses of every member of either half stay known while joint.
+        let mut addrs = self.conf.addrs.clone();
+        addrs.extend(target.addrs);
         let next = if target.voters == self.conf.voters {
             // Only learners change: no joint phase is needed.
-            target
+            let keep = target
+                .voters
+                .iter()
+                .chain(&target.learners)
+                .copied()
+                .collect::<BTreeSet<_>>();
+            addrs.retain(|id, _| keep.contains(id));
+            Configuration {
+                voters: target.voters,
+                outgoing: BTreeSet::new(),
+                learners: target.learners,
+                addrs,
+            }
         } else {
             Configuration {
                 voters: target.voters,
                 outgoing: self.conf.voters.clone(),
                 learners: target.learners,
+                addrs,
             }
         };
         let index = self.append_entry(Payload::Config(next));
@@ -113,10 +129,19 @@ impl Raft {
         }
         if self.conf.is_joint() {
             // Thesis §4.3: once C_old,new commits, the leader appends C_new.
+            let members: BTreeSet<_> = self
+                .conf
+                .voters
+                .union(&self.conf.learners)
+                .copied()
+                .collect();
+            let mut addrs = self.conf.addrs.clone();
+            addrs.retain(|id, _| members.contains(id));
             let next = Configuration {
                 voters: self.conf.voters.clone(),
                 outgoing: BTreeSet::new(),
                 learners: self.conf.learners.clone(),
+                addrs,
             };
             self.append_entry(Payload::Config(next));
             self.broadcast_append();

@@ -5,7 +5,7 @@
 //! them is `serde`-serializable so that storage and transport encode them with
 //! postcard without wrappers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +83,10 @@ pub struct Configuration {
     pub outgoing: BTreeSet<NodeId>,
     /// Members that replicate the log without voting.
     pub learners: BTreeSet<NodeId>,
+    /// Where each member can be reached. Opaque to the protocol: carried in
+    /// the configuration so that every node learns every member's address
+    /// from the log, atomically with the membership itself.
+    pub addrs: BTreeMap<NodeId, String>,
 }
 
 impl Configuration {
@@ -92,6 +96,7 @@ impl Configuration {
             voters: voters.into_iter().collect(),
             outgoing: BTreeSet::new(),
             learners: BTreeSet::new(),
+            addrs: BTreeMap::new(),
         }
     }
 
@@ -104,6 +109,7 @@ impl Configuration {
             voters: incoming.into_iter().collect(),
             outgoing: outgoing.into_iter().collect(),
             learners: BTreeSet::new(),
+            addrs: BTreeMap::new(),
         }
     }
 
