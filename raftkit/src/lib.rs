@@ -22,10 +22,12 @@ extern crate self as raftkit;
 pub mod client;
 pub mod core;
 pub mod error;
+pub mod identity;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod state_machine;
 pub mod storage;
+pub mod transport;
 
 pub use error::Error;
 pub use state_machine::{ErrorPolicy, StateMachine};
