@@ -23,6 +23,7 @@ pub mod client;
 pub mod core;
 pub mod error;
 pub mod identity;
+pub mod runtime;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod state_machine;
@@ -41,6 +42,7 @@ pub use raftkit_derive::{StateMachine, read, state_machine, write};
 /// `use raftkit::prelude::*;`.
 pub mod prelude {
     pub use crate::error::Error;
+    pub use crate::runtime::{Peer, PeerExt};
     pub use crate::state_machine::{ErrorPolicy, StateMachine};
     pub use raftkit_derive::{StateMachine, read, state_machine, write};
     pub use serde::{Deserialize, Serialize};

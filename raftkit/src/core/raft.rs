@@ -35,9 +35,12 @@ use super::types::{
 };
 
 /// The role a node plays in its current term (Raft §5.1, thesis §9.6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Role {
     /// Follows a leader (or waits for one).
+    #[default]
     Follower,
     /// Asks whether it could win an election, without raising its term.
     PreCandidate,

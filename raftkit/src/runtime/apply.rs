@@ -1,0 +1,224 @@
+//! The apply task: owns the user's state machine, applies committed entries
+//! in log order, answers the proposals and reads that wait on them, and
+//! takes and restores snapshots.
+//!
+//! Invariants:
+//! - entries are applied exactly once each, in index order; a snapshot
+//!   restore replaces the state and moves `applied` to the snapshot's index;
+//! - a proposal registered at (index, term) is answered with its result only
+//!   if the entry applied at that index has that term; otherwise it was
+//!   replaced by another leader's entry and the caller is told to retry;
+//! - a read registered with read index `i` is served only once `applied >=
+//!   i` (Raft thesis §6.4 step 4);
+//! - under the `halt` policy a panicking handler stops this task's applying
+//!   at that entry; the log keeps it, and every waiting caller is told.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, warn};
+
+use crate::core::{Entry, Index, Payload, Term};
+use crate::error::Error;
+use crate::state_machine::{ApplyError, StateMachine, apply_encoded, query_encoded};
+
+/// A reply to a caller: encoded output or an error.
+pub type Reply = oneshot::Sender<Result<Vec<u8>, Error>>;
+
+/// Work for the apply task, sent by the node task in log order.
+pub enum ApplyMsg {
+    /// A proposal now waits at (index, term).
+    Register {
+        /// Its index.
+        index: Index,
+        /// Its term.
+        term: Term,
+        /// Where its result goes.
+        reply: Reply,
+    },
+    /// Committed entries, in order.
+    Entries(Vec<Entry>),
+    /// A linearizable read, to serve once `index` is applied.
+    Read {
+        /// The read index.
+        index: Index,
+        /// The encoded query.
+        query: Vec<u8>,
+        /// Where the answer goes.
+        reply: Reply,
+    },
+    /// Replace the state with a snapshot received from the leader.
+    Restore {
+        /// The snapshot's last index.
+        index: Index,
+        /// The serialized state.
+        data: Vec<u8>,
+    },
+    /// Serialize the state; the answer goes back to the node task.
+    TakeSnapshot,
+}
+
+/// A snapshot taken by the apply task.
+pub struct Taken {
+    /// The last index applied to the state it serializes.
+    pub index: Index,
+    /// The serialized state.
+    pub data: Vec<u8>,
+}
+
+/// What the apply task reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStatus {
+    /// The last applied index.
+    pub applied: Index,
+    /// Set when a handler panicked under `halt`.
+    pub halted: Option<String>,
+}
+
+/// Runs the apply task until the node task drops its sender.
+pub async fn run<S: StateMachine>(
+    mut sm: S,
+    mut applied: Index,
+    mut rx: mpsc::UnboundedReceiver<ApplyMsg>,
+    snapshots: mpsc::UnboundedSender<Taken>,
+    status: watch::Sender<ApplyStatus>,
+) {
+    let mut waiting: BTreeMap<Index, (Term, Reply)> = BTreeMap::new();
+    let mut reads: Vec<(Index, Vec<u8>, Reply)> = Vec::new();
+    let mut halted: Option<String> = None;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ApplyMsg::Register { index, term, reply } => {
+                if let Some(h) = &halted {
+                    let _ = reply.send(Err(Error::Handler { message: h.clone() }));
+                } else {
+                    waiting.insert(index, (term, reply));
+                }
+            }
+            ApplyMsg::Entries(entries) => {
+                for e in entries {
+                    if halted.is_some() {
+                        break;
+                    }
+                    if e.index <= applied {
+                        continue;
+                    }
+                    let result = match &e.payload {
+                        Payload::Command(bytes) => match apply_encoded(&mut sm, bytes) {
+                            Ok(out) => Ok(out),
+                            Err(ApplyError::Halted { message }) => {
+                                error!(index = e.index, %message, "handler panicked under the halt policy; this node stops applying");
+                                halted = Some(message.clone());
+                                let _ = status.send(ApplyStatus {
+                                    applied,
+                                    halted: halted.clone(),
+                                });
+                                Err(Error::Handler { message })
+                            }
+                            Err(ApplyError::Panicked { message }) => {
+                                warn!(index = e.index, %message, "handler panicked; skipped under the skip policy");
+                                Err(Error::Handler { message })
+                            }
+                            Err(ApplyError::Decode(err)) => {
+                                error!(index = e.index, %err, "undecodable command in the log; skipped");
+                                Err(Error::Rejected(err.to_string()))
+                            }
+                        },
+                        Payload::Noop | Payload::Config(_) => Ok(Vec::new()),
+                    };
+                    if halted.is_some() {
+                        break;
+                    }
+                    applied = e.index;
+                    if let Some((term, reply)) = waiting.remove(&e.index) {
+                        let answer = if term == e.term {
+                            result
+                        } else {
+                            Err(Error::NotLeader { hint: None })
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+                if let Some(h) = &halted {
+                    for (_, (_, reply)) in std::mem::take(&mut waiting) {
+                        let _ = reply.send(Err(Error::Handler { message: h.clone() }));
+                    }
+                }
+                serve_reads(&sm, applied, &mut reads);
+                let _ = status.send(ApplyStatus {
+                    applied,
+                    halted: halted.clone(),
+                });
+            }
+            ApplyMsg::Read {
+                index,
+                query,
+                reply,
+            } => {
+                reads.push((index, query, reply));
+                serve_reads(&sm, applied, &mut reads);
+            }
+            ApplyMsg::Restore { index, data } => match S::restore(&data) {
+                Ok(restored) => {
+                    sm = restored;
+                    applied = index;
+                    // Proposals the snapshot covers: their outcome is unknown here.
+                    let covered: Vec<Index> = waiting.range(..=index).map(|(&i, _)| i).collect();
+                    for i in covered {
+                        if let Some((_, reply)) = waiting.remove(&i) {
+                            let _ = reply.send(Err(Error::Unavailable(
+                                "outcome unknown: the entry was covered by a snapshot from the leader".into(),
+                            )));
+                        }
+                    }
+                    serve_reads(&sm, applied, &mut reads);
+                    let _ = status.send(ApplyStatus {
+                        applied,
+                        halted: halted.clone(),
+                    });
+                }
+                Err(e) => {
+                    error!(%e, index, "snapshot from the leader does not decode; this node stops applying");
+                    halted = Some(format!("undecodable snapshot at {index}: {e}"));
+                    let _ = status.send(ApplyStatus {
+                        applied,
+                        halted: halted.clone(),
+                    });
+                }
+            },
+            ApplyMsg::TakeSnapshot => {
+                if halted.is_some() {
+                    continue;
+                }
+                match sm.snapshot() {
+                    Ok(data) => {
+                        let _ = snapshots.send(Taken {
+                            index: applied,
+                            data,
+                        });
+                    }
+                    Err(e) => error!(%e, "state machine snapshot failed"),
+                }
+            }
+        }
+    }
+}
+
+fn serve_reads<S: StateMachine>(sm: &S, applied: Index, reads: &mut Vec<(Index, Vec<u8>, Reply)>) {
+    if reads.iter().all(|(i, ..)| *i > applied) {
+        return;
+    }
+    let (ready, pending): (Vec<_>, Vec<_>) = std::mem::take(reads)
+        .into_iter()
+        .partition(|(i, ..)| *i <= applied);
+    *reads = pending;
+    for (_, query, reply) in ready {
+        let answer = query_encoded(sm, &query).map_err(|e| match e {
+            ApplyError::Decode(c) => Error::Rejected(c.to_string()),
+            ApplyError::Panicked { message } | ApplyError::Halted { message } => {
+                Error::Handler { message }
+            }
+        });
+        let _ = reply.send(answer);
+    }
+}

@@ -1,0 +1,307 @@
+//! Building and starting a peer.
+
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+use super::apply::{self, ApplyStatus};
+use super::node::NodeTask;
+use super::persist::{self, PeerMeta, Persister, StorageChoice};
+use super::{Inner, Peer, PeerStatus};
+use crate::core::{Config, Configuration, Message, NodeId, Raft, Restored};
+use crate::error::Error;
+use crate::identity::{default_name, node_id};
+use crate::state_machine::StateMachine;
+use crate::transport::Transport;
+
+/// Makes a transport for a node, given its id and the channel inbound
+/// messages must go to.
+pub type TransportFactory =
+    Box<dyn FnOnce(NodeId, mpsc::Sender<Message>) -> Arc<dyn Transport> + Send>;
+
+/// `Kv::peer()`: the entry point for starting a peer of a state machine.
+pub trait PeerExt: StateMachine + Default {
+    /// A builder for a peer of this state machine.
+    fn peer() -> PeerBuilder<Self> {
+        PeerBuilder::new()
+    }
+}
+
+impl<S: StateMachine + Default> PeerExt for S {}
+
+/// Configures and starts a [`Peer`].
+///
+/// Defaults: name `<state machine name>@<advertised address>`, data in
+/// `./data/<name>`, a 50 ms tick, elections after 10–20 ticks, heartbeats
+/// every 2 ticks, a snapshot every 10,000 applied entries.
+pub struct PeerBuilder<S> {
+    name: Option<String>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    storage: Option<StorageChoice>,
+    bootstrap: Option<Vec<String>>,
+    tick: Duration,
+    election_ticks: u32,
+    heartbeat_ticks: u32,
+    snapshot_every: u64,
+    transport: Option<TransportFactory>,
+    _sm: PhantomData<fn() -> S>,
+}
+
+impl<S: StateMachine + Default> Default for PeerBuilder<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: StateMachine + Default> PeerBuilder<S> {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        PeerBuilder {
+            name: None,
+            listen: None,
+            advertise: None,
+            storage: None,
+            bootstrap: None,
+            tick: Duration::from_millis(50),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 10_000,
+            transport: None,
+            _sm: PhantomData,
+        }
+    }
+
+    /// The address to listen on, e.g. `127.0.0.1:7001`.
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+
+    /// The address other members reach this peer at (default: the listen
+    /// address).
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
+
+    /// Overrides the default name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Where the log, snapshots and metadata live (default `./data/<name>`).
+    /// A directory that already holds a peer restarts it: no other setting
+    /// is needed.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.storage = Some(StorageChoice::Disk(dir.into()));
+        self
+    }
+
+    /// Keeps the log in memory only: nothing survives the process.
+    pub fn in_memory(mut self) -> Self {
+        self.storage = Some(StorageChoice::Memory);
+        self
+    }
+
+    /// Founds a new cluster of this peer alone. Ignored when the data
+    /// directory already holds a peer.
+    pub fn bootstrap(mut self) -> Self {
+        self.bootstrap = Some(Vec::new());
+        self
+    }
+
+    /// Founds a new cluster of the peers at `addrs` (this one included; all
+    /// named by default). Every founding member must be started with the
+    /// same list. Ignored when the data directory already holds a peer.
+    pub fn bootstrap_members<I, A>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        self.bootstrap = Some(addrs.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The tick interval: elections take 10–20 ticks, heartbeats 2.
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
+    /// Take a snapshot every this many applied entries (0: never).
+    pub fn snapshot_every(mut self, entries: u64) -> Self {
+        self.snapshot_every = entries;
+        self
+    }
+
+    /// Uses a custom transport (for example the in-process one of the
+    /// transport module) instead of QUIC.
+    pub fn transport(
+        mut self,
+        make: impl FnOnce(NodeId, mpsc::Sender<Message>) -> Arc<dyn Transport> + Send + 'static,
+    ) -> Self {
+        self.transport = Some(Box::new(make));
+        self
+    }
+
+    /// Opens (or creates) the peer's storage and starts it.
+    pub async fn start(self) -> Result<Peer<S>, Error> {
+        // 1. Who we are: from the data directory when it holds a peer.
+        let mut meta = None;
+        if let Some(StorageChoice::Disk(dir)) = &self.storage {
+            meta = PeerMeta::load(dir)?;
+        }
+        let meta = match meta {
+            Some(m) => {
+                if m.schema != S::SCHEMA_FINGERPRINT {
+                    return Err(Error::Rejected(format!(
+                        "schema mismatch: the log in this data directory was written by `{}` with schema {:#018x}, this binary's `{}` has {:#018x}",
+                        m.state_machine,
+                        m.schema,
+                        S::NAME,
+                        S::SCHEMA_FINGERPRINT
+                    )));
+                }
+                m
+            }
+            None => {
+                let listen = self.listen.clone().ok_or_else(|| {
+                    Error::Rejected(
+                        "a new peer needs a listen address (PeerBuilder::listen)".into(),
+                    )
+                })?;
+                let advertise = self.advertise.clone().unwrap_or_else(|| listen.clone());
+                let name = self
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| default_name(S::NAME, &advertise));
+                PeerMeta {
+                    name,
+                    listen,
+                    advertise,
+                    state_machine: S::NAME.to_string(),
+                    schema: S::SCHEMA_FINGERPRINT,
+                }
+            }
+        };
+        let storage = self
+            .storage
+            .clone()
+            .unwrap_or_else(|| StorageChoice::Disk(PathBuf::from("data").join(&meta.name)));
+        if let StorageChoice::Disk(dir) = &storage {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?;
+            meta.save(dir)?;
+        }
+        let id = node_id(&meta.name);
+
+        // 2. What we restart from.
+        let mut opened = persist::open(&storage)?;
+        let restored = match opened.restored.take() {
+            Some(r) => {
+                info!(name = %meta.name, last = r.snapshot.index + r.entries.len() as u64, term = r.hard_state.term, "restarting from durable state");
+                r
+            }
+            None => match &self.bootstrap {
+                Some(addrs) => {
+                    let mut conf = Configuration::default();
+                    let mut members: Vec<String> = addrs.clone();
+                    if !members.contains(&meta.advertise) {
+                        members.push(meta.advertise.clone());
+                    }
+                    for addr in members {
+                        let member = if addr == meta.advertise {
+                            id
+                        } else {
+                            node_id(&default_name(S::NAME, &addr))
+                        };
+                        conf.voters.insert(member);
+                        conf.addrs.insert(member, addr);
+                    }
+                    let r = Restored::bootstrap(conf);
+                    let err = |e: crate::storage::StorageError| Error::Storage(e.to_string());
+                    opened.log.append(&r.entries).map_err(err)?;
+                    opened.log.save_hard_state(r.hard_state).map_err(err)?;
+                    opened.log.sync().map_err(err)?;
+                    info!(name = %meta.name, "bootstrapped a new cluster");
+                    r
+                }
+                None => Restored::empty(),
+            },
+        };
+
+        // 3. The state machine.
+        let applied = restored.snapshot.index;
+        let sm = match &restored.snapshot_data {
+            Some(data) => S::restore(data)
+                .map_err(|e| Error::Storage(format!("latest snapshot does not restore: {e}")))?,
+            None => S::default(),
+        };
+
+        // 4. The core.
+        let mut cfg = Config::new(id);
+        cfg.election_ticks = self.election_ticks;
+        cfg.heartbeat_ticks = self.heartbeat_ticks;
+        cfg.snapshot_entries = self.snapshot_every;
+        cfg.seed = id ^ seed_from_clock();
+        let raft = Raft::new(cfg, restored).map_err(|e| Error::Rejected(e.to_string()))?;
+
+        // 5. Transport, tasks.
+        let (inbox_tx, inbox_rx) = mpsc::channel(4096);
+        let make = self.transport.ok_or_else(|| {
+            Error::Rejected("no transport configured (QUIC peers need an identity)".into())
+        })?;
+        let transport = make(id, inbox_tx);
+        let persister = Persister::start(opened.log, opened.snapshots)?;
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let (snap_tx, snap_rx) = mpsc::unbounded_channel();
+        let (apply_status_tx, apply_status_rx) = watch::channel(ApplyStatus {
+            applied,
+            halted: None,
+        });
+        tokio::spawn(apply::run(sm, applied, apply_rx, snap_tx, apply_status_tx));
+        let (status_tx, status_rx) = watch::channel(PeerStatus::default());
+        let (cmd_tx, cmd_rx) = mpsc::channel(4096);
+        let task = NodeTask {
+            raft,
+            name: meta.name.clone(),
+            transport,
+            persister: Some(persister),
+            apply_tx,
+            apply_status: apply_status_rx,
+            snapshot_rx: snap_rx,
+            inbox: inbox_rx,
+            commands: cmd_rx,
+            status: status_tx,
+            tick: self.tick,
+            on_stop: None,
+        };
+        let handle = tokio::spawn(task.run());
+        Ok(Peer {
+            inner: Arc::new(Inner {
+                commands: cmd_tx,
+                status: status_rx,
+                task: Mutex::new(Some(handle)),
+                name: meta.name,
+                id,
+                local_addr: None,
+            }),
+            _sm: PhantomData,
+        })
+    }
+}
+
+/// Election-timeout randomness for a real peer: seeded from the clock, since
+/// (unlike the simulation) reproducibility across runs is not wanted here.
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

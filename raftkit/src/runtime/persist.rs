@@ -1,0 +1,254 @@
+//! Where a node's durable state lives, and how a Ready's writes reach it.
+//!
+//! A node's data directory holds `peer.meta` (its name, addresses and the
+//! state machine's schema fingerprint), `wal/` (the write-ahead log, see
+//! [`crate::storage::Wal`]), `snapshots/` and, for QUIC peers, `tls/` (its
+//! identity, so that a restart needs only the directory).
+//!
+//! Every write of a Ready goes to one storage thread ([`GroupCommit`]) in
+//! Ready order: snapshot (saved atomically, then the log compacted behind
+//! it), entries, hard state. The completion of the last write of a Ready
+//! signals the node task, which then releases the Ready's persisted-only
+//! messages. Because one thread applies writes in order and one fsync covers
+//! a whole batch, a completion implies every earlier write is durable too.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::core::{Entry, HardState, Restored, SnapshotMeta};
+use crate::error::Error;
+use crate::storage::{
+    AppendCallback, FileSnapshotStore, GroupCommit, LogStore, MemLogStore, MemSnapshotStore,
+    Snapshot, SnapshotStore, StorageError, Wal, WalOptions,
+};
+
+/// A boxed log store, as the storage thread owns it.
+pub type BoxedLog = Box<dyn LogStore + Send>;
+/// A shared snapshot store, used on the storage thread.
+pub type SharedSnapshots = Arc<Mutex<Box<dyn SnapshotStore + Send>>>;
+
+/// What a peer records about itself in its data directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerMeta {
+    /// The peer's name (its node id derives from it).
+    pub name: String,
+    /// The address it listens on.
+    pub listen: String,
+    /// The address other peers reach it at.
+    pub advertise: String,
+    /// The state machine's name.
+    pub state_machine: String,
+    /// The state machine's schema fingerprint when the log was created.
+    pub schema: u64,
+}
+
+const META_FILE: &str = "peer.meta";
+
+impl PeerMeta {
+    /// Reads `peer.meta` from `dir`, if present.
+    pub fn load(dir: &Path) -> Result<Option<PeerMeta>, Error> {
+        let path = dir.join(META_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| {
+                Error::Storage(format!("{}: unreadable peer metadata: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Storage(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Writes `peer.meta` atomically (temp file, fsync, rename, dir fsync).
+    pub fn save(&self, dir: &Path) -> Result<(), Error> {
+        let bytes = postcard::to_allocvec(self).map_err(|e| Error::Storage(e.to_string()))?;
+        write_atomic(&dir.join(META_FILE), &bytes)
+    }
+}
+
+/// Writes a small file atomically: temp file, fsync, rename, directory fsync.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let err = |e: std::io::Error| Error::Storage(format!("{}: {e}", path.display()));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Where the node keeps its log and snapshots.
+#[derive(Clone, Debug)]
+pub enum StorageChoice {
+    /// The write-ahead log and snapshot files under a data directory.
+    Disk(PathBuf),
+    /// Memory only: nothing survives the process (tests, benchmarks).
+    Memory,
+}
+
+/// The opened stores and what the node restarts from.
+pub struct Opened {
+    /// The log store.
+    pub log: BoxedLog,
+    /// The snapshot store.
+    pub snapshots: SharedSnapshots,
+    /// The durable state, or `None` for a store that holds nothing yet.
+    pub restored: Option<Restored>,
+}
+
+fn storage_error(e: StorageError) -> Error {
+    Error::Storage(e.to_string())
+}
+
+/// Opens the stores and reads back the durable state.
+pub fn open(choice: &StorageChoice) -> Result<Opened, Error> {
+    let (log, snapshots): (BoxedLog, Box<dyn SnapshotStore + Send>) = match choice {
+        StorageChoice::Disk(dir) => (
+            Box::new(Wal::open(dir.join("wal"), WalOptions::default()).map_err(storage_error)?),
+            Box::new(FileSnapshotStore::open(dir.join("snapshots"), 1).map_err(storage_error)?),
+        ),
+        StorageChoice::Memory => (
+            Box::new(MemLogStore::new()),
+            Box::new(MemSnapshotStore::new(1)),
+        ),
+    };
+    let snapshot = snapshots.latest().map_err(storage_error)?;
+    let hard_state = log.hard_state();
+    let empty = log.last_index() == 0 && snapshot.is_none() && hard_state == HardState::default();
+    let restored = if empty {
+        None
+    } else {
+        let (meta, data) = match snapshot {
+            Some(s) => (s.meta, Some(s.data)),
+            None => (SnapshotMeta::default(), None),
+        };
+        // A crash between saving a snapshot and compacting the log behind it
+        // leaves older entries: keep only those after the snapshot, and none
+        // at all if the log disagrees with it (Raft §7).
+        let conflicts = log
+            .term(meta.index)
+            .map_err(storage_error)?
+            .is_some_and(|t| t != meta.term);
+        let lo = (meta.index + 1).max(log.first_index());
+        let entries: Vec<Entry> = if conflicts || lo > log.last_index() {
+            Vec::new()
+        } else {
+            log.entries(lo, log.last_index() + 1)
+                .map_err(storage_error)?
+        };
+        if entries.first().is_some_and(|e| e.index != meta.index + 1) {
+            return Err(Error::Storage(format!(
+                "log starts at {} but the latest snapshot ends at {}: entries are missing",
+                entries[0].index, meta.index
+            )));
+        }
+        Some(Restored {
+            hard_state,
+            snapshot: meta,
+            snapshot_data: data,
+            entries,
+        })
+    };
+    Ok(Opened {
+        log,
+        snapshots: Arc::new(Mutex::new(snapshots)),
+        restored,
+    })
+}
+
+/// A write of one Ready, completed when durable.
+pub struct Write {
+    /// A snapshot to save before anything else (received from the leader or
+    /// taken locally), with whether the log must be compacted behind it.
+    pub snapshot: Option<Snapshot>,
+    /// Entries to append (replacing any suffix from the first one).
+    pub entries: Vec<Entry>,
+    /// A new hard state.
+    pub hard_state: Option<HardState>,
+}
+
+/// The storage thread, shared by the node task.
+pub struct Persister {
+    commit: GroupCommit<BoxedLog>,
+    snapshots: SharedSnapshots,
+}
+
+impl Persister {
+    /// Starts the storage thread.
+    pub fn start(log: BoxedLog, snapshots: SharedSnapshots) -> Result<Self, Error> {
+        Ok(Persister {
+            commit: GroupCommit::spawn(log).map_err(storage_error)?,
+            snapshots,
+        })
+    }
+
+    /// Queues `write`; `done` receives the outcome once every part of it is
+    /// durable (or the first failure).
+    pub fn write(
+        &self,
+        write: Write,
+        done: mpsc::UnboundedSender<Result<u64, StorageError>>,
+        token: u64,
+    ) {
+        let finish = move |r: Result<_, StorageError>| {
+            let _ = done.send(r.map(|_| token));
+        };
+        if let Some(snap) = write.snapshot {
+            let store = Arc::clone(&self.snapshots);
+            let meta = snap.meta.clone();
+            let failed = done_channel_clone(&finish);
+            self.commit.with_store(move |_| {
+                let saved = store
+                    .lock()
+                    .map_err(|_| StorageError::Closed)
+                    .and_then(|mut s| s.save(&snap));
+                if let Err(e) = saved {
+                    failed(e);
+                }
+            });
+            self.commit
+                .compact_prefix(meta.index, meta.term, ignore_ok(&finish));
+        }
+        if !write.entries.is_empty() {
+            self.commit.append(write.entries, ignore_ok(&finish));
+        }
+        let last: AppendCallback = Box::new(finish);
+        match write.hard_state {
+            Some(hs) => self.commit.save_hard_state(hs, last),
+            // A barrier: completes after everything queued before it.
+            None => self.commit.append(Vec::new(), last),
+        }
+    }
+
+    /// Stops the storage thread after flushing every queued write.
+    pub fn shutdown(self) -> Result<(), Error> {
+        self.commit.shutdown().map(|_| ()).map_err(storage_error)
+    }
+}
+
+fn ignore_ok<F>(finish: &F) -> AppendCallback
+where
+    F: Fn(Result<u64, StorageError>) + Clone + Send + 'static,
+{
+    let f = finish.clone();
+    Box::new(move |r| {
+        if let Err(e) = r {
+            f(Err(e));
+        }
+    })
+}
+
+fn done_channel_clone<F>(finish: &F) -> impl FnOnce(StorageError) + Send + 'static
+where
+    F: Fn(Result<u64, StorageError>) + Clone + Send + 'static,
+{
+    let f = finish.clone();
+    move |e| f(Err(e))
+}

@@ -1,0 +1,157 @@
+//! The runtime end to end over an in-process transport and real WAL files:
+//! election, replication through the peer API, leader failover, restart of
+//! the whole cluster from its directories.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftkit::core::{Message, NodeId, Role};
+use raftkit::prelude::*;
+use raftkit::transport::Transport;
+use tokio::sync::mpsc;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "counter")]
+pub struct Counter {
+    values: BTreeMap<String, u64>,
+}
+
+#[raftkit::state_machine]
+impl Counter {
+    #[write]
+    fn add(&mut self, key: String, by: u64) -> u64 {
+        let v = self.values.entry(key).or_default();
+        *v += by;
+        *v
+    }
+
+    #[read]
+    fn get(&self, key: String) -> u64 {
+        self.values.get(&key).copied().unwrap_or(0)
+    }
+}
+
+/// A lossless in-process network: node id -> inbox.
+#[derive(Clone, Default)]
+struct Net {
+    inboxes: Arc<Mutex<HashMap<NodeId, mpsc::Sender<Message>>>>,
+}
+
+struct NetEnd(Net);
+
+impl Transport for NetEnd {
+    fn send(&self, msg: Message) {
+        let inbox = self.0.inboxes.lock().unwrap().get(&msg.to).cloned();
+        if let Some(inbox) = inbox {
+            let _ = inbox.try_send(msg);
+        }
+    }
+    fn set_peers(&self, _: BTreeMap<NodeId, String>) {}
+}
+
+const ADDRS: [&str; 3] = ["n1:1", "n2:1", "n3:1"];
+
+async fn start(net: &Net, dir: &std::path::Path, addr: &str) -> Peer<Counter> {
+    let net2 = net.clone();
+    Counter::peer()
+        .listen(addr)
+        .data_dir(dir.join(addr))
+        .bootstrap_members(ADDRS)
+        .tick(Duration::from_millis(10))
+        .transport(move |id, inbox| {
+            net2.inboxes.lock().unwrap().insert(id, inbox);
+            Arc::new(NetEnd(net2.clone()))
+        })
+        .start()
+        .await
+        .expect("peer starts")
+}
+
+async fn wait_leader(peers: &[Peer<Counter>]) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(i) = peers.iter().position(|p| p.status().role == Role::Leader) {
+            return i;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader within 10 s"
+        );
+        let mut w = peers[0].watch();
+        let _ = tokio::time::timeout(Duration::from_millis(20), w.changed()).await;
+    }
+}
+
+async fn wait_applied(peer: &Peer<Counter>, index: u64) {
+    let mut w = peer.watch();
+    tokio::time::timeout(Duration::from_secs(10), w.wait_for(|s| s.applied >= index))
+        .await
+        .expect("applied in time")
+        .expect("peer alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_peers_elect_replicate_fail_over_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        peers.push(start(&net, dir.path(), addr).await);
+    }
+    let leader = wait_leader(&peers).await;
+    let client = CounterClient::new(peers[leader].clone());
+    for i in 1..=50u64 {
+        assert_eq!(client.add("k".into(), 1).await.unwrap(), i);
+    }
+    assert_eq!(client.get("k".into()).await.unwrap(), 50);
+    let commit = peers[leader].status().commit;
+    for p in &peers {
+        wait_applied(p, commit).await;
+    }
+
+    // Kill the leader: the others elect a new one and keep every write.
+    let old = peers.remove(leader);
+    net.inboxes.lock().unwrap().remove(&old.id());
+    old.shutdown().await.unwrap();
+    let leader = wait_leader(&peers).await;
+    let client = CounterClient::new(peers[leader].clone());
+    assert_eq!(client.add("k".into(), 1).await.unwrap(), 51);
+
+    // Stop everyone and restart from the directories alone.
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+    let net = Net::default();
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        peers.push(start(&net, dir.path(), addr).await);
+    }
+    let leader = wait_leader(&peers).await;
+    let client = CounterClient::new(peers[leader].clone());
+    assert_eq!(client.get("k".into()).await.unwrap(), 51);
+    assert_eq!(client.add("k".into(), 1).await.unwrap(), 52);
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_follower_refuses_writes_with_the_leader_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        peers.push(start(&net, dir.path(), addr).await);
+    }
+    let leader = wait_leader(&peers).await;
+    let follower = (leader + 1) % 3;
+    let client = CounterClient::new(peers[follower].clone());
+    match client.add("k".into(), 1).await {
+        Err(Error::NotLeader { hint }) => assert_eq!(hint.as_deref(), Some(ADDRS[leader])),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}
