@@ -53,8 +53,18 @@ impl Transport for NetEnd {
 const ADDRS: [&str; 3] = ["n1:1", "n2:1", "n3:1"];
 
 async fn start(net: &Net, dir: &std::path::Path, addr: &str) -> Peer<Counter> {
+    start_with(net, dir, addr, 10_000).await
+}
+
+async fn start_with(
+    net: &Net,
+    dir: &std::path::Path,
+    addr: &str,
+    snapshot_every: u64,
+) -> Peer<Counter> {
     let net2 = net.clone();
     Counter::peer()
+        .snapshot_every(snapshot_every)
         .listen(addr)
         .data_dir(dir.join(addr))
         .bootstrap_members(ADDRS)
@@ -154,4 +164,81 @@ async fn a_follower_refuses_writes_with_the_leader_hint() {
     for p in &peers {
         p.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_session_write_is_applied_once() {
+    use raftkit::runtime::session::SessionRef;
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        peers.push(start(&net, dir.path(), addr).await);
+    }
+    let leader = &peers[wait_leader(&peers).await];
+    let cmd = raftkit::state_machine::encode(
+        "command",
+        &CounterWrite::Add {
+            key: "k".into(),
+            by: 5,
+        },
+    )
+    .unwrap();
+    let session = Some(SessionRef { client: 42, seq: 1 });
+    let first = leader.write_in_session(cmd.clone(), session).await.unwrap();
+    // The reply was "lost": the client retries the same sequence number.
+    let retry = leader.write_in_session(cmd.clone(), session).await.unwrap();
+    assert_eq!(first, retry);
+    let client = CounterClient::new(leader.clone());
+    assert_eq!(
+        client.get("k".into()).await.unwrap(),
+        5,
+        "applied exactly once"
+    );
+    // A later write of the session is new.
+    leader
+        .write_in_session(cmd, Some(SessionRef { client: 42, seq: 2 }))
+        .await
+        .unwrap();
+    assert_eq!(client.get("k".into()).await.unwrap(), 10);
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_catches_up_from_a_snapshot_and_restarts_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        peers.push(start_with(&net, dir.path(), addr, 20).await);
+    }
+    let leader = wait_leader(&peers).await;
+    let lagging = (leader + 1) % 3;
+    // Cut the follower off, write well past the snapshot threshold.
+    let lag_id = peers[lagging].id();
+    let lag_inbox = net.inboxes.lock().unwrap().remove(&lag_id).unwrap();
+    let client = CounterClient::new(peers[leader].clone());
+    for _ in 0..120 {
+        client.add("k".into(), 1).await.unwrap();
+    }
+    let commit = peers[leader].status().commit;
+    // Reconnect: the leader has compacted its log, so it must send a snapshot.
+    net.inboxes.lock().unwrap().insert(lag_id, lag_inbox);
+    wait_applied(&peers[lagging], commit).await;
+    // Restart the lagging follower from its directory: it restores from the
+    // snapshot it installed.
+    let p = peers.remove(lagging);
+    p.shutdown().await.unwrap();
+    net.inboxes.lock().unwrap().remove(&lag_id);
+    let p = start_with(&net, dir.path(), ADDRS[lagging], 20).await;
+    wait_applied(&p, commit).await;
+    for q in peers.iter().chain(std::iter::once(&p)) {
+        q.shutdown().await.unwrap();
+    }
+    let snaps = std::fs::read_dir(dir.path().join(ADDRS[lagging]).join("snapshots"))
+        .unwrap()
+        .count();
+    assert!(snaps >= 1, "the follower kept a snapshot on disk");
 }

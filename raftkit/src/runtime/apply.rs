@@ -18,9 +18,28 @@ use std::collections::BTreeMap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
+use super::session::{AppSnapshot, Dedup, Envelope, Sessions, StoredReply};
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
-use crate::state_machine::{ApplyError, StateMachine, apply_encoded, query_encoded};
+use crate::state_machine::{
+    ApplyError, StateMachine, apply_encoded, decode, encode, query_encoded,
+};
+
+/// Rebuilds the state machine and the session table from a snapshot taken
+/// by [`run`].
+pub fn restore<S: StateMachine>(data: &[u8]) -> Result<(S, Sessions), Error> {
+    let snap: AppSnapshot = decode("snapshot", data)?;
+    let sm = S::restore(&snap.state)?;
+    Ok((sm, snap.sessions))
+}
+
+fn stored_to_result(r: StoredReply) -> Result<Vec<u8>, Error> {
+    match r {
+        StoredReply::Ok(out) => Ok(out),
+        StoredReply::Handler(message) => Err(Error::Handler { message }),
+        StoredReply::Rejected(why) => Err(Error::Rejected(why)),
+    }
+}
 
 /// A reply to a caller: encoded output or an error.
 pub type Reply = oneshot::Sender<Result<Vec<u8>, Error>>;
@@ -78,6 +97,7 @@ pub struct ApplyStatus {
 /// Runs the apply task until the node task drops its sender.
 pub async fn run<S: StateMachine>(
     mut sm: S,
+    mut sessions: Sessions,
     mut applied: Index,
     mut rx: mpsc::UnboundedReceiver<ApplyMsg>,
     snapshots: mpsc::UnboundedSender<Taken>,
@@ -104,28 +124,17 @@ pub async fn run<S: StateMachine>(
                         continue;
                     }
                     let result = match &e.payload {
-                        Payload::Command(bytes) => match apply_encoded(&mut sm, bytes) {
-                            Ok(out) => Ok(out),
-                            Err(ApplyError::Halted { message }) => {
-                                error!(index = e.index, %message, "handler panicked under the halt policy; this node stops applying");
-                                halted = Some(message.clone());
-                                let _ = status.send(ApplyStatus {
-                                    applied,
-                                    halted: halted.clone(),
-                                });
-                                Err(Error::Handler { message })
-                            }
-                            Err(ApplyError::Panicked { message }) => {
-                                warn!(index = e.index, %message, "handler panicked; skipped under the skip policy");
-                                Err(Error::Handler { message })
-                            }
-                            Err(ApplyError::Decode(err)) => {
-                                error!(index = e.index, %err, "undecodable command in the log; skipped");
-                                Err(Error::Rejected(err.to_string()))
-                            }
-                        },
+                        Payload::Command(bytes) => {
+                            apply_command(&mut sm, &mut sessions, e.index, bytes, &mut halted)
+                        }
                         Payload::Noop | Payload::Config(_) => Ok(Vec::new()),
                     };
+                    if halted.is_some() {
+                        let _ = status.send(ApplyStatus {
+                            applied,
+                            halted: halted.clone(),
+                        });
+                    }
                     if halted.is_some() {
                         break;
                     }
@@ -158,9 +167,10 @@ pub async fn run<S: StateMachine>(
                 reads.push((index, query, reply));
                 serve_reads(&sm, applied, &mut reads);
             }
-            ApplyMsg::Restore { index, data } => match S::restore(&data) {
-                Ok(restored) => {
+            ApplyMsg::Restore { index, data } => match restore::<S>(&data) {
+                Ok((restored, restored_sessions)) => {
                     sm = restored;
+                    sessions = restored_sessions;
                     applied = index;
                     // Proposals the snapshot covers: their outcome is unknown here.
                     let covered: Vec<Index> = waiting.range(..=index).map(|(&i, _)| i).collect();
@@ -190,7 +200,17 @@ pub async fn run<S: StateMachine>(
                 if halted.is_some() {
                     continue;
                 }
-                match sm.snapshot() {
+                let snap = sm.snapshot().and_then(|state| {
+                    encode(
+                        "snapshot",
+                        &AppSnapshot {
+                            sessions: sessions.clone(),
+                            state,
+                            index: applied,
+                        },
+                    )
+                });
+                match snap {
                     Ok(data) => {
                         let _ = snapshots.send(Taken {
                             index: applied,
@@ -202,6 +222,57 @@ pub async fn run<S: StateMachine>(
             }
         }
     }
+}
+
+/// Applies one logged write: unwraps its envelope, answers a retried write
+/// from the session table, applies a new one under the error policy.
+fn apply_command<S: StateMachine>(
+    sm: &mut S,
+    sessions: &mut Sessions,
+    index: Index,
+    bytes: &[u8],
+    halted: &mut Option<String>,
+) -> Result<Vec<u8>, Error> {
+    let envelope: Envelope = match decode("envelope", bytes) {
+        Ok(e) => e,
+        Err(err) => {
+            error!(index, %err, "undecodable entry in the log; skipped on every replica");
+            return Err(Error::Rejected(err.to_string()));
+        }
+    };
+    sessions.advance(envelope.stamp_ms);
+    if let Some(s) = envelope.session {
+        match sessions.check(s) {
+            Dedup::Duplicate(reply) => return stored_to_result(reply),
+            Dedup::Stale => {
+                return Err(Error::Rejected(format!(
+                    "write {} of session {:#x} is older than the session's latest write",
+                    s.seq, s.client
+                )));
+            }
+            Dedup::New => {}
+        }
+    }
+    let stored = match apply_encoded(sm, &envelope.command) {
+        Ok(out) => StoredReply::Ok(out),
+        Err(ApplyError::Halted { message }) => {
+            error!(index, %message, "handler panicked under the halt policy; this node stops applying");
+            *halted = Some(message.clone());
+            return Err(Error::Handler { message });
+        }
+        Err(ApplyError::Panicked { message }) => {
+            warn!(index, %message, "handler panicked; skipped under the skip policy");
+            StoredReply::Handler(message)
+        }
+        Err(ApplyError::Decode(err)) => {
+            error!(index, %err, "undecodable command in the log; skipped on every replica");
+            StoredReply::Rejected(err.to_string())
+        }
+    };
+    if let Some(s) = envelope.session {
+        sessions.record(s, stored.clone());
+    }
+    stored_to_result(stored)
 }
 
 fn serve_reads<S: StateMachine>(sm: &S, applied: Index, reads: &mut Vec<(Index, Vec<u8>, Reply)>) {

@@ -238,10 +238,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 
         // 3. The state machine.
         let applied = restored.snapshot.index;
-        let sm = match &restored.snapshot_data {
-            Some(data) => S::restore(data)
+        let (sm, sessions) = match &restored.snapshot_data {
+            Some(data) => apply::restore::<S>(data)
                 .map_err(|e| Error::Storage(format!("latest snapshot does not restore: {e}")))?,
-            None => S::default(),
+            None => (S::default(), Default::default()),
         };
 
         // 4. The core.
@@ -265,7 +265,14 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             applied,
             halted: None,
         });
-        tokio::spawn(apply::run(sm, applied, apply_rx, snap_tx, apply_status_tx));
+        tokio::spawn(apply::run(
+            sm,
+            sessions,
+            applied,
+            apply_rx,
+            snap_tx,
+            apply_status_tx,
+        ));
         let (status_tx, status_rx) = watch::channel(PeerStatus::default());
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
         let task = NodeTask {

@@ -23,6 +23,7 @@ mod apply;
 mod builder;
 mod node;
 pub mod persist;
+pub mod session;
 mod status;
 
 use std::marker::PhantomData;
@@ -111,8 +112,23 @@ impl<S: StateMachine> Peer<S> {
     /// leader; resolves to the encoded output once applied. A command that
     /// does not decode is refused before it enters the log.
     pub async fn write_encoded(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
+        self.write_in_session(command, None).await
+    }
+
+    /// [`Peer::write_encoded`] as part of a client session: a write retried
+    /// with the same session and sequence number is applied once.
+    pub async fn write_in_session(
+        &self,
+        command: Vec<u8>,
+        session: Option<session::SessionRef>,
+    ) -> Result<Vec<u8>, Error> {
         validate_command::<S>(&command).map_err(|e| Error::Rejected(e.to_string()))?;
-        self.call(|reply| Command::Write { command, reply }).await
+        self.call(|reply| Command::Write {
+            command,
+            session,
+            reply,
+        })
+        .await
     }
 
     /// Serves an encoded query linearizably on this peer, which must be the

@@ -25,6 +25,7 @@ use tracing::{debug, error, info};
 
 use super::apply::{ApplyMsg, ApplyStatus, Reply, Taken};
 use super::persist::{Persister, Write};
+use super::session::{Envelope, SessionRef};
 use super::status::{MemberStatus, PeerStatus};
 use crate::core::{
     Configuration, Index, Message, NodeId, NotLeader, PersistMarker, ProposeError, Raft,
@@ -38,8 +39,10 @@ use crate::transport::Transport;
 pub enum Command {
     /// Propose an encoded, validated write command.
     Write {
-        /// The command.
+        /// The encoded `Write` command (validated).
         command: Vec<u8>,
+        /// The client session, for exactly-once writes.
+        session: Option<SessionRef>,
         /// Where the result goes.
         reply: Reply,
     },
@@ -215,7 +218,11 @@ impl NodeTask {
             return;
         }
         match cmd {
-            Command::Write { command, reply } => match self.raft.propose(command) {
+            Command::Write {
+                command,
+                session,
+                reply,
+            } => match self.propose_envelope(command, session) {
                 Ok((index, term)) => {
                     st.proposals += 1;
                     let _ = self
@@ -253,6 +260,28 @@ impl NodeTask {
                 let _ = reply.send(r);
             }
             Command::Shutdown { .. } => {}
+        }
+    }
+
+    /// Wraps a command in its log envelope, stamped with this leader's clock
+    /// (the replicated time sessions expire by), and proposes it.
+    fn propose_envelope(
+        &mut self,
+        command: Vec<u8>,
+        session: Option<SessionRef>,
+    ) -> Result<(Index, u64), ProposeError> {
+        let stamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let envelope = Envelope {
+            session,
+            stamp_ms,
+            command,
+        };
+        match postcard::to_allocvec(&envelope) {
+            Ok(bytes) => self.raft.propose(bytes),
+            Err(e) => Err(ProposeError::InvalidConfiguration(format!("envelope: {e}"))),
         }
     }
 
