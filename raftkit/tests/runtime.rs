@@ -242,3 +242,80 @@ async fn a_lagging_follower_catches_up_from_a_snapshot_and_restarts_from_it() {
         .count();
     assert!(snaps >= 1, "the follower kept a snapshot on disk");
 }
+
+async fn start_plain(
+    net: &Net,
+    dir: &std::path::Path,
+    addr: &str,
+    bootstrap: bool,
+) -> Peer<Counter> {
+    let net2 = net.clone();
+    let mut b = Counter::peer()
+        .listen(addr)
+        .data_dir(dir.join(addr))
+        .tick(Duration::from_millis(10));
+    if bootstrap {
+        b = b.bootstrap();
+    }
+    b.transport(move |id, inbox| {
+        net2.inboxes.lock().unwrap().insert(id, inbox);
+        Arc::new(NetEnd(net2.clone()))
+    })
+    .start()
+    .await
+    .expect("peer starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_from_one_to_three_then_remove_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let first = start_plain(&net, dir.path(), "n1:1", true).await;
+    wait_leader(std::slice::from_ref(&first)).await;
+    let client = CounterClient::new(first.clone());
+    for _ in 0..30 {
+        client.add("k".into(), 1).await.unwrap();
+    }
+    // New nodes start empty: they never campaign until a configuration
+    // that includes them reaches them.
+    let n2 = start_plain(&net, dir.path(), "n2:1", false).await;
+    let n3 = start_plain(&net, dir.path(), "n3:1", false).await;
+    assert_eq!(n2.status().role, Role::Follower);
+    let mut steps = Vec::new();
+    first
+        .add_server("n2:1", |s| steps.push(s.to_string()))
+        .await
+        .unwrap();
+    assert!(
+        steps.iter().any(|s| s.contains("learner"))
+            && steps.last().map(String::as_str) == Some("voter"),
+        "{steps:?}"
+    );
+    first.add_server("n3:1", |_| {}).await.unwrap();
+    let voters = first.status().members.iter().filter(|m| m.voter).count();
+    assert_eq!(voters, 3);
+    // A second change while one is in flight is refused, not queued.
+    let conf_now = first.status().commit;
+    wait_applied(&n3, conf_now).await;
+
+    // Remove the leader: it steps down once the new configuration commits,
+    // and the other two elect a leader that has every write.
+    first.remove_server("n1:1").await.unwrap();
+    let rest = [n2.clone(), n3.clone()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        if let Some(p) = rest.iter().find(|p| p.status().role == Role::Leader) {
+            break p.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new leader");
+        tokio::time::timeout(Duration::from_millis(20), n2.watch().changed())
+            .await
+            .ok();
+    };
+    let client = CounterClient::new(leader.clone());
+    assert_eq!(client.add("k".into(), 1).await.unwrap(), 31);
+    assert!(!leader.status().members.iter().any(|m| m.id == first.id()));
+    for p in [first, n2, n3] {
+        p.shutdown().await.unwrap();
+    }
+}

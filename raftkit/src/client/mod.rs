@@ -10,6 +10,7 @@
 //! This module never imports the runtime: a client binary carries no server.
 
 mod local;
+pub mod wire;
 
 use std::future::Future;
 

@@ -142,6 +142,8 @@ pub struct Status {
     pub last_index: Index,
     /// The configuration in force.
     pub config: Configuration,
+    /// The index the configuration in force was appended at.
+    pub config_index: Index,
     /// On a leader: each member's (matched, next) positions.
     pub progress: BTreeMap<NodeId, (Index, Index)>,
 }
@@ -284,6 +286,7 @@ impl Raft {
             applied: self.log.applied(),
             last_index: self.log.last_index(),
             config: self.conf.clone(),
+            config_index: self.conf_index,
             progress: self
                 .progress
                 .iter()

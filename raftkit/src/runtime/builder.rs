@@ -298,6 +298,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 name: meta.name,
                 id,
                 local_addr: None,
+                tick: self.tick,
             }),
             _sm: PhantomData,
         })

@@ -21,6 +21,7 @@
 
 mod apply;
 mod builder;
+mod membership;
 mod node;
 pub mod persist;
 pub mod session;
@@ -48,6 +49,7 @@ struct Inner {
     name: String,
     id: NodeId,
     local_addr: Option<std::net::SocketAddr>,
+    tick: std::time::Duration,
 }
 
 /// A running peer of state machine `S`. Cloning shares the same peer.

@@ -469,6 +469,8 @@ impl NodeTask {
             applied: apply.applied,
             last_index: status.last_index,
             members,
+            config_index: status.config_index,
+            joint: conf.is_joint(),
             halted: apply.halted,
             fatal: st.fatal.clone(),
             proposals: st.proposals,

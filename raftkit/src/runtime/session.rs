@@ -34,14 +34,7 @@ pub struct Envelope {
     pub command: Vec<u8>,
 }
 
-/// Identifies one write of one client session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRef {
-    /// The session id (random per client).
-    pub client: u64,
-    /// The write's sequence number within the session, from 1.
-    pub seq: u64,
-}
+pub use crate::client::wire::SessionRef;
 
 /// A reply as remembered for retries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,10 @@ pub struct PeerStatus {
     /// Every member of the configuration in force; replication progress is
     /// known on the leader only.
     pub members: Vec<MemberStatus>,
+    /// The index the configuration in force was appended at.
+    pub config_index: Index,
+    /// Whether the configuration in force is joint (a change is under way).
+    pub joint: bool,
     /// Set when a handler panicked under the `halt` policy: this node stopped
     /// applying (its log is intact).
     pub halted: Option<String>,

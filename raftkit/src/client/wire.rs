@@ -1,0 +1,161 @@
+//! The client protocol: what a client and a peer say to each other on a
+//! client connection (QUIC, ALPN `raftkit-client/1`).
+//!
+//! A connection starts with a [`ClientHello`] answered by a
+//! [`ClientResponse`] (`Ok` or an error such as a schema mismatch); then
+//! each request travels on its own bidirectional stream: one
+//! [`ClientRequest`] frame out, one [`ClientResponse`] frame back. Frames
+//! are length-delimited postcard with a size cap, like peer frames.
+//!
+//! Peers never forward: a request that only the leader can serve is answered
+//! with [`WireError::NotLeader`] and the leader's address, and the client
+//! library follows it, so callers never see a redirect unless every retry
+//! failed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Identifies one write of one client session (exactly-once writes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    /// The session id (random per client).
+    pub client: u64,
+    /// The write's sequence number within the session, from 1.
+    pub seq: u64,
+}
+
+/// The first frame of a client connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// The protocol version (1).
+    pub version: u32,
+    /// The schema fingerprint of the client's state machine, or 0 for an
+    /// untyped client that only asks for status and membership.
+    pub schema: u64,
+}
+
+/// A request on a client stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// An encoded `Write` command, part of a session.
+    Write {
+        /// The session and sequence number.
+        session: SessionRef,
+        /// The encoded command.
+        command: Vec<u8>,
+    },
+    /// An encoded `Read` query, served linearizably by the leader.
+    Read {
+        /// The encoded query.
+        query: Vec<u8>,
+    },
+    /// The answering peer's own status.
+    Status,
+    /// Add a member as a learner, wait until it caught up, then make it a
+    /// voter (the thesis §4.2.1 rounds rule).
+    AddServer {
+        /// The new member's address.
+        addr: String,
+    },
+    /// Add a member as a learner only.
+    AddLearner {
+        /// The new member's address.
+        addr: String,
+    },
+    /// Remove a member.
+    RemoveServer {
+        /// The member's address.
+        addr: String,
+    },
+    /// Move leadership to a member.
+    TransferLeader {
+        /// The member's address.
+        addr: String,
+    },
+}
+
+/// A status report on the wire.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The peer's name.
+    pub name: String,
+    /// Its node id.
+    pub id: u64,
+    /// "Leader", "Follower", "Candidate" or "PreCandidate".
+    pub role: String,
+    /// Its term.
+    pub term: u64,
+    /// The leader's address, if known.
+    pub leader: Option<String>,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Last log index.
+    pub last_index: u64,
+    /// Members: (address, voter, matched index on the leader).
+    pub members: Vec<(String, bool, Option<u64>)>,
+    /// Set when the node halted applying.
+    pub halted: Option<String>,
+    /// Milliseconds since this peer last heard from the leader (0 on the
+    /// leader).
+    pub last_contact_ms: Option<u64>,
+}
+
+/// The answer to a [`ClientHello`] or a [`ClientRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// Success, with the encoded output (empty when there is none).
+    Ok(Vec<u8>),
+    /// A status report.
+    Status(StatusReport),
+    /// Failure.
+    Err(WireError),
+}
+
+/// An error as it travels to a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireError {
+    /// This peer is not the leader; try `hint`.
+    NotLeader {
+        /// The leader's address, if known.
+        hint: Option<String>,
+    },
+    /// Refused before entering the log.
+    Rejected(String),
+    /// The handler panicked (skip) or the node halted.
+    Handler(String),
+    /// The peer cannot serve now.
+    Unavailable(String),
+    /// The peer's storage failed.
+    Storage(String),
+    /// The peer timed out waiting.
+    Timeout,
+}
+
+impl From<Error> for WireError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NotLeader { hint } => WireError::NotLeader { hint },
+            Error::Rejected(s) => WireError::Rejected(s),
+            Error::Handler { message } => WireError::Handler(message),
+            Error::Storage(s) => WireError::Storage(s),
+            Error::Timeout => WireError::Timeout,
+            other => WireError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NotLeader { hint } => Error::NotLeader { hint },
+            WireError::Rejected(s) => Error::Rejected(s),
+            WireError::Handler(message) => Error::Handler { message },
+            WireError::Unavailable(s) => Error::Unavailable(s),
+            WireError::Storage(s) => Error::Storage(s),
+            WireError::Timeout => Error::Timeout,
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Membership operations on a running peer (Raft thesis §4): the API behind
+//! `add-server`, `remove-server` and `transfer-leader`.
+//!
+//! Members are named by address: the member at `addr` is the peer named
+//! `<state machine>@<addr>` (see [`crate::identity`]). Every change goes
+//! through the leader's core, which runs it by joint consensus, refuses a
+//! second change while one is in flight, and only changes the configuration
+//! after committing an entry of its own term.
+//!
+//! `add_server` first adds the new member as a learner and waits until it has
+//! caught up by the thesis §4.2.1 rounds rule: replication proceeds in
+//! rounds, each round replicating up to the leader's last index at the
+//! round's start; once a round finishes within an election timeout, the
+//! learner is close enough to be promoted without hurting availability.
+//! After at most [`MAX_CATCH_UP_ROUNDS`] rounds the call fails with a clear
+//! error and the learner stays a learner.
+
+use std::time::{Duration, Instant};
+
+use super::Peer;
+use crate::core::{Configuration, NodeId, Role};
+use crate::error::Error;
+use crate::identity::{default_name, node_id};
+use crate::state_machine::StateMachine;
+
+/// Rounds `add_server` waits for a learner to catch up before giving up.
+pub const MAX_CATCH_UP_ROUNDS: u32 = 10;
+
+impl<S: StateMachine> Peer<S> {
+    /// The node id of the member at `addr`.
+    pub fn member_id(addr: &str) -> NodeId {
+        node_id(&default_name(S::NAME, addr))
+    }
+
+    fn current_config(&self) -> Result<Configuration, Error> {
+        let st = self.status();
+        if st.role != Role::Leader {
+            return Err(Error::NotLeader {
+                hint: st.leader_addr,
+            });
+        }
+        let mut conf = Configuration::default();
+        for m in &st.members {
+            if m.voter {
+                conf.voters.insert(m.id);
+            } else {
+                conf.learners.insert(m.id);
+            }
+            if let Some(a) = &m.addr {
+                conf.addrs.insert(m.id, a.clone());
+            }
+        }
+        Ok(conf)
+    }
+
+    /// Adds the member at `addr` as a learner: it receives the log but does
+    /// not vote.
+    pub async fn add_learner(&self, addr: &str) -> Result<(), Error> {
+        let id = Self::member_id(addr);
+        let mut conf = self.current_config()?;
+        if conf.contains(id) {
+            return Ok(());
+        }
+        conf.learners.insert(id);
+        conf.addrs.insert(id, addr.to_string());
+        self.change_config(conf).await.map(|_| ())
+    }
+
+    /// Adds the member at `addr`: as a learner, then, once caught up, as a
+    /// voter. `progress` is told what happens.
+    pub async fn add_server(
+        &self,
+        addr: &str,
+        mut progress: impl FnMut(&str),
+    ) -> Result<(), Error> {
+        let id = Self::member_id(addr);
+        let conf = self.current_config()?;
+        if conf.voters.contains(&id) {
+            progress("already a voter");
+            return Ok(());
+        }
+        if !conf.learners.contains(&id) {
+            progress("adding as learner");
+            self.add_learner(addr).await?;
+        }
+        self.wait_caught_up(id, &mut progress).await?;
+        progress("promoting to voter");
+        self.wait_no_change_in_flight().await?;
+        let mut conf = self.current_config()?;
+        conf.learners.remove(&id);
+        conf.voters.insert(id);
+        conf.addrs.insert(id, addr.to_string());
+        self.change_config(conf).await?;
+        self.wait_config(|c| c.voters.contains(&id)).await?;
+        progress("voter");
+        Ok(())
+    }
+
+    /// Removes the member at `addr` (voter or learner). Removing the leader
+    /// itself makes it step down once the new configuration commits.
+    pub async fn remove_server(&self, addr: &str) -> Result<(), Error> {
+        let id = Self::member_id(addr);
+        let mut conf = self.current_config()?;
+        if !conf.contains(id) {
+            return Ok(());
+        }
+        conf.voters.remove(&id);
+        conf.learners.remove(&id);
+        conf.addrs.remove(&id);
+        self.change_config(conf).await?;
+        // A removed leader steps down: its own view then cannot confirm.
+        if id == self.id() {
+            return Ok(());
+        }
+        self.wait_config(|c| !c.contains(id)).await
+    }
+
+    /// Moves leadership to the member at `addr` and waits until it leads.
+    pub async fn transfer_leader(&self, addr: &str) -> Result<(), Error> {
+        let id = Self::member_id(addr);
+        self.transfer_leadership(id).await?;
+        let mut w = self.watch();
+        let wait = tokio::time::timeout(
+            self.election_timeout() * 2,
+            w.wait_for(|s| s.leader == Some(id)),
+        )
+        .await;
+        match wait {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::Timeout),
+        }
+    }
+
+    fn election_timeout(&self) -> Duration {
+        self.inner.tick * 10
+    }
+
+    async fn wait_caught_up(
+        &self,
+        id: NodeId,
+        progress: &mut impl FnMut(&str),
+    ) -> Result<(), Error> {
+        let timeout = self.election_timeout();
+        for round in 1..=MAX_CATCH_UP_ROUNDS {
+            let target = self.status().last_index;
+            let started = Instant::now();
+            let mut w = self.watch();
+            let reached = tokio::time::timeout(
+                timeout * 10,
+                w.wait_for(|s| {
+                    s.members
+                        .iter()
+                        .any(|m| m.id == id && m.matched.is_some_and(|x| x >= target))
+                }),
+            )
+            .await;
+            if !matches!(reached, Ok(Ok(_))) {
+                return Err(Error::Timeout);
+            }
+            let took = started.elapsed();
+            progress(&format!(
+                "catch-up round {round}: {} entries in {took:?}",
+                target
+            ));
+            if took <= timeout {
+                return Ok(());
+            }
+        }
+        Err(Error::Rejected(format!(
+            "learner did not catch up within {MAX_CATCH_UP_ROUNDS} rounds; it stays a learner"
+        )))
+    }
+
+    async fn wait_config(&self, done: impl Fn(&Configuration) -> bool) -> Result<(), Error> {
+        let deadline = Instant::now() + self.election_timeout() * 10;
+        loop {
+            let conf = self.current_config()?;
+            if done(&conf) && !self.change_in_flight() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout);
+            }
+            let mut w = self.watch();
+            let _ = tokio::time::timeout(Duration::from_millis(50), w.changed()).await;
+        }
+    }
+
+    async fn wait_no_change_in_flight(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + self.election_timeout() * 10;
+        while self.change_in_flight() {
+            if Instant::now() > deadline {
+                return Err(Error::Rejected(
+                    "a configuration change is still in flight".into(),
+                ));
+            }
+            let mut w = self.watch();
+            let _ = tokio::time::timeout(Duration::from_millis(50), w.changed()).await;
+        }
+        Ok(())
+    }
+
+    fn change_in_flight(&self) -> bool {
+        let st = self.status();
+        st.config_index > st.commit || st.joint
+    }
+}
