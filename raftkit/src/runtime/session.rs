@@ -47,10 +47,15 @@ pub enum StoredReply {
     Rejected(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Replies remembered per session: a client may have at most this many
+/// writes in flight for exactly-once to hold (the client library stays far
+/// below it).
+pub const SESSION_WINDOW: usize = 4096;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct SessionState {
-    seq: u64,
-    reply: StoredReply,
+    /// The latest replies by sequence number (at most [`SESSION_WINDOW`]).
+    replies: BTreeMap<u64, StoredReply>,
     last_used_ms: u64,
 }
 
@@ -61,8 +66,8 @@ pub enum Dedup {
     New,
     /// Applied before: answer with this.
     Duplicate(StoredReply),
-    /// Older than the session's latest write, whose reply the client has
-    /// already moved past: refuse.
+    /// Older than every reply the session still remembers: it may have been
+    /// applied long ago, so it is refused rather than applied twice.
     Stale,
 }
 
@@ -101,23 +106,26 @@ impl Sessions {
 
     /// Looks a write up.
     pub fn check(&self, s: SessionRef) -> Dedup {
-        match self.table.get(&s.client) {
-            Some(st) if s.seq == st.seq => Dedup::Duplicate(st.reply.clone()),
-            Some(st) if s.seq < st.seq => Dedup::Stale,
+        let Some(st) = self.table.get(&s.client) else {
+            return Dedup::New;
+        };
+        if let Some(r) = st.replies.get(&s.seq) {
+            return Dedup::Duplicate(r.clone());
+        }
+        match st.replies.keys().next() {
+            Some(&oldest) if st.replies.len() >= SESSION_WINDOW && s.seq < oldest => Dedup::Stale,
             _ => Dedup::New,
         }
     }
 
     /// Records the reply of a newly applied write.
     pub fn record(&mut self, s: SessionRef, reply: StoredReply) {
-        self.table.insert(
-            s.client,
-            SessionState {
-                seq: s.seq,
-                reply,
-                last_used_ms: self.now_ms,
-            },
-        );
+        let st = self.table.entry(s.client).or_default();
+        st.replies.insert(s.seq, reply);
+        st.last_used_ms = self.now_ms;
+        while st.replies.len() > SESSION_WINDOW {
+            st.replies.pop_first();
+        }
     }
 }
 
@@ -143,9 +151,14 @@ mod tests {
         assert_eq!(s.check(w(1)), Dedup::New);
         s.record(w(1), StoredReply::Ok(vec![1]));
         assert_eq!(s.check(w(1)), Dedup::Duplicate(StoredReply::Ok(vec![1])));
+        assert_eq!(s.check(w(3)), Dedup::New);
+        s.record(w(3), StoredReply::Ok(vec![3]));
+        // Concurrent writes of one client may apply out of order.
         assert_eq!(s.check(w(2)), Dedup::New);
-        s.record(w(2), StoredReply::Ok(vec![2]));
-        assert_eq!(s.check(w(1)), Dedup::Stale);
+        for seq in 4..(SESSION_WINDOW as u64 + 10) {
+            s.record(w(seq), StoredReply::Ok(vec![]));
+        }
+        assert_eq!(s.check(w(2)), Dedup::Stale);
     }
 
     #[test]
@@ -155,10 +168,11 @@ mod tests {
         s.record(SessionRef { client: 1, seq: 1 }, StoredReply::Ok(vec![]));
         s.advance(1_000 + SESSION_TTL_MS - 1);
         assert_eq!(s.len(), 1);
-        s.advance(1_000 + SESSION_TTL_MS + 1);
+        // Sweeps run once per second of replicated time.
+        s.advance(1_000 + SESSION_TTL_MS + 1_000);
         assert!(s.is_empty());
         // Time never goes back, whatever a stamp says.
         s.advance(5);
-        assert_eq!(s.now_ms, 1_000 + SESSION_TTL_MS + 1);
+        assert_eq!(s.now_ms, 1_000 + SESSION_TTL_MS + 1_000);
     }
 }

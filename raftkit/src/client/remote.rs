@@ -1,0 +1,338 @@
+//! The network client: what generated `<Name>Client::connect` uses.
+//!
+//! It connects to any member of the cluster over QUIC (ALPN
+//! `raftkit-client/1`, mutual TLS: the client verifies the cluster CA and
+//! presents its own certificate, the secure default), finds the leader by
+//! following `NotLeader` answers, retries with backoff within a per-call
+//! deadline, and numbers its writes within a random session so that a write
+//! retried after a lost reply or a leader change is applied exactly once.
+//!
+//! Callers see a redirect only as [`Error::NotLeader`] after every retry
+//! failed; the other errors are typed: [`Error::Timeout`] (the deadline
+//! passed; a write may or may not have been applied, and retrying it through
+//! the same client is still exactly-once), [`Error::Unavailable`] (no member
+//! answered), [`Error::Rejected`], [`Error::Handler`], [`Error::Transport`].
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::Submit;
+use super::wire::{ClientHello, ClientRequest, ClientResponse, SessionRef, StatusReport, WireError};
+use crate::error::Error;
+use crate::tls::{CLUSTER_SAN, Identity};
+use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, read_frame, write_frame};
+use crate::transport::quic::quic_client_config;
+
+/// The environment variable naming the directory with the client's
+/// certificates (`ca.pem`, `client.pem`, `client.key`).
+pub const CERTS_ENV: &str = "RAFTKIT_CERTS";
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long one call may take, retries included.
+    pub timeout: Duration,
+    /// First retry delay; doubles up to `max_backoff`.
+    pub backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    config: quinn::ClientConfig,
+    members: Vec<SocketAddr>,
+    leader: std::sync::Mutex<Option<SocketAddr>>,
+    conns: Mutex<HashMap<SocketAddr, Connection>>,
+    session: u64,
+    seq: AtomicU64,
+    schema: u64,
+    opts: ClientOptions,
+    rotate: AtomicU64,
+}
+
+/// An untyped client of a raftkit cluster. Cheap to clone; clones share the
+/// session.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, Error> {
+    addr.to_socket_addrs()
+        .map_err(|e| Error::Transport(format!("cannot resolve {addr:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Transport(format!("{addr:?} resolves to no address")))
+}
+
+impl Client {
+    /// Connects with the identity found in `$RAFTKIT_CERTS` (files `ca.pem`,
+    /// `client.pem`, `client.key`). `schema` is the state machine's
+    /// fingerprint (0 for an untyped client).
+    pub async fn connect<I, A>(addrs: I, schema: u64) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<str>,
+    {
+        let dir = std::env::var_os(CERTS_ENV).map(PathBuf::from).ok_or_else(|| {
+            Error::Transport(format!(
+                "no client certificate: set {CERTS_ENV} to a directory holding ca.pem, client.pem and client.key"
+            ))
+        })?;
+        let identity = Identity::load(&dir, "client").map_err(|e| Error::Transport(e.to_string()))?;
+        Self::connect_with(addrs, identity, schema, ClientOptions::default()).await
+    }
+
+    /// Connects with an explicit identity and options.
+    pub async fn connect_with<I, A>(addrs: I, identity: Identity, schema: u64, opts: ClientOptions) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<str>,
+    {
+        let members = addrs
+            .into_iter()
+            .map(|a| resolve(a.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if members.is_empty() {
+            return Err(Error::Unavailable("no cluster address given".into()));
+        }
+        let config = quic_client_config(&identity, crate::tls::CLIENT_ALPN).map_err(|e| Error::Transport(e.to_string()))?;
+        let bind: SocketAddr = if members[0].is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .map_err(|_| Error::Transport("bad bind address".into()))?;
+        let endpoint = Endpoint::client(bind).map_err(|e| Error::Transport(format!("cannot open a client socket: {e}")))?;
+        let client = Client {
+            inner: Arc::new(Inner {
+                endpoint,
+                config,
+                members,
+                leader: std::sync::Mutex::new(None),
+                conns: Mutex::new(HashMap::new()),
+                session: session_id(),
+                seq: AtomicU64::new(0),
+                schema,
+                opts,
+                rotate: AtomicU64::new(0),
+            }),
+        };
+        // Fail early when no member is reachable at all.
+        let mut last = None;
+        for &addr in &client.inner.members {
+            match client.connection(addr).await {
+                Ok(_) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Unavailable("no member reachable".into())))
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<Connection, Error> {
+        let mut conns = self.inner.conns.lock().await;
+        if let Some(c) = conns.get(&addr)
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(self.inner.config.clone(), addr, CLUSTER_SAN)
+            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        let conn = tokio::time::timeout(Duration::from_secs(3), connecting)
+            .await
+            .map_err(|_| Error::Unavailable(format!("{addr}: connection timed out")))?
+            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        let hello = ClientHello {
+            version: 1,
+            schema: self.inner.schema,
+        };
+        write_frame(&mut send, &hello, DEFAULT_MAX_FRAME_BYTES)
+            .await
+            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        let _ = send.finish();
+        let answer: ClientResponse = read_frame(&mut recv, DEFAULT_MAX_FRAME_BYTES)
+            .await
+            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        if let ClientResponse::Err(e) = answer {
+            conn.close(0u32.into(), b"refused");
+            return Err(e.into());
+        }
+        conns.insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    async fn once(&self, addr: SocketAddr, request: &ClientRequest) -> Result<ClientResponse, Error> {
+        let conn = self.connection(addr).await?;
+        let attempt = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
+            write_frame(&mut send, request, DEFAULT_MAX_FRAME_BYTES)
+                .await
+                .map_err(|e| Error::Transport(e.to_string()))?;
+            let _ = send.finish();
+            read_frame::<ClientResponse, _>(&mut recv, DEFAULT_MAX_FRAME_BYTES)
+                .await
+                .map_err(|e| Error::Transport(e.to_string()))
+        };
+        let r = attempt.await;
+        if r.is_err() {
+            self.inner.conns.lock().await.remove(&addr);
+        }
+        r
+    }
+
+    fn next_target(&self) -> SocketAddr {
+        if let Ok(l) = self.inner.leader.lock()
+            && let Some(a) = *l
+        {
+            return a;
+        }
+        let i = self.inner.rotate.fetch_add(1, Ordering::Relaxed) as usize;
+        self.inner.members[i % self.inner.members.len()]
+    }
+
+    fn set_leader(&self, addr: Option<SocketAddr>) {
+        if let Ok(mut l) = self.inner.leader.lock() {
+            *l = addr;
+        }
+    }
+
+    /// Sends `request` to the leader, following redirects and retrying
+    /// within the call's deadline.
+    pub async fn request(&self, request: ClientRequest) -> Result<ClientResponse, Error> {
+        let deadline = Instant::now() + self.inner.opts.timeout;
+        let mut backoff = self.inner.opts.backoff;
+        let mut last = Error::Unavailable("no attempt made".into());
+        loop {
+            let target = self.next_target();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(match last {
+                    e @ Error::NotLeader { .. } => e,
+                    Error::Transport(_) | Error::Unavailable(_) => Error::Timeout,
+                    other => other,
+                });
+            }
+            let outcome = tokio::time::timeout(remaining, self.once(target, &request))
+                .await
+                .unwrap_or(Err(Error::Timeout));
+            match outcome {
+                Ok(ClientResponse::Err(WireError::NotLeader { hint })) => {
+                    let next = hint.as_deref().and_then(|h| resolve(h).ok());
+                    debug!(%target, ?next, "redirected to the leader");
+                    self.set_leader(next.filter(|n| *n != target));
+                    last = Error::NotLeader { hint };
+                    if next.is_some_and(|n| n != target) {
+                        continue; // follow at once
+                    }
+                }
+                Ok(ClientResponse::Err(WireError::Unavailable(e))) => {
+                    self.set_leader(None);
+                    last = Error::Unavailable(e);
+                }
+                Ok(ClientResponse::Err(WireError::Timeout)) => {
+                    self.set_leader(None);
+                    last = Error::Timeout;
+                }
+                Ok(ClientResponse::Err(e)) => return Err(e.into()),
+                Ok(ok) => {
+                    self.set_leader(Some(target));
+                    return Ok(ok);
+                }
+                Err(e) => {
+                    self.set_leader(None);
+                    last = e;
+                }
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+            backoff = (backoff * 2).min(self.inner.opts.max_backoff);
+        }
+    }
+
+    /// The status of the member at `addr` (no leader needed).
+    pub async fn status_of(&self, addr: &str) -> Result<StatusReport, Error> {
+        let addr = resolve(addr)?;
+        match self.once(addr, &ClientRequest::Status).await? {
+            ClientResponse::Status(s) => Ok(s),
+            ClientResponse::Err(e) => Err(e.into()),
+            ClientResponse::Ok(_) => Err(Error::Protocol("expected a status report".into())),
+        }
+    }
+
+    /// The status of the member this client reaches first.
+    pub async fn status(&self) -> Result<StatusReport, Error> {
+        let target = self.next_target();
+        self.status_of(&target.to_string()).await
+    }
+
+    /// The member addresses this client was given.
+    pub fn members(&self) -> Vec<SocketAddr> {
+        self.inner.members.clone()
+    }
+
+    fn expect_ok(r: ClientResponse) -> Result<Vec<u8>, Error> {
+        match r {
+            ClientResponse::Ok(out) => Ok(out),
+            ClientResponse::Err(e) => Err(e.into()),
+            ClientResponse::Status(_) => Err(Error::Protocol("unexpected status report".into())),
+        }
+    }
+
+    /// Runs an administrative request (membership, leadership) on the
+    /// leader.
+    pub async fn admin(&self, request: ClientRequest) -> Result<(), Error> {
+        Self::expect_ok(self.request(request).await?).map(|_| ())
+    }
+}
+
+impl Submit for Client {
+    async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
+        // One sequence number per logical write, reused by every retry: the
+        // cluster applies it once.
+        let seq = self.inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let session = SessionRef {
+            client: self.inner.session,
+            seq,
+        };
+        Self::expect_ok(self.request(ClientRequest::Write { session, command }).await?)
+    }
+
+    async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
+        Self::expect_ok(self.request(ClientRequest::Read { query }).await?)
+    }
+}
+
+/// A random session id: wall clock mixed with the process id and an
+/// address, enough to make collisions between clients vanishingly rare.
+fn session_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let local = 0u8;
+    let addr = &local as *const u8 as u64;
+    let mut x = nanos ^ (u64::from(std::process::id()) << 32) ^ addr.rotate_left(17);
+    // splitmix64 finalizer
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}

@@ -1,0 +1,150 @@
+//! The client service: answers client connections (ALPN
+//! `raftkit-client/1`) on the peer's QUIC endpoint.
+//!
+//! Each connection starts with a hello stream (schema check); then every
+//! request is one bidirectional stream carrying one request frame and one
+//! response frame. Writes and reads are served only by the leader; any other
+//! peer answers `NotLeader` with the leader's address and the client
+//! follows it (redirect, not forward). A malformed or oversized frame closes
+//! that stream with a logged warning; the connection and the node go on.
+
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::Peer;
+use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, StatusReport, WireError};
+use crate::core::Role;
+use crate::error::Error;
+use crate::state_machine::StateMachine;
+use crate::transport::frame::{read_frame, write_frame};
+
+/// How long the service waits for a write or read before answering
+/// `Timeout` (the client retries with the same session sequence number).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves every client connection the transport hands over.
+pub async fn serve<S: StateMachine>(peer: Peer<S>, mut conns: mpsc::Receiver<Connection>, max_frame: usize) {
+    while let Some(conn) = conns.recv().await {
+        tokio::spawn(serve_connection(peer.clone(), conn, max_frame));
+    }
+}
+
+async fn serve_connection<S: StateMachine>(peer: Peer<S>, conn: Connection, max_frame: usize) {
+    let remote = conn.remote_address();
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+        return;
+    };
+    let hello: ClientHello = match read_frame(&mut recv, max_frame).await {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(%remote, error = %e, "client hello unreadable; closing the connection");
+            conn.close(1u32.into(), b"bad hello");
+            return;
+        }
+    };
+    let answer = if hello.schema != 0 && hello.schema != S::SCHEMA_FINGERPRINT {
+        warn!(%remote, local = format_args!("{:#018x}", S::SCHEMA_FINGERPRINT), remote_schema = format_args!("{:#018x}", hello.schema), "client schema mismatch; refused");
+        ClientResponse::Err(WireError::Rejected(format!(
+            "schema mismatch: the cluster runs `{}` with schema {:#018x}, the client has {:#018x}",
+            S::NAME,
+            S::SCHEMA_FINGERPRINT,
+            hello.schema
+        )))
+    } else {
+        ClientResponse::Ok(Vec::new())
+    };
+    let refused = matches!(answer, ClientResponse::Err(_));
+    if write_frame(&mut send, &answer, max_frame).await.is_err() {
+        return;
+    }
+    let _ = send.finish();
+    if refused {
+        // Let the answer reach the client before closing.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+        return;
+    }
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(serve_stream(peer.clone(), send, recv, max_frame));
+            }
+            Err(e) => {
+                debug!(%remote, error = %e, "client connection closed");
+                return;
+            }
+        }
+    }
+}
+
+async fn serve_stream<S: StateMachine>(peer: Peer<S>, mut send: SendStream, mut recv: RecvStream, max_frame: usize) {
+    let request: ClientRequest = match read_frame(&mut recv, max_frame).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "malformed client request; closing that stream");
+            let _ = write_frame(
+                &mut send,
+                &ClientResponse::Err(WireError::Rejected(format!("malformed request: {e}"))),
+                max_frame,
+            )
+            .await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let response = handle(&peer, request).await;
+    if let Err(e) = write_frame(&mut send, &response, max_frame).await {
+        debug!(error = %e, "client went away before its answer");
+    }
+    let _ = send.finish();
+}
+
+fn result(r: Result<Vec<u8>, Error>) -> ClientResponse {
+    match r {
+        Ok(out) => ClientResponse::Ok(out),
+        Err(e) => ClientResponse::Err(e.into()),
+    }
+}
+
+async fn timed(r: impl std::future::Future<Output = Result<Vec<u8>, Error>>) -> Result<Vec<u8>, Error> {
+    tokio::time::timeout(REQUEST_TIMEOUT, r).await.unwrap_or(Err(Error::Timeout))
+}
+
+/// Answers one request.
+pub async fn handle<S: StateMachine>(peer: &Peer<S>, request: ClientRequest) -> ClientResponse {
+    match request {
+        ClientRequest::Write { session, command } => {
+            result(timed(peer.write_in_session(command, Some(session))).await)
+        }
+        ClientRequest::Read { query } => result(timed(peer.read_encoded(query)).await),
+        ClientRequest::Status => ClientResponse::Status(status_report(peer)),
+        ClientRequest::AddServer { addr } => result(peer.add_server(&addr, |_| {}).await.map(|()| Vec::new())),
+        ClientRequest::AddLearner { addr } => result(peer.add_learner(&addr).await.map(|()| Vec::new())),
+        ClientRequest::RemoveServer { addr } => result(peer.remove_server(&addr).await.map(|()| Vec::new())),
+        ClientRequest::TransferLeader { addr } => result(peer.transfer_leader(&addr).await.map(|()| Vec::new())),
+    }
+}
+
+/// This peer's status in wire form.
+pub fn status_report<S: StateMachine>(peer: &Peer<S>) -> StatusReport {
+    let s = peer.status();
+    StatusReport {
+        name: s.name.clone(),
+        id: s.id,
+        role: format!("{:?}", s.role),
+        term: s.term,
+        leader: s.leader_addr.clone(),
+        commit: s.commit,
+        applied: s.applied,
+        last_index: s.last_index,
+        members: s
+            .members
+            .iter()
+            .map(|m| (m.addr.clone().unwrap_or_else(|| format!("#{:x}", m.id)), m.voter, m.matched))
+            .collect(),
+        halted: s.halted.clone(),
+        last_contact_ms: (s.role == Role::Leader).then_some(0),
+    }
+}
