@@ -49,8 +49,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -165,12 +165,11 @@ impl ClusterCa {
         let key_path = dir.join("ca.key");
         let cert_pem = read_string(&cert_path)?;
         let key_pem = read_string(&key_path)?;
-        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
-            TlsError::BadPem {
+        let cert_der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| TlsError::BadPem {
                 path: cert_path.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::BadPem {
             path: key_path.clone(),
             reason: e.to_string(),
@@ -305,12 +304,11 @@ impl Identity {
                 reason: "no certificate".into(),
             });
         }
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
-            TlsError::BadPem {
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::BadPem {
                 path: key_path.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Identity {
             ca_pem,
             ca_der,
