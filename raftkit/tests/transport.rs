@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raftkit::core::{Body, Message, NodeId};
@@ -19,6 +20,70 @@ use raftkit::transport::{
     LinkState, MemoryNetwork, QuicConfig, QuicTransport, Transport, TransportError,
 };
 use tokio::sync::mpsc;
+
+/// Collects the tracing events of the current thread (each `#[tokio::test]`
+/// runs its tasks on its own thread), rendered as `LEVEL message k=v ...`.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let guard = tracing::subscriber::set_default(logs.clone());
+        (logs, guard)
+    }
+
+    fn contains(&self, level: tracing::Level, needle: &str) -> bool {
+        let prefix = format!("{level} ");
+        self.0
+            .lock()
+            .expect("logs")
+            .iter()
+            .any(|e| e.starts_with(&prefix) && e.contains(needle))
+    }
+}
+
+impl Logs {
+    /// Waits (under the deadline) until an event matches.
+    async fn wait_for(&self, level: tracing::Level, needle: &str) {
+        within(&format!("a {level} log saying {needle:?}"), async {
+            while !self.contains(level, needle) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    }
+}
+
+struct Render(String);
+
+impl tracing::field::Visit for Render {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.push_str(&format!(" {value:?}"));
+        } else {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+}
+
+impl tracing::Subscriber for Logs {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut r = Render(event.metadata().level().to_string());
+        event.record(&mut r);
+        self.0.lock().expect("logs").push(r.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const SCHEMA: u64 = 0x5eed_0000_0000_0001;
@@ -207,6 +272,7 @@ async fn reconnects_after_the_remote_restarts_on_the_same_port() {
 
 #[tokio::test]
 async fn a_peer_of_another_ca_is_refused_and_the_node_keeps_serving() {
+    let (logs, _guard) = Logs::capture();
     let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
     let mut a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
     let b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
@@ -248,6 +314,8 @@ async fn a_peer_of_another_ca_is_refused_and_the_node_keeps_serving() {
     assert_eq!(a.recv().await, msg(&b, &a, 42));
     assert!(a.rx.try_recv().is_err(), "nothing from mallory");
     assert_ne!(mallory.t.link_state(a.id), Some(LinkState::Connected));
+    logs.wait_for(tracing::Level::WARN, "inbound handshake failed")
+        .await;
 }
 
 /// An identity with `forged`'s certificate and key that trusts `ca`.
@@ -273,6 +341,7 @@ fn hello_and_msg(from: &Node, to: &Node) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_schema_mismatch_is_refused_with_a_clear_error() {
+    let (logs, _guard) = Logs::capture();
     let (_ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
     let mut a = Node::start("t@a", ids[0].clone(), 0xaaaa).await;
     let b = Node::start("t@b", ids[1].clone(), 0xbbbb).await;
@@ -289,10 +358,16 @@ async fn a_schema_mismatch_is_refused_with_a_clear_error() {
         "schema mismatch: local 0x000000000000aaaa remote 0x000000000000bbbb from t@b"
     );
     assert!(a.rx.try_recv().is_err(), "nothing delivered across schemas");
+    // Both sides say why.
+    let clear = "schema mismatch: local 0x000000000000aaaa remote 0x000000000000bbbb from t@b";
+    assert!(logs.contains(tracing::Level::ERROR, "refused peer link"));
+    assert!(logs.contains(tracing::Level::ERROR, "peer refused the link"));
+    assert!(logs.contains(tracing::Level::ERROR, clear));
 }
 
 #[tokio::test]
 async fn garbage_and_oversized_frames_close_the_link_and_the_node_keeps_serving() {
+    let (logs, _guard) = Logs::capture();
     let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
     let mut a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
     let b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
@@ -351,6 +426,12 @@ async fn garbage_and_oversized_frames_close_the_link_and_the_node_keeps_serving(
     b.t.send(msg(&b, &a, 5));
     assert_eq!(a.recv().await, msg(&b, &a, 5));
     assert!(a.rx.try_recv().is_err());
+    for reason in ["does not decode", "exceeds the cap"] {
+        assert!(
+            logs.contains(tracing::Level::WARN, reason),
+            "a warning says {reason:?}"
+        );
+    }
 }
 
 #[tokio::test]
