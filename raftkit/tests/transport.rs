@@ -528,3 +528,53 @@ async fn memory_network_partition_and_heal() {
         Some(m(1, 2))
     );
 }
+
+#[tokio::test]
+async fn a_dead_peer_never_blocks_send_and_its_queue_stays_bounded() {
+    let (_ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    // A socket that never answers stands in for a dead peer.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let dead = node_id("t@dead");
+    let (tx, _rx) = mpsc::channel(16);
+    let mut cfg = QuicConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        "t@a",
+        ids[0].clone(),
+        SCHEMA,
+    );
+    cfg.queue_capacity = 8;
+    let (a, _) = QuicTransport::start(cfg, tx, None).await.expect("start");
+    let mut b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
+    a.set_peers(BTreeMap::from([
+        (dead, silent.local_addr().expect("addr").to_string()),
+        b.peer_entry(),
+    ]));
+    let to_dead = |term, body| Message {
+        from: node_id("t@a"),
+        to: dead,
+        term,
+        body,
+    };
+    for round in 0..100 {
+        a.send(to_dead(1, Body::Heartbeat { commit: 0, round }));
+    }
+    a.send(to_dead(1, Body::TimeoutNow));
+    assert_eq!(a.queued(dead), Some(2), "heartbeats coalesced");
+    for term in 0..20 {
+        a.send(to_dead(term, Body::TimeoutNow));
+    }
+    assert_eq!(a.queued(dead), Some(8), "capped");
+    assert_eq!(a.link_state(dead), Some(LinkState::Connecting));
+
+    // The live peer is unaffected.
+    let to_b = Message {
+        from: node_id("t@a"),
+        to: b.id,
+        term: 3,
+        body: Body::TimeoutNow,
+    };
+    a.send(to_b.clone());
+    assert_eq!(b.recv().await, to_b);
+}

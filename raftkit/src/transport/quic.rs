@@ -43,7 +43,10 @@
 //! 4. A link only carries messages after the acceptor has accepted the
 //!    dialer's schema fingerprint and protocol version: a peer of another
 //!    schema never delivers a message.
-//! 5. Messages may be lost (overflow, reconnects, shutdown); Raft tolerates
+//! 5. Inbound messages are forwarded with `inbox.send(..).await`: a full
+//!    inbox stalls only the links feeding it, and QUIC flow control pushes
+//!    back to those dialers, whose queues then drop their oldest messages.
+//! 6. Messages may be lost (overflow, reconnects, shutdown); Raft tolerates
 //!    loss, duplication and reordering. Within one link, order is kept.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -86,7 +89,9 @@ pub struct QuicConfig {
     /// The UDP address to bind (port 0 picks a free port; see the address
     /// [`QuicTransport::start`] returns).
     pub listen: SocketAddr,
-    /// This node's id (normally [`node_id`]`(&name)`).
+    /// This node's id. It must be [`node_id`]`(&name)` (as
+    /// [`QuicConfig::new`] sets it): acceptors refuse a hello whose id is
+    /// not the id of its name.
     pub node: NodeId,
     /// This node's name, sent in hellos.
     pub name: String,
@@ -255,7 +260,10 @@ struct LinkConfig {
 pub(crate) struct OutQueue {
     msgs: VecDeque<Message>,
     cap: usize,
-    dropped: u64,
+    /// Heartbeats replaced by a newer one before being sent.
+    superseded: u64,
+    /// Messages dropped because the queue was full (not yet reported).
+    overflowed: u64,
 }
 
 impl OutQueue {
@@ -263,7 +271,8 @@ impl OutQueue {
         OutQueue {
             msgs: VecDeque::new(),
             cap: cap.max(1),
-            dropped: 0,
+            superseded: 0,
+            overflowed: 0,
         }
     }
 
@@ -274,11 +283,11 @@ impl OutQueue {
             let before = self.msgs.len();
             self.msgs
                 .retain(|m| !(matches!(m.body, Body::Heartbeat { .. }) && m.from == msg.from));
-            self.dropped += (before - self.msgs.len()) as u64;
+            self.superseded += (before - self.msgs.len()) as u64;
         }
         while self.msgs.len() >= self.cap {
             self.msgs.pop_front();
-            self.dropped += 1;
+            self.overflowed += 1;
         }
         self.msgs.push_back(msg);
     }
@@ -290,6 +299,11 @@ impl OutQueue {
 
     pub(crate) fn len(&self) -> usize {
         self.msgs.len()
+    }
+
+    /// How many messages overflowed since the last call.
+    pub(crate) fn take_overflowed(&mut self) -> u64 {
+        std::mem::take(&mut self.overflowed)
     }
 }
 
@@ -641,7 +655,16 @@ async fn pump(
 ) -> String {
     let mut buf = Vec::new();
     loop {
-        let batch = shared.queue().drain();
+        let (batch, overflowed) = {
+            let mut queue = shared.queue();
+            (queue.drain(), queue.take_overflowed())
+        };
+        if overflowed > 0 {
+            warn!(
+                node = link.node,
+                overflowed, "peer too slow: oldest queued messages dropped"
+            );
+        }
         if batch.is_empty() {
             tokio::select! {
                 _ = shared.notify.notified() => continue,
@@ -886,7 +909,7 @@ mod tests {
         q.push(hb(1, 3));
         let got = q.drain();
         assert_eq!(got, vec![vote(1), hb(1, 3)]);
-        assert_eq!(q.dropped, 2);
+        assert_eq!(q.superseded, 2);
         // Nothing left: a heartbeat after a drain is queued afresh.
         q.push(hb(1, 4));
         assert_eq!(q.drain(), vec![hb(1, 4)]);
@@ -900,6 +923,7 @@ mod tests {
         }
         let terms: Vec<_> = q.drain().iter().map(|m| m.term).collect();
         assert_eq!(terms, vec![2, 3, 4]);
-        assert_eq!(q.dropped, 2);
+        assert_eq!(q.take_overflowed(), 2);
+        assert_eq!(q.take_overflowed(), 0);
     }
 }
