@@ -8,6 +8,8 @@
 //! - [`state_machine`](mod@state_machine): the trait a user's state machine implements (usually
 //!   through `#[derive(StateMachine)]`), and the byte-level dispatch.
 //! - [`client`]: what generated typed clients are built on.
+//! - [`transport`] and [`tls`]: QUIC peer links with mutual TLS, and the
+//!   cluster certificates they use.
 //! - [`storage`]: the durable log (an embedded write-ahead log), the hard
 //!   state and snapshots, behind the pluggable [`storage::LogStore`] trait.
 //! - `sim` (feature `sim`): a seeded, deterministic cluster simulation and a
@@ -28,6 +30,7 @@ pub mod runtime;
 pub mod sim;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
 pub use error::Error;

@@ -8,8 +8,9 @@
 //! queue them without bound: a slow or dead peer never blocks the others.
 //!
 //! Implementations:
-//! - `quic`: the production transport, QUIC (quinn) with mutual TLS.
-//! - `memory`: an in-process transport with fault injection (drop, delay,
+//! - [`quic`]: the production transport, QUIC (quinn) with mutual TLS
+//!   ([`crate::tls`]), framed by [`frame`].
+//! - [`memory`]: an in-process transport with fault injection (drop, delay,
 //!   partition, one-way cut) for tests.
 //!
 //! Storage and transport never import each other; the runtime joins them.
@@ -17,6 +18,13 @@
 use std::collections::BTreeMap;
 
 use crate::core::{Message, NodeId};
+
+pub mod frame;
+pub mod memory;
+pub mod quic;
+
+pub use memory::{MemoryNetwork, MemoryTransport};
+pub use quic::{LinkState, QuicConfig, QuicTransport, TransportError};
 
 /// Sends Raft messages to peers.
 pub trait Transport: Send + Sync + 'static {

@@ -1,0 +1,270 @@
+//! Peer-link framing: length-delimited postcard frames.
+//!
+//! A frame is a `u32` big-endian length followed by that many bytes of a
+//! postcard-encoded [`PeerFrame`]. The peer protocol on one QUIC stream is:
+//!
+//! ```text
+//! dialer                              acceptor
+//!   Hello { from, name, schema, version } ─▶
+//!                                      ◀─ HelloOk | Refused { reason } (then close)
+//!   Msg(..) Msg(..) ... ─▶
+//! ```
+//!
+//! # Invariants
+//!
+//! 1. No frame longer than the configured cap (default
+//!    [`DEFAULT_MAX_FRAME_BYTES`], 16 MiB) is ever allocated, read or
+//!    written: the length prefix is checked before any buffer is allocated,
+//!    and a writer refuses to send a frame its peer would refuse.
+//! 2. Network data is never trusted: a short read, a length over the cap or
+//!    bytes that do not decode are typed errors ([`FrameError`]), never a
+//!    panic. The caller closes the stream; the node carries on.
+//! 3. Postcard encodes enum variants by index, so variants of [`PeerFrame`]
+//!    are only ever appended; [`PROTOCOL_VERSION`] changes when the meaning of
+//!    existing bytes changes.
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::core::{Message, NodeId};
+
+/// The default cap on one frame's body: 16 MiB.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// The version of the peer protocol spoken in [`PeerFrame::Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Length of the length prefix.
+const PREFIX: usize = 4;
+
+/// One frame of the peer protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerFrame {
+    /// The first frame a dialer sends: who it is and what it speaks.
+    Hello {
+        /// The dialer's node id.
+        from: NodeId,
+        /// The dialer's name (its id is derived from it).
+        name: String,
+        /// The fingerprint of the dialer's state-machine schema.
+        schema: u64,
+        /// The dialer's [`PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// The acceptor accepted the hello; `Msg` frames follow.
+    HelloOk,
+    /// The acceptor refused the hello and closes the link.
+    Refused {
+        /// Why, for the dialer's logs and link state.
+        reason: String,
+    },
+    /// A Raft message.
+    Msg(Message),
+}
+
+/// An error reading or writing a frame.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix (or an outgoing frame) exceeds the cap.
+    #[error("frame of {len} bytes exceeds the cap of {max} bytes")]
+    TooLarge {
+        /// The frame's length.
+        len: u64,
+        /// The cap.
+        max: usize,
+    },
+    /// The body is not a valid postcard [`PeerFrame`].
+    #[error("frame does not decode: {0}")]
+    Decode(#[source] postcard::Error),
+    /// A frame could not be encoded.
+    #[error("frame does not encode: {0}")]
+    Encode(#[source] postcard::Error),
+    /// The stream failed.
+    #[error("stream error: {0}")]
+    Io(#[from] io::Error),
+    /// The stream ended (cleanly between frames, or in the middle of one).
+    #[error("stream closed")]
+    Closed,
+}
+
+/// Appends `frame`, length-prefixed, to `buf`. On error `buf` is left as it
+/// was.
+pub fn encode_frame(frame: &PeerFrame, max: usize, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; PREFIX]);
+    if let Err(e) = postcard::to_extend(frame, Appender(buf)) {
+        buf.truncate(start);
+        return Err(FrameError::Encode(e));
+    }
+    let len = buf.len() - start - PREFIX;
+    match u32::try_from(len).ok().filter(|_| len <= max) {
+        Some(len32) => {
+            buf[start..start + PREFIX].copy_from_slice(&len32.to_be_bytes());
+            Ok(())
+        }
+        None => {
+            buf.truncate(start);
+            Err(FrameError::TooLarge {
+                len: len as u64,
+                max,
+            })
+        }
+    }
+}
+
+/// Lets postcard append to a borrowed buffer.
+struct Appender<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Appender<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
+}
+
+/// Writes one frame and flushes.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &PeerFrame,
+    max: usize,
+) -> Result<(), FrameError> {
+    let mut buf = Vec::new();
+    encode_frame(frame, max, &mut buf)?;
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame whose body is at most `max` bytes. A stream that ends
+/// before or inside a frame yields [`FrameError::Closed`].
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<PeerFrame, FrameError> {
+    let mut prefix = [0u8; PREFIX];
+    read_exact(r, &mut prefix).await?;
+    let len = u32::from_be_bytes(prefix);
+    let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+    if len_usize > max {
+        return Err(FrameError::TooLarge {
+            len: u64::from(len),
+            max,
+        });
+    }
+    let mut body = vec![0u8; len_usize];
+    read_exact(r, &mut body).await?;
+    postcard::from_bytes(&body).map_err(FrameError::Decode)
+}
+
+async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), FrameError> {
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(FrameError::Closed),
+        Err(e) => Err(FrameError::Io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Body;
+
+    fn msg(n: u64) -> PeerFrame {
+        PeerFrame::Msg(Message {
+            from: 1,
+            to: 2,
+            term: n,
+            body: Body::Heartbeat {
+                commit: n,
+                round: n,
+            },
+        })
+    }
+
+    async fn read_all(bytes: &[u8], max: usize) -> Vec<Result<PeerFrame, FrameError>> {
+        let mut r = bytes;
+        let mut out = Vec::new();
+        loop {
+            let f = read_frame(&mut r, max).await;
+            let stop = f.is_err();
+            out.push(f);
+            if stop {
+                return out;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_back_to_back() {
+        let frames = vec![
+            PeerFrame::Hello {
+                from: 7,
+                name: "kv@127.0.0.1:1".into(),
+                schema: 0xdead_beef,
+                version: PROTOCOL_VERSION,
+            },
+            PeerFrame::HelloOk,
+            PeerFrame::Refused {
+                reason: "no".into(),
+            },
+            msg(1),
+            msg(2),
+        ];
+        let mut buf = Vec::new();
+        for f in &frames {
+            encode_frame(f, DEFAULT_MAX_FRAME_BYTES, &mut buf).expect("encode");
+        }
+        let got = read_all(&buf, DEFAULT_MAX_FRAME_BYTES).await;
+        assert_eq!(got.len(), frames.len() + 1);
+        for (g, f) in got.iter().zip(&frames) {
+            assert_eq!(g.as_ref().expect("frame"), f);
+        }
+        assert!(matches!(got.last(), Some(Err(FrameError::Closed))));
+    }
+
+    #[tokio::test]
+    async fn oversized_prefix_is_refused_before_allocating() {
+        let bytes = u32::MAX.to_be_bytes();
+        let got = read_all(&bytes, 1024).await;
+        assert!(matches!(
+            got[0],
+            Err(FrameError::TooLarge { len, max: 1024 }) if len == u64::from(u32::MAX)
+        ));
+    }
+
+    #[tokio::test]
+    async fn garbage_and_truncation_are_errors() {
+        let mut bytes = 3u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(matches!(
+            read_all(&bytes, 1024).await[0],
+            Err(FrameError::Decode(_))
+        ));
+        let mut buf = Vec::new();
+        encode_frame(&msg(3), 1024, &mut buf).expect("encode");
+        buf.pop();
+        assert!(matches!(
+            read_all(&buf, 1024).await[0],
+            Err(FrameError::Closed)
+        ));
+        assert!(matches!(
+            read_all(&[0, 0], 1024).await[0],
+            Err(FrameError::Closed)
+        ));
+    }
+
+    #[test]
+    fn writer_refuses_frames_over_the_cap() {
+        let mut buf = vec![9u8];
+        let big = PeerFrame::Refused {
+            reason: "x".repeat(100),
+        };
+        assert!(matches!(
+            encode_frame(&big, 10, &mut buf),
+            Err(FrameError::TooLarge { max: 10, .. })
+        ));
+        assert_eq!(buf, vec![9u8], "buffer left as it was");
+    }
+}

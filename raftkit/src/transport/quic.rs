@@ -1,0 +1,929 @@
+//! The production transport: QUIC (quinn) peer links with mutual TLS.
+//!
+//! # Shape
+//!
+//! Each node runs one quinn endpoint on one UDP socket, both server and
+//! client. Inbound connections are dispatched on their negotiated ALPN
+//! protocol: [`PEER_ALPN`] links are served here, [`CLIENT_ALPN`]
+//! connections are handed to the `clients` channel given to
+//! [`QuicTransport::start`] (and refused when there is none).
+//!
+//! Every ordered pair of peers has its own link: node A sends to B over a
+//! connection A dialed, and B answers over the one it dialed to A. A link is
+//! one bidirectional stream:
+//!
+//! 1. the dialer sends [`PeerFrame::Hello`] (node id, name, schema
+//!    fingerprint, protocol version);
+//! 2. the acceptor checks it and answers [`PeerFrame::HelloOk`], or
+//!    [`PeerFrame::Refused`] with a reason and closes (both sides log it,
+//!    the dialer's [`LinkState`] becomes [`LinkState::Refused`]);
+//! 3. the dialer streams [`PeerFrame::Msg`] frames, which the acceptor
+//!    forwards to the node's inbox.
+//!
+//! Outbound, each peer has a task and a bounded queue
+//! ([`QuicTransport::send`] only locks the queue for a push). The task
+//! drains everything queued into one write (batching); a newer heartbeat
+//! supersedes an unsent older one (coalescing); past the capacity the oldest
+//! message is dropped. When a link fails the task reconnects with
+//! exponential backoff (20 ms doubling to 1 s by default, reset once a hello
+//! is accepted).
+//!
+//! # Invariants
+//!
+//! 1. `send` never blocks and never waits on the network; a slow or dead
+//!    peer only fills (and overflows) its own queue.
+//! 2. Every connection is mutually authenticated by the cluster CA (see
+//!    [`crate::tls`]); a handshake that fails is logged and only that
+//!    connection is dropped.
+//! 3. Network data is never trusted: a frame over `max_frame_bytes`, bytes
+//!    that do not decode, an unexpected frame or a message whose `from` is
+//!    not the id the link said hello with are logged at `warn` with the
+//!    peer and the reason, and close that link (or drop that message); the
+//!    node keeps serving every other link.
+//! 4. A link only carries messages after the acceptor has accepted the
+//!    dialer's schema fingerprint and protocol version: a peer of another
+//!    schema never delivers a message.
+//! 5. Inbound messages are forwarded with `inbox.send(..).await`: a full
+//!    inbox stalls only the links feeding it, and QUIC flow control pushes
+//!    back to those dialers, whose queues then drop their oldest messages.
+//! 6. Messages may be lost (overflow, reconnects, shutdown); Raft tolerates
+//!    loss, duplication and reordering. Within one link, order is kept.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{debug, error, info, trace, warn};
+
+use super::Transport;
+use super::frame::{
+    DEFAULT_MAX_FRAME_BYTES, FrameError, PROTOCOL_VERSION, PeerFrame, encode_frame, read_frame,
+    write_frame,
+};
+use crate::core::{Body, Message, NodeId};
+use crate::identity::node_id;
+use crate::tls::{CLIENT_ALPN, CLUSTER_SAN, Identity, PEER_ALPN, TlsError};
+
+/// Application close code: normal shutdown or a link no longer wanted.
+const CLOSE_NORMAL: u32 = 0;
+/// Application close code: the peer broke the peer protocol.
+const CLOSE_PROTOCOL: u32 = 1;
+/// Application close code: the hello was refused.
+const CLOSE_REFUSED: u32 = 2;
+/// Application close code: no service for this ALPN.
+const CLOSE_NO_SERVICE: u32 = 3;
+
+/// How long each side waits for the other's hello (or answer to it).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a node's QUIC transport is set up. [`QuicConfig::new`] fills in the
+/// defaults; the fields are public to adjust them.
+#[derive(Clone, Debug)]
+pub struct QuicConfig {
+    /// The UDP address to bind (port 0 picks a free port; see the address
+    /// [`QuicTransport::start`] returns).
+    pub listen: SocketAddr,
+    /// This node's id. It must be [`node_id`]`(&name)` (as
+    /// [`QuicConfig::new`] sets it): acceptors refuse a hello whose id is
+    /// not the id of its name.
+    pub node: NodeId,
+    /// This node's name, sent in hellos.
+    pub name: String,
+    /// The certificate this node presents and the CA it trusts.
+    pub identity: Identity,
+    /// The fingerprint of the state machine's schema; peers must agree.
+    pub schema: u64,
+    /// The cap on one frame's body (default 16 MiB).
+    pub max_frame_bytes: usize,
+    /// The most messages queued for one peer; older ones are dropped past it
+    /// (default 1024).
+    pub queue_capacity: usize,
+    /// The first reconnect delay (default 20 ms).
+    pub backoff_min: Duration,
+    /// The longest reconnect delay (default 1 s).
+    pub backoff_max: Duration,
+    /// How often an idle connection sends a keep-alive (default 2 s).
+    pub keep_alive: Duration,
+    /// How long a silent connection lives (default 10 s).
+    pub idle_timeout: Duration,
+}
+
+impl QuicConfig {
+    /// A configuration with defaults for the node called `name` (whose id
+    /// is [`node_id`]`(name)`).
+    pub fn new(listen: SocketAddr, name: &str, identity: Identity, schema: u64) -> QuicConfig {
+        QuicConfig {
+            listen,
+            node: node_id(name),
+            name: name.to_string(),
+            identity,
+            schema,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            queue_capacity: 1024,
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// An error starting the transport or dialing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A connection could not be started.
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// A connection failed (including a failed TLS handshake).
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// An address did not resolve.
+    #[error("cannot resolve {addr}: {reason}")]
+    Resolve {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer refused the link (for example a schema mismatch).
+    #[error("refused by peer: {0}")]
+    Refused(String),
+    /// A frame could not be read or written.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The peer did not answer in time.
+    #[error("timed out waiting for the peer")]
+    Timeout,
+}
+
+/// The state of the outbound link to one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not (or no longer) connected; dialing with backoff.
+    Connecting,
+    /// The peer accepted the hello; messages flow.
+    Connected,
+    /// The last handshake that reached the peer was refused, for this
+    /// reason (for example a schema mismatch). The task keeps retrying at
+    /// the backoff cap.
+    Refused(String),
+}
+
+/// Builds a quinn transport configuration with keep-alives and an idle
+/// timeout.
+fn transport_config(keep_alive: Duration, idle: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(keep_alive));
+    let idle_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
+    t.max_idle_timeout(Some(VarInt::from_u32(idle_ms).into()));
+    Arc::new(t)
+}
+
+/// The quinn server configuration of a node: its identity, client
+/// certificates required (see [`Identity::server_config`]).
+pub fn quic_server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsError> {
+    let tls = QuicServerConfig::try_from(Arc::new(identity.server_config()?))
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(tls)))
+}
+
+/// A quinn client configuration presenting `identity`, trusting its CA only
+/// and offering the ALPN protocol `alpn` ([`PEER_ALPN`] or [`CLIENT_ALPN`]).
+pub fn quic_client_config(
+    identity: &Identity,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TlsError> {
+    let tls = QuicClientConfig::try_from(Arc::new(identity.client_config(alpn)?))
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok(quinn::ClientConfig::new(Arc::new(tls)))
+}
+
+/// Dials a node's client service ([`CLIENT_ALPN`]) at `addr` from a fresh
+/// client-only endpoint on an ephemeral port, presenting `identity`.
+pub async fn connect_client(
+    addr: SocketAddr,
+    identity: &Identity,
+) -> Result<Connection, TransportError> {
+    let bind = unspecified_like(addr);
+    let endpoint =
+        Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+    let mut config = quic_client_config(identity, CLIENT_ALPN)?;
+    config.transport_config(transport_config(
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+    ));
+    let conn = endpoint.connect_with(config, addr, CLUSTER_SAN)?.await?;
+    Ok(conn)
+}
+
+fn unspecified_like(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
+/// What the peer tasks and the accept loop share (never the transport
+/// itself, so that dropping the last [`QuicTransport`] stops them).
+struct LinkConfig {
+    node: NodeId,
+    name: String,
+    schema: u64,
+    max_frame_bytes: usize,
+    queue_capacity: usize,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    client: quinn::ClientConfig,
+}
+
+/// The bounded outbound queue of one peer.
+#[derive(Debug)]
+pub(crate) struct OutQueue {
+    msgs: VecDeque<Message>,
+    cap: usize,
+    /// Heartbeats replaced by a newer one before being sent.
+    superseded: u64,
+    /// Messages dropped because the queue was full (not yet reported).
+    overflowed: u64,
+}
+
+impl OutQueue {
+    pub(crate) fn new(cap: usize) -> OutQueue {
+        OutQueue {
+            msgs: VecDeque::new(),
+            cap: cap.max(1),
+            superseded: 0,
+            overflowed: 0,
+        }
+    }
+
+    /// Queues `msg`: a heartbeat replaces any unsent heartbeat from the same
+    /// sender; past the capacity the oldest message is dropped.
+    pub(crate) fn push(&mut self, msg: Message) {
+        if matches!(msg.body, Body::Heartbeat { .. }) {
+            let before = self.msgs.len();
+            self.msgs
+                .retain(|m| !(matches!(m.body, Body::Heartbeat { .. }) && m.from == msg.from));
+            self.superseded += (before - self.msgs.len()) as u64;
+        }
+        while self.msgs.len() >= self.cap {
+            self.msgs.pop_front();
+            self.overflowed += 1;
+        }
+        self.msgs.push_back(msg);
+    }
+
+    /// Takes everything queued, oldest first.
+    pub(crate) fn drain(&mut self) -> Vec<Message> {
+        self.msgs.drain(..).collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// How many messages overflowed since the last call.
+    pub(crate) fn take_overflowed(&mut self) -> u64 {
+        std::mem::take(&mut self.overflowed)
+    }
+}
+
+/// The state shared between `send` and one peer's task.
+struct PeerShared {
+    queue: Mutex<OutQueue>,
+    notify: Notify,
+    state: watch::Sender<LinkState>,
+}
+
+impl PeerShared {
+    fn queue(&self) -> MutexGuard<'_, OutQueue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct PeerHandle {
+    addr: String,
+    shared: Arc<PeerShared>,
+    task: AbortHandle,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    link: Arc<LinkConfig>,
+    runtime: tokio::runtime::Handle,
+    peers: Mutex<HashMap<NodeId, PeerHandle>>,
+    accept_task: AbortHandle,
+}
+
+impl Inner {
+    fn peers(&self) -> MutexGuard<'_, HashMap<NodeId, PeerHandle>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop(&self) {
+        self.accept_task.abort();
+        for (_, peer) in self.peers().drain() {
+            peer.task.abort();
+        }
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_NORMAL), b"shutdown");
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The QUIC peer transport of one node. Cheap to clone; the last clone
+/// dropped (or [`QuicTransport::shutdown`]) closes the endpoint.
+#[derive(Clone)]
+pub struct QuicTransport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("node", &self.inner.link.node)
+            .field("name", &self.inner.link.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuicTransport {
+    /// Binds the endpoint and starts accepting. Raft messages from peers
+    /// arrive on `inbox`; client connections ([`CLIENT_ALPN`]) are handed
+    /// to `clients`, or refused when it is `None`. Returns the transport and
+    /// the address actually bound. Must be called within a tokio runtime.
+    pub async fn start(
+        config: QuicConfig,
+        inbox: mpsc::Sender<Message>,
+        clients: Option<mpsc::Sender<Connection>>,
+    ) -> Result<(QuicTransport, SocketAddr), TransportError> {
+        let transport = transport_config(config.keep_alive, config.idle_timeout);
+        let mut server = quic_server_config(&config.identity)?;
+        server.transport_config(transport.clone());
+        let mut client = quic_client_config(&config.identity, PEER_ALPN)?;
+        client.transport_config(transport);
+
+        let endpoint =
+            Endpoint::server(server, config.listen).map_err(|source| TransportError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local = endpoint
+            .local_addr()
+            .map_err(|source| TransportError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let link = Arc::new(LinkConfig {
+            node: config.node,
+            name: config.name,
+            schema: config.schema,
+            max_frame_bytes: config.max_frame_bytes,
+            queue_capacity: config.queue_capacity,
+            backoff_min: config.backoff_min,
+            backoff_max: config.backoff_max.max(config.backoff_min),
+            client,
+        });
+        let runtime = tokio::runtime::Handle::current();
+        let accept_task = runtime
+            .spawn(accept_loop(endpoint.clone(), link.clone(), inbox, clients))
+            .abort_handle();
+        info!(node = link.node, name = %link.name, addr = %local, "quic transport listening");
+        Ok((
+            QuicTransport {
+                inner: Arc::new(Inner {
+                    endpoint,
+                    link,
+                    runtime,
+                    peers: Mutex::new(HashMap::new()),
+                    accept_task,
+                }),
+            },
+            local,
+        ))
+    }
+
+    /// The quinn endpoint (for the client service, which dials and accepts
+    /// on the same socket).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.inner.link.node
+    }
+
+    /// The state of the outbound link to `peer`, or `None` if `peer` is not
+    /// among the peers set by [`Transport::set_peers`].
+    pub fn link_state(&self, peer: NodeId) -> Option<LinkState> {
+        self.inner
+            .peers()
+            .get(&peer)
+            .map(|p| p.shared.state.borrow().clone())
+    }
+
+    /// A receiver that sees every change of the link state of `peer` (until
+    /// the peer is removed or readded), or `None` if `peer` is not set.
+    pub fn watch_link(&self, peer: NodeId) -> Option<watch::Receiver<LinkState>> {
+        self.inner
+            .peers()
+            .get(&peer)
+            .map(|p| p.shared.state.subscribe())
+    }
+
+    /// How many messages are queued for `peer`.
+    pub fn queued(&self, peer: NodeId) -> Option<usize> {
+        self.inner
+            .peers()
+            .get(&peer)
+            .map(|p| p.shared.queue().len())
+    }
+
+    /// Stops every task and closes the endpoint (connections are closed
+    /// with a final frame), waiting up to a second for the close to reach
+    /// the peers. Later sends are dropped.
+    pub async fn shutdown(&self) {
+        self.inner.stop();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+        info!(node = self.inner.link.node, "quic transport shut down");
+    }
+}
+
+impl Transport for QuicTransport {
+    fn send(&self, msg: Message) {
+        let peers = self.inner.peers();
+        match peers.get(&msg.to) {
+            Some(peer) => {
+                peer.shared.queue().push(msg);
+                peer.shared.notify.notify_one();
+            }
+            None => trace!(
+                to = msg.to,
+                kind = msg.body.kind(),
+                "no link to this peer; message dropped"
+            ),
+        }
+    }
+
+    fn set_peers(&self, peers: BTreeMap<NodeId, String>) {
+        let mut current = self.inner.peers();
+        current.retain(|id, handle| {
+            let keep = peers.get(id) == Some(&handle.addr);
+            if !keep {
+                handle.task.abort();
+                debug!(node = self.inner.link.node, peer = *id, "peer link removed");
+            }
+            keep
+        });
+        for (id, addr) in peers {
+            if id == self.inner.link.node || current.contains_key(&id) {
+                continue;
+            }
+            let shared = Arc::new(PeerShared {
+                queue: Mutex::new(OutQueue::new(self.inner.link.queue_capacity)),
+                notify: Notify::new(),
+                state: watch::Sender::new(LinkState::Connecting),
+            });
+            let task = self
+                .inner
+                .runtime
+                .spawn(peer_task(
+                    self.inner.endpoint.clone(),
+                    self.inner.link.clone(),
+                    id,
+                    addr.clone(),
+                    shared.clone(),
+                ))
+                .abort_handle();
+            debug!(node = self.inner.link.node, peer = id, %addr, "peer link added");
+            current.insert(id, PeerHandle { addr, shared, task });
+        }
+    }
+}
+
+// ---------------------------------------------------------------- outbound
+
+/// Keeps one peer's link up and drains its queue into it.
+async fn peer_task(
+    endpoint: Endpoint,
+    link: Arc<LinkConfig>,
+    peer: NodeId,
+    addr: String,
+    shared: Arc<PeerShared>,
+) {
+    let mut backoff = link.backoff_min;
+    let mut failures: u32 = 0;
+    loop {
+        match dial(&endpoint, &link, &addr).await {
+            Ok((conn, send)) => {
+                backoff = link.backoff_min;
+                failures = 0;
+                shared.state.send_replace(LinkState::Connected);
+                info!(node = link.node, peer, %addr, "peer link up");
+                let why = pump(&link, &conn, send, &shared).await;
+                shared.state.send_replace(LinkState::Connecting);
+                warn!(node = link.node, peer, %addr, reason = %why, "peer link lost; reconnecting");
+                conn.close(VarInt::from_u32(CLOSE_NORMAL), b"reconnecting");
+            }
+            Err(TransportError::Refused(reason)) => {
+                let changed = *shared.state.borrow() != LinkState::Refused(reason.clone());
+                if changed {
+                    error!(node = link.node, peer, %addr, %reason, "peer refused the link");
+                }
+                shared.state.send_replace(LinkState::Refused(reason));
+                backoff = link.backoff_max;
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    warn!(node = link.node, peer, %addr, error = %e, "cannot reach peer; retrying");
+                } else {
+                    debug!(node = link.node, peer, %addr, error = %e, failures, "cannot reach peer");
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(link.backoff_max);
+    }
+}
+
+/// Connects, opens the link stream and says hello. Returns the connection
+/// and the stream to write messages on once the hello is accepted.
+async fn dial(
+    endpoint: &Endpoint,
+    link: &LinkConfig,
+    addr: &str,
+) -> Result<(Connection, SendStream), TransportError> {
+    let target = resolve(endpoint, addr).await?;
+    let conn = endpoint
+        .connect_with(link.client.clone(), target, CLUSTER_SAN)?
+        .await?;
+    let hello = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(
+            &mut send,
+            &PeerFrame::Hello {
+                from: link.node,
+                name: link.name.clone(),
+                schema: link.schema,
+                version: PROTOCOL_VERSION,
+            },
+            link.max_frame_bytes,
+        )
+        .await?;
+        match read_frame(&mut recv, link.max_frame_bytes).await? {
+            PeerFrame::HelloOk => Ok(send),
+            PeerFrame::Refused { reason } => Err(TransportError::Refused(reason)),
+            other => Err(TransportError::Refused(format!(
+                "unexpected answer to hello: {}",
+                frame_kind(&other)
+            ))),
+        }
+    };
+    let result = match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
+        Ok(r) => r,
+        Err(_) => Err(TransportError::Timeout),
+    };
+    match result {
+        Ok(send) => Ok((conn, send)),
+        Err(e) => {
+            let code = match e {
+                TransportError::Refused(_) => CLOSE_REFUSED,
+                _ => CLOSE_PROTOCOL,
+            };
+            conn.close(VarInt::from_u32(code), b"hello failed");
+            Err(e)
+        }
+    }
+}
+
+/// Resolves `addr`, preferring an address of the endpoint's family.
+async fn resolve(endpoint: &Endpoint, addr: &str) -> Result<SocketAddr, TransportError> {
+    let resolve_err = |reason: String| TransportError::Resolve {
+        addr: addr.to_string(),
+        reason,
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| resolve_err(e.to_string()))?
+        .collect();
+    let v4 = endpoint.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4() == v4)
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| resolve_err("no address".into()))
+}
+
+/// Writes queued messages to the link until it fails; returns why.
+async fn pump(
+    link: &LinkConfig,
+    conn: &Connection,
+    mut send: SendStream,
+    shared: &PeerShared,
+) -> String {
+    let mut buf = Vec::new();
+    loop {
+        let (batch, overflowed) = {
+            let mut queue = shared.queue();
+            (queue.drain(), queue.take_overflowed())
+        };
+        if overflowed > 0 {
+            warn!(
+                node = link.node,
+                overflowed, "peer too slow: oldest queued messages dropped"
+            );
+        }
+        if batch.is_empty() {
+            tokio::select! {
+                _ = shared.notify.notified() => continue,
+                e = conn.closed() => return e.to_string(),
+            }
+        }
+        buf.clear();
+        let count = batch.len();
+        for msg in batch {
+            let (to, kind) = (msg.to, msg.body.kind());
+            if let Err(e) = encode_frame(&PeerFrame::Msg(msg), link.max_frame_bytes, &mut buf) {
+                error!(node = link.node, peer = to, kind, error = %e, "cannot send message; dropped");
+            }
+        }
+        trace!(node = link.node, count, bytes = buf.len(), "sending batch");
+        if let Err(e) = send.write_all(&buf).await {
+            return e.to_string();
+        }
+    }
+}
+
+// ----------------------------------------------------------------- inbound
+
+/// Accepts connections until the endpoint closes; each is served by its own
+/// task (aborted with this one).
+async fn accept_loop(
+    endpoint: Endpoint,
+    link: Arc<LinkConfig>,
+    inbox: mpsc::Sender<Message>,
+    clients: Option<mpsc::Sender<Connection>>,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                tasks.spawn(serve_incoming(incoming, link.clone(), inbox.clone(), clients.clone()));
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    debug!(node = link.node, "accept loop stopped");
+}
+
+async fn serve_incoming(
+    incoming: quinn::Incoming,
+    link: Arc<LinkConfig>,
+    inbox: mpsc::Sender<Message>,
+    clients: Option<mpsc::Sender<Connection>>,
+) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            warn!(node = link.node, %remote, error = %e,
+                "inbound handshake failed (no certificate of the cluster CA?); connection dropped");
+            return;
+        }
+    };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    match alpn.as_deref() {
+        Some(PEER_ALPN) => serve_peer(conn, remote, link, inbox).await,
+        Some(CLIENT_ALPN) => match clients {
+            Some(clients) => {
+                if clients.send(conn.clone()).await.is_err() {
+                    conn.close(
+                        VarInt::from_u32(CLOSE_NO_SERVICE),
+                        b"client service stopped",
+                    );
+                }
+            }
+            None => {
+                debug!(node = link.node, %remote, "client connection refused: no client service");
+                conn.close(VarInt::from_u32(CLOSE_NO_SERVICE), b"no client service");
+            }
+        },
+        _ => {
+            warn!(node = link.node, %remote, "connection without a known ALPN protocol; closed");
+            conn.close(VarInt::from_u32(CLOSE_NO_SERVICE), b"unknown protocol");
+        }
+    }
+}
+
+/// Serves every stream a peer opens on one connection.
+async fn serve_peer(
+    conn: Connection,
+    remote: SocketAddr,
+    link: Arc<LinkConfig>,
+    inbox: mpsc::Sender<Message>,
+) {
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(serve_link(conn.clone(), remote, link.clone(), inbox.clone(), send, recv));
+                }
+                Err(e) => {
+                    debug!(node = link.node, %remote, reason = %e, "inbound peer connection closed");
+                    return;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+}
+
+/// Serves one link stream: hello, then messages into the inbox.
+async fn serve_link(
+    conn: Connection,
+    remote: SocketAddr,
+    link: Arc<LinkConfig>,
+    inbox: mpsc::Sender<Message>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let max = link.max_frame_bytes;
+    let protocol_error = |peer: &str, reason: String| {
+        warn!(node = link.node, %remote, peer, %reason, "bad frame from peer; closing the link");
+        conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol error");
+    };
+    let first = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, max)).await {
+        Err(_) => return protocol_error("?", "no hello in time".into()),
+        Ok(Err(FrameError::Closed)) => return,
+        Ok(Err(e)) => return protocol_error("?", e.to_string()),
+        Ok(Ok(frame)) => frame,
+    };
+    let PeerFrame::Hello {
+        from,
+        name,
+        schema,
+        version,
+    } = first
+    else {
+        return protocol_error("?", format!("expected hello, got {}", frame_kind(&first)));
+    };
+    let refusal = if version != PROTOCOL_VERSION {
+        Some(format!(
+            "protocol version mismatch: local {PROTOCOL_VERSION} remote {version} from {name}"
+        ))
+    } else if schema != link.schema {
+        Some(format!(
+            "schema mismatch: local {:#018x} remote {schema:#018x} from {name}",
+            link.schema
+        ))
+    } else if from != node_id(&name) {
+        Some(format!(
+            "node id {from} is not the id of the name {name} ({})",
+            node_id(&name)
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        error!(node = link.node, %remote, peer = %name, %reason, "refused peer link");
+        if write_frame(&mut send, &PeerFrame::Refused { reason }, max)
+            .await
+            .is_ok()
+        {
+            let _ = send.finish();
+            // Let the dialer read the refusal and close; then close anyway.
+            let _ = tokio::time::timeout(HELLO_TIMEOUT, conn.closed()).await;
+        }
+        conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
+        return;
+    }
+    if let Err(e) = write_frame(&mut send, &PeerFrame::HelloOk, max).await {
+        debug!(node = link.node, %remote, peer = %name, error = %e, "cannot answer hello");
+        return;
+    }
+    debug!(node = link.node, %remote, peer = %name, "inbound peer link up");
+    loop {
+        match read_frame(&mut recv, max).await {
+            Ok(PeerFrame::Msg(msg)) => {
+                if msg.from != from {
+                    warn!(node = link.node, %remote, peer = %name, claimed = msg.from,
+                        "message from another node id than the link's; dropped");
+                    continue;
+                }
+                if inbox.send(msg).await.is_err() {
+                    debug!(node = link.node, "inbox closed; dropping the link");
+                    conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
+                    return;
+                }
+            }
+            Ok(other) => {
+                return protocol_error(&name, format!("unexpected {} frame", frame_kind(&other)));
+            }
+            Err(FrameError::Closed) => {
+                debug!(node = link.node, %remote, peer = %name, "inbound peer link closed");
+                return;
+            }
+            Err(FrameError::Io(e)) => {
+                debug!(node = link.node, %remote, peer = %name, error = %e, "inbound peer link failed");
+                return;
+            }
+            Err(e) => return protocol_error(&name, e.to_string()),
+        }
+    }
+}
+
+fn frame_kind(frame: &PeerFrame) -> &'static str {
+    match frame {
+        PeerFrame::Hello { .. } => "Hello",
+        PeerFrame::HelloOk => "HelloOk",
+        PeerFrame::Refused { .. } => "Refused",
+        PeerFrame::Msg(_) => "Msg",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(from: NodeId, round: u64) -> Message {
+        Message {
+            from,
+            to: 9,
+            term: 1,
+            body: Body::Heartbeat { commit: 0, round },
+        }
+    }
+
+    fn vote(from: NodeId) -> Message {
+        Message {
+            from,
+            to: 9,
+            term: 1,
+            body: Body::TimeoutNow,
+        }
+    }
+
+    #[test]
+    fn newer_heartbeat_supersedes_unsent_one() {
+        let mut q = OutQueue::new(16);
+        q.push(hb(1, 1));
+        q.push(vote(1));
+        q.push(hb(1, 2));
+        q.push(hb(1, 3));
+        let got = q.drain();
+        assert_eq!(got, vec![vote(1), hb(1, 3)]);
+        assert_eq!(q.superseded, 2);
+        // Nothing left: a heartbeat after a drain is queued afresh.
+        q.push(hb(1, 4));
+        assert_eq!(q.drain(), vec![hb(1, 4)]);
+    }
+
+    #[test]
+    fn full_queue_drops_oldest() {
+        let mut q = OutQueue::new(3);
+        for i in 0..5 {
+            q.push(Message { term: i, ..vote(1) });
+        }
+        let terms: Vec<_> = q.drain().iter().map(|m| m.term).collect();
+        assert_eq!(terms, vec![2, 3, 4]);
+        assert_eq!(q.take_overflowed(), 2);
+        assert_eq!(q.take_overflowed(), 0);
+    }
+}

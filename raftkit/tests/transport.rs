@@ -1,0 +1,580 @@
+//! The peer transports end to end: real QUIC with mutual TLS on loopback
+//! (port 0), and the in-memory network.
+//!
+//! Nothing here sleeps to synchronise: every wait is on a condition (a
+//! message arriving, a link state changing, a connection closing) under a
+//! `tokio::time::timeout` deadline.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftkit::core::{Body, Message, NodeId};
+use raftkit::identity::node_id;
+use raftkit::tls::{ClusterCa, Identity, PEER_ALPN, dev_cluster};
+use raftkit::transport::frame::{PROTOCOL_VERSION, PeerFrame, encode_frame};
+use raftkit::transport::quic::{connect_client, quic_client_config};
+use raftkit::transport::{
+    LinkState, MemoryNetwork, QuicConfig, QuicTransport, Transport, TransportError,
+};
+use tokio::sync::mpsc;
+
+/// Collects the tracing events of the current thread (each `#[tokio::test]`
+/// runs its tasks on its own thread), rendered as `LEVEL message k=v ...`.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let guard = tracing::subscriber::set_default(logs.clone());
+        (logs, guard)
+    }
+
+    fn contains(&self, level: tracing::Level, needle: &str) -> bool {
+        let prefix = format!("{level} ");
+        self.0
+            .lock()
+            .expect("logs")
+            .iter()
+            .any(|e| e.starts_with(&prefix) && e.contains(needle))
+    }
+}
+
+impl Logs {
+    /// Waits (under the deadline) until an event matches.
+    async fn wait_for(&self, level: tracing::Level, needle: &str) {
+        within(&format!("a {level} log saying {needle:?}"), async {
+            while !self.contains(level, needle) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    }
+}
+
+struct Render(String);
+
+impl tracing::field::Visit for Render {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.push_str(&format!(" {value:?}"));
+        } else {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+}
+
+impl tracing::Subscriber for Logs {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut r = Render(event.metadata().level().to_string());
+        event.record(&mut r);
+        self.0.lock().expect("logs").push(r.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const SCHEMA: u64 = 0x5eed_0000_0000_0001;
+
+async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(DEADLINE, f).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+struct Node {
+    name: String,
+    id: NodeId,
+    addr: SocketAddr,
+    t: QuicTransport,
+    rx: mpsc::Receiver<Message>,
+}
+
+impl Node {
+    async fn start(name: &str, identity: Identity, schema: u64) -> Node {
+        Self::start_at(name, identity, schema, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    async fn start_at(name: &str, identity: Identity, schema: u64, listen: SocketAddr) -> Node {
+        let (tx, rx) = mpsc::channel(1024);
+        let (t, addr) =
+            QuicTransport::start(QuicConfig::new(listen, name, identity, schema), tx, None)
+                .await
+                .expect("start transport");
+        Node {
+            name: name.to_string(),
+            id: node_id(name),
+            addr,
+            t,
+            rx,
+        }
+    }
+
+    fn peer_entry(&self) -> (NodeId, String) {
+        (self.id, self.addr.to_string())
+    }
+
+    async fn wait_link(&self, peer: NodeId, pred: impl FnMut(&LinkState) -> bool) -> LinkState {
+        let mut watch = self.t.watch_link(peer).expect("peer is set");
+        within("link state", watch.wait_for(pred))
+            .await
+            .expect("link task alive")
+            .clone()
+    }
+
+    /// Receives the next message, failing after the deadline.
+    async fn recv(&mut self) -> Message {
+        within(&format!("a message at {}", self.name), self.rx.recv())
+            .await
+            .expect("inbox open")
+    }
+}
+
+fn msg(from: &Node, to: &Node, term: u64) -> Message {
+    Message {
+        from: from.id,
+        to: to.id,
+        term,
+        body: Body::AppendEntries {
+            prev_index: term,
+            prev_term: term,
+            entries: Vec::new(),
+            commit: term,
+        },
+    }
+}
+
+fn connect_all(nodes: &[&Node]) {
+    let peers: BTreeMap<_, _> = nodes.iter().map(|n| n.peer_entry()).collect();
+    for n in nodes {
+        n.t.set_peers(peers.clone());
+    }
+}
+
+#[tokio::test]
+async fn two_endpoints_exchange_messages_both_ways() {
+    let (_ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let mut ids = ids.into_iter();
+    let mut a = Node::start("t@a", ids.next().expect("id"), SCHEMA).await;
+    let mut b = Node::start("t@b", ids.next().expect("id"), SCHEMA).await;
+    connect_all(&[&a, &b]);
+
+    for term in 1..=50 {
+        a.t.send(msg(&a, &b, term));
+    }
+    for term in 1..=50 {
+        assert_eq!(b.recv().await, msg(&a, &b, term), "in order over one link");
+    }
+    b.t.send(msg(&b, &a, 7));
+    assert_eq!(a.recv().await, msg(&b, &a, 7));
+    assert_eq!(
+        a.wait_link(b.id, |s| *s == LinkState::Connected).await,
+        LinkState::Connected
+    );
+    a.t.shutdown().await;
+    b.t.shutdown().await;
+}
+
+#[tokio::test]
+async fn three_endpoints_all_pairs() {
+    let names = ["t@1", "t@2", "t@3"];
+    let (_ca, ids) = dev_cluster(names).expect("certs");
+    let mut nodes = Vec::new();
+    for (name, id) in names.iter().zip(ids) {
+        nodes.push(Node::start(name, id, SCHEMA).await);
+    }
+    connect_all(&nodes.iter().collect::<Vec<_>>());
+    for i in 0..3 {
+        for j in 0..3 {
+            if i != j {
+                nodes[i]
+                    .t
+                    .send(msg(&nodes[i], &nodes[j], (i * 10 + j) as u64));
+            }
+        }
+    }
+    for j in 0..3 {
+        let mut got: Vec<_> = Vec::new();
+        for _ in 0..2 {
+            got.push(nodes[j].recv().await);
+        }
+        got.sort_by_key(|m| m.term);
+        let mut want: Vec<_> = (0..3)
+            .filter(|&i| i != j)
+            .map(|i| msg(&nodes[i], &nodes[j], (i * 10 + j) as u64))
+            .collect();
+        want.sort_by_key(|m| m.term);
+        assert_eq!(got, want);
+    }
+}
+
+#[tokio::test]
+async fn reconnects_after_the_remote_restarts_on_the_same_port() {
+    let (_ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let (ida, idb) = (ids[0].clone(), ids[1].clone());
+    let a = Node::start("t@a", ida, SCHEMA).await;
+    let mut b = Node::start("t@b", idb.clone(), SCHEMA).await;
+    connect_all(&[&a, &b]);
+    a.t.send(msg(&a, &b, 1));
+    assert_eq!(b.recv().await, msg(&a, &b, 1));
+
+    // Stop b and start it again on the same port.
+    let port = b.addr;
+    b.t.shutdown().await;
+    drop(b);
+    assert_ne!(
+        a.wait_link(node_id("t@b"), |s| *s != LinkState::Connected)
+            .await,
+        LinkState::Connected
+    );
+    let mut b = within("rebinding the port", async {
+        loop {
+            let (tx, rx) = mpsc::channel(1024);
+            let cfg = QuicConfig::new(port, "t@b", idb.clone(), SCHEMA);
+            match QuicTransport::start(cfg, tx, None).await {
+                Ok((t, addr)) => {
+                    return Node {
+                        name: "t@b".into(),
+                        id: node_id("t@b"),
+                        addr,
+                        t,
+                        rx,
+                    };
+                }
+                // The old socket is released once its driver task ends.
+                Err(TransportError::Bind { .. }) => tokio::task::yield_now().await,
+                Err(e) => panic!("restart failed: {e}"),
+            }
+        }
+    })
+    .await;
+
+    a.wait_link(b.id, |s| *s == LinkState::Connected).await;
+    a.t.send(msg(&a, &b, 2));
+    // A message sent just as the old link was noticed dead may be lost;
+    // the next ones arrive.
+    let got = b.recv().await;
+    assert_eq!(got, msg(&a, &b, 2));
+}
+
+#[tokio::test]
+async fn a_peer_of_another_ca_is_refused_and_the_node_keeps_serving() {
+    let (logs, _guard) = Logs::capture();
+    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let mut a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
+    let b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
+    let rogue_ca = ClusterCa::generate("rogue").expect("rogue ca");
+    let mallory = Node::start("t@m", rogue_ca.issue("t@m", &[]).expect("cert"), SCHEMA).await;
+
+    // Mallory dials a with a certificate of another CA (and does not trust
+    // a's certificate either): no link comes up.
+    mallory.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    for term in 1..=5 {
+        mallory.t.send(msg(&mallory, &a, term));
+    }
+
+    // A client that trusts a's CA but presents a certificate of another CA:
+    // a's verifier refuses it; nothing it writes is delivered.
+    let forged = forge_trust(&rogue_ca.issue("t@m", &[]).expect("cert"), &ca);
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let cfg = quic_client_config(&forged, PEER_ALPN).expect("client config");
+    let outcome = within("the forged handshake to fail", async {
+        let conn = endpoint.connect_with(cfg, a.addr, "raftkit")?.await?;
+        if let Ok((mut send, _recv)) = conn.open_bi().await {
+            let _ = send.write_all(&hello_and_msg(&mallory, &a)).await;
+        }
+        Err::<(), TransportError>(TransportError::Connection(conn.closed().await))
+    })
+    .await;
+    let err = outcome.expect_err("handshake must fail");
+    assert!(
+        !matches!(
+            err,
+            TransportError::Connection(quinn::ConnectionError::LocallyClosed)
+        ),
+        "{err}"
+    );
+
+    // a still serves a good peer.
+    b.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    b.t.send(msg(&b, &a, 42));
+    assert_eq!(a.recv().await, msg(&b, &a, 42));
+    assert!(a.rx.try_recv().is_err(), "nothing from mallory");
+    assert_ne!(mallory.t.link_state(a.id), Some(LinkState::Connected));
+    logs.wait_for(tracing::Level::WARN, "inbound handshake failed")
+        .await;
+}
+
+/// An identity with `forged`'s certificate and key that trusts `ca`.
+fn forge_trust(forged: &Identity, ca: &ClusterCa) -> Identity {
+    let dir = tempfile::tempdir().expect("tempdir");
+    forged.write_to(dir.path(), "f").expect("write");
+    ca.write_to(dir.path()).expect("overwrite ca.pem");
+    Identity::load(dir.path(), "f").expect("load")
+}
+
+fn hello_and_msg(from: &Node, to: &Node) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let hello = PeerFrame::Hello {
+        from: from.id,
+        name: from.name.clone(),
+        schema: SCHEMA,
+        version: PROTOCOL_VERSION,
+    };
+    encode_frame(&hello, 1 << 20, &mut buf).expect("encode");
+    encode_frame(&PeerFrame::Msg(msg(from, to, 99)), 1 << 20, &mut buf).expect("encode");
+    buf
+}
+
+#[tokio::test]
+async fn a_schema_mismatch_is_refused_with_a_clear_error() {
+    let (logs, _guard) = Logs::capture();
+    let (_ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let mut a = Node::start("t@a", ids[0].clone(), 0xaaaa).await;
+    let b = Node::start("t@b", ids[1].clone(), 0xbbbb).await;
+    b.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    b.t.send(msg(&b, &a, 1));
+    let state = b
+        .wait_link(a.id, |s| matches!(s, LinkState::Refused(_)))
+        .await;
+    let LinkState::Refused(reason) = state else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason,
+        "schema mismatch: local 0x000000000000aaaa remote 0x000000000000bbbb from t@b"
+    );
+    assert!(a.rx.try_recv().is_err(), "nothing delivered across schemas");
+    // Both sides say why.
+    let clear = "schema mismatch: local 0x000000000000aaaa remote 0x000000000000bbbb from t@b";
+    assert!(logs.contains(tracing::Level::ERROR, "refused peer link"));
+    assert!(logs.contains(tracing::Level::ERROR, "peer refused the link"));
+    assert!(logs.contains(tracing::Level::ERROR, clear));
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_frames_close_the_link_and_the_node_keeps_serving() {
+    let (logs, _guard) = Logs::capture();
+    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let mut a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
+    let b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
+    let raw = ca.issue("t@raw", &[]).expect("cert");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+
+    let raw_node = Node::start("t@raw", raw.clone(), SCHEMA).await;
+    let mut hello_then_garbage = Vec::new();
+    encode_frame(
+        &PeerFrame::Hello {
+            from: raw_node.id,
+            name: "t@raw".into(),
+            schema: SCHEMA,
+            version: PROTOCOL_VERSION,
+        },
+        1 << 20,
+        &mut hello_then_garbage,
+    )
+    .expect("encode");
+    hello_then_garbage.extend_from_slice(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
+
+    let mut oversized = u32::MAX.to_be_bytes().to_vec();
+    oversized.extend_from_slice(b"padding");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", vec![0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x99]),
+        ("oversized length prefix", oversized),
+        ("garbage after hello", hello_then_garbage),
+    ];
+    for (what, bytes) in cases {
+        let cfg = quic_client_config(&raw, PEER_ALPN).expect("client config");
+        let conn = within("raw connect", async {
+            endpoint
+                .connect_with(cfg, a.addr, "raftkit")
+                .expect("connect")
+                .await
+        })
+        .await
+        .expect("valid certificates connect");
+        let (mut send, _recv) = conn.open_bi().await.expect("open stream");
+        send.write_all(&bytes).await.expect("write");
+        let closed = within(what, conn.closed()).await;
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(
+                    close.error_code,
+                    quinn::VarInt::from_u32(1),
+                    "{what}: {close}"
+                );
+            }
+            other => panic!("{what}: unexpected close {other}"),
+        }
+    }
+
+    // Good messages from another peer still arrive.
+    b.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    b.t.send(msg(&b, &a, 5));
+    assert_eq!(a.recv().await, msg(&b, &a, 5));
+    assert!(a.rx.try_recv().is_err());
+    for reason in ["does not decode", "exceeds the cap"] {
+        assert!(
+            logs.contains(tracing::Level::WARN, reason),
+            "a warning says {reason:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_connections_are_dispatched_by_alpn() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let (tx, _rx) = mpsc::channel(16);
+    let (clients_tx, mut clients_rx) = mpsc::channel(4);
+    let (a, addr) = QuicTransport::start(
+        QuicConfig::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            "t@a",
+            ids[0].clone(),
+            SCHEMA,
+        ),
+        tx,
+        Some(clients_tx),
+    )
+    .await
+    .expect("start");
+    let client = ca.issue("client", &[]).expect("cert");
+    let conn = within("client connect", connect_client(addr, &client))
+        .await
+        .expect("client connects");
+    let served = within("client handed over", clients_rx.recv())
+        .await
+        .expect("a connection");
+    // The handed-over connection is live.
+    let mut out = conn.open_uni().await.expect("open");
+    out.write_all(b"hi").await.expect("write");
+    out.finish().expect("finish");
+    let mut inp = within("client stream", served.accept_uni())
+        .await
+        .expect("accept");
+    let got = within("client bytes", inp.read_to_end(16))
+        .await
+        .expect("read");
+    assert_eq!(got, b"hi");
+
+    // Without a client service, client connections are closed.
+    let (tx, _rx) = mpsc::channel(16);
+    let (b, addr) = QuicTransport::start(
+        QuicConfig::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            "t@b",
+            ids[0].clone(),
+            SCHEMA,
+        ),
+        tx,
+        None,
+    )
+    .await
+    .expect("start");
+    let conn = within("client connect", connect_client(addr, &client))
+        .await
+        .expect("handshake succeeds");
+    let closed = within("refusal", conn.closed()).await;
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == quinn::VarInt::from_u32(3)),
+        "{closed}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn memory_network_partition_and_heal() {
+    let net = MemoryNetwork::new(42);
+    let mut rxs = Vec::new();
+    let mut ts = Vec::new();
+    for id in 1..=3u64 {
+        let (tx, rx) = mpsc::channel(64);
+        ts.push(net.endpoint(id, tx));
+        rxs.push(rx);
+    }
+    let m = |from: u64, to: u64| Message {
+        from,
+        to,
+        term: 1,
+        body: Body::HeartbeatResponse {
+            round: from * 10 + to,
+        },
+    };
+    net.partition(&[1], &[2, 3]);
+    ts[0].send(m(1, 2));
+    ts[1].send(m(2, 3));
+    assert_eq!(within("2 -> 3", rxs[2].recv()).await, Some(m(2, 3)));
+    assert!(rxs[1].try_recv().is_err(), "1 -> 2 is partitioned");
+
+    net.heal();
+    net.set_delay(1..5);
+    ts[0].send(m(1, 2));
+    assert_eq!(
+        within("1 -> 2 after heal", rxs[1].recv()).await,
+        Some(m(1, 2))
+    );
+}
+
+#[tokio::test]
+async fn a_dead_peer_never_blocks_send_and_its_queue_stays_bounded() {
+    let (_ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    // A socket that never answers stands in for a dead peer.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let dead = node_id("t@dead");
+    let (tx, _rx) = mpsc::channel(16);
+    let mut cfg = QuicConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        "t@a",
+        ids[0].clone(),
+        SCHEMA,
+    );
+    cfg.queue_capacity = 8;
+    let (a, _) = QuicTransport::start(cfg, tx, None).await.expect("start");
+    let mut b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
+    a.set_peers(BTreeMap::from([
+        (dead, silent.local_addr().expect("addr").to_string()),
+        b.peer_entry(),
+    ]));
+    let to_dead = |term, body| Message {
+        from: node_id("t@a"),
+        to: dead,
+        term,
+        body,
+    };
+    for round in 0..100 {
+        a.send(to_dead(1, Body::Heartbeat { commit: 0, round }));
+    }
+    a.send(to_dead(1, Body::TimeoutNow));
+    assert_eq!(a.queued(dead), Some(2), "heartbeats coalesced");
+    for term in 0..20 {
+        a.send(to_dead(term, Body::TimeoutNow));
+    }
+    assert_eq!(a.queued(dead), Some(8), "capped");
+    assert_eq!(a.link_state(dead), Some(LinkState::Connecting));
+
+    // The live peer is unaffected.
+    let to_b = Message {
+        from: node_id("t@a"),
+        to: b.id,
+        term: 3,
+        body: Body::TimeoutNow,
+    };
+    a.send(to_b.clone());
+    assert_eq!(b.recv().await, to_b);
+}
