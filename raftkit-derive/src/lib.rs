@@ -57,7 +57,7 @@
 //! - Handlers cannot be `async`, generic, `unsafe` or take `self` by value;
 //!   arguments must be plain names with owned types that are
 //!   `Serialize + DeserializeOwned + Send + 'static`, as must return types.
-//! - Handler names `new`, `inner` and `into_inner` are taken by the client.
+//! - Handler names `new`, `inner`, `into_inner`, `connect` and `connect_with` are taken by the client.
 //!
 //! # Structure
 //!

@@ -219,7 +219,7 @@ pub struct ImplModel {
 }
 
 /// Client methods that a handler name must not take.
-const RESERVED: &[&str] = &["new", "inner", "into_inner"];
+const RESERVED: &[&str] = &["new", "inner", "into_inner", "connect", "connect_with"];
 
 /// What a handler attribute said.
 struct HandlerAttr {
@@ -635,7 +635,7 @@ fn parse_method(
             &sig.ident,
             format!(
                 "a handler cannot be named `{name}`: the generated client has a method of that \
-                 name (reserved: `new`, `inner`, `into_inner`); rename the handler"
+                 name (reserved: `new`, `inner`, `into_inner`, `connect`, `connect_with`); rename the handler"
             ),
         );
     }

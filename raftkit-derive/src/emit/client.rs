@@ -82,7 +82,7 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
     );
     quote! {
         #[doc = #doc]
-        pub struct #client<S> {
+        pub struct #client<S = ::raftkit::client::Client> {
             submit: S,
         }
 
@@ -109,6 +109,37 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
             /// Unwraps the submitter.
             pub fn into_inner(self) -> S {
                 self.submit
+            }
+        }
+
+        impl #client<::raftkit::client::Client> {
+            /// Connects to the cluster at `addrs` (any members) with the
+            /// client certificate in `$RAFTKIT_CERTS`, refusing a cluster
+            /// that runs another schema. The client finds the leader and
+            /// retries by itself.
+            pub async fn connect<I, A>(addrs: I) -> ::core::result::Result<Self, ::raftkit::Error>
+            where
+                I: ::core::iter::IntoIterator<Item = A>,
+                A: ::core::convert::AsRef<str>,
+            {
+                let schema = <#ident as ::raftkit::StateMachine>::SCHEMA_FINGERPRINT;
+                ::core::result::Result::Ok(#client::new(::raftkit::client::Client::connect(addrs, schema).await?))
+            }
+
+            /// Connects with an explicit identity and options.
+            pub async fn connect_with<I, A>(
+                addrs: I,
+                identity: ::raftkit::tls::Identity,
+                options: ::raftkit::client::ClientOptions,
+            ) -> ::core::result::Result<Self, ::raftkit::Error>
+            where
+                I: ::core::iter::IntoIterator<Item = A>,
+                A: ::core::convert::AsRef<str>,
+            {
+                let schema = <#ident as ::raftkit::StateMachine>::SCHEMA_FINGERPRINT;
+                ::core::result::Result::Ok(#client::new(
+                    ::raftkit::client::Client::connect_with(addrs, identity, schema, options).await?,
+                ))
             }
         }
 

@@ -820,7 +820,7 @@ impl ::raftkit::StateMachine for Kv {
 /**A typed client of the `Kv` state machine: one `async` method per `#[write]` and `#[read]` handler.
 
 It wraps any [`Submit`](raftkit::client::Submit): the network client of a cluster, or [`Local`](raftkit::client::Local) in tests. Every method returns `Err(raftkit::Error)` when the call itself fails; the handler's own return value, including a typed `Result`, is inside the `Ok`.*/
-pub struct KvClient<S> {
+pub struct KvClient<S = ::raftkit::client::Client> {
     submit: S,
 }
 #[automatically_derived]
@@ -843,6 +843,42 @@ impl<S> KvClient<S> {
     /// Unwraps the submitter.
     pub fn into_inner(self) -> S {
         self.submit
+    }
+}
+impl KvClient<::raftkit::client::Client> {
+    /// Connects to the cluster at `addrs` (any members) with the
+    /// client certificate in `$RAFTKIT_CERTS`, refusing a cluster
+    /// that runs another schema. The client finds the leader and
+    /// retries by itself.
+    pub async fn connect<I, A>(
+        addrs: I,
+    ) -> ::core::result::Result<Self, ::raftkit::Error>
+    where
+        I: ::core::iter::IntoIterator<Item = A>,
+        A: ::core::convert::AsRef<str>,
+    {
+        let schema = <Kv as ::raftkit::StateMachine>::SCHEMA_FINGERPRINT;
+        ::core::result::Result::Ok(
+            KvClient::new(::raftkit::client::Client::connect(addrs, schema).await?),
+        )
+    }
+    /// Connects with an explicit identity and options.
+    pub async fn connect_with<I, A>(
+        addrs: I,
+        identity: ::raftkit::tls::Identity,
+        options: ::raftkit::client::ClientOptions,
+    ) -> ::core::result::Result<Self, ::raftkit::Error>
+    where
+        I: ::core::iter::IntoIterator<Item = A>,
+        A: ::core::convert::AsRef<str>,
+    {
+        let schema = <Kv as ::raftkit::StateMachine>::SCHEMA_FINGERPRINT;
+        ::core::result::Result::Ok(
+            KvClient::new(
+                ::raftkit::client::Client::connect_with(addrs, identity, schema, options)
+                    .await?,
+            ),
+        )
     }
 }
 #[allow(private_interfaces)]

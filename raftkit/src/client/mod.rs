@@ -10,11 +10,13 @@
 //! This module never imports the runtime: a client binary carries no server.
 
 mod local;
+mod remote;
 pub mod wire;
 
 use std::future::Future;
 
 pub use local::Local;
+pub use remote::{CERTS_ENV, Client, ClientOptions};
 
 use crate::error::Error;
 

@@ -26,7 +26,9 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::Submit;
-use super::wire::{ClientHello, ClientRequest, ClientResponse, SessionRef, StatusReport, WireError};
+use super::wire::{
+    ClientHello, ClientRequest, ClientResponse, SessionRef, StatusReport, WireError,
+};
 use crate::error::Error;
 use crate::tls::{CLUSTER_SAN, Identity};
 use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, read_frame, write_frame};
@@ -98,12 +100,18 @@ impl Client {
                 "no client certificate: set {CERTS_ENV} to a directory holding ca.pem, client.pem and client.key"
             ))
         })?;
-        let identity = Identity::load(&dir, "client").map_err(|e| Error::Transport(e.to_string()))?;
+        let identity =
+            Identity::load(&dir, "client").map_err(|e| Error::Transport(e.to_string()))?;
         Self::connect_with(addrs, identity, schema, ClientOptions::default()).await
     }
 
     /// Connects with an explicit identity and options.
-    pub async fn connect_with<I, A>(addrs: I, identity: Identity, schema: u64, opts: ClientOptions) -> Result<Client, Error>
+    pub async fn connect_with<I, A>(
+        addrs: I,
+        identity: Identity,
+        schema: u64,
+        opts: ClientOptions,
+    ) -> Result<Client, Error>
     where
         I: IntoIterator<Item = A>,
         A: AsRef<str>,
@@ -115,11 +123,17 @@ impl Client {
         if members.is_empty() {
             return Err(Error::Unavailable("no cluster address given".into()));
         }
-        let config = quic_client_config(&identity, crate::tls::CLIENT_ALPN).map_err(|e| Error::Transport(e.to_string()))?;
-        let bind: SocketAddr = if members[0].is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-            .parse()
-            .map_err(|_| Error::Transport("bad bind address".into()))?;
-        let endpoint = Endpoint::client(bind).map_err(|e| Error::Transport(format!("cannot open a client socket: {e}")))?;
+        let config = quic_client_config(&identity, crate::tls::CLIENT_ALPN)
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let bind: SocketAddr = if members[0].is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .map_err(|_| Error::Transport("bad bind address".into()))?;
+        let endpoint = Endpoint::client(bind)
+            .map_err(|e| Error::Transport(format!("cannot open a client socket: {e}")))?;
         let client = Client {
             inner: Arc::new(Inner {
                 endpoint,
@@ -161,7 +175,10 @@ impl Client {
             .await
             .map_err(|_| Error::Unavailable(format!("{addr}: connection timed out")))?
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
         let hello = ClientHello {
             version: 1,
             schema: self.inner.schema,
@@ -181,10 +198,17 @@ impl Client {
         Ok(conn)
     }
 
-    async fn once(&self, addr: SocketAddr, request: &ClientRequest) -> Result<ClientResponse, Error> {
+    async fn once(
+        &self,
+        addr: SocketAddr,
+        request: &ClientRequest,
+    ) -> Result<ClientResponse, Error> {
         let conn = self.connection(addr).await?;
         let attempt = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| Error::Transport(e.to_string()))?;
             write_frame(&mut send, request, DEFAULT_MAX_FRAME_BYTES)
                 .await
                 .map_err(|e| Error::Transport(e.to_string()))?;
@@ -263,7 +287,8 @@ impl Client {
                     last = e;
                 }
             }
-            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
             backoff = (backoff * 2).min(self.inner.opts.max_backoff);
         }
     }
@@ -313,7 +338,10 @@ impl Submit for Client {
             client: self.inner.session,
             seq,
         };
-        Self::expect_ok(self.request(ClientRequest::Write { session, command }).await?)
+        Self::expect_ok(
+            self.request(ClientRequest::Write { session, command })
+                .await?,
+        )
     }
 
     async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {

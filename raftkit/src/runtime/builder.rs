@@ -16,7 +16,9 @@ use crate::core::{Config, Configuration, Message, NodeId, Raft, Restored};
 use crate::error::Error;
 use crate::identity::{default_name, node_id};
 use crate::state_machine::StateMachine;
+use crate::tls::Identity;
 use crate::transport::Transport;
+use crate::transport::quic::{QuicConfig, QuicTransport};
 
 /// Makes a transport for a node, given its id and the channel inbound
 /// messages must go to.
@@ -49,6 +51,7 @@ pub struct PeerBuilder<S> {
     heartbeat_ticks: u32,
     snapshot_every: u64,
     transport: Option<TransportFactory>,
+    identity: Option<Identity>,
     _sm: PhantomData<fn() -> S>,
 }
 
@@ -72,8 +75,29 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             heartbeat_ticks: 2,
             snapshot_every: 10_000,
             transport: None,
+            identity: None,
             _sm: PhantomData,
         }
+    }
+
+    /// The peer's TLS identity (a certificate of the cluster CA, see
+    /// [`crate::tls`]): peers talk over QUIC with mutual TLS. It is copied
+    /// into the data directory, so a restart needs only the directory.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Loads the identity `<name>.pem` / `<name>.key` / `ca.pem` from `dir`
+    /// (as written by `ClusterCa::issue(..).write_to(dir, name)`).
+    pub fn certs_dir(
+        mut self,
+        dir: impl AsRef<std::path::Path>,
+        name: &str,
+    ) -> Result<Self, Error> {
+        let identity = Identity::load(dir, name).map_err(|e| Error::Transport(e.to_string()))?;
+        self.identity = Some(identity);
+        Ok(self)
     }
 
     /// The address to listen on, e.g. `127.0.0.1:7001`.
@@ -254,10 +278,44 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 
         // 5. Transport, tasks.
         let (inbox_tx, inbox_rx) = mpsc::channel(4096);
-        let make = self.transport.ok_or_else(|| {
-            Error::Rejected("no transport configured (QUIC peers need an identity)".into())
-        })?;
-        let transport = make(id, inbox_tx);
+        let (clients_tx, clients_rx) = mpsc::channel(64);
+        let mut local_addr = None;
+        let mut on_stop: Option<super::node::StopHook> = None;
+        let transport: Arc<dyn Transport> = match self.transport {
+            Some(make) => make(id, inbox_tx),
+            None => {
+                let identity = match (&storage, self.identity) {
+                    (StorageChoice::Disk(dir), Some(identity)) => {
+                        identity
+                            .write_to(dir.join("tls"), "peer")
+                            .map_err(|e| Error::Storage(e.to_string()))?;
+                        identity
+                    }
+                    (StorageChoice::Disk(dir), None) => Identity::load(dir.join("tls"), "peer").map_err(|e| {
+                        Error::Transport(format!(
+                            "no TLS identity: give one (PeerBuilder::identity / certs_dir) the first time ({e})"
+                        ))
+                    })?,
+                    (StorageChoice::Memory, Some(identity)) => identity,
+                    (StorageChoice::Memory, None) => {
+                        return Err(Error::Transport("QUIC peers need a TLS identity (PeerBuilder::identity)".into()));
+                    }
+                };
+                let listen = resolve(&meta.listen)?;
+                let config = QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);
+                let (quic, bound) = QuicTransport::start(config, inbox_tx, Some(clients_tx))
+                    .await
+                    .map_err(|e| {
+                        Error::Transport(format!("cannot listen on {}: {e}", meta.listen))
+                    })?;
+                local_addr = Some(bound);
+                let closer = quic.clone();
+                on_stop = Some(Box::new(move || {
+                    Box::pin(async move { closer.shutdown().await })
+                }));
+                Arc::new(quic)
+            }
+        };
         let persister = Persister::start(opened.log, opened.snapshots)?;
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
@@ -287,22 +345,36 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             commands: cmd_rx,
             status: status_tx,
             tick: self.tick,
-            on_stop: None,
+            on_stop,
         };
         let handle = tokio::spawn(task.run());
-        Ok(Peer {
+        let peer = Peer {
             inner: Arc::new(Inner {
                 commands: cmd_tx,
                 status: status_rx,
                 task: Mutex::new(Some(handle)),
                 name: meta.name,
                 id,
-                local_addr: None,
+                local_addr,
                 tick: self.tick,
             }),
             _sm: PhantomData,
-        })
+        };
+        tokio::spawn(super::client_service::serve(
+            peer.clone(),
+            clients_rx,
+            crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
+        ));
+        Ok(peer)
     }
+}
+
+fn resolve(addr: &str) -> Result<std::net::SocketAddr, Error> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .map_err(|e| Error::Transport(format!("cannot resolve listen address {addr:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Transport(format!("listen address {addr:?} resolves to nothing")))
 }
 
 /// Election-timeout randomness for a real peer: seeded from the clock, since

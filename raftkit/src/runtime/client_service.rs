@@ -26,7 +26,11 @@ use crate::transport::frame::{read_frame, write_frame};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves every client connection the transport hands over.
-pub async fn serve<S: StateMachine>(peer: Peer<S>, mut conns: mpsc::Receiver<Connection>, max_frame: usize) {
+pub async fn serve<S: StateMachine>(
+    peer: Peer<S>,
+    mut conns: mpsc::Receiver<Connection>,
+    max_frame: usize,
+) {
     while let Some(conn) = conns.recv().await {
         tokio::spawn(serve_connection(peer.clone(), conn, max_frame));
     }
@@ -79,7 +83,12 @@ async fn serve_connection<S: StateMachine>(peer: Peer<S>, conn: Connection, max_
     }
 }
 
-async fn serve_stream<S: StateMachine>(peer: Peer<S>, mut send: SendStream, mut recv: RecvStream, max_frame: usize) {
+async fn serve_stream<S: StateMachine>(
+    peer: Peer<S>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    max_frame: usize,
+) {
     let request: ClientRequest = match read_frame(&mut recv, max_frame).await {
         Ok(r) => r,
         Err(e) => {
@@ -108,8 +117,12 @@ fn result(r: Result<Vec<u8>, Error>) -> ClientResponse {
     }
 }
 
-async fn timed(r: impl std::future::Future<Output = Result<Vec<u8>, Error>>) -> Result<Vec<u8>, Error> {
-    tokio::time::timeout(REQUEST_TIMEOUT, r).await.unwrap_or(Err(Error::Timeout))
+async fn timed(
+    r: impl std::future::Future<Output = Result<Vec<u8>, Error>>,
+) -> Result<Vec<u8>, Error> {
+    tokio::time::timeout(REQUEST_TIMEOUT, r)
+        .await
+        .unwrap_or(Err(Error::Timeout))
 }
 
 /// Answers one request.
@@ -120,10 +133,18 @@ pub async fn handle<S: StateMachine>(peer: &Peer<S>, request: ClientRequest) -> 
         }
         ClientRequest::Read { query } => result(timed(peer.read_encoded(query)).await),
         ClientRequest::Status => ClientResponse::Status(status_report(peer)),
-        ClientRequest::AddServer { addr } => result(peer.add_server(&addr, |_| {}).await.map(|()| Vec::new())),
-        ClientRequest::AddLearner { addr } => result(peer.add_learner(&addr).await.map(|()| Vec::new())),
-        ClientRequest::RemoveServer { addr } => result(peer.remove_server(&addr).await.map(|()| Vec::new())),
-        ClientRequest::TransferLeader { addr } => result(peer.transfer_leader(&addr).await.map(|()| Vec::new())),
+        ClientRequest::AddServer { addr } => {
+            result(peer.add_server(&addr, |_| {}).await.map(|()| Vec::new()))
+        }
+        ClientRequest::AddLearner { addr } => {
+            result(peer.add_learner(&addr).await.map(|()| Vec::new()))
+        }
+        ClientRequest::RemoveServer { addr } => {
+            result(peer.remove_server(&addr).await.map(|()| Vec::new()))
+        }
+        ClientRequest::TransferLeader { addr } => {
+            result(peer.transfer_leader(&addr).await.map(|()| Vec::new()))
+        }
     }
 }
 
@@ -142,7 +163,13 @@ pub fn status_report<S: StateMachine>(peer: &Peer<S>) -> StatusReport {
         members: s
             .members
             .iter()
-            .map(|m| (m.addr.clone().unwrap_or_else(|| format!("#{:x}", m.id)), m.voter, m.matched))
+            .map(|m| {
+                (
+                    m.addr.clone().unwrap_or_else(|| format!("#{:x}", m.id)),
+                    m.voter,
+                    m.matched,
+                )
+            })
             .collect(),
         halted: s.halted.clone(),
         last_contact_ms: (s.role == Role::Leader).then_some(0),

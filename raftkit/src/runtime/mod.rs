@@ -21,6 +21,7 @@
 
 mod apply;
 mod builder;
+pub mod client_service;
 mod membership;
 mod node;
 pub mod persist;

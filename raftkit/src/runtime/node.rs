@@ -74,6 +74,10 @@ pub enum Command {
     },
 }
 
+/// Runs when the node stops (closes the transport).
+pub type StopHook =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
 /// Everything the node task owns.
 pub struct NodeTask {
     pub(super) raft: Raft,
@@ -87,7 +91,7 @@ pub struct NodeTask {
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) status: watch::Sender<PeerStatus>,
     pub(super) tick: Duration,
-    pub(super) on_stop: Option<Box<dyn FnOnce() + Send>>,
+    pub(super) on_stop: Option<StopHook>,
 }
 
 struct Pending {
@@ -166,7 +170,7 @@ impl NodeTask {
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { break };
                     if let Command::Shutdown { reply } = cmd {
-                        let result = self.stop();
+                        let result = self.stop().await;
                         let _ = reply.send(result);
                         return;
                     }
@@ -174,7 +178,7 @@ impl NodeTask {
                     for _ in 0..256 {
                         match self.commands.try_recv() {
                             Ok(Command::Shutdown { reply }) => {
-                                let result = self.stop();
+                                let result = self.stop().await;
                                 let _ = reply.send(result);
                                 return;
                             }
@@ -187,12 +191,12 @@ impl NodeTask {
             self.drain_ready(&mut st);
             self.publish(&st);
         }
-        let _ = self.stop();
+        let _ = self.stop().await;
     }
 
-    fn stop(&mut self) -> Result<(), Error> {
+    async fn stop(&mut self) -> Result<(), Error> {
         if let Some(hook) = self.on_stop.take() {
-            hook();
+            hook().await;
         }
         match self.persister.take() {
             Some(p) => p.shutdown(),

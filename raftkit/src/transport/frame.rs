@@ -92,7 +92,11 @@ pub enum FrameError {
 
 /// Appends `frame`, length-prefixed, to `buf`. On error `buf` is left as it
 /// was.
-pub fn encode_frame(frame: &PeerFrame, max: usize, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+pub fn encode_frame<T: serde::Serialize>(
+    frame: &T,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     let start = buf.len();
     buf.extend_from_slice(&[0; PREFIX]);
     if let Err(e) = postcard::to_extend(frame, Appender(buf)) {
@@ -125,9 +129,9 @@ impl Extend<u8> for Appender<'_> {
 }
 
 /// Writes one frame and flushes.
-pub async fn write_frame<W: AsyncWrite + Unpin>(
+pub async fn write_frame<T: serde::Serialize, W: AsyncWrite + Unpin>(
     w: &mut W,
-    frame: &PeerFrame,
+    frame: &T,
     max: usize,
 ) -> Result<(), FrameError> {
     let mut buf = Vec::new();
@@ -139,10 +143,10 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 
 /// Reads one frame whose body is at most `max` bytes. A stream that ends
 /// before or inside a frame yields [`FrameError::Closed`].
-pub async fn read_frame<R: AsyncRead + Unpin>(
+pub async fn read_frame<T: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
-) -> Result<PeerFrame, FrameError> {
+) -> Result<T, FrameError> {
     let mut prefix = [0u8; PREFIX];
     read_exact(r, &mut prefix).await?;
     let len = u32::from_be_bytes(prefix);
