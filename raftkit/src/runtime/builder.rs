@@ -303,11 +303,32 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 };
                 let listen = resolve(&meta.listen)?;
                 let config = QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);
-                let (quic, bound) = QuicTransport::start(config, inbox_tx, Some(clients_tx))
+                // A peer restarted at once may find its port still held by
+                // the previous endpoint while it drains: retry briefly.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+                let (quic, bound) = loop {
+                    match QuicTransport::start(
+                        config.clone(),
+                        inbox_tx.clone(),
+                        Some(clients_tx.clone()),
+                    )
                     .await
-                    .map_err(|e| {
-                        Error::Transport(format!("cannot listen on {}: {e}", meta.listen))
-                    })?;
+                    {
+                        Ok(ok) => break ok,
+                        Err(crate::transport::quic::TransportError::Bind { source, .. })
+                            if source.kind() == std::io::ErrorKind::AddrInUse
+                                && tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => {
+                            return Err(Error::Transport(format!(
+                                "cannot listen on {}: {e}",
+                                meta.listen
+                            )));
+                        }
+                    }
+                };
                 local_addr = Some(bound);
                 let closer = quic.clone();
                 on_stop = Some(Box::new(move || {

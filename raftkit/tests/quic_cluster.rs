@@ -1,0 +1,325 @@
+//! Real peers over real QUIC on loopback, real WAL files in temp dirs,
+//! driven through the generated typed client.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use raftkit::client::wire::{ClientRequest, SessionRef};
+use raftkit::client::{Client, ClientOptions};
+use raftkit::core::Role;
+use raftkit::prelude::*;
+use raftkit::tls::{Identity, dev_cluster};
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct Mismatch(pub Option<String>);
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "kv")]
+pub struct Kv {
+    map: BTreeMap<String, String>,
+    counter: u64,
+}
+
+#[raftkit::state_machine]
+impl Kv {
+    #[write]
+    fn put(&mut self, key: String, value: String) -> Option<String> {
+        self.map.insert(key, value)
+    }
+
+    #[write]
+    fn cas(&mut self, key: String, old: Option<String>, new: String) -> Result<(), Mismatch> {
+        let cur = self.map.get(&key).cloned();
+        if cur == old {
+            self.map.insert(key, new);
+            Ok(())
+        } else {
+            Err(Mismatch(cur))
+        }
+    }
+
+    #[write]
+    fn incr(&mut self) -> u64 {
+        self.counter += 1;
+        self.counter
+    }
+
+    #[write]
+    fn boom(&mut self) -> u64 {
+        panic!("boom handler")
+    }
+
+    #[read]
+    fn get(&self, key: String) -> Option<String> {
+        self.map.get(&key).cloned()
+    }
+
+    #[read]
+    fn count(&self) -> u64 {
+        self.counter
+    }
+}
+
+fn free_addrs(n: usize) -> Vec<String> {
+    let sockets: Vec<_> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("addr").to_string())
+        .collect()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    addrs: Vec<String>,
+    peers: Vec<Option<Peer<Kv>>>,
+    client_identity: Identity,
+}
+
+const TICK: Duration = Duration::from_millis(20);
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let addrs = free_addrs(n);
+        let mut names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
+        names.push("client".into());
+        let (_ca, mut ids) = dev_cluster(&names).expect("dev CA");
+        let client_identity = ids.pop().expect("client identity");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut peers = Vec::new();
+        for (addr, id) in addrs.iter().zip(ids) {
+            let peer = Kv::peer()
+                .listen(addr.clone())
+                .data_dir(dir.path().join(addr))
+                .bootstrap_members(addrs.clone())
+                .identity(id)
+                .tick(TICK)
+                .start()
+                .await
+                .expect("peer starts");
+            peers.push(Some(peer));
+        }
+        Cluster {
+            dir,
+            addrs,
+            peers,
+            client_identity,
+        }
+    }
+
+    async fn restart(&mut self, i: usize) {
+        // Only the data directory: name, address and identity come from it.
+        let peer = Kv::peer()
+            .data_dir(self.dir.path().join(&self.addrs[i]))
+            .tick(TICK)
+            .start()
+            .await
+            .expect("peer restarts");
+        self.peers[i] = Some(peer);
+    }
+
+    async fn stop(&mut self, i: usize) {
+        if let Some(p) = self.peers[i].take() {
+            p.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    async fn leader(&self) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let leaders: Vec<usize> = (0..self.peers.len())
+                .filter(|&i| {
+                    self.peers[i]
+                        .as_ref()
+                        .is_some_and(|p| p.status().role == Role::Leader)
+                })
+                .collect();
+            if let [one] = leaders.as_slice() {
+                return *one;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no single leader in time"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn client(&self, addrs: &[String]) -> KvClient {
+        KvClient::connect_with(
+            addrs,
+            self.client_identity.clone(),
+            ClientOptions::default(),
+        )
+        .await
+        .expect("client connects")
+    }
+
+    async fn shutdown(mut self) {
+        for i in 0..self.peers.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_fail_over_and_restart_over_quic() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let kv = c.client(&c.addrs).await;
+    for i in 0..20 {
+        kv.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    assert_eq!(kv.get("k7".into()).await.unwrap(), Some("v7".into()));
+    assert_eq!(
+        kv.cas("k1".into(), Some("nope".into()), "x".into())
+            .await
+            .unwrap(),
+        Err(Mismatch(Some("v1".into())))
+    );
+
+    // Kill the leader: a new one is elected within two election timeouts
+    // (10-20 ticks each), and the client carries on transparently.
+    let started = tokio::time::Instant::now();
+    c.stop(leader).await;
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < TICK * 20 * 2 + Duration::from_secs(1),
+        "failover took {elapsed:?}"
+    );
+    kv.put("after".into(), "failover".into()).await.unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            kv.get(format!("k{i}")).await.unwrap(),
+            Some(format!("v{i}")),
+            "committed entry lost"
+        );
+    }
+
+    // Whole cluster down, then up again from the directories alone.
+    c.restart(leader).await;
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+    for i in 0..3 {
+        c.restart(i).await;
+    }
+    c.leader().await;
+    let kv = c.client(&c.addrs).await;
+    assert_eq!(
+        kv.get("after".into()).await.unwrap(),
+        Some("failover".into())
+    );
+    assert_eq!(kv.get("k19".into()).await.unwrap(), Some("v19".into()));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_follower_gets_leader_served_answers() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let kv = c.client(&[c.addrs[follower].clone()]).await;
+    kv.put("a".into(), "1".into()).await.unwrap();
+    assert_eq!(kv.get("a".into()).await.unwrap(), Some("1".into()));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_is_applied_once_and_garbage_never_enters_the_log() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let raw = Client::connect_with(
+        &c.addrs,
+        c.client_identity.clone(),
+        Kv::SCHEMA_FINGERPRINT,
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    let incr = raftkit::state_machine::encode("command", &KvWrite::Incr).unwrap();
+    let session = SessionRef { client: 77, seq: 1 };
+    let first = raw
+        .request(ClientRequest::Write {
+            session,
+            command: incr.clone(),
+        })
+        .await
+        .unwrap();
+    // The reply is "lost"; the client retries the same write.
+    let again = raw
+        .request(ClientRequest::Write {
+            session,
+            command: incr,
+        })
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    let kv = KvClient::new(raw.clone());
+    assert_eq!(
+        kv.count().await.unwrap(),
+        1,
+        "the retried write was applied once"
+    );
+
+    // A command that does not decode is refused before it enters the log.
+    let before = c.peers[leader].as_ref().unwrap().status().last_index;
+    let r = raw
+        .request(ClientRequest::Write {
+            session: SessionRef { client: 77, seq: 2 },
+            command: vec![0xff, 0xff, 0xff],
+        })
+        .await;
+    assert!(matches!(r, Err(Error::Rejected(_))), "got {r:?}");
+    assert_eq!(
+        c.peers[leader].as_ref().unwrap().status().last_index,
+        before
+    );
+
+    // A panicking handler under `skip`: the caller gets the error, the
+    // cluster keeps serving.
+    match kv.boom().await {
+        Err(Error::Handler { message }) => assert!(message.contains("boom handler")),
+        other => panic!("expected a handler error, got {other:?}"),
+    }
+    assert_eq!(kv.incr().await.unwrap(), 2);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_certificates_and_schemas_are_refused() {
+    let c = Cluster::start(1).await;
+    c.leader().await;
+    // A client whose certificate comes from another CA.
+    let (_, mut other) = dev_cluster(["client"]).unwrap();
+    let stranger = KvClient::connect_with(
+        &c.addrs,
+        other.pop().unwrap(),
+        ClientOptions {
+            timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(stranger.is_err(), "a foreign certificate was accepted");
+    // A client of another schema.
+    let r = Client::connect_with(
+        &c.addrs,
+        c.client_identity.clone(),
+        0xdead_beef,
+        ClientOptions::default(),
+    )
+    .await;
+    match r {
+        Err(Error::Rejected(why)) => assert!(why.contains("schema mismatch"), "{why}"),
+        Err(other) => panic!("expected a schema mismatch, got {other}"),
+        Ok(_) => panic!("a client of another schema was accepted"),
+    }
+    // The node still serves a good client afterwards.
+    let kv = c.client(&c.addrs).await;
+    kv.put("still".into(), "serving".into()).await.unwrap();
+    c.shutdown().await;
+}
