@@ -46,6 +46,7 @@ pub struct PeerBuilder<S> {
     advertise: Option<String>,
     storage: Option<StorageChoice>,
     bootstrap: Option<Vec<String>>,
+    join: Option<Vec<String>>,
     tick: Duration,
     election_ticks: u32,
     heartbeat_ticks: u32,
@@ -70,6 +71,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             advertise: None,
             storage: None,
             bootstrap: None,
+            join: None,
             tick: Duration::from_millis(50),
             election_ticks: 10,
             heartbeat_ticks: 2,
@@ -152,6 +154,20 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// Joins an existing cluster through any of its members at `addrs`: the
+    /// new peer starts empty (it never campaigns), asks the leader to add it
+    /// (as a learner, then a voter once caught up) and retries until it is
+    /// added. Ignored when the data directory already holds a peer, which
+    /// rejoins with its old identity.
+    pub fn join<I, A>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        self.join = Some(addrs.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// The tick interval: elections take 10–20 ticks, heartbeats 2.
     pub fn tick(mut self, tick: Duration) -> Self {
         self.tick = tick;
@@ -226,6 +242,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let id = node_id(&meta.name);
 
         // 2. What we restart from.
+        let mut fresh = false;
         let mut opened = persist::open(&storage)?;
         let restored = match opened.restored.take() {
             Some(r) => {
@@ -256,7 +273,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                     info!(name = %meta.name, "bootstrapped a new cluster");
                     r
                 }
-                None => Restored::empty(),
+                None => {
+                    fresh = true;
+                    Restored::empty()
+                }
             },
         };
 
@@ -281,10 +301,11 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let (clients_tx, clients_rx) = mpsc::channel(64);
         let mut local_addr = None;
         let mut on_stop: Option<super::node::StopHook> = None;
+        let mut join_identity: Option<Identity> = None;
         let transport: Arc<dyn Transport> = match self.transport {
             Some(make) => make(id, inbox_tx),
             None => {
-                let identity = match (&storage, self.identity) {
+                let identity = match (&storage, self.identity.clone()) {
                     (StorageChoice::Disk(dir), Some(identity)) => {
                         identity
                             .write_to(dir.join("tls"), "peer")
@@ -302,6 +323,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                     }
                 };
                 let listen = resolve(&meta.listen)?;
+                let config_identity = identity.clone();
                 let config = QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);
                 // A peer restarted at once may find its port still held by
                 // the previous endpoint while it drains: retry briefly.
@@ -330,6 +352,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                     }
                 };
                 local_addr = Some(bound);
+                join_identity = Some(config_identity.clone());
                 let closer = quic.clone();
                 on_stop = Some(Box::new(move || {
                     Box::pin(async move { closer.shutdown().await })
@@ -386,7 +409,67 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             clients_rx,
             crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
         ));
+        if let (true, Some(seeds)) = (fresh, self.join) {
+            let identity = join_identity.ok_or_else(|| {
+                Error::Transport("joining a cluster needs the QUIC transport".into())
+            })?;
+            tokio::spawn(join_cluster(
+                peer.clone(),
+                seeds,
+                identity,
+                meta.advertise.clone(),
+            ));
+        }
         Ok(peer)
+    }
+}
+
+/// Asks the cluster at `seeds` to add this peer, until it is a voter or the
+/// peer stops.
+async fn join_cluster<S: StateMachine>(
+    peer: Peer<S>,
+    seeds: Vec<String>,
+    identity: Identity,
+    advertise: String,
+) {
+    use crate::client::wire::ClientRequest;
+    use crate::client::{Client, ClientOptions};
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if peer.status().fatal.is_some() {
+            return;
+        }
+        let opts = ClientOptions {
+            timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let attempt = async {
+            let client =
+                Client::connect_with(&seeds, identity.clone(), S::SCHEMA_FINGERPRINT, opts).await?;
+            client
+                .admin(ClientRequest::AddServer {
+                    addr: advertise.clone(),
+                })
+                .await
+        };
+        match attempt.await {
+            Ok(()) => {
+                info!(name = %peer.name(), "joined the cluster as a voter");
+                return;
+            }
+            Err(e @ Error::Rejected(_)) if e.to_string().contains("schema") => {
+                tracing::error!(name = %peer.name(), error = %e, "the cluster refused this peer; not retrying");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(name = %peer.name(), error = %e, "join attempt failed; retrying");
+            }
+        }
+        if peer.inner.commands.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
