@@ -140,7 +140,8 @@ pub struct SimReport {
     pub nodes_added: usize,
     /// Members whose removal committed (voters and abandoned learners).
     pub nodes_removed: usize,
-    /// Removals of the leader that proposed them.
+    /// Removals of a leader accepted by that leader itself (most commit;
+    /// some are lost with it and proposed again by its successor).
     pub leaders_removed: usize,
     /// Removed nodes kept running (they must not disrupt the cluster).
     pub removed_kept_running: usize,

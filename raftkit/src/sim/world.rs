@@ -1078,22 +1078,37 @@ impl World {
         if self.healed {
             return Ok(false);
         }
+        let roll = self.rng.random_range(0..100);
         if let Some((old, new)) = swap
             && self.opts.partitions
-            && self.rng.random_bool(0.5)
+            && roll < 70
         {
-            // The prior-art availability scenario: the node replaced and its
-            // replacement share a failure domain, which partitions away
-            // while the change is in flight. The rest are majorities of both
-            // C_old and C_new, so joint consensus carries on.
-            let rest: Vec<NodeId> = self
-                .ids
-                .iter()
-                .copied()
-                .filter(|&x| x != old && x != new)
-                .collect();
-            self.faults.split(&[old, new], &rest);
-        } else if self.opts.crashes && self.rng.random_bool(0.25) {
+            let (a, b): (Vec<NodeId>, Vec<NodeId>) = if roll < 35 {
+                // The prior-art availability scenario: the node replaced and
+                // its replacement share a failure domain, which partitions
+                // away while the change is in flight. The rest are
+                // majorities of both C_old and C_new, so joint consensus
+                // carries on.
+                self.ids.iter().partition(|&&x| x == old || x == new)
+            } else {
+                // A split across the change: the node leaving with half of
+                // the others, the one joining with the rest — a majority of
+                // C_old on one side, of C_new on the other (for an odd
+                // number of voters). Joint consensus needs both on one side
+                // and waits; a change that skipped C_old,new would let both
+                // sides decide.
+                let mut others: Vec<NodeId> =
+                    conf.voters.iter().copied().filter(|&x| x != old).collect();
+                for i in (1..others.len()).rev() {
+                    others.swap(i, self.rng.random_range(0..=i));
+                }
+                let with_old: Vec<NodeId> = others[..conf.voters.len() / 2].to_vec();
+                self.ids
+                    .iter()
+                    .partition(|&&x| x == old || with_old.contains(&x))
+            };
+            self.faults.split(&a, &b);
+        } else if self.opts.crashes && roll >= 75 {
             // The prior-art correctness scenario: the leader fails with its
             // change on a minority, and the next leader changes the
             // configuration in turn.

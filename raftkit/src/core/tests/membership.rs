@@ -646,3 +646,42 @@ fn replacing_a_node_in_a_failure_domain_that_partitions_stays_available() {
     c.tick_all(T);
     assert!(c.node(2).log().committed() >= at);
 }
+
+/// Learners answer vote requests (their grants count only for a candidate
+/// that already counts them as voters). Otherwise a promotion committed by
+/// the old voters alone could leave the cluster without a leader: here 1 is
+/// promoted by {2, 3} without hearing of it, 2 fails, and only 3 can win —
+/// with the vote of 1, who still believes it is a learner (the case etcd
+/// documents in its vote handling).
+#[test]
+fn a_learner_votes_for_a_candidate_that_counts_it_as_voter() {
+    let conf = with_learners(&[2, 3], &[1]);
+    let mut c =
+        Cluster::from_nodes([1, 2, 3].map(|id| (config(id), Restored::bootstrap(conf.clone()))));
+    c.filter = Some(Box::new(|m| m.to != 1));
+    c.elect(2);
+    let (term, noop) = (c.node(2).term(), c.node(2).log().last_index());
+    assert_eq!(c.node(2).log().committed(), noop);
+    c.node_mut(2)
+        .propose_config(Configuration::new([1, 2, 3]))
+        .expect("promotion");
+    c.deliver();
+    settle(&mut c, 2);
+    c.tick_all(1);
+    assert_eq!(c.node(3).config(), &Configuration::new([1, 2, 3]));
+    assert_eq!(c.node(1).config(), &conf, "1 heard of its promotion");
+    // 2 fails; 3 campaigns and needs 1's vote.
+    c.isolate(2);
+    c.filter = None;
+    for _ in 0..6 * T {
+        c.tick(3);
+        c.tick(1);
+        if c.node(3).role() == Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(c.node(3).role(), Role::Leader, "{:?}", c.node(3).status());
+    assert!(c.node(3).term() > term);
+    c.tick_all(T);
+    assert_eq!(c.node(1).config(), &Configuration::new([1, 2, 3]));
+}
