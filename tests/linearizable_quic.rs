@@ -46,8 +46,13 @@ const TICK: Duration = Duration::from_millis(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_workload_history_is_linearizable() {
-    let sockets: Vec<_> = (0..3).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
-    let addrs: Vec<String> = sockets.iter().map(|s| s.local_addr().unwrap().to_string()).collect();
+    let sockets: Vec<_> = (0..3)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<String> = sockets
+        .iter()
+        .map(|s| s.local_addr().unwrap().to_string())
+        .collect();
     drop(sockets);
     let mut names: Vec<String> = addrs.iter().map(|a| format!("reg@{a}")).collect();
     names.push("client".into());
@@ -88,7 +93,9 @@ async fn leader_killed_mid_workload_history_is_linearizable() {
     };
     let mut tasks = Vec::new();
     for c in 0..6u64 {
-        let client = RegistersClient::connect_with(&addrs, client_id.clone(), opts.clone()).await.unwrap();
+        let client = RegistersClient::connect_with(&addrs, client_id.clone(), opts.clone())
+            .await
+            .unwrap();
         let history = history.clone();
         tasks.push(tokio::spawn(async move {
             let mut seen: BTreeMap<u64, Option<u64>> = BTreeMap::new();
@@ -98,16 +105,24 @@ async fn leader_killed_mid_workload_history_is_linearizable() {
                 let op = match i % 3 {
                     0 => KvOp::Put { key, value },
                     1 => KvOp::Get { key },
-                    _ => KvOp::Cas { key, expected: seen.get(&key).copied().flatten(), new: value },
+                    _ => KvOp::Cas {
+                        key,
+                        expected: seen.get(&key).copied().flatten(),
+                        new: value,
+                    },
                 };
                 let id = history.lock().unwrap().invoke(c, op, now());
                 let outcome = match op {
-                    KvOp::Put { key, value } => client.put(key, value).await.map(|()| KvOutcome::Put),
+                    KvOp::Put { key, value } => {
+                        client.put(key, value).await.map(|()| KvOutcome::Put)
+                    }
                     KvOp::Get { key } => client.get(key).await.map(|v| {
                         seen.insert(key, v);
                         KvOutcome::Get(v)
                     }),
-                    KvOp::Cas { key, expected, new } => client.cas(key, expected, new).await.map(KvOutcome::Cas),
+                    KvOp::Cas { key, expected, new } => {
+                        client.cas(key, expected, new).await.map(KvOutcome::Cas)
+                    }
                 };
                 // A failed call stays indeterminate: it may or may not have
                 // taken effect.

@@ -329,7 +329,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 config.advertise = Some(meta.advertise.clone());
                 // A peer restarted at once may find its port still held by
                 // the previous endpoint while it drains: retry briefly.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                 let (quic, bound) = loop {
                     match QuicTransport::start(
                         config.clone(),

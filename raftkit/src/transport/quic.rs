@@ -198,6 +198,11 @@ fn transport_config(keep_alive: Duration, idle: Duration) -> Arc<quinn::Transpor
     t.keep_alive_interval(Some(keep_alive));
     let idle_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
     t.max_idle_timeout(Some(VarInt::from_u32(idle_ms).into()));
+    // Peers sit in one datacenter or on one machine: start from a 20 ms
+    // round-trip estimate instead of the RFC's 333 ms. Besides faster loss
+    // recovery on a fresh link, this bounds how long a closed connection
+    // that never measured its RTT drains (3 PTO), which holds the port.
+    t.initial_rtt(Duration::from_millis(20));
     Arc::new(t)
 }
 
@@ -336,6 +341,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<NodeId, PeerHandle>>,
     accept_task: AbortHandle,
+    /// Set by `stop`: no link may be added afterwards.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -345,6 +352,9 @@ impl Inner {
 
     /// Starts the outbound link to `id` at `addr`.
     fn add_link(&self, current: &mut HashMap<NodeId, PeerHandle>, id: NodeId, addr: String) {
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let shared = Arc::new(PeerShared {
             queue: Mutex::new(OutQueue::new(self.link.queue_capacity)),
             notify: Notify::new(),
@@ -365,6 +375,8 @@ impl Inner {
     }
 
     fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.accept_task.abort();
         for (_, peer) in self.peers().drain() {
             peer.task.abort();
@@ -453,6 +465,7 @@ impl QuicTransport {
                 runtime,
                 peers: Mutex::new(HashMap::new()),
                 accept_task,
+                stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         // Peers that dialed us but are not configured yet (a member being
