@@ -141,10 +141,10 @@ async fn leader_killed_mid_workload_history_is_linearizable() {
     for t in tasks {
         t.await.unwrap();
     }
-    let history = history.lock().unwrap();
-    let completed = history.ops().iter().filter(|o| o.outcome.is_some()).count();
+    let ops = history.lock().unwrap().ops().to_vec();
+    let completed = ops.iter().filter(|o| o.outcome.is_some()).count();
     assert!(completed > 200, "only {completed} operations completed");
-    match linearizability::check(history.ops(), linearizability::DEFAULT_BUDGET) {
+    match linearizability::check(&ops, linearizability::DEFAULT_BUDGET) {
         linearizability::CheckResult::Linearizable => {}
         other => panic!("{other}"),
     }
