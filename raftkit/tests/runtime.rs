@@ -374,7 +374,11 @@ async fn a_deposed_partitioned_leader_cannot_answer_a_read() {
         Ok(Err(e)) => panic!("unexpected error {e}"),
         Err(_) => panic!("the read neither failed nor answered within 5 s"),
     }
+    // After the partition heals, the old leader converges on the new log.
     net.heal();
+    let commit = rest[new].status().commit;
+    wait_applied(&peers[old], commit).await;
+    assert_eq!(peers[old].status().role, Role::Follower);
     for p in &peers {
         p.shutdown().await.unwrap();
     }
