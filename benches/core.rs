@@ -123,6 +123,21 @@ fn step_append_64() -> Duration {
     start.elapsed() / rounds as u32
 }
 
+/// How long the apply task pauses to serialize a state of about `bytes`
+/// bytes (the node task itself never pauses for a snapshot).
+fn snapshot_pause(bytes: usize) -> (usize, Duration) {
+    use raftkit::StateMachine;
+    use raftkit::sim::kv::SimKv;
+    let mut kv = SimKv::default();
+    // postcard varints: ~10 bytes per (key, value) pair of large u64s.
+    for k in 0..(bytes / 10) as u64 {
+        kv.put(k, u64::MAX - k);
+    }
+    let start = Instant::now();
+    let data = kv.snapshot().expect("snapshot");
+    (data.len(), start.elapsed())
+}
+
 fn median<T: PartialOrd + Copy>(mut xs: Vec<T>) -> T {
     xs.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
     xs[xs.len() / 2]
@@ -140,6 +155,16 @@ fn main() {
         );
         println!(
             "| 3-node in-memory cluster, {batch} proposals per round | {ops:>12.0} proposals/s |"
+        );
+    }
+    for mb in [1usize, 16] {
+        let runs: Vec<(usize, Duration)> = (0..3).map(|_| snapshot_pause(mb << 20)).collect();
+        let size = runs[0].0;
+        let pause = median(runs.into_iter().map(|r| r.1).collect());
+        println!(
+            "| apply task pause to serialize a {:.1} MB state (postcard) | {:>9.2} ms |",
+            size as f64 / (1 << 20) as f64,
+            pause.as_secs_f64() * 1e3
         );
     }
     let step = median((0..RUNS).map(|_| step_append_64()).collect());

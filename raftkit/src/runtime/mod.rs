@@ -11,11 +11,14 @@
 //!
 //! Snapshots: when the log since the last snapshot passes
 //! [`PeerBuilder::snapshot_every`] entries, the apply task serializes the
-//! state machine (it pauses applying, never the node task, for as long as
-//! serializing N bytes takes: postcard runs at hundreds of MB/s, so ~10 ms for
-//! 1 MB of state); the storage thread writes it atomically and then compacts
-//! the log behind it. A follower too far behind receives the snapshot in
-//! chunks and the apply task restores from it.
+//! state machine and the session table. Only the apply task pauses, for as
+//! long as serializing N bytes takes: about 1–3 ms per MB with postcard
+//! (measured by `cargo bench --bench core`: 1.3 MB in 1.5 ms, 21 MB in 54 ms
+//! on the 2-core development machine under load). The node task never
+//! pauses: it keeps replicating and voting while the storage thread writes
+//! the snapshot atomically and then compacts the log behind it. A follower
+//! too far behind receives the snapshot in chunks and its apply task
+//! restores from it.
 //!
 //! Start a peer with `MyStateMachine::peer()` (see [`PeerExt`]).
 
