@@ -87,10 +87,26 @@ fn issue_into(dir: &Path, name: &str) -> Result<Identity, Failure> {
     let identity = ca
         .issue(name, &sans)
         .map_err(|e| Failure::Failed(format!("cannot issue a certificate for {name}: {e}")))?;
-    identity
-        .write_to(dir, name)
+    write_beside_ca(&identity, dir, name)
         .map_err(|e| Failure::Failed(format!("cannot write the certificate for {name}: {e}")))?;
     Ok(identity)
+}
+
+/// Writes `<name>.key` then `<name>.pem` into `dir` by renaming them from a
+/// private temporary directory: `ca.pem` is left alone (other nodes may be
+/// reading it right now) and a reader never sees a half-written file.
+fn write_beside_ca(identity: &Identity, dir: &Path, name: &str) -> Result<(), String> {
+    let tmp = dir.join(format!(".issue-{}-{name}", std::process::id()));
+    let result = (|| {
+        identity.write_to(&tmp, name).map_err(|e| e.to_string())?;
+        for ext in ["key", "pem"] {
+            let file = format!("{name}.{ext}");
+            std::fs::rename(tmp.join(&file), dir.join(&file)).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
 }
 
 /// The identity of the node `name` for `kv serve --certs DIR`: `DIR/<name>.pem`

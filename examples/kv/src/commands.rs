@@ -284,7 +284,9 @@ pub async fn status(args: &ClusterArgs) -> Result<(), Failure> {
         .map(|((addr, voter), report)| match report {
             Ok(r) => {
                 let mut role = r.role.to_lowercase();
-                if !voter && view.members.iter().any(|(a, _, _)| a == addr) {
+                if !view.members.iter().any(|(a, _, _)| a == addr) {
+                    role.push_str(" (not a member)");
+                } else if !voter {
                     role.push_str(" (learner)");
                 }
                 vec![

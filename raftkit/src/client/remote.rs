@@ -178,15 +178,26 @@ impl Client {
                 if r.is_err() {
                     client.suspect(addr);
                 }
-                let _ = tx.send(r.map(|_| ())).await;
+                let _ = tx.send(r.map(|_| addr)).await;
             });
         }
         drop(tx);
         let mut last = None;
         while let Some(r) = rx.recv().await {
             match r {
-                Ok(()) => return Ok(client),
-                Err(e) => last = Some(e),
+                Ok(addr) => {
+                    // Start there: it answers (if it does not lead, it
+                    // redirects).
+                    client.set_leader(Some(addr));
+                    return Ok(client);
+                }
+                // Report an answer (a refused certificate or schema) rather
+                // than a silence.
+                Err(e) => {
+                    if !matches!(last, Some(Error::Transport(_) | Error::Rejected(_))) {
+                        last = Some(e);
+                    }
+                }
             }
         }
         Err(last.unwrap_or_else(|| Error::Unavailable("no member reachable".into())))
