@@ -344,10 +344,10 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
                     .map(|(_, p)| p.name().to_string())
                     .unwrap_or_else(|| "none (election)".into());
                 let line = format!(
-                    "  {:5.1} s  ops {:>7}  {:>6.0} ops/s  errors {}  leader {}",
+                    "  {:5.1} s  ops {:>7}  {:>6} ops/s  errors {}  leader {}",
                     epoch.elapsed().as_secs_f64(),
                     thousands(ops),
-                    rate,
+                    thousands(rate as u64),
                     counters.errors.load(Ordering::Relaxed),
                     leader
                 );
@@ -567,10 +567,10 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     println!();
     println!("summary");
     println!(
-        "  operations     {} in {:.1} s ({:.0} ops/s), {errors} errors",
+        "  operations     {} in {:.1} s ({} ops/s), {errors} errors",
         thousands(total_ops),
         workload.as_secs_f64(),
-        throughput
+        thousands(throughput as u64)
     );
     println!(
         "  failover       {:.0} ms to a new leader{}",

@@ -28,7 +28,13 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         None => None,
     };
 
-    let existing = match &args.data {
+    // The data directory: given, or the default one of the advertised name
+    // (so that `kv serve --listen ADDR` alone also restarts).
+    let data = args.data.clone().or_else(|| {
+        let advertise = args.advertise.as_ref().or(args.listen.as_ref())?;
+        Some(PathBuf::from("data").join(raftkit::identity::default_name(Kv::NAME, advertise)))
+    });
+    let existing = match &data {
         Some(dir) => PeerMeta::load(dir).map_err(|e| {
             Failure::Failed(format!(
                 "cannot read the data directory {}: {e}",
@@ -38,7 +44,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         None => None,
     };
     let mut builder = Kv::peer().tick(Duration::from_millis(args.tick_ms.max(1)));
-    let (data_dir, created) = match (existing, &args.data) {
+    let (data_dir, created) = match (existing, &data) {
         (Some(meta), Some(dir)) => {
             if args.bootstrap || !args.join.is_empty() {
                 warn!(name = %meta.name, "the data directory already holds this node; --bootstrap/--join ignored");
