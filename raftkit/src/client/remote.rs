@@ -7,6 +7,14 @@
 //! deadline, and numbers its writes within a random session so that a write
 //! retried after a lost reply or a leader change is applied exactly once.
 //!
+//! A member that just failed (no connection within [`CONNECT_TIMEOUT`], a
+//! lost connection, a broken stream) is *suspect* for [`SUSPECT_FOR`]: the
+//! client tries the other members first and does not follow a redirect to
+//! it, so that after a leader dies the followers' stale hints do not make
+//! every call wait on the dead address. Connections send keep-alives and
+//! give up after [`IDLE_TIMEOUT`] of silence, so a request in flight to a
+//! member that died without closing its connections fails over too.
+//!
 //! Callers see a redirect only as [`Error::NotLeader`] after every retry
 //! failed; the other errors are typed: [`Error::Timeout`] (the deadline
 //! passed; a write may or may not have been applied, and retrying it through
@@ -32,7 +40,16 @@ use super::wire::{
 use crate::error::Error;
 use crate::tls::{CLUSTER_SAN, Identity};
 use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, read_frame, write_frame};
-use crate::transport::quic::quic_client_config;
+use crate::transport::quic::{quic_client_config, transport_config};
+
+/// How long connecting to one member may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a member that failed is tried only when no other is left.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(2);
+/// How often an idle client connection sends a keep-alive.
+const KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// How long a silent client connection lives.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The environment variable naming the directory with the client's
 /// certificates (`ca.pem`, `client.pem`, `client.key`).
@@ -70,6 +87,7 @@ struct Inner {
     schema: u64,
     opts: ClientOptions,
     rotate: AtomicU64,
+    suspects: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 /// An untyped client of a raftkit cluster. Cheap to clone; clones share the
@@ -123,8 +141,9 @@ impl Client {
         if members.is_empty() {
             return Err(Error::Unavailable("no cluster address given".into()));
         }
-        let config = quic_client_config(&identity, crate::tls::CLIENT_ALPN)
+        let mut config = quic_client_config(&identity, crate::tls::CLIENT_ALPN)
             .map_err(|e| Error::Transport(e.to_string()))?;
+        config.transport_config(transport_config(KEEP_ALIVE, IDLE_TIMEOUT));
         let bind: SocketAddr = if members[0].is_ipv4() {
             "0.0.0.0:0"
         } else {
@@ -146,22 +165,63 @@ impl Client {
                 schema,
                 opts,
                 rotate: AtomicU64::new(0),
+                suspects: std::sync::Mutex::new(HashMap::new()),
             }),
         };
-        // Fail early when no member is reachable at all.
-        let mut last = None;
+        // Fail early when no member is reachable at all: dial them all at
+        // once and go on with the first that answers.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(client.inner.members.len());
         for &addr in &client.inner.members {
-            match client.connection(addr).await {
-                Ok(_) => return Ok(client),
-                Err(e) => last = Some(e),
+            let (client, tx) = (client.clone(), tx.clone());
+            tokio::spawn(async move {
+                let r = client.connection(addr).await;
+                if r.is_err() {
+                    client.suspect(addr);
+                }
+                let _ = tx.send(r.map(|_| addr)).await;
+            });
+        }
+        drop(tx);
+        let mut last = None;
+        while let Some(r) = rx.recv().await {
+            match r {
+                Ok(addr) => {
+                    // Start there: it answers (if it does not lead, it
+                    // redirects).
+                    client.set_leader(Some(addr));
+                    return Ok(client);
+                }
+                // Report an answer (a refused certificate or schema) rather
+                // than a silence.
+                Err(e) => {
+                    if !matches!(last, Some(Error::Transport(_) | Error::Rejected(_))) {
+                        last = Some(e);
+                    }
+                }
             }
         }
         Err(last.unwrap_or_else(|| Error::Unavailable("no member reachable".into())))
     }
 
+    /// Marks `addr` as just failed.
+    fn suspect(&self, addr: SocketAddr) {
+        if let Ok(mut s) = self.inner.suspects.lock() {
+            s.insert(addr, Instant::now());
+        }
+    }
+
+    /// Whether `addr` failed within [`SUSPECT_FOR`].
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        self.inner
+            .suspects
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&addr).copied())
+            .is_some_and(|t| t.elapsed() < SUSPECT_FOR)
+    }
+
     async fn connection(&self, addr: SocketAddr) -> Result<Connection, Error> {
-        let mut conns = self.inner.conns.lock().await;
-        if let Some(c) = conns.get(&addr)
+        if let Some(c) = self.inner.conns.lock().await.get(&addr)
             && c.close_reason().is_none()
         {
             return Ok(c.clone());
@@ -171,7 +231,7 @@ impl Client {
             .endpoint
             .connect_with(self.inner.config.clone(), addr, CLUSTER_SAN)
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
-        let conn = tokio::time::timeout(Duration::from_secs(3), connecting)
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| Error::Unavailable(format!("{addr}: connection timed out")))?
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
@@ -194,7 +254,7 @@ impl Client {
             conn.close(0u32.into(), b"refused");
             return Err(e.into());
         }
-        conns.insert(addr, conn.clone());
+        self.inner.conns.lock().await.insert(addr, conn.clone());
         Ok(conn)
     }
 
@@ -203,7 +263,13 @@ impl Client {
         addr: SocketAddr,
         request: &ClientRequest,
     ) -> Result<ClientResponse, Error> {
-        let conn = self.connection(addr).await?;
+        let conn = match self.connection(addr).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.suspect(addr);
+                return Err(e);
+            }
+        };
         let attempt = async {
             let (mut send, mut recv) = conn
                 .open_bi()
@@ -220,6 +286,7 @@ impl Client {
         let r = attempt.await;
         if r.is_err() {
             self.inner.conns.lock().await.remove(&addr);
+            self.suspect(addr);
         }
         r
     }
@@ -230,8 +297,18 @@ impl Client {
         {
             return a;
         }
-        let i = self.inner.rotate.fetch_add(1, Ordering::Relaxed) as usize;
-        self.inner.members[i % self.inner.members.len()]
+        // Round robin, skipping members that just failed unless all did.
+        let n = self.inner.members.len();
+        let mut first = None;
+        for _ in 0..n {
+            let i = self.inner.rotate.fetch_add(1, Ordering::Relaxed) as usize;
+            let addr = self.inner.members[i % n];
+            if !self.is_suspect(addr) {
+                return addr;
+            }
+            first.get_or_insert(addr);
+        }
+        first.unwrap_or(self.inner.members[0])
     }
 
     fn set_leader(&self, addr: Option<SocketAddr>) {
@@ -261,7 +338,12 @@ impl Client {
                 .unwrap_or(Err(Error::Timeout));
             match outcome {
                 Ok(ClientResponse::Err(WireError::NotLeader { hint })) => {
-                    let next = hint.as_deref().and_then(|h| resolve(h).ok());
+                    // A hint at a member that just failed is stale (it is
+                    // the dead leader the followers still believe in).
+                    let next = hint
+                        .as_deref()
+                        .and_then(|h| resolve(h).ok())
+                        .filter(|n| !self.is_suspect(*n));
                     debug!(%target, ?next, "redirected to the leader");
                     self.set_leader(next.filter(|n| *n != target));
                     last = Error::NotLeader { hint };

@@ -92,6 +92,8 @@ pub struct ApplyStatus {
     pub applied: Index,
     /// Set when a handler panicked under `halt`.
     pub halted: Option<String>,
+    /// Client sessions in the replicated session table.
+    pub sessions: usize,
 }
 
 /// Runs the apply task until the node task drops its sender.
@@ -133,6 +135,7 @@ pub async fn run<S: StateMachine>(
                         let _ = status.send(ApplyStatus {
                             applied,
                             halted: halted.clone(),
+                            sessions: sessions.len(),
                         });
                     }
                     if halted.is_some() {
@@ -157,6 +160,7 @@ pub async fn run<S: StateMachine>(
                 let _ = status.send(ApplyStatus {
                     applied,
                     halted: halted.clone(),
+                    sessions: sessions.len(),
                 });
             }
             ApplyMsg::Read {
@@ -185,6 +189,7 @@ pub async fn run<S: StateMachine>(
                     let _ = status.send(ApplyStatus {
                         applied,
                         halted: halted.clone(),
+                        sessions: sessions.len(),
                     });
                 }
                 Err(e) => {
@@ -193,6 +198,7 @@ pub async fn run<S: StateMachine>(
                     let _ = status.send(ApplyStatus {
                         applied,
                         halted: halted.clone(),
+                        sessions: sessions.len(),
                     });
                 }
             },

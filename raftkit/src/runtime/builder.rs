@@ -368,6 +368,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let (apply_status_tx, apply_status_rx) = watch::channel(ApplyStatus {
             applied,
             halted: None,
+            sessions: sessions.len(),
         });
         tokio::spawn(apply::run(
             sm,

@@ -172,6 +172,11 @@ pub fn status_report<S: StateMachine>(peer: &Peer<S>) -> StatusReport {
             })
             .collect(),
         halted: s.halted.clone(),
-        last_contact_ms: (s.role == Role::Leader).then_some(0),
+        last_contact_ms: if s.role == Role::Leader {
+            Some(0)
+        } else {
+            s.leader_contact
+                .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
+        },
     }
 }

@@ -112,6 +112,7 @@ struct State {
     proposals: u64,
     leader_changes: u64,
     last_leader: Option<NodeId>,
+    leader_contact: Option<std::time::Instant>,
 }
 
 impl NodeTask {
@@ -141,6 +142,7 @@ impl NodeTask {
             proposals: 0,
             leader_changes: 0,
             last_leader: None,
+            leader_contact: None,
         };
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -154,15 +156,25 @@ impl NodeTask {
                     }
                 }
                 Some(m) = self.inbox.recv() => {
+                    let mut from_leader = false;
                     if st.fatal.is_none() {
+                        let from = m.from;
                         self.raft.step(m);
+                        from_leader |= self.raft.leader() == Some(from);
                     }
                     for _ in 0..256 {
                         match self.inbox.try_recv() {
-                            Ok(m) if st.fatal.is_none() => self.raft.step(m),
+                            Ok(m) if st.fatal.is_none() => {
+                                let from = m.from;
+                                self.raft.step(m);
+                                from_leader |= self.raft.leader() == Some(from);
+                            }
                             Ok(_) => {}
                             Err(_) => break,
                         }
+                    }
+                    if from_leader {
+                        st.leader_contact = Some(std::time::Instant::now());
                     }
                 }
                 Some(done) = persisted_rx.recv() => self.on_persisted(&mut st, done),
@@ -364,6 +376,9 @@ impl NodeTask {
         if leader.is_some() && leader != st.last_leader {
             st.leader_changes += 1;
         }
+        if leader.is_none() || leader == Some(self.raft.id()) {
+            st.leader_contact = None;
+        }
         st.last_leader = leader;
     }
 
@@ -479,6 +494,8 @@ impl NodeTask {
             fatal: st.fatal.clone(),
             proposals: st.proposals,
             leader_changes: st.leader_changes,
+            sessions: apply.sessions,
+            leader_contact: st.leader_contact,
         };
         self.status.send_if_modified(|old| {
             if *old != new {

@@ -43,6 +43,12 @@ pub struct PeerStatus {
     pub proposals: u64,
     /// Leader changes observed.
     pub leader_changes: u64,
+    /// Client sessions in this peer's replicated session table (as of its
+    /// applied index).
+    pub sessions: usize,
+    /// When this peer last received a message from the leader it follows
+    /// (`None` on the leader itself and while no leader is known).
+    pub leader_contact: Option<std::time::Instant>,
 }
 
 /// One member of the configuration.

@@ -110,9 +110,12 @@ pub struct QuicConfig {
     pub backoff_min: Duration,
     /// The longest reconnect delay (default 1 s).
     pub backoff_max: Duration,
-    /// How often an idle connection sends a keep-alive (default 2 s).
+    /// How often an idle connection sends a keep-alive (default 500 ms).
     pub keep_alive: Duration,
-    /// How long a silent connection lives (default 10 s).
+    /// How long a silent connection lives (default 3 s). This bounds how
+    /// long a peer that was killed and restarted stays unheard: its old
+    /// connection (to the dead process) must time out before the link
+    /// redials the new one.
     pub idle_timeout: Duration,
 }
 
@@ -131,8 +134,8 @@ impl QuicConfig {
             queue_capacity: 1024,
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
-            keep_alive: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -193,7 +196,10 @@ pub enum LinkState {
 
 /// Builds a quinn transport configuration with keep-alives and an idle
 /// timeout.
-fn transport_config(keep_alive: Duration, idle: Duration) -> Arc<quinn::TransportConfig> {
+pub(crate) fn transport_config(
+    keep_alive: Duration,
+    idle: Duration,
+) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(keep_alive));
     let idle_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);

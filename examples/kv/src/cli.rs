@@ -1,0 +1,207 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes: 0 success; 1 failure (cluster unreachable, certificates missing or \
+refused, port in use, ...); 2 bad usage (unknown option, unparseable address); \
+3 the answer is \"no\" (get/del of an absent key, cas that did not swap).
+
+Logs go to stderr, filtered by RUST_LOG (default: warn; info for `serve`).";
+
+/// A replicated key-value store on raftkit.
+#[derive(Parser, Debug)]
+#[command(name = "kv", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the cluster is and how to prove who we are.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Members of the cluster, any of them (comma-separated HOST:PORT); the
+    /// client finds the leader by itself.
+    #[arg(
+        long,
+        env = "KV_CLUSTER",
+        value_delimiter = ',',
+        value_name = "ADDR,..."
+    )]
+    pub cluster: Vec<String>,
+    /// Directory with the client certificate: ca.pem, client.pem, client.key
+    /// (as written by `kv certs init DIR`).
+    #[arg(long, env = "RAFTKIT_CERTS", value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// Seconds the command may take, retries included [default: 10; 60 for
+    /// add-server].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Set KEY to VALUE.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Print the value of KEY (exit code 3 and nothing on stdout if absent).
+    Get {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Delete KEY, printing the value it held (exit code 3 if absent).
+    Del {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Set KEY to NEW if it holds OLD (`-` for absent); exit code 3 and the
+    /// current value on stderr if not.
+    Cas {
+        /// The key.
+        key: String,
+        /// The value KEY must hold, or `-` for "KEY is absent".
+        old: String,
+        /// The value to set.
+        new: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Print every KEY<TAB>VALUE whose key starts with PREFIX, in key order.
+    Scan {
+        /// The prefix ("" for everything).
+        prefix: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// List the members of the cluster (as the leader sees them).
+    Members {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Add the node at ADDR (running, started without --bootstrap/--join):
+    /// as a learner, then a voter once it caught up.
+    AddServer {
+        /// The new member's address, as it advertises it.
+        addr: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Remove the member at ADDR.
+    RemoveServer {
+        /// The member's address.
+        addr: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Move leadership to the member at ADDR and wait until it leads.
+    TransferLeader {
+        /// The member's address.
+        addr: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// A table of every member: name, address, role, term, commit, applied,
+    /// lag (leader commit - member applied), last contact with the leader.
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Make the cluster CA and certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Run a 3-node cluster in this process: a concurrent workload, the
+    /// leader killed and restarted, every acknowledged write and the
+    /// linearizability of the history checked. Exit code 0 only if every
+    /// check passes.
+    Demo(DemoArgs),
+}
+
+/// `kv serve`.
+#[derive(Args, Debug)]
+#[command(after_help = "\
+A new node needs --listen and --certs (unless --data already holds a node). \
+Its name is kv@ADVERTISE and its identity is DIR/kv@ADVERTISE.pem/.key with \
+DIR/ca.pem; when that file is missing and DIR holds the CA key (ca.key, as \
+made by `kv certs init DIR`), the certificate is issued and written there \
+automatically. The identity is copied into the data directory: a restart \
+needs only `kv serve --data DIR`.
+
+Start the first node with --bootstrap, the others with --join ADDR (any \
+running member); a node started with neither waits for `kv add-server`.")]
+pub struct ServeArgs {
+    /// The address to listen on (UDP, QUIC), e.g. 127.0.0.1:7001.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The address other members and clients reach this node at (default:
+    /// the listen address).
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// The data directory (log, snapshots, name, address, identity)
+    /// [default: ./data/kv@ADVERTISE].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Found a new cluster of this node alone.
+    #[arg(long, conflicts_with = "join")]
+    pub bootstrap: bool,
+    /// Join the cluster that these members (comma-separated, any of them)
+    /// belong to.
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "ADDR")]
+    pub join: Vec<String>,
+    /// The certificate directory: the cluster CA (ca.pem, and ca.key to
+    /// issue this node's certificate automatically) or this node's identity.
+    #[arg(long, env = "RAFTKIT_CERTS", value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (TCP).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// The Raft tick in milliseconds: elections after 10-20 ticks, a
+    /// heartbeat every 2.
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    pub tick_ms: u64,
+}
+
+/// `kv certs`.
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Create a cluster CA in DIR (ca.pem, ca.key) and a client identity
+    /// (client.pem, client.key).
+    Init {
+        /// The directory (created if missing).
+        dir: PathBuf,
+    },
+    /// Issue a certificate of the CA in DIR for NAME (a node is named
+    /// kv@ADDR, e.g. kv@127.0.0.1:7001); writes DIR/NAME.pem and DIR/NAME.key.
+    Issue {
+        /// The directory holding ca.pem and ca.key.
+        dir: PathBuf,
+        /// The certificate's name.
+        name: String,
+    },
+}
+
+/// `kv demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Seconds of workload before the leader is killed.
+    #[arg(long, default_value_t = 3.0)]
+    pub secs: f64,
+}

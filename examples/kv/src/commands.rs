@@ -1,0 +1,372 @@
+//! The client commands: data (`put`, `get`, `del`, `cas`, `scan`) through
+//! the generated `KvClient`, administration (`members`, `add-server`,
+//! `remove-server`, `transfer-leader`, `status`) through the untyped
+//! [`Client`].
+
+use std::time::Duration;
+
+use raftkit::StateMachine;
+use raftkit::client::wire::{ClientRequest, StatusReport};
+use raftkit::client::{Client, ClientOptions};
+
+use crate::certs::client_identity;
+use crate::cli::ClusterArgs;
+use crate::fail::{Failure, check_addr};
+use crate::store::{Kv, KvClient, Mismatch};
+
+/// How long `status` and `members` wait for one member's report.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The validated cluster addresses.
+fn cluster_addrs(args: &ClusterArgs) -> Result<Vec<String>, Failure> {
+    let addrs: Vec<String> = args
+        .cluster
+        .iter()
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    if addrs.is_empty() {
+        return Err(Failure::Usage(
+            "no cluster given: pass --cluster ADDR,... or set KV_CLUSTER".into(),
+        ));
+    }
+    for a in &addrs {
+        check_addr(a, "cluster")?;
+    }
+    Ok(addrs)
+}
+
+fn options(args: &ClusterArgs, default_secs: u64) -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(args.timeout.unwrap_or(default_secs).max(1)),
+        ..ClientOptions::default()
+    }
+}
+
+async fn typed(args: &ClusterArgs) -> Result<(KvClient, Vec<String>), Failure> {
+    let addrs = cluster_addrs(args)?;
+    let identity = client_identity(args.certs.as_deref())?;
+    let kv = KvClient::connect_with(&addrs, identity, options(args, 10))
+        .await
+        .map_err(|e| Failure::cluster(&e, &addrs))?;
+    Ok((kv, addrs))
+}
+
+async fn untyped(args: &ClusterArgs, default_secs: u64) -> Result<(Client, Vec<String>), Failure> {
+    let addrs = cluster_addrs(args)?;
+    let identity = client_identity(args.certs.as_deref())?;
+    let client = Client::connect_with(
+        &addrs,
+        identity,
+        Kv::SCHEMA_FINGERPRINT,
+        options(args, default_secs),
+    )
+    .await
+    .map_err(|e| Failure::cluster(&e, &addrs))?;
+    Ok((client, addrs))
+}
+
+/// `kv put K V`: prints `OK`.
+pub async fn put(args: &ClusterArgs, key: String, value: String) -> Result<(), Failure> {
+    let (kv, addrs) = typed(args).await?;
+    kv.put(key, value)
+        .await
+        .map_err(|e| Failure::cluster(&e, &addrs))?;
+    println!("OK");
+    Ok(())
+}
+
+/// `kv get K`: prints the value, or fails with code 3 if absent.
+pub async fn get(args: &ClusterArgs, key: String) -> Result<(), Failure> {
+    let (kv, addrs) = typed(args).await?;
+    match kv
+        .get(key.clone())
+        .await
+        .map_err(|e| Failure::cluster(&e, &addrs))?
+    {
+        Some(value) => {
+            println!("{value}");
+            Ok(())
+        }
+        None => Err(Failure::No(format!("{key:?} is absent"))),
+    }
+}
+
+/// `kv del K`: prints the value it held, or fails with code 3 if absent.
+pub async fn del(args: &ClusterArgs, key: String) -> Result<(), Failure> {
+    let (kv, addrs) = typed(args).await?;
+    match kv
+        .delete(key.clone())
+        .await
+        .map_err(|e| Failure::cluster(&e, &addrs))?
+    {
+        Some(old) => {
+            println!("{old}");
+            Ok(())
+        }
+        None => Err(Failure::No(format!("{key:?} is absent; nothing deleted"))),
+    }
+}
+
+/// `kv cas K OLD NEW` (`OLD` = `-`: absent): prints `OK`, or fails with code
+/// 3 and what the key holds.
+pub async fn cas(args: &ClusterArgs, key: String, old: String, new: String) -> Result<(), Failure> {
+    let (kv, addrs) = typed(args).await?;
+    let old = (old != "-").then_some(old);
+    match kv
+        .cas(key.clone(), old, new)
+        .await
+        .map_err(|e| Failure::cluster(&e, &addrs))?
+    {
+        Ok(()) => {
+            println!("OK");
+            Ok(())
+        }
+        Err(Mismatch(Some(current))) => Err(Failure::No(format!(
+            "not swapped: {key:?} holds {current:?}"
+        ))),
+        Err(Mismatch(None)) => Err(Failure::No(format!("not swapped: {key:?} is absent"))),
+    }
+}
+
+/// `kv scan PREFIX`: prints `key<TAB>value` lines.
+pub async fn scan(args: &ClusterArgs, prefix: String) -> Result<(), Failure> {
+    let (kv, addrs) = typed(args).await?;
+    let pairs = kv
+        .scan(prefix)
+        .await
+        .map_err(|e| Failure::cluster(&e, &addrs))?;
+    let mut out = String::new();
+    for (k, v) in pairs {
+        out.push_str(&k);
+        out.push('\t');
+        out.push_str(&v);
+        out.push('\n');
+    }
+    print!("{out}");
+    Ok(())
+}
+
+async fn status_of(client: &Client, addr: &str) -> Result<StatusReport, raftkit::Error> {
+    tokio::time::timeout(STATUS_TIMEOUT, client.status_of(addr))
+        .await
+        .unwrap_or(Err(raftkit::Error::Timeout))
+}
+
+/// The first report of a member of `addrs`, then the leader's if it names
+/// one (members' progress is known on the leader only).
+async fn best_view(client: &Client, addrs: &[String]) -> Result<StatusReport, Failure> {
+    let mut first = None;
+    let mut last_err = None;
+    for a in addrs {
+        match status_of(client, a).await {
+            Ok(r) => {
+                first = Some(r);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let Some(first) = first else {
+        let e = last_err.unwrap_or(raftkit::Error::Unavailable("no member answered".into()));
+        return Err(Failure::cluster(&e, addrs));
+    };
+    if first.role == "Leader" {
+        return Ok(first);
+    }
+    if let Some(leader) = &first.leader
+        && let Ok(r) = status_of(client, leader).await
+    {
+        return Ok(r);
+    }
+    Ok(first)
+}
+
+/// `kv members`: the configuration as the leader (or the first member that
+/// answers) sees it.
+pub async fn members(args: &ClusterArgs) -> Result<(), Failure> {
+    let (client, addrs) = untyped(args, 10).await?;
+    let view = best_view(&client, &addrs).await?;
+    let rows: Vec<Vec<String>> = view
+        .members
+        .iter()
+        .map(|(addr, voter, _)| {
+            vec![
+                format!("kv@{addr}"),
+                addr.clone(),
+                if *voter { "voter" } else { "learner" }.to_string(),
+                if view.leader.as_deref() == Some(addr.as_str()) {
+                    "leader".to_string()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    print!("{}", table(&["NAME", "ADDRESS", "KIND", ""], &rows));
+    Ok(())
+}
+
+/// `kv add-server ADDR`.
+pub async fn add_server(args: &ClusterArgs, addr: String) -> Result<(), Failure> {
+    check_addr(&addr, "server")?;
+    let (client, addrs) = untyped(args, 60).await?;
+    client
+        .admin(ClientRequest::AddServer { addr: addr.clone() })
+        .await
+        .map_err(|e| Failure::cluster(&e, &addrs))?;
+    println!("OK: kv@{addr} is a voter");
+    Ok(())
+}
+
+/// `kv remove-server ADDR`.
+pub async fn remove_server(args: &ClusterArgs, addr: String) -> Result<(), Failure> {
+    check_addr(&addr, "server")?;
+    let (client, addrs) = untyped(args, 10).await?;
+    client
+        .admin(ClientRequest::RemoveServer { addr: addr.clone() })
+        .await
+        .map_err(|e| Failure::cluster(&e, &addrs))?;
+    println!("OK: kv@{addr} removed");
+    Ok(())
+}
+
+/// `kv transfer-leader ADDR`.
+pub async fn transfer_leader(args: &ClusterArgs, addr: String) -> Result<(), Failure> {
+    check_addr(&addr, "server")?;
+    let (client, addrs) = untyped(args, 10).await?;
+    client
+        .admin(ClientRequest::TransferLeader { addr: addr.clone() })
+        .await
+        .map_err(|e| Failure::cluster(&e, &addrs))?;
+    println!("OK: kv@{addr} leads");
+    Ok(())
+}
+
+/// `kv status`: one row per member, each member asked for its own status.
+pub async fn status(args: &ClusterArgs) -> Result<(), Failure> {
+    let (client, addrs) = untyped(args, 10).await?;
+    let view = best_view(&client, &addrs).await?;
+    // Every member of the configuration, plus any given address outside it.
+    let mut members: Vec<(String, bool)> = view
+        .members
+        .iter()
+        .map(|(a, v, _)| (a.clone(), *v))
+        .collect();
+    for a in &addrs {
+        if !members.iter().any(|(m, _)| m == a) {
+            members.push((a.clone(), false));
+        }
+    }
+    let tasks: Vec<_> = members
+        .iter()
+        .map(|(addr, _)| {
+            let client = client.clone();
+            let addr = addr.clone();
+            tokio::spawn(async move { status_of(&client, &addr).await })
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for t in tasks {
+        reports.push(t.await.unwrap_or(Err(raftkit::Error::Unavailable(
+            "status task failed".into(),
+        ))));
+    }
+    let leader_commit = reports
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|r| r.role == "Leader")
+        .max_by_key(|r| r.term)
+        .map(|r| r.commit);
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .zip(&reports)
+        .map(|((addr, voter), report)| match report {
+            Ok(r) => {
+                let mut role = r.role.to_lowercase();
+                if !view.members.iter().any(|(a, _, _)| a == addr) {
+                    role.push_str(" (not a member)");
+                } else if !voter {
+                    role.push_str(" (learner)");
+                }
+                vec![
+                    r.name.clone(),
+                    addr.clone(),
+                    role,
+                    r.term.to_string(),
+                    r.commit.to_string(),
+                    r.applied.to_string(),
+                    leader_commit
+                        .map(|c| c.saturating_sub(r.applied).to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    match (r.role.as_str(), r.last_contact_ms) {
+                        ("Leader", _) => "-".into(),
+                        (_, Some(ms)) => format!("{ms}ms"),
+                        (_, None) => "never".into(),
+                    },
+                ]
+            }
+            Err(e) => vec![
+                format!("kv@{addr}"),
+                addr.clone(),
+                "unreachable".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                one_word_error(e),
+            ],
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "NAME",
+                "ADDRESS",
+                "ROLE",
+                "TERM",
+                "COMMIT",
+                "APPLIED",
+                "LAG",
+                "LAST CONTACT"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+fn one_word_error(e: &raftkit::Error) -> String {
+    match e {
+        raftkit::Error::Timeout => "(timed out)".into(),
+        _ => "(no answer)".into(),
+    }
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.enumerate() {
+            let w = widths.get(i).copied().unwrap_or(0);
+            l.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}

@@ -1,0 +1,94 @@
+//! What a command that did not succeed reports: one line and an exit code.
+
+use std::fmt;
+
+/// Why a command did not succeed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Exit code 1: something went wrong (network, certificates, disk).
+    Failed(String),
+    /// Exit code 2: the command line is wrong.
+    Usage(String),
+    /// Exit code 3: the answer is "no" (absent key, cas that did not swap).
+    No(String),
+}
+
+impl Failure {
+    /// The process exit code.
+    pub fn code(&self) -> u8 {
+        match self {
+            Failure::Failed(_) => 1,
+            Failure::Usage(_) => 2,
+            Failure::No(_) => 3,
+        }
+    }
+
+    /// The message on one line.
+    pub fn one_line(&self) -> String {
+        let text = match self {
+            Failure::Failed(s) | Failure::Usage(s) | Failure::No(s) => s,
+        };
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// A failure of a call to the cluster at `cluster`, explained.
+    pub fn cluster(e: &raftkit::Error, cluster: &[String]) -> Failure {
+        let at = cluster.join(",");
+        let text = e.to_string();
+        let lower = text.to_lowercase();
+        Failure::Failed(match e {
+            raftkit::Error::Transport(_)
+                if [
+                    "certificate",
+                    "handshake",
+                    "tls",
+                    "crypto",
+                    "unknownca",
+                    "bad_cert",
+                ]
+                .iter()
+                .any(|w| lower.contains(w)) =>
+            {
+                format!(
+                    "the cluster at {at} refused our certificate or we refused its ({text}); are --certs / RAFTKIT_CERTS the certificates of this cluster's CA?"
+                )
+            }
+            raftkit::Error::Transport(_) | raftkit::Error::Unavailable(_) => {
+                format!("cannot reach the cluster at {at}: {text}")
+            }
+            raftkit::Error::Timeout => format!(
+                "the cluster at {at} did not answer in time (no leader? a majority down?); a write may or may not have been applied"
+            ),
+            raftkit::Error::NotLeader { hint } => format!(
+                "no leader could be reached through {at} (last hint: {})",
+                hint.as_deref().unwrap_or("none")
+            ),
+            raftkit::Error::Rejected(_) => format!("the cluster refused the request: {text}"),
+            _ => format!("{text} (cluster {at})"),
+        })
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.one_line())
+    }
+}
+
+/// Checks that `addr` is a `HOST:PORT` that resolves; `what` names it in
+/// the message.
+pub fn check_addr(addr: &str, what: &str) -> Result<(), Failure> {
+    use std::net::ToSocketAddrs;
+    let bad = |why: String| {
+        Failure::Usage(format!(
+            "invalid {what} address {addr:?}: {why} (expected HOST:PORT, e.g. 127.0.0.1:7001)"
+        ))
+    };
+    match addr.to_socket_addrs() {
+        Ok(mut it) => match it.next() {
+            Some(_) => Ok(()),
+            None => Err(bad("it resolves to no address".into())),
+        },
+        Err(e) => Err(bad(e.to_string())),
+    }
+}

@@ -1,0 +1,263 @@
+//! `--metrics ADDR`: the node's status in the Prometheus text format, served
+//! by a tiny HTTP/1.0 responder (`GET /metrics`; anything else is 404).
+//!
+//! Everything comes from [`PeerStatus`]; what the runtime does not measure
+//! (append-to-durable and read-index latency histograms) is not exported
+//! rather than faked.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use raftkit::core::Role;
+use raftkit::prelude::*;
+use raftkit::runtime::PeerStatus;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::debug;
+
+use crate::store::Kv;
+
+/// Serves metrics on `listener` until the process exits.
+pub async fn serve(listener: TcpListener, peer: Peer<Kv>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let peer = peer.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(stream, &peer).await {
+                        debug!(error = %e, "metrics request failed");
+                    }
+                });
+            }
+            Err(e) => {
+                debug!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, peer: &Peer<Kv>) -> std::io::Result<()> {
+    // Read the request head (at most 8 KiB, 5 s).
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+            if head.len() > 8192 {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.split_whitespace();
+    let (status, content_type, body) = match (parts.next(), parts.next()) {
+        (Some("GET"), Some("/metrics")) => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(&peer.status()),
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "try GET /metrics\n".to_string(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// Escapes a label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics of a status, in the Prometheus text format.
+pub fn render(s: &PeerStatus) -> String {
+    let mut out = String::new();
+    let node = format!("{{node=\"{}\"}}", label(&s.name));
+    let with = |v: u64| vec![(node.clone(), v)];
+    metric(
+        &mut out,
+        "raftkit_term",
+        "gauge",
+        "Current Raft term.",
+        &with(s.term),
+    );
+    let roles = [
+        (Role::Follower, "follower"),
+        (Role::PreCandidate, "precandidate"),
+        (Role::Candidate, "candidate"),
+        (Role::Leader, "leader"),
+    ];
+    let role_samples: Vec<(String, u64)> = roles
+        .iter()
+        .map(|(r, n)| {
+            (
+                format!("{{node=\"{}\",role=\"{n}\"}}", label(&s.name)),
+                u64::from(s.role == *r),
+            )
+        })
+        .collect();
+    metric(
+        &mut out,
+        "raftkit_role",
+        "gauge",
+        "1 for the node's current role, 0 for the others.",
+        &role_samples,
+    );
+    metric(
+        &mut out,
+        "raftkit_leader_changes_total",
+        "counter",
+        "Leader changes this node observed.",
+        &with(s.leader_changes),
+    );
+    metric(
+        &mut out,
+        "raftkit_commit_index",
+        "gauge",
+        "Commit index.",
+        &with(s.commit),
+    );
+    metric(
+        &mut out,
+        "raftkit_applied_index",
+        "gauge",
+        "Last index applied to the state machine.",
+        &with(s.applied),
+    );
+    metric(
+        &mut out,
+        "raftkit_last_log_index",
+        "gauge",
+        "Last log index.",
+        &with(s.last_index),
+    );
+    metric(
+        &mut out,
+        "raftkit_proposals_total",
+        "counter",
+        "Proposals accepted while leader.",
+        &with(s.proposals),
+    );
+    metric(
+        &mut out,
+        "raftkit_client_sessions",
+        "gauge",
+        "Client sessions in the replicated session table.",
+        &with(s.sessions as u64),
+    );
+    metric(
+        &mut out,
+        "raftkit_members",
+        "gauge",
+        "Members of the configuration in force.",
+        &with(s.members.len() as u64),
+    );
+    metric(
+        &mut out,
+        "raftkit_halted",
+        "gauge",
+        "1 if the node stopped applying (a handler panicked under `halt`).",
+        &with(u64::from(s.halted.is_some() || s.fatal.is_some())),
+    );
+    if let Some(contact) = s.leader_contact {
+        metric(
+            &mut out,
+            "raftkit_leader_last_contact_milliseconds",
+            "gauge",
+            "Milliseconds since this follower last heard from its leader.",
+            &with(u64::try_from(contact.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        );
+    }
+    if s.role == Role::Leader {
+        let lag: Vec<(String, u64)> = s
+            .members
+            .iter()
+            .filter(|m| m.id != s.id)
+            .filter_map(|m| {
+                let matched = m.matched?;
+                let peer = m.addr.clone().unwrap_or_else(|| format!("#{:x}", m.id));
+                Some((
+                    format!("{{node=\"{}\",peer=\"{}\"}}", label(&s.name), label(&peer)),
+                    s.last_index.saturating_sub(matched),
+                ))
+            })
+            .collect();
+        metric(
+            &mut out,
+            "raftkit_replication_lag_entries",
+            "gauge",
+            "On the leader: entries of its log a member has not yet matched.",
+            &lag,
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftkit::runtime::MemberStatus;
+
+    #[test]
+    fn renders_the_leader_view() {
+        let s = PeerStatus {
+            id: 1,
+            name: "kv@127.0.0.1:7001".into(),
+            role: Role::Leader,
+            term: 3,
+            commit: 10,
+            applied: 9,
+            last_index: 12,
+            members: vec![
+                MemberStatus {
+                    id: 1,
+                    addr: Some("127.0.0.1:7001".into()),
+                    voter: true,
+                    matched: Some(12),
+                    next: Some(13),
+                },
+                MemberStatus {
+                    id: 2,
+                    addr: Some("127.0.0.1:7002".into()),
+                    voter: true,
+                    matched: Some(7),
+                    next: Some(8),
+                },
+            ],
+            ..PeerStatus::default()
+        };
+        let text = render(&s);
+        assert!(text.contains("raftkit_term{node=\"kv@127.0.0.1:7001\"} 3\n"));
+        assert!(text.contains("raftkit_role{node=\"kv@127.0.0.1:7001\",role=\"leader\"} 1\n"));
+        assert!(text.contains(
+            "raftkit_replication_lag_entries{node=\"kv@127.0.0.1:7001\",peer=\"127.0.0.1:7002\"} 5\n"
+        ));
+        assert!(!text.contains("peer=\"127.0.0.1:7001\""));
+        assert!(text.contains("# TYPE raftkit_proposals_total counter\n"));
+    }
+}

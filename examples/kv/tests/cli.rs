@@ -1,0 +1,462 @@
+//! The `kv` command line driven as real processes: three `kv serve` formed
+//! with bootstrap + join, data through the CLI, `kill -9` of the leader,
+//! writes going on, the killed node restarted from its data directory alone
+//! catching up, and bad input answered with one line and a non-zero exit
+//! code.
+//!
+//! Every child process is killed when the test ends, however it ends
+//! ([`Procs`]'s `Drop`). Waiting is polling under a deadline, never a bare
+//! sleep.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KV: &str = env!("CARGO_BIN_EXE_kv");
+/// The Raft tick of the servers the test starts (elections after 250-500 ms).
+const TICK_MS: &str = "25";
+/// How long any one condition may take to become true.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The servers: killed (SIGKILL) and reaped on drop.
+#[derive(Default)]
+struct Procs {
+    children: HashMap<String, Child>,
+}
+
+impl Procs {
+    /// Starts `kv serve ARGS` known as `key`, its output in `log`.
+    fn serve(&mut self, key: &str, args: &[&str], log: &Path) {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = kv_command()
+            .arg("serve")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("kv serve starts");
+        self.children.insert(key.to_string(), child);
+    }
+
+    /// `kill -9` of the server known as `key`.
+    fn kill9(&mut self, key: &str) {
+        if let Some(mut child) = self.children.remove(key) {
+            let _ = child.kill(); // SIGKILL on Unix
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, mut child) in self.children.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `kv` with none of the environment variables it reads.
+fn kv_command() -> Command {
+    let mut c = Command::new(KV);
+    c.env_remove("KV_CLUSTER")
+        .env_remove("RAFTKIT_CERTS")
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_BACKTRACE");
+    c
+}
+
+/// What a finished command left.
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `kv ARGS` with `env` and waits (at most 60 s) for it.
+fn kv(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut cmd = kv_command();
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("kv runs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut stdout);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut stderr);
+    }
+    let out = Out {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr,
+    };
+    assert!(status.is_some(), "kv {args:?} hung: {out:?}");
+    out
+}
+
+/// Asserts a failure: exit code `code` (any non-zero if `None`), exactly
+/// one line on stderr starting with `kv: ` and containing `needle`, no panic.
+fn assert_fails(out: &Out, code: Option<i32>, needle: &str) {
+    assert!(
+        !out.stderr.contains("panicked") && !out.stderr.contains("RUST_BACKTRACE"),
+        "panic: {out:?}"
+    );
+    match code {
+        Some(c) => assert_eq!(out.code, Some(c), "{out:?}"),
+        None => assert!(matches!(out.code, Some(c) if c != 0), "{out:?}"),
+    }
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {out:?}");
+    assert!(lines[0].starts_with("kv: "), "{out:?}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "stderr should mention {needle:?}: {out:?}"
+    );
+}
+
+fn free_udp_addrs(n: usize) -> Vec<String> {
+    let sockets: Vec<_> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("addr").to_string())
+        .collect()
+}
+
+/// One row of `kv status`.
+#[derive(Debug, Clone)]
+struct Row {
+    address: String,
+    role: String,
+    commit: Option<u64>,
+    applied: Option<u64>,
+    lag: Option<u64>,
+}
+
+/// Parses `kv status` (columns are separated by two or more spaces).
+fn parse_status(text: &str) -> Vec<Row> {
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let cells: Vec<&str> = line
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            let num = |i: usize| cells.get(i).and_then(|c| c.parse().ok());
+            Row {
+                address: cells.get(1).unwrap_or(&"").to_string(),
+                role: cells.get(2).unwrap_or(&"").to_string(),
+                commit: num(4),
+                applied: num(5),
+                lag: num(6),
+            }
+        })
+        .collect()
+}
+
+/// Polls `kv status` until `done` holds for its rows; returns them.
+fn wait_status(env: &[(&str, &str)], what: &str, done: impl Fn(&[Row]) -> bool) -> Vec<Row> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let out = kv(&["status", "--timeout", "5"], env);
+        let last = if out.code == Some(0) {
+            let rows = parse_status(&out.stdout);
+            if done(&rows) {
+                return rows;
+            }
+            out.stdout
+        } else {
+            out.stderr
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last status:\n{last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn leader(rows: &[Row]) -> Option<String> {
+    let leaders: Vec<&Row> = rows.iter().filter(|r| r.role == "leader").collect();
+    match leaders.as_slice() {
+        [one] => Some(one.address.clone()),
+        _ => None,
+    }
+}
+
+#[test]
+fn three_processes_bootstrap_join_kill_the_leader_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = |p: &str| -> PathBuf { tmp.path().join(p) };
+    let certs = path("certs");
+    let certs_s = certs.to_string_lossy().to_string();
+
+    let out = kv(&["certs", "init", &certs_s], &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for f in ["ca.pem", "ca.key", "client.pem", "client.key"] {
+        assert!(certs.join(f).exists(), "{f} missing");
+    }
+
+    let addrs = free_udp_addrs(3);
+    let mut procs = Procs::default();
+    let data: Vec<String> = (1..=3)
+        .map(|i| path(&format!("n{i}")).to_string_lossy().to_string())
+        .collect();
+    let log = |i: usize, run: u32| path(&format!("n{i}.{run}.log"));
+    procs.serve(
+        &addrs[0],
+        &[
+            "--listen",
+            &addrs[0],
+            "--data",
+            &data[0],
+            "--certs",
+            &certs_s,
+            "--bootstrap",
+            "--tick-ms",
+            TICK_MS,
+        ],
+        &log(1, 0),
+    );
+    procs.serve(
+        &addrs[1],
+        &[
+            "--listen",
+            &addrs[1],
+            "--data",
+            &data[1],
+            "--certs",
+            &certs_s,
+            "--join",
+            &addrs[0],
+            "--tick-ms",
+            TICK_MS,
+        ],
+        &log(2, 0),
+    );
+    let seeds = format!("{},{}", addrs[0], addrs[1]);
+    procs.serve(
+        &addrs[2],
+        &[
+            "--listen",
+            &addrs[2],
+            "--data",
+            &data[2],
+            "--certs",
+            &certs_s,
+            "--join",
+            &seeds,
+            "--tick-ms",
+            TICK_MS,
+        ],
+        &log(3, 0),
+    );
+
+    let cluster = addrs.join(",");
+    let env = [
+        ("KV_CLUSTER", cluster.as_str()),
+        ("RAFTKIT_CERTS", certs_s.as_str()),
+    ];
+    // Three voters, one leader.
+    let rows = wait_status(&env, "three members with a leader", |rows| {
+        rows.len() == 3
+            && leader(rows).is_some()
+            && rows
+                .iter()
+                .all(|r| r.role == "leader" || r.role == "follower")
+    });
+    assert!(certs.join(format!("kv@{}.pem", addrs[2])).exists());
+    let first_leader = leader(&rows).expect("leader");
+
+    // Data through the CLI.
+    let out = kv(&["put", "greeting", "hello"], &env);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "OK\n"),
+        "{out:?}"
+    );
+    let out = kv(&["get", "greeting"], &env);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "hello\n"),
+        "{out:?}"
+    );
+    let out = kv(&["cas", "greeting", "-", "x"], &env);
+    assert_fails(&out, Some(3), "hello");
+    let out = kv(&["cas", "greeting", "hello", "world"], &env);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = kv(&["put", "other", "1"], &env);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = kv(&["scan", "g"], &env);
+    assert_eq!(out.stdout, "greeting\tworld\n", "{out:?}");
+    let out = kv(&["del", "other"], &env);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "1\n"), "{out:?}");
+    // An unknown key: nothing on stdout, one line on stderr, exit code 3.
+    let out = kv(&["get", "missing"], &env);
+    assert_fails(&out, Some(3), "absent");
+    assert_eq!(out.stdout, "");
+    let out = kv(&["members"], &env);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for a in &addrs {
+        assert!(out.stdout.contains(a.as_str()), "{out:?}");
+    }
+
+    // Bad input against the running cluster.
+    let out = kv(&["get", "greeting", "--cluster", "not-an-address"], &env);
+    assert_fails(&out, Some(2), "invalid cluster address");
+    let out = kv(&["get", "greeting"], &[("KV_CLUSTER", cluster.as_str())]);
+    assert_fails(&out, None, "certificate");
+    let missing = path("nowhere").to_string_lossy().to_string();
+    let out = kv(&["get", "greeting", "--certs", &missing], &env);
+    assert_fails(&out, None, "client certificate");
+    let foreign = path("foreign").to_string_lossy().to_string();
+    assert_eq!(kv(&["certs", "init", &foreign], &[]).code, Some(0));
+    let out = kv(&["get", "greeting", "--certs", &foreign], &env);
+    assert_fails(&out, None, "certificate");
+    let nobody = free_udp_addrs(1).remove(0);
+    let out = kv(&["get", "greeting", "--cluster", &nobody], &env);
+    assert_fails(&out, None, "cannot reach");
+    // A server on a port in use (UDP, by a running node): after the
+    // node's retries, one line, non-zero, and no half-made data directory.
+    let used = path("used").to_string_lossy().to_string();
+    let out = kv(
+        &[
+            "serve",
+            "--listen",
+            &addrs[1],
+            "--data",
+            &used,
+            "--certs",
+            &certs_s,
+            "--bootstrap",
+        ],
+        &[("RUST_LOG", "off")],
+    );
+    assert_fails(&out, None, "in use");
+    assert!(!Path::new(&used).exists());
+    // A metrics port in use (TCP).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    let spare = free_udp_addrs(1).remove(0);
+    let out = kv(
+        &[
+            "serve",
+            "--listen",
+            &spare,
+            "--data",
+            &used,
+            "--certs",
+            &certs_s,
+            "--bootstrap",
+            "--metrics",
+            &taken_addr,
+        ],
+        &[("RUST_LOG", "off")],
+    );
+    assert_fails(&out, None, "metrics");
+    // A new server without certificates.
+    let out = kv(&["serve", "--listen", &spare, "--data", &used], &[]);
+    assert_fails(&out, Some(2), "certs");
+
+    // kill -9 of the leader; writes go on.
+    let victim = addrs
+        .iter()
+        .position(|a| *a == first_leader)
+        .expect("the leader is one of ours");
+    procs.kill9(&first_leader);
+    let killed_at = Instant::now();
+    let out = kv(&["put", "after", "kill"], &env);
+    assert_eq!(out.code, Some(0), "write after the kill: {out:?}");
+    let out = kv(&["get", "after"], &env);
+    assert_eq!(out.stdout, "kill\n", "{out:?}");
+    let rows = wait_status(&env, "a new leader", |rows| {
+        leader(rows).is_some_and(|l| l != first_leader)
+            && rows
+                .iter()
+                .any(|r| r.address == first_leader && r.role == "unreachable")
+    });
+    eprintln!(
+        "new leader {:?} {:?} after the kill",
+        leader(&rows),
+        killed_at.elapsed()
+    );
+    for i in 0..20 {
+        let out = kv(&["put", &format!("more/{i}"), "x"], &env);
+        assert_eq!(out.code, Some(0), "{out:?}");
+    }
+    let target = rows
+        .iter()
+        .filter_map(|r| r.commit)
+        .max()
+        .expect("a commit index")
+        + 20;
+
+    // Restart it from its data directory alone; it catches up.
+    procs.serve(
+        &first_leader,
+        &["--data", &data[victim]],
+        &log(victim + 1, 1),
+    );
+    let rows = wait_status(&env, "the restarted node to catch up", |rows| {
+        rows.len() == 3
+            && rows.iter().any(|r| {
+                r.address == first_leader
+                    && r.role == "follower"
+                    && r.lag == Some(0)
+                    && r.applied.is_some_and(|a| a >= target)
+            })
+    });
+    assert!(leader(&rows).is_some());
+    let out = kv(&["scan", "more/"], &env);
+    assert_eq!(out.stdout.lines().count(), 20, "{out:?}");
+    let log_text = std::fs::read_to_string(log(victim + 1, 1)).unwrap_or_default();
+    assert!(
+        log_text.contains("restarting from"),
+        "the node restarted from its directory: {log_text}"
+    );
+}
+
+#[test]
+fn usage_errors_are_one_line() {
+    let out = kv(&["serve", "--listen", "nonsense", "--certs", "x"], &[]);
+    assert_fails(&out, Some(2), "invalid --listen address");
+    let out = kv(&["put", "k", "v"], &[]);
+    assert_fails(&out, Some(2), "no cluster given");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_string_lossy().to_string();
+    let out = kv(&["certs", "issue", &dir, "kv@127.0.0.1:7001"], &[]);
+    assert_fails(&out, Some(1), "no usable cluster CA");
+    assert_eq!(kv(&["certs", "init", &dir], &[]).code, Some(0));
+    let out = kv(&["certs", "init", &dir], &[]);
+    assert_fails(&out, Some(1), "refusing to overwrite");
+    let out = kv(&["certs", "issue", &dir, "kv@127.0.0.1:7001"], &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(tmp.path().join("kv@127.0.0.1:7001.pem").exists());
+    assert!(tmp.path().join("kv@127.0.0.1:7001.key").exists());
+}
