@@ -319,3 +319,154 @@ async fn grow_from_one_to_three_then_remove_the_leader() {
         p.shutdown().await.unwrap();
     }
 }
+
+/// Peers over the fault-injecting in-process network.
+async fn start_on(
+    net: &raftkit::transport::memory::MemoryNetwork,
+    dir: &std::path::Path,
+    addr: &str,
+) -> Peer<Counter> {
+    let net = net.clone();
+    Counter::peer()
+        .listen(addr)
+        .data_dir(dir.join(addr))
+        .bootstrap_members(ADDRS)
+        .tick(Duration::from_millis(10))
+        .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+        .start()
+        .await
+        .expect("peer starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_partitioned_leader_cannot_answer_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = raftkit::transport::memory::MemoryNetwork::new(7);
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        peers.push(start_on(&net, dir.path(), addr).await);
+    }
+    let old = wait_leader(&peers).await;
+    let client = CounterClient::new(peers[old].clone());
+    assert_eq!(client.add("x".into(), 1).await.unwrap(), 1);
+    // Cut the leader off; the majority elects a new leader and moves on.
+    net.isolate(peers[old].id());
+    let rest: Vec<Peer<Counter>> = peers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != old)
+        .map(|(_, p)| p.clone())
+        .collect();
+    let new = loop {
+        let i = wait_leader(&rest).await;
+        if rest[i].status().term > peers[old].status().term || rest[i].id() != peers[old].id() {
+            break i;
+        }
+    };
+    let fresh = CounterClient::new(rest[new].clone());
+    assert_eq!(fresh.add("x".into(), 1).await.unwrap(), 2);
+    // The old leader must not answer with its stale state: it fails the
+    // read (it cannot confirm leadership and steps down by CheckQuorum).
+    let stale = tokio::time::timeout(Duration::from_secs(5), client.get("x".into())).await;
+    match stale {
+        Ok(Ok(v)) => panic!("a deposed leader answered a read with {v}"),
+        Ok(Err(Error::NotLeader { .. })) => {}
+        Ok(Err(e)) => panic!("unexpected error {e}"),
+        Err(_) => panic!("the read neither failed nor answered within 5 s"),
+    }
+    // After the partition heals, the old leader converges on the new log.
+    net.heal();
+    let commit = rest[new].status().commit;
+    wait_applied(&peers[old], commit).await;
+    assert_eq!(peers[old].status().role, Role::Follower);
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}
+
+/// The same schema as [`Counter`] (same name, handlers and types), but a
+/// buggy `add` that panics under the `halt` policy: the binary one node of a
+/// cluster might run.
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "counter", on_error = "halt")]
+pub struct BuggyCounter {
+    values: BTreeMap<String, u64>,
+}
+
+#[raftkit::state_machine]
+impl BuggyCounter {
+    #[write]
+    fn add(&mut self, key: String, by: u64) -> u64 {
+        assert!(by != 13, "unlucky number");
+        let v = self.values.entry(key).or_default();
+        *v += by;
+        *v
+    }
+
+    #[read]
+    fn get(&self, key: String) -> u64 {
+        self.values.get(&key).copied().unwrap_or(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_halted_by_a_panic_keeps_its_log_and_the_quorum_keeps_serving() {
+    assert_eq!(
+        Counter::SCHEMA_FINGERPRINT,
+        BuggyCounter::SCHEMA_FINGERPRINT
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let net = raftkit::transport::memory::MemoryNetwork::new(1);
+    let mut good = Vec::new();
+    for addr in &ADDRS[..2] {
+        good.push(start_on(&net, dir.path(), addr).await);
+    }
+    let net2 = net.clone();
+    let buggy = BuggyCounter::peer()
+        .listen(ADDRS[2])
+        .data_dir(dir.path().join(ADDRS[2]))
+        .bootstrap_members(ADDRS)
+        .tick(Duration::from_millis(10))
+        .transport(move |id, inbox| Arc::new(net2.endpoint(id, inbox)))
+        .start()
+        .await
+        .unwrap();
+    let mut leader = wait_leader(&good).await;
+    // (If the buggy node won the election, wait_leader keeps looking among
+    // the good ones; move leadership explicitly if needed.)
+    if buggy.status().role == Role::Leader {
+        buggy.transfer_leadership(good[0].id()).await.unwrap();
+        leader = wait_leader(&good).await;
+    }
+    let client = CounterClient::new(good[leader].clone());
+    assert_eq!(client.add("k".into(), 13).await.unwrap(), 13);
+    // The buggy node halted at that entry and says so; its log goes on.
+    let mut w = buggy.watch();
+    tokio::time::timeout(Duration::from_secs(10), w.wait_for(|s| s.halted.is_some()))
+        .await
+        .expect("halt reported")
+        .unwrap();
+    let halted_at = buggy.status().applied;
+    for _ in 0..10 {
+        client.add("k".into(), 1).await.unwrap();
+    }
+    let commit = good[leader].status().commit;
+    let mut w = buggy.watch();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        w.wait_for(|s| s.last_index >= commit),
+    )
+    .await
+    .expect("the halted node keeps replicating its log")
+    .unwrap();
+    assert_eq!(
+        buggy.status().applied,
+        halted_at,
+        "a halted node applies nothing more"
+    );
+    assert_eq!(client.get("k".into()).await.unwrap(), 23);
+    for p in &good {
+        p.shutdown().await.unwrap();
+    }
+    buggy.shutdown().await.unwrap();
+}

@@ -331,6 +331,7 @@ fn hello_and_msg(from: &Node, to: &Node) -> Vec<u8> {
     let hello = PeerFrame::Hello {
         from: from.id,
         name: from.name.clone(),
+        addr: "127.0.0.1:9".into(),
         schema: SCHEMA,
         version: PROTOCOL_VERSION,
     };
@@ -380,6 +381,7 @@ async fn garbage_and_oversized_frames_close_the_link_and_the_node_keeps_serving(
         &PeerFrame::Hello {
             from: raw_node.id,
             name: "t@raw".into(),
+            addr: "127.0.0.1:9".into(),
             schema: SCHEMA,
             version: PROTOCOL_VERSION,
         },

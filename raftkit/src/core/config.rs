@@ -98,4 +98,8 @@ pub struct Bugs {
     pub ack_before_persist: bool,
     /// The leader answers reads without a heartbeat round (breaks §6.4).
     pub read_without_heartbeat: bool,
+    /// Voter changes go straight to C_new, skipping C_old,new: with more
+    /// than one server changed at once, majorities of C_old and C_new need
+    /// not overlap (breaks thesis §4.3).
+    pub skip_joint_consensus: bool,
 }

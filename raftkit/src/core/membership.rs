@@ -14,14 +14,28 @@
 //!   term (otherwise a change from an earlier leader may still be
 //!   uncommitted in the log of a later one: the single-server change bug);
 //! - a leader that is not a voter of `C_new` steps down once `C_new`
-//!   commits (thesis §4.2.2);
-//! - learners receive the log but never vote or count.
+//!   commits (thesis §4.2.2); until then it keeps replicating, without
+//!   counting itself;
+//! - members a change removes keep receiving the log until the change
+//!   commits, so that they learn of it and stop campaigning; a node that is
+//!   not a voter of the last configuration in its own log (a learner, a
+//!   removed node, a new node started from
+//!   [`Restored::empty`](super::Restored::empty)) never campaigns;
+//! - vote requests from nodes outside the configuration are ignored
+//!   (thesis §4.2.3, see [`Raft::step`]);
+//! - learners receive the log but are never counted: not for commitment,
+//!   not in elections, not for CheckQuorum or ReadIndex. They do answer
+//!   vote requests from members, because the candidate may already count
+//!   them as voters in a configuration they have not received yet (etcd
+//!   documents the case: a promotion committed by the old voters alone);
+//! - a new server is promoted only once caught up by the rounds rule of
+//!   thesis §4.2.1 ([`Raft::learner_caught_up`]), which the caller checks.
 
 use std::collections::BTreeSet;
 
 use super::progress::Progress;
 use super::raft::{ProposeError, Raft, Role};
-use super::types::{Configuration, Index, NO_NODE, Payload};
+use super::types::{Configuration, Index, NO_NODE, NodeId, Payload};
 
 impl Raft {
     /// Proposes a change to the voters and learners in `target` (a simple,
@@ -70,7 +84,11 @@ impl Raft {
         // Addresses of every member of either half stay known while joint.
         let mut addrs = self.conf.addrs.clone();
         addrs.extend(target.addrs);
-        let next = if target.voters == self.conf.voters {
+        #[cfg(any(test, feature = "sim"))]
+        let skip_joint = self.cfg.bugs.skip_joint_consensus;
+        #[cfg(not(any(test, feature = "sim")))]
+        let skip_joint = false;
+        let next = if target.voters == self.conf.voters || skip_joint {
             // Only learners change: no joint phase is needed.
             let keep = target
                 .voters
@@ -105,20 +123,54 @@ impl Raft {
         if index == self.conf_index && *conf == self.conf {
             return;
         }
-        self.conf = conf.clone();
+        let previous = std::mem::replace(&mut self.conf, conf.clone());
         self.conf_index = index;
         if self.role == Role::Leader {
             let members = self.conf.members();
-            self.progress.retain(|id, _| members.contains(id));
+            // A leader only ever appends configurations, so this one is not
+            // committed yet. Members it removes keep receiving the log until
+            // it commits (see `on_commit_advanced`): that way they learn of
+            // their removal and stop campaigning (thesis §4.2.3). Their
+            // acknowledgements count for nothing: quorums use `conf` only.
+            let keep: BTreeSet<_> = members.union(&previous.members()).copied().collect();
+            self.progress.retain(|id, _| keep.contains(id));
             let next = self.log.last_index() + 1;
             for id in members {
                 self.progress.entry(id).or_insert_with(|| {
                     let mut pr = Progress::new(next, self.cfg.max_inflight);
                     pr.recent_active = true;
+                    pr.start_rounds(self.ticks);
                     pr
                 });
             }
         }
+    }
+
+    /// Leader only: where member `id`'s log matches the leader's, with the
+    /// leader's last index — `(matched, last_index)` — for a runtime that
+    /// shows or judges how far a new server has caught up.
+    pub fn catch_up_progress(&self, id: NodeId) -> Option<(Index, Index)> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let pr = self.progress.get(&id)?;
+        Some((pr.matched, self.log.last_index()))
+    }
+
+    /// Leader only: whether member `id` (typically a learner about to be
+    /// promoted) is caught up by the rounds rule of thesis §4.2.1: the
+    /// leader replicates to it in rounds, each carrying everything the
+    /// leader held when the round began, and the member is caught up once a
+    /// round completes within an election timeout (and the round in progress
+    /// is not already overdue, so a member that stopped answering is not).
+    /// Promoting a member that is not caught up could leave the cluster
+    /// unavailable while it catches up (§4.2.1).
+    pub fn learner_caught_up(&self, id: NodeId) -> bool {
+        self.role == Role::Leader
+            && self
+                .progress
+                .get(&id)
+                .is_some_and(|pr| pr.caught_up(self.ticks, u64::from(self.cfg.election_ticks)))
     }
 
     /// Called whenever the leader's commit index advances.
@@ -127,6 +179,13 @@ impl Raft {
         if self.role != Role::Leader || self.conf_index > self.log.committed() {
             return;
         }
+        // The configuration in force is committed: stop replicating to the
+        // members it removed. Until now they were sent the log (see
+        // `on_config_changed`), so most of them learned of their removal;
+        // one that did not (it was down or cut off) cannot disrupt the
+        // cluster either, see `Raft::step`.
+        let members = self.conf.members();
+        self.progress.retain(|id, _| members.contains(id));
         if self.conf.is_joint() {
             // Thesis §4.3: once C_old,new commits, the leader appends C_new.
             let members: BTreeSet<_> = self

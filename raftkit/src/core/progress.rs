@@ -104,6 +104,13 @@ pub struct Progress {
     pub recent_active: bool,
     /// The highest read-confirmation round this member acknowledged.
     pub read_round: u64,
+    /// Catch-up rounds (thesis §4.2.1): the current round ends once the
+    /// member holds this index, the leader's last index when it began.
+    pub round_end: Index,
+    /// The leader's tick count when the current round began.
+    pub round_start: u64,
+    /// How many ticks the last completed round took, if one completed.
+    pub last_round: Option<u64>,
 }
 
 impl Progress {
@@ -118,7 +125,41 @@ impl Progress {
             inflights: Inflights::new(max_inflight),
             recent_active: false,
             read_round: 0,
+            round_end: next.saturating_sub(1),
+            round_start: 0,
+            last_round: None,
         }
+    }
+
+    /// Starts the first catch-up round at tick `now`: it ends when the
+    /// member holds everything the leader holds now (`next - 1`).
+    pub fn start_rounds(&mut self, now: u64) {
+        self.round_end = self.next.saturating_sub(1);
+        self.round_start = now;
+        self.last_round = None;
+    }
+
+    /// Thesis §4.2.1: replication to a new server proceeds in rounds, each
+    /// replicating everything the leader held when the round began. Called
+    /// at tick `now` whenever the member acknowledged something (entries or
+    /// a heartbeat), with the leader's last index: if the member holds the
+    /// round's last entry, the round is over and the next one begins. An
+    /// idle, caught-up member completes an empty round at each heartbeat
+    /// answer, so a round's duration never includes idle time.
+    pub fn on_ack(&mut self, leader_last: Index, now: u64) {
+        if self.matched >= self.round_end {
+            self.last_round = Some(now.saturating_sub(self.round_start));
+            self.round_end = leader_last;
+            self.round_start = now;
+        }
+    }
+
+    /// Whether the member is caught up at tick `now` by the rounds rule
+    /// (thesis §4.2.1): its last round took less than `timeout` ticks (an
+    /// election timeout) and the round in progress is not already overdue.
+    pub fn caught_up(&self, now: u64, timeout: u64) -> bool {
+        self.last_round.is_some_and(|d| d < timeout)
+            && now.saturating_sub(self.round_start) < timeout
     }
 
     /// Whether the leader must hold back new AppendEntries to this member.

@@ -167,6 +167,9 @@ pub struct Raft {
     pub(super) votes: BTreeMap<NodeId, bool>,
     pub(super) election_elapsed: u32,
     pub(super) heartbeat_elapsed: u32,
+    /// Ticks since the node started: the core's only clock, used to time
+    /// catch-up rounds (thesis §4.2.1).
+    pub(super) ticks: u64,
     pub(super) randomized_timeout: u32,
     rng: StdRng,
     pub(super) reads: ReadIndex,
@@ -209,6 +212,7 @@ impl Raft {
             votes: BTreeMap::new(),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            ticks: 0,
             randomized_timeout: cfg.election_ticks,
             rng,
             reads: ReadIndex::default(),
@@ -370,6 +374,7 @@ impl Raft {
         for id in self.conf.members() {
             let mut pr = Progress::new(next, self.cfg.max_inflight);
             pr.recent_active = true;
+            pr.start_rounds(self.ticks);
             self.progress.insert(id, pr);
         }
         if let Some(me) = self.progress.get_mut(&self.id) {
@@ -386,6 +391,7 @@ impl Raft {
 
     /// Advances time by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -394,9 +400,21 @@ impl Raft {
 
     /// Handles a message from a peer.
     ///
-    /// Messages not addressed to this node are ignored.
+    /// Messages not addressed to this node are ignored, and so are vote
+    /// requests from nodes outside the configuration in force.
     pub fn step(&mut self, m: Message) {
         if m.to != self.id || m.from == self.id {
+            return;
+        }
+        if matches!(m.body, Body::RequestVote { .. }) && !self.conf.contains(m.from) {
+            // Thesis §4.2.3: a server removed from the cluster (that may not
+            // know it) must not disrupt it. Its vote requests are dropped
+            // before their term is looked at, in or out of a lease, PreVote
+            // or not. A node that knows of no configuration including the
+            // candidate (a new server not yet replicated to) ignores it too.
+            // Learners are members: a candidate may already count them as
+            // voters in a newer configuration (a grant from a node the
+            // candidate does not count as voter is never counted).
             return;
         }
         if m.term > self.term {

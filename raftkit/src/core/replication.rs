@@ -201,7 +201,9 @@ impl Raft {
             }
             return;
         }
-        if pr.maybe_update(index) {
+        let updated = pr.maybe_update(index);
+        pr.on_ack(last, self.ticks);
+        if updated {
             match pr.mode {
                 Mode::Probe => pr.become_replicate(),
                 Mode::Replicate => pr.inflights.free_to(index),
@@ -247,6 +249,7 @@ impl Raft {
         pr.recent_active = true;
         pr.read_round = pr.read_round.max(round);
         pr.probe_sent = false;
+        pr.on_ack(last, self.ticks);
         if pr.mode == Mode::Replicate && pr.inflights.is_full() {
             // Appends may have been lost: make room for one more, whose
             // rejection (if there is a gap) restarts probing.

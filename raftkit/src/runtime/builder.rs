@@ -324,10 +324,12 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 };
                 let listen = resolve(&meta.listen)?;
                 let config_identity = identity.clone();
-                let config = QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);
+                let mut config =
+                    QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);
+                config.advertise = Some(meta.advertise.clone());
                 // A peer restarted at once may find its port still held by
                 // the previous endpoint while it drains: retry briefly.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                 let (quic, bound) = loop {
                     match QuicTransport::start(
                         config.clone(),

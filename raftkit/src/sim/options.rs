@@ -35,6 +35,13 @@ pub struct SimOptions {
     /// their election and message loss is heavy (the histories of Raft
     /// Figure 8).
     pub churn: bool,
+    /// Membership changes: an admin adds nodes (as learners, promoted once
+    /// caught up), removes voters (the leader too) and replaces nodes,
+    /// during fault and calm periods, retrying across leader changes; some
+    /// changes are followed by a crash of the leader or by a partition of
+    /// the failure domain of the node being replaced (the prior-art
+    /// scenarios of the single-server change bug).
+    pub membership: bool,
     /// Print every event.
     pub trace: bool,
     /// Deliberately broken rules (tests of the simulation's teeth).
@@ -56,6 +63,7 @@ impl Default for SimOptions {
             partitions: true,
             lossy_network: true,
             churn: false,
+            membership: false,
             trace: false,
             bugs: Default::default(),
         }
@@ -64,7 +72,8 @@ impl Default for SimOptions {
 
 impl SimOptions {
     /// A mixed scenario drawn from `seed`: 3 or 5 nodes, with or without
-    /// snapshots, and a mix of fault kinds (always at least one).
+    /// snapshots, with or without membership changes (three seeds in four
+    /// have them), and a mix of fault kinds (always at least one).
     pub fn for_seed(seed: u64) -> Self {
         let bits = seed.wrapping_mul(0x2545_F491_4F6C_DD1D).rotate_left(17);
         let mut o = SimOptions {
@@ -79,6 +88,7 @@ impl SimOptions {
             lossy_network: bits & 16 == 0 || bits & 128 != 0,
             max_batch_bytes: if bits & 256 == 0 { 4096 } else { 1 },
             churn: bits & (512 | 1024) == 0,
+            membership: bits & (2048 | 4096) != 0,
             ..SimOptions::default()
         };
         if o.churn {
@@ -122,6 +132,19 @@ pub struct SimReport {
     pub crashes_mid_install: usize,
     /// The highest commit index reached.
     pub commit: u64,
+    /// Configuration entries committed after the bootstrap one (a change of
+    /// voters commits two: C_old,new and C_new).
+    pub config_changes: usize,
+    /// Nodes that joined (started empty, added as learner, caught up and
+    /// promoted to voter).
+    pub nodes_added: usize,
+    /// Members whose removal committed (voters and abandoned learners).
+    pub nodes_removed: usize,
+    /// Removals of a leader accepted by that leader itself (most commit;
+    /// some are lost with it and proposed again by its successor).
+    pub leaders_removed: usize,
+    /// Removed nodes kept running (they must not disrupt the cluster).
+    pub removed_kept_running: usize,
 }
 
 /// Why a run failed.
@@ -144,14 +167,22 @@ pub struct SimFailure {
     pub time: u64,
     /// What went wrong.
     pub kind: FailureKind,
+    /// Membership changes were on although [`SimOptions::for_seed`] has
+    /// them off for this seed (the membership sweep forces them on).
+    pub membership_forced: bool,
 }
 
 impl SimFailure {
     /// The one-line command that replays this seed with a full trace.
     pub fn replay_command(&self) -> String {
         format!(
-            "RAFTKIT_SIM_SEED={} RAFTKIT_SIM_TRACE=1 cargo test --test sim replay -- --nocapture",
-            self.seed
+            "RAFTKIT_SIM_SEED={}{} RAFTKIT_SIM_TRACE=1 cargo test --test sim replay -- --nocapture",
+            self.seed,
+            if self.membership_forced {
+                " RAFTKIT_SIM_MEMBERSHIP=1"
+            } else {
+                ""
+            }
         )
     }
 }

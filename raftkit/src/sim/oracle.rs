@@ -11,13 +11,24 @@
 //!   earlier terms.
 //! - **State machine safety**: no two nodes apply different entries at one
 //!   index.
+//! - **Membership** (thesis §4.2): a node that is not a voter of the
+//!   configuration in its own log (a learner, a removed node that learned
+//!   of its removal, a new node not yet replicated to) never campaigns, and
+//!   a leader that is not a voter of its committed C_new has stepped down.
 //! - **Durability of commitment**: a committed entry is on the disks of a
-//!   quorum (checked at crashes and at the end).
+//!   quorum of the latest committed configuration (checked at crashes and
+//!   at the end). That configuration committed on a quorum of itself, so
+//!   a quorum of it holds every entry up to it. An entry after it may have
+//!   committed under a later, uncommitted configuration: when the latest
+//!   committed one is joint, C_new is in force as soon as the leader
+//!   appends it (thesis §4.3), and it alone commits entries — so entries
+//!   after a joint configuration are checked against its incoming voters
+//!   only, a majority of whom every later leader needs.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use crate::core::{Configuration, Entry, Index, NodeId, Raft, Role, Term};
+use crate::core::{Configuration, Entry, Index, NodeId, Payload, Raft, Role, Term};
 
 use super::disk::Disk;
 
@@ -45,12 +56,24 @@ pub struct Oracle {
     /// seen committed).
     committed: Vec<(Term, u64, Term)>,
     applied: Vec<(Term, u64)>,
+    /// Committed configuration entries, in log order.
+    configs: Vec<(Index, Configuration)>,
 }
 
 impl Oracle {
     /// The committed prefix known so far: (term, payload hash) by index - 1.
     pub fn committed(&self) -> &[(Term, u64, Term)] {
         &self.committed
+    }
+
+    /// The configuration entries committed so far, with their indexes.
+    pub fn committed_configs(&self) -> &[(Index, Configuration)] {
+        &self.configs
+    }
+
+    /// The latest committed configuration, once one is.
+    pub fn committed_config(&self) -> Option<&Configuration> {
+        self.configs.last().map(|(_, c)| c)
     }
 
     /// Checks a node after it handled an input.
@@ -71,6 +94,26 @@ impl Oracle {
                         "nodes {first} and {} both leaders of term {}",
                         raft.id(),
                         raft.term()
+                    ),
+                });
+            }
+        }
+        // Membership: only voters of their own configuration campaign, and a
+        // leader removed by a committed C_new steps down at once.
+        let conf = raft.config();
+        if !conf.is_voter(raft.id()) {
+            let (conf_index, _) = log.last_config();
+            let removed_leader =
+                raft.role() == Role::Leader && conf_index <= log.committed() && !conf.is_joint();
+            if matches!(raft.role(), Role::Candidate | Role::PreCandidate) || removed_leader {
+                return Err(Violation {
+                    property: "membership",
+                    detail: format!(
+                        "node {} is {:?} in term {} but not a voter of its configuration {conf:?} (at {conf_index}, commit {})",
+                        raft.id(),
+                        raft.role(),
+                        raft.term(),
+                        log.committed()
                     ),
                 });
             }
@@ -121,7 +164,12 @@ impl Oracle {
         if commit > known && log.first_index() <= known + 1 {
             for index in known + 1..=commit {
                 match log.entry(index) {
-                    Some(e) => self.committed.push((e.term, payload_hash(e), raft.term())),
+                    Some(e) => {
+                        self.committed.push((e.term, payload_hash(e), raft.term()));
+                        if let Payload::Config(c) = &e.payload {
+                            self.configs.push((index, c.clone()));
+                        }
+                    }
                     None => break,
                 }
             }
@@ -172,22 +220,38 @@ impl Oracle {
         Ok(())
     }
 
-    /// Checks that every committed entry is on the disks of a quorum of
-    /// `conf`.
+    /// Checks that every committed entry is on the disks of a quorum of the
+    /// latest committed configuration (`initial` until one is committed);
+    /// entries after a committed joint configuration, on a majority of its
+    /// incoming voters (see the module documentation).
     pub fn check_durable(
         &self,
         disks: &HashMap<NodeId, &Disk>,
-        conf: &Configuration,
+        initial: &Configuration,
     ) -> Result<(), Violation> {
+        let (conf_index, full) = match self.configs.last() {
+            Some((index, conf)) => (*index, conf),
+            None => (0, initial),
+        };
+        let incoming = Configuration::new(full.voters.iter().copied());
         for (i, &(term, _, _)) in self.committed.iter().enumerate() {
             let index = i as Index + 1;
+            let conf = if index <= conf_index { full } else { &incoming };
             let held = crate::core::quorum::is_quorum(conf, |id| {
                 disks.get(&id).is_some_and(|d| d.holds(index, term))
             });
             if !held {
+                let mut holders: Vec<NodeId> = disks
+                    .iter()
+                    .filter(|(_, d)| d.holds(index, term))
+                    .map(|(&id, _)| id)
+                    .collect();
+                holders.sort_unstable();
                 return Err(Violation {
                     property: "durability",
-                    detail: format!("committed entry {index}@{term} is not on a quorum of disks"),
+                    detail: format!(
+                        "committed entry {index}@{term} is not on a quorum of disks of {conf:?}: only on {holders:?}"
+                    ),
                 });
             }
         }

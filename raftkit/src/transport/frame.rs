@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! dialer                              acceptor
-//!   Hello { from, name, schema, version } ─▶
+//!   Hello { from, name, addr, schema, version } ─▶
 //!                                      ◀─ HelloOk | Refused { reason } (then close)
 //!   Msg(..) Msg(..) ... ─▶
 //! ```
@@ -48,6 +48,10 @@ pub enum PeerFrame {
         from: NodeId,
         /// The dialer's name (its id is derived from it).
         name: String,
+        /// Where the dialer can be reached: the acceptor opens its own link
+        /// back there if it does not know the dialer yet (a new member
+        /// answering the leader before it has learned the configuration).
+        addr: String,
         /// The fingerprint of the dialer's state-machine schema.
         schema: u64,
         /// The dialer's [`PROTOCOL_VERSION`].
@@ -206,6 +210,7 @@ mod tests {
             PeerFrame::Hello {
                 from: 7,
                 name: "kv@127.0.0.1:1".into(),
+                addr: "127.0.0.1:1".into(),
                 schema: 0xdead_beef,
                 version: PROTOCOL_VERSION,
             },

@@ -9,6 +9,7 @@
 
 mod harness;
 mod joint;
+mod membership;
 mod paper_election;
 mod paper_replication;
 mod paper_safety;
