@@ -14,7 +14,9 @@
 //! - `RAFTKIT_BENCH_ONLY`: a comma-separated subset of `floors`, `durable`,
 //!   `memory`, `inproc` (default: all);
 //! - `RAFTKIT_BENCH_CLIENTS`: a comma-separated list of concurrencies
-//!   (default `1,64,256`).
+//!   (default `1,64,256`);
+//! - `RAFTKIT_BENCH_OPS`: `put` or `get` to run only those cells of the
+//!   QUIC sections (default both; gets read the keys the puts wrote).
 //!
 //! # What is measured
 //!
@@ -92,6 +94,7 @@ struct Opts {
     csv: bool,
     only: Vec<String>,
     clients: Vec<usize>,
+    ops: Vec<Op>,
 }
 
 impl Opts {
@@ -112,7 +115,13 @@ impl Opts {
             .ok()
             .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
             .unwrap_or_else(|| vec![1, 64, 256]);
+        let ops = match std::env::var("RAFTKIT_BENCH_OPS").as_deref() {
+            Ok("put") => vec![Op::Put],
+            Ok("get") => vec![Op::Get],
+            _ => vec![Op::Put, Op::Get],
+        };
         Opts {
+            ops,
             secs,
             warm: (secs / 5.0).max(0.5),
             runs,
@@ -851,6 +860,9 @@ fn main() {
                             .collect(),
                     );
                     for op in [Op::Put, Op::Get] {
+                        if !opts.ops.contains(&op) {
+                            continue;
+                        }
                         let cell = load_rt.block_on(drive(&target, op, c, opts.warm, opts.secs));
                         progress(
                             &opts,
