@@ -34,7 +34,8 @@
 //!    sessions).
 //! 4. Floors: 16-byte write + fdatasync on the same disk, measured just
 //!    before the durable cells of each run (and, for information, right
-//!    after them, when this disk is often much slower); a QUIC request/response
+//!    after them: other users' IO on the shared disk can make fsync ten
+//!    times slower for a while); a QUIC request/response
 //!    (`Status`) to the leader through the network client; a UDP ping-pong
 //!    between two threads.
 //!
@@ -684,7 +685,7 @@ fn print_tables(opts: &Opts, r: &Results) {
             ),
             (
                 "fsync_after",
-                "  the same right after the durable cells (not a floor: shows the disk's state)",
+                "  the same right after the durable cells (not a floor: shows whether other IO disturbed them)",
             ),
             ("quic", "QUIC request/response (Status) to the leader"),
             ("udp", "UDP ping-pong, loopback"),
@@ -895,9 +896,9 @@ fn main() {
                 }
             }
             if floors_here {
-                // Only reported: right after the durable cells (WAL segments
-                // written, snapshotted and deleted) fsync on this disk is
-                // often ten times slower for a while.
+                // Only reported: the disk is shared with other users, whose
+                // IO can make fsync ten times slower for a while; this
+                // sample shows whether the durable cells ran in such a spell.
                 let f = fsync_floor(floor_secs);
                 progress(
                     &opts,
