@@ -431,13 +431,22 @@ async fn a_node_halted_by_a_panic_keeps_its_log_and_the_quorum_keeps_serving() {
         .start()
         .await
         .unwrap();
-    let mut leader = wait_leader(&good).await;
-    // (If the buggy node won the election, wait_leader keeps looking among
-    // the good ones; move leadership explicitly if needed.)
+    // Wait for a leader among all three; if the buggy node won the
+    // election, move leadership to a good one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while buggy.status().role != Role::Leader
+        && good.iter().all(|p| p.status().role != Role::Leader)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     if buggy.status().role == Role::Leader {
         buggy.transfer_leadership(good[0].id()).await.unwrap();
-        leader = wait_leader(&good).await;
     }
+    let leader = wait_leader(&good).await;
     let client = CounterClient::new(good[leader].clone());
     assert_eq!(client.add("k".into(), 13).await.unwrap(), 13);
     // The buggy node halted at that entry and says so; its log goes on.

@@ -46,15 +46,9 @@ pub type Reply = oneshot::Sender<Result<Vec<u8>, Error>>;
 
 /// Work for the apply task, sent by the node task in log order.
 pub enum ApplyMsg {
-    /// A proposal now waits at (index, term).
-    Register {
-        /// Its index.
-        index: Index,
-        /// Its term.
-        term: Term,
-        /// Where its result goes.
-        reply: Reply,
-    },
+    /// Proposals now wait at (index, term), each with where its result
+    /// goes.
+    Register(Vec<(Index, Term, Reply)>),
     /// Committed entries, in order.
     Entries(Vec<Entry>),
     /// A linearizable read, to serve once `index` is applied.
@@ -110,11 +104,13 @@ pub async fn run<S: StateMachine>(
     let mut halted: Option<String> = None;
     while let Some(msg) = rx.recv().await {
         match msg {
-            ApplyMsg::Register { index, term, reply } => {
-                if let Some(h) = &halted {
-                    let _ = reply.send(Err(Error::Handler { message: h.clone() }));
-                } else {
-                    waiting.insert(index, (term, reply));
+            ApplyMsg::Register(proposals) => {
+                for (index, term, reply) in proposals {
+                    if let Some(h) = &halted {
+                        let _ = reply.send(Err(Error::Handler { message: h.clone() }));
+                    } else {
+                        waiting.insert(index, (term, reply));
+                    }
                 }
             }
             ApplyMsg::Entries(entries) => {

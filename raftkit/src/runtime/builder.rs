@@ -362,7 +362,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 Arc::new(quic)
             }
         };
-        let persister = Persister::start(opened.log, opened.snapshots)?;
+        let inline = matches!(storage, StorageChoice::Memory);
+        let persister = Persister::start(opened.log, opened.snapshots, inline)?;
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let (apply_status_tx, apply_status_rx) = watch::channel(ApplyStatus {

@@ -105,6 +105,8 @@ struct State {
     pending: VecDeque<Pending>,
     next_token: u64,
     reads: HashMap<u64, (Vec<u8>, Reply)>,
+    /// Proposals made since the last drain, to register with the apply task.
+    registers: Vec<(Index, u64, Reply)>,
     next_ctx: u64,
     snapshotting: bool,
     peers: BTreeMap<NodeId, String>,
@@ -135,6 +137,7 @@ impl NodeTask {
             pending: VecDeque::new(),
             next_token: 1,
             reads: HashMap::new(),
+            registers: Vec::new(),
             next_ctx: 1,
             snapshotting: false,
             peers: BTreeMap::new(),
@@ -241,9 +244,9 @@ impl NodeTask {
             } => match self.propose_envelope(command, session) {
                 Ok((index, term)) => {
                     st.proposals += 1;
-                    let _ = self
-                        .apply_tx
-                        .send(ApplyMsg::Register { index, term, reply });
+                    // Handed to the apply task in one message per batch of
+                    // commands, before any entry of this batch (drain_ready).
+                    st.registers.push((index, term, reply));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(self.propose_error(e)));
@@ -310,6 +313,12 @@ impl NodeTask {
 
     /// Drains every output of the core.
     fn drain_ready(&mut self, st: &mut State) {
+        if !st.registers.is_empty() {
+            // Before any committed entry or snapshot that could cover them.
+            let _ = self
+                .apply_tx
+                .send(ApplyMsg::Register(std::mem::take(&mut st.registers)));
+        }
         while st.fatal.is_none() && self.raft.has_ready() {
             let rd = self.raft.ready();
             let must_write = rd.must_persist() || !rd.persisted_messages.is_empty();
@@ -334,7 +343,7 @@ impl NodeTask {
                     marker: rd.persist_marker,
                     messages: rd.persisted_messages,
                 });
-                if let Some(p) = &self.persister {
+                let done = self.persister.as_ref().and_then(|p| {
                     p.write(
                         Write {
                             snapshot,
@@ -343,7 +352,11 @@ impl NodeTask {
                         },
                         st.persisted_tx.clone(),
                         token,
-                    );
+                    )
+                });
+                // A store written inline (memory only) is done already.
+                if let Some(r) = done {
+                    self.on_persisted(st, r.map(|()| token));
                 }
             }
             if !rd.committed_entries.is_empty() {
@@ -435,7 +448,7 @@ impl NodeTask {
                     marker: PersistMarker::default(),
                     messages: Vec::new(),
                 });
-                if let Some(p) = &self.persister {
+                let done = self.persister.as_ref().and_then(|p| {
                     p.write(
                         Write {
                             snapshot: Some(Snapshot {
@@ -447,7 +460,10 @@ impl NodeTask {
                         },
                         st.persisted_tx.clone(),
                         token,
-                    );
+                    )
+                });
+                if let Some(r) = done {
+                    self.on_persisted(st, r.map(|()| token));
                 }
             }
             Err(e) => debug!(node = %self.name, %e, "snapshot not used"),

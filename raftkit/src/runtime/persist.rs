@@ -174,25 +174,75 @@ pub struct Write {
     pub hard_state: Option<HardState>,
 }
 
-/// The storage thread, shared by the node task.
+/// Where a node's writes go: the storage thread behind group commit for the
+/// write-ahead log; for a memory-only store, the node task itself (there is
+/// no IO to move off it, and a hand-off to a thread per Ready would cost two
+/// thread wake-ups and cross-thread frees for nothing).
+enum Sink {
+    Thread(GroupCommit<BoxedLog>),
+    Inline(Mutex<BoxedLog>),
+}
+
+/// The storage thread (or inline store), shared by the node task.
 pub struct Persister {
-    commit: GroupCommit<BoxedLog>,
+    sink: Sink,
     snapshots: SharedSnapshots,
 }
 
 impl Persister {
-    /// Starts the storage thread.
-    pub fn start(log: BoxedLog, snapshots: SharedSnapshots) -> Result<Self, Error> {
-        Ok(Persister {
-            commit: GroupCommit::spawn(log).map_err(storage_error)?,
-            snapshots,
-        })
+    /// Starts the storage thread (for a store that does IO; `inline` stores
+    /// are written on the caller's task, see [`Persister::write`]).
+    pub fn start(log: BoxedLog, snapshots: SharedSnapshots, inline: bool) -> Result<Self, Error> {
+        let sink = if inline {
+            Sink::Inline(Mutex::new(log))
+        } else {
+            Sink::Thread(GroupCommit::spawn(log).map_err(storage_error)?)
+        };
+        Ok(Persister { sink, snapshots })
     }
 
     /// Queues `write`; `done` receives the outcome once every part of it is
-    /// durable (or the first failure).
+    /// durable (or the first failure). An inline store writes at once, in
+    /// the same order (snapshot, compaction, entries, hard state, sync), and
+    /// returns the outcome instead of sending it: `Some` means `done` is
+    /// never used. Writes are handed to storage and complete in call order
+    /// either way.
     pub fn write(
         &self,
+        write: Write,
+        done: mpsc::UnboundedSender<Result<u64, StorageError>>,
+        token: u64,
+    ) -> Option<Result<(), StorageError>> {
+        match &self.sink {
+            Sink::Thread(commit) => {
+                self.write_thread(commit, write, done, token);
+                None
+            }
+            Sink::Inline(log) => Some(self.write_inline(log, write)),
+        }
+    }
+
+    fn write_inline(&self, log: &Mutex<BoxedLog>, write: Write) -> Result<(), StorageError> {
+        let mut log = log.lock().map_err(|_| StorageError::Closed)?;
+        if let Some(snap) = write.snapshot {
+            self.snapshots
+                .lock()
+                .map_err(|_| StorageError::Closed)?
+                .save(&snap)?;
+            log.compact_prefix(snap.meta.index, snap.meta.term)?;
+        }
+        if !write.entries.is_empty() {
+            log.append(&write.entries)?;
+        }
+        if let Some(hs) = write.hard_state {
+            log.save_hard_state(hs)?;
+        }
+        log.sync()
+    }
+
+    fn write_thread(
+        &self,
+        commit: &GroupCommit<BoxedLog>,
         write: Write,
         done: mpsc::UnboundedSender<Result<u64, StorageError>>,
         token: u64,
@@ -204,7 +254,7 @@ impl Persister {
             let store = Arc::clone(&self.snapshots);
             let meta = snap.meta.clone();
             let failed = done_channel_clone(&finish);
-            self.commit.with_store(move |_| {
+            commit.with_store(move |_| {
                 let saved = store
                     .lock()
                     .map_err(|_| StorageError::Closed)
@@ -213,23 +263,29 @@ impl Persister {
                     failed(e);
                 }
             });
-            self.commit
-                .compact_prefix(meta.index, meta.term, ignore_ok(&finish));
+            commit.compact_prefix(meta.index, meta.term, ignore_ok(&finish));
         }
         if !write.entries.is_empty() {
-            self.commit.append(write.entries, ignore_ok(&finish));
+            commit.append(write.entries, ignore_ok(&finish));
         }
         let last: AppendCallback = Box::new(finish);
         match write.hard_state {
-            Some(hs) => self.commit.save_hard_state(hs, last),
+            Some(hs) => commit.save_hard_state(hs, last),
             // A barrier: completes after everything queued before it.
-            None => self.commit.append(Vec::new(), last),
+            None => commit.append(Vec::new(), last),
         }
     }
 
     /// Stops the storage thread after flushing every queued write.
     pub fn shutdown(self) -> Result<(), Error> {
-        self.commit.shutdown().map(|_| ()).map_err(storage_error)
+        match self.sink {
+            Sink::Thread(commit) => commit.shutdown().map(|_| ()).map_err(storage_error),
+            Sink::Inline(log) => log
+                .into_inner()
+                .map_err(|_| Error::Storage("log store poisoned".into()))?
+                .sync()
+                .map_err(storage_error),
+        }
     }
 }
 
