@@ -51,8 +51,7 @@ pub fn issue(dir: &Path, name: &str) -> Result<(), Failure> {
             dir.display()
         )));
     }
-    let identity = issue_into(dir, name)?;
-    drop(identity);
+    issue_into(dir, name)?;
     let d = dir.display();
     println!("{d}/{name}.pem, {d}/{name}.key (with {d}/ca.pem)");
     Ok(())

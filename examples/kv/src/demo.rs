@@ -289,14 +289,13 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
             p.push(Some(peer));
         }
     }
-    let (first, leader) = wait_leader(&peers, None).await?;
+    let (_, leader) = wait_leader(&peers, None).await?;
     screen.event(&format!(
         "  cluster up: {} ; leader {} elected after {:.2} s",
         addrs.join(", "),
         leader.name(),
         started.elapsed().as_secs_f64()
     ));
-    let _ = first;
 
     // The workload.
     let epoch = Instant::now();

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(match cli.command {
         Command::Serve(_) => "info",
-        // The demo kills nodes on purpose: the warnings that follows would
+        // The demo kills nodes on purpose: the warnings that follow would
         // drown its output.
         Command::Demo(_) => "error",
         _ => "warn",
