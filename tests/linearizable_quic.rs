@@ -44,8 +44,26 @@ impl Registers {
 
 const TICK: Duration = Duration::from_millis(20);
 
+/// What happens to the cluster in the middle of the workload.
+#[derive(Clone, Copy)]
+enum Disruption {
+    /// The leader is shut down.
+    KillLeader,
+    /// Leadership moves to another member, twice.
+    TransferLeadership,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_workload_history_is_linearizable() {
+    workload_with(Disruption::KillLeader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_transferred_under_load_history_is_linearizable() {
+    workload_with(Disruption::TransferLeadership).await;
+}
+
+async fn workload_with(disruption: Disruption) {
     let sockets: Vec<_> = (0..3)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -91,15 +109,21 @@ async fn leader_killed_mid_workload_history_is_linearizable() {
         timeout: Duration::from_secs(3),
         ..Default::default()
     };
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..6u64 {
         let client = RegistersClient::connect_with(&addrs, client_id.clone(), opts.clone())
             .await
             .unwrap();
         let history = history.clone();
+        let (done, stop) = (done.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen: BTreeMap<u64, Option<u64>> = BTreeMap::new();
-            for i in 0..60u64 {
+            for i in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
                 let key = (c + i) % 3;
                 let value = (c + 1) << 32 | i;
                 let op = match i % 3 {
@@ -128,22 +152,76 @@ async fn leader_killed_mid_workload_history_is_linearizable() {
                 // taken effect.
                 if let Ok(outcome) = outcome {
                     history.lock().unwrap().complete(id, now(), outcome);
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }));
     }
-    // Kill the leader once the workload is under way.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let killed = leader_index().expect("leader");
-    if let Some(p) = peers[killed].take() {
-        p.shutdown().await.unwrap();
+    // Disrupt the cluster once the workload is under way, and let it run on
+    // for as long again afterwards.
+    let wait_done = |n: u64| {
+        let done = done.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while done.load(std::sync::atomic::Ordering::Relaxed) < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "workload stalled below {n} operations"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_done(300).await;
+    match disruption {
+        Disruption::KillLeader => {
+            let killed = leader_index().expect("leader");
+            if let Some(p) = peers[killed].take() {
+                p.shutdown().await.unwrap();
+            }
+        }
+        Disruption::TransferLeadership => {
+            for _ in 0..2 {
+                let from = leader_index().expect("leader");
+                let to = (from + 1) % peers.len();
+                let target = peers[to].as_ref().unwrap().id();
+                peers[from]
+                    .as_ref()
+                    .unwrap()
+                    .transfer_leadership(target)
+                    .await
+                    .unwrap();
+                let mut w = peers[to].as_ref().unwrap().watch();
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    w.wait_for(|s| s.role == Role::Leader),
+                )
+                .await
+                .expect("transfer completes")
+                .unwrap();
+                let now_done = done.load(std::sync::atomic::Ordering::Relaxed);
+                wait_done(now_done + 200).await;
+            }
+        }
     }
+    let now_done = done.load(std::sync::atomic::Ordering::Relaxed);
+    wait_done(now_done + 300).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
     }
     let ops = history.lock().unwrap().ops().to_vec();
     let completed = ops.iter().filter(|o| o.outcome.is_some()).count();
     assert!(completed > 200, "only {completed} operations completed");
+    // Every acknowledged put is either still visible or overwritten by a
+    // later write: the checker below decides that; here, the final state
+    // must be readable through the cluster.
+    let reader = RegistersClient::connect_with(&addrs, client_id.clone(), opts.clone())
+        .await
+        .unwrap();
+    for key in 0..3 {
+        reader.get(key).await.expect("final read");
+    }
     match linearizability::check(&ops, linearizability::DEFAULT_BUDGET) {
         linearizability::CheckResult::Linearizable => {}
         other => panic!("{other}"),
