@@ -1,16 +1,15 @@
 //! `--metrics ADDR`: the node's status in the Prometheus text format, served
 //! by a tiny HTTP/1.0 responder (`GET /metrics`; anything else is 404).
 //!
-//! Everything comes from [`PeerStatus`]; what the runtime does not measure
-//! (append-to-durable and read-index latency histograms) is not exported
-//! rather than faked.
+//! Everything comes from [`PeerStatus`], including the append-to-durable and
+//! ReadIndex latency histograms the node task records.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use raftkit::core::Role;
 use raftkit::prelude::*;
-use raftkit::runtime::PeerStatus;
+use raftkit::runtime::{LatencyHistogram, PeerStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
@@ -85,6 +84,22 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     for (labels, value) in samples {
         let _ = writeln!(out, "{name}{labels} {value}");
     }
+}
+
+/// A Prometheus histogram (seconds) from a runtime latency histogram.
+fn histogram(out: &mut String, name: &str, help: &str, node: &str, h: &LatencyHistogram) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (le, count) in h.cumulative() {
+        let le = le.map_or_else(|| "+Inf".to_string(), |us| format!("{}", us as f64 / 1e6));
+        let _ = writeln!(out, "{name}_bucket{{node=\"{node}\",le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_sum{{node=\"{node}\"}} {}",
+        h.sum_us as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count{{node=\"{node}\"}} {}", h.count);
 }
 
 /// Escapes a label value.
@@ -193,6 +208,20 @@ pub fn render(s: &PeerStatus) -> String {
             &with(u64::try_from(contact.elapsed().as_millis()).unwrap_or(u64::MAX)),
         );
     }
+    histogram(
+        &mut out,
+        "raftkit_append_to_durable_seconds",
+        "Time from handing entries to storage until they are durable (fsync).",
+        &label(&s.name),
+        &s.durable_latency,
+    );
+    histogram(
+        &mut out,
+        "raftkit_read_index_seconds",
+        "Time from a read's arrival until a heartbeat round confirmed its read index.",
+        &label(&s.name),
+        &s.read_index_latency,
+    );
     if s.role == Role::Leader {
         let lag: Vec<(String, u64)> = s
             .members
@@ -251,7 +280,24 @@ mod tests {
             ],
             ..PeerStatus::default()
         };
+        let mut s = s;
+        s.durable_latency
+            .record(std::time::Duration::from_micros(300));
+        s.durable_latency.record(std::time::Duration::from_secs(5));
         let text = render(&s);
+        assert!(text.contains("raftkit_append_to_durable_seconds_bucket{node=\"kv@127.0.0.1:7001\",le=\"0.00025\"} 0\n"));
+        assert!(text.contains(
+            "raftkit_append_to_durable_seconds_bucket{node=\"kv@127.0.0.1:7001\",le=\"0.0005\"} 1\n"
+        ));
+        assert!(text.contains(
+            "raftkit_append_to_durable_seconds_bucket{node=\"kv@127.0.0.1:7001\",le=\"+Inf\"} 2\n"
+        ));
+        assert!(
+            text.contains(
+                "raftkit_append_to_durable_seconds_count{node=\"kv@127.0.0.1:7001\"} 2\n"
+            )
+        );
+        assert!(text.contains("# TYPE raftkit_read_index_seconds histogram\n"));
         assert!(text.contains("raftkit_term{node=\"kv@127.0.0.1:7001\"} 3\n"));
         assert!(text.contains("raftkit_role{node=\"kv@127.0.0.1:7001\",role=\"leader\"} 1\n"));
         assert!(text.contains(

@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use builder::{PeerBuilder, PeerExt};
-pub use status::{MemberStatus, PeerStatus};
+pub use status::{LATENCY_BOUNDS_US, LatencyHistogram, MemberStatus, PeerStatus};
 
 use crate::client::Submit;
 use crate::core::{Configuration, Index, NodeId};

@@ -26,7 +26,7 @@ use tracing::{debug, error, info};
 use super::apply::{ApplyMsg, ApplyStatus, Reply, Taken};
 use super::persist::{Persister, Write};
 use super::session::{Envelope, SessionRef};
-use super::status::{MemberStatus, PeerStatus};
+use super::status::{LatencyHistogram, MemberStatus, PeerStatus};
 use crate::core::{
     Configuration, Index, Message, NodeId, NotLeader, PersistMarker, ProposeError, Raft,
     TransferError,
@@ -98,13 +98,16 @@ struct Pending {
     token: u64,
     marker: PersistMarker,
     messages: Vec<Message>,
+    queued_at: std::time::Instant,
 }
 
 struct State {
     persisted_tx: mpsc::UnboundedSender<Result<u64, StorageError>>,
     pending: VecDeque<Pending>,
     next_token: u64,
-    reads: HashMap<u64, (Vec<u8>, Reply)>,
+    reads: HashMap<u64, (Vec<u8>, Reply, std::time::Instant)>,
+    durable_latency: LatencyHistogram,
+    read_index_latency: LatencyHistogram,
     /// Proposals made since the last drain, to register with the apply task.
     registers: Vec<(Index, u64, Reply)>,
     next_ctx: u64,
@@ -137,6 +140,8 @@ impl NodeTask {
             pending: VecDeque::new(),
             next_token: 1,
             reads: HashMap::new(),
+            durable_latency: LatencyHistogram::default(),
+            read_index_latency: LatencyHistogram::default(),
             registers: Vec::new(),
             next_ctx: 1,
             snapshotting: false,
@@ -257,7 +262,8 @@ impl NodeTask {
                 st.next_ctx += 1;
                 match self.raft.read_index(ctx) {
                     Ok(()) => {
-                        st.reads.insert(ctx, (query, reply));
+                        st.reads
+                            .insert(ctx, (query, reply, std::time::Instant::now()));
                     }
                     Err(NotLeader { .. }) => {
                         let _ = reply.send(Err(self.not_leader()));
@@ -342,6 +348,7 @@ impl NodeTask {
                     token,
                     marker: rd.persist_marker,
                     messages: rd.persisted_messages,
+                    queued_at: std::time::Instant::now(),
                 });
                 let done = self.persister.as_ref().and_then(|p| {
                     p.write(
@@ -363,11 +370,12 @@ impl NodeTask {
                 let _ = self.apply_tx.send(ApplyMsg::Entries(rd.committed_entries));
             }
             for r in rd.reads {
-                let Some((query, reply)) = st.reads.remove(&r.ctx) else {
+                let Some((query, reply, arrived)) = st.reads.remove(&r.ctx) else {
                     continue;
                 };
                 match r.result {
                     Ok(index) => {
+                        st.read_index_latency.record(arrived.elapsed());
                         let _ = self.apply_tx.send(ApplyMsg::Read {
                             index,
                             query,
@@ -423,6 +431,9 @@ impl NodeTask {
                     let Some(p) = st.pending.pop_front() else {
                         break;
                     };
+                    if p.marker.last_entry.is_some() {
+                        st.durable_latency.record(p.queued_at.elapsed());
+                    }
                     self.raft.on_persisted(p.marker);
                     for m in p.messages {
                         self.transport.send(m);
@@ -447,6 +458,7 @@ impl NodeTask {
                     token,
                     marker: PersistMarker::default(),
                     messages: Vec::new(),
+                    queued_at: std::time::Instant::now(),
                 });
                 let done = self.persister.as_ref().and_then(|p| {
                     p.write(
@@ -473,7 +485,7 @@ impl NodeTask {
     fn fail(&mut self, st: &mut State, reason: String) {
         error!(node = %self.name, %reason, "node stopped: storage is no longer trustworthy");
         st.fatal = Some(reason.clone());
-        for (_, (_, reply)) in st.reads.drain() {
+        for (_, (_, reply, _)) in st.reads.drain() {
             let _ = reply.send(Err(Error::Storage(reason.clone())));
         }
     }
@@ -510,6 +522,8 @@ impl NodeTask {
             fatal: st.fatal.clone(),
             proposals: st.proposals,
             leader_changes: st.leader_changes,
+            durable_latency: st.durable_latency.clone(),
+            read_index_latency: st.read_index_latency.clone(),
             sessions: apply.sessions,
             leader_contact: st.leader_contact,
         };

@@ -43,12 +43,77 @@ pub struct PeerStatus {
     pub proposals: u64,
     /// Leader changes observed.
     pub leader_changes: u64,
+    /// Time from handing a Ready's entries to storage until they are
+    /// durable (append-to-durable latency).
+    pub durable_latency: LatencyHistogram,
+    /// Time from a read's arrival until its read index is confirmed by a
+    /// heartbeat round (ReadIndex latency, before applying).
+    pub read_index_latency: LatencyHistogram,
     /// Client sessions in this peer's replicated session table (as of its
     /// applied index).
     pub sessions: usize,
     /// When this peer last received a message from the leader it follows
     /// (`None` on the leader itself and while no leader is known).
     pub leader_contact: Option<std::time::Instant>,
+}
+
+/// A latency histogram in the Prometheus style: fixed buckets, counts per
+/// bucket, sum and count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Upper bounds of the buckets, in microseconds (the last bucket, +Inf,
+    /// is implicit).
+    pub bounds_us: &'static [u64],
+    /// Observations per bucket (not cumulative); one more than `bounds_us`.
+    pub counts: Vec<u64>,
+    /// Sum of all observations, in microseconds.
+    pub sum_us: u64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+/// Bucket bounds of [`LatencyHistogram`]: 50 µs to 1 s.
+pub const LATENCY_BOUNDS_US: &[u64] = &[
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            bounds_us: LATENCY_BOUNDS_US,
+            counts: vec![0; LATENCY_BOUNDS_US.len() + 1],
+            sum_us: 0,
+            count: 0,
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn record(&mut self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let bucket = self
+            .bounds_us
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(self.bounds_us.len());
+        if let Some(c) = self.counts.get_mut(bucket) {
+            *c += 1;
+        }
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.count += 1;
+    }
+
+    /// Cumulative counts per bound (`le`), ending with +Inf (`None`).
+    pub fn cumulative(&self) -> Vec<(Option<u64>, u64)> {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c;
+            out.push((self.bounds_us.get(i).copied(), total));
+        }
+        out
+    }
 }
 
 /// One member of the configuration.
