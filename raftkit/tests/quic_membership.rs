@@ -152,8 +152,15 @@ async fn grow_by_join_shrink_replace_and_remove_the_leader() {
     d.shutdown().await.unwrap();
     e.shutdown().await.unwrap();
 
-    // Replace c by f.
-    let f = w.peer(&addrs[5], false, &seeds).await;
+    // Replace c by f, added by an operator call that reports its steps.
+    let f = w.peer(&addrs[5], false, &[]).await;
+    let steps = client.add_server(&addrs[5]).await.unwrap();
+    assert!(steps.iter().any(|s| s.contains("learner")), "{steps:?}");
+    assert!(
+        steps.iter().any(|s| s.contains("catch-up round")),
+        "{steps:?}"
+    );
+    assert_eq!(steps.last().map(String::as_str), Some("voter"), "{steps:?}");
     voters_become(&[&a, &b, &c, &f], 4).await;
     client
         .admin(ClientRequest::RemoveServer {

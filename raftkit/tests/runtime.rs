@@ -117,8 +117,14 @@ async fn three_peers_elect_replicate_fail_over_and_restart() {
     assert_eq!(client.get("k".into()).await.unwrap(), 50);
     // The metrics feed measured the writes and the read.
     let st = peers[leader].status();
-    assert!(st.durable_latency.count >= 1, "no append-to-durable latency recorded");
-    assert!(st.read_index_latency.count >= 1, "no read-index latency recorded");
+    assert!(
+        st.durable_latency.count >= 1,
+        "no append-to-durable latency recorded"
+    );
+    assert!(
+        st.read_index_latency.count >= 1,
+        "no read-index latency recorded"
+    );
     let commit = peers[leader].status().commit;
     for p in &peers {
         wait_applied(p, commit).await;

@@ -211,10 +211,13 @@ pub async fn members(args: &ClusterArgs) -> Result<(), Failure> {
 pub async fn add_server(args: &ClusterArgs, addr: String) -> Result<(), Failure> {
     check_addr(&addr, "server")?;
     let (client, addrs) = untyped(args, 60).await?;
-    client
-        .admin(ClientRequest::AddServer { addr: addr.clone() })
+    let steps = client
+        .add_server(&addr)
         .await
         .map_err(|e| Failure::cluster(&e, &addrs))?;
+    for step in steps {
+        println!("  {step}");
+    }
     println!("OK: kv@{addr} is a voter");
     Ok(())
 }

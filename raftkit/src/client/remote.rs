@@ -409,6 +409,21 @@ impl Client {
     pub async fn admin(&self, request: ClientRequest) -> Result<(), Error> {
         Self::expect_ok(self.request(request).await?).map(|_| ())
     }
+
+    /// Adds the member at `addr` (learner, catch-up rounds, then voter) and
+    /// returns the steps the leader reported.
+    pub async fn add_server(&self, addr: &str) -> Result<Vec<String>, Error> {
+        let out = Self::expect_ok(
+            self.request(ClientRequest::AddServer {
+                addr: addr.to_string(),
+            })
+            .await?,
+        )?;
+        if out.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(crate::state_machine::decode("progress", &out)?)
+    }
 }
 
 impl Submit for Client {

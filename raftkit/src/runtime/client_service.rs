@@ -134,7 +134,11 @@ pub async fn handle<S: StateMachine>(peer: &Peer<S>, request: ClientRequest) -> 
         ClientRequest::Read { query } => result(timed(peer.read_encoded(query)).await),
         ClientRequest::Status => ClientResponse::Status(status_report(peer)),
         ClientRequest::AddServer { addr } => {
-            result(peer.add_server(&addr, |_| {}).await.map(|()| Vec::new()))
+            // The answer carries the steps taken (learner, catch-up rounds,
+            // promotion), so a caller can report progress.
+            let mut steps: Vec<String> = Vec::new();
+            let done = peer.add_server(&addr, |s| steps.push(s.to_string())).await;
+            result(done.and_then(|()| Ok(crate::state_machine::encode("progress", &steps)?)))
         }
         ClientRequest::AddLearner { addr } => {
             result(peer.add_learner(&addr).await.map(|()| Vec::new()))
