@@ -1,7 +1,7 @@
 //! Peers that run: the tokio runtime around the pure core.
 //!
 //! A [`Peer`] is three pieces of work:
-//! - the **node task** (`node`), the only owner of the [`Raft`] core: it
+//! - the **node task** (`node`), the only owner of the [`Raft`](crate::core::Raft) core: it
 //!   feeds it ticks, messages and requests and routes its outputs;
 //! - the **storage thread** (`persist`): the write-ahead log and snapshot
 //!   files behind group commit, so the node task never waits for a disk;
