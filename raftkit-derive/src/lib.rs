@@ -61,8 +61,8 @@
 //!
 //! # Structure
 //!
-//! Like serde_derive: [`model`] parses syn trees into a checked model,
-//! collecting every error ([`errors`]); [`emit`] turns the model into tokens.
+//! Like serde_derive: `model` parses syn trees into a checked model,
+//! collecting every error (`errors`); `emit` turns the model into tokens.
 //! The macros never panic; on errors `#[raftkit::state_machine]` re-emits the
 //! impl block (with `#[write]`/`#[read]` stripped) next to the errors so that
 //! IDEs and the rest of the crate keep working.

@@ -82,7 +82,7 @@ pub enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
-    /// Print every KEY<TAB>VALUE whose key starts with PREFIX, in key order.
+    /// Print every key starting with PREFIX with its value (tab-separated), in key order.
     Scan {
         /// The prefix ("" for everything).
         prefix: String,
@@ -153,7 +153,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<String>,
     /// The data directory (log, snapshots, name, address, identity)
-    /// [default: ./data/kv@ADVERTISE].
+    /// (default: ./data/kv@ADVERTISE).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Found a new cluster of this node alone.
