@@ -151,6 +151,25 @@ struct Admin {
     started: usize,
 }
 
+impl Node {
+    /// A node that has just started from `restored`, with nothing in flight.
+    fn fresh(id: NodeId, raft: Raft, restored: &Restored, term: Term) -> Node {
+        Node {
+            id,
+            raft: Some(raft),
+            epoch: 0,
+            disk: Disk::new(restored),
+            writes: WriteQueue::default(),
+            kv: SimKv::default(),
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            read_waiting: Vec::new(),
+            last_role: (Role::Follower, term),
+            retired: false,
+        }
+    }
+}
+
 struct InFlight {
     seq: u64,
     op: KvOp,
@@ -251,22 +270,7 @@ impl World {
         };
         for &id in &ids {
             let raft = world.new_raft(id, restored.clone());
-            world.nodes.insert(
-                id,
-                Node {
-                    id,
-                    raft: Some(raft),
-                    epoch: 0,
-                    disk: Disk::new(&restored),
-                    writes: WriteQueue::default(),
-                    kv: SimKv::default(),
-                    proposals: BTreeMap::new(),
-                    reads: BTreeMap::new(),
-                    read_waiting: Vec::new(),
-                    last_role: (Role::Follower, 1),
-                    retired: false,
-                },
-            );
+            world.nodes.insert(id, Node::fresh(id, raft, &restored, 1));
             let offset = world.rng.random_range(0..TICK_MS);
             world.schedule(offset, Event::Tick { node: id, epoch: 0 });
         }
@@ -885,22 +889,7 @@ impl World {
         self.next_id += 1;
         let restored = Restored::empty();
         let raft = self.new_raft(id, restored.clone());
-        self.nodes.insert(
-            id,
-            Node {
-                id,
-                raft: Some(raft),
-                epoch: 0,
-                disk: Disk::new(&restored),
-                writes: WriteQueue::default(),
-                kv: SimKv::default(),
-                proposals: BTreeMap::new(),
-                reads: BTreeMap::new(),
-                read_waiting: Vec::new(),
-                last_role: (Role::Follower, 0),
-                retired: false,
-            },
-        );
+        self.nodes.insert(id, Node::fresh(id, raft, &restored, 0));
         self.ids.push(id);
         let offset = self.rng.random_range(1..=TICK_MS);
         self.schedule(offset, Event::Tick { node: id, epoch: 0 });
