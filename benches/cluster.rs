@@ -53,8 +53,6 @@
 //! figures are noisy, and the load generator competes with the cluster.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,6 +62,9 @@ use raftkit::core::Role;
 use raftkit::prelude::*;
 use raftkit::tls::{Identity, dev_cluster};
 use raftkit::transport::{MemoryNetwork, Transport};
+
+mod support;
+use support::{bench_dir, percentile, raw_fsync};
 
 #[derive(StateMachine, Default, Serialize, Deserialize)]
 #[raftkit(name = "benchkv")]
@@ -139,22 +140,7 @@ impl Opts {
     }
 }
 
-fn bench_dir() -> tempfile::TempDir {
-    match std::env::var_os("RAFTKIT_BENCH_DIR") {
-        Some(d) => tempfile::tempdir_in(d).expect("tempdir in RAFTKIT_BENCH_DIR"),
-        None => tempfile::tempdir().expect("tempdir"),
-    }
-}
-
 // ------------------------------------------------------------- statistics
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
 fn median(mut xs: Vec<f64>) -> f64 {
     if xs.is_empty() {
@@ -482,25 +468,8 @@ async fn shutdown(peers: &[Peer<Kv>]) {
 
 /// 16-byte append + fdatasync, repeatedly, on the benchmark disk.
 fn fsync_floor(secs: f64) -> (f64, f64) {
-    let dir = bench_dir();
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("raw"))
-        .expect("open");
-    let mut lat = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    while Instant::now() < deadline {
-        let t = Instant::now();
-        f.write_all(&[0xAB; 16]).expect("write");
-        f.sync_data().expect("fdatasync");
-        lat.push(t.elapsed());
-    }
-    lat.sort_unstable();
-    (
-        percentile(&lat, 0.5).as_secs_f64() * 1e6,
-        percentile(&lat, 0.99).as_secs_f64() * 1e6,
-    )
+    let (p50, p99, _) = raw_fsync(secs);
+    (p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6)
 }
 
 /// UDP ping-pong of 16 bytes between two threads on loopback.

@@ -17,8 +17,6 @@
 //! sending, as the node task that assigns log indexes would be) keeps the log
 //! contiguous.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -26,44 +24,11 @@ use std::time::{Duration, Instant};
 use raftkit::core::types::{Entry, Payload};
 use raftkit::storage::{GroupCommit, Wal, WalOptions};
 
-fn bench_dir() -> tempfile::TempDir {
-    match std::env::var_os("RAFTKIT_BENCH_DIR") {
-        Some(d) => tempfile::tempdir_in(d).expect("tempdir in RAFTKIT_BENCH_DIR"),
-        None => tempfile::tempdir().expect("tempdir"),
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
+mod support;
+use support::{bench_dir, percentile, raw_fsync};
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-/// Appends 16 bytes and fdatasyncs, repeatedly: the floor for one durable
-/// append on this disk.
-fn raw_fsync(secs: f64) -> (Duration, Duration, usize) {
-    let dir = bench_dir();
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("raw"))
-        .expect("open");
-    let mut lat = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    while Instant::now() < deadline {
-        let t = Instant::now();
-        f.write_all(&[0xAB; 16]).expect("write");
-        f.sync_data().expect("fdatasync");
-        lat.push(t.elapsed());
-    }
-    lat.sort_unstable();
-    (percentile(&lat, 0.5), percentile(&lat, 0.99), lat.len())
 }
 
 struct Row {
