@@ -64,7 +64,7 @@ use raftkit::tls::{Identity, dev_cluster};
 use raftkit::transport::{MemoryNetwork, Transport};
 
 mod support;
-use support::{bench_dir, percentile, raw_fsync};
+use support::{bench_dir, free_addrs, percentile, raw_fsync};
 
 #[derive(StateMachine, Default, Serialize, Deserialize)]
 #[raftkit(name = "benchkv")]
@@ -367,16 +367,6 @@ async fn drive(target: &Target, op: Op, tasks: usize, warm: f64, secs: f64) -> C
 }
 
 // ---------------------------------------------------------------- clusters
-
-fn free_addrs(n: usize) -> Vec<String> {
-    let sockets: Vec<_> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("addr").to_string())
-        .collect()
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Store {

@@ -45,3 +45,14 @@ pub fn raw_fsync(secs: f64) -> (Duration, Duration, usize) {
     lat.sort_unstable();
     (percentile(&lat, 0.5), percentile(&lat, 0.99), lat.len())
 }
+
+/// `n` distinct loopback addresses whose UDP ports were free a moment ago.
+pub fn free_addrs(n: usize) -> Vec<String> {
+    let sockets: Vec<_> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("addr").to_string())
+        .collect()
+}

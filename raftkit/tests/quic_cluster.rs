@@ -1,8 +1,10 @@
 //! Real peers over real QUIC on loopback, real WAL files in temp dirs,
 //! driven through the generated typed client.
 
+mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use support::free_addrs;
 
 use raftkit::client::wire::{ClientRequest, SessionRef};
 use raftkit::client::{Client, ClientOptions};
@@ -58,16 +60,6 @@ impl Kv {
     fn count(&self) -> u64 {
         self.counter
     }
-}
-
-fn free_addrs(n: usize) -> Vec<String> {
-    let sockets: Vec<_> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("addr").to_string())
-        .collect()
 }
 
 struct Cluster {

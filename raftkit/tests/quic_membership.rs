@@ -2,10 +2,12 @@
 //! leader, transfer leadership under load, a joiner with a foreign
 //! certificate refused, a change while another is in flight refused.
 
+mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+use support::free_addrs;
 
 use raftkit::client::wire::ClientRequest;
 use raftkit::client::{Client, ClientOptions};
@@ -33,16 +35,6 @@ impl Kv {
 }
 
 const TICK: Duration = Duration::from_millis(20);
-
-fn free_addrs(n: usize) -> Vec<String> {
-    let sockets: Vec<_> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("addr").to_string())
-        .collect()
-}
 
 struct World {
     dir: tempfile::TempDir,
