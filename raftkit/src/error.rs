@@ -44,4 +44,9 @@ pub enum Error {
     /// The other side answered something this side does not understand.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The certificate this call was made with does not allow it (see the
+    /// trust model in [`crate::tls`]). The command was not applied;
+    /// retrying with the same certificate cannot succeed.
+    #[error("not authorized (nothing was applied): {0}")]
+    Unauthorized(String),
 }

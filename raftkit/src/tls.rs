@@ -1,25 +1,71 @@
-//! Cluster certificates and the TLS configurations of peer and client links.
+//! Cluster certificates, the roles they state, and the TLS configurations
+//! of peer and client links.
 //!
 //! # The trust model
 //!
-//! Every cluster has its own certificate authority, a [`ClusterCa`]. Each
-//! node holds an [`Identity`]: a certificate signed by that CA, its private
-//! key, and the CA certificate as the one and only trust root. Both ends of
-//! every connection present a certificate (mutual TLS) and both check that
-//! the other's chains to the cluster CA:
+//! Every cluster has its own certificate authority, a [`ClusterCa`]. Every
+//! party (node, client, administrator) holds an [`Identity`]: a certificate
+//! signed by that CA, its private key, and the CA certificate as the one and
+//! only trust root. Both ends of every connection present a certificate
+//! (mutual TLS) and both check that the other's chains to the cluster CA.
+//! Holding *a* certificate of the CA is not enough to do anything, though:
+//! every certificate states **one role** and **one name**, and what a
+//! connection may do depends on them.
 //!
-//! - **Identity is membership of the cluster CA.** Every node certificate
-//!   carries the DNS name [`CLUSTER_SAN`] (`raftkit`) and dialers always ask
-//!   for that name, so any certificate of the CA is valid for any peer
-//!   address. Addresses change (port 0 in tests, containers, NAT) and names
-//!   of peers are `<state machine>@<address>`, so binding certificates to
-//!   addresses would buy little: what matters is that only holders of a key
-//!   certified by the cluster CA can join or talk to the cluster. Which node
-//!   a peer claims to be is stated in the peer protocol's hello and trusted
-//!   because the peer is a member. Protect `ca.key` accordingly: whoever
-//!   holds it can mint members.
-//! - Extra subject alternative names (DNS names or IP addresses) may be added
-//!   to a certificate for tools that verify hostnames the usual way.
+//! | role | issued by | may | may not |
+//! |---|---|---|---|
+//! | `node` | [`ClusterCa::issue_node`] | open peer links ([`PEER_ALPN`]) under the name its certificate states, and only that name; accept peer and client connections (it is the only role valid as a TLS server); on the client protocol: `Status`, and `AddServer` / `AddLearner` of **itself** (a joining node asking to be added) | claim another node's name; send data commands; add anyone else, remove servers, transfer leadership |
+//! | `client` | [`ClusterCa::issue_client`] | on the client protocol ([`CLIENT_ALPN`]): data commands (`Write`, `Read`) and `Status` | open peer links; change membership; transfer leadership; act as a server |
+//! | `admin` | [`ClusterCa::issue_admin`] | everything a `client` may, plus `AddServer`, `AddLearner`, `RemoveServer`, `TransferLeader` | open peer links; act as a server |
+//! | none (no role, several roles, no name, or a certificate from before roles) | — | nothing: refused on every connection, peer or client | — |
+//!
+//! A refused client request is answered with
+//! [`Error::Unauthorized`](crate::Error::Unauthorized): nothing was applied.
+//! A refused peer link is answered with a `Refused` frame saying why and
+//! closed.
+//!
+//! ## Encoding
+//!
+//! The role and the name are subject alternative names of type URI:
+//!
+//! - `urn:raftkit:role:node`, `urn:raftkit:role:client` or
+//!   `urn:raftkit:role:admin` ([`ROLE_URI_PREFIX`]), exactly one;
+//! - `urn:raftkit:name:<name>` ([`NAME_URI_PREFIX`]), exactly one, the name
+//!   percent-encoded (every byte outside `A-Z a-z 0-9 - . _ ~ @ : + ,` and
+//!   `=` becomes `%XX`).
+//!
+//! They are visible with `openssl x509 -noout -ext subjectAltName -in
+//! cert.pem`. The extended key usage backs the role up: node certificates
+//! are valid for TLS server and client authentication, client and admin
+//! certificates for client authentication only, so rustls itself refuses a
+//! client or admin certificate presented by a server. The subject's common
+//! name repeats the name for humans; it is never trusted.
+//!
+//! ## What is checked where
+//!
+//! - **Peer links.** The acceptor reads the dialer's certificate: its role
+//!   must be `node` and its name must equal the name in the hello (whose
+//!   node id must be the id of that name, see [`crate::identity`]). The
+//!   peer protocol never trusts a name it is told: the hello's name only has
+//!   to agree with the certificate. The dialer, once the handshake is done,
+//!   checks that the certificate it reached is a `node` certificate whose
+//!   name has the node id of the peer it meant to reach, and closes the
+//!   link otherwise ([`LinkState::Refused`](crate::transport::LinkState)).
+//!   Every node certificate carries the DNS name [`CLUSTER_SAN`] (`raftkit`)
+//!   that dialers ask for; addresses are not bound into certificates
+//!   (ports change, names are `<state machine>@<address>`), the node name
+//!   is.
+//! - **Client connections.** The transport extracts the connection's
+//!   [`Principal`] (role, name, SHA-256 fingerprint of the certificate) and
+//!   hands it to the client service with the connection; every request is
+//!   authorized against it before it reaches the node
+//!   (`runtime::authorization`).
+//! - **Starting a node.** A node's own identity must be a `node`
+//!   certificate for the node's name, or the transport refuses to start.
+//!
+//! Whoever holds `ca.key` can mint any certificate of any role: protect it.
+//! Extra subject alternative names (DNS names or IP addresses) may be added
+//! to a node certificate for tools that verify hostnames the usual way.
 //!
 //! # Invariants
 //!
@@ -34,13 +80,15 @@
 //! 3. Only TLS 1.3 is offered (QUIC requires it).
 //! 4. Private keys are written with mode `0600` on Unix and never logged
 //!    (the `Debug` impls omit them).
+//! 5. A certificate that does not state exactly one role and one name has
+//!    no [`Principal`] and is refused everywhere.
 //!
 //! # Files
 //!
 //! A CA directory holds `ca.pem` (certificate) and `ca.key` (PKCS#8 private
-//! key). A node directory holds `<name>.pem` (the node's certificate chain),
+//! key). An identity directory holds `<name>.pem` (the certificate chain),
 //! `<name>.key` and `ca.pem` (the trust root). [`dev_cluster`] makes an
-//! ephemeral CA and identities in memory for local clusters and tests.
+//! ephemeral CA and node identities in memory for local clusters and tests.
 
 use std::fs;
 use std::io::{self, Write};
@@ -50,7 +98,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -59,8 +107,16 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The DNS subject alternative name every node certificate carries and every
-/// dialer asks for (see the module docs: identity is membership of the CA).
+/// dialer asks for (see the module docs).
 pub const CLUSTER_SAN: &str = "raftkit";
+
+/// The prefix of the URI subject alternative name stating a certificate's
+/// role: `urn:raftkit:role:node`, `...:client` or `...:admin`.
+pub const ROLE_URI_PREFIX: &str = "urn:raftkit:role:";
+
+/// The prefix of the URI subject alternative name stating a certificate's
+/// name (percent-encoded): `urn:raftkit:name:kv@127.0.0.1:7001`.
+pub const NAME_URI_PREFIX: &str = "urn:raftkit:name:";
 
 /// The ALPN protocol of peer links (Raft messages between nodes).
 pub const PEER_ALPN: &[u8] = b"raftkit-peer/1";
@@ -108,6 +164,209 @@ pub enum TlsError {
     /// The TLS configuration cannot be used for QUIC.
     #[error("TLS configuration unusable for QUIC: {0}")]
     Quic(String),
+    /// A certificate cannot be issued for this name (or subject name).
+    #[error("invalid certificate name: {0}")]
+    InvalidName(String),
+    /// The certificate does not state the role (or name) its use needs.
+    #[error("{0}")]
+    WrongRole(String),
+}
+
+/// What a certificate of the cluster CA allows its holder to do (see the
+/// table in the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CertRole {
+    /// A member of the cluster: peer links under its own name.
+    Node,
+    /// A user of the data: reads, writes, status.
+    Client,
+    /// An operator: what a client may, plus membership and leadership.
+    Admin,
+}
+
+impl CertRole {
+    /// Every role.
+    pub const ALL: [CertRole; 3] = [CertRole::Node, CertRole::Client, CertRole::Admin];
+
+    /// `node`, `client` or `admin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertRole::Node => "node",
+            CertRole::Client => "client",
+            CertRole::Admin => "admin",
+        }
+    }
+
+    /// The URI subject alternative name stating this role.
+    pub fn uri(self) -> String {
+        format!("{ROLE_URI_PREFIX}{}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for CertRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CertRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CertRole::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?} (expected node, client or admin)"))
+    }
+}
+
+/// Who is at the other end of a connection, as its certificate states: the
+/// role, the name, and the SHA-256 fingerprint of the certificate (to bind
+/// state, such as client sessions, to the certificate that created it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Principal {
+    /// The certificate's role.
+    pub role: CertRole,
+    /// The certificate's name (for a node: its node name, whose hash is its
+    /// node id).
+    pub name: String,
+    /// SHA-256 of the leaf certificate's DER encoding.
+    pub cert_fingerprint: [u8; 32],
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} certificate `{}`", self.role, self.name)
+    }
+}
+
+/// Why a certificate has no [`Principal`]: it is refused everywhere.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PrincipalError {
+    /// No certificate was presented.
+    #[error("no certificate presented")]
+    NoCertificate,
+    /// The certificate does not parse as X.509.
+    #[error("the certificate does not parse: {0}")]
+    Unparseable(String),
+    /// The certificate states no role (for example it was issued before
+    /// roles existed): re-issue it with a role.
+    #[error("the certificate states no raftkit role (no {ROLE_URI_PREFIX}... subject alternative name); re-issue it as a node, client or admin certificate")]
+    NoRole,
+    /// The certificate states more than one role.
+    #[error("the certificate states more than one raftkit role")]
+    SeveralRoles,
+    /// The role URI names no known role.
+    #[error("the certificate states an unknown raftkit role {0:?}")]
+    UnknownRole(String),
+    /// The certificate states no name, several names or a malformed one.
+    #[error("the certificate states no single valid raftkit name ({NAME_URI_PREFIX}...)")]
+    BadName,
+}
+
+impl Principal {
+    /// The principal of a certificate chain (leaf first), as presented by
+    /// the peer of a connection (already verified against the cluster CA
+    /// by rustls).
+    pub fn from_chain(chain: &[CertificateDer<'_>]) -> Result<Principal, PrincipalError> {
+        let leaf = chain.first().ok_or(PrincipalError::NoCertificate)?;
+        Self::from_cert(leaf.as_ref())
+    }
+
+    /// The principal stated by one DER-encoded certificate. Never panics,
+    /// whatever the bytes.
+    pub fn from_cert(der: &[u8]) -> Result<Principal, PrincipalError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| PrincipalError::Unparseable(e.to_string()))?;
+        let sans = cert
+            .subject_alternative_name()
+            .map_err(|e| PrincipalError::Unparseable(e.to_string()))?;
+        let mut roles = Vec::new();
+        let mut names = Vec::new();
+        for general in sans.iter().flat_map(|ext| ext.value.general_names.iter()) {
+            if let x509_parser::extensions::GeneralName::URI(uri) = general {
+                if let Some(role) = uri.strip_prefix(ROLE_URI_PREFIX) {
+                    roles.push(role);
+                } else if let Some(name) = uri.strip_prefix(NAME_URI_PREFIX) {
+                    names.push(name);
+                }
+            }
+        }
+        let role = match roles.as_slice() {
+            [] => return Err(PrincipalError::NoRole),
+            [one] => one
+                .parse::<CertRole>()
+                .map_err(|_| PrincipalError::UnknownRole(one.to_string()))?,
+            _ => return Err(PrincipalError::SeveralRoles),
+        };
+        let name = match names.as_slice() {
+            [one] => percent_decode(one).ok_or(PrincipalError::BadName)?,
+            _ => return Err(PrincipalError::BadName),
+        };
+        if name.is_empty() {
+            return Err(PrincipalError::BadName);
+        }
+        Ok(Principal {
+            role,
+            name,
+            cert_fingerprint: fingerprint(der),
+        })
+    }
+
+    /// The fingerprint in lowercase hex.
+    pub fn fingerprint_hex(&self) -> String {
+        self.cert_fingerprint
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// SHA-256 of `der`.
+pub fn fingerprint(der: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Whether `b` stands for itself in an encoded name.
+fn name_byte_is_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~@:+,=".contains(&b)
+}
+
+/// Percent-encodes `name` for a URI subject alternative name.
+fn percent_encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for &b in name.as_bytes() {
+        if name_byte_is_plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes [`percent_encode`]'s output; `None` if malformed or not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else if name_byte_is_plain(b) {
+            out.push(b);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The `ring` crypto provider every configuration is built with.
@@ -116,7 +375,8 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 }
 
 /// The certificate authority of one cluster: it signs the certificate of
-/// every node (and client) allowed to talk to the cluster.
+/// every node, client and administrator allowed to talk to the cluster, each
+/// with its role (one issuing function per role).
 pub struct ClusterCa {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
@@ -131,8 +391,8 @@ impl std::fmt::Debug for ClusterCa {
 
 impl ClusterCa {
     /// Creates a new CA (ECDSA P-256) for the cluster `cluster_name`, valid
-    /// from a year ago for twenty years, allowed to sign node certificates
-    /// only (no intermediate CAs).
+    /// from a year ago for twenty years, allowed to sign end-entity
+    /// certificates only (no intermediate CAs).
     pub fn generate(cluster_name: &str) -> Result<ClusterCa, TlsError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
@@ -208,25 +468,70 @@ impl ClusterCa {
         &self.cert_der
     }
 
-    /// Issues a certificate for the node (or client) called `name`, valid as
-    /// both TLS server and client, for the DNS name [`CLUSTER_SAN`] plus
-    /// `sans` (DNS names, or IP addresses when they parse as one). The
-    /// subject's common name is `name`.
-    pub fn issue(&self, name: &str, sans: &[String]) -> Result<Identity, TlsError> {
+    /// Issues a `node` certificate for the node called `name` (its node id
+    /// is [`node_id`](crate::identity::node_id)`(name)`), valid as TLS server
+    /// and client, for the DNS name [`CLUSTER_SAN`] plus `sans` (DNS names,
+    /// or IP addresses when they parse as one).
+    pub fn issue_node(&self, name: &str, sans: &[String]) -> Result<Identity, TlsError> {
+        self.issue_role(CertRole::Node, name, sans)
+    }
+
+    /// Issues a `client` certificate called `name`: data commands and
+    /// status only.
+    pub fn issue_client(&self, name: &str) -> Result<Identity, TlsError> {
+        self.issue_role(CertRole::Client, name, &[])
+    }
+
+    /// Issues an `admin` certificate called `name`: data commands, status,
+    /// membership changes and leadership transfer.
+    pub fn issue_admin(&self, name: &str) -> Result<Identity, TlsError> {
+        self.issue_role(CertRole::Admin, name, &[])
+    }
+
+    /// Issues a certificate of `role` called `name` (see the module docs for
+    /// the encoding); `sans` are only used for node certificates.
+    pub fn issue_role(
+        &self,
+        role: CertRole,
+        name: &str,
+        sans: &[String],
+    ) -> Result<Identity, TlsError> {
+        if name.is_empty() {
+            return Err(TlsError::InvalidName("a certificate needs a name".into()));
+        }
         let key = KeyPair::generate()?;
-        let mut names = vec![CLUSTER_SAN.to_string()];
-        names.extend(sans.iter().filter(|s| s.as_str() != CLUSTER_SAN).cloned());
-        let mut params = CertificateParams::new(names)?;
+        let ia5 = |s: String| -> Result<rcgen::string::Ia5String, TlsError> {
+            rcgen::string::Ia5String::try_from(s)
+                .map_err(|e| TlsError::InvalidName(e.to_string()))
+        };
+        let mut params = CertificateParams::default();
+        let mut san = vec![
+            SanType::URI(ia5(role.uri())?),
+            SanType::URI(ia5(format!("{NAME_URI_PREFIX}{}", percent_encode(name)))?),
+        ];
+        if role == CertRole::Node {
+            san.push(SanType::DnsName(ia5(CLUSTER_SAN.to_string())?));
+            for extra in sans.iter().filter(|s| s.as_str() != CLUSTER_SAN) {
+                san.push(match extra.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(ia5(extra.clone())?),
+                });
+            }
+        }
+        params.subject_alt_names = san;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         dn.push(DnType::OrganizationName, "raftkit");
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = match role {
+            CertRole::Node => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            CertRole::Client | CertRole::Admin => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, NODE_YEARS);
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -244,8 +549,9 @@ impl ClusterCa {
     }
 }
 
-/// What a node (or client) presents and trusts: its certificate chain and
-/// private key, and the cluster CA certificate as its only trust root.
+/// What a node, client or administrator presents and trusts: its
+/// certificate chain and private key, and the cluster CA certificate as its
+/// only trust root.
 pub struct Identity {
     ca_pem: String,
     ca_der: CertificateDer<'static>,
@@ -348,6 +654,11 @@ impl Identity {
         &self.chain
     }
 
+    /// The role and name this identity's certificate states.
+    pub fn principal(&self) -> Result<Principal, PrincipalError> {
+        Principal::from_chain(&self.chain)
+    }
+
     /// A copy of this identity's private key.
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         self.key.clone_key()
@@ -387,9 +698,10 @@ impl Identity {
     }
 }
 
-/// Makes an ephemeral CA and one identity per name, for local clusters and
-/// tests (nothing is written to disk). Each identity's common name is its
-/// name.
+/// Makes an ephemeral CA and one `node` identity per name, for local
+/// clusters and tests (nothing is written to disk). Issue client and admin
+/// identities from the returned CA ([`ClusterCa::issue_client`],
+/// [`ClusterCa::issue_admin`]).
 pub fn dev_cluster<I, S>(names: I) -> Result<(ClusterCa, Vec<Identity>), TlsError>
 where
     I: IntoIterator<Item = S>,
@@ -398,7 +710,7 @@ where
     let ca = ClusterCa::generate("dev")?;
     let identities = names
         .into_iter()
-        .map(|name| ca.issue(name.as_ref(), &[]))
+        .map(|name| ca.issue_node(name.as_ref(), &[]))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((ca, identities))
 }
@@ -467,12 +779,15 @@ mod tests {
 
         // A certificate issued by the loaded CA is trusted by identities of
         // the original one.
-        let a = ca.issue("a", &["127.0.0.1".into()]).expect("issue a");
-        let b = loaded.issue("b", &[]).expect("issue b");
+        let a = ca
+            .issue_node("a", &["127.0.0.1".into()])
+            .expect("issue a");
+        let b = loaded.issue_client("b").expect("issue b");
         a.write_to(dir.path().join("nodes"), "a").expect("write a");
         let a2 = Identity::load(dir.path().join("nodes"), "a").expect("load a");
         assert_eq!(a2.cert_chain(), a.cert_chain());
         assert_eq!(a2.ca_cert(), ca.cert_der());
+        assert_eq!(a2.principal().expect("principal").role, CertRole::Node);
         assert!(a2.server_config().is_ok());
         assert!(b.client_config(PEER_ALPN).is_ok());
 
@@ -503,8 +818,85 @@ mod tests {
     }
 
     #[test]
-    fn dev_cluster_issues_one_identity_per_name() {
+    fn dev_cluster_issues_one_node_identity_per_name() {
         let (_ca, ids) = dev_cluster(["a", "b", "c"]).expect("dev cluster");
         assert_eq!(ids.len(), 3);
+        for (id, name) in ids.iter().zip(["a", "b", "c"]) {
+            let p = id.principal().expect("principal");
+            assert_eq!((p.role, p.name.as_str()), (CertRole::Node, name));
+        }
+    }
+
+    #[test]
+    fn every_issued_certificate_states_its_role_and_name() {
+        let ca = ClusterCa::generate("roles").expect("ca");
+        let odd = "kv@[::1]:7001/ä %x";
+        let cases = [
+            (ca.issue_node("kv@127.0.0.1:7001", &[]).expect("node"), CertRole::Node, "kv@127.0.0.1:7001"),
+            (ca.issue_node(odd, &["localhost".into()]).expect("node"), CertRole::Node, odd),
+            (ca.issue_client("alice").expect("client"), CertRole::Client, "alice"),
+            (ca.issue_admin("ops").expect("admin"), CertRole::Admin, "ops"),
+        ];
+        for (id, role, name) in cases {
+            let p = id.principal().expect("principal");
+            assert_eq!(p.role, role);
+            assert_eq!(p.name, name);
+            assert_eq!(p.cert_fingerprint, fingerprint(id.cert_chain()[0].as_ref()));
+        }
+        // Distinct certificates, distinct fingerprints, even for one name.
+        let a = ca.issue_client("same").expect("a").principal().expect("p");
+        let b = ca.issue_client("same").expect("b").principal().expect("p");
+        assert_ne!(a.cert_fingerprint, b.cert_fingerprint);
+        assert!(ca.issue_client("").is_err(), "a name is required");
+    }
+
+    /// A certificate of the right CA without the role URIs (as issued
+    /// before roles existed) has no principal.
+    #[test]
+    fn a_certificate_without_a_role_has_no_principal() {
+        let ca = ClusterCa::generate("old").expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let params = CertificateParams::new(vec![CLUSTER_SAN.to_string()]).expect("params");
+        let cert = params.signed_by(&key, &ca.issuer).expect("sign");
+        assert_eq!(
+            Principal::from_cert(cert.der()),
+            Err(PrincipalError::NoRole)
+        );
+        // Two roles, or a role without a name, are refused too.
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![
+            SanType::URI(CertRole::Node.uri().try_into().expect("ia5")),
+            SanType::URI(CertRole::Admin.uri().try_into().expect("ia5")),
+            SanType::URI(format!("{NAME_URI_PREFIX}x").try_into().expect("ia5")),
+        ];
+        let cert = params.signed_by(&key, &ca.issuer).expect("sign");
+        assert_eq!(
+            Principal::from_cert(cert.der()),
+            Err(PrincipalError::SeveralRoles)
+        );
+        let mut params = CertificateParams::default();
+        params.subject_alt_names =
+            vec![SanType::URI(CertRole::Client.uri().try_into().expect("ia5"))];
+        let cert = params.signed_by(&key, &ca.issuer).expect("sign");
+        assert_eq!(
+            Principal::from_cert(cert.der()),
+            Err(PrincipalError::BadName)
+        );
+        assert!(matches!(
+            Principal::from_cert(b"garbage"),
+            Err(PrincipalError::Unparseable(_))
+        ));
+        assert_eq!(Principal::from_chain(&[]), Err(PrincipalError::NoCertificate));
+    }
+
+    #[test]
+    fn names_percent_encode_and_decode() {
+        for name in ["kv@127.0.0.1:7001", "a b/c%d", "ünï", "x+y,z=w~"] {
+            assert_eq!(percent_decode(&percent_encode(name)).as_deref(), Some(name));
+        }
+        assert_eq!(percent_encode("a b"), "a%20b");
+        for bad in ["%", "%4", "%zz", "a b", "%ff%fe"] {
+            assert_eq!(percent_decode(bad), None, "{bad:?}");
+        }
     }
 }

@@ -132,6 +132,9 @@ pub enum WireError {
     Storage(String),
     /// The peer timed out waiting.
     Timeout,
+    /// The connection's certificate does not allow this request; nothing
+    /// was applied.
+    Unauthorized(String),
 }
 
 impl From<Error> for WireError {
@@ -142,6 +145,7 @@ impl From<Error> for WireError {
             Error::Handler { message } => WireError::Handler(message),
             Error::Storage(s) => WireError::Storage(s),
             Error::Timeout => WireError::Timeout,
+            Error::Unauthorized(s) => WireError::Unauthorized(s),
             other => WireError::Unavailable(other.to_string()),
         }
     }
@@ -156,6 +160,7 @@ impl From<WireError> for Error {
             WireError::Unavailable(s) => Error::Unavailable(s),
             WireError::Storage(s) => Error::Storage(s),
             WireError::Timeout => Error::Timeout,
+            WireError::Unauthorized(s) => Error::Unauthorized(s),
         }
     }
 }

@@ -82,16 +82,17 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         }
     }
 
-    /// The peer's TLS identity (a certificate of the cluster CA, see
-    /// [`crate::tls`]): peers talk over QUIC with mutual TLS. It is copied
-    /// into the data directory, so a restart needs only the directory.
+    /// The peer's TLS identity: a `node` certificate of the cluster CA issued
+    /// to this peer's name (see [`crate::tls`]); peers talk over QUIC with
+    /// mutual TLS. It is copied into the data directory, so a restart needs
+    /// only the directory.
     pub fn identity(mut self, identity: Identity) -> Self {
         self.identity = Some(identity);
         self
     }
 
     /// Loads the identity `<name>.pem` / `<name>.key` / `ca.pem` from `dir`
-    /// (as written by `ClusterCa::issue(..).write_to(dir, name)`).
+    /// (as written by `ClusterCa::issue_node(..).write_to(dir, name)`).
     pub fn certs_dir(
         mut self,
         dir: impl AsRef<std::path::Path>,
@@ -429,7 +430,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 }
 
 /// Asks the cluster at `seeds` to add this peer, until it is a voter or the
-/// peer stops.
+/// peer stops. The request is made with the peer's own node certificate,
+/// which the client service allows to add its own node only (see
+/// [`super::authorization`]).
 async fn join_cluster<S: StateMachine>(
     peer: Peer<S>,
     seeds: Vec<String>,
@@ -463,6 +466,11 @@ async fn join_cluster<S: StateMachine>(
             }
             Err(e @ Error::Rejected(_)) if e.to_string().contains("schema") => {
                 tracing::error!(name = %peer.name(), error = %e, "the cluster refused this peer; not retrying");
+                return;
+            }
+            Err(e @ Error::Unauthorized(_)) => {
+                tracing::error!(name = %peer.name(), error = %e,
+                    "the cluster refused to let this node's certificate add it (is the certificate issued to this node's name?); not retrying");
                 return;
             }
             Err(e) => {

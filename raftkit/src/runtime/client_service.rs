@@ -7,19 +7,29 @@
 //! peer answers `NotLeader` with the leader's address and the client
 //! follows it (redirect, not forward). A malformed or oversized frame closes
 //! that stream with a logged warning; the connection and the node go on.
+//!
+//! Every request is authorized against the [`Principal`] of the
+//! connection's certificate before it reaches the node (see
+//! [`super::authorization`]); a refusal is answered with
+//! [`WireError::Unauthorized`] and logged at `warn` once per connection.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::Peer;
+use super::authorization::{authorize, request_kind};
 use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, StatusReport, WireError};
 use crate::core::Role;
 use crate::error::Error;
 use crate::state_machine::StateMachine;
+use crate::tls::Principal;
 use crate::transport::frame::{read_frame, write_frame};
+use crate::transport::quic::AcceptedClient;
 
 /// How long the service waits for a write or read before answering
 /// `Timeout` (the client retries with the same session sequence number).
@@ -28,15 +38,27 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves every client connection the transport hands over.
 pub async fn serve<S: StateMachine>(
     peer: Peer<S>,
-    mut conns: mpsc::Receiver<Connection>,
+    mut conns: mpsc::Receiver<AcceptedClient>,
     max_frame: usize,
 ) {
-    while let Some(conn) = conns.recv().await {
-        tokio::spawn(serve_connection(peer.clone(), conn, max_frame));
+    while let Some(accepted) = conns.recv().await {
+        tokio::spawn(serve_connection(peer.clone(), accepted, max_frame));
     }
 }
 
-async fn serve_connection<S: StateMachine>(peer: Peer<S>, conn: Connection, max_frame: usize) {
+/// Who a connection's requests come from, and whether a refusal was logged.
+struct Caller {
+    principal: Principal,
+    remote: std::net::SocketAddr,
+    refusal_logged: AtomicBool,
+}
+
+async fn serve_connection<S: StateMachine>(
+    peer: Peer<S>,
+    accepted: AcceptedClient,
+    max_frame: usize,
+) {
+    let AcceptedClient { conn, principal } = accepted;
     let remote = conn.remote_address();
     let Ok((mut send, mut recv)) = conn.accept_bi().await else {
         return;
@@ -70,10 +92,21 @@ async fn serve_connection<S: StateMachine>(peer: Peer<S>, conn: Connection, max_
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
         return;
     }
+    let caller = Arc::new(Caller {
+        principal,
+        remote,
+        refusal_logged: AtomicBool::new(false),
+    });
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(peer.clone(), send, recv, max_frame));
+                tokio::spawn(serve_stream(
+                    peer.clone(),
+                    caller.clone(),
+                    send,
+                    recv,
+                    max_frame,
+                ));
             }
             Err(e) => {
                 debug!(%remote, error = %e, "client connection closed");
@@ -85,6 +118,7 @@ async fn serve_connection<S: StateMachine>(peer: Peer<S>, conn: Connection, max_
 
 async fn serve_stream<S: StateMachine>(
     peer: Peer<S>,
+    caller: Arc<Caller>,
     mut send: SendStream,
     mut recv: RecvStream,
     max_frame: usize,
@@ -103,7 +137,18 @@ async fn serve_stream<S: StateMachine>(
             return;
         }
     };
-    let response = handle(&peer, request).await;
+    let response = match authorize(S::NAME, &caller.principal, &request) {
+        Ok(()) => handle(&peer, &caller.principal, request).await,
+        Err(e) => {
+            if !caller.refusal_logged.swap(true, Ordering::Relaxed) {
+                warn!(remote = %caller.remote, principal = %caller.principal, request = request_kind(&request), error = %e,
+                    "client request refused (further refusals on this connection are logged at debug)");
+            } else {
+                debug!(remote = %caller.remote, principal = %caller.principal, request = request_kind(&request), "client request refused");
+            }
+            ClientResponse::Err(e.into())
+        }
+    };
     if let Err(e) = write_frame(&mut send, &response, max_frame).await {
         debug!(error = %e, "client went away before its answer");
     }
@@ -125,8 +170,15 @@ async fn timed(
         .unwrap_or(Err(Error::Timeout))
 }
 
-/// Answers one request.
-pub async fn handle<S: StateMachine>(peer: &Peer<S>, request: ClientRequest) -> ClientResponse {
+/// Answers one request from `principal`, which the caller has authorized
+/// ([`super::authorization::authorize`]).
+pub async fn handle<S: StateMachine>(
+    peer: &Peer<S>,
+    principal: &Principal,
+    request: ClientRequest,
+) -> ClientResponse {
+    // Sessions will be bound to the certificate that opened them.
+    let _ = principal;
     match request {
         ClientRequest::Write { session, command } => {
             result(timed(peer.write_in_session(command, Some(session))).await)

@@ -23,6 +23,7 @@
 //! Start a peer with `MyStateMachine::peer()` (see [`PeerExt`]).
 
 mod apply;
+pub mod authorization;
 mod builder;
 pub mod client_service;
 mod membership;

@@ -12,13 +12,31 @@
 //! connection A dialed, and B answers over the one it dialed to A. A link is
 //! one bidirectional stream:
 //!
+//! 0. the TLS handshake: both certificates chain to the cluster CA; the
+//!    dialer then checks that the acceptor's certificate is a `node`
+//!    certificate naming the peer it meant to reach (see [`crate::tls`]),
+//!    and closes the connection otherwise ([`LinkState::Refused`]);
 //! 1. the dialer sends [`PeerFrame::Hello`] (node id, name, schema
 //!    fingerprint, protocol version);
-//! 2. the acceptor checks it and answers [`PeerFrame::HelloOk`], or
+//! 2. the acceptor checks it against the dialer's certificate
+//!    ([`check_hello`]: a `node` certificate whose name is the hello's name,
+//!    whose id is the hello's id) and answers [`PeerFrame::HelloOk`], or
 //!    [`PeerFrame::Refused`] with a reason and closes (both sides log it,
 //!    the dialer's [`LinkState`] becomes [`LinkState::Refused`]);
 //! 3. the dialer streams [`PeerFrame::Msg`] frames, which the acceptor
 //!    forwards to the node's inbox.
+//!
+//! Client connections ([`CLIENT_ALPN`]) are handed over with the
+//! [`Principal`] their certificate states ([`AcceptedClient`]); a
+//! certificate that states no role is refused on either ALPN.
+//!
+//! **Learned links.** An acceptor that hears from a node it has no link to
+//! (a member being added hears from the leader before it knows the
+//! configuration) opens a link back to the address the hello announced. At
+//! most [`QuicConfig::max_learned_links`] such links exist at once, and one
+//! expires once no inbound link from that node has been open for
+//! [`QuicConfig::learned_link_ttl`]; a link the configuration lists is
+//! never learned (and never expires).
 //!
 //! Outbound, each peer has a task and a bounded queue
 //! ([`QuicTransport::send`] only locks the queue for a push). The task
@@ -35,11 +53,15 @@
 //! 2. Every connection is mutually authenticated by the cluster CA (see
 //!    [`crate::tls`]); a handshake that fails is logged and only that
 //!    connection is dropped.
-//! 3. Network data is never trusted: a frame over `max_frame_bytes`, bytes
-//!    that do not decode, an unexpected frame or a message whose `from` is
-//!    not the id the link said hello with are logged at `warn` with the
-//!    peer and the reason, and close that link (or drop that message); the
-//!    node keeps serving every other link.
+//! 3. Network data is never trusted: a frame over `max_frame_bytes` (a
+//!    hello over [`MAX_HELLO_BYTES`]), bytes that do not decode, an
+//!    unexpected frame or a message whose `from` is not the id of the
+//!    link's certificate are logged at `warn` with the peer and the reason
+//!    (a wrong `from` once per link), and close that link (or drop that
+//!    message); the node keeps serving every other link.
+//! 7. Which node a link speaks for comes from the dialer's certificate,
+//!    never from what it says: every message forwarded to the inbox has
+//!    `from == node_id(certificate name)`.
 //! 4. A link only carries messages after the acceptor has accepted the
 //!    dialer's schema fingerprint and protocol version: a peer of another
 //!    schema never delivers a message.
@@ -68,7 +90,7 @@ use super::frame::{
 };
 use crate::core::{Body, Message, NodeId};
 use crate::identity::node_id;
-use crate::tls::{CLIENT_ALPN, CLUSTER_SAN, Identity, PEER_ALPN, TlsError};
+use crate::tls::{CLIENT_ALPN, CLUSTER_SAN, CertRole, Identity, PEER_ALPN, Principal, TlsError};
 
 /// Application close code: normal shutdown or a link no longer wanted.
 const CLOSE_NORMAL: u32 = 0;
@@ -81,6 +103,13 @@ const CLOSE_NO_SERVICE: u32 = 3;
 
 /// How long each side waits for the other's hello (or answer to it).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The cap on a hello frame (a name and an address): a peer never makes the
+/// acceptor buffer more than this before it has been accepted.
+pub const MAX_HELLO_BYTES: usize = 64 * 1024;
+
+/// How often expired learned links are looked for.
+const LEARNED_SWEEP: Duration = Duration::from_secs(1);
 
 /// How a node's QUIC transport is set up. [`QuicConfig::new`] fills in the
 /// defaults; the fields are public to adjust them.
@@ -117,6 +146,13 @@ pub struct QuicConfig {
     /// connection (to the dead process) must time out before the link
     /// redials the new one.
     pub idle_timeout: Duration,
+    /// The most links opened back to nodes that dialed this one but are
+    /// not in the configuration (default 16); past it, no more are opened
+    /// until one expires.
+    pub max_learned_links: usize,
+    /// A learned link is closed once no inbound link from its node has been
+    /// open for this long (default 30 s).
+    pub learned_link_ttl: Duration,
 }
 
 impl QuicConfig {
@@ -136,6 +172,8 @@ impl QuicConfig {
             backoff_max: Duration::from_secs(1),
             keep_alive: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(3),
+            max_learned_links: 16,
+            learned_link_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -173,6 +211,10 @@ pub enum TransportError {
     /// The peer refused the link (for example a schema mismatch).
     #[error("refused by peer: {0}")]
     Refused(String),
+    /// The certificate at the address is not the one of the peer this link
+    /// is for (another node's, or not a node's at all).
+    #[error("wrong peer: {0}")]
+    WrongPeer(String),
     /// A frame could not be read or written.
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -189,8 +231,9 @@ pub enum LinkState {
     /// The peer accepted the hello; messages flow.
     Connected,
     /// The last handshake that reached the peer was refused, for this
-    /// reason (for example a schema mismatch). The task keeps retrying at
-    /// the backoff cap.
+    /// reason (for example a schema mismatch, or the certificate at the
+    /// address is not the peer's). The task keeps retrying at the backoff
+    /// cap.
     Refused(String),
 }
 
@@ -231,6 +274,95 @@ pub fn quic_client_config(
     Ok(quinn::ClientConfig::new(Arc::new(tls)))
 }
 
+/// A client connection accepted by the transport, with who its certificate
+/// says is at the other end.
+#[derive(Debug)]
+pub struct AcceptedClient {
+    /// The connection (its TLS handshake is complete).
+    pub conn: Connection,
+    /// The role, name and fingerprint of the client's certificate.
+    pub principal: Principal,
+}
+
+/// The principal of the peer of `conn`, from the certificate it presented
+/// (verified against the cluster CA by the handshake).
+pub fn peer_principal(conn: &Connection) -> Result<Principal, String> {
+    let chain = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or_else(|| "the peer presented no certificate".to_string())?;
+    Principal::from_chain(&chain).map_err(|e| e.to_string())
+}
+
+/// What an acceptor learned from an accepted hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptedHello {
+    /// The dialer's node id (the id of its certificate's name).
+    pub from: NodeId,
+    /// The dialer's name, as its certificate states it.
+    pub name: String,
+    /// Where the dialer says it can be reached.
+    pub addr: String,
+}
+
+/// The acceptor's checks of a hello, given the dialer's certificate: the
+/// protocol version and schema must match this node's, the certificate must
+/// be a `node` certificate whose name is the hello's name, and the hello's
+/// id must be the id of that name. `Err` carries the reason sent back in
+/// [`PeerFrame::Refused`]. Pure: the hello fuzz target drives it.
+pub fn check_hello(
+    schema: u64,
+    principal: &Principal,
+    hello: PeerFrame,
+) -> Result<AcceptedHello, String> {
+    let PeerFrame::Hello {
+        from,
+        name,
+        addr,
+        schema: remote_schema,
+        version,
+    } = hello
+    else {
+        return Err(format!("expected hello, got {}", frame_kind(&hello)));
+    };
+    let shown = |s: &str| -> String { s.chars().take(200).collect() };
+    if principal.role != CertRole::Node {
+        return Err(format!(
+            "peer links need a node certificate; this is a {principal}"
+        ));
+    }
+    if version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version mismatch: local {PROTOCOL_VERSION} remote {version} from {}",
+            principal.name
+        ));
+    }
+    if remote_schema != schema {
+        return Err(format!(
+            "schema mismatch: local {schema:#018x} remote {remote_schema:#018x} from {}",
+            principal.name
+        ));
+    }
+    if name != principal.name {
+        return Err(format!(
+            "the hello claims the name {:?} but the certificate is issued to {:?}",
+            shown(&name),
+            principal.name
+        ));
+    }
+    if from != node_id(&name) {
+        return Err(format!(
+            "node id {from} is not the id of the name {} ({})",
+            principal.name,
+            node_id(&name)
+        ));
+    }
+    Ok(AcceptedHello { from, name, addr })
+}
+
 /// Dials a node's client service ([`CLIENT_ALPN`]) at `addr` from a fresh
 /// client-only endpoint on an ephemeral port, presenting `identity`.
 pub async fn connect_client(
@@ -268,6 +400,54 @@ struct LinkConfig {
     backoff_min: Duration,
     backoff_max: Duration,
     client: quinn::ClientConfig,
+    max_learned: usize,
+    learned_ttl: Duration,
+}
+
+/// Open inbound links per dialer, shared by the accept side (which opens
+/// and closes them) and the learned-link sweep (which expires links back to
+/// dialers no longer heard from).
+#[derive(Default)]
+struct Inbound {
+    /// Per node: (open inbound links, when the last one closed).
+    links: HashMap<NodeId, (usize, std::time::Instant)>,
+}
+
+type SharedInbound = Arc<Mutex<Inbound>>;
+
+fn lock_inbound(inbound: &SharedInbound) -> MutexGuard<'_, Inbound> {
+    inbound.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts one open inbound link from `node` while alive.
+struct InboundGuard {
+    inbound: SharedInbound,
+    node: NodeId,
+}
+
+impl InboundGuard {
+    fn open(inbound: &SharedInbound, node: NodeId) -> InboundGuard {
+        let mut map = lock_inbound(inbound);
+        let entry = map
+            .links
+            .entry(node)
+            .or_insert((0, std::time::Instant::now()));
+        entry.0 += 1;
+        InboundGuard {
+            inbound: inbound.clone(),
+            node,
+        }
+    }
+}
+
+impl Drop for InboundGuard {
+    fn drop(&mut self) {
+        let mut map = lock_inbound(&self.inbound);
+        if let Some(entry) = map.links.get_mut(&self.node) {
+            entry.0 = entry.0.saturating_sub(1);
+            entry.1 = std::time::Instant::now();
+        }
+    }
 }
 
 /// The bounded outbound queue of one peer.
@@ -339,6 +519,9 @@ struct PeerHandle {
     addr: String,
     shared: Arc<PeerShared>,
     task: AbortHandle,
+    /// Opened back to a dialer the configuration does not list (bounded,
+    /// expires); cleared once the configuration lists it.
+    learned: bool,
 }
 
 struct Inner {
@@ -357,7 +540,13 @@ impl Inner {
     }
 
     /// Starts the outbound link to `id` at `addr`.
-    fn add_link(&self, current: &mut HashMap<NodeId, PeerHandle>, id: NodeId, addr: String) {
+    fn add_link(
+        &self,
+        current: &mut HashMap<NodeId, PeerHandle>,
+        id: NodeId,
+        addr: String,
+        learned: bool,
+    ) {
         if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
@@ -376,8 +565,16 @@ impl Inner {
                 shared.clone(),
             ))
             .abort_handle();
-        debug!(node = self.link.node, peer = id, %addr, "peer link added");
-        current.insert(id, PeerHandle { addr, shared, task });
+        debug!(node = self.link.node, peer = id, %addr, learned, "peer link added");
+        current.insert(
+            id,
+            PeerHandle {
+                addr,
+                shared,
+                task,
+                learned,
+            },
+        );
     }
 
     fn stop(&self) {
@@ -419,11 +616,25 @@ impl QuicTransport {
     /// arrive on `inbox`; client connections ([`CLIENT_ALPN`]) are handed
     /// to `clients`, or refused when it is `None`. Returns the transport and
     /// the address actually bound. Must be called within a tokio runtime.
+    ///
+    /// The identity must be a `node` certificate issued to `config.name`
+    /// (see [`crate::tls`]): other nodes refuse any other.
     pub async fn start(
         config: QuicConfig,
         inbox: mpsc::Sender<Message>,
-        clients: Option<mpsc::Sender<Connection>>,
+        clients: Option<mpsc::Sender<AcceptedClient>>,
     ) -> Result<(QuicTransport, SocketAddr), TransportError> {
+        let own = config
+            .identity
+            .principal()
+            .map_err(|e| TlsError::WrongRole(format!("this node's certificate: {e}")))?;
+        if own.role != CertRole::Node || own.name != config.name {
+            return Err(TlsError::WrongRole(format!(
+                "a node needs a node certificate issued to its name {:?}; this identity is a {own}",
+                config.name
+            ))
+            .into());
+        }
         let transport = transport_config(config.keep_alive, config.idle_timeout);
         let mut server = quic_server_config(&config.identity)?;
         server.transport_config(transport.clone());
@@ -451,9 +662,12 @@ impl QuicTransport {
             backoff_min: config.backoff_min,
             backoff_max: config.backoff_max.max(config.backoff_min),
             client,
+            max_learned: config.max_learned_links,
+            learned_ttl: config.learned_link_ttl,
         });
         let runtime = tokio::runtime::Handle::current();
-        let (learned_tx, mut learned_rx) = mpsc::unbounded_channel::<(NodeId, String)>();
+        let (learned_tx, learned_rx) = mpsc::channel::<(NodeId, String)>(64);
+        let inbound = SharedInbound::default();
         let accept_task = runtime
             .spawn(accept_loop(
                 endpoint.clone(),
@@ -461,6 +675,7 @@ impl QuicTransport {
                 inbox,
                 clients,
                 learned_tx,
+                inbound.clone(),
             ))
             .abort_handle();
         info!(node = link.node, name = %link.name, addr = %local, "quic transport listening");
@@ -474,19 +689,11 @@ impl QuicTransport {
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         };
-        // Peers that dialed us but are not configured yet (a member being
-        // added hears from the leader before it knows the configuration):
-        // open a link back to the address they announced.
-        let weak = Arc::downgrade(&transport.inner);
-        transport.inner.runtime.spawn(async move {
-            while let Some((id, addr)) = learned_rx.recv().await {
-                let Some(inner) = weak.upgrade() else { return };
-                let mut peers = inner.peers();
-                if !peers.contains_key(&id) && id != inner.link.node {
-                    inner.add_link(&mut peers, id, addr);
-                }
-            }
-        });
+        transport.inner.runtime.spawn(learned_links(
+            Arc::downgrade(&transport.inner),
+            learned_rx,
+            inbound,
+        ));
         Ok((transport, local))
     }
 
@@ -562,7 +769,10 @@ impl Transport for QuicTransport {
         let mut current = self.inner.peers();
         current.retain(|id, handle| {
             let keep = peers.get(id) == Some(&handle.addr);
-            if !keep {
+            if keep {
+                // Listed by the configuration: no longer a learned link.
+                handle.learned = false;
+            } else {
                 handle.task.abort();
                 debug!(node = self.inner.link.node, peer = *id, "peer link removed");
             }
@@ -572,7 +782,70 @@ impl Transport for QuicTransport {
             if id == self.inner.link.node || current.contains_key(&id) {
                 continue;
             }
-            self.inner.add_link(&mut current, id, addr);
+            self.inner.add_link(&mut current, id, addr, false);
+        }
+    }
+}
+
+// ----------------------------------------------------------- learned links
+
+/// Opens links back to nodes that dialed this one but are not configured
+/// (a member being added hears from the leader before it knows the
+/// configuration), at most `max_learned` at once, and closes each once no
+/// inbound link from its node has been open for `learned_ttl`.
+async fn learned_links(
+    inner: std::sync::Weak<Inner>,
+    mut requests: mpsc::Receiver<(NodeId, String)>,
+    inbound: SharedInbound,
+) {
+    let mut sweep = tokio::time::interval(LEARNED_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned_full = false;
+    loop {
+        tokio::select! {
+            request = requests.recv() => {
+                let Some((id, addr)) = request else { return };
+                let Some(inner) = inner.upgrade() else { return };
+                let mut peers = inner.peers();
+                if peers.contains_key(&id) || id == inner.link.node {
+                    continue;
+                }
+                let learned = peers.values().filter(|p| p.learned).count();
+                if learned >= inner.link.max_learned {
+                    if !warned_full {
+                        warn!(node = inner.link.node, peer = id, %addr, max = inner.link.max_learned,
+                            "too many links to unconfigured nodes; not opening another until one expires");
+                        warned_full = true;
+                    }
+                    continue;
+                }
+                inner.add_link(&mut peers, id, addr, true);
+            }
+            _ = sweep.tick() => {
+                let Some(inner) = inner.upgrade() else { return };
+                let ttl = inner.link.learned_ttl;
+                let mut map = lock_inbound(&inbound);
+                let mut peers = inner.peers();
+                peers.retain(|id, handle| {
+                    if !handle.learned {
+                        return true;
+                    }
+                    let alive = map
+                        .links
+                        .get(id)
+                        .is_some_and(|(open, since)| *open > 0 || since.elapsed() < ttl);
+                    if !alive {
+                        handle.task.abort();
+                        info!(node = inner.link.node, peer = *id, addr = %handle.addr,
+                            "learned link expired: the node is not configured and no longer dials in");
+                        warned_full = false;
+                    }
+                    alive
+                });
+                // Forget dialers idle past the TTL.
+                map.links
+                    .retain(|_, (open, since)| *open > 0 || since.elapsed() < ttl);
+            }
         }
     }
 }
@@ -590,7 +863,7 @@ async fn peer_task(
     let mut backoff = link.backoff_min;
     let mut failures: u32 = 0;
     loop {
-        match dial(&endpoint, &link, &addr).await {
+        match dial(&endpoint, &link, peer, &addr).await {
             Ok((conn, send)) => {
                 backoff = link.backoff_min;
                 failures = 0;
@@ -605,6 +878,14 @@ async fn peer_task(
                 let changed = *shared.state.borrow() != LinkState::Refused(reason.clone());
                 if changed {
                     error!(node = link.node, peer, %addr, %reason, "peer refused the link");
+                }
+                shared.state.send_replace(LinkState::Refused(reason));
+                backoff = link.backoff_max;
+            }
+            Err(TransportError::WrongPeer(reason)) => {
+                let changed = *shared.state.borrow() != LinkState::Refused(reason.clone());
+                if changed {
+                    error!(node = link.node, peer, %addr, %reason, "wrong certificate at the peer's address; link closed");
                 }
                 shared.state.send_replace(LinkState::Refused(reason));
                 backoff = link.backoff_max;
@@ -628,12 +909,26 @@ async fn peer_task(
 async fn dial(
     endpoint: &Endpoint,
     link: &LinkConfig,
+    peer: NodeId,
     addr: &str,
 ) -> Result<(Connection, SendStream), TransportError> {
     let target = resolve(endpoint, addr).await?;
     let conn = endpoint
         .connect_with(link.client.clone(), target, CLUSTER_SAN)?
         .await?;
+    // The certificate we reached must be the node we meant to reach.
+    let reached = match peer_principal(&conn) {
+        Ok(p) if p.role == CertRole::Node && node_id(&p.name) == peer => Ok(()),
+        Ok(p) => Err(format!(
+            "the node at {addr} presents a {p} (node id {}), not the certificate of node {peer}",
+            node_id(&p.name)
+        )),
+        Err(e) => Err(format!("the node at {addr}: {e}")),
+    };
+    if let Err(reason) = reached {
+        conn.close(VarInt::from_u32(CLOSE_REFUSED), b"wrong peer");
+        return Err(TransportError::WrongPeer(reason));
+    }
     let hello = async {
         let (mut send, mut recv) = conn.open_bi().await?;
         write_frame(
@@ -741,15 +1036,22 @@ async fn accept_loop(
     endpoint: Endpoint,
     link: Arc<LinkConfig>,
     inbox: mpsc::Sender<Message>,
-    clients: Option<mpsc::Sender<Connection>>,
-    learned: mpsc::UnboundedSender<(NodeId, String)>,
+    clients: Option<mpsc::Sender<AcceptedClient>>,
+    learned: mpsc::Sender<(NodeId, String)>,
+    inbound: SharedInbound,
 ) {
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                tasks.spawn(serve_incoming(incoming, link.clone(), inbox.clone(), clients.clone(), learned.clone()));
+                let served = Served {
+                    link: link.clone(),
+                    inbox: inbox.clone(),
+                    learned: learned.clone(),
+                    inbound: inbound.clone(),
+                };
+                tasks.spawn(serve_incoming(incoming, served, clients.clone()));
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
@@ -757,13 +1059,21 @@ async fn accept_loop(
     debug!(node = link.node, "accept loop stopped");
 }
 
-async fn serve_incoming(
-    incoming: quinn::Incoming,
+/// What serving an inbound peer connection needs.
+#[derive(Clone)]
+struct Served {
     link: Arc<LinkConfig>,
     inbox: mpsc::Sender<Message>,
-    clients: Option<mpsc::Sender<Connection>>,
-    learned: mpsc::UnboundedSender<(NodeId, String)>,
+    learned: mpsc::Sender<(NodeId, String)>,
+    inbound: SharedInbound,
+}
+
+async fn serve_incoming(
+    incoming: quinn::Incoming,
+    served: Served,
+    clients: Option<mpsc::Sender<AcceptedClient>>,
 ) {
+    let link = &served.link;
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -777,11 +1087,26 @@ async fn serve_incoming(
         .handshake_data()
         .and_then(|d| d.downcast::<HandshakeData>().ok())
         .and_then(|d| d.protocol);
+    let principal = match peer_principal(&conn) {
+        Ok(p) => p,
+        Err(reason) => {
+            warn!(node = link.node, %remote, %reason, "certificate states no usable role; connection refused");
+            conn.close(
+                VarInt::from_u32(CLOSE_REFUSED),
+                b"certificate states no raftkit role",
+            );
+            return;
+        }
+    };
     match alpn.as_deref() {
-        Some(PEER_ALPN) => serve_peer(conn, remote, link, inbox, learned).await,
+        Some(PEER_ALPN) => serve_peer(conn, remote, principal, served).await,
         Some(CLIENT_ALPN) => match clients {
             Some(clients) => {
-                if clients.send(conn.clone()).await.is_err() {
+                let accepted = AcceptedClient {
+                    conn: conn.clone(),
+                    principal,
+                };
+                if clients.send(accepted).await.is_err() {
                     conn.close(
                         VarInt::from_u32(CLOSE_NO_SERVICE),
                         b"client service stopped",
@@ -801,22 +1126,17 @@ async fn serve_incoming(
 }
 
 /// Serves every stream a peer opens on one connection.
-async fn serve_peer(
-    conn: Connection,
-    remote: SocketAddr,
-    link: Arc<LinkConfig>,
-    inbox: mpsc::Sender<Message>,
-    learned: mpsc::UnboundedSender<(NodeId, String)>,
-) {
+async fn serve_peer(conn: Connection, remote: SocketAddr, principal: Principal, served: Served) {
+    let principal = Arc::new(principal);
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_link(conn.clone(), remote, link.clone(), inbox.clone(), learned.clone(), send, recv));
+                    streams.spawn(serve_link(conn.clone(), remote, principal.clone(), served.clone(), send, recv));
                 }
                 Err(e) => {
-                    debug!(node = link.node, %remote, reason = %e, "inbound peer connection closed");
+                    debug!(node = served.link.node, %remote, reason = %e, "inbound peer connection closed");
                     return;
                 }
             },
@@ -829,79 +1149,63 @@ async fn serve_peer(
 async fn serve_link(
     conn: Connection,
     remote: SocketAddr,
-    link: Arc<LinkConfig>,
-    inbox: mpsc::Sender<Message>,
-    learned: mpsc::UnboundedSender<(NodeId, String)>,
+    principal: Arc<Principal>,
+    served: Served,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
+    let link = &served.link;
     let max = link.max_frame_bytes;
     let protocol_error = |peer: &str, reason: String| {
         warn!(node = link.node, %remote, peer, %reason, "bad frame from peer; closing the link");
         conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol error");
     };
-    let first = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, max)).await {
-        Err(_) => return protocol_error("?", "no hello in time".into()),
+    let hello_max = max.min(MAX_HELLO_BYTES);
+    let first = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, hello_max)).await {
+        Err(_) => return protocol_error(&principal.name, "no hello in time".into()),
         Ok(Err(FrameError::Closed)) => return,
-        Ok(Err(e)) => return protocol_error("?", e.to_string()),
+        Ok(Err(e)) => return protocol_error(&principal.name, e.to_string()),
         Ok(Ok(frame)) => frame,
     };
-    let PeerFrame::Hello {
-        from,
-        name,
-        addr,
-        schema,
-        version,
-    } = first
-    else {
-        return protocol_error("?", format!("expected hello, got {}", frame_kind(&first)));
-    };
-    let refusal = if version != PROTOCOL_VERSION {
-        Some(format!(
-            "protocol version mismatch: local {PROTOCOL_VERSION} remote {version} from {name}"
-        ))
-    } else if schema != link.schema {
-        Some(format!(
-            "schema mismatch: local {:#018x} remote {schema:#018x} from {name}",
-            link.schema
-        ))
-    } else if from != node_id(&name) {
-        Some(format!(
-            "node id {from} is not the id of the name {name} ({})",
-            node_id(&name)
-        ))
-    } else {
-        None
-    };
-    if let Some(reason) = refusal {
-        error!(node = link.node, %remote, peer = %name, %reason, "refused peer link");
-        if write_frame(&mut send, &PeerFrame::Refused { reason }, max)
-            .await
-            .is_ok()
-        {
-            let _ = send.finish();
-            // Let the dialer read the refusal and close; then close anyway.
-            let _ = tokio::time::timeout(HELLO_TIMEOUT, conn.closed()).await;
+    let hello = match check_hello(link.schema, &principal, first) {
+        Ok(hello) => hello,
+        Err(reason) => {
+            error!(node = link.node, %remote, peer = %principal.name, %reason, "refused peer link");
+            if write_frame(&mut send, &PeerFrame::Refused { reason }, max)
+                .await
+                .is_ok()
+            {
+                let _ = send.finish();
+                // Let the dialer read the refusal and close; then close anyway.
+                let _ = tokio::time::timeout(HELLO_TIMEOUT, conn.closed()).await;
+            }
+            conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
+            return;
         }
-        conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
-        return;
-    }
+    };
+    let AcceptedHello { from, name, addr } = hello;
     if let Err(e) = write_frame(&mut send, &PeerFrame::HelloOk, max).await {
         debug!(node = link.node, %remote, peer = %name, error = %e, "cannot answer hello");
         return;
     }
     debug!(node = link.node, %remote, peer = %name, "inbound peer link up");
-    // Make sure we can answer: open a link back if we have none yet.
-    let _ = learned.send((from, addr));
+    let _alive = InboundGuard::open(&served.inbound, from);
+    // Make sure we can answer: open a link back if we have none yet (the
+    // learned-link task ignores nodes it already has a link to).
+    let _ = served.learned.try_send((from, addr));
+    let mut wrong_from: u64 = 0;
     loop {
         match read_frame(&mut recv, max).await {
             Ok(PeerFrame::Msg(msg)) => {
                 if msg.from != from {
-                    warn!(node = link.node, %remote, peer = %name, claimed = msg.from,
-                        "message from another node id than the link's; dropped");
+                    wrong_from += 1;
+                    if wrong_from == 1 {
+                        warn!(node = link.node, %remote, peer = %name, claimed = msg.from,
+                            "message from another node id than the link's certificate; dropped (logged once per link)");
+                    }
                     continue;
                 }
-                if inbox.send(msg).await.is_err() {
+                if served.inbox.send(msg).await.is_err() {
                     debug!(node = link.node, "inbox closed; dropping the link");
                     conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
                     return;
