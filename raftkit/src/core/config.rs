@@ -6,6 +6,9 @@
 
 use super::types::NodeId;
 
+/// The default of [`Config::max_snapshot_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+
 /// Parameters of one node.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -35,6 +38,11 @@ pub struct Config {
     pub snapshot_entries: u64,
     /// Size of one InstallSnapshot chunk.
     pub snapshot_chunk_bytes: usize,
+    /// The largest snapshot this node accepts from a leader, in bytes
+    /// (default 1 GiB): chunks past it are dropped, so the receive buffer
+    /// never grows beyond it. Must be at least the size of the largest
+    /// snapshot of the state machine, on every node.
+    pub max_snapshot_bytes: u64,
     /// Seed of the node's random election timeouts.
     pub seed: u64,
     /// Deliberately broken rules, for the simulation's own tests only.
@@ -57,6 +65,7 @@ impl Config {
             check_quorum: true,
             snapshot_entries: 10_000,
             snapshot_chunk_bytes: super::snapshot::DEFAULT_CHUNK_BYTES,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             seed: id,
             #[cfg(any(test, feature = "sim"))]
             bugs: Bugs::default(),

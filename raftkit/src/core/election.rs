@@ -63,7 +63,9 @@ impl Raft {
     /// Starts an election: a PreVote round first when enabled, unless this
     /// is a leadership transfer (thesis §3.10 skips it).
     pub(super) fn campaign(&mut self, transfer: bool) {
-        if !self.promotable() {
+        // At the last representable term there is no next term to campaign
+        // in (only a hostile peer can push a node there).
+        if !self.promotable() || self.term == super::types::Term::MAX {
             return;
         }
         if self.cfg.pre_vote && !transfer {

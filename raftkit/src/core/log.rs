@@ -130,28 +130,35 @@ impl RaftLog {
     /// duplicated AppendEntries never truncates anything. Returns the index
     /// of the last entry of the message and whether the log was truncated.
     ///
-    /// The caller has checked that the log matches at `prev_index`.
+    /// The caller has checked that the log matches at `prev_index` and
+    /// that the entries follow it contiguously without conflicting with a
+    /// committed entry (`inbound` drops any other AppendEntries). Should
+    /// that ever not hold, the offending entry and the rest are ignored: the
+    /// log's invariants are never broken and committed entries never
+    /// truncated.
     pub fn append_after(&mut self, prev_index: Index, entries: Vec<Entry>) -> (Index, bool) {
-        let last_new = prev_index + entries.len() as Index;
+        let mut last_new = prev_index;
         let mut truncated = false;
         for e in entries {
-            if e.index <= self.snapshot.index {
-                continue; // covered by our snapshot, hence committed and equal
+            let index = e.index;
+            if Some(index) != last_new.checked_add(1) {
+                break;
             }
-            match self.term(e.index) {
-                Some(t) if t == e.term => continue,
-                Some(_) => {
-                    assert!(
-                        e.index > self.committed,
-                        "a leader tried to overwrite committed entry {}",
-                        e.index
-                    );
-                    self.truncate_from(e.index);
-                    truncated = true;
-                    self.entries.push(e);
+            if index > self.snapshot.index {
+                // (At or below our snapshot: committed, hence equal.)
+                match self.term(index) {
+                    Some(t) if t == e.term => {}
+                    Some(_) if index <= self.committed => break,
+                    Some(_) => {
+                        self.truncate_from(index);
+                        truncated = true;
+                        self.entries.push(e);
+                    }
+                    None if index == self.last_index() + 1 => self.entries.push(e),
+                    None => break,
                 }
-                None => self.entries.push(e),
             }
+            last_new = index;
         }
         (last_new, truncated)
     }

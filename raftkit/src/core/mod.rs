@@ -19,6 +19,7 @@
 //! | `progress` | a leader's view of each follower; the inflight window |
 //! | `quorum` | majorities of simple and joint configurations |
 //! | `raft` | roles, terms, input dispatch |
+//! | `inbound` | what is accepted from the network; drop counters; invariants check |
 //! | `election` | PreVote, votes, CheckQuorum |
 //! | `replication` | AppendEntries, heartbeats, commitment |
 //! | `read_index` | linearizable reads |
@@ -29,6 +30,7 @@
 
 pub mod config;
 mod election;
+pub mod inbound;
 pub mod log;
 mod membership;
 pub mod message;
@@ -46,6 +48,7 @@ pub mod types;
 mod tests;
 
 pub use config::{Config, ConfigError};
+pub use inbound::{DropCounts, DropReason};
 pub use message::{Body, Message};
 pub use raft::{NotLeader, ProposeError, Raft, Restored, Role, Status};
 pub use ready::{InstalledSnapshot, PersistMarker, ReadState, Ready};

@@ -24,6 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::config::{Config, ConfigError};
+use super::inbound::DropCounts;
 use super::log::RaftLog;
 use super::message::{Body, Message};
 use super::progress::Progress;
@@ -146,6 +147,9 @@ pub struct Status {
     pub config_index: Index,
     /// On a leader: each member's (matched, next) positions.
     pub progress: BTreeMap<NodeId, (Index, Index)>,
+    /// Inbound messages dropped so far, per reason (see
+    /// [`Raft::step_checked`]).
+    pub dropped: DropCounts,
 }
 
 /// One Raft node: a pure, deterministic state machine.
@@ -181,7 +185,9 @@ pub struct Raft {
     msgs: Vec<Message>,
     msgs_after_persist: Vec<Message>,
     /// Term and vote as last made durable.
-    durable: (Term, NodeId),
+    pub(super) durable: (Term, NodeId),
+    /// Inbound messages dropped, per reason.
+    pub(super) dropped: DropCounts,
     /// The hard state as last handed out in a Ready.
     handed: HardState,
 }
@@ -222,6 +228,7 @@ impl Raft {
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
             durable: (hard_state.term, hard_state.vote),
+            dropped: DropCounts::default(),
             handed: HardState {
                 commit: log.committed(),
                 ..hard_state
@@ -296,6 +303,7 @@ impl Raft {
                 .iter()
                 .map(|(&id, p)| (id, (p.matched, p.next)))
                 .collect(),
+            dropped: self.dropped.clone(),
         }
     }
 
@@ -398,25 +406,25 @@ impl Raft {
         }
     }
 
-    /// Handles a message from a peer.
+    /// Handles a message from a peer: [`Raft::step_checked`] without the
+    /// reason of a drop (drops are still counted in [`Raft::dropped`]).
     ///
-    /// Messages not addressed to this node are ignored, and so are vote
-    /// requests from nodes outside the configuration in force.
+    /// Messages are checked before anything else (see `inbound`): among
+    /// others, messages not addressed to this node are dropped, and so are
+    /// vote requests from nodes outside the configuration in force (thesis
+    /// §4.2.3: a server removed from the cluster, that may not know it, must
+    /// not disrupt it; its vote requests are dropped before their term is
+    /// looked at, in or out of a lease, PreVote or not; a node that knows of
+    /// no configuration including the candidate, a new server not yet
+    /// replicated to, ignores it too. Learners are members: a candidate may
+    /// already count them as voters in a newer configuration, and a grant
+    /// from a node the candidate does not count as voter is never counted).
     pub fn step(&mut self, m: Message) {
-        if m.to != self.id || m.from == self.id {
-            return;
-        }
-        if matches!(m.body, Body::RequestVote { .. }) && !self.conf.contains(m.from) {
-            // Thesis §4.2.3: a server removed from the cluster (that may not
-            // know it) must not disrupt it. Its vote requests are dropped
-            // before their term is looked at, in or out of a lease, PreVote
-            // or not. A node that knows of no configuration including the
-            // candidate (a new server not yet replicated to) ignores it too.
-            // Learners are members: a candidate may already count them as
-            // voters in a newer configuration (a grant from a node the
-            // candidate does not count as voter is never counted).
-            return;
-        }
+        let _ = self.step_checked(m);
+    }
+
+    /// The rules, for a message [`Raft::step_checked`] admitted.
+    pub(super) fn step_admitted(&mut self, m: Message) {
         if m.term > self.term {
             if let Body::RequestVote {
                 pre_vote, transfer, ..
@@ -425,10 +433,7 @@ impl Raft {
                 // Thesis §4.2.3 / §9.6: while a follower hears from a leader
                 // it ignores vote requests, so a removed or partitioned node
                 // cannot disrupt a healthy cluster. A transfer overrides it.
-                let in_lease = self.cfg.check_quorum
-                    && self.leader != NO_NODE
-                    && self.election_elapsed < self.cfg.election_ticks;
-                if in_lease && !transfer {
+                if self.in_lease() && !transfer {
                     return;
                 }
                 if *pre_vote {
@@ -557,8 +562,9 @@ impl Raft {
     /// granted or a message of the new term is sent").
     pub(super) fn send(&mut self, to: NodeId, body: Body) {
         let term = match body {
-            // A PreVote probe asks about the term we would campaign in.
-            Body::RequestVote { pre_vote: true, .. } => self.term + 1,
+            // A PreVote probe asks about the term we would campaign in
+            // (never reached at the last term: `campaign` refuses).
+            Body::RequestVote { pre_vote: true, .. } => self.term.saturating_add(1),
             _ => self.term,
         };
         self.send_with_term(to, term, body);

@@ -4,7 +4,8 @@
 //!
 //! Transfer protocol: the leader sends chunks in order, one at a time; the
 //! follower appends a chunk only if it starts exactly where its buffer ends
-//! and answers with the offset it expects next. A lost chunk is resent with
+//! (and ends within `Config::max_snapshot_bytes`, checked by `inbound`, so
+//! the buffer is bounded) and answers with the offset it expects next. A lost chunk is resent with
 //! the next heartbeat; a chunk of another snapshot (a newer snapshot, or a
 //! new leader) at offset zero restarts the transfer, at another offset is
 //! rejected so the sender restarts. Only a complete snapshot is installed,
@@ -55,6 +56,14 @@ impl SnapshotTransfer {
 
     pub(super) fn take_received(&mut self) -> Option<InstalledSnapshot> {
         self.received.take()
+    }
+
+    /// Bytes of the snapshot being received (bounded by
+    /// [`Config::max_snapshot_bytes`](super::Config::max_snapshot_bytes)).
+    pub(super) fn receiving_len(&self) -> u64 {
+        self.receiving
+            .as_ref()
+            .map_or(0, |(_, buf)| buf.len() as u64)
     }
 }
 
@@ -211,7 +220,12 @@ impl Raft {
         };
         let held = buf.len() as u64;
         if offset != held {
-            // A duplicate (behind) or a gap (ahead): say where we are.
+            // A duplicate (behind) or a gap (ahead): say where we are. A gap
+            // is counted (a chunk was lost, or the sender is broken).
+            if offset > held {
+                self.dropped
+                    .record(super::inbound::DropReason::SnapshotChunkOutOfOrder);
+            }
             self.send(m.from, reply(held, false, offset > held));
             return;
         }

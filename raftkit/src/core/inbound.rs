@@ -1,0 +1,477 @@
+//! What the core accepts from the network: every inbound message is checked
+//! before any rule looks at it, and a message that no correct peer could
+//! have sent, or that the rules below refuse, is dropped and counted
+//! ([`DropReason`], [`DropCounts`]). Nothing in a message can make the core
+//! panic, grow memory without a bound, or rewrite a committed entry.
+//!
+//! # Who may send what (Raft thesis §4.2.3, §3.10, Raft §5.2)
+//!
+//! *Member* means a voter or learner of the configuration in force (the
+//! last one in the log, thesis §4.1).
+//!
+//! | message | dropped when | why |
+//! |---|---|---|
+//! | any | not addressed to this node, or "from" this node or from node 0 | misrouted or forged |
+//! | RequestVote (and PreVote) | the sender is not a member | §4.2.3: a removed server must not disrupt the cluster; a new server not yet replicated to has nothing to elect |
+//! | a response, TimeoutNow | the sender is neither a member nor a node the leader still replicates to | it answers nothing this node sent; only the leader orders a campaign |
+//! | TimeoutNow | at our term, from another node than the leader we follow | §3.10: the transfer is the leader's |
+//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, from a non-member, while this node has a configuration and is in a leader lease (a leader, or a follower that heard from its leader within an election timeout, with CheckQuorum on) | the §4.2.3 lease argument applied to leader messages: while a leader is known to be alive, a node outside the configuration cannot be a newer leader this node must follow |
+//! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader we follow (or when we lead) | Raft §5.2 Election Safety: at most one leader per term |
+//!
+//! Leader messages from non-members are **accepted** outside a lease, and
+//! always by a node with no configuration yet: a node being added hears
+//! from the leader before it knows any configuration, and a member that
+//! was cut off may have missed the configuration that made today's leader
+//! a member. That is the price of membership changes: a holder of a node
+//! certificate who is not a member can still present itself as a leader of
+//! a higher term to a node outside a lease (for example right after an
+//! election), which costs that node its term and, at worst, its uncommitted
+//! entries; it can never rewrite committed ones (below).
+//!
+//! # What a message must look like
+//!
+//! - AppendEntries: entries at consecutive indexes starting right after
+//!   `prev_index` (no overflow), terms non-decreasing, none below
+//!   `prev_term` and none above the message's term; none conflicting with
+//!   an entry this node knows committed (Raft §5.4, Leader Completeness: a
+//!   correct leader never sends one).
+//! - InstallSnapshot: the snapshot's term at most the message's, its index
+//!   non-zero, and the chunk ending within [`Config::max_snapshot_bytes`]
+//!   (the receive buffer never grows past it). A chunk that leaves a gap
+//!   is counted ([`DropReason::SnapshotChunkOutOfOrder`]) and answered with
+//!   the offset expected, so a correct leader resumes there.
+//! - On the leader: a successful AppendEntries answer may not acknowledge
+//!   an index past the leader's log; a heartbeat answer may not echo a read
+//!   round the leader never started.
+//!
+//! [`Config::max_snapshot_bytes`]: super::Config::max_snapshot_bytes
+
+use super::message::{Body, Message};
+use super::raft::{Raft, Role};
+use super::types::{Entry, Index, NO_NODE, Term};
+
+/// Why an inbound message was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Not addressed to this node, or from this node itself or node 0.
+    Misaddressed,
+    /// A vote request from a node outside the configuration.
+    VoteFromNonMember,
+    /// A response or TimeoutNow from a node this node has no business with.
+    FromStranger,
+    /// TimeoutNow at our term from another node than our leader.
+    TimeoutNowNotFromLeader,
+    /// A leader message at a higher term from a non-member during a lease.
+    NonMemberInLease,
+    /// A leader message at our term from another node than our term's
+    /// leader.
+    SecondLeader,
+    /// Entries not at consecutive indexes right after `prev_index`.
+    NonContiguousEntries,
+    /// Entry terms decreasing, below `prev_term` or above the message's.
+    BadEntryTerm,
+    /// An entry conflicting with an entry known committed.
+    CommittedRewrite,
+    /// A snapshot chunk past the configured maximum snapshot size.
+    SnapshotTooLarge,
+    /// A snapshot whose metadata no correct leader sends.
+    SnapshotInvalid,
+    /// A snapshot chunk that leaves a gap (answered with the offset
+    /// expected).
+    SnapshotChunkOutOfOrder,
+    /// An acknowledgement of an index past the leader's log.
+    AckBeyondLog,
+    /// A heartbeat answer echoing a read round never started.
+    UnknownReadRound,
+}
+
+impl DropReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [DropReason; 14] = [
+        DropReason::Misaddressed,
+        DropReason::VoteFromNonMember,
+        DropReason::FromStranger,
+        DropReason::TimeoutNowNotFromLeader,
+        DropReason::NonMemberInLease,
+        DropReason::SecondLeader,
+        DropReason::NonContiguousEntries,
+        DropReason::BadEntryTerm,
+        DropReason::CommittedRewrite,
+        DropReason::SnapshotTooLarge,
+        DropReason::SnapshotInvalid,
+        DropReason::SnapshotChunkOutOfOrder,
+        DropReason::AckBeyondLog,
+        DropReason::UnknownReadRound,
+    ];
+
+    /// A stable snake_case name (metrics label values).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Misaddressed => "misaddressed",
+            DropReason::VoteFromNonMember => "vote_from_non_member",
+            DropReason::FromStranger => "from_stranger",
+            DropReason::TimeoutNowNotFromLeader => "timeout_now_not_from_leader",
+            DropReason::NonMemberInLease => "non_member_in_lease",
+            DropReason::SecondLeader => "second_leader",
+            DropReason::NonContiguousEntries => "non_contiguous_entries",
+            DropReason::BadEntryTerm => "bad_entry_term",
+            DropReason::CommittedRewrite => "committed_rewrite",
+            DropReason::SnapshotTooLarge => "snapshot_too_large",
+            DropReason::SnapshotInvalid => "snapshot_invalid",
+            DropReason::SnapshotChunkOutOfOrder => "snapshot_chunk_out_of_order",
+            DropReason::AckBeyondLog => "ack_beyond_log",
+            DropReason::UnknownReadRound => "unknown_read_round",
+        }
+    }
+
+    /// What it means, for logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DropReason::Misaddressed => "not addressed to this node, or from itself or node 0",
+            DropReason::VoteFromNonMember => {
+                "vote request from a node outside the configuration (thesis 4.2.3)"
+            }
+            DropReason::FromStranger => {
+                "a response or TimeoutNow from a node outside the configuration"
+            }
+            DropReason::TimeoutNowNotFromLeader => {
+                "TimeoutNow from a node that is not this term's leader"
+            }
+            DropReason::NonMemberInLease => {
+                "a leader message at a higher term from a node outside the configuration while a leader is alive"
+            }
+            DropReason::SecondLeader => {
+                "a leader message at this term from a node that is not this term's leader"
+            }
+            DropReason::NonContiguousEntries => {
+                "AppendEntries whose entries do not follow prev_index contiguously"
+            }
+            DropReason::BadEntryTerm => {
+                "AppendEntries whose entry terms decrease, precede prev_term or exceed the message's term"
+            }
+            DropReason::CommittedRewrite => "AppendEntries conflicting with a committed entry",
+            DropReason::SnapshotTooLarge => "a snapshot chunk past the maximum snapshot size",
+            DropReason::SnapshotInvalid => "a snapshot whose metadata no correct leader sends",
+            DropReason::SnapshotChunkOutOfOrder => "a snapshot chunk leaving a gap",
+            DropReason::AckBeyondLog => "an acknowledgement past the leader's last index",
+            DropReason::UnknownReadRound => "a heartbeat answer for a read round never started",
+        }
+    }
+
+    fn slot(self) -> usize {
+        DropReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many inbound messages a node dropped, per reason, since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    counts: [u64; DropReason::ALL.len()],
+    last: Option<DropReason>,
+}
+
+impl DropCounts {
+    /// Messages dropped for `reason`.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.counts.get(reason.slot()).copied().unwrap_or(0)
+    }
+
+    /// Messages dropped for any reason.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().fold(0u64, |a, b| a.saturating_add(*b))
+    }
+
+    /// Every reason with its count (zeros included), in [`DropReason::ALL`]
+    /// order.
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.iter().map(|r| (*r, self.get(*r)))
+    }
+
+    /// The reason of the latest drop.
+    pub fn last(&self) -> Option<DropReason> {
+        self.last
+    }
+
+    pub(super) fn record(&mut self, reason: DropReason) {
+        if let Some(c) = self.counts.get_mut(reason.slot()) {
+            *c = c.saturating_add(1);
+        }
+        self.last = Some(reason);
+    }
+}
+
+impl Raft {
+    /// Handles a message from a peer, or drops it (see the module docs of
+    /// `inbound` for what is dropped and why): `Err` says why this message,
+    /// or part of it (a snapshot chunk out of order), was dropped. Every
+    /// drop is counted in [`Raft::dropped`].
+    pub fn step_checked(&mut self, m: Message) -> Result<(), DropReason> {
+        if let Err(reason) = self.admit(&m) {
+            self.dropped.record(reason);
+            return Err(reason);
+        }
+        let before = self.dropped.total();
+        self.step_admitted(m);
+        match self.dropped.last() {
+            Some(reason) if self.dropped.total() != before => Err(reason),
+            _ => Ok(()),
+        }
+    }
+
+    /// The inbound messages dropped so far, per reason.
+    pub fn dropped(&self) -> &DropCounts {
+        &self.dropped
+    }
+
+    /// Whether this node is in a leader lease: it leads, or it heard from
+    /// the leader it follows within an election timeout (thesis §4.2.3,
+    /// §6.2; needs CheckQuorum).
+    pub(super) fn in_lease(&self) -> bool {
+        self.cfg.check_quorum
+            && self.leader != NO_NODE
+            && self.election_elapsed < self.cfg.election_ticks
+    }
+
+    /// The checks of the module docs, before any rule sees the message.
+    fn admit(&self, m: &Message) -> Result<(), DropReason> {
+        if m.to != self.id || m.from == self.id || m.from == NO_NODE {
+            return Err(DropReason::Misaddressed);
+        }
+        let member = self.conf.contains(m.from);
+        let known = member || self.progress.contains_key(&m.from);
+        match &m.body {
+            Body::RequestVote { .. } if !member => return Err(DropReason::VoteFromNonMember),
+            Body::TimeoutNow if !member => return Err(DropReason::FromStranger),
+            Body::TimeoutNow
+                if m.term == self.term && self.leader != NO_NODE && self.leader != m.from =>
+            {
+                return Err(DropReason::TimeoutNowNotFromLeader);
+            }
+            body if body.is_response() && !known => return Err(DropReason::FromStranger),
+            Body::AppendEntries { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. } => {
+                let has_conf = !self.conf.voters.is_empty();
+                if m.term > self.term && !member && has_conf && self.in_lease() {
+                    return Err(DropReason::NonMemberInLease);
+                }
+                if m.term == self.term
+                    && (self.role == Role::Leader
+                        || (self.leader != NO_NODE && self.leader != m.from))
+                {
+                    return Err(DropReason::SecondLeader);
+                }
+            }
+            _ => {}
+        }
+        let leads_this_term = self.role == Role::Leader && m.term == self.term;
+        match &m.body {
+            Body::AppendEntries {
+                prev_index,
+                prev_term,
+                entries,
+                ..
+            } => self.check_entries(m.term, *prev_index, *prev_term, entries),
+            Body::InstallSnapshot {
+                meta, offset, data, ..
+            } => {
+                if meta.term > m.term || meta.index == 0 {
+                    return Err(DropReason::SnapshotInvalid);
+                }
+                let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+                match offset.checked_add(len) {
+                    Some(end) if end <= self.cfg.max_snapshot_bytes => Ok(()),
+                    _ => Err(DropReason::SnapshotTooLarge),
+                }
+            }
+            Body::AppendEntriesResponse {
+                index,
+                success: true,
+                ..
+            } if leads_this_term && *index > self.log.last_index() => {
+                Err(DropReason::AckBeyondLog)
+            }
+            Body::HeartbeatResponse { round } if leads_this_term && *round > self.reads.round() => {
+                Err(DropReason::UnknownReadRound)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The shape of an AppendEntries' entries (module docs).
+    fn check_entries(
+        &self,
+        term: Term,
+        prev_index: Index,
+        prev_term: Term,
+        entries: &[Entry],
+    ) -> Result<(), DropReason> {
+        let committed = self.log.committed();
+        let mut expected = prev_index;
+        let mut last_term = prev_term;
+        for e in entries {
+            expected = expected
+                .checked_add(1)
+                .ok_or(DropReason::NonContiguousEntries)?;
+            if e.index != expected {
+                return Err(DropReason::NonContiguousEntries);
+            }
+            if e.term < last_term || e.term > term {
+                return Err(DropReason::BadEntryTerm);
+            }
+            last_term = e.term;
+            if e.index <= committed && self.log.term(e.index).is_some_and(|t| t != e.term) {
+                return Err(DropReason::CommittedRewrite);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the node's structural invariants: the log's cursors and
+    /// indexes, the configuration in force, the role's bookkeeping, the
+    /// bounded snapshot buffer. `Err` describes the first violation. For
+    /// fuzzing and property tests, after feeding arbitrary messages.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let log = &self.log;
+        let snap = log.snapshot();
+        for (k, e) in log.entries().iter().enumerate() {
+            let want = snap.index.checked_add(k as u64 + 1);
+            if Some(e.index) != want {
+                return Err(format!("entry {k} has index {} (want {want:?})", e.index));
+            }
+        }
+        let mut prev = snap.term;
+        for e in log.entries() {
+            if e.term < prev {
+                return Err(format!("term decreases at index {}", e.index));
+            }
+            prev = e.term;
+        }
+        if log.last_term() > self.term {
+            return Err(format!(
+                "last entry's term {} above the node's term {}",
+                log.last_term(),
+                self.term
+            ));
+        }
+        let (first, applied, committed, last) = (
+            snap.index,
+            log.applied(),
+            log.committed(),
+            log.last_index(),
+        );
+        if !(first <= applied && applied <= committed && committed <= last) {
+            return Err(format!(
+                "cursors out of order: snapshot {first} applied {applied} committed {committed} last {last}"
+            ));
+        }
+        if log.persisted() > last {
+            return Err(format!("persisted {} past last {last}", log.persisted()));
+        }
+        let (conf_index, conf) = log.last_config();
+        if *conf != self.conf || conf_index != self.conf_index {
+            return Err("the configuration in force is not the log's last one".into());
+        }
+        if (self.role == Role::Leader) != (self.leader == self.id) {
+            return Err(format!(
+                "role {:?} with leader {}",
+                self.role, self.leader
+            ));
+        }
+        if self.role != Role::Leader && !self.progress.is_empty() {
+            return Err("progress kept while not leading".into());
+        }
+        if self.role == Role::Candidate && self.vote != self.id {
+            return Err("a candidate that did not vote for itself".into());
+        }
+        for (id, pr) in &self.progress {
+            if pr.matched >= pr.next || pr.matched > last {
+                return Err(format!(
+                    "progress of {id}: matched {} next {} last {last}",
+                    pr.matched, pr.next
+                ));
+            }
+        }
+        if self.snapshots.receiving_len() > self.cfg.max_snapshot_bytes {
+            return Err("snapshot receive buffer past the maximum".into());
+        }
+        if self.durable.0 > self.term {
+            return Err("durable term above the current term".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::types::Payload;
+
+    #[test]
+    fn every_reason_has_a_distinct_slot_and_name() {
+        let mut counts = DropCounts::default();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                counts.record(*r);
+            }
+        }
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(counts.get(*r), i as u64 + 1, "{r}");
+        }
+        let names: std::collections::BTreeSet<_> =
+            DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), DropReason::ALL.len());
+        assert_eq!(counts.last(), DropReason::ALL.last().copied());
+    }
+
+    #[test]
+    fn entry_shapes() {
+        let cfg = crate::core::Config::new(1);
+        let mut restored = crate::core::Restored::bootstrap(crate::core::Configuration::new([1, 2]));
+        restored.hard_state.term = 3;
+        restored.hard_state.commit = 1;
+        let raft = Raft::new(cfg, restored).expect("raft");
+        let e = |index, term| Entry {
+            index,
+            term,
+            payload: Payload::Noop,
+        };
+        assert_eq!(raft.check_entries(3, 1, 1, &[e(2, 2), e(3, 3)]), Ok(()));
+        assert_eq!(
+            raft.check_entries(3, 1, 1, &[e(3, 2)]),
+            Err(DropReason::NonContiguousEntries)
+        );
+        assert_eq!(
+            raft.check_entries(3, u64::MAX, 1, &[e(0, 2)]),
+            Err(DropReason::NonContiguousEntries)
+        );
+        assert_eq!(
+            raft.check_entries(3, 1, 1, &[e(2, 3), e(3, 2)]),
+            Err(DropReason::BadEntryTerm)
+        );
+        assert_eq!(
+            raft.check_entries(3, 1, 2, &[e(2, 1)]),
+            Err(DropReason::BadEntryTerm)
+        );
+        assert_eq!(
+            raft.check_entries(3, 1, 1, &[e(2, 4)]),
+            Err(DropReason::BadEntryTerm)
+        );
+        // Index 1 (term 1) is committed.
+        assert_eq!(
+            raft.check_entries(3, 0, 0, &[e(1, 2)]),
+            Err(DropReason::CommittedRewrite)
+        );
+        assert_eq!(raft.check_entries(3, 0, 0, &[e(1, 1), e(2, 3)]), Ok(()));
+        assert_eq!(raft.check_invariants(), Ok(()));
+    }
+}
