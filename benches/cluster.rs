@@ -402,10 +402,9 @@ async fn wait_leader(peers: &[Peer<Kv>]) -> usize {
 
 async fn start_quic(store: Store) -> QuicCluster {
     let addrs = free_addrs(3);
-    let mut names: Vec<String> = addrs.iter().map(|a| format!("benchkv@{a}")).collect();
-    names.push("client".into());
-    let (_ca, mut ids) = dev_cluster(&names).expect("dev CA");
-    let client_identity = ids.pop().expect("client identity");
+    let names: Vec<String> = addrs.iter().map(|a| format!("benchkv@{a}")).collect();
+    let (ca, ids) = dev_cluster(&names).expect("dev CA");
+    let client_identity = ca.issue_client("client").expect("client identity");
     let dir = bench_dir();
     let mut peers = Vec::new();
     for (addr, id) in addrs.iter().zip(ids) {

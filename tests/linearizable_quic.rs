@@ -72,10 +72,9 @@ async fn workload_with(disruption: Disruption) {
         .map(|s| s.local_addr().unwrap().to_string())
         .collect();
     drop(sockets);
-    let mut names: Vec<String> = addrs.iter().map(|a| format!("reg@{a}")).collect();
-    names.push("client".into());
-    let (_ca, mut ids) = dev_cluster(&names).unwrap();
-    let client_id = ids.pop().unwrap();
+    let names: Vec<String> = addrs.iter().map(|a| format!("reg@{a}")).collect();
+    let (ca, ids) = dev_cluster(&names).unwrap();
+    let client_id = ca.issue_client("client").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut peers = Vec::new();
     for (addr, id) in addrs.iter().zip(ids) {

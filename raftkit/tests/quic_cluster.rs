@@ -74,10 +74,9 @@ const TICK: Duration = Duration::from_millis(20);
 impl Cluster {
     async fn start(n: usize) -> Cluster {
         let addrs = free_addrs(n);
-        let mut names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
-        names.push("client".into());
-        let (_ca, mut ids) = dev_cluster(&names).expect("dev CA");
-        let client_identity = ids.pop().expect("client identity");
+        let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
+        let (ca, ids) = dev_cluster(&names).expect("dev CA");
+        let client_identity = ca.issue_client("client").expect("client identity");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut peers = Vec::new();
         for (addr, id) in addrs.iter().zip(ids) {
@@ -286,10 +285,10 @@ async fn wrong_certificates_and_schemas_are_refused() {
     let c = Cluster::start(1).await;
     c.leader().await;
     // A client whose certificate comes from another CA.
-    let (_, mut other) = dev_cluster(["client"]).unwrap();
+    let (other, _) = dev_cluster(["kv@elsewhere"]).unwrap();
     let stranger = KvClient::connect_with(
         &c.addrs,
-        other.pop().unwrap(),
+        other.issue_client("client").unwrap(),
         ClientOptions {
             timeout: Duration::from_secs(2),
             ..Default::default()

@@ -39,21 +39,23 @@ const TICK: Duration = Duration::from_millis(20);
 struct World {
     dir: tempfile::TempDir,
     ca: ClusterCa,
+    /// An admin certificate: membership commands and data.
     client: Identity,
 }
 
 impl World {
     fn new() -> World {
-        let (ca, mut ids) = dev_cluster(["client"]).expect("CA");
+        let ca = ClusterCa::generate("membership").expect("CA");
+        let client = ca.issue_admin("admin").expect("admin identity");
         World {
             dir: tempfile::tempdir().expect("tempdir"),
             ca,
-            client: ids.pop().expect("client identity"),
+            client,
         }
     }
 
     async fn peer(&self, addr: &str, bootstrap: bool, join: &[String]) -> Peer<Kv> {
-        let id = self.ca.issue(&format!("kv@{addr}"), &[]).expect("issue");
+        let id = self.ca.issue_node(&format!("kv@{addr}"), &[]).expect("issue");
         let mut b = Kv::peer()
             .listen(addr)
             .data_dir(self.dir.path().join(addr))
@@ -289,7 +291,7 @@ async fn a_foreign_joiner_is_refused_and_concurrent_changes_are_refused() {
     // A change while another is in flight is refused with a clear error:
     // adding a learner that never answers keeps nothing in flight, so use
     // two back-to-back changes on the leader itself.
-    let b_id = w.ca.issue(&format!("kv@{}", addrs[1]), &[]).unwrap();
+    let b_id = w.ca.issue_node(&format!("kv@{}", addrs[1]), &[]).unwrap();
     let b = Kv::peer()
         .listen(addrs[1].clone())
         .data_dir(w.dir.path().join(&addrs[1]))

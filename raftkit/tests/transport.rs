@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use raftkit::core::{Body, Message, NodeId};
 use raftkit::identity::node_id;
-use raftkit::tls::{ClusterCa, Identity, PEER_ALPN, dev_cluster};
+use raftkit::tls::{CertRole, ClusterCa, Identity, PEER_ALPN, dev_cluster};
 use raftkit::transport::frame::{PROTOCOL_VERSION, PeerFrame, encode_frame};
 use raftkit::transport::quic::{connect_client, quic_client_config};
 use raftkit::transport::{
@@ -277,7 +277,12 @@ async fn a_peer_of_another_ca_is_refused_and_the_node_keeps_serving() {
     let mut a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
     let b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
     let rogue_ca = ClusterCa::generate("rogue").expect("rogue ca");
-    let mallory = Node::start("t@m", rogue_ca.issue("t@m", &[]).expect("cert"), SCHEMA).await;
+    let mallory = Node::start(
+        "t@m",
+        rogue_ca.issue_node("t@m", &[]).expect("cert"),
+        SCHEMA,
+    )
+    .await;
 
     // Mallory dials a with a certificate of another CA (and does not trust
     // a's certificate either): no link comes up.
@@ -288,7 +293,7 @@ async fn a_peer_of_another_ca_is_refused_and_the_node_keeps_serving() {
 
     // A client that trusts a's CA but presents a certificate of another CA:
     // a's verifier refuses it; nothing it writes is delivered.
-    let forged = forge_trust(&rogue_ca.issue("t@m", &[]).expect("cert"), &ca);
+    let forged = forge_trust(&rogue_ca.issue_node("t@m", &[]).expect("cert"), &ca);
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
     let cfg = quic_client_config(&forged, PEER_ALPN).expect("client config");
     let outcome = within("the forged handshake to fail", async {
@@ -372,7 +377,7 @@ async fn garbage_and_oversized_frames_close_the_link_and_the_node_keeps_serving(
     let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
     let mut a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
     let b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
-    let raw = ca.issue("t@raw", &[]).expect("cert");
+    let raw = ca.issue_node("t@raw", &[]).expect("cert");
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
 
     let raw_node = Node::start("t@raw", raw.clone(), SCHEMA).await;
@@ -453,13 +458,17 @@ async fn client_connections_are_dispatched_by_alpn() {
     )
     .await
     .expect("start");
-    let client = ca.issue("client", &[]).expect("cert");
+    let client = ca.issue_client("client").expect("cert");
     let conn = within("client connect", connect_client(addr, &client))
         .await
         .expect("client connects");
     let served = within("client handed over", clients_rx.recv())
         .await
         .expect("a connection");
+    // Handed over with who the certificate says is there.
+    assert_eq!(served.principal.role, CertRole::Client);
+    assert_eq!(served.principal.name, "client");
+    let served = served.conn;
     // The handed-over connection is live.
     let mut out = conn.open_uni().await.expect("open");
     out.write_all(b"hi").await.expect("write");
@@ -478,7 +487,7 @@ async fn client_connections_are_dispatched_by_alpn() {
         QuicConfig::new(
             "127.0.0.1:0".parse().expect("addr"),
             "t@b",
-            ids[0].clone(),
+            ca.issue_node("t@b", &[]).expect("cert"),
             SCHEMA,
         ),
         tx,

@@ -1,19 +1,26 @@
-//! `kv certs`: the cluster CA and the certificates of nodes and clients.
+//! `kv certs`: the cluster CA and the certificates of nodes, clients and
+//! administrators.
 //!
 //! A certificate directory made by `kv certs init DIR` holds `ca.pem`,
-//! `ca.key` (whoever holds it can mint members: protect it), `client.pem` and
-//! `client.key`. Node identities are `<name>.pem` / `<name>.key` beside them,
-//! named `kv@<advertised address>`.
+//! `ca.key` (whoever holds it can mint any certificate: protect it),
+//! `client.pem` / `client.key` (a `client` certificate: data commands and
+//! status) and `admin.pem` / `admin.key` (an `admin` certificate: also
+//! membership and leadership). Node identities are `<name>.pem` /
+//! `<name>.key` beside them, `node` certificates named `kv@<advertised
+//! address>`. The roles are the trust model of `raftkit::tls`.
 
 use std::path::Path;
 
-use raftkit::tls::{ClusterCa, Identity};
+use raftkit::tls::{CertRole, ClusterCa, Identity};
 use tracing::info;
 
 use crate::fail::Failure;
 
 /// The name of the client identity in a certificate directory.
 pub const CLIENT: &str = "client";
+
+/// The name of the admin identity in a certificate directory.
+pub const ADMIN: &str = "admin";
 
 /// `kv certs init DIR`.
 pub fn init(dir: &Path) -> Result<(), Failure> {
@@ -27,23 +34,28 @@ pub fn init(dir: &Path) -> Result<(), Failure> {
         ClusterCa::generate("kv").map_err(|e| Failure::Failed(format!("cannot make a CA: {e}")))?;
     ca.write_to(dir)
         .map_err(|e| Failure::Failed(format!("cannot write the CA: {e}")))?;
-    let client = ca
-        .issue(CLIENT, &[])
-        .map_err(|e| Failure::Failed(format!("cannot issue the client certificate: {e}")))?;
-    client
-        .write_to(dir, CLIENT)
-        .map_err(|e| Failure::Failed(format!("cannot write the client certificate: {e}")))?;
+    for (name, role) in [(CLIENT, CertRole::Client), (ADMIN, CertRole::Admin)] {
+        let identity = ca
+            .issue_role(role, name, &[])
+            .map_err(|e| Failure::Failed(format!("cannot issue the {role} certificate: {e}")))?;
+        identity
+            .write_to(dir, name)
+            .map_err(|e| Failure::Failed(format!("cannot write the {role} certificate: {e}")))?;
+    }
     let d = dir.display();
     println!("cluster CA:  {d}/ca.pem, {d}/ca.key (keep ca.key private)");
-    println!("client:      {d}/client.pem, {d}/client.key");
+    println!("client:      {d}/client.pem, {d}/client.key (data commands, status)");
+    println!(
+        "admin:       {d}/admin.pem, {d}/admin.key (also add-server, remove-server, transfer-leader; keep private)"
+    );
     println!(
         "nodes started with `kv serve --certs {d}` get their certificates issued from this CA"
     );
     Ok(())
 }
 
-/// `kv certs issue DIR NAME`.
-pub fn issue(dir: &Path, name: &str) -> Result<(), Failure> {
+/// `kv certs issue DIR NAME --role ROLE`.
+pub fn issue(dir: &Path, name: &str, role: CertRole) -> Result<(), Failure> {
     check_name(name)?;
     if dir.join(format!("{name}.pem")).exists() {
         return Err(Failure::Failed(format!(
@@ -51,9 +63,9 @@ pub fn issue(dir: &Path, name: &str) -> Result<(), Failure> {
             dir.display()
         )));
     }
-    issue_into(dir, name)?;
+    issue_into(dir, name, role)?;
     let d = dir.display();
-    println!("{d}/{name}.pem, {d}/{name}.key (with {d}/ca.pem)");
+    println!("{d}/{name}.pem, {d}/{name}.key (a {role} certificate, with {d}/ca.pem)");
     Ok(())
 }
 
@@ -66,8 +78,8 @@ fn check_name(name: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Issues `name` from the CA in `dir` and writes it there.
-fn issue_into(dir: &Path, name: &str) -> Result<Identity, Failure> {
+/// Issues `name` with `role` from the CA in `dir` and writes it there.
+fn issue_into(dir: &Path, name: &str, role: CertRole) -> Result<Identity, Failure> {
     let ca = ClusterCa::load(dir).map_err(|e| {
         Failure::Failed(format!(
             "no usable cluster CA in {} ({e}); make one with `kv certs init {}`",
@@ -84,7 +96,7 @@ fn issue_into(dir: &Path, name: &str) -> Result<Identity, Failure> {
         .into_iter()
         .collect();
     let identity = ca
-        .issue(name, &sans)
+        .issue_role(role, name, &sans)
         .map_err(|e| Failure::Failed(format!("cannot issue a certificate for {name}: {e}")))?;
     write_beside_ca(&identity, dir, name)
         .map_err(|e| Failure::Failed(format!("cannot write the certificate for {name}: {e}")))?;
@@ -123,12 +135,12 @@ pub fn node_identity(dir: &Path, name: &str) -> Result<Identity, Failure> {
             .map_err(|e| Failure::Failed(format!("cannot load the certificate of {name}: {e}")));
     }
     if dir.join("ca.key").exists() {
-        let identity = issue_into(dir, name)?;
+        let identity = issue_into(dir, name, CertRole::Node)?;
         info!(%name, dir = %dir.display(), "issued this node's certificate from the cluster CA");
         return Ok(identity);
     }
     Err(Failure::Failed(format!(
-        "no certificate for {name} in {} and no CA key to issue one: run `kv certs issue CA_DIR {name}` and copy {name}.pem, {name}.key and ca.pem into {}",
+        "no certificate for {name} in {} and no CA key to issue one: run `kv certs issue CA_DIR {name} --role node` and copy {name}.pem, {name}.key and ca.pem into {}",
         dir.display(),
         dir.display()
     )))
@@ -145,6 +157,29 @@ pub fn client_identity(dir: Option<&Path>) -> Result<Identity, Failure> {
     Identity::load(dir, CLIENT).map_err(|e| {
         Failure::Failed(format!(
             "cannot load the client certificate from {} ({e}); expected ca.pem, client.pem and client.key as made by `kv certs init`",
+            dir.display()
+        ))
+    })
+}
+
+/// The admin identity in `dir` (`ca.pem`, `admin.pem`, `admin.key`), which
+/// membership and leadership commands use. Its absence is said clearly: the
+/// client certificate is never used instead (the cluster would refuse it).
+pub fn admin_identity(dir: Option<&Path>, command: &str) -> Result<Identity, Failure> {
+    let dir = dir.ok_or_else(|| {
+        Failure::Usage(format!(
+            "no admin certificate: `kv {command}` needs --certs DIR or RAFTKIT_CERTS naming a directory with admin.pem and admin.key (made by `kv certs init DIR`)"
+        ))
+    })?;
+    if !dir.join(format!("{ADMIN}.pem")).exists() {
+        return Err(Failure::Failed(format!(
+            "no admin certificate in {d}: `kv {command}` changes the cluster and needs {d}/admin.pem and admin.key (an admin certificate; `kv certs init` writes one, or `kv certs issue CA_DIR admin --role admin` where the CA key is); the client certificate cannot do it",
+            d = dir.display()
+        )));
+    }
+    Identity::load(dir, ADMIN).map_err(|e| {
+        Failure::Failed(format!(
+            "cannot load the admin certificate from {} ({e}); expected ca.pem, admin.pem and admin.key",
             dir.display()
         ))
     })

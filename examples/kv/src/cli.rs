@@ -32,8 +32,9 @@ pub struct ClusterArgs {
         value_name = "ADDR,..."
     )]
     pub cluster: Vec<String>,
-    /// Directory with the client certificate: ca.pem, client.pem, client.key
-    /// (as written by `kv certs init DIR`).
+    /// Directory with the certificates: ca.pem, client.pem, client.key (data
+    /// commands, status), and admin.pem, admin.key (membership and
+    /// leadership commands), as written by `kv certs init DIR`.
     #[arg(long, env = "RAFTKIT_CERTS", value_name = "DIR")]
     pub certs: Option<PathBuf>,
     /// Seconds the command may take, retries included [default: 10; 60 for
@@ -179,19 +180,26 @@ pub struct ServeArgs {
 /// `kv certs`.
 #[derive(Subcommand, Debug)]
 pub enum CertsCommand {
-    /// Create a cluster CA in DIR (ca.pem, ca.key) and a client identity
-    /// (client.pem, client.key).
+    /// Create a cluster CA in DIR (ca.pem, ca.key), a client identity
+    /// (client.pem, client.key: data commands and status) and an admin
+    /// identity (admin.pem, admin.key: also membership and leadership).
     Init {
         /// The directory (created if missing).
         dir: PathBuf,
     },
-    /// Issue a certificate of the CA in DIR for NAME (a node is named
-    /// kv@ADDR, e.g. kv@127.0.0.1:7001); writes DIR/NAME.pem and DIR/NAME.key.
+    /// Issue a certificate of the CA in DIR for NAME with a role (a node is
+    /// named kv@ADDR, e.g. kv@127.0.0.1:7001); writes DIR/NAME.pem and
+    /// DIR/NAME.key.
     Issue {
         /// The directory holding ca.pem and ca.key.
         dir: PathBuf,
         /// The certificate's name.
         name: String,
+        /// What the certificate allows: node (peer links under NAME), client
+        /// (data commands, status) or admin (also membership and
+        /// leadership).
+        #[arg(long, default_value = "node", value_name = "ROLE")]
+        role: raftkit::tls::CertRole,
     },
 }
 

@@ -1,7 +1,8 @@
 //! The client commands: data (`put`, `get`, `del`, `cas`, `scan`) through
 //! the generated `KvClient`, administration (`members`, `add-server`,
 //! `remove-server`, `transfer-leader`, `status`) through the untyped
-//! [`Client`].
+//! [`Client`]. Membership and leadership commands present the admin
+//! certificate (`admin.pem`), everything else the client certificate.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use raftkit::StateMachine;
 use raftkit::client::wire::{ClientRequest, StatusReport};
 use raftkit::client::{Client, ClientOptions};
 
-use crate::certs::client_identity;
+use crate::certs::{admin_identity, client_identity};
 use crate::cli::ClusterArgs;
 use crate::fail::{Failure, check_addr};
 use crate::store::{Kv, KvClient, Mismatch};
@@ -52,9 +53,30 @@ async fn typed(args: &ClusterArgs) -> Result<(KvClient, Vec<String>), Failure> {
     Ok((kv, addrs))
 }
 
+/// An untyped client presenting the client certificate (status, members).
 async fn untyped(args: &ClusterArgs, default_secs: u64) -> Result<(Client, Vec<String>), Failure> {
     let addrs = cluster_addrs(args)?;
     let identity = client_identity(args.certs.as_deref())?;
+    untyped_as(args, addrs, default_secs, identity).await
+}
+
+/// An untyped client presenting the admin certificate, for `command`.
+async fn admin(
+    args: &ClusterArgs,
+    default_secs: u64,
+    command: &str,
+) -> Result<(Client, Vec<String>), Failure> {
+    let addrs = cluster_addrs(args)?;
+    let identity = admin_identity(args.certs.as_deref(), command)?;
+    untyped_as(args, addrs, default_secs, identity).await
+}
+
+async fn untyped_as(
+    args: &ClusterArgs,
+    addrs: Vec<String>,
+    default_secs: u64,
+    identity: raftkit::tls::Identity,
+) -> Result<(Client, Vec<String>), Failure> {
     let client = Client::connect_with(
         &addrs,
         identity,
@@ -210,7 +232,7 @@ pub async fn members(args: &ClusterArgs) -> Result<(), Failure> {
 /// `kv add-server ADDR`.
 pub async fn add_server(args: &ClusterArgs, addr: String) -> Result<(), Failure> {
     check_addr(&addr, "server")?;
-    let (client, addrs) = untyped(args, 60).await?;
+    let (client, addrs) = admin(args, 60, "add-server").await?;
     let steps = client
         .add_server(&addr)
         .await
@@ -225,7 +247,7 @@ pub async fn add_server(args: &ClusterArgs, addr: String) -> Result<(), Failure>
 /// `kv remove-server ADDR`.
 pub async fn remove_server(args: &ClusterArgs, addr: String) -> Result<(), Failure> {
     check_addr(&addr, "server")?;
-    let (client, addrs) = untyped(args, 10).await?;
+    let (client, addrs) = admin(args, 10, "remove-server").await?;
     client
         .admin(ClientRequest::RemoveServer { addr: addr.clone() })
         .await
@@ -237,7 +259,7 @@ pub async fn remove_server(args: &ClusterArgs, addr: String) -> Result<(), Failu
 /// `kv transfer-leader ADDR`.
 pub async fn transfer_leader(args: &ClusterArgs, addr: String) -> Result<(), Failure> {
     check_addr(&addr, "server")?;
-    let (client, addrs) = untyped(args, 10).await?;
+    let (client, addrs) = admin(args, 10, "transfer-leader").await?;
     client
         .admin(ClientRequest::TransferLeader { addr: addr.clone() })
         .await

@@ -259,13 +259,12 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let dir = tempfile::tempdir()
         .map_err(|e| Failure::Failed(format!("demo: no temporary directory: {e}")))?;
     let addrs = free_addrs(3)?;
-    let mut names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
-    names.push("client".into());
-    let (_ca, mut identities) =
+    let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
+    let (ca, identities) =
         dev_cluster(&names).map_err(|e| Failure::Failed(format!("demo: certificates: {e}")))?;
-    let client_identity: Identity = identities
-        .pop()
-        .ok_or_else(|| Failure::Failed("demo: no client identity".into()))?;
+    let client_identity: Identity = ca
+        .issue_client("client")
+        .map_err(|e| Failure::Failed(format!("demo: client certificate: {e}")))?;
     let data_dirs: Vec<PathBuf> = (1..=3)
         .map(|i| dir.path().join(format!("node{i}")))
         .collect();

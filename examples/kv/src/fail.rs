@@ -64,6 +64,9 @@ impl Failure {
                 hint.as_deref().unwrap_or("none")
             ),
             raftkit::Error::Rejected(_) => format!("the cluster refused the request: {text}"),
+            raftkit::Error::Unauthorized(why) => format!(
+                "the cluster at {at} refused the request for our certificate: {why}; nothing was changed"
+            ),
             _ => format!("{text} (cluster {at})"),
         })
     }

@@ -98,7 +98,9 @@ async fn run(cli: Cli) -> Result<(), fail::Failure> {
         }
         Command::Status { cluster } => commands::status(&cluster).await,
         Command::Certs(cli::CertsCommand::Init { dir }) => certs::init(&dir),
-        Command::Certs(cli::CertsCommand::Issue { dir, name }) => certs::issue(&dir, &name),
+        Command::Certs(cli::CertsCommand::Issue { dir, name, role }) => {
+            certs::issue(&dir, &name, role)
+        }
         Command::Demo(args) => demo::run(args).await,
     }
 }

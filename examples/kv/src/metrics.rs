@@ -199,6 +199,23 @@ pub fn render(s: &PeerStatus) -> String {
         "1 if the node stopped applying (a handler panicked under `halt`).",
         &with(u64::from(s.halted.is_some() || s.fatal.is_some())),
     );
+    let dropped: Vec<(String, u64)> = s
+        .dropped
+        .iter()
+        .map(|(reason, n)| {
+            (
+                format!("{{node=\"{}\",reason=\"{reason}\"}}", label(&s.name)),
+                n,
+            )
+        })
+        .collect();
+    metric(
+        &mut out,
+        "raftkit_dropped_messages_total",
+        "counter",
+        "Inbound Raft messages dropped as invalid or not allowed from their sender, by reason.",
+        &dropped,
+    );
     if let Some(contact) = s.leader_contact {
         metric(
             &mut out,
@@ -305,5 +322,9 @@ mod tests {
         ));
         assert!(!text.contains("peer=\"127.0.0.1:7001\""));
         assert!(text.contains("# TYPE raftkit_proposals_total counter\n"));
+        assert!(text.contains("# TYPE raftkit_dropped_messages_total counter\n"));
+        assert!(text.contains(
+            "raftkit_dropped_messages_total{node=\"kv@127.0.0.1:7001\",reason=\"committed_rewrite\"} 0\n"
+        ));
     }
 }

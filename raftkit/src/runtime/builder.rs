@@ -51,6 +51,7 @@ pub struct PeerBuilder<S> {
     election_ticks: u32,
     heartbeat_ticks: u32,
     snapshot_every: u64,
+    max_snapshot_bytes: u64,
     transport: Option<TransportFactory>,
     identity: Option<Identity>,
     _sm: PhantomData<fn() -> S>,
@@ -76,6 +77,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             election_ticks: 10,
             heartbeat_ticks: 2,
             snapshot_every: 10_000,
+            max_snapshot_bytes: crate::core::config::DEFAULT_MAX_SNAPSHOT_BYTES,
             transport: None,
             identity: None,
             _sm: PhantomData,
@@ -172,6 +174,15 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// The tick interval: elections take 10–20 ticks, heartbeats 2.
     pub fn tick(mut self, tick: Duration) -> Self {
         self.tick = tick;
+        self
+    }
+
+    /// The largest snapshot this peer accepts from a leader (default 1 GiB);
+    /// larger ones are dropped chunk by chunk, so a hostile or broken peer
+    /// cannot grow the receive buffer past it. Every member needs a bound of
+    /// at least the largest snapshot the state machine produces.
+    pub fn max_snapshot_bytes(mut self, bytes: u64) -> Self {
+        self.max_snapshot_bytes = bytes;
         self
     }
 
@@ -294,6 +305,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         cfg.election_ticks = self.election_ticks;
         cfg.heartbeat_ticks = self.heartbeat_ticks;
         cfg.snapshot_entries = self.snapshot_every;
+        cfg.max_snapshot_bytes = self.max_snapshot_bytes;
         cfg.seed = id ^ seed_from_clock();
         let raft = Raft::new(cfg, restored).map_err(|e| Error::Rejected(e.to_string()))?;
 

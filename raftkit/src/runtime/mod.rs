@@ -26,6 +26,7 @@ mod apply;
 pub mod authorization;
 mod builder;
 pub mod client_service;
+mod dropped;
 mod membership;
 mod node;
 pub mod persist;

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
 
 use super::apply::{ApplyMsg, ApplyStatus, Reply, Taken};
+use super::dropped::DropLog;
 use super::persist::{Persister, Write};
 use super::session::{Envelope, SessionRef};
 use super::status::{LatencyHistogram, MemberStatus, PeerStatus};
@@ -118,6 +119,7 @@ struct State {
     leader_changes: u64,
     last_leader: Option<NodeId>,
     leader_contact: Option<std::time::Instant>,
+    drop_log: DropLog,
 }
 
 impl NodeTask {
@@ -151,6 +153,7 @@ impl NodeTask {
             leader_changes: 0,
             last_leader: None,
             leader_contact: None,
+            drop_log: DropLog::default(),
         };
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,14 +170,14 @@ impl NodeTask {
                     let mut from_leader = false;
                     if st.fatal.is_none() {
                         let from = m.from;
-                        self.raft.step(m);
+                        self.step(&mut st, m);
                         from_leader |= self.raft.leader() == Some(from);
                     }
                     for _ in 0..256 {
                         match self.inbox.try_recv() {
                             Ok(m) if st.fatal.is_none() => {
                                 let from = m.from;
-                                self.raft.step(m);
+                                self.step(&mut st, m);
                                 from_leader |= self.raft.leader() == Some(from);
                             }
                             Ok(_) => {}
@@ -212,6 +215,17 @@ impl NodeTask {
             self.publish(&st);
         }
         let _ = self.stop().await;
+    }
+
+    /// Feeds a peer's message to the core; a dropped one is logged
+    /// (rate-limited) with its reason.
+    fn step(&mut self, st: &mut State, m: Message) {
+        let (from, kind, term) = (m.from, m.body.kind(), m.term);
+        if let Err(reason) = self.raft.step_checked(m) {
+            let total = self.raft.dropped().get(reason);
+            st.drop_log
+                .note(&self.name, from, kind, term, reason, total);
+        }
     }
 
     async fn stop(&mut self) -> Result<(), Error> {
@@ -526,6 +540,7 @@ impl NodeTask {
             read_index_latency: st.read_index_latency.clone(),
             sessions: apply.sessions,
             leader_contact: st.leader_contact,
+            dropped: status.dropped.clone(),
         };
         self.status.send_if_modified(|old| {
             if *old != new {

@@ -4,7 +4,7 @@
 //! [`Peer::status`]: super::Peer::status
 //! [`Peer::watch`]: super::Peer::watch
 
-use crate::core::{Index, NodeId, Role, Term};
+use crate::core::{DropCounts, Index, NodeId, Role, Term};
 
 /// A running peer's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,6 +55,9 @@ pub struct PeerStatus {
     /// When this peer last received a message from the leader it follows
     /// (`None` on the leader itself and while no leader is known).
     pub leader_contact: Option<std::time::Instant>,
+    /// Inbound Raft messages dropped by the core, per reason (hostile or
+    /// broken peers; see [`crate::core::inbound`]).
+    pub dropped: DropCounts,
 }
 
 /// A latency histogram in the Prometheus style: fixed buckets, counts per
