@@ -65,7 +65,7 @@ pub fn issue(dir: &Path, name: &str, role: CertRole) -> Result<(), Failure> {
     }
     issue_into(dir, name, role)?;
     let d = dir.display();
-    println!("{d}/{name}.pem, {d}/{name}.key (a {role} certificate, with {d}/ca.pem)");
+    println!("{d}/{name}.pem, {d}/{name}.key ({role} certificate, with {d}/ca.pem)");
     Ok(())
 }
 

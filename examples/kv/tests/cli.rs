@@ -219,7 +219,14 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
 
     let out = kv(&["certs", "init", &certs_s], &[]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    for f in ["ca.pem", "ca.key", "client.pem", "client.key"] {
+    for f in [
+        "ca.pem",
+        "ca.key",
+        "client.pem",
+        "client.key",
+        "admin.pem",
+        "admin.key",
+    ] {
         assert!(certs.join(f).exists(), "{f} missing");
     }
 
@@ -440,6 +447,49 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
         log_text.contains("restarting from"),
         "the node restarted from its directory: {log_text}"
     );
+
+    // A fourth node, started with neither --bootstrap nor --join, waits to
+    // be added; adding it is an admin command.
+    let addr4 = free_udp_addrs(1).remove(0);
+    let data4 = path("n4").to_string_lossy().to_string();
+    procs.serve(
+        &addr4,
+        &[
+            "--listen", &addr4, "--data", &data4, "--certs", &certs_s, "--tick-ms", TICK_MS,
+        ],
+        &log(4, 0),
+    );
+    // Only a client identity: the CLI says the admin one is missing.
+    let client_only = path("client-only");
+    std::fs::create_dir_all(&client_only).expect("mkdir");
+    for f in ["ca.pem", "client.pem", "client.key"] {
+        std::fs::copy(certs.join(f), client_only.join(f)).expect("copy");
+    }
+    let client_only_s = client_only.to_string_lossy().to_string();
+    let only_cluster = [("KV_CLUSTER", cluster.as_str())];
+    let out = kv(
+        &["add-server", &addr4, "--certs", &client_only_s],
+        &only_cluster,
+    );
+    assert_fails(&out, Some(1), "no admin certificate");
+    // A client certificate passed off as the admin one: the cluster refuses
+    // it, and says nothing was changed.
+    std::fs::copy(certs.join("client.pem"), client_only.join("admin.pem")).expect("copy");
+    std::fs::copy(certs.join("client.key"), client_only.join("admin.key")).expect("copy");
+    let out = kv(
+        &["add-server", &addr4, "--certs", &client_only_s],
+        &only_cluster,
+    );
+    assert_fails(&out, Some(1), "need an admin certificate");
+    assert!(out.stderr.contains("nothing was changed"), "{out:?}");
+    let out = kv(&["members"], &env);
+    assert!(!out.stdout.contains(addr4.as_str()), "{out:?}");
+    // The admin identity adds it.
+    let out = kv(&["add-server", &addr4], &env);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("is a voter"), "{out:?}");
+    let out = kv(&["members"], &env);
+    assert!(out.stdout.contains(addr4.as_str()), "{out:?}");
 }
 
 #[test]
@@ -457,6 +507,14 @@ fn usage_errors_are_one_line() {
     assert_fails(&out, Some(1), "refusing to overwrite");
     let out = kv(&["certs", "issue", &dir, "kv@127.0.0.1:7001"], &[]);
     assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("(node certificate"), "{out:?}");
     assert!(tmp.path().join("kv@127.0.0.1:7001.pem").exists());
     assert!(tmp.path().join("kv@127.0.0.1:7001.key").exists());
+    let out = kv(&["certs", "issue", &dir, "ops", "--role", "admin"], &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("(admin certificate"), "{out:?}");
+    // (A clap usage error: exit code 2, its own format.)
+    let out = kv(&["certs", "issue", &dir, "x", "--role", "root"], &[]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("unknown role"), "{out:?}");
 }
