@@ -14,7 +14,7 @@ use std::time::Duration;
 use raftkit::core::{Body, Message, NodeId};
 use raftkit::identity::node_id;
 use raftkit::tls::{CertRole, ClusterCa, Identity, PEER_ALPN, dev_cluster};
-use raftkit::transport::frame::{PROTOCOL_VERSION, PeerFrame, encode_frame};
+use raftkit::transport::frame::{PROTOCOL_VERSION, PeerFrame, encode_frame, read_frame};
 use raftkit::transport::quic::{connect_client, quic_client_config};
 use raftkit::transport::{
     LinkState, MemoryNetwork, QuicConfig, QuicTransport, Transport, TransportError,
@@ -588,4 +588,219 @@ async fn a_dead_peer_never_blocks_send_and_its_queue_stays_bounded() {
     };
     a.send(to_b.clone());
     assert_eq!(b.recv().await, to_b);
+}
+
+/// Dials `to` on the peer ALPN presenting `identity`, says `hello`, sends
+/// `msgs`, and returns the acceptor's answer to the hello (the connection is
+/// left to close).
+async fn raw_hello(
+    identity: &Identity,
+    to: SocketAddr,
+    hello: PeerFrame,
+    msgs: &[Message],
+) -> Result<PeerFrame, String> {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let cfg = quic_client_config(identity, PEER_ALPN).expect("client config");
+    let conn = within("raw connect", async {
+        endpoint
+            .connect_with(cfg, to, "raftkit")
+            .expect("connect")
+            .await
+    })
+    .await
+    .map_err(|e| format!("handshake: {e}"))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    encode_frame(&hello, 1 << 20, &mut buf).expect("encode");
+    for m in msgs {
+        encode_frame(&PeerFrame::Msg(m.clone()), 1 << 20, &mut buf).expect("encode");
+    }
+    send.write_all(&buf).await.map_err(|e| e.to_string())?;
+    within(
+        "the answer to the hello",
+        read_frame::<PeerFrame, _>(&mut recv, 1 << 20),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn hello_as(name: &str, from: NodeId) -> PeerFrame {
+    PeerFrame::Hello {
+        from,
+        name: name.into(),
+        addr: "127.0.0.1:9".into(),
+        schema: SCHEMA,
+        version: PROTOCOL_VERSION,
+    }
+}
+
+fn refusal(answer: Result<PeerFrame, String>) -> String {
+    match answer {
+        Ok(PeerFrame::Refused { reason }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_certificate_on_the_peer_alpn_is_refused() {
+    let (logs, _guard) = Logs::capture();
+    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let mut a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
+    let b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
+    // A client (and an admin) certificate named like a member, speaking the
+    // peer protocol as that member: refused, nothing delivered.
+    for identity in [
+        ca.issue_client("t@b").expect("client"),
+        ca.issue_admin("t@b").expect("admin"),
+    ] {
+        let depose = Message {
+            from: b.id,
+            to: a.id,
+            term: 1 << 40,
+            body: Body::Heartbeat {
+                commit: 0,
+                round: 0,
+            },
+        };
+        let reason = refusal(raw_hello(&identity, a.addr, hello_as("t@b", b.id), &[depose]).await);
+        assert!(
+            reason.contains("peer links need a node certificate"),
+            "{reason}"
+        );
+    }
+    logs.wait_for(tracing::Level::ERROR, "peer links need a node certificate")
+        .await;
+    // The real b still gets through; nothing came from the impostors.
+    b.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    b.t.send(msg(&b, &a, 5));
+    assert_eq!(a.recv().await, msg(&b, &a, 5));
+    assert!(a.rx.try_recv().is_err(), "nothing from the client certificates");
+}
+
+#[tokio::test]
+async fn a_node_certificate_claiming_another_nodes_name_is_refused() {
+    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let mut a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
+    let b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
+    let mallory = ca.issue_node("t@m", &[]).expect("node cert");
+    let as_b = Message {
+        from: b.id,
+        to: a.id,
+        term: 1 << 40,
+        body: Body::TimeoutNow,
+    };
+    // Mallory's node certificate says hello as b.
+    let reason =
+        refusal(raw_hello(&mallory, a.addr, hello_as("t@b", b.id), &[as_b.clone()]).await);
+    assert!(
+        reason.contains("claims the name \"t@b\"") && reason.contains("issued to \"t@m\""),
+        "{reason}"
+    );
+    // Under its own name but with b's id.
+    let reason = refusal(raw_hello(&mallory, a.addr, hello_as("t@m", b.id), &[]).await);
+    assert!(reason.contains("is not the id of the name t@m"), "{reason}");
+    // Under its own name and id: accepted, but its messages "from b" are
+    // dropped (the id is the certificate's).
+    let answer = raw_hello(&mallory, a.addr, hello_as("t@m", node_id("t@m")), &[as_b]).await;
+    assert_eq!(answer, Ok(PeerFrame::HelloOk));
+    // A node cannot even start under another node's name.
+    let (tx, _rx) = mpsc::channel(16);
+    let err = QuicTransport::start(
+        QuicConfig::new("127.0.0.1:0".parse().expect("addr"), "t@b", mallory.clone(), SCHEMA),
+        tx,
+        None,
+    )
+    .await
+    .expect_err("a certificate of another name");
+    assert!(err.to_string().contains("issued to its name"), "{err}");
+
+    // The real b gets through; nothing from mallory did.
+    b.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    b.t.send(msg(&b, &a, 6));
+    assert_eq!(a.recv().await, msg(&b, &a, 6));
+    assert!(a.rx.try_recv().is_err(), "nothing from mallory");
+}
+
+#[tokio::test]
+async fn a_dialer_refuses_a_certificate_that_is_not_the_peer_it_meant() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
+    // Mallory listens where a believes b is.
+    let mallory = Node::start("t@m", ca.issue_node("t@m", &[]).expect("cert"), SCHEMA).await;
+    let b_id = node_id("t@b");
+    a.t.set_peers(BTreeMap::from([(b_id, mallory.addr.to_string())]));
+    a.t.send(Message {
+        from: a.id,
+        to: b_id,
+        term: 1,
+        body: Body::TimeoutNow,
+    });
+    let state = a.wait_link(b_id, |s| matches!(s, LinkState::Refused(_))).await;
+    let LinkState::Refused(reason) = state else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("node certificate `t@m`") && reason.contains(&format!("not the certificate of node {b_id}")),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn links_learned_from_unknown_dialers_are_bounded_and_expire() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut cfg = QuicConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        "t@a",
+        ids[0].clone(),
+        SCHEMA,
+    );
+    cfg.max_learned_links = 2;
+    cfg.learned_link_ttl = Duration::from_millis(300);
+    let (a, a_addr) = QuicTransport::start(cfg, tx, None).await.expect("start");
+    let a_id = node_id("t@a");
+    // Four unconfigured nodes dial a (their hellos announce where they
+    // listen); a opens links back to two of them only.
+    let mut dialers = Vec::new();
+    for i in 0..4 {
+        let name = format!("t@d{i}");
+        let d = Node::start(&name, ca.issue_node(&name, &[]).expect("cert"), SCHEMA).await;
+        d.t.set_peers(BTreeMap::from([(a_id, a_addr.to_string())]));
+        d.t.send(Message {
+            from: d.id,
+            to: a_id,
+            term: 1,
+            body: Body::TimeoutNow,
+        });
+        let got = within("a message from a dialer", rx.recv()).await;
+        assert_eq!(got.map(|m| m.from), Some(d.id));
+        dialers.push(d);
+    }
+    let learned = |a: &QuicTransport| -> Vec<NodeId> {
+        dialers
+            .iter()
+            .map(|d| d.id)
+            .filter(|id| a.link_state(*id).is_some())
+            .collect()
+    };
+    within("two learned links", async {
+        while learned(&a).len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(learned(&a).len(), 2, "bounded");
+    // The dialers go away: once no inbound link from them has been open for
+    // the TTL, the learned links close.
+    for d in dialers.drain(..) {
+        d.t.shutdown().await;
+    }
+    let ids: Vec<NodeId> = (0..4).map(|i| node_id(&format!("t@d{i}"))).collect();
+    within("the learned links to expire", async {
+        while ids.iter().any(|id| a.link_state(*id).is_some()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    a.shutdown().await;
 }
