@@ -321,3 +321,92 @@ async fn a_foreign_joiner_is_refused_and_concurrent_changes_are_refused() {
         p.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_certificate_changes_membership() {
+    let w = World::new();
+    let addrs = free_addrs(3);
+    let a = w.peer(&addrs[0], true, &[]).await;
+    voters_become(&[&a], 1).await;
+    // b waits to be added (neither bootstrap nor join).
+    let b = w.peer(&addrs[1], false, &[]).await;
+    let connect = |identity: Identity| {
+        let seeds = addrs[..1].to_vec();
+        async move {
+            Client::connect_with(
+                &seeds,
+                identity,
+                Kv::SCHEMA_FINGERPRINT,
+                ClientOptions {
+                    timeout: Duration::from_secs(5),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("any role connects")
+        }
+    };
+    let unauthorized = |r: Result<(), Error>, needle: &str| match r {
+        Err(Error::Unauthorized(why)) => {
+            assert!(why.contains(needle), "{why}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+
+    // A client certificate: data yes, membership and leadership no.
+    let client = connect(w.ca.issue_client("app").expect("client cert")).await;
+    KvClient::new(client.clone())
+        .put("k".into(), 1)
+        .await
+        .expect("a client writes");
+    unauthorized(
+        client.add_server(&addrs[1]).await.map(|_| ()),
+        "need an admin certificate",
+    );
+    for request in [
+        ClientRequest::AddLearner {
+            addr: addrs[1].clone(),
+        },
+        ClientRequest::RemoveServer {
+            addr: addrs[0].clone(),
+        },
+        ClientRequest::TransferLeader {
+            addr: addrs[0].clone(),
+        },
+    ] {
+        unauthorized(client.admin(request).await, "need an admin certificate");
+    }
+    // b's own node certificate may ask for b only, and no data.
+    let as_b = connect(
+        w.ca.issue_node(&format!("kv@{}", addrs[1]), &[])
+            .expect("node cert"),
+    )
+    .await;
+    unauthorized(
+        as_b.admin(ClientRequest::AddLearner {
+            addr: addrs[2].clone(),
+        })
+        .await,
+        "may only ask to add its own node",
+    );
+    unauthorized(
+        KvClient::new(as_b.clone())
+            .put("k".into(), 2)
+            .await
+            .map(|_| ()),
+        "data commands need a client or admin certificate",
+    );
+    assert_eq!(a.status().members.len(), 1, "nothing was applied");
+    assert!(as_b.status().await.is_ok(), "status is open to every role");
+
+    // The admin certificate adds b.
+    w.client(&addrs[..1])
+        .await
+        .add_server(&addrs[1])
+        .await
+        .expect("an admin adds a server");
+    voters_become(&[&a, &b], 2).await;
+    for p in [a, b] {
+        p.shutdown().await.unwrap();
+    }
+}
