@@ -24,6 +24,9 @@ extern crate self as raftkit;
 pub mod client;
 pub mod core;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod identity;
 pub mod runtime;
 #[cfg(feature = "sim")]

@@ -35,6 +35,8 @@
 //!   `prev_term` and none above the message's term; none conflicting with
 //!   an entry this node knows committed (Raft §5.4, Leader Completeness: a
 //!   correct leader never sends one).
+//! - No entry or snapshot index past [`MAX_INDEX`] (2^62), so that no index
+//!   arithmetic anywhere can overflow.
 //! - InstallSnapshot: the snapshot's term at most the message's, its index
 //!   non-zero, and the chunk ending within [`Config::max_snapshot_bytes`]
 //!   (the receive buffer never grows past it). A chunk that leaves a gap
@@ -84,11 +86,18 @@ pub enum DropReason {
     AckBeyondLog,
     /// A heartbeat answer echoing a read round never started.
     UnknownReadRound,
+    /// An entry or snapshot index past [`MAX_INDEX`].
+    IndexOutOfRange,
 }
+
+/// The largest log index accepted from a peer (2^62): no log gets near
+/// the end of `u64`, so no index arithmetic can overflow, while no real log
+/// ever reaches it (a million entries a second for 146,000 years).
+pub const MAX_INDEX: Index = 1 << 62;
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Misaddressed,
         DropReason::VoteFromNonMember,
         DropReason::FromStranger,
@@ -103,6 +112,7 @@ impl DropReason {
         DropReason::SnapshotChunkOutOfOrder,
         DropReason::AckBeyondLog,
         DropReason::UnknownReadRound,
+        DropReason::IndexOutOfRange,
     ];
 
     /// A stable snake_case name (metrics label values).
@@ -122,6 +132,7 @@ impl DropReason {
             DropReason::SnapshotChunkOutOfOrder => "snapshot_chunk_out_of_order",
             DropReason::AckBeyondLog => "ack_beyond_log",
             DropReason::UnknownReadRound => "unknown_read_round",
+            DropReason::IndexOutOfRange => "index_out_of_range",
         }
     }
 
@@ -156,6 +167,7 @@ impl DropReason {
             DropReason::SnapshotChunkOutOfOrder => "a snapshot chunk leaving a gap",
             DropReason::AckBeyondLog => "an acknowledgement past the leader's last index",
             DropReason::UnknownReadRound => "a heartbeat answer for a read round never started",
+            DropReason::IndexOutOfRange => "an entry or snapshot index past 2^62",
         }
     }
 
@@ -286,6 +298,9 @@ impl Raft {
                 if meta.term > m.term || meta.index == 0 {
                     return Err(DropReason::SnapshotInvalid);
                 }
+                if meta.index > MAX_INDEX {
+                    return Err(DropReason::IndexOutOfRange);
+                }
                 let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
                 match offset.checked_add(len) {
                     Some(end) if end <= self.cfg.max_snapshot_bytes => Ok(()),
@@ -323,6 +338,9 @@ impl Raft {
                 .ok_or(DropReason::NonContiguousEntries)?;
             if e.index != expected {
                 return Err(DropReason::NonContiguousEntries);
+            }
+            if e.index > MAX_INDEX {
+                return Err(DropReason::IndexOutOfRange);
             }
             if e.term < last_term || e.term > term {
                 return Err(DropReason::BadEntryTerm);
@@ -377,9 +395,16 @@ impl Raft {
         if log.persisted() > last {
             return Err(format!("persisted {} past last {last}", log.persisted()));
         }
+        // (Once compacted, the last configuration is the snapshot's, which
+        // reports the snapshot's index.)
         let (conf_index, conf) = log.last_config();
-        if *conf != self.conf || conf_index != self.conf_index {
-            return Err("the configuration in force is not the log's last one".into());
+        let same_index = conf_index == self.conf_index
+            || (conf_index == snap.index && self.conf_index <= snap.index);
+        if *conf != self.conf || !same_index {
+            return Err(format!(
+                "the configuration in force (index {}) is not the log's last one (index {conf_index})",
+                self.conf_index
+            ));
         }
         if (self.role == Role::Leader) != (self.leader == self.id) {
             return Err(format!(

@@ -297,10 +297,10 @@ impl RaftLog {
         self.applied = self.applied.max(meta.index);
         if !keep_tail {
             self.persisted = meta.index;
-            self.unstable = meta.index + 1;
+            self.unstable = meta.index.saturating_add(1);
         } else {
             self.persisted = self.persisted.max(meta.index);
-            self.unstable = self.unstable.max(meta.index + 1);
+            self.unstable = self.unstable.max(meta.index.saturating_add(1));
         }
         self.snapshot = meta;
     }

@@ -8,6 +8,7 @@
 //! the messages and state that result.
 
 mod harness;
+mod hostile;
 mod joint;
 mod membership;
 mod paper_election;
