@@ -251,7 +251,9 @@ pub enum PrincipalError {
     Unparseable(String),
     /// The certificate states no role (for example it was issued before
     /// roles existed): re-issue it with a role.
-    #[error("the certificate states no raftkit role (no {ROLE_URI_PREFIX}... subject alternative name); re-issue it as a node, client or admin certificate")]
+    #[error(
+        "the certificate states no raftkit role (no {ROLE_URI_PREFIX}... subject alternative name); re-issue it as a node, client or admin certificate"
+    )]
     NoRole,
     /// The certificate states more than one role.
     #[error("the certificate states more than one raftkit role")]
@@ -501,8 +503,7 @@ impl ClusterCa {
         }
         let key = KeyPair::generate()?;
         let ia5 = |s: String| -> Result<rcgen::string::Ia5String, TlsError> {
-            rcgen::string::Ia5String::try_from(s)
-                .map_err(|e| TlsError::InvalidName(e.to_string()))
+            rcgen::string::Ia5String::try_from(s).map_err(|e| TlsError::InvalidName(e.to_string()))
         };
         let mut params = CertificateParams::default();
         let mut san = vec![
@@ -779,9 +780,7 @@ mod tests {
 
         // A certificate issued by the loaded CA is trusted by identities of
         // the original one.
-        let a = ca
-            .issue_node("a", &["127.0.0.1".into()])
-            .expect("issue a");
+        let a = ca.issue_node("a", &["127.0.0.1".into()]).expect("issue a");
         let b = loaded.issue_client("b").expect("issue b");
         a.write_to(dir.path().join("nodes"), "a").expect("write a");
         let a2 = Identity::load(dir.path().join("nodes"), "a").expect("load a");
@@ -832,10 +831,26 @@ mod tests {
         let ca = ClusterCa::generate("roles").expect("ca");
         let odd = "kv@[::1]:7001/ä %x";
         let cases = [
-            (ca.issue_node("kv@127.0.0.1:7001", &[]).expect("node"), CertRole::Node, "kv@127.0.0.1:7001"),
-            (ca.issue_node(odd, &["localhost".into()]).expect("node"), CertRole::Node, odd),
-            (ca.issue_client("alice").expect("client"), CertRole::Client, "alice"),
-            (ca.issue_admin("ops").expect("admin"), CertRole::Admin, "ops"),
+            (
+                ca.issue_node("kv@127.0.0.1:7001", &[]).expect("node"),
+                CertRole::Node,
+                "kv@127.0.0.1:7001",
+            ),
+            (
+                ca.issue_node(odd, &["localhost".into()]).expect("node"),
+                CertRole::Node,
+                odd,
+            ),
+            (
+                ca.issue_client("alice").expect("client"),
+                CertRole::Client,
+                "alice",
+            ),
+            (
+                ca.issue_admin("ops").expect("admin"),
+                CertRole::Admin,
+                "ops",
+            ),
         ];
         for (id, role, name) in cases {
             let p = id.principal().expect("principal");
@@ -875,8 +890,9 @@ mod tests {
             Err(PrincipalError::SeveralRoles)
         );
         let mut params = CertificateParams::default();
-        params.subject_alt_names =
-            vec![SanType::URI(CertRole::Client.uri().try_into().expect("ia5"))];
+        params.subject_alt_names = vec![SanType::URI(
+            CertRole::Client.uri().try_into().expect("ia5"),
+        )];
         let cert = params.signed_by(&key, &ca.issuer).expect("sign");
         assert_eq!(
             Principal::from_cert(cert.der()),
@@ -886,7 +902,10 @@ mod tests {
             Principal::from_cert(b"garbage"),
             Err(PrincipalError::Unparseable(_))
         ));
-        assert_eq!(Principal::from_chain(&[]), Err(PrincipalError::NoCertificate));
+        assert_eq!(
+            Principal::from_chain(&[]),
+            Err(PrincipalError::NoCertificate)
+        );
     }
 
     #[test]

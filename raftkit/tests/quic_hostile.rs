@@ -89,7 +89,11 @@ impl Hostile {
             .await
             .expect("answer in time")
             .expect("answer");
-        assert_eq!(answer, PeerFrame::HelloOk, "the certificate matches the hello");
+        assert_eq!(
+            answer,
+            PeerFrame::HelloOk,
+            "the certificate matches the hello"
+        );
         Hostile {
             conn,
             send,
@@ -354,7 +358,9 @@ async fn a_hostile_peer_with_a_node_certificate_neither_crashes_nor_stalls_the_c
     // Nothing moved, nobody crashed or stalled: the cluster serves, and
     // every node applies every new write.
     for i in 0..10 {
-        kv.put(format!("after{i}"), i).await.expect("write after the attack");
+        kv.put(format!("after{i}"), i)
+            .await
+            .expect("write after the attack");
     }
     assert_eq!(kv.get("after9".into()).await.expect("read"), Some(9));
     let target = leader.status().commit;

@@ -55,7 +55,10 @@ impl World {
     }
 
     async fn peer(&self, addr: &str, bootstrap: bool, join: &[String]) -> Peer<Kv> {
-        let id = self.ca.issue_node(&format!("kv@{addr}"), &[]).expect("issue");
+        let id = self
+            .ca
+            .issue_node(&format!("kv@{addr}"), &[])
+            .expect("issue");
         let mut b = Kv::peer()
             .listen(addr)
             .data_dir(self.dir.path().join(addr))

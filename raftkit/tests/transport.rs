@@ -674,7 +674,10 @@ async fn a_client_certificate_on_the_peer_alpn_is_refused() {
     b.t.set_peers(BTreeMap::from([a.peer_entry()]));
     b.t.send(msg(&b, &a, 5));
     assert_eq!(a.recv().await, msg(&b, &a, 5));
-    assert!(a.rx.try_recv().is_err(), "nothing from the client certificates");
+    assert!(
+        a.rx.try_recv().is_err(),
+        "nothing from the client certificates"
+    );
 }
 
 #[tokio::test]
@@ -690,8 +693,14 @@ async fn a_node_certificate_claiming_another_nodes_name_is_refused() {
         body: Body::TimeoutNow,
     };
     // Mallory's node certificate says hello as b.
-    let reason =
-        refusal(raw_hello(&mallory, a.addr, hello_as("t@b", b.id), &[as_b.clone()]).await);
+    let answer = raw_hello(
+        &mallory,
+        a.addr,
+        hello_as("t@b", b.id),
+        std::slice::from_ref(&as_b),
+    )
+    .await;
+    let reason = refusal(answer);
     assert!(
         reason.contains("claims the name \"t@b\"") && reason.contains("issued to \"t@m\""),
         "{reason}"
@@ -706,7 +715,12 @@ async fn a_node_certificate_claiming_another_nodes_name_is_refused() {
     // A node cannot even start under another node's name.
     let (tx, _rx) = mpsc::channel(16);
     let err = QuicTransport::start(
-        QuicConfig::new("127.0.0.1:0".parse().expect("addr"), "t@b", mallory.clone(), SCHEMA),
+        QuicConfig::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            "t@b",
+            mallory.clone(),
+            SCHEMA,
+        ),
         tx,
         None,
     )
@@ -735,12 +749,15 @@ async fn a_dialer_refuses_a_certificate_that_is_not_the_peer_it_meant() {
         term: 1,
         body: Body::TimeoutNow,
     });
-    let state = a.wait_link(b_id, |s| matches!(s, LinkState::Refused(_))).await;
+    let state = a
+        .wait_link(b_id, |s| matches!(s, LinkState::Refused(_)))
+        .await;
     let LinkState::Refused(reason) = state else {
         unreachable!()
     };
     assert!(
-        reason.contains("node certificate `t@m`") && reason.contains(&format!("not the certificate of node {b_id}")),
+        reason.contains("node certificate `t@m`")
+            && reason.contains(&format!("not the certificate of node {b_id}")),
         "{reason}"
     );
 }

@@ -455,7 +455,14 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
     procs.serve(
         &addr4,
         &[
-            "--listen", &addr4, "--data", &data4, "--certs", &certs_s, "--tick-ms", TICK_MS,
+            "--listen",
+            &addr4,
+            "--data",
+            &data4,
+            "--certs",
+            &certs_s,
+            "--tick-ms",
+            TICK_MS,
         ],
         &log(4, 0),
     );

@@ -172,10 +172,7 @@ impl DropReason {
     }
 
     fn slot(self) -> usize {
-        DropReason::ALL
-            .iter()
-            .position(|r| *r == self)
-            .unwrap_or(0)
+        DropReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 }
 
@@ -311,9 +308,7 @@ impl Raft {
                 index,
                 success: true,
                 ..
-            } if leads_this_term && *index > self.log.last_index() => {
-                Err(DropReason::AckBeyondLog)
-            }
+            } if leads_this_term && *index > self.log.last_index() => Err(DropReason::AckBeyondLog),
             Body::HeartbeatResponse { round } if leads_this_term && *round > self.reads.round() => {
                 Err(DropReason::UnknownReadRound)
             }
@@ -381,12 +376,8 @@ impl Raft {
                 self.term
             ));
         }
-        let (first, applied, committed, last) = (
-            snap.index,
-            log.applied(),
-            log.committed(),
-            log.last_index(),
-        );
+        let (first, applied, committed, last) =
+            (snap.index, log.applied(), log.committed(), log.last_index());
         if !(first <= applied && applied <= committed && committed <= last) {
             return Err(format!(
                 "cursors out of order: snapshot {first} applied {applied} committed {committed} last {last}"
@@ -407,10 +398,7 @@ impl Raft {
             ));
         }
         if (self.role == Role::Leader) != (self.leader == self.id) {
-            return Err(format!(
-                "role {:?} with leader {}",
-                self.role, self.leader
-            ));
+            return Err(format!("role {:?} with leader {}", self.role, self.leader));
         }
         if self.role != Role::Leader && !self.progress.is_empty() {
             return Err("progress kept while not leading".into());
@@ -461,7 +449,8 @@ mod tests {
     #[test]
     fn entry_shapes() {
         let cfg = crate::core::Config::new(1);
-        let mut restored = crate::core::Restored::bootstrap(crate::core::Configuration::new([1, 2]));
+        let mut restored =
+            crate::core::Restored::bootstrap(crate::core::Configuration::new([1, 2]));
         restored.hard_state.term = 3;
         restored.hard_state.commit = 1;
         let raft = Raft::new(cfg, restored).expect("raft");

@@ -134,7 +134,10 @@ pub fn hello(data: &[u8]) {
         return;
     };
     let names = ["kv@127.0.0.1:7001", "kv@127.0.0.1:7002", "t@a", ""];
-    let name = names.get(usize::from(pick >> 2) % names.len()).copied().unwrap_or("");
+    let name = names
+        .get(usize::from(pick >> 2) % names.len())
+        .copied()
+        .unwrap_or("");
     let role = CertRole::ALL
         .get(usize::from(pick & 3) % CertRole::ALL.len())
         .copied()
@@ -287,10 +290,7 @@ mod tests {
         };
         let mut files: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         files.sort();
-        files
-            .iter()
-            .filter_map(|p| std::fs::read(p).ok())
-            .collect()
+        files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
     }
 
     fn run(target: &str, harness: fn(&[u8]), cases: u32, max_len: usize) {

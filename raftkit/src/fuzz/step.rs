@@ -153,7 +153,9 @@ impl Cluster {
     }
 
     fn leader(&self) -> Option<usize> {
-        self.nodes.iter().position(|n| n.raft.role() == Role::Leader)
+        self.nodes
+            .iter()
+            .position(|n| n.raft.role() == Role::Leader)
     }
 
     fn propose(&mut self, data: Vec<u8>) {
@@ -230,10 +232,7 @@ impl Cluster {
 
     /// An arbitrary message for one of the nodes, from the input.
     fn message(&self, input: &mut Input<'_>) -> Message {
-        let to = IDS
-            .get(usize::from(input.pick(3)))
-            .copied()
-            .unwrap_or(1);
+        let to = IDS.get(usize::from(input.pick(3))).copied().unwrap_or(1);
         let Some(target) = self.node(to).and_then(|i| self.nodes.get(i)) else {
             return Message {
                 from: 1,
@@ -457,11 +456,15 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
         // Quiet: ticks and deliveries only.
         [5u8, 0, 3, 6, 15, 5, 1, 3, 6, 15, 5, 2, 3, 6, 15].repeat(4),
         // Proposals, deliveries, a compaction, losses.
-        vec![7, 1, 6, 15, 7, 2, 6, 15, 9, 0, 8, 2, 5, 0, 3, 6, 15, 7, 3, 6, 15],
+        vec![
+            7, 1, 6, 15, 7, 2, 6, 15, 9, 0, 8, 2, 5, 0, 3, 6, 15, 7, 3, 6, 15,
+        ],
         // A contiguous AppendEntries from node 2 to node 1 at its term.
         vec![0, 0, 1, 0, 9, 0, 1, 2, 1, 1, 1, 2, 0, 6, 15],
         // A snapshot chunk from a member, and one from the stranger.
-        vec![0, 1, 0, 0, 7, 0, 0, 0, 0, 0, 0, 4, 1, 0, 5, 0, 11, 0, 0, 0, 0, 0, 0],
+        vec![
+            0, 1, 0, 0, 7, 0, 0, 0, 0, 0, 0, 4, 1, 0, 5, 0, 11, 0, 0, 0, 0, 0, 0,
+        ],
         // A heartbeat at the last term from the stranger.
         vec![0, 2, 5, 6, 4, 0, 3],
     ]
