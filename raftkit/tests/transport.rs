@@ -821,3 +821,42 @@ async fn links_learned_from_unknown_dialers_are_bounded_and_expire() {
     .await;
     a.shutdown().await;
 }
+
+/// Only node certificates are valid for TLS server authentication: a
+/// client or admin certificate cannot pose as a node to dialers or clients.
+#[tokio::test]
+async fn client_and_admin_certificates_cannot_serve() {
+    let (ca, _) = dev_cluster(["t@a"]).expect("certs");
+    let dialer = ca.issue_node("t@d", &[]).expect("node");
+    for impostor in [
+        ca.issue_client("t@a").expect("client"),
+        ca.issue_admin("t@a").expect("admin"),
+    ] {
+        let server =
+            raftkit::transport::quic::quic_server_config(&impostor).expect("server config");
+        let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().expect("addr"))
+            .expect("endpoint");
+        let addr = endpoint.local_addr().expect("addr");
+        let client_endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        let cfg = quic_client_config(&dialer, PEER_ALPN).expect("client config");
+        let accept = tokio::spawn(async move {
+            if let Some(incoming) = endpoint.accept().await {
+                let _ = incoming.await;
+            }
+        });
+        let outcome = within("the handshake to fail", async {
+            client_endpoint
+                .connect_with(cfg, addr, "raftkit")
+                .expect("connect")
+                .await
+        })
+        .await;
+        let err = outcome.expect_err("the dialer refuses a non-node server certificate");
+        assert!(
+            err.to_string().to_lowercase().contains("certificate"),
+            "{err}"
+        );
+        accept.abort();
+    }
+}

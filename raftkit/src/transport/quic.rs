@@ -1125,8 +1125,25 @@ async fn serve_incoming(
     }
 }
 
-/// Serves every stream a peer opens on one connection.
+/// Serves every stream a peer opens on one connection. A certificate that
+/// is not a node's is refused on its first stream, before anything it sends
+/// is read.
 async fn serve_peer(conn: Connection, remote: SocketAddr, principal: Principal, served: Served) {
+    if principal.role != CertRole::Node {
+        let reason = format!("peer links need a node certificate; this is a {principal}");
+        error!(node = served.link.node, %remote, %reason, "refused peer link");
+        if let Ok(Ok((mut send, _recv))) =
+            tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await
+            && write_frame(&mut send, &PeerFrame::Refused { reason }, MAX_HELLO_BYTES)
+                .await
+                .is_ok()
+        {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(HELLO_TIMEOUT, conn.closed()).await;
+        }
+        conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
+        return;
+    }
     let principal = Arc::new(principal);
     let mut streams = JoinSet::new();
     loop {
