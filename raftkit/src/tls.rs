@@ -660,6 +660,20 @@ impl Identity {
         Principal::from_chain(&self.chain)
     }
 
+    /// Checks that this identity can be the one of the node called `name`:
+    /// a `node` certificate issued to that name.
+    pub fn check_node(&self, name: &str) -> Result<(), TlsError> {
+        let own = self
+            .principal()
+            .map_err(|e| TlsError::WrongRole(format!("the node's certificate: {e}")))?;
+        if own.role != CertRole::Node || own.name != name {
+            return Err(TlsError::WrongRole(format!(
+                "a node needs a node certificate issued to its name {name:?}; this identity is a {own}"
+            )));
+        }
+        Ok(())
+    }
+
     /// A copy of this identity's private key.
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         self.key.clone_key()

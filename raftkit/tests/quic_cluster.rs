@@ -309,6 +309,31 @@ async fn wrong_certificates_and_schemas_are_refused() {
         Err(other) => panic!("expected a schema mismatch, got {other}"),
         Ok(_) => panic!("a client of another schema was accepted"),
     }
+    // A peer cannot start with a certificate that is not a node
+    // certificate issued to its name; nothing is written.
+    let (ca, _) = dev_cluster(["kv@x"]).unwrap();
+    let spare = free_addrs(1).remove(0);
+    for wrong in [
+        ca.issue_client(&format!("kv@{spare}")).unwrap(),
+        ca.issue_node("kv@elsewhere", &[]).unwrap(),
+    ] {
+        let data = c.dir.path().join("wrong");
+        let r = Kv::peer()
+            .listen(spare.clone())
+            .data_dir(&data)
+            .bootstrap()
+            .identity(wrong)
+            .start()
+            .await;
+        match r {
+            Err(Error::Transport(why)) => {
+                assert!(why.contains("node certificate issued to its name"), "{why}")
+            }
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a peer started with a wrong certificate"),
+        }
+        assert!(!data.exists(), "nothing written");
+    }
     // The node still serves a good client afterwards.
     let kv = c.client(&c.addrs).await;
     kv.put("still".into(), "serving".into()).await.unwrap();

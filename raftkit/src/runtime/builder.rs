@@ -242,6 +242,12 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 }
             }
         };
+        // A wrong certificate fails before anything is written.
+        if let (None, Some(identity)) = (&self.transport, &self.identity) {
+            identity
+                .check_node(&meta.name)
+                .map_err(|e| Error::Transport(format!("the TLS identity of {}: {e}", meta.name)))?;
+        }
         let storage = self
             .storage
             .clone()
@@ -357,6 +363,12 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                                 && tokio::time::Instant::now() < deadline =>
                         {
                             tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(crate::transport::quic::TransportError::Tls(e)) => {
+                            return Err(Error::Transport(format!(
+                                "the TLS identity of {}: {e}",
+                                meta.name
+                            )));
                         }
                         Err(e) => {
                             return Err(Error::Transport(format!(

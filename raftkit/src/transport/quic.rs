@@ -624,17 +624,7 @@ impl QuicTransport {
         inbox: mpsc::Sender<Message>,
         clients: Option<mpsc::Sender<AcceptedClient>>,
     ) -> Result<(QuicTransport, SocketAddr), TransportError> {
-        let own = config
-            .identity
-            .principal()
-            .map_err(|e| TlsError::WrongRole(format!("this node's certificate: {e}")))?;
-        if own.role != CertRole::Node || own.name != config.name {
-            return Err(TlsError::WrongRole(format!(
-                "a node needs a node certificate issued to its name {:?}; this identity is a {own}",
-                config.name
-            ))
-            .into());
-        }
+        config.identity.check_node(&config.name)?;
         let transport = transport_config(config.keep_alive, config.idle_timeout);
         let mut server = quic_server_config(&config.identity)?;
         server.transport_config(transport.clone());
