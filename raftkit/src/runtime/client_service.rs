@@ -177,7 +177,9 @@ pub async fn handle<S: StateMachine>(
     principal: &Principal,
     request: ClientRequest,
 ) -> ClientResponse {
-    // Sessions will be bound to the certificate that opened them.
+    // The requests themselves do not depend on who asks (authorization is
+    // done); `principal` is here so that client sessions can be bound to the
+    // certificate that opened them (its fingerprint).
     let _ = principal;
     match request {
         ClientRequest::Write { session, command } => {
