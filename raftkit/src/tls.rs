@@ -63,7 +63,35 @@
 //! - **Starting a node.** A node's own identity must be a `node`
 //!   certificate for the node's name, or the transport refuses to start.
 //!
-//! Whoever holds `ca.key` can mint any certificate of any role: protect it.
+//! ## What each certificate can still do
+//!
+//! Raft trusts its members; the roles keep everyone else out of the
+//! protocol, but not out of what their role allows:
+//!
+//! - **client**: read and write all data, see the membership and progress
+//!   (`Status`), and use server resources within the frame and request
+//!   caps. Nothing in the peer protocol or membership.
+//! - **admin**: everything a client can, plus reshape the membership (add
+//!   nodes it also holds node certificates for, remove members down to one)
+//!   and move leadership: it controls the cluster.
+//! - **node of a member** (a stolen member certificate): everything that
+//!   member can do, including voting and, once elected, appending any entry:
+//!   Raft does not tolerate lying members.
+//! - **node of a non-member** (a removed node, a spare certificate): peer
+//!   links under its own name only. Its votes are ignored and, while a
+//!   leader is known to be alive, so are its leader messages
+//!   ([`crate::core::inbound`]). A node *outside* such a lease (no leader
+//!   heard for an election timeout, just restarted, or not yet configured)
+//!   still accepts a leader it does not know of at a higher term, because a
+//!   legitimate new leader may be one: against such a node, a non-member can
+//!   raise its term (forcing an election) and make it adopt, and commit,
+//!   entries of its choosing that no other member holds. Committed entries
+//!   it already holds cannot be rewritten, and nothing it sends can crash
+//!   the node or grow its memory past the configured bounds.
+//!
+//! Issue node certificates to nodes only, and re-key the cluster (a new CA)
+//! when one leaks. Whoever holds `ca.key` can mint any certificate of any
+//! role: protect it.
 //! Extra subject alternative names (DNS names or IP addresses) may be added
 //! to a node certificate for tools that verify hostnames the usual way.
 //!
