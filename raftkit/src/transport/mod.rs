@@ -9,7 +9,9 @@
 //!
 //! Implementations:
 //! - [`quic`]: the production transport, QUIC (quinn) with mutual TLS
-//!   ([`crate::tls`]), framed by [`frame`].
+//!   ([`crate::tls`]), framed by [`frame`]; its accepting side (who a
+//!   connection's certificate says is there, and what it may do) is
+//!   `accept`.
 //! - [`memory`]: an in-process transport with fault injection (drop, delay,
 //!   partition, one-way cut) for tests.
 //!
@@ -19,6 +21,7 @@ use std::collections::BTreeMap;
 
 use crate::core::{Message, NodeId};
 
+mod accept;
 pub mod frame;
 pub mod memory;
 pub mod quic;

@@ -27,7 +27,7 @@
 //!    forwards to the node's inbox.
 //!
 //! Client connections ([`CLIENT_ALPN`]) are handed over with the
-//! [`Principal`] their certificate states ([`AcceptedClient`]); a
+//! [`Principal`](crate::tls::Principal) their certificate states ([`AcceptedClient`]); a
 //! certificate that states no role is refused on either ALPN.
 //!
 //! **Learned links.** An acceptor that hears from a node it has no link to
@@ -59,9 +59,6 @@
 //!    link's certificate are logged at `warn` with the peer and the reason
 //!    (a wrong `from` once per link), and close that link (or drop that
 //!    message); the node keeps serving every other link.
-//! 7. Which node a link speaks for comes from the dialer's certificate,
-//!    never from what it says: every message forwarded to the inbox has
-//!    `from == node_id(certificate name)`.
 //! 4. A link only carries messages after the acceptor has accepted the
 //!    dialer's schema fingerprint and protocol version: a peer of another
 //!    schema never delivers a message.
@@ -70,6 +67,9 @@
 //!    back to those dialers, whose queues then drop their oldest messages.
 //! 6. Messages may be lost (overflow, reconnects, shutdown); Raft tolerates
 //!    loss, duplication and reordering. Within one link, order is kept.
+//! 7. Which node a link speaks for comes from the dialer's certificate,
+//!    never from what it says: every message forwarded to the inbox has
+//!    `from == node_id(certificate name)`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
@@ -77,36 +77,36 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
-use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, SendStream, VarInt};
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::AbortHandle;
 use tracing::{debug, error, info, trace, warn};
 
 use super::Transport;
+pub use super::accept::{
+    AcceptedClient, AcceptedHello, MAX_HELLO_BYTES, check_hello, peer_principal,
+};
+use super::accept::{SharedInbound, accept_loop, lock_inbound};
 use super::frame::{
     DEFAULT_MAX_FRAME_BYTES, FrameError, PROTOCOL_VERSION, PeerFrame, encode_frame, read_frame,
     write_frame,
 };
 use crate::core::{Body, Message, NodeId};
 use crate::identity::node_id;
-use crate::tls::{CLIENT_ALPN, CLUSTER_SAN, CertRole, Identity, PEER_ALPN, Principal, TlsError};
+use crate::tls::{CLIENT_ALPN, CLUSTER_SAN, CertRole, Identity, PEER_ALPN, TlsError};
 
 /// Application close code: normal shutdown or a link no longer wanted.
-const CLOSE_NORMAL: u32 = 0;
+pub(super) const CLOSE_NORMAL: u32 = 0;
 /// Application close code: the peer broke the peer protocol.
-const CLOSE_PROTOCOL: u32 = 1;
+pub(super) const CLOSE_PROTOCOL: u32 = 1;
 /// Application close code: the hello was refused.
-const CLOSE_REFUSED: u32 = 2;
+pub(super) const CLOSE_REFUSED: u32 = 2;
 /// Application close code: no service for this ALPN.
-const CLOSE_NO_SERVICE: u32 = 3;
+pub(super) const CLOSE_NO_SERVICE: u32 = 3;
 
 /// How long each side waits for the other's hello (or answer to it).
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The cap on a hello frame (a name and an address): a peer never makes the
-/// acceptor buffer more than this before it has been accepted.
-pub const MAX_HELLO_BYTES: usize = 64 * 1024;
+pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often expired learned links are looked for.
 const LEARNED_SWEEP: Duration = Duration::from_secs(1);
@@ -274,95 +274,6 @@ pub fn quic_client_config(
     Ok(quinn::ClientConfig::new(Arc::new(tls)))
 }
 
-/// A client connection accepted by the transport, with who its certificate
-/// says is at the other end.
-#[derive(Debug)]
-pub struct AcceptedClient {
-    /// The connection (its TLS handshake is complete).
-    pub conn: Connection,
-    /// The role, name and fingerprint of the client's certificate.
-    pub principal: Principal,
-}
-
-/// The principal of the peer of `conn`, from the certificate it presented
-/// (verified against the cluster CA by the handshake).
-pub fn peer_principal(conn: &Connection) -> Result<Principal, String> {
-    let chain = conn
-        .peer_identity()
-        .and_then(|any| {
-            any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .ok_or_else(|| "the peer presented no certificate".to_string())?;
-    Principal::from_chain(&chain).map_err(|e| e.to_string())
-}
-
-/// What an acceptor learned from an accepted hello.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AcceptedHello {
-    /// The dialer's node id (the id of its certificate's name).
-    pub from: NodeId,
-    /// The dialer's name, as its certificate states it.
-    pub name: String,
-    /// Where the dialer says it can be reached.
-    pub addr: String,
-}
-
-/// The acceptor's checks of a hello, given the dialer's certificate: the
-/// protocol version and schema must match this node's, the certificate must
-/// be a `node` certificate whose name is the hello's name, and the hello's
-/// id must be the id of that name. `Err` carries the reason sent back in
-/// [`PeerFrame::Refused`]. Pure: the hello fuzz target drives it.
-pub fn check_hello(
-    schema: u64,
-    principal: &Principal,
-    hello: PeerFrame,
-) -> Result<AcceptedHello, String> {
-    let PeerFrame::Hello {
-        from,
-        name,
-        addr,
-        schema: remote_schema,
-        version,
-    } = hello
-    else {
-        return Err(format!("expected hello, got {}", frame_kind(&hello)));
-    };
-    let shown = |s: &str| -> String { s.chars().take(200).collect() };
-    if principal.role != CertRole::Node {
-        return Err(format!(
-            "peer links need a node certificate; this is a {principal}"
-        ));
-    }
-    if version != PROTOCOL_VERSION {
-        return Err(format!(
-            "protocol version mismatch: local {PROTOCOL_VERSION} remote {version} from {}",
-            principal.name
-        ));
-    }
-    if remote_schema != schema {
-        return Err(format!(
-            "schema mismatch: local {schema:#018x} remote {remote_schema:#018x} from {}",
-            principal.name
-        ));
-    }
-    if name != principal.name {
-        return Err(format!(
-            "the hello claims the name {:?} but the certificate is issued to {:?}",
-            shown(&name),
-            principal.name
-        ));
-    }
-    if from != node_id(&name) {
-        return Err(format!(
-            "node id {from} is not the id of the name {} ({})",
-            principal.name,
-            node_id(&name)
-        ));
-    }
-    Ok(AcceptedHello { from, name, addr })
-}
-
 /// Dials a node's client service ([`CLIENT_ALPN`]) at `addr` from a fresh
 /// client-only endpoint on an ephemeral port, presenting `identity`.
 pub async fn connect_client(
@@ -390,64 +301,18 @@ fn unspecified_like(addr: SocketAddr) -> SocketAddr {
 
 /// What the peer tasks and the accept loop share (never the transport
 /// itself, so that dropping the last [`QuicTransport`] stops them).
-struct LinkConfig {
-    node: NodeId,
-    name: String,
-    advertise: String,
-    schema: u64,
-    max_frame_bytes: usize,
-    queue_capacity: usize,
-    backoff_min: Duration,
-    backoff_max: Duration,
-    client: quinn::ClientConfig,
-    max_learned: usize,
-    learned_ttl: Duration,
-}
-
-/// Open inbound links per dialer, shared by the accept side (which opens
-/// and closes them) and the learned-link sweep (which expires links back to
-/// dialers no longer heard from).
-#[derive(Default)]
-struct Inbound {
-    /// Per node: (open inbound links, when the last one closed).
-    links: HashMap<NodeId, (usize, std::time::Instant)>,
-}
-
-type SharedInbound = Arc<Mutex<Inbound>>;
-
-fn lock_inbound(inbound: &SharedInbound) -> MutexGuard<'_, Inbound> {
-    inbound.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Counts one open inbound link from `node` while alive.
-struct InboundGuard {
-    inbound: SharedInbound,
-    node: NodeId,
-}
-
-impl InboundGuard {
-    fn open(inbound: &SharedInbound, node: NodeId) -> InboundGuard {
-        let mut map = lock_inbound(inbound);
-        let entry = map
-            .links
-            .entry(node)
-            .or_insert((0, std::time::Instant::now()));
-        entry.0 += 1;
-        InboundGuard {
-            inbound: inbound.clone(),
-            node,
-        }
-    }
-}
-
-impl Drop for InboundGuard {
-    fn drop(&mut self) {
-        let mut map = lock_inbound(&self.inbound);
-        if let Some(entry) = map.links.get_mut(&self.node) {
-            entry.0 = entry.0.saturating_sub(1);
-            entry.1 = std::time::Instant::now();
-        }
-    }
+pub(super) struct LinkConfig {
+    pub(super) node: NodeId,
+    pub(super) name: String,
+    pub(super) advertise: String,
+    pub(super) schema: u64,
+    pub(super) max_frame_bytes: usize,
+    pub(super) queue_capacity: usize,
+    pub(super) backoff_min: Duration,
+    pub(super) backoff_max: Duration,
+    pub(super) client: quinn::ClientConfig,
+    pub(super) max_learned: usize,
+    pub(super) learned_ttl: Duration,
 }
 
 /// The bounded outbound queue of one peer.
@@ -1018,223 +883,7 @@ async fn pump(
     }
 }
 
-// ----------------------------------------------------------------- inbound
-
-/// Accepts connections until the endpoint closes; each is served by its own
-/// task (aborted with this one).
-async fn accept_loop(
-    endpoint: Endpoint,
-    link: Arc<LinkConfig>,
-    inbox: mpsc::Sender<Message>,
-    clients: Option<mpsc::Sender<AcceptedClient>>,
-    learned: mpsc::Sender<(NodeId, String)>,
-    inbound: SharedInbound,
-) {
-    let mut tasks = JoinSet::new();
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                let served = Served {
-                    link: link.clone(),
-                    inbox: inbox.clone(),
-                    learned: learned.clone(),
-                    inbound: inbound.clone(),
-                };
-                tasks.spawn(serve_incoming(incoming, served, clients.clone()));
-            }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-        }
-    }
-    debug!(node = link.node, "accept loop stopped");
-}
-
-/// What serving an inbound peer connection needs.
-#[derive(Clone)]
-struct Served {
-    link: Arc<LinkConfig>,
-    inbox: mpsc::Sender<Message>,
-    learned: mpsc::Sender<(NodeId, String)>,
-    inbound: SharedInbound,
-}
-
-async fn serve_incoming(
-    incoming: quinn::Incoming,
-    served: Served,
-    clients: Option<mpsc::Sender<AcceptedClient>>,
-) {
-    let link = &served.link;
-    let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
-            warn!(node = link.node, %remote, error = %e,
-                "inbound handshake failed (no certificate of the cluster CA?); connection dropped");
-            return;
-        }
-    };
-    let alpn = conn
-        .handshake_data()
-        .and_then(|d| d.downcast::<HandshakeData>().ok())
-        .and_then(|d| d.protocol);
-    let principal = match peer_principal(&conn) {
-        Ok(p) => p,
-        Err(reason) => {
-            warn!(node = link.node, %remote, %reason, "certificate states no usable role; connection refused");
-            conn.close(
-                VarInt::from_u32(CLOSE_REFUSED),
-                b"certificate states no raftkit role",
-            );
-            return;
-        }
-    };
-    match alpn.as_deref() {
-        Some(PEER_ALPN) => serve_peer(conn, remote, principal, served).await,
-        Some(CLIENT_ALPN) => match clients {
-            Some(clients) => {
-                let accepted = AcceptedClient {
-                    conn: conn.clone(),
-                    principal,
-                };
-                if clients.send(accepted).await.is_err() {
-                    conn.close(
-                        VarInt::from_u32(CLOSE_NO_SERVICE),
-                        b"client service stopped",
-                    );
-                }
-            }
-            None => {
-                debug!(node = link.node, %remote, "client connection refused: no client service");
-                conn.close(VarInt::from_u32(CLOSE_NO_SERVICE), b"no client service");
-            }
-        },
-        _ => {
-            warn!(node = link.node, %remote, "connection without a known ALPN protocol; closed");
-            conn.close(VarInt::from_u32(CLOSE_NO_SERVICE), b"unknown protocol");
-        }
-    }
-}
-
-/// Serves every stream a peer opens on one connection. A certificate that
-/// is not a node's is refused on its first stream, before anything it sends
-/// is read.
-async fn serve_peer(conn: Connection, remote: SocketAddr, principal: Principal, served: Served) {
-    if principal.role != CertRole::Node {
-        let reason = format!("peer links need a node certificate; this is a {principal}");
-        error!(node = served.link.node, %remote, %reason, "refused peer link");
-        if let Ok(Ok((mut send, _recv))) =
-            tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await
-            && write_frame(&mut send, &PeerFrame::Refused { reason }, MAX_HELLO_BYTES)
-                .await
-                .is_ok()
-        {
-            let _ = send.finish();
-            let _ = tokio::time::timeout(HELLO_TIMEOUT, conn.closed()).await;
-        }
-        conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
-        return;
-    }
-    let principal = Arc::new(principal);
-    let mut streams = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = conn.accept_bi() => match accepted {
-                Ok((send, recv)) => {
-                    streams.spawn(serve_link(conn.clone(), remote, principal.clone(), served.clone(), send, recv));
-                }
-                Err(e) => {
-                    debug!(node = served.link.node, %remote, reason = %e, "inbound peer connection closed");
-                    return;
-                }
-            },
-            Some(_) = streams.join_next(), if !streams.is_empty() => {}
-        }
-    }
-}
-
-/// Serves one link stream: hello, then messages into the inbox.
-async fn serve_link(
-    conn: Connection,
-    remote: SocketAddr,
-    principal: Arc<Principal>,
-    served: Served,
-    mut send: SendStream,
-    mut recv: RecvStream,
-) {
-    let link = &served.link;
-    let max = link.max_frame_bytes;
-    let protocol_error = |peer: &str, reason: String| {
-        warn!(node = link.node, %remote, peer, %reason, "bad frame from peer; closing the link");
-        conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol error");
-    };
-    let hello_max = max.min(MAX_HELLO_BYTES);
-    let first = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, hello_max)).await {
-        Err(_) => return protocol_error(&principal.name, "no hello in time".into()),
-        Ok(Err(FrameError::Closed)) => return,
-        Ok(Err(e)) => return protocol_error(&principal.name, e.to_string()),
-        Ok(Ok(frame)) => frame,
-    };
-    let hello = match check_hello(link.schema, &principal, first) {
-        Ok(hello) => hello,
-        Err(reason) => {
-            error!(node = link.node, %remote, peer = %principal.name, %reason, "refused peer link");
-            if write_frame(&mut send, &PeerFrame::Refused { reason }, max)
-                .await
-                .is_ok()
-            {
-                let _ = send.finish();
-                // Let the dialer read the refusal and close; then close anyway.
-                let _ = tokio::time::timeout(HELLO_TIMEOUT, conn.closed()).await;
-            }
-            conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
-            return;
-        }
-    };
-    let AcceptedHello { from, name, addr } = hello;
-    if let Err(e) = write_frame(&mut send, &PeerFrame::HelloOk, max).await {
-        debug!(node = link.node, %remote, peer = %name, error = %e, "cannot answer hello");
-        return;
-    }
-    debug!(node = link.node, %remote, peer = %name, "inbound peer link up");
-    let _alive = InboundGuard::open(&served.inbound, from);
-    // Make sure we can answer: open a link back if we have none yet (the
-    // learned-link task ignores nodes it already has a link to).
-    let _ = served.learned.try_send((from, addr));
-    let mut wrong_from: u64 = 0;
-    loop {
-        match read_frame(&mut recv, max).await {
-            Ok(PeerFrame::Msg(msg)) => {
-                if msg.from != from {
-                    wrong_from += 1;
-                    if wrong_from == 1 {
-                        warn!(node = link.node, %remote, peer = %name, claimed = msg.from,
-                            "message from another node id than the link's certificate; dropped (logged once per link)");
-                    }
-                    continue;
-                }
-                if served.inbox.send(msg).await.is_err() {
-                    debug!(node = link.node, "inbox closed; dropping the link");
-                    conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
-                    return;
-                }
-            }
-            Ok(other) => {
-                return protocol_error(&name, format!("unexpected {} frame", frame_kind(&other)));
-            }
-            Err(FrameError::Closed) => {
-                debug!(node = link.node, %remote, peer = %name, "inbound peer link closed");
-                return;
-            }
-            Err(FrameError::Io(e)) => {
-                debug!(node = link.node, %remote, peer = %name, error = %e, "inbound peer link failed");
-                return;
-            }
-            Err(e) => return protocol_error(&name, e.to_string()),
-        }
-    }
-}
-
-fn frame_kind(frame: &PeerFrame) -> &'static str {
+pub(super) fn frame_kind(frame: &PeerFrame) -> &'static str {
     match frame {
         PeerFrame::Hello { .. } => "Hello",
         PeerFrame::HelloOk => "HelloOk",
