@@ -337,7 +337,10 @@ mod tests {
             Ok(())
         });
         if let Err(e) = result {
-            panic!("{target}: {e}");
+            panic!(
+                "{target}: {e}\nreplay: write the minimal input's bytes to fuzz/corpus/{target}/crash-NN-<what> \
+                 (this test then replays it), or run `cargo fuzz run {target} <file>` in fuzz/"
+            );
         }
     }
 
