@@ -50,3 +50,32 @@ impl DropLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_logged_once_then_counted_until_the_minute_is_up() {
+        let mut log = DropLog::default();
+        let r = DropReason::SecondLeader;
+        log.note("n", 2, "Heartbeat", 5, r, 1);
+        assert_eq!(log.last.get(&r).map(|(_, n)| *n), Some(0), "logged");
+        for total in 2..=10 {
+            log.note("n", 2, "Heartbeat", 5, r, total);
+        }
+        assert_eq!(log.last.get(&r).map(|(_, n)| *n), Some(9), "suppressed");
+        // Another reason has its own budget.
+        log.note("n", 3, "TimeoutNow", 5, DropReason::FromStranger, 1);
+        assert_eq!(
+            log.last.get(&DropReason::FromStranger).map(|(_, n)| *n),
+            Some(0)
+        );
+        // A minute later the reason is logged again, with the count.
+        if let Some((at, _)) = log.last.get_mut(&r) {
+            *at -= EVERY;
+        }
+        log.note("n", 2, "Heartbeat", 5, r, 11);
+        assert_eq!(log.last.get(&r).map(|(_, n)| *n), Some(0));
+    }
+}
