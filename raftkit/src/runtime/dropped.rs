@@ -72,8 +72,10 @@ mod tests {
             Some(0)
         );
         // A minute later the reason is logged again, with the count.
-        if let Some((at, _)) = log.last.get_mut(&r) {
-            *at -= EVERY;
+        if let Some((at, _)) = log.last.get_mut(&r)
+            && let Some(earlier) = at.checked_sub(EVERY)
+        {
+            *at = earlier;
         }
         log.note("n", 2, "Heartbeat", 5, r, 11);
         assert_eq!(log.last.get(&r).map(|(_, n)| *n), Some(0));
