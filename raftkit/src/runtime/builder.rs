@@ -16,6 +16,8 @@ use crate::core::{Config, Configuration, Message, NodeId, Raft, Restored};
 use crate::error::Error;
 use crate::identity::{default_name, node_id};
 use crate::state_machine::StateMachine;
+use crate::storage::WalOptions;
+use crate::storage::vfs::SharedFs;
 use crate::tls::Identity;
 use crate::transport::Transport;
 use crate::transport::quic::{QuicConfig, QuicTransport};
@@ -53,6 +55,8 @@ pub struct PeerBuilder<S> {
     snapshot_every: u64,
     transport: Option<TransportFactory>,
     identity: Option<Identity>,
+    fs: SharedFs,
+    wal: WalOptions,
     _sm: PhantomData<fn() -> S>,
 }
 
@@ -78,6 +82,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             snapshot_every: 10_000,
             transport: None,
             identity: None,
+            fs: crate::storage::vfs::real(),
+            wal: WalOptions::default(),
             _sm: PhantomData,
         }
     }
@@ -180,6 +186,26 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// The file system the log, the snapshots and the peer metadata are
+    /// kept on (default: the operating system's).
+    ///
+    /// A testing hook: pass a [`FaultyFs`](crate::storage::vfs::FaultyFs) to
+    /// see what the node does when its disk fills, fails or stalls. (The TLS
+    /// identity files are written with `std::fs` once, when a node is
+    /// created.)
+    pub fn file_system(mut self, fs: SharedFs) -> Self {
+        self.fs = fs;
+        self
+    }
+
+    /// The size at which the write-ahead log starts a new segment file
+    /// (default 64 MiB). Smaller segments are compacted away sooner after a
+    /// snapshot.
+    pub fn wal_segment_bytes(mut self, bytes: u64) -> Self {
+        self.wal.segment_size = bytes.max(1);
+        self
+    }
+
     /// Uses a custom transport (for example the in-process one of the
     /// transport module) instead of QUIC.
     pub fn transport(
@@ -195,7 +221,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         // 1. Who we are: from the data directory when it holds a peer.
         let mut meta = None;
         if let Some(StorageChoice::Disk(dir)) = &self.storage {
-            meta = PeerMeta::load(dir)?;
+            meta = PeerMeta::load_in(&*self.fs, dir)?;
         }
         let meta = match meta {
             Some(m) => {
@@ -235,15 +261,16 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             .clone()
             .unwrap_or_else(|| StorageChoice::Disk(PathBuf::from("data").join(&meta.name)));
         if let StorageChoice::Disk(dir) = &storage {
-            std::fs::create_dir_all(dir)
+            self.fs
+                .create_dir_all(dir)
                 .map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?;
-            meta.save(dir)?;
+            meta.save_in(&*self.fs, dir)?;
         }
         let id = node_id(&meta.name);
 
         // 2. What we restart from.
         let mut fresh = false;
-        let mut opened = persist::open(&storage)?;
+        let mut opened = persist::open(&storage, &self.fs, self.wal.clone())?;
         let restored = match opened.restored.take() {
             Some(r) => {
                 info!(name = %meta.name, last = r.snapshot.index + r.entries.len() as u64, term = r.hard_state.term, "restarting from durable state");

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::core::{Entry, HardState, Restored, SnapshotMeta};
 use crate::error::Error;
+use crate::storage::vfs::{RealFs, SharedFs, Vfs, write_atomic};
 use crate::storage::{
     AppendCallback, FileSnapshotStore, GroupCommit, LogStore, MemLogStore, MemSnapshotStore,
     Snapshot, SnapshotStore, StorageError, Wal, WalOptions,
@@ -50,8 +51,13 @@ const META_FILE: &str = "peer.meta";
 impl PeerMeta {
     /// Reads `peer.meta` from `dir`, if present.
     pub fn load(dir: &Path) -> Result<Option<PeerMeta>, Error> {
+        Self::load_in(&RealFs, dir)
+    }
+
+    /// [`PeerMeta::load`] on the file system `fs`.
+    pub fn load_in(fs: &dyn Vfs, dir: &Path) -> Result<Option<PeerMeta>, Error> {
         let path = dir.join(META_FILE);
-        match std::fs::read(&path) {
+        match fs.read(&path) {
             Ok(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| {
                 Error::Storage(format!("{}: unreadable peer metadata: {e}", path.display()))
             }),
@@ -62,26 +68,14 @@ impl PeerMeta {
 
     /// Writes `peer.meta` atomically (temp file, fsync, rename, dir fsync).
     pub fn save(&self, dir: &Path) -> Result<(), Error> {
-        let bytes = postcard::to_allocvec(self).map_err(|e| Error::Storage(e.to_string()))?;
-        write_atomic(&dir.join(META_FILE), &bytes)
+        self.save_in(&RealFs, dir)
     }
-}
 
-/// Writes a small file atomically: temp file, fsync, rename, directory fsync.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    let err = |e: std::io::Error| Error::Storage(format!("{}: {e}", path.display()));
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)?;
-    Ok(())
+    /// [`PeerMeta::save`] on the file system `fs`.
+    pub fn save_in(&self, fs: &dyn Vfs, dir: &Path) -> Result<(), Error> {
+        let bytes = postcard::to_allocvec(self).map_err(|e| Error::Storage(e.to_string()))?;
+        write_atomic(fs, &dir.join(META_FILE), &bytes).map_err(storage_error)
+    }
 }
 
 /// Where the node keeps its log and snapshots.
@@ -107,12 +101,16 @@ fn storage_error(e: StorageError) -> Error {
     Error::Storage(e.to_string())
 }
 
-/// Opens the stores and reads back the durable state.
-pub fn open(choice: &StorageChoice) -> Result<Opened, Error> {
+/// Opens the stores (on the file system `fs`) and reads back the durable
+/// state.
+pub fn open(choice: &StorageChoice, fs: &SharedFs, wal: WalOptions) -> Result<Opened, Error> {
     let (log, snapshots): (BoxedLog, Box<dyn SnapshotStore + Send>) = match choice {
         StorageChoice::Disk(dir) => (
-            Box::new(Wal::open(dir.join("wal"), WalOptions::default()).map_err(storage_error)?),
-            Box::new(FileSnapshotStore::open(dir.join("snapshots"), 1).map_err(storage_error)?),
+            Box::new(Wal::open_in(fs.clone(), dir.join("wal"), wal).map_err(storage_error)?),
+            Box::new(
+                FileSnapshotStore::open_in(fs.clone(), dir.join("snapshots"), 1)
+                    .map_err(storage_error)?,
+            ),
         ),
         StorageChoice::Memory => (
             Box::new(MemLogStore::new()),
