@@ -114,7 +114,10 @@ pub enum ClientResponse {
     Err(WireError),
 }
 
-/// An error as it travels to a client.
+/// An error as it travels to a client: one variant per [`Error`] a peer
+/// answers with, so that the client knows whether the command may have been
+/// applied (see [`Error::applied`]). New variants go at the end (postcard
+/// encodes a variant as its index).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireError {
     /// This peer is not the leader; try `hint`.
@@ -124,14 +127,20 @@ pub enum WireError {
     },
     /// Refused before entering the log.
     Rejected(String),
-    /// The handler panicked (skip) or the node halted.
+    /// The handler panicked under the `skip` policy.
     Handler(String),
-    /// The peer cannot serve now.
+    /// The peer cannot take the call (nothing was applied).
     Unavailable(String),
     /// The peer's storage failed.
     Storage(String),
     /// The peer timed out waiting.
     Timeout,
+    /// The peer halted (see [`Error::Halted`]).
+    Halted(String),
+    /// Too many commands in flight (see [`Error::Overloaded`]).
+    Overloaded,
+    /// The outcome is unknown (see [`Error::Ambiguous`]).
+    Ambiguous(String),
 }
 
 impl From<Error> for WireError {
@@ -140,9 +149,15 @@ impl From<Error> for WireError {
             Error::NotLeader { hint } => WireError::NotLeader { hint },
             Error::Rejected(s) => WireError::Rejected(s),
             Error::Handler { message } => WireError::Handler(message),
+            Error::Unavailable(s) => WireError::Unavailable(s),
             Error::Storage(s) => WireError::Storage(s),
             Error::Timeout => WireError::Timeout,
-            other => WireError::Unavailable(other.to_string()),
+            Error::Halted { message } => WireError::Halted(message),
+            Error::Overloaded => WireError::Overloaded,
+            Error::Ambiguous(s) => WireError::Ambiguous(s),
+            // Codec, transport and protocol errors of the peer itself: the
+            // client cannot tell what happened, so neither does the wire.
+            other => WireError::Ambiguous(other.to_string()),
         }
     }
 }
@@ -156,6 +171,49 @@ impl From<WireError> for Error {
             WireError::Unavailable(s) => Error::Unavailable(s),
             WireError::Storage(s) => Error::Storage(s),
             WireError::Timeout => Error::Timeout,
+            WireError::Halted(message) => Error::Halted { message },
+            WireError::Overloaded => Error::Overloaded,
+            WireError::Ambiguous(s) => Error::Ambiguous(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Applied;
+
+    #[test]
+    fn errors_keep_their_meaning_across_the_wire() {
+        let errors = [
+            Error::NotLeader {
+                hint: Some("a:1".into()),
+            },
+            Error::Rejected("r".into()),
+            Error::Handler {
+                message: "h".into(),
+            },
+            Error::Unavailable("u".into()),
+            Error::Storage("s".into()),
+            Error::Timeout,
+            Error::Halted {
+                message: "h".into(),
+            },
+            Error::Overloaded,
+            Error::Ambiguous("a".into()),
+            Error::Transport("t".into()),
+            Error::Protocol("p".into()),
+        ];
+        for e in errors {
+            let wire = WireError::from(e.clone());
+            let bytes = postcard::to_allocvec(&wire).unwrap();
+            let back = Error::from(postcard::from_bytes::<WireError>(&bytes).unwrap());
+            assert_eq!(back.applied(), e.applied(), "{e:?} became {back:?}");
+            if !matches!(e, Error::Transport(_) | Error::Protocol(_)) {
+                assert_eq!(back, e);
+            } else {
+                assert_eq!(back.applied(), Applied::Maybe);
+            }
         }
     }
 }
