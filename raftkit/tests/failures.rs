@@ -199,7 +199,25 @@ async fn a_failed_snapshot_save_is_never_followed_by_compaction() {
             acked += 1;
         }
     }
-    assert!(acked > 10, "the node kept serving ({acked} writes acknowledged)");
+    assert!(
+        acked > 10,
+        "the node kept serving ({acked} writes acknowledged)"
+    );
+    let st = peer.status();
+    assert!(
+        st.fatal.is_none(),
+        "a failed snapshot is not fatal: {:?}",
+        st.fatal
+    );
+    assert!(st.snapshot_failures >= 1);
+    assert!(
+        st.snapshot_error
+            .as_deref()
+            .is_some_and(|e| e.contains("rename")),
+        "{:?}",
+        st.snapshot_error
+    );
+    assert_eq!(st.snapshot_index, 0, "no snapshot was saved");
     let _ = peer.shutdown().await;
     drop(peer);
 
@@ -324,7 +342,8 @@ async fn a_failed_leader_answers_every_caller_and_shutdown_reports_it() {
     nodes[l]
         .fs
         .inject(FaultRule::new(FileOp::Fsync, Fault::Io).on(".wal"));
-    let write = tokio::time::timeout(Duration::from_secs(10), c(&peers[l]).add("k".into(), 1)).await;
+    let write =
+        tokio::time::timeout(Duration::from_secs(10), c(&peers[l]).add("k".into(), 1)).await;
     match write {
         Ok(Err(e)) => assert_ne!(e.applied(), raftkit::error::Applied::Yes, "{e}"),
         Ok(Ok(v)) => panic!("a write was acknowledged after its fsync failed: {v:?}"),
@@ -420,7 +439,9 @@ pub struct Fragile;
 impl Serialize for Fragile {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if SNAPSHOT_FAILS.load(Ordering::SeqCst) {
-            return Err(serde::ser::Error::custom("the state cannot be serialized now"));
+            return Err(serde::ser::Error::custom(
+                "the state cannot be serialized now",
+            ));
         }
         s.serialize_unit()
     }
@@ -464,16 +485,35 @@ async fn a_failed_snapshot_is_retried_until_it_succeeds() {
     leader_of(std::slice::from_ref(&peer)).await;
     SNAPSHOT_FAILS.store(true, Ordering::SeqCst);
     for _ in 0..30 {
-        FragileCounterClient::new(peer.clone()).incr().await.unwrap();
+        FragileCounterClient::new(peer.clone())
+            .incr()
+            .await
+            .unwrap();
     }
     let node_dir = dir.path().join("solo:1");
     assert!(snapshot_files(&node_dir).is_empty());
+    let failed = wait_for("the failure in the status", 10, || {
+        let st = peer.status();
+        st.snapshot_error.map(|e| (e, st.snapshot_failures))
+    })
+    .await;
+    assert!(failed.0.contains("did not serialize"), "{}", failed.0);
     SNAPSHOT_FAILS.store(false, Ordering::SeqCst);
-    FragileCounterClient::new(peer.clone()).incr().await.unwrap();
+    FragileCounterClient::new(peer.clone())
+        .incr()
+        .await
+        .unwrap();
     wait_for("a snapshot after the failure", 15, || {
         (!snapshot_files(&node_dir).is_empty()).then_some(())
     })
     .await;
+    let st = wait_for("the snapshot in the status", 10, || {
+        let st = peer.status();
+        (st.snapshot_index > 0).then_some(st)
+    })
+    .await;
+    assert!(st.snapshot_error.is_none(), "{:?}", st.snapshot_error);
+    assert!(st.snapshot_failures >= failed.1);
     peer.shutdown().await.unwrap();
 }
 

@@ -115,8 +115,18 @@ async fn three_peers_elect_replicate_fail_over_and_restart() {
         assert_eq!(client.add("k".into(), 1).await.unwrap(), i);
     }
     assert_eq!(client.get("k".into()).await.unwrap(), 50);
-    // The metrics feed measured the writes and the read.
-    let st = peers[leader].status();
+    // The metrics feed measured the writes and the read (the node task
+    // publishes right after handing the read to the apply thread, which may
+    // answer first).
+    let mut w = peers[leader].watch();
+    let st = tokio::time::timeout(
+        Duration::from_secs(10),
+        w.wait_for(|s| s.read_index_latency.count >= 1),
+    )
+    .await
+    .expect("latency published")
+    .unwrap()
+    .clone();
     assert!(
         st.durable_latency.count >= 1,
         "no append-to-durable latency recorded"

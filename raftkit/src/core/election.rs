@@ -20,7 +20,7 @@ impl Raft {
     /// election timeout has passed without hearing from a leader.
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
-        if self.promotable() && self.election_elapsed >= self.randomized_timeout {
+        if self.promotable() && !self.halted && self.election_elapsed >= self.randomized_timeout {
             self.election_elapsed = 0;
             self.campaign(false);
         }
@@ -38,8 +38,13 @@ impl Raft {
                 return;
             }
             // Thesis §3.10: a transfer that does not finish within an
-            // election timeout is abandoned and the leader resumes.
+            // election timeout is abandoned and the leader resumes; a halted
+            // leader steps down instead.
             self.transfer_target = None;
+            if self.halted {
+                self.become_follower(self.term, NO_NODE);
+                return;
+            }
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
@@ -63,7 +68,7 @@ impl Raft {
     /// Starts an election: a PreVote round first when enabled, unless this
     /// is a leadership transfer (thesis §3.10 skips it).
     pub(super) fn campaign(&mut self, transfer: bool) {
-        if !self.promotable() {
+        if !self.promotable() || self.halted {
             return;
         }
         if self.cfg.pre_vote && !transfer {

@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
+use super::admission::{self, Admission};
 use super::apply::{self, ApplyStatus};
 use super::node::NodeTask;
-use super::persist::{self, PeerMeta, Persister, StorageChoice};
+use super::persist::{self, PeerMeta, Persister, SnapshotSaver, StorageChoice};
 use super::{Inner, Peer, PeerStatus};
 use crate::core::{Config, Configuration, Message, NodeId, Raft, Restored};
 use crate::error::Error;
@@ -57,8 +58,20 @@ pub struct PeerBuilder<S> {
     identity: Option<Identity>,
     fs: SharedFs,
     wal: WalOptions,
+    max_command_bytes: usize,
+    max_in_flight: (usize, usize),
+    admission_wait: Duration,
     _sm: PhantomData<fn() -> S>,
 }
+
+/// The default maximum size of one command: half a transport frame, so that
+/// an AppendEntries carrying it (or a batch of smaller entries, at most
+/// 1 MiB) always fits one frame.
+pub const DEFAULT_MAX_COMMAND_BYTES: usize = 8 << 20;
+
+/// What a frame carries besides the command bytes of its entries (message
+/// and entry headers, the envelope, the client session): generously.
+const FRAME_OVERHEAD: usize = 64 << 10;
 
 impl<S: StateMachine + Default> Default for PeerBuilder<S> {
     fn default() -> Self {
@@ -84,6 +97,12 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             identity: None,
             fs: crate::storage::vfs::real(),
             wal: WalOptions::default(),
+            max_command_bytes: DEFAULT_MAX_COMMAND_BYTES,
+            max_in_flight: (
+                admission::DEFAULT_MAX_IN_FLIGHT,
+                admission::DEFAULT_MAX_IN_FLIGHT_BYTES,
+            ),
+            admission_wait: admission::DEFAULT_ADMISSION_WAIT,
             _sm: PhantomData,
         }
     }
@@ -206,6 +225,34 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// The largest command (encoded write) the peer accepts, in bytes
+    /// (default 8 MiB). A larger one is refused with
+    /// [`Error::Rejected`](crate::Error::Rejected) before it enters the log.
+    /// At most the transport's frame cap (16 MiB) less 64 KiB: an entry must
+    /// always fit the AppendEntries that carries it.
+    pub fn max_command_bytes(mut self, bytes: usize) -> Self {
+        self.max_command_bytes = bytes;
+        self
+    }
+
+    /// Backpressure: at most `commands` calls and `bytes` bytes of commands
+    /// in flight on this peer between admission and answer (defaults 16,384
+    /// and 64 MiB). A call that finds no room waits for at most the
+    /// admission wait, then fails with
+    /// [`Error::Overloaded`](crate::Error::Overloaded).
+    pub fn max_in_flight(mut self, commands: usize, bytes: usize) -> Self {
+        self.max_in_flight = (commands.max(1), bytes.max(1));
+        self
+    }
+
+    /// How long a call waits for room in the in-flight budget before it
+    /// fails with [`Error::Overloaded`](crate::Error::Overloaded) (default
+    /// 2 s).
+    pub fn admission_wait(mut self, wait: Duration) -> Self {
+        self.admission_wait = wait;
+        self
+    }
+
     /// Uses a custom transport (for example the in-process one of the
     /// transport module) instead of QUIC.
     pub fn transport(
@@ -218,6 +265,13 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 
     /// Opens (or creates) the peer's storage and starts it.
     pub async fn start(self) -> Result<Peer<S>, Error> {
+        let frame = crate::transport::frame::DEFAULT_MAX_FRAME_BYTES;
+        if self.max_command_bytes == 0 || self.max_command_bytes + FRAME_OVERHEAD > frame {
+            return Err(Error::Rejected(format!(
+                "max_command_bytes must be between 1 and {} (a transport frame is {frame} bytes)",
+                frame - FRAME_OVERHEAD
+            )));
+        }
         // 1. Who we are: from the data directory when it holds a peer.
         let mut meta = None;
         if let Some(StorageChoice::Disk(dir)) = &self.storage {
@@ -320,6 +374,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         cfg.election_ticks = self.election_ticks;
         cfg.heartbeat_ticks = self.heartbeat_ticks;
         cfg.snapshot_entries = self.snapshot_every;
+        // A batch of entries (beyond its first) stays far below a frame; a
+        // single entry is at most max_command_bytes (checked above).
+        cfg.max_batch_bytes = cfg.max_batch_bytes.min(frame / 4);
         cfg.seed = id ^ seed_from_clock();
         let raft = Raft::new(cfg, restored).map_err(|e| Error::Rejected(e.to_string()))?;
 
@@ -390,21 +447,25 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             }
         };
         let inline = matches!(storage, StorageChoice::Memory);
+        let saver = SnapshotSaver::start(opened.snapshots.clone())?;
         let persister = Persister::start(opened.log, opened.snapshots, inline)?;
+        // The apply queue is bounded by the node task (MAX_APPLY_BACKLOG_BYTES
+        // of entries, and the in-flight budget for registrations and reads).
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let (apply_status_tx, apply_status_rx) = watch::channel(ApplyStatus {
             applied,
             halted: None,
             sessions: sessions.len(),
+            longest_pause: Duration::ZERO,
         });
-        tokio::spawn(apply::run(
-            sm,
-            sessions,
-            applied,
-            apply_rx,
-            snap_tx,
-            apply_status_tx,
+        super::threads::spawn("raftkit-apply", move || {
+            apply::run(sm, sessions, applied, apply_rx, snap_tx, apply_status_tx)
+        })?;
+        let admission = Arc::new(Admission::new(
+            self.max_in_flight.0,
+            self.max_in_flight.1,
+            self.admission_wait,
         ));
         let (status_tx, status_rx) = watch::channel(PeerStatus::default());
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
@@ -413,6 +474,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             name: meta.name.clone(),
             transport,
             persister: Some(persister),
+            saver: Some(saver),
             apply_tx,
             apply_status: apply_status_rx,
             snapshot_rx: snap_rx,
@@ -421,11 +483,14 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             status: status_tx,
             tick: self.tick,
             on_stop,
+            admission: admission.clone(),
         };
         let handle = tokio::spawn(task.run());
         let peer = Peer {
             inner: Arc::new(Inner {
                 commands: cmd_tx,
+                admission,
+                max_command_bytes: self.max_command_bytes,
                 status: status_rx,
                 task: Mutex::new(Some(handle)),
                 name: meta.name,

@@ -1,27 +1,40 @@
 //! Peers that run: the tokio runtime around the pure core.
 //!
-//! A [`Peer`] is three pieces of work:
+//! A [`Peer`] is four pieces of work:
 //! - the **node task** (`node`), the only owner of the [`Raft`](crate::core::Raft) core: it
 //!   feeds it ticks, messages and requests and routes its outputs;
-//! - the **storage thread** (`persist`): the write-ahead log and snapshot
-//!   files behind group commit, so the node task never waits for a disk;
-//! - the **apply task** (`apply`): the user's state machine, answering
+//! - the **storage thread** (`persist`): the write-ahead log behind group
+//!   commit, so the node task never waits for a disk;
+//! - the **snapshot thread** (`persist`): saves the snapshots the node
+//!   takes, beside the log writer, never in front of it;
+//! - the **apply thread** (`apply`): the user's state machine, answering
 //!   proposals once their entries apply and reads once their read index is
-//!   applied.
+//!   applied. Handlers run there, never on a tokio worker.
+//!
+//! The threads are started in one place (`threads`).
 //!
 //! Snapshots: when the log since the last snapshot passes
-//! [`PeerBuilder::snapshot_every`] entries, the apply task serializes the
-//! state machine and the session table. Only the apply task pauses, for as
-//! long as serializing N bytes takes: about 1–3 ms per MB with postcard
-//! (measured by `cargo bench --bench core`: 1.3 MB in 1.5 ms, 21 MB in 54 ms
-//! on the 2-core development machine under load). The node task never
-//! pauses: it keeps replicating and voting while the storage thread writes
-//! the snapshot atomically and then compacts the log behind it. A follower
-//! too far behind receives the snapshot in chunks and its apply task
-//! restores from it.
+//! [`PeerBuilder::snapshot_every`] entries, the apply thread serializes the
+//! state machine and the session table. Only applying pauses, for as long
+//! as serializing N bytes takes (about 1–3 ms per MB with postcard; the
+//! longest pause is in [`PeerStatus::longest_apply_pause`] and the README
+//! gives figures for a 100 MB state). The node task never pauses: it keeps
+//! replicating and voting while the snapshot thread writes the snapshot
+//! atomically; only once it is durable are the core's log and the
+//! write-ahead log compacted behind it. A snapshot that fails is retried
+//! with a backoff. A follower too far behind receives the snapshot in
+//! chunks and its apply thread restores from it.
+//!
+//! Backpressure (`admission`): a node admits at most
+//! [`PeerBuilder::max_in_flight`] commands and bytes of commands between
+//! a call and its answer; a call that finds no room within the admission
+//! wait fails with [`Error::Overloaded`]. Commands larger than
+//! [`PeerBuilder::max_command_bytes`] are refused before they enter the
+//! log, so that every AppendEntries fits one transport frame.
 //!
 //! Start a peer with `MyStateMachine::peer()` (see [`PeerExt`]).
 
+mod admission;
 mod apply;
 mod builder;
 pub mod client_service;
@@ -30,6 +43,7 @@ mod node;
 pub mod persist;
 pub mod session;
 mod status;
+mod threads;
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -37,7 +51,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub use builder::{PeerBuilder, PeerExt};
+pub use admission::{DEFAULT_ADMISSION_WAIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT_BYTES};
+pub use builder::{DEFAULT_MAX_COMMAND_BYTES, PeerBuilder, PeerExt};
 pub use status::{LATENCY_BOUNDS_US, LatencyHistogram, MemberStatus, PeerStatus};
 
 use crate::client::Submit;
@@ -48,6 +63,8 @@ use node::Command;
 
 struct Inner {
     commands: mpsc::Sender<Command>,
+    admission: Arc<admission::Admission>,
+    max_command_bytes: usize,
     status: watch::Receiver<PeerStatus>,
     task: Mutex<Option<JoinHandle<()>>>,
     name: String,
@@ -110,7 +127,7 @@ impl<S: StateMachine> Peer<S> {
             .await
             .map_err(|_| Error::Unavailable(format!("peer {} has stopped", self.inner.name)))?;
         rx.await.map_err(|_| {
-            Error::Unavailable(format!("peer {} stopped before answering", self.inner.name))
+            Error::Ambiguous(format!("peer {} stopped before answering", self.inner.name))
         })?
     }
 
@@ -128,11 +145,19 @@ impl<S: StateMachine> Peer<S> {
         command: Vec<u8>,
         session: Option<session::SessionRef>,
     ) -> Result<Vec<u8>, Error> {
+        let max = self.inner.max_command_bytes;
+        if command.len() > max {
+            return Err(Error::Rejected(format!(
+                "the command is {} bytes, more than the maximum command size of {max} bytes (PeerBuilder::max_command_bytes)",
+                command.len()
+            )));
+        }
         validate_command::<S>(&command).map_err(|e| Error::Rejected(e.to_string()))?;
-        self.call(|reply| Command::Write {
+        let permit = self.inner.admission.admit(command.len()).await?;
+        self.call(|tx| Command::Write {
             command,
             session,
-            reply,
+            reply: apply::Reply::new(tx, Some(permit)),
         })
         .await
     }
@@ -140,7 +165,12 @@ impl<S: StateMachine> Peer<S> {
     /// Serves an encoded query linearizably on this peer, which must be the
     /// leader.
     pub async fn read_encoded(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.call(|reply| Command::Read { query, reply }).await
+        let permit = self.inner.admission.admit(query.len()).await?;
+        self.call(|tx| Command::Read {
+            query,
+            reply: apply::Reply::new(tx, Some(permit)),
+        })
+        .await
     }
 
     /// Proposes a write command (this peer must be the leader).
@@ -168,7 +198,8 @@ impl<S: StateMachine> Peer<S> {
     }
 
     /// Flushes the log and stops the peer. Further calls fail with
-    /// `Unavailable`.
+    /// `Unavailable`. Returns the storage error that stopped the node
+    /// earlier, if one did.
     pub async fn shutdown(&self) -> Result<(), Error> {
         let result = self.call(|reply| Command::Shutdown { reply }).await;
         let task = self.inner.task.lock().ok().and_then(|mut t| t.take());

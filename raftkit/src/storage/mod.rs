@@ -80,7 +80,9 @@ pub mod wal;
 mod tests;
 
 pub use error::StorageError;
-pub use group_commit::{AppendCallback, GroupCommit, GroupCommitStats};
+pub use group_commit::{
+    AppendCallback, GroupCommit, GroupCommitStats, MAX_BATCH_BYTES, ThreadBody,
+};
 pub use memory::MemLogStore;
 pub use snapshot::{FileSnapshotStore, MemSnapshotStore, Snapshot, SnapshotStore};
 pub use wal::{Wal, WalOptions};
