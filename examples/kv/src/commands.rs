@@ -287,6 +287,11 @@ pub async fn status(args: &ClusterArgs) -> Result<(), Failure> {
         .map(|((addr, voter), report)| match report {
             Ok(r) => {
                 let mut role = r.role.to_lowercase();
+                if r.fatal.is_some() {
+                    role = "failed (storage)".into();
+                } else if r.halted.is_some() {
+                    role.push_str(" (halted)");
+                }
                 if !view.members.iter().any(|(a, _, _)| a == addr) {
                     role.push_str(" (not a member)");
                 } else if !voter {

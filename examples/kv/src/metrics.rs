@@ -196,8 +196,48 @@ pub fn render(s: &PeerStatus) -> String {
         &mut out,
         "raftkit_halted",
         "gauge",
-        "1 if the node stopped applying (a handler panicked under `halt`).",
+        "1 if the node halted (a handler panicked under `halt`, or an entry does not decode) or its storage failed.",
         &with(u64::from(s.halted.is_some() || s.fatal.is_some())),
+    );
+    metric(
+        &mut out,
+        "raftkit_storage_failed",
+        "gauge",
+        "1 if the node's storage failed: it stopped; restart it on a healthy disk.",
+        &with(u64::from(s.fatal.is_some())),
+    );
+    metric(
+        &mut out,
+        "raftkit_snapshot_index",
+        "gauge",
+        "Index of the latest snapshot durable on this node.",
+        &with(s.snapshot_index),
+    );
+    metric(
+        &mut out,
+        "raftkit_snapshot_failures_total",
+        "counter",
+        "Snapshots that failed (serialization or save); each is retried with a backoff.",
+        &with(s.snapshot_failures),
+    );
+    metric(
+        &mut out,
+        "raftkit_snapshot_failing",
+        "gauge",
+        "1 while the latest snapshot attempt failed (the log is not compacted).",
+        &with(u64::from(s.snapshot_error.is_some())),
+    );
+    metric(
+        &mut out,
+        "raftkit_overloaded_total",
+        "counter",
+        "Calls refused with Overloaded (too many commands in flight).",
+        &with(s.overloaded),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP raftkit_longest_apply_pause_seconds Longest time the state machine stopped applying for a snapshot.\n# TYPE raftkit_longest_apply_pause_seconds gauge\nraftkit_longest_apply_pause_seconds{node} {}",
+        s.longest_apply_pause.as_secs_f64()
     );
     if let Some(contact) = s.leader_contact {
         metric(
@@ -305,5 +345,24 @@ mod tests {
         ));
         assert!(!text.contains("peer=\"127.0.0.1:7001\""));
         assert!(text.contains("# TYPE raftkit_proposals_total counter\n"));
+        assert!(text.contains("raftkit_storage_failed{node=\"kv@127.0.0.1:7001\"} 0\n"));
+    }
+
+    #[test]
+    fn a_failed_node_says_so() {
+        let s = PeerStatus {
+            name: "n".into(),
+            fatal: Some("storage failed: fsync: EIO".into()),
+            snapshot_failures: 2,
+            snapshot_error: Some("no space".into()),
+            ..PeerStatus::default()
+        };
+        let text = render(&s);
+        assert!(
+            text.contains("raftkit_storage_failed{node=\"n\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("raftkit_snapshot_failures_total{node=\"n\"} 2\n"));
+        assert!(text.contains("raftkit_snapshot_failing{node=\"n\"} 1\n"));
     }
 }

@@ -16,10 +16,13 @@
 //! member that died without closing its connections fails over too.
 //!
 //! Callers see a redirect only as [`Error::NotLeader`] after every retry
-//! failed; the other errors are typed: [`Error::Timeout`] (the deadline
-//! passed; a write may or may not have been applied, and retrying it through
-//! the same client is still exactly-once), [`Error::Unavailable`] (no member
-//! answered), [`Error::Rejected`], [`Error::Handler`], [`Error::Transport`].
+//! failed; the other errors are typed and say whether the command may have
+//! been applied ([`Error::applied`]): [`Error::Timeout`] (the deadline
+//! passed; a write may or may not have been applied), [`Error::Rejected`],
+//! [`Error::Handler`], [`Error::Overloaded`] and the others. The client
+//! retries exactly the retryable ones ([`Error::is_retryable`]); a member
+//! whose storage failed or that halted is suspected and not taken for the
+//! leader again.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -34,12 +37,10 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::Submit;
-use super::wire::{
-    ClientHello, ClientRequest, ClientResponse, SessionRef, StatusReport, WireError,
-};
-use crate::error::Error;
+use super::wire::{ClientHello, ClientRequest, ClientResponse, SessionRef, StatusReport};
+use crate::error::{Applied, Error};
 use crate::tls::{CLUSTER_SAN, Identity};
-use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, read_frame, write_frame};
+use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, read_frame, write_frame};
 use crate::transport::quic::{quic_client_config, transport_config};
 
 /// How long connecting to one member may take.
@@ -277,14 +278,20 @@ impl Client {
                 .map_err(|e| Error::Transport(e.to_string()))?;
             write_frame(&mut send, request, DEFAULT_MAX_FRAME_BYTES)
                 .await
-                .map_err(|e| Error::Transport(e.to_string()))?;
+                .map_err(|e| match e {
+                    // Nothing was sent: the request cannot be carried.
+                    FrameError::TooLarge { len, max } => Error::Rejected(format!(
+                        "the request is {len} bytes, more than a frame carries ({max} bytes)"
+                    )),
+                    e => Error::Transport(e.to_string()),
+                })?;
             let _ = send.finish();
             read_frame::<ClientResponse, _>(&mut recv, DEFAULT_MAX_FRAME_BYTES)
                 .await
                 .map_err(|e| Error::Transport(e.to_string()))
         };
         let r = attempt.await;
-        if r.is_err() {
+        if matches!(r, Err(Error::Transport(_))) {
             self.inner.conns.lock().await.remove(&addr);
             self.suspect(addr);
         }
@@ -319,25 +326,42 @@ impl Client {
 
     /// Sends `request` to the leader, following redirects and retrying
     /// within the call's deadline.
+    ///
+    /// Retries exactly the errors that say so ([`Error::is_retryable`]): a
+    /// redirect is followed at once; a member whose storage failed or that
+    /// halted ([`Error::member_is_down`]) is suspected and no longer taken
+    /// for the leader; `Overloaded` is retried after the backoff. Any other
+    /// error ends the call. A write keeps its session sequence number across
+    /// retries, so it is applied at most once; and once an attempt may have
+    /// been applied, the call never ends with an error that says it was not.
     pub async fn request(&self, request: ClientRequest) -> Result<ClientResponse, Error> {
         let deadline = Instant::now() + self.inner.opts.timeout;
         let mut backoff = self.inner.opts.backoff;
         let mut last = Error::Unavailable("no attempt made".into());
+        let mut maybe_applied = false;
         loop {
             let target = self.next_target();
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(match last {
-                    e @ Error::NotLeader { .. } => e,
-                    Error::Transport(_) | Error::Unavailable(_) => Error::Timeout,
-                    other => other,
-                });
+                return Err(final_error(last, maybe_applied, true));
             }
             let outcome = tokio::time::timeout(remaining, self.once(target, &request))
                 .await
                 .unwrap_or(Err(Error::Timeout));
-            match outcome {
-                Ok(ClientResponse::Err(WireError::NotLeader { hint })) => {
+            let e = match outcome {
+                Ok(ClientResponse::Err(e)) => Error::from(e),
+                Ok(ok) => {
+                    self.set_leader(Some(target));
+                    return Ok(ok);
+                }
+                Err(e) => e,
+            };
+            if !e.is_retryable() {
+                return Err(final_error(e, maybe_applied, false));
+            }
+            maybe_applied |= e.applied() != Applied::No;
+            match &e {
+                Error::NotLeader { hint } => {
                     // A hint at a member that just failed is stale (it is
                     // the dead leader the followers still believe in).
                     let next = hint
@@ -346,29 +370,21 @@ impl Client {
                         .filter(|n| !self.is_suspect(*n));
                     debug!(%target, ?next, "redirected to the leader");
                     self.set_leader(next.filter(|n| *n != target));
-                    last = Error::NotLeader { hint };
                     if next.is_some_and(|n| n != target) {
+                        last = e;
                         continue; // follow at once
                     }
                 }
-                Ok(ClientResponse::Err(WireError::Unavailable(e))) => {
+                // The same member, after the backoff.
+                Error::Overloaded => {}
+                e if e.member_is_down() => {
+                    debug!(%target, error = %e, "member cannot serve until restarted; trying another");
+                    self.suspect(target);
                     self.set_leader(None);
-                    last = Error::Unavailable(e);
                 }
-                Ok(ClientResponse::Err(WireError::Timeout)) => {
-                    self.set_leader(None);
-                    last = Error::Timeout;
-                }
-                Ok(ClientResponse::Err(e)) => return Err(e.into()),
-                Ok(ok) => {
-                    self.set_leader(Some(target));
-                    return Ok(ok);
-                }
-                Err(e) => {
-                    self.set_leader(None);
-                    last = e;
-                }
+                _ => self.set_leader(None),
             }
+            last = e;
             tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
             backoff = (backoff * 2).min(self.inner.opts.max_backoff);
@@ -446,6 +462,27 @@ impl Submit for Client {
     }
 }
 
+/// The error a call ends with: `e`, unless an earlier attempt may have been
+/// applied and `e` says the command was not (then the call timed out, or its
+/// outcome is unknown).
+fn final_error(e: Error, maybe_applied: bool, at_deadline: bool) -> Error {
+    if at_deadline {
+        return match e {
+            e @ Error::NotLeader { .. } if !maybe_applied => e,
+            e @ Error::Overloaded if !maybe_applied => e,
+            Error::Transport(_) | Error::Unavailable(_) | Error::NotLeader { .. } => Error::Timeout,
+            e if maybe_applied && e.applied() == Applied::No => Error::Timeout,
+            other => other,
+        };
+    }
+    if maybe_applied && e.applied() == Applied::No {
+        return Error::Ambiguous(format!(
+            "{e} (an earlier attempt of this call may have been applied)"
+        ));
+    }
+    e
+}
+
 /// A random session id: wall clock mixed with the process id and an
 /// address, enough to make collisions between clients vanishingly rare.
 fn session_id() -> u64 {
@@ -460,4 +497,31 @@ fn session_id() -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_that_may_have_applied_never_ends_saying_it_did_not() {
+        let no = Error::NotLeader { hint: None };
+        assert_eq!(final_error(no.clone(), false, true), no);
+        assert_eq!(final_error(no, true, true), Error::Timeout);
+        assert_eq!(
+            final_error(Error::Overloaded, false, true),
+            Error::Overloaded
+        );
+        assert_eq!(final_error(Error::Overloaded, true, true), Error::Timeout);
+        let refused = final_error(Error::Rejected("x".into()), true, false);
+        assert_eq!(refused.applied(), Applied::Maybe, "{refused}");
+        assert_eq!(
+            final_error(Error::Rejected("x".into()), false, false),
+            Error::Rejected("x".into())
+        );
+        let handler = Error::Handler {
+            message: "h".into(),
+        };
+        assert_eq!(final_error(handler.clone(), true, false), handler);
+    }
 }

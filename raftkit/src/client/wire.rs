@@ -101,6 +101,10 @@ pub struct StatusReport {
     /// Milliseconds since this peer last heard from the leader (0 on the
     /// leader).
     pub last_contact_ms: Option<u64>,
+    /// Set when the peer's storage failed: it stopped serving.
+    pub fatal: Option<String>,
+    /// Why the peer's last snapshot failed, until one succeeds.
+    pub snapshot_error: Option<String>,
 }
 
 /// The answer to a [`ClientHello`] or a [`ClientRequest`].

@@ -182,5 +182,7 @@ pub fn status_report<S: StateMachine>(peer: &Peer<S>) -> StatusReport {
             s.leader_contact
                 .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
         },
+        fatal: s.fatal.clone(),
+        snapshot_error: s.snapshot_error.clone(),
     }
 }
