@@ -166,6 +166,12 @@ pub fn run<S: StateMachine>(
         status,
     };
     while let Some(msg) = rx.blocking_recv() {
+        if rx.is_closed() {
+            // The node stopped: nothing applied from now on would be seen
+            // (the state lives in memory; the log keeps every entry). The
+            // callers still waiting learn that the peer stopped.
+            break;
+        }
         match msg {
             ApplyMsg::Register(proposals) => {
                 for (index, term, reply) in proposals {
@@ -178,7 +184,7 @@ pub fn run<S: StateMachine>(
                 }
             }
             ApplyMsg::Entries(entries) => {
-                a.apply(entries);
+                a.apply(entries, &rx);
                 a.publish();
             }
             ApplyMsg::Read {
@@ -253,9 +259,9 @@ impl<S: StateMachine> Apply<S> {
         self.answer_all();
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) {
+    fn apply(&mut self, entries: Vec<Entry>, rx: &mpsc::UnboundedReceiver<ApplyMsg>) {
         for e in entries {
-            if self.halted.is_some() {
+            if self.halted.is_some() || rx.is_closed() {
                 return;
             }
             if e.index <= self.applied {
