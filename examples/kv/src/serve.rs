@@ -120,11 +120,14 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         tokio::spawn(metrics::serve(listener, peer.clone()));
     }
 
-    let stop = wait_for_stop(&peer).await;
+    let stop = wait_for_stop(&peer, &data_dir).await;
     info!(name = %peer.name(), "stopping");
     let shutdown = peer.shutdown().await;
     stop?;
-    shutdown.map_err(|e| Failure::Failed(format!("unclean shutdown: {e}")))
+    shutdown.map_err(|e| match e {
+        raftkit::Error::Storage(reason) => storage_failure(&reason, &data_dir),
+        e => Failure::Failed(format!("unclean shutdown: {e}")),
+    })
 }
 
 fn start_failure(e: &raftkit::Error, dir: &Path) -> Failure {
@@ -140,8 +143,23 @@ fn start_failure(e: &raftkit::Error, dir: &Path) -> Failure {
     }
 }
 
+/// What an operator reads when the node's storage failed: what happened,
+/// that nothing acknowledged was lost, and what to do.
+fn storage_failure(reason: &str, dir: &Path) -> Failure {
+    let dir = dir.display();
+    Failure::Failed(if reason.contains("storage full") {
+        format!(
+            "the disk holding {dir} is full: the node stopped without losing any acknowledged write; free some space and restart it with `kv serve --data {dir}` ({reason})"
+        )
+    } else {
+        format!(
+            "the node's storage failed and it stopped without acknowledging anything more; check the disk holding {dir}, then restart it with `kv serve --data {dir}` ({reason})"
+        )
+    })
+}
+
 /// Waits for Ctrl-C, SIGTERM or a fatal node error.
-async fn wait_for_stop(peer: &Peer<Kv>) -> Result<(), Failure> {
+async fn wait_for_stop(peer: &Peer<Kv>, dir: &Path) -> Result<(), Failure> {
     let mut status = peer.watch();
     let fatal = async {
         loop {
@@ -156,7 +174,7 @@ async fn wait_for_stop(peer: &Peer<Kv>) -> Result<(), Failure> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = terminate() => Ok(()),
-        f = fatal => Err(Failure::Failed(format!("node failed: {f}"))),
+        f = fatal => Err(storage_failure(&f, dir)),
     }
 }
 

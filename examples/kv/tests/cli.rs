@@ -460,3 +460,92 @@ fn usage_errors_are_one_line() {
     assert!(tmp.path().join("kv@127.0.0.1:7001.pem").exists());
     assert!(tmp.path().join("kv@127.0.0.1:7001.key").exists());
 }
+
+/// `kv serve` whose disk fills up stops with one clear line on stderr and
+/// exit code 1, and loses no acknowledged write: restarted on a disk with
+/// room, it serves every one of them.
+///
+/// The full disk is real, without privileges: the server runs under a file
+/// size limit (`ulimit -f`, with `SIGXFSZ` ignored so that the kernel
+/// answers a write past the limit with `EFBIG` instead of killing the
+/// process), so its write-ahead log runs out of room after a few dozen KiB.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_on_a_full_disk_stops_with_one_clear_line_and_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let certs = tmp.path().join("certs").to_string_lossy().to_string();
+    let data = tmp.path().join("n1").to_string_lossy().to_string();
+    assert_eq!(kv(&["certs", "init", &certs], &[]).code, Some(0));
+    let addr = free_udp_addrs(1).remove(0);
+    // 64 blocks: 32 KiB under dash, 64 KiB under bash.
+    let mut serve = Command::new("sh");
+    serve
+        .args(["-c", "trap '' XFSZ; ulimit -f 64 && exec \"$0\" \"$@\"", KV])
+        .args([
+            "serve", "--listen", &addr, "--data", &data, "--certs", &certs,
+        ])
+        .args(["--bootstrap", "--tick-ms", TICK_MS])
+        .env_remove("KV_CLUSTER")
+        .env_remove("RAFTKIT_CERTS")
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = serve.spawn().expect("kv serve starts");
+    let env = [
+        ("KV_CLUSTER", addr.as_str()),
+        ("RAFTKIT_CERTS", certs.as_str()),
+    ];
+    let value = "v".repeat(4096);
+    let mut acked = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline && acked.len() < 200,
+            "kv serve never stopped ({} writes acknowledged)",
+            acked.len()
+        );
+        let key = format!("k{}", acked.len());
+        if kv(&["put", &key, &value], &env).code == Some(0) {
+            acked.push(key);
+        }
+    };
+    let mut stderr = String::new();
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut stderr);
+    }
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {stderr}");
+    let line = lines[0];
+    eprintln!("after {} acknowledged writes: {line}", acked.len());
+    assert!(line.starts_with("kv: the disk holding"), "{line}");
+    assert!(
+        line.contains("is full") && line.contains("restart it with"),
+        "{line}"
+    );
+    assert!(
+        !acked.is_empty(),
+        "the node accepted nothing before the disk filled"
+    );
+
+    // A disk with room: every acknowledged write is there.
+    let mut procs = Procs::default();
+    let log = tmp.path().join("restart.log");
+    procs.serve("n1", &["--data", &data, "--tick-ms", TICK_MS], &log);
+    for key in &acked {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let out = kv(&["get", key], &env);
+            if out.code == Some(0) {
+                assert_eq!(out.stdout.trim_end(), value, "{key}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{key} unreadable: {out:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
