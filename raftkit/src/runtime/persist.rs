@@ -6,11 +6,24 @@
 //! identity, so that a restart needs only the directory).
 //!
 //! Every write of a Ready goes to one storage thread ([`GroupCommit`]) in
-//! Ready order: snapshot (saved atomically, then the log compacted behind
-//! it), entries, hard state. The completion of the last write of a Ready
-//! signals the node task, which then releases the Ready's persisted-only
-//! messages. Because one thread applies writes in order and one fsync covers
-//! a whole batch, a completion implies every earlier write is durable too.
+//! Ready order: a snapshot received from the leader (saved atomically, and
+//! the log compacted behind it only if the save succeeded), entries, hard
+//! state. Each write completes exactly once, with `Ok` only if every part of
+//! it is durable; the completion signals the node task, which then releases
+//! the Ready's persisted-only messages. Because one thread applies writes in
+//! order and one fsync covers a whole batch, a completion implies every
+//! earlier write is durable too.
+//!
+//! Snapshots the node takes itself go to the [`SnapshotSaver`] thread
+//! instead, beside the log writer: appends, votes and acknowledgements never
+//! wait behind a snapshot reaching the disk. Only once a snapshot is durable
+//! does the node queue the compaction of the log behind it (a `Write` with
+//! `compact`), so a failed save never costs an entry.
+//!
+//! [`open`] reads everything back and refuses a log that starts past the
+//! latest snapshot's index + 1 (the entries between exist nowhere).
+//!
+//! All file IO goes through the node's [`Vfs`](crate::storage::vfs::Vfs).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
