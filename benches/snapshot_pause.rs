@@ -97,9 +97,7 @@ async fn cell(state_mb: usize, secs: f64, snapshot: bool) -> Measured {
                 .data_dir(dir.path().join(addr))
                 .bootstrap_members(ADDRS)
                 .snapshot_every(every)
-                .transport(move |id, inbox| {
-                    Arc::new(net.endpoint(id, inbox)) as Arc<dyn Transport>
-                })
+                .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)) as Arc<dyn Transport>)
                 .start()
                 .await
                 .expect("peer starts"),

@@ -230,9 +230,9 @@ async fn a_failed_snapshot_save_is_never_followed_by_compaction() {
     peer.shutdown().await.unwrap();
 }
 
-/// `open()` refuses a log whose first index lies past the snapshot's index
-/// + 1, as corruption naming the files, instead of starting without the
-/// missing entries.
+/// `open()` refuses a log whose first index lies past one after the
+/// snapshot's index, as corruption naming the files, instead of starting
+/// without the missing entries.
 #[test]
 fn a_log_compacted_past_its_snapshot_is_refused_as_corrupt() {
     use raftkit::core::{Entry, HardState, Payload};

@@ -23,7 +23,7 @@
 //! [`open`] reads everything back and refuses a log that starts past the
 //! latest snapshot's index + 1 (the entries between exist nowhere).
 //!
-//! All file IO goes through the node's [`Vfs`](crate::storage::vfs::Vfs).
+//! All file IO goes through the node's [`Vfs`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -340,6 +340,89 @@ fn group_commit_reports_request_errors_and_fatal_sync_errors() {
     assert!(matches!(err, StorageError::Failed { .. }), "{err}");
 }
 
+/// Counts the entry bytes each sync covers (and keeps nothing else).
+#[derive(Default)]
+struct CountingStore {
+    last: Index,
+    since_sync: usize,
+    largest_sync: usize,
+}
+
+impl LogStore for CountingStore {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        if let Some(e) = entries.last() {
+            self.last = e.index;
+        }
+        self.since_sync += entries.iter().map(Entry::approx_size).sum::<usize>();
+        Ok(())
+    }
+    fn truncate_suffix(&mut self, _: Index) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn compact_prefix(&mut self, _: Index, _: Term) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn entries(&self, lo: Index, _: Index) -> Result<Vec<Entry>, StorageError> {
+        Err(StorageError::Compacted {
+            index: lo,
+            first: self.last + 1,
+        })
+    }
+    fn term(&self, _: Index) -> Result<Option<Term>, StorageError> {
+        Ok(None)
+    }
+    fn first_index(&self) -> Index {
+        1
+    }
+    fn last_index(&self) -> Index {
+        self.last
+    }
+    fn save_hard_state(&mut self, _: HardState) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn hard_state(&self) -> HardState {
+        HardState::default()
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.largest_sync = self.largest_sync.max(self.since_sync);
+        self.since_sync = 0;
+        Ok(())
+    }
+}
+
+/// A backlog that piled up behind a stalled disk is written in batches of
+/// bounded size, never as one frame that outgrows what the log accepts: a
+/// slow disk makes writes slower, never failed.
+#[test]
+fn group_commit_writes_a_backlog_in_bounded_batches() {
+    let gc = GroupCommit::spawn(CountingStore::default()).unwrap();
+    let (gate_tx, gate) = mpsc::channel::<()>();
+    gc.with_store(move |_| {
+        let _ = gate.recv();
+    });
+    let (tx, rx) = mpsc::channel();
+    let n = (MAX_BATCH_BYTES >> 20) as u64 * 2 + 10;
+    for i in 1..=n {
+        let tx = tx.clone();
+        gc.append(
+            vec![cmd(i, 1, 1 << 20)],
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+    }
+    drop(tx);
+    gate_tx.send(()).unwrap();
+    let results: Vec<_> = rx.iter().collect();
+    assert_eq!(results.len() as u64, n);
+    assert!(results.iter().all(Result::is_ok));
+    assert!(gc.stats().syncs >= 3, "{:?}", gc.stats());
+    let store = gc.shutdown().unwrap();
+    assert!(
+        store.largest_sync <= MAX_BATCH_BYTES + (1 << 20) + 64,
+        "one sync covered {} bytes",
+        store.largest_sync
+    );
+}
+
 #[test]
 fn group_commit_drop_completes_queued_requests() {
     let gc = GroupCommit::spawn(MemLogStore::new()).unwrap();

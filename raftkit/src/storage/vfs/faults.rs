@@ -127,7 +127,11 @@ struct State {
     fired: u64,
 }
 
-/// A file system that injects faults; see the [module documentation](self).
+/// A file system that injects faults into another one (see
+/// [`crate::storage::vfs`]): before every call it consults its rules (an
+/// operation, an optional path fragment, how many matching calls to let
+/// through first, how many times to fire); what each [`Fault`] does is what
+/// a real disk does. Rules can be added and cleared while a node runs.
 /// Cloning shares the rules.
 #[derive(Clone)]
 pub struct FaultyFs {
@@ -317,8 +321,8 @@ impl VfsFile for FaultyFile {
         }
     }
 
-    fn len(&self) -> io::Result<u64> {
-        self.file.len()
+    fn size(&self) -> io::Result<u64> {
+        self.file.size()
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {

@@ -24,7 +24,7 @@
 //!   after [`Vfs::sync_dir`] on its directory returned `Ok`;
 //! - a failed sync means nothing about what reached the disk: the caller
 //!   must treat the file as lost (the stores stop; see
-//!   [`StorageError::Failed`](super::StorageError::Failed)).
+//!   [`StorageError::Failed`]).
 //!
 //! Nothing outside the stores branches on which implementation runs: a node
 //! is given one (`PeerBuilder::file_system`, a testing hook) and uses it for
@@ -88,8 +88,8 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// Writes all of `buf` at `offset` (durable after a sync). On failure
     /// any prefix of `buf` may have been written.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
-    /// The file's current length.
-    fn len(&self) -> io::Result<u64>;
+    /// The file's current size in bytes.
+    fn size(&self) -> io::Result<u64>;
     /// Cuts or extends the file to `len` bytes (durable after a sync).
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data and length durable (`fdatasync`).
@@ -232,7 +232,7 @@ impl VfsFile for RealFile {
         }
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 

@@ -105,7 +105,7 @@ impl Segment {
             .open(&path, OpenMode::Existing)
             .map_err(|e| StorageError::io("open segment", &path, e))?;
         let len = file
-            .len()
+            .size()
             .map_err(|e| StorageError::io("stat segment", &path, e))?;
         if len < SEGMENT_HEADER_LEN {
             return Err(StorageError::corrupt(&path, 0, "segment header truncated"));
