@@ -42,7 +42,9 @@ impl<S: StateMachine + Default> PeerExt for S {}
 ///
 /// Defaults: name `<state machine name>@<advertised address>`, data in
 /// `./data/<name>`, a 50 ms tick, elections after 10–20 ticks, heartbeats
-/// every 2 ticks, a snapshot every 10,000 applied entries.
+/// every 2 ticks, a snapshot every 10,000 applied entries, commands of at
+/// most 8 MiB, at most 16,384 commands and 64 MiB of them in flight (a call
+/// waits up to 2 s for room, then fails with `Overloaded`).
 pub struct PeerBuilder<S> {
     name: Option<String>,
     listen: Option<String>,
