@@ -574,7 +574,7 @@ impl Sleepy {
 }
 
 /// Handlers run where they cannot block the runtime's worker threads: on a
-/// one-thread runtime, a handler blocking for 400 ms leaves other tasks
+/// one-thread runtime, a handler blocking for 600 ms leaves other tasks
 /// running.
 #[tokio::test(flavor = "current_thread")]
 async fn a_slow_handler_does_not_block_the_runtime() {
@@ -598,11 +598,11 @@ async fn a_slow_handler_does_not_block_the_runtime() {
             }
         })
     };
-    SleepyClient::new(peer.clone()).work(400).await.unwrap();
+    SleepyClient::new(peer.clone()).work(600).await.unwrap();
     stop.store(true, Ordering::SeqCst);
     probe.await.unwrap();
     let gap = longest.load(Ordering::SeqCst);
-    assert!(gap < 200, "the runtime's only thread stalled for {gap} ms");
+    assert!(gap < 300, "the runtime's only thread stalled for {gap} ms");
     peer.shutdown().await.unwrap();
 }
 
