@@ -18,7 +18,7 @@ use crate::store::{Kv, KvClient, Mismatch};
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The validated cluster addresses.
-fn cluster_addrs(args: &ClusterArgs) -> Result<Vec<String>, Failure> {
+pub(crate) fn cluster_addrs(args: &ClusterArgs) -> Result<Vec<String>, Failure> {
     let addrs: Vec<String> = args
         .cluster
         .iter()
@@ -36,7 +36,7 @@ fn cluster_addrs(args: &ClusterArgs) -> Result<Vec<String>, Failure> {
     Ok(addrs)
 }
 
-fn options(args: &ClusterArgs, default_secs: u64) -> ClientOptions {
+pub(crate) fn options(args: &ClusterArgs, default_secs: u64) -> ClientOptions {
     ClientOptions {
         timeout: Duration::from_secs(args.timeout.unwrap_or(default_secs).max(1)),
         ..ClientOptions::default()

@@ -15,6 +15,7 @@
 //! [`fail::Failure`] for the codes); nothing here panics on user input or
 //! network data.
 
+mod bench;
 mod certs;
 mod cli;
 mod commands;
@@ -100,5 +101,6 @@ async fn run(cli: Cli) -> Result<(), fail::Failure> {
         Command::Certs(cli::CertsCommand::Init { dir }) => certs::init(&dir),
         Command::Certs(cli::CertsCommand::Issue { dir, name }) => certs::issue(&dir, &name),
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
