@@ -85,11 +85,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
                 let ok = match op.as_str() {
                     "put" => kv.put(key(t, n), value.clone()).await.is_ok(),
                     "get" => kv.get(key(t, 0)).await.is_ok_and(|v| v.is_some()),
-                    _ => kv
-                        .inner()
-                        .request(ClientRequest::Status)
-                        .await
-                        .is_ok(),
+                    _ => kv.inner().request(ClientRequest::Status).await.is_ok(),
                 };
                 if began >= measure_from {
                     if ok {
