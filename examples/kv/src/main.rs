@@ -22,6 +22,7 @@ mod commands;
 mod demo;
 mod fail;
 mod metrics;
+mod page;
 mod serve;
 mod store;
 

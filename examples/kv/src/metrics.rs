@@ -1,10 +1,12 @@
-//! `--metrics ADDR`: the node's status in the Prometheus text format, served
-//! by a tiny HTTP/1.0 responder (`GET /metrics`; anything else is 404).
+//! `--metrics ADDR`: the node's status in the Prometheus text format and as
+//! a page for people, served by a tiny HTTP/1.0 responder (`GET /metrics`,
+//! `GET /` for the page of [`crate::page`]; anything else is 404).
 //!
 //! Everything comes from [`PeerStatus`], including the append-to-durable and
 //! ReadIndex latency histograms the node task records.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftkit::core::Role;
@@ -14,16 +16,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
+use crate::page::{self, PageState};
 use crate::store::Kv;
 
 /// Serves metrics on `listener` until the process exits.
-pub async fn serve(listener: TcpListener, peer: Peer<Kv>) {
+pub async fn serve(listener: TcpListener, peer: Peer<Kv>, page: Arc<PageState>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let peer = peer.clone();
+                let page = Arc::clone(&page);
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &peer).await {
+                    if let Err(e) = answer(stream, &peer, &page).await {
                         debug!(error = %e, "metrics request failed");
                     }
                 });
@@ -36,7 +40,7 @@ pub async fn serve(listener: TcpListener, peer: Peer<Kv>) {
     }
 }
 
-async fn answer(mut stream: TcpStream, peer: &Peer<Kv>) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, peer: &Peer<Kv>, page: &PageState) -> std::io::Result<()> {
     // Read the request head (at most 8 KiB, 5 s).
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
@@ -64,10 +68,15 @@ async fn answer(mut stream: TcpStream, peer: &Peer<Kv>) -> std::io::Result<()> {
             "text/plain; version=0.0.4; charset=utf-8",
             render(&peer.status()),
         ),
+        (Some("GET"), Some("/" | "/index.html")) => (
+            "200 OK",
+            "text/html; charset=utf-8",
+            page::render(&peer.status(), page),
+        ),
         _ => (
             "404 Not Found",
             "text/plain; charset=utf-8",
-            "try GET /metrics\n".to_string(),
+            "try GET / or GET /metrics\n".to_string(),
         ),
     };
     let response = format!(
