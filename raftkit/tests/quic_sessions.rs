@@ -218,20 +218,21 @@ async fn a_client_whose_session_expired_reports_unknown_outcomes_and_carries_on(
         other.tick().await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Retrying the applied write after its session expired: not applied
-    // again, and reported as an unknown outcome.
+    // A new write, never sent under the old session, goes through under a
+    // new session, transparently.
+    assert_eq!(alice.incr().await.unwrap(), 2);
+    let second = alice.inner().session_id().expect("reopened");
+    assert_ne!(first, second);
+    // Retrying the applied write of the expired session: not applied again,
+    // and reported as an unknown outcome.
     let retry = once.incr().await;
     assert!(
         matches!(retry, Err(Error::SessionExpired(_))),
         "got {retry:?}"
     );
-    assert_eq!(other.count().await.unwrap(), 1, "not applied twice");
-    // A new write never sent under the old session goes through under a new
-    // one, transparently.
-    assert_eq!(alice.incr().await.unwrap(), 2);
-    let second = alice.inner().session_id().expect("reopened");
-    assert_ne!(first, second);
-    assert_eq!(other.count().await.unwrap(), 2);
+    assert_eq!(other.count().await.unwrap(), 2, "not applied twice");
+    assert_eq!(alice.incr().await.unwrap(), 3);
+    assert_eq!(alice.inner().session_id(), Some(second));
     n.peer.shutdown().await.unwrap();
 }
 

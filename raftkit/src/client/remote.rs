@@ -366,10 +366,11 @@ impl Client {
         self.request_tracked(&request, &mut false).await
     }
 
-    /// [`Client::request`], setting `uncertain` when an attempt reached a
-    /// member and its outcome is unknown (anything but a `NotLeader`
-    /// answer): only a write none of whose attempts is uncertain is known
-    /// not to have been applied.
+    /// [`Client::request`], setting `uncertain` when an attempt may have
+    /// reached a member and was retried without an answer saying what
+    /// happened (a lost connection, a timeout, `Unavailable`; a `NotLeader`
+    /// answer says "not proposed"): a write answered `SessionExpired` none
+    /// of whose attempts is uncertain was not applied.
     async fn request_tracked(
         &self,
         request: &ClientRequest,
@@ -392,7 +393,15 @@ impl Client {
             let outcome = tokio::time::timeout(remaining, self.once(target, request, &mut sent))
                 .await
                 .unwrap_or(Err(Error::Timeout));
-            if sent && !matches!(outcome, Ok(ClientResponse::Err(WireError::NotLeader { .. }))) {
+            // Retried without an answer that says what happened: unknown.
+            if sent
+                && matches!(
+                    outcome,
+                    Ok(ClientResponse::Err(
+                        WireError::Unavailable(_) | WireError::Timeout
+                    )) | Err(_)
+                )
+            {
                 *uncertain = true;
             }
             match outcome {
