@@ -155,7 +155,11 @@ async fn a_foreign_session_id_is_refused_and_the_victims_writes_still_apply() {
         .await;
     assert!(matches!(r, Err(Error::Rejected(_))), "close: {r:?}");
     let reader = n.client(MALLORY, Duration::from_secs(10)).await;
-    assert_eq!(reader.count().await.unwrap(), 1, "nothing of mallory's applied");
+    assert_eq!(
+        reader.count().await.unwrap(),
+        1,
+        "nothing of mallory's applied"
+    );
 
     // Alice's real writes 2 and 3 are applied, not answered from stored
     // replies of mallory's.
@@ -246,10 +250,15 @@ async fn clients_acknowledge_their_replies_and_close_their_sessions() {
     }
     // One open and 50 writes later, the table holds one session with at
     // most the last reply (every earlier one was acknowledged).
-    n.wait("the writes applied", |s| s.applied > base + 50).await;
+    n.wait("the writes applied", |s| s.applied > base + 50)
+        .await;
     let s = n.peer.status();
     assert_eq!(s.sessions, 1);
-    assert!(s.session_replies <= 1, "{} replies stored", s.session_replies);
+    assert!(
+        s.session_replies <= 1,
+        "{} replies stored",
+        s.session_replies
+    );
     // Closing forgets the session on the cluster; the client carries on
     // with a new session.
     alice.close().await.unwrap();

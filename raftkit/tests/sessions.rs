@@ -49,7 +49,10 @@ struct Cluster {
 impl Cluster {
     /// `n` in-memory peers whose wall clocks follow tokio's (paused) clock
     /// plus a per-node skew the test can change.
-    async fn start(n: usize, configure: impl Fn(PeerBuilder<Counter>) -> PeerBuilder<Counter>) -> Cluster {
+    async fn start(
+        n: usize,
+        configure: impl Fn(PeerBuilder<Counter>) -> PeerBuilder<Counter>,
+    ) -> Cluster {
         let net = MemoryNetwork::new(3);
         let addrs: Vec<String> = (1..=n).map(|i| format!("n{i}:1")).collect();
         let start = tokio::time::Instant::now();
@@ -120,15 +123,11 @@ impl Cluster {
 async fn applied_status(p: &Peer<Counter>) -> raftkit::runtime::PeerStatus {
     let target = p.status().last_index;
     let mut w = p.watch();
-    let s = tokio::time::timeout(
-        Duration::from_secs(30),
-        w.wait_for(|s| s.applied >= target),
-    )
-    .await
-    .expect("applied in time")
-    .expect("peer alive")
-    .clone();
-    s
+    tokio::time::timeout(Duration::from_secs(30), w.wait_for(|s| s.applied >= target))
+        .await
+        .expect("applied in time")
+        .expect("peer alive")
+        .clone()
 }
 
 fn add(key: &str, by: u64) -> Vec<u8> {
@@ -161,9 +160,11 @@ async fn write(
             }),
         )
         .await?;
-    Ok(raftkit::state_machine::decode::<CounterWriteOutput>("output", &out)
-        .map(|CounterWriteOutput::Add(v)| v)
-        .unwrap())
+    Ok(
+        raftkit::state_machine::decode::<CounterWriteOutput>("output", &out)
+            .map(|CounterWriteOutput::Add(v)| v)
+            .unwrap(),
+    )
 }
 
 async fn get(p: &Peer<Counter>, key: &str) -> u64 {
@@ -250,7 +251,9 @@ async fn the_session_table_stays_bounded_and_evicts_the_longest_idle_first() {
     let p = c.peers[c.leader().await].clone();
     let busy = p.open_session().await.unwrap();
     let mut busy_seq = 1;
-    write(&p, busy, busy_seq, busy_seq, "busy", 1).await.unwrap();
+    write(&p, busy, busy_seq, busy_seq, "busy", 1)
+        .await
+        .unwrap();
     let mut idle = Vec::new();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -259,7 +262,9 @@ async fn the_session_table_stays_bounded_and_evicts_the_longest_idle_first() {
         idle.push(s);
         tokio::time::sleep(Duration::from_millis(5)).await;
         busy_seq += 1;
-        write(&p, busy, busy_seq, busy_seq, "busy", 1).await.unwrap();
+        write(&p, busy, busy_seq, busy_seq, "busy", 1)
+            .await
+            .unwrap();
     }
     c.settle().await;
     for q in &c.peers {
@@ -270,11 +275,16 @@ async fn the_session_table_stays_bounded_and_evicts_the_longest_idle_first() {
     // The busy session survived; the longest idle ones were evicted.
     busy_seq += 1;
     assert_eq!(
-        write(&p, busy, busy_seq, busy_seq, "busy", 1).await.unwrap(),
+        write(&p, busy, busy_seq, busy_seq, "busy", 1)
+            .await
+            .unwrap(),
         12
     );
     let evicted = write(&p, idle[0], 2, 2, "idle", 1).await;
-    assert!(matches!(evicted, Err(Error::SessionExpired(_))), "{evicted:?}");
+    assert!(
+        matches!(evicted, Err(Error::SessionExpired(_))),
+        "{evicted:?}"
+    );
     assert_eq!(write(&p, idle[9], 2, 2, "idle", 1).await.unwrap(), 11);
     c.shutdown().await;
 }
@@ -289,7 +299,11 @@ async fn acknowledgements_shrink_the_stored_replies_to_what_is_in_flight() {
         write(p, acking, seq, seq, "a", 1).await.unwrap();
     }
     let s = applied_status(p).await;
-    assert!(s.session_replies <= 1, "{} replies stored", s.session_replies);
+    assert!(
+        s.session_replies <= 1,
+        "{} replies stored",
+        s.session_replies
+    );
     // One that acknowledges nothing keeps every reply, until it does.
     let silent = p.open_session().await.unwrap();
     for seq in 1..=100 {
@@ -298,7 +312,11 @@ async fn acknowledgements_shrink_the_stored_replies_to_what_is_in_flight() {
     assert!(applied_status(p).await.session_replies >= 100);
     assert_eq!(write(p, silent, 101, 101, "s", 1).await.unwrap(), 101);
     let s = applied_status(p).await;
-    assert!(s.session_replies <= 2, "{} replies stored", s.session_replies);
+    assert!(
+        s.session_replies <= 2,
+        "{} replies stored",
+        s.session_replies
+    );
     // A stale duplicate below the acknowledgement is refused, not applied.
     let stale = write(p, silent, 50, 1, "s", 1).await;
     assert!(matches!(stale, Err(Error::Rejected(_))), "got {stale:?}");
@@ -309,7 +327,10 @@ async fn acknowledgements_shrink_the_stored_replies_to_what_is_in_flight() {
     let s = applied_status(p).await;
     assert_eq!((s.sessions, s.session_replies), (0, 0));
     let closed = write(p, silent, 102, 102, "s", 1).await;
-    assert!(matches!(closed, Err(Error::SessionExpired(_))), "{closed:?}");
+    assert!(
+        matches!(closed, Err(Error::SessionExpired(_))),
+        "{closed:?}"
+    );
     c.shutdown().await;
 }
 

@@ -328,6 +328,8 @@ mod tests {
         assert!(!text.contains("peer=\"127.0.0.1:7001\""));
         assert!(text.contains("# TYPE raftkit_proposals_total counter\n"));
         assert!(text.contains("# TYPE raftkit_client_session_evictions_total counter\n"));
-        assert!(text.contains("raftkit_client_session_evictions_total{node=\"kv@127.0.0.1:7001\"} 4\n"));
+        assert!(
+            text.contains("raftkit_client_session_evictions_total{node=\"kv@127.0.0.1:7001\"} 4\n")
+        );
     }
 }

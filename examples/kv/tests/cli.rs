@@ -357,7 +357,10 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
             assert_eq!(sessions, Some(0), "sessions left open:\n{text}");
             break;
         }
-        assert!(Instant::now() < deadline, "metrics never caught up:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "metrics never caught up:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // An unknown key: nothing on stdout, one line on stderr, exit code 3.

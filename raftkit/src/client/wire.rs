@@ -60,7 +60,11 @@ pub struct ClientHello {
 /// A request on a client stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// An encoded `Write` command, part of a session.
+    /// An encoded `Write` command, part of a session. The session must be
+    /// open ([`ClientRequest::OpenSession`]) and owned by this connection's
+    /// certificate: a write under a session the cluster does not know is
+    /// answered [`WireError::SessionExpired`], under another identity's
+    /// session [`WireError::Rejected`]; neither changes anything.
     Write {
         /// The session and sequence number.
         session: SessionRef,

@@ -304,11 +304,9 @@ fn apply_command<S: StateMachine>(
         Op::CloseSession { id, owner } => {
             return match sessions.close(id, owner) {
                 Ok(()) => Ok(Vec::new()),
-                Err(SessionRefusal::Foreign | SessionRefusal::IdInUse) => {
-                    Err(Error::Rejected(format!(
-                        "session {id} belongs to another client identity; not closed"
-                    )))
-                }
+                Err(SessionRefusal::Foreign | SessionRefusal::IdInUse) => Err(Error::Rejected(
+                    format!("session {id} belongs to another client identity; not closed"),
+                )),
             };
         }
     };

@@ -10,8 +10,8 @@ use tracing::info;
 
 use super::apply::{self, ApplyStatus};
 use super::node::{NodeTask, WallClock};
-use super::session::{DEFAULT_MAX_SESSIONS, SESSION_TTL_MS};
 use super::persist::{self, PeerMeta, Persister, StorageChoice};
+use super::session::{DEFAULT_MAX_SESSIONS, SESSION_TTL_MS};
 use super::{Inner, Peer, PeerStatus};
 use crate::core::{Config, Configuration, Message, NodeId, Raft, Restored};
 use crate::error::Error;

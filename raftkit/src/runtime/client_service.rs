@@ -99,7 +99,9 @@ pub fn connection_owner(conn: &Connection) -> Option<Owner> {
     let chain = identity
         .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
         .ok()?;
-    chain.first().map(|leaf| Owner::of_certificate(leaf.as_ref()))
+    chain
+        .first()
+        .map(|leaf| Owner::of_certificate(leaf.as_ref()))
 }
 
 async fn serve_stream<S: StateMachine>(
@@ -173,8 +175,7 @@ pub async fn handle<S: StateMachine>(
         },
         ClientRequest::CloseSession { id } => match owner {
             Some(owner) => result(
-                timed(async { peer.close_session_as(id, owner).await.map(|()| Vec::new()) })
-                    .await,
+                timed(async { peer.close_session_as(id, owner).await.map(|()| Vec::new()) }).await,
             ),
             None => no_owner(),
         },

@@ -189,7 +189,9 @@ impl<S: StateMachine> Peer<S> {
     }
 
     pub(crate) async fn close_session_as(&self, id: SessionId, owner: Owner) -> Result<(), Error> {
-        self.propose(Op::CloseSession { id, owner }).await.map(|_| ())
+        self.propose(Op::CloseSession { id, owner })
+            .await
+            .map(|_| ())
     }
 
     async fn propose(&self, op: Op) -> Result<Vec<u8>, Error> {

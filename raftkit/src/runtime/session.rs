@@ -478,7 +478,10 @@ mod tests {
         let mut s = opened();
         assert_eq!(s.check(w(5, 99), A), Dedup::New);
         s.record(w(5, 99), StoredReply::Ok(vec![]));
-        assert_eq!(s.check(w(5, 99), A), Dedup::Duplicate(StoredReply::Ok(vec![])));
+        assert_eq!(
+            s.check(w(5, 99), A),
+            Dedup::Duplicate(StoredReply::Ok(vec![]))
+        );
         let mut s = opened();
         for seq in 1..=SESSION_WINDOW as u64 {
             assert_eq!(s.check(w(seq, 1), A), Dedup::New);
