@@ -96,6 +96,8 @@ struct StampClock {
     anchor_at: tokio::time::Instant,
     /// The last stamp this leader issued (stamps never go back).
     last: u64,
+    /// Whether a clamp was logged this term (once is enough).
+    warned: bool,
 }
 
 impl StampClock {
@@ -355,12 +357,17 @@ impl NodeTask {
                     anchor_ms,
                     anchor_at: tokio::time::Instant::now(),
                     last: 0,
+                    warned: false,
                 })
             }
         };
         let stamp = clock.stamp(wall);
-        if wall.abs_diff(stamp) > STAMP_SLACK_MS {
-            debug!(node = %self.name, wall, stamp, "wall clock disagrees with the replicated time; stamp clamped");
+        if wall.abs_diff(stamp) > STAMP_SLACK_MS && !clock.warned {
+            clock.warned = true;
+            // After downtime replicated time trails the wall clock for good
+            // (sessions do not age while the cluster is down); a clock step
+            // looks the same. Neither is a fault: say it once a term.
+            info!(node = %self.name, wall_ms = wall, stamp_ms = stamp, term, "replicated time and this leader's wall clock differ by more than the slack (downtime, or a clock step); stamps follow the monotonic clock");
         }
         stamp
     }

@@ -389,9 +389,10 @@ impl Sessions {
         let ack = s.acked_below.min(s.seq);
         if ack > st.acked_below {
             st.acked_below = ack;
-            let kept = st.replies.split_off(&ack);
-            self.stored = self.stored.saturating_sub(st.replies.len());
-            st.replies = kept;
+            while st.replies.first_key_value().is_some_and(|(&k, _)| k < ack) {
+                st.replies.pop_first();
+                self.stored = self.stored.saturating_sub(1);
+            }
         }
         if s.seq < st.acked_below {
             return Dedup::Stale;
