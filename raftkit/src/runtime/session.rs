@@ -50,7 +50,11 @@
 //!    `node.rs`), and the apply step advances replicated time by at most
 //!    [`MAX_STAMP_STEP_MS`] per entry, so one node with a bad clock (an NTP
 //!    step, a VM resumed) cannot expire sessions early. No replica's own
-//!    clock is ever consulted at apply.
+//!    clock is ever consulted at apply. Consequences, all on the safe side:
+//!    replicated time does not run while the cluster is down (sessions do
+//!    not age then, and it trails the wall clock afterwards), and it
+//!    advances only with entries, so a session lives *at least* its
+//!    time-to-live.
 //! 8. **The table is bounded.** An open entry carries the leader's
 //!    `max_sessions` setting; opening a session in a full table first evicts
 //!    the sessions idle the longest (ties: smallest id). Every decision above
