@@ -539,10 +539,12 @@ impl Client {
 
     /// Closes this client's session on the cluster, which then forgets its
     /// stored replies at once instead of after the session's time-to-live.
-    /// The client stays usable: its next write opens a new session. Calls
-    /// still in flight on the closed session end with
-    /// [`Error::SessionExpired`]. Dropping the last clone of a client closes
-    /// its session too, in the background and on a best-effort basis.
+    /// The client stays usable: its next write opens a new session. A write
+    /// still in flight on the closed session moves to the new session if
+    /// none of its attempts can have been applied, and otherwise ends with
+    /// [`Error::SessionExpired`] (outcome unknown): close a client once its
+    /// calls have returned. Dropping the last clone of a client closes its
+    /// session too, in the background and on a best-effort basis.
     pub async fn close(&self) -> Result<(), Error> {
         let old = {
             let mut current = match self.inner.session.lock() {
