@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::session::{
     AppSnapshot, Dedup, Envelope, Op, SessionCounters, SessionRefusal, Sessions, StoredReply,
@@ -267,7 +267,7 @@ fn apply_command<S: StateMachine>(
                     )));
                 }
                 Dedup::Foreign => {
-                    warn!(index, session = %session.id, ?owner, "write under a session owned by another identity; refused");
+                    debug!(index, session = %session.id, ?owner, "write under a session owned by another identity; refused");
                     return Err(Error::Rejected(format!(
                         "session {} belongs to another client identity; write {} refused, nothing changed",
                         session.id, session.seq
