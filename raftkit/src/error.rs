@@ -44,4 +44,13 @@ pub enum Error {
     /// The other side answered something this side does not understand.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The client's session was no longer known to the cluster (it expired,
+    /// was evicted from the bounded session table, or was closed) when the
+    /// write arrived (Raft thesis §6.3). Nothing was applied by that attempt,
+    /// but an earlier attempt of the same write may have been applied before
+    /// the session was forgotten: **the write's outcome is unknown (it may
+    /// have been applied)**. The network client has already opened a new
+    /// session; later calls go on normally.
+    #[error("session expired; the write may or may not have been applied: {0}")]
+    SessionExpired(String),
 }

@@ -196,6 +196,27 @@ pub fn render(s: &PeerStatus) -> String {
     );
     metric(
         &mut out,
+        "raftkit_client_session_replies",
+        "gauge",
+        "Unacknowledged replies stored in the session table.",
+        &with(s.session_replies as u64),
+    );
+    metric(
+        &mut out,
+        "raftkit_client_session_evictions_total",
+        "counter",
+        "Client sessions evicted from the full session table (longest idle first).",
+        &with(s.session_evictions),
+    );
+    metric(
+        &mut out,
+        "raftkit_client_session_expiries_total",
+        "counter",
+        "Client sessions dropped after their time-to-live.",
+        &with(s.session_expiries),
+    );
+    metric(
+        &mut out,
         "raftkit_members",
         "gauge",
         "Members of the configuration in force.",
@@ -287,6 +308,7 @@ mod tests {
                     next: Some(8),
                 },
             ],
+            session_evictions: 4,
             ..PeerStatus::default()
         };
         let mut s = s;
@@ -314,5 +336,9 @@ mod tests {
         ));
         assert!(!text.contains("peer=\"127.0.0.1:7001\""));
         assert!(text.contains("# TYPE raftkit_proposals_total counter\n"));
+        assert!(text.contains("# TYPE raftkit_client_session_evictions_total counter\n"));
+        assert!(
+            text.contains("raftkit_client_session_evictions_total{node=\"kv@127.0.0.1:7001\"} 4\n")
+        );
     }
 }

@@ -202,6 +202,27 @@ fn wait_status(env: &[(&str, &str)], what: &str, done: impl Fn(&[Row]) -> bool) 
     }
 }
 
+/// `GET /metrics` from a node's metrics endpoint (empty on failure).
+fn metrics(addr: &str) -> String {
+    use std::io::Write;
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+/// The value of the one sample of metric `name` in a metrics page.
+fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 fn leader(rows: &[Row]) -> Option<String> {
     let leaders: Vec<&Row> = rows.iter().filter(|r| r.role == "leader").collect();
     match leaders.as_slice() {
@@ -229,6 +250,10 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
         .map(|i| path(&format!("n{i}")).to_string_lossy().to_string())
         .collect();
     let log = |i: usize, run: u32| path(&format!("n{i}.{run}.log"));
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+        l.local_addr().expect("addr").to_string()
+    };
     procs.serve(
         &addrs[0],
         &[
@@ -241,6 +266,8 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
             "--bootstrap",
             "--tick-ms",
             TICK_MS,
+            "--metrics",
+            &metrics_addr,
         ],
         &log(1, 0),
     );
@@ -317,6 +344,25 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
     assert_eq!(out.stdout, "greeting\tworld\n", "{out:?}");
     let out = kv(&["del", "other"], &env);
     assert_eq!((out.code, out.stdout.as_str()), (Some(0), "1\n"), "{out:?}");
+    // Every CLI call closed the session its write opened: once the first
+    // node applied everything committed so far, its table is empty.
+    let rows = wait_status(&env, "a leader", |rows| leader(rows).is_some());
+    let committed = rows.iter().filter_map(|r| r.commit).max().expect("commit");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = metrics(&metrics_addr);
+        let applied = gauge(&text, "raftkit_applied_index");
+        let sessions = gauge(&text, "raftkit_client_sessions");
+        if applied.is_some_and(|a| a >= committed) {
+            assert_eq!(sessions, Some(0), "sessions left open:\n{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never caught up:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // An unknown key: nothing on stdout, one line on stderr, exit code 3.
     let out = kv(&["get", "missing"], &env);
     assert_fails(&out, Some(3), "absent");

@@ -16,9 +16,11 @@
 use std::collections::BTreeMap;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
-use super::session::{AppSnapshot, Dedup, Envelope, Sessions, StoredReply};
+use super::session::{
+    AppSnapshot, Dedup, Envelope, Op, SessionCounters, SessionRefusal, Sessions, StoredReply,
+};
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
@@ -28,8 +30,9 @@ use crate::state_machine::{
 /// Rebuilds the state machine and the session table from a snapshot taken
 /// by [`run`].
 pub fn restore<S: StateMachine>(data: &[u8]) -> Result<(S, Sessions), Error> {
-    let snap: AppSnapshot = decode("snapshot", data)?;
+    let mut snap: AppSnapshot = decode("snapshot", data)?;
     let sm = S::restore(&snap.state)?;
+    snap.sessions.recount();
     Ok((sm, snap.sessions))
 }
 
@@ -88,6 +91,26 @@ pub struct ApplyStatus {
     pub halted: Option<String>,
     /// Client sessions in the replicated session table.
     pub sessions: usize,
+    /// Unacknowledged replies stored across all sessions.
+    pub session_replies: usize,
+    /// Sessions evicted and expired by this replica since it started.
+    pub session_counters: SessionCounters,
+    /// Replicated time (the session table's "now"), in ms since the epoch.
+    pub replicated_ms: u64,
+}
+
+impl ApplyStatus {
+    /// The status of an apply task at `applied` with these sessions.
+    pub fn of(applied: Index, halted: &Option<String>, sessions: &Sessions) -> ApplyStatus {
+        ApplyStatus {
+            applied,
+            halted: halted.clone(),
+            sessions: sessions.len(),
+            session_replies: sessions.stored_replies(),
+            session_counters: sessions.counters(),
+            replicated_ms: sessions.now_ms(),
+        }
+    }
 }
 
 /// Runs the apply task until the node task drops its sender.
@@ -128,11 +151,7 @@ pub async fn run<S: StateMachine>(
                         Payload::Noop | Payload::Config(_) => Ok(Vec::new()),
                     };
                     if halted.is_some() {
-                        let _ = status.send(ApplyStatus {
-                            applied,
-                            halted: halted.clone(),
-                            sessions: sessions.len(),
-                        });
+                        let _ = status.send(ApplyStatus::of(applied, &halted, &sessions));
                     }
                     if halted.is_some() {
                         break;
@@ -153,11 +172,7 @@ pub async fn run<S: StateMachine>(
                     }
                 }
                 serve_reads(&sm, applied, &mut reads);
-                let _ = status.send(ApplyStatus {
-                    applied,
-                    halted: halted.clone(),
-                    sessions: sessions.len(),
-                });
+                let _ = status.send(ApplyStatus::of(applied, &halted, &sessions));
             }
             ApplyMsg::Read {
                 index,
@@ -182,20 +197,12 @@ pub async fn run<S: StateMachine>(
                         }
                     }
                     serve_reads(&sm, applied, &mut reads);
-                    let _ = status.send(ApplyStatus {
-                        applied,
-                        halted: halted.clone(),
-                        sessions: sessions.len(),
-                    });
+                    let _ = status.send(ApplyStatus::of(applied, &halted, &sessions));
                 }
                 Err(e) => {
                     error!(%e, index, "snapshot from the leader does not decode; this node stops applying");
                     halted = Some(format!("undecodable snapshot at {index}: {e}"));
-                    let _ = status.send(ApplyStatus {
-                        applied,
-                        halted: halted.clone(),
-                        sessions: sessions.len(),
-                    });
+                    let _ = status.send(ApplyStatus::of(applied, &halted, &sessions));
                 }
             },
             ApplyMsg::TakeSnapshot => {
@@ -243,19 +250,67 @@ fn apply_command<S: StateMachine>(
         }
     };
     sessions.advance(envelope.stamp_ms);
-    if let Some(s) = envelope.session {
-        match sessions.check(s) {
-            Dedup::Duplicate(reply) => return stored_to_result(reply),
-            Dedup::Stale => {
-                return Err(Error::Rejected(format!(
-                    "write {} of session {:#x} is older than the session's latest write",
-                    s.seq, s.client
-                )));
+    let (command, session) = match envelope.op {
+        Op::Write { command } => (command, None),
+        Op::SessionWrite {
+            session,
+            owner,
+            command,
+        } => {
+            match sessions.check(session, owner) {
+                Dedup::New => {}
+                Dedup::Duplicate(reply) => return stored_to_result(reply),
+                Dedup::Unknown => {
+                    return Err(Error::SessionExpired(format!(
+                        "session {} is not open (expired, evicted or closed); write {} was not applied now",
+                        session.id, session.seq
+                    )));
+                }
+                Dedup::Foreign => {
+                    debug!(index, session = %session.id, ?owner, "write under a session owned by another identity; refused");
+                    return Err(Error::Rejected(format!(
+                        "session {} belongs to another client identity; write {} refused, nothing changed",
+                        session.id, session.seq
+                    )));
+                }
+                Dedup::Stale => {
+                    return Err(Error::Rejected(format!(
+                        "write {} of session {} was already answered and acknowledged; not applied again",
+                        session.seq, session.id
+                    )));
+                }
+                Dedup::WindowFull => {
+                    return Err(Error::Rejected(format!(
+                        "session {} holds {} unacknowledged replies; write {} was not applied",
+                        session.id,
+                        super::session::SESSION_WINDOW,
+                        session.seq
+                    )));
+                }
             }
-            Dedup::New => {}
+            (command, Some(session))
         }
-    }
-    let stored = match apply_encoded(sm, &envelope.command) {
+        Op::OpenSession {
+            id,
+            owner,
+            ttl_ms,
+            max_sessions,
+        } => {
+            return match sessions.open(id, owner, ttl_ms, max_sessions) {
+                Ok(()) => Ok(Vec::new()),
+                Err(_) => Err(Error::Rejected(format!("session id {id} is in use"))),
+            };
+        }
+        Op::CloseSession { id, owner } => {
+            return match sessions.close(id, owner) {
+                Ok(()) => Ok(Vec::new()),
+                Err(SessionRefusal::Foreign | SessionRefusal::IdInUse) => Err(Error::Rejected(
+                    format!("session {id} belongs to another client identity; not closed"),
+                )),
+            };
+        }
+    };
+    let stored = match apply_encoded(sm, &command) {
         Ok(out) => StoredReply::Ok(out),
         Err(ApplyError::Halted { message }) => {
             error!(index, %message, "handler panicked under the halt policy; this node stops applying");
@@ -271,7 +326,7 @@ fn apply_command<S: StateMachine>(
             StoredReply::Rejected(err.to_string())
         }
     };
-    if let Some(s) = envelope.session {
+    if let Some(s) = session {
         sessions.record(s, stored.clone());
     }
     stored_to_result(stored)

@@ -9,8 +9,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use super::apply::{self, ApplyStatus};
-use super::node::NodeTask;
+use super::node::{NodeTask, WallClock};
 use super::persist::{self, PeerMeta, Persister, StorageChoice};
+use super::session::{DEFAULT_MAX_SESSIONS, SESSION_TTL_MS};
 use super::{Inner, Peer, PeerStatus};
 use crate::core::{Config, Configuration, Message, NodeId, Raft, Restored};
 use crate::error::Error;
@@ -39,7 +40,8 @@ impl<S: StateMachine + Default> PeerExt for S {}
 ///
 /// Defaults: name `<state machine name>@<advertised address>`, data in
 /// `./data/<name>`, a 50 ms tick, elections after 10–20 ticks, heartbeats
-/// every 2 ticks, a snapshot every 10,000 applied entries.
+/// every 2 ticks, a snapshot every 10,000 applied entries, client sessions
+/// idle for an hour expire, at most 10,000 client sessions.
 pub struct PeerBuilder<S> {
     name: Option<String>,
     listen: Option<String>,
@@ -53,6 +55,9 @@ pub struct PeerBuilder<S> {
     snapshot_every: u64,
     transport: Option<TransportFactory>,
     identity: Option<Identity>,
+    session_ttl: Duration,
+    max_sessions: u64,
+    wall_clock: Option<WallClock>,
     _sm: PhantomData<fn() -> S>,
 }
 
@@ -78,6 +83,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             snapshot_every: 10_000,
             transport: None,
             identity: None,
+            session_ttl: Duration::from_millis(SESSION_TTL_MS),
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            wall_clock: None,
             _sm: PhantomData,
         }
     }
@@ -177,6 +185,32 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// Take a snapshot every this many applied entries (0: never).
     pub fn snapshot_every(mut self, entries: u64) -> Self {
         self.snapshot_every = entries;
+        self
+    }
+
+    /// How long a client session may stay idle before it expires (default
+    /// one hour of replicated time). A client whose session expired gets
+    /// [`Error::SessionExpired`] for a write whose earlier attempts may have
+    /// been applied. Applies to sessions opened while this peer leads.
+    pub fn session_ttl(mut self, ttl: Duration) -> Self {
+        self.session_ttl = ttl;
+        self
+    }
+
+    /// The most client sessions the replicated session table holds (default
+    /// 10,000): opening one more evicts the session idle the longest
+    /// (counted in [`PeerStatus::session_evictions`]). Applies to sessions
+    /// opened while this peer leads.
+    pub fn max_sessions(mut self, sessions: u64) -> Self {
+        self.max_sessions = sessions.max(1);
+        self
+    }
+
+    /// Replaces the wall clock the leader stamps entries with (ms since the
+    /// Unix epoch), for tests of clock jumps. Not for production use.
+    #[doc(hidden)]
+    pub fn wall_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.wall_clock = Some(Arc::new(clock));
         self
     }
 
@@ -366,11 +400,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let persister = Persister::start(opened.log, opened.snapshots, inline)?;
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
-        let (apply_status_tx, apply_status_rx) = watch::channel(ApplyStatus {
-            applied,
-            halted: None,
-            sessions: sessions.len(),
-        });
+        let (apply_status_tx, apply_status_rx) =
+            watch::channel(ApplyStatus::of(applied, &None, &sessions));
         tokio::spawn(apply::run(
             sm,
             sessions,
@@ -394,6 +425,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             status: status_tx,
             tick: self.tick,
             on_stop,
+            wall_clock: self
+                .wall_clock
+                .unwrap_or_else(|| Arc::new(super::node::system_clock_ms)),
         };
         let handle = tokio::spawn(task.run());
         let peer = Peer {
@@ -405,6 +439,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 id,
                 local_addr,
                 tick: self.tick,
+                session_ttl_ms: u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX),
+                max_sessions: self.max_sessions,
             }),
             _sm: PhantomData,
         };

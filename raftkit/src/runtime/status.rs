@@ -55,6 +55,19 @@ pub struct PeerStatus {
     /// When this peer last received a message from the leader it follows
     /// (`None` on the leader itself and while no leader is known).
     pub leader_contact: Option<std::time::Instant>,
+    /// Unacknowledged replies stored in this peer's session table (clients
+    /// acknowledge the answers they received, so this stays near the number
+    /// of writes in flight).
+    pub session_replies: usize,
+    /// Sessions this peer evicted from its full session table (the longest
+    /// idle first; bounded by [`PeerBuilder::max_sessions`]) since it
+    /// started.
+    ///
+    /// [`PeerBuilder::max_sessions`]: super::PeerBuilder::max_sessions
+    pub session_evictions: u64,
+    /// Sessions this peer dropped after their time-to-live of replicated
+    /// time since it started.
+    pub session_expiries: u64,
 }
 
 /// A latency histogram in the Prometheus style: fixed buckets, counts per
