@@ -26,6 +26,13 @@
 //! | [`Halted`](Error::Halted) | Maybe | yes, on another member |
 //! | [`Overloaded`](Error::Overloaded) | No | yes, after a backoff |
 //! | [`Ambiguous`](Error::Ambiguous) | Maybe | yes |
+//! | [`SessionExpired`](Error::SessionExpired) | Maybe | no (the client opens a new session) |
+//!
+//! A call may end with an error that is `Maybe` and not retried only when
+//! retrying could do no better: a codec or protocol error would recur, and
+//! a write whose session expired cannot be retried exactly-once (its
+//! earlier attempts may have been applied under the forgotten session, and
+//! a new session would apply it again), so the caller decides.
 
 use crate::state_machine::CodecError;
 
@@ -112,10 +119,20 @@ pub enum Error {
     Overloaded,
     /// The command reached the log, but this node can no longer tell its
     /// outcome (it stopped, or the entry was overtaken by a snapshot, or the
-    /// write is older than anything its session still remembers). It may
-    /// have been applied.
+    /// write's session already acknowledged its answer, so an earlier
+    /// attempt was answered and this one was not applied). It may have been
+    /// applied.
     #[error("outcome unknown: {0}")]
     Ambiguous(String),
+    /// The client's session was no longer known to the cluster (it expired,
+    /// was evicted from the bounded session table, or was closed) when the
+    /// write arrived (Raft thesis §6.3). Nothing was applied by that attempt,
+    /// but an earlier attempt of the same write may have been applied before
+    /// the session was forgotten: **the write's outcome is unknown (it may
+    /// have been applied)**. The network client has already opened a new
+    /// session; later calls go on normally.
+    #[error("session expired; the write may or may not have been applied: {0}")]
+    SessionExpired(String),
 }
 
 impl Error {
@@ -134,7 +151,8 @@ impl Error {
             | Error::Storage(_)
             | Error::Protocol(_)
             | Error::Halted { .. }
-            | Error::Ambiguous(_) => Applied::Maybe,
+            | Error::Ambiguous(_)
+            | Error::SessionExpired(_) => Applied::Maybe,
         }
     }
 
@@ -151,9 +169,11 @@ impl Error {
             | Error::Halted { .. }
             | Error::Overloaded
             | Error::Ambiguous(_) => true,
-            Error::Rejected(_) | Error::Handler { .. } | Error::Codec(_) | Error::Protocol(_) => {
-                false
-            }
+            Error::Rejected(_)
+            | Error::Handler { .. }
+            | Error::Codec(_)
+            | Error::Protocol(_)
+            | Error::SessionExpired(_) => false,
         }
     }
 
@@ -203,15 +223,23 @@ mod tests {
             ),
             (Error::Overloaded, Applied::No, true),
             (Error::Ambiguous("x".into()), Applied::Maybe, true),
+            (Error::SessionExpired("x".into()), Applied::Maybe, false),
         ];
         for (e, applied, retry) in all {
             assert_eq!(e.applied(), applied, "{e:?}");
             assert_eq!(e.is_retryable(), retry, "{e:?}");
             // Only an error that cannot have applied anything may be final
             // and silent about it; a final error is never "maybe" unless the
-            // caller can do nothing better (codec, protocol).
+            // caller can do nothing better (codec, protocol, an expired
+            // session: a retry under a new session could apply it twice).
             if !retry && applied == Applied::Maybe {
-                assert!(matches!(e, Error::Codec(_) | Error::Protocol(_)), "{e:?}");
+                assert!(
+                    matches!(
+                        e,
+                        Error::Codec(_) | Error::Protocol(_) | Error::SessionExpired(_)
+                    ),
+                    "{e:?}"
+                );
             }
         }
     }

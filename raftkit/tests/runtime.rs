@@ -204,7 +204,12 @@ async fn a_retried_session_write_is_applied_once() {
         },
     )
     .unwrap();
-    let session = Some(SessionRef { client: 42, seq: 1 });
+    let id = leader.open_session().await.unwrap();
+    let session = Some(SessionRef {
+        id,
+        seq: 1,
+        acked_below: 1,
+    });
     let first = leader.write_in_session(cmd.clone(), session).await.unwrap();
     // The reply was "lost": the client retries the same sequence number.
     let retry = leader.write_in_session(cmd.clone(), session).await.unwrap();
@@ -217,7 +222,14 @@ async fn a_retried_session_write_is_applied_once() {
     );
     // A later write of the session is new.
     leader
-        .write_in_session(cmd, Some(SessionRef { client: 42, seq: 2 }))
+        .write_in_session(
+            cmd,
+            Some(SessionRef {
+                id,
+                seq: 2,
+                acked_below: 2,
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(client.get("k".into()).await.unwrap(), 10);

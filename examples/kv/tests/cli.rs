@@ -202,6 +202,27 @@ fn wait_status(env: &[(&str, &str)], what: &str, done: impl Fn(&[Row]) -> bool) 
     }
 }
 
+/// `GET /metrics` from a node's metrics endpoint (empty on failure).
+fn metrics(addr: &str) -> String {
+    use std::io::Write;
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+/// The value of the one sample of metric `name` in a metrics page.
+fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 fn leader(rows: &[Row]) -> Option<String> {
     let leaders: Vec<&Row> = rows.iter().filter(|r| r.role == "leader").collect();
     match leaders.as_slice() {
@@ -229,6 +250,10 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
         .map(|i| path(&format!("n{i}")).to_string_lossy().to_string())
         .collect();
     let log = |i: usize, run: u32| path(&format!("n{i}.{run}.log"));
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+        l.local_addr().expect("addr").to_string()
+    };
     procs.serve(
         &addrs[0],
         &[
@@ -241,6 +266,8 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
             "--bootstrap",
             "--tick-ms",
             TICK_MS,
+            "--metrics",
+            &metrics_addr,
         ],
         &log(1, 0),
     );
@@ -317,6 +344,25 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
     assert_eq!(out.stdout, "greeting\tworld\n", "{out:?}");
     let out = kv(&["del", "other"], &env);
     assert_eq!((out.code, out.stdout.as_str()), (Some(0), "1\n"), "{out:?}");
+    // Every CLI call closed the session its write opened: once the first
+    // node applied everything committed so far, its table is empty.
+    let rows = wait_status(&env, "a leader", |rows| leader(rows).is_some());
+    let committed = rows.iter().filter_map(|r| r.commit).max().expect("commit");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = metrics(&metrics_addr);
+        let applied = gauge(&text, "raftkit_applied_index");
+        let sessions = gauge(&text, "raftkit_client_sessions");
+        if applied.is_some_and(|a| a >= committed) {
+            assert_eq!(sessions, Some(0), "sessions left open:\n{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never caught up:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // An unknown key: nothing on stdout, one line on stderr, exit code 3.
     let out = kv(&["get", "missing"], &env);
     assert_fails(&out, Some(3), "absent");
@@ -547,5 +593,155 @@ fn serve_on_a_full_disk_stops_with_one_clear_line_and_loses_nothing() {
             assert!(Instant::now() < deadline, "{key} unreadable: {out:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// The browser the status-page test drives: `$RAFTKIT_CHROMIUM`, or
+/// `chromium` / `chromium-browser` / `google-chrome` on the `PATH`.
+fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RAFTKIT_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| {
+            ["chromium", "chromium-browser", "google-chrome"]
+                .into_iter()
+                .map(move |name| dir.join(name))
+        })
+        .find(|p| p.is_file())
+}
+
+/// Loads `url` in headless Chromium and returns the DOM it rendered
+/// (optionally also a screenshot at `shot`).
+fn render_in_chromium(browser: &Path, url: &str, shot: Option<&Path>) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut cmd = Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--window-size=1100,760",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match shot {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium runs");
+    assert!(out.status.success(), "chromium failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kv serve --metrics` serves a status page at `/`: loaded in a real
+/// browser from a running 3-node cluster, it shows the node, the leader,
+/// every member with the status that member reported, a leader change and
+/// the write-latency chart. CI installs Chromium (`.ci/run`) and sets
+/// `RAFTKIT_REQUIRE_BROWSER`; elsewhere the test says loudly that it did
+/// not run when no browser is installed. `RAFTKIT_PAGE_SCREENSHOT=FILE`
+/// also saves a screenshot (the README's).
+#[test]
+fn status_page_in_a_browser() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("RAFTKIT_REQUIRE_BROWSER").is_none(),
+            "no Chromium found (install Debian's `chromium` or set RAFTKIT_CHROMIUM)"
+        );
+        eprintln!(
+            "WARNING: status_page_in_a_browser did NOT run: no Chromium on this machine \
+             (apt-get install chromium); CI runs it"
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = |p: &str| -> PathBuf { tmp.path().join(p) };
+    let certs_s = path("certs").to_string_lossy().to_string();
+    let out = kv(&["certs", "init", &certs_s], &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let addrs = free_udp_addrs(3);
+    let metrics = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let mut procs = Procs::default();
+    for (i, addr) in addrs.iter().enumerate() {
+        let data = path(&format!("n{i}")).to_string_lossy().to_string();
+        let mut args = vec![
+            "--listen",
+            addr,
+            "--data",
+            &data,
+            "--certs",
+            &certs_s,
+            "--tick-ms",
+            TICK_MS,
+        ];
+        if i == 0 {
+            args.extend(["--bootstrap", "--metrics", &metrics]);
+        } else {
+            args.extend(["--join", &addrs[0]]);
+        }
+        procs.serve(addr, &args, &path(&format!("n{i}.log")));
+    }
+    let cluster = addrs.join(",");
+    let env = [
+        ("KV_CLUSTER", cluster.as_str()),
+        ("RAFTKIT_CERTS", certs_s.as_str()),
+    ];
+    wait_status(&env, "three members with a leader", |rows| {
+        rows.len() == 3 && leader(rows).is_some() && rows.iter().all(|r| r.role != "unreachable")
+    });
+    for i in 0..5 {
+        let out = kv(&["put", &format!("k{i}"), "v"], &env);
+        assert_eq!(out.code, Some(0), "{out:?}");
+    }
+
+    // The page refreshes itself and the node asks the others for their
+    // status in the background: load it until every member is reported.
+    let url = format!("http://{metrics}/");
+    let deadline = Instant::now() + PATIENCE;
+    let dom = loop {
+        let dom = render_in_chromium(&browser, &url, None);
+        let reported = addrs
+            .iter()
+            .filter(|a| {
+                dom.contains(&format!("<td>{a}"))
+                    && !dom.contains(&format!("<td>{a}</td><td>voter</td><td>–"))
+            })
+            .count();
+        if reported == 3 && dom.contains(" writes") {
+            break dom;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed all three members:\n{dom}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        dom.contains(&format!("<h1 id=\"node\">kv@{}</h1>", addrs[0])),
+        "{dom}"
+    );
+    assert!(dom.contains(&format!("{} (this node)", addrs[0])), "{dom}");
+    assert_eq!(dom.matches("<td>leader</td>").count(), 1, "{dom}");
+    assert_eq!(dom.matches("<td>follower</td>").count(), 2, "{dom}");
+    assert!(dom.contains("<ol id=\"changes\"><li>"), "{dom}");
+    assert!(dom.contains(", leader 127.0.0.1:"), "{dom}");
+    assert!(dom.contains("<svg id=\"latency\""), "{dom}");
+    assert!(!dom.contains("0 writes · no writes yet"), "{dom}");
+    assert!(!dom.contains("<script"), "no JavaScript: {dom}");
+    if let Some(shot) = std::env::var_os("RAFTKIT_PAGE_SCREENSHOT") {
+        render_in_chromium(&browser, &url, Some(Path::new(&shot)));
     }
 }

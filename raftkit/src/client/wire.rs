@@ -16,13 +16,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+/// A client session's id: 128 random bits drawn by the leader that opened
+/// it (from the operating system's CSPRNG), bound to the identity that
+/// opened it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u128);
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// Identifies one write of one client session (exactly-once writes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRef {
-    /// The session id (random per client).
-    pub client: u64,
+    /// The session id (from [`ClientRequest::OpenSession`]).
+    pub id: SessionId,
     /// The write's sequence number within the session, from 1.
     pub seq: u64,
+    /// The client's acknowledgement: the lowest sequence number whose answer
+    /// it has not received yet. The cluster forgets the replies below it
+    /// and refuses writes below it.
+    pub acked_below: u64,
 }
 
 /// The first frame of a client connection.
@@ -38,7 +60,11 @@ pub struct ClientHello {
 /// A request on a client stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// An encoded `Write` command, part of a session.
+    /// An encoded `Write` command, part of a session. The session must be
+    /// open ([`ClientRequest::OpenSession`]) and owned by this connection's
+    /// certificate: a write under a session the cluster does not know is
+    /// answered [`WireError::SessionExpired`], under another identity's
+    /// session [`WireError::Rejected`]; neither changes anything.
     Write {
         /// The session and sequence number.
         session: SessionRef,
@@ -72,6 +98,16 @@ pub enum ClientRequest {
     TransferLeader {
         /// The member's address.
         addr: String,
+    },
+    /// Open a session for this connection's identity (thesis §6.3
+    /// `RegisterClient`): answered, once applied, with the new
+    /// [`SessionId`] (postcard).
+    OpenSession,
+    /// Close a session of this connection's identity (best effort: expiry
+    /// and eviction reap the sessions nobody closes).
+    CloseSession {
+        /// The session.
+        id: SessionId,
     },
 }
 
@@ -145,6 +181,10 @@ pub enum WireError {
     Overloaded,
     /// The outcome is unknown (see [`Error::Ambiguous`]).
     Ambiguous(String),
+    /// The session of a write is not (any longer) in the cluster's session
+    /// table: the write was not applied now, but an earlier attempt of it
+    /// may have been before the session expired.
+    SessionExpired(String),
 }
 
 impl From<Error> for WireError {
@@ -159,6 +199,7 @@ impl From<Error> for WireError {
             Error::Halted { message } => WireError::Halted(message),
             Error::Overloaded => WireError::Overloaded,
             Error::Ambiguous(s) => WireError::Ambiguous(s),
+            Error::SessionExpired(s) => WireError::SessionExpired(s),
             // Codec, transport and protocol errors of the peer itself: the
             // client cannot tell what happened, so neither does the wire.
             other => WireError::Ambiguous(other.to_string()),
@@ -178,6 +219,7 @@ impl From<WireError> for Error {
             WireError::Halted(message) => Error::Halted { message },
             WireError::Overloaded => Error::Overloaded,
             WireError::Ambiguous(s) => Error::Ambiguous(s),
+            WireError::SessionExpired(s) => Error::SessionExpired(s),
         }
     }
 }
@@ -205,6 +247,7 @@ mod tests {
             },
             Error::Overloaded,
             Error::Ambiguous("a".into()),
+            Error::SessionExpired("e".into()),
             Error::Transport("t".into()),
             Error::Protocol("p".into()),
         ];

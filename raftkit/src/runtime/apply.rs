@@ -23,16 +23,26 @@
 //!   and later caller is answered [`Error::Halted`] (a fixed binary will
 //!   apply the write, so it is never reported as failed);
 //! - after [`ApplyMsg::Fail`] (the node's storage failed) every waiting and
-//!   later caller is answered with that error; every caller is answered.
+//!   later caller is answered with that error; every caller is answered;
+//! - client writes go through the session table (`session.rs`): sessions
+//!   are opened and closed by their own log entries, a write under a
+//!   session the table does not know is refused with
+//!   [`Error::SessionExpired`], one under another identity's session is
+//!   refused and changes nothing, and a write the table already answered
+//!   is answered from it, never applied twice. Every decision depends only
+//!   on the log, so all replicas keep identical tables.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::admission::Permit;
-use super::session::{AppSnapshot, Dedup, Envelope, Sessions, StoredReply};
+use super::session::{
+    AppSnapshot, Dedup, Envelope, Op, SESSION_WINDOW, SessionCounters, SessionRefusal, Sessions,
+    StoredReply,
+};
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
@@ -42,8 +52,9 @@ use crate::state_machine::{
 /// Rebuilds the state machine and the session table from a snapshot taken
 /// by [`run`].
 pub fn restore<S: StateMachine>(data: &[u8]) -> Result<(S, Sessions), Error> {
-    let snap: AppSnapshot = decode("snapshot", data)?;
+    let mut snap: AppSnapshot = decode("snapshot", data)?;
     let sm = S::restore(&snap.state)?;
+    snap.sessions.recount();
     Ok((sm, snap.sessions))
 }
 
@@ -51,8 +62,8 @@ fn stored_to_result(r: StoredReply) -> Result<Vec<u8>, Error> {
     match r {
         StoredReply::Ok(out) => Ok(out),
         StoredReply::Handler(message) => Err(Error::Handler { message }),
-        // Written by older versions for entries refused at apply: they were
-        // not applied.
+        // Not written any more (a command that does not decode halts the
+        // node instead); it would mean the entry was refused at apply.
         StoredReply::Rejected(why) => Err(Error::Rejected(why)),
     }
 }
@@ -127,9 +138,31 @@ pub struct ApplyStatus {
     pub halted: Option<String>,
     /// Client sessions in the replicated session table.
     pub sessions: usize,
+    /// Unacknowledged replies stored across all sessions.
+    pub session_replies: usize,
+    /// Sessions evicted and expired by this replica since it started.
+    pub session_counters: SessionCounters,
+    /// Replicated time (the session table's "now"), in ms since the epoch.
+    pub replicated_ms: u64,
     /// The longest time applying stopped for a snapshot (serializing one,
     /// or restoring one received from the leader).
     pub longest_pause: Duration,
+}
+
+impl ApplyStatus {
+    /// The status of an apply thread at `applied` with these sessions (and
+    /// no snapshot pause yet).
+    pub fn of(applied: Index, halted: &Option<String>, sessions: &Sessions) -> ApplyStatus {
+        ApplyStatus {
+            applied,
+            halted: halted.clone(),
+            sessions: sessions.len(),
+            session_replies: sessions.stored_replies(),
+            session_counters: sessions.counters(),
+            replicated_ms: sessions.now_ms(),
+            longest_pause: Duration::ZERO,
+        }
+    }
 }
 
 struct Apply<S> {
@@ -238,10 +271,8 @@ impl<S: StateMachine> Apply<S> {
 
     fn publish(&self) {
         let new = ApplyStatus {
-            applied: self.applied,
-            halted: self.halted.clone(),
-            sessions: self.sessions.len(),
             longest_pause: self.longest_pause,
+            ..ApplyStatus::of(self.applied, &self.halted, &self.sessions)
         };
         self.status.send_if_modified(|old| {
             if *old != new {
@@ -290,9 +321,10 @@ impl<S: StateMachine> Apply<S> {
         self.serve_reads();
     }
 
-    /// Applies one logged write: unwraps its envelope, answers a retried
-    /// write from the session table, applies a new one under the error
-    /// policy.
+    /// Applies one logged entry of a client: unwraps its envelope, opens or
+    /// closes a session, answers a retried write from the session table,
+    /// refuses a write of a session that is unknown or another identity's,
+    /// and applies a new one under the error policy.
     fn apply_command(&mut self, index: Index, bytes: &[u8]) -> Outcome {
         let envelope: Envelope = match decode("envelope", bytes) {
             Ok(e) => e,
@@ -303,19 +335,69 @@ impl<S: StateMachine> Apply<S> {
             }
         };
         self.sessions.advance(envelope.stamp_ms);
-        if let Some(s) = envelope.session {
-            match self.sessions.check(s) {
-                Dedup::Duplicate(reply) => return Outcome::Reply(stored_to_result(reply)),
-                Dedup::Stale => {
-                    return Outcome::Reply(Err(Error::Ambiguous(format!(
-                        "write {} of session {:#x} is older than every write the session still remembers: it may have been applied long ago",
-                        s.seq, s.client
-                    ))));
+        let (command, session) = match envelope.op {
+            Op::Write { command } => (command, None),
+            Op::SessionWrite {
+                session,
+                owner,
+                command,
+            } => {
+                match self.sessions.check(session, owner) {
+                    Dedup::New => {}
+                    Dedup::Duplicate(reply) => return Outcome::Reply(stored_to_result(reply)),
+                    Dedup::Unknown => {
+                        return Outcome::Reply(Err(Error::SessionExpired(format!(
+                            "session {} is not open (expired, evicted or closed); write {} was not applied now",
+                            session.id, session.seq
+                        ))));
+                    }
+                    Dedup::Foreign => {
+                        // Every replica sees it: debug, not a log flood.
+                        debug!(index, session = %session.id, ?owner, "write under a session owned by another identity; refused");
+                        return Outcome::Reply(Err(Error::Rejected(format!(
+                            "session {} belongs to another client identity; write {} refused, nothing changed",
+                            session.id, session.seq
+                        ))));
+                    }
+                    Dedup::Stale => {
+                        // Its answer was acknowledged, so an earlier attempt
+                        // was answered (and may have been applied): this one
+                        // is not applied, and "not applied" would be untrue.
+                        return Outcome::Reply(Err(Error::Ambiguous(format!(
+                            "write {} of session {} was already answered and acknowledged; this attempt was not applied, an earlier one may have been",
+                            session.seq, session.id
+                        ))));
+                    }
+                    Dedup::WindowFull => {
+                        return Outcome::Reply(Err(Error::Rejected(format!(
+                            "session {} holds {SESSION_WINDOW} unacknowledged replies; write {} was not applied",
+                            session.id, session.seq
+                        ))));
+                    }
                 }
-                Dedup::New => {}
+                (command, Some(session))
             }
-        }
-        let stored = match apply_encoded(&mut self.sm, &envelope.command) {
+            Op::OpenSession {
+                id,
+                owner,
+                ttl_ms,
+                max_sessions,
+            } => {
+                return Outcome::Reply(match self.sessions.open(id, owner, ttl_ms, max_sessions) {
+                    Ok(()) => Ok(Vec::new()),
+                    Err(_) => Err(Error::Rejected(format!("session id {id} is in use"))),
+                });
+            }
+            Op::CloseSession { id, owner } => {
+                return Outcome::Reply(match self.sessions.close(id, owner) {
+                    Ok(()) => Ok(Vec::new()),
+                    Err(SessionRefusal::Foreign | SessionRefusal::IdInUse) => Err(Error::Rejected(
+                        format!("session {id} belongs to another client identity; not closed"),
+                    )),
+                });
+            }
+        };
+        let stored = match apply_encoded(&mut self.sm, &command) {
             Ok(out) => StoredReply::Ok(out),
             Err(ApplyError::Halted { message }) => {
                 return Outcome::Halt(format!(
@@ -332,7 +414,7 @@ impl<S: StateMachine> Apply<S> {
                 ));
             }
         };
-        if let Some(s) = envelope.session {
+        if let Some(s) = session {
             self.sessions.record(s, stored.clone());
         }
         Outcome::Reply(stored_to_result(stored))

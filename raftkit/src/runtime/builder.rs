@@ -10,8 +10,9 @@ use tracing::info;
 
 use super::admission::{self, Admission};
 use super::apply::{self, ApplyStatus};
-use super::node::NodeTask;
+use super::node::{NodeTask, WallClock};
 use super::persist::{self, PeerMeta, Persister, SnapshotSaver, StorageChoice};
+use super::session::{DEFAULT_MAX_SESSIONS, SESSION_TTL_MS};
 use super::{Inner, Peer, PeerStatus};
 use crate::core::{Config, Configuration, Message, NodeId, Raft, Restored};
 use crate::error::Error;
@@ -44,7 +45,8 @@ impl<S: StateMachine + Default> PeerExt for S {}
 /// `./data/<name>`, a 50 ms tick, elections after 10–20 ticks, heartbeats
 /// every 2 ticks, a snapshot every 10,000 applied entries, commands of at
 /// most 8 MiB, at most 16,384 commands and 64 MiB of them in flight (a call
-/// waits up to 2 s for room, then fails with `Overloaded`).
+/// waits up to 2 s for room, then fails with `Overloaded`), client sessions
+/// idle for an hour expire, at most 10,000 client sessions.
 pub struct PeerBuilder<S> {
     name: Option<String>,
     listen: Option<String>,
@@ -63,6 +65,9 @@ pub struct PeerBuilder<S> {
     max_command_bytes: usize,
     max_in_flight: (usize, usize),
     admission_wait: Duration,
+    session_ttl: Duration,
+    max_sessions: u64,
+    wall_clock: Option<WallClock>,
     _sm: PhantomData<fn() -> S>,
 }
 
@@ -105,6 +110,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 admission::DEFAULT_MAX_IN_FLIGHT_BYTES,
             ),
             admission_wait: admission::DEFAULT_ADMISSION_WAIT,
+            session_ttl: Duration::from_millis(SESSION_TTL_MS),
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            wall_clock: None,
             _sm: PhantomData,
         }
     }
@@ -252,6 +260,32 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// 2 s).
     pub fn admission_wait(mut self, wait: Duration) -> Self {
         self.admission_wait = wait;
+        self
+    }
+
+    /// How long a client session may stay idle before it expires (default
+    /// one hour of replicated time). A client whose session expired gets
+    /// [`Error::SessionExpired`] for a write whose earlier attempts may have
+    /// been applied. Applies to sessions opened while this peer leads.
+    pub fn session_ttl(mut self, ttl: Duration) -> Self {
+        self.session_ttl = ttl;
+        self
+    }
+
+    /// The most client sessions the replicated session table holds (default
+    /// 10,000): opening one more evicts the session idle the longest
+    /// (counted in [`PeerStatus::session_evictions`]). Applies to sessions
+    /// opened while this peer leads.
+    pub fn max_sessions(mut self, sessions: u64) -> Self {
+        self.max_sessions = sessions.max(1);
+        self
+    }
+
+    /// Replaces the wall clock the leader stamps entries with (ms since the
+    /// Unix epoch), for tests of clock jumps. Not for production use.
+    #[doc(hidden)]
+    pub fn wall_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.wall_clock = Some(Arc::new(clock));
         self
     }
 
@@ -455,12 +489,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         // of entries, and the in-flight budget for registrations and reads).
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
-        let (apply_status_tx, apply_status_rx) = watch::channel(ApplyStatus {
-            applied,
-            halted: None,
-            sessions: sessions.len(),
-            longest_pause: Duration::ZERO,
-        });
+        let (apply_status_tx, apply_status_rx) =
+            watch::channel(ApplyStatus::of(applied, &None, &sessions));
         super::threads::spawn("raftkit-apply", move || {
             apply::run(sm, sessions, applied, apply_rx, snap_tx, apply_status_tx)
         })?;
@@ -486,6 +516,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             tick: self.tick,
             on_stop,
             admission: admission.clone(),
+            wall_clock: self
+                .wall_clock
+                .unwrap_or_else(|| Arc::new(super::node::system_clock_ms)),
         };
         let handle = tokio::spawn(task.run());
         let peer = Peer {
@@ -499,6 +532,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 id,
                 local_addr,
                 tick: self.tick,
+                session_ttl_ms: u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX),
+                max_sessions: self.max_sessions,
             }),
             _sm: PhantomData,
         };

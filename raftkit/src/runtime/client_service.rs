@@ -7,6 +7,12 @@
 //! peer answers `NotLeader` with the leader's address and the client
 //! follows it (redirect, not forward). A malformed or oversized frame closes
 //! that stream with a logged warning; the connection and the node go on.
+//!
+//! Sessions belong to identities: every session request of a connection is
+//! made on behalf of the SHA-256 of the leaf certificate the client
+//! presented in the TLS handshake ([`connection_owner`]), never of anything
+//! the client says, so a session id learned by another client is useless
+//! to it (see `session.rs`).
 
 use std::time::Duration;
 
@@ -15,6 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::Peer;
+use super::session::Owner;
 use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, StatusReport, WireError};
 use crate::core::Role;
 use crate::error::Error;
@@ -70,10 +77,11 @@ async fn serve_connection<S: StateMachine>(peer: Peer<S>, conn: Connection, max_
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
         return;
     }
+    let owner = connection_owner(&conn);
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(peer.clone(), send, recv, max_frame));
+                tokio::spawn(serve_stream(peer.clone(), owner, send, recv, max_frame));
             }
             Err(e) => {
                 debug!(%remote, error = %e, "client connection closed");
@@ -83,8 +91,22 @@ async fn serve_connection<S: StateMachine>(peer: Peer<S>, conn: Connection, max_
     }
 }
 
+/// The owner of the sessions a client connection opens: the fingerprint of
+/// its leaf certificate (`None` if it somehow presented none, and then it
+/// can use no session).
+pub fn connection_owner(conn: &Connection) -> Option<Owner> {
+    let identity = conn.peer_identity()?;
+    let chain = identity
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    chain
+        .first()
+        .map(|leaf| Owner::of_certificate(leaf.as_ref()))
+}
+
 async fn serve_stream<S: StateMachine>(
     peer: Peer<S>,
+    owner: Option<Owner>,
     mut send: SendStream,
     mut recv: RecvStream,
     max_frame: usize,
@@ -103,7 +125,7 @@ async fn serve_stream<S: StateMachine>(
             return;
         }
     };
-    let response = handle(&peer, request).await;
+    let response = handle(&peer, owner, request).await;
     if let Err(e) = write_frame(&mut send, &response, max_frame).await {
         debug!(error = %e, "client went away before its answer");
     }
@@ -125,12 +147,38 @@ async fn timed(
         .unwrap_or(Err(Error::Timeout))
 }
 
-/// Answers one request.
-pub async fn handle<S: StateMachine>(peer: &Peer<S>, request: ClientRequest) -> ClientResponse {
+/// Answers one request of a client whose certificate makes it `owner`.
+pub async fn handle<S: StateMachine>(
+    peer: &Peer<S>,
+    owner: Option<Owner>,
+    request: ClientRequest,
+) -> ClientResponse {
+    let no_owner = || {
+        ClientResponse::Err(WireError::Rejected(
+            "sessions need a client certificate".into(),
+        ))
+    };
     match request {
-        ClientRequest::Write { session, command } => {
-            result(timed(peer.write_in_session(command, Some(session))).await)
-        }
+        ClientRequest::Write { session, command } => match owner {
+            Some(owner) => result(timed(peer.write_as(command, session, owner)).await),
+            None => no_owner(),
+        },
+        ClientRequest::OpenSession => match owner {
+            Some(owner) => result(
+                timed(async {
+                    let id = peer.open_session_as(owner).await?;
+                    Ok(crate::state_machine::encode("session id", &id)?)
+                })
+                .await,
+            ),
+            None => no_owner(),
+        },
+        ClientRequest::CloseSession { id } => match owner {
+            Some(owner) => result(
+                timed(async { peer.close_session_as(id, owner).await.map(|()| Vec::new()) }).await,
+            ),
+            None => no_owner(),
+        },
         ClientRequest::Read { query } => result(timed(peer.read_encoded(query)).await),
         ClientRequest::Status => ClientResponse::Status(status_report(peer)),
         ClientRequest::AddServer { addr } => {

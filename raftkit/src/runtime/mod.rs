@@ -60,6 +60,7 @@ use crate::core::{Configuration, Index, NodeId};
 use crate::error::Error;
 use crate::state_machine::{StateMachine, decode, encode, validate_command};
 use node::Command;
+use session::{Op, Owner, SessionId};
 
 struct Inner {
     commands: mpsc::Sender<Command>,
@@ -71,6 +72,8 @@ struct Inner {
     id: NodeId,
     local_addr: Option<std::net::SocketAddr>,
     tick: std::time::Duration,
+    session_ttl_ms: u64,
+    max_sessions: u64,
 }
 
 /// A running peer of state machine `S`. Cloning shares the same peer.
@@ -133,18 +136,92 @@ impl<S: StateMachine> Peer<S> {
 
     /// Proposes an encoded write command on this peer, which must be the
     /// leader; resolves to the encoded output once applied. A command that
-    /// does not decode is refused before it enters the log.
+    /// does not decode is refused before it enters the log. The write is
+    /// part of no session: a caller that retries it may apply it twice.
     pub async fn write_encoded(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
         self.write_in_session(command, None).await
     }
 
-    /// [`Peer::write_encoded`] as part of a client session: a write retried
-    /// with the same session and sequence number is applied once.
+    /// [`Peer::write_encoded`] as part of a session opened in this process
+    /// ([`Peer::open_session`]): a write retried with the same session and
+    /// sequence number is applied once. A session the table does not know
+    /// (never opened, expired, evicted or closed) gives
+    /// [`Error::SessionExpired`]; a session opened by a remote client is
+    /// refused ([`Error::Rejected`]).
     pub async fn write_in_session(
         &self,
         command: Vec<u8>,
         session: Option<session::SessionRef>,
     ) -> Result<Vec<u8>, Error> {
+        match session {
+            Some(session) => self.write_as(command, session, Owner::Local).await,
+            None => {
+                self.check_command(&command)?;
+                let bytes = command.len();
+                self.propose(Op::Write { command }, bytes).await
+            }
+        }
+    }
+
+    /// A session write on behalf of `owner` (the client service passes the
+    /// certificate of the connection).
+    pub(crate) async fn write_as(
+        &self,
+        command: Vec<u8>,
+        session: session::SessionRef,
+        owner: Owner,
+    ) -> Result<Vec<u8>, Error> {
+        self.check_command(&command)?;
+        let bytes = command.len();
+        self.propose(
+            Op::SessionWrite {
+                session,
+                owner,
+                command,
+            },
+            bytes,
+        )
+        .await
+    }
+
+    /// Opens a client session owned by this process (this peer must be the
+    /// leader): its id is 128 bits from the operating system's CSPRNG, and
+    /// the answer comes once the session is in the replicated table (thesis
+    /// §6.3). Number its writes from 1 ([`Peer::write_in_session`]).
+    pub async fn open_session(&self) -> Result<SessionId, Error> {
+        self.open_session_as(Owner::Local).await
+    }
+
+    pub(crate) async fn open_session_as(&self, owner: Owner) -> Result<SessionId, Error> {
+        let id = session::new_session_id()?;
+        self.propose(
+            Op::OpenSession {
+                id,
+                owner,
+                ttl_ms: self.inner.session_ttl_ms,
+                max_sessions: self.inner.max_sessions,
+            },
+            0,
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Closes a session opened by [`Peer::open_session`]; its stored
+    /// replies are dropped on every replica.
+    pub async fn close_session(&self, id: SessionId) -> Result<(), Error> {
+        self.close_session_as(id, Owner::Local).await
+    }
+
+    pub(crate) async fn close_session_as(&self, id: SessionId, owner: Owner) -> Result<(), Error> {
+        self.propose(Op::CloseSession { id, owner }, 0)
+            .await
+            .map(|_| ())
+    }
+
+    /// Refuses, before it enters the log, a command larger than the
+    /// maximum command size or that does not decode.
+    fn check_command(&self, command: &[u8]) -> Result<(), Error> {
         let max = self.inner.max_command_bytes;
         if command.len() > max {
             return Err(Error::Rejected(format!(
@@ -152,11 +229,15 @@ impl<S: StateMachine> Peer<S> {
                 command.len()
             )));
         }
-        validate_command::<S>(&command).map_err(|e| Error::Rejected(e.to_string()))?;
-        let permit = self.inner.admission.admit(command.len()).await?;
+        validate_command::<S>(command).map_err(|e| Error::Rejected(e.to_string()))
+    }
+
+    /// Proposes `op` once the node admits `bytes` more of commands in
+    /// flight (backpressure); the room is returned with the answer.
+    async fn propose(&self, op: Op, bytes: usize) -> Result<Vec<u8>, Error> {
+        let permit = self.inner.admission.admit(bytes).await?;
         self.call(|tx| Command::Write {
-            command,
-            session,
+            op,
             reply: apply::Reply::new(tx, Some(permit)),
         })
         .await

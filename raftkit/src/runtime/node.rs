@@ -40,7 +40,7 @@ use tracing::{debug, error, info, warn};
 use super::admission::Admission;
 use super::apply::{ApplyMsg, ApplyStatus, Reply, Taken};
 use super::persist::{Persister, SaveJob, SnapshotSaver, Write};
-use super::session::{Envelope, SessionRef};
+use super::session::{Envelope, Op, STAMP_SLACK_MS};
 use super::status::{LatencyHistogram, MemberStatus, PeerStatus};
 use crate::core::{
     Configuration, Index, Message, NodeId, NotLeader, PersistMarker, ProposeError, Raft,
@@ -61,12 +61,10 @@ pub const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Requests to the node task.
 pub enum Command {
-    /// Propose an encoded, validated write command.
+    /// Propose a validated write or session operation (stamped here).
     Write {
-        /// The encoded `Write` command (validated).
-        command: Vec<u8>,
-        /// The client session, for exactly-once writes.
-        session: Option<SessionRef>,
+        /// What the entry does.
+        op: Op,
         /// Where the result goes.
         reply: Reply,
     },
@@ -98,6 +96,47 @@ pub enum Command {
     },
 }
 
+/// The wall clock the leader stamps entries with: ms since the Unix epoch.
+/// Production uses [`system_clock_ms`]; tests inject a clock that jumps.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system's wall clock in ms since the Unix epoch (0 before it).
+pub fn system_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The leader's stamp clock for one term: replicated time cannot run ahead
+/// of (or behind) what this leader's monotonic clock measured since the
+/// term's anchor by more than [`STAMP_SLACK_MS`], whatever its wall clock
+/// says.
+struct StampClock {
+    term: u64,
+    /// Replicated time at the anchor (the apply task's, or the wall clock
+    /// on a cluster that has none yet).
+    anchor_ms: u64,
+    anchor_at: tokio::time::Instant,
+    /// The last stamp this leader issued (stamps never go back).
+    last: u64,
+    /// Whether a clamp was logged this term (once is enough).
+    warned: bool,
+}
+
+impl StampClock {
+    fn stamp(&mut self, wall_ms: u64) -> u64 {
+        let elapsed = u64::try_from(self.anchor_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let expected = self.anchor_ms.saturating_add(elapsed);
+        let stamp = wall_ms
+            .max(expected.saturating_sub(STAMP_SLACK_MS))
+            .min(expected.saturating_add(STAMP_SLACK_MS))
+            .max(self.last);
+        self.last = stamp;
+        stamp
+    }
+}
+
 /// Runs when the node stops (closes the transport).
 pub type StopHook =
     Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
@@ -121,6 +160,7 @@ pub struct NodeTask {
     pub(super) tick: Duration,
     pub(super) on_stop: Option<StopHook>,
     pub(super) admission: Arc<Admission>,
+    pub(super) wall_clock: WallClock,
 }
 
 struct Pending {
@@ -166,6 +206,7 @@ struct State {
     leader_changes: u64,
     last_leader: Option<NodeId>,
     leader_contact: Option<std::time::Instant>,
+    stamps: Option<StampClock>,
 }
 
 impl NodeTask {
@@ -225,6 +266,7 @@ impl NodeTask {
             leader_changes: 0,
             last_leader: None,
             leader_contact: None,
+            stamps: None,
         };
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -342,14 +384,10 @@ impl NodeTask {
             return;
         }
         match cmd {
-            Command::Write {
-                command,
-                session,
-                reply,
-            } => match self.propose_envelope(command, session) {
+            Command::Write { op, reply } => match self.propose_envelope(st, op) {
                 Ok((index, term)) => {
                     st.proposals += 1;
-                    // Handed to the apply task in one message per batch of
+                    // Handed to the apply thread in one message per batch of
                     // commands, before any entry of this batch (drain_ready).
                     st.registers.push((index, term, reply));
                 }
@@ -384,26 +422,50 @@ impl NodeTask {
         }
     }
 
-    /// Wraps a command in its log envelope, stamped with this leader's clock
-    /// (the replicated time sessions expire by), and proposes it.
-    fn propose_envelope(
-        &mut self,
-        command: Vec<u8>,
-        session: Option<SessionRef>,
-    ) -> Result<(Index, u64), ProposeError> {
-        let stamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let envelope = Envelope {
-            session,
-            stamp_ms,
-            command,
-        };
+    /// Wraps an operation in its log envelope, stamped with this leader's
+    /// clamped clock (the replicated time sessions expire by), and proposes
+    /// it.
+    fn propose_envelope(&mut self, st: &mut State, op: Op) -> Result<(Index, u64), ProposeError> {
+        let stamp_ms = self.stamp(st);
+        let envelope = Envelope { stamp_ms, op };
         match postcard::to_allocvec(&envelope) {
             Ok(bytes) => self.raft.propose(bytes),
             Err(e) => Err(ProposeError::InvalidConfiguration(format!("envelope: {e}"))),
         }
+    }
+
+    /// The stamp of an entry proposed now: the wall clock, clamped to the
+    /// term's anchor plus the elapsed monotonic time, within
+    /// [`STAMP_SLACK_MS`] either way. The anchor is the replicated time this
+    /// node applied when its term's first stamp was taken, so a leader whose
+    /// wall clock stepped (NTP, a resumed VM) moves replicated time by the
+    /// slack at most (see `session.rs`).
+    fn stamp(&self, st: &mut State) -> u64 {
+        let wall = (self.wall_clock)();
+        let term = self.raft.term();
+        let clock = match &mut st.stamps {
+            Some(c) if c.term == term => c,
+            slot => {
+                let replicated = self.apply_status.borrow().replicated_ms;
+                let anchor_ms = if replicated == 0 { wall } else { replicated };
+                slot.insert(StampClock {
+                    term,
+                    anchor_ms,
+                    anchor_at: tokio::time::Instant::now(),
+                    last: 0,
+                    warned: false,
+                })
+            }
+        };
+        let stamp = clock.stamp(wall);
+        if wall.abs_diff(stamp) > STAMP_SLACK_MS && !clock.warned {
+            clock.warned = true;
+            // After downtime replicated time trails the wall clock for good
+            // (sessions do not age while the cluster is down); a clock step
+            // looks the same. Neither is a fault: say it once a term.
+            info!(node = %self.name, wall_ms = wall, stamp_ms = stamp, term, "replicated time and this leader's wall clock differ by more than the slack (downtime, or a clock step); stamps follow the monotonic clock");
+        }
+        stamp
     }
 
     /// What a caller whose proposal the core refused is told: only a
@@ -746,6 +808,9 @@ impl NodeTask {
             snapshot_error: st.snap.last_error.clone(),
             overloaded: self.admission.refused(),
             longest_apply_pause: apply.longest_pause,
+            session_replies: apply.session_replies,
+            session_evictions: apply.session_counters.evicted,
+            session_expiries: apply.session_counters.expired,
         };
         self.status.send_if_modified(|old| {
             if *old != new {

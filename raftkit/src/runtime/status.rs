@@ -71,6 +71,19 @@ pub struct PeerStatus {
     /// The longest time the state machine stopped applying for a snapshot
     /// (serializing one, or restoring one received from the leader).
     pub longest_apply_pause: std::time::Duration,
+    /// Unacknowledged replies stored in this peer's session table (clients
+    /// acknowledge the answers they received, so this stays near the number
+    /// of writes in flight).
+    pub session_replies: usize,
+    /// Sessions this peer evicted from its full session table (the longest
+    /// idle first; bounded by [`PeerBuilder::max_sessions`]) since it
+    /// started.
+    ///
+    /// [`PeerBuilder::max_sessions`]: super::PeerBuilder::max_sessions
+    pub session_evictions: u64,
+    /// Sessions this peer dropped after their time-to-live of replicated
+    /// time since it started.
+    pub session_expiries: u64,
 }
 
 /// A latency histogram in the Prometheus style: fixed buckets, counts per
