@@ -237,7 +237,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 
     /// The largest command (encoded write) the peer accepts, in bytes
     /// (default 8 MiB). A larger one is refused with
-    /// [`Error::Rejected`](crate::Error::Rejected) before it enters the log.
+    /// [`Error::Rejected`] before it enters the log.
     /// At most the transport's frame cap (16 MiB) less 64 KiB: an entry must
     /// always fit the AppendEntries that carries it.
     pub fn max_command_bytes(mut self, bytes: usize) -> Self {
@@ -249,14 +249,14 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// in flight on this peer between admission and answer (defaults 16,384
     /// and 64 MiB). A call that finds no room waits for at most the
     /// admission wait, then fails with
-    /// [`Error::Overloaded`](crate::Error::Overloaded).
+    /// [`Error::Overloaded`].
     pub fn max_in_flight(mut self, commands: usize, bytes: usize) -> Self {
         self.max_in_flight = (commands.max(1), bytes.max(1));
         self
     }
 
     /// How long a call waits for room in the in-flight budget before it
-    /// fails with [`Error::Overloaded`](crate::Error::Overloaded) (default
+    /// fails with [`Error::Overloaded`] (default
     /// 2 s).
     pub fn admission_wait(mut self, wait: Duration) -> Self {
         self.admission_wait = wait;
