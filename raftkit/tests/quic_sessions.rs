@@ -235,6 +235,15 @@ async fn a_client_whose_session_expired_reports_unknown_outcomes_and_carries_on(
         "got {retry:?}"
     );
     assert_eq!(other.count().await.unwrap(), 2, "not applied twice");
+    // Retrying through the handle again does not move the write to the new
+    // session (where it would apply a second time): its outcome stays
+    // unknown.
+    let again = once.incr().await;
+    assert!(
+        matches!(again, Err(Error::SessionExpired(_))),
+        "got {again:?}"
+    );
+    assert_eq!(other.count().await.unwrap(), 2, "not applied twice");
     assert_eq!(alice.incr().await.unwrap(), 3);
     assert_eq!(alice.inner().session_id(), Some(second));
     n.peer.shutdown().await.unwrap();

@@ -612,6 +612,11 @@ impl Client {
                     Some(_) => {}
                     None => s.command = Some(command.clone()),
                 }
+                // Its session was forgotten after an attempt that may have
+                // been applied: a new session would apply it again.
+                if let Some(why) = &s.expired {
+                    return Err(Error::SessionExpired(why.clone()));
+                }
                 s
             }
             None => &mut local,
@@ -653,6 +658,7 @@ impl Client {
                 state.unbind();
                 if uncertain {
                     state.sent = true;
+                    state.expired = Some(why.clone());
                     return Err(Error::SessionExpired(why));
                 }
                 debug!(session = %bound.id, seq = bound.seq, "session gone before this write was ever sent; retrying under a new session");
@@ -772,12 +778,15 @@ struct Bound {
 }
 
 /// The state of one logical write: its sequence number once taken, its
-/// command, whether an attempt may have been applied.
+/// command, whether an attempt may have been applied, and whether its
+/// session expired after such an attempt (then every later call through
+/// its handle answers `SessionExpired`).
 #[derive(Default)]
 struct OnceState {
     bound: Option<Bound>,
     command: Option<Vec<u8>>,
     sent: bool,
+    expired: Option<String>,
 }
 
 impl OnceState {
@@ -815,7 +824,9 @@ impl Drop for OnceState {
 ///   not past its session: if the session expires (it stayed idle for the
 ///   cluster's session time-to-live, or was evicted from a full table) a
 ///   retry gets [`Error::SessionExpired`], and the write's outcome is then
-///   unknown. Retry promptly, and drop handles you no longer need.
+///   unknown: every later retry through the handle gets the same error and
+///   sends nothing (under a new session the write could apply twice).
+///   Retry promptly, and drop handles you no longer need.
 pub struct WriteOnce {
     client: Client,
     state: Mutex<OnceState>,
