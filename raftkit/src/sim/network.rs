@@ -1,10 +1,16 @@
-//! The simulated network: per-link delays, loss, duplication, reordering and
-//! partitions (symmetric, one-way, and partial ones such as a ring or a
-//! single bridge node).
+//! The simulated network: per-link delays, loss, duplication, reordering,
+//! late delivery and partitions (symmetric, one-way, and partial ones such
+//! as a ring or a single bridge node).
 //!
 //! The network decides, for each message sent, whether and when it arrives;
-//! the scheduler then delivers it. Every decision is drawn from the
-//! simulation's single seeded RNG.
+//! the scheduler then delivers it. A cut link is checked both when a
+//! message is sent and when it would arrive, so a partition also stops the
+//! messages already in flight. A partition either drops what it cuts or
+//! holds it as a backlog that the scheduler releases, reordered and partly
+//! duplicated, when the partition heals. Late delivery holds a fraction of
+//! messages back for up to many election timeouts: replies, votes,
+//! `TimeoutNow` and snapshot chunks then arrive in later terms. Every
+//! decision is drawn from the simulation's single seeded RNG.
 
 use std::collections::BTreeSet;
 
@@ -22,10 +28,18 @@ pub struct NetworkFaults {
     pub duplicate: f64,
     /// Extra random delay (ms) that reorders messages.
     pub jitter: u64,
+    /// Probability that a message is held back and delivered late.
+    pub hold: f64,
+    /// Upper bound of the extra delay (ms) of a held message; it is drawn
+    /// from `100..hold_ms`, i.e. up to many election timeouts (100–200 ms
+    /// each).
+    pub hold_ms: u64,
     /// Directed links that deliver nothing: `(from, to)`.
     pub cut: BTreeSet<(NodeId, NodeId)>,
+    /// Cut links hold their messages (a backlog released at the heal)
+    /// instead of dropping them.
+    pub backlog: bool,
 }
-
 impl NetworkFaults {
     /// Whether `from` can reach `to`.
     pub fn reachable(&self, from: NodeId, to: NodeId) -> bool {
