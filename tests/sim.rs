@@ -288,6 +288,9 @@ fn replay() {
     if std::env::var_os("RAFTKIT_SIM_MEMBERSHIP").is_some() {
         opts.membership = true;
     }
+    if let Ok(name) = std::env::var("RAFTKIT_SIM_BUG") {
+        opts.bugs = bugs_named(&name);
+    }
     println!("replaying seed {seed} with {opts:?}");
     match sim::run(seed, opts) {
         Ok(report) => println!("{report:?}"),
@@ -481,4 +484,93 @@ fn teeth_transfer_votes_skipping_the_log_check_are_caught() {
         ..Default::default()
     };
     assert_safety(&find_violation(bugs, TEETH_BUDGET));
+}
+
+/// The switch of [`Bugs`] named `name` turned on.
+fn bugs_named(name: &str) -> Bugs {
+    let mut bugs = Bugs::default();
+    let flag = match name {
+        "commit_old_terms" => &mut bugs.commit_old_terms,
+        "ack_before_persist" => &mut bugs.ack_before_persist,
+        "read_without_heartbeat" => &mut bugs.read_without_heartbeat,
+        "skip_joint_consensus" => &mut bugs.skip_joint_consensus,
+        "read_before_term_commit" => &mut bugs.read_before_term_commit,
+        "stale_responses_as_current" => &mut bugs.stale_responses_as_current,
+        "vote_before_durable" => &mut bugs.vote_before_durable,
+        "truncation_not_persisted" => &mut bugs.truncation_not_persisted,
+        "heartbeat_commit_uncapped" => &mut bugs.heartbeat_commit_uncapped,
+        "joint_commit_on_new_voters" => &mut bugs.joint_commit_on_new_voters,
+        "joint_election_on_new_voters" => &mut bugs.joint_election_on_new_voters,
+        "transfer_skips_log_check" => &mut bugs.transfer_skips_log_check,
+        other => panic!("RAFTKIT_SIM_BUG: no such switch {other:?}"),
+    };
+    *flag = true;
+    bugs
+}
+
+/// How often the sweep catches one switch: `RAFTKIT_SIM_BUG=<field of
+/// Bugs>` with `RAFTKIT_SIM_SEEDS=N` (default 500) runs N seeds with it on
+/// and prints how many failed, and how. Not part of CI: a tool to see how
+/// sharp a tooth is (`cargo test --release --test sim tooth_rate --
+/// --ignored --nocapture`).
+#[test]
+#[ignore]
+fn tooth_rate() {
+    let name = std::env::var("RAFTKIT_SIM_BUG").unwrap_or_default();
+    let bugs = bugs_named(&name);
+    let seeds: u64 = std::env::var("RAFTKIT_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let mut caught = Vec::new();
+    let membership = std::env::var("RAFTKIT_SIM_MEMBERSHIP").ok();
+    for seed in 1..=seeds {
+        let mut opts = SimOptions::for_seed(seed);
+        opts.bugs = bugs;
+        if let Ok(plain) = std::env::var("RAFTKIT_SIM_PLAIN") {
+            for f in plain.split(',') {
+                match f {
+                    "late" => opts.late_delivery = false,
+                    "pauses" => opts.pauses = false,
+                    "drift" => opts.drift = false,
+                    "disk" => opts.disk_faults = false,
+                    "transfers" => opts.transfers = false,
+                    "prevote" => opts.pre_vote = true,
+                    "noprevote" => opts.pre_vote = false,
+                    "nocq" => opts.check_quorum = false,
+                    "cq" => opts.check_quorum = true,
+                    "clients" => {
+                        opts.clients = 4;
+                        opts.keys = 3
+                    }
+                    "chunks" => opts.snapshot_chunk_bytes = 64,
+                    _ => {}
+                }
+            }
+        }
+        if std::env::var_os("RAFTKIT_SIM_CHURN").is_some() {
+            opts.churn = true;
+            opts.crashes = true;
+            opts.lossy_network = true;
+            opts.max_batch_bytes = 1;
+        }
+        match membership.as_deref() {
+            Some("0") => opts.membership = false,
+            Some(_) => opts.membership = true,
+            None => {}
+        }
+        if let Err(f) = sim::run(seed, opts) {
+            let kind = match &f.kind {
+                sim::FailureKind::Safety(v) => v.property.to_string(),
+                sim::FailureKind::Linearizability(_) => "linearizability".into(),
+                sim::FailureKind::Liveness(_) => "liveness".into(),
+            };
+            caught.push((seed, kind));
+        }
+    }
+    println!(
+        "{name}: caught by {} of {seeds} seeds; first: {:?}",
+        caught.len(),
+        &caught[..caught.len().min(12)]
+    );
 }

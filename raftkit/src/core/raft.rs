@@ -455,7 +455,13 @@ impl Raft {
                     | Body::InstallSnapshot { .. } => m.from,
                     _ => NO_NODE,
                 };
+                let elapsed = self.election_elapsed;
                 self.become_follower(m.term, leader);
+                if leader == NO_NODE {
+                    // Figure 2: only the leader's messages and a granted
+                    // vote restart the election timeout, not a new term.
+                    self.election_elapsed = elapsed;
+                }
             }
         } else if stale {
             self.handle_stale(m);

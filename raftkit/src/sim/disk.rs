@@ -116,6 +116,11 @@ impl Disk {
         }
     }
 
+    /// The last index the disk holds, in its log or its snapshot.
+    pub fn last_index(&self) -> Index {
+        self.last().max(self.snapshot_index())
+    }
+
     fn last(&self) -> Index {
         self.first + self.entries.len() as Index - 1
     }

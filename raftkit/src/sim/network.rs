@@ -31,9 +31,17 @@ pub struct NetworkFaults {
     /// Probability that a message is held back and delivered late.
     pub hold: f64,
     /// Upper bound of the extra delay (ms) of a held message; it is drawn
-    /// from `100..hold_ms`, i.e. up to many election timeouts (100–200 ms
-    /// each).
+    /// log-uniformly from `30..hold_ms`: from a fraction of an election
+    /// timeout (100–200 ms) to many.
     pub hold_ms: u64,
+    /// Slow nodes: the messages they send (or, with `slow_inbound`,
+    /// receive) are held back with probability `slow_hold` instead of
+    /// `hold` (a congested link, a saturated NIC).
+    pub slow: BTreeSet<NodeId>,
+    /// See `slow`.
+    pub slow_inbound: bool,
+    /// See `slow`.
+    pub slow_hold: f64,
     /// Directed links that deliver nothing: `(from, to)`.
     pub cut: BTreeSet<(NodeId, NodeId)>,
     /// Cut links hold their messages (a backlog released at the heal)

@@ -4,6 +4,12 @@
 //! every step and stay cheap.
 //!
 //! - **Election safety**: at most one leader per term.
+//! - **Votes** (Raft §5.2): a server grants at most one vote per term, and
+//!   a candidate becomes leader of term T only with grants *sent in term
+//!   T* by a quorum of its configuration (both halves of a joint one) —
+//!   judged from the grants the oracle saw leave the voters, so a leader
+//!   made by a grant of another term, or by votes a quorum did not give,
+//!   shows at once.
 //! - **Leader append-only**: a leader never rewrites its log in its term.
 //! - **Log matching**: if two logs hold an entry with the same index and
 //!   term, the entries are identical and so are all entries before them.
@@ -97,6 +103,8 @@ pub struct Oracle {
     /// Committed configuration entries, in log order.
     configs: Vec<(Index, Configuration)>,
     nodes: HashMap<NodeId, NodeView>,
+    /// Votes granted: (term, voter) -> candidate.
+    votes: HashMap<(Term, NodeId), NodeId>,
 }
 
 impl Oracle {
@@ -182,6 +190,25 @@ impl Oracle {
             view.agreed = view.agreed.min(first_new - 1);
         }
         if became_leader {
+            // Raft §5.2: elected by a quorum's votes of its own term.
+            let term = raft.term();
+            let elected = crate::core::quorum::is_quorum(conf, |voter| {
+                voter == id || self.votes.get(&(term, voter)) == Some(&id)
+            });
+            if !elected {
+                let granted: Vec<NodeId> = conf
+                    .voters
+                    .union(&conf.outgoing)
+                    .copied()
+                    .filter(|&v| self.votes.get(&(term, v)) == Some(&id))
+                    .collect();
+                return Err(Violation {
+                    property: "election",
+                    detail: format!(
+                        "node {id} leads term {term} with grants of that term from only {granted:?} (and itself) in {conf:?}"
+                    ),
+                });
+            }
             // Leader completeness (Raft §5.4): a leader of term T holds every
             // entry committed in a term before T.
             self.check_leader(raft, 1..=self.committed.len() as Index)?;
@@ -245,6 +272,20 @@ impl Oracle {
         }
         view.agreed = view.agreed.max(to);
         Ok(observed)
+    }
+
+    /// A vote left `voter` for `candidate` in `term`: at most one per term.
+    pub fn on_vote(&mut self, voter: NodeId, term: Term, candidate: NodeId) -> Result<(), Violation> {
+        let first = *self.votes.entry((term, voter)).or_insert(candidate);
+        if first != candidate {
+            return Err(Violation {
+                property: "one vote per term",
+                detail: format!(
+                    "node {voter} granted its vote of term {term} to {first} and to {candidate}"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Leader completeness for `raft` if it leads: it holds every entry of

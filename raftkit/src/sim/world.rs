@@ -42,7 +42,7 @@ use super::network::NetworkFaults;
 use super::options::{FailureKind, SimFailure, SimOptions, SimReport};
 use super::oracle::{Oracle, Violation};
 use crate::core::{
-    Config, Configuration, Entry, Index, Message, NodeId, Payload, Raft, Restored, Role, Term,
+    Body, Config, Configuration, Entry, Index, Message, NO_NODE, NodeId, Payload, Raft, Restored, Role, Term,
 };
 use crate::state_machine::{StateMachine, decode};
 
@@ -52,6 +52,11 @@ use clients::{Client, Reply};
 /// The nominal tick interval, in tenths of a millisecond; with drift each
 /// node has its own.
 const TICK_TENTHS: u64 = 100;
+/// The cluster may be without a leader this long at the end of a run.
+const LEADERLESS_MS: u64 = 500;
+/// At most this many missed ticks fire in a burst when a paused process
+/// resumes (as a tokio interval does by default).
+const TICK_BURST: u64 = 30;
 
 #[derive(Debug)]
 enum Event {
@@ -100,6 +105,8 @@ enum Event {
     Crash {
         node: NodeId,
         epoch: u64,
+        /// Restart within a few ms (a supervised process).
+        quick: bool,
     },
     Heal,
     Admin,
@@ -151,6 +158,8 @@ struct Node {
     tick_tenths: u64,
     /// Tenths of a millisecond carried over to the next tick.
     tick_carry: u64,
+    /// When it last ticked.
+    last_tick: u64,
     /// The process takes no step before this time.
     paused_until: u64,
     /// The snapshot it holds part of, as last seen delivered.
@@ -174,6 +183,7 @@ impl Node {
             retired: false,
             tick_tenths,
             tick_carry: 0,
+            last_tick: 0,
             paused_until: 0,
             receiving: None,
         }
@@ -229,12 +239,18 @@ pub struct World {
     fault_active: bool,
     /// Disk faults (torn writes aside): stalls and IO errors, this period.
     disk_faulty: bool,
-    /// Crashes aimed at a write's window left in this fault period.
+    /// Crashes aimed at the window of a write holding acknowledgements
+    /// back, left in this fault period.
     targeted_left: u32,
+    /// Crashes aimed at the window of a write granting a vote, left in the
+    /// run (until the heal).
+    vote_crashes_left: u32,
     kill_new_leaders: bool,
     /// The "Figure 8" nemesis: new leaders are cut off from everyone at
     /// their election or after their first successful replications.
     isolate_new_leaders: bool,
+    /// The scripted Figure 8: the step reached (see `on_new_leader`).
+    figure8: Option<u32>,
     /// Nodes cut off by that nemesis, oldest first (at most a minority).
     isolated: VecDeque<NodeId>,
     /// Leaders to cut off after this many more successful AppendEntries
@@ -243,6 +259,8 @@ pub struct World {
     /// The last transfer started: (target, term it was started in).
     transfer_pending: Option<(NodeId, Term)>,
     write_after_heal: bool,
+    /// The last time a node was seen leading after the heal.
+    led_after_heal: Option<u64>,
     report: SimReport,
 }
 
@@ -279,12 +297,15 @@ impl World {
             fault_active: false,
             disk_faulty: false,
             targeted_left: 0,
+            vote_crashes_left: 0,
             kill_new_leaders: false,
             isolate_new_leaders: false,
+            figure8: None,
             isolated: VecDeque::new(),
             isolate_after_acks: BTreeMap::new(),
             transfer_pending: None,
             write_after_heal: false,
+            led_after_heal: None,
             report: SimReport {
                 seed,
                 ..Default::default()
@@ -299,6 +320,9 @@ impl World {
                 .insert(id, Node::fresh(raft, &restored, 1, tick_tenths));
             let offset = world.rng.random_range(0..tick_tenths / 10);
             world.schedule(offset, Event::Tick { node: id, epoch: 0 });
+        }
+        if world.opts.crashes {
+            world.vote_crashes_left = world.rng.random_range(2..=5);
         }
         for c in 0..world.opts.clients {
             world.clients.push(Client::default());
@@ -448,10 +472,28 @@ impl World {
                 let Some(raft) = n.raft.as_mut() else {
                     return Ok(());
                 };
+                // Ticks missed while the process was paused fire at once,
+                // back to back, as a tokio interval's do by default.
+                let gap = (self.now - n.last_tick) * 10;
+                let burst = if gap >= 2 * n.tick_tenths {
+                    (gap / n.tick_tenths - 1).min(TICK_BURST)
+                } else {
+                    0
+                };
+                n.last_tick = self.now;
                 raft.tick();
                 let next = n.next_tick();
                 self.schedule(next, Event::Tick { node, epoch });
-                self.process(node)
+                self.process(node)?;
+                for _ in 0..burst {
+                    let Some(raft) = self.nodes.get_mut(&node).and_then(|n| n.raft.as_mut())
+                    else {
+                        break;
+                    };
+                    raft.tick();
+                    self.process(node)?;
+                }
+                Ok(())
             }
             Event::Deliver { msg, late } => self.deliver(msg, late),
             Event::Persisted { node, epoch } => {
@@ -488,12 +530,16 @@ impl World {
                 Ok(())
             }
             Event::Nemesis { fault } => self.nemesis(fault),
-            Event::Crash { node, epoch } => {
+            Event::Crash { node, epoch, quick } => {
                 if self.healed || self.nodes[&node].epoch != epoch {
                     return Ok(());
                 }
                 self.crash(node)?;
-                let back = self.rng.random_range(20..300);
+                let back = if quick {
+                    self.rng.random_range(1..40)
+                } else {
+                    self.rng.random_range(20..300)
+                };
                 self.schedule(back, Event::Restart { node });
                 Ok(())
             }
@@ -505,6 +551,7 @@ impl World {
                 self.fault_active = false;
                 self.disk_faulty = false;
                 self.targeted_left = 0;
+                self.vote_crashes_left = 0;
                 self.kill_new_leaders = false;
                 self.end_leader_isolation();
                 self.faults = NetworkFaults::default();
@@ -533,6 +580,9 @@ impl World {
             }
             let rd = raft.ready();
             let role = (raft.role(), raft.term());
+            if self.healed && role.0 == Role::Leader {
+                self.led_after_heal = Some(self.now);
+            }
             let became_leader = role.0 == Role::Leader && n.last_role != role;
             n.last_role = role;
             if became_leader {
@@ -541,7 +591,11 @@ impl World {
             self.observe(id, &rd.entries, became_leader)?;
 
             let must_write = rd.must_persist() || !rd.persisted_messages.is_empty();
+            if std::env::var_os("DBG_BITE").is_some() && rd.messages.iter().any(|m| matches!(m.body, crate::core::Body::RequestVoteResponse { granted: true, pre_vote: false })) {
+                eprintln!("BITE seed {} t {} node {id} crashes_left {} fault {}", self.seed, self.now, self.vote_crashes_left, self.fault_active);
+            }
             for m in rd.messages {
+                self.check_sent(&m)?;
                 self.send(m);
             }
             if let Some(snap) = &rd.snapshot {
@@ -571,7 +625,11 @@ impl World {
                     parts.push(Part::HardState(hs));
                 }
                 let waits = !rd.persisted_messages.is_empty();
-                let votes = rd.persist_marker.term_vote.is_some();
+                // A vote granted to another node.
+                let votes = rd.persist_marker.term_vote.is_some()
+                    && rd
+                        .hard_state
+                        .is_some_and(|hs| hs.vote != NO_NODE && hs.vote != id);
                 let latency = self.disk_latency();
                 let n = self.nodes.get_mut(&id).expect("node exists");
                 let done_at = n.writes.completion_time(self.now, latency);
@@ -620,6 +678,9 @@ impl World {
             .oracle
             .observe(raft, entries, became_leader)
             .map_err(FailureKind::Safety)?;
+        if std::env::var_os("DBG_BITE").is_some() && observed.newly_committed.is_some() && raft.role() == Role::Leader && raft.log().term(raft.log().committed()) != Some(raft.term()) {
+            eprintln!("OLDBITE seed {} t {} node {id} term {} commit {} entry term {:?} nodes {}", self.seed, self.now, raft.term(), raft.log().committed(), raft.log().term(raft.log().committed()), self.opts.nodes);
+        }
         if let Some(range) = observed.newly_committed {
             self.oracle
                 .check_leaders(self.nodes.values().filter_map(|n| n.raft.as_ref()), &range)
@@ -643,7 +704,27 @@ impl World {
             self.report.transfers_completed += 1;
             self.transfer_pending = None;
         }
-        if self.isolate_new_leaders {
+        if let Some(step) = self.figure8 {
+            // Raft Figure 8 step by step: the first two leaders of the
+            // period are cut off at their election (their no-ops stay on
+            // their own logs, at the same index), the third — the first of
+            // them again, elected with its older entry — is cut off once
+            // a majority acknowledged that entry, before its own no-op
+            // spreads; the second may then be elected over it.
+            match step {
+                0 | 1 => self.isolate(id),
+                2 => {
+                    let voters = self.nodes[&id]
+                        .raft
+                        .as_ref()
+                        .map_or(1, |r| r.config().voters.len());
+                    let acks = (voters / 2).max(1) as u32;
+                    self.isolate_after_acks.insert(id, (term, acks));
+                }
+                _ => {}
+            }
+            self.figure8 = Some(step + 1);
+        } else if self.isolate_new_leaders {
             // Raft Figure 8: leaders that fail before (or just after) their
             // entries reach a majority. Cutting the node off here, before
             // its first messages leave, leaves its no-op on its own log
@@ -661,7 +742,14 @@ impl World {
         if self.kill_new_leaders && self.rng.random_bool(0.5) {
             let epoch = self.nodes[&id].epoch;
             let after = self.rng.random_range(1..40);
-            self.schedule(after, Event::Crash { node: id, epoch });
+            self.schedule(
+                after,
+                Event::Crash {
+                    node: id,
+                    epoch,
+                    quick: false,
+                },
+            );
         }
     }
 
@@ -795,6 +883,7 @@ impl World {
             }
         }
         for m in w.messages {
+            self.check_sent(&m)?;
             self.send(m);
         }
         self.process(id)
@@ -977,10 +1066,70 @@ impl World {
         n.kv = kv;
         n.raft = Some(raft);
         n.last_role = (Role::Follower, 0);
+        n.last_tick = self.now;
         let epoch = n.epoch;
         let offset = self.rng.random_range(1..=n.tick_tenths / 10);
         self.schedule(offset, Event::Tick { node: id, epoch });
         Ok(())
+    }
+
+    /// Persistence ordering (Raft Figure 2, "updated on stable storage
+    /// before responding to RPCs"; DESIGN §3): a message of term T leaves
+    /// only once T is on the sender's disk, a vote only once it is, and an
+    /// acknowledgement of entries (or of an installed snapshot) only once
+    /// they are. PreVote messages, which carry the term a pre-candidate
+    /// would campaign in, are exempt.
+    fn check_sent(&mut self, m: &Message) -> Step {
+        let disk = &self.nodes[&m.from].disk;
+        let hs = disk.hard_state;
+        let broken = match m.body {
+            Body::RequestVote { pre_vote: true, .. }
+            | Body::RequestVoteResponse {
+                pre_vote: true,
+                granted: true,
+            } => None,
+            _ if hs.term < m.term => Some(format!("its disk holds term {}", hs.term)),
+            Body::RequestVoteResponse {
+                pre_vote: false,
+                granted: true,
+            } if hs.term == m.term && hs.vote != m.to => {
+                Some(format!("its disk holds the vote {} in that term", hs.vote))
+            }
+            Body::AppendEntriesResponse {
+                index,
+                success: true,
+                ..
+            }
+            | Body::InstallSnapshotResponse {
+                index, done: true, ..
+            } if disk.last_index() < index => Some(format!(
+                "it acknowledges {index} but its disk ends at {}",
+                disk.last_index()
+            )),
+            _ => None,
+        };
+        if let Body::RequestVoteResponse {
+            pre_vote: false,
+            granted: true,
+        } = m.body
+        {
+            self.oracle
+                .on_vote(m.from, m.term, m.to)
+                .map_err(FailureKind::Safety)?;
+        }
+        match broken {
+            Some(why) => Err(storage_violation(
+                "persistence ordering",
+                format!(
+                    "node {} sends {} of term {} to {} but {why}",
+                    m.from,
+                    m.body.kind(),
+                    m.term,
+                    m.to
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Durability of the committed entries in `range` (see the oracle).
@@ -1030,9 +1179,15 @@ impl World {
             .iter()
             .filter(|(index, _)| *index > 1)
             .count();
-        if self.current_leader().is_none() {
+        // A leader emerged after the heal, and the cluster is not without
+        // one for long at the end: a removed node kept running may still
+        // depose the leader once with an old message answered late.
+        let led_lately = self
+            .led_after_heal
+            .is_some_and(|t| t + LEADERLESS_MS >= self.end_at);
+        if self.current_leader().is_none() && !led_lately {
             return Err(self.fail(FailureKind::Liveness(format!(
-                "no leader {}ms after the network healed",
+                "no leader {}ms after the network healed, or none in the last {LEADERLESS_MS}ms",
                 self.opts.heal_ms
             ))));
         }

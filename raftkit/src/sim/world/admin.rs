@@ -13,6 +13,9 @@ use rand::Rng;
 use super::{Event, Node, Step, World};
 use crate::core::{Configuration, NodeId, Restored, Role};
 use crate::sim::options::FailureKind;
+
+/// No change is proposed in the last this many ms of a run.
+const LAST_CHANGE_MS: u64 = 1_000;
 use crate::sim::oracle::Violation;
 
 /// A membership change the admin is carrying out. The admin judges
@@ -53,6 +56,7 @@ impl World {
         self.nodes
             .insert(id, Node::fresh(raft, &restored, 0, tick_tenths));
         self.ids.push(id);
+        self.nodes.get_mut(&id).expect("just added").last_tick = self.now;
         let offset = self.rng.random_range(1..=tick_tenths / 10);
         self.schedule(offset, Event::Tick { node: id, epoch: 0 });
         id
@@ -105,6 +109,11 @@ impl World {
     /// step of the current change (or starts one). Returns whether the node
     /// it asked pointed it to another leader.
     fn admin_round(&mut self) -> Result<bool, FailureKind> {
+        if self.now + LAST_CHANGE_MS > self.end_at {
+            // The end is near: leave time to elect a leader after a change
+            // that removed the last one.
+            return Ok(false);
+        }
         let target = match self.admin.hint {
             Some(h) if self.ids.contains(&h) => h,
             _ => self.ids[self.rng.random_range(0..self.ids.len())],
@@ -281,6 +290,7 @@ impl World {
                 Event::Crash {
                     node: leader,
                     epoch,
+                    quick: false,
                 },
             );
         }

@@ -11,6 +11,7 @@
 use rand::Rng;
 
 use super::{Event, Step, World};
+use crate::sim::options::FailureKind;
 use crate::core::{Body, Message, NodeId, Role, Term};
 use crate::sim::network::{NetworkFaults, Partition};
 
@@ -35,9 +36,23 @@ impl World {
             } else {
                 0
             };
-        let late = self.faults.hold > 0.0 && self.rng.random_bool(self.faults.hold);
+        let slow_end = if self.faults.slow_inbound {
+            m.to
+        } else {
+            m.from
+        };
+        let hold = if self.faults.slow.contains(&slow_end) {
+            self.faults.slow_hold
+        } else {
+            self.faults.hold
+        };
+        let late = hold > 0.0 && self.rng.random_bool(hold);
         if late {
-            delay += self.rng.random_range(100..self.faults.hold_ms.max(101));
+            // Log-uniform: as many short holds (across one election) as
+            // long ones (across many).
+            let (lo, hi) = (30.0, self.faults.hold_ms.max(31) as f64);
+            let u: f64 = self.rng.random();
+            delay += (lo * (hi / lo).powf(u)) as u64;
         }
         if self.faults.duplicate > 0.0 && self.rng.random_bool(self.faults.duplicate) {
             // One copy on time, the other a little later — or, when the
@@ -131,6 +146,12 @@ impl World {
             }
             partial_chunk = !*done;
         }
+        if std::env::var_os("DBG_BITE").is_some() {
+            let r = self.nodes[&to].raft.as_ref().unwrap();
+            if m.term < r.term() && m.body.is_response() {
+                eprintln!("STALE seed {} t {} {} -> {} kind {} role {:?} mterm {} term {}", self.seed, self.now, m.from, to, m.body.kind(), r.role(), m.term, r.term());
+            }
+        }
         self.maybe_isolate_replicating_leader(&m);
         let raft = self
             .nodes
@@ -143,7 +164,14 @@ impl World {
             // A node halfway through receiving a snapshot dies.
             let epoch = self.nodes[&to].epoch;
             let after = self.rng.random_range(0..5);
-            self.schedule(after, Event::Crash { node: to, epoch });
+            self.schedule(
+                after,
+                Event::Crash {
+                    node: to,
+                    epoch,
+                    quick: false,
+                },
+            );
         }
         Ok(())
     }
@@ -177,7 +205,15 @@ impl World {
     fn start_fault_period(&mut self) -> Step {
         self.fault_active = true;
         let leader = self.current_leader().unwrap_or(self.ids[0]);
-        self.isolate_new_leaders = self.opts.churn && self.rng.random_bool(0.5);
+        // Churn periods: the scripted Figure 8, random isolations of new
+        // leaders, or one node isolated at a time.
+        let churn = if self.opts.churn {
+            self.rng.random_range(0..3)
+        } else {
+            3
+        };
+        self.figure8 = (churn == 0).then_some(0);
+        self.isolate_new_leaders = churn <= 1;
         if self.isolate_new_leaders {
             // Partitions follow the elections (see `isolate`).
         } else if self.opts.churn {
@@ -197,26 +233,65 @@ impl World {
             };
             let ids = self.ids.clone();
             kind.apply(&ids, target, &mut self.rng, &mut self.faults);
+            if kind == Partition::Bridge && self.opts.late_delivery && self.rng.random_bool(0.5) {
+                // A slow bridge: both halves campaign through one node
+                // whose answers arrive an election or more late, in the
+                // candidates' later terms.
+                self.faults.slow.insert(target);
+                self.faults.slow_hold = self.rng.random_range(0.5..0.95);
+                self.faults.slow_inbound = false;
+                self.faults.hold_ms = self.rng.random_range(200..600);
+            }
         }
         // A partition may hold what it cuts and release it when it heals.
         self.faults.backlog = self.opts.partitions && self.rng.random_bool(0.4);
-        if self.isolate_new_leaders {
+        if self.figure8.is_some() {
+            // The script runs on a clean network.
+        } else if self.isolate_new_leaders {
             self.faults.drop = self.rng.random_range(0.0..0.1);
         } else if self.opts.churn {
             self.faults.drop = self.rng.random_range(0.0..0.3);
         } else if self.opts.lossy_network && self.rng.random_bool(0.6) {
             self.faults.drop = self.rng.random_range(0.0..0.25);
         }
-        // Reordering and duplication, in every kind of period.
+        // Reordering and duplication, in every kind of period (the script
+        // only duplicates, which keeps its steps in order).
         if self.opts.lossy_network && self.rng.random_bool(0.6) {
             self.faults.duplicate = self.rng.random_range(0.0..0.1);
-            self.faults.jitter = self.rng.random_range(0..40);
+            if self.figure8.is_none() {
+                self.faults.jitter = self.rng.random_range(0..40);
+            }
+        }
+        if self.figure8.is_none()
+            && !self.opts.churn
+            && self.opts.late_delivery
+            && self.rng.random_bool(0.15)
+            && self.split_election(leader)?
+        {
+            let length = self.rng.random_range(400..1000);
+            self.schedule(length, Event::Nemesis { fault: false });
+            return Ok(());
+        }
+        if self.figure8.is_some() {
+            self.kill_new_leaders = false;
+            let length = self.rng.random_range(600..1500);
+            self.schedule(length, Event::Nemesis { fault: false });
+            return Ok(());
         }
         // Late delivery: a few messages held back for many election
         // timeouts, to arrive across term changes.
         if self.opts.late_delivery && self.rng.random_bool(0.6) {
             self.faults.hold = self.rng.random_range(0.005..0.05);
-            self.faults.hold_ms = self.rng.random_range(300..2500);
+            if self.faults.hold_ms == 0 {
+                self.faults.hold_ms = self.rng.random_range(300..2500);
+            }
+            if self.faults.slow.is_empty() && self.rng.random_bool(0.5) {
+                let ids = &self.ids;
+                let slow = ids[self.rng.random_range(0..ids.len())];
+                self.faults.slow.insert(slow);
+                self.faults.slow_hold = self.rng.random_range(0.2..0.8);
+                self.faults.slow_inbound = self.rng.random_bool(0.5);
+            }
         }
         if self.opts.crashes && self.rng.random_bool(0.5) {
             let count = self.rng.random_range(1..=(self.ids.len() / 2).max(1));
@@ -232,7 +307,7 @@ impl World {
             }
         }
         self.targeted_left = if self.opts.crashes {
-            self.rng.random_range(0..=3)
+            self.rng.random_range(0..=2)
         } else {
             0
         };
@@ -243,7 +318,14 @@ impl World {
             } else {
                 self.ids[self.rng.random_range(0..self.ids.len())]
             };
-            self.pause(victim);
+            let until = self.pause(victim, None);
+            if let Some(until) = until
+                && self.rng.random_bool(0.3)
+            {
+                // A host stall: another node stops and resumes with it.
+                let other = self.ids[self.rng.random_range(0..self.ids.len())];
+                self.pause(other, Some(until));
+            }
         }
         self.kill_new_leaders = if self.isolate_new_leaders {
             self.rng.random_bool(0.2)
@@ -262,26 +344,87 @@ impl World {
         Ok(())
     }
 
-    /// Stops `node`'s process for up to many election timeouts (ending
-    /// shortly after the heal at the latest): it takes no step while its
-    /// deliveries, fsync completions and requests queue up.
-    fn pause(&mut self, node: NodeId) {
-        let limit = (self.heal_at + 300).saturating_sub(self.now);
-        let length = self.rng.random_range(150..1500).min(limit);
+    /// A split election with slow voters: two followers `a` and `c`,
+    /// which cannot reach each other, stall together, so that their
+    /// election timers fire in the same instant when they resume; the
+    /// leader is gone (crashed; in a cluster of three it stays, as the
+    /// third voter); the voters they both need answer late, often in the
+    /// candidates' next terms. A grant from an earlier term must not count.
+    /// Returns whether the cluster had the nodes to set it up.
+    fn split_election(&mut self, leader: NodeId) -> Result<bool, FailureKind> {
         let now = self.now;
-        let Some(n) = self.nodes.get_mut(&node) else {
-            return;
+        let Some(voters) = self.nodes[&leader]
+            .raft
+            .as_ref()
+            .map(|r| r.config().voters.clone())
+        else {
+            return Ok(false);
         };
-        if n.raft.is_none() || length == 0 {
-            return;
+        let mut up: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|&id| {
+                self.nodes
+                    .get(&id)
+                    .is_some_and(|n| n.raft.is_some() && !n.paused(now))
+            })
+            .collect();
+        let mut followers: Vec<NodeId> = up.iter().copied().filter(|&id| id != leader).collect();
+        if followers.len() < 2 || up.len() < 3 {
+            return Ok(false);
         }
-        n.paused_until = n.paused_until.max(now + length);
-        self.report.pauses += 1;
+        for i in (1..followers.len()).rev() {
+            followers.swap(i, self.rng.random_range(0..=i));
+        }
+        let (a, c) = (followers[0], followers[1]);
+        if up.len() > 3 && up.contains(&leader) {
+            self.crash(leader)?;
+            let back = self.rng.random_range(300..800);
+            self.schedule(back, Event::Restart { node: leader });
+            up.retain(|&id| id != leader);
+        }
+        self.faults.split(&[a], &[c]);
+        self.faults.slow = up.iter().copied().filter(|&id| id != a && id != c).collect();
+        self.faults.slow_inbound = false;
+        self.faults.slow_hold = 0.95;
+        self.faults.hold_ms = self.rng.random_range(250..500);
+        let stall = self.rng.random_range(150..300);
+        if self.opts.trace {
+            println!(
+                "[{now:>6}ms] nemesis: split election of {a} and {c}, slow voters {:?}",
+                self.faults.slow
+            );
+        }
+        if let Some(until) = self.pause(a, Some(now + stall)) {
+            self.pause(c, Some(until));
+        }
+        Ok(true)
     }
 
-    /// A write carrying a vote, or holding back replies until durable, was
-    /// just issued: perhaps crash the node before its fsync completes (in
-    /// `window` ms), the moment a missing fsync rule would show.
+    /// Stops `node`'s process for up to many election timeouts (ending
+    /// shortly after the heal at the latest), or `until` a given time: it
+    /// takes no step while its deliveries, fsync completions and requests
+    /// queue up, and its missed ticks fire in a burst when it resumes.
+    /// Returns when it resumes.
+    fn pause(&mut self, node: NodeId, until: Option<u64>) -> Option<u64> {
+        let limit = self.heal_at + 300;
+        let until = until.unwrap_or(self.now + self.rng.random_range(150..1500));
+        let until = until.min(limit);
+        let now = self.now;
+        let n = self.nodes.get_mut(&node)?;
+        if n.raft.is_none() || until <= now || n.paused(now) {
+            return None;
+        }
+        n.paused_until = until;
+        self.report.pauses += 1;
+        Some(until)
+    }
+
+    /// A write carrying a term or vote, or holding back replies until
+    /// durable, was just issued: perhaps crash the node before its fsync
+    /// completes (in `window` ms), the moment a missing fsync rule would
+    /// show. The node restarts at once, as under a supervisor, so that it
+    /// rejoins the election it was voting in.
     pub(super) fn maybe_crash_before_fsync(
         &mut self,
         id: NodeId,
@@ -289,17 +432,32 @@ impl World {
         window: u64,
         votes: bool,
     ) {
-        if self.targeted_left == 0 || self.healed {
+        if self.healed {
             return;
         }
-        let p = if votes { 0.25 } else { 0.02 };
+        let left = if votes {
+            &mut self.vote_crashes_left
+        } else {
+            &mut self.targeted_left
+        };
+        if *left == 0 {
+            return;
+        }
+        let p = if votes { 0.5 } else { 0.02 };
         if !self.rng.random_bool(p) {
             return;
         }
-        self.targeted_left -= 1;
+        *left -= 1;
         self.report.targeted_crashes += 1;
         let at = self.rng.random_range(0..window.max(1));
-        self.schedule(at, Event::Crash { node: id, epoch });
+        self.schedule(
+            at,
+            Event::Crash {
+                node: id,
+                epoch,
+                quick: true,
+            },
+        );
     }
 
     /// Cuts `node` off from every other node. At most a minority stays cut
@@ -310,7 +468,12 @@ impl World {
             return;
         }
         self.isolated.push_back(node);
-        while self.isolated.len() > (self.ids.len() - 1) / 2 {
+        let most = if self.figure8.is_some() {
+            1
+        } else {
+            (self.ids.len() - 1) / 2
+        };
+        while self.isolated.len() > most {
             self.isolated.pop_front();
         }
         self.faults.cut.clear();
@@ -350,6 +513,7 @@ impl World {
 
     pub(super) fn end_leader_isolation(&mut self) {
         self.isolate_new_leaders = false;
+        self.figure8 = None;
         self.isolated.clear();
         self.isolate_after_acks.clear();
     }
