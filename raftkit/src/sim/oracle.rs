@@ -9,7 +9,9 @@
 //!   T* by a quorum of its configuration (both halves of a joint one) —
 //!   judged from the grants the oracle saw leave the voters, so a leader
 //!   made by a grant of another term, or by votes a quorum did not give,
-//!   shows at once.
+//!   shows at once. A grant goes only to a candidate whose log, as its
+//!   request states it, is at least as up to date as the voter's when the
+//!   request arrived (the election restriction, §5.4.1).
 //! - **Leader append-only**: a leader never rewrites its log in its term.
 //! - **Log matching**: if two logs hold an entry with the same index and
 //!   term, the entries are identical and so are all entries before them.
@@ -105,6 +107,9 @@ pub struct Oracle {
     nodes: HashMap<NodeId, NodeView>,
     /// Votes granted: (term, voter) -> candidate.
     votes: HashMap<(Term, NodeId), NodeId>,
+    /// Vote requests delivered: (term, voter, candidate) -> (the
+    /// candidate's last (index, term) as stated, the voter's then).
+    vote_requests: HashMap<(Term, NodeId, NodeId), ((Index, Term), (Index, Term))>,
 }
 
 impl Oracle {
@@ -274,8 +279,34 @@ impl Oracle {
         Ok(observed)
     }
 
-    /// A vote left `voter` for `candidate` in `term`: at most one per term.
+    /// A vote request of `term` reached `voter`, whose log then ended at
+    /// `voter_last`; the candidate's ends at `candidate_last`, it says.
+    pub fn on_vote_request(
+        &mut self,
+        voter: NodeId,
+        candidate: NodeId,
+        term: Term,
+        candidate_last: (Index, Term),
+        voter_last: (Index, Term),
+    ) {
+        self.vote_requests
+            .entry((term, voter, candidate))
+            .or_insert((candidate_last, voter_last));
+    }
+
+    /// A vote left `voter` for `candidate` in `term`: at most one per term,
+    /// and only for a candidate at least as up to date (§5.4.1).
     pub fn on_vote(&mut self, voter: NodeId, term: Term, candidate: NodeId) -> Result<(), Violation> {
+        if let Some(&((ci, ct), (vi, vt))) = self.vote_requests.get(&(term, voter, candidate))
+            && (ct, ci) < (vt, vi)
+        {
+            return Err(Violation {
+                property: "election restriction",
+                detail: format!(
+                    "node {voter} (log ending {vi}@{vt}) granted its vote of term {term} to {candidate}, whose log ends {ci}@{ct}"
+                ),
+            });
+        }
         let first = *self.votes.entry((term, voter)).or_insert(candidate);
         if first != candidate {
             return Err(Violation {

@@ -591,7 +591,6 @@ impl World {
             self.observe(id, &rd.entries, became_leader)?;
 
             let must_write = rd.must_persist() || !rd.persisted_messages.is_empty();
-            if std::env::var_os("DBG_BITE").is_some() && rd.messages.iter().any(|m| matches!(m.body, crate::core::Body::RequestVoteResponse { granted: true, pre_vote: false })) {
                 eprintln!("BITE seed {} t {} node {id} crashes_left {} fault {}", self.seed, self.now, self.vote_crashes_left, self.fault_active);
             }
             for m in rd.messages {
@@ -678,9 +677,6 @@ impl World {
             .oracle
             .observe(raft, entries, became_leader)
             .map_err(FailureKind::Safety)?;
-        if std::env::var_os("DBG_BITE").is_some() && observed.newly_committed.is_some() && raft.role() == Role::Leader && raft.log().term(raft.log().committed()) != Some(raft.term()) {
-            eprintln!("OLDBITE seed {} t {} node {id} term {} commit {} entry term {:?} nodes {}", self.seed, self.now, raft.term(), raft.log().committed(), raft.log().term(raft.log().committed()), self.opts.nodes);
-        }
         if let Some(range) = observed.newly_committed {
             self.oracle
                 .check_leaders(self.nodes.values().filter_map(|n| n.raft.as_ref()), &range)

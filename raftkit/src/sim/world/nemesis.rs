@@ -146,11 +146,17 @@ impl World {
             }
             partial_chunk = !*done;
         }
-        if std::env::var_os("DBG_BITE").is_some() {
-            let r = self.nodes[&to].raft.as_ref().unwrap();
-            if m.term < r.term() && m.body.is_response() {
-                eprintln!("STALE seed {} t {} {} -> {} kind {} role {:?} mterm {} term {}", self.seed, self.now, m.from, to, m.body.kind(), r.role(), m.term, r.term());
-            }
+        if let Body::RequestVote {
+            pre_vote: false,
+            last_index,
+            last_term,
+            ..
+        } = m.body
+        {
+            let log = self.nodes[&to].raft.as_ref().expect("checked above").log();
+            let voter_last = (log.last_index(), log.last_term());
+            self.oracle
+                .on_vote_request(to, m.from, m.term, (last_index, last_term), voter_last);
         }
         self.maybe_isolate_replicating_leader(&m);
         let raft = self
@@ -595,6 +601,17 @@ impl World {
             Ok(()) if target != leader => {
                 self.report.transfers += 1;
                 self.transfer_pending = Some((target, term));
+                if self.fault_active && self.opts.late_delivery && self.rng.random_bool(0.3) {
+                    // The target sits behind a congested link: its
+                    // TimeoutNow may arrive after the transfer was given
+                    // up and the log moved on without it.
+                    self.faults.slow.insert(target);
+                    self.faults.slow_inbound = true;
+                    self.faults.slow_hold = self.rng.random_range(0.5..0.9);
+                    if self.faults.hold_ms == 0 {
+                        self.faults.hold_ms = self.rng.random_range(300..1500);
+                    }
+                }
             }
             Ok(()) => {}
             Err(_) => self.report.transfers_refused += 1,
