@@ -296,7 +296,12 @@ impl Oracle {
 
     /// A vote left `voter` for `candidate` in `term`: at most one per term,
     /// and only for a candidate at least as up to date (§5.4.1).
-    pub fn on_vote(&mut self, voter: NodeId, term: Term, candidate: NodeId) -> Result<(), Violation> {
+    pub fn on_vote(
+        &mut self,
+        voter: NodeId,
+        term: Term,
+        candidate: NodeId,
+    ) -> Result<(), Violation> {
         if let Some(&((ci, ct), (vi, vt))) = self.vote_requests.get(&(term, voter, candidate))
             && (ct, ci) < (vt, vi)
         {

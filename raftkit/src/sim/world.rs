@@ -42,7 +42,8 @@ use super::network::NetworkFaults;
 use super::options::{FailureKind, SimFailure, SimOptions, SimReport};
 use super::oracle::{Oracle, Violation};
 use crate::core::{
-    Body, Config, Configuration, Entry, Index, Message, NO_NODE, NodeId, Payload, Raft, Restored, Role, Term,
+    Body, Config, Configuration, Entry, Index, Message, NO_NODE, NodeId, Payload, Raft, Restored,
+    Role, Term,
 };
 use crate::state_machine::{StateMachine, decode};
 
@@ -486,8 +487,7 @@ impl World {
                 self.schedule(next, Event::Tick { node, epoch });
                 self.process(node)?;
                 for _ in 0..burst {
-                    let Some(raft) = self.nodes.get_mut(&node).and_then(|n| n.raft.as_mut())
-                    else {
+                    let Some(raft) = self.nodes.get_mut(&node).and_then(|n| n.raft.as_mut()) else {
                         break;
                     };
                     raft.tick();
@@ -591,8 +591,6 @@ impl World {
             self.observe(id, &rd.entries, became_leader)?;
 
             let must_write = rd.must_persist() || !rd.persisted_messages.is_empty();
-                eprintln!("BITE seed {} t {} node {id} crashes_left {} fault {}", self.seed, self.now, self.vote_crashes_left, self.fault_active);
-            }
             for m in rd.messages {
                 self.check_sent(&m)?;
                 self.send(m);

@@ -11,9 +11,9 @@
 use rand::Rng;
 
 use super::{Event, Step, World};
-use crate::sim::options::FailureKind;
 use crate::core::{Body, Message, NodeId, Role, Term};
 use crate::sim::network::{NetworkFaults, Partition};
+use crate::sim::options::FailureKind;
 
 /// At most this many messages wait in a partition's backlog.
 const BACKLOG_CAP: usize = 20_000;
@@ -390,7 +390,11 @@ impl World {
             up.retain(|&id| id != leader);
         }
         self.faults.split(&[a], &[c]);
-        self.faults.slow = up.iter().copied().filter(|&id| id != a && id != c).collect();
+        self.faults.slow = up
+            .iter()
+            .copied()
+            .filter(|&id| id != a && id != c)
+            .collect();
         self.faults.slow_inbound = false;
         self.faults.slow_hold = 0.95;
         self.faults.hold_ms = self.rng.random_range(250..500);
