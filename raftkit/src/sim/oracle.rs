@@ -71,6 +71,9 @@ fn payload_hash(e: &Entry) -> u64 {
     h.finish()
 }
 
+/// Where a log ends: (last index, last term).
+type LogEnd = (Index, Term);
+
 /// What the oracle tracks of one node.
 #[derive(Debug, Default)]
 struct NodeView {
@@ -109,7 +112,7 @@ pub struct Oracle {
     votes: HashMap<(Term, NodeId), NodeId>,
     /// Vote requests delivered: (term, voter, candidate) -> (the
     /// candidate's last (index, term) as stated, the voter's then).
-    vote_requests: HashMap<(Term, NodeId, NodeId), ((Index, Term), (Index, Term))>,
+    vote_requests: HashMap<(Term, NodeId, NodeId), (LogEnd, LogEnd)>,
 }
 
 impl Oracle {
