@@ -527,25 +527,28 @@ fn teeth_transfer_votes_skipping_the_log_check_are_caught() {
     assert_safety(&find_violation(bugs, TEETH_BUDGET));
 }
 
-/// The switch of [`Bugs`] named `name` turned on.
-fn bugs_named(name: &str) -> Bugs {
+/// The switches of [`Bugs`] named in `names` (comma-separated, as a
+/// failure's replay command gives them) turned on.
+fn bugs_named(names: &str) -> Bugs {
     let mut bugs = Bugs::default();
-    let flag = match name {
-        "commit_old_terms" => &mut bugs.commit_old_terms,
-        "ack_before_persist" => &mut bugs.ack_before_persist,
-        "read_without_heartbeat" => &mut bugs.read_without_heartbeat,
-        "skip_joint_consensus" => &mut bugs.skip_joint_consensus,
-        "read_before_term_commit" => &mut bugs.read_before_term_commit,
-        "stale_responses_as_current" => &mut bugs.stale_responses_as_current,
-        "vote_before_durable" => &mut bugs.vote_before_durable,
-        "truncation_not_persisted" => &mut bugs.truncation_not_persisted,
-        "heartbeat_commit_uncapped" => &mut bugs.heartbeat_commit_uncapped,
-        "joint_commit_on_new_voters" => &mut bugs.joint_commit_on_new_voters,
-        "joint_election_on_new_voters" => &mut bugs.joint_election_on_new_voters,
-        "transfer_skips_log_check" => &mut bugs.transfer_skips_log_check,
-        other => panic!("RAFTKIT_SIM_BUG: no such switch {other:?}"),
-    };
-    *flag = true;
+    for name in names.split(',') {
+        let flag = match name {
+            "commit_old_terms" => &mut bugs.commit_old_terms,
+            "ack_before_persist" => &mut bugs.ack_before_persist,
+            "read_without_heartbeat" => &mut bugs.read_without_heartbeat,
+            "skip_joint_consensus" => &mut bugs.skip_joint_consensus,
+            "read_before_term_commit" => &mut bugs.read_before_term_commit,
+            "stale_responses_as_current" => &mut bugs.stale_responses_as_current,
+            "vote_before_durable" => &mut bugs.vote_before_durable,
+            "truncation_not_persisted" => &mut bugs.truncation_not_persisted,
+            "heartbeat_commit_uncapped" => &mut bugs.heartbeat_commit_uncapped,
+            "joint_commit_on_new_voters" => &mut bugs.joint_commit_on_new_voters,
+            "joint_election_on_new_voters" => &mut bugs.joint_election_on_new_voters,
+            "transfer_skips_log_check" => &mut bugs.transfer_skips_log_check,
+            other => panic!("RAFTKIT_SIM_BUG: no such switch {other:?}"),
+        };
+        *flag = true;
+    }
     bugs
 }
 

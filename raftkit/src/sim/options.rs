@@ -221,6 +221,42 @@ pub struct SimReport {
     pub removed_kept_running: usize,
 }
 
+/// The names of the switches on in `bugs`, as `tests/sim.rs` reads them
+/// from `RAFTKIT_SIM_BUG`.
+pub fn bug_names(bugs: &crate::core::config::Bugs) -> Vec<&'static str> {
+    let crate::core::config::Bugs {
+        commit_old_terms,
+        ack_before_persist,
+        read_without_heartbeat,
+        skip_joint_consensus,
+        read_before_term_commit,
+        stale_responses_as_current,
+        vote_before_durable,
+        truncation_not_persisted,
+        heartbeat_commit_uncapped,
+        joint_commit_on_new_voters,
+        joint_election_on_new_voters,
+        transfer_skips_log_check,
+    } = *bugs;
+    [
+        ("commit_old_terms", commit_old_terms),
+        ("ack_before_persist", ack_before_persist),
+        ("read_without_heartbeat", read_without_heartbeat),
+        ("skip_joint_consensus", skip_joint_consensus),
+        ("read_before_term_commit", read_before_term_commit),
+        ("stale_responses_as_current", stale_responses_as_current),
+        ("vote_before_durable", vote_before_durable),
+        ("truncation_not_persisted", truncation_not_persisted),
+        ("heartbeat_commit_uncapped", heartbeat_commit_uncapped),
+        ("joint_commit_on_new_voters", joint_commit_on_new_voters),
+        ("joint_election_on_new_voters", joint_election_on_new_voters),
+        ("transfer_skips_log_check", transfer_skips_log_check),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect()
+}
+
 /// Why a run failed.
 #[derive(Clone, Debug)]
 pub enum FailureKind {
@@ -244,18 +280,26 @@ pub struct SimFailure {
     /// Membership changes were on although [`SimOptions::for_seed`] has
     /// them off for this seed (the membership sweep forces them on).
     pub membership_forced: bool,
+    /// The deliberately broken rules the run had on (a tooth's catch).
+    pub bugs: crate::core::config::Bugs,
 }
 
 impl SimFailure {
     /// The one-line command that replays this seed with a full trace.
     pub fn replay_command(&self) -> String {
+        let bugs = bug_names(&self.bugs);
         format!(
-            "RAFTKIT_SIM_SEED={}{} RAFTKIT_SIM_TRACE=1 cargo test --test sim replay -- --nocapture",
+            "RAFTKIT_SIM_SEED={}{}{} RAFTKIT_SIM_TRACE=1 cargo test --test sim replay -- --nocapture",
             self.seed,
             if self.membership_forced {
                 " RAFTKIT_SIM_MEMBERSHIP=1"
             } else {
                 ""
+            },
+            if bugs.is_empty() {
+                String::new()
+            } else {
+                format!(" RAFTKIT_SIM_BUG={}", bugs.join(","))
             }
         )
     }

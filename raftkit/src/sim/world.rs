@@ -396,6 +396,7 @@ impl World {
             time: self.now,
             kind,
             membership_forced: self.opts.membership && !SimOptions::for_seed(self.seed).membership,
+            bugs: self.opts.bugs,
         }
     }
 
