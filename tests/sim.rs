@@ -477,7 +477,7 @@ fn teeth_truncations_not_handed_to_storage_are_caught() {
 }
 
 /// Heartbeats carrying the leader's commit index uncapped: a follower with
-/// a diverging suffix commits it (agreement on the committed log, seed 7
+/// a diverging suffix commits it (agreement on the committed log, seed 3
 /// at the time of writing).
 #[test]
 fn teeth_heartbeat_commit_not_capped_at_match_is_caught() {
