@@ -113,7 +113,7 @@ impl Raft {
             last_index,
             last_term,
             pre_vote,
-            ..
+            transfer,
         } = m.body
         else {
             return;
@@ -121,7 +121,12 @@ impl Raft {
         let can_vote = self.vote == m.from
             || (self.vote == NO_NODE && self.leader == NO_NODE)
             || (pre_vote && m.term > self.term);
-        if can_vote && self.log.is_up_to_date(last_index, last_term) {
+        let up_to_date = self.log.is_up_to_date(last_index, last_term);
+        #[cfg(any(test, feature = "sim"))]
+        let up_to_date = up_to_date || (transfer && self.cfg.bugs.transfer_skips_log_check);
+        #[cfg(not(any(test, feature = "sim")))]
+        let _ = transfer;
+        if can_vote && up_to_date {
             let term = if pre_vote { m.term } else { self.term };
             // Figure 2: the vote is persisted before the answer leaves. Record
             // it *before* queuing the answer, so that `send` sees it is not
@@ -172,6 +177,12 @@ impl Raft {
 
     fn tally_votes(&mut self) {
         let result = quorum::vote_result(&self.conf, |id| self.votes.get(&id).copied());
+        #[cfg(any(test, feature = "sim"))]
+        let result = if self.cfg.bugs.joint_election_on_new_voters {
+            quorum::majority_vote(&self.conf.voters, |id| self.votes.get(&id).copied())
+        } else {
+            result
+        };
         match result {
             VoteResult::Won if self.role == Role::PreCandidate => {
                 self.become_candidate();

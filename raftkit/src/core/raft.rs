@@ -416,6 +416,9 @@ impl Raft {
         if m.to != self.id || m.from == self.id {
             return;
         }
+        let stale = m.term < self.term;
+        #[cfg(any(test, feature = "sim"))]
+        let stale = stale && !(self.cfg.bugs.stale_responses_as_current && m.body.is_response());
         if matches!(m.body, Body::RequestVote { .. }) && !self.conf.contains(m.from) {
             // Thesis §4.2.3: a server removed from the cluster (that may not
             // know it) must not disrupt it. Its vote requests are dropped
@@ -462,9 +465,15 @@ impl Raft {
                     | Body::InstallSnapshot { .. } => m.from,
                     _ => NO_NODE,
                 };
+                let elapsed = self.election_elapsed;
                 self.become_follower(m.term, leader);
+                if leader == NO_NODE {
+                    // Figure 2: only the leader's messages and a granted
+                    // vote restart the election timeout, not a new term.
+                    self.election_elapsed = elapsed;
+                }
             }
-        } else if m.term < self.term {
+        } else if stale {
             self.handle_stale(m);
             return;
         }
@@ -636,7 +645,13 @@ impl Raft {
             term,
             body,
         };
-        if acknowledges || self.durable != (self.term, self.vote) {
+        let undurable = self.durable != (self.term, self.vote);
+        #[cfg(any(test, feature = "sim"))]
+        let undurable = undurable
+            && !(self.cfg.bugs.vote_before_durable
+                && self.durable.0 == self.term
+                && matches!(m.body, Body::RequestVoteResponse { .. }));
+        if acknowledges || undurable {
             self.msgs_after_persist.push(m);
         } else {
             self.msgs.push(m);
