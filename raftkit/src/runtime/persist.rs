@@ -121,7 +121,7 @@ fn storage_error(e: StorageError) -> Error {
 /// lies past the latest snapshot's index + 1: the entries between them
 /// exist nowhere, so starting would silently lose committed writes.
 pub fn open(choice: &StorageChoice, fs: &SharedFs, wal: WalOptions) -> Result<Opened, Error> {
-    let (log, snapshots): (BoxedLog, Box<dyn SnapshotStore + Send>) = match choice {
+    let (mut log, snapshots): (BoxedLog, Box<dyn SnapshotStore + Send>) = match choice {
         StorageChoice::Disk(dir) => (
             Box::new(Wal::open_in(fs.clone(), dir.join("wal"), wal).map_err(storage_error)?),
             Box::new(
@@ -165,8 +165,15 @@ pub fn open(choice: &StorageChoice, fs: &SharedFs, wal: WalOptions) -> Result<Op
             )));
         }
         // A crash between saving a snapshot and compacting the log behind it
-        // leaves older entries: keep only those after the snapshot, and none
-        // at all if the log disagrees with it (Raft §7).
+        // leaves older entries: finish the compaction now (it keeps the
+        // entries after the snapshot only if the log agrees with it, Raft
+        // §7), so that the log continues right after the snapshot and the
+        // next append is not refused as a gap.
+        if meta.index > 0 && meta.index >= log.first_index() {
+            log.compact_prefix(meta.index, meta.term)
+                .and_then(|()| log.sync())
+                .map_err(storage_error)?;
+        }
         let conflicts = log
             .term(meta.index)
             .map_err(storage_error)?
