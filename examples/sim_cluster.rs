@@ -1,7 +1,8 @@
 //! Runs simulated clusters of the example key-value store through crashes,
-//! partitions and message loss, and prints what happened: elections,
-//! snapshots, client operations, and the verdicts of the safety oracle and
-//! the linearizability checker.
+//! partitions, message loss and late delivery, disk faults, pauses and
+//! leadership transfers, and prints what happened: elections, snapshots,
+//! client operations, and the verdicts of the safety oracle and the
+//! linearizability checker.
 //!
 //! ```text
 //! cargo run --release --example sim_cluster               # 20 seeds
@@ -38,8 +39,17 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "{:>6} {:>5} {:>9} {:>9} {:>7} {:>8} {:>9} {:>7}  verdict",
-        "seed", "nodes", "ops", "completed", "leaders", "crashes", "snapshots", "commit"
+        "{:>6} {:>5} {:>9} {:>9} {:>7} {:>8} {:>9} {:>5} {:>9} {:>7}  verdict",
+        "seed",
+        "nodes",
+        "ops",
+        "completed",
+        "leaders",
+        "crashes",
+        "snapshots",
+        "xfers",
+        "late/term",
+        "commit"
     );
     let started = Instant::now();
     let mut failed = 0;
@@ -49,7 +59,7 @@ fn main() -> ExitCode {
         let nodes = opts.nodes;
         match sim::run(seed, opts) {
             Ok(r) => println!(
-                "{:>6} {:>5} {:>9} {:>9} {:>7} {:>8} {:>9} {:>7}  safe, linearizable",
+                "{:>6} {:>5} {:>9} {:>9} {:>7} {:>8} {:>9} {:>5} {:>9} {:>7}  safe, linearizable",
                 seed,
                 nodes,
                 r.ops,
@@ -57,6 +67,8 @@ fn main() -> ExitCode {
                 r.leaders,
                 r.crashes,
                 r.snapshots_installed + r.snapshots_taken,
+                r.transfers,
+                r.late_across_terms,
                 r.commit
             ),
             Err(f) => {

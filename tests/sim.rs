@@ -8,8 +8,14 @@
 //!   see [`sweep`]).
 //! - `RAFTKIT_SIM_SEED=S RAFTKIT_SIM_TRACE=1 cargo test --test sim replay --
 //!   --nocapture` replays one seed with a full event trace; a failing seed
-//!   prints exactly this command.
+//!   prints exactly this command. `RAFTKIT_SIM_BUG=<switch>` replays it
+//!   with one of the [`Bugs`] switches on (a tooth's catch).
+//! - The teeth: each `teeth_*` test switches one rule of the core off and
+//!   requires the sweep's seeds to catch it within the CI budget, printing
+//!   the seed that does; `tooth_rate` (ignored, run by hand) says how many
+//!   seeds of a range catch one switch.
 
+use raftkit::core::config::Bugs;
 use raftkit::sim::{self, SimOptions, SimReport};
 
 /// Seeds per sweep test in CI; four sweep tests run, so CI covers 4x this.
@@ -106,32 +112,125 @@ fn run_seeds(seeds: &[(u64, bool)]) -> Vec<(bool, SimReport)> {
         .collect()
 }
 
+/// The figures of a set of runs, summed.
+#[derive(Debug, Default)]
+struct Totals {
+    runs: usize,
+    /// Runs with PreVote off, CheckQuorum off.
+    pre_vote_off: usize,
+    check_quorum_off: usize,
+    ops: usize,
+    completed: usize,
+    crashes: usize,
+    targeted_crashes: usize,
+    io_errors: usize,
+    torn_writes: usize,
+    mid_compaction: usize,
+    mid_install: usize,
+    mid_transfer: usize,
+    snapshots_installed: usize,
+    snapshot_chunks: usize,
+    snapshot_restarts: usize,
+    late_deliveries: usize,
+    late_across_terms: usize,
+    backlog_released: usize,
+    pauses: usize,
+    transfers: usize,
+    transfers_refused: usize,
+    transfers_completed: usize,
+}
+
+impl Totals {
+    fn of(runs: &[(SimOptions, SimReport)]) -> Self {
+        let mut t = Totals::default();
+        for (o, r) in runs {
+            t.runs += 1;
+            t.pre_vote_off += usize::from(!o.pre_vote);
+            t.check_quorum_off += usize::from(!o.check_quorum);
+            t.ops += r.ops;
+            t.completed += r.completed;
+            t.crashes += r.crashes;
+            t.targeted_crashes += r.targeted_crashes;
+            t.io_errors += r.io_errors;
+            t.torn_writes += r.torn_writes;
+            t.mid_compaction += r.crashes_mid_compaction;
+            t.mid_install += r.crashes_mid_install;
+            t.mid_transfer += r.crashes_mid_transfer;
+            t.snapshots_installed += r.snapshots_installed;
+            t.snapshot_chunks += r.snapshot_chunks;
+            t.snapshot_restarts += r.snapshot_restarts;
+            t.late_deliveries += r.late_deliveries;
+            t.late_across_terms += r.late_across_terms;
+            t.backlog_released += r.backlog_released;
+            t.pauses += r.pauses;
+            t.transfers += r.transfers;
+            t.transfers_refused += r.transfers_refused;
+            t.transfers_completed += r.transfers_completed;
+        }
+        t
+    }
+
+    /// Asserts that the runs went through every schedule the simulation
+    /// has: each kind of crash, torn writes and IO errors, snapshots of
+    /// several chunks restarted by newer ones, late deliveries across
+    /// terms, backlogs, pauses, transfers that completed, and runs with
+    /// PreVote and CheckQuorum off.
+    fn assert_every_schedule(&self) {
+        let checks = [
+            ("crashes", self.crashes),
+            ("crashes aimed before an fsync", self.targeted_crashes),
+            ("IO errors", self.io_errors),
+            ("torn writes", self.torn_writes),
+            ("crashes mid-transfer", self.mid_transfer),
+            ("snapshot installs", self.snapshots_installed),
+            (
+                "snapshots of several chunks",
+                self.snapshot_chunks
+                    .saturating_sub(self.snapshots_installed),
+            ),
+            ("snapshot transfers restarted", self.snapshot_restarts),
+            ("late deliveries across terms", self.late_across_terms),
+            ("backlogs released", self.backlog_released),
+            ("pauses", self.pauses),
+            ("transfers completed", self.transfers_completed),
+            ("transfers refused", self.transfers_refused),
+            ("runs without PreVote", self.pre_vote_off),
+            ("runs without CheckQuorum", self.check_quorum_off),
+        ];
+        for (what, n) in checks {
+            assert!(n > 0, "no {what} in the sweep: {self:?}");
+        }
+    }
+}
+
 fn sweep(part: u64) {
     let per = seeds_per_sweep();
     let seeds = part_seeds(part, per);
+    let started = std::time::Instant::now();
     let runs = run_seeds(&seeds);
-    let reports: Vec<&SimReport> = runs.iter().map(|(_, r)| r).collect();
-    let ops: usize = reports.iter().map(|r| r.ops).sum();
-    let done: usize = reports.iter().map(|r| r.completed).sum();
-    let snaps: usize = reports.iter().map(|r| r.snapshots_installed).sum();
-    let crashes: usize = reports.iter().map(|r| r.crashes).sum();
-    let mid_compaction: usize = reports.iter().map(|r| r.crashes_mid_compaction).sum();
-    let mid_install: usize = reports.iter().map(|r| r.crashes_mid_install).sum();
+    let elapsed = started.elapsed();
+    let with_opts: Vec<(SimOptions, SimReport)> = seeds
+        .iter()
+        .zip(&runs)
+        .map(|(&(seed, force), (_, r))| {
+            let mut o = SimOptions::for_seed(seed);
+            o.membership |= force;
+            (o, r.clone())
+        })
+        .collect();
+    let t = Totals::of(&with_opts);
     let m = MembershipTotals::of(&runs);
     let first = 1 + part * per;
     println!(
-        "seeds {first}..{} and {} more with membership changes forced on: {} runs ok, \
-         {ops} client ops ({done} completed), {crashes} crashes \
-         ({mid_compaction} while writing a snapshot and compacting, {mid_install} while installing one), \
-         {snaps} snapshots installed, {m:?}",
+        "seeds {first}..{} and {} more with membership changes forced on: {} runs ok in {:.1}s \
+         ({:.0} seeds/minute on this thread)\n  {t:?}\n  {m:?}",
         first + per,
         seeds.len() as u64 - per,
-        reports.len()
+        runs.len(),
+        elapsed.as_secs_f64(),
+        runs.len() as f64 * 60.0 / elapsed.as_secs_f64().max(1e-9),
     );
-    assert!(
-        crashes > 0 && snaps > 0,
-        "the sweep must exercise crashes and snapshot installs"
-    );
+    t.assert_every_schedule();
     assert_eq!(m.seeds as u64, per, "runs with membership changes");
     m.assert_every_kind();
 }
@@ -182,7 +281,8 @@ fn membership_changes_happen() {
 
 /// Replays `RAFTKIT_SIM_SEED` (seed 1 when unset) and prints the trace when
 /// `RAFTKIT_SIM_TRACE` is set; `RAFTKIT_SIM_MEMBERSHIP=1` forces membership
-/// changes on (as the membership sweep does).
+/// changes on (as the membership sweep does); `RAFTKIT_SIM_BUG=<switch>`
+/// turns one of the [`Bugs`] switches on.
 #[test]
 fn replay() {
     let seed = std::env::var("RAFTKIT_SIM_SEED")
@@ -193,6 +293,9 @@ fn replay() {
     opts.trace = std::env::var_os("RAFTKIT_SIM_TRACE").is_some();
     if std::env::var_os("RAFTKIT_SIM_MEMBERSHIP").is_some() {
         opts.membership = true;
+    }
+    if let Ok(name) = std::env::var("RAFTKIT_SIM_BUG") {
+        opts.bugs = bugs_named(&name);
     }
     println!("replaying seed {seed} with {opts:?}");
     match sim::run(seed, opts) {
@@ -233,14 +336,17 @@ fn a_seed_replays_identically() {
 
 // ----- teeth: a deliberately broken rule is caught within the CI budget ----
 
+/// Seeds a tooth may take to be caught: the CI sweep's budget.
+const TEETH_BUDGET: u64 = 2000;
+
 /// Runs seeds with `bugs` switched on until one fails; returns the failure.
-fn find_violation(bugs: raftkit::core::config::Bugs, budget: u64) -> sim::SimFailure {
+fn find_violation(bugs: Bugs, budget: u64) -> sim::SimFailure {
     find_violation_with(bugs, budget, |_| {})
 }
 
 /// [`find_violation`] with the options of each seed adjusted by `adjust`.
 fn find_violation_with(
-    bugs: raftkit::core::config::Bugs,
+    bugs: Bugs,
     budget: u64,
     adjust: impl Fn(&mut SimOptions),
 ) -> sim::SimFailure {
@@ -249,68 +355,240 @@ fn find_violation_with(
         adjust(&mut opts);
         opts.bugs = bugs;
         if let Err(failure) = sim::run(seed, opts) {
-            println!("caught after {seed} seeds: {failure}");
-            return *Box::new(failure);
+            println!("{bugs:?}\ncaught after {seed} seeds: {failure}");
+            return failure;
         }
     }
     panic!("{bugs:?} survived {budget} seeds: the simulation has no teeth for it");
 }
 
-#[test]
-fn teeth_acknowledging_before_persisting_is_caught() {
-    let bugs = raftkit::core::config::Bugs {
-        ack_before_persist: true,
-        ..Default::default()
-    };
-    let failure = find_violation(bugs, 2000);
+/// Asserts the failure is a broken safety property or a non-linearizable
+/// history, not a stall.
+fn assert_safety(failure: &sim::SimFailure) {
     assert!(
         !matches!(failure.kind, sim::FailureKind::Liveness(_)),
         "expected a safety or linearizability failure, got {failure}"
     );
 }
 
+/// Followers acknowledging entries before they are durable: the oracle's
+/// persistence ordering sees the acknowledgement leave ahead of the disk
+/// (seed 1 at the time of writing); without it, durability catches the
+/// commit.
+#[test]
+fn teeth_acknowledging_before_persisting_is_caught() {
+    let bugs = Bugs {
+        ack_before_persist: true,
+        ..Default::default()
+    };
+    assert_safety(&find_violation(bugs, TEETH_BUDGET));
+}
+
+/// Reads served without a heartbeat round: a deposed leader answers from
+/// its state, a stale read (seed 7 at the time of writing).
 #[test]
 fn teeth_reads_without_a_heartbeat_round_are_caught() {
-    let bugs = raftkit::core::config::Bugs {
+    let bugs = Bugs {
         read_without_heartbeat: true,
         ..Default::default()
     };
-    let failure = find_violation(bugs, 2000);
+    let failure = find_violation(bugs, TEETH_BUDGET);
     assert!(
         matches!(failure.kind, sim::FailureKind::Linearizability(_)),
         "expected a stale read, got {failure}"
     );
 }
 
-/// The Figure 8 histories come from the churn nemesis; membership changes
-/// are off here so that the seeds keep the random choices they had before
-/// the admin existed (with them on, the first catch moves from seed 41 to
-/// seed 443 at the time of writing: still caught, at ten times the cost).
+/// Committing an earlier term's entry by counting replicas: the scripted
+/// Figure 8 of the churn periods overwrites it (leader completeness, seed
+/// 10 at the time of writing).
 #[test]
 fn teeth_committing_earlier_term_entries_by_counting_is_caught() {
-    let bugs = raftkit::core::config::Bugs {
+    let bugs = Bugs {
         commit_old_terms: true,
         ..Default::default()
     };
-    let failure = find_violation_with(bugs, 2000, |o| o.membership = false);
-    assert!(
-        !matches!(failure.kind, sim::FailureKind::Liveness(_)),
-        "expected a safety or linearizability failure, got {failure}"
-    );
+    assert_safety(&find_violation(bugs, TEETH_BUDGET));
 }
 
 /// Changing two voters at once without C_old,new: the admin's splits
 /// across a change (the leaving node with half of the others, the joining
-/// one with the rest) let both sides commit.
+/// one with the rest, in place before the change's first message leaves)
+/// let both sides decide (durability, seed 3 at the time of writing).
 #[test]
 fn teeth_membership_changes_without_joint_consensus_are_caught() {
-    let bugs = raftkit::core::config::Bugs {
+    let bugs = Bugs {
         skip_joint_consensus: true,
         ..Default::default()
     };
-    let failure = find_violation_with(bugs, 2000, |o| o.membership = true);
-    assert!(
-        !matches!(failure.kind, sim::FailureKind::Liveness(_)),
-        "expected a safety or linearizability failure, got {failure}"
+    assert_safety(&find_violation_with(bugs, TEETH_BUDGET, |o| {
+        o.membership = true
+    }));
+}
+
+/// ReadIndex served before the leader committed an entry of its term: a
+/// new leader's commit index lags the last one's, a stale read (seed 19 at
+/// the time of writing).
+#[test]
+fn teeth_reads_before_the_leader_commits_in_its_term_are_caught() {
+    let bugs = Bugs {
+        read_before_term_commit: true,
+        ..Default::default()
+    };
+    assert_safety(&find_violation(bugs, TEETH_BUDGET));
+}
+
+/// Responses of older terms taken as current: a grant of an earlier term
+/// (late, or from a slow voter of a split election) elects a leader no
+/// quorum voted for in its term (election, seed 62 at the time of
+/// writing).
+#[test]
+fn teeth_responses_from_older_terms_taken_as_current_are_caught() {
+    let bugs = Bugs {
+        stale_responses_as_current: true,
+        ..Default::default()
+    };
+    assert_safety(&find_violation(bugs, TEETH_BUDGET));
+}
+
+/// A vote reply leaving once the term is durable, before the vote is: the
+/// oracle's persistence ordering sees it (seed 7 at the time of writing);
+/// crashes aimed between the grant and its fsync let the voter vote
+/// again.
+#[test]
+fn teeth_vote_replies_before_the_vote_is_durable_are_caught() {
+    let bugs = Bugs {
+        vote_before_durable: true,
+        ..Default::default()
+    };
+    assert_safety(&find_violation(bugs, TEETH_BUDGET));
+}
+
+/// A conflicting suffix cut from the in-memory log only: the node counts
+/// as durable entries its disk does not hold (storage agreement, seed 2 at
+/// the time of writing).
+#[test]
+fn teeth_truncations_not_handed_to_storage_are_caught() {
+    let bugs = Bugs {
+        truncation_not_persisted: true,
+        ..Default::default()
+    };
+    assert_safety(&find_violation(bugs, TEETH_BUDGET));
+}
+
+/// Heartbeats carrying the leader's commit index uncapped: a follower with
+/// a diverging suffix commits it (agreement on the committed log, seed 3
+/// at the time of writing).
+#[test]
+fn teeth_heartbeat_commit_not_capped_at_match_is_caught() {
+    let bugs = Bugs {
+        heartbeat_commit_uncapped: true,
+        ..Default::default()
+    };
+    assert_safety(&find_violation(bugs, TEETH_BUDGET));
+}
+
+/// A joint configuration's entries committed on C_new alone: not on a
+/// quorum of C_old (durability, seed 2 at the time of writing).
+#[test]
+fn teeth_joint_commit_on_the_new_voters_alone_is_caught() {
+    let bugs = Bugs {
+        joint_commit_on_new_voters: true,
+        ..Default::default()
+    };
+    assert_safety(&find_violation_with(bugs, TEETH_BUDGET, |o| {
+        o.membership = true
+    }));
+}
+
+/// Elections in a joint configuration won on C_new alone: two leaders of
+/// one term across a split (election safety, seed 11 at the time of
+/// writing).
+#[test]
+fn teeth_joint_election_on_the_new_voters_alone_is_caught() {
+    let bugs = Bugs {
+        joint_election_on_new_voters: true,
+        ..Default::default()
+    };
+    assert_safety(&find_violation_with(bugs, TEETH_BUDGET, |o| {
+        o.membership = true
+    }));
+}
+
+/// Transfer vote requests granted without the up-to-date check: a late
+/// `TimeoutNow` (or one to a slow target) makes a lagging node campaign
+/// (election restriction, seed 73 at the time of writing).
+#[test]
+fn teeth_transfer_votes_skipping_the_log_check_are_caught() {
+    let bugs = Bugs {
+        transfer_skips_log_check: true,
+        ..Default::default()
+    };
+    assert_safety(&find_violation(bugs, TEETH_BUDGET));
+}
+
+/// The switches of [`Bugs`] named in `names` (comma-separated, as a
+/// failure's replay command gives them) turned on.
+fn bugs_named(names: &str) -> Bugs {
+    let mut bugs = Bugs::default();
+    for name in names.split(',') {
+        let flag = match name {
+            "commit_old_terms" => &mut bugs.commit_old_terms,
+            "ack_before_persist" => &mut bugs.ack_before_persist,
+            "read_without_heartbeat" => &mut bugs.read_without_heartbeat,
+            "skip_joint_consensus" => &mut bugs.skip_joint_consensus,
+            "read_before_term_commit" => &mut bugs.read_before_term_commit,
+            "stale_responses_as_current" => &mut bugs.stale_responses_as_current,
+            "vote_before_durable" => &mut bugs.vote_before_durable,
+            "truncation_not_persisted" => &mut bugs.truncation_not_persisted,
+            "heartbeat_commit_uncapped" => &mut bugs.heartbeat_commit_uncapped,
+            "joint_commit_on_new_voters" => &mut bugs.joint_commit_on_new_voters,
+            "joint_election_on_new_voters" => &mut bugs.joint_election_on_new_voters,
+            "transfer_skips_log_check" => &mut bugs.transfer_skips_log_check,
+            other => panic!("RAFTKIT_SIM_BUG: no such switch {other:?}"),
+        };
+        *flag = true;
+    }
+    bugs
+}
+
+/// How often the sweep catches one switch: `RAFTKIT_SIM_BUG=<field of
+/// Bugs>` with `RAFTKIT_SIM_SEEDS=N` (default 500) runs N seeds with it on
+/// and prints how many failed, and how (`RAFTKIT_SIM_MEMBERSHIP=0` or `1`
+/// turns membership changes off or on in every seed). Not part of CI: a tool to see how
+/// sharp a tooth is (`cargo test --release --test sim tooth_rate --
+/// --ignored --nocapture`).
+#[test]
+#[ignore]
+fn tooth_rate() {
+    let name = std::env::var("RAFTKIT_SIM_BUG").unwrap_or_default();
+    let bugs = bugs_named(&name);
+    let seeds: u64 = std::env::var("RAFTKIT_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let mut caught = Vec::new();
+    let membership = std::env::var("RAFTKIT_SIM_MEMBERSHIP").ok();
+    for seed in 1..=seeds {
+        let mut opts = SimOptions::for_seed(seed);
+        opts.bugs = bugs;
+        match membership.as_deref() {
+            Some("0") => opts.membership = false,
+            Some(_) => opts.membership = true,
+            None => {}
+        }
+        if let Err(f) = sim::run(seed, opts) {
+            let kind = match &f.kind {
+                sim::FailureKind::Safety(v) => v.property.to_string(),
+                sim::FailureKind::Linearizability(_) => "linearizability".into(),
+                sim::FailureKind::Liveness(_) => "liveness".into(),
+            };
+            caught.push((seed, kind));
+        }
+    }
+    println!(
+        "{name}: caught by {} of {seeds} seeds; first: {:?}",
+        caught.len(),
+        &caught[..caught.len().min(12)]
     );
 }

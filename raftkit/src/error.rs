@@ -1,6 +1,55 @@
-//! The error type callers of raftkit see.
+//! The error type callers of raftkit see, and what each error says about
+//! the command that failed.
+//!
+//! Every error answers two questions truthfully:
+//!
+//! - **was the command applied?** ([`Error::applied`]): `No` (it never
+//!   entered the log, or was refused before the state machine saw it, and
+//!   never will be applied), `Maybe` (it may have been applied, or may still
+//!   be), or `Yes` (the state machine ran it);
+//! - **may the call be retried?** ([`Error::is_retryable`]): the network
+//!   client retries exactly these, on another member or after a backoff,
+//!   within its deadline. A write retried by the client keeps its session
+//!   sequence number, so a `Maybe` write is never applied twice.
+//!
+//! | variant | applied | retried by the client |
+//! |---|---|---|
+//! | [`Timeout`](Error::Timeout) | Maybe | yes |
+//! | [`Unavailable`](Error::Unavailable) | No | yes |
+//! | [`NotLeader`](Error::NotLeader) | No | yes (follows the hint) |
+//! | [`Rejected`](Error::Rejected) | No | no |
+//! | [`Transport`](Error::Transport) | Maybe | yes |
+//! | [`Handler`](Error::Handler) | Yes | no |
+//! | [`Codec`](Error::Codec) | Maybe | no |
+//! | [`Storage`](Error::Storage) | Maybe | yes, on another member |
+//! | [`Protocol`](Error::Protocol) | Maybe | no |
+//! | [`Unauthorized`](Error::Unauthorized) | No | no (the certificate's role does not allow the call; see [`crate::tls`]) |
+//! | [`Halted`](Error::Halted) | Maybe | yes, on another member |
+//! | [`Overloaded`](Error::Overloaded) | No | yes, after a backoff |
+//! | [`Ambiguous`](Error::Ambiguous) | Maybe | yes |
+//! | [`SessionExpired`](Error::SessionExpired) | Maybe | no (the client opens a new session) |
+//!
+//! A call may end with an error that is `Maybe` and not retried only when
+//! retrying could do no better: a codec or protocol error would recur, and
+//! a write whose session expired cannot be retried exactly-once (its
+//! earlier attempts may have been applied under the forgotten session, and
+//! a new session would apply it again), so the caller decides.
 
 use crate::state_machine::CodecError;
+
+/// Whether a failed command may have been applied (see [`Error::applied`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Applied {
+    /// It was not applied and never will be.
+    No,
+    /// It may have been applied, or may still be applied later (by this
+    /// cluster, perhaps by a restarted node). Retrying it in the same client
+    /// session is safe: the cluster applies a session's write once.
+    Maybe,
+    /// The state machine ran it (a handler that panicked under the `skip`
+    /// policy still counts: every replica skipped it at the same entry).
+    Yes,
+}
 
 /// An error from a raftkit peer or client call.
 ///
@@ -11,25 +60,34 @@ use crate::state_machine::CodecError;
 pub enum Error {
     /// The call did not complete within its deadline. A write that timed out
     /// may or may not have been applied.
-    #[error("timed out")]
+    #[error("timed out (a write may or may not have been applied)")]
     Timeout,
-    /// No member of the cluster could serve the call.
+    /// No member could take the call: none was reachable, or the peer had
+    /// stopped before the call reached it. Nothing was applied.
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
-    /// No leader could be reached after every retry.
+    /// The node is not the leader (or is handing leadership over to `hint`):
+    /// the command did not enter its log. The network client follows the
+    /// hint; callers see this only after every retry failed.
     #[error("not leader (leader hint: {hint:?})")]
     NotLeader {
-        /// The leader the last contacted node believed in, if any.
+        /// The leader the last contacted node believed in (or the target of
+        /// a leadership transfer under way), if any.
         hint: Option<String>,
     },
-    /// The leader refused the command before it entered the log (for example
-    /// it does not decode, or a configuration change is already in flight).
+    /// The leader refused the command before it entered the log: it does
+    /// not decode, it is larger than the maximum command size, a
+    /// configuration change is already in flight, ... Nothing was applied,
+    /// and retrying the same call would be refused again.
     #[error("rejected: {0}")]
     Rejected(String),
-    /// A network or TLS failure.
+    /// A network or TLS failure while the call was under way: a write may or
+    /// may not have been applied.
     #[error("transport: {0}")]
     Transport(String),
-    /// The handler panicked under the `skip` policy, or its node halted.
+    /// The handler panicked under the `skip` policy: every replica skipped
+    /// the command at the same entry (it counts as applied; whatever the
+    /// handler changed before it panicked stays).
     #[error("handler failed: {message}")]
     Handler {
         /// The panic message.
@@ -38,7 +96,8 @@ pub enum Error {
     /// A value could not be encoded or decoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
-    /// The peer's storage failed; the node stops.
+    /// The node's storage failed and the node stopped. A write it was
+    /// serving may still be committed by the rest of the cluster.
     #[error("storage: {0}")]
     Storage(String),
     /// The other side answered something this side does not understand.
@@ -49,4 +108,148 @@ pub enum Error {
     /// retrying with the same certificate cannot succeed.
     #[error("not authorized (nothing was applied): {0}")]
     Unauthorized(String),
+    /// The node halted: a handler panicked under the `halt` policy, or an
+    /// entry does not decode with this binary. It applies nothing more and
+    /// gives up leadership until it is restarted (with a fixed binary). A
+    /// write it was serving may still be applied, by the other members or
+    /// by this node once fixed: retry on another member.
+    #[error("node halted: {message} (a write may still be applied; retry on another member)")]
+    Halted {
+        /// Why the node halted.
+        message: String,
+    },
+    /// The node has too many commands (or bytes of commands) in flight and
+    /// the call could not wait any longer for room. Nothing was applied:
+    /// back off and retry.
+    #[error("overloaded: too many commands in flight; back off and retry")]
+    Overloaded,
+    /// The command reached the log, but this node can no longer tell its
+    /// outcome (it stopped, or the entry was overtaken by a snapshot, or the
+    /// write's session already acknowledged its answer, so an earlier
+    /// attempt was answered and this one was not applied). It may have been
+    /// applied.
+    #[error("outcome unknown: {0}")]
+    Ambiguous(String),
+    /// The client's session was no longer known to the cluster (it expired,
+    /// was evicted from the bounded session table, or was closed) when the
+    /// write arrived (Raft thesis §6.3). Nothing was applied by that attempt,
+    /// but an earlier attempt of the same write may have been applied before
+    /// the session was forgotten: **the write's outcome is unknown (it may
+    /// have been applied)**. The network client has already opened a new
+    /// session; later calls go on normally.
+    #[error("session expired; the write may or may not have been applied: {0}")]
+    SessionExpired(String),
+}
+
+impl Error {
+    /// Whether the command of the failed call may have been applied; see
+    /// the [module documentation](self) for every variant.
+    pub fn applied(&self) -> Applied {
+        match self {
+            Error::Unavailable(_)
+            | Error::NotLeader { .. }
+            | Error::Rejected(_)
+            | Error::Unauthorized(_)
+            | Error::Overloaded => Applied::No,
+            Error::Handler { .. } => Applied::Yes,
+            Error::Timeout
+            | Error::Transport(_)
+            | Error::Codec(_)
+            | Error::Storage(_)
+            | Error::Protocol(_)
+            | Error::Halted { .. }
+            | Error::Ambiguous(_)
+            | Error::SessionExpired(_) => Applied::Maybe,
+        }
+    }
+
+    /// Whether retrying the call (on another member, or after a backoff)
+    /// may succeed. The network client retries exactly these errors within
+    /// its deadline.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Timeout
+            | Error::Unavailable(_)
+            | Error::NotLeader { .. }
+            | Error::Transport(_)
+            | Error::Storage(_)
+            | Error::Halted { .. }
+            | Error::Overloaded
+            | Error::Ambiguous(_) => true,
+            Error::Rejected(_)
+            | Error::Unauthorized(_)
+            | Error::Handler { .. }
+            | Error::Codec(_)
+            | Error::Protocol(_)
+            | Error::SessionExpired(_) => false,
+        }
+    }
+
+    /// Whether the member that answered with this error cannot serve
+    /// anything until it is restarted: the client retries elsewhere and
+    /// stops treating it as the leader.
+    pub fn member_is_down(&self) -> bool {
+        matches!(self, Error::Storage(_) | Error::Halted { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_says_whether_it_was_applied_and_whether_to_retry() {
+        let all = [
+            (Error::Timeout, Applied::Maybe, true),
+            (Error::Unavailable("x".into()), Applied::No, true),
+            (Error::NotLeader { hint: None }, Applied::No, true),
+            (Error::Rejected("x".into()), Applied::No, false),
+            (Error::Transport("x".into()), Applied::Maybe, true),
+            (
+                Error::Handler {
+                    message: "x".into(),
+                },
+                Applied::Yes,
+                false,
+            ),
+            (
+                Error::Codec(CodecError {
+                    what: "x",
+                    reason: "y".into(),
+                }),
+                Applied::Maybe,
+                false,
+            ),
+            (Error::Storage("x".into()), Applied::Maybe, true),
+            (Error::Protocol("x".into()), Applied::Maybe, false),
+            (Error::Unauthorized("x".into()), Applied::No, false),
+            (
+                Error::Halted {
+                    message: "x".into(),
+                },
+                Applied::Maybe,
+                true,
+            ),
+            (Error::Overloaded, Applied::No, true),
+            (Error::Ambiguous("x".into()), Applied::Maybe, true),
+            (Error::SessionExpired("x".into()), Applied::Maybe, false),
+        ];
+        for (e, applied, retry) in all {
+            assert_eq!(e.applied(), applied, "{e:?}");
+            assert_eq!(e.is_retryable(), retry, "{e:?}");
+            // Only an error that cannot have applied anything may be final
+            // and silent about it; a final error is never "maybe" unless the
+            // caller can do nothing better (codec, protocol, an expired
+            // session: a retry under a new session could apply it twice).
+            if !retry && applied == Applied::Maybe {
+                assert!(
+                    matches!(
+                        e,
+                        Error::Codec(_) | Error::Protocol(_) | Error::SessionExpired(_)
+                    ),
+                    "{e:?}"
+                );
+            }
+        }
+    }
 }

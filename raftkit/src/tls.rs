@@ -14,8 +14,8 @@
 //!
 //! | role | issued by | may | may not |
 //! |---|---|---|---|
-//! | `node` | [`ClusterCa::issue_node`] | open peer links ([`PEER_ALPN`]) under the name its certificate states, and only that name; accept peer and client connections (it is the only role valid as a TLS server); on the client protocol: `Status`, and `AddServer` / `AddLearner` of **itself** (a joining node asking to be added) | claim another node's name; send data commands; add anyone else, remove servers, transfer leadership |
-//! | `client` | [`ClusterCa::issue_client`] | on the client protocol ([`CLIENT_ALPN`]): data commands (`Write`, `Read`) and `Status` | open peer links; change membership; transfer leadership; act as a server |
+//! | `node` | [`ClusterCa::issue_node`] | open peer links ([`PEER_ALPN`]) under the name its certificate states, and only that name; accept peer and client connections (it is the only role valid as a TLS server); on the client protocol: `Status`, and `AddServer` / `AddLearner` of **itself** (a joining node asking to be added) | claim another node's name; send data commands or open or close sessions; add anyone else, remove servers, transfer leadership |
+//! | `client` | [`ClusterCa::issue_client`] | on the client protocol ([`CLIENT_ALPN`]): data commands (`Write`, `Read`), `OpenSession` and `CloseSession` (sessions owned by this certificate: only its own sessions can be written under or closed), and `Status` | open peer links; change membership; transfer leadership; act as a server; use another certificate's session |
 //! | `admin` | [`ClusterCa::issue_admin`] | everything a `client` may, plus `AddServer`, `AddLearner`, `RemoveServer`, `TransferLeader` | open peer links; act as a server |
 //! | none (no role, several roles, no name, or a certificate from before roles) | — | nothing: refused on every connection, peer or client | — |
 //!
@@ -59,7 +59,9 @@
 //!   [`Principal`] (role, name, SHA-256 fingerprint of the certificate) and
 //!   hands it to the client service with the connection; every request is
 //!   authorized against it before it reaches the node
-//!   (`runtime::authorization`).
+//!   (`runtime::authorization`). The fingerprint also owns the client
+//!   sessions the connection opens (`runtime::session`): a session id
+//!   learned by another certificate, of any role, is refused.
 //! - **Starting a node.** A node's own identity must be a `node`
 //!   certificate for the node's name, or the transport refuses to start.
 //!
@@ -69,8 +71,10 @@
 //! protocol, but not out of what their role allows:
 //!
 //! - **client**: read and write all data, see the membership and progress
-//!   (`Status`), and use server resources within the frame and request
-//!   caps. Nothing in the peer protocol or membership.
+//!   (`Status`), open sessions (each takes a slot of the bounded session
+//!   table, evicting the longest idle when full), and use server resources
+//!   within the frame and request caps. Nothing in the peer protocol or
+//!   membership, and no other certificate's session.
 //! - **admin**: everything a client can, plus reshape the membership (add
 //!   nodes it also holds node certificates for, remove members down to one)
 //!   and move leadership: it controls the cluster.

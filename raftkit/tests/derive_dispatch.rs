@@ -158,13 +158,13 @@ fn panic_under_halt_stops() {
     );
     assert!(matches!(
         block_on(kv.fatal()),
-        Err(raftkit::Error::Handler { .. })
+        Err(raftkit::Error::Halted { .. })
     ));
     assert_eq!(local.halted().as_deref(), Some("fatal handler"));
     // Nothing is applied after a halt.
     assert!(matches!(
         block_on(kv.put("a".into(), "1".into())),
-        Err(raftkit::Error::Handler { .. })
+        Err(raftkit::Error::Halted { .. })
     ));
     assert_eq!(local.with(|kv| kv.map.len()), 0);
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use support::free_addrs;
 
-use raftkit::client::wire::{ClientRequest, SessionRef};
+use raftkit::client::wire::{ClientRequest, SessionId, SessionRef};
 use raftkit::client::{Client, ClientOptions};
 use raftkit::core::Role;
 use raftkit::prelude::*;
@@ -232,7 +232,16 @@ async fn a_retried_write_is_applied_once_and_garbage_never_enters_the_log() {
     .await
     .unwrap();
     let incr = raftkit::state_machine::encode("command", &KvWrite::Incr).unwrap();
-    let session = SessionRef { client: 77, seq: 1 };
+    let opened = raw.request(ClientRequest::OpenSession).await.unwrap();
+    let raftkit::client::wire::ClientResponse::Ok(id) = opened else {
+        panic!("open answered {opened:?}")
+    };
+    let id: SessionId = raftkit::state_machine::decode("session id", &id).unwrap();
+    let session = SessionRef {
+        id,
+        seq: 1,
+        acked_below: 1,
+    };
     let first = raw
         .request(ClientRequest::Write {
             session,
@@ -260,7 +269,11 @@ async fn a_retried_write_is_applied_once_and_garbage_never_enters_the_log() {
     let before = c.peers[leader].as_ref().unwrap().status().last_index;
     let r = raw
         .request(ClientRequest::Write {
-            session: SessionRef { client: 77, seq: 2 },
+            session: SessionRef {
+                id,
+                seq: 2,
+                acked_below: 2,
+            },
             command: vec![0xff, 0xff, 0xff],
         })
         .await;

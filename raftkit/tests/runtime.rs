@@ -115,8 +115,18 @@ async fn three_peers_elect_replicate_fail_over_and_restart() {
         assert_eq!(client.add("k".into(), 1).await.unwrap(), i);
     }
     assert_eq!(client.get("k".into()).await.unwrap(), 50);
-    // The metrics feed measured the writes and the read.
-    let st = peers[leader].status();
+    // The metrics feed measured the writes and the read (the node task
+    // publishes right after handing the read to the apply thread, which may
+    // answer first).
+    let mut w = peers[leader].watch();
+    let st = tokio::time::timeout(
+        Duration::from_secs(10),
+        w.wait_for(|s| s.read_index_latency.count >= 1),
+    )
+    .await
+    .expect("latency published")
+    .unwrap()
+    .clone();
     assert!(
         st.durable_latency.count >= 1,
         "no append-to-durable latency recorded"
@@ -194,7 +204,12 @@ async fn a_retried_session_write_is_applied_once() {
         },
     )
     .unwrap();
-    let session = Some(SessionRef { client: 42, seq: 1 });
+    let id = leader.open_session().await.unwrap();
+    let session = Some(SessionRef {
+        id,
+        seq: 1,
+        acked_below: 1,
+    });
     let first = leader.write_in_session(cmd.clone(), session).await.unwrap();
     // The reply was "lost": the client retries the same sequence number.
     let retry = leader.write_in_session(cmd.clone(), session).await.unwrap();
@@ -207,7 +222,14 @@ async fn a_retried_session_write_is_applied_once() {
     );
     // A later write of the session is new.
     leader
-        .write_in_session(cmd, Some(SessionRef { client: 42, seq: 2 }))
+        .write_in_session(
+            cmd,
+            Some(SessionRef {
+                id,
+                seq: 2,
+                acked_below: 2,
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(client.get("k".into()).await.unwrap(), 10);

@@ -131,6 +131,9 @@ pub enum Command {
     /// linearizability of the history checked. Exit code 0 only if every
     /// check passes.
     Demo(DemoArgs),
+    /// Closed-loop load against a running cluster; prints one JSON line
+    /// (ops/s and latency percentiles). Used by `benches/sidebyside`.
+    Bench(BenchArgs),
 }
 
 /// `kv serve`.
@@ -212,4 +215,31 @@ pub struct DemoArgs {
     /// Seconds of workload before the leader is killed.
     #[arg(long, default_value_t = 3.0)]
     pub secs: f64,
+}
+
+/// `kv bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// `put` (a fresh key each time), `get` (linearizable, of a key written
+    /// first) or `status` (a QUIC request/response that skips Raft).
+    #[arg(long, default_value = "put")]
+    pub op: String,
+    /// Concurrent tasks, each with one operation in flight.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Most network clients (QUIC connections) the tasks share: one per 16
+    /// tasks up to this many.
+    #[arg(long, default_value_t = 8)]
+    pub conns: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 16)]
+    pub value_size: usize,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }

@@ -19,7 +19,7 @@ use crate::store::{Kv, KvClient, Mismatch};
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The validated cluster addresses.
-fn cluster_addrs(args: &ClusterArgs) -> Result<Vec<String>, Failure> {
+pub(crate) fn cluster_addrs(args: &ClusterArgs) -> Result<Vec<String>, Failure> {
     let addrs: Vec<String> = args
         .cluster
         .iter()
@@ -37,7 +37,7 @@ fn cluster_addrs(args: &ClusterArgs) -> Result<Vec<String>, Failure> {
     Ok(addrs)
 }
 
-fn options(args: &ClusterArgs, default_secs: u64) -> ClientOptions {
+pub(crate) fn options(args: &ClusterArgs, default_secs: u64) -> ClientOptions {
     ClientOptions {
         timeout: Duration::from_secs(args.timeout.unwrap_or(default_secs).max(1)),
         ..ClientOptions::default()
@@ -88,12 +88,21 @@ async fn untyped_as(
     Ok((client, addrs))
 }
 
+/// Closes the client's session (if a write opened one) before the process
+/// exits, so that the cluster does not keep one session per CLI call until
+/// it expires. Best effort: the command's outcome stands either way.
+async fn close(kv: &KvClient) {
+    if let Err(e) = kv.close().await {
+        tracing::debug!(error = %e, "closing the session failed; the cluster will expire it");
+    }
+}
+
 /// `kv put K V`: prints `OK`.
 pub async fn put(args: &ClusterArgs, key: String, value: String) -> Result<(), Failure> {
     let (kv, addrs) = typed(args).await?;
-    kv.put(key, value)
-        .await
-        .map_err(|e| Failure::cluster(&e, &addrs))?;
+    let r = kv.put(key, value).await;
+    close(&kv).await;
+    r.map_err(|e| Failure::cluster(&e, &addrs))?;
     println!("OK");
     Ok(())
 }
@@ -117,11 +126,9 @@ pub async fn get(args: &ClusterArgs, key: String) -> Result<(), Failure> {
 /// `kv del K`: prints the value it held, or fails with code 3 if absent.
 pub async fn del(args: &ClusterArgs, key: String) -> Result<(), Failure> {
     let (kv, addrs) = typed(args).await?;
-    match kv
-        .delete(key.clone())
-        .await
-        .map_err(|e| Failure::cluster(&e, &addrs))?
-    {
+    let r = kv.delete(key.clone()).await;
+    close(&kv).await;
+    match r.map_err(|e| Failure::cluster(&e, &addrs))? {
         Some(old) => {
             println!("{old}");
             Ok(())
@@ -135,11 +142,9 @@ pub async fn del(args: &ClusterArgs, key: String) -> Result<(), Failure> {
 pub async fn cas(args: &ClusterArgs, key: String, old: String, new: String) -> Result<(), Failure> {
     let (kv, addrs) = typed(args).await?;
     let old = (old != "-").then_some(old);
-    match kv
-        .cas(key.clone(), old, new)
-        .await
-        .map_err(|e| Failure::cluster(&e, &addrs))?
-    {
+    let r = kv.cas(key.clone(), old, new).await;
+    close(&kv).await;
+    match r.map_err(|e| Failure::cluster(&e, &addrs))? {
         Ok(()) => {
             println!("OK");
             Ok(())
@@ -309,6 +314,11 @@ pub async fn status(args: &ClusterArgs) -> Result<(), Failure> {
         .map(|((addr, voter), report)| match report {
             Ok(r) => {
                 let mut role = r.role.to_lowercase();
+                if r.fatal.is_some() {
+                    role = "failed (storage)".into();
+                } else if r.halted.is_some() {
+                    role.push_str(" (halted)");
+                }
                 if !view.members.iter().any(|(a, _, _)| a == addr) {
                     role.push_str(" (not a member)");
                 } else if !voter {

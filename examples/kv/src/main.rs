@@ -15,12 +15,14 @@
 //! [`fail::Failure`] for the codes); nothing here panics on user input or
 //! network data.
 
+mod bench;
 mod certs;
 mod cli;
 mod commands;
 mod demo;
 mod fail;
 mod metrics;
+mod page;
 mod serve;
 mod store;
 
@@ -102,5 +104,6 @@ async fn run(cli: Cli) -> Result<(), fail::Failure> {
             certs::issue(&dir, &name, role)
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -1,10 +1,12 @@
-//! `--metrics ADDR`: the node's status in the Prometheus text format, served
-//! by a tiny HTTP/1.0 responder (`GET /metrics`; anything else is 404).
+//! `--metrics ADDR`: the node's status in the Prometheus text format and as
+//! a page for people, served by a tiny HTTP/1.0 responder (`GET /metrics`,
+//! `GET /` for the page of [`crate::page`]; anything else is 404).
 //!
 //! Everything comes from [`PeerStatus`], including the append-to-durable and
 //! ReadIndex latency histograms the node task records.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftkit::core::Role;
@@ -14,16 +16,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
+use crate::page::{self, PageState};
 use crate::store::Kv;
 
 /// Serves metrics on `listener` until the process exits.
-pub async fn serve(listener: TcpListener, peer: Peer<Kv>) {
+pub async fn serve(listener: TcpListener, peer: Peer<Kv>, page: Arc<PageState>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let peer = peer.clone();
+                let page = Arc::clone(&page);
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &peer).await {
+                    if let Err(e) = answer(stream, &peer, &page).await {
                         debug!(error = %e, "metrics request failed");
                     }
                 });
@@ -36,7 +40,7 @@ pub async fn serve(listener: TcpListener, peer: Peer<Kv>) {
     }
 }
 
-async fn answer(mut stream: TcpStream, peer: &Peer<Kv>) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, peer: &Peer<Kv>, page: &PageState) -> std::io::Result<()> {
     // Read the request head (at most 8 KiB, 5 s).
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
@@ -64,10 +68,15 @@ async fn answer(mut stream: TcpStream, peer: &Peer<Kv>) -> std::io::Result<()> {
             "text/plain; version=0.0.4; charset=utf-8",
             render(&peer.status()),
         ),
+        (Some("GET"), Some("/" | "/index.html")) => (
+            "200 OK",
+            "text/html; charset=utf-8",
+            page::render(&peer.status(), page),
+        ),
         _ => (
             "404 Not Found",
             "text/plain; charset=utf-8",
-            "try GET /metrics\n".to_string(),
+            "try GET / or GET /metrics\n".to_string(),
         ),
     };
     let response = format!(
@@ -187,6 +196,27 @@ pub fn render(s: &PeerStatus) -> String {
     );
     metric(
         &mut out,
+        "raftkit_client_session_replies",
+        "gauge",
+        "Unacknowledged replies stored in the session table.",
+        &with(s.session_replies as u64),
+    );
+    metric(
+        &mut out,
+        "raftkit_client_session_evictions_total",
+        "counter",
+        "Client sessions evicted from the full session table (longest idle first).",
+        &with(s.session_evictions),
+    );
+    metric(
+        &mut out,
+        "raftkit_client_session_expiries_total",
+        "counter",
+        "Client sessions dropped after their time-to-live.",
+        &with(s.session_expiries),
+    );
+    metric(
+        &mut out,
         "raftkit_members",
         "gauge",
         "Members of the configuration in force.",
@@ -196,7 +226,7 @@ pub fn render(s: &PeerStatus) -> String {
         &mut out,
         "raftkit_halted",
         "gauge",
-        "1 if the node stopped applying (a handler panicked under `halt`).",
+        "1 if the node halted (a handler panicked under `halt`, or an entry does not decode) or its storage failed.",
         &with(u64::from(s.halted.is_some() || s.fatal.is_some())),
     );
     let dropped: Vec<(String, u64)> = s
@@ -215,6 +245,46 @@ pub fn render(s: &PeerStatus) -> String {
         "counter",
         "Inbound Raft messages dropped as invalid or not allowed from their sender, by reason.",
         &dropped,
+    );
+    metric(
+        &mut out,
+        "raftkit_storage_failed",
+        "gauge",
+        "1 if the node's storage failed: it stopped; restart it on a healthy disk.",
+        &with(u64::from(s.fatal.is_some())),
+    );
+    metric(
+        &mut out,
+        "raftkit_snapshot_index",
+        "gauge",
+        "Index of the latest snapshot durable on this node.",
+        &with(s.snapshot_index),
+    );
+    metric(
+        &mut out,
+        "raftkit_snapshot_failures_total",
+        "counter",
+        "Snapshots that failed (serialization or save); each is retried with a backoff.",
+        &with(s.snapshot_failures),
+    );
+    metric(
+        &mut out,
+        "raftkit_snapshot_failing",
+        "gauge",
+        "1 while the latest snapshot attempt failed (the log is not compacted).",
+        &with(u64::from(s.snapshot_error.is_some())),
+    );
+    metric(
+        &mut out,
+        "raftkit_overloaded_total",
+        "counter",
+        "Calls refused with Overloaded (too many commands in flight).",
+        &with(s.overloaded),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP raftkit_longest_apply_pause_seconds Longest time the state machine stopped applying for a snapshot.\n# TYPE raftkit_longest_apply_pause_seconds gauge\nraftkit_longest_apply_pause_seconds{node} {}",
+        s.longest_apply_pause.as_secs_f64()
     );
     if let Some(contact) = s.leader_contact {
         metric(
@@ -295,6 +365,7 @@ mod tests {
                     next: Some(8),
                 },
             ],
+            session_evictions: 4,
             ..PeerStatus::default()
         };
         let mut s = s;
@@ -326,5 +397,28 @@ mod tests {
         assert!(text.contains(
             "raftkit_dropped_messages_total{node=\"kv@127.0.0.1:7001\",reason=\"committed_rewrite\"} 0\n"
         ));
+        assert!(text.contains("raftkit_storage_failed{node=\"kv@127.0.0.1:7001\"} 0\n"));
+        assert!(text.contains("# TYPE raftkit_client_session_evictions_total counter\n"));
+        assert!(
+            text.contains("raftkit_client_session_evictions_total{node=\"kv@127.0.0.1:7001\"} 4\n")
+        );
+    }
+
+    #[test]
+    fn a_failed_node_says_so() {
+        let s = PeerStatus {
+            name: "n".into(),
+            fatal: Some("storage failed: fsync: EIO".into()),
+            snapshot_failures: 2,
+            snapshot_error: Some("no space".into()),
+            ..PeerStatus::default()
+        };
+        let text = render(&s);
+        assert!(
+            text.contains("raftkit_storage_failed{node=\"n\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("raftkit_snapshot_failures_total{node=\"n\"} 2\n"));
+        assert!(text.contains("raftkit_snapshot_failing{node=\"n\"} 1\n"));
     }
 }

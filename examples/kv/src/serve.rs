@@ -1,16 +1,20 @@
 //! `kv serve`: one node of the cluster, until Ctrl-C or SIGTERM.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use raftkit::client::{Client, ClientOptions};
 use raftkit::prelude::*;
 use raftkit::runtime::persist::PeerMeta;
+use raftkit::tls::Identity;
 use tracing::{info, warn};
 
 use crate::certs::node_identity;
 use crate::cli::ServeArgs;
 use crate::fail::{Failure, check_addr};
 use crate::metrics;
+use crate::page::{self, PageState};
 use crate::store::Kv;
 
 /// Runs a node until it is told to stop.
@@ -115,16 +119,40 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     info!(name = %peer.name(), listen = %addr, data = %data_dir.display(), "serving");
     if let Some(listener) = metrics_listener {
         if let Ok(a) = listener.local_addr() {
-            info!("metrics on http://{a}/metrics");
+            info!("metrics on http://{a}/metrics, status page on http://{a}/");
         }
-        tokio::spawn(metrics::serve(listener, peer.clone()));
+        let state = Arc::new(PageState::default());
+        let client = page_client(&peer, &data_dir).await;
+        tokio::spawn(page::watch(peer.clone(), client, Arc::clone(&state)));
+        tokio::spawn(metrics::serve(listener, peer.clone(), state));
     }
 
-    let stop = wait_for_stop(&peer).await;
+    let stop = wait_for_stop(&peer, &data_dir).await;
     info!(name = %peer.name(), "stopping");
     let shutdown = peer.shutdown().await;
     stop?;
-    shutdown.map_err(|e| Failure::Failed(format!("unclean shutdown: {e}")))
+    shutdown.map_err(|e| match e {
+        raftkit::Error::Storage(reason) => storage_failure(&reason, &data_dir),
+        e => Failure::Failed(format!("unclean shutdown: {e}")),
+    })
+}
+
+/// A client of the cluster with this node's own identity, for the status
+/// page to ask the other members for their status. `None` (the page then
+/// shows this node's own view only) when it cannot be made.
+async fn page_client(peer: &Peer<Kv>, data_dir: &Path) -> Option<Client> {
+    let own = peer.local_addr()?.to_string();
+    let identity = Identity::load(data_dir.join("tls"), "peer")
+        .inspect_err(|e| warn!(error = %e, "status page: no identity to ask other members with"))
+        .ok()?;
+    let opts = ClientOptions {
+        timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    Client::connect_with([own], identity, Kv::SCHEMA_FINGERPRINT, opts)
+        .await
+        .inspect_err(|e| warn!(error = %e, "status page: cannot ask other members"))
+        .ok()
 }
 
 fn start_failure(e: &raftkit::Error, dir: &Path) -> Failure {
@@ -140,8 +168,23 @@ fn start_failure(e: &raftkit::Error, dir: &Path) -> Failure {
     }
 }
 
+/// What an operator reads when the node's storage failed: what happened,
+/// that nothing acknowledged was lost, and what to do.
+fn storage_failure(reason: &str, dir: &Path) -> Failure {
+    let dir = dir.display();
+    Failure::Failed(if reason.contains("storage full") {
+        format!(
+            "the disk holding {dir} is full: the node stopped without losing any acknowledged write; free some space and restart it with `kv serve --data {dir}` ({reason})"
+        )
+    } else {
+        format!(
+            "the node's storage failed and it stopped without acknowledging anything more; check the disk holding {dir}, then restart it with `kv serve --data {dir}` ({reason})"
+        )
+    })
+}
+
 /// Waits for Ctrl-C, SIGTERM or a fatal node error.
-async fn wait_for_stop(peer: &Peer<Kv>) -> Result<(), Failure> {
+async fn wait_for_stop(peer: &Peer<Kv>, dir: &Path) -> Result<(), Failure> {
     let mut status = peer.watch();
     let fatal = async {
         loop {
@@ -156,7 +199,7 @@ async fn wait_for_stop(peer: &Peer<Kv>) -> Result<(), Failure> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = terminate() => Ok(()),
-        f = fatal => Err(Failure::Failed(format!("node failed: {f}"))),
+        f = fatal => Err(storage_failure(&f, dir)),
     }
 }
 

@@ -202,6 +202,27 @@ fn wait_status(env: &[(&str, &str)], what: &str, done: impl Fn(&[Row]) -> bool) 
     }
 }
 
+/// `GET /metrics` from a node's metrics endpoint (empty on failure).
+fn metrics(addr: &str) -> String {
+    use std::io::Write;
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+/// The value of the one sample of metric `name` in a metrics page.
+fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 fn leader(rows: &[Row]) -> Option<String> {
     let leaders: Vec<&Row> = rows.iter().filter(|r| r.role == "leader").collect();
     match leaders.as_slice() {
@@ -236,6 +257,10 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
         .map(|i| path(&format!("n{i}")).to_string_lossy().to_string())
         .collect();
     let log = |i: usize, run: u32| path(&format!("n{i}.{run}.log"));
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+        l.local_addr().expect("addr").to_string()
+    };
     procs.serve(
         &addrs[0],
         &[
@@ -248,6 +273,8 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
             "--bootstrap",
             "--tick-ms",
             TICK_MS,
+            "--metrics",
+            &metrics_addr,
         ],
         &log(1, 0),
     );
@@ -324,6 +351,25 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
     assert_eq!(out.stdout, "greeting\tworld\n", "{out:?}");
     let out = kv(&["del", "other"], &env);
     assert_eq!((out.code, out.stdout.as_str()), (Some(0), "1\n"), "{out:?}");
+    // Every CLI call closed the session its write opened: once the first
+    // node applied everything committed so far, its table is empty.
+    let rows = wait_status(&env, "a leader", |rows| leader(rows).is_some());
+    let committed = rows.iter().filter_map(|r| r.commit).max().expect("commit");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = metrics(&metrics_addr);
+        let applied = gauge(&text, "raftkit_applied_index");
+        let sessions = gauge(&text, "raftkit_client_sessions");
+        if applied.is_some_and(|a| a >= committed) {
+            assert_eq!(sessions, Some(0), "sessions left open:\n{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never caught up:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // An unknown key: nothing on stdout, one line on stderr, exit code 3.
     let out = kv(&["get", "missing"], &env);
     assert_fails(&out, Some(3), "absent");
@@ -524,4 +570,243 @@ fn usage_errors_are_one_line() {
     let out = kv(&["certs", "issue", &dir, "x", "--role", "root"], &[]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("unknown role"), "{out:?}");
+}
+
+/// `kv serve` whose disk fills up stops with one clear line on stderr and
+/// exit code 1, and loses no acknowledged write: restarted on a disk with
+/// room, it serves every one of them.
+///
+/// The full disk is real, without privileges: the server runs under a file
+/// size limit (`ulimit -f`, with `SIGXFSZ` ignored so that the kernel
+/// answers a write past the limit with `EFBIG` instead of killing the
+/// process), so its write-ahead log runs out of room after a few dozen KiB.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_on_a_full_disk_stops_with_one_clear_line_and_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let certs = tmp.path().join("certs").to_string_lossy().to_string();
+    let data = tmp.path().join("n1").to_string_lossy().to_string();
+    assert_eq!(kv(&["certs", "init", &certs], &[]).code, Some(0));
+    let addr = free_udp_addrs(1).remove(0);
+    // 64 blocks: 32 KiB under dash, 64 KiB under bash.
+    let mut serve = Command::new("sh");
+    serve
+        .args(["-c", "trap '' XFSZ; ulimit -f 64 && exec \"$0\" \"$@\"", KV])
+        .args([
+            "serve", "--listen", &addr, "--data", &data, "--certs", &certs,
+        ])
+        .args(["--bootstrap", "--tick-ms", TICK_MS])
+        .env_remove("KV_CLUSTER")
+        .env_remove("RAFTKIT_CERTS")
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = serve.spawn().expect("kv serve starts");
+    let env = [
+        ("KV_CLUSTER", addr.as_str()),
+        ("RAFTKIT_CERTS", certs.as_str()),
+    ];
+    let value = "v".repeat(4096);
+    let mut acked = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline && acked.len() < 200,
+            "kv serve never stopped ({} writes acknowledged)",
+            acked.len()
+        );
+        let key = format!("k{}", acked.len());
+        if kv(&["put", &key, &value], &env).code == Some(0) {
+            acked.push(key);
+        }
+    };
+    let mut stderr = String::new();
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut stderr);
+    }
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {stderr}");
+    let line = lines[0];
+    eprintln!("after {} acknowledged writes: {line}", acked.len());
+    assert!(line.starts_with("kv: the disk holding"), "{line}");
+    assert!(
+        line.contains("is full") && line.contains("restart it with"),
+        "{line}"
+    );
+    assert!(
+        !acked.is_empty(),
+        "the node accepted nothing before the disk filled"
+    );
+
+    // A disk with room: every acknowledged write is there.
+    let mut procs = Procs::default();
+    let log = tmp.path().join("restart.log");
+    procs.serve("n1", &["--data", &data, "--tick-ms", TICK_MS], &log);
+    for key in &acked {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let out = kv(&["get", key], &env);
+            if out.code == Some(0) {
+                assert_eq!(out.stdout.trim_end(), value, "{key}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{key} unreadable: {out:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The browser the status-page test drives: `$RAFTKIT_CHROMIUM`, or
+/// `chromium` / `chromium-browser` / `google-chrome` on the `PATH`.
+fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RAFTKIT_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| {
+            ["chromium", "chromium-browser", "google-chrome"]
+                .into_iter()
+                .map(move |name| dir.join(name))
+        })
+        .find(|p| p.is_file())
+}
+
+/// Loads `url` in headless Chromium and returns the DOM it rendered
+/// (optionally also a screenshot at `shot`).
+fn render_in_chromium(browser: &Path, url: &str, shot: Option<&Path>) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut cmd = Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--window-size=1100,760",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match shot {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium runs");
+    assert!(out.status.success(), "chromium failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kv serve --metrics` serves a status page at `/`: loaded in a real
+/// browser from a running 3-node cluster, it shows the node, the leader,
+/// every member with the status that member reported, a leader change and
+/// the write-latency chart. CI installs Chromium (`.ci/run`) and sets
+/// `RAFTKIT_REQUIRE_BROWSER`; elsewhere the test says loudly that it did
+/// not run when no browser is installed. `RAFTKIT_PAGE_SCREENSHOT=FILE`
+/// also saves a screenshot (the README's).
+#[test]
+fn status_page_in_a_browser() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("RAFTKIT_REQUIRE_BROWSER").is_none(),
+            "no Chromium found (install Debian's `chromium` or set RAFTKIT_CHROMIUM)"
+        );
+        eprintln!(
+            "WARNING: status_page_in_a_browser did NOT run: no Chromium on this machine \
+             (apt-get install chromium); CI runs it"
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = |p: &str| -> PathBuf { tmp.path().join(p) };
+    let certs_s = path("certs").to_string_lossy().to_string();
+    let out = kv(&["certs", "init", &certs_s], &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let addrs = free_udp_addrs(3);
+    let metrics = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let mut procs = Procs::default();
+    for (i, addr) in addrs.iter().enumerate() {
+        let data = path(&format!("n{i}")).to_string_lossy().to_string();
+        let mut args = vec![
+            "--listen",
+            addr,
+            "--data",
+            &data,
+            "--certs",
+            &certs_s,
+            "--tick-ms",
+            TICK_MS,
+        ];
+        if i == 0 {
+            args.extend(["--bootstrap", "--metrics", &metrics]);
+        } else {
+            args.extend(["--join", &addrs[0]]);
+        }
+        procs.serve(addr, &args, &path(&format!("n{i}.log")));
+    }
+    let cluster = addrs.join(",");
+    let env = [
+        ("KV_CLUSTER", cluster.as_str()),
+        ("RAFTKIT_CERTS", certs_s.as_str()),
+    ];
+    wait_status(&env, "three members with a leader", |rows| {
+        rows.len() == 3 && leader(rows).is_some() && rows.iter().all(|r| r.role != "unreachable")
+    });
+    for i in 0..5 {
+        let out = kv(&["put", &format!("k{i}"), "v"], &env);
+        assert_eq!(out.code, Some(0), "{out:?}");
+    }
+
+    // The page refreshes itself and the node asks the others for their
+    // status in the background: load it until every member is reported.
+    let url = format!("http://{metrics}/");
+    let deadline = Instant::now() + PATIENCE;
+    let dom = loop {
+        let dom = render_in_chromium(&browser, &url, None);
+        let reported = addrs
+            .iter()
+            .filter(|a| {
+                dom.contains(&format!("<td>{a}"))
+                    && !dom.contains(&format!("<td>{a}</td><td>voter</td><td>–"))
+            })
+            .count();
+        if reported == 3 && dom.contains(" writes") {
+            break dom;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed all three members:\n{dom}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        dom.contains(&format!("<h1 id=\"node\">kv@{}</h1>", addrs[0])),
+        "{dom}"
+    );
+    assert!(dom.contains(&format!("{} (this node)", addrs[0])), "{dom}");
+    assert_eq!(dom.matches("<td>leader</td>").count(), 1, "{dom}");
+    assert_eq!(dom.matches("<td>follower</td>").count(), 2, "{dom}");
+    assert!(dom.contains("<ol id=\"changes\"><li>"), "{dom}");
+    assert!(dom.contains(", leader 127.0.0.1:"), "{dom}");
+    assert!(dom.contains("<svg id=\"latency\""), "{dom}");
+    assert!(!dom.contains("0 writes · no writes yet"), "{dom}");
+    assert!(!dom.contains("<script"), "no JavaScript: {dom}");
+    if let Some(shot) = std::env::var_os("RAFTKIT_PAGE_SCREENSHOT") {
+        render_in_chromium(&browser, &url, Some(Path::new(&shot)));
+    }
 }

@@ -819,7 +819,23 @@ impl ::raftkit::StateMachine for Kv {
 }
 /**A typed client of the `Kv` state machine: one `async` method per `#[write]` and `#[read]` handler.
 
-It wraps any [`Submit`](raftkit::client::Submit): the network client of a cluster, or [`Local`](raftkit::client::Local) in tests. Every method returns `Err(raftkit::Error)` when the call itself fails; the handler's own return value, including a typed `Result`, is inside the `Ok`.*/
+It wraps any [`Submit`](raftkit::client::Submit): the network client of a cluster, or [`Local`](raftkit::client::Local) in tests. Every method returns `Err(raftkit::Error)` when the call itself fails; the handler's own return value, including a typed `Result`, is inside the `Ok`.
+
+# Retries and exactly-once
+
+Against a cluster, each write call is one logical write of the client's session: the client retries it by itself (redirects, lost connections, leader changes) under one sequence number, so **one call applies its command at most once**. When a write call returns `Err(Error::Timeout)` (or `Unavailable`, `NotLeader`, `Transport`) the command may or may not have been applied, and **calling the method again is a new write** that can apply it twice. To retry exactly-once, make the call through [`write_once()`](Self::write_once) and retry through that same handle:
+
+```ignore
+let once = client.write_once(); // one handle per logical write
+let out = loop {
+    match once.some_write(args.clone()).await {
+        Err(raftkit::Error::Timeout | raftkit::Error::Unavailable(_)) => continue,
+        other => break other,
+    }
+};
+```
+
+`Err(Error::SessionExpired)` means the cluster forgot the session (idle past its time-to-live, evicted, or closed) while an attempt of the write may have been applied: the outcome is unknown, and the client has opened a new session for later calls. See [`raftkit::client::Client`] for every error and whether it may have been applied.*/
 pub struct KvClient<S = ::raftkit::client::Client> {
     submit: S,
 }
@@ -879,6 +895,24 @@ impl KvClient<::raftkit::client::Client> {
                     .await?,
             ),
         )
+    }
+    /// A client for **one** logical write that can be retried
+    /// exactly-once: call one write method on it, and call it again
+    /// (same method, same arguments) after an error whose outcome is
+    /// unknown; every call re-sends the same sequence number, so the
+    /// command is applied at most once and a retry after it was
+    /// applied returns its result. Another write through the same
+    /// handle is refused. Reads pass through. See
+    /// [`raftkit::client::WriteOnce`].
+    pub fn write_once(&self) -> KvClient<::raftkit::client::WriteOnce> {
+        KvClient::new(self.submit.write_once())
+    }
+    /// Closes the client's session on the cluster (its stored replies
+    /// are dropped at once). The client stays usable; its next write
+    /// opens a new session. Dropping the last clone of a client also
+    /// closes it, in the background and on a best-effort basis.
+    pub async fn close(&self) -> ::core::result::Result<(), ::raftkit::Error> {
+        self.submit.close().await
     }
 }
 #[allow(private_interfaces)]

@@ -69,14 +69,14 @@ impl<S: StateMachine> Submit for Local<S> {
     async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
         let mut state = self.lock();
         if let Some(message) = &state.halted {
-            return Err(Error::Handler {
+            return Err(Error::Halted {
                 message: message.clone(),
             });
         }
         match apply_encoded(&mut state.machine, &command) {
             Err(ApplyError::Halted { message }) => {
                 state.halted = Some(message.clone());
-                Err(Error::Handler { message })
+                Err(Error::Halted { message })
             }
             other => other.map_err(to_error),
         }

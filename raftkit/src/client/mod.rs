@@ -16,7 +16,7 @@ pub mod wire;
 use std::future::Future;
 
 pub use local::Local;
-pub use remote::{CERTS_ENV, Client, ClientOptions};
+pub use remote::{CERTS_ENV, Client, ClientOptions, WriteOnce};
 
 use crate::error::Error;
 

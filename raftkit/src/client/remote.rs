@@ -4,8 +4,8 @@
 //! `raftkit-client/1`, mutual TLS: the client verifies the cluster CA and
 //! presents its own certificate, the secure default), finds the leader by
 //! following `NotLeader` answers, retries with backoff within a per-call
-//! deadline, and numbers its writes within a random session so that a write
-//! retried after a lost reply or a leader change is applied exactly once.
+//! deadline, and numbers its writes within a session so that a write
+//! retried after a lost reply or a leader change is applied at most once.
 //!
 //! A member that just failed (no connection within [`CONNECT_TIMEOUT`], a
 //! lost connection, a broken stream) is *suspect* for [`SUSPECT_FOR`]: the
@@ -15,11 +15,62 @@
 //! give up after [`IDLE_TIMEOUT`] of silence, so a request in flight to a
 //! member that died without closing its connections fails over too.
 //!
-//! Callers see a redirect only as [`Error::NotLeader`] after every retry
-//! failed; the other errors are typed: [`Error::Timeout`] (the deadline
-//! passed; a write may or may not have been applied, and retrying it through
-//! the same client is still exactly-once), [`Error::Unavailable`] (no member
-//! answered), [`Error::Rejected`], [`Error::Handler`], [`Error::Transport`].
+//! # Sessions, and what is exactly-once
+//!
+//! A client's first write opens a session through the cluster's log (one
+//! extra round trip, once): the leader draws its 128-bit id at random and
+//! binds it to this client's certificate, so no other identity can write
+//! under it. Every write call takes the session's next sequence number and
+//! every *internal* retry of that call (redirects, lost connections, a
+//! leader change) re-sends the same number, so **one call applies its
+//! command at most once**, and exactly once when it returns `Ok`. Each write
+//! also carries the lowest sequence number this client has not seen
+//! answered, so the cluster forgets the replies it no longer needs.
+//! [`Client::close`] (or dropping the last clone) closes the session.
+//!
+//! # Errors, and how to retry them
+//!
+//! The client retries exactly the errors that say so
+//! ([`Error::is_retryable`]), within the call's deadline: a redirect is
+//! followed at once, `Overloaded` is retried after a backoff, and a member
+//! whose storage failed or that halted ([`Error::member_is_down`]) is
+//! suspected and not taken for the leader again. Every error says whether
+//! the command may have been applied ([`Error::applied`]), and once an
+//! attempt of a call may have been applied, the call never ends with an
+//! error that says it was not (it ends with `Timeout` or
+//! [`Error::Ambiguous`] instead). Callers see a redirect only as
+//! [`Error::NotLeader`] after every retry failed. The errors of a write,
+//! and whether it may have been applied:
+//!
+//! - [`Error::Timeout`]: the call's deadline ([`ClientOptions::timeout`])
+//!   passed; **the write may or may not have been applied**, and may still
+//!   be applied later. Calling the same method again is a *new* write (a new
+//!   sequence number) and can apply the command twice. To retry
+//!   exactly-once, make the call through a [`WriteOnce`] handle
+//!   ([`Client::write_once`], or `write_once()` on a generated client) and
+//!   retry through the same handle: every retry re-sends the same sequence
+//!   number, so the command is applied at most once and a retry after it was
+//!   applied returns its result.
+//! - [`Error::Unavailable`], [`Error::NotLeader`], [`Error::Overloaded`]: no
+//!   member could take the write within the deadline; it was not applied.
+//! - [`Error::Ambiguous`], [`Error::Halted`], [`Error::Storage`],
+//!   [`Error::Transport`]: as for `Timeout`, the write's outcome is unknown;
+//!   retry it exactly-once through a [`WriteOnce`] handle.
+//! - [`Error::SessionExpired`]: the cluster no longer knew this client's
+//!   session (it stayed idle longer than the cluster's session time-to-live,
+//!   was evicted from the cluster's full session table, or was closed). The
+//!   client has already opened a new session for later calls. If no attempt
+//!   of the write could have been applied (the session was gone before the
+//!   write ever reached a member), the client retries it under the new
+//!   session by itself and the caller never sees this error; otherwise **the
+//!   write's outcome is unknown**, and neither this client nor a `WriteOnce`
+//!   retry can find out: the answer was forgotten with the session.
+//! - [`Error::Rejected`]: refused, not applied (a command that does not
+//!   decode or is larger than the maximum command size, a session owned by
+//!   another certificate, a `WriteOnce` handle reused for another command).
+//! - [`Error::Handler`]: applied, and the handler panicked (policy `skip`).
+//!
+//! Reads are never applied, so any read may be retried freely.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -35,11 +86,11 @@ use tracing::debug;
 
 use super::Submit;
 use super::wire::{
-    ClientHello, ClientRequest, ClientResponse, SessionRef, StatusReport, WireError,
+    ClientHello, ClientRequest, ClientResponse, SessionId, SessionRef, StatusReport,
 };
-use crate::error::Error;
+use crate::error::{Applied, Error};
 use crate::tls::{CLUSTER_SAN, Identity};
-use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, read_frame, write_frame};
+use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, read_frame, write_frame};
 use crate::transport::quic::{quic_client_config, transport_config};
 
 /// How long connecting to one member may take.
@@ -82,8 +133,8 @@ struct Inner {
     members: Vec<SocketAddr>,
     leader: std::sync::Mutex<Option<SocketAddr>>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
-    session: u64,
-    seq: AtomicU64,
+    /// The session writes go to now (replaced when it expires or closes).
+    session: std::sync::Mutex<Arc<SessionSlot>>,
     schema: u64,
     opts: ClientOptions,
     rotate: AtomicU64,
@@ -160,8 +211,7 @@ impl Client {
                 members,
                 leader: std::sync::Mutex::new(None),
                 conns: Mutex::new(HashMap::new()),
-                session: session_id(),
-                seq: AtomicU64::new(0),
+                session: std::sync::Mutex::new(Arc::new(SessionSlot::default())),
                 schema,
                 opts,
                 rotate: AtomicU64::new(0),
@@ -258,10 +308,12 @@ impl Client {
         Ok(conn)
     }
 
+    /// One attempt at `addr`; `sent` is set once the request may have left.
     async fn once(
         &self,
         addr: SocketAddr,
         request: &ClientRequest,
+        sent: &mut bool,
     ) -> Result<ClientResponse, Error> {
         let conn = match self.connection(addr).await {
             Ok(conn) => conn,
@@ -275,16 +327,23 @@ impl Client {
                 .open_bi()
                 .await
                 .map_err(|e| Error::Transport(e.to_string()))?;
+            *sent = true;
             write_frame(&mut send, request, DEFAULT_MAX_FRAME_BYTES)
                 .await
-                .map_err(|e| Error::Transport(e.to_string()))?;
+                .map_err(|e| match e {
+                    // Nothing was sent: the request cannot be carried.
+                    FrameError::TooLarge { len, max } => Error::Rejected(format!(
+                        "the request is {len} bytes, more than a frame carries ({max} bytes)"
+                    )),
+                    e => Error::Transport(e.to_string()),
+                })?;
             let _ = send.finish();
             read_frame::<ClientResponse, _>(&mut recv, DEFAULT_MAX_FRAME_BYTES)
                 .await
                 .map_err(|e| Error::Transport(e.to_string()))
         };
         let r = attempt.await;
-        if r.is_err() {
+        if matches!(r, Err(Error::Transport(_))) {
             self.inner.conns.lock().await.remove(&addr);
             self.suspect(addr);
         }
@@ -319,7 +378,32 @@ impl Client {
 
     /// Sends `request` to the leader, following redirects and retrying
     /// within the call's deadline.
+    ///
+    /// Retries exactly the errors that say so ([`Error::is_retryable`]): a
+    /// redirect is followed at once; a member whose storage failed or that
+    /// halted ([`Error::member_is_down`]) is suspected and no longer taken
+    /// for the leader; `Overloaded` is retried after the backoff. Any other
+    /// error ends the call. A write keeps its session sequence number across
+    /// retries, so it is applied at most once; and once an attempt may have
+    /// been applied, the call never ends with an error that says it was not.
     pub async fn request(&self, request: ClientRequest) -> Result<ClientResponse, Error> {
+        self.request_tracked(&request, &mut false).await
+    }
+
+    /// [`Client::request`], with `uncertain` saying whether an attempt of
+    /// the call may have been applied without an answer saying so. On entry
+    /// it says whether an earlier call of the same write (a [`WriteOnce`]
+    /// retry) may have been applied; it is set when an attempt reached a
+    /// member and was retried after an error that leaves its outcome open
+    /// (a lost connection, a timeout, `Ambiguous`, a failed or halted
+    /// member; a `NotLeader` or `Overloaded` answer says "not proposed").
+    /// A write answered `SessionExpired` that is not `uncertain` was not
+    /// applied.
+    async fn request_tracked(
+        &self,
+        request: &ClientRequest,
+        uncertain: &mut bool,
+    ) -> Result<ClientResponse, Error> {
         let deadline = Instant::now() + self.inner.opts.timeout;
         let mut backoff = self.inner.opts.backoff;
         let mut last = Error::Unavailable("no attempt made".into());
@@ -327,17 +411,28 @@ impl Client {
             let target = self.next_target();
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(match last {
-                    e @ Error::NotLeader { .. } => e,
-                    Error::Transport(_) | Error::Unavailable(_) => Error::Timeout,
-                    other => other,
-                });
+                return Err(final_error(last, *uncertain, true));
             }
-            let outcome = tokio::time::timeout(remaining, self.once(target, &request))
+            let mut sent = false;
+            let outcome = tokio::time::timeout(remaining, self.once(target, request, &mut sent))
                 .await
                 .unwrap_or(Err(Error::Timeout));
-            match outcome {
-                Ok(ClientResponse::Err(WireError::NotLeader { hint })) => {
+            let e = match outcome {
+                Ok(ClientResponse::Err(e)) => Error::from(e),
+                Ok(ok) => {
+                    self.set_leader(Some(target));
+                    return Ok(ok);
+                }
+                Err(e) => e,
+            };
+            if !e.is_retryable() {
+                return Err(final_error(e, *uncertain, false));
+            }
+            // Retried without an answer that says what happened: unknown.
+            // (An attempt that never left this client applied nothing.)
+            *uncertain |= sent && e.applied() != Applied::No;
+            match &e {
+                Error::NotLeader { hint } => {
                     // A hint at a member that just failed is stale (it is
                     // the dead leader the followers still believe in).
                     let next = hint
@@ -346,29 +441,21 @@ impl Client {
                         .filter(|n| !self.is_suspect(*n));
                     debug!(%target, ?next, "redirected to the leader");
                     self.set_leader(next.filter(|n| *n != target));
-                    last = Error::NotLeader { hint };
                     if next.is_some_and(|n| n != target) {
+                        last = e;
                         continue; // follow at once
                     }
                 }
-                Ok(ClientResponse::Err(WireError::Unavailable(e))) => {
+                // The same member, after the backoff.
+                Error::Overloaded => {}
+                e if e.member_is_down() => {
+                    debug!(%target, error = %e, "member cannot serve until restarted; trying another");
+                    self.suspect(target);
                     self.set_leader(None);
-                    last = Error::Unavailable(e);
                 }
-                Ok(ClientResponse::Err(WireError::Timeout)) => {
-                    self.set_leader(None);
-                    last = Error::Timeout;
-                }
-                Ok(ClientResponse::Err(e)) => return Err(e.into()),
-                Ok(ok) => {
-                    self.set_leader(Some(target));
-                    return Ok(ok);
-                }
-                Err(e) => {
-                    self.set_leader(None);
-                    last = e;
-                }
+                _ => self.set_leader(None),
             }
+            last = e;
             tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
             backoff = (backoff * 2).min(self.inner.opts.max_backoff);
@@ -378,7 +465,7 @@ impl Client {
     /// The status of the member at `addr` (no leader needed).
     pub async fn status_of(&self, addr: &str) -> Result<StatusReport, Error> {
         let addr = resolve(addr)?;
-        match self.once(addr, &ClientRequest::Status).await? {
+        match self.once(addr, &ClientRequest::Status, &mut false).await? {
             ClientResponse::Status(s) => Ok(s),
             ClientResponse::Err(e) => Err(e.into()),
             ClientResponse::Ok(_) => Err(Error::Protocol("expected a status report".into())),
@@ -426,19 +513,350 @@ impl Client {
     }
 }
 
-impl Submit for Client {
-    async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
-        // One sequence number per logical write, reused by every retry: the
-        // cluster applies it once.
-        let seq = self.inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let session = SessionRef {
-            client: self.inner.session,
-            seq,
+impl Client {
+    /// The session writes go to now.
+    fn slot(&self) -> Arc<SessionSlot> {
+        match self.inner.session.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The current session, opened through the log first if it is not yet
+    /// (once: concurrent first writes wait for the same open).
+    async fn opened(&self) -> Result<(Arc<SessionSlot>, SessionId), Error> {
+        let slot = self.slot();
+        let id = *slot
+            .id
+            .get_or_try_init(|| async {
+                let out = Self::expect_ok(self.request(ClientRequest::OpenSession).await?)?;
+                let id: SessionId = crate::state_machine::decode("session id", &out)?;
+                debug!(session = %id, "session opened");
+                Ok::<_, Error>(id)
+            })
+            .await?;
+        Ok((slot, id))
+    }
+
+    /// Replaces `expired` by a fresh session (once, whichever call noticed).
+    fn rotate(&self, expired: &Arc<SessionSlot>) {
+        let mut current = match self.inner.session.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
         };
-        Self::expect_ok(
-            self.request(ClientRequest::Write { session, command })
-                .await?,
-        )
+        if Arc::ptr_eq(&current, expired) {
+            debug!(session = ?expired.id.get(), "session expired; the next write opens a new one");
+            *current = Arc::new(SessionSlot::default());
+        }
+    }
+
+    /// The id of this client's session, once its first write opened it
+    /// (`None` before, and after [`Client::close`] until the next write).
+    pub fn session_id(&self) -> Option<SessionId> {
+        self.slot().id.get().copied()
+    }
+
+    /// Closes this client's session on the cluster, which then forgets its
+    /// stored replies at once instead of after the session's time-to-live.
+    /// The client stays usable: its next write opens a new session. A write
+    /// still in flight on the closed session moves to the new session if
+    /// none of its attempts can have been applied, and otherwise ends with
+    /// [`Error::SessionExpired`] (outcome unknown): close a client once its
+    /// calls have returned. Dropping the last clone of a client closes its
+    /// session too, in the background and on a best-effort basis.
+    pub async fn close(&self) -> Result<(), Error> {
+        let old = {
+            let mut current = match self.inner.session.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            std::mem::replace(&mut *current, Arc::new(SessionSlot::default()))
+        };
+        let Some(&id) = old.id.get() else {
+            return Ok(());
+        };
+        old.closed.store(true, Ordering::SeqCst);
+        Self::expect_ok(self.request(ClientRequest::CloseSession { id }).await?).map(|_| ())
+    }
+
+    /// A handle for **one** logical write that can be retried exactly-once:
+    /// its first write takes a sequence number of this client's session and
+    /// every later call through the handle re-sends that same number, so the
+    /// cluster applies the command at most once and answers every retry
+    /// with the first outcome. Use it when a caller must retry after
+    /// [`Error::Timeout`] (or any error whose outcome is unknown) without
+    /// applying twice; see [`WriteOnce`].
+    pub fn write_once(&self) -> WriteOnce {
+        WriteOnce {
+            client: self.clone(),
+            state: Mutex::new(OnceState::default()),
+        }
+    }
+
+    /// A session write of `command`. `bound` pins the write to one
+    /// sequence number across calls ([`WriteOnce`]); `None` takes a new one.
+    async fn session_write(
+        &self,
+        command: Vec<u8>,
+        state: Option<&mut OnceState>,
+    ) -> Result<Vec<u8>, Error> {
+        let mut local = OnceState::default();
+        let state = match state {
+            Some(s) => {
+                match &s.command {
+                    Some(c) if *c != command => {
+                        return Err(Error::Rejected(
+                            "this WriteOnce handle already carries another write; take a new handle per logical write".into(),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => s.command = Some(command.clone()),
+                }
+                // Its session was forgotten after an attempt that may have
+                // been applied: a new session would apply it again.
+                if let Some(why) = &s.expired {
+                    return Err(Error::SessionExpired(why.clone()));
+                }
+                s
+            }
+            None => &mut local,
+        };
+        let mut request = ClientRequest::Write {
+            session: SessionRef {
+                id: SessionId(0),
+                seq: 0,
+                acked_below: 0,
+            },
+            command,
+        };
+        // At most one transparent re-open: when the session turns out to be
+        // gone and no attempt of this write can have been applied.
+        for _ in 0..2 {
+            let bound = match &state.bound {
+                Some(b) => b.clone(),
+                None => {
+                    let (slot, id) = self.opened().await?;
+                    let seq = slot.take();
+                    let b = Bound { slot, id, seq };
+                    state.bound = Some(b.clone());
+                    b
+                }
+            };
+            if let ClientRequest::Write { session, .. } = &mut request {
+                *session = SessionRef {
+                    id: bound.id,
+                    seq: bound.seq,
+                    acked_below: bound.slot.acked_below(),
+                };
+            }
+            // An earlier call through a `WriteOnce` handle may have applied
+            // it: then no error of this call may say it was not applied.
+            let mut uncertain = state.sent;
+            let r = self.request_tracked(&request, &mut uncertain).await;
+            if let Err(Error::SessionExpired(why)) = r {
+                self.rotate(&bound.slot);
+                state.unbind();
+                if uncertain {
+                    state.sent = true;
+                    state.expired = Some(why.clone());
+                    return Err(Error::SessionExpired(why));
+                }
+                debug!(session = %bound.id, seq = bound.seq, "session gone before this write was ever sent; retrying under a new session");
+                continue;
+            }
+            state.sent = uncertain
+                || match &r {
+                    Ok(_) => true,
+                    Err(e) => e.applied() != Applied::No,
+                };
+            return Self::expect_ok(r?);
+        }
+        Err(Error::SessionExpired(
+            "the cluster forgot two sessions in a row; not retried".into(),
+        ))
+    }
+}
+
+impl Drop for Inner {
+    /// Closes the session in the background (best effort: without a tokio
+    /// runtime, or if the runtime stops first, expiry reaps it).
+    fn drop(&mut self) {
+        let slot = match self.session.get_mut() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let Some(&id) = slot.id.get() else { return };
+        if slot.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let leader = self.leader.lock().ok().and_then(|l| *l);
+        let Some(conn) = self.conns.try_lock().ok().and_then(|c| {
+            leader
+                .and_then(|l| c.get(&l).cloned())
+                .or_else(|| c.values().next().cloned())
+        }) else {
+            return;
+        };
+        let endpoint = self.endpoint.clone();
+        runtime.spawn(async move {
+            let close = async {
+                let (mut send, mut recv) = conn.open_bi().await.ok()?;
+                let request = ClientRequest::CloseSession { id };
+                write_frame(&mut send, &request, DEFAULT_MAX_FRAME_BYTES)
+                    .await
+                    .ok()?;
+                let _ = send.finish();
+                read_frame::<ClientResponse, _>(&mut recv, DEFAULT_MAX_FRAME_BYTES)
+                    .await
+                    .ok()
+            };
+            let answer = tokio::time::timeout(CLOSE_ON_DROP_TIMEOUT, close).await;
+            debug!(session = %id, ?answer, "session closed on drop");
+            drop(endpoint);
+        });
+    }
+}
+
+/// How long the background close of a dropped client may take.
+const CLOSE_ON_DROP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One session as the client sees it: its id once opened, the sequence
+/// numbers issued, and those not yet answered (the acknowledgement).
+#[derive(Default)]
+struct SessionSlot {
+    id: tokio::sync::OnceCell<SessionId>,
+    seqs: std::sync::Mutex<Seqs>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct Seqs {
+    /// The last sequence number issued.
+    last: u64,
+    /// Issued and not yet answered (or still held by a [`WriteOnce`]).
+    outstanding: std::collections::BTreeSet<u64>,
+}
+
+impl SessionSlot {
+    fn seqs(&self) -> std::sync::MutexGuard<'_, Seqs> {
+        self.seqs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Issues the next sequence number.
+    fn take(&self) -> u64 {
+        let mut s = self.seqs();
+        s.last += 1;
+        let seq = s.last;
+        s.outstanding.insert(seq);
+        seq
+    }
+
+    /// The lowest sequence number not yet answered.
+    fn acked_below(&self) -> u64 {
+        let s = self.seqs();
+        s.outstanding
+            .first()
+            .copied()
+            .unwrap_or(s.last.saturating_add(1))
+    }
+
+    /// `seq` was answered (or given up): acknowledge it with later writes.
+    fn done(&self, seq: u64) {
+        self.seqs().outstanding.remove(&seq);
+    }
+}
+
+/// A write's claim on a sequence number of a session.
+#[derive(Clone)]
+struct Bound {
+    slot: Arc<SessionSlot>,
+    id: SessionId,
+    seq: u64,
+}
+
+/// The state of one logical write: its sequence number once taken, its
+/// command, whether an attempt may have been applied, and whether its
+/// session expired after such an attempt (then every later call through
+/// its handle answers `SessionExpired`).
+#[derive(Default)]
+struct OnceState {
+    bound: Option<Bound>,
+    command: Option<Vec<u8>>,
+    sent: bool,
+    expired: Option<String>,
+}
+
+impl OnceState {
+    fn unbind(&mut self) {
+        if let Some(b) = self.bound.take() {
+            b.slot.done(b.seq);
+        }
+    }
+}
+
+impl Drop for OnceState {
+    fn drop(&mut self) {
+        self.unbind();
+    }
+}
+
+/// One logical write that can be retried exactly-once, from
+/// [`Client::write_once`] (or a generated client's `write_once()`).
+///
+/// The handle implements [`Submit`], so a generated client can wrap it:
+/// its first write takes a sequence number of the client's session, and
+/// every later write through the handle re-sends *the same* sequence
+/// number, which the cluster applies at most once; a retry after the write
+/// was applied is answered with the stored result. Reads go through
+/// unchanged.
+///
+/// - Retry through the handle after [`Error::Timeout`], [`Error::Unavailable`],
+///   [`Error::NotLeader`] or [`Error::Transport`]: the write is applied at
+///   most once, and once a retry gets an answer it is the write's one
+///   outcome.
+/// - The handle carries one command: a different command through it is
+///   refused ([`Error::Rejected`]) before anything is sent.
+/// - The cluster keeps the answer while the handle lives (the client does
+///   not acknowledge its sequence number before the handle is dropped), but
+///   not past its session: if the session expires (it stayed idle for the
+///   cluster's session time-to-live, or was evicted from a full table) a
+///   retry gets [`Error::SessionExpired`], and the write's outcome is then
+///   unknown: every later retry through the handle gets the same error and
+///   sends nothing (under a new session the write could apply twice).
+///   Retry promptly, and drop handles you no longer need.
+pub struct WriteOnce {
+    client: Client,
+    state: Mutex<OnceState>,
+}
+
+impl WriteOnce {
+    /// The client this handle writes through.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Submit for WriteOnce {
+    async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let mut state = self.state.lock().await;
+        self.client.session_write(command, Some(&mut state)).await
+    }
+
+    async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
+        self.client.read(query).await
+    }
+}
+
+impl Submit for Client {
+    /// One logical write under this client's session: a new sequence number
+    /// for this call, re-sent by every internal retry (redirects, lost
+    /// connections, leader changes), so the call applies the command at
+    /// most once. See the module docs for what an error means.
+    async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
+        self.session_write(command, None).await
     }
 
     async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
@@ -446,18 +864,50 @@ impl Submit for Client {
     }
 }
 
-/// A random session id: wall clock mixed with the process id and an
-/// address, enough to make collisions between clients vanishingly rare.
-fn session_id() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let local = 0u8;
-    let addr = &local as *const u8 as u64;
-    let mut x = nanos ^ (u64::from(std::process::id()) << 32) ^ addr.rotate_left(17);
-    // splitmix64 finalizer
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+/// The error a call ends with: `e`, unless an earlier attempt may have been
+/// applied and `e` says the command was not (then the call timed out, or its
+/// outcome is unknown).
+fn final_error(e: Error, maybe_applied: bool, at_deadline: bool) -> Error {
+    if at_deadline {
+        return match e {
+            e @ Error::NotLeader { .. } if !maybe_applied => e,
+            e @ Error::Overloaded if !maybe_applied => e,
+            Error::Transport(_) | Error::Unavailable(_) | Error::NotLeader { .. } => Error::Timeout,
+            e if maybe_applied && e.applied() == Applied::No => Error::Timeout,
+            other => other,
+        };
+    }
+    if maybe_applied && e.applied() == Applied::No {
+        return Error::Ambiguous(format!(
+            "{e} (an earlier attempt of this call may have been applied)"
+        ));
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_that_may_have_applied_never_ends_saying_it_did_not() {
+        let no = Error::NotLeader { hint: None };
+        assert_eq!(final_error(no.clone(), false, true), no);
+        assert_eq!(final_error(no, true, true), Error::Timeout);
+        assert_eq!(
+            final_error(Error::Overloaded, false, true),
+            Error::Overloaded
+        );
+        assert_eq!(final_error(Error::Overloaded, true, true), Error::Timeout);
+        let refused = final_error(Error::Rejected("x".into()), true, false);
+        assert_eq!(refused.applied(), Applied::Maybe, "{refused}");
+        assert_eq!(
+            final_error(Error::Rejected("x".into()), false, false),
+            Error::Rejected("x".into())
+        );
+        let handler = Error::Handler {
+            message: "h".into(),
+        };
+        assert_eq!(final_error(handler.clone(), true, false), handler);
+    }
 }

@@ -16,13 +16,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+/// A client session's id: 128 random bits drawn by the leader that opened
+/// it (from the operating system's CSPRNG), bound to the identity that
+/// opened it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u128);
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// Identifies one write of one client session (exactly-once writes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRef {
-    /// The session id (random per client).
-    pub client: u64,
+    /// The session id (from [`ClientRequest::OpenSession`]).
+    pub id: SessionId,
     /// The write's sequence number within the session, from 1.
     pub seq: u64,
+    /// The client's acknowledgement: the lowest sequence number whose answer
+    /// it has not received yet. The cluster forgets the replies below it
+    /// and refuses writes below it.
+    pub acked_below: u64,
 }
 
 /// The first frame of a client connection.
@@ -38,7 +60,11 @@ pub struct ClientHello {
 /// A request on a client stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// An encoded `Write` command, part of a session.
+    /// An encoded `Write` command, part of a session. The session must be
+    /// open ([`ClientRequest::OpenSession`]) and owned by this connection's
+    /// certificate: a write under a session the cluster does not know is
+    /// answered [`WireError::SessionExpired`], under another identity's
+    /// session [`WireError::Rejected`]; neither changes anything.
     Write {
         /// The session and sequence number.
         session: SessionRef,
@@ -73,6 +99,16 @@ pub enum ClientRequest {
         /// The member's address.
         addr: String,
     },
+    /// Open a session for this connection's identity (thesis §6.3
+    /// `RegisterClient`): answered, once applied, with the new
+    /// [`SessionId`] (postcard).
+    OpenSession,
+    /// Close a session of this connection's identity (best effort: expiry
+    /// and eviction reap the sessions nobody closes).
+    CloseSession {
+        /// The session.
+        id: SessionId,
+    },
 }
 
 /// A status report on the wire.
@@ -101,6 +137,10 @@ pub struct StatusReport {
     /// Milliseconds since this peer last heard from the leader (0 on the
     /// leader).
     pub last_contact_ms: Option<u64>,
+    /// Set when the peer's storage failed: it stopped serving.
+    pub fatal: Option<String>,
+    /// Why the peer's last snapshot failed, until one succeeds.
+    pub snapshot_error: Option<String>,
 }
 
 /// The answer to a [`ClientHello`] or a [`ClientRequest`].
@@ -114,7 +154,10 @@ pub enum ClientResponse {
     Err(WireError),
 }
 
-/// An error as it travels to a client.
+/// An error as it travels to a client: one variant per [`Error`] a peer
+/// answers with, so that the client knows whether the command may have been
+/// applied (see [`Error::applied`]). New variants go at the end (postcard
+/// encodes a variant as its index).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireError {
     /// This peer is not the leader; try `hint`.
@@ -124,16 +167,26 @@ pub enum WireError {
     },
     /// Refused before entering the log.
     Rejected(String),
-    /// The handler panicked (skip) or the node halted.
+    /// The handler panicked under the `skip` policy.
     Handler(String),
-    /// The peer cannot serve now.
+    /// The peer cannot take the call (nothing was applied).
     Unavailable(String),
     /// The peer's storage failed.
     Storage(String),
     /// The peer timed out waiting.
     Timeout,
-    /// The connection's certificate does not allow this request; nothing
-    /// was applied.
+    /// The peer halted (see [`Error::Halted`]).
+    Halted(String),
+    /// Too many commands in flight (see [`Error::Overloaded`]).
+    Overloaded,
+    /// The outcome is unknown (see [`Error::Ambiguous`]).
+    Ambiguous(String),
+    /// The session of a write is not (any longer) in the cluster's session
+    /// table: the write was not applied now, but an earlier attempt of it
+    /// may have been before the session expired.
+    SessionExpired(String),
+    /// The connection's certificate does not allow this request (see
+    /// [`Error::Unauthorized`]); nothing was applied.
     Unauthorized(String),
 }
 
@@ -143,10 +196,17 @@ impl From<Error> for WireError {
             Error::NotLeader { hint } => WireError::NotLeader { hint },
             Error::Rejected(s) => WireError::Rejected(s),
             Error::Handler { message } => WireError::Handler(message),
+            Error::Unavailable(s) => WireError::Unavailable(s),
             Error::Storage(s) => WireError::Storage(s),
             Error::Timeout => WireError::Timeout,
+            Error::Halted { message } => WireError::Halted(message),
+            Error::Overloaded => WireError::Overloaded,
+            Error::Ambiguous(s) => WireError::Ambiguous(s),
+            Error::SessionExpired(s) => WireError::SessionExpired(s),
             Error::Unauthorized(s) => WireError::Unauthorized(s),
-            other => WireError::Unavailable(other.to_string()),
+            // Codec, transport and protocol errors of the peer itself: the
+            // client cannot tell what happened, so neither does the wire.
+            other => WireError::Ambiguous(other.to_string()),
         }
     }
 }
@@ -160,7 +220,53 @@ impl From<WireError> for Error {
             WireError::Unavailable(s) => Error::Unavailable(s),
             WireError::Storage(s) => Error::Storage(s),
             WireError::Timeout => Error::Timeout,
+            WireError::Halted(message) => Error::Halted { message },
+            WireError::Overloaded => Error::Overloaded,
+            WireError::Ambiguous(s) => Error::Ambiguous(s),
+            WireError::SessionExpired(s) => Error::SessionExpired(s),
             WireError::Unauthorized(s) => Error::Unauthorized(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Applied;
+
+    #[test]
+    fn errors_keep_their_meaning_across_the_wire() {
+        let errors = [
+            Error::NotLeader {
+                hint: Some("a:1".into()),
+            },
+            Error::Rejected("r".into()),
+            Error::Handler {
+                message: "h".into(),
+            },
+            Error::Unavailable("u".into()),
+            Error::Storage("s".into()),
+            Error::Timeout,
+            Error::Halted {
+                message: "h".into(),
+            },
+            Error::Overloaded,
+            Error::Ambiguous("a".into()),
+            Error::SessionExpired("e".into()),
+            Error::Unauthorized("n".into()),
+            Error::Transport("t".into()),
+            Error::Protocol("p".into()),
+        ];
+        for e in errors {
+            let wire = WireError::from(e.clone());
+            let bytes = postcard::to_allocvec(&wire).unwrap();
+            let back = Error::from(postcard::from_bytes::<WireError>(&bytes).unwrap());
+            assert_eq!(back.applied(), e.applied(), "{e:?} became {back:?}");
+            if !matches!(e, Error::Transport(_) | Error::Protocol(_)) {
+                assert_eq!(back, e);
+            } else {
+                assert_eq!(back.applied(), Applied::Maybe);
+            }
         }
     }
 }

@@ -111,4 +111,36 @@ pub struct Bugs {
     /// than one server changed at once, majorities of C_old and C_new need
     /// not overlap (breaks thesis §4.3).
     pub skip_joint_consensus: bool,
+    /// The leader serves ReadIndex reads before it has committed an entry
+    /// of its term, at a commit index that may lag an earlier leader's
+    /// (breaks thesis §6.4 step 1).
+    pub read_before_term_commit: bool,
+    /// Responses carrying an older term are handled as if they were of the
+    /// current one: a stale vote or acknowledgement counts (breaks §5.1,
+    /// "if a server receives a request with a stale term number, it rejects
+    /// the request", and its use for responses).
+    pub stale_responses_as_current: bool,
+    /// A vote reply leaves as soon as the term is durable, before the vote
+    /// itself is (breaks Figure 2, "persistent state ... updated on stable
+    /// storage before responding to RPCs").
+    pub vote_before_durable: bool,
+    /// A follower that truncates a conflicting suffix cuts only its
+    /// in-memory log: the replacement entries below the old storage cursor
+    /// are never handed to storage, yet counted durable (breaks §5.3 on
+    /// stable storage).
+    pub truncation_not_persisted: bool,
+    /// Heartbeats carry the leader's commit index uncapped, not
+    /// `min(match, commit)`: a follower with a diverging suffix commits it
+    /// (breaks §5.3, "index of last new entry").
+    pub heartbeat_commit_uncapped: bool,
+    /// In a joint configuration, entries commit on a majority of the new
+    /// voters alone (breaks thesis §4.3).
+    pub joint_commit_on_new_voters: bool,
+    /// In a joint configuration, elections are won on a majority of the new
+    /// voters alone (breaks thesis §4.3).
+    pub joint_election_on_new_voters: bool,
+    /// A vote request flagged as a leadership transfer is granted without
+    /// the up-to-date check (breaks §5.4.1; thesis §3.10 only lifts the
+    /// lease check).
+    pub transfer_skips_log_check: bool,
 }

@@ -20,7 +20,7 @@ impl Raft {
     /// election timeout has passed without hearing from a leader.
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
-        if self.promotable() && self.election_elapsed >= self.randomized_timeout {
+        if self.promotable() && !self.halted && self.election_elapsed >= self.randomized_timeout {
             self.election_elapsed = 0;
             self.campaign(false);
         }
@@ -38,8 +38,13 @@ impl Raft {
                 return;
             }
             // Thesis §3.10: a transfer that does not finish within an
-            // election timeout is abandoned and the leader resumes.
+            // election timeout is abandoned and the leader resumes; a halted
+            // leader steps down instead.
             self.transfer_target = None;
+            if self.halted {
+                self.become_follower(self.term, NO_NODE);
+                return;
+            }
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
@@ -65,7 +70,7 @@ impl Raft {
     pub(super) fn campaign(&mut self, transfer: bool) {
         // At the last representable term there is no next term to campaign
         // in (only a hostile peer can push a node there).
-        if !self.promotable() || self.term == super::types::Term::MAX {
+        if !self.promotable() || self.halted || self.term == super::types::Term::MAX {
             return;
         }
         if self.cfg.pre_vote && !transfer {
@@ -110,7 +115,7 @@ impl Raft {
             last_index,
             last_term,
             pre_vote,
-            ..
+            transfer,
         } = m.body
         else {
             return;
@@ -118,7 +123,12 @@ impl Raft {
         let can_vote = self.vote == m.from
             || (self.vote == NO_NODE && self.leader == NO_NODE)
             || (pre_vote && m.term > self.term);
-        if can_vote && self.log.is_up_to_date(last_index, last_term) {
+        let up_to_date = self.log.is_up_to_date(last_index, last_term);
+        #[cfg(any(test, feature = "sim"))]
+        let up_to_date = up_to_date || (transfer && self.cfg.bugs.transfer_skips_log_check);
+        #[cfg(not(any(test, feature = "sim")))]
+        let _ = transfer;
+        if can_vote && up_to_date {
             let term = if pre_vote { m.term } else { self.term };
             // Figure 2: the vote is persisted before the answer leaves. Record
             // it *before* queuing the answer, so that `send` sees it is not
@@ -169,6 +179,12 @@ impl Raft {
 
     fn tally_votes(&mut self) {
         let result = quorum::vote_result(&self.conf, |id| self.votes.get(&id).copied());
+        #[cfg(any(test, feature = "sim"))]
+        let result = if self.cfg.bugs.joint_election_on_new_voters {
+            quorum::majority_vote(&self.conf.voters, |id| self.votes.get(&id).copied())
+        } else {
+            result
+        };
         match result {
             VoteResult::Won if self.role == Role::PreCandidate => {
                 self.become_candidate();

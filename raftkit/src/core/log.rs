@@ -321,6 +321,21 @@ impl RaftLog {
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
+
+    /// The storage cursors `(persisted, unstable)`, for the test-only
+    /// `truncation_not_persisted` switch.
+    #[cfg(any(test, feature = "sim"))]
+    pub(super) fn storage_cursors(&self) -> (Index, Index) {
+        (self.persisted, self.unstable)
+    }
+
+    /// Test-only `truncation_not_persisted`: puts back the storage cursors a
+    /// truncation lowered, as if storage had not been told of it.
+    #[cfg(any(test, feature = "sim"))]
+    pub(super) fn forget_truncation(&mut self, (persisted, unstable): (Index, Index)) {
+        self.persisted = persisted.min(self.last_index());
+        self.unstable = unstable.min(self.last_index() + 1);
+    }
 }
 
 #[cfg(test)]

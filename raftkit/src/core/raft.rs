@@ -79,6 +79,9 @@ pub enum ProposeError {
     /// The requested configuration is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfiguration(String),
+    /// This node's state machine halted (see [`Raft::set_halted`]).
+    #[error("this node halted")]
+    Halted,
 }
 
 /// Durable state a node restarts from: the last snapshot, the entries after
@@ -190,6 +193,11 @@ pub struct Raft {
     pub(super) dropped: DropCounts,
     /// The hard state as last handed out in a Ready.
     handed: HardState,
+    /// The runtime's state machine stopped (see [`Raft::set_halted`]).
+    pub(super) halted: bool,
+    /// The runtime cannot take more committed entries now (see
+    /// [`Raft::set_apply_paused`]).
+    apply_paused: bool,
 }
 
 impl Raft {
@@ -235,6 +243,8 @@ impl Raft {
             },
             log,
             cfg,
+            halted: false,
+            apply_paused: false,
         };
         raft.reset_randomized_timeout();
         Ok(raft)
@@ -425,6 +435,9 @@ impl Raft {
 
     /// The rules, for a message [`Raft::step_checked`] admitted.
     pub(super) fn step_admitted(&mut self, m: Message) {
+        let stale = m.term < self.term;
+        #[cfg(any(test, feature = "sim"))]
+        let stale = stale && !(self.cfg.bugs.stale_responses_as_current && m.body.is_response());
         if m.term > self.term {
             if let Body::RequestVote {
                 pre_vote, transfer, ..
@@ -457,9 +470,15 @@ impl Raft {
                     | Body::InstallSnapshot { .. } => m.from,
                     _ => NO_NODE,
                 };
+                let elapsed = self.election_elapsed;
                 self.become_follower(m.term, leader);
+                if leader == NO_NODE {
+                    // Figure 2: only the leader's messages and a granted
+                    // vote restart the election timeout, not a new term.
+                    self.election_elapsed = elapsed;
+                }
             }
-        } else if m.term < self.term {
+        } else if stale {
             self.handle_stale(m);
             return;
         }
@@ -518,6 +537,50 @@ impl Raft {
         }
     }
 
+    /// Marks this node's state machine as halted (DESIGN §6: a handler
+    /// panicked under the `halt` policy, or an entry does not decode). A
+    /// halted node keeps its log and keeps voting and replicating, but it
+    /// never campaigns (not even when told to by a leadership transfer) and
+    /// refuses proposals, since it could not apply them. A halted leader
+    /// hands leadership to a caught-up voter (thesis §3.10) or, when there is
+    /// none, steps down at once; a transfer that does not complete within an
+    /// election timeout is abandoned and the leader steps down then.
+    /// The flag lasts until the node is restarted.
+    pub fn set_halted(&mut self) {
+        if self.halted {
+            return;
+        }
+        self.halted = true;
+        if self.role == Role::Leader {
+            let last = self.log.last_index();
+            let target = self
+                .progress
+                .iter()
+                .filter(|(id, p)| **id != self.id && p.matched == last && self.conf.is_voter(**id))
+                .map(|(id, _)| *id)
+                .next();
+            match target {
+                Some(to) if self.transfer_leadership(to).is_ok() => {}
+                _ => self.become_follower(self.term, NO_NODE),
+            }
+        } else if self.role != Role::Follower {
+            // A campaign under way stops.
+            self.become_follower(self.term, NO_NODE);
+        }
+    }
+
+    /// Whether [`Raft::set_halted`] was called.
+    pub fn is_halted(&self) -> bool {
+        self.halted
+    }
+
+    /// While `paused`, [`Raft::ready`] hands out no committed entries (they
+    /// stay in the log and are handed out once unpaused): the runtime's
+    /// bound on entries waiting to be applied.
+    pub fn set_apply_paused(&mut self, paused: bool) {
+        self.apply_paused = paused;
+    }
+
     /// Proposes a command. On the leader, returns the index and term the
     /// entry was appended at: the command is committed if and when the entry
     /// at that index has that term.
@@ -531,6 +594,9 @@ impl Raft {
     pub(super) fn check_can_propose(&self) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(self.not_leader().into());
+        }
+        if self.halted {
+            return Err(ProposeError::Halted);
         }
         if let Some(to) = self.transfer_target {
             return Err(ProposeError::Transferring(to));
@@ -585,7 +651,13 @@ impl Raft {
             term,
             body,
         };
-        if acknowledges || self.durable != (self.term, self.vote) {
+        let undurable = self.durable != (self.term, self.vote);
+        #[cfg(any(test, feature = "sim"))]
+        let undurable = undurable
+            && !(self.cfg.bugs.vote_before_durable
+                && self.durable.0 == self.term
+                && matches!(m.body, Body::RequestVoteResponse { .. }));
+        if acknowledges || undurable {
             self.msgs_after_persist.push(m);
         } else {
             self.msgs.push(m);
@@ -597,7 +669,7 @@ impl Raft {
         !self.msgs.is_empty()
             || !self.msgs_after_persist.is_empty()
             || self.log.has_unstable()
-            || self.log.has_committed()
+            || (self.log.has_committed() && !self.apply_paused)
             || !self.read_states.is_empty()
             || self.hard_state() != self.handed
             || self.snapshots.has_received()
@@ -624,9 +696,12 @@ impl Raft {
             entries,
             messages: std::mem::take(&mut self.msgs),
             persisted_messages: std::mem::take(&mut self.msgs_after_persist),
-            committed_entries: self
-                .log
-                .take_committed(self.cfg.max_batch_bytes.max(1 << 20)),
+            committed_entries: if self.apply_paused {
+                Vec::new()
+            } else {
+                self.log
+                    .take_committed(self.cfg.max_batch_bytes.max(1 << 20))
+            },
             reads: std::mem::take(&mut self.read_states),
         }
     }

@@ -73,7 +73,10 @@ impl Raft {
             });
             return Ok(());
         }
-        if !self.committed_in_term() {
+        let committed_in_term = self.committed_in_term();
+        #[cfg(any(test, feature = "sim"))]
+        let committed_in_term = committed_in_term || self.cfg.bugs.read_before_term_commit;
+        if !committed_in_term {
             self.reads.waiting.push(ctx);
         } else {
             self.reads.queued.push(ctx);

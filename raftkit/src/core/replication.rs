@@ -98,13 +98,14 @@ impl Raft {
             .map(|(&id, p)| (id, p.matched, p.mode))
             .collect();
         for (id, matched, mode) in peers {
-            self.send(
-                id,
-                Body::Heartbeat {
-                    commit: matched.min(committed),
-                    round,
-                },
-            );
+            let commit = matched.min(committed);
+            #[cfg(any(test, feature = "sim"))]
+            let commit = if self.cfg.bugs.heartbeat_commit_uncapped {
+                committed
+            } else {
+                commit
+            };
+            self.send(id, Body::Heartbeat { commit, round });
             if mode == Mode::Snapshot {
                 self.resend_snapshot_chunk(id);
             }
@@ -140,7 +141,13 @@ impl Raft {
             let has_config = entries
                 .iter()
                 .any(|e| matches!(e.payload, Payload::Config(_)));
+            #[cfg(any(test, feature = "sim"))]
+            let cursors = self.log.storage_cursors();
             let (last_new, truncated) = self.log.append_after(prev_index, entries);
+            #[cfg(any(test, feature = "sim"))]
+            if truncated && self.cfg.bugs.truncation_not_persisted {
+                self.log.forget_truncation(cursors);
+            }
             if has_config || truncated {
                 self.on_config_changed();
             }
@@ -274,6 +281,14 @@ impl Raft {
         let index = quorum::committed_index(&self.conf, |id| {
             self.progress.get(&id).map_or(0, |p| p.matched)
         });
+        #[cfg(any(test, feature = "sim"))]
+        let index = if self.cfg.bugs.joint_commit_on_new_voters {
+            quorum::majority_index(&self.conf.voters, |id| {
+                self.progress.get(&id).map_or(0, |p| p.matched)
+            })
+        } else {
+            index
+        };
         if index <= self.log.committed() || index == Index::MAX {
             return false;
         }

@@ -77,6 +77,29 @@ impl Raft {
         threshold > 0 && self.log.applied() >= self.log.snapshot().index + threshold
     }
 
+    /// The metadata of a snapshot of the state machine taken after applying
+    /// every entry up to `index`, without compacting anything: the runtime
+    /// saves the snapshot durably first and calls [`Raft::compact`] only
+    /// once it is (Raft §7: the log may be discarded only behind a durable
+    /// snapshot).
+    pub fn snapshot_meta(&self, index: Index) -> Result<SnapshotMeta, CompactError> {
+        if index > self.log.applied() || index > self.log.persisted() {
+            return Err(CompactError::NotApplied {
+                index,
+                applied: self.log.applied(),
+            });
+        }
+        if index <= self.log.snapshot().index {
+            return Err(CompactError::Outdated(index));
+        }
+        let term = self.log.term(index).ok_or(CompactError::Outdated(index))?;
+        Ok(SnapshotMeta {
+            index,
+            term,
+            config: self.log.config_at(index).clone(),
+        })
+    }
+
     /// Records a snapshot of the state machine taken after applying every
     /// entry up to `index`, and forgets the log up to it.
     pub fn compact(&mut self, index: Index, data: Vec<u8>) -> Result<SnapshotMeta, CompactError> {

@@ -79,7 +79,13 @@ fn principals(name: &str) -> Vec<Principal> {
 fn allowed(principal: &Principal, request: &ClientRequest) -> bool {
     match (principal.role, request) {
         (_, ClientRequest::Status) | (CertRole::Admin, _) => true,
-        (CertRole::Client, ClientRequest::Write { .. } | ClientRequest::Read { .. }) => true,
+        (
+            CertRole::Client,
+            ClientRequest::Write { .. }
+            | ClientRequest::Read { .. }
+            | ClientRequest::OpenSession
+            | ClientRequest::CloseSession { .. },
+        ) => true,
         (
             CertRole::Node,
             ClientRequest::AddServer { addr } | ClientRequest::AddLearner { addr },
@@ -167,7 +173,7 @@ pub fn hello(data: &[u8]) {
 /// Valid inputs of each harness: the seed corpus of the fuzz targets (see
 /// `fuzz/README.md`) and the first cases of the proptests.
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
-    use crate::client::wire::SessionRef;
+    use crate::client::wire::{SessionId, SessionRef};
     use crate::core::{Body, Entry, Message, Payload};
     let msg = |body: Body| {
         PeerFrame::Msg(Message {
@@ -218,9 +224,15 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "client_request" => {
             let requests = [
                 ClientRequest::Write {
-                    session: SessionRef { client: 9, seq: 1 },
+                    session: SessionRef {
+                        id: SessionId(9),
+                        seq: 1,
+                        acked_below: 1,
+                    },
                     command: b"cmd".to_vec(),
                 },
+                ClientRequest::OpenSession,
+                ClientRequest::CloseSession { id: SessionId(9) },
                 ClientRequest::Read {
                     query: b"q".to_vec(),
                 },

@@ -1,24 +1,48 @@
-//! The apply task: owns the user's state machine, applies committed entries
-//! in log order, answers the proposals and reads that wait on them, and
-//! takes and restores snapshots.
+//! The apply thread: owns the user's state machine, applies committed
+//! entries in log order, answers the proposals and reads that wait on them,
+//! and takes and restores snapshots.
+//!
+//! It is a thread of its own (started in [`super::threads`]), not a tokio
+//! task: handlers, snapshot serialization and restoration are the user's
+//! code and may take long or block, and on a thread they never stall the
+//! runtime's worker threads (the node task keeps ticking, voting and
+//! replicating meanwhile).
 //!
 //! Invariants:
 //! - entries are applied exactly once each, in index order; a snapshot
 //!   restore replaces the state and moves `applied` to the snapshot's index;
 //! - a proposal registered at (index, term) is answered with its result only
 //!   if the entry applied at that index has that term; otherwise it was
-//!   replaced by another leader's entry and the caller is told to retry;
+//!   replaced by another leader's entry and the caller is told `NotLeader`
+//!   (it was not applied);
 //! - a read registered with read index `i` is served only once `applied >=
 //!   i` (Raft thesis §6.4 step 4);
-//! - under the `halt` policy a panicking handler stops this task's applying
-//!   at that entry; the log keeps it, and every waiting caller is told.
+//! - the thread *halts* at an entry whose handler panics under the `halt`
+//!   policy, or that this binary cannot decode (a newer binary wrote it):
+//!   it applies nothing more, the log keeps the entry, and every waiting
+//!   and later caller is answered [`Error::Halted`] (a fixed binary will
+//!   apply the write, so it is never reported as failed);
+//! - after [`ApplyMsg::Fail`] (the node's storage failed) every waiting and
+//!   later caller is answered with that error; every caller is answered;
+//! - client writes go through the session table (`session.rs`): sessions
+//!   are opened and closed by their own log entries, a write under a
+//!   session the table does not know is refused with
+//!   [`Error::SessionExpired`], one under another identity's session is
+//!   refused and changes nothing, and a write the table already answered
+//!   is answered from it, never applied twice. Every decision depends only
+//!   on the log, so all replicas keep identical tables.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, warn};
+use tracing::{debug, error, info, warn};
 
-use super::session::{AppSnapshot, Dedup, Envelope, Sessions, StoredReply};
+use super::admission::Permit;
+use super::session::{
+    AppSnapshot, Dedup, Envelope, Op, SESSION_WINDOW, SessionCounters, SessionRefusal, Sessions,
+    StoredReply,
+};
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
@@ -28,8 +52,9 @@ use crate::state_machine::{
 /// Rebuilds the state machine and the session table from a snapshot taken
 /// by [`run`].
 pub fn restore<S: StateMachine>(data: &[u8]) -> Result<(S, Sessions), Error> {
-    let snap: AppSnapshot = decode("snapshot", data)?;
+    let mut snap: AppSnapshot = decode("snapshot", data)?;
     let sm = S::restore(&snap.state)?;
+    snap.sessions.recount();
     Ok((sm, snap.sessions))
 }
 
@@ -37,14 +62,36 @@ fn stored_to_result(r: StoredReply) -> Result<Vec<u8>, Error> {
     match r {
         StoredReply::Ok(out) => Ok(out),
         StoredReply::Handler(message) => Err(Error::Handler { message }),
+        // Not written any more (a command that does not decode halts the
+        // node instead); it would mean the entry was refused at apply.
         StoredReply::Rejected(why) => Err(Error::Rejected(why)),
     }
 }
 
-/// A reply to a caller: encoded output or an error.
-pub type Reply = oneshot::Sender<Result<Vec<u8>, Error>>;
+/// Where a caller's answer goes, with the caller's room in the node's
+/// budgets (returned when the answer is sent, or the reply dropped).
+#[derive(Debug)]
+pub struct Reply {
+    tx: oneshot::Sender<Result<Vec<u8>, Error>>,
+    _permit: Option<Permit>,
+}
 
-/// Work for the apply task, sent by the node task in log order.
+impl Reply {
+    /// A reply holding `permit` until it is answered.
+    pub fn new(tx: oneshot::Sender<Result<Vec<u8>, Error>>, permit: Option<Permit>) -> Self {
+        Reply {
+            tx,
+            _permit: permit,
+        }
+    }
+
+    /// Answers the caller (who may have gone: then nobody hears it).
+    pub fn send(self, r: Result<Vec<u8>, Error>) {
+        let _ = self.tx.send(r);
+    }
+}
+
+/// Work for the apply thread, sent by the node task in log order.
 pub enum ApplyMsg {
     /// Proposals now wait at (index, term), each with where its result
     /// goes.
@@ -69,9 +116,12 @@ pub enum ApplyMsg {
     },
     /// Serialize the state; the answer goes back to the node task.
     TakeSnapshot,
+    /// The node stopped serving (its storage failed): answer every waiting
+    /// and later caller with this error.
+    Fail(Error),
 }
 
-/// A snapshot taken by the apply task.
+/// A snapshot taken by the apply thread.
 pub struct Taken {
     /// The last index applied to the state it serializes.
     pub index: Index,
@@ -79,219 +129,382 @@ pub struct Taken {
     pub data: Vec<u8>,
 }
 
-/// What the apply task reports.
+/// What the apply thread reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyStatus {
     /// The last applied index.
     pub applied: Index,
-    /// Set when a handler panicked under `halt`.
+    /// Set when the thread halted (see the module invariants).
     pub halted: Option<String>,
     /// Client sessions in the replicated session table.
     pub sessions: usize,
+    /// Unacknowledged replies stored across all sessions.
+    pub session_replies: usize,
+    /// Sessions evicted and expired by this replica since it started.
+    pub session_counters: SessionCounters,
+    /// Replicated time (the session table's "now"), in ms since the epoch.
+    pub replicated_ms: u64,
+    /// The longest time applying stopped for a snapshot (serializing one,
+    /// or restoring one received from the leader).
+    pub longest_pause: Duration,
 }
 
-/// Runs the apply task until the node task drops its sender.
-pub async fn run<S: StateMachine>(
-    mut sm: S,
-    mut sessions: Sessions,
-    mut applied: Index,
+impl ApplyStatus {
+    /// The status of an apply thread at `applied` with these sessions (and
+    /// no snapshot pause yet).
+    pub fn of(applied: Index, halted: &Option<String>, sessions: &Sessions) -> ApplyStatus {
+        ApplyStatus {
+            applied,
+            halted: halted.clone(),
+            sessions: sessions.len(),
+            session_replies: sessions.stored_replies(),
+            session_counters: sessions.counters(),
+            replicated_ms: sessions.now_ms(),
+            longest_pause: Duration::ZERO,
+        }
+    }
+}
+
+struct Apply<S> {
+    sm: S,
+    sessions: Sessions,
+    applied: Index,
+    waiting: BTreeMap<Index, (Term, Reply)>,
+    reads: Vec<(Index, Vec<u8>, Reply)>,
+    halted: Option<String>,
+    failed: Option<Error>,
+    longest_pause: Duration,
+    status: watch::Sender<ApplyStatus>,
+}
+
+/// Runs the apply loop until the node task drops its sender. Blocking: run
+/// it on its own thread.
+pub fn run<S: StateMachine>(
+    sm: S,
+    sessions: Sessions,
+    applied: Index,
     mut rx: mpsc::UnboundedReceiver<ApplyMsg>,
-    snapshots: mpsc::UnboundedSender<Taken>,
+    snapshots: mpsc::UnboundedSender<Result<Taken, String>>,
     status: watch::Sender<ApplyStatus>,
 ) {
-    let mut waiting: BTreeMap<Index, (Term, Reply)> = BTreeMap::new();
-    let mut reads: Vec<(Index, Vec<u8>, Reply)> = Vec::new();
-    let mut halted: Option<String> = None;
-    while let Some(msg) = rx.recv().await {
+    let mut a = Apply {
+        sm,
+        sessions,
+        applied,
+        waiting: BTreeMap::new(),
+        reads: Vec::new(),
+        halted: None,
+        failed: None,
+        longest_pause: Duration::ZERO,
+        status,
+    };
+    while let Some(msg) = rx.blocking_recv() {
+        if rx.is_closed() {
+            // The node stopped: nothing applied from now on would be seen
+            // (the state lives in memory; the log keeps every entry). The
+            // callers still waiting learn that the peer stopped.
+            break;
+        }
         match msg {
             ApplyMsg::Register(proposals) => {
                 for (index, term, reply) in proposals {
-                    if let Some(h) = &halted {
-                        let _ = reply.send(Err(Error::Handler { message: h.clone() }));
-                    } else {
-                        waiting.insert(index, (term, reply));
+                    match a.stopped() {
+                        Some(e) => reply.send(Err(e)),
+                        None => {
+                            a.waiting.insert(index, (term, reply));
+                        }
                     }
                 }
             }
             ApplyMsg::Entries(entries) => {
-                for e in entries {
-                    if halted.is_some() {
-                        break;
-                    }
-                    if e.index <= applied {
-                        continue;
-                    }
-                    let result = match &e.payload {
-                        Payload::Command(bytes) => {
-                            apply_command(&mut sm, &mut sessions, e.index, bytes, &mut halted)
-                        }
-                        Payload::Noop | Payload::Config(_) => Ok(Vec::new()),
-                    };
-                    if halted.is_some() {
-                        let _ = status.send(ApplyStatus {
-                            applied,
-                            halted: halted.clone(),
-                            sessions: sessions.len(),
-                        });
-                    }
-                    if halted.is_some() {
-                        break;
-                    }
-                    applied = e.index;
-                    if let Some((term, reply)) = waiting.remove(&e.index) {
-                        let answer = if term == e.term {
-                            result
-                        } else {
-                            Err(Error::NotLeader { hint: None })
-                        };
-                        let _ = reply.send(answer);
-                    }
-                }
-                if let Some(h) = &halted {
-                    for (_, (_, reply)) in std::mem::take(&mut waiting) {
-                        let _ = reply.send(Err(Error::Handler { message: h.clone() }));
-                    }
-                }
-                serve_reads(&sm, applied, &mut reads);
-                let _ = status.send(ApplyStatus {
-                    applied,
-                    halted: halted.clone(),
-                    sessions: sessions.len(),
-                });
+                a.apply(entries, &rx);
+                a.publish();
             }
             ApplyMsg::Read {
                 index,
                 query,
                 reply,
-            } => {
-                reads.push((index, query, reply));
-                serve_reads(&sm, applied, &mut reads);
-            }
-            ApplyMsg::Restore { index, data } => match restore::<S>(&data) {
-                Ok((restored, restored_sessions)) => {
-                    sm = restored;
-                    sessions = restored_sessions;
-                    applied = index;
-                    // Proposals the snapshot covers: their outcome is unknown here.
-                    let covered: Vec<Index> = waiting.range(..=index).map(|(&i, _)| i).collect();
-                    for i in covered {
-                        if let Some((_, reply)) = waiting.remove(&i) {
-                            let _ = reply.send(Err(Error::Unavailable(
-                                "outcome unknown: the entry was covered by a snapshot from the leader".into(),
-                            )));
-                        }
-                    }
-                    serve_reads(&sm, applied, &mut reads);
-                    let _ = status.send(ApplyStatus {
-                        applied,
-                        halted: halted.clone(),
-                        sessions: sessions.len(),
-                    });
-                }
-                Err(e) => {
-                    error!(%e, index, "snapshot from the leader does not decode; this node stops applying");
-                    halted = Some(format!("undecodable snapshot at {index}: {e}"));
-                    let _ = status.send(ApplyStatus {
-                        applied,
-                        halted: halted.clone(),
-                        sessions: sessions.len(),
-                    });
+            } => match a.stopped() {
+                Some(e) => reply.send(Err(e)),
+                None => {
+                    a.reads.push((index, query, reply));
+                    a.serve_reads();
                 }
             },
+            ApplyMsg::Restore { index, data } => {
+                a.restore(index, &data);
+                a.publish();
+            }
             ApplyMsg::TakeSnapshot => {
-                if halted.is_some() {
-                    continue;
-                }
-                let snap = sm.snapshot().and_then(|state| {
-                    encode(
-                        "snapshot",
-                        &AppSnapshot {
-                            sessions: sessions.clone(),
-                            state,
-                            index: applied,
-                        },
-                    )
-                });
-                match snap {
-                    Ok(data) => {
-                        let _ = snapshots.send(Taken {
-                            index: applied,
-                            data,
-                        });
-                    }
-                    Err(e) => error!(%e, "state machine snapshot failed"),
-                }
+                let taken = a.take_snapshot();
+                let _ = snapshots.send(taken);
+                a.publish();
+            }
+            ApplyMsg::Fail(e) => {
+                a.failed = Some(e);
+                a.answer_all();
             }
         }
     }
 }
 
-/// Applies one logged write: unwraps its envelope, answers a retried write
-/// from the session table, applies a new one under the error policy.
-fn apply_command<S: StateMachine>(
-    sm: &mut S,
-    sessions: &mut Sessions,
-    index: Index,
-    bytes: &[u8],
-    halted: &mut Option<String>,
-) -> Result<Vec<u8>, Error> {
-    let envelope: Envelope = match decode("envelope", bytes) {
-        Ok(e) => e,
-        Err(err) => {
-            error!(index, %err, "undecodable entry in the log; skipped on every replica");
-            return Err(Error::Rejected(err.to_string()));
+impl<S: StateMachine> Apply<S> {
+    /// The error every caller gets once this thread stopped serving.
+    fn stopped(&self) -> Option<Error> {
+        if let Some(e) = &self.failed {
+            return Some(e.clone());
         }
-    };
-    sessions.advance(envelope.stamp_ms);
-    if let Some(s) = envelope.session {
-        match sessions.check(s) {
-            Dedup::Duplicate(reply) => return stored_to_result(reply),
-            Dedup::Stale => {
-                return Err(Error::Rejected(format!(
-                    "write {} of session {:#x} is older than the session's latest write",
-                    s.seq, s.client
-                )));
-            }
-            Dedup::New => {}
-        }
+        self.halted.as_ref().map(|message| Error::Halted {
+            message: message.clone(),
+        })
     }
-    let stored = match apply_encoded(sm, &envelope.command) {
-        Ok(out) => StoredReply::Ok(out),
-        Err(ApplyError::Halted { message }) => {
-            error!(index, %message, "handler panicked under the halt policy; this node stops applying");
-            *halted = Some(message.clone());
-            return Err(Error::Handler { message });
-        }
-        Err(ApplyError::Panicked { message }) => {
-            warn!(index, %message, "handler panicked; skipped under the skip policy");
-            StoredReply::Handler(message)
-        }
-        Err(ApplyError::Decode(err)) => {
-            error!(index, %err, "undecodable command in the log; skipped on every replica");
-            StoredReply::Rejected(err.to_string())
-        }
-    };
-    if let Some(s) = envelope.session {
-        sessions.record(s, stored.clone());
-    }
-    stored_to_result(stored)
-}
 
-fn serve_reads<S: StateMachine>(sm: &S, applied: Index, reads: &mut Vec<(Index, Vec<u8>, Reply)>) {
-    if reads.iter().all(|(i, ..)| *i > applied) {
-        return;
+    fn answer_all(&mut self) {
+        let Some(e) = self.stopped() else { return };
+        for (_, (_, reply)) in std::mem::take(&mut self.waiting) {
+            reply.send(Err(e.clone()));
+        }
+        for (_, _, reply) in self.reads.drain(..) {
+            reply.send(Err(e.clone()));
+        }
     }
-    let (ready, pending): (Vec<_>, Vec<_>) = std::mem::take(reads)
-        .into_iter()
-        .partition(|(i, ..)| *i <= applied);
-    *reads = pending;
-    for (_, query, reply) in ready {
-        let answer = query_encoded(sm, &query).map_err(|e| match e {
-            ApplyError::Decode(c) => Error::Rejected(c.to_string()),
-            ApplyError::Panicked { message } | ApplyError::Halted { message } => {
-                Error::Handler { message }
+
+    fn publish(&self) {
+        let new = ApplyStatus {
+            longest_pause: self.longest_pause,
+            ..ApplyStatus::of(self.applied, &self.halted, &self.sessions)
+        };
+        self.status.send_if_modified(|old| {
+            if *old != new {
+                *old = new;
+                true
+            } else {
+                false
             }
         });
-        let _ = reply.send(answer);
     }
+
+    fn halt(&mut self, index: Index, message: String) {
+        error!(index, %message, "this node halts: it applies nothing more until restarted (its log is intact)");
+        self.halted = Some(message);
+        self.answer_all();
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, rx: &mpsc::UnboundedReceiver<ApplyMsg>) {
+        for e in entries {
+            if self.halted.is_some() || rx.is_closed() {
+                return;
+            }
+            if e.index <= self.applied {
+                continue;
+            }
+            let result = match &e.payload {
+                Payload::Command(bytes) => match self.apply_command(e.index, bytes) {
+                    Outcome::Reply(r) => r,
+                    Outcome::Halt(message) => {
+                        self.halt(e.index, message);
+                        return;
+                    }
+                },
+                Payload::Noop | Payload::Config(_) => Ok(Vec::new()),
+            };
+            self.applied = e.index;
+            if let Some((term, reply)) = self.waiting.remove(&e.index) {
+                reply.send(if term == e.term {
+                    result
+                } else {
+                    // Another leader's entry replaced the proposal.
+                    Err(Error::NotLeader { hint: None })
+                });
+            }
+        }
+        self.serve_reads();
+    }
+
+    /// Applies one logged entry of a client: unwraps its envelope, opens or
+    /// closes a session, answers a retried write from the session table,
+    /// refuses a write of a session that is unknown or another identity's,
+    /// and applies a new one under the error policy.
+    fn apply_command(&mut self, index: Index, bytes: &[u8]) -> Outcome {
+        let envelope: Envelope = match decode("envelope", bytes) {
+            Ok(e) => e,
+            Err(err) => {
+                return Outcome::Halt(format!(
+                    "entry {index} does not decode with this binary ({err}); a binary that knows it must apply it"
+                ));
+            }
+        };
+        self.sessions.advance(envelope.stamp_ms);
+        let (command, session) = match envelope.op {
+            Op::Write { command } => (command, None),
+            Op::SessionWrite {
+                session,
+                owner,
+                command,
+            } => {
+                match self.sessions.check(session, owner) {
+                    Dedup::New => {}
+                    Dedup::Duplicate(reply) => return Outcome::Reply(stored_to_result(reply)),
+                    Dedup::Unknown => {
+                        return Outcome::Reply(Err(Error::SessionExpired(format!(
+                            "session {} is not open (expired, evicted or closed); write {} was not applied now",
+                            session.id, session.seq
+                        ))));
+                    }
+                    Dedup::Foreign => {
+                        // Every replica sees it: debug, not a log flood.
+                        debug!(index, session = %session.id, ?owner, "write under a session owned by another identity; refused");
+                        return Outcome::Reply(Err(Error::Rejected(format!(
+                            "session {} belongs to another client identity; write {} refused, nothing changed",
+                            session.id, session.seq
+                        ))));
+                    }
+                    Dedup::Stale => {
+                        // Its answer was acknowledged, so an earlier attempt
+                        // was answered (and may have been applied): this one
+                        // is not applied, and "not applied" would be untrue.
+                        return Outcome::Reply(Err(Error::Ambiguous(format!(
+                            "write {} of session {} was already answered and acknowledged; this attempt was not applied, an earlier one may have been",
+                            session.seq, session.id
+                        ))));
+                    }
+                    Dedup::WindowFull => {
+                        return Outcome::Reply(Err(Error::Rejected(format!(
+                            "session {} holds {SESSION_WINDOW} unacknowledged replies; write {} was not applied",
+                            session.id, session.seq
+                        ))));
+                    }
+                }
+                (command, Some(session))
+            }
+            Op::OpenSession {
+                id,
+                owner,
+                ttl_ms,
+                max_sessions,
+            } => {
+                return Outcome::Reply(match self.sessions.open(id, owner, ttl_ms, max_sessions) {
+                    Ok(()) => Ok(Vec::new()),
+                    Err(_) => Err(Error::Rejected(format!("session id {id} is in use"))),
+                });
+            }
+            Op::CloseSession { id, owner } => {
+                return Outcome::Reply(match self.sessions.close(id, owner) {
+                    Ok(()) => Ok(Vec::new()),
+                    Err(SessionRefusal::Foreign | SessionRefusal::IdInUse) => Err(Error::Rejected(
+                        format!("session {id} belongs to another client identity; not closed"),
+                    )),
+                });
+            }
+        };
+        let stored = match apply_encoded(&mut self.sm, &command) {
+            Ok(out) => StoredReply::Ok(out),
+            Err(ApplyError::Halted { message }) => {
+                return Outcome::Halt(format!(
+                    "handler panicked at entry {index} under the halt policy: {message}"
+                ));
+            }
+            Err(ApplyError::Panicked { message }) => {
+                warn!(index, %message, "handler panicked; skipped under the skip policy");
+                StoredReply::Handler(message)
+            }
+            Err(ApplyError::Decode(err)) => {
+                return Outcome::Halt(format!(
+                    "the command at entry {index} does not decode with this binary ({err}); a binary that knows it must apply it"
+                ));
+            }
+        };
+        if let Some(s) = session {
+            self.sessions.record(s, stored.clone());
+        }
+        Outcome::Reply(stored_to_result(stored))
+    }
+
+    fn restore(&mut self, index: Index, data: &[u8]) {
+        if self.halted.is_some() {
+            return;
+        }
+        let started = Instant::now();
+        match restore::<S>(data) {
+            Ok((restored, sessions)) => {
+                self.sm = restored;
+                self.sessions = sessions;
+                self.applied = index;
+                self.longest_pause = self.longest_pause.max(started.elapsed());
+                // Proposals the snapshot covers: their outcome is unknown here.
+                let covered: Vec<Index> = self.waiting.range(..=index).map(|(&i, _)| i).collect();
+                for i in covered {
+                    if let Some((_, reply)) = self.waiting.remove(&i) {
+                        reply.send(Err(Error::Ambiguous(
+                            "the entry was covered by a snapshot from the leader before it applied here".into(),
+                        )));
+                    }
+                }
+                self.serve_reads();
+            }
+            Err(e) => self.halt(
+                index,
+                format!("the snapshot from the leader at index {index} does not restore: {e}"),
+            ),
+        }
+    }
+
+    fn take_snapshot(&mut self) -> Result<Taken, String> {
+        if let Some(h) = &self.halted {
+            return Err(format!("not taken: this node halted ({h})"));
+        }
+        let started = Instant::now();
+        let snap = self.sm.snapshot().and_then(|state| {
+            encode(
+                "snapshot",
+                &AppSnapshot {
+                    sessions: self.sessions.clone(),
+                    state,
+                    index: self.applied,
+                },
+            )
+        });
+        let took = started.elapsed();
+        self.longest_pause = self.longest_pause.max(took);
+        match snap {
+            Ok(data) => {
+                info!(
+                    index = self.applied,
+                    bytes = data.len(),
+                    took_ms = took.as_millis() as u64,
+                    "state machine serialized for a snapshot"
+                );
+                Ok(Taken {
+                    index: self.applied,
+                    data,
+                })
+            }
+            Err(e) => Err(format!("the state machine did not serialize: {e}")),
+        }
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.applied;
+        if self.reads.iter().all(|(i, ..)| *i > applied) {
+            return;
+        }
+        let (ready, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads)
+            .into_iter()
+            .partition(|(i, ..)| *i <= applied);
+        self.reads = pending;
+        for (_, query, reply) in ready {
+            let answer = query_encoded(&self.sm, &query).map_err(|e| match e {
+                ApplyError::Decode(c) => Error::Rejected(c.to_string()),
+                ApplyError::Panicked { message } | ApplyError::Halted { message } => {
+                    Error::Handler { message }
+                }
+            });
+            reply.send(answer);
+        }
+    }
+}
+
+enum Outcome {
+    Reply(Result<Vec<u8>, Error>),
+    Halt(String),
 }

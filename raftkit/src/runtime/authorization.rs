@@ -9,11 +9,16 @@
 //! |---|---|---|---|
 //! | `Status` | yes | yes | yes |
 //! | `Write`, `Read` | no | yes | yes |
+//! | `OpenSession`, `CloseSession` | no | yes | yes |
 //! | `AddServer`, `AddLearner` | only its own address | no | yes |
 //! | `RemoveServer`, `TransferLeader` | no | no | yes |
 //!
 //! Status is open to every role: it reveals the membership and progress a
 //! member already knows, and joining nodes and operators' tools need it.
+//! Sessions exist for writes (exactly-once, thesis §6.3), so opening and
+//! closing one needs what a write needs; a session is owned by the
+//! certificate that opened it (its fingerprint, see `session.rs`), so even
+//! an allowed caller can only use or close its own.
 //! A node may ask to be added, because a node started with `join` does
 //! exactly that with its own certificate; "its own address" means the
 //! address whose default member name (`<state machine>@<address>`, see
@@ -38,6 +43,8 @@ pub fn request_kind(request: &ClientRequest) -> &'static str {
         ClientRequest::AddLearner { .. } => "add-learner",
         ClientRequest::RemoveServer { .. } => "remove-server",
         ClientRequest::TransferLeader { .. } => "transfer-leader",
+        ClientRequest::OpenSession => "open-session",
+        ClientRequest::CloseSession { .. } => "close-session",
     }
 }
 
@@ -53,12 +60,21 @@ pub fn authorize(
     match (request, principal.role) {
         (ClientRequest::Status, _)
         | (
-            ClientRequest::Write { .. } | ClientRequest::Read { .. },
+            ClientRequest::Write { .. }
+            | ClientRequest::Read { .. }
+            | ClientRequest::OpenSession
+            | ClientRequest::CloseSession { .. },
             CertRole::Client | CertRole::Admin,
         ) => Ok(()),
-        (ClientRequest::Write { .. } | ClientRequest::Read { .. }, CertRole::Node) => refuse(
-            format!("data commands need a client or admin certificate; this is a {principal}"),
-        ),
+        (
+            ClientRequest::Write { .. }
+            | ClientRequest::Read { .. }
+            | ClientRequest::OpenSession
+            | ClientRequest::CloseSession { .. },
+            CertRole::Node,
+        ) => refuse(format!(
+            "data commands and sessions need a client or admin certificate; this is a {principal}"
+        )),
         (_, CertRole::Admin) => Ok(()),
         (
             ClientRequest::AddServer { addr } | ClientRequest::AddLearner { addr },
@@ -84,7 +100,7 @@ pub fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::wire::SessionRef;
+    use crate::client::wire::{SessionId, SessionRef};
 
     fn who(role: CertRole, name: &str) -> Principal {
         Principal {
@@ -97,9 +113,15 @@ mod tests {
     fn all_requests(addr: &str) -> Vec<ClientRequest> {
         vec![
             ClientRequest::Write {
-                session: SessionRef { client: 1, seq: 1 },
+                session: SessionRef {
+                    id: SessionId(1),
+                    seq: 1,
+                    acked_below: 1,
+                },
                 command: vec![],
             },
+            ClientRequest::OpenSession,
+            ClientRequest::CloseSession { id: SessionId(1) },
             ClientRequest::Read { query: vec![] },
             ClientRequest::Status,
             ClientRequest::AddServer { addr: addr.into() },
@@ -121,7 +143,10 @@ mod tests {
             let kind = request_kind(&r);
             assert_eq!(
                 allowed(&client, &r),
-                matches!(kind, "write" | "read" | "status"),
+                matches!(
+                    kind,
+                    "write" | "read" | "status" | "open-session" | "close-session"
+                ),
                 "client: {r:?}"
             );
             assert_eq!(allowed(&node, &r), kind == "status", "node: {r:?}");

@@ -8,14 +8,18 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
+use super::admission::{self, Admission};
 use super::apply::{self, ApplyStatus};
-use super::node::NodeTask;
-use super::persist::{self, PeerMeta, Persister, StorageChoice};
+use super::node::{NodeTask, WallClock};
+use super::persist::{self, PeerMeta, Persister, SnapshotSaver, StorageChoice};
+use super::session::{DEFAULT_MAX_SESSIONS, SESSION_TTL_MS};
 use super::{Inner, Peer, PeerStatus};
 use crate::core::{Config, Configuration, Message, NodeId, Raft, Restored};
 use crate::error::Error;
 use crate::identity::{default_name, node_id};
 use crate::state_machine::StateMachine;
+use crate::storage::WalOptions;
+use crate::storage::vfs::SharedFs;
 use crate::tls::Identity;
 use crate::transport::Transport;
 use crate::transport::quic::{QuicConfig, QuicTransport};
@@ -39,7 +43,10 @@ impl<S: StateMachine + Default> PeerExt for S {}
 ///
 /// Defaults: name `<state machine name>@<advertised address>`, data in
 /// `./data/<name>`, a 50 ms tick, elections after 10–20 ticks, heartbeats
-/// every 2 ticks, a snapshot every 10,000 applied entries.
+/// every 2 ticks, a snapshot every 10,000 applied entries, commands of at
+/// most 8 MiB, at most 16,384 commands and 64 MiB of them in flight (a call
+/// waits up to 2 s for room, then fails with `Overloaded`), client sessions
+/// idle for an hour expire, at most 10,000 client sessions.
 pub struct PeerBuilder<S> {
     name: Option<String>,
     listen: Option<String>,
@@ -54,8 +61,25 @@ pub struct PeerBuilder<S> {
     max_snapshot_bytes: u64,
     transport: Option<TransportFactory>,
     identity: Option<Identity>,
+    fs: SharedFs,
+    wal: WalOptions,
+    max_command_bytes: usize,
+    max_in_flight: (usize, usize),
+    admission_wait: Duration,
+    session_ttl: Duration,
+    max_sessions: u64,
+    wall_clock: Option<WallClock>,
     _sm: PhantomData<fn() -> S>,
 }
+
+/// The default maximum size of one command: half a transport frame, so that
+/// an AppendEntries carrying it (or a batch of smaller entries, at most
+/// 1 MiB) always fits one frame.
+pub const DEFAULT_MAX_COMMAND_BYTES: usize = 8 << 20;
+
+/// What a frame carries besides the command bytes of its entries (message
+/// and entry headers, the envelope, the client session): generously.
+const FRAME_OVERHEAD: usize = 64 << 10;
 
 impl<S: StateMachine + Default> Default for PeerBuilder<S> {
     fn default() -> Self {
@@ -80,6 +104,17 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             max_snapshot_bytes: crate::core::config::DEFAULT_MAX_SNAPSHOT_BYTES,
             transport: None,
             identity: None,
+            fs: crate::storage::vfs::real(),
+            wal: WalOptions::default(),
+            max_command_bytes: DEFAULT_MAX_COMMAND_BYTES,
+            max_in_flight: (
+                admission::DEFAULT_MAX_IN_FLIGHT,
+                admission::DEFAULT_MAX_IN_FLIGHT_BYTES,
+            ),
+            admission_wait: admission::DEFAULT_ADMISSION_WAIT,
+            session_ttl: Duration::from_millis(SESSION_TTL_MS),
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            wall_clock: None,
             _sm: PhantomData,
         }
     }
@@ -192,6 +227,80 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// The file system the log, the snapshots and the peer metadata are
+    /// kept on (default: the operating system's).
+    ///
+    /// A testing hook: pass a [`FaultyFs`](crate::storage::vfs::FaultyFs) to
+    /// see what the node does when its disk fills, fails or stalls. (The TLS
+    /// identity files are written with `std::fs` once, when a node is
+    /// created.)
+    pub fn file_system(mut self, fs: SharedFs) -> Self {
+        self.fs = fs;
+        self
+    }
+
+    /// The size at which the write-ahead log starts a new segment file
+    /// (default 64 MiB). Smaller segments are compacted away sooner after a
+    /// snapshot.
+    pub fn wal_segment_bytes(mut self, bytes: u64) -> Self {
+        self.wal.segment_size = bytes.max(1);
+        self
+    }
+
+    /// The largest command (encoded write) the peer accepts, in bytes
+    /// (default 8 MiB). A larger one is refused with
+    /// [`Error::Rejected`] before it enters the log.
+    /// At most the transport's frame cap (16 MiB) less 64 KiB: an entry must
+    /// always fit the AppendEntries that carries it.
+    pub fn max_command_bytes(mut self, bytes: usize) -> Self {
+        self.max_command_bytes = bytes;
+        self
+    }
+
+    /// Backpressure: at most `commands` calls and `bytes` bytes of commands
+    /// in flight on this peer between admission and answer (defaults 16,384
+    /// and 64 MiB). A call that finds no room waits for at most the
+    /// admission wait, then fails with
+    /// [`Error::Overloaded`].
+    pub fn max_in_flight(mut self, commands: usize, bytes: usize) -> Self {
+        self.max_in_flight = (commands.max(1), bytes.max(1));
+        self
+    }
+
+    /// How long a call waits for room in the in-flight budget before it
+    /// fails with [`Error::Overloaded`] (default
+    /// 2 s).
+    pub fn admission_wait(mut self, wait: Duration) -> Self {
+        self.admission_wait = wait;
+        self
+    }
+
+    /// How long a client session may stay idle before it expires (default
+    /// one hour of replicated time). A client whose session expired gets
+    /// [`Error::SessionExpired`] for a write whose earlier attempts may have
+    /// been applied. Applies to sessions opened while this peer leads.
+    pub fn session_ttl(mut self, ttl: Duration) -> Self {
+        self.session_ttl = ttl;
+        self
+    }
+
+    /// The most client sessions the replicated session table holds (default
+    /// 10,000): opening one more evicts the session idle the longest
+    /// (counted in [`PeerStatus::session_evictions`]). Applies to sessions
+    /// opened while this peer leads.
+    pub fn max_sessions(mut self, sessions: u64) -> Self {
+        self.max_sessions = sessions.max(1);
+        self
+    }
+
+    /// Replaces the wall clock the leader stamps entries with (ms since the
+    /// Unix epoch), for tests of clock jumps. Not for production use.
+    #[doc(hidden)]
+    pub fn wall_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.wall_clock = Some(Arc::new(clock));
+        self
+    }
+
     /// Uses a custom transport (for example the in-process one of the
     /// transport module) instead of QUIC.
     pub fn transport(
@@ -204,10 +313,17 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 
     /// Opens (or creates) the peer's storage and starts it.
     pub async fn start(self) -> Result<Peer<S>, Error> {
+        let frame = crate::transport::frame::DEFAULT_MAX_FRAME_BYTES;
+        if self.max_command_bytes == 0 || self.max_command_bytes + FRAME_OVERHEAD > frame {
+            return Err(Error::Rejected(format!(
+                "max_command_bytes must be between 1 and {} (a transport frame is {frame} bytes)",
+                frame - FRAME_OVERHEAD
+            )));
+        }
         // 1. Who we are: from the data directory when it holds a peer.
         let mut meta = None;
         if let Some(StorageChoice::Disk(dir)) = &self.storage {
-            meta = PeerMeta::load(dir)?;
+            meta = PeerMeta::load_in(&*self.fs, dir)?;
         }
         let meta = match meta {
             Some(m) => {
@@ -253,15 +369,16 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             .clone()
             .unwrap_or_else(|| StorageChoice::Disk(PathBuf::from("data").join(&meta.name)));
         if let StorageChoice::Disk(dir) = &storage {
-            std::fs::create_dir_all(dir)
+            self.fs
+                .create_dir_all(dir)
                 .map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?;
-            meta.save(dir)?;
+            meta.save_in(&*self.fs, dir)?;
         }
         let id = node_id(&meta.name);
 
         // 2. What we restart from.
         let mut fresh = false;
-        let mut opened = persist::open(&storage)?;
+        let mut opened = persist::open(&storage, &self.fs, self.wal.clone())?;
         let restored = match opened.restored.take() {
             Some(r) => {
                 info!(name = %meta.name, last = r.snapshot.index + r.entries.len() as u64, term = r.hard_state.term, "restarting from durable state");
@@ -312,6 +429,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         cfg.heartbeat_ticks = self.heartbeat_ticks;
         cfg.snapshot_entries = self.snapshot_every;
         cfg.max_snapshot_bytes = self.max_snapshot_bytes;
+        // A batch of entries (beyond its first) stays far below a frame; a
+        // single entry is at most max_command_bytes (checked above).
+        cfg.max_batch_bytes = cfg.max_batch_bytes.min(frame / 4);
         cfg.seed = id ^ seed_from_clock();
         let raft = Raft::new(cfg, restored).map_err(|e| Error::Rejected(e.to_string()))?;
 
@@ -388,21 +508,21 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             }
         };
         let inline = matches!(storage, StorageChoice::Memory);
+        let saver = SnapshotSaver::start(opened.snapshots.clone())?;
         let persister = Persister::start(opened.log, opened.snapshots, inline)?;
+        // The apply queue is bounded by the node task (MAX_APPLY_BACKLOG_BYTES
+        // of entries, and the in-flight budget for registrations and reads).
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
-        let (apply_status_tx, apply_status_rx) = watch::channel(ApplyStatus {
-            applied,
-            halted: None,
-            sessions: sessions.len(),
-        });
-        tokio::spawn(apply::run(
-            sm,
-            sessions,
-            applied,
-            apply_rx,
-            snap_tx,
-            apply_status_tx,
+        let (apply_status_tx, apply_status_rx) =
+            watch::channel(ApplyStatus::of(applied, &None, &sessions));
+        super::threads::spawn("raftkit-apply", move || {
+            apply::run(sm, sessions, applied, apply_rx, snap_tx, apply_status_tx)
+        })?;
+        let admission = Arc::new(Admission::new(
+            self.max_in_flight.0,
+            self.max_in_flight.1,
+            self.admission_wait,
         ));
         let (status_tx, status_rx) = watch::channel(PeerStatus::default());
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
@@ -411,6 +531,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             name: meta.name.clone(),
             transport,
             persister: Some(persister),
+            saver: Some(saver),
             apply_tx,
             apply_status: apply_status_rx,
             snapshot_rx: snap_rx,
@@ -419,17 +540,25 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             status: status_tx,
             tick: self.tick,
             on_stop,
+            admission: admission.clone(),
+            wall_clock: self
+                .wall_clock
+                .unwrap_or_else(|| Arc::new(super::node::system_clock_ms)),
         };
         let handle = tokio::spawn(task.run());
         let peer = Peer {
             inner: Arc::new(Inner {
                 commands: cmd_tx,
+                admission,
+                max_command_bytes: self.max_command_bytes,
                 status: status_rx,
                 task: Mutex::new(Some(handle)),
                 name: meta.name,
                 id,
                 local_addr,
                 tick: self.tick,
+                session_ttl_ms: u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX),
+                max_sessions: self.max_sessions,
             }),
             _sm: PhantomData,
         };

@@ -12,6 +12,13 @@
 //! connection's certificate before it reaches the node (see
 //! [`super::authorization`]); a refusal is answered with
 //! [`WireError::Unauthorized`] and logged at `warn` once per connection.
+//!
+//! The principal is also the only source of identity for sessions: every
+//! session request of a connection is made on behalf of the principal's
+//! certificate fingerprint (the SHA-256 of the leaf certificate the client
+//! presented in the TLS handshake, [`Owner::of`]), never of anything the
+//! client says, so a session id learned by another client is useless to it
+//! (see `session.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +30,7 @@ use tracing::{debug, warn};
 
 use super::Peer;
 use super::authorization::{authorize, request_kind};
+use super::session::Owner;
 use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, StatusReport, WireError};
 use crate::core::Role;
 use crate::error::Error;
@@ -171,20 +179,28 @@ async fn timed(
 }
 
 /// Answers one request from `principal`, which the caller has authorized
-/// ([`super::authorization::authorize`]).
+/// ([`super::authorization::authorize`]). Sessions are opened, used and
+/// closed on behalf of the principal's certificate ([`Owner::of`]).
 pub async fn handle<S: StateMachine>(
     peer: &Peer<S>,
     principal: &Principal,
     request: ClientRequest,
 ) -> ClientResponse {
-    // The requests themselves do not depend on who asks (authorization is
-    // done); `principal` is here so that client sessions can be bound to the
-    // certificate that opened them (its fingerprint).
-    let _ = principal;
+    let owner = Owner::of(principal);
     match request {
         ClientRequest::Write { session, command } => {
-            result(timed(peer.write_in_session(command, Some(session))).await)
+            result(timed(peer.write_as(command, session, owner)).await)
         }
+        ClientRequest::OpenSession => result(
+            timed(async {
+                let id = peer.open_session_as(owner).await?;
+                Ok(crate::state_machine::encode("session id", &id)?)
+            })
+            .await,
+        ),
+        ClientRequest::CloseSession { id } => result(
+            timed(async { peer.close_session_as(id, owner).await.map(|()| Vec::new()) }).await,
+        ),
         ClientRequest::Read { query } => result(timed(peer.read_encoded(query)).await),
         ClientRequest::Status => ClientResponse::Status(status_report(peer)),
         ClientRequest::AddServer { addr } => {
@@ -236,5 +252,7 @@ pub fn status_report<S: StateMachine>(peer: &Peer<S>) -> StatusReport {
             s.leader_contact
                 .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
         },
+        fatal: s.fatal.clone(),
+        snapshot_error: s.snapshot_error.clone(),
     }
 }

@@ -1,27 +1,40 @@
 //! Peers that run: the tokio runtime around the pure core.
 //!
-//! A [`Peer`] is three pieces of work:
+//! A [`Peer`] is four pieces of work:
 //! - the **node task** (`node`), the only owner of the [`Raft`](crate::core::Raft) core: it
 //!   feeds it ticks, messages and requests and routes its outputs;
-//! - the **storage thread** (`persist`): the write-ahead log and snapshot
-//!   files behind group commit, so the node task never waits for a disk;
-//! - the **apply task** (`apply`): the user's state machine, answering
+//! - the **storage thread** (`persist`): the write-ahead log behind group
+//!   commit, so the node task never waits for a disk;
+//! - the **snapshot thread** (`persist`): saves the snapshots the node
+//!   takes, beside the log writer, never in front of it;
+//! - the **apply thread** (`apply`): the user's state machine, answering
 //!   proposals once their entries apply and reads once their read index is
-//!   applied.
+//!   applied. Handlers run there, never on a tokio worker.
+//!
+//! The threads are started in one place (`threads`).
 //!
 //! Snapshots: when the log since the last snapshot passes
-//! [`PeerBuilder::snapshot_every`] entries, the apply task serializes the
-//! state machine and the session table. Only the apply task pauses, for as
-//! long as serializing N bytes takes: about 1–3 ms per MB with postcard
-//! (measured by `cargo bench --bench core`: 1.3 MB in 1.5 ms, 21 MB in 54 ms
-//! on the 2-core development machine under load). The node task never
-//! pauses: it keeps replicating and voting while the storage thread writes
-//! the snapshot atomically and then compacts the log behind it. A follower
-//! too far behind receives the snapshot in chunks and its apply task
-//! restores from it.
+//! [`PeerBuilder::snapshot_every`] entries, the apply thread serializes the
+//! state machine and the session table. Only applying pauses, for as long
+//! as serializing N bytes takes (about 1–3 ms per MB with postcard; the
+//! longest pause is in [`PeerStatus::longest_apply_pause`] and the README
+//! gives figures for a 100 MB state). The node task never pauses: it keeps
+//! replicating and voting while the snapshot thread writes the snapshot
+//! atomically; only once it is durable are the core's log and the
+//! write-ahead log compacted behind it. A snapshot that fails is retried
+//! with a backoff. A follower too far behind receives the snapshot in
+//! chunks and its apply thread restores from it.
+//!
+//! Backpressure (`admission`): a node admits at most
+//! [`PeerBuilder::max_in_flight`] commands and bytes of commands between
+//! a call and its answer; a call that finds no room within the admission
+//! wait fails with [`Error::Overloaded`]. Commands larger than
+//! [`PeerBuilder::max_command_bytes`] are refused before they enter the
+//! log, so that every AppendEntries fits one transport frame.
 //!
 //! Start a peer with `MyStateMachine::peer()` (see [`PeerExt`]).
 
+mod admission;
 mod apply;
 pub mod authorization;
 mod builder;
@@ -32,6 +45,7 @@ mod node;
 pub mod persist;
 pub mod session;
 mod status;
+mod threads;
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -39,7 +53,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub use builder::{PeerBuilder, PeerExt};
+pub use admission::{DEFAULT_ADMISSION_WAIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT_BYTES};
+pub use builder::{DEFAULT_MAX_COMMAND_BYTES, PeerBuilder, PeerExt};
 pub use status::{LATENCY_BOUNDS_US, LatencyHistogram, MemberStatus, PeerStatus};
 
 use crate::client::Submit;
@@ -47,15 +62,20 @@ use crate::core::{Configuration, Index, NodeId};
 use crate::error::Error;
 use crate::state_machine::{StateMachine, decode, encode, validate_command};
 use node::Command;
+use session::{Op, Owner, SessionId};
 
 struct Inner {
     commands: mpsc::Sender<Command>,
+    admission: Arc<admission::Admission>,
+    max_command_bytes: usize,
     status: watch::Receiver<PeerStatus>,
     task: Mutex<Option<JoinHandle<()>>>,
     name: String,
     id: NodeId,
     local_addr: Option<std::net::SocketAddr>,
     tick: std::time::Duration,
+    session_ttl_ms: u64,
+    max_sessions: u64,
 }
 
 /// A running peer of state machine `S`. Cloning shares the same peer.
@@ -112,29 +132,115 @@ impl<S: StateMachine> Peer<S> {
             .await
             .map_err(|_| Error::Unavailable(format!("peer {} has stopped", self.inner.name)))?;
         rx.await.map_err(|_| {
-            Error::Unavailable(format!("peer {} stopped before answering", self.inner.name))
+            Error::Ambiguous(format!("peer {} stopped before answering", self.inner.name))
         })?
     }
 
     /// Proposes an encoded write command on this peer, which must be the
     /// leader; resolves to the encoded output once applied. A command that
-    /// does not decode is refused before it enters the log.
+    /// does not decode is refused before it enters the log. The write is
+    /// part of no session: a caller that retries it may apply it twice.
     pub async fn write_encoded(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
         self.write_in_session(command, None).await
     }
 
-    /// [`Peer::write_encoded`] as part of a client session: a write retried
-    /// with the same session and sequence number is applied once.
+    /// [`Peer::write_encoded`] as part of a session opened in this process
+    /// ([`Peer::open_session`]): a write retried with the same session and
+    /// sequence number is applied once. A session the table does not know
+    /// (never opened, expired, evicted or closed) gives
+    /// [`Error::SessionExpired`]; a session opened by a remote client is
+    /// refused ([`Error::Rejected`]).
     pub async fn write_in_session(
         &self,
         command: Vec<u8>,
         session: Option<session::SessionRef>,
     ) -> Result<Vec<u8>, Error> {
-        validate_command::<S>(&command).map_err(|e| Error::Rejected(e.to_string()))?;
-        self.call(|reply| Command::Write {
-            command,
-            session,
-            reply,
+        match session {
+            Some(session) => self.write_as(command, session, Owner::Local).await,
+            None => {
+                self.check_command(&command)?;
+                let bytes = command.len();
+                self.propose(Op::Write { command }, bytes).await
+            }
+        }
+    }
+
+    /// A session write on behalf of `owner` (the client service passes the
+    /// certificate of the connection).
+    pub(crate) async fn write_as(
+        &self,
+        command: Vec<u8>,
+        session: session::SessionRef,
+        owner: Owner,
+    ) -> Result<Vec<u8>, Error> {
+        self.check_command(&command)?;
+        let bytes = command.len();
+        self.propose(
+            Op::SessionWrite {
+                session,
+                owner,
+                command,
+            },
+            bytes,
+        )
+        .await
+    }
+
+    /// Opens a client session owned by this process (this peer must be the
+    /// leader): its id is 128 bits from the operating system's CSPRNG, and
+    /// the answer comes once the session is in the replicated table (thesis
+    /// §6.3). Number its writes from 1 ([`Peer::write_in_session`]).
+    pub async fn open_session(&self) -> Result<SessionId, Error> {
+        self.open_session_as(Owner::Local).await
+    }
+
+    pub(crate) async fn open_session_as(&self, owner: Owner) -> Result<SessionId, Error> {
+        let id = session::new_session_id()?;
+        self.propose(
+            Op::OpenSession {
+                id,
+                owner,
+                ttl_ms: self.inner.session_ttl_ms,
+                max_sessions: self.inner.max_sessions,
+            },
+            0,
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Closes a session opened by [`Peer::open_session`]; its stored
+    /// replies are dropped on every replica.
+    pub async fn close_session(&self, id: SessionId) -> Result<(), Error> {
+        self.close_session_as(id, Owner::Local).await
+    }
+
+    pub(crate) async fn close_session_as(&self, id: SessionId, owner: Owner) -> Result<(), Error> {
+        self.propose(Op::CloseSession { id, owner }, 0)
+            .await
+            .map(|_| ())
+    }
+
+    /// Refuses, before it enters the log, a command larger than the
+    /// maximum command size or that does not decode.
+    fn check_command(&self, command: &[u8]) -> Result<(), Error> {
+        let max = self.inner.max_command_bytes;
+        if command.len() > max {
+            return Err(Error::Rejected(format!(
+                "the command is {} bytes, more than the maximum command size of {max} bytes (PeerBuilder::max_command_bytes)",
+                command.len()
+            )));
+        }
+        validate_command::<S>(command).map_err(|e| Error::Rejected(e.to_string()))
+    }
+
+    /// Proposes `op` once the node admits `bytes` more of commands in
+    /// flight (backpressure); the room is returned with the answer.
+    async fn propose(&self, op: Op, bytes: usize) -> Result<Vec<u8>, Error> {
+        let permit = self.inner.admission.admit(bytes).await?;
+        self.call(|tx| Command::Write {
+            op,
+            reply: apply::Reply::new(tx, Some(permit)),
         })
         .await
     }
@@ -142,7 +248,12 @@ impl<S: StateMachine> Peer<S> {
     /// Serves an encoded query linearizably on this peer, which must be the
     /// leader.
     pub async fn read_encoded(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.call(|reply| Command::Read { query, reply }).await
+        let permit = self.inner.admission.admit(query.len()).await?;
+        self.call(|tx| Command::Read {
+            query,
+            reply: apply::Reply::new(tx, Some(permit)),
+        })
+        .await
     }
 
     /// Proposes a write command (this peer must be the leader).
@@ -170,7 +281,8 @@ impl<S: StateMachine> Peer<S> {
     }
 
     /// Flushes the log and stops the peer. Further calls fail with
-    /// `Unavailable`.
+    /// `Unavailable`. Returns the storage error that stopped the node
+    /// earlier, if one did.
     pub async fn shutdown(&self) -> Result<(), Error> {
         let result = self.call(|reply| Command::Shutdown { reply }).await;
         let task = self.inner.task.lock().ok().and_then(|mut t| t.take());

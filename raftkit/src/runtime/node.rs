@@ -5,14 +5,27 @@
 //! core's [`Ready`](crate::core::Ready): messages go to the transport at
 //! once, writes go to the storage thread (group commit), persisted-only
 //! messages leave when their write completes, committed entries and read
-//! indexes go to the apply task. Nothing on this task blocks on IO.
+//! indexes go to the apply thread. Nothing on this task blocks on IO.
 //!
 //! Invariants:
 //! - Readies are handed to storage in the order they are taken, and their
 //!   completions are processed in the same order (tokens increase);
-//! - a storage error is fatal: the node stops taking inputs that need the
-//!   disk and reports the error in its status (DESIGN §4: never retry after
-//!   a failed fsync);
+//! - a storage error is fatal (DESIGN §4: never retry after a failed
+//!   fsync): the node stops stepping and ticking, **acknowledges nothing
+//!   more** (a completion that arrives after the failure releases no held
+//!   message and reaches no core), answers every pending and later caller
+//!   with [`Error::Storage`], reports the error in its status, and
+//!   `shutdown` returns it;
+//! - a halted state machine (see `apply`) makes the core give up leadership
+//!   and never campaign ([`Raft::set_halted`]); callers get
+//!   [`Error::Halted`];
+//! - a snapshot the node takes is saved on the snapshot thread, beside the
+//!   log writer; the core and the log are compacted only once it is
+//!   durable (Raft §7). A failed snapshot (serialization or save) is
+//!   retried with an exponential backoff and shown in the status;
+//! - at most [`MAX_APPLY_BACKLOG_BYTES`] of committed entries wait for the
+//!   apply thread: past that the core keeps them (it holds them anyway)
+//!   until the state machine catches up;
 //! - every proposal and read gets an answer: a result, `NotLeader` with the
 //!   leader's address when known, or the error that stopped the node.
 
@@ -21,12 +34,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
 
+use super::admission::Admission;
 use super::apply::{ApplyMsg, ApplyStatus, Reply, Taken};
 use super::dropped::DropLog;
-use super::persist::{Persister, Write};
-use super::session::{Envelope, SessionRef};
+use super::persist::{Persister, SaveJob, SnapshotSaver, Write};
+use super::session::{Envelope, Op, STAMP_SLACK_MS};
 use super::status::{LatencyHistogram, MemberStatus, PeerStatus};
 use crate::core::{
     Configuration, Index, Message, NodeId, NotLeader, PersistMarker, ProposeError, Raft,
@@ -36,14 +51,21 @@ use crate::error::Error;
 use crate::storage::{Snapshot, StorageError};
 use crate::transport::Transport;
 
+/// The most bytes of committed entries handed to the apply thread and not
+/// yet applied.
+pub const MAX_APPLY_BACKLOG_BYTES: usize = 32 << 20;
+/// The first delay before a failed snapshot is tried again; it doubles up
+/// to [`SNAPSHOT_RETRY_MAX`].
+pub const SNAPSHOT_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest delay between two snapshot attempts after failures.
+pub const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// Requests to the node task.
 pub enum Command {
-    /// Propose an encoded, validated write command.
+    /// Propose a validated write or session operation (stamped here).
     Write {
-        /// The encoded `Write` command (validated).
-        command: Vec<u8>,
-        /// The client session, for exactly-once writes.
-        session: Option<SessionRef>,
+        /// What the entry does.
+        op: Op,
         /// Where the result goes.
         reply: Reply,
     },
@@ -75,9 +97,53 @@ pub enum Command {
     },
 }
 
+/// The wall clock the leader stamps entries with: ms since the Unix epoch.
+/// Production uses [`system_clock_ms`]; tests inject a clock that jumps.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system's wall clock in ms since the Unix epoch (0 before it).
+pub fn system_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The leader's stamp clock for one term: replicated time cannot run ahead
+/// of (or behind) what this leader's monotonic clock measured since the
+/// term's anchor by more than [`STAMP_SLACK_MS`], whatever its wall clock
+/// says.
+struct StampClock {
+    term: u64,
+    /// Replicated time at the anchor (the apply task's, or the wall clock
+    /// on a cluster that has none yet).
+    anchor_ms: u64,
+    anchor_at: tokio::time::Instant,
+    /// The last stamp this leader issued (stamps never go back).
+    last: u64,
+    /// Whether a clamp was logged this term (once is enough).
+    warned: bool,
+}
+
+impl StampClock {
+    fn stamp(&mut self, wall_ms: u64) -> u64 {
+        let elapsed = u64::try_from(self.anchor_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let expected = self.anchor_ms.saturating_add(elapsed);
+        let stamp = wall_ms
+            .max(expected.saturating_sub(STAMP_SLACK_MS))
+            .min(expected.saturating_add(STAMP_SLACK_MS))
+            .max(self.last);
+        self.last = stamp;
+        stamp
+    }
+}
+
 /// Runs when the node stops (closes the transport).
 pub type StopHook =
     Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+/// The outcome of saving a snapshot, with the snapshot handed back.
+type Saved = (Snapshot, Result<(), StorageError>);
 
 /// Everything the node task owns.
 pub struct NodeTask {
@@ -85,14 +151,17 @@ pub struct NodeTask {
     pub(super) name: String,
     pub(super) transport: Arc<dyn Transport>,
     pub(super) persister: Option<Persister>,
+    pub(super) saver: Option<SnapshotSaver>,
     pub(super) apply_tx: mpsc::UnboundedSender<ApplyMsg>,
     pub(super) apply_status: watch::Receiver<ApplyStatus>,
-    pub(super) snapshot_rx: mpsc::UnboundedReceiver<Taken>,
+    pub(super) snapshot_rx: mpsc::UnboundedReceiver<Result<Taken, String>>,
     pub(super) inbox: mpsc::Receiver<Message>,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) status: watch::Sender<PeerStatus>,
     pub(super) tick: Duration,
     pub(super) on_stop: Option<StopHook>,
+    pub(super) admission: Arc<Admission>,
+    pub(super) wall_clock: WallClock,
 }
 
 struct Pending {
@@ -102,8 +171,22 @@ struct Pending {
     queued_at: std::time::Instant,
 }
 
+/// Snapshot bookkeeping.
+struct Snapshots {
+    /// A snapshot is being serialized or saved.
+    busy: bool,
+    /// After a failure: not before then.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    failures: u64,
+    last_error: Option<String>,
+    /// The latest snapshot durable on this node (taken or installed).
+    index: Index,
+}
+
 struct State {
     persisted_tx: mpsc::UnboundedSender<Result<u64, StorageError>>,
+    saved_tx: mpsc::UnboundedSender<Saved>,
     pending: VecDeque<Pending>,
     next_token: u64,
     reads: HashMap<u64, (Vec<u8>, Reply, std::time::Instant)>,
@@ -112,20 +195,30 @@ struct State {
     /// Proposals made since the last drain, to register with the apply task.
     registers: Vec<(Index, u64, Reply)>,
     next_ctx: u64,
-    snapshotting: bool,
+    snap: Snapshots,
+    /// Committed entries handed to the apply thread: (last index, bytes)
+    /// per batch, and their total.
+    handed: VecDeque<(Index, usize)>,
+    handed_bytes: usize,
     peers: BTreeMap<NodeId, String>,
     fatal: Option<String>,
+    halted: Option<String>,
     proposals: u64,
     leader_changes: u64,
     last_leader: Option<NodeId>,
     leader_contact: Option<std::time::Instant>,
     drop_log: DropLog,
+    stamps: Option<StampClock>,
 }
 
 impl NodeTask {
     fn leader_hint(&self) -> Option<String> {
         let leader = self.raft.leader()?;
-        self.raft.config().addrs.get(&leader).cloned()
+        self.addr_of(leader)
+    }
+
+    fn addr_of(&self, id: NodeId) -> Option<String> {
+        self.raft.config().addrs.get(&id).cloned()
     }
 
     fn not_leader(&self) -> Error {
@@ -134,11 +227,23 @@ impl NodeTask {
         }
     }
 
+    /// The error every caller gets once the node stopped serving, if it has.
+    fn stopped(st: &State) -> Option<Error> {
+        if let Some(f) = &st.fatal {
+            return Some(Error::Storage(f.clone()));
+        }
+        st.halted
+            .as_ref()
+            .map(|h| Error::Halted { message: h.clone() })
+    }
+
     /// Runs the node until shutdown.
     pub async fn run(mut self) {
         let (persisted_tx, mut persisted_rx) = mpsc::unbounded_channel();
+        let (saved_tx, mut saved_rx) = mpsc::unbounded_channel::<Saved>();
         let mut st = State {
             persisted_tx,
+            saved_tx,
             pending: VecDeque::new(),
             next_token: 1,
             reads: HashMap::new(),
@@ -146,20 +251,33 @@ impl NodeTask {
             read_index_latency: LatencyHistogram::default(),
             registers: Vec::new(),
             next_ctx: 1,
-            snapshotting: false,
+            snap: Snapshots {
+                busy: false,
+                retry_at: None,
+                backoff: SNAPSHOT_RETRY_FIRST,
+                failures: 0,
+                last_error: None,
+                index: self.raft.log().snapshot().index,
+            },
+            handed: VecDeque::new(),
+            handed_bytes: 0,
             peers: BTreeMap::new(),
             fatal: None,
+            halted: None,
             proposals: 0,
             leader_changes: 0,
             last_leader: None,
             leader_contact: None,
             drop_log: DropLog::default(),
+            stamps: None,
         };
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut apply_alive = true;
         self.drain_ready(&mut st);
         self.publish(&st);
         loop {
+            let retry_at = st.snap.retry_at;
             tokio::select! {
                 _ = ticker.tick() => {
                     if st.fatal.is_none() {
@@ -190,10 +308,18 @@ impl NodeTask {
                 }
                 Some(done) = persisted_rx.recv() => self.on_persisted(&mut st, done),
                 Some(taken) = self.snapshot_rx.recv() => self.on_snapshot_taken(&mut st, taken),
+                Some((snap, saved)) = saved_rx.recv() => self.on_snapshot_saved(&mut st, snap, saved),
+                changed = self.apply_status.changed(), if apply_alive => {
+                    apply_alive = changed.is_ok();
+                    self.on_apply_progress(&mut st);
+                }
+                _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
+                    st.snap.retry_at = None;
+                }
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { break };
                     if let Command::Shutdown { reply } = cmd {
-                        let result = self.stop().await;
+                        let result = self.stop(&mut st).await;
                         let _ = reply.send(result);
                         return;
                     }
@@ -201,7 +327,7 @@ impl NodeTask {
                     for _ in 0..256 {
                         match self.commands.try_recv() {
                             Ok(Command::Shutdown { reply }) => {
-                                let result = self.stop().await;
+                                let result = self.stop(&mut st).await;
                                 let _ = reply.send(result);
                                 return;
                             }
@@ -214,7 +340,7 @@ impl NodeTask {
             self.drain_ready(&mut st);
             self.publish(&st);
         }
-        let _ = self.stop().await;
+        let _ = self.stop(&mut st).await;
     }
 
     /// Feeds a peer's message to the core; a dropped one is logged
@@ -228,22 +354,38 @@ impl NodeTask {
         }
     }
 
-    async fn stop(&mut self) -> Result<(), Error> {
+    /// Stops the node: closes the transport, flushes the log, waits for a
+    /// snapshot save under way. Callers still waiting are answered (the
+    /// apply thread drops their replies when its channel closes: they learn
+    /// the peer stopped before answering).
+    async fn stop(&mut self, st: &mut State) -> Result<(), Error> {
         if let Some(hook) = self.on_stop.take() {
             hook().await;
         }
-        match self.persister.take() {
+        for (_, (_, reply, _)) in st.reads.drain() {
+            reply.send(Err(Error::Unavailable(format!(
+                "peer {} stopped",
+                self.name
+            ))));
+        }
+        if let Some(saver) = self.saver.take() {
+            saver.shutdown();
+        }
+        let flushed = match self.persister.take() {
             Some(p) => p.shutdown(),
             None => Ok(()),
+        };
+        match &st.fatal {
+            Some(f) => Err(Error::Storage(f.clone())),
+            None => flushed,
         }
     }
 
     fn on_command(&mut self, st: &mut State, cmd: Command) {
-        if let Some(f) = &st.fatal {
-            let err = Error::Storage(f.clone());
+        if let Some(err) = Self::stopped(st) {
             match cmd {
                 Command::Write { reply, .. } | Command::Read { reply, .. } => {
-                    let _ = reply.send(Err(err));
+                    reply.send(Err(err));
                 }
                 Command::Transfer { reply, .. } => {
                     let _ = reply.send(Err(err));
@@ -256,20 +398,14 @@ impl NodeTask {
             return;
         }
         match cmd {
-            Command::Write {
-                command,
-                session,
-                reply,
-            } => match self.propose_envelope(command, session) {
+            Command::Write { op, reply } => match self.propose_envelope(st, op) {
                 Ok((index, term)) => {
                     st.proposals += 1;
-                    // Handed to the apply task in one message per batch of
+                    // Handed to the apply thread in one message per batch of
                     // commands, before any entry of this batch (drain_ready).
                     st.registers.push((index, term, reply));
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(self.propose_error(e)));
-                }
+                Err(e) => reply.send(Err(self.propose_error(e))),
             },
             Command::Read { query, reply } => {
                 let ctx = st.next_ctx;
@@ -279,9 +415,7 @@ impl NodeTask {
                         st.reads
                             .insert(ctx, (query, reply, std::time::Instant::now()));
                     }
-                    Err(NotLeader { .. }) => {
-                        let _ = reply.send(Err(self.not_leader()));
-                    }
+                    Err(NotLeader { .. }) => reply.send(Err(self.not_leader())),
                 }
             }
             Command::Transfer { to, reply } => {
@@ -302,31 +436,64 @@ impl NodeTask {
         }
     }
 
-    /// Wraps a command in its log envelope, stamped with this leader's clock
-    /// (the replicated time sessions expire by), and proposes it.
-    fn propose_envelope(
-        &mut self,
-        command: Vec<u8>,
-        session: Option<SessionRef>,
-    ) -> Result<(Index, u64), ProposeError> {
-        let stamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let envelope = Envelope {
-            session,
-            stamp_ms,
-            command,
-        };
+    /// Wraps an operation in its log envelope, stamped with this leader's
+    /// clamped clock (the replicated time sessions expire by), and proposes
+    /// it.
+    fn propose_envelope(&mut self, st: &mut State, op: Op) -> Result<(Index, u64), ProposeError> {
+        let stamp_ms = self.stamp(st);
+        let envelope = Envelope { stamp_ms, op };
         match postcard::to_allocvec(&envelope) {
             Ok(bytes) => self.raft.propose(bytes),
             Err(e) => Err(ProposeError::InvalidConfiguration(format!("envelope: {e}"))),
         }
     }
 
+    /// The stamp of an entry proposed now: the wall clock, clamped to the
+    /// term's anchor plus the elapsed monotonic time, within
+    /// [`STAMP_SLACK_MS`] either way. The anchor is the replicated time this
+    /// node applied when its term's first stamp was taken, so a leader whose
+    /// wall clock stepped (NTP, a resumed VM) moves replicated time by the
+    /// slack at most (see `session.rs`).
+    fn stamp(&self, st: &mut State) -> u64 {
+        let wall = (self.wall_clock)();
+        let term = self.raft.term();
+        let clock = match &mut st.stamps {
+            Some(c) if c.term == term => c,
+            slot => {
+                let replicated = self.apply_status.borrow().replicated_ms;
+                let anchor_ms = if replicated == 0 { wall } else { replicated };
+                slot.insert(StampClock {
+                    term,
+                    anchor_ms,
+                    anchor_at: tokio::time::Instant::now(),
+                    last: 0,
+                    warned: false,
+                })
+            }
+        };
+        let stamp = clock.stamp(wall);
+        if wall.abs_diff(stamp) > STAMP_SLACK_MS && !clock.warned {
+            clock.warned = true;
+            // After downtime replicated time trails the wall clock for good
+            // (sessions do not age while the cluster is down); a clock step
+            // looks the same. Neither is a fault: say it once a term.
+            info!(node = %self.name, wall_ms = wall, stamp_ms = stamp, term, "replicated time and this leader's wall clock differ by more than the slack (downtime, or a clock step); stamps follow the monotonic clock");
+        }
+        stamp
+    }
+
+    /// What a caller whose proposal the core refused is told: only a
+    /// refusal that retrying cannot fix is `Rejected`.
     fn propose_error(&self, e: ProposeError) -> Error {
         match e {
             ProposeError::NotLeader(_) => self.not_leader(),
+            // Leadership is moving to `to`: retry there.
+            ProposeError::Transferring(to) => Error::NotLeader {
+                hint: self.addr_of(to),
+            },
+            ProposeError::Halted => Error::Halted {
+                message: "this node halted".into(),
+            },
             other => Error::Rejected(other.to_string()),
         }
     }
@@ -354,33 +521,30 @@ impl NodeTask {
                     index: s.meta.index,
                     data: s.data.clone(),
                 });
+                st.handed.clear();
+                st.handed_bytes = 0;
             }
             if must_write {
-                let token = st.next_token;
-                st.next_token += 1;
-                st.pending.push_back(Pending {
-                    token,
-                    marker: rd.persist_marker,
-                    messages: rd.persisted_messages,
-                    queued_at: std::time::Instant::now(),
-                });
-                let done = self.persister.as_ref().and_then(|p| {
-                    p.write(
-                        Write {
-                            snapshot,
-                            entries: rd.entries,
-                            hard_state: rd.hard_state,
-                        },
-                        st.persisted_tx.clone(),
-                        token,
-                    )
-                });
-                // A store written inline (memory only) is done already.
-                if let Some(r) = done {
-                    self.on_persisted(st, r.map(|()| token));
-                }
+                self.persist(
+                    st,
+                    Write {
+                        snapshot,
+                        compact: None,
+                        entries: rd.entries,
+                        hard_state: rd.hard_state,
+                    },
+                    rd.persist_marker,
+                    rd.persisted_messages,
+                );
             }
-            if !rd.committed_entries.is_empty() {
+            if let Some(last) = rd.committed_entries.last() {
+                let bytes: usize = rd.committed_entries.iter().map(|e| e.approx_size()).sum();
+                st.handed.push_back((last.index, bytes));
+                st.handed_bytes += bytes;
+                if st.handed_bytes > MAX_APPLY_BACKLOG_BYTES {
+                    debug!(node = %self.name, backlog = st.handed_bytes, "the state machine is behind: committed entries wait in the log");
+                    self.raft.set_apply_paused(true);
+                }
                 let _ = self.apply_tx.send(ApplyMsg::Entries(rd.committed_entries));
             }
             for r in rd.reads {
@@ -396,15 +560,18 @@ impl NodeTask {
                             reply,
                         });
                     }
-                    Err(_) => {
-                        let _ = reply.send(Err(self.not_leader()));
-                    }
+                    Err(_) => reply.send(Err(self.not_leader())),
                 }
             }
-            if !st.snapshotting && self.raft.wants_snapshot() {
-                st.snapshotting = true;
-                let _ = self.apply_tx.send(ApplyMsg::TakeSnapshot);
-            }
+        }
+        if !st.snap.busy
+            && st.snap.retry_at.is_none()
+            && st.fatal.is_none()
+            && st.halted.is_none()
+            && self.raft.wants_snapshot()
+        {
+            st.snap.busy = true;
+            let _ = self.apply_tx.send(ApplyMsg::TakeSnapshot);
         }
         self.update_peers(st);
         let leader = self.raft.leader();
@@ -415,6 +582,33 @@ impl NodeTask {
             st.leader_contact = None;
         }
         st.last_leader = leader;
+    }
+
+    /// Hands a write to storage; its completion releases `messages` and
+    /// tells the core (see [`NodeTask::on_persisted`]).
+    fn persist(
+        &mut self,
+        st: &mut State,
+        write: Write,
+        marker: PersistMarker,
+        messages: Vec<Message>,
+    ) {
+        let token = st.next_token;
+        st.next_token += 1;
+        st.pending.push_back(Pending {
+            token,
+            marker,
+            messages,
+            queued_at: std::time::Instant::now(),
+        });
+        let done = self
+            .persister
+            .as_ref()
+            .and_then(|p| p.write(write, st.persisted_tx.clone(), token));
+        // A store written inline (memory only) is done already.
+        if let Some(r) = done {
+            self.on_persisted(st, r.map(|()| token));
+        }
     }
 
     fn update_peers(&mut self, st: &mut State) {
@@ -439,6 +633,11 @@ impl NodeTask {
     }
 
     fn on_persisted(&mut self, st: &mut State, done: Result<u64, StorageError>) {
+        if st.fatal.is_some() {
+            // Nothing is acknowledged after a storage failure, whatever a
+            // later completion says: the storage can no longer be trusted.
+            return;
+        }
         match done {
             Ok(token) => {
                 while st.pending.front().is_some_and(|p| p.token <= token) {
@@ -447,6 +646,9 @@ impl NodeTask {
                     };
                     if p.marker.last_entry.is_some() {
                         st.durable_latency.record(p.queued_at.elapsed());
+                    }
+                    if let Some((index, _)) = p.marker.snapshot {
+                        st.snap.index = st.snap.index.max(index);
                     }
                     self.raft.on_persisted(p.marker);
                     for m in p.messages {
@@ -458,50 +660,125 @@ impl NodeTask {
         }
     }
 
-    fn on_snapshot_taken(&mut self, st: &mut State, taken: Taken) {
-        st.snapshotting = false;
+    fn on_snapshot_taken(&mut self, st: &mut State, taken: Result<Taken, String>) {
         if st.fatal.is_some() {
+            st.snap.busy = false;
             return;
         }
-        match self.raft.compact(taken.index, taken.data.clone()) {
-            Ok(meta) => {
-                info!(node = %self.name, index = meta.index, bytes = taken.data.len(), "snapshot taken; compacting the log");
-                let token = st.next_token;
-                st.next_token += 1;
-                st.pending.push_back(Pending {
-                    token,
-                    marker: PersistMarker::default(),
-                    messages: Vec::new(),
-                    queued_at: std::time::Instant::now(),
-                });
-                let done = self.persister.as_ref().and_then(|p| {
-                    p.write(
-                        Write {
-                            snapshot: Some(Snapshot {
-                                meta,
-                                data: taken.data,
-                            }),
-                            entries: Vec::new(),
-                            hard_state: None,
-                        },
-                        st.persisted_tx.clone(),
-                        token,
-                    )
-                });
-                if let Some(r) = done {
-                    self.on_persisted(st, r.map(|()| token));
-                }
+        let taken = match taken {
+            Ok(t) => t,
+            Err(reason) => return self.snapshot_failed(st, reason),
+        };
+        let meta = match self.raft.snapshot_meta(taken.index) {
+            Ok(meta) => meta,
+            Err(e) => {
+                // A newer snapshot arrived from the leader meanwhile.
+                debug!(node = %self.name, %e, "snapshot not used");
+                st.snap.busy = false;
+                return;
             }
-            Err(e) => debug!(node = %self.name, %e, "snapshot not used"),
+        };
+        let Some(saver) = &self.saver else {
+            st.snap.busy = false;
+            return;
+        };
+        let done = st.saved_tx.clone();
+        saver.save(SaveJob {
+            snapshot: Snapshot {
+                meta,
+                data: taken.data,
+            },
+            done: Box::new(move |snap, r| {
+                let _ = done.send((snap, r));
+            }),
+        });
+    }
+
+    fn on_snapshot_saved(
+        &mut self,
+        st: &mut State,
+        snap: Snapshot,
+        saved: Result<(), StorageError>,
+    ) {
+        if st.fatal.is_some() {
+            st.snap.busy = false;
+            return;
+        }
+        if let Err(e) = saved {
+            return self.snapshot_failed(st, format!("saving the snapshot failed: {e}"));
+        }
+        st.snap.busy = false;
+        st.snap.backoff = SNAPSHOT_RETRY_FIRST;
+        st.snap.last_error = None;
+        let bytes = snap.data.len();
+        // Only now, behind a durable snapshot, is the log compacted.
+        match self.raft.compact(snap.meta.index, snap.data) {
+            Ok(meta) => {
+                info!(node = %self.name, index = meta.index, bytes, "snapshot saved; compacting the log");
+                st.snap.index = st.snap.index.max(meta.index);
+                self.persist(
+                    st,
+                    Write {
+                        snapshot: None,
+                        compact: Some((meta.index, meta.term)),
+                        entries: Vec::new(),
+                        hard_state: None,
+                    },
+                    PersistMarker::default(),
+                    Vec::new(),
+                );
+            }
+            Err(e) => debug!(node = %self.name, %e, "saved snapshot not used for compaction"),
+        }
+    }
+
+    fn snapshot_failed(&mut self, st: &mut State, reason: String) {
+        st.snap.busy = false;
+        st.snap.failures += 1;
+        let retry_in = st.snap.backoff;
+        st.snap.retry_at = Some(Instant::now() + retry_in);
+        st.snap.backoff = (retry_in * 2).min(SNAPSHOT_RETRY_MAX);
+        error!(node = %self.name, %reason, failures = st.snap.failures, retry_in_ms = retry_in.as_millis() as u64, "snapshot failed; the log is not compacted; retrying later");
+        st.snap.last_error = Some(reason);
+    }
+
+    /// The apply thread moved: release the apply backlog, notice a halt.
+    fn on_apply_progress(&mut self, st: &mut State) {
+        let apply = self.apply_status.borrow().clone();
+        while st.handed.front().is_some_and(|(i, _)| *i <= apply.applied) {
+            if let Some((_, b)) = st.handed.pop_front() {
+                st.handed_bytes = st.handed_bytes.saturating_sub(b);
+            }
+        }
+        if st.handed_bytes <= MAX_APPLY_BACKLOG_BYTES / 2 {
+            self.raft.set_apply_paused(false);
+        }
+        if let (None, Some(h)) = (&st.halted, apply.halted) {
+            warn!(node = %self.name, reason = %h, "state machine halted: giving up leadership; not campaigning until restarted");
+            st.halted = Some(h.clone());
+            self.raft.set_halted();
+            for (_, (_, reply, _)) in st.reads.drain() {
+                reply.send(Err(Error::Halted { message: h.clone() }));
+            }
         }
     }
 
     fn fail(&mut self, st: &mut State, reason: String) {
         error!(node = %self.name, %reason, "node stopped: storage is no longer trustworthy");
         st.fatal = Some(reason.clone());
+        st.pending.clear();
+        let err = Error::Storage(reason);
         for (_, (_, reply, _)) in st.reads.drain() {
-            let _ = reply.send(Err(Error::Storage(reason.clone())));
+            reply.send(Err(err.clone()));
         }
+        if !st.registers.is_empty() {
+            let _ = self
+                .apply_tx
+                .send(ApplyMsg::Register(std::mem::take(&mut st.registers)));
+        }
+        // Proposals waiting at the apply thread: their entries will never
+        // apply here (the rest of the cluster may still commit them).
+        let _ = self.apply_tx.send(ApplyMsg::Fail(err));
     }
 
     fn publish(&self, st: &State) {
@@ -541,6 +818,14 @@ impl NodeTask {
             sessions: apply.sessions,
             leader_contact: st.leader_contact,
             dropped: status.dropped.clone(),
+            snapshot_index: st.snap.index,
+            snapshot_failures: st.snap.failures,
+            snapshot_error: st.snap.last_error.clone(),
+            overloaded: self.admission.refused(),
+            longest_apply_pause: apply.longest_pause,
+            session_replies: apply.session_replies,
+            session_evictions: apply.session_counters.evicted,
+            session_expiries: apply.session_counters.expired,
         };
         self.status.send_if_modified(|old| {
             if *old != new {
@@ -550,5 +835,12 @@ impl NodeTask {
                 false
             }
         });
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -6,11 +6,24 @@
 //! identity, so that a restart needs only the directory).
 //!
 //! Every write of a Ready goes to one storage thread ([`GroupCommit`]) in
-//! Ready order: snapshot (saved atomically, then the log compacted behind
-//! it), entries, hard state. The completion of the last write of a Ready
-//! signals the node task, which then releases the Ready's persisted-only
-//! messages. Because one thread applies writes in order and one fsync covers
-//! a whole batch, a completion implies every earlier write is durable too.
+//! Ready order: a snapshot received from the leader (saved atomically, and
+//! the log compacted behind it only if the save succeeded), entries, hard
+//! state. Each write completes exactly once, with `Ok` only if every part of
+//! it is durable; the completion signals the node task, which then releases
+//! the Ready's persisted-only messages. Because one thread applies writes in
+//! order and one fsync covers a whole batch, a completion implies every
+//! earlier write is durable too.
+//!
+//! Snapshots the node takes itself go to the [`SnapshotSaver`] thread
+//! instead, beside the log writer: appends, votes and acknowledgements never
+//! wait behind a snapshot reaching the disk. Only once a snapshot is durable
+//! does the node queue the compaction of the log behind it (a `Write` with
+//! `compact`), so a failed save never costs an entry.
+//!
+//! [`open`] reads everything back and refuses a log that starts past the
+//! latest snapshot's index + 1 (the entries between exist nowhere).
+//!
+//! All file IO goes through the node's [`Vfs`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,8 +31,9 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::core::{Entry, HardState, Restored, SnapshotMeta};
+use crate::core::{Entry, HardState, Index, Restored, SnapshotMeta, Term};
 use crate::error::Error;
+use crate::storage::vfs::{RealFs, SharedFs, Vfs, write_atomic};
 use crate::storage::{
     AppendCallback, FileSnapshotStore, GroupCommit, LogStore, MemLogStore, MemSnapshotStore,
     Snapshot, SnapshotStore, StorageError, Wal, WalOptions,
@@ -50,8 +64,13 @@ const META_FILE: &str = "peer.meta";
 impl PeerMeta {
     /// Reads `peer.meta` from `dir`, if present.
     pub fn load(dir: &Path) -> Result<Option<PeerMeta>, Error> {
+        Self::load_in(&RealFs, dir)
+    }
+
+    /// [`PeerMeta::load`] on the file system `fs`.
+    pub fn load_in(fs: &dyn Vfs, dir: &Path) -> Result<Option<PeerMeta>, Error> {
         let path = dir.join(META_FILE);
-        match std::fs::read(&path) {
+        match fs.read(&path) {
             Ok(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| {
                 Error::Storage(format!("{}: unreadable peer metadata: {e}", path.display()))
             }),
@@ -62,26 +81,14 @@ impl PeerMeta {
 
     /// Writes `peer.meta` atomically (temp file, fsync, rename, dir fsync).
     pub fn save(&self, dir: &Path) -> Result<(), Error> {
-        let bytes = postcard::to_allocvec(self).map_err(|e| Error::Storage(e.to_string()))?;
-        write_atomic(&dir.join(META_FILE), &bytes)
+        self.save_in(&RealFs, dir)
     }
-}
 
-/// Writes a small file atomically: temp file, fsync, rename, directory fsync.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    let err = |e: std::io::Error| Error::Storage(format!("{}: {e}", path.display()));
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)?;
-    Ok(())
+    /// [`PeerMeta::save`] on the file system `fs`.
+    pub fn save_in(&self, fs: &dyn Vfs, dir: &Path) -> Result<(), Error> {
+        let bytes = postcard::to_allocvec(self).map_err(|e| Error::Storage(e.to_string()))?;
+        write_atomic(fs, &dir.join(META_FILE), &bytes).map_err(storage_error)
+    }
 }
 
 /// Where the node keeps its log and snapshots.
@@ -107,12 +114,20 @@ fn storage_error(e: StorageError) -> Error {
     Error::Storage(e.to_string())
 }
 
-/// Opens the stores and reads back the durable state.
-pub fn open(choice: &StorageChoice) -> Result<Opened, Error> {
-    let (log, snapshots): (BoxedLog, Box<dyn SnapshotStore + Send>) = match choice {
+/// Opens the stores (on the file system `fs`) and reads back the durable
+/// state.
+///
+/// Refuses, as corruption naming both directories, a log whose first index
+/// lies past the latest snapshot's index + 1: the entries between them
+/// exist nowhere, so starting would silently lose committed writes.
+pub fn open(choice: &StorageChoice, fs: &SharedFs, wal: WalOptions) -> Result<Opened, Error> {
+    let (mut log, snapshots): (BoxedLog, Box<dyn SnapshotStore + Send>) = match choice {
         StorageChoice::Disk(dir) => (
-            Box::new(Wal::open(dir.join("wal"), WalOptions::default()).map_err(storage_error)?),
-            Box::new(FileSnapshotStore::open(dir.join("snapshots"), 1).map_err(storage_error)?),
+            Box::new(Wal::open_in(fs.clone(), dir.join("wal"), wal).map_err(storage_error)?),
+            Box::new(
+                FileSnapshotStore::open_in(fs.clone(), dir.join("snapshots"), 1)
+                    .map_err(storage_error)?,
+            ),
         ),
         StorageChoice::Memory => (
             Box::new(MemLogStore::new()),
@@ -129,9 +144,36 @@ pub fn open(choice: &StorageChoice) -> Result<Opened, Error> {
             Some(s) => (s.meta, Some(s.data)),
             None => (SnapshotMeta::default(), None),
         };
+        if log.first_index() > meta.index.saturating_add(1) {
+            let (wal_dir, snap_dir) = match choice {
+                StorageChoice::Disk(dir) => (dir.join("wal"), dir.join("snapshots")),
+                StorageChoice::Memory => ("memory".into(), "memory".into()),
+            };
+            return Err(storage_error(StorageError::corrupt(
+                &wal_dir,
+                0,
+                format!(
+                    "the log starts at index {} but the latest snapshot in {} ends at index {}: \
+                     entries {}..={} exist nowhere (the log was compacted behind a snapshot \
+                     that is not on disk)",
+                    log.first_index(),
+                    snap_dir.display(),
+                    meta.index,
+                    meta.index + 1,
+                    log.first_index() - 1
+                ),
+            )));
+        }
         // A crash between saving a snapshot and compacting the log behind it
-        // leaves older entries: keep only those after the snapshot, and none
-        // at all if the log disagrees with it (Raft §7).
+        // leaves older entries: finish the compaction now (it keeps the
+        // entries after the snapshot only if the log agrees with it, Raft
+        // §7), so that the log continues right after the snapshot and the
+        // next append is not refused as a gap.
+        if meta.index > 0 && meta.index >= log.first_index() {
+            log.compact_prefix(meta.index, meta.term)
+                .and_then(|()| log.sync())
+                .map_err(storage_error)?;
+        }
         let conflicts = log
             .term(meta.index)
             .map_err(storage_error)?
@@ -143,12 +185,6 @@ pub fn open(choice: &StorageChoice) -> Result<Opened, Error> {
             log.entries(lo, log.last_index() + 1)
                 .map_err(storage_error)?
         };
-        if entries.first().is_some_and(|e| e.index != meta.index + 1) {
-            return Err(Error::Storage(format!(
-                "log starts at {} but the latest snapshot ends at {}: entries are missing",
-                entries[0].index, meta.index
-            )));
-        }
         Some(Restored {
             hard_state,
             snapshot: meta,
@@ -163,11 +199,14 @@ pub fn open(choice: &StorageChoice) -> Result<Opened, Error> {
     })
 }
 
-/// A write of one Ready, completed when durable.
+/// A write of one Ready (or a compaction), completed when durable.
 pub struct Write {
-    /// A snapshot to save before anything else (received from the leader or
-    /// taken locally), with whether the log must be compacted behind it.
+    /// A snapshot received from the leader: saved before anything else, and
+    /// the log compacted behind it only if the save succeeded.
     pub snapshot: Option<Snapshot>,
+    /// Compact the log up to (index, term): a snapshot the node took is
+    /// durable there.
+    pub compact: Option<(Index, Term)>,
     /// Entries to append (replacing any suffix from the first one).
     pub entries: Vec<Entry>,
     /// A new hard state.
@@ -183,6 +222,10 @@ enum Sink {
     Inline(Mutex<BoxedLog>),
 }
 
+/// Completions of writes: `Ok(token)` once a write and every write before
+/// it is durable, `Err` for the first failure.
+pub type Done = mpsc::UnboundedSender<Result<u64, StorageError>>;
+
 /// The storage thread (or inline store), shared by the node task.
 pub struct Persister {
     sink: Sink,
@@ -196,23 +239,25 @@ impl Persister {
         let sink = if inline {
             Sink::Inline(Mutex::new(log))
         } else {
-            Sink::Thread(GroupCommit::spawn(log).map_err(storage_error)?)
+            Sink::Thread(
+                GroupCommit::start_on(log, |body| {
+                    super::threads::spawn("raftkit-storage", body)
+                        .map(|_| ())
+                        .map_err(|e| StorageError::Invalid(e.to_string()))
+                })
+                .map_err(storage_error)?,
+            )
         };
         Ok(Persister { sink, snapshots })
     }
 
-    /// Queues `write`; `done` receives the outcome once every part of it is
-    /// durable (or the first failure). An inline store writes at once, in
-    /// the same order (snapshot, compaction, entries, hard state, sync), and
-    /// returns the outcome instead of sending it: `Some` means `done` is
-    /// never used. Writes are handed to storage and complete in call order
-    /// either way.
-    pub fn write(
-        &self,
-        write: Write,
-        done: mpsc::UnboundedSender<Result<u64, StorageError>>,
-        token: u64,
-    ) -> Option<Result<(), StorageError>> {
+    /// Queues `write`; `done` receives exactly one outcome for `token`:
+    /// `Ok(token)` once every part of it is durable, or the first failure.
+    /// An inline store writes at once, in the same order (snapshot,
+    /// compaction, entries, hard state, sync), and returns the outcome
+    /// instead of sending it: `Some` means `done` is never used. Writes are
+    /// handed to storage and complete in call order either way.
+    pub fn write(&self, write: Write, done: Done, token: u64) -> Option<Result<(), StorageError>> {
         match &self.sink {
             Sink::Thread(commit) => {
                 self.write_thread(commit, write, done, token);
@@ -231,6 +276,9 @@ impl Persister {
                 .save(&snap)?;
             log.compact_prefix(snap.meta.index, snap.meta.term)?;
         }
+        if let Some((index, term)) = write.compact {
+            log.compact_prefix(index, term)?;
+        }
         if !write.entries.is_empty() {
             log.append(&write.entries)?;
         }
@@ -240,35 +288,48 @@ impl Persister {
         log.sync()
     }
 
-    fn write_thread(
-        &self,
-        commit: &GroupCommit<BoxedLog>,
-        write: Write,
-        done: mpsc::UnboundedSender<Result<u64, StorageError>>,
-        token: u64,
-    ) {
-        let finish = move |r: Result<_, StorageError>| {
-            let _ = done.send(r.map(|_| token));
+    fn write_thread(&self, commit: &GroupCommit<BoxedLog>, write: Write, done: Done, token: u64) {
+        // Every part records its first failure here; the last part (which
+        // completes last: one thread, in order) reports it, or `Ok`.
+        let failed: Arc<Mutex<Option<StorageError>>> = Arc::default();
+        let part = |failed: &Arc<Mutex<Option<StorageError>>>| -> AppendCallback {
+            let failed = failed.clone();
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    record_failure(&failed, e);
+                }
+            })
         };
         if let Some(snap) = write.snapshot {
+            // Saved and compacted in one step on the storage thread: the
+            // compaction happens only behind a snapshot that is durable.
             let store = Arc::clone(&self.snapshots);
-            let meta = snap.meta.clone();
-            let failed = done_channel_clone(&finish);
-            commit.with_store(move |_| {
+            let failed2 = failed.clone();
+            commit.with_store(move |log| {
                 let saved = store
                     .lock()
                     .map_err(|_| StorageError::Closed)
-                    .and_then(|mut s| s.save(&snap));
+                    .and_then(|mut s| s.save(&snap))
+                    .and_then(|()| log.compact_prefix(snap.meta.index, snap.meta.term));
                 if let Err(e) = saved {
-                    failed(e);
+                    record_failure(&failed2, e);
                 }
             });
-            commit.compact_prefix(meta.index, meta.term, ignore_ok(&finish));
+        }
+        if let Some((index, term)) = write.compact {
+            commit.compact_prefix(index, term, part(&failed));
         }
         if !write.entries.is_empty() {
-            commit.append(write.entries, ignore_ok(&finish));
+            commit.append(write.entries, part(&failed));
         }
-        let last: AppendCallback = Box::new(finish);
+        let last: AppendCallback = Box::new(move |r| {
+            let first = failed.lock().ok().and_then(|mut f| f.take());
+            let outcome = match (first, r) {
+                (Some(e), _) => Err(e),
+                (None, r) => r.map(|_| token),
+            };
+            let _ = done.send(outcome);
+        });
         match write.hard_state {
             Some(hs) => commit.save_hard_state(hs, last),
             // A barrier: completes after everything queued before it.
@@ -289,22 +350,64 @@ impl Persister {
     }
 }
 
-fn ignore_ok<F>(finish: &F) -> AppendCallback
-where
-    F: Fn(Result<u64, StorageError>) + Clone + Send + 'static,
-{
-    let f = finish.clone();
-    Box::new(move |r| {
-        if let Err(e) = r {
-            f(Err(e));
-        }
-    })
+fn record_failure(slot: &Mutex<Option<StorageError>>, e: StorageError) {
+    if let Ok(mut f) = slot.lock() {
+        f.get_or_insert(e);
+    }
 }
 
-fn done_channel_clone<F>(finish: &F) -> impl FnOnce(StorageError) + Send + 'static
-where
-    F: Fn(Result<u64, StorageError>) + Clone + Send + 'static,
-{
-    let f = finish.clone();
-    move |e| f(Err(e))
+/// A snapshot the node took, saved on its own thread.
+pub struct SaveJob {
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Gets the snapshot back with the outcome of the save.
+    pub done: Box<dyn FnOnce(Snapshot, Result<(), StorageError>) + Send>,
+}
+
+/// The snapshot thread: saves the snapshots the node takes, one at a time,
+/// beside the log writer (never in front of it: appends, votes and
+/// acknowledgements never wait for a snapshot to reach the disk).
+pub struct SnapshotSaver {
+    jobs: Option<std::sync::mpsc::Sender<SaveJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SnapshotSaver {
+    /// Starts the thread, saving into `store`.
+    pub fn start(store: SharedSnapshots) -> Result<Self, Error> {
+        let (tx, rx) = std::sync::mpsc::channel::<SaveJob>();
+        let thread = super::threads::spawn("raftkit-snapshots", move || {
+            while let Ok(job) = rx.recv() {
+                let r = store
+                    .lock()
+                    .map_err(|_| StorageError::Closed)
+                    .and_then(|mut s| s.save(&job.snapshot));
+                (job.done)(job.snapshot, r);
+            }
+        })?;
+        Ok(SnapshotSaver {
+            jobs: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a save; `job.done` runs on the snapshot thread (or at once
+    /// with `Closed` if the thread is gone).
+    pub fn save(&self, job: SaveJob) {
+        let Some(tx) = &self.jobs else {
+            (job.done)(job.snapshot, Err(StorageError::Closed));
+            return;
+        };
+        if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
+            (job.done)(job.snapshot, Err(StorageError::Closed));
+        }
+    }
+
+    /// Waits for the save under way (if any) and stops the thread.
+    pub fn shutdown(mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -1,40 +1,198 @@
-//! Exactly-once writes: client sessions in the replicated state.
+//! Exactly-once writes: client sessions in the replicated state (Raft
+//! thesis §6.3).
 //!
-//! Every write in the log is an [`Envelope`]: the encoded command, the
-//! leader's wall-clock stamp, and, for remote clients, the client's session
-//! id and the write's sequence number. The apply task keeps a [`Sessions`]
-//! table, part of every snapshot, holding each session's latest sequence
-//! number and reply. A write whose sequence number was already applied is
-//! answered from the table and not applied again, so a client that retries
-//! after a lost reply or a leader change (re-sending the same sequence
-//! number) has its write applied exactly once (Raft thesis §6.3).
+//! Every client write in the log is an [`Envelope`]: the leader's clamped
+//! clock stamp and an [`Op`]. The apply task keeps a [`Sessions`] table,
+//! part of every snapshot, that turns the log into exactly-once writes:
 //!
-//! Sessions expire deterministically: a session unused for
-//! [`SESSION_TTL_MS`] of *leader-stamped* time (the largest stamp applied so
-//! far, carried in the log) is dropped on every replica at the same entry. No
-//! replica's own clock is ever consulted.
+//! 1. **Sessions are opened through the log** (the thesis' `RegisterClient`).
+//!    A client's first write waits for [`Op::OpenSession`]: the leader draws
+//!    a 128-bit id from the operating system's CSPRNG ([`new_session_id`]),
+//!    binds it to the [`Owner`] that asked (the certificate fingerprint of
+//!    the connection's [`Principal`], i.e. the SHA-256 of the leaf
+//!    certificate it presented, or [`Owner::Local`] in-process) and answers only once the
+//!    entry is applied. A client sends writes only after that answer, so
+//!    every write of a session follows its open entry in the log *whatever
+//!    order the writes take among themselves*: a client with writes `1..k`
+//!    in flight at once may see them reach the log in any order, which is
+//!    why "sequence number 1 opens the session" would be wrong (a `2` landing
+//!    first would be refused, or a `1` retried after an expiry would reopen
+//!    the session and be applied twice). The open entry is committed before
+//!    its answer, so it precedes the session's writes in every later
+//!    leader's log too.
+//! 2. **Ids are never reused.** A retried open proposes a *new* id (the
+//!    orphan is reaped by expiry or eviction), and nothing else creates a
+//!    session, so a write delayed past its session's close, expiry or
+//!    eviction can never find the session again.
+//! 3. **A write for a session the table does not know is refused** with
+//!    [`Error::SessionExpired`](crate::Error::SessionExpired) and changes
+//!    nothing (§6.3: the client must open a new session; whether the
+//!    write's earlier attempts were applied before the session was forgotten
+//!    is unknown).
+//! 4. **A session belongs to its owner.** A write or close under a session
+//!    owned by another identity is refused and changes nothing: no reply is
+//!    stored, no acknowledgement processed, the session's idle time is not
+//!    refreshed.
+//! 5. **Duplicates are answered, not applied.** A write whose sequence
+//!    number already has a stored reply is answered with it.
+//! 6. **Acknowledgements shrink the window.** Each write carries
+//!    [`SessionRef::acked_below`], the lowest sequence number the client has
+//!    not yet seen answered: the replies below it are dropped, and a write
+//!    below it (a stale duplicate: its caller already has its answer) is
+//!    refused without being applied. A session stores at most
+//!    [`SESSION_WINDOW`] replies; a new write that would need one more is
+//!    refused, not applied, so no reply is ever forgotten before it was
+//!    acknowledged.
+//! 7. **Time is replicated.** Sessions unused for their time-to-live of
+//!    *replicated* time are dropped on every replica at the same entry.
+//!    Replicated time is the largest stamp applied, and stamps cannot jump:
+//!    the leader clamps its wall clock to the time elapsed on its monotonic
+//!    clock since its term's anchor, within [`STAMP_SLACK_MS`] (see
+//!    `node.rs`), and the apply step advances replicated time by at most
+//!    [`MAX_STAMP_STEP_MS`] per entry, so one node with a bad clock (an NTP
+//!    step, a VM resumed) cannot expire sessions early. No replica's own
+//!    clock is ever consulted at apply. Consequences, all on the safe side:
+//!    replicated time does not run while the cluster is down (sessions do
+//!    not age then, and it trails the wall clock afterwards), and it
+//!    advances only with entries, so a session lives *at least* its
+//!    time-to-live.
+//! 8. **The table is bounded.** An open entry carries the leader's
+//!    `max_sessions` setting; opening a session in a full table first evicts
+//!    the sessions idle the longest (ties: smallest id). Every decision above
+//!    depends only on the log, so all replicas keep identical tables.
+//!
+//! # Formats
+//!
+//! Log entries and snapshots are postcard. A command entry's payload is an
+//! [`Envelope`] `{ stamp_ms: varint, op: Op }`, where `Op` is an enum
+//! (varint tag in declaration order): `Write { command }`,
+//! `SessionWrite { session: SessionRef { id: u128, seq, acked_below },
+//! owner, command }`, `OpenSession { id, owner, ttl_ms, max_sessions }`,
+//! `CloseSession { id, owner }`; [`Owner`] is `Local` (tag 0) or
+//! `Certificate([u8; 32])` (tag 1). A snapshot is an [`AppSnapshot`]
+//! `{ sessions, state, index }` where `sessions` is `{ table: map of id to
+//! { owner, ttl_ms, last_used_ms, acked_below, replies: map of seq to
+//! StoredReply }, now_ms, swept_ms }`. New variants are only ever appended;
+//! this layout is the first released one (snapshots written before it do
+//! not load).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::core::Index;
+use crate::tls::Principal;
 
-/// A session unused for this long (leader-stamped time) is forgotten.
+pub use crate::client::wire::{SessionId, SessionRef};
+
+/// The default time-to-live of an idle session (replicated time).
 pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
 
-/// A client write as it is stored in the log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// The client session and sequence number, for remote clients.
-    pub session: Option<SessionRef>,
-    /// The leader's wall clock (ms since the epoch) when it proposed.
-    pub stamp_ms: u64,
-    /// The encoded `Write` command.
-    pub command: Vec<u8>,
+/// The default bound on the number of sessions in the table.
+pub const DEFAULT_MAX_SESSIONS: u64 = 10_000;
+
+/// How far a leader's stamp may stray from its anchor plus the time its
+/// monotonic clock measured (either way).
+pub const STAMP_SLACK_MS: u64 = 1_000;
+
+/// The most replicated time one entry can advance (a second line of
+/// defence behind the leader's clamp: even a stamp far in the future moves
+/// time by at most this much per entry).
+pub const MAX_STAMP_STEP_MS: u64 = 60 * 1000;
+
+/// Replies remembered per session: at most this many writes of one session
+/// may be unacknowledged (the client library acknowledges every answer, so
+/// it stays far below this unless a caller holds many retry handles).
+pub const SESSION_WINDOW: usize = 4096;
+
+/// Draws a fresh session id from the operating system's CSPRNG.
+pub fn new_session_id() -> Result<SessionId, crate::Error> {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| crate::Error::Unavailable(format!("no randomness for a session id: {e}")))?;
+    Ok(SessionId(u128::from_le_bytes(bytes)))
 }
 
-pub use crate::client::wire::SessionRef;
+/// Who a session belongs to: the identity that opened it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Owner {
+    /// Code in a peer's own process ([`Peer::open_session`](super::Peer::open_session)).
+    Local,
+    /// A remote client: the SHA-256 of the leaf certificate it presented.
+    Certificate([u8; 32]),
+}
+
+impl Owner {
+    /// The owner of the sessions a remote client opens: the fingerprint of
+    /// the certificate it connected with, as its [`Principal`] states it
+    /// (computed once, when the connection was accepted).
+    pub fn of(principal: &Principal) -> Owner {
+        Owner::Certificate(principal.cert_fingerprint)
+    }
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Local => f.write_str("local"),
+            Owner::Certificate(h) => {
+                f.write_str("cert:")?;
+                for b in h.iter().take(8) {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A client write or session operation as it is stored in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The leader's clamped clock (ms since the epoch) when it proposed.
+    pub stamp_ms: u64,
+    /// What the entry does.
+    pub op: Op,
+}
+
+/// What a logged envelope does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// A write outside any session (in-process [`Peer::write`](super::Peer::write)).
+    Write {
+        /// The encoded `Write` command.
+        command: Vec<u8>,
+    },
+    /// A write of a session.
+    SessionWrite {
+        /// The session, sequence number and acknowledgement.
+        session: SessionRef,
+        /// Who sent it.
+        owner: Owner,
+        /// The encoded `Write` command.
+        command: Vec<u8>,
+    },
+    /// Opens a session (thesis §6.3 `RegisterClient`).
+    OpenSession {
+        /// The new session's id, drawn by the leader.
+        id: SessionId,
+        /// Who it belongs to.
+        owner: Owner,
+        /// Its time-to-live when idle (replicated time).
+        ttl_ms: u64,
+        /// The table's bound at the leader that proposed it.
+        max_sessions: u64,
+    },
+    /// Closes a session.
+    CloseSession {
+        /// The session.
+        id: SessionId,
+        /// Who asks.
+        owner: Owner,
+    },
+}
 
 /// A reply as remembered for retries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,42 +201,75 @@ pub enum StoredReply {
     Ok(Vec<u8>),
     /// The handler failed (panicked under `skip`).
     Handler(String),
-    /// The command was refused at apply time.
+    /// The command was refused at apply time. Not written any more: a
+    /// command that does not decode halts the node (see `apply.rs`); the
+    /// variant stays so that the format keeps its tags.
     Rejected(String),
 }
 
-/// Replies remembered per session: a client may have at most this many
-/// writes in flight for exactly-once to hold (the client library stays far
-/// below it).
-pub const SESSION_WINDOW: usize = 4096;
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct SessionState {
-    /// The latest replies by sequence number (at most [`SESSION_WINDOW`]).
-    replies: BTreeMap<u64, StoredReply>,
+    owner: Owner,
+    ttl_ms: u64,
     last_used_ms: u64,
+    /// Every write below this number was answered and acknowledged.
+    acked_below: u64,
+    /// Unacknowledged replies by sequence number (at most [`SESSION_WINDOW`]).
+    replies: BTreeMap<u64, StoredReply>,
 }
 
-/// What the table says about a write.
+/// What the table says about a session write.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Dedup {
     /// Not applied yet: apply it.
     New,
     /// Applied before: answer with this.
     Duplicate(StoredReply),
-    /// Older than every reply the session still remembers: it may have been
-    /// applied long ago, so it is refused rather than applied twice.
+    /// Below the session's acknowledgement: its caller already has its
+    /// answer; refused, not applied.
     Stale,
+    /// The session is not in the table (never opened, expired, evicted or
+    /// closed): refused, not applied.
+    Unknown,
+    /// The session belongs to another identity: refused, changes nothing.
+    Foreign,
+    /// The session already holds [`SESSION_WINDOW`] unacknowledged replies:
+    /// refused, not applied.
+    WindowFull,
+}
+
+/// Why a session could not be opened or closed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionRefusal {
+    /// The id is in use (a 2^-128 accident, or a forged entry).
+    IdInUse,
+    /// The session belongs to another identity.
+    Foreign,
+}
+
+/// Counters of what the table did on this replica (not replicated: every
+/// replica counts the same events it applied since it started).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionCounters {
+    /// Sessions evicted because the table was full.
+    pub evicted: u64,
+    /// Sessions dropped after their time-to-live.
+    pub expired: u64,
 }
 
 /// The session table (replicated state, part of snapshots).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sessions {
-    table: BTreeMap<u64, SessionState>,
-    /// The largest leader stamp applied: the replicated notion of "now".
+    table: BTreeMap<SessionId, SessionState>,
+    /// The replicated notion of "now": the largest (step-capped) stamp.
     now_ms: u64,
     /// When sessions were last swept for expiry.
     swept_ms: u64,
+    #[serde(skip)]
+    counters: SessionCounters,
+    /// Replies stored across all sessions (derived; recounted on restore).
+    #[serde(skip)]
+    stored: usize,
 }
 
 impl Sessions {
@@ -92,39 +283,146 @@ impl Sessions {
         self.table.is_empty()
     }
 
-    /// Advances replicated time to `stamp_ms` and expires idle sessions
-    /// (at most once per second of replicated time).
+    /// Replies stored across all sessions (unacknowledged answers).
+    pub fn stored_replies(&self) -> usize {
+        self.stored
+    }
+
+    /// Replicated time: the largest stamp applied, capped per entry.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// What this replica's table evicted and expired since it started.
+    pub fn counters(&self) -> SessionCounters {
+        self.counters
+    }
+
+    /// Recomputes derived counts after a snapshot was decoded.
+    pub fn recount(&mut self) {
+        self.stored = self.table.values().map(|s| s.replies.len()).sum();
+    }
+
+    /// Advances replicated time towards `stamp_ms` (by at most
+    /// [`MAX_STAMP_STEP_MS`]; never backwards) and expires idle sessions (at
+    /// most once per second of replicated time).
     pub fn advance(&mut self, stamp_ms: u64) {
-        self.now_ms = self.now_ms.max(stamp_ms);
-        if self.now_ms >= self.swept_ms + 1000 {
+        let target = if self.now_ms == 0 {
+            stamp_ms
+        } else {
+            stamp_ms.min(self.now_ms.saturating_add(MAX_STAMP_STEP_MS))
+        };
+        self.now_ms = self.now_ms.max(target);
+        if self.now_ms >= self.swept_ms.saturating_add(1000) {
             self.swept_ms = self.now_ms;
             let now = self.now_ms;
-            self.table
-                .retain(|_, s| s.last_used_ms + SESSION_TTL_MS > now);
+            let before = self.table.len();
+            let mut dropped = 0;
+            self.table.retain(|_, s| {
+                let live = s.last_used_ms.saturating_add(s.ttl_ms) > now;
+                if !live {
+                    dropped += s.replies.len();
+                }
+                live
+            });
+            self.stored = self.stored.saturating_sub(dropped);
+            self.counters.expired += (before - self.table.len()) as u64;
         }
     }
 
-    /// Looks a write up.
-    pub fn check(&self, s: SessionRef) -> Dedup {
-        let Some(st) = self.table.get(&s.client) else {
-            return Dedup::New;
+    /// Opens session `id` for `owner`, evicting the sessions idle the
+    /// longest while the table holds `max_sessions` or more.
+    pub fn open(
+        &mut self,
+        id: SessionId,
+        owner: Owner,
+        ttl_ms: u64,
+        max_sessions: u64,
+    ) -> Result<(), SessionRefusal> {
+        if self.table.contains_key(&id) {
+            return Err(SessionRefusal::IdInUse);
+        }
+        let max = usize::try_from(max_sessions.max(1)).unwrap_or(usize::MAX);
+        while self.table.len() >= max {
+            let oldest = self
+                .table
+                .iter()
+                .min_by_key(|(id, s)| (s.last_used_ms, **id))
+                .map(|(id, _)| *id);
+            let Some(oldest) = oldest else { break };
+            if let Some(s) = self.table.remove(&oldest) {
+                self.stored = self.stored.saturating_sub(s.replies.len());
+            }
+            self.counters.evicted += 1;
+        }
+        self.table.insert(
+            id,
+            SessionState {
+                owner,
+                ttl_ms,
+                last_used_ms: self.now_ms,
+                acked_below: 0,
+                replies: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Closes session `id` (a session already gone is closed).
+    pub fn close(&mut self, id: SessionId, owner: Owner) -> Result<(), SessionRefusal> {
+        match self.table.get(&id) {
+            None => Ok(()),
+            Some(s) if s.owner != owner => Err(SessionRefusal::Foreign),
+            Some(_) => {
+                if let Some(s) = self.table.remove(&id) {
+                    self.stored = self.stored.saturating_sub(s.replies.len());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Looks a session write up, after recording its acknowledgement when
+    /// the session is the writer's own.
+    pub fn check(&mut self, s: SessionRef, owner: Owner) -> Dedup {
+        let now = self.now_ms;
+        let Some(st) = self.table.get_mut(&s.id) else {
+            return Dedup::Unknown;
         };
+        if st.owner != owner {
+            return Dedup::Foreign;
+        }
+        // A write cannot acknowledge itself.
+        let ack = s.acked_below.min(s.seq);
+        if ack > st.acked_below {
+            st.acked_below = ack;
+            while st.replies.first_key_value().is_some_and(|(&k, _)| k < ack) {
+                st.replies.pop_first();
+                self.stored = self.stored.saturating_sub(1);
+            }
+        }
+        if s.seq < st.acked_below {
+            return Dedup::Stale;
+        }
         if let Some(r) = st.replies.get(&s.seq) {
+            st.last_used_ms = now;
             return Dedup::Duplicate(r.clone());
         }
-        match st.replies.keys().next() {
-            Some(&oldest) if st.replies.len() >= SESSION_WINDOW && s.seq < oldest => Dedup::Stale,
-            _ => Dedup::New,
+        if st.replies.len() >= SESSION_WINDOW {
+            return Dedup::WindowFull;
         }
+        Dedup::New
     }
 
-    /// Records the reply of a newly applied write.
+    /// Records the reply of a newly applied write (after [`Sessions::check`]
+    /// said [`Dedup::New`]).
     pub fn record(&mut self, s: SessionRef, reply: StoredReply) {
-        let st = self.table.entry(s.client).or_default();
-        st.replies.insert(s.seq, reply);
-        st.last_used_ms = self.now_ms;
-        while st.replies.len() > SESSION_WINDOW {
-            st.replies.pop_first();
+        let now = self.now_ms;
+        if let Some(st) = self.table.get_mut(&s.id)
+            && st.replies.insert(s.seq, reply).is_none()
+        {
+            st.last_used_ms = now;
+            self.stored += 1;
         }
     }
 }
@@ -144,35 +442,150 @@ pub struct AppSnapshot {
 mod tests {
     use super::*;
 
-    #[test]
-    fn duplicates_are_answered_and_stale_writes_refused() {
-        let mut s = Sessions::default();
-        let w = |seq| SessionRef { client: 7, seq };
-        assert_eq!(s.check(w(1)), Dedup::New);
-        s.record(w(1), StoredReply::Ok(vec![1]));
-        assert_eq!(s.check(w(1)), Dedup::Duplicate(StoredReply::Ok(vec![1])));
-        assert_eq!(s.check(w(3)), Dedup::New);
-        s.record(w(3), StoredReply::Ok(vec![3]));
-        // Concurrent writes of one client may apply out of order.
-        assert_eq!(s.check(w(2)), Dedup::New);
-        for seq in 4..(SESSION_WINDOW as u64 + 10) {
-            s.record(w(seq), StoredReply::Ok(vec![]));
+    const A: Owner = Owner::Local;
+    const B: Owner = Owner::Certificate([7; 32]);
+
+    fn w(seq: u64, acked_below: u64) -> SessionRef {
+        SessionRef {
+            id: SessionId(7),
+            seq,
+            acked_below,
         }
-        assert_eq!(s.check(w(2)), Dedup::Stale);
+    }
+
+    fn opened() -> Sessions {
+        let mut s = Sessions::default();
+        s.advance(1_000);
+        s.open(SessionId(7), A, SESSION_TTL_MS, 100).unwrap();
+        s
     }
 
     #[test]
-    fn sessions_expire_by_replicated_time_only() {
+    fn duplicates_are_answered_in_any_order_and_acks_drop_replies() {
+        let mut s = opened();
+        assert_eq!(s.check(w(1, 1), A), Dedup::New);
+        s.record(w(1, 1), StoredReply::Ok(vec![1]));
+        assert_eq!(
+            s.check(w(1, 1), A),
+            Dedup::Duplicate(StoredReply::Ok(vec![1]))
+        );
+        // Concurrent writes of one client may apply out of order.
+        assert_eq!(s.check(w(3, 1), A), Dedup::New);
+        s.record(w(3, 1), StoredReply::Ok(vec![3]));
+        assert_eq!(s.check(w(2, 1), A), Dedup::New);
+        s.record(w(2, 1), StoredReply::Ok(vec![2]));
+        assert_eq!(s.stored_replies(), 3);
+        // The client saw 1..=3 answered: write 4 acknowledges them.
+        assert_eq!(s.check(w(4, 4), A), Dedup::New);
+        assert_eq!(s.stored_replies(), 0);
+        assert_eq!(s.check(w(2, 1), A), Dedup::Stale);
+    }
+
+    #[test]
+    fn a_write_cannot_acknowledge_itself_and_the_window_is_never_overrun() {
+        let mut s = opened();
+        assert_eq!(s.check(w(5, 99), A), Dedup::New);
+        s.record(w(5, 99), StoredReply::Ok(vec![]));
+        assert_eq!(
+            s.check(w(5, 99), A),
+            Dedup::Duplicate(StoredReply::Ok(vec![]))
+        );
+        let mut s = opened();
+        for seq in 1..=SESSION_WINDOW as u64 {
+            assert_eq!(s.check(w(seq, 1), A), Dedup::New);
+            s.record(w(seq, 1), StoredReply::Ok(vec![]));
+        }
+        let next = SESSION_WINDOW as u64 + 1;
+        assert_eq!(s.check(w(next, 1), A), Dedup::WindowFull);
+        // Nothing unacknowledged was forgotten.
+        assert!(matches!(s.check(w(1, 1), A), Dedup::Duplicate(_)));
+    }
+
+    #[test]
+    fn unknown_and_foreign_sessions_are_refused_and_change_nothing() {
         let mut s = Sessions::default();
-        s.advance(1_000);
-        s.record(SessionRef { client: 1, seq: 1 }, StoredReply::Ok(vec![]));
-        s.advance(1_000 + SESSION_TTL_MS - 1);
+        assert_eq!(s.check(w(1, 1), A), Dedup::Unknown);
+        let mut s = opened();
+        s.check(w(1, 1), A);
+        s.record(w(1, 1), StoredReply::Ok(vec![1]));
+        let before = s.clone();
+        // Another identity, even acknowledging everything, changes nothing.
+        assert_eq!(s.check(w(1, 50), B), Dedup::Foreign);
+        assert_eq!(s.check(w(2, 50), B), Dedup::Foreign);
+        assert_eq!(s.close(SessionId(7), B), Err(SessionRefusal::Foreign));
+        assert_eq!(s, before);
+        assert!(matches!(s.check(w(1, 1), A), Dedup::Duplicate(_)));
+        assert_eq!(s.close(SessionId(7), A), Ok(()));
+        assert_eq!(s.check(w(1, 1), A), Dedup::Unknown);
+        assert_eq!(s.stored_replies(), 0);
+    }
+
+    #[test]
+    fn sessions_expire_by_replicated_time_only_and_time_never_jumps() {
+        // Time advances by at most one step per entry.
+        fn walk(s: &mut Sessions, to: u64) {
+            while s.now_ms() < to {
+                s.advance(to);
+            }
+        }
+        let mut s = opened();
+        walk(&mut s, 1_000 + SESSION_TTL_MS - 1);
         assert_eq!(s.len(), 1);
         // Sweeps run once per second of replicated time.
-        s.advance(1_000 + SESSION_TTL_MS + 1_000);
+        walk(&mut s, 1_000 + SESSION_TTL_MS + 1_000);
         assert!(s.is_empty());
+        assert_eq!(s.counters().expired, 1);
         // Time never goes back, whatever a stamp says.
+        let now = s.now_ms();
         s.advance(5);
-        assert_eq!(s.now_ms, 1_000 + SESSION_TTL_MS + 1_000);
+        assert_eq!(s.now_ms(), now);
+        // A stamp a day ahead moves time by one step only.
+        s.advance(now + 24 * SESSION_TTL_MS);
+        assert_eq!(s.now_ms(), now + MAX_STAMP_STEP_MS);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_longest_idle_sessions() {
+        let mut s = Sessions::default();
+        s.advance(1_000);
+        for i in 0..3u128 {
+            s.advance(2_000 + i as u64 * 10);
+            s.open(SessionId(i), A, SESSION_TTL_MS, 3).unwrap();
+        }
+        // Session 0 is used again: session 1 is now the longest idle.
+        s.advance(3_000);
+        let r = SessionRef {
+            id: SessionId(0),
+            seq: 1,
+            acked_below: 1,
+        };
+        assert_eq!(s.check(r, A), Dedup::New);
+        s.record(r, StoredReply::Ok(vec![]));
+        s.open(SessionId(9), A, SESSION_TTL_MS, 3).unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.counters().evicted, 1);
+        let one = SessionRef {
+            id: SessionId(1),
+            ..r
+        };
+        assert_eq!(s.check(one, A), Dedup::Unknown);
+        assert!(matches!(s.check(r, A), Dedup::Duplicate(_)));
+        assert_eq!(
+            s.open(SessionId(9), A, SESSION_TTL_MS, 3),
+            Err(SessionRefusal::IdInUse)
+        );
+    }
+
+    #[test]
+    fn the_table_survives_a_snapshot_round_trip() {
+        let mut s = opened();
+        s.check(w(1, 1), A);
+        s.record(w(1, 1), StoredReply::Handler("boom".into()));
+        let bytes = postcard::to_allocvec(&s).unwrap();
+        let mut back: Sessions = postcard::from_bytes(&bytes).unwrap();
+        back.recount();
+        assert_eq!(back.stored_replies(), 1);
+        assert_eq!(back.now_ms(), s.now_ms());
+        assert!(matches!(back.check(w(1, 1), A), Dedup::Duplicate(_)));
     }
 }

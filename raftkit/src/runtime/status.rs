@@ -34,10 +34,13 @@ pub struct PeerStatus {
     pub config_index: Index,
     /// Whether the configuration in force is joint (a change is under way).
     pub joint: bool,
-    /// Set when a handler panicked under the `halt` policy: this node stopped
-    /// applying (its log is intact).
+    /// Set when the node halted (a handler panicked under the `halt`
+    /// policy, or an entry does not decode with this binary): it applies
+    /// nothing more, does not lead or campaign, and keeps its log intact
+    /// for a fixed binary.
     pub halted: Option<String>,
-    /// Set when storage failed: the node stopped.
+    /// Set when storage failed: the node stopped (it acknowledges and
+    /// serves nothing more; restart it on a healthy disk).
     pub fatal: Option<String>,
     /// Proposals accepted while leader.
     pub proposals: u64,
@@ -58,6 +61,32 @@ pub struct PeerStatus {
     /// Inbound Raft messages dropped by the core, per reason (hostile or
     /// broken peers; see [`crate::core::inbound`]).
     pub dropped: DropCounts,
+    /// The index of the latest snapshot durable on this node (taken here or
+    /// received from the leader); the log is compacted up to it.
+    pub snapshot_index: Index,
+    /// Snapshots that failed (the state machine did not serialize, or the
+    /// save failed); each is retried with a backoff.
+    pub snapshot_failures: u64,
+    /// Why the last snapshot failed, until one succeeds.
+    pub snapshot_error: Option<String>,
+    /// Calls refused with `Overloaded` (backpressure).
+    pub overloaded: u64,
+    /// The longest time the state machine stopped applying for a snapshot
+    /// (serializing one, or restoring one received from the leader).
+    pub longest_apply_pause: std::time::Duration,
+    /// Unacknowledged replies stored in this peer's session table (clients
+    /// acknowledge the answers they received, so this stays near the number
+    /// of writes in flight).
+    pub session_replies: usize,
+    /// Sessions this peer evicted from its full session table (the longest
+    /// idle first; bounded by [`PeerBuilder::max_sessions`]) since it
+    /// started.
+    ///
+    /// [`PeerBuilder::max_sessions`]: super::PeerBuilder::max_sessions
+    pub session_evictions: u64,
+    /// Sessions this peer dropped after their time-to-live of replicated
+    /// time since it started.
+    pub session_expiries: u64,
 }
 
 /// A latency histogram in the Prometheus style: fixed buckets, counts per

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::linearizability::{Key, KvOp, KvOutcome, Value};
 
 /// The simulated key-value store.
-#[derive(crate::StateMachine, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    crate::StateMachine, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize,
+)]
 #[raftkit(name = "simkv", on_error = "halt")]
 pub struct SimKv {
     map: BTreeMap<Key, Value>,
@@ -38,6 +40,17 @@ impl SimKv {
     #[read]
     pub fn get(&self, key: Key) -> Option<Value> {
         self.map.get(&key).copied()
+    }
+}
+
+impl SimKv {
+    /// A digest of the whole state, equal on replicas that applied the same
+    /// entries (the oracle compares them at every applied index).
+    pub fn digest(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
     }
 }
 

@@ -2,12 +2,34 @@
 //! linearizability checker that judges their client histories.
 //!
 //! [`run`] builds a cluster of [`Raft`](crate::core::Raft) cores for one
-//! seed, drives it through a fault phase (partitions of every shape, message
-//! loss, duplication and reordering, crashes that lose unsynced writes) and a
-//! calm phase, checks Raft's safety properties after every step
-//! ([`oracle`]), and finally checks the client history for linearizability
-//! ([`linearizability`]). A failing seed reports the one-line command that
-//! replays it with a full trace.
+//! seed, drives it through a fault phase and a calm phase, checks Raft's
+//! safety properties after every step ([`oracle`]), and finally checks the
+//! client history for linearizability ([`linearizability`]). A failing seed
+//! reports the one-line command that replays it with a full trace.
+//!
+//! What the fault phase throws at the cluster ([`SimOptions::for_seed`]
+//! mixes them per seed):
+//!
+//! - **network** ([`network`]): loss, duplication and reordering in every
+//!   kind of fault period; partitions of every shape (split, isolated node,
+//!   one-way, ring, bridge) that drop what they cut or hold it as a backlog
+//!   released at the heal; late delivery, a fraction of messages (or most
+//!   of a slow node's) held back from a fraction of an election timeout to
+//!   many, so that replies, votes, `TimeoutNow` and snapshot chunks arrive
+//!   in later terms;
+//! - **processes**: crashes at random, aimed at the window between a queued
+//!   reply or vote and its fsync, and at nodes halfway through receiving a
+//!   snapshot; long pauses (one node, or two stalling together) after which
+//!   the missed ticks fire in a burst; a tick rate of its own per node;
+//! - **disk** ([`disk`]): torn multi-part writes, writes of the log and of
+//!   local snapshots completing in either order, fsync stalls, and IO
+//!   errors that stop the node;
+//! - **protocol**: leader churn, Raft Figure 8 both at random and step by
+//!   step, split elections with slow voters, leadership transfers to any
+//!   target (lagging, unreachable, learner, removed), membership changes
+//!   with partitions across them, PreVote and CheckQuorum each off in a
+//!   quarter of the seeds, snapshots of up to a dozen chunks replaced by
+//!   newer ones mid-transfer, 4 to 8 clients on 3 to 10 keys.
 //!
 //! The same seed always produces the same run (the trace hash in the
 //! [`SimReport`] is equal across runs), because every random choice comes

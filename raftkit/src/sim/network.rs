@@ -1,10 +1,16 @@
-//! The simulated network: per-link delays, loss, duplication, reordering and
-//! partitions (symmetric, one-way, and partial ones such as a ring or a
-//! single bridge node).
+//! The simulated network: per-link delays, loss, duplication, reordering,
+//! late delivery and partitions (symmetric, one-way, and partial ones such
+//! as a ring or a single bridge node).
 //!
 //! The network decides, for each message sent, whether and when it arrives;
-//! the scheduler then delivers it. Every decision is drawn from the
-//! simulation's single seeded RNG.
+//! the scheduler then delivers it. A cut link is checked both when a
+//! message is sent and when it would arrive, so a partition also stops the
+//! messages already in flight. A partition either drops what it cuts or
+//! holds it as a backlog that the scheduler releases, reordered and partly
+//! duplicated, when the partition heals. Late delivery holds a fraction of
+//! messages back for up to many election timeouts: replies, votes,
+//! `TimeoutNow` and snapshot chunks then arrive in later terms. Every
+//! decision is drawn from the simulation's single seeded RNG.
 
 use std::collections::BTreeSet;
 
@@ -22,10 +28,26 @@ pub struct NetworkFaults {
     pub duplicate: f64,
     /// Extra random delay (ms) that reorders messages.
     pub jitter: u64,
+    /// Probability that a message is held back and delivered late.
+    pub hold: f64,
+    /// Upper bound of the extra delay (ms) of a held message; it is drawn
+    /// log-uniformly from `30..hold_ms`: from a fraction of an election
+    /// timeout (100–200 ms) to many.
+    pub hold_ms: u64,
+    /// Slow nodes: the messages they send (or, with `slow_inbound`,
+    /// receive) are held back with probability `slow_hold` instead of
+    /// `hold` (a congested link, a saturated NIC).
+    pub slow: BTreeSet<NodeId>,
+    /// See `slow`.
+    pub slow_inbound: bool,
+    /// See `slow`.
+    pub slow_hold: f64,
     /// Directed links that deliver nothing: `(from, to)`.
     pub cut: BTreeSet<(NodeId, NodeId)>,
+    /// Cut links hold their messages (a backlog released at the heal)
+    /// instead of dropping them.
+    pub backlog: bool,
 }
-
 impl NetworkFaults {
     /// Whether `from` can reach `to`.
     pub fn reachable(&self, from: NodeId, to: NodeId) -> bool {

@@ -112,12 +112,14 @@ impl StorageError {
         )
     }
 
-    /// Wraps an IO error, classifying a full disk as [`StorageError::Full`].
+    /// Wraps an IO error, classifying a full disk (or a quota or file size
+    /// limit reached) as [`StorageError::Full`].
     pub fn io(op: &'static str, path: impl AsRef<Path>, source: io::Error) -> Self {
         let path = path.as_ref().to_path_buf();
-        if source.kind() == io::ErrorKind::StorageFull
-            || source.kind() == io::ErrorKind::QuotaExceeded
-        {
+        if matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge
+        ) {
             StorageError::Full {
                 op,
                 path,

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use tracing::trace;
 
@@ -81,14 +80,30 @@ struct Counters {
 /// - Callbacks run on the storage thread: they must be quick and must not
 ///   block on the storage thread itself (completing a oneshot is ideal).
 ///
+/// - A batch holds at most [`MAX_BATCH_BYTES`] of entries (and 65,536
+///   requests): past that the thread syncs and starts the next batch, so a
+///   backlog behind a slow disk is written in bounded frames instead of one
+///   that outgrows what the store accepts. A slow disk makes writes slower,
+///   never failed.
+///
 /// The channel is unbounded: back-pressure belongs to the caller, which
-/// bounds in-flight proposals anyway. The storage layer has no async runtime
+/// bounds what it has in flight (the runtime bounds proposals by count and
+/// bytes, and a follower's backlog is bounded by the leader's window of
+/// unacknowledged appends). The storage layer has no async runtime
 /// dependency; the callback is how a tokio runtime completes its oneshots.
 pub struct GroupCommit<S: LogStore + Send + 'static> {
     tx: Option<mpsc::Sender<Request<S>>>,
-    thread: Option<JoinHandle<S>>,
+    /// Receives the store back when the thread ends (in a mutex only so
+    /// that the handle can be shared between threads).
+    stopped: Option<std::sync::Mutex<mpsc::Receiver<S>>>,
     counters: Arc<Counters>,
 }
+
+/// The most entry bytes one batch (one sync) writes.
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// The body of the storage thread, for [`GroupCommit::start_on`].
+pub type ThreadBody = Box<dyn FnOnce() + Send + 'static>;
 
 impl<S: LogStore + Send + 'static> std::fmt::Debug for GroupCommit<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,16 +116,32 @@ impl<S: LogStore + Send + 'static> std::fmt::Debug for GroupCommit<S> {
 impl<S: LogStore + Send + 'static> GroupCommit<S> {
     /// Starts the storage thread, which takes ownership of `store`.
     pub fn spawn(store: S) -> Result<Self, StorageError> {
+        Self::start_on(store, |body| {
+            std::thread::Builder::new()
+                .name("raftkit-storage".into())
+                .spawn(body)
+                .map(|_| ())
+                .map_err(|e| StorageError::io("spawn storage thread", "", e))
+        })
+    }
+
+    /// Starts the storage loop on a thread that `spawn` starts (the runtime
+    /// starts all its threads in one place), taking ownership of `store`.
+    pub fn start_on(
+        store: S,
+        spawn: impl FnOnce(ThreadBody) -> Result<(), StorageError>,
+    ) -> Result<Self, StorageError> {
         let (tx, rx) = mpsc::channel();
+        let (stopped_tx, stopped) = mpsc::sync_channel(1);
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
-        let thread = std::thread::Builder::new()
-            .name("raftkit-storage".into())
-            .spawn(move || run(store, rx, &c))
-            .map_err(|e| StorageError::io("spawn storage thread", "", e))?;
+        spawn(Box::new(move || {
+            let store = run(store, rx, &c);
+            let _ = stopped_tx.send(store);
+        }))?;
         Ok(GroupCommit {
             tx: Some(tx),
-            thread: Some(thread),
+            stopped: Some(std::sync::Mutex::new(stopped)),
             counters,
         })
     }
@@ -173,8 +204,12 @@ impl<S: LogStore + Send + 'static> GroupCommit<S> {
     /// and returns the store.
     pub fn shutdown(mut self) -> Result<S, StorageError> {
         self.tx = None;
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(store)) => Ok(store),
+        match self
+            .stopped
+            .take()
+            .map(|s| s.into_inner().map(|r| r.recv()))
+        {
+            Some(Ok(Ok(store))) => Ok(store),
             _ => Err(StorageError::Closed),
         }
     }
@@ -183,8 +218,9 @@ impl<S: LogStore + Send + 'static> GroupCommit<S> {
 impl<S: LogStore + Send + 'static> Drop for GroupCommit<S> {
     fn drop(&mut self) {
         self.tx = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(Ok(stopped)) = self.stopped.take().map(std::sync::Mutex::into_inner) {
+            // Waits for the thread to finish its queue (or to have died).
+            let _ = stopped.recv();
         }
     }
 }
@@ -197,6 +233,7 @@ fn run<S: LogStore>(mut store: S, rx: mpsc::Receiver<Request<S>>, counters: &Cou
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         let mut entries = 0u64;
+        let mut bytes = 0usize;
         while let Some(req) = next.take() {
             if let Some(cause) = &failed {
                 if let Some(done) = req.done {
@@ -210,6 +247,9 @@ fn run<S: LogStore>(mut store: S, rx: mpsc::Receiver<Request<S>>, counters: &Cou
             let result = match req.op {
                 Op::Append(es) => {
                     entries += es.len() as u64;
+                    bytes = es
+                        .iter()
+                        .fold(bytes, |b, e| b.saturating_add(e.approx_size()));
                     store.append(&es)
                 }
                 Op::HardState(hs) => store.save_hard_state(hs),
@@ -226,7 +266,7 @@ fn run<S: LogStore>(mut store: S, rx: mpsc::Receiver<Request<S>>, counters: &Cou
             }
             // Everything that queued while the previous sync ran joins this
             // batch; bound it so callbacks are not delayed without end.
-            if batch.len() < 65_536 {
+            if batch.len() < 65_536 && bytes < MAX_BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
         }

@@ -11,6 +11,8 @@
 //!   [`MemSnapshotStore`].
 //! - [`GroupCommit`]: a thread owning a `LogStore` that batches concurrent
 //!   appends into one fsync.
+//! - [`vfs`]: the file-system seam the durable stores do all their IO
+//!   through, with the real file system and a fault-injecting one.
 //! - [`conformance`]: a public test suite every `LogStore` must pass; run it on
 //!   your own store (say one on RocksDB).
 //!
@@ -68,17 +70,19 @@ use crate::core::types::{Entry, HardState, Index, Term};
 
 pub mod conformance;
 mod error;
-mod fsutil;
 mod group_commit;
 mod memory;
 mod snapshot;
+pub mod vfs;
 pub mod wal;
 
 #[cfg(test)]
 mod tests;
 
 pub use error::StorageError;
-pub use group_commit::{AppendCallback, GroupCommit, GroupCommitStats};
+pub use group_commit::{
+    AppendCallback, GroupCommit, GroupCommitStats, MAX_BATCH_BYTES, ThreadBody,
+};
 pub use memory::MemLogStore;
 pub use snapshot::{FileSnapshotStore, MemSnapshotStore, Snapshot, SnapshotStore};
 pub use wal::{Wal, WalOptions};

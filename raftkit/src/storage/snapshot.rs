@@ -21,14 +21,12 @@
 //! The log may be compacted up to a snapshot's index only after `save` has
 //! returned `Ok` for it.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, info};
 
 use super::StorageError;
-use super::fsutil::{create_dir_durable, sync_dir};
+use super::vfs::{self, OpenMode, SharedFs, create_dir_durable, sync_dir};
 use crate::core::types::{Index, SnapshotMeta, Term};
 
 /// A snapshot: where it stands in the log, and the state machine's bytes.
@@ -116,6 +114,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot, StorageError> {
 /// A [`SnapshotStore`] keeping snapshots as files in a directory.
 #[derive(Debug)]
 pub struct FileSnapshotStore {
+    fs: SharedFs,
     dir: PathBuf,
     retain_old: usize,
     /// `(index, term)` of the snapshots on disk, ascending.
@@ -131,29 +130,39 @@ impl FileSnapshotStore {
     /// damaged one is [`StorageError::Corrupt`] (it was fsynced before it was
     /// renamed into place, so damage is never a crash artefact).
     pub fn open(dir: impl AsRef<Path>, retain_old: usize) -> Result<Self, StorageError> {
+        Self::open_in(vfs::real(), dir, retain_old)
+    }
+
+    /// [`FileSnapshotStore::open`] on the file system `fs` (see
+    /// [`crate::storage::vfs`]).
+    pub fn open_in(
+        fs: SharedFs,
+        dir: impl AsRef<Path>,
+        retain_old: usize,
+    ) -> Result<Self, StorageError> {
         let dir = dir.as_ref().to_path_buf();
-        create_dir_durable(&dir)?;
+        create_dir_durable(&*fs, &dir)?;
         let mut on_disk = Vec::new();
         let mut removed = false;
-        let listing =
-            std::fs::read_dir(&dir).map_err(|e| StorageError::io("list directory", &dir, e))?;
-        for item in listing {
-            let item = item.map_err(|e| StorageError::io("list directory", &dir, e))?;
-            let name = item.file_name();
-            let Some(name) = name.to_str() else { continue };
+        let listing = fs
+            .list_dir(&dir)
+            .map_err(|e| StorageError::io("list directory", &dir, e))?;
+        for name in listing {
             if name.ends_with(".snap.tmp") {
-                std::fs::remove_file(item.path())
-                    .map_err(|e| StorageError::io("remove", item.path(), e))?;
+                let path = dir.join(&name);
+                fs.remove_file(&path)
+                    .map_err(|e| StorageError::io("remove", &path, e))?;
                 removed = true;
-            } else if let Some(it) = parse_name(name) {
+            } else if let Some(it) = parse_name(&name) {
                 on_disk.push(it);
             }
         }
         if removed {
-            sync_dir(&dir)?;
+            sync_dir(&*fs, &dir)?;
         }
         on_disk.sort_unstable();
         let mut store = FileSnapshotStore {
+            fs,
             dir,
             retain_old,
             on_disk,
@@ -171,6 +180,24 @@ impl FileSnapshotStore {
     fn path(&self, (index, term): (Index, Term)) -> PathBuf {
         self.dir.join(file_name(index, term))
     }
+
+    /// Writes `bytes` to `tmp`, fsyncs it, renames it to `path` and fsyncs
+    /// the directory.
+    fn write_file(&self, tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+        let file = self
+            .fs
+            .open(tmp, OpenMode::CreateTruncate)
+            .map_err(|e| StorageError::io("create snapshot", tmp, e))?;
+        file.write_all_at(bytes, 0)
+            .map_err(|e| StorageError::io("write snapshot", tmp, e))?;
+        file.sync_all()
+            .map_err(|e| StorageError::io("fsync snapshot", tmp, e))?;
+        drop(file);
+        self.fs
+            .rename(tmp, path)
+            .map_err(|e| StorageError::io("rename snapshot", tmp, e))?;
+        sync_dir(&*self.fs, &self.dir)
+    }
 }
 
 impl SnapshotStore for FileSnapshotStore {
@@ -186,19 +213,13 @@ impl SnapshotStore for FileSnapshotStore {
         }
         let path = self.path(key);
         let tmp = self.dir.join(format!("{}.tmp", file_name(key.0, key.1)));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| StorageError::io("create snapshot", &tmp, e))?;
-        file.write_all(&encode(snapshot))
-            .map_err(|e| StorageError::io("write snapshot", &tmp, e))?;
-        file.sync_all()
-            .map_err(|e| StorageError::io("fsync snapshot", &tmp, e))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(|e| StorageError::io("rename snapshot", &tmp, e))?;
-        sync_dir(&self.dir)?;
+        let written = self.write_file(&tmp, &path, &encode(snapshot));
+        if written.is_err() {
+            // Never leave a partial temporary file behind (open would delete
+            // it anyway); the error that matters is the first one.
+            let _ = self.fs.remove_file(&tmp);
+        }
+        written?;
         self.latest_meta = Some(snapshot.meta.clone());
         info!(
             index = key.0,
@@ -221,12 +242,13 @@ impl SnapshotStore for FileSnapshotStore {
         self.on_disk.push(key);
         for old in &doomed {
             let old_path = self.path(*old);
-            std::fs::remove_file(&old_path)
+            self.fs
+                .remove_file(&old_path)
                 .map_err(|e| StorageError::io("remove snapshot", &old_path, e))?;
             debug!(file = %old_path.display(), "removed old snapshot");
         }
         if !doomed.is_empty() {
-            sync_dir(&self.dir)?;
+            sync_dir(&*self.fs, &self.dir)?;
         }
         Ok(())
     }
@@ -236,8 +258,10 @@ impl SnapshotStore for FileSnapshotStore {
             return Ok(None);
         };
         let path = self.path(key);
-        let bytes =
-            std::fs::read(&path).map_err(|e| StorageError::io("read snapshot", &path, e))?;
+        let bytes = self
+            .fs
+            .read(&path)
+            .map_err(|e| StorageError::io("read snapshot", &path, e))?;
         let snap = decode(&path, &bytes)?;
         if (snap.meta.index, snap.meta.term) != key {
             return Err(StorageError::corrupt(

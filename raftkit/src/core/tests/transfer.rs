@@ -109,3 +109,49 @@ fn transfer_is_refused_off_the_leader_and_to_non_voters() {
         "a transfer to itself is a no-op"
     );
 }
+
+/// DESIGN §6: a halted leader hands leadership to a caught-up voter, and a
+/// halted node never campaigns again, not even when told to by TimeoutNow.
+#[test]
+fn a_halted_leader_hands_over_and_never_campaigns() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"x");
+    c.deliver();
+    c.node_mut(1).set_halted();
+    assert!(matches!(
+        c.node_mut(1).propose(b"y".to_vec()),
+        Err(ProposeError::Halted | ProposeError::Transferring(_) | ProposeError::NotLeader(_))
+    ));
+    c.deliver();
+    let leaders = c.leaders();
+    assert_eq!(leaders.len(), 1);
+    assert_ne!(leaders[0], 1, "the halted node kept leading");
+    // Asked to take over, the halted node does not campaign; nor does it
+    // when its election timeout passes with the cluster silent.
+    let new = leaders[0];
+    let term = c.node(1).term();
+    c.node_mut(new).transfer_leadership(1).expect("leader");
+    c.deliver();
+    c.isolate(new);
+    for _ in 0..4 * T {
+        c.tick(1);
+        c.deliver();
+    }
+    assert_ne!(c.node(1).role(), Role::Leader);
+    assert_ne!(c.node(1).role(), Role::Candidate);
+    assert_eq!(c.node(1).term(), term, "the halted node raised the term");
+}
+
+/// A halted leader with no caught-up voter to hand over to steps down.
+#[test]
+fn a_halted_leader_without_a_successor_steps_down() {
+    let mut c = Cluster::new(&[1]);
+    c.elect(1);
+    c.node_mut(1).set_halted();
+    assert_eq!(c.node(1).role(), Role::Follower);
+    for _ in 0..4 * T {
+        c.tick(1);
+    }
+    assert_eq!(c.node(1).role(), Role::Follower);
+}

@@ -1,7 +1,6 @@
 //! The write-ahead log itself: [`Wal`], a [`LogStore`] over segment files.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, error, info};
@@ -11,7 +10,7 @@ use super::record::{
 };
 use super::segment::{Segment, parse_segment_name, segment_name};
 use crate::core::types::{Entry, HardState, Index, Term};
-use crate::storage::fsutil::{create_dir_durable, sync_dir};
+use crate::storage::vfs::{self, SharedFs, Vfs, VfsLock, create_dir_durable, sync_dir};
 use crate::storage::{LogStore, StorageError, validate_append, validate_range};
 
 /// The name of the lock file in a WAL directory.
@@ -68,7 +67,8 @@ const MISSING: u64 = u64::MAX;
 pub struct Wal {
     dir: PathBuf,
     opts: WalOptions,
-    _lock: File,
+    fs: SharedFs,
+    _lock: Box<dyn VfsLock>,
     /// Ascending sequence numbers, consecutive; the back one is active.
     segments: VecDeque<Segment>,
     /// `frames[i]` is frame number `frame_base + i`.
@@ -99,29 +99,37 @@ impl Wal {
     /// advisory `flock` on `LOCK`; note that a child process forked while the
     /// log is open shares that lock until it `exec`s).
     pub fn open(dir: impl AsRef<Path>, opts: WalOptions) -> Result<Wal, StorageError> {
+        Self::open_in(vfs::real(), dir, opts)
+    }
+
+    /// [`Wal::open`] on the file system `fs` (see [`crate::storage::vfs`]).
+    pub fn open_in(
+        fs: SharedFs,
+        dir: impl AsRef<Path>,
+        opts: WalOptions,
+    ) -> Result<Wal, StorageError> {
         let dir = dir.as_ref().to_path_buf();
-        create_dir_durable(&dir)?;
-        let lock = lock_dir(&dir)?;
+        create_dir_durable(&*fs, &dir)?;
+        let lock = lock_dir(&*fs, &dir)?;
 
         let mut seqs = Vec::new();
         let mut removed_tmp = false;
-        let listing =
-            std::fs::read_dir(&dir).map_err(|e| StorageError::io("list directory", &dir, e))?;
-        for item in listing {
-            let item = item.map_err(|e| StorageError::io("list directory", &dir, e))?;
-            let name = item.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(seq) = parse_segment_name(name) {
+        let listing = fs
+            .list_dir(&dir)
+            .map_err(|e| StorageError::io("list directory", &dir, e))?;
+        for name in listing {
+            if let Some(seq) = parse_segment_name(&name) {
                 seqs.push(seq);
             } else if name.ends_with(".wal.tmp") {
                 // A segment that was never renamed into place: never born.
-                std::fs::remove_file(item.path())
-                    .map_err(|e| StorageError::io("remove", item.path(), e))?;
+                let path = dir.join(&name);
+                fs.remove_file(&path)
+                    .map_err(|e| StorageError::io("remove", &path, e))?;
                 removed_tmp = true;
             }
         }
         if removed_tmp {
-            sync_dir(&dir)?;
+            sync_dir(&*fs, &dir)?;
         }
         seqs.sort_unstable();
         for pair in seqs.windows(2) {
@@ -141,6 +149,7 @@ impl Wal {
         let mut wal = Wal {
             dir,
             opts,
+            fs,
             _lock: lock,
             segments: VecDeque::new(),
             frames: VecDeque::new(),
@@ -159,14 +168,14 @@ impl Wal {
 
         if seqs.is_empty() {
             let checkpoint = wal.checkpoint_frame();
-            let seg = Segment::create(&wal.dir, 1, &checkpoint)?;
+            let seg = Segment::create(&*wal.fs, &wal.dir, 1, &checkpoint)?;
             debug!(file = %seg.path.display(), "created the first wal segment");
             // Checkpoint frames hold no entries: they need no frame number.
             wal.segments.push_back(seg);
         } else {
             let count = seqs.len();
             for (i, seq) in seqs.into_iter().enumerate() {
-                let mut seg = Segment::open(wal.dir.join(segment_name(seq)), seq)?;
+                let mut seg = Segment::open(&*wal.fs, wal.dir.join(segment_name(seq)), seq)?;
                 let mut max_entry = 0;
                 let prev = wal.segments.back().map(|p| (p.path.clone(), p.len));
                 seg.scan(i + 1 == count, |offset, payload| {
@@ -370,7 +379,7 @@ impl Wal {
     fn roll_over(&mut self) -> Result<(), StorageError> {
         let seq = self.segments.back().map_or(1, |s| s.seq + 1);
         let checkpoint = self.checkpoint_frame();
-        let seg = Segment::create(&self.dir, seq, &checkpoint)?;
+        let seg = Segment::create(&*self.fs, &self.dir, seq, &checkpoint)?;
         debug!(file = %seg.path.display(), "started a new wal segment");
         // The checkpoint frame holds no entries: it needs no frame number.
         self.segments.push_back(seg);
@@ -390,9 +399,10 @@ impl Wal {
                 break;
             }
             let (seq, path) = (oldest.seq, oldest.path.clone());
-            std::fs::remove_file(&path)
+            self.fs
+                .remove_file(&path)
                 .map_err(|e| StorageError::io("remove segment", &path, e))?;
-            sync_dir(&self.dir)?;
+            sync_dir(&*self.fs, &self.dir)?;
             self.segments.pop_front();
             while self.frames.front().is_some_and(|f| f.seg == seq) {
                 self.frames.pop_front();
@@ -508,18 +518,12 @@ fn seg_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(segment_name(seq))
 }
 
-fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+fn lock_dir(fs: &dyn Vfs, dir: &Path) -> Result<Box<dyn VfsLock>, StorageError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StorageError::io("open lock file", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StorageError::Locked { path }),
-        Err(TryLockError::Error(e)) => Err(StorageError::io("lock", &path, e)),
+    match fs.lock(&path) {
+        Ok(lock) => Ok(lock),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(StorageError::Locked { path }),
+        Err(e) => Err(StorageError::io("lock", &path, e)),
     }
 }
 

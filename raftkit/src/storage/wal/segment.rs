@@ -17,8 +17,6 @@
 //! after the last fsync; [`Segment::scan`] recognises a torn tail and cuts it
 //! off (see its documentation for the exact rule).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
@@ -26,7 +24,7 @@ use tracing::warn;
 use super::record::{FRAME_HEADER_LEN, decode_header};
 use crate::core::types::Index;
 use crate::storage::StorageError;
-use crate::storage::fsutil::{read_exact_at, sync_dir, write_all_at};
+use crate::storage::vfs::{OpenMode, Vfs, VfsFile, sync_dir};
 
 /// The magic bytes opening every segment.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"RKWAL\0\0\x01";
@@ -40,7 +38,7 @@ pub(crate) struct Segment {
     pub seq: u64,
     /// The file's path.
     pub path: PathBuf,
-    file: File,
+    file: Box<dyn VfsFile>,
     /// The length of the valid content: the offset where the next frame goes.
     pub len: u64,
     /// The length of the header and the first (checkpoint) frame: a segment
@@ -68,26 +66,28 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 impl Segment {
     /// Creates segment `seq` in `dir` holding `first_frame`, durably: write a
     /// temporary file, fsync it, rename it into place, fsync the directory.
-    pub fn create(dir: &Path, seq: u64, first_frame: &[u8]) -> Result<Segment, StorageError> {
+    pub fn create(
+        fs: &dyn Vfs,
+        dir: &Path,
+        seq: u64,
+        first_frame: &[u8],
+    ) -> Result<Segment, StorageError> {
         let path = dir.join(segment_name(seq));
         let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
+        let file = fs
+            .open(&tmp, OpenMode::CreateTruncate)
             .map_err(|e| StorageError::io("create segment", &tmp, e))?;
         let mut head = Vec::with_capacity(SEGMENT_HEADER_LEN as usize + first_frame.len());
         head.extend_from_slice(&SEGMENT_MAGIC);
         head.extend_from_slice(&seq.to_le_bytes());
         head.extend_from_slice(first_frame);
-        file.write_all(&head)
+        file.write_all_at(&head, 0)
             .map_err(|e| StorageError::io("write segment", &tmp, e))?;
         file.sync_all()
             .map_err(|e| StorageError::io("fsync segment", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| StorageError::io("rename segment", &tmp, e))?;
-        sync_dir(dir)?;
+        fs.rename(&tmp, &path)
+            .map_err(|e| StorageError::io("rename segment", &tmp, e))?;
+        sync_dir(fs, dir)?;
         Ok(Segment {
             seq,
             path,
@@ -100,21 +100,18 @@ impl Segment {
 
     /// Opens an existing segment and checks its header. Call
     /// [`scan`](Self::scan) next.
-    pub fn open(path: PathBuf, seq: u64) -> Result<Segment, StorageError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
+    pub fn open(fs: &dyn Vfs, path: PathBuf, seq: u64) -> Result<Segment, StorageError> {
+        let file = fs
+            .open(&path, OpenMode::Existing)
             .map_err(|e| StorageError::io("open segment", &path, e))?;
         let len = file
-            .metadata()
-            .map_err(|e| StorageError::io("stat segment", &path, e))?
-            .len();
+            .size()
+            .map_err(|e| StorageError::io("stat segment", &path, e))?;
         if len < SEGMENT_HEADER_LEN {
             return Err(StorageError::corrupt(&path, 0, "segment header truncated"));
         }
         let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-        read_exact_at(&file, &mut header, 0)
+        file.read_exact_at(&mut header, 0)
             .map_err(|e| StorageError::io("read segment", &path, e))?;
         if header[..8] != SEGMENT_MAGIC {
             return Err(StorageError::corrupt(&path, 0, "bad segment magic"));
@@ -252,7 +249,8 @@ impl Segment {
 
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StorageError> {
-        read_exact_at(&self.file, buf, offset)
+        self.file
+            .read_exact_at(buf, offset)
             .map_err(|e| StorageError::io("read segment", &self.path, e))
     }
 
@@ -260,7 +258,8 @@ impl Segment {
     /// returns the offset they were written at.
     pub fn append(&mut self, bytes: &[u8]) -> Result<u64, StorageError> {
         let at = self.len;
-        write_all_at(&self.file, bytes, at)
+        self.file
+            .write_all_at(bytes, at)
             .map_err(|e| StorageError::io("write segment", &self.path, e))?;
         self.len += bytes.len() as u64;
         Ok(at)

@@ -1,0 +1,121 @@
+//! Backpressure: how many commands (and bytes of commands) a node has in
+//! flight at once.
+//!
+//! Every write and read a [`Peer`](super::Peer) takes holds a [`Permit`]
+//! from the moment it is admitted until its caller is answered (applied,
+//! refused, or failed): one unit of the count budget and as many units of
+//! the byte budget as its command has bytes. When either budget is spent, a
+//! new call waits for room for at most the admission wait, then fails with
+//! [`Error::Overloaded`] (nothing was applied). So whatever the callers do,
+//! a node holds at most `max_in_flight` commands and `max_in_flight_bytes`
+//! bytes of them between admission and answer: in the log's unapplied
+//! tail, in the storage queue, in the apply queue and in the table of
+//! waiting replies. A slow disk or a slow state machine slows the writers
+//! down; it never makes memory grow.
+//!
+//! The semaphores are FIFO-fair: a large command waiting for room is not
+//! overtaken forever by small ones.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::Error;
+
+/// The default bound on commands in flight per node.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16_384;
+/// The default bound on bytes of commands in flight per node.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+/// The default longest wait for room before [`Error::Overloaded`].
+pub const DEFAULT_ADMISSION_WAIT: Duration = Duration::from_secs(2);
+
+/// A node's budgets.
+#[derive(Debug)]
+pub struct Admission {
+    count: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
+    wait: Duration,
+    refused: AtomicU64,
+}
+
+/// Room for one command in flight; returned to the budgets when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    _count: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl Admission {
+    /// Budgets of `max_count` commands and `max_bytes` bytes (at most
+    /// `u32::MAX`); a call waits at most `wait` for room.
+    pub fn new(max_count: usize, max_bytes: usize, wait: Duration) -> Self {
+        let max_bytes = u32::try_from(max_bytes).unwrap_or(u32::MAX).max(1);
+        Admission {
+            count: Arc::new(Semaphore::new(max_count.max(1))),
+            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
+            max_bytes,
+            wait,
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits (at most the admission wait) for room for a command of `bytes`
+    /// bytes. A command larger than the whole byte budget takes all of it.
+    pub async fn admit(&self, bytes: usize) -> Result<Permit, Error> {
+        let units = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.max_bytes);
+        let acquire = async {
+            let count = Arc::clone(&self.count).acquire_owned().await.ok()?;
+            let bytes = if units == 0 {
+                None
+            } else {
+                Some(
+                    Arc::clone(&self.bytes)
+                        .acquire_many_owned(units)
+                        .await
+                        .ok()?,
+                )
+            };
+            Some(Permit {
+                _count: count,
+                _bytes: bytes,
+            })
+        };
+        match tokio::time::timeout(self.wait, acquire).await {
+            Ok(Some(permit)) => Ok(permit),
+            _ => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(Error::Overloaded)
+            }
+        }
+    }
+
+    /// Calls refused with [`Error::Overloaded`] so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_budget_refuses_after_the_wait_and_frees_on_drop() {
+        let a = Admission::new(2, 100, Duration::from_millis(20));
+        let p1 = a.admit(10).await.unwrap();
+        let p2 = a.admit(10).await.unwrap();
+        assert!(matches!(a.admit(1).await, Err(Error::Overloaded)));
+        drop(p1);
+        let p3 = a.admit(80).await.unwrap();
+        // Count has room after dropping p2, bytes do not (80 of 100 taken).
+        drop(p2);
+        assert!(matches!(a.admit(30).await, Err(Error::Overloaded)));
+        drop(p3);
+        // A command larger than the whole budget takes all of it.
+        let _all = a.admit(1_000).await.unwrap();
+        assert_eq!(a.refused(), 2);
+    }
+}

@@ -1,0 +1,291 @@
+//! The file-system seam: every byte the write-ahead log and the snapshot
+//! store read or write goes through a [`Vfs`].
+//!
+//! Three implementations exist or are planned:
+//!
+//! - [`RealFs`], the operating system's file system (`std::fs`, `pread`,
+//!   `pwrite`, `fdatasync`, `flock`): what production runs on;
+//! - [`FaultyFs`], a wrapper that injects the failures real disks have
+//!   (ENOSPC, EIO on write, fsync, rename or directory fsync, short writes,
+//!   writes that hang), switchable while the node runs: what the failure
+//!   tests run on;
+//! - a simulated in-memory disk (the whole-runtime simulation), which keeps
+//!   written-but-unsynced bytes apart from durable ones so that a simulated
+//!   crash can lose or tear them.
+//!
+//! The interface is the small set of calls the stores need, with the
+//! durability contract of POSIX spelled out so that a simulated disk can be
+//! exact about it:
+//!
+//! - bytes written with [`VfsFile::write_all_at`] (and a length changed by
+//!   [`VfsFile::set_len`]) are durable only after [`VfsFile::sync_data`] or
+//!   [`VfsFile::sync_all`] on that file returned `Ok`;
+//! - the creation, renaming and removal of a directory entry is durable only
+//!   after [`Vfs::sync_dir`] on its directory returned `Ok`;
+//! - a failed sync means nothing about what reached the disk: the caller
+//!   must treat the file as lost (the stores stop; see
+//!   [`StorageError::Failed`]).
+//!
+//! Nothing outside the stores branches on which implementation runs: a node
+//! is given one (`PeerBuilder::file_system`, a testing hook) and uses it for
+//! everything.
+
+mod faults;
+
+use std::fmt;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use faults::{Fault, FaultRule, FaultyFs, FileOp};
+
+use super::StorageError;
+
+/// How [`Vfs::open`] opens a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read and write; create the file if missing and truncate it to zero
+    /// length if present.
+    CreateTruncate,
+    /// Read and write an existing file.
+    Existing,
+}
+
+/// A file system, as the storage layer uses it. See the [module
+/// documentation](self) for the durability contract.
+pub trait Vfs: Send + Sync + fmt::Debug {
+    /// Creates `dir` and its missing parents (not yet durable: sync the
+    /// parent directory).
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Whether `path` is an existing directory.
+    fn is_dir(&self, path: &Path) -> bool;
+    /// The names of the entries in `dir` (names that are not UTF-8 are
+    /// left out: the stores never create such names).
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens a file.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>>;
+    /// Reads a whole file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Renames `from` to `to`, replacing `to` (durable after
+    /// [`Vfs::sync_dir`]).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file (durable after [`Vfs::sync_dir`]).
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the creation, renaming and removal of the entries of `dir`
+    /// durable (fsync of the directory).
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive advisory lock on `path` (created if missing),
+    /// held until the returned guard is dropped. Fails with
+    /// [`io::ErrorKind::WouldBlock`] if another holder has it.
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn VfsLock>>;
+}
+
+/// An open file.
+pub trait VfsFile: Send + Sync + fmt::Debug {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset` (durable after a sync). On failure
+    /// any prefix of `buf` may have been written.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// The file's current size in bytes.
+    fn size(&self) -> io::Result<u64>;
+    /// Cuts or extends the file to `len` bytes (durable after a sync).
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes the file's data and length durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Makes the file's data and all its metadata durable (`fsync`).
+    fn sync_all(&self) -> io::Result<()>;
+}
+
+/// A held lock (see [`Vfs::lock`]); dropping it releases the lock.
+pub trait VfsLock: Send + Sync + fmt::Debug {}
+
+/// A shared file system handle.
+pub type SharedFs = Arc<dyn Vfs>;
+
+/// The operating system's file system.
+pub fn real() -> SharedFs {
+    Arc::new(RealFs)
+}
+
+/// The operating system's file system: `std::fs` and positioned IO.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealFs;
+
+#[derive(Debug)]
+struct RealFile(File);
+
+#[derive(Debug)]
+struct RealLock(#[allow(dead_code)] File);
+
+impl VfsLock for RealLock {}
+
+impl Vfs for RealFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for item in std::fs::read_dir(dir)? {
+            if let Ok(name) = item?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        if mode == OpenMode::CreateTruncate {
+            o.create(true).truncate(true);
+        }
+        Ok(Box::new(RealFile(o.open(path)?)))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        // Directories cannot be opened for syncing on Windows, whose file
+        // systems journal metadata: there this is a no-op.
+        #[cfg(unix)]
+        File::open(dir)?.sync_all()?;
+        #[cfg(not(unix))]
+        let _ = dir;
+        Ok(())
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn VfsLock>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(RealLock(file))),
+            Err(TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+impl VfsFile for RealFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
+        }
+        #[cfg(windows)]
+        {
+            let (mut buf, mut offset) = (buf, offset);
+            while !buf.is_empty() {
+                match std::os::windows::fs::FileExt::seek_read(&self.0, buf, offset) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => {
+                        buf = &mut buf[n..];
+                        offset += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::FileExt::write_all_at(&self.0, buf, offset)
+        }
+        #[cfg(windows)]
+        {
+            let (mut buf, mut offset) = (buf, offset);
+            while !buf.is_empty() {
+                match std::os::windows::fs::FileExt::seek_write(&self.0, buf, offset) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        buf = &buf[n..];
+                        offset += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn sync_all(&self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+}
+
+/// Fsyncs `dir`, as a storage error.
+pub(crate) fn sync_dir(fs: &dyn Vfs, dir: &Path) -> Result<(), StorageError> {
+    fs.sync_dir(dir)
+        .map_err(|e| StorageError::io("fsync directory", dir, e))
+}
+
+/// Creates `dir` (and its parents) if missing, making the new entry durable.
+pub(crate) fn create_dir_durable(fs: &dyn Vfs, dir: &Path) -> Result<(), StorageError> {
+    if fs.is_dir(dir) {
+        return Ok(());
+    }
+    fs.create_dir_all(dir)
+        .map_err(|e| StorageError::io("create directory", dir, e))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(fs, parent)?;
+    }
+    Ok(())
+}
+
+/// Writes a small file atomically: a temporary file, fsync, rename over
+/// `path`, directory fsync.
+pub fn write_atomic(fs: &dyn Vfs, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let dir: PathBuf = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    create_dir_durable(fs, &dir)?;
+    let tmp = path.with_extension("tmp");
+    let file = fs
+        .open(&tmp, OpenMode::CreateTruncate)
+        .map_err(|e| StorageError::io("create", &tmp, e))?;
+    file.write_all_at(bytes, 0)
+        .map_err(|e| StorageError::io("write", &tmp, e))?;
+    file.sync_all()
+        .map_err(|e| StorageError::io("fsync", &tmp, e))?;
+    drop(file);
+    fs.rename(&tmp, path)
+        .map_err(|e| StorageError::io("rename", &tmp, e))?;
+    sync_dir(fs, &dir)
+}

@@ -1,0 +1,360 @@
+//! Exactly-once sessions through the whole runtime (node task, apply task,
+//! session table, snapshots of it), over the in-process network, with
+//! tokio's paused clock and an injected wall clock: sessions the table does
+//! not know, expiry, a leader's wall clock jumping ahead, the bound on the
+//! table, acknowledgements, and the randomness of session ids.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use raftkit::core::Role;
+use raftkit::prelude::*;
+use raftkit::runtime::PeerBuilder;
+use raftkit::runtime::session::{SessionId, SessionRef};
+use raftkit::transport::memory::MemoryNetwork;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "counter")]
+pub struct Counter {
+    values: BTreeMap<String, u64>,
+}
+
+#[raftkit::state_machine]
+impl Counter {
+    #[write]
+    fn add(&mut self, key: String, by: u64) -> u64 {
+        let v = self.values.entry(key).or_default();
+        *v += by;
+        *v
+    }
+
+    #[read]
+    fn get(&self, key: String) -> u64 {
+        self.values.get(&key).copied().unwrap_or(0)
+    }
+}
+
+/// A plausible "now" for the injected wall clocks.
+const EPOCH_MS: u64 = 1_700_000_000_000;
+const HOUR_MS: u64 = 60 * 60 * 1000;
+
+struct Cluster {
+    peers: Vec<Peer<Counter>>,
+    /// Per node: how far its wall clock is ahead of (virtual) real time.
+    skew_ms: Vec<Arc<AtomicU64>>,
+}
+
+impl Cluster {
+    /// `n` in-memory peers whose wall clocks follow tokio's (paused) clock
+    /// plus a per-node skew the test can change.
+    async fn start(
+        n: usize,
+        configure: impl Fn(PeerBuilder<Counter>) -> PeerBuilder<Counter>,
+    ) -> Cluster {
+        let net = MemoryNetwork::new(3);
+        let addrs: Vec<String> = (1..=n).map(|i| format!("n{i}:1")).collect();
+        let start = tokio::time::Instant::now();
+        let mut peers = Vec::new();
+        let mut skew_ms = Vec::new();
+        for addr in &addrs {
+            let skew = Arc::new(AtomicU64::new(0));
+            let clock_skew = skew.clone();
+            let net = net.clone();
+            let builder = Counter::peer()
+                .in_memory()
+                .listen(addr.clone())
+                .bootstrap_members(addrs.clone())
+                .tick(Duration::from_millis(10))
+                .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+                .wall_clock(move || {
+                    EPOCH_MS
+                        + start.elapsed().as_millis() as u64
+                        + clock_skew.load(Ordering::SeqCst)
+                });
+            peers.push(configure(builder).start().await.expect("peer starts"));
+            skew_ms.push(skew);
+        }
+        let c = Cluster { peers, skew_ms };
+        c.leader().await;
+        c
+    }
+
+    async fn leader(&self) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(i) = self
+                .peers
+                .iter()
+                .position(|p| p.status().role == Role::Leader)
+            {
+                return i;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until every peer applied everything in the leader's log
+    /// (which covers every write that returned).
+    async fn settle(&self) {
+        let last = self.peers[self.leader().await].status().last_index;
+        for p in &self.peers {
+            let mut w = p.watch();
+            tokio::time::timeout(Duration::from_secs(30), w.wait_for(|s| s.applied >= last))
+                .await
+                .expect("applied in time")
+                .expect("peer alive");
+        }
+    }
+
+    async fn shutdown(self) {
+        for p in &self.peers {
+            p.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// The status of `p` once it applied everything it has in its log. After a
+/// write through `p` returned, `p`'s published last index covers it (the
+/// node task publishes before the apply task can answer), so this status
+/// reflects the write.
+async fn applied_status(p: &Peer<Counter>) -> raftkit::runtime::PeerStatus {
+    let target = p.status().last_index;
+    let mut w = p.watch();
+    tokio::time::timeout(Duration::from_secs(30), w.wait_for(|s| s.applied >= target))
+        .await
+        .expect("applied in time")
+        .expect("peer alive")
+        .clone()
+}
+
+fn add(key: &str, by: u64) -> Vec<u8> {
+    raftkit::state_machine::encode(
+        "command",
+        &CounterWrite::Add {
+            key: key.into(),
+            by,
+        },
+    )
+    .unwrap()
+}
+
+/// Write `seq` of session `id` (acknowledging everything below `acked`).
+async fn write(
+    p: &Peer<Counter>,
+    id: SessionId,
+    seq: u64,
+    acked: u64,
+    key: &str,
+    by: u64,
+) -> Result<u64, Error> {
+    let out = p
+        .write_in_session(
+            add(key, by),
+            Some(SessionRef {
+                id,
+                seq,
+                acked_below: acked,
+            }),
+        )
+        .await?;
+    Ok(
+        raftkit::state_machine::decode::<CounterWriteOutput>("output", &out)
+            .map(|CounterWriteOutput::Add(v)| v)
+            .unwrap(),
+    )
+}
+
+async fn get(p: &Peer<Counter>, key: &str) -> u64 {
+    CounterClient::new(p.clone()).get(key.into()).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_for_a_session_never_opened_is_refused_and_changes_nothing() {
+    let c = Cluster::start(1, |b| b).await;
+    let p = &c.peers[0];
+    let r = write(p, SessionId(0x5eed), 1, 1, "k", 1).await;
+    assert!(matches!(r, Err(Error::SessionExpired(_))), "got {r:?}");
+    assert_eq!(get(p, "k").await, 0, "nothing applied");
+    assert_eq!(
+        applied_status(p).await.sessions,
+        0,
+        "the write opened no session"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_the_session_expired_is_not_applied_twice() {
+    let c = Cluster::start(1, |b| b.session_ttl(Duration::from_secs(60))).await;
+    let p = &c.peers[0];
+    let victim = p.open_session().await.unwrap();
+    assert_eq!(write(p, victim, 1, 1, "k", 5).await.unwrap(), 5);
+    // The victim's reply is lost and it stays partitioned for longer than
+    // the session's time-to-live, while other clients keep the cluster
+    // (and its replicated time) going.
+    let other = p.open_session().await.unwrap();
+    let mut seq = 0;
+    while p.status().session_expiries == 0 {
+        assert!(seq < 100, "the victim's session never expired");
+        seq += 1;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        write(p, other, seq, seq, "other", 1).await.unwrap();
+    }
+    // The victim retries the same write: refused, not applied again.
+    let retry = write(p, victim, 1, 1, "k", 5).await;
+    assert!(
+        matches!(retry, Err(Error::SessionExpired(_))),
+        "got {retry:?}"
+    );
+    let later = write(p, victim, 2, 1, "k", 5).await;
+    assert!(
+        matches!(later, Err(Error::SessionExpired(_))),
+        "got {later:?}"
+    );
+    assert_eq!(get(p, "k").await, 5, "applied exactly once");
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_wall_clock_jumps_ahead_does_not_expire_sessions() {
+    let c = Cluster::start(3, |b| b).await;
+    let leader = c.leader().await;
+    let p = &c.peers[leader];
+    let victim = p.open_session().await.unwrap();
+    assert_eq!(write(p, victim, 1, 1, "k", 5).await.unwrap(), 5);
+    // The leader's wall clock steps two hours ahead (an NTP step, a VM
+    // resumed): twice the default session time-to-live.
+    c.skew_ms[leader].store(2 * HOUR_MS, Ordering::SeqCst);
+    let other = p.open_session().await.unwrap();
+    for seq in 1..=200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        write(p, other, seq, seq, "other", 1).await.unwrap();
+    }
+    c.settle().await;
+    for q in &c.peers {
+        let s = q.status();
+        assert_eq!((s.sessions, s.session_expiries), (2, 0), "{}", s.name);
+    }
+    // The victim's retry is answered from its session, not applied again.
+    assert_eq!(write(p, victim, 1, 1, "k", 5).await.unwrap(), 5);
+    assert_eq!(write(p, victim, 2, 2, "k", 5).await.unwrap(), 10);
+    assert_eq!(get(p, "k").await, 10);
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_session_table_stays_bounded_and_evicts_the_longest_idle_first() {
+    let c = Cluster::start(3, |b| b.max_sessions(4)).await;
+    let p = c.peers[c.leader().await].clone();
+    let busy = p.open_session().await.unwrap();
+    let mut busy_seq = 1;
+    write(&p, busy, busy_seq, busy_seq, "busy", 1)
+        .await
+        .unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let s = p.open_session().await.unwrap();
+        write(&p, s, 1, 1, "idle", 1).await.unwrap();
+        idle.push(s);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        busy_seq += 1;
+        write(&p, busy, busy_seq, busy_seq, "busy", 1)
+            .await
+            .unwrap();
+    }
+    c.settle().await;
+    for q in &c.peers {
+        let s = q.status();
+        assert_eq!(s.sessions, 4, "{} holds {} sessions", s.name, s.sessions);
+        assert_eq!(s.session_evictions, 7, "{}", s.name);
+    }
+    // The busy session survived; the longest idle ones were evicted.
+    busy_seq += 1;
+    assert_eq!(
+        write(&p, busy, busy_seq, busy_seq, "busy", 1)
+            .await
+            .unwrap(),
+        12
+    );
+    let evicted = write(&p, idle[0], 2, 2, "idle", 1).await;
+    assert!(
+        matches!(evicted, Err(Error::SessionExpired(_))),
+        "{evicted:?}"
+    );
+    assert_eq!(write(&p, idle[9], 2, 2, "idle", 1).await.unwrap(), 11);
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn acknowledgements_shrink_the_stored_replies_to_what_is_in_flight() {
+    let c = Cluster::start(1, |b| b).await;
+    let p = &c.peers[0];
+    // A client that acknowledges every answer: one reply stored at most.
+    let acking = p.open_session().await.unwrap();
+    for seq in 1..=100 {
+        write(p, acking, seq, seq, "a", 1).await.unwrap();
+    }
+    let s = applied_status(p).await;
+    assert!(
+        s.session_replies <= 1,
+        "{} replies stored",
+        s.session_replies
+    );
+    // One that acknowledges nothing keeps every reply, until it does.
+    let silent = p.open_session().await.unwrap();
+    for seq in 1..=100 {
+        write(p, silent, seq, 1, "s", 1).await.unwrap();
+    }
+    assert!(applied_status(p).await.session_replies >= 100);
+    assert_eq!(write(p, silent, 101, 101, "s", 1).await.unwrap(), 101);
+    let s = applied_status(p).await;
+    assert!(
+        s.session_replies <= 2,
+        "{} replies stored",
+        s.session_replies
+    );
+    // A stale duplicate below the acknowledgement is refused, not applied;
+    // an earlier attempt of it was applied and answered, so the error says
+    // the outcome is unknown, never that it was not applied.
+    let stale = write(p, silent, 50, 1, "s", 1).await;
+    assert!(matches!(stale, Err(Error::Ambiguous(_))), "got {stale:?}");
+    assert_eq!(stale.unwrap_err().applied(), raftkit::error::Applied::Maybe);
+    assert_eq!(get(p, "s").await, 101);
+    // Closing drops the session and its replies.
+    p.close_session(silent).await.unwrap();
+    p.close_session(acking).await.unwrap();
+    let s = applied_status(p).await;
+    assert_eq!((s.sessions, s.session_replies), (0, 0));
+    let closed = write(p, silent, 102, 102, "s", 1).await;
+    assert!(
+        matches!(closed, Err(Error::SessionExpired(_))),
+        "{closed:?}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn session_ids_are_128_random_bits() {
+    let c = Cluster::start(1, |b| b).await;
+    let p = &c.peers[0];
+    let mut ids = Vec::new();
+    for _ in 0..64 {
+        ids.push(p.open_session().await.unwrap().0);
+    }
+    let distinct: std::collections::BTreeSet<u128> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len());
+    // Each of the 128 bits is set in some id and clear in another (a bit
+    // stuck over 64 random ids has probability 2^-63).
+    let any = ids.iter().fold(0u128, |a, b| a | b);
+    let all = ids.iter().fold(u128::MAX, |a, b| a & b);
+    assert_eq!((any, all), (u128::MAX, 0), "ids {ids:x?}");
+    // Not a counter: consecutive ids differ in about half their bits.
+    let flips: u32 = ids.windows(2).map(|w| (w[0] ^ w[1]).count_ones()).sum();
+    let mean = flips as f64 / (ids.len() - 1) as f64;
+    assert!((44.0..84.0).contains(&mean), "mean bit flips {mean}");
+    c.shutdown().await;
+}
