@@ -489,7 +489,9 @@ fn teeth_heartbeat_commit_not_capped_at_match_is_caught() {
 }
 
 /// A joint configuration's entries committed on C_new alone: not on a
-/// quorum of C_old (durability, seed 2 at the time of writing).
+/// quorum of C_old (durability, seed 3 at the time of writing; seed 2
+/// before the inbound checks of `core/inbound.rs`, which change the course
+/// of most seeds).
 #[test]
 fn teeth_joint_commit_on_the_new_voters_alone_is_caught() {
     let bugs = Bugs {
@@ -501,9 +503,11 @@ fn teeth_joint_commit_on_the_new_voters_alone_is_caught() {
     }));
 }
 
-/// Elections in a joint configuration won on C_new alone: two leaders of
-/// one term across a split (election safety, seed 11 at the time of
-/// writing).
+/// Elections in a joint configuration won on C_new alone: a leader
+/// without a quorum of C_old, so two leaders of one term across a split
+/// (the oracle's election check, seed 17 at the time of writing; seed 11,
+/// by election safety, before the inbound checks of `core/inbound.rs`,
+/// which change the course of most seeds).
 #[test]
 fn teeth_joint_election_on_the_new_voters_alone_is_caught() {
     let bugs = Bugs {
