@@ -392,6 +392,7 @@ async fn only_an_admin_certificate_changes_membership() {
         .await,
         "may only ask to add its own node",
     );
+    // (A write first opens a session: that is what is refused.)
     unauthorized(
         KvClient::new(as_b.clone())
             .put("k".into(), 2)

@@ -56,6 +56,10 @@ struct Node {
     peer: Peer<Tally>,
     /// Two client identities of the cluster CA: a victim and an attacker.
     clients: [Identity; 2],
+    /// An admin identity of the cluster CA.
+    admin: Identity,
+    /// The node's own (node) identity.
+    node: Identity,
 }
 
 impl Node {
@@ -66,12 +70,13 @@ impl Node {
         let node = ids.pop().expect("identity");
         let alice = ca.issue_client("alice").expect("client identity");
         let mallory = ca.issue_client("mallory").expect("client identity");
+        let admin = ca.issue_admin("root").expect("admin identity");
         let dir = tempfile::tempdir().expect("tempdir");
         let builder = Tally::peer()
             .listen(addr.clone())
             .data_dir(dir.path().join("n1"))
             .bootstrap()
-            .identity(node)
+            .identity(node.clone())
             .tick(Duration::from_millis(20));
         let peer = configure(builder).start().await.expect("peer starts");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -84,6 +89,8 @@ impl Node {
             addr,
             peer,
             clients: [alice, mallory],
+            admin,
+            node,
         }
     }
 
@@ -152,6 +159,47 @@ async fn a_foreign_session_id_is_refused_and_the_victims_writes_still_apply() {
         .request(ClientRequest::CloseSession { id: victim })
         .await;
     assert!(matches!(r, Err(Error::Rejected(_))), "close: {r:?}");
+    // Sessions belong to certificates, not roles: an admin certificate
+    // cannot use Alice's session either, and a node certificate may not use
+    // sessions at all.
+    let connect = |identity: Identity| {
+        Client::connect_with(
+            [&n.addr],
+            identity,
+            Tally::SCHEMA_FINGERPRINT,
+            ClientOptions::default(),
+        )
+    };
+    let write = ClientRequest::Write {
+        session: SessionRef {
+            id: victim,
+            seq: 2,
+            acked_below: 1,
+        },
+        command: incr.clone(),
+    };
+    let root = connect(n.admin.clone()).await.unwrap();
+    match root.request(write.clone()).await {
+        Err(Error::Rejected(why)) => assert!(why.contains("another client identity"), "{why}"),
+        other => panic!("an admin's write under alice's session: {other:?}"),
+    }
+    let r = root
+        .request(ClientRequest::CloseSession { id: victim })
+        .await;
+    assert!(matches!(r, Err(Error::Rejected(_))), "admin close: {r:?}");
+    let as_node = connect(n.node.clone()).await.unwrap();
+    for request in [
+        write,
+        ClientRequest::CloseSession { id: victim },
+        ClientRequest::OpenSession,
+    ] {
+        match as_node.request(request.clone()).await {
+            Err(Error::Unauthorized(why)) => {
+                assert!(why.contains("client or admin certificate"), "{why}")
+            }
+            other => panic!("{request:?} with a node certificate: {other:?}"),
+        }
+    }
     let reader = n.client(MALLORY, Duration::from_secs(10)).await;
     assert_eq!(
         reader.count().await.unwrap(),

@@ -73,7 +73,7 @@ pub fn authorize(
             | ClientRequest::CloseSession { .. },
             CertRole::Node,
         ) => refuse(format!(
-            "data commands and sessions need a client or admin certificate; this is a {principal}"
+            "data commands need a client or admin certificate (sessions are opened to write); this is a {principal}"
         )),
         (_, CertRole::Admin) => Ok(()),
         (
