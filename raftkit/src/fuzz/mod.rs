@@ -7,7 +7,7 @@
 //! | [`frames`] | bytes as a stream of peer frames, read by the transport's own [`read_frame`] under a small cap | no panic, no allocation past the cap; every decoded frame re-encodes to itself |
 //! | [`client_request`] | bytes as the client service reads them: a [`ClientHello`] frame and [`ClientRequest`] frames (and a client's [`ClientResponse`]) | no panic; every request is authorized exactly as the table of `runtime::authorization` says, for every role |
 //! | [`hello`] | a principal chosen by the first byte, then bytes as a hello frame (capped at [`MAX_HELLO_BYTES`]); also the bytes as a certificate | no panic; a hello is accepted only from a `node` certificate whose name is the hello's, with the id of that name |
-//! | [`raft_step`] | a live 3-node cluster of cores (elected, replicating, with a snapshot) driven by ticks, proposals, deliveries and arbitrary messages from members, a stranger, node 0 and the node itself | no panic; [`Raft::check_invariants`](crate::core::Raft::check_invariants) after every input; an entry a node handed out as committed never changes |
+//! | [`raft_step`] | a live 3-node cluster of cores (elected, replicating, with a snapshot) driven by ticks, proposals, deliveries, compactions, apply pauses, halts and arbitrary messages from members, a stranger, node 0 and the node itself | no panic; [`Raft::check_invariants`](crate::core::Raft::check_invariants) after every input; an entry a node handed out as committed never changes |
 //!
 //! Every input is bounded work: the harnesses loop over the input's bytes
 //! only.

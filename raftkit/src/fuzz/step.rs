@@ -1,6 +1,8 @@
 //! The live-core harness: a 3-node cluster of cores that has elected a
 //! leader, replicated entries and taken snapshots, then driven by the
-//! input: ticks, proposals, deliveries of its own messages, compactions, and
+//! input: ticks, proposals, deliveries of its own messages, compactions,
+//! apply pauses and halts (what the runtime does under backpressure and
+//! when a handler panics, [`Raft::set_apply_paused`], [`Raft::set_halted`]), and
 //! arbitrary messages built from the input's bytes (from members, from a
 //! stranger, from node 0 and from the node itself; at the node's term,
 //! around it and at the extremes; indexes around the log's cursors and at
@@ -416,7 +418,7 @@ pub fn raft_step(data: &[u8]) {
     let mut cluster = Cluster::new();
     cluster.warm_up();
     while !input.is_empty() {
-        match input.pick(10) {
+        match input.pick(12) {
             0..=4 => {
                 let m = cluster.message(&mut input);
                 cluster.step(m);
@@ -441,9 +443,29 @@ pub fn raft_step(data: &[u8]) {
                     cluster.queue.pop_front();
                 }
             }
-            _ => {
+            9 => {
                 let i = usize::from(input.pick(3));
                 cluster.compact(i);
+            }
+            10 => {
+                // The runtime pauses or resumes a node's apply (its apply
+                // backlog is full, then drained).
+                let i = usize::from(input.pick(3));
+                let paused = input.bool();
+                if let Some(node) = cluster.nodes.get_mut(i) {
+                    node.raft.set_apply_paused(paused);
+                }
+                cluster.drain(i);
+            }
+            _ => {
+                // A node's state machine halts (for good), now and then.
+                let i = usize::from(input.pick(3));
+                if input.pick(4) == 0 {
+                    if let Some(node) = cluster.nodes.get_mut(i) {
+                        node.raft.set_halted();
+                    }
+                    cluster.drain(i);
+                }
             }
         }
         cluster.check();
@@ -467,5 +489,11 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
         ],
         // A heartbeat at the last term from the stranger.
         vec![0, 2, 5, 6, 4, 0, 3],
+        // The leader's apply paused while proposals commit, then resumed;
+        // a node halts while the others go on.
+        vec![
+            10, 0, 1, 10, 1, 1, 10, 2, 1, 7, 4, 6, 15, 7, 5, 6, 15, 10, 0, 0, 10, 1, 0, 10, 2, 0,
+            11, 1, 0, 5, 0, 3, 6, 15, 7, 6, 6, 15, 5, 2, 3, 6, 15,
+        ],
     ]
 }
