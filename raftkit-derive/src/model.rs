@@ -181,6 +181,15 @@ pub struct Arg {
     pub span: Span,
 }
 
+/// How a handler takes the handler context (`raftkit::Ctx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtxArg {
+    /// `ctx: &Ctx`.
+    Shared,
+    /// `ctx: &mut Ctx` (writes only: the random generator needs it).
+    Mut,
+}
+
 /// One `#[write]` or `#[read]` method.
 pub struct Handler {
     /// Which kind of handler.
@@ -193,7 +202,11 @@ pub struct Handler {
     pub tag: u32,
     /// The per-handler policy (`#[write(on_error = ..)]`), if set.
     pub policy: Option<Policy>,
-    /// The arguments after the receiver.
+    /// Whether the first argument after the receiver is the handler context
+    /// (not part of the command: the runtime passes it).
+    pub ctx: Option<CtxArg>,
+    /// The arguments after the receiver (and the context), the command's
+    /// fields.
     pub args: Vec<Arg>,
     /// The return type (`()` when none is written), `Self` replaced.
     pub output: TokenStream,
@@ -369,6 +382,25 @@ fn check_type(ty: &Type, what: &str, errors: &mut Errors) {
         ),
         Type::Paren(p) => check_type(&p.elem, what, errors),
         _ => {}
+    }
+}
+
+/// How `ty` names the handler context: `Some((reference, mutable))` when its
+/// path ends in `Ctx` (`Ctx`, `raftkit::Ctx`, `&Ctx`, `&mut Ctx`).
+fn ctx_shape(ty: &Type) -> Option<(bool, bool)> {
+    let is_ctx = |ty: &Type| match ty {
+        Type::Path(p) if p.qself.is_none() => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "Ctx" && s.arguments.is_none()),
+        _ => false,
+    };
+    match ty {
+        Type::Reference(r) if is_ctx(&r.elem) => Some((true, r.mutability.is_some())),
+        Type::Paren(p) => ctx_shape(&p.elem),
+        other if is_ctx(other) => Some((false, false)),
+        _ => None,
     }
 }
 
@@ -594,8 +626,61 @@ fn parse_method(
     }
 
     let mut args = Vec::new();
-    for input in sig.inputs.iter() {
+    let mut ctx = None;
+    for (position, input) in sig
+        .inputs
+        .iter()
+        .filter(|i| matches!(i, FnArg::Typed(_)))
+        .enumerate()
+    {
         let FnArg::Typed(pt) = input else { continue };
+        if let Some((reference, mutable)) = ctx_shape(&pt.ty) {
+            if !reference {
+                fail(
+                    errors,
+                    &pt.ty,
+                    format!(
+                        "a `#[{k}]` handler takes the context by reference: `ctx: &Ctx`{} (it \
+                         belongs to the runtime, which passes it to every handler of the entry)",
+                        if kind == Kind::Write {
+                            " or `ctx: &mut Ctx`"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            } else if position != 0 {
+                fail(
+                    errors,
+                    &pt.ty,
+                    format!(
+                        "the handler context must be the first argument after `self` \
+                         (`fn {}(&{}self, ctx: &{}Ctx, ...)`): it is not part of the command",
+                        sig.ident,
+                        if kind == Kind::Write { "mut " } else { "" },
+                        if mutable { "mut " } else { "" }
+                    ),
+                );
+            } else if mutable && kind == Kind::Read {
+                fail(
+                    errors,
+                    &pt.ty,
+                    "a `#[read]` handler takes `ctx: &Ctx`, not `&mut Ctx`: a read describes the \
+                     last applied entry and draws no random numbers (only a `#[write]`'s \
+                     generator is replicated)"
+                        .to_string(),
+                );
+            } else if matches!(&*pt.pat, Pat::Ident(_) | Pat::Wild(_)) {
+                ctx = Some(if mutable { CtxArg::Mut } else { CtxArg::Shared });
+            } else {
+                fail(
+                    errors,
+                    &pt.pat,
+                    "the handler context must be bound to a plain name (`ctx: &Ctx`)".to_string(),
+                );
+            }
+            continue;
+        }
         let ident = match &*pt.pat {
             Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => pi.ident.clone(),
             other => {
@@ -671,6 +756,7 @@ fn parse_method(
         variant,
         tag,
         policy: attr.policy,
+        ctx,
         args,
         output,
         output_span,

@@ -22,6 +22,7 @@
 extern crate self as raftkit;
 
 pub mod client;
+pub mod context;
 pub mod core;
 pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -36,6 +37,7 @@ pub mod storage;
 pub mod tls;
 pub mod transport;
 
+pub use context::{Ctx, CtxRng};
 pub use error::Error;
 pub use state_machine::{ErrorPolicy, StateMachine};
 
@@ -47,6 +49,7 @@ pub use raftkit_derive::{StateMachine, read, state_machine, write};
 /// Everything a state machine definition needs:
 /// `use raftkit::prelude::*;`.
 pub mod prelude {
+    pub use crate::context::Ctx;
     pub use crate::error::Error;
     pub use crate::runtime::{Peer, PeerExt};
     pub use crate::state_machine::{ErrorPolicy, StateMachine};

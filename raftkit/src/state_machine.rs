@@ -10,7 +10,8 @@
 //! # Invariants
 //! - Handlers are deterministic: the same state and the same command give the
 //!   same result and the same new state on every replica. No clocks, no
-//!   randomness, no IO in handlers.
+//!   randomness, no IO in handlers: the replicated time and a seeded random
+//!   generator come in the handler's [`Ctx`].
 //! - Whatever a handler does, including panicking, the log is neither lost
 //!   nor reordered: under [`ErrorPolicy::Skip`] the entry is consumed with an
 //!   error reply on every replica alike; under [`ErrorPolicy::Halt`] the node
@@ -19,6 +20,8 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::{Serialize, de::DeserializeOwned};
+
+pub use crate::context::Ctx;
 
 /// What happens when a `#[write]` handler panics (DESIGN §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -54,10 +57,13 @@ pub trait StateMachine: Sized + Send + 'static {
     /// command.
     const SCHEMA_FINGERPRINT: u64;
 
-    /// Applies a command. Must be deterministic.
-    fn apply(&mut self, command: Self::Write) -> Self::WriteOutput;
-    /// Answers a query without changing the state.
-    fn query(&self, query: Self::Read) -> Self::ReadOutput;
+    /// Applies a command. Must be deterministic: everything it may know
+    /// beyond the state and the command is in `ctx` (the entry's index and
+    /// term, replicated time, a seeded random generator; see [`Ctx`]).
+    fn apply(&mut self, ctx: &mut Ctx, command: Self::Write) -> Self::WriteOutput;
+    /// Answers a query without changing the state. `ctx` describes the last
+    /// entry applied (its time is the replicated time of that entry).
+    fn query(&self, ctx: &Ctx, query: Self::Read) -> Self::ReadOutput;
     /// What to do if `apply` panics on this command.
     fn error_policy(command: &Self::Write) -> ErrorPolicy;
     /// Serializes the whole state for a snapshot.
@@ -136,10 +142,14 @@ pub fn validate_command<S: StateMachine>(bytes: &[u8]) -> Result<(), CodecError>
 
 /// Decodes a command, applies it under the state machine's error policy and
 /// encodes the reply.
-pub fn apply_encoded<S: StateMachine>(sm: &mut S, bytes: &[u8]) -> Result<Vec<u8>, ApplyError> {
+pub fn apply_encoded<S: StateMachine>(
+    sm: &mut S,
+    ctx: &mut Ctx,
+    bytes: &[u8],
+) -> Result<Vec<u8>, ApplyError> {
     let command: S::Write = decode("command", bytes).map_err(ApplyError::Decode)?;
     let policy = S::error_policy(&command);
-    match catch_unwind(AssertUnwindSafe(|| sm.apply(command))) {
+    match catch_unwind(AssertUnwindSafe(|| sm.apply(ctx, command))) {
         Ok(output) => encode("write output", &output).map_err(|e| ApplyError::Panicked {
             message: e.to_string(),
         }),
@@ -155,9 +165,13 @@ pub fn apply_encoded<S: StateMachine>(sm: &mut S, bytes: &[u8]) -> Result<Vec<u8
 
 /// Decodes a query, runs it and encodes the answer. A panicking read handler
 /// changes no state, so it is reported to its caller whatever the policy.
-pub fn query_encoded<S: StateMachine>(sm: &S, bytes: &[u8]) -> Result<Vec<u8>, ApplyError> {
+pub fn query_encoded<S: StateMachine>(
+    sm: &S,
+    ctx: &Ctx,
+    bytes: &[u8],
+) -> Result<Vec<u8>, ApplyError> {
     let query: S::Read = decode("query", bytes).map_err(ApplyError::Decode)?;
-    match catch_unwind(AssertUnwindSafe(|| sm.query(query))) {
+    match catch_unwind(AssertUnwindSafe(|| sm.query(ctx, query))) {
         Ok(output) => encode("read output", &output).map_err(|e| ApplyError::Panicked {
             message: e.to_string(),
         }),

@@ -54,6 +54,10 @@ pub enum Command {
         key: String,
         /// The value.
         value: String,
+        /// Expire the key after this many milliseconds of replicated time
+        /// (the cluster's clock, the same on every node).
+        #[arg(long, value_name = "MS")]
+        ttl_ms: Option<u64>,
         #[command(flatten)]
         cluster: ClusterArgs,
     },

@@ -97,10 +97,18 @@ async fn close(kv: &KvClient) {
     }
 }
 
-/// `kv put K V`: prints `OK`.
-pub async fn put(args: &ClusterArgs, key: String, value: String) -> Result<(), Failure> {
+/// `kv put K V [--ttl-ms MS]`: prints `OK`.
+pub async fn put(
+    args: &ClusterArgs,
+    key: String,
+    value: String,
+    ttl_ms: Option<u64>,
+) -> Result<(), Failure> {
     let (kv, addrs) = typed(args).await?;
-    let r = kv.put(key, value).await;
+    let r = match ttl_ms {
+        Some(ttl) => kv.put_ttl(key, value, ttl).await,
+        None => kv.put(key, value).await,
+    };
     close(&kv).await;
     r.map_err(|e| Failure::cluster(&e, &addrs))?;
     println!("OK");

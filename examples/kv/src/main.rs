@@ -81,8 +81,9 @@ async fn run(cli: Cli) -> Result<(), fail::Failure> {
         Command::Put {
             key,
             value,
+            ttl_ms,
             cluster,
-        } => commands::put(&cluster, key, value).await,
+        } => commands::put(&cluster, key, value, ttl_ms).await,
         Command::Get { key, cluster } => commands::get(&cluster, key).await,
         Command::Del { key, cluster } => commands::del(&cluster, key).await,
         Command::Cas {

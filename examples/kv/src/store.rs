@@ -2,8 +2,16 @@
 //!
 //! This is the whole of what a raftkit user writes for a store: the derive
 //! generates the commands, the dispatch and the typed `KvClient`.
+//!
+//! Keys may expire: `put_ttl` gives a key a time-to-live in *replicated*
+//! time ([`Ctx::time_ms`], the leader's stamp of the entry, never moving
+//! backwards), so every replica expires it at the same entry. A key is
+//! visible while `now < deadline`; every write first drops the keys whose
+//! deadline has passed, and reads hide them until then. Replicated time
+//! advances only with entries, so a read sees expiry as of the last write
+//! applied (see the caveats in `raftkit::context`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use raftkit::prelude::*;
 
@@ -17,28 +25,77 @@ pub struct Mismatch(pub Option<String>);
 #[raftkit(name = "kv")]
 pub struct Kv {
     map: BTreeMap<String, String>,
+    /// The deadline (replicated ms) of every key that has one.
+    expiry: BTreeMap<String, u64>,
+    /// The same deadlines ordered by time, for dropping the expired keys.
+    deadlines: BTreeSet<(u64, String)>,
+}
+
+impl Kv {
+    /// Whether `key` holds a value that has not expired at `now`.
+    fn live(&self, key: &str, now: u64) -> Option<&String> {
+        match self.expiry.get(key) {
+            Some(&deadline) if deadline <= now => None,
+            _ => self.map.get(key),
+        }
+    }
+
+    /// Drops every key whose deadline is at or before `now` (replicated time,
+    /// so every replica drops the same keys at the same entry).
+    fn expire(&mut self, now: u64) {
+        while let Some((deadline, _)) = self.deadlines.first() {
+            if *deadline > now {
+                break;
+            }
+            if let Some((_, key)) = self.deadlines.pop_first() {
+                self.expiry.remove(&key);
+                self.map.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets the deadline of `key` (it is overwritten or removed).
+    fn clear_deadline(&mut self, key: &str) {
+        if let Some(deadline) = self.expiry.remove(key) {
+            self.deadlines.remove(&(deadline, key.to_string()));
+        }
+    }
 }
 
 #[raftkit::state_machine]
 impl Kv {
-    /// Sets `key` to `value`; returns the previous value.
+    /// Sets `key` to `value` (with no time-to-live); returns the previous
+    /// value.
     #[write]
-    pub fn put(&mut self, key: String, value: String) -> Option<String> {
+    pub fn put(&mut self, ctx: &Ctx, key: String, value: String) -> Option<String> {
+        self.expire(ctx.time_ms());
+        self.clear_deadline(&key);
         self.map.insert(key, value)
     }
 
     /// Removes `key`; returns the value it held.
     #[write]
-    pub fn delete(&mut self, key: String) -> Option<String> {
+    pub fn delete(&mut self, ctx: &Ctx, key: String) -> Option<String> {
+        self.expire(ctx.time_ms());
+        self.clear_deadline(&key);
         self.map.remove(&key)
     }
 
     /// Sets `key` to `new` if it holds `old` (`None`: if it is absent);
     /// otherwise reports what it holds.
     #[write]
-    pub fn cas(&mut self, key: String, old: Option<String>, new: String) -> Result<(), Mismatch> {
+    pub fn cas(
+        &mut self,
+        ctx: &Ctx,
+        key: String,
+        old: Option<String>,
+        new: String,
+    ) -> Result<(), Mismatch> {
+        self.expire(ctx.time_ms());
         let current = self.map.get(&key);
         if current == old.as_ref() {
+            // The new value keeps no time-to-live of the old one.
+            self.clear_deadline(&key);
             self.map.insert(key, new);
             Ok(())
         } else {
@@ -46,20 +103,42 @@ impl Kv {
         }
     }
 
-    /// The value of `key`.
+    /// The value of `key` (none once it expired).
     #[read]
-    pub fn get(&self, key: String) -> Option<String> {
-        self.map.get(&key).cloned()
+    pub fn get(&self, ctx: &Ctx, key: String) -> Option<String> {
+        self.live(&key, ctx.time_ms()).cloned()
     }
 
-    /// Every pair whose key starts with `prefix`, in key order.
+    /// Every pair whose key starts with `prefix`, in key order (expired keys
+    /// left out).
     #[read]
-    pub fn scan(&self, prefix: String) -> Vec<(String, String)> {
+    pub fn scan(&self, ctx: &Ctx, prefix: String) -> Vec<(String, String)> {
         self.map
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| self.live(k, ctx.time_ms()).is_some())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// Sets `key` to `value` for `ttl_ms` milliseconds of replicated time
+    /// (from the time of this entry); returns the previous value. A later
+    /// `put` or `cas` of the key removes the time-to-live.
+    #[write]
+    pub fn put_ttl(
+        &mut self,
+        ctx: &Ctx,
+        key: String,
+        value: String,
+        ttl_ms: u64,
+    ) -> Option<String> {
+        let now = ctx.time_ms();
+        self.expire(now);
+        self.clear_deadline(&key);
+        let deadline = now.saturating_add(ttl_ms);
+        self.expiry.insert(key.clone(), deadline);
+        self.deadlines.insert((deadline, key.clone()));
+        self.map.insert(key, value)
     }
 }
 
@@ -101,6 +180,42 @@ mod tests {
         assert_eq!(block_on(kv.get("a/1".into()))?, None);
         assert_eq!(block_on(kv.get("b".into()))?, Some("w".into()));
         assert_eq!(block_on(kv.scan(String::new()))?.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_key_with_a_ttl_expires_in_replicated_time() -> Result<(), raftkit::Error> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let now = Arc::new(AtomicU64::new(10_000));
+        let clock = now.clone();
+        let local = Local::with_clock(Kv::default(), move || clock.load(Ordering::SeqCst));
+        let kv = KvClient::new(local.clone());
+        assert_eq!(
+            block_on(kv.put_ttl("session".into(), "s1".into(), 500))?,
+            None
+        );
+        block_on(kv.put("plain".into(), "p".into()))?;
+        now.store(10_499, Ordering::SeqCst);
+        block_on(kv.put("tick".into(), "1".into()))?;
+        assert_eq!(block_on(kv.get("session".into()))?, Some("s1".into()));
+        // The deadline passes on the clock, but replicated time moves only
+        // with the next entry: until then the key is still visible.
+        now.store(10_500, Ordering::SeqCst);
+        assert_eq!(block_on(kv.get("session".into()))?, Some("s1".into()));
+        block_on(kv.put("tick".into(), "2".into()))?;
+        assert_eq!(block_on(kv.get("session".into()))?, None);
+        assert_eq!(block_on(kv.scan(String::new()))?.len(), 2);
+        // Physically dropped by the write, not only hidden.
+        assert!(local.with(|s| !s.map.contains_key("session") && s.deadlines.is_empty()));
+        // A clock going back does not bring it back (time never moves
+        // backwards), and a plain put clears a time-to-live.
+        now.store(1, Ordering::SeqCst);
+        block_on(kv.put_ttl("k".into(), "v".into(), 100))?;
+        block_on(kv.put("k".into(), "w".into()))?;
+        now.store(20_000, Ordering::SeqCst);
+        block_on(kv.put("tick".into(), "3".into()))?;
+        assert_eq!(block_on(kv.get("k".into()))?, Some("w".into()));
         Ok(())
     }
 }

@@ -40,9 +40,10 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
                 let method = &h.ident;
                 let variant = &h.variant;
                 let binds = (0..h.args.len()).map(field_binding);
+                let ctx = h.ctx.map(|_| quote!(, __ctx));
                 quote! {
                     #(#cfgs)*
-                    #pattern => #out::#variant(<#self_ty>::#method(#recv #(, #binds)*)),
+                    #pattern => #out::#variant(<#self_ty>::#method(#recv #ctx #(, #binds)*)),
                 }
             })
             .collect::<Vec<_>>()
@@ -121,14 +122,14 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
             };
 
             #[allow(deprecated)]
-            fn apply(&mut self, command: #write) -> #write_output {
+            fn apply(&mut self, __ctx: &mut ::raftkit::Ctx, command: #write) -> #write_output {
                 match command {
                     #(#apply_arms)*
                 }
             }
 
             #[allow(deprecated)]
-            fn query(&self, query: #read) -> #read_output {
+            fn query(&self, __ctx: &::raftkit::Ctx, query: #read) -> #read_output {
                 match query {
                     #(#query_arms)*
                 }

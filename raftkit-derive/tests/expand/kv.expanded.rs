@@ -777,7 +777,7 @@ impl ::raftkit::StateMachine for Kv {
         __hash
     };
     #[allow(deprecated)]
-    fn apply(&mut self, command: KvWrite) -> KvWriteOutput {
+    fn apply(&mut self, __ctx: &mut ::raftkit::Ctx, command: KvWrite) -> KvWriteOutput {
         match command {
             KvWrite::Put { key: __f0, value: __f1 } => {
                 KvWriteOutput::Put(<Kv>::put(self, __f0, __f1))
@@ -791,7 +791,7 @@ impl ::raftkit::StateMachine for Kv {
         }
     }
     #[allow(deprecated)]
-    fn query(&self, query: KvRead) -> KvReadOutput {
+    fn query(&self, __ctx: &::raftkit::Ctx, query: KvRead) -> KvReadOutput {
         match query {
             KvRead::Get { key: __f0 } => KvReadOutput::Get(<Kv>::get(self, __f0)),
         }

@@ -1,12 +1,20 @@
 //! An in-process [`Submit`]: one state machine behind a mutex, no log, no
 //! network. Commands go through exactly the same encode, dispatch, error
 //! policy and decode path as in a cluster.
+//!
+//! Handlers see a [`Ctx`] as in a cluster: writes are numbered 1, 2, ... in
+//! term 1, and time is the clock given to [`Local::with_clock`] (the system
+//! clock by default), made monotonic like replicated time: a write's time is
+//! the largest the clock has shown, a read's the time of the last write.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::Submit;
 use crate::error::Error;
-use crate::state_machine::{ApplyError, StateMachine, apply_encoded, query_encoded};
+use crate::state_machine::{ApplyError, Ctx, StateMachine, apply_encoded, query_encoded};
+
+/// A clock in ms since the Unix epoch.
+type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
 
 /// A state machine served in this process.
 ///
@@ -18,6 +26,11 @@ pub struct Local<S> {
 struct LocalState<S> {
     machine: S,
     halted: Option<String>,
+    /// The last write's index (the index of the next is one more).
+    index: u64,
+    /// The last write's time.
+    time_ms: u64,
+    clock: Clock,
 }
 
 impl<S> Clone for Local<S> {
@@ -29,12 +42,48 @@ impl<S> Clone for Local<S> {
 }
 
 impl<S: StateMachine> Local<S> {
-    /// Serves `machine` in this process.
+    /// Serves `machine` in this process; handlers' time is the system
+    /// clock.
     pub fn new(machine: S) -> Self {
+        Self::with_clock(machine, || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        })
+    }
+
+    /// Serves `machine` with `clock` (ms since the Unix epoch) as the time
+    /// of writes: a test controls what handlers see as [`Ctx::time_ms`].
+    ///
+    /// ```
+    /// # use raftkit::{client::Local, prelude::*};
+    /// # use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+    /// # #[derive(StateMachine, Default, Serialize, Deserialize)]
+    /// # struct Clocked { last: u64 }
+    /// # #[raftkit::state_machine]
+    /// # impl Clocked {
+    /// #     #[write]
+    /// #     fn touch(&mut self, ctx: &Ctx) -> u64 { self.last = ctx.time_ms(); self.last }
+    /// # }
+    /// let now = Arc::new(AtomicU64::new(1_000));
+    /// let clock = now.clone();
+    /// let local = Local::with_clock(Clocked::default(), move || clock.load(Ordering::SeqCst));
+    /// now.store(5_000, Ordering::SeqCst);
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) { return out } }
+    /// # }
+    /// assert_eq!(block_on(ClockedClient::new(local).touch()).unwrap(), 5_000);
+    /// ```
+    pub fn with_clock(machine: S, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
         Local {
             state: Arc::new(Mutex::new(LocalState {
                 machine,
                 halted: None,
+                index: 0,
+                time_ms: 0,
+                clock: Box::new(clock),
             })),
         }
     }
@@ -73,7 +122,11 @@ impl<S: StateMachine> Submit for Local<S> {
                 message: message.clone(),
             });
         }
-        match apply_encoded(&mut state.machine, &command) {
+        let state = &mut *state;
+        state.index += 1;
+        state.time_ms = state.time_ms.max((state.clock)());
+        let mut ctx = Ctx::new(state.index, 1, state.time_ms);
+        match apply_encoded(&mut state.machine, &mut ctx, &command) {
             Err(ApplyError::Halted { message }) => {
                 state.halted = Some(message.clone());
                 Err(Error::Halted { message })
@@ -84,6 +137,7 @@ impl<S: StateMachine> Submit for Local<S> {
 
     async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
         let state = self.lock();
-        query_encoded(&state.machine, &query).map_err(to_error)
+        let ctx = Ctx::new(state.index, 1, state.time_ms);
+        query_encoded(&state.machine, &ctx, &query).map_err(to_error)
     }
 }

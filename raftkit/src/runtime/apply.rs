@@ -46,7 +46,7 @@ use super::session::{
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
-    ApplyError, StateMachine, apply_encoded, decode, encode, query_encoded,
+    ApplyError, Ctx, StateMachine, apply_encoded, decode, encode, query_encoded,
 };
 
 /// Rebuilds the state machine and the session table from a snapshot taken
@@ -169,6 +169,9 @@ struct Apply<S> {
     sm: S,
     sessions: Sessions,
     applied: Index,
+    /// The term of the entry at `applied` (0 after a snapshot restore until
+    /// the next entry): the term a read's [`Ctx`] reports.
+    applied_term: Term,
     waiting: BTreeMap<Index, (Term, Reply)>,
     reads: Vec<(Index, Vec<u8>, Reply)>,
     halted: Option<String>,
@@ -191,6 +194,7 @@ pub fn run<S: StateMachine>(
         sm,
         sessions,
         applied,
+        applied_term: 0,
         waiting: BTreeMap::new(),
         reads: Vec::new(),
         halted: None,
@@ -299,7 +303,7 @@ impl<S: StateMachine> Apply<S> {
                 continue;
             }
             let result = match &e.payload {
-                Payload::Command(bytes) => match self.apply_command(e.index, bytes) {
+                Payload::Command(bytes) => match self.apply_command(e.index, e.term, bytes) {
                     Outcome::Reply(r) => r,
                     Outcome::Halt(message) => {
                         self.halt(e.index, message);
@@ -309,6 +313,7 @@ impl<S: StateMachine> Apply<S> {
                 Payload::Noop | Payload::Config(_) => Ok(Vec::new()),
             };
             self.applied = e.index;
+            self.applied_term = e.term;
             if let Some((term, reply)) = self.waiting.remove(&e.index) {
                 reply.send(if term == e.term {
                     result
@@ -325,7 +330,7 @@ impl<S: StateMachine> Apply<S> {
     /// closes a session, answers a retried write from the session table,
     /// refuses a write of a session that is unknown or another identity's,
     /// and applies a new one under the error policy.
-    fn apply_command(&mut self, index: Index, bytes: &[u8]) -> Outcome {
+    fn apply_command(&mut self, index: Index, term: Term, bytes: &[u8]) -> Outcome {
         let envelope: Envelope = match decode("envelope", bytes) {
             Ok(e) => e,
             Err(err) => {
@@ -397,7 +402,8 @@ impl<S: StateMachine> Apply<S> {
                 });
             }
         };
-        let stored = match apply_encoded(&mut self.sm, &command) {
+        let mut ctx = Ctx::new(index, term, self.sessions.now_ms());
+        let stored = match apply_encoded(&mut self.sm, &mut ctx, &command) {
             Ok(out) => StoredReply::Ok(out),
             Err(ApplyError::Halted { message }) => {
                 return Outcome::Halt(format!(
@@ -430,6 +436,7 @@ impl<S: StateMachine> Apply<S> {
                 self.sm = restored;
                 self.sessions = sessions;
                 self.applied = index;
+                self.applied_term = 0;
                 self.longest_pause = self.longest_pause.max(started.elapsed());
                 // Proposals the snapshot covers: their outcome is unknown here.
                 let covered: Vec<Index> = self.waiting.range(..=index).map(|(&i, _)| i).collect();
@@ -492,8 +499,9 @@ impl<S: StateMachine> Apply<S> {
             .into_iter()
             .partition(|(i, ..)| *i <= applied);
         self.reads = pending;
+        let ctx = Ctx::new(applied, self.applied_term, self.sessions.now_ms());
         for (_, query, reply) in ready {
-            let answer = query_encoded(&self.sm, &query).map_err(|e| match e {
+            let answer = query_encoded(&self.sm, &ctx, &query).map_err(|e| match e {
                 ApplyError::Decode(c) => Error::Rejected(c.to_string()),
                 ApplyError::Panicked { message } | ApplyError::Halted { message } => {
                     Error::Handler { message }

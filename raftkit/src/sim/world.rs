@@ -769,7 +769,10 @@ impl World {
                         format!("undecodable command at {}: {err}", e.index),
                     )
                 })?;
-                Some(KvOutcome::from(n.kv.apply(cmd)))
+                // The simulation logs bare commands, without the runtime's
+                // stamped envelope: replicated time stays 0.
+                let mut ctx = crate::Ctx::new(e.index, e.term, 0);
+                Some(KvOutcome::from(n.kv.apply(&mut ctx, cmd)))
             }
             _ => None,
         };
@@ -799,7 +802,8 @@ impl World {
         let answers: Vec<_> = ready
             .into_iter()
             .map(|(_, client, seq, key)| {
-                let SimKvReadOutput::Get(value) = n.kv.query(SimKvRead::Get { key });
+                let ctx = crate::Ctx::new(applied, 0, 0);
+                let SimKvReadOutput::Get(value) = n.kv.query(&ctx, SimKvRead::Get { key });
                 (client, seq, value)
             })
             .collect();
