@@ -28,6 +28,7 @@
 //! | [`Overloaded`](Error::Overloaded) | No | yes, after a backoff |
 //! | [`Ambiguous`](Error::Ambiguous) | Maybe | yes |
 //! | [`SessionExpired`](Error::SessionExpired) | Maybe | no (the client opens a new session) |
+//! | [`Tls`](Error::Tls) | No | no (fix the certificates or the builder) |
 //!
 //! A call may end with an error that is `Maybe` and not retried only when
 //! retrying could do no better: a codec or protocol error would recur, and
@@ -36,6 +37,7 @@
 //! a new session would apply it again), so the caller decides.
 
 use crate::state_machine::CodecError;
+use crate::tls::TlsError;
 
 /// Whether a failed command may have been applied (see [`Error::applied`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -139,6 +141,18 @@ pub enum Error {
     /// session; later calls go on normally.
     #[error("session expired; the write may or may not have been applied: {0}")]
     SessionExpired(String),
+    /// A certificate or key could not be made, loaded or used, or a peer
+    /// has none (the message says what to add). Raised while setting up a
+    /// peer or client, before any command: nothing was applied.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+impl From<TlsError> for Error {
+    /// A certificate problem: [`Error::Tls`] with its message.
+    fn from(e: TlsError) -> Self {
+        Error::Tls(e.to_string())
+    }
 }
 
 impl Error {
@@ -150,7 +164,8 @@ impl Error {
             | Error::NotLeader { .. }
             | Error::Rejected(_)
             | Error::Unauthorized(_)
-            | Error::Overloaded => Applied::No,
+            | Error::Overloaded
+            | Error::Tls(_) => Applied::No,
             Error::Handler { .. } => Applied::Yes,
             Error::Timeout
             | Error::Transport(_)
@@ -181,7 +196,8 @@ impl Error {
             | Error::Handler { .. }
             | Error::Codec(_)
             | Error::Protocol(_)
-            | Error::SessionExpired(_) => false,
+            | Error::SessionExpired(_)
+            | Error::Tls(_) => false,
         }
     }
 
@@ -233,6 +249,7 @@ mod tests {
             (Error::Overloaded, Applied::No, true),
             (Error::Ambiguous("x".into()), Applied::Maybe, true),
             (Error::SessionExpired("x".into()), Applied::Maybe, false),
+            (Error::Tls("x".into()), Applied::No, false),
         ];
         for (e, applied, retry) in all {
             assert_eq!(e.applied(), applied, "{e:?}");

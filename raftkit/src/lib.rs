@@ -24,6 +24,7 @@ extern crate self as raftkit;
 pub mod client;
 pub mod context;
 pub mod core;
+pub mod dev;
 pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

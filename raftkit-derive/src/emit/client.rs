@@ -184,6 +184,15 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
             }
         }
 
+        #[automatically_derived]
+        impl ::raftkit::client::HasClient for #ident {
+            type Client = #client<::raftkit::client::Client>;
+
+            fn typed_client(client: ::raftkit::client::Client) -> Self::Client {
+                #client::new(client)
+            }
+        }
+
         #[allow(private_interfaces)]
         impl<S: ::raftkit::client::Submit> #client<S> {
             #(#methods)*

@@ -915,6 +915,13 @@ impl KvClient<::raftkit::client::Client> {
         self.submit.close().await
     }
 }
+#[automatically_derived]
+impl ::raftkit::client::HasClient for Kv {
+    type Client = KvClient<::raftkit::client::Client>;
+    fn typed_client(client: ::raftkit::client::Client) -> Self::Client {
+        KvClient::new(client)
+    }
+}
 #[allow(private_interfaces)]
 impl<S: ::raftkit::client::Submit> KvClient<S> {
     /// Sets `key` to `value`; returns the previous value.

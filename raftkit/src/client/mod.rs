@@ -19,6 +19,18 @@ pub use local::Local;
 pub use remote::{CERTS_ENV, Client, ClientOptions, WriteOnce};
 
 use crate::error::Error;
+use crate::state_machine::StateMachine;
+
+/// A state machine with a generated typed client: `#[raftkit::state_machine]`
+/// implements it (`Kv` gets `KvClient`), so that generic code such as
+/// [`crate::dev::Cluster`] can hand out the typed client.
+pub trait HasClient: StateMachine {
+    /// The typed client over the network client: `KvClient<Client>`.
+    type Client: Clone + Send + Sync + 'static;
+
+    /// Wraps a connected network client.
+    fn typed_client(client: Client) -> Self::Client;
+}
 
 /// Delivers encoded commands to a state machine and returns encoded replies.
 pub trait Submit: Send + Sync {

@@ -30,6 +30,12 @@ pub type TransportFactory =
     Box<dyn FnOnce(NodeId, mpsc::Sender<Message>) -> Arc<dyn Transport> + Send>;
 
 /// `Kv::peer()`: the entry point for starting a peer of a state machine.
+///
+/// Implemented for every [`StateMachine`] that is also [`Default`]:
+/// `Default::default()` is the state a brand-new cluster starts from (a peer
+/// restarting from a snapshot restores its state instead), so a state
+/// machine needs `#[derive(Default)]` (or an `impl Default`) to be started
+/// as a peer. [`client::Local`](crate::client::Local) needs no `Default`.
 pub trait PeerExt: StateMachine + Default {
     /// A builder for a peer of this state machine.
     fn peer() -> PeerBuilder<Self> {
@@ -135,7 +141,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         dir: impl AsRef<std::path::Path>,
         name: &str,
     ) -> Result<Self, Error> {
-        let identity = Identity::load(dir, name).map_err(|e| Error::Transport(e.to_string()))?;
+        let identity = Identity::load(dir, name)?;
         self.identity = Some(identity);
         Ok(self)
     }
@@ -358,6 +364,20 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 }
             }
         };
+        // A missing certificate fails before anything is written, saying
+        // what to add. (Not a compile-time typestate: a restart finds the
+        // identity in its data directory, which only the run time knows.)
+        if self.transport.is_none() && self.identity.is_none() {
+            let stored = match &self.storage {
+                Some(StorageChoice::Disk(dir)) => Identity::load(dir.join("tls"), "peer").is_ok(),
+                Some(StorageChoice::Memory) => false,
+                None => Identity::load(PathBuf::from("data").join(&meta.name).join("tls"), "peer")
+                    .is_ok(),
+            };
+            if !stored {
+                return Err(Error::Tls(missing_identity(&meta.name)));
+            }
+        }
         // A wrong certificate fails before anything is written.
         if let (None, Some(identity)) = (&self.transport, &self.identity) {
             identity
@@ -451,14 +471,13 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                             .map_err(|e| Error::Storage(e.to_string()))?;
                         identity
                     }
-                    (StorageChoice::Disk(dir), None) => Identity::load(dir.join("tls"), "peer").map_err(|e| {
-                        Error::Transport(format!(
-                            "no TLS identity: give one (PeerBuilder::identity / certs_dir) the first time ({e})"
-                        ))
-                    })?,
+                    (StorageChoice::Disk(dir), None) => Identity::load(dir.join("tls"), "peer")
+                        .map_err(|e| {
+                            Error::Tls(format!("{} ({e})", missing_identity(&meta.name)))
+                        })?,
                     (StorageChoice::Memory, Some(identity)) => identity,
                     (StorageChoice::Memory, None) => {
-                        return Err(Error::Transport("QUIC peers need a TLS identity (PeerBuilder::identity)".into()));
+                        return Err(Error::Tls(missing_identity(&meta.name)));
                     }
                 };
                 let listen = resolve(&meta.listen)?;
@@ -636,6 +655,17 @@ async fn join_cluster<S: StateMachine>(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// What a peer started without an identity is told: exactly what to add.
+fn missing_identity(name: &str) -> String {
+    format!(
+        "peer {name:?} has no TLS identity (peers talk QUIC with mutual TLS). Add one before \
+         `.start()`: `.identity(ca.issue_node({name:?}, &[])?)` with a \
+         `raftkit::tls::ClusterCa`, or `.certs_dir(dir, \"<file name>\")?` for certificates \
+         written by `ClusterCa::issue_node(..).write_to(dir, ..)`. For a local cluster in one \
+         program, `raftkit::dev::Cluster::<S>::start(n)` does all of it."
+    )
 }
 
 fn resolve(addr: &str) -> Result<std::net::SocketAddr, Error> {

@@ -1,0 +1,115 @@
+//! `raftkit::dev::Cluster`: a real three-peer cluster in one call, its typed
+//! client, and what a peer started without a TLS identity is told.
+
+use std::collections::BTreeMap;
+
+use raftkit::prelude::*;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+pub struct Kv {
+    map: BTreeMap<String, (String, u64)>,
+}
+
+#[raftkit::state_machine]
+impl Kv {
+    /// Stores the value with the index of the entry that wrote it.
+    #[write]
+    fn put(&mut self, ctx: &Ctx, key: String, value: String) -> u64 {
+        self.map.insert(key, (value, ctx.index()));
+        ctx.index()
+    }
+
+    #[read]
+    fn get(&self, key: String) -> Option<(String, u64)> {
+        self.map.get(&key).cloned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_peers_and_a_typed_client_in_one_call() -> Result<(), raftkit::Error> {
+    let cluster = raftkit::dev::Cluster::<Kv>::start(3).await?;
+    assert_eq!(cluster.peers().len(), 3);
+    assert_eq!(cluster.addrs().len(), 3);
+    assert!(
+        cluster.leader().is_some(),
+        "start returns once a peer leads"
+    );
+    let kv = cluster.client();
+    let first = kv.put("a".into(), "1".into()).await?;
+    let second = kv.put("b".into(), "2".into()).await?;
+    assert!(second > first, "entry indexes grow: {first} then {second}");
+    assert_eq!(kv.get("a".into()).await?, Some(("1".into(), first)));
+    // Every peer applies the write (the same index on each).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    for p in cluster.peers() {
+        let mut status = p.watch();
+        while status.borrow().applied < second {
+            assert!(tokio::time::Instant::now() < deadline, "{} lags", p.name());
+            let _ = tokio::time::timeout_at(deadline, status.changed()).await;
+        }
+    }
+    let dir = cluster.dir().to_path_buf();
+    assert!(dir.exists());
+    cluster.shutdown().await?;
+    assert!(!dir.exists(), "the temporary directory is removed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_an_identity_is_told_what_to_add_before_writing_anything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("peer");
+    let err = Kv::peer()
+        .listen("127.0.0.1:0")
+        .data_dir(&data)
+        .bootstrap()
+        .start()
+        .await
+        .err()
+        .expect("no identity, no peer");
+    let raftkit::Error::Tls(message) = &err else {
+        panic!("expected Error::Tls, got {err:?}");
+    };
+    for needle in [
+        ".identity(",
+        "issue_node(\"kv@127.0.0.1:0\"",
+        ".certs_dir(",
+        "dev::Cluster",
+    ] {
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from: {message}"
+        );
+    }
+    assert_eq!(err.applied(), raftkit::error::Applied::No);
+    assert!(!data.exists(), "nothing was written: {}", data.display());
+
+    // In memory: the same answer.
+    let err = Kv::peer()
+        .listen("127.0.0.1:0")
+        .in_memory()
+        .bootstrap()
+        .start()
+        .await
+        .err()
+        .expect("no identity, no peer");
+    assert!(
+        matches!(&err, raftkit::Error::Tls(m) if m.contains(".identity(")),
+        "{err:?}"
+    );
+}
+
+/// `?` turns a certificate error into `raftkit::Error`: `main` needs no
+/// `Box<dyn Error>`.
+fn issue(ca_name: &str, node: &str) -> Result<raftkit::tls::Identity, raftkit::Error> {
+    let ca = raftkit::tls::ClusterCa::generate(ca_name)?;
+    Ok(ca.issue_node(node, &[])?)
+}
+
+#[test]
+fn tls_errors_convert_into_raftkit_errors() {
+    assert!(issue("dev", "kv@127.0.0.1:1").is_ok());
+    let err = issue("dev", "").expect_err("an empty name is refused");
+    assert!(matches!(err, raftkit::Error::Tls(_)), "{err:?}");
+    assert!(!err.is_retryable());
+}
