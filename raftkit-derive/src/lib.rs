@@ -57,7 +57,17 @@
 //! - Handlers cannot be `async`, generic, `unsafe` or take `self` by value;
 //!   arguments must be plain names with owned types that are
 //!   `Serialize + DeserializeOwned + Send + 'static`, as must return types.
-//! - Handler names `new`, `inner`, `into_inner`, `connect` and `connect_with` are taken by the client.
+//! - Handler names `new`, `inner`, `into_inner`, `connect`, `connect_with`,
+//!   `write_once`, `close`, `clone`, `clone_from`, `to_owned`, `into`,
+//!   `try_into` and `type_id` are taken by the client.
+//! - Borrows nested in argument and return types (`Option<&str>`,
+//!   `Cow<'a, str>`) are rejected by the macro, not left to serde's bounds.
+//! - One `#[raftkit::state_machine]` block per type: each defines a guard
+//!   item named `<Type>_has_a_second_raftkit_state_machine_impl_block__...`,
+//!   so a second block's first error says what is wrong.
+//! - The generated enums implement `Debug` by hand: a field of a type
+//!   without `Debug` prints its type name (autoref specialization at the
+//!   concrete type), so `Debug` is never demanded of argument types.
 //!
 //! # Structure
 //!

@@ -231,8 +231,25 @@ pub struct ImplModel {
     pub handlers: Vec<Handler>,
 }
 
-/// Client methods that a handler name must not take.
-const RESERVED: &[&str] = &["new", "inner", "into_inner", "connect", "connect_with"];
+/// Names a handler must not take: the generated client's own methods
+/// (`new` .. `close`), the methods of the traits it implements (`Clone`) and
+/// the blanket conversions every value has, which an inherent method of the
+/// same name would silently shadow.
+const RESERVED: &[&str] = &[
+    "new",
+    "inner",
+    "into_inner",
+    "connect",
+    "connect_with",
+    "write_once",
+    "close",
+    "clone",
+    "clone_from",
+    "to_owned",
+    "into",
+    "try_into",
+    "type_id",
+];
 
 /// What a handler attribute said.
 struct HandlerAttr {
@@ -381,6 +398,51 @@ fn check_type(ty: &Type, what: &str, errors: &mut Errors) {
             ),
         ),
         Type::Paren(p) => check_type(&p.elem, what, errors),
+        _ => check_nested(ty, what, errors),
+    }
+}
+
+/// Rejects borrows nested inside an otherwise owned type (`Option<&str>`,
+/// `Vec<&[u8]>`, `Cow<'a, str>`, `(u32, &T)`): a command is decoded on every
+/// replica into an owned value, so nothing in it can borrow.
+fn check_nested(ty: &Type, what: &str, errors: &mut Errors) {
+    let borrowed = |errors: &mut Errors, tokens: &dyn ToTokens, found: &str| {
+        errors.spanned(
+            tokens.to_token_stream(),
+            format!(
+                "a handler {what} must own all of its data, but it holds {found}: it is encoded \
+                 into the log and decoded on every replica into an owned value (use \
+                 `Option<String>` for `Option<&str>`, `String` for `Cow<'_, str>`, `Vec<T>` for \
+                 `&[T]`)"
+            ),
+        )
+    };
+    match ty {
+        Type::Reference(r) => borrowed(errors, r, "a reference"),
+        Type::Paren(p) => check_nested(&p.elem, what, errors),
+        Type::Group(g) => check_nested(&g.elem, what, errors),
+        Type::Tuple(t) => t.elems.iter().for_each(|e| check_nested(e, what, errors)),
+        Type::Array(a) => check_nested(&a.elem, what, errors),
+        Type::Slice(s) => check_nested(&s.elem, what, errors),
+        Type::Path(p) => {
+            if let Some(q) = &p.qself {
+                check_nested(&q.ty, what, errors);
+            }
+            for segment in &p.path.segments {
+                let syn::PathArguments::AngleBracketed(args) = &segment.arguments else {
+                    continue;
+                };
+                for arg in &args.args {
+                    match arg {
+                        syn::GenericArgument::Type(t) => check_nested(t, what, errors),
+                        syn::GenericArgument::Lifetime(l) if l.ident != "static" => {
+                            borrowed(errors, l, &format!("the lifetime `{l}`"))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -719,8 +781,14 @@ fn parse_method(
             errors,
             &sig.ident,
             format!(
-                "a handler cannot be named `{name}`: the generated client has a method of that \
-                 name (reserved: `new`, `inner`, `into_inner`, `connect`, `connect_with`); rename the handler"
+                "a handler cannot be named `{name}`: each handler becomes a method of the \
+                 generated client, which already has a method of that name (reserved: {}); \
+                 rename the handler",
+                RESERVED
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         );
     }

@@ -62,3 +62,43 @@ pub const fn fingerprint_start(name: &str) -> u64 {
 pub const fn fingerprint_add(hash: u64, handler: u64) -> u64 {
     fnv1a(hash, &handler.to_le_bytes())
 }
+
+/// `Debug` of a generated enum's field, chosen where the field's concrete
+/// type is known (autoref specialization): `(&DebugField(x)).debug_field(f)`
+/// uses the type's `Debug` when it has one ([`DebugViaDebug`]) and prints
+/// `<TypeName>` otherwise ([`DebugViaName`]), so the generated enums are
+/// always `Debug` without demanding it of handler argument types.
+pub struct DebugField<'a, T: ?Sized>(pub &'a T);
+
+/// The first choice of [`DebugField`]: the type's own `Debug`.
+pub trait DebugViaDebug {
+    /// Formats the field.
+    fn debug_field(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result;
+}
+
+impl<T: ?Sized + core::fmt::Debug> DebugViaDebug for DebugField<'_, T> {
+    fn debug_field(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.0, f)
+    }
+}
+
+/// The fallback of [`DebugField`]: the type's name in angle brackets.
+pub trait DebugViaName {
+    /// Formats the field.
+    fn debug_field(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result;
+}
+
+impl<T: ?Sized> DebugViaName for &DebugField<'_, T> {
+    fn debug_field(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "<{}>", core::any::type_name::<T>())
+    }
+}
+
+/// A `Debug` value formatted by a closure (the generated enums' fields).
+pub struct DebugWith<F>(pub F);
+
+impl<F: Fn(&mut core::fmt::Formatter<'_>) -> core::fmt::Result> core::fmt::Debug for DebugWith<F> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        (self.0)(f)
+    }
+}

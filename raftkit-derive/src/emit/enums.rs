@@ -3,8 +3,13 @@
 //! `KvReadOutput`: one variant per handler, holding its return value).
 //!
 //! Variants carry the handler's `#[cfg]`s and docs. They derive nothing: the
-//! wire impls are hand-written (`wire`), and `Debug`/`Clone` would demand
-//! more of the argument types than the contract does.
+//! wire impls are hand-written (`wire`), and a derived `Debug`/`Clone` would
+//! demand more of the argument types than the contract does. `Debug` is
+//! implemented by hand instead, for every enum: each field uses its type's
+//! `Debug` when it has one and prints `<type name>` otherwise (chosen at the
+//! field's concrete type by autoref specialization,
+//! `raftkit::__private::DebugField`), so tests and logs can always print a
+//! command and no handler argument type is required to be `Debug`.
 
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -98,9 +103,69 @@ fn enum_pair(model: &ImplModel, names: &Names, kind: Kind) -> TokenStream {
     }
 }
 
-/// The four enums of a state machine.
+/// The four enums of a state machine, with their `Debug` impls.
 pub fn enums(model: &ImplModel, names: &Names) -> TokenStream {
     let write = enum_pair(model, names, Kind::Write);
     let read = enum_pair(model, names, Kind::Read);
-    quote!(#write #read)
+    let mut debug = TokenStream::new();
+    for kind in [Kind::Write, Kind::Read] {
+        let (cmd, out) = names.of(kind);
+        debug.extend(debug_impl(model, kind, cmd, false));
+        debug.extend(debug_impl(model, kind, out, true));
+    }
+    quote!(#write #read #debug)
+}
+
+/// `Debug` for a command enum (`Put { key: "k", value: "v" }`) or an output
+/// enum (`Put(Some("v"))`), each field through `DebugField`.
+fn debug_impl(model: &ImplModel, kind: Kind, ident: &syn::Ident, output: bool) -> TokenStream {
+    let p = quote!(::raftkit::__private);
+    let field = |bind: &syn::Ident| {
+        quote! {
+            &#p::DebugWith(|__f: &mut ::core::fmt::Formatter<'_>| {
+                (&#p::DebugField(#bind)).debug_field(__f)
+            })
+        }
+    };
+    let arms = of_kind(model, kind).map(|h| {
+        let cfgs = &h.cfgs;
+        let variant = &h.variant;
+        let name = variant.to_string();
+        if output {
+            let bind = field_binding(0);
+            let value = field(&bind);
+            quote! {
+                #(#cfgs)*
+                #ident::#variant(ref #bind) => __formatter.debug_tuple(#name).field(#value).finish(),
+            }
+        } else {
+            let pattern = command_pattern(ident, h, true);
+            let fields = h.args.iter().enumerate().map(|(i, a)| {
+                let field_name = a.ident.to_string();
+                let value = field(&field_binding(i));
+                quote!(.field(#field_name, #value))
+            });
+            if h.args.is_empty() {
+                quote! { #(#cfgs)* #pattern => __formatter.write_str(#name), }
+            } else {
+                quote! {
+                    #(#cfgs)*
+                    #pattern => __formatter.debug_struct(#name) #(#fields)* .finish(),
+                }
+            }
+        }
+    });
+    quote! {
+        #[automatically_derived]
+        impl ::core::fmt::Debug for #ident {
+            fn fmt(&self, __formatter: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                #[allow(unused_imports)]
+                use #p::{DebugViaDebug as _, DebugViaName as _};
+                #[allow(unreachable_patterns)]
+                match *self {
+                    #(#arms)*
+                }
+            }
+        }
+    }
 }

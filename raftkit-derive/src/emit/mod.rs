@@ -88,9 +88,36 @@ pub fn handlers_marker(item: &syn::ItemImpl) -> TokenStream {
     }
     let self_ty = &item.self_ty;
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    let once = one_impl_block_guard(self_ty);
     quote! {
+        #once
         #[automatically_derived]
         #[diagnostic::do_not_recommend]
         impl #impl_generics ::raftkit::__private::Handlers for #self_ty #where_clause {}
+    }
+}
+
+/// A state machine has one `#[raftkit::state_machine]` impl block. A macro
+/// expansion cannot see the others, so a second block is caught by the
+/// compiler: this item, defined by every block, is then defined twice, and
+/// its name (which the "defined multiple times" error quotes, at the second
+/// block's type) says what to do. It comes first so the compiler reports
+/// it before the duplicate generated enums.
+fn one_impl_block_guard(self_ty: &syn::Type) -> TokenStream {
+    let syn::Type::Path(p) = self_ty else {
+        return TokenStream::new();
+    };
+    let Some(last) = p.path.segments.last() else {
+        return TokenStream::new();
+    };
+    let name = format_ident!(
+        "{}_has_a_second_raftkit_state_machine_impl_block__put_all_its_handlers_in_one",
+        last.ident,
+        span = last.ident.span()
+    );
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, dead_code)]
+        struct #name;
     }
 }

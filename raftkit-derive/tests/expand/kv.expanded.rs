@@ -38,6 +38,9 @@ impl Kv {
         self.map.get(&key).cloned()
     }
 }
+#[doc(hidden)]
+#[allow(non_camel_case_types, dead_code)]
+struct Kv_has_a_second_raftkit_state_machine_impl_block__put_all_its_handlers_in_one;
 #[automatically_derived]
 #[diagnostic::do_not_recommend]
 impl ::raftkit::__private::Handlers for Kv {}
@@ -98,6 +101,148 @@ pub enum KvRead {
 pub enum KvReadOutput {
     ///What the `get` handler returned.
     Get(Option<String>),
+}
+#[automatically_derived]
+impl ::core::fmt::Debug for KvWrite {
+    fn fmt(&self, __formatter: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+        #[allow(unused_imports)]
+        use ::raftkit::__private::{DebugViaDebug as _, DebugViaName as _};
+        #[allow(unreachable_patterns)]
+        match *self {
+            KvWrite::Put { key: ref __f0, value: ref __f1 } => {
+                __formatter
+                    .debug_struct("Put")
+                    .field(
+                        "key",
+                        &::raftkit::__private::DebugWith(|
+                            __f: &mut ::core::fmt::Formatter<'_>|
+                        { (&::raftkit::__private::DebugField(__f0)).debug_field(__f) }),
+                    )
+                    .field(
+                        "value",
+                        &::raftkit::__private::DebugWith(|
+                            __f: &mut ::core::fmt::Formatter<'_>|
+                        { (&::raftkit::__private::DebugField(__f1)).debug_field(__f) }),
+                    )
+                    .finish()
+            }
+            KvWrite::Delete { key: ref __f0 } => {
+                __formatter
+                    .debug_struct("Delete")
+                    .field(
+                        "key",
+                        &::raftkit::__private::DebugWith(|
+                            __f: &mut ::core::fmt::Formatter<'_>|
+                        { (&::raftkit::__private::DebugField(__f0)).debug_field(__f) }),
+                    )
+                    .finish()
+            }
+            KvWrite::Cas { key: ref __f0, old: ref __f1, new: ref __f2 } => {
+                __formatter
+                    .debug_struct("Cas")
+                    .field(
+                        "key",
+                        &::raftkit::__private::DebugWith(|
+                            __f: &mut ::core::fmt::Formatter<'_>|
+                        { (&::raftkit::__private::DebugField(__f0)).debug_field(__f) }),
+                    )
+                    .field(
+                        "old",
+                        &::raftkit::__private::DebugWith(|
+                            __f: &mut ::core::fmt::Formatter<'_>|
+                        { (&::raftkit::__private::DebugField(__f1)).debug_field(__f) }),
+                    )
+                    .field(
+                        "new",
+                        &::raftkit::__private::DebugWith(|
+                            __f: &mut ::core::fmt::Formatter<'_>|
+                        { (&::raftkit::__private::DebugField(__f2)).debug_field(__f) }),
+                    )
+                    .finish()
+            }
+        }
+    }
+}
+#[automatically_derived]
+impl ::core::fmt::Debug for KvWriteOutput {
+    fn fmt(&self, __formatter: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+        #[allow(unused_imports)]
+        use ::raftkit::__private::{DebugViaDebug as _, DebugViaName as _};
+        #[allow(unreachable_patterns)]
+        match *self {
+            KvWriteOutput::Put(ref __f0) => {
+                __formatter
+                    .debug_tuple("Put")
+                    .field(
+                        &::raftkit::__private::DebugWith(|
+                            __f: &mut ::core::fmt::Formatter<'_>|
+                        { (&::raftkit::__private::DebugField(__f0)).debug_field(__f) }),
+                    )
+                    .finish()
+            }
+            KvWriteOutput::Delete(ref __f0) => {
+                __formatter
+                    .debug_tuple("Delete")
+                    .field(
+                        &::raftkit::__private::DebugWith(|
+                            __f: &mut ::core::fmt::Formatter<'_>|
+                        { (&::raftkit::__private::DebugField(__f0)).debug_field(__f) }),
+                    )
+                    .finish()
+            }
+            KvWriteOutput::Cas(ref __f0) => {
+                __formatter
+                    .debug_tuple("Cas")
+                    .field(
+                        &::raftkit::__private::DebugWith(|
+                            __f: &mut ::core::fmt::Formatter<'_>|
+                        { (&::raftkit::__private::DebugField(__f0)).debug_field(__f) }),
+                    )
+                    .finish()
+            }
+        }
+    }
+}
+#[automatically_derived]
+impl ::core::fmt::Debug for KvRead {
+    fn fmt(&self, __formatter: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+        #[allow(unused_imports)]
+        use ::raftkit::__private::{DebugViaDebug as _, DebugViaName as _};
+        #[allow(unreachable_patterns)]
+        match *self {
+            KvRead::Get { key: ref __f0 } => {
+                __formatter
+                    .debug_struct("Get")
+                    .field(
+                        "key",
+                        &::raftkit::__private::DebugWith(|
+                            __f: &mut ::core::fmt::Formatter<'_>|
+                        { (&::raftkit::__private::DebugField(__f0)).debug_field(__f) }),
+                    )
+                    .finish()
+            }
+        }
+    }
+}
+#[automatically_derived]
+impl ::core::fmt::Debug for KvReadOutput {
+    fn fmt(&self, __formatter: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+        #[allow(unused_imports)]
+        use ::raftkit::__private::{DebugViaDebug as _, DebugViaName as _};
+        #[allow(unreachable_patterns)]
+        match *self {
+            KvReadOutput::Get(ref __f0) => {
+                __formatter
+                    .debug_tuple("Get")
+                    .field(
+                        &::raftkit::__private::DebugWith(|
+                            __f: &mut ::core::fmt::Formatter<'_>|
+                        { (&::raftkit::__private::DebugField(__f0)).debug_field(__f) }),
+                    )
+                    .finish()
+            }
+        }
+    }
 }
 #[automatically_derived]
 impl ::raftkit::__private::serde::Serialize for KvWrite {
