@@ -54,6 +54,11 @@ pub trait StateMachine: Sized + Send + 'static {
     /// command.
     const SCHEMA_FINGERPRINT: u64;
 
+    /// The structural schema: every handler's kind, tag and argument and
+    /// return shapes, and the state's shape and version (see
+    /// [`crate::schema`]). Generated code computes it once and caches it.
+    fn schema() -> crate::schema::Schema;
+
     /// Applies a command. Must be deterministic.
     fn apply(&mut self, command: Self::Write) -> Self::WriteOutput;
     /// Answers a query without changing the state.

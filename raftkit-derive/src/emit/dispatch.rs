@@ -76,13 +76,42 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
         }
     });
 
+    // The structural schema: each handler's arguments as one tuple (the
+    // fields of its command variant, in order) and its return type.
+    let schema_handlers = model.handlers.iter().map(|h| {
+        let cfgs = &h.cfgs;
+        let kind = match h.kind {
+            Kind::Write => quote!(::raftkit::schema::HandlerKind::Write),
+            Kind::Read => quote!(::raftkit::schema::HandlerKind::Read),
+        };
+        let tag = h.tag;
+        let name = h.ident.to_string();
+        let args = h.args.iter().map(|a| &a.ty);
+        let output = &h.output;
+        quote! {
+            #(#cfgs)*
+            __schema.push(
+                #kind,
+                #tag,
+                #name,
+                ::raftkit::schema::Shape::of::<(#(#args,)*)>(),
+                ::raftkit::schema::Shape::of::<#output>(),
+            );
+        }
+    });
+
     // Spanned at the type: a state machine that is not Serialize +
-    // DeserializeOwned is reported there.
+    // DeserializeOwned is reported there. Snapshots carry the state version
+    // (`raftkit::schema::state`).
     let snapshot = quote_spanned! {self_ty.span()=>
-        ::raftkit::state_machine::encode::<#self_ty>("snapshot", self)
+        ::raftkit::schema::encode_state::<#self_ty>(#derived::STATE_VERSION, self)
     };
     let restore = quote_spanned! {self_ty.span()=>
-        ::raftkit::state_machine::decode::<#self_ty>("snapshot", data)
+        ::raftkit::schema::decode_state::<#self_ty>(
+            #derived::STATE_VERSION,
+            data,
+            #derived::migrate,
+        )
     };
 
     // Commands and replies cross threads: check each type where it is
@@ -119,6 +148,22 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
                 #(#folds)*
                 __hash
             };
+
+            fn schema() -> ::raftkit::schema::Schema {
+                static __SCHEMA: ::std::sync::OnceLock<::raftkit::schema::Schema> =
+                    ::std::sync::OnceLock::new();
+                __SCHEMA
+                    .get_or_init(|| {
+                        let mut __schema = ::raftkit::schema::Schema::new(
+                            #derived::NAME,
+                            #derived::STATE_VERSION,
+                            ::raftkit::schema::Shape::of::<#self_ty>(),
+                        );
+                        #(#schema_handlers)*
+                        __schema
+                    })
+                    .clone()
+            }
 
             #[allow(deprecated)]
             fn apply(&mut self, command: #write) -> #write_output {
