@@ -10,7 +10,7 @@ use super::{HandlerKind, Mismatch, Schema};
 use crate::core::NodeId;
 use crate::error::Error;
 
-/// The schemas a node knows (see the [module docs](self)). Shared by the
+/// The schemas a node knows (see the [`crate::schema`] docs). Shared by the
 /// transport (which records peers' schemas) and the peer (which checks
 /// commands against them).
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 //! A [`Schema`] lists, for every handler, its kind, its wire tag and the
 //! [`Shape`] of its arguments and of its return value, and the shape and
 //! version of the state (the snapshot format). Shapes are traced from the
-//! types themselves ([`shape`]), so what counts is what postcard encodes:
+//! types themselves ([`Shape`]), so what counts is what postcard encodes:
 //! handler, argument, field, variant and type names never matter, tags do.
 //! `#[raftkit::state_machine]` generates [`crate::StateMachine::schema`].
 //!

@@ -36,7 +36,9 @@ use serde::{Deserialize, Serialize};
 
 use super::trace::trace;
 
-/// The wire structure of a type (see the [module docs](self)).
+/// The wire structure of a type, traced from its `Deserialize` impl: names
+/// are dropped, structs and tuples are flattened field lists, enums list
+/// their variants' payloads by index (see [`crate::schema`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Shape {
     /// Encodes as nothing: `()`, a unit struct, an empty tuple.
