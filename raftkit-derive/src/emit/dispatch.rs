@@ -86,16 +86,22 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
         };
         let tag = h.tag;
         let name = h.ident.to_string();
-        let args = h.args.iter().map(|a| &a.ty);
+        // Spanned at the types, like the wire impls' serde bounds: a type
+        // that is not `Deserialize` is reported where it is written.
+        let args = h.args.iter().map(|a| {
+            let ty = &a.ty;
+            quote_spanned! {a.span=> ::raftkit::schema::Shape::of::<#ty>()}
+        });
         let output = &h.output;
+        let output = quote_spanned! {h.output_span=> ::raftkit::schema::Shape::of::<#output>()};
         quote! {
             #(#cfgs)*
             __schema.push(
                 #kind,
                 #tag,
                 #name,
-                ::raftkit::schema::Shape::of::<(#(#args,)*)>(),
-                ::raftkit::schema::Shape::of::<#output>(),
+                ::raftkit::schema::Shape::tuple([#(#args),*]),
+                #output,
             );
         }
     });
@@ -103,6 +109,9 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
     // Spanned at the type: a state machine that is not Serialize +
     // DeserializeOwned is reported there. Snapshots carry the state version
     // (`raftkit::schema::state`).
+    let state_shape = quote_spanned! {self_ty.span()=>
+        ::raftkit::schema::Shape::of::<#self_ty>()
+    };
     let snapshot = quote_spanned! {self_ty.span()=>
         ::raftkit::schema::encode_state::<#self_ty>(#derived::STATE_VERSION, self)
     };
@@ -157,7 +166,7 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
                         let mut __schema = ::raftkit::schema::Schema::new(
                             #derived::NAME,
                             #derived::STATE_VERSION,
-                            ::raftkit::schema::Shape::of::<#self_ty>(),
+                            #state_shape,
                         );
                         #(#schema_handlers)*
                         __schema

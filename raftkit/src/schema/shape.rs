@@ -107,6 +107,24 @@ impl Shape {
         }
     }
 
+    /// The shape of fields one after the other (a handler's arguments):
+    /// flattened like a struct's fields.
+    pub fn tuple<const N: usize>(fields: [Shape; N]) -> Shape {
+        let mut out = Vec::new();
+        for field in fields {
+            match field {
+                Shape::Unit => {}
+                Shape::Tuple(inner) => out.extend(inner),
+                other => out.push(other),
+            }
+        }
+        match out.len() {
+            0 => Shape::Unit,
+            1 => out.pop().unwrap_or(Shape::Unit),
+            _ => Shape::Tuple(out),
+        }
+    }
+
     /// Whether the shape holds an opaque part.
     pub fn is_opaque(&self) -> bool {
         match self {
@@ -217,6 +235,11 @@ mod tests {
         assert_eq!(Shape::of::<String>(), Shape::of::<std::string::String>());
         assert_eq!(Shape::of::<(String,)>(), Shape::Str);
         assert_eq!(Shape::of::<()>(), Shape::Unit);
+        assert_eq!(
+            Shape::tuple([Shape::of::<Point>(), Shape::of::<()>(), Shape::U8]),
+            Shape::of::<(i64, i64, u8)>()
+        );
+        assert_eq!(Shape::tuple([]), Shape::Unit);
     }
 
     #[test]
