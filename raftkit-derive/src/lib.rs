@@ -29,8 +29,12 @@
 //!   variant per handler holding its return value.
 //! - `impl raftkit::StateMachine for Kv`: dispatch, `error_policy` per
 //!   command (`#[write(on_error = "halt")]` overrides the struct's), `NAME`,
-//!   `SCHEMA_FINGERPRINT`, and snapshots as postcard of the whole struct
-//!   (which must be `Serialize + DeserializeOwned`).
+//!   `SCHEMA_FINGERPRINT`, `schema()` (the structural schema: each
+//!   handler's kind, tag and argument and return shapes, traced once from
+//!   the types and cached), and snapshots as postcard of the whole struct
+//!   behind a state-version header (the struct must be
+//!   `Serialize + DeserializeOwned`; `#[raftkit(version = N, migrate = path)]`
+//!   sets the version and the restore of older ones).
 //! - `KvClient<S: raftkit::client::Submit>`: `KvClient::new(submit)` and one
 //!   `async fn` per handler returning `Result<Ret, raftkit::Error>`.
 //!
@@ -47,7 +51,8 @@
 //! meant. A `#[cfg]`'d-out handler keeps its implicit tag slot, so features
 //! never shift tags. `SCHEMA_FINGERPRINT` (FNV-1a over the name and every
 //! handler's kind, tag, name, argument names and types and return type)
-//! changes with any change of the schema.
+//! changes with any change of the schema; compatibility is decided on the
+//! structural schema instead (`raftkit::schema`).
 //!
 //! # Limits
 //!
@@ -94,7 +99,9 @@ use errors::Errors;
 
 /// Derives the struct half of a raftkit state machine.
 ///
-/// Settings: `#[raftkit(name = "kv", on_error = "skip")]`. `name` is the
+/// Settings: `#[raftkit(name = "kv", on_error = "skip", version = 2, migrate = path)]`
+/// (`version`/`migrate`: the state's snapshot version and the function that
+/// restores older ones, `fn(u32, &[u8]) -> Result<Self, CodecError>`). `name` is the
 /// state machine's name (default: the type name in snake case); `on_error`
 /// is what a panicking `#[write]` handler does: `"skip"` (the default)
 /// answers the caller with `raftkit::Error::Handler` and goes on, `"halt"`

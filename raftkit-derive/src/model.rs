@@ -61,6 +61,10 @@ pub struct DeriveModel {
     pub name: String,
     /// The struct-level error policy.
     pub policy: Policy,
+    /// The state's snapshot version (`#[raftkit(version = N)]`).
+    pub version: Option<u32>,
+    /// The migration of older snapshots (`#[raftkit(migrate = path)]`).
+    pub migrate: Option<syn::Path>,
 }
 
 /// Parses the struct a `#[derive(StateMachine)]` is on. Returns a model even
@@ -88,6 +92,8 @@ pub fn parse_derive(input: &syn::DeriveInput, errors: &mut Errors) -> Option<Der
 
     let mut name: Option<String> = None;
     let mut policy: Option<Policy> = None;
+    let mut version: Option<u32> = None;
+    let mut migrate: Option<syn::Path> = None;
     for attr in &input.attrs {
         if !attr.path().is_ident("raftkit") {
             continue;
@@ -115,10 +121,24 @@ pub fn parse_derive(input: &syn::DeriveInput, errors: &mut Errors) -> Option<Der
                     name = Some(value);
                 }
                 Ok(())
+            } else if meta.path.is_ident("version") {
+                let lit: LitInt = meta.value()?.parse()?;
+                match lit.base10_parse::<u32>() {
+                    Ok(v) if v >= 1 => version = Some(v),
+                    _ => errors.spanned(
+                        &lit,
+                        "a state version is an integer from 1 (the default) to 4294967295",
+                    ),
+                }
+                Ok(())
+            } else if meta.path.is_ident("migrate") {
+                let path: syn::Path = meta.value()?.parse()?;
+                migrate = Some(path);
+                Ok(())
             } else {
                 Err(meta.error(format!(
-                    "unknown `raftkit` setting `{}`: expected `on_error = \"skip\"|\"halt\"` or \
-                     `name = \"...\"`",
+                    "unknown `raftkit` setting `{}`: expected `on_error = \"skip\"|\"halt\"`, \
+                     `name = \"...\"`, `version = N` or `migrate = path`",
                     meta.path.to_token_stream()
                 )))
             }
@@ -128,10 +148,22 @@ pub fn parse_derive(input: &syn::DeriveInput, errors: &mut Errors) -> Option<Der
         }
     }
 
+    if let Some(path) = &migrate
+        && version.is_none_or(|v| v < 2)
+    {
+        errors.spanned(
+            path,
+            "`migrate` restores snapshots of older state versions: set `version = N` (N >= 2) \
+             too, the version of the current state type",
+        );
+    }
+
     usable.then(|| DeriveModel {
         name: name.unwrap_or_else(|| to_snake(&input.ident.to_string())),
         ident: input.ident.clone(),
         policy: policy.unwrap_or(Policy::DEFAULT),
+        version,
+        migrate,
     })
 }
 

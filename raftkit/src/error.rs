@@ -29,6 +29,8 @@
 //! | [`Ambiguous`](Error::Ambiguous) | Maybe | yes |
 //! | [`SessionExpired`](Error::SessionExpired) | Maybe | no (the client opens a new session) |
 //! | [`Tls`](Error::Tls) | No | no (fix the certificates or the builder) |
+//! | [`Unsupported`](Error::Unsupported) | No | no (the handler is not enabled on the cluster yet) |
+//! | [`SchemaMismatch`](Error::SchemaMismatch) | No | no |
 //!
 //! A call may end with an error that is `Maybe` and not retried only when
 //! retrying could do no better: a codec or protocol error would recur, and
@@ -146,6 +148,23 @@ pub enum Error {
     /// peer or client, before any command: nothing was applied.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The handler of the command is not enabled on this cluster: the
+    /// answering node's binary does not know it, or some voter runs a binary
+    /// that does not know it yet (a rolling upgrade is under way; see
+    /// [`crate::schema`]). It never entered the log: nothing was applied.
+    #[error("unsupported (nothing was applied): {0}")]
+    Unsupported(String),
+    /// Two schemas are not compatible (see [`crate::schema`]): a data
+    /// directory written by a binary whose handler `handler` this binary
+    /// changed or removed, or a peer or client whose schema differs there.
+    /// Nothing was applied.
+    #[error("schema mismatch at {handler}: {reason}")]
+    SchemaMismatch {
+        /// The handler (its name, kind and tag), or "the state".
+        handler: String,
+        /// What differs, and what to do about it.
+        reason: String,
+    },
 }
 
 impl From<TlsError> for Error {
@@ -165,7 +184,9 @@ impl Error {
             | Error::Rejected(_)
             | Error::Unauthorized(_)
             | Error::Overloaded
-            | Error::Tls(_) => Applied::No,
+            | Error::Tls(_)
+            | Error::Unsupported(_)
+            | Error::SchemaMismatch { .. } => Applied::No,
             Error::Handler { .. } => Applied::Yes,
             Error::Timeout
             | Error::Transport(_)
@@ -197,7 +218,9 @@ impl Error {
             | Error::Codec(_)
             | Error::Protocol(_)
             | Error::SessionExpired(_)
-            | Error::Tls(_) => false,
+            | Error::Tls(_)
+            | Error::Unsupported(_)
+            | Error::SchemaMismatch { .. } => false,
         }
     }
 
@@ -250,6 +273,15 @@ mod tests {
             (Error::Ambiguous("x".into()), Applied::Maybe, true),
             (Error::SessionExpired("x".into()), Applied::Maybe, false),
             (Error::Tls("x".into()), Applied::No, false),
+            (Error::Unsupported("x".into()), Applied::No, false),
+            (
+                Error::SchemaMismatch {
+                    handler: "h".into(),
+                    reason: "r".into(),
+                },
+                Applied::No,
+                false,
+            ),
         ];
         for (e, applied, retry) in all {
             assert_eq!(e.applied(), applied, "{e:?}");

@@ -31,6 +31,7 @@ pub mod error;
 pub mod fuzz;
 pub mod identity;
 pub mod runtime;
+pub mod schema;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod state_machine;

@@ -9,7 +9,7 @@
 pub use postcard;
 pub use serde;
 
-use crate::state_machine::ErrorPolicy;
+use crate::state_machine::{CodecError, ErrorPolicy};
 
 /// Implemented by `#[derive(StateMachine)]`: the struct-level settings.
 #[diagnostic::on_unimplemented(
@@ -22,6 +22,21 @@ pub trait Derived {
     const NAME: &'static str;
     /// The policy of `#[write]` handlers that set none.
     const ERROR_POLICY: ErrorPolicy;
+    /// The state's snapshot version (`#[raftkit(version = N)]`).
+    const STATE_VERSION: u32 = 1;
+    /// Rebuilds the state from a snapshot body of an older version
+    /// (`#[raftkit(migrate = path)]`).
+    fn migrate(from_version: u32, _bytes: &[u8]) -> Result<Self, CodecError>
+    where
+        Self: Sized,
+    {
+        Err(CodecError {
+            what: "snapshot",
+            reason: format!(
+                "the snapshot has state version {from_version} and this state machine gives no migration: add `#[raftkit(version = N, migrate = path)]`"
+            ),
+        })
+    }
 }
 
 /// Implemented by `#[raftkit::state_machine]`: the type has handlers.

@@ -57,6 +57,11 @@ pub trait StateMachine: Sized + Send + 'static {
     /// command.
     const SCHEMA_FINGERPRINT: u64;
 
+    /// The structural schema: every handler's kind, tag and argument and
+    /// return shapes, and the state's shape and version (see
+    /// [`crate::schema`]). Generated code computes it once and caches it.
+    fn schema() -> crate::schema::Schema;
+
     /// Applies a command. Must be deterministic: everything it may know
     /// beyond the state and the command is in `ctx` (the entry's index and
     /// term, replicated time, a seeded random generator; see [`Ctx`]).

@@ -81,6 +81,7 @@ impl Hostile {
             addr: "127.0.0.1:9".into(),
             schema: Kv::SCHEMA_FINGERPRINT,
             version: PROTOCOL_VERSION,
+            schema_desc: None,
         };
         let mut buf = Vec::new();
         encode_frame(&hello, 1 << 20, &mut buf).expect("encode");

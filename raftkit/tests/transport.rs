@@ -339,6 +339,7 @@ fn hello_and_msg(from: &Node, to: &Node) -> Vec<u8> {
         addr: "127.0.0.1:9".into(),
         schema: SCHEMA,
         version: PROTOCOL_VERSION,
+        schema_desc: None,
     };
     encode_frame(&hello, 1 << 20, &mut buf).expect("encode");
     encode_frame(&PeerFrame::Msg(msg(from, to, 99)), 1 << 20, &mut buf).expect("encode");
@@ -389,6 +390,7 @@ async fn garbage_and_oversized_frames_close_the_link_and_the_node_keeps_serving(
             addr: "127.0.0.1:9".into(),
             schema: SCHEMA,
             version: PROTOCOL_VERSION,
+            schema_desc: None,
         },
         1 << 20,
         &mut hello_then_garbage,
@@ -631,6 +633,7 @@ fn hello_as(name: &str, from: NodeId) -> PeerFrame {
         addr: "127.0.0.1:9".into(),
         schema: SCHEMA,
         version: PROTOCOL_VERSION,
+        schema_desc: None,
     }
 }
 

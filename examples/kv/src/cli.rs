@@ -94,6 +94,13 @@ pub enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
+    /// Print how many keys start with PREFIX.
+    Count {
+        /// The prefix ("" for every key).
+        prefix: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
     /// List the members of the cluster (as the leader sees them).
     Members {
         #[command(flatten)]

@@ -1,4 +1,4 @@
-//! The client commands: data (`put`, `get`, `del`, `cas`, `scan`) through
+//! The client commands: data (`put`, `get`, `del`, `cas`, `scan`, `count`) through
 //! the generated `KvClient`, administration (`members`, `add-server`,
 //! `remove-server`, `transfer-leader`, `status`) through the untyped
 //! [`Client`]. Membership and leadership commands present the admin
@@ -179,6 +179,17 @@ pub async fn scan(args: &ClusterArgs, prefix: String) -> Result<(), Failure> {
         out.push('\n');
     }
     print!("{out}");
+    Ok(())
+}
+
+/// `kv count PREFIX`: prints how many keys start with PREFIX.
+pub async fn count(args: &ClusterArgs, prefix: String) -> Result<(), Failure> {
+    let (kv, addrs) = typed(args).await?;
+    let n = kv
+        .count(prefix)
+        .await
+        .map_err(|e| Failure::cluster(&e, &addrs))?;
+    println!("{n}");
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //!
 //! - `kv serve` runs one node (a raftkit [`Peer`](raftkit::runtime::Peer)
 //!   of the [`store::Kv`] state machine) over QUIC with mutual TLS;
-//! - `kv put/get/del/cas/scan` talk to a cluster through the generated
+//! - `kv put/get/del/cas/scan/count` talk to a cluster through the generated
 //!   `KvClient`;
 //! - `kv members/add-server/remove-server/transfer-leader/status` administer
 //!   it;
@@ -93,6 +93,7 @@ async fn run(cli: Cli) -> Result<(), fail::Failure> {
             cluster,
         } => commands::cas(&cluster, key, old, new).await,
         Command::Scan { prefix, cluster } => commands::scan(&cluster, prefix).await,
+        Command::Count { prefix, cluster } => commands::count(&cluster, prefix).await,
         Command::Members { cluster } => commands::members(&cluster).await,
         Command::AddServer { addr, cluster } => commands::add_server(&cluster, addr).await,
         Command::RemoveServer { addr, cluster } => commands::remove_server(&cluster, addr).await,

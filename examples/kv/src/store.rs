@@ -21,8 +21,11 @@ use raftkit::prelude::*;
 pub struct Mismatch(pub Option<String>);
 
 /// The key-value store every node replicates.
+///
+/// State version 2 added the time-to-live fields (`expiry`, `deadlines`);
+/// snapshots of version 1 (the map alone) are restored by [`Kv::migrate`].
 #[derive(StateMachine, Default, Serialize, Deserialize)]
-#[raftkit(name = "kv")]
+#[raftkit(name = "kv", version = 2, migrate = Kv::migrate)]
 pub struct Kv {
     map: BTreeMap<String, String>,
     /// The deadline (replicated ms) of every key that has one.
@@ -31,7 +34,31 @@ pub struct Kv {
     deadlines: BTreeSet<(u64, String)>,
 }
 
+/// The state as version 1 wrote it: the map alone.
+#[derive(Deserialize)]
+struct KvV1 {
+    map: BTreeMap<String, String>,
+}
+
 impl Kv {
+    /// Restores a snapshot of an older state version (see the README's
+    /// "Changing your state machine").
+    fn migrate(from_version: u32, bytes: &[u8]) -> Result<Kv, raftkit::state_machine::CodecError> {
+        match from_version {
+            1 => {
+                let old: KvV1 = raftkit::state_machine::decode("kv state version 1", bytes)?;
+                Ok(Kv {
+                    map: old.map,
+                    ..Kv::default()
+                })
+            }
+            other => Err(raftkit::state_machine::CodecError {
+                what: "kv snapshot",
+                reason: format!("no migration from state version {other}"),
+            }),
+        }
+    }
+
     /// Whether `key` holds a value that has not expired at `now`.
     fn live(&self, key: &str, now: u64) -> Option<&String> {
         match self.expiry.get(key) {
@@ -140,6 +167,18 @@ impl Kv {
         self.deadlines.insert((deadline, key.clone()));
         self.map.insert(key, value)
     }
+
+    /// How many keys start with `prefix`. Added after the first release:
+    /// appended last, it takes the next read tag and every older tag keeps
+    /// its meaning, so a node of the previous binary upgrades in place (see
+    /// the README's "Changing your state machine").
+    #[read]
+    pub fn count(&self, prefix: String) -> u64 {
+        self.map
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .count() as u64
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +219,8 @@ mod tests {
         assert_eq!(block_on(kv.get("a/1".into()))?, None);
         assert_eq!(block_on(kv.get("b".into()))?, Some("w".into()));
         assert_eq!(block_on(kv.scan(String::new()))?.len(), 3);
+        assert_eq!(block_on(kv.count("a/".into()))?, 1);
+        assert_eq!(block_on(kv.count(String::new()))?, 3);
         Ok(())
     }
 
@@ -217,5 +258,129 @@ mod tests {
         block_on(kv.put("tick".into(), "3".into()))?;
         assert_eq!(block_on(kv.get("k".into()))?, Some("w".into()));
         Ok(())
+    }
+
+    /// The store as it was released before `count`, verbatim: a data
+    /// directory it wrote opens with the current binary, no wipe.
+    mod released {
+        use std::collections::BTreeMap;
+
+        use raftkit::prelude::*;
+
+        pub use super::super::Mismatch;
+
+        #[derive(StateMachine, Default, Serialize, Deserialize)]
+        #[raftkit(name = "kv")]
+        pub struct Kv {
+            map: BTreeMap<String, String>,
+        }
+
+        #[raftkit::state_machine]
+        impl Kv {
+            #[write]
+            pub fn put(&mut self, key: String, value: String) -> Option<String> {
+                self.map.insert(key, value)
+            }
+
+            #[write]
+            pub fn delete(&mut self, key: String) -> Option<String> {
+                self.map.remove(&key)
+            }
+
+            #[write]
+            pub fn cas(
+                &mut self,
+                key: String,
+                old: Option<String>,
+                new: String,
+            ) -> Result<(), Mismatch> {
+                let current = self.map.get(&key);
+                if current == old.as_ref() {
+                    self.map.insert(key, new);
+                    Ok(())
+                } else {
+                    Err(Mismatch(current.cloned()))
+                }
+            }
+
+            #[read]
+            pub fn get(&self, key: String) -> Option<String> {
+                self.map.get(&key).cloned()
+            }
+
+            #[read]
+            pub fn scan(&self, prefix: String) -> Vec<(String, String)> {
+                self.map
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }
+        }
+    }
+
+    #[test]
+    fn the_released_schema_upgrades_to_this_one() {
+        let (old, new) = (released::Kv::schema(), Kv::schema());
+        new.check_upgrade_from(&old).unwrap();
+        // `put_ttl` (a write) and `count` (a read) were added; the state
+        // went from version 1 to 2 with a migration.
+        assert_eq!(new.handlers.len(), old.handlers.len() + 2);
+        assert_eq!((old.state_version, new.state_version), (1, 2));
+        assert!(old.check_upgrade_from(&new).is_err(), "no downgrade");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_data_directory_of_the_released_binary_opens_without_a_wipe() {
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap().to_string();
+        drop(sock);
+        let (_ca, ids) = raftkit::tls::dev_cluster([format!("kv@{addr}")]).unwrap();
+        let old = released::Kv::peer()
+            .listen(addr.clone())
+            .data_dir(dir.path())
+            .bootstrap()
+            .identity(ids[0].clone())
+            .snapshot_every(5)
+            .start()
+            .await
+            .unwrap();
+        let leads = |role: raftkit::core::Role| role == raftkit::core::Role::Leader;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !leads(old.status().role) {
+            assert!(std::time::Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for i in 0..12 {
+            old.write(released::KvWrite::Put {
+                key: format!("k/{i}"),
+                value: i.to_string(),
+            })
+            .await
+            .unwrap();
+        }
+        old.shutdown().await.unwrap();
+        drop(old);
+
+        let new = Kv::peer().data_dir(dir.path()).start().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !leads(new.status().role) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no leader after the upgrade"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let count = new
+            .read(KvRead::Count {
+                prefix: "k/".into(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(count, KvReadOutput::Count(12)));
+        new.shutdown().await.unwrap();
     }
 }

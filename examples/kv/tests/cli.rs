@@ -349,6 +349,8 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
     assert_eq!(out.code, Some(0), "{out:?}");
     let out = kv(&["scan", "g"], &env);
     assert_eq!(out.stdout, "greeting\tworld\n", "{out:?}");
+    let out = kv(&["count", ""], &env);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "2\n"), "{out:?}");
     let out = kv(&["del", "other"], &env);
     assert_eq!((out.code, out.stdout.as_str()), (Some(0), "1\n"), "{out:?}");
     // Every CLI call closed the session its write opened: once the first

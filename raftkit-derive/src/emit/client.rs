@@ -136,15 +136,16 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
         impl #client<::raftkit::client::Client> {
             /// Connects to the cluster at `addrs` (any members) with the
             /// client certificate in `$RAFTKIT_CERTS`, refusing a cluster
-            /// that runs another schema. The client finds the leader and
+            /// that runs an incompatible schema. The client finds the leader and
             /// retries by itself.
             pub async fn connect<I, A>(addrs: I) -> ::core::result::Result<Self, ::raftkit::Error>
             where
                 I: ::core::iter::IntoIterator<Item = A>,
                 A: ::core::convert::AsRef<str>,
             {
-                let schema = <#ident as ::raftkit::StateMachine>::SCHEMA_FINGERPRINT;
-                ::core::result::Result::Ok(#client::new(::raftkit::client::Client::connect(addrs, schema).await?))
+                ::core::result::Result::Ok(#client::new(
+                    ::raftkit::client::Client::connect_for::<#ident, I, A>(addrs).await?,
+                ))
             }
 
             /// Connects with an explicit identity and options.
@@ -157,9 +158,9 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
                 I: ::core::iter::IntoIterator<Item = A>,
                 A: ::core::convert::AsRef<str>,
             {
-                let schema = <#ident as ::raftkit::StateMachine>::SCHEMA_FINGERPRINT;
                 ::core::result::Result::Ok(#client::new(
-                    ::raftkit::client::Client::connect_with(addrs, identity, schema, options).await?,
+                    ::raftkit::client::Client::connect_with_for::<#ident, I, A>(addrs, identity, options)
+                        .await?,
                 ))
             }
 

@@ -19,6 +19,19 @@ pub fn derive(model: &DeriveModel) -> TokenStream {
     let ident = &model.ident;
     let name = &model.name;
     let policy = policy_tokens(model.policy);
+    let version = model
+        .version
+        .map(|v| quote!(const STATE_VERSION: u32 = #v;));
+    let migrate = model.migrate.as_ref().map(|path| {
+        quote! {
+            fn migrate(
+                from_version: u32,
+                bytes: &[u8],
+            ) -> ::core::result::Result<Self, ::raftkit::state_machine::CodecError> {
+                #path(from_version, bytes)
+            }
+        }
+    });
     let check = quote_spanned! {ident.span()=>
         const _: () = ::raftkit::__private::require_handlers::<#ident>();
     };
@@ -28,6 +41,8 @@ pub fn derive(model: &DeriveModel) -> TokenStream {
         impl ::raftkit::__private::Derived for #ident {
             const NAME: &'static str = #name;
             const ERROR_POLICY: ::raftkit::ErrorPolicy = #policy;
+            #version
+            #migrate
         }
         #check
     }

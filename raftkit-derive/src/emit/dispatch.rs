@@ -77,13 +77,51 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
         }
     });
 
+    // The structural schema: each handler's arguments as one tuple (the
+    // fields of its command variant, in order) and its return type.
+    let schema_handlers = model.handlers.iter().map(|h| {
+        let cfgs = &h.cfgs;
+        let kind = match h.kind {
+            Kind::Write => quote!(::raftkit::schema::HandlerKind::Write),
+            Kind::Read => quote!(::raftkit::schema::HandlerKind::Read),
+        };
+        let tag = h.tag;
+        let name = h.ident.to_string();
+        // Spanned at the types, like the wire impls' serde bounds: a type
+        // that is not `Deserialize` is reported where it is written.
+        let args = h.args.iter().map(|a| {
+            let ty = &a.ty;
+            quote_spanned! {a.span=> ::raftkit::schema::Shape::of::<#ty>()}
+        });
+        let output = &h.output;
+        let output = quote_spanned! {h.output_span=> ::raftkit::schema::Shape::of::<#output>()};
+        quote! {
+            #(#cfgs)*
+            __schema.push(
+                #kind,
+                #tag,
+                #name,
+                ::raftkit::schema::Shape::tuple([#(#args),*]),
+                #output,
+            );
+        }
+    });
+
     // Spanned at the type: a state machine that is not Serialize +
-    // DeserializeOwned is reported there.
+    // DeserializeOwned is reported there. Snapshots carry the state version
+    // (`raftkit::schema::state`).
+    let state_shape = quote_spanned! {self_ty.span()=>
+        ::raftkit::schema::Shape::of::<#self_ty>()
+    };
     let snapshot = quote_spanned! {self_ty.span()=>
-        ::raftkit::state_machine::encode::<#self_ty>("snapshot", self)
+        ::raftkit::schema::encode_state::<#self_ty>(#derived::STATE_VERSION, self)
     };
     let restore = quote_spanned! {self_ty.span()=>
-        ::raftkit::state_machine::decode::<#self_ty>("snapshot", data)
+        ::raftkit::schema::decode_state::<#self_ty>(
+            #derived::STATE_VERSION,
+            data,
+            #derived::migrate,
+        )
     };
 
     // Commands and replies cross threads: check each type where it is
@@ -120,6 +158,22 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
                 #(#folds)*
                 __hash
             };
+
+            fn schema() -> ::raftkit::schema::Schema {
+                static __SCHEMA: ::std::sync::OnceLock<::raftkit::schema::Schema> =
+                    ::std::sync::OnceLock::new();
+                __SCHEMA
+                    .get_or_init(|| {
+                        let mut __schema = ::raftkit::schema::Schema::new(
+                            #derived::NAME,
+                            #derived::STATE_VERSION,
+                            #state_shape,
+                        );
+                        #(#schema_handlers)*
+                        __schema
+                    })
+                    .clone()
+            }
 
             #[allow(deprecated)]
             fn apply(&mut self, __ctx: &mut ::raftkit::Ctx, command: #write) -> #write_output {

@@ -921,6 +921,62 @@ impl ::raftkit::StateMachine for Kv {
         }
         __hash
     };
+    fn schema() -> ::raftkit::schema::Schema {
+        static __SCHEMA: ::std::sync::OnceLock<::raftkit::schema::Schema> = ::std::sync::OnceLock::new();
+        __SCHEMA
+            .get_or_init(|| {
+                let mut __schema = ::raftkit::schema::Schema::new(
+                    <Kv as ::raftkit::__private::Derived>::NAME,
+                    <Kv as ::raftkit::__private::Derived>::STATE_VERSION,
+                    ::raftkit::schema::Shape::of::<Kv>(),
+                );
+                __schema
+                    .push(
+                        ::raftkit::schema::HandlerKind::Write,
+                        0u32,
+                        "put",
+                        ::raftkit::schema::Shape::tuple([
+                            ::raftkit::schema::Shape::of::<String>(),
+                            ::raftkit::schema::Shape::of::<String>(),
+                        ]),
+                        ::raftkit::schema::Shape::of::<Option<String>>(),
+                    );
+                __schema
+                    .push(
+                        ::raftkit::schema::HandlerKind::Write,
+                        1u32,
+                        "delete",
+                        ::raftkit::schema::Shape::tuple([
+                            ::raftkit::schema::Shape::of::<String>(),
+                        ]),
+                        ::raftkit::schema::Shape::of::<Option<String>>(),
+                    );
+                __schema
+                    .push(
+                        ::raftkit::schema::HandlerKind::Write,
+                        2u32,
+                        "cas",
+                        ::raftkit::schema::Shape::tuple([
+                            ::raftkit::schema::Shape::of::<String>(),
+                            ::raftkit::schema::Shape::of::<Option<String>>(),
+                            ::raftkit::schema::Shape::of::<String>(),
+                        ]),
+                        ::raftkit::schema::Shape::of::<Result<(), Mismatch>>(),
+                    );
+                __schema
+                    .push(
+                        ::raftkit::schema::HandlerKind::Read,
+                        0u32,
+                        "get",
+                        ::raftkit::schema::Shape::tuple([
+                            ::raftkit::schema::Shape::of::<String>(),
+                        ]),
+                        ::raftkit::schema::Shape::of::<Option<String>>(),
+                    );
+                __schema
+            })
+            .clone()
+    }
     #[allow(deprecated)]
     fn apply(&mut self, __ctx: &mut ::raftkit::Ctx, command: KvWrite) -> KvWriteOutput {
         match command {
@@ -954,12 +1010,20 @@ impl ::raftkit::StateMachine for Kv {
         ::std::vec::Vec<u8>,
         ::raftkit::state_machine::CodecError,
     > {
-        ::raftkit::state_machine::encode::<Kv>("snapshot", self)
+        ::raftkit::schema::encode_state::<
+            Kv,
+        >(<Kv as ::raftkit::__private::Derived>::STATE_VERSION, self)
     }
     fn restore(
         data: &[u8],
     ) -> ::core::result::Result<Self, ::raftkit::state_machine::CodecError> {
-        ::raftkit::state_machine::decode::<Kv>("snapshot", data)
+        ::raftkit::schema::decode_state::<
+            Kv,
+        >(
+            <Kv as ::raftkit::__private::Derived>::STATE_VERSION,
+            data,
+            <Kv as ::raftkit::__private::Derived>::migrate,
+        )
     }
 }
 /**A typed client of the `Kv` state machine: one `async` method per `#[write]` and `#[read]` handler.
@@ -1009,7 +1073,7 @@ impl<S> KvClient<S> {
 impl KvClient<::raftkit::client::Client> {
     /// Connects to the cluster at `addrs` (any members) with the
     /// client certificate in `$RAFTKIT_CERTS`, refusing a cluster
-    /// that runs another schema. The client finds the leader and
+    /// that runs an incompatible schema. The client finds the leader and
     /// retries by itself.
     pub async fn connect<I, A>(
         addrs: I,
@@ -1018,9 +1082,10 @@ impl KvClient<::raftkit::client::Client> {
         I: ::core::iter::IntoIterator<Item = A>,
         A: ::core::convert::AsRef<str>,
     {
-        let schema = <Kv as ::raftkit::StateMachine>::SCHEMA_FINGERPRINT;
         ::core::result::Result::Ok(
-            KvClient::new(::raftkit::client::Client::connect(addrs, schema).await?),
+            KvClient::new(
+                ::raftkit::client::Client::connect_for::<Kv, I, A>(addrs).await?,
+            ),
         )
     }
     /// Connects with an explicit identity and options.
@@ -1033,10 +1098,13 @@ impl KvClient<::raftkit::client::Client> {
         I: ::core::iter::IntoIterator<Item = A>,
         A: ::core::convert::AsRef<str>,
     {
-        let schema = <Kv as ::raftkit::StateMachine>::SCHEMA_FINGERPRINT;
         ::core::result::Result::Ok(
             KvClient::new(
-                ::raftkit::client::Client::connect_with(addrs, identity, schema, options)
+                ::raftkit::client::Client::connect_with_for::<
+                    Kv,
+                    I,
+                    A,
+                >(addrs, identity, options)
                     .await?,
             ),
         )

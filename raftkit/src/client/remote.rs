@@ -136,6 +136,8 @@ struct Inner {
     /// The session writes go to now (replaced when it expires or closes).
     session: std::sync::Mutex<Arc<SessionSlot>>,
     schema: u64,
+    /// The structural schema of a typed client, sent in hellos.
+    schema_desc: Option<crate::schema::Schema>,
     opts: ClientOptions,
     rotate: AtomicU64,
     suspects: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
@@ -164,14 +166,52 @@ impl Client {
         I: IntoIterator<Item = A>,
         A: AsRef<str>,
     {
+        let identity = Self::env_identity()?;
+        Self::connect_with(addrs, identity, schema, ClientOptions::default()).await
+    }
+
+    /// [`Client::connect`] as a client of state machine `S`: its hellos
+    /// carry `S`'s structural schema, and the cluster accepts it when the
+    /// schemas are compatible (see [`crate::schema`]), so a client built
+    /// from an older or newer version of `S` keeps working across a rolling
+    /// upgrade.
+    pub async fn connect_for<S: crate::StateMachine, I, A>(addrs: I) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<str>,
+    {
+        let identity = Self::env_identity()?;
+        Self::connect_with_for::<S, I, A>(addrs, identity, ClientOptions::default()).await
+    }
+
+    /// [`Client::connect_with`] as a client of state machine `S` (see
+    /// [`Client::connect_for`]).
+    pub async fn connect_with_for<S: crate::StateMachine, I, A>(
+        addrs: I,
+        identity: Identity,
+        opts: ClientOptions,
+    ) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<str>,
+    {
+        Self::connect_inner(
+            addrs,
+            identity,
+            S::SCHEMA_FINGERPRINT,
+            Some(S::schema()),
+            opts,
+        )
+        .await
+    }
+
+    fn env_identity() -> Result<Identity, Error> {
         let dir = std::env::var_os(CERTS_ENV).map(PathBuf::from).ok_or_else(|| {
             Error::Transport(format!(
                 "no client certificate: set {CERTS_ENV} to a directory holding ca.pem, client.pem and client.key"
             ))
         })?;
-        let identity =
-            Identity::load(&dir, "client").map_err(|e| Error::Transport(e.to_string()))?;
-        Self::connect_with(addrs, identity, schema, ClientOptions::default()).await
+        Identity::load(&dir, "client").map_err(|e| Error::Transport(e.to_string()))
     }
 
     /// Connects with an explicit identity and options.
@@ -179,6 +219,20 @@ impl Client {
         addrs: I,
         identity: Identity,
         schema: u64,
+        opts: ClientOptions,
+    ) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<str>,
+    {
+        Self::connect_inner(addrs, identity, schema, None, opts).await
+    }
+
+    async fn connect_inner<I, A>(
+        addrs: I,
+        identity: Identity,
+        schema: u64,
+        schema_desc: Option<crate::schema::Schema>,
         opts: ClientOptions,
     ) -> Result<Client, Error>
     where
@@ -213,6 +267,7 @@ impl Client {
                 conns: Mutex::new(HashMap::new()),
                 session: std::sync::Mutex::new(Arc::new(SessionSlot::default())),
                 schema,
+                schema_desc,
                 opts,
                 rotate: AtomicU64::new(0),
                 suspects: std::sync::Mutex::new(HashMap::new()),
@@ -244,7 +299,12 @@ impl Client {
                 // Report an answer (a refused certificate or schema) rather
                 // than a silence.
                 Err(e) => {
-                    if !matches!(last, Some(Error::Transport(_) | Error::Rejected(_))) {
+                    if !matches!(
+                        last,
+                        Some(
+                            Error::Transport(_) | Error::Rejected(_) | Error::SchemaMismatch { .. }
+                        )
+                    ) {
                         last = Some(e);
                     }
                 }
@@ -292,6 +352,7 @@ impl Client {
         let hello = ClientHello {
             version: 1,
             schema: self.inner.schema,
+            schema_desc: self.inner.schema_desc.clone(),
         };
         write_frame(&mut send, &hello, DEFAULT_MAX_FRAME_BYTES)
             .await

@@ -55,6 +55,10 @@ pub struct ClientHello {
     /// The schema fingerprint of the client's state machine, or 0 for an
     /// untyped client that only asks for status and membership.
     pub schema: u64,
+    /// The structural schema of a typed client (see [`crate::schema`]):
+    /// when present the peer checks compatibility with it instead of
+    /// comparing fingerprints.
+    pub schema_desc: Option<crate::schema::Schema>,
 }
 
 /// A request on a client stream.
@@ -188,6 +192,16 @@ pub enum WireError {
     /// The connection's certificate does not allow this request (see
     /// [`Error::Unauthorized`]); nothing was applied.
     Unauthorized(String),
+    /// The handler is not enabled on the cluster (see
+    /// [`Error::Unsupported`]); nothing was applied.
+    Unsupported(String),
+    /// The schemas are not compatible (see [`Error::SchemaMismatch`]).
+    SchemaMismatch {
+        /// The handler.
+        handler: String,
+        /// What differs.
+        reason: String,
+    },
 }
 
 impl From<Error> for WireError {
@@ -204,6 +218,10 @@ impl From<Error> for WireError {
             Error::Ambiguous(s) => WireError::Ambiguous(s),
             Error::SessionExpired(s) => WireError::SessionExpired(s),
             Error::Unauthorized(s) => WireError::Unauthorized(s),
+            Error::Unsupported(s) => WireError::Unsupported(s),
+            Error::SchemaMismatch { handler, reason } => {
+                WireError::SchemaMismatch { handler, reason }
+            }
             // Codec, transport and protocol errors of the peer itself: the
             // client cannot tell what happened, so neither does the wire.
             other => WireError::Ambiguous(other.to_string()),
@@ -225,6 +243,10 @@ impl From<WireError> for Error {
             WireError::Ambiguous(s) => Error::Ambiguous(s),
             WireError::SessionExpired(s) => Error::SessionExpired(s),
             WireError::Unauthorized(s) => Error::Unauthorized(s),
+            WireError::Unsupported(s) => Error::Unsupported(s),
+            WireError::SchemaMismatch { handler, reason } => {
+                Error::SchemaMismatch { handler, reason }
+            }
         }
     }
 }
@@ -254,6 +276,11 @@ mod tests {
             Error::Ambiguous("a".into()),
             Error::SessionExpired("e".into()),
             Error::Unauthorized("n".into()),
+            Error::Unsupported("u".into()),
+            Error::SchemaMismatch {
+                handler: "h".into(),
+                reason: "r".into(),
+            },
             Error::Transport("t".into()),
             Error::Protocol("p".into()),
         ];

@@ -189,6 +189,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         addr: "127.0.0.1:7001".into(),
         schema: SCHEMA,
         version: crate::transport::frame::PROTOCOL_VERSION,
+        schema_desc: None,
     };
     match target {
         "frames" => {
@@ -253,6 +254,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             let mut out: Vec<Vec<u8>> = requests.iter().map(frame).collect();
             out.push(frame(&ClientHello {
                 version: 1,
+                schema_desc: None,
                 schema: SCHEMA,
             }));
             out

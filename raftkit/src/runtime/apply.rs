@@ -415,8 +415,15 @@ impl<S: StateMachine> Apply<S> {
                 StoredReply::Handler(message)
             }
             Err(ApplyError::Decode(err)) => {
+                // Only binaries that disagree on the schema get here (the
+                // leader refuses commands some voter cannot decode): never
+                // skip it, whatever the error policy says.
+                let tag = match crate::schema::encoded_tag(&command) {
+                    Some(tag) => format!("write tag {tag}"),
+                    None => "no readable tag".to_string(),
+                };
                 return Outcome::Halt(format!(
-                    "the command at entry {index} does not decode with this binary ({err}); a binary that knows it must apply it"
+                    "the command at entry {index} ({tag}) does not decode with this binary ({err}); a binary that knows it must apply it"
                 ));
             }
         };

@@ -331,17 +331,40 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         if let Some(StorageChoice::Disk(dir)) = &self.storage {
             meta = PeerMeta::load_in(&*self.fs, dir)?;
         }
+        // The structural schema (crate::schema): a data directory accepts
+        // a binary whose schema keeps every handler of the one it held.
+        let schema = S::schema();
+        let mut stored_schema = None;
         let meta = match meta {
-            Some(m) => {
-                if m.schema != S::SCHEMA_FINGERPRINT {
-                    return Err(Error::Rejected(format!(
-                        "schema mismatch: the log in this data directory was written by `{}` with schema {:#018x}, this binary's `{}` has {:#018x}",
-                        m.state_machine,
-                        m.schema,
-                        S::NAME,
-                        S::SCHEMA_FINGERPRINT
-                    )));
+            Some(mut m) => {
+                if let Some(StorageChoice::Disk(dir)) = &self.storage {
+                    stored_schema = crate::schema::load_schema(&*self.fs, dir)?;
                 }
+                match &stored_schema {
+                    Some(old) => {
+                        schema.check_upgrade_from(old)?;
+                        if old != &schema {
+                            info!(name = %m.name, old_state_version = old.state_version, state_version = schema.state_version, handlers = schema.handlers.len(), old_handlers = old.handlers.len(), "data directory upgraded to a compatible schema");
+                        }
+                    }
+                    // A directory from before structural schemas: only the
+                    // binary that wrote it.
+                    None if m.schema != S::SCHEMA_FINGERPRINT => {
+                        return Err(Error::SchemaMismatch {
+                            handler: "(unknown: the data directory predates structural schemas)"
+                                .into(),
+                            reason: format!(
+                                "the log in this data directory was written by `{}` with schema fingerprint {:#018x}, this binary's `{}` has {:#018x}; start the old binary once with a schema-aware raftkit first",
+                                m.state_machine,
+                                m.schema,
+                                S::NAME,
+                                S::SCHEMA_FINGERPRINT
+                            ),
+                        });
+                    }
+                    None => {}
+                }
+                m.schema = S::SCHEMA_FINGERPRINT;
                 m
             }
             None => {
@@ -393,7 +416,11 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 .create_dir_all(dir)
                 .map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?;
             meta.save_in(&*self.fs, dir)?;
+            if stored_schema.as_ref() != Some(&schema) {
+                crate::schema::save_schema(&*self.fs, dir, &schema)?;
+            }
         }
+        let schemas = Arc::new(crate::schema::SchemaBook::new(schema, stored_schema));
         let id = node_id(&meta.name);
 
         // 2. What we restart from.
@@ -485,6 +512,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 let mut config =
                     QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);
                 config.advertise = Some(meta.advertise.clone());
+                config.schemas = Some(schemas.clone());
                 // A peer restarted at once may find its port still held by
                 // the previous endpoint while it drains: retry briefly.
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -578,6 +606,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 tick: self.tick,
                 session_ttl_ms: u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX),
                 max_sessions: self.max_sessions,
+                schemas,
             }),
             _sm: PhantomData,
         };

@@ -79,7 +79,20 @@ async fn serve_connection<S: StateMachine>(
             return;
         }
     };
-    let answer = if hello.schema != 0 && hello.schema != S::SCHEMA_FINGERPRINT {
+    let answer = if let Some(theirs) = &hello.schema_desc {
+        // A typed client with a structural schema: compatible is enough
+        // (it may know fewer or more handlers than this binary).
+        match peer.schemas().local().check_peer(theirs) {
+            Ok(()) => ClientResponse::Ok(Vec::new()),
+            Err(m) => {
+                warn!(%remote, handler = %m.handler, reason = %m.reason, "client schema incompatible; refused");
+                ClientResponse::Err(WireError::SchemaMismatch {
+                    handler: m.handler,
+                    reason: m.reason,
+                })
+            }
+        }
+    } else if hello.schema != 0 && hello.schema != S::SCHEMA_FINGERPRINT {
         warn!(%remote, local = format_args!("{:#018x}", S::SCHEMA_FINGERPRINT), remote_schema = format_args!("{:#018x}", hello.schema), "client schema mismatch; refused");
         ClientResponse::Err(WireError::Rejected(format!(
             "schema mismatch: the cluster runs `{}` with schema {:#018x}, the client has {:#018x}",

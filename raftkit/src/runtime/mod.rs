@@ -76,6 +76,9 @@ struct Inner {
     tick: std::time::Duration,
     session_ttl_ms: u64,
     max_sessions: u64,
+    /// This binary's schema and what it knows of the voters' (the gate of
+    /// new handlers, `crate::schema`).
+    schemas: Arc<crate::schema::SchemaBook>,
 }
 
 /// A running peer of state machine `S`. Cloning shares the same peer.
@@ -231,7 +234,35 @@ impl<S: StateMachine> Peer<S> {
                 command.len()
             )));
         }
+        self.check_enabled(crate::schema::HandlerKind::Write, command)?;
         validate_command::<S>(command).map_err(|e| Error::Rejected(e.to_string()))
+    }
+
+    /// The schemas this peer knows: its own and its voters' (see
+    /// [`crate::schema`]).
+    pub fn schemas(&self) -> &crate::schema::SchemaBook {
+        &self.inner.schemas
+    }
+
+    /// Refuses with [`Error::Unsupported`] a command or query whose handler
+    /// this binary does not know or, for a write, some voter may not know
+    /// yet (a rolling upgrade under way): it would not decode there.
+    fn check_enabled(&self, kind: crate::schema::HandlerKind, bytes: &[u8]) -> Result<(), Error> {
+        let Some(tag) = crate::schema::encoded_tag(bytes) else {
+            // Not even a tag: the decode check refuses it.
+            return Ok(());
+        };
+        let me = self.inner.id;
+        let voters: Vec<NodeId> = self
+            .inner
+            .status
+            .borrow()
+            .members
+            .iter()
+            .filter(|m| m.voter && m.id != me)
+            .map(|m| m.id)
+            .collect();
+        self.inner.schemas.check_enabled(kind, tag, voters)
     }
 
     /// Proposes `op` once the node admits `bytes` more of commands in
@@ -248,6 +279,7 @@ impl<S: StateMachine> Peer<S> {
     /// Serves an encoded query linearizably on this peer, which must be the
     /// leader.
     pub async fn read_encoded(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
+        self.check_enabled(crate::schema::HandlerKind::Read, &query)?;
         let permit = self.inner.admission.admit(query.len()).await?;
         self.call(|tx| Command::Read {
             query,

@@ -33,6 +33,7 @@ use super::quic::{
 };
 use crate::core::{Message, NodeId};
 use crate::identity::node_id;
+use crate::schema::SchemaBook;
 use crate::tls::{CLIENT_ALPN, CertRole, PEER_ALPN, Principal};
 
 /// The cap on a hello frame (a name and an address): a peer never makes the
@@ -83,12 +84,26 @@ pub fn check_hello(
     principal: &Principal,
     hello: PeerFrame,
 ) -> Result<AcceptedHello, String> {
+    check_hello_with(schema, None, principal, hello)
+}
+
+/// [`check_hello`] for a node that knows its structural schema: a hello
+/// that carries one is accepted when the schemas are compatible
+/// ([`crate::schema::Schema::check_peer`]), and the dialer's schema is then
+/// recorded in `book` (what the leader's gate of new handlers reads).
+pub fn check_hello_with(
+    schema: u64,
+    book: Option<&SchemaBook>,
+    principal: &Principal,
+    hello: PeerFrame,
+) -> Result<AcceptedHello, String> {
     let PeerFrame::Hello {
         from,
         name,
         addr,
         schema: remote_schema,
         version,
+        schema_desc,
     } = hello
     else {
         return Err(format!("expected hello, got {}", frame_kind(&hello)));
@@ -105,7 +120,8 @@ pub fn check_hello(
             principal.name
         ));
     }
-    if remote_schema != schema {
+    let structural = book.is_some() && schema_desc.is_some();
+    if !structural && remote_schema != schema {
         return Err(format!(
             "schema mismatch: local {schema:#018x} remote {remote_schema:#018x} from {}",
             principal.name
@@ -124,6 +140,10 @@ pub fn check_hello(
             principal.name,
             node_id(&name)
         ));
+    }
+    if let (Some(book), Some(remote)) = (book, schema_desc) {
+        book.accept_peer(from, remote)
+            .map_err(|m| format!("schema mismatch with {}: {m}", principal.name))?;
     }
     Ok(AcceptedHello { from, name, addr })
 }
@@ -328,7 +348,7 @@ async fn serve_link(
         Ok(Err(e)) => return protocol_error(&principal.name, e.to_string()),
         Ok(Ok(frame)) => frame,
     };
-    let hello = match check_hello(link.schema, &principal, first) {
+    let hello = match check_hello_with(link.schema, link.schemas.as_deref(), &principal, first) {
         Ok(hello) => hello,
         Err(reason) => {
             error!(node = link.node, %remote, peer = %principal.name, %reason, "refused peer link");

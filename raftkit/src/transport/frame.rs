@@ -56,6 +56,10 @@ pub enum PeerFrame {
         schema: u64,
         /// The dialer's [`PROTOCOL_VERSION`].
         version: u32,
+        /// The dialer's structural schema (see [`crate::schema`]): when
+        /// both sides have one, they talk when the schemas are compatible
+        /// instead of when the fingerprints are equal.
+        schema_desc: Option<crate::schema::Schema>,
     },
     /// The acceptor accepted the hello; `Msg` frames follow.
     HelloOk,
@@ -213,6 +217,7 @@ mod tests {
                 addr: "127.0.0.1:1".into(),
                 schema: 0xdead_beef,
                 version: PROTOCOL_VERSION,
+                schema_desc: None,
             },
             PeerFrame::HelloOk,
             PeerFrame::Refused {

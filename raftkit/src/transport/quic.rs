@@ -128,8 +128,13 @@ pub struct QuicConfig {
     pub name: String,
     /// The certificate this node presents and the CA it trusts.
     pub identity: Identity,
-    /// The fingerprint of the state machine's schema; peers must agree.
+    /// The fingerprint of the state machine's schema; peers must agree
+    /// unless both have a structural schema ([`QuicConfig::schemas`]).
     pub schema: u64,
+    /// The node's structural schema and the record of its peers' (default
+    /// none): hellos then carry the schema, and links between compatible
+    /// schemas are accepted (see [`crate::schema`]).
+    pub schemas: Option<Arc<crate::schema::SchemaBook>>,
     /// The cap on one frame's body (default 16 MiB).
     pub max_frame_bytes: usize,
     /// The most messages queued for one peer; older ones are dropped past it
@@ -166,6 +171,7 @@ impl QuicConfig {
             name: name.to_string(),
             identity,
             schema,
+            schemas: None,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             queue_capacity: 1024,
             backoff_min: Duration::from_millis(20),
@@ -306,6 +312,7 @@ pub(super) struct LinkConfig {
     pub(super) name: String,
     pub(super) advertise: String,
     pub(super) schema: u64,
+    pub(super) schemas: Option<Arc<crate::schema::SchemaBook>>,
     pub(super) max_frame_bytes: usize,
     pub(super) queue_capacity: usize,
     pub(super) backoff_min: Duration,
@@ -512,6 +519,7 @@ impl QuicTransport {
             name: config.name,
             advertise: config.advertise.unwrap_or_else(|| local.to_string()),
             schema: config.schema,
+            schemas: config.schemas,
             max_frame_bytes: config.max_frame_bytes,
             queue_capacity: config.queue_capacity,
             backoff_min: config.backoff_min,
@@ -794,6 +802,7 @@ async fn dial(
                 addr: link.advertise.clone(),
                 schema: link.schema,
                 version: PROTOCOL_VERSION,
+                schema_desc: link.schemas.as_ref().map(|b| b.local().clone()),
             },
             link.max_frame_bytes,
         )

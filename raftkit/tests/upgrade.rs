@@ -1,0 +1,710 @@
+//! Changing a state machine in production (`raftkit::schema`): three
+//! versions of one key-value store, `v1`, `v2` (adds a handler, renames and
+//! respells another, and adds an optional field to the state through a
+//! snapshot migration) and `v3` (changes an existing handler's argument
+//! type).
+//!
+//! - the rolling upgrade: a 3-node QUIC cluster runs v1 under a client
+//!   workload that never stops; nodes restart one by one on v2; the new
+//!   handler is refused (`Unsupported`, nothing applied) until the last node
+//!   runs v2 and works after; every acknowledged write is present at the
+//!   end, and the only errors the workload saw are retryable ones;
+//! - the refusals: v3 refuses a v1/v2 data directory at start naming the
+//!   handler; a peer whose schema is incompatible is refused at hello (and
+//!   a compatible one with another fingerprint is accepted);
+//! - state evolution: a v1 snapshot restores into v2 through the migration,
+//!   a v2 snapshot is refused by v1;
+//! - an entry a node cannot decode halts it with the index and the tag,
+//!   even under the `skip` error policy.
+
+mod support;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use support::free_addrs;
+
+use raftkit::client::ClientOptions;
+use raftkit::core::Role;
+use raftkit::prelude::*;
+use raftkit::schema::{HandlerKind, Schema, SchemaBook, Shape};
+use raftkit::tls::{Identity, dev_cluster};
+use raftkit::transport::{LinkState, QuicConfig, QuicTransport, Transport as _};
+use tokio::time::Instant;
+
+pub mod v1 {
+    use super::*;
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    #[raftkit(name = "kv")]
+    pub struct Kv {
+        pub map: BTreeMap<String, String>,
+    }
+
+    #[raftkit::state_machine]
+    impl Kv {
+        #[write]
+        fn put(&mut self, key: String, value: String) -> Option<String> {
+            self.map.insert(key, value)
+        }
+
+        #[read]
+        fn get(&self, key: String) -> Option<String> {
+            self.map.get(&key).cloned()
+        }
+    }
+}
+
+pub mod v2 {
+    use raftkit::state_machine::{CodecError, decode};
+
+    use super::*;
+
+    /// v1's state plus an optional counter: a new state version, restored
+    /// from v1 snapshots by `migrate`.
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    #[raftkit(name = "kv", version = 2, migrate = Kv::migrate)]
+    pub struct Kv {
+        pub map: BTreeMap<String, String>,
+        pub deletes: Option<u64>,
+    }
+
+    impl Kv {
+        fn migrate(from_version: u32, bytes: &[u8]) -> Result<Kv, CodecError> {
+            match from_version {
+                1 => {
+                    let old: super::v1::Kv = decode("v1 snapshot", bytes)?;
+                    Ok(Kv {
+                        map: old.map,
+                        deletes: None,
+                    })
+                }
+                other => Err(CodecError {
+                    what: "snapshot",
+                    reason: format!("no migration from state version {other}"),
+                }),
+            }
+        }
+    }
+
+    #[raftkit::state_machine]
+    impl Kv {
+        /// v1's `put`, renamed and with its types respelled: same tag,
+        /// same shapes, so old entries keep their meaning.
+        #[write]
+        fn insert(
+            &mut self,
+            key: std::string::String,
+            value: std::string::String,
+        ) -> Option<std::string::String> {
+            self.map.insert(key, value)
+        }
+
+        #[read]
+        fn get(&self, key: String) -> Option<String> {
+            self.map.get(&key).cloned()
+        }
+
+        /// New in v2 (write tag 1).
+        #[write]
+        fn delete(&mut self, key: String) -> Option<String> {
+            *self.deletes.get_or_insert(0) += 1;
+            self.map.remove(&key)
+        }
+
+        /// New in v2 (read tag 1).
+        #[read]
+        fn deletes(&self) -> Option<u64> {
+            self.deletes
+        }
+    }
+}
+
+pub mod v3 {
+    use super::*;
+
+    /// `put` now takes a number: old log entries would not decode.
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    #[raftkit(name = "kv")]
+    pub struct Kv {
+        pub map: BTreeMap<String, String>,
+    }
+
+    #[raftkit::state_machine]
+    impl Kv {
+        #[write]
+        fn put(&mut self, key: String, value: u64) -> Option<String> {
+            self.map.insert(key, value.to_string())
+        }
+
+        #[read]
+        fn get(&self, key: String) -> Option<String> {
+            self.map.get(&key).cloned()
+        }
+    }
+}
+
+#[test]
+fn the_derived_schema_is_structural() {
+    let (s1, s2, s3) = (v1::Kv::schema(), v2::Kv::schema(), v3::Kv::schema());
+    assert_eq!(s1.state_version, 1);
+    assert_eq!(s2.state_version, 2);
+    let put = s1.handler(HandlerKind::Write, 0).unwrap();
+    assert_eq!(put.args, Shape::Tuple(vec![Shape::Str, Shape::Str]));
+    assert_eq!(put.output, Shape::Option(Box::new(Shape::Str)));
+    // Renamed and respelled, same structure.
+    let insert = s2.handler(HandlerKind::Write, 0).unwrap();
+    assert_eq!(insert.name, "insert");
+    assert_eq!((&insert.args, &insert.output), (&put.args, &put.output));
+    assert_eq!(
+        s2.state,
+        Shape::Tuple(vec![
+            Shape::Map(Box::new(Shape::Str), Box::new(Shape::Str)),
+            Shape::Option(Box::new(Shape::U64)),
+        ])
+    );
+    s2.check_upgrade_from(&s1).unwrap();
+    s2.check_peer(&s1).unwrap();
+    s1.check_peer(&s2).unwrap();
+    let e = s3.check_upgrade_from(&s1).unwrap_err();
+    assert_eq!(e.handler, "`put` (write tag 0)");
+    assert!(s3.check_peer(&s2).is_err());
+    // The schema travels: it round-trips through postcard.
+    let bytes = postcard::to_allocvec(&s2).unwrap();
+    assert_eq!(postcard::from_bytes::<Schema>(&bytes).unwrap(), s2);
+}
+
+#[test]
+fn a_v1_snapshot_restores_into_v2_and_not_the_other_way() {
+    let mut old = v1::Kv::default();
+    old.map.insert("a".into(), "1".into());
+    let snap = old.snapshot().unwrap();
+    let new = v2::Kv::restore(&snap).unwrap();
+    assert_eq!(new.map.get("a").map(String::as_str), Some("1"));
+    assert_eq!(new.deletes, None);
+    let newer = new.snapshot().unwrap();
+    let back = v2::Kv::restore(&newer).unwrap();
+    assert_eq!(back.map, new.map);
+    let e = v1::Kv::restore(&newer).err().expect("v1 cannot read v2");
+    assert!(e.reason.contains("state version 2"), "{e}");
+}
+
+const TICK: Duration = Duration::from_millis(20);
+
+/// A node of either version.
+enum Node {
+    V1(Peer<v1::Kv>),
+    V2(Peer<v2::Kv>),
+}
+
+impl Node {
+    fn status(&self) -> raftkit::runtime::PeerStatus {
+        match self {
+            Node::V1(p) => p.status(),
+            Node::V2(p) => p.status(),
+        }
+    }
+
+    async fn shutdown(&self) {
+        let r = match self {
+            Node::V1(p) => p.shutdown().await,
+            Node::V2(p) => p.shutdown().await,
+        };
+        r.expect("clean shutdown");
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    addrs: Vec<String>,
+    nodes: Vec<Option<Node>>,
+    client_identity: Identity,
+}
+
+impl Cluster {
+    async fn start_v1() -> Cluster {
+        let addrs = free_addrs(3);
+        let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
+        let (ca, ids) = dev_cluster(&names).expect("dev CA");
+        let client_identity = ca.issue_client("client").expect("client identity");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes = Vec::new();
+        for (addr, id) in addrs.iter().zip(ids) {
+            let peer = v1::Kv::peer()
+                .listen(addr.clone())
+                .data_dir(dir.path().join(addr))
+                .bootstrap_members(addrs.clone())
+                .identity(id)
+                .tick(TICK)
+                .snapshot_every(40)
+                .start()
+                .await
+                .expect("v1 peer starts");
+            nodes.push(Some(Node::V1(peer)));
+        }
+        Cluster {
+            dir,
+            addrs,
+            nodes,
+            client_identity,
+        }
+    }
+
+    fn data_dir(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(&self.addrs[i])
+    }
+
+    /// Stops node `i` and starts it again from its data directory on v2.
+    async fn upgrade(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.shutdown().await;
+        }
+        let peer = v2::Kv::peer()
+            .data_dir(self.data_dir(i))
+            .tick(TICK)
+            .snapshot_every(40)
+            .start()
+            .await
+            .expect("v2 accepts the v1 data directory");
+        self.nodes[i] = Some(Node::V2(peer));
+    }
+
+    fn max_commit(&self) -> u64 {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| n.status().commit)
+            .max()
+            .unwrap_or(0)
+    }
+
+    async fn wait_caught_up(&self, i: usize) {
+        let target = self.max_commit();
+        wait_for("the restarted node to catch up", 20, || {
+            self.nodes[i]
+                .as_ref()
+                .is_some_and(|n| n.status().applied >= target)
+                .then_some(())
+        })
+        .await;
+    }
+
+    async fn wait_leader(&self) {
+        wait_for("a leader", 20, || {
+            self.nodes
+                .iter()
+                .flatten()
+                .any(|n| n.status().role == Role::Leader)
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Moves leadership to node `i`.
+    async fn make_leader(&self, i: usize) {
+        let target = match self.nodes[i].as_ref().expect("running") {
+            Node::V1(p) => p.id(),
+            Node::V2(p) => p.id(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leader = self
+                .nodes
+                .iter()
+                .flatten()
+                .find(|n| n.status().role == Role::Leader);
+            match leader {
+                Some(n) if n.status().id == target => return,
+                Some(Node::V1(p)) => drop(p.transfer_leadership(target).await),
+                Some(Node::V2(p)) => drop(p.transfer_leadership(target).await),
+                None => {}
+            }
+            assert!(Instant::now() < deadline, "node {i} never led");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn options() -> ClientOptions {
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        }
+    }
+
+    async fn v1_client(&self) -> v1::KvClient {
+        v1::KvClient::connect_with(&self.addrs, self.client_identity.clone(), Self::options())
+            .await
+            .expect("v1 client connects")
+    }
+
+    async fn v2_client(&self) -> v2::KvClient {
+        v2::KvClient::connect_with(&self.addrs, self.client_identity.clone(), Self::options())
+            .await
+            .expect("v2 client connects")
+    }
+
+    async fn shutdown(mut self) {
+        for n in self.nodes.iter_mut() {
+            if let Some(n) = n.take() {
+                n.shutdown().await;
+            }
+        }
+    }
+}
+
+async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What the background workload saw.
+#[derive(Default, Debug)]
+struct Workload {
+    acked: Vec<String>,
+    errors: Vec<Error>,
+}
+
+/// Writes `w0000`, `w0001`, ... through a v1 client until `stop`, and
+/// returns what happened.
+async fn workload(client: v1::KvClient, stop: Arc<AtomicBool>) -> Workload {
+    let mut w = Workload::default();
+    let mut i = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("w{i:05}");
+        match client.put(key.clone(), format!("value {i}")).await {
+            Ok(_) => w.acked.push(key),
+            Err(e) => w.errors.push(e),
+        }
+        i += 1;
+    }
+    w
+}
+
+/// The new handler is refused before the log: `Unsupported`, nothing
+/// applied, on whichever node leads.
+async fn assert_delete_refused(c: &Cluster, phase: &str) {
+    let client = c.v2_client().await;
+    match client.delete("w00000".into()).await {
+        Err(Error::Unsupported(why)) => {
+            assert!(why.contains("tag 1"), "{phase}: {why}");
+        }
+        other => panic!("{phase}: the new handler was not refused: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_keeps_serving_and_enables_the_new_handler_at_the_end() {
+    let mut c = Cluster::start_v1().await;
+    c.wait_leader().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(workload(c.v1_client().await, stop.clone()));
+    let acked_at = |c: &Cluster| c.max_commit();
+
+    // Some history first: snapshots (every 40 entries) exist on every node,
+    // so the restarts below restore v1 snapshots through v2's migration.
+    wait_for("some writes", 20, || (acked_at(&c) > 120).then_some(())).await;
+    assert_delete_refused(&c, "all on v1").await;
+
+    for i in 0..3 {
+        let before = c.max_commit();
+        // The node holds a snapshot v1 wrote: v2 starts only if its
+        // migration restores it.
+        wait_for("a v1 snapshot on the node", 20, || {
+            let n = c.nodes[i].as_ref().expect("running");
+            (n.status().snapshot_index > 0).then_some(())
+        })
+        .await;
+        c.upgrade(i).await;
+        c.wait_caught_up(i).await;
+        // The workload goes on across each restart.
+        wait_for("writes after the restart", 20, || {
+            (c.max_commit() > before + 30).then_some(())
+        })
+        .await;
+        if i < 2 {
+            let phase = format!("{} of 3 nodes on v2", i + 1);
+            assert_delete_refused(&c, &phase).await;
+            // A v2 leader refuses it too: a voter still runs v1.
+            c.make_leader(i).await;
+            assert_delete_refused(&c, &format!("{phase}, a v2 node leading")).await;
+        }
+    }
+
+    // Every voter runs v2: the leader learns it from their hellos and
+    // enables `delete` (until then it may still refuse it).
+    let client = c.v2_client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deleted = loop {
+        match client.delete("w00000".into()).await {
+            Ok(v) => break v,
+            Err(Error::Unsupported(why)) if Instant::now() < deadline => {
+                eprintln!("delete not enabled yet: {why}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("delete after the upgrade: {e}"),
+        }
+    };
+    assert_eq!(deleted.as_deref(), Some("value 0"));
+    assert_eq!(client.deletes().await.unwrap(), Some(1));
+
+    stop.store(true, Ordering::Relaxed);
+    let w = load.await.expect("workload task");
+    eprintln!(
+        "workload: {} writes acknowledged, {} errors",
+        w.acked.len(),
+        w.errors.len()
+    );
+    assert!(w.acked.len() > 100, "the workload stalled: {w:?}");
+    for e in &w.errors {
+        assert!(
+            e.is_retryable(),
+            "a non-retryable error during the upgrade: {e}"
+        );
+    }
+    // Every acknowledged write is there (the one deleted on purpose aside),
+    // read through both client versions.
+    let old_client = c.v1_client().await;
+    for key in w.acked.iter().skip(1) {
+        assert!(
+            client.get(key.clone()).await.unwrap().is_some(),
+            "acknowledged write {key} lost"
+        );
+    }
+    let last = w.acked.last().expect("acks").clone();
+    assert!(old_client.get(last).await.unwrap().is_some());
+    assert_eq!(old_client.get("w00000".into()).await.unwrap(), None);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_handler_is_refused_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addrs(1).remove(0);
+    let (_ca, ids) = dev_cluster([format!("kv@{addr}")]).unwrap();
+    let peer = v1::Kv::peer()
+        .listen(addr.clone())
+        .data_dir(dir.path())
+        .bootstrap()
+        .identity(ids[0].clone())
+        .tick(TICK)
+        .start()
+        .await
+        .unwrap();
+    wait_for("a leader", 10, || {
+        (peer.status().role == Role::Leader).then_some(())
+    })
+    .await;
+    peer.write(v1::KvWrite::Put {
+        key: "a".into(),
+        value: "1".into(),
+    })
+    .await
+    .unwrap();
+    peer.shutdown().await.unwrap();
+    drop(peer);
+
+    let refused = v3::Kv::peer().data_dir(dir.path()).tick(TICK).start().await;
+    match refused {
+        Err(Error::SchemaMismatch { handler, reason }) => {
+            assert_eq!(handler, "`put` (write tag 0)");
+            assert!(
+                reason.contains("string") && reason.contains("u64"),
+                "{reason}"
+            );
+        }
+        Err(e) => panic!("expected a schema mismatch naming `put`, got {e}"),
+        Ok(_) => panic!("v3 accepted a data directory whose log it cannot decode"),
+    }
+    // The refusal wrote nothing: v2 (compatible) still starts on it, and
+    // then v1 no longer does (its schema lacks v2's handlers: no downgrade).
+    let upgraded = v2::Kv::peer()
+        .data_dir(dir.path())
+        .tick(TICK)
+        .start()
+        .await
+        .expect("v2 starts on the v1 directory");
+    wait_for("a leader", 10, || {
+        (upgraded.status().role == Role::Leader).then_some(())
+    })
+    .await;
+    let got = upgraded
+        .read(v2::KvRead::Get { key: "a".into() })
+        .await
+        .unwrap();
+    assert!(matches!(got, v2::KvReadOutput::Get(Some(ref v)) if v == "1"));
+    upgraded.shutdown().await.unwrap();
+    drop(upgraded);
+    match v1::Kv::peer().data_dir(dir.path()).tick(TICK).start().await {
+        Err(Error::SchemaMismatch { handler, .. }) => {
+            assert_eq!(handler, "`delete` (write tag 1)");
+        }
+        Err(e) => panic!("expected a schema mismatch, got {e}"),
+        Ok(_) => panic!("v1 accepted a directory v2 ran on"),
+    }
+}
+
+/// A bare QUIC transport whose hellos carry `schema` (and `fingerprint`).
+async fn transport(
+    name: &str,
+    identity: Identity,
+    schema: Schema,
+    fingerprint: u64,
+) -> (
+    QuicTransport,
+    Arc<SchemaBook>,
+    std::net::SocketAddr,
+    tokio::sync::mpsc::Receiver<raftkit::core::Message>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let book = Arc::new(SchemaBook::new(schema, None));
+    let mut config = QuicConfig::new("127.0.0.1:0".parse().unwrap(), name, identity, fingerprint);
+    config.schemas = Some(book.clone());
+    let (t, addr) = QuicTransport::start(config, tx, None)
+        .await
+        .expect("transport");
+    (t, book, addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_talk_across_compatible_schemas_and_refuse_incompatible_ones_at_hello() {
+    let names = ["kv@a", "kv@b", "kv@c"];
+    let (_ca, ids) = dev_cluster(names).unwrap();
+    let (a, a_book, a_addr, _a_rx) = transport(
+        names[0],
+        ids[0].clone(),
+        v1::Kv::schema(),
+        v1::Kv::SCHEMA_FINGERPRINT,
+    )
+    .await;
+    let (b, _, _, _b_rx) = transport(
+        names[1],
+        ids[1].clone(),
+        v2::Kv::schema(),
+        v2::Kv::SCHEMA_FINGERPRINT,
+    )
+    .await;
+    let (c, _, _, _c_rx) = transport(
+        names[2],
+        ids[2].clone(),
+        v3::Kv::schema(),
+        v3::Kv::SCHEMA_FINGERPRINT,
+    )
+    .await;
+    assert_ne!(v1::Kv::SCHEMA_FINGERPRINT, v2::Kv::SCHEMA_FINGERPRINT);
+    let a_id = raftkit::identity::node_id(names[0]);
+    let a_entry = BTreeMap::from([(a_id, a_addr.to_string())]);
+    b.set_peers(a_entry.clone());
+    c.set_peers(a_entry);
+    // v2 dialing v1: other fingerprints, compatible schemas: accepted, and
+    // v1's book now knows what v2 knows.
+    let mut wb = b.watch_link(a_id).expect("link");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        wb.wait_for(|s| *s == LinkState::Connected),
+    )
+    .await
+    .expect("v2 links to v1 in time")
+    .unwrap();
+    let b_id = raftkit::identity::node_id(names[1]);
+    wait_for("v1 to record v2's schema", 10, || a_book.peer(b_id)).await;
+    assert!(
+        a_book
+            .peer(b_id)
+            .unwrap()
+            .handler(HandlerKind::Write, 1)
+            .is_some()
+    );
+    // v3 dialing v1: `put` changed: refused at hello, naming it.
+    let mut wc = c.watch_link(a_id).expect("link");
+    let state = tokio::time::timeout(
+        Duration::from_secs(10),
+        wc.wait_for(|s| matches!(s, LinkState::Refused(_))),
+    )
+    .await
+    .expect("v3 refused in time")
+    .unwrap()
+    .clone();
+    let LinkState::Refused(reason) = state else {
+        unreachable!()
+    };
+    assert!(reason.contains("`put` (write tag 0)"), "{reason}");
+    assert!(a_book.peer(raftkit::identity::node_id(names[2])).is_none());
+    drop((a, b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_a_node_cannot_decode_halts_it_naming_index_and_tag() {
+    // The in-process transport carries no hellos, so a fresh v2 leader
+    // cannot know that its followers run v1 and lets `delete` into the log
+    // (over QUIC the hellos tell it, and it refuses): the v1 followers
+    // then meet an entry they cannot decode. Under the default `skip`
+    // policy they still halt rather than skip it.
+    const ADDRS: [&str; 3] = ["m:1", "m:2", "m:3"];
+    let dir = tempfile::tempdir().unwrap();
+    let net = raftkit::transport::memory::MemoryNetwork::new(3);
+    let mut old = Vec::new();
+    for addr in &ADDRS[..2] {
+        let net = net.clone();
+        old.push(
+            v1::Kv::peer()
+                .listen(*addr)
+                .data_dir(dir.path().join(addr))
+                .bootstrap_members(ADDRS)
+                .tick(Duration::from_millis(10))
+                .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let net2 = net.clone();
+    let new = v2::Kv::peer()
+        .listen(ADDRS[2])
+        .data_dir(dir.path().join(ADDRS[2]))
+        .bootstrap_members(ADDRS)
+        .tick(Duration::from_millis(10))
+        .transport(move |id, inbox| Arc::new(net2.endpoint(id, inbox)))
+        .start()
+        .await
+        .unwrap();
+    // Make the v2 node the leader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while new.status().role != Role::Leader {
+        assert!(Instant::now() < deadline, "the v2 node never led");
+        if let Some(l) = old.iter().find(|p| p.status().role == Role::Leader) {
+            let _ = l.transfer_leadership(new.id()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    new.write(v2::KvWrite::Insert {
+        key: "k".into(),
+        value: "v".into(),
+    })
+    .await
+    .unwrap();
+    let r = new.write(v2::KvWrite::Delete { key: "k".into() }).await;
+    assert!(
+        matches!(r, Ok(v2::KvWriteOutput::Delete(Some(_)))),
+        "the v2 leader applies delete"
+    );
+    let index = new.status().commit;
+    for p in &old {
+        let halted = wait_for("the v1 follower to halt", 20, || p.status().halted).await;
+        assert!(halted.contains("write tag 1"), "{halted}");
+        assert!(halted.contains(&format!("entry {index} ")), "{halted}");
+        assert!(
+            p.status().applied < index,
+            "the entry was skipped: {halted}"
+        );
+    }
+    for p in &old {
+        let _ = p.shutdown().await;
+    }
+    let _ = new.shutdown().await;
+}
