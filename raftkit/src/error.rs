@@ -29,6 +29,7 @@
 //! | [`Ambiguous`](Error::Ambiguous) | Maybe | yes |
 //! | [`SessionExpired`](Error::SessionExpired) | Maybe | no (the client opens a new session) |
 //! | [`Tls`](Error::Tls) | No | no (fix the certificates or the builder) |
+//! | [`SchemaMismatch`](Error::SchemaMismatch) | No | no (the two sides run different state machines) |
 //!
 //! A call may end with an error that is `Maybe` and not retried only when
 //! retrying could do no better: a codec or protocol error would recur, and
@@ -54,6 +55,21 @@ pub enum Applied {
 }
 
 /// An error from a raftkit peer or client call.
+///
+/// ```
+/// use raftkit::{Error, error::Applied};
+/// fn after_a_failed_write(e: &Error) -> &'static str {
+///     match e.applied() {
+///         Applied::No => "not applied: safe to send again",
+///         Applied::Yes => "applied (a handler panicked under `skip`)",
+///         Applied::Maybe => "unknown: retry through the same WriteOnce handle",
+///     }
+/// }
+/// assert_eq!(after_a_failed_write(&Error::Overloaded), "not applied: safe to send again");
+/// assert!(Error::Timeout.is_retryable());
+/// let e: Error = raftkit::tls::TlsError::InvalidName("".into()).into();
+/// assert!(matches!(e, Error::Tls(_)));
+/// ```
 ///
 /// A handler's own `Err(E)` is not an `Error`: it is an ordinary replicated
 /// result and reaches the caller typed, inside the `Ok` of the call.
@@ -146,6 +162,20 @@ pub enum Error {
     /// peer or client, before any command: nothing was applied.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The two sides run different versions of the state machine (their
+    /// schema fingerprints differ): a client and the cluster, a peer and the
+    /// cluster it joins, or a binary and the log in its data directory.
+    /// Refused before any command: nothing was applied, and retrying with the
+    /// same binary cannot succeed.
+    #[error("schema mismatch: {detail}")]
+    SchemaMismatch {
+        /// This side's fingerprint (`StateMachine::SCHEMA_FINGERPRINT`).
+        local: u64,
+        /// The other side's (the cluster's, or the data directory's).
+        remote: u64,
+        /// Who has which schema, in words.
+        detail: String,
+    },
 }
 
 impl From<TlsError> for Error {
@@ -165,7 +195,8 @@ impl Error {
             | Error::Rejected(_)
             | Error::Unauthorized(_)
             | Error::Overloaded
-            | Error::Tls(_) => Applied::No,
+            | Error::Tls(_)
+            | Error::SchemaMismatch { .. } => Applied::No,
             Error::Handler { .. } => Applied::Yes,
             Error::Timeout
             | Error::Transport(_)
@@ -197,7 +228,8 @@ impl Error {
             | Error::Codec(_)
             | Error::Protocol(_)
             | Error::SessionExpired(_)
-            | Error::Tls(_) => false,
+            | Error::Tls(_)
+            | Error::SchemaMismatch { .. } => false,
         }
     }
 
@@ -250,6 +282,15 @@ mod tests {
             (Error::Ambiguous("x".into()), Applied::Maybe, true),
             (Error::SessionExpired("x".into()), Applied::Maybe, false),
             (Error::Tls("x".into()), Applied::No, false),
+            (
+                Error::SchemaMismatch {
+                    local: 1,
+                    remote: 2,
+                    detail: "x".into(),
+                },
+                Applied::No,
+                false,
+            ),
         ];
         for (e, applied, retry) in all {
             assert_eq!(e.applied(), applied, "{e:?}");
