@@ -104,10 +104,7 @@ async fn workload_with(disruption: Disruption) {
     let start = tokio::time::Instant::now();
     let now = move || start.elapsed().as_micros() as u64;
     let history = Arc::new(Mutex::new(History::new()));
-    let opts = ClientOptions {
-        timeout: Duration::from_secs(3),
-        ..Default::default()
-    };
+    let opts = ClientOptions::default().with_timeout(Duration::from_secs(3));
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();

@@ -57,6 +57,21 @@ pub enum Applied {
 
 /// An error from a raftkit peer or client call.
 ///
+/// ```
+/// use raftkit::{Error, error::Applied};
+/// fn after_a_failed_write(e: &Error) -> &'static str {
+///     match e.applied() {
+///         Applied::No => "not applied: safe to send again",
+///         Applied::Yes => "applied (a handler panicked under `skip`)",
+///         Applied::Maybe => "unknown: retry through the same WriteOnce handle",
+///     }
+/// }
+/// assert_eq!(after_a_failed_write(&Error::Overloaded), "not applied: safe to send again");
+/// assert!(Error::Timeout.is_retryable());
+/// let e: Error = raftkit::tls::TlsError::InvalidName("".into()).into();
+/// assert!(matches!(e, Error::Tls(_)));
+/// ```
+///
 /// A handler's own `Err(E)` is not an `Error`: it is an ordinary replicated
 /// result and reaches the caller typed, inside the `Ok` of the call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,8 +4,9 @@
 //! on a struct together with `#[raftkit::state_machine]` on its impl block
 //! generate it (see the crate docs). The runtime and the simulation speak to a
 //! state machine only through the byte-level helpers in this module
-//! ([`apply_encoded`], [`query_encoded`]), which decode commands with postcard,
-//! run the handler, apply the error policy and encode the reply.
+//! (`apply_encoded`, `query_encoded`: internal, hidden from the docs), which
+//! decode commands with postcard, run the handler, apply the error policy and
+//! encode the reply.
 //!
 //! # Invariants
 //! - Handlers are deterministic: the same state and the same command give the
@@ -16,12 +17,14 @@
 //!   nor reordered: under [`ErrorPolicy::Skip`] the entry is consumed with an
 //!   error reply on every replica alike; under [`ErrorPolicy::Halt`] the node
 //!   stops applying at that entry and keeps it in the log for a fixed binary.
-
-use std::panic::{AssertUnwindSafe, catch_unwind};
+//! - A handler's panic prints nothing on standard error (the panic hook is
+//!   silenced for handlers only); it becomes one `tracing` error event with
+//!   the handler's name, the entry's index, the message and the location.
 
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use crate::context::Ctx;
+use crate::handler_panic::{self, Caught};
 
 /// What happens when a `#[write]` handler panics (DESIGN §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -38,6 +41,32 @@ pub enum ErrorPolicy {
 ///
 /// `Write` commands change the state and go through the log; `Read` queries
 /// observe it and are served on the leader after a ReadIndex round.
+///
+/// The derive implements it (see the crate docs); what it generates can be
+/// used directly:
+///
+/// ```
+/// # use raftkit::prelude::*;
+/// # #[derive(StateMachine, Default, Serialize, Deserialize)]
+/// # struct Counter { n: u64 }
+/// # #[raftkit::state_machine]
+/// # impl Counter {
+/// #     #[write]
+/// #     fn add(&mut self, by: u64) -> u64 { self.n += by; self.n }
+/// #     #[read]
+/// #     fn get(&self) -> u64 { self.n }
+/// # }
+/// use raftkit::{Ctx, ErrorPolicy};
+/// assert_eq!(Counter::NAME, "counter");
+/// let mut counter = Counter::default();
+/// let mut ctx = Ctx::new(1, 1, 0);
+/// let out = counter.apply(&mut ctx, CounterWrite::Add { by: 3 });
+/// assert_eq!(format!("{out:?}"), "Add(3)");
+/// assert_eq!(Counter::error_policy(&CounterWrite::Add { by: 1 }), ErrorPolicy::Skip);
+/// let restored = Counter::restore(&counter.snapshot()?)?;
+/// assert_eq!(restored.n, 3);
+/// # Ok::<(), raftkit::state_machine::CodecError>(())
+/// ```
 pub trait StateMachine: Sized + Send + 'static {
     /// The command enum: one variant per `#[write]` handler.
     type Write: Serialize + DeserializeOwned + Send + 'static;
@@ -71,6 +100,17 @@ pub trait StateMachine: Sized + Send + 'static {
     fn query(&self, ctx: &Ctx, query: Self::Read) -> Self::ReadOutput;
     /// What to do if `apply` panics on this command.
     fn error_policy(command: &Self::Write) -> ErrorPolicy;
+    /// The name of the handler of `command`, for logs and traces (the
+    /// derive returns the method name).
+    fn handler_name(command: &Self::Write) -> &'static str {
+        let _ = command;
+        "write"
+    }
+    /// The name of the handler of `query`, for logs and traces.
+    fn query_name(query: &Self::Read) -> &'static str {
+        let _ = query;
+        "read"
+    }
     /// Serializes the whole state for a snapshot.
     fn snapshot(&self) -> Result<Vec<u8>, CodecError>;
     /// Rebuilds the state from a snapshot made by [`StateMachine::snapshot`].
@@ -107,6 +147,7 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     postcard::from_bytes(bytes).map_err(|e| CodecError::postcard(what, e))
 }
 
+#[doc(hidden)]
 /// Why applying an encoded command produced no reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
@@ -129,22 +170,14 @@ pub enum ApplyError {
     },
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
-}
-
+#[doc(hidden)]
 /// Checks that `bytes` decode as a `Write` command of `S`: the leader's test
 /// before a command may enter the log.
 pub fn validate_command<S: StateMachine>(bytes: &[u8]) -> Result<(), CodecError> {
     decode::<S::Write>("command", bytes).map(|_| ())
 }
 
+#[doc(hidden)]
 /// Decodes a command, applies it under the state machine's error policy and
 /// encodes the reply.
 pub fn apply_encoded<S: StateMachine>(
@@ -154,20 +187,28 @@ pub fn apply_encoded<S: StateMachine>(
 ) -> Result<Vec<u8>, ApplyError> {
     let command: S::Write = decode("command", bytes).map_err(ApplyError::Decode)?;
     let policy = S::error_policy(&command);
-    match catch_unwind(AssertUnwindSafe(|| sm.apply(ctx, command))) {
+    let handler = S::handler_name(&command);
+    let index = ctx.index();
+    match handler_panic::catch(|| sm.apply(ctx, command)) {
         Ok(output) => encode("write output", &output).map_err(|e| ApplyError::Panicked {
             message: e.to_string(),
         }),
-        Err(payload) => {
-            let message = panic_message(payload.as_ref());
-            match policy {
-                ErrorPolicy::Skip => Err(ApplyError::Panicked { message }),
-                ErrorPolicy::Halt => Err(ApplyError::Halted { message }),
+        Err(Caught { message, location }) => match policy {
+            ErrorPolicy::Skip => {
+                tracing::error!(handler, index, panic = %message, location, policy = "skip",
+                    "a handler panicked; the entry is skipped on every replica and its caller gets Error::Handler");
+                Err(ApplyError::Panicked { message })
             }
-        }
+            ErrorPolicy::Halt => {
+                tracing::error!(handler, index, panic = %message, location, policy = "halt",
+                    "a handler panicked under the halt policy; this node stops applying");
+                Err(ApplyError::Halted { message })
+            }
+        },
     }
 }
 
+#[doc(hidden)]
 /// Decodes a query, runs it and encodes the answer. A panicking read handler
 /// changes no state, so it is reported to its caller whatever the policy.
 pub fn query_encoded<S: StateMachine>(
@@ -176,12 +217,15 @@ pub fn query_encoded<S: StateMachine>(
     bytes: &[u8],
 ) -> Result<Vec<u8>, ApplyError> {
     let query: S::Read = decode("query", bytes).map_err(ApplyError::Decode)?;
-    match catch_unwind(AssertUnwindSafe(|| sm.query(ctx, query))) {
+    let handler = S::query_name(&query);
+    match handler_panic::catch(|| sm.query(ctx, query)) {
         Ok(output) => encode("read output", &output).map_err(|e| ApplyError::Panicked {
             message: e.to_string(),
         }),
-        Err(payload) => Err(ApplyError::Panicked {
-            message: panic_message(payload.as_ref()),
-        }),
+        Err(Caught { message, location }) => {
+            tracing::error!(handler, applied = ctx.index(), panic = %message, location,
+                "a read handler panicked; its caller gets Error::Handler");
+            Err(ApplyError::Panicked { message })
+        }
     }
 }

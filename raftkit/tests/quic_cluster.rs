@@ -302,10 +302,7 @@ async fn wrong_certificates_and_schemas_are_refused() {
     let stranger = KvClient::connect_with(
         &c.addrs,
         other.issue_client("client").unwrap(),
-        ClientOptions {
-            timeout: Duration::from_secs(2),
-            ..Default::default()
-        },
+        ClientOptions::default().with_timeout(Duration::from_secs(2)),
     )
     .await;
     assert!(stranger.is_err(), "a foreign certificate was accepted");
@@ -318,7 +315,13 @@ async fn wrong_certificates_and_schemas_are_refused() {
     )
     .await;
     match r {
-        Err(Error::Rejected(why)) => assert!(why.contains("schema mismatch"), "{why}"),
+        Err(Error::SchemaMismatch { handler, reason }) => {
+            assert!(handler.contains("predates structural schemas"), "{handler}");
+            assert!(
+                reason.contains("the client has 0x00000000deadbeef"),
+                "{reason}"
+            );
+        }
         Err(other) => panic!("expected a schema mismatch, got {other}"),
         Ok(_) => panic!("a client of another schema was accepted"),
     }

@@ -340,10 +340,7 @@ async fn only_an_admin_certificate_changes_membership() {
                 &seeds,
                 identity,
                 Kv::SCHEMA_FINGERPRINT,
-                ClientOptions {
-                    timeout: Duration::from_secs(5),
-                    ..Default::default()
-                },
+                ClientOptions::default().with_timeout(Duration::from_secs(5)),
             )
             .await
             .expect("any role connects")

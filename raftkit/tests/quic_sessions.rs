@@ -98,10 +98,7 @@ impl Node {
         TallyClient::connect_with(
             [&self.addr],
             self.clients[who].clone(),
-            ClientOptions {
-                timeout,
-                ..Default::default()
-            },
+            ClientOptions::default().with_timeout(timeout),
         )
         .await
         .expect("client connects")

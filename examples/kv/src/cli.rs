@@ -9,7 +9,8 @@ Exit codes: 0 success; 1 failure (cluster unreachable, certificates missing or \
 refused, port in use, ...); 2 bad usage (unknown option, unparseable address); \
 3 the answer is \"no\" (get/del of an absent key, cas that did not swap).
 
-Logs go to stderr, filtered by RUST_LOG (default: warn; info for `serve`).";
+Logs go to stderr, filtered by RUST_LOG (default: warn; info for `serve`; \
+info,raftkit=debug with --verbose).";
 
 /// A replicated key-value store on raftkit.
 #[derive(Parser, Debug)]
@@ -18,6 +19,11 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Trace each request on stderr (`RUST_LOG=info,raftkit=debug` unless
+    /// RUST_LOG is set): a client call's request id, and on `serve` the same
+    /// id through the leader to the apply of its entry.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
 }
 
 /// Where the cluster is and how to prove who we are.

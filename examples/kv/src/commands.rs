@@ -38,10 +38,9 @@ pub(crate) fn cluster_addrs(args: &ClusterArgs) -> Result<Vec<String>, Failure> 
 }
 
 pub(crate) fn options(args: &ClusterArgs, default_secs: u64) -> ClientOptions {
-    ClientOptions {
-        timeout: Duration::from_secs(args.timeout.unwrap_or(default_secs).max(1)),
-        ..ClientOptions::default()
-    }
+    ClientOptions::default().with_timeout(Duration::from_secs(
+        args.timeout.unwrap_or(default_secs).max(1),
+    ))
 }
 
 async fn typed(args: &ClusterArgs) -> Result<(KvClient, Vec<String>), Failure> {

@@ -300,10 +300,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
-    let opts = ClientOptions {
-        timeout: Duration::from_secs(5),
-        ..ClientOptions::default()
-    };
+    let opts = ClientOptions::default().with_timeout(Duration::from_secs(5));
     let mut tasks = Vec::new();
     for c in 0..clients as u64 {
         let kv = KvClient::connect_with(&addrs, client_identity.clone(), opts.clone())

@@ -36,6 +36,10 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(match cli.command {
+        // One request's way: the client's `raftkit.call{request_id}` span,
+        // and on the serving nodes the leader's `raftkit.request` span with
+        // the same id and the `raftkit.apply` span of its entry.
+        _ if cli.verbose => "info,raftkit=debug",
         Command::Serve(_) => "info",
         // The demo kills nodes on purpose: the warnings that follow would
         // drown its output.

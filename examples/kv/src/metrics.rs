@@ -341,15 +341,16 @@ mod tests {
 
     #[test]
     fn renders_the_leader_view() {
-        let s = PeerStatus {
-            id: 1,
-            name: "kv@127.0.0.1:7001".into(),
-            role: Role::Leader,
-            term: 3,
-            commit: 10,
-            applied: 9,
-            last_index: 12,
-            members: vec![
+        let s = {
+            let mut s = PeerStatus::default();
+            s.id = 1;
+            s.name = "kv@127.0.0.1:7001".into();
+            s.role = Role::Leader;
+            s.term = 3;
+            s.commit = 10;
+            s.applied = 9;
+            s.last_index = 12;
+            s.members = vec![
                 MemberStatus {
                     id: 1,
                     addr: Some("127.0.0.1:7001".into()),
@@ -364,9 +365,9 @@ mod tests {
                     matched: Some(7),
                     next: Some(8),
                 },
-            ],
-            session_evictions: 4,
-            ..PeerStatus::default()
+            ];
+            s.session_evictions = 4;
+            s
         };
         let mut s = s;
         s.durable_latency
@@ -406,12 +407,13 @@ mod tests {
 
     #[test]
     fn a_failed_node_says_so() {
-        let s = PeerStatus {
-            name: "n".into(),
-            fatal: Some("storage failed: fsync: EIO".into()),
-            snapshot_failures: 2,
-            snapshot_error: Some("no space".into()),
-            ..PeerStatus::default()
+        let s = {
+            let mut s = PeerStatus::default();
+            s.name = "n".into();
+            s.fatal = Some("storage failed: fsync: EIO".into());
+            s.snapshot_failures = 2;
+            s.snapshot_error = Some("no space".into());
+            s
         };
         let text = render(&s);
         assert!(

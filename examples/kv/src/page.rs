@@ -414,17 +414,18 @@ mod tests {
     use raftkit::runtime::MemberStatus;
 
     fn leader_status() -> PeerStatus {
-        let mut s = PeerStatus {
-            id: 1,
-            name: "kv@127.0.0.1:7001".into(),
-            role: Role::Leader,
-            term: 3,
-            leader: Some(1),
-            leader_addr: Some("127.0.0.1:7001".into()),
-            commit: 10,
-            applied: 9,
-            last_index: 12,
-            members: vec![
+        let mut s = {
+            let mut s = PeerStatus::default();
+            s.id = 1;
+            s.name = "kv@127.0.0.1:7001".into();
+            s.role = Role::Leader;
+            s.term = 3;
+            s.leader = Some(1);
+            s.leader_addr = Some("127.0.0.1:7001".into());
+            s.commit = 10;
+            s.applied = 9;
+            s.last_index = 12;
+            s.members = vec![
                 MemberStatus {
                     id: 1,
                     addr: Some("127.0.0.1:7001".into()),
@@ -446,8 +447,8 @@ mod tests {
                     matched: None,
                     next: None,
                 },
-            ],
-            ..PeerStatus::default()
+            ];
+            s
         };
         s.durable_latency.record(Duration::from_micros(300));
         s.durable_latency.record(Duration::from_micros(400));
@@ -461,14 +462,15 @@ mod tests {
         if let Ok(mut m) = state.members.lock() {
             m.insert(
                 "127.0.0.1:7002".into(),
-                Ok(StatusReport {
-                    name: "kv@127.0.0.1:7002".into(),
-                    role: "Follower".into(),
-                    term: 3,
-                    commit: 10,
-                    applied: 6,
-                    last_contact_ms: Some(40),
-                    ..StatusReport::default()
+                Ok({
+                    let mut s = StatusReport::default();
+                    s.name = "kv@127.0.0.1:7002".into();
+                    s.role = "Follower".into();
+                    s.term = 3;
+                    s.commit = 10;
+                    s.applied = 6;
+                    s.last_contact_ms = Some(40);
+                    s
                 }),
             );
             m.insert("127.0.0.1:7003".into(), Err("timed out".into()));

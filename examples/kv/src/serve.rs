@@ -145,10 +145,7 @@ async fn page_client(peer: &Peer<Kv>, data_dir: &Path) -> Option<Client> {
     let identity = Identity::load(data_dir.join("tls"), "peer")
         .inspect_err(|e| warn!(error = %e, "status page: no identity to ask other members with"))
         .ok()?;
-    let opts = ClientOptions {
-        timeout: Duration::from_secs(2),
-        ..ClientOptions::default()
-    };
+    let opts = ClientOptions::default().with_timeout(Duration::from_secs(2));
     Client::connect_with([own], identity, Kv::SCHEMA_FINGERPRINT, opts)
         .await
         .inspect_err(|e| warn!(error = %e, "status page: cannot ask other members"))

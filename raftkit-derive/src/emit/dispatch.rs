@@ -66,6 +66,26 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
         quote! { #(#cfgs)* #pattern => #policy, }
     });
 
+    let name_arms = |kind: Kind| {
+        let (cmd, _) = names.of(kind);
+        of_kind(model, kind)
+            .map(|h| {
+                let cfgs = &h.cfgs;
+                let variant = &h.variant;
+                let name = h.ident.to_string();
+                let name = name.strip_prefix("r#").unwrap_or(&name).to_string();
+                let pattern = if h.args.is_empty() {
+                    quote!(#cmd::#variant)
+                } else {
+                    quote!(#cmd::#variant { .. })
+                };
+                quote! { #(#cfgs)* #pattern => #name, }
+            })
+            .collect::<Vec<_>>()
+    };
+    let write_names = name_arms(Kind::Write);
+    let read_names = name_arms(Kind::Read);
+
     let folds = model.handlers.iter().map(|h| {
         let cfgs = &h.cfgs;
         let hash = handler_hash(h);
@@ -192,6 +212,18 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
             fn error_policy(command: &#write) -> ::raftkit::ErrorPolicy {
                 match *command {
                     #(#policy_arms)*
+                }
+            }
+
+            fn handler_name(command: &#write) -> &'static str {
+                match *command {
+                    #(#write_names)*
+                }
+            }
+
+            fn query_name(query: &#read) -> &'static str {
+                match *query {
+                    #(#read_names)*
                 }
             }
 

@@ -1004,6 +1004,18 @@ impl ::raftkit::StateMachine for Kv {
             KvWrite::Cas { .. } => ::raftkit::ErrorPolicy::Halt,
         }
     }
+    fn handler_name(command: &KvWrite) -> &'static str {
+        match *command {
+            KvWrite::Put { .. } => "put",
+            KvWrite::Delete { .. } => "delete",
+            KvWrite::Cas { .. } => "cas",
+        }
+    }
+    fn query_name(query: &KvRead) -> &'static str {
+        match *query {
+            KvRead::Get { .. } => "get",
+        }
+    }
     fn snapshot(
         &self,
     ) -> ::core::result::Result<

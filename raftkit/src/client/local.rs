@@ -18,6 +18,30 @@ type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
 
 /// A state machine served in this process.
 ///
+/// ```
+/// # use raftkit::prelude::*;
+/// # #[derive(StateMachine, Default, Serialize, Deserialize)]
+/// # struct Counter { n: u64 }
+/// # #[raftkit::state_machine]
+/// # impl Counter {
+/// #     #[write]
+/// #     fn add(&mut self, by: u64) -> u64 { self.n += by; self.n }
+/// #     #[read]
+/// #     fn get(&self) -> u64 { self.n }
+/// # }
+/// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     let mut f = std::pin::pin!(f);
+/// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+/// #     loop { if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) { return out } }
+/// # }
+/// use raftkit::client::Local;
+/// let local = Local::new(Counter::default());
+/// let counter = CounterClient::new(local.clone());
+/// assert_eq!(block_on(counter.add(5))?, 5);
+/// assert_eq!(local.with(|c| c.n), 5);
+/// # Ok::<(), raftkit::Error>(())
+/// ```
+///
 /// Cloning a `Local` shares the same state machine.
 pub struct Local<S> {
     state: Arc<Mutex<LocalState<S>>>,

@@ -82,12 +82,13 @@ use std::time::Duration;
 use quinn::{Connection, Endpoint};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use super::Submit;
 use super::wire::{
     ClientHello, ClientRequest, ClientResponse, SessionId, SessionRef, StatusReport,
 };
+use super::wire::{RequestId, RequestMeta};
 use crate::error::{Applied, Error};
 use crate::tls::{CLUSTER_SAN, Identity};
 use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, read_frame, write_frame};
@@ -106,8 +107,18 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// certificates (`ca.pem`, `client.pem`, `client.key`).
 pub const CERTS_ENV: &str = "RAFTKIT_CERTS";
 
-/// Client settings.
+/// Client settings: `ClientOptions::default().with_timeout(..)`.
+/// `#[non_exhaustive]`: settings are added over time.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = raftkit::client::ClientOptions::default()
+///     .with_timeout(Duration::from_secs(2))
+///     .with_backoff(Duration::from_millis(20));
+/// assert_eq!(opts.timeout, Duration::from_secs(2));
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// How long one call may take, retries included.
     pub timeout: Duration,
@@ -115,6 +126,26 @@ pub struct ClientOptions {
     pub backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+}
+
+impl ClientOptions {
+    /// How long one call may take, retries included.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The first retry delay (it doubles up to the longest).
+    pub fn with_backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The longest retry delay.
+    pub fn with_max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
 }
 
 impl Default for ClientOptions {
@@ -143,7 +174,50 @@ struct Inner {
     suspects: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
 }
 
-/// An untyped client of a raftkit cluster. Cheap to clone; clones share the
+tokio::task_local! {
+    /// The id of the call under way on this task: set by the traced entry
+    /// points ([`traced`]), sent with every attempt of the call.
+    static REQUEST_ID: RequestId;
+}
+
+/// Runs one client call under its own request id and trace span
+/// (`raftkit.call{request_id, op}`): the id travels with each request frame
+/// ([`RequestMeta`]), so the leader's `raftkit.request` span and its
+/// `raftkit.apply` span of the entry show the same id.
+async fn traced<T>(op: &'static str, call: impl std::future::Future<Output = T>) -> T {
+    let id = RequestId::fresh();
+    let span = tracing::debug_span!("raftkit.call", request_id = %id, op);
+    REQUEST_ID.scope(id, call).instrument(span).await
+}
+
+/// An untyped client of a raftkit cluster: what the generated clients
+/// (`KvClient`) wrap, and the way to status and membership calls.
+///
+/// ```
+/// # use raftkit::prelude::*;
+/// # #[derive(StateMachine, Default, Serialize, Deserialize)]
+/// # struct Counter { n: u64 }
+/// # #[raftkit::state_machine]
+/// # impl Counter {
+/// #     #[write]
+/// #     fn add(&mut self, by: u64) -> u64 { self.n += by; self.n }
+/// #     #[read]
+/// #     fn get(&self) -> u64 { self.n }
+/// # }
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), raftkit::Error> {
+/// let cluster = raftkit::dev::Cluster::<Counter>::start(1).await?;
+/// let client: raftkit::client::Client = cluster.raw_client().clone();
+/// let status = client.status().await?;
+/// assert_eq!(status.role, "Leader");
+/// // Typed calls through the same connection and session:
+/// let counter = CounterClient::new(client);
+/// assert_eq!(counter.add(1).await?, 1);
+/// cluster.shutdown().await?;
+/// # Ok(()) }
+/// ```
+///
+/// Cheap to clone; clones share the
 /// session.
 #[derive(Clone)]
 pub struct Client {
@@ -389,15 +463,18 @@ impl Client {
                 .await
                 .map_err(|e| Error::Transport(e.to_string()))?;
             *sent = true;
-            write_frame(&mut send, request, DEFAULT_MAX_FRAME_BYTES)
-                .await
-                .map_err(|e| match e {
-                    // Nothing was sent: the request cannot be carried.
-                    FrameError::TooLarge { len, max } => Error::Rejected(format!(
-                        "the request is {len} bytes, more than a frame carries ({max} bytes)"
-                    )),
-                    e => Error::Transport(e.to_string()),
-                })?;
+            let meta = REQUEST_ID.try_with(|&request_id| RequestMeta { request_id });
+            match meta {
+                Ok(meta) => write_frame(&mut send, &(request, meta), DEFAULT_MAX_FRAME_BYTES).await,
+                Err(_) => write_frame(&mut send, request, DEFAULT_MAX_FRAME_BYTES).await,
+            }
+            .map_err(|e| match e {
+                // Nothing was sent: the request cannot be carried.
+                FrameError::TooLarge { len, max } => Error::Rejected(format!(
+                    "the request is {len} bytes, more than a frame carries ({max} bytes)"
+                )),
+                e => Error::Transport(e.to_string()),
+            })?;
             let _ = send.finish();
             read_frame::<ClientResponse, _>(&mut recv, DEFAULT_MAX_FRAME_BYTES)
                 .await
@@ -475,17 +552,20 @@ impl Client {
                 return Err(final_error(last, *uncertain, true));
             }
             let mut sent = false;
+            debug!(member = %target, "sending the request");
             let outcome = tokio::time::timeout(remaining, self.once(target, request, &mut sent))
                 .await
                 .unwrap_or(Err(Error::Timeout));
             let e = match outcome {
                 Ok(ClientResponse::Err(e)) => Error::from(e),
                 Ok(ok) => {
+                    debug!(member = %target, "answered");
                     self.set_leader(Some(target));
                     return Ok(ok);
                 }
                 Err(e) => e,
             };
+            debug!(member = %target, error = %e, "attempt failed");
             if !e.is_retryable() {
                 return Err(final_error(e, *uncertain, false));
             }
@@ -902,8 +982,11 @@ impl WriteOnce {
 
 impl Submit for WriteOnce {
     async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
-        let mut state = self.state.lock().await;
-        self.client.session_write(command, Some(&mut state)).await
+        traced("write", async {
+            let mut state = self.state.lock().await;
+            self.client.session_write(command, Some(&mut state)).await
+        })
+        .await
     }
 
     async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
@@ -917,11 +1000,14 @@ impl Submit for Client {
     /// connections, leader changes), so the call applies the command at
     /// most once. See the module docs for what an error means.
     async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.session_write(command, None).await
+        traced("write", self.session_write(command, None)).await
     }
 
     async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
-        Self::expect_ok(self.request(ClientRequest::Read { query }).await?)
+        traced("read", async {
+            Self::expect_ok(self.request(ClientRequest::Read { query }).await?)
+        })
+        .await
     }
 }
 

@@ -115,8 +115,66 @@ pub enum ClientRequest {
     },
 }
 
-/// A status report on the wire.
+/// What a client appends to a [`ClientRequest`] in the same frame (postcard
+/// values back to back): the request id that ties the client's, the leader's
+/// and the apply thread's trace spans of one call together. Peers that
+/// predate it ignore the trailing bytes (postcard decoding stops after the
+/// request); a request without it is traced without an id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMeta {
+    /// The call's id, the same for every retry of the call.
+    pub request_id: RequestId,
+}
+
+/// The id of one client call, shown as 16 hex digits in traces.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl RequestId {
+    /// A fresh id: a per-process counter mixed with the process's start
+    /// time (unique enough to follow a call through the logs; not secret).
+    pub fn fresh() -> RequestId {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static BASE: OnceLock<u64> = OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let base = *BASE.get_or_init(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ u64::from(std::process::id()).rotate_left(32)
+        });
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        RequestId(crate::context::CtxRng::for_entry(n, base).next_u64())
+    }
+
+    /// Splits a request frame's body into the request and its meta, if the
+    /// client sent one.
+    pub fn decode_request(
+        body: &[u8],
+    ) -> Result<(ClientRequest, Option<RequestMeta>), postcard::Error> {
+        let (request, rest) = postcard::take_from_bytes::<ClientRequest>(body)?;
+        let meta = postcard::from_bytes::<RequestMeta>(rest).ok();
+        Ok((request, meta))
+    }
+}
+
+/// A status report on the wire. `#[non_exhaustive]`: build one from
+/// `StatusReport::default()`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StatusReport {
     /// The peer's name.
     pub name: String,
@@ -255,6 +313,29 @@ impl From<WireError> for Error {
 mod tests {
     use super::*;
     use crate::error::Applied;
+
+    #[test]
+    fn a_request_with_meta_still_decodes_as_a_bare_request() {
+        let request = ClientRequest::Read { query: vec![1, 2] };
+        let meta = RequestMeta {
+            request_id: RequestId(0xabc),
+        };
+        let with = postcard::to_allocvec(&(request.clone(), meta)).unwrap();
+        // An older peer reads only the request.
+        assert_eq!(
+            postcard::from_bytes::<ClientRequest>(&with).unwrap(),
+            request
+        );
+        assert_eq!(
+            RequestId::decode_request(&with).unwrap(),
+            (request.clone(), Some(meta))
+        );
+        // An older client sends no meta.
+        let bare = postcard::to_allocvec(&request).unwrap();
+        assert_eq!(RequestId::decode_request(&bare).unwrap(), (request, None));
+        assert_ne!(RequestId::fresh(), RequestId::fresh());
+        assert_eq!(RequestId(0xabc).to_string(), "0000000000000abc");
+    }
 
     #[test]
     fn errors_keep_their_meaning_across_the_wire() {

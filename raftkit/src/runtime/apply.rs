@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use super::admission::Permit;
 use super::session::{
@@ -74,14 +74,19 @@ fn stored_to_result(r: StoredReply) -> Result<Vec<u8>, Error> {
 pub struct Reply {
     tx: oneshot::Sender<Result<Vec<u8>, Error>>,
     _permit: Option<Permit>,
+    /// The caller's trace span (a client request's `raftkit.request` span):
+    /// the parent of the apply or read span that answers it.
+    span: tracing::Span,
 }
 
 impl Reply {
-    /// A reply holding `permit` until it is answered.
+    /// A reply holding `permit` until it is answered, traced under the
+    /// current span.
     pub fn new(tx: oneshot::Sender<Result<Vec<u8>, Error>>, permit: Option<Permit>) -> Self {
         Reply {
             tx,
             _permit: permit,
+            span: tracing::Span::current(),
         }
     }
 
@@ -302,6 +307,15 @@ impl<S: StateMachine> Apply<S> {
             if e.index <= self.applied {
                 continue;
             }
+            // A span per applied entry; on the leader, a child of the span of
+            // the client request that proposed it (same request id).
+            let span = match self.waiting.get(&e.index) {
+                Some((_, reply)) => {
+                    tracing::debug_span!(parent: &reply.span, "raftkit.apply", index = e.index, term = e.term)
+                }
+                None => tracing::debug_span!("raftkit.apply", index = e.index, term = e.term),
+            };
+            let _entered = span.enter();
             let result = match &e.payload {
                 Payload::Command(bytes) => match self.apply_command(e.index, e.term, bytes) {
                     Outcome::Reply(r) => r,
@@ -314,6 +328,7 @@ impl<S: StateMachine> Apply<S> {
             };
             self.applied = e.index;
             self.applied_term = e.term;
+            debug!(ok = result.is_ok(), "entry applied");
             if let Some((term, reply)) = self.waiting.remove(&e.index) {
                 reply.send(if term == e.term {
                     result
@@ -410,10 +425,8 @@ impl<S: StateMachine> Apply<S> {
                     "handler panicked at entry {index} under the halt policy: {message}"
                 ));
             }
-            Err(ApplyError::Panicked { message }) => {
-                warn!(index, %message, "handler panicked; skipped under the skip policy");
-                StoredReply::Handler(message)
-            }
+            // Reported by `apply_encoded` (one error event per panic).
+            Err(ApplyError::Panicked { message }) => StoredReply::Handler(message),
             Err(ApplyError::Decode(err)) => {
                 // Only binaries that disagree on the schema get here (the
                 // leader refuses commands some voter cannot decode): never
@@ -508,12 +521,15 @@ impl<S: StateMachine> Apply<S> {
         self.reads = pending;
         let ctx = Ctx::new(applied, self.applied_term, self.sessions.now_ms());
         for (_, query, reply) in ready {
+            let _span =
+                tracing::debug_span!(parent: &reply.span, "raftkit.read", applied).entered();
             let answer = query_encoded(&self.sm, &ctx, &query).map_err(|e| match e {
                 ApplyError::Decode(c) => Error::Rejected(c.to_string()),
                 ApplyError::Panicked { message } | ApplyError::Halted { message } => {
                     Error::Handler { message }
                 }
             });
+            debug!(ok = answer.is_ok(), "read served");
             reply.send(answer);
         }
     }

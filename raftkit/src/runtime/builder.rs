@@ -53,6 +53,38 @@ impl<S: StateMachine + Default> PeerExt for S {}
 /// most 8 MiB, at most 16,384 commands and 64 MiB of them in flight (a call
 /// waits up to 2 s for room, then fails with `Overloaded`), client sessions
 /// idle for an hour expire, at most 10,000 client sessions.
+///
+/// A node of a real cluster (three processes, each with its own node
+/// certificate of the cluster CA; see [`crate::tls`]):
+///
+/// ```no_run
+/// # use raftkit::prelude::*;
+/// # #[derive(StateMachine, Default, Serialize, Deserialize)]
+/// # struct Counter { n: u64 }
+/// # #[raftkit::state_machine]
+/// # impl Counter {
+/// #     #[write]
+/// #     fn add(&mut self, by: u64) -> u64 { self.n += by; self.n }
+/// #     #[read]
+/// #     fn get(&self) -> u64 { self.n }
+/// # }
+/// # async fn run() -> Result<(), raftkit::Error> {
+/// let peer = Counter::peer()
+///     .listen("10.0.0.1:7001")
+///     .data_dir("/var/lib/counter")
+///     .bootstrap_members(["10.0.0.1:7001", "10.0.0.2:7001", "10.0.0.3:7001"])
+///     .certs_dir("/etc/counter/certs", "node")?
+///     .start()
+///     .await?;
+/// // A restart needs only the data directory: name, address and
+/// // certificate are stored there.
+/// peer.shutdown().await?;
+/// let peer = Counter::peer().data_dir("/var/lib/counter").start().await?;
+/// # Ok(()) }
+/// ```
+///
+/// A peer with no certificate at all fails at `start`, before writing
+/// anything, with an [`Error::Tls`] that says what to add.
 pub struct PeerBuilder<S> {
     name: Option<String>,
     listen: Option<String>,
@@ -665,7 +697,7 @@ async fn join_cluster<S: StateMachine>(
                 info!(name = %peer.name(), "joined the cluster as a voter");
                 return;
             }
-            Err(e @ Error::Rejected(_)) if e.to_string().contains("schema") => {
+            Err(e @ Error::SchemaMismatch { .. }) => {
                 tracing::error!(name = %peer.name(), error = %e, "the cluster refused this peer; not retrying");
                 return;
             }

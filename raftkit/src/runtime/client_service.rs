@@ -31,13 +31,15 @@ use tracing::{debug, warn};
 use super::Peer;
 use super::authorization::{authorize, request_kind};
 use super::session::Owner;
+use crate::client::wire::RequestId;
 use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, StatusReport, WireError};
 use crate::core::Role;
 use crate::error::Error;
 use crate::state_machine::StateMachine;
 use crate::tls::Principal;
-use crate::transport::frame::{read_frame, write_frame};
+use crate::transport::frame::{FrameError, read_frame, read_frame_body, write_frame};
 use crate::transport::quic::AcceptedClient;
+use tracing::Instrument;
 
 /// How long the service waits for a write or read before answering
 /// `Timeout` (the client retries with the same session sequence number).
@@ -94,12 +96,15 @@ async fn serve_connection<S: StateMachine>(
         }
     } else if hello.schema != 0 && hello.schema != S::SCHEMA_FINGERPRINT {
         warn!(%remote, local = format_args!("{:#018x}", S::SCHEMA_FINGERPRINT), remote_schema = format_args!("{:#018x}", hello.schema), "client schema mismatch; refused");
-        ClientResponse::Err(WireError::Rejected(format!(
-            "schema mismatch: the cluster runs `{}` with schema {:#018x}, the client has {:#018x}",
-            S::NAME,
-            S::SCHEMA_FINGERPRINT,
-            hello.schema
-        )))
+        ClientResponse::Err(WireError::SchemaMismatch {
+            handler: "(unknown: the client predates structural schemas)".into(),
+            reason: format!(
+                "the cluster runs `{}` with schema fingerprint {:#018x}, the client has {:#018x}",
+                S::NAME,
+                S::SCHEMA_FINGERPRINT,
+                hello.schema
+            ),
+        })
     } else {
         ClientResponse::Ok(Vec::new())
     };
@@ -144,7 +149,10 @@ async fn serve_stream<S: StateMachine>(
     mut recv: RecvStream,
     max_frame: usize,
 ) {
-    let request: ClientRequest = match read_frame(&mut recv, max_frame).await {
+    let decoded = read_frame_body(&mut recv, max_frame)
+        .await
+        .and_then(|body| RequestId::decode_request(&body).map_err(FrameError::Decode));
+    let (request, meta) = match decoded {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "malformed client request; closing that stream");
@@ -158,8 +166,31 @@ async fn serve_stream<S: StateMachine>(
             return;
         }
     };
+    // One span per request, with the id the client sent: the apply span of
+    // the entry it proposes is its child (see `apply.rs`).
+    let span = tracing::debug_span!(
+        "raftkit.request",
+        request_id = tracing::field::Empty,
+        kind = request_kind(&request),
+        remote = %caller.remote,
+    );
+    if let Some(meta) = meta {
+        span.record("request_id", tracing::field::display(meta.request_id));
+    }
     let response = match authorize(S::NAME, &caller.principal, &request) {
-        Ok(()) => handle(&peer, &caller.principal, request).await,
+        Ok(()) => {
+            async {
+                debug!("client request received");
+                let response = handle(&peer, &caller.principal, request).await;
+                debug!(
+                    ok = matches!(response, ClientResponse::Ok(_) | ClientResponse::Status(_)),
+                    "client request answered"
+                );
+                response
+            }
+            .instrument(span)
+            .await
+        }
         Err(e) => {
             if !caller.refusal_logged.swap(true, Ordering::Relaxed) {
                 warn!(remote = %caller.remote, principal = %caller.principal, request = request_kind(&request), error = %e,

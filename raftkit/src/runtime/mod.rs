@@ -38,11 +38,14 @@ mod admission;
 mod apply;
 pub mod authorization;
 mod builder;
+#[doc(hidden)]
 pub mod client_service;
 mod dropped;
 mod membership;
 mod node;
+#[doc(hidden)]
 pub mod persist;
+#[doc(hidden)]
 pub mod session;
 mod status;
 mod threads;
@@ -82,6 +85,36 @@ struct Inner {
 }
 
 /// A running peer of state machine `S`. Cloning shares the same peer.
+///
+/// Start one with `S::peer()` ([`PeerBuilder`]); in a test, a whole cluster
+/// with [`crate::dev::Cluster`]. A peer serves the network clients of the
+/// cluster by itself; in-process calls go through [`Peer::write`] and
+/// [`Peer::read`] (on the leader) or the generated client over the peer
+/// (`Peer` is a [`Submit`]).
+///
+/// ```
+/// # use raftkit::prelude::*;
+/// # #[derive(StateMachine, Default, Serialize, Deserialize)]
+/// # struct Counter { n: u64 }
+/// # #[raftkit::state_machine]
+/// # impl Counter {
+/// #     #[write]
+/// #     fn add(&mut self, by: u64) -> u64 { self.n += by; self.n }
+/// #     #[read]
+/// #     fn get(&self) -> u64 { self.n }
+/// # }
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), raftkit::Error> {
+/// let cluster = raftkit::dev::Cluster::<Counter>::start(3).await?;
+/// let leader = cluster.leader().expect("start waits for a leader");
+/// // In process, typed commands of the state machine:
+/// assert_eq!(leader.write(CounterWrite::Add { by: 2 }).await?, CounterWriteOutput::Add(2));
+/// // Or the generated client over the peer:
+/// assert_eq!(CounterClient::new(leader.clone()).get().await?, 2);
+/// println!("{} is {:?} in term {}", leader.name(), leader.status().role, leader.status().term);
+/// cluster.shutdown().await?;
+/// # Ok(()) }
+/// ```
 pub struct Peer<S> {
     inner: Arc<Inner>,
     _sm: PhantomData<fn() -> S>,

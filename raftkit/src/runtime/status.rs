@@ -6,8 +6,11 @@
 
 use crate::core::{DropCounts, Index, NodeId, Role, Term};
 
-/// A running peer's state.
+/// A running peer's state ([`Peer::status`](super::Peer::status)).
+/// `#[non_exhaustive]`: fields are added as the runtime reports more; build
+/// one (in tests) from `PeerStatus::default()`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PeerStatus {
     /// The node id.
     pub id: NodeId,

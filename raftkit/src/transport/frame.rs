@@ -170,6 +170,28 @@ pub async fn read_frame<T: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(
     postcard::from_bytes(&body).map_err(FrameError::Decode)
 }
 
+/// Reads one frame's body (at most `max` bytes) without decoding it: for
+/// frames that carry more than one postcard value (a client request and its
+/// [`RequestMeta`](crate::client::wire::RequestMeta)).
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let mut prefix = [0u8; PREFIX];
+    read_exact(r, &mut prefix).await?;
+    let len = u32::from_be_bytes(prefix);
+    let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+    if len_usize > max {
+        return Err(FrameError::TooLarge {
+            len: u64::from(len),
+            max,
+        });
+    }
+    let mut body = vec![0u8; len_usize];
+    read_exact(r, &mut body).await?;
+    Ok(body)
+}
+
 async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), FrameError> {
     match r.read_exact(buf).await {
         Ok(_) => Ok(()),
