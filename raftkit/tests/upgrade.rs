@@ -325,10 +325,7 @@ impl Cluster {
     }
 
     fn options() -> ClientOptions {
-        ClientOptions {
-            timeout: Duration::from_secs(10),
-            ..Default::default()
-        }
+        ClientOptions::default().with_timeout(Duration::from_secs(10))
     }
 
     async fn v1_client(&self) -> v1::KvClient {
