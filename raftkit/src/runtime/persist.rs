@@ -236,13 +236,24 @@ impl Persister {
     /// Starts the storage thread (for a store that does IO; `inline` stores
     /// are written on the caller's task, see [`Persister::write`]).
     pub fn start(log: BoxedLog, snapshots: SharedSnapshots, inline: bool) -> Result<Self, Error> {
+        Self::start_on(log, snapshots, inline, &super::threads::Threads::Os)
+    }
+
+    /// [`Persister::start`] with the storage loop started by `threads`.
+    pub(crate) fn start_on(
+        log: BoxedLog,
+        snapshots: SharedSnapshots,
+        inline: bool,
+        threads: &super::threads::Threads,
+    ) -> Result<Self, Error> {
         let sink = if inline {
             Sink::Inline(Mutex::new(log))
         } else {
             Sink::Thread(
                 GroupCommit::start_on(log, |body| {
-                    super::threads::spawn("raftkit-storage", body)
-                        .map(|_| ())
+                    threads
+                        .spawn("raftkit-storage", body)
+                        .map(|w| w.joins_by_blocking())
                         .map_err(|e| StorageError::Invalid(e.to_string()))
                 })
                 .map_err(storage_error)?,
@@ -338,9 +349,13 @@ impl Persister {
     }
 
     /// Stops the storage thread after flushing every queued write.
-    pub fn shutdown(self) -> Result<(), Error> {
+    pub async fn shutdown(self) -> Result<(), Error> {
         match self.sink {
-            Sink::Thread(commit) => commit.shutdown().map(|_| ()).map_err(storage_error),
+            Sink::Thread(commit) => commit
+                .shutdown_async()
+                .await
+                .map(|_| ())
+                .map_err(storage_error),
             Sink::Inline(log) => log
                 .into_inner()
                 .map_err(|_| Error::Storage("log store poisoned".into()))?
@@ -368,16 +383,24 @@ pub struct SaveJob {
 /// beside the log writer (never in front of it: appends, votes and
 /// acknowledgements never wait for a snapshot to reach the disk).
 pub struct SnapshotSaver {
-    jobs: Option<std::sync::mpsc::Sender<SaveJob>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    jobs: Option<mpsc::UnboundedSender<SaveJob>>,
+    thread: Option<super::threads::Worker>,
 }
 
 impl SnapshotSaver {
     /// Starts the thread, saving into `store`.
     pub fn start(store: SharedSnapshots) -> Result<Self, Error> {
-        let (tx, rx) = std::sync::mpsc::channel::<SaveJob>();
-        let thread = super::threads::spawn("raftkit-snapshots", move || {
-            while let Ok(job) = rx.recv() {
+        Self::start_on(store, &super::threads::Threads::Os)
+    }
+
+    /// [`SnapshotSaver::start`] with the worker started by `threads`.
+    pub(crate) fn start_on(
+        store: SharedSnapshots,
+        threads: &super::threads::Threads,
+    ) -> Result<Self, Error> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<SaveJob>();
+        let thread = threads.spawn("raftkit-snapshots", async move {
+            while let Some(job) = rx.recv().await {
                 let r = store
                     .lock()
                     .map_err(|_| StorageError::Closed)
@@ -398,16 +421,16 @@ impl SnapshotSaver {
             (job.done)(job.snapshot, Err(StorageError::Closed));
             return;
         };
-        if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
+        if let Err(mpsc::error::SendError(job)) = tx.send(job) {
             (job.done)(job.snapshot, Err(StorageError::Closed));
         }
     }
 
     /// Waits for the save under way (if any) and stops the thread.
-    pub fn shutdown(mut self) {
+    pub async fn shutdown(mut self) {
         self.jobs = None;
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join().await;
         }
     }
 }
