@@ -35,7 +35,7 @@ fn bank() -> Simulation<Bank> {
     Simulation::<Bank>::new()
         .nodes(3)
         .clients(4)
-        .ops_per_client(6)
+        .ops_per_client(16)
         .workload(|mut rng, client| async move {
             let bank = BankClient::new(client);
             let (from, to) = (rng.random_range(0..4u8), rng.random_range(0..4u8));
@@ -57,4 +57,51 @@ fn one_seed_one_trace() {
     let c = sim.run_seed(4).expect("seed 4 passes");
     assert_ne!(a.trace_hash, c.trace_hash);
     eprintln!("{a:?}\n{c:?}");
+}
+
+#[test]
+fn bank_seeds_pass() {
+    let summary = bank().seeds(0..200).run();
+    let crashes: u64 = summary.seeds.iter().map(|s| s.crashes).sum();
+    let faults: u64 = summary.seeds.iter().map(|s| s.disk_faults).sum();
+    let unknown: usize = summary.seeds.iter().map(|s| s.calls.1).sum();
+    eprintln!("crashes {crashes}, disk faults {faults}, unknown calls {unknown}");
+}
+
+/// The first failing seed of `sim` within `seeds`, with its property.
+fn first_failure<S: raftkit::StateMachine + Default>(
+    sim: Simulation<S>,
+    seeds: std::ops::Range<u64>,
+) -> raftkit::sim::runtime::SimFailure {
+    match sim.seeds(seeds.clone()).check() {
+        Ok(_) => panic!("no seed of {seeds:?} caught it"),
+        Err(f) => {
+            eprintln!("caught: {f}");
+            f
+        }
+    }
+}
+
+#[test]
+fn tooth_ack_after_storage_failure_is_caught() {
+    let f = first_failure(bank().tooth(Tooth::AckAfterStorageFailure), 0..200);
+    eprintln!("{}", f.property);
+}
+
+#[test]
+fn tooth_compact_after_failed_save_is_caught() {
+    let f = first_failure(bank().tooth(Tooth::CompactAfterFailedSave), 0..200);
+    eprintln!("{}", f.property);
+}
+
+#[test]
+fn tooth_reapply_retried_write_is_caught() {
+    let f = first_failure(bank().tooth(Tooth::ReapplyRetriedWrite), 0..200);
+    assert_eq!(f.property, "exactly-once", "{f}");
+}
+
+#[test]
+fn tooth_read_before_applied_is_caught() {
+    let f = first_failure(bank().tooth(Tooth::ReadBeforeApplied), 0..200);
+    assert_eq!(f.property, "linearizability", "{f}");
 }

@@ -299,7 +299,13 @@ impl Persister {
         log.sync()
     }
 
-    fn write_thread(&self, commit: &GroupCommit<BoxedLog>, write: Write, done: Done, token: u64) {
+    fn write_thread(
+        &self,
+        commit: &GroupCommit<BoxedLog>,
+        mut write: Write,
+        done: Done,
+        token: u64,
+    ) {
         // Every part records its first failure here; the last part (which
         // completes last: one thread, in order) reports it, or `Ok`.
         let failed: Arc<Mutex<Option<StorageError>>> = Arc::default();
@@ -311,17 +317,38 @@ impl Persister {
                 }
             })
         };
-        if let Some(snap) = write.snapshot {
+        if let Some(snap) = write.snapshot.take() {
             // Saved and compacted in one step on the storage thread: the
-            // compaction happens only behind a snapshot that is durable.
+            // compaction happens only behind a snapshot that is durable. The
+            // rest of this Ready (entries, hard state) is written in the
+            // same step and only if the snapshot was saved: a hard state
+            // whose commit index comes from the snapshot, made durable over
+            // a log that was not compacted behind it, would make a restarted
+            // node take its stale, never committed suffix for committed and
+            // apply it (found by the whole-runtime simulation, bank seed 179).
             let store = Arc::clone(&self.snapshots);
             let failed2 = failed.clone();
+            let compact = write.compact.take();
+            let entries = std::mem::take(&mut write.entries);
+            let hard_state = write.hard_state.take();
             commit.with_store(move |log| {
                 let saved = store
                     .lock()
                     .map_err(|_| StorageError::Closed)
                     .and_then(|mut s| s.save(&snap))
-                    .and_then(|()| log.compact_prefix(snap.meta.index, snap.meta.term));
+                    .and_then(|()| log.compact_prefix(snap.meta.index, snap.meta.term))
+                    .and_then(|()| match compact {
+                        Some((index, term)) => log.compact_prefix(index, term),
+                        None => Ok(()),
+                    })
+                    .and_then(|()| match entries.is_empty() {
+                        true => Ok(()),
+                        false => log.append(&entries),
+                    })
+                    .and_then(|()| match hard_state {
+                        Some(hs) => log.save_hard_state(hs),
+                        None => Ok(()),
+                    });
                 if let Err(e) = saved {
                     record_failure(&failed2, e);
                 }

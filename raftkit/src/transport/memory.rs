@@ -53,9 +53,10 @@ struct NetState {
 }
 
 /// Sees every message the network routes: the sender, the message, and
-/// whether it was delivered (or scheduled for delayed delivery), each copy
-/// of a duplicated message once.
-pub type Observer = Arc<dyn Fn(NodeId, &Message, bool) + Send + Sync>;
+/// whether the network would deliver it (or schedule it for delayed
+/// delivery), each copy of a duplicated message once. Returns whether to
+/// deliver it after all (`false` drops it).
+pub type Observer = Arc<dyn Fn(NodeId, &Message, bool) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for MemoryNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,8 +220,13 @@ impl MemoryNetwork {
             };
             (inbox, delay)
         };
-        if let Some(observe) = &observer {
-            observe(from, &msg, true);
+        if let Some(observe) = &observer
+            && !observe(from, &msg, true)
+        {
+            let mut s = self.lock();
+            s.delivered -= 1;
+            s.dropped += 1;
+            return;
         }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) if delay > 0 => {

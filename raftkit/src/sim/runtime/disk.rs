@@ -128,6 +128,12 @@ impl SimDisk {
         self.lock().faults = faults;
     }
 
+    /// Whether any fault probability is set.
+    pub fn has_faults(&self) -> bool {
+        let f = &self.lock().faults;
+        f.enospc > 0.0 || f.write_eio > 0.0 || f.sync_eio > 0.0
+    }
+
     /// Faults injected so far.
     pub fn faults_injected(&self) -> u64 {
         self.lock().injected

@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 
 use super::client::SimClient;
 use super::disk::{DiskFaults, SimDisk};
-use super::exec::{Trace, runtime};
+use super::exec::{Trace, fnv, runtime};
 use super::history::{self, History, Kind, Outcome, Verdict};
 use super::probe::{Applies, PROBE, Probe, ProbeCtx};
 use super::teeth::{Armed, Tooth};
@@ -39,6 +39,8 @@ use crate::transport::memory::MemoryNetwork;
 const TICK: Duration = Duration::from_millis(20);
 /// The longest a calm phase waits for the cluster to converge.
 const CONVERGE: Duration = Duration::from_secs(60);
+/// Messages at one virtual instant that make a livelock.
+const STORM: u64 = 20_000;
 /// Steps the linearizability search may take per seed.
 const CHECK_BUDGET: u64 = 200_000;
 
@@ -244,8 +246,14 @@ impl<S: StateMachine + Default> Simulation<S> {
     /// Runs every seed; the first failure, if any.
     pub fn check(self) -> Result<Summary, SimFailure> {
         let mut summary = Summary::default();
+        let progress = std::env::var_os("RAFTKIT_SIM_PROGRESS").is_some();
         for seed in self.seed_list() {
-            summary.seeds.push(self.run_seed(seed)?);
+            let started = std::time::Instant::now();
+            let report = self.run_seed(seed);
+            if progress {
+                eprintln!("seed {seed}: {:?} in {:?}", report.as_ref().map(|r| r.trace_hash), started.elapsed());
+            }
+            summary.seeds.push(report?);
         }
         Ok(summary)
     }
@@ -294,6 +302,8 @@ struct Node<S: StateMachine> {
     id: NodeId,
     disk: SimDisk,
     peer: Option<Peer<Probe<S>>>,
+    /// A restart is under way (restarts are started from several places).
+    starting: bool,
     tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
@@ -378,7 +388,13 @@ impl<S: StateMachine + Default> World<S> {
             applies: self.applies.clone(),
         };
         let spawned = tasks.clone();
-        let threads = Threads::Custom(Arc::new(move |_name: &str, body| {
+        let slow_seed = self.seed ^ id.rotate_left(17) ^ lock(&self.crashes).wrapping_mul(31);
+        let threads = Threads::Custom(Arc::new(move |name: &str, body| {
+            let body = Slow {
+                body,
+                delay: None,
+                rng: StdRng::seed_from_u64(slow_seed ^ fnv(name.as_bytes())),
+            };
             let h = tokio::spawn(PROBE.scope(ctx.clone(), body));
             lock(&spawned).push(h.abort_handle());
             Ok(Worker::Task(h))
@@ -432,16 +448,40 @@ impl<S: StateMachine + Default> World<S> {
     }
 
     async fn restart(self: &Arc<Self>, i: usize) {
-        if lock(&self.nodes)[i].peer.is_some() {
-            return;
+        {
+            let mut nodes = lock(&self.nodes);
+            if nodes[i].peer.is_some() || nodes[i].starting {
+                return;
+            }
+            nodes[i].starting = true;
         }
+        self.restart_now(i).await;
+        lock(&self.nodes)[i].starting = false;
+    }
+
+    async fn restart_now(self: &Arc<Self>, i: usize) {
         // Let the aborted tasks unwind first.
         tokio::task::yield_now().await;
-        if let Err(e) = self.start_node(i).await {
-            self.fail(
-                "restart from the simulated disk",
-                format!("node {i} cannot restart: {e}"),
-            );
+        loop {
+            let disk = lock(&self.nodes)[i].disk.clone();
+            let faulty = disk.has_faults();
+            match self.start_node(i).await {
+                Ok(()) => return,
+                // An injected fault may fail a start: an operator retries
+                // once the disk recovers (its faults last a while).
+                Err(e) if faulty => {
+                    self.event(format_args!("node {i} restart failed ({e}); retrying"));
+                    disk.crash(false);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    self.fail(
+                        "restart from the simulated disk",
+                        format!("node {i} cannot restart: {e}"),
+                    );
+                    return;
+                }
+            }
         }
     }
 
@@ -480,12 +520,28 @@ async fn run_one<S: StateMachine + Default>(
     let mut rng = StdRng::seed_from_u64(seed);
     let net = MemoryNetwork::new(rng.random());
     let trace = Arc::new(Mutex::new(Trace::new(print)));
+    let storm: Arc<Mutex<(Duration, u64, bool)>> = Arc::default();
     let start = tokio::time::Instant::now();
     {
         let trace = trace.clone();
+        let storm = storm.clone();
         net.observe(Arc::new(move |from, m, delivered| {
             let at = tokio::time::Instant::now() - start;
             let verdict = if delivered { "->" } else { "-x" };
+            // A livelock: messages without virtual time passing. Reported,
+            // and the network stops so that the run can end.
+            let mut st = lock(&storm);
+            if st.0 != at {
+                *st = (at, 0, st.2);
+            }
+            st.1 += 1;
+            if st.1 > STORM {
+                st.2 = true;
+            }
+            if st.2 {
+                return false;
+            }
+            drop(st);
             lock(&trace).event(
                 at,
                 format_args!(
@@ -495,6 +551,7 @@ async fn run_one<S: StateMachine + Default>(
                     m.term
                 ),
             );
+            true
         }));
     }
     let nodes = (0..config.nodes)
@@ -505,6 +562,7 @@ async fn run_one<S: StateMachine + Default>(
                 addr,
                 disk: SimDisk::new(rng.random()),
                 peer: None,
+                starting: false,
                 tasks: Arc::default(),
             }
         })
@@ -546,6 +604,9 @@ async fn run_one<S: StateMachine + Default>(
                 let client = SimClient::new(world, c);
                 let mut rng = StdRng::seed_from_u64(client_seed);
                 for _ in 0..ops {
+                    // Think time: spreads the calls over the nemesis' faults.
+                    let pause = rng.random_range(0..400);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                     let call_rng = StdRng::seed_from_u64(rng.random());
                     workload(call_rng, client.clone()).await;
                 }
@@ -633,6 +694,13 @@ async fn run_one<S: StateMachine + Default>(
     }
 
     // The verdicts.
+    if lock(&storm).2 {
+        return Err(failure(
+            &world,
+            "progress",
+            format!("a livelock: more than {STORM} messages without virtual time passing"),
+        ));
+    }
     if let Some((property, detail)) = lock(&world.failure).clone() {
         return Err(failure(&world, property, detail));
     }
@@ -662,7 +730,7 @@ async fn nemesis<S: StateMachine + Default>(
     let n = lock(&world.nodes).len();
     let election = TICK * 20;
     while !done.load(std::sync::atomic::Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..1200))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
         if done.load(std::sync::atomic::Ordering::SeqCst) {
             break;
         }
@@ -674,7 +742,7 @@ async fn nemesis<S: StateMachine + Default>(
             }
         }
         let ids: Vec<NodeId> = lock(&world.nodes).iter().map(|n| n.id).collect();
-        match rng.random_range(0..12u32) {
+        match rng.random_range(0..13u32) {
             0 if faults.network && n > 1 => {
                 let mut side: Vec<NodeId> = ids.clone();
                 let k = rng.random_range(1..n);
@@ -732,7 +800,7 @@ async fn nemesis<S: StateMachine + Default>(
                     });
                 }
             }
-            8 if faults.disk => {
+            8 | 12 if faults.disk => {
                 let i = rng.random_range(0..n);
                 let only = match rng.random_range(0..3u32) {
                     0 => Some("snapshots".to_string()),
@@ -776,5 +844,43 @@ impl<S: StateMachine> std::fmt::Debug for Simulation<S> {
             .field("teeth", &self.teeth)
             .field("faults", &self.faults)
             .finish_non_exhaustive()
+    }
+}
+
+/// A worker that is slow to run when woken, by a seeded virtual delay: a
+/// slow disk (the storage worker's fsyncs), a slow state machine (the apply
+/// worker), a descheduled thread. It lets, for example, followers
+/// acknowledge an entry before the leader's own write is durable.
+struct Slow {
+    body: crate::runtime::threads::WorkerBody,
+    delay: Option<Pin<Box<tokio::time::Sleep>>>,
+    rng: StdRng,
+}
+
+impl Future for Slow {
+    type Output = ();
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.delay.is_none() && this.rng.random_bool(0.3) {
+            // Mostly short; now and then longer than a heartbeat interval.
+            let ms = if this.rng.random_bool(0.1) {
+                this.rng.random_range(40..300)
+            } else {
+                this.rng.random_range(1..40)
+            };
+            this.delay = Some(Box::pin(tokio::time::sleep(Duration::from_millis(ms))));
+        }
+        if let Some(d) = &mut this.delay {
+            if d.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.delay = None;
+        }
+        this.body.as_mut().poll(cx)
     }
 }

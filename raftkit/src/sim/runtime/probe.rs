@@ -31,6 +31,7 @@ pub(crate) struct Applied {
     output: Vec<u8>,
     state: u64,
     node: NodeId,
+    at: tokio::time::Instant,
 }
 
 /// What the replicas applied, position by position.
@@ -61,8 +62,8 @@ impl Applies {
         };
         if let Some(what) = what {
             self.divergence = Some(format!(
-                "replicas {:#x} and {node:#x} applied {what} at write position {position}",
-                old.node
+                "replicas {:#x} and {node:#x} applied {what} at write position {position} (commands {:02x?} and {:02x?}, outputs {:02x?} and {:02x?}, {:?} apart)",
+                old.node, old.command, new.command, old.output, new.output, new.at - old.at
             ));
         }
     }
@@ -119,6 +120,7 @@ impl<S: StateMachine> StateMachine for Probe<S> {
                 output: encode("output", &output).unwrap_or_default(),
                 state,
                 node: ctx.node,
+                at: tokio::time::Instant::now(),
             };
             if let Ok(mut a) = ctx.applies.lock() {
                 a.record(ctx.node, self.position, applied);
