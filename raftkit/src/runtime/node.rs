@@ -421,6 +421,18 @@ impl NodeTask {
                 Err(e) => reply.send(Err(self.propose_error(e))),
             },
             Command::Read { query, reply } => {
+                // Tooth (simulation builds only): hand the read to the apply
+                // task at once, before its read index is known (let alone
+                // applied); the apply task serves it where it stands.
+                #[cfg(feature = "sim")]
+                if crate::sim::runtime::teeth::on(Tooth::ReadBeforeApplied) {
+                    let _ = self.apply_tx.send(ApplyMsg::Read {
+                        index: 0,
+                        query,
+                        reply,
+                    });
+                    return;
+                }
                 let ctx = st.next_ctx;
                 st.next_ctx += 1;
                 match self.raft.read_index(ctx) {

@@ -100,13 +100,23 @@ pub struct SimFailure {
 
 impl std::fmt::Display for SimFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The test harness names each test's thread after the test; the
+        // test binary's name (less cargo's hash) is the target.
         let test = std::thread::current()
             .name()
-            .map(|n| n.rsplit("::").next().unwrap_or(n).to_string())
+            .map(str::to_string)
             .unwrap_or_else(|| "<test>".into());
+        let target = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .map(|s| match s.rsplit_once('-') {
+                Some((name, _hash)) => name.to_string(),
+                None => s,
+            })
+            .unwrap_or_else(|| "<target>".into());
         write!(
             f,
-            "seed {} violates {}: {}\nreplay: RAFTKIT_SIM_SEED={} RAFTKIT_SIM_TRACE=1 cargo test -p raftkit --features sim {test} -- --nocapture",
+            "seed {} violates {}: {}\nreplay: RAFTKIT_SIM_SEED={} RAFTKIT_SIM_TRACE=1 cargo test --test {target} {test} -- --exact --nocapture",
             self.seed, self.property, self.detail, self.seed
         )
     }
@@ -868,7 +878,7 @@ impl Future for Slow {
         let this = &mut *self;
         if this.delay.is_none() && this.rng.random_bool(0.3) {
             // Mostly short; now and then longer than a heartbeat interval.
-            let ms = if this.rng.random_bool(0.1) {
+            let ms = if this.rng.random_bool(0.3) {
                 this.rng.random_range(40..300)
             } else {
                 this.rng.random_range(1..40)
