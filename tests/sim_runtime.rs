@@ -74,7 +74,6 @@ fn bank_seeds_pass() {
     eprintln!("crashes {crashes}, disk faults {faults}, unknown calls {unknown}");
 }
 
-
 /// The first failing seed of `sim` within the CI budget.
 fn first_failure<S: raftkit::StateMachine + Default>(sim: Simulation<S>) -> SimFailure {
     match sim.seeds(0..SEEDS).check() {
@@ -90,8 +89,13 @@ fn first_failure<S: raftkit::StateMachine + Default>(sim: Simulation<S>) -> SimF
 fn tooth_ack_after_storage_failure_is_caught() {
     let f = first_failure(bank().tooth(Tooth::AckAfterStorageFailure));
     assert!(
-        ["progress", "diverging replicas", "exactly-once", "linearizability"]
-            .contains(&f.property),
+        [
+            "progress",
+            "diverging replicas",
+            "exactly-once",
+            "linearizability"
+        ]
+        .contains(&f.property),
         "{f}"
     );
 }

@@ -494,13 +494,13 @@ impl<S: StateMachine> Apply<S> {
         let applied = self.applied;
         // Tooth (simulation builds only): serve reads whatever their index.
         #[cfg(feature = "sim")]
-        let applied = if crate::sim::runtime::teeth::on(
-            crate::sim::runtime::teeth::Tooth::ReadBeforeApplied,
-        ) {
-            Index::MAX
-        } else {
-            applied
-        };
+        let applied =
+            if crate::sim::runtime::teeth::on(crate::sim::runtime::teeth::Tooth::ReadBeforeApplied)
+            {
+                Index::MAX
+            } else {
+                applied
+            };
         if self.reads.iter().all(|(i, ..)| *i > applied) {
             return;
         }

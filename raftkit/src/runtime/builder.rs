@@ -309,6 +309,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 
     /// Where the peer's workers (storage, snapshots, apply) run: the
     /// whole-runtime simulation runs them as tasks of its executor.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     pub(crate) fn threads(mut self, threads: super::threads::Threads) -> Self {
         self.threads = threads;
         self
@@ -316,6 +317,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 
     /// The seed of the core's election-timeout randomness (default: drawn
     /// from the clock), for reproducible runs.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     pub(crate) fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
@@ -323,6 +325,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 
     /// Where session ids come from (default: the operating system's
     /// CSPRNG), for reproducible runs.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     pub(crate) fn session_ids(mut self, source: super::session::SessionIdSource) -> Self {
         self.session_ids = Some(source);
         self

@@ -45,6 +45,7 @@ pub enum Threads {
     Os,
     /// Wherever the function puts them: the whole-runtime simulation spawns
     /// them as tasks of its deterministic executor. Not for production use.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     Custom(SpawnWorker),
 }
 
@@ -62,6 +63,7 @@ pub enum Worker {
     /// An operating-system thread.
     Thread(std::thread::JoinHandle<()>),
     /// A task of the caller's tokio runtime.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     Task(tokio::task::JoinHandle<()>),
 }
 

@@ -15,8 +15,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::kit::World;
 use super::history::{Kind, Outcome};
+use super::kit::World;
 use crate::client::Submit;
 use crate::error::{Applied, Error};
 use crate::runtime::session::{SessionId, SessionRef};
@@ -108,7 +108,11 @@ impl<S: StateMachine + Default> SimClient<S> {
         let mut last = Error::Timeout;
         loop {
             if tokio::time::Instant::now() >= deadline {
-                let outcome = if maybe { Outcome::Maybe } else { Outcome::NotApplied };
+                let outcome = if maybe {
+                    Outcome::Maybe
+                } else {
+                    Outcome::NotApplied
+                };
                 self.world.complete(self.client, call, outcome);
                 if maybe {
                     // The sequence number is spent: its write may apply.

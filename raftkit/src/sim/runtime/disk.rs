@@ -300,7 +300,10 @@ impl Vfs for SimDisk {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let s = self.lock();
         let id = s.names.get(path).ok_or_else(|| not_found(path))?;
-        Ok(s.files.get(id).map(|f| f.volatile.clone()).unwrap_or_default())
+        Ok(s.files
+            .get(id)
+            .map(|f| f.volatile.clone())
+            .unwrap_or_default())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -450,7 +453,10 @@ mod tests {
         g.sync_data().unwrap();
         disk.crash(false);
         assert_eq!(disk.read(&dir.join("a")).unwrap(), b"hello");
-        assert!(disk.read(&dir.join("b")).is_err(), "a name never made durable");
+        assert!(
+            disk.read(&dir.join("b")).is_err(),
+            "a name never made durable"
+        );
         assert!(f.write_all_at(b"x", 0).is_err(), "old handles are dead");
     }
 
@@ -483,9 +489,13 @@ mod tests {
             only: Some("snap".into()),
             ..Default::default()
         });
-        let log = disk.open(&dir.join("wal"), OpenMode::CreateTruncate).unwrap();
+        let log = disk
+            .open(&dir.join("wal"), OpenMode::CreateTruncate)
+            .unwrap();
         assert!(log.sync_data().is_ok());
-        let snap = disk.open(&dir.join("snap-1"), OpenMode::CreateTruncate).unwrap();
+        let snap = disk
+            .open(&dir.join("snap-1"), OpenMode::CreateTruncate)
+            .unwrap();
         assert!(snap.sync_data().is_err());
         assert_eq!(disk.faults_injected(), 1);
     }

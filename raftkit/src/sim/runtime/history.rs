@@ -77,7 +77,13 @@ pub struct History {
 
 impl History {
     /// Records an invocation; returns its handle.
-    pub(crate) fn invoke(&mut self, client: usize, kind: Kind, bytes: Vec<u8>, at_ms: u64) -> usize {
+    pub(crate) fn invoke(
+        &mut self,
+        client: usize,
+        kind: Kind,
+        bytes: Vec<u8>,
+        at_ms: u64,
+    ) -> usize {
         self.next_seq += 1;
         self.calls.push(Call {
             client,
@@ -127,10 +133,11 @@ pub fn linearizable<S: StateMachine + Default>(calls: &[Call], budget: u64) -> V
     // The calls that take part: answered ones, and writes that may apply.
     let ops: Vec<&Call> = calls
         .iter()
-        .filter(|c| match (&c.outcome, c.kind) {
-            (Outcome::Ok(_), _) => true,
-            (Outcome::Maybe | Outcome::Pending, Kind::Write) => true,
-            _ => false,
+        .filter(|c| {
+            matches!(
+                (&c.outcome, c.kind),
+                (Outcome::Ok(_), _) | (Outcome::Maybe | Outcome::Pending, Kind::Write)
+            )
         })
         .collect();
     let required = ops

@@ -261,7 +261,11 @@ impl<S: StateMachine + Default> Simulation<S> {
             let started = std::time::Instant::now();
             let report = self.run_seed(seed);
             if progress {
-                eprintln!("seed {seed}: {:?} in {:?}", report.as_ref().map(|r| r.trace_hash), started.elapsed());
+                eprintln!(
+                    "seed {seed}: {:?} in {:?}",
+                    report.as_ref().map(|r| r.trace_hash),
+                    started.elapsed()
+                );
             }
             summary.seeds.push(report?);
         }
@@ -354,7 +358,9 @@ impl<S: StateMachine + Default> World<S> {
 
     pub(crate) fn invoke(&self, client: usize, kind: Kind, bytes: Vec<u8>) -> usize {
         let ms = self.now().as_millis() as u64;
-        self.event(format_args!("client {client} invokes {kind:?} {bytes:02x?}"));
+        self.event(format_args!(
+            "client {client} invokes {kind:?} {bytes:02x?}"
+        ));
         lock(&self.history).invoke(client, kind, bytes, ms)
     }
 
@@ -444,7 +450,11 @@ impl<S: StateMachine + Default> World<S> {
         let (peer, tasks, disk) = {
             let mut nodes = lock(&self.nodes);
             let n = &mut nodes[i];
-            (n.peer.take(), std::mem::take(&mut *lock(&n.tasks)), n.disk.clone())
+            (
+                n.peer.take(),
+                std::mem::take(&mut *lock(&n.tasks)),
+                n.disk.clone(),
+            )
         };
         if let Some(p) = peer {
             p.abort();
@@ -870,10 +880,7 @@ struct Slow {
 impl Future for Slow {
     type Output = ();
 
-    fn poll(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         use std::task::Poll;
         let this = &mut *self;
         if this.delay.is_none() && this.rng.random_bool(0.3) {

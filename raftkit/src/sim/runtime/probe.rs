@@ -63,7 +63,12 @@ impl Applies {
         if let Some(what) = what {
             self.divergence = Some(format!(
                 "replicas {:#x} and {node:#x} applied {what} at write position {position} (commands {:02x?} and {:02x?}, outputs {:02x?} and {:02x?}, {:?} apart)",
-                old.node, old.command, new.command, old.output, new.output, new.at - old.at
+                old.node,
+                old.command,
+                new.command,
+                old.output,
+                new.output,
+                new.at - old.at
             ));
         }
     }
