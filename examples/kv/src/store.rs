@@ -383,4 +383,30 @@ mod tests {
         assert!(matches!(count, KvReadOutput::Count(12)));
         new.shutdown().await.unwrap();
     }
+
+    /// This very store, run by the whole-runtime simulation: five real
+    /// peers, crashes, partitions, disk faults; every history checked for
+    /// linearizability against `Kv` itself.
+    #[test]
+    fn the_store_under_the_whole_runtime_simulation() {
+        use raftkit::sim::rand::Rng;
+        let summary = raftkit::sim::Simulation::<Kv>::new()
+            .nodes(5)
+            .clients(4)
+            .ops_per_client(10)
+            .workload(|mut rng, client| async move {
+                let kv = KvClient::new(client);
+                let key = format!("k{}", rng.random_range(0..3));
+                let value = format!("v{}", rng.random_range(0..100));
+                let _ = match rng.random_range(0..4) {
+                    0 => kv.put(key, value).await.map(drop),
+                    1 => kv.cas(key, None, value).await.map(drop),
+                    2 => kv.delete(key).await.map(drop),
+                    _ => kv.get(key).await.map(drop),
+                };
+            })
+            .seeds(0..40)
+            .run();
+        assert!(!summary.seeds.is_empty());
+    }
 }

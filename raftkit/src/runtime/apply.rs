@@ -185,9 +185,10 @@ struct Apply<S> {
     status: watch::Sender<ApplyStatus>,
 }
 
-/// Runs the apply loop until the node task drops its sender. Blocking: run
-/// it on its own thread.
-pub fn run<S: StateMachine>(
+/// Runs the apply loop until the node task drops its sender. Handlers run
+/// inline: run it on its own thread (see `threads`), or as a task of the
+/// whole-runtime simulation's executor.
+pub async fn run<S: StateMachine>(
     sm: S,
     sessions: Sessions,
     applied: Index,
@@ -207,7 +208,7 @@ pub fn run<S: StateMachine>(
         longest_pause: Duration::ZERO,
         status,
     };
-    while let Some(msg) = rx.blocking_recv() {
+    while let Some(msg) = rx.recv().await {
         if rx.is_closed() {
             // The node stopped: nothing applied from now on would be seen
             // (the state lives in memory; the log keeps every entry). The
@@ -364,6 +365,12 @@ impl<S: StateMachine> Apply<S> {
             } => {
                 match self.sessions.check(session, owner) {
                     Dedup::New => {}
+                    // Tooth (simulation builds only): apply a retry again.
+                    #[cfg(feature = "sim")]
+                    Dedup::Duplicate(_)
+                        if crate::sim::runtime::teeth::on(
+                            crate::sim::runtime::teeth::Tooth::ReapplyRetriedWrite,
+                        ) => {}
                     Dedup::Duplicate(reply) => return Outcome::Reply(stored_to_result(reply)),
                     Dedup::Unknown => {
                         return Outcome::Reply(Err(Error::SessionExpired(format!(
@@ -512,6 +519,15 @@ impl<S: StateMachine> Apply<S> {
 
     fn serve_reads(&mut self) {
         let applied = self.applied;
+        // Tooth (simulation builds only): serve reads whatever their index.
+        #[cfg(feature = "sim")]
+        let applied =
+            if crate::sim::runtime::teeth::on(crate::sim::runtime::teeth::Tooth::ReadBeforeApplied)
+            {
+                Index::MAX
+            } else {
+                applied
+            };
         if self.reads.iter().all(|(i, ..)| *i > applied) {
             return;
         }

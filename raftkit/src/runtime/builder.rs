@@ -107,6 +107,9 @@ pub struct PeerBuilder<S> {
     session_ttl: Duration,
     max_sessions: u64,
     wall_clock: Option<WallClock>,
+    threads: super::threads::Threads,
+    seed: Option<u64>,
+    session_ids: Option<super::session::SessionIdSource>,
     _sm: PhantomData<fn() -> S>,
 }
 
@@ -153,6 +156,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             session_ttl: Duration::from_millis(SESSION_TTL_MS),
             max_sessions: DEFAULT_MAX_SESSIONS,
             wall_clock: None,
+            threads: super::threads::Threads::Os,
+            seed: None,
+            session_ids: None,
             _sm: PhantomData,
         }
     }
@@ -339,6 +345,30 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// Where the peer's workers (storage, snapshots, apply) run: the
+    /// whole-runtime simulation runs them as tasks of its executor.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    pub(crate) fn threads(mut self, threads: super::threads::Threads) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// The seed of the core's election-timeout randomness (default: drawn
+    /// from the clock), for reproducible runs.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    pub(crate) fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Where session ids come from (default: the operating system's
+    /// CSPRNG), for reproducible runs.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    pub(crate) fn session_ids(mut self, source: super::session::SessionIdSource) -> Self {
+        self.session_ids = Some(source);
+        self
+    }
+
     /// Uses a custom transport (for example the in-process one of the
     /// transport module) instead of QUIC.
     pub fn transport(
@@ -511,7 +541,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         // A batch of entries (beyond its first) stays far below a frame; a
         // single entry is at most max_command_bytes (checked above).
         cfg.max_batch_bytes = cfg.max_batch_bytes.min(frame / 4);
-        cfg.seed = id ^ seed_from_clock();
+        cfg.seed = self.seed.unwrap_or_else(|| id ^ seed_from_clock());
         let raft = Raft::new(cfg, restored).map_err(|e| Error::Rejected(e.to_string()))?;
 
         // 5. Transport, tasks.
@@ -587,17 +617,18 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             }
         };
         let inline = matches!(storage, StorageChoice::Memory);
-        let saver = SnapshotSaver::start(opened.snapshots.clone())?;
-        let persister = Persister::start(opened.log, opened.snapshots, inline)?;
+        let saver = SnapshotSaver::start_on(opened.snapshots.clone(), &self.threads)?;
+        let persister = Persister::start_on(opened.log, opened.snapshots, inline, &self.threads)?;
         // The apply queue is bounded by the node task (MAX_APPLY_BACKLOG_BYTES
         // of entries, and the in-flight budget for registrations and reads).
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let (apply_status_tx, apply_status_rx) =
             watch::channel(ApplyStatus::of(applied, &None, &sessions));
-        super::threads::spawn("raftkit-apply", move || {
-            apply::run(sm, sessions, applied, apply_rx, snap_tx, apply_status_tx)
-        })?;
+        self.threads.spawn(
+            "raftkit-apply",
+            apply::run(sm, sessions, applied, apply_rx, snap_tx, apply_status_tx),
+        )?;
         let admission = Arc::new(Admission::new(
             self.max_in_flight.0,
             self.max_in_flight.1,
@@ -639,6 +670,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 session_ttl_ms: u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX),
                 max_sessions: self.max_sessions,
                 schemas,
+                session_ids: self
+                    .session_ids
+                    .unwrap_or_else(|| Arc::new(super::session::new_session_id)),
             }),
             _sm: PhantomData,
         };

@@ -15,7 +15,10 @@
 //! After at most [`MAX_CATCH_UP_ROUNDS`] rounds the call fails with a clear
 //! error and the learner stays a learner.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The runtime's clock (virtual under the whole-runtime simulation).
+use tokio::time::Instant;
 
 use super::Peer;
 use crate::core::{Configuration, NodeId, Role};

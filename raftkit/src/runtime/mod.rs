@@ -48,7 +48,7 @@ pub mod persist;
 #[doc(hidden)]
 pub mod session;
 mod status;
-mod threads;
+pub(crate) mod threads;
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -82,6 +82,7 @@ struct Inner {
     /// This binary's schema and what it knows of the voters' (the gate of
     /// new handlers, `crate::schema`).
     schemas: Arc<crate::schema::SchemaBook>,
+    session_ids: session::SessionIdSource,
 }
 
 /// A running peer of state machine `S`. Cloning shares the same peer.
@@ -231,7 +232,7 @@ impl<S: StateMachine> Peer<S> {
     }
 
     pub(crate) async fn open_session_as(&self, owner: Owner) -> Result<SessionId, Error> {
-        let id = session::new_session_id()?;
+        let id = (self.inner.session_ids)()?;
         self.propose(
             Op::OpenSession {
                 id,
@@ -343,6 +344,16 @@ impl<S: StateMachine> Peer<S> {
     pub async fn change_config(&self, target: Configuration) -> Result<Index, Error> {
         self.call(|reply| Command::ChangeConfig { target, reply })
             .await
+    }
+
+    /// Stops the node task where it is, as a process crash would (the
+    /// whole-runtime simulation's crashes; the workers are stopped by
+    /// whoever started them).
+    #[cfg(feature = "sim")]
+    pub(crate) fn abort(&self) {
+        if let Some(task) = self.inner.task.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
+        }
     }
 
     /// Flushes the log and stops the peer. Further calls fail with

@@ -29,12 +29,15 @@
 //! - every proposal and read gets an answer: a result, `NotLeader` with the
 //!   leader's address when known, or the error that stopped the node.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+#[cfg(feature = "sim")]
+use crate::sim::runtime::teeth::Tooth;
 use tracing::{debug, error, info, warn};
 
 use super::admission::Admission;
@@ -189,7 +192,8 @@ struct State {
     saved_tx: mpsc::UnboundedSender<Saved>,
     pending: VecDeque<Pending>,
     next_token: u64,
-    reads: HashMap<u64, (Vec<u8>, Reply, std::time::Instant)>,
+    /// Ordered, so that callers are answered in a reproducible order.
+    reads: BTreeMap<u64, (Vec<u8>, Reply, std::time::Instant)>,
     durable_latency: LatencyHistogram,
     read_index_latency: LatencyHistogram,
     /// Proposals made since the last drain, to register with the apply task.
@@ -246,7 +250,7 @@ impl NodeTask {
             saved_tx,
             pending: VecDeque::new(),
             next_token: 1,
-            reads: HashMap::new(),
+            reads: BTreeMap::new(),
             durable_latency: LatencyHistogram::default(),
             read_index_latency: LatencyHistogram::default(),
             registers: Vec::new(),
@@ -278,32 +282,19 @@ impl NodeTask {
         self.publish(&st);
         loop {
             let retry_at = st.snap.retry_at;
+            // `biased`: branches are polled in this order, not in tokio's
+            // random one, so that a run is a function of its inputs (the
+            // whole-runtime simulation replays a seed exactly). No branch
+            // starves: every handler takes a bounded batch, the ticker fires
+            // once a tick, storage and snapshot completions answer this
+            // task's own bounded writes, and commands (bounded by the
+            // in-flight budget) come before peer messages, which are then
+            // taken 257 at a time.
             tokio::select! {
+                biased;
                 _ = ticker.tick() => {
                     if st.fatal.is_none() {
                         self.raft.tick();
-                    }
-                }
-                Some(m) = self.inbox.recv() => {
-                    let mut from_leader = false;
-                    if st.fatal.is_none() {
-                        let from = m.from;
-                        self.step(&mut st, m);
-                        from_leader |= self.raft.leader() == Some(from);
-                    }
-                    for _ in 0..256 {
-                        match self.inbox.try_recv() {
-                            Ok(m) if st.fatal.is_none() => {
-                                let from = m.from;
-                                self.step(&mut st, m);
-                                from_leader |= self.raft.leader() == Some(from);
-                            }
-                            Ok(_) => {}
-                            Err(_) => break,
-                        }
-                    }
-                    if from_leader {
-                        st.leader_contact = Some(std::time::Instant::now());
                     }
                 }
                 Some(done) = persisted_rx.recv() => self.on_persisted(&mut st, done),
@@ -336,6 +327,28 @@ impl NodeTask {
                         }
                     }
                 }
+                Some(m) = self.inbox.recv() => {
+                    let mut from_leader = false;
+                    if st.fatal.is_none() {
+                        let from = m.from;
+                        self.step(&mut st, m);
+                        from_leader |= self.raft.leader() == Some(from);
+                    }
+                    for _ in 0..256 {
+                        match self.inbox.try_recv() {
+                            Ok(m) if st.fatal.is_none() => {
+                                let from = m.from;
+                                self.step(&mut st, m);
+                                from_leader |= self.raft.leader() == Some(from);
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    if from_leader {
+                        st.leader_contact = Some(std::time::Instant::now());
+                    }
+                }
             }
             self.drain_ready(&mut st);
             self.publish(&st);
@@ -362,17 +375,17 @@ impl NodeTask {
         if let Some(hook) = self.on_stop.take() {
             hook().await;
         }
-        for (_, (_, reply, _)) in st.reads.drain() {
+        for (_, (_, reply, _)) in std::mem::take(&mut st.reads) {
             reply.send(Err(Error::Unavailable(format!(
                 "peer {} stopped",
                 self.name
             ))));
         }
         if let Some(saver) = self.saver.take() {
-            saver.shutdown();
+            saver.shutdown().await;
         }
         let flushed = match self.persister.take() {
-            Some(p) => p.shutdown(),
+            Some(p) => p.shutdown().await,
             None => Ok(()),
         };
         match &st.fatal {
@@ -408,6 +421,18 @@ impl NodeTask {
                 Err(e) => reply.send(Err(self.propose_error(e))),
             },
             Command::Read { query, reply } => {
+                // Tooth (simulation builds only): hand the read to the apply
+                // task at once, before its read index is known (let alone
+                // applied); the apply task serves it where it stands.
+                #[cfg(feature = "sim")]
+                if crate::sim::runtime::teeth::on(Tooth::ReadBeforeApplied) {
+                    let _ = self.apply_tx.send(ApplyMsg::Read {
+                        index: 0,
+                        query,
+                        reply,
+                    });
+                    return;
+                }
                 let ctx = st.next_ctx;
                 st.next_ctx += 1;
                 match self.raft.read_index(ctx) {
@@ -638,6 +663,13 @@ impl NodeTask {
             // later completion says: the storage can no longer be trusted.
             return;
         }
+        // Tooth (simulation builds only): acknowledge what never became
+        // durable.
+        #[cfg(feature = "sim")]
+        let done = match done {
+            Err(_) if crate::sim::runtime::teeth::on(Tooth::AckAfterStorageFailure) => Ok(u64::MAX),
+            done => done,
+        };
         match done {
             Ok(token) => {
                 while st.pending.front().is_some_and(|p| p.token <= token) {
@@ -704,6 +736,12 @@ impl NodeTask {
             st.snap.busy = false;
             return;
         }
+        // Tooth (simulation builds only): compact behind a failed save.
+        #[cfg(feature = "sim")]
+        let saved = match saved {
+            Err(_) if crate::sim::runtime::teeth::on(Tooth::CompactAfterFailedSave) => Ok(()),
+            saved => saved,
+        };
         if let Err(e) = saved {
             return self.snapshot_failed(st, format!("saving the snapshot failed: {e}"));
         }
@@ -757,7 +795,7 @@ impl NodeTask {
             warn!(node = %self.name, reason = %h, "state machine halted: giving up leadership; not campaigning until restarted");
             st.halted = Some(h.clone());
             self.raft.set_halted();
-            for (_, (_, reply, _)) in st.reads.drain() {
+            for (_, (_, reply, _)) in std::mem::take(&mut st.reads) {
                 reply.send(Err(Error::Halted { message: h.clone() }));
             }
         }
@@ -768,7 +806,7 @@ impl NodeTask {
         st.fatal = Some(reason.clone());
         st.pending.clear();
         let err = Error::Storage(reason);
-        for (_, (_, reply, _)) in st.reads.drain() {
+        for (_, (_, reply, _)) in std::mem::take(&mut st.reads) {
             reply.send(Err(err.clone()));
         }
         if !st.registers.is_empty() {

@@ -236,13 +236,24 @@ impl Persister {
     /// Starts the storage thread (for a store that does IO; `inline` stores
     /// are written on the caller's task, see [`Persister::write`]).
     pub fn start(log: BoxedLog, snapshots: SharedSnapshots, inline: bool) -> Result<Self, Error> {
+        Self::start_on(log, snapshots, inline, &super::threads::Threads::Os)
+    }
+
+    /// [`Persister::start`] with the storage loop started by `threads`.
+    pub(crate) fn start_on(
+        log: BoxedLog,
+        snapshots: SharedSnapshots,
+        inline: bool,
+        threads: &super::threads::Threads,
+    ) -> Result<Self, Error> {
         let sink = if inline {
             Sink::Inline(Mutex::new(log))
         } else {
             Sink::Thread(
                 GroupCommit::start_on(log, |body| {
-                    super::threads::spawn("raftkit-storage", body)
-                        .map(|_| ())
+                    threads
+                        .spawn("raftkit-storage", body)
+                        .map(|w| w.joins_by_blocking())
                         .map_err(|e| StorageError::Invalid(e.to_string()))
                 })
                 .map_err(storage_error)?,
@@ -288,7 +299,13 @@ impl Persister {
         log.sync()
     }
 
-    fn write_thread(&self, commit: &GroupCommit<BoxedLog>, write: Write, done: Done, token: u64) {
+    fn write_thread(
+        &self,
+        commit: &GroupCommit<BoxedLog>,
+        mut write: Write,
+        done: Done,
+        token: u64,
+    ) {
         // Every part records its first failure here; the last part (which
         // completes last: one thread, in order) reports it, or `Ok`.
         let failed: Arc<Mutex<Option<StorageError>>> = Arc::default();
@@ -300,17 +317,38 @@ impl Persister {
                 }
             })
         };
-        if let Some(snap) = write.snapshot {
+        if let Some(snap) = write.snapshot.take() {
             // Saved and compacted in one step on the storage thread: the
-            // compaction happens only behind a snapshot that is durable.
+            // compaction happens only behind a snapshot that is durable. The
+            // rest of this Ready (entries, hard state) is written in the
+            // same step and only if the snapshot was saved: a hard state
+            // whose commit index comes from the snapshot, made durable over
+            // a log that was not compacted behind it, would make a restarted
+            // node take its stale, never committed suffix for committed and
+            // apply it (found by the whole-runtime simulation, bank seed 179).
             let store = Arc::clone(&self.snapshots);
             let failed2 = failed.clone();
+            let compact = write.compact.take();
+            let entries = std::mem::take(&mut write.entries);
+            let hard_state = write.hard_state.take();
             commit.with_store(move |log| {
                 let saved = store
                     .lock()
                     .map_err(|_| StorageError::Closed)
                     .and_then(|mut s| s.save(&snap))
-                    .and_then(|()| log.compact_prefix(snap.meta.index, snap.meta.term));
+                    .and_then(|()| log.compact_prefix(snap.meta.index, snap.meta.term))
+                    .and_then(|()| match compact {
+                        Some((index, term)) => log.compact_prefix(index, term),
+                        None => Ok(()),
+                    })
+                    .and_then(|()| match entries.is_empty() {
+                        true => Ok(()),
+                        false => log.append(&entries),
+                    })
+                    .and_then(|()| match hard_state {
+                        Some(hs) => log.save_hard_state(hs),
+                        None => Ok(()),
+                    });
                 if let Err(e) = saved {
                     record_failure(&failed2, e);
                 }
@@ -338,9 +376,13 @@ impl Persister {
     }
 
     /// Stops the storage thread after flushing every queued write.
-    pub fn shutdown(self) -> Result<(), Error> {
+    pub async fn shutdown(self) -> Result<(), Error> {
         match self.sink {
-            Sink::Thread(commit) => commit.shutdown().map(|_| ()).map_err(storage_error),
+            Sink::Thread(commit) => commit
+                .shutdown_async()
+                .await
+                .map(|_| ())
+                .map_err(storage_error),
             Sink::Inline(log) => log
                 .into_inner()
                 .map_err(|_| Error::Storage("log store poisoned".into()))?
@@ -368,16 +410,24 @@ pub struct SaveJob {
 /// beside the log writer (never in front of it: appends, votes and
 /// acknowledgements never wait for a snapshot to reach the disk).
 pub struct SnapshotSaver {
-    jobs: Option<std::sync::mpsc::Sender<SaveJob>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    jobs: Option<mpsc::UnboundedSender<SaveJob>>,
+    thread: Option<super::threads::Worker>,
 }
 
 impl SnapshotSaver {
     /// Starts the thread, saving into `store`.
     pub fn start(store: SharedSnapshots) -> Result<Self, Error> {
-        let (tx, rx) = std::sync::mpsc::channel::<SaveJob>();
-        let thread = super::threads::spawn("raftkit-snapshots", move || {
-            while let Ok(job) = rx.recv() {
+        Self::start_on(store, &super::threads::Threads::Os)
+    }
+
+    /// [`SnapshotSaver::start`] with the worker started by `threads`.
+    pub(crate) fn start_on(
+        store: SharedSnapshots,
+        threads: &super::threads::Threads,
+    ) -> Result<Self, Error> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<SaveJob>();
+        let thread = threads.spawn("raftkit-snapshots", async move {
+            while let Some(job) = rx.recv().await {
                 let r = store
                     .lock()
                     .map_err(|_| StorageError::Closed)
@@ -398,16 +448,16 @@ impl SnapshotSaver {
             (job.done)(job.snapshot, Err(StorageError::Closed));
             return;
         };
-        if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
+        if let Err(mpsc::error::SendError(job)) = tx.send(job) {
             (job.done)(job.snapshot, Err(StorageError::Closed));
         }
     }
 
     /// Waits for the save under way (if any) and stops the thread.
-    pub fn shutdown(mut self) {
+    pub async fn shutdown(mut self) {
         self.jobs = None;
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join().await;
         }
     }
 }

@@ -105,6 +105,11 @@ pub const MAX_STAMP_STEP_MS: u64 = 60 * 1000;
 /// it stays far below this unless a caller holds many retry handles).
 pub const SESSION_WINDOW: usize = 4096;
 
+/// Where a peer draws session ids from: [`new_session_id`] in production;
+/// the whole-runtime simulation injects a seeded source.
+pub type SessionIdSource =
+    std::sync::Arc<dyn Fn() -> Result<SessionId, crate::Error> + Send + Sync>;
+
 /// Draws a fresh session id from the operating system's CSPRNG.
 pub fn new_session_id() -> Result<SessionId, crate::Error> {
     use rand::TryRngCore;

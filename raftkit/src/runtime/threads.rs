@@ -1,7 +1,7 @@
 //! Where the runtime's threads come from.
 //!
 //! A peer runs on the caller's tokio runtime (the node task, the client
-//! service) plus three threads of its own, all started here and nowhere
+//! service) plus three workers of its own, all started here and nowhere
 //! else:
 //!
 //! - `raftkit-storage`: the write-ahead log behind group commit;
@@ -11,21 +11,134 @@
 //!   restoration of snapshots), so that a slow or blocking handler never
 //!   stalls a tokio worker.
 //!
-//! Keeping every spawn in this one function is what lets a deterministic
-//! simulation of the whole runtime replace the threads later without
-//! touching the code that uses them.
+//! Each worker's body is one `async` loop over tokio channels: the same code
+//! runs in production on an operating-system thread of its own (driven by
+//! [`block_on`], a minimal executor that parks the thread while the loop
+//! waits for its channel) and, under the whole-runtime simulation, as a task
+//! on the simulation's deterministic executor ([`Threads::Custom`]). There is
+//! one code path for the logic; only where it runs is injected.
+//!
+//! Invariant: a worker body never waits on anything but its own channels
+//! (never on the node task synchronously), so running it as a task of the
+//! same single-threaded executor as the node task cannot deadlock.
 
-use std::thread::JoinHandle;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 use crate::error::Error;
 
-/// Starts a named thread of the runtime running `body`.
+/// The body of a worker: an `async` loop that ends when its channel closes.
+pub type WorkerBody = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Starts a worker named `name` running `body` (a testing hook: see
+/// [`Threads::Custom`]).
+pub type SpawnWorker =
+    Arc<dyn Fn(&str, WorkerBody) -> Result<Worker, Error> + Send + Sync + 'static>;
+
+/// Where a peer's workers run.
+#[derive(Clone, Default)]
+pub enum Threads {
+    /// On operating-system threads (production).
+    #[default]
+    Os,
+    /// Wherever the function puts them: the whole-runtime simulation spawns
+    /// them as tasks of its deterministic executor. Not for production use.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    Custom(SpawnWorker),
+}
+
+impl std::fmt::Debug for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threads::Os => f.write_str("Threads::Os"),
+            Threads::Custom(_) => f.write_str("Threads::Custom"),
+        }
+    }
+}
+
+/// A started worker.
+pub enum Worker {
+    /// An operating-system thread.
+    Thread(std::thread::JoinHandle<()>),
+    /// A task of the caller's tokio runtime.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl Worker {
+    /// Waits for the worker to finish. A thread is joined in place (it
+    /// blocks the caller, as joining always did); a task is awaited.
+    pub async fn join(self) {
+        match self {
+            Worker::Thread(t) => {
+                let _ = t.join();
+            }
+            Worker::Task(t) => {
+                let _ = t.await;
+            }
+        }
+    }
+
+    /// Whether [`Worker::join`] may block the calling thread (a thread:
+    /// yes; a task of the caller's executor: it must be awaited instead).
+    pub fn joins_by_blocking(&self) -> bool {
+        matches!(self, Worker::Thread(_))
+    }
+}
+
+impl Threads {
+    /// Starts a worker named `name` running `body`.
+    pub fn spawn(
+        &self,
+        name: &str,
+        body: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Worker, Error> {
+        match self {
+            Threads::Os => spawn(name, body),
+            Threads::Custom(f) => f(name, Box::pin(body)),
+        }
+    }
+}
+
+/// Starts a named operating-system thread driving `body` to completion.
 pub(crate) fn spawn(
     name: &str,
-    body: impl FnOnce() + Send + 'static,
-) -> Result<JoinHandle<()>, Error> {
+    body: impl Future<Output = ()> + Send + 'static,
+) -> Result<Worker, Error> {
     std::thread::Builder::new()
         .name(name.to_string())
-        .spawn(body)
+        .spawn(move || block_on(body))
+        .map(Worker::Thread)
         .map_err(|e| Error::Unavailable(format!("cannot start thread {name}: {e}")))
+}
+
+/// Wakes a parked thread.
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs `fut` to completion on the current thread, parking it while the
+/// future waits (a spurious wake-up only costs one more poll). Needs no
+/// tokio runtime: the workers wait only on tokio channels, which work
+/// without one.
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
 }

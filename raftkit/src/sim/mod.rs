@@ -42,10 +42,13 @@ pub mod linearizability;
 pub mod network;
 pub mod options;
 pub mod oracle;
+pub mod runtime;
 mod world;
 
 pub use options::{FailureKind, SimFailure, SimOptions, SimReport};
 pub use world::World;
+
+pub use runtime::{SimClient, Simulation, Tooth, rand};
 
 /// Runs one seed with the given options.
 pub fn run(seed: u64, opts: SimOptions) -> Result<SimReport, SimFailure> {

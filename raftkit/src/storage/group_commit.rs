@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use tracing::trace;
 
@@ -89,21 +89,29 @@ struct Counters {
 /// The channel is unbounded: back-pressure belongs to the caller, which
 /// bounds what it has in flight (the runtime bounds proposals by count and
 /// bytes, and a follower's backlog is bounded by the leader's window of
-/// unacknowledged appends). The storage layer has no async runtime
-/// dependency; the callback is how a tokio runtime completes its oneshots.
+/// unacknowledged appends). The storage loop is an `async` loop over a
+/// tokio channel that needs no tokio runtime: on its own thread it is driven
+/// by a minimal executor ([`crate::runtime::threads::block_on`]); under the
+/// whole-runtime simulation it is a task of the simulation's executor. The
+/// callback is how a tokio runtime completes its oneshots.
 pub struct GroupCommit<S: LogStore + Send + 'static> {
-    tx: Option<mpsc::Sender<Request<S>>>,
-    /// Receives the store back when the thread ends (in a mutex only so
+    tx: Option<mpsc::UnboundedSender<Request<S>>>,
+    /// Receives the store back when the loop ends (in a mutex only so
     /// that the handle can be shared between threads).
-    stopped: Option<std::sync::Mutex<mpsc::Receiver<S>>>,
+    stopped: Option<std::sync::Mutex<oneshot::Receiver<S>>>,
+    /// Whether the loop runs on a thread of its own, so that dropping the
+    /// handle may block until the loop has drained (a task of the caller's
+    /// executor cannot be waited for synchronously).
+    blocking: bool,
     counters: Arc<Counters>,
 }
 
 /// The most entry bytes one batch (one sync) writes.
 pub const MAX_BATCH_BYTES: usize = 64 << 20;
 
-/// The body of the storage thread, for [`GroupCommit::start_on`].
-pub type ThreadBody = Box<dyn FnOnce() + Send + 'static>;
+/// The body of the storage thread, for [`GroupCommit::start_on`]: an `async`
+/// loop that ends once every handle is gone.
+pub type ThreadBody = crate::runtime::threads::WorkerBody;
 
 impl<S: LogStore + Send + 'static> std::fmt::Debug for GroupCommit<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,29 +127,33 @@ impl<S: LogStore + Send + 'static> GroupCommit<S> {
         Self::start_on(store, |body| {
             std::thread::Builder::new()
                 .name("raftkit-storage".into())
-                .spawn(body)
-                .map(|_| ())
+                .spawn(move || crate::runtime::threads::block_on(body))
+                .map(|_| true)
                 .map_err(|e| StorageError::io("spawn storage thread", "", e))
         })
     }
 
-    /// Starts the storage loop on a thread that `spawn` starts (the runtime
+    /// Starts the storage loop on a worker that `spawn` starts (the runtime
     /// starts all its threads in one place), taking ownership of `store`.
+    /// `spawn` returns whether the worker is a thread of its own (`true`:
+    /// dropping the handle waits for the loop to drain) or a task of the
+    /// caller's executor (`false`: use [`GroupCommit::shutdown_async`]).
     pub fn start_on(
         store: S,
-        spawn: impl FnOnce(ThreadBody) -> Result<(), StorageError>,
+        spawn: impl FnOnce(ThreadBody) -> Result<bool, StorageError>,
     ) -> Result<Self, StorageError> {
-        let (tx, rx) = mpsc::channel();
-        let (stopped_tx, stopped) = mpsc::sync_channel(1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stopped_tx, stopped) = oneshot::channel();
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
-        spawn(Box::new(move || {
-            let store = run(store, rx, &c);
+        let blocking = spawn(Box::pin(async move {
+            let store = run(store, rx, &c).await;
             let _ = stopped_tx.send(store);
         }))?;
         Ok(GroupCommit {
             tx: Some(tx),
             stopped: Some(std::sync::Mutex::new(stopped)),
+            blocking,
             counters,
         })
     }
@@ -154,7 +166,7 @@ impl<S: LogStore + Send + 'static> GroupCommit<S> {
             }
             return;
         };
-        if let Err(mpsc::SendError(req)) = tx.send(req)
+        if let Err(mpsc::error::SendError(req)) = tx.send(req)
             && let Some(done) = req.done
         {
             done(Err(StorageError::Closed));
@@ -201,15 +213,17 @@ impl<S: LogStore + Send + 'static> GroupCommit<S> {
     }
 
     /// Stops the thread after it has completed every request already sent,
-    /// and returns the store.
-    pub fn shutdown(mut self) -> Result<S, StorageError> {
+    /// and returns the store. Blocks the calling thread until then.
+    pub fn shutdown(self) -> Result<S, StorageError> {
+        crate::runtime::threads::block_on(self.shutdown_async())
+    }
+
+    /// [`GroupCommit::shutdown`] without blocking the caller's thread: the
+    /// way to stop a loop that runs as a task of the caller's executor.
+    pub async fn shutdown_async(mut self) -> Result<S, StorageError> {
         self.tx = None;
-        match self
-            .stopped
-            .take()
-            .map(|s| s.into_inner().map(|r| r.recv()))
-        {
-            Some(Ok(Ok(store))) => Ok(store),
+        match self.stopped.take().map(std::sync::Mutex::into_inner) {
+            Some(Ok(rx)) => rx.await.map_err(|_| StorageError::Closed),
             _ => Err(StorageError::Closed),
         }
     }
@@ -218,19 +232,27 @@ impl<S: LogStore + Send + 'static> GroupCommit<S> {
 impl<S: LogStore + Send + 'static> Drop for GroupCommit<S> {
     fn drop(&mut self) {
         self.tx = None;
+        if !self.blocking {
+            // A task of the caller's executor: it drains on its own.
+            return;
+        }
         if let Some(Ok(stopped)) = self.stopped.take().map(std::sync::Mutex::into_inner) {
             // Waits for the thread to finish its queue (or to have died).
-            let _ = stopped.recv();
+            let _ = crate::runtime::threads::block_on(stopped);
         }
     }
 }
 
-fn run<S: LogStore>(mut store: S, rx: mpsc::Receiver<Request<S>>, counters: &Counters) -> S {
+async fn run<S: LogStore>(
+    mut store: S,
+    mut rx: mpsc::UnboundedReceiver<Request<S>>,
+    counters: &Counters,
+) -> S {
     let mut batch: Vec<(AppendCallback, Result<Index, StorageError>)> = Vec::new();
     // Set by the first failed sync: from then on nothing touches the store,
     // whatever the store itself would do.
     let mut failed: Option<String> = None;
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut entries = 0u64;
         let mut bytes = 0usize;

@@ -48,7 +48,15 @@ struct NetState {
     rng: StdRng,
     delivered: u64,
     dropped: u64,
+    duplicate_rate: f64,
+    observer: Option<Observer>,
 }
+
+/// Sees every message the network routes: the sender, the message, and
+/// whether the network would deliver it (or schedule it for delayed
+/// delivery), each copy of a duplicated message once. Returns whether to
+/// deliver it after all (`false` drops it).
+pub type Observer = Arc<dyn Fn(NodeId, &Message, bool) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for MemoryNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,6 +91,8 @@ impl MemoryNetwork {
                 rng: StdRng::seed_from_u64(seed),
                 delivered: 0,
                 dropped: 0,
+                duplicate_rate: 0.0,
+                observer: None,
             })),
         }
     }
@@ -138,6 +148,18 @@ impl MemoryNetwork {
         self.lock().delay_ms = ms;
     }
 
+    /// Delivers each delivered message a second time with probability `p`
+    /// (clamped to `0.0..=1.0`), each copy with its own delay.
+    pub fn set_duplicate_rate(&self, p: f64) {
+        self.lock().duplicate_rate = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
+    }
+
+    /// Calls `observer` for every message routed from now on (a testing
+    /// hook: the whole-runtime simulation records its trace with it).
+    pub fn observe(&self, observer: Observer) {
+        self.lock().observer = Some(observer);
+    }
+
     /// Removes every partition, cut and isolation. The drop rate and delay
     /// stay as set.
     pub fn heal(&self) {
@@ -155,7 +177,20 @@ impl MemoryNetwork {
     }
 
     fn route(&self, from: NodeId, msg: Message) {
+        let copy = {
+            let mut s = self.lock();
+            let p = s.duplicate_rate;
+            (p > 0.0 && s.rng.random::<f64>() < p).then(|| msg.clone())
+        };
+        self.route_one(from, msg);
+        if let Some(copy) = copy {
+            self.route_one(from, copy);
+        }
+    }
+
+    fn route_one(&self, from: NodeId, msg: Message) {
         let to = msg.to;
+        let observer = self.lock().observer.clone();
         let (inbox, delay) = {
             let mut s = self.lock();
             let blocked = s.blocked.contains(&(from, to))
@@ -170,6 +205,10 @@ impl MemoryNetwork {
             let Some(inbox) = inbox else {
                 s.dropped += 1;
                 tracing::trace!(from, to, kind = msg.body.kind(), "memory network: dropped");
+                drop(s);
+                if let Some(observe) = &observer {
+                    observe(from, &msg, false);
+                }
                 return;
             };
             s.delivered += 1;
@@ -181,6 +220,14 @@ impl MemoryNetwork {
             };
             (inbox, delay)
         };
+        if let Some(observe) = &observer
+            && !observe(from, &msg, true)
+        {
+            let mut s = self.lock();
+            s.delivered -= 1;
+            s.dropped += 1;
+            return;
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) if delay > 0 => {
                 handle.spawn(async move {

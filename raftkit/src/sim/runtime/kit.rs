@@ -1,0 +1,903 @@
+//! The public kit: [`Simulation`] runs real peers of the user's state
+//! machine for many seeds and judges each run.
+//!
+//! One seed: `nodes` peers (`Peer<Probe<S>>`, see `probe.rs`) bootstrap a
+//! cluster over the in-process transport, each on its own simulated disk;
+//! `clients` clients each make `ops` workload calls while a nemesis throws
+//! faults at the cluster; then the faults stop, every node is restarted or
+//! healed, and the cluster gets time to converge. The run fails if
+//! replicas diverged, a node cannot restart from its disk, a write was
+//! applied twice or an acknowledged one lost, or the history is not
+//! linearizable with `S` as the specification.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::client::SimClient;
+use super::disk::{DiskFaults, SimDisk};
+use super::exec::{Trace, fnv, runtime};
+use super::history::{self, History, Kind, Outcome, Verdict};
+use super::probe::{Applies, PROBE, Probe, ProbeCtx};
+use super::teeth::{Armed, Tooth};
+use crate::core::NodeId;
+use crate::error::Error;
+use crate::identity::{default_name, node_id};
+use crate::runtime::session::SessionId;
+use crate::runtime::threads::{Threads, Worker};
+use crate::runtime::{Peer, PeerBuilder};
+use crate::state_machine::StateMachine;
+use crate::transport::memory::MemoryNetwork;
+
+/// The tick of simulated peers (elections after 10–20 ticks).
+const TICK: Duration = Duration::from_millis(20);
+/// The longest a calm phase waits for the cluster to converge.
+const CONVERGE: Duration = Duration::from_secs(60);
+/// Messages at one virtual instant that make a livelock.
+const STORM: u64 = 20_000;
+/// Steps the linearizability search may take per seed.
+const CHECK_BUDGET: u64 = 200_000;
+
+type Workload<S> =
+    Arc<dyn Fn(StdRng, SimClient<S>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The whole-runtime simulation of a cluster of `S` (see the [module
+/// documentation](super)).
+pub struct Simulation<S: StateMachine> {
+    nodes: usize,
+    clients: usize,
+    ops: usize,
+    seeds: Range<u64>,
+    workload: Option<Workload<S>>,
+    teeth: Vec<Tooth>,
+    faults: Faults,
+    snapshot_every: u64,
+}
+
+/// Which faults the nemesis may inject (all by default).
+#[derive(Clone, Copy, Debug)]
+pub struct Faults {
+    /// Partitions (split, one-way, isolated node), loss, duplication,
+    /// reordering and long delays.
+    pub network: bool,
+    /// Process crashes (losing unsynced data, possibly torn) and restarts.
+    pub crashes: bool,
+    /// ENOSPC and EIO on the log, on snapshots only, or on both.
+    pub disk: bool,
+    /// Jumps of a node's wall clock (which stamps session expiry).
+    pub clock: bool,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            network: true,
+            crashes: true,
+            disk: true,
+            clock: true,
+        }
+    }
+}
+
+/// How a seed failed.
+#[derive(Debug, Clone)]
+pub struct SimFailure {
+    /// The seed.
+    pub seed: u64,
+    /// The property violated.
+    pub property: &'static str,
+    /// What was seen.
+    pub detail: String,
+    /// The trace hash up to the failure.
+    pub trace_hash: u64,
+}
+
+impl std::fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The test harness names each test's thread after the test; the
+        // test binary's name (less cargo's hash) is the target.
+        let test = std::thread::current()
+            .name()
+            .map(str::to_string)
+            .unwrap_or_else(|| "<test>".into());
+        let target = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .map(|s| match s.rsplit_once('-') {
+                Some((name, _hash)) => name.to_string(),
+                None => s,
+            })
+            .unwrap_or_else(|| "<target>".into());
+        write!(
+            f,
+            "seed {} violates {}: {}\nreplay: RAFTKIT_SIM_SEED={} RAFTKIT_SIM_TRACE=1 cargo test --test {target} {test} -- --exact --nocapture",
+            self.seed, self.property, self.detail, self.seed
+        )
+    }
+}
+
+/// What a passing seed did.
+#[derive(Debug, Clone, Default)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// The hash of the run's trace (equal for equal seeds).
+    pub trace_hash: u64,
+    /// Events in the trace.
+    pub events: u64,
+    /// Calls answered, and calls left unknown.
+    pub calls: (usize, usize),
+    /// Crashes and restarts.
+    pub crashes: u64,
+    /// Disk faults injected.
+    pub disk_faults: u64,
+    /// Whether the linearizability search ran out of budget.
+    pub undecided: bool,
+    /// Virtual time the run covered.
+    pub virtual_time: Duration,
+}
+
+/// What [`Simulation::check`] ran.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// One report per seed.
+    pub seeds: Vec<SeedReport>,
+}
+
+impl<S: StateMachine + Default> Default for Simulation<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: StateMachine + Default> Simulation<S> {
+    /// 3 nodes, 4 clients of 8 calls each, seeds `0..8`, every fault.
+    pub fn new() -> Self {
+        Simulation {
+            nodes: 3,
+            clients: 4,
+            ops: 8,
+            seeds: 0..8,
+            workload: None,
+            teeth: Vec::new(),
+            faults: Faults::default(),
+            snapshot_every: 16,
+        }
+    }
+
+    /// The cluster size (1 to 9).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n.clamp(1, 9);
+        self
+    }
+
+    /// How many clients call concurrently.
+    pub fn clients(mut self, n: usize) -> Self {
+        self.clients = n.max(1);
+        self
+    }
+
+    /// How many workload calls each client makes.
+    pub fn ops_per_client(mut self, n: usize) -> Self {
+        self.ops = n;
+        self
+    }
+
+    /// The seeds to run. `RAFTKIT_SIM_SEED=<n>` runs that seed alone;
+    /// `RAFTKIT_SIM_RUNTIME_SEEDS=<n>` runs `n` seeds from the start of the
+    /// range instead.
+    pub fn seeds(mut self, seeds: Range<u64>) -> Self {
+        self.seeds = seeds;
+        self
+    }
+
+    /// Which faults the nemesis injects.
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Take a snapshot every this many entries (default 16: small, so that
+    /// snapshots, compaction and snapshot transfer run often).
+    pub fn snapshot_every(mut self, entries: u64) -> Self {
+        self.snapshot_every = entries;
+        self
+    }
+
+    /// Arms a test-only runtime bug (see [`Tooth`]); also
+    /// `RAFTKIT_SIM_RUNTIME_BUG=<name>[,<name>]`.
+    pub fn tooth(mut self, tooth: Tooth) -> Self {
+        self.teeth.push(tooth);
+        self
+    }
+
+    /// What a client does for one call: `workload(rng, client)` gets a
+    /// seeded RNG and the client (wrap it in the generated client:
+    /// `BankClient::new(client)`).
+    pub fn workload<F, Fut>(mut self, workload: F) -> Self
+    where
+        F: Fn(StdRng, SimClient<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+    {
+        self.workload = Some(Arc::new(move |rng, client| {
+            let fut = workload(rng, client);
+            Box::pin(async move {
+                let _ = fut.await;
+            })
+        }));
+        self
+    }
+
+    fn seed_list(&self) -> Vec<u64> {
+        if let Some(seed) = env_u64("RAFTKIT_SIM_SEED") {
+            return vec![seed];
+        }
+        match env_u64("RAFTKIT_SIM_RUNTIME_SEEDS") {
+            Some(n) => (self.seeds.start..self.seeds.start.saturating_add(n)).collect(),
+            None => self.seeds.clone().collect(),
+        }
+    }
+
+    /// Runs every seed; panics at the first failing one with the seed, the
+    /// violated property and the command that replays it with a trace.
+    pub fn run(self) -> Summary {
+        match self.check() {
+            Ok(summary) => summary,
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+
+    /// Runs every seed; the first failure, if any.
+    pub fn check(self) -> Result<Summary, SimFailure> {
+        let mut summary = Summary::default();
+        let progress = std::env::var_os("RAFTKIT_SIM_PROGRESS").is_some();
+        for seed in self.seed_list() {
+            let started = std::time::Instant::now();
+            let report = self.run_seed(seed);
+            if progress {
+                eprintln!(
+                    "seed {seed}: {:?} in {:?}",
+                    report.as_ref().map(|r| r.trace_hash),
+                    started.elapsed()
+                );
+            }
+            summary.seeds.push(report?);
+        }
+        Ok(summary)
+    }
+
+    /// Runs one seed.
+    pub fn run_seed(&self, seed: u64) -> Result<SeedReport, SimFailure> {
+        let mut teeth = self.teeth.clone();
+        if let Ok(names) = std::env::var("RAFTKIT_SIM_RUNTIME_BUG") {
+            teeth.extend(names.split(',').filter_map(Tooth::from_name));
+        }
+        let _armed = Armed::new(&teeth);
+        let rt = runtime().map_err(|e| SimFailure {
+            seed,
+            property: "setup",
+            detail: format!("cannot build the runtime: {e}"),
+            trace_hash: 0,
+        })?;
+        let print = std::env::var_os("RAFTKIT_SIM_TRACE").is_some();
+        let config = Config {
+            nodes: self.nodes,
+            clients: self.clients,
+            ops: self.ops,
+            faults: self.faults,
+            snapshot_every: self.snapshot_every,
+            workload: self.workload.clone(),
+        };
+        rt.block_on(run_one::<S>(seed, config, print))
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+struct Config<S: StateMachine> {
+    nodes: usize,
+    clients: usize,
+    ops: usize,
+    faults: Faults,
+    snapshot_every: u64,
+    workload: Option<Workload<S>>,
+}
+
+struct Node<S: StateMachine> {
+    addr: String,
+    id: NodeId,
+    disk: SimDisk,
+    peer: Option<Peer<Probe<S>>>,
+    /// A restart is under way (restarts are started from several places).
+    starting: bool,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+/// The shared state of one run.
+pub(crate) struct World<S: StateMachine> {
+    seed: u64,
+    start: tokio::time::Instant,
+    trace: Arc<Mutex<Trace>>,
+    history: Mutex<History>,
+    applies: Arc<Mutex<Applies>>,
+    nodes: Mutex<Vec<Node<S>>>,
+    net: MemoryNetwork,
+    skews: Arc<Mutex<BTreeMap<NodeId, i64>>>,
+    session_rng: Arc<Mutex<StdRng>>,
+    snapshot_every: u64,
+    failure: Mutex<Option<(&'static str, String)>>,
+    crashes: Mutex<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<S: StateMachine + Default> World<S> {
+    fn now(&self) -> Duration {
+        tokio::time::Instant::now() - self.start
+    }
+
+    pub(crate) fn event(&self, what: impl std::fmt::Display) {
+        let at = self.now();
+        lock(&self.trace).event(at, what);
+    }
+
+    fn fail(&self, property: &'static str, detail: String) {
+        self.event(format_args!("FAIL {property}: {detail}"));
+        lock(&self.failure).get_or_insert((property, detail));
+    }
+
+    pub(crate) fn invoke(&self, client: usize, kind: Kind, bytes: Vec<u8>) -> usize {
+        let ms = self.now().as_millis() as u64;
+        self.event(format_args!(
+            "client {client} invokes {kind:?} {bytes:02x?}"
+        ));
+        lock(&self.history).invoke(client, kind, bytes, ms)
+    }
+
+    pub(crate) fn complete(&self, client: usize, call: usize, outcome: Outcome) {
+        let ms = self.now().as_millis() as u64;
+        self.event(format_args!("client {client} completes {outcome:02x?}"));
+        lock(&self.history).complete(call, outcome, ms);
+    }
+
+    /// The peer a client should call: the leader some up node names, else
+    /// the `cursor`-th up node.
+    pub(crate) fn target(&self, cursor: usize) -> Option<Peer<Probe<S>>> {
+        let nodes = lock(&self.nodes);
+        let up: Vec<&Peer<Probe<S>>> = nodes.iter().filter_map(|n| n.peer.as_ref()).collect();
+        if up.is_empty() {
+            return None;
+        }
+        // Leader routing, as the network client does: ask a member.
+        let asked = up[cursor % up.len()];
+        if let Some(leader) = asked.status().leader
+            && let Some(p) = up.iter().find(|p| p.id() == leader)
+            && cursor % 3 != 2
+        {
+            return Some((*p).clone());
+        }
+        Some(asked.clone())
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        lock(&self.nodes).iter().map(|n| n.addr.clone()).collect()
+    }
+
+    async fn start_node(self: &Arc<Self>, i: usize) -> Result<(), Error> {
+        let (addr, id, disk, tasks) = {
+            let nodes = lock(&self.nodes);
+            let n = &nodes[i];
+            (n.addr.clone(), n.id, n.disk.clone(), n.tasks.clone())
+        };
+        let ctx = ProbeCtx {
+            node: id,
+            applies: self.applies.clone(),
+        };
+        let spawned = tasks.clone();
+        let slow_seed = self.seed ^ id.rotate_left(17) ^ lock(&self.crashes).wrapping_mul(31);
+        let threads = Threads::Custom(Arc::new(move |name: &str, body| {
+            let body = Slow {
+                body,
+                delay: None,
+                rng: StdRng::seed_from_u64(slow_seed ^ fnv(name.as_bytes())),
+            };
+            let h = tokio::spawn(PROBE.scope(ctx.clone(), body));
+            lock(&spawned).push(h.abort_handle());
+            Ok(Worker::Task(h))
+        }));
+        let rng = self.session_rng.clone();
+        let session_ids = Arc::new(move || Ok(SessionId(lock(&rng).random())));
+        let (skews, start) = (self.skews.clone(), self.start);
+        let clock = move || {
+            let virtual_ms = (tokio::time::Instant::now() - start).as_millis() as i64;
+            let skew = lock(&skews).get(&id).copied().unwrap_or(0);
+            (1_800_000_000_000i64 + virtual_ms + skew).max(0) as u64
+        };
+        let net = self.net.clone();
+        let peer = PeerBuilder::<Probe<S>>::new()
+            .listen(addr.clone())
+            .data_dir(format!("/sim/{addr}"))
+            .file_system(Arc::new(disk))
+            .bootstrap_members(self.addrs())
+            .tick(TICK)
+            .snapshot_every(self.snapshot_every)
+            .wal_segment_bytes(4096)
+            .threads(threads)
+            .seed(self.seed ^ id)
+            .session_ids(session_ids)
+            .wall_clock(clock)
+            .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+            .start()
+            .await?;
+        lock(&self.nodes)[i].peer = Some(peer);
+        self.event(format_args!("node {i} started"));
+        Ok(())
+    }
+
+    /// Kills node `i`'s process: its tasks stop where they are and its
+    /// disk loses what was not synced.
+    fn crash(&self, i: usize, tear: bool) {
+        let (peer, tasks, disk) = {
+            let mut nodes = lock(&self.nodes);
+            let n = &mut nodes[i];
+            (
+                n.peer.take(),
+                std::mem::take(&mut *lock(&n.tasks)),
+                n.disk.clone(),
+            )
+        };
+        if let Some(p) = peer {
+            p.abort();
+        }
+        for t in tasks {
+            t.abort();
+        }
+        let torn = disk.crash(tear);
+        *lock(&self.crashes) += 1;
+        self.event(format_args!("node {i} crashed ({torn} files lost writes)"));
+    }
+
+    async fn restart(self: &Arc<Self>, i: usize) {
+        {
+            let mut nodes = lock(&self.nodes);
+            if nodes[i].peer.is_some() || nodes[i].starting {
+                return;
+            }
+            nodes[i].starting = true;
+        }
+        self.restart_now(i).await;
+        lock(&self.nodes)[i].starting = false;
+    }
+
+    async fn restart_now(self: &Arc<Self>, i: usize) {
+        // Let the aborted tasks unwind first.
+        tokio::task::yield_now().await;
+        loop {
+            let disk = lock(&self.nodes)[i].disk.clone();
+            let faulty = disk.has_faults();
+            match self.start_node(i).await {
+                Ok(()) => return,
+                // An injected fault may fail a start: an operator retries
+                // once the disk recovers (its faults last a while).
+                Err(e) if faulty => {
+                    self.event(format_args!("node {i} restart failed ({e}); retrying"));
+                    disk.crash(false);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    self.fail(
+                        "restart from the simulated disk",
+                        format!("node {i} cannot restart: {e}"),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    fn up(&self) -> Vec<usize> {
+        lock(&self.nodes)
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.peer.is_some())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn leader(&self) -> Option<usize> {
+        let nodes = lock(&self.nodes);
+        nodes.iter().position(|n| {
+            n.peer
+                .as_ref()
+                .is_some_and(|p| p.status().leader == Some(n.id))
+        })
+    }
+
+    /// Node `i` stopped serving (storage failed or halted).
+    fn is_stuck(&self, i: usize) -> bool {
+        lock(&self.nodes)[i].peer.as_ref().is_some_and(|p| {
+            let s = p.status();
+            s.fatal.is_some() || s.halted.is_some()
+        })
+    }
+}
+
+async fn run_one<S: StateMachine + Default>(
+    seed: u64,
+    config: Config<S>,
+    print: bool,
+) -> Result<SeedReport, SimFailure> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let net = MemoryNetwork::new(rng.random());
+    let trace = Arc::new(Mutex::new(Trace::new(print)));
+    let storm: Arc<Mutex<(Duration, u64, bool)>> = Arc::default();
+    let start = tokio::time::Instant::now();
+    {
+        let trace = trace.clone();
+        let storm = storm.clone();
+        net.observe(Arc::new(move |from, m, delivered| {
+            let at = tokio::time::Instant::now() - start;
+            let verdict = if delivered { "->" } else { "-x" };
+            // A livelock: messages without virtual time passing. Reported,
+            // and the network stops so that the run can end.
+            let mut st = lock(&storm);
+            if st.0 != at {
+                *st = (at, 0, st.2);
+            }
+            st.1 += 1;
+            if st.1 > STORM {
+                st.2 = true;
+            }
+            if st.2 {
+                return false;
+            }
+            drop(st);
+            lock(&trace).event(
+                at,
+                format_args!(
+                    "{from:#x} {verdict} {:#x} {} t{}",
+                    m.to,
+                    m.body.kind(),
+                    m.term
+                ),
+            );
+            true
+        }));
+    }
+    let nodes = (0..config.nodes)
+        .map(|i| {
+            let addr = format!("node-{i}");
+            Node {
+                id: node_id(&default_name(S::NAME, &addr)),
+                addr,
+                disk: SimDisk::new(rng.random()),
+                peer: None,
+                starting: false,
+                tasks: Arc::default(),
+            }
+        })
+        .collect();
+    let world = Arc::new(World::<S> {
+        seed,
+        start,
+        trace,
+        history: Mutex::default(),
+        applies: Arc::default(),
+        nodes: Mutex::new(nodes),
+        net,
+        skews: Arc::default(),
+        session_rng: Arc::new(Mutex::new(StdRng::seed_from_u64(rng.random()))),
+        snapshot_every: config.snapshot_every,
+        failure: Mutex::new(None),
+        crashes: Mutex::new(0),
+    });
+    let failure = |world: &World<S>, property: &'static str, detail: String| SimFailure {
+        seed,
+        property,
+        detail,
+        trace_hash: lock(&world.trace).digest().0,
+    };
+    for i in 0..config.nodes {
+        if let Err(e) = world.start_node(i).await {
+            return Err(failure(&world, "setup", format!("node {i}: {e}")));
+        }
+    }
+
+    // The clients.
+    let mut clients = Vec::new();
+    if let Some(workload) = &config.workload {
+        for c in 0..config.clients {
+            let (world, workload) = (world.clone(), workload.clone());
+            let client_seed: u64 = rng.random();
+            let ops = config.ops;
+            clients.push(tokio::spawn(async move {
+                let client = SimClient::new(world, c);
+                let mut rng = StdRng::seed_from_u64(client_seed);
+                for _ in 0..ops {
+                    // Think time: spreads the calls over the nemesis' faults.
+                    let pause = rng.random_range(0..400);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    let call_rng = StdRng::seed_from_u64(rng.random());
+                    workload(call_rng, client.clone()).await;
+                }
+            }));
+        }
+    }
+
+    // The nemesis, until every client is done.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let nemesis = {
+        let (world, done) = (world.clone(), done.clone());
+        let nemesis_seed: u64 = rng.random();
+        let faults = config.faults;
+        tokio::spawn(async move { nemesis(world, done, nemesis_seed, faults).await })
+    };
+    for c in clients {
+        let _ = c.await;
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = nemesis.await;
+
+    // Calm: heal everything and let the cluster converge.
+    world.event("calm");
+    world.net.heal();
+    world.net.set_drop_rate(0.0);
+    world.net.set_duplicate_rate(0.0);
+    world.net.set_delay(0..0);
+    for i in 0..config.nodes {
+        lock(&world.nodes)[i].disk.set_faults(DiskFaults::default());
+        if world.is_stuck(i) {
+            world.crash(i, false);
+        }
+        world.restart(i).await;
+    }
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let statuses: Vec<_> = {
+            let nodes = lock(&world.nodes);
+            nodes
+                .iter()
+                .filter_map(|n| n.peer.as_ref().map(|p| p.status()))
+                .collect()
+        };
+        let converged = statuses.iter().all(|s| {
+            s.applied == statuses[0].applied && s.commit == s.applied && s.leader.is_some()
+        });
+        if converged || tokio::time::Instant::now() > deadline {
+            break;
+        }
+    }
+
+    let report = |world: &World<S>, undecided| {
+        let (trace_hash, events) = lock(&world.trace).digest();
+        let history = lock(&world.history);
+        let answered = history
+            .calls()
+            .iter()
+            .filter(|c| matches!(c.outcome, Outcome::Ok(_)))
+            .count();
+        SeedReport {
+            seed,
+            trace_hash,
+            events,
+            calls: (answered, history.calls().len() - answered),
+            crashes: *lock(&world.crashes),
+            disk_faults: lock(&world.nodes)
+                .iter()
+                .map(|n| n.disk.faults_injected())
+                .sum(),
+            undecided,
+            virtual_time: world.now(),
+        }
+    };
+
+    // Stop the peers (their tasks would outlive the runtime otherwise).
+    for i in 0..config.nodes {
+        let peer = lock(&world.nodes)[i].peer.take();
+        if let Some(p) = peer {
+            p.abort();
+        }
+        for t in std::mem::take(&mut *lock(&lock(&world.nodes)[i].tasks)) {
+            t.abort();
+        }
+    }
+
+    // The verdicts.
+    if lock(&storm).2 {
+        return Err(failure(
+            &world,
+            "progress",
+            format!("a livelock: more than {STORM} messages without virtual time passing"),
+        ));
+    }
+    if let Some((property, detail)) = lock(&world.failure).clone() {
+        return Err(failure(&world, property, detail));
+    }
+    if let Some(d) = lock(&world.applies).divergence.clone() {
+        return Err(failure(&world, "diverging replicas", d));
+    }
+    let calls = lock(&world.history).calls().to_vec();
+    if let Err(e) = history::exactly_once(&calls, &lock(&world.applies)) {
+        return Err(failure(&world, "exactly-once", e));
+    }
+    let undecided = match history::linearizable::<S>(&calls, CHECK_BUDGET) {
+        Verdict::Linearizable => false,
+        Verdict::Undecided => true,
+        Verdict::Violation(e) => return Err(failure(&world, "linearizability", e)),
+    };
+    Ok(report(&world, undecided))
+}
+
+/// Throws faults at the cluster until `done`.
+async fn nemesis<S: StateMachine + Default>(
+    world: Arc<World<S>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    seed: u64,
+    faults: Faults,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = lock(&world.nodes).len();
+    let election = TICK * 20;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
+        if done.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        // Nodes whose storage failed are restarted (an operator would).
+        for i in 0..n {
+            if world.is_stuck(i) && rng.random_bool(0.5) {
+                world.crash(i, rng.random_bool(0.5));
+                world.restart(i).await;
+            }
+        }
+        let ids: Vec<NodeId> = lock(&world.nodes).iter().map(|n| n.id).collect();
+        match rng.random_range(0..13u32) {
+            0 if faults.network && n > 1 => {
+                let mut side: Vec<NodeId> = ids.clone();
+                let k = rng.random_range(1..n);
+                for j in (1..side.len()).rev() {
+                    side.swap(j, rng.random_range(0..=j));
+                }
+                let (a, b) = side.split_at(k);
+                world.net.partition(a, b);
+                world.event(format_args!("partition {a:x?} | {b:x?}"));
+            }
+            1 if faults.network && n > 1 => {
+                let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
+                if a != b {
+                    world.net.cut(ids[a], ids[b]);
+                    world.event(format_args!("one-way cut {a} -> {b}"));
+                }
+            }
+            2 if faults.network => {
+                if let Some(l) = world.leader() {
+                    world.net.isolate(ids[l]);
+                    world.event(format_args!("isolate leader {l}"));
+                }
+            }
+            3 | 4 => {
+                world.net.heal();
+                world.net.set_drop_rate(0.0);
+                world.net.set_duplicate_rate(0.0);
+                world.net.set_delay(0..0);
+                world.event("heal");
+            }
+            5 if faults.network => {
+                let (drop, dup) = (rng.random_range(0.0..0.2), rng.random_range(0.0..0.1));
+                let hi = if rng.random_bool(0.3) {
+                    election.as_millis() as u64 * 2
+                } else {
+                    30
+                };
+                world.net.set_drop_rate(drop);
+                world.net.set_duplicate_rate(dup);
+                world.net.set_delay(1..hi.max(2));
+                world.event(format_args!(
+                    "lossy net: drop {drop:.2} dup {dup:.2} delay <{hi}ms"
+                ));
+            }
+            6 | 7 if faults.crashes => {
+                let up = world.up();
+                if up.len() * 2 > n + 1 || (n == 1 && !up.is_empty()) {
+                    let i = up[rng.random_range(0..up.len())];
+                    world.crash(i, rng.random_bool(0.5));
+                    let world = world.clone();
+                    let after = Duration::from_millis(rng.random_range(50..2000));
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        world.restart(i).await;
+                    });
+                }
+            }
+            8 | 12 if faults.disk => {
+                let i = rng.random_range(0..n);
+                let only = match rng.random_range(0..3u32) {
+                    0 => Some("snapshots".to_string()),
+                    1 => Some("wal".to_string()),
+                    _ => None,
+                };
+                let f = DiskFaults {
+                    enospc: rng.random_range(0.0..0.05),
+                    write_eio: rng.random_range(0.0..0.05),
+                    sync_eio: rng.random_range(0.0..0.1),
+                    only: only.clone(),
+                };
+                world.event(format_args!("disk faults on node {i} ({only:?})"));
+                let disk = lock(&world.nodes)[i].disk.clone();
+                disk.set_faults(f);
+                let after = Duration::from_millis(rng.random_range(100..1500));
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    disk.set_faults(DiskFaults::default());
+                });
+            }
+            9 if faults.clock => {
+                if let Some(l) = world.leader() {
+                    let jump: i64 = rng.random_range(-600_000..600_000);
+                    *lock(&world.skews).entry(ids[l]).or_default() += jump;
+                    world.event(format_args!("leader {l} clock jumps {jump} ms"));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<S: StateMachine> std::fmt::Debug for Simulation<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulation")
+            .field("nodes", &self.nodes)
+            .field("clients", &self.clients)
+            .field("ops", &self.ops)
+            .field("seeds", &self.seeds)
+            .field("teeth", &self.teeth)
+            .field("faults", &self.faults)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker that is slow to run when woken, by a seeded virtual delay: a
+/// slow disk (the storage worker's fsyncs), a slow state machine (the apply
+/// worker), a descheduled thread. It lets, for example, followers
+/// acknowledge an entry before the leader's own write is durable.
+struct Slow {
+    body: crate::runtime::threads::WorkerBody,
+    delay: Option<Pin<Box<tokio::time::Sleep>>>,
+    rng: StdRng,
+}
+
+impl Future for Slow {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.delay.is_none() && this.rng.random_bool(0.3) {
+            // Mostly short; now and then longer than a heartbeat interval.
+            let ms = if this.rng.random_bool(0.3) {
+                this.rng.random_range(40..300)
+            } else {
+                this.rng.random_range(1..40)
+            };
+            this.delay = Some(Box::pin(tokio::time::sleep(Duration::from_millis(ms))));
+        }
+        if let Some(d) = &mut this.delay {
+            if d.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.delay = None;
+        }
+        this.body.as_mut().poll(cx)
+    }
+}

@@ -1,0 +1,162 @@
+//! The probe: a transparent wrapper around the user's state machine that
+//! tells the simulation what every replica applied.
+//!
+//! Peers of the simulation run `Probe<S>`: the runtime sees the user's
+//! commands, outputs, error policies and snapshots unchanged (a probe's
+//! snapshot is the user's snapshot plus one counter). Each apply is
+//! recorded with its *position* (the number of user writes the replica has
+//! applied, carried in snapshots so that a restored replica continues the
+//! count), the encoded command, the encoded output and a hash of the
+//! user's snapshot bytes after it.
+//!
+//! Invariant checked ([`Applies`]): replicas that applied the same position
+//! applied the same command, got the same output and reached the same state
+//! (a deterministic state machine on the same log). A difference is
+//! reported as diverging replicas: either the logs differ (a Raft safety
+//! bug) or the handler is not deterministic (a user bug).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::exec::fnv;
+use crate::core::NodeId;
+use crate::state_machine::{CodecError, ErrorPolicy, StateMachine, decode, encode};
+
+/// One apply at one position, as the first replica recorded it.
+#[derive(Clone, Debug)]
+pub(crate) struct Applied {
+    pub(crate) command: Vec<u8>,
+    output: Vec<u8>,
+    state: u64,
+    node: NodeId,
+    at: tokio::time::Instant,
+}
+
+/// What the replicas applied, position by position.
+#[derive(Default)]
+pub(crate) struct Applies {
+    pub(crate) by_position: BTreeMap<u64, Applied>,
+    /// The first divergence seen.
+    pub(crate) divergence: Option<String>,
+}
+
+impl Applies {
+    fn record(&mut self, node: NodeId, position: u64, new: Applied) {
+        let Some(old) = self.by_position.get(&position) else {
+            self.by_position.insert(position, new);
+            return;
+        };
+        if self.divergence.is_some() {
+            return;
+        }
+        let what = if old.command != new.command {
+            Some("different commands (the replicated logs differ)")
+        } else if old.output != new.output {
+            Some("the same command with different outputs (a non-deterministic handler?)")
+        } else if old.state != new.state {
+            Some("the same command into different states (a non-deterministic handler?)")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            self.divergence = Some(format!(
+                "replicas {:#x} and {node:#x} applied {what} at write position {position} (commands {:02x?} and {:02x?}, outputs {:02x?} and {:02x?}, {:?} apart)",
+                old.node,
+                old.command,
+                new.command,
+                old.output,
+                new.output,
+                new.at - old.at
+            ));
+        }
+    }
+}
+
+/// Where a replica's probe reports: set for the apply task of each node.
+#[derive(Clone)]
+pub(crate) struct ProbeCtx {
+    pub(crate) node: NodeId,
+    pub(crate) applies: Arc<Mutex<Applies>>,
+}
+
+tokio::task_local! {
+    pub(crate) static PROBE: ProbeCtx;
+}
+
+/// The user's state machine `S`, counting and reporting its applies.
+pub struct Probe<S> {
+    inner: S,
+    position: u64,
+}
+
+impl<S: Default> Default for Probe<S> {
+    fn default() -> Self {
+        Probe {
+            inner: S::default(),
+            position: 0,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ProbeSnapshot {
+    position: u64,
+    state: Vec<u8>,
+}
+
+impl<S: StateMachine> StateMachine for Probe<S> {
+    type Write = S::Write;
+    type WriteOutput = S::WriteOutput;
+    type Read = S::Read;
+    type ReadOutput = S::ReadOutput;
+    const NAME: &'static str = S::NAME;
+    const SCHEMA_FINGERPRINT: u64 = S::SCHEMA_FINGERPRINT;
+
+    fn apply(&mut self, command: Self::Write) -> Self::WriteOutput {
+        let encoded = encode("command", &command).unwrap_or_default();
+        let output = self.inner.apply(command);
+        self.position += 1;
+        let _ = PROBE.try_with(|ctx| {
+            let state = self.inner.snapshot().map(|b| fnv(&b)).unwrap_or(0);
+            let applied = Applied {
+                command: encoded,
+                output: encode("output", &output).unwrap_or_default(),
+                state,
+                node: ctx.node,
+                at: tokio::time::Instant::now(),
+            };
+            if let Ok(mut a) = ctx.applies.lock() {
+                a.record(ctx.node, self.position, applied);
+            }
+        });
+        output
+    }
+
+    fn query(&self, query: Self::Read) -> Self::ReadOutput {
+        self.inner.query(query)
+    }
+
+    fn error_policy(command: &Self::Write) -> ErrorPolicy {
+        S::error_policy(command)
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, CodecError> {
+        encode(
+            "probe snapshot",
+            &ProbeSnapshot {
+                position: self.position,
+                state: self.inner.snapshot()?,
+            },
+        )
+    }
+
+    fn restore(data: &[u8]) -> Result<Self, CodecError> {
+        let snap: ProbeSnapshot = decode("probe snapshot", data)?;
+        Ok(Probe {
+            inner: S::restore(&snap.state)?,
+            position: snap.position,
+        })
+    }
+}

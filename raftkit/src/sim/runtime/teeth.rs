@@ -1,0 +1,83 @@
+//! Test-only runtime bugs ("teeth"): switches that make the runtime commit a
+//! known defect, so that the simulation can show it catches each one.
+//!
+//! They exist only in builds with the `sim` feature: the runtime checks them
+//! under `#[cfg(feature = "sim")]`, so a production build contains neither
+//! the switches nor the branches. A switch is per thread: a simulation runs
+//! a whole cluster on one thread (its current-thread executor), so
+//! simulations running in parallel on other threads never see it.
+
+use std::cell::Cell;
+
+/// A runtime defect the simulation must catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tooth {
+    /// The node task acknowledges appends (releases the messages waiting
+    /// for durability) after its storage failed, as if the write had been
+    /// durable. Raft §5.2/§5.3 need an acknowledged entry to be on stable
+    /// storage.
+    AckAfterStorageFailure,
+    /// The node compacts its log behind a snapshot whose save failed: the
+    /// entries exist nowhere on disk any more.
+    CompactAfterFailedSave,
+    /// The apply task applies a write a session already answered (a retry)
+    /// again instead of answering it from the session table (thesis §6.3).
+    ReapplyRetriedWrite,
+    /// The apply task serves a read before its applied index reaches the
+    /// read index (thesis §6.4 step 4).
+    ReadBeforeApplied,
+}
+
+impl Tooth {
+    /// Every tooth.
+    pub const ALL: [Tooth; 4] = [
+        Tooth::AckAfterStorageFailure,
+        Tooth::CompactAfterFailedSave,
+        Tooth::ReapplyRetriedWrite,
+        Tooth::ReadBeforeApplied,
+    ];
+
+    /// The name `RAFTKIT_SIM_RUNTIME_BUG` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tooth::AckAfterStorageFailure => "ack_after_storage_failure",
+            Tooth::CompactAfterFailedSave => "compact_after_failed_save",
+            Tooth::ReapplyRetriedWrite => "reapply_retried_write",
+            Tooth::ReadBeforeApplied => "read_before_applied",
+        }
+    }
+
+    /// The tooth named `name`.
+    pub fn from_name(name: &str) -> Option<Tooth> {
+        Tooth::ALL.into_iter().find(|t| t.name() == name.trim())
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+thread_local! {
+    static ARMED: Cell<u8> = const { Cell::new(0) };
+}
+
+/// Whether `tooth` is armed on this thread.
+pub(crate) fn on(tooth: Tooth) -> bool {
+    ARMED.with(|a| a.get() & tooth.bit() != 0)
+}
+
+/// Arms `teeth` on this thread until the guard is dropped.
+pub(crate) struct Armed(u8);
+
+impl Armed {
+    pub(crate) fn new(teeth: &[Tooth]) -> Armed {
+        let bits = teeth.iter().fold(0, |b, t| b | t.bit());
+        Armed(ARMED.with(|a| a.replace(bits)))
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        ARMED.with(|a| a.set(self.0));
+    }
+}

@@ -1,0 +1,196 @@
+//! The whole-runtime simulation (`raftkit::sim::Simulation`) on a state
+//! machine that is not a key-value store: a bank whose transfers move money
+//! between accounts (not idempotent: a transfer applied twice shows).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use raftkit::prelude::*;
+use raftkit::sim::rand::Rng;
+use raftkit::sim::runtime::SimFailure;
+use raftkit::sim::{Simulation, Tooth};
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "bank")]
+pub struct Bank {
+    balances: BTreeMap<u8, i64>,
+}
+
+#[raftkit::state_machine]
+impl Bank {
+    /// Moves `amount` from `from` to `to`; the new balance of `to`.
+    #[write]
+    fn transfer(&mut self, from: u8, to: u8, amount: i64) -> i64 {
+        *self.balances.entry(from).or_default() -= amount;
+        let to = self.balances.entry(to).or_default();
+        *to += amount;
+        *to
+    }
+
+    #[read]
+    fn balance(&self, account: u8) -> i64 {
+        self.balances.get(&account).copied().unwrap_or(0)
+    }
+}
+
+fn bank() -> Simulation<Bank> {
+    Simulation::<Bank>::new()
+        .nodes(3)
+        .clients(4)
+        .ops_per_client(16)
+        .workload(|mut rng, client| async move {
+            let bank = BankClient::new(client);
+            let (from, to) = (rng.random_range(0..4u8), rng.random_range(0..4u8));
+            if rng.random_bool(0.6) {
+                let _ = bank.transfer(from, to, rng.random_range(1..100)).await;
+            } else {
+                let _ = bank.balance(from).await;
+            }
+        })
+}
+
+#[test]
+fn one_seed_one_trace() {
+    let sim = bank();
+    let a = sim.run_seed(3).expect("seed 3 passes");
+    let b = sim.run_seed(3).expect("seed 3 passes");
+    assert_eq!(a.trace_hash, b.trace_hash, "{a:?} vs {b:?}");
+    assert!(a.events > 100 && a.calls.0 > 0, "{a:?}");
+    let c = sim.run_seed(4).expect("seed 4 passes");
+    assert_ne!(a.trace_hash, c.trace_hash);
+    eprintln!("{a:?}\n{c:?}");
+}
+
+/// The CI budget of seeds (`RAFTKIT_SIM_RUNTIME_SEEDS` runs more).
+const SEEDS: u64 = 300;
+
+#[test]
+fn bank_seeds_pass() {
+    let summary = bank().seeds(0..SEEDS).run();
+    let crashes: u64 = summary.seeds.iter().map(|s| s.crashes).sum();
+    let faults: u64 = summary.seeds.iter().map(|s| s.disk_faults).sum();
+    let unknown: usize = summary.seeds.iter().map(|s| s.calls.1).sum();
+    eprintln!("crashes {crashes}, disk faults {faults}, unknown calls {unknown}");
+}
+
+/// The first failing seed of `sim` within the CI budget.
+fn first_failure<S: raftkit::StateMachine + Default>(sim: Simulation<S>) -> SimFailure {
+    match sim.seeds(0..SEEDS).check() {
+        Ok(summary) => panic!("none of {} seeds caught it", summary.seeds.len()),
+        Err(f) => {
+            eprintln!("caught: {f}");
+            f
+        }
+    }
+}
+
+#[test]
+fn tooth_ack_after_storage_failure_is_caught() {
+    let f = first_failure(bank().tooth(Tooth::AckAfterStorageFailure));
+    assert!(
+        [
+            "progress",
+            "diverging replicas",
+            "exactly-once",
+            "linearizability"
+        ]
+        .contains(&f.property),
+        "{f}"
+    );
+}
+
+#[test]
+fn tooth_compact_after_failed_save_is_caught() {
+    let f = first_failure(bank().tooth(Tooth::CompactAfterFailedSave));
+    assert_eq!(f.property, "restart from the simulated disk", "{f}");
+}
+
+#[test]
+fn tooth_reapply_retried_write_is_caught() {
+    let f = first_failure(bank().tooth(Tooth::ReapplyRetriedWrite));
+    assert_eq!(f.property, "exactly-once", "{f}");
+}
+
+#[test]
+fn tooth_read_before_applied_is_caught() {
+    let f = first_failure(bank().tooth(Tooth::ReadBeforeApplied));
+    assert_eq!(f.property, "linearizability", "{f}");
+}
+
+/// Issues ticket numbers from a process-global counter instead of its own
+/// state: every replica hands out a different number for the same entry.
+static NEXT_TICKET: AtomicU64 = AtomicU64::new(0);
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "tickets")]
+pub struct Tickets {
+    issued: Vec<u64>,
+}
+
+#[raftkit::state_machine]
+impl Tickets {
+    #[write]
+    fn issue(&mut self) -> u64 {
+        let t = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
+        self.issued.push(t);
+        t
+    }
+
+    #[read]
+    fn count(&self) -> usize {
+        self.issued.len()
+    }
+}
+
+#[test]
+fn a_non_deterministic_handler_is_reported_as_diverging_replicas() {
+    let sim = Simulation::<Tickets>::new().workload(|_rng, client| async move {
+        let _ = TicketsClient::new(client).issue().await;
+    });
+    let f = first_failure(sim);
+    assert_eq!(f.property, "diverging replicas", "{f}");
+    assert_eq!(f.seed, 0, "caught at once: {f}");
+}
+
+/// A bank whose balance query answers from a per-replica cache filled on
+/// first read and never invalidated: deterministic per replica, and wrong.
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "cached-bank")]
+pub struct CachedBank {
+    balances: BTreeMap<u8, i64>,
+    #[serde(skip)]
+    cache: Mutex<BTreeMap<u8, i64>>,
+}
+
+#[raftkit::state_machine]
+impl CachedBank {
+    #[write]
+    fn deposit(&mut self, account: u8, amount: i64) -> i64 {
+        let b = self.balances.entry(account).or_default();
+        *b += amount;
+        *b
+    }
+
+    #[read]
+    fn balance(&self, account: u8) -> i64 {
+        let real = self.balances.get(&account).copied().unwrap_or(0);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        *cache.entry(account).or_insert(real)
+    }
+}
+
+#[test]
+fn a_state_machine_serving_stale_cached_reads_is_caught() {
+    let sim = Simulation::<CachedBank>::new().workload(|mut rng, client| async move {
+        let bank = CachedBankClient::new(client);
+        let account = rng.random_range(0..2u8);
+        if rng.random_bool(0.5) {
+            let _ = bank.deposit(account, rng.random_range(1..10)).await;
+        } else {
+            let _ = bank.balance(account).await;
+        }
+    });
+    let f = first_failure(sim);
+    assert_eq!(f.property, "linearizability", "{f}");
+}
