@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::exec::fnv;
 use super::probe::Applies;
+use crate::context::Ctx;
 use crate::state_machine::{StateMachine, apply_encoded, query_encoded};
 
 /// Read or write.
@@ -213,11 +214,19 @@ impl<S: StateMachine> Search<'_, S> {
             };
             let (out, next) = match op.kind {
                 Kind::Write => {
-                    let out = apply_encoded(&mut sm, &op.bytes).ok();
+                    // The model runs handlers with a context of its own
+                    // (index 0, term 0, time 0): the entry's real index and
+                    // replicated time are not part of the history, so a
+                    // workload whose results depend on `Ctx` (time-to-live
+                    // expiry, `ctx.rng()`) cannot be judged by this model.
+                    let out = apply_encoded(&mut sm, &mut Ctx::new(0, 0, 0), &op.bytes).ok();
                     let Ok(next) = sm.snapshot() else { continue };
                     (out, next)
                 }
-                Kind::Read => (query_encoded(&sm, &op.bytes).ok(), state.clone()),
+                Kind::Read => (
+                    query_encoded(&sm, &Ctx::new(0, 0, 0), &op.bytes).ok(),
+                    state.clone(),
+                ),
             };
             let counts = match &op.outcome {
                 Outcome::Ok(expected) => {

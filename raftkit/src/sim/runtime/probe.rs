@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::exec::fnv;
+use crate::context::Ctx;
 use crate::core::NodeId;
 use crate::state_machine::{CodecError, ErrorPolicy, StateMachine, decode, encode};
 
@@ -114,9 +115,13 @@ impl<S: StateMachine> StateMachine for Probe<S> {
     const NAME: &'static str = S::NAME;
     const SCHEMA_FINGERPRINT: u64 = S::SCHEMA_FINGERPRINT;
 
-    fn apply(&mut self, command: Self::Write) -> Self::WriteOutput {
+    fn schema() -> crate::schema::Schema {
+        S::schema()
+    }
+
+    fn apply(&mut self, ctx: &mut Ctx, command: Self::Write) -> Self::WriteOutput {
         let encoded = encode("command", &command).unwrap_or_default();
-        let output = self.inner.apply(command);
+        let output = self.inner.apply(ctx, command);
         self.position += 1;
         let _ = PROBE.try_with(|ctx| {
             let state = self.inner.snapshot().map(|b| fnv(&b)).unwrap_or(0);
@@ -134,12 +139,20 @@ impl<S: StateMachine> StateMachine for Probe<S> {
         output
     }
 
-    fn query(&self, query: Self::Read) -> Self::ReadOutput {
-        self.inner.query(query)
+    fn query(&self, ctx: &Ctx, query: Self::Read) -> Self::ReadOutput {
+        self.inner.query(ctx, query)
     }
 
     fn error_policy(command: &Self::Write) -> ErrorPolicy {
         S::error_policy(command)
+    }
+
+    fn handler_name(command: &Self::Write) -> &'static str {
+        S::handler_name(command)
+    }
+
+    fn query_name(query: &Self::Read) -> &'static str {
+        S::query_name(query)
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, CodecError> {
