@@ -21,6 +21,7 @@
 // used inside this crate too, as the simulation's key-value store does.
 extern crate self as raftkit;
 
+mod byte_field;
 pub mod client;
 pub mod core;
 pub mod error;

@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -584,9 +585,9 @@ impl Raft {
     /// Proposes a command. On the leader, returns the index and term the
     /// entry was appended at: the command is committed if and when the entry
     /// at that index has that term.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<(Index, Term), ProposeError> {
+    pub fn propose(&mut self, data: impl Into<Bytes>) -> Result<(Index, Term), ProposeError> {
         self.check_can_propose()?;
-        let index = self.append_entry(Payload::Command(data));
+        let index = self.append_entry(Payload::Command(data.into()));
         self.broadcast_append();
         Ok((index, self.term))
     }

@@ -163,6 +163,7 @@ pub enum Op {
     /// A write outside any session (in-process [`Peer::write`](super::Peer::write)).
     Write {
         /// The encoded `Write` command.
+        #[serde(with = "crate::byte_field")]
         command: Vec<u8>,
     },
     /// A write of a session.
@@ -172,6 +173,7 @@ pub enum Op {
         /// Who sent it.
         owner: Owner,
         /// The encoded `Write` command.
+        #[serde(with = "crate::byte_field")]
         command: Vec<u8>,
     },
     /// Opens a session (thesis §6.3 `RegisterClient`).
