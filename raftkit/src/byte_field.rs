@@ -102,7 +102,10 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&t).expect("encodes");
         for cut in 0..bytes.len() {
-            assert!(postcard::from_bytes::<Tagged>(&bytes[..cut]).is_err(), "cut {cut}");
+            assert!(
+                postcard::from_bytes::<Tagged>(&bytes[..cut]).is_err(),
+                "cut {cut}"
+            );
         }
     }
 }

@@ -47,6 +47,9 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
+/// The shared byte buffer of [`Payload::Command`] (re-exported from the
+/// `bytes` crate).
+pub use bytes::Bytes;
 pub use config::{Config, ConfigError};
 pub use inbound::{DropCounts, DropReason};
 pub use message::{Body, Message};
@@ -54,9 +57,6 @@ pub use raft::{NotLeader, ProposeError, Raft, Restored, Role, Status};
 pub use ready::{InstalledSnapshot, PersistMarker, ReadState, Ready};
 pub use snapshot::CompactError;
 pub use transfer::TransferError;
-/// The shared byte buffer of [`Payload::Command`] (re-exported from the
-/// `bytes` crate).
-pub use bytes::Bytes;
 pub use types::{
     Configuration, Entry, HardState, Index, NO_NODE, NodeId, Payload, SnapshotMeta, Term,
 };

@@ -507,7 +507,12 @@ pub fn large_and_many_entries<S: LogStore>(mut s: S) {
             payload: Payload::Command(vec![(i % 251) as u8; (i % 97) as usize].into()),
         });
     }
-    es[1233].payload = Payload::Command((0..200_000u32).map(|x| (x % 256) as u8).collect::<Vec<u8>>().into());
+    es[1233].payload = Payload::Command(
+        (0..200_000u32)
+            .map(|x| (x % 256) as u8)
+            .collect::<Vec<u8>>()
+            .into(),
+    );
     for chunk in es.chunks(137) {
         ok("append", s.append(chunk));
         if chunk[0].index % 3 == 0 {
