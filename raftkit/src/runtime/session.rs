@@ -200,7 +200,7 @@ pub enum Op {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredReply {
     /// The encoded output.
-    Ok(Vec<u8>),
+    Ok(#[serde(with = "crate::byte_field")] Vec<u8>),
     /// The handler failed (panicked under `skip`).
     Handler(String),
     /// The command was refused at apply time. Not written any more: a
@@ -435,6 +435,7 @@ pub struct AppSnapshot {
     /// The session table.
     pub sessions: Sessions,
     /// The state machine's own snapshot bytes.
+    #[serde(with = "crate::byte_field")]
     pub state: Vec<u8>,
     /// The index the snapshot was taken at.
     pub index: Index,
