@@ -463,8 +463,13 @@ impl NodeTask {
     /// it.
     fn propose_envelope(&mut self, st: &mut State, op: Op) -> Result<(Index, u64), ProposeError> {
         let stamp_ms = self.stamp(st);
+        // Sized once: the command plus the envelope's few varints.
+        let capacity = match &op {
+            Op::Write { command } | Op::SessionWrite { command, .. } => command.len(),
+            _ => 0,
+        } + 64;
         let envelope = Envelope { stamp_ms, op };
-        match postcard::to_allocvec(&envelope) {
+        match postcard::to_extend(&envelope, Vec::with_capacity(capacity)) {
             Ok(bytes) => self.raft.propose(bytes),
             Err(e) => Err(ProposeError::InvalidConfiguration(format!("envelope: {e}"))),
         }
