@@ -86,7 +86,7 @@ fn step_append_64() -> Duration {
         .map(|index| Entry {
             term: 2,
             index,
-            payload: Payload::Command(vec![1u8; 16]),
+            payload: Payload::Command(vec![1u8; 16].into()),
         })
         .collect();
     let msg = |prev_index: u64, entries: Vec<Entry>| Message {

@@ -67,7 +67,7 @@ fn run(appenders: usize, size: usize, secs: f64) -> Row {
                     let entry = Entry {
                         term: 1,
                         index: *next,
-                        payload: Payload::Command(vec![0xAB; size]),
+                        payload: Payload::Command(vec![0xAB; size].into()),
                     };
                     *next += 1;
                     let tx = tx.clone();
@@ -125,7 +125,7 @@ fn run_closures(appenders: usize, size: usize, secs: f64) -> Row {
         let entry = Entry {
             term: 1,
             index: *next,
-            payload: Payload::Command(vec![0xAB; ctx.size]),
+            payload: Payload::Command(vec![0xAB; ctx.size].into()),
         };
         *next += 1;
         let c = ctx.clone();

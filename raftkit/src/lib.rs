@@ -22,6 +22,7 @@
 // used inside this crate too, as the simulation's key-value store does.
 extern crate self as raftkit;
 
+mod byte_field;
 pub mod client;
 pub mod context;
 pub mod core;

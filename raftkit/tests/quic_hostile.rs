@@ -235,7 +235,7 @@ async fn a_hostile_peer_with_a_node_certificate_neither_crashes_nor_stalls_the_c
     let e = |index: u64, term: u64| Entry {
         term,
         index,
-        payload: Payload::Command(b"forged".to_vec()),
+        payload: Payload::Command(b"forged".to_vec().into()),
     };
     as_leader
         .send(

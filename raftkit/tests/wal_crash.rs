@@ -111,7 +111,7 @@ fn step<S: LogStore>(s: &mut S, rng: &mut StdRng) -> Result<(), StorageError> {
         entries.push(Entry {
             term: hs.term,
             index: next + k,
-            payload: Payload::Command(data),
+            payload: Payload::Command(data.into()),
         });
     }
     s.append(&entries)?;

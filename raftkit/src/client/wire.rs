@@ -73,11 +73,13 @@ pub enum ClientRequest {
         /// The session and sequence number.
         session: SessionRef,
         /// The encoded command.
+        #[serde(with = "crate::byte_field")]
         command: Vec<u8>,
     },
     /// An encoded `Read` query, served linearizably by the leader.
     Read {
         /// The encoded query.
+        #[serde(with = "crate::byte_field")]
         query: Vec<u8>,
     },
     /// The answering peer's own status.
@@ -209,7 +211,7 @@ pub struct StatusReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
     /// Success, with the encoded output (empty when there is none).
-    Ok(Vec<u8>),
+    Ok(#[serde(with = "crate::byte_field")] Vec<u8>),
     /// A status report.
     Status(StatusReport),
     /// Failure.

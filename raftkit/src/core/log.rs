@@ -178,7 +178,7 @@ impl RaftLog {
             return None;
         }
         let hi = hi.min(self.last_index() + 1);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(hi.saturating_sub(lo).min(1024) as usize);
         let mut size = 0;
         for index in lo..hi {
             let Some(e) = self.entry(index) else { break };

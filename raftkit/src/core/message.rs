@@ -92,6 +92,7 @@ pub enum Body {
         /// Byte offset of this chunk within the snapshot data.
         offset: u64,
         /// The chunk's bytes.
+        #[serde(with = "crate::byte_field")]
         data: Vec<u8>,
         /// Whether this is the last chunk.
         done: bool,

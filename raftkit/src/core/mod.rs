@@ -47,6 +47,9 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
+/// The shared byte buffer of [`Payload::Command`] (re-exported from the
+/// `bytes` crate).
+pub use bytes::Bytes;
 pub use config::{Config, ConfigError};
 pub use inbound::{DropCounts, DropReason};
 pub use message::{Body, Message};

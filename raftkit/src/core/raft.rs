@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -198,6 +199,11 @@ pub struct Raft {
     /// The runtime cannot take more committed entries now (see
     /// [`Raft::set_apply_paused`]).
     apply_paused: bool,
+    /// Commands were proposed since the last [`Raft::ready`]: the leader
+    /// sends them to its followers there, in one AppendEntries per
+    /// follower for all of them (within the batch and window limits), not
+    /// one per proposal.
+    broadcast_due: bool,
 }
 
 impl Raft {
@@ -245,6 +251,7 @@ impl Raft {
             cfg,
             halted: false,
             apply_paused: false,
+            broadcast_due: false,
         };
         raft.reset_randomized_timeout();
         Ok(raft)
@@ -583,11 +590,13 @@ impl Raft {
 
     /// Proposes a command. On the leader, returns the index and term the
     /// entry was appended at: the command is committed if and when the entry
-    /// at that index has that term.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<(Index, Term), ProposeError> {
+    /// at that index has that term. The entry goes to the followers with the
+    /// next [`Raft::ready`], together with every command proposed before it
+    /// (batching, Raft thesis §10.2.1).
+    pub fn propose(&mut self, data: impl Into<Bytes>) -> Result<(Index, Term), ProposeError> {
         self.check_can_propose()?;
-        let index = self.append_entry(Payload::Command(data));
-        self.broadcast_append();
+        let index = self.append_entry(Payload::Command(data.into()));
+        self.broadcast_due = true;
         Ok((index, self.term))
     }
 
@@ -666,7 +675,8 @@ impl Raft {
 
     /// Whether [`Raft::ready`] has anything to hand out.
     pub fn has_ready(&self) -> bool {
-        !self.msgs.is_empty()
+        self.broadcast_due
+            || !self.msgs.is_empty()
             || !self.msgs_after_persist.is_empty()
             || self.log.has_unstable()
             || (self.log.has_committed() && !self.apply_paused)
@@ -678,6 +688,9 @@ impl Raft {
     /// Takes every pending output. See [`Ready`] for what the runtime must
     /// do with it.
     pub fn ready(&mut self) -> Ready {
+        if std::mem::take(&mut self.broadcast_due) && self.role == Role::Leader {
+            self.broadcast_append();
+        }
         let snapshot = self.snapshots.take_received();
         let entries = self.log.take_unstable();
         let hs = self.hard_state();

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// The identity of a node in a cluster. Zero is reserved for "nobody".
@@ -48,8 +49,10 @@ pub enum Payload {
     /// The empty entry a new leader appends to commit entries of earlier
     /// terms (Raft §5.4.2, §8).
     Noop,
-    /// An opaque command for the state machine.
-    Command(Vec<u8>),
+    /// An opaque command for the state machine. Shared, not copied, when
+    /// the entry is cloned (for storage, each follower, the apply task);
+    /// encoded exactly like a `Vec<u8>` (postcard: length, then the bytes).
+    Command(Bytes),
     /// A cluster configuration; it takes effect as soon as it is appended
     /// (Raft thesis §4.1).
     Config(Configuration),

@@ -206,7 +206,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     entries: vec![Entry {
                         term: 3,
                         index: 5,
-                        payload: Payload::Command(b"put k v".to_vec()),
+                        payload: Payload::Command(b"put k v".to_vec().into()),
                     }],
                     commit: 4,
                 }),

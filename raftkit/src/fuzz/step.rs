@@ -310,7 +310,7 @@ impl Cluster {
                         }
                         Payload::Config(conf)
                     }
-                    _ => Payload::Command(vec![input.u8(); usize::from(input.pick(16))]),
+                    _ => Payload::Command(vec![input.u8(); usize::from(input.pick(16))].into()),
                 };
                 out.push(Entry {
                     term: entry_term,

@@ -27,7 +27,16 @@
 //!   apply thread: past that the core keeps them (it holds them anyway)
 //!   until the state machine catches up;
 //! - every proposal and read gets an answer: a result, `NotLeader` with the
-//!   leader's address when known, or the error that stopped the node.
+//!   leader's address when known, or the error that stopped the node;
+//! - the status watch's scalar fields (indexes, counters, role, term,
+//!   leader, errors) are current after every batch of inputs, as before
+//!   entries are handed to the apply thread: a caller answered for entry
+//!   `i` sees `last_index >= i`. The fields that take clones to build
+//!   (members, latency histograms, drop counts, addresses) are at most
+//!   [`STATUS_INTERVAL`] late: they are rebuilt only if the last rebuild is
+//!   that old or the role, term or leader changed; otherwise a timer
+//!   rebuilds them when the interval is over (under load the loop turns far
+//!   more often than anyone reads the status).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -213,7 +222,15 @@ struct State {
     leader_contact: Option<std::time::Instant>,
     drop_log: DropLog,
     stamps: Option<StampClock>,
+    /// When the status watch was last rebuilt.
+    published_at: Option<Instant>,
+    /// A rebuild skipped by [`STATUS_INTERVAL`] is due at this time.
+    status_due: Option<Instant>,
 }
+
+/// The longest the status watch lags behind the node (see the module
+/// invariants).
+pub(super) const STATUS_INTERVAL: Duration = Duration::from_millis(1);
 
 impl NodeTask {
     fn leader_hint(&self) -> Option<String> {
@@ -274,14 +291,17 @@ impl NodeTask {
             leader_contact: None,
             drop_log: DropLog::default(),
             stamps: None,
+            published_at: None,
+            status_due: None,
         };
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut apply_alive = true;
         self.drain_ready(&mut st);
-        self.publish(&st);
+        self.publish(&mut st);
         loop {
             let retry_at = st.snap.retry_at;
+            let status_due = st.status_due;
             // `biased`: branches are polled in this order, not in tokio's
             // random one, so that a run is a function of its inputs (the
             // whole-runtime simulation replays a seed exactly). No branch
@@ -307,6 +327,8 @@ impl NodeTask {
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
                     st.snap.retry_at = None;
                 }
+                // The rebuild the interval deferred: done below.
+                _ = sleep_until_opt(status_due), if status_due.is_some() => {}
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { break };
                     if let Command::Shutdown { reply } = cmd {
@@ -351,7 +373,7 @@ impl NodeTask {
                 }
             }
             self.drain_ready(&mut st);
-            self.publish(&st);
+            self.publish(&mut st);
         }
         let _ = self.stop(&mut st).await;
     }
@@ -466,8 +488,13 @@ impl NodeTask {
     /// it.
     fn propose_envelope(&mut self, st: &mut State, op: Op) -> Result<(Index, u64), ProposeError> {
         let stamp_ms = self.stamp(st);
+        // Sized once: the command plus the envelope's few varints.
+        let capacity = match &op {
+            Op::Write { command } | Op::SessionWrite { command, .. } => command.len(),
+            _ => 0,
+        } + 64;
         let envelope = Envelope { stamp_ms, op };
-        match postcard::to_allocvec(&envelope) {
+        match postcard::to_extend(&envelope, Vec::with_capacity(capacity)) {
             Ok(bytes) => self.raft.propose(bytes),
             Err(e) => Err(ProposeError::InvalidConfiguration(format!("envelope: {e}"))),
         }
@@ -819,7 +846,25 @@ impl NodeTask {
         let _ = self.apply_tx.send(ApplyMsg::Fail(err));
     }
 
-    fn publish(&self, st: &State) {
+    /// Rebuilds the status watch, or defers it (see [`STATUS_INTERVAL`]).
+    fn publish(&self, st: &mut State) {
+        let now = Instant::now();
+        let urgent = {
+            let old = self.status.borrow();
+            (old.role, old.term, old.leader)
+                != (self.raft.role(), self.raft.term(), self.raft.leader())
+                || old.fatal.is_some() != st.fatal.is_some()
+        };
+        if let Some(at) = st.published_at
+            && !urgent
+            && now < at + STATUS_INTERVAL
+        {
+            st.status_due.get_or_insert(at + STATUS_INTERVAL);
+            self.refresh_scalars(st);
+            return;
+        }
+        st.published_at = Some(now);
+        st.status_due = None;
         let status = self.raft.status();
         let apply = self.apply_status.borrow().clone();
         let conf = &status.config;
@@ -872,6 +917,63 @@ impl NodeTask {
             } else {
                 false
             }
+        });
+    }
+}
+
+impl NodeTask {
+    /// Updates the status's scalar fields in place (no clone unless an
+    /// error text changed); watchers are woken only if one changed.
+    fn refresh_scalars(&self, st: &State) {
+        let apply = self.apply_status.borrow();
+        let log = self.raft.log();
+        let now = (
+            (log.committed(), apply.applied, log.last_index()),
+            (st.proposals, st.leader_changes, st.leader_contact),
+            (
+                apply.sessions,
+                apply.session_replies,
+                apply.session_counters.evicted,
+                apply.session_counters.expired,
+            ),
+            (st.snap.index, st.snap.failures, self.admission.refused()),
+            apply.longest_pause,
+        );
+        self.status.send_if_modified(|s| {
+            let was = (
+                (s.commit, s.applied, s.last_index),
+                (s.proposals, s.leader_changes, s.leader_contact),
+                (
+                    s.sessions,
+                    s.session_replies,
+                    s.session_evictions,
+                    s.session_expiries,
+                ),
+                (s.snapshot_index, s.snapshot_failures, s.overloaded),
+                s.longest_apply_pause,
+            );
+            let mut changed = was != now;
+            let (indexes, counters, sessions, snapshots, pause) = now;
+            (s.commit, s.applied, s.last_index) = indexes;
+            (s.proposals, s.leader_changes, s.leader_contact) = counters;
+            (
+                s.sessions,
+                s.session_replies,
+                s.session_evictions,
+                s.session_expiries,
+            ) = sessions;
+            (s.snapshot_index, s.snapshot_failures, s.overloaded) = snapshots;
+            s.longest_apply_pause = pause;
+            for (field, value) in [
+                (&mut s.halted, &apply.halted),
+                (&mut s.snapshot_error, &st.snap.last_error),
+            ] {
+                if field != value {
+                    field.clone_from(value);
+                    changed = true;
+                }
+            }
+            changed
         });
     }
 }

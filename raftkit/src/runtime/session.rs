@@ -168,6 +168,7 @@ pub enum Op {
     /// A write outside any session (in-process [`Peer::write`](super::Peer::write)).
     Write {
         /// The encoded `Write` command.
+        #[serde(with = "crate::byte_field")]
         command: Vec<u8>,
     },
     /// A write of a session.
@@ -177,6 +178,7 @@ pub enum Op {
         /// Who sent it.
         owner: Owner,
         /// The encoded `Write` command.
+        #[serde(with = "crate::byte_field")]
         command: Vec<u8>,
     },
     /// Opens a session (thesis §6.3 `RegisterClient`).
@@ -203,7 +205,7 @@ pub enum Op {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredReply {
     /// The encoded output.
-    Ok(Vec<u8>),
+    Ok(#[serde(with = "crate::byte_field")] Vec<u8>),
     /// The handler failed (panicked under `skip`).
     Handler(String),
     /// The command was refused at apply time. Not written any more: a
@@ -438,6 +440,7 @@ pub struct AppSnapshot {
     /// The session table.
     pub sessions: Sessions,
     /// The state machine's own snapshot bytes.
+    #[serde(with = "crate::byte_field")]
     pub state: Vec<u8>,
     /// The index the snapshot was taken at.
     pub index: Index,

@@ -145,7 +145,7 @@ macro_rules! log_store_conformance {
 fn entry(index: Index, term: Term) -> Entry {
     let payload = match index % 3 {
         0 => Payload::Noop,
-        1 => Payload::Command(format!("cmd {index} @ {term}").into_bytes()),
+        1 => Payload::Command(format!("cmd {index} @ {term}").into_bytes().into()),
         _ => Payload::Config(Configuration::new([1, 2, index])),
     };
     Entry {
@@ -504,10 +504,15 @@ pub fn large_and_many_entries<S: LogStore>(mut s: S) {
         es.push(Entry {
             term: 1 + i / 500,
             index: i,
-            payload: Payload::Command(vec![(i % 251) as u8; (i % 97) as usize]),
+            payload: Payload::Command(vec![(i % 251) as u8; (i % 97) as usize].into()),
         });
     }
-    es[1233].payload = Payload::Command((0..200_000u32).map(|x| (x % 256) as u8).collect());
+    es[1233].payload = Payload::Command(
+        (0..200_000u32)
+            .map(|x| (x % 256) as u8)
+            .collect::<Vec<u8>>()
+            .into(),
+    );
     for chunk in es.chunks(137) {
         ok("append", s.append(chunk));
         if chunk[0].index % 3 == 0 {

@@ -93,7 +93,7 @@ fn cmd(index: Index, term: Term, len: usize) -> Entry {
     Entry {
         term,
         index,
-        payload: Payload::Command(vec![index as u8; len]),
+        payload: Payload::Command(vec![index as u8; len].into()),
     }
 }
 

@@ -40,7 +40,7 @@ pub fn command(index: Index, term: Term, data: &[u8]) -> Entry {
     Entry {
         term,
         index,
-        payload: Payload::Command(data.to_vec()),
+        payload: Payload::Command(data.to_vec().into()),
     }
 }
 

@@ -250,7 +250,7 @@ mod tests {
         let e = Entry {
             term: 3,
             index: 7,
-            payload: Payload::Command(vec![1, 2, 3]),
+            payload: Payload::Command(vec![1, 2, 3].into()),
         };
         let mut f = FrameBuf::new();
         let p1 = f.push(&RecordRef::Entry(&e));
