@@ -91,7 +91,7 @@ struct Counters {
 /// bytes, and a follower's backlog is bounded by the leader's window of
 /// unacknowledged appends). The storage loop is an `async` loop over a
 /// tokio channel that needs no tokio runtime: on its own thread it is driven
-/// by a minimal executor ([`crate::runtime::threads::block_on`]); under the
+/// by a minimal executor (`runtime::threads::block_on`); under the
 /// whole-runtime simulation it is a task of the simulation's executor. The
 /// callback is how a tokio runtime completes its oneshots.
 pub struct GroupCommit<S: LogStore + Send + 'static> {

@@ -16,7 +16,7 @@
 //! (linearized set, state) pairs). Maybe-writes may be placed anywhere
 //! after their invocation, or left out.
 //!
-//! [`exactly_once`]: compares what the replicas applied (the probe's
+//! `exactly_once`: compares what the replicas applied (the probe's
 //! record, see `probe.rs`) with the calls: a command applied more often
 //! than it was acknowledged plus left unknown was applied twice; one
 //! applied less often than acknowledged was lost.
