@@ -66,24 +66,9 @@ use raftkit::transport::{MemoryNetwork, Transport};
 mod support;
 use support::{bench_dir, free_addrs, percentile, raw_fsync};
 
-#[derive(StateMachine, Default, Serialize, Deserialize)]
-#[raftkit(name = "benchkv")]
-pub struct Kv {
-    map: BTreeMap<String, String>,
-}
-
-#[raftkit::state_machine]
-impl Kv {
-    #[write]
-    fn put(&mut self, key: String, value: String) {
-        self.map.insert(key, value);
-    }
-
-    #[read]
-    fn get(&self, key: String) -> Option<String> {
-        self.map.get(&key).cloned()
-    }
-}
+#[path = "support/benchkv.rs"]
+mod benchkv;
+use benchkv::*;
 
 const VALUE: &str = "0123456789abcdef"; // 16 bytes
 const TASKS_PER_CONN: usize = 16;

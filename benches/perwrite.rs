@@ -27,7 +27,6 @@
 //! RAFTKIT_PERWRITE_WRITES=200000 valgrind --tool=callgrind target/release/deps/perwrite-*
 //! ```
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -41,24 +40,9 @@ use raftkit::transport::{MemoryNetwork, Transport};
 mod support;
 use support::{bench_dir, free_addrs};
 
-#[derive(StateMachine, Default, Serialize, Deserialize)]
-#[raftkit(name = "benchkv")]
-pub struct Kv {
-    map: BTreeMap<String, String>,
-}
-
-#[raftkit::state_machine]
-impl Kv {
-    #[write]
-    fn put(&mut self, key: String, value: String) {
-        self.map.insert(key, value);
-    }
-
-    #[read]
-    fn get(&self, key: String) -> Option<String> {
-        self.map.get(&key).cloned()
-    }
-}
+#[path = "support/benchkv.rs"]
+mod benchkv;
+use benchkv::*;
 
 const VALUE: &str = "0123456789abcdef"; // 16 bytes
 

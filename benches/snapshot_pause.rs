@@ -41,24 +41,9 @@ use raftkit::transport::{MemoryNetwork, Transport};
 mod support;
 use support::{bench_dir, percentile};
 
-#[derive(StateMachine, Default, Serialize, Deserialize)]
-#[raftkit(name = "snapkv")]
-pub struct Kv {
-    map: BTreeMap<String, String>,
-}
-
-#[raftkit::state_machine]
-impl Kv {
-    #[write]
-    fn put(&mut self, key: String, value: String) {
-        self.map.insert(key, value);
-    }
-
-    #[read]
-    fn get(&self, key: String) -> Option<String> {
-        self.map.get(&key).cloned()
-    }
-}
+#[path = "support/benchkv.rs"]
+mod benchkv;
+use benchkv::*;
 
 const WRITERS: usize = 16;
 /// Entries between snapshots: far more than a window writes, so that the
