@@ -65,13 +65,36 @@ fn one_seed_one_trace() {
 /// The CI budget of seeds (`RAFTKIT_SIM_RUNTIME_SEEDS` runs more).
 const SEEDS: u64 = 300;
 
+/// Every seed of the budget passes every check (replicas agree, restart,
+/// exactly-once, linearizability, no early session expiry: `run` panics
+/// otherwise), and the budget does reach session expiry: sessions expire,
+/// clients are answered `SessionExpired`, and writes end unknown through it.
 #[test]
 fn bank_seeds_pass() {
     let summary = bank().seeds(0..SEEDS).run();
     let crashes: u64 = summary.seeds.iter().map(|s| s.crashes).sum();
     let faults: u64 = summary.seeds.iter().map(|s| s.disk_faults).sum();
     let unknown: usize = summary.seeds.iter().map(|s| s.calls.1).sum();
-    eprintln!("crashes {crashes}, disk faults {faults}, unknown calls {unknown}");
+    let short = summary
+        .seeds
+        .iter()
+        .filter(|s| s.session_ttl < std::time::Duration::from_secs(60))
+        .count();
+    let sessions = summary.sessions();
+    eprintln!(
+        "{} seeds ({short} with a short session time-to-live): crashes {crashes}, disk faults {faults}, unknown calls {unknown}, {sessions:?}",
+        summary.seeds.len()
+    );
+    assert!(short > 0, "no seed ran with a short session time-to-live");
+    assert!(sessions.expired > 0, "no session expired: {sessions:?}");
+    assert!(
+        sessions.expired_errors > 0,
+        "no client saw SessionExpired: {sessions:?}"
+    );
+    assert!(
+        sessions.unknown_by_expiry > 0,
+        "no write's outcome became unknown through expiry: {sessions:?}"
+    );
 }
 
 /// The first failing seed of `sim` within the CI budget.
@@ -110,6 +133,14 @@ fn tooth_compact_after_failed_save_is_caught() {
 fn tooth_reapply_retried_write_is_caught() {
     let f = first_failure(bank().tooth(Tooth::ReapplyRetriedWrite));
     assert_eq!(f.property, "exactly-once", "{f}");
+}
+
+/// Leaders that stamp with their raw wall clock let a clock jump expire
+/// sessions early.
+#[test]
+fn tooth_unclamped_stamps_is_caught() {
+    let f = first_failure(bank().tooth(Tooth::UnclampedStamps));
+    assert_eq!(f.property, "session expiry", "{f}");
 }
 
 #[test]

@@ -524,6 +524,13 @@ impl NodeTask {
             }
         };
         let stamp = clock.stamp(wall);
+        // Tooth (simulation builds only): stamp with the raw wall clock.
+        #[cfg(feature = "sim")]
+        let stamp = if crate::sim::runtime::teeth::on(Tooth::UnclampedStamps) {
+            wall
+        } else {
+            stamp
+        };
         if wall.abs_diff(stamp) > STAMP_SLACK_MS && !clock.warned {
             clock.warned = true;
             // After downtime replicated time trails the wall clock for good

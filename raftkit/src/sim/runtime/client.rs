@@ -11,6 +11,21 @@
 //! retries a write whose outcome it does not know in the same session with
 //! the same sequence number (so the cluster applies it once), until its
 //! deadline; reads are retried on any member until one answers.
+//!
+//! A write refused with [`Error::SessionExpired`] is handled as the network
+//! client documents it (`client/remote.rs`, README "Exactly-once writes,
+//! retries and sessions"): the client forgets the session (its next write
+//! opens a new one); if no attempt of the write can have been applied, it
+//! retries it once under the new session by itself; otherwise the call
+//! fails with `SessionExpired` and the history records its outcome as
+//! unknown (`Maybe`: applied or not, under the forgotten session).
+//!
+//! Each expiry is also checked for being early: the session's last known
+//! use (the send of the last attempt the cluster answered in it, or of its
+//! open) must lie at least the time-to-live in the past, less what the
+//! leaders' stamp clamp lets replicated time run ahead of the monotonic
+//! clock ([`STAMP_SLACK_MS`] on either side of a term, plus once per new
+//! term). A leader's clock jump must not expire a session before that.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +34,7 @@ use super::history::{Kind, Outcome};
 use super::kit::World;
 use crate::client::Submit;
 use crate::error::{Applied, Error};
-use crate::runtime::session::{SessionId, SessionRef};
+use crate::runtime::session::{STAMP_SLACK_MS, SessionId, SessionRef};
 use crate::state_machine::StateMachine;
 
 /// How long one attempt may take before the client gives up on it.
@@ -32,6 +47,10 @@ const BACKOFF: Duration = Duration::from_millis(30);
 struct Session {
     id: SessionId,
     next_seq: u64,
+    /// When (virtual time) the last attempt the cluster answered in this
+    /// session, or its open, was sent, and the highest term any member was
+    /// in then.
+    last_use: (Duration, u64),
 }
 
 /// A client of the simulated cluster (see the module docs). Clones share
@@ -80,11 +99,11 @@ impl<S: StateMachine + Default> SimClient<S> {
         self.world.target(cursor)
     }
 
-    fn session(&self) -> Option<(SessionId, u64)> {
+    fn session(&self) -> Option<(SessionId, u64, (Duration, u64))> {
         self.session
             .lock()
             .ok()
-            .and_then(|s| s.as_ref().map(|s| (s.id, s.next_seq)))
+            .and_then(|s| s.as_ref().map(|s| (s.id, s.next_seq, s.last_use)))
     }
 
     fn set_session(&self, s: Option<Session>) {
@@ -101,10 +120,40 @@ impl<S: StateMachine + Default> SimClient<S> {
         }
     }
 
+    /// The session was used by an attempt sent at `sent`.
+    fn used(&self, sent: (Duration, u64)) {
+        if let Ok(mut slot) = self.session.lock()
+            && let Some(s) = slot.as_mut()
+        {
+            s.last_use = s.last_use.max(sent);
+        }
+    }
+
+    /// Fails the run if a session whose last known use was `last_use`
+    /// expired too early to be explained by the stamp clamp (module docs).
+    fn check_expiry(&self, id: SessionId, last_use: (Duration, u64)) {
+        let (now, term) = (self.world.now(), self.world.max_term());
+        let terms = term.saturating_sub(last_use.1);
+        let allowance = Duration::from_millis(STAMP_SLACK_MS.saturating_mul(3 + terms));
+        let idle = now.saturating_sub(last_use.0);
+        if idle + allowance < self.world.session_ttl() {
+            self.world.fail(
+                "session expiry",
+                format!(
+                    "client {}'s session {id} expired after {idle:?} of virtual time without use (time-to-live {:?}, {terms} new terms since): a clock jump expired it early",
+                    self.client,
+                    self.world.session_ttl()
+                ),
+            );
+        }
+    }
+
     async fn write_call(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
         let call = self.world.invoke(self.client, Kind::Write, command.clone());
         let deadline = tokio::time::Instant::now() + DEADLINE;
         let mut maybe = false;
+        // At most one transparent re-open, as the network client does.
+        let mut reopened = false;
         let mut last = Error::Timeout;
         loop {
             if tokio::time::Instant::now() >= deadline {
@@ -124,12 +173,17 @@ impl<S: StateMachine + Default> SimClient<S> {
                 tokio::time::sleep(BACKOFF).await;
                 continue;
             };
-            let (id, seq) = match self.session() {
+            let sent = (self.world.now(), self.world.max_term());
+            let (id, seq, last_use) = match self.session() {
                 Some(s) => s,
                 None => match tokio::time::timeout(ATTEMPT, peer.open_session()).await {
                     Ok(Ok(id)) => {
-                        self.set_session(Some(Session { id, next_seq: 1 }));
-                        (id, 1)
+                        self.set_session(Some(Session {
+                            id,
+                            next_seq: 1,
+                            last_use: sent,
+                        }));
+                        (id, 1, sent)
                     }
                     Ok(Err(e)) => {
                         last = e;
@@ -149,13 +203,36 @@ impl<S: StateMachine + Default> SimClient<S> {
                 seq,
                 acked_below: seq,
             };
+            let sent = (self.world.now(), self.world.max_term());
             let attempt = peer.write_in_session(command.clone(), Some(session));
             match tokio::time::timeout(ATTEMPT, attempt).await {
                 Ok(Ok(out)) => {
+                    self.used(sent);
                     self.advance();
                     self.world
                         .complete(self.client, call, Outcome::Ok(out.clone()));
                     return Ok(out);
+                }
+                Ok(Err(Error::SessionExpired(why))) => {
+                    // Refused, not applied now; whether an earlier attempt
+                    // applied under the forgotten session is unknown.
+                    self.world.session_expired_error();
+                    self.check_expiry(id, last_use);
+                    self.set_session(None);
+                    if !maybe && !reopened {
+                        // No attempt can have been applied: retry under a
+                        // new session.
+                        reopened = true;
+                        self.world.reopened();
+                        self.world.event(format_args!(
+                            "client {} reopens its session; write not applied",
+                            self.client
+                        ));
+                        continue;
+                    }
+                    self.world.unknown_by_expiry();
+                    self.world.complete(self.client, call, Outcome::Maybe);
+                    return Err(Error::SessionExpired(why));
                 }
                 Ok(Err(e)) => match e.applied() {
                     Applied::No => {
@@ -163,17 +240,13 @@ impl<S: StateMachine + Default> SimClient<S> {
                         self.rotate();
                     }
                     Applied::Yes => {
+                        self.used(sent);
                         self.advance();
                         self.world.complete(self.client, call, Outcome::Maybe);
                         return Err(e);
                     }
                     Applied::Maybe => {
                         maybe = true;
-                        if matches!(e, Error::SessionExpired(_)) {
-                            self.set_session(None);
-                            self.world.complete(self.client, call, Outcome::Maybe);
-                            return Err(e);
-                        }
                         last = e;
                         self.rotate();
                     }

@@ -43,6 +43,13 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const STORM: u64 = 20_000;
 /// Steps the linearizability search may take per seed.
 const CHECK_BUDGET: u64 = 200_000;
+/// One seed in this many runs its peers with a short session time-to-live
+/// (`SHORT_TTL_MS`, drawn per seed), so that sessions expire within a run.
+const SHORT_TTL_ONE_IN: u64 = 3;
+/// The range of short session time-to-lives, in ms of replicated time:
+/// shorter than the longest partitions the nemesis makes and than the
+/// clients' long absences.
+const SHORT_TTL_MS: Range<u64> = 2_000..5_000;
 
 type Workload<S> =
     Arc<dyn Fn(StdRng, SimClient<S>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
@@ -139,8 +146,44 @@ pub struct SeedReport {
     pub disk_faults: u64,
     /// Whether the linearizability search ran out of budget.
     pub undecided: bool,
+    /// The session time-to-live the peers ran with (short in about a third
+    /// of the seeds, else the default hour).
+    pub session_ttl: Duration,
+    /// Session expiry: what the cluster and the clients saw.
+    pub sessions: SessionCounts,
     /// Virtual time the run covered.
     pub virtual_time: Duration,
+}
+
+/// Session expiry in one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// Sessions the cluster expired: the most one replica counted in one
+    /// incarnation (`PeerStatus::session_expiries`, read before each crash
+    /// and at the end; a lower bound on the expiries the log holds).
+    pub expired: u64,
+    /// `SessionExpired` answers the clients got.
+    pub expired_errors: u64,
+    /// Writes whose outcome became unknown because their session expired
+    /// (the call failed with `SessionExpired`, recorded as `Maybe`).
+    pub unknown_by_expiry: u64,
+    /// Writes retried under a new session by the client itself (no attempt
+    /// could have been applied).
+    pub reopened: u64,
+}
+
+impl Summary {
+    /// The session counts of every seed, added up.
+    pub fn sessions(&self) -> SessionCounts {
+        self.seeds
+            .iter()
+            .fold(SessionCounts::default(), |a, s| SessionCounts {
+                expired: a.expired + s.sessions.expired,
+                expired_errors: a.expired_errors + s.sessions.expired_errors,
+                unknown_by_expiry: a.unknown_by_expiry + s.sessions.unknown_by_expiry,
+                reopened: a.reopened + s.sessions.reopened,
+            })
+    }
 }
 
 /// What [`Simulation::check`] ran.
@@ -335,6 +378,9 @@ pub(crate) struct World<S: StateMachine> {
     snapshot_every: u64,
     failure: Mutex<Option<(&'static str, String)>>,
     crashes: Mutex<u64>,
+    /// The peers' session time-to-live.
+    session_ttl: Duration,
+    sessions: Mutex<SessionCounts>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -342,8 +388,47 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<S: StateMachine + Default> World<S> {
-    fn now(&self) -> Duration {
+    pub(crate) fn now(&self) -> Duration {
         tokio::time::Instant::now() - self.start
+    }
+
+    /// The peers' session time-to-live.
+    pub(crate) fn session_ttl(&self) -> Duration {
+        self.session_ttl
+    }
+
+    /// The highest term a running member is in.
+    pub(crate) fn max_term(&self) -> u64 {
+        lock(&self.nodes)
+            .iter()
+            .filter_map(|n| n.peer.as_ref().map(|p| p.status().term))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A client was answered `SessionExpired`.
+    pub(crate) fn session_expired_error(&self) {
+        lock(&self.sessions).expired_errors += 1;
+    }
+
+    /// A write's outcome became unknown because its session expired.
+    pub(crate) fn unknown_by_expiry(&self) {
+        lock(&self.sessions).unknown_by_expiry += 1;
+    }
+
+    /// A client retried a write under a new session.
+    pub(crate) fn reopened(&self) {
+        lock(&self.sessions).reopened += 1;
+    }
+
+    /// Records node `i`'s expiry count (before it crashes, and at the end).
+    fn note_expiries(&self, i: usize) {
+        let n = lock(&self.nodes)[i]
+            .peer
+            .as_ref()
+            .map_or(0, |p| p.status().session_expiries);
+        let mut c = lock(&self.sessions);
+        c.expired = c.expired.max(n);
     }
 
     pub(crate) fn event(&self, what: impl std::fmt::Display) {
@@ -351,7 +436,7 @@ impl<S: StateMachine + Default> World<S> {
         lock(&self.trace).event(at, what);
     }
 
-    fn fail(&self, property: &'static str, detail: String) {
+    pub(crate) fn fail(&self, property: &'static str, detail: String) {
         self.event(format_args!("FAIL {property}: {detail}"));
         lock(&self.failure).get_or_insert((property, detail));
     }
@@ -435,6 +520,7 @@ impl<S: StateMachine + Default> World<S> {
             .threads(threads)
             .seed(self.seed ^ id)
             .session_ids(session_ids)
+            .session_ttl(self.session_ttl)
             .wall_clock(clock)
             .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
             .start()
@@ -447,6 +533,7 @@ impl<S: StateMachine + Default> World<S> {
     /// Kills node `i`'s process: its tasks stop where they are and its
     /// disk loses what was not synced.
     fn crash(&self, i: usize, tear: bool) {
+        self.note_expiries(i);
         let (peer, tasks, disk) = {
             let mut nodes = lock(&self.nodes);
             let n = &mut nodes[i];
@@ -587,6 +674,11 @@ async fn run_one<S: StateMachine + Default>(
             }
         })
         .collect();
+    // Drawn apart from the run's other draws.
+    let mut ttl_rng = StdRng::seed_from_u64(seed ^ 0x5e55_1075_e551_0775);
+    let short_ttl = ttl_rng
+        .random_ratio(1, SHORT_TTL_ONE_IN as u32)
+        .then(|| Duration::from_millis(ttl_rng.random_range(SHORT_TTL_MS)));
     let world = Arc::new(World::<S> {
         seed,
         start,
@@ -600,7 +692,14 @@ async fn run_one<S: StateMachine + Default>(
         snapshot_every: config.snapshot_every,
         failure: Mutex::new(None),
         crashes: Mutex::new(0),
+        session_ttl: short_ttl.unwrap_or(Duration::from_millis(
+            crate::runtime::session::SESSION_TTL_MS,
+        )),
+        sessions: Mutex::default(),
     });
+    if let Some(ttl) = short_ttl {
+        world.event(format_args!("session time-to-live {ttl:?}"));
+    }
     let failure = |world: &World<S>, property: &'static str, detail: String| SimFailure {
         seed,
         property,
@@ -621,12 +720,22 @@ async fn run_one<S: StateMachine + Default>(
             let client_seed: u64 = rng.random();
             let ops = config.ops;
             clients.push(tokio::spawn(async move {
-                let client = SimClient::new(world, c);
+                let client = SimClient::new(world.clone(), c);
                 let mut rng = StdRng::seed_from_u64(client_seed);
                 for _ in 0..ops {
                     // Think time: spreads the calls over the nemesis' faults.
                     let pause = rng.random_range(0..400);
                     tokio::time::sleep(Duration::from_millis(pause)).await;
+                    // A long absence (a client gone longer than its
+                    // session's time-to-live): its next write finds the
+                    // session expired.
+                    if let Some(ttl) = short_ttl
+                        && rng.random_ratio(1, 8)
+                    {
+                        let away = ttl + Duration::from_millis(rng.random_range(500..3_000));
+                        world.event(format_args!("client {c} away for {away:?}"));
+                        tokio::time::sleep(away).await;
+                    }
                     let call_rng = StdRng::seed_from_u64(rng.random());
                     workload(call_rng, client.clone()).await;
                 }
@@ -698,12 +807,15 @@ async fn run_one<S: StateMachine + Default>(
                 .map(|n| n.disk.faults_injected())
                 .sum(),
             undecided,
+            session_ttl: world.session_ttl,
+            sessions: *lock(&world.sessions),
             virtual_time: world.now(),
         }
     };
 
     // Stop the peers (their tasks would outlive the runtime otherwise).
     for i in 0..config.nodes {
+        world.note_expiries(i);
         let peer = lock(&world.nodes)[i].peer.take();
         if let Some(p) = peer {
             p.abort();
@@ -844,7 +956,15 @@ async fn nemesis<S: StateMachine + Default>(
             }
             9 if faults.clock => {
                 if let Some(l) = world.leader() {
-                    let jump: i64 = rng.random_range(-600_000..600_000);
+                    // Mostly within ten minutes; now and then two hours,
+                    // past any session time-to-live (the default hour
+                    // too): the stamp clamp must keep it from expiring
+                    // sessions (checked by the clients, see `client.rs`).
+                    let jump: i64 = if rng.random_bool(0.3) {
+                        rng.random_range(-7_200_000..7_200_000)
+                    } else {
+                        rng.random_range(-600_000..600_000)
+                    };
                     *lock(&world.skews).entry(ids[l]).or_default() += jump;
                     world.event(format_args!("leader {l} clock jumps {jump} ms"));
                 }

@@ -103,7 +103,14 @@
 //! - **exactly-once** (`history.rs`): no write applied more often than it
 //!   was acknowledged or left unknown; no acknowledged write lost;
 //! - **linearizability** (`history.rs`): the history of typed calls, with
-//!   the user's state machine as the sequential specification.
+//!   the user's state machine as the sequential specification;
+//! - **session expiry** (`client.rs`): no session expires before its
+//!   time-to-live of virtual time without use, less the leaders' stamp
+//!   slack. About a third of the seeds run the peers with a time-to-live of
+//!   a few seconds and let clients stay away longer than it, so sessions do
+//!   expire (a write then fails with `SessionExpired`, its outcome unknown,
+//!   or is retried under a new session when no attempt can have applied);
+//!   the nemesis' leader clock jumps (up to two hours) must not expire any.
 //!
 //! # Switches
 //!
@@ -121,7 +128,7 @@ pub mod teeth;
 
 pub use client::SimClient;
 pub use disk::{DiskFaults, SimDisk};
-pub use kit::{Faults, SeedReport, SimFailure, Simulation, Summary};
+pub use kit::{Faults, SeedReport, SessionCounts, SimFailure, Simulation, Summary};
 pub use probe::Probe;
 pub use rand;
 pub use teeth::Tooth;

@@ -26,15 +26,21 @@ pub enum Tooth {
     /// The apply task serves a read before its applied index reaches the
     /// read index (thesis §6.4 step 4).
     ReadBeforeApplied,
+    /// The leader stamps entries with its raw wall clock instead of
+    /// clamping it to its term's anchor plus its monotonic clock: a clock
+    /// jump moves replicated time and expires sessions early (`session.rs`
+    /// rule 7).
+    UnclampedStamps,
 }
 
 impl Tooth {
     /// Every tooth.
-    pub const ALL: [Tooth; 4] = [
+    pub const ALL: [Tooth; 5] = [
         Tooth::AckAfterStorageFailure,
         Tooth::CompactAfterFailedSave,
         Tooth::ReapplyRetriedWrite,
         Tooth::ReadBeforeApplied,
+        Tooth::UnclampedStamps,
     ];
 
     /// The name `RAFTKIT_SIM_RUNTIME_BUG` uses.
@@ -44,6 +50,7 @@ impl Tooth {
             Tooth::CompactAfterFailedSave => "compact_after_failed_save",
             Tooth::ReapplyRetriedWrite => "reapply_retried_write",
             Tooth::ReadBeforeApplied => "read_before_applied",
+            Tooth::UnclampedStamps => "unclamped_stamps",
         }
     }
 
