@@ -76,20 +76,66 @@ pub enum Shape {
     /// A byte string (`serde_bytes`).
     Bytes,
     /// `Option<T>`.
-    Option(Box<Shape>),
+    Option(#[serde(deserialize_with = "nested")] Box<Shape>),
     /// A sequence (`Vec<T>`, sets, ...).
-    Seq(Box<Shape>),
+    Seq(#[serde(deserialize_with = "nested")] Box<Shape>),
     /// A map: key and value shapes.
-    Map(Box<Shape>, Box<Shape>),
+    Map(
+        #[serde(deserialize_with = "nested")] Box<Shape>,
+        #[serde(deserialize_with = "nested")] Box<Shape>,
+    ),
     /// Two or more fields one after the other (structs and tuples,
     /// flattened).
-    Tuple(Vec<Shape>),
+    Tuple(#[serde(deserialize_with = "nested")] Vec<Shape>),
     /// An enum: each variant's payload, in variant-index order.
-    Enum(Vec<Shape>),
+    Enum(#[serde(deserialize_with = "nested")] Vec<Shape>),
     /// The enclosing named type `n` levels up (0: the innermost).
     Recursive(u32),
     /// A type that could not be traced, described by its Rust name and why.
     Opaque(String),
+}
+
+/// How deeply shapes may nest when decoded. Schemas arrive in the hellos of
+/// peers and clients: without a bound, a hello of a few megabytes of nested
+/// `Option` tags would recurse until the stack overflows and abort the
+/// node. Traced shapes of real types stay far below (the tracer itself
+/// stops at 128 named types, and a named type is one level).
+pub const MAX_SHAPE_DEPTH: u32 = 256;
+
+thread_local! {
+    /// The nesting depth of the shape being decoded on this thread.
+    static DECODE_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Leaves one nesting level of [`DECODE_DEPTH`] when dropped (also when
+/// decoding fails or unwinds).
+struct DepthGuard;
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        DECODE_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// Decodes the nested part of a shape one level deeper, refusing more than
+/// [`MAX_SHAPE_DEPTH`] levels with a decode error instead of recursing on.
+fn nested<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let depth = DECODE_DEPTH.with(|c| {
+        let depth = c.get().saturating_add(1);
+        c.set(depth);
+        depth
+    });
+    let _guard = DepthGuard;
+    if depth > MAX_SHAPE_DEPTH {
+        return Err(serde::de::Error::custom(format!(
+            "schema shapes nested deeper than {MAX_SHAPE_DEPTH} levels"
+        )));
+    }
+    T::deserialize(d)
 }
 
 impl Shape {
@@ -187,6 +233,34 @@ impl std::fmt::Display for Shape {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_hostile_shape_nested_a_million_levels_is_refused_not_a_stack_overflow() {
+        // postcard: variant index 17 is `Option`, then its payload; a
+        // million of them and a `Unit` (0) at the bottom.
+        let option =
+            postcard::to_allocvec(&super::Shape::Option(Box::new(super::Shape::Unit))).unwrap()[0];
+        let mut bytes = vec![option; 1_000_000];
+        bytes.push(0);
+        let r = postcard::from_bytes::<super::Shape>(&bytes);
+        assert!(r.is_err(), "a million nested shapes decoded");
+        // The guard is released on the error path: legitimate nesting
+        // still decodes afterwards on the same thread.
+        let mut ok = super::Shape::Unit;
+        for _ in 0..super::MAX_SHAPE_DEPTH {
+            ok = super::Shape::Option(Box::new(ok));
+        }
+        let bytes = postcard::to_allocvec(&ok).unwrap_or_default();
+        assert_eq!(postcard::from_bytes::<super::Shape>(&bytes).ok(), Some(ok));
+        let too_deep =
+            super::Shape::Seq(Box::new(super::Shape::Option(Box::new(super::Shape::Unit))));
+        let mut deep = too_deep;
+        for _ in 0..super::MAX_SHAPE_DEPTH {
+            deep = super::Shape::Option(Box::new(deep));
+        }
+        let bytes = postcard::to_allocvec(&deep).unwrap_or_default();
+        assert!(postcard::from_bytes::<super::Shape>(&bytes).is_err());
+    }
+
     use std::collections::BTreeMap;
 
     use super::*;
