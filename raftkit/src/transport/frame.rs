@@ -155,18 +155,7 @@ pub async fn read_frame<T: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<T, FrameError> {
-    let mut prefix = [0u8; PREFIX];
-    read_exact(r, &mut prefix).await?;
-    let len = u32::from_be_bytes(prefix);
-    let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
-    if len_usize > max {
-        return Err(FrameError::TooLarge {
-            len: u64::from(len),
-            max,
-        });
-    }
-    let mut body = vec![0u8; len_usize];
-    read_exact(r, &mut body).await?;
+    let body = read_frame_body(r, max).await?;
     postcard::from_bytes(&body).map_err(FrameError::Decode)
 }
 
