@@ -197,10 +197,11 @@ impl<S: StateMachine> Watch<S> {
     pub async fn next(&mut self) -> Option<Result<Event<S>, Error>> {
         loop {
             if let Some(e) = self.batch.pop_front() {
+                let after = e.index.saturating_add(1);
                 self.next = Some(if self.batch.is_empty() {
-                    self.batch_next.max(e.index + 1)
+                    self.batch_next.max(after)
                 } else {
-                    e.index + 1
+                    after
                 });
                 return Some(Event::decode(e));
             }
@@ -256,7 +257,7 @@ impl<S: StateMachine> Watch<S> {
                 debug!(index = e.index, expect, "watch event out of order; dropped");
                 continue;
             }
-            expect = e.index + 1;
+            expect = e.index.saturating_add(1);
             self.batch.push_back(e);
         }
         self.batch_next = stream_next.max(expect);

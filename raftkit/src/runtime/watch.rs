@@ -100,7 +100,7 @@ impl Journal {
     pub fn new(applied: Index, max_bytes: usize) -> Arc<Journal> {
         Arc::new(Journal {
             state: Mutex::new(State {
-                start: applied + 1,
+                start: applied.saturating_add(1),
                 applied,
                 trimmed_upto: 0,
                 events: VecDeque::new(),
@@ -136,13 +136,15 @@ impl Journal {
         let mut st = self.lock();
         st.bytes += cost;
         st.events.push_back(event);
-        while st.bytes > self.max_bytes {
+        // The newest event stays even if it alone passes the bound (a
+        // watcher that keeps up still gets it), unless the bound is 0.
+        while st.bytes > self.max_bytes && (st.events.len() > 1 || self.max_bytes == 0) {
             let Some(old) = st.events.pop_front() else {
                 break;
             };
             st.bytes -= old.cost();
             st.trimmed_upto = old.index;
-            st.start = old.index + 1;
+            st.start = old.index.saturating_add(1);
         }
     }
 
@@ -167,7 +169,7 @@ impl Journal {
             let mut st = self.lock();
             st.events.clear();
             st.bytes = 0;
-            st.start = st.start.max(index + 1);
+            st.start = st.start.max(index.saturating_add(1));
             st.applied = st.applied.max(index);
         }
         self.bump();
@@ -201,7 +203,7 @@ impl Journal {
         let next = {
             let st = self.lock();
             match from {
-                None => st.applied + 1,
+                None => st.applied.saturating_add(1),
                 Some(from) => {
                     let from = from.max(1);
                     if from < st.start {
@@ -286,16 +288,16 @@ impl Cursor {
                     batch.push(e.clone());
                 }
                 if let Some(last) = batch.last() {
-                    self.next = last.index + 1;
+                    self.next = last.index.saturating_add(1);
                     if first + batch.len() == st.events.len() {
                         // Everything applied so far was taken: skip the
                         // non-data entries after the last event.
-                        self.next = self.next.max(st.applied + 1);
+                        self.next = self.next.max(st.applied.saturating_add(1));
                     }
                     return Ok(batch);
                 }
                 // No event at or after `next`: skip what applied (no data).
-                self.next = self.next.max(st.applied + 1);
+                self.next = self.next.max(st.applied.saturating_add(1));
                 if let Some(e) = &st.stopped {
                     return Err(e.clone());
                 }
