@@ -1,6 +1,6 @@
 //! Watching applied writes: each member's **watch journal**, fed by its
 //! apply thread, and the watch streams served from it (to network clients
-//! in [`serve`], in process through [`Peer::watch_from`]).
+//! by the client service, in process through [`Peer::watch_from`]).
 //!
 //! Every member applies every committed entry in log order, and applying is
 //! deterministic, so every member produces the same (index, command,
@@ -38,7 +38,11 @@
 //!   next event went away with a snapshot from the leader is told
 //!   [`Error::Unavailable`] (another member may still hold it);
 //! - at most [`MAX_WATCHERS`] watches are open on a member at once; one
-//!   more is refused with [`Error::Overloaded`].
+//!   more is refused with [`Error::Overloaded`]. A watch's batch shares the
+//!   journal's bytes (reference-counted); its own memory is one encoded
+//!   frame of at most 64 KiB (or one larger event) while it is written, so
+//!   watchers cost at most `MAX_WATCHERS` × 64 KiB beyond the journal, plus
+//!   what QUIC flow control lets each stream hold.
 //!
 //! [`PeerBuilder::watch_journal_bytes`]: super::PeerBuilder::watch_journal_bytes
 
@@ -62,11 +66,11 @@ use crate::transport::frame::{encode_frame, write_frame};
 pub const DEFAULT_WATCH_JOURNAL_BYTES: usize = 64 << 20;
 
 /// The most watches a member serves at once.
-pub const MAX_WATCHERS: usize = 4096;
+pub const MAX_WATCHERS: usize = 1024;
 
 /// The most bytes of events one frame of a watch stream carries (a single
 /// larger event travels alone).
-const BATCH_BYTES: usize = 256 << 10;
+const BATCH_BYTES: usize = 64 << 10;
 
 /// A member's watch journal (see the module docs).
 pub struct Journal {
