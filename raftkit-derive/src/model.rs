@@ -275,6 +275,8 @@ const RESERVED: &[&str] = &[
     "connect_with",
     "write_once",
     "close",
+    "watch",
+    "watch_from_now",
     "clone",
     "clone_from",
     "to_owned",

@@ -31,6 +31,8 @@
 //! | [`Tls`](Error::Tls) | No | no (fix the certificates or the builder) |
 //! | [`Unsupported`](Error::Unsupported) | No | no (the handler is not enabled on the cluster yet) |
 //! | [`SchemaMismatch`](Error::SchemaMismatch) | No | no |
+//! | [`Compacted`](Error::Compacted) | No (a watch applies nothing) | no (re-read the state, then watch from there) |
+//! | [`WatchLagged`](Error::WatchLagged) | No (a watch applies nothing) | no (re-read the state, then watch from there) |
 //!
 //! A call may end with an error that is `Maybe` and not retried only when
 //! retrying could do no better: a codec or protocol error would recur, and
@@ -180,6 +182,36 @@ pub enum Error {
         /// What differs, and what to do about it.
         reason: String,
     },
+    /// A watch ([`crate::client::watch`]) asked for writes from index
+    /// `requested`, but the member no longer holds them: its watch journal
+    /// starts at `first_available` (older events were dropped by the
+    /// journal's byte bound, or precede the snapshot the member restarted
+    /// from). Re-read the state (a read handler can return the index it
+    /// was answered at, [`Ctx::index`](crate::Ctx::index)) and watch from
+    /// that index + 1. A watch applies nothing.
+    #[error(
+        "watch from index {requested}: the member's watch journal starts at {first_available} (older events were compacted away); re-read the state and watch from the index that read reflects + 1"
+    )]
+    Compacted {
+        /// The first index the watch asked for.
+        requested: u64,
+        /// The first index the member can serve.
+        first_available: u64,
+    },
+    /// A watcher read its events more slowly than writes were applied, and
+    /// fell behind by more than the member's watch journal holds
+    /// (`PeerBuilder::watch_journal_bytes`): the event at `next` was
+    /// dropped before the watcher took it, so the member disconnected it
+    /// rather than buffer without a bound. Re-read the state and watch
+    /// again from the index that read reflects + 1. A watch applies
+    /// nothing.
+    #[error(
+        "the watcher fell behind by more than the member's watch journal holds: events from index {next} were dropped; re-read the state and watch again"
+    )]
+    WatchLagged {
+        /// The first event the watcher did not receive.
+        next: u64,
+    },
 }
 
 impl From<TlsError> for Error {
@@ -201,7 +233,9 @@ impl Error {
             | Error::Overloaded
             | Error::Tls(_)
             | Error::Unsupported(_)
-            | Error::SchemaMismatch { .. } => Applied::No,
+            | Error::SchemaMismatch { .. }
+            | Error::Compacted { .. }
+            | Error::WatchLagged { .. } => Applied::No,
             Error::Handler { .. } => Applied::Yes,
             Error::Timeout
             | Error::Transport(_)
@@ -235,7 +269,9 @@ impl Error {
             | Error::SessionExpired(_)
             | Error::Tls(_)
             | Error::Unsupported(_)
-            | Error::SchemaMismatch { .. } => false,
+            | Error::SchemaMismatch { .. }
+            | Error::Compacted { .. }
+            | Error::WatchLagged { .. } => false,
         }
     }
 
@@ -297,6 +333,15 @@ mod tests {
                 Applied::No,
                 false,
             ),
+            (
+                Error::Compacted {
+                    requested: 1,
+                    first_available: 5,
+                },
+                Applied::No,
+                false,
+            ),
+            (Error::WatchLagged { next: 1 }, Applied::No, false),
         ];
         for (e, applied, retry) in all {
             assert_eq!(e.applied(), applied, "{e:?}");

@@ -107,6 +107,21 @@ pub enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
+    /// Print the changes to keys starting with PREFIX as the cluster
+    /// applies them, one line each (INDEX, put/del/cas, KEY, VALUE;
+    /// tab-separated), until interrupted. Follows the cluster through member
+    /// failures; exit code 1 if the watch cannot go on.
+    Watch {
+        /// The prefix ("" or none for every key).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Start at this log index (a past one replays the changes since,
+        /// if the members still hold them) instead of now.
+        #[arg(long, value_name = "INDEX")]
+        from: Option<u64>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
     /// List the members of the cluster (as the leader sees them).
     Members {
         #[command(flatten)]

@@ -25,6 +25,7 @@ mod metrics;
 mod page;
 mod serve;
 mod store;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -98,6 +99,11 @@ async fn run(cli: Cli) -> Result<(), fail::Failure> {
         } => commands::cas(&cluster, key, old, new).await,
         Command::Scan { prefix, cluster } => commands::scan(&cluster, prefix).await,
         Command::Count { prefix, cluster } => commands::count(&cluster, prefix).await,
+        Command::Watch {
+            prefix,
+            from,
+            cluster,
+        } => watch::run(&cluster, prefix, from).await,
         Command::Members { cluster } => commands::members(&cluster).await,
         Command::AddServer { addr, cluster } => commands::add_server(&cluster, addr).await,
         Command::RemoveServer { addr, cluster } => commands::remove_server(&cluster, addr).await,

@@ -18,6 +18,14 @@ use crate::model::{ImplModel, Kind};
 pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
     let ident = &model.ident;
     let client = &names.client;
+    let event = quote::format_ident!("{}Event", ident, span = ident.span());
+    let event_doc = format!(
+        "One applied write of the `{ident}` state machine, as a watch delivers it: its log \
+         index, its command (`{write}`) and its output (`{output}`); see \
+         [`raftkit::client::watch`].",
+        write = names.write,
+        output = names.write_output,
+    );
 
     let methods = model.handlers.iter().map(|h| {
         let (cmd, out) = names.of(h.kind);
@@ -102,6 +110,9 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
          [`raftkit::client::Client`] for every error and whether it may have been applied."
     );
     quote! {
+        #[doc = #event_doc]
+        pub type #event = ::raftkit::client::watch::Event<#ident>;
+
         #[doc = #doc]
         pub struct #client<S = ::raftkit::client::Client> {
             submit: S,
@@ -182,6 +193,27 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
             /// closes it, in the background and on a best-effort basis.
             pub async fn close(&self) -> ::core::result::Result<(), ::raftkit::Error> {
                 self.submit.close().await
+            }
+
+            /// Watches the writes the cluster applies from log index `from`:
+            /// each one once, in log order, with its command and output. The
+            /// watch resumes on another member by itself when its member
+            /// fails. `Err(Error::Compacted)` if no member holds `from` any
+            /// longer. See [`raftkit::client::watch`].
+            pub async fn watch(
+                &self,
+                from: u64,
+            ) -> ::core::result::Result<::raftkit::client::watch::Watch<#ident>, ::raftkit::Error> {
+                self.submit.watch::<#ident>(::core::option::Option::Some(from)).await
+            }
+
+            /// Watches the writes the cluster applies from now on (from the
+            /// next entry the serving member applies); see
+            /// [`watch`](Self::watch).
+            pub async fn watch_from_now(
+                &self,
+            ) -> ::core::result::Result<::raftkit::client::watch::Watch<#ident>, ::raftkit::Error> {
+                self.submit.watch::<#ident>(::core::option::Option::None).await
             }
         }
 

@@ -1038,6 +1038,8 @@ impl ::raftkit::StateMachine for Kv {
         )
     }
 }
+///One applied write of the `Kv` state machine, as a watch delivers it: its log index, its command (`KvWrite`) and its output (`KvWriteOutput`); see [`raftkit::client::watch`].
+pub type KvEvent = ::raftkit::client::watch::Event<Kv>;
 /**A typed client of the `Kv` state machine: one `async` method per `#[write]` and `#[read]` handler.
 
 It wraps any [`Submit`](raftkit::client::Submit): the network client of a cluster, or [`Local`](raftkit::client::Local) in tests. Every method returns `Err(raftkit::Error)` when the call itself fails; the handler's own return value, including a typed `Result`, is inside the `Ok`.
@@ -1138,6 +1140,25 @@ impl KvClient<::raftkit::client::Client> {
     /// closes it, in the background and on a best-effort basis.
     pub async fn close(&self) -> ::core::result::Result<(), ::raftkit::Error> {
         self.submit.close().await
+    }
+    /// Watches the writes the cluster applies from log index `from`:
+    /// each one once, in log order, with its command and output. The
+    /// watch resumes on another member by itself when its member
+    /// fails. `Err(Error::Compacted)` if no member holds `from` any
+    /// longer. See [`raftkit::client::watch`].
+    pub async fn watch(
+        &self,
+        from: u64,
+    ) -> ::core::result::Result<::raftkit::client::watch::Watch<Kv>, ::raftkit::Error> {
+        self.submit.watch::<Kv>(::core::option::Option::Some(from)).await
+    }
+    /// Watches the writes the cluster applies from now on (from the
+    /// next entry the serving member applies); see
+    /// [`watch`](Self::watch).
+    pub async fn watch_from_now(
+        &self,
+    ) -> ::core::result::Result<::raftkit::client::watch::Watch<Kv>, ::raftkit::Error> {
+        self.submit.watch::<Kv>(::core::option::Option::None).await
     }
 }
 #[automatically_derived]

@@ -11,6 +11,7 @@
 
 mod local;
 mod remote;
+pub mod watch;
 pub mod wire;
 
 use std::future::Future;

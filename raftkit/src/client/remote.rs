@@ -388,7 +388,7 @@ impl Client {
     }
 
     /// Marks `addr` as just failed.
-    fn suspect(&self, addr: SocketAddr) {
+    pub(super) fn suspect(&self, addr: SocketAddr) {
         if let Ok(mut s) = self.inner.suspects.lock() {
             s.insert(addr, Instant::now());
         }
@@ -404,7 +404,7 @@ impl Client {
             .is_some_and(|t| t.elapsed() < SUSPECT_FOR)
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<Connection, Error> {
+    pub(super) async fn connection(&self, addr: SocketAddr) -> Result<Connection, Error> {
         if let Some(c) = self.inner.conns.lock().await.get(&addr)
             && c.close_reason().is_none()
         {
@@ -494,6 +494,12 @@ impl Client {
         {
             return a;
         }
+        self.round_robin()
+    }
+
+    /// The next member in turn, skipping members that just failed unless
+    /// all did (watches spread over the members this way).
+    pub(super) fn round_robin(&self) -> SocketAddr {
         // Round robin, skipping members that just failed unless all did.
         let n = self.inner.members.len();
         let mut first = None;
@@ -609,7 +615,9 @@ impl Client {
         match self.once(addr, &ClientRequest::Status, &mut false).await? {
             ClientResponse::Status(s) => Ok(s),
             ClientResponse::Err(e) => Err(e.into()),
-            ClientResponse::Ok(_) => Err(Error::Protocol("expected a status report".into())),
+            ClientResponse::Ok(_) | ClientResponse::Events { .. } => {
+                Err(Error::Protocol("expected a status report".into()))
+            }
         }
     }
 
@@ -617,6 +625,11 @@ impl Client {
     pub async fn status(&self) -> Result<StatusReport, Error> {
         let target = self.next_target();
         self.status_of(&target.to_string()).await
+    }
+
+    /// The options this client was made with.
+    pub(super) fn options(&self) -> &ClientOptions {
+        &self.inner.opts
     }
 
     /// The member addresses this client was given.
@@ -629,6 +642,7 @@ impl Client {
             ClientResponse::Ok(out) => Ok(out),
             ClientResponse::Err(e) => Err(e.into()),
             ClientResponse::Status(_) => Err(Error::Protocol("unexpected status report".into())),
+            ClientResponse::Events { .. } => Err(Error::Protocol("unexpected watch events".into())),
         }
     }
 

@@ -115,6 +115,16 @@ pub enum ClientRequest {
         /// The session.
         id: SessionId,
     },
+    /// Open a watch of the writes this member applies (see
+    /// [`crate::client::watch`]): the stream stays open and carries
+    /// [`ClientResponse::Events`] frames, in index order, until the client
+    /// drops it or an error frame ([`ClientResponse::Err`]) ends it. Any
+    /// member serves it, followers too.
+    Watch {
+        /// The first index wanted; `None`: from the next entry this member
+        /// applies.
+        from: Option<u64>,
+    },
 }
 
 /// What a client appends to a [`ClientRequest`] in the same frame (postcard
@@ -216,6 +226,51 @@ pub enum ClientResponse {
     Status(StatusReport),
     /// Failure.
     Err(WireError),
+    /// A batch of a watch stream ([`ClientRequest::Watch`]): the applied
+    /// writes in index order (non-data entries, refused writes and retried
+    /// duplicates are not events), and the index the stream continues from
+    /// (a resume point even when `events` is empty). The first frame of a
+    /// watch is such a batch, possibly empty: the watch was accepted.
+    Events {
+        /// The events, in index order.
+        events: Vec<WatchEvent>,
+        /// The stream continues with the entries from this index.
+        next: u64,
+    },
+}
+
+/// One applied write on a watch stream: what a typed client decodes into
+/// its state machine's `Write` command and `WriteOutput`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// The log index of the entry.
+    pub index: u64,
+    /// The encoded command (the state machine's `Write`).
+    pub command: bytes::Bytes,
+    /// What applying it gave.
+    pub output: WatchOutput,
+}
+
+/// What applying a watched write gave.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchOutput {
+    /// The encoded `WriteOutput`.
+    Ok(bytes::Bytes),
+    /// The handler panicked under the `skip` policy (every replica skipped
+    /// the entry alike; [`Error::Handler`] for the writer).
+    Handler(String),
+}
+
+impl WatchEvent {
+    /// What the event costs a watch journal: its bytes plus a fixed
+    /// overhead per event.
+    pub fn cost(&self) -> usize {
+        let output = match &self.output {
+            WatchOutput::Ok(b) => b.len(),
+            WatchOutput::Handler(m) => m.len(),
+        };
+        64 + self.command.len() + output
+    }
 }
 
 /// An error as it travels to a client: one variant per [`Error`] a peer
@@ -262,6 +317,19 @@ pub enum WireError {
         /// What differs.
         reason: String,
     },
+    /// A watch asked for entries this member no longer holds (see
+    /// [`Error::Compacted`]).
+    Compacted {
+        /// The index asked for.
+        requested: u64,
+        /// The first index the member can serve.
+        first_available: u64,
+    },
+    /// A watcher fell too far behind (see [`Error::WatchLagged`]).
+    WatchLagged {
+        /// The first event the watcher missed.
+        next: u64,
+    },
 }
 
 impl From<Error> for WireError {
@@ -282,6 +350,14 @@ impl From<Error> for WireError {
             Error::SchemaMismatch { handler, reason } => {
                 WireError::SchemaMismatch { handler, reason }
             }
+            Error::Compacted {
+                requested,
+                first_available,
+            } => WireError::Compacted {
+                requested,
+                first_available,
+            },
+            Error::WatchLagged { next } => WireError::WatchLagged { next },
             // Codec, transport and protocol errors of the peer itself: the
             // client cannot tell what happened, so neither does the wire.
             other => WireError::Ambiguous(other.to_string()),
@@ -307,6 +383,14 @@ impl From<WireError> for Error {
             WireError::SchemaMismatch { handler, reason } => {
                 Error::SchemaMismatch { handler, reason }
             }
+            WireError::Compacted {
+                requested,
+                first_available,
+            } => Error::Compacted {
+                requested,
+                first_available,
+            },
+            WireError::WatchLagged { next } => Error::WatchLagged { next },
         }
     }
 }
@@ -364,6 +448,11 @@ mod tests {
                 handler: "h".into(),
                 reason: "r".into(),
             },
+            Error::Compacted {
+                requested: 3,
+                first_available: 9,
+            },
+            Error::WatchLagged { next: 4 },
             Error::Transport("t".into()),
             Error::Protocol("p".into()),
         ];

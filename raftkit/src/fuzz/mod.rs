@@ -84,7 +84,8 @@ fn allowed(principal: &Principal, request: &ClientRequest) -> bool {
             ClientRequest::Write { .. }
             | ClientRequest::Read { .. }
             | ClientRequest::OpenSession
-            | ClientRequest::CloseSession { .. },
+            | ClientRequest::CloseSession { .. }
+            | ClientRequest::Watch { .. },
         ) => true,
         (
             CertRole::Node,
@@ -250,6 +251,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 ClientRequest::TransferLeader {
                     addr: "127.0.0.1:7001".into(),
                 },
+                ClientRequest::Watch { from: Some(3) },
             ];
             let mut out: Vec<Vec<u8>> = requests.iter().map(frame).collect();
             out.push(frame(&ClientHello {

@@ -33,6 +33,7 @@
 //!   on the log, so all replicas keep identical tables.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -43,6 +44,7 @@ use super::session::{
     AppSnapshot, Dedup, Envelope, Op, SESSION_WINDOW, SessionCounters, SessionRefusal, Sessions,
     StoredReply,
 };
+use super::watch::Journal;
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
@@ -183,6 +185,8 @@ struct Apply<S> {
     failed: Option<Error>,
     longest_pause: Duration,
     status: watch::Sender<ApplyStatus>,
+    /// Every applied client write goes there for watches (`watch.rs`).
+    journal: Arc<Journal>,
 }
 
 /// Runs the apply loop until the node task drops its sender. Handlers run
@@ -195,6 +199,7 @@ pub async fn run<S: StateMachine>(
     mut rx: mpsc::UnboundedReceiver<ApplyMsg>,
     snapshots: mpsc::UnboundedSender<Result<Taken, String>>,
     status: watch::Sender<ApplyStatus>,
+    journal: Arc<Journal>,
 ) {
     let mut a = Apply {
         sm,
@@ -207,6 +212,7 @@ pub async fn run<S: StateMachine>(
         failed: None,
         longest_pause: Duration::ZERO,
         status,
+        journal,
     };
     while let Some(msg) = rx.recv().await {
         if rx.is_closed() {
@@ -251,11 +257,14 @@ pub async fn run<S: StateMachine>(
                 a.publish();
             }
             ApplyMsg::Fail(e) => {
+                a.journal.stop(e.clone());
                 a.failed = Some(e);
                 a.answer_all();
             }
         }
     }
+    a.journal
+        .stop(Error::Unavailable("the peer stopped".into()));
 }
 
 impl<S: StateMachine> Apply<S> {
@@ -296,6 +305,9 @@ impl<S: StateMachine> Apply<S> {
 
     fn halt(&mut self, index: Index, message: String) {
         error!(index, %message, "this node halts: it applies nothing more until restarted (its log is intact)");
+        self.journal.stop(Error::Halted {
+            message: message.clone(),
+        });
         self.halted = Some(message);
         self.answer_all();
     }
@@ -339,6 +351,7 @@ impl<S: StateMachine> Apply<S> {
                 });
             }
         }
+        self.journal.applied(self.applied);
         self.serve_reads();
     }
 
@@ -450,6 +463,12 @@ impl<S: StateMachine> Apply<S> {
         if let Some(s) = session {
             self.sessions.record(s, stored.clone());
         }
+        // Applied (a panic under `skip` counts): an event for watchers.
+        match &stored {
+            StoredReply::Ok(out) => self.journal.push(index, command, Ok(out.clone())),
+            StoredReply::Handler(m) => self.journal.push(index, command, Err(m.clone())),
+            StoredReply::Rejected(_) => {}
+        }
         Outcome::Reply(stored_to_result(stored))
     }
 
@@ -464,6 +483,7 @@ impl<S: StateMachine> Apply<S> {
                 self.sessions = sessions;
                 self.applied = index;
                 self.applied_term = 0;
+                self.journal.restored(index);
                 self.longest_pause = self.longest_pause.max(started.elapsed());
                 // Proposals the snapshot covers: their outcome is unknown here.
                 let covered: Vec<Index> = self.waiting.range(..=index).map(|(&i, _)| i).collect();

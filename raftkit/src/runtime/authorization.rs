@@ -10,6 +10,7 @@
 //! | `Status` | yes | yes | yes |
 //! | `Write`, `Read` | no | yes | yes |
 //! | `OpenSession`, `CloseSession` | no | yes | yes |
+//! | `Watch` (of applied writes: it shows what reads show) | no | yes | yes |
 //! | `AddServer`, `AddLearner` | only its own address | no | yes |
 //! | `RemoveServer`, `TransferLeader` | no | no | yes |
 //!
@@ -45,6 +46,7 @@ pub fn request_kind(request: &ClientRequest) -> &'static str {
         ClientRequest::TransferLeader { .. } => "transfer-leader",
         ClientRequest::OpenSession => "open-session",
         ClientRequest::CloseSession { .. } => "close-session",
+        ClientRequest::Watch { .. } => "watch",
     }
 }
 
@@ -63,14 +65,16 @@ pub fn authorize(
             ClientRequest::Write { .. }
             | ClientRequest::Read { .. }
             | ClientRequest::OpenSession
-            | ClientRequest::CloseSession { .. },
+            | ClientRequest::CloseSession { .. }
+            | ClientRequest::Watch { .. },
             CertRole::Client | CertRole::Admin,
         ) => Ok(()),
         (
             ClientRequest::Write { .. }
             | ClientRequest::Read { .. }
             | ClientRequest::OpenSession
-            | ClientRequest::CloseSession { .. },
+            | ClientRequest::CloseSession { .. }
+            | ClientRequest::Watch { .. },
             CertRole::Node,
         ) => refuse(format!(
             "data commands need a client or admin certificate (sessions are opened to write); this is a {principal}"
@@ -122,6 +126,7 @@ mod tests {
             },
             ClientRequest::OpenSession,
             ClientRequest::CloseSession { id: SessionId(1) },
+            ClientRequest::Watch { from: Some(1) },
             ClientRequest::Read { query: vec![] },
             ClientRequest::Status,
             ClientRequest::AddServer { addr: addr.into() },
@@ -145,7 +150,7 @@ mod tests {
                 allowed(&client, &r),
                 matches!(
                     kind,
-                    "write" | "read" | "status" | "open-session" | "close-session"
+                    "write" | "read" | "status" | "open-session" | "close-session" | "watch"
                 ),
                 "client: {r:?}"
             );

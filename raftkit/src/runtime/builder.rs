@@ -110,6 +110,7 @@ pub struct PeerBuilder<S> {
     threads: super::threads::Threads,
     seed: Option<u64>,
     session_ids: Option<super::session::SessionIdSource>,
+    watch_journal_bytes: usize,
     _sm: PhantomData<fn() -> S>,
 }
 
@@ -159,6 +160,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             threads: super::threads::Threads::Os,
             seed: None,
             session_ids: None,
+            watch_journal_bytes: super::watch::DEFAULT_WATCH_JOURNAL_BYTES,
             _sm: PhantomData,
         }
     }
@@ -334,6 +336,18 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// opened while this peer leads.
     pub fn max_sessions(mut self, sessions: u64) -> Self {
         self.max_sessions = sessions.max(1);
+        self
+    }
+
+    /// The bound of this peer's watch journal (default 64 MiB): the applied
+    /// writes (command and output bytes) it keeps for watches
+    /// ([`crate::client::watch`]). A watch from an index the journal no
+    /// longer holds gets [`Error::Compacted`]; a watcher that falls behind
+    /// by more than it holds is disconnected with [`Error::WatchLagged`].
+    /// 0 turns watching off (every event is dropped as it applies, so a
+    /// watch ends with `WatchLagged` at the first write).
+    pub fn watch_journal_bytes(mut self, bytes: usize) -> Self {
+        self.watch_journal_bytes = bytes;
         self
     }
 
@@ -625,9 +639,18 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let (apply_status_tx, apply_status_rx) =
             watch::channel(ApplyStatus::of(applied, &None, &sessions));
+        let journal = super::watch::Journal::new(applied, self.watch_journal_bytes);
         self.threads.spawn(
             "raftkit-apply",
-            apply::run(sm, sessions, applied, apply_rx, snap_tx, apply_status_tx),
+            apply::run(
+                sm,
+                sessions,
+                applied,
+                apply_rx,
+                snap_tx,
+                apply_status_tx,
+                journal.clone(),
+            ),
         )?;
         let admission = Arc::new(Admission::new(
             self.max_in_flight.0,
@@ -673,6 +696,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 session_ids: self
                     .session_ids
                     .unwrap_or_else(|| Arc::new(super::session::new_session_id)),
+                journal,
             }),
             _sm: PhantomData,
         };

@@ -177,6 +177,14 @@ async fn serve_stream<S: StateMachine>(
     if let Some(meta) = meta {
         span.record("request_id", tracing::field::display(meta.request_id));
     }
+    // A watch keeps the stream open and answers with many frames.
+    if let (ClientRequest::Watch { from }, Ok(())) =
+        (&request, authorize(S::NAME, &caller.principal, &request))
+    {
+        return super::watch::serve(peer.journal(), *from, send, max_frame)
+            .instrument(span)
+            .await;
+    }
     let response = match authorize(S::NAME, &caller.principal, &request) {
         Ok(()) => {
             async {
@@ -263,6 +271,10 @@ pub async fn handle<S: StateMachine>(
         ClientRequest::TransferLeader { addr } => {
             result(peer.transfer_leader(&addr).await.map(|()| Vec::new()))
         }
+        // Served on its own stream (`serve_stream`), never in one answer.
+        ClientRequest::Watch { .. } => ClientResponse::Err(WireError::Rejected(
+            "a watch is served on a stream of its own".into(),
+        )),
     }
 }
 

@@ -49,11 +49,12 @@ pub mod persist;
 pub mod session;
 mod status;
 pub(crate) mod threads;
+pub mod watch;
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
 use tokio::task::JoinHandle;
 
 pub use admission::{DEFAULT_ADMISSION_WAIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT_BYTES};
@@ -71,7 +72,7 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     admission: Arc<admission::Admission>,
     max_command_bytes: usize,
-    status: watch::Receiver<PeerStatus>,
+    status: tokio_watch::Receiver<PeerStatus>,
     task: Mutex<Option<JoinHandle<()>>>,
     name: String,
     id: NodeId,
@@ -83,6 +84,8 @@ struct Inner {
     /// new handlers, `crate::schema`).
     schemas: Arc<crate::schema::SchemaBook>,
     session_ids: session::SessionIdSource,
+    /// The watch journal the apply thread feeds (`watch.rs`).
+    journal: Arc<watch::Journal>,
 }
 
 /// A running peer of state machine `S`. Cloning shares the same peer.
@@ -155,7 +158,7 @@ impl<S: StateMachine> Peer<S> {
     /// A watch channel that changes whenever the status does: role, term,
     /// leader, commit and applied index, members and their progress,
     /// counters.
-    pub fn watch(&self) -> watch::Receiver<PeerStatus> {
+    pub fn watch(&self) -> tokio_watch::Receiver<PeerStatus> {
         self.inner.status.clone()
     }
 

@@ -1,0 +1,368 @@
+//! Watching the writes a cluster applies: a stream of typed
+//! [`Event`]s — `(index, command, output)` — from a given log index,
+//! resumable from the last index seen.
+//!
+//! ```ignore
+//! let mut watch = kv.watch(from).await?;        // KvClient::watch: a Watch<Kv>
+//! while let Some(event) = watch.next().await {
+//!     let event: KvEvent = event?;              // Event<Kv>
+//!     println!("{} {:?} -> {:?}", event.index, event.command, event.output);
+//! }
+//! ```
+//!
+//! # What is an event
+//!
+//! Every write the state machine applied, once, in log order: its log
+//! index, its command (the state machine's `Write`) and what the handler
+//! returned (`WriteOutput`), or [`Error::Handler`] if the handler panicked
+//! under the `skip` policy (the write counts as applied: every replica
+//! skipped it alike). Not events: writes the cluster refused or answered
+//! from its session table (a client's retry of a write already applied is
+//! applied once, and is one event), session, membership and no-op entries
+//! (indices have gaps), reads. A key that expires in replicated time (the
+//! kv example's `put_ttl`) changes without an event.
+//!
+//! # Where it is served, and resuming
+//!
+//! Any member serves a watch from its **watch journal**: the events it
+//! applied since it started (or since the snapshot it restarted from),
+//! bounded by bytes (`PeerBuilder::watch_journal_bytes`, 64 MiB by
+//! default). Members apply the same log deterministically, so a watch
+//! continued on another member from `last + 1` delivers exactly the events
+//! it would have delivered. A member serves what *it* applied: a follower
+//! may trail the leader by a few entries (an event may arrive before the
+//! writer's acknowledgement, or after it).
+//!
+//! **Resuming is automatic** within a [`Watch`]: when its member fails (a
+//! lost connection, a member that stopped, halted or whose storage
+//! failed), the watch reconnects to another member (round robin, skipping
+//! members that just failed) from the index after the last event it
+//! delivered, retrying with backoff for up to the client's timeout
+//! ([`ClientOptions::timeout`](super::ClientOptions)) per outage; only then
+//! does [`Watch::next`] return the error. A member that no longer holds
+//! the next index answers [`Error::Compacted`]; the watch tries every
+//! other member before returning it. Across processes, keep
+//! [`Watch::resume_from`] and open a new watch from it.
+//!
+//! # Errors that end a watch
+//!
+//! - [`Error::Compacted`]: no member holds the index asked for any longer.
+//!   Re-read the state (a read handler can return the index it was
+//!   answered at: [`Ctx::index`](crate::Ctx::index)) and watch from that
+//!   index + 1.
+//! - [`Error::WatchLagged`]: the watcher read its events more slowly than
+//!   the cluster applied writes, by more than the member's journal holds;
+//!   the member disconnected it instead of buffering without a bound
+//!   (nothing is buffered for a watcher beyond one batch and the QUIC
+//!   stream's flow-control window). Re-read and watch again.
+//! - any other error the client could not retry within its timeout.
+//!
+//! A watch applies nothing: every watch error says `Applied::No`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use quinn::{ReadError, RecvStream};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::Client;
+use super::wire::{ClientRequest, ClientResponse, WatchEvent, WatchOutput};
+use crate::error::Error;
+use crate::state_machine::{StateMachine, decode};
+use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, read_frame_body, write_frame};
+
+/// The QUIC stream reset code a member sends a watcher it disconnects for
+/// being too slow ([`Error::WatchLagged`]): an error frame could not pass
+/// the watcher's full flow-control window.
+pub const RESET_LAGGED: u32 = 0x5741;
+
+/// One applied write of state machine `S` (the derive names it `KvEvent`
+/// for `Kv`).
+pub struct Event<S: StateMachine> {
+    /// The write's log index.
+    pub index: u64,
+    /// The command.
+    pub command: S::Write,
+    /// What the handler returned, or [`Error::Handler`] if it panicked
+    /// under the `skip` policy.
+    pub output: Result<S::WriteOutput, Error>,
+}
+
+impl<S: StateMachine> Event<S> {
+    /// Decodes a wire event; an event this binary's `S` cannot decode (a
+    /// newer handler) is [`Error::Codec`].
+    pub fn decode(e: WatchEvent) -> Result<Event<S>, Error> {
+        Ok(Event {
+            index: e.index,
+            command: decode("watched command", &e.command)?,
+            output: match e.output {
+                WatchOutput::Ok(out) => Ok(decode("watched write output", &out)?),
+                WatchOutput::Handler(message) => Err(Error::Handler { message }),
+            },
+        })
+    }
+}
+
+impl<S: StateMachine> std::fmt::Debug for Event<S>
+where
+    S::Write: std::fmt::Debug,
+    S::WriteOutput: std::fmt::Debug,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("index", &self.index)
+            .field("command", &self.command)
+            .field("output", &self.output)
+            .finish()
+    }
+}
+
+impl<S: StateMachine> Clone for Event<S>
+where
+    S::Write: Clone,
+    S::WriteOutput: Clone,
+{
+    fn clone(&self) -> Self {
+        Event {
+            index: self.index,
+            command: self.command.clone(),
+            output: self.output.clone(),
+        }
+    }
+}
+
+impl<S: StateMachine> PartialEq for Event<S>
+where
+    S::Write: PartialEq,
+    S::WriteOutput: PartialEq,
+{
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index && self.command == other.command && self.output == other.output
+    }
+}
+
+/// A watch of the writes a cluster applies, from [`Client::watch`] (or a
+/// generated client's `watch`); see the [module docs](self).
+pub struct Watch<S: StateMachine> {
+    client: Client,
+    /// The next index to deliver; `None` until the first member said where
+    /// a watch "from now" starts.
+    next: Option<u64>,
+    /// The member serving the watch and its stream.
+    stream: Option<(SocketAddr, RecvStream)>,
+    batch: VecDeque<WatchEvent>,
+    /// The stream's resume point once the batch is delivered.
+    batch_next: u64,
+    ended: bool,
+    _sm: std::marker::PhantomData<fn() -> S>,
+}
+
+impl Client {
+    /// Opens a watch of the writes the cluster applies, from index `from`
+    /// (`None`: from the next entry the serving member applies), on a
+    /// member chosen round robin. Fails at once with [`Error::Compacted`]
+    /// if no member holds `from` any longer.
+    pub async fn watch<S: StateMachine>(&self, from: Option<u64>) -> Result<Watch<S>, Error> {
+        let mut w = Watch {
+            client: self.clone(),
+            next: from.map(|f| f.max(1)),
+            stream: None,
+            batch: VecDeque::new(),
+            batch_next: 0,
+            ended: false,
+            _sm: std::marker::PhantomData,
+        };
+        w.reconnect(None).await?;
+        Ok(w)
+    }
+}
+
+impl<S: StateMachine> Watch<S> {
+    /// Where this watch resumes: the index of the next event it delivers
+    /// (open a new watch from it to continue after a restart).
+    pub fn resume_from(&self) -> Option<u64> {
+        self.next
+    }
+
+    /// The member serving the watch now.
+    pub fn member(&self) -> Option<SocketAddr> {
+        self.stream.as_ref().map(|(a, _)| *a)
+    }
+
+    /// The next applied write, waiting for it. `None` after the watch ended
+    /// (the `Err` before it said why). An event this binary cannot decode
+    /// (a handler newer than this client) is an `Err` of its own
+    /// ([`Error::Codec`]) and the watch goes on.
+    pub async fn next(&mut self) -> Option<Result<Event<S>, Error>> {
+        loop {
+            if let Some(e) = self.batch.pop_front() {
+                let after = e.index.saturating_add(1);
+                self.next = Some(if self.batch.is_empty() {
+                    self.batch_next.max(after)
+                } else {
+                    after
+                });
+                return Some(Event::decode(e));
+            }
+            if self.ended {
+                return None;
+            }
+            let failed = match self.read().await {
+                Ok(()) => continue,
+                Err(e) => e,
+            };
+            if !failed.is_retryable() {
+                self.ended = true;
+                return Some(Err(failed));
+            }
+            if let Err(e) = self.reconnect(Some(failed)).await {
+                self.ended = true;
+                return Some(Err(e));
+            }
+        }
+    }
+
+    /// Reads the next frame of the current stream into the batch.
+    async fn read(&mut self) -> Result<(), Error> {
+        let Some((addr, recv)) = self.stream.as_mut() else {
+            return Err(Error::Unavailable("no member serves the watch".into()));
+        };
+        let addr = *addr;
+        let next = self.next.unwrap_or(0);
+        let r = match read_response(recv).await {
+            Ok(ClientResponse::Events { events, next }) => {
+                self.accept(events, next);
+                return Ok(());
+            }
+            Ok(ClientResponse::Err(e)) => Error::from(e),
+            Ok(_) => Error::Protocol("a watch stream carried a frame other than events".into()),
+            Err(ReadFailure::Lagged) => Error::WatchLagged { next },
+            Err(ReadFailure::Other(e)) => e,
+        };
+        debug!(member = %addr, error = %r, "watch stream ended");
+        self.stream = None;
+        if r.is_retryable() || r.member_is_down() {
+            self.client.suspect(addr);
+        }
+        Err(r)
+    }
+
+    /// Takes a batch, dropping anything before `next` (a member never sends
+    /// it; a hostile one gains nothing by it) or out of order.
+    fn accept(&mut self, events: Vec<WatchEvent>, stream_next: u64) {
+        let mut expect = self.next.unwrap_or(0);
+        for e in events {
+            if e.index < expect {
+                debug!(index = e.index, expect, "watch event out of order; dropped");
+                continue;
+            }
+            expect = e.index.saturating_add(1);
+            self.batch.push_back(e);
+        }
+        self.batch_next = stream_next.max(expect);
+        if self.batch.is_empty() {
+            self.next = Some(self.batch_next);
+        }
+    }
+
+    /// Opens the watch at the next member, retrying members and backing off
+    /// until the client's timeout. `failed` is why the last stream ended.
+    async fn reconnect(&mut self, failed: Option<Error>) -> Result<(), Error> {
+        let opts = self.client.options().clone();
+        let deadline = Instant::now() + opts.timeout;
+        let mut backoff = opts.backoff;
+        let members = self.client.members().len();
+        let mut compacted: Option<Error> = None;
+        let mut compacted_answers = 0;
+        let mut last = failed;
+        loop {
+            let addr = self.client.round_robin();
+            match tokio::time::timeout_at(deadline, self.open(addr)).await {
+                Ok(Ok((recv, events, next))) => {
+                    self.stream = Some((addr, recv));
+                    self.accept(events, next);
+                    debug!(member = %addr, from = ?self.next, "watching");
+                    return Ok(());
+                }
+                Ok(Err(e @ Error::Compacted { .. })) => {
+                    // Another member may hold a longer journal.
+                    compacted_answers += 1;
+                    debug!(member = %addr, error = %e, "member no longer holds the index");
+                    compacted = Some(e);
+                    if compacted_answers >= members {
+                        return Err(compacted.unwrap_or(Error::Timeout));
+                    }
+                    continue;
+                }
+                Ok(Err(e)) if !e.is_retryable() => return Err(e),
+                Ok(Err(e)) => {
+                    debug!(member = %addr, error = %e, "watch attempt failed");
+                    self.client.suspect(addr);
+                    last = Some(e);
+                }
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(compacted.or(last).unwrap_or(Error::Timeout));
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(opts.max_backoff);
+        }
+    }
+
+    /// Sends the watch request to `addr` and reads its first frame (the
+    /// member accepted the watch, or says why not).
+    async fn open(&self, addr: SocketAddr) -> Result<(RecvStream, Vec<WatchEvent>, u64), Error> {
+        let conn = self.client.connection(addr).await?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        let request = ClientRequest::Watch { from: self.next };
+        write_frame(&mut send, &request, DEFAULT_MAX_FRAME_BYTES)
+            .await
+            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        let _ = send.finish();
+        match read_response(&mut recv).await {
+            Ok(ClientResponse::Events { events, next }) => Ok((recv, events, next)),
+            Ok(ClientResponse::Err(e)) => Err(e.into()),
+            Ok(_) => Err(Error::Protocol(
+                "a watch stream carried a frame other than events".into(),
+            )),
+            Err(ReadFailure::Lagged) => Err(Error::WatchLagged {
+                next: self.next.unwrap_or(0),
+            }),
+            Err(ReadFailure::Other(e)) => Err(e),
+        }
+    }
+}
+
+enum ReadFailure {
+    /// The member reset the stream: the watcher was too slow.
+    Lagged,
+    Other(Error),
+}
+
+async fn read_response(recv: &mut RecvStream) -> Result<ClientResponse, ReadFailure> {
+    let body = match read_frame_body(recv, DEFAULT_MAX_FRAME_BYTES).await {
+        Ok(b) => b,
+        Err(FrameError::Io(e)) => {
+            let lagged = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<ReadError>())
+                .is_some_and(|r| {
+                    matches!(r, ReadError::Reset(code) if code.into_inner() == u64::from(RESET_LAGGED))
+                });
+            return Err(if lagged {
+                ReadFailure::Lagged
+            } else {
+                ReadFailure::Other(Error::Transport(e.to_string()))
+            });
+        }
+        Err(e) => return Err(ReadFailure::Other(Error::Transport(e.to_string()))),
+    };
+    postcard::from_bytes(&body)
+        .map_err(|e| ReadFailure::Other(Error::Protocol(format!("watch frame: {e}"))))
+}

@@ -1,0 +1,603 @@
+//! Watching applied writes: each member's **watch journal**, fed by its
+//! apply thread, and the watch streams served from it (to network clients
+//! by the client service, in process through [`Peer::watch_from`]).
+//!
+//! Every member applies every committed entry in log order, and applying is
+//! deterministic, so every member produces the same (index, command,
+//! output) for each applied write. The apply thread appends each applied
+//! client write to the journal; a watch from index `i` is a cursor into it:
+//! served from the journal first, then live as entries apply. So any member
+//! serves watches (followers too), and a watch resumed on another member
+//! from `last + 1` continues exactly where it stopped.
+//!
+//! Invariants:
+//! - the journal holds, in index order, one event per applied client write
+//!   with index `>= start`: a write refused by the session table (unknown
+//!   or foreign session, already acknowledged, window full) or answered
+//!   from it (a retried duplicate) applied nothing and is no event;
+//!   sessions, configurations and no-ops are no events (indices still
+//!   increase, with gaps). A write whose handler panicked under the `skip`
+//!   policy *is* an event (it counts as applied on every replica), with
+//!   the handler's message as its output; a write that halted the node is
+//!   not (it was not applied), and the node's watches end with
+//!   [`Error::Halted`] after the events before it;
+//! - the journal is bounded by bytes ([`PeerBuilder::watch_journal_bytes`]):
+//!   appending past the bound drops the oldest events and moves `start`
+//!   past them. After a restart it starts empty at the snapshot the node
+//!   restored (the replayed entries refill it); a snapshot installed from
+//!   the leader empties it and moves `start` past the snapshot. It is not
+//!   trimmed when the node compacts its own log: a snapshot is taken at the
+//!   applied index, and trimming there would cut off every watcher;
+//! - a watch asking for an index below `start` is refused with
+//!   [`Error::Compacted`]; a watcher whose next event is dropped while it
+//!   is being served (it reads more slowly than writes apply, by more than
+//!   the journal holds) is disconnected with [`Error::WatchLagged`]. No
+//!   watcher holds more than one batch of its own: the journal is the only
+//!   buffer, shared by every watcher of the member, so memory stays within
+//!   the bound whatever the number or speed of watchers. A watcher whose
+//!   next event went away with a snapshot from the leader is told
+//!   [`Error::Unavailable`] (another member may still hold it);
+//! - at most [`MAX_WATCHERS`] watches are open on a member at once; one
+//!   more is refused with [`Error::Overloaded`]. A watch's batch shares the
+//!   journal's bytes (reference-counted); its own memory is one encoded
+//!   frame of at most 64 KiB (or one larger event) while it is written, so
+//!   watchers cost at most `MAX_WATCHERS` × 64 KiB beyond the journal, plus
+//!   what QUIC flow control lets each stream hold.
+//!
+//! [`PeerBuilder::watch_journal_bytes`]: super::PeerBuilder::watch_journal_bytes
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use quinn::{SendStream, VarInt};
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::Peer;
+use crate::client::watch::{Event, RESET_LAGGED};
+use crate::client::wire::{ClientResponse, WatchEvent, WatchOutput};
+use crate::core::Index;
+use crate::error::Error;
+use crate::state_machine::StateMachine;
+use crate::transport::frame::{encode_frame, write_frame};
+
+/// The default bound of a member's watch journal: 64 MiB of events.
+pub const DEFAULT_WATCH_JOURNAL_BYTES: usize = 64 << 20;
+
+/// The most watches a member serves at once.
+pub const MAX_WATCHERS: usize = 1024;
+
+/// The most bytes of events one frame of a watch stream carries (a single
+/// larger event travels alone).
+const BATCH_BYTES: usize = 64 << 10;
+
+/// A member's watch journal (see the module docs).
+pub struct Journal {
+    state: Mutex<State>,
+    /// Bumped on every change (events, applied index, trim, stop): wakes
+    /// the cursors.
+    version: watch::Sender<u64>,
+    max_bytes: usize,
+    watchers: AtomicUsize,
+}
+
+struct State {
+    /// The first index the journal can serve.
+    start: Index,
+    /// The last index applied (data or not).
+    applied: Index,
+    /// The highest index dropped by the byte bound (as opposed to a
+    /// snapshot install): a cursor at or below it lagged.
+    trimmed_upto: Index,
+    events: VecDeque<WatchEvent>,
+    bytes: usize,
+    /// Set once the member stopped applying: the error every cursor ends
+    /// with after the events it holds.
+    stopped: Option<Error>,
+}
+
+impl Journal {
+    /// An empty journal of a member whose state machine is at `applied`,
+    /// holding at most `max_bytes` of events (0: no events are kept, and
+    /// only watches from the next applied entry on are served, live).
+    pub fn new(applied: Index, max_bytes: usize) -> Arc<Journal> {
+        Arc::new(Journal {
+            state: Mutex::new(State {
+                start: applied.saturating_add(1),
+                applied,
+                trimmed_upto: 0,
+                events: VecDeque::new(),
+                bytes: 0,
+                stopped: None,
+            }),
+            version: watch::channel(0).0,
+            max_bytes,
+            watchers: AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Appends the event of a write applied at `index` (the apply thread,
+    /// in index order; cursors are woken by [`Journal::applied`]).
+    pub(crate) fn push(&self, index: Index, command: Vec<u8>, output: Result<Vec<u8>, String>) {
+        let event = WatchEvent {
+            index,
+            command: command.into(),
+            output: match output {
+                Ok(out) => WatchOutput::Ok(out.into()),
+                Err(message) => WatchOutput::Handler(message),
+            },
+        };
+        let cost = event.cost();
+        let mut st = self.lock();
+        st.bytes += cost;
+        st.events.push_back(event);
+        // The newest event stays even if it alone passes the bound (a
+        // watcher that keeps up still gets it), unless the bound is 0.
+        while st.bytes > self.max_bytes && (st.events.len() > 1 || self.max_bytes == 0) {
+            let Some(old) = st.events.pop_front() else {
+                break;
+            };
+            st.bytes -= old.cost();
+            st.trimmed_upto = old.index;
+            st.start = old.index.saturating_add(1);
+        }
+    }
+
+    /// The apply thread applied everything up to `applied`: wakes the
+    /// cursors.
+    pub(crate) fn applied(&self, applied: Index) {
+        {
+            let mut st = self.lock();
+            if applied <= st.applied {
+                return;
+            }
+            st.applied = applied;
+        }
+        self.bump();
+    }
+
+    /// A snapshot from the leader replaced the state at `index`: the
+    /// entries up to it were never applied here, so the journal restarts
+    /// after it.
+    pub(crate) fn restored(&self, index: Index) {
+        {
+            let mut st = self.lock();
+            st.events.clear();
+            st.bytes = 0;
+            st.start = st.start.max(index.saturating_add(1));
+            st.applied = st.applied.max(index);
+        }
+        self.bump();
+    }
+
+    /// The member stopped applying (halted, storage failed, shut down):
+    /// every cursor ends with `error` once it took the events before.
+    pub(crate) fn stop(&self, error: Error) {
+        {
+            let mut st = self.lock();
+            if st.stopped.is_none() {
+                st.stopped = Some(error);
+            }
+        }
+        self.bump();
+    }
+
+    /// The journal's bound, in bytes.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// The first index the journal can serve and the last applied index.
+    pub fn range(&self) -> (Index, Index) {
+        let st = self.lock();
+        (st.start, st.applied)
+    }
+
+    /// A cursor at `from` (`None`: the next entry to apply; 0 counts as 1).
+    pub fn cursor(self: &Arc<Self>, from: Option<Index>) -> Result<Cursor, Error> {
+        let next = {
+            let st = self.lock();
+            match from {
+                None => st.applied.saturating_add(1),
+                Some(from) => {
+                    let from = from.max(1);
+                    if from < st.start {
+                        return Err(Error::Compacted {
+                            requested: from,
+                            first_available: st.start,
+                        });
+                    }
+                    from
+                }
+            }
+        };
+        let open = self.watchers.fetch_add(1, Ordering::Relaxed);
+        let cursor = Cursor {
+            journal: Arc::clone(self),
+            next,
+            changes: self.version.subscribe(),
+        };
+        if open >= MAX_WATCHERS {
+            // Dropping the cursor gives the slot back.
+            drop(cursor);
+            return Err(Error::Overloaded);
+        }
+        Ok(cursor)
+    }
+}
+
+/// A watcher's position in a [`Journal`]: the next index it wants.
+pub struct Cursor {
+    journal: Arc<Journal>,
+    next: Index,
+    changes: watch::Receiver<u64>,
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        self.journal.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Cursor {
+    /// The next index this cursor delivers from.
+    pub fn next_index(&self) -> Index {
+        self.next
+    }
+
+    /// The error of a cursor whose next event is gone, if it is.
+    fn overtaken_by(&self, st: &State) -> Option<Error> {
+        if self.next >= st.start {
+            return None;
+        }
+        Some(if self.next <= st.trimmed_upto {
+            Error::WatchLagged { next: self.next }
+        } else {
+            Error::Unavailable(format!(
+                "this member installed a snapshot from the leader past index {}, so it never applied the events from there; another member may still hold them",
+                self.next
+            ))
+        })
+    }
+
+    /// Waits for the next events (at most `max_bytes` of them, at least
+    /// one) and moves past them. Ends with the member's error once it
+    /// stopped and every event before was taken; with
+    /// [`Error::WatchLagged`] if the next event was dropped.
+    pub async fn next_batch(&mut self, max_bytes: usize) -> Result<Vec<WatchEvent>, Error> {
+        loop {
+            self.changes.borrow_and_update();
+            {
+                let st = self.journal.lock();
+                if let Some(e) = self.overtaken_by(&st) {
+                    return Err(e);
+                }
+                let first = st.events.partition_point(|e| e.index < self.next);
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                for e in st.events.range(first..) {
+                    if !batch.is_empty() && bytes + e.cost() > max_bytes {
+                        break;
+                    }
+                    bytes += e.cost();
+                    batch.push(e.clone());
+                }
+                if let Some(last) = batch.last() {
+                    self.next = last.index.saturating_add(1);
+                    if first + batch.len() == st.events.len() {
+                        // Everything applied so far was taken: skip the
+                        // non-data entries after the last event.
+                        self.next = self.next.max(st.applied.saturating_add(1));
+                    }
+                    return Ok(batch);
+                }
+                // No event at or after `next`: skip what applied (no data).
+                self.next = self.next.max(st.applied.saturating_add(1));
+                if let Some(e) = &st.stopped {
+                    return Err(e.clone());
+                }
+            }
+            // The sender lives in the journal, which this cursor holds.
+            if self.changes.changed().await.is_err() {
+                return Err(Error::Unavailable("the watch journal closed".into()));
+            }
+        }
+    }
+
+    /// Resolves once this cursor's next event was dropped from the journal
+    /// (the watcher is too slow), with the error to end the watch with.
+    pub async fn overtaken(&mut self) -> Error {
+        loop {
+            self.changes.borrow_and_update();
+            if let Some(e) = self.overtaken_by(&self.journal.lock()) {
+                return e;
+            }
+            if self.changes.changed().await.is_err() {
+                return Error::Unavailable("the watch journal closed".into());
+            }
+        }
+    }
+}
+
+/// Serves one watch request on a client stream: an `Events` frame
+/// confirming the start (possibly empty), then batches as writes apply,
+/// until the client goes away or an error ends it (its frame is the last).
+/// A client that does not read while the journal overtakes it gets its
+/// stream reset with [`RESET_LAGGED`] (a frame could not get through its
+/// full flow-control window).
+pub(crate) async fn serve(
+    journal: &Arc<Journal>,
+    from: Option<Index>,
+    mut send: SendStream,
+    max_frame: usize,
+) {
+    let mut cursor = match journal.cursor(from) {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, ?from, "watch refused");
+            let _ = write_frame(&mut send, &ClientResponse::Err(e.into()), max_frame).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    debug!(from = cursor.next_index(), "watch opened");
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    let mut frame = ClientResponse::Events {
+        events: Vec::new(),
+        next: cursor.next_index(),
+    };
+    let batch_bytes = BATCH_BYTES.min(max_frame / 2);
+    loop {
+        let mut buf = Vec::new();
+        if let Err(e) = encode_frame(&frame, max_frame, &mut buf) {
+            // A single event larger than a frame: it cannot be carried.
+            let first = match &frame {
+                ClientResponse::Events { events, .. } => events.first().map(|e| e.index),
+                _ => None,
+            };
+            let e = Error::Rejected(format!(
+                "the watch event at index {first:?} does not fit a frame ({e}); watch from after it"
+            ));
+            let _ = write_frame(&mut send, &ClientResponse::Err(e.into()), max_frame).await;
+            let _ = send.finish();
+            return;
+        }
+        tokio::select! {
+            r = send.write_all(&buf) => if let Err(e) = r {
+                debug!(error = %e, "watcher went away");
+                return;
+            },
+            e = cursor.overtaken() => {
+                debug!(error = %e, "watcher too slow; disconnected");
+                let _ = send.reset(VarInt::from_u32(RESET_LAGGED));
+                return;
+            }
+            _ = &mut stopped => return,
+        }
+        let batch = tokio::select! {
+            b = cursor.next_batch(batch_bytes) => b,
+            _ = &mut stopped => return,
+        };
+        frame = match batch {
+            Ok(events) => ClientResponse::Events {
+                events,
+                next: cursor.next_index(),
+            },
+            Err(e) => {
+                debug!(error = %e, "watch ended");
+                if matches!(e, Error::WatchLagged { .. }) {
+                    let _ = send.reset(VarInt::from_u32(RESET_LAGGED));
+                    return;
+                }
+                let _ = write_frame(&mut send, &ClientResponse::Err(e.into()), max_frame).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+    }
+}
+
+/// An in-process watch of a [`Peer`]'s applied writes, from
+/// [`Peer::watch_from`]: the same events, in the same order, as a network
+/// watch of that member.
+pub struct PeerWatch<S> {
+    cursor: Cursor,
+    batch: VecDeque<WatchEvent>,
+    ended: bool,
+    _sm: std::marker::PhantomData<fn() -> S>,
+}
+
+impl<S: StateMachine> PeerWatch<S> {
+    /// The next applied write, waiting for it; `None` after the watch ended
+    /// with an error (a member that stopped, [`Error::WatchLagged`]). An
+    /// event this binary cannot decode is an `Err` of its own
+    /// ([`Error::Codec`]) and the watch goes on.
+    pub async fn next(&mut self) -> Option<Result<Event<S>, Error>> {
+        if self.batch.is_empty() && !self.ended {
+            match self.cursor.next_batch(BATCH_BYTES).await {
+                Ok(b) => self.batch.extend(b),
+                Err(e) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        self.batch.pop_front().map(Event::decode)
+    }
+
+    /// Where this watch would resume: the index of the next event it
+    /// delivers.
+    pub fn resume_from(&self) -> Index {
+        self.batch
+            .front()
+            .map_or(self.cursor.next_index(), |e| e.index)
+    }
+}
+
+impl<S: StateMachine> Peer<S> {
+    /// Watches the writes this member applies from index `from` (`None`:
+    /// from the next entry it applies): their commands and outputs, typed,
+    /// in index order. See [`crate::client::watch`] for what is an event;
+    /// [`Error::Compacted`] if the member no longer holds `from`.
+    pub fn watch_from(&self, from: Option<Index>) -> Result<PeerWatch<S>, Error> {
+        Ok(PeerWatch {
+            cursor: self.inner.journal.cursor(from)?,
+            batch: VecDeque::new(),
+            ended: false,
+            _sm: std::marker::PhantomData,
+        })
+    }
+
+    /// This member's watch journal (for the client service).
+    pub(crate) fn journal(&self) -> &Arc<Journal> {
+        &self.inner.journal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    fn indices(b: &[WatchEvent]) -> Vec<Index> {
+        b.iter().map(|e| e.index).collect()
+    }
+
+    #[test]
+    fn events_come_in_order_and_non_data_entries_are_skipped() {
+        block_on(async {
+            let j = Journal::new(0, 1 << 20);
+            let mut c = j.cursor(Some(1)).expect("cursor");
+            j.push(2, vec![1], Ok(vec![2]));
+            j.push(5, vec![3], Err("boom".into()));
+            j.applied(7);
+            let b = c.next_batch(1 << 20).await.expect("batch");
+            assert_eq!(indices(&b), [2, 5]);
+            assert_eq!(b[1].output, WatchOutput::Handler("boom".into()));
+            assert_eq!(c.next_index(), 8, "entries 6 and 7 carried no data");
+            j.push(8, vec![4], Ok(vec![]));
+            j.applied(8);
+            assert_eq!(indices(&c.next_batch(1 << 20).await.expect("b")), [8]);
+            // A cursor from the middle starts there.
+            let mut mid = j.cursor(Some(3)).expect("cursor");
+            assert_eq!(indices(&mid.next_batch(1 << 20).await.expect("b")), [5, 8]);
+            // From "now": nothing until the next write.
+            let now = j.cursor(None).expect("cursor");
+            assert_eq!(now.next_index(), 9);
+        });
+    }
+
+    #[test]
+    fn the_byte_bound_trims_the_oldest_and_compacted_or_lagged_watchers_are_told() {
+        block_on(async {
+            let j = Journal::new(0, 3 * 65);
+            let mut slow = j.cursor(Some(1)).expect("cursor");
+            for i in 1..=5 {
+                j.push(i, vec![0], Ok(vec![]));
+            }
+            j.applied(5);
+            assert_eq!(j.range(), (3, 5), "three events of 65 bytes fit");
+            assert_eq!(
+                j.cursor(Some(2)).err(),
+                Some(Error::Compacted {
+                    requested: 2,
+                    first_available: 3
+                })
+            );
+            assert!(j.cursor(Some(3)).is_ok());
+            assert_eq!(
+                slow.next_batch(1 << 20).await.err(),
+                Some(Error::WatchLagged { next: 1 })
+            );
+            assert!(matches!(slow.overtaken().await, Error::WatchLagged { .. }));
+        });
+    }
+
+    #[test]
+    fn batches_are_bounded_and_a_stop_comes_after_the_events() {
+        block_on(async {
+            let j = Journal::new(10, 1 << 20);
+            assert_eq!(
+                j.cursor(Some(10)).err(),
+                Some(Error::Compacted {
+                    requested: 10,
+                    first_available: 11
+                }),
+                "a restarted member serves from after its snapshot"
+            );
+            let mut c = j.cursor(Some(11)).expect("cursor");
+            for i in 11..=14 {
+                j.push(i, vec![0; 100], Ok(vec![]));
+            }
+            j.applied(14);
+            j.stop(Error::Halted {
+                message: "h".into(),
+            });
+            // 164 bytes an event: two fit in 400.
+            assert_eq!(indices(&c.next_batch(400).await.expect("b")), [11, 12]);
+            assert_eq!(indices(&c.next_batch(1).await.expect("b")), [13]);
+            assert_eq!(indices(&c.next_batch(400).await.expect("b")), [14]);
+            assert!(matches!(c.next_batch(400).await, Err(Error::Halted { .. })));
+        });
+    }
+
+    #[test]
+    fn a_snapshot_install_moves_the_start_and_is_not_a_lag() {
+        block_on(async {
+            let j = Journal::new(0, 1 << 20);
+            let mut c = j.cursor(Some(1)).expect("cursor");
+            j.restored(20);
+            assert!(matches!(
+                c.next_batch(1 << 20).await,
+                Err(Error::Unavailable(_))
+            ));
+            assert_eq!(j.range(), (21, 20));
+        });
+    }
+
+    #[test]
+    fn watchers_are_counted_and_bounded() {
+        let j = Journal::new(0, 1 << 20);
+        let open: Vec<Cursor> = (0..MAX_WATCHERS)
+            .map(|_| j.cursor(None).expect("cursor"))
+            .collect();
+        assert_eq!(j.cursor(None).err(), Some(Error::Overloaded));
+        drop(open);
+        assert!(j.cursor(None).is_ok());
+    }
+
+    #[test]
+    fn a_waiting_cursor_wakes_on_a_write() {
+        block_on(async {
+            let j = Journal::new(0, 1 << 20);
+            let mut c = j.cursor(None).expect("cursor");
+            let writer = {
+                let j = j.clone();
+                tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    j.push(1, vec![9], Ok(vec![]));
+                    j.applied(1);
+                })
+            };
+            let b = c.next_batch(1 << 20).await.expect("batch");
+            assert_eq!(indices(&b), [1]);
+            writer.await.expect("writer");
+        });
+    }
+}
