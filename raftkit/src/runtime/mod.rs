@@ -57,6 +57,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use admission::{DEFAULT_ADMISSION_WAIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT_BYTES};
+pub(crate) use builder::GroupStorage;
 pub use builder::{DEFAULT_MAX_COMMAND_BYTES, PeerBuilder, PeerExt};
 pub use status::{LATENCY_BOUNDS_US, LatencyHistogram, MemberStatus, PeerStatus};
 

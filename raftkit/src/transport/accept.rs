@@ -392,6 +392,24 @@ async fn serve_link(
                     return;
                 }
             }
+            Ok(PeerFrame::Group { group, msg }) if link.group_inbox.is_some() => {
+                if msg.from != from {
+                    wrong_from += 1;
+                    if wrong_from == 1 {
+                        warn!(node = link.node, %remote, peer = %name, claimed = msg.from, group,
+                            "message from another node id than the link's certificate; dropped (logged once per link)");
+                    }
+                    continue;
+                }
+                let Some(groups) = &link.group_inbox else {
+                    continue;
+                };
+                if groups.send((group, msg)).await.is_err() {
+                    debug!(node = link.node, "group inbox closed; dropping the link");
+                    conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
+                    return;
+                }
+            }
             Ok(other) => {
                 return protocol_error(&name, format!("unexpected {} frame", frame_kind(&other)));
             }

@@ -70,6 +70,14 @@ pub enum PeerFrame {
     },
     /// A Raft message.
     Msg(Message),
+    /// A Raft message of one group of a multi-group node (`crate::multi`):
+    /// the messages of every group two nodes share travel on one link.
+    Group {
+        /// The group.
+        group: u64,
+        /// The message.
+        msg: Message,
+    },
 }
 
 /// An error reading or writing a frame.

@@ -158,6 +158,10 @@ pub struct QuicConfig {
     /// A learned link is closed once no inbound link from its node has been
     /// open for this long (default 30 s).
     pub learned_link_ttl: Duration,
+    /// Where [`PeerFrame::Group`] messages (the groups of a multi-group
+    /// node, `crate::multi`) go, tagged with their group (default none:
+    /// they are dropped and counted as protocol errors).
+    pub group_inbox: Option<mpsc::Sender<(u64, Message)>>,
 }
 
 impl QuicConfig {
@@ -180,6 +184,7 @@ impl QuicConfig {
             idle_timeout: Duration::from_secs(3),
             max_learned_links: 16,
             learned_link_ttl: Duration::from_secs(30),
+            group_inbox: None,
         }
     }
 }
@@ -320,12 +325,14 @@ pub(super) struct LinkConfig {
     pub(super) client: quinn::ClientConfig,
     pub(super) max_learned: usize,
     pub(super) learned_ttl: Duration,
+    pub(super) group_inbox: Option<mpsc::Sender<(u64, Message)>>,
 }
 
 /// The bounded outbound queue of one peer.
 #[derive(Debug)]
 pub(crate) struct OutQueue {
-    msgs: VecDeque<Message>,
+    /// Messages with their group (`None`: the node's only group).
+    msgs: VecDeque<(Option<u64>, Message)>,
     cap: usize,
     /// Heartbeats replaced by a newer one before being sent.
     superseded: u64,
@@ -343,24 +350,38 @@ impl OutQueue {
         }
     }
 
-    /// Queues `msg`: a heartbeat replaces any unsent heartbeat from the same
-    /// sender; past the capacity the oldest message is dropped.
+    /// Queues `msg` of the node's only group.
+    #[cfg(test)]
     pub(crate) fn push(&mut self, msg: Message) {
+        self.push_tagged(None, msg);
+    }
+
+    /// Queues `msg` of `group` (`None`: the node's only group): a heartbeat
+    /// replaces any unsent heartbeat from the same sender and group; past
+    /// the capacity the oldest message is dropped.
+    pub(crate) fn push_tagged(&mut self, group: Option<u64>, msg: Message) {
         if matches!(msg.body, Body::Heartbeat { .. }) {
             let before = self.msgs.len();
-            self.msgs
-                .retain(|m| !(matches!(m.body, Body::Heartbeat { .. }) && m.from == msg.from));
+            self.msgs.retain(|(g, m)| {
+                !(matches!(m.body, Body::Heartbeat { .. }) && m.from == msg.from && *g == group)
+            });
             self.superseded += (before - self.msgs.len()) as u64;
         }
         while self.msgs.len() >= self.cap {
             self.msgs.pop_front();
             self.overflowed += 1;
         }
-        self.msgs.push_back(msg);
+        self.msgs.push_back((group, msg));
     }
 
     /// Takes everything queued, oldest first.
+    #[cfg(test)]
     pub(crate) fn drain(&mut self) -> Vec<Message> {
+        self.msgs.drain(..).map(|(_, m)| m).collect()
+    }
+
+    /// Takes everything queued with its group, oldest first.
+    pub(crate) fn drain_tagged(&mut self) -> Vec<(Option<u64>, Message)> {
         self.msgs.drain(..).collect()
     }
 
@@ -527,6 +548,7 @@ impl QuicTransport {
             client,
             max_learned: config.max_learned_links,
             learned_ttl: config.learned_link_ttl,
+            group_inbox: config.group_inbox,
         });
         let runtime = tokio::runtime::Handle::current();
         let (learned_tx, learned_rx) = mpsc::channel::<(NodeId, String)>(64);
@@ -612,20 +634,35 @@ impl QuicTransport {
     }
 }
 
-impl Transport for QuicTransport {
-    fn send(&self, msg: Message) {
+impl QuicTransport {
+    /// Queues a message of `group` (a multi-group node, `crate::multi`):
+    /// it travels on the same link as every other group's, as a
+    /// [`PeerFrame::Group`] frame, and arrives on the peer's
+    /// [`QuicConfig::group_inbox`].
+    pub fn send_group(&self, group: u64, msg: Message) {
+        self.send_tagged(Some(group), msg);
+    }
+
+    fn send_tagged(&self, group: Option<u64>, msg: Message) {
         let peers = self.inner.peers();
         match peers.get(&msg.to) {
             Some(peer) => {
-                peer.shared.queue().push(msg);
+                peer.shared.queue().push_tagged(group, msg);
                 peer.shared.notify.notify_one();
             }
             None => trace!(
                 to = msg.to,
+                group,
                 kind = msg.body.kind(),
                 "no link to this peer; message dropped"
             ),
         }
+    }
+}
+
+impl Transport for QuicTransport {
+    fn send(&self, msg: Message) {
+        self.send_tagged(None, msg);
     }
 
     fn set_peers(&self, peers: BTreeMap<NodeId, String>) {
@@ -863,7 +900,7 @@ async fn pump(
     loop {
         let (batch, overflowed) = {
             let mut queue = shared.queue();
-            (queue.drain(), queue.take_overflowed())
+            (queue.drain_tagged(), queue.take_overflowed())
         };
         if overflowed > 0 {
             warn!(
@@ -879,9 +916,13 @@ async fn pump(
         }
         buf.clear();
         let count = batch.len();
-        for msg in batch {
+        for (group, msg) in batch {
             let (to, kind) = (msg.to, msg.body.kind());
-            if let Err(e) = encode_frame(&PeerFrame::Msg(msg), link.max_frame_bytes, &mut buf) {
+            let frame = match group {
+                None => PeerFrame::Msg(msg),
+                Some(group) => PeerFrame::Group { group, msg },
+            };
+            if let Err(e) = encode_frame(&frame, link.max_frame_bytes, &mut buf) {
                 error!(node = link.node, peer = to, kind, error = %e, "cannot send message; dropped");
             }
         }
@@ -898,6 +939,7 @@ pub(super) fn frame_kind(frame: &PeerFrame) -> &'static str {
         PeerFrame::HelloOk => "HelloOk",
         PeerFrame::Refused { .. } => "Refused",
         PeerFrame::Msg(_) => "Msg",
+        PeerFrame::Group { .. } => "Group",
     }
 }
 

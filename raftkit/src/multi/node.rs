@@ -1,0 +1,321 @@
+//! A node that hosts many groups: [`MultiNode`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use super::GroupId;
+use super::journal::{Journal, JournalOptions, JournalStats};
+use super::links::{Links, demultiplex};
+use crate::error::Error;
+use crate::identity::{default_name, node_id};
+use crate::runtime::{GroupStorage, Peer, PeerExt};
+use crate::storage::FileSnapshotStore;
+use crate::storage::vfs::SharedFs;
+use crate::tls::Identity;
+use crate::transport::quic::{QuicConfig, QuicTransport};
+
+/// How many messages one node may queue for one peer, over all groups.
+const LINK_QUEUE: usize = 1 << 16;
+
+/// Builds a [`MultiNode`]: `MultiNode::<S>::builder()`.
+pub struct MultiNodeBuilder<S> {
+    listen: Option<String>,
+    advertise: Option<String>,
+    dir: Option<PathBuf>,
+    identity: Option<Identity>,
+    tick: Duration,
+    snapshot_every: u64,
+    fs: SharedFs,
+    journal: JournalOptions,
+    _sm: std::marker::PhantomData<fn() -> S>,
+}
+
+impl<S: PeerExt> MultiNodeBuilder<S> {
+    /// The UDP address to listen on (required).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+
+    /// The address other nodes reach this one at (default: `listen`). The
+    /// node's name is `<state machine>@<advertise>`, its certificate's.
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
+
+    /// The data directory: `journal/` (every group's log), `groups/<id>/`
+    /// (each group's snapshots) and `tls/` (the node's identity).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// The node's certificate (a `node` certificate for its name); stored
+    /// in the data directory, so a restart needs none.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The tick of every group's core (default 50 ms).
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
+    /// Every group snapshots after this many entries (default 10,000).
+    pub fn snapshot_every(mut self, entries: u64) -> Self {
+        self.snapshot_every = entries;
+        self
+    }
+
+    /// The journal's options.
+    pub fn journal_options(mut self, opts: JournalOptions) -> Self {
+        self.journal = opts;
+        self
+    }
+
+    /// Opens the data directory, starts the QUIC endpoint and every group
+    /// the journal holds.
+    pub async fn start(self) -> Result<MultiNode<S>, Error> {
+        let dir = self
+            .dir
+            .ok_or_else(|| Error::Rejected("a multi-group node needs a data directory".into()))?;
+        let listen = self
+            .listen
+            .ok_or_else(|| Error::Rejected("a multi-group node needs a listen address".into()))?;
+        let advertise = self.advertise.unwrap_or_else(|| listen.clone());
+        let name = default_name(S::NAME, &advertise);
+        let tls = dir.join("tls");
+        let identity = match self.identity {
+            Some(identity) => {
+                identity
+                    .check_node(&name)
+                    .map_err(|e| Error::Tls(format!("the identity of {name}: {e}")))?;
+                identity
+                    .write_to(&tls, "peer")
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+                identity
+            }
+            None => Identity::load(&tls, "peer").map_err(|e| {
+                Error::Tls(format!("{name} has no identity in {}: {e}", tls.display()))
+            })?,
+        };
+        let journal = Journal::open(self.fs.clone(), &dir.join("journal"), self.journal)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let listen_addr: SocketAddr = listen
+            .parse()
+            .map_err(|e| Error::Rejected(format!("listen address {listen}: {e}")))?;
+        let (group_tx, group_rx) = mpsc::channel(4096);
+        let mut config = QuicConfig::new(listen_addr, &name, identity, S::SCHEMA_FINGERPRINT);
+        config.advertise = Some(advertise.clone());
+        config.queue_capacity = LINK_QUEUE;
+        config.group_inbox = Some(group_tx);
+        let (quic, local_addr) = QuicTransport::start(config, mpsc::channel(1).0, None)
+            .await
+            .map_err(|e| Error::Transport(format!("cannot listen on {listen}: {e}")))?;
+        let links = Links::new(quic.clone());
+        let demux = tokio::spawn(demultiplex(links.clone(), group_rx));
+        let node = MultiNode {
+            inner: Arc::new(Inner {
+                name,
+                advertise,
+                local_addr,
+                dir,
+                fs: self.fs,
+                tick: self.tick,
+                snapshot_every: self.snapshot_every,
+                journal,
+                quic,
+                links,
+                demux: Mutex::new(Some(demux)),
+                groups: Mutex::new(BTreeMap::new()),
+            }),
+        };
+        let existing = node.inner.journal.groups();
+        for group in &existing {
+            node.start_group(*group, None).await?;
+        }
+        info!(name = %node.inner.name, addr = %local_addr, groups = existing.len(), "multi-group node started");
+        Ok(node)
+    }
+}
+
+struct Inner<S> {
+    name: String,
+    advertise: String,
+    local_addr: SocketAddr,
+    dir: PathBuf,
+    fs: SharedFs,
+    tick: Duration,
+    snapshot_every: u64,
+    journal: Journal,
+    quic: QuicTransport,
+    links: Arc<Links>,
+    demux: Mutex<Option<JoinHandle<()>>>,
+    groups: Mutex<BTreeMap<GroupId, Peer<S>>>,
+}
+
+/// A node hosting any number of groups of state machine `S` on one QUIC
+/// endpoint and one journal (see the [module documentation](super)).
+/// Cloning shares the node.
+pub struct MultiNode<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for MultiNode<S> {
+    fn clone(&self) -> Self {
+        MultiNode {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: PeerExt> MultiNode<S> {
+    /// A builder with the defaults.
+    pub fn builder() -> MultiNodeBuilder<S> {
+        MultiNodeBuilder {
+            listen: None,
+            advertise: None,
+            dir: None,
+            identity: None,
+            tick: Duration::from_millis(50),
+            snapshot_every: 10_000,
+            fs: crate::storage::vfs::real(),
+            journal: JournalOptions::default(),
+            _sm: std::marker::PhantomData,
+        }
+    }
+
+    fn groups_map(&self) -> MutexGuard<'_, BTreeMap<GroupId, Peer<S>>> {
+        self.inner.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node's name (`<state machine>@<advertise>`).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The node's id (every group's replica on this node has it).
+    pub fn id(&self) -> crate::core::NodeId {
+        node_id(&self.inner.name)
+    }
+
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The address other nodes reach this one at.
+    pub fn advertise(&self) -> &str {
+        &self.inner.advertise
+    }
+
+    /// The groups this node hosts, in order.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.groups_map().keys().copied().collect()
+    }
+
+    /// This node's replica of `group`.
+    pub fn group(&self, group: GroupId) -> Option<Peer<S>> {
+        self.groups_map().get(&group).cloned()
+    }
+
+    /// The journal's counters (syncs, writes, groups per sync).
+    pub fn journal_stats(&self) -> JournalStats {
+        self.inner.journal.stats()
+    }
+
+    /// Inbound messages dropped because their group is not hosted here or
+    /// its inbox was full.
+    pub fn dropped_messages(&self) -> u64 {
+        self.inner.links.dropped()
+    }
+
+    /// Creates `group` on this node as a voter of a new group whose voters
+    /// are the nodes at `members` (their advertised addresses, this node's
+    /// included or not); each member node creates it with the same list.
+    /// A group this node already hosts is returned as it is.
+    pub async fn create_group(&self, group: GroupId, members: &[String]) -> Result<Peer<S>, Error> {
+        if let Some(peer) = self.group(group) {
+            return Ok(peer);
+        }
+        self.inner
+            .journal
+            .create_group(group)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        self.start_group(group, Some(members.to_vec())).await
+    }
+
+    async fn start_group(
+        &self,
+        group: GroupId,
+        members: Option<Vec<String>>,
+    ) -> Result<Peer<S>, Error> {
+        let inner = &self.inner;
+        let snap_dir = inner
+            .dir
+            .join("groups")
+            .join(group.to_string())
+            .join("snapshots");
+        let snapshots = FileSnapshotStore::open_in(inner.fs.clone(), &snap_dir, 1)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let journal = inner.journal.clone();
+        let storage = GroupStorage {
+            log: Box::new(inner.journal.log(group)),
+            snapshots: Box::new(snapshots),
+            sink: Box::new(move |snaps| Box::new(journal.sink(group, snaps))),
+            places: (inner.dir.join("journal"), snap_dir),
+        };
+        let links = inner.links.clone();
+        let mut builder = S::peer()
+            .name(inner.name.clone())
+            .listen(inner.advertise.clone())
+            .advertise(inner.advertise.clone())
+            .in_memory()
+            .tick(inner.tick)
+            .snapshot_every(inner.snapshot_every)
+            .group_storage(storage)
+            .transport(move |_id, inbox| {
+                links.register(group, inbox);
+                Arc::new(links.link(group))
+            });
+        if let Some(members) = members {
+            builder = builder.bootstrap_members(members);
+        }
+        let peer = builder.start().await?;
+        self.groups_map().insert(group, peer.clone());
+        Ok(peer)
+    }
+
+    /// Stops every group (each flushes its writes to the journal), then the
+    /// endpoint. Returns the first storage error a group stopped with.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let peers: Vec<(GroupId, Peer<S>)> = std::mem::take(&mut *self.groups_map())
+            .into_iter()
+            .collect();
+        let mut first = Ok(());
+        for (group, peer) in peers {
+            let r = peer.shutdown().await;
+            self.inner.links.unregister(group);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        self.inner.quic.shutdown().await;
+        let demux = self.inner.demux.lock().ok().and_then(|mut d| d.take());
+        if let Some(demux) = demux {
+            demux.abort();
+        }
+        self.inner.journal.close().await;
+        first
+    }
+}
