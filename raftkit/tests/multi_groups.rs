@@ -288,3 +288,80 @@ async fn a_stopped_node_recovers_every_group_from_its_journal() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// Waits until every node reports every group quiesced.
+async fn all_quiesced(nodes: &[MultiNode<Kv>]) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !nodes
+        .iter()
+        .all(|n| n.quiesced() == (1..=GROUPS).collect::<Vec<_>>())
+    {
+        let now: Vec<_> = nodes.iter().map(|n| n.quiesced()).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not quiesced: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_quiesce_wake_on_writes_and_elect_when_the_leader_dies() {
+    let addrs = free_addrs(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ca = ClusterCa::generate("multi-test").unwrap();
+    let mut nodes = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs) {
+        nodes.push(start_node(addr, dir.path(), Some(&ca)).await.unwrap());
+    }
+    for node in &nodes {
+        for g in 1..=GROUPS {
+            node.create_group(g, &addrs).await.unwrap();
+        }
+    }
+    for g in 1..=GROUPS {
+        put(&nodes, g, "a", "1").await;
+    }
+    // Idle: every replica of every group stops ticking.
+    all_quiesced(&nodes).await;
+    let terms: Vec<u64> = (1..=GROUPS)
+        .map(|g| leader_now(&nodes, g).status().term)
+        .collect();
+    // A write wakes its group and is served; the group quiesces again,
+    // in the same term (no election happened while it slept).
+    put(&nodes, 1, "b", "2").await;
+    assert_eq!(get(&nodes, 1, "b").await.as_deref(), Some("2"));
+    all_quiesced(&nodes).await;
+    for g in 1..=GROUPS {
+        assert_eq!(
+            leader_now(&nodes, g).status().term,
+            terms[g as usize - 1],
+            "group {g}"
+        );
+    }
+    // The node leading group 1 dies: the sleeping followers of every group
+    // it led notice its silence, wake and elect a new leader.
+    let leader_id = leader_now(&nodes, 1).id();
+    let i = nodes.iter().position(|n| n.id() == leader_id).unwrap();
+    let dead = nodes.remove(i);
+    dead.shutdown().await.unwrap();
+    for g in 1..=GROUPS {
+        put(&nodes, g, "c", "3").await;
+        assert_eq!(get(&nodes, g, "c").await.as_deref(), Some("3"));
+    }
+    assert_ne!(leader(&nodes, 1).await.id(), leader_id);
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// The leader of `group` now (the caller knows there is exactly one).
+fn leader_now(nodes: &[MultiNode<Kv>], group: GroupId) -> Peer<Kv> {
+    let leaders: Vec<Peer<Kv>> = nodes
+        .iter()
+        .filter_map(|n| n.group(group))
+        .filter(|p| p.status().role == Role::Leader)
+        .collect();
+    assert_eq!(leaders.len(), 1, "group {group}");
+    leaders[0].clone()
+}

@@ -6,7 +6,7 @@
 //! The journal is an ordinary [`Wal`] (segment files, checksummed frames,
 //! torn-tail recovery, see [`crate::storage::wal`]) used as a sequence of
 //! *batches*: journal entry `i` (term 1, a [`Payload::Command`]) holds the
-//! postcard encoding of one [`Batch`], the group-tagged records of every
+//! postcard encoding of one `Batch`, the group-tagged records of every
 //! write that one sync made durable. A record is a change to one group's
 //! log: append (which replaces a conflicting suffix, Raft §5.3), truncate,
 //! compact behind a snapshot, new hard state; or a `Reset` that states a

@@ -25,7 +25,7 @@ use tracing::trace;
 
 use super::GroupId;
 use crate::core::{Message, NodeId};
-use crate::transport::{QuicTransport, Transport};
+use crate::transport::{GroupInbound, QuicTransport, Transport};
 
 struct Hosted {
     inbox: mpsc::Sender<Message>,
@@ -71,6 +71,16 @@ impl Links {
         self.quic.set_peers(union(&groups));
     }
 
+    /// The nodes some hosted group lists.
+    pub(crate) fn peer_nodes(&self) -> Vec<NodeId> {
+        union(&self.groups()).into_keys().collect()
+    }
+
+    /// Sends a coalesced heartbeat to node `to`.
+    pub(crate) fn send_coalesced(&self, to: NodeId, quiesced: Vec<(u64, u64, u64)>) {
+        self.quic.send_coalesced(to, quiesced);
+    }
+
     /// Inbound messages dropped so far (unknown group or full inbox).
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -108,13 +118,22 @@ fn union(groups: &HashMap<GroupId, Hosted>) -> BTreeMap<NodeId, String> {
 }
 
 /// Delivers the messages arriving on the node's group inbox until it
-/// closes.
+/// closes: group messages to their group, coalesced heartbeats to the
+/// quiescence task (dropped if it is behind: the next one follows).
 pub(crate) async fn demultiplex(
     links: Arc<Links>,
-    mut inbound: mpsc::Receiver<(GroupId, Message)>,
+    mut inbound: mpsc::Receiver<GroupInbound>,
+    coalesced: mpsc::Sender<super::quiesce::Beat>,
 ) {
-    while let Some((group, msg)) = inbound.recv().await {
-        links.deliver(group, msg);
+    while let Some(item) = inbound.recv().await {
+        match item {
+            GroupInbound::Msg { group, msg } => links.deliver(group, msg),
+            GroupInbound::Coalesced { from, quiesced } => {
+                if coalesced.try_send((from, quiesced)).is_err() {
+                    links.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! apply thread, sessions, snapshots, membership changes and error
 //! policies as a single-group [`Peer`](crate::runtime::Peer) — each group's
 //! replica on a node *is* a `Peer<S>`, started through the ordinary
-//! [`PeerBuilder`](crate::runtime::PeerBuilder) with two things injected:
+//! [`PeerBuilder`](crate::runtime::PeerBuilder) with what differs injected:
 //!
 //! - **storage** ([`journal`]): every group's log lives in the node's one
 //!   [`Journal`], a write-ahead log whose batches carry records tagged with
@@ -19,6 +19,10 @@
 //!   their group, and one write on the link carries the queued messages of
 //!   every group (heartbeats included). One task hands inbound messages to
 //!   their group.
+//! - **idle groups** ([`quiesce`]): a group with nothing to do stops
+//!   ticking, and one coalesced heartbeat per interval per pair of nodes
+//!   stands for the heartbeats of all of them (CockroachDB's quiescence and
+//!   coalesced heartbeats).
 //!
 //! A group's replica on a node has the node's id (the node id derives from
 //! the node's name, `<state machine>@<advertised address>`, which its
@@ -42,17 +46,16 @@
 //!
 //! # Limits (what this module does not do yet)
 //!
-//! - Each group's node task ticks on its own timer; idle groups are not
-//!   quiesced and heartbeats are batched per link write, not merged into
-//!   one message per node pair (CockroachDB's coalesced heartbeats).
-//! - Each group has its own apply and snapshot threads.
+//! - Each group has its own apply and snapshot threads (idle threads cost
+//!   no CPU, but a thread each).
 //! - The journal keeps each group's live log in memory (its snapshots
 //!   keep it short).
 //! - There is no metadata group, shard routing or replica movement yet.
 
-mod journal;
+pub mod journal;
 mod links;
 mod node;
+pub mod quiesce;
 
 pub use journal::{GroupLog, GroupSink, Journal, JournalOptions, JournalStats};
 pub use node::{MultiNode, MultiNodeBuilder};

@@ -13,9 +13,10 @@ use tracing::info;
 use super::GroupId;
 use super::journal::{Journal, JournalOptions, JournalStats};
 use super::links::{Links, demultiplex};
+use super::quiesce::{self, Hosting, Timing, Watched};
 use crate::error::Error;
 use crate::identity::{default_name, node_id};
-use crate::runtime::{GroupStorage, Peer, PeerExt};
+use crate::runtime::{GroupStorage, Peer, PeerExt, TickGate};
 use crate::storage::FileSnapshotStore;
 use crate::storage::vfs::SharedFs;
 use crate::tls::Identity;
@@ -23,6 +24,10 @@ use crate::transport::quic::{QuicConfig, QuicTransport};
 
 /// How many messages one node may queue for one peer, over all groups.
 const LINK_QUEUE: usize = 1 << 16;
+/// A group's heartbeat interval and election timeout, in ticks (the
+/// [`PeerBuilder`](crate::runtime::PeerBuilder) defaults).
+const HEARTBEAT_TICKS: u32 = 2;
+const ELECTION_TICKS: u32 = 10;
 
 /// Builds a [`MultiNode`]: `MultiNode::<S>::builder()`.
 pub struct MultiNodeBuilder<S> {
@@ -34,10 +39,18 @@ pub struct MultiNodeBuilder<S> {
     snapshot_every: u64,
     fs: SharedFs,
     journal: JournalOptions,
+    quiesce: bool,
     _sm: std::marker::PhantomData<fn() -> S>,
 }
 
 impl<S: PeerExt> MultiNodeBuilder<S> {
+    /// Whether idle groups are quiesced and their heartbeats coalesced
+    /// (default on; see [`quiesce`](super::quiesce)).
+    pub fn quiesce(mut self, on: bool) -> Self {
+        self.quiesce = on;
+        self
+    }
+
     /// The UDP address to listen on (required).
     pub fn listen(mut self, addr: impl Into<String>) -> Self {
         self.listen = Some(addr.into());
@@ -115,6 +128,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             .parse()
             .map_err(|e| Error::Rejected(format!("listen address {listen}: {e}")))?;
         let (group_tx, group_rx) = mpsc::channel(4096);
+        let (coalesced_tx, coalesced_rx) = mpsc::channel(64);
         let mut config = QuicConfig::new(listen_addr, &name, identity, S::SCHEMA_FINGERPRINT);
         config.advertise = Some(advertise.clone());
         config.queue_capacity = LINK_QUEUE;
@@ -123,7 +137,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             .await
             .map_err(|e| Error::Transport(format!("cannot listen on {listen}: {e}")))?;
         let links = Links::new(quic.clone());
-        let demux = tokio::spawn(demultiplex(links.clone(), group_rx));
+        let demux = tokio::spawn(demultiplex(links.clone(), group_rx, coalesced_tx));
         let node = MultiNode {
             inner: Arc::new(Inner {
                 name,
@@ -137,9 +151,24 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 quic,
                 links,
                 demux: Mutex::new(Some(demux)),
+                quiescer: Mutex::new(None),
                 groups: Mutex::new(BTreeMap::new()),
             }),
         };
+        if self.quiesce {
+            let timing = Timing {
+                interval: self.tick * HEARTBEAT_TICKS,
+                timeout: self.tick * ELECTION_TICKS,
+            };
+            let task = tokio::spawn(quiesce::run(
+                Arc::downgrade(&node.inner),
+                coalesced_rx,
+                timing,
+            ));
+            if let Ok(mut q) = node.inner.quiescer.lock() {
+                *q = Some(task);
+            }
+        }
         let existing = node.inner.journal.groups();
         for group in &existing {
             node.start_group(*group, None).await?;
@@ -161,7 +190,45 @@ struct Inner<S> {
     quic: QuicTransport,
     links: Arc<Links>,
     demux: Mutex<Option<JoinHandle<()>>>,
-    groups: Mutex<BTreeMap<GroupId, Peer<S>>>,
+    quiescer: Mutex<Option<JoinHandle<()>>>,
+    groups: Mutex<BTreeMap<GroupId, Hosted<S>>>,
+}
+
+/// One group's replica on this node.
+struct Hosted<S> {
+    peer: Peer<S>,
+    gate: Arc<TickGate>,
+}
+
+impl<S> Inner<S> {
+    fn groups(&self) -> MutexGuard<'_, BTreeMap<GroupId, Hosted<S>>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<S: PeerExt> Hosting for Inner<S> {
+    fn watched(&self) -> Vec<(GroupId, Watched)> {
+        self.groups()
+            .iter()
+            .map(|(g, h)| {
+                (
+                    *g,
+                    Watched {
+                        status: h.peer.watch(),
+                        gate: h.gate.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn peer_nodes(&self) -> Vec<crate::core::NodeId> {
+        self.links.peer_nodes()
+    }
+
+    fn send_coalesced(&self, to: crate::core::NodeId, quiesced: Vec<(u64, u64, u64)>) {
+        self.links.send_coalesced(to, quiesced);
+    }
 }
 
 /// A node hosting any number of groups of state machine `S` on one QUIC
@@ -191,12 +258,9 @@ impl<S: PeerExt> MultiNode<S> {
             snapshot_every: 10_000,
             fs: crate::storage::vfs::real(),
             journal: JournalOptions::default(),
+            quiesce: true,
             _sm: std::marker::PhantomData,
         }
-    }
-
-    fn groups_map(&self) -> MutexGuard<'_, BTreeMap<GroupId, Peer<S>>> {
-        self.inner.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The node's name (`<state machine>@<advertise>`).
@@ -221,12 +285,23 @@ impl<S: PeerExt> MultiNode<S> {
 
     /// The groups this node hosts, in order.
     pub fn groups(&self) -> Vec<GroupId> {
-        self.groups_map().keys().copied().collect()
+        self.inner.groups().keys().copied().collect()
     }
 
     /// This node's replica of `group`.
     pub fn group(&self, group: GroupId) -> Option<Peer<S>> {
-        self.groups_map().get(&group).cloned()
+        self.inner.groups().get(&group).map(|h| h.peer.clone())
+    }
+
+    /// The groups whose replica here is quiesced (not ticking; see
+    /// [`quiesce`](super::quiesce)).
+    pub fn quiesced(&self) -> Vec<GroupId> {
+        self.inner
+            .groups()
+            .iter()
+            .filter(|(_, h)| h.gate.is_asleep())
+            .map(|(g, _)| *g)
+            .collect()
     }
 
     /// The journal's counters (syncs, writes, groups per sync).
@@ -276,6 +351,7 @@ impl<S: PeerExt> MultiNode<S> {
             places: (inner.dir.join("journal"), snap_dir),
         };
         let links = inner.links.clone();
+        let gate = Arc::new(TickGate::default());
         let mut builder = S::peer()
             .name(inner.name.clone())
             .listen(inner.advertise.clone())
@@ -284,6 +360,7 @@ impl<S: PeerExt> MultiNode<S> {
             .tick(inner.tick)
             .snapshot_every(inner.snapshot_every)
             .group_storage(storage)
+            .tick_gate(gate.clone())
             .transport(move |_id, inbox| {
                 links.register(group, inbox);
                 Arc::new(links.link(group))
@@ -292,19 +369,27 @@ impl<S: PeerExt> MultiNode<S> {
             builder = builder.bootstrap_members(members);
         }
         let peer = builder.start().await?;
-        self.groups_map().insert(group, peer.clone());
+        self.inner.groups().insert(
+            group,
+            Hosted {
+                peer: peer.clone(),
+                gate,
+            },
+        );
         Ok(peer)
     }
 
     /// Stops every group (each flushes its writes to the journal), then the
     /// endpoint. Returns the first storage error a group stopped with.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let peers: Vec<(GroupId, Peer<S>)> = std::mem::take(&mut *self.groups_map())
-            .into_iter()
-            .collect();
+        let quiescer = self.inner.quiescer.lock().ok().and_then(|mut q| q.take());
+        if let Some(quiescer) = quiescer {
+            quiescer.abort();
+        }
+        let hosted = std::mem::take(&mut *self.inner.groups());
         let mut first = Ok(());
-        for (group, peer) in peers {
-            let r = peer.shutdown().await;
+        for (group, h) in hosted {
+            let r = h.peer.shutdown().await;
             self.inner.links.unregister(group);
             if first.is_ok() {
                 first = r;

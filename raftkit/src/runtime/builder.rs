@@ -111,6 +111,7 @@ pub struct PeerBuilder<S> {
     seed: Option<u64>,
     session_ids: Option<super::session::SessionIdSource>,
     group_storage: Option<GroupStorage>,
+    tick_gate: Option<Arc<super::TickGate>>,
     _sm: PhantomData<fn() -> S>,
 }
 
@@ -176,6 +177,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             seed: None,
             session_ids: None,
             group_storage: None,
+            tick_gate: None,
             _sm: PhantomData,
         }
     }
@@ -390,6 +392,13 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// choice then only says that nothing else is on disk).
     pub(crate) fn group_storage(mut self, storage: GroupStorage) -> Self {
         self.group_storage = Some(storage);
+        self
+    }
+
+    /// Lets `gate` stop the node's ticks while it is idle (quiescence, see
+    /// [`TickGate`](super::TickGate)).
+    pub(crate) fn tick_gate(mut self, gate: Arc<super::TickGate>) -> Self {
+        self.tick_gate = Some(gate);
         self
     }
 
@@ -688,6 +697,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             wall_clock: self
                 .wall_clock
                 .unwrap_or_else(|| Arc::new(super::node::system_clock_ms)),
+            gate: self.tick_gate.take(),
         };
         let handle = tokio::spawn(task.run());
         let peer = Peer {

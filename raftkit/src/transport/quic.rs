@@ -161,7 +161,26 @@ pub struct QuicConfig {
     /// Where [`PeerFrame::Group`] messages (the groups of a multi-group
     /// node, `crate::multi`) go, tagged with their group (default none:
     /// they are dropped and counted as protocol errors).
-    pub group_inbox: Option<mpsc::Sender<(u64, Message)>>,
+    pub group_inbox: Option<mpsc::Sender<GroupInbound>>,
+}
+
+/// What arrives for a multi-group node on [`QuicConfig::group_inbox`].
+#[derive(Debug)]
+pub enum GroupInbound {
+    /// A message of one group.
+    Msg {
+        /// The group.
+        group: u64,
+        /// The message (its `from` checked against the link's certificate).
+        msg: Message,
+    },
+    /// A coalesced heartbeat ([`PeerFrame::Coalesced`]).
+    Coalesced {
+        /// The sender (the node its certificate names).
+        from: NodeId,
+        /// `(group, term, commit)` of every quiesced group it leads.
+        quiesced: Vec<(u64, u64, u64)>,
+    },
 }
 
 impl QuicConfig {
@@ -325,7 +344,7 @@ pub(super) struct LinkConfig {
     pub(super) client: quinn::ClientConfig,
     pub(super) max_learned: usize,
     pub(super) learned_ttl: Duration,
-    pub(super) group_inbox: Option<mpsc::Sender<(u64, Message)>>,
+    pub(super) group_inbox: Option<mpsc::Sender<GroupInbound>>,
 }
 
 /// The bounded outbound queue of one peer.
@@ -338,6 +357,9 @@ pub(crate) struct OutQueue {
     superseded: u64,
     /// Messages dropped because the queue was full (not yet reported).
     overflowed: u64,
+    /// The latest coalesced heartbeat not yet sent (a newer one replaces
+    /// it).
+    coalesced: Option<Vec<(u64, u64, u64)>>,
 }
 
 impl OutQueue {
@@ -347,6 +369,7 @@ impl OutQueue {
             cap: cap.max(1),
             superseded: 0,
             overflowed: 0,
+            coalesced: None,
         }
     }
 
@@ -383,6 +406,11 @@ impl OutQueue {
     /// Takes everything queued with its group, oldest first.
     pub(crate) fn drain_tagged(&mut self) -> Vec<(Option<u64>, Message)> {
         self.msgs.drain(..).collect()
+    }
+
+    /// Takes the coalesced heartbeat waiting to be sent, if any.
+    pub(crate) fn take_coalesced(&mut self) -> Option<Vec<(u64, u64, u64)>> {
+        self.coalesced.take()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -641,6 +669,16 @@ impl QuicTransport {
     /// [`QuicConfig::group_inbox`].
     pub fn send_group(&self, group: u64, msg: Message) {
         self.send_tagged(Some(group), msg);
+    }
+
+    /// Queues a coalesced heartbeat for node `to` (replacing one not yet
+    /// sent), see [`PeerFrame::Coalesced`].
+    pub fn send_coalesced(&self, to: NodeId, quiesced: Vec<(u64, u64, u64)>) {
+        let peers = self.inner.peers();
+        if let Some(peer) = peers.get(&to) {
+            peer.shared.queue().coalesced = Some(quiesced);
+            peer.shared.notify.notify_one();
+        }
     }
 
     fn send_tagged(&self, group: Option<u64>, msg: Message) {
@@ -902,13 +940,14 @@ async fn pump(
             let mut queue = shared.queue();
             (queue.drain_tagged(), queue.take_overflowed())
         };
+        let coalesced = shared.queue().take_coalesced();
         if overflowed > 0 {
             warn!(
                 node = link.node,
                 overflowed, "peer too slow: oldest queued messages dropped"
             );
         }
-        if batch.is_empty() {
+        if batch.is_empty() && coalesced.is_none() {
             tokio::select! {
                 _ = shared.notify.notified() => continue,
                 e = conn.closed() => return e.to_string(),
@@ -916,6 +955,15 @@ async fn pump(
         }
         buf.clear();
         let count = batch.len();
+        if let Some(quiesced) = coalesced
+            && let Err(e) = encode_frame(
+                &PeerFrame::Coalesced { quiesced },
+                link.max_frame_bytes,
+                &mut buf,
+            )
+        {
+            error!(node = link.node, error = %e, "cannot send a coalesced heartbeat; dropped");
+        }
         for (group, msg) in batch {
             let (to, kind) = (msg.to, msg.body.kind());
             let frame = match group {
@@ -940,6 +988,7 @@ pub(super) fn frame_kind(frame: &PeerFrame) -> &'static str {
         PeerFrame::Refused { .. } => "Refused",
         PeerFrame::Msg(_) => "Msg",
         PeerFrame::Group { .. } => "Group",
+        PeerFrame::Coalesced { .. } => "Coalesced",
     }
 }
 
