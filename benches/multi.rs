@@ -9,6 +9,9 @@
 //! - `RAFTKIT_BENCH_SECS`: seconds per measured window (default 5);
 //! - `RAFTKIT_BENCH_RUNS`: windows per figure (default 3); figures are
 //!   medians;
+//! - `RAFTKIT_BENCH_QUIESCE`: `0` to measure idle groups without
+//!   quiescence (every group ticks and heartbeats; default `1`);
+//! - `RAFTKIT_BENCH_ONLY`: `idle` or `throughput` (default both);
 //! - `RAFTKIT_BENCH_DIR`: where the nodes keep their data (default: the
 //!   system temporary directory). Benchmark the disk you will run on.
 //!
@@ -106,7 +109,7 @@ fn free_addrs(n: usize) -> Vec<String> {
         .collect()
 }
 
-async fn start_nodes(base: &std::path::Path) -> (Vec<MultiNode<Kv>>, Vec<String>) {
+async fn start_nodes(base: &std::path::Path, quiesce: bool) -> (Vec<MultiNode<Kv>>, Vec<String>) {
     let addrs = free_addrs(3);
     let ca = ClusterCa::generate("multi-bench").expect("a CA");
     let mut nodes = Vec::new();
@@ -118,6 +121,7 @@ async fn start_nodes(base: &std::path::Path) -> (Vec<MultiNode<Kv>>, Vec<String>
             .listen(addr.clone())
             .data_dir(base.join(format!("node{i}")))
             .identity(identity)
+            .quiesce(quiesce)
             .start()
             .await
             .expect("node starts");
@@ -182,8 +186,8 @@ async fn put(nodes: &[MultiNode<Kv>], g: GroupId, key: String) {
     }
 }
 
-async fn idle(base: &std::path::Path, groups: u64, secs: u64, runs: u64) {
-    let (nodes, addrs) = start_nodes(base).await;
+async fn idle(base: &std::path::Path, groups: u64, secs: u64, runs: u64, quiesce: bool) {
+    let (nodes, addrs) = start_nodes(base, quiesce).await;
     let ids: Vec<GroupId> = (1..=groups).collect();
     let started = Instant::now();
     create_groups(&nodes, &addrs, &ids).await;
@@ -206,7 +210,7 @@ async fn idle(base: &std::path::Path, groups: u64, secs: u64, runs: u64) {
     let total = (groups * 3) as usize;
     loop {
         let quiesced: usize = nodes.iter().map(|n| n.quiesced().len()).sum();
-        if quiesced == total || Instant::now() > deadline {
+        if !quiesce || quiesced == total || Instant::now() > deadline {
             println!("idle: {quiesced} of {total} replicas quiesced");
             break;
         }
@@ -221,7 +225,8 @@ async fn idle(base: &std::path::Path, groups: u64, secs: u64, runs: u64) {
         per_node.push(pct);
     }
     println!(
-        "idle: {groups} groups per node, CPU per node (median of {runs} x {secs} s): {:.2} % of a core  (windows: {})",
+        "idle: {groups} groups per node, quiescence {}, CPU per node (median of {runs} x {secs} s): {:.2} % of a core  (windows: {})",
+        if quiesce { "on" } else { "off" },
         median(per_node.clone()),
         per_node
             .iter()
@@ -300,7 +305,7 @@ async fn write_window(nodes: &[MultiNode<Kv>], groups: &[GroupId], secs: u64) ->
 }
 
 async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
-    let (nodes, addrs) = start_nodes(base).await;
+    let (nodes, addrs) = start_nodes(base, true).await;
     let one: Vec<GroupId> = vec![1000];
     let many: Vec<GroupId> = (1..=64).collect();
     let all: Vec<GroupId> = one.iter().chain(&many).copied().collect();
@@ -372,7 +377,8 @@ fn main() {
             throughput(&dir.path().join("throughput"), secs, runs).await;
         }
         if only.is_empty() || only.contains("idle") {
-            idle(&dir.path().join("idle"), groups, secs, runs).await;
+            let quiesce = env("RAFTKIT_BENCH_QUIESCE", 1) != 0;
+            idle(&dir.path().join("idle"), groups, secs, runs, quiesce).await;
         }
     });
 }
