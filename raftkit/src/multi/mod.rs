@@ -24,6 +24,10 @@
 //!   stands for the heartbeats of all of them (CockroachDB's quiescence and
 //!   coalesced heartbeats).
 //!
+//! - **workers**: the apply and snapshot loops of all groups run as tasks
+//!   on a small pool of threads of the node's own
+//!   ([`MultiNodeBuilder::worker_threads`]), not on a thread per group.
+//!
 //! A group's replica on a node has the node's id (the node id derives from
 //! the node's name, `<state machine>@<advertised address>`, which its
 //! certificate names), so a group's configuration lists nodes, and the
@@ -46,8 +50,6 @@
 //!
 //! # Limits (what this module does not do yet)
 //!
-//! - Each group has its own apply and snapshot threads (idle threads cost
-//!   no CPU, but a thread each).
 //! - The journal keeps each group's live log in memory (its snapshots
 //!   keep it short).
 //! - There is no metadata group, shard routing or replica movement yet.

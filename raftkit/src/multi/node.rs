@@ -16,6 +16,7 @@ use super::links::{Links, demultiplex};
 use super::quiesce::{self, Hosting, Timing, Watched};
 use crate::error::Error;
 use crate::identity::{default_name, node_id};
+use crate::runtime::threads::{Threads, Worker};
 use crate::runtime::{GroupStorage, Peer, PeerExt, TickGate};
 use crate::storage::FileSnapshotStore;
 use crate::storage::vfs::SharedFs;
@@ -40,10 +41,20 @@ pub struct MultiNodeBuilder<S> {
     fs: SharedFs,
     journal: JournalOptions,
     quiesce: bool,
+    worker_threads: usize,
     _sm: std::marker::PhantomData<fn() -> S>,
 }
 
 impl<S: PeerExt> MultiNodeBuilder<S> {
+    /// How many threads run the apply and snapshot loops of all the
+    /// node's groups (default 2). A handler or a snapshot that takes long
+    /// delays the other groups' applying on its thread, never their
+    /// replication.
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = threads.max(1);
+        self
+    }
+
     /// Whether idle groups are quiesced and their heartbeats coalesced
     /// (default on; see [`quiesce`](super::quiesce)).
     pub fn quiesce(mut self, on: bool) -> Self {
@@ -137,6 +148,12 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             .await
             .map_err(|e| Error::Transport(format!("cannot listen on {listen}: {e}")))?;
         let links = Links::new(quic.clone());
+        let pool = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.worker_threads)
+            .thread_name("raftkit-groups")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Unavailable(format!("cannot start the group workers: {e}")))?;
         let demux = tokio::spawn(demultiplex(links.clone(), group_rx, coalesced_tx));
         let node = MultiNode {
             inner: Arc::new(Inner {
@@ -152,6 +169,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 links,
                 demux: Mutex::new(Some(demux)),
                 quiescer: Mutex::new(None),
+                pool: Pool(Some(pool)),
                 groups: Mutex::new(BTreeMap::new()),
             }),
         };
@@ -191,7 +209,21 @@ struct Inner<S> {
     links: Arc<Links>,
     demux: Mutex<Option<JoinHandle<()>>>,
     quiescer: Mutex<Option<JoinHandle<()>>>,
+    /// Runs every group's apply and snapshot loops.
+    pool: Pool,
     groups: Mutex<BTreeMap<GroupId, Hosted<S>>>,
+}
+
+/// The runtime of the groups' workers (dropped without waiting: dropping
+/// a runtime may happen on a task, where waiting is not allowed).
+struct Pool(Option<tokio::runtime::Runtime>);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// One group's replica on this node.
@@ -259,6 +291,7 @@ impl<S: PeerExt> MultiNode<S> {
             fs: crate::storage::vfs::real(),
             journal: JournalOptions::default(),
             quiesce: true,
+            worker_threads: 2,
             _sm: std::marker::PhantomData,
         }
     }
@@ -352,6 +385,15 @@ impl<S: PeerExt> MultiNode<S> {
         };
         let links = inner.links.clone();
         let gate = Arc::new(TickGate::default());
+        let pool = inner
+            .pool
+            .0
+            .as_ref()
+            .map(|rt| rt.handle().clone())
+            .ok_or_else(|| Error::Unavailable("the node is stopping".into()))?;
+        let threads = Threads::Custom(Arc::new(move |_name: &str, body| {
+            Ok(Worker::Task(pool.spawn(body)))
+        }));
         let mut builder = S::peer()
             .name(inner.name.clone())
             .listen(inner.advertise.clone())
@@ -361,6 +403,7 @@ impl<S: PeerExt> MultiNode<S> {
             .snapshot_every(inner.snapshot_every)
             .group_storage(storage)
             .tick_gate(gate.clone())
+            .threads(threads)
             .transport(move |_id, inbox| {
                 links.register(group, inbox);
                 Arc::new(links.link(group))
