@@ -365,3 +365,71 @@ fn leader_now(nodes: &[MultiNode<Kv>], group: GroupId) -> Peer<Kv> {
     assert_eq!(leaders.len(), 1, "group {group}");
     leaders[0].clone()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_spreads_leaders_over_the_nodes() {
+    const N: GroupId = 12;
+    let addrs = free_addrs(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ca = ClusterCa::generate("multi-test").unwrap();
+    let mut nodes = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs) {
+        nodes.push(start_node(addr, dir.path(), Some(&ca)).await.unwrap());
+    }
+    for node in &nodes {
+        for g in 1..=N {
+            node.create_group(g, &addrs).await.unwrap();
+        }
+    }
+    // Every group's leadership on node 0 first.
+    let target = nodes[0].id();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for g in 1..=N {
+        loop {
+            let l = leader(&nodes, g).await;
+            if l.id() == target {
+                break;
+            }
+            let _ = l.transfer_leadership(target).await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "group {g} stays away from node 0"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let led = |nodes: &[MultiNode<Kv>]| -> Vec<usize> {
+        nodes
+            .iter()
+            .map(|n| {
+                (1..=N)
+                    .filter(|g| n.group(*g).is_some_and(|p| p.status().role == Role::Leader))
+                    .count()
+            })
+            .collect()
+    };
+    assert_eq!(led(&nodes), vec![N as usize, 0, 0]);
+    // Rounds of the balancer until the layout is even.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while led(&nodes) != vec![4, 4, 4] {
+        for n in &nodes {
+            n.balance_leaders().await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leaders: {:?}",
+            led(&nodes)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Balanced: a further round plans nothing.
+    for n in &nodes {
+        assert!(n.balance_leaders().await.is_empty());
+    }
+    for g in 1..=N {
+        put(&nodes, g, "k", "v").await;
+    }
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -52,8 +52,10 @@
 //!
 //! - The journal keeps each group's live log in memory (its snapshots
 //!   keep it short).
-//! - There is no metadata group, shard routing or replica movement yet.
+//! - There is no metadata group, shard routing or replica movement yet;
+//!   leaders are spread by [`balance`] (on demand or periodically).
 
+pub mod balance;
 pub mod journal;
 mod links;
 mod node;

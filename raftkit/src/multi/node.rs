@@ -42,6 +42,7 @@ pub struct MultiNodeBuilder<S> {
     journal: JournalOptions,
     quiesce: bool,
     worker_threads: usize,
+    balance_every: Option<Duration>,
     _sm: std::marker::PhantomData<fn() -> S>,
 }
 
@@ -52,6 +53,13 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
     /// replication.
     pub fn worker_threads(mut self, threads: usize) -> Self {
         self.worker_threads = threads.max(1);
+        self
+    }
+
+    /// Runs the leader balancer every `every` (default: off; see
+    /// [`balance`](super::balance) and [`MultiNode::balance_leaders`]).
+    pub fn balance_leaders(mut self, every: Option<Duration>) -> Self {
+        self.balance_every = every;
         self
     }
 
@@ -169,6 +177,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 links,
                 demux: Mutex::new(Some(demux)),
                 quiescer: Mutex::new(None),
+                balancer: Mutex::new(None),
                 pool: Pool(Some(pool)),
                 groups: Mutex::new(BTreeMap::new()),
             }),
@@ -185,6 +194,21 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             ));
             if let Ok(mut q) = node.inner.quiescer.lock() {
                 *q = Some(task);
+            }
+        }
+        if let Some(every) = self.balance_every {
+            let weak = Arc::downgrade(&node.inner);
+            let task = tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    MultiNode { inner }.balance_leaders().await;
+                }
+            });
+            if let Ok(mut b) = node.inner.balancer.lock() {
+                *b = Some(task);
             }
         }
         let existing = node.inner.journal.groups();
@@ -209,6 +233,7 @@ struct Inner<S> {
     links: Arc<Links>,
     demux: Mutex<Option<JoinHandle<()>>>,
     quiescer: Mutex<Option<JoinHandle<()>>>,
+    balancer: Mutex<Option<JoinHandle<()>>>,
     /// Runs every group's apply and snapshot loops.
     pool: Pool,
     groups: Mutex<BTreeMap<GroupId, Hosted<S>>>,
@@ -292,6 +317,7 @@ impl<S: PeerExt> MultiNode<S> {
             journal: JournalOptions::default(),
             quiesce: true,
             worker_threads: 2,
+            balance_every: None,
             _sm: std::marker::PhantomData,
         }
     }
@@ -335,6 +361,49 @@ impl<S: PeerExt> MultiNode<S> {
             .filter(|(_, h)| h.gate.is_asleep())
             .map(|(g, _)| *g)
             .collect()
+    }
+
+    /// One round of the leader balancer ([`balance`](super::balance)):
+    /// starts transferring leaderships this node holds beyond its even
+    /// share to the voters that lead the fewest groups. Returns the
+    /// transfers started, `(group, target node)`.
+    pub async fn balance_leaders(&self) -> Vec<(GroupId, crate::core::NodeId)> {
+        let peers: Vec<(GroupId, Peer<S>)> = self
+            .inner
+            .groups()
+            .iter()
+            .map(|(g, h)| (*g, h.peer.clone()))
+            .collect();
+        let view: Vec<super::balance::GroupView> = peers
+            .iter()
+            .map(|(g, p)| {
+                let s = p.status();
+                super::balance::GroupView {
+                    group: *g,
+                    leader: s.leader,
+                    voters: s.members.iter().filter(|m| m.voter).map(|m| m.id).collect(),
+                }
+            })
+            .collect();
+        let mut started = Vec::new();
+        for (group, target) in super::balance::plan(self.id(), &view) {
+            let Some((_, peer)) = peers.iter().find(|(g, _)| *g == group) else {
+                continue;
+            };
+            match peer.transfer_leadership(target).await {
+                Ok(()) => {
+                    info!(
+                        group,
+                        target, "leadership transfer started to balance leaders"
+                    );
+                    started.push((group, target));
+                }
+                Err(e) => {
+                    tracing::debug!(group, target, error = %e, "leadership transfer not started")
+                }
+            }
+        }
+        started
     }
 
     /// The journal's counters (syncs, writes, groups per sync).
@@ -425,9 +494,10 @@ impl<S: PeerExt> MultiNode<S> {
     /// Stops every group (each flushes its writes to the journal), then the
     /// endpoint. Returns the first storage error a group stopped with.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let quiescer = self.inner.quiescer.lock().ok().and_then(|mut q| q.take());
-        if let Some(quiescer) = quiescer {
-            quiescer.abort();
+        for task in [&self.inner.quiescer, &self.inner.balancer] {
+            if let Some(task) = task.lock().ok().and_then(|mut t| t.take()) {
+                task.abort();
+            }
         }
         let hosted = std::mem::take(&mut *self.inner.groups());
         let mut first = Ok(());
