@@ -12,6 +12,8 @@
 //!   cluster certificates they use.
 //! - [`storage`]: the durable log (an embedded write-ahead log), the hard
 //!   state and snapshots, behind the pluggable [`storage::LogStore`] trait.
+//! - [`multi`]: many groups in one process, on one endpoint and one
+//!   write-ahead log.
 //! - `sim` (feature `sim`): a seeded, deterministic cluster simulation and a
 //!   linearizability checker.
 #![doc = include_str!("macros.md")]
@@ -33,6 +35,7 @@ pub mod error;
 pub mod fuzz;
 mod handler_panic;
 pub mod identity;
+pub mod multi;
 pub mod runtime;
 pub mod schema;
 #[cfg(feature = "sim")]

@@ -111,7 +111,24 @@ pub struct PeerBuilder<S> {
     seed: Option<u64>,
     session_ids: Option<super::session::SessionIdSource>,
     watch_journal_bytes: usize,
+    group_storage: Option<GroupStorage>,
+    tick_gate: Option<Arc<super::TickGate>>,
     _sm: PhantomData<fn() -> S>,
+}
+
+/// The storage of one group of a multi-group node (`crate::multi`): its
+/// log is a view of the node's shared journal and its writes go to the
+/// journal's commit thread.
+pub(crate) struct GroupStorage {
+    /// The group's log, for reading back and bootstrapping.
+    pub(crate) log: persist::BoxedLog,
+    /// The group's snapshot store.
+    pub(crate) snapshots: Box<dyn crate::storage::SnapshotStore + Send>,
+    /// Where the group's writes go once it runs.
+    pub(crate) sink:
+        Box<dyn FnOnce(persist::SharedSnapshots) -> Box<dyn persist::SharedSink> + Send>,
+    /// The log and snapshot places, for errors.
+    pub(crate) places: (PathBuf, PathBuf),
 }
 
 /// The default maximum size of one command: half a transport frame, so that
@@ -161,6 +178,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             seed: None,
             session_ids: None,
             watch_journal_bytes: super::watch::DEFAULT_WATCH_JOURNAL_BYTES,
+            group_storage: None,
+            tick_gate: None,
             _sm: PhantomData,
         }
     }
@@ -383,6 +402,20 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// Keeps the log in a multi-group node's shared journal (the storage
+    /// choice then only says that nothing else is on disk).
+    pub(crate) fn group_storage(mut self, storage: GroupStorage) -> Self {
+        self.group_storage = Some(storage);
+        self
+    }
+
+    /// Lets `gate` stop the node's ticks while it is idle (quiescence, see
+    /// [`TickGate`](super::TickGate)).
+    pub(crate) fn tick_gate(mut self, gate: Arc<super::TickGate>) -> Self {
+        self.tick_gate = Some(gate);
+        self
+    }
+
     /// Uses a custom transport (for example the in-process one of the
     /// transport module) instead of QUIC.
     pub fn transport(
@@ -394,7 +427,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     }
 
     /// Opens (or creates) the peer's storage and starts it.
-    pub async fn start(self) -> Result<Peer<S>, Error> {
+    pub async fn start(mut self) -> Result<Peer<S>, Error> {
         let frame = crate::transport::frame::DEFAULT_MAX_FRAME_BYTES;
         if self.max_command_bytes == 0 || self.max_command_bytes + FRAME_OVERHEAD > frame {
             return Err(Error::Rejected(format!(
@@ -501,7 +534,14 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 
         // 2. What we restart from.
         let mut fresh = false;
-        let mut opened = persist::open(&storage, &self.fs, self.wal.clone())?;
+        let mut group_sink = None;
+        let mut opened = match self.group_storage.take() {
+            Some(g) => {
+                group_sink = Some(g.sink);
+                persist::open_stores(g.log, g.snapshots, g.places)?
+            }
+            None => persist::open(&storage, &self.fs, self.wal.clone())?,
+        };
         let restored = match opened.restored.take() {
             Some(r) => {
                 info!(name = %meta.name, last = r.snapshot.index + r.entries.len() as u64, term = r.hard_state.term, "restarting from durable state");
@@ -632,7 +672,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         };
         let inline = matches!(storage, StorageChoice::Memory);
         let saver = SnapshotSaver::start_on(opened.snapshots.clone(), &self.threads)?;
-        let persister = Persister::start_on(opened.log, opened.snapshots, inline, &self.threads)?;
+        let persister = match group_sink {
+            Some(sink) => Persister::shared(sink(opened.snapshots.clone()), opened.snapshots),
+            None => Persister::start_on(opened.log, opened.snapshots, inline, &self.threads)?,
+        };
         // The apply queue is bounded by the node task (MAX_APPLY_BACKLOG_BYTES
         // of entries, and the in-flight budget for registrations and reads).
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
@@ -677,6 +720,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             wall_clock: self
                 .wall_clock
                 .unwrap_or_else(|| Arc::new(super::node::system_clock_ms)),
+            gate: self.tick_gate.take(),
         };
         let handle = tokio::spawn(task.run());
         let peer = Peer {

@@ -49,6 +49,7 @@ pub mod persist;
 pub mod session;
 mod status;
 pub(crate) mod threads;
+mod tick_gate;
 pub mod watch;
 
 use std::marker::PhantomData;
@@ -58,8 +59,10 @@ use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
 use tokio::task::JoinHandle;
 
 pub use admission::{DEFAULT_ADMISSION_WAIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT_BYTES};
+pub(crate) use builder::GroupStorage;
 pub use builder::{DEFAULT_MAX_COMMAND_BYTES, PeerBuilder, PeerExt};
 pub use status::{LATENCY_BOUNDS_US, LatencyHistogram, MemberStatus, PeerStatus};
+pub use tick_gate::TickGate;
 
 use crate::client::Submit;
 use crate::core::{Configuration, Index, NodeId};

@@ -174,6 +174,8 @@ pub struct NodeTask {
     pub(super) on_stop: Option<StopHook>,
     pub(super) admission: Arc<Admission>,
     pub(super) wall_clock: WallClock,
+    /// Quiescence (`tick_gate`): while asleep, no ticks.
+    pub(super) gate: Option<Arc<super::TickGate>>,
 }
 
 struct Pending {
@@ -302,6 +304,7 @@ impl NodeTask {
         loop {
             let retry_at = st.snap.retry_at;
             let status_due = st.status_due;
+            let asleep = self.gate.as_ref().is_some_and(|g| g.is_asleep());
             // `biased`: branches are polled in this order, not in tokio's
             // random one, so that a run is a function of its inputs (the
             // whole-runtime simulation replays a seed exactly). No branch
@@ -312,11 +315,12 @@ impl NodeTask {
             // taken 257 at a time.
             tokio::select! {
                 biased;
-                _ = ticker.tick() => {
+                _ = ticker.tick(), if !asleep => {
                     if st.fatal.is_none() {
                         self.raft.tick();
                     }
                 }
+                _ = gate_woken(&self.gate), if asleep => ticker.reset(),
                 Some(done) = persisted_rx.recv() => self.on_persisted(&mut st, done),
                 Some(taken) = self.snapshot_rx.recv() => self.on_snapshot_taken(&mut st, taken),
                 Some((snap, saved)) = saved_rx.recv() => self.on_snapshot_saved(&mut st, snap, saved),
@@ -330,6 +334,7 @@ impl NodeTask {
                 // The rebuild the interval deferred: done below.
                 _ = sleep_until_opt(status_due), if status_due.is_some() => {}
                 cmd = self.commands.recv() => {
+                    self.wake();
                     let Some(cmd) = cmd else { break };
                     if let Command::Shutdown { reply } = cmd {
                         let result = self.stop(&mut st).await;
@@ -350,6 +355,7 @@ impl NodeTask {
                     }
                 }
                 Some(m) = self.inbox.recv() => {
+                    self.wake();
                     let mut from_leader = false;
                     if st.fatal.is_none() {
                         let from = m.from;
@@ -374,8 +380,18 @@ impl NodeTask {
             }
             self.drain_ready(&mut st);
             self.publish(&mut st);
+            if !st.reads.is_empty() || !st.pending.is_empty() {
+                self.wake();
+            }
         }
         let _ = self.stop(&mut st).await;
+    }
+
+    /// Resumes ticking (see `tick_gate`).
+    fn wake(&self) {
+        if let Some(gate) = &self.gate {
+            gate.wake();
+        }
     }
 
     /// Feeds a peer's message to the core; a dropped one is logged
@@ -982,6 +998,14 @@ impl NodeTask {
             }
             changed
         });
+    }
+}
+
+/// Resolves when the gate is woken (never without a gate).
+async fn gate_woken(gate: &Option<Arc<super::TickGate>>) {
+    match gate {
+        Some(gate) => gate.woken().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -121,7 +121,7 @@ fn storage_error(e: StorageError) -> Error {
 /// lies past the latest snapshot's index + 1: the entries between them
 /// exist nowhere, so starting would silently lose committed writes.
 pub fn open(choice: &StorageChoice, fs: &SharedFs, wal: WalOptions) -> Result<Opened, Error> {
-    let (mut log, snapshots): (BoxedLog, Box<dyn SnapshotStore + Send>) = match choice {
+    let (log, snapshots): (BoxedLog, Box<dyn SnapshotStore + Send>) = match choice {
         StorageChoice::Disk(dir) => (
             Box::new(Wal::open_in(fs.clone(), dir.join("wal"), wal).map_err(storage_error)?),
             Box::new(
@@ -134,6 +134,21 @@ pub fn open(choice: &StorageChoice, fs: &SharedFs, wal: WalOptions) -> Result<Op
             Box::new(MemSnapshotStore::new(1)),
         ),
     };
+    let places = match choice {
+        StorageChoice::Disk(dir) => (dir.join("wal"), dir.join("snapshots")),
+        StorageChoice::Memory => ("memory".into(), "memory".into()),
+    };
+    open_stores(log, snapshots, places)
+}
+
+/// [`open`] on stores already opened (a group of a multi-group node: its
+/// log in the shared journal). `places` names the log and the snapshot
+/// directory in errors.
+pub(crate) fn open_stores(
+    mut log: BoxedLog,
+    snapshots: Box<dyn SnapshotStore + Send>,
+    places: (PathBuf, PathBuf),
+) -> Result<Opened, Error> {
     let snapshot = snapshots.latest().map_err(storage_error)?;
     let hard_state = log.hard_state();
     let empty = log.last_index() == 0 && snapshot.is_none() && hard_state == HardState::default();
@@ -145,10 +160,7 @@ pub fn open(choice: &StorageChoice, fs: &SharedFs, wal: WalOptions) -> Result<Op
             None => (SnapshotMeta::default(), None),
         };
         if log.first_index() > meta.index.saturating_add(1) {
-            let (wal_dir, snap_dir) = match choice {
-                StorageChoice::Disk(dir) => (dir.join("wal"), dir.join("snapshots")),
-                StorageChoice::Memory => ("memory".into(), "memory".into()),
-            };
+            let (wal_dir, snap_dir) = places;
             return Err(storage_error(StorageError::corrupt(
                 &wal_dir,
                 0,
@@ -220,6 +232,17 @@ pub struct Write {
 enum Sink {
     Thread(GroupCommit<BoxedLog>),
     Inline(Mutex<BoxedLog>),
+    Shared(Box<dyn SharedSink>),
+}
+
+/// A storage thread shared by several groups of one node (the journal of
+/// `crate::multi`): it takes a group's whole writes and completes each
+/// through `done` with exactly one outcome, in the order they were given,
+/// `Ok(token)` only once every part of the write is durable.
+pub trait SharedSink: Send + Sync + 'static {
+    /// Queues `write`; `done` gets `Ok(token)` once it is durable, or the
+    /// first failure.
+    fn write(&self, write: Write, done: Done, token: u64);
 }
 
 /// Completions of writes: `Ok(token)` once a write and every write before
@@ -262,6 +285,14 @@ impl Persister {
         Ok(Persister { sink, snapshots })
     }
 
+    /// Writes through a storage thread shared with other groups.
+    pub fn shared(sink: Box<dyn SharedSink>, snapshots: SharedSnapshots) -> Self {
+        Persister {
+            sink: Sink::Shared(sink),
+            snapshots,
+        }
+    }
+
     /// Queues `write`; `done` receives exactly one outcome for `token`:
     /// `Ok(token)` once every part of it is durable, or the first failure.
     /// An inline store writes at once, in the same order (snapshot,
@@ -275,6 +306,10 @@ impl Persister {
                 None
             }
             Sink::Inline(log) => Some(self.write_inline(log, write)),
+            Sink::Shared(sink) => {
+                sink.write(write, done, token);
+                None
+            }
         }
     }
 
@@ -388,6 +423,25 @@ impl Persister {
                 .map_err(|_| Error::Storage("log store poisoned".into()))?
                 .sync()
                 .map_err(storage_error),
+            Sink::Shared(sink) => {
+                // A barrier: completes once this group's earlier writes are
+                // durable (the shared thread itself lives on).
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                sink.write(
+                    Write {
+                        snapshot: None,
+                        compact: None,
+                        entries: Vec::new(),
+                        hard_state: None,
+                    },
+                    tx,
+                    0,
+                );
+                match rx.recv().await {
+                    Some(r) => r.map(|_| ()).map_err(storage_error),
+                    None => Err(Error::Storage("the shared log stopped".into())),
+                }
+            }
         }
     }
 }

@@ -28,8 +28,8 @@ use tracing::{debug, error, warn};
 
 use super::frame::{FrameError, PROTOCOL_VERSION, PeerFrame, read_frame, write_frame};
 use super::quic::{
-    CLOSE_NO_SERVICE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REFUSED, HELLO_TIMEOUT, LinkConfig,
-    frame_kind,
+    CLOSE_NO_SERVICE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REFUSED, GroupInbound, HELLO_TIMEOUT,
+    LinkConfig, frame_kind,
 };
 use crate::core::{Message, NodeId};
 use crate::identity::node_id;
@@ -388,6 +388,38 @@ async fn serve_link(
                 }
                 if served.inbox.send(msg).await.is_err() {
                     debug!(node = link.node, "inbox closed; dropping the link");
+                    conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
+                    return;
+                }
+            }
+            Ok(PeerFrame::Group { group, msg }) if link.group_inbox.is_some() => {
+                if msg.from != from {
+                    wrong_from += 1;
+                    if wrong_from == 1 {
+                        warn!(node = link.node, %remote, peer = %name, claimed = msg.from, group,
+                            "message from another node id than the link's certificate; dropped (logged once per link)");
+                    }
+                    continue;
+                }
+                let Some(groups) = &link.group_inbox else {
+                    continue;
+                };
+                if groups.send(GroupInbound::Msg { group, msg }).await.is_err() {
+                    debug!(node = link.node, "group inbox closed; dropping the link");
+                    conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
+                    return;
+                }
+            }
+            Ok(PeerFrame::Coalesced { quiesced }) if link.group_inbox.is_some() => {
+                let Some(groups) = &link.group_inbox else {
+                    continue;
+                };
+                if groups
+                    .send(GroupInbound::Coalesced { from, quiesced })
+                    .await
+                    .is_err()
+                {
+                    debug!(node = link.node, "group inbox closed; dropping the link");
                     conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
                     return;
                 }

@@ -70,6 +70,23 @@ pub enum PeerFrame {
     },
     /// A Raft message.
     Msg(Message),
+    /// A Raft message of one group of a multi-group node (`crate::multi`):
+    /// the messages of every group two nodes share travel on one link.
+    Group {
+        /// The group.
+        group: u64,
+        /// The message.
+        msg: Message,
+    },
+    /// A multi-group node's coalesced heartbeat (`crate::multi`): one per
+    /// tick interval per pair of nodes, in place of the heartbeats of
+    /// every quiescent group the sender leads. Its arrival says that the
+    /// sender is alive; it lists the `(group, term, commit)` of each group
+    /// the sender leads and has quiesced.
+    Coalesced {
+        /// `(group, term, commit)` of every quiesced group the sender leads.
+        quiesced: Vec<(u64, u64, u64)>,
+    },
 }
 
 /// An error reading or writing a frame.

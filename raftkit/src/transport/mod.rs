@@ -27,7 +27,7 @@ pub mod memory;
 pub mod quic;
 
 pub use memory::{MemoryNetwork, MemoryTransport};
-pub use quic::{LinkState, QuicConfig, QuicTransport, TransportError};
+pub use quic::{GroupInbound, LinkState, QuicConfig, QuicTransport, TransportError};
 
 /// Sends Raft messages to peers.
 pub trait Transport: Send + Sync + 'static {

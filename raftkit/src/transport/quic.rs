@@ -158,6 +158,29 @@ pub struct QuicConfig {
     /// A learned link is closed once no inbound link from its node has been
     /// open for this long (default 30 s).
     pub learned_link_ttl: Duration,
+    /// Where [`PeerFrame::Group`] messages (the groups of a multi-group
+    /// node, `crate::multi`) go, tagged with their group (default none:
+    /// they are dropped and counted as protocol errors).
+    pub group_inbox: Option<mpsc::Sender<GroupInbound>>,
+}
+
+/// What arrives for a multi-group node on [`QuicConfig::group_inbox`].
+#[derive(Debug)]
+pub enum GroupInbound {
+    /// A message of one group.
+    Msg {
+        /// The group.
+        group: u64,
+        /// The message (its `from` checked against the link's certificate).
+        msg: Message,
+    },
+    /// A coalesced heartbeat ([`PeerFrame::Coalesced`]).
+    Coalesced {
+        /// The sender (the node its certificate names).
+        from: NodeId,
+        /// `(group, term, commit)` of every quiesced group it leads.
+        quiesced: Vec<(u64, u64, u64)>,
+    },
 }
 
 impl QuicConfig {
@@ -180,6 +203,7 @@ impl QuicConfig {
             idle_timeout: Duration::from_secs(3),
             max_learned_links: 16,
             learned_link_ttl: Duration::from_secs(30),
+            group_inbox: None,
         }
     }
 }
@@ -320,17 +344,22 @@ pub(super) struct LinkConfig {
     pub(super) client: quinn::ClientConfig,
     pub(super) max_learned: usize,
     pub(super) learned_ttl: Duration,
+    pub(super) group_inbox: Option<mpsc::Sender<GroupInbound>>,
 }
 
 /// The bounded outbound queue of one peer.
 #[derive(Debug)]
 pub(crate) struct OutQueue {
-    msgs: VecDeque<Message>,
+    /// Messages with their group (`None`: the node's only group).
+    msgs: VecDeque<(Option<u64>, Message)>,
     cap: usize,
     /// Heartbeats replaced by a newer one before being sent.
     superseded: u64,
     /// Messages dropped because the queue was full (not yet reported).
     overflowed: u64,
+    /// The latest coalesced heartbeat not yet sent (a newer one replaces
+    /// it).
+    coalesced: Option<Vec<(u64, u64, u64)>>,
 }
 
 impl OutQueue {
@@ -340,28 +369,48 @@ impl OutQueue {
             cap: cap.max(1),
             superseded: 0,
             overflowed: 0,
+            coalesced: None,
         }
     }
 
-    /// Queues `msg`: a heartbeat replaces any unsent heartbeat from the same
-    /// sender; past the capacity the oldest message is dropped.
+    /// Queues `msg` of the node's only group.
+    #[cfg(test)]
     pub(crate) fn push(&mut self, msg: Message) {
+        self.push_tagged(None, msg);
+    }
+
+    /// Queues `msg` of `group` (`None`: the node's only group): a heartbeat
+    /// replaces any unsent heartbeat from the same sender and group; past
+    /// the capacity the oldest message is dropped.
+    pub(crate) fn push_tagged(&mut self, group: Option<u64>, msg: Message) {
         if matches!(msg.body, Body::Heartbeat { .. }) {
             let before = self.msgs.len();
-            self.msgs
-                .retain(|m| !(matches!(m.body, Body::Heartbeat { .. }) && m.from == msg.from));
+            self.msgs.retain(|(g, m)| {
+                !(matches!(m.body, Body::Heartbeat { .. }) && m.from == msg.from && *g == group)
+            });
             self.superseded += (before - self.msgs.len()) as u64;
         }
         while self.msgs.len() >= self.cap {
             self.msgs.pop_front();
             self.overflowed += 1;
         }
-        self.msgs.push_back(msg);
+        self.msgs.push_back((group, msg));
     }
 
     /// Takes everything queued, oldest first.
+    #[cfg(test)]
     pub(crate) fn drain(&mut self) -> Vec<Message> {
+        self.msgs.drain(..).map(|(_, m)| m).collect()
+    }
+
+    /// Takes everything queued with its group, oldest first.
+    pub(crate) fn drain_tagged(&mut self) -> Vec<(Option<u64>, Message)> {
         self.msgs.drain(..).collect()
+    }
+
+    /// Takes the coalesced heartbeat waiting to be sent, if any.
+    pub(crate) fn take_coalesced(&mut self) -> Option<Vec<(u64, u64, u64)>> {
+        self.coalesced.take()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -527,6 +576,7 @@ impl QuicTransport {
             client,
             max_learned: config.max_learned_links,
             learned_ttl: config.learned_link_ttl,
+            group_inbox: config.group_inbox,
         });
         let runtime = tokio::runtime::Handle::current();
         let (learned_tx, learned_rx) = mpsc::channel::<(NodeId, String)>(64);
@@ -612,20 +662,45 @@ impl QuicTransport {
     }
 }
 
-impl Transport for QuicTransport {
-    fn send(&self, msg: Message) {
+impl QuicTransport {
+    /// Queues a message of `group` (a multi-group node, `crate::multi`):
+    /// it travels on the same link as every other group's, as a
+    /// [`PeerFrame::Group`] frame, and arrives on the peer's
+    /// [`QuicConfig::group_inbox`].
+    pub fn send_group(&self, group: u64, msg: Message) {
+        self.send_tagged(Some(group), msg);
+    }
+
+    /// Queues a coalesced heartbeat for node `to` (replacing one not yet
+    /// sent), see [`PeerFrame::Coalesced`].
+    pub fn send_coalesced(&self, to: NodeId, quiesced: Vec<(u64, u64, u64)>) {
+        let peers = self.inner.peers();
+        if let Some(peer) = peers.get(&to) {
+            peer.shared.queue().coalesced = Some(quiesced);
+            peer.shared.notify.notify_one();
+        }
+    }
+
+    fn send_tagged(&self, group: Option<u64>, msg: Message) {
         let peers = self.inner.peers();
         match peers.get(&msg.to) {
             Some(peer) => {
-                peer.shared.queue().push(msg);
+                peer.shared.queue().push_tagged(group, msg);
                 peer.shared.notify.notify_one();
             }
             None => trace!(
                 to = msg.to,
+                group,
                 kind = msg.body.kind(),
                 "no link to this peer; message dropped"
             ),
         }
+    }
+}
+
+impl Transport for QuicTransport {
+    fn send(&self, msg: Message) {
+        self.send_tagged(None, msg);
     }
 
     fn set_peers(&self, peers: BTreeMap<NodeId, String>) {
@@ -863,15 +938,16 @@ async fn pump(
     loop {
         let (batch, overflowed) = {
             let mut queue = shared.queue();
-            (queue.drain(), queue.take_overflowed())
+            (queue.drain_tagged(), queue.take_overflowed())
         };
+        let coalesced = shared.queue().take_coalesced();
         if overflowed > 0 {
             warn!(
                 node = link.node,
                 overflowed, "peer too slow: oldest queued messages dropped"
             );
         }
-        if batch.is_empty() {
+        if batch.is_empty() && coalesced.is_none() {
             tokio::select! {
                 _ = shared.notify.notified() => continue,
                 e = conn.closed() => return e.to_string(),
@@ -879,9 +955,22 @@ async fn pump(
         }
         buf.clear();
         let count = batch.len();
-        for msg in batch {
+        if let Some(quiesced) = coalesced
+            && let Err(e) = encode_frame(
+                &PeerFrame::Coalesced { quiesced },
+                link.max_frame_bytes,
+                &mut buf,
+            )
+        {
+            error!(node = link.node, error = %e, "cannot send a coalesced heartbeat; dropped");
+        }
+        for (group, msg) in batch {
             let (to, kind) = (msg.to, msg.body.kind());
-            if let Err(e) = encode_frame(&PeerFrame::Msg(msg), link.max_frame_bytes, &mut buf) {
+            let frame = match group {
+                None => PeerFrame::Msg(msg),
+                Some(group) => PeerFrame::Group { group, msg },
+            };
+            if let Err(e) = encode_frame(&frame, link.max_frame_bytes, &mut buf) {
                 error!(node = link.node, peer = to, kind, error = %e, "cannot send message; dropped");
             }
         }
@@ -898,6 +987,8 @@ pub(super) fn frame_kind(frame: &PeerFrame) -> &'static str {
         PeerFrame::HelloOk => "HelloOk",
         PeerFrame::Refused { .. } => "Refused",
         PeerFrame::Msg(_) => "Msg",
+        PeerFrame::Group { .. } => "Group",
+        PeerFrame::Coalesced { .. } => "Coalesced",
     }
 }
 

@@ -1,0 +1,384 @@
+//! Many groups per node: what an idle group costs, and what many groups
+//! add to durable write throughput, three multi-group nodes
+//! ([`raftkit::multi::MultiNode`]) in this process over QUIC on loopback,
+//! each with its journal on disk.
+//!
+//! `cargo bench --bench multi`. Environment:
+//! - `RAFTKIT_BENCH_GROUPS`: groups per node for the idle figure (default
+//!   1000);
+//! - `RAFTKIT_BENCH_SECS`: seconds per measured window (default 5);
+//! - `RAFTKIT_BENCH_RUNS`: windows per figure (default 3); figures are
+//!   medians;
+//! - `RAFTKIT_BENCH_QUIESCE`: `0` to measure idle groups without
+//!   quiescence (every group ticks and heartbeats; default `1`);
+//! - `RAFTKIT_BENCH_ONLY`: `idle` or `throughput` (default both);
+//! - `RAFTKIT_BENCH_DIR`: where the nodes keep their data (default: the
+//!   system temporary directory). Benchmark the disk you will run on.
+//!
+//! # What is measured
+//!
+//! 1. `idle`: three nodes each hosting N groups of three replicas (one per
+//!    node), every group written once, then left alone until every replica
+//!    is quiesced. CPU of the whole process (user + system, from
+//!    `/proc/self/stat`) over each window, divided by three: the CPU per
+//!    node, in % of one core.
+//! 2. `throughput`: 256 client tasks writing durable `put`s (16-byte
+//!    values) for a window, first all to one group, then spread by key
+//!    hash over 64 groups, alternating, in the same run on the same nodes.
+//!    Leaders are spread evenly over the three nodes by leadership
+//!    transfer first. Clients call each group's leader [`Peer`] in this
+//!    process (no client network hop); replication between the nodes is
+//!    over QUIC and every write is fsynced by each node's journal.
+//!
+//! The machine is shared with other work: figures vary between runs;
+//! compare the ratios of one run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use raftkit::core::Role;
+use raftkit::multi::{GroupId, MultiNode};
+use raftkit::prelude::*;
+use raftkit::tls::ClusterCa;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "bkv")]
+pub struct Kv {
+    map: BTreeMap<String, Vec<u8>>,
+}
+
+#[raftkit::state_machine]
+impl Kv {
+    #[write]
+    fn put(&mut self, key: String, value: Vec<u8>) {
+        self.map.insert(key, value);
+    }
+
+    #[read]
+    fn get(&self, key: String) -> Option<Vec<u8>> {
+        self.map.get(&key).cloned()
+    }
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// User + system CPU of this process so far, in seconds.
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; the first field
+    // after the name is field 3.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    ticks as f64 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn free_addrs(n: usize) -> Vec<String> {
+    let sockets: Vec<_> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("address").to_string())
+        .collect()
+}
+
+async fn start_nodes(base: &std::path::Path, quiesce: bool) -> (Vec<MultiNode<Kv>>, Vec<String>) {
+    let addrs = free_addrs(3);
+    let ca = ClusterCa::generate("multi-bench").expect("a CA");
+    let mut nodes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let identity = ca
+            .issue_node(&format!("bkv@{addr}"), &[])
+            .expect("an identity");
+        let node = MultiNode::<Kv>::builder()
+            .listen(addr.clone())
+            .data_dir(base.join(format!("node{i}")))
+            .identity(identity)
+            .quiesce(quiesce)
+            .start()
+            .await
+            .expect("node starts");
+        nodes.push(node);
+    }
+    (nodes, addrs)
+}
+
+/// Creates `groups` on every node, a few at a time.
+async fn create_groups(nodes: &[MultiNode<Kv>], addrs: &[String], groups: &[GroupId]) {
+    for chunk in groups.chunks(64) {
+        let mut tasks = Vec::new();
+        for node in nodes {
+            for g in chunk {
+                let (node, g, addrs) = (node.clone(), *g, addrs.to_vec());
+                tasks.push(tokio::spawn(async move {
+                    node.create_group(g, &addrs).await.expect("group starts");
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+    }
+}
+
+fn leader_of(nodes: &[MultiNode<Kv>], g: GroupId) -> Option<Peer<Kv>> {
+    nodes
+        .iter()
+        .filter_map(|n| n.group(g))
+        .find(|p| p.status().role == Role::Leader)
+}
+
+async fn wait_leaders(nodes: &[MultiNode<Kv>], groups: &[GroupId]) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for g in groups {
+        while leader_of(nodes, *g).is_none() {
+            assert!(Instant::now() < deadline, "group {g} elects no leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn put(nodes: &[MultiNode<Kv>], g: GroupId, key: String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(l) = leader_of(nodes, g) {
+            match l
+                .write(KvWrite::Put {
+                    key: key.clone(),
+                    value: vec![7; 16],
+                })
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if e.is_retryable() => {}
+                Err(e) => panic!("group {g}: {e}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "group {g}: no write in a minute");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn idle(base: &std::path::Path, groups: u64, secs: u64, runs: u64, quiesce: bool) {
+    let (nodes, addrs) = start_nodes(base, quiesce).await;
+    let ids: Vec<GroupId> = (1..=groups).collect();
+    let started = Instant::now();
+    create_groups(&nodes, &addrs, &ids).await;
+    wait_leaders(&nodes, &ids).await;
+    println!(
+        "idle: {groups} groups x 3 nodes started and elected in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for chunk in ids.chunks(64) {
+        let mut tasks = Vec::new();
+        for g in chunk {
+            let (ns, g) = (nodes.clone(), *g);
+            tasks.push(tokio::spawn(async move { put(&ns, g, "k".into()).await }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let total = (groups * 3) as usize;
+    loop {
+        let quiesced: usize = nodes.iter().map(|n| n.quiesced().len()).sum();
+        if !quiesce || quiesced == total || Instant::now() > deadline {
+            println!("idle: {quiesced} of {total} replicas quiesced");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut per_node = Vec::new();
+    for _ in 0..runs {
+        let (cpu0, t0) = (process_cpu(), Instant::now());
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let (cpu1, t1) = (process_cpu(), Instant::now());
+        let pct = (cpu1 - cpu0) / (t1 - t0).as_secs_f64() * 100.0 / 3.0;
+        per_node.push(pct);
+    }
+    println!(
+        "idle: {groups} groups per node, quiescence {}, CPU per node (median of {runs} x {secs} s): {:.2} % of a core  (windows: {})",
+        if quiesce { "on" } else { "off" },
+        median(per_node.clone()),
+        per_node
+            .iter()
+            .map(|p| format!("{p:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for n in &nodes {
+        n.shutdown().await.expect("shutdown");
+    }
+}
+
+/// Transfers each group's leadership to node `g % 3`.
+async fn spread_leaders(nodes: &[MultiNode<Kv>], groups: &[GroupId]) {
+    for (i, g) in groups.iter().enumerate() {
+        let target = nodes[i % nodes.len()].id();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let Some(l) = leader_of(nodes, *g) else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            if l.id() == target || Instant::now() > deadline {
+                break;
+            }
+            let _ = l.transfer_leadership(target).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Durable puts by 256 clients over `groups` for `secs`; ops/s.
+async fn write_window(nodes: &[MultiNode<Kv>], groups: &[GroupId], secs: u64) -> f64 {
+    let leaders: Arc<Vec<Peer<Kv>>> = Arc::new(
+        groups
+            .iter()
+            .map(|g| leader_of(nodes, *g).expect("a leader"))
+            .collect(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..256u64 {
+        let (leaders, stop, done) = (leaders.clone(), stop.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("c{c}-{i}");
+                let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+                });
+                let leader = &leaders[(h % leaders.len() as u64) as usize];
+                if leader
+                    .write(KvWrite::Put {
+                        key,
+                        value: vec![7; 16],
+                    })
+                    .await
+                    .is_ok()
+                {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (n0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let (n1, t1) = (done.load(Ordering::Relaxed), Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    (n1 - n0) as f64 / (t1 - t0).as_secs_f64()
+}
+
+async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
+    let (nodes, addrs) = start_nodes(base, true).await;
+    let one: Vec<GroupId> = vec![1000];
+    let many: Vec<GroupId> = (1..=64).collect();
+    let all: Vec<GroupId> = one.iter().chain(&many).copied().collect();
+    create_groups(&nodes, &addrs, &all).await;
+    wait_leaders(&nodes, &all).await;
+    spread_leaders(&nodes, &many).await;
+    let per_node: Vec<usize> = nodes
+        .iter()
+        .map(|n| {
+            many.iter()
+                .filter(|g| {
+                    n.group(**g)
+                        .is_some_and(|p| p.status().role == Role::Leader)
+                })
+                .count()
+        })
+        .collect();
+    println!("throughput: leaders of the 64 groups per node: {per_node:?}");
+    let syncs0: u64 = nodes.iter().map(|n| n.journal_stats().syncs).sum();
+    let writes0: u64 = nodes.iter().map(|n| n.journal_stats().writes).sum();
+    let (mut ones, mut manys) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        ones.push(write_window(&nodes, &one, secs).await);
+        manys.push(write_window(&nodes, &many, secs).await);
+    }
+    let syncs: u64 = nodes.iter().map(|n| n.journal_stats().syncs).sum::<u64>() - syncs0;
+    let writes: u64 = nodes.iter().map(|n| n.journal_stats().writes).sum::<u64>() - writes0;
+    let spanning = nodes
+        .iter()
+        .map(|n| n.journal_stats().max_groups_per_sync)
+        .max()
+        .unwrap_or(0);
+    let (o, m) = (median(ones.clone()), median(manys.clone()));
+    println!(
+        "throughput: 256 clients, durable puts, 1 group:   {o:>9.0} ops/s (median of {runs}: {ones:.0?})"
+    );
+    println!(
+        "throughput: 256 clients, durable puts, 64 groups: {m:>9.0} ops/s (median of {runs}: {manys:.0?})"
+    );
+    println!("throughput: 64 groups / 1 group = {:.2}x", m / o);
+    println!(
+        "throughput: journal: {writes} group writes in {syncs} fsyncs over 3 nodes ({:.1} writes per fsync), at most {spanning} groups in one fsync",
+        writes as f64 / syncs.max(1) as f64
+    );
+    for n in &nodes {
+        n.shutdown().await.expect("shutdown");
+    }
+}
+
+fn main() {
+    let groups = env("RAFTKIT_BENCH_GROUPS", 1000);
+    let secs = env("RAFTKIT_BENCH_SECS", 5);
+    let runs = env("RAFTKIT_BENCH_RUNS", 3);
+    let base = std::env::var("RAFTKIT_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let dir = tempfile::Builder::new()
+        .prefix("raftkit-multi-bench-")
+        .tempdir_in(base)
+        .expect("a temporary directory");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let only = std::env::var("RAFTKIT_BENCH_ONLY").unwrap_or_default();
+    rt.block_on(async {
+        if only.is_empty() || only.contains("throughput") {
+            throughput(&dir.path().join("throughput"), secs, runs).await;
+        }
+        if only.is_empty() || only.contains("idle") {
+            let quiesce = env("RAFTKIT_BENCH_QUIESCE", 1) != 0;
+            idle(&dir.path().join("idle"), groups, secs, runs, quiesce).await;
+        }
+    });
+}

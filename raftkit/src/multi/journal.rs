@@ -1,0 +1,631 @@
+//! The shared write-ahead log of a multi-group node: one log, one fsync per
+//! batch, for every group the node hosts.
+//!
+//! # Format
+//!
+//! The journal is an ordinary [`Wal`] (segment files, checksummed frames,
+//! torn-tail recovery, see [`crate::storage::wal`]) used as a sequence of
+//! *batches*: journal entry `i` (term 1, a [`Payload::Command`]) holds the
+//! postcard encoding of one `Batch`, the group-tagged records of every
+//! write that one sync made durable. A record is a change to one group's
+//! log: append (which replaces a conflicting suffix, Raft §5.3), truncate,
+//! compact behind a snapshot, new hard state; or a `Reset` that states a
+//! group's whole log from a boundary (the checkpoint, below); or the
+//! creation or removal of a group.
+//!
+//! # Invariants
+//!
+//! 1. One commit thread applies writes in arrival order (per group that is
+//!    the node task's Ready order) and makes each batch durable with **one**
+//!    `Wal::sync`, whatever the number of groups in it: more groups make
+//!    bigger batches, not more fsyncs. A write is completed `Ok` only after
+//!    the sync covering it returned `Ok`.
+//! 2. Replaying the journal's batches in order rebuilds, for every group,
+//!    exactly the log and hard state it had at the end of the last durable
+//!    sync (the `Wal` recovers whole frames or nothing, and one sync is one
+//!    frame).
+//! 3. A `Reset` record is idempotent with respect to replay: it restates
+//!    the group's state at the moment it was written, so replaying the
+//!    records before it and then it gives the same state as replaying it
+//!    alone. The checkpoint writes a `Reset` (plus `Append` chunks) for
+//!    every group, syncs, and only then compacts the journal prefix before
+//!    it; a crash anywhere in between leaves a journal that replays to the
+//!    same state.
+//! 4. After a failed sync the journal refuses every later write
+//!    ([`StorageError::Failed`]); nothing is retried (DESIGN §4).
+//! 5. Group state is held in memory ([`MemLogStore`] per group): the
+//!    journal holds what the groups' logs hold, which their snapshots keep
+//!    short. Memory is the sum of the groups' live logs (see the module doc
+//!    of [`crate::multi`] for the limits this implies).
+//!
+//! A group's snapshots are not in the journal: each group has its own
+//! [`crate::storage::FileSnapshotStore`] directory; a snapshot received
+//! from a leader is saved there (atomically) on the commit thread before
+//! the log is compacted behind it, exactly as the single-group persister
+//! does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info};
+
+use super::GroupId;
+use crate::core::types::{Entry, HardState, Index, Payload, Term};
+use crate::runtime::persist::{Done, SharedSink, SharedSnapshots, Write};
+use crate::storage::vfs::SharedFs;
+use crate::storage::{LogStore, MemLogStore, StorageError, Wal, WalOptions};
+
+/// The most entry bytes one `Append` record of a checkpoint carries.
+const CHECKPOINT_CHUNK_BYTES: usize = 16 << 20;
+/// The most bytes of writes one batch takes before it syncs.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// One change to one group's log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Rec {
+    /// The group exists (possibly with an empty log).
+    Create,
+    /// The group is gone from this node.
+    Remove,
+    /// [`LogStore::append`].
+    Append(Vec<Entry>),
+    /// [`LogStore::truncate_suffix`].
+    Truncate(Index),
+    /// [`LogStore::compact_prefix`].
+    Compact(Index, Term),
+    /// [`LogStore::save_hard_state`].
+    HardState(HardState),
+    /// The group's whole state: an empty log after `boundary` (index,
+    /// term) and this hard state; `Append` records of the same batch
+    /// follow with its entries.
+    Reset {
+        /// The compaction boundary.
+        boundary: (Index, Term),
+        /// The hard state.
+        hard_state: HardState,
+    },
+}
+
+/// What one sync makes durable.
+#[derive(Debug, Serialize, Deserialize)]
+struct Batch {
+    recs: Vec<(GroupId, Rec)>,
+}
+
+/// Options of a [`Journal`].
+#[derive(Clone, Debug)]
+pub struct JournalOptions {
+    /// The underlying write-ahead log's options.
+    pub wal: WalOptions,
+    /// Once the journal has grown this many bytes since its last
+    /// checkpoint, and is more than twice what the groups' logs hold, it
+    /// writes a checkpoint and drops everything before it. Default 64 MiB.
+    pub checkpoint_bytes: u64,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            wal: WalOptions::default(),
+            checkpoint_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Counters of a [`Journal`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Syncs performed (each one fsync of the journal).
+    pub syncs: u64,
+    /// Writes (of all groups) completed.
+    pub writes: u64,
+    /// The most distinct groups one sync covered.
+    pub max_groups_per_sync: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    syncs: AtomicU64,
+    writes: AtomicU64,
+    max_groups: AtomicU64,
+    checkpoints: AtomicU64,
+}
+
+struct State {
+    dir: PathBuf,
+    wal: Wal,
+    groups: BTreeMap<GroupId, MemLogStore>,
+    pending: Vec<(GroupId, Rec)>,
+    /// Journal bytes written since the last checkpoint.
+    since_checkpoint: u64,
+    /// The next threshold of `since_checkpoint` that triggers a check.
+    next_check: u64,
+    checkpoint_bytes: u64,
+    failed: Option<String>,
+}
+
+struct Job {
+    group: GroupId,
+    write: Write,
+    snapshots: SharedSnapshots,
+    done: Done,
+    token: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn state(&self) -> Result<MutexGuard<'_, State>, StorageError> {
+        self.state.lock().map_err(|_| StorageError::Closed)
+    }
+}
+
+/// The shared write-ahead log of a multi-group node. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+    /// The commit thread's queue (taken by [`Journal::close`]).
+    jobs: Arc<Mutex<Option<mpsc::UnboundedSender<Job>>>>,
+    worker: Arc<Mutex<Option<crate::runtime::threads::Worker>>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn corrupt(dir: &Path, index: Index, reason: impl Into<String>) -> StorageError {
+    StorageError::corrupt(dir, 0, format!("journal batch {index}: {}", reason.into()))
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir` on `fs`, replays it and
+    /// starts its commit thread. A batch that does not decode or does not
+    /// apply is corruption (a clear error, never skipped).
+    pub fn open(fs: SharedFs, dir: &Path, opts: JournalOptions) -> Result<Journal, StorageError> {
+        let wal = Wal::open_in(fs, dir, opts.wal.clone())?;
+        let mut groups: BTreeMap<GroupId, MemLogStore> = BTreeMap::new();
+        let (first, last) = (wal.first_index(), wal.last_index());
+        let mut replayed_bytes = 0u64;
+        let mut lo = first;
+        while lo <= last {
+            let hi = (lo + 64).min(last + 1);
+            for entry in wal.entries(lo, hi)? {
+                let Payload::Command(bytes) = &entry.payload else {
+                    return Err(corrupt(dir, entry.index, "not a batch"));
+                };
+                replayed_bytes += bytes.len() as u64;
+                let batch: Batch = postcard::from_bytes(bytes)
+                    .map_err(|e| corrupt(dir, entry.index, format!("does not decode: {e}")))?;
+                for (group, rec) in batch.recs {
+                    apply(&mut groups, group, rec)
+                        .map_err(|e| corrupt(dir, entry.index, format!("group {group}: {e}")))?;
+                }
+            }
+            lo = hi;
+        }
+        info!(dir = %dir.display(), groups = groups.len(), batches = last + 1 - first, "journal replayed");
+        let state = State {
+            dir: dir.to_path_buf(),
+            wal,
+            groups,
+            pending: Vec::new(),
+            since_checkpoint: replayed_bytes,
+            next_check: opts.checkpoint_bytes.max(replayed_bytes),
+            checkpoint_bytes: opts.checkpoint_bytes.max(1),
+            failed: None,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            counters: Counters::default(),
+        });
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let s = shared.clone();
+        let worker = crate::runtime::threads::spawn("raftkit-journal", run(s, rx))
+            .map_err(|e| StorageError::Invalid(e.to_string()))?;
+        Ok(Journal {
+            shared,
+            jobs: Arc::new(Mutex::new(Some(jobs))),
+            worker: Arc::new(Mutex::new(Some(worker))),
+        })
+    }
+
+    /// The groups the journal holds, in order.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.shared
+            .state()
+            .map(|s| s.groups.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Records that `group` exists on this node (durable on return).
+    pub fn create_group(&self, group: GroupId) -> Result<(), StorageError> {
+        let mut st = self.shared.state()?;
+        if st.groups.contains_key(&group) {
+            return Ok(());
+        }
+        st.record(group, Rec::Create)?;
+        st.sync(&self.shared.counters)
+    }
+
+    /// Removes `group` and its log from this node (durable on return).
+    pub fn remove_group(&self, group: GroupId) -> Result<(), StorageError> {
+        let mut st = self.shared.state()?;
+        st.record(group, Rec::Remove)?;
+        st.sync(&self.shared.counters)
+    }
+
+    /// A [`LogStore`] view of `group`'s log (created if absent on its first
+    /// write): reads see the group's log; writes are journal records; its
+    /// `sync` syncs the whole journal. For opening and bootstrapping a
+    /// group; a running group writes through [`Journal::sink`].
+    pub fn log(&self, group: GroupId) -> GroupLog {
+        GroupLog {
+            shared: self.shared.clone(),
+            group,
+        }
+    }
+
+    /// The write path of a running group: its writes join the commit
+    /// thread's batches.
+    pub fn sink(&self, group: GroupId, snapshots: SharedSnapshots) -> GroupSink {
+        GroupSink {
+            jobs: self.jobs.lock().ok().and_then(|j| j.clone()),
+            group,
+            snapshots,
+        }
+    }
+
+    /// Stops the commit thread once every group's sink is gone (stop the
+    /// groups first), releasing the directory; waits for it.
+    pub async fn close(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        let worker = self.worker.lock().ok().and_then(|mut w| w.take());
+        if let Some(worker) = worker {
+            worker.join().await;
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> JournalStats {
+        let c = &self.shared.counters;
+        JournalStats {
+            syncs: c.syncs.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            max_groups_per_sync: c.max_groups.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Applies one record to the in-memory groups (replay and live writes).
+fn apply(
+    groups: &mut BTreeMap<GroupId, MemLogStore>,
+    group: GroupId,
+    rec: Rec,
+) -> Result<(), StorageError> {
+    match rec {
+        Rec::Create => {
+            groups.entry(group).or_default();
+            Ok(())
+        }
+        Rec::Remove => {
+            groups.remove(&group);
+            Ok(())
+        }
+        Rec::Reset {
+            boundary,
+            hard_state,
+        } => {
+            let mut log = MemLogStore::new();
+            log.compact_prefix(boundary.0, boundary.1)?;
+            log.save_hard_state(hard_state)?;
+            groups.insert(group, log);
+            Ok(())
+        }
+        Rec::Append(entries) => groups.entry(group).or_default().append(&entries),
+        Rec::Truncate(from) => groups.entry(group).or_default().truncate_suffix(from),
+        Rec::Compact(upto, term) => groups.entry(group).or_default().compact_prefix(upto, term),
+        Rec::HardState(hs) => groups.entry(group).or_default().save_hard_state(hs),
+    }
+}
+
+impl State {
+    /// Applies `rec` to the group now and queues it for the next sync.
+    fn record(&mut self, group: GroupId, rec: Rec) -> Result<(), StorageError> {
+        if let Some(cause) = &self.failed {
+            return Err(StorageError::Failed {
+                cause: cause.clone(),
+            });
+        }
+        apply(&mut self.groups, group, rec.clone())?;
+        self.pending.push((group, rec));
+        Ok(())
+    }
+
+    /// Writes the pending records as one batch and syncs the journal once.
+    fn sync(&mut self, counters: &Counters) -> Result<(), StorageError> {
+        if let Some(cause) = &self.failed {
+            return Err(StorageError::Failed {
+                cause: cause.clone(),
+            });
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let recs = std::mem::take(&mut self.pending);
+        let groups = recs
+            .iter()
+            .map(|(g, _)| *g)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64;
+        let result = self.write_batch(Batch { recs });
+        counters.syncs.fetch_add(1, Ordering::Relaxed);
+        counters.max_groups.fetch_max(groups, Ordering::Relaxed);
+        if let Err(e) = &result {
+            error!(dir = %self.dir.display(), error = %e, "journal sync failed; refusing further writes");
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    fn write_batch(&mut self, batch: Batch) -> Result<(), StorageError> {
+        let bytes = postcard::to_allocvec(&batch)
+            .map_err(|e| StorageError::Invalid(format!("a journal batch does not encode: {e}")))?;
+        self.since_checkpoint += bytes.len() as u64;
+        let entry = Entry {
+            term: 1,
+            index: self.wal.last_index() + 1,
+            payload: Payload::Command(bytes.into()),
+        };
+        self.wal.append(std::slice::from_ref(&entry))?;
+        self.wal.sync()
+    }
+
+    /// Writes a checkpoint when the journal has grown well past what the
+    /// groups hold, then drops the journal before it (invariant 3).
+    fn maybe_checkpoint(&mut self, counters: &Counters) -> Result<(), StorageError> {
+        if self.since_checkpoint < self.next_check || self.failed.is_some() {
+            return Ok(());
+        }
+        let mut live = 0u64;
+        let mut batches: Vec<Batch> = Vec::new();
+        for (group, log) in &self.groups {
+            let boundary_index = log.first_index() - 1;
+            let boundary = (boundary_index, log.term(boundary_index)?.unwrap_or(0));
+            let mut recs = vec![(
+                *group,
+                Rec::Reset {
+                    boundary,
+                    hard_state: log.hard_state(),
+                },
+            )];
+            let entries = if log.last_index() >= log.first_index() {
+                log.entries(log.first_index(), log.last_index() + 1)?
+            } else {
+                Vec::new()
+            };
+            let mut chunk = Vec::new();
+            let mut chunk_bytes = 0usize;
+            for e in entries {
+                chunk_bytes += e.approx_size();
+                live += e.approx_size() as u64;
+                chunk.push(e);
+                if chunk_bytes >= CHECKPOINT_CHUNK_BYTES {
+                    recs.push((*group, Rec::Append(std::mem::take(&mut chunk))));
+                    batches.push(Batch {
+                        recs: std::mem::take(&mut recs),
+                    });
+                    chunk_bytes = 0;
+                }
+            }
+            if !chunk.is_empty() {
+                recs.push((*group, Rec::Append(chunk)));
+            }
+            if !recs.is_empty() {
+                batches.push(Batch { recs });
+            }
+        }
+        if live.saturating_mul(2) > self.since_checkpoint {
+            // Mostly live data: not worth rewriting yet.
+            self.next_check = self.since_checkpoint + self.checkpoint_bytes;
+            return Ok(());
+        }
+        let start = self.wal.last_index() + 1;
+        let before = self.since_checkpoint;
+        self.since_checkpoint = 0;
+        let written = batches
+            .into_iter()
+            .try_for_each(|b| self.write_batch(b))
+            .and_then(|()| self.wal.compact_prefix(start - 1, 1))
+            .and_then(|()| self.wal.sync());
+        if let Err(e) = &written {
+            error!(dir = %self.dir.display(), error = %e, "journal checkpoint failed; refusing further writes");
+            self.failed = Some(e.to_string());
+            return written;
+        }
+        counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.next_check = self.checkpoint_bytes.max(self.since_checkpoint * 2);
+        info!(dir = %self.dir.display(), dropped_bytes = before, live_bytes = live, "journal checkpoint");
+        Ok(())
+    }
+
+    /// Applies one job's write (snapshot first, then compaction, entries,
+    /// hard state), like the single-group persister.
+    fn apply_write(
+        &mut self,
+        group: GroupId,
+        write: Write,
+        snapshots: &SharedSnapshots,
+    ) -> Result<(), StorageError> {
+        if let Some(snap) = write.snapshot {
+            snapshots
+                .lock()
+                .map_err(|_| StorageError::Closed)?
+                .save(&snap)?;
+            self.record(group, Rec::Compact(snap.meta.index, snap.meta.term))?;
+        }
+        if let Some((index, term)) = write.compact {
+            self.record(group, Rec::Compact(index, term))?;
+        }
+        if !write.entries.is_empty() {
+            self.record(group, Rec::Append(write.entries))?;
+        }
+        if let Some(hs) = write.hard_state {
+            self.record(group, Rec::HardState(hs))?;
+        }
+        Ok(())
+    }
+}
+
+/// The commit thread: takes every queued write, applies them in order,
+/// syncs once, completes each.
+async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut batch: Vec<(Done, u64, Result<(), StorageError>)> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let Ok(mut st) = shared.state() else {
+            let _ = first.done.send(Err(StorageError::Closed));
+            continue;
+        };
+        let mut next = Some(first);
+        let mut bytes = 0usize;
+        while let Some(job) = next.take() {
+            bytes = job
+                .write
+                .entries
+                .iter()
+                .fold(bytes, |b, e| b.saturating_add(e.approx_size()));
+            let r = st.apply_write(job.group, job.write, &job.snapshots);
+            batch.push((job.done, job.token, r));
+            if batch.len() < 65_536 && bytes < MAX_BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        let synced = st.sync(&shared.counters);
+        if synced.is_ok()
+            && let Err(e) = st.maybe_checkpoint(&shared.counters)
+        {
+            debug!(error = %e, "checkpoint failed");
+        }
+        drop(st);
+        shared
+            .counters
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for (done, token, r) in batch.drain(..) {
+            let outcome = match (&synced, r) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(()), Err(e)) => Err(e),
+                (Ok(()), Ok(())) => Ok(token),
+            };
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+/// A [`LogStore`] view of one group in a [`Journal`] (see
+/// [`Journal::log`]).
+pub struct GroupLog {
+    shared: Arc<Shared>,
+    group: GroupId,
+}
+
+impl GroupLog {
+    fn read<T>(&self, f: impl FnOnce(&MemLogStore) -> T, empty: T) -> T {
+        match self.shared.state() {
+            Ok(st) => st.groups.get(&self.group).map(f).unwrap_or(empty),
+            Err(_) => empty,
+        }
+    }
+}
+
+impl LogStore for GroupLog {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.shared
+            .state()?
+            .record(self.group, Rec::Append(entries.to_vec()))
+    }
+    fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
+        self.shared.state()?.record(self.group, Rec::Truncate(from))
+    }
+    fn compact_prefix(&mut self, upto: Index, term: Term) -> Result<(), StorageError> {
+        self.shared
+            .state()?
+            .record(self.group, Rec::Compact(upto, term))
+    }
+    fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
+        let st = self.shared.state()?;
+        match st.groups.get(&self.group) {
+            Some(log) => log.entries(lo, hi),
+            None => MemLogStore::new().entries(lo, hi),
+        }
+    }
+    fn term(&self, index: Index) -> Result<Option<Term>, StorageError> {
+        let st = self.shared.state()?;
+        match st.groups.get(&self.group) {
+            Some(log) => log.term(index),
+            None => MemLogStore::new().term(index),
+        }
+    }
+    fn first_index(&self) -> Index {
+        self.read(|l| l.first_index(), 1)
+    }
+    fn last_index(&self) -> Index {
+        self.read(|l| l.last_index(), 0)
+    }
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.shared.state()?.record(self.group, Rec::HardState(hs))
+    }
+    fn hard_state(&self) -> HardState {
+        self.read(|l| l.hard_state(), HardState::default())
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        let shared = &self.shared;
+        shared.state()?.sync(&shared.counters)
+    }
+}
+
+/// The write path of one running group (see [`Journal::sink`]).
+pub struct GroupSink {
+    /// `None` once the journal is closed.
+    jobs: Option<mpsc::UnboundedSender<Job>>,
+    group: GroupId,
+    snapshots: SharedSnapshots,
+}
+
+impl SharedSink for GroupSink {
+    fn write(&self, write: Write, done: Done, token: u64) {
+        let job = Job {
+            group: self.group,
+            write,
+            snapshots: self.snapshots.clone(),
+            done,
+            token,
+        };
+        let refused = match &self.jobs {
+            Some(jobs) => jobs.send(job).err().map(|mpsc::error::SendError(job)| job),
+            None => Some(job),
+        };
+        if let Some(job) = refused {
+            let _ = job.done.send(Err(StorageError::Closed));
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "journal_tests.rs"]
+mod tests;

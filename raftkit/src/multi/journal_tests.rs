@@ -1,0 +1,219 @@
+//! The journal on real files: cross-group batching, replay, checkpoints,
+//! corruption.
+
+use std::time::Duration;
+
+use super::*;
+use crate::core::types::{Entry, HardState, Payload};
+use crate::storage::MemSnapshotStore;
+
+fn entry(index: Index, term: Term, data: &[u8]) -> Entry {
+    Entry {
+        term,
+        index,
+        payload: Payload::Command(data.to_vec().into()),
+    }
+}
+
+fn snaps() -> SharedSnapshots {
+    Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))))
+}
+
+fn write(entries: Vec<Entry>, hs: Option<HardState>) -> Write {
+    Write {
+        snapshot: None,
+        compact: None,
+        entries,
+        hard_state: hs,
+    }
+}
+
+fn open(dir: &Path, checkpoint_bytes: u64) -> Journal {
+    Journal::open(
+        crate::storage::vfs::real(),
+        dir,
+        JournalOptions {
+            checkpoint_bytes,
+            ..JournalOptions::default()
+        },
+    )
+    .expect("journal opens")
+}
+
+/// Waits for `n` completions, all `Ok`, with a deadline.
+fn wait_ok(rx: &mut mpsc::UnboundedReceiver<Result<u64, StorageError>>, n: usize) -> Vec<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while got.len() < n {
+        match rx.try_recv() {
+            Ok(r) => got.push(r.expect("write is durable")),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                assert!(std::time::Instant::now() < deadline, "completions: {got:?}");
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("completion channel: {e}"),
+        }
+    }
+    got
+}
+
+fn close(j: Journal) {
+    crate::runtime::threads::block_on(j.close());
+}
+
+#[test]
+fn writes_of_many_groups_share_one_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path(), 64 << 20);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sinks: Vec<GroupSink> = (1..=8).map(|g| j.sink(g, snaps())).collect();
+    let before = j.stats().syncs;
+    {
+        // Hold the commit thread off while every group queues a write:
+        // it must then take them all in one batch.
+        let _st = j.shared.state().unwrap();
+        for (i, sink) in sinks.iter().enumerate() {
+            sink.write(write(vec![entry(1, 1, b"x")], None), tx.clone(), i as u64);
+        }
+    }
+    let mut tokens = wait_ok(&mut rx, 8);
+    tokens.sort_unstable();
+    assert_eq!(tokens, (0..8).collect::<Vec<_>>());
+    let stats = j.stats();
+    assert_eq!(stats.syncs - before, 1, "{stats:?}");
+    assert_eq!(stats.max_groups_per_sync, 8, "{stats:?}");
+    drop(sinks);
+    close(j);
+}
+
+#[test]
+fn reopen_rebuilds_every_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path(), 64 << 20);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for g in 1..=3u64 {
+        let sink = j.sink(g, snaps());
+        for i in 1..=g * 2 {
+            let hs = HardState {
+                term: 2,
+                vote: g,
+                commit: i,
+            };
+            sink.write(
+                write(vec![entry(i, 2, &[g as u8; 4])], Some(hs)),
+                tx.clone(),
+                i,
+            );
+        }
+        wait_ok(&mut rx, (g * 2) as usize);
+    }
+    // Group 2 overwrites its suffix (Raft §5.3) and compacts behind a
+    // snapshot.
+    let sink = j.sink(2, snaps());
+    sink.write(write(vec![entry(3, 3, b"new")], None), tx.clone(), 9);
+    sink.write(
+        Write {
+            compact: Some((1, 2)),
+            ..write(vec![], None)
+        },
+        tx.clone(),
+        10,
+    );
+    wait_ok(&mut rx, 2);
+    drop(sink);
+    close(j);
+
+    let j = open(dir.path(), 64 << 20);
+    assert_eq!(j.groups(), vec![1, 2, 3]);
+    let g1 = j.log(1);
+    assert_eq!((g1.first_index(), g1.last_index()), (1, 2));
+    assert_eq!(g1.hard_state().commit, 2);
+    let g2 = j.log(2);
+    assert_eq!((g2.first_index(), g2.last_index()), (2, 3));
+    assert_eq!(g2.term(3).unwrap(), Some(3));
+    assert_eq!(g2.term(1).unwrap(), Some(2), "the boundary term");
+    let g3 = j.log(3);
+    assert_eq!(g3.last_index(), 6);
+    assert_eq!(
+        g3.entries(6, 7).unwrap()[0].payload,
+        Payload::Command(vec![3u8; 4].into())
+    );
+    close(j);
+}
+
+#[test]
+fn checkpoint_drops_old_batches_and_replays_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    // A tiny threshold: checkpoint as soon as the journal outgrows twice
+    // the live logs.
+    let j = open(dir.path(), 1024);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for g in 1..=4u64 {
+        let sink = j.sink(g, snaps());
+        for i in 1..=50u64 {
+            sink.write(write(vec![entry(i, 1, &[7u8; 100])], None), tx.clone(), i);
+            wait_ok(&mut rx, 1);
+        }
+        // The group snapshots at 45: only 5 entries stay live.
+        sink.write(
+            Write {
+                compact: Some((45, 1)),
+                ..write(vec![], None)
+            },
+            tx.clone(),
+            0,
+        );
+        wait_ok(&mut rx, 1);
+    }
+    let stats = j.stats();
+    assert!(stats.checkpoints >= 1, "{stats:?}");
+    let first_batch = j.shared.state().unwrap().wal.first_index();
+    assert!(first_batch > 1, "the journal was compacted");
+    close(j);
+    let j = open(dir.path(), 1024);
+    for g in 1..=4u64 {
+        let log = j.log(g);
+        assert_eq!((log.first_index(), log.last_index()), (46, 50), "group {g}");
+        assert_eq!(log.term(45).unwrap(), Some(1));
+    }
+    close(j);
+}
+
+#[test]
+fn a_batch_that_does_not_decode_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        wal.append(&[entry(1, 1, &[0xff, 0xff, 0xff])]).unwrap();
+        wal.sync().unwrap();
+    }
+    let err = Journal::open(
+        crate::storage::vfs::real(),
+        dir.path(),
+        JournalOptions::default(),
+    )
+    .expect_err("garbage is not a batch");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+}
+
+#[test]
+fn a_record_that_does_not_apply_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // An append that leaves a gap in group 5's log.
+        let batch = Batch {
+            recs: vec![(5, Rec::Append(vec![entry(7, 1, b"gap")]))],
+        };
+        let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let bytes = postcard::to_allocvec(&batch).unwrap();
+        wal.append(&[entry(1, 1, &bytes)]).unwrap();
+        wal.sync().unwrap();
+    }
+    let err = Journal::open(
+        crate::storage::vfs::real(),
+        dir.path(),
+        JournalOptions::default(),
+    )
+    .expect_err("a gap is not a log");
+    assert!(err.to_string().contains("group 5"), "{err}");
+}

@@ -1,0 +1,68 @@
+//! Many Raft groups in one process: [`MultiNode`].
+//!
+//! One Raft group is bounded by its leader's CPU and disk. A [`MultiNode`]
+//! hosts any number of groups of one state machine `S`, each an ordinary
+//! raftkit group: the same [`core::Raft`](crate::core::Raft), node task,
+//! apply thread, sessions, snapshots, membership changes and error
+//! policies as a single-group [`Peer`](crate::runtime::Peer) — each group's
+//! replica on a node *is* a `Peer<S>`, started through the ordinary
+//! [`PeerBuilder`](crate::runtime::PeerBuilder) with what differs injected:
+//!
+//! - **storage** ([`journal`]): every group's log lives in the node's one
+//!   [`Journal`], a write-ahead log whose batches carry records tagged with
+//!   their group. One commit thread takes the writes of all groups that
+//!   queued while the previous fsync ran and makes them durable with one
+//!   fsync: more groups make bigger batches, not more fsyncs. Each group
+//!   keeps its own snapshot directory (`groups/<id>/snapshots`).
+//! - **transport** (`links`): one QUIC endpoint per node; each group's
+//!   messages are queued on the node's one link per peer node, tagged with
+//!   their group, and one write on the link carries the queued messages of
+//!   every group (heartbeats included). One task hands inbound messages to
+//!   their group.
+//! - **idle groups** ([`quiesce`]): a group with nothing to do stops
+//!   ticking, and one coalesced heartbeat per interval per pair of nodes
+//!   stands for the heartbeats of all of them (CockroachDB's quiescence and
+//!   coalesced heartbeats).
+//!
+//! - **workers**: the apply and snapshot loops of all groups run as tasks
+//!   on a small pool of threads of the node's own
+//!   ([`MultiNodeBuilder::worker_threads`]), not on a thread per group.
+//!
+//! A group's replica on a node has the node's id (the node id derives from
+//! the node's name, `<state machine>@<advertised address>`, which its
+//! certificate names), so a group's configuration lists nodes, and the
+//! address in it is the node's one endpoint.
+//!
+//! # Invariants
+//!
+//! - A group keeps every rule of a single-group peer: persistence ordering
+//!   (a write completes only once the journal sync covering it returned,
+//!   [`journal`] invariant 1), the fatal-storage-error policy (a failed
+//!   journal sync fails every group's later writes: they share the disk),
+//!   snapshots saved before the log is compacted behind them.
+//! - Groups never see each other's messages: the group tag is set by the
+//!   sender's transport handle and checked by the receiver's
+//!   demultiplexer; a message for a group the node does not host is
+//!   dropped and counted.
+//! - A restart rebuilds every group from the journal (and its snapshot
+//!   directory): the groups the journal holds are the groups the node
+//!   hosts.
+//!
+//! # Limits (what this module does not do yet)
+//!
+//! - The journal keeps each group's live log in memory (its snapshots
+//!   keep it short).
+//! - There is no metadata group, shard routing or replica movement yet;
+//!   leaders are spread by [`balance`] (on demand or periodically).
+
+pub mod balance;
+pub mod journal;
+mod links;
+mod node;
+pub mod quiesce;
+
+pub use journal::{GroupLog, GroupSink, Journal, JournalOptions, JournalStats};
+pub use node::{MultiNode, MultiNodeBuilder};
+
+/// The id of a Raft group within a multi-group deployment.
+pub type GroupId = u64;

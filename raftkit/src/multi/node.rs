@@ -1,0 +1,519 @@
+//! A node that hosts many groups: [`MultiNode`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use super::GroupId;
+use super::journal::{Journal, JournalOptions, JournalStats};
+use super::links::{Links, demultiplex};
+use super::quiesce::{self, Hosting, Timing, Watched};
+use crate::error::Error;
+use crate::identity::{default_name, node_id};
+use crate::runtime::threads::{Threads, Worker};
+use crate::runtime::{GroupStorage, Peer, PeerExt, TickGate};
+use crate::storage::FileSnapshotStore;
+use crate::storage::vfs::SharedFs;
+use crate::tls::Identity;
+use crate::transport::quic::{QuicConfig, QuicTransport};
+
+/// How many messages one node may queue for one peer, over all groups.
+const LINK_QUEUE: usize = 1 << 16;
+/// A group's heartbeat interval and election timeout, in ticks (the
+/// [`PeerBuilder`](crate::runtime::PeerBuilder) defaults).
+const HEARTBEAT_TICKS: u32 = 2;
+const ELECTION_TICKS: u32 = 10;
+
+/// Builds a [`MultiNode`]: `MultiNode::<S>::builder()`.
+pub struct MultiNodeBuilder<S> {
+    listen: Option<String>,
+    advertise: Option<String>,
+    dir: Option<PathBuf>,
+    identity: Option<Identity>,
+    tick: Duration,
+    snapshot_every: u64,
+    fs: SharedFs,
+    journal: JournalOptions,
+    quiesce: bool,
+    worker_threads: usize,
+    balance_every: Option<Duration>,
+    _sm: std::marker::PhantomData<fn() -> S>,
+}
+
+impl<S: PeerExt> MultiNodeBuilder<S> {
+    /// How many threads run the apply and snapshot loops of all the
+    /// node's groups (default 2). A handler or a snapshot that takes long
+    /// delays the other groups' applying on its thread, never their
+    /// replication.
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = threads.max(1);
+        self
+    }
+
+    /// Runs the leader balancer every `every` (default: off; see
+    /// [`balance`](super::balance) and [`MultiNode::balance_leaders`]).
+    pub fn balance_leaders(mut self, every: Option<Duration>) -> Self {
+        self.balance_every = every;
+        self
+    }
+
+    /// Whether idle groups are quiesced and their heartbeats coalesced
+    /// (default on; see [`quiesce`](super::quiesce)).
+    pub fn quiesce(mut self, on: bool) -> Self {
+        self.quiesce = on;
+        self
+    }
+
+    /// The UDP address to listen on (required).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+
+    /// The address other nodes reach this one at (default: `listen`). The
+    /// node's name is `<state machine>@<advertise>`, its certificate's.
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
+
+    /// The data directory: `journal/` (every group's log), `groups/<id>/`
+    /// (each group's snapshots) and `tls/` (the node's identity).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// The node's certificate (a `node` certificate for its name); stored
+    /// in the data directory, so a restart needs none.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The tick of every group's core (default 50 ms).
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
+    /// Every group snapshots after this many entries (default 10,000).
+    pub fn snapshot_every(mut self, entries: u64) -> Self {
+        self.snapshot_every = entries;
+        self
+    }
+
+    /// The journal's options.
+    pub fn journal_options(mut self, opts: JournalOptions) -> Self {
+        self.journal = opts;
+        self
+    }
+
+    /// Opens the data directory, starts the QUIC endpoint and every group
+    /// the journal holds.
+    pub async fn start(self) -> Result<MultiNode<S>, Error> {
+        let dir = self
+            .dir
+            .ok_or_else(|| Error::Rejected("a multi-group node needs a data directory".into()))?;
+        let listen = self
+            .listen
+            .ok_or_else(|| Error::Rejected("a multi-group node needs a listen address".into()))?;
+        let advertise = self.advertise.unwrap_or_else(|| listen.clone());
+        let name = default_name(S::NAME, &advertise);
+        let tls = dir.join("tls");
+        let identity = match self.identity {
+            Some(identity) => {
+                identity
+                    .check_node(&name)
+                    .map_err(|e| Error::Tls(format!("the identity of {name}: {e}")))?;
+                identity
+                    .write_to(&tls, "peer")
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+                identity
+            }
+            None => Identity::load(&tls, "peer").map_err(|e| {
+                Error::Tls(format!("{name} has no identity in {}: {e}", tls.display()))
+            })?,
+        };
+        let journal = Journal::open(self.fs.clone(), &dir.join("journal"), self.journal)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let listen_addr: SocketAddr = listen
+            .parse()
+            .map_err(|e| Error::Rejected(format!("listen address {listen}: {e}")))?;
+        let (group_tx, group_rx) = mpsc::channel(4096);
+        let (coalesced_tx, coalesced_rx) = mpsc::channel(64);
+        let mut config = QuicConfig::new(listen_addr, &name, identity, S::SCHEMA_FINGERPRINT);
+        config.advertise = Some(advertise.clone());
+        config.queue_capacity = LINK_QUEUE;
+        config.group_inbox = Some(group_tx);
+        let (quic, local_addr) = QuicTransport::start(config, mpsc::channel(1).0, None)
+            .await
+            .map_err(|e| Error::Transport(format!("cannot listen on {listen}: {e}")))?;
+        let links = Links::new(quic.clone());
+        let pool = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.worker_threads)
+            .thread_name("raftkit-groups")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Unavailable(format!("cannot start the group workers: {e}")))?;
+        let demux = tokio::spawn(demultiplex(links.clone(), group_rx, coalesced_tx));
+        let node = MultiNode {
+            inner: Arc::new(Inner {
+                name,
+                advertise,
+                local_addr,
+                dir,
+                fs: self.fs,
+                tick: self.tick,
+                snapshot_every: self.snapshot_every,
+                journal,
+                quic,
+                links,
+                demux: Mutex::new(Some(demux)),
+                quiescer: Mutex::new(None),
+                balancer: Mutex::new(None),
+                pool: Pool(Some(pool)),
+                groups: Mutex::new(BTreeMap::new()),
+            }),
+        };
+        if self.quiesce {
+            let timing = Timing {
+                interval: self.tick * HEARTBEAT_TICKS,
+                timeout: self.tick * ELECTION_TICKS,
+            };
+            let task = tokio::spawn(quiesce::run(
+                Arc::downgrade(&node.inner),
+                coalesced_rx,
+                timing,
+            ));
+            if let Ok(mut q) = node.inner.quiescer.lock() {
+                *q = Some(task);
+            }
+        }
+        if let Some(every) = self.balance_every {
+            let weak = Arc::downgrade(&node.inner);
+            let task = tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    MultiNode { inner }.balance_leaders().await;
+                }
+            });
+            if let Ok(mut b) = node.inner.balancer.lock() {
+                *b = Some(task);
+            }
+        }
+        let existing = node.inner.journal.groups();
+        for group in &existing {
+            node.start_group(*group, None).await?;
+        }
+        info!(name = %node.inner.name, addr = %local_addr, groups = existing.len(), "multi-group node started");
+        Ok(node)
+    }
+}
+
+struct Inner<S> {
+    name: String,
+    advertise: String,
+    local_addr: SocketAddr,
+    dir: PathBuf,
+    fs: SharedFs,
+    tick: Duration,
+    snapshot_every: u64,
+    journal: Journal,
+    quic: QuicTransport,
+    links: Arc<Links>,
+    demux: Mutex<Option<JoinHandle<()>>>,
+    quiescer: Mutex<Option<JoinHandle<()>>>,
+    balancer: Mutex<Option<JoinHandle<()>>>,
+    /// Runs every group's apply and snapshot loops.
+    pool: Pool,
+    groups: Mutex<BTreeMap<GroupId, Hosted<S>>>,
+}
+
+/// The runtime of the groups' workers (dropped without waiting: dropping
+/// a runtime may happen on a task, where waiting is not allowed).
+struct Pool(Option<tokio::runtime::Runtime>);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// One group's replica on this node.
+struct Hosted<S> {
+    peer: Peer<S>,
+    gate: Arc<TickGate>,
+}
+
+impl<S> Inner<S> {
+    fn groups(&self) -> MutexGuard<'_, BTreeMap<GroupId, Hosted<S>>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<S: PeerExt> Hosting for Inner<S> {
+    fn watched(&self) -> Vec<(GroupId, Watched)> {
+        self.groups()
+            .iter()
+            .map(|(g, h)| {
+                (
+                    *g,
+                    Watched {
+                        status: h.peer.watch(),
+                        gate: h.gate.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn peer_nodes(&self) -> Vec<crate::core::NodeId> {
+        self.links.peer_nodes()
+    }
+
+    fn send_coalesced(&self, to: crate::core::NodeId, quiesced: Vec<(u64, u64, u64)>) {
+        self.links.send_coalesced(to, quiesced);
+    }
+}
+
+/// A node hosting any number of groups of state machine `S` on one QUIC
+/// endpoint and one journal (see the [module documentation](super)).
+/// Cloning shares the node.
+pub struct MultiNode<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for MultiNode<S> {
+    fn clone(&self) -> Self {
+        MultiNode {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: PeerExt> MultiNode<S> {
+    /// A builder with the defaults.
+    pub fn builder() -> MultiNodeBuilder<S> {
+        MultiNodeBuilder {
+            listen: None,
+            advertise: None,
+            dir: None,
+            identity: None,
+            tick: Duration::from_millis(50),
+            snapshot_every: 10_000,
+            fs: crate::storage::vfs::real(),
+            journal: JournalOptions::default(),
+            quiesce: true,
+            worker_threads: 2,
+            balance_every: None,
+            _sm: std::marker::PhantomData,
+        }
+    }
+
+    /// The node's name (`<state machine>@<advertise>`).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The node's id (every group's replica on this node has it).
+    pub fn id(&self) -> crate::core::NodeId {
+        node_id(&self.inner.name)
+    }
+
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The address other nodes reach this one at.
+    pub fn advertise(&self) -> &str {
+        &self.inner.advertise
+    }
+
+    /// The groups this node hosts, in order.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.inner.groups().keys().copied().collect()
+    }
+
+    /// This node's replica of `group`.
+    pub fn group(&self, group: GroupId) -> Option<Peer<S>> {
+        self.inner.groups().get(&group).map(|h| h.peer.clone())
+    }
+
+    /// The groups whose replica here is quiesced (not ticking; see
+    /// [`quiesce`](super::quiesce)).
+    pub fn quiesced(&self) -> Vec<GroupId> {
+        self.inner
+            .groups()
+            .iter()
+            .filter(|(_, h)| h.gate.is_asleep())
+            .map(|(g, _)| *g)
+            .collect()
+    }
+
+    /// One round of the leader balancer ([`balance`](super::balance)):
+    /// starts transferring leaderships this node holds beyond its even
+    /// share to the voters that lead the fewest groups. Returns the
+    /// transfers started, `(group, target node)`.
+    pub async fn balance_leaders(&self) -> Vec<(GroupId, crate::core::NodeId)> {
+        let peers: Vec<(GroupId, Peer<S>)> = self
+            .inner
+            .groups()
+            .iter()
+            .map(|(g, h)| (*g, h.peer.clone()))
+            .collect();
+        let view: Vec<super::balance::GroupView> = peers
+            .iter()
+            .map(|(g, p)| {
+                let s = p.status();
+                super::balance::GroupView {
+                    group: *g,
+                    leader: s.leader,
+                    voters: s.members.iter().filter(|m| m.voter).map(|m| m.id).collect(),
+                }
+            })
+            .collect();
+        let mut started = Vec::new();
+        for (group, target) in super::balance::plan(self.id(), &view) {
+            let Some((_, peer)) = peers.iter().find(|(g, _)| *g == group) else {
+                continue;
+            };
+            match peer.transfer_leadership(target).await {
+                Ok(()) => {
+                    info!(
+                        group,
+                        target, "leadership transfer started to balance leaders"
+                    );
+                    started.push((group, target));
+                }
+                Err(e) => {
+                    tracing::debug!(group, target, error = %e, "leadership transfer not started")
+                }
+            }
+        }
+        started
+    }
+
+    /// The journal's counters (syncs, writes, groups per sync).
+    pub fn journal_stats(&self) -> JournalStats {
+        self.inner.journal.stats()
+    }
+
+    /// Inbound messages dropped because their group is not hosted here or
+    /// its inbox was full.
+    pub fn dropped_messages(&self) -> u64 {
+        self.inner.links.dropped()
+    }
+
+    /// Creates `group` on this node as a voter of a new group whose voters
+    /// are the nodes at `members` (their advertised addresses, this node's
+    /// included or not); each member node creates it with the same list.
+    /// A group this node already hosts is returned as it is.
+    pub async fn create_group(&self, group: GroupId, members: &[String]) -> Result<Peer<S>, Error> {
+        if let Some(peer) = self.group(group) {
+            return Ok(peer);
+        }
+        self.inner
+            .journal
+            .create_group(group)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        self.start_group(group, Some(members.to_vec())).await
+    }
+
+    async fn start_group(
+        &self,
+        group: GroupId,
+        members: Option<Vec<String>>,
+    ) -> Result<Peer<S>, Error> {
+        let inner = &self.inner;
+        let snap_dir = inner
+            .dir
+            .join("groups")
+            .join(group.to_string())
+            .join("snapshots");
+        let snapshots = FileSnapshotStore::open_in(inner.fs.clone(), &snap_dir, 1)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let journal = inner.journal.clone();
+        let storage = GroupStorage {
+            log: Box::new(inner.journal.log(group)),
+            snapshots: Box::new(snapshots),
+            sink: Box::new(move |snaps| Box::new(journal.sink(group, snaps))),
+            places: (inner.dir.join("journal"), snap_dir),
+        };
+        let links = inner.links.clone();
+        let gate = Arc::new(TickGate::default());
+        let pool = inner
+            .pool
+            .0
+            .as_ref()
+            .map(|rt| rt.handle().clone())
+            .ok_or_else(|| Error::Unavailable("the node is stopping".into()))?;
+        let threads = Threads::Custom(Arc::new(move |_name: &str, body| {
+            Ok(Worker::Task(pool.spawn(body)))
+        }));
+        let mut builder = S::peer()
+            .name(inner.name.clone())
+            .listen(inner.advertise.clone())
+            .advertise(inner.advertise.clone())
+            .in_memory()
+            .tick(inner.tick)
+            .snapshot_every(inner.snapshot_every)
+            .group_storage(storage)
+            .tick_gate(gate.clone())
+            .threads(threads)
+            .transport(move |_id, inbox| {
+                links.register(group, inbox);
+                Arc::new(links.link(group))
+            });
+        if let Some(members) = members {
+            builder = builder.bootstrap_members(members);
+        }
+        let peer = builder.start().await?;
+        self.inner.groups().insert(
+            group,
+            Hosted {
+                peer: peer.clone(),
+                gate,
+            },
+        );
+        Ok(peer)
+    }
+
+    /// Stops every group (each flushes its writes to the journal), then the
+    /// endpoint. Returns the first storage error a group stopped with.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        for task in [&self.inner.quiescer, &self.inner.balancer] {
+            if let Some(task) = task.lock().ok().and_then(|mut t| t.take()) {
+                task.abort();
+            }
+        }
+        let hosted = std::mem::take(&mut *self.inner.groups());
+        let mut first = Ok(());
+        for (group, h) in hosted {
+            let r = h.peer.shutdown().await;
+            self.inner.links.unregister(group);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        self.inner.quic.shutdown().await;
+        let demux = self.inner.demux.lock().ok().and_then(|mut d| d.take());
+        if let Some(demux) = demux {
+            demux.abort();
+        }
+        self.inner.journal.close().await;
+        first
+    }
+}

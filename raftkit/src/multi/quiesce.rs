@@ -1,0 +1,168 @@
+//! Quiescence and coalesced heartbeats: an idle group costs next to nothing.
+//!
+//! A group with nothing to do still ticks: its leader heartbeats every
+//! follower, and every follower counts down an election timeout. With a
+//! thousand groups per node that is tens of thousands of timer wake-ups and
+//! messages per second for no work. As in CockroachDB, a multi-group node
+//! instead **quiesces** idle groups and replaces their heartbeats by one
+//! **coalesced heartbeat** per heartbeat interval per pair of nodes.
+//!
+//! One task per node (this module) does it, every heartbeat interval:
+//!
+//! - **Leader side.** A group whose replica here leads, whose log is fully
+//!   committed, applied and matched by every member, and which looked the
+//!   same (term, last index, proposals) at the previous interval, is put
+//!   to sleep ([`TickGate`]): its node task stops ticking. The node then
+//!   sends every peer node one [`PeerFrame::Coalesced`](crate::transport::frame::PeerFrame)
+//!   frame listing `(group, term, commit)` of every sleeping group it
+//!   leads. The frame is sent even when the list is empty: it is also the
+//!   node's liveness signal.
+//! - **Follower side.** On a coalesced heartbeat from node `A`, a group
+//!   listed there whose replica here follows `A` in that term and holds
+//!   exactly that committed log is put to sleep; a sleeping group whose
+//!   leader is `A` but which `A` no longer lists is woken. A node not heard
+//!   from for an election timeout has every sleeping group it led woken
+//!   (they tick again and elect a new leader, Raft §5.2), as is a sleeping
+//!   group that knows no leader.
+//!
+//! Invariants:
+//! - Only ticks are withheld (see [`TickGate`]): safety never depends on
+//!   them. Any proposal, read, configuration change or Raft message wakes
+//!   the group at once (the node task wakes its own gate), so a sleeping
+//!   group serves a request with no added delay beyond waking a task.
+//! - A follower sleeps only while its leader's node is heard from at least
+//!   every election timeout and lists the group as quiesced in the term
+//!   and at the commit index the follower holds: if the leader's node
+//!   dies, the follower wakes within an election timeout plus one interval
+//!   and campaigns as it would have without quiescence.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::GroupId;
+use crate::core::{NodeId, Role};
+use crate::runtime::{PeerStatus, TickGate};
+
+/// A coalesced heartbeat as received: the sender and `(group, term,
+/// commit)` of every quiesced group it leads.
+pub(crate) type Beat = (NodeId, Vec<(u64, u64, u64)>);
+
+/// One group as the quiescence task sees it.
+pub(crate) struct Watched {
+    pub(crate) status: tokio::sync::watch::Receiver<PeerStatus>,
+    pub(crate) gate: Arc<TickGate>,
+}
+
+/// What the quiescence task needs from its node.
+pub(crate) trait Hosting: Send + Sync + 'static {
+    /// The groups hosted now.
+    fn watched(&self) -> Vec<(GroupId, Watched)>;
+    /// The nodes this node has links to.
+    fn peer_nodes(&self) -> Vec<NodeId>;
+    /// Sends a coalesced heartbeat to `to`.
+    fn send_coalesced(&self, to: NodeId, quiesced: Vec<(u64, u64, u64)>);
+}
+
+/// Timing of the quiescence task.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timing {
+    /// How often coalesced heartbeats are sent (a group's heartbeat
+    /// interval).
+    pub(crate) interval: Duration,
+    /// How long a leader's node may stay silent before its sleeping groups
+    /// wake (a group's election timeout).
+    pub(crate) timeout: Duration,
+}
+
+/// Whether a leader's group is idle: everything committed, applied and
+/// matched by every member.
+fn leader_idle(s: &PeerStatus) -> bool {
+    s.role == Role::Leader
+        && s.fatal.is_none()
+        && s.halted.is_none()
+        && !s.joint
+        && s.commit == s.last_index
+        && s.applied == s.commit
+        && s.members
+            .iter()
+            .filter(|m| m.id != s.id)
+            .all(|m| m.matched == Some(s.last_index))
+}
+
+/// Runs until `hosting` is gone or `inbound` closes.
+pub(crate) async fn run<H: Hosting>(
+    hosting: std::sync::Weak<H>,
+    mut inbound: mpsc::Receiver<Beat>,
+    timing: Timing,
+) {
+    let mut ticker = tokio::time::interval(timing.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Leader side: what each awake leader looked like last interval.
+    let mut last_seen: HashMap<GroupId, (u64, u64, u64)> = HashMap::new();
+    // Follower side: when each node was last heard, and what it listed.
+    let mut heard: HashMap<NodeId, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let Some(h) = hosting.upgrade() else { return };
+                let now = Instant::now();
+                let mut quiesced = Vec::new();
+                let mut seen = HashMap::new();
+                for (group, w) in h.watched() {
+                    let s = w.status.borrow();
+                    if s.role == Role::Leader {
+                        if w.gate.is_asleep() {
+                            quiesced.push((group, s.term, s.commit));
+                        } else if leader_idle(&s) {
+                            let shape = (s.term, s.last_index, s.proposals);
+                            if last_seen.get(&group) == Some(&shape) {
+                                w.gate.sleep();
+                                quiesced.push((group, s.term, s.commit));
+                            } else {
+                                seen.insert(group, shape);
+                            }
+                        }
+                    } else if w.gate.is_asleep() {
+                        // A follower whose leader went silent (or that
+                        // knows none) ticks again.
+                        let silent = s.leader.is_none_or(|l| {
+                            heard.get(&l).is_none_or(|t| now.duration_since(*t) > timing.timeout)
+                        });
+                        if silent {
+                            w.gate.wake();
+                        }
+                    }
+                }
+                last_seen = seen;
+                for to in h.peer_nodes() {
+                    h.send_coalesced(to, quiesced.clone());
+                }
+            }
+            msg = inbound.recv() => {
+                let Some((from, list)) = msg else { return };
+                let Some(h) = hosting.upgrade() else { return };
+                heard.insert(from, Instant::now());
+                let listed: BTreeMap<GroupId, (u64, u64)> =
+                    list.into_iter().map(|(g, t, c)| (g, (t, c))).collect();
+                for (group, w) in h.watched() {
+                    let s = w.status.borrow();
+                    if s.role != Role::Follower || s.leader != Some(from) {
+                        continue;
+                    }
+                    match listed.get(&group) {
+                        Some(&(term, commit))
+                            if s.term == term && s.commit == commit && s.last_index == commit =>
+                        {
+                            w.gate.sleep();
+                        }
+                        _ => w.gate.wake(),
+                    }
+                }
+            }
+        }
+    }
+}

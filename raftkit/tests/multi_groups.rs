@@ -1,0 +1,435 @@
+//! Many groups per node: three multi-group nodes over real QUIC on
+//! loopback, real journal files; every group takes writes, the journal
+//! shares fsyncs across groups, and every group recovers from the shared
+//! journal after the nodes restart.
+
+mod support;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use raftkit::core::Role;
+use raftkit::multi::{GroupId, MultiNode};
+use raftkit::prelude::*;
+use raftkit::tls::ClusterCa;
+use support::free_addrs;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "mkv")]
+pub struct Kv {
+    map: BTreeMap<String, String>,
+}
+
+#[raftkit::state_machine]
+impl Kv {
+    #[write]
+    fn put(&mut self, key: String, value: String) -> Option<String> {
+        self.map.insert(key, value)
+    }
+
+    #[read]
+    fn get(&self, key: String) -> Option<String> {
+        self.map.get(&key).cloned()
+    }
+}
+
+const GROUPS: GroupId = 4;
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn start_node(
+    addr: &str,
+    dir: &Path,
+    ca: Option<&ClusterCa>,
+) -> Result<MultiNode<Kv>, raftkit::Error> {
+    let mut b = MultiNode::<Kv>::builder()
+        .listen(addr)
+        .data_dir(dir)
+        .tick(Duration::from_millis(20));
+    if let Some(ca) = ca {
+        b = b.identity(ca.issue_node(&format!("mkv@{addr}"), &[])?);
+    }
+    b.start().await
+}
+
+/// The leader replica of `group`, once there is exactly one.
+async fn leader(nodes: &[MultiNode<Kv>], group: GroupId) -> Peer<Kv> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let leaders: Vec<Peer<Kv>> = nodes
+            .iter()
+            .filter_map(|n| n.group(group))
+            .filter(|p| p.status().role == Role::Leader)
+            .collect();
+        if leaders.len() == 1 {
+            return leaders[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group {group}: no single leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes through the group's leader, retrying while leadership moves.
+async fn put(nodes: &[MultiNode<Kv>], group: GroupId, key: &str, value: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let l = leader(nodes, group).await;
+        match l
+            .write(KvWrite::Put {
+                key: key.into(),
+                value: value.into(),
+            })
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("group {group}: put {key}: {e}"),
+        }
+    }
+}
+
+async fn get(nodes: &[MultiNode<Kv>], group: GroupId, key: &str) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let l = leader(nodes, group).await;
+        match l.read(KvRead::Get { key: key.into() }).await {
+            Ok(KvReadOutput::Get(v)) => return v,
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("group {group}: get {key}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_many_groups_share_links_and_journal_and_recover() {
+    let addrs = free_addrs(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ca = ClusterCa::generate("multi-test").unwrap();
+    let mut nodes = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs) {
+        nodes.push(start_node(addr, dir.path(), Some(&ca)).await.unwrap());
+    }
+    for node in &nodes {
+        for g in 1..=GROUPS {
+            node.create_group(g, &addrs).await.unwrap();
+        }
+        assert_eq!(node.groups(), (1..=GROUPS).collect::<Vec<_>>());
+    }
+    // Every group elects its own leader and takes its own writes.
+    for round in 0..5 {
+        for g in 1..=GROUPS {
+            put(&nodes, g, &format!("k{round}"), &format!("g{g}-v{round}")).await;
+        }
+    }
+    for g in 1..=GROUPS {
+        assert_eq!(
+            get(&nodes, g, "k4").await.as_deref(),
+            Some(format!("g{g}-v4").as_str())
+        );
+        // Groups are separate state machines.
+        assert_eq!(get(&nodes, g, "other").await, None);
+    }
+    // Concurrent writes to every group: the journal of each node covers
+    // several groups with one sync.
+    let mut tasks = Vec::new();
+    for g in 1..=GROUPS {
+        for i in 0..20 {
+            let ns = nodes.clone();
+            tasks.push(tokio::spawn(async move {
+                put(&ns, g, &format!("c{i}"), &format!("g{g}-c{i}")).await;
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let spanning = nodes
+        .iter()
+        .map(|n| n.journal_stats().max_groups_per_sync)
+        .max()
+        .unwrap();
+    assert!(
+        spanning >= 2,
+        "no journal sync covered two groups: {spanning}"
+    );
+    // Every replica of every group has applied the writes before the stop.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for g in 1..=GROUPS {
+        let target = leader(&nodes, g).await.status().commit;
+        for n in &nodes {
+            let p = n.group(g).unwrap();
+            while p.status().applied < target {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "group {g} lags on {}",
+                    n.name()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+    drop(nodes);
+
+    // Restart every node from its directory alone (identity included):
+    // every group comes back from the shared journal with all its writes.
+    let mut nodes = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs) {
+        nodes.push(start_node(addr, dir.path(), None).await.unwrap());
+    }
+    for node in &nodes {
+        assert_eq!(node.groups(), (1..=GROUPS).collect::<Vec<_>>());
+    }
+    for g in 1..=GROUPS {
+        for round in 0..5 {
+            assert_eq!(
+                get(&nodes, g, &format!("k{round}")).await,
+                Some(format!("g{g}-v{round}")),
+                "group {g}"
+            );
+        }
+        for i in 0..20 {
+            assert_eq!(
+                get(&nodes, g, &format!("c{i}")).await,
+                Some(format!("g{g}-c{i}")),
+                "group {g}"
+            );
+        }
+    }
+    // And they keep working.
+    put(&nodes, 2, "after", "restart").await;
+    assert_eq!(get(&nodes, 2, "after").await.as_deref(), Some("restart"));
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_recovers_every_group_from_its_journal() {
+    let addrs = free_addrs(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ca = ClusterCa::generate("multi-test").unwrap();
+    let mut nodes = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs) {
+        nodes.push(start_node(addr, dir.path(), Some(&ca)).await.unwrap());
+    }
+    for node in &nodes {
+        for g in 1..=GROUPS {
+            node.create_group(g, &addrs).await.unwrap();
+        }
+    }
+    for g in 1..=GROUPS {
+        put(&nodes, g, "a", &format!("{g}")).await;
+    }
+    // Node 2 holds every group's log up to the leader's commit.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut before = Vec::new();
+    for g in 1..=GROUPS {
+        let target = leader(&nodes, g).await.status().commit;
+        let p = nodes[2].group(g).unwrap();
+        while p.status().applied < target {
+            assert!(tokio::time::Instant::now() < deadline, "group {g} lags");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        before.push(p.status().last_index);
+    }
+    // Node 2 stops; the other two keep every group going (a majority).
+    nodes.pop().unwrap().shutdown().await.unwrap();
+    for g in 1..=GROUPS {
+        put(&nodes, g, "b", &format!("{g}")).await;
+    }
+    for n in nodes.drain(..) {
+        n.shutdown().await.unwrap();
+    }
+    // Node 2 restarts alone: nobody can send it anything, so what it holds
+    // comes from its own journal.
+    let alone = start_node(&addrs[2], dirs[2].path(), None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for (i, g) in (1..=GROUPS).enumerate() {
+        let p = alone.group(g).unwrap();
+        while p.status().last_index < before[i] {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "group {g}: log at {}, was {} before the restart",
+                p.status().last_index,
+                before[i]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The others come back; node 2 catches up on what it missed, in every
+    // group.
+    let mut nodes = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs).take(2) {
+        nodes.push(start_node(addr, dir.path(), None).await.unwrap());
+    }
+    nodes.push(alone);
+    for g in 1..=GROUPS {
+        assert_eq!(get(&nodes, g, "b").await, Some(format!("{g}")));
+        let target = leader(&nodes, g).await.status().commit;
+        let p = nodes[2].group(g).unwrap();
+        while p.status().applied < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "group {g} does not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// Waits until every node reports every group quiesced.
+async fn all_quiesced(nodes: &[MultiNode<Kv>]) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !nodes
+        .iter()
+        .all(|n| n.quiesced() == (1..=GROUPS).collect::<Vec<_>>())
+    {
+        let now: Vec<_> = nodes.iter().map(|n| n.quiesced()).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not quiesced: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_quiesce_wake_on_writes_and_elect_when_the_leader_dies() {
+    let addrs = free_addrs(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ca = ClusterCa::generate("multi-test").unwrap();
+    let mut nodes = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs) {
+        nodes.push(start_node(addr, dir.path(), Some(&ca)).await.unwrap());
+    }
+    for node in &nodes {
+        for g in 1..=GROUPS {
+            node.create_group(g, &addrs).await.unwrap();
+        }
+    }
+    for g in 1..=GROUPS {
+        put(&nodes, g, "a", "1").await;
+    }
+    // Idle: every replica of every group stops ticking.
+    all_quiesced(&nodes).await;
+    let terms: Vec<u64> = (1..=GROUPS)
+        .map(|g| leader_now(&nodes, g).status().term)
+        .collect();
+    // A write wakes its group and is served; the group quiesces again,
+    // in the same term (no election happened while it slept).
+    put(&nodes, 1, "b", "2").await;
+    assert_eq!(get(&nodes, 1, "b").await.as_deref(), Some("2"));
+    all_quiesced(&nodes).await;
+    for g in 1..=GROUPS {
+        assert_eq!(
+            leader_now(&nodes, g).status().term,
+            terms[g as usize - 1],
+            "group {g}"
+        );
+    }
+    // The node leading group 1 dies: the sleeping followers of every group
+    // it led notice its silence, wake and elect a new leader.
+    let leader_id = leader_now(&nodes, 1).id();
+    let i = nodes.iter().position(|n| n.id() == leader_id).unwrap();
+    let dead = nodes.remove(i);
+    dead.shutdown().await.unwrap();
+    for g in 1..=GROUPS {
+        put(&nodes, g, "c", "3").await;
+        assert_eq!(get(&nodes, g, "c").await.as_deref(), Some("3"));
+    }
+    assert_ne!(leader(&nodes, 1).await.id(), leader_id);
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// The leader of `group` now (the caller knows there is exactly one).
+fn leader_now(nodes: &[MultiNode<Kv>], group: GroupId) -> Peer<Kv> {
+    let leaders: Vec<Peer<Kv>> = nodes
+        .iter()
+        .filter_map(|n| n.group(group))
+        .filter(|p| p.status().role == Role::Leader)
+        .collect();
+    assert_eq!(leaders.len(), 1, "group {group}");
+    leaders[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_spreads_leaders_over_the_nodes() {
+    const N: GroupId = 12;
+    let addrs = free_addrs(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ca = ClusterCa::generate("multi-test").unwrap();
+    let mut nodes = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs) {
+        nodes.push(start_node(addr, dir.path(), Some(&ca)).await.unwrap());
+    }
+    for node in &nodes {
+        for g in 1..=N {
+            node.create_group(g, &addrs).await.unwrap();
+        }
+    }
+    // Every group's leadership on node 0 first.
+    let target = nodes[0].id();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for g in 1..=N {
+        loop {
+            let l = leader(&nodes, g).await;
+            if l.id() == target {
+                break;
+            }
+            let _ = l.transfer_leadership(target).await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "group {g} stays away from node 0"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let led = |nodes: &[MultiNode<Kv>]| -> Vec<usize> {
+        nodes
+            .iter()
+            .map(|n| {
+                (1..=N)
+                    .filter(|g| n.group(*g).is_some_and(|p| p.status().role == Role::Leader))
+                    .count()
+            })
+            .collect()
+    };
+    assert_eq!(led(&nodes), vec![N as usize, 0, 0]);
+    // Rounds of the balancer until the layout is even.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while led(&nodes) != vec![4, 4, 4] {
+        for n in &nodes {
+            n.balance_leaders().await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leaders: {:?}",
+            led(&nodes)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Balanced: a further round plans nothing.
+    for n in &nodes {
+        assert!(n.balance_leaders().await.is_empty());
+    }
+    for g in 1..=N {
+        put(&nodes, g, "k", "v").await;
+    }
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
