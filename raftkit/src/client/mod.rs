@@ -9,12 +9,14 @@
 //!
 //! This module never imports the runtime: a client binary carries no server.
 
+mod consistency;
 mod local;
 mod remote;
 pub mod wire;
 
 use std::future::Future;
 
+pub use consistency::{Consistency, ReadRouting, Staleness};
 pub use local::Local;
 pub use remote::{CERTS_ENV, Client, ClientOptions, WriteOnce};
 

@@ -103,7 +103,10 @@ impl Config {
                 self.heartbeat_ticks, self.election_ticks
             )));
         }
-        if !(self.clock_drift_bound >= 1.0 && self.clock_drift_bound.is_finite()) {
+        if self.clock_drift_bound.is_nan()
+            || self.clock_drift_bound < 1.0
+            || self.clock_drift_bound.is_infinite()
+        {
             return Err(ConfigError(format!(
                 "clock_drift_bound ({}) must be a finite number of at least 1.0",
                 self.clock_drift_bound

@@ -86,7 +86,7 @@ impl Raft {
             return u64::from(self.cfg.election_ticks) * 2;
         }
         let drift = self.cfg.clock_drift_bound;
-        if !(drift >= 1.0) {
+        if drift.is_nan() || drift < 1.0 {
             return 0;
         }
         (base / drift).floor() as u64

@@ -81,12 +81,16 @@ pub enum Command {
         /// Where the result goes.
         reply: Reply,
     },
-    /// Serve an encoded query linearizably.
+    /// Serve an encoded query (see `reads`).
     Read {
         /// The query.
         query: Vec<u8>,
         /// Where the answer goes.
         reply: Reply,
+        /// How it is served.
+        consistency: crate::client::Consistency,
+        /// A stale read's staleness goes here.
+        staleness: Option<oneshot::Sender<crate::client::Staleness>>,
     },
     /// Transfer leadership to a member.
     Transfer {
@@ -222,6 +226,8 @@ struct State {
     leader_contact: Option<std::time::Instant>,
     drop_log: DropLog,
     stamps: Option<StampClock>,
+    /// The core's ticks on the monotonic clock (see `reads`).
+    clock: super::reads::TickClock,
     /// When the status watch was last rebuilt.
     published_at: Option<Instant>,
     /// A rebuild skipped by [`STATUS_INTERVAL`] is due at this time.
@@ -291,6 +297,10 @@ impl NodeTask {
             leader_contact: None,
             drop_log: DropLog::default(),
             stamps: None,
+            clock: super::reads::TickClock::new(
+                self.tick,
+                2 * u64::from(self.raft.params().election_ticks) + 2,
+            ),
             published_at: None,
             status_due: None,
         };
@@ -314,7 +324,7 @@ impl NodeTask {
                 biased;
                 _ = ticker.tick() => {
                     if st.fatal.is_none() {
-                        self.raft.tick();
+                        self.catch_up_ticks(&mut st.clock);
                     }
                 }
                 Some(done) = persisted_rx.recv() => self.on_persisted(&mut st, done),
@@ -442,7 +452,12 @@ impl NodeTask {
                 }
                 Err(e) => reply.send(Err(self.propose_error(e))),
             },
-            Command::Read { query, reply } => {
+            Command::Read {
+                query,
+                reply,
+                consistency,
+                staleness,
+            } => {
                 // Tooth (simulation builds only): hand the read to the apply
                 // task at once, before its read index is known (let alone
                 // applied); the apply task serves it where it stands.
@@ -455,6 +470,11 @@ impl NodeTask {
                     });
                     return;
                 }
+                let Some((query, reply)) =
+                    self.serve_weak_read(&mut st.clock, consistency, query, reply, staleness)
+                else {
+                    return;
+                };
                 let ctx = st.next_ctx;
                 st.next_ctx += 1;
                 match self.raft.read_index(ctx) {
