@@ -3,16 +3,24 @@
 //! middle of the workload. The recorded history goes through the
 //! simulation's linearizability checker; every acknowledged write must be
 //! readable at the end.
+//!
+//! The follower-read variants spread the reads over every member
+//! (`ReadRouting::AnyMember`: followers ask the leader for the read index,
+//! thesis §6.4.1) and mix in lease reads, across a leader failover and
+//! across a partition that cuts the leader off from the other peers (the
+//! peers' links are cut under QUIC; clients still reach every peer).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftkit::client::ClientOptions;
+use raftkit::client::{ClientOptions, Consistency, ReadRouting};
 use raftkit::core::Role;
+use raftkit::core::{Message, NodeId};
 use raftkit::prelude::*;
 use raftkit::sim::linearizability::{self, History, KvOp, KvOutcome};
 use raftkit::tls::dev_cluster;
+use raftkit::transport::Transport;
 
 #[derive(StateMachine, Default, Serialize, Deserialize)]
 #[raftkit(name = "reg")]
@@ -51,6 +59,49 @@ enum Disruption {
     KillLeader,
     /// Leadership moves to another member, twice.
     TransferLeadership,
+    /// The leader's links to the other peers are cut for a while (both
+    /// ways), then restored.
+    IsolateLeader,
+}
+
+/// How the clients read.
+#[derive(Clone, Copy)]
+struct Reads {
+    routing: ReadRouting,
+    /// Every other read of a client is a lease read.
+    lease: bool,
+}
+
+const LEADER_READS: Reads = Reads {
+    routing: ReadRouting::Leader,
+    lease: false,
+};
+
+const SPREAD_READS: Reads = Reads {
+    routing: ReadRouting::AnyMember,
+    lease: true,
+};
+
+/// The peers' transport with links that a test can cut: messages from or
+/// to a node in `cut` are dropped.
+struct Cuttable {
+    inner: Arc<dyn Transport>,
+    cut: Arc<Mutex<Vec<NodeId>>>,
+}
+
+impl Transport for Cuttable {
+    fn send(&self, msg: Message) {
+        let cut = self.cut.lock().unwrap();
+        if cut.contains(&msg.from) || cut.contains(&msg.to) {
+            return;
+        }
+        drop(cut);
+        self.inner.send(msg);
+    }
+
+    fn set_peers(&self, peers: BTreeMap<NodeId, String>) {
+        self.inner.set_peers(peers);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +114,22 @@ async fn leadership_transferred_under_load_history_is_linearizable() {
     workload_with(Disruption::TransferLeadership).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_and_lease_reads_across_a_leader_kill_are_linearizable() {
+    workload(Disruption::KillLeader, SPREAD_READS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_and_lease_reads_across_a_partition_are_linearizable() {
+    workload(Disruption::IsolateLeader, SPREAD_READS).await;
+}
+
 async fn workload_with(disruption: Disruption) {
+    workload(disruption, LEADER_READS).await;
+}
+
+async fn workload(disruption: Disruption, reads: Reads) {
+    let cut: Arc<Mutex<Vec<NodeId>>> = Arc::default();
     let sockets: Vec<_> = (0..3)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -85,6 +151,10 @@ async fn workload_with(disruption: Disruption) {
                 .bootstrap_members(addrs.clone())
                 .identity(id)
                 .tick(TICK)
+                .wrap_transport({
+                    let cut = cut.clone();
+                    move |inner| Arc::new(Cuttable { inner, cut }) as Arc<dyn Transport>
+                })
                 .start()
                 .await
                 .unwrap(),
@@ -104,7 +174,9 @@ async fn workload_with(disruption: Disruption) {
     let start = tokio::time::Instant::now();
     let now = move || start.elapsed().as_micros() as u64;
     let history = Arc::new(Mutex::new(History::new()));
-    let opts = ClientOptions::default().with_timeout(Duration::from_secs(3));
+    let opts = ClientOptions::default()
+        .with_timeout(Duration::from_secs(3))
+        .with_reads(reads.routing);
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -135,6 +207,12 @@ async fn workload_with(disruption: Disruption) {
                 let outcome = match op {
                     KvOp::Put { key, value } => {
                         client.put(key, value).await.map(|()| KvOutcome::Put)
+                    }
+                    KvOp::Get { key } if reads.lease && i % 2 == 0 => {
+                        client.with(Consistency::Lease).get(key).await.map(|v| {
+                            seen.insert(key, v);
+                            KvOutcome::Get(v)
+                        })
                     }
                     KvOp::Get { key } => client.get(key).await.map(|v| {
                         seen.insert(key, v);
@@ -198,6 +276,23 @@ async fn workload_with(disruption: Disruption) {
                 let now_done = done.load(std::sync::atomic::Ordering::Relaxed);
                 wait_done(now_done + 200).await;
             }
+        }
+        Disruption::IsolateLeader => {
+            let old = leader_index().expect("leader");
+            let old_id = peers[old].as_ref().unwrap().id();
+            cut.lock().unwrap().push(old_id);
+            // The others elect a leader and the workload goes on there
+            // while the old leader may still believe it leads.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while !peers.iter().enumerate().any(|(i, p)| {
+                i != old && p.as_ref().is_some_and(|p| p.status().role == Role::Leader)
+            }) {
+                assert!(tokio::time::Instant::now() < deadline, "no new leader");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let now_done = done.load(std::sync::atomic::Ordering::Relaxed);
+            wait_done(now_done + 200).await;
+            cut.lock().unwrap().clear();
         }
     }
     let now_done = done.load(std::sync::atomic::Ordering::Relaxed);

@@ -138,6 +138,7 @@ struct Totals {
     transfers: usize,
     transfers_refused: usize,
     transfers_completed: usize,
+    lease_reads: usize,
 }
 
 impl Totals {
@@ -166,6 +167,7 @@ impl Totals {
             t.transfers += r.transfers;
             t.transfers_refused += r.transfers_refused;
             t.transfers_completed += r.transfers_completed;
+            t.lease_reads += r.lease_reads;
         }
         t
     }
@@ -194,6 +196,7 @@ impl Totals {
             ("pauses", self.pauses),
             ("transfers completed", self.transfers_completed),
             ("transfers refused", self.transfers_refused),
+            ("lease reads", self.lease_reads),
             ("runs without PreVote", self.pre_vote_off),
             ("runs without CheckQuorum", self.check_quorum_off),
         ];
@@ -531,6 +534,22 @@ fn teeth_transfer_votes_skipping_the_log_check_are_caught() {
     assert_safety(&find_violation(bugs, TEETH_BUDGET));
 }
 
+/// Lease reads whose lease ignores the clock drift bound (it lasts two
+/// election timeouts): a leader cut off from the others keeps serving reads
+/// from its state after a new leader committed writes, a stale read.
+#[test]
+fn teeth_lease_reads_ignoring_the_drift_bound_are_caught() {
+    let bugs = Bugs {
+        lease_ignores_drift: true,
+        ..Default::default()
+    };
+    let failure = find_violation(bugs, TEETH_BUDGET);
+    assert!(
+        matches!(failure.kind, sim::FailureKind::Linearizability(_)),
+        "expected a stale read, got {failure}"
+    );
+}
+
 /// The switches of [`Bugs`] named in `names` (comma-separated, as a
 /// failure's replay command gives them) turned on.
 fn bugs_named(names: &str) -> Bugs {
@@ -549,6 +568,7 @@ fn bugs_named(names: &str) -> Bugs {
             "joint_commit_on_new_voters" => &mut bugs.joint_commit_on_new_voters,
             "joint_election_on_new_voters" => &mut bugs.joint_election_on_new_voters,
             "transfer_skips_log_check" => &mut bugs.transfer_skips_log_check,
+            "lease_ignores_drift" => &mut bugs.lease_ignores_drift,
             other => panic!("RAFTKIT_SIM_BUG: no such switch {other:?}"),
         };
         *flag = true;

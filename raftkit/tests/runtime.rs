@@ -511,3 +511,66 @@ async fn a_node_halted_by_a_panic_keeps_its_log_and_the_quorum_keeps_serving() {
     }
     buggy.shutdown().await.unwrap();
 }
+
+/// A follower serves a linearizable read from its own state machine after
+/// asking the leader for the read index (thesis §6.4.1): a write
+/// acknowledged by the leader is visible at once through a follower. A
+/// stale read on a follower reports how far behind it may be; a lease read
+/// is served on the leader, and on a follower (which holds no lease) as a
+/// linearizable read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_serve_linearizable_and_stale_reads_lease_reads_fall_back() {
+    use raftkit::client::Consistency;
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        peers.push(start(&net, dir.path(), addr).await);
+    }
+    let leader = wait_leader(&peers).await;
+    let follower = (leader + 1) % 3;
+    let writer = CounterClient::new(peers[leader].clone());
+    for round in 1..=20u64 {
+        assert_eq!(writer.add("k".into(), 1).await.unwrap(), round);
+        // Read through the follower right after the write was acknowledged.
+        let (v, staleness) = peers[follower]
+            .read_with(
+                CounterRead::Get { key: "k".into() },
+                Consistency::Linearizable,
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(v, CounterReadOutput::Get(n) if n == round),
+            "a follower read went back in time"
+        );
+        assert_eq!(staleness, None);
+    }
+    let (v, staleness) = peers[follower]
+        .read_with(CounterRead::Get { key: "k".into() }, Consistency::Stale)
+        .await
+        .unwrap();
+    let s = staleness.expect("a stale read reports its staleness");
+    let CounterReadOutput::Get(v) = v;
+    assert!(v <= 20);
+    assert!(s.applied <= s.leader_commit, "{s:?}");
+    assert!(s.leader_commit > 0);
+    // A lease read on the leader: served (at the latest value, since the
+    // lease holds and every write was acknowledged before).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (v, _) = peers[leader]
+        .read_with(CounterRead::Get { key: "k".into() }, Consistency::Lease)
+        .await
+        .unwrap();
+    assert!(matches!(v, CounterReadOutput::Get(20)));
+    assert!(tokio::time::Instant::now() < deadline);
+    // A lease read on a follower falls back to a linearizable one.
+    let (v, _) = peers[follower]
+        .read_with(CounterRead::Get { key: "k".into() }, Consistency::Lease)
+        .await
+        .unwrap();
+    assert!(matches!(v, CounterReadOutput::Get(20)));
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}

@@ -9,6 +9,7 @@
 //!
 //! This module never imports the runtime: a client binary carries no server.
 
+mod consistency;
 mod local;
 mod remote;
 pub mod watch;
@@ -16,6 +17,7 @@ pub mod wire;
 
 use std::future::Future;
 
+pub use consistency::{Consistency, ReadRouting, Staleness};
 pub use local::Local;
 pub use remote::{CERTS_ENV, Client, ClientOptions, WriteOnce};
 

@@ -85,6 +85,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug};
 
 use super::Submit;
+use super::consistency::{Consistency, ReadRouting, Staleness};
 use super::wire::{
     ClientHello, ClientRequest, ClientResponse, SessionId, SessionRef, StatusReport,
 };
@@ -126,6 +127,11 @@ pub struct ClientOptions {
     pub backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// Where linearizable and stale reads go: the leader (the default:
+    /// one hop per read, the lowest latency, and what peers of every
+    /// version serve), or any member in turn, which spreads the reads'
+    /// work over the cluster (see [`ReadRouting`]).
+    pub reads: ReadRouting,
 }
 
 impl ClientOptions {
@@ -146,6 +152,12 @@ impl ClientOptions {
         self.max_backoff = max_backoff;
         self
     }
+
+    /// Where linearizable and stale reads go (see [`ReadRouting`]).
+    pub fn with_reads(mut self, reads: ReadRouting) -> Self {
+        self.reads = reads;
+        self
+    }
 }
 
 impl Default for ClientOptions {
@@ -154,6 +166,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(10),
             backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(500),
+            reads: ReadRouting::Leader,
         }
     }
 }
@@ -219,9 +232,16 @@ async fn traced<T>(op: &'static str, call: impl std::future::Future<Output = T>)
 ///
 /// Cheap to clone; clones share the
 /// session.
+///
+/// A *view* of a client ([`Client::with`]) serves its reads at another
+/// [`Consistency`] and shares everything else.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// How this view's reads are served.
+    consistency: Consistency,
+    /// The staleness of the latest stale read answered through this view.
+    staleness: Arc<std::sync::Mutex<Option<Staleness>>>,
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, Error> {
@@ -333,6 +353,8 @@ impl Client {
         let endpoint = Endpoint::client(bind)
             .map_err(|e| Error::Transport(format!("cannot open a client socket: {e}")))?;
         let client = Client {
+            consistency: Consistency::default(),
+            staleness: Arc::default(),
             inner: Arc::new(Inner {
                 endpoint,
                 config,
@@ -463,7 +485,14 @@ impl Client {
                 .await
                 .map_err(|e| Error::Transport(e.to_string()))?;
             *sent = true;
-            let meta = REQUEST_ID.try_with(|&request_id| RequestMeta { request_id });
+            let consistency = match request {
+                ClientRequest::Read { .. } => self.consistency,
+                _ => Consistency::default(),
+            };
+            let meta = REQUEST_ID.try_with(|&request_id| RequestMeta {
+                request_id,
+                consistency,
+            });
             match meta {
                 Ok(meta) => write_frame(&mut send, &(request, meta), DEFAULT_MAX_FRAME_BYTES).await,
                 Err(_) => write_frame(&mut send, request, DEFAULT_MAX_FRAME_BYTES).await,
@@ -488,8 +517,9 @@ impl Client {
         r
     }
 
-    fn next_target(&self) -> SocketAddr {
-        if let Ok(l) = self.inner.leader.lock()
+    fn next_target(&self, spread: bool) -> SocketAddr {
+        if !spread
+            && let Ok(l) = self.inner.leader.lock()
             && let Some(a) = *l
         {
             return a;
@@ -551,8 +581,13 @@ impl Client {
         let deadline = Instant::now() + self.inner.opts.timeout;
         let mut backoff = self.inner.opts.backoff;
         let mut last = Error::Unavailable("no attempt made".into());
+        // A read spread over the members goes to the next one in turn; a
+        // retry follows the redirect or the leader, like any request.
+        let mut spread = matches!(request, ClientRequest::Read { .. })
+            && self.inner.opts.reads == ReadRouting::AnyMember
+            && self.consistency != Consistency::Lease;
         loop {
-            let target = self.next_target();
+            let target = self.next_target(spread);
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(final_error(last, *uncertain, true));
@@ -566,12 +601,15 @@ impl Client {
                 Ok(ClientResponse::Err(e)) => Error::from(e),
                 Ok(ok) => {
                     debug!(member = %target, "answered");
-                    self.set_leader(Some(target));
+                    if !spread {
+                        self.set_leader(Some(target));
+                    }
                     return Ok(ok);
                 }
                 Err(e) => e,
             };
             debug!(member = %target, error = %e, "attempt failed");
+            spread = false;
             if !e.is_retryable() {
                 return Err(final_error(e, *uncertain, false));
             }
@@ -615,7 +653,9 @@ impl Client {
         match self.once(addr, &ClientRequest::Status, &mut false).await? {
             ClientResponse::Status(s) => Ok(s),
             ClientResponse::Err(e) => Err(e.into()),
-            ClientResponse::Ok(_) | ClientResponse::Events { .. } => {
+            ClientResponse::Ok(_)
+            | ClientResponse::Events { .. }
+            | ClientResponse::Stale { .. } => {
                 Err(Error::Protocol("expected a status report".into()))
             }
         }
@@ -623,7 +663,7 @@ impl Client {
 
     /// The status of the member this client reaches first.
     pub async fn status(&self) -> Result<StatusReport, Error> {
-        let target = self.next_target();
+        let target = self.next_target(false);
         self.status_of(&target.to_string()).await
     }
 
@@ -643,7 +683,40 @@ impl Client {
             ClientResponse::Err(e) => Err(e.into()),
             ClientResponse::Status(_) => Err(Error::Protocol("unexpected status report".into())),
             ClientResponse::Events { .. } => Err(Error::Protocol("unexpected watch events".into())),
+            ClientResponse::Stale { output, .. } => Ok(output),
         }
+    }
+
+    /// A view of this client whose reads are served at `consistency`
+    /// (see [`Consistency`]); writes, the session and the connections are
+    /// shared. `kv.with(Consistency::Lease).get(k)` on a generated client.
+    pub fn with(&self, consistency: Consistency) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            consistency,
+            staleness: Arc::default(),
+        }
+    }
+
+    /// How this view's reads are served.
+    pub fn consistency(&self) -> Consistency {
+        self.consistency
+    }
+
+    /// The staleness of the latest [`Consistency::Stale`] read answered
+    /// through this view (each [`Client::with`] starts a view with none).
+    pub fn last_staleness(&self) -> Option<Staleness> {
+        self.staleness.lock().ok().and_then(|s| *s)
+    }
+
+    /// A stale read of an encoded query, answered by the member the client
+    /// reaches (see [`ClientOptions::reads`]) with how stale it may be.
+    pub async fn read_stale(&self, query: Vec<u8>) -> Result<(Vec<u8>, Staleness), Error> {
+        let view = self.with(Consistency::Stale);
+        let out = view.read(query).await?;
+        // A peer that predates stale reads answers linearizably: nothing
+        // was missing then.
+        Ok((out, view.last_staleness().unwrap_or_default()))
     }
 
     /// Runs an administrative request (membership, leadership) on the
@@ -1019,7 +1092,15 @@ impl Submit for Client {
 
     async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
         traced("read", async {
-            Self::expect_ok(self.request(ClientRequest::Read { query }).await?)
+            match self.request(ClientRequest::Read { query }).await? {
+                ClientResponse::Stale { output, staleness } => {
+                    if let Ok(mut s) = self.staleness.lock() {
+                        *s = Some(staleness);
+                    }
+                    Ok(output)
+                }
+                other => Self::expect_ok(other),
+            }
         })
         .await
     }

@@ -132,10 +132,22 @@ pub enum ClientRequest {
 /// and the apply thread's trace spans of one call together. Peers that
 /// predate it ignore the trailing bytes (postcard decoding stops after the
 /// request); a request without it is traced without an id.
+///
+/// Fields are only ever added at the end: a meta of an older client (fewer
+/// fields) decodes with the later ones at their defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestMeta {
     /// The call's id, the same for every retry of the call.
     pub request_id: RequestId,
+    /// How a read is served (ignored by other requests); linearizable when
+    /// absent.
+    pub consistency: super::Consistency,
+}
+
+/// The first version of [`RequestMeta`], as older clients send it.
+#[derive(Deserialize)]
+struct RequestMetaV1 {
+    request_id: RequestId,
 }
 
 /// The id of one client call, shown as 16 hex digits in traces.
@@ -178,7 +190,14 @@ impl RequestId {
         body: &[u8],
     ) -> Result<(ClientRequest, Option<RequestMeta>), postcard::Error> {
         let (request, rest) = postcard::take_from_bytes::<ClientRequest>(body)?;
-        let meta = postcard::from_bytes::<RequestMeta>(rest).ok();
+        let meta = postcard::from_bytes::<RequestMeta>(rest).ok().or_else(|| {
+            postcard::from_bytes::<RequestMetaV1>(rest)
+                .ok()
+                .map(|v1| RequestMeta {
+                    request_id: v1.request_id,
+                    consistency: super::Consistency::default(),
+                })
+        });
         Ok((request, meta))
     }
 }
@@ -236,6 +255,15 @@ pub enum ClientResponse {
         events: Vec<WatchEvent>,
         /// The stream continues with the entries from this index.
         next: u64,
+    },
+    /// The answer to a [`Consistency::Stale`](super::Consistency::Stale)
+    /// read: the encoded output and how stale it may be.
+    Stale {
+        /// The encoded output.
+        #[serde(with = "crate::byte_field")]
+        output: Vec<u8>,
+        /// How far behind the leader the answering member may have been.
+        staleness: super::Staleness,
     },
 }
 
@@ -405,6 +433,7 @@ mod tests {
         let request = ClientRequest::Read { query: vec![1, 2] };
         let meta = RequestMeta {
             request_id: RequestId(0xabc),
+            consistency: crate::client::Consistency::Lease,
         };
         let with = postcard::to_allocvec(&(request.clone(), meta)).unwrap();
         // An older peer reads only the request.
@@ -418,7 +447,32 @@ mod tests {
         );
         // An older client sends no meta.
         let bare = postcard::to_allocvec(&request).unwrap();
-        assert_eq!(RequestId::decode_request(&bare).unwrap(), (request, None));
+        assert_eq!(
+            RequestId::decode_request(&bare).unwrap(),
+            (request.clone(), None)
+        );
+        // An older client's meta has no consistency: linearizable.
+        #[derive(Serialize)]
+        struct V1 {
+            request_id: RequestId,
+        }
+        let old = postcard::to_allocvec(&(
+            request.clone(),
+            V1 {
+                request_id: RequestId(7),
+            },
+        ))
+        .unwrap();
+        assert_eq!(
+            RequestId::decode_request(&old).unwrap(),
+            (
+                request.clone(),
+                Some(RequestMeta {
+                    request_id: RequestId(7),
+                    consistency: crate::client::Consistency::Linearizable,
+                })
+            )
+        );
         assert_ne!(RequestId::fresh(), RequestId::fresh());
         assert_eq!(RequestId(0xabc).to_string(), "0000000000000abc");
     }

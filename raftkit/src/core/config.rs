@@ -9,6 +9,10 @@ use super::types::NodeId;
 /// The default of [`Config::max_snapshot_bytes`]: 1 GiB.
 pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
+/// The default of [`Config::clock_drift_bound`]: clocks tick at rates
+/// within 25% of each other.
+pub const DEFAULT_CLOCK_DRIFT_BOUND: f64 = 1.25;
+
 /// Parameters of one node.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -45,6 +49,20 @@ pub struct Config {
     pub max_snapshot_bytes: u64,
     /// Seed of the node's random election timeouts.
     pub seed: u64,
+    /// Allow lease reads on the leader (thesis §6.4.1, see
+    /// [`Raft::lease_read`](super::Raft::lease_read)). Also makes a node
+    /// ignore vote requests during its first election timeout after it
+    /// starts, since a restarted follower forgot when it last heard from the
+    /// leader. Needs `check_quorum`. Default off in the core; the runtime
+    /// turns it on.
+    pub lease_reads: bool,
+    /// The largest factor by which the tick rates of two nodes may differ
+    /// (at least 1.0; default 1.25). A leader's lease lasts
+    /// `floor((election_ticks - 1) / clock_drift_bound)` ticks after the
+    /// start of the latest heartbeat round a quorum acknowledged: lease
+    /// reads are linearizable only while every node's clock respects this
+    /// bound (jumps and pauses included).
+    pub clock_drift_bound: f64,
     /// Deliberately broken rules, for the simulation's own tests only.
     #[cfg(any(test, feature = "sim"))]
     #[doc(hidden)]
@@ -67,6 +85,8 @@ impl Config {
             snapshot_chunk_bytes: super::snapshot::DEFAULT_CHUNK_BYTES,
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             seed: id,
+            lease_reads: false,
+            clock_drift_bound: DEFAULT_CLOCK_DRIFT_BOUND,
             #[cfg(any(test, feature = "sim"))]
             bugs: Bugs::default(),
         }
@@ -81,6 +101,15 @@ impl Config {
             return Err(ConfigError(format!(
                 "heartbeat_ticks ({}) must be at least 1 and below election_ticks ({})",
                 self.heartbeat_ticks, self.election_ticks
+            )));
+        }
+        if self.clock_drift_bound.is_nan()
+            || self.clock_drift_bound < 1.0
+            || self.clock_drift_bound.is_infinite()
+        {
+            return Err(ConfigError(format!(
+                "clock_drift_bound ({}) must be a finite number of at least 1.0",
+                self.clock_drift_bound
             )));
         }
         if self.max_inflight == 0 {
@@ -143,4 +172,8 @@ pub struct Bugs {
     /// the up-to-date check (breaks §5.4.1; thesis §3.10 only lifts the
     /// lease check).
     pub transfer_skips_log_check: bool,
+    /// Lease reads last twice the election timeout, whatever the clock
+    /// drift bound (breaks thesis §6.4.1: the lease must end before any
+    /// follower of the quorum could vote again).
+    pub lease_ignores_drift: bool,
 }

@@ -48,7 +48,8 @@ impl Raft {
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
-            self.broadcast_heartbeat();
+            // Each heartbeat starts a round: it renews the lease (see `lease`).
+            self.heartbeat_round();
         }
     }
 

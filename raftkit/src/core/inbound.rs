@@ -17,6 +17,8 @@
 //! | TimeoutNow | at our term, from another node than the leader we follow | §3.10: the transfer is the leader's |
 //! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, from a non-member, while this node has a configuration and is in a leader lease (a leader, or a follower that heard from its leader within an election timeout, with CheckQuorum on) | the §4.2.3 lease argument applied to leader messages: while a leader is known to be alive, a node outside the configuration cannot be a newer leader this node must follow |
 //! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader we follow (or when we lead) | Raft §5.2 Election Safety: at most one leader per term |
+//! | ReadIndexRequest | the sender is not a member; or the leader already holds [`MAX_REMOTE_READS`](super::read_index::MAX_REMOTE_READS) followers' reads | thesis §6.4.1: only members forward reads; a bounded queue |
+//! | ReadIndexResponse | not from the leader we follow at our term, or for a context this node is not waiting for (a read it already failed or never forwarded) | an answer of an old leader must not release a read (it fails and is retried instead) |
 //!
 //! Leader messages from non-members are **accepted** outside a lease, and
 //! always by a node with no configuration yet: a node being added hears
@@ -88,6 +90,12 @@ pub enum DropReason {
     UnknownReadRound,
     /// An entry or snapshot index past [`MAX_INDEX`].
     IndexOutOfRange,
+    /// A read index answer for no read this node waits for, or not from
+    /// its leader at its term.
+    UnknownReadContext,
+    /// A follower's read request while the leader holds the most
+    /// followers' reads it takes.
+    ReadQueueFull,
 }
 
 /// The largest log index accepted from a peer (2^62): no log gets near
@@ -97,7 +105,7 @@ pub const MAX_INDEX: Index = 1 << 62;
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Misaddressed,
         DropReason::VoteFromNonMember,
         DropReason::FromStranger,
@@ -113,6 +121,8 @@ impl DropReason {
         DropReason::AckBeyondLog,
         DropReason::UnknownReadRound,
         DropReason::IndexOutOfRange,
+        DropReason::UnknownReadContext,
+        DropReason::ReadQueueFull,
     ];
 
     /// A stable snake_case name (metrics label values).
@@ -133,6 +143,8 @@ impl DropReason {
             DropReason::AckBeyondLog => "ack_beyond_log",
             DropReason::UnknownReadRound => "unknown_read_round",
             DropReason::IndexOutOfRange => "index_out_of_range",
+            DropReason::UnknownReadContext => "unknown_read_context",
+            DropReason::ReadQueueFull => "read_queue_full",
         }
     }
 
@@ -168,6 +180,10 @@ impl DropReason {
             DropReason::AckBeyondLog => "an acknowledgement past the leader's last index",
             DropReason::UnknownReadRound => "a heartbeat answer for a read round never started",
             DropReason::IndexOutOfRange => "an entry or snapshot index past 2^62",
+            DropReason::UnknownReadContext => {
+                "a read index answer for no pending read, or not from this term's leader"
+            }
+            DropReason::ReadQueueFull => "a follower's read while the leader's read queue is full",
         }
     }
 
@@ -260,6 +276,16 @@ impl Raft {
         let known = member || self.progress.contains_key(&m.from);
         match &m.body {
             Body::RequestVote { .. } if !member => return Err(DropReason::VoteFromNonMember),
+            Body::ReadIndexRequest { .. } if !member => return Err(DropReason::FromStranger),
+            Body::ReadIndexResponse { ctx, .. }
+                if !(known
+                    && m.term == self.term
+                    && m.from == self.leader
+                    && self.role == Role::Follower
+                    && self.reads.is_forwarded(*ctx)) =>
+            {
+                return Err(DropReason::UnknownReadContext);
+            }
             Body::TimeoutNow if !member => return Err(DropReason::FromStranger),
             Body::TimeoutNow
                 if m.term == self.term && self.leader != NO_NODE && self.leader != m.from =>
@@ -312,6 +338,9 @@ impl Raft {
             Body::HeartbeatResponse { round } if leads_this_term && *round > self.reads.round() => {
                 Err(DropReason::UnknownReadRound)
             }
+            Body::ReadIndexResponse {
+                index: Some(index), ..
+            } if *index > MAX_INDEX => Err(DropReason::IndexOutOfRange),
             _ => Ok(()),
         }
     }

@@ -1,4 +1,5 @@
-//! The messages Raft peers exchange (Raft Figure 2, thesis §6.4, §3.10).
+//! The messages Raft peers exchange (Raft Figure 2, thesis §6.4, §6.4.1,
+//! §3.10).
 //!
 //! Every message carries the sender's term in one place, [`Message::term`],
 //! so that the rule "a node adopts a higher term from any message" (Raft
@@ -110,6 +111,22 @@ pub enum Body {
         /// leader must restart from `next_offset`.
         rejected: bool,
     },
+    /// A follower asks its leader for a read index on behalf of a read it
+    /// serves itself (thesis §6.4.1).
+    ReadIndexRequest {
+        /// The follower's context for the read, echoed in the answer.
+        ctx: u64,
+    },
+    /// The answer to a [`Body::ReadIndexRequest`]: the index the follower's
+    /// state machine must have applied before it serves the read, or `None`
+    /// when the receiver could not confirm its leadership (the follower fails
+    /// the read; its caller retries).
+    ReadIndexResponse {
+        /// The follower's context, as sent.
+        ctx: u64,
+        /// The read index, if leadership was confirmed.
+        index: Option<Index>,
+    },
 }
 
 impl Body {
@@ -122,6 +139,7 @@ impl Body {
                 | Body::AppendEntriesResponse { .. }
                 | Body::HeartbeatResponse { .. }
                 | Body::InstallSnapshotResponse { .. }
+                | Body::ReadIndexResponse { .. }
         )
     }
 
@@ -139,6 +157,8 @@ impl Body {
             Body::TimeoutNow => "TimeoutNow",
             Body::InstallSnapshot { .. } => "InstallSnapshot",
             Body::InstallSnapshotResponse { .. } => "InstallSnapshotResponse",
+            Body::ReadIndexRequest { .. } => "ReadIndexRequest",
+            Body::ReadIndexResponse { .. } => "ReadIndexResponse",
         }
     }
 }

@@ -22,7 +22,8 @@
 //! | `inbound` | what is accepted from the network; drop counters; invariants check |
 //! | `election` | PreVote, votes, CheckQuorum |
 //! | `replication` | AppendEntries, heartbeats, commitment |
-//! | `read_index` | linearizable reads |
+//! | `read_index` | linearizable reads, on the leader and followers |
+//! | `lease` | lease reads on the leader; the clock assumption |
 //! | `transfer` | leadership transfer |
 //! | `membership` | joint-consensus configuration changes |
 //! | `snapshot` | compaction and InstallSnapshot |
@@ -31,13 +32,14 @@
 pub mod config;
 mod election;
 pub mod inbound;
+mod lease;
 pub mod log;
 mod membership;
 pub mod message;
 pub mod progress;
 pub mod quorum;
 mod raft;
-mod read_index;
+pub mod read_index;
 pub mod ready;
 mod replication;
 mod snapshot;

@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 
 use super::config::{Config, ConfigError};
 use super::inbound::DropCounts;
+use super::lease::Lease;
 use super::log::RaftLog;
 use super::message::{Body, Message};
 use super::progress::Progress;
@@ -182,6 +183,10 @@ pub struct Raft {
     rng: StdRng,
     pub(super) reads: ReadIndex,
     pub(super) read_states: Vec<ReadState>,
+    /// Leader only: the lease of lease reads (see `lease`).
+    pub(super) lease: Lease,
+    /// Follower: the leader's commit index as last heard (stale reads).
+    pub(super) known_leader_commit: Index,
     /// Leader only: the target of a leadership transfer in progress.
     pub(super) transfer_target: Option<NodeId>,
     /// Snapshot chunks being sent (leader) or received (follower).
@@ -237,6 +242,8 @@ impl Raft {
             rng,
             reads: ReadIndex::default(),
             read_states: Vec::new(),
+            lease: Lease::default(),
+            known_leader_commit: 0,
             transfer_target: None,
             snapshots: SnapshotTransfer::new(snapshot_data),
             msgs: Vec::new(),
@@ -358,14 +365,10 @@ impl Raft {
         self.progress.clear();
         self.transfer_target = None;
         self.snapshots.abort_sends();
-        // A node that stops leading fails every read it was confirming.
-        let failed = self.reads.fail_all();
-        let err = self.not_leader();
-        self.read_states
-            .extend(failed.into_iter().map(|ctx| ReadState {
-                ctx,
-                result: Err(err),
-            }));
+        // A node that stops leading fails every read it was confirming; a
+        // follower, every read it forwarded to its leader.
+        self.fail_all_reads();
+        self.lease.reset();
     }
 
     /// Becomes a follower of `leader` (or of nobody) in `term`.
@@ -419,7 +422,10 @@ impl Raft {
         self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
-            _ => self.tick_election(),
+            _ => {
+                self.expire_forwarded_reads();
+                self.tick_election();
+            }
         }
     }
 
@@ -453,7 +459,7 @@ impl Raft {
                 // Thesis §4.2.3 / §9.6: while a follower hears from a leader
                 // it ignores vote requests, so a removed or partitioned node
                 // cannot disrupt a healthy cluster. A transfer overrides it.
-                if self.in_lease() && !transfer {
+                if (self.in_lease() || self.in_startup_lease()) && !transfer {
                     return;
                 }
                 if *pre_vote {
@@ -513,6 +519,8 @@ impl Raft {
             Body::HeartbeatResponse { round } => self.handle_heartbeat_response(m.from, round),
             Body::TimeoutNow => self.handle_timeout_now(),
             Body::InstallSnapshotResponse { .. } => self.handle_snapshot_response(m),
+            Body::ReadIndexRequest { ctx } => self.handle_read_index_request(m.from, ctx),
+            Body::ReadIndexResponse { ctx, index } => self.handle_read_index_response(ctx, index),
         }
     }
 

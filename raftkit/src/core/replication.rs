@@ -123,6 +123,9 @@ impl Raft {
         else {
             return;
         };
+        self.known_leader_commit = self
+            .known_leader_commit
+            .max(commit.min(super::inbound::MAX_INDEX));
         let committed = self.log.committed();
         if prev_index < committed {
             // Everything up to our commit index already matches the leader
@@ -240,6 +243,9 @@ impl Raft {
         let Body::Heartbeat { commit, round } = m.body else {
             return;
         };
+        self.known_leader_commit = self
+            .known_leader_commit
+            .max(commit.min(super::inbound::MAX_INDEX));
         self.log.commit_to(commit);
         self.send(m.from, Body::HeartbeatResponse { round });
     }

@@ -35,6 +35,8 @@ impl Raft {
             return Err(TransferError::NotVoter(to));
         }
         self.transfer_target = Some(to);
+        // The target's campaign is granted inside leases (§3.10).
+        self.lease.revoke();
         self.election_elapsed = 0;
         let caught_up = self
             .progress

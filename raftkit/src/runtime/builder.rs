@@ -29,6 +29,10 @@ use crate::transport::quic::{QuicConfig, QuicTransport};
 pub type TransportFactory =
     Box<dyn FnOnce(NodeId, mpsc::Sender<Message>) -> Arc<dyn Transport> + Send>;
 
+/// Wraps the peer transport a builder made (see
+/// [`PeerBuilder::wrap_transport`]).
+pub type TransportWrap = Box<dyn FnOnce(Arc<dyn Transport>) -> Arc<dyn Transport> + Send>;
+
 /// `Kv::peer()`: the entry point for starting a peer of a state machine.
 ///
 /// Implemented for every [`StateMachine`] that is also [`Default`]:
@@ -95,9 +99,11 @@ pub struct PeerBuilder<S> {
     tick: Duration,
     election_ticks: u32,
     heartbeat_ticks: u32,
+    clock_drift_bound: f64,
     snapshot_every: u64,
     max_snapshot_bytes: u64,
     transport: Option<TransportFactory>,
+    wrap_transport: Option<TransportWrap>,
     identity: Option<Identity>,
     fs: SharedFs,
     wal: WalOptions,
@@ -159,9 +165,11 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             tick: Duration::from_millis(50),
             election_ticks: 10,
             heartbeat_ticks: 2,
+            clock_drift_bound: crate::core::config::DEFAULT_CLOCK_DRIFT_BOUND,
             snapshot_every: 10_000,
             max_snapshot_bytes: crate::core::config::DEFAULT_MAX_SNAPSHOT_BYTES,
             transport: None,
+            wrap_transport: None,
             identity: None,
             fs: crate::storage::vfs::real(),
             wal: WalOptions::default(),
@@ -274,6 +282,19 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// The tick interval: elections take 10–20 ticks, heartbeats 2.
     pub fn tick(mut self, tick: Duration) -> Self {
         self.tick = tick;
+        self
+    }
+
+    /// The clock drift bound of lease reads (default 1.25): the largest
+    /// factor by which the monotonic clocks of two members may run apart
+    /// over an election timeout, pauses included. A leader's lease lasts
+    /// `(election_ticks - 1) / bound` ticks after the start of its latest
+    /// heartbeat round a quorum acknowledged (thesis §6.4.1); lease reads
+    /// ([`Consistency::Lease`](crate::client::Consistency::Lease)) are
+    /// linearizable only while every member's clock respects it. Must be
+    /// at least 1.0.
+    pub fn clock_drift_bound(mut self, bound: f64) -> Self {
+        self.clock_drift_bound = bound;
         self
     }
 
@@ -423,6 +444,18 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         make: impl FnOnce(NodeId, mpsc::Sender<Message>) -> Arc<dyn Transport> + Send + 'static,
     ) -> Self {
         self.transport = Some(Box::new(make));
+        self
+    }
+
+    /// Wraps the transport between peers (QUIC or the one given to
+    /// [`Self::transport`]) in another: for tests that cut links between
+    /// peers while clients still reach every peer over QUIC.
+    #[doc(hidden)]
+    pub fn wrap_transport(
+        mut self,
+        wrap: impl FnOnce(Arc<dyn Transport>) -> Arc<dyn Transport> + Send + 'static,
+    ) -> Self {
+        self.wrap_transport = Some(Box::new(wrap));
         self
     }
 
@@ -590,6 +623,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let mut cfg = Config::new(id);
         cfg.election_ticks = self.election_ticks;
         cfg.heartbeat_ticks = self.heartbeat_ticks;
+        cfg.lease_reads = true;
+        cfg.clock_drift_bound = self.clock_drift_bound;
         cfg.snapshot_entries = self.snapshot_every;
         cfg.max_snapshot_bytes = self.max_snapshot_bytes;
         // A batch of entries (beyond its first) stays far below a frame; a
@@ -669,6 +704,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 }));
                 Arc::new(quic)
             }
+        };
+        let transport = match self.wrap_transport {
+            Some(wrap) => wrap(transport),
+            None => transport,
         };
         let inline = matches!(storage, StorageChoice::Memory);
         let saver = SnapshotSaver::start_on(opened.snapshots.clone(), &self.threads)?;

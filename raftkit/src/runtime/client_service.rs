@@ -189,7 +189,9 @@ async fn serve_stream<S: StateMachine>(
         Ok(()) => {
             async {
                 debug!("client request received");
-                let response = handle(&peer, &caller.principal, request).await;
+                let consistency = meta.map(|m| m.consistency).unwrap_or_default();
+                let response =
+                    super::reads::handle_with(&peer, &caller.principal, request, consistency).await;
                 debug!(
                     ok = matches!(response, ClientResponse::Ok(_) | ClientResponse::Status(_)),
                     "client request answered"

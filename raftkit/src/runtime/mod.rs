@@ -45,6 +45,7 @@ mod membership;
 mod node;
 #[doc(hidden)]
 pub mod persist;
+mod reads;
 #[doc(hidden)]
 pub mod session;
 mod status;
@@ -325,6 +326,8 @@ impl<S: StateMachine> Peer<S> {
         self.call(|tx| Command::Read {
             query,
             reply: apply::Reply::new(tx, Some(permit)),
+            consistency: crate::client::Consistency::Linearizable,
+            staleness: None,
         })
         .await
     }

@@ -81,12 +81,16 @@ pub enum Command {
         /// Where the result goes.
         reply: Reply,
     },
-    /// Serve an encoded query linearizably.
+    /// Serve an encoded query (see `reads`).
     Read {
         /// The query.
         query: Vec<u8>,
         /// Where the answer goes.
         reply: Reply,
+        /// How it is served.
+        consistency: crate::client::Consistency,
+        /// A stale read's staleness goes here.
+        staleness: Option<oneshot::Sender<crate::client::Staleness>>,
     },
     /// Transfer leadership to a member.
     Transfer {
@@ -224,6 +228,8 @@ struct State {
     leader_contact: Option<std::time::Instant>,
     drop_log: DropLog,
     stamps: Option<StampClock>,
+    /// The core's ticks on the monotonic clock (see `reads`).
+    clock: super::reads::TickClock,
     /// When the status watch was last rebuilt.
     published_at: Option<Instant>,
     /// A rebuild skipped by [`STATUS_INTERVAL`] is due at this time.
@@ -293,6 +299,10 @@ impl NodeTask {
             leader_contact: None,
             drop_log: DropLog::default(),
             stamps: None,
+            clock: super::reads::TickClock::new(
+                self.tick,
+                2 * u64::from(self.raft.params().election_ticks) + 2,
+            ),
             published_at: None,
             status_due: None,
         };
@@ -317,7 +327,7 @@ impl NodeTask {
                 biased;
                 _ = ticker.tick(), if !asleep => {
                     if st.fatal.is_none() {
-                        self.raft.tick();
+                        self.catch_up_ticks(&mut st.clock);
                     }
                 }
                 _ = gate_woken(&self.gate), if asleep => ticker.reset(),
@@ -458,7 +468,12 @@ impl NodeTask {
                 }
                 Err(e) => reply.send(Err(self.propose_error(e))),
             },
-            Command::Read { query, reply } => {
+            Command::Read {
+                query,
+                reply,
+                consistency,
+                staleness,
+            } => {
                 // Tooth (simulation builds only): hand the read to the apply
                 // task at once, before its read index is known (let alone
                 // applied); the apply task serves it where it stands.
@@ -471,6 +486,11 @@ impl NodeTask {
                     });
                     return;
                 }
+                let Some((query, reply)) =
+                    self.serve_weak_read(&mut st.clock, consistency, query, reply, staleness)
+                else {
+                    return;
+                };
                 let ctx = st.next_ctx;
                 st.next_ctx += 1;
                 match self.raft.read_index(ctx) {

@@ -208,6 +208,8 @@ pub struct SimReport {
     pub transfers_refused: usize,
     /// Transfers after which the target became leader.
     pub transfers_completed: usize,
+    /// Reads served on a leader's lease, without a heartbeat round.
+    pub lease_reads: usize,
     /// The highest commit index reached.
     pub commit: u64,
     /// Configuration entries committed after the bootstrap one (a change of
@@ -241,6 +243,7 @@ pub fn bug_names(bugs: &crate::core::config::Bugs) -> Vec<&'static str> {
         joint_commit_on_new_voters,
         joint_election_on_new_voters,
         transfer_skips_log_check,
+        lease_ignores_drift,
     } = *bugs;
     [
         ("commit_old_terms", commit_old_terms),
@@ -255,6 +258,7 @@ pub fn bug_names(bugs: &crate::core::config::Bugs) -> Vec<&'static str> {
         ("joint_commit_on_new_voters", joint_commit_on_new_voters),
         ("joint_election_on_new_voters", joint_election_on_new_voters),
         ("transfer_skips_log_check", transfer_skips_log_check),
+        ("lease_ignores_drift", lease_ignores_drift),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))

@@ -13,7 +13,11 @@
 //! snapshot queue for local snapshots that completes independently), sends
 //! persisted-only messages after their write completes, applies committed
 //! entries to a [`SimKv`], tracks client proposals by (index, term), and
-//! serves ReadIndex reads once applied. A paused node takes no step: its
+//! serves ReadIndex reads once applied. Some reads are lease reads
+//! (thesis §6.4.1) when the target leads and its lease holds; a node serves
+//! one only when its tick loop is current (its last tick at most one tick
+//! interval ago), as the runtime checks its clock before a lease read: a
+//! process resuming from a pause must first catch up on its missed ticks. A paused node takes no step: its
 //! ticks, deliveries, completions and requests wait until it resumes.
 //!
 //! The rest lives in submodules: the nemesis and the network (`nemesis`),
@@ -60,6 +64,10 @@ const LEADERLESS_MS: u64 = 500;
 /// At most this many missed ticks fire in a burst when a paused process
 /// resumes (as a tokio interval does by default).
 const TICK_BURST: u64 = 30;
+/// The clock drift bound the nodes are configured with: the ratio of the
+/// slowest and fastest tick rates `tick_rate` draws (120/85) stays below
+/// it.
+const SIM_CLOCK_DRIFT_BOUND: f64 = 1.5;
 
 #[derive(Debug)]
 enum Event {
@@ -374,6 +382,10 @@ impl World {
         cfg.snapshot_chunk_bytes = self.opts.snapshot_chunk_bytes;
         cfg.pre_vote = self.opts.pre_vote;
         cfg.check_quorum = self.opts.check_quorum;
+        // Lease reads (thesis §6.4.1): the bound covers the drift the
+        // simulation gives clocks (`tick_rate`: 120/85 < 1.5).
+        cfg.lease_reads = true;
+        cfg.clock_drift_bound = SIM_CLOCK_DRIFT_BOUND;
         cfg.bugs = self.opts.bugs;
         match Raft::new(cfg, restored) {
             Ok(r) => r,
@@ -495,6 +507,16 @@ impl World {
                     };
                     raft.tick();
                     self.process(node)?;
+                }
+                // With its clock current, the lease read this node could
+                // serve now must be linearizable.
+                let lease = self
+                    .nodes
+                    .get(&node)
+                    .and_then(|n| n.raft.as_ref())
+                    .and_then(|r| r.lease_read());
+                if let Some(index) = lease {
+                    self.check_lease(node, index)?;
                 }
                 Ok(())
             }

@@ -205,23 +205,30 @@ fn partitioned_leader_serves_no_read() {
     assert_eq!(c.reads[&leader], [ok(10, index)]);
 }
 
-/// A read on a follower is refused at once with the leader it knows.
+/// A read on a follower that knows its leader is forwarded to it (thesis
+/// §6.4.1, see `follower_reads`); a node that knows no leader refuses it at
+/// once, and so does a candidate.
 #[test]
-fn read_on_a_follower_returns_not_leader_with_a_hint() {
+fn read_on_a_follower_is_forwarded_or_refused_without_a_leader() {
     let mut r = node(1, &[1, 2, 3], 1, &[1]);
     step(&mut r, heartbeat(3, 1, 1, 0));
-    assert_eq!(r.read_index(1), Err(NotLeader { leader: Some(3) }));
-    assert!(flush(&mut r).reads.is_empty());
+    assert_eq!(r.read_index(1), Ok(()));
+    let out = flush(&mut r);
+    assert!(out.reads.is_empty());
+    assert_eq!(
+        out.of_kind("ReadIndexRequest")
+            .iter()
+            .map(|m| (m.to, m.body.clone()))
+            .collect::<Vec<_>>(),
+        [(3, Body::ReadIndexRequest { ctx: 1 })]
+    );
 
     let mut r = node(1, &[1, 2, 3], 1, &[1]);
     assert_eq!(r.read_index(1), Err(NotLeader { leader: None }));
 
-    let mut c = Cluster::new(&[1, 2, 3]);
-    c.elect(2);
-    assert_eq!(
-        c.node_mut(3).read_index(1),
-        Err(NotLeader { leader: Some(2) })
-    );
+    let mut r = node(1, &[1, 2, 3], 1, &[1]);
+    make_candidate(&mut r);
+    assert_eq!(r.read_index(1), Err(NotLeader { leader: None }));
 }
 
 /// A single-node cluster is its own quorum: reads are served without any

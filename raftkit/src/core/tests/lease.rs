@@ -1,0 +1,175 @@
+//! Lease reads on the leader (thesis §6.4.1, see `core::lease`).
+
+use super::harness::*;
+use crate::core::{Body, Config, Raft};
+
+fn lease_config(id: u64) -> Config {
+    let mut cfg = config(id);
+    cfg.lease_reads = true;
+    cfg
+}
+
+/// A settled leader of {1, 2, 3} with lease reads on; returns it with its
+/// commit index.
+fn leased_leader() -> (Raft, u64) {
+    let conf = crate::core::Configuration::new([1, 2, 3]);
+    let mut r = Raft::new(lease_config(1), crate::core::Restored::bootstrap(conf)).expect("cfg");
+    let last = make_settled_leader(&mut r);
+    (r, last)
+}
+
+fn heartbeat_round(out: &Out) -> Option<u64> {
+    out.all().iter().find_map(|m| match m.body {
+        Body::Heartbeat { round, .. } => Some(round),
+        _ => None,
+    })
+}
+
+/// Ticks the leader to its next heartbeat and has `from` acknowledge it.
+fn ack_next_heartbeat(r: &mut Raft, from: u64) {
+    let term = r.term();
+    for _ in 0..T {
+        r.tick();
+        let out = flush(r);
+        if let Some(round) = heartbeat_round(&out) {
+            step(r, msg(from, 1, term, Body::HeartbeatResponse { round }));
+            return;
+        }
+    }
+    panic!("no heartbeat within an election timeout");
+}
+
+/// The lease length: `floor((T - 1) / drift)`.
+#[test]
+fn the_lease_is_shorter_than_the_election_timeout_by_the_drift_bound() {
+    let (r, _) = leased_leader();
+    assert_eq!(r.params().clock_drift_bound, 1.25);
+    assert_eq!(r.lease_ticks(), 7); // floor(9 / 1.25)
+    let mut cfg = lease_config(1);
+    cfg.clock_drift_bound = 0.5;
+    assert!(cfg.validate().is_err(), "a drift bound below 1 is refused");
+    cfg.clock_drift_bound = f64::NAN;
+    assert!(cfg.validate().is_err());
+}
+
+/// No lease before a quorum acknowledged a heartbeat round; then a lease
+/// read is served from the commit index with no message, until the lease
+/// runs out without a newer acknowledged round.
+#[test]
+fn a_lease_read_needs_a_quorum_acknowledged_round_and_expires() {
+    let (mut r, commit) = leased_leader();
+    assert_eq!(r.lease_read(), None, "no round acknowledged yet");
+    ack_next_heartbeat(&mut r, 2);
+    let start = r.ticks;
+    assert_eq!(r.lease_read(), Some(commit));
+    assert!(flush(&mut r).all().is_empty(), "a lease read sends nothing");
+    // No more acknowledgements: the lease ends `lease_ticks` after the
+    // round started, not after the acknowledgement.
+    while r.ticks < start + r.lease_ticks() {
+        assert_eq!(r.lease_read(), Some(commit), "at tick {}", r.ticks);
+        r.tick();
+        flush(&mut r);
+    }
+    assert_eq!(r.lease_read(), None, "the lease outlived its bound");
+    // A newer acknowledged round renews it.
+    ack_next_heartbeat(&mut r, 3);
+    assert_eq!(r.lease_read(), Some(commit));
+}
+
+/// An acknowledgement of an old round does not renew the lease past that
+/// round's start (the follower may have voted since the newer rounds).
+#[test]
+fn an_old_rounds_acknowledgement_does_not_renew_the_lease() {
+    let (mut r, _) = leased_leader();
+    let term = r.term();
+    let mut first = None;
+    for _ in 0..T {
+        r.tick();
+        let out = flush(&mut r);
+        if let Some(round) = heartbeat_round(&out) {
+            first.get_or_insert((round, r.ticks));
+        }
+    }
+    let (round, started) = first.expect("heartbeats");
+    step(&mut r, msg(2, 1, term, Body::HeartbeatResponse { round }));
+    let valid = r.ticks < started + r.lease_ticks();
+    assert_eq!(r.lease_read().is_some(), valid);
+    while r.ticks < started + r.lease_ticks() {
+        r.tick();
+        flush(&mut r);
+    }
+    assert_eq!(r.lease_read(), None);
+}
+
+/// A leadership transfer voids the lease for the rest of the leadership:
+/// its target's campaign is granted inside leases (thesis §3.10).
+#[test]
+fn a_transfer_voids_the_lease() {
+    let (mut r, _) = leased_leader();
+    ack_next_heartbeat(&mut r, 2);
+    assert!(r.lease_read().is_some());
+    r.transfer_leadership(2).expect("transfer");
+    flush(&mut r);
+    assert_eq!(r.lease_read(), None);
+    // Abandoned after an election timeout: still no lease.
+    for _ in 0..T {
+        r.tick();
+        flush(&mut r);
+    }
+    ack_next_heartbeat(&mut r, 2);
+    assert_eq!(r.lease_read(), None);
+}
+
+/// Without `lease_reads`, or without CheckQuorum, there is no lease.
+#[test]
+fn no_lease_unless_enabled_with_check_quorum() {
+    let mut r = node(1, &[1, 2, 3], 1, &[1]);
+    make_settled_leader(&mut r);
+    ack_next_heartbeat(&mut r, 2);
+    assert_eq!(r.lease_read(), None);
+
+    let conf = crate::core::Configuration::new([1, 2, 3]);
+    let mut cfg = lease_config(1);
+    cfg.check_quorum = false;
+    let mut r = Raft::new(cfg, crate::core::Restored::bootstrap(conf)).expect("cfg");
+    make_settled_leader(&mut r);
+    ack_next_heartbeat(&mut r, 2);
+    assert_eq!(r.lease_read(), None);
+}
+
+/// A node that just (re)started ignores vote requests for an election
+/// timeout when lease reads are on: it may have acknowledged a heartbeat
+/// of a leader whose lease still runs.
+#[test]
+fn a_restarted_node_ignores_votes_for_an_election_timeout() {
+    let conf = crate::core::Configuration::new([1, 2, 3]);
+    let mut r = Raft::new(lease_config(2), crate::core::Restored::bootstrap(conf)).expect("cfg");
+    let out = step(&mut r, vote_req(3, 2, 2, (1, 1)));
+    assert!(out.of_kind("RequestVoteResponse").is_empty());
+    assert_eq!(r.term(), 1, "the term is not even adopted");
+    for _ in 0..T {
+        r.tick();
+    }
+    flush(&mut r);
+    let out = step(&mut r, vote_req(3, 2, 2, (1, 1)));
+    assert!(
+        out.all().iter().any(|m| m.body
+            == Body::RequestVoteResponse {
+                granted: true,
+                pre_vote: false
+            }),
+        "{:?}",
+        out.all()
+    );
+}
+
+/// The tooth: with `lease_ignores_drift` the lease lasts two election
+/// timeouts, longer than a follower waits before voting.
+#[test]
+fn the_tooth_makes_the_lease_outlive_the_election_timeout() {
+    let conf = crate::core::Configuration::new([1, 2, 3]);
+    let mut cfg = lease_config(1);
+    cfg.bugs.lease_ignores_drift = true;
+    let r = Raft::new(cfg, crate::core::Restored::bootstrap(conf)).expect("cfg");
+    assert!(r.lease_ticks() > u64::from(T));
+}

@@ -1,0 +1,217 @@
+//! Serving reads at the consistency the caller chose
+//! ([`Consistency`]), and the tick clock lease reads rely on.
+//!
+//! - `Linearizable`: ReadIndex (thesis §6.4) on the leader, or through the
+//!   leader on a follower (§6.4.1): the core hands out the read index, the
+//!   apply thread serves the read once it applied that index. A follower
+//!   therefore answers from its own state, never at an index its current
+//!   leader did not confirm after the read arrived.
+//! - `Lease`: on a leader whose lease holds
+//!   ([`Raft::lease_read`](crate::core::Raft::lease_read)), the read is
+//!   handed to the apply thread at the commit index at once; otherwise it
+//!   is served as `Linearizable` (never weaker than asked).
+//! - `Stale`: any member answers from its state once it applied what it had
+//!   handed its state machine, and reports that index with the leader's
+//!   commit index as it last heard it ([`Staleness`]).
+//!
+//! # The tick clock
+//!
+//! A lease is counted in the core's ticks, so the ticks must follow the
+//! monotonic clock: a tokio interval that falls behind (a stalled task, a
+//! paused process) does not replay the ticks it missed, and a leader whose
+//! core counted fewer ticks than time passed would believe in a lease that
+//! ran out. [`TickClock`] derives the number of ticks due from the elapsed
+//! monotonic time since the node started, and the node feeds exactly that
+//! many (at most [`TickClock::burst`] at once; any further backlog is
+//! skipped, which cannot lengthen a lease shorter than the burst). The
+//! node catches up before every lease read as well, so a lease read never
+//! looks at a clock older than the current tick.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::apply::{ApplyMsg, Reply};
+use super::node::NodeTask;
+use crate::client::wire::{ClientRequest, ClientResponse};
+use crate::client::{Consistency, Staleness};
+use crate::error::Error;
+
+/// The core's ticks, derived from the monotonic clock (module docs).
+#[derive(Debug)]
+pub(super) struct TickClock {
+    start: Instant,
+    period: Duration,
+    fed: u64,
+    burst: u64,
+}
+
+impl TickClock {
+    /// A clock of `period` ticks starting now, feeding at most `burst`
+    /// ticks at once.
+    pub(super) fn new(period: Duration, burst: u64) -> Self {
+        TickClock {
+            start: Instant::now(),
+            period: period.max(Duration::from_micros(1)),
+            fed: 0,
+            burst: burst.max(1),
+        }
+    }
+
+    /// The most ticks fed at once.
+    #[cfg(test)]
+    fn burst(&self) -> u64 {
+        self.burst
+    }
+
+    /// The ticks due since the last call (those beyond the burst are
+    /// skipped).
+    pub(super) fn due(&mut self) -> u64 {
+        let elapsed = self.start.elapsed().as_nanos();
+        let target = u64::try_from(elapsed / self.period.as_nanos()).unwrap_or(u64::MAX);
+        let due = target.saturating_sub(self.fed);
+        self.fed = self.fed.max(target);
+        due.min(self.burst)
+    }
+}
+
+impl NodeTask {
+    /// Feeds the core the ticks the monotonic clock says are due.
+    pub(super) fn catch_up_ticks(&mut self, clock: &mut TickClock) {
+        for _ in 0..clock.due() {
+            self.raft.tick();
+        }
+    }
+
+    /// Serves a `Lease` or `Stale` read without a ReadIndex round when it
+    /// can; hands the read back when it must go through ReadIndex.
+    pub(super) fn serve_weak_read(
+        &mut self,
+        clock: &mut TickClock,
+        consistency: Consistency,
+        query: Vec<u8>,
+        reply: Reply,
+        staleness: Option<oneshot::Sender<Staleness>>,
+    ) -> Option<(Vec<u8>, Reply)> {
+        match consistency {
+            Consistency::Linearizable => Some((query, reply)),
+            Consistency::Lease => {
+                self.catch_up_ticks(clock);
+                match self.raft.lease_read() {
+                    Some(index) => {
+                        tracing::trace!(node = %self.name, index, "lease read");
+                        let _ = self.apply_tx.send(ApplyMsg::Read {
+                            index,
+                            query,
+                            reply,
+                        });
+                        None
+                    }
+                    None => Some((query, reply)),
+                }
+            }
+            Consistency::Stale => {
+                let s = Staleness {
+                    applied: self.raft.log().applied(),
+                    leader_commit: self.raft.leader_commit(),
+                };
+                if let Some(tx) = staleness {
+                    let _ = tx.send(s);
+                }
+                let _ = self.apply_tx.send(ApplyMsg::Read {
+                    index: s.applied,
+                    query,
+                    reply,
+                });
+                None
+            }
+        }
+    }
+}
+
+impl<S: crate::StateMachine> super::Peer<S> {
+    /// Serves an encoded query at `consistency` on this peer: any member
+    /// for `Linearizable` (a follower asks its leader for the read index)
+    /// and `Stale`, the leader for `Lease`. A stale read also returns how
+    /// stale it may be.
+    pub async fn read_encoded_with(
+        &self,
+        query: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<(Vec<u8>, Option<Staleness>), Error> {
+        self.check_enabled(crate::schema::HandlerKind::Read, &query)?;
+        let permit = self.inner.admission.admit(query.len()).await?;
+        let (stx, srx) = oneshot::channel();
+        let staleness = (consistency == Consistency::Stale).then_some(stx);
+        let out = self
+            .call(|tx| super::node::Command::Read {
+                query,
+                reply: Reply::new(tx, Some(permit)),
+                consistency,
+                staleness,
+            })
+            .await?;
+        Ok((out, srx.await.ok()))
+    }
+
+    /// Serves a query at `consistency` (see [`Self::read_encoded_with`]).
+    pub async fn read_with(
+        &self,
+        query: S::Read,
+        consistency: Consistency,
+    ) -> Result<(S::ReadOutput, Option<Staleness>), Error> {
+        let (out, staleness) = self
+            .read_encoded_with(crate::state_machine::encode("query", &query)?, consistency)
+            .await?;
+        Ok((
+            crate::state_machine::decode("read output", &out)?,
+            staleness,
+        ))
+    }
+}
+
+/// [`client_service::handle`](super::client_service::handle) with the
+/// consistency the request's trailer asked for: reads are served here, any
+/// other request there.
+pub async fn handle_with<S: crate::StateMachine>(
+    peer: &super::Peer<S>,
+    principal: &crate::tls::Principal,
+    request: ClientRequest,
+    consistency: Consistency,
+) -> ClientResponse {
+    let ClientRequest::Read { query } = request else {
+        return super::client_service::handle(peer, principal, request).await;
+    };
+    let served = tokio::time::timeout(
+        super::client_service::REQUEST_TIMEOUT,
+        peer.read_encoded_with(query, consistency),
+    )
+    .await
+    .unwrap_or(Err(Error::Timeout));
+    match served {
+        Ok((output, Some(staleness))) => ClientResponse::Stale { output, staleness },
+        Ok((output, None)) => ClientResponse::Ok(output),
+        Err(e) => ClientResponse::Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tick_clock_follows_the_monotonic_clock_and_bounds_bursts() {
+        let mut c = TickClock::new(Duration::from_millis(10), 5);
+        assert_eq!(c.due(), 0);
+        tokio::time::advance(Duration::from_millis(25)).await;
+        assert_eq!(c.due(), 2);
+        assert_eq!(c.due(), 0, "fed once");
+        tokio::time::advance(Duration::from_millis(15)).await;
+        assert_eq!(c.due(), 2);
+        // A long stall: at most the burst, the rest skipped.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(c.due(), c.burst());
+        assert_eq!(c.due(), 0);
+    }
+}
