@@ -10,6 +10,7 @@
 //! This module never imports the runtime: a client binary carries no server.
 
 mod local;
+pub(crate) mod mux;
 mod remote;
 pub mod wire;
 
