@@ -219,6 +219,87 @@ async fn a_client_of_a_follower_gets_leader_served_answers() {
     c.shutdown().await;
 }
 
+/// Client protocol version 2 (`client::mux`): the calls of one client share
+/// the connection's hello stream, and each gets its own answer, matched by
+/// id however they interleave. A version-1 client (a stream per request)
+/// is still served, and so is a request on a stream of its own from a
+/// version-2 client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_calls_get_their_own_answers_and_version_1_is_still_served() {
+    use raftkit::client::wire::{ClientHello, ClientResponse};
+    use raftkit::transport::frame::{DEFAULT_MAX_FRAME_BYTES as MAX, read_frame, write_frame};
+    use raftkit::transport::quic::connect_client;
+
+    let c = Cluster::start(1).await;
+    c.leader().await;
+    let kv = c.client(&c.addrs).await;
+    let calls = (0..64).map(|i| {
+        let kv = kv.clone();
+        tokio::spawn(async move {
+            // A status call, answered at once, overtakes the write sent
+            // before it: answers come back out of order.
+            let (put, status) = tokio::join!(
+                kv.put(format!("k{i}"), format!("v{i}")),
+                kv.inner().request(ClientRequest::Status)
+            );
+            assert_eq!(put.unwrap(), None, "put {i}");
+            assert!(
+                matches!(status, Ok(ClientResponse::Status(_))),
+                "status {i}: {status:?}"
+            );
+            kv.get(format!("k{i}")).await.unwrap()
+        })
+    });
+    for (i, call) in calls.collect::<Vec<_>>().into_iter().enumerate() {
+        assert_eq!(call.await.unwrap(), Some(format!("v{i}")), "call {i}");
+    }
+
+    let addr = c.addrs[0].parse().unwrap();
+    for version in [1u32, 2] {
+        let conn = connect_client(addr, &c.client_identity).await.unwrap();
+        let (mut hs, mut hr) = conn.open_bi().await.unwrap();
+        let hello = ClientHello {
+            version,
+            schema: 0,
+            schema_desc: None,
+        };
+        write_frame(&mut hs, &hello, MAX).await.unwrap();
+        let answer: ClientResponse = read_frame(&mut hr, MAX).await.unwrap();
+        let mux = version >= 2;
+        assert_eq!(
+            answer,
+            ClientResponse::Ok(if mux { vec![2] } else { Vec::new() }),
+            "version {version}"
+        );
+        // A request on a stream of its own, as in version 1.
+        let (mut s, mut r) = conn.open_bi().await.unwrap();
+        write_frame(&mut s, &ClientRequest::Status, MAX)
+            .await
+            .unwrap();
+        let _ = s.finish();
+        let got: ClientResponse = read_frame(&mut r, MAX).await.unwrap();
+        assert!(matches!(got, ClientResponse::Status(_)), "{got:?}");
+        if mux {
+            // Two requests on the hello stream, answered by id.
+            for id in [7u64, 9] {
+                write_frame(&mut hs, &(id, ClientRequest::Status), MAX)
+                    .await
+                    .unwrap();
+            }
+            let mut ids = Vec::new();
+            for _ in 0..2 {
+                let (id, got): (u64, ClientResponse) = read_frame(&mut hr, MAX).await.unwrap();
+                assert!(matches!(got, ClientResponse::Status(_)), "{got:?}");
+                ids.push(id);
+            }
+            ids.sort_unstable();
+            assert_eq!(ids, [7, 9]);
+        }
+        conn.close(0u32.into(), b"done");
+    }
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_write_is_applied_once_and_garbage_never_enters_the_log() {
     let c = Cluster::start(3).await;

@@ -11,6 +11,7 @@
 
 mod consistency;
 mod local;
+pub(crate) mod mux;
 mod remote;
 pub mod watch;
 pub mod wire;

@@ -86,6 +86,7 @@ use tracing::{Instrument, debug};
 
 use super::Submit;
 use super::consistency::{Consistency, ReadRouting, Staleness};
+use super::mux::{MUX_ACCEPTED, MUX_VERSION, Mux};
 use super::wire::{
     ClientHello, ClientRequest, ClientResponse, SessionId, SessionRef, StatusReport,
 };
@@ -177,6 +178,9 @@ struct Inner {
     members: Vec<SocketAddr>,
     leader: std::sync::Mutex<Option<SocketAddr>>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
+    /// The multiplexed request stream of each connection whose member
+    /// speaks protocol version 2 (see [`super::mux`]).
+    muxes: std::sync::Mutex<HashMap<SocketAddr, Arc<Mux>>>,
     /// The session writes go to now (replaced when it expires or closes).
     session: std::sync::Mutex<Arc<SessionSlot>>,
     schema: u64,
@@ -361,6 +365,7 @@ impl Client {
                 members,
                 leader: std::sync::Mutex::new(None),
                 conns: Mutex::new(HashMap::new()),
+                muxes: std::sync::Mutex::new(HashMap::new()),
                 session: std::sync::Mutex::new(Arc::new(SessionSlot::default())),
                 schema,
                 schema_desc,
@@ -445,23 +450,39 @@ impl Client {
             .open_bi()
             .await
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        // Version 2: the hello stream stays open and carries every request
+        // of the connection, if the member agrees (see `mux`).
         let hello = ClientHello {
-            version: 1,
+            version: MUX_VERSION,
             schema: self.inner.schema,
             schema_desc: self.inner.schema_desc.clone(),
         };
         write_frame(&mut send, &hello, DEFAULT_MAX_FRAME_BYTES)
             .await
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
-        let _ = send.finish();
         let answer: ClientResponse = read_frame(&mut recv, DEFAULT_MAX_FRAME_BYTES)
             .await
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
-        if let ClientResponse::Err(e) = answer {
-            conn.close(0u32.into(), b"refused");
-            return Err(e.into());
+        let mux = match answer {
+            ClientResponse::Err(e) => {
+                conn.close(0u32.into(), b"refused");
+                return Err(e.into());
+            }
+            ClientResponse::Ok(v) if v == MUX_ACCEPTED => Some(Mux::start(send, recv)),
+            _ => {
+                // A member that speaks version 1: a stream per request.
+                let _ = send.finish();
+                None
+            }
+        };
+        let mut conns = self.inner.conns.lock().await;
+        if let Ok(mut muxes) = self.inner.muxes.lock() {
+            match mux {
+                Some(m) => muxes.insert(addr, m),
+                None => muxes.remove(&addr),
+            };
         }
-        self.inner.conns.lock().await.insert(addr, conn.clone());
+        conns.insert(addr, conn.clone());
         Ok(conn)
     }
 
@@ -479,7 +500,18 @@ impl Client {
                 return Err(e);
             }
         };
+        let mux = self
+            .inner
+            .muxes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&addr).cloned())
+            .filter(|m| !m.is_closed());
         let attempt = async {
+            if let Some(mux) = mux {
+                let meta = REQUEST_ID.try_with(|&request_id| RequestMeta { request_id });
+                return mux.call(request, meta.ok(), sent).await;
+            }
             let (mut send, mut recv) = conn
                 .open_bi()
                 .await
@@ -511,7 +543,19 @@ impl Client {
         };
         let r = attempt.await;
         if matches!(r, Err(Error::Transport(_))) {
-            self.inner.conns.lock().await.remove(&addr);
+            let mut conns = self.inner.conns.lock().await;
+            // Only the connection this attempt used: a concurrent call may
+            // have dialed a fresh one already.
+            if conns
+                .get(&addr)
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                conns.remove(&addr);
+                if let Ok(mut muxes) = self.inner.muxes.lock() {
+                    muxes.remove(&addr);
+                }
+            }
+            drop(conns);
             self.suspect(addr);
         }
         r

@@ -3,7 +3,9 @@
 //!
 //! Each connection starts with a hello stream (schema check); then every
 //! request is one bidirectional stream carrying one request frame and one
-//! response frame. Writes and reads are served only by the leader; any other
+//! response frame, or, for a client whose hello asked for protocol version
+//! 2, a frame on the hello stream, which stays open and carries many
+//! requests at once (see `client_mux`). Writes and reads are served only by the leader; any other
 //! peer answers `NotLeader` with the leader's address and the client
 //! follows it (redirect, not forward). A malformed or oversized frame closes
 //! that stream with a logged warning; the connection and the node go on.
@@ -31,8 +33,9 @@ use tracing::{debug, warn};
 use super::Peer;
 use super::authorization::{authorize, request_kind};
 use super::session::Owner;
-use crate::client::wire::RequestId;
+use crate::client::mux::{MUX_ACCEPTED, MUX_VERSION};
 use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, StatusReport, WireError};
+use crate::client::wire::{RequestId, RequestMeta};
 use crate::core::Role;
 use crate::error::Error;
 use crate::state_machine::StateMachine;
@@ -57,7 +60,7 @@ pub async fn serve<S: StateMachine>(
 }
 
 /// Who a connection's requests come from, and whether a refusal was logged.
-struct Caller {
+pub(super) struct Caller {
     principal: Principal,
     remote: std::net::SocketAddr,
     refusal_logged: AtomicBool,
@@ -108,12 +111,20 @@ async fn serve_connection<S: StateMachine>(
     } else {
         ClientResponse::Ok(Vec::new())
     };
+    let answer = match answer {
+        // The hello stream stays open for multiplexed requests.
+        ClientResponse::Ok(_) if hello.version >= MUX_VERSION => {
+            ClientResponse::Ok(MUX_ACCEPTED.to_vec())
+        }
+        other => other,
+    };
     let refused = matches!(answer, ClientResponse::Err(_));
+    let mux = matches!(&answer, ClientResponse::Ok(v) if v == MUX_ACCEPTED);
     if write_frame(&mut send, &answer, max_frame).await.is_err() {
         return;
     }
-    let _ = send.finish();
     if refused {
+        let _ = send.finish();
         // Let the answer reach the client before closing.
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
         return;
@@ -123,6 +134,17 @@ async fn serve_connection<S: StateMachine>(
         remote,
         refusal_logged: AtomicBool::new(false),
     });
+    if mux {
+        tokio::spawn(super::client_mux::serve(
+            peer.clone(),
+            caller.clone(),
+            send,
+            recv,
+            max_frame,
+        ));
+    } else {
+        let _ = send.finish();
+    }
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
@@ -166,6 +188,38 @@ async fn serve_stream<S: StateMachine>(
             return;
         }
     };
+    // A watch keeps its own stream open and answers with many frames.
+    if let (ClientRequest::Watch { from }, Ok(())) =
+        (&request, authorize(S::NAME, &caller.principal, &request))
+    {
+        let span = tracing::debug_span!(
+            "raftkit.request",
+            request_id = tracing::field::Empty,
+            kind = request_kind(&request),
+            remote = %caller.remote,
+        );
+        if let Some(meta) = meta {
+            span.record("request_id", tracing::field::display(meta.request_id));
+        }
+        return super::watch::serve(peer.journal(), *from, send, max_frame)
+            .instrument(span)
+            .await;
+    }
+    let response = answer(&peer, &caller, request, meta).await;
+    if let Err(e) = write_frame(&mut send, &response, max_frame).await {
+        debug!(error = %e, "client went away before its answer");
+    }
+    let _ = send.finish();
+}
+
+/// Authorizes and answers one request of `caller`, whichever stream it came
+/// on.
+pub(super) async fn answer<S: StateMachine>(
+    peer: &Peer<S>,
+    caller: &Caller,
+    request: ClientRequest,
+    meta: Option<RequestMeta>,
+) -> ClientResponse {
     // One span per request, with the id the client sent: the apply span of
     // the entry it proposes is its child (see `apply.rs`).
     let span = tracing::debug_span!(
@@ -177,21 +231,13 @@ async fn serve_stream<S: StateMachine>(
     if let Some(meta) = meta {
         span.record("request_id", tracing::field::display(meta.request_id));
     }
-    // A watch keeps the stream open and answers with many frames.
-    if let (ClientRequest::Watch { from }, Ok(())) =
-        (&request, authorize(S::NAME, &caller.principal, &request))
-    {
-        return super::watch::serve(peer.journal(), *from, send, max_frame)
-            .instrument(span)
-            .await;
-    }
-    let response = match authorize(S::NAME, &caller.principal, &request) {
+    match authorize(S::NAME, &caller.principal, &request) {
         Ok(()) => {
             async {
                 debug!("client request received");
                 let consistency = meta.map(|m| m.consistency).unwrap_or_default();
                 let response =
-                    super::reads::handle_with(&peer, &caller.principal, request, consistency).await;
+                    super::reads::handle_with(peer, &caller.principal, request, consistency).await;
                 debug!(
                     ok = matches!(response, ClientResponse::Ok(_) | ClientResponse::Status(_)),
                     "client request answered"
@@ -210,11 +256,7 @@ async fn serve_stream<S: StateMachine>(
             }
             ClientResponse::Err(e.into())
         }
-    };
-    if let Err(e) = write_frame(&mut send, &response, max_frame).await {
-        debug!(error = %e, "client went away before its answer");
     }
-    let _ = send.finish();
 }
 
 fn result(r: Result<Vec<u8>, Error>) -> ClientResponse {

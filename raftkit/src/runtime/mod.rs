@@ -38,6 +38,7 @@ mod admission;
 mod apply;
 pub mod authorization;
 mod builder;
+mod client_mux;
 #[doc(hidden)]
 pub mod client_service;
 mod dropped;

@@ -14,6 +14,18 @@
 //! order and one fsync covers a whole batch, a completion implies every
 //! earlier write is durable too.
 //!
+//! A hard state whose term and vote are those last written, so that only
+//! its commit index changed, is not written on its own: it waits and rides
+//! along with the next write that syncs anyway (entries, a term or vote, a
+//! snapshot, a compaction), or with the shutdown flush. The commit index is
+//! volatile state in Raft (Figure 2); persisting it only lets a restarted
+//! node apply without waiting for a leader, so it never needs an fsync of
+//! its own. Without this, every commit advance cost an fsync on every node,
+//! and the next append queued behind it (one client's put waited for two
+//! fsyncs). A write that carries nothing else still goes to storage as a
+//! barrier: it completes only once every earlier write is durable, so the
+//! acknowledgements released by it never claim more than the disk holds.
+//!
 //! Snapshots the node takes itself go to the [`SnapshotSaver`] thread
 //! instead, beside the log writer: appends, votes and acknowledgements never
 //! wait behind a snapshot reaching the disk. Only once a snapshot is durable
@@ -25,13 +37,14 @@
 //!
 //! All file IO goes through the node's [`Vfs`].
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::core::{Entry, HardState, Index, Restored, SnapshotMeta, Term};
+use crate::core::{Entry, HardState, Index, NodeId, Restored, SnapshotMeta, Term};
 use crate::error::Error;
 use crate::storage::vfs::{RealFs, SharedFs, Vfs, write_atomic};
 use crate::storage::{
@@ -253,6 +266,11 @@ pub type Done = mpsc::UnboundedSender<Result<u64, StorageError>>;
 pub struct Persister {
     sink: Sink,
     snapshots: SharedSnapshots,
+    /// Term and vote of the last hard state handed to storage.
+    written: Cell<Option<(Term, NodeId)>>,
+    /// A hard state that changed only the commit index, not written yet
+    /// (see the module documentation).
+    deferred: Cell<Option<HardState>>,
 }
 
 impl Persister {
@@ -282,7 +300,12 @@ impl Persister {
                 .map_err(storage_error)?,
             )
         };
-        Ok(Persister { sink, snapshots })
+        Ok(Persister {
+            sink,
+            snapshots,
+            written: Cell::new(None),
+            deferred: Cell::new(None),
+        })
     }
 
     /// Writes through a storage thread shared with other groups.
@@ -290,6 +313,8 @@ impl Persister {
         Persister {
             sink: Sink::Shared(sink),
             snapshots,
+            written: Cell::new(None),
+            deferred: Cell::new(None),
         }
     }
 
@@ -299,7 +324,17 @@ impl Persister {
     /// compaction, entries, hard state, sync), and returns the outcome
     /// instead of sending it: `Some` means `done` is never used. Writes are
     /// handed to storage and complete in call order either way.
-    pub fn write(&self, write: Write, done: Done, token: u64) -> Option<Result<(), StorageError>> {
+    ///
+    /// A hard state that changes only the commit index is held back and
+    /// written with the next write that syncs (see the module
+    /// documentation); the write still completes in order, as a barrier.
+    pub fn write(
+        &self,
+        mut write: Write,
+        done: Done,
+        token: u64,
+    ) -> Option<Result<(), StorageError>> {
+        self.carry_commit(&mut write);
         match &self.sink {
             Sink::Thread(commit) => {
                 self.write_thread(commit, write, done, token);
@@ -309,6 +344,31 @@ impl Persister {
             Sink::Shared(sink) => {
                 sink.write(write, done, token);
                 None
+            }
+        }
+    }
+
+    /// Holds back a commit-only hard state, or attaches the held-back one to
+    /// a write that syncs anyway.
+    fn carry_commit(&self, write: &mut Write) {
+        match write.hard_state {
+            Some(hs) => {
+                let syncs_anyway = write.snapshot.is_some()
+                    || write.compact.is_some()
+                    || !write.entries.is_empty();
+                if !syncs_anyway && self.written.get() == Some((hs.term, hs.vote)) {
+                    write.hard_state = None;
+                    self.deferred.set(Some(hs));
+                } else {
+                    self.deferred.set(None);
+                    self.written.set(Some((hs.term, hs.vote)));
+                }
+            }
+            None => {
+                if write.snapshot.is_some() || write.compact.is_some() || !write.entries.is_empty()
+                {
+                    write.hard_state = self.deferred.take();
+                }
             }
         }
     }
@@ -392,9 +452,6 @@ impl Persister {
         if let Some((index, term)) = write.compact {
             commit.compact_prefix(index, term, part(&failed));
         }
-        if !write.entries.is_empty() {
-            commit.append(write.entries, part(&failed));
-        }
         let last: AppendCallback = Box::new(move |r| {
             let first = failed.lock().ok().and_then(|mut f| f.take());
             let outcome = match (first, r) {
@@ -403,26 +460,42 @@ impl Persister {
             };
             let _ = done.send(outcome);
         });
+        // Entries and hard state go as one request, so one sync covers both.
         match write.hard_state {
+            Some(hs) if !write.entries.is_empty() => {
+                commit.append_with_state(write.entries, hs, last)
+            }
             Some(hs) => commit.save_hard_state(hs, last),
-            // A barrier: completes after everything queued before it.
-            None => commit.append(Vec::new(), last),
+            // Without a hard state this is also a barrier: it completes
+            // after everything queued before it.
+            None => commit.append(write.entries, last),
         }
     }
 
-    /// Stops the storage thread after flushing every queued write.
+    /// Stops the storage thread after flushing every queued write and the
+    /// held-back commit index.
     pub async fn shutdown(self) -> Result<(), Error> {
+        let deferred = self.deferred.take();
         match self.sink {
-            Sink::Thread(commit) => commit
-                .shutdown_async()
-                .await
-                .map(|_| ())
-                .map_err(storage_error),
-            Sink::Inline(log) => log
-                .into_inner()
-                .map_err(|_| Error::Storage("log store poisoned".into()))?
-                .sync()
-                .map_err(storage_error),
+            Sink::Thread(commit) => {
+                if let Some(hs) = deferred {
+                    commit.save_hard_state(hs, Box::new(|_| {}));
+                }
+                commit
+                    .shutdown_async()
+                    .await
+                    .map(|_| ())
+                    .map_err(storage_error)
+            }
+            Sink::Inline(log) => {
+                let mut log = log
+                    .into_inner()
+                    .map_err(|_| Error::Storage("log store poisoned".into()))?;
+                if let Some(hs) = deferred {
+                    log.save_hard_state(hs).map_err(storage_error)?;
+                }
+                log.sync().map_err(storage_error)
+            }
             Sink::Shared(sink) => {
                 // A barrier: completes once this group's earlier writes are
                 // durable (the shared thread itself lives on).
@@ -432,7 +505,7 @@ impl Persister {
                         snapshot: None,
                         compact: None,
                         entries: Vec::new(),
-                        hard_state: None,
+                        hard_state: deferred,
                     },
                     tx,
                     0,
@@ -512,6 +585,144 @@ impl SnapshotSaver {
         self.jobs = None;
         if let Some(t) = self.thread.take() {
             t.join().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Payload;
+
+    /// What reached the store, in order: `A` append (with its entry count),
+    /// `H` hard state (with its commit index), `S` a sync that had
+    /// something to make durable.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Op {
+        A(usize),
+        H(Index),
+        S,
+    }
+
+    struct Recording {
+        inner: MemLogStore,
+        ops: Arc<Mutex<Vec<Op>>>,
+        dirty: bool,
+    }
+
+    impl Recording {
+        fn record(&self, op: Op) {
+            if let Ok(mut ops) = self.ops.lock() {
+                ops.push(op);
+            }
+        }
+    }
+
+    impl LogStore for Recording {
+        fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+            if !entries.is_empty() {
+                self.dirty = true;
+                self.record(Op::A(entries.len()));
+            }
+            self.inner.append(entries)
+        }
+        fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
+            self.inner.truncate_suffix(from)
+        }
+        fn compact_prefix(&mut self, upto: Index, term: Term) -> Result<(), StorageError> {
+            self.inner.compact_prefix(upto, term)
+        }
+        fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
+            self.inner.entries(lo, hi)
+        }
+        fn term(&self, index: Index) -> Result<Option<Term>, StorageError> {
+            self.inner.term(index)
+        }
+        fn first_index(&self) -> Index {
+            self.inner.first_index()
+        }
+        fn last_index(&self) -> Index {
+            self.inner.last_index()
+        }
+        fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+            self.dirty = true;
+            self.record(Op::H(hs.commit));
+            self.inner.save_hard_state(hs)
+        }
+        fn hard_state(&self) -> HardState {
+            self.inner.hard_state()
+        }
+        fn sync(&mut self) -> Result<(), StorageError> {
+            if std::mem::take(&mut self.dirty) {
+                self.record(Op::S);
+            }
+            self.inner.sync()
+        }
+    }
+
+    fn entry(index: Index) -> Entry {
+        Entry {
+            term: 1,
+            index,
+            payload: Payload::Noop,
+        }
+    }
+
+    fn hs(term: Term, vote: NodeId, commit: Index) -> HardState {
+        HardState { term, vote, commit }
+    }
+
+    fn write(entries: Vec<Entry>, hard_state: Option<HardState>) -> Write {
+        Write {
+            snapshot: None,
+            compact: None,
+            entries,
+            hard_state,
+        }
+    }
+
+    /// A hard state that only moves the commit index costs no sync of its
+    /// own: it rides with the next write that syncs anyway, or with the
+    /// shutdown flush. Entries and hard state of one write share one sync.
+    /// Every write still completes, in order.
+    #[tokio::test]
+    async fn commit_only_hard_states_ride_along_and_entries_share_a_sync() {
+        for inline in [false, true] {
+            let ops = Arc::new(Mutex::new(Vec::new()));
+            let log: BoxedLog = Box::new(Recording {
+                inner: MemLogStore::new(),
+                ops: ops.clone(),
+                dirty: false,
+            });
+            let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
+            let p = Persister::start(log, snaps, inline).expect("start");
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let writes = [
+                write(vec![entry(1)], Some(hs(1, 1, 0))),
+                write(Vec::new(), Some(hs(1, 1, 1))), // commit only: held
+                write(vec![entry(2)], None),          // carries commit 1
+                write(Vec::new(), Some(hs(1, 1, 2))), // commit only: held
+                write(Vec::new(), Some(hs(2, 0, 2))), // a new term: written
+                write(Vec::new(), Some(hs(2, 0, 3))), // commit only: held
+            ];
+            for (token, w) in (1..).zip(writes) {
+                // One at a time, so that each write is a batch of its own.
+                let outcome = match p.write(w, tx.clone(), token) {
+                    Some(r) => r.map(|()| token),
+                    None => rx.recv().await.expect("a completion"),
+                };
+                assert_eq!(outcome.ok(), Some(token), "inline {inline}");
+            }
+            p.shutdown().await.expect("shutdown");
+            let ops = ops.lock().expect("ops").clone();
+            use Op::*;
+            assert_eq!(
+                ops,
+                [A(1), H(0), S, A(1), H(1), S, H(2), S, H(3), S],
+                // (the third write's commit is the second's; the last one
+                // is written by the shutdown flush)
+                "inline {inline}"
+            );
         }
     }
 }

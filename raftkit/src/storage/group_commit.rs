@@ -24,6 +24,7 @@ type StoreFn<S> = Box<dyn FnOnce(&mut S) + Send>;
 enum Op<S> {
     Append(Vec<Entry>),
     HardState(HardState),
+    AppendWithState(Vec<Entry>, HardState),
     Truncate(Index),
     Compact(Index, Term),
     Call(StoreFn<S>),
@@ -179,6 +180,14 @@ impl<S: LogStore + Send + 'static> GroupCommit<S> {
         self.send(Op::Append(entries), Some(done));
     }
 
+    /// Appends `entries`, then saves `hs`, as one request: both always join
+    /// the same batch (one sync), where two requests could be split across
+    /// two syncs when the thread wakes between them. `done` gets the last
+    /// appended index once both are durable.
+    pub fn append_with_state(&self, entries: Vec<Entry>, hs: HardState, done: AppendCallback) {
+        self.send(Op::AppendWithState(entries, hs), Some(done));
+    }
+
     /// Saves the hard state; `done` runs once it is durable.
     pub fn save_hard_state(&self, hs: HardState, done: AppendCallback) {
         self.send(Op::HardState(hs), Some(done));
@@ -275,6 +284,13 @@ async fn run<S: LogStore>(
                     store.append(&es)
                 }
                 Op::HardState(hs) => store.save_hard_state(hs),
+                Op::AppendWithState(es, hs) => {
+                    entries += es.len() as u64;
+                    bytes = es
+                        .iter()
+                        .fold(bytes, |b, e| b.saturating_add(e.approx_size()));
+                    store.append(&es).and_then(|()| store.save_hard_state(hs))
+                }
                 Op::Truncate(from) => store.truncate_suffix(from),
                 Op::Compact(upto, term) => store.compact_prefix(upto, term),
                 Op::Call(f) => {

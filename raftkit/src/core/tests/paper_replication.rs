@@ -121,6 +121,55 @@ fn leader_counts_itself_only_once_its_write_is_durable() {
     assert_eq!(out.committed, [command(index, term, b"x")]);
 }
 
+/// Thesis §10.2.1: "the leader can write to its disk in parallel with
+/// replicating to the followers ... the leader may even commit an entry
+/// before it has been written to its own disk, if a majority of followers
+/// have written it to their disks". The AppendEntries leave before the
+/// leader's own write is durable; two durable followers of three commit the
+/// entry without it; the leader still hands the entry to its state machine
+/// only once it is durable locally (Ready: committed entries are locally
+/// durable), so the client's answer waits for max(own write, followers),
+/// never their sum.
+#[test]
+fn leader_commits_with_two_durable_followers_before_its_own_write() {
+    let mut r = node(1, &[1, 2, 3], 1, &[1]);
+    let li = make_settled_leader(&mut r);
+    let (index, term) = r.propose(b"x".to_vec()).expect("leader");
+    let rd = r.ready();
+    assert_eq!(rd.entries, [command(index, term, b"x")]);
+    for to in [2, 3] {
+        assert_eq!(
+            appends_to(&rd.messages, to).len(),
+            1,
+            "the append to {to} leaves before the leader's write is durable"
+        );
+        assert!(appends_to(&rd.persisted_messages, to).is_empty());
+    }
+    // One durable follower is not a majority without the leader.
+    r.step(append_ok(2, 1, term, index));
+    assert_eq!(r.log().committed(), li, "committed on one durable copy");
+    // Two durable followers are.
+    r.step(append_ok(3, 1, term, index));
+    assert_eq!(
+        r.log().committed(),
+        index,
+        "a majority of followers hold the entry durably: it is committed"
+    );
+    // Committed, but not durable here: not handed to the state machine.
+    let rd2 = r.ready();
+    assert!(
+        rd2.committed_entries.is_empty(),
+        "applied before the leader's own write is durable: {:?}",
+        rd2.committed_entries
+    );
+    assert!(!r.has_ready() || r.ready().committed_entries.is_empty());
+    // The leader's write becomes durable: now the entry is applied.
+    r.on_persisted(rd.persist_marker);
+    r.on_persisted(rd2.persist_marker);
+    let out = flush(&mut r);
+    assert_eq!(out.committed, [command(index, term, b"x")]);
+}
+
 /// §5.3: the leader "applies the entry to its state machine" once it is
 /// committed, and "includes that index in future AppendEntries RPCs
 /// (including heartbeats) so that the other servers eventually find out";

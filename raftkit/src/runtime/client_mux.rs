@@ -1,0 +1,110 @@
+//! The member's end of a multiplexed request stream (client protocol
+//! version 2, see `client::mux`): requests arrive as frames
+//! `id:u64 request [meta]` on the connection's hello stream, each is
+//! answered by a frame `id:u64 response` on the same stream, in completion
+//! order.
+//!
+//! Invariants:
+//! - each request is authorized and answered exactly as one on a stream of
+//!   its own ([`client_service::answer`](super::client_service)); requests
+//!   run concurrently (a write waits for its commit without holding back
+//!   the reads behind it);
+//! - at most [`MUX_WINDOW`] requests of one stream are being answered at
+//!   once: past that the stream is not read, and QUIC flow control pushes
+//!   back on the client (as the per-connection stream limit does for
+//!   streams of their own);
+//! - a frame that is too large or has no readable id ends the stream with a
+//!   logged warning (the client fails its waiting calls and retries on a
+//!   fresh connection); a readable id with an unreadable request is
+//!   answered `Rejected`; the connection and the node go on.
+
+use std::sync::Arc;
+
+use quinn::{RecvStream, SendStream};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, warn};
+
+use super::Peer;
+use super::client_service::{Caller, answer};
+use crate::client::wire::{ClientResponse, RequestId, WireError};
+use crate::state_machine::StateMachine;
+use crate::transport::frame::{FrameError, encode_frame, read_frame_body};
+
+/// Requests of one stream answered at once, at most.
+pub const MUX_WINDOW: usize = 256;
+
+/// Answers the requests of one multiplexed stream until the client ends it.
+pub(super) async fn serve<S: StateMachine>(
+    peer: Peer<S>,
+    caller: Arc<Caller>,
+    send: SendStream,
+    mut recv: RecvStream,
+    max_frame: usize,
+) {
+    let (tx, rx) = mpsc::channel::<(u64, ClientResponse)>(MUX_WINDOW);
+    let writer = tokio::spawn(write_answers(send, rx, max_frame));
+    let window = Arc::new(Semaphore::new(MUX_WINDOW));
+    loop {
+        let Ok(permit) = window.clone().acquire_owned().await else {
+            break;
+        };
+        let body = match read_frame_body(&mut recv, max_frame).await {
+            Ok(body) => body,
+            Err(FrameError::Closed) => break,
+            Err(e) => {
+                warn!(error = %e, "unreadable multiplexed request; closing that stream");
+                break;
+            }
+        };
+        let Ok((id, rest)) = postcard::take_from_bytes::<u64>(&body) else {
+            warn!("multiplexed request without an id; closing that stream");
+            break;
+        };
+        let decoded = RequestId::decode_request(rest);
+        let (peer, caller, tx) = (peer.clone(), caller.clone(), tx.clone());
+        tokio::spawn(async move {
+            let response = match decoded {
+                Ok((request, meta)) => answer(&peer, &caller, request, meta).await,
+                Err(e) => {
+                    warn!(error = %e, "malformed client request; answered Rejected");
+                    ClientResponse::Err(WireError::Rejected(format!("malformed request: {e}")))
+                }
+            };
+            let _ = tx.send((id, response)).await;
+            drop(permit);
+        });
+    }
+    drop(tx);
+    // Answers still under way are written before the stream is finished.
+    let _ = writer.await;
+}
+
+/// Writes answers as they complete, every answer ready at once in one write.
+async fn write_answers(
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<(u64, ClientResponse)>,
+    max_frame: usize,
+) {
+    let mut buf = Vec::new();
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        let mut next = Some(first);
+        while let Some((id, response)) = next.take() {
+            if let Err(e) = encode_frame(&(id, &response), max_frame, &mut buf) {
+                // Too large to carry: say so instead (a short frame).
+                let refused = ClientResponse::Err(WireError::Rejected(format!(
+                    "the answer cannot be carried: {e}"
+                )));
+                let _ = encode_frame(&(id, &refused), max_frame, &mut buf);
+            }
+            if buf.len() < 1 << 20 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if let Err(e) = send.write_all(&buf).await {
+            debug!(error = %e, "client went away before its answers");
+            return;
+        }
+    }
+    let _ = send.finish();
+}
