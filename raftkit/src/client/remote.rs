@@ -507,9 +507,16 @@ impl Client {
             .ok()
             .and_then(|m| m.get(&addr).cloned())
             .filter(|m| !m.is_closed());
+        let consistency = match request {
+            ClientRequest::Read { .. } => self.consistency,
+            _ => Consistency::default(),
+        };
         let attempt = async {
             if let Some(mux) = mux {
-                let meta = REQUEST_ID.try_with(|&request_id| RequestMeta { request_id });
+                let meta = REQUEST_ID.try_with(|&request_id| RequestMeta {
+                    request_id,
+                    consistency,
+                });
                 return mux.call(request, meta.ok(), sent).await;
             }
             let (mut send, mut recv) = conn
@@ -517,10 +524,6 @@ impl Client {
                 .await
                 .map_err(|e| Error::Transport(e.to_string()))?;
             *sent = true;
-            let consistency = match request {
-                ClientRequest::Read { .. } => self.consistency,
-                _ => Consistency::default(),
-            };
             let meta = REQUEST_ID.try_with(|&request_id| RequestMeta {
                 request_id,
                 consistency,
