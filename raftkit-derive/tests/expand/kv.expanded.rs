@@ -1134,6 +1134,20 @@ impl KvClient<::raftkit::client::Client> {
     pub fn write_once(&self) -> KvClient<::raftkit::client::WriteOnce> {
         KvClient::new(self.submit.write_once())
     }
+    /// A view of this client whose reads are served at
+    /// `consistency` (writes, session and connections shared):
+    /// `client.with(Consistency::Lease).get(k)`. See
+    /// [`raftkit::client::Consistency`].
+    pub fn with(&self, consistency: ::raftkit::client::Consistency) -> Self {
+        KvClient::new(self.submit.with(consistency))
+    }
+    /// The staleness of the latest `Consistency::Stale` read
+    /// answered through this view.
+    pub fn last_staleness(
+        &self,
+    ) -> ::core::option::Option<::raftkit::client::Staleness> {
+        self.submit.last_staleness()
+    }
     /// Closes the client's session on the cluster (its stored replies
     /// are dropped at once). The client stays usable; its next write
     /// opens a new session. Dropping the last clone of a client also
