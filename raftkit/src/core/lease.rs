@@ -44,7 +44,8 @@
 //!
 //! Invariants: `unconfirmed` holds rounds in increasing order, none older
 //! than one lease; `confirmed_start` only grows within one leadership and is
-//! cleared when the node stops leading.
+//! cleared when the node stops leading or its ticks were withheld
+//! ([`Raft::forget_lease_rounds`]).
 
 use std::collections::VecDeque;
 
@@ -155,6 +156,16 @@ impl Raft {
         }
         let start = self.lease.confirmed_start?;
         (self.ticks < start.saturating_add(self.lease_ticks())).then(|| self.log.committed())
+    }
+
+    /// Forgets every heartbeat round sent so far: this node's ticks were
+    /// withheld for a while (the runtime stops ticking a quiescent group),
+    /// so a round's start tick no longer tells how long ago, in real time,
+    /// it was sent. The lease comes back with the next round a quorum
+    /// acknowledges; until then reads take a ReadIndex round.
+    pub fn forget_lease_rounds(&mut self) {
+        self.lease.confirmed_start = None;
+        self.lease.unconfirmed.clear();
     }
 
     /// Ticks left in this leader's lease (0 when there is none).

@@ -315,6 +315,10 @@ impl NodeTask {
             let retry_at = st.snap.retry_at;
             let status_due = st.status_due;
             let asleep = self.gate.as_ref().is_some_and(|g| g.is_asleep());
+            if asleep {
+                // Withheld ticks are never fed later (see `catch_up_ticks`).
+                st.clock.pause();
+            }
             // `biased`: branches are polled in this order, not in tokio's
             // random one, so that a run is a function of its inputs (the
             // whole-runtime simulation replays a seed exactly). No branch

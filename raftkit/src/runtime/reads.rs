@@ -45,6 +45,9 @@ pub(super) struct TickClock {
     period: Duration,
     fed: u64,
     burst: u64,
+    /// The node's ticks were withheld (its group was quiescent, see
+    /// `tick_gate`) since the last feeding.
+    paused: bool,
 }
 
 impl TickClock {
@@ -56,6 +59,7 @@ impl TickClock {
             period: period.max(Duration::from_micros(1)),
             fed: 0,
             burst: burst.max(1),
+            paused: false,
         }
     }
 
@@ -63,6 +67,24 @@ impl TickClock {
     #[cfg(test)]
     fn burst(&self) -> u64 {
         self.burst
+    }
+
+    /// Marks the ticks from now until the next feeding as withheld: the
+    /// next [`NodeTask::catch_up_ticks`] feeds none of them.
+    pub(super) fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Whether ticks were withheld since the last feeding; if so, the clock
+    /// skips to now (nothing of the pause is due).
+    fn resume(&mut self) -> bool {
+        if !std::mem::take(&mut self.paused) {
+            return false;
+        }
+        let elapsed = self.start.elapsed().as_nanos();
+        let target = u64::try_from(elapsed / self.period.as_nanos()).unwrap_or(u64::MAX);
+        self.fed = self.fed.max(target);
+        true
     }
 
     /// The ticks due since the last call (those beyond the burst are
@@ -78,7 +100,18 @@ impl TickClock {
 
 impl NodeTask {
     /// Feeds the core the ticks the monotonic clock says are due.
+    ///
+    /// After a pause (a quiescent group's ticks withheld) the paused time is
+    /// not fed: a woken follower must not fire an election timeout for the
+    /// time its leader's coalesced heartbeats stood in for ticks. The
+    /// leader's lease rounds are forgotten instead, so no lease outlives
+    /// real time it did not count (the lease returns with the next round a
+    /// quorum acknowledges).
     pub(super) fn catch_up_ticks(&mut self, clock: &mut TickClock) {
+        if clock.resume() {
+            self.raft.forget_lease_rounds();
+            return;
+        }
         for _ in 0..clock.due() {
             self.raft.tick();
         }
@@ -199,6 +232,20 @@ pub async fn handle_with<S: crate::StateMachine>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_tick_clock_feeds_nothing_of_the_pause() {
+        let mut c = TickClock::new(Duration::from_millis(10), 100);
+        tokio::time::advance(Duration::from_millis(30)).await;
+        assert_eq!(c.due(), 3);
+        c.pause();
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(c.resume());
+        assert_eq!(c.due(), 0, "the paused half second is not due");
+        assert!(!c.resume());
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(c.due(), 2);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_tick_clock_follows_the_monotonic_clock_and_bounds_bursts() {

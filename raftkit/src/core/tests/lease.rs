@@ -173,3 +173,34 @@ fn the_tooth_makes_the_lease_outlive_the_election_timeout() {
     let r = Raft::new(cfg, crate::core::Restored::bootstrap(conf)).expect("cfg");
     assert!(r.lease_ticks() > u64::from(T));
 }
+
+/// Ticks withheld (a quiescent group) void the lease: a round sent before
+/// the pause and acknowledged after it does not vouch for the time since.
+#[test]
+fn forgetting_rounds_after_withheld_ticks_voids_the_lease_until_a_new_round() {
+    let (mut r, commit) = leased_leader();
+    ack_next_heartbeat(&mut r, 2);
+    assert_eq!(r.lease_read(), Some(commit));
+    // A round goes out, then the runtime withholds ticks for a long while.
+    let term = r.term();
+    let mut pending = None;
+    for _ in 0..T {
+        r.tick();
+        if let Some(round) = heartbeat_round(&flush(&mut r)) {
+            pending = Some(round);
+            break;
+        }
+    }
+    let pending = pending.expect("a heartbeat round within an election timeout");
+    r.forget_lease_rounds();
+    assert_eq!(r.lease_read(), None, "no lease right after the pause");
+    // The late acknowledgement of the old round gives no lease back.
+    step(
+        &mut r,
+        msg(2, 1, term, Body::HeartbeatResponse { round: pending }),
+    );
+    assert_eq!(r.lease_read(), None, "an old round does not vouch for now");
+    // A new round acknowledged by a quorum does.
+    ack_next_heartbeat(&mut r, 2);
+    assert_eq!(r.lease_read(), Some(commit));
+}
