@@ -152,9 +152,23 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         config.advertise = Some(advertise.clone());
         config.queue_capacity = LINK_QUEUE;
         config.group_inbox = Some(group_tx);
-        let (quic, local_addr) = QuicTransport::start(config, mpsc::channel(1).0, None)
-            .await
-            .map_err(|e| Error::Transport(format!("cannot listen on {listen}: {e}")))?;
+        // A node restarted at once may find its port still held by the
+        // previous endpoint while it drains: retry briefly (as a peer does).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (quic, local_addr) = loop {
+            match QuicTransport::start(config.clone(), mpsc::channel(1).0, None).await {
+                Ok(ok) => break ok,
+                Err(crate::transport::quic::TransportError::Bind { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    return Err(Error::Transport(format!("cannot listen on {listen}: {e}")));
+                }
+            }
+        };
         let links = Links::new(quic.clone());
         let pool = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.worker_threads)
