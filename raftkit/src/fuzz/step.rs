@@ -320,7 +320,7 @@ impl Cluster {
             }
             out
         };
-        let body = match input.pick(12) {
+        let body = match input.pick(14) {
             0 => Body::RequestVote {
                 last_index: index(input),
                 last_term: term(input),
@@ -366,6 +366,27 @@ impl Cluster {
                 },
             },
             6 => Body::TimeoutNow,
+            // Follower reads (thesis §6.4.1): small contexts may match a
+            // read the receiver has pending, large ones never do.
+            12 => Body::ReadIndexRequest {
+                ctx: if input.bool() {
+                    u64::from(input.u8())
+                } else {
+                    input.u64()
+                },
+            },
+            13 => Body::ReadIndexResponse {
+                ctx: if input.bool() {
+                    u64::from(input.pick(8))
+                } else {
+                    input.u64()
+                },
+                index: if input.bool() {
+                    Some(index(input))
+                } else {
+                    None
+                },
+            },
             7 | 11 => {
                 let config = match input.pick(3) {
                     0 => config(),
