@@ -192,17 +192,8 @@ async fn serve_stream<S: StateMachine>(
     if let (ClientRequest::Watch { from }, Ok(())) =
         (&request, authorize(S::NAME, &caller.principal, &request))
     {
-        let span = tracing::debug_span!(
-            "raftkit.request",
-            request_id = tracing::field::Empty,
-            kind = request_kind(&request),
-            remote = %caller.remote,
-        );
-        if let Some(meta) = meta {
-            span.record("request_id", tracing::field::display(meta.request_id));
-        }
         return super::watch::serve(peer.journal(), *from, send, max_frame)
-            .instrument(span)
+            .instrument(request_span(&caller, &request, meta))
             .await;
     }
     let response = answer(&peer, &caller, request, meta).await;
@@ -220,17 +211,7 @@ pub(super) async fn answer<S: StateMachine>(
     request: ClientRequest,
     meta: Option<RequestMeta>,
 ) -> ClientResponse {
-    // One span per request, with the id the client sent: the apply span of
-    // the entry it proposes is its child (see `apply.rs`).
-    let span = tracing::debug_span!(
-        "raftkit.request",
-        request_id = tracing::field::Empty,
-        kind = request_kind(&request),
-        remote = %caller.remote,
-    );
-    if let Some(meta) = meta {
-        span.record("request_id", tracing::field::display(meta.request_id));
-    }
+    let span = request_span(caller, &request, meta);
     match authorize(S::NAME, &caller.principal, &request) {
         Ok(()) => {
             async {
@@ -257,6 +238,25 @@ pub(super) async fn answer<S: StateMachine>(
             ClientResponse::Err(e.into())
         }
     }
+}
+
+/// One span per request, with the id the client sent: the apply span of
+/// the entry it proposes is its child (see `apply.rs`).
+fn request_span(
+    caller: &Caller,
+    request: &ClientRequest,
+    meta: Option<RequestMeta>,
+) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "raftkit.request",
+        request_id = tracing::field::Empty,
+        kind = request_kind(request),
+        remote = %caller.remote,
+    );
+    if let Some(meta) = meta {
+        span.record("request_id", tracing::field::display(meta.request_id));
+    }
+    span
 }
 
 fn result(r: Result<Vec<u8>, Error>) -> ClientResponse {
