@@ -87,6 +87,11 @@ async fn write_answers(
 ) {
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
+        // One commit completes many writes at once, and their request tasks
+        // run one after the other: let those already woken hand over their
+        // answers first, so that they leave in one write (one QUIC packet
+        // rather than one each; the round costs one more poll of this task).
+        tokio::task::yield_now().await;
         buf.clear();
         let mut next = Some(first);
         while let Some((id, response)) = next.take() {
