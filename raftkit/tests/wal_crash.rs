@@ -11,7 +11,13 @@
 //!   recovering from the previous crash.
 //! - `flipped_bits_are_detected` / `truncated_files_are_detected`: seeded
 //!   damage to a log built the same way; every outcome is checked against the
-//!   frame the damage hit.
+//!   frame the damage hit (or, in the last segment's preallocated zeros,
+//!   against the end of its content).
+//! - `appends_stay_inside_the_preallocated_zeros` and
+//!   `a_torn_frame_in_the_preallocated_zeros_is_zeroed`: the active segment
+//!   is zeroed ahead of its content, so syncs do not change its size; sealed
+//!   segments carry no zeros; a torn frame inside the zeros is dropped, and
+//!   a later shorter frame does not leave its bytes behind.
 //!
 //! Seeds: `RAFTKIT_WAL_CRASH_SEED_BASE` (default fixed) and
 //! `RAFTKIT_WAL_CRASH_ROUNDS` / `RAFTKIT_WAL_DAMAGE_TRIALS` for longer runs.
@@ -157,12 +163,16 @@ fn model_of(s: &impl LogStore) -> MemLogStore {
 }
 
 /// The `[start, end)` byte ranges of the frames of a segment file, parsed
-/// from the documented format; stops at the first frame that does not fit.
+/// from the documented format; stops at the first frame that does not fit
+/// and at a zero length (the preallocated zeros after the content).
 fn frames(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut pos = SEGMENT_HEADER;
     while let Some(h) = bytes.get(pos..pos + 4) {
         let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if len == 0 {
+            break;
+        }
         let end = pos + FRAME_HEADER + len;
         if end > bytes.len() {
             break;
@@ -268,20 +278,19 @@ fn sigkill_at_random_moments_loses_nothing_durable() {
         }
         reader.join().unwrap();
 
-        let len_before = std::fs::metadata(segments(&dir).pop().unwrap())
-            .unwrap()
-            .len();
+        let before = std::fs::read(segments(&dir).pop().unwrap()).unwrap();
         let wal = open_wal(&dir, opts())
             .unwrap_or_else(|e| panic!("round {round}: reopen after SIGKILL failed: {e}"));
-        // The torn tail (if any) is gone: the last segment is whole frames.
+        // The torn tail (if any) is gone: the last segment is whole frames,
+        // then nothing but the preallocated zeros.
         let last_seg = segments(&dir).pop().unwrap();
         let bytes = std::fs::read(&last_seg).unwrap();
-        assert_eq!(
-            frames(&bytes).last().map(|f| f.1),
-            Some(bytes.len()),
+        let content_end = frames(&bytes).last().map_or(SEGMENT_HEADER, |f| f.1);
+        assert!(
+            bytes[content_end..].iter().all(|&b| b == 0),
             "round {round}: trailing bytes after the last frame"
         );
-        if (bytes.len() as u64) < len_before {
+        if bytes != before {
             torn_tails += 1;
         }
         let mut crng = StdRng::seed_from_u64(child_seed);
@@ -394,6 +403,19 @@ fn flipped_bits_are_detected() {
             detected += 1;
             continue;
         }
+        let content_end = fr.last().map_or(SEGMENT_HEADER, |f| f.1);
+        if at >= content_end {
+            // Only the active segment has zeros after its content; a bit
+            // set in them is data after the end that no frame explains.
+            assert!(
+                is_last,
+                "{what}: a sealed segment has no preallocated zeros"
+            );
+            expect_corrupt(result, &file, &[content_end], &what);
+            detected += 1;
+            std::fs::remove_dir_all(&copy).unwrap();
+            continue;
+        }
         let (fi, &(start, _)) = fr
             .iter()
             .enumerate()
@@ -472,4 +494,130 @@ fn truncated_files_are_detected() {
         }
         std::fs::remove_dir_all(&copy).unwrap();
     }
+}
+
+/// The file size of each segment and the end of its content.
+fn sizes_and_content(dir: &Path) -> Vec<(usize, usize)> {
+    segments(dir)
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).unwrap();
+            let end = frames(&bytes).last().map_or(SEGMENT_HEADER, |f| f.1);
+            (bytes.len(), end)
+        })
+        .collect()
+}
+
+#[test]
+fn appends_stay_inside_the_preallocated_zeros() {
+    // Default segments: one 256 KiB step holds every sync below.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = open_wal(&dir, WalOptions::default()).unwrap();
+    let mut size = None;
+    for i in 1..=100u64 {
+        wal.append(&[Entry {
+            term: 1,
+            index: i,
+            payload: Payload::Command(vec![i as u8; 100].into()),
+        }])
+        .unwrap();
+        wal.sync().unwrap();
+        let got = sizes_and_content(&dir);
+        assert_eq!(got.len(), 1);
+        let (len, end) = got[0];
+        assert!(
+            len > end,
+            "sync {i}: no zeros after the content ({len} bytes)"
+        );
+        assert_eq!(
+            *size.get_or_insert(len),
+            len,
+            "sync {i}: the file size changed"
+        );
+    }
+    drop(wal);
+    let wal = open_wal(&dir, WalOptions::default()).unwrap();
+    assert_eq!(wal.last_index(), 100);
+    assert_eq!(
+        sizes_and_content(&dir)[0].0,
+        size.unwrap(),
+        "open keeps the zeros"
+    );
+    drop(wal);
+
+    // Small segments: every sealed one is exactly its content; the active
+    // one is zeroed ahead (its step is the segment size).
+    let dir = tmp.path().join("small");
+    build(&dir, 60, 0x5ea1);
+    let got = sizes_and_content(&dir);
+    assert!(got.len() >= 3, "want several segments, got {got:?}");
+    let (active, sealed) = got.split_last().unwrap();
+    for (i, (len, end)) in sealed.iter().enumerate() {
+        assert_eq!(len, end, "sealed segment {i} has bytes after its content");
+    }
+    assert!(
+        active.0 > active.1,
+        "the active segment is preallocated: {active:?}"
+    );
+    assert_eq!(active.0 as u64 % small_opts().segment_size, 0);
+}
+
+#[test]
+fn a_torn_frame_in_the_preallocated_zeros_is_zeroed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let entry = |index: u64, len: usize| Entry {
+        term: 1,
+        index,
+        payload: Payload::Command(vec![index as u8 | 1; len].into()),
+    };
+    // A long frame to tear: 20 entries of 200 bytes, from a log of its own.
+    let donor = tmp.path().join("donor");
+    let mut wal = open_wal(&donor, WalOptions::default()).unwrap();
+    wal.append(&(1..=20).map(|i| entry(i, 200)).collect::<Vec<_>>())
+        .unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let bytes = std::fs::read(&segments(&donor)[0]).unwrap();
+    let &(start, end) = frames(&bytes).last().unwrap();
+    let long = &bytes[start..end];
+
+    let dir = tmp.path().join("wal");
+    let mut wal = open_wal(&dir, WalOptions::default()).unwrap();
+    for i in 1..=5 {
+        wal.append(&[entry(i, 50)]).unwrap();
+        wal.sync().unwrap();
+    }
+    drop(wal);
+    let seg = segments(&dir)[0].clone();
+    let (size, content) = sizes_and_content(&dir)[0];
+    assert!(size > content + long.len(), "the zeros hold the torn frame");
+    // The crash: the header and the first 80 % of the frame reached the
+    // disk, the rest of it did not (still zeros).
+    let torn = &long[..long.len() * 4 / 5];
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, torn, content as u64).unwrap();
+    drop(f);
+
+    let mut wal = open_wal(&dir, WalOptions::default()).unwrap();
+    assert_eq!(wal.last_index(), 5, "the torn frame is dropped");
+    let after = std::fs::read(&seg).unwrap();
+    assert_eq!(
+        after.len(),
+        size,
+        "repaired in place: the file keeps its size"
+    );
+    assert!(
+        after[content..].iter().all(|&b| b == 0),
+        "the torn bytes are zeroed"
+    );
+    // A shorter frame where the torn one was: nothing of it may remain
+    // behind the new frame, or the next open would find it.
+    wal.append(&[entry(6, 10)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = open_wal(&dir, WalOptions::default())
+        .unwrap_or_else(|e| panic!("the torn frame's bytes survived the repair: {e}"));
+    assert_eq!(wal.last_index(), 6);
+    assert_eq!(wal.entries(6, 7).unwrap(), vec![entry(6, 10)]);
 }

@@ -283,6 +283,10 @@ impl Vfs for FaultyFs {
     fn lock(&self, path: &Path) -> io::Result<Box<dyn VfsLock>> {
         self.guard(FileOp::Lock, &[path], || self.inner.lock(path))
     }
+
+    fn preallocates(&self) -> bool {
+        self.inner.preallocates()
+    }
 }
 
 /// A file opened through a [`FaultyFs`]: its calls consult the same rules.

@@ -79,6 +79,15 @@ pub trait Vfs: Send + Sync + fmt::Debug {
     /// held until the returned guard is dropped. Fails with
     /// [`io::ErrorKind::WouldBlock`] if another holder has it.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn VfsLock>>;
+    /// Whether the write-ahead log should write zeros ahead of its appends
+    /// (see `storage::wal`, "Preallocation"): on a real disk an append then
+    /// overwrites allocated blocks within the file's size, so `fdatasync`
+    /// has no metadata (inode size, block map) to write. Default `false`:
+    /// an in-memory model gains nothing from it and would only copy the
+    /// zeros on every sync.
+    fn preallocates(&self) -> bool {
+        false
+    }
 }
 
 /// An open file.
@@ -182,6 +191,10 @@ impl Vfs for RealFs {
             Err(TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
             Err(TryLockError::Error(e)) => Err(e),
         }
+    }
+
+    fn preallocates(&self) -> bool {
+        true
     }
 }
 

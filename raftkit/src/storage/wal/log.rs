@@ -168,14 +168,16 @@ impl Wal {
 
         if seqs.is_empty() {
             let checkpoint = wal.checkpoint_frame();
-            let seg = Segment::create(&*wal.fs, &wal.dir, 1, &checkpoint)?;
+            let step = Segment::step_for(&*wal.fs, wal.opts.segment_size);
+            let seg = Segment::create(&*wal.fs, &wal.dir, 1, &checkpoint, step)?;
             debug!(file = %seg.path.display(), "created the first wal segment");
             // Checkpoint frames hold no entries: they need no frame number.
             wal.segments.push_back(seg);
         } else {
             let count = seqs.len();
             for (i, seq) in seqs.into_iter().enumerate() {
-                let mut seg = Segment::open(&*wal.fs, wal.dir.join(segment_name(seq)), seq)?;
+                let step = Segment::step_for(&*wal.fs, wal.opts.segment_size);
+                let mut seg = Segment::open(&*wal.fs, wal.dir.join(segment_name(seq)), seq, step)?;
                 let mut max_entry = 0;
                 let prev = wal.segments.back().map(|p| (p.path.clone(), p.len));
                 seg.scan(i + 1 == count, |offset, payload| {
@@ -377,9 +379,13 @@ impl Wal {
 
     /// Seals the active segment and starts the next one.
     fn roll_over(&mut self) -> Result<(), StorageError> {
+        if let Some(active) = self.segments.back_mut() {
+            active.seal()?;
+        }
         let seq = self.segments.back().map_or(1, |s| s.seq + 1);
         let checkpoint = self.checkpoint_frame();
-        let seg = Segment::create(&*self.fs, &self.dir, seq, &checkpoint)?;
+        let step = Segment::step_for(&*self.fs, self.opts.segment_size);
+        let seg = Segment::create(&*self.fs, &self.dir, seq, &checkpoint, step)?;
         debug!(file = %seg.path.display(), "started a new wal segment");
         // The checkpoint frame holds no entries: it needs no frame number.
         self.segments.push_back(seg);

@@ -35,6 +35,14 @@
 //!   [`WalOptions::segment_size`]; the next segment is created under a
 //!   temporary name with its header and checkpoint, fsynced, renamed, and the
 //!   directory fsynced.
+//! - **Preallocation** (on real disks): the active segment is kept ahead of
+//!   its content by zeros, written in 256 KiB steps (at most the segment
+//!   size), so that an append overwrites allocated blocks inside the file's
+//!   size and its `fdatasync` writes no metadata. The content ends at the
+//!   first zero frame header followed only by zeros (a frame's length is
+//!   never zero). Sealing cuts the zeros off (fsynced) before the next
+//!   segment is created, so sealed segments have no padding. Details:
+//!   `wal/segment.rs`.
 //!
 //! # In memory
 //!
@@ -51,10 +59,11 @@
 //!
 //! Segments are scanned oldest first; every frame is checked (header checksum
 //! over the length, payload checksum) and replayed. In the **last** segment a
-//! frame that is incomplete, or is the last thing in the file and fails its
-//! checksum, or is followed only by zeros, is the *torn tail* of an
-//! interrupted write: the file is cut back to the end of the last good frame
-//! and fsynced. Any other failure — in an earlier segment, or followed by
+//! header that fails with only zeros from it to the end of the file is the
+//! end of the content (the preallocated zeros). A frame that is incomplete,
+//! or fails its payload checksum while only zeros follow it, is the *torn
+//! tail* of an interrupted write: its bytes are overwritten with zeros (the
+//! file keeps its size) and fsynced. Any other failure — in an earlier segment, or followed by
 //! more data — is [`StorageError::Corrupt`](crate::storage::StorageError)
 //! naming the file and the frame's offset, and the log refuses to open.
 //! After replay every entry between the first and last index must be present;
@@ -90,9 +99,14 @@
 //!   (temporary name, fsync, rename, directory fsync); a leftover temporary
 //!   file is deleted on open. The frame that prompted the roll-over is written
 //!   to the new segment only after that.
-//! - **Torn-tail repair** at open cuts the file with `set_len` and fsyncs it
-//!   before anything new is appended, so a later crash cannot resurrect the
-//!   torn bytes between good frames.
+//! - **Torn-tail repair** at open zeroes the torn bytes and fsyncs them
+//!   before anything new is appended, so neither a later crash nor a later,
+//!   shorter frame can leave torn bytes between good frames (test:
+//!   `wal_crash::a_torn_frame_in_the_preallocated_zeros_is_zeroed`).
+//! - **Preallocation steps** are written together with the frame that needs
+//!   them (one `write`, one `fdatasync`): torn, they are the torn tail
+//!   above. Sealing cuts the zeros and fsyncs the segment before the next
+//!   segment exists, so a sealed segment never has a zero tail.
 //!
 //! # Failures
 //!

@@ -16,6 +16,31 @@
 //! Only the last segment is ever appended to. Its tail may be torn by a crash
 //! after the last fsync; [`Segment::scan`] recognises a torn tail and cuts it
 //! off (see its documentation for the exact rule).
+//!
+//! # Preallocation
+//!
+//! When the file system asks for it ([`Vfs::preallocates`], true for real
+//! disks), the active segment is kept ahead of its content by zeros: a
+//! write that would pass the end of the file writes its frame followed by
+//! zeros up to the next multiple of the preallocation step
+//! ([`PREALLOC_STEP`], at most the segment size), and a new segment is
+//! born with its first step already zeroed. Every other append then
+//! overwrites allocated blocks inside the file's size, and its `fdatasync`
+//! writes the data alone: no inode size or block map (measured on this
+//! project's ext4 test machine: 16-byte appends 236 µs p50 appending, 164 µs
+//! into zeros; extending by a 256 KiB step costs one sync ~380 µs).
+//!
+//! Invariants:
+//! - the active segment's content ends at the first frame position where
+//!   the header is zero and everything to the end of the file is zero;
+//!   frames have a non-zero length, so a zero header is never a frame;
+//! - a sealed segment holds no zeros after its content: the padding is cut
+//!   (and fsynced) before the next segment is created, so the sealed format
+//!   is exactly the unpreallocated one and the next segment's checkpoint
+//!   records its length;
+//! - a torn tail inside the zeroed region is overwritten with zeros (and
+//!   fsynced) rather than cut, so the file keeps its size, and no torn byte
+//!   can survive behind a later, shorter frame.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +55,11 @@ use crate::storage::vfs::{OpenMode, Vfs, VfsFile, sync_dir};
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"RKWAL\0\0\x01";
 /// The size of a segment header.
 pub(crate) const SEGMENT_HEADER_LEN: u64 = 16;
+/// The active segment is zeroed ahead of its content in steps of this many
+/// bytes (see "Preallocation" above). 256 KiB: with ~1 KiB frames one sync
+/// in ~250 pays for the step (~380 µs instead of ~200 µs); a 1 MiB step
+/// measured ~970 µs for that sync.
+pub(crate) const PREALLOC_STEP: u64 = 256 << 10;
 
 /// An open segment file.
 #[derive(Debug)]
@@ -41,6 +71,10 @@ pub(crate) struct Segment {
     file: Box<dyn VfsFile>,
     /// The length of the valid content: the offset where the next frame goes.
     pub len: u64,
+    /// The file's size: `len` plus the zeros written ahead of it.
+    allocated: u64,
+    /// The preallocation step (1: none; see [`PREALLOC_STEP`]).
+    step: u64,
     /// The length of the header and the first (checkpoint) frame: a segment
     /// no longer than this holds no data worth rolling over from.
     pub base_len: u64,
@@ -64,13 +98,25 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 impl Segment {
+    /// The preallocation step for segments of `segment_size` bytes on `fs`
+    /// (1 means none).
+    pub fn step_for(fs: &dyn Vfs, segment_size: u64) -> u64 {
+        if fs.preallocates() {
+            PREALLOC_STEP.min(segment_size).max(1)
+        } else {
+            1
+        }
+    }
+
     /// Creates segment `seq` in `dir` holding `first_frame`, durably: write a
-    /// temporary file, fsync it, rename it into place, fsync the directory.
+    /// temporary file (zeroed up to the first multiple of `step`), fsync it,
+    /// rename it into place, fsync the directory.
     pub fn create(
         fs: &dyn Vfs,
         dir: &Path,
         seq: u64,
         first_frame: &[u8],
+        step: u64,
     ) -> Result<Segment, StorageError> {
         let path = dir.join(segment_name(seq));
         let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
@@ -81,6 +127,9 @@ impl Segment {
         head.extend_from_slice(&SEGMENT_MAGIC);
         head.extend_from_slice(&seq.to_le_bytes());
         head.extend_from_slice(first_frame);
+        let len = head.len() as u64;
+        let allocated = round_up(len, step);
+        head.resize(allocated as usize, 0);
         file.write_all_at(&head, 0)
             .map_err(|e| StorageError::io("write segment", &tmp, e))?;
         file.sync_all()
@@ -92,15 +141,18 @@ impl Segment {
             seq,
             path,
             file,
-            len: head.len() as u64,
-            base_len: head.len() as u64,
+            len,
+            allocated,
+            step: step.max(1),
+            base_len: len,
             max_entry: 0,
         })
     }
 
     /// Opens an existing segment and checks its header. Call
-    /// [`scan`](Self::scan) next.
-    pub fn open(fs: &dyn Vfs, path: PathBuf, seq: u64) -> Result<Segment, StorageError> {
+    /// [`scan`](Self::scan) next. `step` is the preallocation step for
+    /// later appends (see [`step_for`](Self::step_for)).
+    pub fn open(fs: &dyn Vfs, path: PathBuf, seq: u64, step: u64) -> Result<Segment, StorageError> {
         let file = fs
             .open(&path, OpenMode::Existing)
             .map_err(|e| StorageError::io("open segment", &path, e))?;
@@ -131,6 +183,8 @@ impl Segment {
             path,
             file,
             len,
+            allocated: len,
+            step: step.max(1),
             base_len: SEGMENT_HEADER_LEN,
             max_entry: 0,
         })
@@ -147,9 +201,15 @@ impl Segment {
     ///   the payload extends past the end of the file;
     /// - the header checks out, the payload fails its checksum, and nothing
     ///   but zeros follows the frame;
-    /// - the header fails its checksum and everything from it to the end of
-    ///   the file is zero (a filesystem that extended the file but lost the
-    ///   data, as ext4 can after a power cut).
+    ///
+    /// The torn bytes are overwritten with zeros and fsynced (the file keeps
+    /// its size: see "Preallocation").
+    ///
+    /// In the last segment, a header that fails its checksum with nothing
+    /// but zeros from it to the end of the file is the end of the content:
+    /// the preallocated zeros (or a file system that extended the file but
+    /// lost the data, as ext4 can after a power cut — nothing of it was
+    /// acknowledged). Nothing is repaired and no warning is logged.
     ///
     /// Any other failure, and any failure in a segment that is not the last,
     /// is [`StorageError::Corrupt`] naming this file and the frame's offset.
@@ -158,7 +218,7 @@ impl Segment {
         last: bool,
         mut on_frame: impl FnMut(u64, &[u8]) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        let file_len = self.len;
+        let file_len = self.allocated;
         let mut pos = SEGMENT_HEADER_LEN;
         let mut first = true;
         while pos < file_len {
@@ -172,7 +232,8 @@ impl Segment {
                 Ok(h) => h,
                 Err(reason) => {
                     if last && self.all_zero(pos, file_len)? {
-                        return self.torn_or_corrupt(last, pos, "zero-filled tail");
+                        self.len = pos;
+                        return Ok(());
                     }
                     return Err(StorageError::corrupt(&self.path, pos, reason));
                 }
@@ -200,6 +261,7 @@ impl Segment {
                 first = false;
             }
         }
+        self.len = pos;
         Ok(())
     }
 
@@ -216,16 +278,25 @@ impl Segment {
                 format!("{reason} in a segment that is not the last"),
             ));
         }
+        let end = self.allocated;
         warn!(
             file = %self.path.display(),
             offset = pos,
-            dropped_bytes = self.len - pos,
+            dropped_bytes = end - pos,
             reason,
-            "truncating the torn tail of the write-ahead log"
+            "zeroing the torn tail of the write-ahead log"
         );
-        self.file
-            .set_len(pos)
-            .map_err(|e| StorageError::io("truncate torn tail of", &self.path, e))?;
+        // Zeroed, not cut: the file keeps its preallocated size (see
+        // "Preallocation"), and zeros are what the end of the content is.
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = pos;
+        while at < end {
+            let n = ((end - at) as usize).min(zeros.len());
+            self.file
+                .write_all_at(&zeros[..n], at)
+                .map_err(|e| StorageError::io("zero torn tail of", &self.path, e))?;
+            at += n as u64;
+        }
         self.file
             .sync_all()
             .map_err(|e| StorageError::io("fsync segment", &self.path, e))?;
@@ -255,14 +326,45 @@ impl Segment {
     }
 
     /// Writes `bytes` at the end of the valid content (not yet durable) and
-    /// returns the offset they were written at.
+    /// returns the offset they were written at. A write that passes the end
+    /// of the file carries zeros up to the next multiple of the
+    /// preallocation step, in the same `write`.
     pub fn append(&mut self, bytes: &[u8]) -> Result<u64, StorageError> {
         let at = self.len;
-        self.file
-            .write_all_at(bytes, at)
-            .map_err(|e| StorageError::io("write segment", &self.path, e))?;
-        self.len += bytes.len() as u64;
+        let end = at + bytes.len() as u64;
+        if end <= self.allocated {
+            self.file
+                .write_all_at(bytes, at)
+                .map_err(|e| StorageError::io("write segment", &self.path, e))?;
+        } else {
+            let allocated = round_up(end, self.step);
+            let mut padded = Vec::with_capacity((allocated - at) as usize);
+            padded.extend_from_slice(bytes);
+            padded.resize((allocated - at) as usize, 0);
+            self.file
+                .write_all_at(&padded, at)
+                .map_err(|e| StorageError::io("write segment", &self.path, e))?;
+            self.allocated = allocated;
+        }
+        self.len = end;
         Ok(at)
+    }
+
+    /// Cuts the zeros after the content and makes that durable: called
+    /// before the next segment is created, so that a sealed segment is
+    /// exactly as long as its content (which the next checkpoint records).
+    pub fn seal(&mut self) -> Result<(), StorageError> {
+        if self.allocated == self.len {
+            return Ok(());
+        }
+        self.file
+            .set_len(self.len)
+            .map_err(|e| StorageError::io("cut the preallocated tail of", &self.path, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| StorageError::io("fsync segment", &self.path, e))?;
+        self.allocated = self.len;
+        Ok(())
     }
 
     /// Makes everything written durable (`fdatasync`: the data and the file
@@ -272,4 +374,9 @@ impl Segment {
             .sync_data()
             .map_err(|e| StorageError::io("fsync segment", &self.path, e))
     }
+}
+
+/// `n` rounded up to a multiple of `step` (`step` >= 1).
+fn round_up(n: u64, step: u64) -> u64 {
+    n.div_ceil(step.max(1)).saturating_mul(step.max(1))
 }
