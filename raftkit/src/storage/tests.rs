@@ -617,6 +617,42 @@ mod faults {
         }
     }
 
+    /// No room for the preallocated zeros (at segment creation or when a
+    /// frame passes the end of the file) is not a failure while the frame
+    /// itself fits: it is written alone, the sync succeeds, nothing is lost.
+    #[test]
+    fn no_room_for_the_preallocation_still_writes_the_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let fs = FaultyFs::over_real();
+        // The segment's creation: its zeros do not fit, its header does.
+        fs.inject(
+            FaultRule::new(FileOp::Write, Fault::ShortWrite { bytes: 100 })
+                .on(".wal")
+                .times(1),
+        );
+        let mut wal = Wal::open_in(Arc::new(fs.clone()), &path, WalOptions::default()).unwrap();
+        assert_eq!(fs.fired(), 1);
+        write(&mut wal, 1, 10).unwrap();
+        // Reopened (that segment preallocates again): a frame past the end
+        // of the file, whose zeros do not fit either.
+        drop(wal);
+        let fs = FaultyFs::over_real();
+        let mut wal = Wal::open_in(Arc::new(fs.clone()), &path, WalOptions::default()).unwrap();
+        fs.inject(
+            FaultRule::new(FileOp::Write, Fault::NoSpace)
+                .on(".wal")
+                .times(1),
+        );
+        write(&mut wal, 11, 3000).unwrap();
+        assert_eq!(fs.fired(), 1);
+        write(&mut wal, 3001, 3010).unwrap();
+        drop(wal);
+        let wal = Wal::open(&path, WalOptions::default()).unwrap();
+        assert_eq!(wal.last_index(), 3010);
+        assert_eq!(wal.entries(2990, 3011).unwrap().len(), 21);
+    }
+
     #[test]
     fn a_hanging_write_delays_the_sync_and_then_succeeds() {
         let dir = tempfile::tempdir().unwrap();

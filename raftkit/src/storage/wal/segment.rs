@@ -40,7 +40,11 @@
 //!   records its length;
 //! - a torn tail inside the zeroed region is overwritten with zeros (and
 //!   fsynced) rather than cut, so the file keeps its size, and no torn byte
-//!   can survive behind a later, shorter frame.
+//!   can survive behind a later, shorter frame;
+//! - preallocation never fails a write that fits without it: when the zeros
+//!   find no room (full disk, quota, file size limit), the segment is born,
+//!   or the frame written, without them, and that segment stops
+//!   preallocating (test: `no_room_for_the_preallocation_still_writes_the_frames`).
 
 use std::path::{Path, PathBuf};
 
@@ -128,10 +132,23 @@ impl Segment {
         head.extend_from_slice(&seq.to_le_bytes());
         head.extend_from_slice(first_frame);
         let len = head.len() as u64;
-        let allocated = round_up(len, step);
+        let mut allocated = round_up(len, step);
         head.resize(allocated as usize, 0);
-        file.write_all_at(&head, 0)
-            .map_err(|e| StorageError::io("write segment", &tmp, e))?;
+        let mut step = step;
+        match file.write_all_at(&head, 0) {
+            Ok(()) => {}
+            Err(e) if no_room(&e) && allocated > len => {
+                // No room for the zeros: born without them (see
+                // "Preallocation"); the header and checkpoint may still fit.
+                warn!(file = %tmp.display(), error = %e, "no room to preallocate a wal segment");
+                file.set_len(0)
+                    .map_err(|e| StorageError::io("truncate segment", &tmp, e))?;
+                file.write_all_at(&head[..len as usize], 0)
+                    .map_err(|e| StorageError::io("write segment", &tmp, e))?;
+                (allocated, step) = (len, 1);
+            }
+            Err(e) => return Err(StorageError::io("write segment", &tmp, e)),
+        }
         file.sync_all()
             .map_err(|e| StorageError::io("fsync segment", &tmp, e))?;
         fs.rename(&tmp, &path)
@@ -341,10 +358,25 @@ impl Segment {
             let mut padded = Vec::with_capacity((allocated - at) as usize);
             padded.extend_from_slice(bytes);
             padded.resize((allocated - at) as usize, 0);
-            self.file
-                .write_all_at(&padded, at)
-                .map_err(|e| StorageError::io("write segment", &self.path, e))?;
-            self.allocated = allocated;
+            match self.file.write_all_at(&padded, at) {
+                Ok(()) => self.allocated = allocated,
+                Err(e) if no_room(&e) && allocated > end => {
+                    // No room for the zeros: the frame alone may still fit.
+                    // This segment stops preallocating; whatever prefix of
+                    // the zeros was written lies after the content.
+                    warn!(file = %self.path.display(), error = %e, "no room to preallocate; the wal segment grows by its frames");
+                    self.step = 1;
+                    self.file
+                        .write_all_at(bytes, at)
+                        .map_err(|e| StorageError::io("write segment", &self.path, e))?;
+                    let size = self
+                        .file
+                        .size()
+                        .map_err(|e| StorageError::io("stat segment", &self.path, e))?;
+                    self.allocated = size.max(end);
+                }
+                Err(e) => return Err(StorageError::io("write segment", &self.path, e)),
+            }
         }
         self.len = end;
         Ok(at)
@@ -374,6 +406,16 @@ impl Segment {
             .sync_data()
             .map_err(|e| StorageError::io("fsync segment", &self.path, e))
     }
+}
+
+/// Whether `e` says there is no room: a full disk, a quota, or the
+/// process's file size limit.
+fn no_room(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge
+    )
 }
 
 /// `n` rounded up to a multiple of `step` (`step` >= 1).
