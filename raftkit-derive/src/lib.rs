@@ -35,6 +35,12 @@
 //!   behind a state-version header (the struct must be
 //!   `Serialize + DeserializeOwned`; `#[raftkit(version = N, migrate = path)]`
 //!   sets the version and the restore of older ones).
+//! - `#[write(shard = key)]` / `#[read(shard = key)]` name the argument a
+//!   sharded client routes the command by: the impl then overrides
+//!   `StateMachine::shard_key` / `read_shard_key` (the bytes of that
+//!   argument through `raftkit::multi::ShardKey`, `None` for handlers
+//!   without one); without any, the trait's defaults (`None`) stay. A key
+//!   that is not an argument is a compile error.
 //! - `KvClient<S: raftkit::client::Submit>`: `KvClient::new(submit)` and one
 //!   `async fn` per handler returning `Result<Ret, raftkit::Error>`.
 //!

@@ -234,6 +234,9 @@ pub struct Handler {
     pub tag: u32,
     /// The per-handler policy (`#[write(on_error = ..)]`), if set.
     pub policy: Option<Policy>,
+    /// The index in `args` of the shard key (`#[write(shard = key)]`), if
+    /// set: a sharded client routes the command by it.
+    pub shard: Option<usize>,
     /// Whether the first argument after the receiver is the handler context
     /// (not part of the command: the runtime passes it).
     pub ctx: Option<CtxArg>,
@@ -290,6 +293,7 @@ struct HandlerAttr {
     kind: Kind,
     tag: Option<(u32, Span)>,
     policy: Option<Policy>,
+    shard: Option<Ident>,
 }
 
 fn handler_kind(attr: &Attribute) -> Option<Kind> {
@@ -312,6 +316,7 @@ fn parse_handler_attr(attr: &Attribute, kind: Kind, errors: &mut Errors) -> Hand
         kind,
         tag: None,
         policy: None,
+        shard: None,
     };
     match &attr.meta {
         syn::Meta::Path(_) => {}
@@ -336,6 +341,10 @@ fn parse_handler_attr(attr: &Attribute, kind: Kind, errors: &mut Errors) -> Hand
                         Err(_) => errors.spanned(&lit, "a tag is an integer from 0 to 4294967295"),
                     }
                     Ok(())
+                } else if meta.path.is_ident("shard") {
+                    let key: Ident = meta.value()?.parse()?;
+                    out.shard = Some(key);
+                    Ok(())
                 } else if meta.path.is_ident("on_error") {
                     let lit: LitStr = meta.value()?.parse()?;
                     if kind == Kind::Read {
@@ -350,7 +359,7 @@ fn parse_handler_attr(attr: &Attribute, kind: Kind, errors: &mut Errors) -> Hand
                     Ok(())
                 } else {
                     Err(meta.error(format!(
-                        "unknown `{}` setting `{}`: expected `tag = N`{}",
+                        "unknown `{}` setting `{}`: expected `tag = N`, `shard = <argument>`{}",
                         kind.as_str(),
                         meta.path.to_token_stream(),
                         if kind == Kind::Write {
@@ -847,6 +856,24 @@ fn parse_method(
     if errors.count() > before {
         return None;
     }
+    let shard = match &attr.shard {
+        None => None,
+        Some(key) => {
+            let found = args.iter().position(|a| a.ident == *key);
+            if found.is_none() {
+                errors.spanned(
+                    key,
+                    format!(
+                        "`shard = {key}` names no argument of `{}`: the shard key is one of the \
+                         handler's arguments (its value routes the command to a group)",
+                        sig.ident
+                    ),
+                );
+                return None;
+            }
+            found
+        }
+    };
     let variant = format_ident!(
         "{}",
         to_camel(&sig.ident.to_string()),
@@ -858,6 +885,7 @@ fn parse_method(
         variant,
         tag,
         policy: attr.policy,
+        shard,
         ctx,
         args,
         output,

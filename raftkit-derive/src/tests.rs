@@ -151,3 +151,40 @@ fn default_name_is_snake_case() {
     assert!(out.contains("\"kv_store\""), "{out}");
     assert!(out.contains("ErrorPolicy :: Skip"), "{out}");
 }
+
+#[test]
+fn a_shard_key_is_one_of_the_arguments() {
+    let out = state_machine_impl(
+        TokenStream::new(),
+        quote!(impl Kv {
+            #[write(shard = key)]
+            fn put(&mut self, key: String, value: String) {}
+            #[write]
+            fn clear(&mut self) {}
+            #[read(shard = key)]
+            fn get(&self, key: String) -> Option<String> { None }
+        }),
+    )
+    .to_string();
+    assert!(!out.contains("compile_error"), "{out}");
+    assert!(out.contains("fn shard_key"), "{out}");
+    assert!(out.contains("fn read_shard_key"), "{out}");
+    assert!(out.contains("ShardKey :: shard_bytes"), "{out}");
+    // `put` routes by `key`; `clear` has no key.
+    assert!(out.contains("KvWrite :: Put { key : ref __key"), "{out}");
+    assert!(
+        out.contains("KvWrite :: Clear => :: core :: option :: Option :: None"),
+        "{out}"
+    );
+    // Without any shard key the trait's default (None) stays.
+    let plain = state_machine_impl(TokenStream::new(), kv_impl()).to_string();
+    assert!(!plain.contains("fn shard_key"), "{plain}");
+    // A key that is not an argument is an error saying so.
+    let out = state_machine_impl(
+        TokenStream::new(),
+        quote!(impl Kv { #[write(shard = nope)] fn put(&mut self, key: String) {} }),
+    )
+    .to_string();
+    assert!(out.contains("compile_error"), "{out}");
+    assert!(out.contains("names no argument"), "{out}");
+}

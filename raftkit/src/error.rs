@@ -33,6 +33,7 @@
 //! | [`SchemaMismatch`](Error::SchemaMismatch) | No | no |
 //! | [`Compacted`](Error::Compacted) | No (a watch applies nothing) | no (re-read the state, then watch from there) |
 //! | [`WatchLagged`](Error::WatchLagged) | No (a watch applies nothing) | no (re-read the state, then watch from there) |
+//! | [`NotHosted`](Error::NotHosted) | No | no (a sharded client re-reads the placement and re-routes) |
 //!
 //! A call may end with an error that is `Maybe` and not retried only when
 //! retrying could do no better: a codec or protocol error would recur, and
@@ -212,6 +213,15 @@ pub enum Error {
         /// The first event the watcher did not receive.
         next: u64,
     },
+    /// The node asked does not host the group the request was for (a
+    /// multi-group node, see [`crate::multi`]): the client's placement is
+    /// out of date. Nothing was applied; re-read the placement (group 0)
+    /// and send the request to a node that hosts the group.
+    #[error("this node does not host group {group}: re-read the placement and re-route")]
+    NotHosted {
+        /// The group the request was for.
+        group: u64,
+    },
 }
 
 impl From<TlsError> for Error {
@@ -235,7 +245,8 @@ impl Error {
             | Error::Unsupported(_)
             | Error::SchemaMismatch { .. }
             | Error::Compacted { .. }
-            | Error::WatchLagged { .. } => Applied::No,
+            | Error::WatchLagged { .. }
+            | Error::NotHosted { .. } => Applied::No,
             Error::Handler { .. } => Applied::Yes,
             Error::Timeout
             | Error::Transport(_)
@@ -271,7 +282,8 @@ impl Error {
             | Error::Unsupported(_)
             | Error::SchemaMismatch { .. }
             | Error::Compacted { .. }
-            | Error::WatchLagged { .. } => false,
+            | Error::WatchLagged { .. }
+            | Error::NotHosted { .. } => false,
         }
     }
 
@@ -342,6 +354,7 @@ mod tests {
                 false,
             ),
             (Error::WatchLagged { next: 1 }, Applied::No, false),
+            (Error::NotHosted { group: 3 }, Applied::No, false),
         ];
         for (e, applied, retry) in all {
             assert_eq!(e.applied(), applied, "{e:?}");

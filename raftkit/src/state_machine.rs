@@ -111,6 +111,19 @@ pub trait StateMachine: Sized + Send + 'static {
         let _ = query;
         "read"
     }
+    /// The shard key of `command` (`#[write(shard = key)]` in the derive):
+    /// the bytes a sharded client ([`crate::client::ShardedClient`]) routes
+    /// the command by, or `None` when the command has none (a sharded
+    /// client refuses it).
+    fn shard_key(command: &Self::Write) -> Option<Vec<u8>> {
+        let _ = command;
+        None
+    }
+    /// The shard key of `query` (`#[read(shard = key)]`), or `None`.
+    fn read_shard_key(query: &Self::Read) -> Option<Vec<u8>> {
+        let _ = query;
+        None
+    }
     /// Serializes the whole state for a snapshot.
     fn snapshot(&self) -> Result<Vec<u8>, CodecError>;
     /// Rebuilds the state from a snapshot made by [`StateMachine::snapshot`].

@@ -47,6 +47,11 @@ pub struct ClusterArgs {
     /// add-server].
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// The cluster is sharded (`kv serve --shards N`): route each key to
+    /// its group; `scan`/`count` ask every group; `status` prints one line
+    /// per group and node.
+    #[arg(long, env = "KV_SHARDED", value_parser = clap::builder::FalseyValueParser::new())]
+    pub sharded: bool,
 }
 
 /// The subcommands.
@@ -146,12 +151,21 @@ pub enum Command {
     TransferLeader {
         /// The member's address.
         addr: String,
+        /// The group whose leadership moves (sharded clusters).
+        #[arg(long, value_name = "G")]
+        group: Option<u64>,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
     /// A table of every member: name, address, role, term, commit, applied,
     /// lag (leader commit - member applied), last contact with the leader.
     Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Sharded clusters: one round of the leader balancer on every node
+    /// given (each moves the leaderships it holds beyond its even share).
+    Balance {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
@@ -210,6 +224,14 @@ pub struct ServeArgs {
     /// heartbeat every 2.
     #[arg(long, default_value_t = 50, value_name = "MS")]
     pub tick_ms: u64,
+    /// Run a sharded node: the placement group and N data groups, every one
+    /// replicated on the --members (needs --listen, --members, --certs).
+    #[arg(long, value_name = "N", conflicts_with_all = ["bootstrap", "join"])]
+    pub shards: Option<u64>,
+    /// The nodes of a sharded deployment (comma-separated advertised
+    /// addresses, this one included; the same list on every node).
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "ADDR", requires = "shards")]
+    pub members: Vec<String>,
 }
 
 /// `kv certs`.

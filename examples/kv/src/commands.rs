@@ -103,6 +103,16 @@ pub async fn put(
     value: String,
     ttl_ms: Option<u64>,
 ) -> Result<(), Failure> {
+    if args.sharded {
+        let (kv, addrs) = crate::shards::typed(args).await?;
+        match ttl_ms {
+            Some(ttl) => kv.put_ttl(key, value, ttl).await,
+            None => kv.put(key, value).await,
+        }
+        .map_err(|e| Failure::cluster(&e, &addrs))?;
+        println!("OK");
+        return Ok(());
+    }
     let (kv, addrs) = typed(args).await?;
     let r = match ttl_ms {
         Some(ttl) => kv.put_ttl(key, value, ttl).await,
@@ -116,12 +126,18 @@ pub async fn put(
 
 /// `kv get K`: prints the value, or fails with code 3 if absent.
 pub async fn get(args: &ClusterArgs, key: String) -> Result<(), Failure> {
-    let (kv, addrs) = typed(args).await?;
-    match kv
-        .get(key.clone())
-        .await
-        .map_err(|e| Failure::cluster(&e, &addrs))?
-    {
+    let value = if args.sharded {
+        let (kv, addrs) = crate::shards::typed(args).await?;
+        kv.get(key.clone())
+            .await
+            .map_err(|e| Failure::cluster(&e, &addrs))?
+    } else {
+        let (kv, addrs) = typed(args).await?;
+        kv.get(key.clone())
+            .await
+            .map_err(|e| Failure::cluster(&e, &addrs))?
+    };
+    match value {
         Some(value) => {
             println!("{value}");
             Ok(())
@@ -132,10 +148,18 @@ pub async fn get(args: &ClusterArgs, key: String) -> Result<(), Failure> {
 
 /// `kv del K`: prints the value it held, or fails with code 3 if absent.
 pub async fn del(args: &ClusterArgs, key: String) -> Result<(), Failure> {
-    let (kv, addrs) = typed(args).await?;
-    let r = kv.delete(key.clone()).await;
-    close(&kv).await;
-    match r.map_err(|e| Failure::cluster(&e, &addrs))? {
+    let r = if args.sharded {
+        let (kv, addrs) = crate::shards::typed(args).await?;
+        kv.delete(key.clone())
+            .await
+            .map_err(|e| Failure::cluster(&e, &addrs))
+    } else {
+        let (kv, addrs) = typed(args).await?;
+        let r = kv.delete(key.clone()).await;
+        close(&kv).await;
+        r.map_err(|e| Failure::cluster(&e, &addrs))
+    };
+    match r? {
         Some(old) => {
             println!("{old}");
             Ok(())
@@ -147,11 +171,19 @@ pub async fn del(args: &ClusterArgs, key: String) -> Result<(), Failure> {
 /// `kv cas K OLD NEW` (`OLD` = `-`: absent): prints `OK`, or fails with code
 /// 3 and what the key holds.
 pub async fn cas(args: &ClusterArgs, key: String, old: String, new: String) -> Result<(), Failure> {
-    let (kv, addrs) = typed(args).await?;
     let old = (old != "-").then_some(old);
-    let r = kv.cas(key.clone(), old, new).await;
-    close(&kv).await;
-    match r.map_err(|e| Failure::cluster(&e, &addrs))? {
+    let r = if args.sharded {
+        let (kv, addrs) = crate::shards::typed(args).await?;
+        kv.cas(key.clone(), old, new)
+            .await
+            .map_err(|e| Failure::cluster(&e, &addrs))
+    } else {
+        let (kv, addrs) = typed(args).await?;
+        let r = kv.cas(key.clone(), old, new).await;
+        close(&kv).await;
+        r.map_err(|e| Failure::cluster(&e, &addrs))
+    };
+    match r? {
         Ok(()) => {
             println!("OK");
             Ok(())
@@ -165,11 +197,17 @@ pub async fn cas(args: &ClusterArgs, key: String, old: String, new: String) -> R
 
 /// `kv scan PREFIX`: prints `key<TAB>value` lines.
 pub async fn scan(args: &ClusterArgs, prefix: String) -> Result<(), Failure> {
-    let (kv, addrs) = typed(args).await?;
-    let pairs = kv
-        .scan(prefix)
-        .await
-        .map_err(|e| Failure::cluster(&e, &addrs))?;
+    let pairs = if args.sharded {
+        let (kv, addrs) = crate::shards::typed(args).await?;
+        crate::shards::scan(&kv, &prefix)
+            .await
+            .map_err(|e| Failure::cluster(&e, &addrs))?
+    } else {
+        let (kv, addrs) = typed(args).await?;
+        kv.scan(prefix)
+            .await
+            .map_err(|e| Failure::cluster(&e, &addrs))?
+    };
     let mut out = String::new();
     for (k, v) in pairs {
         out.push_str(&k);
@@ -183,11 +221,17 @@ pub async fn scan(args: &ClusterArgs, prefix: String) -> Result<(), Failure> {
 
 /// `kv count PREFIX`: prints how many keys start with PREFIX.
 pub async fn count(args: &ClusterArgs, prefix: String) -> Result<(), Failure> {
-    let (kv, addrs) = typed(args).await?;
-    let n = kv
-        .count(prefix)
-        .await
-        .map_err(|e| Failure::cluster(&e, &addrs))?;
+    let n = if args.sharded {
+        let (kv, addrs) = crate::shards::typed(args).await?;
+        crate::shards::count(&kv, &prefix)
+            .await
+            .map_err(|e| Failure::cluster(&e, &addrs))?
+    } else {
+        let (kv, addrs) = typed(args).await?;
+        kv.count(prefix)
+            .await
+            .map_err(|e| Failure::cluster(&e, &addrs))?
+    };
     println!("{n}");
     Ok(())
 }

@@ -24,6 +24,7 @@ mod fail;
 mod metrics;
 mod page;
 mod serve;
+mod shards;
 mod store;
 mod watch;
 
@@ -107,10 +108,19 @@ async fn run(cli: Cli) -> Result<(), fail::Failure> {
         Command::Members { cluster } => commands::members(&cluster).await,
         Command::AddServer { addr, cluster } => commands::add_server(&cluster, addr).await,
         Command::RemoveServer { addr, cluster } => commands::remove_server(&cluster, addr).await,
-        Command::TransferLeader { addr, cluster } => {
-            commands::transfer_leader(&cluster, addr).await
-        }
+        Command::TransferLeader {
+            addr,
+            group: Some(group),
+            cluster,
+        } => shards::transfer_leader(&cluster, group, addr).await,
+        Command::TransferLeader {
+            addr,
+            group: None,
+            cluster,
+        } => commands::transfer_leader(&cluster, addr).await,
+        Command::Status { cluster } if cluster.sharded => shards::status(&cluster).await,
         Command::Status { cluster } => commands::status(&cluster).await,
+        Command::Balance { cluster } => shards::balance(&cluster).await,
         Command::Certs(cli::CertsCommand::Init { dir }) => certs::init(&dir),
         Command::Certs(cli::CertsCommand::Issue { dir, name, role }) => {
             certs::issue(&dir, &name, role)

@@ -19,6 +19,9 @@ use crate::store::Kv;
 
 /// Runs a node until it is told to stop.
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
+    if let Some(shards) = args.shards {
+        return crate::shards::serve(args, shards).await;
+    }
     // Bind the metrics port first: a used port fails before any disk work.
     let metrics_listener = match &args.metrics {
         Some(addr) => {
@@ -201,7 +204,7 @@ async fn wait_for_stop(peer: &Peer<Kv>, dir: &Path) -> Result<(), Failure> {
 }
 
 #[cfg(unix)]
-async fn terminate() {
+pub(crate) async fn terminate() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut s) => {
@@ -212,6 +215,6 @@ async fn terminate() {
 }
 
 #[cfg(not(unix))]
-async fn terminate() {
+pub(crate) async fn terminate() {
     std::future::pending().await
 }

@@ -93,7 +93,7 @@ impl Kv {
 impl Kv {
     /// Sets `key` to `value` (with no time-to-live); returns the previous
     /// value.
-    #[write]
+    #[write(shard = key)]
     pub fn put(&mut self, ctx: &Ctx, key: String, value: String) -> Option<String> {
         self.expire(ctx.time_ms());
         self.clear_deadline(&key);
@@ -101,7 +101,7 @@ impl Kv {
     }
 
     /// Removes `key`; returns the value it held.
-    #[write]
+    #[write(shard = key)]
     pub fn delete(&mut self, ctx: &Ctx, key: String) -> Option<String> {
         self.expire(ctx.time_ms());
         self.clear_deadline(&key);
@@ -110,7 +110,7 @@ impl Kv {
 
     /// Sets `key` to `new` if it holds `old` (`None`: if it is absent);
     /// otherwise reports what it holds.
-    #[write]
+    #[write(shard = key)]
     pub fn cas(
         &mut self,
         ctx: &Ctx,
@@ -131,7 +131,7 @@ impl Kv {
     }
 
     /// The value of `key` (none once it expired).
-    #[read]
+    #[read(shard = key)]
     pub fn get(&self, ctx: &Ctx, key: String) -> Option<String> {
         self.live(&key, ctx.time_ms()).cloned()
     }
@@ -151,7 +151,7 @@ impl Kv {
     /// Sets `key` to `value` for `ttl_ms` milliseconds of replicated time
     /// (from the time of this entry); returns the previous value. A later
     /// `put` or `cas` of the key removes the time-to-live.
-    #[write]
+    #[write(shard = key)]
     pub fn put_ttl(
         &mut self,
         ctx: &Ctx,

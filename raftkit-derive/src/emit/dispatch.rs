@@ -83,6 +83,57 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
             })
             .collect::<Vec<_>>()
     };
+    // The shard key of each command (`#[write(shard = key)]`), `None` for
+    // a handler without one.
+    let shard_arms = |kind: Kind| {
+        let (cmd, _) = names.of(kind);
+        of_kind(model, kind)
+            .map(|h| {
+                let cfgs = &h.cfgs;
+                let variant = &h.variant;
+                match h.shard.and_then(|i| h.args.get(i)) {
+                    Some(arg) => {
+                        let field = &arg.ident;
+                        let span = arg.span;
+                        let key = quote_spanned! {span=>
+                            ::raftkit::multi::ShardKey::shard_bytes(__key)
+                        };
+                        quote! {
+                            #(#cfgs)*
+                            #cmd::#variant { #field: ref __key, .. } =>
+                                ::core::option::Option::Some(#key),
+                        }
+                    }
+                    None => {
+                        let pattern = if h.args.is_empty() {
+                            quote!(#cmd::#variant)
+                        } else {
+                            quote!(#cmd::#variant { .. })
+                        };
+                        quote! { #(#cfgs)* #pattern => ::core::option::Option::None, }
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let write_shards = shard_arms(Kind::Write);
+    let read_shards = shard_arms(Kind::Read);
+    let any_shard = model.handlers.iter().any(|h| h.shard.is_some());
+    let shard_fns = any_shard.then(|| {
+        quote! {
+            fn shard_key(command: &#write) -> ::core::option::Option<::std::vec::Vec<u8>> {
+                match *command {
+                    #(#write_shards)*
+                }
+            }
+
+            fn read_shard_key(query: &#read) -> ::core::option::Option<::std::vec::Vec<u8>> {
+                match *query {
+                    #(#read_shards)*
+                }
+            }
+        }
+    });
     let write_names = name_arms(Kind::Write);
     let read_names = name_arms(Kind::Read);
 
@@ -226,6 +277,8 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
                     #(#read_names)*
                 }
             }
+
+            #shard_fns
 
             fn snapshot(
                 &self,

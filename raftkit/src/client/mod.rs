@@ -13,6 +13,7 @@ mod consistency;
 mod local;
 pub(crate) mod mux;
 mod remote;
+pub mod sharded;
 pub mod watch;
 pub mod wire;
 
@@ -21,6 +22,7 @@ use std::future::Future;
 pub use consistency::{Consistency, ReadRouting, Staleness};
 pub use local::Local;
 pub use remote::{CERTS_ENV, Client, ClientOptions, WriteOnce};
+pub use sharded::ShardedClient;
 
 use crate::error::Error;
 use crate::state_machine::StateMachine;

@@ -133,9 +133,19 @@ pub struct ClientOptions {
     /// version serve), or any member in turn, which spreads the reads'
     /// work over the cluster (see [`ReadRouting`]).
     pub reads: ReadRouting,
+    /// The group every request is for, on nodes that host many groups
+    /// ([`crate::multi`]); `None` (the default): the cluster's one group.
+    pub group: Option<u64>,
 }
 
 impl ClientOptions {
+    /// Sends every request to `group` of multi-group nodes (see
+    /// [`crate::multi`]); a sharded client makes one such client per group.
+    pub fn with_group(mut self, group: u64) -> Self {
+        self.group = Some(group);
+        self
+    }
+
     /// How long one call may take, retries included.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -168,6 +178,7 @@ impl Default for ClientOptions {
             backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(500),
             reads: ReadRouting::Leader,
+            group: None,
         }
     }
 }
@@ -301,6 +312,22 @@ impl Client {
             opts,
         )
         .await
+    }
+
+    /// [`Client::connect_with_for`] with the state machine's schema given
+    /// as values (the sharded client's per-group clients).
+    pub(crate) async fn connect_typed<I, A>(
+        addrs: I,
+        identity: Identity,
+        schema: u64,
+        schema_desc: crate::schema::Schema,
+        opts: ClientOptions,
+    ) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<str>,
+    {
+        Self::connect_inner(addrs, identity, schema, Some(schema_desc), opts).await
     }
 
     fn env_identity() -> Result<Identity, Error> {
@@ -486,6 +513,23 @@ impl Client {
         Ok(conn)
     }
 
+    /// What travels after a request: the call's id and the read
+    /// consistency, and the group of a client of a multi-group node (a
+    /// group always needs a meta, so a call outside a traced entry point
+    /// gets a fresh id).
+    fn meta(&self, consistency: Consistency) -> Option<RequestMeta> {
+        let group = self.inner.opts.group;
+        REQUEST_ID
+            .try_with(|&request_id| request_id)
+            .ok()
+            .or_else(|| group.map(|_| RequestId::fresh()))
+            .map(|request_id| RequestMeta {
+                request_id,
+                consistency,
+                group,
+            })
+    }
+
     /// One attempt at `addr`; `sent` is set once the request may have left.
     async fn once(
         &self,
@@ -513,24 +557,18 @@ impl Client {
         };
         let attempt = async {
             if let Some(mux) = mux {
-                let meta = REQUEST_ID.try_with(|&request_id| RequestMeta {
-                    request_id,
-                    consistency,
-                });
-                return mux.call(request, meta.ok(), sent).await;
+                return mux.call(request, self.meta(consistency), sent).await;
             }
             let (mut send, mut recv) = conn
                 .open_bi()
                 .await
                 .map_err(|e| Error::Transport(e.to_string()))?;
             *sent = true;
-            let meta = REQUEST_ID.try_with(|&request_id| RequestMeta {
-                request_id,
-                consistency,
-            });
-            match meta {
-                Ok(meta) => write_frame(&mut send, &(request, meta), DEFAULT_MAX_FRAME_BYTES).await,
-                Err(_) => write_frame(&mut send, request, DEFAULT_MAX_FRAME_BYTES).await,
+            match self.meta(consistency) {
+                Some(meta) => {
+                    write_frame(&mut send, &(request, meta), DEFAULT_MAX_FRAME_BYTES).await
+                }
+                None => write_frame(&mut send, request, DEFAULT_MAX_FRAME_BYTES).await,
             }
             .map_err(|e| match e {
                 // Nothing was sent: the request cannot be carried.
@@ -764,6 +802,19 @@ impl Client {
         // A peer that predates stale reads answers linearizably: nothing
         // was missing then.
         Ok((out, view.last_staleness().unwrap_or_default()))
+    }
+
+    /// Sends a request about a multi-group node as a whole
+    /// ([`NodeRequest`](super::wire::NodeRequest)) to the node at `addr`
+    /// (no redirect): the encoded answer.
+    pub async fn node_request(
+        &self,
+        addr: &str,
+        request: super::wire::NodeRequest,
+    ) -> Result<Vec<u8>, Error> {
+        let addr = resolve(addr)?;
+        let request = ClientRequest::Node(request);
+        Self::expect_ok(traced("node", self.once(addr, &request, &mut false)).await?)
     }
 
     /// Runs an administrative request (membership, leadership) on the

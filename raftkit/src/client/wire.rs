@@ -125,6 +125,24 @@ pub enum ClientRequest {
         /// applies.
         from: Option<u64>,
     },
+    /// A request about a multi-group node as a whole ([`crate::multi`]),
+    /// not one of its groups. A single-group peer refuses it.
+    Node(NodeRequest),
+}
+
+/// The requests about a multi-group node as a whole (the operator's
+/// commands; see [`crate::multi::service`]). New requests go at the end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRequest {
+    /// The status of every group the node hosts: answered with the postcard
+    /// of `Vec<(group, StatusReport)>`, group 0 (the placement) first when
+    /// hosted. Open to every role, like [`ClientRequest::Status`].
+    Groups,
+    /// One round of the leader balancer on this node
+    /// ([`MultiNode::balance_leaders`](crate::multi::MultiNode::balance_leaders)):
+    /// answered with the postcard of the transfers started,
+    /// `Vec<(group, target node id)>`. Admin only.
+    BalanceLeaders,
 }
 
 /// What a client appends to a [`ClientRequest`] in the same frame (postcard
@@ -142,6 +160,17 @@ pub struct RequestMeta {
     /// How a read is served (ignored by other requests); linearizable when
     /// absent.
     pub consistency: super::Consistency,
+    /// The group the request is for, on a node that hosts many groups
+    /// ([`crate::multi`]); `None`: the node's only group. A single-group
+    /// peer refuses a request for a group.
+    pub group: Option<u64>,
+}
+
+/// The second version of [`RequestMeta`] (before groups).
+#[derive(Deserialize)]
+struct RequestMetaV2 {
+    request_id: RequestId,
+    consistency: super::Consistency,
 }
 
 /// The first version of [`RequestMeta`], as older clients send it.
@@ -190,14 +219,26 @@ impl RequestId {
         body: &[u8],
     ) -> Result<(ClientRequest, Option<RequestMeta>), postcard::Error> {
         let (request, rest) = postcard::take_from_bytes::<ClientRequest>(body)?;
-        let meta = postcard::from_bytes::<RequestMeta>(rest).ok().or_else(|| {
-            postcard::from_bytes::<RequestMetaV1>(rest)
-                .ok()
-                .map(|v1| RequestMeta {
-                    request_id: v1.request_id,
-                    consistency: super::Consistency::default(),
-                })
-        });
+        let meta = postcard::from_bytes::<RequestMeta>(rest)
+            .ok()
+            .or_else(|| {
+                postcard::from_bytes::<RequestMetaV2>(rest)
+                    .ok()
+                    .map(|v2| RequestMeta {
+                        request_id: v2.request_id,
+                        consistency: v2.consistency,
+                        group: None,
+                    })
+            })
+            .or_else(|| {
+                postcard::from_bytes::<RequestMetaV1>(rest)
+                    .ok()
+                    .map(|v1| RequestMeta {
+                        request_id: v1.request_id,
+                        consistency: super::Consistency::default(),
+                        group: None,
+                    })
+            });
         Ok((request, meta))
     }
 }
@@ -358,6 +399,12 @@ pub enum WireError {
         /// The first event the watcher missed.
         next: u64,
     },
+    /// The node does not host the request's group (see
+    /// [`Error::NotHosted`]); nothing was applied.
+    NotHosted {
+        /// The group asked for.
+        group: u64,
+    },
 }
 
 impl From<Error> for WireError {
@@ -386,6 +433,7 @@ impl From<Error> for WireError {
                 first_available,
             },
             Error::WatchLagged { next } => WireError::WatchLagged { next },
+            Error::NotHosted { group } => WireError::NotHosted { group },
             // Codec, transport and protocol errors of the peer itself: the
             // client cannot tell what happened, so neither does the wire.
             other => WireError::Ambiguous(other.to_string()),
@@ -419,6 +467,7 @@ impl From<WireError> for Error {
                 first_available,
             },
             WireError::WatchLagged { next } => Error::WatchLagged { next },
+            WireError::NotHosted { group } => Error::NotHosted { group },
         }
     }
 }
@@ -434,6 +483,7 @@ mod tests {
         let meta = RequestMeta {
             request_id: RequestId(0xabc),
             consistency: crate::client::Consistency::Lease,
+            group: Some(4),
         };
         let with = postcard::to_allocvec(&(request.clone(), meta)).unwrap();
         // An older peer reads only the request.
@@ -470,8 +520,31 @@ mod tests {
                 Some(RequestMeta {
                     request_id: RequestId(7),
                     consistency: crate::client::Consistency::Linearizable,
+                    group: None,
                 })
             )
+        );
+        // A client from before groups: no group.
+        #[derive(Serialize)]
+        struct V2 {
+            request_id: RequestId,
+            consistency: crate::client::Consistency,
+        }
+        let v2 = postcard::to_allocvec(&(
+            request.clone(),
+            V2 {
+                request_id: RequestId(8),
+                consistency: crate::client::Consistency::Lease,
+            },
+        ))
+        .unwrap();
+        assert_eq!(
+            RequestId::decode_request(&v2).unwrap().1,
+            Some(RequestMeta {
+                request_id: RequestId(8),
+                consistency: crate::client::Consistency::Lease,
+                group: None,
+            })
         );
         assert_ne!(RequestId::fresh(), RequestId::fresh());
         assert_eq!(RequestId(0xabc).to_string(), "0000000000000abc");
@@ -507,6 +580,7 @@ mod tests {
                 first_available: 9,
             },
             Error::WatchLagged { next: 4 },
+            Error::NotHosted { group: 9 },
             Error::Transport("t".into()),
             Error::Protocol("p".into()),
         ];

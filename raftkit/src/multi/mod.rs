@@ -52,17 +52,28 @@
 //!
 //! - The journal keeps each group's live log in memory (its snapshots
 //!   keep it short).
-//! - There is no metadata group, shard routing or replica movement yet;
-//!   leaders are spread by [`balance`] (on demand or periodically).
+//! - Replica movement is not built yet; leaders are spread by [`balance`]
+//!   (on demand or periodically).
+//!
+//! # Sharding
+//!
+//! A sharded deployment ([`MultiNode::form_shards`]) adds group 0, the
+//! [`placement`]: which data group owns which hash range of the keys and
+//! where its replicas are. Clients reach every group through the node's
+//! [`service`] and route by shard key with
+//! [`ShardedClient`](crate::client::ShardedClient).
 
 pub mod balance;
 pub mod journal;
 mod links;
 mod node;
+pub mod placement;
 pub mod quiesce;
+pub mod service;
 
 pub use journal::{GroupLog, GroupSink, Journal, JournalOptions, JournalStats};
 pub use node::{MultiNode, MultiNodeBuilder};
+pub use placement::{Placement, ShardKey};
 
 /// The id of a Raft group within a multi-group deployment.
 pub type GroupId = u64;

@@ -13,6 +13,7 @@ use tracing::info;
 use super::GroupId;
 use super::journal::{Journal, JournalOptions, JournalStats};
 use super::links::{Links, demultiplex};
+use super::placement::{PLACEMENT_GROUP, PlacementGroup};
 use super::quiesce::{self, Hosting, Timing, Watched};
 use crate::error::Error;
 use crate::identity::{default_name, node_id};
@@ -148,6 +149,8 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             .map_err(|e| Error::Rejected(format!("listen address {listen}: {e}")))?;
         let (group_tx, group_rx) = mpsc::channel(4096);
         let (coalesced_tx, coalesced_rx) = mpsc::channel(64);
+        // Client connections: served by `service` once the groups started.
+        let (clients_tx, clients_rx) = mpsc::channel(64);
         let mut config = QuicConfig::new(listen_addr, &name, identity, S::SCHEMA_FINGERPRINT);
         config.advertise = Some(advertise.clone());
         config.queue_capacity = LINK_QUEUE;
@@ -156,7 +159,9 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         // previous endpoint while it drains: retry briefly (as a peer does).
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let (quic, local_addr) = loop {
-            match QuicTransport::start(config.clone(), mpsc::channel(1).0, None).await {
+            match QuicTransport::start(config.clone(), mpsc::channel(1).0, Some(clients_tx.clone()))
+                .await
+            {
                 Ok(ok) => break ok,
                 Err(crate::transport::quic::TransportError::Bind { source, .. })
                     if source.kind() == std::io::ErrorKind::AddrInUse
@@ -194,6 +199,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 balancer: Mutex::new(None),
                 pool: Pool(Some(pool)),
                 groups: Mutex::new(BTreeMap::new()),
+                placement: Mutex::new(None),
             }),
         };
         if self.quiesce {
@@ -227,14 +233,23 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         }
         let existing = node.inner.journal.groups();
         for group in &existing {
-            node.start_group(*group, None).await?;
+            if *group == PLACEMENT_GROUP {
+                node.start_placement(None).await?;
+            } else {
+                node.start_group(*group, None).await?;
+            }
         }
+        tokio::spawn(crate::runtime::client_service::serve_front(
+            super::service::Front::new(&node),
+            clients_rx,
+            crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
+        ));
         info!(name = %node.inner.name, addr = %local_addr, groups = existing.len(), "multi-group node started");
         Ok(node)
     }
 }
 
-struct Inner<S> {
+pub(super) struct Inner<S> {
     name: String,
     advertise: String,
     local_addr: SocketAddr,
@@ -251,6 +266,8 @@ struct Inner<S> {
     /// Runs every group's apply and snapshot loops.
     pool: Pool,
     groups: Mutex<BTreeMap<GroupId, Hosted<S>>>,
+    /// The replica of the placement group ([`PLACEMENT_GROUP`]), if hosted.
+    placement: Mutex<Option<Peer<PlacementGroup<S>>>>,
 }
 
 /// The runtime of the groups' workers (dropped without waiting: dropping
@@ -274,6 +291,10 @@ struct Hosted<S> {
 impl<S> Inner<S> {
     fn groups(&self) -> MutexGuard<'_, BTreeMap<GroupId, Hosted<S>>> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn placement(&self) -> MutexGuard<'_, Option<Peer<PlacementGroup<S>>>> {
+        self.placement.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -436,6 +457,11 @@ impl<S: PeerExt> MultiNode<S> {
     /// included or not); each member node creates it with the same list.
     /// A group this node already hosts is returned as it is.
     pub async fn create_group(&self, group: GroupId, members: &[String]) -> Result<Peer<S>, Error> {
+        if group == PLACEMENT_GROUP {
+            return Err(Error::Rejected(
+                "group 0 is the placement group (see `form_shards`)".into(),
+            ));
+        }
         if let Some(peer) = self.group(group) {
             return Ok(peer);
         }
@@ -451,6 +477,24 @@ impl<S: PeerExt> MultiNode<S> {
         group: GroupId,
         members: Option<Vec<String>>,
     ) -> Result<Peer<S>, Error> {
+        let (peer, gate) = self.start_replica::<S>(group, members).await?;
+        self.inner.groups().insert(
+            group,
+            Hosted {
+                peer: peer.clone(),
+                gate,
+            },
+        );
+        Ok(peer)
+    }
+
+    /// Starts this node's replica of `group`, a group of state machine `T`
+    /// (`S`, or [`PlacementGroup`] for group 0).
+    async fn start_replica<T: PeerExt>(
+        &self,
+        group: GroupId,
+        members: Option<Vec<String>>,
+    ) -> Result<(Peer<T>, Arc<TickGate>), Error> {
         let inner = &self.inner;
         let snap_dir = inner
             .dir
@@ -477,7 +521,7 @@ impl<S: PeerExt> MultiNode<S> {
         let threads = Threads::Custom(Arc::new(move |_name: &str, body| {
             Ok(Worker::Task(pool.spawn(body)))
         }));
-        let mut builder = S::peer()
+        let mut builder = T::peer()
             .name(inner.name.clone())
             .listen(inner.advertise.clone())
             .advertise(inner.advertise.clone())
@@ -495,14 +539,7 @@ impl<S: PeerExt> MultiNode<S> {
             builder = builder.bootstrap_members(members);
         }
         let peer = builder.start().await?;
-        self.inner.groups().insert(
-            group,
-            Hosted {
-                peer: peer.clone(),
-                gate,
-            },
-        );
-        Ok(peer)
+        Ok((peer, gate))
     }
 
     /// Stops every group (each flushes its writes to the journal), then the
@@ -515,6 +552,11 @@ impl<S: PeerExt> MultiNode<S> {
         }
         let hosted = std::mem::take(&mut *self.inner.groups());
         let mut first = Ok(());
+        let placement = self.inner.placement().take();
+        if let Some(peer) = placement {
+            first = peer.shutdown().await;
+            self.inner.links.unregister(PLACEMENT_GROUP);
+        }
         for (group, h) in hosted {
             let r = h.peer.shutdown().await;
             self.inner.links.unregister(group);
@@ -529,5 +571,64 @@ impl<S: PeerExt> MultiNode<S> {
         }
         self.inner.journal.close().await;
         first
+    }
+}
+
+/// Sharding: the placement group (see [`placement`](super::placement)).
+impl<S: PeerExt> MultiNode<S> {
+    /// This node's replica of the placement group, if it hosts it.
+    pub fn placement(&self) -> Option<Peer<PlacementGroup<S>>> {
+        self.inner.placement().clone()
+    }
+
+    /// Forms a sharded deployment over the nodes at `members` (advertised
+    /// addresses; every member node calls this with the same arguments):
+    /// the placement group 0 and data groups `1..=shards`, each with a
+    /// voter on every member, and — through whichever node leads group 0 —
+    /// the placement that splits the hash space evenly between the data
+    /// groups ([`placement::even`](super::placement::even)). Idempotent: a
+    /// restarted node that already hosts the groups only makes sure the
+    /// placement gets written.
+    pub async fn form_shards(&self, shards: u64, members: &[String]) -> Result<(), Error> {
+        if shards == 0 {
+            return Err(Error::Rejected("a sharded deployment needs a shard".into()));
+        }
+        let placement = match self.placement() {
+            Some(p) => p,
+            None => {
+                self.inner
+                    .journal
+                    .create_group(PLACEMENT_GROUP)
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+                self.start_placement(Some(members.to_vec())).await?
+            }
+        };
+        for group in 1..=shards {
+            self.create_group(group, members).await?;
+        }
+        let plan = super::placement::even(shards, members);
+        tokio::spawn(super::service::propose_formation(placement, plan));
+        Ok(())
+    }
+
+    async fn start_placement(
+        &self,
+        members: Option<Vec<String>>,
+    ) -> Result<Peer<PlacementGroup<S>>, Error> {
+        let (peer, _gate) = self
+            .start_replica::<PlacementGroup<S>>(PLACEMENT_GROUP, members)
+            .await?;
+        *self.inner.placement() = Some(peer.clone());
+        Ok(peer)
+    }
+
+    /// A handle that does not keep the node alive (the client service's).
+    pub(super) fn downgrade(&self) -> std::sync::Weak<Inner<S>> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The node behind a [`MultiNode::downgrade`] handle, while it lives.
+    pub(super) fn upgrade(weak: &std::sync::Weak<Inner<S>>) -> Option<MultiNode<S>> {
+        weak.upgrade().map(|inner| MultiNode { inner })
     }
 }

@@ -13,6 +13,8 @@
 //! | `Watch` (of applied writes: it shows what reads show) | no | yes | yes |
 //! | `AddServer`, `AddLearner` | only its own address | no | yes |
 //! | `RemoveServer`, `TransferLeader` | no | no | yes |
+//! | `Node(Groups)` (a multi-group node's status per group) | yes | yes | yes |
+//! | `Node(BalanceLeaders)` | no | no | yes |
 //!
 //! Status is open to every role: it reveals the membership and progress a
 //! member already knows, and joining nodes and operators' tools need it.
@@ -29,7 +31,7 @@
 //! A refusal is [`Error::Unauthorized`]: the request was not applied, and
 //! retrying with the same certificate cannot succeed.
 
-use crate::client::wire::ClientRequest;
+use crate::client::wire::{ClientRequest, NodeRequest};
 use crate::error::Error;
 use crate::identity::default_name;
 use crate::tls::{CertRole, Principal};
@@ -47,6 +49,8 @@ pub fn request_kind(request: &ClientRequest) -> &'static str {
         ClientRequest::OpenSession => "open-session",
         ClientRequest::CloseSession { .. } => "close-session",
         ClientRequest::Watch { .. } => "watch",
+        ClientRequest::Node(NodeRequest::Groups) => "groups",
+        ClientRequest::Node(NodeRequest::BalanceLeaders) => "balance-leaders",
     }
 }
 
@@ -60,7 +64,7 @@ pub fn authorize(
     let kind = request_kind(request);
     let refuse = |why: String| Err(Error::Unauthorized(format!("{kind} refused: {why}")));
     match (request, principal.role) {
-        (ClientRequest::Status, _)
+        (ClientRequest::Status | ClientRequest::Node(NodeRequest::Groups), _)
         | (
             ClientRequest::Write { .. }
             | ClientRequest::Read { .. }
@@ -95,7 +99,7 @@ pub fn authorize(
             }
         }
         (_, role) => refuse(format!(
-            "membership changes and leadership transfer need an admin certificate; this is a {role} certificate (`{}`)",
+            "membership changes, leadership transfer and balancing need an admin certificate; this is a {role} certificate (`{}`)",
             principal.name
         )),
     }
@@ -133,6 +137,8 @@ mod tests {
             ClientRequest::AddLearner { addr: addr.into() },
             ClientRequest::RemoveServer { addr: addr.into() },
             ClientRequest::TransferLeader { addr: addr.into() },
+            ClientRequest::Node(NodeRequest::Groups),
+            ClientRequest::Node(NodeRequest::BalanceLeaders),
         ]
     }
 
@@ -150,18 +156,28 @@ mod tests {
                 allowed(&client, &r),
                 matches!(
                     kind,
-                    "write" | "read" | "status" | "open-session" | "close-session" | "watch"
+                    "write"
+                        | "read"
+                        | "status"
+                        | "groups"
+                        | "open-session"
+                        | "close-session"
+                        | "watch"
                 ),
                 "client: {r:?}"
             );
-            assert_eq!(allowed(&node, &r), kind == "status", "node: {r:?}");
+            assert_eq!(
+                allowed(&node, &r),
+                matches!(kind, "status" | "groups"),
+                "node: {r:?}"
+            );
         }
         // A node may ask to add itself, and nothing else about itself.
         for r in all_requests("10.0.0.1:7001") {
             let kind = request_kind(&r);
             assert_eq!(
                 allowed(&node, &r),
-                matches!(kind, "status" | "add-server" | "add-learner"),
+                matches!(kind, "status" | "groups" | "add-server" | "add-learner"),
                 "node about itself: {r:?}"
             );
         }

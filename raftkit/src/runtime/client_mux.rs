@@ -24,18 +24,16 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
-use super::Peer;
-use super::client_service::{Caller, answer};
+use super::client_service::{Caller, Front, answer};
 use crate::client::wire::{ClientResponse, RequestId, WireError};
-use crate::state_machine::StateMachine;
 use crate::transport::frame::{FrameError, encode_frame, read_frame_body};
 
 /// Requests of one stream answered at once, at most.
 pub const MUX_WINDOW: usize = 256;
 
 /// Answers the requests of one multiplexed stream until the client ends it.
-pub(super) async fn serve<S: StateMachine>(
-    peer: Peer<S>,
+pub(super) async fn serve<F: Front>(
+    front: F,
     caller: Arc<Caller>,
     send: SendStream,
     mut recv: RecvStream,
@@ -61,10 +59,10 @@ pub(super) async fn serve<S: StateMachine>(
             break;
         };
         let decoded = RequestId::decode_request(rest);
-        let (peer, caller, tx) = (peer.clone(), caller.clone(), tx.clone());
+        let (front, caller, tx) = (front.clone(), caller.clone(), tx.clone());
         tokio::spawn(async move {
             let response = match decoded {
-                Ok((request, meta)) => answer(&peer, &caller, request, meta).await,
+                Ok((request, meta)) => answer(&front, &caller, request, meta).await,
                 Err(e) => {
                     warn!(error = %e, "malformed client request; answered Rejected");
                     ClientResponse::Err(WireError::Rejected(format!("malformed request: {e}")))

@@ -51,43 +51,111 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves every client connection the transport hands over.
 pub async fn serve<S: StateMachine>(
     peer: Peer<S>,
+    conns: mpsc::Receiver<AcceptedClient>,
+    max_frame: usize,
+) {
+    serve_front(peer, conns, max_frame).await
+}
+
+/// Whom a client connection's requests go to: one peer, or the groups of a
+/// multi-group node ([`crate::multi::service`]), which routes each request
+/// by the group in its [`RequestMeta`]. Everything else about a connection
+/// (hello, authorization, sessions, multiplexing, errors) is the same.
+pub(crate) trait Front: Clone + Send + Sync + 'static {
+    /// The state machine's name (authorization checks node names with it).
+    fn state_machine(&self) -> &'static str;
+    /// The answer to a client's hello (its schema checked).
+    fn hello(&self, hello: &ClientHello, remote: std::net::SocketAddr) -> ClientResponse;
+    /// Answers one authorized request.
+    fn handle(
+        &self,
+        principal: &Principal,
+        request: ClientRequest,
+        meta: Option<RequestMeta>,
+    ) -> impl std::future::Future<Output = ClientResponse> + Send;
+    /// Serves an authorized watch on its own stream.
+    fn watch(
+        &self,
+        from: Option<u64>,
+        meta: Option<RequestMeta>,
+        send: SendStream,
+        max_frame: usize,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl<S: StateMachine> Front for Peer<S> {
+    fn state_machine(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn hello(&self, hello: &ClientHello, remote: std::net::SocketAddr) -> ClientResponse {
+        check_hello::<S>(self.schemas(), hello, remote)
+    }
+
+    async fn handle(
+        &self,
+        principal: &Principal,
+        request: ClientRequest,
+        meta: Option<RequestMeta>,
+    ) -> ClientResponse {
+        // A request for a numbered group went to a single-group peer.
+        if let Some(group) = meta.and_then(|m| m.group) {
+            return ClientResponse::Err(WireError::NotHosted { group });
+        }
+        let consistency = meta.map(|m| m.consistency).unwrap_or_default();
+        super::reads::handle_with(self, principal, request, consistency).await
+    }
+
+    async fn watch(
+        &self,
+        from: Option<u64>,
+        meta: Option<RequestMeta>,
+        mut send: SendStream,
+        max_frame: usize,
+    ) {
+        if let Some(group) = meta.and_then(|m| m.group) {
+            let _ = write_frame(
+                &mut send,
+                &ClientResponse::Err(WireError::NotHosted { group }),
+                max_frame,
+            )
+            .await;
+            let _ = send.finish();
+            return;
+        }
+        super::watch::serve(self.journal(), from, send, max_frame).await
+    }
+}
+
+/// Serves every client connection the transport hands over, for `front`.
+pub(crate) async fn serve_front<F: Front>(
+    front: F,
     mut conns: mpsc::Receiver<AcceptedClient>,
     max_frame: usize,
 ) {
     while let Some(accepted) = conns.recv().await {
-        tokio::spawn(serve_connection(peer.clone(), accepted, max_frame));
+        tokio::spawn(serve_connection(front.clone(), accepted, max_frame));
     }
 }
 
 /// Who a connection's requests come from, and whether a refusal was logged.
-pub(super) struct Caller {
+pub(crate) struct Caller {
     principal: Principal,
     remote: std::net::SocketAddr,
     refusal_logged: AtomicBool,
 }
 
-async fn serve_connection<S: StateMachine>(
-    peer: Peer<S>,
-    accepted: AcceptedClient,
-    max_frame: usize,
-) {
-    let AcceptedClient { conn, principal } = accepted;
-    let remote = conn.remote_address();
-    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-        return;
-    };
-    let hello: ClientHello = match read_frame(&mut recv, max_frame).await {
-        Ok(h) => h,
-        Err(e) => {
-            warn!(%remote, error = %e, "client hello unreadable; closing the connection");
-            conn.close(1u32.into(), b"bad hello");
-            return;
-        }
-    };
-    let answer = if let Some(theirs) = &hello.schema_desc {
+/// The answer to a hello from a client of a state machine `S` whose
+/// schemas are `schemas`.
+pub(crate) fn check_hello<S: StateMachine>(
+    schemas: &crate::schema::SchemaBook,
+    hello: &ClientHello,
+    remote: std::net::SocketAddr,
+) -> ClientResponse {
+    if let Some(theirs) = &hello.schema_desc {
         // A typed client with a structural schema: compatible is enough
         // (it may know fewer or more handlers than this binary).
-        match peer.schemas().local().check_peer(theirs) {
+        match schemas.local().check_peer(theirs) {
             Ok(()) => ClientResponse::Ok(Vec::new()),
             Err(m) => {
                 warn!(%remote, handler = %m.handler, reason = %m.reason, "client schema incompatible; refused");
@@ -110,7 +178,24 @@ async fn serve_connection<S: StateMachine>(
         })
     } else {
         ClientResponse::Ok(Vec::new())
+    }
+}
+
+async fn serve_connection<F: Front>(front: F, accepted: AcceptedClient, max_frame: usize) {
+    let AcceptedClient { conn, principal } = accepted;
+    let remote = conn.remote_address();
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+        return;
     };
+    let hello: ClientHello = match read_frame(&mut recv, max_frame).await {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(%remote, error = %e, "client hello unreadable; closing the connection");
+            conn.close(1u32.into(), b"bad hello");
+            return;
+        }
+    };
+    let answer = front.hello(&hello, remote);
     let answer = match answer {
         // The hello stream stays open for multiplexed requests.
         ClientResponse::Ok(_) if hello.version >= MUX_VERSION => {
@@ -136,7 +221,7 @@ async fn serve_connection<S: StateMachine>(
     });
     if mux {
         tokio::spawn(super::client_mux::serve(
-            peer.clone(),
+            front.clone(),
             caller.clone(),
             send,
             recv,
@@ -149,7 +234,7 @@ async fn serve_connection<S: StateMachine>(
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 tokio::spawn(serve_stream(
-                    peer.clone(),
+                    front.clone(),
                     caller.clone(),
                     send,
                     recv,
@@ -164,8 +249,8 @@ async fn serve_connection<S: StateMachine>(
     }
 }
 
-async fn serve_stream<S: StateMachine>(
-    peer: Peer<S>,
+async fn serve_stream<F: Front>(
+    front: F,
     caller: Arc<Caller>,
     mut send: SendStream,
     mut recv: RecvStream,
@@ -189,14 +274,16 @@ async fn serve_stream<S: StateMachine>(
         }
     };
     // A watch keeps its own stream open and answers with many frames.
-    if let (ClientRequest::Watch { from }, Ok(())) =
-        (&request, authorize(S::NAME, &caller.principal, &request))
-    {
-        return super::watch::serve(peer.journal(), *from, send, max_frame)
+    if let (ClientRequest::Watch { from }, Ok(())) = (
+        &request,
+        authorize(front.state_machine(), &caller.principal, &request),
+    ) {
+        return front
+            .watch(*from, meta, send, max_frame)
             .instrument(request_span(&caller, &request, meta))
             .await;
     }
-    let response = answer(&peer, &caller, request, meta).await;
+    let response = answer(&front, &caller, request, meta).await;
     if let Err(e) = write_frame(&mut send, &response, max_frame).await {
         debug!(error = %e, "client went away before its answer");
     }
@@ -205,20 +292,18 @@ async fn serve_stream<S: StateMachine>(
 
 /// Authorizes and answers one request of `caller`, whichever stream it came
 /// on.
-pub(super) async fn answer<S: StateMachine>(
-    peer: &Peer<S>,
+pub(crate) async fn answer<F: Front>(
+    front: &F,
     caller: &Caller,
     request: ClientRequest,
     meta: Option<RequestMeta>,
 ) -> ClientResponse {
     let span = request_span(caller, &request, meta);
-    match authorize(S::NAME, &caller.principal, &request) {
+    match authorize(front.state_machine(), &caller.principal, &request) {
         Ok(()) => {
             async {
                 debug!("client request received");
-                let consistency = meta.map(|m| m.consistency).unwrap_or_default();
-                let response =
-                    super::reads::handle_with(peer, &caller.principal, request, consistency).await;
+                let response = front.handle(&caller.principal, request, meta).await;
                 debug!(
                     ok = matches!(response, ClientResponse::Ok(_) | ClientResponse::Status(_)),
                     "client request answered"
@@ -250,11 +335,15 @@ fn request_span(
     let span = tracing::debug_span!(
         "raftkit.request",
         request_id = tracing::field::Empty,
+        group = tracing::field::Empty,
         kind = request_kind(request),
         remote = %caller.remote,
     );
     if let Some(meta) = meta {
         span.record("request_id", tracing::field::display(meta.request_id));
+        if let Some(group) = meta.group {
+            span.record("group", group);
+        }
     }
     span
 }
@@ -315,6 +404,9 @@ pub async fn handle<S: StateMachine>(
         ClientRequest::TransferLeader { addr } => {
             result(peer.transfer_leader(&addr).await.map(|()| Vec::new()))
         }
+        ClientRequest::Node(_) => ClientResponse::Err(WireError::Rejected(
+            "this is a single-group peer; node requests are for multi-group nodes".into(),
+        )),
         // Served on its own stream (`serve_stream`), never in one answer.
         ClientRequest::Watch { .. } => ClientResponse::Err(WireError::Rejected(
             "a watch is served on a stream of its own".into(),

@@ -1,0 +1,323 @@
+//! The sharded client: one typed client for a sharded deployment
+//! (multi-group nodes with a placement, see [`crate::multi`]).
+//!
+//! `KvClient::new(ShardedClient::<Kv>::connect(seeds).await?)` is the same
+//! generated `KvClient` as for one group; each call goes to the group that
+//! owns its shard key (`#[write(shard = key)]`, `#[read(shard = key)]`),
+//! at that group's leader.
+//!
+//! # How a call is routed
+//!
+//! 1. The command is decoded back into `S::Write` (or `S::Read`) and its
+//!    shard key taken ([`StateMachine::shard_key`]). A command without
+//!    one is refused at run time with [`Error::Rejected`] (nothing was
+//!    applied): whether a handler has a key is known only per command,
+//!    and commands that span shards (a scan) are sent to each group with
+//!    [`ShardedClient::group_clients`].
+//! 2. The cached placement ([`Routes`], read from group 0) names the group
+//!    owning the key's hash and the nodes with a replica of it.
+//! 3. The call goes through that group's own [`Client`] (one per group,
+//!    tagged with the group, [`ClientOptions::with_group`]): it follows
+//!    `NotLeader` redirects to the group's leader, retries, and numbers its
+//!    writes in the group's own session, so every single-group guarantee
+//!    (exactly-once writes, errors that say whether they applied) holds per
+//!    group.
+//! 4. If the group's client ends with an error that says the placement may
+//!    be stale ([`Error::NotHosted`], or `NotLeader`/`Unavailable` after its
+//!    retries) and that nothing was applied, the placement is re-read from
+//!    group 0 and the call is routed once more (a second deadline at
+//!    most). An error that may have applied the command is returned as it
+//!    is: re-routing it could apply it twice.
+//!
+//! Limits: one connection per node per group (each group's client has its
+//! own; a shared connection per node is a later optimisation), and the
+//! placement is re-read only when a call fails.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use super::{Client, ClientOptions, Submit};
+use crate::error::{Applied, Error};
+use crate::multi::GroupId;
+use crate::multi::placement::{PLACEMENT_GROUP, PlacementClient, Routes};
+use crate::state_machine::{StateMachine, decode};
+use crate::tls::Identity;
+
+/// A client of a sharded deployment of `S` (see the [module
+/// documentation](self)). Cheap to clone; clones share connections,
+/// sessions and the cached placement.
+pub struct ShardedClient<S> {
+    inner: Arc<Inner>,
+    _sm: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for ShardedClient<S> {
+    fn clone(&self) -> Self {
+        ShardedClient {
+            inner: self.inner.clone(),
+            _sm: PhantomData,
+        }
+    }
+}
+
+struct Inner {
+    identity: Identity,
+    opts: ClientOptions,
+    schema: u64,
+    schema_desc: crate::schema::Schema,
+    /// Group 0's client (over the seeds).
+    placement: Client,
+    routes: std::sync::Mutex<Arc<Routes>>,
+    /// Each data group's client, with the replicas it was made for.
+    groups: tokio::sync::Mutex<HashMap<GroupId, (Vec<String>, Client)>>,
+    /// One placement re-read at a time.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl<S: StateMachine> ShardedClient<S> {
+    /// Connects with the identity in `$RAFTKIT_CERTS` (see
+    /// [`Client::connect`]) to the nodes at `seeds` and reads the placement.
+    pub async fn connect<I, A>(seeds: I) -> Result<ShardedClient<S>, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<str>,
+    {
+        let dir = std::env::var_os(super::CERTS_ENV).ok_or_else(|| {
+            Error::Transport(format!(
+                "no client certificate: set {} to a directory holding ca.pem, client.pem and client.key",
+                super::CERTS_ENV
+            ))
+        })?;
+        let identity =
+            Identity::load(dir, "client").map_err(|e| Error::Transport(e.to_string()))?;
+        Self::connect_with(seeds, identity, ClientOptions::default()).await
+    }
+
+    /// Connects with an explicit identity and options; the placement is
+    /// read within `opts.timeout` (waiting for its formation if needed).
+    pub async fn connect_with<I, A>(
+        seeds: I,
+        identity: Identity,
+        opts: ClientOptions,
+    ) -> Result<ShardedClient<S>, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<str>,
+    {
+        let seeds: Vec<String> = seeds.into_iter().map(|a| a.as_ref().to_string()).collect();
+        let placement = Client::connect_with_for::<S, _, _>(
+            &seeds,
+            identity.clone(),
+            opts.clone().with_group(PLACEMENT_GROUP),
+        )
+        .await?;
+        let client = ShardedClient {
+            inner: Arc::new(Inner {
+                identity,
+                opts,
+                schema: S::SCHEMA_FINGERPRINT,
+                schema_desc: S::schema(),
+                placement,
+                routes: std::sync::Mutex::new(Arc::new(Routes::default())),
+                groups: tokio::sync::Mutex::new(HashMap::new()),
+                refreshing: tokio::sync::Mutex::new(()),
+            }),
+            _sm: PhantomData,
+        };
+        client.refresh().await?;
+        Ok(client)
+    }
+}
+
+impl<S> ShardedClient<S> {
+    /// The placement this client routes by (as last read from group 0).
+    pub fn routes(&self) -> Arc<Routes> {
+        self.inner
+            .routes
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Re-reads the placement from group 0, waiting (within the client's
+    /// timeout) until it is formed.
+    pub async fn refresh(&self) -> Result<Arc<Routes>, Error> {
+        let _one = self.inner.refreshing.lock().await;
+        let deadline = tokio::time::Instant::now() + self.inner.opts.timeout;
+        let placement = PlacementClient::new(self.inner.placement.clone());
+        let mut backoff = self.inner.opts.backoff;
+        loop {
+            let shards = placement.shards().await?;
+            if !shards.is_empty() {
+                let routes = Arc::new(Routes::new(shards).map_err(|e| {
+                    Error::Protocol(format!("group 0 holds an invalid placement: {e}"))
+                })?);
+                if let Ok(mut r) = self.inner.routes.lock() {
+                    *r = routes.clone();
+                }
+                tracing::debug!(shards = routes.shards().len(), "placement read");
+                return Ok(routes);
+            }
+            if tokio::time::Instant::now() + backoff > deadline {
+                return Err(Error::Unavailable(
+                    "the placement (group 0) is not formed yet".into(),
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.inner.opts.max_backoff);
+        }
+    }
+
+    /// The client of `group` (made for the replicas the placement lists).
+    pub async fn group_client(&self, group: GroupId) -> Result<Client, Error> {
+        let routes = self.routes();
+        let shard = routes
+            .group(group)
+            .ok_or_else(|| Error::Rejected(format!("the placement has no group {group}")))?;
+        let mut groups = self.inner.groups.lock().await;
+        if let Some((replicas, client)) = groups.get(&group)
+            && *replicas == shard.replicas
+        {
+            return Ok(client.clone());
+        }
+        let inner = &self.inner;
+        let client = Client::connect_typed(
+            &shard.replicas,
+            inner.identity.clone(),
+            inner.schema,
+            inner.schema_desc.clone(),
+            inner.opts.clone().with_group(group),
+        )
+        .await?;
+        groups.insert(group, (shard.replicas.clone(), client.clone()));
+        Ok(client)
+    }
+
+    /// A client of every data group, in placement order: for requests that
+    /// span shards (a scan), sent to each group and merged by the caller.
+    pub async fn group_clients(&self) -> Result<Vec<(GroupId, Client)>, Error> {
+        let routes = self.routes();
+        let mut out = Vec::with_capacity(routes.shards().len());
+        for shard in routes.shards() {
+            out.push((shard.group, self.group_client(shard.group).await?));
+        }
+        Ok(out)
+    }
+
+    /// The status of every group the node at `addr` hosts (group 0, the
+    /// placement, first when hosted).
+    pub async fn node_groups(
+        &self,
+        addr: &str,
+    ) -> Result<Vec<(GroupId, super::wire::StatusReport)>, Error> {
+        let bytes = self
+            .inner
+            .placement
+            .node_request(addr, super::wire::NodeRequest::Groups)
+            .await?;
+        Ok(decode("group status", &bytes)?)
+    }
+
+    /// Runs one round of the leader balancer on the node at `addr` (an
+    /// admin certificate): the transfers it started, `(group, target node
+    /// id)`.
+    pub async fn balance_leaders(&self, addr: &str) -> Result<Vec<(GroupId, u64)>, Error> {
+        let bytes = self
+            .inner
+            .placement
+            .node_request(addr, super::wire::NodeRequest::BalanceLeaders)
+            .await?;
+        Ok(decode("transfers", &bytes)?)
+    }
+
+    /// Moves the leadership of `group` to its replica at `to` (an admin
+    /// certificate; see [`Peer::transfer_leader`](crate::runtime::Peer)).
+    pub async fn transfer_leader(&self, group: GroupId, to: &str) -> Result<(), Error> {
+        let client = if group == PLACEMENT_GROUP {
+            self.inner.placement.clone()
+        } else {
+            self.group_client(group).await?
+        };
+        client
+            .admin(super::wire::ClientRequest::TransferLeader { addr: to.into() })
+            .await
+    }
+
+    /// The group that owns `key` under the cached placement.
+    pub fn group_of(&self, key: &[u8]) -> Option<GroupId> {
+        self.routes().shard_of(key).map(|s| s.group)
+    }
+
+    /// Sends one call for `key` to its group, re-reading the placement once
+    /// if the answer says it may be stale and nothing was applied.
+    async fn route<F, Fut>(&self, key: &[u8], call: F) -> Result<Vec<u8>, Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, Error>>,
+    {
+        let mut rerouted = false;
+        loop {
+            let group = self
+                .group_of(key)
+                .ok_or_else(|| Error::Unavailable("no placement".into()))?;
+            let result = match self.group_client(group).await {
+                Ok(client) => call(client).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if !rerouted && stale_placement(&e) => {
+                    tracing::debug!(group, error = %e, "re-reading the placement");
+                    self.refresh().await?;
+                    rerouted = true;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Whether `e` says the call went to the wrong place and applied nothing.
+fn stale_placement(e: &Error) -> bool {
+    e.applied() == Applied::No
+        && matches!(
+            e,
+            Error::NotHosted { .. } | Error::NotLeader { .. } | Error::Unavailable(_)
+        )
+}
+
+impl<S: StateMachine> Submit for ShardedClient<S> {
+    async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let decoded: S::Write = decode("command", &command)?;
+        let key = S::shard_key(&decoded).ok_or_else(|| {
+            Error::Rejected(format!(
+                "`{}` has no shard key: a sharded client routes a command by the argument marked \
+                 `#[write(shard = ..)]` (send commands that span shards to each group: \
+                 ShardedClient::group_clients)",
+                S::handler_name(&decoded)
+            ))
+        })?;
+        self.route(&key, |client| {
+            let command = command.clone();
+            async move { client.write(command).await }
+        })
+        .await
+    }
+
+    async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let decoded: S::Read = decode("query", &query)?;
+        let key = S::read_shard_key(&decoded).ok_or_else(|| {
+            Error::Rejected(format!(
+                "`{}` has no shard key: a sharded client routes a query by the argument marked \
+                 `#[read(shard = ..)]` (send queries that span shards to each group: \
+                 ShardedClient::group_clients)",
+                S::query_name(&decoded)
+            ))
+        })?;
+        self.route(&key, |client| {
+            let query = query.clone();
+            async move { client.read(query).await }
+        })
+        .await
+    }
+}

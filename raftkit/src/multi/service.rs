@@ -1,0 +1,212 @@
+//! The client service of a [`MultiNode`]: clients reach any group the node
+//! hosts over the node's one QUIC endpoint.
+//!
+//! It is the single-group client service
+//! ([`client_service`]) with another
+//! [`Front`](crate::runtime::client_service): the hello (schema check),
+//! the ALPN, the roles and their authorization, sessions, multiplexed
+//! streams, watches and error semantics are the same code; only where a
+//! request goes differs. A request names its group in its
+//! [`RequestMeta`] (a [`Client`](crate::client::Client) made with
+//! [`ClientOptions::with_group`](crate::client::ClientOptions::with_group)
+//! sends it with every request), and is answered by this node's replica of
+//! that group exactly as a single-group peer answers it (a follower
+//! redirects to the group's leader with `NotLeader`).
+//!
+//! # Invariants
+//!
+//! - A request for a group this node does not host is answered
+//!   [`WireError::NotHosted`] (applied: no): the client's placement is out
+//!   of date, and it re-reads it from group 0 and re-routes. A request with
+//!   no group is refused (`Rejected`): a multi-group node has no default
+//!   group, and guessing one would apply a command to the wrong data.
+//! - Every request is authorized before it is routed, by the same table as
+//!   a single peer's ([`authorization`](crate::runtime::authorization)),
+//!   plus the node requests ([`NodeRequest`]): `Groups` (status of every
+//!   group) for every role, `BalanceLeaders` for admins only; a group's
+//!   `TransferLeader` is the ordinary admin request sent to that group.
+//! - Sessions are per group: each group's session table is replicated by
+//!   that group, so a client opens one session per group it writes to.
+//! - The service holds the node weakly: it never keeps a stopped node
+//!   alive, and answers `Unavailable` once it stopped.
+
+use quinn::SendStream;
+
+use super::placement::{PLACEMENT_GROUP, PlacementClient, PlacementGroup, Shard};
+use super::{GroupId, MultiNode};
+use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, NodeRequest};
+use crate::client::wire::{RequestMeta, WireError};
+use crate::runtime::client_service::{self, check_hello, status_report};
+use crate::runtime::{Peer, PeerExt};
+use crate::tls::Principal;
+use crate::transport::frame::write_frame;
+
+/// Routes the client requests of a node's connections to its groups.
+pub(crate) struct Front<S> {
+    node: std::sync::Weak<super::node::Inner<S>>,
+    /// The schemas clients' hellos are checked against (every group of the
+    /// node runs the same binary's `S`).
+    schemas: std::sync::Arc<crate::schema::SchemaBook>,
+}
+
+impl<S> Clone for Front<S> {
+    fn clone(&self) -> Self {
+        Front {
+            node: self.node.clone(),
+            schemas: self.schemas.clone(),
+        }
+    }
+}
+
+impl<S: PeerExt> Front<S> {
+    pub(super) fn new(node: &MultiNode<S>) -> Front<S> {
+        Front {
+            node: node.downgrade(),
+            schemas: std::sync::Arc::new(crate::schema::SchemaBook::new(S::schema(), None)),
+        }
+    }
+
+    fn node(&self) -> Result<MultiNode<S>, WireError> {
+        MultiNode::upgrade(&self.node)
+            .ok_or_else(|| WireError::Unavailable("the node is stopping".into()))
+    }
+}
+
+/// Where one request goes.
+enum Target<S> {
+    Placement(Peer<PlacementGroup<S>>),
+    Data(Peer<S>),
+}
+
+impl<S: PeerExt> Front<S> {
+    fn target(&self, meta: Option<RequestMeta>) -> Result<Target<S>, WireError> {
+        let node = self.node()?;
+        let Some(group) = meta.and_then(|m| m.group) else {
+            return Err(WireError::Rejected(format!(
+                "{} hosts many groups: a request must name its group (ClientOptions::with_group)",
+                node.name()
+            )));
+        };
+        if group == PLACEMENT_GROUP {
+            return node
+                .placement()
+                .map(Target::Placement)
+                .ok_or(WireError::NotHosted { group });
+        }
+        node.group(group)
+            .map(Target::Data)
+            .ok_or(WireError::NotHosted { group })
+    }
+}
+
+/// The meta a group's replica sees: the group was used to route.
+fn routed(meta: Option<RequestMeta>) -> Option<RequestMeta> {
+    meta.map(|m| RequestMeta { group: None, ..m })
+}
+
+fn encoded<T: serde::Serialize>(what: &'static str, value: &T) -> ClientResponse {
+    match crate::state_machine::encode(what, value) {
+        Ok(bytes) => ClientResponse::Ok(bytes),
+        Err(e) => ClientResponse::Err(crate::Error::from(e).into()),
+    }
+}
+
+impl<S: PeerExt> client_service::Front for Front<S> {
+    fn state_machine(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn hello(&self, hello: &ClientHello, remote: std::net::SocketAddr) -> ClientResponse {
+        check_hello::<S>(&self.schemas, hello, remote)
+    }
+
+    async fn handle(
+        &self,
+        principal: &Principal,
+        request: ClientRequest,
+        meta: Option<RequestMeta>,
+    ) -> ClientResponse {
+        if let ClientRequest::Node(request) = request {
+            let node = match self.node() {
+                Ok(node) => node,
+                Err(e) => return ClientResponse::Err(e),
+            };
+            return match request {
+                NodeRequest::Groups => encoded("group status", &groups(&node)),
+                NodeRequest::BalanceLeaders => encoded("transfers", &node.balance_leaders().await),
+            };
+        }
+        match self.target(meta) {
+            Ok(Target::Placement(peer)) => {
+                client_service::Front::handle(&peer, principal, request, routed(meta)).await
+            }
+            Ok(Target::Data(peer)) => {
+                client_service::Front::handle(&peer, principal, request, routed(meta)).await
+            }
+            Err(e) => ClientResponse::Err(e),
+        }
+    }
+
+    async fn watch(
+        &self,
+        from: Option<u64>,
+        meta: Option<RequestMeta>,
+        mut send: SendStream,
+        max_frame: usize,
+    ) {
+        match self.target(meta) {
+            Ok(Target::Placement(peer)) => {
+                client_service::Front::watch(&peer, from, routed(meta), send, max_frame).await
+            }
+            Ok(Target::Data(peer)) => {
+                client_service::Front::watch(&peer, from, routed(meta), send, max_frame).await
+            }
+            Err(e) => {
+                let _ = write_frame(&mut send, &ClientResponse::Err(e), max_frame).await;
+                let _ = send.finish();
+            }
+        }
+    }
+}
+
+/// The status of every group `node` hosts, the placement group first.
+fn groups<S: PeerExt>(node: &MultiNode<S>) -> Vec<(GroupId, crate::client::wire::StatusReport)> {
+    let mut out = Vec::new();
+    if let Some(p) = node.placement() {
+        out.push((PLACEMENT_GROUP, status_report(&p)));
+    }
+    for g in node.groups() {
+        if let Some(peer) = node.group(g) {
+            out.push((g, status_report(&peer)));
+        }
+    }
+    out
+}
+
+/// Proposes the formation `plan` to the placement group whenever this
+/// node's replica leads it, until one proposal was applied (formed by it,
+/// or already formed by another node's: [`Placement::form`](super::Placement::form) is a no-op on a
+/// formed placement), or the replica stops.
+pub(super) async fn propose_formation<S: PeerExt>(peer: Peer<PlacementGroup<S>>, plan: Vec<Shard>) {
+    let mut status = peer.watch();
+    let client = PlacementClient::new(peer.clone());
+    loop {
+        let leads = status.borrow_and_update().role == crate::core::Role::Leader;
+        if leads {
+            match client.form(plan.clone()).await {
+                Ok(formed) => {
+                    tracing::info!(
+                        formed,
+                        shards = plan.len(),
+                        "placement proposed (formed: written by this proposal)"
+                    );
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "placement proposal failed; retrying"),
+            }
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}

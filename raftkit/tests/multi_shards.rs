@@ -1,0 +1,226 @@
+//! A sharded deployment over real QUIC: three multi-group nodes form a
+//! placement (group 0) and four data groups; the generated typed client,
+//! over a `ShardedClient`, routes each call by its shard key to the group
+//! that owns it, follows leaders across a leadership transfer, and
+//! re-reads the placement when a node says it does not host a group.
+
+mod support;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use raftkit::Error;
+use raftkit::client::{Client, ClientOptions, ShardedClient};
+use raftkit::multi::placement::{PLACEMENT_GROUP, PlacementClient};
+use raftkit::multi::{GroupId, MultiNode};
+use raftkit::prelude::*;
+use raftkit::tls::ClusterCa;
+use support::free_addrs;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "skv")]
+pub struct Kv {
+    map: BTreeMap<String, String>,
+}
+
+#[raftkit::state_machine]
+impl Kv {
+    #[write(shard = key)]
+    fn put(&mut self, key: String, value: String) -> Option<String> {
+        self.map.insert(key, value)
+    }
+
+    #[read(shard = key)]
+    fn get(&self, key: String) -> Option<String> {
+        self.map.get(&key).cloned()
+    }
+
+    /// How many keys this group holds (no shard key: per group only).
+    #[read]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+const SHARDS: GroupId = 4;
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn start_node(addr: &str, ca: &ClusterCa) -> (MultiNode<Kv>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = MultiNode::<Kv>::builder()
+        .listen(addr)
+        .data_dir(dir.path())
+        .tick(Duration::from_millis(20))
+        .identity(ca.issue_node(&format!("skv@{addr}"), &[]).unwrap())
+        .start()
+        .await
+        .unwrap();
+    (node, dir)
+}
+
+fn opts() -> ClientOptions {
+    ClientOptions::default().with_timeout(Duration::from_secs(10))
+}
+
+/// The address of the node that leads `group`, as the nodes report it.
+async fn leader_of(client: &ShardedClient<Kv>, addrs: &[String], group: GroupId) -> String {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut leaders = Vec::new();
+        for addr in addrs {
+            if let Ok(groups) = client.node_groups(addr).await
+                && groups
+                    .iter()
+                    .any(|(g, s)| *g == group && s.role == "Leader")
+            {
+                leaders.push(addr.clone());
+            }
+        }
+        if leaders.len() == 1 {
+            return leaders.remove(0);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group {group}: no single leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_client_routes_by_shard_key_and_follows_the_placement() {
+    let addrs = free_addrs(4);
+    let (members, spare) = (addrs[..3].to_vec(), addrs[3].clone());
+    let ca = ClusterCa::generate("shard-test").unwrap();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for addr in &members {
+        let (node, dir) = start_node(addr, &ca).await;
+        nodes.push(node);
+        dirs.push(dir);
+    }
+    for node in &nodes {
+        node.form_shards(SHARDS, &members).await.unwrap();
+        let mut hosted = vec![PLACEMENT_GROUP];
+        hosted.extend(node.groups());
+        assert_eq!(hosted, (0..=SHARDS).collect::<Vec<_>>());
+    }
+    let admin = ca.issue_admin("ops").unwrap();
+    let sharded = ShardedClient::<Kv>::connect_with(&members, admin.clone(), opts())
+        .await
+        .unwrap();
+    let routes = sharded.routes();
+    assert_eq!(routes.shards().len() as u64, SHARDS);
+    let kv = KvClient::new(sharded.clone());
+
+    // Every key lands in the group the placement gives it, and only there.
+    let keys: Vec<String> = (0..48).map(|i| format!("user:{i:04}")).collect();
+    let mut expected: BTreeMap<GroupId, usize> = BTreeMap::new();
+    for key in &keys {
+        assert_eq!(kv.put(key.clone(), format!("v-{key}")).await.unwrap(), None);
+        let group = routes.shard_of(key.as_bytes()).unwrap().group;
+        *expected.entry(group).or_default() += 1;
+    }
+    assert_eq!(
+        expected.len() as u64,
+        SHARDS,
+        "keys spread over every group"
+    );
+    for key in &keys {
+        assert_eq!(kv.get(key.clone()).await.unwrap(), Some(format!("v-{key}")));
+    }
+    for g in 1..=SHARDS {
+        let group = KvClient::new(sharded.group_client(g).await.unwrap());
+        assert_eq!(group.len().await.unwrap(), expected[&g], "group {g}");
+    }
+    // Every node reports every group; a group's commit covers its writes.
+    for addr in &members {
+        let groups = sharded.node_groups(addr).await.unwrap();
+        let ids: Vec<GroupId> = groups.iter().map(|(g, _)| *g).collect();
+        assert_eq!(ids, (0..=SHARDS).collect::<Vec<_>>());
+        for (g, status) in &groups {
+            if *g != PLACEMENT_GROUP {
+                assert!(
+                    status.commit as usize >= expected[g],
+                    "group {g}: {status:?}"
+                );
+            }
+        }
+    }
+    // A command without a shard key cannot be routed: refused, not applied.
+    let err = kv.len().await.expect_err("no shard key");
+    assert!(matches!(err, Error::Rejected(_)), "{err:?}");
+    assert!(err.to_string().contains("len"), "{err}");
+    // A request that names no group is refused by a multi-group node.
+    let plain = Client::connect_with(&members, admin.clone(), 0, opts())
+        .await
+        .unwrap();
+    let err = plain.status().await.expect_err("no group");
+    assert!(matches!(err, Error::Rejected(_)), "{err:?}");
+
+    // After a leadership transfer, calls follow the group's new leader.
+    let group = routes.shard_of(keys[0].as_bytes()).unwrap().group;
+    let old = leader_of(&sharded, &members, group).await;
+    let to = members.iter().find(|a| **a != old).unwrap().clone();
+    sharded.transfer_leader(group, &to).await.unwrap();
+    assert_eq!(leader_of(&sharded, &members, group).await, to);
+    assert_eq!(
+        kv.put(keys[0].clone(), "moved".into()).await.unwrap(),
+        Some(format!("v-{}", keys[0]))
+    );
+    assert_eq!(kv.get(keys[0].clone()).await.unwrap(), Some("moved".into()));
+
+    // A node that hosts no group says so; the client re-reads the
+    // placement and re-routes.
+    let (stranger, _stranger_dir) = start_node(&spare, &ca).await;
+    let placement = PlacementClient::new(
+        Client::connect_with_for::<Kv, _, _>(
+            &members,
+            admin.clone(),
+            opts().with_group(PLACEMENT_GROUP),
+        )
+        .await
+        .unwrap(),
+    );
+    let key = keys
+        .iter()
+        .find(|k| routes.shard_of(k.as_bytes()).unwrap().group != group)
+        .unwrap()
+        .clone();
+    let moved = routes.shard_of(key.as_bytes()).unwrap().group;
+    assert!(
+        placement
+            .set_replicas(moved, vec![spare.clone()])
+            .await
+            .unwrap()
+    );
+    let fresh = KvClient::new(
+        ShardedClient::<Kv>::connect_with(&members, admin.clone(), opts())
+            .await
+            .unwrap(),
+    );
+    // The placement points at the stranger even after a re-read.
+    let err = fresh.get(key.clone()).await.expect_err("not hosted");
+    assert_eq!(err, Error::NotHosted { group: moved });
+    assert_eq!(err.applied(), raftkit::error::Applied::No);
+    // Put right: the client's cached placement is stale, it is told so by
+    // the stranger, re-reads and finds the group.
+    assert!(
+        placement
+            .set_replicas(moved, members.clone())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        fresh.get(key.clone()).await.unwrap(),
+        Some(format!("v-{key}"))
+    );
+    assert_eq!(
+        fresh.put(key.clone(), "again".into()).await.unwrap(),
+        Some(format!("v-{key}"))
+    );
+
+    stranger.shutdown().await.unwrap();
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+}
