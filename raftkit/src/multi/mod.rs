@@ -52,16 +52,21 @@
 //!
 //! - The journal keeps each group's live log in memory (its snapshots
 //!   keep it short).
-//! - There is no metadata group, shard routing or replica movement yet;
-//!   leaders are spread by [`balance`] (on demand or periodically).
+//! - There is no metadata group or shard routing yet; leaders are spread
+//!   by [`balance`] (on demand or periodically), replicas are moved by
+//!   [`moves`] (a node hosts a moved replica on demand, see [`hosting`]).
 
 pub mod balance;
+pub mod hosting;
 pub mod journal;
 mod links;
+pub mod moves;
 mod node;
 pub mod quiesce;
 
+pub use hosting::HostingPolicy;
 pub use journal::{GroupLog, GroupSink, Journal, JournalOptions, JournalStats};
+pub use moves::{MoveError, MoveOptions, MoveReport, MoveStep};
 pub use node::{MultiNode, MultiNodeBuilder};
 
 /// The id of a Raft group within a multi-group deployment.
