@@ -11,7 +11,8 @@
 //!   medians;
 //! - `RAFTKIT_BENCH_QUIESCE`: `0` to measure idle groups without
 //!   quiescence (every group ticks and heartbeats; default `1`);
-//! - `RAFTKIT_BENCH_ONLY`: `idle` or `throughput` (default both);
+//! - `RAFTKIT_BENCH_ONLY`: `idle`, `throughput` or `move` (default all);
+//! - `RAFTKIT_BENCH_MOVE_MB`: the size of the moved group (default 100);
 //! - `RAFTKIT_BENCH_DIR`: where the nodes keep their data (default: the
 //!   system temporary directory). Benchmark the disk you will run on.
 //!
@@ -29,6 +30,13 @@
 //!    transfer first. Clients call each group's leader [`Peer`] in this
 //!    process (no client network hop); replication between the nodes is
 //!    over QUIC and every write is fsynced by each node's journal.
+//! 3. `move`: four nodes, one group on the first three, filled with
+//!    `RAFTKIT_BENCH_MOVE_MB` MB of 32 KiB values (snapshots every 1,000
+//!    entries, so the new replica receives a snapshot and then the log);
+//!    then one replica (a follower's) is moved to the fourth node with
+//!    [`MultiNode::move_replica`] (add learner, catch up, joint change,
+//!    leave joint). Prints the move's time, its steps, and the group's
+//!    size divided by the time.
 //!
 //! The machine is shared with other work: figures vary between runs;
 //! compare the ratios of one run.
@@ -355,6 +363,108 @@ async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
     }
 }
 
+/// The `move` cell: the time to move one replica of a group of `mb` MB.
+async fn move_time(base: &std::path::Path, mb: u64) {
+    const VALUE: usize = 32 << 10;
+    let addrs = free_addrs(4);
+    let ca = ClusterCa::generate("multi-bench-move").expect("a CA");
+    let mut nodes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let identity = ca
+            .issue_node(&format!("bkv@{addr}"), &[])
+            .expect("an identity");
+        let node = MultiNode::<Kv>::builder()
+            .listen(addr.clone())
+            .data_dir(base.join(format!("node{i}")))
+            .identity(identity)
+            .snapshot_every(1000)
+            .start()
+            .await
+            .expect("node starts");
+        nodes.push(node);
+    }
+    let g: GroupId = 1;
+    for n in &nodes[..3] {
+        n.create_group(g, &addrs[..3]).await.expect("group starts");
+    }
+    wait_leaders(&nodes, &[g]).await;
+    let writes = (mb << 20) / VALUE as u64;
+    let filled = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (nodes, next) = (nodes.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= writes {
+                        return;
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        let Some(l) = leader_of(&nodes, g) else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        let put = KvWrite::Put {
+                            key: format!("k{i:08}"),
+                            value: vec![(i % 251) as u8; VALUE],
+                        };
+                        match l.write(put).await {
+                            Ok(_) => break,
+                            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            Err(e) => panic!("fill: {e}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let fill = filled.elapsed().as_secs_f64();
+    let bytes = writes * VALUE as u64;
+    println!(
+        "move: filled one group with {writes} values of {} KiB ({:.0} MB) in {fill:.1} s",
+        VALUE >> 10,
+        bytes as f64 / 1e6
+    );
+    let leader_node = nodes[..3]
+        .iter()
+        .find(|n| n.group(g).is_some_and(|p| p.status().role == Role::Leader))
+        .expect("a leader")
+        .clone();
+    let from = nodes[..3]
+        .iter()
+        .find(|n| n.id() != leader_node.id())
+        .expect("a follower")
+        .id();
+    let report = leader_node
+        .move_replica(g, from, &addrs[3])
+        .await
+        .expect("the move");
+    let secs = report.took.as_secs_f64();
+    println!(
+        "move: one replica of a {:.0} MB group moved in {secs:.2} s ({:.1} MB/s); steps: {:?}",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / secs,
+        report
+            .steps
+            .iter()
+            .map(|(s, d)| format!("{s:?} {:.2} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "move: one run on a shared machine (other work competes for its cores and disk): a rough figure, not a median"
+    );
+    for n in &nodes {
+        n.shutdown().await.expect("shutdown");
+    }
+}
+
 fn main() {
     let groups = env("RAFTKIT_BENCH_GROUPS", 1000);
     let secs = env("RAFTKIT_BENCH_SECS", 5);
@@ -379,6 +489,10 @@ fn main() {
         if only.is_empty() || only.contains("idle") {
             let quiesce = env("RAFTKIT_BENCH_QUIESCE", 1) != 0;
             idle(&dir.path().join("idle"), groups, secs, runs, quiesce).await;
+        }
+        if only.is_empty() || only.contains("move") {
+            let mb = env("RAFTKIT_BENCH_MOVE_MB", 100);
+            move_time(&dir.path().join("move"), mb).await;
         }
     });
 }

@@ -33,6 +33,7 @@
 
 use std::collections::BTreeSet;
 
+use super::message::Body;
 use super::progress::Progress;
 use super::raft::{ProposeError, Raft, Role};
 use super::types::{Configuration, Index, NO_NODE, NodeId, Payload};
@@ -185,6 +186,38 @@ impl Raft {
         // one that did not (it was down or cut off) cannot disrupt the
         // cluster either, see `Raft::step`.
         let members = self.conf.members();
+        // One last AppendEntries to each member it removed, carrying the
+        // commit index that covers its removal: a removed node learns that
+        // its removal committed (and may delete its state) instead of
+        // waiting forever on an uncommitted configuration.
+        let removed: Vec<NodeId> = self
+            .progress
+            .keys()
+            .filter(|id| **id != self.id && !members.contains(id))
+            .copied()
+            .collect();
+        for id in removed {
+            // The entries it lacks, as far as its window allows...
+            self.send_append_all(id, false);
+            // ...then an empty AppendEntries after everything sent so far
+            // (its flow control notwithstanding: it is the last message):
+            // it arrives after them and its commit covers the removal.
+            let Some(prev_index) = self.progress.get(&id).map(|p| p.next - 1) else {
+                continue;
+            };
+            if let Some(prev_term) = self.log.term(prev_index) {
+                let commit = self.log.committed();
+                self.send(
+                    id,
+                    Body::AppendEntries {
+                        prev_index,
+                        prev_term,
+                        entries: Vec::new(),
+                        commit,
+                    },
+                );
+            }
+        }
         self.progress.retain(|id, _| members.contains(id));
         if self.conf.is_joint() {
             // Thesis §4.3: once C_old,new commits, the leader appends C_new.

@@ -77,6 +77,77 @@ pub fn plan(me: NodeId, view: &[GroupView]) -> Vec<(GroupId, NodeId)> {
     out
 }
 
+/// One group as the replica balancer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaView {
+    /// The group.
+    pub group: GroupId,
+    /// Whether this node's replica leads it with no change in flight (only
+    /// such groups are moved from here).
+    pub led_here: bool,
+    /// Its voters.
+    pub voters: Vec<NodeId>,
+}
+
+/// A planned replica move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaMove {
+    /// The group.
+    pub group: GroupId,
+    /// The voter that leaves it.
+    pub from: NodeId,
+    /// The node that joins it.
+    pub to: NodeId,
+}
+
+/// The replica moves that even out how many groups each node is a voter
+/// of, over the groups in `view` and the nodes in `nodes` (plus every node
+/// a group lists). Only groups led here are moved (their leader drives the
+/// move, see [`super::moves`]); each move takes a replica from the group's
+/// voter with the most replicas to the node with the fewest that is not a
+/// voter of the group, and only when the source then still has at least
+/// as many as the target: every move narrows the spread, and a layout
+/// where no two nodes differ by more than one plans nothing.
+pub fn plan_replicas(view: &[ReplicaView], nodes: &[NodeId]) -> Vec<ReplicaMove> {
+    let mut counts: BTreeMap<NodeId, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+    for g in view {
+        for v in &g.voters {
+            *counts.entry(*v).or_insert(0) += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for g in view.iter().filter(|g| g.led_here) {
+        let count =
+            |counts: &BTreeMap<NodeId, usize>, n: &NodeId| counts.get(n).copied().unwrap_or(0);
+        let Some(from) = g
+            .voters
+            .iter()
+            .max_by_key(|v| (count(&counts, v), **v))
+            .copied()
+        else {
+            continue;
+        };
+        let Some(to) = counts
+            .keys()
+            .filter(|n| !g.voters.contains(n))
+            .min_by_key(|n| (count(&counts, n), **n))
+            .copied()
+        else {
+            continue;
+        };
+        if count(&counts, &from) > count(&counts, &to) + 1 {
+            out.push(ReplicaMove {
+                group: g.group,
+                from,
+                to,
+            });
+            *counts.entry(from).or_insert(0) -= 1;
+            *counts.entry(to).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +216,69 @@ mod tests {
             assert!(v[g as usize - 1].voters.contains(&t), "group {g} to {t}");
         }
         assert!(plan(3, &v).is_empty(), "node 3 leads nothing to give");
+    }
+
+    fn replica_view(layout: &[Vec<u64>]) -> Vec<ReplicaView> {
+        layout
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ReplicaView {
+                group: i as u64 + 1,
+                led_here: true,
+                voters: v.clone(),
+            })
+            .collect()
+    }
+
+    fn replica_counts(layout: &[Vec<u64>], nodes: &[u64]) -> Vec<usize> {
+        nodes
+            .iter()
+            .map(|n| layout.iter().filter(|v| v.contains(n)).count())
+            .collect()
+    }
+
+    #[test]
+    fn a_new_node_takes_its_share_of_replicas() {
+        let nodes = [1, 2, 3, 4];
+        let mut layout = vec![vec![1, 2, 3]; 8];
+        for _ in 0..20 {
+            let moves = plan_replicas(&replica_view(&layout), &nodes);
+            if moves.is_empty() {
+                break;
+            }
+            for m in moves {
+                let voters = &mut layout[m.group as usize - 1];
+                assert!(voters.contains(&m.from), "{m:?} moves from a non-voter");
+                assert!(!voters.contains(&m.to), "{m:?} moves to a voter");
+                voters.retain(|v| *v != m.from);
+                voters.push(m.to);
+            }
+        }
+        assert_eq!(replica_counts(&layout, &nodes), vec![6, 6, 6, 6]);
+        for v in &layout {
+            assert_eq!(v.len(), 3, "a move keeps the group's size");
+        }
+    }
+
+    #[test]
+    fn a_balanced_replica_layout_plans_nothing() {
+        let layout = vec![vec![1, 2, 3], vec![2, 3, 4], vec![3, 4, 1], vec![4, 1, 2]];
+        assert!(plan_replicas(&replica_view(&layout), &[1, 2, 3, 4]).is_empty());
+        // Off by one is balanced too.
+        let layout = vec![vec![1, 2, 3], vec![2, 3, 4]];
+        assert!(plan_replicas(&replica_view(&layout), &[1, 2, 3, 4]).is_empty());
+    }
+
+    #[test]
+    fn only_groups_led_here_are_moved() {
+        let mut view = replica_view(&[vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3]]);
+        for g in &mut view {
+            g.led_here = false;
+        }
+        assert!(plan_replicas(&view, &[1, 2, 3, 4]).is_empty());
+        view[1].led_here = true;
+        let moves = plan_replicas(&view, &[1, 2, 3, 4]);
+        assert_eq!(moves.len(), 1);
+        assert_eq!((moves[0].group, moves[0].to), (2, 4));
     }
 }

@@ -10,8 +10,11 @@
 //!
 //! Invariants:
 //! - the links the QUIC transport keeps are the union of the peers every
-//!   group's configuration lists: a group that forgets a node does not cut
-//!   another group's link to it;
+//!   group's configuration lists, and of the nodes a group's configuration
+//!   dropped less than [`LINGER`] ago: a group that forgets a node does not
+//!   cut another group's link to it, nor at once its own (the removed node
+//!   must still hear that its removal committed, and a removed leader must
+//!   still hear the acknowledgements that commit it);
 //! - the demultiplexer never waits for one group: a message for a full
 //!   inbox, or for a group this node does not host, is dropped and counted
 //!   (Raft tolerates lost messages); a slow group never stalls the others.
@@ -19,17 +22,31 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::trace;
 
 use super::GroupId;
 use crate::core::{Message, NodeId};
 use crate::transport::{GroupInbound, QuicTransport, Transport};
 
+/// How long a link to a node a group's configuration dropped is kept
+/// (unless another group lists it): the messages that tell a removed
+/// member, or a removed leader, that its removal committed still travel on
+/// it (see [`super::hosting`]).
+pub(crate) const LINGER: Duration = Duration::from_secs(10);
+
+/// Where messages that may start a replica of a group go.
+pub(crate) type Hoster = mpsc::Sender<(GroupId, Message)>;
+
 struct Hosted {
     inbox: mpsc::Sender<Message>,
     peers: BTreeMap<NodeId, String>,
+    /// Nodes the group's configuration dropped, kept linked for [`LINGER`]
+    /// since the moment they were dropped.
+    departed: BTreeMap<NodeId, (String, Instant)>,
 }
 
 /// The groups' view of one node's QUIC transport.
@@ -38,6 +55,9 @@ pub(crate) struct Links {
     groups: Mutex<HashMap<GroupId, Hosted>>,
     /// Inbound messages dropped: unknown group or full inbox.
     dropped: AtomicU64,
+    /// This node and where a leader's message for a group not hosted
+    /// here goes ([`super::hosting`]).
+    on_demand: Mutex<Option<(NodeId, Hoster)>>,
 }
 
 impl Links {
@@ -46,6 +66,7 @@ impl Links {
             quic,
             groups: Mutex::new(HashMap::new()),
             dropped: AtomicU64::new(0),
+            on_demand: Mutex::new(None),
         })
     }
 
@@ -60,6 +81,7 @@ impl Links {
             Hosted {
                 inbox,
                 peers: BTreeMap::new(),
+                departed: BTreeMap::new(),
             },
         );
     }
@@ -69,6 +91,20 @@ impl Links {
         let mut groups = self.groups();
         groups.remove(&group);
         self.quic.set_peers(union(&groups));
+    }
+
+    /// Drops the links to departed nodes (see [`LINGER`]) kept long enough.
+    pub(crate) fn prune_departed(&self) {
+        let mut groups = self.groups();
+        let mut changed = false;
+        for h in groups.values_mut() {
+            let before = h.departed.len();
+            h.departed.retain(|_, (_, at)| at.elapsed() < LINGER);
+            changed |= h.departed.len() != before;
+        }
+        if changed {
+            self.quic.set_peers(union(&groups));
+        }
     }
 
     /// The nodes some hosted group lists.
@@ -86,18 +122,44 @@ impl Links {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Sends the messages that may start a replica of a group not hosted
+    /// here (see [`super::hosting::may_host`]) to `tx`, node `me`'s hoster.
+    pub(crate) fn host_on_demand(&self, me: NodeId, tx: Hoster) {
+        if let Ok(mut d) = self.on_demand.lock() {
+            *d = Some((me, tx));
+        }
+    }
+
     /// Hands an inbound message to its group.
-    fn deliver(&self, group: GroupId, msg: Message) {
+    pub(crate) fn deliver(&self, group: GroupId, msg: Message) {
         let groups = self.groups();
-        let delivered = groups
-            .get(&group)
-            .is_some_and(|h| h.inbox.try_send(msg).is_ok());
+        let delivered = match groups.get(&group) {
+            Some(h) => h.inbox.try_send(msg).is_ok(),
+            None => {
+                drop(groups);
+                self.offer_to_host(group, msg)
+            }
+        };
         if !delivered {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             trace!(
                 group,
                 "message for a group not hosted here or with a full inbox; dropped"
             );
+        }
+    }
+
+    /// Hands a message for a group not hosted here to the hoster, if it is
+    /// one that may start a replica. Whether it was taken.
+    fn offer_to_host(&self, group: GroupId, msg: Message) -> bool {
+        let Ok(d) = self.on_demand.lock() else {
+            return false;
+        };
+        match &*d {
+            Some((me, tx)) if super::hosting::may_host(*me, &msg) => {
+                tx.try_send((group, msg)).is_ok()
+            }
+            _ => false,
         }
     }
 
@@ -113,7 +175,12 @@ impl Links {
 fn union(groups: &HashMap<GroupId, Hosted>) -> BTreeMap<NodeId, String> {
     groups
         .values()
-        .flat_map(|h| h.peers.iter().map(|(id, addr)| (*id, addr.clone())))
+        .flat_map(|h| {
+            h.peers
+                .iter()
+                .chain(h.departed.iter().map(|(id, (addr, _))| (id, addr)))
+                .map(|(id, addr)| (*id, addr.clone()))
+        })
         .collect()
 }
 
@@ -155,6 +222,14 @@ impl Transport for GroupLink {
             if h.peers == peers {
                 return;
             }
+            let now = Instant::now();
+            for (id, addr) in &h.peers {
+                if !peers.contains_key(id) {
+                    h.departed.insert(*id, (addr.clone(), now));
+                }
+            }
+            h.departed
+                .retain(|id, (_, at)| !peers.contains_key(id) && at.elapsed() < LINGER);
             h.peers = peers;
         }
         self.links.quic.set_peers(union(&groups));

@@ -52,8 +52,9 @@
 //!
 //! - The journal keeps each group's live log in memory (its snapshots
 //!   keep it short).
-//! - Replica movement is not built yet; leaders are spread by [`balance`]
-//!   (on demand or periodically).
+//! - Leaders are spread by [`balance`] (on demand or periodically),
+//!   replicas are moved by [`moves`] (a node hosts a moved replica on
+//!   demand, see [`hosting`]).
 //!
 //! # Sharding
 //!
@@ -64,14 +65,18 @@
 //! [`ShardedClient`](crate::client::ShardedClient).
 
 pub mod balance;
+pub mod hosting;
 pub mod journal;
 mod links;
+pub mod moves;
 mod node;
 pub mod placement;
 pub mod quiesce;
 pub mod service;
 
+pub use hosting::HostingPolicy;
 pub use journal::{GroupLog, GroupSink, Journal, JournalOptions, JournalStats};
+pub use moves::{MoveError, MoveOptions, MoveReport, MoveStep};
 pub use node::{MultiNode, MultiNodeBuilder};
 pub use placement::{Placement, ShardKey};
 

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use super::GroupId;
+use super::hosting::{HostingPolicy, Retire, Tombstones, retire_reason};
 use super::journal::{Journal, JournalOptions, JournalStats};
 use super::links::{Links, demultiplex};
 use super::placement::{PLACEMENT_GROUP, PlacementGroup};
@@ -44,6 +45,8 @@ pub struct MultiNodeBuilder<S> {
     quiesce: bool,
     worker_threads: usize,
     balance_every: Option<Duration>,
+    hosting: HostingPolicy,
+    replicas_every: Option<Duration>,
     _sm: std::marker::PhantomData<fn() -> S>,
 }
 
@@ -61,6 +64,28 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
     /// [`balance`](super::balance) and [`MultiNode::balance_leaders`]).
     pub fn balance_leaders(mut self, every: Option<Duration>) -> Self {
         self.balance_every = every;
+        self
+    }
+
+    /// Whether a leader's message for a group this node does not host
+    /// starts an empty replica of it (default on; see
+    /// [`hosting`](super::hosting)).
+    pub fn host_on_demand(mut self, on: bool) -> Self {
+        self.hosting.on_demand = on;
+        self
+    }
+
+    /// The whole hosting policy (limits of hosting on demand, orphan and
+    /// quarantine times; see [`hosting`](super::hosting)).
+    pub fn hosting_policy(mut self, policy: HostingPolicy) -> Self {
+        self.hosting = policy;
+        self
+    }
+
+    /// Runs the replica-count balancer every `every` (default: off; see
+    /// [`MultiNode::balance_replicas`]).
+    pub fn balance_replicas(mut self, every: Option<Duration>) -> Self {
+        self.replicas_every = every;
         self
     }
 
@@ -175,6 +200,9 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             }
         };
         let links = Links::new(quic.clone());
+        let (host_tx, host_rx) = mpsc::channel(64);
+        links.host_on_demand(node_id(&name), host_tx);
+        super::hosting::sweep(&*self.fs, &dir, &journal.groups());
         let pool = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.worker_threads)
             .thread_name("raftkit-groups")
@@ -200,8 +228,13 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 pool: Pool(Some(pool)),
                 groups: Mutex::new(BTreeMap::new()),
                 placement: Mutex::new(None),
+                hosting: self.hosting,
+                tombstones: Mutex::new(Default::default()),
+                tasks: Mutex::new(Vec::new()),
+                known: Mutex::new(Vec::new()),
             }),
         };
+        node.start_hosting(host_rx, self.replicas_every);
         if self.quiesce {
             let timing = Timing {
                 interval: self.tick * HEARTBEAT_TICKS,
@@ -268,6 +301,14 @@ pub(super) struct Inner<S> {
     groups: Mutex<BTreeMap<GroupId, Hosted<S>>>,
     /// The replica of the placement group ([`PLACEMENT_GROUP`]), if hosted.
     placement: Mutex<Option<Peer<PlacementGroup<S>>>>,
+    /// Hosting on demand and retiring removed replicas ([`super::hosting`]).
+    hosting: HostingPolicy,
+    tombstones: Mutex<Tombstones>,
+    /// The hosting, retiring and replica-balancing tasks.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Nodes the replica balancer may place replicas on, beyond those the
+    /// groups list (advertised addresses).
+    known: Mutex<Vec<String>>,
 }
 
 /// The runtime of the groups' workers (dropped without waiting: dropping
@@ -286,6 +327,8 @@ impl Drop for Pool {
 struct Hosted<S> {
     peer: Peer<S>,
     gate: Arc<TickGate>,
+    /// When this node started hosting it (for [`super::hosting`]'s orphans).
+    since: tokio::time::Instant,
 }
 
 impl<S> Inner<S> {
@@ -353,6 +396,8 @@ impl<S: PeerExt> MultiNode<S> {
             quiesce: true,
             worker_threads: 2,
             balance_every: None,
+            hosting: HostingPolicy::default(),
+            replicas_every: None,
             _sm: std::marker::PhantomData,
         }
     }
@@ -483,6 +528,7 @@ impl<S: PeerExt> MultiNode<S> {
             Hosted {
                 peer: peer.clone(),
                 gate,
+                since: tokio::time::Instant::now(),
             },
         );
         Ok(peer)
@@ -549,6 +595,15 @@ impl<S: PeerExt> MultiNode<S> {
             if let Some(task) = task.lock().ok().and_then(|mut t| t.take()) {
                 task.abort();
             }
+        }
+        for task in self
+            .inner
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
+        {
+            task.abort();
         }
         let hosted = std::mem::take(&mut *self.inner.groups());
         let mut first = Ok(());
@@ -630,5 +685,154 @@ impl<S: PeerExt> MultiNode<S> {
     /// The node behind a [`MultiNode::downgrade`] handle, while it lives.
     pub(super) fn upgrade(weak: &std::sync::Weak<Inner<S>>) -> Option<MultiNode<S>> {
         weak.upgrade().map(|inner| MultiNode { inner })
+    }
+}
+
+/// Hosting on demand and retiring removed replicas (see [`super::hosting`]).
+impl<S: PeerExt> MultiNode<S> {
+    fn start_hosting(
+        &self,
+        mut host_rx: mpsc::Receiver<(GroupId, crate::core::Message)>,
+        replicas_every: Option<Duration>,
+    ) {
+        let weak = Arc::downgrade(&self.inner);
+        let hoster = tokio::spawn(async move {
+            while let Some((group, msg)) = host_rx.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                MultiNode { inner }.host_on_demand(group, msg).await;
+            }
+        });
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.tick * ELECTION_TICKS;
+        let retirer = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.links.prune_departed();
+                MultiNode { inner }.retire_removed().await;
+            }
+        });
+        let mut tasks = vec![hoster, retirer];
+        if let Some(every) = replicas_every {
+            let weak = Arc::downgrade(&self.inner);
+            tasks.push(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let node = MultiNode { inner };
+                    if let Err(e) = node.balance_replicas().await {
+                        tracing::debug!(node = %node.name(), error = %e, "replica balancing round failed");
+                    }
+                }
+            }));
+        }
+        if let Ok(mut t) = self.inner.tasks.lock() {
+            t.extend(tasks);
+        }
+    }
+
+    /// Tells the replica balancer about nodes (advertised addresses) it may
+    /// place replicas on besides those the node's groups list: a new node
+    /// hosts nothing, so no group lists it yet.
+    pub fn set_known_nodes(&self, addrs: Vec<String>) {
+        if let Ok(mut k) = self.inner.known.lock() {
+            *k = addrs;
+        }
+    }
+
+    /// The nodes given to [`set_known_nodes`](Self::set_known_nodes).
+    pub fn known_nodes(&self) -> Vec<String> {
+        self.inner
+            .known
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default()
+    }
+
+    /// Starts an empty replica of `group` on a leader's message for it (if
+    /// the policy allows), then hands it the message.
+    async fn host_on_demand(&self, group: GroupId, msg: crate::core::Message) {
+        let inner = &self.inner;
+        if self.group(group).is_none() {
+            let policy = &inner.hosting;
+            let quarantined = inner
+                .tombstones
+                .lock()
+                .map(|mut t| t.quarantined(group, policy.quarantine))
+                .unwrap_or(true);
+            let full = inner.groups().len() >= policy.max_groups;
+            if !policy.on_demand || quarantined || full {
+                tracing::debug!(
+                    group,
+                    from = msg.from,
+                    quarantined,
+                    full,
+                    "not hosting a group on demand"
+                );
+                return;
+            }
+            if let Err(e) = inner.journal.create_group(group) {
+                tracing::warn!(group, error = %e, "cannot record a group hosted on demand");
+                return;
+            }
+            match self.start_group(group, None).await {
+                Ok(_) => info!(
+                    group,
+                    from = msg.from,
+                    term = msg.term,
+                    "hosting an empty replica on demand"
+                ),
+                Err(e) => {
+                    tracing::warn!(group, error = %e, "cannot start a replica on demand");
+                    return;
+                }
+            }
+        }
+        inner.links.deliver(group, msg);
+    }
+
+    /// Retires every replica that a committed configuration removed, and
+    /// every orphan (see [`super::hosting`]).
+    async fn retire_removed(&self) {
+        let me = self.id();
+        let due: Vec<(GroupId, Retire)> = self
+            .inner
+            .groups()
+            .iter()
+            .filter_map(|(g, h)| {
+                let w = h.peer.watch();
+                let st = w.borrow();
+                retire_reason(me, &st, h.since.elapsed(), &self.inner.hosting).map(|r| (*g, r))
+            })
+            .collect();
+        for (group, reason) in due {
+            if let Err(e) = self.retire(group, reason).await {
+                tracing::warn!(group, error = %e, "cannot retire a removed replica");
+            }
+        }
+    }
+
+    /// Stops `group`'s replica here and deletes its state: the journal's
+    /// removal record first (durable), then its snapshot files.
+    async fn retire(&self, group: GroupId, reason: Retire) -> Result<(), Error> {
+        let Some(h) = self.inner.groups().remove(&group) else {
+            return Ok(());
+        };
+        let stopped = h.peer.shutdown().await;
+        self.inner.links.unregister(group);
+        if let Ok(mut t) = self.inner.tombstones.lock() {
+            t.bury(group);
+        }
+        self.inner
+            .journal
+            .remove_group(group)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        super::hosting::delete_group_files(&*self.inner.fs, &self.inner.dir, group);
+        info!(group, ?reason, node = %self.inner.name, "replica retired and its state deleted");
+        stopped
     }
 }

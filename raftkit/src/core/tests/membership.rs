@@ -408,6 +408,49 @@ fn a_removed_node_learns_of_its_removal_and_stops_campaigning() {
     assert_eq!(c.node(1).term(), term);
 }
 
+/// When C_new commits without the removed member's acknowledgement, the
+/// leader still sends that member one last AppendEntries whose commit
+/// covers C_new: the removed node learns that its removal committed (a
+/// multi-group node deletes its replica then, see `multi::hosting`), not
+/// merely that it was proposed.
+#[test]
+fn a_removed_node_is_told_that_its_removal_committed() {
+    let mut r = Raft::new(
+        config(1),
+        Restored::bootstrap(Configuration::new([1, 2, 3, 4])),
+    )
+    .expect("config");
+    make_settled_leader(&mut r);
+    let joint = r
+        .propose_config(Configuration::new([1, 2, 3]))
+        .expect("change");
+    flush(&mut r);
+    let term = r.term();
+    step(&mut r, append_ok(2, 1, term, joint));
+    step(&mut r, append_ok(3, 1, term, joint));
+    let c_new = r.log().last_index();
+    assert_eq!(r.config(), &Configuration::new([1, 2, 3]));
+    // Node 4 never acknowledged C_new; node 2's acknowledgement (with the
+    // leader's own) commits it.
+    let out = step(&mut r, append_ok(2, 1, term, c_new));
+    assert_eq!(r.log().committed(), c_new);
+    let told = out.all().into_iter().any(|m| {
+        m.to == 4
+            && matches!(m.body, Body::AppendEntries { prev_index, commit, .. }
+                if prev_index >= c_new && commit >= c_new)
+    });
+    assert!(
+        told,
+        "node 4 was not told that C_new committed: {:?}",
+        out.all()
+    );
+    // Afterwards the leader sends it nothing more.
+    for _ in 0..2 * T {
+        r.tick();
+    }
+    assert!(flush(&mut r).all().iter().all(|m| m.to != 4));
+}
+
 /// A removed node that did not learn of its removal (it was cut off when
 /// C_new committed) campaigns, but nobody listens: followers and the leader
 /// ignore vote requests from nodes outside their configuration — with or

@@ -1,0 +1,313 @@
+//! Hosting a group's replica on demand, and retiring a removed one.
+//!
+//! A replica move ([`moves`](super::moves)) adds a node that does not host
+//! the group yet as a learner of it. That node learns of the group from the
+//! group's leader: the first **AppendEntries or InstallSnapshot** of a group
+//! (or heartbeat) it does not host, arriving on a peer link, makes it start an *empty*
+//! replica of the group (no configuration, no log: the state a single-group
+//! peer joining a cluster starts in), which then catches up by the log or a
+//! snapshot like any learner. Other messages (votes, responses, heartbeats
+//! of a coalesced beat) never create a group.
+//!
+//! # Trust (DESIGN §5, issue 11)
+//!
+//! Peer links are mutual TLS with `node` certificates of the cluster's CA,
+//! and a message's sender is the node its certificate names: a stranger
+//! (no certificate, or a `client`/`admin` one) cannot reach this code at
+//! all. A node certificate already lets its holder append entries to the
+//! groups it shares; hosting on demand lets it also start an empty,
+//! non-voting replica, which is bounded:
+//! - at most [`HostingPolicy::max_groups`] groups per node (hostile input
+//!   never grows memory without a bound);
+//! - an empty replica never campaigns (it has no configuration), and one
+//!   that received no configuration within [`HostingPolicy::orphan_after`]
+//!   is removed again;
+//! - a group this node just removed is not re-created for
+//!   [`HostingPolicy::quarantine`], so late messages of the old
+//!   configuration cannot resurrect it;
+//! - it can be switched off ([`MultiNodeBuilder::host_on_demand`](super::MultiNodeBuilder::host_on_demand)).
+//!
+//! # Retiring a removed replica
+//!
+//! A node whose replica of a group sees a configuration without itself
+//! that is **committed** (its commit index covers the configuration's
+//! index, and it is not joint) has been removed (thesis §4.2.2): the node
+//! stops the replica, writes the group's removal to the journal (durable),
+//! then deletes the group's snapshot directory. The core sends a removed
+//! member one last AppendEntries when its removal commits, so that it
+//! learns of the commit. Crash safety:
+//! - a crash before the removal record leaves the group in the journal;
+//!   the restarted replica holds the committed configuration without
+//!   itself, never campaigns (the core's rule for non-voters), and is
+//!   retired again by the same check;
+//! - a crash after it leaves at most an orphan snapshot directory, which
+//!   the next start deletes ([`MultiNodeBuilder::start`](super::MultiNodeBuilder::start)
+//!   sweeps `groups/<id>` directories of groups the journal does not hold).
+//!
+//! A replica is never deleted while its configuration is uncommitted: if
+//! the removal were rolled back, the replica would again be a voter whose
+//! log may be needed for a quorum.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::GroupId;
+use crate::core::{Body, Message, NodeId};
+use crate::runtime::PeerStatus;
+use crate::storage::vfs::Vfs;
+
+/// How a node hosts groups on demand (see the [module documentation](self)).
+#[derive(Clone, Debug)]
+pub struct HostingPolicy {
+    /// Whether a leader's message for an unknown group starts a replica.
+    pub on_demand: bool,
+    /// The most groups the node hosts; beyond it no replica is started on
+    /// demand (groups created explicitly are not limited).
+    pub max_groups: usize,
+    /// How long a replica started on demand may stay without any
+    /// configuration before it is removed.
+    pub orphan_after: Duration,
+    /// How long after removing a group's replica the node refuses to host
+    /// it again on demand.
+    pub quarantine: Duration,
+}
+
+impl Default for HostingPolicy {
+    fn default() -> Self {
+        HostingPolicy {
+            on_demand: true,
+            max_groups: 100_000,
+            orphan_after: Duration::from_secs(30),
+            quarantine: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Whether `msg` is one that may start a replica of its group here: a
+/// leader's AppendEntries, InstallSnapshot or heartbeat addressed to this
+/// node.
+pub(crate) fn may_host(me: NodeId, msg: &Message) -> bool {
+    msg.to == me
+        && msg.term > 0
+        && matches!(
+            msg.body,
+            Body::AppendEntries { .. } | Body::InstallSnapshot { .. } | Body::Heartbeat { .. }
+        )
+}
+
+/// Why a hosted replica should be retired, if it should.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retire {
+    /// A committed configuration no longer lists this node.
+    Removed,
+    /// A replica with no configuration, log or snapshot outlived
+    /// [`HostingPolicy::orphan_after`].
+    Orphan,
+}
+
+/// Whether the replica whose status is `st` on node `me`, hosted for
+/// `hosted_for`, should be retired.
+pub(crate) fn retire_reason(
+    me: NodeId,
+    st: &PeerStatus,
+    hosted_for: Duration,
+    policy: &HostingPolicy,
+) -> Option<Retire> {
+    if st.fatal.is_some() {
+        return None; // a failed node keeps its state for inspection
+    }
+    if st.config_index == 0 {
+        let empty = st.last_index == 0 && st.snapshot_index == 0 && st.members.is_empty();
+        return (empty && hosted_for >= policy.orphan_after).then_some(Retire::Orphan);
+    }
+    let listed = st.members.iter().any(|m| m.id == me);
+    (!listed && !st.joint && st.commit >= st.config_index).then_some(Retire::Removed)
+}
+
+/// Groups removed recently, refused on demand for the quarantine.
+#[derive(Debug, Default)]
+pub(crate) struct Tombstones {
+    removed: HashMap<GroupId, Instant>,
+}
+
+impl Tombstones {
+    /// Records that `group` was removed now.
+    pub(crate) fn bury(&mut self, group: GroupId) {
+        self.removed.insert(group, Instant::now());
+    }
+
+    /// Whether `group` was removed less than `quarantine` ago (forgets
+    /// tombstones that expired).
+    pub(crate) fn quarantined(&mut self, group: GroupId, quarantine: Duration) -> bool {
+        self.removed.retain(|_, at| at.elapsed() < quarantine);
+        self.removed.contains_key(&group)
+    }
+}
+
+/// The directory of `group`'s files under a node's data directory.
+fn group_dir(dir: &Path, group: GroupId) -> PathBuf {
+    dir.join("groups").join(group.to_string())
+}
+
+/// Deletes the snapshot files of `group` (after its removal from the
+/// journal). Failures are logged: a leftover file is swept at the next
+/// start.
+pub(crate) fn delete_group_files(fs: &dyn Vfs, dir: &Path, group: GroupId) {
+    let snaps = group_dir(dir, group).join("snapshots");
+    let Ok(names) = fs.list_dir(&snaps) else {
+        return;
+    };
+    for name in names {
+        let path = snaps.join(&name);
+        if fs.is_dir(&path) {
+            continue;
+        }
+        if let Err(e) = fs.remove_file(&path) {
+            warn!(group, path = %path.display(), error = %e, "cannot delete a removed group's file");
+        }
+    }
+    if let Err(e) = fs.sync_dir(&snaps) {
+        warn!(group, error = %e, "cannot sync a removed group's directory");
+    }
+}
+
+/// Deletes the files of every group directory whose group the journal
+/// does not hold (left by a crash between a removal record and the
+/// deletion of the files).
+pub(crate) fn sweep(fs: &dyn Vfs, dir: &Path, held: &[GroupId]) {
+    let Ok(names) = fs.list_dir(&dir.join("groups")) else {
+        return;
+    };
+    for name in names {
+        let Ok(group) = name.parse::<GroupId>() else {
+            continue;
+        };
+        if !held.contains(&group) {
+            info!(
+                group,
+                "deleting the files of a group removed before a crash"
+            );
+            delete_group_files(fs, dir, group);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Role;
+    use crate::runtime::MemberStatus;
+
+    fn status(members: &[(NodeId, bool)], config_index: u64, commit: u64) -> PeerStatus {
+        let mut st = PeerStatus {
+            id: 1,
+            role: Role::Follower,
+            ..Default::default()
+        };
+        st.members = members
+            .iter()
+            .map(|(id, voter)| MemberStatus {
+                id: *id,
+                addr: None,
+                voter: *voter,
+                matched: None,
+                next: None,
+            })
+            .collect();
+        st.config_index = config_index;
+        st.commit = commit;
+        st.last_index = commit.max(config_index);
+        st
+    }
+
+    #[test]
+    fn only_a_committed_configuration_without_me_retires_a_replica() {
+        let p = HostingPolicy::default();
+        let me = 7;
+        let t = Duration::ZERO;
+        // Still a voter or learner: kept.
+        assert_eq!(
+            retire_reason(me, &status(&[(1, true), (7, true)], 5, 9), t, &p),
+            None
+        );
+        assert_eq!(
+            retire_reason(me, &status(&[(1, true), (7, false)], 5, 9), t, &p),
+            None
+        );
+        // Removed, but the removal is not known committed: kept (it may be
+        // rolled back and this replica's log needed).
+        assert_eq!(retire_reason(me, &status(&[(1, true)], 5, 4), t, &p), None);
+        // Joint: kept until the joint configuration is left.
+        let mut joint = status(&[(1, true)], 5, 9);
+        joint.joint = true;
+        assert_eq!(retire_reason(me, &joint, t, &p), None);
+        // Removed and committed: retired.
+        assert_eq!(
+            retire_reason(me, &status(&[(1, true)], 5, 5), t, &p),
+            Some(Retire::Removed)
+        );
+        // A failed node keeps its state.
+        let mut failed = status(&[(1, true)], 5, 5);
+        failed.fatal = Some("disk".into());
+        assert_eq!(retire_reason(me, &failed, t, &p), None);
+    }
+
+    #[test]
+    fn an_empty_replica_is_an_orphan_only_after_the_timeout() {
+        let p = HostingPolicy::default();
+        let empty = status(&[], 0, 0);
+        assert_eq!(retire_reason(7, &empty, Duration::from_secs(1), &p), None);
+        assert_eq!(
+            retire_reason(7, &empty, p.orphan_after, &p),
+            Some(Retire::Orphan)
+        );
+        // One that received entries (but no configuration yet) is kept.
+        let mut fed = empty.clone();
+        fed.last_index = 3;
+        assert_eq!(retire_reason(7, &fed, p.orphan_after, &p), None);
+    }
+
+    #[test]
+    fn only_a_leaders_append_or_snapshot_to_me_may_host() {
+        let msg = |to, term, body| Message {
+            from: 1,
+            to,
+            term,
+            body,
+        };
+        let append = Body::AppendEntries {
+            prev_index: 0,
+            prev_term: 0,
+            entries: Vec::new(),
+            commit: 0,
+        };
+        assert!(may_host(7, &msg(7, 3, append.clone())));
+        assert!(
+            !may_host(7, &msg(8, 3, append.clone())),
+            "not addressed to me"
+        );
+        assert!(!may_host(7, &msg(7, 0, append)), "term 0");
+        let vote = Body::RequestVote {
+            last_index: 9,
+            last_term: 3,
+            pre_vote: false,
+            transfer: false,
+        };
+        assert!(!may_host(7, &msg(7, 3, vote)));
+    }
+
+    #[test]
+    fn a_removed_group_is_quarantined_then_forgotten() {
+        let mut t = Tombstones::default();
+        assert!(!t.quarantined(5, Duration::from_secs(60)));
+        t.bury(5);
+        assert!(t.quarantined(5, Duration::from_secs(60)));
+        assert!(!t.quarantined(6, Duration::from_secs(60)));
+        assert!(!t.quarantined(5, Duration::ZERO));
+        assert!(t.removed.is_empty());
+    }
+}

@@ -1,0 +1,497 @@
+//! Moving a group's replica from one node to another, and balancing the
+//! number of replicas per node.
+//!
+//! [`MultiNode::move_replica`] runs on the node whose replica **leads** the
+//! group and takes these steps, each logged (a `tracing` event with the
+//! group, the nodes and the step's duration):
+//!
+//! 1. **add learner** ([`MoveStep::AddLearner`]): the target node joins the
+//!    configuration as a learner (Raft thesis §4.2.1); it does not host
+//!    the group yet and starts an empty replica on the leader's first
+//!    message ([`hosting`](super::hosting));
+//! 2. **catch up** ([`MoveStep::CatchUp`]): wait until the learner's match
+//!    index is within [`MoveOptions::catch_up_lag`] entries of the
+//!    leader's last index (by the log, or a snapshot once the log behind it
+//!    is compacted), so that adding it as a voter does not stall commits;
+//! 3. **joint change** ([`MoveStep::JointChange`]): one configuration
+//!    change replaces the leaving voter by the target (thesis §4.3: the
+//!    joint configuration `C_old,new` needs majorities of both sets) and
+//!    waits until it commits;
+//! 4. **leave joint** ([`MoveStep::LeaveJoint`]): the core appends `C_new`
+//!    by itself once `C_old,new` commits; wait until `C_new` commits. The
+//!    leaving node's replica then retires (its state is deleted, see
+//!    [`hosting`](super::hosting)).
+//!
+//! If the leaving node is the leader (the mover itself), it manages the
+//! change while not counting itself in `C_new` and steps down once `C_new`
+//! commits (thesis §4.2.2); the new voters then elect a leader. It does
+//! not transfer leadership first: the move is driven by the leader's node,
+//! which has no handle on another node's replica to finish it from there.
+//!
+//! # Resuming and aborting
+//!
+//! Every step reads the configuration in force first, so calling
+//! `move_replica` again after a failure (on the current leader) resumes
+//! where the configuration stands: a learner already added is not added
+//! again, a change in flight is waited for, a finished move reports
+//! [`MoveReport::already_done`]. A failure says which step failed and what
+//! state it leaves ([`MoveError::Step`]). Until the joint change is
+//! proposed a move can be abandoned with [`MultiNode::abort_move`], which
+//! removes the learner; after it, the move can only be reversed by moving
+//! the replica back.
+//!
+//! # Replica balancing
+//!
+//! [`MultiNode::balance_replicas`] runs [`balance::plan_replicas`](super::balance::plan_replicas)
+//! over the groups this node leads and carries out at most one move per
+//! round.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::info;
+
+use super::balance::{ReplicaView, plan_replicas};
+use super::{GroupId, MultiNode};
+use crate::core::{Configuration, NodeId, Role};
+use crate::error::{Applied, Error};
+use crate::runtime::{Peer, PeerExt, PeerStatus};
+
+/// How a move waits for its steps.
+#[derive(Clone, Debug)]
+pub struct MoveOptions {
+    /// The learner is caught up once its match index is at most this many
+    /// entries behind the leader's last index.
+    pub catch_up_lag: u64,
+    /// How long the learner may take to catch up.
+    pub catch_up_timeout: Duration,
+    /// How long each configuration change may take to commit.
+    pub step_timeout: Duration,
+}
+
+impl Default for MoveOptions {
+    fn default() -> Self {
+        MoveOptions {
+            catch_up_lag: 64,
+            catch_up_timeout: Duration::from_secs(120),
+            step_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A step of a replica move (see the [module documentation](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MoveStep {
+    /// Waiting for an earlier configuration change to finish.
+    Settle,
+    /// Adding the target as a learner.
+    AddLearner,
+    /// Waiting for the learner to catch up.
+    CatchUp,
+    /// The joint configuration replacing the leaving voter by the target.
+    JointChange,
+    /// Leaving the joint configuration (`C_new` commits).
+    LeaveJoint,
+}
+
+/// What a finished move did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoveReport {
+    /// The group.
+    pub group: GroupId,
+    /// The node that left the group.
+    pub from: NodeId,
+    /// The node that joined it.
+    pub to: NodeId,
+    /// Each step taken, with how long it took.
+    pub steps: Vec<(MoveStep, Duration)>,
+    /// The whole move's duration.
+    pub took: Duration,
+    /// The leaving node was the leader: it stepped down once `C_new`
+    /// committed, and the group elects a new leader among its voters.
+    pub leader_left: bool,
+    /// The configuration already had the target and not the leaving node:
+    /// nothing was done.
+    pub already_done: bool,
+}
+
+/// Why a move failed, and what state it leaves.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoveError {
+    /// This node hosts no replica of the group.
+    #[error("group {group} is not hosted on this node")]
+    NotHosted {
+        /// The group.
+        group: GroupId,
+    },
+    /// This node's replica does not lead the group: call the leader's node.
+    #[error("this node does not lead group {group} (leader: {hint:?}); nothing was changed")]
+    NotLeader {
+        /// The group.
+        group: GroupId,
+        /// The leader's address, if known.
+        hint: Option<String>,
+    },
+    /// The move makes no sense for the configuration in force.
+    #[error("cannot move a replica of group {group}: {reason}; nothing was changed")]
+    Invalid {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        reason: String,
+    },
+    /// A step failed.
+    #[error("moving a replica of group {group}: step {step:?} failed: {source}; {leaves}")]
+    Step {
+        /// The group.
+        group: GroupId,
+        /// The step that failed.
+        step: MoveStep,
+        /// The state the group is left in, and how to go on.
+        leaves: String,
+        /// The cause.
+        #[source]
+        source: Error,
+    },
+}
+
+impl MoveError {
+    /// Whether the move changed the group's configuration: `No` for a move
+    /// refused before its first change, `Maybe` when the step that failed
+    /// was the first change (it may be in the log), `Yes` when a change
+    /// committed before the failure (see [`MoveError::Step::leaves`]).
+    pub fn applied(&self) -> Applied {
+        match self {
+            MoveError::NotHosted { .. }
+            | MoveError::NotLeader { .. }
+            | MoveError::Invalid { .. } => Applied::No,
+            MoveError::Step { step, .. } => match step {
+                MoveStep::Settle => Applied::No,
+                MoveStep::AddLearner => Applied::Maybe,
+                MoveStep::CatchUp | MoveStep::JointChange | MoveStep::LeaveJoint => Applied::Yes,
+            },
+        }
+    }
+
+    /// Whether calling the move again (on the group's current leader) may
+    /// succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, MoveError::NotLeader { .. } | MoveError::Step { .. })
+    }
+}
+
+/// What a failed step leaves.
+fn leaves(step: MoveStep, to: &str) -> String {
+    match step {
+        MoveStep::Settle => {
+            "an earlier configuration change is still in flight; nothing was changed".into()
+        }
+        MoveStep::AddLearner => format!(
+            "{to} may have been added as a learner; move_replica again resumes, abort_move removes it"
+        ),
+        MoveStep::CatchUp => format!(
+            "{to} is a learner (it does not vote); move_replica again resumes, abort_move removes it"
+        ),
+        MoveStep::JointChange => format!(
+            "the joint configuration adding {to} may be in the log; once it commits the core leaves it by itself; move_replica again resumes"
+        ),
+        MoveStep::LeaveJoint => format!(
+            "the joint configuration adding {to} committed; the core completes the change by itself; move_replica again reports when it is done"
+        ),
+    }
+}
+
+fn is_member(st: &PeerStatus, id: NodeId) -> bool {
+    st.members.iter().any(|m| m.id == id)
+}
+
+fn is_voter(st: &PeerStatus, id: NodeId) -> bool {
+    st.members.iter().any(|m| m.id == id && m.voter)
+}
+
+/// The configuration in force, as the status lists it (not joint).
+fn config_of(st: &PeerStatus) -> Configuration {
+    let mut conf = Configuration::default();
+    for m in &st.members {
+        if m.voter {
+            conf.voters.insert(m.id);
+        } else {
+            conf.learners.insert(m.id);
+        }
+        if let Some(a) = &m.addr {
+            conf.addrs.insert(m.id, a.clone());
+        }
+    }
+    conf
+}
+
+/// Whether the configuration in force is committed and not joint.
+fn settled(st: &PeerStatus) -> bool {
+    !st.joint && st.commit >= st.config_index
+}
+
+/// Waits until `done` holds for `peer`'s status, or `timeout` passes.
+async fn wait_for<S: PeerExt>(
+    peer: &Peer<S>,
+    timeout: Duration,
+    done: impl Fn(&PeerStatus) -> bool,
+) -> Result<PeerStatus, Error> {
+    let mut w = peer.watch();
+    match tokio::time::timeout(timeout, w.wait_for(|s| done(s) || s.fatal.is_some())).await {
+        Ok(Ok(st)) => match &st.fatal {
+            Some(e) => Err(Error::Storage(e.clone())),
+            None => Ok(st.clone()),
+        },
+        Ok(Err(_)) => Err(Error::Unavailable("the group's replica stopped".into())),
+        Err(_) => Err(Error::Timeout),
+    }
+}
+
+/// Fails with `NotLeader` unless `st` is the leader's.
+fn must_lead(group: GroupId, st: &PeerStatus) -> Result<(), MoveError> {
+    if st.role == Role::Leader {
+        Ok(())
+    } else {
+        Err(MoveError::NotLeader {
+            group,
+            hint: st.leader_addr.clone(),
+        })
+    }
+}
+
+impl<S: PeerExt> MultiNode<S> {
+    /// Moves `group`'s replica on node `from` to the node at address `to`
+    /// (its advertised address), with the default [`MoveOptions`]. Call it
+    /// on the node whose replica leads the group (any other node answers
+    /// [`MoveError::NotLeader`] with the leader's address). See the
+    /// [module documentation](super::moves) for the steps.
+    pub async fn move_replica(
+        &self,
+        group: GroupId,
+        from: NodeId,
+        to: &str,
+    ) -> Result<MoveReport, MoveError> {
+        self.move_replica_with(group, from, to, &MoveOptions::default())
+            .await
+    }
+
+    /// [`move_replica`](Self::move_replica) with explicit options.
+    pub async fn move_replica_with(
+        &self,
+        group: GroupId,
+        from: NodeId,
+        to: &str,
+        opts: &MoveOptions,
+    ) -> Result<MoveReport, MoveError> {
+        let started = Instant::now();
+        let peer = self.group(group).ok_or(MoveError::NotHosted { group })?;
+        let to_id = Peer::<S>::member_id(to);
+        let me = self.id();
+        let invalid = |reason: String| MoveError::Invalid { group, reason };
+        let fail = |step: MoveStep, source: Error| {
+            tracing::warn!(group, from, to, step = ?step, error = %source, "replica move step failed");
+            MoveError::Step {
+                group,
+                step,
+                leaves: leaves(step, to),
+                source,
+            }
+        };
+        must_lead(group, &peer.status())?;
+        if to_id == from {
+            return Err(invalid(format!("node {from} is both source and target")));
+        }
+        let mut report = MoveReport {
+            group,
+            from,
+            to: to_id,
+            steps: Vec::new(),
+            took: Duration::ZERO,
+            leader_left: from == me,
+            already_done: false,
+        };
+        info!(
+            group,
+            from,
+            to,
+            to_id,
+            leader_leaves = from == me,
+            "replica move started"
+        );
+        let mut step_start = Instant::now();
+        let done_step = |report: &mut MoveReport, step: MoveStep, at: &mut Instant| {
+            let took = at.elapsed();
+            info!(group, from, to, step = ?step, took_ms = took.as_millis() as u64, "replica move step done");
+            report.steps.push((step, took));
+            *at = Instant::now();
+        };
+
+        // Settle: a change in flight (perhaps an earlier attempt of this
+        // move) finishes first.
+        let st = wait_for(&peer, opts.step_timeout, settled)
+            .await
+            .map_err(|e| fail(MoveStep::Settle, e))?;
+        must_lead(group, &st)?;
+        if is_voter(&st, to_id) && !is_member(&st, from) {
+            report.already_done = true;
+            report.leader_left = false;
+            report.took = started.elapsed();
+            info!(group, from, to, "replica move already done");
+            return Ok(report);
+        }
+        if !is_voter(&st, from) {
+            return Err(invalid(format!("node {from} is not a voter of the group")));
+        }
+        if is_voter(&st, to_id) {
+            return Err(invalid(format!(
+                "{to} is already a voter; remove {from} instead"
+            )));
+        }
+
+        // 1. Add the target as a learner.
+        if !is_member(&st, to_id) {
+            peer.add_learner(to)
+                .await
+                .map_err(|e| fail(MoveStep::AddLearner, e))?;
+            wait_for(&peer, opts.step_timeout, |s| {
+                is_member(s, to_id) && settled(s)
+            })
+            .await
+            .map_err(|e| fail(MoveStep::AddLearner, e))?;
+            done_step(&mut report, MoveStep::AddLearner, &mut step_start);
+        }
+
+        // 2. Wait until it caught up.
+        let lag = opts.catch_up_lag;
+        let st = wait_for(&peer, opts.catch_up_timeout, |s| {
+            s.role != Role::Leader
+                || s.members.iter().any(|m| {
+                    // It holds at least the configuration that added it,
+                    // and is within `lag` of the leader's last entry.
+                    m.id == to_id
+                        && m.matched.is_some_and(|x| {
+                            x >= s.config_index && x.saturating_add(lag) >= s.last_index
+                        })
+                })
+        })
+        .await
+        .map_err(|e| fail(MoveStep::CatchUp, e))?;
+        if st.role != Role::Leader {
+            return Err(fail(
+                MoveStep::CatchUp,
+                Error::NotLeader {
+                    hint: st.leader_addr,
+                },
+            ));
+        }
+        done_step(&mut report, MoveStep::CatchUp, &mut step_start);
+
+        // 3. The joint change: `from` out, `to` in.
+        let mut conf = config_of(&st);
+        conf.voters.remove(&from);
+        conf.addrs.remove(&from);
+        conf.learners.remove(&to_id);
+        conf.voters.insert(to_id);
+        conf.addrs.insert(to_id, to.to_string());
+        let index = peer
+            .change_config(conf)
+            .await
+            .map_err(|e| fail(MoveStep::JointChange, e))?;
+        wait_for(&peer, opts.step_timeout, |s| s.commit >= index)
+            .await
+            .map_err(|e| fail(MoveStep::JointChange, e))?;
+        done_step(&mut report, MoveStep::JointChange, &mut step_start);
+
+        // 4. Leave the joint configuration: `C_new` commits.
+        wait_for(&peer, opts.step_timeout, |s| {
+            settled(s) && s.config_index > index && is_voter(s, to_id) && !is_member(s, from)
+        })
+        .await
+        .map_err(|e| fail(MoveStep::LeaveJoint, e))?;
+        done_step(&mut report, MoveStep::LeaveJoint, &mut step_start);
+        report.took = started.elapsed();
+        info!(
+            group,
+            from,
+            to,
+            took_ms = report.took.as_millis() as u64,
+            leader_left = report.leader_left,
+            "replica move done"
+        );
+        Ok(report)
+    }
+
+    /// Abandons a move to the node at `to` that has not reached its joint
+    /// change: removes `to` if it is a learner of `group` (its replica then
+    /// retires). Call it on the group's leader. A target that already
+    /// votes is refused: move the replica back instead.
+    pub async fn abort_move(&self, group: GroupId, to: &str) -> Result<(), MoveError> {
+        let peer = self.group(group).ok_or(MoveError::NotHosted { group })?;
+        let to_id = Peer::<S>::member_id(to);
+        let st = peer.status();
+        must_lead(group, &st)?;
+        if !is_member(&st, to_id) {
+            return Ok(());
+        }
+        if is_voter(&st, to_id) {
+            return Err(MoveError::Invalid {
+                group,
+                reason: format!(
+                    "{to} already votes (the joint change was made); move the replica back instead"
+                ),
+            });
+        }
+        let fail = |source| MoveError::Step {
+            group,
+            step: MoveStep::AddLearner,
+            leaves: format!("{to} may still be a learner; abort_move again removes it"),
+            source,
+        };
+        peer.remove_server(to).await.map_err(fail)?;
+        info!(group, to, "replica move aborted: learner removed");
+        Ok(())
+    }
+
+    /// One round of the replica-count balancer: plans moves over the groups
+    /// this node leads ([`plan_replicas`]) and carries out the first one.
+    /// The nodes considered are those the node's groups list plus those
+    /// given to [`MultiNode::set_known_nodes`]. Returns the move made.
+    pub async fn balance_replicas(&self) -> Result<Option<MoveReport>, MoveError> {
+        let mut nodes: std::collections::BTreeMap<NodeId, String> = self
+            .known_nodes()
+            .into_iter()
+            .map(|a| (Peer::<S>::member_id(&a), a))
+            .collect();
+        let mut view = Vec::new();
+        for group in self.groups() {
+            let Some(peer) = self.group(group) else {
+                continue;
+            };
+            let st = peer.status();
+            for m in &st.members {
+                if let Some(a) = &m.addr {
+                    nodes.entry(m.id).or_insert_with(|| a.clone());
+                }
+            }
+            view.push(ReplicaView {
+                group,
+                led_here: st.role == Role::Leader && settled(&st),
+                voters: st
+                    .members
+                    .iter()
+                    .filter(|m| m.voter)
+                    .map(|m| m.id)
+                    .collect(),
+            });
+        }
+        let ids: Vec<NodeId> = nodes.keys().copied().collect();
+        let Some(mv) = plan_replicas(&view, &ids).into_iter().next() else {
+            return Ok(None);
+        };
+        let Some(addr) = nodes.get(&mv.to) else {
+            return Ok(None);
+        };
+        info!(group = mv.group, from = mv.from, to = %addr, "moving a replica to balance replica counts");
+        self.move_replica(mv.group, mv.from, addr).await.map(Some)
+    }
+}

@@ -1,0 +1,499 @@
+//! Moving a group's replica between multi-group nodes over real QUIC on
+//! loopback, real journal files: under a concurrent write workload with no
+//! acknowledged write lost and every replica converging; a move of the
+//! leader's own replica; a leader crash between the learner's addition and
+//! the joint change; a target that refuses to host, and the abort.
+
+mod support;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftkit::client::Consistency;
+use raftkit::core::{NodeId, Role};
+use raftkit::error::Applied;
+use raftkit::multi::{GroupId, MoveError, MoveOptions, MoveStep, MultiNode};
+use raftkit::prelude::*;
+use raftkit::tls::ClusterCa;
+use support::free_addrs;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "mvkv")]
+pub struct Kv {
+    map: BTreeMap<String, String>,
+}
+
+#[raftkit::state_machine]
+impl Kv {
+    #[write]
+    fn put(&mut self, key: String, value: String) -> Option<String> {
+        self.map.insert(key, value)
+    }
+
+    #[read]
+    fn dump(&self) -> BTreeMap<String, String> {
+        self.map.clone()
+    }
+}
+
+const G: GroupId = 7;
+
+/// Logs to the test's output with `RUST_LOG` set (nothing otherwise).
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+const DEADLINE: Duration = Duration::from_secs(60);
+
+async fn start_node(
+    addr: &str,
+    dir: &Path,
+    ca: Option<&ClusterCa>,
+    on_demand: bool,
+) -> MultiNode<Kv> {
+    let mut b = MultiNode::<Kv>::builder()
+        .listen(addr)
+        .data_dir(dir)
+        .tick(Duration::from_millis(20))
+        // Small snapshots: a moved replica catches up by a snapshot and
+        // then the log.
+        .snapshot_every(100)
+        .host_on_demand(on_demand);
+    if let Some(ca) = ca {
+        b = b.identity(ca.issue_node(&format!("mvkv@{addr}"), &[]).unwrap());
+    }
+    b.start().await.unwrap()
+}
+
+struct Cluster {
+    addrs: Vec<String>,
+    dirs: Vec<tempfile::TempDir>,
+    nodes: Vec<Option<MultiNode<Kv>>>,
+}
+
+impl Cluster {
+    /// Four nodes; group `G` on the first three.
+    async fn start(on_demand_last: bool) -> Cluster {
+        init_tracing();
+        let addrs = free_addrs(4);
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let ca = ClusterCa::generate("moves-test").unwrap();
+        let mut nodes = Vec::new();
+        for (i, (addr, dir)) in addrs.iter().zip(&dirs).enumerate() {
+            let on_demand = i < 3 || on_demand_last;
+            nodes.push(Some(
+                start_node(addr, dir.path(), Some(&ca), on_demand).await,
+            ));
+        }
+        for node in nodes.iter().take(3).flatten() {
+            node.create_group(G, &addrs[..3]).await.unwrap();
+        }
+        let c = Cluster { addrs, dirs, nodes };
+        c.leader().await;
+        c
+    }
+
+    fn live(&self) -> Vec<MultiNode<Kv>> {
+        self.nodes.iter().flatten().cloned().collect()
+    }
+
+    fn index_of(&self, id: NodeId) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.as_ref().is_some_and(|n| n.id() == id))
+            .expect("a live node with that id")
+    }
+
+    /// The node whose replica leads `G`, once there is exactly one.
+    async fn leader(&self) -> MultiNode<Kv> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(n) = leader_now(&self.live()) {
+                return n;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no single leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&mut self, i: usize) {
+        let node = self.nodes[i].take().expect("running");
+        node.shutdown().await.unwrap();
+    }
+
+    async fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none());
+        self.nodes[i] = Some(start_node(&self.addrs[i], self.dirs[i].path(), None, true).await);
+    }
+
+    fn id(&self, i: usize) -> NodeId {
+        self.nodes[i].as_ref().unwrap().id()
+    }
+}
+
+fn leader_now(nodes: &[MultiNode<Kv>]) -> Option<MultiNode<Kv>> {
+    let leaders: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.group(G).is_some_and(|p| p.status().role == Role::Leader))
+        .collect();
+    (leaders.len() == 1).then(|| leaders[0].clone())
+}
+
+/// Writes `key` through whichever replica leads, retrying what may be
+/// retried (a put of the same key and value is idempotent).
+async fn put(c: &Cluster, key: &str, value: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let l = c.leader().await;
+        let Some(peer) = l.group(G) else { continue };
+        match peer
+            .write(KvWrite::Put {
+                key: key.into(),
+                value: value.into(),
+            })
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("put {key}: {e}"),
+        }
+    }
+}
+
+/// Concurrent writers over the nodes' replicas: each writes its own keys
+/// through the current leader and records every acknowledged write.
+struct Workload {
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    fn start(nodes: Arc<Mutex<Vec<MultiNode<Kv>>>>, writers: usize) -> Workload {
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..writers)
+            .map(|w| {
+                let (nodes, acked, stop) = (nodes.clone(), acked.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("w{w}-{n:06}");
+                        let value = format!("v{w}-{n}-{}", "x".repeat(64));
+                        let leader = leader_now(&nodes.lock().unwrap().clone());
+                        let Some(peer) = leader.and_then(|l| l.group(G)) else {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue;
+                        };
+                        let put = KvWrite::Put {
+                            key: key.clone(),
+                            value: value.clone(),
+                        };
+                        match peer.write(put).await {
+                            Ok(_) => {
+                                acked.lock().unwrap().insert(key, value);
+                                n += 1;
+                            }
+                            // Not acknowledged: retried under the same key
+                            // and value (idempotent), or given up on at
+                            // the stop (then it is simply not counted).
+                            Err(e) => {
+                                assert!(e.is_retryable(), "writer {w}: {e}");
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Workload { acked, stop, tasks }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_acked(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while self.acked() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} writes acknowledged, waiting for {n}",
+                self.acked()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) -> BTreeMap<String, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Every voter's replica applies the leader's whole log and holds the same
+/// map, which contains every acknowledged write.
+async fn check_converged(c: &Cluster, acked: &BTreeMap<String, String>) {
+    let leader = c.leader().await.group(G).unwrap();
+    let KvReadOutput::Dump(at_leader) = leader.read(KvRead::Dump {}).await.unwrap();
+    for (k, v) in acked {
+        assert_eq!(at_leader.get(k), Some(v), "acknowledged write {k} lost");
+    }
+    let st = leader.status();
+    let voters: Vec<NodeId> = st
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(voters.len(), 3, "{:?}", st.members);
+    for v in voters {
+        let peer = c.nodes[c.index_of(v)].as_ref().unwrap().group(G).unwrap();
+        let mut w = peer.watch();
+        tokio::time::timeout(DEADLINE, w.wait_for(|s| s.applied >= st.commit))
+            .await
+            .expect("replica applies the leader's log")
+            .unwrap();
+        let (KvReadOutput::Dump(here), _) = peer
+            .read_with(KvRead::Dump {}, Consistency::Stale)
+            .await
+            .unwrap();
+        assert_eq!(here, at_leader, "replica on node {v} diverges");
+    }
+}
+
+/// Waits until node `i` no longer hosts `G`, then checks that a restart
+/// does not bring it back and that its snapshot files are gone.
+async fn check_retired(c: &mut Cluster, i: usize) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while c.nodes[i].as_ref().unwrap().group(G).is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {i} still hosts the group it was moved off"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.stop(i).await;
+    c.restart(i).await;
+    assert!(
+        !c.nodes[i].as_ref().unwrap().groups().contains(&G),
+        "a restart resurrected the removed replica"
+    );
+    let snaps = c.dirs[i]
+        .path()
+        .join("groups")
+        .join(G.to_string())
+        .join("snapshots");
+    let left: Vec<_> = std::fs::read_dir(&snaps)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "removed group's files left: {left:?}");
+}
+
+fn voters(node: &MultiNode<Kv>) -> Vec<NodeId> {
+    let st = node.group(G).unwrap().status();
+    st.members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_moves_to_a_new_node_under_load_and_no_acknowledged_write_is_lost() {
+    let mut c = Cluster::start(true).await;
+    let shared = Arc::new(Mutex::new(c.live()));
+    let load = Workload::start(shared.clone(), 4);
+    // Enough writes that the group has snapshotted and the new replica
+    // starts from a snapshot.
+    load.wait_acked(400).await;
+    let leader = c.leader().await;
+    let from = voters(&leader)
+        .into_iter()
+        .find(|v| *v != leader.id())
+        .unwrap();
+    let from_i = c.index_of(from);
+    let report = leader.move_replica(G, from, &c.addrs[3]).await.unwrap();
+    let before = load.acked();
+    assert!(!report.already_done && !report.leader_left, "{report:?}");
+    let steps: Vec<MoveStep> = report.steps.iter().map(|s| s.0).collect();
+    assert_eq!(
+        steps,
+        vec![
+            MoveStep::AddLearner,
+            MoveStep::CatchUp,
+            MoveStep::JointChange,
+            MoveStep::LeaveJoint
+        ]
+    );
+    let new_voters = voters(&leader);
+    assert!(new_voters.contains(&c.nodes[3].as_ref().unwrap().id()));
+    assert!(!new_voters.contains(&from));
+    // The workload keeps going on the new configuration.
+    load.wait_acked(before + 200).await;
+    let acked = load.stop().await;
+    drop(shared);
+    check_converged(&c, &acked).await;
+    // The new replica installed a snapshot (it did not replay from index 1).
+    let moved = c.nodes[3].as_ref().unwrap().group(G).unwrap().status();
+    assert!(moved.snapshot_index > 0, "{moved:?}");
+    // Moving again is a no-op that says so.
+    let again = c
+        .leader()
+        .await
+        .move_replica(G, from, &c.addrs[3])
+        .await
+        .unwrap();
+    assert!(again.already_done && again.steps.is_empty());
+    check_retired(&mut c, from_i).await;
+    check_converged(&c, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_moves_its_own_replica_away() {
+    let mut c = Cluster::start(true).await;
+    for i in 0..150 {
+        put(&c, &format!("a{i:03}"), "before").await;
+    }
+    let leader = c.leader().await;
+    let old = leader.id();
+    let old_i = c.index_of(old);
+    let report = leader.move_replica(G, old, &c.addrs[3]).await.unwrap();
+    assert!(report.leader_left, "{report:?}");
+    drop(leader);
+    // The old leader stepped down; the new voters elect one of their own.
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader.id(), old);
+    assert!(!voters(&new_leader).contains(&old));
+    let mut acked = BTreeMap::new();
+    for i in 0..150 {
+        acked.insert(format!("a{i:03}"), "before".to_string());
+    }
+    for i in 0..20 {
+        put(&c, &format!("b{i:03}"), "after").await;
+        acked.insert(format!("b{i:03}"), "after".to_string());
+    }
+    check_converged(&c, &acked).await;
+    check_retired(&mut c, old_i).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_crash_between_learner_and_joint_change_leaves_a_usable_group_and_the_move_resumes()
+ {
+    let mut c = Cluster::start(true).await;
+    let shared = Arc::new(Mutex::new(c.live()));
+    let load = Workload::start(shared.clone(), 3);
+    load.wait_acked(300).await;
+    // The move's first step, then the leader's node goes down.
+    let leader = c.leader().await;
+    let leader_i = c.index_of(leader.id());
+    leader
+        .group(G)
+        .unwrap()
+        .add_learner(&c.addrs[3])
+        .await
+        .unwrap();
+    drop(leader);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while c.nodes[3].as_ref().unwrap().group(G).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 never hosted the group"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = load.acked();
+    shared.lock().unwrap().retain(|n| n.id() != c.id(leader_i));
+    c.stop(leader_i).await;
+    // The remaining voters elect a leader and keep taking writes.
+    load.wait_acked(before + 100).await;
+    c.restart(leader_i).await;
+    *shared.lock().unwrap() = c.live();
+    // The restarted node catches up (a node removed while far behind may
+    // never hear that its removal committed: see the limits of `hosting`).
+    let commit = c.leader().await.group(G).unwrap().status().commit;
+    let back = c.nodes[leader_i].as_ref().unwrap().group(G).unwrap();
+    tokio::time::timeout(DEADLINE, back.watch().wait_for(|s| s.applied >= commit))
+        .await
+        .expect("the restarted node catches up")
+        .unwrap();
+    // The move resumes on the new leader: the learner is not added again.
+    let leader = c.leader().await;
+    let from = voters(&leader)
+        .into_iter()
+        .find(|v| *v != leader.id())
+        .unwrap();
+    let from_i = c.index_of(from);
+    let report = leader.move_replica(G, from, &c.addrs[3]).await.unwrap();
+    let steps: Vec<MoveStep> = report.steps.iter().map(|s| s.0).collect();
+    assert_eq!(
+        steps,
+        vec![
+            MoveStep::CatchUp,
+            MoveStep::JointChange,
+            MoveStep::LeaveJoint
+        ]
+    );
+    let before = load.acked();
+    load.wait_acked(before + 100).await;
+    let acked = load.stop().await;
+    drop(shared);
+    check_converged(&c, &acked).await;
+    check_retired(&mut c, from_i).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_that_does_not_host_fails_the_catch_up_and_the_move_aborts() {
+    let c = Cluster::start(false).await;
+    for i in 0..20 {
+        put(&c, &format!("k{i}"), "v").await;
+    }
+    let leader = c.leader().await;
+    let from = voters(&leader)
+        .into_iter()
+        .find(|v| *v != leader.id())
+        .unwrap();
+    let opts = MoveOptions {
+        catch_up_timeout: Duration::from_secs(2),
+        ..MoveOptions::default()
+    };
+    let err = leader
+        .move_replica_with(G, from, &c.addrs[3], &opts)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MoveError::Step {
+                step: MoveStep::CatchUp,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.applied(), Applied::Yes, "the learner was added");
+    assert!(c.nodes[3].as_ref().unwrap().group(G).is_none());
+    // The group is still usable, and the learner does not vote.
+    put(&c, "during", "v").await;
+    assert_eq!(voters(&leader).len(), 3);
+    leader.abort_move(G, &c.addrs[3]).await.unwrap();
+    let st = leader.group(G).unwrap().status();
+    assert_eq!(st.members.len(), 3, "{:?}", st.members);
+    // A node that is not the leader refuses to drive a move.
+    let follower = c.nodes[c.index_of(from)].as_ref().unwrap();
+    let err = follower
+        .move_replica(G, from, &c.addrs[3])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MoveError::NotLeader { .. }), "{err}");
+    assert_eq!(err.applied(), Applied::No);
+}
