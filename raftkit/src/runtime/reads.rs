@@ -131,7 +131,17 @@ impl NodeTask {
             Consistency::Linearizable => Some((query, reply)),
             Consistency::Lease => {
                 self.catch_up_ticks(clock);
-                match self.raft.lease_read() {
+                let lease = self.raft.lease_read();
+                // Tooth (simulation builds only): a leader serves lease
+                // reads whether or not its lease holds.
+                #[cfg(feature = "sim")]
+                let lease = lease.or_else(|| {
+                    (crate::sim::runtime::teeth::on(
+                        crate::sim::runtime::teeth::Tooth::LeaseWithoutLease,
+                    ) && self.raft.role() == crate::core::Role::Leader)
+                        .then(|| self.raft.log().committed())
+                });
+                match lease {
                     Some(index) => {
                         tracing::trace!(node = %self.name, index, "lease read");
                         let _ = self.apply_tx.send(ApplyMsg::Read {

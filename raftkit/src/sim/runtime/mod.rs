@@ -123,12 +123,16 @@ pub mod disk;
 mod exec;
 pub mod history;
 mod kit;
+mod moves;
 mod probe;
 pub mod teeth;
 
 pub use client::SimClient;
 pub use disk::{DiskFaults, SimDisk};
-pub use kit::{Faults, SeedReport, SessionCounts, SimFailure, Simulation, Summary};
+pub use history::StaleRead;
+pub use kit::{
+    Faults, MembershipCounts, SeedReport, SessionCounts, SimFailure, Simulation, Summary,
+};
 pub use probe::Probe;
 pub use rand;
 pub use teeth::Tooth;

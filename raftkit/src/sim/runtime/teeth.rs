@@ -31,16 +31,28 @@ pub enum Tooth {
     /// jump moves replicated time and expires sessions early (`session.rs`
     /// rule 7).
     UnclampedStamps,
+    /// With several groups per node: the node's demultiplexer hands one
+    /// message in eight of a group to the same node's replica of the next
+    /// group (a group-tag mix-up; `multi` invariant "groups never see each
+    /// other's messages"). Injected by the simulation's transport, as the
+    /// multi-group links do not run in it.
+    GroupTagMixUp,
+    /// A leader serves `Consistency::Lease` reads from its state whether
+    /// or not its lease holds (thesis §6.4.1): a deposed leader that has not
+    /// heard of its successor answers with what it has.
+    LeaseWithoutLease,
 }
 
 impl Tooth {
     /// Every tooth.
-    pub const ALL: [Tooth; 5] = [
+    pub const ALL: [Tooth; 7] = [
         Tooth::AckAfterStorageFailure,
         Tooth::CompactAfterFailedSave,
         Tooth::ReapplyRetriedWrite,
         Tooth::ReadBeforeApplied,
         Tooth::UnclampedStamps,
+        Tooth::GroupTagMixUp,
+        Tooth::LeaseWithoutLease,
     ];
 
     /// The name `RAFTKIT_SIM_RUNTIME_BUG` uses.
@@ -51,6 +63,8 @@ impl Tooth {
             Tooth::ReapplyRetriedWrite => "reapply_retried_write",
             Tooth::ReadBeforeApplied => "read_before_applied",
             Tooth::UnclampedStamps => "unclamped_stamps",
+            Tooth::GroupTagMixUp => "group_tag_mix_up",
+            Tooth::LeaseWithoutLease => "lease_without_lease",
         }
     }
 
