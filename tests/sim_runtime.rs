@@ -197,6 +197,14 @@ fn tooth_lease_without_lease_is_caught() {
     assert_eq!(f.property, "linearizability", "{f}");
 }
 
+/// A member that reports a stale read as fresher than the state it read
+/// is caught by the stale-read check.
+#[test]
+fn tooth_stale_overstated_is_caught() {
+    let f = first_failure(bank().tooth(Tooth::StaleOverstated));
+    assert_eq!(f.property, "stale reads", "{f}");
+}
+
 /// Issues ticket numbers from a process-global counter instead of its own
 /// state: every replica hands out a different number for the same entry.
 static NEXT_TICKET: AtomicU64 = AtomicU64::new(0);

@@ -159,11 +159,25 @@ impl NodeTask {
                     applied: self.raft.log().applied(),
                     leader_commit: self.raft.leader_commit(),
                 };
+                let index = s.applied;
+                // Tooth (simulation builds only): the member reports the
+                // leader's commit index as what it applied.
+                #[cfg(feature = "sim")]
+                let s = if crate::sim::runtime::teeth::on(
+                    crate::sim::runtime::teeth::Tooth::StaleOverstated,
+                ) {
+                    Staleness {
+                        applied: s.leader_commit.max(s.applied),
+                        ..s
+                    }
+                } else {
+                    s
+                };
                 if let Some(tx) = staleness {
                     let _ = tx.send(s);
                 }
                 let _ = self.apply_tx.send(ApplyMsg::Read {
-                    index: s.applied,
+                    index,
                     query,
                     reply,
                 });

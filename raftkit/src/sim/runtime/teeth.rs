@@ -41,11 +41,15 @@ pub enum Tooth {
     /// or not its lease holds (thesis §6.4.1): a deposed leader that has not
     /// heard of its successor answers with what it has.
     LeaseWithoutLease,
+    /// A member answering a `Consistency::Stale` read reports the leader's
+    /// commit index as the index it applied: the read claims to be fresher
+    /// than the state it was served from.
+    StaleOverstated,
 }
 
 impl Tooth {
     /// Every tooth.
-    pub const ALL: [Tooth; 7] = [
+    pub const ALL: [Tooth; 8] = [
         Tooth::AckAfterStorageFailure,
         Tooth::CompactAfterFailedSave,
         Tooth::ReapplyRetriedWrite,
@@ -53,6 +57,7 @@ impl Tooth {
         Tooth::UnclampedStamps,
         Tooth::GroupTagMixUp,
         Tooth::LeaseWithoutLease,
+        Tooth::StaleOverstated,
     ];
 
     /// The name `RAFTKIT_SIM_RUNTIME_BUG` uses.
@@ -65,6 +70,7 @@ impl Tooth {
             Tooth::UnclampedStamps => "unclamped_stamps",
             Tooth::GroupTagMixUp => "group_tag_mix_up",
             Tooth::LeaseWithoutLease => "lease_without_lease",
+            Tooth::StaleOverstated => "stale_overstated",
         }
     }
 
