@@ -65,12 +65,13 @@ async fn bank_call(
     }
 }
 
-/// Four nodes, three groups of three replicas each (one spare node per
-/// group), on the nodes' shared journals; replica moves and leadership
-/// transfers among the faults.
+/// Five nodes, three groups of three replicas each (two spare nodes per
+/// group: a node never takes back a group it left, so each group moves at
+/// most twice), on the nodes' shared journals; replica moves and
+/// leadership transfers among the faults.
 fn bank_groups() -> Simulation<Bank> {
     Simulation::<Bank>::new()
-        .nodes(4)
+        .nodes(5)
         .groups(3)
         .replicas(3)
         .clients(6)
@@ -315,6 +316,33 @@ fn groups_one_seed_one_trace() {
     let a = sim.run_seed(5).expect("seed 5 passes");
     let b = sim.run_seed(5).expect("seed 5 passes");
     assert_eq!(a.trace_hash, b.trace_hash, "{a:?} vs {b:?}");
+}
+
+/// Moves that bring a group back to a node it left (a new, empty replica
+/// under the old replica's id) are caught: a member lagging behind the
+/// move counts the newcomer's vote as the old voter's.
+#[test]
+fn teeth_rehost_removed_replica_is_caught() {
+    let f = match bank_groups()
+        .nodes(4)
+        .tooth(Tooth::RehostRemovedReplica)
+        .seeds(0..GROUP_SEEDS)
+        .check()
+    {
+        Ok(summary) => panic!("none of {} seeds caught it", summary.seeds.len()),
+        Err(f) => f,
+    };
+    eprintln!("caught after {} seeds: {f}", f.seed + 1);
+    assert!(
+        [
+            "diverging replicas",
+            "exactly-once",
+            "linearizability",
+            "stale reads"
+        ]
+        .contains(&f.property),
+        "{f}"
+    );
 }
 
 /// A demultiplexer that hands some of a group's messages to another

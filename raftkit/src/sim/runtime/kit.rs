@@ -610,6 +610,15 @@ impl<S: StateMachine + Default> World<S> {
         }
     }
 
+    /// Whether a replica of `group` was moved away from node `i` (its
+    /// tombstone: see `moves.rs` on why a node never takes that group
+    /// back).
+    pub(crate) fn left(&self, i: usize, group: usize) -> bool {
+        lock(&self.placement)
+            .get(&(i, group))
+            .is_some_and(|p| p.removed)
+    }
+
     /// Whether the groups run on journals (and replicas can move).
     pub(crate) fn journal_mode(&self) -> bool {
         self.journal_mode
@@ -1010,6 +1019,8 @@ async fn run_one<S: StateMachine + Default>(
     let trace = Arc::new(Mutex::new(Trace::new(print)));
     let storm: Arc<Mutex<(Duration, u64, bool)>> = Arc::default();
     let start = tokio::time::Instant::now();
+    // `RAFTKIT_SIM_TRACE=2`: messages with their bodies (shortened).
+    let detail = std::env::var("RAFTKIT_SIM_TRACE").is_ok_and(|v| v.trim() == "2");
     let mut groups = Vec::new();
     for g in 0..group_count {
         let net = MemoryNetwork::new(rng.random());
@@ -1040,10 +1051,16 @@ async fn run_one<S: StateMachine + Default>(
             lock(&trace).event(
                 at,
                 format_args!(
-                    "{tag}{from:#x} {verdict} {:#x} {} t{}",
+                    "{tag}{from:#x} {verdict} {:#x} {} t{}{}",
                     m.to,
                     m.body.kind(),
-                    m.term
+                    m.term,
+                    if detail {
+                        let d = format!(" {:?}", m.body);
+                        d.chars().take(300).collect::<String>()
+                    } else {
+                        String::new()
+                    }
                 ),
             );
             true

@@ -65,8 +65,10 @@ impl Applies {
         };
         if let Some(what) = what {
             self.divergence = Some(format!(
-                "replicas {:#x} and {node:#x} applied {what} at write position {position} (commands {:02x?} and {:02x?}, outputs {:02x?} and {:02x?}, {:?} apart)",
+                "replicas {:#x} and {node:#x} applied {what} at write position {position} (log indexes {} and {}, commands {:02x?} and {:02x?}, outputs {:02x?} and {:02x?}, {:?} apart)",
                 old.node,
+                old.index,
+                new.index,
                 old.command,
                 new.command,
                 old.output,

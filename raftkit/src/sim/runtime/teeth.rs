@@ -45,11 +45,15 @@ pub enum Tooth {
     /// commit index as the index it applied: the read claims to be fresher
     /// than the state it was served from.
     StaleOverstated,
+    /// Replica moves may bring a group back to a node it was moved away
+    /// from: a new, empty replica under the id of the old one (`moves.rs`,
+    /// "Tombstones"). Injected by the simulation's mover.
+    RehostRemovedReplica,
 }
 
 impl Tooth {
     /// Every tooth.
-    pub const ALL: [Tooth; 8] = [
+    pub const ALL: [Tooth; 9] = [
         Tooth::AckAfterStorageFailure,
         Tooth::CompactAfterFailedSave,
         Tooth::ReapplyRetriedWrite,
@@ -58,6 +62,7 @@ impl Tooth {
         Tooth::GroupTagMixUp,
         Tooth::LeaseWithoutLease,
         Tooth::StaleOverstated,
+        Tooth::RehostRemovedReplica,
     ];
 
     /// The name `RAFTKIT_SIM_RUNTIME_BUG` uses.
@@ -71,6 +76,7 @@ impl Tooth {
             Tooth::GroupTagMixUp => "group_tag_mix_up",
             Tooth::LeaseWithoutLease => "lease_without_lease",
             Tooth::StaleOverstated => "stale_overstated",
+            Tooth::RehostRemovedReplica => "rehost_removed_replica",
         }
     }
 
