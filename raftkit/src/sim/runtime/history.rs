@@ -16,7 +16,7 @@
 //! (linearized set, state) pairs). Maybe-writes may be placed anywhere
 //! after their invocation, or left out.
 //!
-//! [`stale_reads`]: a `Stale` read is not linearizable and is kept out of
+//! `stale_reads`: a `Stale` read is not linearizable and is kept out of
 //! the history; what it promises is checked instead (see there).
 //!
 //! `exactly_once`: compares what the replicas applied (the probe's
