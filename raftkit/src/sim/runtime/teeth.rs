@@ -85,13 +85,13 @@ impl Tooth {
         Tooth::ALL.into_iter().find(|t| t.name() == name.trim())
     }
 
-    fn bit(self) -> u8 {
-        1 << (self as u8)
+    fn bit(self) -> u32 {
+        1 << (self as u32)
     }
 }
 
 thread_local! {
-    static ARMED: Cell<u8> = const { Cell::new(0) };
+    static ARMED: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Whether `tooth` is armed on this thread.
@@ -100,7 +100,7 @@ pub(crate) fn on(tooth: Tooth) -> bool {
 }
 
 /// Arms `teeth` on this thread until the guard is dropped.
-pub(crate) struct Armed(u8);
+pub(crate) struct Armed(u32);
 
 impl Armed {
     pub(crate) fn new(teeth: &[Tooth]) -> Armed {
