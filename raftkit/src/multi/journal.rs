@@ -195,6 +195,17 @@ impl Journal {
     /// starts its commit thread. A batch that does not decode or does not
     /// apply is corruption (a clear error, never skipped).
     pub fn open(fs: SharedFs, dir: &Path, opts: JournalOptions) -> Result<Journal, StorageError> {
+        Journal::open_on(fs, dir, opts, &crate::runtime::threads::Threads::Os)
+    }
+
+    /// [`Journal::open`] with the commit loop started by `threads` (the
+    /// whole-runtime simulation runs it as a task of its executor).
+    pub(crate) fn open_on(
+        fs: SharedFs,
+        dir: &Path,
+        opts: JournalOptions,
+        threads: &crate::runtime::threads::Threads,
+    ) -> Result<Journal, StorageError> {
         let wal = Wal::open_in(fs, dir, opts.wal.clone())?;
         let mut groups: BTreeMap<GroupId, MemLogStore> = BTreeMap::new();
         let (first, last) = (wal.first_index(), wal.last_index());
@@ -233,7 +244,8 @@ impl Journal {
         });
         let (jobs, rx) = mpsc::unbounded_channel();
         let s = shared.clone();
-        let worker = crate::runtime::threads::spawn("raftkit-journal", run(s, rx))
+        let worker = threads
+            .spawn("raftkit-journal", run(s, rx))
             .map_err(|e| StorageError::Invalid(e.to_string()))?;
         Ok(Journal {
             shared,

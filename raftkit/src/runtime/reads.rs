@@ -131,7 +131,17 @@ impl NodeTask {
             Consistency::Linearizable => Some((query, reply)),
             Consistency::Lease => {
                 self.catch_up_ticks(clock);
-                match self.raft.lease_read() {
+                let lease = self.raft.lease_read();
+                // Tooth (simulation builds only): a leader serves lease
+                // reads whether or not its lease holds.
+                #[cfg(feature = "sim")]
+                let lease = lease.or_else(|| {
+                    (crate::sim::runtime::teeth::on(
+                        crate::sim::runtime::teeth::Tooth::LeaseWithoutLease,
+                    ) && self.raft.role() == crate::core::Role::Leader)
+                        .then(|| self.raft.log().committed())
+                });
+                match lease {
                     Some(index) => {
                         tracing::trace!(node = %self.name, index, "lease read");
                         let _ = self.apply_tx.send(ApplyMsg::Read {
@@ -149,11 +159,25 @@ impl NodeTask {
                     applied: self.raft.log().applied(),
                     leader_commit: self.raft.leader_commit(),
                 };
+                let index = s.applied;
+                // Tooth (simulation builds only): the member reports the
+                // leader's commit index as what it applied.
+                #[cfg(feature = "sim")]
+                let s = if crate::sim::runtime::teeth::on(
+                    crate::sim::runtime::teeth::Tooth::StaleOverstated,
+                ) {
+                    Staleness {
+                        applied: s.leader_commit.max(s.applied),
+                        ..s
+                    }
+                } else {
+                    s
+                };
                 if let Some(tx) = staleness {
                     let _ = tx.send(s);
                 }
                 let _ = self.apply_tx.send(ApplyMsg::Read {
-                    index: s.applied,
+                    index,
                     query,
                     reply,
                 });

@@ -20,6 +20,17 @@
 //! fails with `SessionExpired` and the history records its outcome as
 //! unknown (`Maybe`: applied or not, under the forgotten session).
 //!
+//! Reads go at the client's [`Consistency`] (a view:
+//! [`SimClient::with`], as `client.with(..)` on the network client):
+//! `Linearizable` and `Lease` reads enter the history and are judged
+//! linearizable (a lease read must be, while clocks respect the drift
+//! bound: the simulated clocks share one virtual time); `Stale` reads are
+//! recorded apart with the [`Staleness`] the member reported and judged by
+//! `history::stale_reads`.
+//!
+//! With several groups (`Simulation::groups`) a client has one `SimClient`
+//! per group, each with its own session with that group.
+//!
 //! Each expiry is also checked for being early: the session's last known
 //! use (the send of the last attempt the cluster answered in it, or of its
 //! open) must lie at least the time-to-live in the past, less what the
@@ -30,9 +41,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::history::{Kind, Outcome};
+use super::history::{Kind, Outcome, StaleRead};
 use super::kit::World;
-use crate::client::Submit;
+use crate::client::{Consistency, Submit};
 use crate::error::{Applied, Error};
 use crate::runtime::session::{STAMP_SLACK_MS, SessionId, SessionRef};
 use crate::state_machine::StateMachine;
@@ -57,7 +68,9 @@ struct Session {
 /// the session: a client makes one call at a time.
 pub struct SimClient<S: StateMachine> {
     world: Arc<World<S>>,
+    group: usize,
     client: usize,
+    consistency: Consistency,
     session: Arc<Mutex<Option<Session>>>,
     cursor: Arc<Mutex<usize>>,
 }
@@ -66,7 +79,9 @@ impl<S: StateMachine> Clone for SimClient<S> {
     fn clone(&self) -> Self {
         SimClient {
             world: self.world.clone(),
+            group: self.group,
             client: self.client,
+            consistency: self.consistency,
             session: self.session.clone(),
             cursor: self.cursor.clone(),
         }
@@ -74,10 +89,12 @@ impl<S: StateMachine> Clone for SimClient<S> {
 }
 
 impl<S: StateMachine + Default> SimClient<S> {
-    pub(crate) fn new(world: Arc<World<S>>, client: usize) -> Self {
+    pub(crate) fn new(world: Arc<World<S>>, group: usize, client: usize) -> Self {
         SimClient {
             world,
+            group,
             client,
+            consistency: Consistency::Linearizable,
             session: Arc::default(),
             cursor: Arc::new(Mutex::new(client)),
         }
@@ -88,6 +105,20 @@ impl<S: StateMachine + Default> SimClient<S> {
         self.client
     }
 
+    /// The group this client calls (0 without `Simulation::groups`).
+    pub fn group(&self) -> usize {
+        self.group
+    }
+
+    /// A view of this client whose reads are served at `consistency`
+    /// (session shared): `BankClient::new(client.with(Consistency::Lease))`.
+    pub fn with(&self, consistency: Consistency) -> Self {
+        SimClient {
+            consistency,
+            ..self.clone()
+        }
+    }
+
     fn rotate(&self) {
         if let Ok(mut c) = self.cursor.lock() {
             *c += 1;
@@ -96,7 +127,7 @@ impl<S: StateMachine + Default> SimClient<S> {
 
     fn target(&self) -> Option<crate::runtime::Peer<super::probe::Probe<S>>> {
         let cursor = self.cursor.lock().map(|c| *c).unwrap_or(0);
-        self.world.target(cursor)
+        self.world.target(self.group, cursor)
     }
 
     fn session(&self) -> Option<(SessionId, u64, (Duration, u64))> {
@@ -132,7 +163,7 @@ impl<S: StateMachine + Default> SimClient<S> {
     /// Fails the run if a session whose last known use was `last_use`
     /// expired too early to be explained by the stamp clamp (module docs).
     fn check_expiry(&self, id: SessionId, last_use: (Duration, u64)) {
-        let (now, term) = (self.world.now(), self.world.max_term());
+        let (now, term) = (self.world.now(), self.world.max_term(self.group));
         let terms = term.saturating_sub(last_use.1);
         let allowance = Duration::from_millis(STAMP_SLACK_MS.saturating_mul(3 + terms));
         let idle = now.saturating_sub(last_use.0);
@@ -149,7 +180,9 @@ impl<S: StateMachine + Default> SimClient<S> {
     }
 
     async fn write_call(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
-        let call = self.world.invoke(self.client, Kind::Write, command.clone());
+        let call = self
+            .world
+            .invoke(self.group, self.client, Kind::Write, command.clone());
         let deadline = tokio::time::Instant::now() + DEADLINE;
         let mut maybe = false;
         // At most one transparent re-open, as the network client does.
@@ -162,7 +195,7 @@ impl<S: StateMachine + Default> SimClient<S> {
                 } else {
                     Outcome::NotApplied
                 };
-                self.world.complete(self.client, call, outcome);
+                self.world.complete(self.group, self.client, call, outcome);
                 if maybe {
                     // The sequence number is spent: its write may apply.
                     self.advance();
@@ -173,7 +206,7 @@ impl<S: StateMachine + Default> SimClient<S> {
                 tokio::time::sleep(BACKOFF).await;
                 continue;
             };
-            let sent = (self.world.now(), self.world.max_term());
+            let sent = (self.world.now(), self.world.max_term(self.group));
             let (id, seq, last_use) = match self.session() {
                 Some(s) => s,
                 None => match tokio::time::timeout(ATTEMPT, peer.open_session()).await {
@@ -203,14 +236,14 @@ impl<S: StateMachine + Default> SimClient<S> {
                 seq,
                 acked_below: seq,
             };
-            let sent = (self.world.now(), self.world.max_term());
+            let sent = (self.world.now(), self.world.max_term(self.group));
             let attempt = peer.write_in_session(command.clone(), Some(session));
             match tokio::time::timeout(ATTEMPT, attempt).await {
                 Ok(Ok(out)) => {
                     self.used(sent);
                     self.advance();
                     self.world
-                        .complete(self.client, call, Outcome::Ok(out.clone()));
+                        .complete(self.group, self.client, call, Outcome::Ok(out.clone()));
                     return Ok(out);
                 }
                 Ok(Err(Error::SessionExpired(why))) => {
@@ -231,7 +264,8 @@ impl<S: StateMachine + Default> SimClient<S> {
                         continue;
                     }
                     self.world.unknown_by_expiry();
-                    self.world.complete(self.client, call, Outcome::Maybe);
+                    self.world
+                        .complete(self.group, self.client, call, Outcome::Maybe);
                     return Err(Error::SessionExpired(why));
                 }
                 Ok(Err(e)) => match e.applied() {
@@ -242,7 +276,8 @@ impl<S: StateMachine + Default> SimClient<S> {
                     Applied::Yes => {
                         self.used(sent);
                         self.advance();
-                        self.world.complete(self.client, call, Outcome::Maybe);
+                        self.world
+                            .complete(self.group, self.client, call, Outcome::Maybe);
                         return Err(e);
                     }
                     Applied::Maybe => {
@@ -262,19 +297,30 @@ impl<S: StateMachine + Default> SimClient<S> {
     }
 
     async fn read_call(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
-        let call = self.world.invoke(self.client, Kind::Read, query.clone());
+        if self.consistency == Consistency::Stale {
+            return self.stale_read(query).await;
+        }
+        let call = self
+            .world
+            .invoke(self.group, self.client, Kind::Read, query.clone());
         let deadline = tokio::time::Instant::now() + DEADLINE;
         let mut last = Error::Timeout;
         loop {
             if tokio::time::Instant::now() >= deadline {
-                self.world.complete(self.client, call, Outcome::NotApplied);
+                self.world
+                    .complete(self.group, self.client, call, Outcome::NotApplied);
                 return Err(last);
             }
             if let Some(peer) = self.target() {
-                match tokio::time::timeout(ATTEMPT, peer.read_encoded(query.clone())).await {
-                    Ok(Ok(out)) => {
-                        self.world
-                            .complete(self.client, call, Outcome::Ok(out.clone()));
+                let read = peer.read_encoded_with(query.clone(), self.consistency);
+                match tokio::time::timeout(ATTEMPT, read).await {
+                    Ok(Ok((out, _))) => {
+                        self.world.complete(
+                            self.group,
+                            self.client,
+                            call,
+                            Outcome::Ok(out.clone()),
+                        );
                         return Ok(out);
                     }
                     Ok(Err(e)) => last = e,
@@ -284,6 +330,43 @@ impl<S: StateMachine + Default> SimClient<S> {
             }
             tokio::time::sleep(BACKOFF).await;
         }
+    }
+}
+
+impl<S: StateMachine + Default> SimClient<S> {
+    /// A `Stale` read: any replica answers from its own state; recorded
+    /// with the staleness it reported, outside the linearizable history.
+    async fn stale_read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut last = Error::Timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(peer) = self.target() {
+                let read = peer.read_encoded_with(query.clone(), Consistency::Stale);
+                match tokio::time::timeout(ATTEMPT, read).await {
+                    Ok(Ok((out, staleness))) => {
+                        self.world.event(format_args!(
+                            "client {} stale read {query:02x?} on group {} from {:#x}: {out:02x?} at {staleness:?}",
+                            self.client,
+                            self.group,
+                            peer.id()
+                        ));
+                        super::kit::lock(&self.world.groups[self.group].stale).push(StaleRead {
+                            client: self.client,
+                            node: peer.id(),
+                            query,
+                            output: out.clone(),
+                            staleness,
+                        });
+                        return Ok(out);
+                    }
+                    Ok(Err(e)) => last = e,
+                    Err(_) => last = Error::Timeout,
+                }
+                self.rotate();
+            }
+            tokio::time::sleep(BACKOFF).await;
+        }
+        Err(last)
     }
 }
 

@@ -16,6 +16,9 @@
 //! (linearized set, state) pairs). Maybe-writes may be placed anywhere
 //! after their invocation, or left out.
 //!
+//! `stale_reads`: a `Stale` read is not linearizable and is kept out of
+//! the history; what it promises is checked instead (see there).
+//!
 //! `exactly_once`: compares what the replicas applied (the probe's
 //! record, see `probe.rs`) with the calls: a command applied more often
 //! than it was acknowledged plus left unknown was applied twice; one
@@ -289,6 +292,82 @@ pub(crate) fn exactly_once(calls: &[Call], applies: &Applies) -> Result<(), Stri
                     "a write acknowledged {n} times was applied only {got} times by any replica: an acknowledged write was lost (command bytes {cmd:02x?})"
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// A `Stale` read as answered.
+#[derive(Clone, Debug)]
+pub struct StaleRead {
+    /// The client that made it.
+    pub client: usize,
+    /// The replica that answered.
+    pub node: crate::core::NodeId,
+    /// The encoded query.
+    pub query: Vec<u8>,
+    /// The encoded answer.
+    pub output: Vec<u8>,
+    /// What the replica reported (`None`: it answered without a report,
+    /// which is itself a violation).
+    pub staleness: Option<crate::client::Staleness>,
+}
+
+/// Judges stale reads against what the replicas applied: `Err` names the
+/// first read that breaks one of
+///
+/// 0. **reported**: the answer came with its [`Staleness`](crate::client::Staleness);
+/// 1. **bound reported**: its `applied` is at most its `leader_commit`
+///    (what `Staleness::behind` counts from);
+/// 2. **a committed prefix, exactly the reported one**: the answer is the
+///    query's answer, with `S` as the model, on the state after exactly
+///    the writes of the group's log at indexes up to `applied` (every
+///    committed write there, in log order, and none after). So a stale
+///    read never sees an uncommitted or invented state, never misses a
+///    write below the index it reports, and is as stale as it says (no
+///    more: `applied` is at least what it saw).
+///
+/// Not checked: freshness (a stale read may lag without bound, which is
+/// its contract) and monotonicity across replicas.
+pub(crate) fn stale_reads<S: StateMachine + Default>(
+    reads: &[StaleRead],
+    applies: &Applies,
+) -> Result<(), String> {
+    if let Some(read) = reads.iter().find(|r| r.staleness.is_none()) {
+        return Err(format!(
+            "replica {:#x} answered client {}'s stale read {:02x?} without reporting its staleness",
+            read.node, read.client, read.query
+        ));
+    }
+    let mut order: Vec<(&StaleRead, crate::client::Staleness)> = reads
+        .iter()
+        .filter_map(|r| r.staleness.map(|s| (r, s)))
+        .collect();
+    order.sort_by_key(|(_, s)| s.applied);
+    let mut positions = applies.by_position.iter().peekable();
+    let mut expected = 1u64;
+    let mut sm = S::default();
+    for (read, s) in order {
+        if s.applied > s.leader_commit {
+            return Err(format!(
+                "replica {:#x} reported a stale read at applied index {} past the leader's commit {} it reported",
+                read.node, s.applied, s.leader_commit
+            ));
+        }
+        while let Some((position, applied)) = positions.next_if(|(_, a)| a.index <= s.applied) {
+            if *position != expected {
+                // A hole in what the replicas applied: nothing to judge by.
+                return Ok(());
+            }
+            expected += 1;
+            let _ = apply_encoded(&mut sm, &mut Ctx::new(0, 0, 0), &applied.command);
+        }
+        let model = query_encoded(&sm, &Ctx::new(0, 0, 0), &read.query).ok();
+        if model.as_ref() != Some(&read.output) {
+            return Err(format!(
+                "client {}'s stale read {:02x?} on replica {:#x} answered {:02x?} at applied index {}, but the state after the log's writes up to that index answers {:02x?}",
+                read.client, read.query, read.node, read.output, s.applied, model
+            ));
         }
     }
     Ok(())

@@ -23,16 +23,18 @@ use rand::{Rng, SeedableRng};
 use super::client::SimClient;
 use super::disk::{DiskFaults, SimDisk};
 use super::exec::{Trace, fnv, runtime};
-use super::history::{self, History, Kind, Outcome, Verdict};
+use super::history::{self, History, Kind, Outcome, StaleRead, Verdict};
 use super::probe::{Applies, PROBE, Probe, ProbeCtx};
-use super::teeth::{Armed, Tooth};
+use super::teeth::{Armed, Tooth, on};
 use crate::core::NodeId;
 use crate::error::Error;
 use crate::identity::{default_name, node_id};
+use crate::multi::{Journal, JournalOptions};
 use crate::runtime::session::SessionId;
 use crate::runtime::threads::{Threads, Worker};
-use crate::runtime::{Peer, PeerBuilder};
+use crate::runtime::{GroupStorage, Peer, PeerBuilder};
 use crate::state_machine::StateMachine;
+use crate::storage::FileSnapshotStore;
 use crate::transport::memory::MemoryNetwork;
 
 /// The tick of simulated peers (elections after 10–20 ticks).
@@ -65,6 +67,8 @@ pub struct Simulation<S: StateMachine> {
     teeth: Vec<Tooth>,
     faults: Faults,
     snapshot_every: u64,
+    groups: Option<usize>,
+    replicas: Option<usize>,
 }
 
 /// Which faults the nemesis may inject (all by default).
@@ -79,6 +83,10 @@ pub struct Faults {
     pub disk: bool,
     /// Jumps of a node's wall clock (which stamps session expiry).
     pub clock: bool,
+    /// Leadership transfers to random targets and, with several groups
+    /// on spare nodes ([`Simulation::replicas`]), replica moves by
+    /// membership changes (`moves.rs`).
+    pub membership: bool,
 }
 
 impl Default for Faults {
@@ -88,6 +96,7 @@ impl Default for Faults {
             crashes: true,
             disk: true,
             clock: true,
+            membership: true,
         }
     }
 }
@@ -153,6 +162,22 @@ pub struct SeedReport {
     pub sessions: SessionCounts,
     /// Virtual time the run covered.
     pub virtual_time: Duration,
+    /// Leadership transfers and replica moves.
+    pub membership: MembershipCounts,
+    /// Stale reads judged (`history::stale_reads`).
+    pub stale_reads: usize,
+}
+
+/// Leadership transfers and replica moves in one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MembershipCounts {
+    /// Leadership transfers started (the leader accepted them).
+    pub transfers: u64,
+    /// Replica moves started.
+    pub moves_started: u64,
+    /// Replica moves that went through every step (learner added, caught
+    /// up, joint change committed, old replica dropped).
+    pub moves_done: u64,
 }
 
 /// Session expiry in one run.
@@ -211,7 +236,29 @@ impl<S: StateMachine + Default> Simulation<S> {
             teeth: Vec::new(),
             faults: Faults::default(),
             snapshot_every: 16,
+            groups: None,
+            replicas: None,
         }
+    }
+
+    /// Runs `k` Raft groups (1 to 8) of `S` on the simulated nodes, as a
+    /// [`MultiNode`](crate::multi::MultiNode) does: each node's replicas of
+    /// every group share the node's one journal
+    /// ([`Journal`](crate::multi::Journal)) on its simulated disk, and its
+    /// fate (a crash, a restart, a partition hits all of them). Each group
+    /// has its own history, judged on its own. Without this call, each node
+    /// runs one ordinary peer with its own write-ahead log.
+    pub fn groups(mut self, k: usize) -> Self {
+        self.groups = Some(k.clamp(1, 8));
+        self
+    }
+
+    /// With [`groups`](Self::groups): each group starts with replicas on
+    /// this many nodes (rotating, default all of them); the nodes left
+    /// over are spares that replica moves bring groups to.
+    pub fn replicas(mut self, r: usize) -> Self {
+        self.replicas = Some(r.max(1));
+        self
     }
 
     /// The cluster size (1 to 9).
@@ -336,6 +383,8 @@ impl<S: StateMachine + Default> Simulation<S> {
             faults: self.faults,
             snapshot_every: self.snapshot_every,
             workload: self.workload.clone(),
+            groups: self.groups,
+            replicas: self.replicas.unwrap_or(self.nodes).min(self.nodes),
         };
         rt.block_on(run_one::<S>(seed, config, print))
     }
@@ -352,16 +401,56 @@ struct Config<S: StateMachine> {
     faults: Faults,
     snapshot_every: u64,
     workload: Option<Workload<S>>,
+    groups: Option<usize>,
+    replicas: usize,
 }
+
+/// A node's tasks, by the group they serve (`None`: the node's own).
+type Tasks = Arc<Mutex<Vec<(Option<usize>, tokio::task::AbortHandle)>>>;
+/// Each replica's inbox, by node and group.
+type Inboxes =
+    Arc<Mutex<BTreeMap<(NodeId, usize), tokio::sync::mpsc::Sender<crate::core::Message>>>>;
 
 struct Node<S: StateMachine> {
     addr: String,
     id: NodeId,
     disk: SimDisk,
-    peer: Option<Peer<Probe<S>>>,
+    /// The process runs (its replicas may still be starting).
+    up: bool,
+    /// Its replica of each group it hosts.
+    peers: BTreeMap<usize, Peer<Probe<S>>>,
+    /// The node's shared journal (with [`Simulation::groups`]).
+    journal: Option<Journal>,
+    /// The node's initial groups were created in its journal.
+    created: bool,
     /// A restart is under way (restarts are started from several places).
     starting: bool,
-    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// The node's tasks, by the group they serve (`None`: the node's own).
+    tasks: Tasks,
+}
+
+/// One group's record of a run.
+pub(crate) struct Group {
+    /// Its clients' calls.
+    pub(crate) history: Mutex<History>,
+    /// What its replicas applied.
+    pub(crate) applies: Arc<Mutex<Applies>>,
+    /// Its messages (each group has a network of its own; the nemesis'
+    /// faults hit all of them alike).
+    pub(crate) net: MemoryNetwork,
+    /// Its stale reads, judged apart (`history::stale_reads`).
+    pub(crate) stale: Mutex<Vec<StaleRead>>,
+    /// A replica move of this group is under way.
+    pub(crate) moving: std::sync::atomic::AtomicBool,
+}
+
+/// Where a group's replica lives on a node, as an operator would record
+/// it: its incarnation (a replica moved away and back is a new one, with a
+/// snapshot directory of its own) and whether it was moved away.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Placement {
+    pub(crate) incarnation: u64,
+    pub(crate) removed: bool,
 }
 
 /// The shared state of one run.
@@ -369,10 +458,13 @@ pub(crate) struct World<S: StateMachine> {
     seed: u64,
     start: tokio::time::Instant,
     trace: Arc<Mutex<Trace>>,
-    history: Mutex<History>,
-    applies: Arc<Mutex<Applies>>,
+    pub(crate) groups: Vec<Group>,
+    /// Runs the groups on journals (`Simulation::groups`).
+    journal_mode: bool,
+    /// The nodes each group started on.
+    initial: Vec<Vec<usize>>,
+    pub(crate) placement: Mutex<BTreeMap<(usize, usize), Placement>>,
     nodes: Mutex<Vec<Node<S>>>,
-    net: MemoryNetwork,
     skews: Arc<Mutex<BTreeMap<NodeId, i64>>>,
     session_rng: Arc<Mutex<StdRng>>,
     snapshot_every: u64,
@@ -381,9 +473,12 @@ pub(crate) struct World<S: StateMachine> {
     /// The peers' session time-to-live.
     session_ttl: Duration,
     sessions: Mutex<SessionCounts>,
+    pub(crate) membership: Mutex<MembershipCounts>,
+    /// The inboxes of the replicas, for the group mix-up tooth.
+    inboxes: Inboxes,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -397,11 +492,11 @@ impl<S: StateMachine + Default> World<S> {
         self.session_ttl
     }
 
-    /// The highest term a running member is in.
-    pub(crate) fn max_term(&self) -> u64 {
+    /// The highest term a running replica of `group` is in.
+    pub(crate) fn max_term(&self, group: usize) -> u64 {
         lock(&self.nodes)
             .iter()
-            .filter_map(|n| n.peer.as_ref().map(|p| p.status().term))
+            .filter_map(|n| n.peers.get(&group).map(|p| p.status().term))
             .max()
             .unwrap_or(0)
     }
@@ -424,9 +519,11 @@ impl<S: StateMachine + Default> World<S> {
     /// Records node `i`'s expiry count (before it crashes, and at the end).
     fn note_expiries(&self, i: usize) {
         let n = lock(&self.nodes)[i]
-            .peer
-            .as_ref()
-            .map_or(0, |p| p.status().session_expiries);
+            .peers
+            .values()
+            .map(|p| p.status().session_expiries)
+            .max()
+            .unwrap_or(0);
         let mut c = lock(&self.sessions);
         c.expired = c.expired.max(n);
     }
@@ -441,65 +538,204 @@ impl<S: StateMachine + Default> World<S> {
         lock(&self.failure).get_or_insert((property, detail));
     }
 
-    pub(crate) fn invoke(&self, client: usize, kind: Kind, bytes: Vec<u8>) -> usize {
+    pub(crate) fn invoke(&self, group: usize, client: usize, kind: Kind, bytes: Vec<u8>) -> usize {
         let ms = self.now().as_millis() as u64;
         self.event(format_args!(
-            "client {client} invokes {kind:?} {bytes:02x?}"
+            "client {client} invokes {kind:?} {bytes:02x?} on group {group}"
         ));
-        lock(&self.history).invoke(client, kind, bytes, ms)
+        lock(&self.groups[group].history).invoke(client, kind, bytes, ms)
     }
 
-    pub(crate) fn complete(&self, client: usize, call: usize, outcome: Outcome) {
+    pub(crate) fn complete(&self, group: usize, client: usize, call: usize, outcome: Outcome) {
         let ms = self.now().as_millis() as u64;
         self.event(format_args!("client {client} completes {outcome:02x?}"));
-        lock(&self.history).complete(call, outcome, ms);
+        lock(&self.groups[group].history).complete(call, outcome, ms);
     }
 
-    /// The peer a client should call: the leader some up node names, else
-    /// the `cursor`-th up node.
-    pub(crate) fn target(&self, cursor: usize) -> Option<Peer<Probe<S>>> {
-        let nodes = lock(&self.nodes);
-        let up: Vec<&Peer<Probe<S>>> = nodes.iter().filter_map(|n| n.peer.as_ref()).collect();
+    /// Every group's network.
+    fn nets(&self) -> impl Iterator<Item = &MemoryNetwork> {
+        self.groups.iter().map(|g| &g.net)
+    }
+
+    /// The replicas of `group` on running nodes, with their node's index.
+    pub(crate) fn replicas(&self, group: usize) -> Vec<(usize, Peer<Probe<S>>)> {
+        lock(&self.nodes)
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.up)
+            .filter_map(|(i, n)| n.peers.get(&group).map(|p| (i, p.clone())))
+            .collect()
+    }
+
+    /// The replica of `group` a client should call: the leader some
+    /// replica names, else the `cursor`-th replica.
+    pub(crate) fn target(&self, group: usize, cursor: usize) -> Option<Peer<Probe<S>>> {
+        let up: Vec<Peer<Probe<S>>> = self.replicas(group).into_iter().map(|(_, p)| p).collect();
         if up.is_empty() {
             return None;
         }
         // Leader routing, as the network client does: ask a member.
-        let asked = up[cursor % up.len()];
+        let asked = &up[cursor % up.len()];
         if let Some(leader) = asked.status().leader
             && let Some(p) = up.iter().find(|p| p.id() == leader)
             && cursor % 3 != 2
         {
-            return Some((*p).clone());
+            return Some(p.clone());
         }
         Some(asked.clone())
     }
 
-    fn addrs(&self) -> Vec<String> {
-        lock(&self.nodes).iter().map(|n| n.addr.clone()).collect()
+    /// The address and id of node `i`.
+    pub(crate) fn node(&self, i: usize) -> (String, NodeId) {
+        let nodes = lock(&self.nodes);
+        (nodes[i].addr.clone(), nodes[i].id)
     }
 
-    async fn start_node(self: &Arc<Self>, i: usize) -> Result<(), Error> {
-        let (addr, id, disk, tasks) = {
+    /// How many nodes run.
+    pub(crate) fn node_count(&self) -> usize {
+        lock(&self.nodes).len()
+    }
+
+    /// Whether node `i` runs.
+    pub(crate) fn is_up(&self, i: usize) -> bool {
+        lock(&self.nodes)[i].up
+    }
+
+    /// Whether node `i` hosts a replica of `group` (running or not).
+    pub(crate) fn hosts(&self, i: usize, group: usize) -> bool {
+        let placed = lock(&self.placement).get(&(i, group)).copied();
+        match placed {
+            Some(p) => !p.removed,
+            None => self.initial[group].contains(&i),
+        }
+    }
+
+    /// Whether a replica of `group` was moved away from node `i` (its
+    /// tombstone: see `moves.rs` on why a node never takes that group
+    /// back).
+    pub(crate) fn left(&self, i: usize, group: usize) -> bool {
+        lock(&self.placement)
+            .get(&(i, group))
+            .is_some_and(|p| p.removed)
+    }
+
+    /// Whether the groups run on journals (and replicas can move).
+    pub(crate) fn journal_mode(&self) -> bool {
+        self.journal_mode
+    }
+
+    /// Starts the workers of node `i` as tasks of the simulation, slowed by
+    /// seeded delays, reporting applies of `group` to its probe.
+    fn threads(&self, i: usize, group: Option<usize>) -> Threads {
+        let (id, tasks) = {
             let nodes = lock(&self.nodes);
-            let n = &nodes[i];
-            (n.addr.clone(), n.id, n.disk.clone(), n.tasks.clone())
+            (nodes[i].id, nodes[i].tasks.clone())
         };
-        let ctx = ProbeCtx {
+        let ctx = group.map(|g| ProbeCtx {
             node: id,
-            applies: self.applies.clone(),
-        };
-        let spawned = tasks.clone();
-        let slow_seed = self.seed ^ id.rotate_left(17) ^ lock(&self.crashes).wrapping_mul(31);
-        let threads = Threads::Custom(Arc::new(move |name: &str, body| {
+            applies: self.groups[g].applies.clone(),
+        });
+        let slow_seed = self.seed
+            ^ id.rotate_left(17)
+            ^ lock(&self.crashes).wrapping_mul(31)
+            ^ group.map_or(0, |g| (g as u64 + 1).wrapping_mul(0x9e37_79b9));
+        Threads::Custom(Arc::new(move |name: &str, body| {
             let body = Slow {
                 body,
                 delay: None,
                 rng: StdRng::seed_from_u64(slow_seed ^ fnv(name.as_bytes())),
             };
-            let h = tokio::spawn(PROBE.scope(ctx.clone(), body));
-            lock(&spawned).push(h.abort_handle());
+            let h = match &ctx {
+                Some(ctx) => tokio::spawn(PROBE.scope(ctx.clone(), body)),
+                None => tokio::spawn(body),
+            };
+            lock(&tasks).push((group, h.abort_handle()));
             Ok(Worker::Task(h))
-        }));
+        }))
+    }
+
+    async fn start_node(self: &Arc<Self>, i: usize) -> Result<(), Error> {
+        if !self.journal_mode {
+            let peer = self.start_replica(i, 0, None).await?;
+            let mut nodes = lock(&self.nodes);
+            nodes[i].peers.insert(0, peer);
+            nodes[i].up = true;
+            drop(nodes);
+            self.event(format_args!("node {i} started"));
+            return Ok(());
+        }
+        let (addr, disk) = {
+            let nodes = lock(&self.nodes);
+            (nodes[i].addr.clone(), nodes[i].disk.clone())
+        };
+        let mut opts = JournalOptions::default();
+        opts.wal.segment_size = 4096;
+        opts.checkpoint_bytes = 32 << 10;
+        let journal = Journal::open_on(
+            Arc::new(disk),
+            std::path::Path::new(&format!("/sim/{addr}/journal-wal")),
+            opts,
+            &self.threads(i, None),
+        )
+        .map_err(|e| Error::Storage(e.to_string()))?;
+        {
+            let mut nodes = lock(&self.nodes);
+            nodes[i].journal = Some(journal.clone());
+            nodes[i].up = true;
+        }
+        if !lock(&self.nodes)[i].created {
+            for g in 0..self.groups.len() {
+                if self.initial[g].contains(&i) {
+                    journal
+                        .create_group(g as u64)
+                        .map_err(|e| Error::Storage(e.to_string()))?;
+                }
+            }
+            lock(&self.nodes)[i].created = true;
+        }
+        for g in journal.groups() {
+            let Ok(g) = usize::try_from(g) else { continue };
+            if g >= self.groups.len() {
+                continue;
+            }
+            if !self.hosts(i, g) {
+                // Moved away, and the node crashed before it dropped the
+                // replica: the operator drops it now.
+                journal
+                    .remove_group(g as u64)
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+                continue;
+            }
+            let peer = self.start_replica(i, g, Some(&journal)).await?;
+            let mut nodes = lock(&self.nodes);
+            if !nodes[i].up {
+                peer.abort();
+                return Err(Error::Unavailable(format!(
+                    "node {i} crashed while starting"
+                )));
+            }
+            nodes[i].peers.insert(g, peer);
+        }
+        self.event(format_args!("node {i} started"));
+        Ok(())
+    }
+
+    /// Starts node `i`'s replica of `group`: on the node's journal, or (one
+    /// group without a journal) as an ordinary peer with its own log. A
+    /// replica of a group's first incarnation on one of its first nodes
+    /// founds the group; any other starts empty and waits to be added.
+    async fn start_replica(
+        self: &Arc<Self>,
+        i: usize,
+        g: usize,
+        journal: Option<&Journal>,
+    ) -> Result<Peer<Probe<S>>, Error> {
+        let (addr, id, disk) = {
+            let nodes = lock(&self.nodes);
+            let n = &nodes[i];
+            (n.addr.clone(), n.id, n.disk.clone())
+        };
+        let threads = self.threads(i, Some(g));
         let rng = self.session_rng.clone();
         let session_ids = Arc::new(move || Ok(SessionId(lock(&rng).random())));
         let (skews, start) = (self.skews.clone(), self.start);
@@ -508,45 +744,178 @@ impl<S: StateMachine + Default> World<S> {
             let skew = lock(&skews).get(&id).copied().unwrap_or(0);
             (1_800_000_000_000i64 + virtual_ms + skew).max(0) as u64
         };
-        let net = self.net.clone();
-        let peer = PeerBuilder::<Probe<S>>::new()
+        let net = self.groups[g].net.clone();
+        let inboxes = self.inboxes.clone();
+        let mix = self.journal_mode && self.groups.len() > 1 && on(Tooth::GroupTagMixUp);
+        let group_count = self.groups.len();
+        let mix_seed = self.seed ^ id ^ g as u64;
+        let mut builder = PeerBuilder::<Probe<S>>::new()
             .listen(addr.clone())
-            .data_dir(format!("/sim/{addr}"))
-            .file_system(Arc::new(disk))
-            .bootstrap_members(self.addrs())
             .tick(TICK)
             .snapshot_every(self.snapshot_every)
-            .wal_segment_bytes(4096)
             .threads(threads)
-            .seed(self.seed ^ id)
+            .seed(self.seed ^ id ^ (g as u64).wrapping_mul(0x5851_f42d))
             .session_ids(session_ids)
             .session_ttl(self.session_ttl)
-            .wall_clock(clock)
-            .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
-            .start()
-            .await?;
-        lock(&self.nodes)[i].peer = Some(peer);
-        self.event(format_args!("node {i} started"));
+            .wall_clock(clock);
+        builder = match journal {
+            None => builder
+                .data_dir(format!("/sim/{addr}"))
+                .file_system(Arc::new(disk))
+                .bootstrap_members(self.addrs())
+                .wal_segment_bytes(4096)
+                .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox))),
+            Some(journal) => {
+                let placed = lock(&self.placement)
+                    .get(&(i, g))
+                    .copied()
+                    .unwrap_or_default();
+                let snap_dir = format!("/sim/{addr}/groups/{g}.{}/snapshots", placed.incarnation);
+                let snapshots =
+                    FileSnapshotStore::open_in(Arc::new(disk), std::path::Path::new(&snap_dir), 1)
+                        .map_err(|e| Error::Storage(e.to_string()))?;
+                let sink_journal = journal.clone();
+                let storage = GroupStorage {
+                    log: Box::new(journal.log(g as u64)),
+                    snapshots: Box::new(snapshots),
+                    sink: Box::new(move |snaps| Box::new(sink_journal.sink(g as u64, snaps))),
+                    places: (
+                        format!("/sim/{addr}/journal-wal").into(),
+                        snap_dir.clone().into(),
+                    ),
+                };
+                let mut b = builder
+                    .name(default_name(S::NAME, &addr))
+                    .advertise(addr.clone())
+                    .in_memory()
+                    .group_storage(storage)
+                    .transport(move |id, inbox| {
+                        lock(&inboxes).insert((id, g), inbox.clone());
+                        if !mix {
+                            return Arc::new(net.endpoint(id, inbox));
+                        }
+                        // The tooth: a demultiplexer that now and then
+                        // hands a message to the wrong group's replica.
+                        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+                        let inboxes = inboxes.clone();
+                        tokio::spawn(async move {
+                            let mut rng = StdRng::seed_from_u64(mix_seed);
+                            while let Some(m) = rx.recv().await {
+                                let to = if rng.random_ratio(1, 8) {
+                                    (g + 1) % group_count
+                                } else {
+                                    g
+                                };
+                                let inbox = lock(&inboxes).get(&(id, to)).cloned();
+                                if let Some(inbox) = inbox {
+                                    let _ = inbox.try_send(m);
+                                }
+                            }
+                        });
+                        Arc::new(net.endpoint(id, tx))
+                    });
+                if placed.incarnation == 0 && self.initial[g].contains(&i) {
+                    let members: Vec<String> =
+                        self.initial[g].iter().map(|&j| self.node(j).0).collect();
+                    b = b.bootstrap_members(members);
+                }
+                b
+            }
+        };
+        builder.start().await
+    }
+
+    /// Stops node `i`'s replica of `group` (moved away): the replica's
+    /// tasks end and its log leaves the node's journal.
+    pub(crate) async fn drop_replica(&self, i: usize, g: usize) {
+        let (peer, tasks, journal) = {
+            let mut nodes = lock(&self.nodes);
+            let n = &mut nodes[i];
+            let mut tasks = lock(&n.tasks);
+            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *tasks)
+                .into_iter()
+                .partition(|(t, _)| *t == Some(g));
+            *tasks = rest;
+            drop(tasks);
+            (n.peers.remove(&g), mine, n.journal.clone())
+        };
+        if let Some(p) = peer {
+            let _ = tokio::time::timeout(Duration::from_secs(2), p.shutdown()).await;
+            p.abort();
+        }
+        for (_, t) in tasks {
+            t.abort();
+        }
+        if let Some(j) = journal
+            && let Err(e) = j.remove_group(g as u64)
+        {
+            // The node's next restart drops it (its placement says so).
+            self.event(format_args!("node {i} could not drop group {g}: {e}"));
+        }
+        self.event(format_args!("node {i} dropped its replica of group {g}"));
+    }
+
+    /// Starts an empty replica of `group` on running node `i` (the first
+    /// step of a move). Fails if the node is down.
+    pub(crate) async fn add_replica(self: &Arc<Self>, i: usize, g: usize) -> Result<(), Error> {
+        let journal = {
+            let nodes = lock(&self.nodes);
+            if !nodes[i].up || nodes[i].starting || nodes[i].peers.contains_key(&g) {
+                return Err(Error::Unavailable(format!(
+                    "node {i} cannot take group {g}"
+                )));
+            }
+            nodes[i].journal.clone()
+        };
+        let Some(journal) = journal else {
+            return Err(Error::Unavailable(format!("node {i} has no journal")));
+        };
+        {
+            let mut placement = lock(&self.placement);
+            let p = placement.entry((i, g)).or_default();
+            if p.removed || self.initial[g].contains(&i) {
+                p.incarnation += 1;
+            }
+            p.removed = false;
+        }
+        journal
+            .create_group(g as u64)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let peer = self.start_replica(i, g, Some(&journal)).await?;
+        let mut nodes = lock(&self.nodes);
+        if nodes[i].up {
+            nodes[i].peers.insert(g, peer);
+        } else {
+            peer.abort();
+        }
+        drop(nodes);
+        self.event(format_args!("node {i} hosts a new replica of group {g}"));
         Ok(())
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        lock(&self.nodes).iter().map(|n| n.addr.clone()).collect()
     }
 
     /// Kills node `i`'s process: its tasks stop where they are and its
     /// disk loses what was not synced.
     fn crash(&self, i: usize, tear: bool) {
         self.note_expiries(i);
-        let (peer, tasks, disk) = {
+        let (peers, tasks, disk) = {
             let mut nodes = lock(&self.nodes);
             let n = &mut nodes[i];
+            n.up = false;
+            n.journal = None;
             (
-                n.peer.take(),
+                std::mem::take(&mut n.peers),
                 std::mem::take(&mut *lock(&n.tasks)),
                 n.disk.clone(),
             )
         };
-        if let Some(p) = peer {
+        for p in peers.values() {
             p.abort();
         }
-        for t in tasks {
+        for (_, t) in tasks {
             t.abort();
         }
         let torn = disk.crash(tear);
@@ -557,7 +926,7 @@ impl<S: StateMachine + Default> World<S> {
     async fn restart(self: &Arc<Self>, i: usize) {
         {
             let mut nodes = lock(&self.nodes);
-            if nodes[i].peer.is_some() || nodes[i].starting {
+            if nodes[i].up || nodes[i].starting {
                 return;
             }
             nodes[i].starting = true;
@@ -578,7 +947,7 @@ impl<S: StateMachine + Default> World<S> {
                 // once the disk recovers (its faults last a while).
                 Err(e) if faulty => {
                     self.event(format_args!("node {i} restart failed ({e}); retrying"));
-                    disk.crash(false);
+                    self.crash(i, false);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => {
@@ -596,23 +965,44 @@ impl<S: StateMachine + Default> World<S> {
         lock(&self.nodes)
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.peer.is_some())
+            .filter(|(_, n)| n.up && !n.starting)
             .map(|(i, _)| i)
             .collect()
     }
 
-    fn leader(&self) -> Option<usize> {
+    /// The node whose replica of `group` leads, and that replica.
+    pub(crate) fn leader(&self, group: usize) -> Option<(usize, Peer<Probe<S>>)> {
         let nodes = lock(&self.nodes);
-        nodes.iter().position(|n| {
-            n.peer
-                .as_ref()
-                .is_some_and(|p| p.status().leader == Some(n.id))
+        nodes.iter().enumerate().find_map(|(i, n)| {
+            n.peers
+                .get(&group)
+                .filter(|p| n.up && p.status().leader == Some(n.id))
+                .map(|p| (i, p.clone()))
+        })
+    }
+
+    /// Whether `group` has a leader whose configuration is not joint and
+    /// whose members all run and applied everything it committed.
+    fn converged(&self, group: usize) -> bool {
+        let Some((_, leader)) = self.leader(group) else {
+            return false;
+        };
+        let ls = leader.status();
+        if ls.joint || ls.commit != ls.applied {
+            return false;
+        }
+        let replicas = self.replicas(group);
+        ls.members.iter().all(|m| {
+            replicas.iter().any(|(_, p)| {
+                let s = p.status();
+                p.id() == m.id && s.applied == ls.applied && s.commit == s.applied
+            })
         })
     }
 
     /// Node `i` stopped serving (storage failed or halted).
     fn is_stuck(&self, i: usize) -> bool {
-        lock(&self.nodes)[i].peer.as_ref().is_some_and(|p| {
+        lock(&self.nodes)[i].peers.values().any(|p| {
             let s = p.status();
             s.fatal.is_some() || s.halted.is_some()
         })
@@ -625,13 +1015,22 @@ async fn run_one<S: StateMachine + Default>(
     print: bool,
 ) -> Result<SeedReport, SimFailure> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let net = MemoryNetwork::new(rng.random());
+    let group_count = config.groups.unwrap_or(1);
     let trace = Arc::new(Mutex::new(Trace::new(print)));
     let storm: Arc<Mutex<(Duration, u64, bool)>> = Arc::default();
     let start = tokio::time::Instant::now();
-    {
+    // `RAFTKIT_SIM_TRACE=2`: messages with their bodies (shortened).
+    let detail = std::env::var("RAFTKIT_SIM_TRACE").is_ok_and(|v| v.trim() == "2");
+    let mut groups = Vec::new();
+    for g in 0..group_count {
+        let net = MemoryNetwork::new(rng.random());
         let trace = trace.clone();
         let storm = storm.clone();
+        let tag = if group_count > 1 {
+            format!("g{g} ")
+        } else {
+            String::new()
+        };
         net.observe(Arc::new(move |from, m, delivered| {
             let at = tokio::time::Instant::now() - start;
             let verdict = if delivered { "->" } else { "-x" };
@@ -652,15 +1051,40 @@ async fn run_one<S: StateMachine + Default>(
             lock(&trace).event(
                 at,
                 format_args!(
-                    "{from:#x} {verdict} {:#x} {} t{}",
+                    "{tag}{from:#x} {verdict} {:#x} {} t{}{}",
                     m.to,
                     m.body.kind(),
-                    m.term
+                    m.term,
+                    if detail {
+                        let d = format!(" {:?}", m.body);
+                        d.chars().take(300).collect::<String>()
+                    } else {
+                        String::new()
+                    }
                 ),
             );
             true
         }));
+        groups.push(Group {
+            history: Mutex::default(),
+            applies: Arc::default(),
+            net,
+            stale: Mutex::default(),
+            moving: Default::default(),
+        });
     }
+    // Group g starts on `replicas` nodes from node g on (rotating).
+    let initial: Vec<Vec<usize>> = (0..group_count)
+        .map(|g| {
+            if config.groups.is_none() {
+                (0..config.nodes).collect()
+            } else {
+                (0..config.replicas)
+                    .map(|k| (g + k) % config.nodes)
+                    .collect()
+            }
+        })
+        .collect();
     let nodes = (0..config.nodes)
         .map(|i| {
             let addr = format!("node-{i}");
@@ -668,7 +1092,10 @@ async fn run_one<S: StateMachine + Default>(
                 id: node_id(&default_name(S::NAME, &addr)),
                 addr,
                 disk: SimDisk::new(rng.random()),
-                peer: None,
+                up: false,
+                peers: BTreeMap::new(),
+                journal: None,
+                created: false,
                 starting: false,
                 tasks: Arc::default(),
             }
@@ -683,10 +1110,11 @@ async fn run_one<S: StateMachine + Default>(
         seed,
         start,
         trace,
-        history: Mutex::default(),
-        applies: Arc::default(),
+        groups,
+        journal_mode: config.groups.is_some(),
+        initial,
+        placement: Mutex::default(),
         nodes: Mutex::new(nodes),
-        net,
         skews: Arc::default(),
         session_rng: Arc::new(Mutex::new(StdRng::seed_from_u64(rng.random()))),
         snapshot_every: config.snapshot_every,
@@ -696,6 +1124,8 @@ async fn run_one<S: StateMachine + Default>(
             crate::runtime::session::SESSION_TTL_MS,
         )),
         sessions: Mutex::default(),
+        membership: Mutex::default(),
+        inboxes: Arc::default(),
     });
     if let Some(ttl) = short_ttl {
         world.event(format_args!("session time-to-live {ttl:?}"));
@@ -712,7 +1142,8 @@ async fn run_one<S: StateMachine + Default>(
         }
     }
 
-    // The clients.
+    // The clients: each call goes to a group drawn at random, through the
+    // client's own session with that group.
     let mut clients = Vec::new();
     if let Some(workload) = &config.workload {
         for c in 0..config.clients {
@@ -720,7 +1151,9 @@ async fn run_one<S: StateMachine + Default>(
             let client_seed: u64 = rng.random();
             let ops = config.ops;
             clients.push(tokio::spawn(async move {
-                let client = SimClient::new(world.clone(), c);
+                let per_group: Vec<SimClient<S>> = (0..group_count)
+                    .map(|g| SimClient::new(world.clone(), g, c))
+                    .collect();
                 let mut rng = StdRng::seed_from_u64(client_seed);
                 for _ in 0..ops {
                     // Think time: spreads the calls over the nemesis' faults.
@@ -736,8 +1169,13 @@ async fn run_one<S: StateMachine + Default>(
                         world.event(format_args!("client {c} away for {away:?}"));
                         tokio::time::sleep(away).await;
                     }
+                    let group = if group_count > 1 {
+                        rng.random_range(0..group_count)
+                    } else {
+                        0
+                    };
                     let call_rng = StdRng::seed_from_u64(rng.random());
-                    workload(call_rng, client.clone()).await;
+                    workload(call_rng, per_group[group].clone()).await;
                 }
             }));
         }
@@ -756,13 +1194,25 @@ async fn run_one<S: StateMachine + Default>(
     }
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = nemesis.await;
+    // Moves under way finish (or give up) before the calm.
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while world
+        .groups
+        .iter()
+        .any(|g| g.moving.load(std::sync::atomic::Ordering::SeqCst))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Calm: heal everything and let the cluster converge.
     world.event("calm");
-    world.net.heal();
-    world.net.set_drop_rate(0.0);
-    world.net.set_duplicate_rate(0.0);
-    world.net.set_delay(0..0);
+    for net in world.nets() {
+        net.heal();
+        net.set_drop_rate(0.0);
+        net.set_duplicate_rate(0.0);
+        net.set_delay(0..0);
+    }
     for i in 0..config.nodes {
         lock(&world.nodes)[i].disk.set_faults(DiskFaults::default());
         if world.is_stuck(i) {
@@ -773,16 +1223,7 @@ async fn run_one<S: StateMachine + Default>(
     let deadline = tokio::time::Instant::now() + CONVERGE;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let statuses: Vec<_> = {
-            let nodes = lock(&world.nodes);
-            nodes
-                .iter()
-                .filter_map(|n| n.peer.as_ref().map(|p| p.status()))
-                .collect()
-        };
-        let converged = statuses.iter().all(|s| {
-            s.applied == statuses[0].applied && s.commit == s.applied && s.leader.is_some()
-        });
+        let converged = (0..group_count).all(|g| world.converged(g));
         if converged || tokio::time::Instant::now() > deadline {
             break;
         }
@@ -790,17 +1231,21 @@ async fn run_one<S: StateMachine + Default>(
 
     let report = |world: &World<S>, undecided| {
         let (trace_hash, events) = lock(&world.trace).digest();
-        let history = lock(&world.history);
-        let answered = history
-            .calls()
-            .iter()
-            .filter(|c| matches!(c.outcome, Outcome::Ok(_)))
-            .count();
+        let (mut answered, mut total) = (0, 0);
+        for g in &world.groups {
+            let history = lock(&g.history);
+            answered += history
+                .calls()
+                .iter()
+                .filter(|c| matches!(c.outcome, Outcome::Ok(_)))
+                .count();
+            total += history.calls().len();
+        }
         SeedReport {
             seed,
             trace_hash,
             events,
-            calls: (answered, history.calls().len() - answered),
+            calls: (answered, total - answered),
             crashes: *lock(&world.crashes),
             disk_faults: lock(&world.nodes)
                 .iter()
@@ -810,17 +1255,27 @@ async fn run_one<S: StateMachine + Default>(
             session_ttl: world.session_ttl,
             sessions: *lock(&world.sessions),
             virtual_time: world.now(),
+            membership: *lock(&world.membership),
+            stale_reads: world.groups.iter().map(|g| lock(&g.stale).len()).sum(),
         }
     };
 
     // Stop the peers (their tasks would outlive the runtime otherwise).
     for i in 0..config.nodes {
         world.note_expiries(i);
-        let peer = lock(&world.nodes)[i].peer.take();
-        if let Some(p) = peer {
+        let (peers, tasks) = {
+            let mut nodes = lock(&world.nodes);
+            let n = &mut nodes[i];
+            n.journal = None;
+            (
+                std::mem::take(&mut n.peers),
+                std::mem::take(&mut *lock(&n.tasks)),
+            )
+        };
+        for p in peers.values() {
             p.abort();
         }
-        for t in std::mem::take(&mut *lock(&lock(&world.nodes)[i].tasks)) {
+        for (_, t) in tasks {
             t.abort();
         }
     }
@@ -836,18 +1291,32 @@ async fn run_one<S: StateMachine + Default>(
     if let Some((property, detail)) = lock(&world.failure).clone() {
         return Err(failure(&world, property, detail));
     }
-    if let Some(d) = lock(&world.applies).divergence.clone() {
-        return Err(failure(&world, "diverging replicas", d));
+    let mut undecided = false;
+    for (g, group) in world.groups.iter().enumerate() {
+        let of = |detail: String| {
+            if group_count > 1 {
+                format!("group {g}: {detail}")
+            } else {
+                detail
+            }
+        };
+        if let Some(d) = lock(&group.applies).divergence.clone() {
+            return Err(failure(&world, "diverging replicas", of(d)));
+        }
+        let calls = lock(&group.history).calls().to_vec();
+        if let Err(e) = history::exactly_once(&calls, &lock(&group.applies)) {
+            return Err(failure(&world, "exactly-once", of(e)));
+        }
+        match history::linearizable::<S>(&calls, CHECK_BUDGET) {
+            Verdict::Linearizable => {}
+            Verdict::Undecided => undecided = true,
+            Verdict::Violation(e) => return Err(failure(&world, "linearizability", of(e))),
+        }
+        let stale = lock(&group.stale).clone();
+        if let Err(e) = history::stale_reads::<S>(&stale, &lock(&group.applies)) {
+            return Err(failure(&world, "stale reads", of(e)));
+        }
     }
-    let calls = lock(&world.history).calls().to_vec();
-    if let Err(e) = history::exactly_once(&calls, &lock(&world.applies)) {
-        return Err(failure(&world, "exactly-once", e));
-    }
-    let undecided = match history::linearizable::<S>(&calls, CHECK_BUDGET) {
-        Verdict::Linearizable => false,
-        Verdict::Undecided => true,
-        Verdict::Violation(e) => return Err(failure(&world, "linearizability", e)),
-    };
     Ok(report(&world, undecided))
 }
 
@@ -874,7 +1343,7 @@ async fn nemesis<S: StateMachine + Default>(
             }
         }
         let ids: Vec<NodeId> = lock(&world.nodes).iter().map(|n| n.id).collect();
-        match rng.random_range(0..13u32) {
+        match rng.random_range(0..15u32) {
             0 if faults.network && n > 1 => {
                 let mut side: Vec<NodeId> = ids.clone();
                 let k = rng.random_range(1..n);
@@ -882,27 +1351,30 @@ async fn nemesis<S: StateMachine + Default>(
                     side.swap(j, rng.random_range(0..=j));
                 }
                 let (a, b) = side.split_at(k);
-                world.net.partition(a, b);
+                world.nets().for_each(|net| net.partition(a, b));
                 world.event(format_args!("partition {a:x?} | {b:x?}"));
             }
             1 if faults.network && n > 1 => {
                 let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
                 if a != b {
-                    world.net.cut(ids[a], ids[b]);
+                    world.nets().for_each(|net| net.cut(ids[a], ids[b]));
                     world.event(format_args!("one-way cut {a} -> {b}"));
                 }
             }
             2 if faults.network => {
-                if let Some(l) = world.leader() {
-                    world.net.isolate(ids[l]);
+                let g = rng.random_range(0..world.groups.len());
+                if let Some((l, _)) = world.leader(g) {
+                    world.nets().for_each(|net| net.isolate(ids[l]));
                     world.event(format_args!("isolate leader {l}"));
                 }
             }
             3 | 4 => {
-                world.net.heal();
-                world.net.set_drop_rate(0.0);
-                world.net.set_duplicate_rate(0.0);
-                world.net.set_delay(0..0);
+                for net in world.nets() {
+                    net.heal();
+                    net.set_drop_rate(0.0);
+                    net.set_duplicate_rate(0.0);
+                    net.set_delay(0..0);
+                }
                 world.event("heal");
             }
             5 if faults.network => {
@@ -912,9 +1384,11 @@ async fn nemesis<S: StateMachine + Default>(
                 } else {
                     30
                 };
-                world.net.set_drop_rate(drop);
-                world.net.set_duplicate_rate(dup);
-                world.net.set_delay(1..hi.max(2));
+                for net in world.nets() {
+                    net.set_drop_rate(drop);
+                    net.set_duplicate_rate(dup);
+                    net.set_delay(1..hi.max(2));
+                }
                 world.event(format_args!(
                     "lossy net: drop {drop:.2} dup {dup:.2} delay <{hi}ms"
                 ));
@@ -955,7 +1429,8 @@ async fn nemesis<S: StateMachine + Default>(
                 });
             }
             9 if faults.clock => {
-                if let Some(l) = world.leader() {
+                let g = rng.random_range(0..world.groups.len());
+                if let Some((l, _)) = world.leader(g) {
                     // Mostly within ten minutes; now and then two hours,
                     // past any session time-to-live (the default hour
                     // too): the stamp clamp must keep it from expiring
@@ -968,6 +1443,14 @@ async fn nemesis<S: StateMachine + Default>(
                     *lock(&world.skews).entry(ids[l]).or_default() += jump;
                     world.event(format_args!("leader {l} clock jumps {jump} ms"));
                 }
+            }
+            13 if faults.membership => {
+                let g = rng.random_range(0..world.groups.len());
+                super::moves::transfer(&world, g, &mut rng).await;
+            }
+            14 if faults.membership && world.journal_mode() => {
+                let g = rng.random_range(0..world.groups.len());
+                super::moves::start_move(&world, g, &mut rng);
             }
             _ => {}
         }

@@ -94,6 +94,23 @@
 //!
 //! A test runs each seed twice and compares the trace hashes.
 //!
+//! # Several groups per node
+//!
+//! [`Simulation::groups`] runs `k` groups of `S` the way a
+//! [`MultiNode`](crate::multi::MultiNode) hosts them: each node's replicas
+//! of every group write through the node's one
+//! [`Journal`](crate::multi::Journal) on its simulated disk (its commit
+//! loop a task of the simulation, through the same `Threads` hook), each
+//! group keeps its own snapshot directory, and a node's crash, restart,
+//! pause or partition hits all its groups at once. Each group has a network
+//! of its own (the multi-group QUIC links do not run here; the nemesis'
+//! network faults hit every group's network alike), its own history and
+//! its own probe, and is judged on its own. [`Simulation::replicas`]
+//! leaves spare nodes, which replica moves (`moves.rs`) bring groups to:
+//! learner, catch-up, joint change, removal, with crashes and partitions
+//! across every step; leadership transfers to random targets run in every
+//! mode.
+//!
 //! # Properties checked per seed
 //!
 //! - **replicas agree** (`probe.rs`): replicas that applied the same write
@@ -103,7 +120,16 @@
 //! - **exactly-once** (`history.rs`): no write applied more often than it
 //!   was acknowledged or left unknown; no acknowledged write lost;
 //! - **linearizability** (`history.rs`): the history of typed calls, with
-//!   the user's state machine as the sequential specification;
+//!   the user's state machine as the sequential specification, per group
+//!   (the whole group's history, which implies every key's); reads at
+//!   `Consistency::Lease` are in it and must be linearizable too (the
+//!   simulated clocks share one virtual time, so they respect any drift
+//!   bound);
+//! - **stale reads** (`history::stale_reads`): a `Consistency::Stale`
+//!   read came with its `Staleness`, reports `applied <= leader_commit`,
+//!   and answered exactly what the state after the log's writes up to its
+//!   reported `applied` index answers (a committed prefix, the one it
+//!   claims); how far behind it may be is not bounded (its contract);
 //! - **session expiry** (`client.rs`): no session expires before its
 //!   time-to-live of virtual time without use, less the leaders' stamp
 //!   slack. About a third of the seeds run the peers with a time-to-live of
@@ -115,7 +141,7 @@
 //! # Switches
 //!
 //! `RAFTKIT_SIM_SEED=<n>` replays one seed, `RAFTKIT_SIM_TRACE=1` prints
-//! its trace, `RAFTKIT_SIM_RUNTIME_SEEDS=<n>` runs more seeds,
+//! its trace (`=2`: with the messages' bodies), `RAFTKIT_SIM_RUNTIME_SEEDS=<n>` runs more seeds,
 //! `RAFTKIT_SIM_RUNTIME_BUG=<name>` arms a runtime tooth ([`Tooth`]).
 
 mod client;
@@ -123,12 +149,16 @@ pub mod disk;
 mod exec;
 pub mod history;
 mod kit;
+mod moves;
 mod probe;
 pub mod teeth;
 
 pub use client::SimClient;
 pub use disk::{DiskFaults, SimDisk};
-pub use kit::{Faults, SeedReport, SessionCounts, SimFailure, Simulation, Summary};
+pub use history::StaleRead;
+pub use kit::{
+    Faults, MembershipCounts, SeedReport, SessionCounts, SimFailure, Simulation, Summary,
+};
 pub use probe::Probe;
 pub use rand;
 pub use teeth::Tooth;

@@ -29,6 +29,8 @@ use crate::state_machine::{CodecError, ErrorPolicy, StateMachine, decode, encode
 #[derive(Clone, Debug)]
 pub(crate) struct Applied {
     pub(crate) command: Vec<u8>,
+    /// The log index of the entry (the same on every replica).
+    pub(crate) index: u64,
     output: Vec<u8>,
     state: u64,
     node: NodeId,
@@ -63,8 +65,10 @@ impl Applies {
         };
         if let Some(what) = what {
             self.divergence = Some(format!(
-                "replicas {:#x} and {node:#x} applied {what} at write position {position} (commands {:02x?} and {:02x?}, outputs {:02x?} and {:02x?}, {:?} apart)",
+                "replicas {:#x} and {node:#x} applied {what} at write position {position} (log indexes {} and {}, commands {:02x?} and {:02x?}, outputs {:02x?} and {:02x?}, {:?} apart)",
                 old.node,
+                old.index,
+                new.index,
                 old.command,
                 new.command,
                 old.output,
@@ -123,10 +127,12 @@ impl<S: StateMachine> StateMachine for Probe<S> {
         let encoded = encode("command", &command).unwrap_or_default();
         let output = self.inner.apply(ctx, command);
         self.position += 1;
+        let index = ctx.index();
         let _ = PROBE.try_with(|ctx| {
             let state = self.inner.snapshot().map(|b| fnv(&b)).unwrap_or(0);
             let applied = Applied {
                 command: encoded,
+                index,
                 output: encode("output", &output).unwrap_or_default(),
                 state,
                 node: ctx.node,

@@ -31,16 +31,38 @@ pub enum Tooth {
     /// jump moves replicated time and expires sessions early (`session.rs`
     /// rule 7).
     UnclampedStamps,
+    /// With several groups per node: the node's demultiplexer hands one
+    /// message in eight of a group to the same node's replica of the next
+    /// group (a group-tag mix-up; `multi` invariant "groups never see each
+    /// other's messages"). Injected by the simulation's transport, as the
+    /// multi-group links do not run in it.
+    GroupTagMixUp,
+    /// A leader serves `Consistency::Lease` reads from its state whether
+    /// or not its lease holds (thesis §6.4.1): a deposed leader that has not
+    /// heard of its successor answers with what it has.
+    LeaseWithoutLease,
+    /// A member answering a `Consistency::Stale` read reports the leader's
+    /// commit index as the index it applied: the read claims to be fresher
+    /// than the state it was served from.
+    StaleOverstated,
+    /// Replica moves may bring a group back to a node it was moved away
+    /// from: a new, empty replica under the id of the old one (`moves.rs`,
+    /// "Tombstones"). Injected by the simulation's mover.
+    RehostRemovedReplica,
 }
 
 impl Tooth {
     /// Every tooth.
-    pub const ALL: [Tooth; 5] = [
+    pub const ALL: [Tooth; 9] = [
         Tooth::AckAfterStorageFailure,
         Tooth::CompactAfterFailedSave,
         Tooth::ReapplyRetriedWrite,
         Tooth::ReadBeforeApplied,
         Tooth::UnclampedStamps,
+        Tooth::GroupTagMixUp,
+        Tooth::LeaseWithoutLease,
+        Tooth::StaleOverstated,
+        Tooth::RehostRemovedReplica,
     ];
 
     /// The name `RAFTKIT_SIM_RUNTIME_BUG` uses.
@@ -51,6 +73,10 @@ impl Tooth {
             Tooth::ReapplyRetriedWrite => "reapply_retried_write",
             Tooth::ReadBeforeApplied => "read_before_applied",
             Tooth::UnclampedStamps => "unclamped_stamps",
+            Tooth::GroupTagMixUp => "group_tag_mix_up",
+            Tooth::LeaseWithoutLease => "lease_without_lease",
+            Tooth::StaleOverstated => "stale_overstated",
+            Tooth::RehostRemovedReplica => "rehost_removed_replica",
         }
     }
 
@@ -59,13 +85,13 @@ impl Tooth {
         Tooth::ALL.into_iter().find(|t| t.name() == name.trim())
     }
 
-    fn bit(self) -> u8 {
-        1 << (self as u8)
+    fn bit(self) -> u32 {
+        1 << (self as u32)
     }
 }
 
 thread_local! {
-    static ARMED: Cell<u8> = const { Cell::new(0) };
+    static ARMED: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Whether `tooth` is armed on this thread.
@@ -74,7 +100,7 @@ pub(crate) fn on(tooth: Tooth) -> bool {
 }
 
 /// Arms `teeth` on this thread until the guard is dropped.
-pub(crate) struct Armed(u8);
+pub(crate) struct Armed(u32);
 
 impl Armed {
     pub(crate) fn new(teeth: &[Tooth]) -> Armed {
