@@ -224,3 +224,83 @@ async fn a_typed_client_routes_by_shard_key_and_follows_the_placement() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// The operator's move over the network: a group's replica moves from a
+/// member to a fourth node through `ShardedClient::move_replica` (an admin
+/// request to the group's leader), the placement records the new replicas,
+/// every write survives, and the old node retires its replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_moves_a_replica_and_the_placement_follows() {
+    let addrs = free_addrs(4);
+    let (members, spare) = (addrs[..3].to_vec(), addrs[3].clone());
+    let ca = ClusterCa::generate("shard-move-test").unwrap();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for addr in &addrs {
+        let (node, dir) = start_node(addr, &ca).await;
+        nodes.push(node);
+        dirs.push(dir);
+    }
+    for node in &nodes[..3] {
+        node.form_shards(SHARDS, &members).await.unwrap();
+    }
+    let admin = ca.issue_admin("ops").unwrap();
+    let sharded = ShardedClient::<Kv>::connect_with(&members, admin.clone(), opts())
+        .await
+        .unwrap();
+    let kv = KvClient::new(sharded.clone());
+    let keys: Vec<String> = (0..32).map(|i| format!("m:{i:03}")).collect();
+    for key in &keys {
+        kv.put(key.clone(), format!("v-{key}")).await.unwrap();
+    }
+    let group = 1;
+    let from = members[0].clone();
+    // A client certificate may not move replicas.
+    let client =
+        ShardedClient::<Kv>::connect_with(&members, ca.issue_client("app").unwrap(), opts())
+            .await
+            .unwrap();
+    let refused = client.move_replica(group, &from, &spare).await;
+    assert!(
+        matches!(refused, Err(Error::Unauthorized(_))),
+        "{refused:?}"
+    );
+    assert!(nodes[3].group(group).is_none());
+
+    let summary = sharded.move_replica(group, &from, &spare).await.unwrap();
+    assert!(summary.contains("moved"), "{summary}");
+    let shard = sharded
+        .routes()
+        .shards()
+        .iter()
+        .find(|s| s.group == group)
+        .cloned()
+        .unwrap();
+    assert!(shard.replicas.contains(&spare) && !shard.replicas.contains(&from));
+    assert!(nodes[3].group(group).is_some(), "the spare hosts the group");
+    // Every write is still there, through a fresh client that reads the
+    // placement from group 0.
+    let fresh = KvClient::new(
+        ShardedClient::<Kv>::connect_with(&members, admin.clone(), opts())
+            .await
+            .unwrap(),
+    );
+    for key in &keys {
+        assert_eq!(
+            fresh.get(key.clone()).await.unwrap(),
+            Some(format!("v-{key}"))
+        );
+    }
+    // The old node retires its replica once the removal committed there.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while nodes[0].group(group).is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old replica not retired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+}

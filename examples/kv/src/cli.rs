@@ -163,6 +163,20 @@ pub enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
+    /// Sharded clusters: move group G's replica from the node at FROM to
+    /// the node at TO (add learner, catch up, joint change, leave joint);
+    /// TO must never have hosted group G.
+    MoveReplica {
+        /// The group.
+        #[arg(long, value_name = "G")]
+        group: u64,
+        /// The advertised address of the node that leaves the group.
+        from: String,
+        /// The advertised address of the node that joins it.
+        to: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
     /// Sharded clusters: one round of the leader balancer on every node
     /// given (each moves the leaderships it holds beyond its even share).
     Balance {

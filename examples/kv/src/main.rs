@@ -121,6 +121,12 @@ async fn run(cli: Cli) -> Result<(), fail::Failure> {
         Command::Status { cluster } if cluster.sharded => shards::status(&cluster).await,
         Command::Status { cluster } => commands::status(&cluster).await,
         Command::Balance { cluster } => shards::balance(&cluster).await,
+        Command::MoveReplica {
+            group,
+            from,
+            to,
+            cluster,
+        } => shards::move_replica(&cluster, group, from, to).await,
         Command::Certs(cli::CertsCommand::Init { dir }) => certs::init(&dir),
         Command::Certs(cli::CertsCommand::Issue { dir, name, role }) => {
             certs::issue(&dir, &name, role)

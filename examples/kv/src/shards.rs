@@ -189,6 +189,25 @@ pub async fn transfer_leader(args: &ClusterArgs, group: u64, addr: String) -> Re
     Ok(())
 }
 
+/// `kv move-replica --group G FROM TO`: moves group G's replica.
+pub async fn move_replica(
+    args: &ClusterArgs,
+    group: u64,
+    from: String,
+    to: String,
+) -> Result<(), Failure> {
+    check_addr(&from, "from")?;
+    check_addr(&to, "to")?;
+    let (kv, addrs) = admin(args, "move-replica").await?;
+    let summary = kv
+        .inner()
+        .move_replica(group, &from, &to)
+        .await
+        .map_err(|e| Failure::cluster(&e, &addrs))?;
+    println!("OK: {summary}");
+    Ok(())
+}
+
 /// `kv balance`: one round of the leader balancer on every node given;
 /// prints each transfer started (`group<TAB>target node id`).
 pub async fn balance(args: &ClusterArgs) -> Result<(), Failure> {

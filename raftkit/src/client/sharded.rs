@@ -244,6 +244,79 @@ impl<S> ShardedClient<S> {
             .await
     }
 
+    /// Moves `group`'s replica from the node at `from` to the node at `to`
+    /// (advertised addresses; an admin certificate): asks the nodes the
+    /// placement lists for the group, following `NotLeader` hints, until
+    /// the group's leader runs the move
+    /// ([`MultiNode::move_replica`](crate::multi::MultiNode::move_replica)),
+    /// then records the new replicas in the placement (group 0) and
+    /// re-reads it; the move's one-line summary. The node `to` must never
+    /// have hosted the group before (see [`crate::multi::hosting`]).
+    pub async fn move_replica(
+        &self,
+        group: GroupId,
+        from: &str,
+        to: &str,
+    ) -> Result<String, Error> {
+        let summary = self.run_move(group, from, to).await?;
+        let mut replicas: Vec<String> = self
+            .routes()
+            .shards()
+            .iter()
+            .find(|s| s.group == group)
+            .map(|s| s.replicas.clone())
+            .unwrap_or_default();
+        replicas.retain(|r| r != from && r != to);
+        replicas.push(to.to_string());
+        PlacementClient::new(self.inner.placement.clone())
+            .set_replicas(group, replicas)
+            .await?;
+        self.refresh().await?;
+        Ok(summary)
+    }
+
+    async fn run_move(&self, group: GroupId, from: &str, to: &str) -> Result<String, Error> {
+        let mut candidates: std::collections::VecDeque<String> = self
+            .routes()
+            .shards()
+            .iter()
+            .find(|s| s.group == group)
+            .map(|s| s.replicas.iter().cloned().collect())
+            .unwrap_or_default();
+        if candidates.is_empty() {
+            return Err(Error::Rejected(format!(
+                "the placement lists no group {group}"
+            )));
+        }
+        let request = || super::wire::NodeRequest::MoveReplica {
+            group,
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        let mut last = None;
+        for _ in 0..8 {
+            let Some(addr) = candidates.pop_front() else {
+                break;
+            };
+            match self.inner.placement.node_request(&addr, request()).await {
+                Ok(bytes) => return Ok(decode("move report", &bytes)?),
+                Err(Error::NotLeader { hint }) => {
+                    if let Some(h) = hint.as_ref().and_then(|h| h.rsplit('@').next()) {
+                        candidates.push_front(h.to_string());
+                    }
+                    last = Some(Error::NotLeader { hint });
+                }
+                Err(e) if e.applied() == crate::error::Applied::No && e.is_retryable() => {
+                    last = Some(e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(Error::Unavailable(format!(
+            "no node leading group {group} answered"
+        ))))
+    }
+
     /// The group that owns `key` under the cached placement.
     pub fn group_of(&self, key: &[u8]) -> Option<GroupId> {
         self.routes().shard_of(key).map(|s| s.group)

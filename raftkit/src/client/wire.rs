@@ -143,6 +143,20 @@ pub enum NodeRequest {
     /// answered with the postcard of the transfers started,
     /// `Vec<(group, target node id)>`. Admin only.
     BalanceLeaders,
+    /// Moves group `group`'s replica from the node at `from` to the node
+    /// at `to` (advertised addresses;
+    /// [`MultiNode::move_replica`](crate::multi::MultiNode::move_replica)).
+    /// Only the node leading the group runs it; another answers
+    /// `NotLeader`. Answered with the postcard of a one-line summary of the
+    /// steps. Admin only.
+    MoveReplica {
+        /// The group.
+        group: u64,
+        /// The advertised address of the node that leaves the group.
+        from: String,
+        /// The advertised address of the node that joins it.
+        to: String,
+    },
 }
 
 /// What a client appends to a [`ClientRequest`] in the same frame (postcard

@@ -22,9 +22,17 @@
 //! - an empty replica never campaigns (it has no configuration), and one
 //!   that received no configuration within [`HostingPolicy::orphan_after`]
 //!   is removed again;
-//! - a group this node just removed is not re-created for
-//!   [`HostingPolicy::quarantine`], so late messages of the old
-//!   configuration cannot resurrect it;
+//! - a group this node ever removed is never hosted again on demand (a
+//!   durable tombstone in the journal, [`Journal::was_removed`](super::Journal::was_removed)):
+//!   replicas are named by their node's id, so a fresh empty replica would
+//!   answer under the old replica's id without its log or votes, and a
+//!   stale snapshot listing it as a voter would let it complete a quorum
+//!   of an old configuration and elect a leader missing committed entries
+//!   (the whole-runtime simulation found this, seed 1864). A group moved
+//!   away from a node cannot be moved back to it; use another node;
+//! - within [`HostingPolicy::quarantine`] of a removal the in-memory
+//!   tombstone refuses it too (kept for the window before the journal's
+//!   removal record is durable);
 //! - it can be switched off ([`MultiNodeBuilder::host_on_demand`](super::MultiNodeBuilder::host_on_demand)).
 //!
 //! # Retiring a removed replica

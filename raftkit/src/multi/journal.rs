@@ -141,6 +141,9 @@ struct State {
     dir: PathBuf,
     wal: Wal,
     groups: BTreeMap<GroupId, MemLogStore>,
+    /// Groups this node removed (tombstones): kept across restarts and
+    /// checkpoints, so a node never hosts again on demand a group it left.
+    removed: std::collections::BTreeSet<GroupId>,
     pending: Vec<(GroupId, Rec)>,
     /// Journal bytes written since the last checkpoint.
     since_checkpoint: u64,
@@ -208,6 +211,7 @@ impl Journal {
     ) -> Result<Journal, StorageError> {
         let wal = Wal::open_in(fs, dir, opts.wal.clone())?;
         let mut groups: BTreeMap<GroupId, MemLogStore> = BTreeMap::new();
+        let mut removed = std::collections::BTreeSet::new();
         let (first, last) = (wal.first_index(), wal.last_index());
         let mut replayed_bytes = 0u64;
         let mut lo = first;
@@ -221,6 +225,9 @@ impl Journal {
                 let batch: Batch = postcard::from_bytes(bytes)
                     .map_err(|e| corrupt(dir, entry.index, format!("does not decode: {e}")))?;
                 for (group, rec) in batch.recs {
+                    if matches!(rec, Rec::Remove) {
+                        removed.insert(group);
+                    }
                     apply(&mut groups, group, rec)
                         .map_err(|e| corrupt(dir, entry.index, format!("group {group}: {e}")))?;
                 }
@@ -232,6 +239,7 @@ impl Journal {
             dir: dir.to_path_buf(),
             wal,
             groups,
+            removed,
             pending: Vec::new(),
             since_checkpoint: replayed_bytes,
             next_check: opts.checkpoint_bytes.max(replayed_bytes),
@@ -270,6 +278,15 @@ impl Journal {
         }
         st.record(group, Rec::Create)?;
         st.sync(&self.shared.counters)
+    }
+
+    /// Whether this node removed `group` at some point (a durable
+    /// tombstone, kept across restarts and checkpoints).
+    pub fn was_removed(&self, group: GroupId) -> bool {
+        self.shared
+            .state()
+            .map(|st| st.removed.contains(&group))
+            .unwrap_or(true)
     }
 
     /// Removes `group` and its log from this node (durable on return).
@@ -364,6 +381,9 @@ impl State {
                 cause: cause.clone(),
             });
         }
+        if matches!(rec, Rec::Remove) {
+            self.removed.insert(group);
+        }
         apply(&mut self.groups, group, rec.clone())?;
         self.pending.push((group, rec));
         Ok(())
@@ -416,6 +436,13 @@ impl State {
         }
         let mut live = 0u64;
         let mut batches: Vec<Batch> = Vec::new();
+        if !self.removed.is_empty() {
+            // Tombstones survive the checkpoint (a removal record of a
+            // group the journal no longer holds is harmless on replay).
+            batches.push(Batch {
+                recs: self.removed.iter().map(|g| (*g, Rec::Remove)).collect(),
+            });
+        }
         for (group, log) in &self.groups {
             let boundary_index = log.first_index() - 1;
             let boundary = (boundary_index, log.term(boundary_index)?.unwrap_or(0));

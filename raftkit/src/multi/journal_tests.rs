@@ -217,3 +217,42 @@ fn a_record_that_does_not_apply_is_corruption() {
     .expect_err("a gap is not a log");
     assert!(err.to_string().contains("group 5"), "{err}");
 }
+
+#[test]
+fn a_removed_group_stays_a_tombstone_across_reopen_and_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path(), 1);
+    j.create_group(4).unwrap();
+    j.create_group(5).unwrap();
+    assert!(!j.was_removed(4));
+    j.remove_group(4).unwrap();
+    assert!(j.was_removed(4) && !j.was_removed(5));
+    assert_eq!(j.groups(), vec![5]);
+    // Enough writes of group 5 to checkpoint (threshold 1 byte) several
+    // times: the tombstone must be carried into every checkpoint.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sink = j.sink(5, snaps());
+    for i in 1..=40 {
+        sink.write(
+            Write {
+                compact: (i > 2).then(|| (i - 2, 1)),
+                ..write(vec![entry(i, 1, &[7u8; 256])], None)
+            },
+            tx.clone(),
+            i,
+        );
+        wait_ok(&mut rx, 1);
+    }
+    drop(sink);
+    let checkpoints = j.stats().checkpoints;
+    assert!(checkpoints >= 1, "{:?}", j.stats());
+    close(j);
+    let j = open(dir.path(), 64 << 20);
+    assert!(
+        j.was_removed(4),
+        "the tombstone survived {checkpoints} checkpoints and a reopen"
+    );
+    assert!(!j.was_removed(5));
+    assert_eq!(j.groups(), vec![5]);
+    close(j);
+}

@@ -495,3 +495,42 @@ impl<S: PeerExt> MultiNode<S> {
         self.move_replica(mv.group, mv.from, addr).await.map(Some)
     }
 }
+
+/// A one-line summary of a finished move, for operators
+/// ([`NodeRequest::MoveReplica`](crate::client::wire::NodeRequest::MoveReplica)).
+pub fn summary(r: &MoveReport, from: &str, to: &str) -> String {
+    if r.already_done {
+        return format!(
+            "group {}: {to} already replaces {from}; nothing to do",
+            r.group
+        );
+    }
+    let steps: Vec<String> = r
+        .steps
+        .iter()
+        .map(|(step, took)| format!("{step:?} {} ms", took.as_millis()))
+        .collect();
+    format!(
+        "group {}: moved {from} -> {to} in {} ms ({}){}",
+        r.group,
+        r.took.as_millis(),
+        steps.join(", "),
+        if r.leader_left {
+            "; the old leader stepped down"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The client error a failed move answers with: `NotLeader` keeps its hint
+/// (the client follows it); a move refused before any change is `Rejected`
+/// (applied: No); a failed step after a change is `Ambiguous` (applied:
+/// Maybe), its message saying what the group is left in.
+pub fn into_error(e: MoveError) -> Error {
+    match e {
+        MoveError::NotLeader { hint, .. } => Error::NotLeader { hint },
+        e if e.applied() == Applied::No => Error::Rejected(e.to_string()),
+        e => Error::Ambiguous(e.to_string()),
+    }
+}

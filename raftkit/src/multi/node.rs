@@ -759,11 +759,17 @@ impl<S: PeerExt> MultiNode<S> {
         let inner = &self.inner;
         if self.group(group).is_none() {
             let policy = &inner.hosting;
-            let quarantined = inner
-                .tombstones
-                .lock()
-                .map(|mut t| t.quarantined(group, policy.quarantine))
-                .unwrap_or(true);
+            // Never again a group this node left: its replica would answer
+            // under the old replica's id without its log or votes, and a
+            // stale snapshot listing it as a voter would let it complete a
+            // quorum of an old configuration (found by the whole-runtime
+            // simulation, seed 1864; see `super::hosting`).
+            let quarantined = inner.journal.was_removed(group)
+                || inner
+                    .tombstones
+                    .lock()
+                    .map(|mut t| t.quarantined(group, policy.quarantine))
+                    .unwrap_or(true);
             let full = inner.groups().len() >= policy.max_groups;
             if !policy.on_demand || quarantined || full {
                 tracing::debug!(

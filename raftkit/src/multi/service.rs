@@ -134,6 +134,14 @@ impl<S: PeerExt> client_service::Front for Front<S> {
             return match request {
                 NodeRequest::Groups => encoded("group status", &groups(&node)),
                 NodeRequest::BalanceLeaders => encoded("transfers", &node.balance_leaders().await),
+                NodeRequest::MoveReplica { group, from, to } => {
+                    let from_id =
+                        crate::identity::node_id(&crate::identity::default_name(S::NAME, &from));
+                    match node.move_replica(group, from_id, &to).await {
+                        Ok(r) => encoded("move report", &super::moves::summary(&r, &from, &to)),
+                        Err(e) => ClientResponse::Err(super::moves::into_error(e).into()),
+                    }
+                }
             };
         }
         match self.target(meta) {

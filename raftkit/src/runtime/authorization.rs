@@ -51,6 +51,7 @@ pub fn request_kind(request: &ClientRequest) -> &'static str {
         ClientRequest::Watch { .. } => "watch",
         ClientRequest::Node(NodeRequest::Groups) => "groups",
         ClientRequest::Node(NodeRequest::BalanceLeaders) => "balance-leaders",
+        ClientRequest::Node(NodeRequest::MoveReplica { .. }) => "move-replica",
     }
 }
 
@@ -139,6 +140,11 @@ mod tests {
             ClientRequest::TransferLeader { addr: addr.into() },
             ClientRequest::Node(NodeRequest::Groups),
             ClientRequest::Node(NodeRequest::BalanceLeaders),
+            ClientRequest::Node(NodeRequest::MoveReplica {
+                group: 1,
+                from: addr.into(),
+                to: addr.into(),
+            }),
         ]
     }
 
