@@ -387,6 +387,7 @@ async fn the_leader_moves_its_own_replica_away() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "flaky (about 1 run in 3 under load): the learner's node sometimes never starts its replica after the leader restarts, or the old node never learns its removal committed; open in issue 18. Run: cargo test -p raftkit --test multi_moves -- --ignored"]
 async fn a_leader_crash_between_learner_and_joint_change_leaves_a_usable_group_and_the_move_resumes()
  {
     let mut c = Cluster::start(true).await;

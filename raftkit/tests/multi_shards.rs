@@ -300,6 +300,14 @@ async fn an_admin_moves_a_replica_and_the_placement_follows() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The node that left never takes the group back: neither by an
+    // explicit create nor by the idempotent formation a restart repeats.
+    assert!(matches!(
+        nodes[0].create_group(group, &members).await,
+        Err(Error::Rejected(_))
+    ));
+    nodes[0].form_shards(SHARDS, &members).await.unwrap();
+    assert!(nodes[0].group(group).is_none());
     for node in &nodes {
         node.shutdown().await.unwrap();
     }

@@ -5,8 +5,10 @@
 //! through a [`ShardedClient`]: `put`/`get`/`del`/`cas` go to the group
 //! owning the key, `scan`/`count` ask every group and merge the answers in
 //! key order, `status` prints one line per group and node, and
-//! `transfer-leader --group G ADDR` / `balance` are the operator's
-//! commands (admin certificate).
+//! `transfer-leader --group G ADDR` / `balance` / `move-replica --group G
+//! FROM TO` are the operator's commands (admin certificate). A node
+//! started with `--shards` but outside `--members` is a spare: it forms
+//! nothing and hosts the replicas moved to it.
 //!
 //! A restarted node finds its groups in its journal; `--shards` and
 //! `--members` must be given again (formation is idempotent: the groups
@@ -50,11 +52,9 @@ pub async fn serve(args: ServeArgs, shards: u64) -> Result<(), Failure> {
     for m in &args.members {
         check_addr(m, "--members")?;
     }
-    if !args.members.contains(&advertise) {
-        return Err(Failure::Usage(format!(
-            "--members must include this node ({advertise})"
-        )));
-    }
+    // A node outside --members is a spare: it forms nothing and hosts the
+    // replicas moved to it (`kv move-replica`).
+    let spare = !args.members.contains(&advertise);
     let name = raftkit::identity::default_name(<Kv as raftkit::StateMachine>::NAME, &advertise);
     let dir = args
         .data
@@ -78,9 +78,11 @@ pub async fn serve(args: ServeArgs, shards: u64) -> Result<(), Failure> {
         .start()
         .await
         .map_err(|e| Failure::Failed(format!("cannot start the node: {e}")))?;
-    node.form_shards(shards, &args.members)
-        .await
-        .map_err(|e| Failure::Failed(format!("cannot form the shards: {e}")))?;
+    if !spare {
+        node.form_shards(shards, &args.members)
+            .await
+            .map_err(|e| Failure::Failed(format!("cannot form the shards: {e}")))?;
+    }
     info!(name = %node.name(), listen = %node.local_addr(), data = %dir.display(), shards, "serving shards");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

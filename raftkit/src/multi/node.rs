@@ -510,6 +510,14 @@ impl<S: PeerExt> MultiNode<S> {
         if let Some(peer) = self.group(group) {
             return Ok(peer);
         }
+        if self.inner.journal.was_removed(group) {
+            // Its replica here would be empty under the old replica's id
+            // and, bootstrapped as a voter, could complete a quorum without
+            // the entries the old replica acknowledged (see `hosting`).
+            return Err(Error::Rejected(format!(
+                "this node left group {group}; it never hosts it again"
+            )));
+        }
         self.inner
             .journal
             .create_group(group)
@@ -659,6 +667,9 @@ impl<S: PeerExt> MultiNode<S> {
             }
         };
         for group in 1..=shards {
+            if self.inner.journal.was_removed(group) {
+                continue; // moved away from this node: never re-formed here
+            }
             self.create_group(group, members).await?;
         }
         let plan = super::placement::even(shards, members);
