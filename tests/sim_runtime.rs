@@ -321,16 +321,15 @@ fn groups_one_seed_one_trace() {
 /// Moves that bring a group back to a node it left (a new, empty replica
 /// under the old replica's id) are caught: a member lagging behind the
 /// move counts the newcomer's vote as the old voter's. The schedule that
-/// shows it is rare (seed 1864: about 50 s in a release build), so the
-/// test is not in CI's default run:
-/// `cargo test --release --test sim_runtime teeth_rehost -- --ignored --nocapture`.
+/// shows it is rare, so the test replays the seed where a sweep first
+/// caught it ([`REHOST_SEED`]) rather than sweeping to it (about 50 s in a
+/// release build).
 #[test]
-#[ignore = "slow: the first catching seed is 1864"]
 fn teeth_rehost_removed_replica_is_caught() {
     let f = match bank_groups()
         .nodes(4)
         .tooth(Tooth::RehostRemovedReplica)
-        .seeds(0..2500)
+        .seeds(REHOST_SEED..REHOST_SEED + 1)
         .check()
     {
         Ok(summary) => panic!("none of {} seeds caught it", summary.seeds.len()),
@@ -347,7 +346,19 @@ fn teeth_rehost_removed_replica_is_caught() {
         .contains(&f.property),
         "{f}"
     );
+    // The same seed without the tooth: the regression seed of the fix.
+    if let Err(f) = bank_groups()
+        .nodes(4)
+        .seeds(REHOST_SEED..REHOST_SEED + 1)
+        .check()
+    {
+        panic!("seed {REHOST_SEED} fails without the tooth: {f}");
+    }
 }
+
+/// The seed at which a sweep of `0..2500` first caught the rehost bug
+/// (the whole-runtime simulation found it before the tooth existed).
+const REHOST_SEED: u64 = 1864;
 
 /// A demultiplexer that hands some of a group's messages to another
 /// group's replica on the same node is caught by the per-group checks.
