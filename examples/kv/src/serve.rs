@@ -185,16 +185,12 @@ fn storage_failure(reason: &str, dir: &Path) -> Failure {
 
 /// Waits for Ctrl-C, SIGTERM or a fatal node error.
 async fn wait_for_stop(peer: &Peer<Kv>, dir: &Path) -> Result<(), Failure> {
-    let mut status = peer.watch();
+    // Not `peer.watch()`: its receivers wake at every batch the node
+    // handles, and this one would wake the main thread each time.
     let fatal = async {
-        loop {
-            if let Some(f) = status.borrow_and_update().fatal.clone() {
-                return f;
-            }
-            if status.changed().await.is_err() {
-                return "the node stopped".to_string();
-            }
-        }
+        peer.fault()
+            .await
+            .unwrap_or_else(|| "the node stopped".to_string())
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),

@@ -740,6 +740,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             self.admission_wait,
         ));
         let (status_tx, status_rx) = watch::channel(PeerStatus::default());
+        let (fault_tx, fault_rx) = watch::channel(None);
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
         let task = NodeTask {
             raft,
@@ -753,6 +754,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             inbox: inbox_rx,
             commands: cmd_rx,
             status: status_tx,
+            fault: fault_tx,
             tick: self.tick,
             on_stop,
             admission: admission.clone(),
@@ -768,6 +770,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 admission,
                 max_command_bytes: self.max_command_bytes,
                 status: status_rx,
+                fault: fault_rx,
                 task: Mutex::new(Some(handle)),
                 name: meta.name,
                 id,

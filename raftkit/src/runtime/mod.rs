@@ -78,6 +78,8 @@ struct Inner {
     admission: Arc<admission::Admission>,
     max_command_bytes: usize,
     status: tokio_watch::Receiver<PeerStatus>,
+    /// The storage failure that stopped the node, once there is one.
+    fault: tokio_watch::Receiver<Option<String>>,
     task: Mutex<Option<JoinHandle<()>>>,
     name: String,
     id: NodeId,
@@ -165,6 +167,24 @@ impl<S: StateMachine> Peer<S> {
     /// counters.
     pub fn watch(&self) -> tokio_watch::Receiver<PeerStatus> {
         self.inner.status.clone()
+    }
+
+    /// Resolves when the node stops serving for good: with the reason once
+    /// its storage failed (as [`PeerStatus::fatal`] then says), with `None`
+    /// once the node task ended (after [`Peer::shutdown`]). A process that
+    /// only needs to notice a fatal error waits here rather than on
+    /// [`Peer::watch`], whose receivers wake at every batch the node
+    /// handles (each a cross-thread wake-up under load).
+    pub async fn fault(&self) -> Option<String> {
+        let mut fault = self.inner.fault.clone();
+        loop {
+            if let Some(f) = fault.borrow_and_update().clone() {
+                return Some(f);
+            }
+            if fault.changed().await.is_err() {
+                return fault.borrow().clone();
+            }
+        }
     }
 
     async fn call<T>(

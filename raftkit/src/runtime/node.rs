@@ -174,6 +174,9 @@ pub struct NodeTask {
     pub(super) inbox: mpsc::Receiver<Message>,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) status: watch::Sender<PeerStatus>,
+    /// Set once, when storage fails ([`super::Peer::fault`]): a watcher of
+    /// this is not woken by every batch, as one of `status` is.
+    pub(super) fault: watch::Sender<Option<String>>,
     pub(super) tick: Duration,
     pub(super) on_stop: Option<StopHook>,
     pub(super) admission: Arc<Admission>,
@@ -878,6 +881,7 @@ impl NodeTask {
     fn fail(&mut self, st: &mut State, reason: String) {
         error!(node = %self.name, %reason, "node stopped: storage is no longer trustworthy");
         st.fatal = Some(reason.clone());
+        self.fault.send_replace(Some(reason.clone()));
         st.pending.clear();
         let err = Error::Storage(reason);
         for (_, (_, reply, _)) in std::mem::take(&mut st.reads) {
