@@ -214,7 +214,7 @@ struct State {
     reads: BTreeMap<u64, (Vec<u8>, Reply, std::time::Instant)>,
     durable_latency: LatencyHistogram,
     read_index_latency: LatencyHistogram,
-    /// Proposals made since the last drain, to register with the apply task.
+    /// Proposals not yet registered with the apply task (`flush_registers`).
     registers: Vec<(Index, u64, Reply)>,
     next_ctx: u64,
     snap: Snapshots,
@@ -469,8 +469,8 @@ impl NodeTask {
             Command::Write { op, reply } => match self.propose_envelope(st, op) {
                 Ok((index, term)) => {
                     st.proposals += 1;
-                    // Handed to the apply thread in one message per batch of
-                    // commands, before any entry of this batch (drain_ready).
+                    // Handed to the apply thread in one message, before any
+                    // entry or snapshot that covers it (`flush_registers`).
                     st.registers.push((index, term, reply));
                 }
                 Err(e) => reply.send(Err(self.propose_error(e))),
@@ -602,12 +602,6 @@ impl NodeTask {
 
     /// Drains every output of the core.
     fn drain_ready(&mut self, st: &mut State) {
-        if !st.registers.is_empty() {
-            // Before any committed entry or snapshot that could cover them.
-            let _ = self
-                .apply_tx
-                .send(ApplyMsg::Register(std::mem::take(&mut st.registers)));
-        }
         while st.fatal.is_none() && self.raft.has_ready() {
             let rd = self.raft.ready();
             let must_write = rd.must_persist() || !rd.persisted_messages.is_empty();
@@ -619,6 +613,7 @@ impl NodeTask {
                 data: s.data,
             });
             if let Some(s) = &snapshot {
+                self.flush_registers(st);
                 let _ = self.apply_tx.send(ApplyMsg::Restore {
                     index: s.meta.index,
                     data: s.data.clone(),
@@ -647,6 +642,7 @@ impl NodeTask {
                     debug!(node = %self.name, backlog = st.handed_bytes, "the state machine is behind: committed entries wait in the log");
                     self.raft.set_apply_paused(true);
                 }
+                self.flush_registers(st);
                 let _ = self.apply_tx.send(ApplyMsg::Entries(rd.committed_entries));
             }
             for r in rd.reads {
@@ -684,6 +680,20 @@ impl NodeTask {
             st.leader_contact = None;
         }
         st.last_leader = leader;
+    }
+
+    /// Hands the proposals registered since the last call to the apply
+    /// thread. Called right before every message that may apply or cover
+    /// their entries (committed entries, a snapshot), and when the apply
+    /// thread must answer them at once (a halt, a storage failure): not at
+    /// every batch of commands, where it would wake the apply thread once
+    /// more per batch for nothing to apply.
+    fn flush_registers(&self, st: &mut State) {
+        if !st.registers.is_empty() {
+            let _ = self
+                .apply_tx
+                .send(ApplyMsg::Register(std::mem::take(&mut st.registers)));
+        }
     }
 
     /// Hands a write to storage; its completion releases `messages` and
@@ -872,6 +882,8 @@ impl NodeTask {
             warn!(node = %self.name, reason = %h, "state machine halted: giving up leadership; not campaigning until restarted");
             st.halted = Some(h.clone());
             self.raft.set_halted();
+            // The apply thread answers them `Halted`.
+            self.flush_registers(st);
             for (_, (_, reply, _)) in std::mem::take(&mut st.reads) {
                 reply.send(Err(Error::Halted { message: h.clone() }));
             }
@@ -887,11 +899,7 @@ impl NodeTask {
         for (_, (_, reply, _)) in std::mem::take(&mut st.reads) {
             reply.send(Err(err.clone()));
         }
-        if !st.registers.is_empty() {
-            let _ = self
-                .apply_tx
-                .send(ApplyMsg::Register(std::mem::take(&mut st.registers)));
-        }
+        self.flush_registers(st);
         // Proposals waiting at the apply thread: their entries will never
         // apply here (the rest of the cluster may still commit them).
         let _ = self.apply_tx.send(ApplyMsg::Fail(err));
