@@ -711,10 +711,11 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         };
         let inline = matches!(storage, StorageChoice::Memory);
         let saver = SnapshotSaver::start_on(opened.snapshots.clone(), &self.threads)?;
-        let persister = match group_sink {
+        let mut persister = match group_sink {
             Some(sink) => Persister::shared(sink(opened.snapshots.clone()), opened.snapshots),
             None => Persister::start_on(opened.log, opened.snapshots, inline, &self.threads)?,
         };
+        persister.release_through(Arc::clone(&transport));
         // The apply queue is bounded by the node task (MAX_APPLY_BACKLOG_BYTES
         // of entries, and the in-flight budget for registrations and reads).
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();

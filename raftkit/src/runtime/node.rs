@@ -4,8 +4,10 @@
 //! reads and completion notices, and after every batch of inputs drains the
 //! core's [`Ready`](crate::core::Ready): messages go to the transport at
 //! once, writes go to the storage thread (group commit), persisted-only
-//! messages leave when their write completes, committed entries and read
-//! indexes go to the apply thread. Nothing on this task blocks on IO.
+//! messages leave when their write completes (sent by the storage thread
+//! itself right after the fsync, see `Persister::release_through`, or by
+//! this task for an in-memory store), committed entries and read indexes
+//! go to the apply thread. Nothing on this task blocks on IO.
 //!
 //! Invariants:
 //! - Readies are handed to storage in the order they are taken, and their
@@ -705,18 +707,28 @@ impl NodeTask {
         marker: PersistMarker,
         messages: Vec<Message>,
     ) {
+        if messages.is_empty()
+            && marker.last_entry.is_none()
+            && marker.term_vote.is_none()
+            && marker.snapshot.is_none()
+            && self.persister.as_ref().is_none_or(|p| p.holds_back(&write))
+        {
+            // Nothing for the disk, and nothing waits for its completion
+            // (a commit index alone: see `persist`'s module documentation).
+            return;
+        }
         let token = st.next_token;
         st.next_token += 1;
+        let (done, messages) = match self.persister.as_ref() {
+            Some(p) => p.write_releasing(write, st.persisted_tx.clone(), token, messages),
+            None => (None, messages),
+        };
         st.pending.push_back(Pending {
             token,
             marker,
             messages,
             queued_at: std::time::Instant::now(),
         });
-        let done = self
-            .persister
-            .as_ref()
-            .and_then(|p| p.write(write, st.persisted_tx.clone(), token));
         // A store written inline (memory only) is done already.
         if let Some(r) = done {
             self.on_persisted(st, r.map(|()| token));
