@@ -154,6 +154,12 @@ pub struct Run {
     pub quic_rtt_p50_us: u64,
 }
 
+/// Entries between two snapshots, on both sides: etcd 3.4's default
+/// `--snapshot-count`. Every snapshot serializes the whole state, which the
+/// puts of a run grow to hundreds of thousands of keys: raftkit's own
+/// default (10,000) would snapshot ten times as often as etcd.
+pub const SNAPSHOT_EVERY: u64 = 100_000;
+
 /// The main cells: (op, clients).
 pub const CELLS: [(&str, usize); 4] = [("put", 1), ("put", 64), ("put", 256), ("get", 64)];
 

@@ -41,6 +41,9 @@ pub async fn run_all(args: &Args, dir: &Path) -> Result<(SystemRun, u64), String
             .arg(dir.join(format!("n{i}")))
             .arg("--certs")
             .arg(&certs)
+            // The same snapshot interval as etcd's (see `SNAPSHOT_EVERY`).
+            .arg("--snapshot-every")
+            .arg(crate::SNAPSHOT_EVERY.to_string())
             .env("RUST_LOG", "warn");
         if i == 0 {
             cmd.arg("--bootstrap");

@@ -238,6 +238,12 @@ pub struct ServeArgs {
     /// heartbeat every 2.
     #[arg(long, default_value_t = 50, value_name = "MS")]
     pub tick_ms: u64,
+    /// Snapshot the state and compact the log behind it every this many
+    /// applied entries (0: never). Each snapshot serializes the whole
+    /// state, so a large state wants a larger interval (etcd's
+    /// `--snapshot-count` is 100,000).
+    #[arg(long, default_value_t = 10_000, value_name = "ENTRIES")]
+    pub snapshot_every: u64,
     /// Run a sharded node: the placement group and N data groups, every one
     /// replicated on the --members (needs --listen, --members, --certs).
     #[arg(long, value_name = "N", conflicts_with_all = ["bootstrap", "join"])]

@@ -50,7 +50,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         })?,
         None => None,
     };
-    let mut builder = Kv::peer().tick(Duration::from_millis(args.tick_ms.max(1)));
+    let mut builder = Kv::peer()
+        .tick(Duration::from_millis(args.tick_ms.max(1)))
+        .snapshot_every(args.snapshot_every);
     let (data_dir, created) = match (existing, &data) {
         (Some(meta), Some(dir)) => {
             if args.bootstrap || !args.join.is_empty() {

@@ -826,4 +826,120 @@ mod tests {
             );
         }
     }
+
+    /// A store whose next sync with something to make durable fails once
+    /// `arm` is set, and every later one succeeds (a disk that reports a
+    /// lost write once, as Linux reports a failed writeback once).
+    struct FailsOnce {
+        inner: MemLogStore,
+        dirty: bool,
+        arm: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl LogStore for FailsOnce {
+        fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+            self.dirty |= !entries.is_empty();
+            self.inner.append(entries)
+        }
+        fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
+            self.inner.truncate_suffix(from)
+        }
+        fn compact_prefix(&mut self, upto: Index, term: Term) -> Result<(), StorageError> {
+            self.inner.compact_prefix(upto, term)
+        }
+        fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
+            self.inner.entries(lo, hi)
+        }
+        fn term(&self, index: Index) -> Result<Option<Term>, StorageError> {
+            self.inner.term(index)
+        }
+        fn first_index(&self) -> Index {
+            self.inner.first_index()
+        }
+        fn last_index(&self) -> Index {
+            self.inner.last_index()
+        }
+        fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+            self.inner.save_hard_state(hs)
+        }
+        fn hard_state(&self) -> HardState {
+            self.inner.hard_state()
+        }
+        fn sync(&mut self) -> Result<(), StorageError> {
+            if std::mem::take(&mut self.dirty) && self.arm.swap(false, Ordering::SeqCst) {
+                return Err(StorageError::Io {
+                    op: "fsync",
+                    path: "wal".into(),
+                    source: Arc::new(std::io::Error::other("lost write")),
+                });
+            }
+            self.inner.sync()
+        }
+    }
+
+    /// Records what it was asked to send.
+    #[derive(Default)]
+    struct Sent(Mutex<Vec<Message>>);
+
+    impl Transport for Sent {
+        fn send(&self, msg: Message) {
+            if let Ok(mut sent) = self.0.lock() {
+                sent.push(msg);
+            }
+        }
+        fn set_peers(&self, _: std::collections::BTreeMap<NodeId, String>) {}
+    }
+
+    fn ack(to: NodeId) -> Message {
+        Message {
+            from: 1,
+            to,
+            term: 1,
+            body: crate::core::Body::TimeoutNow,
+        }
+    }
+
+    /// The storage thread sends a write's persisted-only messages itself,
+    /// before the write's completion reaches the node; once a write failed
+    /// it sends nothing again, even for a later write whose own sync
+    /// succeeded (DESIGN §4: never acknowledge after a failed fsync).
+    #[tokio::test]
+    async fn the_storage_thread_releases_acks_after_the_sync_and_never_after_a_failure() {
+        let arm = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log: BoxedLog = Box::new(FailsOnce {
+            inner: MemLogStore::new(),
+            dirty: false,
+            arm: arm.clone(),
+        });
+        let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
+        let mut p = Persister::start(log, snaps, false).expect("start");
+        let sent = Arc::new(Sent::default());
+        p.release_through(sent.clone());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let count = |sent: &Sent| sent.0.lock().map(|s| s.len()).unwrap_or(usize::MAX);
+
+        // A durable write: its message left before its completion arrived.
+        let (done, back) =
+            p.write_releasing(write(vec![entry(1)], None), tx.clone(), 1, vec![ack(2)]);
+        assert!(
+            done.is_none() && back.is_empty(),
+            "the storage thread sends it"
+        );
+        assert_eq!(rx.recv().await.expect("completion").ok(), Some(1));
+        assert_eq!(count(&sent), 1);
+
+        // The next sync fails: nothing is sent, the completion says so.
+        arm.store(true, Ordering::SeqCst);
+        let _ = p.write_releasing(write(vec![entry(2)], None), tx.clone(), 2, vec![ack(2)]);
+        assert!(rx.recv().await.expect("completion").is_err());
+        // A later write whose sync succeeds: still nothing is sent.
+        let _ = p.write_releasing(write(vec![entry(3)], None), tx.clone(), 3, vec![ack(3)]);
+        let _ = rx.recv().await.expect("completion");
+        assert_eq!(
+            count(&sent),
+            1,
+            "an acknowledgement left after a failed sync"
+        );
+        let _ = p.shutdown().await;
+    }
 }
