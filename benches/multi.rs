@@ -14,7 +14,9 @@
 //! - `RAFTKIT_BENCH_ONLY`: `idle`, `throughput` or `move` (default all);
 //! - `RAFTKIT_BENCH_MOVE_MB`: the size of the moved group (default 100);
 //! - `RAFTKIT_BENCH_DIR`: where the nodes keep their data (default: the
-//!   system temporary directory). Benchmark the disk you will run on.
+//!   system temporary directory). Benchmark the disk you will run on;
+//! - `RUST_LOG`: a `tracing` filter (e.g. `raftkit=info`) to log to stderr
+//!   (default: nothing is logged).
 //!
 //! # What is measured
 //!
@@ -466,6 +468,12 @@ async fn move_time(base: &std::path::Path, mb: u64) {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let groups = env("RAFTKIT_BENCH_GROUPS", 1000);
     let secs = env("RAFTKIT_BENCH_SECS", 5);
     let runs = env("RAFTKIT_BENCH_RUNS", 3);

@@ -656,9 +656,11 @@ impl Raft {
     /// [`Raft::send`] with an explicit term: a granted pre-vote answers in
     /// the term the pre-candidate proposed.
     pub(super) fn send_with_term(&mut self, to: NodeId, term: Term, body: Body) {
+        // The answer to a snapshot chunk that does not install it claims
+        // nothing durable (see `snapshot`): it leaves at once.
         let acknowledges = matches!(
             body,
-            Body::AppendEntriesResponse { .. } | Body::InstallSnapshotResponse { .. }
+            Body::AppendEntriesResponse { .. } | Body::InstallSnapshotResponse { done: true, .. }
         );
         #[cfg(any(test, feature = "sim"))]
         let acknowledges = acknowledges && !self.cfg.bugs.ack_before_persist;

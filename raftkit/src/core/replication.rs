@@ -89,6 +89,7 @@ impl Raft {
     /// confirmation round. Followers receiving a snapshot get its current
     /// chunk again, so a lost chunk does not stall the transfer.
     pub(super) fn broadcast_heartbeat(&mut self) {
+        self.forget_departed_sends();
         let round = self.reads.round();
         let committed = self.log.committed();
         let peers: Vec<(NodeId, Index, Mode)> = self

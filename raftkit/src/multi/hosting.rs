@@ -55,6 +55,22 @@
 //! A replica is never deleted while its configuration is uncommitted: if
 //! the removal were rolled back, the replica would again be a voter whose
 //! log may be needed for a quorum.
+//!
+//! A replica hosted on demand is **joining** until a configuration it
+//! holds lists its node: it never counts as removed before. What it
+//! receives first predates its addition as a learner — the leader's latest
+//! snapshot (taken before the configuration entry that added the learner,
+//! so its configuration does not list it) and the log entries between that
+//! snapshot and that entry — so a committed configuration without it says
+//! nothing about a removal. Retiring it then (and, with the tombstone,
+//! refusing the group for good) failed every move whose snapshot took
+//! longer to save and restore than the retirer's period: moves of groups
+//! of tens of MB (issue 18).
+//!
+//! An empty replica (no configuration, log or snapshot yet) is an orphan
+//! only once it has heard nothing from a leader for
+//! [`HostingPolicy::orphan_after`]: while a big snapshot streams in, every
+//! chunk is leader contact, however long the transfer takes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -117,12 +133,17 @@ pub(crate) enum Retire {
     Orphan,
 }
 
-/// Whether the replica whose status is `st` on node `me`, hosted for
-/// `hosted_for`, should be retired.
+/// Whether the replica whose status is `st` on node `me` should be
+/// retired. `quiet_for`: how long it has been hosted without hearing from
+/// a leader (since it was hosted, or since the leader's last message,
+/// whichever is later). `joining`: it was hosted on demand and no
+/// configuration it held has listed `me` yet (see the
+/// [module documentation](self)).
 pub(crate) fn retire_reason(
     me: NodeId,
     st: &PeerStatus,
-    hosted_for: Duration,
+    quiet_for: Duration,
+    joining: bool,
     policy: &HostingPolicy,
 ) -> Option<Retire> {
     if st.fatal.is_some() {
@@ -130,10 +151,10 @@ pub(crate) fn retire_reason(
     }
     if st.config_index == 0 {
         let empty = st.last_index == 0 && st.snapshot_index == 0 && st.members.is_empty();
-        return (empty && hosted_for >= policy.orphan_after).then_some(Retire::Orphan);
+        return (empty && quiet_for >= policy.orphan_after).then_some(Retire::Orphan);
     }
     let listed = st.members.iter().any(|m| m.id == me);
-    (!listed && !st.joint && st.commit >= st.config_index).then_some(Retire::Removed)
+    (!listed && !joining && !st.joint && st.commit >= st.config_index).then_some(Retire::Removed)
 }
 
 /// Groups removed recently, refused on demand for the quarantine.
@@ -239,44 +260,73 @@ mod tests {
         let t = Duration::ZERO;
         // Still a voter or learner: kept.
         assert_eq!(
-            retire_reason(me, &status(&[(1, true), (7, true)], 5, 9), t, &p),
+            retire_reason(me, &status(&[(1, true), (7, true)], 5, 9), t, false, &p),
             None
         );
         assert_eq!(
-            retire_reason(me, &status(&[(1, true), (7, false)], 5, 9), t, &p),
+            retire_reason(me, &status(&[(1, true), (7, false)], 5, 9), t, false, &p),
             None
         );
         // Removed, but the removal is not known committed: kept (it may be
         // rolled back and this replica's log needed).
-        assert_eq!(retire_reason(me, &status(&[(1, true)], 5, 4), t, &p), None);
+        assert_eq!(
+            retire_reason(me, &status(&[(1, true)], 5, 4), t, false, &p),
+            None
+        );
         // Joint: kept until the joint configuration is left.
         let mut joint = status(&[(1, true)], 5, 9);
         joint.joint = true;
-        assert_eq!(retire_reason(me, &joint, t, &p), None);
+        assert_eq!(retire_reason(me, &joint, t, false, &p), None);
         // Removed and committed: retired.
         assert_eq!(
-            retire_reason(me, &status(&[(1, true)], 5, 5), t, &p),
+            retire_reason(me, &status(&[(1, true)], 5, 5), t, false, &p),
             Some(Retire::Removed)
         );
         // A failed node keeps its state.
         let mut failed = status(&[(1, true)], 5, 5);
         failed.fatal = Some("disk".into());
-        assert_eq!(retire_reason(me, &failed, t, &p), None);
+        assert_eq!(retire_reason(me, &failed, t, false, &p), None);
+    }
+
+    #[test]
+    fn a_joining_replica_is_not_removed_by_the_configuration_it_catches_up_through() {
+        let p = HostingPolicy::default();
+        let me = 7;
+        let t = Duration::ZERO;
+        // The leader's snapshot at 300 predates the entry that added 7 as
+        // a learner: installed and committed, it does not list 7.
+        let mut stale = status(&[(1, true), (2, true), (3, true)], 300, 300);
+        stale.snapshot_index = 300;
+        assert_eq!(retire_reason(me, &stale, t, true, &p), None);
+        // Log entries after it, a configuration change of another move
+        // among them, neither.
+        let mut other_move = status(&[(1, true), (2, true), (4, true)], 310, 320);
+        other_move.snapshot_index = 300;
+        assert_eq!(retire_reason(me, &other_move, t, true, &p), None);
+        // Once listed (no longer joining), a later committed configuration
+        // without 7 removes it.
+        assert_eq!(
+            retire_reason(me, &other_move, t, false, &p),
+            Some(Retire::Removed)
+        );
     }
 
     #[test]
     fn an_empty_replica_is_an_orphan_only_after_the_timeout() {
         let p = HostingPolicy::default();
         let empty = status(&[], 0, 0);
-        assert_eq!(retire_reason(7, &empty, Duration::from_secs(1), &p), None);
         assert_eq!(
-            retire_reason(7, &empty, p.orphan_after, &p),
+            retire_reason(7, &empty, Duration::from_secs(1), true, &p),
+            None
+        );
+        assert_eq!(
+            retire_reason(7, &empty, p.orphan_after, true, &p),
             Some(Retire::Orphan)
         );
         // One that received entries (but no configuration yet) is kept.
         let mut fed = empty.clone();
         fed.last_index = 3;
-        assert_eq!(retire_reason(7, &fed, p.orphan_after, &p), None);
+        assert_eq!(retire_reason(7, &fed, p.orphan_after, true, &p), None);
     }
 
     #[test]

@@ -329,6 +329,9 @@ struct Hosted<S> {
     gate: Arc<TickGate>,
     /// When this node started hosting it (for [`super::hosting`]'s orphans).
     since: tokio::time::Instant,
+    /// Hosted on demand, and no configuration it held listed this node
+    /// yet: not retired as removed (see [`super::hosting`]).
+    joining: bool,
 }
 
 impl<S> Inner<S> {
@@ -537,6 +540,7 @@ impl<S: PeerExt> MultiNode<S> {
                 peer: peer.clone(),
                 gate,
                 since: tokio::time::Instant::now(),
+                joining: false,
             },
         );
         Ok(peer)
@@ -797,12 +801,17 @@ impl<S: PeerExt> MultiNode<S> {
                 return;
             }
             match self.start_group(group, None).await {
-                Ok(_) => info!(
-                    group,
-                    from = msg.from,
-                    term = msg.term,
-                    "hosting an empty replica on demand"
-                ),
+                Ok(_) => {
+                    if let Some(h) = inner.groups().get_mut(&group) {
+                        h.joining = true;
+                    }
+                    info!(
+                        group,
+                        from = msg.from,
+                        term = msg.term,
+                        "hosting an empty replica on demand"
+                    )
+                }
                 Err(e) => {
                     tracing::warn!(group, error = %e, "cannot start a replica on demand");
                     return;
@@ -819,11 +828,18 @@ impl<S: PeerExt> MultiNode<S> {
         let due: Vec<(GroupId, Retire)> = self
             .inner
             .groups()
-            .iter()
+            .iter_mut()
             .filter_map(|(g, h)| {
                 let w = h.peer.watch();
                 let st = w.borrow();
-                retire_reason(me, &st, h.since.elapsed(), &self.inner.hosting).map(|r| (*g, r))
+                if h.joining && st.members.iter().any(|m| m.id == me) {
+                    h.joining = false;
+                }
+                let hosted_for = h.since.elapsed();
+                let quiet_for = st
+                    .leader_contact
+                    .map_or(hosted_for, |at| at.elapsed().min(hosted_for));
+                retire_reason(me, &st, quiet_for, h.joining, &self.inner.hosting).map(|r| (*g, r))
             })
             .collect();
         for (group, reason) in due {

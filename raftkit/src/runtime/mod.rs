@@ -49,6 +49,7 @@ pub mod persist;
 mod reads;
 #[doc(hidden)]
 pub mod session;
+mod snapshot_sends;
 mod status;
 pub(crate) mod threads;
 mod tick_gate;

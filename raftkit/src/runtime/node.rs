@@ -239,6 +239,8 @@ struct State {
     published_at: Option<Instant>,
     /// A rebuild skipped by [`STATUS_INTERVAL`] is due at this time.
     status_due: Option<Instant>,
+    /// The leader's snapshot transfers, for their logs.
+    snapshot_sends: super::snapshot_sends::Transfers,
 }
 
 /// The longest the status watch lags behind the node (see the module
@@ -310,6 +312,7 @@ impl NodeTask {
             ),
             published_at: None,
             status_due: None,
+            snapshot_sends: Default::default(),
         };
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -337,6 +340,7 @@ impl NodeTask {
                 _ = ticker.tick(), if !asleep => {
                     if st.fatal.is_none() {
                         self.catch_up_ticks(&mut st.clock);
+                        st.snapshot_sends.observe(&self.name, self.raft.snapshot_sends());
                     }
                 }
                 _ = gate_woken(&self.gate), if asleep => ticker.reset(),

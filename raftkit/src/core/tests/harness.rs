@@ -262,7 +262,7 @@ pub fn flush(r: &mut Raft) -> Out {
 }
 
 /// Panics if a message that depends on durable state (a granted vote, an
-/// acknowledgement of entries or of a snapshot) could leave before the
+/// acknowledgement of entries or of an installed snapshot) could leave before the
 /// writes of its Ready were durable.
 pub fn check_contract(out: &Out) {
     for m in &out.messages {
@@ -272,7 +272,7 @@ pub fn check_contract(out: &Out) {
                 granted: true,
                 pre_vote: false
             } | Body::AppendEntriesResponse { .. }
-                | Body::InstallSnapshotResponse { .. }
+                | Body::InstallSnapshotResponse { done: true, .. }
         );
         assert!(
             !needs_persist,

@@ -26,8 +26,9 @@ fn snapshot_reply(out: &Out) -> Body {
 }
 
 /// §7: the follower accepts chunks only in order and installs the snapshot
-/// only once it has every byte, as a whole; each answer leaves only after
-/// the follower's writes are durable.
+/// only once it has every byte, as a whole; the answer that installs it
+/// leaves only after the follower's writes are durable, the answers to the
+/// chunks before it at once (they claim nothing durable).
 #[test]
 fn follower_installs_only_a_complete_snapshot() {
     let mut r = node(2, &[1, 2, 3], 2, &[1]);
@@ -40,7 +41,11 @@ fn follower_installs_only_a_complete_snapshot() {
 
     let out = step(&mut r, msg(1, 2, 2, chunk(0, b"abcd", false)));
     assert_eq!(snapshot_reply(&out), reply(4, false, false));
-    assert!(out.messages.is_empty(), "answers wait for persistence");
+    assert_eq!(
+        out.messages.len(),
+        1,
+        "a chunk that does not install the snapshot is answered at once"
+    );
 
     // A gap: the chunk at 8 before the one at 4.
     let out = step(&mut r, msg(1, 2, 2, chunk(8, b"ij", true)));
@@ -184,5 +189,52 @@ fn lagging_follower_receives_the_snapshot_in_chunks_then_catches_up() {
         after,
         (meta.index + 1..=leader.log().last_index()).collect::<Vec<_>>(),
         "applies what follows the snapshot"
+    );
+}
+
+/// Flow control: the heartbeats that go on during a long transfer, and the
+/// duplicate chunks they resend, never multiply the chunks in flight (each
+/// duplicate's answer used to start one more chunk-answer cycle: issue 18's
+/// transfers of tens of MB slowed down quadratically). A chunk is resent
+/// only when the transfer stalled for a heartbeat interval.
+#[test]
+fn heartbeats_during_a_transfer_do_not_multiply_the_chunks_in_flight() {
+    const CHUNK: usize = 4;
+    const CHUNKS: usize = 60;
+    let mut c = Cluster::with(&[1, 2, 3], |c| c.snapshot_chunk_bytes = CHUNK);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..5u8 {
+        c.propose(1, &[i]);
+    }
+    let applied = c.node(1).log().applied();
+    let data: Vec<u8> = (0..CHUNK * CHUNKS).map(|i| i as u8).collect();
+    let meta = c
+        .node_mut(1)
+        .compact(applied, data.clone())
+        .expect("compact");
+    c.heal();
+    // A slow link: a few messages arrive per leader tick, so heartbeats
+    // (and their resends) interleave with the transfer.
+    let mut ticks = 0;
+    while c.installed[&3].is_empty() {
+        assert!(ticks < 100 * T, "the snapshot never arrived");
+        for _ in 0..4 {
+            c.deliver_one();
+        }
+        c.node_mut(1).tick();
+        ticks += 1;
+    }
+    c.deliver();
+    assert_eq!(c.installed[&3][0].meta, meta);
+    assert_eq!(c.installed[&3][0].data, data);
+    let chunks = c
+        .delivered
+        .iter()
+        .filter(|m| m.to == 3 && matches!(m.body, Body::InstallSnapshot { .. }))
+        .count();
+    assert!(
+        chunks <= CHUNKS + CHUNKS / 4,
+        "{chunks} chunks delivered for a snapshot of {CHUNKS} chunks over {ticks} ticks"
     );
 }
