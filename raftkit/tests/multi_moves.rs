@@ -1,8 +1,10 @@
 //! Moving a group's replica between multi-group nodes over real QUIC on
 //! loopback, real journal files: under a concurrent write workload with no
 //! acknowledged write lost and every replica converging; a move of the
-//! leader's own replica; a leader crash between the learner's addition and
-//! the joint change; a target that refuses to host, and the abort.
+//! leader's own replica; a leader crash (a kill: no flush, no goodbye)
+//! between the learner's addition and the joint change; a removed node that
+//! was down when its removal committed; a target that refuses to host, and
+//! the abort.
 
 mod support;
 use std::collections::BTreeMap;
@@ -123,6 +125,12 @@ impl Cluster {
     async fn stop(&mut self, i: usize) {
         let node = self.nodes[i].take().expect("running");
         node.shutdown().await.unwrap();
+    }
+
+    /// Kills node `i` as a process crash would (see [`MultiNode::kill`]).
+    async fn kill(&mut self, i: usize) {
+        let node = self.nodes[i].take().expect("running");
+        node.kill().await;
     }
 
     async fn restart(&mut self, i: usize) {
@@ -386,8 +394,40 @@ async fn the_leader_moves_its_own_replica_away() {
     check_retired(&mut c, old_i).await;
 }
 
+/// Moves `G`'s replica off a voter other than the leader to node 3 through
+/// whichever node leads, calling again (which resumes) while the leader
+/// changes under the move; returns the leaving node and the last call's
+/// report.
+async fn move_through_leader(c: &Cluster) -> (NodeId, raftkit::multi::MoveReport) {
+    let opts = MoveOptions {
+        catch_up_timeout: DEADLINE,
+        ..MoveOptions::default()
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let leader = c.leader().await;
+        let from = voters(&leader)
+            .into_iter()
+            .find(|v| *v != leader.id() && *v != c.id(3))
+            .unwrap();
+        match leader.move_replica_with(G, from, &c.addrs[3], &opts).await {
+            Ok(report) => return (from, report),
+            Err(
+                e @ MoveError::Step {
+                    source: raftkit::error::Error::NotLeader { .. },
+                    ..
+                },
+            )
+            | Err(e @ MoveError::NotLeader { .. }) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the move failed: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "flaky (about 1 run in 3 under load): the learner's node sometimes never starts its replica after the leader restarts, or the old node never learns its removal committed; open in issue 18. Run: cargo test -p raftkit --test multi_moves -- --ignored"]
 async fn a_leader_crash_between_learner_and_joint_change_leaves_a_usable_group_and_the_move_resumes()
  {
     let mut c = Cluster::start(true).await;
@@ -414,7 +454,7 @@ async fn a_leader_crash_between_learner_and_joint_change_leaves_a_usable_group_a
     }
     let before = load.acked();
     shared.lock().unwrap().retain(|n| n.id() != c.id(leader_i));
-    c.stop(leader_i).await;
+    c.kill(leader_i).await;
     // The remaining voters elect a leader and keep taking writes.
     load.wait_acked(before + 100).await;
     c.restart(leader_i).await;
@@ -428,13 +468,8 @@ async fn a_leader_crash_between_learner_and_joint_change_leaves_a_usable_group_a
         .expect("the restarted node catches up")
         .unwrap();
     // The move resumes on the new leader: the learner is not added again.
-    let leader = c.leader().await;
-    let from = voters(&leader)
-        .into_iter()
-        .find(|v| *v != leader.id())
-        .unwrap();
+    let (from, report) = move_through_leader(&c).await;
     let from_i = c.index_of(from);
-    let report = leader.move_replica(G, from, &c.addrs[3]).await.unwrap();
     let steps: Vec<MoveStep> = report.steps.iter().map(|s| s.0).collect();
     assert_eq!(
         steps,
@@ -450,6 +485,59 @@ async fn a_leader_crash_between_learner_and_joint_change_leaves_a_usable_group_a
     drop(shared);
     check_converged(&c, &acked).await;
     check_retired(&mut c, from_i).await;
+}
+
+/// A node that is down while its removal commits never receives the
+/// leader's last AppendEntries; it learns its removal by asking the
+/// group's members (`multi::removal`) and retires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_down_when_its_removal_committed_learns_it_and_retires() {
+    let mut c = Cluster::start(true).await;
+    for i in 0..150 {
+        put(&c, &format!("a{i:03}"), "before").await;
+    }
+    let leader = c.leader().await;
+    let leader_i = c.index_of(leader.id());
+    let from = voters(&leader)
+        .into_iter()
+        .find(|v| *v != leader.id())
+        .unwrap();
+    let from_i = c.index_of(from);
+    // The leaving node crashes; its replica is moved away while it is down.
+    c.kill(from_i).await;
+    let report = leader.move_replica(G, from, &c.addrs[3]).await.unwrap();
+    assert!(!report.already_done, "{report:?}");
+    assert!(!voters(&leader).contains(&from));
+    drop(leader);
+    // The leader's node restarts too: no message queued for the removed
+    // node survives, and the new leader never replicated to it.
+    c.stop(leader_i).await;
+    c.restart(leader_i).await;
+    c.leader().await;
+    // The removed node comes back with the old configuration, which still
+    // lists it; nobody sends it anything, yet it learns and retires.
+    c.restart(from_i).await;
+    let mut watch = c.nodes[from_i].as_ref().unwrap().group(G).unwrap().watch();
+    let back = tokio::time::timeout(DEADLINE, watch.wait_for(|s| s.config_index > 0))
+        .await
+        .expect("the restarted replica publishes its configuration")
+        .unwrap()
+        .clone();
+    assert!(
+        back.members.iter().any(|m| m.id == from),
+        "the restarted node still believes it is a member: {:?}",
+        back.members
+    );
+    let mut acked = BTreeMap::new();
+    for i in 0..150 {
+        acked.insert(format!("a{i:03}"), "before".to_string());
+    }
+    for i in 0..20 {
+        put(&c, &format!("b{i:03}"), "after").await;
+        acked.insert(format!("b{i:03}"), "after".to_string());
+    }
+    check_retired(&mut c, from_i).await;
+    check_converged(&c, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -37,17 +37,22 @@
 //!
 //! # Retiring a removed replica
 //!
-//! A node whose replica of a group sees a configuration without itself
-//! that is **committed** (its commit index covers the configuration's
-//! index, and it is not joint) has been removed (thesis §4.2.2): the node
-//! stops the replica, writes the group's removal to the journal (durable),
-//! then deletes the group's snapshot directory. The core sends a removed
-//! member one last AppendEntries when its removal commits, so that it
-//! learns of the commit. Crash safety:
+//! A node whose replica of a group, once listed by a configuration, sees a
+//! configuration without itself that is **committed** (its commit index
+//! covers the configuration's index, and it is not joint) has been removed
+//! (thesis §4.2.2): the node stops the replica, writes the group's removal
+//! to the journal (durable), then deletes the group's snapshot directory.
+//! "Once listed" matters: a replica hosted on demand catches up from a
+//! snapshot or log whose configurations may all predate its addition, and
+//! is not a removed member. The core sends a removed member one last
+//! AppendEntries when its removal commits, so that it learns of the
+//! commit; a node that misses it (down, cut off, or still installing a
+//! snapshot) asks the group's members instead ([`removal`](super::removal)).
+//! Crash safety:
 //! - a crash before the removal record leaves the group in the journal;
-//!   the restarted replica holds the committed configuration without
-//!   itself, never campaigns (the core's rule for non-voters), and is
-//!   retired again by the same check;
+//!   the restarted replica holds the configuration without itself, never
+//!   campaigns (the core's rule for non-voters), and is retired on the
+//!   group leader's answer ([`removal`](super::removal));
 //! - a crash after it leaves at most an orphan snapshot directory, which
 //!   the next start deletes ([`MultiNodeBuilder::start`](super::MultiNodeBuilder::start)
 //!   sweeps `groups/<id>` directories of groups the journal does not hold).
@@ -119,11 +124,20 @@ pub(crate) enum Retire {
 
 /// Whether the replica whose status is `st` on node `me`, hosted for
 /// `hosted_for`, should be retired.
+///
+/// `listed` says whether this replica has ever held a configuration that
+/// lists its node: a replica hosted on demand starts from the leader's
+/// snapshot or log, whose configurations may all predate the node's
+/// addition, so "a committed configuration without me" means removal only
+/// after the node was a member (a learner whose leader crashed right after
+/// sending such a snapshot was once retired by mistake, and its move never
+/// finished: `multi_moves`'s leader-crash test).
 pub(crate) fn retire_reason(
     me: NodeId,
     st: &PeerStatus,
     hosted_for: Duration,
     policy: &HostingPolicy,
+    listed: bool,
 ) -> Option<Retire> {
     if st.fatal.is_some() {
         return None; // a failed node keeps its state for inspection
@@ -132,8 +146,8 @@ pub(crate) fn retire_reason(
         let empty = st.last_index == 0 && st.snapshot_index == 0 && st.members.is_empty();
         return (empty && hosted_for >= policy.orphan_after).then_some(Retire::Orphan);
     }
-    let listed = st.members.iter().any(|m| m.id == me);
-    (!listed && !st.joint && st.commit >= st.config_index).then_some(Retire::Removed)
+    let listed_now = st.members.iter().any(|m| m.id == me);
+    (listed && !listed_now && !st.joint && st.commit >= st.config_index).then_some(Retire::Removed)
 }
 
 /// Groups removed recently, refused on demand for the quarantine.
@@ -239,44 +253,57 @@ mod tests {
         let t = Duration::ZERO;
         // Still a voter or learner: kept.
         assert_eq!(
-            retire_reason(me, &status(&[(1, true), (7, true)], 5, 9), t, &p),
+            retire_reason(me, &status(&[(1, true), (7, true)], 5, 9), t, &p, true),
             None
         );
         assert_eq!(
-            retire_reason(me, &status(&[(1, true), (7, false)], 5, 9), t, &p),
+            retire_reason(me, &status(&[(1, true), (7, false)], 5, 9), t, &p, true),
             None
         );
         // Removed, but the removal is not known committed: kept (it may be
         // rolled back and this replica's log needed).
-        assert_eq!(retire_reason(me, &status(&[(1, true)], 5, 4), t, &p), None);
+        assert_eq!(
+            retire_reason(me, &status(&[(1, true)], 5, 4), t, &p, true),
+            None
+        );
         // Joint: kept until the joint configuration is left.
         let mut joint = status(&[(1, true)], 5, 9);
         joint.joint = true;
-        assert_eq!(retire_reason(me, &joint, t, &p), None);
+        assert_eq!(retire_reason(me, &joint, t, &p, true), None);
         // Removed and committed: retired.
         assert_eq!(
-            retire_reason(me, &status(&[(1, true)], 5, 5), t, &p),
+            retire_reason(me, &status(&[(1, true)], 5, 5), t, &p, true),
             Some(Retire::Removed)
+        );
+        // A replica that never held a configuration listing its node (a
+        // learner still catching up from a snapshot taken before its
+        // addition) is not removed: it was never a member.
+        assert_eq!(
+            retire_reason(me, &status(&[(1, true)], 5, 5), t, &p, false),
+            None
         );
         // A failed node keeps its state.
         let mut failed = status(&[(1, true)], 5, 5);
         failed.fatal = Some("disk".into());
-        assert_eq!(retire_reason(me, &failed, t, &p), None);
+        assert_eq!(retire_reason(me, &failed, t, &p, true), None);
     }
 
     #[test]
     fn an_empty_replica_is_an_orphan_only_after_the_timeout() {
         let p = HostingPolicy::default();
         let empty = status(&[], 0, 0);
-        assert_eq!(retire_reason(7, &empty, Duration::from_secs(1), &p), None);
         assert_eq!(
-            retire_reason(7, &empty, p.orphan_after, &p),
+            retire_reason(7, &empty, Duration::from_secs(1), &p, false),
+            None
+        );
+        assert_eq!(
+            retire_reason(7, &empty, p.orphan_after, &p, false),
             Some(Retire::Orphan)
         );
         // One that received entries (but no configuration yet) is kept.
         let mut fed = empty.clone();
         fed.last_index = 3;
-        assert_eq!(retire_reason(7, &fed, p.orphan_after, &p), None);
+        assert_eq!(retire_reason(7, &fed, p.orphan_after, &p, false), None);
     }
 
     #[test]
