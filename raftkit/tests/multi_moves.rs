@@ -6,6 +6,8 @@
 //! was down when its removal committed; a target that refuses to host, and
 //! the abort.
 
+#[path = "support/multi.rs"]
+mod multi;
 mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,43 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use multi::{DEADLINE, Kv, KvRead, KvReadOutput, KvWrite, builder, init_tracing};
 use raftkit::client::Consistency;
-use raftkit::core::{NodeId, Role};
+use raftkit::core::NodeId;
 use raftkit::error::Applied;
 use raftkit::multi::{GroupId, MoveError, MoveOptions, MoveStep, MultiNode};
-use raftkit::prelude::*;
 use raftkit::tls::ClusterCa;
 use support::free_addrs;
 
-#[derive(StateMachine, Default, Serialize, Deserialize)]
-#[raftkit(name = "mvkv")]
-pub struct Kv {
-    map: BTreeMap<String, String>,
-}
-
-#[raftkit::state_machine]
-impl Kv {
-    #[write]
-    fn put(&mut self, key: String, value: String) -> Option<String> {
-        self.map.insert(key, value)
-    }
-
-    #[read]
-    fn dump(&self) -> BTreeMap<String, String> {
-        self.map.clone()
-    }
-}
-
 const G: GroupId = 7;
-
-/// Logs to the test's output with `RUST_LOG` set (nothing otherwise).
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-const DEADLINE: Duration = Duration::from_secs(60);
 
 async fn start_node(
     addr: &str,
@@ -57,18 +31,14 @@ async fn start_node(
     ca: Option<&ClusterCa>,
     on_demand: bool,
 ) -> MultiNode<Kv> {
-    let mut b = MultiNode::<Kv>::builder()
-        .listen(addr)
-        .data_dir(dir)
-        .tick(Duration::from_millis(20))
+    builder(addr, dir, ca)
         // Small snapshots: a moved replica catches up by a snapshot and
         // then the log.
         .snapshot_every(100)
-        .host_on_demand(on_demand);
-    if let Some(ca) = ca {
-        b = b.identity(ca.issue_node(&format!("mvkv@{addr}"), &[]).unwrap());
-    }
-    b.start().await.unwrap()
+        .host_on_demand(on_demand)
+        .start()
+        .await
+        .unwrap()
 }
 
 struct Cluster {
@@ -144,34 +114,13 @@ impl Cluster {
 }
 
 fn leader_now(nodes: &[MultiNode<Kv>]) -> Option<MultiNode<Kv>> {
-    let leaders: Vec<_> = nodes
-        .iter()
-        .filter(|n| n.group(G).is_some_and(|p| p.status().role == Role::Leader))
-        .collect();
-    (leaders.len() == 1).then(|| leaders[0].clone())
+    multi::leader_now(nodes, G)
 }
 
 /// Writes `key` through whichever replica leads, retrying what may be
-/// retried (a put of the same key and value is idempotent).
+/// retried.
 async fn put(c: &Cluster, key: &str, value: &str) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let l = c.leader().await;
-        let Some(peer) = l.group(G) else { continue };
-        match peer
-            .write(KvWrite::Put {
-                key: key.into(),
-                value: value.into(),
-            })
-            .await
-        {
-            Ok(_) => return,
-            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(e) => panic!("put {key}: {e}"),
-        }
-    }
+    multi::put(&c.live(), G, key, value).await;
 }
 
 /// Concurrent writers over the nodes' replicas: each writes its own keys
@@ -252,7 +201,9 @@ impl Workload {
 /// map, which contains every acknowledged write.
 async fn check_converged(c: &Cluster, acked: &BTreeMap<String, String>) {
     let leader = c.leader().await.group(G).unwrap();
-    let KvReadOutput::Dump(at_leader) = leader.read(KvRead::Dump {}).await.unwrap();
+    let KvReadOutput::Dump(at_leader) = leader.read(KvRead::Dump {}).await.unwrap() else {
+        panic!("a dump answered another query");
+    };
     for (k, v) in acked {
         assert_eq!(at_leader.get(k), Some(v), "acknowledged write {k} lost");
     }
@@ -274,7 +225,10 @@ async fn check_converged(c: &Cluster, acked: &BTreeMap<String, String>) {
         let (KvReadOutput::Dump(here), _) = peer
             .read_with(KvRead::Dump {}, Consistency::Stale)
             .await
-            .unwrap();
+            .unwrap()
+        else {
+            panic!("a dump answered another query");
+        };
         assert_eq!(here, at_leader, "replica on node {v} diverges");
     }
 }
