@@ -3,107 +3,28 @@
 //! shares fsyncs across groups, and every group recovers from the shared
 //! journal after the nodes restart.
 
+#[path = "support/multi.rs"]
+mod multi;
 mod support;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use multi::{DEADLINE, Kv, builder, get, leader, put};
 use raftkit::core::Role;
 use raftkit::multi::{GroupId, MultiNode};
 use raftkit::prelude::*;
 use raftkit::tls::ClusterCa;
 use support::free_addrs;
 
-#[derive(StateMachine, Default, Serialize, Deserialize)]
-#[raftkit(name = "mkv")]
-pub struct Kv {
-    map: BTreeMap<String, String>,
-}
-
-#[raftkit::state_machine]
-impl Kv {
-    #[write]
-    fn put(&mut self, key: String, value: String) -> Option<String> {
-        self.map.insert(key, value)
-    }
-
-    #[read]
-    fn get(&self, key: String) -> Option<String> {
-        self.map.get(&key).cloned()
-    }
-}
-
 const GROUPS: GroupId = 4;
-const DEADLINE: Duration = Duration::from_secs(30);
 
+/// A node of the test cluster (see `support/multi.rs`).
 async fn start_node(
     addr: &str,
     dir: &Path,
     ca: Option<&ClusterCa>,
 ) -> Result<MultiNode<Kv>, raftkit::Error> {
-    let mut b = MultiNode::<Kv>::builder()
-        .listen(addr)
-        .data_dir(dir)
-        .tick(Duration::from_millis(20));
-    if let Some(ca) = ca {
-        b = b.identity(ca.issue_node(&format!("mkv@{addr}"), &[])?);
-    }
-    b.start().await
-}
-
-/// The leader replica of `group`, once there is exactly one.
-async fn leader(nodes: &[MultiNode<Kv>], group: GroupId) -> Peer<Kv> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let leaders: Vec<Peer<Kv>> = nodes
-            .iter()
-            .filter_map(|n| n.group(group))
-            .filter(|p| p.status().role == Role::Leader)
-            .collect();
-        if leaders.len() == 1 {
-            return leaders[0].clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "group {group}: no single leader"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Writes through the group's leader, retrying while leadership moves.
-async fn put(nodes: &[MultiNode<Kv>], group: GroupId, key: &str, value: &str) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let l = leader(nodes, group).await;
-        match l
-            .write(KvWrite::Put {
-                key: key.into(),
-                value: value.into(),
-            })
-            .await
-        {
-            Ok(_) => return,
-            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("group {group}: put {key}: {e}"),
-        }
-    }
-}
-
-async fn get(nodes: &[MultiNode<Kv>], group: GroupId, key: &str) -> Option<String> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let l = leader(nodes, group).await;
-        match l.read(KvRead::Get { key: key.into() }).await {
-            Ok(KvReadOutput::Get(v)) => return v,
-            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("group {group}: get {key}: {e}"),
-        }
-    }
+    builder(addr, dir, ca).start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,13 @@
 //! Moving a group's replica between multi-group nodes over real QUIC on
 //! loopback, real journal files: under a concurrent write workload with no
 //! acknowledged write lost and every replica converging; a move of the
-//! leader's own replica; a leader crash between the learner's addition and
-//! the joint change; a target that refuses to host, and the abort.
+//! leader's own replica; a leader crash (a kill: no flush, no goodbye)
+//! between the learner's addition and the joint change; a removed node that
+//! was down when its removal committed; a target that refuses to host, and
+//! the abort.
 
+#[path = "support/multi.rs"]
+mod multi;
 mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,43 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use multi::{DEADLINE, Kv, KvRead, KvReadOutput, KvWrite, builder, init_tracing};
 use raftkit::client::Consistency;
-use raftkit::core::{NodeId, Role};
+use raftkit::core::NodeId;
 use raftkit::error::Applied;
 use raftkit::multi::{GroupId, MoveError, MoveOptions, MoveStep, MultiNode};
-use raftkit::prelude::*;
 use raftkit::tls::ClusterCa;
 use support::free_addrs;
 
-#[derive(StateMachine, Default, Serialize, Deserialize)]
-#[raftkit(name = "mvkv")]
-pub struct Kv {
-    map: BTreeMap<String, String>,
-}
-
-#[raftkit::state_machine]
-impl Kv {
-    #[write]
-    fn put(&mut self, key: String, value: String) -> Option<String> {
-        self.map.insert(key, value)
-    }
-
-    #[read]
-    fn dump(&self) -> BTreeMap<String, String> {
-        self.map.clone()
-    }
-}
-
 const G: GroupId = 7;
-
-/// Logs to the test's output with `RUST_LOG` set (nothing otherwise).
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-const DEADLINE: Duration = Duration::from_secs(60);
 
 async fn start_node(
     addr: &str,
@@ -55,18 +31,14 @@ async fn start_node(
     ca: Option<&ClusterCa>,
     on_demand: bool,
 ) -> MultiNode<Kv> {
-    let mut b = MultiNode::<Kv>::builder()
-        .listen(addr)
-        .data_dir(dir)
-        .tick(Duration::from_millis(20))
+    builder(addr, dir, ca)
         // Small snapshots: a moved replica catches up by a snapshot and
         // then the log.
         .snapshot_every(100)
-        .host_on_demand(on_demand);
-    if let Some(ca) = ca {
-        b = b.identity(ca.issue_node(&format!("mvkv@{addr}"), &[]).unwrap());
-    }
-    b.start().await.unwrap()
+        .host_on_demand(on_demand)
+        .start()
+        .await
+        .unwrap()
 }
 
 struct Cluster {
@@ -125,6 +97,12 @@ impl Cluster {
         node.shutdown().await.unwrap();
     }
 
+    /// Kills node `i` as a process crash would (see [`MultiNode::kill`]).
+    async fn kill(&mut self, i: usize) {
+        let node = self.nodes[i].take().expect("running");
+        node.kill().await;
+    }
+
     async fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].is_none());
         self.nodes[i] = Some(start_node(&self.addrs[i], self.dirs[i].path(), None, true).await);
@@ -136,34 +114,13 @@ impl Cluster {
 }
 
 fn leader_now(nodes: &[MultiNode<Kv>]) -> Option<MultiNode<Kv>> {
-    let leaders: Vec<_> = nodes
-        .iter()
-        .filter(|n| n.group(G).is_some_and(|p| p.status().role == Role::Leader))
-        .collect();
-    (leaders.len() == 1).then(|| leaders[0].clone())
+    multi::leader_now(nodes, G)
 }
 
 /// Writes `key` through whichever replica leads, retrying what may be
-/// retried (a put of the same key and value is idempotent).
+/// retried.
 async fn put(c: &Cluster, key: &str, value: &str) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let l = c.leader().await;
-        let Some(peer) = l.group(G) else { continue };
-        match peer
-            .write(KvWrite::Put {
-                key: key.into(),
-                value: value.into(),
-            })
-            .await
-        {
-            Ok(_) => return,
-            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(e) => panic!("put {key}: {e}"),
-        }
-    }
+    multi::put(&c.live(), G, key, value).await;
 }
 
 /// Concurrent writers over the nodes' replicas: each writes its own keys
@@ -244,7 +201,9 @@ impl Workload {
 /// map, which contains every acknowledged write.
 async fn check_converged(c: &Cluster, acked: &BTreeMap<String, String>) {
     let leader = c.leader().await.group(G).unwrap();
-    let KvReadOutput::Dump(at_leader) = leader.read(KvRead::Dump {}).await.unwrap();
+    let KvReadOutput::Dump(at_leader) = leader.read(KvRead::Dump {}).await.unwrap() else {
+        panic!("a dump answered another query");
+    };
     for (k, v) in acked {
         assert_eq!(at_leader.get(k), Some(v), "acknowledged write {k} lost");
     }
@@ -266,7 +225,10 @@ async fn check_converged(c: &Cluster, acked: &BTreeMap<String, String>) {
         let (KvReadOutput::Dump(here), _) = peer
             .read_with(KvRead::Dump {}, Consistency::Stale)
             .await
-            .unwrap();
+            .unwrap()
+        else {
+            panic!("a dump answered another query");
+        };
         assert_eq!(here, at_leader, "replica on node {v} diverges");
     }
 }
@@ -386,8 +348,40 @@ async fn the_leader_moves_its_own_replica_away() {
     check_retired(&mut c, old_i).await;
 }
 
+/// Moves `G`'s replica off a voter other than the leader to node 3 through
+/// whichever node leads, calling again (which resumes) while the leader
+/// changes under the move; returns the leaving node and the last call's
+/// report.
+async fn move_through_leader(c: &Cluster) -> (NodeId, raftkit::multi::MoveReport) {
+    let opts = MoveOptions {
+        catch_up_timeout: DEADLINE,
+        ..MoveOptions::default()
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let leader = c.leader().await;
+        let from = voters(&leader)
+            .into_iter()
+            .find(|v| *v != leader.id() && *v != c.id(3))
+            .unwrap();
+        match leader.move_replica_with(G, from, &c.addrs[3], &opts).await {
+            Ok(report) => return (from, report),
+            Err(
+                e @ MoveError::Step {
+                    source: raftkit::error::Error::NotLeader { .. },
+                    ..
+                },
+            )
+            | Err(e @ MoveError::NotLeader { .. }) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the move failed: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "flaky (about 1 run in 3 under load): the learner's node sometimes never starts its replica after the leader restarts, or the old node never learns its removal committed; open in issue 18. Run: cargo test -p raftkit --test multi_moves -- --ignored"]
 async fn a_leader_crash_between_learner_and_joint_change_leaves_a_usable_group_and_the_move_resumes()
  {
     let mut c = Cluster::start(true).await;
@@ -414,7 +408,7 @@ async fn a_leader_crash_between_learner_and_joint_change_leaves_a_usable_group_a
     }
     let before = load.acked();
     shared.lock().unwrap().retain(|n| n.id() != c.id(leader_i));
-    c.stop(leader_i).await;
+    c.kill(leader_i).await;
     // The remaining voters elect a leader and keep taking writes.
     load.wait_acked(before + 100).await;
     c.restart(leader_i).await;
@@ -428,13 +422,8 @@ async fn a_leader_crash_between_learner_and_joint_change_leaves_a_usable_group_a
         .expect("the restarted node catches up")
         .unwrap();
     // The move resumes on the new leader: the learner is not added again.
-    let leader = c.leader().await;
-    let from = voters(&leader)
-        .into_iter()
-        .find(|v| *v != leader.id())
-        .unwrap();
+    let (from, report) = move_through_leader(&c).await;
     let from_i = c.index_of(from);
-    let report = leader.move_replica(G, from, &c.addrs[3]).await.unwrap();
     let steps: Vec<MoveStep> = report.steps.iter().map(|s| s.0).collect();
     assert_eq!(
         steps,
@@ -450,6 +439,59 @@ async fn a_leader_crash_between_learner_and_joint_change_leaves_a_usable_group_a
     drop(shared);
     check_converged(&c, &acked).await;
     check_retired(&mut c, from_i).await;
+}
+
+/// A node that is down while its removal commits never receives the
+/// leader's last AppendEntries; it learns its removal by asking the
+/// group's members (`multi::removal`) and retires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_down_when_its_removal_committed_learns_it_and_retires() {
+    let mut c = Cluster::start(true).await;
+    for i in 0..150 {
+        put(&c, &format!("a{i:03}"), "before").await;
+    }
+    let leader = c.leader().await;
+    let leader_i = c.index_of(leader.id());
+    let from = voters(&leader)
+        .into_iter()
+        .find(|v| *v != leader.id())
+        .unwrap();
+    let from_i = c.index_of(from);
+    // The leaving node crashes; its replica is moved away while it is down.
+    c.kill(from_i).await;
+    let report = leader.move_replica(G, from, &c.addrs[3]).await.unwrap();
+    assert!(!report.already_done, "{report:?}");
+    assert!(!voters(&leader).contains(&from));
+    drop(leader);
+    // The leader's node restarts too: no message queued for the removed
+    // node survives, and the new leader never replicated to it.
+    c.stop(leader_i).await;
+    c.restart(leader_i).await;
+    c.leader().await;
+    // The removed node comes back with the old configuration, which still
+    // lists it; nobody sends it anything, yet it learns and retires.
+    c.restart(from_i).await;
+    let mut watch = c.nodes[from_i].as_ref().unwrap().group(G).unwrap().watch();
+    let back = tokio::time::timeout(DEADLINE, watch.wait_for(|s| s.config_index > 0))
+        .await
+        .expect("the restarted replica publishes its configuration")
+        .unwrap()
+        .clone();
+    assert!(
+        back.members.iter().any(|m| m.id == from),
+        "the restarted node still believes it is a member: {:?}",
+        back.members
+    );
+    let mut acked = BTreeMap::new();
+    for i in 0..150 {
+        acked.insert(format!("a{i:03}"), "before".to_string());
+    }
+    for i in 0..20 {
+        put(&c, &format!("b{i:03}"), "after").await;
+        acked.insert(format!("b{i:03}"), "after".to_string());
+    }
+    check_retired(&mut c, from_i).await;
+    check_converged(&c, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

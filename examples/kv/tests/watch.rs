@@ -7,48 +7,12 @@
 //! Waiting is polling (or receiving) under a deadline, never a bare sleep.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const KV: &str = env!("CARGO_BIN_EXE_kv");
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Children killed (SIGKILL) and reaped on drop.
-#[derive(Default)]
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn kv_command() -> Command {
-    let mut c = Command::new(KV);
-    c.env_remove("KV_CLUSTER")
-        .env_remove("RAFTKIT_CERTS")
-        .env_remove("RUST_LOG")
-        .env_remove("RUST_BACKTRACE");
-    c
-}
-
-/// Runs `kv ARGS` to completion; its exit code and stdout.
-fn kv(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut cmd = kv_command();
-    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("kv runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
+mod support;
+use support::{PATIENCE, Procs, free_udp_addrs, kv, kv_command};
 
 /// A running `kv watch`: its stdout and stderr lines as they come.
 struct Watcher {
@@ -113,41 +77,46 @@ fn kv_watch_prints_changes_under_the_prefix_as_they_happen() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let certs = tmp.path().join("certs").to_string_lossy().to_string();
     let data = tmp.path().join("n1").to_string_lossy().to_string();
-    assert_eq!(kv(&["certs", "init", &certs], &[]).0, Some(0));
-    let addr = {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        s.local_addr().expect("addr").to_string()
-    };
+    assert_eq!(kv(&["certs", "init", &certs], &[]).code, Some(0));
+    let addr = free_udp_addrs(1).remove(0);
     let mut procs = Procs::default();
-    let server = kv_command()
-        .args([
-            "serve", "--listen", &addr, "--data", &data, "--certs", &certs,
-        ])
-        .args(["--bootstrap", "--tick-ms", "25"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kv serve starts");
-    procs.0.push(server);
+    procs.serve(
+        "server",
+        &[
+            "--listen",
+            &addr,
+            "--data",
+            &data,
+            "--certs",
+            &certs,
+            "--bootstrap",
+            "--tick-ms",
+            "25",
+        ],
+        &tmp.path().join("server.log"),
+    );
     let env = [
         ("KV_CLUSTER", addr.as_str()),
         ("RAFTKIT_CERTS", certs.as_str()),
     ];
     let deadline = Instant::now() + PATIENCE;
-    while kv(&["put", "warm", "up"], &env).0 != Some(0) {
+    while kv(&["put", "warm", "up"], &env).code != Some(0) {
         assert!(Instant::now() < deadline, "the server never took a write");
     }
 
     let mut live = Watcher::spawn(&["p/", "--timeout", "3"], &env);
-    assert_eq!(kv(&["put", "p/a", "1"], &env).0, Some(0));
-    assert_eq!(kv(&["put", "q/b", "2"], &env).0, Some(0), "not under p/");
-    assert_eq!(kv(&["del", "p/a"], &env).0, Some(0));
-    assert_eq!(kv(&["del", "p/zz"], &env).0, Some(3), "absent: no change");
-    assert_eq!(kv(&["cas", "p/c", "-", "3"], &env).0, Some(0));
-    assert_eq!(kv(&["cas", "p/c", "-", "4"], &env).0, Some(3), "no swap");
+    assert_eq!(kv(&["put", "p/a", "1"], &env).code, Some(0));
+    assert_eq!(kv(&["put", "q/b", "2"], &env).code, Some(0), "not under p/");
+    assert_eq!(kv(&["del", "p/a"], &env).code, Some(0));
     assert_eq!(
-        kv(&["put", "p/d", "5", "--ttl-ms", "60000"], &env).0,
+        kv(&["del", "p/zz"], &env).code,
+        Some(3),
+        "absent: no change"
+    );
+    assert_eq!(kv(&["cas", "p/c", "-", "3"], &env).code, Some(0));
+    assert_eq!(kv(&["cas", "p/c", "-", "4"], &env).code, Some(3), "no swap");
+    assert_eq!(
+        kv(&["put", "p/d", "5", "--ttl-ms", "60000"], &env).code,
         Some(0)
     );
     let got: Vec<(u64, String)> = (0..4).map(|_| split(&live.line())).collect();
@@ -173,11 +142,7 @@ fn kv_watch_prints_changes_under_the_prefix_as_they_happen() {
 
     // The only member goes away: the watch retries for its timeout, then
     // ends with one line and exit code 1.
-    for child in &mut procs.0 {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    procs.0.clear();
+    procs.kill9("server");
     let mut child = live.child.take().expect("child");
     let deadline = Instant::now() + PATIENCE;
     let status = loop {

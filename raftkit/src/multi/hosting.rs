@@ -37,17 +37,22 @@
 //!
 //! # Retiring a removed replica
 //!
-//! A node whose replica of a group sees a configuration without itself
-//! that is **committed** (its commit index covers the configuration's
-//! index, and it is not joint) has been removed (thesis §4.2.2): the node
-//! stops the replica, writes the group's removal to the journal (durable),
-//! then deletes the group's snapshot directory. The core sends a removed
-//! member one last AppendEntries when its removal commits, so that it
-//! learns of the commit. Crash safety:
+//! A node whose replica of a group, once listed by a configuration, sees a
+//! configuration without itself that is **committed** (its commit index
+//! covers the configuration's index, and it is not joint) has been removed
+//! (thesis §4.2.2): the node stops the replica, writes the group's removal
+//! to the journal (durable), then deletes the group's snapshot directory.
+//! "Once listed" matters: a replica hosted on demand catches up from a
+//! snapshot or log whose configurations may all predate its addition, and
+//! is not a removed member. The core sends a removed member one last
+//! AppendEntries when its removal commits, so that it learns of the
+//! commit; a node that misses it (down, cut off, or still installing a
+//! snapshot) asks the group's members instead ([`removal`](super::removal)).
+//! Crash safety:
 //! - a crash before the removal record leaves the group in the journal;
-//!   the restarted replica holds the committed configuration without
-//!   itself, never campaigns (the core's rule for non-voters), and is
-//!   retired again by the same check;
+//!   the restarted replica holds the configuration without itself, never
+//!   campaigns (the core's rule for non-voters), and is retired on the
+//!   group leader's answer ([`removal`](super::removal));
 //! - a crash after it leaves at most an orphan snapshot directory, which
 //!   the next start deletes ([`MultiNodeBuilder::start`](super::MultiNodeBuilder::start)
 //!   sweeps `groups/<id>` directories of groups the journal does not hold).
@@ -57,7 +62,8 @@
 //! log may be needed for a quorum.
 //!
 //! A replica hosted on demand is **joining** until a configuration it
-//! holds lists its node: it never counts as removed before. What it
+//! holds lists its node (`listed` below, remembered per replica): it never
+//! counts as removed before. What it
 //! receives first predates its addition as a learner — the leader's latest
 //! snapshot (taken before the configuration entry that added the learner,
 //! so its configuration does not list it) and the log entries between that
@@ -136,15 +142,23 @@ pub(crate) enum Retire {
 /// Whether the replica whose status is `st` on node `me` should be
 /// retired. `quiet_for`: how long it has been hosted without hearing from
 /// a leader (since it was hosted, or since the leader's last message,
-/// whichever is later). `joining`: it was hosted on demand and no
-/// configuration it held has listed `me` yet (see the
-/// [module documentation](self)).
+/// whichever is later).
+///
+/// `listed` says whether this replica has ever held a configuration that
+/// lists its node: a replica hosted on demand starts from the leader's
+/// snapshot or log, whose configurations may all predate the node's
+/// addition, so "a committed configuration without me" means removal only
+/// after the node was a member (a learner whose leader crashed right after
+/// sending such a snapshot was once retired by mistake, and its move never
+/// finished: `multi_moves`'s leader-crash test; a joining replica of a
+/// 100 MB group was retired by the snapshot it caught up through:
+/// `multi_bigmove`).
 pub(crate) fn retire_reason(
     me: NodeId,
     st: &PeerStatus,
     quiet_for: Duration,
-    joining: bool,
     policy: &HostingPolicy,
+    listed: bool,
 ) -> Option<Retire> {
     if st.fatal.is_some() {
         return None; // a failed node keeps its state for inspection
@@ -153,8 +167,8 @@ pub(crate) fn retire_reason(
         let empty = st.last_index == 0 && st.snapshot_index == 0 && st.members.is_empty();
         return (empty && quiet_for >= policy.orphan_after).then_some(Retire::Orphan);
     }
-    let listed = st.members.iter().any(|m| m.id == me);
-    (!listed && !joining && !st.joint && st.commit >= st.config_index).then_some(Retire::Removed)
+    let listed_now = st.members.iter().any(|m| m.id == me);
+    (listed && !listed_now && !st.joint && st.commit >= st.config_index).then_some(Retire::Removed)
 }
 
 /// Groups removed recently, refused on demand for the quarantine.
@@ -260,32 +274,39 @@ mod tests {
         let t = Duration::ZERO;
         // Still a voter or learner: kept.
         assert_eq!(
-            retire_reason(me, &status(&[(1, true), (7, true)], 5, 9), t, false, &p),
+            retire_reason(me, &status(&[(1, true), (7, true)], 5, 9), t, &p, true),
             None
         );
         assert_eq!(
-            retire_reason(me, &status(&[(1, true), (7, false)], 5, 9), t, false, &p),
+            retire_reason(me, &status(&[(1, true), (7, false)], 5, 9), t, &p, true),
             None
         );
         // Removed, but the removal is not known committed: kept (it may be
         // rolled back and this replica's log needed).
         assert_eq!(
-            retire_reason(me, &status(&[(1, true)], 5, 4), t, false, &p),
+            retire_reason(me, &status(&[(1, true)], 5, 4), t, &p, true),
             None
         );
         // Joint: kept until the joint configuration is left.
         let mut joint = status(&[(1, true)], 5, 9);
         joint.joint = true;
-        assert_eq!(retire_reason(me, &joint, t, false, &p), None);
+        assert_eq!(retire_reason(me, &joint, t, &p, true), None);
         // Removed and committed: retired.
         assert_eq!(
-            retire_reason(me, &status(&[(1, true)], 5, 5), t, false, &p),
+            retire_reason(me, &status(&[(1, true)], 5, 5), t, &p, true),
             Some(Retire::Removed)
+        );
+        // A replica that never held a configuration listing its node (a
+        // learner still catching up from a snapshot taken before its
+        // addition) is not removed: it was never a member.
+        assert_eq!(
+            retire_reason(me, &status(&[(1, true)], 5, 5), t, &p, false),
+            None
         );
         // A failed node keeps its state.
         let mut failed = status(&[(1, true)], 5, 5);
         failed.fatal = Some("disk".into());
-        assert_eq!(retire_reason(me, &failed, t, false, &p), None);
+        assert_eq!(retire_reason(me, &failed, t, &p, true), None);
     }
 
     #[test]
@@ -297,16 +318,16 @@ mod tests {
         // a learner: installed and committed, it does not list 7.
         let mut stale = status(&[(1, true), (2, true), (3, true)], 300, 300);
         stale.snapshot_index = 300;
-        assert_eq!(retire_reason(me, &stale, t, true, &p), None);
+        assert_eq!(retire_reason(me, &stale, t, &p, false), None);
         // Log entries after it, a configuration change of another move
         // among them, neither.
         let mut other_move = status(&[(1, true), (2, true), (4, true)], 310, 320);
         other_move.snapshot_index = 300;
-        assert_eq!(retire_reason(me, &other_move, t, true, &p), None);
+        assert_eq!(retire_reason(me, &other_move, t, &p, false), None);
         // Once listed (no longer joining), a later committed configuration
         // without 7 removes it.
         assert_eq!(
-            retire_reason(me, &other_move, t, false, &p),
+            retire_reason(me, &other_move, t, &p, true),
             Some(Retire::Removed)
         );
     }
@@ -316,17 +337,17 @@ mod tests {
         let p = HostingPolicy::default();
         let empty = status(&[], 0, 0);
         assert_eq!(
-            retire_reason(7, &empty, Duration::from_secs(1), true, &p),
+            retire_reason(7, &empty, Duration::from_secs(1), &p, false),
             None
         );
         assert_eq!(
-            retire_reason(7, &empty, p.orphan_after, true, &p),
+            retire_reason(7, &empty, p.orphan_after, &p, false),
             Some(Retire::Orphan)
         );
         // One that received entries (but no configuration yet) is kept.
         let mut fed = empty.clone();
         fed.last_index = 3;
-        assert_eq!(retire_reason(7, &fed, p.orphan_after, true, &p), None);
+        assert_eq!(retire_reason(7, &fed, p.orphan_after, &p, false), None);
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //!   dropped less than [`LINGER`] ago: a group that forgets a node does not
 //!   cut another group's link to it, nor at once its own (the removed node
 //!   must still hear that its removal committed, and a removed leader must
-//!   still hear the acknowledgements that commit it);
+//!   still hear the acknowledgements that commit it), and of the nodes that
+//!   asked whether they are still members less than
+//!   [`ASKER_LINGER`](super::removal) ago (at most 64, so that the answer
+//!   reaches them, see [`super::removal`]);
 //! - the demultiplexer never waits for one group: a message for a full
 //!   inbox, or for a group this node does not host, is dropped and counted
 //!   (Raft tolerates lost messages); a slow group never stalls the others.
@@ -30,6 +33,7 @@ use tracing::trace;
 
 use super::GroupId;
 use crate::core::{Message, NodeId};
+use crate::transport::frame::PeerFrame;
 use crate::transport::{GroupInbound, QuicTransport, Transport};
 
 /// How long a link to a node a group's configuration dropped is kept
@@ -58,6 +62,9 @@ pub(crate) struct Links {
     /// This node and where a leader's message for a group not hosted
     /// here goes ([`super::hosting`]).
     on_demand: Mutex<Option<(NodeId, Hoster)>>,
+    /// Nodes that asked recently whether they are still members of a group
+    /// ([`super::removal`]): linked so the answer reaches them.
+    askers: Mutex<super::removal::Askers>,
 }
 
 impl Links {
@@ -67,6 +74,7 @@ impl Links {
             groups: Mutex::new(HashMap::new()),
             dropped: AtomicU64::new(0),
             on_demand: Mutex::new(None),
+            askers: Mutex::new(Default::default()),
         })
     }
 
@@ -90,20 +98,25 @@ impl Links {
     pub(crate) fn unregister(&self, group: GroupId) {
         let mut groups = self.groups();
         groups.remove(&group);
-        self.quic.set_peers(union(&groups));
+        self.quic.set_peers(self.union(&groups));
     }
 
-    /// Drops the links to departed nodes (see [`LINGER`]) kept long enough.
+    /// Drops the links to departed nodes (see [`LINGER`]) and to askers
+    /// ([`super::removal`]) kept long enough.
     pub(crate) fn prune_departed(&self) {
         let mut groups = self.groups();
-        let mut changed = false;
+        let mut changed = self
+            .askers
+            .lock()
+            .map(|mut a| a.expire(Instant::now()))
+            .unwrap_or(false);
         for h in groups.values_mut() {
             let before = h.departed.len();
             h.departed.retain(|_, (_, at)| at.elapsed() < LINGER);
             changed |= h.departed.len() != before;
         }
         if changed {
-            self.quic.set_peers(union(&groups));
+            self.quic.set_peers(self.union(&groups));
         }
     }
 
@@ -163,6 +176,43 @@ impl Links {
         }
     }
 
+    /// Sends node `to` a membership query or answer
+    /// ([`super::removal`]). Whether it was queued.
+    pub(crate) fn send_control(&self, to: NodeId, frame: PeerFrame) -> bool {
+        self.quic.send_control(to, frame)
+    }
+
+    /// Keeps a link to `node`, which asked whether it is still a member of
+    /// a group, for a while (bounded, see [`super::removal::MAX_ASKERS`]),
+    /// so that the answer reaches it. Whether there is a link to it.
+    pub(crate) fn link_asker(&self, node: NodeId, addr: String) -> bool {
+        let groups = self.groups();
+        let union = self.union(&groups);
+        if union.contains_key(&node) {
+            return true;
+        }
+        let kept = self
+            .askers
+            .lock()
+            .map(|mut a| a.note(node, addr, Instant::now()))
+            .unwrap_or(false);
+        if kept {
+            self.quic.set_peers(self.union(&groups));
+        }
+        kept
+    }
+
+    /// The links every hosted group needs, and those to recent askers.
+    fn union(&self, groups: &HashMap<GroupId, Hosted>) -> BTreeMap<NodeId, String> {
+        let mut all = union(groups);
+        if let Ok(askers) = self.askers.lock() {
+            for (id, addr) in askers.links() {
+                all.entry(*id).or_insert_with(|| addr.clone());
+            }
+        }
+        all
+    }
+
     /// The transport of one group.
     pub(crate) fn link(self: &Arc<Self>, group: GroupId) -> GroupLink {
         GroupLink {
@@ -186,15 +236,24 @@ fn union(groups: &HashMap<GroupId, Hosted>) -> BTreeMap<NodeId, String> {
 
 /// Delivers the messages arriving on the node's group inbox until it
 /// closes: group messages to their group, coalesced heartbeats to the
-/// quiescence task (dropped if it is behind: the next one follows).
+/// quiescence task (dropped if it is behind: the next one follows),
+/// membership queries and answers to the node's [`super::removal`] task
+/// (dropped if it is behind: the asker asks again).
 pub(crate) async fn demultiplex(
     links: Arc<Links>,
     mut inbound: mpsc::Receiver<GroupInbound>,
     coalesced: mpsc::Sender<super::quiesce::Beat>,
+    membership: mpsc::Sender<GroupInbound>,
 ) {
     while let Some(item) = inbound.recv().await {
         match item {
             GroupInbound::Msg { group, msg } => links.deliver(group, msg),
+            query @ (GroupInbound::MemberQuery { .. } | GroupInbound::MemberAnswer { .. }) => {
+                // Never waits: the asker asks again.
+                if membership.try_send(query).is_err() {
+                    links.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             GroupInbound::Coalesced { from, quiesced } => {
                 if coalesced.try_send((from, quiesced)).is_err() {
                     links.dropped.fetch_add(1, Ordering::Relaxed);
@@ -232,6 +291,6 @@ impl Transport for GroupLink {
                 .retain(|id, (_, at)| !peers.contains_key(id) && at.elapsed() < LINGER);
             h.peers = peers;
         }
-        self.links.quic.set_peers(union(&groups));
+        self.links.quic.set_peers(self.links.union(&groups));
     }
 }

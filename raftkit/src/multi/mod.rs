@@ -54,7 +54,8 @@
 //!   keep it short).
 //! - Leaders are spread by [`balance`] (on demand or periodically),
 //!   replicas are moved by [`moves`] (a node hosts a moved replica on
-//!   demand, see [`hosting`]).
+//!   demand, see [`hosting`]; a removed replica that missed the news asks
+//!   the group's members, see [`removal`]).
 //!
 //! # Sharding
 //!
@@ -72,6 +73,7 @@ pub mod moves;
 mod node;
 pub mod placement;
 pub mod quiesce;
+pub mod removal;
 pub mod service;
 
 pub use hosting::HostingPolicy;

@@ -16,6 +16,7 @@ use super::journal::{Journal, JournalOptions, JournalStats};
 use super::links::{Links, demultiplex};
 use super::placement::{PLACEMENT_GROUP, PlacementGroup};
 use super::quiesce::{self, Hosting, Timing, Watched};
+use super::removal::{self, Asker};
 use crate::error::Error;
 use crate::identity::{default_name, node_id};
 use crate::runtime::threads::{Threads, Worker};
@@ -23,6 +24,8 @@ use crate::runtime::{GroupStorage, Peer, PeerExt, TickGate};
 use crate::storage::FileSnapshotStore;
 use crate::storage::vfs::SharedFs;
 use crate::tls::Identity;
+use crate::transport::GroupInbound;
+use crate::transport::frame::PeerFrame;
 use crate::transport::quic::{QuicConfig, QuicTransport};
 
 /// How many messages one node may queue for one peer, over all groups.
@@ -209,7 +212,13 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             .enable_all()
             .build()
             .map_err(|e| Error::Unavailable(format!("cannot start the group workers: {e}")))?;
-        let demux = tokio::spawn(demultiplex(links.clone(), group_rx, coalesced_tx));
+        let (member_tx, member_rx) = mpsc::channel(256);
+        let demux = tokio::spawn(demultiplex(
+            links.clone(),
+            group_rx,
+            coalesced_tx,
+            member_tx,
+        ));
         let node = MultiNode {
             inner: Arc::new(Inner {
                 name,
@@ -230,11 +239,13 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 placement: Mutex::new(None),
                 hosting: self.hosting,
                 tombstones: Mutex::new(Default::default()),
+                retiring: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
                 known: Mutex::new(Vec::new()),
             }),
         };
         node.start_hosting(host_rx, self.replicas_every);
+        node.start_removal(member_rx);
         if self.quiesce {
             let timing = Timing {
                 interval: self.tick * HEARTBEAT_TICKS,
@@ -304,6 +315,8 @@ pub(super) struct Inner<S> {
     /// Hosting on demand and retiring removed replicas ([`super::hosting`]).
     hosting: HostingPolicy,
     tombstones: Mutex<Tombstones>,
+    /// Held while a replica retires (see [`MultiNode::shutdown`]).
+    retiring: tokio::sync::Mutex<()>,
     /// The hosting, retiring and replica-balancing tasks.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Nodes the replica balancer may place replicas on, beyond those the
@@ -329,9 +342,10 @@ struct Hosted<S> {
     gate: Arc<TickGate>,
     /// When this node started hosting it (for [`super::hosting`]'s orphans).
     since: tokio::time::Instant,
-    /// Hosted on demand, and no configuration it held listed this node
-    /// yet: not retired as removed (see [`super::hosting`]).
-    joining: bool,
+    /// Whether the replica ever held a configuration listing this node
+    /// (only then does a configuration without it mean a removal, see
+    /// [`super::hosting::retire_reason`]).
+    listed: bool,
 }
 
 impl<S> Inner<S> {
@@ -534,13 +548,15 @@ impl<S: PeerExt> MultiNode<S> {
         members: Option<Vec<String>>,
     ) -> Result<Peer<S>, Error> {
         let (peer, gate) = self.start_replica::<S>(group, members).await?;
+        let me = self.id();
+        let listed = peer.status().members.iter().any(|m| m.id == me);
         self.inner.groups().insert(
             group,
             Hosted {
                 peer: peer.clone(),
                 gate,
                 since: tokio::time::Instant::now(),
-                joining: false,
+                listed,
             },
         );
         Ok(peer)
@@ -600,9 +616,52 @@ impl<S: PeerExt> MultiNode<S> {
         Ok((peer, gate))
     }
 
+    /// Stops the node as a crash of its process would, for fault-injection
+    /// tests: every group's node task is aborted where it is (writes not yet
+    /// handed to the journal are lost, nothing is flushed or answered), the
+    /// node's own tasks are aborted, the endpoint closes, and the journal's
+    /// writer stops after the batch it holds (a crash a moment later). The
+    /// data directory is then as a killed process leaves it; start a new
+    /// node on it to recover.
+    pub async fn kill(&self) {
+        for task in [
+            &self.inner.quiescer,
+            &self.inner.balancer,
+            &self.inner.demux,
+        ] {
+            if let Some(task) = task.lock().ok().and_then(|mut t| t.take()) {
+                task.abort();
+            }
+        }
+        for task in self
+            .inner
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
+        {
+            task.abort();
+        }
+        let hosted = std::mem::take(&mut *self.inner.groups());
+        if let Some(peer) = self.inner.placement().take() {
+            peer.abort();
+            self.inner.links.unregister(PLACEMENT_GROUP);
+        }
+        for (group, h) in hosted {
+            h.peer.abort();
+            self.inner.links.unregister(group);
+        }
+        self.inner.quic.shutdown().await;
+        self.inner.journal.close().await;
+        info!(name = %self.inner.name, "node killed");
+    }
+
     /// Stops every group (each flushes its writes to the journal), then the
     /// endpoint. Returns the first storage error a group stopped with.
     pub async fn shutdown(&self) -> Result<(), Error> {
+        // Lets a retirement under way finish (its journal record included)
+        // and starts no other.
+        let _retiring = self.inner.retiring.lock().await;
         for task in [&self.inner.quiescer, &self.inner.balancer] {
             if let Some(task) = task.lock().ok().and_then(|mut t| t.take()) {
                 task.abort();
@@ -722,11 +781,16 @@ impl<S: PeerExt> MultiNode<S> {
         let retirer = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Asks after two election timeouts without a leader, at most
+            // once per two election timeouts (see `super::removal`).
+            let mut asker = Asker::new(every * 2, every * 2);
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 inner.links.prune_departed();
-                MultiNode { inner }.retire_removed().await;
+                let node = MultiNode { inner };
+                node.retire_removed().await;
+                node.ask_membership(&mut asker);
             }
         });
         let mut tasks = vec![hoster, retirer];
@@ -802,9 +866,6 @@ impl<S: PeerExt> MultiNode<S> {
             }
             match self.start_group(group, None).await {
                 Ok(_) => {
-                    if let Some(h) = inner.groups().get_mut(&group) {
-                        h.joining = true;
-                    }
                     info!(
                         group,
                         from = msg.from,
@@ -832,14 +893,12 @@ impl<S: PeerExt> MultiNode<S> {
             .filter_map(|(g, h)| {
                 let w = h.peer.watch();
                 let st = w.borrow();
-                if h.joining && st.members.iter().any(|m| m.id == me) {
-                    h.joining = false;
-                }
+                h.listed |= st.members.iter().any(|m| m.id == me);
                 let hosted_for = h.since.elapsed();
                 let quiet_for = st
                     .leader_contact
                     .map_or(hosted_for, |at| at.elapsed().min(hosted_for));
-                retire_reason(me, &st, quiet_for, h.joining, &self.inner.hosting).map(|r| (*g, r))
+                retire_reason(me, &st, quiet_for, &self.inner.hosting, h.listed).map(|r| (*g, r))
             })
             .collect();
         for (group, reason) in due {
@@ -849,17 +908,114 @@ impl<S: PeerExt> MultiNode<S> {
         }
     }
 
+    /// Asks the members of each group whose replica here is not listed by
+    /// its latest configuration, or has known no leader for a while,
+    /// whether it is still a member (see [`super::removal`]).
+    fn ask_membership(&self, asker: &mut Asker) {
+        let me = self.id();
+        let now = tokio::time::Instant::now();
+        let asks: Vec<(GroupId, Vec<crate::core::NodeId>)> = {
+            let groups = self.inner.groups();
+            let hosted: Vec<GroupId> = groups.keys().copied().collect();
+            asker.retain(&hosted);
+            groups
+                .iter()
+                .map(|(g, h)| {
+                    let w = h.peer.watch();
+                    let st = w.borrow();
+                    (*g, asker.ask(me, *g, &st, now))
+                })
+                .filter(|(_, to)| !to.is_empty())
+                .collect()
+        };
+        for (group, to) in asks {
+            tracing::debug!(group, ?to, "asking whether this node is still a member");
+            for node in to {
+                self.inner
+                    .links
+                    .send_control(node, PeerFrame::MemberQuery { group });
+            }
+        }
+    }
+
+    /// Answers the membership queries of other nodes, and retires a
+    /// replica on an answer that shows its removal committed (see
+    /// [`super::removal`]).
+    fn start_removal(&self, mut inbound: mpsc::Receiver<GroupInbound>) {
+        let weak = Arc::downgrade(&self.inner);
+        let task = tokio::spawn(async move {
+            while let Some(item) = inbound.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                MultiNode { inner }.on_membership(item).await;
+            }
+        });
+        if let Ok(mut t) = self.inner.tasks.lock() {
+            t.push(task);
+        }
+    }
+
+    async fn on_membership(&self, item: GroupInbound) {
+        match item {
+            GroupInbound::MemberQuery { from, addr, group } => {
+                // Only a group hosted here has anything to tell.
+                let Some(peer) = self.group(group) else {
+                    return;
+                };
+                let answer = removal::answer_of(&peer.watch().borrow());
+                if self.inner.links.link_asker(from, addr) {
+                    self.inner
+                        .links
+                        .send_control(from, PeerFrame::MemberAnswer { group, answer });
+                }
+            }
+            GroupInbound::MemberAnswer {
+                from,
+                group,
+                answer,
+            } => {
+                let Some((peer, listed)) = self
+                    .inner
+                    .groups()
+                    .get(&group)
+                    .map(|h| (h.peer.clone(), h.listed))
+                else {
+                    return;
+                };
+                let st = peer.watch().borrow().clone();
+                let removed = removal::judge(self.id(), &st, listed, from, &answer);
+                if removed {
+                    info!(
+                        group,
+                        by = from,
+                        config_index = answer.config_index,
+                        commit = answer.commit,
+                        "a member says a committed configuration removed this node's replica"
+                    );
+                    if let Err(e) = self.retire(group, Retire::Removed).await {
+                        tracing::warn!(group, error = %e, "cannot retire a removed replica");
+                    }
+                }
+            }
+            GroupInbound::Msg { .. } | GroupInbound::Coalesced { .. } => {}
+        }
+    }
+
     /// Stops `group`'s replica here and deletes its state: the journal's
     /// removal record first (durable), then its snapshot files.
     async fn retire(&self, group: GroupId, reason: Retire) -> Result<(), Error> {
+        // Held to the end: a shutdown waits for a retirement under way (a
+        // kill does not: a crash in the middle is recovered at start).
+        let _retiring = self.inner.retiring.lock().await;
         let Some(h) = self.inner.groups().remove(&group) else {
             return Ok(());
         };
-        let stopped = h.peer.shutdown().await;
-        self.inner.links.unregister(group);
+        // Refused on demand from now on: a message arriving while the
+        // replica stops must not start a fresh one.
         if let Ok(mut t) = self.inner.tombstones.lock() {
             t.bury(group);
         }
+        let stopped = h.peer.shutdown().await;
+        self.inner.links.unregister(group);
         self.inner
             .journal
             .remove_group(group)

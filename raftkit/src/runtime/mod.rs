@@ -379,9 +379,8 @@ impl<S: StateMachine> Peer<S> {
     }
 
     /// Stops the node task where it is, as a process crash would (the
-    /// whole-runtime simulation's crashes; the workers are stopped by
-    /// whoever started them).
-    #[cfg(feature = "sim")]
+    /// whole-runtime simulation's crashes, [`MultiNode::kill`](crate::multi::MultiNode::kill);
+    /// the workers are stopped by whoever started them).
     pub(crate) fn abort(&self) {
         if let Some(task) = self.inner.task.lock().ok().and_then(|mut t| t.take()) {
             task.abort();

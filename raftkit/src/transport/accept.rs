@@ -373,7 +373,7 @@ async fn serve_link(
     let _alive = InboundGuard::open(&served.inbound, from);
     // Make sure we can answer: open a link back if we have none yet (the
     // learned-link task ignores nodes it already has a link to).
-    let _ = served.learned.try_send((from, addr));
+    let _ = served.learned.try_send((from, addr.clone()));
     let mut wrong_from: u64 = 0;
     loop {
         match read_frame(&mut recv, max).await {
@@ -423,6 +423,28 @@ async fn serve_link(
                     conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
                     return;
                 }
+            }
+            Ok(PeerFrame::MemberQuery { group }) if link.group_inbox.is_some() => {
+                let Some(groups) = &link.group_inbox else {
+                    continue;
+                };
+                // Never waits: a query or answer the node is too busy for
+                // is dropped (the asker asks again).
+                let _ = groups.try_send(GroupInbound::MemberQuery {
+                    from,
+                    addr: addr.clone(),
+                    group,
+                });
+            }
+            Ok(PeerFrame::MemberAnswer { group, answer }) if link.group_inbox.is_some() => {
+                let Some(groups) = &link.group_inbox else {
+                    continue;
+                };
+                let _ = groups.try_send(GroupInbound::MemberAnswer {
+                    from,
+                    group,
+                    answer,
+                });
             }
             Ok(other) => {
                 return protocol_error(&name, format!("unexpected {} frame", frame_kind(&other)));

@@ -87,6 +87,40 @@ pub enum PeerFrame {
         /// `(group, term, commit)` of every quiesced group the sender leads.
         quiesced: Vec<(u64, u64, u64)>,
     },
+    /// A multi-group node asks whether it is still a member of `group`
+    /// (`crate::multi::removal`): its replica hears from no leader, or its
+    /// latest configuration no longer lists it.
+    MemberQuery {
+        /// The group.
+        group: u64,
+    },
+    /// The answer to a [`PeerFrame::MemberQuery`]: the sender's latest
+    /// configuration of `group` and how far it knows the log committed
+    /// (`crate::multi::removal` judges it).
+    MemberAnswer {
+        /// The group.
+        group: u64,
+        /// The sender's latest configuration of the group.
+        answer: MemberAnswer,
+    },
+}
+
+/// What a member says of its group's configuration, in a
+/// [`PeerFrame::MemberAnswer`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAnswer {
+    /// The log index of the sender's latest configuration.
+    pub config_index: u64,
+    /// The sender's commit index: the configuration is committed when it
+    /// is at least `config_index`.
+    pub commit: u64,
+    /// Whether that configuration is joint.
+    pub joint: bool,
+    /// Whether the sender leads the group (a leader holds every committed
+    /// entry, Raft §5.4: its configuration is the newest committed one).
+    pub leader: bool,
+    /// Every member (voters, outgoing voters, learners) it lists.
+    pub members: Vec<NodeId>,
 }
 
 /// An error reading or writing a frame.

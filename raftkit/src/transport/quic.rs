@@ -89,8 +89,8 @@ pub use super::accept::{
 };
 use super::accept::{SharedInbound, accept_loop, lock_inbound};
 use super::frame::{
-    DEFAULT_MAX_FRAME_BYTES, FrameError, PROTOCOL_VERSION, PeerFrame, encode_frame, read_frame,
-    write_frame,
+    DEFAULT_MAX_FRAME_BYTES, FrameError, MemberAnswer, PROTOCOL_VERSION, PeerFrame, encode_frame,
+    read_frame, write_frame,
 };
 use crate::core::{Body, Message, NodeId};
 use crate::identity::node_id;
@@ -180,6 +180,26 @@ pub enum GroupInbound {
         from: NodeId,
         /// `(group, term, commit)` of every quiesced group it leads.
         quiesced: Vec<(u64, u64, u64)>,
+    },
+    /// A node asks whether it is still a member of a group
+    /// ([`PeerFrame::MemberQuery`]).
+    MemberQuery {
+        /// The asker (the node its certificate names).
+        from: NodeId,
+        /// Where the asker said it is reached (its hello's address), for
+        /// the answer.
+        addr: String,
+        /// The group.
+        group: u64,
+    },
+    /// A node's answer to a [`PeerFrame::MemberQuery`] this node sent.
+    MemberAnswer {
+        /// The answerer (the node its certificate names).
+        from: NodeId,
+        /// The group.
+        group: u64,
+        /// Its latest configuration of the group.
+        answer: MemberAnswer,
     },
 }
 
@@ -360,7 +380,14 @@ pub(crate) struct OutQueue {
     /// The latest coalesced heartbeat not yet sent (a newer one replaces
     /// it).
     coalesced: Option<Vec<(u64, u64, u64)>>,
+    /// Membership queries and answers not yet sent (at most
+    /// [`MAX_QUEUED_CONTROL`]; past it new ones are dropped: the asker asks
+    /// again).
+    control: Vec<PeerFrame>,
 }
+
+/// The most membership queries and answers queued for one peer.
+const MAX_QUEUED_CONTROL: usize = 256;
 
 impl OutQueue {
     pub(crate) fn new(cap: usize) -> OutQueue {
@@ -370,7 +397,23 @@ impl OutQueue {
             superseded: 0,
             overflowed: 0,
             coalesced: None,
+            control: Vec::new(),
         }
+    }
+
+    /// Queues a membership query or answer (dropped past
+    /// [`MAX_QUEUED_CONTROL`]). Whether it was queued.
+    pub(crate) fn push_control(&mut self, frame: PeerFrame) -> bool {
+        if self.control.len() >= MAX_QUEUED_CONTROL {
+            return false;
+        }
+        self.control.push(frame);
+        true
+    }
+
+    /// Takes the membership queries and answers waiting to be sent.
+    pub(crate) fn take_control(&mut self) -> Vec<PeerFrame> {
+        std::mem::take(&mut self.control)
     }
 
     /// Queues `msg` of the node's only group.
@@ -681,6 +724,24 @@ impl QuicTransport {
         }
     }
 
+    /// Queues a membership query or answer for node `to` (see
+    /// [`PeerFrame::MemberQuery`]); dropped when there is no link to it or
+    /// too many are queued. Whether it was queued.
+    pub fn send_control(&self, to: NodeId, frame: PeerFrame) -> bool {
+        let peers = self.inner.peers();
+        let Some(peer) = peers.get(&to) else {
+            trace!(
+                to,
+                kind = frame_kind(&frame),
+                "no link to this peer; dropped"
+            );
+            return false;
+        };
+        let queued = peer.shared.queue().push_control(frame);
+        peer.shared.notify.notify_one();
+        queued
+    }
+
     fn send_tagged(&self, group: Option<u64>, msg: Message) {
         let peers = self.inner.peers();
         match peers.get(&msg.to) {
@@ -941,13 +1002,14 @@ async fn pump(
             (queue.drain_tagged(), queue.take_overflowed())
         };
         let coalesced = shared.queue().take_coalesced();
+        let control = shared.queue().take_control();
         if overflowed > 0 {
             warn!(
                 node = link.node,
                 overflowed, "peer too slow: oldest queued messages dropped"
             );
         }
-        if batch.is_empty() && coalesced.is_none() {
+        if batch.is_empty() && coalesced.is_none() && control.is_empty() {
             tokio::select! {
                 _ = shared.notify.notified() => continue,
                 e = conn.closed() => return e.to_string(),
@@ -963,6 +1025,11 @@ async fn pump(
             )
         {
             error!(node = link.node, error = %e, "cannot send a coalesced heartbeat; dropped");
+        }
+        for frame in control {
+            if let Err(e) = encode_frame(&frame, link.max_frame_bytes, &mut buf) {
+                error!(node = link.node, kind = frame_kind(&frame), error = %e, "cannot send a membership frame; dropped");
+            }
         }
         for (group, msg) in batch {
             let (to, kind) = (msg.to, msg.body.kind());
@@ -989,6 +1056,8 @@ pub(super) fn frame_kind(frame: &PeerFrame) -> &'static str {
         PeerFrame::Msg(_) => "Msg",
         PeerFrame::Group { .. } => "Group",
         PeerFrame::Coalesced { .. } => "Coalesced",
+        PeerFrame::MemberQuery { .. } => "MemberQuery",
+        PeerFrame::MemberAnswer { .. } => "MemberAnswer",
     }
 }
 

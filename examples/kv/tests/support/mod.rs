@@ -1,0 +1,148 @@
+//! Process scaffolding shared by the `kv` command-line tests (`cli.rs`,
+//! `shards.rs`, `watch.rs`): the `kv` binary, its servers as child processes
+//! killed and reaped however a test ends ([`Procs`]), one command run under
+//! a deadline ([`kv`]) and free loopback addresses.
+//!
+//! Each test file is its own crate and uses part of this module.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `kv` binary under test.
+pub const KV: &str = env!("CARGO_BIN_EXE_kv");
+/// The Raft tick of the servers the test starts (elections after 250-500 ms).
+pub const TICK_MS: &str = "25";
+/// How long any one condition may take to become true.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The servers: killed (SIGKILL) and reaped on drop.
+#[derive(Default)]
+pub struct Procs {
+    children: HashMap<String, Child>,
+}
+
+impl Procs {
+    /// Starts `kv serve ARGS` known as `key`, its output in `log`.
+    pub fn serve(&mut self, key: &str, args: &[&str], log: &Path) {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = kv_command()
+            .arg("serve")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("kv serve starts");
+        self.children.insert(key.to_string(), child);
+    }
+
+    /// `kill -9` of the server known as `key`.
+    pub fn kill9(&mut self, key: &str) {
+        if let Some(mut child) = self.children.remove(key) {
+            let _ = child.kill(); // SIGKILL on Unix
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, mut child) in self.children.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `kv` with none of the environment variables it reads.
+pub fn kv_command() -> Command {
+    let mut c = Command::new(KV);
+    c.env_remove("KV_CLUSTER")
+        .env_remove("RAFTKIT_CERTS")
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_BACKTRACE");
+    c
+}
+
+/// What a finished command left.
+#[derive(Debug)]
+pub struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `kv ARGS` with `env` and waits (at most 60 s) for it.
+pub fn kv(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut cmd = kv_command();
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("kv runs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut stdout);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut stderr);
+    }
+    let out = Out {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr,
+    };
+    assert!(status.is_some(), "kv {args:?} hung: {out:?}");
+    out
+}
+
+/// Asserts a failure: exit code `code` (any non-zero if `None`), exactly
+/// one line on stderr starting with `kv: ` and containing `needle`, no panic.
+pub fn assert_fails(out: &Out, code: Option<i32>, needle: &str) {
+    assert!(
+        !out.stderr.contains("panicked") && !out.stderr.contains("RUST_BACKTRACE"),
+        "panic: {out:?}"
+    );
+    match code {
+        Some(c) => assert_eq!(out.code, Some(c), "{out:?}"),
+        None => assert!(matches!(out.code, Some(c) if c != 0), "{out:?}"),
+    }
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {out:?}");
+    assert!(lines[0].starts_with("kv: "), "{out:?}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "stderr should mention {needle:?}: {out:?}"
+    );
+}
+/// `n` loopback UDP addresses free a moment ago.
+pub fn free_udp_addrs(n: usize) -> Vec<String> {
+    let sockets: Vec<_> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("addr").to_string())
+        .collect()
+}
