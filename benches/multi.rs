@@ -13,6 +13,11 @@
 //!   quiescence (every group ticks and heartbeats; default `1`);
 //! - `RAFTKIT_BENCH_ONLY`: `idle`, `throughput` or `move` (default all);
 //! - `RAFTKIT_BENCH_MOVE_MB`: the size of the moved group (default 100);
+//! - `RAFTKIT_BENCH_WORKERS`: the nodes' group worker threads
+//!   ([`MultiNodeBuilder::worker_threads`](raftkit::multi::MultiNodeBuilder::worker_threads);
+//!   default: the builder's; `0` runs them on the bench's runtime);
+//! - `RAFTKIT_BENCH_CELL`: `one` or `many` to measure only the 1-group or
+//!   only the 64-group throughput cell (for profiling one; default both);
 //! - `RAFTKIT_BENCH_DIR`: where the nodes keep their data (default: the
 //!   system temporary directory). Benchmark the disk you will run on.
 //!
@@ -125,11 +130,15 @@ async fn start_nodes(base: &std::path::Path, quiesce: bool) -> (Vec<MultiNode<Kv
         let identity = ca
             .issue_node(&format!("bkv@{addr}"), &[])
             .expect("an identity");
-        let node = MultiNode::<Kv>::builder()
+        let mut builder = MultiNode::<Kv>::builder()
             .listen(addr.clone())
             .data_dir(base.join(format!("node{i}")))
             .identity(identity)
-            .quiesce(quiesce)
+            .quiesce(quiesce);
+        if let Ok(Ok(workers)) = std::env::var("RAFTKIT_BENCH_WORKERS").map(|w| w.parse()) {
+            builder = builder.worker_threads(workers);
+        }
+        let node = builder
             .start()
             .await
             .expect("node starts");
@@ -266,8 +275,9 @@ async fn spread_leaders(nodes: &[MultiNode<Kv>], groups: &[GroupId]) {
     }
 }
 
-/// Durable puts by 256 clients over `groups` for `secs`; ops/s.
-async fn write_window(nodes: &[MultiNode<Kv>], groups: &[GroupId], secs: u64) -> f64 {
+/// Durable puts by 256 clients over `groups` for `secs`: ops/s, and the
+/// process's CPU over the window in cores.
+async fn write_window(nodes: &[MultiNode<Kv>], groups: &[GroupId], secs: u64) -> (f64, f64) {
     let leaders: Arc<Vec<Peer<Kv>>> = Arc::new(
         groups
             .iter()
@@ -302,14 +312,15 @@ async fn write_window(nodes: &[MultiNode<Kv>], groups: &[GroupId], secs: u64) ->
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (n0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+    let (n0, t0, cpu0) = (done.load(Ordering::Relaxed), Instant::now(), process_cpu());
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let (n1, t1) = (done.load(Ordering::Relaxed), Instant::now());
+    let (n1, t1, cpu1) = (done.load(Ordering::Relaxed), Instant::now(), process_cpu());
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
-    (n1 - n0) as f64 / (t1 - t0).as_secs_f64()
+    let elapsed = (t1 - t0).as_secs_f64();
+    ((n1 - n0) as f64 / elapsed, (cpu1 - cpu0) / elapsed)
 }
 
 async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
@@ -334,10 +345,20 @@ async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
     println!("throughput: leaders of the 64 groups per node: {per_node:?}");
     let syncs0: u64 = nodes.iter().map(|n| n.journal_stats().syncs).sum();
     let writes0: u64 = nodes.iter().map(|n| n.journal_stats().writes).sum();
+    let cell = std::env::var("RAFTKIT_BENCH_CELL").unwrap_or_default();
     let (mut ones, mut manys) = (Vec::new(), Vec::new());
+    let (mut ones_cpu, mut manys_cpu) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        ones.push(write_window(&nodes, &one, secs).await);
-        manys.push(write_window(&nodes, &many, secs).await);
+        if cell != "many" {
+            let (ops, cpu) = write_window(&nodes, &one, secs).await;
+            ones.push(ops);
+            ones_cpu.push(cpu);
+        }
+        if cell != "one" {
+            let (ops, cpu) = write_window(&nodes, &many, secs).await;
+            manys.push(ops);
+            manys_cpu.push(cpu);
+        }
     }
     let syncs: u64 = nodes.iter().map(|n| n.journal_stats().syncs).sum::<u64>() - syncs0;
     let writes: u64 = nodes.iter().map(|n| n.journal_stats().writes).sum::<u64>() - writes0;
@@ -354,6 +375,13 @@ async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
         "throughput: 256 clients, durable puts, 64 groups: {m:>9.0} ops/s (median of {runs}: {manys:.0?})"
     );
     println!("throughput: 64 groups / 1 group = {:.2}x", m / o);
+    let (oc, mc) = (median(ones_cpu), median(manys_cpu));
+    println!(
+        "throughput: process CPU (median, in cores; {} cores online): 1 group {oc:.2} ({:.0} us per put), 64 groups {mc:.2} ({:.0} us per put)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        oc * 1e6 / o,
+        mc * 1e6 / m
+    );
     println!(
         "throughput: journal: {writes} group writes in {syncs} fsyncs over 3 nodes ({:.1} writes per fsync), at most {spanning} groups in one fsync",
         writes as f64 / syncs.max(1) as f64
