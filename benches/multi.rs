@@ -275,9 +275,22 @@ async fn spread_leaders(nodes: &[MultiNode<Kv>], groups: &[GroupId]) {
     }
 }
 
-/// Durable puts by 256 clients over `groups` for `secs`: ops/s, and the
-/// process's CPU over the window in cores.
-async fn write_window(nodes: &[MultiNode<Kv>], groups: &[GroupId], secs: u64) -> (f64, f64) {
+/// What one measured window saw.
+struct Window {
+    /// Durable puts per second.
+    ops: f64,
+    /// The process's CPU over the window, in cores.
+    cpu: f64,
+    /// Journal fsyncs (all three nodes) per put.
+    fsyncs_per_put: f64,
+}
+
+fn syncs(nodes: &[MultiNode<Kv>]) -> u64 {
+    nodes.iter().map(|n| n.journal_stats().syncs).sum()
+}
+
+/// Durable puts by 256 clients over `groups` for `secs`.
+async fn write_window(nodes: &[MultiNode<Kv>], groups: &[GroupId], secs: u64) -> Window {
     let leaders: Arc<Vec<Peer<Kv>>> = Arc::new(
         groups
             .iter()
@@ -312,15 +325,29 @@ async fn write_window(nodes: &[MultiNode<Kv>], groups: &[GroupId], secs: u64) ->
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (n0, t0, cpu0) = (done.load(Ordering::Relaxed), Instant::now(), process_cpu());
+    let (n0, t0, cpu0, s0) = (
+        done.load(Ordering::Relaxed),
+        Instant::now(),
+        process_cpu(),
+        syncs(nodes),
+    );
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let (n1, t1, cpu1) = (done.load(Ordering::Relaxed), Instant::now(), process_cpu());
+    let (n1, t1, cpu1, s1) = (
+        done.load(Ordering::Relaxed),
+        Instant::now(),
+        process_cpu(),
+        syncs(nodes),
+    );
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
     let elapsed = (t1 - t0).as_secs_f64();
-    ((n1 - n0) as f64 / elapsed, (cpu1 - cpu0) / elapsed)
+    Window {
+        ops: (n1 - n0) as f64 / elapsed,
+        cpu: (cpu1 - cpu0) / elapsed,
+        fsyncs_per_put: (s1 - s0) as f64 / (n1 - n0).max(1) as f64,
+    }
 }
 
 async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
@@ -346,20 +373,17 @@ async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
     let syncs0: u64 = nodes.iter().map(|n| n.journal_stats().syncs).sum();
     let writes0: u64 = nodes.iter().map(|n| n.journal_stats().writes).sum();
     let cell = std::env::var("RAFTKIT_BENCH_CELL").unwrap_or_default();
-    let (mut ones, mut manys) = (Vec::new(), Vec::new());
-    let (mut ones_cpu, mut manys_cpu) = (Vec::new(), Vec::new());
+    let (mut one_w, mut many_w) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         if cell != "many" {
-            let (ops, cpu) = write_window(&nodes, &one, secs).await;
-            ones.push(ops);
-            ones_cpu.push(cpu);
+            one_w.push(write_window(&nodes, &one, secs).await);
         }
         if cell != "one" {
-            let (ops, cpu) = write_window(&nodes, &many, secs).await;
-            manys.push(ops);
-            manys_cpu.push(cpu);
+            many_w.push(write_window(&nodes, &many, secs).await);
         }
     }
+    let field = |ws: &[Window], f: fn(&Window) -> f64| ws.iter().map(f).collect::<Vec<f64>>();
+    let (ones, manys) = (field(&one_w, |w| w.ops), field(&many_w, |w| w.ops));
     let syncs: u64 = nodes.iter().map(|n| n.journal_stats().syncs).sum::<u64>() - syncs0;
     let writes: u64 = nodes.iter().map(|n| n.journal_stats().writes).sum::<u64>() - writes0;
     let spanning = nodes
@@ -375,12 +399,20 @@ async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
         "throughput: 256 clients, durable puts, 64 groups: {m:>9.0} ops/s (median of {runs}: {manys:.0?})"
     );
     println!("throughput: 64 groups / 1 group = {:.2}x", m / o);
-    let (oc, mc) = (median(ones_cpu), median(manys_cpu));
+    let (oc, mc) = (
+        median(field(&one_w, |w| w.cpu)),
+        median(field(&many_w, |w| w.cpu)),
+    );
     println!(
         "throughput: process CPU (median, in cores; {} cores online): 1 group {oc:.2} ({:.0} us per put), 64 groups {mc:.2} ({:.0} us per put)",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         oc * 1e6 / o,
         mc * 1e6 / m
+    );
+    println!(
+        "throughput: journal fsyncs per put (3 nodes, median): 1 group {:.3}, 64 groups {:.3}",
+        median(field(&one_w, |w| w.fsyncs_per_put)),
+        median(field(&many_w, |w| w.fsyncs_per_put)),
     );
     println!(
         "throughput: journal: {writes} group writes in {syncs} fsyncs over 3 nodes ({:.1} writes per fsync), at most {spanning} groups in one fsync",
