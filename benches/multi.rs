@@ -34,7 +34,11 @@
 //!    Leaders are spread evenly over the three nodes by leadership
 //!    transfer first. Clients call each group's leader [`Peer`] in this
 //!    process (no client network hop); replication between the nodes is
-//!    over QUIC and every write is fsynced by each node's journal.
+//!    over QUIC and every write is fsynced by each node's journal. Besides
+//!    ops/s, each cell prints the process's CPU (in cores, and in
+//!    microseconds per put: on a machine whose cores are all busy, the
+//!    ratio of the cells is the inverse ratio of their CPU per put) and
+//!    the journal fsyncs per put (all three nodes).
 //! 3. `move`: four nodes, one group on the first three, filled with
 //!    `RAFTKIT_BENCH_MOVE_MB` MB of 32 KiB values (snapshots every 1,000
 //!    entries, so the new replica receives a snapshot and then the log);
@@ -138,10 +142,7 @@ async fn start_nodes(base: &std::path::Path, quiesce: bool) -> (Vec<MultiNode<Kv
         if let Ok(Ok(workers)) = std::env::var("RAFTKIT_BENCH_WORKERS").map(|w| w.parse()) {
             builder = builder.worker_threads(workers);
         }
-        let node = builder
-            .start()
-            .await
-            .expect("node starts");
+        let node = builder.start().await.expect("node starts");
         nodes.push(node);
     }
     (nodes, addrs)

@@ -19,7 +19,7 @@
 //!    the node task's Ready order) and makes each batch durable with **one**
 //!    `Wal::sync`, whatever the number of groups in it: more groups make
 //!    bigger batches, not more fsyncs. Before it syncs, it yields the CPU a
-//!    few times while its queue is empty ([`GATHER_YIELDS`]), so that the
+//!    few times while its queue is empty (`GATHER_YIELDS`), so that the
 //!    groups in the middle of handing their writes join the batch. A write
 //!    is completed `Ok` only after the sync covering it returned `Ok`: a
 //!    follower answers, and a leader counts its own entries toward a
