@@ -13,6 +13,11 @@
 //!   quiescence (every group ticks and heartbeats; default `1`);
 //! - `RAFTKIT_BENCH_ONLY`: `idle`, `throughput` or `move` (default all);
 //! - `RAFTKIT_BENCH_MOVE_MB`: the size of the moved group (default 100);
+//! - `RAFTKIT_BENCH_WORKERS`: the nodes' group worker threads
+//!   ([`MultiNodeBuilder::worker_threads`](raftkit::multi::MultiNodeBuilder::worker_threads);
+//!   default: the builder's; `0` runs them on the bench's runtime);
+//! - `RAFTKIT_BENCH_CELL`: `one` or `many` to measure only the 1-group or
+//!   only the 64-group throughput cell (for profiling one; default both);
 //! - `RAFTKIT_BENCH_DIR`: where the nodes keep their data (default: the
 //!   system temporary directory). Benchmark the disk you will run on;
 //! - `RUST_LOG`: a `tracing` filter (e.g. `raftkit=info`) to log to stderr
@@ -31,7 +36,11 @@
 //!    Leaders are spread evenly over the three nodes by leadership
 //!    transfer first. Clients call each group's leader [`Peer`] in this
 //!    process (no client network hop); replication between the nodes is
-//!    over QUIC and every write is fsynced by each node's journal.
+//!    over QUIC and every write is fsynced by each node's journal. Besides
+//!    ops/s, each cell prints the process's CPU (in cores, and in
+//!    microseconds per put: on a machine whose cores are all busy, the
+//!    ratio of the cells is the inverse ratio of their CPU per put) and
+//!    the journal fsyncs per put (all three nodes).
 //! 3. `move`: four nodes, one group on the first three, filled with
 //!    `RAFTKIT_BENCH_MOVE_MB` MB of 32 KiB values (snapshots every 1,000
 //!    entries, so the new replica receives a snapshot and then the log);
@@ -127,14 +136,15 @@ async fn start_nodes(base: &std::path::Path, quiesce: bool) -> (Vec<MultiNode<Kv
         let identity = ca
             .issue_node(&format!("bkv@{addr}"), &[])
             .expect("an identity");
-        let node = MultiNode::<Kv>::builder()
+        let mut builder = MultiNode::<Kv>::builder()
             .listen(addr.clone())
             .data_dir(base.join(format!("node{i}")))
             .identity(identity)
-            .quiesce(quiesce)
-            .start()
-            .await
-            .expect("node starts");
+            .quiesce(quiesce);
+        if let Ok(Ok(workers)) = std::env::var("RAFTKIT_BENCH_WORKERS").map(|w| w.parse()) {
+            builder = builder.worker_threads(workers);
+        }
+        let node = builder.start().await.expect("node starts");
         nodes.push(node);
     }
     (nodes, addrs)
@@ -268,8 +278,22 @@ async fn spread_leaders(nodes: &[MultiNode<Kv>], groups: &[GroupId]) {
     }
 }
 
-/// Durable puts by 256 clients over `groups` for `secs`; ops/s.
-async fn write_window(nodes: &[MultiNode<Kv>], groups: &[GroupId], secs: u64) -> f64 {
+/// What one measured window saw.
+struct Window {
+    /// Durable puts per second.
+    ops: f64,
+    /// The process's CPU over the window, in cores.
+    cpu: f64,
+    /// Journal fsyncs (all three nodes) per put.
+    fsyncs_per_put: f64,
+}
+
+fn syncs(nodes: &[MultiNode<Kv>]) -> u64 {
+    nodes.iter().map(|n| n.journal_stats().syncs).sum()
+}
+
+/// Durable puts by 256 clients over `groups` for `secs`.
+async fn write_window(nodes: &[MultiNode<Kv>], groups: &[GroupId], secs: u64) -> Window {
     let leaders: Arc<Vec<Peer<Kv>>> = Arc::new(
         groups
             .iter()
@@ -304,14 +328,29 @@ async fn write_window(nodes: &[MultiNode<Kv>], groups: &[GroupId], secs: u64) ->
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (n0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+    let (n0, t0, cpu0, s0) = (
+        done.load(Ordering::Relaxed),
+        Instant::now(),
+        process_cpu(),
+        syncs(nodes),
+    );
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let (n1, t1) = (done.load(Ordering::Relaxed), Instant::now());
+    let (n1, t1, cpu1, s1) = (
+        done.load(Ordering::Relaxed),
+        Instant::now(),
+        process_cpu(),
+        syncs(nodes),
+    );
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
-    (n1 - n0) as f64 / (t1 - t0).as_secs_f64()
+    let elapsed = (t1 - t0).as_secs_f64();
+    Window {
+        ops: (n1 - n0) as f64 / elapsed,
+        cpu: (cpu1 - cpu0) / elapsed,
+        fsyncs_per_put: (s1 - s0) as f64 / (n1 - n0).max(1) as f64,
+    }
 }
 
 async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
@@ -336,11 +375,18 @@ async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
     println!("throughput: leaders of the 64 groups per node: {per_node:?}");
     let syncs0: u64 = nodes.iter().map(|n| n.journal_stats().syncs).sum();
     let writes0: u64 = nodes.iter().map(|n| n.journal_stats().writes).sum();
-    let (mut ones, mut manys) = (Vec::new(), Vec::new());
+    let cell = std::env::var("RAFTKIT_BENCH_CELL").unwrap_or_default();
+    let (mut one_w, mut many_w) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        ones.push(write_window(&nodes, &one, secs).await);
-        manys.push(write_window(&nodes, &many, secs).await);
+        if cell != "many" {
+            one_w.push(write_window(&nodes, &one, secs).await);
+        }
+        if cell != "one" {
+            many_w.push(write_window(&nodes, &many, secs).await);
+        }
     }
+    let field = |ws: &[Window], f: fn(&Window) -> f64| ws.iter().map(f).collect::<Vec<f64>>();
+    let (ones, manys) = (field(&one_w, |w| w.ops), field(&many_w, |w| w.ops));
     let syncs: u64 = nodes.iter().map(|n| n.journal_stats().syncs).sum::<u64>() - syncs0;
     let writes: u64 = nodes.iter().map(|n| n.journal_stats().writes).sum::<u64>() - writes0;
     let spanning = nodes
@@ -356,6 +402,21 @@ async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
         "throughput: 256 clients, durable puts, 64 groups: {m:>9.0} ops/s (median of {runs}: {manys:.0?})"
     );
     println!("throughput: 64 groups / 1 group = {:.2}x", m / o);
+    let (oc, mc) = (
+        median(field(&one_w, |w| w.cpu)),
+        median(field(&many_w, |w| w.cpu)),
+    );
+    println!(
+        "throughput: process CPU (median, in cores; {} cores online): 1 group {oc:.2} ({:.0} us per put), 64 groups {mc:.2} ({:.0} us per put)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        oc * 1e6 / o,
+        mc * 1e6 / m
+    );
+    println!(
+        "throughput: journal fsyncs per put (3 nodes, median): 1 group {:.3}, 64 groups {:.3}",
+        median(field(&one_w, |w| w.fsyncs_per_put)),
+        median(field(&many_w, |w| w.fsyncs_per_put)),
+    );
     println!(
         "throughput: journal: {writes} group writes in {syncs} fsyncs over 3 nodes ({:.1} writes per fsync), at most {spanning} groups in one fsync",
         writes as f64 / syncs.max(1) as f64

@@ -366,3 +366,67 @@ async fn the_balancer_spreads_leaders_over_the_nodes() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// `worker_threads(0)`: the groups' apply loops run as tasks of the
+/// runtime that started the node (no thread of the node's own), and every
+/// group still applies, answers and survives a restart of its node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_apply_on_the_callers_runtime_with_no_worker_threads() {
+    let addrs = free_addrs(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ca = ClusterCa::generate("multi-caller-rt").unwrap();
+    let start = |i: usize| {
+        builder(&addrs[i], dirs[i].path(), Some(&ca))
+            .worker_threads(0)
+            .start()
+    };
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(start(i).await.unwrap());
+    }
+    for node in &nodes {
+        for g in 1..=GROUPS {
+            node.create_group(g, &addrs).await.unwrap();
+        }
+    }
+    for g in 1..=GROUPS {
+        for k in 0..20 {
+            put(&nodes, g, &format!("k{k}"), &format!("g{g}-v{k}")).await;
+        }
+    }
+    // Every replica applies (followers included): their apply loops run
+    // on this runtime too.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for node in &nodes {
+        for g in 1..=GROUPS {
+            let peer = node.group(g).unwrap();
+            loop {
+                let st = peer.status();
+                if st.applied >= st.commit && st.commit >= 21 {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "group {g} on {}: applied {} of {}",
+                    node.name(),
+                    st.applied,
+                    st.commit
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    // A restarted node rebuilds its groups from the journal and serves.
+    let stopped = nodes.remove(0);
+    stopped.shutdown().await.unwrap();
+    drop(stopped);
+    nodes.insert(0, start(0).await.unwrap());
+    for g in 1..=GROUPS {
+        put(&nodes, g, "after", "restart").await;
+        assert_eq!(get(&nodes, g, "k19").await, Some(format!("g{g}-v19")));
+        assert_eq!(get(&nodes, g, "after").await.as_deref(), Some("restart"));
+    }
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+}

@@ -26,7 +26,23 @@
 //!
 //! - **workers**: the apply and snapshot loops of all groups run as tasks
 //!   on a small pool of threads of the node's own
-//!   ([`MultiNodeBuilder::worker_threads`]), not on a thread per group.
+//!   ([`MultiNodeBuilder::worker_threads`]), not on a thread per group;
+//!   `worker_threads(0)` runs them on the runtime that started the node
+//!   (cheaper, for quick handlers and snapshots).
+//!
+//! # Throughput: what many groups cost
+//!
+//! A write's fixed costs (the group's node task waking, its Ready, a
+//! journal job, an append message and its answer, an apply batch, the
+//! client's wake-up) are paid per *batch* of the group. One group with 256
+//! clients batches many writes per round; 64 groups with four clients each
+//! batch few, so the node's shared resources must do the batching instead:
+//! the journal's one fsync covers every group that queued meanwhile (and
+//! its commit thread yields before syncing so that groups mid-flush join),
+//! and a peer link's task yields once before it writes, so that the
+//! messages every group queued in the same scheduling round leave in one
+//! write. `benches/multi.rs` prints the CPU per put and the fsyncs per put
+//! of both cells; the README has the figures and what limits them.
 //!
 //! A group's replica on a node has the node's id (the node id derives from
 //! the node's name, `<state machine>@<advertised address>`, which its

@@ -42,7 +42,12 @@
 //! ([`QuicTransport::send`] only locks the queue for a push). The task
 //! drains everything queued into one write (batching); a newer heartbeat
 //! supersedes an unsent older one (coalescing); past the capacity the oldest
-//! message is dropped. When a link fails the task reconnects with
+//! message is dropped. On a multi-group node's endpoint (one with a
+//! [`QuicConfig::group_inbox`]) the task first yields once to the runtime
+//! when woken, so that the messages the node's other group tasks queue in
+//! the same scheduling round leave in that one write rather than one write
+//! per group (measured by `benches/multi.rs`: about a fifth less CPU per
+//! durable write with 64 groups). When a link fails the task reconnects with
 //! exponential backoff (20 ms doubling to 1 s by default, reset once a hello
 //! is accepted).
 //!
@@ -996,13 +1001,22 @@ async fn pump(
     shared: &PeerShared,
 ) -> String {
     let mut buf = Vec::new();
+    // Many groups queue messages to this peer one after another: let them
+    // (see the module documentation).
+    let coalesce = link.group_inbox.is_some();
     loop {
-        let (batch, overflowed) = {
+        if coalesce {
+            tokio::task::yield_now().await;
+        }
+        let (batch, overflowed, coalesced, control) = {
             let mut queue = shared.queue();
-            (queue.drain_tagged(), queue.take_overflowed())
+            (
+                queue.drain_tagged(),
+                queue.take_overflowed(),
+                queue.take_coalesced(),
+                queue.take_control(),
+            )
         };
-        let coalesced = shared.queue().take_coalesced();
-        let control = shared.queue().take_control();
         if overflowed > 0 {
             warn!(
                 node = link.node,
