@@ -1,4 +1,24 @@
-//! A node that hosts many groups: [`MultiNode`].
+//! A node that hosts many groups: [`MultiNode`] and its builder.
+//!
+//! It owns what the groups of one process share — the QUIC endpoint and
+//! its [`Links`], the [`Journal`] (one write-ahead log and one fsync per
+//! batch across groups), the worker pool the groups' tasks run on — and
+//! the table of hosted replicas. The policies live in their own modules
+//! and are wired here: [`super::quiesce`] (coalesced heartbeats),
+//! [`super::hosting`] (replicas hosted on demand, orphans, retirement),
+//! [`super::removal`] (asking a group whether a replica was removed),
+//! [`super::placement`] (group 0).
+//!
+//! Invariants: a group has at most one replica on a node (the table is
+//! keyed by group); a replica is retired (tombstone first, then its
+//! journal records and snapshot directory) only for a [`Retire`] reason
+//! its policy module gives; [`MultiNode::shutdown`] stops every replica
+//! before the journal closes.
+//!
+//! Size: past 1,000 lines because the hosted-replica table is private to
+//! this module, and every operation on it (start, host on demand, retire,
+//! answer a membership query) must stay beside it; the decisions
+//! themselves are in the policy modules above.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

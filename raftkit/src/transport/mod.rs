@@ -24,6 +24,7 @@ use crate::core::{Message, NodeId};
 mod accept;
 pub mod frame;
 pub mod memory;
+mod out_queue;
 pub mod quic;
 
 pub use memory::{MemoryNetwork, MemoryTransport};
