@@ -365,7 +365,10 @@ impl Persister {
         messages: Vec<Message>,
     ) -> (Option<Result<(), StorageError>>, Vec<Message>) {
         match (&self.release, &self.sink) {
-            (Some(release), Sink::Thread(commit)) if !messages.is_empty() => {
+            // Every write, with messages or not, records its failure:
+            // a later write's acknowledgement would otherwise claim entries
+            // that a failed append never wrote (thesis §10.2.1).
+            (Some(release), Sink::Thread(commit)) => {
                 let mut write = write;
                 self.carry_commit(&mut write);
                 let transport = Arc::clone(&release.transport);
@@ -834,10 +837,19 @@ mod tests {
         inner: MemLogStore,
         dirty: bool,
         arm: Arc<std::sync::atomic::AtomicBool>,
+        /// Fails the next append (without a sync failure).
+        arm_append: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl LogStore for FailsOnce {
         fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+            if self.arm_append.swap(false, Ordering::SeqCst) {
+                return Err(StorageError::Io {
+                    op: "write",
+                    path: "wal".into(),
+                    source: Arc::new(std::io::Error::other("no space")),
+                });
+            }
             self.dirty |= !entries.is_empty();
             self.inner.append(entries)
         }
@@ -910,6 +922,7 @@ mod tests {
             inner: MemLogStore::new(),
             dirty: false,
             arm: arm.clone(),
+            arm_append: Arc::default(),
         });
         let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
         let mut p = Persister::start(log, snaps, false).expect("start");
@@ -939,6 +952,44 @@ mod tests {
             count(&sent),
             1,
             "an acknowledgement left after a failed sync"
+        );
+        let _ = p.shutdown().await;
+    }
+
+    /// A write that releases nothing still stops every later release when
+    /// it fails: a failed append (a full disk, say) followed by a write
+    /// whose own append and sync succeed must not acknowledge, or the
+    /// acknowledgement would cover entries never written (thesis §10.2.1).
+    #[tokio::test]
+    async fn a_failed_write_without_messages_still_stops_later_acks() {
+        let arm_append = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log: BoxedLog = Box::new(FailsOnce {
+            inner: MemLogStore::new(),
+            dirty: false,
+            arm: Arc::default(),
+            arm_append: arm_append.clone(),
+        });
+        let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
+        let mut p = Persister::start(log, snaps, false).expect("start");
+        let sent = Arc::new(Sent::default());
+        p.release_through(sent.clone());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let count = |sent: &Sent| sent.0.lock().map(|s| s.len()).unwrap_or(usize::MAX);
+
+        let _ = p.write_releasing(write(vec![entry(1)], None), tx.clone(), 1, vec![ack(2)]);
+        assert_eq!(rx.recv().await.expect("completion").ok(), Some(1));
+        assert_eq!(count(&sent), 1);
+        // A leader's own write: entries, nothing to release. Its append fails.
+        arm_append.store(true, Ordering::SeqCst);
+        let _ = p.write_releasing(write(vec![entry(2)], None), tx.clone(), 2, Vec::new());
+        assert!(rx.recv().await.expect("completion").is_err());
+        // The next write succeeds on its own: its ack must not leave.
+        let _ = p.write_releasing(write(vec![entry(2)], None), tx.clone(), 3, vec![ack(3)]);
+        let _ = rx.recv().await.expect("completion");
+        assert_eq!(
+            count(&sent),
+            1,
+            "an acknowledgement left after a failed write"
         );
         let _ = p.shutdown().await;
     }
