@@ -88,7 +88,7 @@ use tracing::{info, warn};
 use super::GroupId;
 use crate::core::{Body, Message, NodeId};
 use crate::runtime::PeerStatus;
-use crate::storage::vfs::Vfs;
+use crate::storage::vfs::{OpenMode, Vfs};
 
 /// How a node hosts groups on demand (see the [module documentation](self)).
 #[derive(Clone, Debug)]
@@ -196,10 +196,45 @@ fn group_dir(dir: &Path, group: GroupId) -> PathBuf {
     dir.join("groups").join(group.to_string())
 }
 
+/// The marker that says a replica of `group` on this node once held a
+/// configuration listing the node (see [`retire_reason`]'s `listed`).
+fn listed_marker(dir: &Path, group: GroupId) -> PathBuf {
+    group_dir(dir, group).join("listed")
+}
+
+/// Records durably that this node's replica of `group` held a
+/// configuration listing the node: after a restart, a configuration
+/// without the node then means a removal (a crash between seeing the
+/// removal committed and retiring must not leave the replica for good),
+/// while a replica that never was listed (hosted on demand, still catching
+/// up through configurations that predate its addition) stays protected.
+pub(crate) fn mark_listed(fs: &dyn Vfs, dir: &Path, group: GroupId) -> std::io::Result<()> {
+    let gdir = group_dir(dir, group);
+    fs.create_dir_all(&gdir)?;
+    let file = fs.open(&listed_marker(dir, group), OpenMode::CreateTruncate)?;
+    file.sync_all()?;
+    fs.sync_dir(&gdir)?;
+    fs.sync_dir(&dir.join("groups"))
+}
+
+/// Whether [`mark_listed`] recorded `group` (an unreadable directory reads
+/// as not listed: the replica is then only retired on a leader's word,
+/// see [`super::removal`]).
+pub(crate) fn was_listed(fs: &dyn Vfs, dir: &Path, group: GroupId) -> bool {
+    fs.list_dir(&group_dir(dir, group))
+        .is_ok_and(|names| names.iter().any(|n| n == "listed"))
+}
+
 /// Deletes the snapshot files of `group` (after its removal from the
-/// journal). Failures are logged: a leftover file is swept at the next
-/// start.
+/// journal) and its [`mark_listed`] marker. Failures are logged: a
+/// leftover file is swept at the next start.
 pub(crate) fn delete_group_files(fs: &dyn Vfs, dir: &Path, group: GroupId) {
+    let marker = listed_marker(dir, group);
+    if was_listed(fs, dir, group)
+        && let Err(e) = fs.remove_file(&marker)
+    {
+        warn!(group, path = %marker.display(), error = %e, "cannot delete a removed group's file");
+    }
     let snaps = group_dir(dir, group).join("snapshots");
     let Ok(names) = fs.list_dir(&snaps) else {
         return;
@@ -388,5 +423,22 @@ mod tests {
         assert!(!t.quarantined(6, Duration::from_secs(60)));
         assert!(!t.quarantined(5, Duration::ZERO));
         assert!(t.removed.is_empty());
+    }
+
+    #[test]
+    fn the_listed_marker_survives_a_restart_and_goes_with_the_group_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fs = crate::storage::vfs::real();
+        let dir = tmp.path();
+        assert!(!was_listed(&*fs, dir, 3), "nothing recorded yet");
+        mark_listed(&*fs, dir, 3).expect("mark");
+        assert!(was_listed(&*fs, dir, 3));
+        assert!(!was_listed(&*fs, dir, 4), "per group");
+        // A fresh handle (as after a restart) reads it from the disk.
+        assert!(was_listed(&*crate::storage::vfs::real(), dir, 3));
+        // Marking again is harmless; deleting the group's files removes it.
+        mark_listed(&*fs, dir, 3).expect("mark again");
+        delete_group_files(&*fs, dir, 3);
+        assert!(!was_listed(&*fs, dir, 3));
     }
 }

@@ -602,7 +602,10 @@ impl<S: PeerExt> MultiNode<S> {
     ) -> Result<Peer<S>, Error> {
         let (peer, gate) = self.start_replica::<S>(group, members).await?;
         let me = self.id();
-        let listed = peer.status().members.iter().any(|m| m.id == me);
+        // Listed before a restart (durable marker), or by the configuration
+        // it starts with.
+        let listed = super::hosting::was_listed(&*self.inner.fs, &self.inner.dir, group)
+            || peer.status().members.iter().any(|m| m.id == me);
         self.inner.groups().insert(
             group,
             Hosted {
@@ -937,6 +940,7 @@ impl<S: PeerExt> MultiNode<S> {
     /// every orphan (see [`super::hosting`]).
     async fn retire_removed(&self) {
         let me = self.id();
+        let mut newly_listed = Vec::new();
         let due: Vec<(GroupId, Retire)> = self
             .inner
             .groups()
@@ -944,7 +948,16 @@ impl<S: PeerExt> MultiNode<S> {
             .filter_map(|(g, h)| {
                 let w = h.peer.watch();
                 let st = w.borrow();
-                h.listed |= st.members.iter().any(|m| m.id == me);
+                // Listed by a committed configuration only: an uncommitted
+                // one that adds this node may be rolled back by a new
+                // leader, and then a committed one without it is no removal.
+                if !h.listed
+                    && st.commit >= st.config_index
+                    && st.members.iter().any(|m| m.id == me)
+                {
+                    h.listed = true;
+                    newly_listed.push(*g);
+                }
                 let hosted_for = h.since.elapsed();
                 let quiet_for = st
                     .leader_contact
@@ -952,6 +965,13 @@ impl<S: PeerExt> MultiNode<S> {
                 retire_reason(me, &st, quiet_for, &self.inner.hosting, h.listed).map(|r| (*g, r))
             })
             .collect();
+        for group in newly_listed {
+            if let Err(e) = super::hosting::mark_listed(&*self.inner.fs, &self.inner.dir, group) {
+                // Kept in memory; after a restart this replica is retired
+                // only on its group leader's word (see `super::removal`).
+                tracing::warn!(group, error = %e, "cannot record that a replica was listed");
+            }
+        }
         for (group, reason) in due {
             if let Err(e) = self.retire(group, reason).await {
                 tracing::warn!(group, error = %e, "cannot retire a removed replica");
