@@ -220,7 +220,10 @@ impl Raft {
                 Mode::Replicate => pr.inflights.free_to(index),
                 Mode::Snapshot => {
                     if pr.matched >= pr.pending_snapshot {
+                        // Caught up by appends (etcd raft does the same):
+                        // the transfer and the data it pinned go too.
                         pr.become_probe();
+                        self.snapshots.end_send(from);
                     }
                 }
             }

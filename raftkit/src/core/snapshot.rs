@@ -120,6 +120,11 @@ impl SnapshotTransfer {
         self.sending.clear();
     }
 
+    /// Drops the transfer to `to` (it no longer needs the snapshot).
+    pub(super) fn end_send(&mut self, to: NodeId) {
+        self.sending.remove(&to);
+    }
+
     pub(super) fn has_received(&self) -> bool {
         self.received.is_some()
     }

@@ -238,3 +238,47 @@ fn heartbeats_during_a_transfer_do_not_multiply_the_chunks_in_flight() {
         "{chunks} chunks delivered for a snapshot of {CHUNKS} chunks over {ticks} ticks"
     );
 }
+
+/// A follower that a snapshot was being sent to, and that then shows by an
+/// append answer that it holds the log past the snapshot (an earlier
+/// append reached it), leaves snapshot mode and the transfer is dropped
+/// with it: the leader no longer pins the snapshot's data for it nor
+/// reports a transfer in progress.
+#[test]
+fn a_follower_caught_up_by_appends_drops_its_snapshot_transfer() {
+    let mut c = Cluster::with(&[1, 2, 3], |c| c.snapshot_chunk_bytes = 4);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..5u8 {
+        c.propose(1, &[i]);
+    }
+    let applied = c.node(1).log().applied();
+    c.node_mut(1)
+        .compact(applied, vec![7; 400])
+        .expect("compact");
+    c.heal();
+    let mut ticks = 0;
+    while c.node(1).snapshot_sends().is_empty() {
+        assert!(ticks < 10 * T, "no snapshot transfer started");
+        c.deliver_one();
+        c.node_mut(1).tick();
+        ticks += 1;
+    }
+    let last = c.node(1).log().last_index();
+    let term = c.node(1).term();
+    c.node_mut(1).step(Message {
+        from: 3,
+        to: 1,
+        term,
+        body: Body::AppendEntriesResponse {
+            index: last,
+            success: true,
+            hint: None,
+        },
+    });
+    assert_eq!(
+        c.node(1).snapshot_sends(),
+        Vec::new(),
+        "a transfer to a follower no longer in snapshot mode"
+    );
+}
