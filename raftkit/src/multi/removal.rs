@@ -107,6 +107,7 @@ pub(crate) fn answer_of(st: &PeerStatus) -> MemberAnswer {
         commit: st.commit,
         joint: st.joint,
         leader: st.role == crate::core::Role::Leader,
+        term: st.term,
         members: st.members.iter().map(|m| m.id).collect(),
     }
 }
@@ -117,7 +118,8 @@ pub(crate) fn answer_of(st: &PeerStatus) -> MemberAnswer {
 ///
 /// `listed` says whether the replica ever held a configuration listing its
 /// node; one that never did (a learner catching up from a snapshot taken
-/// before its addition) believes only the group's leader.
+/// before its addition) believes only the group's leader, and only one
+/// whose term is at least its own.
 pub(crate) fn judge(
     me: NodeId,
     st: &PeerStatus,
@@ -127,8 +129,12 @@ pub(crate) fn judge(
 ) -> bool {
     let asked = from != me && st.members.iter().any(|m| m.id == from);
     let committed = answer.config_index > 0 && answer.commit >= answer.config_index;
+    // A leader of an older term than the one this replica knows was
+    // deposed (it may not know yet): its configuration may predate this
+    // replica's addition.
+    let current_leader = answer.leader && answer.term >= st.term;
     asked
-        && (listed || answer.leader)
+        && (listed || current_leader)
         && committed
         && !answer.joint
         && !answer.members.contains(&me)
@@ -270,6 +276,7 @@ mod tests {
             commit,
             joint: false,
             leader: false,
+            term: 0,
             members: members.to_vec(),
         }
     }
@@ -308,6 +315,15 @@ mod tests {
         let mut from_leader = answer(&[1, 2, 3], 10, 40);
         from_leader.leader = true;
         assert!(judge(me, &learner, false, 1, &from_leader));
+        // ...but not a leader of an older term than the learner knows (a
+        // deposed leader that has not noticed yet; the new one added the
+        // learner).
+        let mut newer = learner.clone();
+        newer.term = 5;
+        from_leader.term = 4;
+        assert!(!judge(me, &newer, false, 1, &from_leader));
+        from_leader.term = 5;
+        assert!(judge(me, &newer, false, 1, &from_leader));
         // ...and the leader's configuration that lists it keeps it.
         from_leader.members.push(me);
         assert!(!judge(me, &learner, false, 1, &from_leader));

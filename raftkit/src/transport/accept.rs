@@ -26,7 +26,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
-use super::frame::{FrameError, PROTOCOL_VERSION, PeerFrame, read_frame, write_frame};
+use super::frame::{
+    FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, read_frame, read_frame_body,
+    write_frame,
+};
 use super::quic::{
     CLOSE_NO_SERVICE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REFUSED, GroupInbound, HELLO_TIMEOUT,
     LinkConfig, frame_kind,
@@ -375,8 +378,13 @@ async fn serve_link(
     // learned-link task ignores nodes it already has a link to).
     let _ = served.learned.try_send((from, addr.clone()));
     let mut wrong_from: u64 = 0;
+    let mut unknown: u64 = 0;
     loop {
-        match read_frame(&mut recv, max).await {
+        let frame = match read_frame_body(&mut recv, max).await {
+            Ok(body) => decode_peer_frame(&body),
+            Err(e) => Err(e),
+        };
+        match frame {
             Ok(PeerFrame::Msg(msg)) => {
                 if msg.from != from {
                     wrong_from += 1;
@@ -448,6 +456,13 @@ async fn serve_link(
             }
             Ok(other) => {
                 return protocol_error(&name, format!("unexpected {} frame", frame_kind(&other)));
+            }
+            Err(FrameError::UnknownKind(kind)) => {
+                unknown += 1;
+                if unknown == 1 {
+                    warn!(node = link.node, %remote, peer = %name, kind,
+                        "frame of a kind this node does not know (a newer peer?); skipped (logged once per link)");
+                }
             }
             Err(FrameError::Closed) => {
                 debug!(node = link.node, %remote, peer = %name, "inbound peer link closed");

@@ -119,6 +119,10 @@ pub struct MemberAnswer {
     /// Whether the sender leads the group (a leader holds every committed
     /// entry, Raft §5.4: its configuration is the newest committed one).
     pub leader: bool,
+    /// The sender's current term: a leader's word counts only if its term
+    /// is at least the asker's (a deposed leader that has not yet noticed
+    /// may hold an older configuration, Raft §5.1).
+    pub term: u64,
     /// Every member (voters, outgoing voters, learners) it lists.
     pub members: Vec<NodeId>,
 }
@@ -147,6 +151,26 @@ pub enum FrameError {
     /// The stream ended (cleanly between frames, or in the middle of one).
     #[error("stream closed")]
     Closed,
+    /// A well-formed frame of a kind this build does not know (a newer
+    /// peer's): skipped, the link goes on (see [`decode_peer_frame`]).
+    #[error("frame of unknown kind {0}")]
+    UnknownKind(u32),
+}
+
+/// How many [`PeerFrame`] kinds this build knows: postcard tags a variant
+/// by its index, so tags `0..PEER_FRAME_KINDS` (pinned by a test).
+pub const PEER_FRAME_KINDS: u32 = 8;
+
+/// Decodes a [`PeerFrame`] body. A body whose tag names a kind past the
+/// ones this build knows is [`FrameError::UnknownKind`], not garbage: a
+/// newer peer sent it during a rolling upgrade, and the receiver skips it
+/// (Raft tolerates a lost message) instead of dropping the link, which
+/// carries every group the two nodes share.
+pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, FrameError> {
+    postcard::from_bytes(body).map_err(|e| match postcard::take_from_bytes::<u32>(body) {
+        Ok((tag, _)) if tag >= PEER_FRAME_KINDS => FrameError::UnknownKind(tag),
+        _ => FrameError::Decode(e),
+    })
 }
 
 /// Appends `frame`, length-prefixed, to `buf`. On error `buf` is left as it
@@ -342,5 +366,36 @@ mod tests {
             Err(FrameError::TooLarge { max: 10, .. })
         ));
         assert_eq!(buf, vec![9u8], "buffer left as it was");
+    }
+
+    #[test]
+    fn a_frame_of_a_newer_kind_is_told_apart_from_garbage() {
+        // The last kind this build knows has the last tag.
+        let mut buf = Vec::new();
+        let last = PeerFrame::MemberAnswer {
+            group: 1,
+            answer: MemberAnswer {
+                config_index: 1,
+                commit: 1,
+                joint: false,
+                leader: false,
+                term: 1,
+                members: vec![1],
+            },
+        };
+        encode_frame(&last, DEFAULT_MAX_FRAME_BYTES, &mut buf).expect("encode");
+        assert_eq!(buf[PREFIX], (PEER_FRAME_KINDS - 1) as u8);
+        assert_eq!(decode_peer_frame(&buf[PREFIX..]).expect("decode"), last);
+        // A newer kind (tag past the known ones, any payload).
+        assert!(matches!(
+            decode_peer_frame(&[PEER_FRAME_KINDS as u8, 3, 1, 2]),
+            Err(FrameError::UnknownKind(k)) if k == PEER_FRAME_KINDS
+        ));
+        // A known kind with a broken body, or no body: garbage.
+        assert!(matches!(
+            decode_peer_frame(&[3, 0xff]),
+            Err(FrameError::Decode(_))
+        ));
+        assert!(matches!(decode_peer_frame(&[]), Err(FrameError::Decode(_))));
     }
 }
