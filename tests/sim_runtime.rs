@@ -418,3 +418,16 @@ fn teeth_group_tag_mix_up_is_caught() {
         "{f}"
     );
 }
+
+/// A journal frame torn inside its 12-byte header over the zeros that an
+/// earlier torn-tail repair left (node 0: a crash tears a 68-byte frame
+/// after 63 bytes, the restart zeroes them and keeps the file's size; the
+/// next frame at the same offset fails with EIO, and the next crash keeps
+/// 5 bytes of it) was reported as corruption, and the node could not
+/// restart.
+#[test]
+fn regression_seed_2226_torn_journal_frame_header() {
+    if let Err(f) = bank_groups().nodes(4).seeds(2226..2227).check() {
+        panic!("{f}");
+    }
+}

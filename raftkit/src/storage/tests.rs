@@ -227,6 +227,77 @@ fn torn_tail_is_cut_and_appends_continue() {
     );
 }
 
+/// The end of the frames of a segment (frames `len:u32le crc hcrc
+/// payload[len]` after the 16-byte header, then zeros or the end).
+fn content_end(bytes: &[u8]) -> usize {
+    let mut len = 16;
+    while let Some(h) = bytes.get(len..len + 4) {
+        let n = u32::from_le_bytes(h.try_into().unwrap()) as usize;
+        if n == 0 {
+            break;
+        }
+        len += 12 + n;
+    }
+    len
+}
+
+/// A crash that tears the next frame inside its 12-byte header, over zeros
+/// (the preallocated ones here; in the whole-runtime simulation, seed 2226,
+/// the zeros an earlier torn-tail repair left): the header fails its
+/// checksum with nothing but zeros after it. Nothing of that frame was
+/// synced, so it is a torn tail, zeroed on open; the same header bytes with
+/// more data after them are still corruption.
+#[test]
+fn a_frame_header_torn_inside_the_zeros_is_a_torn_tail() {
+    for cut in 1..12 {
+        let mut t = tmp_wal(1 << 20);
+        for i in 1..=5 {
+            t.append(&[cmd(i, 1, 50)]).unwrap();
+            t.sync().unwrap();
+        }
+        let seg = last_segment(t.wal.dir());
+        let end5 = content_end(&std::fs::read(&seg).unwrap());
+        t.append(&[cmd(6, 1, 50)]).unwrap();
+        t.sync().unwrap();
+        let dir = t.wal.dir().to_path_buf();
+        drop(t.wal);
+        let synced = std::fs::read(&seg).unwrap();
+        let end6 = content_end(&synced);
+        // Only the first `cut` bytes of frame 6 reached the disk.
+        let mut torn = synced.clone();
+        torn[end5 + cut..end6].fill(0);
+        assert!(torn[end5..end5 + cut].iter().any(|&b| b != 0), "cut {cut}");
+        // Teeth the other way: a byte of data after the damaged header.
+        let mut damaged = torn.clone();
+        damaged[end5 + 12 + 3] = 1;
+        std::fs::write(&seg, &damaged).unwrap();
+        match Wal::open(&dir, WalOptions::default()) {
+            Err(StorageError::Corrupt { file, offset, .. }) => {
+                assert_eq!((file, offset), (seg.clone(), end5 as u64), "cut {cut}");
+            }
+            other => panic!("cut {cut}: expected Corrupt, got {other:?}"),
+        }
+        std::fs::write(&seg, &torn).unwrap();
+        let mut wal = Wal::open(&dir, WalOptions::default())
+            .unwrap_or_else(|e| panic!("cut {cut}: a torn header must open: {e}"));
+        assert_eq!(wal.last_index(), 5, "cut {cut}");
+        let after = std::fs::read(&seg).unwrap();
+        assert_eq!(after.len(), torn.len(), "cut {cut}: repaired in place");
+        assert!(
+            after[end5..].iter().all(|&b| b == 0),
+            "cut {cut}: the torn header is zeroed"
+        );
+        wal.append(&[cmd(6, 2, 10)]).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let wal = Wal::open(&dir, WalOptions::default()).unwrap();
+        assert_eq!(
+            wal.entries(5, 7).unwrap(),
+            vec![cmd(5, 1, 50), cmd(6, 2, 10)]
+        );
+    }
+}
+
 #[test]
 fn corruption_before_the_tail_names_file_and_offset() {
     let mut t = tmp_wal(1 << 20);

@@ -61,11 +61,13 @@
 //! over the length, payload checksum) and replayed. In the **last** segment a
 //! header that fails with only zeros from it to the end of the file is the
 //! end of the content (the preallocated zeros). A frame that is incomplete,
-//! or fails its payload checksum while only zeros follow it, is the *torn
-//! tail* of an interrupted write: its bytes are overwritten with zeros (the
-//! file keeps its size) and fsynced. Any other failure — in an earlier segment, or followed by
-//! more data — is [`StorageError::Corrupt`](crate::storage::StorageError)
-//! naming the file and the frame's offset, and the log refuses to open.
+//! or fails its payload checksum while only zeros follow it, or whose header
+//! fails while only zeros follow the header (a write torn inside the
+//! header, over zeros), is the *torn tail* of an interrupted write: its
+//! bytes are overwritten with zeros (the file keeps its size) and fsynced.
+//! Any other failure — in an earlier segment, or followed by more data — is
+//! [`StorageError::Corrupt`](crate::storage::StorageError) naming the file
+//! and the frame's offset, and the log refuses to open.
 //! After replay every entry between the first and last index must be present;
 //! a missing one (a removed or lost segment) is also `Corrupt`, as are a gap
 //! in the segment sequence numbers and a sealed segment whose length differs

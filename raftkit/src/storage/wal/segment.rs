@@ -218,6 +218,12 @@ impl Segment {
     ///   the payload extends past the end of the file;
     /// - the header checks out, the payload fails its checksum, and nothing
     ///   but zeros follows the frame;
+    /// - the header fails its checksum, is not all zeros, and nothing but
+    ///   zeros follows the header: a write torn inside the header's 12
+    ///   bytes, over zeros (the preallocated ones, or those that an earlier
+    ///   repair left: the file keeps its size). No complete frame can look
+    ///   like this, since a payload opens with a non-zero record length, so
+    ///   no synced frame is dropped.
     ///
     /// The torn bytes are overwritten with zeros and fsynced (the file keeps
     /// its size: see "Preallocation").
@@ -251,6 +257,13 @@ impl Segment {
                     if last && self.all_zero(pos, file_len)? {
                         self.len = pos;
                         return Ok(());
+                    }
+                    if last && self.all_zero(pos + FRAME_HEADER_LEN as u64, file_len)? {
+                        // Only the header's own bytes are set: a header
+                        // torn inside the zeros (see above). No whole
+                        // frame starts here: a frame's payload opens with
+                        // a record length, never zero.
+                        return self.torn_or_corrupt(last, pos, "torn frame header");
                     }
                     return Err(StorageError::corrupt(&self.path, pos, reason));
                 }
