@@ -217,6 +217,19 @@ fn three_processes_serve_eight_shards() {
     );
     let out = kv(&["scan", ""], &env);
     assert_eq!(out.stdout.lines().count(), keys.len(), "{out:?}");
+
+    // A client whose first address is the spare (which hosts no placement
+    // group) finds the placement on the other nodes.
+    let spare_first = format!("{spare},{members}");
+    let env_spare_first = [
+        ("KV_CLUSTER", spare_first.as_str()),
+        ("RAFTKIT_CERTS", certs_s.as_str()),
+        ("KV_SHARDED", "1"),
+    ];
+    let out = kv(&["get", "k03"], &env_spare_first);
+    assert_eq!((out.code, out.stdout.trim()), (Some(0), "vk03"), "{out:?}");
+    let out = kv(&["put", "k03", "again"], &env_spare_first);
+    assert_eq!((out.code, out.stdout.trim()), (Some(0), "OK"), "{out:?}");
 }
 
 #[test]

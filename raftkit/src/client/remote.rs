@@ -34,7 +34,10 @@
 //! ([`Error::is_retryable`]), within the call's deadline: a redirect is
 //! followed at once, `Overloaded` is retried after a backoff, and a member
 //! whose storage failed or that halted ([`Error::member_is_down`]) is
-//! suspected and not taken for the leader again. Every error says whether
+//! suspected and not taken for the leader again. A member answering
+//! [`Error::NotHosted`] (it hosts no replica of the client's group) is
+//! suspected too and the next member asked at once; the call ends with
+//! `NotHosted` only when every member said so. Every error says whether
 //! the command may have been applied ([`Error::applied`]), and once an
 //! attempt of a call may have been applied, the call never ends with an
 //! error that says it was not (it ends with `Timeout` or
@@ -72,7 +75,7 @@
 //!
 //! Reads are never applied, so any read may be retried freely.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -666,6 +669,8 @@ impl Client {
         let deadline = Instant::now() + self.inner.opts.timeout;
         let mut backoff = self.inner.opts.backoff;
         let mut last = Error::Unavailable("no attempt made".into());
+        // The members that answered that they do not host this group.
+        let mut not_hosted: HashSet<SocketAddr> = HashSet::new();
         // A read spread over the members goes to the next one in turn; a
         // retry follows the redirect or the leader, like any request.
         let mut spread = matches!(request, ClientRequest::Read { .. })
@@ -695,6 +700,22 @@ impl Client {
             };
             debug!(member = %target, error = %e, "attempt failed");
             spread = false;
+            // A member that does not host this client's group (in a sharded
+            // deployment: a node outside the group's replicas, such as a
+            // spare given among the seeds) cannot serve the call, and
+            // nothing was applied: the other members are asked first; only
+            // when none hosts the group does the call end with `NotHosted`
+            // (a sharded client then re-reads the placement).
+            if let Error::NotHosted { .. } = e {
+                self.suspect(target);
+                self.set_leader(None);
+                not_hosted.insert(target);
+                if self.inner.members.iter().any(|m| !not_hosted.contains(m)) {
+                    last = e;
+                    continue;
+                }
+                return Err(final_error(e, *uncertain, false));
+            }
             if !e.is_retryable() {
                 return Err(final_error(e, *uncertain, false));
             }

@@ -47,8 +47,17 @@
 //! 2. the answer's configuration is **committed** (the answerer's commit
 //!    index covers it) and not joint;
 //! 3. it does not list the asker;
-//! 4. its index is at least the asker's own configuration's: an answer
-//!    older than what the asker knows says nothing about it;
+//! 4. its index is at least the asker's own configuration's (an answer
+//!    older than what the asker knows says nothing about it), **or** the
+//!    answerer's commit index covers the asker's configuration's index:
+//!    the answerer's committed log then holds, at that index, an entry that
+//!    is not a configuration (its latest configuration is older), so the
+//!    asker's configuration entry there was never committed and never will
+//!    be (a committed index keeps its entry, Raft §5.3/§5.4). Without this
+//!    second case a deposed leader holding an uncommitted configuration
+//!    entry past the index of the configuration that removed it would get
+//!    only "stale" answers until the group changed its configuration again,
+//!    which may be never;
 //! 5. if the asker's replica never held a configuration listing its node
 //!    (it was hosted on demand and is catching up from a snapshot or log
 //!    that predates its addition — such a learner asks too, as it is not
@@ -68,8 +77,9 @@
 //! (configurations change one at a time from a committed one, thesis
 //! §4.1). This is the same fact [`hosting`](super::hosting)'s own check
 //! uses, learned from a member instead of from the leader. Rule 4 keeps a
-//! stale answer from retiring a node that a later configuration it already
-//! holds lists again. A member that lies in its answer is a Byzantine
+//! stale answer from retiring a node that a later *committed*
+//! configuration it already holds lists again; a later configuration the
+//! answerer's committed log proves uncommitted does not count. A member that lies in its answer is a Byzantine
 //! member, outside Raft's fault model: it could equally append entries
 //! that corrupt the group.
 //!
@@ -138,7 +148,7 @@ pub(crate) fn judge(
         && committed
         && !answer.joint
         && !answer.members.contains(&me)
-        && answer.config_index >= st.config_index
+        && (answer.config_index >= st.config_index || answer.commit >= st.config_index)
 }
 
 /// When a replica asks whether it is still a member (see the
@@ -303,8 +313,10 @@ mod tests {
         let mut joint = answer(&[1, 2, 9], 12, 15);
         joint.joint = true;
         assert!(!judge(me, &st, true, 1, &joint));
-        // Older than the configuration I hold.
-        assert!(!judge(me, &st, true, 1, &answer(&[1, 2, 9], 9, 15)));
+        // Older than the configuration I hold, from an answerer that has
+        // not committed up to it (with its commit past 10, the answer would
+        // prove my configuration uncommitted: see the next test).
+        assert!(!judge(me, &st, true, 1, &answer(&[1, 2, 9], 9, 9)));
         // An answerer with no configuration at all.
         assert!(!judge(me, &st, true, 1, &answer(&[], 0, 0)));
         // A replica that was never listed (a learner catching up from an
@@ -327,6 +339,32 @@ mod tests {
         // ...and the leader's configuration that lists it keeps it.
         from_leader.members.push(me);
         assert!(!judge(me, &learner, false, 1, &from_leader));
+    }
+
+    #[test]
+    fn an_uncommitted_newer_configuration_does_not_keep_a_removed_replica_forever() {
+        // Node 7 led the group and appended a configuration change at index
+        // 20 that never committed; it was deposed, and the new leader removed
+        // it with a configuration committed at index 14. No configuration
+        // change follows, so every member answers with index 14 < 20: the
+        // old rule 4 refused every answer and the replica lived forever.
+        let me = 7;
+        let st = status(&[1, 2, 7, 8], 20, None);
+        // The answerer's commit covers index 20 and its latest
+        // configuration is older: the entry at 20 is not a configuration,
+        // so node 7's is dead. Retires.
+        assert!(judge(me, &st, true, 1, &answer(&[1, 2, 9], 14, 25)));
+        assert!(judge(me, &st, true, 2, &answer(&[1, 2, 9], 14, 20)));
+        // The answerer has not committed up to 20: node 7's entry there may
+        // still commit (the answer is stale). Kept.
+        assert!(!judge(me, &st, true, 1, &answer(&[1, 2, 9], 14, 19)));
+        // Still only a member's committed, non-joint configuration without
+        // node 7 counts.
+        assert!(!judge(me, &st, true, 1, &answer(&[1, 2, 7], 14, 25)));
+        assert!(!judge(me, &st, true, 9, &answer(&[1, 2, 9], 14, 25)));
+        let mut joint = answer(&[1, 2, 9], 14, 25);
+        joint.joint = true;
+        assert!(!judge(me, &st, true, 1, &joint));
     }
 
     #[test]

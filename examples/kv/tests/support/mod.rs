@@ -79,6 +79,14 @@ pub struct Out {
 
 /// Runs `kv ARGS` with `env` and waits (at most 60 s) for it.
 pub fn kv(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let out = kv_within(args, env, Duration::from_secs(60));
+    assert!(out.code.is_some(), "kv {args:?} hung: {out:?}");
+    out
+}
+
+/// Runs `kv ARGS` with `env` for at most `limit`; a command still running
+/// then is killed and reported with `code: None` (no exit code).
+pub fn kv_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Out {
     let mut cmd = kv_command();
     cmd.args(args)
         .stdin(Stdio::null())
@@ -88,7 +96,7 @@ pub fn kv(args: &[&str], env: &[(&str, &str)]) -> Out {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("kv runs");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break Some(status);
@@ -108,13 +116,11 @@ pub fn kv(args: &[&str], env: &[(&str, &str)]) -> Out {
     if let Some(mut s) = child.stderr.take() {
         let _ = s.read_to_string(&mut stderr);
     }
-    let out = Out {
+    Out {
         code: status.and_then(|s| s.code()),
         stdout,
         stderr,
-    };
-    assert!(status.is_some(), "kv {args:?} hung: {out:?}");
-    out
+    }
 }
 
 /// Asserts a failure: exit code `code` (any non-zero if `None`), exactly
