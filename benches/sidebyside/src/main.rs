@@ -106,10 +106,14 @@ pub struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The etcd load generator runs on one thread, as `kv bench` does: both
+    // load generators cost the shared machine the same way.
+    let mut builder = if args.etcd_load.is_some() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sidebyside: cannot start a runtime: {e}");

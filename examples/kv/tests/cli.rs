@@ -413,6 +413,37 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
     assert!(out.stdout.contains("is a voter"), "{out:?}");
     let out = kv(&["members"], &env);
     assert!(out.stdout.contains(addr4.as_str()), "{out:?}");
+    // `kv bench` (a single-threaded runtime) drives its closed loop over
+    // two connections (20 tasks, 16 per connection) and its puts are in the
+    // store.
+    let out = kv(
+        &[
+            "bench",
+            "--op",
+            "put",
+            "--clients",
+            "20",
+            "--secs",
+            "0.5",
+            "--warmup",
+            "0.2",
+        ],
+        &env,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.starts_with("measuring\n"), "{out:?}");
+    let result = out.stdout.lines().last().unwrap_or_default();
+    assert!(
+        result.contains("\"conns\":2,") && result.contains("\"errors\":0,"),
+        "{out:?}"
+    );
+    assert!(!result.contains("\"ops\":0,"), "{out:?}");
+    let out = kv(&["get", "bench/0019/0000000001"], &env);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "vvvvvvvvvvvvvvvv\n"),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub mod frame;
 pub mod memory;
 mod out_queue;
 pub mod quic;
+mod quic_tuning;
 
 pub use memory::{MemoryNetwork, MemoryTransport};
 pub use quic::{GroupInbound, LinkState, QuicConfig, QuicTransport, TransportError};

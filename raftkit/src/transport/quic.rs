@@ -82,6 +82,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+pub(crate) use super::quic_tuning::transport_config;
+
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, SendStream, VarInt};
 use tokio::sync::{Notify, mpsc, watch};
@@ -291,24 +293,6 @@ pub enum LinkState {
     /// address is not the peer's). The task keeps retrying at the backoff
     /// cap.
     Refused(String),
-}
-
-/// Builds a quinn transport configuration with keep-alives and an idle
-/// timeout.
-pub(crate) fn transport_config(
-    keep_alive: Duration,
-    idle: Duration,
-) -> Arc<quinn::TransportConfig> {
-    let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(keep_alive));
-    let idle_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
-    t.max_idle_timeout(Some(VarInt::from_u32(idle_ms).into()));
-    // Peers sit in one datacenter or on one machine: start from a 20 ms
-    // round-trip estimate instead of the RFC's 333 ms. Besides faster loss
-    // recovery on a fresh link, this bounds how long a closed connection
-    // that never measured its RTT drains (3 PTO), which holds the port.
-    t.initial_rtt(Duration::from_millis(20));
-    Arc::new(t)
 }
 
 /// The quinn server configuration of a node: its identity, client
