@@ -8,62 +8,10 @@
 //! waiting is polling under a deadline.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 mod support;
-use support::{PATIENCE, Procs, TICK_MS, assert_fails, free_udp_addrs, kv};
-
-/// One line of `kv status --sharded`.
-#[derive(Debug, Clone)]
-struct GroupRow {
-    group: u64,
-    node: String,
-    role: String,
-    leader: String,
-    replicas: usize,
-}
-
-fn parse_groups(text: &str) -> Vec<GroupRow> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            Some(GroupRow {
-                group: f.first()?.parse().ok()?,
-                node: f.get(2)?.to_string(),
-                role: f.get(3)?.to_string(),
-                leader: f.get(4)?.to_string(),
-                replicas: f.get(5)?.split(',').filter(|s| !s.is_empty()).count(),
-            })
-        })
-        .collect()
-}
-
-fn wait_groups(
-    env: &[(&str, &str)],
-    what: &str,
-    done: impl Fn(&[GroupRow]) -> bool,
-) -> Vec<GroupRow> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let out = kv(&["status", "--sharded"], env);
-        let rows = parse_groups(&out.stdout);
-        if out.code == Some(0) && done(&rows) {
-            return rows;
-        }
-        assert!(Instant::now() < deadline, "{what}: {out:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The leader of `group` if exactly one node says it leads it.
-fn group_leader(rows: &[GroupRow], group: u64) -> Option<String> {
-    let leaders: Vec<&GroupRow> = rows
-        .iter()
-        .filter(|r| r.group == group && r.role == "leader")
-        .collect();
-    (leaders.len() == 1).then(|| leaders[0].node.clone())
-}
+use support::sharded::{group_leader, wait_groups};
+use support::{Procs, TICK_MS, assert_fails, free_udp_addrs, kv};
 
 const SHARDS: u64 = 8;
 
@@ -112,7 +60,7 @@ fn three_processes_serve_eight_shards() {
             && (0..=SHARDS).all(|g| group_leader(rows, g).is_some())
             && rows.iter().all(|r| addrs.contains(&r.leader))
     });
-    assert!(rows.iter().all(|r| r.replicas == 3), "{rows:?}");
+    assert!(rows.iter().all(|r| r.replicas.len() == 3), "{rows:?}");
     for r in &rows {
         assert!(addrs.contains(&r.node), "{r:?}");
     }

@@ -43,6 +43,7 @@ use raftkit::multi::placement::key_hash;
 use raftkit::sim::linearizability::{DEFAULT_BUDGET, KvOp, KvOutcome, Operation, check};
 
 mod support;
+use support::sharded::{GroupRow, group_leader};
 use support::{Out, PATIENCE, Procs, TICK_MS, free_udp_addrs, kv, kv_within};
 
 /// Data groups (`--shards`).
@@ -55,53 +56,6 @@ const CLIENTS: u64 = 4;
 const SEED: u64 = 0x005e_ed18;
 /// How long one client command may take before its outcome is unknown.
 const OP_LIMIT: Duration = Duration::from_secs(15);
-
-/// One line of `kv status --sharded`.
-#[derive(Debug, Clone)]
-struct GroupRow {
-    group: u64,
-    range: Option<(u64, u64)>,
-    node: String,
-    role: String,
-    replicas: Vec<String>,
-}
-
-fn parse_groups(text: &str) -> Vec<GroupRow> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            let range = f.get(1).and_then(|r| {
-                let (a, b) = r.split_once('-')?;
-                Some((
-                    u64::from_str_radix(a, 16).ok()?,
-                    u64::from_str_radix(b, 16).ok()?,
-                ))
-            });
-            Some(GroupRow {
-                group: f.first()?.parse().ok()?,
-                range,
-                node: f.get(2)?.to_string(),
-                role: f.get(3)?.to_string(),
-                replicas: f
-                    .get(5)?
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect(),
-            })
-        })
-        .collect()
-}
-
-/// The node that says it leads `group`, if exactly one does.
-fn group_leader(rows: &[GroupRow], group: u64) -> Option<String> {
-    let leaders: Vec<&GroupRow> = rows
-        .iter()
-        .filter(|r| r.group == group && r.role == "leader")
-        .collect();
-    (leaders.len() == 1).then(|| leaders[0].node.clone())
-}
 
 /// Every group `0..=SHARDS` has exactly one leader among the rows.
 fn all_led(rows: &[GroupRow]) -> bool {
@@ -121,23 +75,13 @@ fn as_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-/// Polls `kv status --sharded` against `cluster` until `done`.
+/// [`support::sharded::wait_groups`] with an owned environment.
 fn wait_groups(
     env: &[(String, String)],
     what: &str,
     done: impl Fn(&[GroupRow]) -> bool,
 ) -> Vec<GroupRow> {
-    let env = as_refs(env);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let out = kv_within(&["status", "--sharded"], &env, PATIENCE);
-        let rows = parse_groups(&out.stdout);
-        if out.code == Some(0) && done(&rows) {
-            return rows;
-        }
-        assert!(Instant::now() < deadline, "{what}: {out:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::sharded::wait_groups(&as_refs(env), what, done)
 }
 
 /// `kv serve` arguments of one node.

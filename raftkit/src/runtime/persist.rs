@@ -911,25 +911,61 @@ mod tests {
         }
     }
 
+    /// A persister on a storage thread whose log fails on demand, releasing
+    /// messages through [`Sent`].
+    struct Releasing {
+        p: Persister,
+        sent: Arc<Sent>,
+        /// Fails the next sync that follows an append.
+        arm: Arc<std::sync::atomic::AtomicBool>,
+        /// Fails the next append.
+        arm_append: Arc<std::sync::atomic::AtomicBool>,
+        tx: mpsc::UnboundedSender<Result<u64, StorageError>>,
+        rx: mpsc::UnboundedReceiver<Result<u64, StorageError>>,
+    }
+
+    fn releasing() -> Releasing {
+        let arm: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let arm_append: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let log: BoxedLog = Box::new(FailsOnce {
+            inner: MemLogStore::new(),
+            dirty: false,
+            arm: arm.clone(),
+            arm_append: arm_append.clone(),
+        });
+        let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
+        let mut p = Persister::start(log, snaps, false).expect("start");
+        let sent = Arc::new(Sent::default());
+        p.release_through(sent.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        Releasing {
+            p,
+            sent,
+            arm,
+            arm_append,
+            tx,
+            rx,
+        }
+    }
+
+    fn count(sent: &Sent) -> usize {
+        sent.0.lock().map(|s| s.len()).unwrap_or(usize::MAX)
+    }
+
     /// The storage thread sends a write's persisted-only messages itself,
     /// before the write's completion reaches the node; once a write failed
     /// it sends nothing again, even for a later write whose own sync
     /// succeeded (DESIGN §4: never acknowledge after a failed fsync).
     #[tokio::test]
     async fn the_storage_thread_releases_acks_after_the_sync_and_never_after_a_failure() {
-        let arm = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log: BoxedLog = Box::new(FailsOnce {
-            inner: MemLogStore::new(),
-            dirty: false,
-            arm: arm.clone(),
-            arm_append: Arc::default(),
-        });
-        let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
-        let mut p = Persister::start(log, snaps, false).expect("start");
-        let sent = Arc::new(Sent::default());
-        p.release_through(sent.clone());
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let count = |sent: &Sent| sent.0.lock().map(|s| s.len()).unwrap_or(usize::MAX);
+        let Releasing {
+            p,
+            sent,
+            arm,
+            tx,
+            mut rx,
+            ..
+        } = releasing();
 
         // A durable write: its message left before its completion arrived.
         let (done, back) =
@@ -962,19 +998,14 @@ mod tests {
     /// acknowledgement would cover entries never written (thesis §10.2.1).
     #[tokio::test]
     async fn a_failed_write_without_messages_still_stops_later_acks() {
-        let arm_append = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log: BoxedLog = Box::new(FailsOnce {
-            inner: MemLogStore::new(),
-            dirty: false,
-            arm: Arc::default(),
-            arm_append: arm_append.clone(),
-        });
-        let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
-        let mut p = Persister::start(log, snaps, false).expect("start");
-        let sent = Arc::new(Sent::default());
-        p.release_through(sent.clone());
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let count = |sent: &Sent| sent.0.lock().map(|s| s.len()).unwrap_or(usize::MAX);
+        let Releasing {
+            p,
+            sent,
+            arm_append,
+            tx,
+            mut rx,
+            ..
+        } = releasing();
 
         let _ = p.write_releasing(write(vec![entry(1)], None), tx.clone(), 1, vec![ack(2)]);
         assert_eq!(rx.recv().await.expect("completion").ok(), Some(1));

@@ -197,18 +197,8 @@ fn torn_tail_is_cut_and_appends_continue() {
     let dir = t.wal.dir().to_path_buf();
     drop(t.wal);
     let seg = last_segment(&dir);
-    // The end of the content (the file goes on with preallocated zeros):
-    // frames `len:u32le crc hcrc payload[len]` after the 16-byte header.
-    let bytes = std::fs::read(&seg).unwrap();
-    let mut len = 16;
-    while let Some(h) = bytes.get(len..len + 4) {
-        let n = u32::from_le_bytes(h.try_into().unwrap()) as usize;
-        if n == 0 {
-            break;
-        }
-        len += 12 + n;
-    }
-    let len = len as u64;
+    // The end of the content (the file goes on with preallocated zeros).
+    let len = content_end(&std::fs::read(&seg).unwrap()) as u64;
     let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     f.set_len(len - 7).unwrap();
     // Then zeros, as a filesystem may leave after a power cut.

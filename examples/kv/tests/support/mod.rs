@@ -1,10 +1,12 @@
 //! Process scaffolding shared by the `kv` command-line tests (`cli.rs`,
-//! `shards.rs`, `watch.rs`): the `kv` binary, its servers as child processes
+//! `shards.rs`, `shards_faults.rs`, `watch.rs`): the `kv` binary, its servers as child processes
 //! killed and reaped however a test ends ([`Procs`]), one command run under
 //! a deadline ([`kv`]) and free loopback addresses.
 //!
 //! Each test file is its own crate and uses part of this module.
 #![allow(dead_code)]
+
+pub mod sharded;
 
 use std::collections::HashMap;
 use std::io::Read;
