@@ -30,10 +30,18 @@
 //!   [`Error::SessionExpired`], one under another identity's session is
 //!   refused and changes nothing, and a write the table already answered
 //!   is answered from it, never applied twice. Every decision depends only
-//!   on the log, so all replicas keep identical tables.
+//!   on the log, so all replicas keep identical tables;
+//! - the [`ApplyStatus`] is current after every batch, but the node task is
+//!   *woken* by it only when that matters (see [`status_channel`]): the
+//!   thread halted, a snapshot was taken or restored, or the node asked
+//!   ([`ProgressTx`]: it is paused on the apply backlog, or idle with
+//!   applied entries it has not seen). Under load the node task is woken by
+//!   its own inputs and reads the status then, so applying a batch costs no
+//!   wake-up of its own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -172,6 +180,79 @@ impl ApplyStatus {
     }
 }
 
+/// The apply thread's side of its status: see [`status_channel`].
+#[derive(Debug)]
+pub struct ProgressTx {
+    status: watch::Sender<ApplyStatus>,
+    wanted: Arc<AtomicBool>,
+}
+
+/// The node task's side of the apply thread's status: see
+/// [`status_channel`].
+#[derive(Debug)]
+pub struct ProgressRx {
+    status: watch::Receiver<ApplyStatus>,
+    wanted: Arc<AtomicBool>,
+}
+
+/// The channel the apply thread reports its [`ApplyStatus`] on.
+///
+/// The value is replaced after every batch, but [`ProgressRx::changed`]
+/// resolves only when the thread halted, took or restored a snapshot, or
+/// while the node task wants every change ([`ProgressRx::want`]). No update
+/// is lost: the node sets the wish *before* it reads the status
+/// ([`ProgressRx::want`] returns what it read), and the apply thread reads
+/// the wish while it holds the watch's write lock, after it wrote the
+/// value; so either the node's read sees the new value, or the apply
+/// thread sees the wish and wakes it.
+pub fn status_channel(initial: ApplyStatus) -> (ProgressTx, ProgressRx) {
+    let (status, rx) = watch::channel(initial);
+    let wanted = Arc::new(AtomicBool::new(false));
+    (
+        ProgressTx {
+            status,
+            wanted: wanted.clone(),
+        },
+        ProgressRx { status: rx, wanted },
+    )
+}
+
+impl ProgressTx {
+    /// Replaces the status; wakes the node task if `always`, if the thread
+    /// halted, or if the node wants it.
+    fn publish(&self, new: ApplyStatus, always: bool) {
+        self.status.send_if_modified(|old| {
+            if *old == new {
+                return false;
+            }
+            let wake = always || old.halted != new.halted || self.wanted.load(Ordering::SeqCst);
+            *old = new;
+            wake
+        });
+    }
+}
+
+impl ProgressRx {
+    /// Resolves when the apply thread woke the node (see
+    /// [`status_channel`]); an error once the thread is gone.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.status.changed().await
+    }
+
+    /// The current status (whether or not the node was woken for it).
+    pub fn borrow(&self) -> watch::Ref<'_, ApplyStatus> {
+        self.status.borrow()
+    }
+
+    /// Sets whether the node task wants to be woken at every batch the
+    /// thread applies, then returns the applied index as it stands: any
+    /// later batch wakes the node if `wanted`.
+    pub fn want(&self, wanted: bool) -> Index {
+        self.wanted.store(wanted, Ordering::SeqCst);
+        self.status.borrow().applied
+    }
+}
+
 struct Apply<S> {
     sm: S,
     sessions: Sessions,
@@ -184,7 +265,7 @@ struct Apply<S> {
     halted: Option<String>,
     failed: Option<Error>,
     longest_pause: Duration,
-    status: watch::Sender<ApplyStatus>,
+    status: ProgressTx,
     /// Every applied client write goes there for watches (`watch.rs`).
     journal: Arc<Journal>,
 }
@@ -198,7 +279,7 @@ pub async fn run<S: StateMachine>(
     applied: Index,
     mut rx: mpsc::UnboundedReceiver<ApplyMsg>,
     snapshots: mpsc::UnboundedSender<Result<Taken, String>>,
-    status: watch::Sender<ApplyStatus>,
+    status: ProgressTx,
     journal: Arc<Journal>,
 ) {
     let mut a = Apply {
@@ -234,7 +315,7 @@ pub async fn run<S: StateMachine>(
             }
             ApplyMsg::Entries(entries) => {
                 a.apply(entries, &rx);
-                a.publish();
+                a.publish(false);
             }
             ApplyMsg::Read {
                 index,
@@ -249,12 +330,12 @@ pub async fn run<S: StateMachine>(
             },
             ApplyMsg::Restore { index, data } => {
                 a.restore(index, &data);
-                a.publish();
+                a.publish(true);
             }
             ApplyMsg::TakeSnapshot => {
                 let taken = a.take_snapshot();
                 let _ = snapshots.send(taken);
-                a.publish();
+                a.publish(true);
             }
             ApplyMsg::Fail(e) => {
                 a.journal.stop(e.clone());
@@ -288,19 +369,14 @@ impl<S: StateMachine> Apply<S> {
         }
     }
 
-    fn publish(&self) {
+    /// Reports the status; `always` wakes the node task whether or not it
+    /// asked (see [`status_channel`]).
+    fn publish(&self, always: bool) {
         let new = ApplyStatus {
             longest_pause: self.longest_pause,
             ..ApplyStatus::of(self.applied, &self.halted, &self.sessions)
         };
-        self.status.send_if_modified(|old| {
-            if *old != new {
-                *old = new;
-                true
-            } else {
-                false
-            }
-        });
+        self.status.publish(new, always);
     }
 
     fn halt(&mut self, index: Index, message: String) {
@@ -574,4 +650,84 @@ impl<S: StateMachine> Apply<S> {
 enum Outcome {
     Reply(Result<Vec<u8>, Error>),
     Halt(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(applied: Index) -> ApplyStatus {
+        ApplyStatus {
+            applied,
+            ..ApplyStatus::default()
+        }
+    }
+
+    /// Whether the node task would be woken (and marks the wake seen).
+    fn woken(rx: &mut ProgressRx) -> bool {
+        let woken = rx.status.has_changed().expect("sender alive");
+        rx.status.borrow_and_update();
+        woken
+    }
+
+    #[test]
+    fn a_batch_updates_the_status_silently_unless_the_node_wants_it() {
+        let (tx, mut rx) = status_channel(at(0));
+        // Nobody asked: the value moves, nobody is woken.
+        tx.publish(at(5), false);
+        assert!(!woken(&mut rx));
+        assert_eq!(rx.borrow().applied, 5);
+        // The node asks: `want` returns the index as it stands, and the
+        // next batch wakes it.
+        assert_eq!(rx.want(true), 5);
+        tx.publish(at(9), false);
+        assert!(woken(&mut rx));
+        assert_eq!(rx.borrow().applied, 9);
+        // It stops asking: silent again.
+        assert_eq!(rx.want(false), 9);
+        tx.publish(at(12), false);
+        assert!(!woken(&mut rx));
+        // Nothing changed: no wake even when asked.
+        rx.want(true);
+        tx.publish(at(12), false);
+        assert!(!woken(&mut rx));
+    }
+
+    #[test]
+    fn a_halt_and_a_snapshot_always_wake_the_node() {
+        let (tx, mut rx) = status_channel(at(0));
+        tx.publish(
+            ApplyStatus {
+                halted: Some("handler panicked".into()),
+                ..at(3)
+            },
+            false,
+        );
+        assert!(woken(&mut rx), "a halt must reach the node at once");
+        let (tx, mut rx) = status_channel(at(0));
+        tx.publish(at(100), true);
+        assert!(
+            woken(&mut rx),
+            "a snapshot taken or restored wakes the node"
+        );
+    }
+
+    /// The node's wish and the thread's update may race: whichever comes
+    /// first, the node either reads the new index from `want` or is woken.
+    #[test]
+    fn a_wish_racing_a_batch_never_loses_the_batch() {
+        for round in 0..2_000u64 {
+            let (tx, mut rx) = status_channel(at(round));
+            let thread = std::thread::spawn(move || {
+                tx.publish(at(round + 1), false);
+                tx
+            });
+            let seen = rx.want(true);
+            let _tx = thread.join().expect("publisher");
+            assert!(
+                seen == round + 1 || woken(&mut rx),
+                "round {round}: the batch was neither seen nor woken for"
+            );
+        }
+    }
 }

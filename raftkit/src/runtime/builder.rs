@@ -721,7 +721,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let (apply_status_tx, apply_status_rx) =
-            watch::channel(ApplyStatus::of(applied, &None, &sessions));
+            apply::status_channel(ApplyStatus::of(applied, &None, &sessions));
         let journal = super::watch::Journal::new(applied, self.watch_journal_bytes);
         self.threads.spawn(
             "raftkit-apply",

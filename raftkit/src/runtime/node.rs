@@ -38,7 +38,14 @@
 //!   [`STATUS_INTERVAL`] late: they are rebuilt only if the last rebuild is
 //!   that old or the role, term or leader changed; otherwise a timer
 //!   rebuilds them when the interval is over (under load the loop turns far
-//!   more often than anyone reads the status).
+//!   more often than anyone reads the status). The applied index and the
+//!   session counters are the apply thread's as of the last batch: the
+//!   apply thread does not wake this task for every batch it applies
+//!   (`apply::status_channel`), but it does whenever this task would
+//!   otherwise wait with applied entries it has not seen and no storage
+//!   write outstanding (whose completion wakes it anyway), or while the
+//!   apply backlog pauses the core; so a watcher of `applied` is never left
+//!   waiting (see [`NodeTask::want_apply_progress`]).
 //!
 //! Size: past 1,000 lines because the event loop and every handler it calls
 //! share one `State` by `&mut` (splitting them across modules would expose
@@ -57,7 +64,7 @@ use crate::sim::runtime::teeth::Tooth;
 use tracing::{debug, error, info, warn};
 
 use super::admission::Admission;
-use super::apply::{ApplyMsg, ApplyStatus, Reply, Taken};
+use super::apply::{ApplyMsg, ProgressRx, Reply, Taken};
 use super::dropped::DropLog;
 use super::persist::{Persister, SaveJob, SnapshotSaver, Write};
 use super::session::{Envelope, Op, STAMP_SLACK_MS};
@@ -176,7 +183,9 @@ pub struct NodeTask {
     pub(super) persister: Option<Persister>,
     pub(super) saver: Option<SnapshotSaver>,
     pub(super) apply_tx: mpsc::UnboundedSender<ApplyMsg>,
-    pub(super) apply_status: watch::Receiver<ApplyStatus>,
+    /// The apply thread's status; it wakes this task only when asked (see
+    /// [`NodeTask::want_apply_progress`]).
+    pub(super) apply_status: ProgressRx,
     pub(super) snapshot_rx: mpsc::UnboundedReceiver<Result<Taken, String>>,
     pub(super) inbox: mpsc::Receiver<Message>,
     pub(super) commands: mpsc::Receiver<Command>,
@@ -325,6 +334,13 @@ impl NodeTask {
         self.drain_ready(&mut st);
         self.publish(&mut st);
         loop {
+            if self.want_apply_progress(&st) {
+                // Applied since the last look: take it in before waiting.
+                self.on_apply_progress(&mut st);
+                self.drain_ready(&mut st);
+                self.publish(&mut st);
+                continue;
+            }
             let retry_at = st.snap.retry_at;
             let status_due = st.status_due;
             let asleep = self.gate.as_ref().is_some_and(|g| g.is_asleep());
@@ -352,9 +368,9 @@ impl NodeTask {
                 Some(done) = persisted_rx.recv() => self.on_persisted(&mut st, done),
                 Some(taken) = self.snapshot_rx.recv() => self.on_snapshot_taken(&mut st, taken),
                 Some((snap, saved)) = saved_rx.recv() => self.on_snapshot_saved(&mut st, snap, saved),
+                // Taken in below, as after every other input.
                 changed = self.apply_status.changed(), if apply_alive => {
                     apply_alive = changed.is_ok();
-                    self.on_apply_progress(&mut st);
                 }
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
                     st.snap.retry_at = None;
@@ -406,6 +422,7 @@ impl NodeTask {
                     }
                 }
             }
+            self.on_apply_progress(&mut st);
             self.drain_ready(&mut st);
             self.publish(&mut st);
             if !st.reads.is_empty() || !st.pending.is_empty() {
@@ -888,10 +905,34 @@ impl NodeTask {
         st.snap.last_error = Some(reason);
     }
 
-    /// The apply thread moved: release the apply backlog, notice a halt.
+    /// Tells the apply thread whether to wake this task at its next batch,
+    /// before this task waits for its next input: yes while the apply
+    /// backlog is over half its bound (the core may be paused on it), and
+    /// when entries handed to it are not seen applied yet and no storage
+    /// write is outstanding (nothing else may wake this task: an idle or
+    /// quiesced node would otherwise show a stale applied index for good).
+    /// Under load a write is nearly always outstanding, so applying a batch
+    /// wakes nobody; its progress is read after the next input.
+    ///
+    /// Returns whether the apply thread moved past the oldest unseen batch
+    /// since the last look (it may have, silently, before the wish was
+    /// set): then the caller takes that in and asks again, instead of
+    /// waiting for a wake-up that may never come.
+    fn want_apply_progress(&self, st: &State) -> bool {
+        let want = st.handed_bytes > MAX_APPLY_BACKLOG_BYTES / 2
+            || (!st.handed.is_empty() && st.pending.is_empty());
+        let applied = self.apply_status.want(want);
+        want && st.handed.front().is_some_and(|(i, _)| *i <= applied)
+    }
+
+    /// Takes in the apply thread's progress: releases the apply backlog,
+    /// notices a halt. Cheap: called after every batch of inputs.
     fn on_apply_progress(&mut self, st: &mut State) {
-        let apply = self.apply_status.borrow().clone();
-        while st.handed.front().is_some_and(|(i, _)| *i <= apply.applied) {
+        let (applied, halted) = {
+            let apply = self.apply_status.borrow();
+            (apply.applied, apply.halted.clone())
+        };
+        while st.handed.front().is_some_and(|(i, _)| *i <= applied) {
             if let Some((_, b)) = st.handed.pop_front() {
                 st.handed_bytes = st.handed_bytes.saturating_sub(b);
             }
@@ -899,7 +940,7 @@ impl NodeTask {
         if st.handed_bytes <= MAX_APPLY_BACKLOG_BYTES / 2 {
             self.raft.set_apply_paused(false);
         }
-        if let (None, Some(h)) = (&st.halted, apply.halted) {
+        if let (None, Some(h)) = (&st.halted, halted) {
             warn!(node = %self.name, reason = %h, "state machine halted: giving up leadership; not campaigning until restarted");
             st.halted = Some(h.clone());
             self.raft.set_halted();
