@@ -436,3 +436,69 @@ async fn wrong_certificates_and_schemas_are_refused() {
     kv.put("still".into(), "serving".into()).await.unwrap();
     c.shutdown().await;
 }
+
+/// On a multiplexed stream, a request whose frame arrives in two parts,
+/// with another request's answer completing in between, is read whole: the
+/// member keeps its half-read frame while it hands over the other answer
+/// (`runtime::client_mux` reads the stream across its loop's turns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multiplexed_frame_split_around_another_answer_is_read_whole() {
+    use raftkit::client::wire::{ClientHello, ClientResponse};
+    use raftkit::transport::frame::{
+        DEFAULT_MAX_FRAME_BYTES as MAX, encode_frame, read_frame, write_frame,
+    };
+    use raftkit::transport::quic::connect_client;
+    use tokio::io::AsyncWriteExt;
+
+    /// An answer within a deadline (a lost half frame leaves the member
+    /// waiting for bytes that never come).
+    async fn answered<T, E: std::fmt::Debug>(
+        read: impl std::future::Future<Output = Result<T, E>>,
+    ) -> T {
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("answered within 10 s")
+            .expect("an answer frame")
+    }
+
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let addr = c.addrs[leader].parse().unwrap();
+    let conn = connect_client(addr, &c.client_identity).await.unwrap();
+    let (mut hs, mut hr) = conn.open_bi().await.unwrap();
+    let hello = ClientHello {
+        version: 2,
+        schema: 0,
+        schema_desc: None,
+    };
+    write_frame(&mut hs, &hello, MAX).await.unwrap();
+    let answer: ClientResponse = read_frame(&mut hr, MAX).await.unwrap();
+    assert_eq!(answer, ClientResponse::Ok(vec![2]));
+    for round in 0..20u64 {
+        // Request 1 opens a session: answered only once its entry commits.
+        // Request 2 (a status) follows in the same write, cut in half.
+        let mut bytes = Vec::new();
+        encode_frame(&(2 * round, ClientRequest::OpenSession), MAX, &mut bytes).unwrap();
+        let first = bytes.len();
+        encode_frame(&(2 * round + 1, ClientRequest::Status), MAX, &mut bytes).unwrap();
+        let cut = first + (bytes.len() - first) / 2;
+        hs.write_all(&bytes[..cut]).await.unwrap();
+        hs.flush().await.unwrap();
+        // The session's answer comes while the status frame is half read.
+        let (id, got): (u64, ClientResponse) = answered(read_frame(&mut hr, MAX)).await;
+        assert_eq!(id, 2 * round, "round {round}: {got:?}");
+        assert!(
+            matches!(got, ClientResponse::Ok(_)),
+            "round {round}: {got:?}"
+        );
+        hs.write_all(&bytes[cut..]).await.unwrap();
+        let (id, got): (u64, ClientResponse) = answered(read_frame(&mut hr, MAX)).await;
+        assert_eq!(id, 2 * round + 1, "round {round}: {got:?}");
+        assert!(
+            matches!(got, ClientResponse::Status(_)),
+            "round {round}: {got:?}"
+        );
+    }
+    conn.close(0u32.into(), b"done");
+    c.shutdown().await;
+}

@@ -8,7 +8,7 @@
 //! - each request is authorized and answered exactly as one on a stream of
 //!   its own ([`client_service::answer`](super::client_service)); requests
 //!   run concurrently (a write waits for its commit without holding back
-//!   the reads behind it);
+//!   the reads behind it), as futures of the stream's task;
 //! - at most [`MUX_WINDOW`] requests of one stream are being answered at
 //!   once: past that the stream is not read, and QUIC flow control pushes
 //!   back on the client (as the per-connection stream limit does for
@@ -20,61 +20,98 @@
 
 use std::sync::Arc;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use quinn::{RecvStream, SendStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::client_service::{Caller, Front, answer};
-use crate::client::wire::{ClientResponse, RequestId, WireError};
+use crate::client::wire::{ClientRequest, ClientResponse, RequestId, RequestMeta, WireError};
 use crate::transport::frame::{FrameError, encode_frame, read_frame_body};
 
 /// Requests of one stream answered at once, at most.
 pub const MUX_WINDOW: usize = 256;
 
 /// Answers the requests of one multiplexed stream until the client ends it.
+///
+/// The requests being answered are futures of this one task
+/// ([`FuturesUnordered`]), not tasks of their own: one commit answers many
+/// of them at once, and the apply thread's answers then wake this task once
+/// instead of waking (and the runtime scheduling) one task per request.
 pub(super) async fn serve<F: Front>(
     front: F,
     caller: Arc<Caller>,
     send: SendStream,
-    mut recv: RecvStream,
+    recv: RecvStream,
     max_frame: usize,
 ) {
     let (tx, rx) = mpsc::channel::<(u64, ClientResponse)>(MUX_WINDOW);
     let writer = tokio::spawn(write_answers(send, rx, max_frame));
-    let window = Arc::new(Semaphore::new(MUX_WINDOW));
+    // The reader lives across the loop's turns: a frame half read when an
+    // answer completes is kept, not dropped (`read_frame_body` is not
+    // cancel-safe).
+    let mut frames = Box::pin(futures_util::stream::unfold(
+        recv,
+        move |mut recv| async move {
+            let frame = read_frame_body(&mut recv, max_frame).await;
+            Some((frame, recv))
+        },
+    ));
+    let mut running = FuturesUnordered::new();
+    let mut reading = true;
     loop {
-        let Ok(permit) = window.clone().acquire_owned().await else {
-            break;
-        };
-        let body = match read_frame_body(&mut recv, max_frame).await {
-            Ok(body) => body,
-            Err(FrameError::Closed) => break,
-            Err(e) => {
-                warn!(error = %e, "unreadable multiplexed request; closing that stream");
-                break;
-            }
-        };
-        let Ok((id, rest)) = postcard::take_from_bytes::<u64>(&body) else {
-            warn!("multiplexed request without an id; closing that stream");
-            break;
-        };
-        let decoded = RequestId::decode_request(rest);
-        let (front, caller, tx) = (front.clone(), caller.clone(), tx.clone());
-        tokio::spawn(async move {
-            let response = match decoded {
-                Ok((request, meta)) => answer(&front, &caller, request, meta).await,
-                Err(e) => {
-                    warn!(error = %e, "malformed client request; answered Rejected");
-                    ClientResponse::Err(WireError::Rejected(format!("malformed request: {e}")))
+        tokio::select! {
+            biased;
+            Some((id, response)) = running.next(), if !running.is_empty() => {
+                if tx.send((id, response)).await.is_err() {
+                    // The writer ended: the client is gone.
+                    return;
                 }
-            };
-            let _ = tx.send((id, response)).await;
-            drop(permit);
-        });
+            }
+            Some(frame) = frames.next(), if reading && running.len() < MUX_WINDOW => {
+                let body = match frame {
+                    Ok(body) => body,
+                    Err(FrameError::Closed) => {
+                        reading = false;
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "unreadable multiplexed request; closing that stream");
+                        reading = false;
+                        continue;
+                    }
+                };
+                let Ok((id, rest)) = postcard::take_from_bytes::<u64>(&body) else {
+                    warn!("multiplexed request without an id; closing that stream");
+                    reading = false;
+                    continue;
+                };
+                running.push(answer_one(&front, &caller, id, RequestId::decode_request(rest)));
+            }
+            // Nothing more to read, every answer handed to the writer.
+            else => break,
+        }
     }
     drop(tx);
-    // Answers still under way are written before the stream is finished.
+    // Answers handed over are written before the stream is finished.
     let _ = writer.await;
+}
+
+/// Answers one request of the stream (a malformed one `Rejected`).
+async fn answer_one<F: Front>(
+    front: &F,
+    caller: &Caller,
+    id: u64,
+    decoded: Result<(ClientRequest, Option<RequestMeta>), postcard::Error>,
+) -> (u64, ClientResponse) {
+    let response = match decoded {
+        Ok((request, meta)) => answer(front, caller, request, meta).await,
+        Err(e) => {
+            warn!(error = %e, "malformed client request; answered Rejected");
+            ClientResponse::Err(WireError::Rejected(format!("malformed request: {e}")))
+        }
+    };
+    (id, response)
 }
 
 /// Writes answers as they complete, every answer ready at once in one write.
