@@ -665,8 +665,15 @@ async fn a_client_certificate_on_the_peer_alpn_is_refused() {
                 round: 0,
             },
         };
-        let reason =
-            refusal(raw_hello(&identity, a.addr, hello_as("t@b", b.id), &[depose.clone()]).await);
+        let reason = refusal(
+            raw_hello(
+                &identity,
+                a.addr,
+                hello_as("t@b", b.id),
+                std::slice::from_ref(&depose),
+            )
+            .await,
+        );
         assert!(
             reason.contains("peer links need a node certificate"),
             "{reason}"
