@@ -665,10 +665,25 @@ async fn a_client_certificate_on_the_peer_alpn_is_refused() {
                 round: 0,
             },
         };
-        let reason = refusal(raw_hello(&identity, a.addr, hello_as("t@b", b.id), &[depose]).await);
+        let reason = refusal(
+            raw_hello(
+                &identity,
+                a.addr,
+                hello_as("t@b", b.id),
+                std::slice::from_ref(&depose),
+            )
+            .await,
+        );
         assert!(
             reason.contains("peer links need a node certificate"),
             "{reason}"
+        );
+        // The role is checked before anything the stream carries is read:
+        // a first frame that is not even a hello gets the same refusal.
+        let reason = refusal(raw_hello(&identity, a.addr, PeerFrame::Msg(depose), &[]).await);
+        assert!(
+            reason.contains("peer links need a node certificate"),
+            "refused for what it sent, not for its certificate: {reason}"
         );
     }
     logs.wait_for(tracing::Level::ERROR, "peer links need a node certificate")

@@ -1250,6 +1250,29 @@ fn final_error(e: Error, maybe_applied: bool, at_deadline: bool) -> Error {
 mod tests {
     use super::*;
 
+    /// Session rule 6 (`runtime::session`): each write acknowledges the
+    /// writes below the lowest sequence number its client has not yet seen
+    /// answered, and no further: the cluster drops the replies of
+    /// acknowledged writes and refuses their retries, so acknowledging a
+    /// write still in flight would turn its retry into a refusal although
+    /// it may have been applied (thesis §6.3).
+    #[test]
+    fn a_write_acknowledges_only_below_the_lowest_unanswered_one() {
+        let slot = SessionSlot::default();
+        assert_eq!(slot.acked_below(), 1);
+        let (a, b, c) = (slot.take(), slot.take(), slot.take());
+        assert_eq!((a, b, c), (1, 2, 3));
+        assert_eq!(slot.acked_below(), 1);
+        slot.done(c);
+        assert_eq!(slot.acked_below(), 1, "1 and 2 are still in flight");
+        slot.done(a);
+        assert_eq!(slot.acked_below(), 2, "2 is still in flight");
+        slot.done(b);
+        assert_eq!(slot.acked_below(), 4);
+        assert_eq!(slot.take(), 4);
+        assert_eq!(slot.acked_below(), 4);
+    }
+
     #[test]
     fn a_call_that_may_have_applied_never_ends_saying_it_did_not() {
         let no = Error::NotLeader { hint: None };

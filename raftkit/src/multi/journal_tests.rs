@@ -256,3 +256,77 @@ fn a_removed_group_stays_a_tombstone_across_reopen_and_checkpoints() {
     assert_eq!(j.groups(), vec![5]);
     close(j);
 }
+
+/// One group's log in a journal, as a multi-group node's replicas use it,
+/// with the journal and directory it lives in: the log store conformance
+/// suite (`storage::conformance`, durable checks included) runs on it as
+/// on every built-in store. Small checkpoints, so that reopens also replay
+/// from checkpoints.
+struct JournalLog {
+    log: GroupLog,
+    journal: Journal,
+    dir: tempfile::TempDir,
+}
+
+const CONFORMANCE_GROUP: GroupId = 3;
+const CONFORMANCE_CHECKPOINT_BYTES: u64 = 4096;
+
+fn journal_log() -> JournalLog {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = open(dir.path(), CONFORMANCE_CHECKPOINT_BYTES);
+    JournalLog {
+        log: journal.log(CONFORMANCE_GROUP),
+        journal,
+        dir,
+    }
+}
+
+fn reopen_journal_log(j: JournalLog) -> JournalLog {
+    let JournalLog { log, journal, dir } = j;
+    drop(log);
+    close(journal);
+    let journal = open(dir.path(), CONFORMANCE_CHECKPOINT_BYTES);
+    JournalLog {
+        log: journal.log(CONFORMANCE_GROUP),
+        journal,
+        dir,
+    }
+}
+
+impl LogStore for JournalLog {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.log.append(entries)
+    }
+    fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
+        self.log.truncate_suffix(from)
+    }
+    fn compact_prefix(&mut self, upto: Index, term: Term) -> Result<(), StorageError> {
+        self.log.compact_prefix(upto, term)
+    }
+    fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
+        self.log.entries(lo, hi)
+    }
+    fn term(&self, index: Index) -> Result<Option<Term>, StorageError> {
+        self.log.term(index)
+    }
+    fn first_index(&self) -> Index {
+        self.log.first_index()
+    }
+    fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+    fn save_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
+        self.log.save_hard_state(hs)
+    }
+    fn hard_state(&self) -> HardState {
+        self.log.hard_state()
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.log.sync()
+    }
+}
+
+mod journal_conformance {
+    use super::*;
+    crate::log_store_conformance!(journal_log, reopen = reopen_journal_log);
+}

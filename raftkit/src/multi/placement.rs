@@ -361,6 +361,29 @@ mod tests {
         assert!(!p.set_replicas(5, vec![]));
     }
 
+    /// Ranges are inclusive at both ends: a key hashing exactly to a
+    /// shard's first or last hash belongs to that shard, not to its
+    /// neighbour (the sweep above almost never lands on a boundary). A key
+    /// routed to the neighbour would be written to a group that does not
+    /// own it, and read back from one that never saw it.
+    #[test]
+    fn keys_on_a_range_boundary_go_to_the_shard_that_owns_it() {
+        let key = b"user:0001";
+        let h = key_hash(key);
+        let shard = |group, start, end| Shard {
+            group,
+            start,
+            end,
+            replicas: vec![],
+        };
+        // The key's hash starts shard 2.
+        let routes = Routes::new(vec![shard(1, 0, h - 1), shard(2, h, u64::MAX)]).expect("valid");
+        assert_eq!(routes.shard_of(key).map(|s| s.group), Some(2));
+        // The key's hash ends shard 1.
+        let routes = Routes::new(vec![shard(1, 0, h), shard(2, h + 1, u64::MAX)]).expect("valid");
+        assert_eq!(routes.shard_of(key).map(|s| s.group), Some(1));
+    }
+
     #[test]
     fn the_hash_is_fixed() {
         // Changing the hash would move every stored key to another group.

@@ -552,6 +552,40 @@ mod tests {
         assert_eq!(s.now_ms(), now + MAX_STAMP_STEP_MS);
     }
 
+    /// Rule 7 at its boundary: a session unused for exactly its
+    /// time-to-live of replicated time is dropped by the sweep that reaches
+    /// that time, and one used since is not.
+    #[test]
+    fn a_session_expires_at_the_sweep_that_reaches_its_time_to_live() {
+        let mut s = Sessions::default();
+        s.advance(1_000);
+        s.open(SessionId(1), A, 2_000, 100).unwrap();
+        s.open(SessionId(2), A, 2_000, 100).unwrap();
+        s.advance(2_000);
+        let r = SessionRef {
+            id: SessionId(2),
+            seq: 1,
+            acked_below: 1,
+        };
+        assert_eq!(s.check(r, A), Dedup::New);
+        s.record(r, StoredReply::Ok(vec![]));
+        assert_eq!(s.len(), 2, "a sweep before the time-to-live");
+        s.advance(3_000);
+        assert_eq!(s.now_ms(), 3_000);
+        let one = SessionRef {
+            id: SessionId(1),
+            ..r
+        };
+        assert_eq!(s.check(one, A), Dedup::Unknown, "session 1 expired");
+        assert_eq!(s.counters().expired, 1);
+        // Answering a duplicate is a use too.
+        assert!(matches!(s.check(r, A), Dedup::Duplicate(_)));
+        s.advance(4_000);
+        assert_eq!(s.len(), 1);
+        s.advance(5_000);
+        assert!(s.is_empty(), "session 2 expired");
+    }
+
     #[test]
     fn a_full_table_evicts_the_longest_idle_sessions() {
         let mut s = Sessions::default();

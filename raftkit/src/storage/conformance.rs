@@ -68,6 +68,7 @@ pub fn durable_checks<S: LogStore>() -> Vec<(&'static str, DurableCheck<S>)> {
             "reopen_entries_and_hard_state",
             reopen_entries_and_hard_state::<S>,
         ),
+        ("reopen_hard_state_changes", reopen_hard_state_changes::<S>),
         ("reopen_after_overwrite", reopen_after_overwrite::<S>),
         ("reopen_after_compaction", reopen_after_compaction::<S>),
         ("reopen_repeatedly", reopen_repeatedly::<S>),
@@ -108,7 +109,7 @@ macro_rules! log_store_conformance {
     ($make:expr, reopen = $reopen:expr) => {
         $crate::log_store_conformance!($make);
         $crate::log_store_conformance!(@durable $make, $reopen; reopen_empty,
-            reopen_entries_and_hard_state, reopen_after_overwrite,
+            reopen_entries_and_hard_state, reopen_hard_state_changes, reopen_after_overwrite,
             reopen_after_compaction, reopen_repeatedly);
     };
     (@tests $make:expr; $($check:ident),*) => {
@@ -562,6 +563,31 @@ pub fn reopen_entries_and_hard_state<S: LogStore>(mut s: S, reopen: &mut dyn FnM
     let s = reopen(s);
     assert_log(&s, 1, 0, &run(1, 8, 3), "reopened after appending more");
     assert_eq!(s.hard_state(), hs, "hard state after the second reopen");
+}
+
+/// Every change of the hard state survives a reopen, not only a new term:
+/// a vote cast later in a term whose start was already saved (Raft Figure
+/// 2: `votedFor` is persistent, so that a restarted voter cannot vote twice
+/// in one term, §5.2), and a commit index raised within the term.
+pub fn reopen_hard_state_changes<S: LogStore>(mut s: S, reopen: &mut dyn FnMut(S) -> S) {
+    ok("append", s.append(&run(1, 3, 5)));
+    let mut hs = HardState {
+        term: 5,
+        vote: 0,
+        commit: 0,
+    };
+    ok("save_hard_state", s.save_hard_state(hs));
+    ok("sync", s.sync());
+    hs.vote = 2;
+    ok("save_hard_state", s.save_hard_state(hs));
+    ok("sync", s.sync());
+    let mut s = reopen(s);
+    assert_eq!(s.hard_state(), hs, "a vote cast within the term, reopened");
+    hs.commit = 3;
+    ok("save_hard_state", s.save_hard_state(hs));
+    ok("sync", s.sync());
+    let s = reopen(s);
+    assert_eq!(s.hard_state(), hs, "a commit within the term, reopened");
 }
 
 /// Truncations and overwrites survive a reopen.

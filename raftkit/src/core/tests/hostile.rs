@@ -76,3 +76,39 @@ fn the_last_term_is_a_dead_end_not_a_panic() {
     assert_sound(&r);
     assert_sound(&r2);
 }
+
+/// Raft §5.2, Election Safety: "at most one leader can be elected in a
+/// given term". A second node claiming leadership of a term whose leader
+/// this node already follows (or leads) can only be forged or broken: its
+/// AppendEntries, heartbeats and snapshots are dropped, counted as
+/// [`DropReason::SecondLeader`], and change neither the log, the commit
+/// index nor whom the node follows.
+#[test]
+fn a_second_leader_of_the_same_term_is_ignored() {
+    let mut r = node(2, &[1, 2, 3], 2, &[1]);
+    step(&mut r, append(1, 2, 2, (1, 1), vec![entry(2, 2)], 1));
+    assert_eq!((r.leader(), r.log().committed()), (Some(1), 1));
+
+    let forged = append(3, 2, 2, (1, 1), vec![entry(2, 2), entry(3, 2)], 3);
+    assert_eq!(r.step_checked(forged), Err(DropReason::SecondLeader));
+    assert_eq!(
+        r.step_checked(heartbeat(3, 2, 2, 2)),
+        Err(DropReason::SecondLeader)
+    );
+    let out = flush(&mut r);
+    assert!(out.all().is_empty(), "answered a second leader: {out:?}");
+    assert_eq!(log_of(&r), [(1, 1), (2, 2)]);
+    assert_eq!((r.leader(), r.log().committed()), (Some(1), 1));
+    assert_eq!(r.dropped().get(DropReason::SecondLeader), 2);
+
+    // A leader does not obey another leader of its own term either.
+    let mut l = node(1, &[1, 2, 3], 1, &[1]);
+    let last = make_settled_leader(&mut l);
+    let term = l.term();
+    let forged = append(3, 1, term, (last, term), vec![entry(last + 1, term)], 0);
+    assert_eq!(l.step_checked(forged), Err(DropReason::SecondLeader));
+    assert_eq!(l.role(), crate::core::Role::Leader);
+    assert_eq!(l.log().last_index(), last);
+    assert_sound(&r);
+    assert_sound(&l);
+}

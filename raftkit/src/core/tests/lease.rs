@@ -76,6 +76,28 @@ fn a_lease_read_needs_a_quorum_acknowledged_round_and_expires() {
     assert_eq!(r.lease_read(), Some(commit));
 }
 
+/// Thesis §6.4 step 1 holds for lease reads too: a new leader's commit
+/// index may trail what its predecessor committed until it commits an entry
+/// of its own term, so a quorum-acknowledged round alone gives no lease
+/// read; the first commit in its term does.
+#[test]
+fn no_lease_read_before_the_leader_commits_in_its_term() {
+    let mut r = node_with(1, &[1, 2, 3], 1, &[1, 1], |c| c.lease_reads = true);
+    make_leader(&mut r);
+    let noop = r.log().last_index();
+    assert_eq!(r.log().committed(), 0);
+    ack_next_heartbeat(&mut r, 2);
+    assert_eq!(
+        r.lease_read(),
+        None,
+        "a lease before the leader's first commit"
+    );
+    let term = r.term();
+    step(&mut r, append_ok(2, 1, term, noop));
+    assert_eq!(r.log().committed(), noop);
+    assert_eq!(r.lease_read(), Some(noop));
+}
+
 /// An acknowledgement of an old round does not renew the lease past that
 /// round's start (the follower may have voted since the newer rounds).
 #[test]

@@ -487,6 +487,43 @@ fn a_removed_node_that_did_not_learn_cannot_disrupt_the_cluster() {
     }
 }
 
+/// Thesis §4.2.3's lease argument, applied to leader messages (`inbound`):
+/// while a node hears from its leader (CheckQuorum on, within an election
+/// timeout), a node outside the configuration claiming leadership of a
+/// higher term cannot be a newer leader it must follow; its AppendEntries,
+/// heartbeats and snapshots are dropped and change neither the term nor
+/// the log. Outside the lease they are accepted (a new node or a member
+/// that missed a change may be behind on who the members are).
+#[test]
+fn a_non_member_leader_is_ignored_during_a_lease() {
+    let mut f = node(2, &[1, 2, 3], 2, &[1]);
+    step(&mut f, heartbeat(1, 2, 2, 0));
+    assert_eq!((f.term(), f.leader()), (2, Some(1)));
+    let forged = [
+        append(9, 2, 3, (1, 1), vec![entry(2, 3)], 2),
+        heartbeat(9, 2, 3, 1),
+    ];
+    for m in forged.clone() {
+        assert_eq!(
+            f.step_checked(m.clone()),
+            Err(crate::core::DropReason::NonMemberInLease),
+            "{m:?}"
+        );
+    }
+    assert!(flush(&mut f).all().is_empty());
+    assert_eq!((f.term(), f.leader()), (2, Some(1)));
+    assert_eq!(log_of(&f), [(1, 1)]);
+    // An election timeout without the leader: the lease is over.
+    for _ in 0..T {
+        f.tick();
+    }
+    flush(&mut f);
+    let [append_msg, _] = forged;
+    step(&mut f, append_msg);
+    assert_eq!((f.term(), f.leader()), (3, Some(9)));
+    assert_eq!(log_of(&f), [(1, 1), (2, 3)]);
+}
+
 /// Vote requests (real, pre-vote, or for a transfer) from a node outside
 /// the configuration (neither voter nor learner) are ignored, even at a
 /// higher term and outside the lease; vote requests from a learner or a

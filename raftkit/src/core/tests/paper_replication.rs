@@ -229,6 +229,29 @@ fn follower_commits_up_to_the_leaders_commit_index() {
     }
 }
 
+/// Figure 2, AppendEntries receiver rule 5, where the cap matters: the
+/// follower holds entries *past* the ones the leader just sent, left over
+/// from an earlier term and possibly not on the leader. The commit index
+/// stops at the last entry the message vouched for, even though the
+/// leader's commit index (and the follower's log) reach further: those
+/// extra entries may still be replaced (§5.3), so they must never be
+/// applied.
+#[test]
+fn follower_commits_no_further_than_the_last_entry_the_leader_sent() {
+    // Entries 2 and 3 (term 1) came from a deposed leader.
+    let mut r = node(2, &[1, 2, 3], 2, &[1, 1, 1]);
+    // The leader of term 2 holds (1, 1), then its own entries from 2 on,
+    // and has committed up to 3: a heartbeat-like AppendEntries after 1.
+    let out = step(&mut r, append(1, 2, 2, (1, 1), vec![], 3));
+    assert_eq!(r.log().committed(), 1, "committed entries not vouched for");
+    assert_eq!(out.committed, ents(&[1]));
+    // Once the leader's entry 2 replaces the stale one, 2 commits (not 3).
+    let out = step(&mut r, append(1, 2, 2, (1, 1), vec![entry(2, 2)], 3));
+    assert_eq!(log_of(&r), [(1, 1), (2, 2)]);
+    assert_eq!(r.log().committed(), 2);
+    assert_eq!(out.committed, [entry(2, 2)]);
+}
+
 /// §5.3: "If the follower does not find an entry in its log with the same
 /// index and term, then it refuses the new entries." The refusal carries a
 /// hint for the leader (the last index whose term is at most the leader's

@@ -75,6 +75,31 @@ fn follower_installs_only_a_complete_snapshot() {
     assert_eq!((r.log().last_index(), r.log().committed()), (10, 10));
 }
 
+/// §7, InstallSnapshot receiver rule 6: "If existing log entry has same
+/// index and term as snapshot's last included entry, retain log entries
+/// following it". The follower may already have acknowledged those entries
+/// (the leader counted them towards commitment), so dropping them would
+/// lose entries a quorum was believed to hold. Rule 7: a log that does not
+/// hold the snapshot's last entry is discarded whole.
+#[test]
+fn a_snapshot_keeps_the_entries_after_it_when_the_log_agrees() {
+    // Entry 10 has term 2, as in the snapshot's metadata (index 10, term 2).
+    let log = [1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2];
+    let mut r = node(2, &[1, 2, 3], 2, &log);
+    let out = step(&mut r, msg(1, 2, 2, chunk(0, b"state", true)));
+    assert_eq!(out.snapshots.len(), 1);
+    assert_eq!(r.log().snapshot().index, 10);
+    assert_eq!(log_of(&r), [(11, 2), (12, 2)], "the agreeing tail is kept");
+    assert_eq!(r.log().committed(), 10);
+
+    // Entry 10 has term 1 here: the log disagrees and goes.
+    let log = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+    let mut r = node(2, &[1, 2, 3], 2, &log);
+    step(&mut r, msg(1, 2, 2, chunk(0, b"state", true)));
+    assert_eq!(r.log().snapshot().index, 10);
+    assert_eq!(r.log().last_index(), 10, "a disagreeing tail is dropped");
+}
+
 /// §7: a snapshot can only cover applied entries.
 #[test]
 fn compaction_covers_only_applied_entries() {
