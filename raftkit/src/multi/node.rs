@@ -570,13 +570,19 @@ impl<S: PeerExt> MultiNode<S> {
     /// Creates `group` on this node as a voter of a new group whose voters
     /// are the nodes at `members` (their advertised addresses, this node's
     /// included or not); each member node creates it with the same list.
-    /// A group this node already hosts is returned as it is.
+    /// A group this node already hosts is returned as it is; one it left
+    /// is refused with [`Error::Rejected`], also while its replica is
+    /// still being retired.
     pub async fn create_group(&self, group: GroupId, members: &[String]) -> Result<Peer<S>, Error> {
         if group == PLACEMENT_GROUP {
             return Err(Error::Rejected(
                 "group 0 is the placement group (see `form_shards`)".into(),
             ));
         }
+        // A retirement under way has taken the replica out of the map but
+        // not yet written its tombstone: wait for it, or this would start
+        // an empty replica of a group this node just left.
+        let retiring = self.inner.retiring.lock().await;
         if let Some(peer) = self.group(group) {
             return Ok(peer);
         }
@@ -592,6 +598,9 @@ impl<S: PeerExt> MultiNode<S> {
             .journal
             .create_group(group)
             .map_err(|e| Error::Storage(e.to_string()))?;
+        // A retirement starting now cannot take this group: it is not in
+        // the map until it has started.
+        drop(retiring);
         self.start_group(group, Some(members.to_vec())).await
     }
 
@@ -787,7 +796,12 @@ impl<S: PeerExt> MultiNode<S> {
             if self.inner.journal.was_removed(group) {
                 continue; // moved away from this node: never re-formed here
             }
-            self.create_group(group, members).await?;
+            match self.create_group(group, members).await {
+                Ok(_) => {}
+                // Retired while `create_group` waited for it: likewise.
+                Err(Error::Rejected(_)) if self.inner.journal.was_removed(group) => {}
+                Err(e) => return Err(e),
+            }
         }
         let plan = super::placement::even(shards, members);
         tokio::spawn(super::service::propose_formation(placement, plan));
