@@ -430,3 +430,62 @@ async fn an_oversized_command_is_refused_and_replication_goes_on() {
         .unwrap();
     c.shutdown().await;
 }
+
+/// A call whose write reached a leader that then died, and whose retries
+/// only ever met a member without a leader, ends saying it may have been
+/// applied: the first attempt's fate is unknown, whatever the later
+/// answers say (the client remembers that an attempt was sent and lost its
+/// answer). The surviving follower's disk hangs, so the write cannot
+/// commit before the leader goes and no new leader can be elected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lost_with_its_leader_ends_maybe_applied_even_after_not_leader_answers() {
+    let mut c = Cluster::start().await;
+    let l = c.leader(&[0, 1, 2]).await;
+    let (f, d) = match l {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    // The client knows only the follower: it reaches the leader by the
+    // follower's redirect, and after the leader dies every retry goes to
+    // the follower, which answers `NotLeader` (nothing applied) until the
+    // deadline.
+    let client = KvClient::connect_with(
+        std::slice::from_ref(&c.addrs[f]),
+        c.client_identity.clone(),
+        ClientOptions::default().with_timeout(Duration::from_secs(3)),
+    )
+    .await
+    .expect("client connects");
+    assert_eq!(write(&client, 0, 1, "v").await.len(), 1);
+    let down = c.peers[d].take().expect("running");
+    let _ = down.shutdown().await;
+    // The follower's next log write hangs: it acknowledges nothing, and
+    // cannot persist a vote for itself either.
+    c.fs[f].inject(
+        FaultRule::new(FileOp::Write, Fault::Hang(Duration::from_secs(6)))
+            .on(".wal")
+            .times(1),
+    );
+    let before = c.peer(l).status().last_index;
+    let put = tokio::spawn({
+        let client = client.clone();
+        async move { client.put("lost".into(), "v".into()).await }
+    });
+    wait_for("the leader logs the write", 10, || {
+        (c.peer(l).status().last_index > before).then_some(())
+    })
+    .await;
+    let leader = c.peers[l].take().expect("running");
+    let _ = leader.shutdown().await;
+    let err = put
+        .await
+        .expect("the call's task")
+        .expect_err("no leader can commit it");
+    assert_ne!(
+        err.applied(),
+        Applied::No,
+        "the write reached a leader that died before answering: {err:?}"
+    );
+    c.shutdown().await;
+}
