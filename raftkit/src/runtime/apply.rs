@@ -44,13 +44,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
 
 use super::admission::Permit;
 use super::session::{
-    AppSnapshot, Dedup, Envelope, Op, SESSION_WINDOW, SessionCounters, SessionRefusal, Sessions,
-    StoredReply,
+    AppSnapshot, Dedup, EnvelopeRef, OpRef, SESSION_WINDOW, SessionCounters, SessionRefusal,
+    Sessions, StoredReply,
 };
 use super::watch::Journal;
 use crate::core::{Entry, Index, Payload, Term};
@@ -66,6 +67,20 @@ pub fn restore<S: StateMachine>(data: &[u8]) -> Result<(S, Sessions), Error> {
     let sm = S::restore(&snap.state)?;
     snap.sessions.recount();
     Ok((sm, snap.sessions))
+}
+
+/// `part` (borrowed from `whole`) as a shared slice of `whole`: no copy.
+/// A `part` from elsewhere (never, for a command decoded in place) is
+/// copied rather than trusted.
+fn shared_slice(whole: &Bytes, part: &[u8]) -> Bytes {
+    let range = whole.as_ptr_range();
+    let inside =
+        part.is_empty() || (range.start <= part.as_ptr() && part.as_ptr_range().end <= range.end);
+    if inside {
+        whole.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
+    }
 }
 
 fn stored_to_result(r: StoredReply) -> Result<Vec<u8>, Error> {
@@ -435,8 +450,12 @@ impl<S: StateMachine> Apply<S> {
     /// closes a session, answers a retried write from the session table,
     /// refuses a write of a session that is unknown or another identity's,
     /// and applies a new one under the error policy.
-    fn apply_command(&mut self, index: Index, term: Term, bytes: &[u8]) -> Outcome {
-        let envelope: Envelope = match decode("envelope", bytes) {
+    ///
+    /// The envelope is decoded in place ([`EnvelopeRef`]): the command is
+    /// not copied out of the payload; the watch journal keeps a shared slice
+    /// of it.
+    fn apply_command(&mut self, index: Index, term: Term, bytes: &Bytes) -> Outcome {
+        let envelope: EnvelopeRef<'_> = match postcard::from_bytes(bytes) {
             Ok(e) => e,
             Err(err) => {
                 return Outcome::Halt(format!(
@@ -446,8 +465,8 @@ impl<S: StateMachine> Apply<S> {
         };
         self.sessions.advance(envelope.stamp_ms);
         let (command, session) = match envelope.op {
-            Op::Write { command } => (command, None),
-            Op::SessionWrite {
+            OpRef::Write { command } => (command, None),
+            OpRef::SessionWrite {
                 session,
                 owner,
                 command,
@@ -493,7 +512,7 @@ impl<S: StateMachine> Apply<S> {
                 }
                 (command, Some(session))
             }
-            Op::OpenSession {
+            OpRef::OpenSession {
                 id,
                 owner,
                 ttl_ms,
@@ -504,7 +523,7 @@ impl<S: StateMachine> Apply<S> {
                     Err(_) => Err(Error::Rejected(format!("session id {id} is in use"))),
                 });
             }
-            Op::CloseSession { id, owner } => {
+            OpRef::CloseSession { id, owner } => {
                 return Outcome::Reply(match self.sessions.close(id, owner) {
                     Ok(()) => Ok(Vec::new()),
                     Err(SessionRefusal::Foreign | SessionRefusal::IdInUse) => Err(Error::Rejected(
@@ -514,7 +533,7 @@ impl<S: StateMachine> Apply<S> {
             }
         };
         let mut ctx = Ctx::new(index, term, self.sessions.now_ms());
-        let stored = match apply_encoded(&mut self.sm, &mut ctx, &command) {
+        let stored = match apply_encoded(&mut self.sm, &mut ctx, command) {
             Ok(out) => StoredReply::Ok(out),
             Err(ApplyError::Halted { message }) => {
                 return Outcome::Halt(format!(
@@ -527,7 +546,7 @@ impl<S: StateMachine> Apply<S> {
                 // Only binaries that disagree on the schema get here (the
                 // leader refuses commands some voter cannot decode): never
                 // skip it, whatever the error policy says.
-                let tag = match crate::schema::encoded_tag(&command) {
+                let tag = match crate::schema::encoded_tag(command) {
                     Some(tag) => format!("write tag {tag}"),
                     None => "no readable tag".to_string(),
                 };
@@ -541,8 +560,14 @@ impl<S: StateMachine> Apply<S> {
         }
         // Applied (a panic under `skip` counts): an event for watchers.
         match &stored {
-            StoredReply::Ok(out) => self.journal.push(index, command, Ok(out.clone())),
-            StoredReply::Handler(m) => self.journal.push(index, command, Err(m.clone())),
+            StoredReply::Ok(out) => {
+                self.journal
+                    .push(index, shared_slice(bytes, command), Ok(out.clone()))
+            }
+            StoredReply::Handler(m) => {
+                self.journal
+                    .push(index, shared_slice(bytes, command), Err(m.clone()))
+            }
             StoredReply::Rejected(_) => {}
         }
         Outcome::Reply(stored_to_result(stored))

@@ -201,6 +201,60 @@ pub enum Op {
     },
 }
 
+/// An [`Envelope`] decoded in place, its command borrowed from the entry's
+/// payload instead of copied into a `Vec` of its own: what the apply thread
+/// reads (the state machine decodes the command from the borrowed bytes, the
+/// watch journal keeps a shared slice of the payload). Decodes exactly the
+/// bytes an [`Envelope`] encodes to: same fields, same variants in the same
+/// order (postcard writes an enum's variant index, and a byte string as its
+/// length followed by the bytes, as `byte_field` writes the owned command).
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub(crate) struct EnvelopeRef<'a> {
+    /// See [`Envelope::stamp_ms`].
+    pub stamp_ms: u64,
+    /// See [`Envelope::op`].
+    #[serde(borrow)]
+    pub op: OpRef<'a>,
+}
+
+/// [`Op`] with its command borrowed (see [`EnvelopeRef`]). The variants
+/// mirror [`Op`]'s one for one, in order.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub(crate) enum OpRef<'a> {
+    /// [`Op::Write`].
+    Write {
+        /// The encoded `Write` command.
+        command: &'a [u8],
+    },
+    /// [`Op::SessionWrite`].
+    SessionWrite {
+        /// The session, sequence number and acknowledgement.
+        session: SessionRef,
+        /// Who sent it.
+        owner: Owner,
+        /// The encoded `Write` command.
+        command: &'a [u8],
+    },
+    /// [`Op::OpenSession`].
+    OpenSession {
+        /// The new session's id.
+        id: SessionId,
+        /// Who it belongs to.
+        owner: Owner,
+        /// Its time-to-live when idle.
+        ttl_ms: u64,
+        /// The table's bound at the leader that proposed it.
+        max_sessions: u64,
+    },
+    /// [`Op::CloseSession`].
+    CloseSession {
+        /// The session.
+        id: SessionId,
+        /// Who asks.
+        owner: Owner,
+    },
+}
+
 /// A reply as remembered for retries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredReply {
@@ -458,6 +512,81 @@ mod tests {
             id: SessionId(7),
             seq,
             acked_below,
+        }
+    }
+
+    /// The owned operation a borrowed one stands for.
+    fn owned(op: OpRef<'_>) -> Op {
+        match op {
+            OpRef::Write { command } => Op::Write {
+                command: command.to_vec(),
+            },
+            OpRef::SessionWrite {
+                session,
+                owner,
+                command,
+            } => Op::SessionWrite {
+                session,
+                owner,
+                command: command.to_vec(),
+            },
+            OpRef::OpenSession {
+                id,
+                owner,
+                ttl_ms,
+                max_sessions,
+            } => Op::OpenSession {
+                id,
+                owner,
+                ttl_ms,
+                max_sessions,
+            },
+            OpRef::CloseSession { id, owner } => Op::CloseSession { id, owner },
+        }
+    }
+
+    #[test]
+    fn a_borrowed_envelope_decodes_every_owned_encoding_without_copying_the_command() {
+        let ops = [
+            Op::Write {
+                command: vec![1, 2, 3],
+            },
+            Op::Write {
+                command: Vec::new(),
+            },
+            Op::SessionWrite {
+                session: w(5, 3),
+                owner: B,
+                command: vec![9; 300],
+            },
+            Op::OpenSession {
+                id: SessionId(u128::MAX - 1),
+                owner: A,
+                ttl_ms: 77,
+                max_sessions: 12,
+            },
+            Op::CloseSession {
+                id: SessionId(9),
+                owner: B,
+            },
+        ];
+        for op in ops {
+            let envelope = Envelope {
+                stamp_ms: 1_700_000_000_123,
+                op: op.clone(),
+            };
+            let bytes = postcard::to_allocvec(&envelope).expect("encodes");
+            let borrowed: EnvelopeRef<'_> = postcard::from_bytes(&bytes).expect("decodes");
+            assert_eq!(borrowed.stamp_ms, envelope.stamp_ms);
+            if let OpRef::Write { command } | OpRef::SessionWrite { command, .. } = &borrowed.op
+                && !command.is_empty()
+            {
+                assert!(
+                    bytes.as_ptr_range().contains(&command.as_ptr()),
+                    "the command is borrowed from the payload"
+                );
+            }
+            assert_eq!(owned(borrowed.op), op);
         }
     }
 
