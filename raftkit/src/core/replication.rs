@@ -24,14 +24,21 @@ use super::types::{Index, NodeId, Payload};
 impl Raft {
     /// Sends entries (or a probe) to every other member.
     pub(super) fn broadcast_append(&mut self) {
-        let peers: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|&id| id != self.id)
-            .collect();
-        for id in peers {
-            self.send_append_all(id, false);
+        // Peer by peer in id order, looked up after each send (which needs
+        // `&mut self`): no list of the peers is built per proposal.
+        let mut after = None;
+        while let Some(id) = match after {
+            None => self.progress.keys().next().copied(),
+            Some(prev) => self
+                .progress
+                .range((std::ops::Bound::Excluded(prev), std::ops::Bound::Unbounded))
+                .next()
+                .map(|(&id, _)| id),
+        } {
+            after = Some(id);
+            if id != self.id {
+                self.send_append_all(id, false);
+            }
         }
     }
 

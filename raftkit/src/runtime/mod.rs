@@ -317,15 +317,22 @@ impl<S: StateMachine> Peer<S> {
             return Ok(());
         };
         let me = self.inner.id;
-        let voters: Vec<NodeId> = self
-            .inner
-            .status
-            .borrow()
-            .members
-            .iter()
-            .filter(|m| m.voter && m.id != me)
-            .map(|m| m.id)
-            .collect();
+        // Copied out so that the status is not held locked during the
+        // check; on the stack for up to 16 other voters (one write, no
+        // allocation).
+        let (mut inline, mut n, mut more) = ([0; 16], 0, Vec::new());
+        for m in self.inner.status.borrow().members.iter() {
+            if m.voter && m.id != me {
+                match inline.get_mut(n) {
+                    Some(slot) => {
+                        *slot = m.id;
+                        n += 1;
+                    }
+                    None => more.push(m.id),
+                }
+            }
+        }
+        let voters = inline.iter().take(n).copied().chain(more);
         self.inner.schemas.check_enabled(kind, tag, voters)
     }
 
