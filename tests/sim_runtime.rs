@@ -66,9 +66,9 @@ async fn bank_call(
 }
 
 /// Five nodes, three groups of three replicas each (two spare nodes per
-/// group: a node never takes back a group it left, so each group moves at
-/// most twice), on the nodes' shared journals; replica moves and
-/// leadership transfers among the faults.
+/// group), on the nodes' shared journals; replica moves (back to a node
+/// the group left whenever one is spare, behind the membership fence of
+/// `multi::hosting`) and leadership transfers among the faults.
 fn bank_groups() -> Simulation<Bank> {
     Simulation::<Bank>::new()
         .nodes(5)
@@ -318,9 +318,12 @@ fn groups_one_seed_one_trace() {
     assert_eq!(a.trace_hash, b.trace_hash, "{a:?} vs {b:?}");
 }
 
-/// Moves that bring a group back to a node it left (a new, empty replica
-/// under the old replica's id) are caught: a member lagging behind the
-/// move counts the newcomer's vote as the old voter's. The schedule that
+/// Moves that bring a group back to a node it left without the membership
+/// fence (a new, empty replica under the old replica's id that counts
+/// itself a voter of the old configurations) are caught: a member lagging
+/// behind the move counts the newcomer's vote as the old voter's. Without
+/// the tooth the same seed moves the group back behind the fence and
+/// passes (the regression seed of the fix). The schedule that
 /// shows it is rare, so the test replays the seed where a sweep first
 /// caught it ([`REHOST_SEED`]) rather than sweeping to it (about 50 s in a
 /// release build).

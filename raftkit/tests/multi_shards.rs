@@ -312,3 +312,49 @@ async fn an_admin_moves_a_replica_and_the_placement_follows() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// Group 0 (the placement) is idle almost always: it quiesces like the
+/// data groups (`multi::quiesce`), on its leader's node and on the
+/// followers', and a quiesced placement still serves the clients that
+/// read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_placement_group_quiesces_when_idle_and_still_serves() {
+    let members = free_addrs(3);
+    let ca = ClusterCa::generate("shard-quiesce").unwrap();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for addr in &members {
+        let (node, dir) = start_node(addr, &ca).await;
+        nodes.push(node);
+        dirs.push(dir);
+    }
+    for node in &nodes {
+        node.form_shards(2, &members).await.unwrap();
+    }
+    // The formation is written (a client sees the shards), then nothing.
+    let admin = ca.issue_admin("ops").unwrap();
+    let sharded = ShardedClient::<Kv>::connect_with(&members, admin.clone(), opts())
+        .await
+        .unwrap();
+    assert_eq!(sharded.routes().shards().len(), 2);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !nodes
+        .iter()
+        .all(|n| n.quiesced().contains(&PLACEMENT_GROUP))
+    {
+        let now: Vec<_> = nodes.iter().map(|n| n.quiesced()).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the placement group never quiesced everywhere: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Quiesced, it still answers a new client's placement read.
+    let again = ShardedClient::<Kv>::connect_with(&members, admin, opts())
+        .await
+        .unwrap();
+    assert_eq!(again.routes().shards().len(), 2);
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+}
