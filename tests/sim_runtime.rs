@@ -294,19 +294,22 @@ const GROUP_SEEDS: u64 = 40;
 fn bank_groups_seeds_pass() {
     let summary = bank_groups().seeds(0..GROUP_SEEDS).run();
     let (mut transfers, mut started, mut moved, mut stale, mut crashes) = (0, 0, 0, 0, 0);
+    let mut back = 0;
     for s in &summary.seeds {
         transfers += s.membership.transfers;
         started += s.membership.moves_started;
         moved += s.membership.moves_done;
+        back += s.membership.moves_back;
         stale += s.stale_reads;
         crashes += s.crashes;
     }
     eprintln!(
-        "{} seeds: transfers {transfers}, moves {moved} of {started} completed, stale reads {stale}, crashes {crashes}",
+        "{} seeds: transfers {transfers}, moves {moved} of {started} completed ({back} back to a node the group had left), stale reads {stale}, crashes {crashes}",
         summary.seeds.len()
     );
     assert!(transfers > 0, "no leadership transfer started");
     assert!(moved > 0, "no replica move completed ({started} started)");
+    assert!(back > 0, "no move brought a group back to a node it left");
     assert!(stale > 0, "no stale read judged");
 }
 

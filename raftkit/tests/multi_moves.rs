@@ -615,10 +615,11 @@ async fn a_replica_moves_away_and_back_under_load_and_survives_a_restart() {
     let before = load.acked();
     load.wait_acked(before + 150).await;
 
-    // The node restarts (a clean stop) while the load goes on: the new
-    // replica is in its journal and comes back as a voter.
+    // The node crashes and restarts while the load goes on: the new
+    // replica is in its journal (the old one's tombstone did not swallow
+    // it) and comes back, behind the same fence, as a voter.
     *shared.lock().unwrap() = c.live().into_iter().filter(|n| n.id() != from).collect();
-    c.stop(from_i).await;
+    c.kill(from_i).await;
     c.restart(from_i).await;
     assert!(
         c.nodes[from_i].as_ref().unwrap().groups().contains(&G),

@@ -109,7 +109,9 @@
 //!   [`removal`](super::removal).
 //!
 //! The fence only goes up (a later replica's tombstone keeps the higher
-//! of both parts). An explicit [`create_group`](super::MultiNode::create_group)
+//! of both parts). A removal recorded by an older journal, without a
+//! fence, reads as [`LEGACY_FENCE`](super::journal::LEGACY_FENCE): the
+//! node keeps refusing that group, as it did then. An explicit [`create_group`](super::MultiNode::create_group)
 //! of a group the node left is still refused: it would bootstrap a voter
 //! with an empty log; a move brings the group back as a learner.
 //!

@@ -76,6 +76,12 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 /// put halved (0.11 to 0.06); a lone write waits a few microseconds more.
 const GATHER_YIELDS: u32 = 8;
 
+/// The fence of a removal recorded before removals carried one (a
+/// `Remove` record without its `Tombstone`): unknown, so nothing passes
+/// it, and the node never hosts the group again (the rule of those
+/// journals).
+pub const LEGACY_FENCE: (Index, Term) = (Index::MAX, Term::MAX);
+
 /// One change to one group's log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Rec {
@@ -103,7 +109,7 @@ enum Rec {
     /// The group is gone from this node, and its replica's removal is
     /// known committed at or below this index, in this term: the fence of
     /// any later replica of it here (see [`Journal::fence`]). Written after
-    /// `Remove` (older journals hold `Remove` alone: fence `(0, 0)`).
+    /// `Remove` (older journals hold `Remove` alone: [`LEGACY_FENCE`]).
     Tombstone(Index, Term),
 }
 
@@ -408,19 +414,24 @@ fn apply(
     }
 }
 
-/// Keeps the tombstones: `Remove` marks a group removed (fence `(0, 0)`
-/// until its `Tombstone` record), `Tombstone` raises its fence. A fence
-/// never goes down: each of its parts is the largest recorded (a later
-/// replica retired as an orphan, say, must not reopen what an earlier
-/// replica's removal closed).
+/// Keeps the tombstones: a first `Remove` of a group marks it removed
+/// with [`LEGACY_FENCE`] until its `Tombstone` record (written with it in
+/// the same batch) gives the fence; a later `Tombstone` raises it. A
+/// fence never goes down: each of its parts is the largest recorded (a
+/// later replica retired as an orphan, say, must not reopen what an
+/// earlier replica's removal closed).
 fn note_removal(removed: &mut BTreeMap<GroupId, (Index, Term)>, group: GroupId, rec: &Rec) {
     match rec {
         Rec::Remove => {
-            removed.entry(group).or_insert((0, 0));
+            removed.entry(group).or_insert(LEGACY_FENCE);
         }
         Rec::Tombstone(index, term) => {
-            let fence = removed.entry(group).or_insert((0, 0));
-            *fence = (fence.0.max(*index), fence.1.max(*term));
+            let fence = removed.entry(group).or_insert(LEGACY_FENCE);
+            *fence = if *fence == LEGACY_FENCE {
+                (*index, *term)
+            } else {
+                (fence.0.max(*index), fence.1.max(*term))
+            };
         }
         _ => {}
     }

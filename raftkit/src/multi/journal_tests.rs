@@ -317,6 +317,26 @@ fn a_group_hosted_again_after_its_removal_survives_reopen_and_checkpoints() {
     close(j);
 }
 
+/// A journal written before removals carried a fence (a `Remove` record
+/// alone) reads as [`LEGACY_FENCE`]: nothing passes it, and the node keeps
+/// refusing the group (the rule of those journals).
+#[test]
+fn a_removal_without_a_fence_reads_as_the_legacy_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path(), 64 << 20);
+    j.create_group(4).unwrap();
+    {
+        let mut st = j.shared.state().unwrap();
+        st.record(4, Rec::Remove).unwrap();
+        st.sync(&j.shared.counters).unwrap();
+    }
+    assert_eq!(j.fence(4), Some(LEGACY_FENCE));
+    close(j);
+    let j = open(dir.path(), 64 << 20);
+    assert_eq!(j.fence(4), Some(LEGACY_FENCE));
+    close(j);
+}
+
 /// One group's log in a journal, as a multi-group node's replicas use it,
 /// with the journal and directory it lives in: the log store conformance
 /// suite (`storage::conformance`, durable checks included) runs on it as

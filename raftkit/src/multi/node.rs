@@ -971,12 +971,15 @@ impl<S: PeerExt> MultiNode<S> {
             // A group this node left comes back behind the fence of its
             // removal (`start_replica`, see `super::hosting`): the new
             // replica starts in the fence's term, and answers a leader of an
-            // earlier term with it (Raft §5.1).
-            let quarantined = inner
-                .tombstones
-                .lock()
-                .map(|mut t| t.quarantined(group, policy.quarantine))
-                .unwrap_or(true);
+            // earlier term with it (Raft §5.1). A removal without a known
+            // fence (an older journal's, or an unreadable one) never.
+            let unfenced = inner.journal.fence(group) == Some(super::journal::LEGACY_FENCE);
+            let quarantined = unfenced
+                || inner
+                    .tombstones
+                    .lock()
+                    .map(|mut t| t.quarantined(group, policy.quarantine))
+                    .unwrap_or(true);
             let full = inner.groups().len() >= policy.max_groups;
             if !policy.on_demand || quarantined || full {
                 tracing::debug!(

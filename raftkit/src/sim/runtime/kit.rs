@@ -178,6 +178,9 @@ pub struct MembershipCounts {
     /// Replica moves that went through every step (learner added, caught
     /// up, joint change committed, old replica dropped).
     pub moves_done: u64,
+    /// Of those, moves that brought the group back to a node it had left
+    /// (a new replica behind its membership fence).
+    pub moves_back: u64,
 }
 
 /// Session expiry in one run.

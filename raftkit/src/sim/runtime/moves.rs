@@ -141,6 +141,7 @@ pub(crate) fn start_move<S: StateMachine + Default>(
     }
     let from = sources[rng.random_range(0..sources.len())];
     let to = spares[rng.random_range(0..spares.len())];
+    let back = world.left(to, group);
     lock(&world.membership).moves_started += 1;
     world.event(format_args!(
         "group {group}: moving the replica on node {from} to node {to}"
@@ -150,7 +151,10 @@ pub(crate) fn start_move<S: StateMachine + Default>(
         let done = move_replica(&world, group, from, to).await;
         match done {
             Ok(()) => {
-                lock(&world.membership).moves_done += 1;
+                let mut counts = lock(&world.membership);
+                counts.moves_done += 1;
+                counts.moves_back += u64::from(back);
+                drop(counts);
                 world.event(format_args!(
                     "group {group}: moved from node {from} to node {to}"
                 ));
