@@ -111,7 +111,17 @@
 //! The fence only goes up (a later replica's tombstone keeps the higher
 //! of both parts). A removal recorded by an older journal, without a
 //! fence, reads as [`LEGACY_FENCE`](super::journal::LEGACY_FENCE): the
-//! node keeps refusing that group, as it did then. An explicit [`create_group`](super::MultiNode::create_group)
+//! node keeps refusing that group, as it did then.
+//!
+//! What a fresh replica id would give and the fence does not: messages the
+//! old replica sent are not told apart from the new one's by their sender.
+//! An acknowledgement of the old replica still in flight when the group
+//! adds the node back (same leader, same term) counts as the new
+//! replica's progress up to an index below the configuration that added
+//! it back, so only for entries committed already (a configuration change
+//! waits for the previous one to commit); the leader then probes back down
+//! on the new replica's first refusal. It can make the move's catch-up
+//! step end early, never an entry count as replicated that is not. An explicit [`create_group`](super::MultiNode::create_group)
 //! of a group the node left is still refused: it would bootstrap a voter
 //! with an empty log; a move brings the group back as a learner.
 //!
