@@ -26,8 +26,10 @@
 //! # What is measured
 //!
 //! 1. `idle`: three nodes each hosting N groups of three replicas (one per
-//!    node), every group written once, then left alone until every replica
-//!    is quiesced. CPU of the whole process (user + system, from
+//!    node) and, as a sharded deployment does, the placement group 0
+//!    ([`MultiNode::form_shards`] over the same groups), every data group
+//!    written once, then left alone until every replica (group 0's
+//!    included) is quiesced. CPU of the whole process (user + system, from
 //!    `/proc/self/stat`) over each window, divided by three: the CPU per
 //!    node, in % of one core.
 //! 2. `throughput`: 256 client tasks writing durable `put`s (16-byte
@@ -211,9 +213,16 @@ async fn idle(base: &std::path::Path, groups: u64, secs: u64, runs: u64, quiesce
     let ids: Vec<GroupId> = (1..=groups).collect();
     let started = Instant::now();
     create_groups(&nodes, &addrs, &ids).await;
+    // Group 0, the placement of a sharded deployment over these groups
+    // (the data groups exist already: only group 0 starts).
+    for node in &nodes {
+        node.form_shards(groups, &addrs)
+            .await
+            .expect("the placement group starts");
+    }
     wait_leaders(&nodes, &ids).await;
     println!(
-        "idle: {groups} groups x 3 nodes started and elected in {:.1} s",
+        "idle: {groups} groups (and group 0) x 3 nodes started and elected in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     for chunk in ids.chunks(64) {
@@ -227,7 +236,7 @@ async fn idle(base: &std::path::Path, groups: u64, secs: u64, runs: u64, quiesce
         }
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    let total = (groups * 3) as usize;
+    let total = ((groups + 1) * 3) as usize;
     loop {
         let quiesced: usize = nodes.iter().map(|n| n.quiesced().len()).sum();
         if !quiesce || quiesced == total || Instant::now() > deadline {

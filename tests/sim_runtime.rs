@@ -66,9 +66,9 @@ async fn bank_call(
 }
 
 /// Five nodes, three groups of three replicas each (two spare nodes per
-/// group: a node never takes back a group it left, so each group moves at
-/// most twice), on the nodes' shared journals; replica moves and
-/// leadership transfers among the faults.
+/// group), on the nodes' shared journals; replica moves (back to a node
+/// the group left whenever one is spare, behind the membership fence of
+/// `multi::hosting`) and leadership transfers among the faults.
 fn bank_groups() -> Simulation<Bank> {
     Simulation::<Bank>::new()
         .nodes(5)
@@ -294,19 +294,22 @@ const GROUP_SEEDS: u64 = 40;
 fn bank_groups_seeds_pass() {
     let summary = bank_groups().seeds(0..GROUP_SEEDS).run();
     let (mut transfers, mut started, mut moved, mut stale, mut crashes) = (0, 0, 0, 0, 0);
+    let mut back = 0;
     for s in &summary.seeds {
         transfers += s.membership.transfers;
         started += s.membership.moves_started;
         moved += s.membership.moves_done;
+        back += s.membership.moves_back;
         stale += s.stale_reads;
         crashes += s.crashes;
     }
     eprintln!(
-        "{} seeds: transfers {transfers}, moves {moved} of {started} completed, stale reads {stale}, crashes {crashes}",
+        "{} seeds: transfers {transfers}, moves {moved} of {started} completed ({back} back to a node the group had left), stale reads {stale}, crashes {crashes}",
         summary.seeds.len()
     );
     assert!(transfers > 0, "no leadership transfer started");
     assert!(moved > 0, "no replica move completed ({started} started)");
+    assert!(back > 0, "no move brought a group back to a node it left");
     assert!(stale > 0, "no stale read judged");
 }
 
@@ -318,9 +321,12 @@ fn groups_one_seed_one_trace() {
     assert_eq!(a.trace_hash, b.trace_hash, "{a:?} vs {b:?}");
 }
 
-/// Moves that bring a group back to a node it left (a new, empty replica
-/// under the old replica's id) are caught: a member lagging behind the
-/// move counts the newcomer's vote as the old voter's. The schedule that
+/// Moves that bring a group back to a node it left without the membership
+/// fence (a new, empty replica under the old replica's id that counts
+/// itself a voter of the old configurations) are caught: a member lagging
+/// behind the move counts the newcomer's vote as the old voter's. Without
+/// the tooth the same seed moves the group back behind the fence and
+/// passes (the regression seed of the fix). The schedule that
 /// shows it is rare, so the test replays the seed where a sweep first
 /// caught it ([`REHOST_SEED`]) rather than sweeping to it (about 50 s in a
 /// release build).

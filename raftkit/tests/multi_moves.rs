@@ -540,3 +540,95 @@ async fn a_target_that_does_not_host_fails_the_catch_up_and_the_move_aborts() {
     assert!(matches!(err, MoveError::NotLeader { .. }), "{err}");
     assert_eq!(err.applied(), Applied::No);
 }
+
+/// Moves a replica of `G` from voter `from` to the node at `to` through
+/// whichever node leads, retrying while leadership changes.
+async fn move_via_leader(c: &Cluster, from: NodeId, to: &str) -> raftkit::multi::MoveReport {
+    let opts = MoveOptions {
+        catch_up_timeout: DEADLINE,
+        ..MoveOptions::default()
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let leader = c.leader().await;
+        match leader.move_replica_with(G, from, to, &opts).await {
+            Ok(report) => return report,
+            Err(
+                e @ MoveError::Step {
+                    source: raftkit::error::Error::NotLeader { .. },
+                    ..
+                },
+            )
+            | Err(e @ MoveError::NotLeader { .. }) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the move failed: {e}"),
+        }
+    }
+}
+
+/// Waits until node `i` hosts (or no longer hosts) `G`.
+async fn wait_hosting(c: &Cluster, i: usize, hosts: bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while c.nodes[i].as_ref().unwrap().group(G).is_some() != hosts {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {i} hosting {G}: expected {hosts}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The operator's maintenance round trip: a replica moves off a node and
+/// back onto it (a new replica behind the fence of its predecessor's
+/// removal, see `multi::hosting`) under a write workload; the node then
+/// restarts, and its journal still holds the new replica (the tombstone
+/// of the old one does not swallow it). No acknowledged write is lost and
+/// every voter converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_moves_away_and_back_under_load_and_survives_a_restart() {
+    let mut c = Cluster::start(true).await;
+    let shared = Arc::new(Mutex::new(c.live()));
+    let load = Workload::start(shared.clone(), 4);
+    load.wait_acked(300).await;
+    let leader = c.leader().await;
+    let from = voters(&leader)
+        .into_iter()
+        .find(|v| *v != leader.id())
+        .unwrap();
+    let from_i = c.index_of(from);
+    // Away: to the fourth node; the old replica retires (its tombstone).
+    let away = move_via_leader(&c, from, &c.addrs[3]).await;
+    assert!(!away.already_done, "{away:?}");
+    wait_hosting(&c, from_i, false).await;
+    let before = load.acked();
+    load.wait_acked(before + 150).await;
+
+    // Back: the replica on the fourth node moves to the node it left.
+    let back = move_via_leader(&c, c.id(3), &c.addrs[from_i]).await;
+    assert!(!back.already_done, "{back:?}");
+    assert!(voters(&c.leader().await).contains(&from));
+    wait_hosting(&c, 3, false).await;
+    let returned = c.nodes[from_i].as_ref().unwrap().group(G).unwrap().status();
+    assert!(returned.term > 0, "{returned:?}");
+    let before = load.acked();
+    load.wait_acked(before + 150).await;
+
+    // The node crashes and restarts while the load goes on: the new
+    // replica is in its journal (the old one's tombstone did not swallow
+    // it) and comes back, behind the same fence, as a voter.
+    *shared.lock().unwrap() = c.live().into_iter().filter(|n| n.id() != from).collect();
+    c.kill(from_i).await;
+    c.restart(from_i).await;
+    assert!(
+        c.nodes[from_i].as_ref().unwrap().groups().contains(&G),
+        "the restart lost the replica that moved back"
+    );
+    *shared.lock().unwrap() = c.live();
+    let before = load.acked();
+    load.wait_acked(before + 150).await;
+    let acked = load.stop().await;
+    drop(shared);
+    check_converged(&c, &acked).await;
+}

@@ -300,14 +300,83 @@ async fn an_admin_moves_a_replica_and_the_placement_follows() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The node that left never takes the group back: neither by an
-    // explicit create nor by the idempotent formation a restart repeats.
+    // The node that left does not take the group back by an explicit
+    // create nor by the idempotent formation a restart repeats (either
+    // would bootstrap an empty voter)...
     assert!(matches!(
         nodes[0].create_group(group, &members).await,
         Err(Error::Rejected(_))
     ));
     nodes[0].form_shards(SHARDS, &members).await.unwrap();
     assert!(nodes[0].group(group).is_none());
+    // ...but a move brings it back (maintenance over), and the placement
+    // follows.
+    let back = sharded.move_replica(group, &spare, &from).await.unwrap();
+    assert!(back.contains("moved"), "{back}");
+    let shard = sharded
+        .routes()
+        .shards()
+        .iter()
+        .find(|s| s.group == group)
+        .cloned()
+        .unwrap();
+    assert!(shard.replicas.contains(&from) && !shard.replicas.contains(&spare));
+    assert!(
+        nodes[0].group(group).is_some(),
+        "the node hosts the group again"
+    );
+    for key in &keys {
+        assert_eq!(
+            fresh.get(key.clone()).await.unwrap(),
+            Some(format!("v-{key}"))
+        );
+    }
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// Group 0 (the placement) is idle almost always: it quiesces like the
+/// data groups (`multi::quiesce`), on its leader's node and on the
+/// followers', and a quiesced placement still serves the clients that
+/// read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_placement_group_quiesces_when_idle_and_still_serves() {
+    let members = free_addrs(3);
+    let ca = ClusterCa::generate("shard-quiesce").unwrap();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for addr in &members {
+        let (node, dir) = start_node(addr, &ca).await;
+        nodes.push(node);
+        dirs.push(dir);
+    }
+    for node in &nodes {
+        node.form_shards(2, &members).await.unwrap();
+    }
+    // The formation is written (a client sees the shards), then nothing.
+    let admin = ca.issue_admin("ops").unwrap();
+    let sharded = ShardedClient::<Kv>::connect_with(&members, admin.clone(), opts())
+        .await
+        .unwrap();
+    assert_eq!(sharded.routes().shards().len(), 2);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !nodes
+        .iter()
+        .all(|n| n.quiesced().contains(&PLACEMENT_GROUP))
+    {
+        let now: Vec<_> = nodes.iter().map(|n| n.quiesced()).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the placement group never quiesced everywhere: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Quiesced, it still answers a new client's placement read.
+    let again = ShardedClient::<Kv>::connect_with(&members, admin, opts())
+        .await
+        .unwrap();
+    assert_eq!(again.routes().shards().len(), 2);
     for node in &nodes {
         node.shutdown().await.unwrap();
     }

@@ -165,7 +165,8 @@ pub enum Command {
     },
     /// Sharded clusters: move group G's replica from the node at FROM to
     /// the node at TO (add learner, catch up, joint change, leave joint);
-    /// TO must never have hosted group G.
+    /// TO may be a node G was moved away from (the new replica starts
+    /// behind the old one's membership fence).
     MoveReplica {
         /// The group.
         #[arg(long, value_name = "G")]

@@ -4,7 +4,7 @@
 //! [`Raft::tick`](super::Raft::tick) at a fixed interval (the simulation on a
 //! virtual clock), so every timeout below is a number of ticks.
 
-use super::types::NodeId;
+use super::types::{Index, NodeId, Term};
 
 /// The default of [`Config::max_snapshot_bytes`]: 1 GiB.
 pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
@@ -63,6 +63,16 @@ pub struct Config {
     /// reads are linearizable only while every node's clock respects this
     /// bound (jumps and pauses included).
     pub clock_drift_bound: f64,
+    /// The removal of an earlier replica with this node's id, `(index,
+    /// term)`: this node left the group (a committed configuration at or
+    /// below `index` dropped it, seen in `term`) and joins it again with an
+    /// empty state (a replica moved back, see `crate::multi::hosting`).
+    /// Configurations at or below `index` listing this id describe the
+    /// earlier replica, not this one, so while the configuration in force
+    /// is one of them the node neither campaigns nor grants votes, and it
+    /// never grants a vote in a term at or below `term` (the earlier
+    /// replica may have voted in it). Default `None`: no earlier replica.
+    pub membership_fence: Option<(Index, Term)>,
     /// Deliberately broken rules, for the simulation's own tests only.
     #[cfg(any(test, feature = "sim"))]
     #[doc(hidden)]
@@ -87,6 +97,7 @@ impl Config {
             seed: id,
             lease_reads: false,
             clock_drift_bound: DEFAULT_CLOCK_DRIFT_BOUND,
+            membership_fence: None,
             #[cfg(any(test, feature = "sim"))]
             bugs: Bugs::default(),
         }

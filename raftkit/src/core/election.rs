@@ -124,6 +124,17 @@ impl Raft {
         let can_vote = self.vote == m.from
             || (self.vote == NO_NODE && self.leader == NO_NODE)
             || (pre_vote && m.term > self.term);
+        // A replica that left the group and joined again: its log proves
+        // nothing until it holds a configuration newer than its removal,
+        // and an earlier replica with its id may have voted in the terms up
+        // to the removal's (see `Config::membership_fence`).
+        let vote_term = if pre_vote { m.term } else { self.term };
+        let fenced = !self.past_fence()
+            || self
+                .cfg
+                .membership_fence
+                .is_some_and(|(_, term)| vote_term <= term);
+        let can_vote = can_vote && !fenced;
         let up_to_date = self.log.is_up_to_date(last_index, last_term);
         #[cfg(any(test, feature = "sim"))]
         let up_to_date = up_to_date || (transfer && self.cfg.bugs.transfer_skips_log_check);

@@ -338,9 +338,19 @@ impl Raft {
     }
 
     /// Whether this node may campaign: it votes in the configuration in
-    /// force. Learners and nodes outside the configuration never do.
+    /// force. Learners and nodes outside the configuration never do, nor
+    /// does a node behind its membership fence ([`Config::membership_fence`]).
     pub(super) fn promotable(&self) -> bool {
-        self.conf.is_voter(self.id)
+        self.conf.is_voter(self.id) && self.past_fence()
+    }
+
+    /// Whether the configuration in force is newer than this node's
+    /// membership fence ([`Config::membership_fence`]): only then does it
+    /// speak of this replica rather than of an earlier one with its id.
+    pub(super) fn past_fence(&self) -> bool {
+        self.cfg
+            .membership_fence
+            .is_none_or(|(index, _)| self.conf_index > index)
     }
 
     // ----- role transitions ------------------------------------------------

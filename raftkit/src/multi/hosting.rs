@@ -22,14 +22,8 @@
 //! - an empty replica never campaigns (it has no configuration), and one
 //!   that received no configuration within [`HostingPolicy::orphan_after`]
 //!   is removed again;
-//! - a group this node ever removed is never hosted again on demand (a
-//!   durable tombstone in the journal, [`Journal::was_removed`](super::Journal::was_removed)):
-//!   replicas are named by their node's id, so a fresh empty replica would
-//!   answer under the old replica's id without its log or votes, and a
-//!   stale snapshot listing it as a voter would let it complete a quorum
-//!   of an old configuration and elect a leader missing committed entries
-//!   (the whole-runtime simulation found this, seed 1864). A group moved
-//!   away from a node cannot be moved back to it; use another node;
+//! - a group this node left comes back only behind a **membership
+//!   fence** (see "Moving back" below);
 //! - within [`HostingPolicy::quarantine`] of a removal the in-memory
 //!   tombstone refuses it too (kept for the window before the journal's
 //!   removal record is durable);
@@ -73,6 +67,64 @@
 //! longer to save and restore than the retirer's period: moves of groups
 //! of tens of MB (issue 18).
 //!
+//! # Moving back
+//!
+//! Operators move a replica away for maintenance and back again. A
+//! group's members are named by their node's id, so the new replica on a
+//! node the group left answers under the id of the old one, without its
+//! log or its votes, while members that lag behind still hold older
+//! configurations listing that id as a voter. Unguarded, the newcomer
+//! counts itself a voter of the old configurations it catches up through
+//! (a stale snapshot makes it one again): it could campaign, or give a
+//! lagging candidate the vote the old replica already gave, and complete
+//! a quorum of an old configuration for a leader missing committed
+//! entries (the whole-runtime simulation found this, seed 1864). A
+//! stale leader could also count its acknowledgements.
+//!
+//! Instead of a fresh id per replica (CockroachDB never reuses a replica
+//! id; TiKV gives each peer a new id and checks the region epoch), which
+//! would touch every place a member id stands for its node (links,
+//! coalesced heartbeats, membership queries, placement, balancing), the
+//! node keeps the old replica's **tombstone with a fence** in its journal
+//! ([`Journal::fence`](super::Journal::fence), written with the removal
+//! record, durable before any file is deleted, kept across checkpoints
+//! and while a later replica is hosted): `(index, term)`, the index of
+//! the committed configuration that removed the old replica and the
+//! latest term it knew (read once it stopped: it never voted in a later
+//! one). Any later replica of the group on the node starts behind it
+//! ([`Config::membership_fence`](crate::core::Config::membership_fence)):
+//!
+//! - it starts in the fence's term, so leaders of earlier terms, which may
+//!   not hold the removal, are refused (Raft §5.1); leaders of that term or
+//!   later hold the committed removal (Leader Completeness, §5.4);
+//! - it neither campaigns nor grants a vote while its configuration in
+//!   force is at or below the fence's index (the old replica's history),
+//!   and never grants a vote in a term up to the fence's (the old replica
+//!   may have voted there). Past the fence its log holds the removal, so a
+//!   candidate it votes for holds the removal too (the election
+//!   restriction, §5.4.1) and counts it only by a configuration that added
+//!   it back;
+//! - configurations at or below the fence's index neither make it
+//!   "listed" nor retire it (they removed its predecessor), here and in
+//!   [`removal`](super::removal).
+//!
+//! The fence only goes up (a later replica's tombstone keeps the higher
+//! of both parts). A removal recorded by an older journal, without a
+//! fence, reads as [`LEGACY_FENCE`](super::journal::LEGACY_FENCE): the
+//! node keeps refusing that group, as it did then.
+//!
+//! What a fresh replica id would give and the fence does not: messages the
+//! old replica sent are not told apart from the new one's by their sender.
+//! An acknowledgement of the old replica still in flight when the group
+//! adds the node back (same leader, same term) counts as the new
+//! replica's progress up to an index below the configuration that added
+//! it back, so only for entries committed already (a configuration change
+//! waits for the previous one to commit); the leader then probes back down
+//! on the new replica's first refusal. It can make the move's catch-up
+//! step end early, never an entry count as replicated that is not. An explicit [`create_group`](super::MultiNode::create_group)
+//! of a group the node left is still refused: it would bootstrap a voter
+//! with an empty log; a move brings the group back as a learner.
+//!
 //! An empty replica (no configuration, log or snapshot yet) is an orphan
 //! only once it has heard nothing from a leader for
 //! [`HostingPolicy::orphan_after`]: while a big snapshot streams in, every
@@ -86,7 +138,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::GroupId;
-use crate::core::{Body, Message, NodeId};
+use crate::core::{Body, Index, Message, NodeId, Term};
 use crate::runtime::PeerStatus;
 use crate::storage::vfs::{OpenMode, Vfs};
 
@@ -132,8 +184,10 @@ pub(crate) fn may_host(me: NodeId, msg: &Message) -> bool {
 /// Why a hosted replica should be retired, if it should.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Retire {
-    /// A committed configuration no longer lists this node.
-    Removed,
+    /// A committed configuration no longer lists this node: the index of
+    /// that configuration and the term it was learned in (the fence of a
+    /// later replica of the group here, with the replica's last term).
+    Removed((Index, Term)),
     /// A replica with no configuration, log or snapshot outlived
     /// [`HostingPolicy::orphan_after`].
     Orphan,
@@ -159,6 +213,7 @@ pub(crate) fn retire_reason(
     quiet_for: Duration,
     policy: &HostingPolicy,
     listed: bool,
+    fence: Index,
 ) -> Option<Retire> {
     if st.fatal.is_some() {
         return None; // a failed node keeps its state for inspection
@@ -168,7 +223,10 @@ pub(crate) fn retire_reason(
         return (empty && quiet_for >= policy.orphan_after).then_some(Retire::Orphan);
     }
     let listed_now = st.members.iter().any(|m| m.id == me);
-    (listed && !listed_now && !st.joint && st.commit >= st.config_index).then_some(Retire::Removed)
+    // Configurations up to the fence are an earlier replica's history,
+    // which this one catches up through: its removal there is not ours.
+    (listed && !listed_now && !st.joint && st.config_index > fence && st.commit >= st.config_index)
+        .then_some(Retire::Removed((st.config_index, st.term)))
 }
 
 /// Groups removed recently, refused on demand for the quarantine.
@@ -309,39 +367,62 @@ mod tests {
         let t = Duration::ZERO;
         // Still a voter or learner: kept.
         assert_eq!(
-            retire_reason(me, &status(&[(1, true), (7, true)], 5, 9), t, &p, true),
+            retire_reason(me, &status(&[(1, true), (7, true)], 5, 9), t, &p, true, 0),
             None
         );
         assert_eq!(
-            retire_reason(me, &status(&[(1, true), (7, false)], 5, 9), t, &p, true),
+            retire_reason(me, &status(&[(1, true), (7, false)], 5, 9), t, &p, true, 0),
             None
         );
         // Removed, but the removal is not known committed: kept (it may be
         // rolled back and this replica's log needed).
         assert_eq!(
-            retire_reason(me, &status(&[(1, true)], 5, 4), t, &p, true),
+            retire_reason(me, &status(&[(1, true)], 5, 4), t, &p, true, 0),
             None
         );
         // Joint: kept until the joint configuration is left.
         let mut joint = status(&[(1, true)], 5, 9);
         joint.joint = true;
-        assert_eq!(retire_reason(me, &joint, t, &p, true), None);
+        assert_eq!(retire_reason(me, &joint, t, &p, true, 0), None);
         // Removed and committed: retired.
         assert_eq!(
-            retire_reason(me, &status(&[(1, true)], 5, 5), t, &p, true),
-            Some(Retire::Removed)
+            retire_reason(me, &status(&[(1, true)], 5, 5), t, &p, true, 0),
+            Some(Retire::Removed((5, 0)))
         );
         // A replica that never held a configuration listing its node (a
         // learner still catching up from a snapshot taken before its
         // addition) is not removed: it was never a member.
         assert_eq!(
-            retire_reason(me, &status(&[(1, true)], 5, 5), t, &p, false),
+            retire_reason(me, &status(&[(1, true)], 5, 5), t, &p, false, 0),
             None
         );
         // A failed node keeps its state.
         let mut failed = status(&[(1, true)], 5, 5);
         failed.fatal = Some("disk".into());
-        assert_eq!(retire_reason(me, &failed, t, &p, true), None);
+        assert_eq!(retire_reason(me, &failed, t, &p, true, 0), None);
+    }
+
+    #[test]
+    fn a_replica_moved_back_is_not_retired_by_its_predecessors_removal() {
+        let p = HostingPolicy::default();
+        let (me, t) = (7, Duration::ZERO);
+        // The earlier replica's removal (committed at 5) is the fence: the
+        // new replica catches up through it, having been listed by the
+        // older configurations (or by a leftover marker).
+        let removal = status(&[(1, true), (2, true)], 5, 5);
+        assert_eq!(retire_reason(me, &removal, t, &p, true, 5), None);
+        // Its own removal, past the fence, retires it.
+        let mut later = status(&[(1, true), (2, true)], 9, 9);
+        later.term = 6;
+        assert_eq!(
+            retire_reason(me, &later, t, &p, true, 5),
+            Some(Retire::Removed((9, 6)))
+        );
+        // Without the fence the predecessor's removal would retire it.
+        assert_eq!(
+            retire_reason(me, &removal, t, &p, true, 0),
+            Some(Retire::Removed((5, 0)))
+        );
     }
 
     #[test]
@@ -353,17 +434,17 @@ mod tests {
         // a learner: installed and committed, it does not list 7.
         let mut stale = status(&[(1, true), (2, true), (3, true)], 300, 300);
         stale.snapshot_index = 300;
-        assert_eq!(retire_reason(me, &stale, t, &p, false), None);
+        assert_eq!(retire_reason(me, &stale, t, &p, false, 0), None);
         // Log entries after it, a configuration change of another move
         // among them, neither.
         let mut other_move = status(&[(1, true), (2, true), (4, true)], 310, 320);
         other_move.snapshot_index = 300;
-        assert_eq!(retire_reason(me, &other_move, t, &p, false), None);
+        assert_eq!(retire_reason(me, &other_move, t, &p, false, 0), None);
         // Once listed (no longer joining), a later committed configuration
         // without 7 removes it.
         assert_eq!(
-            retire_reason(me, &other_move, t, &p, true),
-            Some(Retire::Removed)
+            retire_reason(me, &other_move, t, &p, true, 0),
+            Some(Retire::Removed((310, 0)))
         );
     }
 
@@ -372,17 +453,17 @@ mod tests {
         let p = HostingPolicy::default();
         let empty = status(&[], 0, 0);
         assert_eq!(
-            retire_reason(7, &empty, Duration::from_secs(1), &p, false),
+            retire_reason(7, &empty, Duration::from_secs(1), &p, false, 0),
             None
         );
         assert_eq!(
-            retire_reason(7, &empty, p.orphan_after, &p, false),
+            retire_reason(7, &empty, p.orphan_after, &p, false, 0),
             Some(Retire::Orphan)
         );
         // One that received entries (but no configuration yet) is kept.
         let mut fed = empty.clone();
         fed.last_index = 3;
-        assert_eq!(retire_reason(7, &fed, p.orphan_after, &p, false), None);
+        assert_eq!(retire_reason(7, &fed, p.orphan_after, &p, false, 0), None);
     }
 
     #[test]

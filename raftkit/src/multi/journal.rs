@@ -76,6 +76,12 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 /// put halved (0.11 to 0.06); a lone write waits a few microseconds more.
 const GATHER_YIELDS: u32 = 8;
 
+/// The fence of a removal recorded before removals carried one (a
+/// `Remove` record without its `Tombstone`): unknown, so nothing passes
+/// it, and the node never hosts the group again (the rule of those
+/// journals).
+pub const LEGACY_FENCE: (Index, Term) = (Index::MAX, Term::MAX);
+
 /// One change to one group's log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Rec {
@@ -100,6 +106,11 @@ enum Rec {
         /// The hard state.
         hard_state: HardState,
     },
+    /// The group is gone from this node, and its replica's removal is
+    /// known committed at or below this index, in this term: the fence of
+    /// any later replica of it here (see [`Journal::fence`]). Written after
+    /// `Remove` (older journals hold `Remove` alone: [`LEGACY_FENCE`]).
+    Tombstone(Index, Term),
 }
 
 /// What one sync makes durable.
@@ -153,9 +164,10 @@ struct State {
     dir: PathBuf,
     wal: Wal,
     groups: BTreeMap<GroupId, MemLogStore>,
-    /// Groups this node removed (tombstones): kept across restarts and
-    /// checkpoints, so a node never hosts again on demand a group it left.
-    removed: std::collections::BTreeSet<GroupId>,
+    /// Groups this node removed (tombstones) with the fence of their
+    /// latest removal: kept across restarts and checkpoints, and across a
+    /// later replica of the group (a move back), whose fence it is.
+    removed: BTreeMap<GroupId, (Index, Term)>,
     pending: Vec<(GroupId, Rec)>,
     /// Journal bytes written since the last checkpoint.
     since_checkpoint: u64,
@@ -223,7 +235,7 @@ impl Journal {
     ) -> Result<Journal, StorageError> {
         let wal = Wal::open_in(fs, dir, opts.wal.clone())?;
         let mut groups: BTreeMap<GroupId, MemLogStore> = BTreeMap::new();
-        let mut removed = std::collections::BTreeSet::new();
+        let mut removed = BTreeMap::new();
         let (first, last) = (wal.first_index(), wal.last_index());
         let mut replayed_bytes = 0u64;
         let mut lo = first;
@@ -237,9 +249,7 @@ impl Journal {
                 let batch: Batch = postcard::from_bytes(bytes)
                     .map_err(|e| corrupt(dir, entry.index, format!("does not decode: {e}")))?;
                 for (group, rec) in batch.recs {
-                    if matches!(rec, Rec::Remove) {
-                        removed.insert(group);
-                    }
+                    note_removal(&mut removed, group, &rec);
                     apply(&mut groups, group, rec)
                         .map_err(|e| corrupt(dir, entry.index, format!("group {group}: {e}")))?;
                 }
@@ -293,18 +303,36 @@ impl Journal {
     }
 
     /// Whether this node removed `group` at some point (a durable
-    /// tombstone, kept across restarts and checkpoints).
+    /// tombstone, kept across restarts and checkpoints, and while a later
+    /// replica of the group is hosted).
     pub fn was_removed(&self, group: GroupId) -> bool {
         self.shared
             .state()
-            .map(|st| st.removed.contains(&group))
+            .map(|st| st.removed.contains_key(&group))
             .unwrap_or(true)
     }
 
-    /// Removes `group` and its log from this node (durable on return).
-    pub fn remove_group(&self, group: GroupId) -> Result<(), StorageError> {
+    /// The fence of `group`'s latest removal from this node, `(index,
+    /// term)` (see [`remove_group`](Self::remove_group)), if it was ever
+    /// removed. A journal that cannot be read says `(u64::MAX, u64::MAX)`:
+    /// a fence nothing passes.
+    pub fn fence(&self, group: GroupId) -> Option<(Index, Term)> {
+        match self.shared.state() {
+            Ok(st) => st.removed.get(&group).copied(),
+            Err(_) => Some((Index::MAX, Term::MAX)),
+        }
+    }
+
+    /// Removes `group` and its log from this node (durable on return),
+    /// leaving a tombstone with `fence` (raised to an earlier removal's
+    /// where that is higher): the index at or below which a committed
+    /// configuration removed this node's replica, and the latest term the
+    /// replica knew (see
+    /// [`Config::membership_fence`](crate::core::Config::membership_fence)).
+    pub fn remove_group(&self, group: GroupId, fence: (Index, Term)) -> Result<(), StorageError> {
         let mut st = self.shared.state()?;
         st.record(group, Rec::Remove)?;
+        st.record(group, Rec::Tombstone(fence.0, fence.1))?;
         st.sync(&self.shared.counters)
     }
 
@@ -368,6 +396,7 @@ fn apply(
             groups.remove(&group);
             Ok(())
         }
+        Rec::Tombstone(..) => Ok(()),
         Rec::Reset {
             boundary,
             hard_state,
@@ -385,6 +414,29 @@ fn apply(
     }
 }
 
+/// Keeps the tombstones: a first `Remove` of a group marks it removed
+/// with [`LEGACY_FENCE`] until its `Tombstone` record (written with it in
+/// the same batch) gives the fence; a later `Tombstone` raises it. A
+/// fence never goes down: each of its parts is the largest recorded (a
+/// later replica retired as an orphan, say, must not reopen what an
+/// earlier replica's removal closed).
+fn note_removal(removed: &mut BTreeMap<GroupId, (Index, Term)>, group: GroupId, rec: &Rec) {
+    match rec {
+        Rec::Remove => {
+            removed.entry(group).or_insert(LEGACY_FENCE);
+        }
+        Rec::Tombstone(index, term) => {
+            let fence = removed.entry(group).or_insert(LEGACY_FENCE);
+            *fence = if *fence == LEGACY_FENCE {
+                (*index, *term)
+            } else {
+                (fence.0.max(*index), fence.1.max(*term))
+            };
+        }
+        _ => {}
+    }
+}
+
 impl State {
     /// Applies `rec` to the group now and queues it for the next sync.
     fn record(&mut self, group: GroupId, rec: Rec) -> Result<(), StorageError> {
@@ -393,9 +445,7 @@ impl State {
                 cause: cause.clone(),
             });
         }
-        if matches!(rec, Rec::Remove) {
-            self.removed.insert(group);
-        }
+        note_removal(&mut self.removed, group, &rec);
         apply(&mut self.groups, group, rec.clone())?;
         self.pending.push((group, rec));
         Ok(())
@@ -450,9 +500,16 @@ impl State {
         let mut batches: Vec<Batch> = Vec::new();
         if !self.removed.is_empty() {
             // Tombstones survive the checkpoint (a removal record of a
-            // group the journal no longer holds is harmless on replay).
+            // group the journal no longer holds is harmless on replay), and
+            // come before the `Reset` of a group hosted again since.
             batches.push(Batch {
-                recs: self.removed.iter().map(|g| (*g, Rec::Remove)).collect(),
+                recs: self
+                    .removed
+                    .iter()
+                    .flat_map(|(g, (index, term))| {
+                        [(*g, Rec::Remove), (*g, Rec::Tombstone(*index, *term))]
+                    })
+                    .collect(),
             });
         }
         for (group, log) in &self.groups {

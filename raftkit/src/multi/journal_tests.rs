@@ -225,8 +225,10 @@ fn a_removed_group_stays_a_tombstone_across_reopen_and_checkpoints() {
     j.create_group(4).unwrap();
     j.create_group(5).unwrap();
     assert!(!j.was_removed(4));
-    j.remove_group(4).unwrap();
+    j.remove_group(4, (9, 3)).unwrap();
     assert!(j.was_removed(4) && !j.was_removed(5));
+    assert_eq!(j.fence(4), Some((9, 3)));
+    assert_eq!(j.fence(5), None);
     assert_eq!(j.groups(), vec![5]);
     // Enough writes of group 5 to checkpoint (threshold 1 byte) several
     // times: the tombstone must be carried into every checkpoint.
@@ -252,8 +254,86 @@ fn a_removed_group_stays_a_tombstone_across_reopen_and_checkpoints() {
         j.was_removed(4),
         "the tombstone survived {checkpoints} checkpoints and a reopen"
     );
+    assert_eq!(j.fence(4), Some((9, 3)), "the fence survived too");
     assert!(!j.was_removed(5));
     assert_eq!(j.groups(), vec![5]);
+    close(j);
+}
+
+/// A group moved away and back: its tombstone (and fence) stays, and the
+/// new replica's log is not swallowed by it, neither on replay nor across
+/// checkpoints (which write tombstones before the groups' state).
+#[test]
+fn a_group_hosted_again_after_its_removal_survives_reopen_and_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path(), 64 << 20);
+    j.create_group(4).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sink = j.sink(4, snaps());
+    sink.write(write(vec![entry(1, 1, b"old")], None), tx.clone(), 1);
+    wait_ok(&mut rx, 1);
+    drop(sink);
+    j.remove_group(4, (1, 1)).unwrap();
+    assert_eq!(j.groups(), Vec::<u64>::new());
+    // Hosted again (a move back): a new replica with an empty log.
+    j.create_group(4).unwrap();
+    let sink = j.sink(4, snaps());
+    sink.write(write(vec![entry(1, 2, b"new")], None), tx.clone(), 2);
+    wait_ok(&mut rx, 1);
+    drop(sink);
+    close(j);
+    let j = open(dir.path(), 64 << 20);
+    assert_eq!(
+        j.groups(),
+        vec![4],
+        "the tombstone swallowed the new replica"
+    );
+    assert_eq!(j.fence(4), Some((1, 1)));
+    assert_eq!(j.log(4).term(1).unwrap(), Some(2), "the new replica's log");
+    close(j);
+    // Through checkpoints (threshold 1 byte: every sync checkpoints).
+    let j = open(dir.path(), 1);
+    let sink = j.sink(4, snaps());
+    for i in 2..=6 {
+        // Compacting behind the writes: the journal is mostly garbage.
+        let w = Write {
+            compact: (i > 2).then(|| (i - 2, 2)),
+            ..write(vec![entry(i, 2, &[7u8; 256])], None)
+        };
+        sink.write(w, tx.clone(), i);
+        wait_ok(&mut rx, 1);
+    }
+    drop(sink);
+    assert!(j.stats().checkpoints >= 1, "{:?}", j.stats());
+    close(j);
+    let j = open(dir.path(), 64 << 20);
+    assert_eq!(j.groups(), vec![4]);
+    assert_eq!(j.fence(4), Some((1, 1)));
+    assert_eq!(j.log(4).last_index(), 6);
+    assert_eq!(j.log(4).term(5).unwrap(), Some(2));
+    // A later removal with a lower fence (an orphan's) keeps the higher.
+    j.remove_group(4, (0, 0)).unwrap();
+    assert_eq!(j.fence(4), Some((1, 1)));
+    close(j);
+}
+
+/// A journal written before removals carried a fence (a `Remove` record
+/// alone) reads as [`LEGACY_FENCE`]: nothing passes it, and the node keeps
+/// refusing the group (the rule of those journals).
+#[test]
+fn a_removal_without_a_fence_reads_as_the_legacy_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path(), 64 << 20);
+    j.create_group(4).unwrap();
+    {
+        let mut st = j.shared.state().unwrap();
+        st.record(4, Rec::Remove).unwrap();
+        st.sync(&j.shared.counters).unwrap();
+    }
+    assert_eq!(j.fence(4), Some(LEGACY_FENCE));
+    close(j);
+    let j = open(dir.path(), 64 << 20);
+    assert_eq!(j.fence(4), Some(LEGACY_FENCE));
     close(j);
 }
 

@@ -18,6 +18,11 @@
 //!   asked whether they are still members less than
 //!   [`ASKER_LINGER`](super::removal) ago (at most 64, so that the answer
 //!   reaches them, see [`super::removal`]);
+//!   and, for a replica hosted on demand that knows no configuration yet,
+//!   of the node whose message started it when its address is known here
+//!   (a group moved back to a node it left: the node's links to the
+//!   group's members went with the old replica, and the leader's link to
+//!   it stays up, so the QUIC transport learns no link back);
 //! - the demultiplexer never waits for one group: a message for a full
 //!   inbox, or for a group this node does not host, is dropped and counted
 //!   (Raft tolerates lost messages); a slow group never stalls the others.
@@ -48,6 +53,9 @@ pub(crate) type Hoster = mpsc::Sender<(GroupId, Message)>;
 struct Hosted {
     inbox: mpsc::Sender<Message>,
     peers: BTreeMap<NodeId, String>,
+    /// A replica hosted on demand that knows no configuration yet: the
+    /// node whose message started it, linked until the group lists peers.
+    joining: Option<(NodeId, String)>,
     /// Nodes the group's configuration dropped, kept linked for [`LINGER`]
     /// since the moment they were dropped.
     departed: BTreeMap<NodeId, (String, Instant)>,
@@ -65,7 +73,15 @@ pub(crate) struct Links {
     /// Nodes that asked recently whether they are still members of a group
     /// ([`super::removal`]): linked so the answer reaches them.
     askers: Mutex<super::removal::Askers>,
+    /// The address of every node a group's configuration listed here (at
+    /// most [`MAX_KNOWN`]): a replica hosted again on a node the group
+    /// left answers its leader before it knows a configuration, while the
+    /// node's link to that leader went with the old replica.
+    known: Mutex<BTreeMap<NodeId, String>>,
 }
+
+/// The most node addresses [`Links`] remembers.
+const MAX_KNOWN: usize = 1024;
 
 impl Links {
     pub(crate) fn new(quic: QuicTransport) -> Arc<Links> {
@@ -75,6 +91,7 @@ impl Links {
             dropped: AtomicU64::new(0),
             on_demand: Mutex::new(None),
             askers: Mutex::new(Default::default()),
+            known: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -89,9 +106,31 @@ impl Links {
             Hosted {
                 inbox,
                 peers: BTreeMap::new(),
+                joining: None,
                 departed: BTreeMap::new(),
             },
         );
+    }
+
+    /// Links `group`'s replica, hosted on demand on a message from `node`,
+    /// to that node until the group's configuration lists its peers, if
+    /// the node's address is known here (see `known`; otherwise the QUIC
+    /// transport's link back to a node that dials in serves). Whether it
+    /// was.
+    pub(crate) fn link_joining(&self, group: GroupId, node: NodeId) -> bool {
+        let Some(addr) = self.known.lock().ok().and_then(|k| k.get(&node).cloned()) else {
+            return false;
+        };
+        let mut groups = self.groups();
+        let Some(h) = groups.get_mut(&group) else {
+            return false;
+        };
+        if !h.peers.is_empty() {
+            return true;
+        }
+        h.joining = Some((node, addr));
+        self.quic.set_peers(self.union(&groups));
+        true
     }
 
     /// Stops hosting `group` (its links stay while other groups list them).
@@ -226,9 +265,15 @@ fn union(groups: &HashMap<GroupId, Hosted>) -> BTreeMap<NodeId, String> {
     groups
         .values()
         .flat_map(|h| {
+            let joining = h
+                .joining
+                .as_ref()
+                .filter(|_| h.peers.is_empty())
+                .map(|(id, addr)| (id, addr));
             h.peers
                 .iter()
                 .chain(h.departed.iter().map(|(id, (addr, _))| (id, addr)))
+                .chain(joining)
                 .map(|(id, addr)| (*id, addr.clone()))
         })
         .collect()
@@ -276,6 +321,13 @@ impl Transport for GroupLink {
     }
 
     fn set_peers(&self, peers: BTreeMap<NodeId, String>) {
+        if let Ok(mut known) = self.links.known.lock() {
+            for (id, addr) in &peers {
+                if known.len() < MAX_KNOWN || known.contains_key(id) {
+                    known.insert(*id, addr.clone());
+                }
+            }
+        }
         let mut groups = self.links.groups();
         if let Some(h) = groups.get_mut(&self.group) {
             if h.peers == peers {

@@ -71,7 +71,9 @@
 //! - Leaders are spread by [`balance`] (on demand or periodically),
 //!   replicas are moved by [`moves`] (a node hosts a moved replica on
 //!   demand, see [`hosting`]; a removed replica that missed the news asks
-//!   the group's members, see [`removal`]).
+//!   the group's members, see [`removal`]). A replica may move back to a
+//!   node it left: it starts behind a membership fence instead of under a
+//!   fresh replica id ([`hosting`], "Moving back").
 //!
 //! # Sharding
 //!

@@ -30,6 +30,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+#[cfg(test)]
+#[path = "retire_tests.rs"]
+mod retire_tests;
+
 use super::GroupId;
 use super::hosting::{HostingPolicy, Retire, Tombstones, retire_reason};
 use super::journal::{Journal, JournalOptions, JournalStats};
@@ -37,12 +41,13 @@ use super::links::{Links, demultiplex};
 use super::placement::{PLACEMENT_GROUP, PlacementGroup};
 use super::quiesce::{self, Hosting, Timing, Watched};
 use super::removal::{self, Asker};
+use crate::core::Index;
 use crate::error::Error;
 use crate::identity::{default_name, node_id};
 use crate::runtime::threads::{Threads, Worker};
 use crate::runtime::{GroupStorage, Peer, PeerExt, TickGate};
-use crate::storage::FileSnapshotStore;
 use crate::storage::vfs::SharedFs;
+use crate::storage::{FileSnapshotStore, LogStore};
 use crate::tls::Identity;
 use crate::transport::GroupInbound;
 use crate::transport::frame::PeerFrame;
@@ -272,11 +277,14 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 pool,
                 groups: Mutex::new(BTreeMap::new()),
                 placement: Mutex::new(None),
+                placement_gate: Mutex::new(None),
                 hosting: self.hosting,
                 tombstones: Mutex::new(Default::default()),
                 retiring: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
                 known: Mutex::new(Vec::new()),
+                #[cfg(test)]
+                window: Mutex::new(None),
             }),
         };
         node.start_hosting(host_rx, self.replicas_every);
@@ -347,6 +355,9 @@ pub(super) struct Inner<S> {
     groups: Mutex<BTreeMap<GroupId, Hosted<S>>>,
     /// The replica of the placement group ([`PLACEMENT_GROUP`]), if hosted.
     placement: Mutex<Option<Peer<PlacementGroup<S>>>>,
+    /// The placement replica's tick gate: group 0 quiesces like the data
+    /// groups ([`super::quiesce`]).
+    placement_gate: Mutex<Option<Arc<TickGate>>>,
     /// Hosting on demand and retiring removed replicas ([`super::hosting`]).
     hosting: HostingPolicy,
     tombstones: Mutex<Tombstones>,
@@ -357,6 +368,10 @@ pub(super) struct Inner<S> {
     /// Nodes the replica balancer may place replicas on, beyond those the
     /// groups list (advertised addresses).
     known: Mutex<Vec<String>>,
+    /// Holds a retirement inside its window (tests only, see
+    /// `retire_tests`).
+    #[cfg(test)]
+    window: Mutex<Option<Arc<retire_tests::WindowPause>>>,
 }
 
 /// The runtime of the groups' workers (dropped without waiting: dropping
@@ -399,6 +414,10 @@ struct Hosted<S> {
     /// (only then does a configuration without it mean a removal, see
     /// [`super::hosting::retire_reason`]).
     listed: bool,
+    /// The index of the replica's membership fence (0: none): the node
+    /// left the group before, and configurations up to this index speak
+    /// of the earlier replica (see [`super::hosting`]).
+    fence: Index,
 }
 
 impl<S> Inner<S> {
@@ -409,13 +428,27 @@ impl<S> Inner<S> {
     fn placement(&self) -> MutexGuard<'_, Option<Peer<PlacementGroup<S>>>> {
         self.placement.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn placement_gate(&self) -> Option<Arc<TickGate>> {
+        self.placement_gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl<S: PeerExt> Hosting for Inner<S> {
+    /// The data groups and, when hosted, the placement group 0: its
+    /// replica quiesces like theirs (it is written only at formation and
+    /// when a replica moves, so it is idle almost always).
     fn watched(&self) -> Vec<(GroupId, Watched)> {
-        self.groups()
-            .iter()
-            .map(|(g, h)| {
+        let placement = self.placement().as_ref().map(|p| p.watch());
+        let group0 = placement
+            .zip(self.placement_gate())
+            .map(|(status, gate)| (PLACEMENT_GROUP, Watched { status, gate }));
+        group0
+            .into_iter()
+            .chain(self.groups().iter().map(|(g, h)| {
                 (
                     *g,
                     Watched {
@@ -423,7 +456,7 @@ impl<S: PeerExt> Hosting for Inner<S> {
                         gate: h.gate.clone(),
                     },
                 )
-            })
+            }))
             .collect()
     }
 
@@ -503,13 +536,22 @@ impl<S: PeerExt> MultiNode<S> {
     }
 
     /// The groups whose replica here is quiesced (not ticking; see
-    /// [`quiesce`](super::quiesce)).
+    /// [`quiesce`](super::quiesce)), the placement group 0 included.
     pub fn quiesced(&self) -> Vec<GroupId> {
-        self.inner
-            .groups()
-            .iter()
-            .filter(|(_, h)| h.gate.is_asleep())
-            .map(|(g, _)| *g)
+        let group0 = self
+            .inner
+            .placement_gate()
+            .filter(|g| g.is_asleep())
+            .map(|_| PLACEMENT_GROUP);
+        group0
+            .into_iter()
+            .chain(
+                self.inner
+                    .groups()
+                    .iter()
+                    .filter(|(_, h)| h.gate.is_asleep())
+                    .map(|(g, _)| *g),
+            )
             .collect()
     }
 
@@ -587,11 +629,12 @@ impl<S: PeerExt> MultiNode<S> {
             return Ok(peer);
         }
         if self.inner.journal.was_removed(group) {
-            // Its replica here would be empty under the old replica's id
-            // and, bootstrapped as a voter, could complete a quorum without
-            // the entries the old replica acknowledged (see `hosting`).
+            // Bootstrapped as a voter, an empty replica under the old
+            // replica's id could complete a quorum without the entries the
+            // old replica acknowledged; a move brings the group back as a
+            // learner behind its fence instead (see `hosting`).
             return Err(Error::Rejected(format!(
-                "this node left group {group}; it never hosts it again"
+                "this node left group {group}; move a replica back to it instead"
             )));
         }
         self.inner
@@ -611,10 +654,16 @@ impl<S: PeerExt> MultiNode<S> {
     ) -> Result<Peer<S>, Error> {
         let (peer, gate) = self.start_replica::<S>(group, members).await?;
         let me = self.id();
+        let fence = self
+            .inner
+            .journal
+            .fence(group)
+            .map_or(0, |(index, _)| index);
         // Listed before a restart (durable marker), or by the configuration
-        // it starts with.
+        // it starts with (one past the fence: see `hosting`).
+        let st = peer.status();
         let listed = super::hosting::was_listed(&*self.inner.fs, &self.inner.dir, group)
-            || peer.status().members.iter().any(|m| m.id == me);
+            || (st.config_index > fence && st.members.iter().any(|m| m.id == me));
         self.inner.groups().insert(
             group,
             Hosted {
@@ -622,6 +671,7 @@ impl<S: PeerExt> MultiNode<S> {
                 gate,
                 since: tokio::time::Instant::now(),
                 listed,
+                fence,
             },
         );
         Ok(peer)
@@ -667,6 +717,10 @@ impl<S: PeerExt> MultiNode<S> {
             .snapshot_every(inner.snapshot_every)
             .group_storage(storage)
             .tick_gate(gate.clone())
+            // A replica of a group this node left before (a move back):
+            // see `hosting` on why it must not count itself in the group's
+            // older configurations.
+            .membership_fence(inner.journal.fence(group))
             .threads(threads)
             .transport(move |_id, inbox| {
                 links.register(group, inbox);
@@ -812,10 +866,15 @@ impl<S: PeerExt> MultiNode<S> {
         &self,
         members: Option<Vec<String>>,
     ) -> Result<Peer<PlacementGroup<S>>, Error> {
-        let (peer, _gate) = self
+        let (peer, gate) = self
             .start_replica::<PlacementGroup<S>>(PLACEMENT_GROUP, members)
             .await?;
         *self.inner.placement() = Some(peer.clone());
+        *self
+            .inner
+            .placement_gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(gate);
         Ok(peer)
     }
 
@@ -904,14 +963,18 @@ impl<S: PeerExt> MultiNode<S> {
     /// the policy allows), then hands it the message.
     async fn host_on_demand(&self, group: GroupId, msg: crate::core::Message) {
         let inner = &self.inner;
+        // Not while a retirement is under way: it took its replica out of
+        // the table before its tombstone (and fence) is written.
+        let retiring = inner.retiring.lock().await;
         if self.group(group).is_none() {
             let policy = &inner.hosting;
-            // Never again a group this node left: its replica would answer
-            // under the old replica's id without its log or votes, and a
-            // stale snapshot listing it as a voter would let it complete a
-            // quorum of an old configuration (found by the whole-runtime
-            // simulation, seed 1864; see `super::hosting`).
-            let quarantined = inner.journal.was_removed(group)
+            // A group this node left comes back behind the fence of its
+            // removal (`start_replica`, see `super::hosting`): the new
+            // replica starts in the fence's term, and answers a leader of an
+            // earlier term with it (Raft §5.1). A removal without a known
+            // fence (an older journal's, or an unreadable one) never.
+            let unfenced = inner.journal.fence(group) == Some(super::journal::LEGACY_FENCE);
+            let quarantined = unfenced
                 || inner
                     .tombstones
                     .lock()
@@ -934,10 +997,14 @@ impl<S: PeerExt> MultiNode<S> {
             }
             match self.start_group(group, None).await {
                 Ok(_) => {
+                    // Its answers must reach the leader: a node the group
+                    // left has no link to it any more.
+                    inner.links.link_joining(group, msg.from);
                     info!(
                         group,
                         from = msg.from,
                         term = msg.term,
+                        fence = ?inner.journal.fence(group),
                         "hosting an empty replica on demand"
                     )
                 }
@@ -947,6 +1014,7 @@ impl<S: PeerExt> MultiNode<S> {
                 }
             }
         }
+        drop(retiring);
         inner.links.deliver(group, msg);
     }
 
@@ -966,6 +1034,7 @@ impl<S: PeerExt> MultiNode<S> {
                 // one that adds this node may be rolled back by a new
                 // leader, and then a committed one without it is no removal.
                 if !h.listed
+                    && st.config_index > h.fence
                     && st.commit >= st.config_index
                     && st.members.iter().any(|m| m.id == me)
                 {
@@ -976,7 +1045,8 @@ impl<S: PeerExt> MultiNode<S> {
                 let quiet_for = st
                     .leader_contact
                     .map_or(hosted_for, |at| at.elapsed().min(hosted_for));
-                retire_reason(me, &st, quiet_for, &self.inner.hosting, h.listed).map(|r| (*g, r))
+                retire_reason(me, &st, quiet_for, &self.inner.hosting, h.listed, h.fence)
+                    .map(|r| (*g, r))
             })
             .collect();
         for group in newly_listed {
@@ -1058,16 +1128,16 @@ impl<S: PeerExt> MultiNode<S> {
                 group,
                 answer,
             } => {
-                let Some((peer, listed)) = self
+                let Some((peer, listed, fence)) = self
                     .inner
                     .groups()
                     .get(&group)
-                    .map(|h| (h.peer.clone(), h.listed))
+                    .map(|h| (h.peer.clone(), h.listed, h.fence))
                 else {
                     return;
                 };
                 let st = peer.watch().borrow().clone();
-                let removed = removal::judge(self.id(), &st, listed, from, &answer);
+                let removed = removal::judge(self.id(), &st, listed, fence, from, &answer);
                 if removed {
                     info!(
                         group,
@@ -1076,7 +1146,8 @@ impl<S: PeerExt> MultiNode<S> {
                         commit = answer.commit,
                         "a member says a committed configuration removed this node's replica"
                     );
-                    if let Err(e) = self.retire(group, Retire::Removed).await {
+                    let removal = (answer.config_index, answer.term);
+                    if let Err(e) = self.retire(group, Retire::Removed(removal)).await {
                         tracing::warn!(group, error = %e, "cannot retire a removed replica");
                     }
                 }
@@ -1086,7 +1157,8 @@ impl<S: PeerExt> MultiNode<S> {
     }
 
     /// Stops `group`'s replica here and deletes its state: the journal's
-    /// removal record first (durable), then its snapshot files.
+    /// removal record first (durable, with the fence of any later replica
+    /// of the group here, see `hosting`), then its snapshot files.
     async fn retire(&self, group: GroupId, reason: Retire) -> Result<(), Error> {
         // Held to the end: a shutdown waits for a retirement under way (a
         // kill does not: a crash in the middle is recovered at start).
@@ -1094,6 +1166,9 @@ impl<S: PeerExt> MultiNode<S> {
         let Some(h) = self.inner.groups().remove(&group) else {
             return Ok(());
         };
+        // The window: out of the map, no tombstone yet (a test holds it open).
+        #[cfg(test)]
+        retire_tests::WindowPause::hold(&self.inner.window).await;
         // Refused on demand from now on: a message arriving while the
         // replica stops must not start a fresh one.
         if let Ok(mut t) = self.inner.tombstones.lock() {
@@ -1101,12 +1176,22 @@ impl<S: PeerExt> MultiNode<S> {
         }
         let stopped = h.peer.shutdown().await;
         self.inner.links.unregister(group);
+        // The fence: the committed configuration that removed the replica,
+        // and the latest term it knew, read once it has stopped (it never
+        // voted in a later one; its votes were durable before they left).
+        let (index, term) = match reason {
+            Retire::Removed(removal) => removal,
+            Retire::Orphan => (0, 0),
+        };
+        let known = h.peer.status().term;
+        let durable = self.inner.journal.log(group).hard_state().term;
+        let fence = (index, term.max(known).max(durable));
         self.inner
             .journal
-            .remove_group(group)
+            .remove_group(group, fence)
             .map_err(|e| Error::Storage(e.to_string()))?;
         super::hosting::delete_group_files(&*self.inner.fs, &self.inner.dir, group);
-        info!(group, ?reason, node = %self.inner.name, "replica retired and its state deleted");
+        info!(group, ?reason, ?fence, node = %self.inner.name, "replica retired and its state deleted");
         stopped
     }
 }

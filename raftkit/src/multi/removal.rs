@@ -134,6 +134,7 @@ pub(crate) fn judge(
     me: NodeId,
     st: &PeerStatus,
     listed: bool,
+    fence: crate::core::Index,
     from: NodeId,
     answer: &MemberAnswer,
 ) -> bool {
@@ -143,8 +144,11 @@ pub(crate) fn judge(
     // deposed (it may not know yet): its configuration may predate this
     // replica's addition.
     let current_leader = answer.leader && answer.term >= st.term;
+    // A configuration up to the replica's fence removed an earlier replica
+    // of this node, not this one (see `hosting`).
     asked
         && (listed || current_leader)
+        && answer.config_index > fence
         && committed
         && !answer.joint
         && !answer.members.contains(&me)
@@ -296,49 +300,60 @@ mod tests {
         let me = 7;
         let st = status(&[1, 2, 7], 10, None);
         // A member's committed configuration without me, newer than mine.
-        assert!(judge(me, &st, true, 1, &answer(&[1, 2, 9], 12, 15)));
+        assert!(judge(me, &st, true, 0, 1, &answer(&[1, 2, 9], 12, 15)));
         // The same index as mine (the same entry, committed): retires.
-        assert!(judge(me, &st, true, 2, &answer(&[1, 2, 9], 10, 10)));
+        assert!(judge(me, &st, true, 0, 2, &answer(&[1, 2, 9], 10, 10)));
         // From a node my configuration does not list (a stranger with a
         // node certificate, or the new member): ignored.
-        assert!(!judge(me, &st, true, 9, &answer(&[1, 2, 9], 12, 15)));
-        assert!(!judge(me, &st, true, 5, &answer(&[1, 2], 12, 15)));
+        assert!(!judge(me, &st, true, 0, 9, &answer(&[1, 2, 9], 12, 15)));
+        assert!(!judge(me, &st, true, 0, 5, &answer(&[1, 2], 12, 15)));
         // From myself: ignored.
-        assert!(!judge(me, &st, true, 7, &answer(&[1, 2], 12, 15)));
+        assert!(!judge(me, &st, true, 0, 7, &answer(&[1, 2], 12, 15)));
         // Not committed at the answerer.
-        assert!(!judge(me, &st, true, 1, &answer(&[1, 2, 9], 12, 11)));
+        assert!(!judge(me, &st, true, 0, 1, &answer(&[1, 2, 9], 12, 11)));
         // Still lists me.
-        assert!(!judge(me, &st, true, 1, &answer(&[1, 2, 7, 9], 12, 15)));
+        assert!(!judge(me, &st, true, 0, 1, &answer(&[1, 2, 7, 9], 12, 15)));
         // Joint: not final.
         let mut joint = answer(&[1, 2, 9], 12, 15);
         joint.joint = true;
-        assert!(!judge(me, &st, true, 1, &joint));
+        assert!(!judge(me, &st, true, 0, 1, &joint));
         // Older than the configuration I hold, from an answerer that has
         // not committed up to it (with its commit past 10, the answer would
         // prove my configuration uncommitted: see the next test).
-        assert!(!judge(me, &st, true, 1, &answer(&[1, 2, 9], 9, 9)));
+        assert!(!judge(me, &st, true, 0, 1, &answer(&[1, 2, 9], 9, 9)));
         // An answerer with no configuration at all.
-        assert!(!judge(me, &st, true, 1, &answer(&[], 0, 0)));
+        assert!(!judge(me, &st, true, 0, 1, &answer(&[], 0, 0)));
         // A replica that was never listed (a learner catching up from an
         // old snapshot) believes only the leader: a lagging follower's
         // committed configuration predates its addition.
         let learner = status(&[1, 2, 3], 10, None);
-        assert!(!judge(me, &learner, false, 1, &answer(&[1, 2, 3], 10, 40)));
+        assert!(!judge(
+            me,
+            &learner,
+            false,
+            0,
+            1,
+            &answer(&[1, 2, 3], 10, 40)
+        ));
         let mut from_leader = answer(&[1, 2, 3], 10, 40);
         from_leader.leader = true;
-        assert!(judge(me, &learner, false, 1, &from_leader));
+        assert!(judge(me, &learner, false, 0, 1, &from_leader));
         // ...but not a leader of an older term than the learner knows (a
         // deposed leader that has not noticed yet; the new one added the
         // learner).
         let mut newer = learner.clone();
         newer.term = 5;
         from_leader.term = 4;
-        assert!(!judge(me, &newer, false, 1, &from_leader));
+        assert!(!judge(me, &newer, false, 0, 1, &from_leader));
         from_leader.term = 5;
-        assert!(judge(me, &newer, false, 1, &from_leader));
+        assert!(judge(me, &newer, false, 0, 1, &from_leader));
         // ...and the leader's configuration that lists it keeps it.
         from_leader.members.push(me);
-        assert!(!judge(me, &learner, false, 1, &from_leader));
+        assert!(!judge(me, &learner, false, 0, 1, &from_leader));
+        // A replica moved back: the removal of its predecessor (at or below
+        // its fence) says nothing of it; a later one does.
+        assert!(!judge(me, &st, true, 12, 1, &answer(&[1, 2, 9], 12, 15)));
+        assert!(judge(me, &st, true, 11, 1, &answer(&[1, 2, 9], 12, 15)));
     }
 
     #[test]
@@ -353,18 +368,18 @@ mod tests {
         // The answerer's commit covers index 20 and its latest
         // configuration is older: the entry at 20 is not a configuration,
         // so node 7's is dead. Retires.
-        assert!(judge(me, &st, true, 1, &answer(&[1, 2, 9], 14, 25)));
-        assert!(judge(me, &st, true, 2, &answer(&[1, 2, 9], 14, 20)));
+        assert!(judge(me, &st, true, 0, 1, &answer(&[1, 2, 9], 14, 25)));
+        assert!(judge(me, &st, true, 0, 2, &answer(&[1, 2, 9], 14, 20)));
         // The answerer has not committed up to 20: node 7's entry there may
         // still commit (the answer is stale). Kept.
-        assert!(!judge(me, &st, true, 1, &answer(&[1, 2, 9], 14, 19)));
+        assert!(!judge(me, &st, true, 0, 1, &answer(&[1, 2, 9], 14, 19)));
         // Still only a member's committed, non-joint configuration without
         // node 7 counts.
-        assert!(!judge(me, &st, true, 1, &answer(&[1, 2, 7], 14, 25)));
-        assert!(!judge(me, &st, true, 9, &answer(&[1, 2, 9], 14, 25)));
+        assert!(!judge(me, &st, true, 0, 1, &answer(&[1, 2, 7], 14, 25)));
+        assert!(!judge(me, &st, true, 0, 9, &answer(&[1, 2, 9], 14, 25)));
         let mut joint = answer(&[1, 2, 9], 14, 25);
         joint.joint = true;
-        assert!(!judge(me, &st, true, 1, &joint));
+        assert!(!judge(me, &st, true, 0, 1, &joint));
     }
 
     #[test]

@@ -119,6 +119,7 @@ pub struct PeerBuilder<S> {
     watch_journal_bytes: usize,
     group_storage: Option<GroupStorage>,
     tick_gate: Option<Arc<super::TickGate>>,
+    membership_fence: Option<(crate::core::Index, crate::core::Term)>,
     _sm: PhantomData<fn() -> S>,
 }
 
@@ -188,6 +189,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             watch_journal_bytes: super::watch::DEFAULT_WATCH_JOURNAL_BYTES,
             group_storage: None,
             tick_gate: None,
+            membership_fence: None,
             _sm: PhantomData,
         }
     }
@@ -437,6 +439,19 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// The replica's membership fence (a multi-group node's replica of a
+    /// group it left and joined again, see
+    /// [`Config::membership_fence`](crate::core::Config::membership_fence)).
+    /// The replica starts in the fence's term at least: the caller keeps
+    /// the fence durably, so the raised term is as durable as the fence.
+    pub(crate) fn membership_fence(
+        mut self,
+        fence: Option<(crate::core::Index, crate::core::Term)>,
+    ) -> Self {
+        self.membership_fence = fence;
+        self
+    }
+
     /// Uses a custom transport (for example the in-process one of the
     /// transport module) instead of QUIC.
     pub fn transport(
@@ -575,7 +590,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             }
             None => persist::open(&storage, &self.fs, self.wal.clone())?,
         };
-        let restored = match opened.restored.take() {
+        let mut restored = match opened.restored.take() {
             Some(r) => {
                 info!(name = %meta.name, last = r.snapshot.index + r.entries.len() as u64, term = r.hard_state.term, "restarting from durable state");
                 r
@@ -620,7 +635,16 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         };
 
         // 4. The core.
+        if let Some((_, term)) = self.membership_fence
+            && restored.hard_state.term < term
+        {
+            // Messages of the terms before the removal come from leaders
+            // that may not know of it (Raft §5.1 rejects them).
+            restored.hard_state.term = term;
+            restored.hard_state.vote = crate::core::NO_NODE;
+        }
         let mut cfg = Config::new(id);
+        cfg.membership_fence = self.membership_fence;
         cfg.election_ticks = self.election_ticks;
         cfg.heartbeat_ticks = self.heartbeat_ticks;
         cfg.lease_reads = true;

@@ -765,3 +765,81 @@ fn a_learner_votes_for_a_candidate_that_counts_it_as_voter() {
     c.tick_all(T);
     assert_eq!(c.node(1).config(), &Configuration::new([1, 2, 3]));
 }
+
+// ----- a node that left the group and joins it again (crate::multi) ------
+
+/// The vote answer in `out`, if any.
+fn vote_answer(out: &Out) -> Option<bool> {
+    out.all().iter().find_map(|m| match m.body {
+        Body::RequestVoteResponse { granted, .. } => Some(granted),
+        _ => None,
+    })
+}
+
+/// A replica that left a group (its removal committed at index 5, seen in
+/// term 4) and is hosted again with an empty state catches up through the
+/// group's old configurations, which list its id as a voter: they describe
+/// the earlier replica. Counting itself a voter there, it could campaign
+/// with an old configuration or give a lagging candidate of one the vote
+/// the earlier replica already gave, and a leader could be elected without
+/// entries the earlier replica had acknowledged. Behind its fence it does
+/// neither; the same node without the fence does both.
+#[test]
+fn a_replica_behind_its_membership_fence_neither_campaigns_nor_votes() {
+    let fenced = |c: &mut Config| c.membership_fence = Some((5, 4));
+    // The configuration in force (from the snapshot at 0) lists 7.
+    let mut r = node_with(7, &[1, 2, 7], 4, &[1, 2, 3], fenced);
+    for _ in 0..10 * T {
+        r.tick();
+        let out = flush(&mut r);
+        assert!(out.all().is_empty(), "the fenced node sent {:?}", out.all());
+    }
+    assert_eq!(r.role(), Role::Follower);
+    let out = step(&mut r, vote_req(1, 7, 6, (3, 3)));
+    assert_eq!(
+        vote_answer(&out),
+        Some(false),
+        "a fenced node granted a vote"
+    );
+    let out = step(&mut r, pre_vote_req(2, 7, 7, (3, 3)));
+    assert_eq!(
+        vote_answer(&out),
+        Some(false),
+        "a fenced node granted a pre-vote"
+    );
+
+    // Without the fence: the same node campaigns and votes.
+    let mut free = node(7, &[1, 2, 7], 4, &[1, 2, 3]);
+    let out = step(&mut free, vote_req(1, 7, 6, (3, 3)));
+    assert_eq!(vote_answer(&out), Some(true));
+    let (out, _) = tick_until_campaign(&mut node(7, &[1, 2, 7], 4, &[1, 2, 3]));
+    assert!(!out.all().is_empty());
+}
+
+/// Past its fence (a configuration newer than the removal lists it) the
+/// replica is an ordinary voter, except that it never votes in a term up
+/// to the removal's: the earlier replica may have voted in it.
+#[test]
+fn past_its_fence_a_replica_votes_only_in_terms_after_its_removal() {
+    let voters = Configuration::new([1, 2, 7]);
+    let mut log: Vec<Entry> = (1..=5).map(|i| entry(i, 4)).collect();
+    log.push(conf_entry(6, 4, voters.clone()));
+    let restored = Restored {
+        entries: log,
+        ..restored(&[1, 2], 4, &[])
+    };
+    let mut cfg = config(7);
+    cfg.membership_fence = Some((5, 4));
+    let mut r = Raft::new(cfg.clone(), restored.clone()).expect("config");
+    // Term 4, the removal's: refused, also from a candidate as up to date.
+    let out = step(&mut r, vote_req(1, 7, 4, (6, 4)));
+    assert_eq!(vote_answer(&out), Some(false));
+    // Term 5: granted.
+    let out = step(&mut r, vote_req(1, 7, 5, (6, 4)));
+    assert_eq!(vote_answer(&out), Some(true));
+    // And it campaigns (in a term after the removal's).
+    let mut r = Raft::new(cfg, restored).expect("config");
+    let (out, _) = tick_until_campaign(&mut r);
+    assert!(!out.all().is_empty());
+    assert!(r.term() > 4 || r.role() == Role::PreCandidate);
+}

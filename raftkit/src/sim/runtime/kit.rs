@@ -178,6 +178,9 @@ pub struct MembershipCounts {
     /// Replica moves that went through every step (learner added, caught
     /// up, joint change committed, old replica dropped).
     pub moves_done: u64,
+    /// Of those, moves that brought the group back to a node it had left
+    /// (a new replica behind its membership fence).
+    pub moves_back: u64,
 }
 
 /// Session expiry in one run.
@@ -451,6 +454,10 @@ pub(crate) struct Group {
 pub(crate) struct Placement {
     pub(crate) incarnation: u64,
     pub(crate) removed: bool,
+    /// The last removal: the committed configuration without the replica
+    /// and the term its leader was in (the tombstone's fence, with the
+    /// replica's own last term).
+    pub(crate) removal: (crate::core::Index, crate::core::Term),
 }
 
 /// The shared state of one run.
@@ -702,7 +709,7 @@ impl<S: StateMachine + Default> World<S> {
                 // Moved away, and the node crashed before it dropped the
                 // replica: the operator drops it now.
                 journal
-                    .remove_group(g as u64)
+                    .remove_group(g as u64, self.fence_of(i, g, &journal))
                     .map_err(|e| Error::Storage(e.to_string()))?;
                 continue;
             }
@@ -784,11 +791,19 @@ impl<S: StateMachine + Default> World<S> {
                         snap_dir.clone().into(),
                     ),
                 };
+                // A replica of a group the node left before starts behind
+                // its tombstone's fence (the tooth: without it).
+                let fence = if on(Tooth::RehostRemovedReplica) {
+                    None
+                } else {
+                    journal.fence(g as u64)
+                };
                 let mut b = builder
                     .name(default_name(S::NAME, &addr))
                     .advertise(addr.clone())
                     .in_memory()
                     .group_storage(storage)
+                    .membership_fence(fence)
                     .transport(move |id, inbox| {
                         lock(&inboxes).insert((id, g), inbox.clone());
                         if !mix {
@@ -847,12 +862,30 @@ impl<S: StateMachine + Default> World<S> {
             t.abort();
         }
         if let Some(j) = journal
-            && let Err(e) = j.remove_group(g as u64)
+            && let Err(e) = j.remove_group(g as u64, self.fence_of(i, g, &j))
         {
             // The node's next restart drops it (its placement says so).
             self.event(format_args!("node {i} could not drop group {g}: {e}"));
         }
         self.event(format_args!("node {i} dropped its replica of group {g}"));
+    }
+
+    /// The fence of the tombstone of node `i`'s replica of `g`, dropped
+    /// now: the removal the move recorded, with the replica's latest
+    /// durable term (it never voted in a later one).
+    fn fence_of(
+        &self,
+        i: usize,
+        g: usize,
+        journal: &Journal,
+    ) -> (crate::core::Index, crate::core::Term) {
+        use crate::storage::LogStore;
+        let removal = lock(&self.placement)
+            .get(&(i, g))
+            .map(|p| p.removal)
+            .unwrap_or_default();
+        let term = journal.log(g as u64).hard_state().term;
+        (removal.0, removal.1.max(term))
     }
 
     /// Starts an empty replica of `group` on running node `i` (the first

@@ -18,20 +18,24 @@
 //!   in the configuration; the next move of the group starts from the
 //!   configuration in force).
 //!
-//! **Tombstones.** A node never takes back a group it was moved away from.
-//! A group's members are named by their node's id, so a new, empty
-//! replica on a node the group left would answer under the id of the old
-//! replica, whose log and votes went with it; a member that lags behind
-//! the move still holds a configuration that lists that id as a voter,
-//! and counts the newcomer's vote as the old voter's. The simulation found
-//! this (seed 1864 of the first 2000 with the rule off): the new replica
-//! installed a snapshot from before its node's removal, whose
+//! **Moving back.** A move may bring a group back to a node it left. A
+//! group's members are named by their node's id, so the new, empty
+//! replica answers under the id of the old replica, whose log and votes
+//! went with it; a member that lags behind the move still holds a
+//! configuration that lists that id as a voter. Unfenced, the newcomer
+//! counts itself a voter of the old configurations it catches up through
+//! and gives its vote as the old voter's: the simulation found this (seed
+//! 1864 of the first 2000, when moves back were first allowed): the new
+//! replica installed a snapshot from before its node's removal, whose
 //! configuration made it a voter again; with a lagging member it formed a
 //! majority of that old configuration, elected a leader whose log lacked
-//! committed entries, and the group's logs diverged. CockroachDB keeps a
-//! replica tombstone for the same reason; TiKV gives every replica a fresh
-//! id. [`Tooth::RehostRemovedReplica`] lifts the rule, and the run catches
-//! it.
+//! committed entries, and the group's logs diverged. The node's journal
+//! therefore keeps a tombstone with a **membership fence** (the index of
+//! the committed configuration that removed the old replica, and the
+//! latest term the old replica knew), and the new replica starts behind
+//! it ([`Config::membership_fence`](crate::core::Config::membership_fence),
+//! `multi::hosting`). [`Tooth::RehostRemovedReplica`](super::teeth::Tooth::RehostRemovedReplica) starts it without
+//! the fence, and the run catches it.
 //!
 //! The nemesis starts at most one move per group at a time. What the run
 //! judges is unchanged: each group's replicas agree, no acknowledged write
@@ -46,7 +50,6 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use super::kit::{World, lock};
-use super::teeth::{Tooth, on};
 use crate::core::{Configuration, NodeId};
 use crate::runtime::PeerStatus;
 use crate::state_machine::StateMachine;
@@ -108,16 +111,14 @@ pub(crate) fn start_move<S: StateMachine + Default>(
     let status = leader.status();
     let n = world.node_count();
     let members: BTreeSet<NodeId> = status.members.iter().map(|m| m.id).collect();
-    let rehost = on(Tooth::RehostRemovedReplica);
     let spares: Vec<usize> = (0..n)
         .filter(|&i| {
-            world.is_up(i)
-                && !world.hosts(i, group)
-                && !members.contains(&world.node(i).1)
-                && (rehost || !world.left(i, group))
+            world.is_up(i) && !world.hosts(i, group) && !members.contains(&world.node(i).1)
         })
         .collect();
-    // The tooth brings the group back to a node it left whenever it can.
+    // A move brings the group back to a node it left whenever it can: the
+    // case the membership fence is for (module docs), and the one the
+    // tooth breaks.
     let back: Vec<usize> = spares
         .iter()
         .copied()
@@ -140,6 +141,7 @@ pub(crate) fn start_move<S: StateMachine + Default>(
     }
     let from = sources[rng.random_range(0..sources.len())];
     let to = spares[rng.random_range(0..spares.len())];
+    let back = world.left(to, group);
     lock(&world.membership).moves_started += 1;
     world.event(format_args!(
         "group {group}: moving the replica on node {from} to node {to}"
@@ -149,7 +151,10 @@ pub(crate) fn start_move<S: StateMachine + Default>(
         let done = move_replica(&world, group, from, to).await;
         match done {
             Ok(()) => {
-                lock(&world.membership).moves_done += 1;
+                let mut counts = lock(&world.membership);
+                counts.moves_done += 1;
+                counts.moves_back += u64::from(back);
+                drop(counts);
                 world.event(format_args!(
                     "group {group}: moved from node {from} to node {to}"
                 ));
@@ -192,12 +197,12 @@ async fn change<S: StateMachine + Default>(
     deadline: tokio::time::Instant,
     edit: impl Fn(&mut Configuration),
     done: impl Fn(&PeerStatus) -> bool,
-) -> bool {
+) -> Option<PeerStatus> {
     while tokio::time::Instant::now() < deadline {
         if let Some((_, leader)) = world.leader(group) {
             let status = leader.status();
             if done(&status) && !status.joint && status.commit >= status.config_index {
-                return true;
+                return Some(status);
             }
             if !done(&status) && !status.joint {
                 let conf = target(&status, &edit);
@@ -206,7 +211,7 @@ async fn change<S: StateMachine + Default>(
         }
         tokio::time::sleep(RETRY).await;
     }
-    false
+    None
 }
 
 /// The steps of a move (module docs); `Err` names the step that ran out
@@ -248,7 +253,8 @@ async fn move_replica<S: StateMachine + Default>(
         },
         |s| has(s, to_id),
     )
-    .await;
+    .await
+    .is_some();
     if !added {
         return Err("adding the learner");
     }
@@ -285,14 +291,17 @@ async fn move_replica<S: StateMachine + Default>(
         |s| is_voter(s, to_id) && !has(s, from_id),
     )
     .await;
-    if !changed {
+    let Some(changed) = changed else {
         return Err("the joint change");
+    };
+    // 5. Only now the old replica goes, its tombstone fenced at the
+    // committed configuration without it (see the module docs).
+    {
+        let mut placement = lock(&world.placement);
+        let p = placement.entry((from, group)).or_default();
+        p.removed = true;
+        p.removal = (changed.config_index, changed.term);
     }
-    // 5. Only now the old replica goes.
-    lock(&world.placement)
-        .entry((from, group))
-        .or_default()
-        .removed = true;
     world.drop_replica(from, group).await;
     Ok(())
 }

@@ -45,9 +45,10 @@ pub enum Tooth {
     /// commit index as the index it applied: the read claims to be fresher
     /// than the state it was served from.
     StaleOverstated,
-    /// Replica moves may bring a group back to a node it was moved away
-    /// from: a new, empty replica under the id of the old one (`moves.rs`,
-    /// "Tombstones"). Injected by the simulation's mover.
+    /// A replica brought back to a node it was moved away from starts
+    /// without its membership fence: a new, empty replica under the id of
+    /// the old one that counts itself a voter of the old configurations
+    /// (`moves.rs`, "Moving back"). The mover also prefers moves back.
     RehostRemovedReplica,
 }
 

@@ -1,0 +1,114 @@
+//! The retirement window, hit every time: [`MultiNode`]'s `retire` takes a
+//! replica out of the group table, stops it, and only then writes the
+//! journal's tombstone. An explicit `create_group` of the same group in
+//! between must wait for the retirement (it holds the `retiring` lock) and
+//! then be refused; before 8a0109e it found neither a hosted replica nor a
+//! tombstone and started an empty replica of a group the node had just
+//! left. A test hook ([`WindowPause`]) holds a retirement inside the window
+//! while the test starts the create.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::MultiNode;
+use crate::error::Error;
+use crate::multi::hosting::Retire;
+use crate::multi::placement::Placement;
+use crate::tls::ClusterCa;
+
+/// Holds a retirement between taking the replica out of the table and
+/// writing the tombstone, until the test resumes it.
+#[derive(Default)]
+pub(super) struct WindowPause {
+    /// Notified when a retirement reached the window.
+    reached: Notify,
+    /// Notified by the test to let it go on.
+    resume: Notify,
+}
+
+impl WindowPause {
+    /// Called by `retire` inside the window: waits there if a test set a
+    /// pause (once: the pause is taken).
+    pub(super) async fn hold(slot: &Mutex<Option<Arc<WindowPause>>>) {
+        let pause = slot.lock().ok().and_then(|mut p| p.take());
+        if let Some(pause) = pause {
+            pause.reached.notify_one();
+            pause.resume.notified().await;
+        }
+    }
+}
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_inside_the_retirement_window_waits_and_is_refused() {
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .to_string();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = ClusterCa::generate("retire-test").expect("a CA");
+    let node = MultiNode::<Placement>::builder()
+        .listen(&addr)
+        .data_dir(dir.path())
+        .tick(Duration::from_millis(20))
+        .identity(
+            ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+                .expect("a node certificate"),
+        )
+        .start()
+        .await
+        .expect("the node starts");
+    let members = vec![addr.clone()];
+    node.create_group(1, &members)
+        .await
+        .expect("group 1 created");
+
+    let pause = Arc::new(WindowPause::default());
+    *node.inner.window.lock().expect("the hook") = Some(pause.clone());
+    let retirer = {
+        let node = node.clone();
+        tokio::spawn(async move { node.retire(1, Retire::Removed((1, 1))).await })
+    };
+    tokio::time::timeout(DEADLINE, pause.reached.notified())
+        .await
+        .expect("the retirement reaches its window");
+    // Inside the window: no replica in the table, no tombstone yet.
+    assert!(node.group(1).is_none());
+    assert!(!node.inner.journal.was_removed(1));
+
+    // The create's first poll happens inside the window: without the
+    // `retiring` lock it passes both checks there and then.
+    let create = node.create_group(1, &members);
+    tokio::pin!(create);
+    let first = std::future::poll_fn(|cx| Poll::Ready(create.as_mut().poll(cx).is_ready())).await;
+    assert!(
+        !first,
+        "a create inside the retirement window finished at once"
+    );
+    pause.resume.notify_one();
+
+    let created = tokio::time::timeout(DEADLINE, create)
+        .await
+        .expect("the create finishes once the retirement did");
+    tokio::time::timeout(DEADLINE, retirer)
+        .await
+        .expect("the retirement finishes")
+        .expect("the retirement task")
+        .expect("the retirement succeeds");
+    assert!(
+        matches!(&created, Err(Error::Rejected(why)) if why.contains("left group 1")),
+        "a create inside the retirement window must be refused once the tombstone is written, got {:?}",
+        created.map(|_| "a replica")
+    );
+    assert!(
+        node.group(1).is_none(),
+        "an empty replica of a group the node left"
+    );
+    assert!(node.inner.journal.was_removed(1));
+    node.shutdown().await.expect("a clean shutdown");
+}
