@@ -540,3 +540,35 @@ async fn a_target_that_does_not_host_fails_the_catch_up_and_the_move_aborts() {
     assert!(matches!(err, MoveError::NotLeader { .. }), "{err}");
     assert_eq!(err.applied(), Applied::No);
 }
+
+/// Leadership balancing moves a leadership only where it narrows the
+/// spread (`multi::balance`): a leader over its share whose group's only
+/// other voter has one leadership fewer keeps it. Moving it would just
+/// swap which node is over, and that node would move it back next round
+/// (leaders oscillating between two nodes).
+#[test]
+fn leadership_balancing_never_moves_a_leadership_to_a_node_one_below() {
+    use raftkit::multi::balance::{GroupView, plan};
+    let g = |group: u64, leader: u64, voters: &[u64]| GroupView {
+        group,
+        leader: Some(leader),
+        voters: voters.to_vec(),
+    };
+    // Node 1 leads 3, node 2 leads 2, nodes 3 and 4 lead none: node 1 is
+    // over its share (2), but its groups' only other voter is node 2.
+    let view = vec![
+        g(1, 1, &[1, 2]),
+        g(2, 1, &[1, 2]),
+        g(3, 1, &[1, 2]),
+        g(4, 2, &[2, 3]),
+        g(5, 2, &[2, 4]),
+    ];
+    assert_eq!(plan(1, &view), vec![], "a move that only swaps who is over");
+    // Node 2 is at its share: it moves nothing.
+    let moves = plan(2, &view);
+    assert_eq!(moves.len(), 0, "node 2 is at its share: {moves:?}");
+    // With a third voter at 0, node 1 gives away exactly one.
+    let mut view = view;
+    view[0].voters.push(3);
+    assert_eq!(plan(1, &view), vec![(1, 3)]);
+}
