@@ -541,6 +541,44 @@ async fn a_target_that_does_not_host_fails_the_catch_up_and_the_move_aborts() {
     assert_eq!(err.applied(), Applied::No);
 }
 
+/// The catch-up step (`multi::moves` step 2) waits until the learner holds
+/// the configuration that added it, whatever lag the options allow: a
+/// learner the leader has heard nothing from (match index 0, here a target
+/// that does not host the group) is never caught up, so the joint change
+/// that would make it a voter is never proposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_is_caught_up_only_once_it_holds_the_configuration_that_added_it() {
+    let c = Cluster::start(false).await;
+    put(&c, "k", "v").await;
+    let leader = c.leader().await;
+    let from = voters(&leader)
+        .into_iter()
+        .find(|v| *v != leader.id())
+        .unwrap();
+    let opts = MoveOptions {
+        catch_up_lag: u64::MAX,
+        catch_up_timeout: Duration::from_secs(1),
+        ..MoveOptions::default()
+    };
+    let err = leader
+        .move_replica_with(G, from, &c.addrs[3], &opts)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MoveError::Step {
+                step: MoveStep::CatchUp,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(voters(&leader).len(), 3);
+    assert!(voters(&leader).contains(&from));
+    leader.abort_move(G, &c.addrs[3]).await.unwrap();
+}
+
 /// Leadership balancing moves a leadership only where it narrows the
 /// spread (`multi::balance`): a leader over its share whose group's only
 /// other voter has one leadership fewer keeps it. Moving it would just
