@@ -326,3 +326,53 @@ fn fingerprint_tracks_the_schema() {
     assert_eq!(<v3::Kv as StateMachine>::NAME, "counter");
     assert_ne!(v1, <Kv as StateMachine>::SCHEMA_FINGERPRINT);
 }
+
+/// Two handlers of each kind with the same signature, and a handler with
+/// two arguments of the same type: a dispatch that picked a handler by its
+/// signature, or a client that passed arguments out of order, would still
+/// compile.
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+pub struct Calc {
+    n: u64,
+}
+
+#[raftkit::state_machine]
+impl Calc {
+    #[write]
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+
+    #[write]
+    fn sub(&mut self, by: u64) -> u64 {
+        self.n -= by;
+        self.n
+    }
+
+    #[write]
+    fn set_diff(&mut self, from: u64, minus: u64) -> u64 {
+        self.n = from - minus;
+        self.n
+    }
+
+    #[read]
+    fn doubled(&self) -> u64 {
+        self.n * 2
+    }
+
+    #[read]
+    fn halved(&self) -> u64 {
+        self.n / 2
+    }
+}
+
+#[test]
+fn each_command_reaches_its_own_handler_with_its_arguments_in_order() {
+    let calc = CalcClient::new(Local::new(Calc::default()));
+    assert_eq!(block_on(calc.add(10)), Ok(10));
+    assert_eq!(block_on(calc.sub(4)), Ok(6));
+    assert_eq!(block_on(calc.doubled()), Ok(12));
+    assert_eq!(block_on(calc.halved()), Ok(3));
+    assert_eq!(block_on(calc.set_diff(9, 2)), Ok(7));
+}

@@ -632,3 +632,73 @@ async fn a_replica_moves_away_and_back_under_load_and_survives_a_restart() {
     drop(shared);
     check_converged(&c, &acked).await;
 }
+
+/// The catch-up step (`multi::moves` step 2) waits until the learner holds
+/// the configuration that added it, whatever lag the options allow: a
+/// learner the leader has heard nothing from (match index 0, here a target
+/// that does not host the group) is never caught up, so the joint change
+/// that would make it a voter is never proposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_is_caught_up_only_once_it_holds_the_configuration_that_added_it() {
+    let c = Cluster::start(false).await;
+    put(&c, "k", "v").await;
+    let leader = c.leader().await;
+    let from = voters(&leader)
+        .into_iter()
+        .find(|v| *v != leader.id())
+        .unwrap();
+    let opts = MoveOptions {
+        catch_up_lag: u64::MAX,
+        catch_up_timeout: Duration::from_secs(1),
+        ..MoveOptions::default()
+    };
+    let err = leader
+        .move_replica_with(G, from, &c.addrs[3], &opts)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MoveError::Step {
+                step: MoveStep::CatchUp,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(voters(&leader).len(), 3);
+    assert!(voters(&leader).contains(&from));
+    leader.abort_move(G, &c.addrs[3]).await.unwrap();
+}
+
+/// Leadership balancing moves a leadership only where it narrows the
+/// spread (`multi::balance`): a leader over its share whose group's only
+/// other voter has one leadership fewer keeps it. Moving it would just
+/// swap which node is over, and that node would move it back next round
+/// (leaders oscillating between two nodes).
+#[test]
+fn leadership_balancing_never_moves_a_leadership_to_a_node_one_below() {
+    use raftkit::multi::balance::{GroupView, plan};
+    let g = |group: u64, leader: u64, voters: &[u64]| GroupView {
+        group,
+        leader: Some(leader),
+        voters: voters.to_vec(),
+    };
+    // Node 1 leads 3, node 2 leads 2, nodes 3 and 4 lead none: node 1 is
+    // over its share (2), but its groups' only other voter is node 2.
+    let view = vec![
+        g(1, 1, &[1, 2]),
+        g(2, 1, &[1, 2]),
+        g(3, 1, &[1, 2]),
+        g(4, 2, &[2, 3]),
+        g(5, 2, &[2, 4]),
+    ];
+    assert_eq!(plan(1, &view), vec![], "a move that only swaps who is over");
+    // Node 2 is at its share: it moves nothing.
+    let moves = plan(2, &view);
+    assert_eq!(moves.len(), 0, "node 2 is at its share: {moves:?}");
+    // With a third voter at 0, node 1 gives away exactly one.
+    let mut view = view;
+    view[0].voters.push(3);
+    assert_eq!(plan(1, &view), vec![(1, 3)]);
+}

@@ -574,3 +574,109 @@ async fn followers_serve_linearizable_and_stale_reads_lease_reads_fall_back() {
         p.shutdown().await.unwrap();
     }
 }
+
+/// A state machine whose `hold` handler blocks until the test opens
+/// [`GATE`]: a write that stays between admission and answer as long as
+/// the test wants.
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "gated")]
+pub struct Gated {
+    n: u64,
+}
+
+/// (open, entered): `hold` sets `entered` and waits for `open`.
+static GATE: (Mutex<(bool, bool)>, std::sync::Condvar) =
+    (Mutex::new((false, false)), std::sync::Condvar::new());
+
+#[raftkit::state_machine]
+impl Gated {
+    #[write]
+    fn hold(&mut self) -> u64 {
+        let (lock, cv) = &GATE;
+        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 = true;
+        cv.notify_all();
+        while !g.0 {
+            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        self.n += 1;
+        self.n
+    }
+
+    #[write]
+    fn bump(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+}
+
+/// Backpressure (`runtime/admission.rs`): a command holds its room in the
+/// in-flight budget from admission until its caller is answered, not only
+/// until it is queued. With a budget of one command, a write that waits
+/// behind a write still being applied is refused with `Overloaded`
+/// (nothing applied) after the admission wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_holds_its_room_in_the_budget_until_it_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let net2 = net.clone();
+    let peer = Gated::peer()
+        .listen("g1:1")
+        .data_dir(dir.path().join("g1"))
+        .bootstrap_members(["g1:1"])
+        .tick(Duration::from_millis(10))
+        .max_in_flight(1, 1 << 20)
+        .admission_wait(Duration::from_millis(100))
+        .transport(move |id, inbox| {
+            net2.inboxes.lock().unwrap().insert(id, inbox);
+            Arc::new(NetEnd(net2.clone()))
+        })
+        .start()
+        .await
+        .expect("peer starts");
+    let mut w = peer.watch();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        w.wait_for(|s| s.role == Role::Leader),
+    )
+    .await
+    .expect("a leader in time")
+    .expect("peer alive");
+
+    let held = tokio::spawn({
+        let peer = peer.clone();
+        async move { peer.write(GatedWrite::Hold).await }
+    });
+    // Wait until the first write is inside its handler.
+    let entered = tokio::task::spawn_blocking(|| {
+        let (lock, cv) = &GATE;
+        let g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, _) = cv
+            .wait_timeout_while(g, Duration::from_secs(10), |g| !g.1)
+            .unwrap_or_else(|p| p.into_inner());
+        g.1
+    })
+    .await
+    .unwrap();
+    assert!(entered, "the first write never reached its handler");
+
+    let second = tokio::time::timeout(Duration::from_secs(5), peer.write(GatedWrite::Bump)).await;
+    // Open the gate whatever happened, so that the node can stop.
+    {
+        let (lock, cv) = &GATE;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
+        cv.notify_all();
+    }
+    match second {
+        Ok(Err(Error::Overloaded)) => {}
+        Ok(other) => panic!("a write past the budget was not refused: {other:?}"),
+        Err(_) => panic!("a write past the budget was admitted and queued behind the held one"),
+    }
+    assert!(matches!(held.await.unwrap(), Ok(GatedWriteOutput::Hold(1))));
+    // The budget is free again once the first write was answered.
+    assert!(matches!(
+        peer.write(GatedWrite::Bump).await,
+        Ok(GatedWriteOutput::Bump(2))
+    ));
+    peer.shutdown().await.unwrap();
+}

@@ -136,15 +136,31 @@ async fn one_request_is_followed_by_its_id_and_a_handler_panic_is_one_event() {
         matches!(&err, raftkit::Error::Handler { message } if message == "exploded: on purpose"),
         "{err:?}"
     );
-    // Wait until all three replicas applied it.
-    let applied = cluster.leader().expect("a leader").status().applied;
+    // Wait until all three replicas applied it: its index is in the
+    // panic event (the leader logged its own before answering). A peer's
+    // status shows an applied index only after its apply thread applied it
+    // (and so logged the panic), but it is published lazily: the leader's
+    // status read right now may still show an earlier index.
+    let index: u64 = captured
+        .lines()
+        .split_off(before)
+        .iter()
+        .find(|l| l.contains("a handler panicked"))
+        .and_then(|l| {
+            let at = l.find(" index=")? + " index=".len();
+            let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .expect("the leader's panic event names the entry's index");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     for p in cluster.peers() {
         let mut w = p.watch();
-        while w.borrow().applied < applied {
-            assert!(tokio::time::Instant::now() < deadline, "{} lags", p.name());
-            let _ = tokio::time::timeout_at(deadline, w.changed()).await;
-        }
+        let reached = tokio::time::timeout_at(deadline, w.wait_for(|s| s.applied >= index)).await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "{} did not apply entry {index}",
+            p.name()
+        );
     }
     let new: Vec<String> = captured.lines().split_off(before);
     let panics: Vec<&String> = new

@@ -36,6 +36,8 @@
 
 mod admission;
 mod apply;
+#[cfg(test)]
+mod apply_tests;
 pub mod authorization;
 mod builder;
 mod client_mux;

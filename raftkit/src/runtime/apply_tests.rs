@@ -1,0 +1,308 @@
+//! Tests that drive the apply thread ([`apply::run`]) directly with the
+//! messages the node task sends it: batches of committed entries,
+//! registered proposals, snapshot requests and installs, reads. They pin
+//! the apply thread's own invariants (`apply.rs` module docs) without a
+//! cluster around it, so each input can be exactly the one a rule is about:
+//!
+//! - entries are applied exactly once each, in index order, even when a
+//!   batch overlaps what was applied (a defensive rule: the node task hands
+//!   only [`RaftLog::take_committed`](crate::core::RaftLog) output, which
+//!   starts after `applied`; the test pins the apply thread's own guard);
+//! - a proposal answered by an entry of another term (another leader's
+//!   entry replaced it, Raft §5.3) gets [`Error::NotLeader`], never that
+//!   entry's result;
+//! - the session table travels with the snapshot (thesis §6.3): a retry
+//!   after a snapshot install is answered from the table, not applied again;
+//! - a write whose handler panicked under `skip` is applied (its caller gets
+//!   [`Error::Handler`], which says applied) and is a watch event with the
+//!   panic message as its output.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::apply::{self, ApplyMsg, ApplyStatus, Reply, Taken};
+use super::session::{Envelope, Op, Owner, Sessions};
+use super::watch::Journal;
+use crate::client::wire::{SessionId, SessionRef, WatchOutput};
+use crate::core::{Entry, Index, Payload, Term};
+use crate::error::{Applied, Error};
+use crate::prelude::*;
+use crate::state_machine::{decode, encode};
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+struct Tally {
+    n: u64,
+}
+
+#[crate::state_machine]
+impl Tally {
+    #[write]
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+
+    #[write]
+    fn boom(&mut self) -> u64 {
+        panic!("boom on purpose")
+    }
+
+    #[read]
+    fn get(&self) -> u64 {
+        self.n
+    }
+}
+
+/// One apply thread (as a task of a current-thread runtime) and the ends
+/// the node task would hold.
+struct Thread {
+    tx: mpsc::UnboundedSender<ApplyMsg>,
+    snapshots: mpsc::UnboundedReceiver<Result<Taken, String>>,
+    journal: Arc<Journal>,
+    status: apply::ProgressRx,
+}
+
+impl Thread {
+    fn start() -> Thread {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (snap_tx, snapshots) = mpsc::unbounded_channel();
+        let (status_tx, status) =
+            apply::status_channel(ApplyStatus::of(0, &None, &Sessions::default()));
+        let journal = Journal::new(0, 1 << 20);
+        tokio::spawn(apply::run(
+            Tally::default(),
+            Sessions::default(),
+            0,
+            rx,
+            snap_tx,
+            status_tx,
+            Arc::clone(&journal),
+        ));
+        Thread {
+            tx,
+            snapshots,
+            journal,
+            status,
+        }
+    }
+
+    fn send(&self, msg: ApplyMsg) {
+        assert!(self.tx.send(msg).is_ok(), "the apply thread stopped");
+    }
+
+    /// Registers a proposal at (index, term); its answer comes on the
+    /// returned receiver.
+    fn register(&self, index: Index, term: Term) -> oneshot::Receiver<Result<Vec<u8>, Error>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(ApplyMsg::Register(vec![(
+            index,
+            term,
+            Reply::new(tx, None),
+        )]));
+        rx
+    }
+
+    /// The state after everything sent so far was applied (a read at
+    /// index 0 is served once the thread reaches it in its queue).
+    async fn value(&self) -> u64 {
+        let (tx, rx) = oneshot::channel();
+        self.send(ApplyMsg::Read {
+            index: 0,
+            query: encode("query", &TallyRead::Get).expect("encodes"),
+            reply: Reply::new(tx, None),
+        });
+        let bytes = rx.await.expect("answered").expect("read served");
+        match decode::<TallyReadOutput>("output", &bytes).expect("decodes") {
+            TallyReadOutput::Get(n) => n,
+        }
+    }
+
+    async fn snapshot(&mut self) -> Taken {
+        self.send(ApplyMsg::TakeSnapshot);
+        self.snapshots
+            .recv()
+            .await
+            .expect("the thread answers")
+            .expect("a snapshot")
+    }
+}
+
+fn entry(index: Index, term: Term, op: Op) -> Entry {
+    let envelope = Envelope { stamp_ms: 1, op };
+    Entry {
+        index,
+        term,
+        payload: Payload::Command(Bytes::from(encode("envelope", &envelope).expect("encodes"))),
+    }
+}
+
+fn command(w: &TallyWrite) -> Vec<u8> {
+    encode("command", w).expect("encodes")
+}
+
+fn add(index: Index, by: u64) -> Entry {
+    entry(
+        index,
+        1,
+        Op::Write {
+            command: command(&TallyWrite::Add { by }),
+        },
+    )
+}
+
+fn output(r: Result<Vec<u8>, Error>) -> u64 {
+    let bytes = r.expect("applied");
+    match decode::<TallyWriteOutput>("output", &bytes).expect("decodes") {
+        TallyWriteOutput::Add(n) | TallyWriteOutput::Boom(n) => n,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn an_overlapping_batch_applies_each_entry_once() {
+    runtime().block_on(async {
+        let t = Thread::start();
+        t.send(ApplyMsg::Entries(vec![add(1, 1), add(2, 10), add(3, 100)]));
+        // A batch that starts inside what was applied (a replayed overlap):
+        // only index 4 is new.
+        t.send(ApplyMsg::Entries(vec![
+            add(2, 10),
+            add(3, 100),
+            add(4, 1000),
+        ]));
+        assert_eq!(t.value().await, 1111, "an entry was applied twice");
+        assert_eq!(t.status.borrow().applied, 4);
+    });
+}
+
+#[test]
+fn a_proposal_replaced_by_another_leaders_entry_gets_not_leader() {
+    runtime().block_on(async {
+        let t = Thread::start();
+        // Proposed at index 1 in term 1; the entry that committed there is
+        // another leader's (term 2).
+        let replaced = t.register(1, 1);
+        let kept = t.register(2, 2);
+        t.send(ApplyMsg::Entries(vec![
+            entry(
+                1,
+                2,
+                Op::Write {
+                    command: command(&TallyWrite::Add { by: 5 }),
+                },
+            ),
+            entry(
+                2,
+                2,
+                Op::Write {
+                    command: command(&TallyWrite::Add { by: 1 }),
+                },
+            ),
+        ]));
+        let r = replaced.await.expect("answered");
+        assert!(
+            matches!(r, Err(Error::NotLeader { .. })),
+            "the replaced proposal got {r:?}"
+        );
+        assert_eq!(output(kept.await.expect("answered")), 6);
+    });
+}
+
+#[test]
+fn sessions_travel_with_the_snapshot_so_a_retry_after_an_install_is_not_applied_again() {
+    runtime().block_on(async {
+        let id = SessionId(7);
+        let open = Op::OpenSession {
+            id,
+            owner: Owner::Local,
+            ttl_ms: 600_000,
+            max_sessions: 16,
+        };
+        let write = Op::SessionWrite {
+            session: SessionRef {
+                id,
+                seq: 1,
+                acked_below: 1,
+            },
+            owner: Owner::Local,
+            command: command(&TallyWrite::Add { by: 7 }),
+        };
+        let mut a = Thread::start();
+        let first = a.register(2, 1);
+        a.send(ApplyMsg::Entries(vec![
+            entry(1, 1, open),
+            entry(2, 1, write.clone()),
+        ]));
+        assert_eq!(output(first.await.expect("answered")), 7);
+        let taken = a.snapshot().await;
+        assert_eq!(taken.index, 2);
+
+        // Another replica installs it, then applies a retry of the same
+        // write (same session and sequence number) logged after it.
+        let b = Thread::start();
+        b.send(ApplyMsg::Restore {
+            index: taken.index,
+            data: taken.data,
+        });
+        let retry = b.register(3, 1);
+        b.send(ApplyMsg::Entries(vec![entry(3, 1, write)]));
+        let r = retry.await.expect("answered");
+        assert!(
+            matches!(&r, Ok(_)),
+            "the retry after the install was not answered from the session table: {r:?}"
+        );
+        assert_eq!(
+            output(r),
+            7,
+            "the retry got another answer than the first attempt"
+        );
+        assert_eq!(b.value().await, 7, "the retry was applied again");
+        assert_eq!(b.status.borrow().sessions, 1);
+    });
+}
+
+#[test]
+fn a_skipped_panic_answers_applied_and_is_a_watch_event() {
+    runtime().block_on(async {
+        let t = Thread::start();
+        let mut cursor = t.journal.cursor(Some(1)).expect("a cursor");
+        let boom = t.register(1, 1);
+        t.send(ApplyMsg::Entries(vec![
+            entry(
+                1,
+                1,
+                Op::Write {
+                    command: command(&TallyWrite::Boom),
+                },
+            ),
+            add(2, 3),
+        ]));
+        let r = boom.await.expect("answered");
+        match &r {
+            Err(e @ Error::Handler { message }) => {
+                assert_eq!(message, "boom on purpose");
+                assert_eq!(e.applied(), Applied::Yes);
+            }
+            other => panic!("a skipped panic answered {other:?}"),
+        }
+        assert_eq!(t.value().await, 3, "the log went on after the panic");
+        let events = cursor.next_batch(usize::MAX).await.expect("events");
+        let seen: Vec<(u64, &WatchOutput)> = events.iter().map(|e| (e.index, &e.output)).collect();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0].0, 1);
+        assert_eq!(
+            seen[0].1,
+            &WatchOutput::Handler("boom on purpose".into()),
+            "the panicked write is an event with its message"
+        );
+        assert_eq!(seen[1].0, 2);
+    });
+}
