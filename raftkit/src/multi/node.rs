@@ -287,7 +287,6 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 window: Mutex::new(None),
             }),
         };
-        node.start_hosting(host_rx, self.replicas_every);
         node.start_removal(member_rx);
         if self.quiesce {
             let timing = Timing {
@@ -326,6 +325,13 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 node.start_group(*group, None).await?;
             }
         }
+        // Hosting on demand starts only now: the endpoint already listens,
+        // and a leader's message for a group of the journal that the loop
+        // above had not started yet would otherwise start a second replica
+        // of it over the same log (two cores voting from one hard state).
+        // Messages offered meanwhile wait in the channel and are delivered
+        // to the replicas started above.
+        node.start_hosting(host_rx, self.replicas_every);
         tokio::spawn(crate::runtime::client_service::serve_front(
             super::service::Front::new(&node),
             clients_rx,
@@ -965,6 +971,19 @@ impl<S: PeerExt> MultiNode<S> {
         let inner = &self.inner;
         // Not while a retirement is under way: it took its replica out of
         // the table before its tombstone (and fence) is written.
+        // The placement group is never hosted on demand: its replica is a
+        // `PlacementGroup`, not an `S`, lives outside the group table (so
+        // `self.group` never shows it), and joins only by `form_shards` or
+        // a restart. A message for it before it is registered is dropped;
+        // its leader resends.
+        if group == PLACEMENT_GROUP {
+            tracing::debug!(
+                group,
+                from = msg.from,
+                "not hosting the placement group on demand"
+            );
+            return;
+        }
         let retiring = inner.retiring.lock().await;
         if self.group(group).is_none() {
             let policy = &inner.hosting;

@@ -6,6 +6,9 @@
 //! tombstone and started an empty replica of a group the node had just
 //! left. A test hook ([`WindowPause`]) holds a retirement inside the window
 //! while the test starts the create.
+//!
+//! Also here: the placement group 0 is never hosted on demand (its replica
+//! is not one of the user's state machine).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -110,5 +113,59 @@ async fn a_create_inside_the_retirement_window_waits_and_is_refused() {
         "an empty replica of a group the node left"
     );
     assert!(node.inner.journal.was_removed(1));
+    node.shutdown().await.expect("a clean shutdown");
+}
+
+/// A leader's heartbeat for the placement group 0, offered to a node that
+/// does not host it (a restart before `start_placement` registered it, or a
+/// node outside group 0), never starts a replica of it: group 0's replica
+/// is a `PlacementGroup`, and hosting it on demand started an empty replica
+/// of the user's state machine as group 0, over group 0's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_placement_group_is_never_hosted_on_demand() {
+    use crate::core::{Body, Message};
+    use crate::multi::placement::PLACEMENT_GROUP;
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .to_string();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = ClusterCa::generate("retire-test").expect("a CA");
+    let node = MultiNode::<Placement>::builder()
+        .listen(&addr)
+        .data_dir(dir.path())
+        .tick(Duration::from_millis(20))
+        .identity(
+            ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+                .expect("a node certificate"),
+        )
+        .start()
+        .await
+        .expect("the node starts");
+    let heartbeat = Message {
+        from: node.id().wrapping_add(1),
+        to: node.id(),
+        term: 3,
+        body: Body::AppendEntries {
+            prev_index: 0,
+            prev_term: 0,
+            entries: Vec::new(),
+            commit: 0,
+        },
+    };
+    assert!(crate::multi::hosting::may_host(node.id(), &heartbeat));
+    node.host_on_demand(PLACEMENT_GROUP, heartbeat.clone())
+        .await;
+    assert!(
+        node.group(PLACEMENT_GROUP).is_none(),
+        "a replica of the user's state machine hosted as group 0"
+    );
+    assert!(
+        !node.inner.journal.groups().contains(&PLACEMENT_GROUP),
+        "group 0 recorded in the journal by a hosting on demand"
+    );
+    // The same message for a data group does host it (the control).
+    node.host_on_demand(5, heartbeat).await;
+    assert!(node.group(5).is_some(), "a data group is hosted on demand");
     node.shutdown().await.expect("a clean shutdown");
 }
