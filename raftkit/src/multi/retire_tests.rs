@@ -47,8 +47,9 @@ impl WindowPause {
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_create_inside_the_retirement_window_waits_and_is_refused() {
+/// A one-node multi-group node on a free loopback port, with its address
+/// and its data directory (kept alive by the caller).
+async fn one_node() -> (MultiNode<Placement>, String, tempfile::TempDir) {
     let addr = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("a free port")
@@ -66,6 +67,12 @@ async fn a_create_inside_the_retirement_window_waits_and_is_refused() {
         .start()
         .await
         .expect("the node starts");
+    (node, addr, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_inside_the_retirement_window_waits_and_is_refused() {
+    let (node, addr, _dir) = one_node().await;
     let members = vec![addr.clone()];
     node.create_group(1, &members)
         .await
@@ -125,23 +132,7 @@ async fn a_create_inside_the_retirement_window_waits_and_is_refused() {
 async fn the_placement_group_is_never_hosted_on_demand() {
     use crate::core::{Body, Message};
     use crate::multi::placement::PLACEMENT_GROUP;
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let ca = ClusterCa::generate("retire-test").expect("a CA");
-    let node = MultiNode::<Placement>::builder()
-        .listen(&addr)
-        .data_dir(dir.path())
-        .tick(Duration::from_millis(20))
-        .identity(
-            ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
-                .expect("a node certificate"),
-        )
-        .start()
-        .await
-        .expect("the node starts");
+    let (node, _addr, _dir) = one_node().await;
     let heartbeat = Message {
         from: node.id().wrapping_add(1),
         to: node.id(),
