@@ -437,3 +437,19 @@ fn regression_seed_2226_torn_journal_frame_header() {
         panic!("{f}");
     }
 }
+
+/// A replica dropped from a node whose journal had already failed (node 0:
+/// ENOSPC on a journal write, then group 0 moved away from it; the drop's
+/// tombstone is refused with the journal) was taken for gone: the next
+/// move of group 0 back to node 0 counted a new replica incarnation on
+/// every refused try, and the node's restart started the old log in the
+/// journal as the newest incarnation, whose snapshot directory was empty
+/// ("the log starts at index 18 but the latest snapshot ... ends at index
+/// 0"). A failed drop now leaves the replica *retiring* (see
+/// `raftkit::sim::runtime::moves`, "A failed drop").
+#[test]
+fn regression_seed_494_a_drop_refused_by_a_failed_journal() {
+    if let Err(f) = bank_groups().seeds(494..495).check() {
+        panic!("{f}");
+    }
+}
