@@ -67,6 +67,39 @@
 //! longer to save and restore than the retirer's period: moves of groups
 //! of tens of MB (issue 18).
 //!
+//! # A retirement the journal refuses
+//!
+//! The removal record is a journal write, and the journal refuses every
+//! write once one has failed (a full disk, an EIO: [`journal`](super::journal)
+//! invariant 4) — failed by this very record, or earlier by any group's
+//! write (the whole-runtime simulation's seed 494: a full disk failed the
+//! journal, then a move took the node's only replica away). The replica
+//! has stopped and left the node's table by then, but its log, hard state
+//! (term, vote) and snapshot are still on disk, and nothing says it was
+//! removed. The rules:
+//!
+//! - the group stays **retiring** on the node
+//!   ([`MultiNode::pending_retirements`](super::MultiNode::pending_retirements),
+//!   and an `error` event with the group, the reason, the fence and the
+//!   error): it is not hosted on demand and not created again while its
+//!   tombstone is not written — a new replica there would either take over
+//!   the old replica's log, or, once the old one comes back at a restart,
+//!   be a second replica of the group over one log;
+//! - [`Journal::create_group`](super::Journal::create_group) of a group the
+//!   journal holds is an error, never a silent reuse of the old log;
+//! - the tombstone is retried on every round of the retirer; it is written
+//!   once the journal accepts writes again, which for a failed journal
+//!   means a restart of the node (which is what an operator does to a node
+//!   whose storage failed). The restart replays the journal without the
+//!   removal: the old replica starts again from its own log, hard state
+//!   and snapshot files (deleted only after a durable tombstone) — the
+//!   state of "a crash before the removal record" above, and safe for the
+//!   same reason: a server that keeps its durable state may rejoin or be
+//!   told of its removal (thesis §4.2.2); it is retired again by the rule
+//!   that retired it, or on a member's answer ([`removal`](super::removal)).
+//!   If the group was moved back to the node meanwhile, the old replica
+//!   with its intact state is the one the leader catches up.
+//!
 //! # Moving back
 //!
 //! Operators move a replica away for maintenance and back again. A

@@ -292,11 +292,26 @@ impl Journal {
             .unwrap_or_default()
     }
 
-    /// Records that `group` exists on this node (durable on return).
+    /// Records that `group` exists on this node (durable on return), with
+    /// an empty log: for a new replica of it.
+    ///
+    /// Refused ([`StorageError::Invalid`]) while the journal holds the
+    /// group: the log there is an earlier replica's (one still running, or
+    /// one whose removal is not durable yet, see
+    /// [`hosting`](super::hosting)), with its terms and votes, and a new
+    /// replica never takes it over. Refused ([`StorageError::Failed`]) once
+    /// the journal has failed, like every write.
     pub fn create_group(&self, group: GroupId) -> Result<(), StorageError> {
         let mut st = self.shared.state()?;
+        if let Some(cause) = &st.failed {
+            return Err(StorageError::Failed {
+                cause: cause.clone(),
+            });
+        }
         if st.groups.contains_key(&group) {
-            return Ok(());
+            return Err(StorageError::Invalid(format!(
+                "the journal already holds a log of group {group}: a new replica never reuses one"
+            )));
         }
         st.record(group, Rec::Create)?;
         st.sync(&self.shared.counters)

@@ -410,3 +410,53 @@ mod journal_conformance {
     use super::*;
     crate::log_store_conformance!(journal_log, reopen = reopen_journal_log);
 }
+
+/// A new replica never takes over an earlier replica's log:
+/// `create_group` of a group the journal holds is refused (it returned
+/// `Ok` and the caller started a replica over the old log), and once the
+/// journal has failed every create is refused, of a group it holds too.
+/// That is the state a retirement leaves when the failed journal refuses
+/// its tombstone (the whole-runtime simulation's seed 494): the old log
+/// stays, in memory and on disk, and a restart finds it.
+#[test]
+fn create_group_never_reuses_a_log_and_fails_with_the_journal() {
+    use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::over_real();
+    let j = Journal::open(Arc::new(fs.clone()), dir.path(), JournalOptions::default())
+        .expect("journal opens");
+    j.create_group(4).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sink = j.sink(4, snaps());
+    sink.write(write(vec![entry(1, 1, b"old")], None), tx.clone(), 1);
+    wait_ok(&mut rx, 1);
+    drop(sink);
+    let err = j
+        .create_group(4)
+        .expect_err("a create over the log of group 4");
+    assert!(matches!(err, StorageError::Invalid(_)), "{err}");
+    assert_eq!(j.log(4).last_index(), 1, "the old log is untouched");
+
+    // The disk fills: a write fails, and the journal refuses every later
+    // one, the tombstone of group 4 and a create of it included.
+    fs.inject(FaultRule::new(FileOp::Write, Fault::NoSpace));
+    assert!(j.create_group(5).is_err(), "a create on a full disk");
+    assert!(
+        j.remove_group(4, (1, 1)).is_err(),
+        "a tombstone on a failed journal"
+    );
+    for g in [4, 6] {
+        let err = j.create_group(g).expect_err("a create on a failed journal");
+        assert!(
+            matches!(err, StorageError::Failed { .. }),
+            "group {g}: {err}"
+        );
+    }
+    close(j);
+    fs.clear();
+    let j = open(dir.path(), 64 << 20);
+    assert_eq!(j.groups(), vec![4], "the old log is still on disk");
+    assert!(!j.was_removed(4), "no tombstone was written");
+    assert_eq!(j.log(4).term(1).unwrap(), Some(1));
+    close(j);
+}

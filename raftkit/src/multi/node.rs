@@ -281,6 +281,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 hosting: self.hosting,
                 tombstones: Mutex::new(Default::default()),
                 retiring: tokio::sync::Mutex::new(()),
+                unretired: Mutex::new(BTreeMap::new()),
                 tasks: Mutex::new(Vec::new()),
                 known: Mutex::new(Vec::new()),
                 #[cfg(test)]
@@ -369,6 +370,10 @@ pub(super) struct Inner<S> {
     tombstones: Mutex<Tombstones>,
     /// Held while a replica retires (see [`MultiNode::shutdown`]).
     retiring: tokio::sync::Mutex<()>,
+    /// Retirements whose tombstone the journal refused, with its fence:
+    /// the group stays retiring here (see [`super::hosting`], "A
+    /// retirement the journal refuses").
+    unretired: Mutex<BTreeMap<GroupId, (Index, crate::core::Term)>>,
     /// The hosting, retiring and replica-balancing tasks.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Nodes the replica balancer may place replicas on, beyond those the
@@ -429,6 +434,10 @@ struct Hosted<S> {
 impl<S> Inner<S> {
     fn groups(&self) -> MutexGuard<'_, BTreeMap<GroupId, Hosted<S>>> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unretired(&self) -> MutexGuard<'_, BTreeMap<GroupId, (Index, crate::core::Term)>> {
+        self.unretired.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn placement(&self) -> MutexGuard<'_, Option<Peer<PlacementGroup<S>>>> {
@@ -536,6 +545,16 @@ impl<S: PeerExt> MultiNode<S> {
         self.inner.groups().keys().copied().collect()
     }
 
+    /// The groups whose replica here was retired but whose tombstone the
+    /// journal refused (its storage failed): each stays retiring, neither
+    /// hosted on demand nor created here, until a retry writes its
+    /// tombstone, which for a failed journal takes a restart of the node
+    /// (see [`hosting`](super::hosting), "A retirement the journal
+    /// refuses").
+    pub fn pending_retirements(&self) -> Vec<GroupId> {
+        self.inner.unretired().keys().copied().collect()
+    }
+
     /// This node's replica of `group`.
     pub fn group(&self, group: GroupId) -> Option<Peer<S>> {
         self.inner.groups().get(&group).map(|h| h.peer.clone())
@@ -633,6 +652,12 @@ impl<S: PeerExt> MultiNode<S> {
         let retiring = self.inner.retiring.lock().await;
         if let Some(peer) = self.group(group) {
             return Ok(peer);
+        }
+        if self.inner.unretired().contains_key(&group) {
+            // Its old log is still in the journal (see `hosting`).
+            return Err(Error::Rejected(format!(
+                "this node's replica of group {group} is still retiring: its tombstone could not be written (restart the node)"
+            )));
         }
         if self.inner.journal.was_removed(group) {
             // Bootstrapped as a voter, an empty replica under the old
@@ -986,6 +1011,15 @@ impl<S: PeerExt> MultiNode<S> {
         }
         let retiring = inner.retiring.lock().await;
         if self.group(group).is_none() {
+            if inner.unretired().contains_key(&group) {
+                // Its old log is still in the journal (see `hosting`).
+                tracing::debug!(
+                    group,
+                    from = msg.from,
+                    "not hosting a group whose retirement is pending"
+                );
+                return;
+            }
             let policy = &inner.hosting;
             // A group this node left comes back behind the fence of its
             // removal (`start_replica`, see `super::hosting`): the new
@@ -1040,6 +1074,7 @@ impl<S: PeerExt> MultiNode<S> {
     /// Retires every replica that a committed configuration removed, and
     /// every orphan (see [`super::hosting`]).
     async fn retire_removed(&self) {
+        self.retry_tombstones().await;
         let me = self.id();
         let mut newly_listed = Vec::new();
         let due: Vec<(GroupId, Retire)> = self
@@ -1205,12 +1240,40 @@ impl<S: PeerExt> MultiNode<S> {
         let known = h.peer.status().term;
         let durable = self.inner.journal.log(group).hard_state().term;
         let fence = (index, term.max(known).max(durable));
-        self.inner
-            .journal
-            .remove_group(group, fence)
-            .map_err(|e| Error::Storage(e.to_string()))?;
+        if let Err(e) = self.inner.journal.remove_group(group, fence) {
+            // Stopped, but its log is still in the journal: retiring until
+            // the tombstone is written (see `hosting`).
+            tracing::error!(group, ?reason, ?fence, node = %self.inner.name, error = %e, "a retired replica's tombstone was not written; the group stays retiring here (restart the node)");
+            self.inner.unretired().insert(group, fence);
+            return Err(Error::Storage(e.to_string()));
+        }
         super::hosting::delete_group_files(&*self.inner.fs, &self.inner.dir, group);
         info!(group, ?reason, ?fence, node = %self.inner.name, "replica retired and its state deleted");
         stopped
+    }
+
+    /// Writes the tombstones the journal refused to earlier retirements;
+    /// each one written ends its group's retirement (its files are deleted
+    /// then). See `hosting`, "A retirement the journal refuses".
+    async fn retry_tombstones(&self) {
+        let _retiring = self.inner.retiring.lock().await;
+        let pending: Vec<(GroupId, (Index, crate::core::Term))> = self
+            .inner
+            .unretired()
+            .iter()
+            .map(|(g, f)| (*g, *f))
+            .collect();
+        for (group, fence) in pending {
+            match self.inner.journal.remove_group(group, fence) {
+                Ok(()) => {
+                    self.inner.unretired().remove(&group);
+                    super::hosting::delete_group_files(&*self.inner.fs, &self.inner.dir, group);
+                    info!(group, ?fence, node = %self.inner.name, "a retirement's tombstone written on retry; its state deleted");
+                }
+                Err(e) => {
+                    tracing::debug!(group, ?fence, error = %e, "a retirement's tombstone is still refused");
+                }
+            }
+        }
     }
 }

@@ -8,7 +8,9 @@
 //! while the test starts the create.
 //!
 //! Also here: the placement group 0 is never hosted on demand (its replica
-//! is not one of the user's state machine).
+//! is not one of the user's state machine); a retirement whose tombstone
+//! the failed journal refuses keeps its group retiring (`hosting`, "A
+//! retirement the journal refuses").
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -56,18 +58,51 @@ async fn one_node() -> (MultiNode<Placement>, String, tempfile::TempDir) {
         .to_string();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let ca = ClusterCa::generate("retire-test").expect("a CA");
-    let node = MultiNode::<Placement>::builder()
-        .listen(&addr)
-        .data_dir(dir.path())
+    let builder = MultiNode::<Placement>::builder().identity(
+        ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+            .expect("a node certificate"),
+    );
+    let node = start_on(builder, &addr, dir.path()).await;
+    (node, addr, dir)
+}
+
+/// Starts `builder` on `addr` and `dir` with a quick tick.
+async fn start_on(
+    builder: super::MultiNodeBuilder<Placement>,
+    addr: &str,
+    dir: &std::path::Path,
+) -> MultiNode<Placement> {
+    builder
+        .listen(addr)
+        .data_dir(dir)
         .tick(Duration::from_millis(20))
-        .identity(
-            ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
-                .expect("a node certificate"),
-        )
         .start()
         .await
-        .expect("the node starts");
-    (node, addr, dir)
+        .expect("the node starts")
+}
+
+/// A leader's heartbeat for `group`'s replica on `node` (from another node).
+fn heartbeat(node: &MultiNode<Placement>) -> crate::core::Message {
+    crate::core::Message {
+        from: node.id().wrapping_add(1),
+        to: node.id(),
+        term: 3,
+        body: crate::core::Body::AppendEntries {
+            prev_index: 0,
+            prev_term: 0,
+            entries: Vec::new(),
+            commit: 0,
+        },
+    }
+}
+
+/// Waits until `check` holds, with a deadline.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,20 +165,9 @@ async fn a_create_inside_the_retirement_window_waits_and_is_refused() {
 /// of the user's state machine as group 0, over group 0's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_placement_group_is_never_hosted_on_demand() {
-    use crate::core::{Body, Message};
     use crate::multi::placement::PLACEMENT_GROUP;
     let (node, _addr, _dir) = one_node().await;
-    let heartbeat = Message {
-        from: node.id().wrapping_add(1),
-        to: node.id(),
-        term: 3,
-        body: Body::AppendEntries {
-            prev_index: 0,
-            prev_term: 0,
-            entries: Vec::new(),
-            commit: 0,
-        },
-    };
+    let heartbeat = heartbeat(&node);
     assert!(crate::multi::hosting::may_host(node.id(), &heartbeat));
     node.host_on_demand(PLACEMENT_GROUP, heartbeat.clone())
         .await;
@@ -158,5 +182,101 @@ async fn the_placement_group_is_never_hosted_on_demand() {
     // The same message for a data group does host it (the control).
     node.host_on_demand(5, heartbeat).await;
     assert!(node.group(5).is_some(), "a data group is hosted on demand");
+    node.shutdown().await.expect("a clean shutdown");
+}
+
+/// A retirement whose tombstone the journal refuses — the disk filled up
+/// earlier and the journal refuses every write since (its invariant 4) —
+/// leaves the group *retiring* on the node (see `hosting`, "A retirement
+/// the journal refuses"): its old log is still in the journal, and no new
+/// replica may start over it, neither on a leader's message nor by an
+/// explicit create. A leader's message hosted one at once (the journal's
+/// `create_group` took the old log for the new replica's); the
+/// whole-runtime simulation's seed 494 is the same story in its model.
+/// After a restart on a healthy disk the old replica is back from its
+/// journal log and its snapshot (and is retired again by the rules that
+/// retired it: `multi_moves`' `a_node_down_when_its_removal_committed_learns_it_and_retires`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retirement_the_journal_refuses_keeps_the_group_retiring() {
+    use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .to_string();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = ClusterCa::generate("retire-test").expect("a CA");
+    let fs = FaultyFs::over_real();
+    let policy = crate::multi::HostingPolicy {
+        quarantine: Duration::ZERO,
+        ..Default::default()
+    };
+    let mut builder = MultiNode::<Placement>::builder()
+        .identity(
+            ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+                .expect("a node certificate"),
+        )
+        .snapshot_every(1)
+        .hosting_policy(policy.clone());
+    builder.fs = Arc::new(fs.clone());
+    let node = start_on(builder, &addr, dir.path()).await;
+    let members = vec![addr.clone()];
+    let group = node.create_group(1, &members).await.expect("group 1");
+    until("group 1 leads and took a snapshot", || {
+        let st = group.status();
+        st.leader == Some(node.id()) && st.snapshot_index > 0 && st.applied >= st.snapshot_index
+    })
+    .await;
+    let before = group.status();
+    drop(group);
+
+    // The disk fills: the next journal write fails, and the journal
+    // refuses every later one.
+    fs.inject(FaultRule::new(FileOp::Write, Fault::NoSpace).on("journal"));
+    assert!(
+        node.create_group(2, &members).await.is_err(),
+        "a group created on a full disk"
+    );
+    let retired = node
+        .retire(1, Retire::Removed((before.config_index, before.term)))
+        .await;
+    assert!(
+        retired.is_err(),
+        "a retirement without its tombstone succeeded"
+    );
+    assert!(node.group(1).is_none(), "the replica stopped");
+    assert_eq!(node.pending_retirements(), vec![1], "group 1 is retiring");
+
+    // A leader's message for the group (the quarantine is off): no new
+    // replica over the retiring replica's log.
+    node.host_on_demand(1, heartbeat(&node)).await;
+    assert!(
+        node.group(1).is_none(),
+        "a replica hosted on demand over the log of a replica being retired"
+    );
+    let created = node.create_group(1, &members).await;
+    assert!(
+        created.is_err(),
+        "a replica created over the log of a replica being retired"
+    );
+    node.kill().await;
+    drop(node);
+
+    // A restart on the healthy disk: the old replica, from its log and
+    // its snapshot.
+    fs.clear();
+    let mut builder = MultiNode::<Placement>::builder().hosting_policy(policy);
+    builder.fs = Arc::new(fs.clone());
+    let node = start_on(builder, &addr, dir.path()).await;
+    assert!(node.pending_retirements().is_empty());
+    let old = node
+        .group(1)
+        .expect("the old replica restarts from the journal");
+    until("the old replica's state is back", || {
+        let st = old.status();
+        st.snapshot_index >= before.snapshot_index
+            && st.term >= before.term
+            && st.members.iter().any(|m| m.id == node.id())
+    })
+    .await;
     node.shutdown().await.expect("a clean shutdown");
 }
