@@ -449,11 +449,18 @@ pub(crate) struct Group {
 
 /// Where a group's replica lives on a node, as an operator would record
 /// it: its incarnation (a replica moved away and back is a new one, with a
-/// snapshot directory of its own) and whether it was moved away.
+/// snapshot directory of its own; counted once the node's journal took
+/// its new log, so that the directory always belongs to the log the
+/// journal holds) and whether it was moved away.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Placement {
     pub(crate) incarnation: u64,
     pub(crate) removed: bool,
+    /// Moved away, but the node's journal refused the replica's tombstone
+    /// (it had failed): the old log is still in the journal, as
+    /// `MultiNode::pending_retirements` reports (see `moves.rs`, "A failed
+    /// drop"). Cleared once a restart of the node wrote the tombstone.
+    pub(crate) retiring: bool,
     /// The last removal: the committed configuration without the replica
     /// and the term its leader was in (the tombstone's fence, with the
     /// replica's own last term).
@@ -626,6 +633,14 @@ impl<S: StateMachine + Default> World<S> {
             .is_some_and(|p| p.removed)
     }
 
+    /// Whether node `i` moved its replica of `group` away but could not
+    /// write its tombstone yet (see `moves.rs`, "A failed drop").
+    pub(crate) fn retiring(&self, i: usize, group: usize) -> bool {
+        lock(&self.placement)
+            .get(&(i, group))
+            .is_some_and(|p| p.retiring)
+    }
+
     /// Whether the groups run on journals (and replicas can move).
     pub(crate) fn journal_mode(&self) -> bool {
         self.journal_mode
@@ -691,8 +706,11 @@ impl<S: StateMachine + Default> World<S> {
             nodes[i].up = true;
         }
         if !lock(&self.nodes)[i].created {
+            // A start that failed half-way created some of them already
+            // (the journal never takes a group it holds again).
+            let held = journal.groups();
             for g in 0..self.groups.len() {
-                if self.initial[g].contains(&i) {
+                if self.initial[g].contains(&i) && !held.contains(&(g as u64)) {
                     journal
                         .create_group(g as u64)
                         .map_err(|e| Error::Storage(e.to_string()))?;
@@ -711,6 +729,10 @@ impl<S: StateMachine + Default> World<S> {
                 journal
                     .remove_group(g as u64, self.fence_of(i, g, &journal))
                     .map_err(|e| Error::Storage(e.to_string()))?;
+                if let Some(p) = lock(&self.placement).get_mut(&(i, g)) {
+                    p.retiring = false;
+                }
+                self.event(format_args!("node {i} wrote the tombstone of group {g}"));
                 continue;
             }
             let peer = self.start_replica(i, g, Some(&journal)).await?;
@@ -722,6 +744,14 @@ impl<S: StateMachine + Default> World<S> {
                 )));
             }
             nodes[i].peers.insert(g, peer);
+        }
+        // A drop whose tombstone was refused (or that raced a crash) and
+        // whose group the journal no longer holds: the removal did land.
+        let held = journal.groups();
+        for ((n, g), p) in lock(&self.placement).iter_mut() {
+            if *n == i && p.retiring && !held.contains(&(*g as u64)) {
+                p.retiring = false;
+            }
         }
         self.event(format_args!("node {i} started"));
         Ok(())
@@ -861,11 +891,21 @@ impl<S: StateMachine + Default> World<S> {
         for (_, t) in tasks {
             t.abort();
         }
-        if let Some(j) = journal
-            && let Err(e) = j.remove_group(g as u64, self.fence_of(i, g, &j))
-        {
-            // The node's next restart drops it (its placement says so).
-            self.event(format_args!("node {i} could not drop group {g}: {e}"));
+        let dropped = match journal {
+            Some(j) => j.remove_group(g as u64, self.fence_of(i, g, &j)),
+            None => Err(crate::storage::StorageError::Closed),
+        };
+        if let Err(e) = dropped {
+            // The old log stays in the journal: the group is retiring on
+            // the node until its restart writes the tombstone (its
+            // placement says so; see `moves.rs`, "A failed drop").
+            if let Some(p) = lock(&self.placement).get_mut(&(i, g)) {
+                p.retiring = true;
+            }
+            self.event(format_args!(
+                "node {i} could not drop group {g} ({e}): retiring until a restart"
+            ));
+            return;
         }
         self.event(format_args!("node {i} dropped its replica of group {g}"));
     }
@@ -903,6 +943,17 @@ impl<S: StateMachine + Default> World<S> {
         let Some(journal) = journal else {
             return Err(Error::Unavailable(format!("node {i} has no journal")));
         };
+        if self.retiring(i, g) {
+            return Err(Error::Unavailable(format!(
+                "node {i} is still retiring its old replica of group {g}"
+            )));
+        }
+        // The new replica's log first: a journal that refuses it (failed,
+        // or still holding a log of the group) leaves the placement as it
+        // was.
+        journal
+            .create_group(g as u64)
+            .map_err(|e| Error::Storage(e.to_string()))?;
         {
             let mut placement = lock(&self.placement);
             let p = placement.entry((i, g)).or_default();
@@ -911,9 +962,6 @@ impl<S: StateMachine + Default> World<S> {
             }
             p.removed = false;
         }
-        journal
-            .create_group(g as u64)
-            .map_err(|e| Error::Storage(e.to_string()))?;
         let peer = self.start_replica(i, g, Some(&journal)).await?;
         let mut nodes = lock(&self.nodes);
         if nodes[i].up {
@@ -1033,12 +1081,20 @@ impl<S: StateMachine + Default> World<S> {
         })
     }
 
-    /// Node `i` stopped serving (storage failed or halted).
+    /// Node `i` stopped serving (storage failed or halted), or could not
+    /// retire a replica (its journal failed; it may host no replica left
+    /// to say so): an operator restarts it.
     fn is_stuck(&self, i: usize) -> bool {
-        lock(&self.nodes)[i].peers.values().any(|p| {
-            let s = p.status();
-            s.fatal.is_some() || s.halted.is_some()
-        })
+        let retiring = lock(&self.placement)
+            .iter()
+            .any(|(&(n, _), p)| n == i && p.retiring);
+        let nodes = lock(&self.nodes);
+        let node = &nodes[i];
+        (retiring && node.up && !node.starting)
+            || node.peers.values().any(|p| {
+                let s = p.status();
+                s.fatal.is_some() || s.halted.is_some()
+            })
     }
 }
 

@@ -37,6 +37,22 @@
 //! `multi::hosting`). [`Tooth::RehostRemovedReplica`](super::teeth::Tooth::RehostRemovedReplica) starts it without
 //! the fence, and the run catches it.
 //!
+//! **A failed drop.** Dropping the old replica writes its tombstone to the
+//! node's journal, which refuses it once a write failed there (a full
+//! disk): the replica has stopped, but its log is still in the journal,
+//! and a real node reports the group as retiring
+//! ([`MultiNode::pending_retirements`](crate::multi::MultiNode::pending_retirements),
+//! see `multi::hosting`, "A retirement the journal refuses"). The model
+//! does what an operator seeing that does: it marks the placement
+//! `retiring`, moves no replica of the group back to that node meanwhile,
+//! and restarts the node (as any node whose storage failed), whose start
+//! writes the tombstone. A move back counts a new incarnation (a new
+//! snapshot directory) only once the node's journal took the new log, so
+//! that a restart finds the snapshots of the log its journal holds. Seed
+//! 494 found both: a move back tried every 100 ms against the failed
+//! journal and counted 113 incarnations, and the restart started the old
+//! log under the 113th's empty snapshot directory.
+//!
 //! The nemesis starts at most one move per group at a time. What the run
 //! judges is unchanged: each group's replicas agree, no acknowledged write
 //! is lost, and its history stays linearizable across the moves.
@@ -113,7 +129,10 @@ pub(crate) fn start_move<S: StateMachine + Default>(
     let members: BTreeSet<NodeId> = status.members.iter().map(|m| m.id).collect();
     let spares: Vec<usize> = (0..n)
         .filter(|&i| {
-            world.is_up(i) && !world.hosts(i, group) && !members.contains(&world.node(i).1)
+            world.is_up(i)
+                && !world.hosts(i, group)
+                && !world.retiring(i, group)
+                && !members.contains(&world.node(i).1)
         })
         .collect();
     // A move brings the group back to a node it left whenever it can: the
