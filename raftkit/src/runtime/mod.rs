@@ -38,6 +38,8 @@ mod admission;
 mod apply;
 #[cfg(test)]
 mod apply_tests;
+#[cfg(test)]
+mod lease_read_tests;
 pub mod authorization;
 mod builder;
 mod client_mux;
