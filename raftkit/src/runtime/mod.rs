@@ -38,14 +38,14 @@ mod admission;
 mod apply;
 #[cfg(test)]
 mod apply_tests;
-#[cfg(test)]
-mod lease_read_tests;
 pub mod authorization;
 mod builder;
 mod client_mux;
 #[doc(hidden)]
 pub mod client_service;
 mod dropped;
+#[cfg(test)]
+mod lease_read_tests;
 mod membership;
 mod node;
 #[doc(hidden)]
