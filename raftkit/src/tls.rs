@@ -944,6 +944,27 @@ mod tests {
             Principal::from_cert(cert.der()),
             Err(PrincipalError::BadName)
         );
+        // An empty name, or two names, are refused as well: the name is who
+        // the certificate speaks for (a node's id, a client's sessions), so
+        // there is exactly one and it is not empty (teeth round 3, mutant
+        // 225: an empty name was accepted).
+        for names in [&[""][..], &["a", "b"][..]] {
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = vec![SanType::URI(
+                CertRole::Client.uri().try_into().expect("ia5"),
+            )];
+            for name in names {
+                params.subject_alt_names.push(SanType::URI(
+                    format!("{NAME_URI_PREFIX}{name}").try_into().expect("ia5"),
+                ));
+            }
+            let cert = params.signed_by(&key, &ca.issuer).expect("sign");
+            assert_eq!(
+                Principal::from_cert(cert.der()),
+                Err(PrincipalError::BadName),
+                "names {names:?}"
+            );
+        }
         assert!(matches!(
             Principal::from_cert(b"garbage"),
             Err(PrincipalError::Unparseable(_))

@@ -151,7 +151,10 @@ fn checkpoint_drops_old_batches_and_replays_the_same_state() {
     for g in 1..=4u64 {
         let sink = j.sink(g, snaps());
         for i in 1..=50u64 {
-            sink.write(write(vec![entry(i, 1, &[7u8; 100])], None), tx.clone(), i);
+            // The hard state is written once, with the first entry: after
+            // a checkpoint only the group's `Reset` record holds it.
+            let hs = (i == 1).then_some(hard_state_of(g));
+            sink.write(write(vec![entry(i, 1, &[7u8; 100])], hs), tx.clone(), i);
             wait_ok(&mut rx, 1);
         }
         // The group snapshots at 45: only 5 entries stay live.
@@ -175,8 +178,21 @@ fn checkpoint_drops_old_batches_and_replays_the_same_state() {
         let log = j.log(g);
         assert_eq!((log.first_index(), log.last_index()), (46, 50), "group {g}");
         assert_eq!(log.term(45).unwrap(), Some(1));
+        // A vote the checkpoint dropped would let the group vote twice in
+        // a term (Raft Figure 2: votedFor is persistent state). Teeth round
+        // 3, mutant 211.
+        assert_eq!(log.hard_state(), hard_state_of(g), "group {g}");
     }
     close(j);
+}
+
+/// The hard state group `g` records in the checkpoint test.
+fn hard_state_of(g: u64) -> HardState {
+    HardState {
+        term: 1 + g,
+        vote: g,
+        commit: 1,
+    }
 }
 
 #[test]

@@ -44,6 +44,8 @@ mod client_mux;
 #[doc(hidden)]
 pub mod client_service;
 mod dropped;
+#[cfg(test)]
+mod lease_read_tests;
 mod membership;
 mod node;
 #[doc(hidden)]

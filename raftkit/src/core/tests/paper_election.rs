@@ -639,6 +639,49 @@ fn check_quorum_leader_without_quorum_steps_down() {
     assert_eq!(c.node(1).role(), Role::Leader);
 }
 
+/// Thesis §9.6: a pre-vote asks whether the voter *would* vote for the
+/// candidate in the next term. A node grants one for a term above its own,
+/// never for the term it is in when it has already voted in it (for
+/// someone else) or follows a leader of it: it would refuse the real vote
+/// in that term, so the probe must not tell the candidate to campaign.
+/// Teeth round 3, mutant 220: a pre-vote was granted at any term.
+#[test]
+fn pre_vote_for_the_current_term_is_refused_once_the_node_voted_in_it() {
+    let mut r = node(1, &[1, 2, 3], 1, &[1]);
+    let out = step(&mut r, vote_req(2, 1, 2, (1, 1)));
+    assert!(matches!(
+        out.of_kind("RequestVoteResponse")[0].body,
+        Body::RequestVoteResponse { granted: true, .. }
+    ));
+    assert_eq!((r.term(), r.hard_state().vote), (2, 2));
+    let answers = |out: &Out| -> Vec<Body> {
+        out.all()
+            .into_iter()
+            .filter(|m| m.to == 3)
+            .map(|m| m.body)
+            .collect()
+    };
+    let out = step(&mut r, pre_vote_req(3, 1, 2, (1, 1)));
+    assert_eq!(
+        answers(&out),
+        vec![Body::RequestVoteResponse {
+            granted: false,
+            pre_vote: true
+        }],
+        "a pre-vote for a term the node already voted in"
+    );
+    // For the next term the same probe is granted, and changes nothing.
+    let out = step(&mut r, pre_vote_req(3, 1, 3, (1, 1)));
+    assert_eq!(
+        answers(&out),
+        vec![Body::RequestVoteResponse {
+            granted: true,
+            pre_vote: true
+        }]
+    );
+    assert_eq!((r.term(), r.hard_state().vote), (2, 2));
+}
+
 /// Thesis §4.2.3, §9.6: a follower that heard from its leader within the
 /// election timeout ignores RequestVote (and PreVote) of a higher term: no
 /// answer, no new term, no vote. A leadership-transfer request is honoured.

@@ -307,3 +307,34 @@ fn a_follower_caught_up_by_appends_drops_its_snapshot_transfer() {
         "a transfer to a follower no longer in snapshot mode"
     );
 }
+
+/// §7: a snapshot records "the latest configuration as of the last
+/// included index" (Figure 13's `lastConfig`): a configuration entry
+/// appended after that index, not committed yet, is not part of it (it
+/// could still be truncated; a node restored from the snapshot would then
+/// hold a configuration the log never committed). Teeth round 3, mutant
+/// 209: the snapshot took the configuration in force instead.
+#[test]
+fn a_snapshot_records_the_configuration_at_its_index_not_a_later_one() {
+    let conf = Configuration::new([1, 2, 3]);
+    let mut r = node(1, &[1, 2, 3], 1, &[1]);
+    make_settled_leader(&mut r);
+    flush(&mut r);
+    let applied = r.log().applied();
+    assert_eq!(applied, r.log().committed(), "everything committed applied");
+    let before = r.log().config_at(applied).clone();
+    assert_eq!(before.voters, conf.voters);
+    r.propose_config(Configuration::new([1, 2, 3, 4]))
+        .expect("a change");
+    assert!(r.log().last_config().1.is_joint(), "in force once appended");
+    let meta = r.snapshot_meta(applied).expect("applied");
+    assert_eq!(meta.config, before, "snapshot_meta");
+    let meta = r.compact(applied, b"state".to_vec()).expect("applied");
+    assert_eq!(
+        meta.config, before,
+        "the snapshot took a configuration appended after its index"
+    );
+    assert_eq!(r.log().snapshot().config, before);
+    // The uncommitted change is still in force (it is in the log).
+    assert!(r.log().last_config().1.is_joint());
+}

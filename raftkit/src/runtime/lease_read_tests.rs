@@ -1,0 +1,285 @@
+//! A lease read on a new leader whose apply is backpressured (teeth round
+//! 3, the class of round 2's surviving mutant 113).
+//!
+//! A lease read is served at the leader's commit index (thesis §6.4.1,
+//! `reads` module docs): the apply thread answers it once it applied that
+//! index. A leader's commit index covers every write an earlier leader
+//! acknowledged (it committed an entry of its own term, §6.4 step 1), but
+//! what it has *applied* need not: with the apply backlog over
+//! [`MAX_APPLY_BACKLOG_BYTES`](super::node::MAX_APPLY_BACKLOG_BYTES) the
+//! node task stops handing committed entries to the apply thread, so the
+//! core's applied index stays behind its commit index. A read served at the
+//! applied index would then miss a write the old leader acknowledged: not
+//! linearizable.
+//!
+//! The test builds exactly that state, with no timing left to chance:
+//! node B's apply thread (and only B's: the threads are named per node)
+//! blocks in a handler until the test opens a gate; 35 MiB of commands
+//! behind it pause B's core; then the leader A acknowledges `add(1)`, the
+//! leadership moves to B, and B serves a lease read with its apply still
+//! blocked. The read is dispatched before the gate opens (a command to B
+//! queued behind it is answered first) and is known to have taken the
+//! lease path (its trace event); only then the gate opens. The read must
+//! see the write.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::client::Consistency;
+use crate::core::Role;
+use crate::prelude::*;
+use crate::runtime::threads::Threads;
+use crate::transport::memory::MemoryNetwork;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+struct Ledger {
+    n: u64,
+    padded: u64,
+}
+
+/// (open, entered) of the gate; the name of the one apply thread it holds.
+static GATE: (Mutex<(bool, bool)>, Condvar) = (Mutex::new((false, false)), Condvar::new());
+static GATED_THREAD: Mutex<Option<String>> = Mutex::new(None);
+
+#[crate::state_machine]
+impl Ledger {
+    /// Blocks the gated node's apply thread until the gate opens; returns
+    /// at once everywhere else.
+    #[write]
+    fn hold(&mut self) -> u64 {
+        let gated = GATED_THREAD
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if gated.is_some() && std::thread::current().name() == gated.as_deref() {
+            let (lock, cv) = &GATE;
+            let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+            g.1 = true;
+            cv.notify_all();
+            while !g.0 {
+                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        self.n
+    }
+
+    /// A large command (it fills the apply backlog).
+    #[write]
+    fn pad(&mut self, bytes: Vec<u8>) -> u64 {
+        self.padded += bytes.len() as u64;
+        self.padded
+    }
+
+    #[write]
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+
+    #[read]
+    fn get(&self) -> u64 {
+        self.n
+    }
+}
+
+/// Opens the gate when dropped, so that a failing test does not leave an
+/// apply thread blocked forever.
+struct OpenOnDrop;
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        open_gate();
+    }
+}
+
+fn open_gate() {
+    let (lock, cv) = &GATE;
+    lock.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
+    cv.notify_all();
+}
+
+/// The captured trace output (lease reads are `trace` events).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn count(&self, needle: &str) -> usize {
+        let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.contains("lease read") && l.contains(needle))
+            .count()
+    }
+}
+
+const ADDRS: [&str; 3] = ["lease-a:1", "lease-b:1", "lease-c:1"];
+
+async fn start(net: &MemoryNetwork, addr: &str) -> Peer<Ledger> {
+    let net = net.clone();
+    let label = addr.to_string();
+    Ledger::peer()
+        .in_memory()
+        .listen(addr)
+        .bootstrap_members(ADDRS)
+        .tick(Duration::from_millis(20))
+        .threads(Threads::Custom(Arc::new(move |name, body| {
+            super::threads::spawn(&format!("{name}@{label}"), body)
+        })))
+        .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+        .start()
+        .await
+        .expect("peer starts")
+}
+
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// See the module docs.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_write() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "raftkit::runtime::reads=trace",
+        ))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // Every task of the cluster runs on this (current-thread) runtime's
+    // thread: the subscriber sees the node tasks' events.
+    let _trace = tracing::subscriber::set_default(subscriber);
+    let _open = OpenOnDrop;
+
+    let net = MemoryNetwork::new(7);
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        peers.push(start(&net, addr).await);
+    }
+    let a = until("a leader", || {
+        peers.iter().position(|p| p.status().role == Role::Leader)
+    })
+    .await;
+    let b = (a + 1) % 3;
+    let b_name = peers[b].status().name;
+    *GATED_THREAD.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(format!("raftkit-apply@{}", ADDRS[b]));
+
+    // B's apply thread blocks on `hold`; A and C apply it.
+    peers[a].write(LedgerWrite::Hold).await.expect("hold");
+    until("B's apply thread held", || {
+        GATE.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .then_some(())
+    })
+    .await;
+    // 35 MiB handed to B's blocked apply thread: B's core pauses handing
+    // committed entries (the backlog bound is 32 MiB).
+    let mut last_pad = 0;
+    for _ in 0..5 {
+        peers[a]
+            .write(LedgerWrite::Pad {
+                bytes: vec![7u8; 7 << 20],
+            })
+            .await
+            .expect("pad");
+        last_pad = peers[a].status().commit;
+    }
+    until("B knows the padding committed", || {
+        (peers[b].status().commit >= last_pad).then_some(())
+    })
+    .await;
+    // The write the old leader acknowledges.
+    assert!(matches!(
+        peers[a]
+            .write(LedgerWrite::Add { by: 1 })
+            .await
+            .expect("add"),
+        LedgerWriteOutput::Add(1)
+    ));
+    let written = peers[a].status().applied;
+    until("B knows the write committed", || {
+        (peers[b].status().commit >= written).then_some(())
+    })
+    .await;
+    assert!(peers[b].status().applied < written, "B's apply is held");
+
+    // Leadership moves to B; B commits an entry of its term.
+    let b_id = peers[b].id();
+    peers[a].transfer_leadership(b_id).await.expect("transfer");
+    until("B leads with an entry of its term committed", || {
+        let s = peers[b].status();
+        (s.role == Role::Leader && s.commit > written).then_some(())
+    })
+    .await;
+
+    // A lease read on B, dispatched while B's apply is still held. A read
+    // that found no lease yet goes through ReadIndex (served correctly
+    // later, whatever the code under test): try again until one took the
+    // lease path.
+    let mut lease_read = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lease_read.is_none() {
+        assert!(Instant::now() < deadline, "B never served a lease read");
+        let before = captured.count(&b_name);
+        let peer = peers[b].clone();
+        let mut read =
+            Box::pin(async move { peer.read_with(LedgerRead::Get, Consistency::Lease).await });
+        // One poll sends the read to B's node task (admission has room).
+        tokio::select! {
+            biased;
+            _ = &mut read => panic!("the read was answered with B's apply held"),
+            () = std::future::ready(()) => {}
+        }
+        // Commands are handled in order: once this one is answered, the
+        // read was handled (handed to the apply thread, or to ReadIndex).
+        peers[b].transfer_leadership(b_id).await.expect("no-op");
+        if captured.count(&b_name) > before {
+            lease_read = Some(read);
+        } else {
+            drop(read);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let Some(read) = lease_read else {
+        unreachable!()
+    };
+    open_gate();
+    let (value, _) = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the lease read is answered")
+        .expect("the lease read succeeds");
+    let LedgerReadOutput::Get(seen) = value;
+    assert_eq!(
+        seen, 1,
+        "a lease read on the new leader missed a write the old leader acknowledged"
+    );
+    for p in &peers {
+        p.shutdown().await.expect("shutdown");
+    }
+}
