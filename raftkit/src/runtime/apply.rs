@@ -31,7 +31,9 @@
 //!   refused and changes nothing, and a write the table already answered
 //!   is answered from it, never applied twice. Every decision depends only
 //!   on the log, so all replicas keep identical tables;
-//! - the [`ApplyStatus`] is current after every batch, but the node task is
+//! - the [`ApplyStatus`] is current whenever the thread's queue is empty
+//!   (and lags by at most [`PUBLISH_EVERY`] batches while it is not), but
+//!   the node task is
 //!   *woken* by it only when that matters (see [`status_channel`]): the
 //!   thread halted, a snapshot was taken or restored, or the node asked
 //!   ([`ProgressTx`]: it is paused on the apply backlog, or idle with
@@ -126,8 +128,16 @@ pub enum ApplyMsg {
     /// Proposals now wait at (index, term), each with where its result
     /// goes.
     Register(Vec<(Index, Term, Reply)>),
-    /// Committed entries, in order.
-    Entries(Vec<Entry>),
+    /// Committed entries, in order, after the proposals registered since
+    /// the last message (one message, so one wake-up of the thread, per
+    /// batch the node hands over): `register` is handled exactly as a
+    /// [`ApplyMsg::Register`] sent right before.
+    Entries {
+        /// Proposals now waiting at (index, term), registered first.
+        register: Vec<(Index, Term, Reply)>,
+        /// The committed entries.
+        entries: Vec<Entry>,
+    },
     /// A linearizable read, to serve once `index` is applied.
     Read {
         /// The read index.
@@ -149,6 +159,17 @@ pub enum ApplyMsg {
     /// The node stopped serving (its storage failed): answer every waiting
     /// and later caller with this error.
     Fail(Error),
+}
+
+#[cfg(test)]
+impl ApplyMsg {
+    /// Committed entries with no proposal to register.
+    pub fn entries(entries: Vec<Entry>) -> ApplyMsg {
+        ApplyMsg::Entries {
+            register: Vec::new(),
+            entries,
+        }
+    }
 }
 
 /// A snapshot taken by the apply thread.
@@ -268,6 +289,10 @@ impl ProgressRx {
     }
 }
 
+/// The most batches of entries applied between two updates of the status
+/// while more batches are queued (see [`run`]).
+const PUBLISH_EVERY: usize = 8;
+
 struct Apply<S> {
     sm: S,
     sessions: Sessions,
@@ -310,6 +335,11 @@ pub async fn run<S: StateMachine>(
         status,
         journal,
     };
+    // Batches applied since the status was last published: it is published
+    // when the queue runs empty (before the thread waits) or after
+    // `PUBLISH_EVERY` batches, so a run of batches queued back to back
+    // costs one update, and the status never lags by more than that.
+    let mut unpublished = 0;
     while let Some(msg) = rx.recv().await {
         if rx.is_closed() {
             // The node stopped: nothing applied from now on would be seen
@@ -318,19 +348,13 @@ pub async fn run<S: StateMachine>(
             break;
         }
         match msg {
-            ApplyMsg::Register(proposals) => {
-                for (index, term, reply) in proposals {
-                    match a.stopped() {
-                        Some(e) => reply.send(Err(e)),
-                        None => {
-                            a.waiting.insert(index, (term, reply));
-                        }
-                    }
-                }
-            }
-            ApplyMsg::Entries(entries) => {
+            ApplyMsg::Register(proposals) => a.register(proposals),
+            ApplyMsg::Entries { register, entries } => {
+                a.register(register);
                 a.apply(entries, &rx);
-                a.publish(false);
+                // The status once per run of queued batches (at most
+                // `PUBLISH_EVERY`), not per batch.
+                unpublished += 1;
             }
             ApplyMsg::Read {
                 index,
@@ -358,6 +382,10 @@ pub async fn run<S: StateMachine>(
                 a.answer_all();
             }
         }
+        if unpublished > 0 && (unpublished >= PUBLISH_EVERY || rx.is_empty()) {
+            a.publish(false);
+            unpublished = 0;
+        }
     }
     a.journal
         .stop(Error::Unavailable("the peer stopped".into()));
@@ -372,6 +400,19 @@ impl<S: StateMachine> Apply<S> {
         self.halted.as_ref().map(|message| Error::Halted {
             message: message.clone(),
         })
+    }
+
+    /// Proposals now wait at (index, term); answered at once if the thread
+    /// stopped serving.
+    fn register(&mut self, proposals: Vec<(Index, Term, Reply)>) {
+        for (index, term, reply) in proposals {
+            match self.stopped() {
+                Some(e) => reply.send(Err(e)),
+                None => {
+                    self.waiting.insert(index, (term, reply));
+                }
+            }
+        }
     }
 
     fn answer_all(&mut self) {

@@ -170,10 +170,10 @@ fn runtime() -> tokio::runtime::Runtime {
 fn an_overlapping_batch_applies_each_entry_once() {
     runtime().block_on(async {
         let t = Thread::start();
-        t.send(ApplyMsg::Entries(vec![add(1, 1), add(2, 10), add(3, 100)]));
+        t.send(ApplyMsg::entries(vec![add(1, 1), add(2, 10), add(3, 100)]));
         // A batch that starts inside what was applied (a replayed overlap):
         // only index 4 is new.
-        t.send(ApplyMsg::Entries(vec![
+        t.send(ApplyMsg::entries(vec![
             add(2, 10),
             add(3, 100),
             add(4, 1000),
@@ -191,7 +191,7 @@ fn a_proposal_replaced_by_another_leaders_entry_gets_not_leader() {
         // another leader's (term 2).
         let replaced = t.register(1, 1);
         let kept = t.register(2, 2);
-        t.send(ApplyMsg::Entries(vec![
+        t.send(ApplyMsg::entries(vec![
             entry(
                 1,
                 2,
@@ -237,7 +237,7 @@ fn sessions_travel_with_the_snapshot_so_a_retry_after_an_install_is_not_applied_
         };
         let mut a = Thread::start();
         let first = a.register(2, 1);
-        a.send(ApplyMsg::Entries(vec![
+        a.send(ApplyMsg::entries(vec![
             entry(1, 1, open),
             entry(2, 1, write.clone()),
         ]));
@@ -253,7 +253,7 @@ fn sessions_travel_with_the_snapshot_so_a_retry_after_an_install_is_not_applied_
             data: taken.data,
         });
         let retry = b.register(3, 1);
-        b.send(ApplyMsg::Entries(vec![entry(3, 1, write)]));
+        b.send(ApplyMsg::entries(vec![entry(3, 1, write)]));
         let r = retry.await.expect("answered");
         assert!(
             r.is_ok(),
@@ -275,7 +275,7 @@ fn a_skipped_panic_answers_applied_and_is_a_watch_event() {
         let t = Thread::start();
         let mut cursor = t.journal.cursor(Some(1)).expect("a cursor");
         let boom = t.register(1, 1);
-        t.send(ApplyMsg::Entries(vec![
+        t.send(ApplyMsg::entries(vec![
             entry(
                 1,
                 1,
