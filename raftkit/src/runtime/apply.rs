@@ -59,7 +59,7 @@ use super::watch::Journal;
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
-    ApplyError, Ctx, StateMachine, apply_encoded, decode, encode, query_encoded,
+    ApplyError, Ctx, StateMachine, apply_decoded, apply_encoded, decode, encode, query_encoded,
 };
 
 /// Rebuilds the state machine and the session table from a snapshot taken
@@ -104,6 +104,11 @@ pub struct Reply {
     /// The caller's trace span (a client request's `raftkit.request` span):
     /// the parent of the apply or read span that answers it.
     span: tracing::Span,
+    /// A write's command as the leader decoded it to check it (an
+    /// `S::Write`): applied in place of decoding the entry again, if the
+    /// entry applied at the proposal's index has the proposal's term (so it
+    /// is the proposal, and its bytes are the ones decoded).
+    decoded: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl Reply {
@@ -114,7 +119,15 @@ impl Reply {
             tx,
             _permit: permit,
             span: tracing::Span::current(),
+            decoded: None,
         }
+    }
+
+    /// The reply of a write whose command the leader decoded already
+    /// (`decoded` is the `S::Write` its bytes decode to).
+    pub fn with_decoded(mut self, decoded: Box<dyn std::any::Any + Send>) -> Self {
+        self.decoded = Some(decoded);
+        self
     }
 
     /// Answers the caller (who may have gone: then nobody hears it).
@@ -461,14 +474,25 @@ impl<S: StateMachine> Apply<S> {
                 None => tracing::debug_span!("raftkit.apply", index = e.index, term = e.term),
             };
             let _entered = span.enter();
+            // The leader's own proposal: its command, decoded when it was
+            // checked, is applied as it is (the entry holds the same bytes).
+            let decoded = match self.waiting.get_mut(&e.index) {
+                Some((term, reply)) if *term == e.term => reply
+                    .decoded
+                    .take()
+                    .and_then(|d| d.downcast::<S::Write>().ok()),
+                _ => None,
+            };
             let result = match &e.payload {
-                Payload::Command(bytes) => match self.apply_command(e.index, e.term, bytes) {
-                    Outcome::Reply(r) => r,
-                    Outcome::Halt(message) => {
-                        self.halt(e.index, message);
-                        return;
+                Payload::Command(bytes) => {
+                    match self.apply_command(e.index, e.term, bytes, decoded) {
+                        Outcome::Reply(r) => r,
+                        Outcome::Halt(message) => {
+                            self.halt(e.index, message);
+                            return;
+                        }
                     }
-                },
+                }
                 Payload::Noop | Payload::Config(_) => Ok(Vec::new()),
             };
             self.applied = e.index;
@@ -495,7 +519,16 @@ impl<S: StateMachine> Apply<S> {
     /// The envelope is decoded in place ([`EnvelopeRef`]): the command is
     /// not copied out of the payload; the watch journal keeps a shared slice
     /// of it.
-    fn apply_command(&mut self, index: Index, term: Term, bytes: &Bytes) -> Outcome {
+    ///
+    /// `decoded` is the command the leader decoded from these bytes when it
+    /// checked the proposal: applied instead of decoding them again.
+    fn apply_command(
+        &mut self,
+        index: Index,
+        term: Term,
+        bytes: &Bytes,
+        decoded: Option<Box<S::Write>>,
+    ) -> Outcome {
         let envelope: EnvelopeRef<'_> = match postcard::from_bytes(bytes) {
             Ok(e) => e,
             Err(err) => {
@@ -574,7 +607,11 @@ impl<S: StateMachine> Apply<S> {
             }
         };
         let mut ctx = Ctx::new(index, term, self.sessions.now_ms());
-        let stored = match apply_encoded(&mut self.sm, &mut ctx, command) {
+        let applied = match decoded {
+            Some(c) => apply_decoded(&mut self.sm, &mut ctx, *c),
+            None => apply_encoded(&mut self.sm, &mut ctx, command),
+        };
+        let stored = match applied {
             Ok(out) => StoredReply::Ok(out),
             Err(ApplyError::Halted { message }) => {
                 return Outcome::Halt(format!(
