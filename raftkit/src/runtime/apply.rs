@@ -611,7 +611,7 @@ impl<S: StateMachine> Apply<S> {
             Some(c) => apply_decoded(&mut self.sm, &mut ctx, *c),
             None => apply_encoded(&mut self.sm, &mut ctx, command),
         };
-        let stored = match applied {
+        let mut stored = match applied {
             Ok(out) => StoredReply::Ok(out),
             Err(ApplyError::Halted { message }) => {
                 return Outcome::Halt(format!(
@@ -636,17 +636,20 @@ impl<S: StateMachine> Apply<S> {
         if let Some(s) = session {
             self.sessions.record(s, stored.clone());
         }
-        // Applied (a panic under `skip` counts): an event for watchers.
-        match &stored {
-            StoredReply::Ok(out) => {
-                self.journal
-                    .push(index, shared_slice(bytes, command), Ok(out.clone()))
-            }
-            StoredReply::Handler(m) => {
-                self.journal
-                    .push(index, shared_slice(bytes, command), Err(m.clone()))
-            }
-            StoredReply::Rejected(_) => {}
+        // Applied (a panic under `skip` counts): an event for watchers. When
+        // no caller waits for this entry here (a follower), the answer is
+        // dropped after this, so the journal takes it instead of a copy.
+        let answered = self.waiting.contains_key(&index);
+        let output = match &mut stored {
+            StoredReply::Ok(out) if answered => Some(Ok(out.clone())),
+            StoredReply::Ok(out) => Some(Ok(std::mem::take(out))),
+            StoredReply::Handler(m) if answered => Some(Err(m.clone())),
+            StoredReply::Handler(m) => Some(Err(std::mem::take(m))),
+            StoredReply::Rejected(_) => None,
+        };
+        if let Some(output) = output {
+            self.journal
+                .push(index, shared_slice(bytes, command), output);
         }
         Outcome::Reply(stored_to_result(stored))
     }
