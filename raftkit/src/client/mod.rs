@@ -10,6 +10,8 @@
 //! This module never imports the runtime: a client binary carries no server.
 
 mod consistency;
+#[cfg(test)]
+mod fake_member;
 mod local;
 pub(crate) mod mux;
 mod remote;

@@ -1247,6 +1247,9 @@ fn final_error(e: Error, maybe_applied: bool, at_deadline: bool) -> Error {
 }
 
 #[cfg(test)]
+mod verdicts;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

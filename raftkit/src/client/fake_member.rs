@@ -1,0 +1,230 @@
+//! A scripted stand-in for a cluster member, for tests of the network
+//! client ([`super::remote`]) that need a member to misbehave at an exact
+//! point: refuse a connection before the request can leave the client, take
+//! a write and vanish without answering, or answer with an error that no
+//! real member could be made to give on cue.
+//!
+//! It is a real QUIC endpoint on `127.0.0.1` with a node certificate of a
+//! dev cluster ([`crate::tls::dev_cluster`]), speaking the client protocol
+//! the way the runtime's client service does (`runtime::client_service`,
+//! `runtime::client_mux`): it answers the hello with `Ok(MUX_ACCEPTED)` and
+//! then serves the multiplexed request stream, one frame `id request [meta]`
+//! in, one frame `id response` out. Each request is handed to the test's
+//! script, which says what to do with it ([`Act`]).
+//!
+//! Invariants:
+//! - every request that reached the member is recorded, in arrival order,
+//!   before the script sees it ([`FakeMember::received`]): a test can tell a
+//!   request that left the client from one that never did;
+//! - requests of one connection are answered one at a time, in order;
+//! - after [`FakeMember::restart`], no connection accepted before it serves
+//!   anything more (those open are closed, those still in their handshake
+//!   are closed once it completes), and the next `refuse` dials are refused
+//!   (QUIC `CONNECTION_REFUSED`) before any stream can open;
+//! - bytes from the client are never trusted: a frame that does not decode
+//!   closes the connection, nothing panics on them.
+//!
+//! Test support only (`cfg(test)`): nothing here is part of the library.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use quinn::{Connection, Endpoint};
+
+use super::mux::MUX_ACCEPTED;
+use super::wire::{ClientHello, ClientRequest, ClientResponse, RequestId, SessionId, WireError};
+use crate::tls::Identity;
+use crate::transport::frame::{
+    DEFAULT_MAX_FRAME_BYTES, encode_frame, read_frame, read_frame_body, write_frame,
+};
+use crate::transport::quic::quic_server_config;
+
+/// What the member does with one request.
+#[derive(Debug)]
+pub(crate) enum Act {
+    /// Answers it.
+    Answer(ClientResponse),
+    /// Closes the connection without answering (the request was received:
+    /// a member that took a write and died before its answer left).
+    Vanish,
+}
+
+/// The answer to `OpenSession` that opens session `id`.
+pub(crate) fn session_opened(id: u128) -> Act {
+    match crate::state_machine::encode("session id", &SessionId(id)) {
+        Ok(bytes) => Act::Answer(ClientResponse::Ok(bytes)),
+        Err(e) => Act::Answer(ClientResponse::Err(WireError::Rejected(e.to_string()))),
+    }
+}
+
+/// The answer of a member that does not host `group`.
+pub(crate) fn not_hosted(group: u64) -> Act {
+    Act::Answer(ClientResponse::Err(WireError::NotHosted { group }))
+}
+
+type Script = Box<dyn FnMut(&ClientRequest) -> Act + Send>;
+
+struct Shared {
+    script: Mutex<Script>,
+    received: Mutex<Vec<ClientRequest>>,
+    /// Dials still to refuse.
+    refuse: AtomicUsize,
+    /// Bumped by every restart: a connection accepted in an earlier epoch
+    /// serves nothing.
+    epoch: AtomicU64,
+    live: Mutex<Vec<Connection>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A scripted member (see the module docs). Dropping it closes its
+/// endpoint.
+pub(crate) struct FakeMember {
+    endpoint: Endpoint,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl FakeMember {
+    /// Starts a member presenting `identity` (a node certificate) on an
+    /// ephemeral port of `127.0.0.1`, answering each request as `script`
+    /// says.
+    pub(crate) fn start(
+        identity: &Identity,
+        script: impl FnMut(&ClientRequest) -> Act + Send + 'static,
+    ) -> FakeMember {
+        let config = quic_server_config(identity).expect("server config of a dev identity");
+        let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let endpoint = Endpoint::server(config, listen).expect("a local UDP socket");
+        let addr = endpoint.local_addr().expect("bound address");
+        let shared = Arc::new(Shared {
+            script: Mutex::new(Box::new(script)),
+            received: Mutex::new(Vec::new()),
+            refuse: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+            live: Mutex::new(Vec::new()),
+        });
+        let accepting = tokio::spawn(accept(endpoint.clone(), shared.clone()));
+        FakeMember {
+            endpoint,
+            addr,
+            shared,
+            accepting,
+        }
+    }
+
+    /// The address clients dial.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every request that reached this member so far, in arrival order.
+    pub(crate) fn received(&self) -> Vec<ClientRequest> {
+        lock(&self.shared.received).clone()
+    }
+
+    /// The writes among [`FakeMember::received`].
+    pub(crate) fn writes(&self) -> usize {
+        self.received()
+            .iter()
+            .filter(|r| matches!(r, ClientRequest::Write { .. }))
+            .count()
+    }
+
+    /// The member goes down and comes back: every connection it had is
+    /// closed, and the next `refuse` dials are refused before anything can
+    /// be sent on them (`usize::MAX`: it never comes back).
+    pub(crate) fn restart(&self, refuse: usize) {
+        self.shared.refuse.store(refuse, Ordering::SeqCst);
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        for conn in lock(&self.shared.live).drain(..) {
+            conn.close(0u32.into(), b"restarting");
+        }
+    }
+}
+
+impl Drop for FakeMember {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.endpoint.close(0u32.into(), b"gone");
+    }
+}
+
+async fn accept(endpoint: Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let refused = shared
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refused {
+            incoming.refuse();
+            continue;
+        }
+        let epoch = shared.epoch.load(Ordering::SeqCst);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            {
+                let mut live = lock(&shared.live);
+                if shared.epoch.load(Ordering::SeqCst) != epoch {
+                    conn.close(0u32.into(), b"restarting");
+                    return;
+                }
+                live.push(conn.clone());
+            }
+            serve(conn, &shared).await;
+        });
+    }
+}
+
+/// Serves one connection: the hello, then the multiplexed requests.
+async fn serve(conn: Connection, shared: &Shared) {
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+        return;
+    };
+    if read_frame::<ClientHello, _>(&mut recv, DEFAULT_MAX_FRAME_BYTES)
+        .await
+        .is_err()
+    {
+        conn.close(1u32.into(), b"bad hello");
+        return;
+    }
+    let accepted = ClientResponse::Ok(MUX_ACCEPTED.to_vec());
+    if write_frame(&mut send, &accepted, DEFAULT_MAX_FRAME_BYTES)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    while let Ok(body) = read_frame_body(&mut recv, DEFAULT_MAX_FRAME_BYTES).await {
+        let Some((id, request)) = postcard::take_from_bytes::<u64>(&body)
+            .ok()
+            .and_then(|(id, rest)| Some((id, RequestId::decode_request(rest).ok()?.0)))
+        else {
+            conn.close(1u32.into(), b"bad request");
+            return;
+        };
+        lock(&shared.received).push(request.clone());
+        let act = {
+            let mut script = lock(&shared.script);
+            (*script)(&request)
+        };
+        let response = match act {
+            Act::Answer(response) => response,
+            Act::Vanish => {
+                conn.close(0u32.into(), b"vanished");
+                return;
+            }
+        };
+        let mut frame = Vec::new();
+        if encode_frame(&(id, &response), DEFAULT_MAX_FRAME_BYTES, &mut frame).is_err()
+            || send.write_all(&frame).await.is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Whether a failed call says its command may have been applied, against
+//! members scripted to fail at exact points ([`FakeMember`]): the rule of
+//! the module docs of [`super`] ("once an attempt of a call may have been
+//! applied, the call never ends with an error that says it was not", and an
+//! attempt that never left the client applied nothing).
+//!
+//! Each test pins the route of the call: the client is told who leads
+//! (`set_leader`), as it would have learnt from an earlier answer, so that
+//! the first attempt goes to the member that fails.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{Client, ClientOptions};
+use crate::client::Submit;
+use crate::client::fake_member::{Act, FakeMember, not_hosted, session_opened};
+use crate::client::wire::{ClientRequest, ClientResponse, SessionId, WireError};
+use crate::error::{Applied, Error};
+use crate::tls::{Identity, dev_cluster};
+
+/// Bounds every wait of these tests (none is reached when they pass).
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The group of the sharded tests.
+const GROUP: u64 = 3;
+
+/// Two node identities and a client identity of one dev cluster.
+fn identities() -> (Identity, Identity, Identity) {
+    let (ca, mut nodes) = dev_cluster(["fake-a", "fake-b"]).expect("dev certificates");
+    let client = ca.issue_client("verdicts").expect("client certificate");
+    let b = nodes.pop().expect("two nodes");
+    let a = nodes.pop().expect("two nodes");
+    (a, b, client)
+}
+
+/// A client of `members` (of `group`, if given) whose calls go to `first`
+/// first.
+async fn client_of(
+    members: &[&FakeMember],
+    identity: Identity,
+    group: Option<u64>,
+    first: &FakeMember,
+) -> Client {
+    let mut opts = ClientOptions::default().with_timeout(DEADLINE);
+    opts.group = group;
+    let addrs: Vec<String> = members.iter().map(|m| m.addr().to_string()).collect();
+    let client = tokio::time::timeout(DEADLINE, Client::connect_with(addrs, identity, 0, opts))
+        .await
+        .expect("connects in time")
+        .expect("connects");
+    client.set_leader(Some(first.addr()));
+    client
+}
+
+/// Waits until the client has seen its connection to `addr` closed (a
+/// request sent on it before then might leave the client).
+async fn until_closed(client: &Client, addr: SocketAddr) {
+    let conn = client.inner.conns.lock().await.get(&addr).cloned();
+    if let Some(conn) = conn {
+        tokio::time::timeout(DEADLINE, conn.closed())
+            .await
+            .expect("the client sees its connection closed");
+    }
+}
+
+/// Mutant "an attempt that never left the client counts as maybe applied"
+/// (teeth round 3, #222). A sharded write whose first attempt is refused
+/// before it leaves the client (the member restarts: connection refused),
+/// and that every member then answers `NotHosted`, was applied nowhere: the
+/// call ends `NotHosted`, which says "not applied".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_before_it_left_and_then_not_hosted_anywhere_was_not_applied() {
+    let (a_id, b_id, client_id) = identities();
+    // A opens sessions; after its restart it hosts the group no more.
+    let a = FakeMember::start(&a_id, |request| match request {
+        ClientRequest::OpenSession => session_opened(7),
+        _ => not_hosted(GROUP),
+    });
+    let b = FakeMember::start(&b_id, |_| not_hosted(GROUP));
+    let client = client_of(&[&a, &b], client_id, Some(GROUP), &a).await;
+    tokio::time::timeout(DEADLINE, client.opened())
+        .await
+        .expect("opens in time")
+        .expect("A opens the session");
+    // A restarts and refuses the next dial: the write's first attempt
+    // cannot be sent.
+    a.restart(1);
+    until_closed(&client, a.addr()).await;
+
+    let err = tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time")
+        .expect_err("no member hosts the group");
+    assert_eq!(err, Error::NotHosted { group: GROUP });
+    assert_eq!(err.applied(), Applied::No, "{err}");
+    // The route: refused at A (nothing received), NotHosted at B, then at
+    // the restarted A.
+    assert_eq!((a.writes(), b.writes()), (1, 1));
+}
+
+/// Mutant "`NotHosted` at the end of a call that may have applied returns
+/// plain `NotHosted`" (teeth round 3, #223). A sharded member takes the
+/// write and dies before answering (it may have applied it); then the only
+/// answers are `NotHosted` (the group moved away from the restarted member,
+/// and the other never hosted it). The call must not say "not applied": it
+/// ends `Ambiguous`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lost_with_its_member_and_then_not_hosted_anywhere_may_have_been_applied() {
+    let (a_id, b_id, client_id) = identities();
+    let mut writes = 0;
+    let a = FakeMember::start(&a_id, move |request| match request {
+        ClientRequest::OpenSession => session_opened(7),
+        ClientRequest::Write { .. } => {
+            writes += 1;
+            if writes == 1 {
+                Act::Vanish
+            } else {
+                not_hosted(GROUP)
+            }
+        }
+        _ => not_hosted(GROUP),
+    });
+    let b = FakeMember::start(&b_id, |_| not_hosted(GROUP));
+    let client = client_of(&[&a, &b], client_id, Some(GROUP), &a).await;
+
+    let err = tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time")
+        .expect_err("no member answers the write");
+    assert!(matches!(err, Error::Ambiguous(_)), "{err:?}");
+    assert_eq!(err.applied(), Applied::Maybe, "{err}");
+    // The route: taken by A (lost), NotHosted at B, then at the restarted A.
+    assert_eq!((a.writes(), b.writes()), (2, 1));
+}
+
+/// Mutant #222 again, on the session path (module docs, `SessionExpired`:
+/// "if no attempt of the write could have been applied, the client retries
+/// it under the new session by itself and the caller never sees this
+/// error"). The write is refused at the leader before it leaves (A is down
+/// for good), and B no longer knows the session: the client opens a new
+/// session at B and the write succeeds there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_before_it_left_moves_to_a_new_session_when_the_old_one_expired() {
+    let (a_id, b_id, client_id) = identities();
+    let a = FakeMember::start(&a_id, |request| match request {
+        ClientRequest::OpenSession => session_opened(1),
+        _ => Act::Answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
+    });
+    let b = FakeMember::start(&b_id, |request| match request {
+        ClientRequest::OpenSession => session_opened(2),
+        ClientRequest::Write { session, .. } if session.id == SessionId(2) => {
+            Act::Answer(ClientResponse::Ok(b"done".to_vec()))
+        }
+        ClientRequest::Write { .. } => Act::Answer(ClientResponse::Err(WireError::SessionExpired(
+            "unknown session".into(),
+        ))),
+        _ => Act::Answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
+    });
+    let client = client_of(&[&a, &b], client_id, None, &a).await;
+    tokio::time::timeout(DEADLINE, client.opened())
+        .await
+        .expect("opens in time")
+        .expect("A opens the session");
+    a.restart(usize::MAX);
+    until_closed(&client, a.addr()).await;
+
+    let out = tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time")
+        .expect("retried under a new session at B");
+    assert_eq!(out, b"done");
+    assert_eq!(client.session_id(), Some(SessionId(2)));
+    assert_eq!((a.writes(), b.writes()), (0, 2));
+}
