@@ -43,24 +43,31 @@ use crate::transport::quic::quic_server_config;
 /// What the member does with one request.
 #[derive(Debug)]
 pub(crate) enum Act {
-    /// Answers it.
-    Answer(ClientResponse),
+    /// Answers it (boxed: an answer is large, a vanishing nothing).
+    Answer(Box<ClientResponse>),
     /// Closes the connection without answering (the request was received:
     /// a member that took a write and died before its answer left).
     Vanish,
 }
 
+impl Act {
+    /// Answers `response`.
+    pub(crate) fn answer(response: ClientResponse) -> Act {
+        Act::Answer(Box::new(response))
+    }
+}
+
 /// The answer to `OpenSession` that opens session `id`.
 pub(crate) fn session_opened(id: u128) -> Act {
     match crate::state_machine::encode("session id", &SessionId(id)) {
-        Ok(bytes) => Act::Answer(ClientResponse::Ok(bytes)),
-        Err(e) => Act::Answer(ClientResponse::Err(WireError::Rejected(e.to_string()))),
+        Ok(bytes) => Act::answer(ClientResponse::Ok(bytes)),
+        Err(e) => Act::answer(ClientResponse::Err(WireError::Rejected(e.to_string()))),
     }
 }
 
 /// The answer of a member that does not host `group`.
 pub(crate) fn not_hosted(group: u64) -> Act {
-    Act::Answer(ClientResponse::Err(WireError::NotHosted { group }))
+    Act::answer(ClientResponse::Err(WireError::NotHosted { group }))
 }
 
 type Script = Box<dyn FnMut(&ClientRequest) -> Act + Send>;
@@ -214,7 +221,7 @@ async fn serve(conn: Connection, shared: &Shared) {
             (*script)(&request)
         };
         let response = match act {
-            Act::Answer(response) => response,
+            Act::Answer(response) => *response,
             Act::Vanish => {
                 conn.close(0u32.into(), b"vanished");
                 return;

@@ -144,17 +144,17 @@ async fn a_write_refused_before_it_left_moves_to_a_new_session_when_the_old_one_
     let (a_id, b_id, client_id) = identities();
     let a = FakeMember::start(&a_id, |request| match request {
         ClientRequest::OpenSession => session_opened(1),
-        _ => Act::Answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
+        _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
     });
     let b = FakeMember::start(&b_id, |request| match request {
         ClientRequest::OpenSession => session_opened(2),
         ClientRequest::Write { session, .. } if session.id == SessionId(2) => {
-            Act::Answer(ClientResponse::Ok(b"done".to_vec()))
+            Act::answer(ClientResponse::Ok(b"done".to_vec()))
         }
-        ClientRequest::Write { .. } => Act::Answer(ClientResponse::Err(WireError::SessionExpired(
+        ClientRequest::Write { .. } => Act::answer(ClientResponse::Err(WireError::SessionExpired(
             "unknown session".into(),
         ))),
-        _ => Act::Answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
+        _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
     });
     let client = client_of(&[&a, &b], client_id, None, &a).await;
     tokio::time::timeout(DEADLINE, client.opened())
