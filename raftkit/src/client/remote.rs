@@ -618,18 +618,26 @@ impl Client {
     /// The next member in turn, skipping members that just failed unless
     /// all did (watches spread over the members this way).
     pub(super) fn round_robin(&self) -> SocketAddr {
-        // Round robin, skipping members that just failed unless all did.
+        // Round robin, skipping members that failed within `SUSPECT_FOR`;
+        // if all did, the one that failed longest ago, so that retries still
+        // visit every member in turn.
         let n = self.inner.members.len();
-        let mut first = None;
-        for _ in 0..n {
-            let i = self.inner.rotate.fetch_add(1, Ordering::Relaxed) as usize;
-            let addr = self.inner.members[i % n];
-            if !self.is_suspect(addr) {
-                return addr;
+        let start = self.inner.rotate.fetch_add(1, Ordering::Relaxed) as usize;
+        let suspects = self.inner.suspects.lock().ok();
+        let mut oldest: Option<(Instant, SocketAddr)> = None;
+        for k in 0..n {
+            let addr = self.inner.members[(start + k) % n];
+            let failed = suspects.as_ref().and_then(|s| s.get(&addr));
+            match failed.filter(|t| t.elapsed() < SUSPECT_FOR) {
+                None => return addr,
+                Some(&t) => {
+                    if oldest.is_none_or(|(o, _)| t < o) {
+                        oldest = Some((t, addr));
+                    }
+                }
             }
-            first.get_or_insert(addr);
         }
-        first.unwrap_or(self.inner.members[0])
+        oldest.map_or(self.inner.members[0], |(_, addr)| addr)
     }
 
     fn set_leader(&self, addr: Option<SocketAddr>) {

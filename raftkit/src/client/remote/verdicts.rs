@@ -172,3 +172,45 @@ async fn a_write_refused_before_it_left_moves_to_a_new_session_when_the_old_one_
     assert_eq!(client.session_id(), Some(SessionId(2)));
     assert_eq!((a.writes(), b.writes()), (0, 2));
 }
+
+/// When every member failed within [`super::SUSPECT_FOR`], the next attempt
+/// goes to the member that failed longest ago, so retries still visit every
+/// member instead of asking one of them again and again until suspicions
+/// expire (a bug found with this fake member: with all suspect, the
+/// rotation advanced by the number of members per call and picked the same
+/// one every time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_member_suspect_retries_still_visit_every_member() {
+    let (ca, nodes) = dev_cluster(["fake-a", "fake-b", "fake-c"]).expect("dev certificates");
+    let client_id = ca.issue_client("rotation").expect("client certificate");
+    let members: Vec<FakeMember> = nodes
+        .iter()
+        .map(|id| {
+            FakeMember::start(id, |request| match request {
+                ClientRequest::OpenSession => session_opened(9),
+                _ => not_hosted(GROUP),
+            })
+        })
+        .collect();
+    let refs: Vec<&FakeMember> = members.iter().collect();
+    let client = client_of(&refs, client_id, None, &members[0]).await;
+    for m in &members {
+        client.suspect(m.addr());
+    }
+    // Each pick fails again (as a retry to it would): the next three picks
+    // are the three members.
+    let mut picked = Vec::new();
+    for _ in 0..members.len() {
+        let addr = client.round_robin();
+        client.suspect(addr);
+        picked.push(addr);
+    }
+    let mut distinct = picked.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        members.len(),
+        "retries with every member suspect asked {picked:?}"
+    );
+}
