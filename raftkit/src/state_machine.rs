@@ -184,10 +184,12 @@ pub enum ApplyError {
 }
 
 #[doc(hidden)]
-/// Checks that `bytes` decode as a `Write` command of `S`: the leader's test
-/// before a command may enter the log.
-pub fn validate_command<S: StateMachine>(bytes: &[u8]) -> Result<(), CodecError> {
-    decode::<S::Write>("command", bytes).map(|_| ())
+/// Decodes `bytes` as a `Write` command of `S`: the leader's test before a
+/// command may enter the log. The decoded command is handed on to the
+/// leader's apply thread (see `runtime::apply`), which then does not decode
+/// the entry a second time.
+pub fn validate_command<S: StateMachine>(bytes: &[u8]) -> Result<S::Write, CodecError> {
+    decode::<S::Write>("command", bytes)
 }
 
 #[doc(hidden)]
@@ -199,6 +201,16 @@ pub fn apply_encoded<S: StateMachine>(
     bytes: &[u8],
 ) -> Result<Vec<u8>, ApplyError> {
     let command: S::Write = decode("command", bytes).map_err(ApplyError::Decode)?;
+    apply_decoded(sm, ctx, command)
+}
+
+#[doc(hidden)]
+/// [`apply_encoded`] of a command already decoded from the entry's bytes.
+pub fn apply_decoded<S: StateMachine>(
+    sm: &mut S,
+    ctx: &mut Ctx,
+    command: S::Write,
+) -> Result<Vec<u8>, ApplyError> {
     let policy = S::error_policy(&command);
     let handler = S::handler_name(&command);
     let index = ctx.index();

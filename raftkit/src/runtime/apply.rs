@@ -31,7 +31,9 @@
 //!   refused and changes nothing, and a write the table already answered
 //!   is answered from it, never applied twice. Every decision depends only
 //!   on the log, so all replicas keep identical tables;
-//! - the [`ApplyStatus`] is current after every batch, but the node task is
+//! - the [`ApplyStatus`] is current whenever the thread's queue is empty
+//!   (and lags by at most [`PUBLISH_EVERY`] batches while it is not), but
+//!   the node task is
 //!   *woken* by it only when that matters (see [`status_channel`]): the
 //!   thread halted, a snapshot was taken or restored, or the node asked
 //!   ([`ProgressTx`]: it is paused on the apply backlog, or idle with
@@ -57,7 +59,7 @@ use super::watch::Journal;
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
-    ApplyError, Ctx, StateMachine, apply_encoded, decode, encode, query_encoded,
+    ApplyError, Ctx, StateMachine, apply_decoded, apply_encoded, decode, encode, query_encoded,
 };
 
 /// Rebuilds the state machine and the session table from a snapshot taken
@@ -102,6 +104,11 @@ pub struct Reply {
     /// The caller's trace span (a client request's `raftkit.request` span):
     /// the parent of the apply or read span that answers it.
     span: tracing::Span,
+    /// A write's command as the leader decoded it to check it (an
+    /// `S::Write`): applied in place of decoding the entry again, if the
+    /// entry applied at the proposal's index has the proposal's term (so it
+    /// is the proposal, and its bytes are the ones decoded).
+    decoded: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl Reply {
@@ -112,7 +119,15 @@ impl Reply {
             tx,
             _permit: permit,
             span: tracing::Span::current(),
+            decoded: None,
         }
+    }
+
+    /// The reply of a write whose command the leader decoded already
+    /// (`decoded` is the `S::Write` its bytes decode to).
+    pub fn with_decoded(mut self, decoded: Box<dyn std::any::Any + Send>) -> Self {
+        self.decoded = Some(decoded);
+        self
     }
 
     /// Answers the caller (who may have gone: then nobody hears it).
@@ -126,8 +141,16 @@ pub enum ApplyMsg {
     /// Proposals now wait at (index, term), each with where its result
     /// goes.
     Register(Vec<(Index, Term, Reply)>),
-    /// Committed entries, in order.
-    Entries(Vec<Entry>),
+    /// Committed entries, in order, after the proposals registered since
+    /// the last message (one message, so one wake-up of the thread, per
+    /// batch the node hands over): `register` is handled exactly as a
+    /// [`ApplyMsg::Register`] sent right before.
+    Entries {
+        /// Proposals now waiting at (index, term), registered first.
+        register: Vec<(Index, Term, Reply)>,
+        /// The committed entries.
+        entries: Vec<Entry>,
+    },
     /// A linearizable read, to serve once `index` is applied.
     Read {
         /// The read index.
@@ -149,6 +172,17 @@ pub enum ApplyMsg {
     /// The node stopped serving (its storage failed): answer every waiting
     /// and later caller with this error.
     Fail(Error),
+}
+
+#[cfg(test)]
+impl ApplyMsg {
+    /// Committed entries with no proposal to register.
+    pub fn entries(entries: Vec<Entry>) -> ApplyMsg {
+        ApplyMsg::Entries {
+            register: Vec::new(),
+            entries,
+        }
+    }
 }
 
 /// A snapshot taken by the apply thread.
@@ -268,6 +302,10 @@ impl ProgressRx {
     }
 }
 
+/// The most batches of entries applied between two updates of the status
+/// while more batches are queued (see [`run`]).
+const PUBLISH_EVERY: usize = 8;
+
 struct Apply<S> {
     sm: S,
     sessions: Sessions,
@@ -310,6 +348,11 @@ pub async fn run<S: StateMachine>(
         status,
         journal,
     };
+    // Batches applied since the status was last published: it is published
+    // when the queue runs empty (before the thread waits) or after
+    // `PUBLISH_EVERY` batches, so a run of batches queued back to back
+    // costs one update, and the status never lags by more than that.
+    let mut unpublished = 0;
     while let Some(msg) = rx.recv().await {
         if rx.is_closed() {
             // The node stopped: nothing applied from now on would be seen
@@ -318,19 +361,13 @@ pub async fn run<S: StateMachine>(
             break;
         }
         match msg {
-            ApplyMsg::Register(proposals) => {
-                for (index, term, reply) in proposals {
-                    match a.stopped() {
-                        Some(e) => reply.send(Err(e)),
-                        None => {
-                            a.waiting.insert(index, (term, reply));
-                        }
-                    }
-                }
-            }
-            ApplyMsg::Entries(entries) => {
+            ApplyMsg::Register(proposals) => a.register(proposals),
+            ApplyMsg::Entries { register, entries } => {
+                a.register(register);
                 a.apply(entries, &rx);
-                a.publish(false);
+                // The status once per run of queued batches (at most
+                // `PUBLISH_EVERY`), not per batch.
+                unpublished += 1;
             }
             ApplyMsg::Read {
                 index,
@@ -358,6 +395,10 @@ pub async fn run<S: StateMachine>(
                 a.answer_all();
             }
         }
+        if unpublished > 0 && (unpublished >= PUBLISH_EVERY || rx.is_empty()) {
+            a.publish(false);
+            unpublished = 0;
+        }
     }
     a.journal
         .stop(Error::Unavailable("the peer stopped".into()));
@@ -372,6 +413,19 @@ impl<S: StateMachine> Apply<S> {
         self.halted.as_ref().map(|message| Error::Halted {
             message: message.clone(),
         })
+    }
+
+    /// Proposals now wait at (index, term); answered at once if the thread
+    /// stopped serving.
+    fn register(&mut self, proposals: Vec<(Index, Term, Reply)>) {
+        for (index, term, reply) in proposals {
+            match self.stopped() {
+                Some(e) => reply.send(Err(e)),
+                None => {
+                    self.waiting.insert(index, (term, reply));
+                }
+            }
+        }
     }
 
     fn answer_all(&mut self) {
@@ -420,14 +474,25 @@ impl<S: StateMachine> Apply<S> {
                 None => tracing::debug_span!("raftkit.apply", index = e.index, term = e.term),
             };
             let _entered = span.enter();
+            // The leader's own proposal: its command, decoded when it was
+            // checked, is applied as it is (the entry holds the same bytes).
+            let decoded = match self.waiting.get_mut(&e.index) {
+                Some((term, reply)) if *term == e.term => reply
+                    .decoded
+                    .take()
+                    .and_then(|d| d.downcast::<S::Write>().ok()),
+                _ => None,
+            };
             let result = match &e.payload {
-                Payload::Command(bytes) => match self.apply_command(e.index, e.term, bytes) {
-                    Outcome::Reply(r) => r,
-                    Outcome::Halt(message) => {
-                        self.halt(e.index, message);
-                        return;
+                Payload::Command(bytes) => {
+                    match self.apply_command(e.index, e.term, bytes, decoded) {
+                        Outcome::Reply(r) => r,
+                        Outcome::Halt(message) => {
+                            self.halt(e.index, message);
+                            return;
+                        }
                     }
-                },
+                }
                 Payload::Noop | Payload::Config(_) => Ok(Vec::new()),
             };
             self.applied = e.index;
@@ -454,7 +519,16 @@ impl<S: StateMachine> Apply<S> {
     /// The envelope is decoded in place ([`EnvelopeRef`]): the command is
     /// not copied out of the payload; the watch journal keeps a shared slice
     /// of it.
-    fn apply_command(&mut self, index: Index, term: Term, bytes: &Bytes) -> Outcome {
+    ///
+    /// `decoded` is the command the leader decoded from these bytes when it
+    /// checked the proposal: applied instead of decoding them again.
+    fn apply_command(
+        &mut self,
+        index: Index,
+        term: Term,
+        bytes: &Bytes,
+        decoded: Option<Box<S::Write>>,
+    ) -> Outcome {
         let envelope: EnvelopeRef<'_> = match postcard::from_bytes(bytes) {
             Ok(e) => e,
             Err(err) => {
@@ -533,7 +607,11 @@ impl<S: StateMachine> Apply<S> {
             }
         };
         let mut ctx = Ctx::new(index, term, self.sessions.now_ms());
-        let stored = match apply_encoded(&mut self.sm, &mut ctx, command) {
+        let applied = match decoded {
+            Some(c) => apply_decoded(&mut self.sm, &mut ctx, *c),
+            None => apply_encoded(&mut self.sm, &mut ctx, command),
+        };
+        let mut stored = match applied {
             Ok(out) => StoredReply::Ok(out),
             Err(ApplyError::Halted { message }) => {
                 return Outcome::Halt(format!(
@@ -558,17 +636,20 @@ impl<S: StateMachine> Apply<S> {
         if let Some(s) = session {
             self.sessions.record(s, stored.clone());
         }
-        // Applied (a panic under `skip` counts): an event for watchers.
-        match &stored {
-            StoredReply::Ok(out) => {
-                self.journal
-                    .push(index, shared_slice(bytes, command), Ok(out.clone()))
-            }
-            StoredReply::Handler(m) => {
-                self.journal
-                    .push(index, shared_slice(bytes, command), Err(m.clone()))
-            }
-            StoredReply::Rejected(_) => {}
+        // Applied (a panic under `skip` counts): an event for watchers. When
+        // no caller waits for this entry here (a follower), the answer is
+        // dropped after this, so the journal takes it instead of a copy.
+        let answered = self.waiting.contains_key(&index);
+        let output = match &mut stored {
+            StoredReply::Ok(out) if answered => Some(Ok(out.clone())),
+            StoredReply::Ok(out) => Some(Ok(std::mem::take(out))),
+            StoredReply::Handler(m) if answered => Some(Err(m.clone())),
+            StoredReply::Handler(m) => Some(Err(std::mem::take(m))),
+            StoredReply::Rejected(_) => None,
+        };
+        if let Some(output) = output {
+            self.journal
+                .push(index, shared_slice(bytes, command), output);
         }
         Outcome::Reply(stored_to_result(stored))
     }

@@ -10,7 +10,8 @@
 //!   starts after `applied`; the test pins the apply thread's own guard);
 //! - a proposal answered by an entry of another term (another leader's
 //!   entry replaced it, Raft §5.3) gets [`Error::NotLeader`], never that
-//!   entry's result;
+//!   entry's result; and the command the leader decoded for it is not
+//!   applied in place of that entry's bytes;
 //! - the session table travels with the snapshot (thesis §6.3): a retry
 //!   after a snapshot install is answered from the table, not applied again;
 //! - a write whose handler panicked under `skip` is applied (its caller gets
@@ -170,10 +171,10 @@ fn runtime() -> tokio::runtime::Runtime {
 fn an_overlapping_batch_applies_each_entry_once() {
     runtime().block_on(async {
         let t = Thread::start();
-        t.send(ApplyMsg::Entries(vec![add(1, 1), add(2, 10), add(3, 100)]));
+        t.send(ApplyMsg::entries(vec![add(1, 1), add(2, 10), add(3, 100)]));
         // A batch that starts inside what was applied (a replayed overlap):
         // only index 4 is new.
-        t.send(ApplyMsg::Entries(vec![
+        t.send(ApplyMsg::entries(vec![
             add(2, 10),
             add(3, 100),
             add(4, 1000),
@@ -191,7 +192,7 @@ fn a_proposal_replaced_by_another_leaders_entry_gets_not_leader() {
         // another leader's (term 2).
         let replaced = t.register(1, 1);
         let kept = t.register(2, 2);
-        t.send(ApplyMsg::Entries(vec![
+        t.send(ApplyMsg::entries(vec![
             entry(
                 1,
                 2,
@@ -216,6 +217,58 @@ fn a_proposal_replaced_by_another_leaders_entry_gets_not_leader() {
     });
 }
 
+/// The leader hands its apply thread the command it decoded when it
+/// checked the proposal; it is applied in place of the entry's bytes only
+/// if the entry at that index is the proposal (same term). Here the
+/// decoded values differ from the entries' bytes on purpose, so the test
+/// tells which one was applied.
+#[test]
+fn a_decoded_command_is_applied_only_for_its_own_entry() {
+    runtime().block_on(async {
+        let t = Thread::start();
+        let register = |index: Index, term: Term, by: u64| {
+            let (tx, rx) = oneshot::channel();
+            let reply = Reply::new(tx, None).with_decoded(Box::new(TallyWrite::Add { by }));
+            (rx, (index, term, reply))
+        };
+        // Proposed at index 1 in term 1, but another leader's entry (term
+        // 2) committed there: its bytes apply, not the stale decoded value.
+        let (replaced, r1) = register(1, 1, 1_000);
+        // Proposed at index 2 in term 2, and committed: the decoded value.
+        let (kept, r2) = register(2, 2, 7);
+        t.send(ApplyMsg::Entries {
+            register: vec![r1, r2],
+            entries: vec![
+                entry(
+                    1,
+                    2,
+                    Op::Write {
+                        command: command(&TallyWrite::Add { by: 5 }),
+                    },
+                ),
+                entry(
+                    2,
+                    2,
+                    Op::Write {
+                        command: command(&TallyWrite::Add { by: 1 }),
+                    },
+                ),
+            ],
+        });
+        let r = replaced.await.expect("answered");
+        assert!(
+            matches!(r, Err(Error::NotLeader { .. })),
+            "the replaced proposal got {r:?}"
+        );
+        assert_eq!(
+            output(kept.await.expect("answered")),
+            12,
+            "index 1 must apply its own bytes (5), index 2 the decoded command (7)"
+        );
+        assert_eq!(t.value().await, 12);
+    });
+}
+
 #[test]
 fn sessions_travel_with_the_snapshot_so_a_retry_after_an_install_is_not_applied_again() {
     runtime().block_on(async {
@@ -237,7 +290,7 @@ fn sessions_travel_with_the_snapshot_so_a_retry_after_an_install_is_not_applied_
         };
         let mut a = Thread::start();
         let first = a.register(2, 1);
-        a.send(ApplyMsg::Entries(vec![
+        a.send(ApplyMsg::entries(vec![
             entry(1, 1, open),
             entry(2, 1, write.clone()),
         ]));
@@ -253,7 +306,7 @@ fn sessions_travel_with_the_snapshot_so_a_retry_after_an_install_is_not_applied_
             data: taken.data,
         });
         let retry = b.register(3, 1);
-        b.send(ApplyMsg::Entries(vec![entry(3, 1, write)]));
+        b.send(ApplyMsg::entries(vec![entry(3, 1, write)]));
         let r = retry.await.expect("answered");
         assert!(
             r.is_ok(),
@@ -275,7 +328,7 @@ fn a_skipped_panic_answers_applied_and_is_a_watch_event() {
         let t = Thread::start();
         let mut cursor = t.journal.cursor(Some(1)).expect("a cursor");
         let boom = t.register(1, 1);
-        t.send(ApplyMsg::Entries(vec![
+        t.send(ApplyMsg::entries(vec![
             entry(
                 1,
                 1,

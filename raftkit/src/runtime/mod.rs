@@ -229,9 +229,10 @@ impl<S: StateMachine> Peer<S> {
         match session {
             Some(session) => self.write_as(command, session, Owner::Local).await,
             None => {
-                self.check_command(&command)?;
+                let decoded = self.check_command(&command)?;
                 let bytes = command.len();
-                self.propose(Op::Write { command }, bytes).await
+                self.propose_write(Op::Write { command }, bytes, decoded)
+                    .await
             }
         }
     }
@@ -244,15 +245,16 @@ impl<S: StateMachine> Peer<S> {
         session: session::SessionRef,
         owner: Owner,
     ) -> Result<Vec<u8>, Error> {
-        self.check_command(&command)?;
+        let decoded = self.check_command(&command)?;
         let bytes = command.len();
-        self.propose(
+        self.propose_write(
             Op::SessionWrite {
                 session,
                 owner,
                 command,
             },
             bytes,
+            decoded,
         )
         .await
     }
@@ -293,8 +295,8 @@ impl<S: StateMachine> Peer<S> {
     }
 
     /// Refuses, before it enters the log, a command larger than the
-    /// maximum command size or that does not decode.
-    fn check_command(&self, command: &[u8]) -> Result<(), Error> {
+    /// maximum command size or that does not decode; returns it decoded.
+    fn check_command(&self, command: &[u8]) -> Result<S::Write, Error> {
         let max = self.inner.max_command_bytes;
         if command.len() > max {
             return Err(Error::Rejected(format!(
@@ -347,6 +349,23 @@ impl<S: StateMachine> Peer<S> {
         self.call(|tx| Command::Write {
             op,
             reply: apply::Reply::new(tx, Some(permit)),
+        })
+        .await
+    }
+
+    /// [`Peer::propose`] of a client write whose command `decoded` is: this
+    /// peer's apply thread applies it without decoding the entry again
+    /// (see [`apply::Reply::with_decoded`]).
+    async fn propose_write(
+        &self,
+        op: Op,
+        bytes: usize,
+        decoded: S::Write,
+    ) -> Result<Vec<u8>, Error> {
+        let permit = self.inner.admission.admit(bytes).await?;
+        self.call(|tx| Command::Write {
+            op,
+            reply: apply::Reply::new(tx, Some(permit)).with_decoded(Box::new(decoded)),
         })
         .await
     }

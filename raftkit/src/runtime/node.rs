@@ -670,8 +670,12 @@ impl NodeTask {
                     debug!(node = %self.name, backlog = st.handed_bytes, "the state machine is behind: committed entries wait in the log");
                     self.raft.set_apply_paused(true);
                 }
-                self.flush_registers(st);
-                let _ = self.apply_tx.send(ApplyMsg::Entries(rd.committed_entries));
+                // The proposals registered since the last batch travel with
+                // it: one message, one wake-up of the apply thread.
+                let _ = self.apply_tx.send(ApplyMsg::Entries {
+                    register: std::mem::take(&mut st.registers),
+                    entries: rd.committed_entries,
+                });
             }
             for r in rd.reads {
                 let Some((query, reply, arrived)) = st.reads.remove(&r.ctx) else {
@@ -711,11 +715,13 @@ impl NodeTask {
     }
 
     /// Hands the proposals registered since the last call to the apply
-    /// thread. Called right before every message that may apply or cover
-    /// their entries (committed entries, a snapshot), and when the apply
-    /// thread must answer them at once (a halt, a storage failure): not at
-    /// every batch of commands, where it would wake the apply thread once
-    /// more per batch for nothing to apply.
+    /// thread. They must reach it before any message that may apply or
+    /// cover their entries: committed entries carry them in the same
+    /// message ([`ApplyMsg::Entries`]); this is called right before a
+    /// snapshot, and when the apply thread must answer them at once (a
+    /// halt, a storage failure). Not at every batch of commands, where it
+    /// would wake the apply thread once more per batch for nothing to
+    /// apply.
     fn flush_registers(&self, st: &mut State) {
         if !st.registers.is_empty() {
             let _ = self
