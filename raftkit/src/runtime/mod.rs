@@ -54,6 +54,9 @@ mod reads;
 #[doc(hidden)]
 pub mod session;
 mod snapshot_sends;
+#[cfg(test)]
+mod stamp_tests;
+mod stamps;
 mod status;
 pub(crate) mod threads;
 mod tick_gate;

@@ -43,9 +43,13 @@
 //!   apply thread does not wake this task for every batch it applies
 //!   (`apply::status_channel`), but it does whenever this task would
 //!   otherwise wait with applied entries it has not seen and no storage
-//!   write outstanding (whose completion wakes it anyway), or while the
-//!   apply backlog pauses the core; so a watcher of `applied` is never left
-//!   waiting (see [`NodeTask::want_apply_progress`]).
+//!   write outstanding (whose completion wakes it anyway), while the apply
+//!   backlog pauses the core, or while client writes wait for the leader's
+//!   stamp anchor; so a watcher of `applied` is never left waiting, nor is
+//!   a deferred write (see [`NodeTask::want_apply_progress`]);
+//! - a leader proposes client writes and session operations only once its
+//!   term's stamp clock is anchored on the replicated time of the earlier
+//!   terms; those that arrive before wait here, in order (`stamps`).
 //!
 //! Size: past 1,000 lines because the event loop and every handler it calls
 //! share one `State` by `&mut` (splitting them across modules would expose
@@ -68,9 +72,10 @@ use super::apply::{ApplyMsg, ProgressRx, Reply, Taken};
 use super::dropped::DropLog;
 use super::persist::{Persister, SaveJob, SnapshotSaver, Write};
 use super::session::{Envelope, Op, STAMP_SLACK_MS};
+use super::stamps::{Deferred, StampClock, anchor_ready};
 use super::status::{LatencyHistogram, MemberStatus, PeerStatus};
 use crate::core::{
-    Configuration, Index, Message, NodeId, NotLeader, PersistMarker, ProposeError, Raft,
+    Configuration, Index, Message, NodeId, NotLeader, PersistMarker, ProposeError, Raft, Role,
     TransferError,
 };
 use crate::error::Error;
@@ -137,35 +142,6 @@ pub fn system_clock_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-/// The leader's stamp clock for one term: replicated time cannot run ahead
-/// of (or behind) what this leader's monotonic clock measured since the
-/// term's anchor by more than [`STAMP_SLACK_MS`], whatever its wall clock
-/// says.
-struct StampClock {
-    term: u64,
-    /// Replicated time at the anchor (the apply task's, or the wall clock
-    /// on a cluster that has none yet).
-    anchor_ms: u64,
-    anchor_at: tokio::time::Instant,
-    /// The last stamp this leader issued (stamps never go back).
-    last: u64,
-    /// Whether a clamp was logged this term (once is enough).
-    warned: bool,
-}
-
-impl StampClock {
-    fn stamp(&mut self, wall_ms: u64) -> u64 {
-        let elapsed = u64::try_from(self.anchor_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let expected = self.anchor_ms.saturating_add(elapsed);
-        let stamp = wall_ms
-            .max(expected.saturating_sub(STAMP_SLACK_MS))
-            .min(expected.saturating_add(STAMP_SLACK_MS))
-            .max(self.last);
-        self.last = stamp;
-        stamp
-    }
 }
 
 /// Runs when the node stops (closes the transport).
@@ -247,6 +223,9 @@ struct State {
     leader_contact: Option<std::time::Instant>,
     drop_log: DropLog,
     stamps: Option<StampClock>,
+    /// Client writes and session operations waiting for this leader's
+    /// stamp anchor (`stamps`).
+    deferred: Deferred,
     /// The core's ticks on the monotonic clock (see `reads`).
     clock: super::reads::TickClock,
     /// When the status watch was last rebuilt.
@@ -320,6 +299,7 @@ impl NodeTask {
             leader_contact: None,
             drop_log: DropLog::default(),
             stamps: None,
+            deferred: Deferred::default(),
             clock: super::reads::TickClock::new(
                 self.tick,
                 2 * u64::from(self.raft.params().election_ticks) + 2,
@@ -464,6 +444,13 @@ impl NodeTask {
                 self.name
             ))));
         }
+        // Never proposed: not applied.
+        while let Some((_, reply)) = st.deferred.pop() {
+            reply.send(Err(Error::Unavailable(format!(
+                "peer {} stopped",
+                self.name
+            ))));
+        }
         if let Some(saver) = self.saver.take() {
             saver.shutdown().await;
         }
@@ -494,15 +481,14 @@ impl NodeTask {
             return;
         }
         match cmd {
-            Command::Write { op, reply } => match self.propose_envelope(st, op) {
-                Ok((index, term)) => {
-                    st.proposals += 1;
-                    // Handed to the apply thread in one message, before any
-                    // entry or snapshot that covers it (`flush_registers`).
-                    st.registers.push((index, term, reply));
+            Command::Write { op, reply } => {
+                // Behind the ones already waiting for the anchor, in order.
+                if st.deferred.is_empty() && self.stamps_ready(st) {
+                    self.propose_write(st, op, reply);
+                } else {
+                    st.deferred.push(op, reply);
                 }
-                Err(e) => reply.send(Err(self.propose_error(e))),
-            },
+            }
             Command::Read {
                 query,
                 reply,
@@ -554,11 +540,68 @@ impl NodeTask {
         }
     }
 
+    /// Proposes a client write or session operation and registers its
+    /// caller (once [`NodeTask::stamps_ready`]).
+    fn propose_write(&mut self, st: &mut State, op: Op, reply: Reply) {
+        match self.propose_envelope(st, op) {
+            Ok((index, term)) => {
+                st.proposals += 1;
+                // Handed to the apply thread in one message, before any
+                // entry or snapshot that covers it (`flush_registers`).
+                st.registers.push((index, term, reply));
+            }
+            Err(e) => reply.send(Err(self.propose_error(e))),
+        }
+    }
+
+    /// Whether a client write or session operation may be proposed now:
+    /// always on a node that does not lead (the core refuses it, and the
+    /// caller learns where the leader is); on the leader, once its term's
+    /// stamp clock is anchored, which this anchors as soon as the apply
+    /// thread applied every entry of the earlier terms (`stamps` module).
+    fn stamps_ready(&self, st: &mut State) -> bool {
+        let term = self.raft.term();
+        if self.raft.role() != Role::Leader || st.stamps.as_ref().is_some_and(|c| c.term == term) {
+            return true;
+        }
+        let (applied, replicated) = {
+            let apply = self.apply_status.borrow();
+            (apply.applied, apply.replicated_ms)
+        };
+        if !anchor_ready(self.raft.log(), term, applied) {
+            return false;
+        }
+        st.stamps = Some(StampClock::anchor(term, replicated, (self.wall_clock)()));
+        true
+    }
+
+    /// Proposes the writes that waited for the stamp anchor, in order, once
+    /// it is taken; answers them if this node stopped leading (the core
+    /// refuses them) or serving.
+    fn release_deferred(&mut self, st: &mut State) {
+        if st.deferred.is_empty() {
+            return;
+        }
+        if let Some(err) = Self::stopped(st) {
+            while let Some((_, reply)) = st.deferred.pop() {
+                reply.send(Err(err.clone()));
+            }
+            return;
+        }
+        while !st.deferred.is_empty() && self.stamps_ready(st) {
+            if let Some((op, reply)) = st.deferred.pop() {
+                self.propose_write(st, op, reply);
+            }
+        }
+    }
+
     /// Wraps an operation in its log envelope, stamped with this leader's
     /// clamped clock (the replicated time sessions expire by), and proposes
-    /// it.
+    /// it. Called once [`NodeTask::stamps_ready`].
     fn propose_envelope(&mut self, st: &mut State, op: Op) -> Result<(Index, u64), ProposeError> {
-        let stamp_ms = self.stamp(st);
+        // Only a node that does not lead has no anchor: the core refuses
+        // its proposal whatever the stamp.
+        let stamp_ms = self.stamp(st).unwrap_or(0);
         // Sized once: the command plus the envelope's few varints.
         let capacity = match &op {
             Op::Write { command } | Op::SessionWrite { command, .. } => command.len(),
@@ -571,29 +614,14 @@ impl NodeTask {
         }
     }
 
-    /// The stamp of an entry proposed now: the wall clock, clamped to the
-    /// term's anchor plus the elapsed monotonic time, within
-    /// [`STAMP_SLACK_MS`] either way. The anchor is the replicated time this
-    /// node applied when its term's first stamp was taken, so a leader whose
-    /// wall clock stepped (NTP, a resumed VM) moves replicated time by the
-    /// slack at most (see `session.rs`).
-    fn stamp(&self, st: &mut State) -> u64 {
+    /// The stamp of an entry proposed now by the leader of the anchored
+    /// term: the wall clock, clamped to the anchor plus the elapsed
+    /// monotonic time, within [`STAMP_SLACK_MS`] either way (`stamps`
+    /// module). `None` without an anchor for the current term.
+    fn stamp(&self, st: &mut State) -> Option<u64> {
         let wall = (self.wall_clock)();
         let term = self.raft.term();
-        let clock = match &mut st.stamps {
-            Some(c) if c.term == term => c,
-            slot => {
-                let replicated = self.apply_status.borrow().replicated_ms;
-                let anchor_ms = if replicated == 0 { wall } else { replicated };
-                slot.insert(StampClock {
-                    term,
-                    anchor_ms,
-                    anchor_at: tokio::time::Instant::now(),
-                    last: 0,
-                    warned: false,
-                })
-            }
-        };
+        let clock = st.stamps.as_mut().filter(|c| c.term == term)?;
         let stamp = clock.stamp(wall);
         // Tooth (simulation builds only): stamp with the raw wall clock.
         #[cfg(feature = "sim")]
@@ -609,7 +637,7 @@ impl NodeTask {
             // looks the same. Neither is a fault: say it once a term.
             info!(node = %self.name, wall_ms = wall, stamp_ms = stamp, term, "replicated time and this leader's wall clock differ by more than the slack (downtime, or a clock step); stamps follow the monotonic clock");
         }
-        stamp
+        Some(stamp)
     }
 
     /// What a caller whose proposal the core refused is told: only a
@@ -916,7 +944,9 @@ impl NodeTask {
     /// backlog is over half its bound (the core may be paused on it), and
     /// when entries handed to it are not seen applied yet and no storage
     /// write is outstanding (nothing else may wake this task: an idle or
-    /// quiesced node would otherwise show a stale applied index for good).
+    /// quiesced node would otherwise show a stale applied index for good),
+    /// or client writes wait for the stamp anchor, which waits for the apply
+    /// thread (`release_deferred`).
     /// Under load a write is nearly always outstanding, so applying a batch
     /// wakes nobody; its progress is read after the next input.
     ///
@@ -926,7 +956,7 @@ impl NodeTask {
     /// waiting for a wake-up that may never come.
     fn want_apply_progress(&self, st: &State) -> bool {
         let want = st.handed_bytes > MAX_APPLY_BACKLOG_BYTES / 2
-            || (!st.handed.is_empty() && st.pending.is_empty());
+            || (!st.handed.is_empty() && (st.pending.is_empty() || !st.deferred.is_empty()));
         let applied = self.apply_status.want(want);
         want && st.handed.front().is_some_and(|(i, _)| *i <= applied)
     }
@@ -956,6 +986,7 @@ impl NodeTask {
                 reply.send(Err(Error::Halted { message: h.clone() }));
             }
         }
+        self.release_deferred(st);
     }
 
     fn fail(&mut self, st: &mut State, reason: String) {
@@ -965,6 +996,11 @@ impl NodeTask {
         st.pending.clear();
         let err = Error::Storage(reason);
         for (_, (_, reply, _)) in std::mem::take(&mut st.reads) {
+            reply.send(Err(err.clone()));
+        }
+        // Never proposed: not applied (`release_deferred` would answer them
+        // at the next input; a stopped node may get none).
+        while let Some((_, reply)) = st.deferred.pop() {
             reply.send(Err(err.clone()));
         }
         self.flush_registers(st);

@@ -47,8 +47,10 @@
 //!    *replicated* time are dropped on every replica at the same entry.
 //!    Replicated time is the largest stamp applied, and stamps cannot jump:
 //!    the leader clamps its wall clock to the time elapsed on its monotonic
-//!    clock since its term's anchor, within [`STAMP_SLACK_MS`] (see
-//!    `node.rs`), and the apply step advances replicated time by at most
+//!    clock since its term's anchor, within [`STAMP_SLACK_MS`], the anchor
+//!    being the replicated time it applied through the last entry of the
+//!    earlier terms (it stamps nothing before: see `stamps.rs`), and the
+//!    apply step advances replicated time by at most
 //!    [`MAX_STAMP_STEP_MS`] per entry, so one node with a bad clock (an NTP
 //!    step, a VM resumed) cannot expire sessions early. No replica's own
 //!    clock is ever consulted at apply. Consequences, all on the safe side:
