@@ -453,3 +453,19 @@ fn regression_seed_494_a_drop_refused_by_a_failed_journal() {
         panic!("{f}");
     }
 }
+
+/// A node restarted without a snapshot (its snapshot disk had failed) won
+/// group 0's election while its slow apply thread still replayed the log:
+/// it had applied no stamp, so it anchored its term's stamps on its wall
+/// clock, 818 s ahead after two clock jumps, and the first client write it
+/// stamped moved replicated time past every session's time-to-live ("a
+/// clock jump expired it early"). A leader now anchors only once it applied
+/// every entry of the earlier terms (`raftkit::runtime` `stamps` module;
+/// the focused test is `stamp_tests`). Found with the apply hand-off of
+/// perf6 (one message per batch), which moved the write into that window.
+#[test]
+fn regression_seed_1787_a_new_leader_stamps_before_its_apply_caught_up() {
+    if let Err(f) = bank_groups().seeds(1787..1788).check() {
+        panic!("{f}");
+    }
+}
