@@ -35,8 +35,10 @@
 //!   entries are handed to the apply thread: a caller answered for entry
 //!   `i` sees `last_index >= i`. The fields that take clones to build
 //!   (members, latency histograms, drop counts, addresses) are at most
-//!   [`STATUS_INTERVAL`] late: they are rebuilt only if the last rebuild is
-//!   that old or the role, term or leader changed; otherwise a timer
+//!   [`STATUS_INTERVAL`] late (a multi-group node's replicas: one tick,
+//!   `PeerBuilder::status_interval`): they are rebuilt only if the last
+//!   rebuild is that old or the role, term, leader or configuration
+//!   changed; otherwise a timer
 //!   rebuilds them when the interval is over (under load the loop turns far
 //!   more often than anyone reads the status). The applied index and the
 //!   session counters are the apply thread's as of the last batch: the
@@ -199,6 +201,9 @@ pub struct NodeTask {
     pub(super) wall_clock: WallClock,
     /// Quiescence (`tick_gate`): while asleep, no ticks.
     pub(super) gate: Option<Arc<super::TickGate>>,
+    /// How late the status fields that take clones may be (default
+    /// [`STATUS_INTERVAL`]; `PeerBuilder::status_interval`).
+    pub(super) status_interval: Duration,
 }
 
 struct Pending {
@@ -257,8 +262,8 @@ struct State {
     snapshot_sends: super::snapshot_sends::Transfers,
 }
 
-/// The longest the status watch lags behind the node (see the module
-/// invariants).
+/// The longest the status watch lags behind the node by default (see the
+/// module invariants).
 pub(super) const STATUS_INTERVAL: Duration = Duration::from_millis(1);
 
 impl NodeTask {
@@ -968,19 +973,26 @@ impl NodeTask {
     }
 
     /// Rebuilds the status watch, or defers it (see [`STATUS_INTERVAL`]).
+    /// A new configuration is published at once: a caller whose membership
+    /// change completed sees it in the members.
     fn publish(&self, st: &mut State) {
         let now = Instant::now();
         let urgent = {
             let old = self.status.borrow();
-            (old.role, old.term, old.leader)
-                != (self.raft.role(), self.raft.term(), self.raft.leader())
+            (old.role, old.term, old.leader, old.config_index)
+                != (
+                    self.raft.role(),
+                    self.raft.term(),
+                    self.raft.leader(),
+                    self.raft.config_index(),
+                )
                 || old.fatal.is_some() != st.fatal.is_some()
         };
         if let Some(at) = st.published_at
             && !urgent
-            && now < at + STATUS_INTERVAL
+            && now < at + self.status_interval
         {
-            st.status_due.get_or_insert(at + STATUS_INTERVAL);
+            st.status_due.get_or_insert(at + self.status_interval);
             self.refresh_scalars(st);
             return;
         }
@@ -1113,3 +1125,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+#[path = "status_lag_tests.rs"]
+mod status_lag_tests;
