@@ -754,6 +754,7 @@ impl<S: PeerExt> MultiNode<S> {
             // reading them (quiescence, balancing, moves, retirement) act
             // at tick granularity anyway.
             .status_interval(inner.tick)
+            .gather(true)
             // A replica of a group this node left before (a move back):
             // see `hosting` on why it must not count itself in the group's
             // older configurations.

@@ -120,6 +120,7 @@ pub struct PeerBuilder<S> {
     group_storage: Option<GroupStorage>,
     tick_gate: Option<Arc<super::TickGate>>,
     status_interval: Duration,
+    gather: bool,
     membership_fence: Option<(crate::core::Index, crate::core::Term)>,
     _sm: PhantomData<fn() -> S>,
 }
@@ -191,6 +192,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             group_storage: None,
             tick_gate: None,
             status_interval: super::node::STATUS_INTERVAL,
+            gather: false,
             membership_fence: None,
             _sm: PhantomData,
         }
@@ -448,6 +450,17 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// a second under load, sets its tick.
     pub(crate) fn status_interval(mut self, interval: Duration) -> Self {
         self.status_interval = interval;
+        self
+    }
+
+    /// Whether each round of the node task first yields to the other ready
+    /// tasks, then takes what they queued for it, before it drains the
+    /// core (default off). For a multi-group node: one group among many
+    /// with few clients each otherwise wrote to the journal and sent
+    /// append messages for every one or two writes, where one busy group
+    /// batches many.
+    pub(crate) fn gather(mut self, on: bool) -> Self {
+        self.gather = on;
         self
     }
 
@@ -800,6 +813,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 .unwrap_or_else(|| Arc::new(super::node::system_clock_ms)),
             gate: self.tick_gate.take(),
             status_interval: self.status_interval,
+            gather: self.gather,
         };
         let handle = tokio::spawn(task.run());
         let peer = Peer {

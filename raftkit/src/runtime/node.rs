@@ -204,6 +204,9 @@ pub struct NodeTask {
     /// How late the status fields that take clones may be (default
     /// [`STATUS_INTERVAL`]; `PeerBuilder::status_interval`).
     pub(super) status_interval: Duration,
+    /// Whether a round yields to the other ready tasks before it drains
+    /// the core (`PeerBuilder::gather`).
+    pub(super) gather: bool,
 }
 
 struct Pending {
@@ -391,41 +394,33 @@ impl NodeTask {
                         return;
                     }
                     self.on_command(&mut st, cmd);
-                    for _ in 0..256 {
-                        match self.commands.try_recv() {
-                            Ok(Command::Shutdown { reply }) => {
-                                let result = self.stop(&mut st).await;
-                                let _ = reply.send(result);
-                                return;
-                            }
-                            Ok(cmd) => self.on_command(&mut st, cmd),
-                            Err(_) => break,
-                        }
+                    if let Some(reply) = self.take_commands(&mut st) {
+                        let result = self.stop(&mut st).await;
+                        let _ = reply.send(result);
+                        return;
                     }
                 }
                 Some(m) = self.inbox.recv() => {
                     self.wake();
-                    let mut from_leader = false;
-                    if st.fatal.is_none() {
-                        let from = m.from;
-                        self.step(&mut st, m);
-                        from_leader |= self.raft.leader() == Some(from);
-                    }
-                    for _ in 0..256 {
-                        match self.inbox.try_recv() {
-                            Ok(m) if st.fatal.is_none() => {
-                                let from = m.from;
-                                self.step(&mut st, m);
-                                from_leader |= self.raft.leader() == Some(from);
-                            }
-                            Ok(_) => {}
-                            Err(_) => break,
-                        }
-                    }
-                    if from_leader {
-                        st.leader_contact = Some(std::time::Instant::now());
-                    }
+                    self.take_messages(&mut st, Some(m));
                 }
+            }
+            if self.gather {
+                // Let the tasks that are ready run first (other groups'
+                // node tasks, clients, the links): what they hand this
+                // group meanwhile joins this round's Ready, one journal
+                // write and one append message per peer instead of
+                // several (see `PeerBuilder::gather`).
+                tokio::task::yield_now().await;
+                while let Ok(done) = persisted_rx.try_recv() {
+                    self.on_persisted(&mut st, done);
+                }
+                if let Some(reply) = self.take_commands(&mut st) {
+                    let result = self.stop(&mut st).await;
+                    let _ = reply.send(result);
+                    return;
+                }
+                self.take_messages(&mut st, None);
             }
             self.on_apply_progress(&mut st);
             self.drain_ready(&mut st);
@@ -435,6 +430,48 @@ impl NodeTask {
             }
         }
         let _ = self.stop(&mut st).await;
+    }
+
+    /// Takes up to 256 queued commands; returns the reply of a shutdown
+    /// met among them (the caller stops the node).
+    fn take_commands(&mut self, st: &mut State) -> Option<oneshot::Sender<Result<(), Error>>> {
+        for _ in 0..256 {
+            match self.commands.try_recv() {
+                Ok(Command::Shutdown { reply }) => return Some(reply),
+                Ok(cmd) => {
+                    self.wake();
+                    self.on_command(st, cmd);
+                }
+                Err(_) => break,
+            }
+        }
+        None
+    }
+
+    /// Steps `first` (or the first queued peer message) and up to 256
+    /// more queued ones.
+    fn take_messages(&mut self, st: &mut State, first: Option<Message>) {
+        let mut next = first.or_else(|| self.inbox.try_recv().ok());
+        if next.is_none() {
+            return;
+        }
+        self.wake();
+        let mut from_leader = false;
+        let mut more = 256;
+        while let Some(m) = next.take() {
+            if st.fatal.is_none() {
+                let from = m.from;
+                self.step(st, m);
+                from_leader |= self.raft.leader() == Some(from);
+            }
+            if more > 0 {
+                more -= 1;
+                next = self.inbox.try_recv().ok();
+            }
+        }
+        if from_leader {
+            st.leader_contact = Some(std::time::Instant::now());
+        }
     }
 
     /// Resumes ticking (see `tick_gate`).
