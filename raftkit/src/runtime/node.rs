@@ -339,6 +339,11 @@ impl NodeTask {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut apply_alive = true;
+        // The deferred status rebuild's timer, kept across rounds and reset
+        // only when its deadline changes: a new `Sleep` per round
+        // registered and dropped a timer entry each time.
+        let mut status_timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut status_timer_at: Option<Instant> = None;
         self.drain_ready(&mut st);
         self.publish(&mut st);
         loop {
@@ -351,6 +356,12 @@ impl NodeTask {
             }
             let retry_at = st.snap.retry_at;
             let status_due = st.status_due;
+            if let Some(at) = status_due
+                && status_timer_at != Some(at)
+            {
+                status_timer.as_mut().reset(at);
+                status_timer_at = Some(at);
+            }
             let asleep = self.gate.as_ref().is_some_and(|g| g.is_asleep());
             if asleep {
                 // Withheld ticks are never fed later (see `catch_up_ticks`).
@@ -384,7 +395,7 @@ impl NodeTask {
                     st.snap.retry_at = None;
                 }
                 // The rebuild the interval deferred: done below.
-                _ = sleep_until_opt(status_due), if status_due.is_some() => {}
+                _ = &mut status_timer, if status_due.is_some() => {}
                 cmd = self.commands.recv() => {
                     self.wake();
                     let Some(cmd) = cmd else { break };
