@@ -296,6 +296,11 @@ impl Raft {
         &self.conf
     }
 
+    /// The log index the configuration in force was appended at.
+    pub fn config_index(&self) -> Index {
+        self.conf_index
+    }
+
     /// The node's parameters.
     pub fn params(&self) -> &Config {
         &self.cfg

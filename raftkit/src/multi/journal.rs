@@ -250,7 +250,7 @@ impl Journal {
                     .map_err(|e| corrupt(dir, entry.index, format!("does not decode: {e}")))?;
                 for (group, rec) in batch.recs {
                     note_removal(&mut removed, group, &rec);
-                    apply(&mut groups, group, rec)
+                    apply(&mut groups, group, &rec)
                         .map_err(|e| corrupt(dir, entry.index, format!("group {group}: {e}")))?;
                 }
             }
@@ -400,9 +400,9 @@ impl Journal {
 fn apply(
     groups: &mut BTreeMap<GroupId, MemLogStore>,
     group: GroupId,
-    rec: Rec,
+    rec: &Rec,
 ) -> Result<(), StorageError> {
-    match rec {
+    match *rec {
         Rec::Create => {
             groups.entry(group).or_default();
             Ok(())
@@ -422,7 +422,7 @@ fn apply(
             groups.insert(group, log);
             Ok(())
         }
-        Rec::Append(entries) => groups.entry(group).or_default().append(&entries),
+        Rec::Append(ref entries) => groups.entry(group).or_default().append(entries),
         Rec::Truncate(from) => groups.entry(group).or_default().truncate_suffix(from),
         Rec::Compact(upto, term) => groups.entry(group).or_default().compact_prefix(upto, term),
         Rec::HardState(hs) => groups.entry(group).or_default().save_hard_state(hs),
@@ -461,7 +461,9 @@ impl State {
             });
         }
         note_removal(&mut self.removed, group, &rec);
-        apply(&mut self.groups, group, rec.clone())?;
+        // The group's log copies the entries it keeps: no clone of the
+        // record itself.
+        apply(&mut self.groups, group, &rec)?;
         self.pending.push((group, rec));
         Ok(())
     }

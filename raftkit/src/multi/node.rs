@@ -748,6 +748,13 @@ impl<S: PeerExt> MultiNode<S> {
             .snapshot_every(inner.snapshot_every)
             .group_storage(storage)
             .tick_gate(gate.clone())
+            // Each busy replica rebuilt its status's members, histograms
+            // and addresses every millisecond: with 64 groups a tenth of
+            // the node's CPU per write (`benches/multi.rs`). The policies
+            // reading them (quiescence, balancing, moves, retirement) act
+            // at tick granularity anyway.
+            .status_interval(inner.tick)
+            .gather(true)
             // A replica of a group this node left before (a move back):
             // see `hosting` on why it must not count itself in the group's
             // older configurations.

@@ -119,6 +119,8 @@ pub struct PeerBuilder<S> {
     watch_journal_bytes: usize,
     group_storage: Option<GroupStorage>,
     tick_gate: Option<Arc<super::TickGate>>,
+    status_interval: Duration,
+    gather: bool,
     membership_fence: Option<(crate::core::Index, crate::core::Term)>,
     _sm: PhantomData<fn() -> S>,
 }
@@ -189,6 +191,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             watch_journal_bytes: super::watch::DEFAULT_WATCH_JOURNAL_BYTES,
             group_storage: None,
             tick_gate: None,
+            status_interval: super::node::STATUS_INTERVAL,
+            gather: false,
             membership_fence: None,
             _sm: PhantomData,
         }
@@ -436,6 +440,27 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// [`TickGate`](super::TickGate)).
     pub(crate) fn tick_gate(mut self, gate: Arc<super::TickGate>) -> Self {
         self.tick_gate = Some(gate);
+        self
+    }
+
+    /// How late the status fields that take clones to build (members,
+    /// latency histograms, drop counts, addresses) may be (default
+    /// 1 ms; see the node task's module documentation): a multi-group
+    /// node, whose many replicas each rebuilt them up to a thousand times
+    /// a second under load, sets its tick.
+    pub(crate) fn status_interval(mut self, interval: Duration) -> Self {
+        self.status_interval = interval;
+        self
+    }
+
+    /// Whether each round of the node task first yields to the other ready
+    /// tasks, then takes what they queued for it, before it drains the
+    /// core (default off). For a multi-group node: one group among many
+    /// with few clients each otherwise wrote to the journal and sent
+    /// append messages for every one or two writes, where one busy group
+    /// batches many.
+    pub(crate) fn gather(mut self, on: bool) -> Self {
+        self.gather = on;
         self
     }
 
@@ -787,6 +812,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 .wall_clock
                 .unwrap_or_else(|| Arc::new(super::node::system_clock_ms)),
             gate: self.tick_gate.take(),
+            status_interval: self.status_interval,
+            gather: self.gather,
         };
         let handle = tokio::spawn(task.run());
         let peer = Peer {

@@ -35,8 +35,10 @@
 //!   entries are handed to the apply thread: a caller answered for entry
 //!   `i` sees `last_index >= i`. The fields that take clones to build
 //!   (members, latency histograms, drop counts, addresses) are at most
-//!   [`STATUS_INTERVAL`] late: they are rebuilt only if the last rebuild is
-//!   that old or the role, term or leader changed; otherwise a timer
+//!   [`STATUS_INTERVAL`] late (a multi-group node's replicas: one tick,
+//!   `PeerBuilder::status_interval`): they are rebuilt only if the last
+//!   rebuild is that old or the role, term, leader or configuration
+//!   changed; otherwise a timer
 //!   rebuilds them when the interval is over (under load the loop turns far
 //!   more often than anyone reads the status). The applied index and the
 //!   session counters are the apply thread's as of the last batch: the
@@ -175,6 +177,12 @@ pub struct NodeTask {
     pub(super) wall_clock: WallClock,
     /// Quiescence (`tick_gate`): while asleep, no ticks.
     pub(super) gate: Option<Arc<super::TickGate>>,
+    /// How late the status fields that take clones may be (default
+    /// [`STATUS_INTERVAL`]; `PeerBuilder::status_interval`).
+    pub(super) status_interval: Duration,
+    /// Whether a round yields to the other ready tasks before it drains
+    /// the core (`PeerBuilder::gather`).
+    pub(super) gather: bool,
 }
 
 struct Pending {
@@ -236,8 +244,8 @@ struct State {
     snapshot_sends: super::snapshot_sends::Transfers,
 }
 
-/// The longest the status watch lags behind the node (see the module
-/// invariants).
+/// The longest the status watch lags behind the node by default (see the
+/// module invariants).
 pub(super) const STATUS_INTERVAL: Duration = Duration::from_millis(1);
 
 impl NodeTask {
@@ -311,6 +319,11 @@ impl NodeTask {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut apply_alive = true;
+        // The deferred status rebuild's timer, kept across rounds and reset
+        // only when its deadline changes: a new `Sleep` per round
+        // registered and dropped a timer entry each time.
+        let mut status_timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut status_timer_at: Option<Instant> = None;
         self.drain_ready(&mut st);
         self.publish(&mut st);
         loop {
@@ -323,6 +336,12 @@ impl NodeTask {
             }
             let retry_at = st.snap.retry_at;
             let status_due = st.status_due;
+            if let Some(at) = status_due
+                && status_timer_at != Some(at)
+            {
+                status_timer.as_mut().reset(at);
+                status_timer_at = Some(at);
+            }
             let asleep = self.gate.as_ref().is_some_and(|g| g.is_asleep());
             if asleep {
                 // Withheld ticks are never fed later (see `catch_up_ticks`).
@@ -356,7 +375,7 @@ impl NodeTask {
                     st.snap.retry_at = None;
                 }
                 // The rebuild the interval deferred: done below.
-                _ = sleep_until_opt(status_due), if status_due.is_some() => {}
+                _ = &mut status_timer, if status_due.is_some() => {}
                 cmd = self.commands.recv() => {
                     self.wake();
                     let Some(cmd) = cmd else { break };
@@ -366,41 +385,33 @@ impl NodeTask {
                         return;
                     }
                     self.on_command(&mut st, cmd);
-                    for _ in 0..256 {
-                        match self.commands.try_recv() {
-                            Ok(Command::Shutdown { reply }) => {
-                                let result = self.stop(&mut st).await;
-                                let _ = reply.send(result);
-                                return;
-                            }
-                            Ok(cmd) => self.on_command(&mut st, cmd),
-                            Err(_) => break,
-                        }
+                    if let Some(reply) = self.take_commands(&mut st) {
+                        let result = self.stop(&mut st).await;
+                        let _ = reply.send(result);
+                        return;
                     }
                 }
                 Some(m) = self.inbox.recv() => {
                     self.wake();
-                    let mut from_leader = false;
-                    if st.fatal.is_none() {
-                        let from = m.from;
-                        self.step(&mut st, m);
-                        from_leader |= self.raft.leader() == Some(from);
-                    }
-                    for _ in 0..256 {
-                        match self.inbox.try_recv() {
-                            Ok(m) if st.fatal.is_none() => {
-                                let from = m.from;
-                                self.step(&mut st, m);
-                                from_leader |= self.raft.leader() == Some(from);
-                            }
-                            Ok(_) => {}
-                            Err(_) => break,
-                        }
-                    }
-                    if from_leader {
-                        st.leader_contact = Some(std::time::Instant::now());
-                    }
+                    self.take_messages(&mut st, Some(m));
                 }
+            }
+            if self.gather {
+                // Let the tasks that are ready run first (other groups'
+                // node tasks, clients, the links): what they hand this
+                // group meanwhile joins this round's Ready, one journal
+                // write and one append message per peer instead of
+                // several (see `PeerBuilder::gather`).
+                tokio::task::yield_now().await;
+                while let Ok(done) = persisted_rx.try_recv() {
+                    self.on_persisted(&mut st, done);
+                }
+                if let Some(reply) = self.take_commands(&mut st) {
+                    let result = self.stop(&mut st).await;
+                    let _ = reply.send(result);
+                    return;
+                }
+                self.take_messages(&mut st, None);
             }
             self.on_apply_progress(&mut st);
             self.drain_ready(&mut st);
@@ -410,6 +421,48 @@ impl NodeTask {
             }
         }
         let _ = self.stop(&mut st).await;
+    }
+
+    /// Takes up to 256 queued commands; returns the reply of a shutdown
+    /// met among them (the caller stops the node).
+    fn take_commands(&mut self, st: &mut State) -> Option<oneshot::Sender<Result<(), Error>>> {
+        for _ in 0..256 {
+            match self.commands.try_recv() {
+                Ok(Command::Shutdown { reply }) => return Some(reply),
+                Ok(cmd) => {
+                    self.wake();
+                    self.on_command(st, cmd);
+                }
+                Err(_) => break,
+            }
+        }
+        None
+    }
+
+    /// Steps `first` (or the first queued peer message) and up to 256
+    /// more queued ones.
+    fn take_messages(&mut self, st: &mut State, first: Option<Message>) {
+        let mut next = first.or_else(|| self.inbox.try_recv().ok());
+        if next.is_none() {
+            return;
+        }
+        self.wake();
+        let mut from_leader = false;
+        let mut more = 256;
+        while let Some(m) = next.take() {
+            if st.fatal.is_none() {
+                let from = m.from;
+                self.step(st, m);
+                from_leader |= self.raft.leader() == Some(from);
+            }
+            if more > 0 {
+                more -= 1;
+                next = self.inbox.try_recv().ok();
+            }
+        }
+        if from_leader {
+            st.leader_contact = Some(std::time::Instant::now());
+        }
     }
 
     /// Resumes ticking (see `tick_gate`).
@@ -1010,19 +1063,26 @@ impl NodeTask {
     }
 
     /// Rebuilds the status watch, or defers it (see [`STATUS_INTERVAL`]).
+    /// A new configuration is published at once: a caller whose membership
+    /// change completed sees it in the members.
     fn publish(&self, st: &mut State) {
         let now = Instant::now();
         let urgent = {
             let old = self.status.borrow();
-            (old.role, old.term, old.leader)
-                != (self.raft.role(), self.raft.term(), self.raft.leader())
+            (old.role, old.term, old.leader, old.config_index)
+                != (
+                    self.raft.role(),
+                    self.raft.term(),
+                    self.raft.leader(),
+                    self.raft.config_index(),
+                )
                 || old.fatal.is_some() != st.fatal.is_some()
         };
         if let Some(at) = st.published_at
             && !urgent
-            && now < at + STATUS_INTERVAL
+            && now < at + self.status_interval
         {
-            st.status_due.get_or_insert(at + STATUS_INTERVAL);
+            st.status_due.get_or_insert(at + self.status_interval);
             self.refresh_scalars(st);
             return;
         }
@@ -1155,3 +1215,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+#[path = "status_lag_tests.rs"]
+mod status_lag_tests;

@@ -1,0 +1,79 @@
+//! The status watch with a long `status_interval` (a multi-group node's
+//! replicas rebuild the status's members only once a tick): a new
+//! configuration is still published at once. `Peer::add_learner` and
+//! `add_server` build the next configuration from the status's members,
+//! so a stale member list would make the second change drop what the
+//! first one added.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::core::Role;
+use crate::prelude::*;
+use crate::transport::memory::MemoryNetwork;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+struct Counter {
+    n: u64,
+}
+
+#[crate::state_machine]
+impl Counter {
+    #[write]
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_configuration_shows_in_the_status_at_once_whatever_the_status_interval() {
+    let net = MemoryNetwork::new(3);
+    let peer = Counter::peer()
+        .in_memory()
+        .listen("lag-a:1")
+        .bootstrap_members(["lag-a:1"])
+        .tick(Duration::from_millis(10))
+        .status_interval(Duration::from_secs(3600))
+        .transport({
+            let net = net.clone();
+            move |id, inbox| Arc::new(net.endpoint(id, inbox))
+        })
+        .start()
+        .await
+        .expect("peer starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while peer.status().role != Role::Leader {
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The first rebuild after leading happened; the next would be due in
+    // an hour.
+    peer.write(CounterWrite::Add { by: 1 })
+        .await
+        .expect("write");
+
+    peer.add_learner("lag-b:1").await.expect("first learner");
+    let members = |p: &Peer<Counter>| {
+        let mut m: Vec<Option<String>> = p.status().members.into_iter().map(|m| m.addr).collect();
+        m.sort();
+        m
+    };
+    assert_eq!(
+        members(&peer),
+        [Some("lag-a:1".to_string()), Some("lag-b:1".to_string())]
+    );
+    // Built from the status's members: keeps the first learner.
+    peer.add_learner("lag-c:1").await.expect("second learner");
+    assert_eq!(
+        members(&peer),
+        [
+            Some("lag-a:1".to_string()),
+            Some("lag-b:1".to_string()),
+            Some("lag-c:1".to_string())
+        ]
+    );
+    let _ = peer.shutdown().await;
+}
