@@ -3,6 +3,19 @@
 //! tokio's paused clock and an injected wall clock: sessions the table does
 //! not know, expiry, a leader's wall clock jumping ahead, the bound on the
 //! table, acknowledgements, and the randomness of session ids.
+//!
+//! Leadership is not assumed stable in a multi-node cluster. The apply task
+//! runs on an operating-system thread, outside tokio's paused clock, which
+//! jumps to the next timer whenever the runtime has nothing ready: a worker
+//! thread descheduled for a few real milliseconds (a loaded CI machine) in
+//! the middle of waking a node task leaves that task unpolled while virtual
+//! time runs on past an election timeout, and another node is elected (as
+//! it would be if a real node stalled that long). So calls on a chosen
+//! member go through [`Cluster::on`], which retries a `NotLeader` answer
+//! (nothing was applied) once that member leads again, the way a session
+//! client retries (a retried session write is answered from the session
+//! table, never applied twice). For the same reason every deadline here is
+//! on the real clock: a virtual one can pass while nothing is wrong.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -81,31 +94,83 @@ impl Cluster {
         c
     }
 
+    /// The peer that leads in the highest term any peer leads in (a deposed
+    /// leader that has not heard of its successor yet leads in a lower one).
     async fn leader(&self) -> usize {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = real_deadline();
         loop {
-            if let Some(i) = self
+            if let Some((i, _)) = self
                 .peers
                 .iter()
-                .position(|p| p.status().role == Role::Leader)
+                .map(|p| p.status())
+                .enumerate()
+                .filter(|(_, s)| s.role == Role::Leader)
+                .max_by_key(|(_, s)| s.term)
             {
                 return i;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no leader");
+            assert!(std::time::Instant::now() < deadline, "no leader");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    /// Waits until every peer applied everything in the leader's log
-    /// (which covers every write that returned).
+    /// Waits until peer `at` leads, moving leadership to it (thesis §3.10)
+    /// if another peer was elected.
+    async fn lead_from(&self, at: usize) {
+        let deadline = real_deadline();
+        let target = self.peers[at].id();
+        while self.peers[at].status().role != Role::Leader {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never led again",
+                self.peers[at].name()
+            );
+            let now = self.leader().await;
+            if now != at {
+                // Refused if that leader was deposed meanwhile: asked again.
+                let _ = self.peers[now].transfer_leadership(target).await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Runs `call` on peer `at` as a session client would: a `NotLeader`
+    /// answer (the command did not enter the log, or another leader's entry
+    /// replaced it: nothing was applied) is retried, with the same
+    /// arguments, once `at` leads again (see the module documentation).
+    /// Leadership is moved back to `at` rather than followed, so that every
+    /// write is still stamped by the peer the test chose.
+    async fn on<T, F, Fut>(&self, at: usize, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut(Peer<Counter>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let deadline = real_deadline();
+        loop {
+            match call(self.peers[at].clone()).await {
+                Err(Error::NotLeader { .. }) if std::time::Instant::now() < deadline => {
+                    self.lead_from(at).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits until every peer applied everything any peer knows committed
+    /// (which covers every write that returned: a peer publishes its commit
+    /// index before it answers a write), whoever leads now.
     async fn settle(&self) {
-        let last = self.peers[self.leader().await].status().last_index;
+        let committed = self
+            .peers
+            .iter()
+            .map(|p| p.status().commit)
+            .max()
+            .unwrap_or(0);
         for p in &self.peers {
-            let mut w = p.watch();
-            tokio::time::timeout(Duration::from_secs(30), w.wait_for(|s| s.applied >= last))
-                .await
-                .expect("applied in time")
-                .expect("peer alive");
+            wait_status(p, "applied everything committed", |s| {
+                s.applied >= committed
+            })
+            .await;
         }
     }
 
@@ -122,12 +187,36 @@ impl Cluster {
 /// reflects the write.
 async fn applied_status(p: &Peer<Counter>) -> raftkit::runtime::PeerStatus {
     let target = p.status().last_index;
+    wait_status(p, "applied its log", |s| s.applied >= target).await
+}
+
+/// How long (in real time) a test waits for a condition before failing.
+fn real_deadline() -> std::time::Instant {
+    std::time::Instant::now() + Duration::from_secs(30)
+}
+
+/// Waits until `p`'s status satisfies `cond`, with a deadline on the real
+/// clock (see the module documentation), and returns that status.
+async fn wait_status(
+    p: &Peer<Counter>,
+    what: &str,
+    mut cond: impl FnMut(&raftkit::runtime::PeerStatus) -> bool,
+) -> raftkit::runtime::PeerStatus {
+    let deadline = real_deadline();
     let mut w = p.watch();
-    tokio::time::timeout(Duration::from_secs(30), w.wait_for(|s| s.applied >= target))
-        .await
-        .expect("applied in time")
-        .expect("peer alive")
-        .clone()
+    loop {
+        // Wakes every 100 ms of virtual time to look at the real clock.
+        match tokio::time::timeout(Duration::from_millis(100), w.wait_for(&mut cond)).await {
+            Ok(Ok(s)) => return s.clone(),
+            Ok(Err(_)) => panic!("{} stopped before it {what}", p.name()),
+            Err(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "{} never {what}: {:?}",
+                p.name(),
+                p.status()
+            ),
+        }
+    }
 }
 
 fn add(key: &str, by: u64) -> Vec<u8> {
@@ -169,6 +258,31 @@ async fn write(
 
 async fn get(p: &Peer<Counter>, key: &str) -> u64 {
     CounterClient::new(p.clone()).get(key.into()).await.unwrap()
+}
+
+/// A call [`Cluster::on`] makes on a peer.
+type Call<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Error>>>>;
+
+/// Write `seq` of session `id` through whichever peer [`Cluster::on`]
+/// passes it.
+fn write_on(
+    id: SessionId,
+    seq: u64,
+    acked: u64,
+    key: &'static str,
+    by: u64,
+) -> impl FnMut(Peer<Counter>) -> Call<u64> {
+    move |p| Box::pin(async move { write(&p, id, seq, acked, key, by).await })
+}
+
+/// Opens a session through whichever peer [`Cluster::on`] passes it.
+async fn open_on(p: Peer<Counter>) -> Result<SessionId, Error> {
+    p.open_session().await
+}
+
+/// Reads `key` through whichever peer [`Cluster::on`] passes it.
+fn get_on(key: &'static str) -> impl FnMut(Peer<Counter>) -> Call<u64> {
+    move |p| Box::pin(async move { CounterClient::new(p).get(key.into()).await })
 }
 
 #[tokio::test(start_paused = true)]
@@ -222,16 +336,20 @@ async fn a_retry_after_the_session_expired_is_not_applied_twice() {
 async fn a_leader_whose_wall_clock_jumps_ahead_does_not_expire_sessions() {
     let c = Cluster::start(3, |b| b).await;
     let leader = c.leader().await;
-    let p = &c.peers[leader];
-    let victim = p.open_session().await.unwrap();
-    assert_eq!(write(p, victim, 1, 1, "k", 5).await.unwrap(), 5);
+    let victim = c.on(leader, open_on).await.unwrap();
+    assert_eq!(
+        c.on(leader, write_on(victim, 1, 1, "k", 5)).await.unwrap(),
+        5
+    );
     // The leader's wall clock steps two hours ahead (an NTP step, a VM
     // resumed): twice the default session time-to-live.
     c.skew_ms[leader].store(2 * HOUR_MS, Ordering::SeqCst);
-    let other = p.open_session().await.unwrap();
+    let other = c.on(leader, open_on).await.unwrap();
     for seq in 1..=200 {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        write(p, other, seq, seq, "other", 1).await.unwrap();
+        c.on(leader, write_on(other, seq, seq, "other", 1))
+            .await
+            .unwrap();
     }
     c.settle().await;
     for q in &c.peers {
@@ -239,30 +357,87 @@ async fn a_leader_whose_wall_clock_jumps_ahead_does_not_expire_sessions() {
         assert_eq!((s.sessions, s.session_expiries), (2, 0), "{}", s.name);
     }
     // The victim's retry is answered from its session, not applied again.
-    assert_eq!(write(p, victim, 1, 1, "k", 5).await.unwrap(), 5);
-    assert_eq!(write(p, victim, 2, 2, "k", 5).await.unwrap(), 10);
-    assert_eq!(get(p, "k").await, 10);
+    assert_eq!(
+        c.on(leader, write_on(victim, 1, 1, "k", 5)).await.unwrap(),
+        5
+    );
+    assert_eq!(
+        c.on(leader, write_on(victim, 2, 2, "k", 5)).await.unwrap(),
+        10
+    );
+    assert_eq!(c.on(leader, get_on("k")).await.unwrap(), 10);
+    c.shutdown().await;
+}
+
+/// The same clock step, but the leader loses leadership half-way through
+/// (as it does when a stalled node misses its heartbeats) and wins it back:
+/// its writes meet `NotLeader`, are retried under their sessions, and its
+/// new term's stamps start from replicated time again, not from its wall
+/// clock.
+#[tokio::test(start_paused = true)]
+async fn a_jumped_clock_leader_that_loses_and_regains_leadership_expires_no_sessions() {
+    let c = Cluster::start(3, |b| b).await;
+    let leader = c.leader().await;
+    let victim = c.on(leader, open_on).await.unwrap();
+    assert_eq!(
+        c.on(leader, write_on(victim, 1, 1, "k", 5)).await.unwrap(),
+        5
+    );
+    c.skew_ms[leader].store(2 * HOUR_MS, Ordering::SeqCst);
+    let other = c.on(leader, open_on).await.unwrap();
+    let term = c.peers[leader].status().term;
+    for seq in 1..=200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if seq == 50 {
+            let to = c.peers[(leader + 1) % c.peers.len()].id();
+            c.on(leader, |p| async move { p.transfer_leadership(to).await })
+                .await
+                .unwrap();
+        }
+        c.on(leader, write_on(other, seq, seq, "other", 1))
+            .await
+            .unwrap();
+    }
+    assert!(
+        c.peers[leader].status().term > term + 1,
+        "leadership left and came back"
+    );
+    c.settle().await;
+    for q in &c.peers {
+        let s = q.status();
+        assert_eq!((s.sessions, s.session_expiries), (2, 0), "{}", s.name);
+    }
+    assert_eq!(
+        c.on(leader, write_on(victim, 1, 1, "k", 5)).await.unwrap(),
+        5
+    );
+    assert_eq!(
+        c.on(leader, write_on(victim, 2, 2, "k", 5)).await.unwrap(),
+        10
+    );
+    assert_eq!(c.on(leader, get_on("k")).await.unwrap(), 10);
+    assert_eq!(c.on(leader, get_on("other")).await.unwrap(), 200);
     c.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_session_table_stays_bounded_and_evicts_the_longest_idle_first() {
     let c = Cluster::start(3, |b| b.max_sessions(4)).await;
-    let p = c.peers[c.leader().await].clone();
-    let busy = p.open_session().await.unwrap();
+    let p = c.leader().await;
+    let busy = c.on(p, open_on).await.unwrap();
     let mut busy_seq = 1;
-    write(&p, busy, busy_seq, busy_seq, "busy", 1)
+    c.on(p, write_on(busy, busy_seq, busy_seq, "busy", 1))
         .await
         .unwrap();
     let mut idle = Vec::new();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let s = p.open_session().await.unwrap();
-        write(&p, s, 1, 1, "idle", 1).await.unwrap();
+        let s = c.on(p, open_on).await.unwrap();
+        c.on(p, write_on(s, 1, 1, "idle", 1)).await.unwrap();
         idle.push(s);
         tokio::time::sleep(Duration::from_millis(5)).await;
         busy_seq += 1;
-        write(&p, busy, busy_seq, busy_seq, "busy", 1)
+        c.on(p, write_on(busy, busy_seq, busy_seq, "busy", 1))
             .await
             .unwrap();
     }
@@ -275,17 +450,20 @@ async fn the_session_table_stays_bounded_and_evicts_the_longest_idle_first() {
     // The busy session survived; the longest idle ones were evicted.
     busy_seq += 1;
     assert_eq!(
-        write(&p, busy, busy_seq, busy_seq, "busy", 1)
+        c.on(p, write_on(busy, busy_seq, busy_seq, "busy", 1))
             .await
             .unwrap(),
         12
     );
-    let evicted = write(&p, idle[0], 2, 2, "idle", 1).await;
+    let evicted = c.on(p, write_on(idle[0], 2, 2, "idle", 1)).await;
     assert!(
         matches!(evicted, Err(Error::SessionExpired(_))),
         "{evicted:?}"
     );
-    assert_eq!(write(&p, idle[9], 2, 2, "idle", 1).await.unwrap(), 11);
+    assert_eq!(
+        c.on(p, write_on(idle[9], 2, 2, "idle", 1)).await.unwrap(),
+        11
+    );
     c.shutdown().await;
 }
 
