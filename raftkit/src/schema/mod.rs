@@ -321,6 +321,23 @@ mod tests {
         assert!(other.check_peer(&old).is_err());
     }
 
+    /// A peer (or client) that says the same state version with another
+    /// state type runs a binary whose state does not decode here (nor ours
+    /// there): refused both ways; at different versions the upgrade check
+    /// decides (teeth round 5, mutant 516).
+    #[test]
+    fn a_peer_with_another_state_type_at_the_same_version_is_refused() {
+        let mine = schema(&[]);
+        let mut other = schema(&[]);
+        other.state = Shape::Tuple(vec![Shape::Str, Shape::U64]);
+        let e = mine.check_peer(&other).unwrap_err();
+        assert_eq!(e.handler, "the state");
+        assert!(other.check_peer(&mine).is_err());
+        other.state_version = 2;
+        mine.check_peer(&other).unwrap();
+        mine.check_peer(&schema(&[])).unwrap();
+    }
+
     #[test]
     fn tags_are_read_from_encoded_commands() {
         let bytes = postcard::to_allocvec(&(300u32, "x")).unwrap();

@@ -214,3 +214,40 @@ async fn with_every_member_suspect_retries_still_visit_every_member() {
         "retries with every member suspect asked {picked:?}"
     );
 }
+
+/// A member that just failed is skipped by the rotation while another is
+/// not suspect: the next picks are the healthy members only, every one of
+/// them in turn (teeth round 5, mutant 501: suspicion read backwards sent
+/// every retry to the members that had just failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotation_skips_a_member_that_just_failed() {
+    let (ca, nodes) = dev_cluster(["fake-a", "fake-b", "fake-c"]).expect("dev certificates");
+    let client_id = ca.issue_client("rotation").expect("client certificate");
+    let members: Vec<FakeMember> = nodes
+        .iter()
+        .map(|id| {
+            FakeMember::start(id, |request| match request {
+                ClientRequest::OpenSession => session_opened(9),
+                _ => not_hosted(GROUP),
+            })
+        })
+        .collect();
+    let refs: Vec<&FakeMember> = members.iter().collect();
+    let client = client_of(&refs, client_id, None, &members[0]).await;
+    let failed = members[1].addr();
+    client.suspect(failed);
+    let picked: Vec<_> = (0..2 * members.len())
+        .map(|_| client.round_robin())
+        .collect();
+    assert!(
+        !picked.contains(&failed),
+        "the member that just failed was picked: {picked:?}"
+    );
+    for m in [&members[0], &members[2]] {
+        assert!(
+            picked.contains(&m.addr()),
+            "{} never picked: {picked:?}",
+            m.addr()
+        );
+    }
+}
