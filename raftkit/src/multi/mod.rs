@@ -41,7 +41,11 @@
 //! its commit thread yields before syncing so that groups mid-flush join),
 //! and a peer link's task yields once before it writes, so that the
 //! messages every group queued in the same scheduling round leave in one
-//! write. `benches/multi.rs` prints the CPU per put and the fsyncs per put
+//! write. A group's node task likewise yields once per round before it
+//! drains its core, so that what the other ready tasks queue for it
+//! meanwhile joins the same Ready (one journal write and one append per
+//! peer for more writes), and rebuilds the cloned parts of its status at
+//! most once a tick (a configuration change at once). `benches/multi.rs` prints the CPU per put and the fsyncs per put
 //! of both cells; the README has the figures and what limits them.
 //!
 //! A group's replica on a node has the node's id (the node id derives from

@@ -834,6 +834,9 @@ impl<S: StateMachine + Default> World<S> {
                     .in_memory()
                     .group_storage(storage)
                     .membership_fence(fence)
+                    // As a `MultiNode` starts its replicas.
+                    .status_interval(TICK)
+                    .gather(true)
                     .transport(move |id, inbox| {
                         lock(&inboxes).insert((id, g), inbox.clone());
                         if !mix {
