@@ -118,9 +118,15 @@ impl RaftLog {
     /// Appends entries created by this node as leader.
     pub fn append(&mut self, entries: Vec<Entry>) {
         for e in entries {
-            debug_assert_eq!(e.index, self.last_index() + 1);
-            self.entries.push(e);
+            self.push(e);
         }
+    }
+
+    /// Appends one entry created by this node as leader (a proposal: no
+    /// vector of one to allocate and free per write).
+    pub fn push(&mut self, entry: Entry) {
+        debug_assert_eq!(entry.index, self.last_index() + 1);
+        self.entries.push(entry);
     }
 
     /// Appends a leader's entries after `prev_index`, truncating a

@@ -640,11 +640,11 @@ impl Raft {
     pub(super) fn append_entry(&mut self, payload: Payload) -> Index {
         let index = self.log.last_index() + 1;
         let is_config = matches!(payload, Payload::Config(_));
-        self.log.append(vec![Entry {
+        self.log.push(Entry {
             term: self.term,
             index,
             payload,
-        }]);
+        });
         if is_config {
             self.on_config_changed();
         }
