@@ -150,9 +150,28 @@ impl CodecError {
     }
 }
 
+/// Values up to this many bytes are encoded on the stack first (see
+/// [`encode`]).
+const ENCODE_ON_STACK: usize = 256;
+
 /// Encodes a value with postcard, the wire and log format of commands.
+///
+/// A value of at most [`ENCODE_ON_STACK`] bytes (commands, outputs and
+/// queries usually are) is encoded into a buffer on the stack and copied
+/// into a vector of exactly its length: one allocation, where growing a
+/// vector takes up to four for a few dozen bytes, and a vector whose
+/// capacity is its length becomes a [`bytes::Bytes`] without another one
+/// (the watch journal keeps outputs so). A larger value is encoded again
+/// into a growing vector.
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
-    postcard::to_allocvec(value).map_err(|e| CodecError::postcard(what, e))
+    let mut buf = [0u8; ENCODE_ON_STACK];
+    match postcard::to_slice(value, &mut buf) {
+        Ok(used) => Ok(used.to_vec()),
+        Err(postcard::Error::SerializeBufferFull) => {
+            postcard::to_allocvec(value).map_err(|e| CodecError::postcard(what, e))
+        }
+        Err(e) => Err(CodecError::postcard(what, e)),
+    }
 }
 
 /// Decodes a postcard value.
@@ -251,6 +270,26 @@ pub fn query_encoded<S: StateMachine>(
             tracing::error!(handler, applied = ctx.index(), panic = %message, location,
                 "a read handler panicked; its caller gets Error::Handler");
             Err(ApplyError::Panicked { message })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_matches_postcard_on_both_sides_of_the_stack_buffer() {
+        for len in [0, 1, 200, ENCODE_ON_STACK - 2, ENCODE_ON_STACK, 4096] {
+            let value = (7u32, "x".repeat(len));
+            let bytes = encode("test", &value).expect("encodes");
+            assert_eq!(bytes, postcard::to_allocvec(&value).expect("encodes"));
+            let back: (u32, String) = decode("test", &bytes).expect("decodes");
+            assert_eq!(back, value);
+            if bytes.len() <= ENCODE_ON_STACK {
+                // Exactly sized: becomes a `Bytes` without an allocation.
+                assert_eq!(bytes.capacity(), bytes.len());
+            }
         }
     }
 }
