@@ -38,6 +38,7 @@ mod admission;
 mod apply;
 #[cfg(test)]
 mod apply_tests;
+mod arena;
 pub mod authorization;
 mod builder;
 mod client_mux;

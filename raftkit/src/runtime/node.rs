@@ -242,6 +242,8 @@ struct State {
     status_due: Option<Instant>,
     /// The leader's snapshot transfers, for their logs.
     snapshot_sends: super::snapshot_sends::Transfers,
+    /// Where proposals' envelopes are encoded (`arena`).
+    arena: super::arena::Arena,
 }
 
 /// The longest the status watch lags behind the node by default (see the
@@ -315,6 +317,7 @@ impl NodeTask {
             published_at: None,
             status_due: None,
             snapshot_sends: Default::default(),
+            arena: Default::default(),
         };
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -661,7 +664,7 @@ impl NodeTask {
             _ => 0,
         } + 64;
         let envelope = Envelope { stamp_ms, op };
-        match postcard::to_extend(&envelope, Vec::with_capacity(capacity)) {
+        match st.arena.encode(&envelope, capacity) {
             Ok(bytes) => self.raft.propose(bytes),
             Err(e) => Err(ProposeError::InvalidConfiguration(format!("envelope: {e}"))),
         }
