@@ -174,6 +174,46 @@ pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, Co
     }
 }
 
+/// Every byte value, for the one-byte encodings [`encode_shared`] returns
+/// without allocating.
+static BYTE_VALUES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// [`encode`] into shared bytes: the apply thread's encoding of a write's
+/// output, which the watch journal keeps and, on the leader, the caller
+/// receives. An encoding of at most one byte (a unit output, `None`, a
+/// `bool`, a field-less enum: most writes) is a static slice, so a
+/// replica that answers no caller for the write allocates nothing for
+/// its output; a longer one is one exactly sized allocation.
+pub(crate) fn encode_shared<T: Serialize>(
+    what: &'static str,
+    value: &T,
+) -> Result<bytes::Bytes, CodecError> {
+    let mut buf = [0u8; ENCODE_ON_STACK];
+    match postcard::to_slice(value, &mut buf) {
+        Ok(&mut []) => Ok(bytes::Bytes::new()),
+        Ok(&mut [b]) => {
+            let i = usize::from(b);
+            Ok(BYTE_VALUES.get(i..i + 1).map_or_else(
+                || bytes::Bytes::copy_from_slice(&[b]),
+                bytes::Bytes::from_static,
+            ))
+        }
+        Ok(used) => Ok(bytes::Bytes::copy_from_slice(used)),
+        Err(postcard::Error::SerializeBufferFull) => postcard::to_allocvec(value)
+            .map(bytes::Bytes::from)
+            .map_err(|e| CodecError::postcard(what, e)),
+        Err(e) => Err(CodecError::postcard(what, e)),
+    }
+}
+
 /// Decodes a postcard value.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
     postcard::from_bytes(bytes).map_err(|e| CodecError::postcard(what, e))
@@ -219,8 +259,19 @@ pub fn apply_encoded<S: StateMachine>(
     ctx: &mut Ctx,
     bytes: &[u8],
 ) -> Result<Vec<u8>, ApplyError> {
+    apply_encoded_as(sm, ctx, bytes, |out| encode("write output", out))
+}
+
+/// [`apply_encoded`] with the output encoded by `encode_output` (the apply
+/// thread's [`encode_shared`]).
+pub(crate) fn apply_encoded_as<S: StateMachine, O>(
+    sm: &mut S,
+    ctx: &mut Ctx,
+    bytes: &[u8],
+    encode_output: impl FnOnce(&S::WriteOutput) -> Result<O, CodecError>,
+) -> Result<O, ApplyError> {
     let command: S::Write = decode("command", bytes).map_err(ApplyError::Decode)?;
-    apply_decoded(sm, ctx, command)
+    apply_decoded_as(sm, ctx, command, encode_output)
 }
 
 #[doc(hidden)]
@@ -230,11 +281,21 @@ pub fn apply_decoded<S: StateMachine>(
     ctx: &mut Ctx,
     command: S::Write,
 ) -> Result<Vec<u8>, ApplyError> {
+    apply_decoded_as(sm, ctx, command, |out| encode("write output", out))
+}
+
+/// [`apply_decoded`] with the output encoded by `encode_output`.
+pub(crate) fn apply_decoded_as<S: StateMachine, O>(
+    sm: &mut S,
+    ctx: &mut Ctx,
+    command: S::Write,
+    encode_output: impl FnOnce(&S::WriteOutput) -> Result<O, CodecError>,
+) -> Result<O, ApplyError> {
     let policy = S::error_policy(&command);
     let handler = S::handler_name(&command);
     let index = ctx.index();
     match handler_panic::catch(|| sm.apply(ctx, command)) {
-        Ok(output) => encode("write output", &output).map_err(|e| ApplyError::Panicked {
+        Ok(output) => encode_output(&output).map_err(|e| ApplyError::Panicked {
             message: e.to_string(),
         }),
         Err(Caught { message, location }) => match policy {
@@ -290,6 +351,26 @@ mod tests {
                 // Exactly sized: becomes a `Bytes` without an allocation.
                 assert_eq!(bytes.capacity(), bytes.len());
             }
+            assert_eq!(
+                &encode_shared("test", &value).expect("encodes")[..],
+                &bytes[..]
+            );
         }
+    }
+
+    #[test]
+    fn one_byte_outputs_are_shared_statics() {
+        for b in 0..=255u8 {
+            // A u8 encodes as itself; an enum's unit variant as its index.
+            let shared = encode_shared("test", &b).expect("encodes");
+            assert_eq!(&shared[..], &[b]);
+            assert_eq!(shared.as_ptr(), BYTE_VALUES[usize::from(b)..].as_ptr());
+        }
+        assert!(encode_shared("test", &()).expect("encodes").is_empty());
+        let two = encode_shared("test", &300u16).expect("encodes");
+        assert_eq!(
+            &two[..],
+            &postcard::to_allocvec(&300u16).expect("encodes")[..]
+        );
     }
 }

@@ -59,7 +59,8 @@ use super::watch::Journal;
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
-    ApplyError, Ctx, StateMachine, apply_decoded, apply_encoded, decode, encode, query_encoded,
+    ApplyError, Ctx, StateMachine, apply_decoded_as, apply_encoded_as, decode, encode,
+    encode_shared, query_encoded,
 };
 
 /// Rebuilds the state machine and the session table from a snapshot taken
@@ -607,19 +608,22 @@ impl<S: StateMachine> Apply<S> {
             }
         };
         let mut ctx = Ctx::new(index, term, self.sessions.now_ms());
+        // Shared bytes (see `encode_shared`): the journal keeps them, and
+        // a copy is made only for a caller or the session table.
+        let encode_output = |out: &S::WriteOutput| encode_shared("write output", out);
         let applied = match decoded {
-            Some(c) => apply_decoded(&mut self.sm, &mut ctx, *c),
-            None => apply_encoded(&mut self.sm, &mut ctx, command),
+            Some(c) => apply_decoded_as(&mut self.sm, &mut ctx, *c, encode_output),
+            None => apply_encoded_as(&mut self.sm, &mut ctx, command, encode_output),
         };
-        let mut stored = match applied {
-            Ok(out) => StoredReply::Ok(out),
+        let output: Result<Bytes, String> = match applied {
+            Ok(out) => Ok(out),
             Err(ApplyError::Halted { message }) => {
                 return Outcome::Halt(format!(
                     "handler panicked at entry {index} under the halt policy: {message}"
                 ));
             }
             // Reported by `apply_encoded` (one error event per panic).
-            Err(ApplyError::Panicked { message }) => StoredReply::Handler(message),
+            Err(ApplyError::Panicked { message }) => Err(message),
             Err(ApplyError::Decode(err)) => {
                 // Only binaries that disagree on the schema get here (the
                 // leader refuses commands some voter cannot decode): never
@@ -634,24 +638,26 @@ impl<S: StateMachine> Apply<S> {
             }
         };
         if let Some(s) = session {
-            self.sessions.record(s, stored.clone());
+            let stored = match &output {
+                Ok(out) => StoredReply::Ok(out.to_vec()),
+                Err(m) => StoredReply::Handler(m.clone()),
+            };
+            self.sessions.record(s, stored);
         }
-        // Applied (a panic under `skip` counts): an event for watchers. When
-        // no caller waits for this entry here (a follower), the answer is
-        // dropped after this, so the journal takes it instead of a copy.
-        let answered = self.waiting.contains_key(&index);
-        let output = match &mut stored {
-            StoredReply::Ok(out) if answered => Some(Ok(out.clone())),
-            StoredReply::Ok(out) => Some(Ok(std::mem::take(out))),
-            StoredReply::Handler(m) if answered => Some(Err(m.clone())),
-            StoredReply::Handler(m) => Some(Err(std::mem::take(m))),
-            StoredReply::Rejected(_) => None,
+        // The caller's answer, if one waits here (the leader that proposed
+        // it); otherwise only whether it succeeded matters (it is logged),
+        // and nothing is copied for it.
+        let reply = match &output {
+            Ok(out) if self.waiting.contains_key(&index) => Ok(out.to_vec()),
+            Ok(_) => Ok(Vec::new()),
+            Err(message) => Err(Error::Handler {
+                message: message.clone(),
+            }),
         };
-        if let Some(output) = output {
-            self.journal
-                .push(index, shared_slice(bytes, command), output);
-        }
-        Outcome::Reply(stored_to_result(stored))
+        // Applied (a panic under `skip` counts): an event for watchers.
+        self.journal
+            .push(index, shared_slice(bytes, command), output);
+        Outcome::Reply(reply)
     }
 
     fn restore(&mut self, index: Index, data: &[u8]) {

@@ -136,12 +136,12 @@ impl Journal {
 
     /// Appends the event of a write applied at `index` (the apply thread,
     /// in index order; cursors are woken by [`Journal::applied`]).
-    pub(crate) fn push(&self, index: Index, command: Bytes, output: Result<Vec<u8>, String>) {
+    pub(crate) fn push(&self, index: Index, command: Bytes, output: Result<Bytes, String>) {
         let event = WatchEvent {
             index,
             command,
             output: match output {
-                Ok(out) => WatchOutput::Ok(out.into()),
+                Ok(out) => WatchOutput::Ok(out),
                 Err(message) => WatchOutput::Handler(message),
             },
         };
@@ -493,14 +493,14 @@ mod tests {
         block_on(async {
             let j = Journal::new(0, 1 << 20);
             let mut c = j.cursor(Some(1)).expect("cursor");
-            j.push(2, vec![1].into(), Ok(vec![2]));
+            j.push(2, vec![1].into(), Ok(vec![2].into()));
             j.push(5, vec![3].into(), Err("boom".into()));
             j.applied(7);
             let b = c.next_batch(1 << 20).await.expect("batch");
             assert_eq!(indices(&b), [2, 5]);
             assert_eq!(b[1].output, WatchOutput::Handler("boom".into()));
             assert_eq!(c.next_index(), 8, "entries 6 and 7 carried no data");
-            j.push(8, vec![4].into(), Ok(vec![]));
+            j.push(8, vec![4].into(), Ok(Bytes::new()));
             j.applied(8);
             assert_eq!(indices(&c.next_batch(1 << 20).await.expect("b")), [8]);
             // A cursor from the middle starts there.
@@ -518,7 +518,7 @@ mod tests {
             let j = Journal::new(0, 3 * 65);
             let mut slow = j.cursor(Some(1)).expect("cursor");
             for i in 1..=5 {
-                j.push(i, vec![0].into(), Ok(vec![]));
+                j.push(i, vec![0].into(), Ok(Bytes::new()));
             }
             j.applied(5);
             assert_eq!(j.range(), (3, 5), "three events of 65 bytes fit");
@@ -552,7 +552,7 @@ mod tests {
             );
             let mut c = j.cursor(Some(11)).expect("cursor");
             for i in 11..=14 {
-                j.push(i, vec![0; 100].into(), Ok(vec![]));
+                j.push(i, vec![0; 100].into(), Ok(Bytes::new()));
             }
             j.applied(14);
             j.stop(Error::Halted {
@@ -600,7 +600,7 @@ mod tests {
                 let j = j.clone();
                 tokio::spawn(async move {
                     tokio::task::yield_now().await;
-                    j.push(1, vec![9].into(), Ok(vec![]));
+                    j.push(1, vec![9].into(), Ok(Bytes::new()));
                     j.applied(1);
                 })
             };
