@@ -466,9 +466,13 @@ impl<S: StateMachine> Apply<S> {
             if e.index <= self.applied {
                 continue;
             }
+            // The caller waiting for this entry, if it was proposed here:
+            // looked up once (it is answered below, or put back for the
+            // halt to answer).
+            let mut waiter = self.waiting.remove(&e.index);
             // A span per applied entry; on the leader, a child of the span of
             // the client request that proposed it (same request id).
-            let span = match self.waiting.get(&e.index) {
+            let span = match &waiter {
                 Some((_, reply)) => {
                     tracing::debug_span!(parent: &reply.span, "raftkit.apply", index = e.index, term = e.term)
                 }
@@ -477,18 +481,24 @@ impl<S: StateMachine> Apply<S> {
             let _entered = span.enter();
             // The leader's own proposal: its command, decoded when it was
             // checked, is applied as it is (the entry holds the same bytes).
-            let decoded = match self.waiting.get_mut(&e.index) {
-                Some((term, reply)) if *term == e.term => reply
-                    .decoded
-                    .take()
-                    .and_then(|d| d.downcast::<S::Write>().ok()),
-                _ => None,
+            let (decoded, answered) = match &mut waiter {
+                Some((term, reply)) if *term == e.term => (
+                    reply
+                        .decoded
+                        .take()
+                        .and_then(|d| d.downcast::<S::Write>().ok()),
+                    true,
+                ),
+                _ => (None, false),
             };
             let result = match &e.payload {
                 Payload::Command(bytes) => {
-                    match self.apply_command(e.index, e.term, bytes, decoded) {
+                    match self.apply_command(e.index, e.term, bytes, decoded, answered) {
                         Outcome::Reply(r) => r,
                         Outcome::Halt(message) => {
+                            if let Some(w) = waiter {
+                                self.waiting.insert(e.index, w);
+                            }
                             self.halt(e.index, message);
                             return;
                         }
@@ -499,7 +509,7 @@ impl<S: StateMachine> Apply<S> {
             self.applied = e.index;
             self.applied_term = e.term;
             debug!(ok = result.is_ok(), "entry applied");
-            if let Some((term, reply)) = self.waiting.remove(&e.index) {
+            if let Some((term, reply)) = waiter {
                 reply.send(if term == e.term {
                     result
                 } else {
@@ -523,12 +533,15 @@ impl<S: StateMachine> Apply<S> {
     ///
     /// `decoded` is the command the leader decoded from these bytes when it
     /// checked the proposal: applied instead of decoding them again.
+    /// `answered`: a caller waits for this entry here (its proposal has
+    /// this term), so the output is copied for it.
     fn apply_command(
         &mut self,
         index: Index,
         term: Term,
         bytes: &Bytes,
         decoded: Option<Box<S::Write>>,
+        answered: bool,
     ) -> Outcome {
         let envelope: EnvelopeRef<'_> = match postcard::from_bytes(bytes) {
             Ok(e) => e,
@@ -648,7 +661,7 @@ impl<S: StateMachine> Apply<S> {
         // it); otherwise only whether it succeeded matters (it is logged),
         // and nothing is copied for it.
         let reply = match &output {
-            Ok(out) if self.waiting.contains_key(&index) => Ok(out.to_vec()),
+            Ok(out) if answered => Ok(out.to_vec()),
             Ok(_) => Ok(Vec::new()),
             Err(message) => Err(Error::Handler {
                 message: message.clone(),
