@@ -52,6 +52,21 @@ async fn client_of(
     client
 }
 
+/// Opens the client's session at A, the member its calls go to first.
+async fn open_at_a(client: &Client) {
+    tokio::time::timeout(DEADLINE, client.opened())
+        .await
+        .expect("opens in time")
+        .expect("A opens the session");
+}
+
+/// The write of every test, within [`DEADLINE`].
+async fn put(client: &Client) -> Result<Vec<u8>, Error> {
+    tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time")
+}
+
 /// Three members that open sessions and host no group (the rotation tests
 /// pick members without sending them anything), and a client of them whose
 /// calls go to the first one first.
@@ -98,19 +113,13 @@ async fn a_write_refused_before_it_left_and_then_not_hosted_anywhere_was_not_app
     });
     let b = FakeMember::start(&b_id, |_| not_hosted(GROUP));
     let client = client_of(&[&a, &b], client_id, Some(GROUP), &a).await;
-    tokio::time::timeout(DEADLINE, client.opened())
-        .await
-        .expect("opens in time")
-        .expect("A opens the session");
+    open_at_a(&client).await;
     // A restarts and refuses the next dial: the write's first attempt
     // cannot be sent.
     a.restart(1);
     until_closed(&client, a.addr()).await;
 
-    let err = tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
-        .await
-        .expect("the call ends in time")
-        .expect_err("no member hosts the group");
+    let err = put(&client).await.expect_err("no member hosts the group");
     assert_eq!(err, Error::NotHosted { group: GROUP });
     assert_eq!(err.applied(), Applied::No, "{err}");
     // The route: refused at A (nothing received), NotHosted at B, then at
@@ -143,10 +152,7 @@ async fn a_write_lost_with_its_member_and_then_not_hosted_anywhere_may_have_been
     let b = FakeMember::start(&b_id, |_| not_hosted(GROUP));
     let client = client_of(&[&a, &b], client_id, Some(GROUP), &a).await;
 
-    let err = tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
-        .await
-        .expect("the call ends in time")
-        .expect_err("no member answers the write");
+    let err = put(&client).await.expect_err("no member answers the write");
     assert!(matches!(err, Error::Ambiguous(_)), "{err:?}");
     assert_eq!(err.applied(), Applied::Maybe, "{err}");
     // The route: taken by A (lost), NotHosted at B, then at the restarted A.
@@ -177,16 +183,12 @@ async fn a_write_refused_before_it_left_moves_to_a_new_session_when_the_old_one_
         _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
     });
     let client = client_of(&[&a, &b], client_id, None, &a).await;
-    tokio::time::timeout(DEADLINE, client.opened())
-        .await
-        .expect("opens in time")
-        .expect("A opens the session");
+    open_at_a(&client).await;
     a.restart(usize::MAX);
     until_closed(&client, a.addr()).await;
 
-    let out = tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
+    let out = put(&client)
         .await
-        .expect("the call ends in time")
         .expect("retried under a new session at B");
     assert_eq!(out, b"done");
     assert_eq!(client.session_id(), Some(SessionId(2)));
@@ -281,15 +283,9 @@ async fn a_hint_at_a_member_that_just_failed_is_not_followed() {
         _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
     });
     let client = client_of(&[&a, &b], client_id, None, &a).await;
-    tokio::time::timeout(DEADLINE, client.opened())
-        .await
-        .expect("opens in time")
-        .expect("A opens the session");
+    open_at_a(&client).await;
 
-    let out = tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
-        .await
-        .expect("the call ends in time")
-        .expect("B takes the write once it leads");
+    let out = put(&client).await.expect("B takes the write once it leads");
     assert_eq!(out, b"done");
     // The route: failed at A, hinted back to A by B, then B again.
     assert_eq!(
