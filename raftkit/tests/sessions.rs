@@ -415,6 +415,54 @@ async fn a_jumped_clock_leader_that_loses_and_regains_leadership_expires_no_sess
     c.shutdown().await;
 }
 
+/// A leader that lost leadership and won it back stamps its new term's
+/// entries from a clock of that term: replicated time runs on and idle
+/// sessions still expire (teeth round 6, mutant 605: the stamp clock of
+/// its earlier term was taken for the new term's, under which the leader
+/// stamped nothing; replicated time stopped and no session expired again).
+#[tokio::test(start_paused = true)]
+async fn sessions_still_expire_once_the_leader_lost_and_regained_leadership() {
+    let c = Cluster::start(3, |b| b.session_ttl(Duration::from_secs(60))).await;
+    let leader = c.leader().await;
+    let victim = c.on(leader, open_on).await.unwrap();
+    assert_eq!(
+        c.on(leader, write_on(victim, 1, 1, "k", 5)).await.unwrap(),
+        5
+    );
+    let term = c.peers[leader].status().term;
+    let to = c.peers[(leader + 1) % c.peers.len()].id();
+    c.on(leader, |p| async move { p.transfer_leadership(to).await })
+        .await
+        .unwrap();
+    c.lead_from(leader).await;
+    assert!(
+        c.peers[leader].status().term > term + 1,
+        "leadership left and came back"
+    );
+    // Another client keeps the cluster going for longer than the victim's
+    // time-to-live, through the leader in its new term.
+    let other = c.on(leader, open_on).await.unwrap();
+    let mut seq = 0;
+    while c.peers[leader].status().session_expiries == 0 {
+        assert!(
+            seq < 100,
+            "replicated time stopped: the victim's session never expired"
+        );
+        seq += 1;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        c.on(leader, write_on(other, seq, seq, "other", 1))
+            .await
+            .unwrap();
+    }
+    let late = c.on(leader, write_on(victim, 2, 2, "k", 5)).await;
+    assert!(
+        matches!(late, Err(Error::SessionExpired(_))),
+        "got {late:?}"
+    );
+    assert_eq!(c.on(leader, get_on("k")).await.unwrap(), 5);
+    c.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_session_table_stays_bounded_and_evicts_the_longest_idle_first() {
     let c = Cluster::start(3, |b| b.max_sessions(4)).await;
