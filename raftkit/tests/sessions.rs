@@ -332,8 +332,12 @@ async fn a_retry_after_the_session_expired_is_not_applied_twice() {
     c.shutdown().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_leader_whose_wall_clock_jumps_ahead_does_not_expire_sessions() {
+/// The start of the clock-jump tests: a three-node cluster, its leader, the
+/// victim's session opened on the leader with one write (`k += 5`,
+/// sequence number 1) applied under it, then the leader's wall clock
+/// stepped two hours ahead (an NTP step, a VM resumed: twice the default
+/// session time-to-live), and another client's session opened on it.
+async fn a_leader_whose_clock_jumped() -> (Cluster, usize, SessionId, SessionId) {
     let c = Cluster::start(3, |b| b).await;
     let leader = c.leader().await;
     let victim = c.on(leader, open_on).await.unwrap();
@@ -341,16 +345,16 @@ async fn a_leader_whose_wall_clock_jumps_ahead_does_not_expire_sessions() {
         c.on(leader, write_on(victim, 1, 1, "k", 5)).await.unwrap(),
         5
     );
-    // The leader's wall clock steps two hours ahead (an NTP step, a VM
-    // resumed): twice the default session time-to-live.
     c.skew_ms[leader].store(2 * HOUR_MS, Ordering::SeqCst);
     let other = c.on(leader, open_on).await.unwrap();
-    for seq in 1..=200 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        c.on(leader, write_on(other, seq, seq, "other", 1))
-            .await
-            .unwrap();
-    }
+    (c, leader, victim, other)
+}
+
+/// The end of the clock-jump tests: once the cluster settled, every peer
+/// holds both sessions (the victim's and the other client's) and expired
+/// none; the victim's retry of its first write is answered from its
+/// session, not applied again, and its next write applies.
+async fn the_victims_session_survived(c: &Cluster, leader: usize, victim: SessionId) {
     c.settle().await;
     for q in &c.peers {
         let s = q.status();
@@ -366,6 +370,18 @@ async fn a_leader_whose_wall_clock_jumps_ahead_does_not_expire_sessions() {
         10
     );
     assert_eq!(c.on(leader, get_on("k")).await.unwrap(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_wall_clock_jumps_ahead_does_not_expire_sessions() {
+    let (c, leader, victim, other) = a_leader_whose_clock_jumped().await;
+    for seq in 1..=200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        c.on(leader, write_on(other, seq, seq, "other", 1))
+            .await
+            .unwrap();
+    }
+    the_victims_session_survived(&c, leader, victim).await;
     c.shutdown().await;
 }
 
@@ -376,15 +392,7 @@ async fn a_leader_whose_wall_clock_jumps_ahead_does_not_expire_sessions() {
 /// clock.
 #[tokio::test(start_paused = true)]
 async fn a_jumped_clock_leader_that_loses_and_regains_leadership_expires_no_sessions() {
-    let c = Cluster::start(3, |b| b).await;
-    let leader = c.leader().await;
-    let victim = c.on(leader, open_on).await.unwrap();
-    assert_eq!(
-        c.on(leader, write_on(victim, 1, 1, "k", 5)).await.unwrap(),
-        5
-    );
-    c.skew_ms[leader].store(2 * HOUR_MS, Ordering::SeqCst);
-    let other = c.on(leader, open_on).await.unwrap();
+    let (c, leader, victim, other) = a_leader_whose_clock_jumped().await;
     let term = c.peers[leader].status().term;
     for seq in 1..=200 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -402,21 +410,56 @@ async fn a_jumped_clock_leader_that_loses_and_regains_leadership_expires_no_sess
         c.peers[leader].status().term > term + 1,
         "leadership left and came back"
     );
-    c.settle().await;
-    for q in &c.peers {
-        let s = q.status();
-        assert_eq!((s.sessions, s.session_expiries), (2, 0), "{}", s.name);
-    }
+    the_victims_session_survived(&c, leader, victim).await;
+    assert_eq!(c.on(leader, get_on("other")).await.unwrap(), 200);
+    c.shutdown().await;
+}
+
+/// A leader that lost leadership and won it back stamps its new term's
+/// entries from a clock of that term: replicated time runs on and idle
+/// sessions still expire (teeth round 6, mutant 605: the stamp clock of
+/// its earlier term was taken for the new term's, under which the leader
+/// stamped nothing; replicated time stopped and no session expired again).
+#[tokio::test(start_paused = true)]
+async fn sessions_still_expire_once_the_leader_lost_and_regained_leadership() {
+    let c = Cluster::start(3, |b| b.session_ttl(Duration::from_secs(60))).await;
+    let leader = c.leader().await;
+    let victim = c.on(leader, open_on).await.unwrap();
     assert_eq!(
         c.on(leader, write_on(victim, 1, 1, "k", 5)).await.unwrap(),
         5
     );
-    assert_eq!(
-        c.on(leader, write_on(victim, 2, 2, "k", 5)).await.unwrap(),
-        10
+    let term = c.peers[leader].status().term;
+    let to = c.peers[(leader + 1) % c.peers.len()].id();
+    c.on(leader, |p| async move { p.transfer_leadership(to).await })
+        .await
+        .unwrap();
+    c.lead_from(leader).await;
+    assert!(
+        c.peers[leader].status().term > term + 1,
+        "leadership left and came back"
     );
-    assert_eq!(c.on(leader, get_on("k")).await.unwrap(), 10);
-    assert_eq!(c.on(leader, get_on("other")).await.unwrap(), 200);
+    // Another client keeps the cluster going for longer than the victim's
+    // time-to-live, through the leader in its new term.
+    let other = c.on(leader, open_on).await.unwrap();
+    let mut seq = 0;
+    while c.peers[leader].status().session_expiries == 0 {
+        assert!(
+            seq < 100,
+            "replicated time stopped: the victim's session never expired"
+        );
+        seq += 1;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        c.on(leader, write_on(other, seq, seq, "other", 1))
+            .await
+            .unwrap();
+    }
+    let late = c.on(leader, write_on(victim, 2, 2, "k", 5)).await;
+    assert!(
+        matches!(late, Err(Error::SessionExpired(_))),
+        "got {late:?}"
+    );
+    assert_eq!(c.on(leader, get_on("k")).await.unwrap(), 5);
     c.shutdown().await;
 }
 

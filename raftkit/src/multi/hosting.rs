@@ -555,4 +555,25 @@ mod tests {
         delete_group_files(&*fs, dir, 3);
         assert!(!was_listed(&*fs, dir, 3));
     }
+
+    /// The listing is durable once `mark_listed` returned: a crash right
+    /// after it (the replica then sees its removal, a restart follows)
+    /// leaves the marker, so the restarted replica counts as removed and
+    /// is retired instead of waiting for a leader's word (teeth round 5,
+    /// mutant 509: the marker's fsync skipped went unnoticed). Each of its
+    /// three syncs is needed: the new marker's inode, its entry in the
+    /// group's directory, and the group directory's entry in `groups/`.
+    #[test]
+    fn the_listed_marker_survives_a_crash_right_after_it_is_written() {
+        use crate::storage::vfs::crash::CrashFs;
+        let dir = Path::new("/node");
+        let fs = CrashFs::new(dir);
+        // As a started node has it: `groups/` durable, no directory of
+        // group 3 yet (a replica hosted on demand that saved no snapshot).
+        fs.create_dir_all(&dir.join("groups")).expect("groups");
+        fs.sync_dir(dir).expect("sync the node directory");
+        mark_listed(&fs, dir, 3).expect("mark");
+        fs.crash();
+        assert!(was_listed(&fs, dir, 3), "the listing was lost in a crash");
+    }
 }

@@ -22,15 +22,15 @@
 //! lease path (its trace event); only then the gate opens. The read must
 //! see the write.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::test_gate::{ApplyGate, apply_threads_named_after, until};
 use crate::client::Consistency;
 use crate::core::Role;
 use crate::prelude::*;
-use crate::runtime::threads::Threads;
 use crate::transport::memory::MemoryNetwork;
 
 #[derive(StateMachine, Default, Serialize, Deserialize)]
@@ -39,9 +39,8 @@ struct Ledger {
     padded: u64,
 }
 
-/// (open, entered) of the gate; the name of the one apply thread it holds.
-static GATE: (Mutex<(bool, bool)>, Condvar) = (Mutex::new((false, false)), Condvar::new());
-static GATED_THREAD: Mutex<Option<String>> = Mutex::new(None);
+/// Holds B's apply thread (module docs).
+static GATE: ApplyGate = ApplyGate::new();
 
 #[crate::state_machine]
 impl Ledger {
@@ -49,19 +48,7 @@ impl Ledger {
     /// at once everywhere else.
     #[write]
     fn hold(&mut self) -> u64 {
-        let gated = GATED_THREAD
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if gated.is_some() && std::thread::current().name() == gated.as_deref() {
-            let (lock, cv) = &GATE;
-            let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
-            g.1 = true;
-            cv.notify_all();
-            while !g.0 {
-                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
-            }
-        }
+        GATE.hold_if_gated();
         self.n
     }
 
@@ -82,22 +69,6 @@ impl Ledger {
     fn get(&self) -> u64 {
         self.n
     }
-}
-
-/// Opens the gate when dropped, so that a failing test does not leave an
-/// apply thread blocked forever.
-struct OpenOnDrop;
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        open_gate();
-    }
-}
-
-fn open_gate() {
-    let (lock, cv) = &GATE;
-    lock.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
-    cv.notify_all();
 }
 
 /// The captured trace output (lease reads are `trace` events).
@@ -131,30 +102,16 @@ const ADDRS: [&str; 3] = ["lease-a:1", "lease-b:1", "lease-c:1"];
 
 async fn start(net: &MemoryNetwork, addr: &str) -> Peer<Ledger> {
     let net = net.clone();
-    let label = addr.to_string();
     Ledger::peer()
         .in_memory()
         .listen(addr)
         .bootstrap_members(ADDRS)
         .tick(Duration::from_millis(20))
-        .threads(Threads::Custom(Arc::new(move |name, body| {
-            super::threads::spawn(&format!("{name}@{label}"), body)
-        })))
+        .threads(apply_threads_named_after(addr))
         .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
         .start()
         .await
         .expect("peer starts")
-}
-
-async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// See the module docs.
@@ -172,7 +129,7 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     // Every task of the cluster runs on this (current-thread) runtime's
     // thread: the subscriber sees the node tasks' events.
     let _trace = tracing::subscriber::set_default(subscriber);
-    let _open = OpenOnDrop;
+    let _open = GATE.open_on_drop();
 
     let net = MemoryNetwork::new(7);
     let mut peers = Vec::new();
@@ -185,19 +142,11 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     .await;
     let b = (a + 1) % 3;
     let b_name = peers[b].status().name;
-    *GATED_THREAD.lock().unwrap_or_else(|p| p.into_inner()) =
-        Some(format!("raftkit-apply@{}", ADDRS[b]));
+    GATE.hold_thread_of(ADDRS[b]);
 
     // B's apply thread blocks on `hold`; A and C apply it.
     peers[a].write(LedgerWrite::Hold).await.expect("hold");
-    until("B's apply thread held", || {
-        GATE.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .then_some(())
-    })
-    .await;
+    GATE.wait_entered().await;
     // 35 MiB handed to B's blocked apply thread: B's core pauses handing
     // committed entries (the backlog bound is 32 MiB).
     let mut last_pad = 0;
@@ -269,7 +218,7 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     let Some(read) = lease_read else {
         unreachable!()
     };
-    open_gate();
+    GATE.open();
     let (value, _) = tokio::time::timeout(Duration::from_secs(20), read)
         .await
         .expect("the lease read is answered")

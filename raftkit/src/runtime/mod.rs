@@ -59,6 +59,8 @@ mod snapshot_sends;
 mod stamp_tests;
 mod stamps;
 mod status;
+#[cfg(test)]
+mod test_gate;
 pub(crate) mod threads;
 mod tick_gate;
 pub mod watch;

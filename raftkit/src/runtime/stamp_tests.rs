@@ -19,16 +19,14 @@
 //! B before the gate opens. The write must succeed: the session must not
 //! expire.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
+use super::test_gate::{ApplyGate, apply_threads_named_after, until};
 use crate::core::Role;
 use crate::prelude::*;
 use crate::runtime::session::SessionRef;
-use crate::runtime::threads::Threads;
 use crate::transport::memory::MemoryNetwork;
 
 #[derive(StateMachine, Default, Serialize, Deserialize)]
@@ -36,9 +34,8 @@ struct Tally {
     n: u64,
 }
 
-/// (open, entered) of the gate; the name of the one apply thread it holds.
-static GATE: (Mutex<(bool, bool)>, Condvar) = (Mutex::new((false, false)), Condvar::new());
-static GATED_THREAD: Mutex<Option<String>> = Mutex::new(None);
+/// Holds B's apply thread (module docs).
+static GATE: ApplyGate = ApplyGate::new();
 
 #[crate::state_machine]
 impl Tally {
@@ -46,19 +43,7 @@ impl Tally {
     /// at once everywhere else.
     #[write]
     fn hold(&mut self) -> u64 {
-        let gated = GATED_THREAD
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if gated.is_some() && std::thread::current().name() == gated.as_deref() {
-            let (lock, cv) = &GATE;
-            let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
-            g.1 = true;
-            cv.notify_all();
-            while !g.0 {
-                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
-            }
-        }
+        GATE.hold_if_gated();
         self.n
     }
 
@@ -69,22 +54,6 @@ impl Tally {
     }
 }
 
-/// Opens the gate when dropped, so that a failing test does not leave an
-/// apply thread blocked forever.
-struct OpenOnDrop;
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        open_gate();
-    }
-}
-
-fn open_gate() {
-    let (lock, cv) = &GATE;
-    lock.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
-    cv.notify_all();
-}
-
 const ADDRS: [&str; 3] = ["stamp-a:1", "stamp-b:1", "stamp-c:1"];
 const HOUR_MS: u64 = 60 * 60 * 1000;
 /// Far below the hour B's clock jumps, far above the test's duration.
@@ -92,7 +61,6 @@ const TTL: Duration = Duration::from_secs(20);
 
 async fn start(net: &MemoryNetwork, addr: &str, skew_ms: Arc<AtomicU64>) -> Peer<Tally> {
     let net = net.clone();
-    let label = addr.to_string();
     Tally::peer()
         .in_memory()
         .listen(addr)
@@ -100,30 +68,17 @@ async fn start(net: &MemoryNetwork, addr: &str, skew_ms: Arc<AtomicU64>) -> Peer
         .tick(Duration::from_millis(20))
         .session_ttl(TTL)
         .wall_clock(move || super::node::system_clock_ms() + skew_ms.load(Ordering::SeqCst))
-        .threads(Threads::Custom(Arc::new(move |name, body| {
-            super::threads::spawn(&format!("{name}@{label}"), body)
-        })))
+        .threads(apply_threads_named_after(addr))
         .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
         .start()
         .await
         .expect("peer starts")
 }
 
-async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// See the module docs.
 #[tokio::test(flavor = "current_thread")]
 async fn a_new_leader_behind_on_apply_does_not_stamp_with_its_jumped_wall_clock() {
-    let _open = OpenOnDrop;
+    let _open = GATE.open_on_drop();
     let net = MemoryNetwork::new(11);
     let skews: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::default()).collect();
     let mut peers = Vec::new();
@@ -135,20 +90,12 @@ async fn a_new_leader_behind_on_apply_does_not_stamp_with_its_jumped_wall_clock(
     })
     .await;
     let b = (a + 1) % 3;
-    *GATED_THREAD.lock().unwrap_or_else(|p| p.into_inner()) =
-        Some(format!("raftkit-apply@{}", ADDRS[b]));
+    GATE.hold_thread_of(ADDRS[b]);
 
     // The first stamped entry: B's apply thread blocks in it (A and C apply
     // it), so B has applied no stamp.
     peers[a].write(TallyWrite::Hold).await.expect("hold");
-    until("B's apply thread held", || {
-        GATE.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .then_some(())
-    })
-    .await;
+    GATE.wait_entered().await;
     let session = peers[a].open_session().await.expect("open a session");
     let opened = peers[a].status().last_index;
     until("B holds the session's open entry", || {
@@ -194,7 +141,7 @@ async fn a_new_leader_behind_on_apply_does_not_stamp_with_its_jumped_wall_clock(
         Role::Leader,
         "B still leads when it takes the write"
     );
-    open_gate();
+    GATE.open();
 
     let out = tokio::time::timeout(Duration::from_secs(20), write)
         .await

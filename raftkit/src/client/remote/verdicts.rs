@@ -52,6 +52,41 @@ async fn client_of(
     client
 }
 
+/// Opens the client's session at A, the member its calls go to first.
+async fn open_at_a(client: &Client) {
+    tokio::time::timeout(DEADLINE, client.opened())
+        .await
+        .expect("opens in time")
+        .expect("A opens the session");
+}
+
+/// The write of every test, within [`DEADLINE`].
+async fn put(client: &Client) -> Result<Vec<u8>, Error> {
+    tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time")
+}
+
+/// Three members that open sessions and host no group (the rotation tests
+/// pick members without sending them anything), and a client of them whose
+/// calls go to the first one first.
+async fn three_members() -> (Vec<FakeMember>, Client) {
+    let (ca, nodes) = dev_cluster(["fake-a", "fake-b", "fake-c"]).expect("dev certificates");
+    let client_id = ca.issue_client("rotation").expect("client certificate");
+    let members: Vec<FakeMember> = nodes
+        .iter()
+        .map(|id| {
+            FakeMember::start(id, |request| match request {
+                ClientRequest::OpenSession => session_opened(9),
+                _ => not_hosted(GROUP),
+            })
+        })
+        .collect();
+    let refs: Vec<&FakeMember> = members.iter().collect();
+    let client = client_of(&refs, client_id, None, &members[0]).await;
+    (members, client)
+}
+
 /// Waits until the client has seen its connection to `addr` closed (a
 /// request sent on it before then might leave the client).
 async fn until_closed(client: &Client, addr: SocketAddr) {
@@ -78,19 +113,13 @@ async fn a_write_refused_before_it_left_and_then_not_hosted_anywhere_was_not_app
     });
     let b = FakeMember::start(&b_id, |_| not_hosted(GROUP));
     let client = client_of(&[&a, &b], client_id, Some(GROUP), &a).await;
-    tokio::time::timeout(DEADLINE, client.opened())
-        .await
-        .expect("opens in time")
-        .expect("A opens the session");
+    open_at_a(&client).await;
     // A restarts and refuses the next dial: the write's first attempt
     // cannot be sent.
     a.restart(1);
     until_closed(&client, a.addr()).await;
 
-    let err = tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
-        .await
-        .expect("the call ends in time")
-        .expect_err("no member hosts the group");
+    let err = put(&client).await.expect_err("no member hosts the group");
     assert_eq!(err, Error::NotHosted { group: GROUP });
     assert_eq!(err.applied(), Applied::No, "{err}");
     // The route: refused at A (nothing received), NotHosted at B, then at
@@ -123,10 +152,7 @@ async fn a_write_lost_with_its_member_and_then_not_hosted_anywhere_may_have_been
     let b = FakeMember::start(&b_id, |_| not_hosted(GROUP));
     let client = client_of(&[&a, &b], client_id, Some(GROUP), &a).await;
 
-    let err = tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
-        .await
-        .expect("the call ends in time")
-        .expect_err("no member answers the write");
+    let err = put(&client).await.expect_err("no member answers the write");
     assert!(matches!(err, Error::Ambiguous(_)), "{err:?}");
     assert_eq!(err.applied(), Applied::Maybe, "{err}");
     // The route: taken by A (lost), NotHosted at B, then at the restarted A.
@@ -157,16 +183,12 @@ async fn a_write_refused_before_it_left_moves_to_a_new_session_when_the_old_one_
         _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
     });
     let client = client_of(&[&a, &b], client_id, None, &a).await;
-    tokio::time::timeout(DEADLINE, client.opened())
-        .await
-        .expect("opens in time")
-        .expect("A opens the session");
+    open_at_a(&client).await;
     a.restart(usize::MAX);
     until_closed(&client, a.addr()).await;
 
-    let out = tokio::time::timeout(DEADLINE, client.write(b"put".to_vec()))
+    let out = put(&client)
         .await
-        .expect("the call ends in time")
         .expect("retried under a new session at B");
     assert_eq!(out, b"done");
     assert_eq!(client.session_id(), Some(SessionId(2)));
@@ -181,19 +203,7 @@ async fn a_write_refused_before_it_left_moves_to_a_new_session_when_the_old_one_
 /// one every time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_member_suspect_retries_still_visit_every_member() {
-    let (ca, nodes) = dev_cluster(["fake-a", "fake-b", "fake-c"]).expect("dev certificates");
-    let client_id = ca.issue_client("rotation").expect("client certificate");
-    let members: Vec<FakeMember> = nodes
-        .iter()
-        .map(|id| {
-            FakeMember::start(id, |request| match request {
-                ClientRequest::OpenSession => session_opened(9),
-                _ => not_hosted(GROUP),
-            })
-        })
-        .collect();
-    let refs: Vec<&FakeMember> = members.iter().collect();
-    let client = client_of(&refs, client_id, None, &members[0]).await;
+    let (members, client) = three_members().await;
     for m in &members {
         client.suspect(m.addr());
     }
@@ -221,19 +231,7 @@ async fn with_every_member_suspect_retries_still_visit_every_member() {
 /// every retry to the members that had just failed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rotation_skips_a_member_that_just_failed() {
-    let (ca, nodes) = dev_cluster(["fake-a", "fake-b", "fake-c"]).expect("dev certificates");
-    let client_id = ca.issue_client("rotation").expect("client certificate");
-    let members: Vec<FakeMember> = nodes
-        .iter()
-        .map(|id| {
-            FakeMember::start(id, |request| match request {
-                ClientRequest::OpenSession => session_opened(9),
-                _ => not_hosted(GROUP),
-            })
-        })
-        .collect();
-    let refs: Vec<&FakeMember> = members.iter().collect();
-    let client = client_of(&refs, client_id, None, &members[0]).await;
+    let (members, client) = three_members().await;
     let failed = members[1].addr();
     client.suspect(failed);
     let picked: Vec<_> = (0..2 * members.len())
@@ -250,4 +248,49 @@ async fn the_rotation_skips_a_member_that_just_failed() {
             m.addr()
         );
     }
+}
+
+/// A `NotLeader` hint at a member that just failed is not followed: it is
+/// the dead leader the followers still believe in (module docs of
+/// [`super`]; teeth round 5, mutant 503: the hint was followed whatever the
+/// suspicion, and the retry went straight back to the failed member).
+///
+/// A, taken for the leader, fails the write with its storage (suspect for
+/// [`super::SUSPECT_FOR`]); B, the only other member, answers the retry
+/// with a hint at A; the next attempt goes to B again after the backoff (B
+/// leads by then), not back to A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_at_a_member_that_just_failed_is_not_followed() {
+    let (a_id, b_id, client_id) = identities();
+    let a = FakeMember::start(&a_id, |request| match request {
+        ClientRequest::OpenSession => session_opened(4),
+        _ => Act::answer(ClientResponse::Err(WireError::Storage("disk gone".into()))),
+    });
+    let stale_hint = a.addr().to_string();
+    let mut writes = 0;
+    let b = FakeMember::start(&b_id, move |request| match request {
+        ClientRequest::OpenSession => session_opened(4),
+        ClientRequest::Write { .. } => {
+            writes += 1;
+            if writes == 1 {
+                Act::answer(ClientResponse::Err(WireError::NotLeader {
+                    hint: Some(stale_hint.clone()),
+                }))
+            } else {
+                Act::answer(ClientResponse::Ok(b"done".to_vec()))
+            }
+        }
+        _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
+    });
+    let client = client_of(&[&a, &b], client_id, None, &a).await;
+    open_at_a(&client).await;
+
+    let out = put(&client).await.expect("B takes the write once it leads");
+    assert_eq!(out, b"done");
+    // The route: failed at A, hinted back to A by B, then B again.
+    assert_eq!(
+        (a.writes(), b.writes()),
+        (1, 2),
+        "the stale hint at the member that just failed was followed"
+    );
 }

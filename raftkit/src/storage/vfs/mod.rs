@@ -11,7 +11,10 @@
 //!   tests run on;
 //! - a simulated in-memory disk (the whole-runtime simulation), which keeps
 //!   written-but-unsynced bytes apart from durable ones so that a simulated
-//!   crash can lose or tear them.
+//!   crash can lose or tear them;
+//! - (tests only) `crash::CrashFs`, an in-memory disk with the strict
+//!   reading of the contract below, for unit tests of what one function
+//!   makes durable.
 //!
 //! The interface is the small set of calls the stores need, with the
 //! durability contract of POSIX spelled out so that a simulated disk can be
@@ -30,6 +33,8 @@
 //! is given one (`PeerBuilder::file_system`, a testing hook) and uses it for
 //! everything.
 
+#[cfg(test)]
+pub(crate) mod crash;
 mod faults;
 
 use std::fmt;
