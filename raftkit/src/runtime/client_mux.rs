@@ -63,12 +63,14 @@ pub(super) async fn serve<F: Front>(
         tokio::select! {
             biased;
             Some((id, response)) = running.next(), if !running.is_empty() => {
+                crate::probe::mark("s.answered");
                 if tx.send((id, response)).await.is_err() {
                     // The writer ended: the client is gone.
                     return;
                 }
             }
             Some(frame) = frames.next(), if reading && running.len() < MUX_WINDOW => {
+                crate::probe::mark("s.frame_in");
                 let body = match frame {
                     Ok(body) => body,
                     Err(FrameError::Closed) => {
@@ -141,6 +143,7 @@ async fn write_answers(
                 next = rx.try_recv().ok();
             }
         }
+        crate::probe::mark("s.write");
         if let Err(e) = send.write_all(&buf).await {
             debug!(error = %e, "client went away before its answers");
             return;
