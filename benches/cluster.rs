@@ -16,7 +16,9 @@
 //! - `RAFTKIT_BENCH_CLIENTS`: a comma-separated list of concurrencies
 //!   (default `1,64,256`);
 //! - `RAFTKIT_BENCH_OPS`: `put` or `get` to run only those cells of the
-//!   QUIC sections (default both; gets read the keys the puts wrote).
+//!   QUIC sections (default both; gets read the keys the puts wrote);
+//! - `RAFTKIT_PROBE=1` (with `--features latency-probe`): print the per-hop
+//!   breakdown of the 1-client durable put cell (`raftkit::probe`).
 //!
 //! # What is measured
 //!
@@ -84,6 +86,7 @@ struct Opts {
     only: Vec<String>,
     clients: Vec<usize>,
     ops: Vec<Op>,
+    probe: bool,
 }
 
 impl Opts {
@@ -109,6 +112,9 @@ impl Opts {
             Ok("get") => vec![Op::Get],
             _ => vec![Op::Put, Op::Get],
         };
+        if std::env::var_os("RAFTKIT_PROBE").is_some() && !raftkit::probe::compiled_in() {
+            eprintln!("RAFTKIT_PROBE: build with `--features latency-probe` for the breakdown");
+        }
         Opts {
             ops,
             secs,
@@ -117,6 +123,7 @@ impl Opts {
             csv: std::env::args().any(|a| a == "--csv"),
             only,
             clients,
+            probe: std::env::var_os("RAFTKIT_PROBE").is_some_and(|v| v != "0"),
         }
     }
 
@@ -816,7 +823,15 @@ fn main() {
                         if !opts.ops.contains(&op) {
                             continue;
                         }
+                        // The per-hop breakdown of one client's durable put
+                        // (`raftkit::probe`, `--features latency-probe`).
+                        let probing = opts.probe && section == "durable" && c == 1 && op == Op::Put;
+                        raftkit::probe::enable(probing);
                         let cell = load_rt.block_on(drive(&target, op, c, opts.warm, opts.secs));
+                        raftkit::probe::enable(false);
+                        if probing {
+                            eprint!("{}", raftkit::probe::report());
+                        }
                         progress(
                             &opts,
                             format_args!(

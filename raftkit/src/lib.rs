@@ -55,6 +55,10 @@ pub use state_machine::{ErrorPolicy, StateMachine};
 // live in their own namespace, so each path names both.
 pub use raftkit_derive::{StateMachine, read, state_machine, write};
 
+/// Per-hop timestamps of one write (the `latency-probe` feature), for the
+/// benchmarks.
+#[doc(hidden)]
+pub mod probe;
 /// Everything a state machine definition needs:
 /// `use raftkit::prelude::*;`.
 pub mod prelude {

@@ -134,6 +134,7 @@ impl Mux {
             e => Error::Transport(e.to_string()),
         })?;
         *sent = true;
+        crate::probe::mark("c.send");
         let written = self.send.lock().await.write_all(&frame).await;
         if let Err(e) = written {
             let why = format!("request stream: {e}");
@@ -141,6 +142,7 @@ impl Mux {
             return Err(Error::Transport(why));
         }
         let answer = rx.await;
+        crate::probe::mark("c.recv");
         drop(entry);
         answer.map_err(|_| {
             let why = self
@@ -182,6 +184,7 @@ async fn read_answers(mux: Weak<Mux>, mut recv: RecvStream, mut stop: oneshot::R
             body = read_frame_body(&mut recv, DEFAULT_MAX_FRAME_BYTES) => body,
             _ = &mut stop => return,
         };
+        crate::probe::mark("c.frame_in");
         let body = match body {
             Ok(body) => body,
             Err(e) => break format!("request stream: {e}"),

@@ -133,6 +133,7 @@ impl Reply {
 
     /// Answers the caller (who may have gone: then nobody hears it).
     pub fn send(self, r: Result<Vec<u8>, Error>) {
+        crate::probe::mark("a.reply");
         let _ = self.tx.send(r);
     }
 }
@@ -364,6 +365,7 @@ pub async fn run<S: StateMachine>(
         match msg {
             ApplyMsg::Register(proposals) => a.register(proposals),
             ApplyMsg::Entries { register, entries } => {
+                crate::probe::mark("a.recv");
                 a.register(register);
                 a.apply(entries, &rx);
                 // The status once per run of queued batches (at most

@@ -369,6 +369,7 @@ impl<S: StateMachine> Peer<S> {
         decoded: S::Write,
     ) -> Result<Vec<u8>, Error> {
         let permit = self.inner.admission.admit(bytes).await?;
+        crate::probe::mark("s.cmd_send");
         self.call(|tx| Command::Write {
             op,
             reply: apply::Reply::new(tx, Some(permit)).with_decoded(Box::new(decoded)),

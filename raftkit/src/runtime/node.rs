@@ -454,6 +454,15 @@ impl NodeTask {
         let mut more = 256;
         while let Some(m) = next.take() {
             if st.fatal.is_none() {
+                match &m.body {
+                    crate::core::Body::AppendEntries { entries, .. } if !entries.is_empty() => {
+                        crate::probe::mark("F.step_ae")
+                    }
+                    crate::core::Body::AppendEntriesResponse { .. } => {
+                        crate::probe::mark("L.step_aer")
+                    }
+                    _ => {}
+                }
                 let from = m.from;
                 self.step(st, m);
                 from_leader |= self.raft.leader() == Some(from);
@@ -538,6 +547,7 @@ impl NodeTask {
         }
         match cmd {
             Command::Write { op, reply } => {
+                crate::probe::mark("n.cmd");
                 // Behind the ones already waiting for the anchor, in order.
                 if st.deferred.is_empty() && self.stamps_ready(st) {
                     self.propose_write(st, op, reply);
@@ -718,7 +728,19 @@ impl NodeTask {
             let rd = self.raft.ready();
             let must_write = rd.must_persist() || !rd.persisted_messages.is_empty();
             for m in rd.messages {
+                if let crate::core::Body::AppendEntries { entries, .. } = &m.body
+                    && !entries.is_empty()
+                {
+                    crate::probe::mark("L.ae_send");
+                }
                 self.transport.send(m);
+            }
+            if !rd.entries.is_empty() {
+                crate::probe::mark(if self.raft.role() == Role::Leader {
+                    "L.persist_q"
+                } else {
+                    "F.persist_q"
+                });
             }
             let snapshot = rd.snapshot.map(|s| Snapshot {
                 meta: s.meta,
@@ -754,6 +776,11 @@ impl NodeTask {
                     debug!(node = %self.name, backlog = st.handed_bytes, "the state machine is behind: committed entries wait in the log");
                     self.raft.set_apply_paused(true);
                 }
+                crate::probe::mark(if self.raft.role() == Role::Leader {
+                    "L.apply_q"
+                } else {
+                    "F.apply_q"
+                });
                 // The proposals registered since the last batch travel with
                 // it: one message, one wake-up of the apply thread.
                 let _ = self.apply_tx.send(ApplyMsg::Entries {
@@ -896,6 +923,13 @@ impl NodeTask {
                     }
                     if let Some((index, _)) = p.marker.snapshot {
                         st.snap.index = st.snap.index.max(index);
+                    }
+                    if p.marker.last_entry.is_some() {
+                        crate::probe::mark(if self.raft.role() == Role::Leader {
+                            "L.on_persisted"
+                        } else {
+                            "F.on_persisted"
+                        });
                     }
                     self.raft.on_persisted(p.marker);
                     for m in p.messages {

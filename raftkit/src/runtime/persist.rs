@@ -373,7 +373,18 @@ impl Persister {
                 self.carry_commit(&mut write);
                 let transport = Arc::clone(&release.transport);
                 let failed = Arc::clone(&release.failed);
+                // A follower's write releases acknowledgements; a leader's
+                // (its own appends) releases nothing.
+                let (begun, synced) = match messages.is_empty() {
+                    true => ("L.st_begin", "L.durable"),
+                    false => ("F.st_begin", "F.durable"),
+                };
+                #[cfg(feature = "latency-probe")]
+                commit.with_store(move |_| crate::probe::mark(begun));
+                #[cfg(not(feature = "latency-probe"))]
+                let _ = begun;
                 let sent = move |durable: bool| {
+                    crate::probe::mark(synced);
                     // Tooth (simulation builds only): release what never
                     // became durable.
                     #[cfg(feature = "sim")]

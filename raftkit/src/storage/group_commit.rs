@@ -311,7 +311,9 @@ async fn run<S: LogStore>(
         if batch.is_empty() {
             continue;
         }
+        crate::probe::mark("st.sync_start");
         let synced = store.sync();
+        crate::probe::mark("st.sync_end");
         if let Err(e) = &synced {
             tracing::error!(error = %e, "storage sync failed; refusing further requests");
             failed = Some(e.to_string());

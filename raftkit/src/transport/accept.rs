@@ -386,6 +386,15 @@ async fn serve_link(
         };
         match frame {
             Ok(PeerFrame::Msg(msg)) => {
+                match &msg.body {
+                    crate::core::Body::AppendEntries { entries, .. } if !entries.is_empty() => {
+                        crate::probe::mark("t.AE_in")
+                    }
+                    crate::core::Body::AppendEntriesResponse { .. } => {
+                        crate::probe::mark("t.AER_in")
+                    }
+                    _ => {}
+                }
                 if msg.from != from {
                     wrong_from += 1;
                     if wrong_from == 1 {

@@ -932,6 +932,15 @@ async fn pump(
             }
         }
         for (group, msg) in batch {
+            match &msg.body {
+                crate::core::Body::AppendEntries { entries, .. } if !entries.is_empty() => {
+                    crate::probe::mark("t.AE_write")
+                }
+                crate::core::Body::AppendEntriesResponse { .. } => {
+                    crate::probe::mark("t.AER_write")
+                }
+                _ => {}
+            }
             let (to, kind) = (msg.to, msg.body.kind());
             let frame = match group {
                 None => PeerFrame::Msg(msg),
