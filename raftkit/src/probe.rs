@@ -3,8 +3,8 @@
 //! request frame to its answer, and a per-hop breakdown of the medians.
 //!
 //! Compiled in only with the `latency-probe` feature; without it
-//! [`mark`] is an empty inline function and nothing is recorded. With it,
-//! marks are recorded only while [`enable`]d (one global buffer behind a
+//! [`mark`](crate::probe::mark) is an empty inline function and nothing is recorded. With it,
+//! marks are recorded only while [`enable`](crate::probe::enable)d (one global buffer behind a
 //! mutex: a few hundred nanoseconds per mark, meant for one client's
 //! writes, not for throughput runs).
 //!

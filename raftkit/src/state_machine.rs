@@ -156,7 +156,7 @@ const ENCODE_ON_STACK: usize = 256;
 
 /// Encodes a value with postcard, the wire and log format of commands.
 ///
-/// A value of at most [`ENCODE_ON_STACK`] bytes (commands, outputs and
+/// A value of at most `ENCODE_ON_STACK` (256) bytes (commands, outputs and
 /// queries usually are) is encoded into a buffer on the stack and copied
 /// into a vector of exactly its length: one allocation, where growing a
 /// vector takes up to four for a few dozen bytes, and a vector whose
