@@ -236,7 +236,15 @@ impl Raft {
             }
             let caught_up = pr.matched == last;
             if self.maybe_commit() {
-                // Tell followers promptly so they can apply.
+                // Send whatever the flow control now admits. No empty
+                // append goes out just to carry the new commit index (etcd
+                // raft sends one): followers learn it from the next append
+                // or heartbeat (both carry it), which saves two messages per
+                // commit round when CPU bounds throughput. A follower's apply
+                // lags by at most a heartbeat interval when writes stop:
+                // reads are served by the leader and do not see it; a watch
+                // served by a follower may deliver that last change up to a
+                // heartbeat interval later.
                 self.broadcast_append();
             }
             if caught_up && self.transfer_target == Some(from) {
