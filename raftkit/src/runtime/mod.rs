@@ -63,6 +63,7 @@ mod status;
 mod test_gate;
 pub(crate) mod threads;
 mod tick_gate;
+mod waiting;
 pub mod watch;
 
 use std::marker::PhantomData;
