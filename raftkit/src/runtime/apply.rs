@@ -50,11 +50,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
 
 use super::admission::Permit;
+use super::seq_map::SeqMap;
 use super::session::{
     AppSnapshot, Dedup, EnvelopeRef, OpRef, SESSION_WINDOW, SessionCounters, SessionRefusal,
     Sessions, StoredReply,
 };
-use super::waiting::Waiting;
 use super::watch::Journal;
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
@@ -316,7 +316,7 @@ struct Apply<S> {
     /// the next entry): the term a read's [`Ctx`] reports.
     applied_term: Term,
     /// Callers waiting for their proposal's entry, by index.
-    waiting: Waiting<(Term, Reply)>,
+    waiting: SeqMap<(Term, Reply)>,
     reads: Vec<(Index, Vec<u8>, Reply)>,
     halted: Option<String>,
     failed: Option<Error>,
@@ -343,7 +343,7 @@ pub async fn run<S: StateMachine>(
         sessions,
         applied,
         applied_term: 0,
-        waiting: Waiting::default(),
+        waiting: SeqMap::default(),
         reads: Vec::new(),
         halted: None,
         failed: None,

@@ -52,6 +52,7 @@ mod node;
 #[doc(hidden)]
 pub mod persist;
 mod reads;
+mod seq_map;
 #[doc(hidden)]
 pub mod session;
 mod snapshot_sends;
@@ -63,7 +64,6 @@ mod status;
 mod test_gate;
 pub(crate) mod threads;
 mod tick_gate;
-mod waiting;
 pub mod watch;
 
 use std::marker::PhantomData;
