@@ -41,7 +41,6 @@
 //!   its own inputs and reads the status then, so applying a batch costs no
 //!   wake-up of its own.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -51,6 +50,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
 
 use super::admission::Permit;
+use super::seq_map::SeqMap;
 use super::session::{
     AppSnapshot, Dedup, EnvelopeRef, OpRef, SESSION_WINDOW, SessionCounters, SessionRefusal,
     Sessions, StoredReply,
@@ -315,7 +315,8 @@ struct Apply<S> {
     /// The term of the entry at `applied` (0 after a snapshot restore until
     /// the next entry): the term a read's [`Ctx`] reports.
     applied_term: Term,
-    waiting: BTreeMap<Index, (Term, Reply)>,
+    /// Callers waiting for their proposal's entry, by index.
+    waiting: SeqMap<(Term, Reply)>,
     reads: Vec<(Index, Vec<u8>, Reply)>,
     halted: Option<String>,
     failed: Option<Error>,
@@ -342,7 +343,7 @@ pub async fn run<S: StateMachine>(
         sessions,
         applied,
         applied_term: 0,
-        waiting: BTreeMap::new(),
+        waiting: SeqMap::default(),
         reads: Vec::new(),
         halted: None,
         failed: None,
@@ -433,7 +434,7 @@ impl<S: StateMachine> Apply<S> {
 
     fn answer_all(&mut self) {
         let Some(e) = self.stopped() else { return };
-        for (_, (_, reply)) in std::mem::take(&mut self.waiting) {
+        for (_, (_, reply)) in self.waiting.take_all() {
             reply.send(Err(e.clone()));
         }
         for (_, _, reply) in self.reads.drain(..) {
@@ -471,7 +472,7 @@ impl<S: StateMachine> Apply<S> {
             // The caller waiting for this entry, if it was proposed here:
             // looked up once (it is answered below, or put back for the
             // halt to answer).
-            let mut waiter = self.waiting.remove(&e.index);
+            let mut waiter = self.waiting.remove(e.index);
             // A span per applied entry; on the leader, a child of the span of
             // the client request that proposed it (same request id).
             let span = match &waiter {
@@ -689,13 +690,10 @@ impl<S: StateMachine> Apply<S> {
                 self.journal.restored(index);
                 self.longest_pause = self.longest_pause.max(started.elapsed());
                 // Proposals the snapshot covers: their outcome is unknown here.
-                let covered: Vec<Index> = self.waiting.range(..=index).map(|(&i, _)| i).collect();
-                for i in covered {
-                    if let Some((_, reply)) = self.waiting.remove(&i) {
-                        reply.send(Err(Error::Ambiguous(
-                            "the entry was covered by a snapshot from the leader before it applied here".into(),
-                        )));
-                    }
+                for (_, (_, reply)) in self.waiting.take_through(index) {
+                    reply.send(Err(Error::Ambiguous(
+                        "the entry was covered by a snapshot from the leader before it applied here".into(),
+                    )));
                 }
                 self.serve_reads();
             }

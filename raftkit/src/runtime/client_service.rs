@@ -103,7 +103,19 @@ impl<S: StateMachine> Front for Peer<S> {
             return ClientResponse::Err(WireError::NotHosted { group });
         }
         let consistency = meta.map(|m| m.consistency).unwrap_or_default();
-        super::reads::handle_with(self, principal, request, consistency).await
+        // Boxed: the futures that wait on this one (`answer`, its span,
+        // `client_mux`'s `FuturesUnordered` task) are moved several times
+        // per request, and each move copies the whole state of what they
+        // wait on. Boxed, that state (the read and write paths: timeouts,
+        // admission, the command) is allocated once and never copied again;
+        // the moves copy a pointer.
+        Box::pin(super::reads::handle_with(
+            self,
+            principal,
+            request,
+            consistency,
+        ))
+        .await
     }
 
     async fn watch(

@@ -52,6 +52,7 @@ mod node;
 #[doc(hidden)]
 pub mod persist;
 mod reads;
+mod seq_map;
 #[doc(hidden)]
 pub mod session;
 mod snapshot_sends;

@@ -82,6 +82,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::seq_map::SeqMap;
 use crate::core::Index;
 use crate::tls::Principal;
 
@@ -277,8 +278,10 @@ struct SessionState {
     last_used_ms: u64,
     /// Every write below this number was answered and acknowledged.
     acked_below: u64,
-    /// Unacknowledged replies by sequence number (at most [`SESSION_WINDOW`]).
-    replies: BTreeMap<u64, StoredReply>,
+    /// Unacknowledged replies by sequence number (at most [`SESSION_WINDOW`]):
+    /// a client numbers its writes in order and acknowledges them from the
+    /// lowest, so an index-ordered queue (encoded as a map).
+    replies: SeqMap<StoredReply>,
 }
 
 /// What the table says about a session write.
@@ -425,7 +428,7 @@ impl Sessions {
                 ttl_ms,
                 last_used_ms: self.now_ms,
                 acked_below: 0,
-                replies: BTreeMap::new(),
+                replies: SeqMap::default(),
             },
         );
         Ok(())
@@ -459,7 +462,7 @@ impl Sessions {
         let ack = s.acked_below.min(s.seq);
         if ack > st.acked_below {
             st.acked_below = ack;
-            while st.replies.first_key_value().is_some_and(|(&k, _)| k < ack) {
+            while st.replies.first_key().is_some_and(|k| k < ack) {
                 st.replies.pop_first();
                 self.stored = self.stored.saturating_sub(1);
             }
@@ -467,7 +470,7 @@ impl Sessions {
         if s.seq < st.acked_below {
             return Dedup::Stale;
         }
-        if let Some(r) = st.replies.get(&s.seq) {
+        if let Some(r) = st.replies.get(s.seq) {
             st.last_used_ms = now;
             return Dedup::Duplicate(r.clone());
         }
