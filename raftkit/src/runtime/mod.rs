@@ -54,6 +54,8 @@ pub mod persist;
 mod reads;
 #[doc(hidden)]
 pub mod session;
+#[cfg(test)]
+mod shutdown_tests;
 mod snapshot_sends;
 #[cfg(test)]
 mod stamp_tests;
