@@ -35,6 +35,8 @@
 //! Start a peer with `MyStateMachine::peer()` (see [`PeerExt`]).
 
 mod admission;
+#[cfg(test)]
+mod answer_size_tests;
 mod apply;
 #[cfg(test)]
 mod apply_tests;

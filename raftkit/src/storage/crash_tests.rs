@@ -57,7 +57,7 @@ fn every_synced_change_of_the_wal_survives_a_crash() {
             vote: 1,
             ..HardState::default()
         };
-        wal.save_hard_state(hs.clone()).expect("hard state");
+        wal.save_hard_state(hs).expect("hard state");
         wal.sync().expect("sync");
         let mut wal = crash_and_reopen(&fs, wal, &dir, segment_size);
         assert_eq!(wal.last_index(), 10, "segment size {segment_size}");
