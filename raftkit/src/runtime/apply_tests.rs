@@ -17,6 +17,10 @@
 //! - a write whose handler panicked under `skip` is applied (its caller gets
 //!   [`Error::Handler`], which says applied) and is a watch event with the
 //!   panic message as its output.
+//! - a snapshot installed from the leader restarts the watch journal after
+//!   it: a watcher of an entry the snapshot covers is told it is gone
+//!   (`Unavailable`), and a new watch from there is refused (`Compacted`),
+//!   instead of events that silently skip the covered writes.
 
 use std::sync::Arc;
 
@@ -357,5 +361,53 @@ fn a_skipped_panic_answers_applied_and_is_a_watch_event() {
             "the panicked write is an event with its message"
         );
         assert_eq!(seen[1].0, 2);
+    });
+}
+
+#[test]
+fn a_snapshot_install_moves_the_watch_journal_past_it_so_no_watcher_skips_its_writes() {
+    runtime().block_on(async {
+        let mut a = Thread::start();
+        a.send(ApplyMsg::entries(vec![add(1, 1), add(2, 2), add(3, 4)]));
+        let taken = a.snapshot().await;
+        assert_eq!(taken.index, 3);
+
+        // B applied entry 1 only; a watcher waits for entry 2.
+        let b = Thread::start();
+        b.send(ApplyMsg::entries(vec![add(1, 1)]));
+        assert_eq!(b.value().await, 1);
+        let mut waiting = b.journal.cursor(Some(2)).expect("a cursor");
+        // B installs the snapshot at 3 (entries 2 and 3 never apply here),
+        // then applies entry 4.
+        b.send(ApplyMsg::Restore {
+            index: taken.index,
+            data: taken.data,
+        });
+        b.send(ApplyMsg::entries(vec![add(4, 8)]));
+        assert_eq!(b.value().await, 15);
+
+        assert_eq!(
+            b.journal.range(),
+            (4, 4),
+            "the journal restarts after the snapshot"
+        );
+        match waiting.next_batch(usize::MAX).await {
+            Err(Error::Unavailable(_)) => {}
+            other => panic!(
+                "a watcher of entry 2 was not told it went away with the snapshot: {:?}",
+                other.map(|events| events.iter().map(|e| e.index).collect::<Vec<_>>())
+            ),
+        }
+        match b.journal.cursor(Some(2)) {
+            Err(Error::Compacted {
+                requested: 2,
+                first_available: 4,
+            }) => {}
+            Err(e) => panic!("a watch from entry 2 refused with {e:?}"),
+            Ok(_) => panic!("a watch from entry 2 was opened past a snapshot install"),
+        }
+        let mut from_4 = b.journal.cursor(Some(4)).expect("a cursor at 4");
+        let events = from_4.next_batch(usize::MAX).await.expect("events");
+        assert_eq!(events.iter().map(|e| e.index).collect::<Vec<_>>(), [4]);
     });
 }

@@ -35,6 +35,8 @@
 //! Start a peer with `MyStateMachine::peer()` (see [`PeerExt`]).
 
 mod admission;
+#[cfg(test)]
+mod answer_size_tests;
 mod apply;
 #[cfg(test)]
 mod apply_tests;
@@ -55,6 +57,8 @@ mod reads;
 mod seq_map;
 #[doc(hidden)]
 pub mod session;
+#[cfg(test)]
+mod shutdown_tests;
 mod snapshot_sends;
 #[cfg(test)]
 mod stamp_tests;

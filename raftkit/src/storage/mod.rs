@@ -69,6 +69,8 @@
 use crate::core::types::{Entry, HardState, Index, Term};
 
 pub mod conformance;
+#[cfg(test)]
+mod crash_tests;
 mod error;
 mod group_commit;
 mod memory;

@@ -1,0 +1,102 @@
+//! An answer too large for one frame, over real QUIC: the client service
+//! answers `Rejected` in its place (`client_mux`: "too large to carry: say
+//! so instead"), at once, and the stream goes on serving.
+//!
+//! Dropped instead (teeth round 7 mutant 717, missed by every test before),
+//! the caller would wait for its whole timeout and then retry a read that
+//! can never be carried. The test's own deadline (10 s) is far below the
+//! client's timeout (60 s), so it fails fast.
+
+use std::time::Duration;
+
+use crate::client::ClientOptions;
+use crate::core::Role;
+use crate::prelude::*;
+use crate::tls::dev_cluster;
+use crate::transport::frame::DEFAULT_MAX_FRAME_BYTES;
+
+use super::test_gate::until;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "blob")]
+struct Blob {
+    writes: u64,
+}
+
+#[crate::state_machine]
+impl Blob {
+    #[write]
+    fn touch(&mut self) -> u64 {
+        self.writes += 1;
+        self.writes
+    }
+
+    /// `len` bytes of 7s.
+    #[read]
+    fn bytes(&self, len: u64) -> Vec<u8> {
+        vec![7; usize::try_from(len).expect("a test length")]
+    }
+}
+
+/// Bounds each call of the test (the client's own timeout is far longer).
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// See the module docs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_large_for_a_frame_is_refused_at_once_and_the_stream_goes_on() {
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .to_string();
+    let (ca, mut ids) = dev_cluster([format!("blob@{addr}")]).expect("dev CA");
+    let node = ids.pop().expect("node identity");
+    let client_id = ca.issue_client("answers").expect("client identity");
+    let peer = Blob::peer()
+        .in_memory()
+        .listen(addr.clone())
+        .bootstrap()
+        .identity(node)
+        .tick(Duration::from_millis(20))
+        .start()
+        .await
+        .expect("peer starts");
+    until("the peer leads", || {
+        (peer.status().role == Role::Leader).then_some(())
+    })
+    .await;
+    let client = BlobClient::connect_with(
+        [&addr],
+        client_id,
+        ClientOptions::default().with_timeout(Duration::from_secs(60)),
+    )
+    .await
+    .expect("client connects");
+    assert_eq!(
+        tokio::time::timeout(DEADLINE, client.touch())
+            .await
+            .expect("a write in time")
+            .expect("a write"),
+        1
+    );
+
+    let too_large = DEFAULT_MAX_FRAME_BYTES as u64 + 1;
+    let refused = tokio::time::timeout(DEADLINE, client.bytes(too_large))
+        .await
+        .expect("the too-large answer is refused at once, not left unanswered");
+    match refused {
+        Err(Error::Rejected(message)) => assert!(
+            message.contains("cannot be carried"),
+            "refused for another reason: {message}"
+        ),
+        Err(e) => panic!("refused with the wrong error: {e:?}"),
+        Ok(bytes) => panic!("{} bytes came through one frame", bytes.len()),
+    }
+
+    // The same client, its connection and stream still serve.
+    let small = tokio::time::timeout(DEADLINE, client.bytes(3))
+        .await
+        .expect("a small read in time")
+        .expect("a small read");
+    assert_eq!(small, vec![7; 3]);
+    peer.shutdown().await.expect("shutdown");
+}
