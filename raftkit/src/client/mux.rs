@@ -34,13 +34,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use quinn::{RecvStream, SendStream};
+use bytes::BytesMut;
+use quinn::SendStream;
 use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::wire::{ClientRequest, ClientResponse, RequestMeta};
 use crate::error::Error;
-use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, encode_frame, read_frame_body};
+use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, encode_frame_bytes};
+use crate::transport::frame_reader::FrameReader;
+
+/// Requests are encoded into buffers of this size (a new one once less
+/// than a sixteenth of it is left): one allocation serves many requests.
+const REQUEST_BUFFER: usize = 16 * 1024;
 
 /// The hello version that asks for a multiplexed request stream.
 pub const MUX_VERSION: u32 = 2;
@@ -59,7 +65,9 @@ struct Waiting {
 
 /// The client end of a multiplexed request stream.
 pub(crate) struct Mux {
-    send: tokio::sync::Mutex<SendStream>,
+    /// The stream, and the buffer requests are encoded into (its filled
+    /// part handed to quinn without a copy, see `encode_frame_bytes`).
+    send: tokio::sync::Mutex<(SendStream, BytesMut)>,
     waiting: Mutex<Waiting>,
     /// Dropped with the mux: stops the reading task.
     _stop: oneshot::Sender<()>,
@@ -82,14 +90,14 @@ impl Drop for Entry<'_> {
 impl Mux {
     /// Takes over the hello stream of a connection whose member accepted
     /// version 2, and starts the task reading its answers.
-    pub fn start(send: SendStream, recv: RecvStream) -> Arc<Mux> {
+    pub fn start(send: SendStream, frames: FrameReader) -> Arc<Mux> {
         let (stop_tx, stop_rx) = oneshot::channel();
         let mux = Arc::new(Mux {
-            send: tokio::sync::Mutex::new(send),
+            send: tokio::sync::Mutex::new((send, BytesMut::with_capacity(REQUEST_BUFFER))),
             waiting: Mutex::new(Waiting::default()),
             _stop: stop_tx,
         });
-        tokio::spawn(read_answers(Arc::downgrade(&mux), recv, stop_rx));
+        tokio::spawn(read_answers(Arc::downgrade(&mux), frames, stop_rx));
         mux
     }
 
@@ -121,10 +129,14 @@ impl Mux {
             id
         };
         let entry = Entry { mux: self, id };
-        let mut frame = Vec::new();
+        let mut guard = self.send.lock().await;
+        let (send, buf) = &mut *guard;
+        if buf.capacity() - buf.len() < REQUEST_BUFFER / 16 {
+            buf.reserve(REQUEST_BUFFER);
+        }
         match meta {
-            Some(meta) => encode_frame(&(id, request, meta), DEFAULT_MAX_FRAME_BYTES, &mut frame),
-            None => encode_frame(&(id, request), DEFAULT_MAX_FRAME_BYTES, &mut frame),
+            Some(meta) => encode_frame_bytes(&(id, request, meta), DEFAULT_MAX_FRAME_BYTES, buf),
+            None => encode_frame_bytes(&(id, request), DEFAULT_MAX_FRAME_BYTES, buf),
         }
         .map_err(|e| match e {
             // Nothing was sent: the request cannot be carried.
@@ -135,7 +147,8 @@ impl Mux {
         })?;
         *sent = true;
         crate::probe::mark("c.send");
-        let written = self.send.lock().await.write_all(&frame).await;
+        let written = send.write_chunk(buf.split().freeze()).await;
+        drop(guard);
         if let Err(e) = written {
             let why = format!("request stream: {e}");
             self.close(&why);
@@ -178,10 +191,10 @@ impl Mux {
 }
 
 /// Reads answers until the stream ends or fails, or the mux is dropped.
-async fn read_answers(mux: Weak<Mux>, mut recv: RecvStream, mut stop: oneshot::Receiver<()>) {
+async fn read_answers(mux: Weak<Mux>, mut frames: FrameReader, mut stop: oneshot::Receiver<()>) {
     let why = loop {
         let body = tokio::select! {
-            body = read_frame_body(&mut recv, DEFAULT_MAX_FRAME_BYTES) => body,
+            body = frames.next(DEFAULT_MAX_FRAME_BYTES) => body,
             _ = &mut stop => return,
         };
         crate::probe::mark("c.frame_in");

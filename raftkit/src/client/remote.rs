@@ -97,6 +97,7 @@ use super::wire::{RequestId, RequestMeta};
 use crate::error::{Applied, Error};
 use crate::tls::{CLUSTER_SAN, Identity};
 use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, read_frame, write_frame};
+use crate::transport::frame_reader::FrameReader;
 use crate::transport::quic::{quic_client_config, transport_config};
 
 /// How long connecting to one member may take.
@@ -476,10 +477,11 @@ impl Client {
             .await
             .map_err(|_| Error::Unavailable(format!("{addr}: connection timed out")))?
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
-        let (mut send, mut recv) = conn
+        let (mut send, recv) = conn
             .open_bi()
             .await
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        let mut frames = FrameReader::new(recv);
         // Version 2: the hello stream stays open and carries every request
         // of the connection, if the member agrees (see `mux`).
         let hello = ClientHello {
@@ -490,7 +492,8 @@ impl Client {
         write_frame(&mut send, &hello, DEFAULT_MAX_FRAME_BYTES)
             .await
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
-        let answer: ClientResponse = read_frame(&mut recv, DEFAULT_MAX_FRAME_BYTES)
+        let answer: ClientResponse = frames
+            .next_decoded(DEFAULT_MAX_FRAME_BYTES)
             .await
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
         let mux = match answer {
@@ -498,7 +501,7 @@ impl Client {
                 conn.close(0u32.into(), b"refused");
                 return Err(e.into());
             }
-            ClientResponse::Ok(v) if v == MUX_ACCEPTED => Some(Mux::start(send, recv)),
+            ClientResponse::Ok(v) if v == MUX_ACCEPTED => Some(Mux::start(send, frames)),
             _ => {
                 // A member that speaks version 1: a stream per request.
                 let _ = send.finish();

@@ -25,13 +25,16 @@
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use quinn::{RecvStream, SendStream};
+use quinn::SendStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::client_service::{Caller, Front, answer};
 use crate::client::wire::{ClientRequest, ClientResponse, RequestId, RequestMeta, WireError};
-use crate::transport::frame::{FrameError, encode_frame, read_frame_body};
+use crate::transport::frame::{FrameError, encode_frame_bytes};
+use crate::transport::frame_reader::FrameReader;
+use crate::transport::quic::WRITE_BUFFER;
+use bytes::BytesMut;
 
 /// Requests of one stream answered at once, at most.
 pub const MUX_WINDOW: usize = 256;
@@ -46,21 +49,11 @@ pub(super) async fn serve<F: Front>(
     front: F,
     caller: Arc<Caller>,
     send: SendStream,
-    recv: RecvStream,
+    mut frames: FrameReader,
     max_frame: usize,
 ) {
     let (tx, rx) = mpsc::channel::<Answer>(MUX_WINDOW);
     let writer = tokio::spawn(write_answers(send, rx, max_frame));
-    // The reader lives across the loop's turns: a frame half read when an
-    // answer completes is kept, not dropped (`read_frame_body` is not
-    // cancel-safe).
-    let mut frames = Box::pin(futures_util::stream::unfold(
-        recv,
-        move |mut recv| async move {
-            let frame = read_frame_body(&mut recv, max_frame).await;
-            Some((frame, recv))
-        },
-    ));
     let mut running = FuturesUnordered::new();
     let mut reading = true;
     loop {
@@ -76,7 +69,9 @@ pub(super) async fn serve<F: Front>(
                     return;
                 }
             }
-            Some(frame) = frames.next(), if reading && running.len() < MUX_WINDOW => {
+            // Cancel-safe: a frame half received when an answer completes
+            // stays in the reader.
+            frame = frames.next(max_frame), if reading && running.len() < MUX_WINDOW => {
                 crate::probe::mark("s.frame_in");
                 let body = match frame {
                     Ok(body) => body,
@@ -130,7 +125,7 @@ async fn answer_one<F: Front>(
 
 /// Writes answers as they complete, every answer ready at once in one write.
 async fn write_answers(mut send: SendStream, mut rx: mpsc::Receiver<Answer>, max_frame: usize) {
-    let mut buf = Vec::new();
+    let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
     while let Some(first) = rx.recv().await {
         // One commit completes many writes at once, and their request tasks
         // run one after the other: let those already woken hand over their
@@ -141,22 +136,23 @@ async fn write_answers(mut send: SendStream, mut rx: mpsc::Receiver<Answer>, max
         if first.2 {
             tokio::task::yield_now().await;
         }
-        buf.clear();
+        buf.reserve(WRITE_BUFFER / 16);
         let mut next = Some(first);
         while let Some((id, response, _)) = next.take() {
-            if let Err(e) = encode_frame(&(id, &response), max_frame, &mut buf) {
+            if let Err(e) = encode_frame_bytes(&(id, &response), max_frame, &mut buf) {
                 // Too large to carry: say so instead (a short frame).
                 let refused = ClientResponse::Err(WireError::Rejected(format!(
                     "the answer cannot be carried: {e}"
                 )));
-                let _ = encode_frame(&(id, &refused), max_frame, &mut buf);
+                let _ = encode_frame_bytes(&(id, &refused), max_frame, &mut buf);
             }
             if buf.len() < 1 << 20 {
                 next = rx.try_recv().ok();
             }
         }
         crate::probe::mark("s.write");
-        if let Err(e) = send.write_all(&buf).await {
+        // Handed over as it is (no copy): quinn keeps it until acked.
+        if let Err(e) = send.write_chunk(buf.split().freeze()).await {
             debug!(error = %e, "client went away before its answers");
             return;
         }

@@ -40,7 +40,8 @@ use crate::core::Role;
 use crate::error::Error;
 use crate::state_machine::StateMachine;
 use crate::tls::Principal;
-use crate::transport::frame::{FrameError, read_frame, read_frame_body, write_frame};
+use crate::transport::frame::{FrameError, read_frame_body, write_frame};
+use crate::transport::frame_reader::FrameReader;
 use crate::transport::quic::AcceptedClient;
 use tracing::Instrument;
 
@@ -196,10 +197,12 @@ pub(crate) fn check_hello<S: StateMachine>(
 async fn serve_connection<F: Front>(front: F, accepted: AcceptedClient, max_frame: usize) {
     let AcceptedClient { conn, principal } = accepted;
     let remote = conn.remote_address();
-    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+    let Ok((mut send, recv)) = conn.accept_bi().await else {
         return;
     };
-    let hello: ClientHello = match read_frame(&mut recv, max_frame).await {
+    // Kept for the multiplexed requests that follow on this stream.
+    let mut frames = FrameReader::new(recv);
+    let hello: ClientHello = match frames.next_decoded(max_frame).await {
         Ok(h) => h,
         Err(e) => {
             warn!(%remote, error = %e, "client hello unreadable; closing the connection");
@@ -236,7 +239,7 @@ async fn serve_connection<F: Front>(front: F, accepted: AcceptedClient, max_fram
             front.clone(),
             caller.clone(),
             send,
-            recv,
+            frames,
             max_frame,
         ));
     } else {

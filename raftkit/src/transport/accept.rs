@@ -26,10 +26,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
-use super::frame::{
-    FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, read_frame, read_frame_body,
-    write_frame,
-};
+use super::frame::{FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, write_frame};
+use super::frame_reader::FrameReader;
 use super::quic::{
     CLOSE_NO_SERVICE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REFUSED, GroupInbound, HELLO_TIMEOUT,
     LinkConfig, frame_kind,
@@ -336,16 +334,17 @@ async fn serve_link(
     principal: Arc<Principal>,
     served: Served,
     mut send: SendStream,
-    mut recv: RecvStream,
+    recv: RecvStream,
 ) {
     let link = &served.link;
+    let mut frames = FrameReader::new(recv);
     let max = link.max_frame_bytes;
     let protocol_error = |peer: &str, reason: String| {
         warn!(node = link.node, %remote, peer, %reason, "bad frame from peer; closing the link");
         conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol error");
     };
     let hello_max = max.min(MAX_HELLO_BYTES);
-    let first = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, hello_max)).await {
+    let first = match tokio::time::timeout(HELLO_TIMEOUT, frames.next_decoded(hello_max)).await {
         Err(_) => return protocol_error(&principal.name, "no hello in time".into()),
         Ok(Err(FrameError::Closed)) => return,
         Ok(Err(e)) => return protocol_error(&principal.name, e.to_string()),
@@ -380,7 +379,7 @@ async fn serve_link(
     let mut wrong_from: u64 = 0;
     let mut unknown: u64 = 0;
     loop {
-        let frame = match read_frame_body(&mut recv, max).await {
+        let frame = match frames.next(max).await {
             Ok(body) => decode_peer_frame(&body),
             Err(e) => Err(e),
         };

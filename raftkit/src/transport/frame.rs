@@ -25,6 +25,7 @@
 
 use std::io;
 
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -180,20 +181,41 @@ pub fn encode_frame<T: serde::Serialize>(
     max: usize,
     buf: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; PREFIX]);
-    if let Err(e) = postcard::to_extend(frame, Appender(buf)) {
-        buf.truncate(start);
+    encode_into(frame, max, buf)
+}
+
+/// [`encode_frame`] into a [`BytesMut`]: its filled part is then handed to
+/// quinn as it is (`SendStream::write_chunk` of `split().freeze()`),
+/// where writing a `&[u8]` copies it into a buffer of quinn's own; the
+/// capacity left over takes the next frames, so one allocation serves many
+/// writes.
+pub(crate) fn encode_frame_bytes<T: serde::Serialize>(
+    frame: &T,
+    max: usize,
+    buf: &mut BytesMut,
+) -> Result<(), FrameError> {
+    encode_into(frame, max, buf)
+}
+
+fn encode_into<T: serde::Serialize, B: FrameBuf>(
+    frame: &T,
+    max: usize,
+    buf: &mut B,
+) -> Result<(), FrameError> {
+    let start = buf.filled();
+    buf.append(&[0; PREFIX]);
+    if let Err(e) = postcard::serialize_with_flavor(frame, Appender(&mut *buf)) {
+        buf.cut(start);
         return Err(FrameError::Encode(e));
     }
-    let len = buf.len() - start - PREFIX;
+    let len = buf.filled() - start - PREFIX;
     match u32::try_from(len).ok().filter(|_| len <= max) {
         Some(len32) => {
-            buf[start..start + PREFIX].copy_from_slice(&len32.to_be_bytes());
+            buf.patch(start, len32.to_be_bytes());
             Ok(())
         }
         None => {
-            buf.truncate(start);
+            buf.cut(start);
             Err(FrameError::TooLarge {
                 len: len as u64,
                 max,
@@ -202,12 +224,67 @@ pub fn encode_frame<T: serde::Serialize>(
     }
 }
 
-/// Lets postcard append to a borrowed buffer.
-struct Appender<'a>(&'a mut Vec<u8>);
+/// What frames are encoded into.
+trait FrameBuf {
+    fn filled(&self) -> usize;
+    fn append(&mut self, data: &[u8]);
+    fn cut(&mut self, len: usize);
+    /// Writes a length prefix at `at` (`at + PREFIX <= filled()`).
+    fn patch(&mut self, at: usize, prefix: [u8; PREFIX]);
+}
 
-impl Extend<u8> for Appender<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
-        self.0.extend(iter);
+impl FrameBuf for Vec<u8> {
+    fn filled(&self) -> usize {
+        self.len()
+    }
+    fn append(&mut self, data: &[u8]) {
+        self.extend_from_slice(data);
+    }
+    fn cut(&mut self, len: usize) {
+        self.truncate(len);
+    }
+    fn patch(&mut self, at: usize, prefix: [u8; PREFIX]) {
+        if let Some(dst) = self.get_mut(at..at + PREFIX) {
+            dst.copy_from_slice(&prefix);
+        }
+    }
+}
+
+impl FrameBuf for BytesMut {
+    fn filled(&self) -> usize {
+        self.len()
+    }
+    fn append(&mut self, data: &[u8]) {
+        self.extend_from_slice(data);
+    }
+    fn cut(&mut self, len: usize) {
+        self.truncate(len);
+    }
+    fn patch(&mut self, at: usize, prefix: [u8; PREFIX]) {
+        if let Some(dst) = self.get_mut(at..at + PREFIX) {
+            dst.copy_from_slice(&prefix);
+        }
+    }
+}
+
+/// Lets postcard append to a borrowed buffer, slices at once.
+struct Appender<'a, B>(&'a mut B);
+
+impl<B: FrameBuf> postcard::ser_flavors::Flavor for Appender<'_, B> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.append(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.append(&[data]);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

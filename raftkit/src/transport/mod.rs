@@ -23,6 +23,7 @@ use crate::core::{Message, NodeId};
 
 mod accept;
 pub mod frame;
+pub(crate) mod frame_reader;
 pub mod memory;
 mod out_queue;
 pub mod quic;

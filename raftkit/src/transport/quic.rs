@@ -84,6 +84,7 @@ use std::time::Duration;
 
 pub(crate) use super::quic_tuning::transport_config;
 
+use bytes::BytesMut;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, SendStream, VarInt};
 use tokio::sync::{Notify, mpsc, watch};
@@ -96,8 +97,8 @@ pub use super::accept::{
 };
 use super::accept::{SharedInbound, accept_loop, lock_inbound};
 use super::frame::{
-    DEFAULT_MAX_FRAME_BYTES, FrameError, MemberAnswer, PROTOCOL_VERSION, PeerFrame, encode_frame,
-    read_frame, write_frame,
+    DEFAULT_MAX_FRAME_BYTES, FrameError, MemberAnswer, PROTOCOL_VERSION, PeerFrame,
+    encode_frame_bytes, read_frame, write_frame,
 };
 use super::out_queue::OutQueue;
 use crate::core::{Message, NodeId};
@@ -115,6 +116,11 @@ pub(super) const CLOSE_NO_SERVICE: u32 = 3;
 
 /// How long each side waits for the other's hello (or answer to it).
 pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The buffer outbound frames are encoded into is allocated this large:
+/// each write hands its filled part to quinn (no copy), and the next
+/// frames go into the capacity left over until a new one is needed.
+pub(crate) const WRITE_BUFFER: usize = 64 * 1024;
 
 /// How often expired learned links are looked for.
 const LEARNED_SWEEP: Duration = Duration::from_secs(1);
@@ -886,7 +892,7 @@ async fn pump(
     mut send: SendStream,
     shared: &PeerShared,
 ) -> String {
-    let mut buf = Vec::new();
+    let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
     // Many groups queue messages to this peer one after another: let them
     // (see the module documentation).
     let coalesce = link.group_inbox.is_some();
@@ -915,10 +921,10 @@ async fn pump(
                 e = conn.closed() => return e.to_string(),
             }
         }
-        buf.clear();
+        buf.reserve(WRITE_BUFFER / 16);
         let count = batch.len();
         if let Some(quiesced) = coalesced
-            && let Err(e) = encode_frame(
+            && let Err(e) = encode_frame_bytes(
                 &PeerFrame::Coalesced { quiesced },
                 link.max_frame_bytes,
                 &mut buf,
@@ -927,7 +933,7 @@ async fn pump(
             error!(node = link.node, error = %e, "cannot send a coalesced heartbeat; dropped");
         }
         for frame in control {
-            if let Err(e) = encode_frame(&frame, link.max_frame_bytes, &mut buf) {
+            if let Err(e) = encode_frame_bytes(&frame, link.max_frame_bytes, &mut buf) {
                 error!(node = link.node, kind = frame_kind(&frame), error = %e, "cannot send a membership frame; dropped");
             }
         }
@@ -946,12 +952,16 @@ async fn pump(
                 None => PeerFrame::Msg(msg),
                 Some(group) => PeerFrame::Group { group, msg },
             };
-            if let Err(e) = encode_frame(&frame, link.max_frame_bytes, &mut buf) {
+            if let Err(e) = encode_frame_bytes(&frame, link.max_frame_bytes, &mut buf) {
                 error!(node = link.node, peer = to, kind, error = %e, "cannot send message; dropped");
             }
         }
         trace!(node = link.node, count, bytes = buf.len(), "sending batch");
-        if let Err(e) = send.write_all(&buf).await {
+        if buf.is_empty() {
+            continue;
+        }
+        // Handed over as it is: quinn keeps it until the peer acks it.
+        if let Err(e) = send.write_chunk(buf.split().freeze()).await {
             return e.to_string();
         }
     }
