@@ -66,6 +66,9 @@ impl Admission {
     /// bytes. A command larger than the whole byte budget takes all of it.
     pub async fn admit(&self, bytes: usize) -> Result<Permit, Error> {
         let units = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.max_bytes);
+        if let Some(permit) = self.try_admit(units) {
+            return Ok(permit);
+        }
         let acquire = async {
             let count = Arc::clone(&self.count).acquire_owned().await.ok()?;
             let bytes = if units == 0 {
@@ -90,6 +93,23 @@ impl Admission {
                 Err(Error::Overloaded)
             }
         }
+    }
+
+    /// Room taken at once if both budgets have it: no timer armed, no
+    /// clock read, no future polled (nearly every call, below the bounds).
+    /// It never overtakes a waiting call: a semaphore hands released room
+    /// to its queued waiters before any is free to take, and `try_acquire`
+    /// takes only free room, all or nothing.
+    fn try_admit(&self, units: u32) -> Option<Permit> {
+        let count = Arc::clone(&self.count).try_acquire_owned().ok()?;
+        let bytes = match units {
+            0 => None,
+            units => Some(Arc::clone(&self.bytes).try_acquire_many_owned(units).ok()?),
+        };
+        Some(Permit {
+            _count: count,
+            _bytes: bytes,
+        })
     }
 
     /// Calls refused with [`Error::Overloaded`] so far.
@@ -117,5 +137,36 @@ mod tests {
         // A command larger than the whole budget takes all of it.
         let _all = a.admit(1_000).await.unwrap();
         assert_eq!(a.refused(), 2);
+    }
+
+    /// Room free at once is taken at once; a call that would pass a
+    /// waiting one (FIFO) waits behind it, even with room for itself.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn room_is_taken_at_once_but_never_ahead_of_a_waiter() {
+        use std::future::Future;
+        let a = Arc::new(Admission::new(10, 100, Duration::from_secs(5)));
+        let now = |a: &Admission, bytes| {
+            let admit = std::pin::pin!(a.admit(bytes));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match admit.poll(&mut cx) {
+                std::task::Poll::Ready(r) => Some(r),
+                std::task::Poll::Pending => None,
+            }
+        };
+        let p1 = now(&a, 60).expect("room at once").expect("admitted");
+        // 80 bytes do not fit: the call waits (holding the 40 free).
+        let waiter = tokio::spawn({
+            let a = Arc::clone(&a);
+            async move { a.admit(80).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        // 10 bytes would fit the budget, but not ahead of the waiter.
+        assert!(now(&a, 10).is_none(), "a small call overtook a waiter");
+        drop(p1);
+        let p2 = waiter.await.expect("task").expect("the waiter is admitted");
+        drop(p2);
+        assert!(now(&a, 10).is_some_and(|r| r.is_ok()));
+        assert_eq!(a.refused(), 0);
     }
 }
