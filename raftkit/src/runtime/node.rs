@@ -244,6 +244,9 @@ struct State {
     snapshot_sends: super::snapshot_sends::Transfers,
     /// Where proposals' envelopes are encoded (`arena`).
     arena: super::arena::Arena,
+    /// The stamp this round's proposals share, with its term (see
+    /// [`NodeTask::stamp`]); cleared at the start of every round.
+    round_stamp: Option<(crate::core::Term, u64)>,
 }
 
 /// The longest the status watch lags behind the node by default (see the
@@ -318,6 +321,7 @@ impl NodeTask {
             status_due: None,
             snapshot_sends: Default::default(),
             arena: Default::default(),
+            round_stamp: None,
         };
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -330,6 +334,7 @@ impl NodeTask {
         self.drain_ready(&mut st);
         self.publish(&mut st);
         loop {
+            st.round_stamp = None;
             if self.want_apply_progress(&st) {
                 // Applied since the last look: take it in before waiting.
                 self.on_apply_progress(&mut st);
@@ -684,9 +689,19 @@ impl NodeTask {
     /// term: the wall clock, clamped to the anchor plus the elapsed
     /// monotonic time, within [`STAMP_SLACK_MS`] either way (`stamps`
     /// module). `None` without an anchor for the current term.
+    ///
+    /// Read once per round of inputs: the proposals of one round share the
+    /// stamp of the first (two clock reads per round instead of per write;
+    /// a round lasts microseconds, stamps count milliseconds, and a stamp
+    /// repeated is one the clamp would give again: stamps never go back).
     fn stamp(&self, st: &mut State) -> Option<u64> {
-        let wall = (self.wall_clock)();
         let term = self.raft.term();
+        if let Some((t, stamp)) = st.round_stamp
+            && t == term
+        {
+            return Some(stamp);
+        }
+        let wall = (self.wall_clock)();
         let clock = st.stamps.as_mut().filter(|c| c.term == term)?;
         let stamp = clock.stamp(wall);
         // Tooth (simulation builds only): stamp with the raw wall clock.
@@ -703,6 +718,7 @@ impl NodeTask {
             // looks the same. Neither is a fault: say it once a term.
             info!(node = %self.name, wall_ms = wall, stamp_ms = stamp, term, "replicated time and this leader's wall clock differ by more than the slack (downtime, or a clock step); stamps follow the monotonic clock");
         }
+        st.round_stamp = Some((term, stamp));
         Some(stamp)
     }
 
