@@ -184,17 +184,29 @@ impl RaftLog {
             return None;
         }
         let hi = hi.min(self.last_index() + 1);
-        let mut out = Vec::with_capacity(hi.saturating_sub(lo).min(1024) as usize);
-        let mut size = 0;
-        for index in lo..hi {
-            let Some(e) = self.entry(index) else { break };
-            size += e.approx_size();
-            if !out.is_empty() && size > max_bytes {
-                break;
-            }
-            out.push(e.clone());
+        if hi <= lo {
+            return Some(Vec::new());
         }
-        Some(out)
+        // `snapshot.index < lo < hi <= last_index + 1`: in range.
+        let base = self.snapshot.index + 1;
+        let held = self
+            .entries
+            .get((lo - base) as usize..(hi - base) as usize)
+            .unwrap_or_default();
+        // The entries that fit (at least one), then one exactly sized
+        // clone of them: no per-index lookup or growth check per entry.
+        let mut n = held.len();
+        if max_bytes != usize::MAX {
+            let mut size = 0;
+            n = held
+                .iter()
+                .position(|e| {
+                    size += e.approx_size();
+                    size > max_bytes
+                })
+                .map_or(held.len(), |i| i.max(1));
+        }
+        Some(held.get(..n).unwrap_or_default().to_vec())
     }
 
     /// Raises the commit index (never lowers it).
@@ -375,6 +387,60 @@ mod tests {
             (3, true, 3, 3)
         );
         assert_eq!(log.persisted(), 2);
+    }
+
+    /// `slice` against the entry-by-entry definition: entries of
+    /// `[lo, hi)` while their sizes add up to at most `max_bytes`, at
+    /// least one; `None` below the snapshot.
+    #[test]
+    fn slice_takes_what_fits_and_at_least_one() {
+        let mut log = RaftLog::restore(
+            SnapshotMeta {
+                index: 3,
+                term: 1,
+                config: Configuration::default(),
+            },
+            Vec::new(),
+            3,
+        );
+        for i in 4..=20u64 {
+            log.push(Entry {
+                term: 2,
+                index: i,
+                payload: Payload::Command(vec![7; (i as usize * 7) % 40].into()),
+            });
+        }
+        let reference = |lo: Index, hi: Index, max: usize| -> Option<Vec<Entry>> {
+            if lo <= log.snapshot().index {
+                return None;
+            }
+            let mut out = Vec::new();
+            let mut size = 0;
+            for index in lo..hi {
+                let Some(e) = log.entry(index) else { break };
+                size += e.approx_size();
+                if !out.is_empty() && size > max {
+                    break;
+                }
+                out.push(e.clone());
+            }
+            Some(out)
+        };
+        for lo in 0..=23 {
+            for hi in 0..=24 {
+                for max in [0, 1, 24, 30, 60, 100, 200, 1_000, usize::MAX] {
+                    assert_eq!(
+                        log.slice(lo, hi, max),
+                        reference(lo, hi, max),
+                        "slice({lo}, {hi}, {max})"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            log.slice(4, Index::MAX, usize::MAX).map(|v| v.len()),
+            Some(17)
+        );
     }
 
     #[test]

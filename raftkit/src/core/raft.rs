@@ -301,6 +301,13 @@ impl Raft {
         self.conf_index
     }
 
+    /// A member's progress as [`Raft::status`] reports it, `(matched,
+    /// next)`, without building the whole status: `None` for a node this
+    /// one tracks no progress of.
+    pub(crate) fn progress_of(&self, id: NodeId) -> Option<(Index, Index)> {
+        self.progress.get(&id).map(|p| (p.matched, p.next))
+    }
+
     /// The node's parameters.
     pub fn params(&self) -> &Config {
         &self.cfg

@@ -244,6 +244,9 @@ struct State {
     snapshot_sends: super::snapshot_sends::Transfers,
     /// Where proposals' envelopes are encoded (`arena`).
     arena: super::arena::Arena,
+    /// The stamp this round's proposals share, with its term (see
+    /// [`NodeTask::stamp`]); cleared at the start of every round.
+    round_stamp: Option<(crate::core::Term, u64)>,
 }
 
 /// The longest the status watch lags behind the node by default (see the
@@ -318,6 +321,7 @@ impl NodeTask {
             status_due: None,
             snapshot_sends: Default::default(),
             arena: Default::default(),
+            round_stamp: None,
         };
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -330,6 +334,7 @@ impl NodeTask {
         self.drain_ready(&mut st);
         self.publish(&mut st);
         loop {
+            st.round_stamp = None;
             if self.want_apply_progress(&st) {
                 // Applied since the last look: take it in before waiting.
                 self.on_apply_progress(&mut st);
@@ -684,9 +689,19 @@ impl NodeTask {
     /// term: the wall clock, clamped to the anchor plus the elapsed
     /// monotonic time, within [`STAMP_SLACK_MS`] either way (`stamps`
     /// module). `None` without an anchor for the current term.
+    ///
+    /// Read once per round of inputs: the proposals of one round share the
+    /// stamp of the first (two clock reads per round instead of per write;
+    /// a round lasts microseconds, stamps count milliseconds, and a stamp
+    /// repeated is one the clamp would give again: stamps never go back).
     fn stamp(&self, st: &mut State) -> Option<u64> {
-        let wall = (self.wall_clock)();
         let term = self.raft.term();
+        if let Some((t, stamp)) = st.round_stamp
+            && t == term
+        {
+            return Some(stamp);
+        }
+        let wall = (self.wall_clock)();
         let clock = st.stamps.as_mut().filter(|c| c.term == term)?;
         let stamp = clock.stamp(wall);
         // Tooth (simulation builds only): stamp with the raw wall clock.
@@ -703,6 +718,7 @@ impl NodeTask {
             // looks the same. Neither is a fault: say it once a term.
             info!(node = %self.name, wall_ms = wall, stamp_ms = stamp, term, "replicated time and this leader's wall clock differ by more than the slack (downtime, or a clock step); stamps follow the monotonic clock");
         }
+        st.round_stamp = Some((term, stamp));
         Some(stamp)
     }
 
@@ -1125,60 +1141,186 @@ impl NodeTask {
         }
         st.published_at = Some(now);
         st.status_due = None;
-        let status = self.raft.status();
-        let apply = self.apply_status.borrow().clone();
-        let conf = &status.config;
-        let members = conf
-            .members()
-            .into_iter()
-            .map(|id| MemberStatus {
+        let apply = self.apply_status.borrow();
+        let raft = &self.raft;
+        let conf = raft.config();
+        let leader = raft.leader();
+        let leader_addr = leader.and_then(|l| conf.addrs.get(&l));
+        let log = raft.log();
+        // In place: only what changed is written (strings and vectors
+        // with `clone_from`, which reuses their memory), and the members
+        // are rebuilt only when the set of members did; watchers are woken
+        // only if something changed, as with a fresh status compared.
+        self.status.send_if_modified(|s| {
+            // Every field, by name: a field added to the status and not
+            // updated here does not compile.
+            let PeerStatus {
                 id,
-                addr: conf.addrs.get(&id).cloned(),
-                voter: conf.is_voter(id),
-                matched: status.progress.get(&id).map(|p| p.0),
-                next: status.progress.get(&id).map(|p| p.1),
-            })
-            .collect();
-        let new = PeerStatus {
-            id: status.id,
-            name: self.name.clone(),
-            role: status.role,
-            term: status.term,
-            leader: status.leader,
-            leader_addr: status.leader.and_then(|l| conf.addrs.get(&l).cloned()),
-            commit: status.commit,
-            applied: apply.applied,
-            last_index: status.last_index,
-            members,
-            config_index: status.config_index,
-            joint: conf.is_joint(),
-            halted: apply.halted,
-            fatal: st.fatal.clone(),
-            proposals: st.proposals,
-            leader_changes: st.leader_changes,
-            durable_latency: st.durable_latency.clone(),
-            read_index_latency: st.read_index_latency.clone(),
-            sessions: apply.sessions,
-            leader_contact: st.leader_contact,
-            dropped: status.dropped.clone(),
-            snapshot_index: st.snap.index,
-            snapshot_failures: st.snap.failures,
-            snapshot_error: st.snap.last_error.clone(),
-            overloaded: self.admission.refused(),
-            longest_apply_pause: apply.longest_pause,
-            session_replies: apply.session_replies,
-            session_evictions: apply.session_counters.evicted,
-            session_expiries: apply.session_counters.expired,
-        };
-        self.status.send_if_modified(|old| {
-            if *old != new {
-                *old = new;
-                true
-            } else {
-                false
+                name,
+                role,
+                term,
+                leader: s_leader,
+                leader_addr: s_leader_addr,
+                commit,
+                applied,
+                last_index,
+                members,
+                config_index,
+                joint,
+                halted,
+                fatal,
+                proposals,
+                leader_changes,
+                durable_latency,
+                read_index_latency,
+                sessions,
+                leader_contact,
+                dropped,
+                snapshot_index,
+                snapshot_failures,
+                snapshot_error,
+                overloaded,
+                longest_apply_pause,
+                session_replies,
+                session_evictions,
+                session_expiries,
+            } = s;
+            let mut changed = false;
+            let c = &mut changed;
+            set(c, id, raft.id());
+            set_from(c, name, &self.name);
+            set(c, role, raft.role());
+            set(c, term, raft.term());
+            set(c, s_leader, leader);
+            if s_leader_addr.as_ref() != leader_addr {
+                *s_leader_addr = leader_addr.cloned();
+                *c = true;
             }
+            set(c, commit, log.committed());
+            set(c, applied, apply.applied);
+            set(c, last_index, log.last_index());
+            *c |= update_members(members, raft);
+            set(c, config_index, raft.config_index());
+            set(c, joint, conf.is_joint());
+            set_from(c, halted, &apply.halted);
+            set_from(c, fatal, &st.fatal);
+            set(c, proposals, st.proposals);
+            set(c, leader_changes, st.leader_changes);
+            set_histogram(c, durable_latency, &st.durable_latency);
+            set_histogram(c, read_index_latency, &st.read_index_latency);
+            set(c, sessions, apply.sessions);
+            set(c, leader_contact, st.leader_contact);
+            set_from(c, dropped, raft.dropped());
+            set(c, snapshot_index, st.snap.index);
+            set(c, snapshot_failures, st.snap.failures);
+            set_from(c, snapshot_error, &st.snap.last_error);
+            set(c, overloaded, self.admission.refused());
+            set(c, longest_apply_pause, apply.longest_pause);
+            set(c, session_replies, apply.session_replies);
+            set(c, session_evictions, apply.session_counters.evicted);
+            set(c, session_expiries, apply.session_counters.expired);
+            changed
         });
     }
+}
+
+/// Writes `value` into `field` if it differs, and notes the change.
+fn set<T: PartialEq>(changed: &mut bool, field: &mut T, value: T) {
+    if *field != value {
+        *field = value;
+        *changed = true;
+    }
+}
+
+/// [`set`] of a borrowed value, copied with `clone_from` (reusing the
+/// field's memory) only if it differs.
+fn set_from<T: PartialEq + Clone>(changed: &mut bool, field: &mut T, value: &T) {
+    if field != value {
+        field.clone_from(value);
+        *changed = true;
+    }
+}
+
+/// [`set_from`] of a histogram, field by field: its counts are copied
+/// into the vector the status holds (the derived `clone_from` would
+/// allocate a new one).
+fn set_histogram(changed: &mut bool, field: &mut LatencyHistogram, value: &LatencyHistogram) {
+    if field != value {
+        let LatencyHistogram {
+            bounds_us,
+            counts,
+            sum_us,
+            count,
+        } = field;
+        *bounds_us = value.bounds_us;
+        counts.clone_from(&value.counts);
+        *sum_us = value.sum_us;
+        *count = value.count;
+        *changed = true;
+    }
+}
+
+/// The status's members as the core's configuration and progress say:
+/// every member once, in id order, with its address, vote and (on the
+/// leader) progress. Updated in place while the set of members is the
+/// same (no allocation); rebuilt otherwise. Returns whether anything
+/// changed.
+fn update_members(members: &mut Vec<MemberStatus>, raft: &Raft) -> bool {
+    let conf = raft.config();
+    // Every member in ascending order, once (as `Configuration::members`,
+    // without building the set).
+    let ids = || {
+        let mut voters = conf.voters.iter().peekable();
+        let mut outgoing = conf.outgoing.iter().peekable();
+        let mut learners = conf.learners.iter().peekable();
+        std::iter::from_fn(move || {
+            let next = [voters.peek(), outgoing.peek(), learners.peek()]
+                .into_iter()
+                .flatten()
+                .map(|id| **id)
+                .min()?;
+            for it in [&mut voters, &mut outgoing, &mut learners] {
+                it.next_if(|id| **id == next);
+            }
+            Some(next)
+        })
+    };
+    let member = |id: NodeId| {
+        let progress = raft.progress_of(id);
+        (
+            id,
+            conf.addrs.get(&id),
+            conf.is_voter(id),
+            progress.map(|p| p.0),
+            progress.map(|p| p.1),
+        )
+    };
+    let same_set = members.len() == ids().count() && members.iter().map(|m| m.id).eq(ids());
+    if !same_set {
+        *members = ids()
+            .map(member)
+            .map(|(id, addr, voter, matched, next)| MemberStatus {
+                id,
+                addr: addr.cloned(),
+                voter,
+                matched,
+                next,
+            })
+            .collect();
+        return true;
+    }
+    let mut changed = false;
+    for m in members.iter_mut() {
+        let (_, addr, voter, matched, next) = member(m.id);
+        if m.addr.as_ref() != addr {
+            m.addr = addr.cloned();
+            changed = true;
+        }
+        set(&mut changed, &mut m.voter, voter);
+        set(&mut changed, &mut m.matched, matched);
+        set(&mut changed, &mut m.next, next);
+    }
+    changed
 }
 
 impl NodeTask {

@@ -497,7 +497,8 @@ impl Persister {
             log.compact_prefix(index, term)?;
         }
         if !write.entries.is_empty() {
-            log.append(&write.entries)?;
+            // Given away: an in-memory store moves them in.
+            log.append_owned(write.entries)?;
         }
         if let Some(hs) = write.hard_state {
             log.save_hard_state(hs)?;

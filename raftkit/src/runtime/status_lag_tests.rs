@@ -105,3 +105,60 @@ async fn the_applied_index_shows_in_the_status_without_waiting_for_the_status_in
     }
     let _ = peer.shutdown().await;
 }
+
+/// The status's members, updated in place (`update_members`), are what a
+/// status built afresh from the core's says (every member once, in order,
+/// with address, vote and progress), through a joint configuration with
+/// learners, leadership (progress appears) and a smaller configuration;
+/// an update that changes nothing says so.
+#[test]
+fn members_updated_in_place_are_the_ones_built_afresh() {
+    use super::{MemberStatus, update_members};
+    use crate::core::{Config, Raft, Restored};
+
+    let fresh = |raft: &Raft| -> Vec<MemberStatus> {
+        let status = raft.status();
+        let conf = &status.config;
+        conf.members()
+            .into_iter()
+            .map(|id| MemberStatus {
+                id,
+                addr: conf.addrs.get(&id).cloned(),
+                voter: conf.is_voter(id),
+                matched: status.progress.get(&id).map(|p| p.0),
+                next: status.progress.get(&id).map(|p| p.1),
+            })
+            .collect()
+    };
+    let mut joint = crate::core::Configuration::joint([1, 3, 5], [2, 3, 9]);
+    joint.learners.extend([4, 11]);
+    joint
+        .addrs
+        .extend([(1, "a:1".to_string()), (9, "i:1".to_string())]);
+    let mut members = Vec::new();
+    let raft = Raft::new(Config::new(1), Restored::bootstrap(joint)).expect("config");
+    assert!(update_members(&mut members, &raft));
+    assert_eq!(members, fresh(&raft));
+    assert_eq!(
+        members.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 9, 11]
+    );
+    assert!(!update_members(&mut members, &raft), "nothing changed");
+
+    // A single voter elects itself: progress appears, the set shrinks.
+    let mut solo = crate::core::Configuration::new([1]);
+    solo.addrs.insert(1, "a:2".to_string());
+    let mut raft = Raft::new(Config::new(1), Restored::bootstrap(solo)).expect("config");
+    for _ in 0..1_000 {
+        if raft.role() == Role::Leader {
+            break;
+        }
+        raft.tick();
+        let _ = raft.ready();
+    }
+    assert_eq!(raft.role(), Role::Leader);
+    assert!(update_members(&mut members, &raft));
+    assert_eq!(members, fresh(&raft));
+    assert!(members[0].matched.is_some(), "{members:?}");
+    assert!(!update_members(&mut members, &raft));
+}

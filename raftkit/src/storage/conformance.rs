@@ -47,6 +47,7 @@ pub fn checks<S: LogStore>() -> Vec<(&'static str, Check<S>)> {
             append_overwrites_conflicting_suffix::<S>,
         ),
         ("append_rejects_bad_input", append_rejects_bad_input::<S>),
+        ("append_owned_is_append", append_owned_is_append::<S>),
         ("truncate_suffix", truncate_suffix::<S>),
         ("compact_prefix", compact_prefix::<S>),
         ("compact_past_last_index", compact_past_last_index::<S>),
@@ -102,7 +103,7 @@ macro_rules! log_store_conformance {
     ($make:expr) => {
         $crate::log_store_conformance!(@tests $make; empty_store, append_and_read,
             append_empty_is_noop, append_overwrites_conflicting_suffix,
-            append_rejects_bad_input, truncate_suffix, compact_prefix,
+            append_rejects_bad_input, append_owned_is_append, truncate_suffix, compact_prefix,
             compact_past_last_index, compact_conflicting_log_discards_it,
             read_range_errors, hard_state, large_and_many_entries);
     };
@@ -285,6 +286,49 @@ pub fn append_overwrites_conflicting_suffix<S: LogStore>(mut s: S) {
     assert_log(&s, 1, 0, &run(1, 2, 4), "overwrite from the first entry");
     ok("sync", s.sync());
     assert_log(&s, 1, 0, &run(1, 2, 4), "after sync");
+}
+
+/// [`LogStore::append_owned`] does exactly what `append` does: appends,
+/// overwrites a conflicting suffix, ignores an empty batch, and refuses
+/// (changing nothing) what `append` refuses.
+pub fn append_owned_is_append<S: LogStore>(mut s: S) {
+    ok("append_owned", s.append_owned(run(1, 10, 1)));
+    ok("append_owned", s.append_owned(Vec::new()));
+    assert_log(&s, 1, 0, &run(1, 10, 1), "append_owned");
+    ok("append_owned", s.append_owned(run(6, 8, 2)));
+    let mut expected = run(1, 5, 1);
+    expected.extend(run(6, 8, 2));
+    assert_log(
+        &s,
+        1,
+        0,
+        &expected,
+        "append_owned over a conflicting suffix",
+    );
+    assert!(
+        matches!(
+            s.append_owned(run(10, 11, 2)),
+            Err(StorageError::Invalid(_))
+        ),
+        "append_owned: a gap must be Invalid"
+    );
+    assert!(
+        matches!(
+            s.append_owned(vec![entry(9, 3), entry(10, 2)]),
+            Err(StorageError::Invalid(_))
+        ),
+        "append_owned: falling terms must be Invalid"
+    );
+    assert!(
+        matches!(
+            s.append_owned(vec![entry(0, 2)]),
+            Err(StorageError::Compacted { .. })
+        ),
+        "append_owned: index 0 is never appendable"
+    );
+    assert_log(&s, 1, 0, &expected, "after refused append_owned calls");
+    ok("sync", s.sync());
+    assert_log(&s, 1, 0, &expected, "append_owned, after sync");
 }
 
 /// Gaps, non-contiguous batches, falling terms and compacted indexes are

@@ -63,6 +63,17 @@ impl LogStore for MemLogStore {
         Ok(())
     }
 
+    /// Moves the entries in: no clone (and no later drop) of each one.
+    fn append_owned(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        validate_append(&entries, self.first, self.last(), |i| self.term_at(i))?;
+        let Some(head) = entries.first() else {
+            return Ok(());
+        };
+        self.entries.truncate((head.index - self.first) as usize);
+        self.entries.extend(entries);
+        Ok(())
+    }
+
     fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
         if from < self.first {
             return Err(StorageError::Compacted {

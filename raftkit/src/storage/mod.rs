@@ -109,6 +109,15 @@ pub trait LogStore {
     /// [`sync`](Self::sync).
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
 
+    /// [`append`](Self::append) of entries the caller gives away: exactly
+    /// the same checks and effects. A store that keeps entries in memory
+    /// ([`MemLogStore`]) moves them in instead of cloning each one (the
+    /// runtime's inline writes hand it every entry this way); the default
+    /// appends the slice.
+    fn append_owned(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        self.append(&entries)
+    }
+
     /// Removes every entry with index `>= from`. A `from` beyond
     /// `last_index` is a no-op; a `from` below `first_index` (into the
     /// compacted prefix) fails with [`StorageError::Compacted`].
@@ -167,6 +176,9 @@ pub trait LogStore {
 impl<S: LogStore + ?Sized> LogStore for Box<S> {
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         (**self).append(entries)
+    }
+    fn append_owned(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        (**self).append_owned(entries)
     }
     fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
         (**self).truncate_suffix(from)
