@@ -162,3 +162,69 @@ fn members_updated_in_place_are_the_ones_built_afresh() {
     assert!(members[0].matched.is_some(), "{members:?}");
     assert!(!update_members(&mut members, &raft));
 }
+
+/// The status's members updated in place follow every change that keeps
+/// their number (teeth round 8: mutants 816-818 kept a member's old
+/// address, its old vote, or the old ids of a set of the same size).
+#[test]
+fn members_updated_in_place_follow_changes_that_keep_their_number() {
+    use super::{MemberStatus, update_members};
+    use crate::core::{Config, Configuration, Raft, Restored};
+
+    let fresh = |raft: &Raft| -> Vec<MemberStatus> {
+        let status = raft.status();
+        let conf = &status.config;
+        conf.members()
+            .into_iter()
+            .map(|id| MemberStatus {
+                id,
+                addr: conf.addrs.get(&id).cloned(),
+                voter: conf.is_voter(id),
+                matched: status.progress.get(&id).map(|p| p.0),
+                next: status.progress.get(&id).map(|p| p.1),
+            })
+            .collect()
+    };
+    let conf = |voters: &[u64], learners: &[u64], addrs: &[(u64, &str)]| {
+        let mut c = Configuration::new(voters.iter().copied());
+        c.learners.extend(learners.iter().copied());
+        c.addrs
+            .extend(addrs.iter().map(|(id, a)| (*id, (*a).to_string())));
+        c
+    };
+    let addrs = [(1, "a:1"), (2, "b:1"), (3, "c:1"), (4, "d:1"), (5, "e:1")];
+    let steps = [
+        // Four members.
+        conf(&[1, 2, 3], &[4], &addrs),
+        // Still four, but 5 instead of 4.
+        conf(&[1, 2, 3], &[5], &addrs),
+        // The same four: learner 5 becomes a voter.
+        conf(&[1, 2, 3, 5], &[], &addrs),
+        // The same four: 2 moves to another address, 3 loses its own.
+        conf(
+            &[1, 2, 3, 5],
+            &[],
+            &[(1, "a:1"), (2, "b:2"), (4, "d:1"), (5, "e:1")],
+        ),
+    ];
+    let mut members = Vec::new();
+    for (i, c) in steps.into_iter().enumerate() {
+        let raft = Raft::new(Config::new(1), Restored::bootstrap(c)).expect("config");
+        assert!(update_members(&mut members, &raft), "step {i}: a change");
+        assert_eq!(members, fresh(&raft), "step {i}");
+        assert!(!update_members(&mut members, &raft), "step {i}: no change");
+    }
+}
+
+/// The status shows the term its node is in: a single peer that elected
+/// itself reports the term it leads in (teeth round 8: mutant 820 left
+/// the status's term at the one it started with).
+#[tokio::test(flavor = "current_thread")]
+async fn the_status_shows_the_term_a_leader_leads_in() {
+    let peer = a_leader_with_an_hour_long_status_interval().await;
+    let status = peer.status();
+    assert_eq!(status.role, Role::Leader);
+    assert!(status.term >= 1, "a leader in term {}", status.term);
+    assert_eq!(status.leader, Some(status.id), "{status:?}");
+    let _ = peer.shutdown().await;
+}
