@@ -411,3 +411,43 @@ fn a_snapshot_install_moves_the_watch_journal_past_it_so_no_watcher_skips_its_wr
         assert_eq!(events.iter().map(|e| e.index).collect::<Vec<_>>(), [4]);
     });
 }
+
+/// The room in the node's budgets of every write answered in one applied
+/// batch comes back once the batch is applied, all of it (teeth round 8:
+/// mutant 811 returned the first write's room and lost the others').
+#[test]
+fn the_room_of_every_write_answered_in_one_batch_comes_back() {
+    runtime().block_on(async {
+        use super::admission::Admission;
+        const ROOM: u64 = 8;
+        let admission = Admission::new(ROOM as usize, 1 << 20, std::time::Duration::from_secs(1));
+        let t = Thread::start();
+        let mut register = Vec::new();
+        let mut answers = Vec::new();
+        for index in 1..=5 {
+            let (tx, rx) = oneshot::channel();
+            let permit = admission.admit(10).await.expect("room");
+            register.push((index, 1, Reply::new(tx, Some(permit))));
+            answers.push(rx);
+        }
+        t.send(ApplyMsg::Entries {
+            register,
+            entries: (1..=5).map(|i| add(i, 1)).collect(),
+        });
+        for (i, rx) in answers.into_iter().enumerate() {
+            assert_eq!(output(rx.await.expect("answered")), i as u64 + 1);
+        }
+        // Served after the batch: its room was returned by then.
+        assert_eq!(t.value().await, 5);
+        let mut all = Vec::new();
+        for i in 0..ROOM {
+            all.push(
+                admission
+                    .admit(10)
+                    .await
+                    .unwrap_or_else(|e| panic!("call {i} of {ROOM}: {e}")),
+            );
+        }
+        assert_eq!(admission.refused(), 0);
+    });
+}
