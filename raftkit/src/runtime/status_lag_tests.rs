@@ -228,3 +228,61 @@ async fn the_status_shows_the_term_a_leader_leads_in() {
     assert_eq!(status.leader, Some(status.id), "{status:?}");
     let _ = peer.shutdown().await;
 }
+
+/// A follower whose leader is gone, with no successor, shows no leader:
+/// once it campaigns (pre-vote, thesis §9.6, or a real one) its status
+/// says `leader: None` (teeth round 8: mutant 819 kept the old leader in
+/// the status after the core forgot it).
+#[tokio::test(flavor = "current_thread")]
+async fn a_follower_whose_leader_is_gone_shows_no_leader() {
+    const ADDRS: [&str; 2] = ["gone-a:1", "gone-b:1"];
+    let net = MemoryNetwork::new(3);
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        let net = net.clone();
+        let peer = Counter::peer()
+            .in_memory()
+            .listen(addr)
+            .bootstrap_members(ADDRS)
+            .tick(Duration::from_millis(10))
+            .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+            .start()
+            .await
+            .expect("peer starts");
+        peers.push(peer);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // A leader both know of.
+    let leader = loop {
+        let statuses: Vec<_> = peers.iter().map(|p| p.status()).collect();
+        if let Some(l) = statuses.iter().find(|s| s.role == Role::Leader)
+            && statuses.iter().all(|s| s.leader == Some(l.id))
+        {
+            break l.id;
+        }
+        assert!(Instant::now() < deadline, "no leader known to both");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let at = peers
+        .iter()
+        .position(|p| p.status().id == leader)
+        .expect("the leader is one of the peers");
+    let gone = peers.swap_remove(at);
+    let _ = gone.shutdown().await;
+    let follower = peers.pop().expect("the other peer");
+    // With one of two voters left nobody can win: the follower campaigns.
+    let status = loop {
+        let s = follower.status();
+        if matches!(s.role, Role::PreCandidate | Role::Candidate) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never campaigned: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(status.leader, None, "{status:?}");
+    assert_eq!(status.leader_addr, None, "{status:?}");
+    let _ = follower.shutdown().await;
+}
