@@ -113,23 +113,9 @@ async fn the_applied_index_shows_in_the_status_without_waiting_for_the_status_in
 /// an update that changes nothing says so.
 #[test]
 fn members_updated_in_place_are_the_ones_built_afresh() {
-    use super::{MemberStatus, update_members};
+    use super::update_members;
     use crate::core::{Config, Raft, Restored};
 
-    let fresh = |raft: &Raft| -> Vec<MemberStatus> {
-        let status = raft.status();
-        let conf = &status.config;
-        conf.members()
-            .into_iter()
-            .map(|id| MemberStatus {
-                id,
-                addr: conf.addrs.get(&id).cloned(),
-                voter: conf.is_voter(id),
-                matched: status.progress.get(&id).map(|p| p.0),
-                next: status.progress.get(&id).map(|p| p.1),
-            })
-            .collect()
-    };
     let mut joint = crate::core::Configuration::joint([1, 3, 5], [2, 3, 9]);
     joint.learners.extend([4, 11]);
     joint
@@ -138,7 +124,7 @@ fn members_updated_in_place_are_the_ones_built_afresh() {
     let mut members = Vec::new();
     let raft = Raft::new(Config::new(1), Restored::bootstrap(joint)).expect("config");
     assert!(update_members(&mut members, &raft));
-    assert_eq!(members, fresh(&raft));
+    assert_eq!(members, fresh_members(&raft));
     assert_eq!(
         members.iter().map(|m| m.id).collect::<Vec<_>>(),
         [1, 2, 3, 4, 5, 9, 11]
@@ -158,7 +144,7 @@ fn members_updated_in_place_are_the_ones_built_afresh() {
     }
     assert_eq!(raft.role(), Role::Leader);
     assert!(update_members(&mut members, &raft));
-    assert_eq!(members, fresh(&raft));
+    assert_eq!(members, fresh_members(&raft));
     assert!(members[0].matched.is_some(), "{members:?}");
     assert!(!update_members(&mut members, &raft));
 }
@@ -168,23 +154,9 @@ fn members_updated_in_place_are_the_ones_built_afresh() {
 /// address, its old vote, or the old ids of a set of the same size).
 #[test]
 fn members_updated_in_place_follow_changes_that_keep_their_number() {
-    use super::{MemberStatus, update_members};
+    use super::update_members;
     use crate::core::{Config, Configuration, Raft, Restored};
 
-    let fresh = |raft: &Raft| -> Vec<MemberStatus> {
-        let status = raft.status();
-        let conf = &status.config;
-        conf.members()
-            .into_iter()
-            .map(|id| MemberStatus {
-                id,
-                addr: conf.addrs.get(&id).cloned(),
-                voter: conf.is_voter(id),
-                matched: status.progress.get(&id).map(|p| p.0),
-                next: status.progress.get(&id).map(|p| p.1),
-            })
-            .collect()
-    };
     let conf = |voters: &[u64], learners: &[u64], addrs: &[(u64, &str)]| {
         let mut c = Configuration::new(voters.iter().copied());
         c.learners.extend(learners.iter().copied());
@@ -211,7 +183,7 @@ fn members_updated_in_place_follow_changes_that_keep_their_number() {
     for (i, c) in steps.into_iter().enumerate() {
         let raft = Raft::new(Config::new(1), Restored::bootstrap(c)).expect("config");
         assert!(update_members(&mut members, &raft), "step {i}: a change");
-        assert_eq!(members, fresh(&raft), "step {i}");
+        assert_eq!(members, fresh_members(&raft), "step {i}");
         assert!(!update_members(&mut members, &raft), "step {i}: no change");
     }
 }
@@ -285,4 +257,21 @@ async fn a_follower_whose_leader_is_gone_shows_no_leader() {
     assert_eq!(status.leader, None, "{status:?}");
     assert_eq!(status.leader_addr, None, "{status:?}");
     let _ = follower.shutdown().await;
+}
+
+/// The status's members built afresh from the core's status (what
+/// `update_members` must keep them equal to).
+fn fresh_members(raft: &crate::core::Raft) -> Vec<super::MemberStatus> {
+    let status = raft.status();
+    let conf = &status.config;
+    conf.members()
+        .into_iter()
+        .map(|id| super::MemberStatus {
+            id,
+            addr: conf.addrs.get(&id).cloned(),
+            voter: conf.is_voter(id),
+            matched: status.progress.get(&id).map(|p| p.0),
+            next: status.progress.get(&id).map(|p| p.1),
+        })
+        .collect()
 }

@@ -233,39 +233,28 @@ trait FrameBuf {
     fn patch(&mut self, at: usize, prefix: [u8; PREFIX]);
 }
 
-impl FrameBuf for Vec<u8> {
-    fn filled(&self) -> usize {
-        self.len()
-    }
-    fn append(&mut self, data: &[u8]) {
-        self.extend_from_slice(data);
-    }
-    fn cut(&mut self, len: usize) {
-        self.truncate(len);
-    }
-    fn patch(&mut self, at: usize, prefix: [u8; PREFIX]) {
-        if let Some(dst) = self.get_mut(at..at + PREFIX) {
-            dst.copy_from_slice(&prefix);
+/// `Vec<u8>` and `BytesMut` have the same growable-slice methods.
+macro_rules! frame_buf {
+    ($($buf:ty),*) => {$(
+        impl FrameBuf for $buf {
+            fn filled(&self) -> usize {
+                self.len()
+            }
+            fn append(&mut self, data: &[u8]) {
+                self.extend_from_slice(data);
+            }
+            fn cut(&mut self, len: usize) {
+                self.truncate(len);
+            }
+            fn patch(&mut self, at: usize, prefix: [u8; PREFIX]) {
+                if let Some(dst) = self.get_mut(at..at + PREFIX) {
+                    dst.copy_from_slice(&prefix);
+                }
+            }
         }
-    }
+    )*};
 }
-
-impl FrameBuf for BytesMut {
-    fn filled(&self) -> usize {
-        self.len()
-    }
-    fn append(&mut self, data: &[u8]) {
-        self.extend_from_slice(data);
-    }
-    fn cut(&mut self, len: usize) {
-        self.truncate(len);
-    }
-    fn patch(&mut self, at: usize, prefix: [u8; PREFIX]) {
-        if let Some(dst) = self.get_mut(at..at + PREFIX) {
-            dst.copy_from_slice(&prefix);
-        }
-    }
-}
+frame_buf!(Vec<u8>, BytesMut);
 
 /// Lets postcard append to a borrowed buffer, slices at once.
 struct Appender<'a, B>(&'a mut B);
