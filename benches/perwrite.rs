@@ -18,7 +18,9 @@
 //! Prints the writes, the wall time, ops/s, and the CPU time per write: of
 //! the process (all three peers and the proposers) and of the cluster's
 //! threads only (the `quic` load generator excluded), divided by three for
-//! "per node". Instructions per write: run it under callgrind at two write
+//! "per node"; then the context switches per write of each kind of thread
+//! (voluntary: it waited, so something had to wake it; involuntary: it was
+//! preempted). Instructions per write: run it under callgrind at two write
 //! counts and divide the difference of the totals by the difference of the
 //! writes (which cancels start-up and shutdown):
 //!
@@ -87,6 +89,43 @@ fn cpu_secs() -> (f64, f64) {
         }
     }
     (process, cluster)
+}
+
+/// Context switches so far of the threads alive now, by kind (the thread's
+/// name up to its first digit or the end: `cluster`, `loadgen`,
+/// `raftkit-storage`, `raftkit-apply`, ...): (voluntary, involuntary).
+/// A voluntary switch is a wait: a parked worker, a tokio worker with
+/// nothing to do, a storage thread in `fdatasync`; so a thread's wake-ups.
+fn switches() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut kinds = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return kinds;
+    };
+    for e in dir.flatten() {
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let name = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .map(|n| {
+                n.trim()
+                    .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+            })
+            .unwrap_or("?")
+            .to_string();
+        let kind = kinds.entry(name).or_insert((0, 0));
+        kind.0 += field("voluntary_ctxt_switches:");
+        kind.1 += field("nonvoluntary_ctxt_switches:");
+    }
+    kinds
 }
 
 /// Three durable peers over QUIC on loopback, and `conns` network clients.
@@ -213,6 +252,7 @@ fn main() {
         rt.handle().clone()
     };
     let issued = Arc::new(AtomicU64::new(0));
+    let switches0 = switches();
     let (cpu0, cluster0) = cpu_secs();
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(proposers);
@@ -248,6 +288,7 @@ fn main() {
     });
     let secs = t0.elapsed().as_secs_f64();
     let (cpu1, cluster1) = cpu_secs();
+    let switches1 = switches();
     let per = |cpu: f64| cpu * 1e6 / done.max(1) as f64;
     println!(
         "perwrite {}: {done} writes ({errors} errors) by {proposers} proposers in {secs:.3} s: \
@@ -264,6 +305,23 @@ fn main() {
         cluster1 - cluster0,
         per(cluster1 - cluster0),
         per(cluster1 - cluster0) / 3.0,
+    );
+    // Per kind, the threads of all three peers together.
+    let per_kind: Vec<String> = switches1
+        .iter()
+        .map(|(kind, &(v1, n1))| {
+            let (v0, n0) = switches0.get(kind).copied().unwrap_or((0, 0));
+            let per = |x: u64| x as f64 / done.max(1) as f64;
+            format!(
+                "{kind} {:.3}+{:.3}",
+                per(v1.saturating_sub(v0)),
+                per(n1.saturating_sub(n0))
+            )
+        })
+        .collect();
+    println!(
+        "perwrite context switches per write (voluntary+involuntary, all peers): {}",
+        per_kind.join(", ")
     );
     drop(targets);
     rt.block_on(async move {
