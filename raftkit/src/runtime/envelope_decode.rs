@@ -24,137 +24,24 @@
 
 use super::session::{EnvelopeRef, OpRef, Owner};
 use crate::client::wire::{SessionId, SessionRef};
+use crate::postcard_cursor::{Cursor, CursorError};
 
 /// Why an envelope does not decode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum EnvelopeDecodeError {
-    /// The bytes end inside a field.
-    #[error("the envelope ends early")]
-    Truncated,
-    /// A varint is longer than its type allows, or overflows it.
-    #[error("bad varint in the envelope")]
-    BadVarint,
-    /// An enum tag (operation or owner) this build does not know.
-    #[error("unknown {what} tag {tag} in the envelope")]
-    UnknownTag {
-        /// Which enum.
-        what: &'static str,
-        /// The tag read.
-        tag: u32,
-    },
+pub(crate) type EnvelopeDecodeError = CursorError;
+
+fn session_id(r: &mut Cursor<'_>) -> Result<SessionId, CursorError> {
+    Ok(SessionId(r.u128()?))
 }
 
-/// A cursor over the envelope's bytes.
-struct Reader<'a> {
-    buf: &'a [u8],
-    /// The next byte to read (`pos <= buf.len()`).
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Result<u8, EnvelopeDecodeError> {
-        let b = *self
-            .buf
-            .get(self.pos)
-            .ok_or(EnvelopeDecodeError::Truncated)?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], EnvelopeDecodeError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or(EnvelopeDecodeError::Truncated)?;
-        let head = self
-            .buf
-            .get(self.pos..end)
-            .ok_or(EnvelopeDecodeError::Truncated)?;
-        self.pos = end;
-        Ok(head)
-    }
-
-    /// Up to `n <= 9` bytes of a LEB128 varint (7 bits each, so at most 63
-    /// bits: no overflow): the value read and whether its last byte came
-    /// (a byte without the continuation bit).
-    fn run(&mut self, n: u32) -> Result<(u64, bool), EnvelopeDecodeError> {
-        let mut out = 0u64;
-        for i in 0..n {
-            let b = self.byte()?;
-            out |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok((out, true));
-            }
+fn owner(r: &mut Cursor<'_>) -> Result<Owner, CursorError> {
+    match r.u32()? {
+        0 => Ok(Owner::Local),
+        1 => {
+            let mut fingerprint = [0u8; 32];
+            fingerprint.copy_from_slice(r.take(32)?);
+            Ok(Owner::Certificate(fingerprint))
         }
-        Ok((out, false))
-    }
-
-    /// The byte of a varint that its type allows last (postcard's
-    /// `try_take_varint_*`): it must end the varint and hold at most
-    /// `max` (the bits the type has left).
-    fn last(&mut self, max: u8) -> Result<u8, EnvelopeDecodeError> {
-        let b = self.byte()?;
-        if b > max {
-            // A continuation bit (too long) or too many bits (overflow).
-            return Err(EnvelopeDecodeError::BadVarint);
-        }
-        Ok(b)
-    }
-
-    /// A `u32` varint: at most 5 bytes, the fifth holding 4 bits.
-    fn u32(&mut self) -> Result<u32, EnvelopeDecodeError> {
-        let (v, done) = self.run(4)?;
-        let v = if done {
-            v
-        } else {
-            v | u64::from(self.last(0x0f)?) << 28
-        };
-        u32::try_from(v).map_err(|_| EnvelopeDecodeError::BadVarint)
-    }
-
-    /// A `u64` varint: at most 10 bytes, the tenth holding 1 bit.
-    fn u64(&mut self) -> Result<u64, EnvelopeDecodeError> {
-        let (v, done) = self.run(9)?;
-        if done {
-            return Ok(v);
-        }
-        Ok(v | u64::from(self.last(0x01)?) << 63)
-    }
-
-    /// A `u128` varint: at most 19 bytes, the nineteenth holding 2 bits.
-    fn u128(&mut self) -> Result<u128, EnvelopeDecodeError> {
-        let (lo, done) = self.run(9)?;
-        if done {
-            return Ok(u128::from(lo));
-        }
-        let (hi, done) = self.run(9)?;
-        let v = u128::from(lo) | u128::from(hi) << 63;
-        if done {
-            return Ok(v);
-        }
-        Ok(v | u128::from(self.last(0x03)?) << 126)
-    }
-
-    /// A byte string: its length (a `usize` varint), then the bytes.
-    fn bytes(&mut self) -> Result<&'a [u8], EnvelopeDecodeError> {
-        let len = usize::try_from(self.u64()?).map_err(|_| EnvelopeDecodeError::Truncated)?;
-        self.take(len)
-    }
-
-    fn session_id(&mut self) -> Result<SessionId, EnvelopeDecodeError> {
-        Ok(SessionId(self.u128()?))
-    }
-
-    fn owner(&mut self) -> Result<Owner, EnvelopeDecodeError> {
-        match self.u32()? {
-            0 => Ok(Owner::Local),
-            1 => {
-                let mut fingerprint = [0u8; 32];
-                fingerprint.copy_from_slice(self.take(32)?);
-                Ok(Owner::Certificate(fingerprint))
-            }
-            tag => Err(EnvelopeDecodeError::UnknownTag { what: "owner", tag }),
-        }
+        tag => Err(CursorError::UnknownTag { what: "owner", tag }),
     }
 }
 
@@ -164,7 +51,7 @@ impl<'a> EnvelopeRef<'a> {
     /// serde). Bytes after the envelope are ignored, as
     /// `postcard::from_bytes` ignores them.
     pub(crate) fn decode(bytes: &'a [u8]) -> Result<EnvelopeRef<'a>, EnvelopeDecodeError> {
-        let mut r = Reader { buf: bytes, pos: 0 };
+        let mut r = Cursor::new(bytes);
         let stamp_ms = r.u64()?;
         // The variants of `Op`, in declaration order.
         let op = match r.u32()? {
@@ -173,11 +60,11 @@ impl<'a> EnvelopeRef<'a> {
             },
             1 => {
                 let session = SessionRef {
-                    id: r.session_id()?,
+                    id: session_id(&mut r)?,
                     seq: r.u64()?,
                     acked_below: r.u64()?,
                 };
-                let owner = r.owner()?;
+                let owner = owner(&mut r)?;
                 OpRef::SessionWrite {
                     session,
                     owner,
@@ -185,16 +72,16 @@ impl<'a> EnvelopeRef<'a> {
                 }
             }
             2 => OpRef::OpenSession {
-                id: r.session_id()?,
-                owner: r.owner()?,
+                id: session_id(&mut r)?,
+                owner: owner(&mut r)?,
                 ttl_ms: r.u64()?,
                 max_sessions: r.u64()?,
             },
             3 => OpRef::CloseSession {
-                id: r.session_id()?,
-                owner: r.owner()?,
+                id: session_id(&mut r)?,
+                owner: owner(&mut r)?,
             },
-            tag => return Err(EnvelopeDecodeError::UnknownTag { what: "op", tag }),
+            tag => return Err(CursorError::UnknownTag { what: "op", tag }),
         };
         Ok(EnvelopeRef { stamp_ms, op })
     }
