@@ -25,14 +25,9 @@ pub(crate) enum CursorError {
     /// A varint is longer than its type allows, or overflows it.
     #[error("bad varint")]
     BadVarint,
-    /// A tag (enum variant, option) this decoder does not know.
-    #[error("unknown {what} tag {tag}")]
-    UnknownTag {
-        /// Which enum.
-        what: &'static str,
-        /// The tag read.
-        tag: u32,
-    },
+    /// A tag (of an enum variant or an option) this decoder does not know.
+    #[error("unknown tag {0}")]
+    UnknownTag(u32),
 }
 
 /// A cursor over postcard bytes.
@@ -59,6 +54,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// One raw byte (postcard's `u8`).
+    #[inline]
     pub(crate) fn byte(&mut self) -> Result<u8, CursorError> {
         let b = *self.buf.get(self.pos).ok_or(CursorError::Truncated)?;
         self.pos += 1;
@@ -66,6 +62,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// `n` raw bytes.
+    #[inline]
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], CursorError> {
         let end = self.pos.checked_add(n).ok_or(CursorError::Truncated)?;
         let head = self.buf.get(self.pos..end).ok_or(CursorError::Truncated)?;
@@ -76,6 +73,7 @@ impl<'a> Cursor<'a> {
     /// Up to `n <= 9` bytes of a LEB128 varint (7 bits each, so at most 63
     /// bits: no overflow): the value read and whether its last byte came
     /// (a byte without the continuation bit).
+    #[inline]
     fn run(&mut self, n: u32) -> Result<(u64, bool), CursorError> {
         let mut out = 0u64;
         for i in 0..n {
@@ -88,9 +86,47 @@ impl<'a> Cursor<'a> {
         Ok((out, false))
     }
 
+    /// [`Cursor::run`]`(9)` eight bytes at a time: one load, the
+    /// terminating byte found from the continuation bits, the 7-bit groups
+    /// packed by three shift-and-mask steps (a random 64-bit or 128-bit id
+    /// is 10 or 19 bytes: about 11 instructions a byte one by one). Falls
+    /// back to the byte loop within 8 bytes of the end.
+    #[inline]
+    fn run9(&mut self) -> Result<(u64, bool), CursorError> {
+        let Some(&first) = self.buf.get(self.pos) else {
+            return Err(CursorError::Truncated);
+        };
+        if first & 0x80 == 0 {
+            self.pos += 1;
+            return Ok((u64::from(first), true));
+        }
+        let Some(word) = self
+            .buf
+            .get(self.pos..self.pos + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        else {
+            return self.run(9);
+        };
+        let w = u64::from_le_bytes(word);
+        let stops = !w & 0x8080_8080_8080_8080;
+        if stops != 0 {
+            // The varint's length in bytes, 1..=8.
+            let len = stops.trailing_zeros() / 8 + 1;
+            let keep = u64::MAX >> (64 - 8 * len);
+            self.pos += len as usize;
+            return Ok((pack(w & keep), true));
+        }
+        // Eight bytes with their continuation bits: 56 bits; the ninth
+        // byte may end it.
+        self.pos += 8;
+        let b = self.byte()?;
+        Ok((pack(w) | u64::from(b & 0x7f) << 56, b & 0x80 == 0))
+    }
+
     /// The byte of a varint that its type allows last (postcard's
     /// `try_take_varint_*`): it must end the varint and hold at most
     /// `max` (the bits the type has left).
+    #[inline]
     fn last(&mut self, max: u8) -> Result<u8, CursorError> {
         let b = self.byte()?;
         if b > max {
@@ -102,6 +138,7 @@ impl<'a> Cursor<'a> {
 
     /// A `u32` varint (also an enum's variant tag): at most 5 bytes, the
     /// fifth holding 4 bits.
+    #[inline]
     pub(crate) fn u32(&mut self) -> Result<u32, CursorError> {
         let (v, done) = self.run(4)?;
         let v = if done {
@@ -113,8 +150,9 @@ impl<'a> Cursor<'a> {
     }
 
     /// A `u64` varint: at most 10 bytes, the tenth holding 1 bit.
+    #[inline]
     pub(crate) fn u64(&mut self) -> Result<u64, CursorError> {
-        let (v, done) = self.run(9)?;
+        let (v, done) = self.run9()?;
         if done {
             return Ok(v);
         }
@@ -122,12 +160,13 @@ impl<'a> Cursor<'a> {
     }
 
     /// A `u128` varint: at most 19 bytes, the nineteenth holding 2 bits.
+    #[inline]
     pub(crate) fn u128(&mut self) -> Result<u128, CursorError> {
-        let (lo, done) = self.run(9)?;
+        let (lo, done) = self.run9()?;
         if done {
             return Ok(u128::from(lo));
         }
-        let (hi, done) = self.run(9)?;
+        let (hi, done) = self.run9()?;
         let v = u128::from(lo) | u128::from(hi) << 63;
         if done {
             return Ok(v);
@@ -136,6 +175,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A byte string: its length (a `usize` varint), then the bytes.
+    #[inline]
     pub(crate) fn bytes(&mut self) -> Result<&'a [u8], CursorError> {
         let len = usize::try_from(self.u64()?).map_err(|_| CursorError::Truncated)?;
         self.take(len)
@@ -143,16 +183,24 @@ impl<'a> Cursor<'a> {
 
     /// An option's tag: `false` for `None`, `true` for `Some` (then the
     /// value follows).
+    #[inline]
     pub(crate) fn option(&mut self) -> Result<bool, CursorError> {
         match self.byte()? {
             0 => Ok(false),
             1 => Ok(true),
-            tag => Err(CursorError::UnknownTag {
-                what: "option",
-                tag: u32::from(tag),
-            }),
+            tag => Err(CursorError::UnknownTag(u32::from(tag))),
         }
     }
+}
+
+/// The 7-bit groups of up to eight little-endian varint bytes, packed
+/// (continuation bits dropped): byte `i`'s low 7 bits at bit `7 * i`.
+#[inline]
+fn pack(w: u64) -> u64 {
+    let x = w & 0x7f7f_7f7f_7f7f_7f7f;
+    let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+    let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+    (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4)
 }
 
 #[cfg(test)]
@@ -177,6 +225,23 @@ mod tests {
                 }
             };
             prop_assert_eq!(opt(&bytes).ok(), postcard::from_bytes::<Option<u64>>(&bytes).ok());
+        }
+
+        /// Bytes that mostly carry continuation bits (long varints, cut
+        /// anywhere): the same verdict and value, the same bytes consumed.
+        #[test]
+        fn long_varints_match_postcard(bytes in proptest::collection::vec(
+            (any::<u8>(), 0..12u8).prop_map(|(b, k)| if k == 0 { b & 0x7f } else { b | 0x80 }),
+            0..40,
+        )) {
+            let mut c = Cursor::new(&bytes);
+            let ours = c.u64().ok().map(|v| (v, c.position()));
+            let theirs = postcard::take_from_bytes::<u64>(&bytes).ok().map(|(v, rest)| (v, bytes.len() - rest.len()));
+            prop_assert_eq!(ours, theirs);
+            let mut c = Cursor::new(&bytes);
+            let ours = c.u128().ok().map(|v| (v, c.position()));
+            let theirs = postcard::take_from_bytes::<u128>(&bytes).ok().map(|(v, rest)| (v, bytes.len() - rest.len()));
+            prop_assert_eq!(ours, theirs);
         }
 
         /// Encoded integers read back, with what follows left unread.

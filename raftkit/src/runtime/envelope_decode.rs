@@ -41,7 +41,7 @@ fn owner(r: &mut Cursor<'_>) -> Result<Owner, CursorError> {
             fingerprint.copy_from_slice(r.take(32)?);
             Ok(Owner::Certificate(fingerprint))
         }
-        tag => Err(CursorError::UnknownTag { what: "owner", tag }),
+        tag => Err(CursorError::UnknownTag(tag)),
     }
 }
 
@@ -81,7 +81,7 @@ impl<'a> EnvelopeRef<'a> {
                 id: session_id(&mut r)?,
                 owner: owner(&mut r)?,
             },
-            tag => return Err(CursorError::UnknownTag { what: "op", tag }),
+            tag => return Err(CursorError::UnknownTag(tag)),
         };
         Ok(EnvelopeRef { stamp_ms, op })
     }
