@@ -36,6 +36,7 @@ pub mod fuzz;
 mod handler_panic;
 pub mod identity;
 pub mod multi;
+mod postcard_cursor;
 pub mod runtime;
 pub mod schema;
 #[cfg(feature = "sim")]

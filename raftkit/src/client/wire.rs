@@ -229,32 +229,90 @@ impl RequestId {
 
     /// Splits a request frame's body into the request and its meta, if the
     /// client sent one.
+    ///
+    /// A write, nearly every request under load, is read by hand
+    /// (`decode_write`); anything else, or anything that does not read
+    /// that way, goes through serde, so the verdict is always serde's.
     pub fn decode_request(
         body: &[u8],
     ) -> Result<(ClientRequest, Option<RequestMeta>), postcard::Error> {
-        let (request, rest) = postcard::take_from_bytes::<ClientRequest>(body)?;
-        let meta = postcard::from_bytes::<RequestMeta>(rest)
-            .ok()
-            .or_else(|| {
-                postcard::from_bytes::<RequestMetaV2>(rest)
-                    .ok()
-                    .map(|v2| RequestMeta {
-                        request_id: v2.request_id,
-                        consistency: v2.consistency,
-                        group: None,
-                    })
-            })
-            .or_else(|| {
-                postcard::from_bytes::<RequestMetaV1>(rest)
-                    .ok()
-                    .map(|v1| RequestMeta {
-                        request_id: v1.request_id,
-                        consistency: super::Consistency::default(),
-                        group: None,
-                    })
-            });
-        Ok((request, meta))
+        match decode_write(body) {
+            Some(fast) => Ok(fast),
+            None => decode_request_serde(body),
+        }
     }
+}
+
+/// [`RequestId::decode_request`] through serde: every request, every
+/// version of [`RequestMeta`].
+fn decode_request_serde(
+    body: &[u8],
+) -> Result<(ClientRequest, Option<RequestMeta>), postcard::Error> {
+    let (request, rest) = postcard::take_from_bytes::<ClientRequest>(body)?;
+    let meta = postcard::from_bytes::<RequestMeta>(rest)
+        .ok()
+        .or_else(|| {
+            postcard::from_bytes::<RequestMetaV2>(rest)
+                .ok()
+                .map(|v2| RequestMeta {
+                    request_id: v2.request_id,
+                    consistency: v2.consistency,
+                    group: None,
+                })
+        })
+        .or_else(|| {
+            postcard::from_bytes::<RequestMetaV1>(rest)
+                .ok()
+                .map(|v1| RequestMeta {
+                    request_id: v1.request_id,
+                    consistency: super::Consistency::default(),
+                    group: None,
+                })
+        });
+    Ok((request, meta))
+}
+
+/// The hand-read fast path of [`RequestId::decode_request`]: a
+/// [`ClientRequest::Write`] followed by a current [`RequestMeta`], read as
+/// postcard reads them (see `crate::postcard_cursor`) without a serde
+/// visitor call per field (the 128-bit session id alone costs a few
+/// hundred instructions through serde). `None` for anything else (another
+/// request, an older meta, no meta, bytes that do not decode): the caller
+/// then decodes through serde, whose verdict stands. When this returns a
+/// value it is the one serde returns (tested against it).
+fn decode_write(body: &[u8]) -> Option<(ClientRequest, Option<RequestMeta>)> {
+    use crate::postcard_cursor::Cursor;
+    let mut c = Cursor::new(body);
+    // `ClientRequest::Write` is variant 0.
+    if c.u32().ok()? != 0 {
+        return None;
+    }
+    let session = SessionRef {
+        id: SessionId(c.u128().ok()?),
+        seq: c.u64().ok()?,
+        acked_below: c.u64().ok()?,
+    };
+    let command = c.bytes().ok()?.to_vec();
+    let request_id = RequestId(c.u64().ok()?);
+    let consistency = match c.u32().ok()? {
+        0 => super::Consistency::Linearizable,
+        1 => super::Consistency::Lease,
+        2 => super::Consistency::Stale,
+        _ => return None,
+    };
+    let group = if c.option().ok()? {
+        Some(c.u64().ok()?)
+    } else {
+        None
+    };
+    Some((
+        ClientRequest::Write { session, command },
+        Some(RequestMeta {
+            request_id,
+            consistency,
+            group,
+        }),
+    ))
 }
 
 /// A status report on the wire. `#[non_exhaustive]`: build one from
@@ -608,6 +666,102 @@ mod tests {
             } else {
                 assert_eq!(back.applied(), Applied::Maybe);
             }
+        }
+    }
+
+    mod fast_write {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn write() -> impl Strategy<Value = ClientRequest> {
+            (
+                any::<u128>(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..200),
+            )
+                .prop_map(|(id, seq, acked_below, command)| ClientRequest::Write {
+                    session: SessionRef {
+                        id: SessionId(id),
+                        seq,
+                        acked_below,
+                    },
+                    command,
+                })
+        }
+
+        fn meta() -> impl Strategy<Value = RequestMeta> {
+            (any::<u64>(), 0..3u8, any::<Option<u64>>()).prop_map(|(id, c, group)| RequestMeta {
+                request_id: RequestId(id),
+                consistency: match c {
+                    0 => crate::client::Consistency::Linearizable,
+                    1 => crate::client::Consistency::Lease,
+                    _ => crate::client::Consistency::Stale,
+                },
+                group,
+            })
+        }
+
+        proptest! {
+            /// A write with its meta takes the fast path, and it reads what
+            /// serde reads.
+            #[test]
+            fn writes_read_by_hand_as_serde_reads_them(request in write(), meta in meta()) {
+                let body = postcard::to_allocvec(&(&request, meta)).expect("encodes");
+                let fast = decode_write(&body);
+                prop_assert_eq!(fast.clone(), Some((request, Some(meta))));
+                prop_assert_eq!(fast, decode_request_serde(&body).ok());
+            }
+
+            /// Whatever the bytes (a damaged write, a cut one, garbage),
+            /// the fast path either declines or agrees with serde.
+            #[test]
+            fn damaged_writes_never_read_otherwise_than_serde(
+                request in write(),
+                meta in meta(),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                cut in any::<prop::sample::Index>(),
+                garbage in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut body = postcard::to_allocvec(&(&request, meta)).expect("encodes");
+                let i = at.index(body.len());
+                body[i] = byte;
+                let cut = cut.index(body.len());
+                for b in [&body[..], &body[..cut], &garbage[..]] {
+                    if let Some(fast) = decode_write(b) {
+                        prop_assert_eq!(Some(fast), decode_request_serde(b).ok());
+                    }
+                    prop_assert_eq!(RequestId::decode_request(b).ok(), decode_request_serde(b).ok());
+                }
+            }
+        }
+
+        /// Other requests, and writes with an older meta or none, decline
+        /// the fast path (serde reads them, as before).
+        #[test]
+        fn other_requests_decline_the_fast_path() {
+            let write = ClientRequest::Write {
+                session: SessionRef {
+                    id: SessionId(u128::MAX),
+                    seq: 1,
+                    acked_below: 1,
+                },
+                command: vec![1, 2, 3],
+            };
+            let read = ClientRequest::Read { query: vec![4] };
+            let meta = RequestMeta {
+                request_id: RequestId(9),
+                consistency: crate::client::Consistency::Lease,
+                group: Some(3),
+            };
+            assert!(decode_write(&postcard::to_allocvec(&(&read, meta)).unwrap()).is_none());
+            assert!(decode_write(&postcard::to_allocvec(&write).unwrap()).is_none());
+            assert!(
+                decode_write(&postcard::to_allocvec(&(&write, RequestId(9))).unwrap()).is_none()
+            );
+            assert!(decode_write(&postcard::to_allocvec(&(&write, meta)).unwrap()).is_some());
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | harness | what it feeds | what must hold |
 //! |---|---|---|
-//! | [`frames`] | bytes as a stream of peer frames, read by the transport's own [`read_frame`] under a small cap | no panic, no allocation past the cap; every decoded frame re-encodes to itself |
+//! | [`frames`] | bytes as a stream of peer frames, read by the transport's own [`read_frame`] under a small cap | no panic, no allocation past the cap; every decoded frame re-encodes to itself; [`decode_peer_frame`] (hand-read AppendEntries) reads the input and every frame as serde does |
 //! | [`client_request`] | bytes as the client service reads them: a [`ClientHello`] frame and [`ClientRequest`] frames (and a client's [`ClientResponse`]) | no panic; every request is authorized exactly as the table of `runtime::authorization` says, for every role |
 //! | [`hello`] | a principal chosen by the first byte, then bytes as a hello frame (capped at [`MAX_HELLO_BYTES`]); also the bytes as a certificate | no panic; a hello is accepted only from a `node` certificate whose name is the hello's, with the id of that name |
 //! | [`raft_step`] | a live 3-node cluster of cores (elected, replicating, with a snapshot) driven by ticks, proposals, deliveries, compactions, apply pauses, halts and arbitrary messages from members, a stranger, node 0 and the node itself | no panic; [`Raft::check_invariants`](crate::core::Raft::check_invariants) after every input; an entry a node handed out as committed never changes |
@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::identity::{default_name, node_id};
 use crate::runtime::authorization::{authorize, request_kind};
 use crate::tls::{CertRole, Principal};
-use crate::transport::frame::{PeerFrame, encode_frame, read_frame};
+use crate::transport::frame::{PeerFrame, decode_peer_frame, encode_frame, read_frame};
 use crate::transport::quic::{MAX_HELLO_BYTES, check_hello};
 
 /// The frame cap of the harnesses: small, so that the cap is exercised.
@@ -54,11 +54,27 @@ fn read_all<T: serde::de::DeserializeOwned>(mut data: &[u8], cap: usize) -> Vec<
 
 /// Peer frames back to back.
 pub fn frames(data: &[u8]) {
+    // The transport's decoder (a hand-read fast path for AppendEntries)
+    // reads a body as serde does.
+    if let Ok(frame) = decode_peer_frame(data) {
+        let serde = postcard::from_bytes::<PeerFrame>(data).ok();
+        assert_eq!(serde, Some(frame), "decode_peer_frame differs from serde");
+    }
     for frame in read_all::<PeerFrame>(data, CAP) {
         let mut buf = Vec::new();
         if encode_frame(&frame, CAP, &mut buf).is_ok() {
             let again = read_all::<PeerFrame>(&buf, CAP);
-            assert_eq!(again, vec![frame], "a frame does not re-encode to itself");
+            assert_eq!(
+                again,
+                vec![frame.clone()],
+                "a frame does not re-encode to itself"
+            );
+            let body = buf.get(4..).unwrap_or_default();
+            assert_eq!(
+                decode_peer_frame(body).ok(),
+                Some(frame),
+                "decode_peer_frame differs from serde"
+            );
         }
     }
 }

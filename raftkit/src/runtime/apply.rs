@@ -564,7 +564,7 @@ impl<S: StateMachine> Apply<S> {
         decoded: Option<Box<S::Write>>,
         answered: bool,
     ) -> Outcome {
-        let envelope: EnvelopeRef<'_> = match postcard::from_bytes(bytes) {
+        let envelope = match EnvelopeRef::decode(bytes) {
             Ok(e) => e,
             Err(err) => {
                 return Outcome::Halt(format!(

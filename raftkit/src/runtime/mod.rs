@@ -47,6 +47,7 @@ mod client_mux;
 #[doc(hidden)]
 pub mod client_service;
 mod dropped;
+mod envelope_decode;
 #[cfg(test)]
 mod lease_read_tests;
 mod membership;

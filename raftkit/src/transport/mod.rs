@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use crate::core::{Message, NodeId};
 
 mod accept;
+mod append_decode;
 pub mod frame;
 pub(crate) mod frame_reader;
 pub mod memory;

@@ -1,0 +1,220 @@
+//! The hand-read fast path of [`decode_peer_frame`](super::frame::decode_peer_frame)
+//! for the frame a follower receives for every batch of writes:
+//! `PeerFrame::Msg` of an AppendEntries whose entries are commands or
+//! no-ops.
+//!
+//! Through serde each entry's command is copied out of the frame into an
+//! allocation of its own (`Bytes`'s visitor copies the borrowed bytes), and
+//! every field costs a visitor call. Here the frame is read as postcard
+//! reads it ([`Cursor`]), the entries' region is copied once into one
+//! shared buffer, and each command is a slice of it: one allocation per
+//! frame instead of one per entry. The frame's other bytes are not kept.
+//! An entry kept alive keeps that frame's entries' bytes alive; the log
+//! and the apply task hold runs of consecutive entries, which share their
+//! frames anyway.
+//!
+//! # Invariants
+//!
+//! 1. **Serde's verdict.** [`decode_append`] returns `None` for anything
+//!    else (another frame or message, a configuration entry, bytes that do
+//!    not read): the caller then decodes through serde. When it returns a
+//!    frame, that frame is equal to the one serde decodes from the same
+//!    bytes (trailing bytes ignored as postcard ignores them; property
+//!    tests against the serde derive). The bytes on the wire do not change.
+//! 2. **Bounded.** Network bytes: every read is checked ([`Cursor`]), the
+//!    entry vector's initial capacity is bounded by the bytes present, not
+//!    by the count the frame claims.
+
+use bytes::Bytes;
+
+use super::frame::PeerFrame;
+use crate::core::{Body, Entry, Message, Payload};
+use crate::postcard_cursor::Cursor;
+
+/// `PeerFrame::Msg`'s tag (postcard: variant index).
+const MSG: u32 = 3;
+/// `Body::AppendEntries`'s tag.
+const APPEND_ENTRIES: u32 = 2;
+/// `Payload`'s tags.
+const NOOP: u32 = 0;
+const COMMAND: u32 = 1;
+/// The fewest bytes an entry takes (term, index, payload tag).
+const MIN_ENTRY_BYTES: usize = 3;
+
+/// Reads an AppendEntries frame of commands and no-ops, or `None` (see the
+/// module doc).
+pub(super) fn decode_append(body: &[u8]) -> Option<PeerFrame> {
+    let mut c = Cursor::new(body);
+    if c.u32().ok()? != MSG {
+        return None;
+    }
+    let from = c.u64().ok()?;
+    let to = c.u64().ok()?;
+    let term = c.u64().ok()?;
+    if c.u32().ok()? != APPEND_ENTRIES {
+        return None;
+    }
+    let prev_index = c.u64().ok()?;
+    let prev_term = c.u64().ok()?;
+    let count = c.u64().ok()?;
+    // One copy of everything after the count (the entries and the commit
+    // index, a few bytes): the commands are slices of it.
+    let rest = c.rest();
+    let shared = if count == 0 {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(rest)
+    };
+    let mut c = Cursor::new(rest);
+    let bound = rest.len() / MIN_ENTRY_BYTES;
+    let mut entries = Vec::with_capacity(usize::try_from(count).ok()?.min(bound));
+    for _ in 0..count {
+        let term = c.u64().ok()?;
+        let index = c.u64().ok()?;
+        let payload = match c.u32().ok()? {
+            NOOP => Payload::Noop,
+            COMMAND => {
+                let len = c.bytes().ok()?.len();
+                let end = c.position();
+                // `end <= rest.len() == shared.len()` and `len <= end`.
+                if end > shared.len() {
+                    return None;
+                }
+                Payload::Command(shared.slice(end - len..end))
+            }
+            // A configuration (rare): serde reads it.
+            _ => return None,
+        };
+        entries.push(Entry {
+            term,
+            index,
+            payload,
+        });
+    }
+    let commit = c.u64().ok()?;
+    Some(PeerFrame::Msg(Message {
+        from,
+        to,
+        term,
+        body: Body::AppendEntries {
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::core::Configuration;
+
+    fn serde(body: &[u8]) -> Option<PeerFrame> {
+        postcard::from_bytes::<PeerFrame>(body).ok()
+    }
+
+    fn entry(config: bool) -> impl Strategy<Value = Entry> {
+        let payload = prop_oneof![
+            Just(Payload::Noop),
+            proptest::collection::vec(any::<u8>(), 0..120)
+                .prop_map(|v| Payload::Command(Bytes::from(v))),
+            if config {
+                Just(Payload::Config(Configuration {
+                    voters: BTreeSet::from([1, 2, 3]),
+                    ..Configuration::default()
+                }))
+                .boxed()
+            } else {
+                Just(Payload::Noop).boxed()
+            },
+        ];
+        (any::<u64>(), any::<u64>(), payload).prop_map(|(term, index, payload)| Entry {
+            term,
+            index,
+            payload,
+        })
+    }
+
+    fn append(config: bool) -> impl Strategy<Value = PeerFrame> {
+        (
+            any::<[u64; 6]>(),
+            proptest::collection::vec(entry(config), 0..12),
+        )
+            .prop_map(|(n, entries)| {
+                PeerFrame::Msg(Message {
+                    from: n[0],
+                    to: n[1],
+                    term: n[2],
+                    body: Body::AppendEntries {
+                        prev_index: n[3],
+                        prev_term: n[4],
+                        entries,
+                        commit: n[5],
+                    },
+                })
+            })
+    }
+
+    proptest! {
+        /// AppendEntries of commands and no-ops take the fast path and
+        /// read as serde reads them; one with a configuration declines it.
+        #[test]
+        fn appends_read_by_hand_as_serde_reads_them(frame in append(true), tail in proptest::collection::vec(any::<u8>(), 0..3)) {
+            let mut body = postcard::to_allocvec(&frame).expect("encodes");
+            body.extend_from_slice(&tail);
+            let has_config = matches!(&frame, PeerFrame::Msg(Message { body: Body::AppendEntries { entries, .. }, .. })
+                if entries.iter().any(|e| matches!(e.payload, Payload::Config(_))));
+            let fast = decode_append(&body);
+            if has_config {
+                prop_assert_eq!(fast, None);
+            } else {
+                prop_assert_eq!(fast.as_ref(), Some(&frame));
+                prop_assert_eq!(fast, serde(&body));
+            }
+        }
+
+        /// Damaged or cut frames, or garbage: the fast path declines or
+        /// agrees with serde.
+        #[test]
+        fn damaged_appends_never_read_otherwise_than_serde(
+            frame in append(false),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+            garbage in proptest::collection::vec(any::<u8>(), 0..48),
+        ) {
+            let mut body = postcard::to_allocvec(&frame).expect("encodes");
+            let i = at.index(body.len());
+            body[i] = byte;
+            let cut = cut.index(body.len());
+            for b in [&body[..], &body[..cut], &garbage[..]] {
+                if let Some(fast) = decode_append(b) {
+                    prop_assert_eq!(Some(fast), serde(b));
+                }
+            }
+        }
+    }
+
+    /// Other frames and messages decline the fast path.
+    #[test]
+    fn other_frames_decline() {
+        let heartbeat = PeerFrame::Msg(Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: Body::Heartbeat {
+                commit: 4,
+                round: 5,
+            },
+        });
+        let body = postcard::to_allocvec(&heartbeat).expect("encodes");
+        assert_eq!(decode_append(&body), None);
+        let body = postcard::to_allocvec(&PeerFrame::HelloOk).expect("encodes");
+        assert_eq!(decode_append(&body), None);
+    }
+}
