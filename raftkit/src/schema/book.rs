@@ -3,7 +3,6 @@
 //! the hello of the peer's last link to this node) — and the leader's gate
 //! that enables a handler only once every voter knows it.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::{HandlerKind, Mismatch, Schema};
@@ -20,7 +19,11 @@ pub struct SchemaBook {
     /// know: the schema the data directory held when this node started (or
     /// the local one for a new directory).
     floor: Arc<Schema>,
-    peers: Mutex<HashMap<NodeId, Arc<Schema>>>,
+    /// Each peer's schema from its last hello, at most one entry per peer.
+    /// A list, not a map: a cluster has a handful of peers, and the
+    /// leader looks every voter up on each write ([`Self::check_enabled`]),
+    /// where a scan of a few ids costs less than hashing them.
+    peers: Mutex<Vec<(NodeId, Arc<Schema>)>>,
 }
 
 impl SchemaBook {
@@ -31,7 +34,7 @@ impl SchemaBook {
         SchemaBook {
             floor: floor.map(Arc::new).unwrap_or_else(|| local.clone()),
             local,
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(Vec::new()),
         }
     }
 
@@ -45,14 +48,22 @@ impl SchemaBook {
     pub fn accept_peer(&self, from: NodeId, remote: Schema) -> Result<(), Mismatch> {
         self.local.check_peer(&remote)?;
         if let Ok(mut peers) = self.peers.lock() {
-            peers.insert(from, Arc::new(remote));
+            let remote = Arc::new(remote);
+            match peers.iter_mut().find(|(id, _)| *id == from) {
+                Some((_, known)) => *known = remote,
+                None => peers.push((from, remote)),
+            }
         }
         Ok(())
     }
 
     /// The schema `id` showed in its last hello, if any.
     pub fn peer(&self, id: NodeId) -> Option<Arc<Schema>> {
-        self.peers.lock().ok().and_then(|p| p.get(&id).cloned())
+        self.peers.lock().ok().and_then(|p| {
+            p.iter()
+                .find(|(peer, _)| *peer == id)
+                .map(|(_, schema)| schema.clone())
+        })
     }
 
     /// The leader's check before a command enters the log (or a query is
@@ -78,8 +89,14 @@ impl SchemaBook {
             // Reads are served by this node alone.
             return Ok(());
         }
+        // Locked once for all voters; a poisoned lock reads as "no hello
+        // seen" (the floor), like `peer`.
+        let peers = self.peers.lock().ok();
         for voter in voters {
-            let (known, source) = match self.peer(voter) {
+            let seen = peers
+                .as_ref()
+                .and_then(|p| p.iter().find(|(id, _)| *id == voter));
+            let (known, source) = match seen.map(|(_, schema)| schema) {
                 Some(schema) => (schema.handler(kind, tag).is_some(), "its binary"),
                 None => (
                     self.floor.handler(kind, tag).is_some(),
