@@ -245,6 +245,11 @@ pub struct ServeArgs {
     /// `--snapshot-count` is 100,000).
     #[arg(long, default_value_t = 10_000, value_name = "ENTRIES")]
     pub snapshot_every: u64,
+    /// ... and only once those entries add up to at least this fraction
+    /// of the last snapshot's size (0: count entries only), so that the
+    /// snapshots of a large state cost a bounded share of each write.
+    #[arg(long, default_value_t = 1.0, value_name = "RATIO")]
+    pub snapshot_log_ratio: f64,
     /// Run a sharded node: the placement group and N data groups, every one
     /// replicated on the --members (needs --listen, --members, --certs).
     #[arg(long, value_name = "N", conflicts_with_all = ["bootstrap", "join"])]

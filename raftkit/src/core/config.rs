@@ -13,6 +13,9 @@ pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 /// within 25% of each other.
 pub const DEFAULT_CLOCK_DRIFT_BOUND: f64 = 1.25;
 
+/// The default [`Config::snapshot_log_ratio`].
+pub const DEFAULT_SNAPSHOT_LOG_RATIO: f64 = 1.0;
+
 /// Parameters of one node.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -38,8 +41,18 @@ pub struct Config {
     /// from a leader (thesis §6.2, §9.6).
     pub check_quorum: bool,
     /// Ask for a snapshot once this many entries were applied since the
-    /// last one (0: never).
+    /// last one (0: never), and (see `snapshot_log_ratio`) once the log
+    /// since then is large enough against the last snapshot.
     pub snapshot_entries: u64,
+    /// Ask for a snapshot only once the applied entries since the last one
+    /// add up to at least this fraction of the last snapshot's size
+    /// (default 1.0; 0: count entries only). A snapshot serializes the whole
+    /// state, so with a count alone its cost per write grows with the
+    /// state; with the ratio, the bytes snapshots write stay within
+    /// `1 / ratio` times the bytes of log they replace, and the log kept
+    /// in memory and replayed at a restart within about `ratio` times the
+    /// state, or `snapshot_entries` entries if more (as Redis's `auto-aof-rewrite-percentage` bounds its log rewrites).
+    pub snapshot_log_ratio: f64,
     /// Size of one InstallSnapshot chunk.
     pub snapshot_chunk_bytes: usize,
     /// The largest snapshot this node accepts from a leader, in bytes
@@ -92,6 +105,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             snapshot_entries: 10_000,
+            snapshot_log_ratio: DEFAULT_SNAPSHOT_LOG_RATIO,
             snapshot_chunk_bytes: super::snapshot::DEFAULT_CHUNK_BYTES,
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             seed: id,
@@ -125,6 +139,12 @@ impl Config {
         }
         if self.max_inflight == 0 {
             return Err(ConfigError("max_inflight must be at least 1".into()));
+        }
+        if !(self.snapshot_log_ratio.is_finite() && self.snapshot_log_ratio >= 0.0) {
+            return Err(ConfigError(format!(
+                "snapshot_log_ratio ({}) must be a finite number of at least 0",
+                self.snapshot_log_ratio
+            )));
         }
         Ok(())
     }

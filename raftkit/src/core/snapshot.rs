@@ -52,6 +52,7 @@
 //! Measured (`benches/multi.rs`, `move` cell): 100 MB and 400 MB groups
 //! move between nodes on loopback in a few seconds.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -75,6 +76,20 @@ pub(super) struct SnapshotTransfer {
     receiving: Option<(SnapshotMeta, Vec<u8>)>,
     /// Follower: a complete snapshot waiting to be handed out in a Ready.
     received: Option<InstalledSnapshot>,
+    /// The applied log's bytes since the local snapshot, as far as
+    /// [`Raft::wants_snapshot`] counted them.
+    log_bytes: Cell<LogBytes>,
+}
+
+/// How far [`Raft::wants_snapshot`] counted the bytes of the applied log
+/// since the snapshot at `basis`: entries `(basis, through]` add up to
+/// `bytes`. Applied entries are never truncated, so the count only grows
+/// until the snapshot changes; each entry is counted once.
+#[derive(Clone, Copy, Debug, Default)]
+struct LogBytes {
+    basis: Index,
+    through: Index,
+    bytes: u64,
 }
 
 /// Leader: one follower's snapshot transfer.
@@ -144,12 +159,42 @@ impl SnapshotTransfer {
 
 impl Raft {
     /// Whether the log since the last snapshot has grown past the configured
-    /// threshold: the runtime should then take a snapshot of the state
-    /// machine at [`RaftLog::applied`](super::log::RaftLog::applied) and call
+    /// thresholds (at least `snapshot_entries` applied entries, adding up
+    /// to at least `snapshot_log_ratio` times the last snapshot's size): the
+    /// runtime should then take a snapshot of the state machine at
+    /// [`RaftLog::applied`](super::log::RaftLog::applied) and call
     /// [`Raft::compact`].
     pub fn wants_snapshot(&self) -> bool {
         let threshold = self.cfg.snapshot_entries;
-        threshold > 0 && self.log.applied() >= self.log.snapshot().index + threshold
+        let basis = self.log.snapshot().index;
+        let applied = self.log.applied();
+        if threshold == 0 || applied < basis.saturating_add(threshold) {
+            return false;
+        }
+        let last = self.snapshots.local.as_ref().map_or(0, |d| d.len());
+        // Saturating float-to-int conversion: a huge product asks for more
+        // bytes than any log holds, never wraps.
+        let need = (last as f64 * self.cfg.snapshot_log_ratio) as u64;
+        if need == 0 {
+            return true;
+        }
+        let mut c = self.snapshots.log_bytes.get();
+        if c.basis != basis {
+            c = LogBytes {
+                basis,
+                through: basis,
+                bytes: 0,
+            };
+        }
+        while c.through < applied && c.bytes < need {
+            let Some(e) = self.log.entry(c.through + 1) else {
+                break;
+            };
+            c.bytes += e.approx_size() as u64;
+            c.through += 1;
+        }
+        self.snapshots.log_bytes.set(c);
+        c.bytes >= need
     }
 
     /// The metadata of a snapshot of the state machine taken after applying

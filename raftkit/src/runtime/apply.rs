@@ -52,15 +52,15 @@ use tracing::{debug, error, info};
 use super::admission::Permit;
 use super::seq_map::SeqMap;
 use super::session::{
-    AppSnapshot, Dedup, EnvelopeRef, OpRef, SESSION_WINDOW, SessionCounters, SessionRefusal,
-    Sessions, StoredReply,
+    AppSnapshot, AppSnapshotRef, Dedup, EnvelopeRef, OpRef, SESSION_WINDOW, SessionCounters,
+    SessionRefusal, Sessions, StoredReply,
 };
 use super::watch::Journal;
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
-    ApplyError, Ctx, StateMachine, apply_decoded_as, apply_encoded_as, decode, encode,
-    encode_shared, query_encoded,
+    ApplyError, Ctx, StateMachine, apply_decoded_as, apply_encoded_as, decode, encode_shared,
+    query_encoded,
 };
 
 /// Rebuilds the state machine and the session table from a snapshot taken
@@ -728,14 +728,12 @@ impl<S: StateMachine> Apply<S> {
         }
         let started = Instant::now();
         let snap = self.sm.snapshot().and_then(|state| {
-            encode(
-                "snapshot",
-                &AppSnapshot {
-                    sessions: self.sessions.clone(),
-                    state,
-                    index: self.applied,
-                },
-            )
+            AppSnapshotRef {
+                sessions: &self.sessions,
+                state: &state,
+                index: self.applied,
+            }
+            .encode()
         });
         let took = started.elapsed();
         self.longest_pause = self.longest_pause.max(took);

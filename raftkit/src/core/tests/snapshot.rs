@@ -120,6 +120,45 @@ fn compaction_covers_only_applied_entries() {
     );
 }
 
+/// A snapshot is asked for once `snapshot_entries` entries were applied
+/// since the last one *and* they add up to `snapshot_log_ratio` times its
+/// size: with a large state, a count alone would serialize it again and
+/// again for a log far smaller than it. Ratio 0 counts entries only.
+#[test]
+fn snapshots_wait_for_a_log_as_large_as_the_ratio_asks() {
+    for (ratio, expect_after) in [(0.0, 2u8), (1.0, 9u8)] {
+        let mut c = Cluster::with(&[1, 2, 3], |cfg| {
+            cfg.snapshot_entries = 2;
+            cfg.snapshot_log_ratio = ratio;
+        });
+        c.elect(1);
+        let applied = c.node(1).log().applied();
+        // A state of 1,000 bytes; each command below counts 24 + 100.
+        c.node_mut(1)
+            .compact(applied, vec![7; 1_000])
+            .expect("compact");
+        let mut asked_at = None;
+        for i in 1..=12u8 {
+            c.propose(1, &[i; 100]);
+            if asked_at.is_none() && c.node(1).wants_snapshot() {
+                asked_at = Some(i);
+            }
+        }
+        assert_eq!(
+            asked_at,
+            Some(expect_after),
+            "ratio {ratio}: asked for a snapshot after the wrong number of entries"
+        );
+        // Asked once, asked until a snapshot is taken; then counted anew.
+        assert!(c.node(1).wants_snapshot());
+        let applied = c.node(1).log().applied();
+        c.node_mut(1)
+            .compact(applied, vec![7; 1_000])
+            .expect("compact");
+        assert!(!c.node(1).wants_snapshot(), "ratio {ratio}");
+    }
+}
+
 /// §7: "the leader must occasionally send snapshots to followers that lag
 /// behind". The leader compacts its log while a follower is cut off; the
 /// follower then receives the snapshot in chunks. One chunk is lost: it is
