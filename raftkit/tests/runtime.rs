@@ -62,9 +62,20 @@ async fn start_with(
     addr: &str,
     snapshot_every: u64,
 ) -> Peer<Counter> {
+    start_with_ratio(net, dir, addr, snapshot_every, 1.0).await
+}
+
+async fn start_with_ratio(
+    net: &Net,
+    dir: &std::path::Path,
+    addr: &str,
+    snapshot_every: u64,
+    snapshot_log_ratio: f64,
+) -> Peer<Counter> {
     let net2 = net.clone();
     Counter::peer()
         .snapshot_every(snapshot_every)
+        .snapshot_log_ratio(snapshot_log_ratio)
         .listen(addr)
         .data_dir(dir.join(addr))
         .bootstrap_members(ADDRS)
@@ -163,6 +174,64 @@ async fn three_peers_elect_replicate_fail_over_and_restart() {
     assert_eq!(client.add("k".into(), 1).await.unwrap(), 52);
     for p in &peers {
         p.shutdown().await.unwrap();
+    }
+}
+
+/// `snapshot_log_ratio` reaches the core: after a first snapshot of a large
+/// state, small writes worth far fewer bytes than it take a second
+/// snapshot at the count with ratio 0, and none with ratio 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_log_ratio_holds_back_snapshots_of_a_large_state() {
+    for ratio in [0.0, 1.0] {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Net::default();
+        let mut peers = Vec::new();
+        for addr in ADDRS {
+            peers.push(start_with_ratio(&net, dir.path(), addr, 20, ratio).await);
+        }
+        let leader = wait_leader(&peers).await;
+        let client = CounterClient::new(peers[leader].clone());
+        // About 40 KB of state: the first snapshot (there is none to
+        // compare with) comes at the count.
+        for i in 0..20u64 {
+            client
+                .add(format!("{i:02}{}", "x".repeat(2_000)), 1)
+                .await
+                .unwrap();
+        }
+        let mut w = peers[leader].watch();
+        let first = tokio::time::timeout(
+            Duration::from_secs(10),
+            w.wait_for(|s| s.snapshot_index >= 20),
+        )
+        .await
+        .expect("the first snapshot in time")
+        .expect("peer alive")
+        .snapshot_index;
+        // 60 small writes: some 6 KB of log, three times the count.
+        for _ in 0..60 {
+            client.add("k".into(), 1).await.unwrap();
+        }
+        let last = peers[leader].status().last_index;
+        wait_applied(&peers[leader], last).await;
+        if ratio == 0.0 {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                w.wait_for(|s| s.snapshot_index >= first + 20),
+            )
+            .await
+            .expect("ratio 0: a snapshot at the count")
+            .expect("peer alive");
+        } else {
+            assert_eq!(
+                peers[leader].status().snapshot_index,
+                first,
+                "ratio 1: a snapshot of 40 KB for 6 KB of log"
+            );
+        }
+        for p in peers {
+            p.shutdown().await.unwrap();
+        }
     }
 }
 
