@@ -51,7 +51,8 @@ pub struct Config {
     /// state; with the ratio, the bytes snapshots write stay within
     /// `1 / ratio` times the bytes of log they replace, and the log kept
     /// in memory and replayed at a restart within about `ratio` times the
-    /// state, or `snapshot_entries` entries if more (as Redis's `auto-aof-rewrite-percentage` bounds its log rewrites).
+    /// state, or `snapshot_entries` entries if more (as Redis's
+    /// `auto-aof-rewrite-percentage` bounds its log rewrites).
     pub snapshot_log_ratio: f64,
     /// Size of one InstallSnapshot chunk.
     pub snapshot_chunk_bytes: usize,
