@@ -159,6 +159,9 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
             &addrs[0],
             "--tick-ms",
             TICK_MS,
+            // The others run the default (the cores minus 2, at least 1).
+            "--async-threads",
+            "2",
         ],
         &log(2, 0),
     );
@@ -467,6 +470,12 @@ fn usage_errors_are_one_line() {
     let out = kv(&["certs", "issue", &dir, "ops", "--role", "admin"], &[]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("(admin certificate"), "{out:?}");
+    let out = kv(
+        &["serve", "--listen", "127.0.0.1:1", "--async-threads", "0"],
+        &[],
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("--async-threads"), "{out:?}");
     // (A clap usage error: exit code 2, its own format.)
     let out = kv(&["certs", "issue", &dir, "x", "--role", "root"], &[]);
     assert_eq!(out.code, Some(2), "{out:?}");
