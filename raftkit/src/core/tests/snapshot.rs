@@ -126,16 +126,18 @@ fn compaction_covers_only_applied_entries() {
 /// again for a log far smaller than it. Ratio 0 counts entries only.
 #[test]
 fn snapshots_wait_for_a_log_as_large_as_the_ratio_asks() {
-    for (ratio, expect_after) in [(0.0, 2u8), (1.0, 9u8)] {
+    // The state is exactly 8 commands' worth: a log of exactly the bytes
+    // asked for is enough (ratio 1: the 8th; ratio 0.5: the 4th).
+    for (ratio, expect_after) in [(0.0, 2u8), (0.5, 4u8), (1.0, 8u8)] {
         let mut c = Cluster::with(&[1, 2, 3], |cfg| {
             cfg.snapshot_entries = 2;
             cfg.snapshot_log_ratio = ratio;
         });
         c.elect(1);
         let applied = c.node(1).log().applied();
-        // A state of 1,000 bytes; each command below counts 24 + 100.
+        // A state of 992 bytes; each command below counts 24 + 100.
         c.node_mut(1)
-            .compact(applied, vec![7; 1_000])
+            .compact(applied, vec![7; 992])
             .expect("compact");
         let mut asked_at = None;
         for i in 1..=12u8 {
@@ -153,10 +155,42 @@ fn snapshots_wait_for_a_log_as_large_as_the_ratio_asks() {
         assert!(c.node(1).wants_snapshot());
         let applied = c.node(1).log().applied();
         c.node_mut(1)
-            .compact(applied, vec![7; 1_000])
+            .compact(applied, vec![7; 992])
             .expect("compact");
         assert!(!c.node(1).wants_snapshot(), "ratio {ratio}");
     }
+}
+
+/// Only applied entries count toward the snapshot ratio: an entry the
+/// leader appended but could not commit (it is cut off) is not yet in the
+/// state, so it does not make the log large enough.
+#[test]
+fn unapplied_entries_do_not_count_toward_the_ratio() {
+    let mut c = Cluster::with(&[1, 2, 3], |cfg| {
+        cfg.snapshot_entries = 2;
+        cfg.snapshot_log_ratio = 1.0;
+    });
+    c.elect(1);
+    let applied = c.node(1).log().applied();
+    // A state of 992 bytes: 8 commands of 124 bytes.
+    c.node_mut(1)
+        .compact(applied, vec![7; 992])
+        .expect("compact");
+    for i in 1..=7u8 {
+        c.propose(1, &[i; 100]);
+    }
+    assert!(!c.node(1).wants_snapshot(), "7 of 8 commands' bytes");
+    c.isolate(1);
+    c.propose(1, &[8; 100]);
+    let log = c.node(1).log();
+    assert!(log.last_index() > log.applied(), "the 8th is not applied");
+    assert!(
+        !c.node(1).wants_snapshot(),
+        "an unapplied entry counted toward the snapshot ratio"
+    );
+    c.heal();
+    c.propose(1, &[9; 100]);
+    assert!(c.node(1).wants_snapshot(), "applied: 9 commands' bytes");
 }
 
 /// §7: "the leader must occasionally send snapshots to followers that lag
