@@ -161,6 +161,22 @@ fn snapshots_wait_for_a_log_as_large_as_the_ratio_asks() {
     }
 }
 
+/// The ratio is a finite number of at least 0: anything else is a
+/// configuration error, not a silently disabled rule (`NaN` and negative
+/// products would read as "count entries only").
+#[test]
+fn a_ratio_that_is_not_a_finite_non_negative_number_is_refused() {
+    let mut cfg = crate::core::Config::new(1);
+    for bad in [f64::NAN, -0.5, f64::INFINITY, f64::NEG_INFINITY] {
+        cfg.snapshot_log_ratio = bad;
+        assert!(cfg.validate().is_err(), "ratio {bad} accepted");
+    }
+    for good in [0.0, 0.5, 1.0, 4.0] {
+        cfg.snapshot_log_ratio = good;
+        assert_eq!(cfg.validate(), Ok(()), "ratio {good} refused");
+    }
+}
+
 /// Only applied entries count toward the snapshot ratio: an entry the
 /// leader appended but could not commit (it is cut off) is not yet in the
 /// state, so it does not make the log large enough.
