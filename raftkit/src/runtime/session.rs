@@ -664,7 +664,11 @@ mod tests {
         // The client saw 1..=3 answered: write 4 acknowledges them.
         assert_eq!(s.check(w(4, 4), A), Dedup::New);
         assert_eq!(s.stored_replies(), 0);
-        assert_eq!(s.check(w(2, 1), A), Dedup::Stale);
+        // Every acknowledged write is stale, the last one (3) included: its
+        // reply is gone, so a late copy must not apply again.
+        for seq in 1..=3 {
+            assert_eq!(s.check(w(seq, 1), A), Dedup::Stale, "write {seq}");
+        }
     }
 
     #[test]
