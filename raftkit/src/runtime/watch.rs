@@ -517,6 +517,8 @@ mod tests {
         block_on(async {
             let j = Journal::new(0, 3 * 65);
             let mut slow = j.cursor(Some(1)).expect("cursor");
+            // At the last event trimmed: lagged too, not "never applied".
+            let mut at_edge = j.cursor(Some(2)).expect("cursor");
             for i in 1..=5 {
                 j.push(i, vec![0].into(), Ok(Bytes::new()));
             }
@@ -535,6 +537,29 @@ mod tests {
                 Some(Error::WatchLagged { next: 1 })
             );
             assert!(matches!(slow.overtaken().await, Error::WatchLagged { .. }));
+            assert_eq!(
+                at_edge.next_batch(1 << 20).await.err(),
+                Some(Error::WatchLagged { next: 2 })
+            );
+        });
+    }
+
+    /// The newest event stays even when it alone passes the bound: a
+    /// watcher that keeps up still gets it.
+    #[test]
+    fn an_event_larger_than_the_bound_still_reaches_a_watcher_that_keeps_up() {
+        block_on(async {
+            let j = Journal::new(0, 10);
+            let mut c = j.cursor(Some(1)).expect("cursor");
+            j.push(1, vec![0; 100].into(), Ok(Bytes::new()));
+            j.applied(1);
+            assert_eq!(j.range(), (1, 1));
+            assert_eq!(indices(&c.next_batch(1 << 20).await.expect("b")), [1]);
+            // The next one replaces it.
+            j.push(2, vec![0; 100].into(), Ok(Bytes::new()));
+            j.applied(2);
+            assert_eq!(j.range(), (2, 2));
+            assert_eq!(indices(&c.next_batch(1 << 20).await.expect("b")), [2]);
         });
     }
 
@@ -558,8 +583,8 @@ mod tests {
             j.stop(Error::Halted {
                 message: "h".into(),
             });
-            // 164 bytes an event: two fit in 400.
-            assert_eq!(indices(&c.next_batch(400).await.expect("b")), [11, 12]);
+            // 164 bytes an event: two fit in 328, exactly.
+            assert_eq!(indices(&c.next_batch(328).await.expect("b")), [11, 12]);
             assert_eq!(indices(&c.next_batch(1).await.expect("b")), [13]);
             assert_eq!(indices(&c.next_batch(400).await.expect("b")), [14]);
             assert!(matches!(c.next_batch(400).await, Err(Error::Halted { .. })));
