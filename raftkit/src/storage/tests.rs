@@ -353,6 +353,8 @@ struct FailingSync {
     inner: MemLogStore,
     fail_at_sync: usize,
     syncs: usize,
+    /// Only sync number `fail_at_sync` fails (else every one from it on).
+    fail_once: bool,
 }
 
 impl LogStore for FailingSync {
@@ -385,7 +387,12 @@ impl LogStore for FailingSync {
     }
     fn sync(&mut self) -> Result<(), StorageError> {
         self.syncs += 1;
-        if self.syncs >= self.fail_at_sync {
+        let failing = if self.fail_once {
+            self.syncs == self.fail_at_sync
+        } else {
+            self.syncs >= self.fail_at_sync
+        };
+        if failing {
             Err(StorageError::Failed {
                 cause: "injected".into(),
             })
@@ -429,6 +436,7 @@ fn group_commit_reports_request_errors_and_fatal_sync_errors() {
         inner: MemLogStore::new(),
         fail_at_sync: 2,
         syncs: 0,
+        fail_once: false,
     };
     let gc = GroupCommit::spawn(store).unwrap();
     let (tx, rx) = mpsc::channel();
@@ -444,6 +452,59 @@ fn group_commit_reports_request_errors_and_fatal_sync_errors() {
     assert!(err.is_fatal(), "{err}");
     let err = send(vec![cmd(2, 1, 1)]).unwrap_err();
     assert!(matches!(err, StorageError::Failed { .. }), "{err}");
+}
+
+/// Requests that queue while the thread is busy share one sync: the
+/// headline of group commit.
+#[test]
+fn group_commit_syncs_a_queued_backlog_once() {
+    let gc = GroupCommit::spawn(MemLogStore::new()).unwrap();
+    let (gate_tx, gate) = mpsc::channel::<()>();
+    gc.with_store(move |_| {
+        let _ = gate.recv();
+    });
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=100u64 {
+        let tx = tx.clone();
+        gc.append(vec![cmd(i, 1, 8)], Box::new(move |r| tx.send(r).unwrap()));
+    }
+    drop(tx);
+    gate_tx.send(()).unwrap();
+    let results: Vec<_> = rx.iter().collect();
+    assert_eq!(results.len(), 100);
+    assert!(results.iter().all(Result::is_ok));
+    let stats = gc.stats();
+    assert_eq!(stats.requests, 100);
+    assert_eq!(stats.syncs, 1, "{stats:?}");
+}
+
+/// After a failed sync nothing reaches the store again, even a store that
+/// would now sync fine (fsync's failure may have dropped dirty pages: a
+/// later success would not make them durable).
+#[test]
+fn group_commit_touches_nothing_after_a_failed_sync() {
+    let store = FailingSync {
+        inner: MemLogStore::new(),
+        fail_at_sync: 2,
+        syncs: 0,
+        fail_once: true,
+    };
+    let gc = GroupCommit::spawn(store).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let send = |entries: Vec<Entry>| {
+        let tx = tx.clone();
+        gc.append(entries, Box::new(move |r| tx.send(r).unwrap()));
+        rx.recv().unwrap()
+    };
+    assert_eq!(send(vec![cmd(1, 1, 1)]).unwrap(), 1);
+    assert!(send(vec![cmd(2, 1, 1)]).unwrap_err().is_fatal());
+    for i in 3..=5 {
+        let err = send(vec![cmd(i, 1, 1)]).unwrap_err();
+        assert!(matches!(err, StorageError::Failed { .. }), "{err}");
+    }
+    let store = gc.shutdown().unwrap();
+    assert_eq!(store.syncs, 2, "the store was synced after its failure");
+    assert_eq!(store.inner.last_index(), 2, "appends reached the store");
 }
 
 /// Counts the entry bytes each sync covers (and keeps nothing else).
