@@ -842,6 +842,38 @@ mod tests {
         }
     }
 
+    /// Only a hard state that changes nothing but the commit index is held
+    /// back: a new term or vote goes to disk before anything acts on it
+    /// (Figure 2: "updated on stable storage before responding to RPCs").
+    #[tokio::test]
+    async fn only_a_commit_only_hard_state_is_held_back() {
+        for inline in [false, true] {
+            let log: BoxedLog = Box::new(MemLogStore::new());
+            let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
+            let p = Persister::start(log, snaps, inline).expect("start");
+            assert!(
+                !p.holds_back(&write(Vec::new(), Some(hs(1, 1, 0)))),
+                "nothing written yet (inline {inline})"
+            );
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let outcome = match p.write(write(Vec::new(), Some(hs(1, 1, 0))), tx, 1) {
+                Some(r) => r.map(|()| 1),
+                None => rx.recv().await.expect("a completion"),
+            };
+            assert_eq!(outcome.ok(), Some(1));
+            assert!(p.holds_back(&write(Vec::new(), None)));
+            assert!(p.holds_back(&write(Vec::new(), Some(hs(1, 1, 5)))));
+            for (changed, what) in [(hs(2, 1, 5), "a new term"), (hs(1, 2, 5), "a new vote")] {
+                assert!(
+                    !p.holds_back(&write(Vec::new(), Some(changed))),
+                    "{what} held back (inline {inline})"
+                );
+            }
+            assert!(!p.holds_back(&write(vec![entry(1)], None)));
+            p.shutdown().await.expect("shutdown");
+        }
+    }
+
     /// A store whose next sync with something to make durable fails once
     /// `arm` is set, and every later one succeeds (a disk that reports a
     /// lost write once, as Linux reports a failed writeback once).
