@@ -169,9 +169,19 @@ fn a_restarted_node_ignores_votes_for_an_election_timeout() {
     let out = step(&mut r, vote_req(3, 2, 2, (1, 1)));
     assert!(out.of_kind("RequestVoteResponse").is_empty());
     assert_eq!(r.term(), 1, "the term is not even adopted");
-    for _ in 0..T {
+    // Still ignored one tick before the election timeout has passed.
+    for _ in 0..T - 1 {
         r.tick();
     }
+    flush(&mut r);
+    let out = step(&mut r, vote_req(3, 2, 2, (1, 1)));
+    assert!(
+        out.of_kind("RequestVoteResponse").is_empty(),
+        "a vote answered {} ticks after the start",
+        T - 1
+    );
+    assert_eq!(r.term(), 1);
+    r.tick();
     flush(&mut r);
     let out = step(&mut r, vote_req(3, 2, 2, (1, 1)));
     assert!(
