@@ -848,7 +848,7 @@ mod tests {
     #[tokio::test]
     async fn only_a_commit_only_hard_state_is_held_back() {
         for inline in [false, true] {
-            let log: BoxedLog = Box::new(MemLogStore::new());
+            let log: BoxedLog = Box::<MemLogStore>::default();
             let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
             let p = Persister::start(log, snaps, inline).expect("start");
             assert!(
