@@ -357,6 +357,29 @@ struct FailingSync {
     fail_once: bool,
 }
 
+impl FailingSync {
+    /// A memory store whose sync number `at` fails (and, unless
+    /// `fail_once`, every one after it).
+    fn failing_at(at: usize, fail_once: bool) -> Self {
+        FailingSync {
+            inner: MemLogStore::new(),
+            fail_at_sync: at,
+            syncs: 0,
+            fail_once,
+        }
+    }
+}
+
+/// Appends `entries` through `gc` and waits for their outcome.
+fn append_and_wait<S: LogStore + Send + 'static>(
+    gc: &GroupCommit<S>,
+    entries: Vec<Entry>,
+) -> Result<Index, StorageError> {
+    let (tx, rx) = mpsc::channel();
+    gc.append(entries, Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap()
+}
+
 impl LogStore for FailingSync {
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         self.inner.append(entries)
@@ -432,19 +455,8 @@ fn group_commit_completes_every_request_in_order() {
 
 #[test]
 fn group_commit_reports_request_errors_and_fatal_sync_errors() {
-    let store = FailingSync {
-        inner: MemLogStore::new(),
-        fail_at_sync: 2,
-        syncs: 0,
-        fail_once: false,
-    };
-    let gc = GroupCommit::spawn(store).unwrap();
-    let (tx, rx) = mpsc::channel();
-    let send = |entries: Vec<Entry>| {
-        let tx = tx.clone();
-        gc.append(entries, Box::new(move |r| tx.send(r).unwrap()));
-        rx.recv().unwrap()
-    };
+    let gc = GroupCommit::spawn(FailingSync::failing_at(2, false)).unwrap();
+    let send = |entries: Vec<Entry>| append_and_wait(&gc, entries);
     assert_eq!(send(vec![cmd(1, 1, 1)]).unwrap(), 1);
     // A gap is the request's own error...
     let err = send(vec![cmd(5, 1, 1)]).unwrap_err();
@@ -483,19 +495,8 @@ fn group_commit_syncs_a_queued_backlog_once() {
 /// later success would not make them durable).
 #[test]
 fn group_commit_touches_nothing_after_a_failed_sync() {
-    let store = FailingSync {
-        inner: MemLogStore::new(),
-        fail_at_sync: 2,
-        syncs: 0,
-        fail_once: true,
-    };
-    let gc = GroupCommit::spawn(store).unwrap();
-    let (tx, rx) = mpsc::channel();
-    let send = |entries: Vec<Entry>| {
-        let tx = tx.clone();
-        gc.append(entries, Box::new(move |r| tx.send(r).unwrap()));
-        rx.recv().unwrap()
-    };
+    let gc = GroupCommit::spawn(FailingSync::failing_at(2, true)).unwrap();
+    let send = |entries: Vec<Entry>| append_and_wait(&gc, entries);
     assert_eq!(send(vec![cmd(1, 1, 1)]).unwrap(), 1);
     assert!(send(vec![cmd(2, 1, 1)]).unwrap_err().is_fatal());
     for i in 3..=5 {
