@@ -878,3 +878,83 @@ async fn client_and_admin_certificates_cannot_serve() {
         accept.abort();
     }
 }
+
+/// A node certificate speaks only for its own node, in every frame that
+/// carries a message: a multi-group link's `Group` frames are held to the
+/// same rule as `Msg` frames. Frames on one stream are handled in order, so
+/// once the genuine message sent after a forged one has arrived, the forged
+/// one was dropped, not merely late.
+#[tokio::test]
+async fn a_group_message_claiming_another_node_is_dropped() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let (tx, mut rx) = mpsc::channel(16);
+    let (group_tx, mut group_rx) = mpsc::channel(16);
+    let mut cfg = QuicConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        "t@a",
+        ids[0].clone(),
+        SCHEMA,
+    );
+    cfg.group_inbox = Some(group_tx);
+    let (a, a_addr) = QuicTransport::start(cfg, tx, None).await.expect("start");
+    let a_id = node_id("t@a");
+    let mallory = ca.issue_node("t@m", &[]).expect("node cert");
+    let m_id = node_id("t@m");
+    let b_id = node_id("t@b");
+    let heartbeat = |from: NodeId, round: u64| Message {
+        from,
+        to: a_id,
+        term: 1 << 40,
+        body: Body::Heartbeat { commit: 0, round },
+    };
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let cfg = quic_client_config(&mallory, PEER_ALPN).expect("client config");
+    let conn = within("raw connect", async {
+        endpoint
+            .connect_with(cfg, a_addr, "raftkit")
+            .expect("connect")
+            .await
+    })
+    .await
+    .expect("a node certificate of the CA connects");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let mut buf = Vec::new();
+    encode_frame(&hello_as("t@m", m_id), 1 << 20, &mut buf).expect("encode");
+    for frame in [
+        PeerFrame::Group {
+            group: 7,
+            msg: heartbeat(b_id, 1),
+        },
+        PeerFrame::Msg(heartbeat(b_id, 2)),
+        PeerFrame::Group {
+            group: 7,
+            msg: heartbeat(m_id, 3),
+        },
+        PeerFrame::Msg(heartbeat(m_id, 4)),
+    ] {
+        encode_frame(&frame, 1 << 20, &mut buf).expect("encode");
+    }
+    send.write_all(&buf).await.expect("write");
+    let answer: PeerFrame = within("the answer to the hello", read_frame(&mut recv, 1 << 20))
+        .await
+        .expect("answer");
+    assert_eq!(answer, PeerFrame::HelloOk);
+    match within("a group message", group_rx.recv()).await {
+        Some(raftkit::transport::GroupInbound::Msg { group: 7, msg }) => {
+            assert_eq!(
+                msg,
+                heartbeat(m_id, 3),
+                "the forged group message was dropped"
+            )
+        }
+        other => panic!("expected mallory's own group message, got {other:?}"),
+    }
+    assert_eq!(
+        within("a message", rx.recv()).await,
+        Some(heartbeat(m_id, 4)),
+        "the forged message was dropped"
+    );
+    assert!(group_rx.try_recv().is_err() && rx.try_recv().is_err());
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    a.shutdown().await;
+}

@@ -157,4 +157,24 @@ mod tests {
         let mut fresh = StampClock::anchor(1, 0, 5_000_000);
         assert_eq!(fresh.stamp(5_000_000), 5_000_000);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn stamps_advance_with_the_monotonic_clock_since_the_anchor() {
+        // A wall clock far behind from the start is clamped up to the
+        // anchor minus the slack (not left behind).
+        let mut behind = StampClock::anchor(2, 1_000_000, 0);
+        assert_eq!(behind.stamp(0), 1_000_000 - STAMP_SLACK_MS);
+        // Ten seconds on the monotonic clock: a wall clock that agrees is
+        // taken as it is, one that stood still is clamped to the anchor plus
+        // the elapsed time minus the slack, one far ahead to plus the slack.
+        let mut c = StampClock::anchor(3, 1_000_000, 1_000_000);
+        assert_eq!(c.stamp(1_000_000), 1_000_000);
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        assert_eq!(c.stamp(1_010_000), 1_010_000);
+        let mut stood = StampClock::anchor(3, 1_000_000, 1_000_000);
+        let mut ahead = StampClock::anchor(3, 1_000_000, 1_000_000);
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        assert_eq!(stood.stamp(1_000_000), 1_010_000 - STAMP_SLACK_MS);
+        assert_eq!(ahead.stamp(9_000_000), 1_010_000 + STAMP_SLACK_MS);
+    }
 }

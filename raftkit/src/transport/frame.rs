@@ -441,6 +441,27 @@ mod tests {
         assert_eq!(buf, vec![9u8], "buffer left as it was");
     }
 
+    #[tokio::test]
+    async fn a_frame_of_exactly_the_cap_is_written_and_read() {
+        let frame = msg(1);
+        let mut one = Vec::new();
+        encode_frame(&frame, DEFAULT_MAX_FRAME_BYTES, &mut one).expect("encode");
+        let cap = one.len() - PREFIX;
+        let mut buf = Vec::new();
+        encode_frame(&frame, cap, &mut buf).expect("a frame of the cap is written");
+        assert_eq!(buf, one);
+        assert_eq!(read_all(&buf, cap).await[0].as_ref().expect("read"), &frame);
+        // One byte less: both sides refuse it.
+        assert!(matches!(
+            encode_frame(&frame, cap - 1, &mut Vec::new()),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            read_all(&buf, cap - 1).await[0],
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
     #[test]
     fn a_frame_of_a_newer_kind_is_told_apart_from_garbage() {
         // The last kind this build knows has the last tag.

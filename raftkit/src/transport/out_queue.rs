@@ -170,4 +170,42 @@ mod tests {
         assert_eq!(q.take_overflowed(), 2);
         assert_eq!(q.take_overflowed(), 0);
     }
+
+    #[test]
+    fn a_heartbeat_supersedes_only_its_own_senders_and_groups() {
+        let mut q = OutQueue::new(16);
+        q.push_tagged(None, hb(1, 1));
+        q.push_tagged(Some(7), hb(1, 2));
+        q.push_tagged(Some(8), hb(1, 3));
+        q.push_tagged(Some(7), hb(2, 4));
+        // A newer heartbeat of sender 1 in group 7: only that one goes.
+        q.push_tagged(Some(7), hb(1, 5));
+        assert_eq!(
+            q.drain_tagged(),
+            vec![
+                (None, hb(1, 1)),
+                (Some(8), hb(1, 3)),
+                (Some(7), hb(2, 4)),
+                (Some(7), hb(1, 5)),
+            ]
+        );
+        assert_eq!(q.superseded, 1);
+    }
+
+    #[test]
+    fn membership_control_frames_are_capped() {
+        let mut q = OutQueue::new(1);
+        for group in 0..MAX_QUEUED_CONTROL as u64 {
+            assert!(q.push_control(PeerFrame::MemberQuery { group }));
+        }
+        assert!(
+            !q.push_control(PeerFrame::MemberQuery { group: 999 }),
+            "past the cap"
+        );
+        let taken = q.take_control();
+        assert_eq!(taken.len(), MAX_QUEUED_CONTROL);
+        assert_eq!(taken.first(), Some(&PeerFrame::MemberQuery { group: 0 }));
+        // Taken: room again.
+        assert!(q.push_control(PeerFrame::MemberQuery { group: 1 }));
+    }
 }
