@@ -9,7 +9,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use multi::{DEADLINE, Kv, builder, get, leader, put};
+use multi::{DEADLINE, Kv, KvRead, KvReadOutput, builder, get, leader, put};
+use raftkit::client::Consistency;
 use raftkit::core::Role;
 use raftkit::multi::{GroupId, MultiNode};
 use raftkit::prelude::*;
@@ -278,6 +279,20 @@ async fn idle_groups_quiesce_wake_on_writes_and_elect_when_the_leader_dies() {
     let i = nodes.iter().position(|n| n.id() == leader_id).unwrap();
     let dead = nodes.remove(i);
     dead.shutdown().await.unwrap();
+    // Nothing is asked of the groups until each has a new leader: only the
+    // silence of the dead node wakes them, within an election timeout
+    // (200 ms) plus a heartbeat interval and an election; 10 s is a bound
+    // no correct run comes near (a follower that noticed the silence only
+    // after a hundred timeouts would miss it).
+    let died = tokio::time::Instant::now();
+    for g in 1..=GROUPS {
+        leader(&nodes, g).await;
+    }
+    assert!(
+        died.elapsed() < Duration::from_secs(10),
+        "the groups took {:?} to elect new leaders",
+        died.elapsed()
+    );
     for g in 1..=GROUPS {
         put(&nodes, g, "c", "3").await;
         assert_eq!(get(&nodes, g, "c").await.as_deref(), Some("3"));
@@ -429,4 +444,57 @@ async fn groups_apply_on_the_callers_runtime_with_no_worker_threads() {
     for node in &nodes {
         node.shutdown().await.unwrap();
     }
+}
+
+/// A leader whose group slept (quiesced) counted no ticks meanwhile, so
+/// its lease rounds are forgotten when it wakes (`runtime::reads`): a
+/// lease read right after waking must not be served on a lease confirmed
+/// before the sleep. Here every other member is gone for longer than a
+/// lease (an election timeout) when the read arrives: no quorum can confirm
+/// anything, so the read must fail or wait, never be answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_read_after_quiescence_is_not_served_on_the_old_lease() {
+    let addrs = free_addrs(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ca = ClusterCa::generate("multi-test").unwrap();
+    let mut nodes = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs) {
+        nodes.push(start_node(addr, dir.path(), Some(&ca)).await.unwrap());
+    }
+    for node in &nodes {
+        for g in 1..=GROUPS {
+            node.create_group(g, &addrs).await.unwrap();
+        }
+    }
+    for g in 1..=GROUPS {
+        put(&nodes, g, "a", "1").await;
+    }
+    // A lease read on an awake leader is served.
+    let l = leader(&nodes, 1).await;
+    let (out, _) = l
+        .read_with(KvRead::Get { key: "a".into() }, Consistency::Lease)
+        .await
+        .unwrap();
+    assert!(matches!(out, KvReadOutput::Get(Some(ref v)) if v == "1"));
+    all_quiesced(&nodes).await;
+    let leader_id = leader_now(&nodes, 1).id();
+    let i = nodes.iter().position(|n| n.id() == leader_id).unwrap();
+    let survivor = nodes.remove(i);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+    // The subject of the test is time passing: twice an election timeout
+    // (10 ticks of 20 ms), so any lease confirmed before has run out.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let l = survivor.group(1).unwrap();
+    let read = tokio::time::timeout(
+        Duration::from_secs(3),
+        l.read_with(KvRead::Get { key: "a".into() }, Consistency::Lease),
+    )
+    .await;
+    assert!(
+        !matches!(read, Ok(Ok(_))),
+        "a lease read was served with no quorum alive"
+    );
+    survivor.shutdown().await.unwrap();
 }

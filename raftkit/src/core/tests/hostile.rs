@@ -112,3 +112,85 @@ fn a_second_leader_of_the_same_term_is_ignored() {
     assert_sound(&r);
     assert_sound(&l);
 }
+
+/// The admission rules of `inbound` at their edges: a message "from" node 0
+/// (the id that means "no node": a leader or vote of 0 is none at all) is
+/// dropped before any rule sees it, even a higher term's heartbeat that a
+/// node outside a lease would otherwise follow; a snapshot chunk ending
+/// exactly at the size limit is taken, one byte past it is not.
+#[test]
+fn admission_rules_hold_at_their_edges() {
+    let mut r = node(1, &[1, 2, 3], 2, &[1, 2]);
+    assert_eq!(
+        r.step_checked(heartbeat(0, 1, 5, 0)),
+        Err(DropReason::Misaddressed)
+    );
+    assert_eq!(
+        r.step_checked(heartbeat(1, 1, 5, 0)),
+        Err(DropReason::Misaddressed)
+    );
+    assert_eq!(
+        r.step_checked(heartbeat(2, 3, 5, 0)),
+        Err(DropReason::Misaddressed)
+    );
+    assert!(
+        flush(&mut r).all().is_empty(),
+        "answered a misaddressed message"
+    );
+    assert_eq!((r.term(), r.leader()), (2, None));
+    assert_eq!(r.dropped().get(DropReason::Misaddressed), 3);
+
+    let mut r = node_with(1, &[1, 2, 3], 2, &[1, 2], |c| c.max_snapshot_bytes = 8);
+    let chunk = |offset: u64, data: Vec<u8>| {
+        msg(
+            2,
+            1,
+            2,
+            Body::InstallSnapshot {
+                meta: SnapshotMeta {
+                    index: 5,
+                    term: 2,
+                    config: Configuration::new([1, 2, 3]),
+                },
+                offset,
+                data,
+                done: false,
+            },
+        )
+    };
+    assert_eq!(
+        r.step_checked(chunk(0, vec![7; 8])),
+        Ok(()),
+        "exactly the limit"
+    );
+    assert_eq!(
+        r.step_checked(chunk(8, vec![7])),
+        Err(DropReason::SnapshotTooLarge)
+    );
+    assert_sound(&r);
+
+    // A TimeoutNow at a higher term than the leader this node follows comes
+    // from a newer leader it has not heard of yet: obeyed (Raft §5.1, a
+    // higher term wins), unlike one at the term of its leader from
+    // another node.
+    let mut r = node(1, &[1, 2, 3], 2, &[1, 2]);
+    step(&mut r, heartbeat(2, 1, 2, 0));
+    assert_eq!(r.leader(), Some(2));
+    assert_eq!(
+        r.step_checked(msg(3, 1, 2, Body::TimeoutNow)),
+        Err(DropReason::TimeoutNowNotFromLeader)
+    );
+    assert_eq!(r.step_checked(msg(3, 1, 3, Body::TimeoutNow)), Ok(()));
+    assert_eq!(r.role(), crate::core::Role::Candidate);
+    assert_eq!(r.term(), 4);
+
+    // A node with no configuration yet (being added) follows whoever leads
+    // a higher term: it cannot tell members from strangers, so the lease
+    // rule does not apply to it.
+    let mut r = Raft::new(config(4), crate::core::Restored::empty()).expect("config");
+    assert_eq!(r.step_checked(heartbeat(2, 4, 2, 0)), Ok(()));
+    assert_eq!(r.leader(), Some(2));
+    assert_eq!(r.step_checked(heartbeat(3, 4, 3, 0)), Ok(()));
+    assert_eq!((r.term(), r.leader()), (3, Some(3)));
+    assert_sound(&r);
+}

@@ -567,3 +567,31 @@ fn lost_appends_are_retried_until_they_arrive() {
         "the proposal never committed"
     );
 }
+
+/// Raft §5.3: "the leader retries AppendEntries indefinitely". Appends lost
+/// while the in-flight window is full leave the follower's progress paused
+/// with nothing coming back to free it; its heartbeat answers must free a
+/// slot, so that one append at the optimistic position is rejected and
+/// probing restarts from the match point.
+#[test]
+fn appends_lost_with_a_full_window_are_resent_after_heartbeats() {
+    let mut c = Cluster::with(&[1, 2, 3], |cfg| cfg.max_inflight = 2);
+    c.elect(1);
+    c.filter = Some(Box::new(|m| {
+        !(m.to == 3
+            && matches!(&m.body, Body::AppendEntries { entries, .. } if !entries.is_empty()))
+    }));
+    for i in 0..4 {
+        c.propose(1, format!("x{i}").as_bytes());
+    }
+    let last = c.node(1).log().last_index();
+    assert!(c.node(3).log().last_index() < last);
+    c.filter = None;
+    for _ in 0..4 * T {
+        if c.node(3).log().last_index() == last {
+            break;
+        }
+        c.tick(1);
+    }
+    assert_eq!(c.node(3).log().last_index(), last, "node 3 never caught up");
+}

@@ -155,3 +155,51 @@ fn a_halted_leader_without_a_successor_steps_down() {
     }
     assert_eq!(c.node(1).role(), Role::Follower);
 }
+
+/// Thesis §3.10: TimeoutNow goes out only once the target holds the
+/// leader's whole log. A target caught up one entry per append (a batch of
+/// one byte, one append in flight) acknowledges several times on the way;
+/// none of those acknowledgements but the last may tell it to campaign (a
+/// target told too early campaigns with a shorter log and loses).
+#[test]
+fn timeout_now_waits_until_the_target_holds_the_whole_log() {
+    let mut c = Cluster::with(&[1, 2, 3], |cfg| {
+        cfg.max_batch_bytes = 1;
+        cfg.max_inflight = 1;
+    });
+    c.elect(1);
+    c.isolate(3);
+    let mut last = 0;
+    for i in 0..5 {
+        last = c.propose(1, format!("x{i}").as_bytes()).0;
+    }
+    c.heal();
+    c.node_mut(1).transfer_leadership(3).expect("leader");
+    let mut told = 0;
+    for _ in 0..T {
+        loop {
+            c.flush_all();
+            if let Some(m) = c.queue.front()
+                && m.to == 3
+                && m.body == Body::TimeoutNow
+            {
+                assert_eq!(
+                    c.node(3).log().last_index(),
+                    last,
+                    "told to campaign before it holds the whole log"
+                );
+                told += 1;
+            }
+            if !c.deliver_one() {
+                break;
+            }
+        }
+        if c.leaders() == [3] {
+            break;
+        }
+        // (`Cluster::tick` would deliver past the check above.)
+        c.node_mut(1).tick();
+    }
+    assert_eq!(told, 1);
+    assert_eq!(c.leaders(), [3]);
+}
