@@ -451,6 +451,27 @@ mod tests {
         assert_eq!(log.find_conflict_by_term(10, 5), (6, 4));
     }
 
+    /// Storage reports durability by `(index, term)`: a report of an entry
+    /// since replaced by a conflicting one (truncated, and its replacement
+    /// already handed to storage but not yet synced) is ignored, or the
+    /// follower would acknowledge an entry it has not written (Figure 2:
+    /// respond only after the entries are stored; the replacement would be
+    /// counted toward a commit and lost in a crash).
+    #[test]
+    fn a_durability_report_of_a_replaced_entry_is_ignored() {
+        let mut log = RaftLog::restore(SnapshotMeta::default(), ents(&[1]), 1);
+        log.append_after(1, ents(&[1, 2]).split_off(1));
+        assert_eq!(log.take_unstable().len(), 1, "index 2 of term 2 handed");
+        // A leader of term 3 replaces index 2 before that write is synced.
+        let (_, truncated) = log.append_after(1, ents(&[1, 3]).split_off(1));
+        assert!(truncated);
+        assert_eq!(log.take_unstable().len(), 1, "index 2 of term 3 handed");
+        log.persisted_to(2, 2);
+        assert_eq!(log.persisted(), 1, "the replaced entry's report counts");
+        log.persisted_to(2, 3);
+        assert_eq!(log.persisted(), 2);
+    }
+
     #[test]
     fn committed_entries_wait_for_persistence() {
         let mut log = RaftLog::restore(SnapshotMeta::default(), ents(&[1]), 1);

@@ -314,6 +314,43 @@ fn corruption_before_the_tail_names_file_and_offset() {
     }
 }
 
+/// A frame cut short in a segment that is not the last is corruption, not
+/// a torn tail: a crash can only cut the last segment (the log moves on to
+/// a new segment only once the previous one was written whole), so the
+/// frames after the damage are never zeroed away as a tail, and the error
+/// names the file and the offset.
+#[test]
+fn a_torn_frame_before_the_last_segment_is_corruption() {
+    let mut t = tmp_wal(4096);
+    for i in 1..=100 {
+        t.append(&[cmd(i, 1, 100)]).unwrap();
+        t.sync().unwrap();
+    }
+    let dir = t.wal.dir().to_path_buf();
+    let segments = t.wal.segment_paths();
+    assert!(segments.len() > 2, "{} segments", segments.len());
+    drop(t.wal);
+    let first = &segments[0];
+    let mut bytes = std::fs::read(first).unwrap();
+    // Segment header (16) + checkpoint frame, then the first entry frame:
+    // its (valid) header now announces more bytes than the file holds.
+    let checkpoint_len = 12 + u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+    let frame = 16 + checkpoint_len;
+    // (Header: length, payload crc, crc of the length; little-endian.)
+    let len = u32::try_from(bytes.len()).unwrap().to_le_bytes();
+    bytes[frame..frame + 4].copy_from_slice(&len);
+    bytes[frame + 8..frame + 12].copy_from_slice(&crc32fast::hash(&len).to_le_bytes());
+    std::fs::write(first, &bytes).unwrap();
+    match Wal::open(&dir, WalOptions::default()) {
+        Err(StorageError::Corrupt { file, offset, .. }) => {
+            assert_eq!(&file, first);
+            assert_eq!(offset, frame as u64);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(first).unwrap(), bytes, "nothing was zeroed");
+}
+
 /// The WAL's rule "crc32 checked on every read" (module docs of `wal`):
 /// bytes that rot on disk *after* the log was opened (and its frames
 /// verified) are caught when the entry is read back, as a `Corrupt` error
