@@ -843,3 +843,43 @@ fn past_its_fence_a_replica_votes_only_in_terms_after_its_removal() {
     assert!(!out.all().is_empty());
     assert!(r.term() > 4 || r.role() == Role::PreCandidate);
 }
+
+/// The targets `propose_config` refuses, each with `InvalidConfiguration`
+/// and nothing appended: a joint target, no voter, a node both voter and
+/// learner, the reserved id 0 (it means "no node": a voter 0 could never
+/// vote, and its half of every quorum would wait for it), and a voter
+/// demoted straight to a learner.
+#[test]
+fn invalid_targets_are_refused_and_append_nothing() {
+    let mut r = Raft::new(
+        config(1),
+        Restored::bootstrap(Configuration::new([1, 2, 3])),
+    )
+    .expect("config");
+    make_settled_leader(&mut r);
+    let last = r.log().last_index();
+    let with_learners = |voters: &[u64], learners: &[u64]| {
+        let mut c = Configuration::new(voters.iter().copied());
+        c.learners = learners.iter().copied().collect();
+        c
+    };
+    for (target, what) in [
+        (Configuration::joint([1, 2, 4], [1, 2, 3]), "joint"),
+        (Configuration::new([]), "no voter"),
+        (with_learners(&[1, 2, 3, 4], &[4]), "voter and learner"),
+        (Configuration::new([1, 2, 3, 0]), "voter 0"),
+        (with_learners(&[1, 2, 3], &[0]), "learner 0"),
+        (with_learners(&[1, 2], &[3]), "demotion"),
+    ] {
+        assert!(
+            matches!(
+                r.propose_config(target),
+                Err(ProposeError::InvalidConfiguration(_))
+            ),
+            "{what} accepted"
+        );
+        assert_eq!(r.log().last_index(), last, "{what}: something appended");
+    }
+    // A valid change still goes through.
+    assert!(r.propose_config(with_learners(&[1, 2, 3], &[4])).is_ok());
+}
