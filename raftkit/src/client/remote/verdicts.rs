@@ -294,3 +294,41 @@ async fn a_hint_at_a_member_that_just_failed_is_not_followed() {
         "the stale hint at the member that just failed was followed"
     );
 }
+
+/// Mutant "a `WriteOnce` call that ended with an error saying its command
+/// was applied (a panicking handler: `Applied::Yes`) does not count as
+/// sent" (teeth round 10). The handle's next call finds the session gone:
+/// re-sending the command under a new session would apply it twice, so
+/// the call ends `SessionExpired` and nothing more is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_once_whose_first_call_applied_never_moves_to_a_new_session() {
+    let (a_id, _, client_id) = identities();
+    let mut writes = 0;
+    let a = FakeMember::start(&a_id, move |request| match request {
+        ClientRequest::OpenSession => session_opened(7),
+        ClientRequest::Write { .. } => {
+            writes += 1;
+            Act::answer(ClientResponse::Err(match writes {
+                1 => WireError::Handler("the handler panicked".into()),
+                2 => WireError::SessionExpired("forgotten".into()),
+                _ => return Act::answer(ClientResponse::Ok(b"applied again".to_vec())),
+            }))
+        }
+        _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
+    });
+    let client = client_of(&[&a], client_id, None, &a).await;
+    let once = client.write_once();
+    let first = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time");
+    assert!(matches!(first, Err(Error::Handler { .. })), "{first:?}");
+    let again = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time");
+    assert!(matches!(again, Err(Error::SessionExpired(_))), "{again:?}");
+    assert_eq!(
+        a.writes(),
+        2,
+        "the write was sent again under a new session"
+    );
+}
