@@ -135,7 +135,12 @@ impl Thread {
 }
 
 fn entry(index: Index, term: Term, op: Op) -> Entry {
-    let envelope = Envelope { stamp_ms: 1, op };
+    entry_at(index, term, 1, op)
+}
+
+/// An entry the leader stamped `stamp_ms` (replicated time).
+fn entry_at(index: Index, term: Term, stamp_ms: u64, op: Op) -> Entry {
+    let envelope = Envelope { stamp_ms, op };
     Entry {
         index,
         term,
@@ -449,5 +454,61 @@ fn the_room_of_every_write_answered_in_one_batch_comes_back() {
             );
         }
         assert_eq!(admission.refused(), 0);
+    });
+}
+
+/// A late duplicate of a write whose answer the client already
+/// acknowledged is answered `Ambiguous` (an earlier attempt was applied,
+/// this one was not): never an error that says "not applied" (teeth round
+/// 10: `Rejected` there survived). And replicated time advances with the
+/// entries' stamps: a session idle past its TTL by the stamps is expired,
+/// and a write under it is refused `SessionExpired`, not applied (dropping
+/// the advance survived too).
+#[test]
+fn an_acknowledged_duplicate_is_ambiguous_and_sessions_expire_by_the_stamps() {
+    runtime().block_on(async {
+        let id = SessionId(7);
+        let open = Op::OpenSession {
+            id,
+            owner: Owner::Local,
+            ttl_ms: 1_000,
+            max_sessions: 16,
+        };
+        let write = |seq, acked_below, by| Op::SessionWrite {
+            session: SessionRef {
+                id,
+                seq,
+                acked_below,
+            },
+            owner: Owner::Local,
+            command: command(&TallyWrite::Add { by }),
+        };
+        let t = Thread::start();
+        let second = t.register(3, 1);
+        let duplicate = t.register(4, 1);
+        t.send(ApplyMsg::entries(vec![
+            entry_at(1, 1, 1, open),
+            entry_at(2, 1, 2, write(1, 1, 5)),
+            // Acknowledges write 1 (its reply is dropped).
+            entry_at(3, 1, 3, write(2, 2, 1)),
+            entry_at(4, 1, 4, write(1, 2, 5)),
+        ]));
+        assert_eq!(output(second.await.expect("answered")), 6);
+        match duplicate.await.expect("answered") {
+            Err(e) => assert_eq!(e.applied(), Applied::Maybe, "{e}"),
+            Ok(_) => panic!("the acknowledged write was applied again"),
+        }
+        assert_eq!(t.value().await, 6);
+        // A day later by the stamps: the session (TTL 1 s) has expired.
+        let late = t.register(5, 1);
+        t.send(ApplyMsg::entries(vec![entry_at(
+            5,
+            1,
+            86_400_000,
+            write(3, 3, 100),
+        )]));
+        let r = late.await.expect("answered");
+        assert!(matches!(r, Err(Error::SessionExpired(_))), "{r:?}");
+        assert_eq!(t.value().await, 6);
     });
 }
