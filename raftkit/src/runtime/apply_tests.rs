@@ -28,7 +28,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::{self, ApplyMsg, ApplyStatus, Reply, Taken};
-use super::session::{Envelope, Op, Owner, Sessions};
+use super::session::{Envelope, Op, Owner, SESSION_WINDOW, Sessions};
 use super::watch::Journal;
 use crate::client::wire::{SessionId, SessionRef, WatchOutput};
 use crate::core::{Entry, Index, Payload, Term};
@@ -510,5 +510,53 @@ fn an_acknowledged_duplicate_is_ambiguous_and_sessions_expire_by_the_stamps() {
         let r = late.await.expect("answered");
         assert!(matches!(r, Err(Error::SessionExpired(_))), "{r:?}");
         assert_eq!(t.value().await, 6);
+    });
+}
+
+/// A write past its session's window of unacknowledged replies is refused
+/// `Rejected`, which says "not applied" (and retrying the same write cannot
+/// succeed until the client acknowledges replies): not `Ambiguous`, which
+/// would have the client retry it until its deadline (teeth round 10).
+#[test]
+fn a_write_past_the_session_window_is_rejected_as_not_applied() {
+    runtime().block_on(async {
+        let id = SessionId(9);
+        let mut entries = vec![entry(
+            1,
+            1,
+            Op::OpenSession {
+                id,
+                owner: Owner::Local,
+                ttl_ms: 600_000,
+                max_sessions: 16,
+            },
+        )];
+        let window = SESSION_WINDOW as u64;
+        for seq in 1..=window + 1 {
+            entries.push(entry(
+                seq + 1,
+                1,
+                Op::SessionWrite {
+                    session: SessionRef {
+                        id,
+                        seq,
+                        acked_below: 1,
+                    },
+                    owner: Owner::Local,
+                    command: command(&TallyWrite::Add { by: 1 }),
+                },
+            ));
+        }
+        let t = Thread::start();
+        let refused = t.register(window + 2, 1);
+        t.send(ApplyMsg::entries(entries));
+        match refused.await.expect("answered") {
+            Err(e) => {
+                assert!(matches!(e, Error::Rejected(_)), "{e:?}");
+                assert_eq!(e.applied(), Applied::No);
+            }
+            Ok(_) => panic!("a write past the window was applied"),
+        }
+        assert_eq!(t.value().await, window);
     });
 }
