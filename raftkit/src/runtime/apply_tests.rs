@@ -21,6 +21,11 @@
 //!   it: a watcher of an entry the snapshot covers is told it is gone
 //!   (`Unavailable`), and a new watch from there is refused (`Compacted`),
 //!   instead of events that silently skip the covered writes.
+//! - every session refusal says truly whether the write may have been
+//!   applied: a late duplicate of an acknowledged write `Ambiguous` (an
+//!   earlier attempt was), a write past the session window `Rejected`
+//!   (nothing was); and sessions expire by the entries' stamps
+//!   (replicated time), so a write under an expired one is not applied.
 
 use std::sync::Arc;
 
