@@ -306,6 +306,22 @@ mod tests {
         assert!(other_kind.check_upgrade_from(&old).is_err());
     }
 
+    /// A handler's return type is part of its form: stored replies (the
+    /// session table) and the answers of a mixed-version cluster must
+    /// decode, so a changed output is refused like changed arguments
+    /// (teeth round 10: the output check removed survived every test).
+    #[test]
+    fn a_changed_return_type_is_refused_naming_the_handler() {
+        let old = schema(&[(Write, 0, "put", Shape::Str)]);
+        let mut changed = Schema::new("kv", 1, Shape::Str);
+        changed.push(Write, 0, "put", Shape::Str, Shape::U64);
+        let e = changed.check_upgrade_from(&old).unwrap_err();
+        assert_eq!(e.handler, "`put` (write tag 0)");
+        assert!(e.reason.contains("return type"), "{e}");
+        assert!(changed.check_peer(&old).is_err());
+        assert!(old.check_peer(&changed).is_err());
+    }
+
     #[test]
     fn the_state_needs_a_new_version_to_change() {
         let old = schema(&[]);
