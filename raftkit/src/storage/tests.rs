@@ -725,6 +725,57 @@ fn file_snapshot_store_is_atomic_and_bounded() {
     }
 }
 
+/// Each integrity check of a snapshot file on its own (teeth round 10: any
+/// one of the three could be removed without a test failing, since the one
+/// damage tested above trips two of them): a flipped data byte is a
+/// checksum mismatch; a complete file under another snapshot's name is
+/// refused; a length field that disagrees with the file (its checksum
+/// recomputed) is refused. Each error names the file.
+#[test]
+fn each_snapshot_file_check_catches_its_own_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snaps");
+    let mut s = FileSnapshotStore::open(&path, 0).unwrap();
+    s.save(&snap(30, 3, b"the state of the machine")).unwrap();
+    drop(s);
+    let file = path.join("snapshot-00000000000000000030-00000000000000000003.snap");
+    let good = std::fs::read(&file).unwrap();
+    let corrupt = |what: &str| match FileSnapshotStore::open(&path, 0) {
+        Err(StorageError::Corrupt { file, .. }) => file,
+        other => panic!("{what}: expected Corrupt, got {other:?}"),
+    };
+    // A data byte flipped (the data is last, before the checksum).
+    let mut bytes = good.clone();
+    let n = bytes.len();
+    bytes[n - 4 - 3] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(corrupt("a flipped data byte"), file);
+    // The intact file under another snapshot's name.
+    std::fs::remove_file(&file).unwrap();
+    let other = path.join("snapshot-00000000000000000031-00000000000000000003.snap");
+    std::fs::write(&other, &good).unwrap();
+    assert_eq!(corrupt("another snapshot's name"), other);
+    // A data length one short of the file's, the checksum recomputed.
+    std::fs::remove_file(&other).unwrap();
+    let mut bytes = good.clone();
+    let body = bytes.len() - 4;
+    let meta_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let at = 12 + meta_len;
+    let data_len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    bytes[at..at + 8].copy_from_slice(&(data_len - 1).to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..body]).to_le_bytes();
+    bytes[body..].copy_from_slice(&crc);
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(corrupt("a wrong data length"), file);
+    // The intact file in its place opens.
+    std::fs::write(&file, &good).unwrap();
+    let s = FileSnapshotStore::open(&path, 0).unwrap();
+    assert_eq!(
+        s.latest().unwrap().unwrap(),
+        snap(30, 3, b"the state of the machine")
+    );
+}
+
 // ------------------------------------------------- faults through the vfs
 
 mod faults {
