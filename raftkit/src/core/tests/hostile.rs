@@ -194,3 +194,40 @@ fn admission_rules_hold_at_their_edges() {
     assert_eq!((r.term(), r.leader()), (3, Some(3)));
     assert_sound(&r);
 }
+
+/// A heartbeat answer may echo only a read round the leader started: one
+/// that acknowledges the *next* round ahead of time would count its sender
+/// toward that round's quorum before the round exists, so a read could be
+/// confirmed by fewer followers than a quorum (thesis §6.4). The quic attack
+/// test sends `u64::MAX`; the edge is one past the current round (teeth
+/// round 10: a check loosened by a million rounds survived).
+#[test]
+fn a_heartbeat_answer_for_a_round_not_started_is_dropped() {
+    let mut l = node(1, &[1, 2, 3], 1, &[1]);
+    make_settled_leader(&mut l);
+    l.read_index(7).expect("leader");
+    let out = flush(&mut l);
+    let round = out
+        .of_kind("Heartbeat")
+        .iter()
+        .find_map(|m| match m.body {
+            Body::Heartbeat { round, .. } => Some(round),
+            _ => None,
+        })
+        .expect("the read starts a heartbeat round");
+    let term = l.term();
+    assert_eq!(
+        l.step_checked(msg(
+            2,
+            1,
+            term,
+            Body::HeartbeatResponse { round: round + 1 }
+        )),
+        Err(DropReason::UnknownReadRound)
+    );
+    assert_eq!(
+        l.step_checked(msg(2, 1, term, Body::HeartbeatResponse { round })),
+        Ok(())
+    );
+    assert_sound(&l);
+}
