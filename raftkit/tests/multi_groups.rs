@@ -239,8 +239,10 @@ async fn all_quiesced(nodes: &[MultiNode<Kv>]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_groups_quiesce_wake_on_writes_and_elect_when_the_leader_dies() {
+/// Three nodes with TLS from one CA, each hosting groups `1..=GROUPS`,
+/// and `a = 1` written to every group; the directories live as long as
+/// the returned guards.
+async fn three_nodes_written_once() -> (Vec<tempfile::TempDir>, Vec<MultiNode<Kv>>) {
     let addrs = free_addrs(3);
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let ca = ClusterCa::generate("multi-test").unwrap();
@@ -256,6 +258,12 @@ async fn idle_groups_quiesce_wake_on_writes_and_elect_when_the_leader_dies() {
     for g in 1..=GROUPS {
         put(&nodes, g, "a", "1").await;
     }
+    (dirs, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_quiesce_wake_on_writes_and_elect_when_the_leader_dies() {
+    let (_dirs, mut nodes) = three_nodes_written_once().await;
     // Idle: every replica of every group stops ticking.
     all_quiesced(&nodes).await;
     let terms: Vec<u64> = (1..=GROUPS)
@@ -454,21 +462,7 @@ async fn groups_apply_on_the_callers_runtime_with_no_worker_threads() {
 /// anything, so the read must fail or wait, never be answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_read_after_quiescence_is_not_served_on_the_old_lease() {
-    let addrs = free_addrs(3);
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let ca = ClusterCa::generate("multi-test").unwrap();
-    let mut nodes = Vec::new();
-    for (addr, dir) in addrs.iter().zip(&dirs) {
-        nodes.push(start_node(addr, dir.path(), Some(&ca)).await.unwrap());
-    }
-    for node in &nodes {
-        for g in 1..=GROUPS {
-            node.create_group(g, &addrs).await.unwrap();
-        }
-    }
-    for g in 1..=GROUPS {
-        put(&nodes, g, "a", "1").await;
-    }
+    let (_dirs, mut nodes) = three_nodes_written_once().await;
     // A lease read on an awake leader is served.
     let l = leader(&nodes, 1).await;
     let (out, _) = l

@@ -601,6 +601,26 @@ async fn raw_hello(
     hello: PeerFrame,
     msgs: &[Message],
 ) -> Result<PeerFrame, String> {
+    let frames: Vec<PeerFrame> = msgs.iter().cloned().map(PeerFrame::Msg).collect();
+    Ok(raw_link(identity, to, hello, &frames).await?.answer)
+}
+
+/// A raw peer link: the acceptor's answer to its hello, and the connection
+/// (open while this lives).
+struct RawLink {
+    answer: PeerFrame,
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+/// Dials `to` on the peer ALPN presenting `identity`, sends `hello` then
+/// `frames` on one stream, and reads the answer to the hello.
+async fn raw_link(
+    identity: &Identity,
+    to: SocketAddr,
+    hello: PeerFrame,
+    frames: &[PeerFrame],
+) -> Result<RawLink, String> {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
     let cfg = quic_client_config(identity, PEER_ALPN).expect("client config");
     let conn = within("raw connect", async {
@@ -614,16 +634,21 @@ async fn raw_hello(
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     encode_frame(&hello, 1 << 20, &mut buf).expect("encode");
-    for m in msgs {
-        encode_frame(&PeerFrame::Msg(m.clone()), 1 << 20, &mut buf).expect("encode");
+    for frame in frames {
+        encode_frame(frame, 1 << 20, &mut buf).expect("encode");
     }
     send.write_all(&buf).await.map_err(|e| e.to_string())?;
-    within(
+    let answer = within(
         "the answer to the hello",
         read_frame::<PeerFrame, _>(&mut recv, 1 << 20),
     )
     .await
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    Ok(RawLink {
+        answer,
+        conn,
+        _endpoint: endpoint,
+    })
 }
 
 fn hello_as(name: &str, from: NodeId) -> PeerFrame {
@@ -907,20 +932,7 @@ async fn a_group_message_claiming_another_node_is_dropped() {
         term: 1 << 40,
         body: Body::Heartbeat { commit: 0, round },
     };
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    let cfg = quic_client_config(&mallory, PEER_ALPN).expect("client config");
-    let conn = within("raw connect", async {
-        endpoint
-            .connect_with(cfg, a_addr, "raftkit")
-            .expect("connect")
-            .await
-    })
-    .await
-    .expect("a node certificate of the CA connects");
-    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    let mut buf = Vec::new();
-    encode_frame(&hello_as("t@m", m_id), 1 << 20, &mut buf).expect("encode");
-    for frame in [
+    let frames = [
         PeerFrame::Group {
             group: 7,
             msg: heartbeat(b_id, 1),
@@ -931,14 +943,11 @@ async fn a_group_message_claiming_another_node_is_dropped() {
             msg: heartbeat(m_id, 3),
         },
         PeerFrame::Msg(heartbeat(m_id, 4)),
-    ] {
-        encode_frame(&frame, 1 << 20, &mut buf).expect("encode");
-    }
-    send.write_all(&buf).await.expect("write");
-    let answer: PeerFrame = within("the answer to the hello", read_frame(&mut recv, 1 << 20))
+    ];
+    let link = raw_link(&mallory, a_addr, hello_as("t@m", m_id), &frames)
         .await
-        .expect("answer");
-    assert_eq!(answer, PeerFrame::HelloOk);
+        .expect("a node certificate of the CA connects");
+    assert_eq!(link.answer, PeerFrame::HelloOk);
     match within("a group message", group_rx.recv()).await {
         Some(raftkit::transport::GroupInbound::Msg { group: 7, msg }) => {
             assert_eq!(
@@ -955,6 +964,6 @@ async fn a_group_message_claiming_another_node_is_dropped() {
         "the forged message was dropped"
     );
     assert!(group_rx.try_recv().is_err() && rx.try_recv().is_err());
-    conn.close(quinn::VarInt::from_u32(0), b"done");
+    link.conn.close(quinn::VarInt::from_u32(0), b"done");
     a.shutdown().await;
 }

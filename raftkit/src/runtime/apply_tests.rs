@@ -167,6 +167,30 @@ fn add(index: Index, by: u64) -> Entry {
     )
 }
 
+/// Opens session `id` (owned locally) with a time-to-live of `ttl_ms`.
+fn open_session(id: SessionId, ttl_ms: u64) -> Op {
+    Op::OpenSession {
+        id,
+        owner: Owner::Local,
+        ttl_ms,
+        max_sessions: 16,
+    }
+}
+
+/// Write `seq` of session `id` (replies below `acked_below` acknowledged):
+/// add `by`.
+fn session_add(id: SessionId, seq: u64, acked_below: u64, by: u64) -> Op {
+    Op::SessionWrite {
+        session: SessionRef {
+            id,
+            seq,
+            acked_below,
+        },
+        owner: Owner::Local,
+        command: command(&TallyWrite::Add { by }),
+    }
+}
+
 fn output(r: Result<Vec<u8>, Error>) -> u64 {
     let bytes = r.expect("applied");
     match decode::<TallyWriteOutput>("output", &bytes).expect("decodes") {
@@ -287,21 +311,8 @@ fn a_decoded_command_is_applied_only_for_its_own_entry() {
 fn sessions_travel_with_the_snapshot_so_a_retry_after_an_install_is_not_applied_again() {
     runtime().block_on(async {
         let id = SessionId(7);
-        let open = Op::OpenSession {
-            id,
-            owner: Owner::Local,
-            ttl_ms: 600_000,
-            max_sessions: 16,
-        };
-        let write = Op::SessionWrite {
-            session: SessionRef {
-                id,
-                seq: 1,
-                acked_below: 1,
-            },
-            owner: Owner::Local,
-            command: command(&TallyWrite::Add { by: 7 }),
-        };
+        let open = open_session(id, 600_000);
+        let write = session_add(id, 1, 1, 7);
         let mut a = Thread::start();
         let first = a.register(2, 1);
         a.send(ApplyMsg::entries(vec![
@@ -473,30 +484,16 @@ fn the_room_of_every_write_answered_in_one_batch_comes_back() {
 fn an_acknowledged_duplicate_is_ambiguous_and_sessions_expire_by_the_stamps() {
     runtime().block_on(async {
         let id = SessionId(7);
-        let open = Op::OpenSession {
-            id,
-            owner: Owner::Local,
-            ttl_ms: 1_000,
-            max_sessions: 16,
-        };
-        let write = |seq, acked_below, by| Op::SessionWrite {
-            session: SessionRef {
-                id,
-                seq,
-                acked_below,
-            },
-            owner: Owner::Local,
-            command: command(&TallyWrite::Add { by }),
-        };
+        let open = open_session(id, 1_000);
         let t = Thread::start();
         let second = t.register(3, 1);
         let duplicate = t.register(4, 1);
         t.send(ApplyMsg::entries(vec![
             entry_at(1, 1, 1, open),
-            entry_at(2, 1, 2, write(1, 1, 5)),
+            entry_at(2, 1, 2, session_add(id, 1, 1, 5)),
             // Acknowledges write 1 (its reply is dropped).
-            entry_at(3, 1, 3, write(2, 2, 1)),
-            entry_at(4, 1, 4, write(1, 2, 5)),
+            entry_at(3, 1, 3, session_add(id, 2, 2, 1)),
+            entry_at(4, 1, 4, session_add(id, 1, 2, 5)),
         ]));
         assert_eq!(output(second.await.expect("answered")), 6);
         match duplicate.await.expect("answered") {
@@ -510,7 +507,7 @@ fn an_acknowledged_duplicate_is_ambiguous_and_sessions_expire_by_the_stamps() {
             5,
             1,
             86_400_000,
-            write(3, 3, 100),
+            session_add(id, 3, 3, 100),
         )]));
         let r = late.await.expect("answered");
         assert!(matches!(r, Err(Error::SessionExpired(_))), "{r:?}");
@@ -526,31 +523,10 @@ fn an_acknowledged_duplicate_is_ambiguous_and_sessions_expire_by_the_stamps() {
 fn a_write_past_the_session_window_is_rejected_as_not_applied() {
     runtime().block_on(async {
         let id = SessionId(9);
-        let mut entries = vec![entry(
-            1,
-            1,
-            Op::OpenSession {
-                id,
-                owner: Owner::Local,
-                ttl_ms: 600_000,
-                max_sessions: 16,
-            },
-        )];
+        let mut entries = vec![entry(1, 1, open_session(id, 600_000))];
         let window = SESSION_WINDOW as u64;
         for seq in 1..=window + 1 {
-            entries.push(entry(
-                seq + 1,
-                1,
-                Op::SessionWrite {
-                    session: SessionRef {
-                        id,
-                        seq,
-                        acked_below: 1,
-                    },
-                    owner: Owner::Local,
-                    command: command(&TallyWrite::Add { by: 1 }),
-                },
-            ));
+            entries.push(entry(seq + 1, 1, session_add(id, seq, 1, 1)));
         }
         let t = Thread::start();
         let refused = t.register(window + 2, 1);

@@ -75,14 +75,7 @@ fn the_leader_answers_a_follower_only_after_committing_in_its_term() {
     );
     let out = step(&mut r, append_ok(3, 1, term, noop));
     assert!(answers(&out).is_empty(), "answered without a round");
-    let round = out
-        .of_kind("Heartbeat")
-        .iter()
-        .find_map(|m| match m.body {
-            Body::Heartbeat { round, .. } => Some(round),
-            _ => None,
-        })
-        .expect("a round starts once the no-op commits");
+    let round = heartbeat_round(&out).expect("a round starts once the no-op commits");
     let out = step(&mut r, msg(3, 1, term, Body::HeartbeatResponse { round }));
     assert_eq!(answers(&out), [(2, 5, Some(noop))]);
 }

@@ -185,6 +185,14 @@ pub fn pre_vote_req(from: NodeId, to: NodeId, term: Term, last: (Index, Term)) -
     )
 }
 
+/// The read round the first heartbeat in `out` carries, if any.
+pub fn heartbeat_round(out: &Out) -> Option<u64> {
+    out.all().iter().find_map(|m| match m.body {
+        Body::Heartbeat { round, .. } => Some(round),
+        _ => None,
+    })
+}
+
 /// An answer to a (pre-)vote request.
 pub fn vote_resp(from: NodeId, to: NodeId, term: Term, granted: bool, pre_vote: bool) -> Message {
     msg(

@@ -207,14 +207,7 @@ fn a_heartbeat_answer_for_a_round_not_started_is_dropped() {
     make_settled_leader(&mut l);
     l.read_index(7).expect("leader");
     let out = flush(&mut l);
-    let round = out
-        .of_kind("Heartbeat")
-        .iter()
-        .find_map(|m| match m.body {
-            Body::Heartbeat { round, .. } => Some(round),
-            _ => None,
-        })
-        .expect("the read starts a heartbeat round");
+    let round = heartbeat_round(&out).expect("the read starts a heartbeat round");
     let term = l.term();
     assert_eq!(
         l.step_checked(msg(

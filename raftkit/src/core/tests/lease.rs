@@ -18,13 +18,6 @@ fn leased_leader() -> (Raft, u64) {
     (r, last)
 }
 
-fn heartbeat_round(out: &Out) -> Option<u64> {
-    out.all().iter().find_map(|m| match m.body {
-        Body::Heartbeat { round, .. } => Some(round),
-        _ => None,
-    })
-}
-
 /// Ticks the leader to its next heartbeat and has `from` acknowledge it.
 fn ack_next_heartbeat(r: &mut Raft, from: u64) {
     let term = r.term();
