@@ -15,7 +15,7 @@
 //! The test builds exactly that state, with no timing left to chance:
 //! node B's apply thread (and only B's: the threads are named per node)
 //! blocks in a handler until the test opens a gate; 35 MiB of commands
-//! behind it pause B's core; then the leader A acknowledges `add(1)`, the
+//! (1 MiB each) behind it pause B's core; then the leader A acknowledges `add(1)`, the
 //! leadership moves to B, and B serves a lease read with its apply still
 //! blocked. The read is dispatched before the gate opens (a command to B
 //! queued behind it is answered first) and is known to have taken the
@@ -106,7 +106,10 @@ async fn start(net: &MemoryNetwork, addr: &str) -> Peer<Ledger> {
         .in_memory()
         .listen(addr)
         .bootstrap_members(ADDRS)
-        .tick(Duration::from_millis(20))
+        // Elections take 0.5–1 s: the 35 MiB of padding, copied through
+        // one thread with the machine busy, must not look like a dead
+        // leader (the test waits on conditions, not on the tick).
+        .tick(Duration::from_millis(50))
         .threads(apply_threads_named_after(addr))
         .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
         .start()
@@ -148,12 +151,14 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     peers[a].write(LedgerWrite::Hold).await.expect("hold");
     GATE.wait_entered().await;
     // 35 MiB handed to B's blocked apply thread: B's core pauses handing
-    // committed entries (the backlog bound is 32 MiB).
+    // committed entries (the backlog bound is 32 MiB). In 1 MiB commands:
+    // one 7 MiB entry stalled this one-thread runtime long enough, with
+    // the machine saturated, for a follower to time out its leader.
     let mut last_pad = 0;
-    for _ in 0..5 {
+    for _ in 0..35 {
         peers[a]
             .write(LedgerWrite::Pad {
-                bytes: vec![7u8; 7 << 20],
+                bytes: vec![7u8; 1 << 20],
             })
             .await
             .expect("pad");
