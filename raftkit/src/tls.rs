@@ -975,6 +975,59 @@ mod tests {
         );
     }
 
+    /// A role is one of the three exactly: `nodeX`, `Node`, `admin/` or an
+    /// empty role are unknown, not a node or an admin by their prefix or
+    /// case.
+    #[test]
+    fn a_role_is_matched_exactly() {
+        let ca = ClusterCa::generate("roles").expect("ca");
+        let key = KeyPair::generate().expect("key");
+        for role in ["nodeX", "Node", "admin/", "administrator", "client ", ""] {
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = vec![
+                SanType::URI(format!("{ROLE_URI_PREFIX}{role}").try_into().expect("ia5")),
+                SanType::URI(format!("{NAME_URI_PREFIX}x").try_into().expect("ia5")),
+            ];
+            let cert = params.signed_by(&key, &ca.issuer).expect("sign");
+            assert_eq!(
+                Principal::from_cert(cert.der()),
+                Err(PrincipalError::UnknownRole(role.to_string())),
+                "role {role:?}"
+            );
+        }
+        for role in CertRole::ALL {
+            assert_eq!(role.as_str().parse::<CertRole>(), Ok(role));
+        }
+    }
+
+    /// Only a node certificate may authenticate a TLS server: client and
+    /// admin certificates carry the client-authentication usage alone, so
+    /// even one that somehow named the cluster would not pass a dialer's
+    /// path validation as a server.
+    #[test]
+    fn only_node_certificates_are_issued_for_server_authentication() {
+        let ca = ClusterCa::generate("usages").expect("ca");
+        let usages = |id: &Identity| {
+            let (_, cert) =
+                x509_parser::parse_x509_certificate(id.cert_chain()[0].as_ref()).expect("parse");
+            let eku = cert
+                .extended_key_usage()
+                .expect("extension parses")
+                .expect("extended key usage present")
+                .value;
+            (eku.server_auth, eku.client_auth)
+        };
+        assert_eq!(
+            usages(&ca.issue_node("n", &[]).expect("node")),
+            (true, true)
+        );
+        assert_eq!(
+            usages(&ca.issue_client("c").expect("client")),
+            (false, true)
+        );
+        assert_eq!(usages(&ca.issue_admin("a").expect("admin")), (false, true));
+    }
+
     #[test]
     fn names_percent_encode_and_decode() {
         for name in ["kv@127.0.0.1:7001", "a b/c%d", "ünï", "x+y,z=w~"] {

@@ -242,6 +242,54 @@ fn snapshot_round_trip() {
     assert!(Kv::restore(&[0xff, 0xff]).is_err());
 }
 
+/// A pinned handler between implicit ones keeps its slot in the
+/// declaration order: the handler after it is tagged by its position (2),
+/// not shifted down to 1 — pinning one handler must not renumber the
+/// others, or old log entries would decode as other commands.
+mod pinned_between {
+    use raftkit::prelude::*;
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    pub struct Counter {
+        n: u64,
+    }
+
+    #[raftkit::state_machine]
+    impl Counter {
+        #[write]
+        fn first(&mut self) -> u64 {
+            self.n
+        }
+
+        #[write(tag = 9)]
+        fn pinned(&mut self) -> u64 {
+            self.n
+        }
+
+        #[write]
+        fn third(&mut self) -> u64 {
+            self.n
+        }
+
+        #[read]
+        fn get(&self) -> u64 {
+            self.n
+        }
+    }
+}
+
+#[test]
+fn a_pinned_handler_keeps_its_slot_in_the_implicit_numbering() {
+    use pinned_between::{CounterRead, CounterWrite};
+    assert_eq!(encode("cmd", &CounterWrite::First).unwrap(), [0]);
+    assert_eq!(encode("cmd", &CounterWrite::Pinned).unwrap(), [9]);
+    assert_eq!(encode("cmd", &CounterWrite::Third).unwrap(), [2]);
+    assert_eq!(encode("q", &CounterRead::Get).unwrap(), [0]);
+    let back: CounterWrite = decode("cmd", &[2]).unwrap();
+    assert!(matches!(back, CounterWrite::Third));
+    assert!(decode::<CounterWrite>("cmd", &[1]).is_err());
+}
+
 /// The same state machine twice, once with a handler's signature changed.
 mod v1 {
     use raftkit::prelude::*;

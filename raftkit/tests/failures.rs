@@ -425,6 +425,52 @@ async fn a_failed_leader_answers_every_caller_and_shutdown_reports_it() {
     }
 }
 
+/// A linearizable read waiting for its heartbeat round when the leader's
+/// storage fails is answered at once with the storage error, like the
+/// writes in flight: it does not hang until the node is shut down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waiting_for_its_quorum_is_answered_when_storage_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new(3);
+    let (peers, nodes) = start3(&net, dir.path(), 10_000).await;
+    let l = leader_of(&peers).await;
+    c(&peers[l]).add("k".into(), 1).await.unwrap();
+    // The followers are cut off: the read's heartbeat round never
+    // completes, and the write below can never commit.
+    for (i, p) in peers.iter().enumerate() {
+        if i != l {
+            net.isolate(p.id());
+        }
+    }
+    let client = CounterClient::new(peers[l].clone());
+    let mut read = Box::pin(async move { client.get("k".into()).await });
+    // One poll hands the read to the node task (admission has room).
+    tokio::select! {
+        biased;
+        r = &mut read => panic!("the read was answered without a quorum: {r:?}"),
+        () = std::future::ready(()) => {}
+    }
+    nodes[l]
+        .fs
+        .inject(FaultRule::new(FileOp::Fsync, Fault::Io).on(".wal"));
+    // Commands reach the node task in order: the read is waiting when this
+    // write's fsync fails.
+    let write =
+        tokio::time::timeout(Duration::from_secs(10), c(&peers[l]).add("k".into(), 1)).await;
+    assert!(matches!(write, Ok(Err(_))), "{write:?}");
+    let read = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the waiting read is answered once storage failed");
+    assert!(matches!(read, Err(Error::Storage(_))), "{read:?}");
+    let r = peers[l].shutdown().await;
+    assert!(matches!(r, Err(Error::Storage(_))), "shutdown said {r:?}");
+    for (i, p) in peers.iter().enumerate() {
+        if i != l {
+            p.shutdown().await.unwrap();
+        }
+    }
+}
+
 // ------------------------------------------------------------- defect 3
 
 /// A node halted by a handler panic gives up leadership, answers `Halted`

@@ -316,6 +316,27 @@ async fn a_replica_moves_to_a_new_node_under_load_and_no_acknowledged_write_is_l
         .await
         .unwrap();
     assert!(again.already_done && again.steps.is_empty());
+    // Refused, changing nothing: aborting a move whose target already
+    // votes, and a move off a node that is not a voter (here, to the node
+    // that just left).
+    let leader = c.leader().await;
+    let members = || -> Vec<(NodeId, bool)> {
+        let st = leader.group(G).unwrap().status();
+        st.members.iter().map(|m| (m.id, m.voter)).collect()
+    };
+    let members_before = members();
+    let err = leader.abort_move(G, &c.addrs[3]).await.unwrap_err();
+    assert!(matches!(err, MoveError::Invalid { .. }), "{err}");
+    assert_eq!(err.applied(), Applied::No);
+    let not_a_voter: NodeId = 999_999;
+    assert!(!members_before.iter().any(|m| m.0 == not_a_voter));
+    let err = leader
+        .move_replica(G, not_a_voter, &c.addrs[from_i])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MoveError::Invalid { .. }), "{err}");
+    assert_eq!(err.applied(), Applied::No);
+    assert_eq!(members(), members_before);
     check_retired(&mut c, from_i).await;
     check_converged(&c, &acked).await;
 }

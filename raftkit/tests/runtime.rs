@@ -749,3 +749,122 @@ async fn a_write_holds_its_room_in_the_budget_until_it_is_answered() {
     ));
     peer.shutdown().await.unwrap();
 }
+
+/// Linearizable reads arriving together on the leader each wait for their
+/// own heartbeat round (their own ReadIndex context) and each get their own
+/// answer: none is dropped or answered for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_linearizable_reads_are_each_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        peers.push(start(&net, dir.path(), addr).await);
+    }
+    let leader = wait_leader(&peers).await;
+    let client = CounterClient::new(peers[leader].clone());
+    for k in 0..16u64 {
+        client.add(format!("k{k}"), k).await.unwrap();
+    }
+    let reads = (0..64u64).map(|i| {
+        let client = client.clone();
+        async move { (i % 16, client.get(format!("k{}", i % 16)).await) }
+    });
+    let answers = tokio::time::timeout(Duration::from_secs(20), futures_join_all(reads.collect()))
+        .await
+        .expect("every read answered in time");
+    for (k, got) in answers {
+        assert_eq!(got.expect("the read succeeds"), k, "key k{k}");
+    }
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}
+
+/// Runs every future to completion, concurrently (spawned on the runtime),
+/// in order of the input.
+async fn futures_join_all<F>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+/// The WAL files in `dir`, recursively.
+fn wal_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "wal") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Snapshots compact the log on disk while the node runs, not only at its
+/// next start: with 4 KiB segments and a snapshot every 100 entries, the
+/// WAL's segment files stay few however many entries are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_shrink_the_log_on_disk_while_the_node_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let net2 = net.clone();
+    let addr = "solo:1";
+    let peer = Counter::peer()
+        .snapshot_every(100)
+        .wal_segment_bytes(4096)
+        .listen(addr)
+        .data_dir(dir.path().join(addr))
+        .bootstrap_members([addr])
+        .tick(Duration::from_millis(10))
+        .transport(move |id, inbox| {
+            net2.inboxes.lock().unwrap().insert(id, inbox);
+            Arc::new(NetEnd(net2.clone()))
+        })
+        .start()
+        .await
+        .expect("peer starts");
+    wait_leader(std::slice::from_ref(&peer)).await;
+    let client = CounterClient::new(peer.clone());
+    let mut most = 0;
+    for i in 0..1_000u64 {
+        client.add(format!("k{}", i % 10), 1).await.unwrap();
+        most = most.max(wal_files(dir.path()));
+    }
+    let mut w = peer.watch();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        w.wait_for(|s| s.snapshot_index >= 900),
+    )
+    .await
+    .expect("snapshots taken")
+    .expect("peer alive");
+    // One more write after the last snapshot: its compaction is durable.
+    client.add("k0".into(), 1).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = wal_files(dir.path());
+        if now <= 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now} WAL segment files of 4 KiB after 1,000 entries and snapshots up to {} (at most {most} during the writes)",
+            peer.status().snapshot_index
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    peer.shutdown().await.unwrap();
+}

@@ -967,3 +967,187 @@ async fn a_group_message_claiming_another_node_is_dropped() {
     link.conn.close(quinn::VarInt::from_u32(0), b"done");
     a.shutdown().await;
 }
+
+/// A client that presents no certificate is refused by the TLS handshake
+/// itself (the server requires one signed by the cluster CA), not later
+/// by the application: nothing of the node's protocol is reachable without
+/// a certificate.
+#[tokio::test]
+async fn a_connection_without_a_client_certificate_fails_its_handshake() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der().clone()).expect("root");
+    let mut tls = rustls::ClientConfig::builder_with_provider(raftkit::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let cfg = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).expect("quic tls"),
+    ));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let err = within("the handshake to be refused", async {
+        // TLS 1.3: the client may finish its side before the server has
+        // checked the (missing) certificate; the refusal then closes the
+        // connection.
+        match endpoint
+            .connect_with(cfg, a.addr, "raftkit")
+            .expect("connect")
+            .await
+        {
+            Err(e) => e,
+            Ok(conn) => conn.closed().await,
+        }
+    })
+    .await;
+    let quinn::ConnectionError::ConnectionClosed(close) = &err else {
+        panic!("expected a TLS alert closing the connection, got {err:?}");
+    };
+    // `certificate_required` (RFC 8446 §4.4.2.4) as a QUIC crypto error.
+    assert_eq!(
+        close.error_code,
+        quinn::TransportErrorCode::crypto(116),
+        "{err}"
+    );
+}
+
+/// Signs a certificate for `name` with the cluster CA's key, valid for
+/// serving (`ServerAuth`, the cluster's DNS name) but stating `role` (or no
+/// role at all): what the CA never issues, to test each of the dialer's
+/// checks on its own.
+fn rogue_server_identity(ca: &ClusterCa, role: Option<CertRole>, name: &str) -> Identity {
+    let dir = tempfile::tempdir().expect("tempdir");
+    ca.write_to(dir.path()).expect("write ca");
+    let key_pem = std::fs::read_to_string(dir.path().join("ca.key")).expect("ca key");
+    let ca_key = rcgen::KeyPair::from_pem(&key_pem).expect("ca key parses");
+    let issuer = rcgen::Issuer::from_ca_cert_der(ca.cert_der(), ca_key).expect("issuer");
+    let mut params = rcgen::CertificateParams::default();
+    let uri = |s: String| rcgen::SanType::URI(s.try_into().expect("ia5"));
+    params.subject_alt_names = vec![
+        rcgen::SanType::DnsName(raftkit::tls::CLUSTER_SAN.try_into().expect("ia5")),
+        uri(format!("{}{name}", raftkit::tls::NAME_URI_PREFIX)),
+    ];
+    if let Some(role) = role {
+        params.subject_alt_names.push(uri(role.uri()));
+    }
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    std::fs::write(dir.path().join("rogue.pem"), cert.pem()).expect("write cert");
+    std::fs::write(dir.path().join("rogue.key"), key.serialize_pem()).expect("write key");
+    Identity::load(dir.path(), "rogue").expect("load")
+}
+
+/// A dialer accepts only a *node* certificate of the node it meant: a
+/// certificate of the cluster CA that names that node but states another
+/// role, or no role, is refused before the hello (each check alone: these
+/// certificates pass TLS path validation as servers).
+#[tokio::test]
+async fn a_dialer_refuses_a_server_certificate_without_the_node_role() {
+    let (ca, ids) = dev_cluster(["ta"]).expect("certs");
+    let a = Node::start("ta", ids[0].clone(), SCHEMA).await;
+    let b_id = node_id("tb");
+    for role in [Some(CertRole::Client), Some(CertRole::Admin), None] {
+        let rogue = rogue_server_identity(&ca, role, "tb");
+        let server = raftkit::transport::quic::quic_server_config(&rogue).expect("server config");
+        let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().expect("addr"))
+            .expect("endpoint");
+        let addr = endpoint.local_addr().expect("addr");
+        // Completes handshakes and holds the connections (a hello is never
+        // answered: only the dialer's own check can refuse the link).
+        let accept = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(incoming) = endpoint.accept().await {
+                if let Ok(conn) = incoming.await {
+                    held.push(conn);
+                }
+            }
+        });
+        a.t.set_peers(BTreeMap::from([(b_id, addr.to_string())]));
+        a.t.send(Message {
+            from: a.id,
+            to: b_id,
+            term: 1,
+            body: Body::TimeoutNow,
+        });
+        let state = a
+            .wait_link(b_id, |s| matches!(s, LinkState::Refused(_)))
+            .await;
+        let LinkState::Refused(reason) = state else {
+            unreachable!()
+        };
+        assert!(reason.contains(&addr.to_string()), "{role:?}: {reason}");
+        a.t.set_peers(BTreeMap::new());
+        accept.abort();
+    }
+}
+
+/// A peer whose address changes in the configuration is dialed at its new
+/// address (the link to the old one is replaced, not kept).
+#[tokio::test]
+async fn a_peer_whose_address_changes_is_dialed_at_the_new_one() {
+    let (_ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
+    let mut b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
+    // First configured at an address where nothing answers.
+    let nobody = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let stale = nobody.local_addr().expect("addr").to_string();
+    a.t.set_peers(BTreeMap::from([(b.id, stale)]));
+    a.t.send(msg(&a, &b, 1));
+    a.t.set_peers(BTreeMap::from([b.peer_entry()]));
+    a.wait_link(b.id, |s| *s == LinkState::Connected).await;
+    a.t.send(msg(&a, &b, 2));
+    within("a message at the new address", async {
+        loop {
+            if b.recv().await == msg(&a, &b, 2) {
+                break;
+            }
+        }
+    })
+    .await;
+    drop(nobody);
+}
+
+/// Reconnect delays double from `backoff_min` up to `backoff_max`, and stay
+/// there: a peer that refused connections for a while is retried at least
+/// every `backoff_max`, not at ever longer intervals.
+#[tokio::test]
+async fn reconnect_delays_are_capped() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let (tx, _rx) = mpsc::channel(16);
+    let mut cfg = QuicConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        "t@a",
+        ids[0].clone(),
+        SCHEMA,
+    );
+    cfg.backoff_min = Duration::from_millis(10);
+    cfg.backoff_max = Duration::from_millis(100);
+    let (a, _) = QuicTransport::start(cfg, tx, None).await.expect("start");
+    // A QUIC server that refuses every connection at once (a fast failure:
+    // the dialer's delays alone space its attempts).
+    let server =
+        raftkit::transport::quic::quic_server_config(&ca.issue_node("t@b", &[]).expect("cert"))
+            .expect("server config");
+    let endpoint =
+        quinn::Endpoint::server(server, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let addr = endpoint.local_addr().expect("addr");
+    a.set_peers(BTreeMap::from([(node_id("t@b"), addr.to_string())]));
+    // Delays 10, 20, 40, 80, then 100 ms each: 12 attempts take about
+    // 0.9 s. Uncapped (doubling on) they would take over 40 s.
+    let started = tokio::time::Instant::now();
+    within("twelve dial attempts", async {
+        for _ in 0..12 {
+            let incoming = endpoint.accept().await.expect("endpoint open");
+            incoming.refuse();
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "12 attempts took {took:?}");
+}

@@ -53,7 +53,7 @@ use tracing::info;
 
 use super::balance::{ReplicaView, plan_replicas};
 use super::{GroupId, MultiNode};
-use crate::core::{Configuration, NodeId, Role};
+use crate::core::{Configuration, Index, NodeId, Role};
 use crate::error::{Applied, Error};
 use crate::runtime::{Peer, PeerExt, PeerStatus};
 
@@ -230,6 +230,23 @@ fn settled(st: &PeerStatus) -> bool {
     !st.joint && st.commit >= st.config_index
 }
 
+/// Step 2's end: the target `to` holds at least the configuration that
+/// added it and is within `lag` entries of the leader's last entry (a voter
+/// further behind would stall commits once the joint change needs it).
+fn caught_up(s: &PeerStatus, to: NodeId, lag: u64) -> bool {
+    s.members.iter().any(|m| {
+        m.id == to
+            && m.matched
+                .is_some_and(|x| x >= s.config_index && x.saturating_add(lag) >= s.last_index)
+    })
+}
+
+/// Step 4's end: `C_new`, appended after the joint configuration at
+/// `joint_index`, is committed, with `to` voting and `from` gone.
+fn left_joint(s: &PeerStatus, joint_index: Index, to: NodeId, from: NodeId) -> bool {
+    settled(s) && s.config_index > joint_index && is_voter(s, to) && !is_member(s, from)
+}
+
 /// Waits until `done` holds for `peer`'s status, or `timeout` passes.
 async fn wait_for<S: PeerExt>(
     peer: &Peer<S>,
@@ -364,15 +381,7 @@ impl<S: PeerExt> MultiNode<S> {
         // 2. Wait until it caught up.
         let lag = opts.catch_up_lag;
         let st = wait_for(&peer, opts.catch_up_timeout, |s| {
-            s.role != Role::Leader
-                || s.members.iter().any(|m| {
-                    // It holds at least the configuration that added it,
-                    // and is within `lag` of the leader's last entry.
-                    m.id == to_id
-                        && m.matched.is_some_and(|x| {
-                            x >= s.config_index && x.saturating_add(lag) >= s.last_index
-                        })
-                })
+            s.role != Role::Leader || caught_up(s, to_id, lag)
         })
         .await
         .map_err(|e| fail(MoveStep::CatchUp, e))?;
@@ -404,7 +413,7 @@ impl<S: PeerExt> MultiNode<S> {
 
         // 4. Leave the joint configuration: `C_new` commits.
         wait_for(&peer, opts.step_timeout, |s| {
-            settled(s) && s.config_index > index && is_voter(s, to_id) && !is_member(s, from)
+            left_joint(s, index, to_id, from)
         })
         .await
         .map_err(|e| fail(MoveStep::LeaveJoint, e))?;
@@ -532,5 +541,122 @@ pub fn into_error(e: MoveError) -> Error {
         MoveError::NotLeader { hint, .. } => Error::NotLeader { hint },
         e if e.applied() == Applied::No => Error::Rejected(e.to_string()),
         e => Error::Ambiguous(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::MemberStatus;
+
+    const A: NodeId = 1;
+    const B: NodeId = 2;
+    const C: NodeId = 3;
+    const T: NodeId = 4;
+
+    /// A leader's status: `members` as (id, voter, matched).
+    fn status(members: &[(NodeId, bool, Option<Index>)], config_index: Index) -> PeerStatus {
+        PeerStatus {
+            role: Role::Leader,
+            config_index,
+            commit: config_index,
+            last_index: 1_000,
+            members: members
+                .iter()
+                .map(|&(id, voter, matched)| MemberStatus {
+                    id,
+                    voter,
+                    matched,
+                    ..MemberStatus::default()
+                })
+                .collect(),
+            ..PeerStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_learner_is_caught_up_within_the_lag_and_holding_its_configuration() {
+        let with = |matched| {
+            status(
+                &[
+                    (A, true, Some(1_000)),
+                    (B, true, Some(1_000)),
+                    (T, false, matched),
+                ],
+                500,
+            )
+        };
+        // Exactly `lag` behind the last entry: caught up; one more: not.
+        assert!(caught_up(&with(Some(936)), T, 64));
+        assert!(!caught_up(&with(Some(935)), T, 64));
+        assert!(caught_up(&with(Some(1_000)), T, 0));
+        assert!(!caught_up(&with(Some(999)), T, 0));
+        // Within the lag but short of the configuration that added it.
+        assert!(!caught_up(&with(Some(499)), T, 1_000));
+        assert!(caught_up(&with(Some(500)), T, 1_000));
+        // Nothing known of it; other members' progress does not count.
+        assert!(!caught_up(&with(None), T, 1_000));
+        assert!(!caught_up(&with(Some(1_000)), C, 1_000));
+    }
+
+    #[test]
+    fn a_move_has_left_the_joint_configuration_only_once_c_new_commits() {
+        let c_new = [(B, true, None), (C, true, None), (T, true, None)];
+        let mut s = status(&c_new, 11);
+        assert!(left_joint(&s, 10, T, A));
+        // `C_new` appended, not committed yet.
+        s.commit = 10;
+        assert!(!left_joint(&s, 10, T, A));
+        s.commit = 11;
+        // Still joint; or the configuration in force is the joint one.
+        s.joint = true;
+        assert!(!left_joint(&s, 10, T, A));
+        s.joint = false;
+        assert!(!left_joint(&s, 11, T, A));
+        // The leaving node still listed, or the target not voting.
+        let s = status(&[(A, false, None), (B, true, None), (T, true, None)], 11);
+        assert!(!left_joint(&s, 10, T, A));
+        let s = status(&[(B, true, None), (C, true, None), (T, false, None)], 11);
+        assert!(!left_joint(&s, 10, T, A));
+    }
+
+    #[test]
+    fn a_failed_step_says_whether_the_configuration_changed() {
+        let step = |step| MoveError::Step {
+            group: 1,
+            step,
+            leaves: String::new(),
+            source: Error::Timeout,
+        };
+        assert_eq!(step(MoveStep::Settle).applied(), Applied::No);
+        assert_eq!(step(MoveStep::AddLearner).applied(), Applied::Maybe);
+        for s in [
+            MoveStep::CatchUp,
+            MoveStep::JointChange,
+            MoveStep::LeaveJoint,
+        ] {
+            assert_eq!(step(s).applied(), Applied::Yes, "{s:?}");
+        }
+        let invalid = MoveError::Invalid {
+            group: 1,
+            reason: String::new(),
+        };
+        assert_eq!(invalid.applied(), Applied::No);
+        assert!(!invalid.is_retryable() && step(MoveStep::Settle).is_retryable());
+        // What a client of the node's admin request is told.
+        assert!(matches!(into_error(invalid), Error::Rejected(_)));
+        assert!(matches!(
+            into_error(step(MoveStep::Settle)),
+            Error::Rejected(_)
+        ));
+        assert!(matches!(
+            into_error(step(MoveStep::AddLearner)),
+            Error::Ambiguous(_)
+        ));
+        let hint = Some("n1:7000".to_string());
+        assert!(matches!(
+            into_error(MoveError::NotLeader { group: 1, hint: hint.clone() }),
+            Error::NotLeader { hint: h } if h == hint
+        ));
     }
 }

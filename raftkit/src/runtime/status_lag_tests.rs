@@ -106,6 +106,46 @@ async fn the_applied_index_shows_in_the_status_without_waiting_for_the_status_in
     let _ = peer.shutdown().await;
 }
 
+/// The status's commit index is the log's, never its last index: a
+/// configuration change that cannot commit (its new voter does not exist)
+/// shows as appended and not committed. The replica-move and removal
+/// fences of `multi` read `commit` from the status (teeth round 11: the
+/// scalars' refresh reporting the last index as committed survived).
+#[tokio::test(flavor = "current_thread")]
+async fn an_entry_that_cannot_commit_shows_as_not_committed() {
+    let peer = a_leader_with_an_hour_long_status_interval().await;
+    peer.write(CounterWrite::Add { by: 1 })
+        .await
+        .expect("write");
+    let committed = peer.status().commit;
+    let ghost = Peer::<Counter>::member_id("lag-ghost:1");
+    let mut target = crate::core::Configuration::new([peer.id(), ghost]);
+    target.addrs.insert(peer.id(), "lag-a:1".to_string());
+    target.addrs.insert(ghost, "lag-ghost:1".to_string());
+    let index = peer.change_config(target).await.expect("proposed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while peer.status().last_index < index {
+        assert!(
+            Instant::now() < deadline,
+            "the status never showed entry {index} appended"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Half a second (50 ticks, each refreshing the scalars): the status
+    // never says the entry committed.
+    let mut w = peer.watch();
+    let seen = tokio::time::timeout(
+        Duration::from_millis(500),
+        w.wait_for(|s| s.commit >= index),
+    )
+    .await;
+    assert!(seen.is_err(), "the status showed entry {index} committed");
+    let st = peer.status();
+    assert_eq!(st.commit, committed, "{st:?}");
+    assert!(st.applied < index, "{st:?}");
+    let _ = peer.shutdown().await;
+}
+
 /// The status's members, updated in place (`update_members`), are what a
 /// status built afresh from the core's says (every member once, in order,
 /// with address, vote and progress), through a joint configuration with
