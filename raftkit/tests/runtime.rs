@@ -756,16 +756,30 @@ async fn a_write_holds_its_room_in_the_budget_until_it_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_linearizable_reads_are_each_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let net = Net::default();
+    let net = raftkit::transport::MemoryNetwork::new(11);
     let mut peers = Vec::new();
     for addr in ADDRS {
-        peers.push(start(&net, dir.path(), addr).await);
+        let net = net.clone();
+        peers.push(
+            Counter::peer()
+                .listen(addr)
+                .data_dir(dir.path().join(addr))
+                .bootstrap_members(ADDRS)
+                .tick(Duration::from_millis(10))
+                .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+                .start()
+                .await
+                .expect("peer starts"),
+        );
     }
     let leader = wait_leader(&peers).await;
     let client = CounterClient::new(peers[leader].clone());
     for k in 0..16u64 {
         client.add(format!("k{k}"), k).await.unwrap();
     }
+    // Heartbeat rounds take 20-30 ms: the reads below arrive while one is
+    // under way, so many wait at once.
+    net.set_delay(10..15);
     let reads = (0..64u64).map(|i| {
         let client = client.clone();
         async move { (i % 16, client.get(format!("k{}", i % 16)).await) }

@@ -281,6 +281,13 @@ pub fn render(s: &PeerStatus) -> String {
         "Calls refused with Overloaded (too many commands in flight).",
         &with(s.overloaded),
     );
+    metric(
+        &mut out,
+        "raftkit_apply_backlog_bytes",
+        "gauge",
+        "Bytes of committed entries handed to the state machine and not yet applied (bounded at about 32 MiB).",
+        &with(s.apply_backlog_bytes),
+    );
     let _ = writeln!(
         out,
         "# HELP raftkit_longest_apply_pause_seconds Longest time the state machine stopped applying for a snapshot.\n# TYPE raftkit_longest_apply_pause_seconds gauge\nraftkit_longest_apply_pause_seconds{node} {}",

@@ -14,7 +14,7 @@
 //!
 //! The test builds exactly that state, with no timing left to chance:
 //! node B's apply thread (and only B's: the threads are named per node)
-//! blocks in a handler until the test opens a gate; 35 MiB of commands
+//! blocks in a handler until the test opens a gate; 40 MiB of commands
 //! (1 MiB each) behind it pause B's core; then the leader A acknowledges `add(1)`, the
 //! leadership moves to B, and B serves a lease read with its apply still
 //! blocked. The read is dispatched before the gate opens (a command to B
@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::node::MAX_APPLY_BACKLOG_BYTES;
 use super::test_gate::{ApplyGate, apply_threads_named_after, until};
 use crate::client::Consistency;
 use crate::core::Role;
@@ -150,12 +151,13 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     // B's apply thread blocks on `hold`; A and C apply it.
     peers[a].write(LedgerWrite::Hold).await.expect("hold");
     GATE.wait_entered().await;
-    // 35 MiB handed to B's blocked apply thread: B's core pauses handing
-    // committed entries (the backlog bound is 32 MiB). In 1 MiB commands:
-    // one 7 MiB entry stalled this one-thread runtime long enough, with
-    // the machine saturated, for a follower to time out its leader.
+    // 40 MiB committed behind B's blocked apply thread: B's core pauses
+    // handing committed entries past the backlog bound (32 MiB). In 1 MiB
+    // commands: one 7 MiB entry stalled this one-thread runtime long
+    // enough, with the machine saturated, for a follower to time out its
+    // leader.
     let mut last_pad = 0;
-    for _ in 0..35 {
+    for _ in 0..40 {
         peers[a]
             .write(LedgerWrite::Pad {
                 bytes: vec![7u8; 1 << 20],
@@ -168,6 +170,14 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
         (peers[b].status().commit >= last_pad).then_some(())
     })
     .await;
+    // What B handed its blocked apply thread stays within the bound and a
+    // batch or two of 1 MiB; the rest waits in B's log (teeth round 11:
+    // a node that never paused survived, its backlog growing with the log).
+    let backlog = peers[b].status().apply_backlog_bytes;
+    assert!(
+        backlog > (MAX_APPLY_BACKLOG_BYTES as u64) && backlog <= (36 << 20),
+        "B's apply backlog is {backlog} bytes"
+    );
     // The write the old leader acknowledges.
     assert!(matches!(
         peers[a]

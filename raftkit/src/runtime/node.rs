@@ -1181,6 +1181,7 @@ impl NodeTask {
                 snapshot_error,
                 overloaded,
                 longest_apply_pause,
+                apply_backlog_bytes,
                 session_replies,
                 session_evictions,
                 session_expiries,
@@ -1216,6 +1217,7 @@ impl NodeTask {
             set_from(c, snapshot_error, &st.snap.last_error);
             set(c, overloaded, self.admission.refused());
             set(c, longest_apply_pause, apply.longest_pause);
+            set(c, apply_backlog_bytes, st.handed_bytes as u64);
             set(c, session_replies, apply.session_replies);
             set(c, session_evictions, apply.session_counters.evicted);
             set(c, session_expiries, apply.session_counters.expired);
@@ -1339,7 +1341,7 @@ impl NodeTask {
                 apply.session_counters.expired,
             ),
             (st.snap.index, st.snap.failures, self.admission.refused()),
-            apply.longest_pause,
+            (apply.longest_pause, st.handed_bytes as u64),
         );
         self.status.send_if_modified(|s| {
             let was = (
@@ -1352,7 +1354,7 @@ impl NodeTask {
                     s.session_expiries,
                 ),
                 (s.snapshot_index, s.snapshot_failures, s.overloaded),
-                s.longest_apply_pause,
+                (s.longest_apply_pause, s.apply_backlog_bytes),
             );
             let mut changed = was != now;
             let (indexes, counters, sessions, snapshots, pause) = now;
@@ -1365,7 +1367,7 @@ impl NodeTask {
                 s.session_expiries,
             ) = sessions;
             (s.snapshot_index, s.snapshot_failures, s.overloaded) = snapshots;
-            s.longest_apply_pause = pause;
+            (s.longest_apply_pause, s.apply_backlog_bytes) = pause;
             for (field, value) in [
                 (&mut s.halted, &apply.halted),
                 (&mut s.snapshot_error, &st.snap.last_error),

@@ -77,6 +77,10 @@ pub struct PeerStatus {
     /// The longest time the state machine stopped applying for a snapshot
     /// (serializing one, or restoring one received from the leader).
     pub longest_apply_pause: std::time::Duration,
+    /// Bytes of committed entries handed to the state machine and not yet
+    /// applied. Bounded: past 32 MiB the node stops handing more (the rest
+    /// wait in the log) until the state machine is halfway through them.
+    pub apply_backlog_bytes: u64,
     /// Unacknowledged replies stored in this peer's session table (clients
     /// acknowledge the answers they received, so this stays near the number
     /// of writes in flight).
