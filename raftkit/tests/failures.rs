@@ -425,6 +425,67 @@ async fn a_failed_leader_answers_every_caller_and_shutdown_reports_it() {
     }
 }
 
+/// A write counts toward a commit only once it is durable on the member
+/// that counts it: the completion of an earlier write does not stand for a
+/// later one queued behind it (Figure 2: a server persists before it
+/// responds; the leader counts its own log only as far as it is durable).
+/// The third member is cut off, so the leader commits nothing without both
+/// its own copy and the follower's. Then, on the follower and then on the
+/// leader, two WAL fsyncs hang for a second each, the second write queued
+/// behind the first: it cannot commit while its own fsync still hangs
+/// (teeth round 11: a completion releasing the next write survived the
+/// whole-runtime simulation, whose crashes seldom land in that window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_counts_toward_a_commit_only_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new(5);
+    let (peers, nodes) = start3(&net, dir.path(), 10_000).await;
+    let l = leader_of(&peers).await;
+    let (f, x) = ((l + 1) % 3, (l + 2) % 3);
+    c(&peers[l]).add("k".into(), 1).await.unwrap();
+    net.isolate(peers[x].id());
+    let hang = Duration::from_secs(1);
+    let spawn_add = |key: String| {
+        let p = peers[l].clone();
+        tokio::spawn(async move { c(&p).add(key, 1).await })
+    };
+    for (slow, who) in [(f, "follower"), (l, "leader")] {
+        let fs = &nodes[slow].fs;
+        let fired = fs.fired();
+        fs.inject(
+            FaultRule::new(FileOp::Fsync, Fault::Hang(hang))
+                .on(".wal")
+                .times(2),
+        );
+        let first = spawn_add(format!("{who}-a"));
+        // The first write's fsync hangs; the second write reaches the node
+        // meanwhile and queues behind it.
+        wait_for("the first fsync", 10, || (fs.fired() > fired).then_some(())).await;
+        let mut second = spawn_add(format!("{who}-b"));
+        wait_for("the second fsync", 10, || {
+            (fs.fired() > fired + 1).then_some(())
+        })
+        .await;
+        // The second fsync hangs for a second from here: half of it passes
+        // with the second write still uncommitted.
+        let early = tokio::time::timeout(hang / 2, &mut second).await;
+        assert!(
+            early.is_err(),
+            "the {who}'s write counted toward a commit before its fsync returned: {early:?}"
+        );
+        let done = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the second write commits once the fsync returns")
+            .expect("task");
+        assert_eq!(done.expect("second write"), 1, "{who}");
+        assert_eq!(first.await.expect("task").expect("first write"), 1, "{who}");
+    }
+    net.heal();
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}
+
 /// A linearizable read waiting for its heartbeat round when the leader's
 /// storage fails is answered at once with the storage error, like the
 /// writes in flight: it does not hang until the node is shut down.
