@@ -400,9 +400,23 @@ async fn only_an_admin_certificate_changes_membership() {
     assert_eq!(a.status().members.len(), 1, "nothing was applied");
     assert!(as_b.status().await.is_ok(), "status is open to every role");
 
-    // The admin certificate adds b.
-    w.client(&addrs[..1])
+    // The admin certificate adds b as a learner: a learner, not a voter.
+    let admin = w.client(&addrs[..1]).await;
+    admin
+        .admin(ClientRequest::AddLearner {
+            addr: addrs[1].clone(),
+        })
         .await
+        .expect("an admin adds a learner");
+    let b_in_a = a
+        .status()
+        .members
+        .into_iter()
+        .find(|m| m.id == b.id())
+        .expect("b is a member");
+    assert!(!b_in_a.voter, "added as a learner: {b_in_a:?}");
+    // Then as a server (the learner is promoted).
+    admin
         .add_server(&addrs[1])
         .await
         .expect("an admin adds a server");

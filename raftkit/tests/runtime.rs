@@ -421,6 +421,77 @@ async fn grow_from_one_to_three_then_remove_the_leader() {
     }
 }
 
+/// A learner is promoted only once it holds what the leader had when its
+/// catch-up round started (thesis §4.2.1): the new voter never joins the
+/// configuration far behind (commits would stall on it). The leader holds
+/// 4 MiB of log (four AppendEntries' worth) and the network delays each
+/// message by a few milliseconds, so the learner catches up in steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_is_promoted_only_once_caught_up() {
+    let net = raftkit::transport::MemoryNetwork::new(13);
+    let start = |addr: &'static str, bootstrap: bool| {
+        let net = net.clone();
+        async move {
+            let mut b = Counter::peer()
+                .in_memory()
+                .listen(addr)
+                .tick(Duration::from_millis(10));
+            if bootstrap {
+                b = b.bootstrap();
+            }
+            b.transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+                .start()
+                .await
+                .expect("peer starts")
+        }
+    };
+    let first = start("cu1:1", true).await;
+    wait_leader(std::slice::from_ref(&first)).await;
+    let client = CounterClient::new(first.clone());
+    for batch in 0..8u64 {
+        let writes: Vec<_> = (0..32u64)
+            .map(|i| {
+                let client = client.clone();
+                let key = format!("{:016}{}", batch * 32 + i, "k".repeat(16 << 10));
+                async move { client.add(key, 1).await }
+            })
+            .collect();
+        for got in futures_join_all(writes).await {
+            got.expect("write");
+        }
+    }
+    let target = first.status().last_index;
+    let second = start("cu2:1", false).await;
+    net.set_delay(2..5);
+    let id = second.id();
+    let mut w = first.watch();
+    let adding = {
+        let first = first.clone();
+        tokio::spawn(async move { first.add_server("cu2:1", |_| {}).await })
+    };
+    let promoted = tokio::time::timeout(
+        Duration::from_secs(20),
+        w.wait_for(|s| s.members.iter().any(|m| m.id == id && m.voter)),
+    )
+    .await
+    .expect("promoted in time")
+    .expect("peer alive")
+    .clone();
+    let matched = promoted
+        .members
+        .iter()
+        .find(|m| m.id == id)
+        .and_then(|m| m.matched);
+    assert!(
+        matched.is_some_and(|m| m >= target),
+        "promoted at match {matched:?}, the leader held {target} entries"
+    );
+    adding.await.expect("task").expect("added");
+    for p in [first, second] {
+        p.shutdown().await.unwrap();
+    }
+}
+
 /// Peers over the fault-injecting in-process network.
 async fn start_on(
     net: &raftkit::transport::memory::MemoryNetwork,
