@@ -159,3 +159,138 @@ async fn write_answers(mut send: SendStream, mut rx: mpsc::Receiver<Answer>, max
     }
     let _ = send.finish();
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use quinn::Endpoint;
+
+    use super::*;
+    use crate::client::wire::{ClientHello, RequestMeta};
+    use crate::tls::{Principal, dev_cluster};
+    use crate::transport::frame::encode_frame;
+    use crate::transport::quic::{connect_client, quic_server_config};
+
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    /// A front whose requests all wait until the gate opens, counting how
+    /// many were started and how many wait at once.
+    #[derive(Clone, Default)]
+    struct Held {
+        started: Arc<AtomicUsize>,
+        waiting: Arc<AtomicUsize>,
+        most_waiting: Arc<AtomicUsize>,
+        gate: Arc<tokio::sync::Notify>,
+        open: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Front for Held {
+        fn state_machine(&self) -> &'static str {
+            "held"
+        }
+        fn hello(&self, _: &ClientHello, _: std::net::SocketAddr) -> ClientResponse {
+            ClientResponse::Ok(Vec::new())
+        }
+        async fn handle(
+            &self,
+            _: &Principal,
+            _: ClientRequest,
+            _: Option<RequestMeta>,
+        ) -> ClientResponse {
+            let now = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_waiting.fetch_max(now, Ordering::SeqCst);
+            self.started.fetch_add(1, Ordering::SeqCst);
+            while !self.open.load(Ordering::SeqCst) {
+                let notified = self.gate.notified();
+                if self.open.load(Ordering::SeqCst) {
+                    break;
+                }
+                notified.await;
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            ClientResponse::Ok(Vec::new())
+        }
+        async fn watch(&self, _: Option<u64>, _: Option<RequestMeta>, _: SendStream, _: usize) {}
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// At most [`MUX_WINDOW`] requests of one stream are answered at once:
+    /// with that many waiting, the stream is not read further (QUIC flow
+    /// control then holds the client back), however many more the client
+    /// sent; once they are answered the rest are read.
+    #[tokio::test]
+    async fn at_most_a_window_of_requests_of_one_stream_is_answered_at_once() {
+        let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+        let client_id = ca.issue_client("app").expect("client cert");
+        let principal = client_id.principal().expect("principal");
+        let server = Endpoint::server(
+            quic_server_config(&ids[0]).expect("server config"),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .expect("endpoint");
+        let addr = server.local_addr().expect("addr");
+        let front = Held::default();
+        let served = {
+            let front = front.clone();
+            tokio::spawn(async move {
+                let conn = server
+                    .accept()
+                    .await
+                    .expect("incoming")
+                    .await
+                    .expect("conn");
+                let remote = conn.remote_address();
+                let (send, recv) = conn.accept_bi().await.expect("stream");
+                serve(
+                    front,
+                    Arc::new(Caller::for_tests(principal, remote)),
+                    send,
+                    FrameReader::new(recv),
+                    1 << 20,
+                )
+                .await;
+                conn
+            })
+        };
+        let conn = connect_client(addr, &client_id).await.expect("connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        let sent = MUX_WINDOW + 44;
+        let mut buf = Vec::new();
+        for id in 0..sent as u64 {
+            let request = ClientRequest::Read { query: vec![1] };
+            encode_frame(&(id, request), 1 << 20, &mut buf).expect("encode");
+        }
+        send.write_all(&buf).await.expect("requests sent");
+        until("a window of requests started", || {
+            front.started.load(Ordering::SeqCst) >= MUX_WINDOW
+        })
+        .await;
+        // Every request is on the server by now; a stream read past the
+        // window would start the rest within this time.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(front.started.load(Ordering::SeqCst), MUX_WINDOW);
+        front.open.store(true, Ordering::SeqCst);
+        front.gate.notify_waiters();
+        until("every request started", || {
+            front.started.load(Ordering::SeqCst) == sent
+        })
+        .await;
+        send.finish().expect("finish");
+        let answers = tokio::time::timeout(DEADLINE, recv.read_to_end(1 << 24))
+            .await
+            .expect("answers in time")
+            .expect("answers");
+        assert!(!answers.is_empty());
+        assert_eq!(front.most_waiting.load(Ordering::SeqCst), MUX_WINDOW);
+        drop(served);
+    }
+}

@@ -158,6 +158,18 @@ pub(crate) struct Caller {
     refusal_logged: AtomicBool,
 }
 
+#[cfg(test)]
+impl Caller {
+    /// A caller with `principal`'s certificate (tests of the multiplexer).
+    pub(super) fn for_tests(principal: Principal, remote: std::net::SocketAddr) -> Caller {
+        Caller {
+            principal,
+            remote,
+            refusal_logged: AtomicBool::new(false),
+        }
+    }
+}
+
 /// The answer to a hello from a client of a state machine `S` whose
 /// schemas are `schemas`.
 pub(crate) fn check_hello<S: StateMachine>(
