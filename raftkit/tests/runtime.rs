@@ -800,7 +800,9 @@ async fn a_write_holds_its_room_in_the_budget_until_it_is_answered() {
     .unwrap();
     assert!(entered, "the first write never reached its handler");
 
+    let asked = tokio::time::Instant::now();
     let second = tokio::time::timeout(Duration::from_secs(5), peer.write(GatedWrite::Bump)).await;
+    let waited = asked.elapsed();
     // Open the gate whatever happened, so that the node can stop.
     {
         let (lock, cv) = &GATE;
@@ -808,7 +810,11 @@ async fn a_write_holds_its_room_in_the_budget_until_it_is_answered() {
         cv.notify_all();
     }
     match second {
-        Ok(Err(Error::Overloaded)) => {}
+        // After the configured wait (100 ms), not the default (2 s).
+        Ok(Err(Error::Overloaded)) => assert!(
+            waited < Duration::from_millis(1500),
+            "refused after {waited:?}"
+        ),
         Ok(other) => panic!("a write past the budget was not refused: {other:?}"),
         Err(_) => panic!("a write past the budget was admitted and queued behind the held one"),
     }
@@ -819,6 +825,47 @@ async fn a_write_holds_its_room_in_the_budget_until_it_is_answered() {
         Ok(GatedWriteOutput::Bump(2))
     ));
     peer.shutdown().await.unwrap();
+}
+
+/// Options out of range are refused when the peer starts, naming the
+/// option, not clamped or ignored: a command size of 0 bytes, a clock
+/// drift bound below 1 (a lease longer than the clocks allow, thesis
+/// §6.4.1).
+#[tokio::test]
+async fn out_of_range_options_are_refused_at_start() {
+    let net = Net::default();
+    let build = || {
+        let net = net.clone();
+        Counter::peer()
+            .in_memory()
+            .listen("bad:1")
+            .bootstrap()
+            .transport(move |id, inbox| {
+                net.inboxes.lock().unwrap().insert(id, inbox);
+                Arc::new(NetEnd(net.clone()))
+            })
+    };
+    for (peer, option) in [
+        (build().max_command_bytes(0), "max_command_bytes"),
+        (build().clock_drift_bound(0.9), "clock_drift_bound"),
+    ] {
+        match peer.start().await {
+            Ok(p) => {
+                let _ = p.shutdown().await;
+                panic!("{option} out of range was accepted");
+            }
+            Err(e) => assert!(e.to_string().contains(option), "{option}: {e}"),
+        }
+    }
+    // At their bounds they are accepted.
+    for peer in [build().max_command_bytes(1), build().clock_drift_bound(1.0)] {
+        peer.start()
+            .await
+            .expect("in range")
+            .shutdown()
+            .await
+            .unwrap();
+    }
 }
 
 /// Linearizable reads arriving together on the leader each wait for their
