@@ -408,13 +408,21 @@ async fn only_an_admin_certificate_changes_membership() {
         })
         .await
         .expect("an admin adds a learner");
-    let b_in_a = a
-        .status()
-        .members
-        .into_iter()
-        .find(|m| m.id == b.id())
-        .expect("b is a member");
-    assert!(!b_in_a.voter, "added as a learner: {b_in_a:?}");
+    // (The request returns once the change is proposed: wait for it.)
+    let mut w = a.watch();
+    let st = tokio::time::timeout(
+        Duration::from_secs(10),
+        w.wait_for(|s| s.members.iter().any(|m| m.id == b.id()) && s.commit >= s.config_index),
+    )
+    .await
+    .expect("b listed in time")
+    .expect("peer alive")
+    .clone();
+    let b_in_a = st.members.iter().find(|m| m.id == b.id());
+    assert!(
+        b_in_a.is_some_and(|m| !m.voter),
+        "added as a learner: {b_in_a:?}"
+    );
     // Then as a server (the learner is promoted).
     admin
         .add_server(&addrs[1])
