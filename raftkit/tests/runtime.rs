@@ -40,6 +40,22 @@ struct Net {
 
 struct NetEnd(Net);
 
+impl Net {
+    /// A peer's transport on this network (what [`PeerBuilder::transport`]
+    /// takes): registers the peer's inbox under its id.
+    ///
+    /// [`PeerBuilder::transport`]: raftkit::runtime::PeerBuilder::transport
+    fn connect(
+        &self,
+    ) -> impl FnOnce(NodeId, mpsc::Sender<Message>) -> Arc<dyn Transport> + Send + 'static {
+        let net = self.clone();
+        move |id, inbox| {
+            net.inboxes.lock().unwrap().insert(id, inbox);
+            Arc::new(NetEnd(net))
+        }
+    }
+}
+
 impl Transport for NetEnd {
     fn send(&self, msg: Message) {
         let inbox = self.0.inboxes.lock().unwrap().get(&msg.to).cloned();
@@ -72,7 +88,6 @@ async fn start_with_ratio(
     snapshot_every: u64,
     snapshot_log_ratio: f64,
 ) -> Peer<Counter> {
-    let net2 = net.clone();
     Counter::peer()
         .snapshot_every(snapshot_every)
         .snapshot_log_ratio(snapshot_log_ratio)
@@ -80,10 +95,7 @@ async fn start_with_ratio(
         .data_dir(dir.join(addr))
         .bootstrap_members(ADDRS)
         .tick(Duration::from_millis(10))
-        .transport(move |id, inbox| {
-            net2.inboxes.lock().unwrap().insert(id, inbox);
-            Arc::new(NetEnd(net2.clone()))
-        })
+        .transport(net.connect())
         .start()
         .await
         .expect("peer starts")
@@ -350,7 +362,6 @@ async fn start_plain(
     addr: &str,
     bootstrap: bool,
 ) -> Peer<Counter> {
-    let net2 = net.clone();
     let mut b = Counter::peer()
         .listen(addr)
         .data_dir(dir.join(addr))
@@ -358,13 +369,10 @@ async fn start_plain(
     if bootstrap {
         b = b.bootstrap();
     }
-    b.transport(move |id, inbox| {
-        net2.inboxes.lock().unwrap().insert(id, inbox);
-        Arc::new(NetEnd(net2.clone()))
-    })
-    .start()
-    .await
-    .expect("peer starts")
+    b.transport(net.connect())
+        .start()
+        .await
+        .expect("peer starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -759,7 +767,6 @@ impl Gated {
 async fn a_write_holds_its_room_in_the_budget_until_it_is_answered() {
     let dir = tempfile::tempdir().unwrap();
     let net = Net::default();
-    let net2 = net.clone();
     let peer = Gated::peer()
         .listen("g1:1")
         .data_dir(dir.path().join("g1"))
@@ -767,10 +774,7 @@ async fn a_write_holds_its_room_in_the_budget_until_it_is_answered() {
         .tick(Duration::from_millis(10))
         .max_in_flight(1, 1 << 20)
         .admission_wait(Duration::from_millis(100))
-        .transport(move |id, inbox| {
-            net2.inboxes.lock().unwrap().insert(id, inbox);
-            Arc::new(NetEnd(net2.clone()))
-        })
+        .transport(net.connect())
         .start()
         .await
         .expect("peer starts");
@@ -835,15 +839,11 @@ async fn a_write_holds_its_room_in_the_budget_until_it_is_answered() {
 async fn out_of_range_options_are_refused_at_start() {
     let net = Net::default();
     let build = || {
-        let net = net.clone();
         Counter::peer()
             .in_memory()
             .listen("bad:1")
             .bootstrap()
-            .transport(move |id, inbox| {
-                net.inboxes.lock().unwrap().insert(id, inbox);
-                Arc::new(NetEnd(net.clone()))
-            })
+            .transport(net.connect())
     };
     for (peer, option) in [
         (build().max_command_bytes(0), "max_command_bytes"),
@@ -952,7 +952,6 @@ fn wal_files(dir: &std::path::Path) -> usize {
 async fn snapshots_shrink_the_log_on_disk_while_the_node_runs() {
     let dir = tempfile::tempdir().unwrap();
     let net = Net::default();
-    let net2 = net.clone();
     let addr = "solo:1";
     let peer = Counter::peer()
         .snapshot_every(100)
@@ -961,10 +960,7 @@ async fn snapshots_shrink_the_log_on_disk_while_the_node_runs() {
         .data_dir(dir.path().join(addr))
         .bootstrap_members([addr])
         .tick(Duration::from_millis(10))
-        .transport(move |id, inbox| {
-            net2.inboxes.lock().unwrap().insert(id, inbox);
-            Arc::new(NetEnd(net2.clone()))
-        })
+        .transport(net.connect())
         .start()
         .await
         .expect("peer starts");

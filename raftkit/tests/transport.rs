@@ -127,6 +127,17 @@ impl Node {
         (self.id, self.addr.to_string())
     }
 
+    /// Waits until the link to `peer` is refused; returns why.
+    async fn wait_refused(&self, peer: NodeId) -> String {
+        match self
+            .wait_link(peer, |s| matches!(s, LinkState::Refused(_)))
+            .await
+        {
+            LinkState::Refused(reason) => reason,
+            other => unreachable!("{other:?}"),
+        }
+    }
+
     async fn wait_link(&self, peer: NodeId, pred: impl FnMut(&LinkState) -> bool) -> LinkState {
         let mut watch = self.t.watch_link(peer).expect("peer is set");
         within("link state", watch.wait_for(pred))
@@ -354,12 +365,7 @@ async fn a_schema_mismatch_is_refused_with_a_clear_error() {
     let b = Node::start("t@b", ids[1].clone(), 0xbbbb).await;
     b.t.set_peers(BTreeMap::from([a.peer_entry()]));
     b.t.send(msg(&b, &a, 1));
-    let state = b
-        .wait_link(a.id, |s| matches!(s, LinkState::Refused(_)))
-        .await;
-    let LinkState::Refused(reason) = state else {
-        unreachable!()
-    };
+    let reason = b.wait_refused(a.id).await;
     assert_eq!(
         reason,
         "schema mismatch: local 0x000000000000aaaa remote 0x000000000000bbbb from t@b"
@@ -792,12 +798,7 @@ async fn a_dialer_refuses_a_certificate_that_is_not_the_peer_it_meant() {
         term: 1,
         body: Body::TimeoutNow,
     });
-    let state = a
-        .wait_link(b_id, |s| matches!(s, LinkState::Refused(_)))
-        .await;
-    let LinkState::Refused(reason) = state else {
-        unreachable!()
-    };
+    let reason = a.wait_refused(b_id).await;
     assert!(
         reason.contains("node certificate `t@m`")
             && reason.contains(&format!("not the certificate of node {b_id}")),
@@ -1075,12 +1076,7 @@ async fn a_dialer_refuses_a_server_certificate_without_the_node_role() {
             term: 1,
             body: Body::TimeoutNow,
         });
-        let state = a
-            .wait_link(b_id, |s| matches!(s, LinkState::Refused(_)))
-            .await;
-        let LinkState::Refused(reason) = state else {
-            unreachable!()
-        };
+        let reason = a.wait_refused(b_id).await;
         assert!(reason.contains(&addr.to_string()), "{role:?}: {reason}");
         a.t.set_peers(BTreeMap::new());
         accept.abort();

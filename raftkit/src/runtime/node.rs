@@ -1357,7 +1357,7 @@ impl NodeTask {
                 (s.longest_apply_pause, s.apply_backlog_bytes),
             );
             let mut changed = was != now;
-            let (indexes, counters, sessions, snapshots, pause) = now;
+            let (indexes, counters, sessions, snapshots, apply_figures) = now;
             (s.commit, s.applied, s.last_index) = indexes;
             (s.proposals, s.leader_changes, s.leader_contact) = counters;
             (
@@ -1367,7 +1367,7 @@ impl NodeTask {
                 s.session_expiries,
             ) = sessions;
             (s.snapshot_index, s.snapshot_failures, s.overloaded) = snapshots;
-            (s.longest_apply_pause, s.apply_backlog_bytes) = pause;
+            (s.longest_apply_pause, s.apply_backlog_bytes) = apply_figures;
             for (field, value) in [
                 (&mut s.halted, &apply.halted),
                 (&mut s.snapshot_error, &st.snap.last_error),
