@@ -996,3 +996,59 @@ async fn snapshots_shrink_the_log_on_disk_while_the_node_runs() {
     }
     peer.shutdown().await.unwrap();
 }
+
+/// Reports the scheduling policy of the thread its handler runs on (the
+/// peer's apply thread).
+#[cfg(target_os = "linux")]
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "thread_policy")]
+pub struct ThreadPolicy;
+
+#[cfg(target_os = "linux")]
+#[raftkit::state_machine]
+impl ThreadPolicy {
+    /// Field 41 of `/proc/thread-self/stat` (`policy`: 0 normal, 3 batch).
+    #[write]
+    fn policy(&mut self) -> String {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at 3.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        after
+            .split_whitespace()
+            .nth(41 - 3)
+            .unwrap_or("unknown")
+            .to_string()
+    }
+}
+
+/// The peer's own threads run under `SCHED_BATCH` by default and under the
+/// policy they inherit with `batch_scheduling(false)` (checked on the apply
+/// thread, where handlers run).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_threads_run_under_batch_scheduling_unless_turned_off() {
+    let net = Net::default();
+    for (batch, expected) in [(None, "3"), (Some(true), "3"), (Some(false), "0")] {
+        let mut builder = ThreadPolicy::peer()
+            .in_memory()
+            .listen("policy:1")
+            .bootstrap()
+            .transport(net.connect());
+        if let Some(on) = batch {
+            builder = builder.batch_scheduling(on);
+        }
+        let peer = builder.start().await.expect("peer starts");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while peer.status().role != Role::Leader {
+            assert!(tokio::time::Instant::now() < deadline, "no leader");
+            let mut w = peer.watch();
+            let _ = tokio::time::timeout(Duration::from_millis(20), w.changed()).await;
+        }
+        let policy = ThreadPolicyClient::new(peer.clone())
+            .policy()
+            .await
+            .expect("write");
+        assert_eq!(policy, expected, "batch_scheduling({batch:?})");
+        peer.shutdown().await.unwrap();
+    }
+}

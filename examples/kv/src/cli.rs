@@ -264,6 +264,15 @@ pub struct ServeArgs {
     /// minus those two, at least 1.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub async_threads: Option<u16>,
+    /// Keep every thread of the node under the normal scheduling policy.
+    /// By default (on Linux) they run under SCHED_BATCH: a thread woken by
+    /// another waits for an idle core, a yield or the next scheduler tick
+    /// instead of preempting it (fewer context switches per write; measured
+    /// on 2 cores with 3 nodes at 64 clients: 6-10 % more puts per second,
+    /// one client's latency unchanged). Use this when other work on the
+    /// machine must not delay the node by up to a tick.
+    #[arg(long)]
+    pub normal_scheduling: bool,
 }
 
 impl ServeArgs {

@@ -58,6 +58,14 @@ fn main() -> ExitCode {
         Command::Serve(args) => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(args.worker_threads());
+            if !args.normal_scheduling {
+                // The node's own threads do the same (`batch_scheduling`):
+                // see `ServeArgs::normal_scheduling`. Not fatal: a refused
+                // thread keeps the normal policy.
+                builder.on_thread_start(|| {
+                    let _ = raftkit::runtime::set_batch_scheduling();
+                });
+            }
             builder
         }
         _ => tokio::runtime::Builder::new_multi_thread(),

@@ -53,7 +53,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let mut builder = Kv::peer()
         .tick(Duration::from_millis(args.tick_ms.max(1)))
         .snapshot_every(args.snapshot_every)
-        .snapshot_log_ratio(args.snapshot_log_ratio);
+        .snapshot_log_ratio(args.snapshot_log_ratio)
+        .batch_scheduling(!args.normal_scheduling);
     let (data_dir, created) = match (existing, &data) {
         (Some(meta), Some(dir)) => {
             if args.bootstrap || !args.join.is_empty() {

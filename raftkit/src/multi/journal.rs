@@ -222,7 +222,7 @@ impl Journal {
     /// starts its commit thread. A batch that does not decode or does not
     /// apply is corruption (a clear error, never skipped).
     pub fn open(fs: SharedFs, dir: &Path, opts: JournalOptions) -> Result<Journal, StorageError> {
-        Journal::open_on(fs, dir, opts, &crate::runtime::threads::Threads::Os)
+        Journal::open_on(fs, dir, opts, &crate::runtime::threads::Threads::default())
     }
 
     /// [`Journal::open`] with the commit loop started by `threads` (the

@@ -187,7 +187,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             session_ttl: Duration::from_millis(SESSION_TTL_MS),
             max_sessions: DEFAULT_MAX_SESSIONS,
             wall_clock: None,
-            threads: super::threads::Threads::Os,
+            threads: super::threads::Threads::default(),
             seed: None,
             session_ids: None,
             watch_journal_bytes: super::watch::DEFAULT_WATCH_JOURNAL_BYTES,
@@ -312,6 +312,24 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// at least the largest snapshot the state machine produces.
     pub fn max_snapshot_bytes(mut self, bytes: u64) -> Self {
         self.max_snapshot_bytes = bytes;
+        self
+    }
+
+    /// Whether the peer's own threads (storage, snapshots, apply) run under
+    /// Linux's `SCHED_BATCH` policy (default: yes; elsewhere nothing
+    /// changes). Such a thread, woken while the cores are busy, waits for
+    /// an idle core, a yield or the next scheduler tick instead of
+    /// preempting the tokio worker that woke it: fewer context switches per
+    /// write, the same share of the CPU. Measured on 2 cores: 13–18 % more
+    /// writes per second in process, 6–10 % across three processes, one
+    /// client's latency unchanged (see
+    /// [`set_batch_scheduling`](crate::runtime::set_batch_scheduling), which
+    /// does the same for your runtime's threads). Turn it off when other
+    /// work on the machine must not delay the log's fsyncs by up to a tick.
+    pub fn batch_scheduling(mut self, on: bool) -> Self {
+        if let super::threads::Threads::Os { batch } = &mut self.threads {
+            *batch = on;
+        }
         self
     }
 

@@ -290,7 +290,7 @@ impl Persister {
     /// Starts the storage thread (for a store that does IO; `inline` stores
     /// are written on the caller's task, see [`Persister::write`]).
     pub fn start(log: BoxedLog, snapshots: SharedSnapshots, inline: bool) -> Result<Self, Error> {
-        Self::start_on(log, snapshots, inline, &super::threads::Threads::Os)
+        Self::start_on(log, snapshots, inline, &super::threads::Threads::default())
     }
 
     /// [`Persister::start`] with the storage loop started by `threads`.
@@ -660,7 +660,7 @@ pub struct SnapshotSaver {
 impl SnapshotSaver {
     /// Starts the thread, saving into `store`.
     pub fn start(store: SharedSnapshots) -> Result<Self, Error> {
-        Self::start_on(store, &super::threads::Threads::Os)
+        Self::start_on(store, &super::threads::Threads::default())
     }
 
     /// [`SnapshotSaver::start`] with the worker started by `threads`.

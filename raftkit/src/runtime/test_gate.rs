@@ -111,7 +111,7 @@ impl Drop for OpenOnDrop {
 pub(super) fn apply_threads_named_after(addr: &str) -> Threads {
     let label = addr.to_string();
     Threads::Custom(Arc::new(move |name, body| {
-        super::threads::spawn(&format!("{name}@{label}"), body)
+        super::threads::spawn(&format!("{name}@{label}"), true, body)
     }))
 }
 
