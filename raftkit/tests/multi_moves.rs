@@ -19,7 +19,7 @@ use multi::{DEADLINE, Kv, KvRead, KvReadOutput, KvWrite, builder, init_tracing};
 use raftkit::client::Consistency;
 use raftkit::core::NodeId;
 use raftkit::error::Applied;
-use raftkit::multi::{GroupId, MoveError, MoveOptions, MoveStep, MultiNode};
+use raftkit::multi::{GroupId, HostingPolicy, MoveError, MoveOptions, MoveStep, MultiNode};
 use raftkit::tls::ClusterCa;
 use support::free_addrs;
 
@@ -29,13 +29,13 @@ async fn start_node(
     addr: &str,
     dir: &Path,
     ca: Option<&ClusterCa>,
-    on_demand: bool,
+    hosting: HostingPolicy,
 ) -> MultiNode<Kv> {
     builder(addr, dir, ca)
         // Small snapshots: a moved replica catches up by a snapshot and
         // then the log.
         .snapshot_every(100)
-        .host_on_demand(on_demand)
+        .hosting_policy(hosting)
         .start()
         .await
         .unwrap()
@@ -50,16 +50,27 @@ struct Cluster {
 impl Cluster {
     /// Four nodes; group `G` on the first three.
     async fn start(on_demand_last: bool) -> Cluster {
+        Cluster::start_with(HostingPolicy {
+            on_demand: on_demand_last,
+            ..HostingPolicy::default()
+        })
+        .await
+    }
+
+    /// [`Cluster::start`] with the fourth node hosting under `last`.
+    async fn start_with(last: HostingPolicy) -> Cluster {
         init_tracing();
         let addrs = free_addrs(4);
         let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
         let ca = ClusterCa::generate("moves-test").unwrap();
         let mut nodes = Vec::new();
         for (i, (addr, dir)) in addrs.iter().zip(&dirs).enumerate() {
-            let on_demand = i < 3 || on_demand_last;
-            nodes.push(Some(
-                start_node(addr, dir.path(), Some(&ca), on_demand).await,
-            ));
+            let hosting = if i < 3 {
+                HostingPolicy::default()
+            } else {
+                last.clone()
+            };
+            nodes.push(Some(start_node(addr, dir.path(), Some(&ca), hosting).await));
         }
         for node in nodes.iter().take(3).flatten() {
             node.create_group(G, &addrs[..3]).await.unwrap();
@@ -105,7 +116,15 @@ impl Cluster {
 
     async fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].is_none());
-        self.nodes[i] = Some(start_node(&self.addrs[i], self.dirs[i].path(), None, true).await);
+        self.nodes[i] = Some(
+            start_node(
+                &self.addrs[i],
+                self.dirs[i].path(),
+                None,
+                HostingPolicy::default(),
+            )
+            .await,
+        );
     }
 
     fn id(&self, i: usize) -> NodeId {
@@ -560,6 +579,51 @@ async fn a_target_that_does_not_host_fails_the_catch_up_and_the_move_aborts() {
         .unwrap_err();
     assert!(matches!(err, MoveError::NotLeader { .. }), "{err}");
     assert_eq!(err.applied(), Applied::No);
+}
+
+/// A node hosting as many groups as its policy allows (`max_groups`)
+/// starts no replica on demand: a move to it fails at the catch-up and the
+/// learner never appears there; one group fewer and it would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_at_its_group_limit_does_not_host_on_demand() {
+    let c = Cluster::start_with(HostingPolicy {
+        max_groups: 1,
+        ..HostingPolicy::default()
+    })
+    .await;
+    // The fourth node's one group, created explicitly (not limited).
+    let target = c.nodes[3].as_ref().unwrap();
+    target
+        .create_group(G + 1, &c.addrs[3..])
+        .await
+        .expect("a one-member group");
+    assert_eq!(target.groups(), vec![G + 1]);
+    put(&c, "k", "v").await;
+    let leader = c.leader().await;
+    let from = voters(&leader)
+        .into_iter()
+        .find(|v| *v != leader.id())
+        .unwrap();
+    let opts = MoveOptions {
+        catch_up_timeout: Duration::from_secs(2),
+        ..MoveOptions::default()
+    };
+    let err = leader
+        .move_replica_with(G, from, &c.addrs[3], &opts)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MoveError::Step {
+                step: MoveStep::CatchUp,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(target.group(G).is_none(), "hosted past max_groups");
+    leader.abort_move(G, &c.addrs[3]).await.unwrap();
 }
 
 /// Moves a replica of `G` from voter `from` to the node at `to` through

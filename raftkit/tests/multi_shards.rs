@@ -336,6 +336,52 @@ async fn an_admin_moves_a_replica_and_the_placement_follows() {
     }
 }
 
+/// `quiesced()` lists the placement group only while it sleeps: with one of
+/// its three members never started, its leader never sees the log matched
+/// by every member, so the group never sleeps (`multi::quiesce`), and no
+/// node may report it quiesced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_placement_group_that_cannot_sleep_is_never_reported_quiesced() {
+    let members = free_addrs(3);
+    let ca = ClusterCa::generate("shard-awake").unwrap();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for addr in &members[..2] {
+        let (node, dir) = start_node(addr, &ca).await;
+        nodes.push(node);
+        dirs.push(dir);
+    }
+    for node in &nodes {
+        node.form_shards(1, &members).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !nodes.iter().any(|n| {
+        n.placement()
+            .is_some_and(|p| p.status().role == raftkit::core::Role::Leader)
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the placement group elected no leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Fifty heartbeat intervals: an idle group with every member up sleeps
+    // within two.
+    for _ in 0..50 {
+        for node in &nodes {
+            assert!(
+                !node.quiesced().contains(&PLACEMENT_GROUP),
+                "{} reports the placement group quiesced",
+                node.name()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
 /// Group 0 (the placement) is idle almost always: it quiesces like the
 /// data groups (`multi::quiesce`), on its leader's node and on the
 /// followers', and a quiesced placement still serves the clients that
