@@ -52,16 +52,25 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// A one-node multi-group node on a free loopback port, with its address
 /// and its data directory (kept alive by the caller).
 async fn one_node() -> (MultiNode<Placement>, String, tempfile::TempDir) {
+    one_node_with(crate::multi::HostingPolicy::default()).await
+}
+
+/// [`one_node`] hosting under `policy`.
+async fn one_node_with(
+    policy: crate::multi::HostingPolicy,
+) -> (MultiNode<Placement>, String, tempfile::TempDir) {
     let addr = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("a free port")
         .to_string();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let ca = ClusterCa::generate("retire-test").expect("a CA");
-    let builder = MultiNode::<Placement>::builder().identity(
-        ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
-            .expect("a node certificate"),
-    );
+    let builder = MultiNode::<Placement>::builder()
+        .hosting_policy(policy)
+        .identity(
+            ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+                .expect("a node certificate"),
+        );
     let node = start_on(builder, &addr, dir.path()).await;
     (node, addr, dir)
 }
@@ -278,5 +287,53 @@ async fn a_retirement_the_journal_refuses_keeps_the_group_retiring() {
             && st.members.iter().any(|m| m.id == node.id())
     })
     .await;
+    node.shutdown().await.expect("a clean shutdown");
+}
+
+/// The fence a retirement writes (see `hosting`): the removal's index and
+/// the latest term the replica knew, not only the removal's own term (the
+/// replica may have voted in a later one). A replica hosted again starts
+/// behind it, in the fence's term: a leader of an earlier term is refused
+/// (Raft §5.1), and the replica neither campaigns nor votes until it holds
+/// a newer configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_hosted_again_starts_behind_the_fence_of_its_removal() {
+    use crate::core::Role;
+    let (node, addr, _dir) = one_node_with(crate::multi::HostingPolicy {
+        quarantine: Duration::ZERO,
+        ..crate::multi::HostingPolicy::default()
+    })
+    .await;
+    let members = vec![addr.clone()];
+    // The fence's term: the replica's, above the removal's.
+    let peer = node.create_group(1, &members).await.expect("group 1");
+    until("group 1 elects its one member", || {
+        peer.status().role == Role::Leader
+    })
+    .await;
+    let known = peer.status().term;
+    assert!(known >= 1);
+    node.retire(1, Retire::Removed((1, 0)))
+        .await
+        .expect("group 1 retired");
+    assert_eq!(node.inner.journal.fence(1), Some((1, known)));
+
+    // Hosted again: in the fence's term, above the heartbeat's (3).
+    node.create_group(2, &members).await.expect("group 2");
+    node.retire(2, Retire::Removed((1, 9)))
+        .await
+        .expect("group 2 retired");
+    assert_eq!(node.inner.journal.fence(2), Some((1, 9)));
+    let heartbeat = heartbeat(&node);
+    assert!(heartbeat.term < 9);
+    node.host_on_demand(2, heartbeat).await;
+    let again = node.group(2).expect("group 2 hosted again on demand");
+    until("the new replica's status", || again.status().term >= 9).await;
+    for _ in 0..10 {
+        let st = again.status();
+        assert_eq!(st.term, 9, "the fence's term, not the old leader's");
+        assert_ne!(st.role, Role::Leader, "campaigned behind its fence");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     node.shutdown().await.expect("a clean shutdown");
 }
