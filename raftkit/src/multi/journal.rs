@@ -327,6 +327,16 @@ impl Journal {
             .unwrap_or(true)
     }
 
+    /// Records `group`'s removal as journals written before removals
+    /// carried a fence did (a `Remove` record alone, read back as
+    /// [`LEGACY_FENCE`]): for tests of the rule of those journals.
+    #[cfg(test)]
+    pub(crate) fn remove_without_fence(&self, group: GroupId) -> Result<(), StorageError> {
+        let mut st = self.shared.state()?;
+        st.record(group, Rec::Remove)?;
+        st.sync(&self.shared.counters)
+    }
+
     /// The fence of `group`'s latest removal from this node, `(index,
     /// term)` (see [`remove_group`](Self::remove_group)), if it was ever
     /// removed. A journal that cannot be read says `(u64::MAX, u64::MAX)`:

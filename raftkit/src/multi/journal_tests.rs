@@ -341,11 +341,7 @@ fn a_removal_without_a_fence_reads_as_the_legacy_fence() {
     let dir = tempfile::tempdir().unwrap();
     let j = open(dir.path(), 64 << 20);
     j.create_group(4).unwrap();
-    {
-        let mut st = j.shared.state().unwrap();
-        st.record(4, Rec::Remove).unwrap();
-        st.sync(&j.shared.counters).unwrap();
-    }
+    j.remove_without_fence(4).unwrap();
     assert_eq!(j.fence(4), Some(LEGACY_FENCE));
     close(j);
     let j = open(dir.path(), 64 << 20);

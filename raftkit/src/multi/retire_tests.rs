@@ -337,3 +337,32 @@ async fn a_replica_hosted_again_starts_behind_the_fence_of_its_removal() {
     }
     node.shutdown().await.expect("a clean shutdown");
 }
+
+/// A removal recorded by a journal older than fences (see `hosting`) is
+/// behind a fence nothing passes: the node never hosts that group on
+/// demand again, whatever the quarantine, while another group is hosted
+/// (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_removed_by_an_older_journal_is_never_hosted_on_demand() {
+    let (node, _addr, _dir) = one_node_with(crate::multi::HostingPolicy {
+        quarantine: Duration::ZERO,
+        ..crate::multi::HostingPolicy::default()
+    })
+    .await;
+    node.inner
+        .journal
+        .create_group(3)
+        .expect("group 3 recorded");
+    node.inner
+        .journal
+        .remove_without_fence(3)
+        .expect("its removal recorded");
+    node.host_on_demand(3, heartbeat(&node)).await;
+    assert!(
+        node.group(3).is_none(),
+        "a replica hosted behind a fence nothing passes"
+    );
+    node.host_on_demand(4, heartbeat(&node)).await;
+    assert!(node.group(4).is_some(), "a data group is hosted on demand");
+    node.shutdown().await.expect("a clean shutdown");
+}
