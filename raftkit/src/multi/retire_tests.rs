@@ -59,6 +59,15 @@ async fn one_node() -> (MultiNode<Placement>, String, tempfile::TempDir) {
 async fn one_node_with(
     policy: crate::multi::HostingPolicy,
 ) -> (MultiNode<Placement>, String, tempfile::TempDir) {
+    one_node_snapshotting(policy, 10_000).await
+}
+
+/// [`one_node_with`], its groups taking a snapshot every `snapshot_every`
+/// entries.
+async fn one_node_snapshotting(
+    policy: crate::multi::HostingPolicy,
+    snapshot_every: u64,
+) -> (MultiNode<Placement>, String, tempfile::TempDir) {
     let addr = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("a free port")
@@ -67,6 +76,7 @@ async fn one_node_with(
     let ca = ClusterCa::generate("retire-test").expect("a CA");
     let builder = MultiNode::<Placement>::builder()
         .hosting_policy(policy)
+        .snapshot_every(snapshot_every)
         .identity(
             ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
                 .expect("a node certificate"),
@@ -364,5 +374,129 @@ async fn a_group_removed_by_an_older_journal_is_never_hosted_on_demand() {
     );
     node.host_on_demand(4, heartbeat(&node)).await;
     assert!(node.group(4).is_some(), "a data group is hosted on demand");
+    node.shutdown().await.expect("a clean shutdown");
+}
+
+/// A retirement deletes the group's snapshot files (`hosting`); left
+/// behind, every group a node ever left would hold its disk until a
+/// restart's sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retirement_deletes_the_groups_snapshot_files() {
+    let (node, addr, dir) = one_node_snapshotting(crate::multi::HostingPolicy::default(), 1).await;
+    let peer = node.create_group(1, &[addr]).await.expect("group 1");
+    let snaps = dir.path().join("groups").join("1").join("snapshots");
+    let files = |p: &std::path::Path| {
+        std::fs::read_dir(p).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .count()
+        })
+    };
+    until("group 1 snapshots", || {
+        peer.status().snapshot_index > 0 && files(&snaps) > 0
+    })
+    .await;
+    node.retire(1, Retire::Removed((1, 0)))
+        .await
+        .expect("group 1 retired");
+    assert_eq!(files(&snaps), 0, "a retired group's snapshot files remain");
+    node.shutdown().await.expect("a clean shutdown");
+}
+
+/// An empty replica hosted on demand is an orphan only once its leader has
+/// been quiet for `orphan_after` (`hosting`): while the leader's
+/// heartbeats keep coming — a big snapshot streaming in takes longer than
+/// that — it stays, however long it has been hosted; once they stop, it
+/// goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_replica_is_an_orphan_only_once_its_leader_is_quiet() {
+    let orphan_after = Duration::from_millis(600);
+    let (node, _addr, _dir) = one_node_with(crate::multi::HostingPolicy {
+        orphan_after,
+        ..crate::multi::HostingPolicy::default()
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    node.host_on_demand(5, heartbeat(&node)).await;
+    assert!(node.group(5).is_some(), "hosted on demand");
+    // Three times `orphan_after`, heard from every 20 ms.
+    while started.elapsed() < orphan_after * 3 {
+        node.host_on_demand(5, heartbeat(&node)).await;
+        assert!(
+            node.group(5).is_some(),
+            "retired as an orphan after {:?} while its leader was heard",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until("the orphan retired once its leader went quiet", || {
+        node.group(5).is_none()
+    })
+    .await;
+    node.shutdown().await.expect("a clean shutdown");
+}
+
+/// A replica counts as removed only once a committed configuration listed
+/// it and a later one does not (`hosting`, issue 18): a replica hosted on
+/// demand that catches up through configurations that never listed it (a
+/// learner's snapshot taken before it was added) is not removed by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_never_listed_is_not_removed_by_the_configurations_it_catches_up_through() {
+    use crate::core::{Body, Configuration, Entry, Payload};
+    let (node, _addr, _dir) = one_node().await;
+    let hb = heartbeat(&node);
+    let (leader, term) = (hb.from, hb.term);
+    node.host_on_demand(6, hb.clone()).await;
+    let peer = node.group(6).expect("hosted on demand");
+    // A committed configuration of two other nodes.
+    let config = Configuration::new([leader, leader.wrapping_add(1)]);
+    let mut append = hb;
+    append.body = Body::AppendEntries {
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![Entry {
+            term,
+            index: 1,
+            payload: Payload::Config(config),
+        }],
+        commit: 1,
+    };
+    node.host_on_demand(6, append).await;
+    until("the configuration committed", || {
+        let st = peer.status();
+        st.config_index == 1 && st.commit >= 1
+    })
+    .await;
+    // Five rounds of the retirer (one per election timeout, 200 ms).
+    for _ in 0..50 {
+        assert!(
+            node.group(6).is_some(),
+            "retired by a configuration that never listed it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.shutdown().await.expect("a clean shutdown");
+}
+
+/// Group 0 is the placement group's and a deployment needs a shard: both
+/// refused, and nothing hosted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_zero_and_zero_shards_are_refused() {
+    use crate::multi::placement::PLACEMENT_GROUP;
+    let (node, addr, _dir) = one_node().await;
+    let members = vec![addr];
+    let created = node.create_group(PLACEMENT_GROUP, &members).await;
+    assert!(
+        matches!(&created, Err(Error::Rejected(why)) if why.contains("placement")),
+        "create_group(0): {:?}",
+        created.map(|_| "a replica")
+    );
+    let formed = node.form_shards(0, &members).await;
+    assert!(
+        matches!(&formed, Err(Error::Rejected(why)) if why.contains("shard")),
+        "form_shards(0): {formed:?}"
+    );
+    assert!(node.groups().is_empty(), "{:?}", node.groups());
+    assert!(node.placement().is_none());
     node.shutdown().await.expect("a clean shutdown");
 }
