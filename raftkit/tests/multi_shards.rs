@@ -132,6 +132,26 @@ async fn a_typed_client_routes_by_shard_key_and_follows_the_placement() {
         let group = KvClient::new(sharded.group_client(g).await.unwrap());
         assert_eq!(group.len().await.unwrap(), expected[&g], "group {g}");
     }
+    // A watch of one data group replays that group's writes, and only them.
+    let first = routes.shard_of(keys[0].as_bytes()).unwrap().group;
+    let mut watch = sharded
+        .group_client(first)
+        .await
+        .unwrap()
+        .watch::<Kv>(Some(1))
+        .await
+        .unwrap();
+    let mut seen = 0;
+    while seen < expected[&first] {
+        let event = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .expect("a watch event")
+            .expect("the watch stays open")
+            .expect("an event");
+        let KvWrite::Put { key, .. } = &event.command;
+        assert_eq!(routes.shard_of(key.as_bytes()).unwrap().group, first);
+        seen += 1;
+    }
     // Every node reports every group; a group's commit covers its writes.
     for addr in &members {
         let groups = sharded.node_groups(addr).await.unwrap();

@@ -523,7 +523,7 @@ impl Client {
     /// consistency, and the group of a client of a multi-group node (a
     /// group always needs a meta, so a call outside a traced entry point
     /// gets a fresh id).
-    fn meta(&self, consistency: Consistency) -> Option<RequestMeta> {
+    pub(super) fn meta(&self, consistency: Consistency) -> Option<RequestMeta> {
         let group = self.inner.opts.group;
         REQUEST_ID
             .try_with(|&request_id| request_id)

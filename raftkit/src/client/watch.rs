@@ -321,9 +321,13 @@ impl<S: StateMachine> Watch<S> {
             .await
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
         let request = ClientRequest::Watch { from: self.next };
-        write_frame(&mut send, &request, DEFAULT_MAX_FRAME_BYTES)
-            .await
-            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        // The meta names the group of a group client (a node hosting many
+        // groups refuses a watch that names none).
+        match self.client.meta(Default::default()) {
+            Some(meta) => write_frame(&mut send, &(request, meta), DEFAULT_MAX_FRAME_BYTES).await,
+            None => write_frame(&mut send, &request, DEFAULT_MAX_FRAME_BYTES).await,
+        }
+        .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
         let _ = send.finish();
         match read_response(&mut recv).await {
             Ok(ClientResponse::Events { events, next }) => Ok((recv, events, next)),

@@ -500,3 +500,64 @@ async fn group_zero_and_zero_shards_are_refused() {
     assert!(node.placement().is_none());
     node.shutdown().await.expect("a clean shutdown");
 }
+
+/// A group this node just left is refused on demand for the quarantine
+/// (`hosting`): a late message of its old leader, arriving right after the
+/// removal, must not host an empty replica of it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_just_retired_is_not_hosted_again_on_a_late_message() {
+    let (node, addr, _dir) = one_node().await;
+    node.create_group(2, &[addr]).await.expect("group 2");
+    node.retire(2, Retire::Removed((1, 9)))
+        .await
+        .expect("group 2 retired");
+    node.host_on_demand(2, heartbeat(&node)).await;
+    assert!(
+        node.group(2).is_none(),
+        "a replica hosted again inside the quarantine"
+    );
+    node.shutdown().await.expect("a clean shutdown");
+}
+
+/// A replica counts as listed only by a committed configuration
+/// (`hosting`): one appended but not committed may be rolled back by a new
+/// leader, and a committed configuration without the node is then no
+/// removal. While an uncommitted configuration lists it, the node never
+/// records it as listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncommitted_configuration_does_not_list_a_replica() {
+    use crate::core::{Body, Configuration, Entry, Payload};
+    let (node, _addr, dir) = one_node().await;
+    let hb = heartbeat(&node);
+    let (leader, term) = (hb.from, hb.term);
+    node.host_on_demand(6, hb.clone()).await;
+    let peer = node.group(6).expect("hosted on demand");
+    let mut append = hb;
+    append.body = Body::AppendEntries {
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![Entry {
+            term,
+            index: 1,
+            payload: Payload::Config(Configuration::new([leader, node.id()])),
+        }],
+        commit: 0,
+    };
+    node.host_on_demand(6, append).await;
+    until("the configuration appended", || {
+        let st = peer.status();
+        st.config_index == 1 && st.members.iter().any(|m| m.id == node.id())
+    })
+    .await;
+    assert_eq!(peer.status().commit, 0);
+    // Three rounds of the retirer (one per election timeout, 200 ms).
+    let marker = dir.path().join("groups").join("6").join("listed");
+    for _ in 0..30 {
+        assert!(
+            !marker.exists(),
+            "listed by a configuration that is not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.shutdown().await.expect("a clean shutdown");
+}
