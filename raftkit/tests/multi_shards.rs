@@ -287,6 +287,17 @@ async fn an_admin_moves_a_replica_and_the_placement_follows() {
     );
     assert!(nodes[3].group(group).is_none());
 
+    // Led by the last replica the placement lists: the move is asked of a
+    // node that does not lead first, and follows its NotLeader hint.
+    sharded.transfer_leader(group, &members[2]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while leader_of(&sharded, &members, group).await != members[2] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leadership never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let summary = sharded.move_replica(group, &from, &spare).await.unwrap();
     assert!(summary.contains("moved"), "{summary}");
     let shard = sharded
