@@ -343,6 +343,18 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
         .expect("a commit index")
         + 20;
 
+    // A restart that fails (another socket holds its address) leaves its
+    // data directory as it was: a node that exists is never "half made".
+    {
+        let taken = std::net::UdpSocket::bind(&first_leader).expect("the killed node's address");
+        let out = kv(&["serve", "--data", &data[victim]], &[]);
+        assert_ne!(out.code, Some(0), "a restart on a taken address: {out:?}");
+        assert!(
+            std::fs::read_dir(&data[victim]).is_ok_and(|mut d| d.next().is_some()),
+            "a failed restart deleted the node's data directory: {out:?}"
+        );
+        drop(taken);
+    }
     // Restart it from its data directory alone; it catches up.
     procs.serve(
         &first_leader,
