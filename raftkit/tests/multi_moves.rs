@@ -534,12 +534,12 @@ async fn a_node_down_when_its_removal_committed_learns_it_and_retires() {
     check_converged(&c, &acked).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_target_that_does_not_host_fails_the_catch_up_and_the_move_aborts() {
-    let c = Cluster::start(false).await;
-    for i in 0..20 {
-        put(&c, &format!("k{i}"), "v").await;
-    }
+/// Moves `G`'s replica off a follower to the fourth node, which must not
+/// host it: the move fails at the catch-up (2 s). The leader that ran it,
+/// the follower and the error.
+async fn move_to_the_fourth_fails_at_the_catch_up(
+    c: &Cluster,
+) -> (MultiNode<Kv>, NodeId, MoveError) {
     let leader = c.leader().await;
     let from = voters(&leader)
         .into_iter()
@@ -563,6 +563,16 @@ async fn a_target_that_does_not_host_fails_the_catch_up_and_the_move_aborts() {
         ),
         "{err}"
     );
+    (leader, from, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_that_does_not_host_fails_the_catch_up_and_the_move_aborts() {
+    let c = Cluster::start(false).await;
+    for i in 0..20 {
+        put(&c, &format!("k{i}"), "v").await;
+    }
+    let (leader, from, err) = move_to_the_fourth_fails_at_the_catch_up(&c).await;
     assert_eq!(err.applied(), Applied::Yes, "the learner was added");
     assert!(c.nodes[3].as_ref().unwrap().group(G).is_none());
     // The group is still usable, and the learner does not vote.
@@ -599,29 +609,7 @@ async fn a_target_at_its_group_limit_does_not_host_on_demand() {
         .expect("a one-member group");
     assert_eq!(target.groups(), vec![G + 1]);
     put(&c, "k", "v").await;
-    let leader = c.leader().await;
-    let from = voters(&leader)
-        .into_iter()
-        .find(|v| *v != leader.id())
-        .unwrap();
-    let opts = MoveOptions {
-        catch_up_timeout: Duration::from_secs(2),
-        ..MoveOptions::default()
-    };
-    let err = leader
-        .move_replica_with(G, from, &c.addrs[3], &opts)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MoveError::Step {
-                step: MoveStep::CatchUp,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let (leader, _, _) = move_to_the_fourth_fails_at_the_catch_up(&c).await;
     assert!(target.group(G).is_none(), "hosted past max_groups");
     leader.abort_move(G, &c.addrs[3]).await.unwrap();
 }

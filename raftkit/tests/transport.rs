@@ -127,6 +127,18 @@ impl Node {
         (self.id, self.addr.to_string())
     }
 
+    /// Makes `peer` the only peer, at `addr`, and sends it a message (a
+    /// TimeoutNow of term 1), which opens the link.
+    fn dial(&self, peer: NodeId, addr: String) {
+        self.t.set_peers(BTreeMap::from([(peer, addr)]));
+        self.t.send(Message {
+            from: self.id,
+            to: peer,
+            term: 1,
+            body: Body::TimeoutNow,
+        });
+    }
+
     /// Waits until the link to `peer` is refused; returns why.
     async fn wait_refused(&self, peer: NodeId) -> String {
         match self
@@ -791,13 +803,7 @@ async fn a_dialer_refuses_a_certificate_that_is_not_the_peer_it_meant() {
     // Mallory listens where a believes b is.
     let mallory = Node::start("t@m", ca.issue_node("t@m", &[]).expect("cert"), SCHEMA).await;
     let b_id = node_id("t@b");
-    a.t.set_peers(BTreeMap::from([(b_id, mallory.addr.to_string())]));
-    a.t.send(Message {
-        from: a.id,
-        to: b_id,
-        term: 1,
-        body: Body::TimeoutNow,
-    });
+    a.dial(b_id, mallory.addr.to_string());
     let reason = a.wait_refused(b_id).await;
     assert!(
         reason.contains("node certificate `t@m`")
@@ -826,13 +832,7 @@ async fn links_learned_from_unknown_dialers_are_bounded_and_expire() {
     for i in 0..4 {
         let name = format!("t@d{i}");
         let d = Node::start(&name, ca.issue_node(&name, &[]).expect("cert"), SCHEMA).await;
-        d.t.set_peers(BTreeMap::from([(a_id, a_addr.to_string())]));
-        d.t.send(Message {
-            from: d.id,
-            to: a_id,
-            term: 1,
-            body: Body::TimeoutNow,
-        });
+        d.dial(a_id, a_addr.to_string());
         let got = within("a message from a dialer", rx.recv()).await;
         assert_eq!(got.map(|m| m.from), Some(d.id));
         dialers.push(d);
@@ -1069,13 +1069,7 @@ async fn a_dialer_refuses_a_server_certificate_without_the_node_role() {
                 }
             }
         });
-        a.t.set_peers(BTreeMap::from([(b_id, addr.to_string())]));
-        a.t.send(Message {
-            from: a.id,
-            to: b_id,
-            term: 1,
-            body: Body::TimeoutNow,
-        });
+        a.dial(b_id, addr.to_string());
         let reason = a.wait_refused(b_id).await;
         assert!(reason.contains(&addr.to_string()), "{role:?}: {reason}");
         a.t.set_peers(BTreeMap::new());

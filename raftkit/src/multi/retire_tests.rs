@@ -115,6 +115,28 @@ fn heartbeat(node: &MultiNode<Placement>) -> crate::core::Message {
     }
 }
 
+/// The leader of [`heartbeat`] appending a configuration of `voters` at
+/// index 1, committed up to `commit`.
+fn append_configuration(
+    node: &MultiNode<Placement>,
+    voters: [crate::core::NodeId; 2],
+    commit: u64,
+) -> crate::core::Message {
+    use crate::core::{Body, Configuration, Entry, Payload};
+    let mut m = heartbeat(node);
+    m.body = Body::AppendEntries {
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![Entry {
+            term: m.term,
+            index: 1,
+            payload: Payload::Config(Configuration::new(voters)),
+        }],
+        commit,
+    };
+    m
+}
+
 /// Waits until `check` holds, with a deadline.
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -442,25 +464,12 @@ async fn an_empty_replica_is_an_orphan_only_once_its_leader_is_quiet() {
 /// learner's snapshot taken before it was added) is not removed by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_never_listed_is_not_removed_by_the_configurations_it_catches_up_through() {
-    use crate::core::{Body, Configuration, Entry, Payload};
     let (node, _addr, _dir) = one_node().await;
-    let hb = heartbeat(&node);
-    let (leader, term) = (hb.from, hb.term);
-    node.host_on_demand(6, hb.clone()).await;
+    let leader = heartbeat(&node).from;
+    node.host_on_demand(6, heartbeat(&node)).await;
     let peer = node.group(6).expect("hosted on demand");
     // A committed configuration of two other nodes.
-    let config = Configuration::new([leader, leader.wrapping_add(1)]);
-    let mut append = hb;
-    append.body = Body::AppendEntries {
-        prev_index: 0,
-        prev_term: 0,
-        entries: vec![Entry {
-            term,
-            index: 1,
-            payload: Payload::Config(config),
-        }],
-        commit: 1,
-    };
+    let append = append_configuration(&node, [leader, leader.wrapping_add(1)], 1);
     node.host_on_demand(6, append).await;
     until("the configuration committed", || {
         let st = peer.status();
@@ -526,23 +535,11 @@ async fn a_group_just_retired_is_not_hosted_again_on_a_late_message() {
 /// records it as listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncommitted_configuration_does_not_list_a_replica() {
-    use crate::core::{Body, Configuration, Entry, Payload};
     let (node, _addr, dir) = one_node().await;
-    let hb = heartbeat(&node);
-    let (leader, term) = (hb.from, hb.term);
-    node.host_on_demand(6, hb.clone()).await;
+    let leader = heartbeat(&node).from;
+    node.host_on_demand(6, heartbeat(&node)).await;
     let peer = node.group(6).expect("hosted on demand");
-    let mut append = hb;
-    append.body = Body::AppendEntries {
-        prev_index: 0,
-        prev_term: 0,
-        entries: vec![Entry {
-            term,
-            index: 1,
-            payload: Payload::Config(Configuration::new([leader, node.id()])),
-        }],
-        commit: 0,
-    };
+    let append = append_configuration(&node, [leader, node.id()], 0);
     node.host_on_demand(6, append).await;
     until("the configuration appended", || {
         let st = peer.status();
