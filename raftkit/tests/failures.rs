@@ -800,3 +800,76 @@ async fn a_write_during_a_leadership_transfer_is_retryable() {
         p.shutdown().await.unwrap();
     }
 }
+
+/// A configuration change asked of a leader that has not yet committed an
+/// entry of its term (thesis §4.1: it must before it changes the
+/// configuration) waits for that commit instead of being refused: the new
+/// leader's no-op is held uncommitted (every AppendEntries answer to it
+/// dropped) while an admin adds a learner through it; the change is still
+/// pending a few election timeouts later, and once the answers flow again
+/// it is proposed and the learner shows in the configuration. (It used to
+/// fail at once with `Rejected`, which told the caller retrying could not
+/// help.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_change_waits_for_the_new_leaders_first_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new(9);
+    let (peers, _nodes) = start3(&net, dir.path(), 10_000).await;
+    let l = leader_of(&peers).await;
+    c(&peers[l]).add("k".into(), 1).await.unwrap();
+    let t = (l + 1) % 3;
+    let target = peers[t].id();
+    let hold = Arc::new(AtomicBool::new(true));
+    let held = Arc::new(AtomicU64::new(0));
+    let (hold2, held2) = (hold.clone(), held.clone());
+    net.observe(Arc::new(move |_from, m: &Message, deliver| {
+        if m.to == target
+            && matches!(m.body, Body::AppendEntriesResponse { .. })
+            && hold2.load(Ordering::SeqCst)
+        {
+            held2.fetch_add(1, Ordering::SeqCst);
+            return false;
+        }
+        deliver
+    }));
+    peers[l].transfer_leadership(target).await.unwrap();
+    wait_for("the transfer target to lead", 10, || {
+        (peers[t].status().role == Role::Leader).then_some(())
+    })
+    .await;
+    wait_for("the new leader's no-op to be held", 10, || {
+        (held.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    let p = peers[t].clone();
+    let mut change = tokio::spawn(async move { p.add_learner("n9:1").await });
+    let early = tokio::time::timeout(TICK * 30, &mut change).await;
+    assert!(
+        early.is_err(),
+        "a change asked before the leader's first commit of its term was answered at once: {early:?}"
+    );
+    assert_eq!(
+        peers[t].status().role,
+        Role::Leader,
+        "the leader stepped down while its no-op was held (the test's premise)"
+    );
+    hold.store(false, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(10), change)
+        .await
+        .expect("the change is proposed once the no-op commits")
+        .expect("task")
+        .expect("the learner is added");
+    let learner = Peer::<Counter>::member_id("n9:1");
+    wait_for("the learner in the configuration", 10, || {
+        peers[t]
+            .status()
+            .members
+            .iter()
+            .any(|m| m.id == learner)
+            .then_some(())
+    })
+    .await;
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}

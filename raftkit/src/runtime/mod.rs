@@ -426,7 +426,11 @@ impl<S: StateMachine> Peer<S> {
     }
 
     /// Proposes a new configuration (joint consensus); returns the index of
-    /// the first configuration entry.
+    /// the first configuration entry. On a leader that has not yet
+    /// committed an entry of its term (just elected), the proposal waits
+    /// for that commit (thesis §4.1) rather than failing; it fails
+    /// `NotLeader` if the peer stops leading first, and `Rejected` if
+    /// another change is in flight or the target is invalid.
     pub async fn change_config(&self, target: Configuration) -> Result<Index, Error> {
         self.call(|reply| Command::ChangeConfig { target, reply })
             .await

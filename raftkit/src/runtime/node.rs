@@ -51,7 +51,14 @@
 //!   a deferred write (see [`NodeTask::want_apply_progress`]);
 //! - a leader proposes client writes and session operations only once its
 //!   term's stamp clock is anchored on the replicated time of the earlier
-//!   terms; those that arrive before wait here, in order (`stamps`).
+//!   terms; those that arrive before wait here, in order (`stamps`);
+//! - a configuration change asked of a leader that has not yet committed
+//!   an entry of its term (which it must before changing the
+//!   configuration, thesis §4.1) waits here until it has, instead of being
+//!   refused: a fresh leader commits its no-op within a round trip, and a
+//!   caller (an admin move right after a leadership transfer) should not
+//!   have to retry what only needs a moment. It is answered `NotLeader` if
+//!   the node stops leading first.
 //!
 //! Size: past 1,000 lines because the event loop and every handler it calls
 //! share one `State` by `&mut` (splitting them across modules would expose
@@ -234,6 +241,9 @@ struct State {
     /// Client writes and session operations waiting for this leader's
     /// stamp anchor (`stamps`).
     deferred: Deferred,
+    /// Configuration changes waiting for this leader's first commit of its
+    /// term, in arrival order (see the module invariants).
+    config_waiting: Vec<(Configuration, oneshot::Sender<Result<Index, Error>>)>,
     /// The core's ticks on the monotonic clock (see `reads`).
     clock: super::reads::TickClock,
     /// When the status watch was last rebuilt.
@@ -313,6 +323,7 @@ impl NodeTask {
             drop_log: DropLog::default(),
             stamps: None,
             deferred: Deferred::default(),
+            config_waiting: Vec::new(),
             clock: super::reads::TickClock::new(
                 self.tick,
                 2 * u64::from(self.raft.params().election_ticks) + 2,
@@ -521,6 +532,12 @@ impl NodeTask {
                 self.name
             ))));
         }
+        for (_, reply) in st.config_waiting.drain(..) {
+            let _ = reply.send(Err(Error::Unavailable(format!(
+                "peer {} stopped",
+                self.name
+            ))));
+        }
         if let Some(saver) = self.saver.take() {
             saver.shutdown().await;
         }
@@ -601,14 +618,58 @@ impl NodeTask {
                 let _ = reply.send(r);
             }
             Command::ChangeConfig { target, reply } => {
-                let r = self
-                    .raft
-                    .propose_config(target)
-                    .map_err(|e| self.propose_error(e));
-                let _ = reply.send(r);
+                if st.config_waiting.is_empty() {
+                    self.propose_config(st, target, reply);
+                } else {
+                    // Behind the ones already waiting, in order.
+                    st.config_waiting.push((target, reply));
+                }
             }
             Command::Shutdown { .. } => {}
         }
+    }
+
+    /// Proposes a configuration change, or parks it while this leader has
+    /// not committed an entry of its term yet (`release_config_waiting`).
+    fn propose_config(
+        &mut self,
+        st: &mut State,
+        target: Configuration,
+        reply: oneshot::Sender<Result<Index, Error>>,
+    ) {
+        match self.raft.propose_config(target.clone()) {
+            Err(ProposeError::NotReady) if self.raft.role() == Role::Leader => {
+                debug!(node = %self.name, term = self.raft.term(), "configuration change waits for this leader's first commit of its term");
+                st.config_waiting.push((target, reply));
+            }
+            r => {
+                let _ = reply.send(r.map_err(|e| self.propose_error(e)));
+            }
+        }
+    }
+
+    /// Proposes the configuration changes that waited for this leader's
+    /// first commit of its term once it is in (or answers them once the
+    /// node stopped leading: the core refuses them with `NotLeader`).
+    fn release_config_waiting(&mut self, st: &mut State) {
+        if st.config_waiting.is_empty() {
+            return;
+        }
+        if let Some(err) = Self::stopped(st) {
+            for (_, reply) in st.config_waiting.drain(..) {
+                let _ = reply.send(Err(err.clone()));
+            }
+            return;
+        }
+        let waiting = std::mem::take(&mut st.config_waiting);
+        let mut rest = waiting.into_iter();
+        for (target, reply) in rest.by_ref() {
+            self.propose_config(st, target, reply);
+            if !st.config_waiting.is_empty() {
+                break; // still not ready: the rest wait behind it
+            }
+        }
+        st.config_waiting.extend(rest);
     }
 
     /// Proposes a client write or session operation and registers its
@@ -1093,6 +1154,7 @@ impl NodeTask {
             }
         }
         self.release_deferred(st);
+        self.release_config_waiting(st);
     }
 
     fn fail(&mut self, st: &mut State, reason: String) {
@@ -1108,6 +1170,9 @@ impl NodeTask {
         // at the next input; a stopped node may get none).
         while let Some((_, reply)) = st.deferred.pop() {
             reply.send(Err(err.clone()));
+        }
+        for (_, reply) in st.config_waiting.drain(..) {
+            let _ = reply.send(Err(err.clone()));
         }
         self.flush_registers(st);
         // Proposals waiting at the apply thread: their entries will never
