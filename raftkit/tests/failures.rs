@@ -801,20 +801,15 @@ async fn a_write_during_a_leadership_transfer_is_retryable() {
     }
 }
 
-/// A configuration change asked of a leader that has not yet committed an
-/// entry of its term (thesis §4.1: it must before it changes the
-/// configuration) waits for that commit instead of being refused: the new
-/// leader's no-op is held uncommitted (every AppendEntries answer to it
-/// dropped) while an admin adds a learner through it; the change is still
-/// pending a few election timeouts later, and once the answers flow again
-/// it is proposed and the learner shows in the configuration. (It used to
-/// fail at once with `Rejected`, which told the caller retrying could not
-/// help.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_configuration_change_waits_for_the_new_leaders_first_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = MemoryNetwork::new(9);
-    let (peers, _nodes) = start3(&net, dir.path(), 10_000).await;
+/// A leader just elected whose no-op is held uncommitted: leadership is
+/// transferred to the member after the current leader while every
+/// AppendEntries answer to it is dropped (until `hold` is cleared). Returns
+/// the peers, the new leader's position and `hold`.
+async fn fresh_leader_holding_its_noop(
+    net: &MemoryNetwork,
+    dir: &Path,
+) -> (Vec<Peer<Counter>>, usize, Arc<AtomicBool>) {
+    let (peers, _nodes) = start3(net, dir, 10_000).await;
     let l = leader_of(&peers).await;
     c(&peers[l]).add("k".into(), 1).await.unwrap();
     let t = (l + 1) % 3;
@@ -841,6 +836,22 @@ async fn a_configuration_change_waits_for_the_new_leaders_first_commit() {
         (held.load(Ordering::SeqCst) > 0).then_some(())
     })
     .await;
+    (peers, t, hold)
+}
+
+/// A configuration change asked of a leader that has not yet committed an
+/// entry of its term (thesis §4.1: it must before it changes the
+/// configuration) waits for that commit instead of being refused: while
+/// the new leader's no-op is held uncommitted, an admin adds a learner
+/// through it; the change is still pending a few election timeouts later,
+/// and once the answers flow again it is proposed and the learner shows in
+/// the configuration. (It used to fail at once with `Rejected`, which told
+/// the caller retrying could not help.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_change_waits_for_the_new_leaders_first_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new(9);
+    let (peers, t, hold) = fresh_leader_holding_its_noop(&net, dir.path()).await;
     let p = peers[t].clone();
     let mut change = tokio::spawn(async move { p.add_learner("n9:1").await });
     let early = tokio::time::timeout(TICK * 30, &mut change).await;
@@ -869,6 +880,36 @@ async fn a_configuration_change_waits_for_the_new_leaders_first_commit() {
             .then_some(())
     })
     .await;
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}
+
+/// A configuration change waiting for the leader's first commit of its
+/// term is answered `NotLeader` (retryable, nothing applied) once that
+/// leader loses its quorum and steps down (check-quorum), not left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_configuration_change_is_answered_when_its_leader_steps_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new(10);
+    let (peers, t, _hold) = fresh_leader_holding_its_noop(&net, dir.path()).await;
+    let p = peers[t].clone();
+    let mut change = tokio::spawn(async move { p.add_learner("n9:1").await });
+    let early = tokio::time::timeout(TICK * 5, &mut change).await;
+    assert!(
+        early.is_err(),
+        "answered before the leader stepped down: {early:?}"
+    );
+    net.isolate(peers[t].id());
+    let answer = tokio::time::timeout(Duration::from_secs(10), change)
+        .await
+        .expect("the waiting change is answered once its leader steps down")
+        .expect("task");
+    match answer {
+        Err(e @ Error::NotLeader { .. }) => assert!(e.is_retryable()),
+        other => panic!("a change whose leader stepped down got {other:?}"),
+    }
+    net.heal();
     for p in &peers {
         p.shutdown().await.unwrap();
     }
