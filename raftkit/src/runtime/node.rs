@@ -33,7 +33,10 @@
 //! - the status watch's scalar fields (indexes, counters, role, term,
 //!   leader, errors) are current after every batch of inputs, as before
 //!   entries are handed to the apply thread: a caller answered for entry
-//!   `i` sees `last_index >= i`. The fields that take clones to build
+//!   `i` sees `last_index >= i`; a new role, term, leader or configuration
+//!   is published before the messages of the batch that follows it leave
+//!   this node (whoever hears from a new leader, in this process, sees it
+//!   leading in its status). The fields that take clones to build
 //!   (members, latency histograms, drop counts, addresses) are at most
 //!   [`STATUS_INTERVAL`] late (a multi-group node's replicas: one tick,
 //!   `PeerBuilder::status_interval`): they are rebuilt only if the last
@@ -804,6 +807,11 @@ impl NodeTask {
         while st.fatal.is_none() && self.raft.has_ready() {
             let rd = self.raft.ready();
             let must_write = rd.must_persist() || !rd.persisted_messages.is_empty();
+            if !rd.messages.is_empty() && self.status_urgent(st) {
+                // A new role, term or leader shows before anyone hears of
+                // it from this node (see the module invariants).
+                self.publish(st);
+            }
             for m in rd.messages {
                 if let crate::core::Body::AppendEntries { entries, .. } = &m.body
                     && !entries.is_empty()
@@ -1180,22 +1188,27 @@ impl NodeTask {
         let _ = self.apply_tx.send(ApplyMsg::Fail(err));
     }
 
+    /// Whether the status watch shows another role, term, leader or
+    /// configuration than the core's, or another fatal state: such a
+    /// change is published at once.
+    fn status_urgent(&self, st: &State) -> bool {
+        let old = self.status.borrow();
+        (old.role, old.term, old.leader, old.config_index)
+            != (
+                self.raft.role(),
+                self.raft.term(),
+                self.raft.leader(),
+                self.raft.config_index(),
+            )
+            || old.fatal.is_some() != st.fatal.is_some()
+    }
+
     /// Rebuilds the status watch, or defers it (see [`STATUS_INTERVAL`]).
     /// A new configuration is published at once: a caller whose membership
     /// change completed sees it in the members.
     fn publish(&self, st: &mut State) {
         let now = Instant::now();
-        let urgent = {
-            let old = self.status.borrow();
-            (old.role, old.term, old.leader, old.config_index)
-                != (
-                    self.raft.role(),
-                    self.raft.term(),
-                    self.raft.leader(),
-                    self.raft.config_index(),
-                )
-                || old.fatal.is_some() != st.fatal.is_some()
-        };
+        let urgent = self.status_urgent(st);
         if let Some(at) = st.published_at
             && !urgent
             && now < at + self.status_interval
