@@ -241,21 +241,15 @@ async fn the_status_shows_the_term_a_leader_leads_in() {
     let _ = peer.shutdown().await;
 }
 
-/// A follower whose leader is gone, with no successor, shows no leader:
-/// once it campaigns (pre-vote, thesis §9.6, or a real one) its status
-/// says `leader: None` (teeth round 8: mutant 819 kept the old leader in
-/// the status after the core forgot it).
-#[tokio::test(flavor = "current_thread")]
-async fn a_follower_whose_leader_is_gone_shows_no_leader() {
-    const ADDRS: [&str; 2] = ["gone-a:1", "gone-b:1"];
-    let net = MemoryNetwork::new(3);
+/// Peers at `addrs` in memory on `net`, one cluster, a 10 ms tick.
+async fn start_peers(net: &MemoryNetwork, addrs: &[&str]) -> Vec<Peer<Counter>> {
     let mut peers = Vec::new();
-    for addr in ADDRS {
+    for addr in addrs {
         let net = net.clone();
         let peer = Counter::peer()
             .in_memory()
-            .listen(addr)
-            .bootstrap_members(ADDRS)
+            .listen(*addr)
+            .bootstrap_members(addrs.iter().copied())
             .tick(Duration::from_millis(10))
             .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
             .start()
@@ -263,22 +257,33 @@ async fn a_follower_whose_leader_is_gone_shows_no_leader() {
             .expect("peer starts");
         peers.push(peer);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // A leader both know of.
-    let leader = loop {
+    peers
+}
+
+/// The position of a leader every peer's status names.
+async fn leader_known_to_all(peers: &[Peer<Counter>], deadline: Instant) -> usize {
+    loop {
         let statuses: Vec<_> = peers.iter().map(|p| p.status()).collect();
-        if let Some(l) = statuses.iter().find(|s| s.role == Role::Leader)
-            && statuses.iter().all(|s| s.leader == Some(l.id))
+        if let Some(l) = statuses.iter().position(|s| s.role == Role::Leader)
+            && statuses.iter().all(|s| s.leader == Some(statuses[l].id))
         {
-            break l.id;
+            return l;
         }
-        assert!(Instant::now() < deadline, "no leader known to both");
+        assert!(Instant::now() < deadline, "no leader known to all");
         tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let at = peers
-        .iter()
-        .position(|p| p.status().id == leader)
-        .expect("the leader is one of the peers");
+    }
+}
+
+/// A follower whose leader is gone, with no successor, shows no leader:
+/// once it campaigns (pre-vote, thesis §9.6, or a real one) its status
+/// says `leader: None` (teeth round 8: mutant 819 kept the old leader in
+/// the status after the core forgot it).
+#[tokio::test(flavor = "current_thread")]
+async fn a_follower_whose_leader_is_gone_shows_no_leader() {
+    let net = MemoryNetwork::new(3);
+    let mut peers = start_peers(&net, &["gone-a:1", "gone-b:1"]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let at = leader_known_to_all(&peers, deadline).await;
     let gone = peers.swap_remove(at);
     let _ = gone.shutdown().await;
     let follower = peers.pop().expect("the other peer");
@@ -299,8 +304,68 @@ async fn a_follower_whose_leader_is_gone_shows_no_leader() {
     let _ = follower.shutdown().await;
 }
 
-/// The status's members built afresh from the core's status (what
-/// `update_members` must keep them equal to).
+/// Whoever hears from a new leader sees it leading in its status: every
+/// AppendEntries and heartbeat of the new term leaves the leader only once
+/// its status shows it leading in that term (the node task publishes a
+/// new role before the messages that follow it). Before, the first
+/// messages left first: a transfer's old leader, which publishes the new
+/// leader as soon as it hears from it, could return from
+/// `transfer_leader` while no peer's status showed a leader (a clean-clone
+/// CI run of `quic_membership` saw that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_shows_in_its_status_before_its_first_message_leaves() {
+    let net = MemoryNetwork::new(4);
+    let peers = start_peers(&net, &["order-a:1", "order-b:1", "order-c:1"]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let l = leader_known_to_all(&peers, deadline).await;
+    peers[l]
+        .write(CounterWrite::Add { by: 1 })
+        .await
+        .expect("a write");
+    let t = (l + 1) % peers.len();
+    let (target, id, term) = (peers[t].clone(), peers[t].id(), peers[l].status().term);
+    // (message term, the sender's role and term in its status as it sent)
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    net.observe(Arc::new(move |from, m: &crate::core::Message, deliver| {
+        if from == id
+            && m.term > term
+            && matches!(
+                m.body,
+                crate::core::Body::AppendEntries { .. } | crate::core::Body::Heartbeat { .. }
+            )
+        {
+            let s = target.status();
+            if let Ok(mut seen) = seen2.lock() {
+                seen.push((m.term, s.role, s.term));
+            }
+        }
+        deliver
+    }));
+    peers[l]
+        .transfer_leadership(id)
+        .await
+        .expect("transfer starts");
+    loop {
+        if seen.lock().map(|s| s.len() >= 4).unwrap_or(false) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new leader sent nothing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    for (msg_term, role, status_term) in &seen {
+        assert!(
+            *role == Role::Leader && status_term == msg_term,
+            "a message of term {msg_term} left the new leader while its status said {role:?} in term {status_term}: {seen:?}"
+        );
+    }
+    net.observe(Arc::new(|_, _, deliver| deliver));
+    for p in &peers {
+        let _ = p.shutdown().await;
+    }
+}
+
 fn fresh_members(raft: &crate::core::Raft) -> Vec<super::MemberStatus> {
     let status = raft.status();
     let conf = &status.config;
