@@ -621,32 +621,36 @@ impl NodeTask {
                 let _ = reply.send(r);
             }
             Command::ChangeConfig { target, reply } => {
-                if st.config_waiting.is_empty() {
-                    self.propose_config(st, target, reply);
+                // Behind the ones already waiting, in order.
+                let parked = if st.config_waiting.is_empty() {
+                    self.propose_config(target, reply)
                 } else {
-                    // Behind the ones already waiting, in order.
-                    st.config_waiting.push((target, reply));
+                    Some((target, reply))
+                };
+                if let Some(change) = parked {
+                    debug!(node = %self.name, term = self.raft.term(), "configuration change waits for this leader's first commit of its term");
+                    st.config_waiting.push(change);
                 }
             }
             Command::Shutdown { .. } => {}
         }
     }
 
-    /// Proposes a configuration change, or parks it while this leader has
-    /// not committed an entry of its term yet (`release_config_waiting`).
+    /// Proposes a configuration change and answers its caller, or gives it
+    /// back to wait while this leader has not committed an entry of its
+    /// term yet (`release_config_waiting`).
     fn propose_config(
         &mut self,
-        st: &mut State,
         target: Configuration,
         reply: oneshot::Sender<Result<Index, Error>>,
-    ) {
+    ) -> Option<(Configuration, oneshot::Sender<Result<Index, Error>>)> {
         match self.raft.propose_config(target.clone()) {
             Err(ProposeError::NotReady) if self.raft.role() == Role::Leader => {
-                debug!(node = %self.name, term = self.raft.term(), "configuration change waits for this leader's first commit of its term");
-                st.config_waiting.push((target, reply));
+                Some((target, reply))
             }
             r => {
                 let _ = reply.send(r.map_err(|e| self.propose_error(e)));
+                None
             }
         }
     }
@@ -664,15 +668,15 @@ impl NodeTask {
             }
             return;
         }
-        let waiting = std::mem::take(&mut st.config_waiting);
-        let mut rest = waiting.into_iter();
-        for (target, reply) in rest.by_ref() {
-            self.propose_config(st, target, reply);
-            if !st.config_waiting.is_empty() {
-                break; // still not ready: the rest wait behind it
+        let mut rest = std::mem::take(&mut st.config_waiting).into_iter();
+        while let Some((target, reply)) = rest.next() {
+            if let Some(still) = self.propose_config(target, reply) {
+                // Still not ready: it and the rest wait, in order.
+                st.config_waiting.push(still);
+                st.config_waiting.extend(rest);
+                return;
             }
         }
-        st.config_waiting.extend(rest);
     }
 
     /// Proposes a client write or session operation and registers its
