@@ -105,9 +105,13 @@ use errors::Errors;
 
 /// Derives the struct half of a raftkit state machine.
 ///
-/// Settings: `#[raftkit(name = "kv", on_error = "skip", version = 2, migrate = path)]`
+/// Settings: `#[raftkit(name = "kv", on_error = "skip", version = 2, migrate = path,
+/// snapshot = "clone")]`
 /// (`version`/`migrate`: the state's snapshot version and the function that
-/// restores older ones, `fn(u32, &[u8]) -> Result<Self, CodecError>`). `name` is the
+/// restores older ones, `fn(u32, &[u8]) -> Result<Self, CodecError>`;
+/// `snapshot = "clone"`: a snapshot serializes a clone of the state on the
+/// snapshot thread while the apply thread goes on, for a `Clone` state whose
+/// clone is cheap, see `StateMachine::snapshot_copy`). `name` is the
 /// state machine's name (default: the type name in snake case); `on_error`
 /// is what a panicking `#[write]` handler does: `"skip"` (the default)
 /// answers the caller with `raftkit::Error::Handler` and goes on, `"halt"`

@@ -65,6 +65,9 @@ pub struct DeriveModel {
     pub version: Option<u32>,
     /// The migration of older snapshots (`#[raftkit(migrate = path)]`).
     pub migrate: Option<syn::Path>,
+    /// Where `#[raftkit(snapshot = "clone")]` was set, if it was: snapshots
+    /// serialize a clone of the state off the apply thread.
+    pub snapshot_clone: Option<proc_macro2::Span>,
 }
 
 /// Parses the struct a `#[derive(StateMachine)]` is on. Returns a model even
@@ -94,6 +97,7 @@ pub fn parse_derive(input: &syn::DeriveInput, errors: &mut Errors) -> Option<Der
     let mut policy: Option<Policy> = None;
     let mut version: Option<u32> = None;
     let mut migrate: Option<syn::Path> = None;
+    let mut snapshot_clone: Option<proc_macro2::Span> = None;
     for attr in &input.attrs {
         if !attr.path().is_ident("raftkit") {
             continue;
@@ -135,10 +139,27 @@ pub fn parse_derive(input: &syn::DeriveInput, errors: &mut Errors) -> Option<Der
                 let path: syn::Path = meta.value()?.parse()?;
                 migrate = Some(path);
                 Ok(())
+            } else if meta.path.is_ident("snapshot") {
+                let lit: LitStr = meta.value()?.parse()?;
+                if lit.value() == "clone" {
+                    snapshot_clone = Some(lit.span());
+                } else {
+                    errors.spanned(
+                        &lit,
+                        format!(
+                            "unknown `snapshot` value {:?}: expected \"clone\" (snapshots \
+                             serialize a clone of the state off the apply thread; leave the \
+                             setting out to serialize the state itself on the apply thread)",
+                            lit.value()
+                        ),
+                    );
+                }
+                Ok(())
             } else {
                 Err(meta.error(format!(
                     "unknown `raftkit` setting `{}`: expected `on_error = \"skip\"|\"halt\"`, \
-                     `name = \"...\"`, `version = N` or `migrate = path`",
+                     `name = \"...\"`, `version = N`, `migrate = path` or \
+                     `snapshot = \"clone\"`",
                     meta.path.to_token_stream()
                 )))
             }
@@ -164,6 +185,7 @@ pub fn parse_derive(input: &syn::DeriveInput, errors: &mut Errors) -> Option<Der
         policy: policy.unwrap_or(Policy::DEFAULT),
         version,
         migrate,
+        snapshot_clone,
     })
 }
 

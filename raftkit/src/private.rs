@@ -9,7 +9,7 @@
 pub use postcard;
 pub use serde;
 
-use crate::state_machine::{CodecError, ErrorPolicy};
+use crate::state_machine::{CodecError, ErrorPolicy, SnapshotCopy};
 
 /// Implemented by `#[derive(StateMachine)]`: the struct-level settings.
 #[diagnostic::on_unimplemented(
@@ -36,6 +36,11 @@ pub trait Derived {
                 "the snapshot has state version {from_version} and this state machine gives no migration: add `#[raftkit(version = N, migrate = path)]`"
             ),
         })
+    }
+    /// A copy of the state for a snapshot serialized off the apply thread
+    /// (`#[raftkit(snapshot = "clone")]`), or `None`.
+    fn snapshot_copy(&self) -> Option<SnapshotCopy> {
+        None
     }
 }
 

@@ -128,6 +128,55 @@ pub trait StateMachine: Sized + Send + 'static {
     fn snapshot(&self) -> Result<Vec<u8>, CodecError>;
     /// Rebuilds the state from a snapshot made by [`StateMachine::snapshot`].
     fn restore(data: &[u8]) -> Result<Self, CodecError>;
+    /// A copy of the state to serialize for a snapshot away from the apply
+    /// thread, or `None` (the default): the apply thread then serializes the
+    /// state itself with [`StateMachine::snapshot`] and applies nothing
+    /// meanwhile.
+    ///
+    /// `#[raftkit(snapshot = "clone")]` on the derive returns a clone of the
+    /// state here. That pays only when cloning is much cheaper than
+    /// serializing: a state held in persistent collections (such as the
+    /// `imbl` crate's), whose clone shares its nodes and copies one only when
+    /// either side changes it. The copy must not share anything mutable with
+    /// the live state (no `Arc<Mutex<_>>` both hold): the runtime serializes
+    /// it while later entries are applied, and the snapshot must be the
+    /// state at exactly the index it is taken at. Its bytes must be what
+    /// [`StateMachine::snapshot`] would have given at that index.
+    fn snapshot_copy(&self) -> Option<SnapshotCopy> {
+        None
+    }
+}
+
+/// A state machine's snapshot, to be serialized later and on another thread
+/// (see [`StateMachine::snapshot_copy`]).
+pub struct SnapshotCopy(Box<dyn FnOnce() -> Result<Vec<u8>, CodecError> + Send>);
+
+impl SnapshotCopy {
+    /// A snapshot that `encode` serializes when the runtime asks (on its
+    /// snapshot thread). `encode` owns what it serializes: a copy of the
+    /// state as of the moment this is made.
+    ///
+    /// ```
+    /// use raftkit::state_machine::SnapshotCopy;
+    /// let state = vec![1u32, 2, 3];
+    /// let copy = SnapshotCopy::new(move || raftkit::state_machine::encode("state", &state));
+    /// assert_eq!(copy.encode()?, vec![3, 1, 2, 3]);
+    /// # Ok::<(), raftkit::state_machine::CodecError>(())
+    /// ```
+    pub fn new(encode: impl FnOnce() -> Result<Vec<u8>, CodecError> + Send + 'static) -> Self {
+        SnapshotCopy(Box::new(encode))
+    }
+
+    /// Serializes the copy (the same bytes [`StateMachine::snapshot`] gives).
+    pub fn encode(self) -> Result<Vec<u8>, CodecError> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for SnapshotCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotCopy(..)")
+    }
 }
 
 /// A value could not be encoded or decoded.

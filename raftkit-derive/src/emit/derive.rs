@@ -32,6 +32,25 @@ pub fn derive(model: &DeriveModel) -> TokenStream {
             }
         }
     });
+    // A clone of the state, serialized on the runtime's snapshot thread.
+    // Spanned at the setting: a state that is not `Clone` is reported there.
+    let snapshot_copy = model.snapshot_clone.map(|span| {
+        quote_spanned! {span=>
+            fn snapshot_copy(
+                &self,
+            ) -> ::core::option::Option<::raftkit::state_machine::SnapshotCopy> {
+                let copy: Self = ::core::clone::Clone::clone(self);
+                ::core::option::Option::Some(::raftkit::state_machine::SnapshotCopy::new(
+                    move || {
+                        ::raftkit::schema::encode_state::<Self>(
+                            <Self as ::raftkit::__private::Derived>::STATE_VERSION,
+                            &copy,
+                        )
+                    },
+                ))
+            }
+        }
+    });
     let check = quote_spanned! {ident.span()=>
         const _: () = ::raftkit::__private::require_handlers::<#ident>();
     };
@@ -43,6 +62,7 @@ pub fn derive(model: &DeriveModel) -> TokenStream {
             const ERROR_POLICY: ::raftkit::ErrorPolicy = #policy;
             #version
             #migrate
+            #snapshot_copy
         }
         #check
     }

@@ -294,6 +294,12 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
             ) -> ::core::result::Result<Self, ::raftkit::state_machine::CodecError> {
                 #restore
             }
+
+            fn snapshot_copy(
+                &self,
+            ) -> ::core::option::Option<::raftkit::state_machine::SnapshotCopy> {
+                #derived::snapshot_copy(self)
+            }
         }
     }
 }

@@ -1037,6 +1037,11 @@ impl ::raftkit::StateMachine for Kv {
             <Kv as ::raftkit::__private::Derived>::migrate,
         )
     }
+    fn snapshot_copy(
+        &self,
+    ) -> ::core::option::Option<::raftkit::state_machine::SnapshotCopy> {
+        <Kv as ::raftkit::__private::Derived>::snapshot_copy(self)
+    }
 }
 ///One applied write of the `Kv` state machine, as a watch delivers it: its log index, its command (`KvWrite`) and its output (`KvWriteOutput`); see [`raftkit::client::watch`].
 pub type KvEvent = ::raftkit::client::watch::Event<Kv>;

@@ -17,6 +17,12 @@
 //!   (it was not applied);
 //! - a read registered with read index `i` is served only once `applied >=
 //!   i` (Raft thesis §6.4 step 4);
+//! - a snapshot taken at index `i` is the state and the session table after
+//!   exactly the entries up to `i`: serialized here before the next entry,
+//!   or, when the state machine gives a copy
+//!   ([`StateMachine::snapshot_copy`]), the copy and a clone of the session
+//!   table made before the next entry and serialized later on the snapshot
+//!   thread ([`TakenBody::Deferred`]) while this thread goes on applying;
 //! - the thread *halts* at an entry whose handler panics under the `halt`
 //!   policy, or that this binary cannot decode (a newer binary wrote it):
 //!   it applies nothing more, the log keeps the entry, and every waiting
@@ -204,8 +210,28 @@ impl ApplyMsg {
 pub struct Taken {
     /// The last index applied to the state it serializes.
     pub index: Index,
-    /// The serialized state.
-    pub data: Vec<u8>,
+    /// The serialized state, or the copy to serialize.
+    pub body: TakenBody,
+}
+
+/// A snapshot's bytes, or what gives them.
+pub enum TakenBody {
+    /// Serialized on the apply thread.
+    Encoded(Vec<u8>),
+    /// A copy of the state and the session table at the snapshot's index,
+    /// serialized when run (on the snapshot thread, see
+    /// [`super::persist::SnapshotSaver`]); the error says why not.
+    Deferred(Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>),
+}
+
+impl TakenBody {
+    /// The snapshot's bytes, serializing a deferred copy here.
+    pub fn encode(self) -> Result<Vec<u8>, String> {
+        match self {
+            TakenBody::Encoded(data) => Ok(data),
+            TakenBody::Deferred(encode) => encode(),
+        }
+    }
 }
 
 /// What the apply thread reports.
@@ -727,11 +753,48 @@ impl<S: StateMachine> Apply<S> {
             return Err(format!("not taken: this node halted ({h})"));
         }
         let started = Instant::now();
+        let index = self.applied;
+        if let Some(copy) = self.sm.snapshot_copy() {
+            // The copy and the session table as of `index`; serialized on
+            // the snapshot thread while this one applies on.
+            let sessions = self.sessions.clone();
+            let took = started.elapsed();
+            self.longest_pause = self.longest_pause.max(took);
+            info!(
+                index,
+                took_ms = took.as_millis() as u64,
+                "state machine copied for a snapshot"
+            );
+            let encode = move || {
+                let started = Instant::now();
+                let state = copy
+                    .encode()
+                    .map_err(|e| format!("the state machine's copy did not serialize: {e}"))?;
+                let data = AppSnapshotRef {
+                    sessions: &sessions,
+                    state: &state,
+                    index,
+                }
+                .encode()
+                .map_err(|e| format!("the snapshot did not serialize: {e}"))?;
+                info!(
+                    index,
+                    bytes = data.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "state machine copy serialized for a snapshot"
+                );
+                Ok(data)
+            };
+            return Ok(Taken {
+                index,
+                body: TakenBody::Deferred(Box::new(encode)),
+            });
+        }
         let snap = self.sm.snapshot().and_then(|state| {
             AppSnapshotRef {
                 sessions: &self.sessions,
                 state: &state,
-                index: self.applied,
+                index,
             }
             .encode()
         });
@@ -740,14 +803,14 @@ impl<S: StateMachine> Apply<S> {
         match snap {
             Ok(data) => {
                 info!(
-                    index = self.applied,
+                    index,
                     bytes = data.len(),
                     took_ms = took.as_millis() as u64,
                     "state machine serialized for a snapshot"
                 );
                 Ok(Taken {
-                    index: self.applied,
-                    data,
+                    index,
+                    body: TakenBody::Encoded(data),
                 })
             }
             Err(e) => Err(format!("the state machine did not serialize: {e}")),

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::apply::{self, ApplyMsg, ApplyStatus, Reply, Taken};
+use super::apply::{self, ApplyMsg, ApplyStatus, Reply, Taken, TakenBody};
 use super::session::{Envelope, Op, Owner, SESSION_WINDOW, Sessions};
 use super::watch::Journal;
 use crate::client::wire::{SessionId, SessionRef, WatchOutput};
@@ -65,6 +65,34 @@ impl Tally {
     }
 }
 
+/// [`Tally`] with snapshots of a clone serialized off the apply thread. Its
+/// handlers are Tally's, in the same order: the commands, queries and
+/// snapshots of both encode alike, so the [`Thread`] helpers serve both.
+#[derive(StateMachine, Default, Clone, Serialize, Deserialize)]
+#[raftkit(snapshot = "clone")]
+struct CopiedTally {
+    n: u64,
+}
+
+#[crate::state_machine]
+impl CopiedTally {
+    #[write]
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+
+    #[write]
+    fn boom(&mut self) -> u64 {
+        panic!("boom on purpose")
+    }
+
+    #[read]
+    fn get(&self) -> u64 {
+        self.n
+    }
+}
+
 /// One apply thread (as a task of a current-thread runtime) and the ends
 /// the node task would hold.
 struct Thread {
@@ -76,13 +104,17 @@ struct Thread {
 
 impl Thread {
     fn start() -> Thread {
+        Thread::start_with(Tally::default())
+    }
+
+    fn start_with<S: StateMachine>(sm: S) -> Thread {
         let (tx, rx) = mpsc::unbounded_channel();
         let (snap_tx, snapshots) = mpsc::unbounded_channel();
         let (status_tx, status) =
             apply::status_channel(ApplyStatus::of(0, &None, &Sessions::default()));
         let journal = Journal::new(0, 1 << 20);
         tokio::spawn(apply::run(
-            Tally::default(),
+            sm,
             Sessions::default(),
             0,
             rx,
@@ -328,7 +360,7 @@ fn sessions_travel_with_the_snapshot_so_a_retry_after_an_install_is_not_applied_
         let b = Thread::start();
         b.send(ApplyMsg::Restore {
             index: taken.index,
-            data: taken.data,
+            data: taken.body.encode().expect("serializes"),
         });
         let retry = b.register(3, 1);
         b.send(ApplyMsg::entries(vec![entry(3, 1, write)]));
@@ -344,6 +376,47 @@ fn sessions_travel_with_the_snapshot_so_a_retry_after_an_install_is_not_applied_
         );
         assert_eq!(b.value().await, 7, "the retry was applied again");
         assert_eq!(b.status.borrow().sessions, 1);
+    });
+}
+
+#[test]
+fn a_copied_state_is_snapshotted_as_of_its_index_while_later_entries_apply() {
+    runtime().block_on(async {
+        let id = SessionId(7);
+        let write = session_add(id, 1, 1, 7);
+        let mut a = Thread::start_with(CopiedTally::default());
+        let first = a.register(2, 1);
+        a.send(ApplyMsg::entries(vec![
+            entry(1, 1, open_session(id, 600_000)),
+            entry(2, 1, write.clone()),
+        ]));
+        assert_eq!(output(first.await.expect("answered")), 7);
+        let taken = a.snapshot().await;
+        assert_eq!(taken.index, 2);
+        assert!(
+            matches!(taken.body, TakenBody::Deferred(_)),
+            "a state machine that gives a copy was serialized on the apply thread"
+        );
+        // The apply thread goes on before the copy is serialized: an entry
+        // applied now must not be in the snapshot taken at 2.
+        a.send(ApplyMsg::entries(vec![add(3, 100)]));
+        assert_eq!(a.value().await, 107);
+        let data = taken.body.encode().expect("the copy serializes");
+
+        // Another replica installs it: the state and the session table as of
+        // index 2, so a retry of the session's write is answered from the
+        // table and not applied again.
+        let b = Thread::start_with(CopiedTally::default());
+        b.send(ApplyMsg::Restore { index: 2, data });
+        assert_eq!(b.value().await, 7, "the snapshot holds a later entry");
+        let retry = b.register(3, 1);
+        b.send(ApplyMsg::entries(vec![entry(3, 1, write)]));
+        assert_eq!(
+            output(retry.await.expect("answered")),
+            7,
+            "the retry after the install was not answered from the session table"
+        );
+        assert_eq!(b.value().await, 7, "the retry was applied again");
     });
 }
 
@@ -402,7 +475,7 @@ fn a_snapshot_install_moves_the_watch_journal_past_it_so_no_watcher_skips_its_wr
         // then applies entry 4.
         b.send(ApplyMsg::Restore {
             index: taken.index,
-            data: taken.data,
+            data: taken.body.encode().expect("serializes"),
         });
         b.send(ApplyMsg::entries(vec![add(4, 8)]));
         assert_eq!(b.value().await, 15);

@@ -70,6 +70,8 @@ mod seq_map;
 pub mod session;
 #[cfg(test)]
 mod shutdown_tests;
+#[cfg(test)]
+mod snapshot_copy_tests;
 mod snapshot_sends;
 #[cfg(test)]
 mod stamp_tests;

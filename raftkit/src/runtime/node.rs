@@ -82,7 +82,7 @@ use tracing::{debug, error, info, warn};
 use super::admission::Admission;
 use super::apply::{ApplyMsg, ProgressRx, Reply, Taken};
 use super::dropped::DropLog;
-use super::persist::{Persister, SaveJob, SnapshotSaver, Write};
+use super::persist::{Persister, SaveJob, Saved, SnapshotSaver, Write};
 use super::session::{Envelope, Op, STAMP_SLACK_MS};
 use super::stamps::{Deferred, StampClock, anchor_ready};
 use super::status::{LatencyHistogram, MemberStatus, PeerStatus};
@@ -161,8 +161,6 @@ pub type StopHook =
     Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
 
 /// The outcome of saving a snapshot, with the snapshot handed back.
-type Saved = (Snapshot, Result<(), StorageError>);
-
 /// Everything the node task owns.
 pub struct NodeTask {
     pub(super) raft: Raft,
@@ -388,7 +386,7 @@ impl NodeTask {
                 _ = gate_woken(&self.gate), if asleep => ticker.reset(),
                 Some(done) = persisted_rx.recv() => self.on_persisted(&mut st, done),
                 Some(taken) = self.snapshot_rx.recv() => self.on_snapshot_taken(&mut st, taken),
-                Some((snap, saved)) = saved_rx.recv() => self.on_snapshot_saved(&mut st, snap, saved),
+                Some(saved) = saved_rx.recv() => self.on_snapshot_saved(&mut st, saved),
                 // Taken in below, as after every other input.
                 changed = self.apply_status.changed(), if apply_alive => {
                     apply_alive = changed.is_ok();
@@ -1054,26 +1052,23 @@ impl NodeTask {
         };
         let done = st.saved_tx.clone();
         saver.save(SaveJob {
-            snapshot: Snapshot {
-                meta,
-                data: taken.data,
-            },
-            done: Box::new(move |snap, r| {
-                let _ = done.send((snap, r));
+            meta,
+            body: taken.body,
+            done: Box::new(move |saved| {
+                let _ = done.send(saved);
             }),
         });
     }
 
-    fn on_snapshot_saved(
-        &mut self,
-        st: &mut State,
-        snap: Snapshot,
-        saved: Result<(), StorageError>,
-    ) {
+    fn on_snapshot_saved(&mut self, st: &mut State, saved: Saved) {
         if st.fatal.is_some() {
             st.snap.busy = false;
             return;
         }
+        let (snap, saved) = match saved {
+            Saved::Stored(snap, saved) => (snap, saved),
+            Saved::NotEncoded(reason) => return self.snapshot_failed(st, reason),
+        };
         // Tooth (simulation builds only): compact behind a failed save.
         #[cfg(feature = "sim")]
         let saved = match saved {

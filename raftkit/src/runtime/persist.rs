@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::apply::TakenBody;
 use crate::core::{Entry, HardState, Index, Message, NodeId, Restored, SnapshotMeta, Term};
 use crate::error::Error;
 use crate::storage::vfs::{RealFs, SharedFs, Vfs, write_atomic};
@@ -643,10 +644,37 @@ fn record_failure(slot: &Mutex<Option<StorageError>>, e: StorageError) {
 
 /// A snapshot the node took, saved on its own thread.
 pub struct SaveJob {
-    /// The snapshot.
-    pub snapshot: Snapshot,
-    /// Gets the snapshot back with the outcome of the save.
-    pub done: Box<dyn FnOnce(Snapshot, Result<(), StorageError>) + Send>,
+    /// The snapshot's index and term and the configuration at its index.
+    pub meta: SnapshotMeta,
+    /// Its bytes, or the copy of the state to serialize first (here, on the
+    /// snapshot thread).
+    pub body: TakenBody,
+    /// Gets the outcome.
+    pub done: Box<dyn FnOnce(Saved) + Send>,
+}
+
+impl SaveJob {
+    /// Answers a job the snapshot thread will not run: `Closed` (a copy
+    /// still to serialize is not: its bytes would go nowhere).
+    fn closed(job: SaveJob) {
+        let data = match job.body {
+            TakenBody::Encoded(data) => data,
+            TakenBody::Deferred(_) => Vec::new(),
+        };
+        let snapshot = Snapshot {
+            meta: job.meta,
+            data,
+        };
+        (job.done)(Saved::Stored(snapshot, Err(StorageError::Closed)));
+    }
+}
+
+/// How a [`SaveJob`] ended.
+pub enum Saved {
+    /// The snapshot was serialized; whether it reached the store.
+    Stored(Snapshot, Result<(), StorageError>),
+    /// The state machine's copy did not serialize (why): nothing was saved.
+    NotEncoded(String),
 }
 
 /// The snapshot thread: saves the snapshots the node takes, one at a time,
@@ -671,11 +699,21 @@ impl SnapshotSaver {
         let (tx, mut rx) = mpsc::unbounded_channel::<SaveJob>();
         let thread = threads.spawn("raftkit-snapshots", async move {
             while let Some(job) = rx.recv().await {
+                let snapshot = match job.body.encode() {
+                    Ok(data) => Snapshot {
+                        meta: job.meta,
+                        data,
+                    },
+                    Err(reason) => {
+                        (job.done)(Saved::NotEncoded(reason));
+                        continue;
+                    }
+                };
                 let r = store
                     .lock()
                     .map_err(|_| StorageError::Closed)
-                    .and_then(|mut s| s.save(&job.snapshot));
-                (job.done)(job.snapshot, r);
+                    .and_then(|mut s| s.save(&snapshot));
+                (job.done)(Saved::Stored(snapshot, r));
             }
         })?;
         Ok(SnapshotSaver {
@@ -688,11 +726,10 @@ impl SnapshotSaver {
     /// with `Closed` if the thread is gone).
     pub fn save(&self, job: SaveJob) {
         let Some(tx) = &self.jobs else {
-            (job.done)(job.snapshot, Err(StorageError::Closed));
-            return;
+            return SaveJob::closed(job);
         };
         if let Err(mpsc::error::SendError(job)) = tx.send(job) {
-            (job.done)(job.snapshot, Err(StorageError::Closed));
+            SaveJob::closed(job);
         }
     }
 

@@ -171,6 +171,22 @@ impl<S: StateMachine> StateMachine for Probe<S> {
         )
     }
 
+    /// The inner state machine's copy, if it gives one, with the probe's
+    /// position as of now: the same bytes `snapshot` gives here.
+    fn snapshot_copy(&self) -> Option<crate::state_machine::SnapshotCopy> {
+        let state = self.inner.snapshot_copy()?;
+        let position = self.position;
+        Some(crate::state_machine::SnapshotCopy::new(move || {
+            encode(
+                "probe snapshot",
+                &ProbeSnapshot {
+                    position,
+                    state: state.encode()?,
+                },
+            )
+        }))
+    }
+
     fn restore(data: &[u8]) -> Result<Self, CodecError> {
         let snap: ProbeSnapshot = decode("probe snapshot", data)?;
         Ok(Probe {
