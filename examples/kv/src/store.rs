@@ -11,8 +11,9 @@
 //! advances only with entries, so a read sees expiry as of the last write
 //! applied (see the caveats in `raftkit::context`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
+use imbl::{OrdMap, OrdSet};
 use raftkit::prelude::*;
 
 /// Why a compare-and-swap did not swap: the key holds this value (`None`:
@@ -24,14 +25,21 @@ pub struct Mismatch(pub Option<String>);
 ///
 /// State version 2 added the time-to-live fields (`expiry`, `deadlines`);
 /// snapshots of version 1 (the map alone) are restored by [`Kv::migrate`].
-#[derive(StateMachine, Default, Serialize, Deserialize)]
-#[raftkit(name = "kv", version = 2, migrate = Kv::migrate)]
+///
+/// The maps are `imbl`'s persistent B-trees: a clone shares every node
+/// and copies one only when either side changes it, so a snapshot clones
+/// the store in O(1) and serializes the clone on the snapshot thread
+/// (`snapshot = "clone"`) while the apply thread goes on. They serialize
+/// exactly as `std`'s `BTreeMap`/`BTreeSet` (a length, then the entries in
+/// key order), so snapshots are the same bytes either way.
+#[derive(StateMachine, Default, Clone, Serialize, Deserialize)]
+#[raftkit(name = "kv", version = 2, migrate = Kv::migrate, snapshot = "clone")]
 pub struct Kv {
-    map: BTreeMap<String, String>,
+    map: OrdMap<String, String>,
     /// The deadline (replicated ms) of every key that has one.
-    expiry: BTreeMap<String, u64>,
+    expiry: OrdMap<String, u64>,
     /// The same deadlines ordered by time, for dropping the expired keys.
-    deadlines: BTreeSet<(u64, String)>,
+    deadlines: OrdSet<(u64, String)>,
 }
 
 /// The state as version 1 wrote it: the map alone.
@@ -48,7 +56,7 @@ impl Kv {
             1 => {
                 let old: KvV1 = raftkit::state_machine::decode("kv state version 1", bytes)?;
                 Ok(Kv {
-                    map: old.map,
+                    map: old.map.into_iter().collect(),
                     ..Kv::default()
                 })
             }
@@ -70,11 +78,11 @@ impl Kv {
     /// Drops every key whose deadline is at or before `now` (replicated time,
     /// so every replica drops the same keys at the same entry).
     fn expire(&mut self, now: u64) {
-        while let Some((deadline, _)) = self.deadlines.first() {
+        while let Some((deadline, _)) = self.deadlines.get_min() {
             if *deadline > now {
                 break;
             }
-            if let Some((_, key)) = self.deadlines.pop_first() {
+            if let Some((_, key)) = self.deadlines.remove_min() {
                 self.expiry.remove(&key);
                 self.map.remove(&key);
             }
@@ -257,6 +265,42 @@ mod tests {
         now.store(20_000, Ordering::SeqCst);
         block_on(kv.put("tick".into(), "3".into()))?;
         assert_eq!(block_on(kv.get("k".into()))?, Some("w".into()));
+        Ok(())
+    }
+
+    /// The persistent maps serialize as `std`'s: snapshots written before
+    /// the store moved to them restore, and theirs restore in a binary
+    /// holding `std` maps.
+    #[test]
+    fn snapshots_are_the_bytes_std_maps_give() -> Result<(), raftkit::Error> {
+        use std::collections::BTreeSet;
+
+        #[derive(Serialize)]
+        struct StdKv {
+            map: BTreeMap<String, String>,
+            expiry: BTreeMap<String, u64>,
+            deadlines: BTreeSet<(u64, String)>,
+        }
+
+        let local = Local::with_clock(Kv::default(), || 1_000);
+        let kv = KvClient::new(local.clone());
+        for (k, v) in [("b", "2"), ("a", "1"), ("c/x", "3")] {
+            block_on(kv.put(k.into(), v.into()))?;
+        }
+        block_on(kv.put_ttl("t".into(), "4".into(), 500))?;
+        block_on(kv.put_ttl("s".into(), "5".into(), 400))?;
+        let (ours, theirs) = local.with(|s| {
+            let std = StdKv {
+                map: s.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                expiry: s.expiry.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                deadlines: s.deadlines.iter().cloned().collect(),
+            };
+            (
+                raftkit::state_machine::encode("kv", s),
+                raftkit::state_machine::encode("std kv", &std),
+            )
+        });
+        assert_eq!(ours.expect("encodes"), theirs.expect("encodes"));
         Ok(())
     }
 
