@@ -1083,9 +1083,11 @@ impl NodeTask {
         st.snap.last_error = None;
         let bytes = snap.data.len();
         // Only now, behind a durable snapshot, is the log compacted.
+        let started = Instant::now();
         match self.raft.compact(snap.meta.index, snap.data) {
             Ok(meta) => {
-                info!(node = %self.name, index = meta.index, bytes, "snapshot saved; compacting the log");
+                let took_us = started.elapsed().as_micros() as u64;
+                info!(node = %self.name, index = meta.index, bytes, took_us, "snapshot saved; compacting the log");
                 st.snap.index = st.snap.index.max(meta.index);
                 self.persist(
                     st,
