@@ -5,6 +5,10 @@
 //! log is compacted only once it is saved, and a restart from it restores
 //! the state.
 //!
+//! A copy that does not serialize fails its snapshot as a state that does
+//! not: reported in the status, retried later, the log not compacted, and
+//! writes go on.
+//!
 //! The state holds a field whose serialization waits at a gate the test
 //! opens, so "held up" is a state of the test, not a guess at timing. A
 //! runtime that serialized the state on the apply thread (the copy ignored)
@@ -94,13 +98,45 @@ impl Gated {
     }
 }
 
+/// A state whose copy never serializes.
+#[derive(StateMachine, Default, Clone, Serialize, Deserialize)]
+#[raftkit(snapshot = "clone")]
+struct Unserializable {
+    n: u64,
+    broken: Broken,
+}
+
+/// Fails every serialization.
+#[derive(Clone, Default, Deserialize)]
+struct Broken;
+
+impl Serialize for Broken {
+    fn serialize<Z: Serializer>(&self, _: Z) -> Result<Z::Ok, Z::Error> {
+        Err(serde::ser::Error::custom("broken on purpose"))
+    }
+}
+
+#[crate::state_machine]
+impl Unserializable {
+    #[write]
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+}
+
 async fn start(dir: &std::path::Path) -> Peer<Gated> {
-    let addr = "copy:1";
+    start_one(dir, "copy:1").await
+}
+
+/// One peer of `S` leading a cluster of its own, a snapshot every 5
+/// entries.
+async fn start_one<S: StateMachine + Default>(dir: &std::path::Path, addr: &str) -> Peer<S> {
     let net = MemoryNetwork::new(7);
-    let peer = Gated::peer()
+    let peer = S::peer()
         .data_dir(dir)
         .listen(addr)
-        .bootstrap_members([addr])
+        .bootstrap_members([addr.to_string()])
         .snapshot_every(5)
         .snapshot_log_ratio(0.0)
         .tick(Duration::from_millis(10))
@@ -168,5 +204,39 @@ async fn writes_go_on_while_a_copy_of_the_state_is_serialized_for_a_snapshot() {
         "{n} writes, read {read:?}"
     );
     assert!(peer.status().snapshot_index >= saved);
+    peer.shutdown().await.expect("shuts down");
+}
+
+/// See the module docs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_does_not_serialize_fails_the_snapshot_and_writes_go_on() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let peer: Peer<Unserializable> = start_one(dir.path(), "broken:1").await;
+    for _ in 0..10 {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            peer.write(UnserializableWrite::Add { by: 1 }),
+        )
+        .await
+        .expect("answered")
+        .expect("the write succeeds");
+    }
+    let status = until("the snapshot failure shows", || {
+        let s = peer.status();
+        (s.snapshot_failures > 0).then_some(s)
+    })
+    .await;
+    let error = status.snapshot_error.unwrap_or_default();
+    // (postcard keeps no custom message: "Serde Serialization Error".)
+    assert!(error.contains("copy did not serialize"), "{error}");
+    assert_eq!(
+        status.snapshot_index, 0,
+        "a failed snapshot compacted the log"
+    );
+    let out = peer
+        .write(UnserializableWrite::Add { by: 1 })
+        .await
+        .expect("writes go on after the failure");
+    assert!(matches!(out, UnserializableWriteOutput::Add(11)));
     peer.shutdown().await.expect("shuts down");
 }
