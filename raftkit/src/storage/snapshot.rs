@@ -54,6 +54,9 @@ pub trait SnapshotStore {
 
 const MAGIC: [u8; 8] = *b"RKSNAP01";
 
+/// Bytes of a snapshot file written between two fsyncs.
+const SYNC_EVERY: usize = 1 << 20;
+
 fn file_name(index: Index, term: Term) -> String {
     format!("snapshot-{index:020}-{term:020}.snap")
 }
@@ -188,8 +191,19 @@ impl FileSnapshotStore {
             .fs
             .open(tmp, OpenMode::CreateTruncate)
             .map_err(|e| StorageError::io("create snapshot", tmp, e))?;
-        file.write_all_at(bytes, 0)
-            .map_err(|e| StorageError::io("write snapshot", tmp, e))?;
+        // In slices, each made durable before the next is written: the
+        // log's fsyncs then wait behind at most one slice of a large
+        // snapshot on a shared disk, never behind all of it.
+        let mut offset = 0;
+        for slice in bytes.chunks(SYNC_EVERY) {
+            file.write_all_at(slice, offset as u64)
+                .map_err(|e| StorageError::io("write snapshot", tmp, e))?;
+            offset += slice.len();
+            if offset < bytes.len() {
+                file.sync_data()
+                    .map_err(|e| StorageError::io("fsync snapshot", tmp, e))?;
+            }
+        }
         file.sync_all()
             .map_err(|e| StorageError::io("fsync snapshot", tmp, e))?;
         drop(file);
