@@ -142,6 +142,37 @@ pub trait StateMachine: Sized + Send + 'static {
     /// it while later entries are applied, and the snapshot must be the
     /// state at exactly the index it is taken at. Its bytes must be what
     /// [`StateMachine::snapshot`] would have given at that index.
+    ///
+    /// ```
+    /// # use raftkit::prelude::*;
+    /// use std::collections::BTreeMap;
+    /// use raftkit::Ctx;
+    ///
+    /// // The clone shares every blob: a snapshot copies the map's entries,
+    /// // not the blobs, and the snapshot thread serializes the copy.
+    /// #[derive(StateMachine, Default, Clone, Serialize, Deserialize)]
+    /// #[raftkit(snapshot = "clone")]
+    /// struct Blobs {
+    ///     map: BTreeMap<String, bytes::Bytes>,
+    /// }
+    ///
+    /// #[raftkit::state_machine]
+    /// impl Blobs {
+    ///     #[write]
+    ///     fn put(&mut self, key: String, blob: Vec<u8>) {
+    ///         self.map.insert(key, blob.into());
+    ///     }
+    /// }
+    ///
+    /// let mut blobs = Blobs::default();
+    /// blobs.apply(&mut Ctx::new(1, 1, 0), BlobsWrite::Put { key: "a".into(), blob: vec![1; 4] });
+    /// let copy = blobs.snapshot_copy().expect("a copy");
+    /// blobs.apply(&mut Ctx::new(2, 1, 0), BlobsWrite::Put { key: "b".into(), blob: vec![2] });
+    /// // The snapshot is the state as of the copy.
+    /// let restored = Blobs::restore(&copy.encode()?)?;
+    /// assert_eq!(restored.map.len(), 1);
+    /// # Ok::<(), raftkit::state_machine::CodecError>(())
+    /// ```
     fn snapshot_copy(&self) -> Option<SnapshotCopy> {
         None
     }

@@ -160,7 +160,6 @@ pub fn system_clock_ms() -> u64 {
 pub type StopHook =
     Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
 
-/// The outcome of saving a snapshot, with the snapshot handed back.
 /// Everything the node task owns.
 pub struct NodeTask {
     pub(super) raft: Raft,
