@@ -65,8 +65,8 @@ use super::watch::Journal;
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
-    ApplyError, Ctx, StateMachine, apply_decoded_as, apply_encoded_as, decode, encode_shared,
-    query_encoded,
+    ApplyError, Ctx, SnapshotCopy, StateMachine, apply_decoded_as, apply_encoded_as, decode,
+    encode_shared, query_encoded,
 };
 
 /// Rebuilds the state machine and the session table from a snapshot taken
@@ -219,17 +219,20 @@ pub enum TakenBody {
     /// Serialized on the apply thread.
     Encoded(Vec<u8>),
     /// A copy of the state and the session table at the snapshot's index,
-    /// serialized when run (on the snapshot thread, see
-    /// [`super::persist::SnapshotSaver`]); the error says why not.
-    Deferred(Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>),
+    /// serialized when encoded (on the snapshot thread, see
+    /// [`super::persist::SnapshotSaver`]).
+    Deferred(SnapshotCopy),
 }
 
 impl TakenBody {
-    /// The snapshot's bytes, serializing a deferred copy here.
+    /// The snapshot's bytes, serializing a deferred copy here; the error
+    /// says why not.
     pub fn encode(self) -> Result<Vec<u8>, String> {
         match self {
             TakenBody::Encoded(data) => Ok(data),
-            TakenBody::Deferred(encode) => encode(),
+            TakenBody::Deferred(copy) => copy
+                .encode()
+                .map_err(|e| format!("the state machine's copy did not serialize: {e}")),
         }
     }
 }
@@ -767,16 +770,13 @@ impl<S: StateMachine> Apply<S> {
             );
             let encode = move || {
                 let started = Instant::now();
-                let state = copy
-                    .encode()
-                    .map_err(|e| format!("the state machine's copy did not serialize: {e}"))?;
+                let state = copy.encode()?;
                 let data = AppSnapshotRef {
                     sessions: &sessions,
                     state: &state,
                     index,
                 }
-                .encode()
-                .map_err(|e| format!("the snapshot did not serialize: {e}"))?;
+                .encode()?;
                 info!(
                     index,
                     bytes = data.len(),
@@ -787,7 +787,7 @@ impl<S: StateMachine> Apply<S> {
             };
             return Ok(Taken {
                 index,
-                body: TakenBody::Deferred(Box::new(encode)),
+                body: TakenBody::Deferred(SnapshotCopy::new(encode)),
             });
         }
         let snap = self.sm.snapshot().and_then(|state| {

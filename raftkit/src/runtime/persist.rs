@@ -656,16 +656,16 @@ pub struct SaveJob {
 impl SaveJob {
     /// Answers a job the snapshot thread will not run: `Closed` (a copy
     /// still to serialize is not: its bytes would go nowhere).
-    fn closed(job: SaveJob) {
-        let data = match job.body {
+    fn closed(self) {
+        let data = match self.body {
             TakenBody::Encoded(data) => data,
             TakenBody::Deferred(_) => Vec::new(),
         };
         let snapshot = Snapshot {
-            meta: job.meta,
+            meta: self.meta,
             data,
         };
-        (job.done)(Saved::Stored(snapshot, Err(StorageError::Closed)));
+        (self.done)(Saved::Stored(snapshot, Err(StorageError::Closed)));
     }
 }
 
@@ -726,10 +726,10 @@ impl SnapshotSaver {
     /// with `Closed` if the thread is gone).
     pub fn save(&self, job: SaveJob) {
         let Some(tx) = &self.jobs else {
-            return SaveJob::closed(job);
+            return job.closed();
         };
         if let Err(mpsc::error::SendError(job)) = tx.send(job) {
-            SaveJob::closed(job);
+            job.closed();
         }
     }
 
