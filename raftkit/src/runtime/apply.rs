@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
 
@@ -61,7 +61,8 @@ use super::session::{
     AppSnapshot, AppSnapshotRef, Dedup, EnvelopeRef, OpRef, SESSION_WINDOW, SessionCounters,
     SessionRefusal, Sessions, StoredReply,
 };
-use super::watch::Journal;
+use super::watch::{Journal, event as watch_event};
+use crate::client::wire::WatchEvent;
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
@@ -78,18 +79,22 @@ pub fn restore<S: StateMachine>(data: &[u8]) -> Result<(S, Sessions), Error> {
     Ok((sm, snap.sessions))
 }
 
-/// `part` (borrowed from `whole`) as a shared slice of `whole`: no copy.
-/// A `part` from elsewhere (never, for a command decoded in place) is
-/// copied rather than trusted.
-fn shared_slice(whole: &Bytes, part: &[u8]) -> Bytes {
-    let range = whole.as_ptr_range();
-    let inside =
-        part.is_empty() || (range.start <= part.as_ptr() && part.as_ptr_range().end <= range.end);
-    if inside {
-        whole.slice_ref(part)
-    } else {
-        Bytes::copy_from_slice(part)
-    }
+/// Where `part`, a slice borrowed from `whole`, lies in it (`None` if it
+/// does not: never, for a command decoded in place, and then it is copied
+/// rather than trusted).
+fn range_in(whole: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (!part.is_empty() && end <= whole.len()).then_some(start..end)
+}
+
+/// `whole` narrowed to `range`: no copy, and no reference count taken (the
+/// buffer is shared with the log and the node's other threads, where each
+/// count is a contended atomic).
+fn narrow(mut whole: Bytes, range: std::ops::Range<usize>) -> Bytes {
+    whole.truncate(range.end);
+    whole.advance(range.start);
+    whole
 }
 
 fn stored_to_result(r: StoredReply) -> Result<Vec<u8>, Error> {
@@ -366,6 +371,9 @@ struct Apply<S> {
     status: ProgressTx,
     /// Every applied client write goes there for watches (`watch.rs`).
     journal: Arc<Journal>,
+    /// The watch events of the batch being applied, appended to the
+    /// journal at its end (one lock per batch).
+    events: Vec<WatchEvent>,
 }
 
 /// Runs the apply loop until the node task drops its sender. Handlers run
@@ -392,6 +400,7 @@ pub async fn run<S: StateMachine>(
         longest_pause: Duration::ZERO,
         status,
         journal,
+        events: Vec::new(),
     };
     // Batches applied since the status was last published: it is published
     // when the queue runs empty (before the thread waits) or after
@@ -436,7 +445,7 @@ pub async fn run<S: StateMachine>(
                 a.publish(true);
             }
             ApplyMsg::Fail(e) => {
-                a.journal.stop(e.clone());
+                a.journal.stop(&mut a.events, e.clone());
                 a.failed = Some(e);
                 a.answer_all();
             }
@@ -447,7 +456,7 @@ pub async fn run<S: StateMachine>(
         }
     }
     a.journal
-        .stop(Error::Unavailable("the peer stopped".into()));
+        .stop(&mut a.events, Error::Unavailable("the peer stopped".into()));
 }
 
 impl<S: StateMachine> Apply<S> {
@@ -496,21 +505,40 @@ impl<S: StateMachine> Apply<S> {
 
     fn halt(&mut self, index: Index, message: String) {
         error!(index, %message, "this node halts: it applies nothing more until restarted (its log is intact)");
-        self.journal.stop(Error::Halted {
-            message: message.clone(),
-        });
+        // The writes applied before it reach the watchers first.
+        self.journal.stop(
+            &mut self.events,
+            Error::Halted {
+                message: message.clone(),
+            },
+        );
         self.halted = Some(message);
         self.answer_all();
     }
 
     fn apply(&mut self, entries: Vec<Entry>, rx: &mpsc::UnboundedReceiver<ApplyMsg>) {
+        // Halted or stopping part-way: the events of the writes applied
+        // before go to the journal with its stop.
+        if self.apply_entries(entries, rx) {
+            self.journal.applied_with(self.applied, &mut self.events);
+            self.serve_reads();
+        }
+    }
+
+    /// Applies `entries` in order; false if it stopped before their end
+    /// (the thread halted, or the node went away).
+    fn apply_entries(
+        &mut self,
+        entries: Vec<Entry>,
+        rx: &mpsc::UnboundedReceiver<ApplyMsg>,
+    ) -> bool {
         // The room in the node's budgets of the callers answered below,
         // returned at once when this returns (two locked releases per
         // batch instead of per write).
         let mut room = None;
         for e in entries {
             if self.halted.is_some() || rx.is_closed() {
-                return;
+                return false;
             }
             if e.index <= self.applied {
                 continue;
@@ -540,7 +568,7 @@ impl<S: StateMachine> Apply<S> {
                 ),
                 _ => (None, false),
             };
-            let result = match &e.payload {
+            let result = match e.payload {
                 Payload::Command(bytes) => {
                     match self.apply_command(e.index, e.term, bytes, decoded, answered) {
                         Outcome::Reply(r) => r,
@@ -549,7 +577,7 @@ impl<S: StateMachine> Apply<S> {
                                 self.waiting.insert(e.index, w);
                             }
                             self.halt(e.index, message);
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -568,8 +596,7 @@ impl<S: StateMachine> Apply<S> {
                 reply.send_pooled(answer, &mut room);
             }
         }
-        self.journal.applied(self.applied);
-        self.serve_reads();
+        true
     }
 
     /// Applies one logged entry of a client: unwraps its envelope, opens or
@@ -578,8 +605,9 @@ impl<S: StateMachine> Apply<S> {
     /// and applies a new one under the error policy.
     ///
     /// The envelope is decoded in place ([`EnvelopeRef`]): the command is
-    /// not copied out of the payload; the watch journal keeps a shared slice
-    /// of it.
+    /// not copied out of the payload; the watch journal keeps the payload
+    /// itself, narrowed to the command (no copy, and no reference count
+    /// taken and dropped per write).
     ///
     /// `decoded` is the command the leader decoded from these bytes when it
     /// checked the proposal: applied instead of decoding them again.
@@ -589,11 +617,11 @@ impl<S: StateMachine> Apply<S> {
         &mut self,
         index: Index,
         term: Term,
-        bytes: &Bytes,
+        bytes: Bytes,
         decoded: Option<Box<S::Write>>,
         answered: bool,
     ) -> Outcome {
-        let envelope = match EnvelopeRef::decode(bytes) {
+        let envelope = match EnvelopeRef::decode(&bytes) {
             Ok(e) => e,
             Err(err) => {
                 return Outcome::Halt(format!(
@@ -718,8 +746,11 @@ impl<S: StateMachine> Apply<S> {
             }),
         };
         // Applied (a panic under `skip` counts): an event for watchers.
-        self.journal
-            .push(index, shared_slice(bytes, command), output);
+        let command = match range_in(&bytes, command) {
+            Some(range) => narrow(bytes, range),
+            None => Bytes::copy_from_slice(command),
+        };
+        self.events.push(watch_event(index, command, output));
         Outcome::Reply(reply)
     }
 

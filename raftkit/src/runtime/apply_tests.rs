@@ -14,6 +14,9 @@
 //!   applied in place of that entry's bytes;
 //! - the session table travels with the snapshot (thesis §6.3): a retry
 //!   after a snapshot install is answered from the table, not applied again;
+//! - the writes applied before an entry that halts the node are watch
+//!   events (with their commands' bytes), and watches end with `Halted`
+//!   after them;
 //! - a write whose handler panicked under `skip` is applied (its caller gets
 //!   [`Error::Handler`], which says applied) and is a watch event with the
 //!   panic message as its output.
@@ -455,6 +458,40 @@ fn a_skipped_panic_answers_applied_and_is_a_watch_event() {
             "the panicked write is an event with its message"
         );
         assert_eq!(seen[1].0, 2);
+    });
+}
+
+/// The writes of a batch applied before an entry that halts the node are
+/// watch events, each with its command's own bytes, and the watch ends
+/// with `Halted` after them (the journal gets a batch's events at its end:
+/// a halt part-way through must hand them over first).
+#[test]
+fn the_writes_before_a_halt_in_the_same_batch_reach_the_watchers_first() {
+    runtime().block_on(async {
+        let t = Thread::start();
+        let mut cursor = t.journal.cursor(Some(1)).expect("a cursor");
+        // A command tag this binary does not know: a newer binary wrote it.
+        let unknown = entry(3, 1, Op::Write { command: vec![250] });
+        t.send(ApplyMsg::entries(vec![add(1, 1), add(2, 2), unknown]));
+        let mut seen = Vec::new();
+        let end = loop {
+            match cursor.next_batch(usize::MAX).await {
+                Ok(events) => seen.extend(events.iter().map(|e| (e.index, e.command.to_vec()))),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(
+            seen,
+            [
+                (1, command(&TallyWrite::Add { by: 1 })),
+                (2, command(&TallyWrite::Add { by: 2 })),
+            ],
+            "the writes applied before the halt, with their commands"
+        );
+        assert!(
+            matches!(end, Error::Halted { .. }),
+            "the watch ended with {end:?}"
+        );
     });
 }
 

@@ -98,6 +98,19 @@ struct State {
     stopped: Option<Error>,
 }
 
+/// The watch event of a write applied at `index`: its command and its
+/// output, or the message of its handler's panic (`skip` policy).
+pub(crate) fn event(index: Index, command: Bytes, output: Result<Bytes, String>) -> WatchEvent {
+    WatchEvent {
+        index,
+        command,
+        output: match output {
+            Ok(out) => WatchOutput::Ok(out),
+            Err(message) => WatchOutput::Handler(message),
+        },
+    }
+}
+
 impl Journal {
     /// An empty journal of a member whose state machine is at `applied`,
     /// holding at most `max_bytes` of events (0: no events are kept, and
@@ -136,19 +149,24 @@ impl Journal {
 
     /// Appends the event of a write applied at `index` (the apply thread,
     /// in index order; cursors are woken by [`Journal::applied`]).
+    #[cfg(test)]
     pub(crate) fn push(&self, index: Index, command: Bytes, output: Result<Bytes, String>) {
-        let event = WatchEvent {
-            index,
-            command,
-            output: match output {
-                Ok(out) => WatchOutput::Ok(out),
-                Err(message) => WatchOutput::Handler(message),
-            },
+        let dropped = {
+            let mut st = self.lock();
+            self.append_locked(&mut st, &mut vec![event(index, command, output)])
         };
-        let cost = event.cost();
-        let mut st = self.lock();
-        st.bytes += cost;
-        st.events.push_back(event);
+        drop(dropped);
+    }
+
+    /// Appends `events` (in index order, drained) to the journal under its
+    /// lock, and returns the events the byte bound pushed out, for the
+    /// caller to drop once the lock is released.
+    fn append_locked(&self, st: &mut State, events: &mut Vec<WatchEvent>) -> Vec<WatchEvent> {
+        for event in events.drain(..) {
+            st.bytes += event.cost();
+            st.events.push_back(event);
+        }
+        let mut dropped = Vec::new();
         // The newest event stays even if it alone passes the bound (a
         // watcher that keeps up still gets it), unless the bound is 0.
         while st.bytes > self.max_bytes && (st.events.len() > 1 || self.max_bytes == 0) {
@@ -158,20 +176,38 @@ impl Journal {
             st.bytes -= old.cost();
             st.trimmed_upto = old.index;
             st.start = old.index.saturating_add(1);
+            dropped.push(old);
         }
+        dropped
+    }
+
+    /// The apply thread applied everything up to `applied`, producing
+    /// `events` (its client writes since the last call, in index order;
+    /// drained here): appends them and wakes the cursors. One lock per
+    /// batch of entries, not one per write.
+    pub(crate) fn applied_with(&self, applied: Index, events: &mut Vec<WatchEvent>) {
+        let appended = !events.is_empty();
+        let dropped = {
+            let mut st = self.lock();
+            let dropped = self.append_locked(&mut st, events);
+            let advanced = applied > st.applied;
+            if advanced {
+                st.applied = applied;
+            }
+            if !advanced && !appended {
+                return;
+            }
+            dropped
+        };
+        drop(dropped);
+        self.bump();
     }
 
     /// The apply thread applied everything up to `applied`: wakes the
     /// cursors.
+    #[cfg(test)]
     pub(crate) fn applied(&self, applied: Index) {
-        {
-            let mut st = self.lock();
-            if applied <= st.applied {
-                return;
-            }
-            st.applied = applied;
-        }
-        self.bump();
+        self.applied_with(applied, &mut Vec::new());
     }
 
     /// A snapshot from the leader replaced the state at `index`: the
@@ -188,15 +224,20 @@ impl Journal {
         self.bump();
     }
 
-    /// The member stopped applying (halted, storage failed, shut down):
-    /// every cursor ends with `error` once it took the events before.
-    pub(crate) fn stop(&self, error: Error) {
-        {
+    /// The member stopped applying (halted, storage failed, shut down)
+    /// after the writes in `events` (its last, drained here; appended under
+    /// the same lock, so no cursor can see the stop without them): every
+    /// cursor ends with `error` once it took the events before.
+    pub(crate) fn stop(&self, events: &mut Vec<WatchEvent>, error: Error) {
+        let dropped = {
             let mut st = self.lock();
+            let dropped = self.append_locked(&mut st, events);
             if st.stopped.is_none() {
                 st.stopped = Some(error);
             }
-        }
+            dropped
+        };
+        drop(dropped);
         self.bump();
     }
 
@@ -580,9 +621,12 @@ mod tests {
                 j.push(i, vec![0; 100].into(), Ok(Bytes::new()));
             }
             j.applied(14);
-            j.stop(Error::Halted {
-                message: "h".into(),
-            });
+            j.stop(
+                &mut Vec::new(),
+                Error::Halted {
+                    message: "h".into(),
+                },
+            );
             // 164 bytes an event: two fit in 328, exactly.
             assert_eq!(indices(&c.next_batch(328).await.expect("b")), [11, 12]);
             assert_eq!(indices(&c.next_batch(1).await.expect("b")), [13]);
