@@ -323,16 +323,20 @@ impl RaftLog {
         self.snapshot = meta;
     }
 
-    /// Forgets entries up to `index` because a local snapshot covers them.
-    /// Only applied (hence committed, durable) entries can be compacted.
-    pub fn compact_to(&mut self, meta: SnapshotMeta) {
+    /// Forgets entries up to `index` because a local snapshot covers them,
+    /// and returns them (in their own vector: the entries kept are moved,
+    /// the ones let go are not), so that the caller can drop them where
+    /// dropping a long run of them stalls nothing. Only applied (hence
+    /// committed, durable) entries can be compacted.
+    pub fn compact_to(&mut self, meta: SnapshotMeta) -> Vec<Entry> {
         assert!(meta.index <= self.applied && meta.index <= self.persisted);
         if meta.index <= self.snapshot.index {
-            return;
+            return Vec::new();
         }
         let drop = (meta.index - self.snapshot.index) as usize;
-        self.entries.drain(..drop);
+        let kept = self.entries.split_off(drop);
         self.snapshot = meta;
+        std::mem::replace(&mut self.entries, kept)
     }
 
     /// The entries held in memory.

@@ -57,7 +57,7 @@ pub use inbound::{DropCounts, DropReason};
 pub use message::{Body, Message};
 pub use raft::{NotLeader, ProposeError, Raft, Restored, Role, Status};
 pub use ready::{InstalledSnapshot, PersistMarker, ReadState, Ready};
-pub use snapshot::{CompactError, SnapshotSend};
+pub use snapshot::{CompactError, Released, SnapshotSend};
 pub use transfer::TransferError;
 pub use types::{
     Configuration, Entry, HardState, Index, NO_NODE, NodeId, Payload, SnapshotMeta, Term,

@@ -1083,9 +1083,13 @@ impl NodeTask {
         let bytes = snap.data.len();
         // Only now, behind a durable snapshot, is the log compacted.
         let started = Instant::now();
-        match self.raft.compact(snap.meta.index, snap.data) {
-            Ok(meta) => {
+        match self.raft.compact_releasing(snap.meta.index, snap.data) {
+            Ok((meta, released)) => {
                 let took_us = started.elapsed().as_micros() as u64;
+                // Dropped on the snapshot thread, not here.
+                if let Some(saver) = &self.saver {
+                    saver.release(released);
+                }
                 info!(node = %self.name, index = meta.index, bytes, took_us, "snapshot saved; compacting the log");
                 st.snap.index = st.snap.index.max(meta.index);
                 self.persist(

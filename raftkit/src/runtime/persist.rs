@@ -677,11 +677,21 @@ pub enum Saved {
     NotEncoded(String),
 }
 
+/// What the snapshot thread is given to do.
+enum SaverJob {
+    /// Save a snapshot.
+    Save(SaveJob),
+    /// Drop what a compaction let go: the node task does not stall for the
+    /// milliseconds a run of 100,000 entries takes to drop.
+    Drop(crate::core::Released),
+}
+
 /// The snapshot thread: saves the snapshots the node takes, one at a time,
 /// beside the log writer (never in front of it: appends, votes and
-/// acknowledgements never wait for a snapshot to reach the disk).
+/// acknowledgements never wait for a snapshot to reach the disk), and drops
+/// the entries the log let go behind them.
 pub struct SnapshotSaver {
-    jobs: Option<mpsc::UnboundedSender<SaveJob>>,
+    jobs: Option<mpsc::UnboundedSender<SaverJob>>,
     thread: Option<super::threads::Worker>,
 }
 
@@ -696,9 +706,16 @@ impl SnapshotSaver {
         store: SharedSnapshots,
         threads: &super::threads::Threads,
     ) -> Result<Self, Error> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<SaveJob>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<SaverJob>();
         let thread = threads.spawn("raftkit-snapshots", async move {
             while let Some(job) = rx.recv().await {
+                let job = match job {
+                    SaverJob::Save(job) => job,
+                    SaverJob::Drop(released) => {
+                        drop(released);
+                        continue;
+                    }
+                };
                 let snapshot = match job.body.encode() {
                     Ok(data) => Snapshot {
                         meta: job.meta,
@@ -728,8 +745,17 @@ impl SnapshotSaver {
         let Some(tx) = &self.jobs else {
             return job.closed();
         };
-        if let Err(mpsc::error::SendError(job)) = tx.send(job) {
+        if let Err(mpsc::error::SendError(SaverJob::Save(job))) = tx.send(SaverJob::Save(job)) {
             job.closed();
+        }
+    }
+
+    /// Drops what a compaction let go on the snapshot thread (here, if the
+    /// thread is gone).
+    pub fn release(&self, released: crate::core::Released) {
+        if let Some(tx) = &self.jobs {
+            // A closed channel hands the value back, dropped here.
+            let _ = tx.send(SaverJob::Drop(released));
         }
     }
 
@@ -1104,5 +1130,47 @@ mod tests {
             "an acknowledgement left after a failed write"
         );
         let _ = p.shutdown().await;
+    }
+
+    /// Records the name of the thread that drops it.
+    struct DropWitness(Arc<Mutex<Option<String>>>);
+
+    impl AsRef<[u8]> for DropWitness {
+        fn as_ref(&self) -> &[u8] {
+            b"payload"
+        }
+    }
+
+    impl Drop for DropWitness {
+        fn drop(&mut self) {
+            let name = std::thread::current().name().map(str::to_string);
+            if let Ok(mut slot) = self.0.lock() {
+                *slot = name;
+            }
+        }
+    }
+
+    /// What a compaction let go is dropped on the snapshot thread, not by
+    /// the caller (the node task, which a run of 100,000 entries would
+    /// stall for milliseconds).
+    #[tokio::test]
+    async fn released_entries_are_dropped_on_the_snapshot_thread() {
+        let store: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
+        let saver = SnapshotSaver::start(store).expect("thread starts");
+        let dropped_on = Arc::new(Mutex::new(None));
+        let released = crate::core::Released {
+            entries: vec![Entry {
+                term: 1,
+                index: 1,
+                payload: Payload::Command(bytes::Bytes::from_owner(DropWitness(Arc::clone(
+                    &dropped_on,
+                )))),
+            }],
+            snapshot: None,
+        };
+        saver.release(released);
+        saver.shutdown().await;
+        let name = dropped_on.lock().expect("not poisoned").clone();
+        assert_eq!(name.as_deref(), Some("raftkit-snapshots"));
     }
 }

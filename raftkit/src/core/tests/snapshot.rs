@@ -120,6 +120,44 @@ fn compaction_covers_only_applied_entries() {
     );
 }
 
+/// A compaction hands back exactly what it let go, for the runtime to drop
+/// off its node task: the entries the snapshot covers, in order, and the
+/// local snapshot it replaced; the log keeps the rest unchanged.
+#[test]
+fn a_compaction_hands_back_the_entries_and_the_snapshot_it_let_go() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    for i in 0..6u8 {
+        c.propose(1, &[i]);
+        c.deliver();
+    }
+    let applied = c.node(1).log().applied();
+    let before: Vec<_> = c.node(1).log().entries().to_vec();
+    let r = c.node_mut(1);
+    let (meta, first) = r
+        .compact_releasing(applied - 3, b"first".to_vec())
+        .expect("applied");
+    assert_eq!(meta.index, applied - 3);
+    let covered = usize::try_from(applied - 3).expect("small");
+    assert_eq!(
+        first.entries,
+        before[..covered],
+        "the covered entries, in order"
+    );
+    assert_eq!(r.log().entries(), &before[covered..], "the rest is kept");
+    assert!(first.snapshot.is_none(), "no snapshot before the first");
+    let (_, second) = r
+        .compact_releasing(applied, b"second".to_vec())
+        .expect("applied");
+    assert_eq!(second.entries, before[covered..covered + 3]);
+    assert_eq!(
+        second.snapshot.as_deref().map(Vec::as_slice),
+        Some(&b"first"[..]),
+        "the replaced snapshot's data"
+    );
+    assert!(r.log().entries().is_empty());
+}
+
 /// A snapshot is asked for once `snapshot_entries` entries were applied
 /// since the last one *and* they add up to `snapshot_log_ratio` times its
 /// size: with a large state, a count alone would serialize it again and
