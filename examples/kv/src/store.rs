@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use compact_str::CompactString;
 use imbl::{OrdMap, OrdSet};
 use raftkit::prelude::*;
 
@@ -31,16 +32,24 @@ pub struct Mismatch(pub Option<String>);
 /// the store in O(1) and serializes the clone on the snapshot thread
 /// (`snapshot = "clone"`) while the apply thread goes on. They serialize
 /// exactly as `std`'s `BTreeMap`/`BTreeSet` (a length, then the entries in
-/// key order), so snapshots are the same bytes either way.
+/// key order), and the keys and values ([`Text`]) as `String`s, so
+/// snapshots are the same bytes as a `BTreeMap<String, String>`'s.
 #[derive(StateMachine, Default, Clone, Serialize, Deserialize)]
 #[raftkit(name = "kv", version = 2, migrate = Kv::migrate, snapshot = "clone")]
 pub struct Kv {
-    map: OrdMap<String, String>,
+    map: OrdMap<Text, Text>,
     /// The deadline (replicated ms) of every key that has one.
-    expiry: OrdMap<String, u64>,
+    expiry: OrdMap<Text, u64>,
     /// The same deadlines ordered by time, for dropping the expired keys.
-    deadlines: OrdSet<(u64, String)>,
+    deadlines: OrdSet<(u64, Text)>,
 }
+
+/// A key or a value as the store holds it: up to 24 bytes inside the map's
+/// node itself, longer ones on the heap. Short keys and values (the common
+/// case) cost no allocation of their own, and a lookup or a snapshot reads
+/// them where the node is instead of following a pointer per string. It
+/// serializes as a `String`, so snapshots are the same bytes.
+type Text = CompactString;
 
 /// The state as version 1 wrote it: the map alone.
 #[derive(Deserialize)]
@@ -56,7 +65,11 @@ impl Kv {
             1 => {
                 let old: KvV1 = raftkit::state_machine::decode("kv state version 1", bytes)?;
                 Ok(Kv {
-                    map: old.map.into_iter().collect(),
+                    map: old
+                        .map
+                        .into_iter()
+                        .map(|(k, v)| (Text::from(k), Text::from(v)))
+                        .collect(),
                     ..Kv::default()
                 })
             }
@@ -68,7 +81,7 @@ impl Kv {
     }
 
     /// Whether `key` holds a value that has not expired at `now`.
-    fn live(&self, key: &str, now: u64) -> Option<&String> {
+    fn live(&self, key: &str, now: u64) -> Option<&Text> {
         match self.expiry.get(key) {
             Some(&deadline) if deadline <= now => None,
             _ => self.map.get(key),
@@ -92,7 +105,7 @@ impl Kv {
     /// Forgets the deadline of `key` (it is overwritten or removed).
     fn clear_deadline(&mut self, key: &str) {
         if let Some(deadline) = self.expiry.remove(key) {
-            self.deadlines.remove(&(deadline, key.to_string()));
+            self.deadlines.remove(&(deadline, Text::from(key)));
         }
     }
 }
@@ -105,7 +118,9 @@ impl Kv {
     pub fn put(&mut self, ctx: &Ctx, key: String, value: String) -> Option<String> {
         self.expire(ctx.time_ms());
         self.clear_deadline(&key);
-        self.map.insert(key, value)
+        self.map
+            .insert(key.into(), value.into())
+            .map(Text::into_string)
     }
 
     /// Removes `key`; returns the value it held.
@@ -113,7 +128,7 @@ impl Kv {
     pub fn delete(&mut self, ctx: &Ctx, key: String) -> Option<String> {
         self.expire(ctx.time_ms());
         self.clear_deadline(&key);
-        self.map.remove(&key)
+        self.map.remove(key.as_str()).map(Text::into_string)
     }
 
     /// Sets `key` to `new` if it holds `old` (`None`: if it is absent);
@@ -127,21 +142,21 @@ impl Kv {
         new: String,
     ) -> Result<(), Mismatch> {
         self.expire(ctx.time_ms());
-        let current = self.map.get(&key);
-        if current == old.as_ref() {
+        let current = self.map.get(key.as_str());
+        if current.map(Text::as_str) == old.as_deref() {
             // The new value keeps no time-to-live of the old one.
             self.clear_deadline(&key);
-            self.map.insert(key, new);
+            self.map.insert(key.into(), new.into());
             Ok(())
         } else {
-            Err(Mismatch(current.cloned()))
+            Err(Mismatch(current.map(Text::to_string)))
         }
     }
 
     /// The value of `key` (none once it expired).
     #[read(shard = key)]
     pub fn get(&self, ctx: &Ctx, key: String) -> Option<String> {
-        self.live(&key, ctx.time_ms()).cloned()
+        self.live(&key, ctx.time_ms()).map(Text::to_string)
     }
 
     /// Every pair whose key starts with `prefix`, in key order (expired keys
@@ -149,10 +164,10 @@ impl Kv {
     #[read]
     pub fn scan(&self, ctx: &Ctx, prefix: String) -> Vec<(String, String)> {
         self.map
-            .range(prefix.clone()..)
+            .range(Text::from(prefix.as_str())..)
             .take_while(|(k, _)| k.starts_with(&prefix))
             .filter(|(k, _)| self.live(k, ctx.time_ms()).is_some())
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
 
@@ -171,9 +186,10 @@ impl Kv {
         self.expire(now);
         self.clear_deadline(&key);
         let deadline = now.saturating_add(ttl_ms);
+        let key = Text::from(key);
         self.expiry.insert(key.clone(), deadline);
         self.deadlines.insert((deadline, key.clone()));
-        self.map.insert(key, value)
+        self.map.insert(key, value.into()).map(Text::into_string)
     }
 
     /// How many keys start with `prefix`. Added after the first release:
@@ -183,7 +199,7 @@ impl Kv {
     #[read]
     pub fn count(&self, prefix: String) -> u64 {
         self.map
-            .range(prefix.clone()..)
+            .range(Text::from(prefix.as_str())..)
             .take_while(|(k, _)| k.starts_with(&prefix))
             .count() as u64
     }
@@ -291,9 +307,17 @@ mod tests {
         block_on(kv.put_ttl("s".into(), "5".into(), 400))?;
         let (ours, theirs) = local.with(|s| {
             let std = StdKv {
-                map: s.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                expiry: s.expiry.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                deadlines: s.deadlines.iter().cloned().collect(),
+                map: s
+                    .map
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                expiry: s.expiry.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                deadlines: s
+                    .deadlines
+                    .iter()
+                    .map(|(d, k)| (*d, k.to_string()))
+                    .collect(),
             };
             (
                 raftkit::state_machine::encode("kv", s),
