@@ -131,6 +131,19 @@ async fn a_hostile_peer_with_a_node_certificate_neither_crashes_nor_stalls_the_c
     let addrs = free_addrs(3);
     let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
     let (ca, ids): (ClusterCa, _) = dev_cluster(&names).expect("certs");
+    // Every certificate the attacker uses, issued before the cluster starts:
+    // issuing one is synchronous work (slow in a debug build) that would
+    // otherwise run on one of the runtime's two workers while the check
+    // below requires that no follower misses its leader for an election
+    // timeout. A node whose task is not polled for that long counts the
+    // missed ticks in real time and pre-votes, correctly: that would be
+    // the test's own stall, not the attack's doing (seen once in CI).
+    let stranger_name = "kv@127.0.0.1:1";
+    let stranger_cert = ca.issue_node(stranger_name, &[]).expect("cert");
+    let stolen: Vec<Identity> = names
+        .iter()
+        .map(|n| ca.issue_node(n, &[]).expect("cert"))
+        .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut peers = Vec::new();
     for (addr, id) in addrs.iter().zip(ids) {
@@ -185,8 +198,6 @@ async fn a_hostile_peer_with_a_node_certificate_neither_crashes_nor_stalls_the_c
     // 1. A node certificate of a node that is not a member: a heartbeat and
     //    an AppendEntries at a huge term (which would depose the leader),
     //    vote requests, a TimeoutNow and stray answers, to every node.
-    let stranger_name = "kv@127.0.0.1:1";
-    let stranger_cert = ca.issue_node(stranger_name, &[]).expect("cert");
     for (i, p) in peers.iter().enumerate() {
         let mut h = Hostile::connect(&stranger_cert, stranger_name, addr(i)).await;
         let huge = 1u64 << 60;
@@ -229,8 +240,8 @@ async fn a_hostile_peer_with_a_node_certificate_neither_crashes_nor_stalls_the_c
 
     // 2. The leader's certificate, stolen: crafted AppendEntries to a
     //    follower at the leader's term.
-    let leader_cert = ca.issue_node(leader.name(), &[]).expect("cert");
-    let mut as_leader = Hostile::connect(&leader_cert, leader.name(), addr(fi)).await;
+    let leader_cert = &stolen[li];
+    let mut as_leader = Hostile::connect(leader_cert, leader.name(), addr(fi)).await;
     let commit = follower.status().commit;
     let e = |index: u64, term: u64| Entry {
         term,
@@ -319,8 +330,8 @@ async fn a_hostile_peer_with_a_node_certificate_neither_crashes_nor_stalls_the_c
 
     // 3. A follower's certificate, stolen: impossible answers to the leader
     //    (an acknowledgement past its log overflowed `index + 1` before).
-    let follower_cert = ca.issue_node(follower.name(), &[]).expect("cert");
-    let mut as_follower = Hostile::connect(&follower_cert, follower.name(), addr(li)).await;
+    let follower_cert = &stolen[fi];
+    let mut as_follower = Hostile::connect(follower_cert, follower.name(), addr(li)).await;
     as_follower
         .send(
             leader.id(),
