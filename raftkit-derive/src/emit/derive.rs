@@ -40,11 +40,12 @@ pub fn derive(model: &DeriveModel) -> TokenStream {
                 &self,
             ) -> ::core::option::Option<::raftkit::state_machine::SnapshotCopy> {
                 let copy: Self = ::core::clone::Clone::clone(self);
-                ::core::option::Option::Some(::raftkit::state_machine::SnapshotCopy::new(
-                    move || {
-                        ::raftkit::schema::encode_state::<Self>(
+                ::core::option::Option::Some(::raftkit::state_machine::SnapshotCopy::writing(
+                    move |buf| {
+                        ::raftkit::schema::encode_state_onto::<Self>(
                             <Self as ::raftkit::__private::Derived>::STATE_VERSION,
                             &copy,
+                            buf,
                         )
                     },
                 ))

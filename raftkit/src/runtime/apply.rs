@@ -58,16 +58,16 @@ use tracing::{debug, error, info};
 use super::admission::Permit;
 use super::seq_map::SeqMap;
 use super::session::{
-    AppSnapshot, AppSnapshotRef, Dedup, EnvelopeRef, OpRef, SESSION_WINDOW, SessionCounters,
-    SessionRefusal, Sessions, StoredReply,
+    AppSnapshot, AppSnapshotRef, CopiedSnapshot, Dedup, EnvelopeRef, OpRef, SESSION_WINDOW,
+    SessionCounters, SessionRefusal, Sessions, StoredReply,
 };
 use super::watch::{Journal, event as watch_event};
 use crate::client::wire::WatchEvent;
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
-    ApplyError, Ctx, SnapshotCopy, StateMachine, apply_decoded_as, apply_encoded_as, decode,
-    encode_shared, query_encoded,
+    ApplyError, Ctx, StateMachine, apply_decoded_as, apply_encoded_as, decode, encode_shared,
+    query_encoded,
 };
 
 /// Rebuilds the state machine and the session table from a snapshot taken
@@ -226,18 +226,36 @@ pub enum TakenBody {
     /// A copy of the state and the session table at the snapshot's index,
     /// serialized when encoded (on the snapshot thread, see
     /// [`super::persist::SnapshotSaver`]).
-    Deferred(SnapshotCopy),
+    Deferred(CopiedSnapshot),
 }
 
 impl TakenBody {
     /// The snapshot's bytes, serializing a deferred copy here; the error
     /// says why not.
     pub fn encode(self) -> Result<Vec<u8>, String> {
+        self.encode_into(Vec::new(), 0)
+    }
+
+    /// [`TakenBody::encode`], serializing a deferred copy into `buf` (see
+    /// [`CopiedSnapshot::encode_into`]; `hint`: the length expected, e.g.
+    /// the last snapshot's).
+    pub fn encode_into(self, buf: Vec<u8>, hint: usize) -> Result<Vec<u8>, String> {
         match self {
             TakenBody::Encoded(data) => Ok(data),
-            TakenBody::Deferred(copy) => copy
-                .encode()
-                .map_err(|e| format!("the state machine's copy did not serialize: {e}")),
+            TakenBody::Deferred(copied) => {
+                let started = Instant::now();
+                let index = copied.index;
+                let data = copied
+                    .encode_into(buf, hint)
+                    .map_err(|e| format!("the state machine's copy did not serialize: {e}"))?;
+                info!(
+                    index,
+                    bytes = data.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "state machine copy serialized for a snapshot"
+                );
+                Ok(data)
+            }
         }
     }
 }
@@ -799,26 +817,13 @@ impl<S: StateMachine> Apply<S> {
                 took_ms = took.as_millis() as u64,
                 "state machine copied for a snapshot"
             );
-            let encode = move || {
-                let started = Instant::now();
-                let state = copy.encode()?;
-                let data = AppSnapshotRef {
-                    sessions: &sessions,
-                    state: &state,
-                    index,
-                }
-                .encode()?;
-                info!(
-                    index,
-                    bytes = data.len(),
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "state machine copy serialized for a snapshot"
-                );
-                Ok(data)
-            };
             return Ok(Taken {
                 index,
-                body: TakenBody::Deferred(SnapshotCopy::new(encode)),
+                body: TakenBody::Deferred(CopiedSnapshot {
+                    copy,
+                    sessions,
+                    index,
+                }),
             });
         }
         let snap = self.sm.snapshot().and_then(|state| {

@@ -527,9 +527,153 @@ impl AppSnapshotRef<'_> {
     }
 }
 
+/// A snapshot whose state is still a copy
+/// ([`StateMachine::snapshot_copy`](crate::StateMachine::snapshot_copy)):
+/// the copy and the session table as of `index`, serialized on the
+/// snapshot thread.
+pub struct CopiedSnapshot {
+    /// The state machine's copy.
+    pub(crate) copy: crate::state_machine::SnapshotCopy,
+    /// The session table as of `index`.
+    pub(crate) sessions: Sessions,
+    /// The last index applied to both.
+    pub(crate) index: Index,
+}
+
+impl CopiedSnapshot {
+    /// The bytes [`AppSnapshotRef::encode`] gives for the serialized copy,
+    /// written into `buf` (emptied first; its room is reused).
+    ///
+    /// The copy is serialized in place, behind the session table and its
+    /// own length, not into a buffer of its own to be copied behind them:
+    /// that buffer cost a state's worth of fresh pages (which the kernel
+    /// zeroes) and one copy of the state per snapshot. The length goes
+    /// before the state, so its room is reserved at the width that
+    /// `hint` (the expected length: the last snapshot's) needs; if the
+    /// state's length needs another width, the state moves once.
+    pub(crate) fn encode_into(
+        self,
+        mut buf: Vec<u8>,
+        hint: usize,
+    ) -> Result<Vec<u8>, crate::state_machine::CodecError> {
+        use crate::state_machine::{CodecError, encode_onto};
+        buf.clear();
+        // `AppSnapshotRef`'s fields in order: the session table, ...
+        encode_onto("snapshot", &self.sessions, &mut buf)?;
+        // ... the state as a byte string (postcard: its length as a
+        // varint, then the bytes) ...
+        let at = buf.len();
+        let room = varint_len(hint as u64);
+        buf.resize(at + room, 0);
+        self.copy.encode_onto(&mut buf)?;
+        let Some(len) = buf.len().checked_sub(at + room) else {
+            return Err(CodecError {
+                what: "snapshot",
+                reason: "the state machine's copy removed bytes it did not write".into(),
+            });
+        };
+        let mut width = [0u8; 10];
+        let prefix = postcard::to_slice(&(len as u64), &mut width)
+            .map_err(|e| CodecError::postcard("snapshot", e))?;
+        match buf.get_mut(at..at + room) {
+            Some(slot) if slot.len() == prefix.len() => slot.copy_from_slice(prefix),
+            _ => {
+                buf.splice(at..at + room, prefix.iter().copied());
+            }
+        }
+        // ... and the index.
+        encode_onto("snapshot", &self.index, &mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// The bytes of `n` as a postcard varint (7 bits each).
+fn varint_len(n: u64) -> usize {
+    (64 - n.leading_zeros() as usize).div_ceil(7).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A copy of `len` bytes, written through the runtime's buffer
+    /// (`onto`) or into one of its own.
+    fn copy_of(len: usize, onto: bool) -> crate::state_machine::SnapshotCopy {
+        use crate::state_machine::SnapshotCopy;
+        let state: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        if onto {
+            SnapshotCopy::writing(move |buf| {
+                buf.extend_from_slice(&state);
+                Ok(())
+            })
+        } else {
+            SnapshotCopy::new(move || Ok(state))
+        }
+    }
+
+    #[test]
+    fn a_copied_snapshot_is_the_bytes_of_the_borrowed_one_whatever_the_hint() {
+        let mut sessions = opened();
+        assert_eq!(sessions.check(w(1, 1), A), Dedup::New);
+        sessions.record(w(1, 1), StoredReply::Ok(vec![9, 8]));
+        // Lengths on both sides of each varint width, hints right and
+        // wrong, reused buffers too small and large enough.
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let state: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let want = AppSnapshotRef {
+                sessions: &sessions,
+                state: &state,
+                index: 300,
+            }
+            .encode()
+            .expect("encodes");
+            for hint in [0, 1, 127, 128, 16_384, len, 1 << 30] {
+                for onto in [true, false] {
+                    for buf in [Vec::new(), vec![5; 3], Vec::with_capacity(len + 4096)] {
+                        let got = CopiedSnapshot {
+                            copy: copy_of(len, onto),
+                            sessions: sessions.clone(),
+                            index: 300,
+                        }
+                        .encode_into(buf, hint)
+                        .expect("encodes");
+                        assert!(got == want, "len {len} hint {hint} onto {onto}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_copied_snapshot_is_serialized_into_the_buffer_it_is_given() {
+        let len = 100_000;
+        let buf = Vec::with_capacity(2 * len);
+        let at = buf.as_ptr();
+        let got = CopiedSnapshot {
+            copy: copy_of(len, true),
+            sessions: opened(),
+            index: 9,
+        }
+        .encode_into(buf, len)
+        .expect("encodes");
+        assert_eq!(got.as_ptr(), at, "the state went into a buffer of its own");
+        assert_eq!(got.capacity(), 2 * len);
+    }
+
+    #[test]
+    fn a_copy_that_removes_bytes_it_did_not_write_is_an_error() {
+        let copy = crate::state_machine::SnapshotCopy::writing(|buf| {
+            buf.clear();
+            Ok(())
+        });
+        let r = CopiedSnapshot {
+            copy,
+            sessions: opened(),
+            index: 9,
+        }
+        .encode_into(Vec::new(), 5);
+        assert!(r.is_err(), "{r:?}");
+    }
 
     #[test]
     fn borrowed_snapshot_encodes_as_the_owned_one() {

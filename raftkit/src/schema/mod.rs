@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 pub use book::SchemaBook;
 pub use shape::Shape;
-pub use state::{decode_state, encode_state};
+pub use state::{decode_state, encode_state, encode_state_onto};
 pub use store::{load_schema, save_schema};
 
 /// `#[write]` or `#[read]`.

@@ -24,9 +24,21 @@ pub fn encode_state<T: Serialize>(version: u32, state: &T) -> Result<Vec<u8>, Co
     // it gets, so encoding it apart and copying it behind the header cost a
     // second copy of it.
     let mut out = Vec::with_capacity(4096);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&version.to_le_bytes());
-    postcard::to_extend(state, out).map_err(|e| CodecError::postcard("snapshot", e))
+    encode_state_onto(version, state, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode_state`] at the end of `buf` (the runtime's reused snapshot
+/// buffer, see [`SnapshotCopy::writing`](crate::state_machine::SnapshotCopy::writing)).
+/// After an error, `buf` is empty.
+pub fn encode_state_onto<T: Serialize>(
+    version: u32,
+    state: &T,
+    buf: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&version.to_le_bytes());
+    crate::state_machine::encode_onto("snapshot", state, buf)
 }
 
 /// The state version of a snapshot body and the body after the header.
