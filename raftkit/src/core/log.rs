@@ -324,17 +324,24 @@ impl RaftLog {
     }
 
     /// Forgets entries up to `index` because a local snapshot covers them,
-    /// and returns them (in their own vector: the entries kept are moved,
-    /// the ones let go are not), so that the caller can drop them where
-    /// dropping a long run of them stalls nothing. Only applied (hence
-    /// committed, durable) entries can be compacted.
-    pub fn compact_to(&mut self, meta: SnapshotMeta) -> Vec<Entry> {
+    /// and returns them (in the log's old vector: the entries kept move
+    /// into `room`, the ones let go do not move), so that the caller can
+    /// drop them where dropping a long run of them stalls nothing. Only
+    /// applied (hence committed, durable) entries can be compacted.
+    ///
+    /// `room` is an empty vector (anything in it is dropped) whose memory
+    /// the log goes on in: the vector a former compaction returned, once
+    /// emptied, is as large as the log grew, so the log grows again
+    /// without new memory (each new page of which the kernel zeroes).
+    pub fn compact_to(&mut self, meta: SnapshotMeta, room: Vec<Entry>) -> Vec<Entry> {
         assert!(meta.index <= self.applied && meta.index <= self.persisted);
+        let mut kept = room;
+        kept.clear();
         if meta.index <= self.snapshot.index {
-            return Vec::new();
+            return kept;
         }
         let drop = (meta.index - self.snapshot.index) as usize;
-        let kept = self.entries.split_off(drop);
+        kept.extend(self.entries.drain(drop..));
         self.snapshot = meta;
         std::mem::replace(&mut self.entries, kept)
     }

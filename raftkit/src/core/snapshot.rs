@@ -223,17 +223,20 @@ impl Raft {
     /// Records a snapshot of the state machine taken after applying every
     /// entry up to `index`, and forgets the log up to it.
     pub fn compact(&mut self, index: Index, data: Vec<u8>) -> Result<SnapshotMeta, CompactError> {
-        self.compact_releasing(index, data).map(|(meta, _)| meta)
+        self.compact_releasing(index, data, Vec::new())
+            .map(|(meta, _)| meta)
     }
 
     /// [`Raft::compact`], handing back what the node let go: the compacted
     /// entries and the previous local snapshot's data. A run of 100,000
     /// entries takes milliseconds to drop; the caller drops them off its
-    /// hot path.
+    /// hot path. `room`: an empty vector for the log to go on in (see
+    /// [`Released::entries`]; `Vec::new()` will do).
     pub fn compact_releasing(
         &mut self,
         index: Index,
         data: Vec<u8>,
+        room: Vec<Entry>,
     ) -> Result<(SnapshotMeta, Released), CompactError> {
         if index > self.log.applied() || index > self.log.persisted() {
             return Err(CompactError::NotApplied {
@@ -250,7 +253,7 @@ impl Raft {
             term,
             config: self.log.config_at(index).clone(),
         };
-        let entries = self.log.compact_to(meta.clone());
+        let entries = self.log.compact_to(meta.clone(), room);
         let snapshot = self.snapshots.local.replace(Arc::new(data));
         Ok((meta, Released { entries, snapshot }))
     }
@@ -449,7 +452,10 @@ impl Raft {
 /// to drop where it stalls nothing.
 #[derive(Debug, Default)]
 pub struct Released {
-    /// The entries the new snapshot covers, in log order.
+    /// The entries the new snapshot covers, in log order, in the vector
+    /// the log grew in until now: emptied, it is the best `room` for the
+    /// next [`Raft::compact_releasing`] (the log then grows again without
+    /// new memory).
     pub entries: Vec<Entry>,
     /// The data of the local snapshot it replaced.
     pub snapshot: Option<Arc<Vec<u8>>>,

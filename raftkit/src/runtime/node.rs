@@ -1083,7 +1083,15 @@ impl NodeTask {
         let bytes = snap.data.len();
         // Only now, behind a durable snapshot, is the log compacted.
         let started = Instant::now();
-        match self.raft.compact_releasing(snap.meta.index, snap.data) {
+        let room = self
+            .saver
+            .as_ref()
+            .map(SnapshotSaver::take_log_room)
+            .unwrap_or_default();
+        match self
+            .raft
+            .compact_releasing(snap.meta.index, snap.data, room)
+        {
             Ok((meta, released)) => {
                 let took_us = started.elapsed().as_micros() as u64;
                 // Dropped on the snapshot thread, not here.

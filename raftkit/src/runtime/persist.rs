@@ -677,13 +677,15 @@ pub enum Saved {
     NotEncoded(String),
 }
 
-/// The largest buffer of a snapshot the log let go that the snapshot
-/// thread keeps, to serialize the next snapshot of a copied state into
-/// ([`TakenBody::encode_into`]). A fresh buffer costs the kernel zeroing
-/// each of its pages as it is first written: at `kv` put x256 (state of
-/// about 30 MB), 6 % of the machine's CPU. Kept, it costs as much memory as
-/// one snapshot between snapshots, so beyond this size it is given back.
-pub const MAX_SPARE_SNAPSHOT_BYTES: usize = 256 << 20;
+/// The largest memory a compaction let go that the snapshot thread keeps
+/// for reuse: a snapshot's buffer, for the next snapshot of a copied state
+/// to be serialized into ([`TakenBody::encode_into`]), and the log's old
+/// vector, for the log to grow in again ([`SnapshotSaver::take_log_room`]).
+/// Fresh memory costs the kernel zeroing each of its pages as it is first
+/// written: at `kv` put x256 (a state of about 30 MB), fresh snapshot
+/// buffers took 6 % of the machine's CPU. Kept, each costs its size
+/// between compactions, so beyond this size it is given back.
+pub const MAX_SPARE_BYTES: usize = 256 << 20;
 
 /// What the snapshot thread is given to do.
 enum SaverJob {
@@ -699,10 +701,12 @@ enum SaverJob {
 /// acknowledgements never wait for a snapshot to reach the disk), and drops
 /// the entries the log let go behind them. The buffer of the snapshot a
 /// compaction replaced, once nothing else holds it, is kept for the next
-/// copied state to be serialized into (up to [`MAX_SPARE_SNAPSHOT_BYTES`]).
+/// copied state to be serialized into (up to [`MAX_SPARE_BYTES`]).
 pub struct SnapshotSaver {
     jobs: Option<mpsc::UnboundedSender<SaverJob>>,
     thread: Option<super::threads::Worker>,
+    /// The emptied vector of the entries the last compaction let go.
+    log_room: Arc<Mutex<Vec<Entry>>>,
 }
 
 impl SnapshotSaver {
@@ -717,9 +721,12 @@ impl SnapshotSaver {
         threads: &super::threads::Threads,
     ) -> Result<Self, Error> {
         let (tx, mut rx) = mpsc::unbounded_channel::<SaverJob>();
+        // Filled on the thread, taken by the node task.
+        let log_room: Arc<Mutex<Vec<Entry>>> = Arc::default();
+        let room = Arc::clone(&log_room);
         let thread = threads.spawn("raftkit-snapshots", async move {
             // The buffer of a snapshot the log let go, for the next one to
-            // be serialized into (see `MAX_SPARE_SNAPSHOT_BYTES`), and the
+            // be serialized into (see `MAX_SPARE_BYTES`), and the
             // length of the last one.
             let mut spare: Vec<u8> = Vec::new();
             let mut last_len = 0;
@@ -727,10 +734,19 @@ impl SnapshotSaver {
                 let job = match job {
                     SaverJob::Save(job) => job,
                     SaverJob::Drop(released) => {
-                        let crate::core::Released { entries, snapshot } = released;
-                        drop(entries);
+                        let crate::core::Released {
+                            mut entries,
+                            snapshot,
+                        } = released;
+                        entries.clear();
+                        if entries.capacity().saturating_mul(size_of::<Entry>()) <= MAX_SPARE_BYTES
+                            && let Ok(mut room) = log_room.lock()
+                            && entries.capacity() > room.capacity()
+                        {
+                            *room = entries;
+                        }
                         if let Some(data) = snapshot.and_then(|s| Arc::try_unwrap(s).ok())
-                            && data.capacity() <= MAX_SPARE_SNAPSHOT_BYTES
+                            && data.capacity() <= MAX_SPARE_BYTES
                             && data.capacity() > spare.capacity()
                         {
                             spare = data;
@@ -759,6 +775,7 @@ impl SnapshotSaver {
         Ok(SnapshotSaver {
             jobs: Some(tx),
             thread: Some(thread),
+            log_room: room,
         })
     }
 
@@ -780,6 +797,16 @@ impl SnapshotSaver {
             // A closed channel hands the value back, dropped here.
             let _ = tx.send(SaverJob::Drop(released));
         }
+    }
+
+    /// The emptied vector of the entries a compaction let go (once the
+    /// snapshot thread dropped them; empty otherwise), as the `room` of the
+    /// next [`Raft::compact_releasing`](crate::core::Raft::compact_releasing).
+    pub fn take_log_room(&self) -> Vec<Entry> {
+        self.log_room
+            .lock()
+            .map(|mut room| std::mem::take(&mut *room))
+            .unwrap_or_default()
     }
 
     /// Waits for the save under way (if any) and stops the thread.
@@ -1202,6 +1229,32 @@ mod tests {
             }),
         });
         rx.await.expect("saved")
+    }
+
+    #[tokio::test]
+    async fn the_vector_of_the_entries_let_go_comes_back_emptied() {
+        let store: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(2))));
+        let saver = SnapshotSaver::start(store).expect("thread starts");
+        assert_eq!(saver.take_log_room().capacity(), 0, "nothing let go yet");
+        let entries: Vec<Entry> = (1..=1000)
+            .map(|index| Entry {
+                term: 1,
+                index,
+                payload: Payload::Command(bytes::Bytes::from_static(b"x")),
+            })
+            .collect();
+        let at = entries.as_ptr();
+        saver.release(crate::core::Released {
+            entries,
+            snapshot: None,
+        });
+        // Jobs run in order: once a later save is done, the drop is too.
+        save_copied(&saver, 5, 10).await;
+        let room = saver.take_log_room();
+        assert!(room.is_empty());
+        assert_eq!(room.as_ptr(), at, "not the vector let go");
+        assert_eq!(saver.take_log_room().capacity(), 0, "handed out twice");
+        saver.shutdown().await;
     }
 
     #[tokio::test]

@@ -135,7 +135,7 @@ fn a_compaction_hands_back_the_entries_and_the_snapshot_it_let_go() {
     let before: Vec<_> = c.node(1).log().entries().to_vec();
     let r = c.node_mut(1);
     let (meta, first) = r
-        .compact_releasing(applied - 3, b"first".to_vec())
+        .compact_releasing(applied - 3, b"first".to_vec(), Vec::new())
         .expect("applied");
     assert_eq!(meta.index, applied - 3);
     let covered = usize::try_from(applied - 3).expect("small");
@@ -146,10 +146,18 @@ fn a_compaction_hands_back_the_entries_and_the_snapshot_it_let_go() {
     );
     assert_eq!(r.log().entries(), &before[covered..], "the rest is kept");
     assert!(first.snapshot.is_none(), "no snapshot before the first");
+    // The log goes on in the room it is given, and hands back the vector
+    // it grew in.
+    let mut room = first.entries;
+    room.clear();
+    let room_at = room.as_ptr();
+    let log_at = r.log().entries().as_ptr();
     let (_, second) = r
-        .compact_releasing(applied, b"second".to_vec())
+        .compact_releasing(applied, b"second".to_vec(), room)
         .expect("applied");
     assert_eq!(second.entries, before[covered..covered + 3]);
+    assert_eq!(second.entries.as_ptr(), log_at, "not the log's old vector");
+    assert_eq!(r.log().entries().as_ptr(), room_at, "the room was not used");
     assert_eq!(
         second.snapshot.as_deref().map(Vec::as_slice),
         Some(&b"first"[..]),
