@@ -679,7 +679,7 @@ pub enum Saved {
 
 /// The largest memory a compaction let go that the snapshot thread keeps
 /// for reuse: a snapshot's buffer, for the next snapshot of a copied state
-/// to be serialized into ([`TakenBody::encode_into`]), and the log's old
+/// to be serialized into (`TakenBody::encode_into`), and the log's old
 /// vector, for the log to grow in again ([`SnapshotSaver::take_log_room`]).
 /// Fresh memory costs the kernel zeroing each of its pages as it is first
 /// written: at `kv` put x256 (a state of about 30 MB), fresh snapshot
