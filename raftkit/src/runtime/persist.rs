@@ -699,9 +699,11 @@ enum SaverJob {
 /// The snapshot thread: saves the snapshots the node takes, one at a time,
 /// beside the log writer (never in front of it: appends, votes and
 /// acknowledgements never wait for a snapshot to reach the disk), and drops
-/// the entries the log let go behind them. The buffer of the snapshot a
-/// compaction replaced, once nothing else holds it, is kept for the next
-/// copied state to be serialized into (up to [`MAX_SPARE_BYTES`]).
+/// the entries the log let go behind them. What a compaction let go is
+/// reused (each up to [`MAX_SPARE_BYTES`]): the buffer of the snapshot it
+/// replaced, once nothing else holds it, for the next copied state to be
+/// serialized into; the emptied vector of its entries, for the log to grow
+/// in again ([`SnapshotSaver::take_log_room`]).
 pub struct SnapshotSaver {
     jobs: Option<mpsc::UnboundedSender<SaverJob>>,
     thread: Option<super::threads::Worker>,
@@ -1200,9 +1202,6 @@ mod tests {
         }
     }
 
-    /// What a compaction let go is dropped on the snapshot thread, not by
-    /// the caller (the node task, which a run of 100,000 entries would
-    /// stall for milliseconds).
     /// Saves a copied state of `len` bytes at `index` and hands back the
     /// snapshot's bytes.
     async fn save_copied(saver: &SnapshotSaver, index: Index, len: usize) -> Vec<u8> {
@@ -1290,6 +1289,9 @@ mod tests {
         saver.shutdown().await;
     }
 
+    /// What a compaction let go is dropped on the snapshot thread, not by
+    /// the caller (the node task, which a run of 100,000 entries would
+    /// stall for milliseconds).
     #[tokio::test]
     async fn released_entries_are_dropped_on_the_snapshot_thread() {
         let store: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
