@@ -126,6 +126,17 @@ pub trait StateMachine: Sized + Send + 'static {
     }
     /// Serializes the whole state for a snapshot.
     fn snapshot(&self) -> Result<Vec<u8>, CodecError>;
+    /// [`StateMachine::snapshot`]'s bytes, written at the end of `buf`
+    /// (appending, never reading or changing what is already there).
+    ///
+    /// The runtime serializes each snapshot into the memory of one the
+    /// node let go, where a fresh buffer costs the kernel zeroing every page
+    /// of it. The default appends what [`StateMachine::snapshot`] returns
+    /// (one copy); `#[derive(StateMachine)]` serializes in place.
+    fn snapshot_onto(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        buf.extend_from_slice(&self.snapshot()?);
+        Ok(())
+    }
     /// Rebuilds the state from a snapshot made by [`StateMachine::snapshot`].
     fn restore(data: &[u8]) -> Result<Self, CodecError>;
     /// A copy of the state to serialize for a snapshot away from the apply

@@ -187,6 +187,9 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
     let snapshot = quote_spanned! {self_ty.span()=>
         ::raftkit::schema::encode_state::<#self_ty>(#derived::STATE_VERSION, self)
     };
+    let snapshot_onto = quote_spanned! {self_ty.span()=>
+        ::raftkit::schema::encode_state_onto::<#self_ty>(#derived::STATE_VERSION, self, buf)
+    };
     let restore = quote_spanned! {self_ty.span()=>
         ::raftkit::schema::decode_state::<#self_ty>(
             #derived::STATE_VERSION,
@@ -287,6 +290,13 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
                 ::raftkit::state_machine::CodecError,
             > {
                 #snapshot
+            }
+
+            fn snapshot_onto(
+                &self,
+                buf: &mut ::std::vec::Vec<u8>,
+            ) -> ::core::result::Result<(), ::raftkit::state_machine::CodecError> {
+                #snapshot_onto
             }
 
             fn restore(

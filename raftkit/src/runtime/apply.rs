@@ -58,8 +58,8 @@ use tracing::{debug, error, info};
 use super::admission::Permit;
 use super::seq_map::SeqMap;
 use super::session::{
-    AppSnapshot, AppSnapshotRef, CopiedSnapshot, Dedup, EnvelopeRef, OpRef, SESSION_WINDOW,
-    SessionCounters, SessionRefusal, Sessions, StoredReply,
+    AppSnapshot, CopiedSnapshot, Dedup, EnvelopeRef, OpRef, SESSION_WINDOW, SessionCounters,
+    SessionRefusal, Sessions, StoredReply, encode_app_snapshot,
 };
 use super::watch::{Journal, event as watch_event};
 use crate::client::wire::WatchEvent;
@@ -194,7 +194,11 @@ pub enum ApplyMsg {
         data: Vec<u8>,
     },
     /// Serialize the state; the answer goes back to the node task.
-    TakeSnapshot,
+    TakeSnapshot {
+        /// Memory to serialize into: a snapshot's the node let go (see
+        /// [`super::persist::SnapshotSaver::take_snapshot_room`]), or empty.
+        room: Vec<u8>,
+    },
     /// The node stopped serving (its storage failed): answer every waiting
     /// and later caller with this error.
     Fail(Error),
@@ -233,20 +237,20 @@ impl TakenBody {
     /// The snapshot's bytes, serializing a deferred copy here; the error
     /// says why not.
     pub fn encode(self) -> Result<Vec<u8>, String> {
-        self.encode_into(Vec::new(), 0)
+        self.encode_hinted(0)
     }
 
-    /// [`TakenBody::encode`], serializing a deferred copy into `buf` (see
-    /// [`CopiedSnapshot::encode_into`]; `hint`: the length expected, e.g.
-    /// the last snapshot's).
-    pub fn encode_into(self, buf: Vec<u8>, hint: usize) -> Result<Vec<u8>, String> {
+    /// [`TakenBody::encode`], with the length a deferred copy's snapshot
+    /// is expected to have (e.g. the last snapshot's; see
+    /// [`super::session::encode_app_snapshot`]).
+    pub fn encode_hinted(self, hint: usize) -> Result<Vec<u8>, String> {
         match self {
             TakenBody::Encoded(data) => Ok(data),
             TakenBody::Deferred(copied) => {
                 let started = Instant::now();
                 let index = copied.index;
                 let data = copied
-                    .encode_into(buf, hint)
+                    .encode(hint)
                     .map_err(|e| format!("the state machine's copy did not serialize: {e}"))?;
                 info!(
                     index,
@@ -457,8 +461,8 @@ pub async fn run<S: StateMachine>(
                 a.restore(index, &data);
                 a.publish(true);
             }
-            ApplyMsg::TakeSnapshot => {
-                let taken = a.take_snapshot();
+            ApplyMsg::TakeSnapshot { room } => {
+                let taken = a.take_snapshot(room);
                 let _ = snapshots.send(taken);
                 a.publish(true);
             }
@@ -800,7 +804,7 @@ impl<S: StateMachine> Apply<S> {
         }
     }
 
-    fn take_snapshot(&mut self) -> Result<Taken, String> {
+    fn take_snapshot(&mut self, room: Vec<u8>) -> Result<Taken, String> {
         if let Some(h) = &self.halted {
             return Err(format!("not taken: this node halted ({h})"));
         }
@@ -823,16 +827,16 @@ impl<S: StateMachine> Apply<S> {
                     copy,
                     sessions,
                     index,
+                    room,
                 }),
             });
         }
-        let snap = self.sm.snapshot().and_then(|state| {
-            AppSnapshotRef {
-                sessions: &self.sessions,
-                state: &state,
-                index,
-            }
-            .encode()
+        // Into the room, guessing the state's length from its size (a
+        // former snapshot's).
+        let hint = room.capacity();
+        let sm = &self.sm;
+        let snap = encode_app_snapshot(&self.sessions, index, room, hint, |buf| {
+            sm.snapshot_onto(buf)
         });
         let took = started.elapsed();
         self.longest_pause = self.longest_pause.max(took);

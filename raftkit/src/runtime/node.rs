@@ -898,7 +898,12 @@ impl NodeTask {
             && self.raft.wants_snapshot()
         {
             st.snap.busy = true;
-            let _ = self.apply_tx.send(ApplyMsg::TakeSnapshot);
+            let room = self
+                .saver
+                .as_ref()
+                .map(SnapshotSaver::take_snapshot_room)
+                .unwrap_or_default();
+            let _ = self.apply_tx.send(ApplyMsg::TakeSnapshot { room });
         }
         self.update_peers(st);
         let leader = self.raft.leader();

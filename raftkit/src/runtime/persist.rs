@@ -678,9 +678,9 @@ pub enum Saved {
 }
 
 /// The largest memory a compaction let go that the snapshot thread keeps
-/// for reuse: a snapshot's buffer, for the next snapshot of a copied state
-/// to be serialized into (`TakenBody::encode_into`), and the log's old
-/// vector, for the log to grow in again ([`SnapshotSaver::take_log_room`]).
+/// for reuse: a snapshot's buffer, for the next snapshot to be serialized
+/// into ([`SnapshotSaver::take_snapshot_room`]), and the log's old vector,
+/// for the log to grow in again ([`SnapshotSaver::take_log_room`]).
 /// Fresh memory costs the kernel zeroing each of its pages as it is first
 /// written: at `kv` put x256 (a state of about 30 MB), fresh snapshot
 /// buffers took 6 % of the machine's CPU. Kept, each costs its size
@@ -690,7 +690,7 @@ pub const MAX_SPARE_BYTES: usize = 256 << 20;
 /// What the snapshot thread is given to do.
 enum SaverJob {
     /// Save a snapshot.
-    Save(SaveJob),
+    Save(Box<SaveJob>),
     /// Drop what a compaction let go: the node task does not stall for the
     /// milliseconds a run of 100,000 entries takes to drop.
     Drop(crate::core::Released),
@@ -701,14 +701,17 @@ enum SaverJob {
 /// acknowledgements never wait for a snapshot to reach the disk), and drops
 /// the entries the log let go behind them. What a compaction let go is
 /// reused (each up to [`MAX_SPARE_BYTES`]): the buffer of the snapshot it
-/// replaced, once nothing else holds it, for the next copied state to be
-/// serialized into; the emptied vector of its entries, for the log to grow
-/// in again ([`SnapshotSaver::take_log_room`]).
+/// replaced, once nothing else holds it, for the next snapshot to be
+/// serialized into ([`SnapshotSaver::take_snapshot_room`]); the emptied
+/// vector of its entries, for the log to grow in again
+/// ([`SnapshotSaver::take_log_room`]).
 pub struct SnapshotSaver {
     jobs: Option<mpsc::UnboundedSender<SaverJob>>,
     thread: Option<super::threads::Worker>,
     /// The emptied vector of the entries the last compaction let go.
     log_room: Arc<Mutex<Vec<Entry>>>,
+    /// The buffer of the snapshot the last compaction replaced.
+    snapshot_room: Arc<Mutex<Vec<u8>>>,
 }
 
 impl SnapshotSaver {
@@ -725,16 +728,14 @@ impl SnapshotSaver {
         let (tx, mut rx) = mpsc::unbounded_channel::<SaverJob>();
         // Filled on the thread, taken by the node task.
         let log_room: Arc<Mutex<Vec<Entry>>> = Arc::default();
-        let room = Arc::clone(&log_room);
+        let snapshot_room: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let rooms = (Arc::clone(&log_room), Arc::clone(&snapshot_room));
         let thread = threads.spawn("raftkit-snapshots", async move {
-            // The buffer of a snapshot the log let go, for the next one to
-            // be serialized into (see `MAX_SPARE_BYTES`), and the
-            // length of the last one.
-            let mut spare: Vec<u8> = Vec::new();
+            // The length of the last snapshot.
             let mut last_len = 0;
             while let Some(job) = rx.recv().await {
                 let job = match job {
-                    SaverJob::Save(job) => job,
+                    SaverJob::Save(job) => *job,
                     SaverJob::Drop(released) => {
                         let crate::core::Released {
                             mut entries,
@@ -749,14 +750,15 @@ impl SnapshotSaver {
                         }
                         if let Some(data) = snapshot.and_then(|s| Arc::try_unwrap(s).ok())
                             && data.capacity() <= MAX_SPARE_BYTES
-                            && data.capacity() > spare.capacity()
+                            && let Ok(mut room) = snapshot_room.lock()
+                            && data.capacity() > room.capacity()
                         {
-                            spare = data;
+                            *room = data;
                         }
                         continue;
                     }
                 };
-                let snapshot = match job.body.encode_into(std::mem::take(&mut spare), last_len) {
+                let snapshot = match job.body.encode_hinted(last_len) {
                     Ok(data) => Snapshot {
                         meta: job.meta,
                         data,
@@ -777,7 +779,8 @@ impl SnapshotSaver {
         Ok(SnapshotSaver {
             jobs: Some(tx),
             thread: Some(thread),
-            log_room: room,
+            log_room: rooms.0,
+            snapshot_room: rooms.1,
         })
     }
 
@@ -787,7 +790,9 @@ impl SnapshotSaver {
         let Some(tx) = &self.jobs else {
             return job.closed();
         };
-        if let Err(mpsc::error::SendError(SaverJob::Save(job))) = tx.send(SaverJob::Save(job)) {
+        if let Err(mpsc::error::SendError(SaverJob::Save(job))) =
+            tx.send(SaverJob::Save(Box::new(job)))
+        {
             job.closed();
         }
     }
@@ -806,6 +811,16 @@ impl SnapshotSaver {
     /// next [`Raft::compact_releasing`](crate::core::Raft::compact_releasing).
     pub fn take_log_room(&self) -> Vec<Entry> {
         self.log_room
+            .lock()
+            .map(|mut room| std::mem::take(&mut *room))
+            .unwrap_or_default()
+    }
+
+    /// The buffer of the snapshot a compaction replaced (once nothing else
+    /// held it; empty otherwise), for the next snapshot to be serialized
+    /// into ([`ApplyMsg::TakeSnapshot`](super::apply::ApplyMsg::TakeSnapshot)).
+    pub fn take_snapshot_room(&self) -> Vec<u8> {
+        self.snapshot_room
             .lock()
             .map(|mut room| std::mem::take(&mut *room))
             .unwrap_or_default()
@@ -1220,6 +1235,7 @@ mod tests {
                 copy,
                 sessions: Default::default(),
                 index,
+                room: saver.take_snapshot_room(),
             }),
             done: Box::new(move |saved| {
                 if let Saved::Stored(snapshot, Ok(())) = saved {
@@ -1228,6 +1244,24 @@ mod tests {
             }),
         });
         rx.await.expect("saved")
+    }
+
+    /// Waits until the snapshot thread ran every job queued before (jobs
+    /// run in order): saves an encoded snapshot, which takes no room.
+    async fn barrier(saver: &SnapshotSaver) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        saver.save(SaveJob {
+            meta: SnapshotMeta {
+                index: 1,
+                term: 1,
+                config: Default::default(),
+            },
+            body: TakenBody::Encoded(vec![1]),
+            done: Box::new(move |_| {
+                let _ = tx.send(());
+            }),
+        });
+        rx.await.expect("the snapshot thread ran");
     }
 
     #[tokio::test]
@@ -1247,8 +1281,7 @@ mod tests {
             entries,
             snapshot: None,
         });
-        // Jobs run in order: once a later save is done, the drop is too.
-        save_copied(&saver, 5, 10).await;
+        barrier(&saver).await;
         let room = saver.take_log_room();
         assert!(room.is_empty());
         assert_eq!(room.as_ptr(), at, "not the vector let go");
@@ -1268,6 +1301,7 @@ mod tests {
             entries: Vec::new(),
             snapshot: Some(Arc::clone(&shared)),
         });
+        barrier(&saver).await;
         let second = save_copied(&saver, 6, 100_000).await;
         assert_ne!(
             second.as_ptr(),
@@ -1280,6 +1314,7 @@ mod tests {
             entries: Vec::new(),
             snapshot: Some(shared),
         });
+        barrier(&saver).await;
         let third = save_copied(&saver, 7, 100_000).await;
         assert_eq!(third.as_ptr(), at, "the buffer let go was not reused");
         // The same state and sessions as the second, at another index.

@@ -505,28 +505,6 @@ pub struct AppSnapshot {
     pub index: Index,
 }
 
-/// [`AppSnapshot`] borrowed: the same fields in the same order, so the same
-/// bytes, without cloning the session table to write a snapshot.
-#[derive(Serialize)]
-pub(crate) struct AppSnapshotRef<'a> {
-    pub sessions: &'a Sessions,
-    #[serde(with = "crate::byte_field")]
-    pub state: &'a [u8],
-    pub index: Index,
-}
-
-impl AppSnapshotRef<'_> {
-    /// The snapshot's bytes, in one buffer sized for them up front (a
-    /// snapshot is as large as the state: growing the buffer by doubling
-    /// copied it again at every step).
-    pub(crate) fn encode(&self) -> Result<Vec<u8>, crate::state_machine::CodecError> {
-        // The session table's share: a guess, the buffer grows if needed.
-        let guess = self.state.len() + 64 + self.sessions.len() * 48;
-        postcard::to_extend(self, Vec::with_capacity(guess))
-            .map_err(|e| crate::state_machine::CodecError::postcard("snapshot", e))
-    }
-}
-
 /// A snapshot whose state is still a copy
 /// ([`StateMachine::snapshot_copy`](crate::StateMachine::snapshot_copy)):
 /// the copy and the session table as of `index`, serialized on the
@@ -538,53 +516,70 @@ pub struct CopiedSnapshot {
     pub(crate) sessions: Sessions,
     /// The last index applied to both.
     pub(crate) index: Index,
+    /// Memory to serialize into (see [`encode_app_snapshot`]).
+    pub(crate) room: Vec<u8>,
 }
 
 impl CopiedSnapshot {
-    /// The bytes [`AppSnapshotRef::encode`] gives for the serialized copy,
-    /// written into `buf` (emptied first; its room is reused).
-    ///
-    /// The copy is serialized in place, behind the session table and its
-    /// own length, not into a buffer of its own to be copied behind them:
-    /// that buffer cost a state's worth of fresh pages (which the kernel
-    /// zeroes) and one copy of the state per snapshot. The length goes
-    /// before the state, so its room is reserved at the width that
-    /// `hint` (the expected length: the last snapshot's) needs; if the
-    /// state's length needs another width, the state moves once.
-    pub(crate) fn encode_into(
-        self,
-        mut buf: Vec<u8>,
-        hint: usize,
-    ) -> Result<Vec<u8>, crate::state_machine::CodecError> {
-        use crate::state_machine::{CodecError, encode_onto};
-        buf.clear();
-        // `AppSnapshotRef`'s fields in order: the session table, ...
-        encode_onto("snapshot", &self.sessions, &mut buf)?;
-        // ... the state as a byte string (postcard: its length as a
-        // varint, then the bytes) ...
-        let at = buf.len();
-        let room = varint_len(hint as u64);
-        buf.resize(at + room, 0);
-        self.copy.encode_onto(&mut buf)?;
-        let Some(len) = buf.len().checked_sub(at + room) else {
-            return Err(CodecError {
-                what: "snapshot",
-                reason: "the state machine's copy removed bytes it did not write".into(),
-            });
-        };
-        let mut width = [0u8; 10];
-        let prefix = postcard::to_slice(&(len as u64), &mut width)
-            .map_err(|e| CodecError::postcard("snapshot", e))?;
-        match buf.get_mut(at..at + room) {
-            Some(slot) if slot.len() == prefix.len() => slot.copy_from_slice(prefix),
-            _ => {
-                buf.splice(at..at + room, prefix.iter().copied());
-            }
-        }
-        // ... and the index.
-        encode_onto("snapshot", &self.index, &mut buf)?;
-        Ok(buf)
+    /// The snapshot's bytes, serialized into its `room` (see
+    /// [`encode_app_snapshot`]).
+    pub(crate) fn encode(self, hint: usize) -> Result<Vec<u8>, crate::state_machine::CodecError> {
+        let CopiedSnapshot {
+            copy,
+            sessions,
+            index,
+            room,
+        } = self;
+        encode_app_snapshot(&sessions, index, room, hint, |buf| copy.encode_onto(buf))
     }
+}
+
+/// The bytes of the [`AppSnapshot`] of the session table, the state that
+/// `state` appends to the buffer it is given, and `index`, written into
+/// `buf` (emptied first; its memory is reused).
+///
+/// The state is serialized in place, behind the session table and its own
+/// length, not into a buffer of its own to be copied behind them: that
+/// buffer cost a state's worth of fresh pages (which the kernel zeroes) and
+/// one copy of the state per snapshot. The length goes before the state, so
+/// its room is reserved at the width that `hint` (the expected length: the
+/// last snapshot's) needs; if the state's length needs another width, the
+/// state moves once.
+pub(crate) fn encode_app_snapshot(
+    sessions: &Sessions,
+    index: Index,
+    mut buf: Vec<u8>,
+    hint: usize,
+    state: impl FnOnce(&mut Vec<u8>) -> Result<(), crate::state_machine::CodecError>,
+) -> Result<Vec<u8>, crate::state_machine::CodecError> {
+    use crate::state_machine::{CodecError, encode_onto};
+    buf.clear();
+    // `AppSnapshot`'s fields in order: the session table, ...
+    encode_onto("snapshot", sessions, &mut buf)?;
+    // ... the state as a byte string (postcard: its length as a varint,
+    // then the bytes) ...
+    let at = buf.len();
+    let room = varint_len(hint as u64);
+    buf.resize(at + room, 0);
+    state(&mut buf)?;
+    let Some(len) = buf.len().checked_sub(at + room) else {
+        return Err(CodecError {
+            what: "snapshot",
+            reason: "the state machine removed bytes it did not write".into(),
+        });
+    };
+    let mut width = [0u8; 10];
+    let prefix = postcard::to_slice(&(len as u64), &mut width)
+        .map_err(|e| CodecError::postcard("snapshot", e))?;
+    match buf.get_mut(at..at + room) {
+        Some(slot) if slot.len() == prefix.len() => slot.copy_from_slice(prefix),
+        _ => {
+            buf.splice(at..at + room, prefix.iter().copied());
+        }
+    }
+    // ... and the index.
+    encode_onto("snapshot", &index, &mut buf)?;
+    Ok(buf)
 }
 
 /// The bytes of `n` as a postcard varint (7 bits each).
@@ -612,7 +607,7 @@ mod tests {
     }
 
     #[test]
-    fn a_copied_snapshot_is_the_bytes_of_the_borrowed_one_whatever_the_hint() {
+    fn a_copied_snapshot_is_the_bytes_of_the_owned_one_whatever_the_hint() {
         let mut sessions = opened();
         assert_eq!(sessions.check(w(1, 1), A), Dedup::New);
         sessions.record(w(1, 1), StoredReply::Ok(vec![9, 8]));
@@ -620,12 +615,11 @@ mod tests {
         // wrong, reused buffers too small and large enough.
         for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
             let state: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let want = AppSnapshotRef {
-                sessions: &sessions,
-                state: &state,
+            let want = postcard::to_allocvec(&AppSnapshot {
+                sessions: sessions.clone(),
+                state,
                 index: 300,
-            }
-            .encode()
+            })
             .expect("encodes");
             for hint in [0, 1, 127, 128, 16_384, len, 1 << 30] {
                 for onto in [true, false] {
@@ -634,8 +628,9 @@ mod tests {
                             copy: copy_of(len, onto),
                             sessions: sessions.clone(),
                             index: 300,
+                            room: buf,
                         }
-                        .encode_into(buf, hint)
+                        .encode(hint)
                         .expect("encodes");
                         assert!(got == want, "len {len} hint {hint} onto {onto}");
                     }
@@ -653,8 +648,9 @@ mod tests {
             copy: copy_of(len, true),
             sessions: opened(),
             index: 9,
+            room: buf,
         }
-        .encode_into(buf, len)
+        .encode(len)
         .expect("encodes");
         assert_eq!(got.as_ptr(), at, "the state went into a buffer of its own");
         assert_eq!(got.capacity(), 2 * len);
@@ -670,13 +666,14 @@ mod tests {
             copy,
             sessions: opened(),
             index: 9,
+            room: Vec::new(),
         }
-        .encode_into(Vec::new(), 5);
+        .encode(5);
         assert!(r.is_err(), "{r:?}");
     }
 
     #[test]
-    fn borrowed_snapshot_encodes_as_the_owned_one() {
+    fn a_snapshot_written_in_place_decodes_as_the_owned_one() {
         let mut sessions = opened();
         assert_eq!(sessions.check(w(1, 1), A), Dedup::New);
         sessions.record(w(1, 1), StoredReply::Ok(vec![9, 8]));
@@ -685,12 +682,11 @@ mod tests {
             state: vec![1, 2, 3, 250],
             index: 77,
         };
-        let borrowed = AppSnapshotRef {
-            sessions: &sessions,
-            state: &owned.state,
-            index: 77,
-        };
-        let bytes = borrowed.encode().expect("encodes");
+        let bytes = encode_app_snapshot(&sessions, 77, Vec::new(), 0, |buf| {
+            buf.extend_from_slice(&[1, 2, 3, 250]);
+            Ok(())
+        })
+        .expect("encodes");
         assert_eq!(bytes, postcard::to_allocvec(&owned).expect("encodes"));
         // (`stored` is not in the encoding: a restore recounts it.)
         let back: AppSnapshot = postcard::from_bytes(&bytes).expect("decodes");
