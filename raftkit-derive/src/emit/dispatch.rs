@@ -184,8 +184,12 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
     let state_shape = quote_spanned! {self_ty.span()=>
         ::raftkit::schema::Shape::of::<#self_ty>()
     };
+    // `snapshot` goes through `snapshot_onto`: one place needs the state's
+    // `Serialize`, so a state without it gets one error, not two.
     let snapshot = quote_spanned! {self_ty.span()=>
-        ::raftkit::schema::encode_state::<#self_ty>(#derived::STATE_VERSION, self)
+        let mut buf = ::std::vec::Vec::with_capacity(4096);
+        <Self as ::raftkit::StateMachine>::snapshot_onto(self, &mut buf)?;
+        ::core::result::Result::Ok(buf)
     };
     let snapshot_onto = quote_spanned! {self_ty.span()=>
         ::raftkit::schema::encode_state_onto::<#self_ty>(#derived::STATE_VERSION, self, buf)
