@@ -1022,9 +1022,17 @@ impl ::raftkit::StateMachine for Kv {
         ::std::vec::Vec<u8>,
         ::raftkit::state_machine::CodecError,
     > {
-        ::raftkit::schema::encode_state::<
+        let mut buf = ::std::vec::Vec::with_capacity(4096);
+        <Self as ::raftkit::StateMachine>::snapshot_onto(self, &mut buf)?;
+        ::core::result::Result::Ok(buf)
+    }
+    fn snapshot_onto(
+        &self,
+        buf: &mut ::std::vec::Vec<u8>,
+    ) -> ::core::result::Result<(), ::raftkit::state_machine::CodecError> {
+        ::raftkit::schema::encode_state_onto::<
             Kv,
-        >(<Kv as ::raftkit::__private::Derived>::STATE_VERSION, self)
+        >(<Kv as ::raftkit::__private::Derived>::STATE_VERSION, self, buf)
     }
     fn restore(
         data: &[u8],
