@@ -48,6 +48,10 @@ pub(crate) enum Act {
     /// Closes the connection without answering (the request was received:
     /// a member that took a write and died before its answer left).
     Vanish,
+    /// Never answers it, and goes on serving the connection's next
+    /// requests (a member whose answer is slower than the caller's
+    /// patience: the caller stops waiting while its write may apply).
+    Ignore,
 }
 
 impl Act {
@@ -226,6 +230,7 @@ async fn serve(conn: Connection, shared: &Shared) {
                 conn.close(0u32.into(), b"vanished");
                 return;
             }
+            Act::Ignore => continue,
         };
         let mut frame = Vec::new();
         if encode_frame(&(id, &response), DEFAULT_MAX_FRAME_BYTES, &mut frame).is_err()

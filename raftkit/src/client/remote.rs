@@ -1010,12 +1010,18 @@ impl Client {
             // An earlier call through a `WriteOnce` handle may have applied
             // it: then no error of this call may say it was not applied.
             let mut uncertain = state.sent;
+            // Until this call ends, its attempt may be at a member: if the
+            // caller stops waiting (drops this future), the handle keeps
+            // that, and its next call never moves the write to a new
+            // session, where it would apply a second time. Set precisely
+            // once the call ends.
+            state.sent = true;
             let r = self.request_tracked(&request, &mut uncertain).await;
             if let Err(Error::SessionExpired(why)) = r {
                 self.rotate(&bound.slot);
                 state.unbind();
+                state.sent = uncertain;
                 if uncertain {
-                    state.sent = true;
                     state.expired = Some(why.clone());
                     return Err(Error::SessionExpired(why));
                 }

@@ -332,3 +332,62 @@ async fn a_write_once_whose_first_call_applied_never_moves_to_a_new_session() {
         "the write was sent again under a new session"
     );
 }
+
+/// Found by review (stop 41): a `WriteOnce` call that its caller stopped
+/// waiting for (a `timeout`, a `select!`, a dropped request handler) while
+/// its request was at the member left the handle saying "never sent", so
+/// the handle's next call, finding the session gone, moved the write to a
+/// new session and applied it a second time. The abandoned attempt may
+/// have been applied: the next call ends `SessionExpired` and sends nothing
+/// more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_once_call_abandoned_in_flight_never_moves_to_a_new_session() {
+    let (a_id, _, client_id) = identities();
+    let mut writes = 0;
+    let a = FakeMember::start(&a_id, move |request| match request {
+        ClientRequest::OpenSession => session_opened(7),
+        ClientRequest::Write { .. } => {
+            writes += 1;
+            match writes {
+                // Taken (it may apply) but not answered before the caller
+                // gives up.
+                1 => Act::Ignore,
+                2 => Act::answer(ClientResponse::Err(WireError::SessionExpired(
+                    "forgotten".into(),
+                ))),
+                _ => Act::answer(ClientResponse::Ok(b"applied again".to_vec())),
+            }
+        }
+        _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
+    });
+    let client = client_of(&[&a], client_id, None, &a).await;
+    let once = client.write_once();
+    {
+        let first = once.write(b"put".to_vec());
+        tokio::pin!(first);
+        let reached = async {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            while a.writes() == 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the write never reached A"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            r = &mut first => panic!("the ignored write was answered: {r:?}"),
+            () = reached => {}
+        }
+        // The caller stops waiting: the call is dropped mid-flight.
+    }
+    let again = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time");
+    assert!(matches!(again, Err(Error::SessionExpired(_))), "{again:?}");
+    assert_eq!(
+        a.writes(),
+        2,
+        "the write was sent again under a new session"
+    );
+}
