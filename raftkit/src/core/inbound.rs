@@ -18,7 +18,7 @@
 //! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, from a non-member, while this node has a configuration and is in a leader lease (a leader, or a follower that heard from its leader within an election timeout, with CheckQuorum on) | the §4.2.3 lease argument applied to leader messages: while a leader is known to be alive, a node outside the configuration cannot be a newer leader this node must follow |
 //! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader we follow (or when we lead) | Raft §5.2 Election Safety: at most one leader per term |
 //! | ReadIndexRequest | the sender is not a member; or the leader already holds [`MAX_REMOTE_READS`](super::read_index::MAX_REMOTE_READS) followers' reads | thesis §6.4.1: only members forward reads; a bounded queue |
-//! | ReadIndexResponse | not from the leader we follow at our term, or for a context this node is not waiting for (a read it already failed or never forwarded) | an answer of an old leader must not release a read (it fails and is retried instead) |
+//! | ReadIndexResponse | not from the leader we follow at our term, or for a context this node is not waiting for (a read it already failed or never forwarded); from a node we know in a higher term it is admitted only to raise our term (Raft §5.1), which fails the forwarded reads first, so it answers none | an answer of an old leader must not release a read (it fails and is retried instead); a leader that stepped down answers in its new term, and the read fails at once instead of after two election timeouts |
 //!
 //! Leader messages from non-members are **accepted** outside a lease, and
 //! always by a node with no configuration yet: a node being added hears
@@ -277,12 +277,16 @@ impl Raft {
         match &m.body {
             Body::RequestVote { .. } if !member => return Err(DropReason::VoteFromNonMember),
             Body::ReadIndexRequest { .. } if !member => return Err(DropReason::FromStranger),
+            // An answer in a higher term from a node we know goes on to
+            // raise our term (Raft §5.1), which fails the reads we forwarded;
+            // it is never taken as an answer (they are gone by then).
             Body::ReadIndexResponse { ctx, .. }
                 if !(known
-                    && m.term == self.term
-                    && m.from == self.leader
-                    && self.role == Role::Follower
-                    && self.reads.is_forwarded(*ctx)) =>
+                    && (m.term > self.term
+                        || (m.term == self.term
+                            && m.from == self.leader
+                            && self.role == Role::Follower
+                            && self.reads.is_forwarded(*ctx)))) =>
             {
                 return Err(DropReason::UnknownReadContext);
             }

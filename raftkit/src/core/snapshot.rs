@@ -60,7 +60,20 @@ use super::message::{Body, Message};
 use super::progress::Mode;
 use super::raft::{Raft, Role};
 use super::ready::InstalledSnapshot;
-use super::types::{Entry, Index, NodeId, SnapshotMeta};
+use super::types::{Entry, Index, NodeId, SnapshotMeta, Term};
+
+/// Follower: a snapshot being received, from one leader in one term. Its
+/// bytes come from that one sender: two leaders' snapshots of the same
+/// metadata need not be the same bytes (a `HashMap` in the state, a new
+/// state version during a rolling upgrade), so chunks of another sender or
+/// term never extend it.
+#[derive(Debug)]
+struct Receiving {
+    meta: SnapshotMeta,
+    from: NodeId,
+    term: Term,
+    data: Vec<u8>,
+}
 
 /// Default size of one snapshot chunk.
 pub const DEFAULT_CHUNK_BYTES: usize = 256 * 1024;
@@ -73,7 +86,7 @@ pub(super) struct SnapshotTransfer {
     /// Leader: the transfer to each follower receiving a snapshot.
     sending: BTreeMap<NodeId, Sending>,
     /// Follower: the snapshot being received.
-    receiving: Option<(SnapshotMeta, Vec<u8>)>,
+    receiving: Option<Receiving>,
     /// Follower: a complete snapshot waiting to be handed out in a Ready.
     received: Option<InstalledSnapshot>,
     /// The applied log's bytes since the local snapshot, as far as
@@ -151,9 +164,7 @@ impl SnapshotTransfer {
     /// Bytes of the snapshot being received (bounded by
     /// [`Config::max_snapshot_bytes`](super::Config::max_snapshot_bytes)).
     pub(super) fn receiving_len(&self) -> u64 {
-        self.receiving
-            .as_ref()
-            .map_or(0, |(_, buf)| buf.len() as u64)
+        self.receiving.as_ref().map_or(0, |r| r.data.len() as u64)
     }
 }
 
@@ -405,19 +416,26 @@ impl Raft {
             self.send(m.from, reply(0, true, false));
             return;
         }
+        // The same snapshot from the same leader in the same term: only
+        // then do chunks extend the buffer.
         let same = self
             .snapshots
             .receiving
             .as_ref()
-            .is_some_and(|(held, _)| *held == meta);
+            .is_some_and(|r| r.meta == meta && r.from == m.from && r.term == m.term);
         if !same {
             if offset != 0 {
                 self.send(m.from, reply(0, false, true));
                 return;
             }
-            self.snapshots.receiving = Some((meta.clone(), Vec::new()));
+            self.snapshots.receiving = Some(Receiving {
+                meta: meta.clone(),
+                from: m.from,
+                term: m.term,
+                data: Vec::new(),
+            });
         }
-        let Some((_, buf)) = self.snapshots.receiving.as_mut() else {
+        let Some(Receiving { data: buf, .. }) = self.snapshots.receiving.as_mut() else {
             return;
         };
         let held = buf.len() as u64;
@@ -437,7 +455,7 @@ impl Raft {
             self.send(m.from, reply(held, false, false));
             return;
         }
-        let Some((meta, data)) = self.snapshots.receiving.take() else {
+        let Some(Receiving { meta, data, .. }) = self.snapshots.receiving.take() else {
             return;
         };
         self.log.install_snapshot(meta.clone());

@@ -124,6 +124,54 @@ fn a_leader_change_fails_a_pending_follower_read_and_drops_the_late_answer() {
     assert_eq!(r.dropped().get(DropReason::UnknownReadContext), 1);
 }
 
+/// Raft §5.1, "if RPC request or response contains term T > currentTerm:
+/// set currentTerm = T, convert to follower". The leader a follower
+/// forwarded a read to steps down on a higher term and answers `None` in
+/// it: the follower adopts that term, and its read fails at once. Found by
+/// review (stop 41): the answer was dropped as an unknown read context
+/// before its term was seen, and the read waited two election timeouts.
+/// The answer is not taken as the read's answer either way.
+#[test]
+fn an_answer_in_a_higher_term_raises_the_term_and_fails_the_read_at_once() {
+    let mut r = node(2, &[1, 2, 3], 1, &[1]);
+    step(&mut r, heartbeat(1, 2, 1, 1));
+    r.read_index(5).expect("forwarded");
+    flush(&mut r);
+    assert_eq!(r.step_checked(read_resp(1, 2, 2, 5, None)), Ok(()));
+    assert_eq!(r.term(), 2);
+    assert!(matches!(
+        flush(&mut r).reads.as_slice(),
+        [ReadState {
+            ctx: 5,
+            result: Err(_)
+        }]
+    ));
+    // An index in a higher term is not an answer: the read is failed, not
+    // served at it.
+    let mut r = node(2, &[1, 2, 3], 1, &[1]);
+    step(&mut r, heartbeat(1, 2, 1, 1));
+    r.read_index(5).expect("forwarded");
+    flush(&mut r);
+    assert_eq!(r.step_checked(read_resp(1, 2, 2, 5, Some(1))), Ok(()));
+    assert!(matches!(
+        flush(&mut r).reads.as_slice(),
+        [ReadState {
+            ctx: 5,
+            result: Err(_)
+        }]
+    ));
+    // From a stranger, a higher term changes nothing.
+    let mut r = node(2, &[1, 2, 3], 1, &[1]);
+    step(&mut r, heartbeat(1, 2, 1, 1));
+    r.read_index(5).expect("forwarded");
+    flush(&mut r);
+    assert_eq!(
+        r.step_checked(read_resp(9, 2, 2, 5, None)),
+        Err(DropReason::UnknownReadContext)
+    );
+    assert_eq!(r.term(), 1);
+}
+
 /// Answers for a context never forwarded, or from a node that is not the
 /// leader, are dropped and counted; a well-formed one is taken.
 #[test]

@@ -75,6 +75,48 @@ fn follower_installs_only_a_complete_snapshot() {
     assert_eq!((r.log().last_index(), r.log().committed()), (10, 10));
 }
 
+/// §7: a snapshot is installed from the bytes of one snapshot. Found by
+/// review (stop 41): the follower keyed its receive buffer by the
+/// snapshot's metadata alone, so a new leader sending its own snapshot of
+/// the same index, term and configuration was told to go on where the old
+/// leader had stopped, and the follower installed the old leader's first
+/// bytes followed by the new leader's rest (two serializations of one state
+/// need not be the same bytes: a `HashMap`, a new state version in a
+/// rolling upgrade). Chunks from another leader or term start the buffer
+/// afresh.
+#[test]
+fn a_snapshot_is_never_spliced_from_two_leaders_chunks() {
+    let mut r = node(2, &[1, 2, 3], 2, &[1]);
+    let reply = |next_offset, done, rejected| Body::InstallSnapshotResponse {
+        index: 10,
+        next_offset,
+        done,
+        rejected,
+    };
+    let out = step(&mut r, msg(1, 2, 2, chunk(0, b"AAAA", false)));
+    assert_eq!(snapshot_reply(&out), reply(4, false, false));
+    // Node 3 leads in term 3 and sends its own snapshot of the same meta.
+    let out = step(&mut r, msg(3, 2, 3, chunk(0, b"BB", false)));
+    assert_eq!(
+        snapshot_reply(&out),
+        reply(2, false, false),
+        "the new leader's first chunk starts the buffer afresh"
+    );
+    // The new leader goes on from there: its bytes alone are installed.
+    let out = step(&mut r, msg(3, 2, 3, chunk(2, b"CC", true)));
+    assert_eq!(snapshot_reply(&out), reply(4, true, false));
+    assert_eq!(out.snapshots.len(), 1);
+    assert_eq!(out.snapshots[0].data, b"BBCC");
+
+    // Mid-transfer, a chunk at another offset from another sender is not
+    // appended: the follower asks for the start.
+    let mut r = node(2, &[1, 2, 3], 2, &[1]);
+    step(&mut r, msg(1, 2, 2, chunk(0, b"AAAA", false)));
+    let out = step(&mut r, msg(3, 2, 3, chunk(4, b"BB", true)));
+    assert_eq!(snapshot_reply(&out), reply(0, false, true));
+    assert!(out.snapshots.is_empty());
+}
+
 /// §7, InstallSnapshot receiver rule 6: "If existing log entry has same
 /// index and term as snapshot's last included entry, retain log entries
 /// following it". The follower may already have acknowledged those entries
@@ -472,4 +514,46 @@ fn a_snapshot_records_the_configuration_at_its_index_not_a_later_one() {
     assert_eq!(r.log().snapshot().config, before);
     // The uncommitted change is still in force (it is in the log).
     assert!(r.log().last_config().1.is_joint());
+}
+
+/// Flow control (etcd raft's rule): a probe answered with nothing new (the
+/// follower already held what it carried: the empty probe after a
+/// snapshot, when the leader had nothing more) still shows where the
+/// follower's log matches, so replication streams again. Found by review
+/// (stop 41): the follower stayed paused in probe mode, and the next
+/// entries waited for a heartbeat's answer to reach it, a heartbeat
+/// interval of latency, even when it was needed for the quorum.
+#[test]
+fn a_probe_answered_with_nothing_new_resumes_replication() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..3u8 {
+        c.propose(1, &[i]);
+    }
+    let applied = c.node(1).log().applied();
+    assert_eq!(applied, c.node(1).log().last_index());
+    c.node_mut(1)
+        .compact(applied, b"state".to_vec())
+        .expect("compact");
+    c.heal();
+    let mut ticks = 0;
+    while c.installed[&3].is_empty() {
+        assert!(ticks < 10 * T, "the snapshot never arrived");
+        c.tick(1);
+        ticks += 1;
+    }
+    // Node 1 needs 3 for its quorum now: the next entry must go to 3 at
+    // once, not after the next heartbeat round.
+    c.isolate(2);
+    let r = c.node_mut(1);
+    let (index, _) = r.propose(b"next".to_vec()).expect("proposal accepted");
+    let out = flush(r);
+    assert!(
+        out.messages.iter().any(|m| m.to == 3
+            && matches!(&m.body, Body::AppendEntries { entries, .. }
+                if entries.iter().any(|e| e.index == index))),
+        "the entry waits for a heartbeat: {:?}",
+        out.messages
+    );
 }
