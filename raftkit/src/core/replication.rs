@@ -252,13 +252,6 @@ impl Raft {
             }
         } else if pr.mode == Mode::Replicate {
             pr.inflights.free_to(index);
-        } else if pr.mode == Mode::Probe && index == pr.matched {
-            // A probe answered with nothing new (the follower held what it
-            // carried, e.g. the empty probe after a snapshot) still shows
-            // where its log matches: stream again (etcd raft does the
-            // same). Left paused, the follower would get the next entries
-            // only after a heartbeat's answer.
-            pr.become_replicate();
         }
         self.send_append_all(from, false);
     }

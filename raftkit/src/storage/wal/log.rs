@@ -58,6 +58,11 @@ struct Slot {
 /// transiently during replay (a later compaction record must cover it).
 const MISSING: u64 = u64::MAX;
 
+/// At most this many entries missing in a row are held as placeholders
+/// during replay (to be reported as lost below, unless a later truncation
+/// drops them); a record further ahead is corruption at once.
+const MAX_REPLAY_GAP: usize = 1 << 20;
+
 /// The default embedded write-ahead log: a [`LogStore`] over a directory of
 /// segment files.
 ///
@@ -315,6 +320,20 @@ impl Wal {
                         ));
                     }
                     let pos = (e.index - self.first) as usize;
+                    if pos > self.slots.len().saturating_add(MAX_REPLAY_GAP) {
+                        // Only a lost segment leaves entries missing (and the
+                        // open fails over it below); so many of them, only
+                        // garbage: no placeholder per missing entry.
+                        return Err(StorageError::corrupt(
+                            path,
+                            offset,
+                            format!(
+                                "entry {} is missing: entry {} comes after it",
+                                self.last().wrapping_add(1),
+                                e.index
+                            ),
+                        ));
+                    }
                     self.slots.truncate(pos);
                     while self.slots.len() < pos {
                         self.slots.push_back(Slot {
@@ -348,7 +367,16 @@ impl Wal {
                     }
                     self.slots.truncate((from - self.first) as usize);
                 }
-                Record::Compact { upto, term } => self.apply_compact(upto, term),
+                Record::Compact { upto, term } => {
+                    if upto >= crate::core::inbound::MAX_INDEX {
+                        return Err(StorageError::corrupt(
+                            path,
+                            offset,
+                            format!("compaction to index {upto}, past any log"),
+                        ));
+                    }
+                    self.apply_compact(upto, term)
+                }
                 Record::SegmentStart { prev_len } => {
                     if let Some((prev_path, actual)) = prev
                         && *actual != prev_len
@@ -642,5 +670,79 @@ impl LogStore for Wal {
             return Ok(());
         }
         self.sync_inner().map_err(|e| self.fail(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::types::Payload;
+
+    fn cmd(index: Index) -> Entry {
+        Entry {
+            term: 1,
+            index,
+            payload: Payload::Command(vec![index as u8; 8].into()),
+        }
+    }
+
+    /// A log of entries 1..=3, then one more frame holding `record`, with a
+    /// valid checksum (a buggy or foreign writer, not a torn write), opened
+    /// again.
+    fn reopened_after(record: RecordRef<'_>) -> Result<Wal, StorageError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let mut wal = Wal::open(&path, WalOptions::default()).expect("open");
+        wal.append(&[cmd(1), cmd(2), cmd(3)]).expect("append");
+        wal.sync().expect("sync");
+        drop(wal);
+        let seg = path.join(segment_name(1));
+        let mut bytes = std::fs::read(&seg).expect("segment");
+        // The end of the frames (`len:u32le crc hcrc payload[len]` after the
+        // segment header), then the preallocated zeros.
+        let mut end = super::super::segment::SEGMENT_HEADER_LEN as usize;
+        while let Some(h) = bytes.get(end..end + 4) {
+            let n = u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize;
+            if n == 0 {
+                break;
+            }
+            end += FRAME_HEADER_LEN + n;
+        }
+        let mut frame = FrameBuf::new();
+        frame.push(&record);
+        let frame = frame.finish().to_vec();
+        if bytes.len() < end + frame.len() {
+            bytes.resize(end + frame.len(), 0);
+        }
+        bytes[end..end + frame.len()].copy_from_slice(&frame);
+        std::fs::write(&seg, &bytes).expect("write");
+        let r = Wal::open(&path, WalOptions::default());
+        drop(dir);
+        r
+    }
+
+    /// Found by review (stop 41): records whose checksum holds but whose
+    /// values cannot be (a compaction to the last index there is, an entry
+    /// a trillion places past the log) overflowed in replay or made it
+    /// allocate a placeholder per missing entry. They are corruption, said
+    /// as such, like any other.
+    #[test]
+    fn a_record_with_impossible_indexes_is_corruption_not_a_panic() {
+        let compact = reopened_after(RecordRef::Compact {
+            upto: Index::MAX,
+            term: 1,
+        });
+        assert!(
+            matches!(compact, Err(StorageError::Corrupt { .. })),
+            "{:?}",
+            compact.map(|w| w.last_index())
+        );
+        let far = cmd(1 << 40);
+        let entry = reopened_after(RecordRef::Entry(&far));
+        assert!(
+            matches!(entry, Err(StorageError::Corrupt { .. })),
+            "{:?}",
+            entry.map(|w| w.last_index())
+        );
     }
 }
