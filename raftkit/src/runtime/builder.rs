@@ -651,9 +651,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             .clone()
             .unwrap_or_else(|| StorageChoice::Disk(PathBuf::from("data").join(&meta.name)));
         if let StorageChoice::Disk(dir) = &storage {
-            self.fs
-                .create_dir_all(dir)
-                .map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?;
+            crate::storage::vfs::create_dir_durable(&*self.fs, dir)
+                .map_err(|e| Error::Storage(e.to_string()))?;
             meta.save_in(&*self.fs, dir)?;
             if stored_schema.as_ref() != Some(&schema) {
                 crate::schema::save_schema(&*self.fs, dir, &schema)?;

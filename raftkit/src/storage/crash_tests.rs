@@ -120,3 +120,38 @@ fn a_saved_snapshot_survives_a_crash() {
     let store = FileSnapshotStore::open_in(Arc::new(fs.clone()), &dir, 1).expect("reopen");
     assert_eq!(store.latest().expect("read"), Some(snap));
 }
+
+/// Found by review (stop 41): a log or snapshot directory created two or
+/// more levels below what already existed (a node's first start:
+/// `data/<name>/wal`) had only its own entry synced, not those of the new
+/// directories above it, so a power cut could take the whole tree with
+/// every synced entry in it. Every directory created is made durable in its
+/// parent.
+#[test]
+fn a_log_in_new_nested_directories_survives_a_crash() {
+    let root = Path::new("/node");
+    let dir = root.join("data").join("n1").join("wal");
+    let fs = CrashFs::new(root);
+    let mut wal =
+        Wal::open_in(Arc::new(fs.clone()), &dir, WalOptions::default()).expect("open wal");
+    wal.append(&entries(1, 10, 1)).expect("append");
+    wal.sync().expect("sync");
+    let wal = crash_and_reopen(&fs, wal, &dir, WalOptions::default().segment_size);
+    assert_eq!(wal.last_index(), 10);
+
+    let snaps = root.join("data").join("n2").join("snaps");
+    let mut store = FileSnapshotStore::open_in(Arc::new(fs.clone()), &snaps, 1).expect("open");
+    let snap = Snapshot {
+        meta: SnapshotMeta {
+            index: 30,
+            term: 3,
+            ..SnapshotMeta::default()
+        },
+        data: b"state".to_vec(),
+    };
+    store.save(&snap).expect("save");
+    drop(store);
+    fs.crash();
+    let store = FileSnapshotStore::open_in(Arc::new(fs.clone()), &snaps, 1).expect("reopen");
+    assert_eq!(store.latest().expect("read"), Some(snap));
+}

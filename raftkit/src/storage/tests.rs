@@ -974,4 +974,43 @@ mod faults {
             "no temporary file is left behind"
         );
     }
+
+    /// Found by review (stop 41): the repair of a torn tail zeroed the torn
+    /// frame from its header on, with one sync at the end. A crash in the
+    /// middle of it (here: the disk fills after the first bytes) left a
+    /// zeroed header followed by the torn frame's bytes, which no open
+    /// takes for a torn tail again: the log could never be opened, over
+    /// bytes nobody had acknowledged. The repair zeroes what follows the
+    /// header first and the header last, so every state it can stop in is
+    /// a torn tail again.
+    #[test]
+    fn a_torn_tail_repair_cut_short_leaves_a_log_that_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let mut wal = Wal::open(&path, WalOptions::default()).unwrap();
+        for i in 1..=6 {
+            wal.append(&[cmd(i, 1, 50)]).unwrap();
+            wal.sync().unwrap();
+        }
+        drop(wal);
+        let seg = last_segment(&path);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        // Frame 6 torn: its last bytes never reached the disk.
+        let end6 = content_end(&bytes);
+        bytes[end6 - 10..end6].fill(0);
+        std::fs::write(&seg, &bytes).unwrap();
+        // The repair on open stops after its first 20 bytes.
+        let fs = FaultyFs::over_real();
+        fs.inject(
+            FaultRule::new(FileOp::Write, Fault::ShortWrite { bytes: 20 })
+                .on(".wal")
+                .times(1),
+        );
+        assert!(
+            Wal::open_in(Arc::new(fs), &path, WalOptions::default()).is_err(),
+            "the repair did not stop"
+        );
+        let wal = Wal::open(&path, WalOptions::default()).expect("the log opens");
+        assert_eq!(wal.last_index(), 5);
+    }
 }

@@ -273,14 +273,25 @@ pub(crate) fn sync_dir(fs: &dyn Vfs, dir: &Path) -> Result<(), StorageError> {
         .map_err(|e| StorageError::io("fsync directory", dir, e))
 }
 
-/// Creates `dir` (and its parents) if missing, making the new entry durable.
+/// Creates `dir` and its missing parents, outermost first, making each new
+/// entry durable in its parent before going on (a relative path's
+/// outermost parent is the working directory): a directory whose files
+/// were synced never vanishes at a power cut because its own entry, or an
+/// ancestor's, was not.
 pub(crate) fn create_dir_durable(fs: &dyn Vfs, dir: &Path) -> Result<(), StorageError> {
-    if fs.is_dir(dir) {
-        return Ok(());
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !fs.is_dir(d)) {
+        missing.push(d);
+        at = d.parent();
     }
-    fs.create_dir_all(dir)
-        .map_err(|e| StorageError::io("create directory", dir, e))?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+    for d in missing.into_iter().rev() {
+        fs.create_dir_all(d)
+            .map_err(|e| StorageError::io("create directory", d, e))?;
+        let parent = d
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
         sync_dir(fs, parent)?;
     }
     Ok(())

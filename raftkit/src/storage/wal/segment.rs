@@ -318,10 +318,24 @@ impl Segment {
         );
         // Zeroed, not cut: the file keeps its preallocated size (see
         // "Preallocation"), and zeros are what the end of the content is.
+        // What follows the frame header first, synced, and the header last:
+        // a crash in the middle of the repair then leaves a torn tail again
+        // (a whole header over a partly zeroed rest, or a partly zeroed
+        // header over zeros), never a zeroed header over the frame's old
+        // bytes, which no open would take for a torn tail.
+        let body = (pos + FRAME_HEADER_LEN as u64).min(end);
+        self.zero(body, end)?;
+        self.zero(pos, body)?;
+        self.len = pos;
+        Ok(())
+    }
+
+    /// Writes zeros over `[from, to)` and syncs them.
+    fn zero(&mut self, from: u64, to: u64) -> Result<(), StorageError> {
         let zeros = vec![0u8; 64 * 1024];
-        let mut at = pos;
-        while at < end {
-            let n = ((end - at) as usize).min(zeros.len());
+        let mut at = from;
+        while at < to {
+            let n = ((to - at) as usize).min(zeros.len());
             self.file
                 .write_all_at(&zeros[..n], at)
                 .map_err(|e| StorageError::io("zero torn tail of", &self.path, e))?;
@@ -329,9 +343,7 @@ impl Segment {
         }
         self.file
             .sync_all()
-            .map_err(|e| StorageError::io("fsync segment", &self.path, e))?;
-        self.len = pos;
-        Ok(())
+            .map_err(|e| StorageError::io("fsync segment", &self.path, e))
     }
 
     fn all_zero(&self, from: u64, to: u64) -> Result<bool, StorageError> {
