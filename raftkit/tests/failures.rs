@@ -914,3 +914,79 @@ async fn a_waiting_configuration_change_is_answered_when_its_leader_steps_down()
         p.shutdown().await.unwrap();
     }
 }
+
+/// Found by review (stop 41): a leader's removal of itself and
+/// `add_learner` were answered `Ok` as soon as the change was appended,
+/// before it committed; had that leader then crashed or been cut off, the
+/// new leader would never have had the change, while the admin was told it
+/// was made. Both now answer once the configuration is committed: here
+/// every AppendEntries answer to the leader is dropped (nothing commits,
+/// heartbeats keep it leading), and neither returns `Ok` until the answers
+/// flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_answer_only_once_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new(11);
+    let (peers, _nodes) = start3(&net, dir.path(), 10_000).await;
+    let l = leader_of(&peers).await;
+    c(&peers[l]).add("k".into(), 1).await.unwrap();
+    let leader = peers[l].id();
+    let hold = Arc::new(AtomicBool::new(true));
+    let hold2 = hold.clone();
+    net.observe(Arc::new(move |_from, m: &Message, deliver| {
+        if m.to == leader
+            && matches!(m.body, Body::AppendEntriesResponse { .. })
+            && hold2.load(Ordering::SeqCst)
+        {
+            return false;
+        }
+        deliver
+    }));
+    let p = peers[l].clone();
+    let mut learner = tokio::spawn(async move { p.add_learner("n9:1").await });
+    let early = tokio::time::timeout(TICK * 30, &mut learner).await;
+    assert!(
+        early.is_err(),
+        "add_learner answered before its change committed: {early:?}"
+    );
+    assert_eq!(peers[l].status().role, Role::Leader, "the test's premise");
+    hold.store(false, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(10), learner)
+        .await
+        .expect("answered once the change commits")
+        .expect("task")
+        .expect("the learner is added");
+
+    // The leader removes itself, with the answers held again.
+    hold.store(true, Ordering::SeqCst);
+    let p = peers[l].clone();
+    let addr = ADDRS[l];
+    let mut removal = tokio::spawn(async move { p.remove_server(addr).await });
+    let early = tokio::time::timeout(TICK * 30, &mut removal).await;
+    assert!(
+        early.is_err(),
+        "the leader's removal of itself answered before it committed: {early:?}"
+    );
+    hold.store(false, Ordering::SeqCst);
+    let r = tokio::time::timeout(Duration::from_secs(10), removal)
+        .await
+        .expect("answered once the removal commits")
+        .expect("task");
+    // Ok, or Ambiguous when it stepped down before its own view showed
+    // the commit (the others tell, below): never Ok before the commit.
+    assert!(
+        matches!(r, Ok(()) | Err(Error::Ambiguous(_))),
+        "the removal ended {r:?}"
+    );
+    let others: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    wait_for("the others to commit the removal", 10, || {
+        others
+            .iter()
+            .all(|&i| !peers[i].status().members.iter().any(|m| m.id == leader))
+            .then_some(())
+    })
+    .await;
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}

@@ -490,10 +490,11 @@ async fn client_connections_are_dispatched_by_alpn() {
     assert_eq!(served.principal.name, "client");
     let served = served.conn;
     // The handed-over connection is live.
-    let mut out = conn.open_uni().await.expect("open");
+    // (A bidirectional stream: peers accept no unidirectional ones.)
+    let (mut out, _back) = within("open", conn.open_bi()).await.expect("open");
     out.write_all(b"hi").await.expect("write");
     out.finish().expect("finish");
-    let mut inp = within("client stream", served.accept_uni())
+    let (_reply, mut inp) = within("client stream", served.accept_bi())
         .await
         .expect("accept");
     let got = within("client bytes", inp.read_to_end(16))

@@ -57,7 +57,7 @@ impl<S: StateMachine> Peer<S> {
     }
 
     /// Adds the member at `addr` as a learner: it receives the log but does
-    /// not vote.
+    /// not vote. Returns once the new configuration is committed.
     pub async fn add_learner(&self, addr: &str) -> Result<(), Error> {
         let id = Self::member_id(addr);
         let mut conf = self.current_config()?;
@@ -66,7 +66,8 @@ impl<S: StateMachine> Peer<S> {
         }
         conf.learners.insert(id);
         conf.addrs.insert(id, addr.to_string());
-        self.change_config(conf).await.map(|_| ())
+        self.change_config(conf).await?;
+        self.wait_config(|c| c.contains(id)).await.map_err(proposed)
     }
 
     /// Adds the member at `addr`: as a learner, then, once caught up, as a
@@ -111,11 +112,40 @@ impl<S: StateMachine> Peer<S> {
         conf.learners.remove(&id);
         conf.addrs.remove(&id);
         self.change_config(conf).await?;
-        // A removed leader steps down: its own view then cannot confirm.
         if id == self.id() {
-            return Ok(());
+            // A removed leader steps down once the new configuration
+            // commits: its own status shows that commit, whoever leads.
+            return self.wait_removed_self().await.map_err(proposed);
         }
-        self.wait_config(|c| !c.contains(id)).await
+        self.wait_config(|c| !c.contains(id))
+            .await
+            .map_err(proposed)
+    }
+
+    /// Waits until this node's status shows a committed configuration
+    /// without it (its own removal, as leader, committed).
+    async fn wait_removed_self(&self) -> Result<(), Error> {
+        let id = self.id();
+        let deadline = Instant::now() + self.election_timeout() * 10;
+        loop {
+            let st = self.status();
+            if !st.joint && st.config_index <= st.commit && !st.members.iter().any(|m| m.id == id) {
+                return Ok(());
+            }
+            if st.role != Role::Leader {
+                // It stopped leading before its own view showed the removal
+                // committed (a new leader may have committed it, or not):
+                // the outcome is unknown here.
+                return Err(Error::Ambiguous(
+                    "this leader stopped leading before it saw its own removal commit; the other members' configuration says whether it did".into(),
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout);
+            }
+            let mut w = self.watch();
+            let _ = tokio::time::timeout(Duration::from_millis(50), w.changed()).await;
+        }
     }
 
     /// Moves leadership to the member at `addr` and waits until it leads.
@@ -174,6 +204,8 @@ impl<S: StateMachine> Peer<S> {
         )))
     }
 
+    /// Waits until the leader's committed configuration satisfies `done`
+    /// (nothing in flight).
     async fn wait_config(&self, done: impl Fn(&Configuration) -> bool) -> Result<(), Error> {
         let deadline = Instant::now() + self.election_timeout() * 10;
         loop {
@@ -206,5 +238,17 @@ impl<S: StateMachine> Peer<S> {
     fn change_in_flight(&self) -> bool {
         let st = self.status();
         st.config_index > st.commit || st.joint
+    }
+}
+
+/// An error after a configuration change was proposed: the change may still
+/// commit, so nothing may say it was not made (a `NotLeader` from the
+/// status becomes `Ambiguous`).
+fn proposed(e: Error) -> Error {
+    match e {
+        Error::NotLeader { .. } => Error::Ambiguous(
+            "this node stopped leading before the configuration change it proposed committed; it may still commit".into(),
+        ),
+        e => e,
     }
 }

@@ -324,10 +324,20 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
             max,
         });
     }
-    let mut body = vec![0u8; len_usize];
-    read_exact(r, &mut body).await?;
-    Ok(body)
+    // Grown as the bytes arrive, not allocated at the length the prefix
+    // claims: a sender that claims a large frame and stalls holds only
+    // what it sent (QUIC flow control bounds that per stream).
+    let mut body = Vec::with_capacity(len_usize.min(BODY_START_BYTES));
+    let read = (&mut *r).take(u64::from(len)).read_to_end(&mut body).await;
+    match read {
+        Ok(n) if n == len_usize => Ok(body),
+        Ok(_) => Err(FrameError::Closed),
+        Err(e) => Err(FrameError::Io(e)),
+    }
 }
+
+/// The memory a frame body starts with before its bytes arrive.
+const BODY_START_BYTES: usize = 64 * 1024;
 
 async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), FrameError> {
     match r.read_exact(buf).await {

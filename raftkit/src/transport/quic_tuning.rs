@@ -68,6 +68,10 @@ pub(crate) fn transport_config(
     acks.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD));
     acks.max_ack_delay(Some(MAX_ACK_DELAY));
     t.ack_frequency_config(Some(acks));
+    // Nothing here opens a unidirectional stream: a peer may open none
+    // (quinn's default of 100 would let any peer park a stream window of
+    // data on each, never read).
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
     Arc::new(t)
 }
 
@@ -107,7 +111,7 @@ mod tests {
                 .expect("incoming")
                 .await
                 .expect("handshake");
-            let mut recv = conn.accept_uni().await.expect("stream");
+            let (_send, mut recv) = conn.accept_bi().await.expect("stream");
             let data = recv.read_to_end(CHUNK * CHUNKS).await.expect("read");
             (conn.stats(), data.len())
         });
@@ -115,7 +119,7 @@ mod tests {
             .await
             .expect("connects in time")
             .expect("connects");
-        let mut send = conn.open_uni().await.expect("open");
+        let (mut send, _recv) = conn.open_bi().await.expect("open");
         for _ in 0..CHUNKS {
             send.write_all(&[7u8; CHUNK]).await.expect("write");
         }
