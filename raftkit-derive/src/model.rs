@@ -300,6 +300,8 @@ const RESERVED: &[&str] = &[
     "connect_with",
     "write_once",
     "close",
+    "with",
+    "last_staleness",
     "watch",
     "watch_from_now",
     "clone",
@@ -484,6 +486,8 @@ fn check_nested(ty: &Type, what: &str, errors: &mut Errors) {
     };
     match ty {
         Type::Reference(r) => borrowed(errors, r, "a reference"),
+        // Nested (`Vec<impl Into<String>>`): the same error as at the top.
+        Type::ImplTrait(_) => check_type(ty, what, errors),
         Type::Paren(p) => check_nested(&p.elem, what, errors),
         Type::Group(g) => check_nested(&g.elem, what, errors),
         Type::Tuple(t) => t.elems.iter().for_each(|e| check_nested(e, what, errors)),
@@ -855,6 +859,16 @@ fn parse_method(
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+        );
+    }
+    if name == "peer" {
+        fail(
+            errors,
+            &sig.ident,
+            "a handler cannot be named `peer`: the state machine's `peer()` (`PeerExt::peer`) builds \
+             the peer that runs it, and an inherent method of that name would shadow it \
+             (`Self::peer()` would call the handler); rename the handler"
+                .to_string(),
         );
     }
 

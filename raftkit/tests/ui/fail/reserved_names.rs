@@ -19,6 +19,23 @@ impl Kv {
     fn into(&self) -> u64 {
         self.n
     }
+
+    // The generated client's consistency and staleness methods.
+    #[read]
+    fn with(&self, k: u64) -> u64 {
+        self.n + k
+    }
+
+    #[read]
+    fn last_staleness(&self) -> u64 {
+        self.n
+    }
+
+    // `Kv::peer()` builds the peer.
+    #[read]
+    fn peer(&self, id: u64) -> u64 {
+        id
+    }
 }
 
 fn main() {}
