@@ -433,3 +433,48 @@ async fn only_an_admin_certificate_changes_membership() {
         p.shutdown().await.unwrap();
     }
 }
+
+/// Found by review (stop 41): `join` ran only on a node's first start (an
+/// empty store). A joiner added as a learner that stopped before its
+/// promotion came back with a store, never asked again, and stayed a
+/// learner for good. A restart with `join` resumes the join while the
+/// node's own configuration lists it as a learner (and only then: a node
+/// that was removed does not add itself back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_restarted_as_a_learner_is_promoted() {
+    let w = World::new();
+    let addrs = free_addrs(2);
+    let a = w.peer(&addrs[0], true, &[]).await;
+    voters_become(&[&a], 1).await;
+    // The second node starts without joining; the admin adds it as a
+    // learner only (as a join cut short after its first step would).
+    let b = w.peer(&addrs[1], false, &[]).await;
+    let client = w.client(&addrs[..1]).await;
+    client
+        .admin(ClientRequest::AddLearner {
+            addr: addrs[1].clone(),
+        })
+        .await
+        .expect("learner added");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !b
+        .status()
+        .members
+        .iter()
+        .any(|m| m.id == b.id() && !m.voter)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the learner never heard of its configuration"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.shutdown().await.expect("shutdown");
+    drop(b);
+    // Back with `join`, from its store.
+    let b = w.peer(&addrs[1], false, &addrs[..1]).await;
+    voters_become(&[&a, &b], 2).await;
+    for p in [a, b] {
+        p.shutdown().await.expect("shutdown");
+    }
+}

@@ -900,16 +900,16 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             clients_rx,
             crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
         ));
-        if let (true, Some(seeds)) = (fresh, self.join) {
+        if let Some(seeds) = self.join {
             let identity = join_identity.ok_or_else(|| {
                 Error::Transport("joining a cluster needs the QUIC transport".into())
             })?;
-            tokio::spawn(join_cluster(
-                peer.clone(),
-                seeds,
-                identity,
-                meta.advertise.clone(),
-            ));
+            let advertise = meta.advertise.clone();
+            if fresh {
+                tokio::spawn(join_cluster(peer.clone(), seeds, identity, advertise));
+            } else {
+                tokio::spawn(resume_join(peer.clone(), seeds, identity, advertise));
+            }
         }
         Ok(peer)
     }
@@ -919,6 +919,35 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 /// peer stops. The request is made with the peer's own node certificate,
 /// which the client service allows to add its own node only (see
 /// [`super::authorization`]).
+/// On a restart with `join`: resumes a join that stopped between its steps
+/// (the node was added as a learner and not yet promoted), and only then:
+/// a voter has nothing to ask, and a node that was removed since does not
+/// add itself back. Decided on the configuration the node restored, once
+/// its status shows it.
+async fn resume_join<S: StateMachine>(
+    peer: Peer<S>,
+    seeds: Vec<String>,
+    identity: Identity,
+    advertise: String,
+) {
+    let learner = {
+        let mut w = peer.watch();
+        let shown = tokio::time::timeout(
+            Duration::from_secs(10),
+            w.wait_for(|s| !s.members.is_empty()),
+        )
+        .await;
+        match shown {
+            Ok(Ok(s)) => s.members.iter().any(|m| m.id == s.id && !m.voter),
+            _ => false,
+        }
+    };
+    if learner {
+        info!(name = %peer.name(), "restarted as a learner of the cluster it was joining; resuming the join");
+        join_cluster(peer, seeds, identity, advertise).await;
+    }
+}
+
 async fn join_cluster<S: StateMachine>(
     peer: Peer<S>,
     seeds: Vec<String>,
