@@ -126,26 +126,21 @@ impl<S: StateMachine> Peer<S> {
     /// without it (its own removal, as leader, committed).
     async fn wait_removed_self(&self) -> Result<(), Error> {
         let id = self.id();
-        let deadline = Instant::now() + self.election_timeout() * 10;
-        loop {
+        self.until(Error::Timeout, || {
             let st = self.status();
             if !st.joint && st.config_index <= st.commit && !st.members.iter().any(|m| m.id == id) {
-                return Ok(());
+                return Some(Ok(()));
             }
-            if st.role != Role::Leader {
-                // It stopped leading before its own view showed the removal
-                // committed (a new leader may have committed it, or not):
-                // the outcome is unknown here.
-                return Err(Error::Ambiguous(
+            // It stopped leading before its own view showed the removal
+            // committed (a new leader may have committed it, or not): the
+            // outcome is unknown here.
+            (st.role != Role::Leader).then(|| {
+                Err(Error::Ambiguous(
                     "this leader stopped leading before it saw its own removal commit; the other members' configuration says whether it did".into(),
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Timeout);
-            }
-            let mut w = self.watch();
-            let _ = tokio::time::timeout(Duration::from_millis(50), w.changed()).await;
-        }
+                ))
+            })
+        })
+        .await
     }
 
     /// Moves leadership to the member at `addr` and waits until it leads.
@@ -207,32 +202,37 @@ impl<S: StateMachine> Peer<S> {
     /// Waits until the leader's committed configuration satisfies `done`
     /// (nothing in flight).
     async fn wait_config(&self, done: impl Fn(&Configuration) -> bool) -> Result<(), Error> {
-        let deadline = Instant::now() + self.election_timeout() * 10;
-        loop {
-            let conf = self.current_config()?;
-            if done(&conf) && !self.change_in_flight() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Timeout);
-            }
-            let mut w = self.watch();
-            let _ = tokio::time::timeout(Duration::from_millis(50), w.changed()).await;
-        }
+        self.until(Error::Timeout, || match self.current_config() {
+            Err(e) => Some(Err(e)),
+            Ok(conf) => (done(&conf) && !self.change_in_flight()).then_some(Ok(())),
+        })
+        .await
     }
 
     async fn wait_no_change_in_flight(&self) -> Result<(), Error> {
+        let late = Error::Rejected("a configuration change is still in flight".into());
+        self.until(late, || (!self.change_in_flight()).then_some(Ok(())))
+            .await
+    }
+
+    /// Runs `step` now and after every status change (at least every 50
+    /// ms) until it answers; `late` once ten election timeouts passed.
+    async fn until(
+        &self,
+        late: Error,
+        mut step: impl FnMut() -> Option<Result<(), Error>>,
+    ) -> Result<(), Error> {
         let deadline = Instant::now() + self.election_timeout() * 10;
-        while self.change_in_flight() {
+        loop {
+            if let Some(answer) = step() {
+                return answer;
+            }
             if Instant::now() > deadline {
-                return Err(Error::Rejected(
-                    "a configuration change is still in flight".into(),
-                ));
+                return Err(late);
             }
             let mut w = self.watch();
             let _ = tokio::time::timeout(Duration::from_millis(50), w.changed()).await;
         }
-        Ok(())
     }
 
     fn change_in_flight(&self) -> bool {
