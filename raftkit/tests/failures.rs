@@ -990,3 +990,107 @@ async fn membership_changes_answer_only_once_committed() {
         p.shutdown().await.unwrap();
     }
 }
+
+/// Found by review (stop 41): a leader that removes itself steps down once
+/// the removal commits, and no leader replicates to it after that (thesis
+/// §4.2.2); a write proposed on it after the removal, whose entry had not
+/// committed when it stepped down, waited for ever. It is now answered
+/// `Ambiguous` (the others may still commit it).
+///
+/// The schedule: the new configuration's acknowledgement from one follower
+/// (`f2`) is held back until the write is appended after it, and the write
+/// never reaches the other (`f1`); once `f2` answers again it acknowledges
+/// both, `f1` only the configuration, so the configuration commits and the
+/// write does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_leader_that_removed_itself_is_answered() {
+    use raftkit::core::Payload;
+
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new(12);
+    let (peers, _nodes) = start3(&net, dir.path(), 10_000).await;
+    let l = leader_of(&peers).await;
+    c(&peers[l]).add("k".into(), 1).await.unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let (leader, f1, f2) = (peers[l].id(), peers[others[0]].id(), peers[others[1]].id());
+    // The index of the configuration without the leader, once sent.
+    let cnew = Arc::new(AtomicU64::new(0));
+    let hold_f2 = Arc::new(AtomicBool::new(false));
+    let write_sent = Arc::new(AtomicBool::new(false));
+    let (cnew2, hold2, sent2) = (cnew.clone(), hold_f2.clone(), write_sent.clone());
+    net.observe(Arc::new(move |from, m: &Message, deliver| {
+        if from == leader
+            && let Body::AppendEntries { entries, .. } = &m.body
+        {
+            for e in entries {
+                if let Payload::Config(conf) = &e.payload
+                    && !conf.is_joint()
+                    && !conf.contains(leader)
+                    && cnew2
+                        .compare_exchange(0, e.index, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                {
+                    hold2.store(true, Ordering::SeqCst);
+                }
+            }
+            let known = cnew2.load(Ordering::SeqCst);
+            let after = known > 0
+                && entries
+                    .iter()
+                    .any(|e| e.index > known && matches!(e.payload, Payload::Command(_)));
+            if after && m.to == f1 {
+                return false;
+            }
+            if after && m.to == f2 {
+                sent2.store(true, Ordering::SeqCst);
+            }
+        }
+        if from == f2
+            && m.to == leader
+            && matches!(m.body, Body::AppendEntriesResponse { .. })
+            && hold2.load(Ordering::SeqCst)
+        {
+            return false;
+        }
+        deliver
+    }));
+    let p = peers[l].clone();
+    let addr = ADDRS[l];
+    let removal = tokio::spawn(async move { p.remove_server(addr).await });
+    wait_for(
+        "the configuration without the leader to be sent",
+        10,
+        || (cnew.load(Ordering::SeqCst) > 0).then_some(()),
+    )
+    .await;
+    let p = peers[l].clone();
+    let write = tokio::spawn(async move { c(&p).add("w".into(), 1).await });
+    wait_for("the write to be sent to f2", 10, || {
+        write_sent.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    hold_f2.store(false, Ordering::SeqCst);
+    let r = tokio::time::timeout(Duration::from_secs(10), removal)
+        .await
+        .expect("the removal is answered")
+        .expect("task");
+    assert!(
+        matches!(r, Ok(()) | Err(Error::Ambiguous(_))),
+        "the removal ended {r:?}"
+    );
+    let w = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the write on the removed leader is answered, not left waiting")
+        .expect("task");
+    match w {
+        Err(e) => assert_eq!(
+            e.applied(),
+            raftkit::error::Applied::Maybe,
+            "its entry may yet commit under a new leader: {e:?}"
+        ),
+        Ok(v) => panic!("the write cannot have committed at the old leader, yet it answered {v}"),
+    }
+    for p in &peers {
+        p.shutdown().await.unwrap();
+    }
+}

@@ -30,6 +30,11 @@
 //!   apply the write, so it is never reported as failed);
 //! - after [`ApplyMsg::Fail`] (the node's storage failed) every waiting and
 //!   later caller is answered with that error; every caller is answered;
+//! - after [`ApplyMsg::Orphaned`] (the node left the configuration and does
+//!   not lead) the callers waiting above the node's commit index are
+//!   answered [`Error::Ambiguous`]: no leader replicates to a non-member
+//!   (thesis §4.2.2), so their entries' fate never reaches this node; the
+//!   thread goes on applying what was committed;
 //! - client writes go through the session table (`session.rs`): sessions
 //!   are opened and closed by their own log entries, a write under a
 //!   session the table does not know is refused with
@@ -198,6 +203,15 @@ pub enum ApplyMsg {
         /// Memory to serialize into: a snapshot's the node let go (see
         /// [`super::persist::SnapshotSaver::take_snapshot_room`]), or empty.
         room: Vec<u8>,
+    },
+    /// The node left the cluster's configuration and does not lead: no
+    /// entry past `above` (its commit index) will reach it, so the
+    /// proposals waiting above it are answered `Ambiguous` (a later leader
+    /// may commit them, or not). The thread goes on applying.
+    Orphaned {
+        /// The node's commit index: the proposals at or below it are
+        /// answered when their entries apply, as usual.
+        above: Index,
     },
     /// The node stopped serving (its storage failed): answer every waiting
     /// and later caller with this error.
@@ -465,6 +479,18 @@ pub async fn run<S: StateMachine>(
                 let taken = a.take_snapshot(room);
                 let _ = snapshots.send(taken);
                 a.publish(true);
+            }
+            ApplyMsg::Orphaned { above } => {
+                for (index, (_, reply)) in a.waiting.take_after(above) {
+                    debug!(
+                        index,
+                        above,
+                        "proposal answered Ambiguous: this node left the configuration before its entry committed here"
+                    );
+                    reply.send(Err(Error::Ambiguous(
+                        "this node left the cluster's configuration before the entry committed here; a later leader may have committed it".into(),
+                    )));
+                }
             }
             ApplyMsg::Fail(e) => {
                 a.journal.stop(&mut a.events, e.clone());

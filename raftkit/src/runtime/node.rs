@@ -29,7 +29,9 @@
 //!   apply thread: past that the core keeps them (it holds them anyway)
 //!   until the state machine catches up;
 //! - every proposal and read gets an answer: a result, `NotLeader` with the
-//!   leader's address when known, or the error that stopped the node;
+//!   leader's address when known, or the error that stopped the node; a
+//!   proposal whose entry's fate cannot reach this node any more (it left
+//!   the configuration) is answered `Ambiguous` ([`NodeTask::answer_orphans`]);
 //! - the status watch's scalar fields (indexes, counters, role, term,
 //!   leader, errors) are current after every batch of inputs, as before
 //!   entries are handed to the apply thread: a caller answered for entry
@@ -257,6 +259,9 @@ struct State {
     /// The stamp this round's proposals share, with its term (see
     /// [`NodeTask::stamp`]); cleared at the start of every round.
     round_stamp: Option<(crate::core::Term, u64)>,
+    /// The apply thread was told that this node left the configuration
+    /// ([`NodeTask::answer_orphans`]); cleared when it is a member again.
+    orphaned: bool,
 }
 
 /// The longest the status watch lags behind the node by default (see the
@@ -333,6 +338,7 @@ impl NodeTask {
             snapshot_sends: Default::default(),
             arena: Default::default(),
             round_stamp: None,
+            orphaned: false,
         };
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -906,6 +912,7 @@ impl NodeTask {
             let _ = self.apply_tx.send(ApplyMsg::TakeSnapshot { room });
         }
         self.update_peers(st);
+        self.answer_orphans(st);
         let leader = self.raft.leader();
         if leader.is_some() && leader != st.last_leader {
             st.leader_changes += 1;
@@ -914,6 +921,31 @@ impl NodeTask {
             st.leader_contact = None;
         }
         st.last_leader = leader;
+    }
+
+    /// A node whose configuration (the latest in its log, thesis §4.1) leaves
+    /// it out, and that does not lead, hears of no entry again: no leader
+    /// replicates to a non-member (thesis §4.2.2). Typically a leader that
+    /// removed itself, stepping down once that commits with writes proposed
+    /// after the removal still uncommitted. Those proposals' outcome can no
+    /// longer reach it, so their callers are answered `Ambiguous` now
+    /// ([`ApplyMsg::Orphaned`]) instead of waiting for ever; those at or
+    /// below the commit index are answered as their entries apply. Sent
+    /// once per departure.
+    fn answer_orphans(&self, st: &mut State) {
+        let id = self.raft.id();
+        if self.raft.role() == Role::Leader || self.raft.config().contains(id) {
+            st.orphaned = false;
+            return;
+        }
+        if st.orphaned {
+            return;
+        }
+        st.orphaned = true;
+        self.flush_registers(st);
+        let _ = self.apply_tx.send(ApplyMsg::Orphaned {
+            above: self.raft.log().committed(),
+        });
     }
 
     /// Hands the proposals registered since the last call to the apply

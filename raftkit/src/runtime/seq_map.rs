@@ -87,6 +87,12 @@ impl<T> SeqMap<T> {
         self.queue.drain(..n).collect()
     }
 
+    /// Takes every waiter above `index`, in index order.
+    pub(crate) fn take_after(&mut self, index: Index) -> Vec<(Index, T)> {
+        let n = self.queue.partition_point(|&(i, _)| i <= index);
+        self.queue.drain(n..).collect()
+    }
+
     /// Takes every waiter, in index order.
     pub(crate) fn take_all(&mut self) -> VecDeque<(Index, T)> {
         std::mem::take(&mut self.queue)
@@ -177,6 +183,20 @@ mod tests {
         assert_eq!(w.take_through(4), vec![(1, 1), (2, 20), (3, 3), (4, 40)]);
         assert_eq!(w.take_all().into_iter().collect::<Vec<_>>(), vec![(6, 6)]);
         assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn take_after_leaves_the_waiters_at_or_below_in_place() {
+        let mut w = SeqMap::default();
+        for i in [1, 3, 4, 7] {
+            w.insert(i, i * 10);
+        }
+        assert_eq!(w.take_after(3), vec![(4, 40), (7, 70)]);
+        assert_eq!(w.take_after(3), vec![], "nothing above any more");
+        assert_eq!(
+            w.take_all().into_iter().collect::<Vec<_>>(),
+            vec![(1, 10), (3, 30)]
+        );
     }
 
     /// Any sequence of operations does what the `BTreeMap` it replaces did.
