@@ -8,7 +8,11 @@
 //!   node that cannot win (partitioned, behind, removed) cannot raise the
 //!   cluster's term;
 //! - a leader that has not heard from a quorum within an election timeout
-//!   steps down, so a partitioned leader stops serving reads.
+//!   steps down, so a partitioned leader stops serving reads: it checks
+//!   every `election_ticks` ticks of its leadership, a clock nothing else
+//!   restarts while it leads (not a leadership transfer, which has its own:
+//!   see `transfer`), so one cut off from every peer steps down within two
+//!   election timeouts.
 
 use super::message::{Body, Message};
 use super::quorum::{self, VoteResult};
@@ -28,6 +32,11 @@ impl Raft {
 
     /// A leader's tick: heartbeats, CheckQuorum, and abandoning a
     /// leadership transfer that took too long.
+    ///
+    /// CheckQuorum (thesis §6.2) runs every election timeout of the
+    /// leadership on `election_elapsed`, which nothing but this check
+    /// restarts while the node leads; a transfer is timed on its own
+    /// `transfer_elapsed` (thesis §3.10).
     pub(super) fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
@@ -37,14 +46,22 @@ impl Raft {
                 self.become_follower(self.term, NO_NODE);
                 return;
             }
+        }
+        if self.transfer_target.is_some() {
             // Thesis §3.10: a transfer that does not finish within an
-            // election timeout is abandoned and the leader resumes; a halted
-            // leader steps down instead.
-            self.transfer_target = None;
-            if self.halted {
-                self.become_follower(self.term, NO_NODE);
-                return;
+            // election timeout is abandoned and the leader resumes.
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.cfg.election_ticks {
+                self.transfer_target = None;
+                self.transfer_elapsed = 0;
             }
+        }
+        if self.halted && self.transfer_target.is_none() {
+            // A halted leader leads only while it hands over (see
+            // `Raft::set_halted`): once its transfer is abandoned, it steps
+            // down.
+            self.become_follower(self.term, NO_NODE);
+            return;
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;

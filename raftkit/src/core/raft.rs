@@ -189,6 +189,10 @@ pub struct Raft {
     pub(super) known_leader_commit: Index,
     /// Leader only: the target of a leadership transfer in progress.
     pub(super) transfer_target: Option<NodeId>,
+    /// Leader only: ticks since the transfer in progress started. A clock
+    /// of its own: CheckQuorum's runs on `election_elapsed`, which a
+    /// transfer must not restart (thesis §3.10, §6.2; see `transfer`).
+    pub(super) transfer_elapsed: u32,
     /// Snapshot chunks being sent (leader) or received (follower).
     pub(super) snapshots: SnapshotTransfer,
     msgs: Vec<Message>,
@@ -245,6 +249,7 @@ impl Raft {
             lease: Lease::default(),
             known_leader_commit: 0,
             transfer_target: None,
+            transfer_elapsed: 0,
             snapshots: SnapshotTransfer::new(snapshot_data),
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
@@ -386,6 +391,7 @@ impl Raft {
         self.votes.clear();
         self.progress.clear();
         self.transfer_target = None;
+        self.transfer_elapsed = 0;
         self.snapshots.abort_sends();
         // A node that stops leading fails every read it was confirming; a
         // follower, every read it forwarded to its leader.

@@ -5,6 +5,17 @@
 //! PreVote, with a flag that lets voters grant the vote even though they
 //! still hear from the current leader. A transfer that does not complete
 //! within an election timeout is abandoned (see `election`).
+//!
+//! Invariants:
+//! - a transfer is timed on its own clock (`transfer_elapsed`), started when
+//!   the transfer starts; it never touches `election_elapsed`, the clock
+//!   CheckQuorum runs on (thesis §6.2), so transfers asked for more often
+//!   than every election timeout cannot keep a leader without a quorum in
+//!   office;
+//! - asking again for the transfer in progress (same target) does not
+//!   restart its clock: it is abandoned an election timeout after it was
+//!   first asked for, and the leader takes proposals again; a transfer to
+//!   another target is a new transfer, with a new election timeout.
 
 use super::message::Body;
 use super::raft::{Raft, Role};
@@ -22,8 +33,10 @@ pub enum TransferError {
 }
 
 impl Raft {
-    /// Starts transferring leadership to `to`. Transferring to itself is a
-    /// no-op.
+    /// Starts transferring leadership to `to` (thesis §3.10). Transferring
+    /// to itself is a no-op; asking again for the transfer in progress
+    /// sends the target what it needs again but does not extend the
+    /// transfer's election timeout.
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
         if self.role != Role::Leader {
             return Err(self.not_leader().into());
@@ -34,10 +47,12 @@ impl Raft {
         if !self.conf.is_voter(to) {
             return Err(TransferError::NotVoter(to));
         }
-        self.transfer_target = Some(to);
+        if self.transfer_target != Some(to) {
+            self.transfer_target = Some(to);
+            self.transfer_elapsed = 0;
+        }
         // The target's campaign is granted inside leases (§3.10).
         self.lease.revoke();
-        self.election_elapsed = 0;
         let caught_up = self
             .progress
             .get(&to)

@@ -203,3 +203,54 @@ fn timeout_now_waits_until_the_target_holds_the_whole_log() {
     assert_eq!(told, 1);
     assert_eq!(c.leaders(), [3]);
 }
+
+/// Thesis §6.2 (CheckQuorum) and §3.10: a transfer has its own clock. A
+/// leader cut off from every peer steps down within two election timeouts
+/// (the first check may still count what it heard before the cut), however
+/// often it is asked to transfer leadership meanwhile. Found by review,
+/// stop 41: starting a transfer restarted the election timer that
+/// CheckQuorum runs on, so a leader asked to transfer more often than every
+/// election timeout never checked its quorum and led on alone.
+#[test]
+fn repeated_transfers_do_not_keep_a_leader_without_quorum() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    let term = c.node(1).term();
+    c.isolate(1);
+    let mut stepped_down_after = None;
+    for tick in 1..=4 * T {
+        if tick % 3 == 1 && c.node(1).role() == Role::Leader {
+            // Alternate targets: each request is a new transfer.
+            let to = if tick % 2 == 0 { 2 } else { 3 };
+            c.node_mut(1).transfer_leadership(to).expect("leader");
+            c.deliver();
+        }
+        c.tick(1);
+        if c.node(1).role() != Role::Leader {
+            stepped_down_after = Some(tick);
+            break;
+        }
+    }
+    let after = stepped_down_after.expect("the leader without a quorum never stepped down");
+    assert!(after <= 2 * T, "stepped down after {after} ticks, bound 2T");
+    assert_eq!(c.node(1).role(), Role::Follower);
+    assert_eq!(c.node(1).term(), term);
+}
+
+/// Thesis §3.10: asking again for the transfer in progress does not extend
+/// it: it is abandoned one election timeout after it started, and the
+/// leader takes proposals again.
+#[test]
+fn asking_again_for_a_transfer_does_not_extend_it() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.isolate(3);
+    for _ in 0..T {
+        c.node_mut(1).transfer_leadership(3).expect("leader");
+        c.deliver();
+        c.tick(1);
+    }
+    assert_eq!(c.leaders(), [1], "the leader resumes");
+    let (index, _) = c.propose(1, b"x");
+    assert_eq!(c.node(1).log().committed(), index);
+}
