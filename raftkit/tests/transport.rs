@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftkit::core::{Body, Message, NodeId};
+use raftkit::core::{Body, MAX_ENTRIES_PER_APPEND, Message, NodeId};
 use raftkit::identity::node_id;
 use raftkit::tls::{CertRole, ClusterCa, Identity, PEER_ALPN, dev_cluster};
 use raftkit::transport::frame::{PROTOCOL_VERSION, PeerFrame, encode_frame, read_frame};
@@ -414,7 +414,38 @@ async fn garbage_and_oversized_frames_close_the_link_and_the_node_keeps_serving(
         &mut hello_then_garbage,
     )
     .expect("encode");
+    let hello = hello_then_garbage.clone();
     hello_then_garbage.extend_from_slice(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
+
+    // An AppendEntries claiming one entry more than the cap (and holding
+    // none): refused from its header, before any entry is decoded.
+    let mut too_many = Vec::new();
+    encode_frame(
+        &PeerFrame::Msg(Message {
+            from: raw_node.id,
+            to: a.id,
+            term: 1,
+            body: Body::AppendEntries {
+                prev_index: 0,
+                prev_term: 0,
+                entries: Vec::new(),
+                commit: 0,
+            },
+        }),
+        1 << 20,
+        &mut too_many,
+    )
+    .expect("encode");
+    too_many.truncate(too_many.len() - 2); // the count (0) and the commit (0)
+    let mut count = (MAX_ENTRIES_PER_APPEND + 1) as u64;
+    while count >= 0x80 {
+        too_many.push((count as u8) | 0x80);
+        count >>= 7;
+    }
+    too_many.push(count as u8);
+    let len = u32::try_from(too_many.len() - 4).expect("small");
+    too_many[..4].copy_from_slice(&len.to_be_bytes());
+    let hello_then_too_many = [hello, too_many].concat();
 
     let mut oversized = u32::MAX.to_be_bytes().to_vec();
     oversized.extend_from_slice(b"padding");
@@ -422,6 +453,7 @@ async fn garbage_and_oversized_frames_close_the_link_and_the_node_keeps_serving(
         ("garbage", vec![0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x99]),
         ("oversized length prefix", oversized),
         ("garbage after hello", hello_then_garbage),
+        ("too many entries after hello", hello_then_too_many),
     ];
     for (what, bytes) in cases {
         let cfg = quic_client_config(&raw, PEER_ALPN).expect("client config");
@@ -453,7 +485,11 @@ async fn garbage_and_oversized_frames_close_the_link_and_the_node_keeps_serving(
     b.t.send(msg(&b, &a, 5));
     assert_eq!(a.recv().await, msg(&b, &a, 5));
     assert!(a.rx.try_recv().is_err());
-    for reason in ["does not decode", "exceeds the cap"] {
+    for reason in [
+        "does not decode",
+        "exceeds the cap",
+        "AppendEntries of 65537 entries exceeds the cap of 65536 entries per message",
+    ] {
         assert!(
             logs.contains(tracing::Level::WARN, reason),
             "a warning says {reason:?}"

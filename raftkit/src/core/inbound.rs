@@ -32,11 +32,14 @@
 //!
 //! # What a message must look like
 //!
-//! - AppendEntries: entries at consecutive indexes starting right after
-//!   `prev_index` (no overflow), terms non-decreasing, none below
-//!   `prev_term` and none above the message's term; none conflicting with
-//!   an entry this node knows committed (Raft §5.4, Leader Completeness: a
-//!   correct leader never sends one).
+//! - AppendEntries: at most [`MAX_ENTRIES_PER_APPEND`] entries (a correct
+//!   leader's batches stop there; the transport refuses a frame claiming
+//!   more before decoding it, this check covers other transports); entries
+//!   at consecutive indexes starting right after `prev_index` (no
+//!   overflow), terms non-decreasing, none below `prev_term` and none above
+//!   the message's term; none conflicting with an entry this node knows
+//!   committed (Raft §5.4, Leader Completeness: a correct leader never
+//!   sends one).
 //! - No entry or snapshot index past [`MAX_INDEX`] (2^62), so that no index
 //!   arithmetic anywhere can overflow.
 //! - InstallSnapshot: the snapshot's term at most the message's, its index
@@ -50,7 +53,7 @@
 //!
 //! [`Config::max_snapshot_bytes`]: super::Config::max_snapshot_bytes
 
-use super::message::{Body, Message};
+use super::message::{Body, MAX_ENTRIES_PER_APPEND, Message};
 use super::raft::{Raft, Role};
 use super::types::{Entry, Index, NO_NODE, Term};
 
@@ -96,6 +99,9 @@ pub enum DropReason {
     /// A follower's read request while the leader holds the most
     /// followers' reads it takes.
     ReadQueueFull,
+    /// An AppendEntries carrying more than [`MAX_ENTRIES_PER_APPEND`]
+    /// entries.
+    TooManyEntries,
 }
 
 /// The largest log index accepted from a peer (2^62): no log gets near
@@ -105,7 +111,7 @@ pub const MAX_INDEX: Index = 1 << 62;
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Misaddressed,
         DropReason::VoteFromNonMember,
         DropReason::FromStranger,
@@ -123,6 +129,7 @@ impl DropReason {
         DropReason::IndexOutOfRange,
         DropReason::UnknownReadContext,
         DropReason::ReadQueueFull,
+        DropReason::TooManyEntries,
     ];
 
     /// A stable snake_case name (metrics label values).
@@ -145,6 +152,7 @@ impl DropReason {
             DropReason::IndexOutOfRange => "index_out_of_range",
             DropReason::UnknownReadContext => "unknown_read_context",
             DropReason::ReadQueueFull => "read_queue_full",
+            DropReason::TooManyEntries => "too_many_entries",
         }
     }
 
@@ -184,6 +192,9 @@ impl DropReason {
                 "a read index answer for no pending read, or not from this term's leader"
             }
             DropReason::ReadQueueFull => "a follower's read while the leader's read queue is full",
+            DropReason::TooManyEntries => {
+                "AppendEntries carrying more entries than one message may (MAX_ENTRIES_PER_APPEND)"
+            }
         }
     }
 
@@ -357,6 +368,9 @@ impl Raft {
         prev_term: Term,
         entries: &[Entry],
     ) -> Result<(), DropReason> {
+        if entries.len() > MAX_ENTRIES_PER_APPEND {
+            return Err(DropReason::TooManyEntries);
+        }
         let committed = self.log.committed();
         let mut expected = prev_index;
         let mut last_term = prev_term;

@@ -9,6 +9,26 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{Entry, Index, NodeId, SnapshotMeta, Term};
 
+/// The most entries one [`Body::AppendEntries`] carries: 2^16.
+///
+/// A leader's batch (Raft thesis §10.2.1) stops here even when
+/// `Config::max_batch_bytes` would admit more, and receivers refuse a
+/// message claiming more: the transport before it decodes a single entry
+/// (`FrameError::TooManyEntries`, the link is closed), the core when a
+/// message reaches it by another way (`DropReason::TooManyEntries`).
+///
+/// Why a count and not only bytes: a no-op entry is 3 bytes on the wire
+/// and about 120 in memory, so a 16 MiB frame of them decoded into
+/// millions of entries, hundreds of MB, from any holder of a node
+/// certificate. At the cap a frame decodes into at most 2^16 entries,
+/// about 8 MB, whatever its bytes. The cap does not bind real batches:
+/// the runtime limits a batch to 1 MiB (`max_batch_bytes`, at most a
+/// quarter of the frame cap), and an entry counts at least 24 bytes
+/// (`Entry::approx_size`), so a batch holds at most 43,690 entries; a
+/// peer of an earlier version therefore never sends more than the cap
+/// either.
+pub const MAX_ENTRIES_PER_APPEND: usize = 1 << 16;
+
 /// A message between two peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {

@@ -54,7 +54,7 @@ mod tests;
 pub use bytes::Bytes;
 pub use config::{Config, ConfigError};
 pub use inbound::{DropCounts, DropReason};
-pub use message::{Body, Message};
+pub use message::{Body, MAX_ENTRIES_PER_APPEND, Message};
 pub use raft::{NotLeader, ProposeError, Raft, Restored, Role, Status};
 pub use ready::{InstalledSnapshot, PersistMarker, ReadState, Ready};
 pub use snapshot::{CompactError, Released, SnapshotSend};

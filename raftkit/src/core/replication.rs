@@ -13,9 +13,14 @@
 //!   (§5.4.2); earlier entries commit with it;
 //! - the leader counts itself only for entries durable on its own disk;
 //! - a follower never truncates a committed entry, and a stale or duplicated
-//!   AppendEntries never truncates anything.
+//!   AppendEntries never truncates anything;
+//! - an AppendEntries carries at most `max_batch_bytes` of entries (at least
+//!   one) and at most [`MAX_ENTRIES_PER_APPEND`] entries: batching (thesis
+//!   §10.2.1) stops at whichever comes first. Receivers refuse a message of
+//!   more entries (the transport before decoding it, `inbound` after), so
+//!   a correct leader never sends one.
 
-use super::message::{Body, Message};
+use super::message::{Body, MAX_ENTRIES_PER_APPEND, Message};
 use super::progress::Mode;
 use super::quorum;
 use super::raft::{Raft, Role};
@@ -64,9 +69,12 @@ impl Raft {
             return false;
         }
         let prev_index = pr.next - 1;
+        // At most MAX_ENTRIES_PER_APPEND entries, whatever the bytes allow
+        // (receivers refuse more; see the module's invariants).
+        let hi = (last + 1).min(pr.next.saturating_add(MAX_ENTRIES_PER_APPEND as Index));
         let (Some(prev_term), Some(entries)) = (
             self.log.term(prev_index),
-            self.log.slice(pr.next, last + 1, max_bytes),
+            self.log.slice(pr.next, hi, max_bytes),
         ) else {
             // Raft §7: the follower needs entries we have compacted.
             self.send_snapshot(to);

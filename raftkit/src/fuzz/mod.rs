@@ -69,6 +69,8 @@ pub fn frames(data: &[u8]) {
                 vec![frame.clone()],
                 "a frame does not re-encode to itself"
             );
+            // (Under `CAP` no frame holds more entries than
+            // `MAX_ENTRIES_PER_APPEND`, which the transport refuses.)
             let body = buf.get(4..).unwrap_or_default();
             assert_eq!(
                 decode_peer_frame(body).ok(),

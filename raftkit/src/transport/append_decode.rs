@@ -24,15 +24,26 @@
 //! 2. **Bounded.** Network bytes: every read is checked ([`Cursor`]), the
 //!    entry vector's initial capacity is bounded by the bytes present, not
 //!    by the count the frame claims.
+//! 3. **Capped before decoding.** [`claimed_entries`] reads the entry count
+//!    an AppendEntries frame claims (a `Msg`, or a `Group` frame of a
+//!    multi-group node, which serde reads) from its header alone, a
+//!    handful of varints, with the same verdicts as serde;
+//!    [`decode_peer_frame`](super::frame::decode_peer_frame) refuses a
+//!    frame claiming more than [`MAX_ENTRIES_PER_APPEND`] before either
+//!    path decodes an entry (a 3-byte no-op is ~120 bytes decoded: ~40x
+//!    inflation without the cap). [`decode_append`] itself never builds
+//!    more than the cap: it declines such a frame.
 
 use bytes::Bytes;
 
 use super::frame::PeerFrame;
-use crate::core::{Body, Entry, Message, Payload};
+use crate::core::{Body, Entry, MAX_ENTRIES_PER_APPEND, Message, Payload};
 use crate::postcard_cursor::Cursor;
 
 /// `PeerFrame::Msg`'s tag (postcard: variant index).
 const MSG: u32 = 3;
+/// `PeerFrame::Group`'s tag.
+const GROUP: u32 = 4;
 /// `Body::AppendEntries`'s tag.
 const APPEND_ENTRIES: u32 = 2;
 /// `Payload`'s tags.
@@ -41,22 +52,70 @@ const COMMAND: u32 = 1;
 /// The fewest bytes an entry takes (term, index, payload tag).
 const MIN_ENTRY_BYTES: usize = 3;
 
-/// Reads an AppendEntries frame of commands and no-ops, or `None` (see the
-/// module doc).
-pub(super) fn decode_append(body: &[u8]) -> Option<PeerFrame> {
-    let mut c = Cursor::new(body);
-    if c.u32().ok()? != MSG {
-        return None;
-    }
+/// A [`Message`] of an AppendEntries as far as its entry count.
+struct Header {
+    from: u64,
+    to: u64,
+    term: u64,
+    prev_index: u64,
+    prev_term: u64,
+    count: u64,
+}
+
+/// Reads a [`Message`] up to its AppendEntries' entry count, or `None` for
+/// another message or bytes that do not read that far.
+fn header(c: &mut Cursor<'_>) -> Option<Header> {
     let from = c.u64().ok()?;
     let to = c.u64().ok()?;
     let term = c.u64().ok()?;
     if c.u32().ok()? != APPEND_ENTRIES {
         return None;
     }
-    let prev_index = c.u64().ok()?;
-    let prev_term = c.u64().ok()?;
-    let count = c.u64().ok()?;
+    Some(Header {
+        from,
+        to,
+        term,
+        prev_index: c.u64().ok()?,
+        prev_term: c.u64().ok()?,
+        count: c.u64().ok()?,
+    })
+}
+
+/// The number of entries a `Msg` or `Group` frame of an AppendEntries
+/// claims, read from its header alone (invariant 3); `None` for any other
+/// frame, or bytes that do not read as far as the count (serde refuses
+/// them the same way).
+pub(super) fn claimed_entries(body: &[u8]) -> Option<u64> {
+    let mut c = Cursor::new(body);
+    match c.u32().ok()? {
+        MSG => {}
+        GROUP => {
+            c.u64().ok()?;
+        }
+        _ => return None,
+    }
+    header(&mut c).map(|h| h.count)
+}
+
+/// Reads an AppendEntries frame of commands and no-ops, or `None` (see the
+/// module doc). A frame of more than [`MAX_ENTRIES_PER_APPEND`] entries is
+/// declined too (its caller refuses it first, see [`claimed_entries`]).
+pub(super) fn decode_append(body: &[u8]) -> Option<PeerFrame> {
+    let mut c = Cursor::new(body);
+    if c.u32().ok()? != MSG {
+        return None;
+    }
+    let Header {
+        from,
+        to,
+        term,
+        prev_index,
+        prev_term,
+        count,
+    } = header(&mut c)?;
+    if count > MAX_ENTRIES_PER_APPEND as u64 {
+        return None;
+    }
     // One copy of everything after the count (the entries and the commit
     // index, a few bytes): the commands are slices of it.
     let rest = c.rest();

@@ -19,7 +19,11 @@
 //! 2. Network data is never trusted: a short read, a length over the cap or
 //!    bytes that do not decode are typed errors ([`FrameError`]), never a
 //!    panic. The caller closes the stream; the node carries on.
-//! 3. Postcard encodes enum variants by index, so variants of [`PeerFrame`]
+//! 3. An AppendEntries frame (`Msg`, or `Group` of a multi-group node)
+//!    decodes into at most [`MAX_ENTRIES_PER_APPEND`] entries: one claiming
+//!    more is refused from its header ([`FrameError::TooManyEntries`])
+//!    before any entry is decoded.
+//! 4. Postcard encodes enum variants by index, so variants of [`PeerFrame`]
 //!    are only ever appended; [`PROTOCOL_VERSION`] changes when the meaning of
 //!    existing bytes changes.
 
@@ -29,7 +33,7 @@ use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::core::{Message, NodeId};
+use crate::core::{MAX_ENTRIES_PER_APPEND, Message, NodeId};
 
 /// The default cap on one frame's body: 16 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
@@ -152,6 +156,16 @@ pub enum FrameError {
     /// The stream ended (cleanly between frames, or in the middle of one).
     #[error("stream closed")]
     Closed,
+    /// An AppendEntries frame claims more entries than one message may
+    /// carry ([`MAX_ENTRIES_PER_APPEND`]); refused before any entry is
+    /// decoded. No correct peer sends one: the link is closed.
+    #[error("AppendEntries of {count} entries exceeds the cap of {max} entries per message")]
+    TooManyEntries {
+        /// The entry count the frame claims.
+        count: u64,
+        /// The cap.
+        max: usize,
+    },
     /// A well-formed frame of a kind this build does not know (a newer
     /// peer's): skipped, the link goes on (see [`decode_peer_frame`]).
     #[error("frame of unknown kind {0}")]
@@ -171,7 +185,23 @@ pub const PEER_FRAME_KINDS: u32 = 8;
 /// An AppendEntries of commands, the frame of every batch of writes, is
 /// read by hand (`append_decode`: same bytes, same verdict, one allocation
 /// for its commands instead of one each).
+///
+/// An AppendEntries (in a `Msg` or a `Group` frame) claiming more than
+/// [`MAX_ENTRIES_PER_APPEND`] entries is [`FrameError::TooManyEntries`],
+/// read from its header before any entry is decoded: no correct peer of
+/// any version sends one, and decoded it would take ~40x its bytes. The
+/// caller closes the link, as for any frame that does not decode.
 pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, FrameError> {
+    // Before either path decodes an entry: no correct peer sends more
+    // (see `MAX_ENTRIES_PER_APPEND`).
+    if let Some(count) = super::append_decode::claimed_entries(body)
+        && count > MAX_ENTRIES_PER_APPEND as u64
+    {
+        return Err(FrameError::TooManyEntries {
+            count,
+            max: MAX_ENTRIES_PER_APPEND,
+        });
+    }
     if let Some(frame) = super::append_decode::decode_append(body) {
         return Ok(frame);
     }
@@ -470,6 +500,94 @@ mod tests {
             read_all(&buf, cap - 1).await[0],
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    /// An AppendEntries of `count` entries (no-ops, a configuration
+    /// first when `config`), as a `Msg` frame or in a `Group` frame.
+    fn append_of(count: usize, config: bool, group: Option<u64>) -> PeerFrame {
+        let entries = (0..count as u64)
+            .map(|k| crate::core::Entry {
+                term: 1,
+                index: 1 + k,
+                payload: if config && k == 0 {
+                    crate::core::Payload::Config(crate::core::Configuration::new([1, 2, 3]))
+                } else {
+                    crate::core::Payload::Noop
+                },
+            })
+            .collect();
+        let msg = Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: Body::AppendEntries {
+                prev_index: 0,
+                prev_term: 0,
+                entries,
+                commit: 0,
+            },
+        };
+        match group {
+            Some(group) => PeerFrame::Group { group, msg },
+            None => PeerFrame::Msg(msg),
+        }
+    }
+
+    /// Found by review, stop 41: an AppendEntries frame of minimal no-op
+    /// entries (3 bytes each) decoded into ~40x its bytes. A frame claiming
+    /// more than `MAX_ENTRIES_PER_APPEND` entries is refused before any
+    /// entry is decoded, on the hand-read path (no-ops and commands), the
+    /// serde path (a configuration entry among them) and in a group's
+    /// frame; one at the cap decodes.
+    #[test]
+    fn an_append_over_the_entry_cap_is_refused_before_decoding() {
+        use crate::core::MAX_ENTRIES_PER_APPEND as CAP;
+        // The bound the cap's docs state: the entries of one frame take
+        // at most about 8 MB decoded.
+        assert!(std::mem::size_of::<crate::core::Entry>() * CAP <= 8 << 20);
+        let over = (CAP + 1) as u64;
+        for (config, group) in [
+            (false, None),
+            (true, None),
+            (false, Some(7)),
+            (true, Some(7)),
+        ] {
+            let case = format!("config {config}, group {group:?}");
+            let body = postcard::to_allocvec(&append_of(CAP + 1, config, group)).expect("encodes");
+            match decode_peer_frame(&body) {
+                Err(FrameError::TooManyEntries { count, max }) => {
+                    assert_eq!((count, max), (over, CAP), "{case}");
+                }
+                Err(e) => panic!("{case}: {e}"),
+                Ok(_) => panic!("{case}: a frame of {over} entries decoded"),
+            }
+            let at = append_of(CAP, config, group);
+            let body = postcard::to_allocvec(&at).expect("encodes");
+            match decode_peer_frame(&body) {
+                Ok(frame) => assert!(frame == at, "{case}: the frame at the cap reads otherwise"),
+                Err(e) => panic!("{case}: a frame at the cap: {e}"),
+            }
+        }
+        // A count claimed with no entries behind it: refused for the count
+        // (not read as far as the missing bytes).
+        let mut body = postcard::to_allocvec(&append_of(0, false, None)).expect("encodes");
+        body.truncate(body.len() - 2); // the count (0) and the commit (0)
+        body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert!(matches!(
+            decode_peer_frame(&body),
+            Err(FrameError::TooManyEntries {
+                count: u64::MAX,
+                ..
+            })
+        ));
+        assert!(
+            FrameError::TooManyEntries {
+                count: over,
+                max: CAP
+            }
+            .to_string()
+            .contains("65537 entries exceeds the cap of 65536 entries per message")
+        );
     }
 
     #[test]

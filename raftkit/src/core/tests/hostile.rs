@@ -4,7 +4,9 @@
 //! per crash or violation found, written before its fix.
 
 use super::harness::*;
-use crate::core::{Body, Configuration, DropReason, Raft, SnapshotMeta, Term};
+use crate::core::{
+    Body, Configuration, DropReason, MAX_ENTRIES_PER_APPEND, Raft, SnapshotMeta, Term,
+};
 
 fn assert_sound(r: &Raft) {
     if let Err(e) = r.check_invariants() {
@@ -223,4 +225,29 @@ fn a_heartbeat_answer_for_a_round_not_started_is_dropped() {
         Ok(())
     );
     assert_sound(&l);
+}
+
+/// Found by review, stop 41: an AppendEntries of more entries than any
+/// correct leader puts in one message ([`MAX_ENTRIES_PER_APPEND`]; the
+/// transport refuses such a frame before decoding it, this is the core's
+/// own check for other transports) is dropped whole; one at the cap is
+/// taken.
+#[test]
+fn an_append_over_the_entry_cap_is_dropped() {
+    let mut r = node(1, &[1, 2, 3], 2, &[1, 2]);
+    let over: Vec<_> = (0..=MAX_ENTRIES_PER_APPEND as u64)
+        .map(|k| entry(3 + k, 2))
+        .collect();
+    let out = step(&mut r, append(2, 1, 2, (2, 2), over, 0));
+    assert!(out.of_kind("AppendEntriesResponse").is_empty());
+    assert_eq!(r.dropped().get(DropReason::TooManyEntries), 1);
+    assert_eq!(r.log().last_index(), 2);
+    assert_sound(&r);
+    let at: Vec<_> = (0..MAX_ENTRIES_PER_APPEND as u64)
+        .map(|k| entry(3 + k, 2))
+        .collect();
+    step(&mut r, append(2, 1, 2, (2, 2), at, 0));
+    assert_eq!(r.log().last_index(), 2 + MAX_ENTRIES_PER_APPEND as u64);
+    assert_eq!(r.dropped().get(DropReason::TooManyEntries), 1);
+    assert_sound(&r);
 }

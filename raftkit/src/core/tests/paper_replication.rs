@@ -2,7 +2,9 @@
 //! pipelining and fast backtracking the core adds.
 
 use super::harness::*;
-use crate::core::{Body, Message, NotLeader, Payload, ProposeError, Raft, Role, Term};
+use crate::core::{
+    Body, MAX_ENTRIES_PER_APPEND, Message, NotLeader, Payload, ProposeError, Raft, Role, Term,
+};
 
 fn appends_to(msgs: &[Message], to: u64) -> Vec<Message> {
     msgs.iter()
@@ -505,6 +507,46 @@ fn pipelining_is_bounded_by_max_inflight() {
     assert_eq!(c.node(1).log().committed(), start + 10);
     for id in [2, 3] {
         assert_eq!(log_of(c.node(id)), log_of(c.node(1)), "node {id}");
+    }
+}
+
+/// Batching (thesis §10.2.1) stops at [`MAX_ENTRIES_PER_APPEND`] entries
+/// per AppendEntries, whatever `max_batch_bytes` admits: receivers refuse
+/// more (a frame of tiny entries decodes into ~40x its bytes). Found by
+/// review, stop 41: a leader with many tiny entries pending put them all in
+/// one AppendEntries.
+#[test]
+fn an_append_carries_at_most_the_entry_cap() {
+    let mut c = Cluster::with(&[1, 2, 3], |c| c.max_batch_bytes = 64 << 20);
+    c.elect(1);
+    c.deliver();
+    let start = c.node(1).log().last_index();
+    let n = MAX_ENTRIES_PER_APPEND + 5;
+    for _ in 0..n {
+        c.node_mut(1).propose(Vec::new()).expect("leader");
+    }
+    c.flush_all();
+    for to in [2, 3] {
+        let sent = appends_to(&c.queue.iter().cloned().collect::<Vec<_>>(), to);
+        let sizes: Vec<usize> = sent
+            .iter()
+            .map(|m| match &m.body {
+                Body::AppendEntries { entries, .. } => entries.len(),
+                _ => 0,
+            })
+            .collect();
+        assert!(
+            sizes.iter().all(|&k| k <= MAX_ENTRIES_PER_APPEND),
+            "to {to}: appends of {sizes:?} entries, cap {MAX_ENTRIES_PER_APPEND}"
+        );
+        assert_eq!(sizes.iter().sum::<usize>(), n, "to {to}: {sizes:?}");
+    }
+    c.deliver();
+    let last = c.node(1).log().last_index();
+    assert_eq!(last, start + n as u64);
+    assert_eq!(c.node(1).log().committed(), last);
+    for id in [2, 3] {
+        assert_eq!(c.node(id).log().last_index(), last, "node {id}");
     }
 }
 
