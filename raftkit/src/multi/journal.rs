@@ -11,7 +11,10 @@
 //! log: append (which replaces a conflicting suffix, Raft §5.3), truncate,
 //! compact behind a snapshot, new hard state; or a `Reset` that states a
 //! group's whole log from a boundary (the checkpoint, below); or the
-//! creation or removal of a group.
+//! creation or removal of a group. Each batch of a checkpoint opens with a
+//! `Checkpoint` marker (the journal index of the checkpoint's first batch,
+//! and whether this one is its last); journals written before markers
+//! existed hold none, and replay their records as they come.
 //!
 //! # Invariants
 //!
@@ -30,19 +33,36 @@
 //!    exactly the log and hard state it had at the end of the last durable
 //!    sync (the `Wal` recovers whole frames or nothing, and one sync is one
 //!    frame).
-//! 3. A `Reset` record is idempotent with respect to replay: it restates
-//!    the group's state at the moment it was written, so replaying the
-//!    records before it and then it gives the same state as replaying it
-//!    alone. The checkpoint writes a `Reset` (plus `Append` chunks) for
-//!    every group, syncs, and only then compacts the journal prefix before
-//!    it; a crash anywhere in between leaves a journal that replays to the
-//!    same state.
+//! 3. A checkpoint takes effect on replay whole or not at all. It states
+//!    the whole state (a `Tombstone` of every removed group, then a
+//!    `Reset` and `Append` chunks of every group) in as many batches as
+//!    its entries need (about `CHECKPOINT_CHUNK_BYTES` each: one sync is
+//!    one frame, and a frame is bounded), each opened by a marker, and
+//!    only after its last batch is durable compacts the journal before it.
+//!    Replay builds the checkpoint's state apart from the state replayed
+//!    so far, and replaces that state with it only at the checkpoint's
+//!    last batch; a checkpoint without its last batch (its writer stopped
+//!    after any of its syncs: a crash, a full disk, a failed fsync) is
+//!    ignored, whether the journal ends there or a later run wrote on
+//!    after it. So a crash anywhere in a checkpoint leaves a journal that
+//!    replays to the state before it, and writes after it replay on that
+//!    state. A failed checkpoint changes nothing in memory, and the
+//!    journal refuses every later write (invariant 4). Why markers, not
+//!    records applied as they come: a checkpoint's first batches alone
+//!    were a group's `Reset` with only the first chunk of its log, or (when
+//!    checkpoints restated tombstones as `Remove` and `Tombstone`) the
+//!    `Remove` of a group hosted again since, both a voter forgetting what
+//!    it acknowledged; and no choice of records makes every batch safe
+//!    alone, since a log longer than one batch takes several.
 //! 4. After a failed sync the journal refuses every later write
 //!    ([`StorageError::Failed`]); nothing is retried (DESIGN §4).
 //! 5. Group state is held in memory ([`MemLogStore`] per group): the
 //!    journal holds what the groups' logs hold, which their snapshots keep
 //!    short. Memory is the sum of the groups' live logs (see the module doc
-//!    of [`crate::multi`] for the limits this implies).
+//!    of [`crate::multi`] for the limits this implies); replay holds a
+//!    checkpoint's state beside the state before it (nothing, once the
+//!    journal is compacted behind the checkpoint; up to twice the live logs
+//!    while it reads a checkpoint that a crash left unfinished).
 //!
 //! A group's snapshots are not in the journal: each group has its own
 //! [`crate::storage::FileSnapshotStore`] directory; a snapshot received
@@ -65,8 +85,9 @@ use crate::runtime::persist::{Done, SharedSink, SharedSnapshots, Write};
 use crate::storage::vfs::SharedFs;
 use crate::storage::{LogStore, MemLogStore, StorageError, Wal, WalOptions};
 
-/// The most entry bytes one `Append` record of a checkpoint carries.
-const CHECKPOINT_CHUNK_BYTES: usize = 16 << 20;
+/// The most entry bytes one `Append` record of a checkpoint carries (64
+/// KiB in tests, so that they split logs into several batches cheaply).
+const CHECKPOINT_CHUNK_BYTES: usize = if cfg!(test) { 64 << 10 } else { 16 << 20 };
 /// The most bytes of writes one batch takes before it syncs.
 const MAX_BATCH_BYTES: usize = 64 << 20;
 /// How many times the commit thread yields the CPU, while its queue is
@@ -98,20 +119,39 @@ enum Rec {
     /// [`LogStore::save_hard_state`].
     HardState(HardState),
     /// The group's whole state: an empty log after `boundary` (index,
-    /// term) and this hard state; `Append` records of the same batch
-    /// follow with its entries.
+    /// term) and this hard state; `Append` records follow with its entries
+    /// (in the same batch, and for a long log in the checkpoint's next
+    /// ones).
     Reset {
         /// The compaction boundary.
         boundary: (Index, Term),
         /// The hard state.
         hard_state: HardState,
     },
-    /// The group is gone from this node, and its replica's removal is
+    /// The group was removed from this node, and its replica's removal is
     /// known committed at or below this index, in this term: the fence of
     /// any later replica of it here (see [`Journal::fence`]). Written after
-    /// `Remove` (older journals hold `Remove` alone: [`LEGACY_FENCE`]).
+    /// `Remove` by a removal (older journals hold `Remove` alone:
+    /// [`LEGACY_FENCE`]), and alone by a checkpoint, which restates
+    /// tombstones without removing a group hosted again since.
     Tombstone(Index, Term),
+    /// The first record of each batch of a checkpoint (its group is
+    /// [`CHECKPOINT_MARKER_GROUP`], unused): the checkpoint began at
+    /// journal batch `first`, and this batch is its `last` or not. Replay
+    /// applies a checkpoint only once it has read its last batch
+    /// (invariant 3). Variants are only ever added here, at the end: the
+    /// older ones keep their encoding, and older journals (whose
+    /// checkpoints carry no markers) replay as they did.
+    Checkpoint {
+        /// The journal index of the checkpoint's first batch.
+        first: Index,
+        /// Whether this batch ends the checkpoint.
+        last: bool,
+    },
 }
+
+/// The group of a [`Rec::Checkpoint`] marker (not a group's record).
+const CHECKPOINT_MARKER_GROUP: GroupId = 0;
 
 /// What one sync makes durable.
 #[derive(Debug, Serialize, Deserialize)]
@@ -234,8 +274,7 @@ impl Journal {
         threads: &crate::runtime::threads::Threads,
     ) -> Result<Journal, StorageError> {
         let wal = Wal::open_in(fs, dir, opts.wal.clone())?;
-        let mut groups: BTreeMap<GroupId, MemLogStore> = BTreeMap::new();
-        let mut removed = BTreeMap::new();
+        let mut replay = Replay::default();
         let (first, last) = (wal.first_index(), wal.last_index());
         let mut replayed_bytes = 0u64;
         let mut lo = first;
@@ -248,13 +287,17 @@ impl Journal {
                 replayed_bytes += bytes.len() as u64;
                 let batch: Batch = postcard::from_bytes(bytes)
                     .map_err(|e| corrupt(dir, entry.index, format!("does not decode: {e}")))?;
-                for (group, rec) in batch.recs {
-                    note_removal(&mut removed, group, &rec);
-                    apply(&mut groups, group, &rec)
-                        .map_err(|e| corrupt(dir, entry.index, format!("group {group}: {e}")))?;
-                }
+                replay.batch(dir, entry.index, batch)?;
             }
             lo = hi;
+        }
+        let Replay {
+            groups,
+            removed,
+            checkpoint,
+        } = replay;
+        if let Some(c) = checkpoint {
+            info!(dir = %dir.display(), first = c.first, "an unfinished checkpoint at the end of the journal is ignored");
         }
         info!(dir = %dir.display(), groups = groups.len(), batches = last + 1 - first, "journal replayed");
         let state = State {
@@ -394,6 +437,13 @@ impl Journal {
         }
     }
 
+    /// Writes a checkpoint now, whatever the journal's size.
+    #[cfg(test)]
+    pub(crate) fn checkpoint_now(&self) -> Result<(), StorageError> {
+        let mut st = self.shared.state()?;
+        st.checkpoint(&self.shared.counters, true)
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> JournalStats {
         let c = &self.shared.counters;
@@ -422,6 +472,9 @@ fn apply(
             Ok(())
         }
         Rec::Tombstone(..) => Ok(()),
+        Rec::Checkpoint { .. } => Err(StorageError::Invalid(
+            "a checkpoint marker that does not open its batch".into(),
+        )),
         Rec::Reset {
             boundary,
             hard_state,
@@ -437,6 +490,93 @@ fn apply(
         Rec::Compact(upto, term) => groups.entry(group).or_default().compact_prefix(upto, term),
         Rec::HardState(hs) => groups.entry(group).or_default().save_hard_state(hs),
     }
+}
+
+/// What replay has rebuilt so far (invariants 2 and 3).
+#[derive(Default)]
+struct Replay {
+    groups: BTreeMap<GroupId, MemLogStore>,
+    removed: BTreeMap<GroupId, (Index, Term)>,
+    /// The checkpoint being read: applied once its last batch is.
+    checkpoint: Option<Staged>,
+}
+
+/// The state a checkpoint states, as far as its batches read so far go.
+#[derive(Default)]
+struct Staged {
+    /// The journal index of its first batch.
+    first: Index,
+    /// The journal index its next batch must have.
+    next: Index,
+    groups: BTreeMap<GroupId, MemLogStore>,
+    removed: BTreeMap<GroupId, (Index, Term)>,
+}
+
+impl Replay {
+    /// Replays journal batch `index`. A checkpoint's batches build a state
+    /// of their own, which replaces the state replayed so far at its last
+    /// batch; an unfinished checkpoint (another batch follows it: its
+    /// writer stopped part-way, and a later run wrote on) is dropped.
+    fn batch(&mut self, dir: &Path, index: Index, batch: Batch) -> Result<(), StorageError> {
+        let mut recs = batch.recs.into_iter().peekable();
+        let marker = match recs.peek() {
+            Some((_, Rec::Checkpoint { first, last })) => Some((*first, *last)),
+            _ => None,
+        };
+        let Some((first, last)) = marker else {
+            if let Some(c) = self.checkpoint.take() {
+                info!(dir = %dir.display(), first = c.first, "an unfinished checkpoint is ignored");
+            }
+            return apply_all(dir, index, &mut self.groups, &mut self.removed, recs);
+        };
+        recs.next();
+        if first == index {
+            if let Some(c) = self.checkpoint.take() {
+                info!(dir = %dir.display(), first = c.first, "an unfinished checkpoint is ignored");
+            }
+            self.checkpoint = Some(Staged {
+                first,
+                next: index,
+                ..Staged::default()
+            });
+        }
+        let Some(staged) = self
+            .checkpoint
+            .as_mut()
+            .filter(|c| c.first == first && c.next == index)
+        else {
+            return Err(corrupt(
+                dir,
+                index,
+                format!(
+                    "a batch of the checkpoint begun at batch {first} without the ones before it"
+                ),
+            ));
+        };
+        apply_all(dir, index, &mut staged.groups, &mut staged.removed, recs)?;
+        staged.next = index + 1;
+        if last && let Some(done) = self.checkpoint.take() {
+            self.groups = done.groups;
+            self.removed = done.removed;
+        }
+        Ok(())
+    }
+}
+
+/// Applies a batch's records (replay), and keeps the tombstones.
+fn apply_all(
+    dir: &Path,
+    index: Index,
+    groups: &mut BTreeMap<GroupId, MemLogStore>,
+    removed: &mut BTreeMap<GroupId, (Index, Term)>,
+    recs: impl Iterator<Item = (GroupId, Rec)>,
+) -> Result<(), StorageError> {
+    for (group, rec) in recs {
+        note_removal(removed, group, &rec);
+        apply(groups, group, &rec)
+            .map_err(|e| corrupt(dir, index, format!("group {group}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Keeps the tombstones: a first `Remove` of a group marks it removed
@@ -523,72 +663,89 @@ impl State {
         if self.since_checkpoint < self.next_check || self.failed.is_some() {
             return Ok(());
         }
-        let mut live = 0u64;
-        let mut batches: Vec<Batch> = Vec::new();
-        if !self.removed.is_empty() {
-            // Tombstones survive the checkpoint (a removal record of a
-            // group the journal no longer holds is harmless on replay), and
-            // come before the `Reset` of a group hosted again since.
-            batches.push(Batch {
-                recs: self
-                    .removed
-                    .iter()
-                    .flat_map(|(g, (index, term))| {
-                        [(*g, Rec::Remove), (*g, Rec::Tombstone(*index, *term))]
-                    })
-                    .collect(),
+        self.checkpoint(counters, false)
+    }
+
+    /// Writes a checkpoint (unless the journal is mostly live data and
+    /// `force` is false), then drops the journal before it.
+    fn checkpoint(&mut self, counters: &Counters, force: bool) -> Result<(), StorageError> {
+        if let Some(cause) = &self.failed {
+            return Err(StorageError::Failed {
+                cause: cause.clone(),
             });
         }
+        // The checkpoint's records, cut into parts of about
+        // `CHECKPOINT_CHUNK_BYTES` of entries (one batch, one sync each).
+        // Tombstones first: they survive the checkpoint (invariant 3).
+        let mut live = 0u64;
+        let mut parts: Vec<Vec<(GroupId, Rec)>> = Vec::new();
+        let mut recs: Vec<(GroupId, Rec)> = self
+            .removed
+            .iter()
+            .map(|(g, (index, term))| (*g, Rec::Tombstone(*index, *term)))
+            .collect();
+        let mut part_bytes = 0usize;
         for (group, log) in &self.groups {
             let boundary_index = log.first_index() - 1;
             let boundary = (boundary_index, log.term(boundary_index)?.unwrap_or(0));
-            let mut recs = vec![(
+            recs.push((
                 *group,
                 Rec::Reset {
                     boundary,
                     hard_state: log.hard_state(),
                 },
-            )];
+            ));
             let entries = if log.last_index() >= log.first_index() {
                 log.entries(log.first_index(), log.last_index() + 1)?
             } else {
                 Vec::new()
             };
             let mut chunk = Vec::new();
-            let mut chunk_bytes = 0usize;
             for e in entries {
-                chunk_bytes += e.approx_size();
+                part_bytes += e.approx_size();
                 live += e.approx_size() as u64;
                 chunk.push(e);
-                if chunk_bytes >= CHECKPOINT_CHUNK_BYTES {
+                if part_bytes >= CHECKPOINT_CHUNK_BYTES {
                     recs.push((*group, Rec::Append(std::mem::take(&mut chunk))));
-                    batches.push(Batch {
-                        recs: std::mem::take(&mut recs),
-                    });
-                    chunk_bytes = 0;
+                    parts.push(std::mem::take(&mut recs));
+                    part_bytes = 0;
                 }
             }
             if !chunk.is_empty() {
                 recs.push((*group, Rec::Append(chunk)));
             }
-            if !recs.is_empty() {
-                batches.push(Batch { recs });
-            }
         }
-        if live.saturating_mul(2) > self.since_checkpoint {
+        // The last part (possibly only its marker) ends the checkpoint.
+        parts.push(recs);
+        if !force && live.saturating_mul(2) > self.since_checkpoint {
             // Mostly live data: not worth rewriting yet.
             self.next_check = self.since_checkpoint + self.checkpoint_bytes;
             return Ok(());
         }
-        let start = self.wal.last_index() + 1;
+        let first = self.wal.last_index() + 1;
         let before = self.since_checkpoint;
         self.since_checkpoint = 0;
-        let written = batches
+        let count = parts.len();
+        let written = parts
             .into_iter()
-            .try_for_each(|b| self.write_batch(b))
-            .and_then(|()| self.wal.compact_prefix(start - 1, 1))
+            .enumerate()
+            .try_for_each(|(i, part)| {
+                let marker = Rec::Checkpoint {
+                    first,
+                    last: i + 1 == count,
+                };
+                let recs = std::iter::once((CHECKPOINT_MARKER_GROUP, marker))
+                    .chain(part)
+                    .collect();
+                self.write_batch(Batch { recs })
+            })
+            .and_then(|()| self.wal.compact_prefix(first - 1, 1))
             .and_then(|()| self.wal.sync());
         if let Err(e) = &written {
+            // Nothing in memory changed: the groups hold what the journal
+            // replays to (an unfinished checkpoint is ignored, a finished
+            // one states the same), and every later write is refused
+            // (invariant 4).
             error!(dir = %self.dir.display(), error = %e, "journal checkpoint failed; refusing further writes");
             self.failed = Some(e.to_string());
             return written;

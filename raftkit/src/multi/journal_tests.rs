@@ -472,3 +472,263 @@ fn create_group_never_reuses_a_log_and_fails_with_the_journal() {
     assert_eq!(j.log(4).term(1).unwrap(), Some(1));
     close(j);
 }
+
+/// What a reopen must rebuild of a journal: its groups (each one's bounds,
+/// boundary term, hard state and a digest of its entries) and its
+/// tombstones.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    groups: Vec<(GroupId, GroupSummary)>,
+    fences: Vec<(GroupId, Option<(Index, Term)>)>,
+}
+
+#[derive(Debug, PartialEq)]
+struct GroupSummary {
+    first: Index,
+    last: Index,
+    boundary_term: Option<Term>,
+    hard_state: HardState,
+    entries_digest: u64,
+}
+
+/// The groups whose fences [`summary`] reads (removed or not).
+const SUMMARY_GROUPS: std::ops::RangeInclusive<GroupId> = 1..=8;
+
+fn summary(j: &Journal) -> Summary {
+    use std::hash::{Hash, Hasher};
+    let groups = j
+        .groups()
+        .into_iter()
+        .map(|g| {
+            let log = j.log(g);
+            let (first, last) = (log.first_index(), log.last_index());
+            let entries = log.entries(first, last + 1).unwrap();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            postcard::to_allocvec(&entries).unwrap().hash(&mut h);
+            let s = GroupSummary {
+                first,
+                last,
+                boundary_term: log.term(first - 1).unwrap(),
+                hard_state: log.hard_state(),
+                entries_digest: h.finish(),
+            };
+            (g, s)
+        })
+        .collect();
+    let fences = SUMMARY_GROUPS.map(|g| (g, j.fence(g))).collect();
+    Summary { groups, fences }
+}
+
+/// Appends one entry to every group of `j` (in its last entry's term) and
+/// a new hard state, and waits for them to be durable.
+fn write_one_more(j: &Journal) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let groups = j.groups();
+    for &g in &groups {
+        let log = j.log(g);
+        let last = log.last_index();
+        let term = log.term(last).unwrap().unwrap_or(1);
+        let hs = HardState {
+            term: term + 1,
+            vote: g,
+            commit: last,
+        };
+        j.sink(g, snaps()).write(
+            write(vec![entry(last + 1, term, b"after")], Some(hs)),
+            tx.clone(),
+            g,
+        );
+    }
+    wait_ok(&mut rx, groups.len());
+}
+
+/// Runs `setup` on a new journal over a crashable disk, then a checkpoint
+/// whose `k`-th fsync fails, crashes the disk (only what was synced
+/// before stays) and reopens: for every `k` until the checkpoint completes
+/// unharmed. Each reopen must rebuild exactly what `setup` left; so must
+/// the reopens after further writes, and after a checkpoint of the
+/// reopened journal. Returns how many fsyncs the checkpoint made.
+fn every_interrupted_checkpoint_replays_the_same_state(setup: impl Fn(&Journal)) -> u64 {
+    use crate::storage::vfs::crash::CrashFs;
+    use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
+    let root = Path::new("/node");
+    let dir = root.join("journal");
+    let reopen = |disk: &CrashFs, j: Journal| {
+        close(j);
+        disk.crash();
+        Journal::open(Arc::new(disk.clone()), &dir, JournalOptions::default())
+            .expect("journal reopens")
+    };
+    for k in 0.. {
+        let disk = CrashFs::new(root);
+        let fs = FaultyFs::new(Arc::new(disk.clone()));
+        let j = Journal::open(Arc::new(fs.clone()), &dir, JournalOptions::default())
+            .expect("journal opens");
+        setup(&j);
+        let before = summary(&j);
+        fs.inject(FaultRule::new(FileOp::Fsync, Fault::Io).after(k).times(1));
+        let checkpointed = j.checkpoint_now();
+        let interrupted = fs.fired() > 0;
+        assert_eq!(
+            checkpointed.is_err(),
+            interrupted,
+            "k = {k}: {checkpointed:?}"
+        );
+        let j = reopen(&disk, j);
+        assert_eq!(summary(&j), before, "a checkpoint stopped after {k} fsyncs");
+        // Writes after the interrupted checkpoint replay too.
+        write_one_more(&j);
+        let after = summary(&j);
+        let j = reopen(&disk, j);
+        assert_eq!(
+            summary(&j),
+            after,
+            "writes after {k} fsyncs of a checkpoint"
+        );
+        // And so does a checkpoint after them.
+        j.checkpoint_now().expect("a checkpoint on a healthy disk");
+        let j = reopen(&disk, j);
+        assert_eq!(summary(&j), after, "a checkpoint after {k} fsyncs of one");
+        close(j);
+        if !interrupted {
+            return k;
+        }
+    }
+    unreachable!("0.. does not end")
+}
+
+/// A checkpoint stopped part-way (a crash, a full disk, a failed fsync
+/// between two of its batches) is ignored on replay: a group hosted again
+/// after its removal is not swallowed by the checkpoint's tombstones
+/// (before: the tombstone batch alone replayed, and the group was gone).
+#[test]
+fn an_interrupted_checkpoint_keeps_a_group_hosted_again() {
+    let fsyncs = every_interrupted_checkpoint_replays_the_same_state(|j| {
+        j.create_group(4).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sink = j.sink(4, snaps());
+        sink.write(write(vec![entry(1, 1, b"old")], None), tx.clone(), 1);
+        wait_ok(&mut rx, 1);
+        drop(sink);
+        j.remove_group(4, (1, 1)).unwrap();
+        j.create_group(4).unwrap();
+        let sink = j.sink(4, snaps());
+        let hs = HardState {
+            term: 2,
+            vote: 4,
+            commit: 0,
+        };
+        sink.write(write(vec![entry(1, 2, b"new")], Some(hs)), tx.clone(), 2);
+        wait_ok(&mut rx, 1);
+        drop(sink);
+        // Another group, and another tombstone.
+        j.create_group(5).unwrap();
+        j.create_group(6).unwrap();
+        j.remove_group(6, (3, 1)).unwrap();
+        assert_eq!(j.groups(), vec![4, 5]);
+    });
+    assert!(fsyncs >= 1, "{fsyncs}");
+}
+
+/// A checkpoint of a log longer than one of its batches holds, stopped
+/// part-way, is ignored on replay: the log keeps every entry (before: the
+/// group's `Reset` and its first chunk replayed, a shorter log).
+#[test]
+fn an_interrupted_checkpoint_keeps_a_long_log_whole() {
+    let fsyncs = every_interrupted_checkpoint_replays_the_same_state(|j| {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for g in [2, 3] {
+            j.create_group(g).unwrap();
+            let sink = j.sink(g, snaps());
+            let hs = HardState {
+                term: 3,
+                vote: g,
+                commit: 10,
+            };
+            // Four checkpoint chunks' worth for group 2, a small log for 3.
+            let n = if g == 2 { 4 * 64 + 10 } else { 5 };
+            let entries = (1..=n).map(|i| entry(i, 3, &[g as u8; 1000])).collect();
+            sink.write(write(entries, Some(hs)), tx.clone(), g);
+            wait_ok(&mut rx, 1);
+        }
+    });
+    assert!(fsyncs >= 4, "{fsyncs}");
+}
+
+/// Writes `batches` as a journal's batches 1, 2, ... in `dir`.
+fn write_raw_journal(dir: &Path, batches: Vec<Vec<(GroupId, Rec)>>) {
+    let mut wal = Wal::open(dir, WalOptions::default()).unwrap();
+    for (i, recs) in batches.into_iter().enumerate() {
+        let bytes = postcard::to_allocvec(&Batch { recs }).unwrap();
+        wal.append(&[entry(i as Index + 1, 1, &bytes)]).unwrap();
+    }
+    wal.sync().unwrap();
+}
+
+/// A journal written before checkpoints carried markers replays as it
+/// did: its checkpoint's records apply as they come.
+#[test]
+fn a_checkpoint_without_markers_replays_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let hs = HardState {
+        term: 2,
+        vote: 5,
+        commit: 3,
+    };
+    write_raw_journal(
+        dir.path(),
+        vec![
+            vec![(4, Rec::Create), (5, Rec::Append(vec![entry(1, 1, b"a")]))],
+            // The old checkpoint: tombstones, then one batch per group.
+            vec![(4, Rec::Remove), (4, Rec::Tombstone(2, 1))],
+            vec![
+                (
+                    5,
+                    Rec::Reset {
+                        boundary: (3, 1),
+                        hard_state: hs,
+                    },
+                ),
+                (5, Rec::Append(vec![entry(4, 2, b"b")])),
+            ],
+        ],
+    );
+    let j = open(dir.path(), 64 << 20);
+    assert_eq!(j.groups(), vec![5]);
+    assert_eq!(j.fence(4), Some((2, 1)));
+    let log = j.log(5);
+    assert_eq!((log.first_index(), log.last_index()), (4, 4));
+    assert_eq!(log.term(3).unwrap(), Some(1));
+    assert_eq!(log.hard_state(), hs);
+    close(j);
+}
+
+/// A batch of a checkpoint without the batches before it, or a marker
+/// that does not open its batch, is corruption (no writer makes either).
+#[test]
+fn a_checkpoint_marker_out_of_place_is_corruption() {
+    let marker = |first, last| (CHECKPOINT_MARKER_GROUP, Rec::Checkpoint { first, last });
+    let cases = [
+        vec![vec![marker(7, true)]],
+        vec![
+            vec![marker(1, false)],
+            vec![(5, Rec::Create)],
+            vec![marker(1, true)],
+        ],
+        vec![vec![(5, Rec::Create), marker(1, true)]],
+    ];
+    for (i, batches) in cases.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        write_raw_journal(dir.path(), batches);
+        let err = Journal::open(
+            crate::storage::vfs::real(),
+            dir.path(),
+            JournalOptions::default(),
+        )
+        .expect_err("a marker out of place");
+        assert!(
+            matches!(err, StorageError::Corrupt { .. }),
+            "case {i}: {err:?}"
+        );
+    }
+}
