@@ -41,8 +41,8 @@
 //!   argument through `raftkit::multi::ShardKey`, `None` for handlers
 //!   without one); without any, the trait's defaults (`None`) stay. A key
 //!   that is not an argument is a compile error.
-//! - `KvClient<S: raftkit::client::Submit>`: `KvClient::new(submit)` and one
-//!   `async fn` per handler returning `Result<Ret, raftkit::Error>`.
+//! - `KvClient<__Submit: raftkit::client::Submit>`: `KvClient::new(submit)`
+//!   and one `async fn` per handler returning `Result<Ret, raftkit::Error>`.
 //!
 //! # Wire stability
 //!
@@ -71,6 +71,10 @@
 //! - Handler names `new`, `inner`, `into_inner`, `connect`, `connect_with`,
 //!   `write_once`, `close`, `clone`, `clone_from`, `to_owned`, `into`,
 //!   `try_into` and `type_id` are taken by the client.
+//! - The handler context is recognised by name, as a macro cannot resolve
+//!   types: a parameter whose type's last path segment is `Ctx` (`&Ctx`,
+//!   `&mut raftkit::Ctx`, `&my::Ctx`) is taken as the context, so no user
+//!   type passed to a handler may be named `Ctx`.
 //! - Borrows nested in argument and return types (`Option<&str>`,
 //!   `Cow<'a, str>`) are rejected by the macro, not left to serde's bounds.
 //! - One `#[raftkit::state_machine]` block per type: each defines a guard

@@ -424,3 +424,233 @@ fn each_command_reaches_its_own_handler_with_its_arguments_in_order() {
     assert_eq!(block_on(calc.halved()), Ok(3));
     assert_eq!(block_on(calc.set_diff(9, 2)), Ok(7));
 }
+
+/// A user type named `S`, as a handler's argument and in its return type.
+/// The generated client is generic over its submitter: a generic parameter
+/// named `S` would capture the user's `S` inside the client's methods, and
+/// `put(&self, v: S)` would take the submitter type.
+mod user_type_named_s {
+    use raftkit::prelude::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct S(pub u64);
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    pub struct Register {
+        last: Option<S>,
+    }
+
+    #[raftkit::state_machine]
+    impl Register {
+        #[write]
+        fn put(&mut self, v: S) -> Option<S> {
+            self.last.replace(v)
+        }
+
+        #[read]
+        fn get(&self) -> Option<S> {
+            self.last
+        }
+    }
+}
+
+#[test]
+fn a_user_type_named_s_goes_through_the_client() {
+    use user_type_named_s::{Register, RegisterClient, S};
+    let register = RegisterClient::new(Local::new(Register::default()));
+    assert_eq!(block_on(register.put(S(1))), Ok(None));
+    assert_eq!(block_on(register.put(S(2))), Ok(Some(S(1))));
+    assert_eq!(block_on(register.get()), Ok(Some(S(2))));
+}
+
+/// User names that the generated code's own names must not capture: state
+/// machines named `I` and `A` (the client's `connect` names the state
+/// machine's type inside a function generic over parameters that were named
+/// `I` and `A`), and a migration function named `bytes` (the generated
+/// `Derived::migrate` calls it with its own parameters, one of them named
+/// `bytes`).
+mod user_names {
+    use raftkit::prelude::*;
+    use raftkit::state_machine::{CodecError, decode};
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    pub struct I {
+        pub n: u64,
+    }
+
+    #[raftkit::state_machine]
+    impl I {
+        #[write]
+        fn add(&mut self, by: u64) -> u64 {
+            self.n += by;
+            self.n
+        }
+    }
+
+    /// Version 2 of a state whose version 1 was a bare `u32`.
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    #[raftkit(version = 2, migrate = bytes)]
+    pub struct A {
+        pub n: u64,
+        pub migrated: bool,
+    }
+
+    #[raftkit::state_machine]
+    impl A {
+        #[write]
+        fn add(&mut self, by: u64) -> u64 {
+            self.n += by;
+            self.n
+        }
+
+        #[read]
+        fn get(&self) -> u64 {
+            self.n
+        }
+    }
+
+    fn bytes(from_version: u32, data: &[u8]) -> Result<A, CodecError> {
+        assert_eq!(from_version, 1);
+        let n: u32 = decode("v1 state", data)?;
+        Ok(A {
+            n: n.into(),
+            migrated: true,
+        })
+    }
+}
+
+#[test]
+fn user_names_are_not_captured_by_generated_ones() {
+    use user_names::{A, AClient, I, IClient};
+    assert_eq!(
+        block_on(IClient::new(Local::new(I::default())).add(2)),
+        Ok(2)
+    );
+    let a = AClient::new(Local::new(A::default()));
+    assert_eq!(block_on(a.add(3)), Ok(3));
+    assert_eq!(block_on(a.get()), Ok(3));
+    // A version-1 snapshot goes through the user's `bytes`.
+    let v1 = raftkit::schema::encode_state(1, &41u32).unwrap();
+    let restored = A::restore(&v1).unwrap();
+    assert_eq!((restored.n, restored.migrated), (41, true));
+}
+
+/// A state machine written inside a `macro_rules!` macro: the generated
+/// code's locals must resolve whatever the hygiene of the user's tokens,
+/// whether they are written in the macro's body (`define!()`) or passed in
+/// by its caller (`define_named!(Named, u32)`: the type's name and the
+/// argument, return and field types).
+mod in_macro_rules {
+    use raftkit::prelude::*;
+
+    macro_rules! define {
+        () => {
+            #[derive(StateMachine, Default, Serialize, Deserialize)]
+            pub struct Tally {
+                pub n: u64,
+                pub seen: Vec<String>,
+            }
+
+            #[raftkit::state_machine]
+            impl Tally {
+                #[write(shard = key)]
+                fn add(&mut self, ctx: &mut Ctx, key: String, by: u64) -> (u64, u64) {
+                    self.n += by;
+                    self.seen.push(key);
+                    (self.n, ctx.index())
+                }
+
+                #[read(shard = key)]
+                fn seen(&self, key: String) -> bool {
+                    self.seen.contains(&key)
+                }
+
+                #[read]
+                fn get(&self) -> u64 {
+                    self.n
+                }
+            }
+        };
+    }
+
+    define!();
+
+    macro_rules! define_named {
+        ($name:ident, $int:ident) => {
+            #[derive(StateMachine, Default, Serialize, Deserialize)]
+            pub struct $name {
+                pub n: $int,
+                pub seen: Vec<$int>,
+            }
+
+            #[raftkit::state_machine]
+            impl $name {
+                #[write(shard = by)]
+                fn add(&mut self, ctx: &mut Ctx, by: $int) -> ($int, u64) {
+                    self.n += by;
+                    self.seen.push(by);
+                    (self.n, ctx.index())
+                }
+
+                #[read(shard = value)]
+                fn seen(&self, value: $int) -> bool {
+                    self.seen.contains(&value)
+                }
+
+                #[read]
+                fn get(&self) -> $int {
+                    self.n
+                }
+            }
+        };
+    }
+
+    define_named!(Named, u32);
+}
+
+#[test]
+fn a_state_machine_defined_in_macro_rules_dispatches() {
+    use in_macro_rules::{
+        Named, NamedClient, NamedRead, NamedWrite, Tally, TallyClient, TallyWrite,
+    };
+
+    let local = Local::new(Tally::default());
+    let tally = TallyClient::new(local.clone());
+    assert_eq!(block_on(tally.add("a".into(), 2)), Ok((2, 1)));
+    assert_eq!(block_on(tally.add("b".into(), 3)), Ok((5, 2)));
+    assert_eq!(block_on(tally.get()), Ok(5));
+    assert_eq!(block_on(tally.seen("a".into())), Ok(true));
+    assert_eq!(block_on(tally.seen("c".into())), Ok(false));
+    let command = TallyWrite::Add {
+        key: "k".into(),
+        by: 1,
+    };
+    assert_eq!(
+        <Tally as StateMachine>::shard_key(&command),
+        Some(b"k".to_vec())
+    );
+    let restored = Tally::restore(&local.with(|t| t.snapshot()).unwrap()).unwrap();
+    assert_eq!((restored.n, restored.seen.len()), (5, 2));
+
+    let local = Local::new(Named::default());
+    let named = NamedClient::new(local.clone());
+    assert_eq!(block_on(named.add(7)), Ok((7, 1)));
+    assert_eq!(block_on(named.add(4)), Ok((11, 2)));
+    assert_eq!(block_on(named.get()), Ok(11u32));
+    assert_eq!(block_on(named.seen(4)), Ok(true));
+    assert_eq!(block_on(named.seen(5)), Ok(false));
+    assert_eq!(
+        <Named as StateMachine>::shard_key(&NamedWrite::Add { by: 1 }),
+        Some(1u32.to_be_bytes().to_vec())
+    );
+    assert_eq!(
+        <Named as StateMachine>::read_shard_key(&NamedRead::Seen { value: 2 }),
+        Some(2u32.to_be_bytes().to_vec())
+    );
+    assert_eq!(
+        <Named as StateMachine>::read_shard_key(&NamedRead::Get),
+        None
+    );
+    let restored = Named::restore(&local.with(|t| t.snapshot()).unwrap()).unwrap();
+    assert_eq!((restored.n, restored.seen), (11, vec![7, 4]));
+}

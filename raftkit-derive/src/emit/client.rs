@@ -1,5 +1,13 @@
-//! The typed client `KvClient<S>`: one `async fn` per handler, mirroring the
-//! handler's arguments, return type, docs, `#[cfg]`s and lint attributes.
+//! The typed client `KvClient<__Submit>`: one `async fn` per handler,
+//! mirroring the handler's arguments, return type, docs, `#[cfg]`s and lint
+//! attributes.
+//!
+//! The handlers' argument and return types are written inside the client's
+//! generic impls, where a generic parameter would capture a user type of the
+//! same name (a user's `struct S` in `fn put(&self, v: S)` would be the
+//! submitter), and `connect` names the state machine's type inside a
+//! function generic over the addresses: these parameters are named
+//! `__Submit`, `__Addrs` and `__Addr`, which no user type plausibly is.
 //!
 //! A call encodes the command, hands it to the wrapped
 //! [`Submit`](raftkit::client::Submit) and decodes the reply. A handler
@@ -9,7 +17,6 @@
 //! is `Error::Protocol`, never a wrong value.
 
 use proc_macro2::TokenStream;
-use quote::quote;
 
 use super::Names;
 use crate::model::{ImplModel, Kind};
@@ -38,32 +45,32 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
                 "Calls the `#[{}]` handler `{ident}::{method}` on the state machine.",
                 h.kind.as_str()
             );
-            quote!(#[doc = #doc])
+            quote_internal!(#[doc = #doc])
         } else {
             let docs = &h.docs;
-            quote!(#(#docs)*)
+            quote_internal!(#(#docs)*)
         };
         let params = h.args.iter().map(|a| {
             let name = &a.ident;
             let ty = &a.ty;
-            quote!(#name: #ty)
+            quote_internal!(#name: #ty)
         });
         let fields = h.args.iter().map(|a| &a.ident);
         let command = if h.args.is_empty() {
-            quote!(#cmd::#variant)
+            quote_internal!(#cmd::#variant)
         } else {
-            quote!(#cmd::#variant { #(#fields),* })
+            quote_internal!(#cmd::#variant { #(#fields),* })
         };
         let output = &h.output;
         let (submit, encoded, what) = match h.kind {
-            Kind::Write => (quote!(write), "command", "write output"),
-            Kind::Read => (quote!(read), "query", "read output"),
+            Kind::Write => (quote_internal!(write), "command", "write output"),
+            Kind::Read => (quote_internal!(read), "query", "read output"),
         };
         let mismatch = format!(
             "the reply to `{method}` is the output of another handler (does the peer run another \
              version of `{ident}`?)"
         );
-        quote! {
+        quote_internal! {
             #docs
             #(#cfgs)*
             #(#lints)*
@@ -109,17 +116,17 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
          the outcome is unknown, and the client has opened a new session for later calls. See \
          [`raftkit::client::Client`] for every error and whether it may have been applied."
     );
-    quote! {
+    quote_internal! {
         #[doc = #event_doc]
         pub type #event = ::raftkit::client::watch::Event<#ident>;
 
         #[doc = #doc]
-        pub struct #client<S = ::raftkit::client::Client> {
-            submit: S,
+        pub struct #client<__Submit = ::raftkit::client::Client> {
+            submit: __Submit,
         }
 
         #[automatically_derived]
-        impl<S: ::core::clone::Clone> ::core::clone::Clone for #client<S> {
+        impl<__Submit: ::core::clone::Clone> ::core::clone::Clone for #client<__Submit> {
             fn clone(&self) -> Self {
                 #client {
                     submit: ::core::clone::Clone::clone(&self.submit),
@@ -127,19 +134,19 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
             }
         }
 
-        impl<S> #client<S> {
+        impl<__Submit> #client<__Submit> {
             /// Wraps `submit`, which delivers the encoded commands.
-            pub fn new(submit: S) -> Self {
+            pub fn new(submit: __Submit) -> Self {
                 #client { submit }
             }
 
             /// The wrapped submitter.
-            pub fn inner(&self) -> &S {
+            pub fn inner(&self) -> &__Submit {
                 &self.submit
             }
 
             /// Unwraps the submitter.
-            pub fn into_inner(self) -> S {
+            pub fn into_inner(self) -> __Submit {
                 self.submit
             }
         }
@@ -149,29 +156,33 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
             /// client certificate in `$RAFTKIT_CERTS`, refusing a cluster
             /// that runs an incompatible schema. The client finds the leader and
             /// retries by itself.
-            pub async fn connect<I, A>(addrs: I) -> ::core::result::Result<Self, ::raftkit::Error>
+            pub async fn connect<__Addrs, __Addr>(
+                addrs: __Addrs,
+            ) -> ::core::result::Result<Self, ::raftkit::Error>
             where
-                I: ::core::iter::IntoIterator<Item = A>,
-                A: ::core::convert::AsRef<str>,
+                __Addrs: ::core::iter::IntoIterator<Item = __Addr>,
+                __Addr: ::core::convert::AsRef<str>,
             {
                 ::core::result::Result::Ok(#client::new(
-                    ::raftkit::client::Client::connect_for::<#ident, I, A>(addrs).await?,
+                    ::raftkit::client::Client::connect_for::<#ident, __Addrs, __Addr>(addrs).await?,
                 ))
             }
 
             /// Connects with an explicit identity and options.
-            pub async fn connect_with<I, A>(
-                addrs: I,
+            pub async fn connect_with<__Addrs, __Addr>(
+                addrs: __Addrs,
                 identity: ::raftkit::tls::Identity,
                 options: ::raftkit::client::ClientOptions,
             ) -> ::core::result::Result<Self, ::raftkit::Error>
             where
-                I: ::core::iter::IntoIterator<Item = A>,
-                A: ::core::convert::AsRef<str>,
+                __Addrs: ::core::iter::IntoIterator<Item = __Addr>,
+                __Addr: ::core::convert::AsRef<str>,
             {
                 ::core::result::Result::Ok(#client::new(
-                    ::raftkit::client::Client::connect_with_for::<#ident, I, A>(addrs, identity, options)
-                        .await?,
+                    ::raftkit::client::Client::connect_with_for::<#ident, __Addrs, __Addr>(
+                        addrs, identity, options,
+                    )
+                    .await?,
                 ))
             }
 
@@ -241,7 +252,7 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
         }
 
         #[allow(private_interfaces)]
-        impl<S: ::raftkit::client::Submit> #client<S> {
+        impl<__Submit: ::raftkit::client::Submit> #client<__Submit> {
             #(#methods)*
         }
     }

@@ -2,15 +2,15 @@
 //! policy, and the check that the impl half exists.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::quote_spanned;
 
 use crate::model::{DeriveModel, Policy};
 
 /// Tokens for a `ErrorPolicy` value.
 pub fn policy_tokens(policy: Policy) -> TokenStream {
     match policy {
-        Policy::Skip => quote!(::raftkit::ErrorPolicy::Skip),
-        Policy::Halt => quote!(::raftkit::ErrorPolicy::Halt),
+        Policy::Skip => quote_internal!(::raftkit::ErrorPolicy::Skip),
+        Policy::Halt => quote_internal!(::raftkit::ErrorPolicy::Halt),
     }
 }
 
@@ -21,9 +21,9 @@ pub fn derive(model: &DeriveModel) -> TokenStream {
     let policy = policy_tokens(model.policy);
     let version = model
         .version
-        .map(|v| quote!(const STATE_VERSION: u32 = #v;));
+        .map(|v| quote_internal!(const STATE_VERSION: u32 = #v;));
     let migrate = model.migrate.as_ref().map(|path| {
-        quote! {
+        quote_internal! {
             fn migrate(
                 from_version: u32,
                 bytes: &[u8],
@@ -33,13 +33,15 @@ pub fn derive(model: &DeriveModel) -> TokenStream {
         }
     });
     // A clone of the state, serialized on the runtime's snapshot thread.
-    // Spanned at the setting: a state that is not `Clone` is reported there.
+    // The clone is spanned at the setting: a state that is not `Clone` is
+    // reported there.
     let snapshot_copy = model.snapshot_clone.map(|span| {
-        quote_spanned! {span=>
+        let clone = quote_spanned! {span=> <Self as ::core::clone::Clone>::clone};
+        quote_internal! {
             fn snapshot_copy(
                 &self,
             ) -> ::core::option::Option<::raftkit::state_machine::SnapshotCopy> {
-                let copy: Self = ::core::clone::Clone::clone(self);
+                let copy: Self = #clone(self);
                 ::core::option::Option::Some(::raftkit::state_machine::SnapshotCopy::writing(
                     move |buf| {
                         ::raftkit::schema::encode_state_onto::<Self>(
@@ -55,7 +57,7 @@ pub fn derive(model: &DeriveModel) -> TokenStream {
     let check = quote_spanned! {ident.span()=>
         const _: () = ::raftkit::__private::require_handlers::<#ident>();
     };
-    quote! {
+    quote_internal! {
         #[automatically_derived]
         #[diagnostic::do_not_recommend]
         impl ::raftkit::__private::Derived for #ident {

@@ -6,9 +6,12 @@
 //! `<Kv as ::raftkit::__private::Derived>`, spanned at the impl's self type:
 //! without `#[derive(StateMachine)]` every such use fails with the same
 //! message at the same place, which the compiler reports once.
+//!
+//! Where a call is spanned at a user's type to report an error there, only
+//! its path is: its arguments are the macro's own locals (see `emit`).
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::quote_spanned;
 use syn::spanned::Spanned;
 
 use super::derive::policy_tokens;
@@ -40,30 +43,30 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
                 let method = &h.ident;
                 let variant = &h.variant;
                 let binds = (0..h.args.len()).map(field_binding);
-                let ctx = h.ctx.map(|_| quote!(, __ctx));
-                quote! {
+                let ctx = h.ctx.map(|_| quote_internal!(, __ctx));
+                quote_internal! {
                     #(#cfgs)*
                     #pattern => #out::#variant(<#self_ty>::#method(#recv #ctx #(, #binds)*)),
                 }
             })
             .collect::<Vec<_>>()
     };
-    let apply_arms = arms(Kind::Write, quote!(self));
-    let query_arms = arms(Kind::Read, quote!(self));
+    let apply_arms = arms(Kind::Write, quote_internal!(self));
+    let query_arms = arms(Kind::Read, quote_internal!(self));
 
     let policy_arms = of_kind(model, Kind::Write).map(|h| {
         let cfgs = &h.cfgs;
         let variant = &h.variant;
         let pattern = if h.args.is_empty() {
-            quote!(#write::#variant)
+            quote_internal!(#write::#variant)
         } else {
-            quote!(#write::#variant { .. })
+            quote_internal!(#write::#variant { .. })
         };
         let policy = match h.policy {
             Some(p) => policy_tokens(p),
-            None => quote!(#derived::ERROR_POLICY),
+            None => quote_internal!(#derived::ERROR_POLICY),
         };
-        quote! { #(#cfgs)* #pattern => #policy, }
+        quote_internal! { #(#cfgs)* #pattern => #policy, }
     });
 
     let name_arms = |kind: Kind| {
@@ -75,11 +78,11 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
                 let name = h.ident.to_string();
                 let name = name.strip_prefix("r#").unwrap_or(&name).to_string();
                 let pattern = if h.args.is_empty() {
-                    quote!(#cmd::#variant)
+                    quote_internal!(#cmd::#variant)
                 } else {
-                    quote!(#cmd::#variant { .. })
+                    quote_internal!(#cmd::#variant { .. })
                 };
-                quote! { #(#cfgs)* #pattern => #name, }
+                quote_internal! { #(#cfgs)* #pattern => #name, }
             })
             .collect::<Vec<_>>()
     };
@@ -94,23 +97,24 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
                 match h.shard.and_then(|i| h.args.get(i)) {
                     Some(arg) => {
                         let field = &arg.ident;
-                        let span = arg.span;
-                        let key = quote_spanned! {span=>
-                            ::raftkit::multi::ShardKey::shard_bytes(__key)
+                        let ty = &arg.ty;
+                        // A key type that is not `ShardKey` is reported at it.
+                        let shard_bytes = quote_spanned! {arg.span=>
+                            <#ty as ::raftkit::multi::ShardKey>::shard_bytes
                         };
-                        quote! {
+                        quote_internal! {
                             #(#cfgs)*
                             #cmd::#variant { #field: ref __key, .. } =>
-                                ::core::option::Option::Some(#key),
+                                ::core::option::Option::Some(#shard_bytes(__key)),
                         }
                     }
                     None => {
                         let pattern = if h.args.is_empty() {
-                            quote!(#cmd::#variant)
+                            quote_internal!(#cmd::#variant)
                         } else {
-                            quote!(#cmd::#variant { .. })
+                            quote_internal!(#cmd::#variant { .. })
                         };
-                        quote! { #(#cfgs)* #pattern => ::core::option::Option::None, }
+                        quote_internal! { #(#cfgs)* #pattern => ::core::option::Option::None, }
                     }
                 }
             })
@@ -120,7 +124,7 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
     let read_shards = shard_arms(Kind::Read);
     let any_shard = model.handlers.iter().any(|h| h.shard.is_some());
     let shard_fns = any_shard.then(|| {
-        quote! {
+        quote_internal! {
             fn shard_key(command: &#write) -> ::core::option::Option<::std::vec::Vec<u8>> {
                 match *command {
                     #(#write_shards)*
@@ -140,7 +144,7 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
     let folds = model.handlers.iter().map(|h| {
         let cfgs = &h.cfgs;
         let hash = handler_hash(h);
-        quote! {
+        quote_internal! {
             #(#cfgs)*
             {
                 __hash = ::raftkit::__private::fingerprint_add(__hash, #hash);
@@ -153,8 +157,8 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
     let schema_handlers = model.handlers.iter().map(|h| {
         let cfgs = &h.cfgs;
         let kind = match h.kind {
-            Kind::Write => quote!(::raftkit::schema::HandlerKind::Write),
-            Kind::Read => quote!(::raftkit::schema::HandlerKind::Read),
+            Kind::Write => quote_internal!(::raftkit::schema::HandlerKind::Write),
+            Kind::Read => quote_internal!(::raftkit::schema::HandlerKind::Read),
         };
         let tag = h.tag;
         let name = h.ident.to_string();
@@ -166,7 +170,7 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
         });
         let output = &h.output;
         let output = quote_spanned! {h.output_span=> ::raftkit::schema::Shape::of::<#output>()};
-        quote! {
+        quote_internal! {
             #(#cfgs)*
             __schema.push(
                 #kind,
@@ -185,21 +189,13 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
         ::raftkit::schema::Shape::of::<#self_ty>()
     };
     // `snapshot` goes through `snapshot_onto`: one place needs the state's
-    // `Serialize`, so a state without it gets one error, not two.
-    let snapshot = quote_spanned! {self_ty.span()=>
-        let mut buf = ::std::vec::Vec::with_capacity(4096);
-        <Self as ::raftkit::StateMachine>::snapshot_onto(self, &mut buf)?;
-        ::core::result::Result::Ok(buf)
+    // `Serialize`, so a state without it gets one error, not two. The
+    // functions that need the state's serde impls are spanned at the type.
+    let encode_state_onto = quote_spanned! {self_ty.span()=>
+        ::raftkit::schema::encode_state_onto::<#self_ty>
     };
-    let snapshot_onto = quote_spanned! {self_ty.span()=>
-        ::raftkit::schema::encode_state_onto::<#self_ty>(#derived::STATE_VERSION, self, buf)
-    };
-    let restore = quote_spanned! {self_ty.span()=>
-        ::raftkit::schema::decode_state::<#self_ty>(
-            #derived::STATE_VERSION,
-            data,
-            #derived::migrate,
-        )
+    let decode_state = quote_spanned! {self_ty.span()=>
+        ::raftkit::schema::decode_state::<#self_ty>
     };
 
     // Commands and replies cross threads: check each type where it is
@@ -218,7 +214,7 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
             })
     });
 
-    quote! {
+    quote_internal! {
         const _: () = {
             #(#send_checks)*
         };
@@ -293,20 +289,22 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
                 ::std::vec::Vec<u8>,
                 ::raftkit::state_machine::CodecError,
             > {
-                #snapshot
+                let mut buf = ::std::vec::Vec::with_capacity(4096);
+                <Self as ::raftkit::StateMachine>::snapshot_onto(self, &mut buf)?;
+                ::core::result::Result::Ok(buf)
             }
 
             fn snapshot_onto(
                 &self,
                 buf: &mut ::std::vec::Vec<u8>,
             ) -> ::core::result::Result<(), ::raftkit::state_machine::CodecError> {
-                #snapshot_onto
+                #encode_state_onto(#derived::STATE_VERSION, self, buf)
             }
 
             fn restore(
                 data: &[u8],
             ) -> ::core::result::Result<Self, ::raftkit::state_machine::CodecError> {
-                #restore
+                #decode_state(#derived::STATE_VERSION, data, #derived::migrate)
             }
 
             fn snapshot_copy(

@@ -12,9 +12,8 @@
 //! command and no handler argument type is required to be `Debug`.
 
 use proc_macro2::TokenStream;
-use quote::quote;
 
-use super::{Names, of_kind};
+use super::{Names, local, of_kind};
 use crate::model::{Handler, ImplModel, Kind};
 
 /// The enum pattern (or expression) of a command variant binding each
@@ -22,31 +21,31 @@ use crate::model::{Handler, ImplModel, Kind};
 pub fn command_pattern(enum_ident: &syn::Ident, h: &Handler, by_ref: bool) -> TokenStream {
     let variant = &h.variant;
     if h.args.is_empty() {
-        return quote!(#enum_ident::#variant);
+        return quote_internal!(#enum_ident::#variant);
     }
     let fields = h.args.iter().enumerate().map(|(i, a)| {
         let field = &a.ident;
         let bind = field_binding(i);
         if by_ref {
-            quote!(#field: ref #bind)
+            quote_internal!(#field: ref #bind)
         } else {
-            quote!(#field: #bind)
+            quote_internal!(#field: #bind)
         }
     });
-    quote!(#enum_ident::#variant { #(#fields),* })
+    quote_internal!(#enum_ident::#variant { #(#fields),* })
 }
 
 /// `__f{i}`: the local an argument is bound to in generated code.
 pub fn field_binding(i: usize) -> syn::Ident {
-    quote::format_ident!("__f{}", i)
+    local(&format!("__f{i}"))
 }
 
 fn docs_or(h: &Handler, default: String) -> TokenStream {
     if h.docs.is_empty() {
-        quote!(#[doc = #default])
+        quote_internal!(#[doc = #default])
     } else {
         let docs = &h.docs;
-        quote!(#(#docs)*)
+        quote_internal!(#(#docs)*)
     }
 }
 
@@ -60,15 +59,17 @@ fn enum_pair(model: &ImplModel, names: &Names, kind: Kind) -> TokenStream {
         let docs = docs_or(h, format!("The `{}` handler.", h.ident));
         let tag_doc = format!("Wire tag: `{}`.", h.tag);
         if h.args.is_empty() {
-            quote! { #docs #[doc = ""] #[doc = #tag_doc] #(#cfgs)* #variant }
+            quote_internal! { #docs #[doc = ""] #[doc = #tag_doc] #(#cfgs)* #variant }
         } else {
             let fields = h.args.iter().map(|a| {
                 let field = &a.ident;
                 let ty = &a.ty;
                 let doc = format!("The `{field}` argument.");
-                quote!(#[doc = #doc] #field: #ty)
+                quote_internal!(#[doc = #doc] #field: #ty)
             });
-            quote! { #docs #[doc = ""] #[doc = #tag_doc] #(#cfgs)* #variant { #(#fields),* } }
+            quote_internal! {
+                #docs #[doc = ""] #[doc = #tag_doc] #(#cfgs)* #variant { #(#fields),* }
+            }
         }
     });
     let out_variants = of_kind(model, kind).map(|h| {
@@ -76,7 +77,7 @@ fn enum_pair(model: &ImplModel, names: &Names, kind: Kind) -> TokenStream {
         let cfgs = &h.cfgs;
         let ty = &h.output;
         let doc = format!("What the `{}` handler returned.", h.ident);
-        quote! { #[doc = #doc] #(#cfgs)* #variant(#ty) }
+        quote_internal! { #[doc = #doc] #(#cfgs)* #variant(#ty) }
     });
     let cmd_doc = format!(
         "The `#[{k}]` {what} of `{ident}`: one variant per handler. On the wire a value is \
@@ -92,7 +93,7 @@ fn enum_pair(model: &ImplModel, names: &Names, kind: Kind) -> TokenStream {
         "What the `#[{k}]` handlers of `{ident}` return: one variant per handler, encoded as \
          `(tag: u32, value)`."
     );
-    quote! {
+    quote_internal! {
         #[doc = #cmd_doc]
         #[allow(private_interfaces, clippy::large_enum_variant)]
         pub enum #cmd { #(#cmd_variants,)* }
@@ -113,15 +114,15 @@ pub fn enums(model: &ImplModel, names: &Names) -> TokenStream {
         debug.extend(debug_impl(model, kind, cmd, false));
         debug.extend(debug_impl(model, kind, out, true));
     }
-    quote!(#write #read #debug)
+    quote_internal!(#write #read #debug)
 }
 
 /// `Debug` for a command enum (`Put { key: "k", value: "v" }`) or an output
 /// enum (`Put(Some("v"))`), each field through `DebugField`.
 fn debug_impl(model: &ImplModel, kind: Kind, ident: &syn::Ident, output: bool) -> TokenStream {
-    let p = quote!(::raftkit::__private);
+    let p = quote_internal!(::raftkit::__private);
     let field = |bind: &syn::Ident| {
-        quote! {
+        quote_internal! {
             &#p::DebugWith(|__f: &mut ::core::fmt::Formatter<'_>| {
                 (&#p::DebugField(#bind)).debug_field(__f)
             })
@@ -134,7 +135,7 @@ fn debug_impl(model: &ImplModel, kind: Kind, ident: &syn::Ident, output: bool) -
         if output {
             let bind = field_binding(0);
             let value = field(&bind);
-            quote! {
+            quote_internal! {
                 #(#cfgs)*
                 #ident::#variant(ref #bind) => __formatter.debug_tuple(#name).field(#value).finish(),
             }
@@ -143,19 +144,19 @@ fn debug_impl(model: &ImplModel, kind: Kind, ident: &syn::Ident, output: bool) -
             let fields = h.args.iter().enumerate().map(|(i, a)| {
                 let field_name = a.ident.to_string();
                 let value = field(&field_binding(i));
-                quote!(.field(#field_name, #value))
+                quote_internal!(.field(#field_name, #value))
             });
             if h.args.is_empty() {
-                quote! { #(#cfgs)* #pattern => __formatter.write_str(#name), }
+                quote_internal! { #(#cfgs)* #pattern => __formatter.write_str(#name), }
             } else {
-                quote! {
+                quote_internal! {
                     #(#cfgs)*
                     #pattern => __formatter.debug_struct(#name) #(#fields)* .finish(),
                 }
             }
         }
     });
-    quote! {
+    quote_internal! {
         #[automatically_derived]
         impl ::core::fmt::Debug for #ident {
             fn fmt(&self, __formatter: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {

@@ -2,12 +2,39 @@
 //!
 //! Every path in the generated code is absolute (`::raftkit::...`,
 //! `::core::...`) and serde is reached through `::raftkit::__private::serde`,
-//! so the user's crate needs no `use` and may shadow any name. Generated
-//! locals start with `__` so they cannot capture a handler's argument names.
+//! so the user's crate needs no `use` and may shadow any name.
+//!
+//! Hygiene. The code is made of the macro's own tokens and the user's
+//! (types, handler and argument names, the `migrate` path), and the user's
+//! may come from anywhere, a `macro_rules!` expansion included, each with
+//! its own hygiene. So:
+//! - the macro writes its own tokens at `Span::mixed_site()`
+//!   (`quote_internal!`, `local`): every local (`self` included) is
+//!   declared and used at that one span, so the user's tokens, wherever
+//!   they come from, can neither see nor capture it. A local is never
+//!   written at a user token's span: a `quote_spanned!` at a user's type
+//!   (there so that an unmet bound is reported at the type) holds a path
+//!   and types only, and the call's arguments are written outside it;
+//! - generic parameters and items local to a function are not hygienic
+//!   under any stable span, so a user type of the same name would be
+//!   captured by them inside the generated code: they have names no user
+//!   type plausibly has, starting with `__` (`__Submit`, `__Addrs`, serde's
+//!   `__S`, `__D`, `__A`, `__Visitor`).
+//!
 //! For a state machine `Kv` the generated items are (see `crate` docs):
 //! `KvWrite`, `KvRead` (commands), `KvWriteOutput`, `KvReadOutput` (replies),
 //! their wire impls (`wire`), `impl StateMachine for Kv` (`dispatch`) and
-//! `KvClient<S>` (`client`).
+//! `KvClient<__Submit>` (`client`).
+
+/// `quote!` for the macro's own code: the tokens written in the macro call
+/// are spanned at `Span::mixed_site()`, interpolated ones keep their spans.
+/// Every generated item and local goes through it (see the module docs).
+/// Defined before the submodules, which see it by textual scope.
+macro_rules! quote_internal {
+    ($($tt:tt)*) => {
+        ::quote::quote_spanned!(::proc_macro2::Span::mixed_site()=> $($tt)*)
+    };
+}
 
 mod client;
 mod derive;
@@ -16,8 +43,8 @@ mod enums;
 pub mod fingerprint;
 mod wire;
 
-use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use proc_macro2::{Span, TokenStream};
+use quote::format_ident;
 use syn::Ident;
 
 use crate::model::{Handler, ImplModel, Kind};
@@ -59,6 +86,13 @@ impl Names {
     }
 }
 
+/// A local of the generated code whose name is computed (`__f0`, `__f1`,
+/// ...): spanned like every token of `quote_internal!`, like the generated
+/// code's other locals.
+pub fn local(name: &str) -> Ident {
+    Ident::new(name, Span::mixed_site())
+}
+
 /// The handlers of one kind, in declaration order.
 pub fn of_kind(model: &ImplModel, kind: Kind) -> impl Iterator<Item = &Handler> {
     model.handlers.iter().filter(move |h| h.kind == kind)
@@ -71,7 +105,7 @@ pub fn state_machine(model: &ImplModel) -> TokenStream {
     let wire = wire::wire(model, &names);
     let dispatch = dispatch::dispatch(model, &names);
     let client = client::client(model, &names);
-    quote! {
+    quote_internal! {
         #enums
         #wire
         #dispatch
@@ -89,7 +123,7 @@ pub fn handlers_marker(item: &syn::ItemImpl) -> TokenStream {
     let self_ty = &item.self_ty;
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
     let once = one_impl_block_guard(self_ty);
-    quote! {
+    quote_internal! {
         #once
         #[automatically_derived]
         #[diagnostic::do_not_recommend]
@@ -115,7 +149,7 @@ fn one_impl_block_guard(self_ty: &syn::Type) -> TokenStream {
         last.ident,
         span = last.ident.span()
     );
-    quote! {
+    quote_internal! {
         #[doc(hidden)]
         #[allow(non_camel_case_types, dead_code)]
         struct #name;

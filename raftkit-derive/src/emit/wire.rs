@@ -8,12 +8,12 @@
 //! kind by default, `tag = N` to pin). Decoding reads the tag first and an
 //! unknown tag is a decode error, never another variant.
 //!
-//! Serialize/deserialize calls for a field are spanned at the field's type,
-//! so a type that is not `Serialize`/`Deserialize` is reported where it was
-//! written.
+//! The serialize/deserialize function of a field is spanned at the field's
+//! type, so a type that is not `Serialize`/`Deserialize` is reported where it
+//! was written; its arguments are the macro's own locals (see `emit`).
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned};
+use quote::quote_spanned;
 use syn::Ident;
 
 use super::enums::field_binding;
@@ -46,26 +46,26 @@ impl WireVariant<'_> {
     /// Pattern/constructor with the fields bound to `__f0..`.
     fn pattern(&self, enum_ident: &Ident, by_ref: bool) -> TokenStream {
         let variant = self.variant;
-        let r = by_ref.then(|| quote!(ref));
+        let r = by_ref.then(|| quote_internal!(ref));
         match &self.shape {
-            Shape::Named(f) if f.is_empty() => quote!(#enum_ident::#variant),
+            Shape::Named(f) if f.is_empty() => quote_internal!(#enum_ident::#variant),
             Shape::Named(f) => {
                 let fields = f.iter().enumerate().map(|(i, (name, _, _))| {
                     let bind = field_binding(i);
-                    quote!(#name: #r #bind)
+                    quote_internal!(#name: #r #bind)
                 });
-                quote!(#enum_ident::#variant { #(#fields),* })
+                quote_internal!(#enum_ident::#variant { #(#fields),* })
             }
             Shape::Single(..) => {
                 let bind = field_binding(0);
-                quote!(#enum_ident::#variant(#r #bind))
+                quote_internal!(#enum_ident::#variant(#r #bind))
             }
         }
     }
 }
 
 fn serde_impls(enum_ident: &Ident, what: &str, variants: &[WireVariant<'_>]) -> TokenStream {
-    let serde = quote!(::raftkit::__private::serde);
+    let serde = quote_internal!(::raftkit::__private::serde);
     let max_len = 1 + variants.iter().map(|v| v.fields().len()).max().unwrap_or(0);
 
     let ser_arms = variants.iter().map(|v| {
@@ -76,11 +76,14 @@ fn serde_impls(enum_ident: &Ident, what: &str, variants: &[WireVariant<'_>]) -> 
         let len = 1 + fields.len();
         let elements = fields.iter().enumerate().map(|(i, (ty, span))| {
             let bind = field_binding(i);
-            quote_spanned! {*span=>
-                #serde::ser::SerializeTuple::serialize_element::<#ty>(&mut __tuple, #bind)?;
+            let serialize_element = quote_spanned! {*span=>
+                #serde::ser::SerializeTuple::serialize_element::<#ty>
+            };
+            quote_internal! {
+                #serialize_element(&mut __tuple, #bind)?;
             }
         });
-        quote! {
+        quote_internal! {
             #(#cfgs)*
             #pattern => {
                 let mut __tuple = #serde::Serializer::serialize_tuple(__serializer, #len)?;
@@ -98,8 +101,11 @@ fn serde_impls(enum_ident: &Ident, what: &str, variants: &[WireVariant<'_>]) -> 
         let reads = v.fields().into_iter().enumerate().map(|(i, (ty, span))| {
             let bind = field_binding(i);
             let index = i + 1;
-            quote_spanned! {span=>
-                let #bind = match #serde::de::SeqAccess::next_element::<#ty>(&mut __seq)? {
+            let next_element = quote_spanned! {span=>
+                #serde::de::SeqAccess::next_element::<#ty>
+            };
+            quote_internal! {
+                let #bind = match #next_element(&mut __seq)? {
                     ::core::option::Option::Some(__value) => __value,
                     ::core::option::Option::None => {
                         return ::core::result::Result::Err(
@@ -109,7 +115,7 @@ fn serde_impls(enum_ident: &Ident, what: &str, variants: &[WireVariant<'_>]) -> 
                 };
             }
         });
-        quote! {
+        quote_internal! {
             #(#cfgs)*
             #tag => {
                 #(#reads)*
@@ -120,7 +126,7 @@ fn serde_impls(enum_ident: &Ident, what: &str, variants: &[WireVariant<'_>]) -> 
 
     let expecting = format!("a {what}: a u32 tag followed by its fields");
     let unknown = format!("unknown {what} tag {{}} (from another version of the schema?)");
-    quote! {
+    quote_internal! {
         #[automatically_derived]
         impl #serde::Serialize for #enum_ident {
             fn serialize<__S>(

@@ -1072,28 +1072,28 @@ let out = loop {
 ```
 
 `Err(Error::SessionExpired)` means the cluster forgot the session (idle past its time-to-live, evicted, or closed) while an attempt of the write may have been applied: the outcome is unknown, and the client has opened a new session for later calls. See [`raftkit::client::Client`] for every error and whether it may have been applied.*/
-pub struct KvClient<S = ::raftkit::client::Client> {
-    submit: S,
+pub struct KvClient<__Submit = ::raftkit::client::Client> {
+    submit: __Submit,
 }
 #[automatically_derived]
-impl<S: ::core::clone::Clone> ::core::clone::Clone for KvClient<S> {
+impl<__Submit: ::core::clone::Clone> ::core::clone::Clone for KvClient<__Submit> {
     fn clone(&self) -> Self {
         KvClient {
             submit: ::core::clone::Clone::clone(&self.submit),
         }
     }
 }
-impl<S> KvClient<S> {
+impl<__Submit> KvClient<__Submit> {
     /// Wraps `submit`, which delivers the encoded commands.
-    pub fn new(submit: S) -> Self {
+    pub fn new(submit: __Submit) -> Self {
         KvClient { submit }
     }
     /// The wrapped submitter.
-    pub fn inner(&self) -> &S {
+    pub fn inner(&self) -> &__Submit {
         &self.submit
     }
     /// Unwraps the submitter.
-    pub fn into_inner(self) -> S {
+    pub fn into_inner(self) -> __Submit {
         self.submit
     }
 }
@@ -1102,35 +1102,36 @@ impl KvClient<::raftkit::client::Client> {
     /// client certificate in `$RAFTKIT_CERTS`, refusing a cluster
     /// that runs an incompatible schema. The client finds the leader and
     /// retries by itself.
-    pub async fn connect<I, A>(
-        addrs: I,
+    pub async fn connect<__Addrs, __Addr>(
+        addrs: __Addrs,
     ) -> ::core::result::Result<Self, ::raftkit::Error>
     where
-        I: ::core::iter::IntoIterator<Item = A>,
-        A: ::core::convert::AsRef<str>,
+        __Addrs: ::core::iter::IntoIterator<Item = __Addr>,
+        __Addr: ::core::convert::AsRef<str>,
     {
         ::core::result::Result::Ok(
             KvClient::new(
-                ::raftkit::client::Client::connect_for::<Kv, I, A>(addrs).await?,
+                ::raftkit::client::Client::connect_for::<Kv, __Addrs, __Addr>(addrs)
+                    .await?,
             ),
         )
     }
     /// Connects with an explicit identity and options.
-    pub async fn connect_with<I, A>(
-        addrs: I,
+    pub async fn connect_with<__Addrs, __Addr>(
+        addrs: __Addrs,
         identity: ::raftkit::tls::Identity,
         options: ::raftkit::client::ClientOptions,
     ) -> ::core::result::Result<Self, ::raftkit::Error>
     where
-        I: ::core::iter::IntoIterator<Item = A>,
-        A: ::core::convert::AsRef<str>,
+        __Addrs: ::core::iter::IntoIterator<Item = __Addr>,
+        __Addr: ::core::convert::AsRef<str>,
     {
         ::core::result::Result::Ok(
             KvClient::new(
                 ::raftkit::client::Client::connect_with_for::<
                     Kv,
-                    I,
-                    A,
+                    __Addrs,
+                    __Addr,
                 >(addrs, identity, options)
                     .await?,
             ),
@@ -1196,7 +1197,7 @@ impl ::raftkit::client::HasClient for Kv {
     }
 }
 #[allow(private_interfaces)]
-impl<S: ::raftkit::client::Submit> KvClient<S> {
+impl<__Submit: ::raftkit::client::Submit> KvClient<__Submit> {
     /// Sets `key` to `value`; returns the previous value.
     pub async fn put(
         &self,
