@@ -17,6 +17,10 @@
 //!   nor reordered: under [`ErrorPolicy::Skip`] the entry is consumed with an
 //!   error reply on every replica alike; under [`ErrorPolicy::Halt`] the node
 //!   stops applying at that entry and keeps it in the log for a fixed binary.
+//! - A command, query, reply or state decodes only as a whole ([`decode`]):
+//!   bytes left after the value (a field a newer binary appended) are a
+//!   decode error, never dropped, so every replica applies the command the
+//!   proposer encoded or halts on it.
 //! - A handler's panic prints nothing on standard error (the panic hook is
 //!   silenced for handlers only); it becomes one `tracing` error event with
 //!   the handler's name, the entry's index, the message and the location.
@@ -300,6 +304,17 @@ impl CodecError {
             reason: err.to_string(),
         }
     }
+
+    /// A value decoded from the first bytes of its input and `left` bytes
+    /// were not part of it (see [`decode`]).
+    pub fn trailing(what: &'static str, left: usize) -> Self {
+        CodecError {
+            what,
+            reason: format!(
+                "{left} trailing bytes after the value (encoded by a binary whose type has more fields?)"
+            ),
+        }
+    }
 }
 
 /// Values up to this many bytes are encoded on the stack first (see
@@ -385,9 +400,25 @@ pub(crate) fn encode_shared<T: Serialize>(
     }
 }
 
-/// Decodes a postcard value.
+/// Decodes a postcard value that is the whole of `bytes`.
+///
+/// Bytes left after the value are an error naming "trailing bytes", where
+/// `postcard::from_bytes` ignores them: postcard writes a struct's or a
+/// variant's fields one after the other, so a value encoded by a binary
+/// whose type gained a trailing field (a handler argument appended, a
+/// field added to an argument's struct) starts with a valid encoding of
+/// the older type. Decoding that prefix would drop the field silently, and
+/// replicas running the older binary would apply another command than the
+/// newer ones; refused, the entry halts the older node instead
+/// (`runtime::apply`). Every caller passes exactly one encoded value (a
+/// log entry's command is narrowed to its length prefix, a reply or a
+/// snapshot body is its own buffer).
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
-    postcard::from_bytes(bytes).map_err(|e| CodecError::postcard(what, e))
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(CodecError::trailing(what, rest.len())),
+        Err(e) => Err(CodecError::postcard(what, e)),
+    }
 }
 
 #[doc(hidden)]
@@ -527,6 +558,17 @@ mod tests {
                 &bytes[..]
             );
         }
+    }
+
+    #[test]
+    fn decode_refuses_trailing_bytes() {
+        // A newer binary's command with a field this one does not know
+        // decodes as a prefix: the field must not be dropped silently.
+        let wider = postcard::to_allocvec(&(1u32, 2u32)).expect("encodes");
+        let e = decode::<u32>("command", &wider).expect_err("a trailing field is refused");
+        assert_eq!(e.what, "command");
+        assert!(e.reason.contains("trailing bytes"), "{e}");
+        assert_eq!(decode::<(u32, u32)>("command", &wider), Ok((1, 2)));
     }
 
     #[test]

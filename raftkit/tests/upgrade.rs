@@ -15,7 +15,9 @@
 //! - state evolution: a v1 snapshot restores into v2 through the migration,
 //!   a v2 snapshot is refused by v1;
 //! - an entry a node cannot decode halts it with the index and the tag,
-//!   even under the `skip` error policy.
+//!   even under the `skip` error policy; so does a command with a trailing
+//!   field its binary does not know (`wider`: v1's `put` with a third
+//!   argument), instead of applying it with the field dropped.
 
 mod support;
 use std::collections::BTreeMap;
@@ -135,6 +137,32 @@ pub mod v3 {
         #[write]
         fn put(&mut self, key: String, value: u64) -> Option<String> {
             self.map.insert(key, value.to_string())
+        }
+
+        #[read]
+        fn get(&self, key: String) -> Option<String> {
+            self.map.get(&key).cloned()
+        }
+    }
+}
+
+/// v1 with a field appended to `put`'s arguments (same tag): postcard
+/// encodes its commands as a v1 command followed by the new field, so a v1
+/// binary must refuse them rather than decode the prefix.
+pub mod wider {
+    use super::*;
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    #[raftkit(name = "kv")]
+    pub struct Kv {
+        pub map: BTreeMap<String, String>,
+    }
+
+    #[raftkit::state_machine]
+    impl Kv {
+        #[write]
+        fn put(&mut self, key: String, value: String, note: String) -> Option<String> {
+            self.map.insert(key, format!("{value} ({note})"))
         }
 
         #[read]
@@ -635,15 +663,15 @@ async fn peers_talk_across_compatible_schemas_and_refuse_incompatible_ones_at_he
     drop((a, b, c));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_entry_a_node_cannot_decode_halts_it_naming_index_and_tag() {
-    // The in-process transport carries no hellos, so a fresh v2 leader
-    // cannot know that its followers run v1 and lets `delete` into the log
-    // (over QUIC the hellos tell it, and it refuses): the v1 followers
-    // then meet an entry they cannot decode. Under the default `skip`
-    // policy they still halt rather than skip it.
+/// Two v1 nodes and a node running `new` on the in-process transport,
+/// with the `new` node leading. That transport carries no hellos, so the
+/// leader cannot know that its followers run v1 and lets commands they do
+/// not know into the log (over QUIC the hellos tell it, and it refuses).
+async fn two_v1_followers_behind<S: StateMachine + Default>(
+    dir: &std::path::Path,
+    new: raftkit::runtime::PeerBuilder<S>,
+) -> (Vec<Peer<v1::Kv>>, Peer<S>) {
     const ADDRS: [&str; 3] = ["m:1", "m:2", "m:3"];
-    let dir = tempfile::tempdir().unwrap();
     let net = raftkit::transport::memory::MemoryNetwork::new(3);
     let mut old = Vec::new();
     for addr in &ADDRS[..2] {
@@ -651,7 +679,7 @@ async fn an_entry_a_node_cannot_decode_halts_it_naming_index_and_tag() {
         old.push(
             v1::Kv::peer()
                 .listen(*addr)
-                .data_dir(dir.path().join(addr))
+                .data_dir(dir.join(addr))
                 .bootstrap_members(ADDRS)
                 .tick(Duration::from_millis(10))
                 .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
@@ -661,24 +689,34 @@ async fn an_entry_a_node_cannot_decode_halts_it_naming_index_and_tag() {
         );
     }
     let net2 = net.clone();
-    let new = v2::Kv::peer()
+    let new = new
         .listen(ADDRS[2])
-        .data_dir(dir.path().join(ADDRS[2]))
+        .data_dir(dir.join(ADDRS[2]))
         .bootstrap_members(ADDRS)
         .tick(Duration::from_millis(10))
         .transport(move |id, inbox| Arc::new(net2.endpoint(id, inbox)))
         .start()
         .await
         .unwrap();
-    // Make the v2 node the leader.
+    // Make the new node the leader.
     let deadline = Instant::now() + Duration::from_secs(20);
     while new.status().role != Role::Leader {
-        assert!(Instant::now() < deadline, "the v2 node never led");
+        assert!(Instant::now() < deadline, "the new node never led");
         if let Some(l) = old.iter().find(|p| p.status().role == Role::Leader) {
             let _ = l.transfer_leadership(new.id()).await;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (old, new)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_a_node_cannot_decode_halts_it_naming_index_and_tag() {
+    // A v2 leader lets `delete` into the log (see `two_v1_followers_behind`):
+    // the v1 followers then meet an entry they cannot decode. Under the
+    // default `skip` policy they still halt rather than skip it.
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = two_v1_followers_behind(dir.path(), v2::Kv::peer()).await;
     new.write(v2::KvWrite::Insert {
         key: "k".into(),
         value: "v".into(),
@@ -712,6 +750,49 @@ async fn an_entry_a_node_cannot_decode_halts_it_naming_index_and_tag() {
             p.status().applied < index,
             "the entry was skipped: {halted}"
         );
+    }
+    for p in &old {
+        let _ = p.shutdown().await;
+    }
+    let _ = new.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_with_a_trailing_field_halts_an_older_node_instead_of_losing_the_field() {
+    // `put` with a third argument, let into the log by a leader that does
+    // not know its followers run v1 (see `two_v1_followers_behind`). Its
+    // bytes start with a whole v1 `put`: a v1 node that decoded the prefix
+    // would apply `put(k, v)` and diverge from the leader's `v (n)`.
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = two_v1_followers_behind(dir.path(), wider::Kv::peer()).await;
+    let before = new.status().last_index;
+    new.write(wider::KvWrite::Put {
+        key: "k".into(),
+        value: "v".into(),
+        note: "n".into(),
+    })
+    .await
+    .unwrap();
+    let after = new.status().last_index;
+    for p in &old {
+        // Halted, or past the entry (applied it): whichever comes first.
+        wait_for("the v1 follower to halt or apply the entry", 20, || {
+            let s = p.status();
+            (s.halted.is_some() || s.applied >= after).then_some(())
+        })
+        .await;
+        let s = p.status();
+        let halted = s.halted.unwrap_or_else(|| {
+            panic!(
+                "the v1 follower applied the wider command (applied {}, the entry is in ({before}, {after}]) instead of halting",
+                s.applied
+            )
+        });
+        assert!(
+            halted.contains("write tag 0") && halted.contains("trailing bytes"),
+            "{halted}"
+        );
+        assert!(s.applied <= before, "the entry was applied: {halted}");
     }
     for p in &old {
         let _ = p.shutdown().await;

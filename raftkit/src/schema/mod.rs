@@ -30,7 +30,11 @@
 //!   meets a command it cannot decode. A new handler is therefore enabled
 //!   cluster-wide once every voter runs a binary that knows it.
 //! - **At apply**: an entry that still does not decode halts the node with
-//!   a message naming the index and the tag (`runtime::apply`).
+//!   a message naming the index and the tag (`runtime::apply`). A command
+//!   with bytes left after it (a newer binary's, whose handler gained a
+//!   trailing argument or field) does not decode
+//!   ([`crate::state_machine::decode`]): it halts the node too, rather than
+//!   applying with the field dropped.
 //!
 //! Invariant: a node's data directory only ever accepts a schema that keeps
 //! every tag of the one before, so the set of tags a node knows never
