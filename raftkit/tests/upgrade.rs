@@ -10,7 +10,8 @@
 //!   runs v2 and works after; every acknowledged write is present at the
 //!   end, and the only errors the workload saw are retryable ones;
 //! - the refusals: v3 refuses a v1/v2 data directory at start naming the
-//!   handler; a peer whose schema is incompatible is refused at hello (and
+//!   handler; a v2 start that fails (its port is taken) leaves the
+//!   directory to v1; a peer whose schema is incompatible is refused at hello (and
 //!   a compatible one with another fingerprint is accepted);
 //! - state evolution: a v1 snapshot restores into v2 through the migration,
 //!   a v2 snapshot is refused by v1;
@@ -572,6 +573,61 @@ async fn a_changed_handler_is_refused_at_start_naming_it() {
         Err(e) => panic!("expected a schema mismatch, got {e}"),
         Ok(_) => panic!("v1 accepted a directory v2 ran on"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_start_that_fails_leaves_the_directory_to_v1() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addrs(1).remove(0);
+    let (_ca, ids) = dev_cluster([format!("kv@{addr}")]).unwrap();
+    let peer = v1::Kv::peer()
+        .listen(addr.clone())
+        .data_dir(dir.path())
+        .bootstrap()
+        .identity(ids[0].clone())
+        .tick(TICK)
+        .start()
+        .await
+        .unwrap();
+    wait_for("a leader", 10, || {
+        (peer.status().role == Role::Leader).then_some(())
+    })
+    .await;
+    peer.write(v1::KvWrite::Put {
+        key: "a".into(),
+        value: "1".into(),
+    })
+    .await
+    .unwrap();
+    peer.shutdown().await.unwrap();
+    drop(peer);
+
+    // v2 cannot listen: its port is taken.
+    let held = wait_for("the node's port to be free", 10, || {
+        std::net::UdpSocket::bind(&addr).ok()
+    })
+    .await;
+    match v2::Kv::peer().data_dir(dir.path()).tick(TICK).start().await {
+        Err(Error::Transport(why)) => assert!(why.contains("cannot listen"), "{why}"),
+        Err(e) => panic!("expected a listen failure, got {e}"),
+        Ok(_) => panic!("v2 started on a port another socket holds"),
+    }
+    drop(held);
+    // The failed start did not make the directory v2's: v1 runs on it.
+    let back = match v1::Kv::peer().data_dir(dir.path()).tick(TICK).start().await {
+        Ok(p) => p,
+        Err(e) => panic!("v1 refused the directory after v2 failed to start: {e}"),
+    };
+    wait_for("a leader", 10, || {
+        (back.status().role == Role::Leader).then_some(())
+    })
+    .await;
+    let got = back
+        .read(v1::KvRead::Get { key: "a".into() })
+        .await
+        .unwrap();
+    assert!(matches!(got, v1::KvReadOutput::Get(Some(ref v)) if v == "1"));
+    back.shutdown().await.unwrap();
 }
 
 /// A bare QUIC transport whose hellos carry `schema` (and `fingerprint`).

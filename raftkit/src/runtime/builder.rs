@@ -565,6 +565,12 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 frame - FRAME_OVERHEAD
             )));
         }
+        // A configuration error fails before anything is written.
+        if self.join.is_some() && self.transport.is_some() {
+            return Err(Error::Transport(
+                "joining a cluster needs the QUIC transport".into(),
+            ));
+        }
         // 1. Who we are: from the data directory when it holds a peer.
         let mut meta = None;
         if let Some(StorageChoice::Disk(dir)) = &self.storage {
@@ -574,6 +580,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         // a binary whose schema keeps every handler of the one it held.
         let schema = S::schema();
         let mut stored_schema = None;
+        // Whether the directory held a peer already: then it belongs to the
+        // binary that last ran on it until this start has succeeded.
+        let existing = meta.is_some();
         let meta = match meta {
             Some(mut m) => {
                 if let Some(StorageChoice::Disk(dir)) = &self.storage {
@@ -650,12 +659,24 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             .storage
             .clone()
             .unwrap_or_else(|| StorageChoice::Disk(PathBuf::from("data").join(&meta.name)));
+        // The schema (and the fingerprint in the meta file) the directory
+        // records for this binary. A new directory records them at once: it
+        // holds nothing of another binary, and a retried start finds its
+        // meta. A directory another binary ran on keeps that binary's until
+        // every step of this start that can fail (the snapshot's migration,
+        // the listening socket, the threads) has passed: a failed start of
+        // a newer binary must leave it to the older one. Nothing this
+        // binary writes reaches the log before then (the node task, started
+        // after the save, is what writes).
+        let schema_to_save = (stored_schema.as_ref() != Some(&schema)).then(|| schema.clone());
         if let StorageChoice::Disk(dir) = &storage {
             crate::storage::vfs::create_dir_durable(&*self.fs, dir)
                 .map_err(|e| Error::Storage(e.to_string()))?;
-            meta.save_in(&*self.fs, dir)?;
-            if stored_schema.as_ref() != Some(&schema) {
-                crate::schema::save_schema(&*self.fs, dir, &schema)?;
+            if !existing {
+                meta.save_in(&*self.fs, dir)?;
+                if let Some(schema) = &schema_to_save {
+                    crate::schema::save_schema(&*self.fs, dir, schema)?;
+                }
             }
         }
         let schemas = Arc::new(crate::schema::SchemaBook::new(schema, stored_schema));
@@ -872,6 +893,16 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             status_interval: self.status_interval,
             gather: self.gather,
         };
+        // Everything that can fail has passed: the directory is this
+        // binary's now (see `schema_to_save`). Should the save fail, the
+        // task is dropped unstarted (its channels close, and the threads
+        // above end).
+        if let (true, StorageChoice::Disk(dir)) = (existing, &storage) {
+            meta.save_in(&*self.fs, dir)?;
+            if let Some(schema) = &schema_to_save {
+                crate::schema::save_schema(&*self.fs, dir, schema)?;
+            }
+        }
         let handle = tokio::spawn(task.run());
         let peer = Peer {
             inner: Arc::new(Inner {
@@ -900,10 +931,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             clients_rx,
             crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
         ));
-        if let Some(seeds) = self.join {
-            let identity = join_identity.ok_or_else(|| {
-                Error::Transport("joining a cluster needs the QUIC transport".into())
-            })?;
+        // (`join` without QUIC was refused above: the identity is there.)
+        if let (Some(seeds), Some(identity)) = (self.join, join_identity) {
             let advertise = meta.advertise.clone();
             if fresh {
                 tokio::spawn(join_cluster(peer.clone(), seeds, identity, advertise));

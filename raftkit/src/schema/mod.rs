@@ -19,7 +19,11 @@
 //!   higher version (its snapshots are migrated, see [`state`]). Otherwise
 //!   the start fails with [`crate::Error::SchemaMismatch`] naming the
 //!   handler. A directory written before schemas existed is accepted when
-//!   its fingerprint equals the binary's.
+//!   its fingerprint equals the binary's. The file (and the fingerprint in
+//!   the directory's meta file) is rewritten for the new binary only once
+//!   its start has passed every step that can fail (the snapshot's
+//!   migration, the listening socket), and before it writes to the log: a
+//!   start that fails leaves the directory to the binary that ran on it.
 //! - **Peer links and client connections**: hellos carry the schema; two
 //!   sides talk when [`Schema::check_peer`] passes (same state machine
 //!   name; every tag both know has the same shapes). The acceptor of a peer
