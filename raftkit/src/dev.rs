@@ -107,13 +107,7 @@ impl<S: PeerExt + HasClient> Cluster<S> {
         let cluster_ok = async {
             wait_for_leader(&peers).await?;
             let identity = ca.issue_client("dev-client")?;
-            Client::connect_with(
-                &addrs,
-                identity,
-                S::SCHEMA_FINGERPRINT,
-                ClientOptions::default(),
-            )
-            .await
+            Client::connect_with_for::<S, _, _>(&addrs, identity, ClientOptions::default()).await
         };
         let raw = match cluster_ok.await {
             Ok(raw) => raw,

@@ -12,7 +12,8 @@
 //! - the refusals: v3 refuses a v1/v2 data directory at start naming the
 //!   handler; a v2 start that fails (its port is taken) leaves the
 //!   directory to v1; a peer whose schema is incompatible is refused at hello (and
-//!   a compatible one with another fingerprint is accepted);
+//!   a compatible one with another fingerprint is accepted, and a v2 node
+//!   joins a v1 cluster);
 //! - state evolution: a v1 snapshot restores into v2 through the migration,
 //!   a v2 snapshot is refused by v1;
 //! - an entry a node cannot decode halts it with the index and the tag,
@@ -248,6 +249,7 @@ struct Cluster {
     addrs: Vec<String>,
     nodes: Vec<Option<Node>>,
     client_identity: Identity,
+    ca: raftkit::tls::ClusterCa,
 }
 
 impl Cluster {
@@ -276,6 +278,7 @@ impl Cluster {
             addrs,
             nodes,
             client_identity,
+            ca,
         }
     }
 
@@ -505,6 +508,36 @@ async fn a_rolling_upgrade_keeps_serving_and_enables_the_new_handler_at_the_end(
     let last = w.acked.last().expect("acks").clone();
     assert!(old_client.get(last).await.unwrap().is_some());
     assert_eq!(old_client.get("w00000".into()).await.unwrap(), None);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_peer_joins_a_v1_cluster() {
+    // The other way to upgrade: add a node running the new binary, then
+    // remove an old one. The joiner's requests carry its schema, which is
+    // compatible with v1's (its fingerprint is not v1's).
+    let c = Cluster::start_v1().await;
+    c.wait_leader().await;
+    let addr = free_addrs(1).remove(0);
+    let identity = c.ca.issue_node(&format!("kv@{addr}"), &[]).unwrap();
+    let joiner = v2::Kv::peer()
+        .listen(addr.clone())
+        .data_dir(c.dir.path().join(&addr))
+        .identity(identity)
+        .tick(TICK)
+        .join(c.addrs.clone())
+        .start()
+        .await
+        .expect("the v2 joiner starts");
+    wait_for("the v2 joiner to become a voter", 20, || {
+        let s = joiner.status();
+        s.members
+            .iter()
+            .any(|m| m.id == s.id && m.voter)
+            .then_some(())
+    })
+    .await;
+    joiner.shutdown().await.unwrap();
     c.shutdown().await;
 }
 

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use raftkit::StateMachine;
 use raftkit::client::wire::{ClientRequest, StatusReport};
 use raftkit::client::{Client, ClientOptions};
 
@@ -76,14 +75,12 @@ async fn untyped_as(
     default_secs: u64,
     identity: raftkit::tls::Identity,
 ) -> Result<(Client, Vec<String>), Failure> {
-    let client = Client::connect_with(
-        &addrs,
-        identity,
-        Kv::SCHEMA_FINGERPRINT,
-        options(args, default_secs),
-    )
-    .await
-    .map_err(|e| Failure::cluster(&e, &addrs))?;
+    // With the schema, as the typed client: accepted by a cluster running
+    // a compatible older or newer `Kv` (during a rolling upgrade).
+    let client =
+        Client::connect_with_for::<Kv, _, _>(&addrs, identity, options(args, default_secs))
+            .await
+            .map_err(|e| Failure::cluster(&e, &addrs))?;
     Ok((client, addrs))
 }
 

@@ -153,7 +153,8 @@ async fn page_client(peer: &Peer<Kv>, data_dir: &Path) -> Option<Client> {
         .inspect_err(|e| warn!(error = %e, "status page: no identity to ask other members with"))
         .ok()?;
     let opts = ClientOptions::default().with_timeout(Duration::from_secs(2));
-    Client::connect_with([own], identity, Kv::SCHEMA_FINGERPRINT, opts)
+    // With the schema: the members may run a compatible older or newer `Kv`.
+    Client::connect_with_for::<Kv, _, _>([own], identity, opts)
         .await
         .inspect_err(|e| warn!(error = %e, "status page: cannot ask other members"))
         .ok()

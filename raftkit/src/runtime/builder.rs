@@ -278,6 +278,12 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// (as a learner, then a voter once caught up) and retries until it is
     /// added. Ignored when the data directory already holds a peer, which
     /// rejoins with its old identity.
+    ///
+    /// The request carries this binary's structural schema: a cluster
+    /// running an older or newer binary of the state machine whose schema
+    /// is compatible ([`crate::schema`]) adds it, so an upgrade may add
+    /// nodes of the new binary and then remove the old ones. Needs the QUIC
+    /// transport: with [`Self::transport`], `start` fails.
     pub fn join<I, A>(mut self, addrs: I) -> Self
     where
         I: IntoIterator<Item = A>,
@@ -995,8 +1001,12 @@ async fn join_cluster<S: StateMachine>(
             ..Default::default()
         };
         let attempt = async {
+            // With the structural schema, as a typed client: a cluster
+            // running a compatible older or newer binary (another
+            // fingerprint) accepts it, so a node of the new binary can
+            // join one of the old (add new nodes, then remove old ones).
             let client =
-                Client::connect_with(&seeds, identity.clone(), S::SCHEMA_FINGERPRINT, opts).await?;
+                Client::connect_with_for::<S, _, _>(&seeds, identity.clone(), opts).await?;
             client
                 .admin(ClientRequest::AddServer {
                     addr: advertise.clone(),
