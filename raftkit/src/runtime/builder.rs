@@ -276,8 +276,11 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// Joins an existing cluster through any of its members at `addrs`: the
     /// new peer starts empty (it never campaigns), asks the leader to add it
     /// (as a learner, then a voter once caught up) and retries until it is
-    /// added. Ignored when the data directory already holds a peer, which
-    /// rejoins with its old identity.
+    /// added. When the data directory already holds a peer, it restarts
+    /// with its old identity and log, and asks again only while its own
+    /// restored configuration lists it as a learner (it stopped between
+    /// the learner and voter steps); a voter, or a node removed since, does
+    /// not ask.
     ///
     /// The request carries this binary's structural schema: a cluster
     /// running an older or newer binary of the state machine whose schema
