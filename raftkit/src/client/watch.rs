@@ -44,6 +44,17 @@
 //! other member before returning it. Across processes, keep
 //! [`Watch::resume_from`] and open a new watch from it.
 //!
+//! # Cancellation
+//!
+//! [`Watch::next`] is cancel-safe: it may be dropped at any await (under
+//! `tokio::time::timeout`, in a `select!` loop) without losing, repeating
+//! or misreading an event. The stream's bytes are read through one frame
+//! reader that lives as long as the stream and keeps a frame received in
+//! part until the rest arrives; an event is handed out, and the resume
+//! point moved past it, only in the call that returns it. A cancelled
+//! reconnect loses only the attempt in progress: the next call starts it
+//! again from the same resume point.
+//!
 //! # Errors that end a watch
 //!
 //! - [`Error::Compacted`]: no member holds the index asked for any longer.
@@ -62,7 +73,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use quinn::{ReadError, RecvStream};
+use quinn::ReadError;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -70,7 +81,8 @@ use super::Client;
 use super::wire::{ClientRequest, ClientResponse, WatchEvent, WatchOutput};
 use crate::error::Error;
 use crate::state_machine::{StateMachine, decode};
-use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, read_frame_body, write_frame};
+use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, write_frame};
+use crate::transport::frame_reader::FrameReader;
 
 /// The QUIC stream reset code a member sends a watcher it disconnects for
 /// being too slow ([`Error::WatchLagged`]): an error frame could not pass
@@ -149,8 +161,10 @@ pub struct Watch<S: StateMachine> {
     /// The next index to deliver; `None` until the first member said where
     /// a watch "from now" starts.
     next: Option<u64>,
-    /// The member serving the watch and its stream.
-    stream: Option<(SocketAddr, RecvStream)>,
+    /// The member serving the watch and its stream, read through a
+    /// [`FrameReader`] that lives as long as the stream: it keeps the bytes
+    /// of a frame received so far when a [`Watch::next`] is cancelled.
+    stream: Option<(SocketAddr, FrameReader)>,
     batch: VecDeque<WatchEvent>,
     /// The stream's resume point once the batch is delivered.
     batch_next: u64,
@@ -193,7 +207,8 @@ impl<S: StateMachine> Watch<S> {
     /// The next applied write, waiting for it. `None` after the watch ended
     /// (the `Err` before it said why). An event this binary cannot decode
     /// (a handler newer than this client) is an `Err` of its own
-    /// ([`Error::Codec`]) and the watch goes on.
+    /// ([`Error::Codec`]) and the watch goes on. Cancel-safe (see the
+    /// [module docs](self#cancellation)).
     pub async fn next(&mut self) -> Option<Result<Event<S>, Error>> {
         loop {
             if let Some(e) = self.batch.pop_front() {
@@ -225,12 +240,13 @@ impl<S: StateMachine> Watch<S> {
 
     /// Reads the next frame of the current stream into the batch.
     async fn read(&mut self) -> Result<(), Error> {
-        let Some((addr, recv)) = self.stream.as_mut() else {
+        let Some((addr, frames)) = self.stream.as_mut() else {
             return Err(Error::Unavailable("no member serves the watch".into()));
         };
         let addr = *addr;
         let next = self.next.unwrap_or(0);
-        let r = match read_response(recv).await {
+        // Cancel-safe: a frame cut by a dropped call stays in `frames`.
+        let r = match read_response(frames).await {
             Ok(ClientResponse::Events { events, next }) => {
                 self.accept(events, next);
                 return Ok(());
@@ -279,8 +295,8 @@ impl<S: StateMachine> Watch<S> {
         loop {
             let addr = self.client.round_robin();
             match tokio::time::timeout_at(deadline, self.open(addr)).await {
-                Ok(Ok((recv, events, next))) => {
-                    self.stream = Some((addr, recv));
+                Ok(Ok((frames, events, next))) => {
+                    self.stream = Some((addr, frames));
                     self.accept(events, next);
                     debug!(member = %addr, from = ?self.next, "watching");
                     return Ok(());
@@ -314,9 +330,9 @@ impl<S: StateMachine> Watch<S> {
 
     /// Sends the watch request to `addr` and reads its first frame (the
     /// member accepted the watch, or says why not).
-    async fn open(&self, addr: SocketAddr) -> Result<(RecvStream, Vec<WatchEvent>, u64), Error> {
+    async fn open(&self, addr: SocketAddr) -> Result<(FrameReader, Vec<WatchEvent>, u64), Error> {
         let conn = self.client.connection(addr).await?;
-        let (mut send, mut recv) = conn
+        let (mut send, recv) = conn
             .open_bi()
             .await
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
@@ -329,8 +345,9 @@ impl<S: StateMachine> Watch<S> {
         }
         .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
         let _ = send.finish();
-        match read_response(&mut recv).await {
-            Ok(ClientResponse::Events { events, next }) => Ok((recv, events, next)),
+        let mut frames = FrameReader::new(recv);
+        match read_response(&mut frames).await {
+            Ok(ClientResponse::Events { events, next }) => Ok((frames, events, next)),
             Ok(ClientResponse::Err(e)) => Err(e.into()),
             Ok(_) => Err(Error::Protocol(
                 "a watch stream carried a frame other than events".into(),
@@ -349,8 +366,10 @@ enum ReadFailure {
     Other(Error),
 }
 
-async fn read_response(recv: &mut RecvStream) -> Result<ClientResponse, ReadFailure> {
-    let body = match read_frame_body(recv, DEFAULT_MAX_FRAME_BYTES).await {
+/// Reads and decodes the next frame of a watch stream. Cancel-safe, as
+/// [`FrameReader::next`]: a frame is decoded only once it is whole.
+async fn read_response(frames: &mut FrameReader) -> Result<ClientResponse, ReadFailure> {
+    let body = match frames.next(DEFAULT_MAX_FRAME_BYTES).await {
         Ok(b) => b,
         Err(FrameError::Io(e)) => {
             let lagged = e
