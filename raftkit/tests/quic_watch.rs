@@ -39,6 +39,13 @@ impl Kv {
         panic!("boom at {key}")
     }
 
+    /// Halts every replica that applies it (a bug no replica can get
+    /// past: the write is not applied).
+    #[write(on_error = "halt")]
+    fn crash(&mut self, key: String) -> u64 {
+        panic!("crash at {key}")
+    }
+
     /// The whole map and the index it reflects: what a watcher re-reads
     /// before it resumes.
     #[read]
@@ -694,5 +701,62 @@ async fn a_watch_polled_under_a_short_timeout_loses_and_repeats_nothing() {
         .await
         .expect("writer in time")
         .expect("writer");
+    cluster.shutdown().await;
+}
+
+/// A watch of a cluster whose every member halted ends with `Halted`
+/// within the client's timeout, instead of reconnecting for ever (each
+/// halted member used to accept the watch with an empty frame and end it
+/// at once, and each acceptance restarted the client's deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_of_a_cluster_that_halted_everywhere_ends_with_halted() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let cluster = Cluster::start(None).await;
+    cluster.leader().await;
+    let kv = KvClient::connect_with(
+        &cluster.addrs,
+        cluster.client_identity.clone(),
+        ClientOptions::default().with_timeout(TIMEOUT),
+    )
+    .await
+    .expect("client connects");
+    let mut w = kv.watch_from_now().await.expect("watch");
+    kv.put("before".into(), "v".into()).await.expect("put");
+    let e = tokio::time::timeout(DEADLINE, w.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("event");
+    assert!(
+        matches!(&e.command, KvWrite::Put { key, .. } if key == "before"),
+        "{:?}",
+        e.command
+    );
+    let crashed = tokio::time::timeout(DEADLINE, kv.crash("x".into()))
+        .await
+        .expect("the crash is answered in time");
+    assert!(crashed.is_err(), "{crashed:?}");
+    eventually("every member halted", || {
+        cluster
+            .peers
+            .iter()
+            .flatten()
+            .all(|p| p.status().halted.is_some())
+    })
+    .await;
+    let end = tokio::time::timeout(TIMEOUT + Duration::from_secs(3), w.next())
+        .await
+        .expect("the watch ends within the client's timeout");
+    assert!(matches!(end, Some(Err(Error::Halted { .. }))), "{end:?}");
+    assert!(w.next().await.is_none(), "an ended watch stays ended");
+    // A watch opened now is refused at once by every member.
+    let opened = tokio::time::timeout(TIMEOUT + Duration::from_secs(3), kv.watch_from_now())
+        .await
+        .expect("the open ends within the client's timeout");
+    assert!(
+        matches!(opened, Err(Error::Halted { .. })),
+        "{:?}",
+        opened.err()
+    );
     cluster.shutdown().await;
 }

@@ -21,6 +21,12 @@
 //!   the handler's message as its output; a write that halted the node is
 //!   not (it was not applied), and the node's watches end with
 //!   [`Error::Halted`] after the events before it;
+//! - once the member stopped applying (halted, storage failed, shut
+//!   down), a watch opened on it that has no event left to take is
+//!   refused at once with the stop error, never accepted: an accepted
+//!   watch looks healthy to a client, which would then reconnect to it
+//!   for ever. One opened at an event the journal still holds gets the
+//!   events, then the error;
 //! - the journal is bounded by bytes ([`PeerBuilder::watch_journal_bytes`]):
 //!   appending past the bound drops the oldest events and moves `start`
 //!   past them. After a restart it starts empty at the snapshot the node
@@ -253,10 +259,13 @@ impl Journal {
     }
 
     /// A cursor at `from` (`None`: the next entry to apply; 0 counts as 1).
+    /// Refused with [`Error::Compacted`] below the journal's start, and
+    /// with the member's stop error once it stopped applying and holds no
+    /// event at or after `from` (the watch could never get one here).
     pub fn cursor(self: &Arc<Self>, from: Option<Index>) -> Result<Cursor, Error> {
         let next = {
             let st = self.lock();
-            match from {
+            let next = match from {
                 None => st.applied.saturating_add(1),
                 Some(from) => {
                     let from = from.max(1);
@@ -268,7 +277,13 @@ impl Journal {
                     }
                     from
                 }
+            };
+            if let Some(e) = &st.stopped
+                && st.events.back().is_none_or(|last| last.index < next)
+            {
+                return Err(e.clone());
             }
+            next
         };
         let open = self.watchers.fetch_add(1, Ordering::Relaxed);
         let cursor = Cursor {
@@ -378,8 +393,10 @@ impl Cursor {
     }
 }
 
-/// Serves one watch request on a client stream: an `Events` frame
-/// confirming the start (possibly empty), then batches as writes apply,
+/// Serves one watch request on a client stream: its refusal (an `Err`
+/// frame: compacted, overloaded, or the member stopped with nothing left
+/// for the watch), or an `Events` frame confirming the start (possibly
+/// empty), then batches as writes apply,
 /// until the client goes away or an error ends it (its frame is the last).
 /// A client that does not read while the journal overtakes it gets its
 /// stream reset with [`RESET_LAGGED`] (a frame could not get through its
@@ -498,7 +515,9 @@ impl<S: StateMachine> Peer<S> {
     /// Watches the writes this member applies from index `from` (`None`:
     /// from the next entry it applies): their commands and outputs, typed,
     /// in index order. See [`crate::client::watch`] for what is an event;
-    /// [`Error::Compacted`] if the member no longer holds `from`.
+    /// [`Error::Compacted`] if the member no longer holds `from`; the
+    /// member's stop error ([`Error::Halted`], [`Error::Storage`], ...) if
+    /// it stopped applying and holds no event from `from` on.
     pub fn watch_from(&self, from: Option<Index>) -> Result<PeerWatch<S>, Error> {
         Ok(PeerWatch {
             cursor: self.inner.journal.cursor(from)?,
@@ -632,6 +651,34 @@ mod tests {
             assert_eq!(indices(&c.next_batch(1).await.expect("b")), [13]);
             assert_eq!(indices(&c.next_batch(400).await.expect("b")), [14]);
             assert!(matches!(c.next_batch(400).await, Err(Error::Halted { .. })));
+        });
+    }
+
+    #[test]
+    fn a_stopped_journal_refuses_a_watch_with_nothing_left_at_once() {
+        block_on(async {
+            let j = Journal::new(0, 1 << 20);
+            j.push(1, vec![0].into(), Ok(Bytes::new()));
+            j.push(3, vec![0].into(), Ok(Bytes::new()));
+            j.applied(4);
+            let halted = Error::Halted {
+                message: "h".into(),
+            };
+            j.stop(&mut Vec::new(), halted.clone());
+            for from in [None, Some(4), Some(5), Some(u64::MAX)] {
+                assert_eq!(j.cursor(from).err(), Some(halted.clone()), "{from:?}");
+            }
+            // Events still held: they first, then the error.
+            let mut c = j.cursor(Some(2)).expect("cursor");
+            assert_eq!(indices(&c.next_batch(1 << 20).await.expect("b")), [3]);
+            assert_eq!(c.next_batch(1 << 20).await.err(), Some(halted.clone()));
+            drop(c);
+            // The refusals hold no watcher slot.
+            let open: Vec<Cursor> = (0..MAX_WATCHERS)
+                .map(|_| j.cursor(Some(1)).expect("cursor"))
+                .collect();
+            assert_eq!(j.cursor(Some(1)).err(), Some(Error::Overloaded));
+            drop(open);
         });
     }
 
