@@ -10,7 +10,9 @@
 //! `runtime::client_mux`): it answers the hello with `Ok(MUX_ACCEPTED)` and
 //! then serves the multiplexed request stream, one frame `id request [meta]`
 //! in, one frame `id response` out. Each request is handed to the test's
-//! script, which says what to do with it ([`Act`]).
+//! script, which says what to do with it ([`Act`]). Every further stream a
+//! client opens is a watch: its request is recorded and it is answered
+//! with the frames of [`FakeMember::answer_watches`], then finished.
 //!
 //! Invariants:
 //! - every request that reached the member is recorded, in arrival order,
@@ -85,6 +87,10 @@ struct Shared {
     /// serves nothing.
     epoch: AtomicU64,
     live: Mutex<Vec<Connection>>,
+    /// The frames every watch stream is answered with.
+    watch_frames: Mutex<Vec<ClientResponse>>,
+    /// Watch streams served.
+    watches: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,6 +124,8 @@ impl FakeMember {
             refuse: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
             live: Mutex::new(Vec::new()),
+            watch_frames: Mutex::new(Vec::new()),
+            watches: AtomicUsize::new(0),
         });
         let accepting = tokio::spawn(accept(endpoint.clone(), shared.clone()));
         FakeMember {
@@ -131,6 +139,16 @@ impl FakeMember {
     /// The address clients dial.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Answers every watch stream with `frames`, then finishes it.
+    pub(crate) fn answer_watches(&self, frames: Vec<ClientResponse>) {
+        *lock(&self.shared.watch_frames) = frames;
+    }
+
+    /// How many watch streams were served.
+    pub(crate) fn watches(&self) -> usize {
+        self.shared.watches.load(Ordering::SeqCst)
     }
 
     /// Every request that reached this member so far, in arrival order.
@@ -187,16 +205,17 @@ async fn accept(endpoint: Endpoint, shared: Arc<Shared>) {
                 }
                 live.push(conn.clone());
             }
-            serve(conn, &shared).await;
+            serve(conn, shared).await;
         });
     }
 }
 
 /// Serves one connection: the hello, then the multiplexed requests.
-async fn serve(conn: Connection, shared: &Shared) {
+async fn serve(conn: Connection, shared: Arc<Shared>) {
     let Ok((mut send, mut recv)) = conn.accept_bi().await else {
         return;
     };
+    tokio::spawn(serve_watches(conn.clone(), shared.clone()));
     if read_frame::<ClientHello, _>(&mut recv, DEFAULT_MAX_FRAME_BYTES)
         .await
         .is_err()
@@ -238,5 +257,29 @@ async fn serve(conn: Connection, shared: &Shared) {
         {
             return;
         }
+    }
+}
+
+/// Serves the watch streams of a connection (every stream after the
+/// first): records the request, sends the scripted frames, finishes.
+async fn serve_watches(conn: Connection, shared: Arc<Shared>) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let Ok(body) = read_frame_body(&mut recv, DEFAULT_MAX_FRAME_BYTES).await else {
+            continue;
+        };
+        if let Ok((request, _)) = postcard::take_from_bytes::<ClientRequest>(&body) {
+            lock(&shared.received).push(request);
+        }
+        shared.watches.fetch_add(1, Ordering::SeqCst);
+        let frames = lock(&shared.watch_frames).clone();
+        for frame in &frames {
+            if write_frame(&mut send, frame, DEFAULT_MAX_FRAME_BYTES)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = send.finish();
     }
 }

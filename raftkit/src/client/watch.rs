@@ -39,7 +39,13 @@
 //! members that just failed) from the index after the last event it
 //! delivered, retrying with backoff for up to the client's timeout
 //! ([`ClientOptions::timeout`](super::ClientOptions)) per outage; only then
-//! does [`Watch::next`] return the error. A member that no longer holds
+//! does [`Watch::next`] return the error. An outage has one deadline and
+//! one backoff: it lasts from the failure until the watch gets an event
+//! again (or a stream stays up for a whole timeout), so a member that
+//! accepts the watch and ends it before any event does not restart them.
+//! A member that stopped applying (halted, storage failed) refuses a watch
+//! it has no event left for; when every member halted, `next` returns
+//! [`Error::Halted`] within the client's timeout, and the watch ends. A member that no longer holds
 //! the next index answers [`Error::Compacted`]; the watch tries every
 //! other member before returning it. Across processes, keep
 //! [`Watch::resume_from`] and open a new watch from it.
@@ -169,7 +175,21 @@ pub struct Watch<S: StateMachine> {
     /// The stream's resume point once the batch is delivered.
     batch_next: u64,
     ended: bool,
+    /// The outage the watch is in, if any: from the first failure (or the
+    /// first open) until an event arrives or a stream stays up for the
+    /// client's timeout. Kept across reconnects and cancelled calls.
+    outage: Option<Outage>,
+    /// When the current stream was accepted.
+    since: Instant,
     _sm: std::marker::PhantomData<fn() -> S>,
+}
+
+/// One outage of a watch: its single deadline and its backoff, shared by
+/// every reconnect until the watch gets an event again.
+#[derive(Clone, Copy, Debug)]
+struct Outage {
+    deadline: Instant,
+    backoff: std::time::Duration,
 }
 
 impl Client {
@@ -185,6 +205,8 @@ impl Client {
             batch: VecDeque::new(),
             batch_next: 0,
             ended: false,
+            outage: None,
+            since: Instant::now(),
             _sm: std::marker::PhantomData,
         };
         w.reconnect(None).await?;
@@ -258,6 +280,10 @@ impl<S: StateMachine> Watch<S> {
         };
         debug!(member = %addr, error = %r, "watch stream ended");
         self.stream = None;
+        if self.since.elapsed() >= self.client.options().timeout {
+            // It served for a whole timeout: this is a new outage.
+            self.outage = None;
+        }
         if r.is_retryable() || r.member_is_down() {
             self.client.suspect(addr);
         }
@@ -277,26 +303,49 @@ impl<S: StateMachine> Watch<S> {
             self.batch.push_back(e);
         }
         self.batch_next = stream_next.max(expect);
+        if !self.batch.is_empty() {
+            // Events again: the outage, if any, is over.
+            self.outage = None;
+        }
         if self.batch.is_empty() {
             self.next = Some(self.batch_next);
         }
     }
 
     /// Opens the watch at the next member, retrying members and backing off
-    /// until the client's timeout. `failed` is why the last stream ended.
+    /// until the outage's deadline (the client's timeout from the outage's
+    /// start). `failed` is why the last stream ended. A member that accepts
+    /// the watch and ends it before any event does not end the outage: the
+    /// next reconnect keeps its deadline and backoff, and backs off before
+    /// its first attempt, so a watch no member can serve ends with the
+    /// error within the client's timeout instead of reconnecting for ever.
     async fn reconnect(&mut self, failed: Option<Error>) -> Result<(), Error> {
         let opts = self.client.options().clone();
-        let deadline = Instant::now() + opts.timeout;
-        let mut backoff = opts.backoff;
+        let resumed = self.outage.is_some();
+        let deadline = self
+            .outage
+            .get_or_insert(Outage {
+                deadline: Instant::now() + opts.timeout,
+                backoff: opts.backoff,
+            })
+            .deadline;
         let members = self.client.members().len();
         let mut compacted: Option<Error> = None;
         let mut compacted_answers = 0;
         let mut last = failed;
+        if resumed {
+            if Instant::now() >= deadline {
+                debug!(error = ?last, "watch outage past its deadline");
+                return Err(last.unwrap_or(Error::Timeout));
+            }
+            self.back_off(deadline, &opts).await;
+        }
         loop {
             let addr = self.client.round_robin();
             match tokio::time::timeout_at(deadline, self.open(addr)).await {
                 Ok(Ok((frames, events, next))) => {
                     self.stream = Some((addr, frames));
+                    self.since = Instant::now();
                     self.accept(events, next);
                     debug!(member = %addr, from = ?self.next, "watching");
                     return Ok(());
@@ -322,10 +371,21 @@ impl<S: StateMachine> Watch<S> {
             if Instant::now() >= deadline {
                 return Err(compacted.or(last).unwrap_or(Error::Timeout));
             }
-            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
-            backoff = (backoff * 2).min(opts.max_backoff);
+            self.back_off(deadline, &opts).await;
         }
+    }
+
+    /// Sleeps the outage's backoff (at most until `deadline`) and doubles
+    /// it, up to the client's longest.
+    async fn back_off(&mut self, deadline: Instant, opts: &super::ClientOptions) {
+        let Some(outage) = self.outage.as_mut() else {
+            return;
+        };
+        let pause = outage
+            .backoff
+            .min(deadline.saturating_duration_since(Instant::now()));
+        outage.backoff = (outage.backoff * 2).min(opts.max_backoff);
+        tokio::time::sleep(pause).await;
     }
 
     /// Sends the watch request to `addr` and reads its first frame (the
@@ -388,4 +448,73 @@ async fn read_response(frames: &mut FrameReader) -> Result<ClientResponse, ReadF
     };
     postcard::from_bytes(&body)
         .map_err(|e| ReadFailure::Other(Error::Protocol(format!("watch frame: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::client::ClientOptions;
+    use crate::client::fake_member::{Act, FakeMember, session_opened};
+    use crate::client::wire::WireError;
+    use crate::prelude::*;
+    use crate::tls::dev_cluster;
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    struct Nothing {}
+
+    #[crate::state_machine]
+    impl Nothing {
+        #[write]
+        fn touch(&mut self) -> u64 {
+            0
+        }
+    }
+
+    /// A member that accepts every watch (an empty first frame) and ends it
+    /// at once with `Halted`, as halted members did: each acceptance used
+    /// to restart the reconnect's deadline and backoff, so `next` never
+    /// returned. Now the outage keeps one deadline: `next` ends with
+    /// `Halted` within the client's timeout, after a bounded number of
+    /// attempts.
+    #[tokio::test]
+    async fn a_member_that_accepts_and_ends_every_watch_ends_it_within_the_timeout() {
+        const TIMEOUT: Duration = Duration::from_millis(800);
+        let (ca, nodes) = dev_cluster(["fake-a"]).expect("dev certificates");
+        let client_id = ca.issue_client("watcher").expect("client certificate");
+        let member = FakeMember::start(&nodes[0], |request| match request {
+            ClientRequest::OpenSession => session_opened(9),
+            _ => Act::answer(ClientResponse::Err(WireError::Rejected("no".into()))),
+        });
+        member.answer_watches(vec![
+            ClientResponse::Events {
+                events: Vec::new(),
+                next: 1,
+            },
+            ClientResponse::Err(WireError::Halted("bug".into())),
+        ]);
+        let opts = ClientOptions::default().with_timeout(TIMEOUT);
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            Client::connect_with([member.addr().to_string()], client_id, 0, opts),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects");
+        let mut w = tokio::time::timeout(Duration::from_secs(10), client.watch::<Nothing>(None))
+            .await
+            .expect("opens in time")
+            .expect("opens");
+        let started = Instant::now();
+        let end = tokio::time::timeout(TIMEOUT + Duration::from_secs(3), w.next())
+            .await
+            .expect("the watch ends within the client's timeout");
+        assert!(matches!(end, Some(Err(Error::Halted { .. }))), "{end:?}");
+        assert!(started.elapsed() <= TIMEOUT + Duration::from_millis(500));
+        // Backed off: 10 ms doubling within 800 ms is a handful of
+        // attempts, not a tight loop.
+        assert!(member.watches() <= 12, "{} watch streams", member.watches());
+        assert!(w.next().await.is_none(), "an ended watch stays ended");
+    }
 }
