@@ -74,7 +74,13 @@
 //!   stream's flow-control window). Re-read and watch again.
 //! - any other error the client could not retry within its timeout.
 //!
-//! A watch applies nothing: every watch error says `Applied::No`.
+//! A watch applies nothing, whatever its error's
+//! [`applied`](Error::applied) says: that answer describes a write's
+//! command and does not depend on the call, so the watch's own errors
+//! ([`Error::Compacted`], [`Error::WatchLagged`]) say `Applied::No`, and
+//! one it passes on from the connection or the member ([`Error::Timeout`],
+//! [`Error::Transport`], [`Error::Halted`], ...) says `Maybe` as it would
+//! for a write. Neither is about any write of yours: no write was made.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
