@@ -316,15 +316,45 @@ pub(crate) fn was_listed(fs: &dyn Vfs, dir: &Path, group: GroupId) -> bool {
         .is_ok_and(|names| names.iter().any(|n| n == "listed"))
 }
 
+/// The marker that says this node founded `group` (see [`mark_founded`]).
+fn founded_marker(dir: &Path, group: GroupId) -> PathBuf {
+    group_dir(dir, group).join("founded")
+}
+
+/// Records durably, before the journal's `Create` record of `group`, that
+/// this node creates it with its founding members
+/// ([`MultiNode::create_group`](super::MultiNode::create_group)): a
+/// failure between that record and the bootstrap leaves a replica with no
+/// configuration, which the founding call, retried, bootstraps then; a
+/// replica hosted on demand (no marker) also starts with none, and is
+/// never bootstrapped: its configuration comes from the group's leader.
+pub(crate) fn mark_founded(fs: &dyn Vfs, dir: &Path, group: GroupId) -> std::io::Result<()> {
+    let gdir = group_dir(dir, group);
+    fs.create_dir_all(&gdir)?;
+    let file = fs.open(&founded_marker(dir, group), OpenMode::CreateTruncate)?;
+    file.sync_all()?;
+    fs.sync_dir(&gdir)?;
+    fs.sync_dir(&dir.join("groups"))
+}
+
+/// Whether [`mark_founded`] recorded `group` (an unreadable directory reads
+/// as not founded here: the replica is then never bootstrapped again).
+pub(crate) fn was_founded(fs: &dyn Vfs, dir: &Path, group: GroupId) -> bool {
+    fs.list_dir(&group_dir(dir, group))
+        .is_ok_and(|names| names.iter().any(|n| n == "founded"))
+}
+
 /// Deletes the snapshot files of `group` (after its removal from the
-/// journal) and its [`mark_listed`] marker. Failures are logged: a
+/// journal) and its [`mark_listed`] and [`mark_founded`] markers. Failures are logged: a
 /// leftover file is swept at the next start.
 pub(crate) fn delete_group_files(fs: &dyn Vfs, dir: &Path, group: GroupId) {
-    let marker = listed_marker(dir, group);
-    if was_listed(fs, dir, group)
-        && let Err(e) = fs.remove_file(&marker)
-    {
-        warn!(group, path = %marker.display(), error = %e, "cannot delete a removed group's file");
+    for (marker, present) in [
+        (listed_marker(dir, group), was_listed(fs, dir, group)),
+        (founded_marker(dir, group), was_founded(fs, dir, group)),
+    ] {
+        if present && let Err(e) = fs.remove_file(&marker) {
+            warn!(group, path = %marker.display(), error = %e, "cannot delete a removed group's file");
+        }
     }
     let snaps = group_dir(dir, group).join("snapshots");
     let Ok(names) = fs.list_dir(&snaps) else {

@@ -637,7 +637,11 @@ impl<S: PeerExt> MultiNode<S> {
     /// Creates `group` on this node as a voter of a new group whose voters
     /// are the nodes at `members` (their advertised addresses, this node's
     /// included or not); each member node creates it with the same list.
-    /// A group this node already hosts is returned as it is; one it left
+    /// A group this node already hosts is returned as it is — unless this
+    /// node founded it and its replica holds no configuration (a failure
+    /// between the durable creation and the bootstrap, here or before a
+    /// restart): that replica is bootstrapped with `members` now, as a
+    /// fresh create would (a replica hosted on demand never is); one it left
     /// is refused with [`Error::Rejected`], also while its replica is
     /// still being retired.
     pub async fn create_group(&self, group: GroupId, members: &[String]) -> Result<Peer<S>, Error> {
@@ -651,7 +655,9 @@ impl<S: PeerExt> MultiNode<S> {
         // an empty replica of a group this node just left.
         let retiring = self.inner.retiring.lock().await;
         if let Some(peer) = self.group(group) {
-            return Ok(peer);
+            // Held on: no retirement takes the replica while it restarts.
+            let _retiring = retiring;
+            return self.bootstrap_unformed(group, peer, members).await;
         }
         if self.inner.unretired().contains_key(&group) {
             // Its old log is still in the journal (see `hosting`).
@@ -668,6 +674,10 @@ impl<S: PeerExt> MultiNode<S> {
                 "this node left group {group}; move a replica back to it instead"
             )));
         }
+        // Before the `Create` record: a failure between it and the
+        // bootstrap must leave a replica this call, retried, bootstraps.
+        super::hosting::mark_founded(&*self.inner.fs, &self.inner.dir, group)
+            .map_err(|e| Error::Storage(e.to_string()))?;
         self.inner
             .journal
             .create_group(group)
@@ -675,6 +685,38 @@ impl<S: PeerExt> MultiNode<S> {
         // A retirement starting now cannot take this group: it is not in
         // the map until it has started.
         drop(retiring);
+        self.start_group(group, Some(members.to_vec())).await
+    }
+
+    /// `peer`, this node's replica of `group`, as it is; or, if this node
+    /// founded the group ([`hosting::mark_founded`](super::hosting::mark_founded))
+    /// and the replica holds no configuration (a failure came between the
+    /// `Create` record and the bootstrap, and its log is empty), the
+    /// replica restarted over its log with the founding `members`: the
+    /// builder bootstraps a log that is still empty, as a fresh create
+    /// does. A replica hosted on demand is never founded here. The caller
+    /// holds the `retiring` lock.
+    async fn bootstrap_unformed(
+        &self,
+        group: GroupId,
+        peer: Peer<S>,
+        members: &[String],
+    ) -> Result<Peer<S>, Error> {
+        let st = peer.status();
+        if st.config_index > 0
+            || !st.members.is_empty()
+            || !super::hosting::was_founded(&*self.inner.fs, &self.inner.dir, group)
+        {
+            return Ok(peer);
+        }
+        let Some(h) = self.inner.groups().remove(&group) else {
+            return Ok(peer);
+        };
+        info!(group, node = %self.inner.name, "bootstrapping a group whose creation failed before its bootstrap");
+        // A message arriving meanwhile starts no replica: the journal
+        // holds the group.
+        h.peer.shutdown().await?;
+        self.inner.links.unregister(group);
         self.start_group(group, Some(members.to_vec())).await
     }
 

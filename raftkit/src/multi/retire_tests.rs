@@ -558,3 +558,57 @@ async fn an_uncommitted_configuration_does_not_list_a_replica() {
     }
     node.shutdown().await.expect("a clean shutdown");
 }
+
+/// A failure between a group's durable `Create` record and its bootstrap
+/// (here the journal refuses the bootstrap's append) left a replica with
+/// an empty log and no configuration: restarted without members, it never
+/// campaigned, a second `create_group` returned it as it was, and it was
+/// retired as an orphan. The founding `create_group` retried after the
+/// restart bootstraps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_bootstrap_failed_is_bootstrapped_by_the_retried_create() {
+    use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .to_string();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = ClusterCa::generate("retire-test").expect("a CA");
+    let fs = FaultyFs::over_real();
+    let mut builder = MultiNode::<Placement>::builder().identity(
+        ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+            .expect("a node certificate"),
+    );
+    builder.fs = Arc::new(fs.clone());
+    let node = start_on(builder, &addr, dir.path()).await;
+    let members = vec![addr.clone()];
+
+    // The `Create` batch is written, the bootstrap's is refused.
+    fs.inject(
+        FaultRule::new(FileOp::Write, Fault::NoSpace)
+            .on("journal")
+            .after(1),
+    );
+    assert!(
+        node.create_group(1, &members).await.is_err(),
+        "a group created although its bootstrap failed"
+    );
+    assert!(fs.fired() > 0, "the bootstrap's write was refused");
+    node.kill().await;
+    drop(node);
+
+    fs.clear();
+    let mut builder = MultiNode::<Placement>::builder();
+    builder.fs = Arc::new(fs.clone());
+    let node = start_on(builder, &addr, dir.path()).await;
+    let group = node
+        .create_group(1, &members)
+        .await
+        .expect("the retried create");
+    until("the group elects its only member", || {
+        let st = group.status();
+        st.leader == Some(node.id()) && st.members.iter().any(|m| m.id == node.id())
+    })
+    .await;
+    node.shutdown().await.expect("a clean shutdown");
+}
