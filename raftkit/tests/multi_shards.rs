@@ -461,3 +461,82 @@ async fn the_placement_group_quiesces_when_idle_and_still_serves() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// A group whose replicas never answer delays only its own calls: the
+/// sharded client dialled a group's replicas while holding the lock every
+/// call takes (for up to the 1 s connect timeout, a failed dial not
+/// cached), so calls to a healthy group queued behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_group_does_not_hold_up_the_calls_to_the_others() {
+    let addrs = free_addrs(1);
+    let ca = ClusterCa::generate("shard-test").unwrap();
+    let (node, _dir) = start_node(&addrs[0], &ca).await;
+    node.form_shards(2, &addrs).await.unwrap();
+    let admin = ca.issue_admin("ops").unwrap();
+    let sharded = ShardedClient::<Kv>::connect_with(&addrs, admin.clone(), opts())
+        .await
+        .unwrap();
+    let routes = sharded.routes();
+    let key_in = |group: GroupId| {
+        (0..)
+            .map(|i| format!("key:{i}"))
+            .find(|k| routes.shard_of(k.as_bytes()).unwrap().group == group)
+            .unwrap()
+    };
+    let (dead_key, live_key) = (key_in(1), key_in(2));
+    // Group 1's placement names an address that never answers (a bound
+    // UDP socket: the QUIC handshake times out).
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let placement = PlacementClient::new(
+        Client::connect_with_for::<Kv, _, _>(
+            &addrs,
+            admin.clone(),
+            opts().with_group(PLACEMENT_GROUP),
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(
+        placement
+            .set_replicas(1, vec![silent.local_addr().unwrap().to_string()])
+            .await
+            .unwrap()
+    );
+    let sharded = ShardedClient::<Kv>::connect_with(&addrs, admin, opts())
+        .await
+        .unwrap();
+    let kv = KvClient::new(sharded.clone());
+    kv.put(live_key.clone(), "v".into()).await.unwrap();
+
+    // Calls to group 1 in a loop: one of them is dialling at any time.
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let dialler = {
+        let kv = KvClient::new(sharded.clone());
+        let attempts = attempts.clone();
+        tokio::spawn(async move {
+            loop {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = kv.get(dead_key.clone()).await;
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while attempts.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the dialler runs");
+        tokio::task::yield_now().await;
+    }
+    let mut took = Vec::new();
+    for _ in 0..7 {
+        let start = tokio::time::Instant::now();
+        assert_eq!(kv.get(live_key.clone()).await.unwrap(), Some("v".into()));
+        took.push(start.elapsed());
+    }
+    took.sort();
+    dialler.abort();
+    let median = took[took.len() / 2];
+    assert!(
+        median < Duration::from_millis(300),
+        "calls to a healthy group waited for an unreachable group's dial: {took:?}"
+    );
+    node.shutdown().await.unwrap();
+}

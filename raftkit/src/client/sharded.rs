@@ -29,6 +29,14 @@
 //!    most). An error that may have applied the command is returned as it
 //!    is: re-routing it could apply it twice.
 //!
+//! A group's client is made on its first call and cached (per group, for
+//! the replicas the placement lists). The cache's lock is never held
+//! while a group's replicas are dialled: a group whose replicas do not
+//! answer delays only its own calls (each by up to the connect timeout:
+//! a failed dial is not cached), never those of the other groups. Two
+//! calls that dial the same group at once both connect; the first
+//! client cached is the one both go on with.
+//!
 //! Limits: one connection per node per group (each group's client has its
 //! own; a shared connection per node is a later optimisation), and the
 //! placement is re-read only when a call fails.
@@ -175,12 +183,13 @@ impl<S> ShardedClient<S> {
         let shard = routes
             .group(group)
             .ok_or_else(|| Error::Rejected(format!("the placement has no group {group}")))?;
-        let mut groups = self.inner.groups.lock().await;
-        if let Some((replicas, client)) = groups.get(&group)
+        if let Some((replicas, client)) = self.inner.groups.lock().await.get(&group)
             && *replicas == shard.replicas
         {
             return Ok(client.clone());
         }
+        // Dialled without the lock: every call takes it, and a dial of a
+        // group whose replicas do not answer lasts the connect timeout.
         let inner = &self.inner;
         let client = Client::connect_typed(
             &shard.replicas,
@@ -190,6 +199,14 @@ impl<S> ShardedClient<S> {
             inner.opts.clone().with_group(group),
         )
         .await?;
+        let mut groups = self.inner.groups.lock().await;
+        // Two calls that dialled the same replicas at once keep the first
+        // client cached: its session is the one the others go on with.
+        if let Some((replicas, cached)) = groups.get(&group)
+            && *replicas == shard.replicas
+        {
+            return Ok(cached.clone());
+        }
         groups.insert(group, (shard.replicas.clone(), client.clone()));
         Ok(client)
     }
