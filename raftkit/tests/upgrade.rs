@@ -13,7 +13,9 @@
 //!   handler; a v2 start that fails (its port is taken) leaves the
 //!   directory to v1; a peer whose schema is incompatible is refused at hello (and
 //!   a compatible one with another fingerprint is accepted, and a v2 node
-//!   joins a v1 cluster);
+//!   joins a v1 cluster); `add_server` does not promote a v1 node into a
+//!   v2 cluster that uses `delete` (it stays a learner, `delete` keeps
+//!   working);
 //! - state evolution: a v1 snapshot restores into v2 through the migration,
 //!   a v2 snapshot is refused by v1;
 //! - an entry a node cannot decode halts it with the index and the tag,
@@ -254,6 +256,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start_v1() -> Cluster {
+        Self::start(false).await
+    }
+
+    /// Three bootstrapped nodes, all on v2 (`v2`) or all on v1.
+    async fn start(v2: bool) -> Cluster {
         let addrs = free_addrs(3);
         let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
         let (ca, ids) = dev_cluster(&names).expect("dev CA");
@@ -261,17 +268,32 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = Vec::new();
         for (addr, id) in addrs.iter().zip(ids) {
-            let peer = v1::Kv::peer()
-                .listen(addr.clone())
-                .data_dir(dir.path().join(addr))
-                .bootstrap_members(addrs.clone())
-                .identity(id)
-                .tick(TICK)
-                .snapshot_every(40)
-                .start()
-                .await
-                .expect("v1 peer starts");
-            nodes.push(Some(Node::V1(peer)));
+            let node = if v2 {
+                let peer = v2::Kv::peer()
+                    .listen(addr.clone())
+                    .data_dir(dir.path().join(addr))
+                    .bootstrap_members(addrs.clone())
+                    .identity(id)
+                    .tick(TICK)
+                    .snapshot_every(40)
+                    .start()
+                    .await
+                    .expect("v2 peer starts");
+                Node::V2(peer)
+            } else {
+                let peer = v1::Kv::peer()
+                    .listen(addr.clone())
+                    .data_dir(dir.path().join(addr))
+                    .bootstrap_members(addrs.clone())
+                    .identity(id)
+                    .tick(TICK)
+                    .snapshot_every(40)
+                    .start()
+                    .await
+                    .expect("v1 peer starts");
+                Node::V1(peer)
+            };
+            nodes.push(Some(node));
         }
         Cluster {
             dir,
@@ -538,6 +560,75 @@ async fn a_v2_peer_joins_a_v1_cluster() {
     })
     .await;
     joiner.shutdown().await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_server_does_not_promote_a_learner_that_cannot_decode_an_enabled_write() {
+    // A v2 cluster whose clients use `delete` (write tag 1, v2 only); an
+    // admin adds a node that still runs v1. Promoting it would make a voter
+    // of a node that halts at the first `delete` entry, and would disable
+    // `delete` (a voter without tag 1): add_server must refuse, and the
+    // node must stay a learner.
+    let c = Cluster::start(true).await;
+    c.wait_leader().await;
+    let client = c.v2_client().await;
+    client.insert("a".into(), "1".into()).await.unwrap();
+    client.insert("b".into(), "2".into()).await.unwrap();
+    assert_eq!(
+        client.delete("a".into()).await.unwrap().as_deref(),
+        Some("1")
+    );
+
+    let addr = free_addrs(1).remove(0);
+    let identity = c.ca.issue_node(&format!("kv@{addr}"), &[]).unwrap();
+    let old = v1::Kv::peer()
+        .listen(addr.clone())
+        .data_dir(c.dir.path().join(&addr))
+        .identity(identity)
+        .tick(TICK)
+        .start()
+        .await
+        .expect("the v1 node starts");
+    let leader = c
+        .nodes
+        .iter()
+        .flatten()
+        .find_map(|n| match n {
+            Node::V2(p) if p.status().role == Role::Leader => Some(p),
+            _ => None,
+        })
+        .expect("a v2 leader");
+    let mut steps = Vec::new();
+    let added = leader
+        .add_server(&addr, |s| steps.push(s.to_string()))
+        .await;
+    match &added {
+        Err(e @ Error::Rejected(why)) => {
+            assert!(why.contains("tag 1"), "{why}");
+            assert!(why.contains("stays a learner"), "{why}");
+            assert_eq!(e.applied(), raftkit::error::Applied::No);
+        }
+        other => panic!(
+            "add_server promoted a v1 node into a cluster using `delete`: {other:?} (steps {steps:?})"
+        ),
+    }
+    assert!(!steps.iter().any(|s| s == "voter"), "{steps:?}");
+    let id = Peer::<v2::Kv>::member_id(&addr);
+    let me = leader.status();
+    let member = me
+        .members
+        .iter()
+        .find(|m| m.id == id)
+        .expect("still a member");
+    assert!(!member.voter, "the v1 node stays a learner");
+    // `delete` still works, and the cluster still writes.
+    assert_eq!(
+        client.delete("b".into()).await.unwrap().as_deref(),
+        Some("2")
+    );
+    client.insert("c".into(), "3".into()).await.unwrap();
+    old.shutdown().await.ok();
     c.shutdown().await;
 }
 

@@ -799,6 +799,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 let mut config =
                     QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);
                 config.advertise = Some(meta.advertise.clone());
+                schemas.hear_peers();
                 config.schemas = Some(schemas.clone());
                 // A peer restarted at once may find its port still held by
                 // the previous endpoint while it drains: retry briefly.

@@ -14,6 +14,27 @@
 //! learner is close enough to be promoted without hurting availability.
 //! After at most [`MAX_CATCH_UP_ROUNDS`] rounds the call fails with a clear
 //! error and the learner stays a learner.
+//!
+//! Caught up is not enough: a learner that runs an older binary acknowledges
+//! entries it cannot apply (it halts at the first one whose write tag it
+//! does not know, or at a snapshot of a newer state version) and, as a
+//! voter, would count in every quorum while halted and disable a write the
+//! voters had enabled (the leader enables a write only once every voter
+//! knows it). So before promoting, the leader checks the learner's schema
+//! ([`crate::schema::SchemaBook::check_promotion`]), as its hello showed it
+//! (over QUIC; it waits up to ten election timeouts for that hello, which
+//! the learner sends once it has the configuration that lists the leader):
+//! the learner must know every write tag the voters have enabled, and a
+//! state version no lower than every voter's. Otherwise the call fails with
+//! [`Error::Rejected`] (nothing was promoted; the learner stays a learner,
+//! to be removed with `remove_server`).
+//!
+//! Invariant: `add_server` never shrinks the set of enabled writes.
+//! Not checked: whether a learner with a compatible schema has halted for
+//! another reason (a handler's panic under the halt policy, a storage
+//! error). Its acknowledgements still count as caught up: the leader learns
+//! only what the learner has stored (`matched`), not what it has applied,
+//! and nothing in replication tells it more.
 
 use std::time::Duration;
 
@@ -88,8 +109,9 @@ impl<S: StateMachine> Peer<S> {
             self.add_learner(addr).await?;
         }
         self.wait_caught_up(id, &mut progress).await?;
-        progress("promoting to voter");
         self.wait_no_change_in_flight().await?;
+        self.check_promotion(id).await?;
+        progress("promoting to voter");
         let mut conf = self.current_config()?;
         conf.learners.remove(&id);
         conf.voters.insert(id);
@@ -197,6 +219,33 @@ impl<S: StateMachine> Peer<S> {
         Err(Error::Rejected(format!(
             "learner did not catch up within {MAX_CATCH_UP_ROUNDS} rounds; it stays a learner"
         )))
+    }
+
+    /// Refuses, with [`Error::Rejected`], to promote learner `id` if its
+    /// schema shows that the promotion would disable a write the voters
+    /// have enabled or that it cannot restore their snapshots, or if its
+    /// hello (with its schema) has not reached this leader within ten
+    /// election timeouts.
+    async fn check_promotion(&self, id: NodeId) -> Result<(), Error> {
+        use crate::schema::PromotionRefused;
+        let unheard = Error::Rejected(format!(
+            "learner {id} caught up but its schema is unknown: it has not linked to this leader; nothing was promoted, it stays a learner"
+        ));
+        let me = self.id();
+        self.until(unheard, || {
+            let voters: Vec<NodeId> = match self.current_config() {
+                Ok(conf) => conf.voters.into_iter().filter(|v| *v != me).collect(),
+                Err(e) => return Some(Err(e)),
+            };
+            match self.inner.schemas.check_promotion(id, &voters) {
+                Ok(()) => Some(Ok(())),
+                Err(PromotionRefused::Unheard) => None,
+                Err(PromotionRefused::Shrinks(why)) => Some(Err(Error::Rejected(format!(
+                    "{why}; promoting it would make a voter that halts at the first such entry or snapshot (and disable what it lacks); nothing was promoted, it stays a learner: upgrade it, or remove it with remove_server"
+                )))),
+            }
+        })
+        .await
     }
 
     /// Waits until the leader's committed configuration satisfies `done`

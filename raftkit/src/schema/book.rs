@@ -1,8 +1,17 @@
 //! [`SchemaBook`]: what a node knows of the schemas around it — its own,
 //! the one its data directory held when it started, and every peer's (from
-//! the hello of the peer's last link to this node) — and the leader's gate
-//! that enables a handler only once every voter knows it.
+//! the hello of the peer's last link to this node) — and the leader's two
+//! gates: one enables a handler only once every voter knows it
+//! ([`SchemaBook::check_enabled`]), the other promotes a learner to voter
+//! only if that disables nothing ([`SchemaBook::check_promotion`]).
+//!
+//! Invariant: a write tag that the current voters have enabled stays
+//! enabled across `add_server`. The enabled set only shrinks when a voter
+//! restarts on an older binary (refused by its data directory, see
+//! [`crate::schema`]) or when a learner that lacks a tag is promoted, which
+//! the second gate refuses.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{HandlerKind, Mismatch, Schema};
@@ -24,6 +33,23 @@ pub struct SchemaBook {
     /// leader looks every voter up on each write ([`Self::check_enabled`]),
     /// where a scan of a few ids costs less than hashing them.
     peers: Mutex<Vec<(NodeId, Arc<Schema>)>>,
+    /// Whether peers' hellos carry their schemas to this book (the QUIC
+    /// transport): then a learner's schema is known once it has linked to
+    /// this node, and [`Self::check_promotion`] waits for it instead of
+    /// assuming the floor.
+    hears_peers: AtomicBool,
+}
+
+/// Why [`SchemaBook::check_promotion`] does not allow a promotion (yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PromotionRefused {
+    /// The learner's hello has not reached this node yet: its schema is not
+    /// known.
+    Unheard,
+    /// Promoting it would disable a write the voters have enabled, or make
+    /// a voter of a node that cannot restore any voter's snapshot. Says
+    /// which.
+    Shrinks(String),
 }
 
 impl SchemaBook {
@@ -35,6 +61,22 @@ impl SchemaBook {
             floor: floor.map(Arc::new).unwrap_or_else(|| local.clone()),
             local,
             peers: Mutex::new(Vec::new()),
+            hears_peers: AtomicBool::new(false),
+        }
+    }
+
+    /// Says that peers' hellos carry their schemas to this book (the
+    /// transport records them with [`Self::accept_peer`]).
+    pub(crate) fn hear_peers(&self) {
+        self.hears_peers.store(true, Ordering::Relaxed);
+    }
+
+    /// What this node takes `id` to know: its last hello's schema or, if
+    /// none was seen, the floor (`true` when it is the floor).
+    fn known(&self, peers: Option<&[(NodeId, Arc<Schema>)]>, id: NodeId) -> (Arc<Schema>, bool) {
+        match peers.and_then(|p| p.iter().find(|(peer, _)| *peer == id)) {
+            Some((_, schema)) => (schema.clone(), false),
+            None => (self.floor.clone(), true),
         }
     }
 
@@ -113,6 +155,64 @@ impl SchemaBook {
         }
         Ok(())
     }
+
+    /// The leader's check before it promotes `learner` to voter, `voters`
+    /// being the other voters (this node excluded, as it is for
+    /// [`Self::check_enabled`]). Refuses when the learner's schema lacks a
+    /// write tag that [`Self::check_enabled`] enables now (the promotion
+    /// would disable that write, which clients may be using, and make a
+    /// voter of a node that halts at its first entry), or when its state
+    /// version is below every voter's (it could restore no voter's
+    /// snapshot). The learner's schema is its last hello's; while none was
+    /// seen, [`PromotionRefused::Unheard`] if hellos carry schemas to this
+    /// book, else the floor (what [`Self::check_enabled`] would assume of
+    /// it as a voter). Read handlers are not compared: a query is served
+    /// by the leader alone.
+    pub fn check_promotion(
+        &self,
+        learner: NodeId,
+        voters: &[NodeId],
+    ) -> Result<(), PromotionRefused> {
+        let peers = self.peers.lock().ok();
+        let (schema, unheard) = self.known(peers.as_deref().map(Vec::as_slice), learner);
+        if unheard && self.hears_peers.load(Ordering::Relaxed) {
+            return Err(PromotionRefused::Unheard);
+        }
+        let source = if unheard {
+            "the schema this node ran before (its hello carries none)"
+        } else {
+            "its binary"
+        };
+        let mut lowest_state = self.local.state_version;
+        let others: Vec<Arc<Schema>> = voters
+            .iter()
+            .map(|&v| self.known(peers.as_deref().map(Vec::as_slice), v).0)
+            .collect();
+        drop(peers);
+        for other in &others {
+            lowest_state = lowest_state.min(other.state_version);
+        }
+        for h in &self.local.handlers {
+            if h.kind != HandlerKind::Write || schema.handler(h.kind, h.tag).is_some() {
+                continue;
+            }
+            let enabled = others.iter().all(|o| o.handler(h.kind, h.tag).is_some());
+            if enabled {
+                return Err(PromotionRefused::Shrinks(format!(
+                    "{} is enabled (every voter knows it) but learner {learner} cannot decode it ({source} has no write tag {})",
+                    h.label(),
+                    h.tag
+                )));
+            }
+        }
+        if schema.state_version < lowest_state {
+            return Err(PromotionRefused::Shrinks(format!(
+                "learner {learner} knows state version {} but every voter writes snapshots of version {lowest_state} or later, which it cannot restore ({source})",
+                schema.state_version
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -162,5 +262,41 @@ mod tests {
         bad.handlers[0].args = Shape::U64;
         assert!(book.accept_peer(4, bad).is_err());
         assert!(book.peer(4).is_none());
+    }
+
+    #[test]
+    fn a_learner_is_promoted_only_if_it_knows_every_enabled_write() {
+        let book = SchemaBook::new(schema(&[0, 1]), None);
+        // Without hellos (no QUIC), an unheard learner is taken to know
+        // the floor, like a voter.
+        book.check_promotion(4, &[2, 3]).unwrap();
+        book.hear_peers();
+        assert_eq!(
+            book.check_promotion(4, &[2, 3]),
+            Err(PromotionRefused::Unheard)
+        );
+        // Tag 1 is enabled (voters 2 and 3 are taken to know the floor):
+        // a learner without it is refused.
+        book.accept_peer(4, schema(&[0])).unwrap();
+        match book.check_promotion(4, &[2, 3]) {
+            Err(PromotionRefused::Shrinks(why)) => assert!(why.contains("write tag 1"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Not enabled (voter 3 runs the older binary): nothing to shrink.
+        book.accept_peer(3, schema(&[0])).unwrap();
+        book.check_promotion(4, &[2, 3]).unwrap();
+        // A lower state version than every voter's is refused.
+        let mut newer = schema(&[0, 1]);
+        newer.state_version = 2;
+        let book = SchemaBook::new(newer.clone(), None);
+        book.hear_peers();
+        book.accept_peer(2, newer).unwrap();
+        book.accept_peer(4, schema(&[0, 1])).unwrap();
+        match book.check_promotion(4, &[2]) {
+            Err(PromotionRefused::Shrinks(why)) => {
+                assert!(why.contains("state version 1"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -36,6 +36,13 @@
 //!   [`crate::Error::Unsupported`]; it never enters the log, so no replica
 //!   meets a command it cannot decode. A new handler is therefore enabled
 //!   cluster-wide once every voter runs a binary that knows it.
+//! - **Before a promotion** (the leader, [`SchemaBook::check_promotion`]):
+//!   `add_server` makes a learner a voter only if its schema (from its
+//!   hello) knows every write the voters have enabled and a state version
+//!   no lower than every voter's; otherwise it fails with
+//!   [`crate::Error::Rejected`] and the learner stays a learner. So the set
+//!   of enabled writes never shrinks by a membership change, and no voter is
+//!   made of a node that would halt at the first entry it cannot decode.
 //! - **At apply**: an entry that still does not decode halts the node with
 //!   a message naming the index and the tag (`runtime::apply`). A command
 //!   with bytes left after it (a newer binary's, whose handler gained a
@@ -56,7 +63,7 @@ mod trace;
 
 use serde::{Deserialize, Serialize};
 
-pub use book::SchemaBook;
+pub use book::{PromotionRefused, SchemaBook};
 pub use shape::Shape;
 pub use state::{decode_state, encode_state, encode_state_onto};
 pub use store::{load_schema, save_schema};
