@@ -760,3 +760,59 @@ async fn a_watch_of_a_cluster_that_halted_everywhere_ends_with_halted() {
     );
     cluster.shutdown().await;
 }
+
+/// A watch served by a follower that is then removed from the
+/// configuration, and keeps running, reaches the writes made after: the
+/// removed member applies nothing more, so it ends the watch with a
+/// retryable error once it has not heard from a leader for an election
+/// timeout (or finds itself out of its configuration), and the client
+/// resumes on another member from the index after its last event.
+/// Before, the removed member kept the watch open, silent, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_on_a_member_removed_while_running_fails_over_and_sees_the_next_write() {
+    let cluster = Cluster::start(None).await;
+    let leader = cluster.leader().await;
+    let kv = cluster.client().await;
+    // Round robin: open watches until a follower serves one.
+    let mut on_follower = None;
+    for _ in 0..12 {
+        let w = kv.watch_from_now().await.expect("watch");
+        if w.member().is_some_and(|m| cluster.index_of(m) != leader) {
+            on_follower = Some(w);
+            break;
+        }
+    }
+    let mut w = on_follower.expect("a watch served by a follower");
+    let removed = cluster.index_of(w.member().expect("served"));
+    let key_of = |e: &raftkit::client::watch::Event<Kv>| match &e.command {
+        KvWrite::Put { key, .. } => key.clone(),
+        other => format!("{other:?}"),
+    };
+    kv.put("before".into(), "v".into()).await.expect("put");
+    let e = tokio::time::timeout(DEADLINE, w.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("event");
+    assert_eq!(key_of(&e), "before");
+    cluster.peers[leader]
+        .as_ref()
+        .expect("leader runs")
+        .remove_server(&cluster.addrs[removed])
+        .await
+        .expect("the follower is removed");
+    kv.put("after".into(), "v".into()).await.expect("put");
+    let e = tokio::time::timeout(Duration::from_secs(20), w.next())
+        .await
+        .expect("the watch delivers the write made after its member was removed")
+        .expect("open")
+        .expect("event");
+    assert_eq!(key_of(&e), "after", "nothing lost, nothing repeated");
+    let now = w.member().expect("served");
+    assert_ne!(cluster.index_of(now), removed, "another member serves it");
+    assert!(
+        cluster.peers[removed].is_some(),
+        "the removed member still runs"
+    );
+    cluster.shutdown().await;
+}

@@ -31,7 +31,12 @@
 //! continued on another member from `last + 1` delivers exactly the events
 //! it would have delivered. A member serves what *it* applied: a follower
 //! may trail the leader by a few entries (an event may arrive before the
-//! writer's acknowledgement, or after it).
+//! writer's acknowledgement, or after it). A member that follows no
+//! leader (cut off from it while the client still reaches it, removed from
+//! the configuration and still running) applies nothing more, so it ends
+//! the watch with a retryable [`Error::Unavailable`] once it has been
+//! without a leader for an election timeout (within about three of its
+//! last contact); the watch then resumes on another member, as below.
 //!
 //! **Resuming is automatic** within a [`Watch`]: when its member fails (a
 //! lost connection, a member that stopped, halted or whose storage

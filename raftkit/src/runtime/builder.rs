@@ -880,6 +880,11 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let (status_tx, status_rx) = watch::channel(PeerStatus::default());
         let (fault_tx, fault_rx) = watch::channel(None);
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
+        let liveness = super::watch::Liveness::new(
+            status_rx.clone(),
+            self.tick * raft.params().election_ticks,
+            self.tick_gate.clone(),
+        );
         let task = NodeTask {
             raft,
             name: meta.name.clone(),
@@ -933,6 +938,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                     .session_ids
                     .unwrap_or_else(|| Arc::new(super::session::new_session_id)),
                 journal,
+                liveness,
             }),
             _sm: PhantomData,
         };

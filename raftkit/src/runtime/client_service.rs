@@ -136,7 +136,7 @@ impl<S: StateMachine> Front for Peer<S> {
             let _ = send.finish();
             return;
         }
-        super::watch::serve(self.journal(), from, send, max_frame).await
+        super::watch::serve(self.journal(), self.liveness(), from, send, max_frame).await
     }
 }
 

@@ -123,6 +123,9 @@ struct Inner {
     session_ids: session::SessionIdSource,
     /// The watch journal the apply thread feeds (`watch.rs`).
     journal: Arc<watch::Journal>,
+    /// What the watch server reads to tell whether this member still
+    /// hears from a leader (`watch.rs`).
+    liveness: watch::Liveness,
 }
 
 /// A running peer of state machine `S`. Cloning shares the same peer.

@@ -43,6 +43,31 @@
 //!   the bound whatever the number or speed of watchers. A watcher whose
 //!   next event went away with a snapshot from the leader is told
 //!   [`Error::Unavailable`] (another member may still hold it);
+//! - a network watch is served only by a member that still follows a
+//!   leader: one that is not the leader and, for an election timeout (the
+//!   node's `election_ticks` × `tick`), has heard from no leader or is out
+//!   of its own latest configuration ends the watch with
+//!   [`Error::Unavailable`], retryable, after the events it holds. Such a
+//!   member applies nothing while the cluster may commit writes (cut off
+//!   from the leader and still reachable by the client, removed from the
+//!   configuration and still running, a leader that lost its quorum and
+//!   stepped down), and a silent watch cannot be told from a cluster with
+//!   no writes; the client fails over to another member and resumes from
+//!   the index after its last event. This is the only staleness a watch
+//!   has: a member that follows a leader may trail it by the entries in
+//!   flight (a few heartbeats), never by more than an election timeout
+//!   plus one check unnoticed. The check costs nothing per event: while
+//!   the watch waits for events, once per election timeout it reads the
+//!   node's status watch (`PeerStatus::role`, `leader_contact`,
+//!   `members`; no lock of the node or the journal), and ends the watch
+//!   when two checks an election timeout apart both found the member
+//!   without a leader, so a watch ends within three election timeouts of
+//!   the member's last contact. A node whose ticks are stopped
+//!   (quiescence, [`TickGate`]) is not checked: its group is idle, its own
+//!   election timer stopped too, and the multi-group node wakes it when
+//!   its leader may be gone. An in-process watch ([`Peer::watch_from`])
+//!   is not checked: it watches this member itself, whose
+//!   [`Peer::status`] says whether it follows a leader;
 //! - at most [`MAX_WATCHERS`] watches are open on a member at once; one
 //!   more is refused with [`Error::Overloaded`]. A watch's batch shares the
 //!   journal's bytes (reference-counted); its own memory is one encoded
@@ -51,20 +76,22 @@
 //!   what QUIC flow control lets each stream hold.
 //!
 //! [`PeerBuilder::watch_journal_bytes`]: super::PeerBuilder::watch_journal_bytes
+//! [`TickGate`]: super::TickGate
 
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use quinn::{SendStream, VarInt};
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::Peer;
+use super::{Peer, PeerStatus, TickGate};
 use crate::client::watch::{Event, RESET_LAGGED};
 use crate::client::wire::{ClientResponse, WatchEvent, WatchOutput};
-use crate::core::Index;
+use crate::core::{Index, Role};
 use crate::error::Error;
 use crate::state_machine::StateMachine;
 use crate::transport::frame::{encode_frame, write_frame};
@@ -393,16 +420,103 @@ impl Cursor {
     }
 }
 
+/// What a watch server reads to tell whether its member still follows a
+/// leader (see the module docs): the node's status watch, its election
+/// timeout and its tick gate, if any.
+#[derive(Clone)]
+pub(crate) struct Liveness {
+    status: watch::Receiver<PeerStatus>,
+    election_timeout: Duration,
+    gate: Option<Arc<TickGate>>,
+}
+
+impl Liveness {
+    /// The liveness of a node publishing `status`, whose election timeout
+    /// is `election_timeout` and whose ticks `gate` may stop.
+    pub(crate) fn new(
+        status: watch::Receiver<PeerStatus>,
+        election_timeout: Duration,
+        gate: Option<Arc<TickGate>>,
+    ) -> Liveness {
+        Liveness {
+            status,
+            // An interval of zero panics; a tick of zero is a test's.
+            election_timeout: election_timeout.max(Duration::from_millis(1)),
+            gate,
+        }
+    }
+
+    /// Why the member does not follow a leader now, if it does not: not
+    /// the leader, and out of its latest configuration or without contact
+    /// with a leader for more than an election timeout.
+    fn without_leader(&self, now: std::time::Instant) -> Option<String> {
+        if self.gate.as_ref().is_some_and(|g| g.is_asleep()) {
+            return None;
+        }
+        let s = self.status.borrow();
+        if s.role == Role::Leader {
+            return None;
+        }
+        if !s.members.is_empty() && !s.members.iter().any(|m| m.id == s.id) {
+            return Some("this member is not in its latest configuration".into());
+        }
+        match s.leader_contact {
+            Some(at) if now.saturating_duration_since(at) <= self.election_timeout => None,
+            Some(at) => Some(format!(
+                "this member has not heard from a leader for {} ms",
+                now.saturating_duration_since(at).as_millis()
+            )),
+            None => Some("this member follows no leader".into()),
+        }
+    }
+}
+
+/// The checks of one watch: when its member was first found without a
+/// leader, since the last check that found one.
+struct Stall {
+    liveness: Liveness,
+    since: Option<std::time::Instant>,
+}
+
+impl Stall {
+    /// Checks the member now; the error to end the watch with once it was
+    /// found without a leader at two checks an election timeout apart.
+    fn check(&mut self) -> Option<Error> {
+        let now = std::time::Instant::now();
+        let Some(why) = self.liveness.without_leader(now) else {
+            self.since = None;
+            return None;
+        };
+        let since = *self.since.get_or_insert(now);
+        let timeout = self.liveness.election_timeout;
+        if now.saturating_duration_since(since) < timeout {
+            return None;
+        }
+        debug!(
+            reason = %why,
+            election_timeout_ms = timeout.as_millis() as u64,
+            "watch ended: this member follows no leader"
+        );
+        Some(Error::Unavailable(format!(
+            "{why}, and has not for more than an election timeout ({} ms): it may be cut off from the leader or removed from the cluster, and applies nothing; another member serves the watch",
+            timeout.as_millis()
+        )))
+    }
+}
+
 /// Serves one watch request on a client stream: its refusal (an `Err`
 /// frame: compacted, overloaded, or the member stopped with nothing left
 /// for the watch), or an `Events` frame confirming the start (possibly
 /// empty), then batches as writes apply,
-/// until the client goes away or an error ends it (its frame is the last).
+/// until the client goes away or an error ends it (its frame is the last),
+/// [`Error::Unavailable`] once the member follows no leader (`liveness`,
+/// see the module docs).
 /// A client that does not read while the journal overtakes it gets its
 /// stream reset with [`RESET_LAGGED`] (a frame could not get through its
 /// full flow-control window).
 pub(crate) async fn serve(
     journal: &Arc<Journal>,
+    liveness: &Liveness,
     from: Option<Index>,
     mut send: SendStream,
     max_frame: usize,
@@ -424,6 +538,16 @@ pub(crate) async fn serve(
         next: cursor.next_index(),
     };
     let batch_bytes = BATCH_BYTES.min(max_frame / 2);
+    // Ticks only while the watch waits for events (polled there alone);
+    // `Interval::tick` is cancel-safe, so a batch that wins the select
+    // loses no check.
+    let period = liveness.election_timeout;
+    let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stall = Stall {
+        liveness: liveness.clone(),
+        since: None,
+    };
     loop {
         let mut buf = Vec::new();
         if let Err(e) = encode_frame(&frame, max_frame, &mut buf) {
@@ -451,9 +575,16 @@ pub(crate) async fn serve(
             }
             _ = &mut stopped => return,
         }
-        let batch = tokio::select! {
-            b = cursor.next_batch(batch_bytes) => b,
-            _ = &mut stopped => return,
+        // `next_batch` is cancel-safe: it moves the cursor only when it
+        // returns.
+        let batch = loop {
+            tokio::select! {
+                b = cursor.next_batch(batch_bytes) => break b,
+                _ = checks.tick() => if let Some(e) = stall.check() {
+                    break Err(e);
+                },
+                _ = &mut stopped => return,
+            }
         };
         frame = match batch {
             Ok(events) => ClientResponse::Events {
@@ -530,6 +661,12 @@ impl<S: StateMachine> Peer<S> {
     /// This member's watch journal (for the client service).
     pub(crate) fn journal(&self) -> &Arc<Journal> {
         &self.inner.journal
+    }
+
+    /// What this member's watch server reads to tell whether it still
+    /// follows a leader (for the client service).
+    pub(crate) fn liveness(&self) -> &Liveness {
+        &self.inner.liveness
     }
 }
 
