@@ -917,8 +917,10 @@ impl<S: PeerExt> MultiNode<S> {
             return Err(Error::Rejected("a sharded deployment needs a shard".into()));
         }
         let placement = match self.placement() {
-            Some(p) => p,
+            Some(p) => self.bootstrap_unformed_placement(p, members).await?,
             None => {
+                super::hosting::mark_founded(&*self.inner.fs, &self.inner.dir, PLACEMENT_GROUP)
+                    .map_err(|e| Error::Storage(e.to_string()))?;
                 self.inner
                     .journal
                     .create_group(PLACEMENT_GROUP)
@@ -940,6 +942,27 @@ impl<S: PeerExt> MultiNode<S> {
         let plan = super::placement::even(shards, members);
         tokio::spawn(super::service::propose_formation(placement, plan));
         Ok(())
+    }
+
+    /// [`Self::bootstrap_unformed`] for the placement group's replica
+    /// (never hosted on demand nor retired: no lock to hold).
+    async fn bootstrap_unformed_placement(
+        &self,
+        peer: Peer<PlacementGroup<S>>,
+        members: &[String],
+    ) -> Result<Peer<PlacementGroup<S>>, Error> {
+        let st = peer.status();
+        if st.config_index > 0
+            || !st.members.is_empty()
+            || !super::hosting::was_founded(&*self.inner.fs, &self.inner.dir, PLACEMENT_GROUP)
+        {
+            return Ok(peer);
+        }
+        info!(node = %self.inner.name, "bootstrapping the placement group, whose creation failed before its bootstrap");
+        *self.inner.placement() = None;
+        peer.shutdown().await?;
+        self.inner.links.unregister(PLACEMENT_GROUP);
+        self.start_placement(Some(members.to_vec())).await
     }
 
     async fn start_placement(

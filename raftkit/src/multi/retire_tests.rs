@@ -612,3 +612,54 @@ async fn a_create_whose_bootstrap_failed_is_bootstrapped_by_the_retried_create()
     .await;
     node.shutdown().await.expect("a clean shutdown");
 }
+
+/// [`a_create_whose_bootstrap_failed_is_bootstrapped_by_the_retried_create`]
+/// for the placement group: `form_shards` retried after the restart
+/// bootstraps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_whose_bootstrap_failed_is_bootstrapped_by_form_shards_retried() {
+    use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .to_string();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = ClusterCa::generate("retire-test").expect("a CA");
+    let fs = FaultyFs::over_real();
+    let mut builder = MultiNode::<Placement>::builder().identity(
+        ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+            .expect("a node certificate"),
+    );
+    builder.fs = Arc::new(fs.clone());
+    let node = start_on(builder, &addr, dir.path()).await;
+    let members = vec![addr.clone()];
+
+    // Group 0's `Create` batch is written, its bootstrap's is refused.
+    fs.inject(
+        FaultRule::new(FileOp::Write, Fault::NoSpace)
+            .on("journal")
+            .after(1),
+    );
+    assert!(
+        node.form_shards(1, &members).await.is_err(),
+        "shards formed although the placement's bootstrap failed"
+    );
+    assert!(fs.fired() > 0, "the bootstrap's write was refused");
+    node.kill().await;
+    drop(node);
+
+    fs.clear();
+    let mut builder = MultiNode::<Placement>::builder();
+    builder.fs = Arc::new(fs.clone());
+    let node = start_on(builder, &addr, dir.path()).await;
+    node.form_shards(1, &members)
+        .await
+        .expect("the retried formation");
+    let placement = node.placement().expect("the placement replica");
+    until("the placement group elects its only member", || {
+        let st = placement.status();
+        st.leader == Some(node.id()) && st.members.iter().any(|m| m.id == node.id())
+    })
+    .await;
+    node.shutdown().await.expect("a clean shutdown");
+}
