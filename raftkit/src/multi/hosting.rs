@@ -21,7 +21,11 @@
 //!   never grows memory without a bound);
 //! - an empty replica never campaigns (it has no configuration), and one
 //!   that received no configuration within [`HostingPolicy::orphan_after`]
-//!   is removed again;
+//!   is removed again; nor is it ever bootstrapped: only a replica this
+//!   node founded (`create_group`, `form_shards`: a durable `founded`
+//!   marker in `groups/<id>`, written before the journal's `Create`
+//!   record) and that holds no configuration (its bootstrap failed) is
+//!   bootstrapped, by the founding call retried, with that call's members;
 //! - a group this node left comes back only behind a **membership
 //!   fence** (see "Moving back" below);
 //! - within [`HostingPolicy::quarantine`] of a removal the in-memory
