@@ -50,9 +50,11 @@
 //! accepts the watch and ends it before any event does not restart them.
 //! A member that stopped applying (halted, storage failed) refuses a watch
 //! it has no event left for; when every member halted, `next` returns
-//! [`Error::Halted`] within the client's timeout, and the watch ends. A member that no longer holds
-//! the next index answers [`Error::Compacted`]; the watch tries every
-//! other member before returning it. Across processes, keep
+//! [`Error::Halted`] within the client's timeout, and the watch ends. A
+//! member that no longer holds the next index answers
+//! [`Error::Compacted`], and one that does not host the client's group
+//! [`Error::NotHosted`]: the watch asks every other member (each once, a
+//! suspected one too) before returning that answer. Across processes, keep
 //! [`Watch::resume_from`] and open a new watch from it.
 //!
 //! # Cancellation
@@ -87,7 +89,7 @@
 //! [`Error::Transport`], [`Error::Halted`], ...) says `Maybe` as it would
 //! for a write. Neither is about any write of yours: no write was made.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 
 use quinn::ReadError;
@@ -340,9 +342,15 @@ impl<S: StateMachine> Watch<S> {
                 backoff: opts.backoff,
             })
             .deadline;
-        let members = self.client.members().len();
-        let mut compacted: Option<Error> = None;
-        let mut compacted_answers = 0;
+        let members = self.client.members();
+        // The members that answered they cannot serve this watch at all
+        // (`Compacted`: the index left their journal; `NotHosted`: not a
+        // replica of the client's group), with the answer to end on: each
+        // is asked once, and the watch ends with that answer only once
+        // every member gave one (`Compacted` first: a member hosts the
+        // group but the index is gone).
+        let mut refused: HashSet<SocketAddr> = HashSet::new();
+        let mut refusal: Option<Error> = None;
         let mut last = failed;
         if resumed {
             if Instant::now() >= deadline {
@@ -352,7 +360,14 @@ impl<S: StateMachine> Watch<S> {
             self.back_off(deadline, &opts).await;
         }
         loop {
-            let addr = self.client.round_robin();
+            let mut addr = self.client.round_robin();
+            if refused.contains(&addr) {
+                // Round robin skips suspected members while others are
+                // not: the ones not yet asked are asked all the same.
+                if let Some(&other) = members.iter().find(|m| !refused.contains(m)) {
+                    addr = other;
+                }
+            }
             match tokio::time::timeout_at(deadline, self.open(addr)).await {
                 Ok(Ok((frames, events, next))) => {
                     self.stream = Some((addr, frames));
@@ -361,13 +376,16 @@ impl<S: StateMachine> Watch<S> {
                     debug!(member = %addr, from = ?self.next, "watching");
                     return Ok(());
                 }
-                Ok(Err(e @ Error::Compacted { .. })) => {
-                    // Another member may hold a longer journal.
-                    compacted_answers += 1;
-                    debug!(member = %addr, error = %e, "member no longer holds the index");
-                    compacted = Some(e);
-                    if compacted_answers >= members {
-                        return Err(compacted.unwrap_or(Error::Timeout));
+                Ok(Err(e @ (Error::Compacted { .. } | Error::NotHosted { .. }))) => {
+                    // Another member may hold a longer journal, or host
+                    // the group.
+                    debug!(member = %addr, error = %e, "member cannot serve the watch; asking the others");
+                    refused.insert(addr);
+                    if !matches!(refusal, Some(Error::Compacted { .. })) {
+                        refusal = Some(e);
+                    }
+                    if members.iter().all(|m| refused.contains(m)) {
+                        return Err(refusal.unwrap_or(Error::Timeout));
                     }
                     continue;
                 }
@@ -380,7 +398,7 @@ impl<S: StateMachine> Watch<S> {
                 Err(_) => {}
             }
             if Instant::now() >= deadline {
-                return Err(compacted.or(last).unwrap_or(Error::Timeout));
+                return Err(refusal.or(last).unwrap_or(Error::Timeout));
             }
             self.back_off(deadline, &opts).await;
         }
@@ -527,5 +545,57 @@ mod tests {
         // attempts, not a tight loop.
         assert!(member.watches() <= 12, "{} watch streams", member.watches());
         assert!(w.next().await.is_none(), "an ended watch stays ended");
+    }
+
+    /// Found by review (stop 42): a watch ended with `NotHosted` from the
+    /// first member that did not host the client's group (a spare among
+    /// the seeds, or a member a replica move left), where requests try the
+    /// other members first; and `Compacted` answers were counted, not the
+    /// members giving them, so a member that still held the index could go
+    /// unasked. Now each member that cannot serve the watch at all is asked
+    /// once, and the watch ends with that answer only once every member
+    /// gave one.
+    #[tokio::test]
+    async fn a_member_that_does_not_host_the_group_is_skipped_for_the_next() {
+        let (ca, nodes) = dev_cluster(["fake-a", "fake-b"]).expect("dev certificates");
+        let client_id = ca.issue_client("watcher").expect("client certificate");
+        fn refuse(request: &ClientRequest) -> Act {
+            match request {
+                ClientRequest::OpenSession => session_opened(9),
+                _ => Act::answer(ClientResponse::Err(WireError::Rejected("no".into()))),
+            }
+        }
+        let spare = FakeMember::start(&nodes[0], refuse);
+        spare.answer_watches(vec![ClientResponse::Err(WireError::NotHosted { group: 1 })]);
+        let replica = FakeMember::start(&nodes[1], refuse);
+        replica.answer_watches(vec![ClientResponse::Events {
+            events: Vec::new(),
+            next: 1,
+        }]);
+        let opts = ClientOptions::default().with_timeout(Duration::from_secs(5));
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            Client::connect_with(
+                [spare.addr().to_string(), replica.addr().to_string()],
+                client_id,
+                0,
+                opts,
+            ),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects");
+        // Round robin starts the attempts at each member in turn.
+        for attempt in 0..4 {
+            let w = tokio::time::timeout(Duration::from_secs(10), client.watch::<Nothing>(None))
+                .await
+                .expect("opens in time");
+            match w {
+                Ok(w) => assert_eq!(w.member(), Some(replica.addr()), "attempt {attempt}"),
+                Err(e) => panic!(
+                    "attempt {attempt}: the watch ended with {e:?} while another member hosts the group"
+                ),
+            }
+        }
     }
 }
