@@ -632,8 +632,9 @@ async fn add_server_does_not_promote_a_learner_that_cannot_decode_an_enabled_wri
     c.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_handler_is_refused_at_start_naming_it() {
+/// A single-node v1 cluster's data directory after one `put("a", "1")`,
+/// stopped, with the address the node listened on.
+async fn v1_directory_with_one_put() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addrs(1).remove(0);
     let (_ca, ids) = dev_cluster([format!("kv@{addr}")]).unwrap();
@@ -658,6 +659,12 @@ async fn a_changed_handler_is_refused_at_start_naming_it() {
     .unwrap();
     peer.shutdown().await.unwrap();
     drop(peer);
+    (dir, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_handler_is_refused_at_start_naming_it() {
+    let (dir, _) = v1_directory_with_one_put().await;
 
     let refused = v3::Kv::peer().data_dir(dir.path()).tick(TICK).start().await;
     match refused {
@@ -701,30 +708,7 @@ async fn a_changed_handler_is_refused_at_start_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v2_start_that_fails_leaves_the_directory_to_v1() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addrs(1).remove(0);
-    let (_ca, ids) = dev_cluster([format!("kv@{addr}")]).unwrap();
-    let peer = v1::Kv::peer()
-        .listen(addr.clone())
-        .data_dir(dir.path())
-        .bootstrap()
-        .identity(ids[0].clone())
-        .tick(TICK)
-        .start()
-        .await
-        .unwrap();
-    wait_for("a leader", 10, || {
-        (peer.status().role == Role::Leader).then_some(())
-    })
-    .await;
-    peer.write(v1::KvWrite::Put {
-        key: "a".into(),
-        value: "1".into(),
-    })
-    .await
-    .unwrap();
-    peer.shutdown().await.unwrap();
-    drop(peer);
+    let (dir, addr) = v1_directory_with_one_put().await;
 
     // v2 cannot listen: its port is taken.
     let held = wait_for("the node's port to be free", 10, || {

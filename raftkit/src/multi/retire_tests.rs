@@ -559,6 +559,57 @@ async fn an_uncommitted_configuration_does_not_list_a_replica() {
     node.shutdown().await.expect("a clean shutdown");
 }
 
+/// A node on a fault-injecting file system over a fresh directory, with a
+/// free address: (address, directory, file system, node).
+async fn node_on_faulty_fs() -> (
+    String,
+    tempfile::TempDir,
+    crate::storage::vfs::FaultyFs,
+    MultiNode<Placement>,
+) {
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .to_string();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = ClusterCa::generate("retire-test").expect("a CA");
+    let fs = crate::storage::vfs::FaultyFs::over_real();
+    let mut builder = MultiNode::<Placement>::builder().identity(
+        ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+            .expect("a node certificate"),
+    );
+    builder.fs = Arc::new(fs.clone());
+    let node = start_on(builder, &addr, dir.path()).await;
+    (addr, dir, fs, node)
+}
+
+/// The journal takes one more write (a group's `Create` batch) and refuses
+/// the next (its bootstrap's) with a full disk.
+fn refuse_the_second_journal_write(fs: &crate::storage::vfs::FaultyFs) {
+    use crate::storage::vfs::{Fault, FaultRule, FileOp};
+    fs.inject(
+        FaultRule::new(FileOp::Write, Fault::NoSpace)
+            .on("journal")
+            .after(1),
+    );
+}
+
+/// Kills `node` as a crash would, clears the faults and starts it again on
+/// the same directory.
+async fn restart_without_faults(
+    node: MultiNode<Placement>,
+    fs: &crate::storage::vfs::FaultyFs,
+    addr: &str,
+    dir: &std::path::Path,
+) -> MultiNode<Placement> {
+    node.kill().await;
+    drop(node);
+    fs.clear();
+    let mut builder = MultiNode::<Placement>::builder();
+    builder.fs = Arc::new(fs.clone());
+    start_on(builder, addr, dir).await
+}
+
 /// A failure between a group's durable `Create` record and its bootstrap
 /// (here the journal refuses the bootstrap's append) left a replica with
 /// an empty log and no configuration: restarted without members, it never
@@ -567,40 +618,17 @@ async fn an_uncommitted_configuration_does_not_list_a_replica() {
 /// restart bootstraps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_whose_bootstrap_failed_is_bootstrapped_by_the_retried_create() {
-    use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let ca = ClusterCa::generate("retire-test").expect("a CA");
-    let fs = FaultyFs::over_real();
-    let mut builder = MultiNode::<Placement>::builder().identity(
-        ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
-            .expect("a node certificate"),
-    );
-    builder.fs = Arc::new(fs.clone());
-    let node = start_on(builder, &addr, dir.path()).await;
+    let (addr, dir, fs, node) = node_on_faulty_fs().await;
     let members = vec![addr.clone()];
 
     // The `Create` batch is written, the bootstrap's is refused.
-    fs.inject(
-        FaultRule::new(FileOp::Write, Fault::NoSpace)
-            .on("journal")
-            .after(1),
-    );
+    refuse_the_second_journal_write(&fs);
     assert!(
         node.create_group(1, &members).await.is_err(),
         "a group created although its bootstrap failed"
     );
     assert!(fs.fired() > 0, "the bootstrap's write was refused");
-    node.kill().await;
-    drop(node);
-
-    fs.clear();
-    let mut builder = MultiNode::<Placement>::builder();
-    builder.fs = Arc::new(fs.clone());
-    let node = start_on(builder, &addr, dir.path()).await;
+    let node = restart_without_faults(node, &fs, &addr, dir.path()).await;
     let group = node
         .create_group(1, &members)
         .await
@@ -618,40 +646,17 @@ async fn a_create_whose_bootstrap_failed_is_bootstrapped_by_the_retried_create()
 /// bootstraps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placement_whose_bootstrap_failed_is_bootstrapped_by_form_shards_retried() {
-    use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let ca = ClusterCa::generate("retire-test").expect("a CA");
-    let fs = FaultyFs::over_real();
-    let mut builder = MultiNode::<Placement>::builder().identity(
-        ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
-            .expect("a node certificate"),
-    );
-    builder.fs = Arc::new(fs.clone());
-    let node = start_on(builder, &addr, dir.path()).await;
+    let (addr, dir, fs, node) = node_on_faulty_fs().await;
     let members = vec![addr.clone()];
 
     // Group 0's `Create` batch is written, its bootstrap's is refused.
-    fs.inject(
-        FaultRule::new(FileOp::Write, Fault::NoSpace)
-            .on("journal")
-            .after(1),
-    );
+    refuse_the_second_journal_write(&fs);
     assert!(
         node.form_shards(1, &members).await.is_err(),
         "shards formed although the placement's bootstrap failed"
     );
     assert!(fs.fired() > 0, "the bootstrap's write was refused");
-    node.kill().await;
-    drop(node);
-
-    fs.clear();
-    let mut builder = MultiNode::<Placement>::builder();
-    builder.fs = Arc::new(fs.clone());
-    let node = start_on(builder, &addr, dir.path()).await;
+    let node = restart_without_faults(node, &fs, &addr, dir.path()).await;
     node.form_shards(1, &members)
         .await
         .expect("the retried formation");
