@@ -118,6 +118,20 @@ impl Config {
         }
     }
 
+    /// The most ticks a runtime feeds at once to catch up after a stall (its
+    /// own task paused, the process stopped): `2 * election_ticks + 2`.
+    ///
+    /// The rest of a longer backlog is skipped. That is safe only because
+    /// the burst outlasts every timer a stall must end: the longest
+    /// randomized election timeout (`2T - 1` ticks, §5.2), so a follower
+    /// that was stopped campaigns at once, and the leader's lease (at most
+    /// `T - 1` ticks, thesis §6.4.1) plus a heartbeat round, so a leader
+    /// that was stopped for longer than its lease never serves a lease read
+    /// on the ticks it skipped.
+    pub fn tick_burst(&self) -> u64 {
+        2 * u64::from(self.election_ticks) + 2
+    }
+
     /// Checks that the parameters make sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == super::types::NO_NODE {

@@ -329,10 +329,7 @@ impl NodeTask {
             stamps: None,
             deferred: Deferred::default(),
             config_waiting: Vec::new(),
-            clock: super::reads::TickClock::new(
-                self.tick,
-                2 * u64::from(self.raft.params().election_ticks) + 2,
-            ),
+            clock: super::reads::TickClock::new(self.tick, self.raft.params().tick_burst()),
             published_at: None,
             status_due: None,
             snapshot_sends: Default::default(),

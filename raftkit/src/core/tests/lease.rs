@@ -229,3 +229,40 @@ fn forgetting_rounds_after_withheld_ticks_voids_the_lease_until_a_new_round() {
     ack_next_heartbeat(&mut r, 2);
     assert_eq!(r.lease_read(), Some(commit));
 }
+
+/// A runtime catching up after a stall feeds at most
+/// [`Config::tick_burst`] ticks and skips the rest: that many must end a
+/// stopped leader's lease (thesis §6.4.1) and fire a stopped follower's
+/// election timeout whatever it drew (§5.2), or a stall would lengthen
+/// either.
+#[test]
+fn the_catch_up_burst_outlasts_the_lease_and_every_election_timeout() {
+    let (mut r, _) = leased_leader();
+    ack_next_heartbeat(&mut r, 2);
+    assert!(r.lease_read().is_some());
+    let burst = r.params().tick_burst();
+    assert!(
+        burst > r.lease_ticks() + u64::from(r.params().heartbeat_ticks),
+        "a burst of {burst} ticks is within the lease ({} ticks) and a round",
+        r.lease_ticks()
+    );
+    for _ in 0..burst {
+        r.tick();
+        flush(&mut r);
+    }
+    assert_eq!(r.lease_read(), None, "the lease outlived a stall");
+    for seed in 0..64 {
+        let mut f = node_with(2, &[1, 2, 3], 1, &[1], |c| c.seed = seed);
+        let campaigned = (0..f.params().tick_burst()).any(|_| {
+            f.tick();
+            let out = flush(&mut f);
+            f.role() != crate::core::Role::Follower
+                || !out.of_kind("PreVote").is_empty()
+                || !out.of_kind("RequestVote").is_empty()
+        });
+        assert!(
+            campaigned,
+            "seed {seed}: a follower fed the burst after a stall did not campaign"
+        );
+    }
+}
