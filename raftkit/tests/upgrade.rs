@@ -38,117 +38,9 @@ use raftkit::tls::{Identity, dev_cluster};
 use raftkit::transport::{LinkState, QuicConfig, QuicTransport, Transport as _};
 use tokio::time::Instant;
 
-pub mod v1 {
-    use super::*;
-
-    #[derive(StateMachine, Default, Serialize, Deserialize)]
-    #[raftkit(name = "kv")]
-    pub struct Kv {
-        pub map: BTreeMap<String, String>,
-    }
-
-    #[raftkit::state_machine]
-    impl Kv {
-        #[write]
-        fn put(&mut self, key: String, value: String) -> Option<String> {
-            self.map.insert(key, value)
-        }
-
-        #[read]
-        fn get(&self, key: String) -> Option<String> {
-            self.map.get(&key).cloned()
-        }
-    }
-}
-
-pub mod v2 {
-    use raftkit::state_machine::{CodecError, decode};
-
-    use super::*;
-
-    /// v1's state plus an optional counter: a new state version, restored
-    /// from v1 snapshots by `migrate`.
-    #[derive(StateMachine, Default, Serialize, Deserialize)]
-    #[raftkit(name = "kv", version = 2, migrate = Kv::migrate)]
-    pub struct Kv {
-        pub map: BTreeMap<String, String>,
-        pub deletes: Option<u64>,
-    }
-
-    impl Kv {
-        fn migrate(from_version: u32, bytes: &[u8]) -> Result<Kv, CodecError> {
-            match from_version {
-                1 => {
-                    let old: super::v1::Kv = decode("v1 snapshot", bytes)?;
-                    Ok(Kv {
-                        map: old.map,
-                        deletes: None,
-                    })
-                }
-                other => Err(CodecError {
-                    what: "snapshot",
-                    reason: format!("no migration from state version {other}"),
-                }),
-            }
-        }
-    }
-
-    #[raftkit::state_machine]
-    impl Kv {
-        /// v1's `put`, renamed and with its types respelled: same tag,
-        /// same shapes, so old entries keep their meaning.
-        #[write]
-        fn insert(
-            &mut self,
-            key: std::string::String,
-            value: std::string::String,
-        ) -> Option<std::string::String> {
-            self.map.insert(key, value)
-        }
-
-        #[read]
-        fn get(&self, key: String) -> Option<String> {
-            self.map.get(&key).cloned()
-        }
-
-        /// New in v2 (write tag 1).
-        #[write]
-        fn delete(&mut self, key: String) -> Option<String> {
-            *self.deletes.get_or_insert(0) += 1;
-            self.map.remove(&key)
-        }
-
-        /// New in v2 (read tag 1).
-        #[read]
-        fn deletes(&self) -> Option<u64> {
-            self.deletes
-        }
-    }
-}
-
-pub mod v3 {
-    use super::*;
-
-    /// `put` now takes a number: old log entries would not decode.
-    #[derive(StateMachine, Default, Serialize, Deserialize)]
-    #[raftkit(name = "kv")]
-    pub struct Kv {
-        pub map: BTreeMap<String, String>,
-    }
-
-    #[raftkit::state_machine]
-    impl Kv {
-        #[write]
-        fn put(&mut self, key: String, value: u64) -> Option<String> {
-            self.map.insert(key, value.to_string())
-        }
-
-        #[read]
-        fn get(&self, key: String) -> Option<String> {
-            self.map.get(&key).cloned()
-        }
-    }
-}
+#[path = "support/kv_versions.rs"]
+mod kv_versions;
+pub use kv_versions::{v1, v2, v3};
 
 /// v1 with a field appended to `put`'s arguments (same tag): postcard
 /// encodes its commands as a v1 command followed by the new field, so a v1
@@ -651,12 +543,7 @@ async fn v1_directory_with_one_put() -> (tempfile::TempDir, String) {
         (peer.status().role == Role::Leader).then_some(())
     })
     .await;
-    peer.write(v1::KvWrite::Put {
-        key: "a".into(),
-        value: "1".into(),
-    })
-    .await
-    .unwrap();
+    peer.write(kv_versions::put_a_1()).await.unwrap();
     peer.shutdown().await.unwrap();
     drop(peer);
     (dir, addr)
@@ -666,18 +553,7 @@ async fn v1_directory_with_one_put() -> (tempfile::TempDir, String) {
 async fn a_changed_handler_is_refused_at_start_naming_it() {
     let (dir, _) = v1_directory_with_one_put().await;
 
-    let refused = v3::Kv::peer().data_dir(dir.path()).tick(TICK).start().await;
-    match refused {
-        Err(Error::SchemaMismatch { handler, reason }) => {
-            assert_eq!(handler, "`put` (write tag 0)");
-            assert!(
-                reason.contains("string") && reason.contains("u64"),
-                "{reason}"
-            );
-        }
-        Err(e) => panic!("expected a schema mismatch naming `put`, got {e}"),
-        Ok(_) => panic!("v3 accepted a data directory whose log it cannot decode"),
-    }
+    kv_versions::assert_v3_refused(v3::Kv::peer().data_dir(dir.path()).tick(TICK).start().await);
     // The refusal wrote nothing: v2 (compatible) still starts on it, and
     // then v1 no longer does (its schema lacks v2's handlers: no downgrade).
     let upgraded = v2::Kv::peer()
@@ -697,13 +573,8 @@ async fn a_changed_handler_is_refused_at_start_naming_it() {
     assert!(matches!(got, v2::KvReadOutput::Get(Some(ref v)) if v == "1"));
     upgraded.shutdown().await.unwrap();
     drop(upgraded);
-    match v1::Kv::peer().data_dir(dir.path()).tick(TICK).start().await {
-        Err(Error::SchemaMismatch { handler, .. }) => {
-            assert_eq!(handler, "`delete` (write tag 1)");
-        }
-        Err(e) => panic!("expected a schema mismatch, got {e}"),
-        Ok(_) => panic!("v1 accepted a directory v2 ran on"),
-    }
+    let started = v1::Kv::peer().data_dir(dir.path()).tick(TICK).start().await;
+    kv_versions::refusal("v1", started, "`delete` (write tag 1)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,11 @@
 //!   (a group moved back to a node it left: the node's links to the
 //!   group's members went with the old replica, and the leader's link to
 //!   it stays up, so the QUIC transport learns no link back);
+//! - a link carries messages only once the acceptor accepted the dialer's
+//!   hello: the QUIC transport checks it against the node's
+//!   [`SchemaBook`](crate::schema::SchemaBook) (compatible schemas, as
+//!   between single-group peers, see [`crate::schema`]) and records the
+//!   dialer's schema there, where every data group's leader reads it;
 //! - the demultiplexer never waits for one group: a message for a full
 //!   inbox, or for a group this node does not host, is dropped and counted
 //!   (Raft tolerates lost messages); a slow group never stalls the others.

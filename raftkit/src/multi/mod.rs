@@ -67,6 +67,12 @@
 //! - A restart rebuilds every group from the journal (and its snapshot
 //!   directory): the groups the journal holds are the groups the node
 //!   hosts.
+//! - Schemas are checked as for single-group peers ([`crate::schema`]): the
+//!   node's data directory records its binary's schema (one for all data
+//!   groups, `dir_schema`) and refuses an incompatible binary at start; its
+//!   links' hellos carry the schema and accept a compatible peer, whose
+//!   schema every data group's leader then checks writes and promotions
+//!   against (one [`SchemaBook`](crate::schema::SchemaBook) per node).
 //!
 //! # Limits (what this module does not do yet)
 //!
@@ -88,6 +94,7 @@
 //! [`ShardedClient`](crate::client::ShardedClient).
 
 pub mod balance;
+mod dir_schema;
 pub mod hosting;
 pub mod journal;
 mod links;

@@ -35,6 +35,7 @@ use tracing::info;
 mod retire_tests;
 
 use super::GroupId;
+use super::dir_schema::DirSchema;
 use super::hosting::{HostingPolicy, Retire, Tombstones, retire_reason};
 use super::journal::{Journal, JournalOptions, JournalStats};
 use super::links::{Links, demultiplex};
@@ -46,6 +47,7 @@ use crate::error::Error;
 use crate::identity::{default_name, node_id};
 use crate::runtime::threads::{Threads, Worker};
 use crate::runtime::{GroupStorage, Peer, PeerExt, TickGate};
+use crate::schema::SchemaBook;
 use crate::storage::vfs::SharedFs;
 use crate::storage::{FileSnapshotStore, LogStore};
 use crate::tls::Identity;
@@ -188,6 +190,9 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             .ok_or_else(|| Error::Rejected("a multi-group node needs a listen address".into()))?;
         let advertise = self.advertise.unwrap_or_else(|| listen.clone());
         let name = default_name(S::NAME, &advertise);
+        // Before anything is written: the binary must read the log the
+        // directory holds (see `dir_schema`).
+        let dir_schema = DirSchema::check(&*self.fs, &dir, S::schema())?;
         let tls = dir.join("tls");
         let identity = match self.identity {
             Some(identity) => {
@@ -216,6 +221,16 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         config.advertise = Some(advertise.clone());
         config.queue_capacity = LINK_QUEUE;
         config.group_inbox = Some(group_tx);
+        // Hellos carry the schema, and a peer of a compatible binary is
+        // accepted and recorded for the data groups' leaders
+        // (`SchemaBook::check_enabled`, `check_promotion`), as between
+        // single-group peers.
+        let schemas = Arc::new(SchemaBook::new(
+            dir_schema.local.clone(),
+            dir_schema.stored.clone(),
+        ));
+        schemas.hear_peers();
+        config.schemas = Some(schemas.clone());
         // A node restarted at once may find its port still held by the
         // previous endpoint while it drains: retry briefly (as a peer does).
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -231,6 +246,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
                 Err(e) => {
+                    journal.close().await;
                     return Err(Error::Transport(format!("cannot listen on {listen}: {e}")));
                 }
             }
@@ -241,24 +257,23 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         super::hosting::sweep(&*self.fs, &dir, &journal.groups());
         let pool = match self.worker_threads {
             0 => Pool::Caller(tokio::runtime::Handle::current()),
-            threads => Pool::Own(Some(
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(threads)
-                    .thread_name("raftkit-groups")
-                    .enable_all()
-                    .build()
-                    .map_err(|e| {
-                        Error::Unavailable(format!("cannot start the group workers: {e}"))
-                    })?,
-            )),
+            threads => match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("raftkit-groups")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => Pool::Own(Some(rt)),
+                Err(e) => {
+                    quic.shutdown().await;
+                    journal.close().await;
+                    return Err(Error::Unavailable(format!(
+                        "cannot start the group workers: {e}"
+                    )));
+                }
+            },
         };
         let (member_tx, member_rx) = mpsc::channel(256);
-        let demux = tokio::spawn(demultiplex(
-            links.clone(),
-            group_rx,
-            coalesced_tx,
-            member_tx,
-        ));
         let node = MultiNode {
             inner: Arc::new(Inner {
                 name,
@@ -271,7 +286,8 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 journal,
                 quic,
                 links,
-                demux: Mutex::new(Some(demux)),
+                schemas,
+                demux: Mutex::new(None),
                 quiescer: Mutex::new(None),
                 balancer: Mutex::new(None),
                 pool,
@@ -320,11 +336,31 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         }
         let existing = node.inner.journal.groups();
         for group in &existing {
-            if *group == PLACEMENT_GROUP {
-                node.start_placement(None).await?;
+            let started = if *group == PLACEMENT_GROUP {
+                node.start_placement(None).await.map(drop)
             } else {
-                node.start_group(*group, None).await?;
+                node.start_group(*group, None).await.map(drop)
+            };
+            if let Err(e) = started {
+                node.shutdown().await.ok();
+                return Err(e);
             }
+        }
+        // Every step that can fail has passed: the directory is this
+        // binary's now (see `dir_schema`). No peer's message has reached a
+        // group yet: they wait for the demultiplexer, started after.
+        if let Err(e) = dir_schema.record(&*node.inner.fs, &node.inner.dir) {
+            node.shutdown().await.ok();
+            return Err(e);
+        }
+        let demux = tokio::spawn(demultiplex(
+            node.inner.links.clone(),
+            group_rx,
+            coalesced_tx,
+            member_tx,
+        ));
+        if let Ok(mut d) = node.inner.demux.lock() {
+            *d = Some(demux);
         }
         // Hosting on demand starts only now: the endpoint already listens,
         // and a leader's message for a group of the journal that the loop
@@ -354,6 +390,9 @@ pub(super) struct Inner<S> {
     journal: Journal,
     quic: QuicTransport,
     links: Arc<Links>,
+    /// The node's schema, the one its directory recorded at start, and
+    /// the peers' (from their hellos), shared by the data groups.
+    schemas: Arc<SchemaBook>,
     demux: Mutex<Option<JoinHandle<()>>>,
     quiescer: Mutex<Option<JoinHandle<()>>>,
     balancer: Mutex<Option<JoinHandle<()>>>,
@@ -725,7 +764,8 @@ impl<S: PeerExt> MultiNode<S> {
         group: GroupId,
         members: Option<Vec<String>>,
     ) -> Result<Peer<S>, Error> {
-        let (peer, gate) = self.start_replica::<S>(group, members).await?;
+        let schemas = Some(self.inner.schemas.clone());
+        let (peer, gate) = self.start_replica::<S>(group, members, schemas).await?;
         let me = self.id();
         let fence = self
             .inner
@@ -751,11 +791,14 @@ impl<S: PeerExt> MultiNode<S> {
     }
 
     /// Starts this node's replica of `group`, a group of state machine `T`
-    /// (`S`, or [`PlacementGroup`] for group 0).
+    /// (`S`, or [`PlacementGroup`] for group 0), whose leader checks
+    /// writes and promotions against `schemas` (the node's, for `S`; none:
+    /// a book of the replica's own, which hears no hellos).
     async fn start_replica<T: PeerExt>(
         &self,
         group: GroupId,
         members: Option<Vec<String>>,
+        schemas: Option<Arc<SchemaBook>>,
     ) -> Result<(Peer<T>, Arc<TickGate>), Error> {
         let inner = &self.inner;
         let snap_dir = inner
@@ -808,6 +851,9 @@ impl<S: PeerExt> MultiNode<S> {
             });
         if let Some(members) = members {
             builder = builder.bootstrap_members(members);
+        }
+        if let Some(schemas) = schemas {
+            builder = builder.schema_book(schemas);
         }
         let peer = builder.start().await?;
         Ok((peer, gate))
@@ -970,7 +1016,7 @@ impl<S: PeerExt> MultiNode<S> {
         members: Option<Vec<String>>,
     ) -> Result<Peer<PlacementGroup<S>>, Error> {
         let (peer, gate) = self
-            .start_replica::<PlacementGroup<S>>(PLACEMENT_GROUP, members)
+            .start_replica::<PlacementGroup<S>>(PLACEMENT_GROUP, members, None)
             .await?;
         *self.inner.placement() = Some(peer.clone());
         *self

@@ -120,6 +120,7 @@ pub struct PeerBuilder<S> {
     watch_journal_bytes: usize,
     group_storage: Option<GroupStorage>,
     tick_gate: Option<Arc<super::TickGate>>,
+    schema_book: Option<Arc<crate::schema::SchemaBook>>,
     status_interval: Duration,
     gather: bool,
     membership_fence: Option<(crate::core::Index, crate::core::Term)>,
@@ -193,6 +194,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             watch_journal_bytes: super::watch::DEFAULT_WATCH_JOURNAL_BYTES,
             group_storage: None,
             tick_gate: None,
+            schema_book: None,
             status_interval: super::node::STATUS_INTERVAL,
             gather: false,
             membership_fence: None,
@@ -502,6 +504,15 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// Checks writes and promotions against `book` (a multi-group node's,
+    /// shared by its groups of `S`: its local schema is `S::schema()`, its
+    /// floor the schema the node's directory recorded, and its transport
+    /// records the peers' hellos in it) instead of a book of the peer's own.
+    pub(crate) fn schema_book(mut self, book: Arc<crate::schema::SchemaBook>) -> Self {
+        self.schema_book = Some(book);
+        self
+    }
+
     /// Lets `gate` stop the node's ticks while it is idle (quiescence, see
     /// [`TickGate`](super::TickGate)).
     pub(crate) fn tick_gate(mut self, gate: Arc<super::TickGate>) -> Self {
@@ -688,7 +699,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 }
             }
         }
-        let schemas = Arc::new(crate::schema::SchemaBook::new(schema, stored_schema));
+        let schemas = match self.schema_book.take() {
+            Some(book) => book,
+            None => Arc::new(crate::schema::SchemaBook::new(schema, stored_schema)),
+        };
         let id = node_id(&meta.name);
 
         // 2. What we restart from.

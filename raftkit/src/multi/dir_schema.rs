@@ -1,0 +1,60 @@
+//! The schema a multi-group node's data directory records (see
+//! [`crate::schema`], "Where schemas are checked"): one file `schema` at the
+//! top of the directory, for the whole node, since every data group runs the
+//! node's one state machine `S`. The placement group (group 0) runs
+//! [`Placement`](super::Placement), which raftkit defines, not the user: it
+//! is not recorded.
+//!
+//! Invariants (those of a single-group peer's directory):
+//! - a start is refused with [`Error::SchemaMismatch`] naming the handler
+//!   unless the binary's schema passes [`Schema::check_upgrade_from`] the
+//!   recorded one, before the start writes anything;
+//! - the file is rewritten for the new binary only once its start passed
+//!   every step that can fail (the listening socket, the workers, every
+//!   group's replica, whose snapshot may be migrated) and before any
+//!   message from a peer reaches a group (the node's demultiplexer starts
+//!   after it): a start that fails leaves the directory to the binary that
+//!   ran on it.
+//!
+//! A directory without the file (a new one, or one written before
+//! multi-group nodes recorded their schema) is accepted and recorded.
+
+use std::path::Path;
+
+use tracing::info;
+
+use crate::error::Error;
+use crate::schema::{Schema, load_schema, save_schema};
+use crate::storage::vfs::Vfs;
+
+/// The schema `dir` records and the binary's, once checked.
+pub(super) struct DirSchema {
+    /// The binary's schema.
+    pub(super) local: Schema,
+    /// The directory's, if it records one.
+    pub(super) stored: Option<Schema>,
+}
+
+impl DirSchema {
+    /// Reads the schema `dir` records and refuses `local` if it cannot
+    /// read the directory's log (see the module docs). Writes nothing.
+    pub(super) fn check(fs: &dyn Vfs, dir: &Path, local: Schema) -> Result<DirSchema, Error> {
+        let stored = load_schema(fs, dir)?;
+        if let Some(old) = &stored {
+            local.check_upgrade_from(old)?;
+            if old != &local {
+                info!(dir = %dir.display(), old_state_version = old.state_version, state_version = local.state_version, handlers = local.handlers.len(), old_handlers = old.handlers.len(), "multi-group node's data directory upgraded to a compatible schema");
+            }
+        }
+        Ok(DirSchema { local, stored })
+    }
+
+    /// Records the binary's schema in `dir`, unless it is recorded already.
+    /// Called once every fallible step of the start has passed.
+    pub(super) fn record(&self, fs: &dyn Vfs, dir: &Path) -> Result<(), Error> {
+        if self.stored.as_ref() == Some(&self.local) {
+            return Ok(());
+        }
+        save_schema(fs, dir, &self.local)
+    }
+}
