@@ -7,6 +7,22 @@
 //! second change while one is in flight, and only changes the configuration
 //! after committing an entry of its own term.
 //!
+//! Invariant: a change is sent to the node task as an edit ([`ConfEdit`]:
+//! add a learner, promote a learner, remove a member), which the node task
+//! applies to its core's latest configuration when it proposes it, never
+//! a whole configuration built from the status the caller read. So two
+//! admins' changes (in this process, or remote ones through the client
+//! protocol's `AddServer`, `AddLearner` and `RemoveServer`, served by
+//! these same methods) never undo each other: the later one is applied
+//! on top of the earlier one, or refused with [`Error::Rejected`] ("a
+//! configuration change is already in flight", nothing proposed) while
+//! the earlier one has not committed. An edit the latest configuration
+//! already has proposes nothing; the call still waits for a committed
+//! configuration that has it. The status is read only to wait and to
+//! check ([`Peer::add_server`] decides from it whether the learner step
+//! is needed). [`Peer::change_config`] still proposes a whole target, for
+//! callers that own the group's membership.
+//!
 //! `add_server` first adds the new member as a learner and waits until it has
 //! caught up by the thesis §4.2.1 rounds rule: replication proceeds in
 //! rounds, each round replicating up to the leader's last index at the
@@ -42,7 +58,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Peer;
-use crate::core::{Configuration, NodeId, Role};
+use super::node::Command;
+use crate::core::{Configuration, Index, NodeId, Role};
 use crate::error::Error;
 use crate::identity::{default_name, node_id};
 use crate::state_machine::StateMachine;
@@ -56,6 +73,10 @@ impl<S: StateMachine> Peer<S> {
         node_id(&default_name(S::NAME, addr))
     }
 
+    /// The configuration the status shows, on the leader. Read only: what
+    /// a caller waits for or checks, never the base of a change (the
+    /// status may predate a change that reaches the node first; see
+    /// [`ConfEdit`]).
     fn current_config(&self) -> Result<Configuration, Error> {
         let st = self.status();
         if st.role != Role::Leader {
@@ -77,28 +98,42 @@ impl<S: StateMachine> Peer<S> {
         Ok(conf)
     }
 
+    /// Has the node task apply `edit` to its core's latest configuration
+    /// and propose the result ([`ConfEdit`]): the index of the first
+    /// configuration entry, or `None` if the latest configuration already
+    /// has the edit (nothing proposed).
+    async fn edit_config(&self, edit: ConfEdit) -> Result<Option<Index>, Error> {
+        #[cfg(test)]
+        pause::point(self.id()).await;
+        self.call(|reply| Command::EditConfig { edit, reply }).await
+    }
+
     /// Adds the member at `addr` as a learner: it receives the log but does
-    /// not vote. Returns once the new configuration is committed.
+    /// not vote. Returns once a committed configuration has it (already a
+    /// member: once that is committed).
     pub async fn add_learner(&self, addr: &str) -> Result<(), Error> {
         let id = Self::member_id(addr);
-        let mut conf = self.current_config()?;
-        if conf.contains(id) {
-            return Ok(());
-        }
-        conf.learners.insert(id);
-        conf.addrs.insert(id, addr.to_string());
-        self.change_config(conf).await?;
+        self.edit_config(ConfEdit::AddLearner {
+            id,
+            addr: addr.to_string(),
+        })
+        .await?;
         self.wait_config(|c| c.contains(id)).await.map_err(proposed)
     }
 
     /// Adds the member at `addr`: as a learner, then, once caught up, as a
-    /// voter. `progress` is told what happens.
+    /// voter. `progress` is told what happens. Fails with
+    /// [`Error::Rejected`] if the learner is no longer one when it is to
+    /// be promoted (another admin removed it meanwhile): nothing promoted.
     pub async fn add_server(
         &self,
         addr: &str,
         mut progress: impl FnMut(&str),
     ) -> Result<(), Error> {
         let id = Self::member_id(addr);
+        // Which steps to take, not what to propose: each change is an edit
+        // the node task applies to its latest configuration (a learner
+        // removed since this read is not promoted).
         let conf = self.current_config()?;
         if conf.voters.contains(&id) {
             progress("already a voter");
@@ -112,28 +147,24 @@ impl<S: StateMachine> Peer<S> {
         self.wait_no_change_in_flight().await?;
         self.check_promotion(id).await?;
         progress("promoting to voter");
-        let mut conf = self.current_config()?;
-        conf.learners.remove(&id);
-        conf.voters.insert(id);
-        conf.addrs.insert(id, addr.to_string());
-        self.change_config(conf).await?;
-        self.wait_config(|c| c.voters.contains(&id)).await?;
+        self.edit_config(ConfEdit::Promote {
+            id,
+            addr: addr.to_string(),
+        })
+        .await?;
+        self.wait_config(|c| c.voters.contains(&id))
+            .await
+            .map_err(proposed)?;
         progress("voter");
         Ok(())
     }
 
     /// Removes the member at `addr` (voter or learner). Removing the leader
     /// itself makes it step down once the new configuration commits.
+    /// Returns once a committed configuration is without it.
     pub async fn remove_server(&self, addr: &str) -> Result<(), Error> {
         let id = Self::member_id(addr);
-        let mut conf = self.current_config()?;
-        if !conf.contains(id) {
-            return Ok(());
-        }
-        conf.voters.remove(&id);
-        conf.learners.remove(&id);
-        conf.addrs.remove(&id);
-        self.change_config(conf).await?;
+        self.edit_config(ConfEdit::Remove { id }).await?;
         if id == self.id() {
             // A removed leader steps down once the new configuration
             // commits: its own status shows that commit, whoever leads.
@@ -299,5 +330,222 @@ fn proposed(e: Error) -> Error {
             "this node stopped leading before the configuration change it proposed committed; it may still commit".into(),
         ),
         e => e,
+    }
+}
+
+/// One membership edit, as the admin asked it: the node task applies it to
+/// its core's latest configuration (the last one in its log, committed or
+/// not) when it proposes it, never to a configuration a caller read
+/// earlier. A target built from the status the caller read would undo a
+/// change that committed between the read and the proposal (two admins at
+/// once: an addition dropping the other's member, or adding back one the
+/// other removed), since Raft's one-change-at-a-time rule (thesis §4.1,
+/// §4.3) only refuses a change while another is *in flight*.
+///
+/// A change in flight when the edit arrives refuses it as before
+/// ([`Error::Rejected`], "a configuration change is already in flight":
+/// nothing proposed; ask again once it committed), unless the latest
+/// configuration already has the edit, which then needs no proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum ConfEdit {
+    /// Add `id`, reached at `addr`, as a learner.
+    AddLearner {
+        /// The new member.
+        id: NodeId,
+        /// Its address.
+        addr: String,
+    },
+    /// Make learner `id`, reached at `addr`, a voter.
+    Promote {
+        /// The learner.
+        id: NodeId,
+        /// Its address.
+        addr: String,
+    },
+    /// Remove `id`, voter or learner.
+    Remove {
+        /// The member.
+        id: NodeId,
+    },
+}
+
+impl ConfEdit {
+    /// The configuration `latest` becomes with this edit (the incoming
+    /// half of a joint `latest`, which the core refuses to change anyway),
+    /// or `None` if that already has the edit. [`Error::Rejected`] for a
+    /// promotion of a node that is neither a learner nor a voter of it.
+    pub(super) fn target(&self, latest: &Configuration) -> Result<Option<Configuration>, Error> {
+        let mut next = Configuration {
+            voters: latest.voters.clone(),
+            outgoing: Default::default(),
+            learners: latest.learners.clone(),
+            addrs: latest.addrs.clone(),
+        };
+        let member = |id: &NodeId| next.voters.contains(id) || next.learners.contains(id);
+        match self {
+            ConfEdit::AddLearner { id, addr } => {
+                if member(id) {
+                    return Ok(None);
+                }
+                next.learners.insert(*id);
+                next.addrs.insert(*id, addr.clone());
+            }
+            ConfEdit::Promote { id, addr } => {
+                if next.voters.contains(id) {
+                    return Ok(None);
+                }
+                if !next.learners.remove(id) {
+                    return Err(Error::Rejected(format!(
+                        "{addr} (node {id}) is not a learner of the latest configuration (removed meanwhile?); nothing was promoted"
+                    )));
+                }
+                next.voters.insert(*id);
+                next.addrs.insert(*id, addr.clone());
+            }
+            ConfEdit::Remove { id } => {
+                if !member(id) {
+                    return Ok(None);
+                }
+                next.voters.remove(id);
+                next.learners.remove(id);
+                next.addrs.remove(id);
+            }
+        }
+        Ok(Some(next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConfEdit;
+    use crate::core::Configuration;
+    use crate::error::Error;
+
+    /// Voters 1 and 2, learner 3, each with an address.
+    fn latest() -> Configuration {
+        let mut c = Configuration::new([1, 2]);
+        c.learners.insert(3);
+        c.addrs
+            .extend([(1, "a".into()), (2, "b".into()), (3, "c".into())]);
+        c
+    }
+
+    fn add(id: u64, addr: &str) -> ConfEdit {
+        ConfEdit::AddLearner {
+            id,
+            addr: addr.into(),
+        }
+    }
+
+    fn promote(id: u64, addr: &str) -> ConfEdit {
+        ConfEdit::Promote {
+            id,
+            addr: addr.into(),
+        }
+    }
+
+    /// Each edit changes only its own member of the latest configuration
+    /// and keeps every other member and address.
+    #[test]
+    fn an_edit_keeps_the_other_members_of_the_latest_configuration() {
+        let mut want = latest();
+        want.learners.insert(4);
+        want.addrs.insert(4, "d".into());
+        assert_eq!(add(4, "d").target(&latest()).ok(), Some(Some(want)));
+
+        let mut want = latest();
+        want.learners.remove(&3);
+        want.voters.insert(3);
+        assert_eq!(promote(3, "c").target(&latest()).ok(), Some(Some(want)));
+
+        for gone in [2, 3] {
+            let mut want = latest();
+            want.voters.remove(&gone);
+            want.learners.remove(&gone);
+            want.addrs.remove(&gone);
+            let got = ConfEdit::Remove { id: gone }.target(&latest());
+            assert_eq!(got.ok(), Some(Some(want)), "removing {gone}");
+        }
+    }
+
+    /// An edit the latest configuration already has proposes nothing.
+    #[test]
+    fn an_edit_the_latest_configuration_has_is_none() {
+        for edit in [
+            add(3, "c"),
+            add(2, "b"),
+            promote(2, "b"),
+            ConfEdit::Remove { id: 9 },
+        ] {
+            assert_eq!(edit.target(&latest()).ok(), Some(None), "{edit:?}");
+        }
+    }
+
+    /// A promotion of a node the latest configuration does not have (an
+    /// admin removed the learner meanwhile) is refused: nothing promoted.
+    #[test]
+    fn promoting_a_node_that_is_not_a_learner_is_refused() {
+        let got = promote(4, "d").target(&latest());
+        assert!(matches!(got, Err(Error::Rejected(_))), "{got:?}");
+    }
+
+    /// While joint, the edit applies to the incoming half: a member only
+    /// the outgoing half has counts as removed, and the result is simple.
+    #[test]
+    fn a_joint_configuration_is_edited_on_its_incoming_half() {
+        let mut joint = Configuration::joint([1, 2], [1, 5]);
+        joint.addrs.extend([(1, "a".into()), (5, "e".into())]);
+        assert_eq!(ConfEdit::Remove { id: 5 }.target(&joint).ok(), Some(None));
+        let got = add(5, "e").target(&joint).ok().flatten();
+        assert!(
+            got.as_ref()
+                .is_some_and(|c| !c.is_joint() && c.learners.contains(&5)),
+            "{got:?}"
+        );
+    }
+}
+
+/// Test only: holds the next membership change asked of one peer just
+/// before it reaches the node task, until the test lets it go, so that a
+/// test can make another change in between (`membership_tests`).
+#[cfg(test)]
+pub(super) mod pause {
+    use std::sync::Mutex;
+
+    use tokio::sync::oneshot;
+
+    use crate::core::NodeId;
+
+    /// Armed pauses: the peer, where to say the change reached the
+    /// point, and what lets it go on.
+    type Armed = (NodeId, oneshot::Sender<()>, oneshot::Receiver<()>);
+    static ARMED: Mutex<Vec<Armed>> = Mutex::new(Vec::new());
+
+    /// Holds the next change asked of peer `id` at the point: the first
+    /// receiver resolves once it is there, and it goes on once the second
+    /// sender is used or dropped.
+    pub(in crate::runtime) fn arm(id: NodeId) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (reached_tx, reached_rx) = oneshot::channel();
+        let (go_tx, go_rx) = oneshot::channel();
+        ARMED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, reached_tx, go_rx));
+        (reached_rx, go_tx)
+    }
+
+    /// The point: a change of peer `id` waits here if a pause is armed
+    /// for it (once).
+    pub(in crate::runtime) async fn point(id: NodeId) {
+        let armed = {
+            let mut all = ARMED.lock().unwrap_or_else(|p| p.into_inner());
+            all.iter()
+                .position(|(of, _, _)| *of == id)
+                .map(|at| all.swap_remove(at))
+        };
+        if let Some((_, reached, go)) = armed {
+            let _ = reached.send(());
+            let _ = go.await;
+        }
     }
 }

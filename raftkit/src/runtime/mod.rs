@@ -61,6 +61,8 @@ mod envelope_decode;
 #[cfg(test)]
 mod lease_read_tests;
 mod membership;
+#[cfg(test)]
+mod membership_tests;
 mod node;
 #[doc(hidden)]
 pub mod persist;

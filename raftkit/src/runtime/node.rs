@@ -63,7 +63,12 @@
 //!   refused: a fresh leader commits its no-op within a round trip, and a
 //!   caller (an admin move right after a leadership transfer) should not
 //!   have to retry what only needs a moment. It is answered `NotLeader` if
-//!   the node stops leading first.
+//!   the node stops leading first;
+//! - a membership edit (`Command::EditConfig`, see `membership`) is applied
+//!   to the core's latest configuration (committed or not) each time it
+//!   is tried, here, and nowhere else: never to a configuration a caller
+//!   read from the status, which a change committed since would be
+//!   missing from.
 //!
 //! Size: past 1,000 lines because the event loop and every handler it calls
 //! share one `State` by `&mut` (splitting them across modules would expose
@@ -84,6 +89,7 @@ use tracing::{debug, error, info, warn};
 use super::admission::Admission;
 use super::apply::{ApplyMsg, ProgressRx, Reply, Taken};
 use super::dropped::DropLog;
+use super::membership::ConfEdit;
 use super::persist::{Persister, SaveJob, Saved, SnapshotSaver, Write};
 use super::session::{Envelope, Op, STAMP_SLACK_MS};
 use super::stamps::{Deferred, StampClock, anchor_ready};
@@ -139,11 +145,49 @@ pub enum Command {
         /// The index of the first configuration entry.
         reply: oneshot::Sender<Result<Index, Error>>,
     },
+    /// Apply a membership edit to the core's latest configuration and
+    /// propose the result (see [`ConfEdit`]).
+    EditConfig {
+        /// The edit.
+        edit: ConfEdit,
+        /// The index of the first configuration entry, or `None` if the
+        /// latest configuration already had the edit.
+        reply: oneshot::Sender<Result<Option<Index>, Error>>,
+    },
     /// Flush and stop.
     Shutdown {
         /// Answered once stopped.
         reply: oneshot::Sender<Result<(), Error>>,
     },
+}
+
+/// A configuration change waiting for this leader's first commit of its
+/// term, with its caller.
+enum ConfigChange {
+    /// A whole target ([`Command::ChangeConfig`]).
+    Target {
+        target: Configuration,
+        reply: oneshot::Sender<Result<Index, Error>>,
+    },
+    /// An edit of the latest configuration ([`Command::EditConfig`]).
+    Edit {
+        edit: ConfEdit,
+        reply: oneshot::Sender<Result<Option<Index>, Error>>,
+    },
+}
+
+impl ConfigChange {
+    /// Answers the caller with `err`: the change was never proposed.
+    fn refuse(self, err: Error) {
+        match self {
+            ConfigChange::Target { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            ConfigChange::Edit { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
 }
 
 /// The wall clock the leader stamps entries with: ms since the Unix epoch.
@@ -245,7 +289,7 @@ struct State {
     deferred: Deferred,
     /// Configuration changes waiting for this leader's first commit of its
     /// term, in arrival order (see the module invariants).
-    config_waiting: Vec<(Configuration, oneshot::Sender<Result<Index, Error>>)>,
+    config_waiting: Vec<ConfigChange>,
     /// The core's ticks on the monotonic clock (see `reads`).
     clock: super::reads::TickClock,
     /// When the status watch was last rebuilt.
@@ -535,11 +579,8 @@ impl NodeTask {
                 self.name
             ))));
         }
-        for (_, reply) in st.config_waiting.drain(..) {
-            let _ = reply.send(Err(Error::Unavailable(format!(
-                "peer {} stopped",
-                self.name
-            ))));
+        for change in st.config_waiting.drain(..) {
+            change.refuse(Error::Unavailable(format!("peer {} stopped", self.name)));
         }
         if let Some(saver) = self.saver.take() {
             saver.shutdown().await;
@@ -564,6 +605,9 @@ impl NodeTask {
                     let _ = reply.send(Err(err));
                 }
                 Command::ChangeConfig { reply, .. } => {
+                    let _ = reply.send(Err(err));
+                }
+                Command::EditConfig { reply, .. } => {
                     let _ = reply.send(Err(err));
                 }
                 Command::Shutdown { .. } => {}
@@ -621,35 +665,78 @@ impl NodeTask {
                 let _ = reply.send(r);
             }
             Command::ChangeConfig { target, reply } => {
-                // Behind the ones already waiting, in order.
-                let parked = if st.config_waiting.is_empty() {
-                    self.propose_config(target, reply)
-                } else {
-                    Some((target, reply))
-                };
-                if let Some(change) = parked {
-                    debug!(node = %self.name, term = self.raft.term(), "configuration change waits for this leader's first commit of its term");
-                    st.config_waiting.push(change);
-                }
+                self.on_config_change(st, ConfigChange::Target { target, reply });
+            }
+            Command::EditConfig { edit, reply } => {
+                self.on_config_change(st, ConfigChange::Edit { edit, reply });
             }
             Command::Shutdown { .. } => {}
         }
     }
 
+    /// Proposes a configuration change now, or parks it behind the ones
+    /// waiting for this leader's first commit of its term, in order.
+    fn on_config_change(&mut self, st: &mut State, change: ConfigChange) {
+        let parked = if st.config_waiting.is_empty() {
+            self.propose_config(change)
+        } else {
+            Some(change)
+        };
+        if let Some(change) = parked {
+            debug!(node = %self.name, term = self.raft.term(), "configuration change waits for this leader's first commit of its term");
+            st.config_waiting.push(change);
+        }
+    }
+
     /// Proposes a configuration change and answers its caller, or gives it
     /// back to wait while this leader has not committed an entry of its
-    /// term yet (`release_config_waiting`).
-    fn propose_config(
-        &mut self,
-        target: Configuration,
-        reply: oneshot::Sender<Result<Index, Error>>,
-    ) -> Option<(Configuration, oneshot::Sender<Result<Index, Error>>)> {
-        match self.raft.propose_config(target.clone()) {
-            Err(ProposeError::NotReady) if self.raft.role() == Role::Leader => {
-                Some((target, reply))
-            }
-            r => {
+    /// term yet (`release_config_waiting`). An edit is applied here, to
+    /// the core's latest configuration, each time it is tried (see
+    /// [`ConfEdit`]): the one in force when it is proposed.
+    fn propose_config(&mut self, change: ConfigChange) -> Option<ConfigChange> {
+        let not_ready = |r: &Result<Index, ProposeError>, raft: &Raft| {
+            matches!(r, Err(ProposeError::NotReady)) && raft.role() == Role::Leader
+        };
+        match change {
+            ConfigChange::Target { target, reply } => {
+                let r = self.raft.propose_config(target.clone());
+                if not_ready(&r, &self.raft) {
+                    return Some(ConfigChange::Target { target, reply });
+                }
                 let _ = reply.send(r.map_err(|e| self.propose_error(e)));
+                None
+            }
+            ConfigChange::Edit { edit, reply } => {
+                if self.raft.role() != Role::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return None;
+                }
+                let target = match edit.target(self.raft.config()) {
+                    Ok(Some(target)) => target,
+                    Ok(None) => {
+                        debug!(node = %self.name, ?edit, config_index = self.raft.config_index(), "the latest configuration already has the edit: nothing proposed");
+                        let _ = reply.send(Ok(None));
+                        return None;
+                    }
+                    Err(e) => {
+                        info!(node = %self.name, ?edit, error = %e, "configuration edit refused");
+                        let _ = reply.send(Err(e));
+                        return None;
+                    }
+                };
+                let r = self.raft.propose_config(target);
+                if not_ready(&r, &self.raft) {
+                    return Some(ConfigChange::Edit { edit, reply });
+                }
+                match &r {
+                    Ok(index) => {
+                        info!(node = %self.name, ?edit, index, "configuration edit proposed");
+                    }
+                    Err(e) => {
+                        info!(node = %self.name, ?edit, error = %e, "configuration edit refused");
+                    }
+                }
+                let _ = reply.send(r.map(Some).map_err(|e| self.propose_error(e)));
                 None
             }
         }
@@ -663,14 +750,14 @@ impl NodeTask {
             return;
         }
         if let Some(err) = Self::stopped(st) {
-            for (_, reply) in st.config_waiting.drain(..) {
-                let _ = reply.send(Err(err.clone()));
+            for change in st.config_waiting.drain(..) {
+                change.refuse(err.clone());
             }
             return;
         }
         let mut rest = std::mem::take(&mut st.config_waiting).into_iter();
-        while let Some((target, reply)) = rest.next() {
-            if let Some(still) = self.propose_config(target, reply) {
+        while let Some(change) = rest.next() {
+            if let Some(still) = self.propose_config(change) {
                 // Still not ready: it and the rest wait, in order.
                 st.config_waiting.push(still);
                 st.config_waiting.extend(rest);
@@ -1225,8 +1312,8 @@ impl NodeTask {
         while let Some((_, reply)) = st.deferred.pop() {
             reply.send(Err(err.clone()));
         }
-        for (_, reply) in st.config_waiting.drain(..) {
-            let _ = reply.send(Err(err.clone()));
+        for change in st.config_waiting.drain(..) {
+            change.refuse(err.clone());
         }
         self.flush_registers(st);
         // Proposals waiting at the apply thread: their entries will never

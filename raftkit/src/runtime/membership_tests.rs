@@ -1,0 +1,247 @@
+//! Membership changes asked by two admins at once (found by review, stop
+//! 41): a change whose caller read the configuration before another
+//! change committed, and whose request reached the node task after it,
+//! must not undo that other change. The interleaving is forced with the
+//! test-only pause of `membership` (the change is held just before it
+//! reaches the node task), not with timing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::membership::pause;
+use super::test_gate::until;
+use crate::core::Role;
+use crate::prelude::*;
+use crate::transport::memory::MemoryNetwork;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+struct Counter {
+    n: u64,
+}
+
+#[crate::state_machine]
+impl Counter {
+    #[write]
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+}
+
+/// A single voter at `addr`, leading. Learners added to it are addresses
+/// nobody listens at: a learner does not count for commitment, so every
+/// change commits on this voter alone.
+async fn a_leader(addr: &str) -> Peer<Counter> {
+    a_leader_on(&MemoryNetwork::new(3), addr).await
+}
+
+/// [`a_leader`] on `net`.
+async fn a_leader_on(net: &MemoryNetwork, addr: &str) -> Peer<Counter> {
+    let peer = Counter::peer()
+        .in_memory()
+        .listen(addr)
+        .bootstrap_members([addr])
+        .tick(Duration::from_millis(10))
+        .transport({
+            let net = net.clone();
+            move |id, inbox| Arc::new(net.endpoint(id, inbox))
+        })
+        .start()
+        .await
+        .expect("peer starts");
+    until("the peer leads", || {
+        (peer.status().role == Role::Leader).then_some(())
+    })
+    .await;
+    peer
+}
+
+/// The addresses of the members of `peer`'s configuration once it is
+/// committed and not joint, sorted.
+async fn committed_members(peer: &Peer<Counter>) -> Vec<String> {
+    until("a committed, simple configuration", || {
+        let st = peer.status();
+        (!st.joint && st.config_index <= st.commit).then(|| {
+            let mut m: Vec<String> = st
+                .members
+                .into_iter()
+                .map(|m| m.addr.unwrap_or_else(|| format!("#{}", m.id)))
+                .collect();
+            m.sort();
+            m
+        })
+    })
+    .await
+}
+
+/// Runs `first` (another admin's change, to completion) while `second`
+/// (a change started before it, as an admin who read the configuration
+/// first) is held just before it reaches the node task; then lets
+/// `second` go and returns its outcome.
+async fn interleave<F, G>(
+    peer: &Peer<Counter>,
+    second: impl FnOnce(Peer<Counter>) -> G,
+    first: F,
+) -> Result<(), Error>
+where
+    F: std::future::Future<Output = Result<(), Error>>,
+    G: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let (reached, go) = pause::arm(peer.id());
+    let second = tokio::spawn(second(peer.clone()));
+    let deadline = Duration::from_secs(20);
+    tokio::time::timeout(deadline, reached)
+        .await
+        .expect("the second change reaches the pause")
+        .expect("the pause is held");
+    first.await.expect("the first change");
+    let _ = go.send(());
+    tokio::time::timeout(deadline, second)
+        .await
+        .expect("the second change ends")
+        .expect("the second change's task")
+}
+
+/// Two learners added at once: the one added second keeps the first.
+#[tokio::test(flavor = "current_thread")]
+async fn interleaved_additions_keep_both_members() {
+    let peer = a_leader("members-a:1").await;
+    let second = interleave(
+        &peer,
+        |p| async move { p.add_learner("members-c:1").await },
+        peer.add_learner("members-b:1"),
+    )
+    .await;
+    assert!(second.is_ok(), "the second addition: {second:?}");
+    let members = committed_members(&peer).await;
+    assert_eq!(
+        members,
+        ["members-a:1", "members-b:1", "members-c:1"],
+        "an addition made while another was under way lost the other's member"
+    );
+    let _ = peer.shutdown().await;
+}
+
+/// An addition under way while another admin removes a member does not
+/// add the removed member back.
+#[tokio::test(flavor = "current_thread")]
+async fn an_addition_interleaved_with_a_removal_does_not_add_the_removed_member_back() {
+    let peer = a_leader("members-r:1").await;
+    peer.add_learner("members-gone:1")
+        .await
+        .expect("the learner to remove");
+    let second = interleave(
+        &peer,
+        |p| async move { p.add_learner("members-new:1").await },
+        peer.remove_server("members-gone:1"),
+    )
+    .await;
+    assert!(second.is_ok(), "the addition: {second:?}");
+    let members = committed_members(&peer).await;
+    assert_eq!(
+        members,
+        ["members-new:1", "members-r:1"],
+        "an addition made while a removal was under way added the removed member back"
+    );
+    let _ = peer.shutdown().await;
+}
+
+/// A removal under way while another admin adds a member keeps the added
+/// member.
+#[tokio::test(flavor = "current_thread")]
+async fn a_removal_interleaved_with_an_addition_keeps_the_added_member() {
+    let peer = a_leader("members-s:1").await;
+    peer.add_learner("members-old:1")
+        .await
+        .expect("the learner to remove");
+    let second = interleave(
+        &peer,
+        |p| async move { p.remove_server("members-old:1").await },
+        peer.add_learner("members-added:1"),
+    )
+    .await;
+    assert!(second.is_ok(), "the removal: {second:?}");
+    let members = committed_members(&peer).await;
+    assert_eq!(
+        members,
+        ["members-added:1", "members-s:1"],
+        "a removal made while an addition was under way dropped the added member"
+    );
+    let _ = peer.shutdown().await;
+}
+
+/// A promotion under way (the learner caught up) while another admin
+/// removes the learner does not add it back, as a voter: `add_server`
+/// fails with `Rejected` and the learner stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_interleaved_with_the_learners_removal_does_not_add_it_back() {
+    let net = MemoryNetwork::new(3);
+    let peer = a_leader_on(&net, "members-p:1").await;
+    peer.write(CounterWrite::Add { by: 1 })
+        .await
+        .expect("a write");
+    // A new, empty node: it waits to be added.
+    let learner = Counter::peer()
+        .in_memory()
+        .listen("members-x:1")
+        .tick(Duration::from_millis(10))
+        .transport({
+            let net = net.clone();
+            move |id, inbox| Arc::new(net.endpoint(id, inbox))
+        })
+        .start()
+        .await
+        .expect("the new node starts");
+    peer.add_learner("members-x:1").await.expect("the learner");
+    let promotion = interleave(
+        &peer,
+        |p| async move { p.add_server("members-x:1", |_| {}).await },
+        peer.remove_server("members-x:1"),
+    )
+    .await;
+    let members = committed_members(&peer).await;
+    assert_eq!(
+        members,
+        ["members-p:1"],
+        "a promotion made while the learner's removal was under way added it back (add_server: {promotion:?})"
+    );
+    assert!(
+        matches!(promotion, Err(Error::Rejected(_))),
+        "the promotion of a removed learner: {promotion:?}"
+    );
+    let _ = learner.shutdown().await;
+    let _ = peer.shutdown().await;
+}
+
+/// An edit that arrives while another change is in flight is refused with
+/// the core's "already in flight" (`Rejected`, nothing proposed), not
+/// queued (Raft's one change at a time, thesis §4.1): the admin asks
+/// again once the change in flight committed.
+#[tokio::test(flavor = "current_thread")]
+async fn an_edit_while_a_change_is_in_flight_is_refused() {
+    let peer = a_leader("members-f:1").await;
+    peer.write(CounterWrite::Add { by: 1 })
+        .await
+        .expect("a write");
+    // A voter nobody runs: the change can never commit.
+    let ghost = Peer::<Counter>::member_id("members-ghost:1");
+    let mut target = crate::core::Configuration::new([peer.id(), ghost]);
+    target.addrs.insert(peer.id(), "members-f:1".to_string());
+    target.addrs.insert(ghost, "members-ghost:1".to_string());
+    let index = peer.change_config(target).await.expect("proposed");
+    let refused = peer.add_learner("members-late:1").await;
+    match &refused {
+        Err(e @ Error::Rejected(why)) if why.contains("already in flight") => {
+            assert_eq!(e.applied(), crate::error::Applied::No);
+        }
+        other => panic!("an edit while change {index} is in flight: {other:?}"),
+    }
+    let st = peer.status();
+    assert!(
+        !st.members
+            .iter()
+            .any(|m| m.addr.as_deref() == Some("members-late:1")),
+        "{st:?}"
+    );
+    let _ = peer.shutdown().await;
+}
