@@ -213,12 +213,18 @@ async fn a_typed_client_routes_by_shard_key_and_follows_the_placement() {
             .await
             .unwrap()
     );
+    // (A short timeout: the client re-reads the placement until it names
+    // other replicas, or its timeout passes.)
     let fresh = KvClient::new(
-        ShardedClient::<Kv>::connect_with(&members, admin.clone(), opts())
-            .await
-            .unwrap(),
+        ShardedClient::<Kv>::connect_with(
+            &members,
+            admin.clone(),
+            opts().with_timeout(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap(),
     );
-    // The placement points at the stranger even after a re-read.
+    // The placement points at the stranger even after re-reads.
     let err = fresh.get(key.clone()).await.expect_err("not hosted");
     assert_eq!(err, Error::NotHosted { group: moved });
     assert_eq!(err.applied(), raftkit::error::Applied::No);
@@ -539,4 +545,187 @@ async fn an_unreachable_group_does_not_hold_up_the_calls_to_the_others() {
         "calls to a healthy group waited for an unreachable group's dial: {took:?}"
     );
     node.shutdown().await.unwrap();
+}
+
+/// The voters of `group` as its leader's node reports them (addresses,
+/// sorted), once its configuration is not joint.
+async fn voters_of(client: &ShardedClient<Kv>, addrs: &[String], group: GroupId) -> Vec<String> {
+    let leader = leader_of(client, addrs, group).await;
+    let groups = client.node_groups(&leader).await.unwrap();
+    let (_, status) = groups.iter().find(|(g, _)| *g == group).unwrap();
+    let mut voters: Vec<String> = status
+        .members
+        .iter()
+        .filter(|(_, voter, _)| *voter)
+        .map(|(a, _, _)| a.clone())
+        .collect();
+    voters.sort();
+    voters
+}
+
+/// The replicas the placement (re-read from group 0) lists for `group`,
+/// sorted.
+async fn listed(client: &ShardedClient<Kv>, group: GroupId) -> Vec<String> {
+    let routes = client.refresh().await.unwrap();
+    let mut replicas = routes.group(group).unwrap().replicas.clone();
+    replicas.sort();
+    replicas
+}
+
+/// A key of `group` under `client`'s placement.
+fn key_in(client: &ShardedClient<Kv>, group: GroupId, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}:{i}"))
+        .find(|k| client.group_of(k.as_bytes()) == Some(group))
+        .unwrap()
+}
+
+/// Found by review (stop 42): only `ShardedClient::move_replica` recorded a
+/// move in the placement, so a replica moved by the node's own
+/// `move_replica` or by the replica balancer left the placement naming a
+/// node that no longer hosts the group, and every sharded client, new or
+/// already routed, ended with `NotHosted` while the group was healthy
+/// elsewhere. A one-node deployment with a spare: the balancer moves group
+/// 1 to the spare, `MultiNode::move_replica` moves group 2; the placement
+/// then names the spare for both, and clients reach both groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_moved_by_the_node_or_the_balancer_are_followed_by_the_placement() {
+    let addrs = free_addrs(2);
+    let (member, spare) = (addrs[0].clone(), addrs[1].clone());
+    let ca = ClusterCa::generate("shard-node-move").unwrap();
+    let (a, _a_dir) = start_node(&member, &ca).await;
+    let (b, _b_dir) = start_node(&spare, &ca).await;
+    a.form_shards(2, std::slice::from_ref(&member))
+        .await
+        .unwrap();
+    let admin = ca.issue_admin("ops").unwrap();
+    let seeds = vec![member.clone()];
+    let routed = ShardedClient::<Kv>::connect_with(&seeds, admin.clone(), opts())
+        .await
+        .unwrap();
+    let kv = KvClient::new(routed.clone());
+    let (k1, k2) = (key_in(&routed, 1, "one"), key_in(&routed, 2, "two"));
+    kv.put(k1.clone(), "1".into()).await.unwrap();
+    kv.put(k2.clone(), "2".into()).await.unwrap();
+
+    // The balancer: the member holds two replicas, the spare none; it moves
+    // the first group it leads (group 1) to the spare.
+    a.set_known_nodes(vec![spare.clone()]);
+    let report = a.balance_replicas().await.unwrap().expect("a move");
+    assert_eq!((report.group, report.to), (1, b.id()));
+    // The node's own move of group 2.
+    a.move_replica(2, a.id(), &spare).await.unwrap();
+    for group in [1, 2] {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while a.group(group).is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "group {group}: the member never retired its replica"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // A client routed before the moves, and one made after them.
+    let fresh = KvClient::new(
+        ShardedClient::<Kv>::connect_with(&seeds, admin.clone(), opts())
+            .await
+            .unwrap(),
+    );
+    let mut values = [(k1.clone(), "1".to_string()), (k2.clone(), "2".to_string())];
+    for (client, who) in [(&kv, "routed"), (&fresh, "fresh")] {
+        for (key, value) in &mut values {
+            let got = client.get(key.clone()).await;
+            assert_eq!(got, Ok(Some(value.clone())), "{who} client, key {key}");
+            *value = format!("{value}-{who}");
+            let put = client.put(key.clone(), value.clone()).await;
+            assert!(put.is_ok(), "{who} client, key {key}: {put:?}");
+        }
+    }
+    for group in [1, 2] {
+        assert_eq!(
+            listed(&routed, group).await,
+            vec![spare.clone()],
+            "group {group}: the placement names the replica's new node"
+        );
+    }
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+/// Found by review (stop 42): a move that failed after its configuration
+/// change committed (here: the joint change is not waited for, so the
+/// step fails with a timeout while the core finishes the change by
+/// itself) never reached the placement. The group's leader records the
+/// committed configuration once it settles (Raft thesis §4.3: `C_new`,
+/// not the intent), so the placement names the real members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_that_fails_after_its_change_committed_leaves_the_real_members_in_the_placement() {
+    let addrs = free_addrs(4);
+    let (members, spare) = (addrs[..3].to_vec(), addrs[3].clone());
+    let ca = ClusterCa::generate("shard-failed-move").unwrap();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for addr in &addrs {
+        let (node, dir) = start_node(addr, &ca).await;
+        nodes.push(node);
+        dirs.push(dir);
+    }
+    for node in &nodes[..3] {
+        node.form_shards(2, &members).await.unwrap();
+    }
+    let admin = ca.issue_admin("ops").unwrap();
+    let sharded = ShardedClient::<Kv>::connect_with(&members, admin.clone(), opts())
+        .await
+        .unwrap();
+    let group = 1;
+    let leader_addr = leader_of(&sharded, &members, group).await;
+    let leader = nodes
+        .iter()
+        .find(|n| n.name().ends_with(&leader_addr))
+        .unwrap();
+    let from_addr = members.iter().find(|a| **a != leader_addr).unwrap().clone();
+    let from = nodes
+        .iter()
+        .find(|n| n.name().ends_with(&from_addr))
+        .unwrap()
+        .id();
+    let opts = raftkit::multi::MoveOptions {
+        step_timeout: Duration::ZERO,
+        ..Default::default()
+    };
+    // The learner is added first, so that only the joint change's wait
+    // has no time.
+    let peer = leader.group(group).unwrap();
+    peer.add_learner(&spare).await.unwrap();
+    let err = leader
+        .move_replica_with(group, from, &spare, &opts)
+        .await
+        .expect_err("no time to commit the joint change");
+    assert_eq!(err.applied(), raftkit::error::Applied::Yes, "{err}");
+    let mut truth = members.clone();
+    truth.retain(|a| *a != from_addr);
+    truth.push(spare.clone());
+    truth.sort();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (voters, placed) = (
+            voters_of(&sharded, &members, group).await,
+            listed(&sharded, group).await,
+        );
+        if voters == truth && placed == truth {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the placement lists {placed:?} while the group's voters are {voters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kv = KvClient::new(sharded.clone());
+    let key = key_in(&sharded, group, "after");
+    kv.put(key.clone(), "v".into()).await.unwrap();
+    assert_eq!(kv.get(key).await.unwrap(), Some("v".into()));
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
 }

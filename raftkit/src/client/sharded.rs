@@ -25,9 +25,15 @@
 //! 4. If the group's client ends with an error that says the placement may
 //!    be stale ([`Error::NotHosted`], or `NotLeader`/`Unavailable` after its
 //!    retries) and that nothing was applied, the placement is re-read from
-//!    group 0 and the call is routed once more (a second deadline at
-//!    most). An error that may have applied the command is returned as it
-//!    is: re-routing it could apply it twice.
+//!    group 0 and the call is routed again. A group's replicas are
+//!    recorded in the placement by the nodes once its configuration
+//!    commits ([`crate::multi::placement_sync`]), a moment after a move, so
+//!    while every replica the placement lists answers `NotHosted` the
+//!    placement is re-read (with backoff) until it lists others, within
+//!    the call's timeout from its first `NotHosted`; a call whose group
+//!    client ended on `NotLeader` or `Unavailable` (its whole timeout
+//!    spent) is re-routed once. An error that may have applied the command
+//!    is returned as it is: re-routing it could apply it twice.
 //!
 //! A group's client is made on its first call and cached (per group, for
 //! the replicas the placement lists). The cache's lock is never held
@@ -48,7 +54,7 @@ use std::sync::Arc;
 use super::{Client, ClientOptions, Submit};
 use crate::error::{Applied, Error};
 use crate::multi::GroupId;
-use crate::multi::placement::{PLACEMENT_GROUP, PlacementClient, Routes};
+use crate::multi::placement::{PLACEMENT_GROUP, PlacementClient, Routes, Shard};
 use crate::state_machine::{StateMachine, decode};
 use crate::tls::Identity;
 
@@ -266,30 +272,26 @@ impl<S> ShardedClient<S> {
     /// placement lists for the group, following `NotLeader` hints, until
     /// the group's leader runs the move
     /// ([`MultiNode::move_replica`](crate::multi::MultiNode::move_replica)),
-    /// then records the new replicas in the placement (group 0) and
-    /// re-reads it; the move's one-line summary. The node `to` must never
-    /// have hosted the group before (see [`crate::multi::hosting`]).
+    /// then re-reads the placement, where the leader's node recorded the
+    /// group's committed configuration as the move's last step
+    /// ([`crate::multi::placement_sync`]; also after a move that failed
+    /// once it changed the configuration); the move's one-line summary.
+    /// The node `to` must never have hosted the group before (see
+    /// [`crate::multi::hosting`]).
     pub async fn move_replica(
         &self,
         group: GroupId,
         from: &str,
         to: &str,
     ) -> Result<String, Error> {
-        let summary = self.run_move(group, from, to).await?;
-        let mut replicas: Vec<String> = self
-            .routes()
-            .shards()
-            .iter()
-            .find(|s| s.group == group)
-            .map(|s| s.replicas.clone())
-            .unwrap_or_default();
-        replicas.retain(|r| r != from && r != to);
-        replicas.push(to.to_string());
-        PlacementClient::new(self.inner.placement.clone())
-            .set_replicas(group, replicas)
-            .await?;
-        self.refresh().await?;
-        Ok(summary)
+        let moved = self.run_move(group, from, to).await;
+        if moved.is_ok() {
+            self.refresh().await?;
+        } else if let Err(e) = self.refresh().await {
+            // The move's error says more than the re-read's.
+            tracing::debug!(group, error = %e, "placement re-read after a failed move failed");
+        }
+        moved
     }
 
     async fn run_move(&self, group: GroupId, from: &str, to: &str) -> Result<String, Error> {
@@ -339,30 +341,76 @@ impl<S> ShardedClient<S> {
         self.routes().shard_of(key).map(|s| s.group)
     }
 
-    /// Sends one call for `key` to its group, re-reading the placement once
-    /// if the answer says it may be stale and nothing was applied.
+    /// Sends one call for `key` to its group, re-reading the placement if
+    /// the answer says it may be stale and nothing was applied (see the
+    /// [module documentation](self), step 4).
     async fn route<F, Fut>(&self, key: &[u8], call: F) -> Result<Vec<u8>, Error>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>, Error>>,
     {
         let mut rerouted = false;
+        // Set at the first `NotHosted`: re-reads end there.
+        let mut deadline = None;
         loop {
-            let group = self
-                .group_of(key)
+            let routes = self.routes();
+            let shard = routes
+                .shard_of(key)
                 .ok_or_else(|| Error::Unavailable("no placement".into()))?;
+            let group = shard.group;
             let result = match self.group_client(group).await {
                 Ok(client) => call(client).await,
                 Err(e) => Err(e),
             };
-            match result {
-                Err(e) if !rerouted && stale_placement(&e) => {
-                    tracing::debug!(group, error = %e, "re-reading the placement");
-                    self.refresh().await?;
-                    rerouted = true;
-                }
+            let e = match result {
+                Err(e) if stale_placement(&e) => e,
                 other => return other,
+            };
+            if !matches!(e, Error::NotHosted { .. }) {
+                if rerouted {
+                    return Err(e);
+                }
+                tracing::debug!(group, error = %e, "re-reading the placement");
+                self.refresh().await?;
+                rerouted = true;
+                continue;
             }
+            let until = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.inner.opts.timeout);
+            if !self.reread_until_moved(shard, until).await? {
+                return Err(e);
+            }
+            rerouted = true;
+        }
+    }
+
+    /// After every replica the placement listed for a group (`stale`, as
+    /// the call was routed by it) answered `NotHosted`: re-reads the
+    /// placement, with backoff, until it lists the group otherwise or
+    /// `deadline` passes; whether it changed.
+    async fn reread_until_moved(
+        &self,
+        stale: &Shard,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, Error> {
+        let group = stale.group;
+        let mut backoff = self.inner.opts.backoff;
+        loop {
+            tracing::debug!(
+                group,
+                "no listed replica hosts the group: re-reading the placement"
+            );
+            let routes = self.refresh().await?;
+            if routes.group(group) != Some(stale) {
+                return Ok(true);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            // Backoff between re-reads of group 0, not a synchronisation.
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(self.inner.opts.max_backoff);
         }
     }
 }

@@ -89,7 +89,8 @@
 //!
 //! A sharded deployment ([`MultiNode::form_shards`]) adds group 0, the
 //! [`placement`]: which data group owns which hash range of the keys and
-//! where its replicas are. Clients reach every group through the node's
+//! where its replicas are (kept equal to each group's committed
+//! configuration by [`placement_sync`]). Clients reach every group through the node's
 //! [`service`] and route by shard key with
 //! [`ShardedClient`](crate::client::ShardedClient).
 
@@ -101,6 +102,7 @@ mod links;
 pub mod moves;
 mod node;
 pub mod placement;
+pub mod placement_sync;
 pub mod quiesce;
 pub mod removal;
 pub mod service;

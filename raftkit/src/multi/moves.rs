@@ -21,6 +21,14 @@
 //!    by itself once `C_old,new` commits; wait until `C_new` commits. The
 //!    leaving node's replica then retires (its state is deleted, see
 //!    [`hosting`](super::hosting)).
+//! 5. **record** (not a [`MoveStep`]: it changes no configuration): once
+//!    this node's replica holds a committed, non-joint configuration
+//!    (waiting up to [`MoveOptions::step_timeout`]), its voters are
+//!    recorded in the placement ([`placement_sync`](super::placement_sync)),
+//!    whether the move succeeded or failed after changing the
+//!    configuration; a move refused before any change records nothing.
+//!    A record that fails is logged and the move's outcome stands: the
+//!    group's leader records the configuration at its next check.
 //!
 //! If the leaving node is the leader (the mover itself), it manages the
 //! change while not counting itself in `C_new` and steps down once `C_new`
@@ -294,6 +302,28 @@ impl<S: PeerExt> MultiNode<S> {
 
     /// [`move_replica`](Self::move_replica) with explicit options.
     pub async fn move_replica_with(
+        &self,
+        group: GroupId,
+        from: NodeId,
+        to: &str,
+        opts: &MoveOptions,
+    ) -> Result<MoveReport, MoveError> {
+        let result = self.run_move(group, from, to, opts).await;
+        // Step 5: the placement follows the committed configuration, also
+        // after a failure that left a change behind (the core finishes a
+        // joint change by itself).
+        let changed = match &result {
+            Ok(_) => true,
+            Err(e) => e.applied() != Applied::No,
+        };
+        if changed {
+            self.record_after_move(group, opts.step_timeout).await;
+        }
+        result
+    }
+
+    /// Steps 1 to 4 of a move.
+    async fn run_move(
         &self,
         group: GroupId,
         from: NodeId,

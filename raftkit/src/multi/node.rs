@@ -217,6 +217,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         let (coalesced_tx, coalesced_rx) = mpsc::channel(64);
         // Client connections: served by `service` once the groups started.
         let (clients_tx, clients_rx) = mpsc::channel(64);
+        let client_identity = identity.clone();
         let mut config = QuicConfig::new(listen_addr, &name, identity, S::SCHEMA_FINGERPRINT);
         config.advertise = Some(advertise.clone());
         config.queue_capacity = LINK_QUEUE;
@@ -300,6 +301,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 unretired: Mutex::new(BTreeMap::new()),
                 tasks: Mutex::new(Vec::new()),
                 known: Mutex::new(Vec::new()),
+                identity: client_identity,
                 #[cfg(test)]
                 window: Mutex::new(None),
             }),
@@ -413,11 +415,15 @@ pub(super) struct Inner<S> {
     /// the group stays retiring here (see [`super::hosting`], "A
     /// retirement the journal refuses").
     unretired: Mutex<BTreeMap<GroupId, (Index, crate::core::Term)>>,
-    /// The hosting, retiring and replica-balancing tasks.
+    /// The hosting, retiring, placement-recording and replica-balancing
+    /// tasks.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Nodes the replica balancer may place replicas on, beyond those the
     /// groups list (advertised addresses).
     known: Mutex<Vec<String>>,
+    /// The node's certificate, for its own requests to the placement group
+    /// ([`super::placement_sync`]).
+    identity: Identity,
     /// Holds a retirement inside its window (tests only, see
     /// `retire_tests`).
     #[cfg(test)]
@@ -577,6 +583,12 @@ impl<S: PeerExt> MultiNode<S> {
     /// The address other nodes reach this one at.
     pub fn advertise(&self) -> &str {
         &self.inner.advertise
+    }
+
+    /// The node's certificate (its requests to the placement group, see
+    /// [`super::placement_sync`]).
+    pub(super) fn identity(&self) -> &Identity {
+        &self.inner.identity
     }
 
     /// The groups this node hosts, in order.
@@ -1069,7 +1081,7 @@ impl<S: PeerExt> MultiNode<S> {
                 node.ask_membership(&mut asker);
             }
         });
-        let mut tasks = vec![hoster, retirer];
+        let mut tasks = vec![hoster, retirer, super::placement_sync::spawn(self, every)];
         if let Some(every) = replicas_every {
             let weak = Arc::downgrade(&self.inner);
             tasks.push(tokio::spawn(async move {

@@ -31,10 +31,13 @@
 //!   no-ops), and a list that breaks the invariant is refused.
 //! - A group's Raft configuration is the truth about its replicas; the
 //!   placement's `replicas` are a routing hint recorded at formation and
-//!   updated by [`Placement::set_replicas`] when a configuration changes.
-//!   A client sent to a node that no longer hosts the group is told so
-//!   ([`Error::NotHosted`]) and re-reads the
-//!   placement; a follower of the group redirects it to the leader.
+//!   updated by [`Placement::set_replicas`] with the voters of each
+//!   committed, non-joint configuration, by the node that moved a replica
+//!   and by the group's leader ([`super::placement_sync`]), never from a
+//!   move's intent. A client sent to a node that no longer hosts the group
+//!   is told so ([`Error::NotHosted`]) and re-reads the placement until it
+//!   names other replicas; a follower of the group redirects it to the
+//!   leader.
 
 use serde::{Deserialize, Serialize};
 

@@ -25,6 +25,12 @@
 //!   plus the node requests ([`NodeRequest`]): `Groups` (status of every
 //!   group) for every role, `BalanceLeaders` for admins only; a group's
 //!   `TransferLeader` is the ordinary admin request sent to that group.
+//!   One exception: a **node** certificate may also read and write the
+//!   placement group 0 (and open and close the session its writes need),
+//!   so that the leader of a data group records the group's committed
+//!   replicas there ([`super::placement_sync`]). It grants nothing a node
+//!   could not already do: a node certificate can replicate any group's
+//!   entries over the peer protocol.
 //! - Sessions are per group: each group's session table is replicated by
 //!   that group, so a client opens one session per group it writes to.
 //! - The service holds the node weakly: it never keeps a stopped node
@@ -118,6 +124,26 @@ impl<S: PeerExt> client_service::Front for Front<S> {
 
     fn hello(&self, hello: &ClientHello, remote: std::net::SocketAddr) -> ClientResponse {
         check_hello::<S>(&self.schemas, hello, remote)
+    }
+
+    fn authorize(
+        &self,
+        principal: &Principal,
+        request: &ClientRequest,
+        meta: Option<RequestMeta>,
+    ) -> Result<(), crate::Error> {
+        let placement = meta.and_then(|m| m.group) == Some(PLACEMENT_GROUP);
+        let keeps_placement = matches!(
+            request,
+            ClientRequest::Write { .. }
+                | ClientRequest::Read { .. }
+                | ClientRequest::OpenSession
+                | ClientRequest::CloseSession { .. }
+        );
+        if placement && keeps_placement && principal.role == crate::tls::CertRole::Node {
+            return Ok(());
+        }
+        crate::runtime::authorization::authorize(S::NAME, principal, request)
     }
 
     async fn handle(

@@ -67,6 +67,18 @@ pub(crate) trait Front: Clone + Send + Sync + 'static {
     fn state_machine(&self) -> &'static str;
     /// The answer to a client's hello (its schema checked).
     fn hello(&self, hello: &ClientHello, remote: std::net::SocketAddr) -> ClientResponse;
+    /// Whether `principal` may make `request` (see
+    /// [`authorize`](super::authorization::authorize)); a multi-group node
+    /// also lets nodes keep its placement group up to date
+    /// ([`crate::multi::service`]).
+    fn authorize(
+        &self,
+        principal: &Principal,
+        request: &ClientRequest,
+        _meta: Option<RequestMeta>,
+    ) -> Result<(), Error> {
+        authorize(self.state_machine(), principal, request)
+    }
     /// Answers one authorized request.
     fn handle(
         &self,
@@ -325,10 +337,9 @@ async fn serve_stream<F: Front>(
         }
     };
     // A watch keeps its own stream open and answers with many frames.
-    if let (ClientRequest::Watch { from }, Ok(())) = (
-        &request,
-        authorize(front.state_machine(), &caller.principal, &request),
-    ) {
+    if let (ClientRequest::Watch { from }, Ok(())) =
+        (&request, front.authorize(&caller.principal, &request, meta))
+    {
         return front
             .watch(*from, meta, send, max_frame)
             .instrument(request_span(&caller, &request, meta))
@@ -350,7 +361,7 @@ pub(crate) async fn answer<F: Front>(
     meta: Option<RequestMeta>,
 ) -> ClientResponse {
     let span = request_span(caller, &request, meta);
-    match authorize(front.state_machine(), &caller.principal, &request) {
+    match front.authorize(&caller.principal, &request, meta) {
         Ok(()) => {
             async {
                 debug!("client request received");
