@@ -34,6 +34,7 @@
 //! | [`Compacted`](Error::Compacted) | No (a watch applies nothing) | no (re-read the state, then watch from there) |
 //! | [`WatchLagged`](Error::WatchLagged) | No (a watch applies nothing) | no (re-read the state, then watch from there) |
 //! | [`NotHosted`](Error::NotHosted) | No | no (a sharded client re-reads the placement and re-routes) |
+//! | [`AnswerTooLarge`](Error::AnswerTooLarge) | Yes | no (a retry gets the same stored answer) |
 //!
 //! A call may end with an error that is `Maybe` and not retried only when
 //! retrying could do no better: a codec or protocol error would recur, and
@@ -222,6 +223,15 @@ pub enum Error {
         /// The group the request was for.
         group: u64,
     },
+    /// The request was carried out (a write was applied, and its answer
+    /// stored in the client's session), but its answer is larger than one
+    /// frame carries (`transport::frame::DEFAULT_MAX_FRAME_BYTES`): the
+    /// member sent this instead. Do not send the write again; a retry
+    /// through the same [`WriteOnce`](crate::client::WriteOnce) handle gets
+    /// the same stored answer, so this same error. (A read whose answer is
+    /// too large is [`Error::Rejected`]: a read changes nothing.)
+    #[error("applied, but its answer cannot be carried (do not send it again): {0}")]
+    AnswerTooLarge(String),
 }
 
 impl From<TlsError> for Error {
@@ -247,7 +257,7 @@ impl Error {
             | Error::Compacted { .. }
             | Error::WatchLagged { .. }
             | Error::NotHosted { .. } => Applied::No,
-            Error::Handler { .. } => Applied::Yes,
+            Error::Handler { .. } | Error::AnswerTooLarge(_) => Applied::Yes,
             Error::Timeout
             | Error::Transport(_)
             | Error::Codec(_)
@@ -283,7 +293,8 @@ impl Error {
             | Error::SchemaMismatch { .. }
             | Error::Compacted { .. }
             | Error::WatchLagged { .. }
-            | Error::NotHosted { .. } => false,
+            | Error::NotHosted { .. }
+            | Error::AnswerTooLarge(_) => false,
         }
     }
 
@@ -355,6 +366,7 @@ mod tests {
             ),
             (Error::WatchLagged { next: 1 }, Applied::No, false),
             (Error::NotHosted { group: 3 }, Applied::No, false),
+            (Error::AnswerTooLarge("x".into()), Applied::Yes, false),
         ];
         for (e, applied, retry) in all {
             assert_eq!(e.applied(), applied, "{e:?}");

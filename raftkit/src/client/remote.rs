@@ -72,6 +72,8 @@
 //!   decode or is larger than the maximum command size, a session owned by
 //!   another certificate, a `WriteOnce` handle reused for another command).
 //! - [`Error::Handler`]: applied, and the handler panicked (policy `skip`).
+//! - [`Error::AnswerTooLarge`]: applied, but its answer is larger than a
+//!   frame carries; do not send it again.
 //!
 //! Reads are never applied, so any read may be retried freely.
 

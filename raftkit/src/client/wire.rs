@@ -477,6 +477,11 @@ pub enum WireError {
         /// The group asked for.
         group: u64,
     },
+    /// The request was carried out (a write applied), but its answer is
+    /// larger than a frame carries (see [`Error::AnswerTooLarge`]). A
+    /// client that predates this variant cannot decode it and fails the
+    /// call as a lost connection would (its outcome unknown).
+    AnswerTooLarge(String),
 }
 
 impl From<Error> for WireError {
@@ -506,6 +511,7 @@ impl From<Error> for WireError {
             },
             Error::WatchLagged { next } => WireError::WatchLagged { next },
             Error::NotHosted { group } => WireError::NotHosted { group },
+            Error::AnswerTooLarge(s) => WireError::AnswerTooLarge(s),
             // Codec, transport and protocol errors of the peer itself: the
             // client cannot tell what happened, so neither does the wire.
             other => WireError::Ambiguous(other.to_string()),
@@ -540,6 +546,7 @@ impl From<WireError> for Error {
             },
             WireError::WatchLagged { next } => Error::WatchLagged { next },
             WireError::NotHosted { group } => Error::NotHosted { group },
+            WireError::AnswerTooLarge(s) => Error::AnswerTooLarge(s),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! An answer too large for one frame, over real QUIC: the client service
-//! answers `Rejected` in its place (`client_mux`: "too large to carry: say
-//! so instead"), at once, and the stream goes on serving.
+//! answers a read `Rejected` in its place (`client_mux`: "too large to
+//! carry: say so instead"), at once, and the stream goes on serving; a
+//! write (applied) `AnswerTooLarge`, which says it was applied.
 //!
 //! Dropped instead (teeth round 7 mutant 717, missed by every test before),
 //! the caller would wait for its whole timeout and then retry a read that
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use crate::client::ClientOptions;
 use crate::core::Role;
+use crate::error::Applied;
 use crate::prelude::*;
 use crate::tls::dev_cluster;
 use crate::transport::frame::DEFAULT_MAX_FRAME_BYTES;
@@ -28,6 +30,20 @@ impl Blob {
     #[write]
     fn touch(&mut self) -> u64 {
         self.writes += 1;
+        self.writes
+    }
+
+    /// Counts the call, then answers `len` bytes of 9s (applied, whatever
+    /// the size of its answer).
+    #[write]
+    fn grow(&mut self, len: u32) -> Vec<u8> {
+        self.writes += 1;
+        vec![9; usize::try_from(len).expect("a test length")]
+    }
+
+    /// The writes applied so far.
+    #[read]
+    fn count(&self) -> u64 {
         self.writes
     }
 
@@ -98,5 +114,62 @@ async fn an_answer_too_large_for_a_frame_is_refused_at_once_and_the_stream_goes_
         .expect("a small read in time")
         .expect("a small read");
     assert_eq!(small, vec![7; 3]);
+    peer.shutdown().await.expect("shutdown");
+}
+
+/// A write applied whose answer is too large for a frame is reported as
+/// applied (and not retried, by the client or through a `WriteOnce` handle
+/// that gets the stored answer again): a "not applied" here would invite
+/// the caller to send it again, and apply it twice (thesis §6.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_is_too_large_for_a_frame_is_reported_applied() {
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .to_string();
+    let (ca, mut ids) = dev_cluster([format!("blob@{addr}")]).expect("dev CA");
+    let node = ids.pop().expect("node identity");
+    let client_id = ca.issue_client("answers").expect("client identity");
+    let peer = Blob::peer()
+        .in_memory()
+        .listen(addr.clone())
+        .bootstrap()
+        .identity(node)
+        .tick(Duration::from_millis(20))
+        .start()
+        .await
+        .expect("peer starts");
+    until("the peer leads", || {
+        (peer.status().role == Role::Leader).then_some(())
+    })
+    .await;
+    let client = BlobClient::connect_with(
+        [&addr],
+        client_id,
+        ClientOptions::default().with_timeout(Duration::from_secs(60)),
+    )
+    .await
+    .expect("client connects");
+    let too_large = u32::try_from(DEFAULT_MAX_FRAME_BYTES + 1).expect("a u32 length");
+    let once = client.write_once();
+    for attempt in ["the write", "its WriteOnce retry"] {
+        let answered = tokio::time::timeout(DEADLINE, once.grow(too_large))
+            .await
+            .unwrap_or_else(|_| panic!("{attempt}: answered at once, not left to time out"));
+        match answered {
+            Err(e) => assert!(
+                e.applied() != Applied::No && !e.is_retryable(),
+                "{attempt}: an applied write was reported {:?} (retryable: {}): {e:?}",
+                e.applied(),
+                e.is_retryable()
+            ),
+            Ok(bytes) => panic!("{attempt}: {} bytes came through one frame", bytes.len()),
+        }
+        let count = tokio::time::timeout(DEADLINE, client.count())
+            .await
+            .expect("a read in time")
+            .expect("a read");
+        assert_eq!(count, 1, "{attempt}: applied {count} times");
+    }
     peer.shutdown().await.expect("shutdown");
 }

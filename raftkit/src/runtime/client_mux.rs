@@ -17,6 +17,13 @@
 //!   logged warning (the client fails its waiting calls and retries on a
 //!   fresh connection); a readable id with an unreadable request is
 //!   answered `Rejected`; the connection and the node go on;
+//! - an answer too large for a frame is replaced by a short refusal: a
+//!   request that changes nothing (a read, a status) is answered
+//!   `Rejected` (nothing applied, retrying is pointless); any other (a
+//!   write, applied and its answer stored in the client's session) is
+//!   answered `AnswerTooLarge`, which says it was applied, so that the
+//!   caller does not send it again (thesis §6.3); [`uncarried`] decides,
+//!   for the stream-per-request path too;
 //! - the writer waits for other answers to join a write (one yield to the
 //!   runtime) only when other requests of the stream were still being
 //!   answered as this one completed: a lone request's answer leaves at
@@ -59,12 +66,12 @@ pub(super) async fn serve<F: Front>(
     loop {
         tokio::select! {
             biased;
-            Some((id, response)) = running.next(), if !running.is_empty() => {
+            Some((id, response, changes)) = running.next(), if !running.is_empty() => {
                 crate::probe::mark("s.answered");
                 // Others still running may complete with it (one commit
                 // answers many writes): then the writer gathers them.
                 let others = !running.is_empty();
-                if tx.send((id, response, others)).await.is_err() {
+                if tx.send(Answer { id, response, others, changes }).await.is_err() {
                     // The writer ended: the client is gone.
                     return;
                 }
@@ -101,26 +108,70 @@ pub(super) async fn serve<F: Front>(
     let _ = writer.await;
 }
 
-/// An answer for the writer: the request id, the response, and whether
-/// other requests of the stream were still being answered when it
-/// completed.
-type Answer = (u64, ClientResponse, bool);
+/// An answer for the writer.
+struct Answer {
+    /// The request id.
+    id: u64,
+    response: ClientResponse,
+    /// Whether other requests of the stream were still being answered when
+    /// it completed.
+    others: bool,
+    /// Whether the request may have changed the state ([`changes_state`]).
+    changes: bool,
+}
 
-/// Answers one request of the stream (a malformed one `Rejected`).
+/// Answers one request of the stream (a malformed one `Rejected`), with
+/// whether it may have changed the state.
 async fn answer_one<F: Front>(
     front: &F,
     caller: &Caller,
     id: u64,
     decoded: Result<(ClientRequest, Option<RequestMeta>), postcard::Error>,
-) -> (u64, ClientResponse) {
-    let response = match decoded {
-        Ok((request, meta)) => answer(front, caller, request, meta).await,
+) -> (u64, ClientResponse, bool) {
+    match decoded {
+        Ok((request, meta)) => {
+            let changes = changes_state(&request);
+            (id, answer(front, caller, request, meta).await, changes)
+        }
         Err(e) => {
             warn!(error = %e, "malformed client request; answered Rejected");
-            ClientResponse::Err(WireError::Rejected(format!("malformed request: {e}")))
+            let refused = WireError::Rejected(format!("malformed request: {e}"));
+            (id, ClientResponse::Err(refused), false)
         }
-    };
-    (id, response)
+    }
+}
+
+/// Whether answering `request` may have changed anything: every request
+/// but a read, a status and a node's group listing (a write is applied
+/// before it is answered, a session opened or closed, a member added).
+pub(super) fn changes_state(request: &ClientRequest) -> bool {
+    !matches!(
+        request,
+        ClientRequest::Read { .. }
+            | ClientRequest::Status
+            | ClientRequest::Node(crate::client::wire::NodeRequest::Groups)
+    )
+}
+
+/// What a member sends instead of an answer that cannot be carried (`e`:
+/// why, a frame too large): for a request that `changes` the state (a
+/// write, applied, its answer stored in the client's session)
+/// `AnswerTooLarge`, which says it was applied and is not retried (a
+/// "not applied" would invite the caller to send it again, and apply it
+/// twice, thesis §6.3; a retry through a `WriteOnce` handle gets the stored
+/// answer and this same refusal); for a read `Rejected` (nothing was
+/// applied, and a retry would be refused the same).
+pub(super) fn uncarried(changes: bool, e: &FrameError) -> ClientResponse {
+    if changes {
+        warn!(error = %e, "an applied request's answer is too large for a frame; answered AnswerTooLarge");
+        ClientResponse::Err(WireError::AnswerTooLarge(format!(
+            "the answer cannot be carried: {e}"
+        )))
+    } else {
+        ClientResponse::Err(WireError::Rejected(format!(
+            "the answer cannot be carried: {e}"
+        )))
+    }
 }
 
 /// Writes answers as they complete, every answer ready at once in one write.
@@ -133,17 +184,21 @@ async fn write_answers(mut send: SendStream, mut rx: mpsc::Receiver<Answer>, max
         // rather than one each; the round costs one more poll of this task).
         // Not for a lone request: nothing else can join its answer, which
         // would only wait for the other ready tasks of the runtime.
-        if first.2 {
+        if first.others {
             tokio::task::yield_now().await;
         }
         buf.reserve(WRITE_BUFFER / 16);
         let mut next = Some(first);
-        while let Some((id, response, _)) = next.take() {
+        while let Some(Answer {
+            id,
+            response,
+            changes,
+            ..
+        }) = next.take()
+        {
             if let Err(e) = encode_frame_bytes(&(id, &response), max_frame, &mut buf) {
                 // Too large to carry: say so instead (a short frame).
-                let refused = ClientResponse::Err(WireError::Rejected(format!(
-                    "the answer cannot be carried: {e}"
-                )));
+                let refused = uncarried(changes, &e);
                 let _ = encode_frame_bytes(&(id, &refused), max_frame, &mut buf);
             }
             if buf.len() < 1 << 20 {

@@ -345,8 +345,17 @@ async fn serve_stream<F: Front>(
             .instrument(request_span(&caller, &request, meta))
             .await;
     }
+    let changes = super::client_mux::changes_state(&request);
     let response = answer(&front, &caller, request, meta).await;
-    if let Err(e) = write_frame(&mut send, &response, max_frame).await {
+    let written = match write_frame(&mut send, &response, max_frame).await {
+        // Nothing was written: a short refusal instead (see `uncarried`).
+        Err(e @ FrameError::TooLarge { .. }) => {
+            let refused = super::client_mux::uncarried(changes, &e);
+            write_frame(&mut send, &refused, max_frame).await
+        }
+        other => other,
+    };
+    if let Err(e) = written {
         debug!(error = %e, "client went away before its answer");
     }
     let _ = send.finish();
