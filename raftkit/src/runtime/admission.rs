@@ -17,6 +17,14 @@
 //!
 //! The semaphores are FIFO-fair: a large command waiting for room is not
 //! overtaken forever by small ones.
+//!
+//! A waiting call must go on being polled until it is admitted or its wait
+//! runs out: room released is handed to the waiter at the head of the
+//! queue whether or not its task runs, so a waiter that is never polled
+//! again (its wait then never runs out either) keeps that room, and every
+//! call behind it waits and is refused `Overloaded`. Callers that run many
+//! requests as futures of one task (`client_mux`) poll them whatever else
+//! the task waits for.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

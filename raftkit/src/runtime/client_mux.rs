@@ -9,10 +9,19 @@
 //!   its own ([`client_service::answer`](super::client_service)); requests
 //!   run concurrently (a write waits for its commit without holding back
 //!   the reads behind it), as futures of the stream's task;
-//! - at most [`MUX_WINDOW`] requests of one stream are being answered at
-//!   once: past that the stream is not read, and QUIC flow control pushes
-//!   back on the client (as the per-connection stream limit does for
-//!   streams of their own);
+//! - at most [`MUX_WINDOW`] requests of one stream are being answered, or
+//!   answered and waiting for room in the writer's queue, at once: past
+//!   that the stream is not read, and QUIC flow control pushes back on the
+//!   client (as the per-connection stream limit does for streams of their
+//!   own);
+//! - the requests being answered are polled whatever the writer does: a
+//!   client that reads its answers slowly, or not at all, holds back only
+//!   its own stream, never a request waiting for admission (one left
+//!   unpolled at the head of the admission queue would keep the room
+//!   handed to it, and every other caller of the node would wait for it and
+//!   be refused `Overloaded`); a stream that takes no byte of its answers
+//!   for [`ANSWER_STALL`] is reset (the client's waiting calls fail and it
+//!   retries on a fresh connection);
 //! - a frame that is too large or has no readable id ends the stream with a
 //!   logged warning (the client fails its waiting calls and retries on a
 //!   fresh connection); a readable id with an unreadable request is
@@ -29,7 +38,9 @@
 //!   answered as this one completed: a lone request's answer leaves at
 //!   once (no gathering delay at low load).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use quinn::SendStream;
@@ -46,6 +57,16 @@ use bytes::BytesMut;
 /// Requests of one stream answered at once, at most.
 pub const MUX_WINDOW: usize = 256;
 
+/// How long the writer waits for a stream that takes none of its answers'
+/// bytes before resetting it: the default client call timeout
+/// (`ClientOptions::timeout`), after which a default client has given up
+/// on every call waiting there. A client that reads its stream, however
+/// slowly, takes some bytes well within it; one that stopped reading (a
+/// wedged process, or a client that never reads) no longer holds the
+/// stream's answers, nor its window of requests, for as long as its
+/// connection lives.
+pub const ANSWER_STALL: Duration = Duration::from_secs(10);
+
 /// Answers the requests of one multiplexed stream until the client ends it.
 ///
 /// The requests being answered are futures of this one task
@@ -60,25 +81,46 @@ pub(super) async fn serve<F: Front>(
     max_frame: usize,
 ) {
     let (tx, rx) = mpsc::channel::<Answer>(MUX_WINDOW);
-    let writer = tokio::spawn(write_answers(send, rx, max_frame));
+    let writer = tokio::spawn(write_answers(send, rx, max_frame, ANSWER_STALL));
     let mut running = FuturesUnordered::new();
+    // Answers the writer had no room for yet: the requests go on being
+    // polled meanwhile (a request waiting for admission must be, or the
+    // room handed to it is never used nor given back).
+    let mut done: VecDeque<Answer> = VecDeque::new();
     let mut reading = true;
     loop {
         tokio::select! {
             biased;
+            // Cancel-safe: this task is the only sender.
+            room = tx.reserve(), if !done.is_empty() => {
+                let Ok(room) = room else {
+                    // The writer ended: the client is gone.
+                    return;
+                };
+                if let Some(answer) = done.pop_front() {
+                    room.send(answer);
+                }
+            }
             Some((id, response, changes)) = running.next(), if !running.is_empty() => {
                 crate::probe::mark("s.answered");
                 // Others still running may complete with it (one commit
                 // answers many writes): then the writer gathers them.
                 let others = !running.is_empty();
-                if tx.send(Answer { id, response, others, changes }).await.is_err() {
+                let answer = Answer { id, response, others, changes };
+                if !done.is_empty() {
+                    done.push_back(answer);
+                    continue;
+                }
+                match tx.try_send(answer) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(answer)) => done.push_back(answer),
                     // The writer ended: the client is gone.
-                    return;
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
             }
             // Cancel-safe: a frame half received when an answer completes
             // stays in the reader.
-            frame = frames.next(max_frame), if reading && running.len() < MUX_WINDOW => {
+            frame = frames.next(max_frame), if reading && running.len() + done.len() < MUX_WINDOW => {
                 crate::probe::mark("s.frame_in");
                 let body = match frame {
                     Ok(body) => body,
@@ -174,8 +216,14 @@ pub(super) fn uncarried(changes: bool, e: &FrameError) -> ClientResponse {
     }
 }
 
-/// Writes answers as they complete, every answer ready at once in one write.
-async fn write_answers(mut send: SendStream, mut rx: mpsc::Receiver<Answer>, max_frame: usize) {
+/// Writes answers as they complete, every answer ready at once in one write;
+/// resets the stream once it took no byte for `stall`.
+async fn write_answers(
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<Answer>,
+    max_frame: usize,
+    stall: Duration,
+) {
     let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
     while let Some(first) = rx.recv().await {
         // One commit completes many writes at once, and their request tasks
@@ -207,9 +255,25 @@ async fn write_answers(mut send: SendStream, mut rx: mpsc::Receiver<Answer>, max
         }
         crate::probe::mark("s.write");
         // Handed over as it is (no copy): quinn keeps it until acked.
-        if let Err(e) = send.write_chunk(buf.split().freeze()).await {
-            debug!(error = %e, "client went away before its answers");
-            return;
+        let mut chunk = [buf.split().freeze()];
+        while !chunk[0].is_empty() {
+            // Cancel-safe (nothing written unless it completes): a stall
+            // leaves no part of a frame behind, and the stream is reset.
+            match tokio::time::timeout(stall, send.write_chunks(&mut chunk)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    debug!(error = %e, "client went away before its answers");
+                    return;
+                }
+                Err(_) => {
+                    warn!(
+                        stall_ms = stall.as_millis() as u64,
+                        "the client takes none of its answers; resetting its request stream"
+                    );
+                    let _ = send.reset(0u32.into());
+                    return;
+                }
+            }
         }
     }
     let _ = send.finish();
@@ -224,6 +288,7 @@ mod tests {
 
     use super::*;
     use crate::client::wire::{ClientHello, RequestMeta};
+    use crate::runtime::admission::Admission;
     use crate::tls::{Principal, dev_cluster};
     use crate::transport::frame::encode_frame;
     use crate::transport::quic::{connect_client, quic_server_config};
@@ -268,6 +333,128 @@ mod tests {
             ClientResponse::Ok(Vec::new())
         }
         async fn watch(&self, _: Option<u64>, _: Option<RequestMeta>, _: SendStream, _: usize) {}
+    }
+
+    /// A front whose every request takes room from a shared [`Admission`]
+    /// (of one command), holds it across one yield, and answers 4 KiB;
+    /// counting the requests started and finished.
+    #[derive(Clone)]
+    struct Admitting {
+        admission: Arc<Admission>,
+        started: Arc<AtomicUsize>,
+        finished: Arc<AtomicUsize>,
+    }
+
+    impl Front for Admitting {
+        fn state_machine(&self) -> &'static str {
+            "admitting"
+        }
+        fn hello(&self, _: &ClientHello, _: std::net::SocketAddr) -> ClientResponse {
+            ClientResponse::Ok(Vec::new())
+        }
+        async fn handle(
+            &self,
+            _: &Principal,
+            _: ClientRequest,
+            _: Option<RequestMeta>,
+        ) -> ClientResponse {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let response = match self.admission.admit(1).await {
+                Ok(permit) => {
+                    tokio::task::yield_now().await;
+                    drop(permit);
+                    ClientResponse::Ok(vec![5; 4096])
+                }
+                Err(e) => ClientResponse::Err(e.into()),
+            };
+            self.finished.fetch_add(1, Ordering::SeqCst);
+            response
+        }
+        async fn watch(&self, _: Option<u64>, _: Option<RequestMeta>, _: SendStream, _: usize) {}
+    }
+
+    /// A client that sends many requests and never reads its answers holds
+    /// back only its own stream: every request the member started is still
+    /// answered (its admission room returned), and others are admitted.
+    /// (Before, the stream's task stopped polling its requests once the
+    /// writer's queue was full, and a request queued for admission kept the
+    /// room handed to it for as long as the connection lived.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_reads_its_answers_does_not_hold_admission() {
+        let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+        let client_id = ca.issue_client("app").expect("client cert");
+        let principal = client_id.principal().expect("principal");
+        let server = Endpoint::server(
+            quic_server_config(&ids[0]).expect("server config"),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .expect("endpoint");
+        let addr = server.local_addr().expect("addr");
+        let front = Admitting {
+            admission: Arc::new(Admission::new(1, 1 << 20, Duration::from_millis(500))),
+            started: Arc::default(),
+            finished: Arc::default(),
+        };
+        let served = {
+            let front = front.clone();
+            tokio::spawn(async move {
+                let conn = server
+                    .accept()
+                    .await
+                    .expect("incoming")
+                    .await
+                    .expect("conn");
+                let remote = conn.remote_address();
+                let (send, recv) = conn.accept_bi().await.expect("stream");
+                serve(
+                    front,
+                    Arc::new(Caller::for_tests(principal, remote)),
+                    send,
+                    FrameReader::new(recv),
+                    1 << 20,
+                )
+                .await;
+                conn
+            })
+        };
+        // A client that takes in at most 4 KiB of answers, and reads none.
+        let mut config =
+            crate::transport::quic::quic_client_config(&client_id, crate::tls::CLIENT_ALPN)
+                .expect("client config");
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(quinn::VarInt::from_u32(4096));
+        transport.receive_window(quinn::VarInt::from_u32(8192));
+        config.transport_config(Arc::new(transport));
+        let endpoint = Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        let conn = endpoint
+            .connect_with(config, addr, crate::tls::CLUSTER_SAN)
+            .expect("connect")
+            .await
+            .expect("connected");
+        let (mut send, _never_read) = conn.open_bi().await.expect("stream");
+        let sent = 3 * MUX_WINDOW;
+        let mut buf = Vec::new();
+        for id in 0..sent as u64 {
+            let request = ClientRequest::Read { query: vec![1] };
+            encode_frame(&(id, request), 1 << 20, &mut buf).expect("encode");
+        }
+        send.write_all(&buf).await.expect("requests sent");
+        // More than the writer's queue holds: its queue is full by then.
+        until("more requests started than the writer queues", || {
+            front.started.load(Ordering::SeqCst) > MUX_WINDOW + 1
+        })
+        .await;
+        until("every request started is answered", || {
+            front.finished.load(Ordering::SeqCst) == front.started.load(Ordering::SeqCst)
+        })
+        .await;
+        let other = front.admission.admit(1).await;
+        assert!(
+            other.is_ok(),
+            "another caller was refused admission: {other:?} ({} refused)",
+            front.admission.refused()
+        );
+        drop(served);
     }
 
     async fn until(what: &str, mut f: impl FnMut() -> bool) {
