@@ -20,7 +20,11 @@
 //! A client's first write opens a session through the cluster's log (one
 //! extra round trip, once): the leader draws its 128-bit id at random and
 //! binds it to this client's certificate, so no other identity can write
-//! under it. Every write call takes the session's next sequence number and
+//! under it. Opening it counts against the first write's deadline
+//! ([`ClientOptions::timeout`] covers the whole call); concurrent first
+//! writes share one attempt, and if it fails each ends with an error that
+//! says "not applied" (the write was never sent: [`Error::Unavailable`] when
+//! retrying may succeed). Every write call takes the session's next sequence number and
 //! every *internal* retry of that call (redirects, lost connections, a
 //! leader change) re-sends the same number, so **one call applies its
 //! command at most once**, and exactly once when it returns `Ok`. Each write
@@ -662,7 +666,8 @@ impl Client {
     /// retries, so it is applied at most once; and once an attempt may have
     /// been applied, the call never ends with an error that says it was not.
     pub async fn request(&self, request: ClientRequest) -> Result<ClientResponse, Error> {
-        self.request_tracked(&request, &mut false).await
+        let deadline = Instant::now() + self.inner.opts.timeout;
+        self.request_tracked(&request, &mut false, deadline).await
     }
 
     /// [`Client::request`], with `uncertain` saying whether an attempt of
@@ -673,13 +678,13 @@ impl Client {
     /// (a lost connection, a timeout, `Ambiguous`, a failed or halted
     /// member; a `NotLeader` or `Overloaded` answer says "not proposed").
     /// A write answered `SessionExpired` that is not `uncertain` was not
-    /// applied.
+    /// applied. The call ends by `deadline`.
     async fn request_tracked(
         &self,
         request: &ClientRequest,
         uncertain: &mut bool,
+        deadline: Instant,
     ) -> Result<ClientResponse, Error> {
-        let deadline = Instant::now() + self.inner.opts.timeout;
         let mut backoff = self.inner.opts.backoff;
         let mut last = Error::Unavailable("no attempt made".into());
         // The members that answered that they do not host this group.
@@ -882,20 +887,58 @@ impl Client {
         }
     }
 
-    /// The current session, opened through the log first if it is not yet
-    /// (once: concurrent first writes wait for the same open).
-    async fn opened(&self) -> Result<(Arc<SessionSlot>, SessionId), Error> {
+    /// The current session, opened through the log first if it is not yet,
+    /// by `deadline` (the deadline of the write that needs it).
+    ///
+    /// Concurrent first writes share one open attempt: one of them makes
+    /// it, the others wait for its outcome (each at most until its own
+    /// deadline) and, if it failed, end with its error rather than make an
+    /// attempt of their own one after the other. A failure says the write
+    /// was not applied (it was never sent; [`unsent`]).
+    async fn opened(&self, deadline: Instant) -> Result<(Arc<SessionSlot>, SessionId), Error> {
         let slot = self.slot();
-        let id = *slot
-            .id
-            .get_or_try_init(|| async {
-                let out = Self::expect_ok(self.request(ClientRequest::OpenSession).await?)?;
-                let id: SessionId = crate::state_machine::decode("session id", &out)?;
+        if let Some(&id) = slot.id.get() {
+            return Ok((slot, id));
+        }
+        // Attempts that ended before this call waited for its turn.
+        let seen = slot.open_attempts.load(Ordering::SeqCst);
+        let Ok(mut failed) = tokio::time::timeout_at(deadline, slot.opening.lock()).await else {
+            return Err(unsent(Error::Timeout));
+        };
+        if let Some(&id) = slot.id.get() {
+            return Ok((Arc::clone(&slot), id));
+        }
+        if slot.open_attempts.load(Ordering::SeqCst) != seen
+            && let Some(e) = failed.clone()
+        {
+            // An attempt made while this call waited failed: its outcome
+            // is this call's too.
+            return Err(e);
+        }
+        let open = async {
+            let answer = self
+                .request_tracked(&ClientRequest::OpenSession, &mut false, deadline)
+                .await?;
+            let out = Self::expect_ok(answer)?;
+            let id: SessionId = crate::state_machine::decode("session id", &out)?;
+            Ok::<_, Error>(id)
+        };
+        let outcome = open.await.map_err(unsent);
+        slot.open_attempts.fetch_add(1, Ordering::SeqCst);
+        match outcome {
+            Ok(id) => {
+                // Only this call opens it (it holds `opening`).
+                let id = *slot.id.get_or_init(|| async { id }).await;
                 debug!(session = %id, "session opened");
-                Ok::<_, Error>(id)
-            })
-            .await?;
-        Ok((slot, id))
+                *failed = None;
+                Ok((Arc::clone(&slot), id))
+            }
+            Err(e) => {
+                debug!(error = %e, "the session could not be opened");
+                *failed = Some(e.clone());
+                Err(e)
+            }
+        }
     }
 
     /// Replaces `expired` by a fresh session (once, whichever call noticed).
@@ -989,13 +1032,20 @@ impl Client {
             },
             command,
         };
+        // One deadline for the whole call: opening the session, and the
+        // transparent re-open below, count against it.
+        let deadline = Instant::now() + self.inner.opts.timeout;
         // At most one transparent re-open: when the session turns out to be
         // gone and no attempt of this write can have been applied.
         for _ in 0..2 {
             let bound = match &state.bound {
                 Some(b) => b.clone(),
                 None => {
-                    let (slot, id) = self.opened().await?;
+                    // Nothing of this write was sent yet: a failure to open
+                    // says so (even through a `WriteOnce` handle whose
+                    // earlier call may have applied it under a forgotten
+                    // session: that one ended `SessionExpired` for good).
+                    let (slot, id) = self.opened(deadline).await?;
                     let seq = slot.take();
                     let b = Bound { slot, id, seq };
                     state.bound = Some(b.clone());
@@ -1018,7 +1068,9 @@ impl Client {
             // session, where it would apply a second time. Set precisely
             // once the call ends.
             state.sent = true;
-            let r = self.request_tracked(&request, &mut uncertain).await;
+            let r = self
+                .request_tracked(&request, &mut uncertain, deadline)
+                .await;
             if let Err(Error::SessionExpired(why)) = r {
                 self.rotate(&bound.slot);
                 state.unbind();
@@ -1094,6 +1146,12 @@ const CLOSE_ON_DROP_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Default)]
 struct SessionSlot {
     id: tokio::sync::OnceCell<SessionId>,
+    /// Held by the call opening the session; the error of the latest
+    /// attempt, if it failed.
+    opening: Mutex<Option<Error>>,
+    /// Open attempts ended so far (a waiter whose turn comes after one
+    /// ended takes that attempt's outcome).
+    open_attempts: AtomicU64,
     seqs: std::sync::Mutex<Seqs>,
     closed: std::sync::atomic::AtomicBool,
 }
@@ -1241,6 +1299,22 @@ impl Submit for Client {
             }
         })
         .await
+    }
+}
+
+/// The error of a write whose session could not be opened: the write was
+/// never sent, so it says "not applied" ([`Applied::No`]) whatever the
+/// open's attempts may have done (an opened session applies nothing of
+/// the write), and it is retryable exactly when the open's error is.
+fn unsent(e: Error) -> Error {
+    if e.applied() == Applied::No {
+        return e;
+    }
+    let why = format!("the session could not be opened, so the write was not sent: {e}");
+    if e.is_retryable() {
+        Error::Unavailable(why)
+    } else {
+        Error::Rejected(why)
     }
 }
 

@@ -54,7 +54,8 @@ async fn client_of(
 
 /// Opens the client's session at A, the member its calls go to first.
 async fn open_at_a(client: &Client) {
-    tokio::time::timeout(DEADLINE, client.opened())
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    tokio::time::timeout(DEADLINE, client.opened(deadline))
         .await
         .expect("opens in time")
         .expect("A opens the session");
@@ -390,4 +391,62 @@ async fn a_write_once_call_abandoned_in_flight_never_moves_to_a_new_session() {
         2,
         "the write was sent again under a new session"
     );
+}
+
+/// A call's deadline covers the opening of its session, and a write whose
+/// session could not be opened was never sent: concurrent first writes
+/// during an outage share one open attempt and all end within about one
+/// timeout, saying "not applied" (and retryable). (Before, each waiter ran
+/// its own open after the previous one failed, K writes took K timeouts,
+/// and each ended `Timeout`, "maybe applied".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_writes_whose_session_cannot_be_opened_end_in_one_timeout_not_applied() {
+    let (a_id, _, client_id) = identities();
+    let a = FakeMember::start(&a_id, |request| match request {
+        ClientRequest::OpenSession => Act::Ignore,
+        _ => Act::answer(ClientResponse::Ok(Vec::new())),
+    });
+    let timeout = Duration::from_millis(300);
+    let client = tokio::time::timeout(
+        DEADLINE,
+        Client::connect_with(
+            [a.addr().to_string()],
+            client_id,
+            0,
+            ClientOptions::default().with_timeout(timeout),
+        ),
+    )
+    .await
+    .expect("connects in time")
+    .expect("connects");
+    let start = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let r = put(&client).await;
+                (r, start.elapsed())
+            })
+        })
+        .collect();
+    let mut ends = Vec::new();
+    for call in calls {
+        let (r, took) = call.await.expect("the call's task");
+        let err = r.expect_err("no session can be opened");
+        ends.push((err, took));
+    }
+    let late: Vec<_> = ends
+        .iter()
+        .filter(|(_, took)| *took > timeout * 2)
+        .collect();
+    assert!(late.is_empty(), "calls outlived their timeout: {ends:?}");
+    for (err, _) in &ends {
+        assert_eq!(
+            err.applied(),
+            Applied::No,
+            "{err:?}: the write was never sent"
+        );
+        assert!(err.is_retryable(), "{err:?}");
+    }
+    assert_eq!(a.writes(), 0, "a write left the client");
 }
