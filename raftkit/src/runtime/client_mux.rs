@@ -457,6 +457,66 @@ mod tests {
         drop(served);
     }
 
+    /// A stream whose client takes none of its answers is reset once the
+    /// writer could hand over no byte for the stall, instead of holding
+    /// its answers (and the stream's task) for as long as the connection
+    /// lives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_that_takes_no_answer_is_reset_after_the_stall() {
+        let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+        let client_id = ca.issue_client("app").expect("client cert");
+        let server = Endpoint::server(
+            quic_server_config(&ids[0]).expect("server config"),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .expect("endpoint");
+        let addr = server.local_addr().expect("addr");
+        let served = tokio::spawn(async move {
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("conn");
+            let (send, _recv) = conn.accept_bi().await.expect("stream");
+            let (tx, rx) = mpsc::channel(MUX_WINDOW);
+            let writer = tokio::spawn(write_answers(send, rx, 1 << 20, Duration::from_millis(200)));
+            for id in 0..64 {
+                let response = ClientResponse::Ok(vec![5; 4096]);
+                let answer = Answer {
+                    id,
+                    response,
+                    others: false,
+                    changes: false,
+                };
+                if tx.send(answer).await.is_err() {
+                    break;
+                }
+            }
+            let ended = tokio::time::timeout(DEADLINE, writer).await;
+            (ended.is_ok(), conn, tx)
+        });
+        let mut config =
+            crate::transport::quic::quic_client_config(&client_id, crate::tls::CLIENT_ALPN)
+                .expect("client config");
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(quinn::VarInt::from_u32(4096));
+        config.transport_config(Arc::new(transport));
+        let endpoint = Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        let conn = endpoint
+            .connect_with(config, addr, crate::tls::CLUSTER_SAN)
+            .expect("connect")
+            .await
+            .expect("connected");
+        let (mut send, _never_read) = conn.open_bi().await.expect("stream");
+        send.write_all(&[0]).await.expect("the stream opens");
+        let (ended, _conn, _tx) = served.await.expect("server task");
+        assert!(
+            ended,
+            "the writer still waits on a stream that takes nothing"
+        );
+    }
+
     async fn until(what: &str, mut f: impl FnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while !f() {
