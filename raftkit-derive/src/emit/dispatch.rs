@@ -164,9 +164,13 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
         let name = h.ident.to_string();
         // Spanned at the types, like the wire impls' serde bounds: a type
         // that is not `Deserialize` is reported where it is written.
+        // With their names: a swap of two arguments of one type is
+        // refused (`raftkit::schema::Shape::check_compatible`).
         let args = h.args.iter().map(|a| {
             let ty = &a.ty;
-            quote_spanned! {a.span=> ::raftkit::schema::Shape::of::<#ty>()}
+            let arg = a.ident.to_string();
+            let shape = quote_spanned! {a.span=> ::raftkit::schema::Shape::of::<#ty>()};
+            quote_internal!((#arg, #shape))
         });
         let output = &h.output;
         let output = quote_spanned! {h.output_span=> ::raftkit::schema::Shape::of::<#output>()};
@@ -176,7 +180,7 @@ pub fn dispatch(model: &ImplModel, names: &Names) -> TokenStream {
                 #kind,
                 #tag,
                 #name,
-                ::raftkit::schema::Shape::tuple([#(#args),*]),
+                ::raftkit::schema::Shape::fields([#(#args),*]),
                 #output,
             );
         }

@@ -935,9 +935,9 @@ impl ::raftkit::StateMachine for Kv {
                         ::raftkit::schema::HandlerKind::Write,
                         0u32,
                         "put",
-                        ::raftkit::schema::Shape::tuple([
-                            ::raftkit::schema::Shape::of::<String>(),
-                            ::raftkit::schema::Shape::of::<String>(),
+                        ::raftkit::schema::Shape::fields([
+                            ("key", ::raftkit::schema::Shape::of::<String>()),
+                            ("value", ::raftkit::schema::Shape::of::<String>()),
                         ]),
                         ::raftkit::schema::Shape::of::<Option<String>>(),
                     );
@@ -946,8 +946,8 @@ impl ::raftkit::StateMachine for Kv {
                         ::raftkit::schema::HandlerKind::Write,
                         1u32,
                         "delete",
-                        ::raftkit::schema::Shape::tuple([
-                            ::raftkit::schema::Shape::of::<String>(),
+                        ::raftkit::schema::Shape::fields([
+                            ("key", ::raftkit::schema::Shape::of::<String>()),
                         ]),
                         ::raftkit::schema::Shape::of::<Option<String>>(),
                     );
@@ -956,10 +956,10 @@ impl ::raftkit::StateMachine for Kv {
                         ::raftkit::schema::HandlerKind::Write,
                         2u32,
                         "cas",
-                        ::raftkit::schema::Shape::tuple([
-                            ::raftkit::schema::Shape::of::<String>(),
-                            ::raftkit::schema::Shape::of::<Option<String>>(),
-                            ::raftkit::schema::Shape::of::<String>(),
+                        ::raftkit::schema::Shape::fields([
+                            ("key", ::raftkit::schema::Shape::of::<String>()),
+                            ("old", ::raftkit::schema::Shape::of::<Option<String>>()),
+                            ("new", ::raftkit::schema::Shape::of::<String>()),
                         ]),
                         ::raftkit::schema::Shape::of::<Result<(), Mismatch>>(),
                     );
@@ -968,8 +968,8 @@ impl ::raftkit::StateMachine for Kv {
                         ::raftkit::schema::HandlerKind::Read,
                         0u32,
                         "get",
-                        ::raftkit::schema::Shape::tuple([
-                            ::raftkit::schema::Shape::of::<String>(),
+                        ::raftkit::schema::Shape::fields([
+                            ("key", ::raftkit::schema::Shape::of::<String>()),
                         ]),
                         ::raftkit::schema::Shape::of::<Option<String>>(),
                     );

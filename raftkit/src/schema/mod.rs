@@ -5,7 +5,13 @@
 //! [`Shape`] of its arguments and of its return value, and the shape and
 //! version of the state (the snapshot format). Shapes are traced from the
 //! types themselves ([`Shape`]), so what counts is what postcard encodes:
-//! handler, argument, field, variant and type names never matter, tags do.
+//! tags, structure and positions. Handler and type names never matter;
+//! argument, field and variant names are kept ([`Shape::Named`]) only to
+//! refuse a name that moved to another position (a swap: old entries
+//! would decode with the other meaning); a rename to a name not there
+//! before is allowed. A schema written by raftkit before names (a data
+//! directory's file, a peer's hello) has none: its shapes are compared in
+//! their legacy form ([`Shape::legacy`]), names unknown (module `wire`).
 //! `#[raftkit::state_machine]` generates [`crate::StateMachine::schema`].
 //!
 //! # Where schemas are checked
@@ -60,6 +66,7 @@ mod shape;
 pub mod state;
 mod store;
 mod trace;
+mod wire;
 
 use serde::{Deserialize, Serialize};
 
@@ -110,7 +117,13 @@ impl HandlerSchema {
 }
 
 /// The structural schema of a state machine (see the [module docs](self)).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Encoded (schema file, hellos) as the four fields raftkit wrote before
+/// shapes had names, with every shape in its [`Shape::legacy`] form, then
+/// the detailed shapes as one byte string (module `wire`): a binary of that
+/// raftkit reads the fields and ignores the rest, this one reads a schema
+/// without the byte string with `detailed` false.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Schema {
     /// The state machine's name (`StateMachine::NAME`).
     pub name: String,
@@ -121,6 +134,13 @@ pub struct Schema {
     pub state: Shape,
     /// Every handler compiled into the binary.
     pub handlers: Vec<HandlerSchema>,
+    /// Whether the shapes carry field, variant and argument names and
+    /// confine opacity to the parts that cannot be traced: true for a
+    /// schema of this raftkit, false for one read from a file or hello of
+    /// a raftkit before names (its shapes are legacy forms). Names are
+    /// compared only between two detailed schemas; otherwise the legacy
+    /// forms are, as that raftkit did.
+    pub detailed: bool,
 }
 
 /// Why two schemas are not compatible: which handler (or `state`), and
@@ -151,6 +171,7 @@ impl Schema {
             state_version,
             state,
             handlers: Vec::new(),
+            detailed: true,
         }
     }
 
@@ -172,11 +193,19 @@ impl Schema {
             .find(|h| h.kind == kind && h.tag == tag)
     }
 
+    /// Whether names are compared between `self` and `other`: only when
+    /// both carry them.
+    fn names_with(&self, other: &Schema) -> bool {
+        self.detailed && other.detailed
+    }
+
     /// Whether this binary (`self`) may open a data directory last used by
     /// a binary with schema `old`: every old handler exists with the same
-    /// kind, tag and shapes; the state has the same version and shape, or a
-    /// higher version.
+    /// kind, tag and shapes (no field, variant or argument moved: see
+    /// [`Shape::check_compatible`]); the state has the same version and
+    /// shape, or a higher version.
     pub fn check_upgrade_from(&self, old: &Schema) -> Result<(), Mismatch> {
+        let names = self.names_with(old);
         self.check_name(old)?;
         for h in &old.handlers {
             match self.handler(h.kind, h.tag) {
@@ -190,7 +219,7 @@ impl Schema {
                         ),
                     });
                 }
-                Some(new) => same_shapes(h, new)?,
+                Some(new) => same_shapes(h, new, names)?,
             }
         }
         if self.state_version < old.state_version {
@@ -202,12 +231,14 @@ impl Schema {
                 ),
             });
         }
-        if self.state_version == old.state_version && self.state != old.state {
+        if self.state_version == old.state_version
+            && let Err(how) = Shape::check_compatible(&old.state, &self.state, names)
+        {
             return Err(Mismatch {
                 handler: "the state".into(),
                 reason: format!(
-                    "the state type changed ({} became {}) but its version is still {}: raise `#[raftkit(version = N)]` and give a `migrate` function",
-                    old.state, self.state, self.state_version
+                    "the state type changed ({how}) but its version is still {}: raise `#[raftkit(version = N)]` and give a `migrate` function",
+                    self.state_version
                 ),
             });
         }
@@ -219,17 +250,20 @@ impl Schema {
     /// shapes under the same tag.
     pub fn check_peer(&self, other: &Schema) -> Result<(), Mismatch> {
         self.check_name(other)?;
+        let names = self.names_with(other);
         for h in &other.handlers {
             if let Some(mine) = self.handler(h.kind, h.tag) {
-                same_shapes(h, mine)?;
+                same_shapes(h, mine, names)?;
             }
         }
-        if self.state_version == other.state_version && self.state != other.state {
+        if self.state_version == other.state_version
+            && let Err(how) = Shape::check_compatible(&other.state, &self.state, names)
+        {
             return Err(Mismatch {
                 handler: "the state".into(),
                 reason: format!(
-                    "both sides say state version {} but the state types differ ({} vs {})",
-                    self.state_version, self.state, other.state
+                    "both sides say state version {} but the state types differ ({how})",
+                    self.state_version
                 ),
             });
         }
@@ -247,22 +281,22 @@ impl Schema {
     }
 }
 
-fn same_shapes(old: &HandlerSchema, new: &HandlerSchema) -> Result<(), Mismatch> {
-    if old.args != new.args {
+fn same_shapes(old: &HandlerSchema, new: &HandlerSchema, names: bool) -> Result<(), Mismatch> {
+    if let Err(how) = Shape::check_compatible(&old.args, &new.args, names) {
         return Err(Mismatch {
             handler: old.label(),
             reason: format!(
-                "its arguments changed from {} to {} (as `{}`): old commands would not decode, or decode into other values; give the new form a new tag",
-                old.args, new.args, new.name
+                "its arguments changed: {how} (as `{}`): old commands would not decode, or decode into other values; give the new form a new tag",
+                new.name
             ),
         });
     }
-    if old.output != new.output {
+    if let Err(how) = Shape::check_compatible(&old.output, &new.output, names) {
         return Err(Mismatch {
             handler: old.label(),
             reason: format!(
-                "its return type changed from {} to {} (as `{}`): stored replies would not decode; give the new form a new tag",
-                old.output, new.output, new.name
+                "its return type changed: {how} (as `{}`): stored replies would not decode; give the new form a new tag",
+                new.name
             ),
         });
     }
@@ -372,11 +406,219 @@ mod tests {
         mine.check_peer(&schema(&[])).unwrap();
     }
 
+    /// A field whose `Deserialize` refuses the tracer's sample value (a
+    /// validated newtype) must not hide its neighbours: a field added next
+    /// to it changes the encoding, and the upgrade check must see it (found
+    /// by review, stop 42: the whole argument type was opaque, compared by
+    /// name only).
+    #[test]
+    fn a_field_added_next_to_an_untraceable_one_is_refused() {
+        let mut old = Schema::new("kv", 1, Shape::Str);
+        old.push(
+            Write,
+            0,
+            "place",
+            Shape::of::<fixtures::OrderV1>(),
+            Shape::Unit,
+        );
+        // v2 of the same type, at the same path in its binary.
+        let v2 = same_path(Shape::of::<fixtures::OrderV2>(), "OrderV2", "OrderV1");
+        let mut new = Schema::new("kv", 1, Shape::Str);
+        new.push(Write, 0, "place", v2, Shape::Unit);
+        let e = new.check_upgrade_from(&old).err();
+        assert!(
+            e.is_some(),
+            "v1 -> v2 that adds `price` to an argument type with an untraceable field passed the upgrade check ({} vs {})",
+            old.handlers[0].args,
+            new.handlers[0].args
+        );
+        assert!(new.check_peer(&old).is_err());
+        // Unchanged, it still passes; so does a wholly untraceable type
+        // compared by name.
+        let mut same = Schema::new("kv", 1, Shape::Str);
+        same.push(
+            Write,
+            0,
+            "place",
+            Shape::of::<fixtures::OrderV1>(),
+            Shape::Unit,
+        );
+        same.check_upgrade_from(&old).unwrap();
+        let mut opaque = Schema::new("kv", 1, Shape::Str);
+        opaque.push(
+            Write,
+            0,
+            "any",
+            Shape::of::<fixtures::Untagged>(),
+            Shape::Unit,
+        );
+        assert!(opaque.handlers[0].args.is_opaque());
+        opaque.check_upgrade_from(&opaque.clone()).unwrap();
+        opaque.check_peer(&opaque.clone()).unwrap();
+    }
+
+    /// `shape` with the type names in its opaque parts respelled: two
+    /// versions of one type live at one path in two binaries, but at two
+    /// paths in this test.
+    fn same_path(shape: Shape, from: &str, to: &str) -> Shape {
+        let all = |items: Vec<Shape>| {
+            items
+                .into_iter()
+                .map(|s| same_path(s, from, to))
+                .collect::<Vec<_>>()
+        };
+        let one = |s: Box<Shape>| Box::new(same_path(*s, from, to));
+        match shape {
+            Shape::Opaque(name) => Shape::Opaque(name.replace(from, to)),
+            Shape::Option(s) => Shape::Option(one(s)),
+            Shape::Seq(s) => Shape::Seq(one(s)),
+            Shape::Map(k, v) => Shape::Map(one(k), one(v)),
+            Shape::Tuple(items) => Shape::Tuple(all(items)),
+            Shape::Enum(items) => Shape::Enum(all(items)),
+            Shape::Named(n, s) => Shape::Named(n, one(s)),
+            Shape::PartlyOpaque(name, s) => Shape::PartlyOpaque(name.replace(from, to), one(s)),
+            other => other,
+        }
+    }
+
+    fn with_args(args: Shape) -> Schema {
+        let mut s = Schema::new("kv", 1, Shape::Str);
+        s.push(Write, 0, "place", args, Shape::Unit);
+        s
+    }
+
+    /// postcard writes a variant's index and fields by position: swapping
+    /// two variants or two fields of the same type keeps every shape but
+    /// gives old log entries the other meaning (found by review, stop 42).
+    #[test]
+    fn reordered_variants_or_fields_are_refused() {
+        let e = with_args(Shape::of::<fixtures::SideV2>())
+            .check_upgrade_from(&with_args(Shape::of::<fixtures::SideV1>()))
+            .err();
+        assert!(
+            e.is_some(),
+            "enum Side {{ Buy, Sell }} -> {{ Sell, Buy }} passed the upgrade check"
+        );
+        let (p1, p2) = (
+            with_args(Shape::of::<fixtures::PointV1>()),
+            with_args(Shape::of::<fixtures::PointSwapped>()),
+        );
+        assert!(
+            p2.check_upgrade_from(&p1).is_err(),
+            "struct P {{ a, b }} -> {{ b, a }} passed the upgrade check"
+        );
+        assert!(p2.check_peer(&p1).is_err() && p1.check_peer(&p2).is_err());
+        // Swapped inside a nested field too.
+        assert!(
+            with_args(Shape::of::<fixtures::OuterSwapped>())
+                .check_upgrade_from(&with_args(Shape::of::<fixtures::OuterV1>()))
+                .is_err()
+        );
+        // Renaming a field to a name it did not have is harmless on the
+        // wire and still allowed; so is renaming a variant.
+        with_args(Shape::of::<fixtures::PointRenamed>())
+            .check_upgrade_from(&p1)
+            .unwrap();
+        with_args(Shape::of::<fixtures::SideRenamed>())
+            .check_upgrade_from(&with_args(Shape::of::<fixtures::SideV1>()))
+            .unwrap();
+    }
+
     #[test]
     fn tags_are_read_from_encoded_commands() {
         let bytes = postcard::to_allocvec(&(300u32, "x")).unwrap();
         assert_eq!(encoded_tag(&bytes), Some(300));
         assert_eq!(encoded_tag(&[]), None);
         assert_eq!(encoded_tag(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    /// Types of the tests above (v1 and v2 of each).
+    #[allow(dead_code)]
+    mod fixtures {
+        use serde::Deserialize;
+
+        /// Refuses the empty string (the tracer's sample).
+        #[derive(Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct Tag(String);
+
+        impl TryFrom<String> for Tag {
+            type Error = &'static str;
+            fn try_from(s: String) -> Result<Tag, &'static str> {
+                if s.is_empty() {
+                    Err("an empty tag")
+                } else {
+                    Ok(Tag(s))
+                }
+            }
+        }
+
+        #[derive(Deserialize)]
+        pub struct OrderV1 {
+            pub id: Tag,
+            pub qty: u32,
+        }
+
+        #[derive(Deserialize)]
+        pub struct OrderV2 {
+            pub id: Tag,
+            pub qty: u32,
+            pub price: u64,
+        }
+
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        pub enum Untagged {
+            A(u8),
+            B(String),
+        }
+
+        #[derive(Deserialize)]
+        pub enum SideV1 {
+            Buy,
+            Sell,
+        }
+
+        #[derive(Deserialize)]
+        pub enum SideV2 {
+            Sell,
+            Buy,
+        }
+
+        #[derive(Deserialize)]
+        pub enum SideRenamed {
+            Bid,
+            Ask,
+        }
+
+        #[derive(Deserialize)]
+        pub struct PointV1 {
+            pub a: u32,
+            pub b: u32,
+        }
+
+        #[derive(Deserialize)]
+        pub struct PointSwapped {
+            pub b: u32,
+            pub a: u32,
+        }
+
+        #[derive(Deserialize)]
+        pub struct PointRenamed {
+            pub a: u32,
+            pub c: u32,
+        }
+
+        #[derive(Deserialize)]
+        pub struct OuterV1 {
+            pub p: PointV1,
+            pub n: u8,
+        }
+
+        #[derive(Deserialize)]
+        pub struct OuterSwapped {
+            pub p: PointSwapped,
+            pub n: u8,
+        }
     }
 }

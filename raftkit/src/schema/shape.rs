@@ -4,10 +4,17 @@
 //! [`super::trace`]; no extra derive on user types) and normalising it to
 //! what postcard — the log, wire and snapshot format — actually encodes:
 //!
-//! - names are dropped: type names, field names and variant names are not
-//!   encoded, so renaming any of them keeps the shape (and respelling
-//!   `String` as `std::string::String` never mattered: the trace sees the
-//!   type, not its spelling);
+//! - type names are dropped, and respelling `String` as
+//!   `std::string::String` never mattered: the trace sees the type, not its
+//!   spelling;
+//! - field names, variant names and handler argument names are not encoded
+//!   either, but position is: a field or variant is [`Shape::Named`], so
+//!   that a swap of two fields or variants of the same shape (old log
+//!   entries would decode with the other meaning) is told from a rename
+//!   (harmless). A flattened field's name is its path (`order.qty`; an
+//!   unnamed tuple element is its index). Structure is compared with the
+//!   names dropped ([`Shape::without_names`]), then names by position
+//!   (see [`super`]);
 //! - structs, tuple structs and tuples are all a [`Shape::Tuple`] of their
 //!   fields (postcard writes fields one after the other), flattened: a
 //!   nested tuple is spliced in, a unit field (which encodes as nothing) is
@@ -24,10 +31,19 @@
 //! `String` and `Vec<u8>` are different shapes even where some of their
 //! encodings coincide.
 //!
-//! A type whose `Deserialize` impl cannot be traced (one that validates its
-//! input with a value the tracer makes up, or one that needs a
-//! self-describing format) becomes [`Shape::Opaque`] with its Rust type name: compatible only with
-//! the very same opaque description.
+//! A part of a type whose `Deserialize` impl cannot be traced (one that
+//! needs a self-describing format, or refuses every value the tracer makes
+//! up before it has asked for its whole structure) becomes
+//! [`Shape::Opaque`] with its Rust type name: compatible only with the
+//! very same opaque description. Opacity is confined to that part (a
+//! field, a tuple's elements from the first that could not be reached, a
+//! variant's payload): the rest of the type is traced and compared. A
+//! validating type that asked for its whole structure before refusing the
+//! made-up value (a `try_from = "String"` newtype, a `Uuid` that wants 16
+//! bytes) is not opaque at all: its shape is what it asked for. A type
+//! traced only in part is wrapped in [`Shape::PartlyOpaque`] with its name,
+//! the form in which raftkit before the confinement saw the whole type
+//! ([`Shape::legacy`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -93,6 +109,27 @@ pub enum Shape {
     Recursive(u32),
     /// A type that could not be traced, described by its Rust name and why.
     Opaque(String),
+    /// A field of a struct (its path, if flattened from a nested one) or a
+    /// handler's argument in a [`Shape::Tuple`], or a variant in a
+    /// [`Shape::Enum`]: the name does not change the encoding, its position
+    /// is compared (added after schemas first shipped: only in the
+    /// detailed part of a [`super::Schema`], see [`super`]).
+    Named(String, #[serde(deserialize_with = "nested")] Box<Shape>),
+    /// A type (its Rust name) with parts that could not be traced (they are
+    /// [`Shape::Opaque`]): compared as its shape, or by name alone with a
+    /// schema written before opacity was confined (see [`Shape::legacy`]).
+    PartlyOpaque(String, #[serde(deserialize_with = "nested")] Box<Shape>),
+}
+
+/// What [`Shape::normal`] keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Names and the shapes inside partly opaque types.
+    Names,
+    /// The shapes inside partly opaque types, no names.
+    Structure,
+    /// Neither: what raftkit wrote before names and confined opacity.
+    Legacy,
 }
 
 /// How deeply shapes may nest when decoded. Schemas arrive in the hellos of
@@ -140,11 +177,17 @@ where
 
 impl Shape {
     /// The shape of `T`, traced through its `Deserialize` impl. Never
-    /// panics: a type that cannot be traced is [`Shape::Opaque`].
+    /// panics: a part that cannot be traced is [`Shape::Opaque`], and a
+    /// type with such parts is [`Shape::PartlyOpaque`].
     pub fn of<T: DeserializeOwned>() -> Shape {
         let name = std::any::type_name::<T>();
         match catch_unwind(AssertUnwindSafe(trace::<T>)) {
-            Ok(Ok(shape)) => shape,
+            Ok(Ok((shape, false))) => shape,
+            Ok(Ok((shape @ Shape::Opaque(_), true))) => shape,
+            Ok(Ok((shape, true))) => {
+                tracing::debug!(ty = name, shape = %shape, "type traced in part; its untraceable parts are opaque");
+                Shape::PartlyOpaque(name.to_string(), Box::new(shape))
+            }
             Ok(Err(e)) => {
                 tracing::debug!(ty = name, error = %e, "type not traceable; its schema is opaque");
                 Shape::Opaque(name.to_string())
@@ -156,17 +199,65 @@ impl Shape {
     /// The shape of fields one after the other (a handler's arguments):
     /// flattened like a struct's fields.
     pub fn tuple<const N: usize>(fields: [Shape; N]) -> Shape {
+        Shape::flatten(fields.into_iter().collect())
+    }
+
+    /// The shape of named fields one after the other (a handler's
+    /// arguments, with their names): flattened like a struct's fields.
+    pub fn fields<const N: usize>(fields: [(&str, Shape); N]) -> Shape {
+        Shape::flatten(
+            fields
+                .into_iter()
+                .map(|(name, shape)| Shape::Named(name.to_string(), Box::new(shape)))
+                .collect(),
+        )
+    }
+
+    /// Fields one after the other as postcard writes them: a unit field
+    /// is dropped, a tuple's fields are spliced in (a spliced field is
+    /// named by its path: the outer field's name, or its index if it has
+    /// none, then its own name or index), one field is itself (unnamed),
+    /// none is [`Shape::Unit`].
+    pub(crate) fn flatten(items: Vec<Shape>) -> Shape {
         let mut out = Vec::new();
-        for field in fields {
-            match field {
+        for (index, item) in items.into_iter().enumerate() {
+            let (name, shape) = match item {
+                Shape::Named(name, shape) => (Some(name), *shape),
+                other => (None, other),
+            };
+            match shape {
                 Shape::Unit => {}
-                Shape::Tuple(inner) => out.extend(inner),
-                other => out.push(other),
+                Shape::Tuple(inner) => {
+                    for (k, field) in inner.into_iter().enumerate() {
+                        let (own, field) = match field {
+                            Shape::Named(own, field) => (Some(own), field),
+                            other => (None, Box::new(other)),
+                        };
+                        let path = match (&name, own) {
+                            (Some(outer), Some(own)) => Some(format!("{outer}.{own}")),
+                            (Some(outer), None) => Some(format!("{outer}.{k}")),
+                            (None, Some(own)) => Some(format!("{index}.{own}")),
+                            (None, None) => None,
+                        };
+                        out.push(match path {
+                            Some(path) => Shape::Named(path, field),
+                            None => *field,
+                        });
+                    }
+                }
+                shape => out.push(match name {
+                    Some(name) => Shape::Named(name, Box::new(shape)),
+                    None => shape,
+                }),
             }
         }
         match out.len() {
             0 => Shape::Unit,
-            1 => out.pop().unwrap_or(Shape::Unit),
+            1 => match out.pop() {
+                Some(Shape::Named(_, shape)) => *shape,
+                Some(shape) => shape,
+                None => Shape::Unit,
+            },
             _ => Shape::Tuple(out),
         }
     }
@@ -174,12 +265,108 @@ impl Shape {
     /// Whether the shape holds an opaque part.
     pub fn is_opaque(&self) -> bool {
         match self {
-            Shape::Opaque(_) => true,
-            Shape::Option(s) | Shape::Seq(s) => s.is_opaque(),
+            Shape::Opaque(_) | Shape::PartlyOpaque(..) => true,
+            Shape::Option(s) | Shape::Seq(s) | Shape::Named(_, s) => s.is_opaque(),
             Shape::Map(k, v) => k.is_opaque() || v.is_opaque(),
             Shape::Tuple(items) | Shape::Enum(items) => items.iter().any(Shape::is_opaque),
             _ => false,
         }
+    }
+
+    /// The structure: names dropped, a partly opaque type as its shape,
+    /// flattened. Two shapes encode alike when their structures are equal.
+    pub fn without_names(&self) -> Shape {
+        self.normal(Keep::Structure)
+    }
+
+    /// The shape as raftkit wrote it before names and confined opacity (a
+    /// schema file or hello without the detailed part): no names, and a
+    /// partly opaque type opaque as a whole, by its name.
+    pub fn legacy(&self) -> Shape {
+        self.normal(Keep::Legacy)
+    }
+
+    /// The shape with names, a partly opaque type as its shape, flattened.
+    fn with_names(&self) -> Shape {
+        self.normal(Keep::Names)
+    }
+
+    fn normal(&self, keep: Keep) -> Shape {
+        let boxed = |s: &Shape| Box::new(s.normal(keep));
+        match self {
+            Shape::Option(s) => Shape::Option(boxed(s)),
+            Shape::Seq(s) => Shape::Seq(boxed(s)),
+            Shape::Map(k, v) => Shape::Map(boxed(k), boxed(v)),
+            Shape::Tuple(items) => Shape::flatten(items.iter().map(|s| s.normal(keep)).collect()),
+            Shape::Enum(items) => Shape::Enum(items.iter().map(|s| s.normal(keep)).collect()),
+            Shape::Named(name, s) if keep == Keep::Names => Shape::Named(name.clone(), boxed(s)),
+            Shape::Named(_, s) => s.normal(keep),
+            Shape::PartlyOpaque(name, _) if keep == Keep::Legacy => Shape::Opaque(name.clone()),
+            Shape::PartlyOpaque(_, s) => s.normal(keep),
+            leaf => leaf.clone(),
+        }
+    }
+
+    /// Why `new` does not read what `old` wrote: `Err` says how. With
+    /// `names`, the structures must be equal and no field or variant name
+    /// of `old` may sit at another position in `new` (a swap; a rename to a
+    /// new name is allowed: names are not encoded); without (a schema
+    /// written before names), the legacy forms must be equal.
+    pub fn check_compatible(old: &Shape, new: &Shape, names: bool) -> Result<(), String> {
+        if !names {
+            return if old.legacy() == new.legacy() {
+                Ok(())
+            } else {
+                Err(format!("{} became {}", old.legacy(), new.legacy()))
+            };
+        }
+        if old.without_names() != new.without_names() {
+            return Err(format!("{old} became {new}"));
+        }
+        match moved(&old.with_names(), &new.with_names()) {
+            None => Ok(()),
+            Some(what) => Err(format!("{what} ({old} became {new})")),
+        }
+    }
+}
+
+/// The first name of `old` found at another position in `new`, the two
+/// being of equal structure, and its positions.
+fn moved(old: &Shape, new: &Shape) -> Option<String> {
+    fn bare(s: &Shape) -> &Shape {
+        match s {
+            Shape::Named(_, s) => s,
+            other => other,
+        }
+    }
+    fn name(s: &Shape) -> Option<&str> {
+        match s {
+            Shape::Named(n, _) => Some(n),
+            _ => None,
+        }
+    }
+    match (bare(old), bare(new)) {
+        (Shape::Tuple(a), Shape::Tuple(b)) | (Shape::Enum(a), Shape::Enum(b)) => {
+            let what = if matches!(bare(old), Shape::Enum(_)) {
+                "variant"
+            } else {
+                "field"
+            };
+            for (i, item) in a.iter().enumerate() {
+                let Some(n) = name(item) else { continue };
+                if let Some(j) = b.iter().position(|m| name(m) == Some(n))
+                    && j != i
+                {
+                    return Some(format!(
+                        "{what} `{n}` moved from position {i} to {j}: old values would decode as another {what}"
+                    ));
+                }
+            }
+            a.iter().zip(b).find_map(|(x, y)| moved(x, y))
+        }
+        (Shape::Option(x), Shape::Option(y)) | (Shape::Seq(x), Shape::Seq(y)) => moved(x, y),
+        (Shape::Map(k, v), Shape::Map(k2, v2)) => moved(k, k2).or_else(|| moved(v, v2)),
+        _ => None,
     }
 }
 
@@ -227,6 +414,9 @@ impl std::fmt::Display for Shape {
             }
             Shape::Recursive(n) => write!(f, "recursive^{n}"),
             Shape::Opaque(name) => write!(f, "opaque({name})"),
+            Shape::Named(name, s) if **s == Shape::Unit => f.write_str(name),
+            Shape::Named(name, s) => write!(f, "{name}: {s}"),
+            Shape::PartlyOpaque(_, s) => write!(f, "{s}"),
         }
     }
 }
@@ -303,14 +493,22 @@ mod tests {
     }
 
     #[test]
-    fn names_do_not_matter_and_spelling_does_not_either() {
-        assert_eq!(Shape::of::<Point>(), Shape::of::<Renamed>());
-        assert_eq!(Shape::of::<Point>(), Shape::of::<(i64, i64)>());
+    fn names_do_not_matter_to_the_structure_and_spelling_does_not_either() {
+        assert_eq!(
+            Shape::of::<Point>().without_names(),
+            Shape::of::<Renamed>().without_names()
+        );
+        assert_eq!(
+            Shape::of::<Point>().without_names(),
+            Shape::of::<(i64, i64)>()
+        );
+        assert_eq!(Shape::of::<Point>().to_string(), "(x: i64, y: i64)");
+        Shape::check_compatible(&Shape::of::<Point>(), &Shape::of::<Renamed>(), true).unwrap();
         assert_eq!(Shape::of::<String>(), Shape::of::<std::string::String>());
         assert_eq!(Shape::of::<(String,)>(), Shape::Str);
         assert_eq!(Shape::of::<()>(), Shape::Unit);
         assert_eq!(
-            Shape::tuple([Shape::of::<Point>(), Shape::of::<()>(), Shape::U8]),
+            Shape::tuple([Shape::of::<Point>(), Shape::of::<()>(), Shape::U8]).without_names(),
             Shape::of::<(i64, i64, u8)>()
         );
         assert_eq!(Shape::tuple([]), Shape::Unit);
@@ -331,6 +529,11 @@ mod tests {
     #[test]
     fn enums_are_traced_through_every_variant_even_nested() {
         let shape = Shape::of::<Op>();
+        assert_eq!(
+            shape.to_string(),
+            "enum{Put: (key: string, value: seq<u8>) | Delete: string | Clear | Nested: enum{A: u8 | B: option<u32>}}"
+        );
+        let shape = shape.without_names();
         assert_eq!(
             shape,
             Shape::Enum(vec![
@@ -357,7 +560,7 @@ mod tests {
     #[test]
     fn recursive_enums_end() {
         assert_eq!(
-            Shape::of::<Expr>(),
+            Shape::of::<Expr>().without_names(),
             Shape::Enum(vec![
                 Shape::U32,
                 Shape::Tuple(vec![Shape::Recursive(0), Shape::Recursive(0)]),
@@ -379,10 +582,121 @@ mod tests {
         assert!(Shape::of::<(u8, Untagged)>().is_opaque());
     }
 
+    /// Refuses the empty string, the tracer's sample (a validated newtype).
+    #[derive(Deserialize)]
+    #[serde(try_from = "String")]
+    #[allow(dead_code)]
+    struct Tag(String);
+
+    impl TryFrom<String> for Tag {
+        type Error = &'static str;
+        fn try_from(s: String) -> Result<Tag, &'static str> {
+            if s.is_empty() {
+                Err("an empty tag")
+            } else {
+                Ok(Tag(s))
+            }
+        }
+    }
+
+    /// Needs exactly 16 bytes, as `uuid::Uuid` does in a compact format.
+    #[allow(dead_code)]
+    struct Id([u8; 16]);
+
+    impl<'de> Deserialize<'de> for Id {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+            let bytes = <&[u8]>::deserialize(d)?;
+            <[u8; 16]>::try_from(bytes)
+                .map(Id)
+                .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"16 bytes"))
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct OrderV1 {
+        id: Tag,
+        qty: u32,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Cmd {
+        Place { id: Id, qty: u32, note: Option<Tag> },
+        Cancel(u64),
+        Both(Tag, u16),
+    }
+
+    /// An untraceable field is opaque alone: the other fields of its type
+    /// are traced and compared (found by review, stop 42: the whole
+    /// outermost type became opaque, compared by name only).
+    #[test]
+    fn an_untraceable_field_leaves_its_neighbours_traced() {
+        let shape = Shape::of::<OrderV1>();
+        assert!(
+            !matches!(shape, Shape::Opaque(_)),
+            "a struct with one untraceable field is opaque as a whole: {shape}"
+        );
+        assert!(shape.to_string().contains("u32"), "{shape}");
+        // A validating type that asked for its whole structure is that
+        // structure; a struct's fields after a field without a value are
+        // traced (by name); a tuple's elements after one cannot be reached
+        // and are opaque; other variants are traced.
+        let shape = Shape::of::<Cmd>();
+        assert_eq!(
+            shape.to_string(),
+            "enum{Place: (id: bytes, qty: u32, note: option<string>) | Cancel: u64 | Both: (string, opaque(raftkit::schema::shape::tests::Cmd, field 1))}"
+        );
+        assert!(matches!(shape, Shape::PartlyOpaque(..)));
+        // A wholly untraceable field, or one whose impl panics, is opaque
+        // alone, by its type's name.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        #[allow(dead_code)]
+        enum Untagged {
+            A(u8),
+        }
+        #[allow(dead_code)]
+        struct Panics;
+        impl<'de> Deserialize<'de> for Panics {
+            fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Panics, D::Error> {
+                panic!("a Deserialize impl that panics")
+            }
+        }
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct Mixed {
+            a: u8,
+            u: Untagged,
+            p: Panics,
+            c: u32,
+        }
+        let mixed = Shape::of::<Mixed>().without_names();
+        match &mixed {
+            Shape::Tuple(items) => {
+                assert_eq!(items.len(), 4, "{mixed}");
+                assert_eq!((&items[0], &items[3]), (&Shape::U8, &Shape::U32), "{mixed}");
+                assert!(
+                    matches!(&items[1], Shape::Opaque(n) if n.ends_with("Untagged")),
+                    "{mixed}"
+                );
+                assert!(
+                    matches!(&items[2], Shape::Opaque(n) if n.ends_with("Panics")),
+                    "{mixed}"
+                );
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(
+            shape.legacy(),
+            Shape::Opaque("raftkit::schema::shape::tests::Cmd".into())
+        );
+    }
+
     #[test]
     fn recursive_types_refer_back() {
         assert_eq!(
-            Shape::of::<List>(),
+            Shape::of::<List>().without_names(),
             Shape::Tuple(vec![
                 Shape::U32,
                 Shape::Option(Box::new(Shape::Recursive(0)))

@@ -17,14 +17,31 @@
 //! empty, enums their first variant) so that it ends. Depth is bounded:
 //! a type that does not end even so fails to trace.
 //!
+//! Failures are confined to the part that fails (see [`part`]): every
+//! field, element, map key or value and variant payload is deserialized
+//! through it, which catches a panic and, when the part learned nothing in
+//! the run that failed, records it as [`Shape::Opaque`] with its type's
+//! name. A part that did trace its whole structure before refusing the
+//! made-up value (a validating newtype) keeps that structure. The run
+//! fails, but the next one gets past it: a struct whose field yields no
+//! value is then deserialized as a map (serde's derived visitors take
+//! both) without that field, so the fields after it are traced too (the
+//! visitor then reports the missing field); a tuple cannot skip an
+//! element, so its elements after one that yields no value are opaque,
+//! named by the tuple's type and position. Field and variant names are
+//! recorded ([`Shape::Named`]).
+//!
 //! Invariants: tracing never panics by itself (a panicking user impl is
-//! caught by the caller), allocates in proportion to the type's size, and
-//! runs at most [`MAX_RUNS`] times.
+//! caught by [`part`]), allocates in proportion to the type's size, and
+//! runs at most [`MAX_RUNS`] times; a run that fails changes the partial
+//! tree (or marks a part opaque), so runs make progress.
 
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, EnumAccess, IntoDeserializer, MapAccess, SeqAccess,
     VariantAccess, Visitor,
 };
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::shape::Shape;
 
@@ -52,26 +69,38 @@ impl de::Error for TraceError {
 }
 
 /// A shape being traced: parts not reached yet are `Unknown`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 enum Partial {
     Unknown,
     Leaf(Shape),
     Option(Box<Partial>),
     Seq(Box<Partial>),
     Map(Box<Partial>, Box<Partial>),
-    Tuple(Vec<Partial>),
-    Enum(Vec<Partial>),
+    /// A struct (`names` its fields') or a tuple (`names` empty).
+    Tuple {
+        items: Vec<Partial>,
+        names: &'static [&'static str],
+        /// Deserialized as a map without the `skip`ped fields: a field
+        /// before the last yields no value.
+        by_key: bool,
+        skip: Vec<bool>,
+    },
+    Enum(Vec<Partial>, &'static [&'static str]),
     Recursive(u32),
+    /// A part that could not be traced: its type's name.
+    Opaque(String),
 }
 
 impl Partial {
     fn complete(&self) -> bool {
         match self {
             Partial::Unknown => false,
-            Partial::Leaf(_) | Partial::Recursive(_) => true,
+            Partial::Leaf(_) | Partial::Recursive(_) | Partial::Opaque(_) => true,
             Partial::Option(p) | Partial::Seq(p) => p.complete(),
             Partial::Map(k, v) => k.complete() && v.complete(),
-            Partial::Tuple(items) | Partial::Enum(items) => items.iter().all(Partial::complete),
+            Partial::Tuple { items, .. } | Partial::Enum(items, _) => {
+                items.iter().all(Partial::complete)
+            }
         }
     }
 
@@ -83,32 +112,50 @@ impl Partial {
             Partial::Option(p) => Shape::Option(Box::new(p.finish())),
             Partial::Seq(p) => Shape::Seq(Box::new(p.finish())),
             Partial::Map(k, v) => Shape::Map(Box::new(k.finish()), Box::new(v.finish())),
-            Partial::Tuple(items) => {
-                let mut out = Vec::new();
-                for item in items {
-                    match item.finish() {
-                        Shape::Unit => {}
-                        Shape::Tuple(inner) => out.extend(inner),
-                        other => out.push(other),
-                    }
-                }
-                match out.len() {
-                    0 => Shape::Unit,
-                    1 => out.pop().unwrap_or(Shape::Unit),
-                    _ => Shape::Tuple(out),
-                }
-            }
-            Partial::Enum(variants) => {
-                Shape::Enum(variants.into_iter().map(Partial::finish).collect())
-            }
+            Partial::Tuple { items, names, .. } => Shape::flatten(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| match names.get(i) {
+                        Some(name) => Shape::Named((*name).to_string(), Box::new(item.finish())),
+                        None => item.finish(),
+                    })
+                    .collect(),
+            ),
+            Partial::Enum(variants, names) => Shape::Enum(
+                variants
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, payload)| match names.get(i) {
+                        Some(name) => Shape::Named((*name).to_string(), Box::new(payload.finish())),
+                        None => payload.finish(),
+                    })
+                    .collect(),
+            ),
             Partial::Recursive(n) => Shape::Recursive(n),
+            Partial::Opaque(name) => Shape::Opaque(name),
         }
     }
 
-    /// Makes `self` a `want`-kind node (keeping what earlier runs found).
-    fn ensure(&mut self, want: impl FnOnce() -> Partial, same: impl Fn(&Partial) -> bool) {
+    /// Makes `self` a `want`-kind node (keeping what earlier runs found),
+    /// counting a change.
+    fn ensure(
+        &mut self,
+        changes: &mut u64,
+        want: impl FnOnce() -> Partial,
+        same: impl Fn(&Partial) -> bool,
+    ) {
         if !same(self) {
             *self = want();
+            *changes += 1;
+        }
+    }
+
+    /// Sets `self` to `to`, counting a change if it was something else.
+    fn set(&mut self, changes: &mut u64, to: Partial) {
+        if *self != to {
+            *self = to;
+            *changes += 1;
         }
     }
 }
@@ -117,26 +164,72 @@ impl Partial {
 struct Tracer {
     /// The named types being deserialized, outermost first.
     stack: Vec<&'static str>,
+    /// How many times the partial tree changed: a part that fails without
+    /// changing it learned nothing, and would fail so in every run.
+    changes: u64,
 }
 
-/// Traces `T` (see the [module docs](self)).
-pub fn trace<T: DeserializeOwned>() -> Result<Shape, TraceError> {
-    let mut tracer = Tracer { stack: Vec::new() };
+/// Traces `T` (see the [module docs](self)): its shape, and whether some
+/// run failed (`T`, or a part of it, yields no value for the tracer: then
+/// the shape may hold opaque parts, and raftkit before confined opacity
+/// made all of `T` opaque).
+pub fn trace<T: DeserializeOwned>() -> Result<(Shape, bool), TraceError> {
+    let mut tracer = Tracer {
+        stack: Vec::new(),
+        changes: 0,
+    };
     let mut root = Partial::Unknown;
+    let mut failed = false;
     for _ in 0..MAX_RUNS {
         tracer.stack.clear();
-        T::deserialize(De {
-            t: &mut tracer,
-            out: &mut root,
-            cut: false,
-        })?;
+        let run = part(&mut tracer, &mut root, false, std::marker::PhantomData::<T>);
+        failed |= run.is_err();
         if root.complete() {
-            return Ok(root.finish());
+            return Ok((root.finish(), failed));
         }
     }
     Err(TraceError(format!(
         "not every variant was reached in {MAX_RUNS} runs"
     )))
+}
+
+/// Deserializes one part of a value (the whole value, a field, an
+/// element, a map's key or value, a variant's payload) into `slot`, and
+/// confines a failure to it: a panic of the type's impl is caught (and the
+/// stack of named types restored), and a part that fails without having
+/// changed the partial tree in this run (it would fail the same way in
+/// every run) becomes [`Partial::Opaque`] with the part's type name.
+fn part<'de, S: DeserializeSeed<'de>>(
+    t: &mut Tracer,
+    slot: &mut Partial,
+    cut: bool,
+    seed: S,
+) -> Result<S::Value, TraceError> {
+    let (changes, depth) = (t.changes, t.stack.len());
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        seed.deserialize(De {
+            t: &mut *t,
+            out: &mut *slot,
+            cut,
+        })
+    }))
+    .unwrap_or_else(|_| {
+        t.stack.truncate(depth);
+        Err(TraceError(format!(
+            "the Deserialize impl of {} panicked",
+            std::any::type_name::<S::Value>()
+        )))
+    });
+    if let Err(e) = &result
+        && !cut
+        && t.changes == changes
+        && !slot.complete()
+    {
+        let name = std::any::type_name::<S::Value>();
+        tracing::debug!(ty = name, error = %e, "part of a type not traceable; its schema is opaque");
+        slot.set(&mut t.changes, Partial::Opaque(name.to_string()));
+    }
+    result
 }
 
 struct De<'a> {
@@ -149,7 +242,7 @@ struct De<'a> {
 impl<'a> De<'a> {
     fn leaf(self, shape: Shape) {
         if !self.cut {
-            *self.out = Partial::Leaf(shape);
+            self.out.set(&mut self.t.changes, Partial::Leaf(shape));
         }
     }
 
@@ -169,7 +262,10 @@ impl<'a> De<'a> {
                 .rposition(|s| *s == name)
                 .map(|pos| {
                     let depth = self.t.stack.len() - 1 - pos;
-                    *self.out = Partial::Recursive(u32::try_from(depth).unwrap_or(u32::MAX));
+                    self.out.set(
+                        &mut self.t.changes,
+                        Partial::Recursive(u32::try_from(depth).unwrap_or(u32::MAX)),
+                    );
                 })
                 .is_some();
         self.t.stack.push(name);
@@ -180,28 +276,111 @@ impl<'a> De<'a> {
         self.t.stack.pop();
     }
 
-    /// Visits `len` fields into a tuple node.
-    fn tuple<'de, V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, TraceError> {
-        let mut scratch = Vec::new();
-        let slots = if self.cut {
-            scratch.resize(len, Partial::Unknown);
-            &mut scratch
-        } else {
-            self.out.ensure(
-                || Partial::Tuple(vec![Partial::Unknown; len]),
-                |p| matches!(p, Partial::Tuple(v) if v.len() == len),
-            );
-            match self.out {
-                Partial::Tuple(v) => v,
-                _ => return Err(TraceError("internal: tuple slot".into())),
-            }
+    /// Visits `len` fields (named `names`, or a tuple's if empty) into a
+    /// tuple node; on a failure, prepares the next run (see the
+    /// [module docs](self)).
+    fn tuple<'de, V: Visitor<'de>>(
+        self,
+        len: usize,
+        names: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, TraceError> {
+        let t = self.t;
+        if self.cut {
+            let mut scratch = vec![Partial::Unknown; len];
+            return visitor.visit_seq(Fields {
+                t,
+                slots: &mut scratch,
+                skip: &[],
+                next: 0,
+                cut: true,
+                failed: None,
+            });
+        }
+        self.out.ensure(
+            &mut t.changes,
+            || Partial::Tuple {
+                items: vec![Partial::Unknown; len],
+                names,
+                by_key: false,
+                skip: vec![false; len],
+            },
+            |p| matches!(p, Partial::Tuple { items, .. } if items.len() == len),
+        );
+        let Partial::Tuple {
+            items,
+            names,
+            by_key,
+            skip,
+        } = self.out
+        else {
+            return Err(TraceError("internal: tuple slot".into()));
         };
-        visitor.visit_seq(Fields {
-            t: self.t,
-            slots,
-            next: 0,
-            cut: self.cut,
-        })
+        let changes = t.changes;
+        let (result, failed, reached) = if *by_key {
+            let mut fields = Fields {
+                t: &mut *t,
+                slots: items,
+                skip,
+                next: 0,
+                cut: false,
+                failed: None,
+            };
+            let result = visitor.visit_map(FieldsByKey {
+                fields: &mut fields,
+                names,
+            });
+            (result, fields.failed, fields.next)
+        } else {
+            let mut fields = Fields {
+                t: &mut *t,
+                slots: items,
+                skip: &[],
+                next: 0,
+                cut: false,
+                failed: None,
+            };
+            let result = visitor.visit_seq(&mut fields);
+            (result, fields.failed, fields.next)
+        };
+        if result.is_ok() {
+            return result;
+        }
+        match failed {
+            // A field traced to the end that yields no value: skip it from
+            // the next run on if the type takes its fields by name.
+            Some(f) if items.get(f).is_some_and(Partial::complete) && !names.is_empty() => {
+                if !*by_key {
+                    *by_key = true;
+                    t.changes += 1;
+                }
+                if let Some(s) = skip.get_mut(f)
+                    && !*s
+                {
+                    *s = true;
+                    t.changes += 1;
+                }
+            }
+            // Still being traced (the next run goes on), or a tuple whose
+            // later elements cannot be reached (below).
+            Some(f) if !items.get(f).is_some_and(Partial::complete) => {}
+            _ if t.changes != changes || reached >= len => {}
+            // The type stopped by itself, or takes no map, or cannot reach
+            // its elements after one that yields no value: what is not
+            // traced yet stays opaque, named by the type and position.
+            _ => {
+                let ty = std::any::type_name::<V::Value>();
+                for (i, item) in items.iter_mut().enumerate() {
+                    if *item == Partial::Unknown {
+                        let at = names
+                            .get(i)
+                            .map_or_else(|| i.to_string(), |n| (*n).to_string());
+                        item.set(&mut t.changes, Partial::Opaque(format!("{ty}, field {at}")));
+                    }
+                }
+            }
+        }
+        result
     }
 
     /// Runs `f` with the named type `V::Value` entered.
@@ -237,11 +416,35 @@ impl<'a> De<'a> {
     }
 }
 
+/// The fields of a struct or tuple, in order.
 struct Fields<'a> {
     t: &'a mut Tracer,
     slots: &'a mut Vec<Partial>,
+    /// The fields left out (by key only).
+    skip: &'a [bool],
+    /// The next field to visit.
     next: usize,
     cut: bool,
+    /// The field that failed, if one did.
+    failed: Option<usize>,
+}
+
+impl Fields<'_> {
+    /// Visits field `index`.
+    fn field<'de, S: DeserializeSeed<'de>>(
+        &mut self,
+        index: usize,
+        seed: S,
+    ) -> Result<S::Value, TraceError> {
+        let Some(slot) = self.slots.get_mut(index) else {
+            return Err(TraceError("internal: field slot".into()));
+        };
+        let result = part(&mut *self.t, slot, self.cut, seed);
+        if result.is_err() {
+            self.failed = Some(index);
+        }
+        result
+    }
 }
 
 impl<'de> SeqAccess<'de> for Fields<'_> {
@@ -251,20 +454,51 @@ impl<'de> SeqAccess<'de> for Fields<'_> {
         &mut self,
         seed: S,
     ) -> Result<Option<S::Value>, TraceError> {
-        let Some(slot) = self.slots.get_mut(self.next) else {
+        if self.next >= self.slots.len() {
             return Ok(None);
-        };
+        }
+        let index = self.next;
         self.next += 1;
-        seed.deserialize(De {
-            t: &mut *self.t,
-            out: slot,
-            cut: self.cut,
-        })
-        .map(Some)
+        self.field(index, seed).map(Some)
     }
 
     fn size_hint(&self) -> Option<usize> {
         Some(self.slots.len() - self.next)
+    }
+}
+
+/// The fields of a struct as a map keyed by their names, without the
+/// skipped ones.
+struct FieldsByKey<'a, 'b> {
+    fields: &'a mut Fields<'b>,
+    names: &'static [&'static str],
+}
+
+impl<'de> MapAccess<'de> for FieldsByKey<'_, '_> {
+    type Error = TraceError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, TraceError> {
+        let f = &mut *self.fields;
+        while f.skip.get(f.next).copied().unwrap_or(false) {
+            f.next += 1;
+        }
+        let Some(name) = self.names.get(f.next) else {
+            f.next = f.slots.len();
+            return Ok(None);
+        };
+        f.next += 1;
+        seed.deserialize((*name).into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, TraceError> {
+        let index = self.fields.next.saturating_sub(1);
+        self.fields.field(index, seed)
     }
 }
 
@@ -286,12 +520,7 @@ impl<'de> SeqAccess<'de> for OneElement<'_> {
             return Ok(None);
         }
         self.left = false;
-        seed.deserialize(De {
-            t: &mut *self.t,
-            out: &mut *self.slot,
-            cut: false,
-        })
-        .map(Some)
+        part(&mut *self.t, &mut *self.slot, false, seed).map(Some)
     }
 }
 
@@ -314,23 +543,14 @@ impl<'de> MapAccess<'de> for OneEntry<'_> {
             return Ok(None);
         }
         self.left = false;
-        seed.deserialize(De {
-            t: &mut *self.t,
-            out: &mut *self.key,
-            cut: false,
-        })
-        .map(Some)
+        part(&mut *self.t, &mut *self.key, false, seed).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(
         &mut self,
         seed: V,
     ) -> Result<V::Value, TraceError> {
-        seed.deserialize(De {
-            t: &mut *self.t,
-            out: &mut *self.value,
-            cut: false,
-        })
+        part(&mut *self.t, &mut *self.value, false, seed)
     }
 }
 
@@ -360,7 +580,8 @@ impl<'de> VariantAccess<'de> for Variant<'_> {
 
     fn unit_variant(self) -> Result<(), TraceError> {
         if !self.cut {
-            *self.slot = Partial::Leaf(Shape::Unit);
+            self.slot
+                .set(&mut self.t.changes, Partial::Leaf(Shape::Unit));
         }
         Ok(())
     }
@@ -369,11 +590,7 @@ impl<'de> VariantAccess<'de> for Variant<'_> {
         self,
         seed: S,
     ) -> Result<S::Value, TraceError> {
-        seed.deserialize(De {
-            t: self.t,
-            out: self.slot,
-            cut: self.cut,
-        })
+        part(self.t, self.slot, self.cut, seed)
     }
 
     fn tuple_variant<V: Visitor<'de>>(
@@ -386,7 +603,7 @@ impl<'de> VariantAccess<'de> for Variant<'_> {
             out: self.slot,
             cut: self.cut,
         }
-        .tuple(len, visitor)
+        .tuple(len, &[], visitor)
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -399,7 +616,7 @@ impl<'de> VariantAccess<'de> for Variant<'_> {
             out: self.slot,
             cut: self.cut,
         }
-        .tuple(fields.len(), visitor)
+        .tuple(fields.len(), fields, visitor)
     }
 }
 
@@ -472,6 +689,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
             return visitor.visit_none();
         }
         self.out.ensure(
+            &mut self.t.changes,
             || Partial::Option(Box::new(Partial::Unknown)),
             |p| matches!(p, Partial::Option(_)),
         );
@@ -508,11 +726,14 @@ impl<'de> de::Deserializer<'de> for De<'_> {
             return visitor.visit_seq(Fields {
                 t: self.t,
                 slots: &mut none,
+                skip: &[],
                 next: 0,
                 cut: true,
+                failed: None,
             });
         }
         self.out.ensure(
+            &mut self.t.changes,
             || Partial::Seq(Box::new(Partial::Unknown)),
             |p| matches!(p, Partial::Seq(_)),
         );
@@ -531,7 +752,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        self.tuple(len, visitor)
+        self.tuple(len, &[], visitor)
     }
 
     fn deserialize_tuple_struct<V: Visitor<'de>>(
@@ -540,7 +761,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        self.named(|de, v| de.tuple(len, v), visitor)
+        self.named(|de, v| de.tuple(len, &[], v), visitor)
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
@@ -554,6 +775,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
             });
         }
         self.out.ensure(
+            &mut self.t.changes,
             || Partial::Map(Box::new(Partial::Unknown), Box::new(Partial::Unknown)),
             |p| matches!(p, Partial::Map(..)),
         );
@@ -574,7 +796,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        self.named(|de, v| de.tuple(fields.len(), v), visitor)
+        self.named(|de, v| de.tuple(fields.len(), fields, v), visitor)
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -600,15 +822,18 @@ impl<'de> de::Deserializer<'de> for De<'_> {
                     });
                 }
                 out.ensure(
-                    || Partial::Enum(vec![Partial::Unknown; n]),
-                    |p| matches!(p, Partial::Enum(items) if items.len() == n),
+                    &mut t.changes,
+                    || Partial::Enum(vec![Partial::Unknown; n], variants),
+                    |p| matches!(p, Partial::Enum(items, _) if items.len() == n),
                 );
-                let Partial::Enum(items) = out else {
+                let Partial::Enum(items, _) = out else {
                     return Err(TraceError("internal: enum slot".into()));
                 };
                 // The first variant not fully known yet (or the first).
                 let index = items.iter().position(|p| !p.complete()).unwrap_or(0);
-                let slot = &mut items[index];
+                let Some(slot) = items.get_mut(index) else {
+                    return Err(TraceError("internal: variant slot".into()));
+                };
                 v.visit_enum(Variant {
                     t,
                     slot,
