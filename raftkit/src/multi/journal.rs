@@ -55,7 +55,12 @@
 //!    it acknowledged; and no choice of records makes every batch safe
 //!    alone, since a log longer than one batch takes several.
 //! 4. After a failed sync the journal refuses every later write
-//!    ([`StorageError::Failed`]); nothing is retried (DESIGN §4).
+//!    ([`StorageError::Failed`]); nothing is retried (DESIGN §4). After a
+//!    failed write of one group (a received snapshot whose save failed, a
+//!    refused record) the journal refuses every later write of that
+//!    group's sink (the running replica, which built them on the failed
+//!    one: see [`crate::runtime::persist`]), and nothing of them reaches
+//!    the journal; other groups write on.
 //! 5. Group state is held in memory ([`MemLogStore`] per group): the
 //!    journal holds what the groups' logs hold, which their snapshots keep
 //!    short. Memory is the sum of the groups' live logs (see the module doc
@@ -223,6 +228,8 @@ struct Job {
     snapshots: SharedSnapshots,
     done: Done,
     token: u64,
+    /// The first failed write of the job's sink (invariant 4).
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 struct Shared {
@@ -422,6 +429,7 @@ impl Journal {
             jobs: self.jobs.lock().ok().and_then(|j| j.clone()),
             group,
             snapshots,
+            failed: Arc::default(),
         }
     }
 
@@ -801,7 +809,21 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 .entries
                 .iter()
                 .fold(bytes, |b, e| b.saturating_add(e.approx_size()));
-            let r = st.apply_write(job.group, job.write, &job.snapshots);
+            let refused = job.failed.lock().map_or_else(
+                |_| Some(StorageError::Closed),
+                |f| f.clone().map(|cause| StorageError::Failed { cause }),
+            );
+            let r = match refused {
+                Some(e) => Err(e),
+                None => st.apply_write(job.group, job.write, &job.snapshots),
+            };
+            if let Err(e) = &r
+                && let Ok(mut f) = job.failed.lock()
+                && f.is_none()
+            {
+                error!(group = job.group, error = %e, "a group's journal write failed; refusing its further writes");
+                *f = Some(e.to_string());
+            }
             batch.push((job.done, job.token, r));
             if batch.len() < 65_536 && bytes < MAX_BATCH_BYTES {
                 next = rx.try_recv().ok();
@@ -903,6 +925,8 @@ pub struct GroupSink {
     jobs: Option<mpsc::UnboundedSender<Job>>,
     group: GroupId,
     snapshots: SharedSnapshots,
+    /// The first failed write of this sink (invariant 4).
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 impl SharedSink for GroupSink {
@@ -913,6 +937,7 @@ impl SharedSink for GroupSink {
             snapshots: self.snapshots.clone(),
             done,
             token,
+            failed: self.failed.clone(),
         };
         let refused = match &self.jobs {
             Some(jobs) => jobs.send(job).err().map(|mpsc::error::SendError(job)| job),

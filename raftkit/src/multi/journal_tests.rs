@@ -732,3 +732,70 @@ fn a_checkpoint_marker_out_of_place_is_corruption() {
         );
     }
 }
+
+/// A group's received snapshot whose save failed leaves its log
+/// uncompacted, so no later write of that group may reach the journal: a
+/// later hard state carries the snapshot's commit index, over a log whose
+/// stale suffix was never committed (Raft §5.4.3; invariant 4). Another
+/// group writes on.
+#[test]
+fn a_failed_snapshot_save_stops_the_groups_later_writes() {
+    use crate::storage::FileSnapshotStore;
+    use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(&dir.path().join("journal"), 64 << 20);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut stale: Vec<Entry> = (1..=100).map(|i| entry(i, 1, b"x")).collect();
+    stale.extend((101..=150).map(|i| entry(i, 2, b"y")));
+    let hs = |term, vote, commit| HardState { term, vote, commit };
+    j.sink(7, snaps())
+        .write(write(stale, Some(hs(2, 1, 100))), tx.clone(), 1);
+    wait_ok(&mut rx, 1);
+    let faulty = FaultyFs::over_real();
+    let store =
+        FileSnapshotStore::open_in(Arc::new(faulty.clone()), dir.path().join("snapshots"), 1)
+            .unwrap();
+    faulty.inject(FaultRule::new(FileOp::Rename, Fault::Io).on("snapshots"));
+    let sink = j.sink(7, Arc::new(Mutex::new(Box::new(store))));
+    let received = Write {
+        snapshot: Some(crate::storage::Snapshot {
+            meta: crate::core::SnapshotMeta {
+                index: 300,
+                term: 3,
+                ..Default::default()
+            },
+            data: b"state at 300".to_vec(),
+        }),
+        ..write(Vec::new(), Some(hs(3, 0, 300)))
+    };
+    sink.write(received, tx.clone(), 2);
+    // A new term, then the held-back commit index (the shutdown barrier).
+    sink.write(write(Vec::new(), Some(hs(4, 0, 300))), tx.clone(), 3);
+    sink.write(write(Vec::new(), Some(hs(4, 0, 301))), tx.clone(), 4);
+    j.sink(8, snaps())
+        .write(write(vec![entry(1, 1, b"z")], None), tx.clone(), 5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 4 {
+        match rx.try_recv() {
+            Ok(r) => outcomes.push(r),
+            Err(_) => {
+                assert!(std::time::Instant::now() < deadline, "{outcomes:?}");
+                std::thread::yield_now();
+            }
+        }
+    }
+    assert!(outcomes[0].is_err(), "{outcomes:?}");
+    assert_eq!(outcomes[3].as_ref().ok(), Some(&5), "group 8 writes on");
+    drop(sink);
+    close(j);
+    let j = open(&dir.path().join("journal"), 64 << 20);
+    let commit = j.log(7).hard_state().commit;
+    assert!(
+        commit <= 100,
+        "after a failed snapshot save the journal holds commit index {commit} over a log \
+         whose entries 101..=150 were never committed"
+    );
+    assert_eq!(j.log(8).last_index(), 1);
+    close(j);
+}

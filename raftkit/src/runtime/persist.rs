@@ -12,7 +12,16 @@
 //! it is durable; the completion signals the node task, which then releases
 //! the Ready's persisted-only messages. Because one thread applies writes in
 //! order and one fsync covers a whole batch, a completion implies every
-//! earlier write is durable too.
+//! earlier write is durable too. The first write that fails (any part of
+//! it: a snapshot that was not saved, a refused append, a failed fsync)
+//! fails the storage thread: every later write fails without reaching the
+//! disk, and the shutdown flush writes nothing. The node built its later
+//! writes on the failed one: after a received snapshot whose save failed,
+//! a later hard state (a new term, the held-back commit index) carries the
+//! snapshot's commit index, and made durable over a log never compacted
+//! behind the snapshot it would make a restarted node apply its stale,
+//! never committed suffix (Raft §5.4.3). The same holds for a group's
+//! writes through the shared journal of `crate::multi` ([`SharedSink`]).
 //!
 //! A hard state whose term and vote are those last written, so that only
 //! its commit index changed, is not written on its own: it waits and rides
@@ -254,7 +263,9 @@ enum Sink {
 /// A storage thread shared by several groups of one node (the journal of
 /// `crate::multi`): it takes a group's whole writes and completes each
 /// through `done` with exactly one outcome, in the order they were given,
-/// `Ok(token)` only once every part of the write is durable.
+/// `Ok(token)` only once every part of the write is durable. Once a write
+/// of a sink failed, every later write of that sink fails without reaching
+/// the disk (see the module documentation).
 pub trait SharedSink: Send + Sync + 'static {
     /// Queues `write`; `done` gets `Ok(token)` once it is durable, or the
     /// first failure.
@@ -535,12 +546,16 @@ impl Persister {
             // a log that was not compacted behind it, would make a restarted
             // node take its stale, never committed suffix for committed and
             // apply it (found by the whole-runtime simulation, bank seed 179).
+            // A failure here fails the storage thread too: no later write
+            // reaches the log (a later hard state carries the snapshot's
+            // commit index as well, Raft §5.4.3), and the held-back commit
+            // index is not flushed at shutdown.
             let store = Arc::clone(&self.snapshots);
             let failed2 = failed.clone();
             let compact = write.compact.take();
             let entries = std::mem::take(&mut write.entries);
             let hard_state = write.hard_state.take();
-            commit.with_store(move |log| {
+            commit.write_with_store(move |log| {
                 let saved = store
                     .lock()
                     .map_err(|_| StorageError::Closed)
@@ -558,9 +573,10 @@ impl Persister {
                         Some(hs) => log.save_hard_state(hs),
                         None => Ok(()),
                     });
-                if let Err(e) = saved {
-                    record_failure(&failed2, e);
+                if let Err(e) = &saved {
+                    record_failure(&failed2, e.clone());
                 }
+                saved
             });
         }
         if let Some((index, term)) = write.compact {
@@ -590,7 +606,8 @@ impl Persister {
     }
 
     /// Stops the storage thread after flushing every queued write and the
-    /// held-back commit index.
+    /// held-back commit index (which is not written once a write failed:
+    /// the storage thread refuses it).
     pub async fn shutdown(self) -> Result<(), Error> {
         let deferred = self.deferred.take();
         match self.sink {
@@ -968,6 +985,85 @@ mod tests {
                 // (the third write's commit is the second's; the last one
                 // is written by the shutdown flush)
                 "inline {inline}"
+            );
+        }
+    }
+
+    fn entry_at(index: Index, term: Term) -> Entry {
+        Entry {
+            term,
+            index,
+            payload: Payload::Noop,
+        }
+    }
+
+    /// A received snapshot whose save failed leaves a log that was not
+    /// compacted behind it (rightly), so no later hard state may reach the
+    /// disk either: its commit index comes from the snapshot, and over the
+    /// uncompacted log a restarted node would take its stale, never
+    /// committed suffix for committed and apply it (Raft §5.4.3). Neither
+    /// a later write with a new term nor the held-back commit index flushed
+    /// by `shutdown` may be written once a write failed.
+    #[tokio::test]
+    async fn a_failed_snapshot_save_stops_every_later_hard_state() {
+        use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
+        // Later writes: a new term (written in a batch of its own), or a
+        // commit-only hard state (held back, flushed at shutdown).
+        for later in [hs(4, 0, 300), hs(3, 0, 300)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let faulty = FaultyFs::over_real();
+            let fs: SharedFs = Arc::new(faulty.clone());
+            let mut wal = Wal::open_in(fs.clone(), dir.path().join("wal"), WalOptions::default())
+                .expect("wal");
+            let mut stale: Vec<Entry> = (1..=100).map(|i| entry_at(i, 1)).collect();
+            stale.extend((101..=150).map(|i| entry_at(i, 2)));
+            wal.append(&stale).expect("append");
+            wal.save_hard_state(hs(2, 1, 100)).expect("hard state");
+            wal.sync().expect("sync");
+            let store = FileSnapshotStore::open_in(fs.clone(), dir.path().join("snapshots"), 1)
+                .expect("snapshots");
+            faulty.inject(FaultRule::new(FileOp::Rename, Fault::Io).on("snapshots"));
+            let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(store)));
+            let p = Persister::start(Box::new(wal), snaps, false).expect("start");
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let received = Write {
+                snapshot: Some(Snapshot {
+                    meta: SnapshotMeta {
+                        index: 300,
+                        term: 3,
+                        ..SnapshotMeta::default()
+                    },
+                    data: b"state at 300".to_vec(),
+                }),
+                compact: None,
+                entries: Vec::new(),
+                hard_state: Some(hs(3, 0, 300)),
+            };
+            // Queued without waiting: the second joins a later batch.
+            assert!(p.write(received, tx.clone(), 1).is_none());
+            assert!(
+                p.write(write(Vec::new(), Some(later)), tx.clone(), 2)
+                    .is_none()
+            );
+            let first = rx.recv().await.expect("a completion");
+            assert!(first.is_err(), "the failed save completed {first:?}");
+            let _ = rx.recv().await.expect("a completion");
+            let _ = p.shutdown().await;
+            faulty.clear();
+            let opened = open(
+                &StorageChoice::Disk(dir.path().to_path_buf()),
+                &fs,
+                WalOptions::default(),
+            )
+            .expect("reopen");
+            let commit = opened
+                .restored
+                .map(|r| r.hard_state.commit)
+                .unwrap_or_default();
+            assert!(
+                commit <= 100,
+                "after a failed snapshot save the disk holds commit index {commit} over a log \
+                 whose entries 101..=150 were never committed (later hard state {later:?})"
             );
         }
     }

@@ -18,8 +18,9 @@ use crate::core::types::{Entry, HardState, Index, Term};
 pub type AppendCallback = Box<dyn FnOnce(Result<Index, StorageError>) + Send>;
 
 /// A closure run on the storage thread with the store (see
-/// [`GroupCommit::with_store`]).
-type StoreFn<S> = Box<dyn FnOnce(&mut S) + Send>;
+/// [`GroupCommit::with_store`] and [`GroupCommit::write_with_store`]); an
+/// `Err` is a failed write.
+type StoreFn<S> = Box<dyn FnOnce(&mut S) -> Result<(), StorageError> + Send>;
 
 enum Op<S> {
     Append(Vec<Entry>),
@@ -72,9 +73,16 @@ struct Counters {
 /// - A write's callback runs only after the sync covering it returned; it
 ///   gets `Ok(index)` only if that sync succeeded. Every callback runs
 ///   exactly once, including on shutdown and after a failure.
-/// - After a failed sync, every later request fails with
-///   [`StorageError::Failed`] without reaching the store, whatever the store
-///   would do; nothing is retried.
+/// - After a failed sync, or a failed request (a write the store refused, a
+///   [`GroupCommit::write_with_store`] closure that returned `Err`), every
+///   later request fails with [`StorageError::Failed`] without reaching the
+///   store, whatever the store would do; nothing is retried. The requests
+///   of the failing batch applied before the failure are still synced and
+///   completed with their own outcome. Why a failed request and not only a
+///   failed sync: the caller built its later writes on the failed one (a
+///   hard state whose commit index comes from a received snapshot whose
+///   save failed, over a log never compacted behind it, would make a
+///   restarted node apply entries never committed, Raft §5.4.3).
 /// - Callbacks must not panic: a panicking callback stops the thread, and
 ///   the requests of its batch that were not yet completed are dropped
 ///   uncompleted (later sends report [`StorageError::Closed`]).
@@ -206,9 +214,28 @@ impl<S: LogStore + Send + 'static> GroupCommit<S> {
 
     /// Runs `f` on the storage thread with the store, in order with the
     /// writes sent before it (it sees them, durable or not). Use it for
-    /// reads; a closure that writes must call [`LogStore::sync`] itself.
-    /// If the thread has stopped, `f` is dropped without running.
+    /// reads; a closure that writes goes through
+    /// [`GroupCommit::write_with_store`]. If the thread has stopped or
+    /// failed, `f` is dropped without running.
     pub fn with_store(&self, f: impl FnOnce(&mut S) + Send + 'static) {
+        self.send(
+            Op::Call(Box::new(move |s| {
+                f(s);
+                Ok(())
+            })),
+            None,
+        );
+    }
+
+    /// Runs the write `f` on the storage thread with the store, in order
+    /// with the requests sent before it; the next sync covers what it
+    /// wrote. An `Err` fails the thread as a failed sync does: every later
+    /// request fails without reaching the store. If the thread has stopped
+    /// or failed, `f` is dropped without running.
+    pub fn write_with_store(
+        &self,
+        f: impl FnOnce(&mut S) -> Result<(), StorageError> + Send + 'static,
+    ) {
         self.send(Op::Call(Box::new(f)), None);
     }
 
@@ -258,23 +285,31 @@ async fn run<S: LogStore>(
     counters: &Counters,
 ) -> S {
     let mut batch: Vec<(AppendCallback, Result<Index, StorageError>)> = Vec::new();
-    // Set by the first failed sync: from then on nothing touches the store,
-    // whatever the store itself would do.
+    // Set by the first failed sync or request: from then on nothing
+    // touches the store, whatever the store itself would do.
     let mut failed: Option<String> = None;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut entries = 0u64;
         let mut bytes = 0usize;
+        // Whether a request of this batch reached the store (else there is
+        // nothing to sync).
+        let mut applied = false;
         while let Some(req) = next.take() {
             if let Some(cause) = &failed {
+                // Completed in order, after the requests before it.
                 if let Some(done) = req.done {
-                    done(Err(StorageError::Failed {
-                        cause: cause.clone(),
-                    }));
+                    batch.push((
+                        done,
+                        Err(StorageError::Failed {
+                            cause: cause.clone(),
+                        }),
+                    ));
                 }
                 next = rx.try_recv().ok();
                 continue;
             }
+            applied = true;
             let result = match req.op {
                 Op::Append(es) => {
                     entries += es.len() as u64;
@@ -293,12 +328,13 @@ async fn run<S: LogStore>(
                 }
                 Op::Truncate(from) => store.truncate_suffix(from),
                 Op::Compact(upto, term) => store.compact_prefix(upto, term),
-                Op::Call(f) => {
-                    f(&mut store);
-                    Ok(())
-                }
+                Op::Call(f) => f(&mut store),
+            };
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "storage write failed; refusing further requests");
+                failed = Some(e.to_string());
             }
-            .map(|()| store.last_index());
+            let result = result.map(|()| store.last_index());
             if let Some(done) = req.done {
                 batch.push((done, result));
             }
@@ -309,6 +345,13 @@ async fn run<S: LogStore>(
             }
         }
         if batch.is_empty() {
+            continue;
+        }
+        if !applied {
+            // Every request was refused: nothing to sync.
+            for (done, result) in batch.drain(..) {
+                done(result);
+            }
             continue;
         }
         crate::probe::mark("st.sync_start");
