@@ -155,3 +155,98 @@ fn a_log_in_new_nested_directories_survives_a_crash() {
     let store = FileSnapshotStore::open_in(Arc::new(fs.clone()), &snaps, 1).expect("reopen");
     assert_eq!(store.latest().expect("read"), Some(snap));
 }
+
+/// Found by review (stop 42): a segment renamed into place whose directory
+/// fsync failed (or that a kill -9 caught between the rename and the
+/// fsync) was trusted by the next process, which appended to it and
+/// acknowledged; a power cut then took the segment and every acknowledged
+/// entry in it. Opening the log makes its directory durable before
+/// anything is written.
+#[test]
+fn a_segment_whose_directory_sync_failed_is_made_durable_at_open() {
+    use super::vfs::{Fault, FaultRule, FaultyFs, FileOp};
+    let root = Path::new("/node");
+    let dir = root.join("wal");
+    let crash = CrashFs::new(root);
+    let faulty = FaultyFs::new(Arc::new(crash.clone()));
+    let small = WalOptions { segment_size: 1 };
+    let mut wal = Wal::open_in(Arc::new(faulty.clone()), &dir, small).expect("open wal");
+    wal.append(&entries(1, 10, 1)).expect("append");
+    wal.sync().expect("sync");
+    // The next sync starts a new segment: renamed, its directory not synced.
+    faulty.inject(FaultRule::new(FileOp::SyncDir, Fault::Io).times(1));
+    wal.append(&entries(11, 11, 1)).expect("append");
+    assert!(wal.sync().is_err(), "the injected fault did not fire");
+    drop(wal);
+    // A new process, no crash: it finds the new segment and writes on.
+    let large = WalOptions {
+        segment_size: 1 << 20,
+    };
+    let mut wal = Wal::open_in(Arc::new(faulty.clone()), &dir, large.clone()).expect("reopen");
+    assert_eq!(wal.last_index(), 10);
+    wal.append(&entries(11, 20, 1)).expect("append");
+    wal.sync().expect("sync");
+    let wal = crash_and_reopen(&crash, wal, &dir, large.segment_size);
+    assert_eq!(
+        wal.last_index(),
+        20,
+        "entries synced after a reopen were lost at a crash"
+    );
+}
+
+/// The snapshot store's half of the same defect: a snapshot renamed into
+/// place whose directory fsync failed was trusted at the next open, the
+/// log was compacted behind it (durably), and a power cut then took the
+/// snapshot: the node could not start (entries exist nowhere).
+#[test]
+fn a_snapshot_whose_directory_sync_failed_is_made_durable_at_open() {
+    use super::vfs::{Fault, FaultRule, FaultyFs, FileOp, SharedFs};
+    use crate::runtime::persist::{self, StorageChoice};
+    let root = Path::new("/node");
+    let crash = CrashFs::new(root);
+    let faulty = FaultyFs::new(Arc::new(crash.clone()));
+    let fs: SharedFs = Arc::new(faulty.clone());
+    let mut wal = Wal::open_in(fs.clone(), root.join("wal"), WalOptions::default()).expect("wal");
+    wal.append(&entries(1, 40, 3)).expect("append");
+    wal.sync().expect("sync");
+    let mut store =
+        FileSnapshotStore::open_in(fs.clone(), root.join("snapshots"), 1).expect("open");
+    faulty.inject(
+        FaultRule::new(FileOp::SyncDir, Fault::Io)
+            .on("snapshots")
+            .times(1),
+    );
+    let snap = Snapshot {
+        meta: SnapshotMeta {
+            index: 30,
+            term: 3,
+            ..SnapshotMeta::default()
+        },
+        data: b"state".to_vec(),
+    };
+    assert!(
+        store.save(&snap).is_err(),
+        "the injected fault did not fire"
+    );
+    drop(store);
+    // A new process, no crash: it finds the snapshot and compacts behind it.
+    let store = FileSnapshotStore::open_in(fs.clone(), root.join("snapshots"), 1).expect("reopen");
+    let opened = persist::open_stores(
+        Box::new(wal),
+        Box::new(store),
+        (root.join("wal"), root.join("snapshots")),
+    )
+    .expect("open stores");
+    drop(opened);
+    crash.crash();
+    let opened = persist::open(
+        &StorageChoice::Disk(root.to_path_buf()),
+        &fs,
+        WalOptions::default(),
+    );
+    assert!(
+        opened.is_ok(),
+        "the node does not start after a crash: {:?}",
+        opened.err()
+    );
+}

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info};
 
 use super::StorageError;
-use super::vfs::{self, OpenMode, SharedFs, create_dir_durable, sync_dir};
+use super::vfs::{self, OpenMode, SharedFs, create_dir_durable, sync_dir, sync_dir_and_parent};
 use crate::core::types::{Index, SnapshotMeta, Term};
 
 /// A snapshot: where it stands in the log, and the state machine's bytes.
@@ -146,7 +146,6 @@ impl FileSnapshotStore {
         let dir = dir.as_ref().to_path_buf();
         create_dir_durable(&*fs, &dir)?;
         let mut on_disk = Vec::new();
-        let mut removed = false;
         let listing = fs
             .list_dir(&dir)
             .map_err(|e| StorageError::io("list directory", &dir, e))?;
@@ -155,14 +154,14 @@ impl FileSnapshotStore {
                 let path = dir.join(&name);
                 fs.remove_file(&path)
                     .map_err(|e| StorageError::io("remove", &path, e))?;
-                removed = true;
             } else if let Some(it) = parse_name(&name) {
                 on_disk.push(it);
             }
         }
-        if removed {
-            sync_dir(&*fs, &dir)?;
-        }
+        // Whatever this open found or removed: a snapshot renamed into place
+        // by a process that stopped before its directory fsync is trusted
+        // (and the log compacted behind it) only once its entry is durable.
+        sync_dir_and_parent(&*fs, &dir)?;
         on_disk.sort_unstable();
         let mut store = FileSnapshotStore {
             fs,

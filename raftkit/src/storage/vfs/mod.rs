@@ -297,6 +297,23 @@ pub(crate) fn create_dir_durable(fs: &dyn Vfs, dir: &Path) -> Result<(), Storage
     Ok(())
 }
 
+/// Fsyncs `dir` and its parent, whatever was found or changed there: what
+/// a store calls once it opened `dir` (created by [`create_dir_durable`])
+/// and cleaned it, before it trusts what it holds. A previous process may
+/// have created the directory, or renamed a file into it, and stopped (a
+/// kill, a failed fsync) before the fsync that made that entry durable; a
+/// store that wrote on such an entry would acknowledge writes that a power
+/// cut then takes with it. Only the parent: an ancestor further up created
+/// and never synced is not looked for.
+pub(crate) fn sync_dir_and_parent(fs: &dyn Vfs, dir: &Path) -> Result<(), StorageError> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    sync_dir(fs, parent)?;
+    sync_dir(fs, dir)
+}
+
 /// Writes a small file atomically: a temporary file, fsync, rename over
 /// `path`, directory fsync.
 pub fn write_atomic(fs: &dyn Vfs, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {

@@ -10,7 +10,9 @@ use super::record::{
 };
 use super::segment::{Segment, parse_segment_name, segment_name};
 use crate::core::types::{Entry, HardState, Index, Term};
-use crate::storage::vfs::{self, SharedFs, Vfs, VfsLock, create_dir_durable, sync_dir};
+use crate::storage::vfs::{
+    self, SharedFs, Vfs, VfsLock, create_dir_durable, sync_dir, sync_dir_and_parent,
+};
 use crate::storage::{LogStore, StorageError, validate_append, validate_range};
 
 /// The name of the lock file in a WAL directory.
@@ -118,7 +120,6 @@ impl Wal {
         let lock = lock_dir(&*fs, &dir)?;
 
         let mut seqs = Vec::new();
-        let mut removed_tmp = false;
         let listing = fs
             .list_dir(&dir)
             .map_err(|e| StorageError::io("list directory", &dir, e))?;
@@ -130,12 +131,12 @@ impl Wal {
                 let path = dir.join(&name);
                 fs.remove_file(&path)
                     .map_err(|e| StorageError::io("remove", &path, e))?;
-                removed_tmp = true;
             }
         }
-        if removed_tmp {
-            sync_dir(&*fs, &dir)?;
-        }
+        // Whatever this open found or removed: a segment renamed into place
+        // by a process that stopped before its directory fsync is written on
+        // (and acknowledged) only once its entry is durable.
+        sync_dir_and_parent(&*fs, &dir)?;
         seqs.sort_unstable();
         for pair in seqs.windows(2) {
             if pair[1] != pair[0] + 1 {
