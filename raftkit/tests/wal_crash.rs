@@ -422,10 +422,13 @@ fn flipped_bits_are_detected() {
                 std::fs::remove_dir_all(&copy).unwrap();
                 continue;
             }
-            // Further on, a bit set in the zeros is data after the end
-            // that no frame explains.
-            expect_corrupt(result, &file, &[content_end], &what);
-            detected += 1;
+            // Further on, a bit set in the zeros with no frame header
+            // after the end: the state a write whose header sector was
+            // lost leaves (no frame there was synced, or its header would
+            // be), dropped as a torn tail too.
+            let w = result.unwrap_or_else(|e| panic!("{what}: a torn write must open: {e}"));
+            compare(&w, &states[steps]).unwrap_or_else(|e| panic!("{what}: {e}"));
+            tolerated += 1;
             std::fs::remove_dir_all(&copy).unwrap();
             continue;
         }

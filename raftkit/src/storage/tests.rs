@@ -236,7 +236,8 @@ fn content_end(bytes: &[u8]) -> usize {
 /// the zeros an earlier torn-tail repair left): the header fails its
 /// checksum with nothing but zeros after it. Nothing of that frame was
 /// synced, so it is a torn tail, zeroed on open; the same header bytes with
-/// more data after them are still corruption.
+/// a whole frame after them are still corruption (that frame was written,
+/// so the damaged one was too).
 #[test]
 fn a_frame_header_torn_inside_the_zeros_is_a_torn_tail() {
     for cut in 1..12 {
@@ -257,9 +258,13 @@ fn a_frame_header_torn_inside_the_zeros_is_a_torn_tail() {
         let mut torn = synced.clone();
         torn[end5 + cut..end6].fill(0);
         assert!(torn[end5..end5 + cut].iter().any(|&b| b != 0), "cut {cut}");
-        // Teeth the other way: a byte of data after the damaged header.
+        // Teeth the other way: a whole frame after the damaged header.
         let mut damaged = torn.clone();
-        damaged[end5 + 12 + 3] = 1;
+        let whole = &synced[end5..end6];
+        if damaged.len() < end6 + whole.len() {
+            damaged.resize(end6 + whole.len(), 0);
+        }
+        damaged[end6..end6 + whole.len()].copy_from_slice(whole);
         std::fs::write(&seg, &damaged).unwrap();
         match Wal::open(&dir, WalOptions::default()) {
             Err(StorageError::Corrupt { file, offset, .. }) => {

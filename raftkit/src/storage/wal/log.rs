@@ -691,6 +691,14 @@ mod tests {
     /// valid checksum (a buggy or foreign writer, not a torn write), opened
     /// again.
     fn reopened_after(record: RecordRef<'_>) -> Result<Wal, StorageError> {
+        let mut frame = FrameBuf::new();
+        frame.push(&record);
+        reopened_with(frame.finish().to_vec())
+    }
+
+    /// A log of entries 1..=3, then the bytes `tail` at the end of its
+    /// content, opened again.
+    fn reopened_with(tail: Vec<u8>) -> Result<Wal, StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("wal");
         let mut wal = Wal::open(&path, WalOptions::default()).expect("open");
@@ -709,9 +717,7 @@ mod tests {
             }
             end += FRAME_HEADER_LEN + n;
         }
-        let mut frame = FrameBuf::new();
-        frame.push(&record);
-        let frame = frame.finish().to_vec();
+        let frame = tail;
         if bytes.len() < end + frame.len() {
             bytes.resize(end + frame.len(), 0);
         }
@@ -744,6 +750,53 @@ mod tests {
             matches!(entry, Err(StorageError::Corrupt { .. })),
             "{:?}",
             entry.map(|w| w.last_index())
+        );
+    }
+
+    /// A frame of entry 4 larger than a disk sector.
+    fn big_frame(index: Index) -> Vec<u8> {
+        let big = Entry {
+            term: 1,
+            index,
+            payload: Payload::Command(vec![7u8; 10_000].into()),
+        };
+        let mut frame = FrameBuf::new();
+        frame.push(&RecordRef::Entry(&big));
+        frame.finish().to_vec()
+    }
+
+    /// Found by review (stop 42): a write torn so that its header sector
+    /// never reached the disk while later sectors of its payload did (a
+    /// disk writes sectors in any order) was refused as corruption, and the
+    /// node could not restart. In the last segment, with no frame header
+    /// that checks out after it, nothing from there was ever synced (a
+    /// synced frame after it would have its header): a torn tail.
+    #[test]
+    fn a_torn_write_whose_header_sector_was_lost_is_a_torn_tail() {
+        let mut frame = big_frame(4);
+        frame[..FRAME_HEADER_LEN].fill(0);
+        let wal = reopened_with(frame);
+        assert_eq!(
+            wal.as_ref().map(|w| w.last_index()).ok(),
+            Some(3),
+            "{:?}",
+            wal.err()
+        );
+    }
+
+    /// Teeth the other way: the same lost header with a whole frame after
+    /// it is corruption in the middle of the log (that frame was written,
+    /// so the one before it was too), never cut off as a tail.
+    #[test]
+    fn a_lost_header_before_a_whole_frame_is_corruption() {
+        let mut tail = big_frame(4);
+        tail[..FRAME_HEADER_LEN].fill(0);
+        tail.extend(big_frame(5));
+        let wal = reopened_with(tail);
+        assert!(
+            matches!(wal, Err(StorageError::Corrupt { .. })),
+            "{:?}",
+            wal.map(|w| w.last_index())
         );
     }
 }

@@ -223,7 +223,21 @@ impl Segment {
     ///   bytes, over zeros (the preallocated ones, or those that an earlier
     ///   repair left: the file keeps its size). No complete frame can look
     ///   like this, since a payload opens with a non-zero record length, so
-    ///   no synced frame is dropped.
+    ///   no synced frame is dropped;
+    /// - the header fails its checksum and no frame header that checks out
+    ///   starts anywhere after it: a write torn so that its header sector
+    ///   never reached the disk while later sectors of its payload did (a
+    ///   disk writes the sectors of one write in any order). Frames are
+    ///   written in order and each is synced before the next is written, so
+    ///   a synced frame after the damage would have its header there: with
+    ///   none, nothing from `pos` on was synced. A header that checks out
+    ///   after the damage (a later frame, or payload bytes that happen to
+    ///   look like one) leaves it [`StorageError::Corrupt`]: damage in the
+    ///   middle of the log is never cut off as a tail. What this cannot
+    ///   tell from a torn write is the header of the log's last synced
+    ///   frame alone damaged afterwards; that frame is then dropped like a
+    ///   torn one (DESIGN §4: a torn or corrupt tail is cut back to the
+    ///   last good record).
     ///
     /// The torn bytes are overwritten with zeros and fsynced (the file keeps
     /// its size: see "Preallocation").
@@ -264,6 +278,11 @@ impl Segment {
                         // frame starts here: a frame's payload opens with
                         // a record length, never zero.
                         return self.torn_or_corrupt(last, pos, "torn frame header");
+                    }
+                    if last && !self.frame_header_in(pos + 1, file_len)? {
+                        // A write whose header sector was lost while later
+                        // sectors of it reached the disk (see above).
+                        return self.torn_or_corrupt(last, pos, "frame torn without its header");
                     }
                     return Err(StorageError::corrupt(&self.path, pos, reason));
                 }
@@ -344,6 +363,30 @@ impl Segment {
         self.file
             .sync_all()
             .map_err(|e| StorageError::io("fsync segment", &self.path, e))
+    }
+
+    /// Whether a frame header that checks out (its own checksum and length,
+    /// not its payload's) starts at any byte offset in `[from, to)`.
+    /// Reads in 64 KiB windows that overlap by a header's length.
+    fn frame_header_in(&self, from: u64, to: u64) -> Result<bool, StorageError> {
+        const WINDOW: usize = 64 * 1024;
+        let mut buf = vec![0u8; WINDOW + FRAME_HEADER_LEN];
+        let mut at = from;
+        while at + FRAME_HEADER_LEN as u64 <= to {
+            let n = ((to - at) as usize).min(buf.len());
+            let window = buf.get_mut(..n).unwrap_or_default();
+            self.read_at(window, at)?;
+            let found = window.windows(FRAME_HEADER_LEN).any(|h| {
+                <&[u8; FRAME_HEADER_LEN]>::try_from(h).is_ok_and(|h| decode_header(h).is_ok())
+            });
+            if found {
+                return Ok(true);
+            }
+            // The next window starts where this one's last header did not
+            // fit whole.
+            at += (n - FRAME_HEADER_LEN + 1) as u64;
+        }
+        Ok(false)
     }
 
     fn all_zero(&self, from: u64, to: u64) -> Result<bool, StorageError> {
