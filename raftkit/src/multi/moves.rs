@@ -16,7 +16,13 @@
 //! 3. **joint change** ([`MoveStep::JointChange`]): one configuration
 //!    change replaces the leaving voter by the target (thesis §4.3: the
 //!    joint configuration `C_old,new` needs majorities of both sets) and
-//!    waits until it commits;
+//!    waits until it commits. It is sent as an edit (replace `from` by
+//!    `to`), which the node task applies to the group's latest
+//!    configuration when it proposes it, never a whole target built from
+//!    the status read at step 2: a change another admin committed in
+//!    between (a learner added, a member removed) stays. The edit is
+//!    refused ([`Error::Rejected`], nothing changed) if `from` is no
+//!    longer a voter or the target no longer a learner by then;
 //! 4. **leave joint** ([`MoveStep::LeaveJoint`]): the core appends `C_new`
 //!    by itself once `C_old,new` commits; wait until `C_new` commits. The
 //!    leaving node's replica then retires (its state is deleted, see
@@ -61,7 +67,7 @@ use tracing::info;
 
 use super::balance::{ReplicaView, plan_replicas};
 use super::{GroupId, MultiNode};
-use crate::core::{Configuration, Index, NodeId, Role};
+use crate::core::{Index, NodeId, Role};
 use crate::error::{Applied, Error};
 use crate::runtime::{Peer, PeerExt, PeerStatus};
 
@@ -215,22 +221,6 @@ fn is_member(st: &PeerStatus, id: NodeId) -> bool {
 
 fn is_voter(st: &PeerStatus, id: NodeId) -> bool {
     st.members.iter().any(|m| m.id == id && m.voter)
-}
-
-/// The configuration in force, as the status lists it (not joint).
-fn config_of(st: &PeerStatus) -> Configuration {
-    let mut conf = Configuration::default();
-    for m in &st.members {
-        if m.voter {
-            conf.voters.insert(m.id);
-        } else {
-            conf.learners.insert(m.id);
-        }
-        if let Some(a) = &m.addr {
-            conf.addrs.insert(m.id, a.clone());
-        }
-    }
-    conf
 }
 
 /// Whether the configuration in force is committed and not joint.
@@ -425,17 +415,17 @@ impl<S: PeerExt> MultiNode<S> {
         }
         done_step(&mut report, MoveStep::CatchUp, &mut step_start);
 
-        // 3. The joint change: `from` out, `to` in.
-        let mut conf = config_of(&st);
-        conf.voters.remove(&from);
-        conf.addrs.remove(&from);
-        conf.learners.remove(&to_id);
-        conf.voters.insert(to_id);
-        conf.addrs.insert(to_id, to.to_string());
+        // 3. The joint change: `from` out, `to` in. An edit the node task
+        // applies to the latest configuration when it proposes it, not a
+        // target built from `st`: a change another admin committed since
+        // `st` was read stays (`ConfEdit::Replace`). `None`: the latest
+        // configuration already has it (nothing proposed); step 4 waits
+        // for it committed.
         let index = peer
-            .change_config(conf)
+            .replace_voter(from, to_id, to)
             .await
-            .map_err(|e| fail(MoveStep::JointChange, e))?;
+            .map_err(|e| fail(MoveStep::JointChange, e))?
+            .unwrap_or(0);
         wait_for(&peer, opts.step_timeout, |s| s.commit >= index)
             .await
             .map_err(|e| fail(MoveStep::JointChange, e))?;
@@ -573,6 +563,10 @@ pub fn into_error(e: MoveError) -> Error {
         e => Error::Ambiguous(e.to_string()),
     }
 }
+
+#[cfg(test)]
+#[path = "moves_tests.rs"]
+mod moves_tests;
 
 #[cfg(test)]
 mod tests {

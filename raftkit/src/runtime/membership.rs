@@ -8,7 +8,8 @@
 //! after committing an entry of its own term.
 //!
 //! Invariant: a change is sent to the node task as an edit ([`ConfEdit`]:
-//! add a learner, promote a learner, remove a member), which the node task
+//! add a learner, promote a learner, remove a member, replace a voter by
+//! a learner in one joint change: a replica move's step), which the node task
 //! applies to its core's latest configuration when it proposes it, never
 //! a whole configuration built from the status the caller read. So two
 //! admins' changes (in this process, or remote ones through the client
@@ -157,6 +158,31 @@ impl<S: StateMachine> Peer<S> {
             .map_err(proposed)?;
         progress("voter");
         Ok(())
+    }
+
+    /// Replaces voter `from` by learner `to`, reached at `to_addr`, in one
+    /// joint change (thesis §4.3: `to` promoted, `from` removed): the
+    /// edit [`ConfEdit::Replace`], applied to the latest configuration
+    /// when it is proposed, so a change another admin committed since the
+    /// caller's read stays. Returns the index of the joint configuration
+    /// entry, or `None` if the latest configuration already has `to`
+    /// voting and not `from` (nothing proposed). Does not wait for the
+    /// commit. Fails with [`Error::Rejected`] (nothing proposed) if `from`
+    /// is no longer a voter or `to` is not a learner, or while another
+    /// change is in flight. The replica move's joint step
+    /// ([`crate::multi::moves`]).
+    pub(crate) async fn replace_voter(
+        &self,
+        from: NodeId,
+        to: NodeId,
+        to_addr: &str,
+    ) -> Result<Option<Index>, Error> {
+        self.edit_config(ConfEdit::Replace {
+            from,
+            to,
+            addr: to_addr.to_string(),
+        })
+        .await
     }
 
     /// Removes the member at `addr` (voter or learner). Removing the leader
@@ -367,13 +393,28 @@ pub(super) enum ConfEdit {
         /// The member.
         id: NodeId,
     },
+    /// Replace voter `from` by learner `to`, reached at `addr`, in one
+    /// joint change (thesis §4.3: `to` promoted and `from` removed; the
+    /// core proposes `C_old,new` and then `C_new`): a replica move's
+    /// joint step.
+    Replace {
+        /// The voter that leaves.
+        from: NodeId,
+        /// The learner that becomes a voter in its place.
+        to: NodeId,
+        /// `to`'s address.
+        addr: String,
+    },
 }
 
 impl ConfEdit {
     /// The configuration `latest` becomes with this edit (the incoming
     /// half of a joint `latest`, which the core refuses to change anyway),
     /// or `None` if that already has the edit. [`Error::Rejected`] for a
-    /// promotion of a node that is neither a learner nor a voter of it.
+    /// promotion of a node that is neither a learner nor a voter of it,
+    /// and for a replacement whose `from` is not a voter or whose `to` is
+    /// not a learner of it (unless it already has `to` voting and not
+    /// `from`).
     pub(super) fn target(&self, latest: &Configuration) -> Result<Option<Configuration>, Error> {
         let mut next = Configuration {
             voters: latest.voters.clone(),
@@ -409,6 +450,26 @@ impl ConfEdit {
                 next.voters.remove(id);
                 next.learners.remove(id);
                 next.addrs.remove(id);
+            }
+            ConfEdit::Replace { from, to, addr } => {
+                if next.voters.contains(to) && !member(from) {
+                    return Ok(None);
+                }
+                if !next.voters.contains(from) {
+                    return Err(Error::Rejected(format!(
+                        "node {from} is not a voter of the latest configuration (removed meanwhile?); nothing was changed"
+                    )));
+                }
+                if !next.learners.contains(to) {
+                    return Err(Error::Rejected(format!(
+                        "{addr} (node {to}) is not a learner of the latest configuration (removed or promoted meanwhile?); nothing was changed"
+                    )));
+                }
+                next.voters.remove(from);
+                next.addrs.remove(from);
+                next.learners.remove(to);
+                next.voters.insert(*to);
+                next.addrs.insert(*to, addr.clone());
             }
         }
         Ok(Some(next))
@@ -489,6 +550,50 @@ mod tests {
         assert!(matches!(got, Err(Error::Rejected(_))), "{got:?}");
     }
 
+    fn replace(from: u64, to: u64, addr: &str) -> ConfEdit {
+        ConfEdit::Replace {
+            from,
+            to,
+            addr: addr.into(),
+        }
+    }
+
+    /// A replacement promotes the learner and removes the voter (one
+    /// joint change, thesis §4.3), keeping every other member: a learner
+    /// another admin added after the caller's read (4) stays.
+    #[test]
+    fn a_replacement_swaps_only_its_two_members() {
+        let mut base = latest();
+        base.learners.insert(4);
+        base.addrs.insert(4, "d".into());
+        let mut want = base.clone();
+        want.voters.remove(&2);
+        want.addrs.remove(&2);
+        want.learners.remove(&3);
+        want.voters.insert(3);
+        assert_eq!(replace(2, 3, "c").target(&base).ok(), Some(Some(want)));
+    }
+
+    /// A replacement the latest configuration has proposes nothing; one
+    /// whose voter is gone or whose target is not a learner is refused.
+    #[test]
+    fn a_replacement_is_refused_unless_from_votes_and_to_is_a_learner() {
+        let mut done = latest();
+        done.voters.remove(&2);
+        done.learners.remove(&3);
+        done.voters.insert(3);
+        assert_eq!(replace(2, 3, "c").target(&done).ok(), Some(None));
+        for (edit, why) in [
+            (replace(3, 3, "c"), "from is a learner"),
+            (replace(9, 3, "c"), "from is not a member"),
+            (replace(2, 9, "x"), "to is not a member"),
+            (replace(1, 2, "b"), "to is a voter while from still votes"),
+        ] {
+            let got = edit.target(&latest());
+            assert!(matches!(got, Err(Error::Rejected(_))), "{why}: {got:?}");
+        }
+    }
+
     /// While joint, the edit applies to the incoming half: a member only
     /// the outgoing half has counts as removed, and the result is simple.
     #[test]
@@ -507,9 +612,10 @@ mod tests {
 
 /// Test only: holds the next membership change asked of one peer just
 /// before it reaches the node task, until the test lets it go, so that a
-/// test can make another change in between (`membership_tests`).
+/// test can make another change in between (`membership_tests`, and a
+/// replica move's joint step in `multi::moves_tests`).
 #[cfg(test)]
-pub(super) mod pause {
+pub(crate) mod pause {
     use std::sync::Mutex;
 
     use tokio::sync::oneshot;
@@ -524,7 +630,7 @@ pub(super) mod pause {
     /// Holds the next change asked of peer `id` at the point: the first
     /// receiver resolves once it is there, and it goes on once the second
     /// sender is used or dropped.
-    pub(in crate::runtime) fn arm(id: NodeId) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+    pub(crate) fn arm(id: NodeId) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
         let (reached_tx, reached_rx) = oneshot::channel();
         let (go_tx, go_rx) = oneshot::channel();
         ARMED
@@ -536,7 +642,7 @@ pub(super) mod pause {
 
     /// The point: a change of peer `id` waits here if a pause is armed
     /// for it (once).
-    pub(in crate::runtime) async fn point(id: NodeId) {
+    pub(crate) async fn point(id: NodeId) {
         let armed = {
             let mut all = ARMED.lock().unwrap_or_else(|p| p.into_inner());
             all.iter()

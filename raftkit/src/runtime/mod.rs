@@ -62,6 +62,8 @@ mod envelope_decode;
 mod lease_read_tests;
 mod membership;
 #[cfg(test)]
+pub(crate) use membership::pause as membership_pause;
+#[cfg(test)]
 mod membership_tests;
 mod node;
 #[doc(hidden)]

@@ -1,0 +1,155 @@
+//! A replica move's joint change interleaved with another admin's change
+//! (found by review, stop 42): the move reads the configuration when its
+//! learner has caught up and proposes the joint change later; a change
+//! another admin committed in between must stay. The interleaving is
+//! forced with the test-only pause of `runtime::membership` (the move's
+//! joint change is held just before it reaches the node task), not with
+//! timing.
+
+use std::time::Duration;
+
+use super::{GroupId, MoveOptions, MultiNode};
+use crate::core::{NodeId, Role};
+use crate::multi::placement::Placement;
+use crate::runtime::{Peer, PeerStatus, membership_pause as pause};
+use crate::tls::ClusterCa;
+
+const G: GroupId = 5;
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A free loopback address (nobody listens on it once returned).
+fn free_addr() -> String {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .to_string()
+}
+
+/// A multi-group node at `addr` on `dir`, certified by `ca`.
+async fn node(ca: &ClusterCa, addr: &str, dir: &std::path::Path) -> MultiNode<Placement> {
+    MultiNode::<Placement>::builder()
+        .identity(
+            ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+                .expect("a node certificate"),
+        )
+        .listen(addr)
+        .data_dir(dir)
+        .tick(Duration::from_millis(20))
+        .start()
+        .await
+        .expect("the node starts")
+}
+
+/// Polls `f` until it gives a value; panics naming `what` after
+/// [`DEADLINE`].
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `st`'s configuration once committed and not joint: (voters, learners).
+fn settled_members(st: &PeerStatus) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+    (!st.joint && st.config_index <= st.commit).then(|| {
+        let pick = |voter: bool| {
+            let mut ids: Vec<NodeId> = st
+                .members
+                .iter()
+                .filter(|m| m.voter == voter)
+                .map(|m| m.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        (pick(true), pick(false))
+    })
+}
+
+/// Group `G` on A and B moves B's (the follower's) replica to D; the
+/// move's joint change is held while an admin adds learner E to `G` to
+/// completion; once the move goes on, the group keeps E, with D voting
+/// in B's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_added_while_a_move_waits_for_its_joint_change_stays() {
+    let ca = ClusterCa::generate("moves-joint-test").expect("a CA");
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("a temporary directory"))
+        .collect();
+    let mut nodes = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs) {
+        nodes.push(node(&ca, addr, dir.path()).await);
+    }
+    for n in &nodes[..2] {
+        n.create_group(G, &addrs[..2]).await.expect("group G");
+    }
+    let (leader, from) = until("a leader of G", || {
+        let leads = |i: usize| {
+            nodes[i]
+                .group(G)
+                .is_some_and(|p| p.status().role == Role::Leader)
+        };
+        match (leads(0), leads(1)) {
+            (true, false) => Some((nodes[0].clone(), nodes[1].id())),
+            (false, true) => Some((nodes[1].clone(), nodes[0].id())),
+            _ => None,
+        }
+    })
+    .await;
+    let peer = leader.group(G).expect("the leader hosts G");
+    let d = addrs[2].clone();
+    let d_id = Peer::<Placement>::member_id(&d);
+    // The target is a learner already: the move's next change through
+    // the membership path is its joint change.
+    peer.add_learner(&d).await.expect("D added as a learner");
+    let e = free_addr();
+    let e_id = Peer::<Placement>::member_id(&e);
+
+    let (reached, go) = pause::arm(peer.id());
+    let mover = tokio::spawn({
+        let leader = leader.clone();
+        let d = d.clone();
+        let opts = MoveOptions {
+            catch_up_lag: 0,
+            catch_up_timeout: DEADLINE,
+            step_timeout: Duration::from_secs(5),
+        };
+        async move { leader.move_replica_with(G, from, &d, &opts).await }
+    });
+    tokio::time::timeout(DEADLINE, reached)
+        .await
+        .expect("the move reaches its joint change")
+        .expect("the pause is held");
+    peer.add_learner(&e)
+        .await
+        .expect("the admin adds learner E");
+    let _ = go.send(());
+    let moved = tokio::time::timeout(DEADLINE, mover)
+        .await
+        .expect("the move ends")
+        .expect("the move's task");
+    assert!(moved.is_ok(), "the move: {moved:?}");
+
+    let (voters, learners) = until("G's committed, simple configuration", || {
+        settled_members(&peer.status())
+    })
+    .await;
+    let mut want_voters = vec![peer.id(), d_id];
+    want_voters.sort();
+    assert_eq!(
+        (voters, learners),
+        (want_voters, vec![e_id]),
+        "the move undid the learner an admin added while it waited (want D voting in B's place and E a learner)"
+    );
+    for n in nodes {
+        let _ = n.shutdown().await;
+    }
+}
