@@ -401,10 +401,11 @@ impl<S> ShardedClient<S> {
                 "no listed replica hosts the group: re-reading the placement"
             );
             let routes = self.refresh().await?;
-            if routes.group(group) != Some(stale) {
-                return Ok(true);
-            }
             let now = tokio::time::Instant::now();
+            if routes.group(group) != Some(stale) {
+                // Moved: the call goes on only within its deadline.
+                return Ok(now < deadline);
+            }
             if now >= deadline {
                 return Ok(false);
             }

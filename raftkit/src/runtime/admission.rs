@@ -15,6 +15,16 @@
 //! waiting replies. A slow disk or a slow state machine slows the writers
 //! down; it never makes memory grow.
 //!
+//! Not counted: requests not yet admitted. A request read from a client
+//! connection holds its frame (and its decoded command) while it waits for
+//! room, up to the admission wait; the transport bounds those per
+//! connection (the streams a connection may open, [`MUX_WINDOW`] requests
+//! per multiplexed stream, one frame each), not per node or per
+//! certificate, so many connections waiting at once hold memory beyond
+//! these budgets.
+//!
+//! [`MUX_WINDOW`]: super::client_mux::MUX_WINDOW
+//!
 //! The semaphores are FIFO-fair: a large command waiting for room is not
 //! overtaken forever by small ones.
 //!

@@ -406,7 +406,7 @@ async fn first_writes_whose_session_cannot_be_opened_end_in_one_timeout_not_appl
         ClientRequest::OpenSession => Act::Ignore,
         _ => Act::answer(ClientResponse::Ok(Vec::new())),
     });
-    let timeout = Duration::from_millis(300);
+    let timeout = Duration::from_millis(500);
     let client = tokio::time::timeout(
         DEADLINE,
         Client::connect_with(
@@ -435,9 +435,11 @@ async fn first_writes_whose_session_cannot_be_opened_end_in_one_timeout_not_appl
         let err = r.expect_err("no session can be opened");
         ends.push((err, took));
     }
+    // Within one timeout and a margin for a busy machine; one open after
+    // another would end the fifth call at five timeouts.
     let late: Vec<_> = ends
         .iter()
-        .filter(|(_, took)| *took > timeout * 2)
+        .filter(|(_, took)| *took > timeout * 3)
         .collect();
     assert!(late.is_empty(), "calls outlived their timeout: {ends:?}");
     for (err, _) in &ends {
