@@ -373,14 +373,17 @@ mod tests {
         async fn watch(&self, _: Option<u64>, _: Option<RequestMeta>, _: SendStream, _: usize) {}
     }
 
-    /// A client that sends many requests and never reads its answers holds
-    /// back only its own stream: every request the member started is still
-    /// answered (its admission room returned), and others are admitted.
-    /// (Before, the stream's task stopped polling its requests once the
-    /// writer's queue was full, and a request queued for admission kept the
-    /// room handed to it for as long as the connection lived.)
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_client_that_never_reads_its_answers_does_not_hold_admission() {
+    /// A member on loopback that serves the first stream of its first
+    /// connection with `front`: the client identity to connect with, the
+    /// member's address, and the serving task (it ends with the stream and
+    /// returns the connection).
+    fn serve_first_stream<F: Front>(
+        front: F,
+    ) -> (
+        crate::tls::Identity,
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<quinn::Connection>,
+    ) {
         let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
         let client_id = ca.issue_client("app").expect("client cert");
         let principal = client_id.principal().expect("principal");
@@ -390,33 +393,42 @@ mod tests {
         )
         .expect("endpoint");
         let addr = server.local_addr().expect("addr");
+        let served = tokio::spawn(async move {
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("conn");
+            let remote = conn.remote_address();
+            let (send, recv) = conn.accept_bi().await.expect("stream");
+            serve(
+                front,
+                Arc::new(Caller::for_tests(principal, remote)),
+                send,
+                FrameReader::new(recv),
+                1 << 20,
+            )
+            .await;
+            conn
+        });
+        (client_id, addr, served)
+    }
+
+    /// A client that sends many requests and never reads its answers holds
+    /// back only its own stream: every request the member started is still
+    /// answered (its admission room returned), and others are admitted.
+    /// (Before, the stream's task stopped polling its requests once the
+    /// writer's queue was full, and a request queued for admission kept the
+    /// room handed to it for as long as the connection lived.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_reads_its_answers_does_not_hold_admission() {
         let front = Admitting {
             admission: Arc::new(Admission::new(1, 1 << 20, Duration::from_millis(500))),
             started: Arc::default(),
             finished: Arc::default(),
         };
-        let served = {
-            let front = front.clone();
-            tokio::spawn(async move {
-                let conn = server
-                    .accept()
-                    .await
-                    .expect("incoming")
-                    .await
-                    .expect("conn");
-                let remote = conn.remote_address();
-                let (send, recv) = conn.accept_bi().await.expect("stream");
-                serve(
-                    front,
-                    Arc::new(Caller::for_tests(principal, remote)),
-                    send,
-                    FrameReader::new(recv),
-                    1 << 20,
-                )
-                .await;
-                conn
-            })
-        };
+        let (client_id, addr, served) = serve_first_stream(front.clone());
         // A client that takes in at most 4 KiB of answers, and reads none.
         let mut config =
             crate::transport::quic::quic_client_config(&client_id, crate::tls::CLIENT_ALPN)
@@ -531,38 +543,8 @@ mod tests {
     /// sent; once they are answered the rest are read.
     #[tokio::test]
     async fn at_most_a_window_of_requests_of_one_stream_is_answered_at_once() {
-        let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
-        let client_id = ca.issue_client("app").expect("client cert");
-        let principal = client_id.principal().expect("principal");
-        let server = Endpoint::server(
-            quic_server_config(&ids[0]).expect("server config"),
-            "127.0.0.1:0".parse().expect("addr"),
-        )
-        .expect("endpoint");
-        let addr = server.local_addr().expect("addr");
         let front = Held::default();
-        let served = {
-            let front = front.clone();
-            tokio::spawn(async move {
-                let conn = server
-                    .accept()
-                    .await
-                    .expect("incoming")
-                    .await
-                    .expect("conn");
-                let remote = conn.remote_address();
-                let (send, recv) = conn.accept_bi().await.expect("stream");
-                serve(
-                    front,
-                    Arc::new(Caller::for_tests(principal, remote)),
-                    send,
-                    FrameReader::new(recv),
-                    1 << 20,
-                )
-                .await;
-                conn
-            })
-        };
+        let (client_id, addr, served) = serve_first_stream(front.clone());
         let conn = connect_client(addr, &client_id).await.expect("connect");
         let (mut send, mut recv) = conn.open_bi().await.expect("stream");
         let sent = MUX_WINDOW + 44;
