@@ -45,11 +45,16 @@ impl Raft {
     /// of the first configuration entry.
     pub fn propose_config(&mut self, target: Configuration) -> Result<Index, ProposeError> {
         self.check_can_propose()?;
-        if self.conf_index > self.log.committed() || self.conf.is_joint() {
-            return Err(ProposeError::ChangeInFlight(self.conf_index));
-        }
+        // Checked first: a leader that has not committed an entry of its
+        // term may see an earlier configuration entry uncommitted only
+        // because it has not committed anything yet; its no-op commits that
+        // entry too (§5.3), so the change waits (`NotReady`) rather than
+        // being refused as one in flight.
         if !self.committed_in_term() {
             return Err(ProposeError::NotReady);
+        }
+        if self.conf_index > self.log.committed() || self.conf.is_joint() {
+            return Err(ProposeError::ChangeInFlight(self.conf_index));
         }
         if target.is_joint() {
             return Err(ProposeError::InvalidConfiguration(

@@ -93,9 +93,12 @@ async fn a_learner_added_while_a_move_waits_for_its_joint_change_stays() {
     }
     let (leader, from) = until("a leader of G", || {
         let leads = |i: usize| {
-            nodes[i]
-                .group(G)
-                .is_some_and(|p| p.status().role == Role::Leader)
+            // A leader whose initial configuration has committed: before
+            // that, a membership change is refused as one in flight.
+            nodes[i].group(G).is_some_and(|p| {
+                let st = p.status();
+                st.role == Role::Leader && settled_members(&st).is_some()
+            })
         };
         match (leads(0), leads(1)) {
             (true, false) => Some((nodes[0].clone(), nodes[1].id())),

@@ -250,7 +250,7 @@ fn one_change_in_flight() {
         Restored::bootstrap(Configuration::joint([1, 2, 3], [1, 2])),
     )
     .expect("config");
-    make_leader(&mut r);
+    make_settled_leader(&mut r);
     assert!(matches!(
         r.propose_config(Configuration::new([1, 2])),
         Err(ProposeError::ChangeInFlight(_))
@@ -306,6 +306,34 @@ fn a_leader_changes_the_configuration_only_after_committing_in_its_term() {
         f.propose_config(Configuration::new([1, 2])),
         Err(ProposeError::NotLeader(_))
     ));
+}
+
+/// A new leader whose latest configuration entry is not committed in its
+/// view (a group's first configuration at index 1, or an earlier leader's
+/// change) answers `NotReady`, not `ChangeInFlight`: committing its no-op
+/// commits that entry too (Log Matching, §5.3), so the change can go
+/// ahead then, and the runtime parks a `NotReady` change until it can
+/// (found in CI, stop 44: an admin's first change to a group just formed
+/// was refused as "already in flight (appended at index 1)").
+#[test]
+fn a_new_leader_parks_a_change_behind_an_inherited_uncommitted_configuration() {
+    let mut r = Raft::new(
+        config(1),
+        Restored::bootstrap(Configuration::new([1, 2, 3])),
+    )
+    .expect("config");
+    make_leader(&mut r);
+    assert!(
+        r.log().committed() < r.log().last_config().0,
+        "the set-up needs the first configuration uncommitted"
+    );
+    assert_eq!(
+        r.propose_config(Configuration::new([1, 2, 3, 4])),
+        Err(ProposeError::NotReady)
+    );
+    let (term, last) = (r.term(), r.log().last_index());
+    step(&mut r, append_ok(2, 1, term, last));
+    assert!(r.propose_config(Configuration::new([1, 2, 3, 4])).is_ok());
 }
 
 // ----- §4.2.2: removing the leader -----------------------------------------
