@@ -224,18 +224,24 @@ async fn a_typed_client_routes_by_shard_key_and_follows_the_placement() {
         .await
         .unwrap(),
     );
-    // The placement points at the stranger even after re-reads.
-    let err = fresh.get(key.clone()).await.expect_err("not hosted");
+    // The stranger says so: a client that knows only it ends there.
+    let lost = KvClient::new(
+        Client::connect_with_for::<Kv, _, _>(
+            std::slice::from_ref(&spare),
+            admin.clone(),
+            opts()
+                .with_group(moved)
+                .with_timeout(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap(),
+    );
+    let err = lost.get(key.clone()).await.expect_err("not hosted");
     assert_eq!(err, Error::NotHosted { group: moved });
     assert_eq!(err.applied(), raftkit::error::Applied::No);
-    // Put right: the client's cached placement is stale, it is told so by
-    // the stranger, re-reads and finds the group.
-    assert!(
-        placement
-            .set_replicas(moved, members.clone())
-            .await
-            .unwrap()
-    );
+    // The sharded client is told so by the stranger and re-reads the
+    // placement until the group's leader puts it right
+    // (`multi::placement_sync`), then finds the group.
     assert_eq!(
         fresh.get(key.clone()).await.unwrap(),
         Some(format!("v-{key}"))
@@ -508,6 +514,9 @@ async fn an_unreachable_group_does_not_hold_up_the_calls_to_the_others() {
             .await
             .unwrap()
     );
+    // (Read at once: the group's leader puts the placement right within a
+    // few election timeouts, `multi::placement_sync`, and the calls below
+    // take far less.)
     let sharded = ShardedClient::<Kv>::connect_with(&addrs, admin, opts())
         .await
         .unwrap();
@@ -728,4 +737,106 @@ async fn a_move_that_fails_after_its_change_committed_leaves_the_real_members_in
     for node in &nodes {
         node.shutdown().await.unwrap();
     }
+}
+
+/// Found by review (stop 43): a placement record made from a view that a
+/// newer membership change overtook (a move's last step racing the group
+/// leader's periodic record) could land last, and the leader compared its
+/// configuration only with what it had itself recorded, so it never wrote
+/// again until the group's next change: every sharded client met
+/// `NotHosted` until its timeout while the group was healthy. The group's
+/// leader now checks what group 0 holds and puts it right within a bounded
+/// time (`multi::placement_sync`). Group 1 moves to the spare (which holds
+/// no replica of group 0), then the record of the view before the move
+/// lands last; group 2 stays on the member (which does), and a record
+/// naming the spare lands for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_placement_record_that_lands_last_is_put_right_by_the_groups_leader() {
+    let addrs = free_addrs(2);
+    let (member, spare) = (addrs[0].clone(), addrs[1].clone());
+    let ca = ClusterCa::generate("shard-stale-record").unwrap();
+    let (a, _a_dir) = start_node(&member, &ca).await;
+    let (b, _b_dir) = start_node(&spare, &ca).await;
+    a.form_shards(2, std::slice::from_ref(&member))
+        .await
+        .unwrap();
+    let admin = ca.issue_admin("ops").unwrap();
+    let seeds = vec![member.clone()];
+    let routed = ShardedClient::<Kv>::connect_with(&seeds, admin.clone(), opts())
+        .await
+        .unwrap();
+    let kv = KvClient::new(routed.clone());
+    let (k1, k2) = (key_in(&routed, 1, "one"), key_in(&routed, 2, "two"));
+    kv.put(k1.clone(), "1".into()).await.unwrap();
+    kv.put(k2.clone(), "2".into()).await.unwrap();
+    // The spare, alone in group 1 after the move, reaches group 0 through
+    // the nodes it knows.
+    b.set_known_nodes(vec![member.clone()]);
+    a.move_replica(1, a.id(), &spare).await.unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while a.group(1).is_some() || listed(&routed, 1).await != vec![spare.clone()] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group 1: the move did not settle"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The older records land last.
+    let placement = PlacementClient::new(
+        Client::connect_with_for::<Kv, _, _>(
+            &seeds,
+            admin.clone(),
+            opts().with_group(PLACEMENT_GROUP),
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(
+        placement
+            .set_replicas(1, vec![member.clone()])
+            .await
+            .unwrap()
+    );
+    assert!(
+        placement
+            .set_replicas(2, vec![spare.clone()])
+            .await
+            .unwrap()
+    );
+    // A client routed by them reaches both groups within its timeout (it
+    // re-reads the placement until it names other replicas).
+    let stale = KvClient::new(
+        ShardedClient::<Kv>::connect_with(
+            &seeds,
+            admin.clone(),
+            opts().with_timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap(),
+    );
+    for (key, value) in [(&k1, "1"), (&k2, "2")] {
+        let got = stale.get(key.clone()).await;
+        assert_eq!(
+            got,
+            Ok(Some(value.to_string())),
+            "a client routed by an older record, key {key}"
+        );
+    }
+    for (group, truth) in [(1, &spare), (2, &member)] {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let placed = listed(&routed, group).await;
+            if placed == vec![truth.clone()] {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "group {group}: the placement lists {placed:?} while its only voter is {truth}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
 }

@@ -7,9 +7,10 @@
 //! that changes a configuration, [`MultiNode::move_replica`] called
 //! directly, by the replica balancer ([`MultiNode::balance_replicas`]) or
 //! for a client's admin request, ends by recording the group's replicas
-//! here, and the leader of each data group records them again whenever
-//! its configuration changed since it last did (a move that failed after
-//! its change, which the core then finished by itself).
+//! here, and the leader of each data group checks the placement against
+//! its configuration and records it again when it differs (a move that
+//! failed after its change, which the core then finished by itself, or an
+//! older record that landed last).
 //!
 //! # Invariants
 //!
@@ -22,26 +23,55 @@
 //! - A group's replicas are written only when the placement lists another
 //!   set: recording is idempotent, and a write that changes nothing is not
 //!   made.
-//! - The periodic check runs on a group's leader only, and only for a
-//!   configuration other than the one it last recorded or first saw (the
-//!   formation writes a new group's replicas; a replica hosted on demand
-//!   first sees the empty configuration, so it records any it later leads
-//!   with). It reads the placement only when a configuration changed: an
-//!   idle deployment costs nothing.
+//! - Records are unconditional writes, so one made from a view that a
+//!   later change overtook (a move's last step racing the leader's check,
+//!   or a node that lost its leadership while it wrote) can land after the
+//!   newer one. The periodic check therefore compares each group it leads
+//!   with what **group 0 holds**, not with what this node last wrote: it
+//!   runs once per election timeout on each node, on the groups whose
+//!   replica here leads, and reads the placement (one read for all of
+//!   them, writing the groups it lists with another set) when
+//!   - a group's committed configuration is not the one last found
+//!     recorded, or the group was not led here at the previous check
+//!     (so a change whose record failed, also before a restart, and a new
+//!     leader's group are checked at once);
+//!   - this node's replica of group 0 committed anything since the last
+//!     read (a record may have landed);
+//!   - or the last read is `VERIFY_EVERY` (5) checks old
+//!     (`VERIFY_EVERY_WITH_REPLICA` (20) on a node with a replica of
+//!     group 0, whose commit index already tells it of every record).
+//!
+//!   A failed read or write is retried at the next check. An idle node
+//!   therefore reads group 0 at most once per `VERIFY_EVERY` election
+//!   timeouts (with a replica of group 0, once per
+//!   `VERIFY_EVERY_WITH_REPLICA`), and once after each write to group 0
+//!   and each change of the configurations or leaders of its groups.
 //! - Writes go to group 0 through the client service, with the node's
 //!   certificate ([`super::service`] lets nodes read and write group 0), so
 //!   a node that leads a data group but holds no replica of group 0 (a
 //!   node a replica moved to) records it too.
 //!
+//! # How long a stale record lasts
+//!
+//! A record that lists other replicas than the voters of the group's
+//! committed configuration is put right by the group's leader within one
+//! election timeout after its node's replica of group 0 applies it (two
+//! checks), or within `VERIFY_EVERY + 1` election timeouts on a node with
+//! no replica of group 0 (`VERIFY_EVERY_WITH_REPLICA + 1` if that replica
+//! lags behind group 0), plus the record's own time (at most
+//! `RECORD_TIMEOUT`, 10 s), while the group has a leader whose committed
+//! configuration is not joint and group 0 can be read and written. A
+//! client that meets `NotHosted` meanwhile re-reads the placement until
+//! it changes, within its timeout (see [`crate::client::ShardedClient`]).
+//!
 //! # Limits
 //!
-//! A record made from a view that a later change overtook (a node that
-//! lost its leadership while it wrote) can land after the newer one; the
-//! next configuration change of the group puts it right, and a client
-//! that meets `NotHosted` there re-reads the placement until it changes
-//! (see [`crate::client::ShardedClient`]). A deployment without a placement
-//! (no [`MultiNode::form_shards`]) has nothing to record: the first
-//! attempt finds no group 0 and the check stops until the next change.
+//! A deployment without a placement (no [`MultiNode::form_shards`]) has
+//! nothing to record: a read that finds no group 0 anywhere this node
+//! knows stops the periodic reads until a group's configuration or leader
+//! changes. A node reaches group 0 through the members of its own groups
+//! and the nodes it knows ([`MultiNode::set_known_nodes`]); one that knows
+//! no member of group 0 records nothing.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -57,6 +87,17 @@ use crate::runtime::{PeerExt, PeerStatus};
 
 /// How long one record may take (the placement group's write and read).
 const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The periodic check of a node without a replica of group 0 reads the
+/// placement at least once every this many checks (election timeouts)
+/// while it leads a data group (module docs: how long a stale record
+/// lasts).
+const VERIFY_EVERY: u32 = 5;
+
+/// `VERIFY_EVERY` on a node with a replica of group 0: its commit index
+/// tells of every record, so only a replica lagging behind group 0 needs
+/// this (each read wakes a quiesced group 0, see [`super::quiesce`]).
+const VERIFY_EVERY_WITH_REPLICA: u32 = 20;
 
 /// The advertised addresses of the voters of `st`'s configuration, if it
 /// is committed and not joint (and names every voter's address).
@@ -131,12 +172,12 @@ impl<S: PeerExt> MultiNode<S> {
     /// Records `wanted` (each a group and the voters of its committed
     /// configuration) in the placement: the groups it lists with another
     /// set are written. Returns the groups that need nothing more (written,
-    /// already right, or not in the placement; every group when there is
-    /// no formed placement).
+    /// already right, or not in the placement; every group before
+    /// formation), or `None` when no node this node knows hosts group 0.
     pub(super) async fn record_replicas(
         &self,
         wanted: &[(GroupId, Vec<String>)],
-    ) -> Result<Vec<GroupId>, Error> {
+    ) -> Result<Option<Vec<GroupId>>, Error> {
         let groups: Vec<GroupId> = wanted.iter().map(|(g, _)| *g).collect();
         let seeds = self.placement_seeds(&groups);
         if seeds.is_empty() {
@@ -156,7 +197,7 @@ impl<S: PeerExt> MultiNode<S> {
         let shards = match placement.shards().await {
             Ok(shards) => shards,
             // No placement anywhere this node knows: not sharded.
-            Err(Error::NotHosted { .. }) => return Ok(groups),
+            Err(Error::NotHosted { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let mut done = Vec::with_capacity(wanted.len());
@@ -178,7 +219,7 @@ impl<S: PeerExt> MultiNode<S> {
             }
             done.push(*group);
         }
-        Ok(done)
+        Ok(Some(done))
     }
 
     /// The last step of a replica move that changed (or may have changed)
@@ -210,61 +251,114 @@ impl<S: PeerExt> MultiNode<S> {
                 node = %self.name(),
                 group,
                 error = %e,
-                "placement: could not record the moved group's replicas; its leader retries at its next configuration change"
+                "placement: could not record the moved group's replicas; its leader's check records them"
             );
         }
     }
 }
 
-/// The periodic check (see the module documentation): every `every`, the
-/// groups this node leads whose committed configuration changed since it
-/// last recorded (or first saw) one are recorded.
+/// What the periodic check knows between two checks (module docs).
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Per group led here at the previous check: the index of the
+    /// configuration whose voters group 0 was last found (or made) to list.
+    confirmed: HashMap<GroupId, Index>,
+    /// This node's replica of group 0's commit index, as taken before the
+    /// last read (`None`: no replica here, or no read yet).
+    placement_commit: Option<Index>,
+    /// Checks since the last read that succeeded (`None`: no read yet).
+    since_read: Option<u32>,
+    /// The last read found no group 0 anywhere this node knows.
+    unsharded: bool,
+}
+
+impl Ledger {
+    /// One check: whether it reads the placement, given the groups led
+    /// here (each with its committed configuration's index) and this
+    /// node's replica of group 0's commit index.
+    fn due(&mut self, led: &[(GroupId, Index)], placement_commit: Option<Index>) -> bool {
+        self.confirmed
+            .retain(|g, _| led.iter().any(|(l, _)| l == g));
+        self.since_read = self.since_read.map(|n| n.saturating_add(1));
+        if led.is_empty() {
+            return false;
+        }
+        let changed = led
+            .iter()
+            .any(|(group, index)| self.confirmed.get(group) != Some(index));
+        if changed {
+            return true;
+        }
+        if self.unsharded {
+            return false;
+        }
+        let every = match placement_commit {
+            Some(commit) if self.placement_commit != Some(commit) => return true,
+            Some(_) => VERIFY_EVERY_WITH_REPLICA,
+            None => VERIFY_EVERY,
+        };
+        self.since_read.is_none_or(|n| n >= every)
+    }
+
+    /// A read made after `placement_commit` was taken found `done` listed
+    /// right (or made it so); `None`: it found no group 0.
+    fn read(
+        &mut self,
+        led: &[(GroupId, Index)],
+        done: Option<&[GroupId]>,
+        placement_commit: Option<Index>,
+    ) {
+        self.since_read = Some(0);
+        self.placement_commit = placement_commit;
+        self.unsharded = done.is_none();
+        for (group, index) in led {
+            if done.is_none_or(|d| d.contains(group)) {
+                self.confirmed.insert(*group, *index);
+            }
+        }
+    }
+}
+
+/// The periodic check (see the module documentation), every `every` (an
+/// election timeout).
 pub(super) fn spawn<S: PeerExt>(node: &MultiNode<S>, every: Duration) -> JoinHandle<()> {
     let weak = node.downgrade();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Per group: the configuration index last recorded or first seen.
-        let mut recorded: HashMap<GroupId, Index> = HashMap::new();
+        let mut ledger = Ledger::default();
         loop {
             ticker.tick().await;
             let Some(node) = MultiNode::upgrade(&weak) else {
                 return;
             };
-            let hosted = node.groups();
-            recorded.retain(|g, _| hosted.contains(g));
+            let mut led = Vec::new();
             let mut wanted = Vec::new();
-            let mut at = HashMap::new();
-            for group in hosted {
+            for group in node.groups() {
                 let Some(peer) = node.group(group) else {
                     continue;
                 };
                 let st = peer.status();
-                let seen = *recorded.entry(group).or_insert(st.config_index);
-                if seen == st.config_index || st.role != Role::Leader {
+                if st.role != Role::Leader {
                     continue;
                 }
                 if let Some(voters) = committed_replicas(&st) {
-                    at.insert(group, st.config_index);
+                    led.push((group, st.config_index));
                     wanted.push((group, voters));
                 }
             }
-            if wanted.is_empty() {
+            // Taken before the read: a record committed after it moves it.
+            let placement_commit = node.placement().map(|p| p.status().commit);
+            if !ledger.due(&led, placement_commit) {
                 continue;
             }
             match node.record_replicas(&wanted).await {
-                Ok(done) => {
-                    for group in done {
-                        if let Some(index) = at.get(&group) {
-                            recorded.insert(group, *index);
-                        }
-                    }
-                }
+                Ok(done) => ledger.read(&led, done.as_deref(), placement_commit),
                 Err(e) => tracing::debug!(
                     node = %node.name(),
                     groups = wanted.len(),
                     error = %e,
-                    "placement: recording changed configurations failed; retrying"
+                    "placement: checking the led groups' replicas failed; retrying at the next check"
                 ),
             }
         }
@@ -326,5 +420,49 @@ mod tests {
         assert!(same_set(&s(&["a", "b"]), &s(&["b", "a"])));
         assert!(!same_set(&s(&["a", "b"]), &s(&["a", "c"])));
         assert!(!same_set(&s(&["a"]), &s(&["a", "b"])));
+    }
+
+    /// Found by review (stop 43): the check compared a group's
+    /// configuration only with the one it had itself recorded (or first
+    /// saw), so an older record that landed last, or a change whose record
+    /// failed before a restart, was never put right. It now reads what
+    /// group 0 holds on a change, on a record, and at a bounded age.
+    #[test]
+    fn the_check_reads_the_placement_on_a_change_a_record_or_its_age() {
+        let mut l = Ledger::default();
+        assert!(!l.due(&[], Some(5)), "nothing led here: nothing to read");
+        // First sight of a led group (also after a restart): read at once,
+        // and again at the next check while the read fails.
+        assert!(l.due(&[(1, 7)], None));
+        assert!(l.due(&[(1, 7)], None), "a failed read is retried");
+        l.read(&[(1, 7)], Some(&[1][..]), None);
+        // No replica of group 0 here: a read every VERIFY_EVERY checks.
+        for _ in 1..VERIFY_EVERY {
+            assert!(!l.due(&[(1, 7)], None));
+        }
+        assert!(l.due(&[(1, 7)], None), "read again after VERIFY_EVERY");
+        l.read(&[(1, 7)], Some(&[1][..]), None);
+        assert!(
+            l.due(&[(1, 9)], None),
+            "a new configuration is read at once"
+        );
+        l.read(&[(1, 9)], Some(&[1][..]), None);
+        assert!(!l.due(&[], None), "leadership lost");
+        assert!(l.due(&[(1, 9)], None), "a group led again is read at once");
+        // A replica of group 0 here: read when it committed anything.
+        l.read(&[(1, 9)], Some(&[1][..]), Some(4));
+        assert!(!l.due(&[(1, 9)], Some(4)));
+        assert!(l.due(&[(1, 9)], Some(5)), "a record may have landed");
+        l.read(&[(1, 9)], Some(&[1][..]), Some(5));
+        for _ in 1..VERIFY_EVERY_WITH_REPLICA {
+            assert!(!l.due(&[(1, 9)], Some(5)));
+        }
+        assert!(l.due(&[(1, 9)], Some(5)), "a lagging replica is read past");
+        // No group 0 anywhere: no periodic read until a change.
+        l.read(&[(1, 9)], None, Some(5));
+        for _ in 0..2 * VERIFY_EVERY_WITH_REPLICA {
+            assert!(!l.due(&[(1, 9)], Some(5)));
+        }
+        assert!(l.due(&[(1, 10)], Some(5)));
     }
 }
