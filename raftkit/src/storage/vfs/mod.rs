@@ -14,7 +14,9 @@
 //!   crash can lose or tear them;
 //! - (tests only) `crash::CrashFs`, an in-memory disk with the strict
 //!   reading of the contract below, for unit tests of what one function
-//!   makes durable.
+//!   makes durable: a crash loses everything unsynced, or keeps a seeded
+//!   part of it (as writeback and a journal commit may), also from inside
+//!   a sync; optionally preallocating, as a real disk.
 //!
 //! The interface is the small set of calls the stores need, with the
 //! durability contract of POSIX spelled out so that a simulated disk can be
