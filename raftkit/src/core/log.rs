@@ -400,6 +400,23 @@ mod tests {
         assert_eq!(log.persisted(), 2);
     }
 
+    /// The guard of `append_after` (its docs): an AppendEntries that would
+    /// truncate a committed entry, which `inbound` drops before it gets
+    /// here, is ignored from that entry on, never applied (Raft §5.3 with
+    /// Leader Completeness, §5.4: a committed entry is never replaced).
+    #[test]
+    fn append_after_never_truncates_a_committed_entry() {
+        let mut log = RaftLog::restore(SnapshotMeta::default(), ents(&[1, 1, 2, 2]), 3);
+        let mut conflicting = ents(&[1, 3, 3]);
+        conflicting.drain(..1);
+        let (last, trunc) = log.append_after(1, conflicting);
+        assert_eq!(
+            (last, trunc, log.last_index(), log.term(2)),
+            (1, false, 4, Some(1)),
+            "a committed entry was replaced"
+        );
+    }
+
     /// `slice` against the entry-by-entry definition: entries of
     /// `[lo, hi)` while their sizes add up to at most `max_bytes`, at
     /// least one; `None` below the snapshot.

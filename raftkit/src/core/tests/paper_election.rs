@@ -418,6 +418,31 @@ fn one_vote_per_term_first_come_first_served() {
     assert_eq!(r.hard_state().vote, 2);
 }
 
+/// §5.2, "at most one candidate can win the election for a particular
+/// term": a follower that knows its term's leader (it accepted that
+/// leader's AppendEntries) and has not voted in the term grants no vote in
+/// it. The leader won with a majority, so no other candidate of the term
+/// can; a vote would only reset this follower's election timer in favour
+/// of a candidate that cannot lead.
+#[test]
+fn a_follower_that_knows_its_terms_leader_grants_no_vote_in_that_term() {
+    let mut r = node(1, &[1, 2, 3], 2, &[1, 2]);
+    step(&mut r, heartbeat(2, 1, 2, 0));
+    assert_eq!((r.leader(), r.hard_state().vote), (Some(2), NO_NODE));
+    let out = step(&mut r, vote_req(3, 1, 2, (9, 9)));
+    assert_eq!(
+        out.of_kind("RequestVoteResponse")
+            .first()
+            .map(|m| m.body.clone()),
+        Some(Body::RequestVoteResponse {
+            granted: false,
+            pre_vote: false
+        }),
+        "a vote in a term whose leader the follower knows"
+    );
+    assert_eq!(r.hard_state().vote, NO_NODE);
+}
+
 /// The vote is durable before the answer granting it leaves, whether the
 /// request raised the term or not (Figure 2: "Persistent state ... updated
 /// on stable storage before responding to RPCs").
