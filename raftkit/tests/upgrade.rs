@@ -746,6 +746,79 @@ async fn peers_talk_across_compatible_schemas_and_refuse_incompatible_ones_at_he
     drop((a, b, c));
 }
 
+/// A schema of 600 writes, each with three long argument names: its
+/// legacy form (no names) is small, its detailed form is not.
+fn big_schema() -> Schema {
+    let mut s = Schema::new("big", 1, Shape::Unit);
+    for tag in 0..600u32 {
+        let arg = |i: u32| format!("argument_{i}_of_handler_{tag}_with_a_long_descriptive_name");
+        let (a, b, c) = (arg(0), arg(1), arg(2));
+        let args = Shape::fields([
+            (a.as_str(), Shape::Str),
+            (b.as_str(), Shape::U64),
+            (c.as_str(), Shape::Option(Box::new(Shape::Str))),
+        ]);
+        s.push(
+            HandlerKind::Write,
+            tag,
+            &format!("op{tag}"),
+            args,
+            Shape::Unit,
+        );
+    }
+    s
+}
+
+/// The encoded size of `value` (a frame's body).
+fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
+    let mut buf = Vec::new();
+    raftkit::transport::frame::encode_frame(value, usize::MAX, &mut buf).unwrap();
+    buf.len() - 4
+}
+
+/// Two peers of the same binary whose schema with its detailed shapes is
+/// larger than a hello may be ([`MAX_HELLO_BYTES`]) still link: the hello
+/// carries the schema without its detailed shapes, compared as with a
+/// peer of a raftkit before names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_whose_detailed_schema_exceeds_the_hello_cap_still_link() {
+    use raftkit::transport::quic::MAX_HELLO_BYTES;
+    let schema = big_schema();
+    let mut legacy = schema.clone();
+    legacy.detailed = false;
+    assert!(
+        encoded_len(&schema) > MAX_HELLO_BYTES,
+        "the schema is not large enough"
+    );
+    assert!(encoded_len(&legacy) < MAX_HELLO_BYTES / 2);
+    const FINGERPRINT: u64 = 0xb16;
+    let names = ["big@a", "big@b"];
+    let (_ca, ids) = dev_cluster(names).unwrap();
+    let (a, a_book, a_addr, _a_rx) =
+        transport(names[0], ids[0].clone(), schema.clone(), FINGERPRINT).await;
+    let (b, _, _, _b_rx) = transport(names[1], ids[1].clone(), schema, FINGERPRINT).await;
+    let a_id = raftkit::identity::node_id(names[0]);
+    b.set_peers(BTreeMap::from([(a_id, a_addr.to_string())]));
+    let mut wb = b.watch_link(a_id).expect("link");
+    if tokio::time::timeout(
+        Duration::from_secs(10),
+        wb.wait_for(|s| *s == LinkState::Connected),
+    )
+    .await
+    .is_err()
+    {
+        panic!(
+            "two peers of the same binary did not link in 10 s (link state {:?})",
+            *wb.borrow()
+        );
+    }
+    let b_id = raftkit::identity::node_id(names[1]);
+    let heard = wait_for("a to record b's schema", 10, || a_book.peer(b_id)).await;
+    assert!(!heard.detailed, "the hello carried the detailed shapes");
+    assert!(heard.handler(HandlerKind::Write, 599).is_some());
+    drop((a, b));
+}
+
 /// Two v1 nodes and a node running `new` on the in-process transport,
 /// with the `new` node leading. That transport carries no hellos, so the
 /// leader cannot know that its followers run v1 and lets commands they do

@@ -32,7 +32,9 @@
 //!   start that fails leaves the directory to the binary that ran on it.
 //! - **Peer links and client connections**: hellos carry the schema; two
 //!   sides talk when [`Schema::check_peer`] passes (same state machine
-//!   name; every tag both know has the same shapes). The runtime's own
+//!   name; every tag both know has the same shapes; a peer's hello that
+//!   would exceed its cap carries the schema without its detailed shapes,
+//!   see `wire`). The runtime's own
 //!   client connections (a joining node's request to be added, the dev
 //!   cluster's client) carry it too; only a hello with a fingerprint and
 //!   no schema (an untyped client) needs the fingerprint to be equal. The acceptor of a peer

@@ -19,6 +19,13 @@
 //! string that does not decode, or whose shapes do not match the four
 //! fields' legacy forms, is ignored the same way.
 //!
+//! A peer's hello is capped (`transport::quic::MAX_HELLO_BYTES`, 64 KiB),
+//! and the detailed shapes about double a schema's size: a dialer whose
+//! hello would exceed the cap with them sends its schema without them
+//! ([`Schema::without_detail`]), and the two sides compare legacy forms,
+//! as with a peer of the earlier raftkit (names unchecked on that link; a
+//! data directory's file and client hellos keep them).
+//!
 //! Invariant: [`Shape::legacy`] of the detailed shapes equals the shapes
 //! the earlier raftkit traced from the same types, so a peer of either
 //! raftkit compares what the other sends as it compared its own.
@@ -139,6 +146,30 @@ impl<'de> Visitor<'de> for SchemaVisitor {
             apply(&mut schema, detail);
         }
         Ok(schema)
+    }
+}
+
+impl Schema {
+    /// This schema as raftkit before names encoded it: its legacy shapes,
+    /// not detailed, encoded without the byte string of detailed shapes.
+    /// What a peer's hello carries when the detailed shapes would make it
+    /// larger than a hello may be (`transport::accept::fitted_hello`).
+    pub(crate) fn without_detail(&self) -> Schema {
+        Schema {
+            name: self.name.clone(),
+            state_version: self.state_version,
+            state: self.state.legacy(),
+            handlers: self
+                .handlers
+                .iter()
+                .map(|h| HandlerSchema {
+                    args: h.args.legacy(),
+                    output: h.output.legacy(),
+                    ..h.clone()
+                })
+                .collect(),
+            detailed: false,
+        }
     }
 }
 

@@ -26,7 +26,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
-use super::frame::{FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, write_frame};
+use super::frame::{
+    FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, encode_frame, write_frame,
+};
 use super::frame_reader::FrameReader;
 use super::quic::{
     CLOSE_NO_SERVICE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REFUSED, GroupInbound, HELLO_TIMEOUT,
@@ -37,8 +39,10 @@ use crate::identity::node_id;
 use crate::schema::SchemaBook;
 use crate::tls::{CLIENT_ALPN, CertRole, PEER_ALPN, Principal};
 
-/// The cap on a hello frame (a name and an address): a peer never makes the
-/// acceptor buffer more than this before it has been accepted.
+/// The cap on a hello frame (a name, an address and the schema): a peer
+/// never makes the acceptor buffer more than this before it has been
+/// accepted. A dialer leaves its schema's detailed shapes out of a hello
+/// that would not fit with them (`fitted_hello`).
 pub const MAX_HELLO_BYTES: usize = 64 * 1024;
 
 /// A client connection accepted by the transport, with who its certificate
@@ -62,6 +66,58 @@ pub fn peer_principal(conn: &Connection) -> Result<Principal, String> {
         })
         .ok_or_else(|| "the peer presented no certificate".to_string())?;
     Principal::from_chain(&chain).map_err(|e| e.to_string())
+}
+
+/// `hello` as a dialer sends it: as it is if it fits the cap acceptors
+/// read a hello with ([`MAX_HELLO_BYTES`], or the smaller `max_frame`);
+/// otherwise with its schema's detailed shapes left out
+/// ([`crate::schema::Schema::without_detail`]), which about halves the
+/// schema: the acceptor then compares legacy forms, as with a dialer of a
+/// raftkit before names, instead of refusing the link. A hello that does
+/// not fit even so is sent as it is, and refused (logged here).
+pub(super) fn fitted_hello(hello: PeerFrame, max_frame: usize) -> PeerFrame {
+    let cap = max_frame.min(MAX_HELLO_BYTES);
+    let fits = |frame: &PeerFrame| encode_frame(frame, cap, &mut Vec::new()).is_ok();
+    if fits(&hello) {
+        return hello;
+    }
+    let PeerFrame::Hello {
+        from,
+        name,
+        addr,
+        schema,
+        version,
+        schema_desc: Some(desc),
+    } = hello
+    else {
+        warn!(
+            cap,
+            "this node's hello is larger than a hello may be; peers will refuse it"
+        );
+        return hello;
+    };
+    let fitted = PeerFrame::Hello {
+        from,
+        name,
+        addr,
+        schema,
+        version,
+        schema_desc: Some(desc.without_detail()),
+    };
+    if fits(&fitted) {
+        debug!(
+            cap,
+            schema = %desc.name,
+            "the hello carries the schema without its detailed shapes (they do not fit): peers compare legacy forms"
+        );
+    } else {
+        warn!(
+            cap,
+            schema = %desc.name,
+            "this node's schema is larger than a hello may be, even without its detailed shapes; peers will refuse it"
+        );
+    }
+    fitted
 }
 
 /// What an acceptor learned from an accepted hello.

@@ -63,7 +63,10 @@ pub enum PeerFrame {
         version: u32,
         /// The dialer's structural schema (see [`crate::schema`]): when
         /// both sides have one, they talk when the schemas are compatible
-        /// instead of when the fingerprints are equal.
+        /// instead of when the fingerprints are equal. Without its detailed
+        /// shapes when they would make the hello larger than
+        /// [`MAX_HELLO_BYTES`](super::quic::MAX_HELLO_BYTES) (the two sides
+        /// then compare legacy forms).
         schema_desc: Option<crate::schema::Schema>,
     },
     /// The acceptor accepted the hello; `Msg` frames follow.

@@ -95,7 +95,7 @@ use super::Transport;
 pub use super::accept::{
     AcceptedClient, AcceptedHello, MAX_HELLO_BYTES, check_hello, peer_principal,
 };
-use super::accept::{SharedInbound, accept_loop, lock_inbound};
+use super::accept::{SharedInbound, accept_loop, fitted_hello, lock_inbound};
 use super::frame::{
     DEFAULT_MAX_FRAME_BYTES, FrameError, MemberAnswer, PROTOCOL_VERSION, PeerFrame,
     encode_frame_bytes, read_frame, write_frame,
@@ -827,19 +827,16 @@ async fn dial(
     }
     let hello = async {
         let (mut send, mut recv) = conn.open_bi().await?;
-        write_frame(
-            &mut send,
-            &PeerFrame::Hello {
-                from: link.node,
-                name: link.name.clone(),
-                addr: link.advertise.clone(),
-                schema: link.schema,
-                version: PROTOCOL_VERSION,
-                schema_desc: link.schemas.as_ref().map(|b| b.local().clone()),
-            },
-            link.max_frame_bytes,
-        )
-        .await?;
+        let hello = PeerFrame::Hello {
+            from: link.node,
+            name: link.name.clone(),
+            addr: link.advertise.clone(),
+            schema: link.schema,
+            version: PROTOCOL_VERSION,
+            schema_desc: link.schemas.as_ref().map(|b| b.local().clone()),
+        };
+        let hello = fitted_hello(hello, link.max_frame_bytes);
+        write_frame(&mut send, &hello, link.max_frame_bytes).await?;
         match read_frame(&mut recv, link.max_frame_bytes).await? {
             PeerFrame::HelloOk => Ok(send),
             PeerFrame::Refused { reason } => Err(TransportError::Refused(reason)),
