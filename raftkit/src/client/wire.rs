@@ -417,8 +417,11 @@ impl WatchEvent {
 /// An error as it travels to a client: one variant per [`Error`] a peer
 /// answers with, so that the client knows whether the command may have been
 /// applied (see [`Error::applied`]). New variants go at the end (postcard
-/// encodes a variant as its index).
+/// encodes a variant as its index); `#[non_exhaustive]`, like [`Error`], so
+/// that appending one breaks no match outside raftkit (the attribute does
+/// not change the encoding).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum WireError {
     /// This peer is not the leader; try `hint`.
     NotLeader {
@@ -674,6 +677,17 @@ mod tests {
                 assert_eq!(back.applied(), Applied::Maybe);
             }
         }
+    }
+
+    /// A variant travels as its index (postcard), whatever attributes the
+    /// enum carries: the first and the last variant, as an earlier client
+    /// or peer reads them.
+    #[test]
+    fn a_wire_error_is_encoded_as_its_variant_index() {
+        let first = postcard::to_allocvec(&WireError::NotLeader { hint: None }).unwrap();
+        assert_eq!(first, [0, 0]);
+        let last = postcard::to_allocvec(&WireError::AnswerTooLarge("x".into())).unwrap();
+        assert_eq!(last, [16, 1, b'x']);
     }
 
     mod fast_write {
