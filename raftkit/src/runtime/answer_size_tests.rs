@@ -173,3 +173,61 @@ async fn a_write_whose_answer_is_too_large_for_a_frame_is_reported_applied() {
     }
     peer.shutdown().await.expect("shutdown");
 }
+
+/// What a member sends in place of an answer too large for a frame, for
+/// each kind of request: "applied" (`AnswerTooLarge`) only for one that may
+/// have changed the state; a read-only one (a node's group listing, a
+/// status, a read, a watch) is refused as not applied.
+#[test]
+fn an_uncarried_answer_says_applied_only_for_requests_that_change_state() {
+    use super::client_mux::{changes_state, uncarried};
+    use crate::client::wire::{ClientRequest, ClientResponse, NodeRequest, SessionId};
+    use crate::transport::frame::FrameError;
+
+    let too_large = FrameError::TooLarge {
+        len: 2 << 24,
+        max: 1 << 24,
+    };
+    let verdict = |request: &ClientRequest| match uncarried(changes_state(request), &too_large) {
+        ClientResponse::Err(e) => {
+            let e = Error::from(e);
+            (e.applied(), e.is_retryable())
+        }
+        other => panic!("{request:?}: answered {other:?}, not an error"),
+    };
+    let read_only = [
+        ClientRequest::Node(NodeRequest::Groups),
+        ClientRequest::Status,
+        ClientRequest::Read { query: vec![1] },
+        ClientRequest::Watch { from: Some(1) },
+    ];
+    for request in &read_only {
+        assert_eq!(
+            verdict(request),
+            (Applied::No, false),
+            "{request:?}: an answer that changed nothing is reported (applied, retryable)"
+        );
+    }
+    let addr = || "m:1".to_string();
+    let changing = [
+        ClientRequest::Node(NodeRequest::BalanceLeaders),
+        ClientRequest::Node(NodeRequest::MoveReplica {
+            group: 1,
+            from: addr(),
+            to: addr(),
+        }),
+        ClientRequest::AddServer { addr: addr() },
+        ClientRequest::AddLearner { addr: addr() },
+        ClientRequest::RemoveServer { addr: addr() },
+        ClientRequest::TransferLeader { addr: addr() },
+        ClientRequest::OpenSession,
+        ClientRequest::CloseSession { id: SessionId(1) },
+    ];
+    for request in &changing {
+        assert_eq!(
+            verdict(request),
+            (Applied::Yes, false),
+            "{request:?}: an answer that may have changed the state is reported (applied, retryable)"
+        );
+    }
+}
