@@ -665,9 +665,10 @@ impl Client {
     /// error ends the call. A write keeps its session sequence number across
     /// retries, so it is applied at most once; and once an attempt may have
     /// been applied, the call never ends with an error that says it was not.
-    pub async fn request(&self, request: ClientRequest) -> Result<ClientResponse, Error> {
+    pub async fn request(&self, mut request: ClientRequest) -> Result<ClientResponse, Error> {
         let deadline = Instant::now() + self.inner.opts.timeout;
-        self.request_tracked(&request, &mut false, deadline).await
+        self.request_tracked(&mut request, None, &mut false, deadline)
+            .await
     }
 
     /// [`Client::request`], with `uncertain` saying whether an attempt of
@@ -679,9 +680,16 @@ impl Client {
     /// member; a `NotLeader` or `Overloaded` answer says "not proposed").
     /// A write answered `SessionExpired` that is not `uncertain` was not
     /// applied. The call ends by `deadline`.
+    ///
+    /// A session write of `acks`' session carries, in every attempt, the
+    /// acknowledgement of that moment ([`SessionSlot::acked_below`]), not
+    /// the one of the call's start: a write answered `Overloaded` because
+    /// its session's window is full of replies below it waits for exactly
+    /// those acknowledgements (session rule 6, `runtime::session`).
     async fn request_tracked(
         &self,
-        request: &ClientRequest,
+        request: &mut ClientRequest,
+        acks: Option<&SessionSlot>,
         uncertain: &mut bool,
         deadline: Instant,
     ) -> Result<ClientResponse, Error> {
@@ -699,6 +707,9 @@ impl Client {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(final_error(last, *uncertain, true));
+            }
+            if let (Some(slot), ClientRequest::Write { session, .. }) = (acks, &mut *request) {
+                session.acked_below = slot.acked_below();
             }
             let mut sent = false;
             debug!(member = %target, "sending the request");
@@ -917,7 +928,7 @@ impl Client {
         }
         let open = async {
             let answer = self
-                .request_tracked(&ClientRequest::OpenSession, &mut false, deadline)
+                .request_tracked(&mut ClientRequest::OpenSession, None, &mut false, deadline)
                 .await?;
             let out = Self::expect_ok(answer)?;
             let id: SessionId = crate::state_machine::decode("session id", &out)?;
@@ -1069,7 +1080,7 @@ impl Client {
             // once the call ends.
             state.sent = true;
             let r = self
-                .request_tracked(&request, &mut uncertain, deadline)
+                .request_tracked(&mut request, Some(&bound.slot), &mut uncertain, deadline)
                 .await;
             if let Err(Error::SessionExpired(why)) = r {
                 self.rotate(&bound.slot);
@@ -1341,6 +1352,9 @@ fn final_error(e: Error, maybe_applied: bool, at_deadline: bool) -> Error {
 
 #[cfg(test)]
 mod verdicts;
+
+#[cfg(test)]
+mod window_tests;
 
 #[cfg(test)]
 mod tests {

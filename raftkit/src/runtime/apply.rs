@@ -717,9 +717,22 @@ impl<S: StateMachine> Apply<S> {
                             session.seq, session.id
                         ))));
                     }
+                    // The replies held are of writes below this one that
+                    // its client has not acknowledged yet (it acknowledges
+                    // each once answered): room is made as they are, so
+                    // the client retries, with its acknowledgement then.
+                    Dedup::WindowFull if session.acked_below < session.seq => {
+                        debug!(index, session = %session.id, seq = session.seq, acked_below = session.acked_below,
+                            "session window full of replies below this write; answered Overloaded (retried)");
+                        return Outcome::Reply(Err(Error::Overloaded));
+                    }
+                    // This write is its client's lowest unanswered one: the
+                    // replies held are of later writes, which it cannot
+                    // acknowledge before this one is answered, so waiting
+                    // makes no room: refused for good.
                     Dedup::WindowFull => {
                         return Outcome::Reply(Err(Error::Rejected(format!(
-                            "session {} holds {SESSION_WINDOW} unacknowledged replies; write {} was not applied",
+                            "session {} holds {SESSION_WINDOW} unacknowledged replies of writes after write {}, which was not applied",
                             session.id, session.seq
                         ))));
                     }

@@ -657,12 +657,14 @@ fn an_acknowledged_duplicate_is_ambiguous_and_sessions_expire_by_the_stamps() {
     });
 }
 
-/// A write past its session's window of unacknowledged replies is refused
-/// `Rejected`, which says "not applied" (and retrying the same write cannot
-/// succeed until the client acknowledges replies): not `Ambiguous`, which
-/// would have the client retry it until its deadline (teeth round 10).
+/// A write past its session's window of unacknowledged replies, while
+/// writes below it are unacknowledged (its client acknowledges each once
+/// answered, which makes room), is answered `Overloaded`: not applied, and
+/// retried by the client within its timeout. Not `Rejected`, which is
+/// final although the room comes as the client sees its answers; not
+/// `Ambiguous` (teeth round 10), which says it may have been applied.
 #[test]
-fn a_write_past_the_session_window_is_rejected_as_not_applied() {
+fn a_write_past_the_session_window_with_writes_below_it_unacknowledged_is_overloaded() {
     runtime().block_on(async {
         let id = SessionId(9);
         let mut entries = vec![entry(1, 1, open_session(id, 600_000))];
@@ -675,8 +677,41 @@ fn a_write_past_the_session_window_is_rejected_as_not_applied() {
         t.send(ApplyMsg::entries(entries));
         match refused.await.expect("answered") {
             Err(e) => {
+                assert!(
+                    matches!(e, Error::Overloaded),
+                    "a write the window has room for once the writes below it are acknowledged was answered {e:?}"
+                );
+                assert_eq!(e.applied(), Applied::No);
+                assert!(e.is_retryable());
+            }
+            Ok(_) => panic!("a write past the window was applied"),
+        }
+        assert_eq!(t.value().await, window);
+    });
+}
+
+/// A session's lowest unacknowledged write that finds the window full of
+/// later writes' replies is refused `Rejected` (not applied, final): those
+/// replies are acknowledged only once it is answered, so a retry would
+/// find the window as full until the client's deadline.
+#[test]
+fn the_lowest_unacknowledged_write_past_a_full_window_is_rejected() {
+    runtime().block_on(async {
+        let id = SessionId(9);
+        let mut entries = vec![entry(1, 1, open_session(id, 600_000))];
+        let window = SESSION_WINDOW as u64;
+        for seq in 2..=window + 1 {
+            entries.push(entry(seq, 1, session_add(id, seq, 1, 1)));
+        }
+        entries.push(entry(window + 2, 1, session_add(id, 1, 1, 1)));
+        let t = Thread::start();
+        let refused = t.register(window + 2, 1);
+        t.send(ApplyMsg::entries(entries));
+        match refused.await.expect("answered") {
+            Err(e) => {
                 assert!(matches!(e, Error::Rejected(_)), "{e:?}");
                 assert_eq!(e.applied(), Applied::No);
+                assert!(!e.is_retryable());
             }
             Ok(_) => panic!("a write past the window was applied"),
         }
