@@ -20,7 +20,17 @@
 //! blocked. The read is dispatched before the gate opens (a command to B
 //! queued behind it is answered first) and is known to have taken the
 //! lease path (its trace event); only then the gate opens. The read must
-//! see the write.
+//! see the write. The same held follower B also serves, before the
+//! transfer, a linearizable read (it must wait until B applied its read
+//! index, so it sees `add(1)`) and a stale read (it must report B's applied
+//! index, not the leader's commit index).
+//!
+//! A second test covers the tick clock (`reads` module docs): a leader
+//! whose ticks were withheld (its group quiescent, `tick_gate`) wakes on a
+//! lease read and must judge its lease on the clock caught up to now, not
+//! on the tick count it stopped at (teeth, stop 43: deleting the
+//! `catch_up_ticks` before `lease_read` in `serve_weak_read` went
+//! unnoticed).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -193,6 +203,39 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     .await;
     assert!(peers[b].status().applied < written, "B's apply is held");
 
+    // Two reads on B while it follows with its apply held (teeth, stop 44:
+    // serving ReadIndex reads at index 0, and a stale read reporting the
+    // leader's commit as its applied index, went unnoticed by the runtime
+    // tests). A linearizable read waits until B applied its read index,
+    // the leader's commit index once the read arrived (thesis §6.4.1), so
+    // it sees add(1); a stale read is served where B's apply stands and
+    // says so. One poll sends each to B's node task (admission has room);
+    // a command answered after them means B handled them.
+    let follower = peers[b].clone();
+    let mut linearizable = Box::pin(async move {
+        follower
+            .read_with(LedgerRead::Get, Consistency::Linearizable)
+            .await
+    });
+    let follower = peers[b].clone();
+    let mut stale = Box::pin(async move {
+        follower
+            .read_with(LedgerRead::Get, Consistency::Stale)
+            .await
+    });
+    let rounds = peers[b].status().read_index_latency.count;
+    tokio::select! {
+        biased;
+        r = &mut linearizable => panic!("the linearizable read was answered with B's apply held: {r:?}"),
+        r = &mut stale => panic!("the stale read was answered with B's apply held: {r:?}"),
+        () = std::future::ready(()) => {}
+    }
+    let _ = peers[b].transfer_leadership(peers[b].id()).await;
+    until("B's linearizable read has its read index", || {
+        (peers[b].status().read_index_latency.count > rounds).then_some(())
+    })
+    .await;
+
     // Leadership moves to B; B commits an entry of its term.
     let b_id = peers[b].id();
     peers[a].transfer_leadership(b_id).await.expect("transfer");
@@ -243,6 +286,127 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
         seen, 1,
         "a lease read on the new leader missed a write the old leader acknowledged"
     );
+    let (LedgerReadOutput::Get(seen), _) =
+        tokio::time::timeout(Duration::from_secs(20), linearizable)
+            .await
+            .expect("the follower's linearizable read is answered")
+            .expect("the follower's linearizable read succeeds");
+    assert_eq!(
+        seen, 1,
+        "a linearizable read on a follower missed a write committed before it arrived"
+    );
+    let (LedgerReadOutput::Get(seen), staleness) =
+        tokio::time::timeout(Duration::from_secs(20), stale)
+            .await
+            .expect("the stale read is answered")
+            .expect("the stale read succeeds");
+    let staleness = staleness.expect("a stale read reports its staleness");
+    assert!(
+        staleness.applied < written && seen == 0,
+        "a stale read served where B's apply stood (it saw {seen}) reported applied index {} (add(1) is at {written})",
+        staleness.applied
+    );
+    for p in &peers {
+        p.shutdown().await.expect("shutdown");
+    }
+}
+
+const QUIET: [&str; 3] = ["quiet-a:1", "quiet-b:1", "quiet-c:1"];
+
+/// A lease read on a leader that slept (its ticks withheld) through the
+/// election of another leader, partitioned from it, must not be served from
+/// the lease its stopped tick count still shows: the new leader has
+/// acknowledged a write the read would miss (thesis §6.4.1).
+#[tokio::test(flavor = "current_thread")]
+async fn a_leader_woken_by_a_lease_read_judges_its_lease_on_the_caught_up_clock() {
+    const TICK: Duration = Duration::from_millis(50);
+    let net = MemoryNetwork::new(11);
+    let gates: Vec<Arc<super::TickGate>> = QUIET.iter().map(|_| Arc::default()).collect();
+    let mut peers = Vec::new();
+    for (addr, gate) in QUIET.iter().zip(&gates) {
+        let net = net.clone();
+        peers.push(
+            Ledger::peer()
+                .in_memory()
+                .listen(*addr)
+                .bootstrap_members(QUIET)
+                .tick(TICK)
+                // A lease of (10 - 1) / 1.0 = 9 ticks: longer than what the
+                // test spends between the partition and the sleep below.
+                .clock_drift_bound(1.0)
+                .tick_gate(gate.clone())
+                .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+                .start()
+                .await
+                .expect("peer starts"),
+        );
+    }
+    let a = until("a leader", || {
+        peers.iter().position(|p| p.status().role == Role::Leader)
+    })
+    .await;
+    // An entry of A's term committed, and a lease read served (A's lease
+    // holds, refreshed by every heartbeat round).
+    peers[a]
+        .write(LedgerWrite::Add { by: 0 })
+        .await
+        .expect("write");
+    peers[a]
+        .read_with(LedgerRead::Get, Consistency::Lease)
+        .await
+        .expect("lease read");
+    let others: Vec<usize> = (0..3).filter(|&i| i != a).collect();
+    let other_ids: Vec<_> = others.iter().map(|&i| peers[i].id()).collect();
+
+    // A is cut off and its ticks stop, with its lease held. On this
+    // one-thread runtime no node task runs between these two calls; the
+    // messages already in A's inbox wake it once more, so it is put to
+    // sleep again once it took them in (a tick or two, within the lease).
+    net.partition(&[peers[a].id()], &other_ids);
+    gates[a].sleep();
+    tokio::time::sleep(TICK * 2).await;
+    gates[a].sleep();
+
+    // The others elect a leader among themselves (after an election
+    // timeout, far past A's lease) and acknowledge a write.
+    let b = until("a new leader", || {
+        others
+            .iter()
+            .copied()
+            .find(|&i| peers[i].status().role == Role::Leader)
+    })
+    .await;
+    assert!(matches!(
+        peers[b]
+            .write(LedgerWrite::Add { by: 1 })
+            .await
+            .expect("add"),
+        LedgerWriteOutput::Add(1)
+    ));
+    assert!(
+        gates[a].is_asleep(),
+        "premise: A slept through the new leader's election"
+    );
+    assert_eq!(
+        peers[a].status().role,
+        Role::Leader,
+        "premise: A still leads"
+    );
+
+    // A wakes on the read. Caught up, its clock shows the lease long gone:
+    // the read takes a ReadIndex round, which cannot complete cut off
+    // (it fails, or is still waiting when the test stops waiting).
+    let read = tokio::time::timeout(
+        Duration::from_secs(2),
+        peers[a].read_with(LedgerRead::Get, Consistency::Lease),
+    )
+    .await;
+    if let Ok(Ok((LedgerReadOutput::Get(seen), _))) = read {
+        panic!(
+            "a leader that slept past its lease served a lease read ({seen}) while another leader had acknowledged add(1)"
+        );
+    }
+    net.heal();
     for p in &peers {
         p.shutdown().await.expect("shutdown");
     }
