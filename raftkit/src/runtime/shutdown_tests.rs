@@ -15,6 +15,12 @@
 //! yields. The asking task, ready before the yielding node task resumes,
 //! sends the shutdown, which the node task therefore meets in its gathering
 //! pass, not in its `select`. The test waits a few seconds at most.
+//!
+//! A second test: a write the node task took and proposed is answered, when
+//! the peer stops before it commits, with an error that says it may have
+//! been applied (its entry is in the log and a later leader may commit it);
+//! only what was never proposed is "not applied" (teeth, stop 44: the
+//! dropped reply of such a write reported as `Unavailable` went unnoticed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,4 +93,64 @@ async fn a_shutdown_queued_while_a_gathering_node_task_yields_is_answered_and_st
     .await
     .expect("a call to a stopped peer is answered at once");
     assert!(refused.is_err(), "a stopped peer took a write: {refused:?}");
+}
+
+/// See the module docs.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_proposed_when_its_peer_stops_may_have_been_applied() {
+    const ADDRS: [&str; 3] = ["shut-p:1", "shut-q:1", "shut-r:1"];
+    let net = MemoryNetwork::new(6);
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        let net = net.clone();
+        peers.push(
+            Counter::peer()
+                .in_memory()
+                .listen(addr)
+                .bootstrap_members(ADDRS)
+                .tick(Duration::from_millis(10))
+                .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+                .start()
+                .await
+                .expect("peer starts"),
+        );
+    }
+    let l = until("a leader", || {
+        peers.iter().position(|p| p.status().role == Role::Leader)
+    })
+    .await;
+    peers[l]
+        .write(CounterWrite::Add { by: 1 })
+        .await
+        .expect("write");
+    // Cut off, the leader logs the next write and cannot commit it.
+    net.isolate(peers[l].id());
+    let before = peers[l].status().last_index;
+    let write = tokio::spawn({
+        let peer = peers[l].clone();
+        async move { peer.write(CounterWrite::Add { by: 1 }).await }
+    });
+    until("the leader logs the write", || {
+        (peers[l].status().last_index > before).then_some(())
+    })
+    .await;
+    peers[l].shutdown().await.expect("a clean shutdown");
+    let r = tokio::time::timeout(Duration::from_secs(5), write)
+        .await
+        .expect("the write is answered once its peer stopped")
+        .expect("the writing task ran to its end");
+    match r {
+        Err(e) => assert_ne!(
+            e.applied(),
+            crate::error::Applied::No,
+            "a write in the log when its peer stopped was reported not applied: {e:?}"
+        ),
+        Ok(n) => panic!("a write that could not commit was acknowledged: {n:?}"),
+    }
+    net.heal();
+    for (i, p) in peers.iter().enumerate() {
+        if i != l {
+            p.shutdown().await.expect("shutdown");
+        }
+    }
 }
