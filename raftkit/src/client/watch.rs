@@ -598,4 +598,63 @@ mod tests {
             }
         }
     }
+
+    /// A watch's resume point between the events of one frame is the index
+    /// after the last event handed out, not that event's own index (teeth,
+    /// stop 44: `after = e.index` instead of `e.index + 1` went unnoticed,
+    /// since the frame's `next` covers the last event of a batch): a
+    /// caller that stops mid-batch and reopens from `resume_from` must not
+    /// get the event it already had a second time.
+    #[tokio::test]
+    async fn the_resume_point_inside_a_batch_is_past_the_event_handed_out() {
+        let (ca, nodes) = dev_cluster(["fake-a"]).expect("dev certificates");
+        let client_id = ca.issue_client("watcher").expect("client certificate");
+        let member = FakeMember::start(&nodes[0], |request| match request {
+            ClientRequest::OpenSession => session_opened(9),
+            _ => Act::answer(ClientResponse::Err(WireError::Rejected("no".into()))),
+        });
+        let command =
+            crate::state_machine::encode("command", &NothingWrite::Touch).expect("encodes");
+        let output =
+            crate::state_machine::encode("output", &NothingWriteOutput::Touch(0)).expect("encodes");
+        let event = |index| crate::client::wire::WatchEvent {
+            index,
+            command: command.clone().into(),
+            output: crate::client::wire::WatchOutput::Ok(output.clone().into()),
+        };
+        member.answer_watches(vec![ClientResponse::Events {
+            events: vec![event(5), event(6), event(7)],
+            next: 8,
+        }]);
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            Client::connect_with(
+                [member.addr().to_string()],
+                client_id,
+                0,
+                ClientOptions::default(),
+            ),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects");
+        let mut w = tokio::time::timeout(Duration::from_secs(10), client.watch::<Nothing>(Some(5)))
+            .await
+            .expect("opens in time")
+            .expect("opens");
+        for (index, resume) in [(5, 6), (6, 7), (7, 8)] {
+            let e = tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .expect("an event in time");
+            match e {
+                Some(Ok(e)) => assert_eq!(e.index, index),
+                other => panic!("want event {index}, got {other:?}"),
+            }
+            assert_eq!(
+                w.resume_from(),
+                Some(resume),
+                "after event {index} the watch would resume at"
+            );
+        }
+    }
 }
