@@ -489,3 +489,58 @@ async fn a_write_lost_with_its_leader_ends_maybe_applied_even_after_not_leader_a
     );
     c.shutdown().await;
 }
+
+/// The real client's retry of a write whose leader is lost mid-call (found
+/// by review, stop 43: no test ran `Client`'s retries against a member lost
+/// while a call was at it, the simulation's `SimClient` reimplements them;
+/// a client that gave up on a lost connection, `Transport`, went
+/// unnoticed): the leader logs the write and stops before it can commit
+/// it; the call itself retries, under the same sequence number, until the
+/// survivors elect a leader, and returns the write's one outcome. The
+/// write's first attempt cannot commit: one follower is down and the
+/// other's log write hangs for a second (it still answers heartbeats, so
+/// the leader keeps leading until it stops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_flight_when_its_leader_stops_is_retried_to_its_one_outcome() {
+    let mut c = Cluster::start().await;
+    let l = c.leader(&[0, 1, 2]).await;
+    let (f, d) = match l {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let client = c.client().await;
+    // The session is open and the client knows the leader.
+    assert_eq!(write(&client, 0, 1, "v").await.len(), 1);
+    let down = c.peers[d].take().expect("running");
+    let _ = down.shutdown().await;
+    c.fs[f].inject(
+        FaultRule::new(FileOp::Write, Fault::Hang(Duration::from_secs(1)))
+            .on(".wal")
+            .times(1),
+    );
+    let before = c.peer(l).status().last_index;
+    let put = tokio::spawn({
+        let client = client.clone();
+        async move { client.put("lost".into(), "v".into()).await }
+    });
+    wait_for("the leader logs the write", 10, || {
+        (c.peer(l).status().last_index > before).then_some(())
+    })
+    .await;
+    let leader = c.peers[l].take().expect("running");
+    let _ = leader.shutdown().await;
+    // The stopped follower comes back: it and the one whose disk hung
+    // elect a leader.
+    c.restart(d).await;
+    let r = put.await.expect("the call's task");
+    assert!(
+        matches!(r, Ok(None)),
+        "a write whose leader stopped mid-call was not retried to its one outcome (want Ok(None), applied once): {r:?}"
+    );
+    assert_eq!(
+        client.get("lost".into()).await.expect("read"),
+        Some("v".into())
+    );
+    c.shutdown().await;
+}
