@@ -72,7 +72,8 @@
 //!
 //! - **client**: read and write all data, see the membership and progress
 //!   (`Status`), open sessions (each takes a slot of the bounded session
-//!   table, evicting the longest idle when full), and use server resources
+//!   table, evicting when full the longest idle of the identity holding the
+//!   most, so not another's within its fair share), and use server resources
 //!   within the frame and request caps. Nothing in the peer protocol or
 //!   membership, and no other certificate's session.
 //! - **admin**: everything a client can, plus reshape the membership (add

@@ -325,3 +325,48 @@ async fn clients_acknowledge_their_replies_and_close_their_sessions() {
     assert_eq!(n.peer.status().session_replies, 0);
     n.peer.shutdown().await.unwrap();
 }
+
+/// One client certificate opening sessions until the table is full many
+/// times over evicts only its own sessions: another identity's session
+/// (at or below its fair share of the table) keeps its stored replies, so
+/// the victim's retry of a write is answered, not refused as expired
+/// (exactly-once, thesis §6.3; `runtime::session` rule 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_opening_many_sessions_does_not_evict_anothers() {
+    const MAX: u64 = 4;
+    let n = Node::start(|b| b.max_sessions(MAX)).await;
+    let alice = n.client(ALICE, Duration::from_secs(10)).await;
+    let once = alice.write_once();
+    assert_eq!(once.incr().await.unwrap(), 1);
+    let victim = alice.inner().session_id().expect("alice's session is open");
+
+    // Mallory opens sessions under her own certificate, as many as the
+    // table holds and more.
+    let mallory = Client::connect_with(
+        [&n.addr],
+        n.clients[MALLORY].clone(),
+        Tally::SCHEMA_FINGERPRINT,
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    for i in 0..2 * MAX {
+        let r = mallory.request(ClientRequest::OpenSession).await;
+        assert!(r.is_ok(), "mallory's open {i}: {r:?}");
+    }
+    n.wait("the table is full and evicted", |s| {
+        s.sessions == MAX as usize && s.session_evictions > 0
+    })
+    .await;
+
+    // Alice retries her write (same session, same sequence number): it is
+    // answered from her session, not applied again nor refused.
+    let retry = once.incr().await;
+    assert!(
+        matches!(retry, Ok(1)),
+        "alice's retry after mallory's opens: {retry:?}"
+    );
+    assert_eq!(alice.inner().session_id(), Some(victim), "same session");
+    assert_eq!(alice.count().await.unwrap(), 1, "applied once");
+    n.peer.shutdown().await.unwrap();
+}

@@ -63,8 +63,8 @@ use tracing::{debug, error, info};
 use super::admission::Permit;
 use super::seq_map::SeqMap;
 use super::session::{
-    AppSnapshot, CopiedSnapshot, Dedup, EnvelopeRef, OpRef, SESSION_WINDOW, SessionCounters,
-    SessionRefusal, Sessions, StoredReply, encode_app_snapshot,
+    AppSnapshot, CopiedSnapshot, Dedup, EnvelopeRef, Eviction, OpRef, SESSION_WINDOW,
+    SessionCounters, SessionRefusal, Sessions, StoredReply, encode_app_snapshot,
 };
 use super::watch::{Journal, event as watch_event};
 use crate::client::wire::WatchEvent;
@@ -100,6 +100,17 @@ fn narrow(mut whole: Bytes, range: std::ops::Range<usize>) -> Bytes {
     whole.truncate(range.end);
     whole.advance(range.start);
     whole
+}
+
+/// The answer to a session open entry.
+fn open_reply(
+    opened: Result<(), SessionRefusal>,
+    id: crate::client::wire::SessionId,
+) -> Result<Vec<u8>, Error> {
+    match opened {
+        Ok(()) => Ok(Vec::new()),
+        Err(_) => Err(Error::Rejected(format!("session id {id} is in use"))),
+    }
 }
 
 fn stored_to_result(r: StoredReply) -> Result<Vec<u8>, Error> {
@@ -739,16 +750,27 @@ impl<S: StateMachine> Apply<S> {
                 }
                 (command, Some(session))
             }
+            // The eviction rule is the entry's, never this binary's
+            // (`session.rs` rule 8): replaying a log gives the same table.
             OpRef::OpenSession {
                 id,
                 owner,
                 ttl_ms,
                 max_sessions,
             } => {
-                return Outcome::Reply(match self.sessions.open(id, owner, ttl_ms, max_sessions) {
-                    Ok(()) => Ok(Vec::new()),
-                    Err(_) => Err(Error::Rejected(format!("session id {id} is in use"))),
-                });
+                let rule = Eviction::LeastRecentlyUsed;
+                let opened = self.sessions.open(id, owner, ttl_ms, max_sessions, rule);
+                return Outcome::Reply(open_reply(opened, id));
+            }
+            OpRef::OpenSessionFair {
+                id,
+                owner,
+                ttl_ms,
+                max_sessions,
+            } => {
+                let rule = Eviction::FairShare;
+                let opened = self.sessions.open(id, owner, ttl_ms, max_sessions, rule);
+                return Outcome::Reply(open_reply(opened, id));
             }
             OpRef::CloseSession { id, owner } => {
                 return Outcome::Reply(match self.sessions.close(id, owner) {

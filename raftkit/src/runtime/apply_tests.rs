@@ -718,3 +718,62 @@ fn the_lowest_unacknowledged_write_past_a_full_window_is_rejected() {
         assert_eq!(t.value().await, window);
     });
 }
+
+/// The eviction rule of a full session table is the open entry's, not the
+/// binary's (`session.rs` rule 8): a log of [`Op::OpenSession`] entries,
+/// written before fair shares, replays to the table it gave then (owner
+/// B's opens evict A's session, the least recently used, and A's retry is
+/// refused `SessionExpired`), while the same opens as
+/// [`Op::OpenSessionFair`] entries leave A's session to answer its retry.
+#[test]
+fn a_replayed_log_evicts_by_the_rule_of_its_open_entries() {
+    const B: Owner = Owner::Certificate([3; 32]);
+    let log = |fair: bool| {
+        let open = |id: u128, owner: Owner| {
+            let (id, ttl_ms, max_sessions) = (SessionId(id), 600_000, 4);
+            if fair {
+                Op::OpenSessionFair {
+                    id,
+                    owner,
+                    ttl_ms,
+                    max_sessions,
+                }
+            } else {
+                Op::OpenSession {
+                    id,
+                    owner,
+                    ttl_ms,
+                    max_sessions,
+                }
+            }
+        };
+        let mut entries = vec![
+            entry(1, 1, open(1, Owner::Local)),
+            entry(2, 1, session_add(SessionId(1), 1, 1, 5)),
+        ];
+        for i in 0..8u64 {
+            entries.push(entry(3 + i, 1, open(10 + u128::from(i), B)));
+        }
+        // A's retry of its write.
+        entries.push(entry(11, 1, session_add(SessionId(1), 1, 1, 5)));
+        entries
+    };
+    runtime().block_on(async {
+        for _replay in 0..2 {
+            let t = Thread::start();
+            let retry = t.register(11, 1);
+            t.send(ApplyMsg::entries(log(false)));
+            let r = retry.await.expect("answered");
+            assert!(
+                matches!(r, Err(Error::SessionExpired(_))),
+                "the rule before fair shares: {r:?}"
+            );
+            assert_eq!(t.value().await, 5);
+        }
+        let t = Thread::start();
+        let retry = t.register(11, 1);
+        t.send(ApplyMsg::entries(log(true)));
+        assert_eq!(output(retry.await.expect("answered")), 5, "answered");
+        assert_eq!(t.value().await, 5, "not applied twice");
+    });
+}

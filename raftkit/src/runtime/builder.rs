@@ -445,9 +445,13 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     }
 
     /// The most client sessions the replicated session table holds (default
-    /// 10,000): opening one more evicts the session idle the longest
-    /// (counted in [`PeerStatus::session_evictions`]). Applies to sessions
-    /// opened while this peer leads.
+    /// 10,000): opening one more evicts the session idle the longest of the
+    /// client identity holding the most sessions, so an identity within its
+    /// fair share keeps its sessions whatever another opens (the session
+    /// idle the longest in the whole table while a voter runs a raftkit
+    /// before fair shares; `runtime::session` rule 8; counted in
+    /// [`PeerStatus::session_evictions`]). Applies to sessions opened while
+    /// this peer leads.
     pub fn max_sessions(mut self, sessions: u64) -> Self {
         self.max_sessions = sessions.max(1);
         self

@@ -81,6 +81,12 @@ impl<'a> EnvelopeRef<'a> {
                 id: session_id(&mut r)?,
                 owner: owner(&mut r)?,
             },
+            4 => OpRef::OpenSessionFair {
+                id: session_id(&mut r)?,
+                owner: owner(&mut r)?,
+                ttl_ms: r.u64()?,
+                max_sessions: r.u64()?,
+            },
             tag => return Err(CursorError::UnknownTag(tag)),
         };
         Ok(EnvelopeRef { stamp_ms, op })
@@ -132,6 +138,14 @@ mod tests {
                 id: SessionId(id),
                 owner,
             }),
+            (any::<u128>(), owner(), any::<u64>(), any::<u64>()).prop_map(
+                |(id, owner, ttl_ms, max_sessions)| Op::OpenSessionFair {
+                    id: SessionId(id),
+                    owner,
+                    ttl_ms,
+                    max_sessions,
+                }
+            ),
         ];
         (any::<u64>(), op).prop_map(|(stamp_ms, op)| Envelope { stamp_ms, op })
     }
@@ -202,8 +216,11 @@ mod tests {
             // a command longer than the input.
             vec![0x00, 0x00, 0x05, 1, 2, 3, 4],
             vec![0x00, 0x00, 0x05, 1, 2, 3, 4, 5],
-            // op tag 4 (unknown).
-            vec![0x00, 0x04, 0x00],
+            // open session (fair share): id 1, owner local, ttl, max.
+            vec![0x00, 0x04, 0x01, 0x00, 0x05, 0x06],
+            vec![0x00, 0x04, 0x01, 0x00, 0x05],
+            // op tag 5 (unknown).
+            vec![0x00, 0x05, 0x00],
             vec![],
         ];
         for bytes in cases {

@@ -301,16 +301,17 @@ impl<S: StateMachine> Peer<S> {
 
     pub(crate) async fn open_session_as(&self, owner: Owner) -> Result<SessionId, Error> {
         let id = (self.inner.session_ids)()?;
-        self.propose(
-            Op::OpenSession {
-                id,
-                owner,
-                ttl_ms: self.inner.session_ttl_ms,
-                max_sessions: self.inner.max_sessions,
-            },
-            0,
-        )
-        .await?;
+        // Fair-share eviction once every voter applies it (`session.rs`
+        // rule 8), the rule before until then.
+        let op = session::open_entry(
+            &self.inner.schemas,
+            self.other_voters(),
+            id,
+            owner,
+            self.inner.session_ttl_ms,
+            self.inner.max_sessions,
+        );
+        self.propose(op, 0).await?;
         Ok(id)
     }
 
@@ -354,6 +355,14 @@ impl<S: StateMachine> Peer<S> {
             // Not even a tag: the decode check refuses it.
             return Ok(());
         };
+        self.inner
+            .schemas
+            .check_enabled(kind, tag, self.other_voters())
+    }
+
+    /// The voters of the configuration this peer knows, itself excluded
+    /// (whose schemas gate what a leader proposes, `crate::schema`).
+    fn other_voters(&self) -> impl Iterator<Item = NodeId> + use<S> {
         let me = self.inner.id;
         // Copied out so that the status is not held locked during the
         // check; on the stack for up to 16 other voters (one write, no
@@ -370,8 +379,7 @@ impl<S: StateMachine> Peer<S> {
                 }
             }
         }
-        let voters = inline.iter().take(n).copied().chain(more);
-        self.inner.schemas.check_enabled(kind, tag, voters)
+        inline.into_iter().take(n).chain(more)
     }
 
     /// Proposes `op` once the node admits `bytes` more of commands in

@@ -58,10 +58,40 @@
 //!    not age then, and it trails the wall clock afterwards), and it
 //!    advances only with entries, so a session lives *at least* its
 //!    time-to-live.
-//! 8. **The table is bounded.** An open entry carries the leader's
-//!    `max_sessions` setting; opening a session in a full table first evicts
-//!    the sessions idle the longest (ties: smallest id). Every decision above
-//!    depends only on the log, so all replicas keep identical tables.
+//! 8. **The table is bounded, and shared fairly between identities.** An
+//!    open entry carries the leader's `max_sessions` setting; opening a
+//!    session in a full table first evicts sessions until there is room, by
+//!    the rule the entry's variant names ([`Eviction`]):
+//!    - [`Op::OpenSessionFair`] (fair share): the session idle the longest
+//!      of the owner holding the most sessions, the opener's new one
+//!      counted (ties between owners: the session idle the longest among
+//!      theirs; then the smallest id). With `k` owners holding sessions,
+//!      the opener included, the owners' counts sum to more than
+//!      `max_sessions`, so the one evicted from holds more than
+//!      `max_sessions / k`, its fair share: **an owner holding at most its
+//!      fair share never loses a session to another owner's opens**, and
+//!      one client certificate opening sessions without end only evicts
+//!      its own once it holds the most (exactly-once for the others'
+//!      retries, thesis §6.3).
+//!    - [`Op::OpenSession`] (least recently used, the rule before): the
+//!      session idle the longest in the whole table, whoever owns it (ties:
+//!      smallest id). Kept for ever for the entries of this variant: a log
+//!      or snapshot written before fair shares replays to the same table.
+//!
+//!    The leader proposes [`Op::OpenSessionFair`] only once every voter
+//!    runs a binary that applies it ([`open_entry`]: the runtime log
+//!    version of the voters' schemas, gated like a new handler, see
+//!    [`crate::schema`]), [`Op::OpenSession`] until then: an older replica
+//!    would halt at an entry it cannot decode, and the rule cannot change
+//!    under an existing variant, since replicas of both binaries applying
+//!    the same log would then compute different tables. The per-owner
+//!    counts are derived from the table (recounted on restore), so the
+//!    snapshot format is unchanged. Every decision above depends only on
+//!    the log, so all replicas keep identical tables.
+//!
+//!    Stored replies are bounded per session in number ([`SESSION_WINDOW`]),
+//!    not in bytes: a byte bound would change what a write's entry does,
+//!    and needs a variant of its own, gated the same way (not done).
 //!
 //! # Formats
 //!
@@ -70,7 +100,8 @@
 //! (varint tag in declaration order): `Write { command }`,
 //! `SessionWrite { session: SessionRef { id: u128, seq, acked_below },
 //! owner, command }`, `OpenSession { id, owner, ttl_ms, max_sessions }`,
-//! `CloseSession { id, owner }`; [`Owner`] is `Local` (tag 0) or
+//! `CloseSession { id, owner }`, `OpenSessionFair { id, owner, ttl_ms,
+//! max_sessions }` (tag 4, runtime log version 1); [`Owner`] is `Local` (tag 0) or
 //! `Certificate([u8; 32])` (tag 1). A snapshot is an [`AppSnapshot`]
 //! `{ sessions, state, index }` where `sessions` is `{ table: map of id to
 //! { owner, ttl_ms, last_used_ms, acked_below, replies: map of seq to
@@ -78,12 +109,12 @@
 //! this layout is the first released one (snapshots written before it do
 //! not load).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::seq_map::SeqMap;
-use crate::core::Index;
+use crate::core::{Index, NodeId};
 use crate::tls::Principal;
 
 pub use crate::client::wire::{SessionId, SessionRef};
@@ -202,6 +233,49 @@ pub enum Op {
         /// Who asks.
         owner: Owner,
     },
+    /// Opens a session, as [`Op::OpenSession`], evicting by fair share
+    /// ([`Eviction::FairShare`], rule 8 of the module docs) when the table
+    /// is full. Runtime log version 1 ([`crate::schema::RUNTIME_LOG`]).
+    OpenSessionFair {
+        /// The new session's id, drawn by the leader.
+        id: SessionId,
+        /// Who it belongs to.
+        owner: Owner,
+        /// Its time-to-live when idle (replicated time).
+        ttl_ms: u64,
+        /// The table's bound at the leader that proposed it.
+        max_sessions: u64,
+    },
+}
+
+/// The entry a leader proposes to open session `id` for `owner`:
+/// [`Op::OpenSessionFair`] when this binary and every voter of `voters`
+/// (this node excluded) apply it, as `schemas` knows them
+/// ([`SchemaBook::knows_runtime_log`](crate::schema::SchemaBook::knows_runtime_log)),
+/// else [`Op::OpenSession`] (rule 8 of the module docs).
+pub(crate) fn open_entry(
+    schemas: &crate::schema::SchemaBook,
+    voters: impl IntoIterator<Item = NodeId>,
+    id: SessionId,
+    owner: Owner,
+    ttl_ms: u64,
+    max_sessions: u64,
+) -> Op {
+    if schemas.knows_runtime_log(crate::schema::RUNTIME_LOG_FAIR_SESSIONS, voters) {
+        Op::OpenSessionFair {
+            id,
+            owner,
+            ttl_ms,
+            max_sessions,
+        }
+    } else {
+        Op::OpenSession {
+            id,
+            owner,
+            ttl_ms,
+            max_sessions,
+        }
+    }
 }
 
 /// An [`Envelope`] decoded in place, its command borrowed from the entry's
@@ -256,6 +330,17 @@ pub(crate) enum OpRef<'a> {
         /// Who asks.
         owner: Owner,
     },
+    /// [`Op::OpenSessionFair`].
+    OpenSessionFair {
+        /// The new session's id.
+        id: SessionId,
+        /// Who it belongs to.
+        owner: Owner,
+        /// Its time-to-live when idle.
+        ttl_ms: u64,
+        /// The table's bound at the leader that proposed it.
+        max_sessions: u64,
+    },
 }
 
 /// A reply as remembered for retries.
@@ -304,6 +389,20 @@ pub enum Dedup {
     WindowFull,
 }
 
+/// Which session an open evicts from a full table (rule 8 of the module
+/// docs): named by the open entry's variant, never by the binary applying
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// [`Op::OpenSession`]: the session idle the longest in the whole
+    /// table (ties: smallest id).
+    LeastRecentlyUsed,
+    /// [`Op::OpenSessionFair`]: the session idle the longest of the owner
+    /// holding the most sessions, the opener's new one counted (ties
+    /// between owners: idle the longest among theirs; then smallest id).
+    FairShare,
+}
+
 /// Why a session could not be opened or closed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SessionRefusal {
@@ -336,6 +435,11 @@ pub struct Sessions {
     /// Replies stored across all sessions (derived; recounted on restore).
     #[serde(skip)]
     stored: usize,
+    /// Sessions in the table per owner (derived; recounted on restore, and
+    /// before a fair-share eviction if it does not add up to the table's
+    /// length). An owner holding none has no entry.
+    #[serde(skip)]
+    owners: HashMap<Owner, usize>,
 }
 
 impl Sessions {
@@ -367,6 +471,57 @@ impl Sessions {
     /// Recomputes derived counts after a snapshot was decoded.
     pub fn recount(&mut self) {
         self.stored = self.table.values().map(|s| s.replies.len()).sum();
+        self.owners.clear();
+        for s in self.table.values() {
+            *self.owners.entry(s.owner).or_default() += 1;
+        }
+    }
+
+    /// Removes session `id`, keeping the derived counts.
+    fn remove(&mut self, id: SessionId) -> Option<SessionState> {
+        let s = self.table.remove(&id)?;
+        self.stored = self.stored.saturating_sub(s.replies.len());
+        self.forget_owner(s.owner);
+        Some(s)
+    }
+
+    /// One session fewer for `owner` in the derived counts.
+    fn forget_owner(&mut self, owner: Owner) {
+        if let Some(n) = self.owners.get_mut(&owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.owners.remove(&owner);
+            }
+        }
+    }
+
+    /// The session a full table gives up for an open by `opener` under
+    /// `rule` (rule 8 of the module docs), if it holds any.
+    fn victim(&mut self, opener: Owner, rule: Eviction) -> Option<SessionId> {
+        let idle_longest = |(id, s): (&SessionId, &SessionState)| (s.last_used_ms, *id);
+        match rule {
+            Eviction::LeastRecentlyUsed => self.table.iter().min_by_key(|e| idle_longest(*e)),
+            Eviction::FairShare => {
+                if self.owners.values().sum::<usize>() != self.table.len() {
+                    // Decoded without a recount: count now.
+                    self.recount();
+                }
+                let count = |(o, n): (&Owner, &usize)| *n + usize::from(*o == opener);
+                let most = self.owners.iter().map(count).max()?;
+                // Usually one owner: compared against each session's.
+                let top: Vec<Owner> = self
+                    .owners
+                    .iter()
+                    .filter(|e| count(*e) == most)
+                    .map(|(o, _)| *o)
+                    .collect();
+                self.table
+                    .iter()
+                    .filter(|(_, s)| top.contains(&s.owner))
+                    .min_by_key(|e| idle_longest(*e))
+            }
+        }
+        .map(|(id, _)| *id)
     }
 
     /// Advances replicated time towards `stamp_ms` (by at most
@@ -384,43 +539,45 @@ impl Sessions {
             let now = self.now_ms;
             let before = self.table.len();
             let mut dropped = 0;
+            let mut gone = Vec::new();
             self.table.retain(|_, s| {
                 let live = s.last_used_ms.saturating_add(s.ttl_ms) > now;
                 if !live {
                     dropped += s.replies.len();
+                    gone.push(s.owner);
                 }
                 live
             });
             self.stored = self.stored.saturating_sub(dropped);
+            for owner in gone {
+                self.forget_owner(owner);
+            }
             self.counters.expired += (before - self.table.len()) as u64;
         }
     }
 
-    /// Opens session `id` for `owner`, evicting the sessions idle the
-    /// longest while the table holds `max_sessions` or more.
+    /// Opens session `id` for `owner`, evicting sessions by `rule` (the
+    /// open entry's variant) while the table holds `max_sessions` or more.
     pub fn open(
         &mut self,
         id: SessionId,
         owner: Owner,
         ttl_ms: u64,
         max_sessions: u64,
+        rule: Eviction,
     ) -> Result<(), SessionRefusal> {
         if self.table.contains_key(&id) {
             return Err(SessionRefusal::IdInUse);
         }
         let max = usize::try_from(max_sessions.max(1)).unwrap_or(usize::MAX);
         while self.table.len() >= max {
-            let oldest = self
-                .table
-                .iter()
-                .min_by_key(|(id, s)| (s.last_used_ms, **id))
-                .map(|(id, _)| *id);
-            let Some(oldest) = oldest else { break };
-            if let Some(s) = self.table.remove(&oldest) {
-                self.stored = self.stored.saturating_sub(s.replies.len());
-            }
+            let Some(victim) = self.victim(owner, rule) else {
+                break;
+            };
+            self.remove(victim);
             self.counters.evicted += 1;
         }
+        *self.owners.entry(owner).or_default() += 1;
         self.table.insert(
             id,
             SessionState {
@@ -440,9 +597,7 @@ impl Sessions {
             None => Ok(()),
             Some(s) if s.owner != owner => Err(SessionRefusal::Foreign),
             Some(_) => {
-                if let Some(s) = self.table.remove(&id) {
-                    self.stored = self.stored.saturating_sub(s.replies.len());
-                }
+                self.remove(id);
                 Ok(())
             }
         }
@@ -588,368 +743,5 @@ fn varint_len(n: u64) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A copy of `len` bytes, written through the runtime's buffer
-    /// (`onto`) or into one of its own.
-    fn copy_of(len: usize, onto: bool) -> crate::state_machine::SnapshotCopy {
-        use crate::state_machine::SnapshotCopy;
-        let state: Vec<u8> = (0..len).map(|i| i as u8).collect();
-        if onto {
-            SnapshotCopy::writing(move |buf| {
-                buf.extend_from_slice(&state);
-                Ok(())
-            })
-        } else {
-            SnapshotCopy::new(move || Ok(state))
-        }
-    }
-
-    #[test]
-    fn a_copied_snapshot_is_the_bytes_of_the_owned_one_whatever_the_hint() {
-        let mut sessions = opened();
-        assert_eq!(sessions.check(w(1, 1), A), Dedup::New);
-        sessions.record(w(1, 1), StoredReply::Ok(vec![9, 8]));
-        // Lengths on both sides of each varint width, hints right and
-        // wrong, reused buffers too small and large enough.
-        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
-            let state: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let want = postcard::to_allocvec(&AppSnapshot {
-                sessions: sessions.clone(),
-                state,
-                index: 300,
-            })
-            .expect("encodes");
-            for hint in [0, 1, 127, 128, 16_384, len, 1 << 30] {
-                for onto in [true, false] {
-                    for buf in [Vec::new(), vec![5; 3], Vec::with_capacity(len + 4096)] {
-                        let got = CopiedSnapshot {
-                            copy: copy_of(len, onto),
-                            sessions: sessions.clone(),
-                            index: 300,
-                            room: buf,
-                        }
-                        .encode(hint)
-                        .expect("encodes");
-                        assert!(got == want, "len {len} hint {hint} onto {onto}");
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_copied_snapshot_is_serialized_into_the_buffer_it_is_given() {
-        let len = 100_000;
-        let buf = Vec::with_capacity(2 * len);
-        let at = buf.as_ptr();
-        let got = CopiedSnapshot {
-            copy: copy_of(len, true),
-            sessions: opened(),
-            index: 9,
-            room: buf,
-        }
-        .encode(len)
-        .expect("encodes");
-        assert_eq!(got.as_ptr(), at, "the state went into a buffer of its own");
-        assert_eq!(got.capacity(), 2 * len);
-    }
-
-    #[test]
-    fn a_copy_that_removes_bytes_it_did_not_write_is_an_error() {
-        let copy = crate::state_machine::SnapshotCopy::writing(|buf| {
-            buf.clear();
-            Ok(())
-        });
-        let r = CopiedSnapshot {
-            copy,
-            sessions: opened(),
-            index: 9,
-            room: Vec::new(),
-        }
-        .encode(5);
-        assert!(r.is_err(), "{r:?}");
-    }
-
-    #[test]
-    fn a_snapshot_written_in_place_decodes_as_the_owned_one() {
-        let mut sessions = opened();
-        assert_eq!(sessions.check(w(1, 1), A), Dedup::New);
-        sessions.record(w(1, 1), StoredReply::Ok(vec![9, 8]));
-        let owned = AppSnapshot {
-            sessions: sessions.clone(),
-            state: vec![1, 2, 3, 250],
-            index: 77,
-        };
-        let bytes = encode_app_snapshot(&sessions, 77, Vec::new(), 0, |buf| {
-            buf.extend_from_slice(&[1, 2, 3, 250]);
-            Ok(())
-        })
-        .expect("encodes");
-        assert_eq!(bytes, postcard::to_allocvec(&owned).expect("encodes"));
-        // (`stored` is not in the encoding: a restore recounts it.)
-        let back: AppSnapshot = postcard::from_bytes(&bytes).expect("decodes");
-        assert_eq!((back.state, back.index), (owned.state, owned.index));
-    }
-
-    const A: Owner = Owner::Local;
-    const B: Owner = Owner::Certificate([7; 32]);
-
-    fn w(seq: u64, acked_below: u64) -> SessionRef {
-        SessionRef {
-            id: SessionId(7),
-            seq,
-            acked_below,
-        }
-    }
-
-    /// The owned operation a borrowed one stands for.
-    fn owned(op: OpRef<'_>) -> Op {
-        match op {
-            OpRef::Write { command } => Op::Write {
-                command: command.to_vec(),
-            },
-            OpRef::SessionWrite {
-                session,
-                owner,
-                command,
-            } => Op::SessionWrite {
-                session,
-                owner,
-                command: command.to_vec(),
-            },
-            OpRef::OpenSession {
-                id,
-                owner,
-                ttl_ms,
-                max_sessions,
-            } => Op::OpenSession {
-                id,
-                owner,
-                ttl_ms,
-                max_sessions,
-            },
-            OpRef::CloseSession { id, owner } => Op::CloseSession { id, owner },
-        }
-    }
-
-    #[test]
-    fn a_borrowed_envelope_decodes_every_owned_encoding_without_copying_the_command() {
-        let ops = [
-            Op::Write {
-                command: vec![1, 2, 3],
-            },
-            Op::Write {
-                command: Vec::new(),
-            },
-            Op::SessionWrite {
-                session: w(5, 3),
-                owner: B,
-                command: vec![9; 300],
-            },
-            Op::OpenSession {
-                id: SessionId(u128::MAX - 1),
-                owner: A,
-                ttl_ms: 77,
-                max_sessions: 12,
-            },
-            Op::CloseSession {
-                id: SessionId(9),
-                owner: B,
-            },
-        ];
-        for op in ops {
-            let envelope = Envelope {
-                stamp_ms: 1_700_000_000_123,
-                op: op.clone(),
-            };
-            let bytes = postcard::to_allocvec(&envelope).expect("encodes");
-            let borrowed: EnvelopeRef<'_> = postcard::from_bytes(&bytes).expect("decodes");
-            assert_eq!(borrowed.stamp_ms, envelope.stamp_ms);
-            if let OpRef::Write { command } | OpRef::SessionWrite { command, .. } = &borrowed.op
-                && !command.is_empty()
-            {
-                assert!(
-                    bytes.as_ptr_range().contains(&command.as_ptr()),
-                    "the command is borrowed from the payload"
-                );
-            }
-            assert_eq!(owned(borrowed.op), op);
-        }
-    }
-
-    fn opened() -> Sessions {
-        let mut s = Sessions::default();
-        s.advance(1_000);
-        s.open(SessionId(7), A, SESSION_TTL_MS, 100).unwrap();
-        s
-    }
-
-    #[test]
-    fn duplicates_are_answered_in_any_order_and_acks_drop_replies() {
-        let mut s = opened();
-        assert_eq!(s.check(w(1, 1), A), Dedup::New);
-        s.record(w(1, 1), StoredReply::Ok(vec![1]));
-        assert_eq!(
-            s.check(w(1, 1), A),
-            Dedup::Duplicate(StoredReply::Ok(vec![1]))
-        );
-        // Concurrent writes of one client may apply out of order.
-        assert_eq!(s.check(w(3, 1), A), Dedup::New);
-        s.record(w(3, 1), StoredReply::Ok(vec![3]));
-        assert_eq!(s.check(w(2, 1), A), Dedup::New);
-        s.record(w(2, 1), StoredReply::Ok(vec![2]));
-        assert_eq!(s.stored_replies(), 3);
-        // The client saw 1..=3 answered: write 4 acknowledges them.
-        assert_eq!(s.check(w(4, 4), A), Dedup::New);
-        assert_eq!(s.stored_replies(), 0);
-        // Every acknowledged write is stale, the last one (3) included: its
-        // reply is gone, so a late copy must not apply again.
-        for seq in 1..=3 {
-            assert_eq!(s.check(w(seq, 1), A), Dedup::Stale, "write {seq}");
-        }
-    }
-
-    #[test]
-    fn a_write_cannot_acknowledge_itself_and_the_window_is_never_overrun() {
-        let mut s = opened();
-        assert_eq!(s.check(w(5, 99), A), Dedup::New);
-        s.record(w(5, 99), StoredReply::Ok(vec![]));
-        assert_eq!(
-            s.check(w(5, 99), A),
-            Dedup::Duplicate(StoredReply::Ok(vec![]))
-        );
-        let mut s = opened();
-        for seq in 1..=SESSION_WINDOW as u64 {
-            assert_eq!(s.check(w(seq, 1), A), Dedup::New);
-            s.record(w(seq, 1), StoredReply::Ok(vec![]));
-        }
-        let next = SESSION_WINDOW as u64 + 1;
-        assert_eq!(s.check(w(next, 1), A), Dedup::WindowFull);
-        // Nothing unacknowledged was forgotten.
-        assert!(matches!(s.check(w(1, 1), A), Dedup::Duplicate(_)));
-    }
-
-    #[test]
-    fn unknown_and_foreign_sessions_are_refused_and_change_nothing() {
-        let mut s = Sessions::default();
-        assert_eq!(s.check(w(1, 1), A), Dedup::Unknown);
-        let mut s = opened();
-        s.check(w(1, 1), A);
-        s.record(w(1, 1), StoredReply::Ok(vec![1]));
-        let before = s.clone();
-        // Another identity, even acknowledging everything, changes nothing.
-        assert_eq!(s.check(w(1, 50), B), Dedup::Foreign);
-        assert_eq!(s.check(w(2, 50), B), Dedup::Foreign);
-        assert_eq!(s.close(SessionId(7), B), Err(SessionRefusal::Foreign));
-        assert_eq!(s, before);
-        assert!(matches!(s.check(w(1, 1), A), Dedup::Duplicate(_)));
-        assert_eq!(s.close(SessionId(7), A), Ok(()));
-        assert_eq!(s.check(w(1, 1), A), Dedup::Unknown);
-        assert_eq!(s.stored_replies(), 0);
-    }
-
-    #[test]
-    fn sessions_expire_by_replicated_time_only_and_time_never_jumps() {
-        // Time advances by at most one step per entry.
-        fn walk(s: &mut Sessions, to: u64) {
-            while s.now_ms() < to {
-                s.advance(to);
-            }
-        }
-        let mut s = opened();
-        walk(&mut s, 1_000 + SESSION_TTL_MS - 1);
-        assert_eq!(s.len(), 1);
-        // Sweeps run once per second of replicated time.
-        walk(&mut s, 1_000 + SESSION_TTL_MS + 1_000);
-        assert!(s.is_empty());
-        assert_eq!(s.counters().expired, 1);
-        // Time never goes back, whatever a stamp says.
-        let now = s.now_ms();
-        s.advance(5);
-        assert_eq!(s.now_ms(), now);
-        // A stamp a day ahead moves time by one step only.
-        s.advance(now + 24 * SESSION_TTL_MS);
-        assert_eq!(s.now_ms(), now + MAX_STAMP_STEP_MS);
-    }
-
-    /// Rule 7 at its boundary: a session unused for exactly its
-    /// time-to-live of replicated time is dropped by the sweep that reaches
-    /// that time, and one used since is not.
-    #[test]
-    fn a_session_expires_at_the_sweep_that_reaches_its_time_to_live() {
-        let mut s = Sessions::default();
-        s.advance(1_000);
-        s.open(SessionId(1), A, 2_000, 100).unwrap();
-        s.open(SessionId(2), A, 2_000, 100).unwrap();
-        s.advance(2_000);
-        let r = SessionRef {
-            id: SessionId(2),
-            seq: 1,
-            acked_below: 1,
-        };
-        assert_eq!(s.check(r, A), Dedup::New);
-        s.record(r, StoredReply::Ok(vec![]));
-        assert_eq!(s.len(), 2, "a sweep before the time-to-live");
-        s.advance(3_000);
-        assert_eq!(s.now_ms(), 3_000);
-        let one = SessionRef {
-            id: SessionId(1),
-            ..r
-        };
-        assert_eq!(s.check(one, A), Dedup::Unknown, "session 1 expired");
-        assert_eq!(s.counters().expired, 1);
-        // Answering a duplicate is a use too.
-        assert!(matches!(s.check(r, A), Dedup::Duplicate(_)));
-        s.advance(4_000);
-        assert_eq!(s.len(), 1);
-        s.advance(5_000);
-        assert!(s.is_empty(), "session 2 expired");
-    }
-
-    #[test]
-    fn a_full_table_evicts_the_longest_idle_sessions() {
-        let mut s = Sessions::default();
-        s.advance(1_000);
-        for i in 0..3u128 {
-            s.advance(2_000 + i as u64 * 10);
-            s.open(SessionId(i), A, SESSION_TTL_MS, 3).unwrap();
-        }
-        // Session 0 is used again: session 1 is now the longest idle.
-        s.advance(3_000);
-        let r = SessionRef {
-            id: SessionId(0),
-            seq: 1,
-            acked_below: 1,
-        };
-        assert_eq!(s.check(r, A), Dedup::New);
-        s.record(r, StoredReply::Ok(vec![]));
-        s.open(SessionId(9), A, SESSION_TTL_MS, 3).unwrap();
-        assert_eq!(s.len(), 3);
-        assert_eq!(s.counters().evicted, 1);
-        let one = SessionRef {
-            id: SessionId(1),
-            ..r
-        };
-        assert_eq!(s.check(one, A), Dedup::Unknown);
-        assert!(matches!(s.check(r, A), Dedup::Duplicate(_)));
-        assert_eq!(
-            s.open(SessionId(9), A, SESSION_TTL_MS, 3),
-            Err(SessionRefusal::IdInUse)
-        );
-    }
-
-    #[test]
-    fn the_table_survives_a_snapshot_round_trip() {
-        let mut s = opened();
-        s.check(w(1, 1), A);
-        s.record(w(1, 1), StoredReply::Handler("boom".into()));
-        let bytes = postcard::to_allocvec(&s).unwrap();
-        let mut back: Sessions = postcard::from_bytes(&bytes).unwrap();
-        back.recount();
-        assert_eq!(back.stored_replies(), 1);
-        assert_eq!(back.now_ms(), s.now_ms());
-        assert!(matches!(back.check(w(1, 1), A), Dedup::Duplicate(_)));
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;

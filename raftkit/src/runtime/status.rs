@@ -85,9 +85,8 @@ pub struct PeerStatus {
     /// acknowledge the answers they received, so this stays near the number
     /// of writes in flight).
     pub session_replies: usize,
-    /// Sessions this peer evicted from its full session table (the longest
-    /// idle first; bounded by [`PeerBuilder::max_sessions`]) since it
-    /// started.
+    /// Sessions this peer evicted from its full session table (see
+    /// [`PeerBuilder::max_sessions`]) since it started.
     ///
     /// [`PeerBuilder::max_sessions`]: super::PeerBuilder::max_sessions
     pub session_evictions: u64,

@@ -2,8 +2,9 @@
 //! the one its data directory held when it started, and every peer's (from
 //! the hello of the peer's last link to this node) — and the leader's two
 //! gates: one enables a handler only once every voter knows it
-//! ([`SchemaBook::check_enabled`]), the other promotes a learner to voter
-//! only if that disables nothing ([`SchemaBook::check_promotion`]).
+//! ([`SchemaBook::check_enabled`], and [`SchemaBook::knows_runtime_log`]
+//! for raftkit's own entries), the other promotes a learner to voter only
+//! if that disables nothing ([`SchemaBook::check_promotion`]).
 //!
 //! Invariant: a write tag that the current voters have enabled stays
 //! enabled across `add_server`. The enabled set only shrinks when a voter
@@ -156,6 +157,33 @@ impl SchemaBook {
         Ok(())
     }
 
+    /// Whether the leader may propose raftkit's own log entries of
+    /// `version` ([`Schema::runtime_log`]): this binary applies them, and
+    /// so does every voter of `voters`, as its last hello showed or, for a
+    /// voter not heard from since this node started, as the data
+    /// directory's schema at start says (the floor), as for
+    /// [`Self::check_enabled`]. When not, the leader proposes the older
+    /// entry instead (a voter that cannot decode an entry halts at it).
+    pub fn knows_runtime_log(
+        &self,
+        version: u32,
+        voters: impl IntoIterator<Item = NodeId>,
+    ) -> bool {
+        if self.local.runtime_log < version {
+            return false;
+        }
+        let peers = self.peers.lock().ok();
+        voters.into_iter().all(|voter| {
+            let seen = peers
+                .as_ref()
+                .and_then(|p| p.iter().find(|(id, _)| *id == voter));
+            match seen {
+                Some((_, schema)) => schema.runtime_log >= version,
+                None => self.floor.runtime_log >= version,
+            }
+        })
+    }
+
     /// The leader's check before it promotes `learner` to voter, `voters`
     /// being the other voters (this node excluded, as it is for
     /// [`Self::check_enabled`]). Refuses when the learner's schema lacks a
@@ -204,6 +232,18 @@ impl SchemaBook {
                     h.tag
                 )));
             }
+        }
+        // The runtime log version every voter applies (so the leader may
+        // propose its entries): the learner must apply it too.
+        let enabled_log = others
+            .iter()
+            .map(|o| o.runtime_log)
+            .fold(self.local.runtime_log, u32::min);
+        if schema.runtime_log < enabled_log {
+            return Err(PromotionRefused::Shrinks(format!(
+                "every voter applies raftkit log entries of version {enabled_log} (the leader may propose them) but learner {learner} applies up to version {} ({source})",
+                schema.runtime_log
+            )));
         }
         if schema.state_version < lowest_state {
             return Err(PromotionRefused::Shrinks(format!(
@@ -262,6 +302,42 @@ mod tests {
         bad.handlers[0].args = Shape::U64;
         assert!(book.accept_peer(4, bad).is_err());
         assert!(book.peer(4).is_none());
+    }
+
+    fn with_runtime_log(mut s: Schema, version: u32) -> Schema {
+        s.runtime_log = version;
+        s
+    }
+
+    /// raftkit's own newer log entries are proposed only once every voter
+    /// applies them (its hello, or the floor for a voter unheard since the
+    /// start), and a learner that does not is not promoted once they are.
+    #[test]
+    fn a_newer_runtime_entry_is_proposed_once_every_voter_applies_it() {
+        let old = || with_runtime_log(schema(&[0]), 0);
+        let book = SchemaBook::new(schema(&[0]), Some(old()));
+        assert!(book.knows_runtime_log(1, []), "alone");
+        assert!(!book.knows_runtime_log(1, [2, 3]), "voters on the floor");
+        assert!(book.knows_runtime_log(0, [2, 3]));
+        book.accept_peer(2, schema(&[0])).unwrap();
+        assert!(!book.knows_runtime_log(1, [2, 3]), "voter 3 unheard");
+        book.accept_peer(3, old()).unwrap();
+        assert!(!book.knows_runtime_log(1, [2, 3]), "voter 3 is older");
+        book.accept_peer(3, schema(&[0])).unwrap();
+        assert!(book.knows_runtime_log(1, [2, 3]));
+        assert!(!book.knows_runtime_log(2, [2, 3]), "unknown to this binary");
+        // Enabled: a learner of the older raftkit is not promoted.
+        book.accept_peer(4, old()).unwrap();
+        match book.check_promotion(4, &[2, 3]) {
+            Err(PromotionRefused::Shrinks(why)) => {
+                assert!(why.contains("log entries of version 1"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not enabled (voter 3 went back to the older raftkit's hello):
+        // nothing to shrink.
+        book.accept_peer(3, old()).unwrap();
+        book.check_promotion(4, &[2, 3]).unwrap();
     }
 
     #[test]

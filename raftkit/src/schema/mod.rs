@@ -43,7 +43,13 @@
 //!   write whose tag some voter's binary does not know is refused with
 //!   [`crate::Error::Unsupported`]; it never enters the log, so no replica
 //!   meets a command it cannot decode. A new handler is therefore enabled
-//!   cluster-wide once every voter runs a binary that knows it.
+//!   cluster-wide once every voter runs a binary that knows it. raftkit's
+//!   own log entries are gated the same way: a schema states the version of
+//!   them its binary applies ([`Schema::runtime_log`]), and the leader
+//!   proposes an entry of a newer version only once every voter's schema
+//!   (its last hello, or the floor) states it
+//!   ([`SchemaBook::knows_runtime_log`]); until then it proposes the older
+//!   entry, whose meaning never changes (replaying it gives what it gave).
 //! - **Before a promotion** (the leader, [`SchemaBook::check_promotion`]):
 //!   `add_server` makes a learner a voter only if its schema (from its
 //!   hello) knows every write the voters have enabled and a state version
@@ -143,7 +149,25 @@ pub struct Schema {
     /// compared only between two detailed schemas; otherwise the legacy
     /// forms are, as that raftkit did.
     pub detailed: bool,
+    /// The version of raftkit's own log entries (the session operations of
+    /// `runtime::session::Op`) that this binary applies: [`RUNTIME_LOG`]
+    /// for this raftkit, 0 for a schema read from a file or hello of a
+    /// raftkit before the field. Like a handler's tag, a new version is
+    /// proposed only once every voter applies it
+    /// ([`SchemaBook::knows_runtime_log`]), and a data directory is not
+    /// opened by a binary of a lower version than the one that last ran on
+    /// it ([`Schema::check_upgrade_from`]).
+    pub runtime_log: u32,
 }
+
+/// The version of raftkit's own log entries this raftkit applies (see
+/// [`Schema::runtime_log`]): 0, the entries of `runtime::session::Op` up
+/// to `CloseSession`; 1 adds `Op::OpenSessionFair` (a session open under
+/// the fair-share eviction rule, `runtime::session` rule 8).
+pub const RUNTIME_LOG: u32 = 1;
+
+/// The runtime log version that brings `Op::OpenSessionFair`.
+pub const RUNTIME_LOG_FAIR_SESSIONS: u32 = 1;
 
 /// Why two schemas are not compatible: which handler (or `state`), and
 /// how. Becomes [`crate::Error::SchemaMismatch`].
@@ -174,6 +198,7 @@ impl Schema {
             state,
             handlers: Vec::new(),
             detailed: true,
+            runtime_log: RUNTIME_LOG,
         }
     }
 
@@ -205,7 +230,8 @@ impl Schema {
     /// a binary with schema `old`: every old handler exists with the same
     /// kind, tag and shapes (no field, variant or argument moved: see
     /// [`Shape::check_compatible`]); the state has the same version and
-    /// shape, or a higher version.
+    /// shape, or a higher version; raftkit's own log entries have the same
+    /// version or a higher one ([`Schema::runtime_log`]).
     pub fn check_upgrade_from(&self, old: &Schema) -> Result<(), Mismatch> {
         let names = self.names_with(old);
         self.check_name(old)?;
@@ -223,6 +249,15 @@ impl Schema {
                 }
                 Some(new) => same_shapes(h, new, names)?,
             }
+        }
+        if self.runtime_log < old.runtime_log {
+            return Err(Mismatch {
+                handler: "raftkit's log entries".into(),
+                reason: format!(
+                    "the data directory's log may hold raftkit entries of version {} (a newer raftkit ran on it), this binary applies up to version {}; run a raftkit of version {} or later",
+                    old.runtime_log, self.runtime_log, old.runtime_log
+                ),
+            });
         }
         if self.state_version < old.state_version {
             return Err(Mismatch {

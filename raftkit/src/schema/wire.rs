@@ -7,7 +7,11 @@
 //! [`Shape::Named`], no [`Shape::PartlyOpaque`]): the four fields raftkit
 //! wrote before names. Then, for a detailed schema, one byte string: the
 //! postcard encoding of [`Detail`], the detailed shapes of the state and
-//! of every handler in order.
+//! of every handler in order (empty for a schema that is not detailed but
+//! has a runtime log version). Then, when not 0, the runtime log version
+//! ([`Schema::runtime_log`]) as a varint, which the raftkit before it
+//! leaves alone as it leaves the byte string; a schema that ends before it
+//! has version 0.
 //!
 //! A schema is always the last value of what carries it (the file's body,
 //! the last field of `PeerFrame::Hello` and of `ClientHello`), and those
@@ -74,7 +78,14 @@ impl<'de> Deserialize<'de> for Bytes {
     }
 }
 
-const FIELDS: &[&str] = &["name", "state_version", "state", "handlers", "detail"];
+const FIELDS: &[&str] = &[
+    "name",
+    "state_version",
+    "state",
+    "handlers",
+    "detail",
+    "runtime_log",
+];
 
 impl Serialize for Schema {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -87,11 +98,21 @@ impl Serialize for Schema {
                 ..h.clone()
             })
             .collect();
-        let mut st = s.serialize_struct("Schema", if self.detailed { 5 } else { 4 })?;
+        let fields = match (self.detailed, self.runtime_log) {
+            (_, 1..) => 6,
+            (true, 0) => 5,
+            (false, 0) => 4,
+        };
+        let mut st = s.serialize_struct("Schema", fields)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("state_version", &self.state_version)?;
         st.serialize_field("state", &self.state.legacy())?;
         st.serialize_field("handlers", &handlers)?;
+        if !self.detailed && fields > 4 {
+            // No detail, but a field after it: an empty byte string, which
+            // does not decode as a `Detail` (the schema stays legacy).
+            st.serialize_field("detail", &Bytes(Vec::new()))?;
+        }
         if self.detailed {
             let detail = Detail {
                 state: self.state.clone(),
@@ -103,6 +124,9 @@ impl Serialize for Schema {
             };
             let bytes = postcard::to_allocvec(&detail).map_err(serde::ser::Error::custom)?;
             st.serialize_field("detail", &Bytes(bytes))?;
+        }
+        if fields > 5 {
+            st.serialize_field("runtime_log", &self.runtime_log)?;
         }
         st.end()
     }
@@ -135,15 +159,20 @@ impl<'de> Visitor<'de> for SchemaVisitor {
             state,
             handlers,
             detailed: false,
+            runtime_log: 0,
         };
         // The end of the input here is a schema of the earlier raftkit: no
         // detail (postcard reports it as an error, which is not one here).
-        let detail = match seq.next_element::<Bytes>() {
-            Ok(Some(Bytes(bytes))) => postcard::from_bytes::<Detail>(&bytes).ok(),
-            Ok(None) | Err(_) => None,
+        let (detail, more) = match seq.next_element::<Bytes>() {
+            Ok(Some(Bytes(bytes))) => (postcard::from_bytes::<Detail>(&bytes).ok(), true),
+            Ok(None) | Err(_) => (None, false),
         };
         if let Some(detail) = detail {
             apply(&mut schema, detail);
+        }
+        // Likewise the end of the input here: runtime log version 0.
+        if more && let Ok(Some(version)) = seq.next_element::<u32>() {
+            schema.runtime_log = version;
         }
         Ok(schema)
     }
@@ -293,9 +322,51 @@ mod tests {
         legacy.detailed = false;
         same_order.check_upgrade_from(&legacy).unwrap();
         let mut bytes = postcard::to_allocvec(&current()).unwrap();
-        let last = bytes.len() - 1;
+        // The detail's last byte (the runtime log version, one byte, after it).
+        let last = bytes.len() - 2;
         bytes[last] = 0xff;
         let read: Schema = postcard::from_bytes(&bytes).unwrap();
         assert!(!read.detailed);
+        assert_eq!(read.runtime_log, super::super::RUNTIME_LOG);
+    }
+
+    /// A schema of the raftkit before the runtime log version (its four
+    /// fields and the detail, nothing after) has version 0, this one's
+    /// keeps its version detailed or not, and the raftkit before it reads
+    /// this one's as its own.
+    #[test]
+    fn the_runtime_log_version_is_read_when_present_and_zero_before_it() {
+        #[derive(Serialize, Deserialize)]
+        struct WithDetail {
+            name: String,
+            state_version: u32,
+            state: Shape,
+            handlers: Vec<HandlerSchema>,
+            detail: super::Bytes,
+        }
+        let new = current();
+        assert_eq!(new.runtime_log, super::super::RUNTIME_LOG);
+        let mut before = new.clone();
+        before.runtime_log = 0;
+        let bytes = postcard::to_allocvec(&before).unwrap();
+        let read: Schema = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(read, before, "a schema that ends after its detail");
+        assert!(read.detailed);
+        // The raftkit before the field reads this one's encoding (the
+        // version after the detail is left alone).
+        let ours = postcard::to_allocvec(&new).unwrap();
+        let theirs: WithDetail = postcard::from_bytes(&ours).unwrap();
+        assert_eq!(theirs.name, "kv");
+        assert_eq!(postcard::from_bytes::<Schema>(&ours).unwrap(), new);
+        // Not detailed, with a version: an empty detail, then the version.
+        let mut legacy = new.clone();
+        legacy.detailed = false;
+        for h in &mut legacy.handlers {
+            h.args = h.args.legacy();
+            h.output = h.output.legacy();
+        }
+        legacy.state = legacy.state.legacy();
+        let back: Schema = postcard::from_bytes(&postcard::to_allocvec(&legacy).unwrap()).unwrap();
+        assert_eq!(back, legacy);
     }
 }
