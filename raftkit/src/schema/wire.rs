@@ -198,6 +198,9 @@ impl Schema {
                 })
                 .collect(),
             detailed: false,
+            // Kept: it is encoded after an empty detail, and a leader reads
+            // it to decide which session open its voters apply.
+            runtime_log: self.runtime_log,
         }
     }
 }
@@ -304,6 +307,17 @@ mod tests {
             postcard::from_bytes::<Option<Schema>>(&ours).unwrap(),
             Some(new)
         );
+    }
+
+    /// A schema sent without its detail (a hello that would not fit
+    /// otherwise) still tells its runtime log version: a leader that read 0
+    /// there would never propose the entries that version brings.
+    #[test]
+    fn a_schema_without_its_detail_keeps_its_runtime_log_version() {
+        let bytes = postcard::to_allocvec(&current().without_detail()).unwrap();
+        let read: Schema = postcard::from_bytes(&bytes).unwrap();
+        assert!(!read.detailed);
+        assert_eq!(read.runtime_log, super::super::RUNTIME_LOG);
     }
 
     /// Names swapped over the same types are refused between detailed
