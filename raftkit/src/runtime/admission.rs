@@ -15,15 +15,11 @@
 //! waiting replies. A slow disk or a slow state machine slows the writers
 //! down; it never makes memory grow.
 //!
-//! Not counted: requests not yet admitted. A request read from a client
-//! connection holds its frame (and its decoded command) while it waits for
-//! room, up to the admission wait; the transport bounds those per
-//! connection (the streams a connection may open, [`MUX_WINDOW`] requests
-//! per multiplexed stream, one frame each), not per node or per
-//! certificate, so many connections waiting at once hold memory beyond
-//! these budgets.
-//!
-//! [`MUX_WINDOW`]: super::client_mux::MUX_WINDOW
+//! Not counted here: requests not yet admitted. A request read from a
+//! client connection holds its frame (and its decoded command) while it
+//! waits for room, up to the admission wait; the client service bounds
+//! those with a budget of its own, taken before the frame is read and
+//! held until the answer (`intake`: per node and per connection).
 //!
 //! The semaphores are FIFO-fair: a large command waiting for room is not
 //! overtaken forever by small ones.
@@ -146,6 +142,19 @@ impl Admission {
             units => Some(Arc::clone(&self.bytes).try_acquire_many_owned(units).ok()?),
         };
         Some(Permit { count, bytes })
+    }
+
+    /// The byte budget and the admission wait (the client service's
+    /// budget of received requests takes both, see `intake`).
+    pub(crate) fn bytes_and_wait(&self) -> (usize, Duration) {
+        (self.max_bytes as usize, self.wait)
+    }
+
+    /// Counts a call refused [`Error::Overloaded`] elsewhere (by the client
+    /// service's budget of received requests, `intake`), so that the
+    /// node's count of refusals has every one.
+    pub(crate) fn note_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Calls refused with [`Error::Overloaded`] so far.

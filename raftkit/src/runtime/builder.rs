@@ -421,7 +421,11 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// in flight on this peer between admission and answer (defaults 16,384
     /// and 64 MiB). A call that finds no room waits for at most the
     /// admission wait, then fails with
-    /// [`Error::Overloaded`].
+    /// [`Error::Overloaded`]. The client service holds the bytes of the
+    /// requests it received and has not answered within `bytes` too (a
+    /// quarter of it per connection), taken before a request's frame is
+    /// read: a request that finds no room within the admission wait is
+    /// answered `Overloaded` unread.
     pub fn max_in_flight(mut self, commands: usize, bytes: usize) -> Self {
         self.max_in_flight = (commands.max(1), bytes.max(1));
         self

@@ -22,6 +22,13 @@
 //!   be refused `Overloaded`); a stream that takes no byte of its answers
 //!   for [`ANSWER_STALL`] is reset (the client's waiting calls fail and it
 //!   retries on a fresh connection);
+//! - a frame's room in the node's budget of received requests (`intake`)
+//!   is taken once its length prefix is here, before its body is read, and
+//!   held until its request is answered; while the stream waits for it the
+//!   stream is not read (flow control pushes back on the client), and the
+//!   wait is polled whatever else the task does; a frame that gets no room
+//!   within the admission wait is answered `Overloaded` (nothing applied)
+//!   and its body dropped as it arrives;
 //! - a frame that is too large or has no readable id ends the stream with a
 //!   logged warning (the client fails its waiting calls and retries on a
 //!   fresh connection); a readable id with an unreadable request is
@@ -39,6 +46,8 @@
 //!   once (no gathering delay at low load).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,11 +57,13 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::client_service::{Caller, Front, answer};
+use super::intake::{ConnectionIntake, Room};
 use crate::client::wire::{ClientRequest, ClientResponse, RequestId, RequestMeta, WireError};
+use crate::error::Error;
 use crate::transport::frame::{FrameError, encode_frame_bytes};
 use crate::transport::frame_reader::FrameReader;
 use crate::transport::quic::WRITE_BUFFER;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 /// Requests of one stream answered at once, at most.
 pub const MUX_WINDOW: usize = 256;
@@ -79,6 +90,7 @@ pub(super) async fn serve<F: Front>(
     send: SendStream,
     mut frames: FrameReader,
     max_frame: usize,
+    intake: ConnectionIntake,
 ) {
     let (tx, rx) = mpsc::channel::<Answer>(MUX_WINDOW);
     let writer = tokio::spawn(write_answers(send, rx, max_frame, ANSWER_STALL));
@@ -88,7 +100,9 @@ pub(super) async fn serve<F: Front>(
     // room handed to it is never used nor given back).
     let mut done: VecDeque<Answer> = VecDeque::new();
     let mut reading = true;
+    let mut next = Next::Len;
     loop {
+        let window = running.len() + done.len() < MUX_WINDOW;
         tokio::select! {
             biased;
             // Cancel-safe: this task is the only sender.
@@ -118,28 +132,41 @@ pub(super) async fn serve<F: Front>(
                     Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
             }
-            // Cancel-safe: a frame half received when an answer completes
-            // stays in the reader.
-            frame = frames.next(max_frame), if reading && running.len() + done.len() < MUX_WINDOW => {
+            // Cancel-safe: a frame half received, or room being waited
+            // for, when an answer completes stays in `frames` and `next`.
+            incoming = next_request(&mut frames, &mut next, &intake, max_frame, window), if reading => {
                 crate::probe::mark("s.frame_in");
-                let body = match frame {
-                    Ok(body) => body,
+                let (head, decoded) = match incoming {
+                    Ok(Incoming::Request(body, mut room)) => {
+                        room.holds(body.len());
+                        (body, Ok(room))
+                    }
+                    Ok(Incoming::Refused(head, refusal)) => (Bytes::from(head), Err(refusal)),
                     Err(FrameError::Closed) => {
                         reading = false;
+                        next = Next::Len;
                         continue;
                     }
                     Err(e) => {
                         warn!(error = %e, "unreadable multiplexed request; closing that stream");
                         reading = false;
+                        next = Next::Len;
                         continue;
                     }
                 };
-                let Ok((id, rest)) = postcard::take_from_bytes::<u64>(&body) else {
+                let Ok((id, rest)) = postcard::take_from_bytes::<u64>(&head) else {
                     warn!("multiplexed request without an id; closing that stream");
                     reading = false;
                     continue;
                 };
-                running.push(answer_one(&front, &caller, id, RequestId::decode_request(rest)));
+                let request = match decoded {
+                    Ok(room) => Request::Read(RequestId::decode_request(rest), room),
+                    Err(refusal) => {
+                        front.note_overloaded();
+                        Request::Refused(refusal)
+                    }
+                };
+                running.push(answer_one(&front, &caller, id, request));
             }
             // Nothing more to read, every answer handed to the writer.
             else => break,
@@ -162,24 +189,106 @@ struct Answer {
     changes: bool,
 }
 
-/// Answers one request of the stream (a malformed one `Rejected`), with
-/// whether it may have changed the state.
+/// Where the stream's reader is in its next request (`intake`).
+enum Next {
+    /// Waiting for a frame's length prefix.
+    Len,
+    /// Waiting for room for the frame (the wait ends `Overloaded`).
+    Room(Pin<Box<dyn Future<Output = Result<Room, Error>> + Send>>),
+    /// Room taken: reading the frame's body.
+    Body(Room),
+    /// No room came: discarding the frame, to answer it `refusal`.
+    Refused(Error),
+}
+
+/// A request frame of the stream.
+enum Incoming {
+    /// Its body, and the room it holds.
+    Request(Bytes, Room),
+    /// The first bytes of a frame refused for want of room (its id), and
+    /// the refusal.
+    Refused(Vec<u8>, Error),
+}
+
+/// The stream's next request, its room taken before its body is read:
+/// once the prefix is here, room is taken at once if there is some, else
+/// waited for (at most the admission wait); `window`: whether a new frame
+/// may be started. Cancel-safe: the state lives in `frames` and `next`.
+async fn next_request(
+    frames: &mut FrameReader,
+    next: &mut Next,
+    intake: &ConnectionIntake,
+    max: usize,
+    window: bool,
+) -> Result<Incoming, FrameError> {
+    loop {
+        match next {
+            Next::Len => {
+                if !window {
+                    std::future::pending::<()>().await;
+                }
+                let len = frames.next_len(max).await?;
+                *next = match intake.try_take(len) {
+                    Some(room) => Next::Body(room),
+                    None => Next::Room(Box::pin(intake.clone().take(len))),
+                };
+            }
+            Next::Room(wait) => {
+                let taken = wait.as_mut().await;
+                *next = match taken {
+                    Ok(room) => Next::Body(room),
+                    Err(refusal) => Next::Refused(refusal),
+                };
+            }
+            Next::Body(_) => {
+                let body = frames.next(max).await?;
+                if let Next::Body(room) = std::mem::replace(next, Next::Len) {
+                    return Ok(Incoming::Request(body, room));
+                }
+            }
+            Next::Refused(_) => {
+                let head = frames.skip_frame(max).await?;
+                if let Next::Refused(refusal) = std::mem::replace(next, Next::Len) {
+                    return Ok(Incoming::Refused(head, refusal));
+                }
+            }
+        }
+    }
+}
+
+/// A request of the stream to answer.
+enum Request {
+    /// Read (its room held until it is answered), decoded or not.
+    Read(
+        Result<(ClientRequest, Option<RequestMeta>), postcard::Error>,
+        Room,
+    ),
+    /// Not read: no room for it.
+    Refused(Error),
+}
+
+/// Answers one request of the stream (a malformed one `Rejected`, one
+/// refused room its refusal), with whether it may have changed the state.
 async fn answer_one<F: Front>(
     front: &F,
     caller: &Caller,
     id: u64,
-    decoded: Result<(ClientRequest, Option<RequestMeta>), postcard::Error>,
+    request: Request,
 ) -> (u64, ClientResponse, bool) {
-    match decoded {
-        Ok((request, meta)) => {
+    match request {
+        Request::Read(Ok((request, meta)), room) => {
             let changes = changes_state(&request);
-            (id, answer(front, caller, request, meta).await, changes)
+            let response = answer(front, caller, request, meta).await;
+            // Answered: the request's bytes are gone.
+            drop(room);
+            (id, response, changes)
         }
-        Err(e) => {
+        Request::Read(Err(e), _) => {
             warn!(error = %e, "malformed client request; answered Rejected");
             let refused = WireError::Rejected(format!("malformed request: {e}"));
             (id, ClientResponse::Err(refused), false)
         }
+        Request::Refused(refusal) => (id, ClientResponse::Err(refusal.into()), false),
     }
 }
 
@@ -421,6 +530,7 @@ mod tests {
                 send,
                 FrameReader::new(recv),
                 1 << 20,
+                crate::runtime::intake::Intake::new(1 << 30, Duration::from_secs(2)).connection(),
             )
             .await;
             conn

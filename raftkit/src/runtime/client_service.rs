@@ -21,6 +21,11 @@
 //! presented in the TLS handshake, [`Owner::of`]), never of anything the
 //! client says, so a session id learned by another client is useless to it
 //! (see `session.rs`).
+//!
+//! Every request frame, on either path, takes room in the node's budget of
+//! received requests before its body is read, and holds it until it is
+//! answered; one that finds none within the admission wait is answered
+//! `Overloaded` (see `intake`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +37,7 @@ use tracing::{debug, warn};
 
 use super::Peer;
 use super::authorization::{authorize, request_kind};
+use super::intake::{ConnectionIntake, Intake};
 use super::session::Owner;
 use crate::client::mux::{MUX_ACCEPTED, MUX_VERSION};
 use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, StatusReport, WireError};
@@ -40,7 +46,7 @@ use crate::core::Role;
 use crate::error::Error;
 use crate::state_machine::StateMachine;
 use crate::tls::Principal;
-use crate::transport::frame::{FrameError, read_frame_body, write_frame};
+use crate::transport::frame::{FrameError, read_frame_len, read_frame_rest, write_frame};
 use crate::transport::frame_reader::FrameReader;
 use crate::transport::quic::AcceptedClient;
 use tracing::Instrument;
@@ -86,6 +92,19 @@ pub(crate) trait Front: Clone + Send + Sync + 'static {
         request: ClientRequest,
         meta: Option<RequestMeta>,
     ) -> impl std::future::Future<Output = ClientResponse> + Send;
+    /// The budget of received, unanswered request bytes of the node and
+    /// how long a request waits for room in it (`intake`): the node's
+    /// in-flight byte budget and admission wait.
+    fn intake_budget(&self) -> (usize, Duration) {
+        (
+            super::admission::DEFAULT_MAX_IN_FLIGHT_BYTES,
+            super::admission::DEFAULT_ADMISSION_WAIT,
+        )
+    }
+    /// Counts a request refused `Overloaded` for want of room in that
+    /// budget (a peer counts it with its admission's refusals, in
+    /// [`PeerStatus::overloaded`](super::PeerStatus)).
+    fn note_overloaded(&self) {}
     /// Serves an authorized watch on its own stream.
     fn watch(
         &self,
@@ -103,6 +122,14 @@ impl<S: StateMachine> Front for Peer<S> {
 
     fn hello(&self, hello: &ClientHello, remote: std::net::SocketAddr) -> ClientResponse {
         check_hello::<S>(self.schemas(), hello, remote)
+    }
+
+    fn intake_budget(&self) -> (usize, Duration) {
+        self.inner.admission.bytes_and_wait()
+    }
+
+    fn note_overloaded(&self) {
+        self.inner.admission.note_refused()
     }
 
     async fn handle(
@@ -155,11 +182,23 @@ impl<S: StateMachine> Front for Peer<S> {
 /// Serves every client connection the transport hands over, for `front`.
 pub(crate) async fn serve_front<F: Front>(
     front: F,
-    mut conns: mpsc::Receiver<AcceptedClient>,
+    conns: mpsc::Receiver<AcceptedClient>,
     max_frame: usize,
 ) {
+    let (bytes, wait) = front.intake_budget();
+    serve_front_with(front, conns, max_frame, Intake::new(bytes, wait)).await
+}
+
+/// [`serve_front`] with the node's budget of received requests given.
+pub(super) async fn serve_front_with<F: Front>(
+    front: F,
+    mut conns: mpsc::Receiver<AcceptedClient>,
+    max_frame: usize,
+    intake: Arc<Intake>,
+) {
     while let Some(accepted) = conns.recv().await {
-        tokio::spawn(serve_connection(front.clone(), accepted, max_frame));
+        let intake = intake.connection();
+        tokio::spawn(serve_connection(front.clone(), accepted, max_frame, intake));
     }
 }
 
@@ -227,7 +266,12 @@ pub const MAX_CLIENT_HELLO_BYTES: usize = 1 << 20;
 /// How long a client connection may take to send its hello.
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn serve_connection<F: Front>(front: F, accepted: AcceptedClient, max_frame: usize) {
+async fn serve_connection<F: Front>(
+    front: F,
+    accepted: AcceptedClient,
+    max_frame: usize,
+    intake: ConnectionIntake,
+) {
     let AcceptedClient { conn, principal } = accepted;
     let remote = conn.remote_address();
     let Ok(Ok((mut send, recv))) =
@@ -289,6 +333,7 @@ async fn serve_connection<F: Front>(front: F, accepted: AcceptedClient, max_fram
             send,
             frames,
             max_frame,
+            intake.clone(),
         ));
     } else {
         let _ = send.finish();
@@ -302,6 +347,7 @@ async fn serve_connection<F: Front>(front: F, accepted: AcceptedClient, max_fram
                     send,
                     recv,
                     max_frame,
+                    intake.clone(),
                 ));
             }
             Err(e) => {
@@ -318,10 +364,30 @@ async fn serve_stream<F: Front>(
     mut send: SendStream,
     mut recv: RecvStream,
     max_frame: usize,
+    intake: ConnectionIntake,
 ) {
-    let decoded = read_frame_body(&mut recv, max_frame)
-        .await
-        .and_then(|body| RequestId::decode_request(&body).map_err(FrameError::Decode));
+    // Room for the frame before its body is read (see `intake`).
+    let len = read_frame_len(&mut recv, max_frame).await;
+    let mut room = None;
+    if let Ok(len) = &len {
+        match intake.take(*len).await {
+            Ok(r) => room = Some(r),
+            Err(e) => {
+                front.note_overloaded();
+                return refuse_unread(send, recv, e, max_frame).await;
+            }
+        }
+    }
+    let decoded = match len {
+        Ok(len) => read_frame_rest(&mut recv, len).await,
+        Err(e) => Err(e),
+    }
+    .and_then(|body| {
+        if let Some(room) = &mut room {
+            room.holds(body.len());
+        }
+        RequestId::decode_request(&body).map_err(FrameError::Decode)
+    });
     let (request, meta) = match decoded {
         Ok(r) => r,
         Err(e) => {
@@ -340,6 +406,8 @@ async fn serve_stream<F: Front>(
     if let (ClientRequest::Watch { from }, Ok(())) =
         (&request, front.authorize(&caller.principal, &request, meta))
     {
+        // A watch lives long and holds no request bytes.
+        drop(room);
         return front
             .watch(*from, meta, send, max_frame)
             .instrument(request_span(&caller, &request, meta))
@@ -347,6 +415,8 @@ async fn serve_stream<F: Front>(
     }
     let changes = super::client_mux::changes_state(&request);
     let response = answer(&front, &caller, request, meta).await;
+    // Answered: the request's bytes are gone.
+    drop(room);
     let written = match write_frame(&mut send, &response, max_frame).await {
         // Nothing was written: a short refusal instead (see `uncarried`).
         Err(e @ FrameError::TooLarge { .. }) => {
@@ -359,6 +429,26 @@ async fn serve_stream<F: Front>(
         debug!(error = %e, "client went away before its answer");
     }
     let _ = send.finish();
+}
+
+/// How long a refused request's body is read and dropped, so that a
+/// client that writes all of it before reading its answer gets the answer.
+const DRAIN_REFUSED: Duration = Duration::from_secs(10);
+
+/// Answers a request whose body was not read `refusal` (`Overloaded`: no
+/// room for it), then reads its body and drops it as it arrives (nothing
+/// buffered) until the client finishes the stream, for at most
+/// [`DRAIN_REFUSED`].
+async fn refuse_unread(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    refusal: Error,
+    max_frame: usize,
+) {
+    let _ = write_frame(&mut send, &ClientResponse::Err(refusal.into()), max_frame).await;
+    let _ = send.finish();
+    let drain = async { while let Ok(Some(_)) = recv.read_chunk(64 << 10, true).await {} };
+    let _ = tokio::time::timeout(DRAIN_REFUSED, drain).await;
 }
 
 /// Authorizes and answers one request of `caller`, whichever stream it came
@@ -578,6 +668,7 @@ mod tests {
                 Open,
                 AcceptedClient { conn, principal },
                 DEFAULT_MAX_FRAME_BYTES,
+                Intake::new(4 * DEFAULT_MAX_FRAME_BYTES, Duration::from_secs(2)).connection(),
             )
             .await;
         });

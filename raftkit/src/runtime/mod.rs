@@ -58,6 +58,9 @@ mod client_mux;
 pub mod client_service;
 mod dropped;
 mod envelope_decode;
+mod intake;
+#[cfg(test)]
+mod intake_tests;
 #[cfg(test)]
 mod lease_read_tests;
 mod membership;

@@ -347,6 +347,17 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Vec<u8>, FrameError> {
+    let len = read_frame_len(r, max).await?;
+    read_frame_rest(r, len).await
+}
+
+/// Reads one frame's length prefix only: the length of its body, at most
+/// `max` (the body is read by [`read_frame_rest`], e.g. once there is
+/// room for it).
+pub(crate) async fn read_frame_len<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<usize, FrameError> {
     let mut prefix = [0u8; PREFIX];
     read_exact(r, &mut prefix).await?;
     let len = u32::from_be_bytes(prefix);
@@ -357,11 +368,21 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
             max,
         });
     }
+    Ok(len_usize)
+}
+
+/// Reads the body of `len_usize` bytes of a frame whose prefix
+/// [`read_frame_len`] read.
+pub(crate) async fn read_frame_rest<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len_usize: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let len = u64::try_from(len_usize).unwrap_or(u64::MAX);
     // Grown as the bytes arrive, not allocated at the length the prefix
     // claims: a sender that claims a large frame and stalls holds only
     // what it sent (QUIC flow control bounds that per stream).
     let mut body = Vec::with_capacity(len_usize.min(BODY_START_BYTES));
-    let read = (&mut *r).take(u64::from(len)).read_to_end(&mut body).await;
+    let read = (&mut *r).take(len).read_to_end(&mut body).await;
     match read {
         Ok(n) if n == len_usize => Ok(body),
         Ok(_) => Err(FrameError::Closed),

@@ -25,6 +25,11 @@
 //!    call loses nothing (quinn's `read_chunk` is itself cancel-safe).
 //! 4. Frames come out in stream order, each exactly once, whatever the
 //!    chunk boundaries (the tests cut streams at random points).
+//! 5. A caller may learn a frame's length before its body is read
+//!    ([`FrameReader::next_len`], to take room for it first), and may
+//!    discard a frame ([`FrameReader::skip_frame`]): only the first bytes
+//!    of its body are kept (its request id), the rest is dropped as it
+//!    arrives, never buffered.
 
 use std::collections::VecDeque;
 use std::io;
@@ -37,6 +42,10 @@ use super::frame::FrameError;
 /// Length of the length prefix.
 const PREFIX: usize = 4;
 
+/// The bytes of a skipped frame's body that are kept: enough for a
+/// request id (a postcard `u64`, at most 10 bytes).
+pub(crate) const HEAD: usize = 10;
+
 /// The received bytes of one stream not yet handed out as frames, in
 /// order. Pure (no I/O): [`FrameReader`] feeds it from a stream, the tests
 /// from arbitrary cuts of a byte string.
@@ -45,11 +54,18 @@ pub(crate) struct FrameBuffer {
     chunks: VecDeque<Bytes>,
     /// Sum of the lengths of `chunks`.
     len: usize,
+    /// Bytes of a skipped frame still to come: dropped as they arrive.
+    skip: usize,
 }
 
 impl FrameBuffer {
     /// Appends received bytes.
-    pub(crate) fn push(&mut self, chunk: Bytes) {
+    pub(crate) fn push(&mut self, mut chunk: Bytes) {
+        if self.skip > 0 {
+            let n = self.skip.min(chunk.len());
+            chunk.advance(n);
+            self.skip -= n;
+        }
         if !chunk.is_empty() {
             self.len += chunk.len();
             self.chunks.push_back(chunk);
@@ -66,6 +82,20 @@ impl FrameBuffer {
     /// are needed, [`FrameError::TooLarge`] if its prefix exceeds `max`
     /// (the buffer is then left as it was: the caller drops the stream).
     pub(crate) fn take_frame(&mut self, max: usize) -> Result<Option<Bytes>, FrameError> {
+        let Some(body_len) = self.peek_len(max)? else {
+            return Ok(None);
+        };
+        if self.len - PREFIX < body_len {
+            return Ok(None);
+        }
+        self.consume(PREFIX);
+        Ok(Some(self.take(body_len)))
+    }
+
+    /// The next frame's body length once its prefix is here (`Ok(None)`
+    /// before), [`FrameError::TooLarge`] if it exceeds `max`. Nothing is
+    /// consumed.
+    pub(crate) fn peek_len(&self, max: usize) -> Result<Option<usize>, FrameError> {
         let Some(prefix) = self.peek_prefix() else {
             return Ok(None);
         };
@@ -77,11 +107,28 @@ impl FrameBuffer {
                 max,
             });
         }
-        if self.len - PREFIX < body_len {
+        Ok(Some(body_len))
+    }
+
+    /// Discards the next frame once its first [`HEAD`] body bytes (or its
+    /// whole body, if shorter) are here, returning them (`Ok(None)`
+    /// before, nothing consumed); the rest of its body is dropped now and
+    /// as it arrives.
+    pub(crate) fn skip_frame(&mut self, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+        let Some(body_len) = self.peek_len(max)? else {
+            return Ok(None);
+        };
+        let head_len = body_len.min(HEAD);
+        if self.len - PREFIX < head_len {
             return Ok(None);
         }
         self.consume(PREFIX);
-        Ok(Some(self.take(body_len)))
+        let head = self.take(head_len).to_vec();
+        let rest = body_len - head_len;
+        let here = rest.min(self.len);
+        self.consume(here);
+        self.skip = rest - here;
+        Ok(Some(head))
     }
 
     /// The first 4 buffered bytes, if there are as many.
@@ -176,15 +223,44 @@ impl FrameReader {
             if let Some(body) = self.buf.take_frame(max)? {
                 return Ok(body);
             }
-            if self.finished {
-                return Err(FrameError::Closed);
-            }
-            match self.recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => self.buf.push(chunk.bytes),
-                Ok(None) => self.finished = true,
-                Err(e) => return Err(FrameError::Io(io::Error::from(e))),
-            }
+            self.read_more().await?;
         }
+    }
+
+    /// The next frame's body length, once its prefix is here; the frame
+    /// stays in the reader ([`Self::next`] or [`Self::skip_frame`] takes
+    /// it). [`FrameError::TooLarge`] past `max`. Cancel-safe.
+    pub(crate) async fn next_len(&mut self, max: usize) -> Result<usize, FrameError> {
+        loop {
+            if let Some(len) = self.buf.peek_len(max)? {
+                return Ok(len);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Discards the next frame (module doc, invariant 5) and returns the
+    /// first [`HEAD`] bytes of its body. Cancel-safe.
+    pub(crate) async fn skip_frame(&mut self, max: usize) -> Result<Vec<u8>, FrameError> {
+        loop {
+            if let Some(head) = self.buf.skip_frame(max)? {
+                return Ok(head);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Reads one more chunk into the buffer.
+    async fn read_more(&mut self) -> Result<(), FrameError> {
+        if self.finished {
+            return Err(FrameError::Closed);
+        }
+        match self.recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => self.buf.push(chunk.bytes),
+            Ok(None) => self.finished = true,
+            Err(e) => return Err(FrameError::Io(io::Error::from(e))),
+        }
+        Ok(())
     }
 
     /// The next frame, decoded as a `T`.
@@ -370,6 +446,45 @@ mod tests {
         // Not asserted: how often a read was cancelled depends on timing
         // (the frames must be right either way).
         let _ = cancelled;
+    }
+
+    /// A skipped frame gives its first bytes and leaves nothing of its
+    /// body behind, whatever the cuts; the frames after it come out whole.
+    #[test]
+    fn a_skipped_frame_keeps_only_its_head() {
+        for seed in 0..300 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (bodies, wire) = frames(&mut rng, 12);
+            let wire = Bytes::from(wire);
+            let mut buf = FrameBuffer::default();
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < wire.len() {
+                let n = rng.random_range(1..=(wire.len() - at).min(3000));
+                buf.push(wire.slice(at..at + n));
+                at += n;
+                loop {
+                    let i = out.len();
+                    let next = if i % 3 == 0 {
+                        buf.skip_frame(1 << 20).expect("ok")
+                    } else {
+                        buf.take_frame(1 << 20).expect("ok").map(|b| b.to_vec())
+                    };
+                    let Some(got) = next else { break };
+                    out.push(got);
+                }
+            }
+            assert_eq!(out.len(), bodies.len(), "seed {seed}");
+            for (i, (got, body)) in out.iter().zip(&bodies).enumerate() {
+                let want = if i % 3 == 0 {
+                    &body[..body.len().min(HEAD)]
+                } else {
+                    &body[..]
+                };
+                assert_eq!(got.as_slice(), want, "seed {seed}, frame {i}");
+            }
+            assert_eq!((buf.len(), buf.skip), (0, 0), "seed {seed}");
+        }
     }
 
     #[test]

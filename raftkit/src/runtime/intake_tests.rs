@@ -1,0 +1,343 @@
+//! The bytes of client requests a node received and has not answered stay
+//! within its budget (`intake`) over QUIC, whatever the clients send: the
+//! QUIC counterpart of `tests/memory_bound.rs`, which drives a node in
+//! process and never reads a frame.
+//!
+//! Several connections each send a window of 1 MiB writes to a node whose
+//! apply thread is held ([`ApplyGate`]), with a byte budget of 4 MiB and a
+//! short admission wait. Before the fix every frame was read and decoded
+//! as it arrived and held while it waited for admission, about 24 MiB on
+//! this node, more with every connection a client opens.
+//!
+//! Measured by the intake's own gauge of request bodies held (counted where
+//! a body is read, returned with the answer), not by the resident set
+//! size: the tests of this binary run in parallel in one process, whose
+//! RSS is everyone's (`tests/memory_bound.rs` has a binary of its own for
+//! that reason).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::Endpoint;
+use tokio::sync::mpsc;
+
+use crate::client::ClientOptions;
+use crate::core::Role;
+use crate::prelude::*;
+use crate::tls::dev_cluster;
+use crate::transport::MemoryNetwork;
+use crate::transport::frame::DEFAULT_MAX_FRAME_BYTES;
+use crate::transport::quic::{AcceptedClient, peer_principal, quic_server_config};
+
+use super::client_service::{Front, serve_front_with};
+use super::intake::Intake;
+use super::test_gate::{ApplyGate, apply_threads_named_after, until};
+
+static GATE: ApplyGate = ApplyGate::new();
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "bulk")]
+struct Bulk {
+    bytes: u64,
+}
+
+#[crate::state_machine]
+impl Bulk {
+    /// Holds the gated apply thread, then counts the bytes.
+    #[write]
+    fn put(&mut self, data: Vec<u8>) -> u64 {
+        GATE.hold_if_gated();
+        self.bytes += data.len() as u64;
+        self.bytes
+    }
+
+    #[read]
+    fn total(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// The node's byte budget (in flight, and so received).
+const BUDGET: usize = 4 << 20;
+/// Each large write's command.
+const WRITE: usize = 1 << 20;
+const CONNECTIONS: usize = 3;
+const WRITES_PER_CONNECTION: usize = 8;
+/// Bounds each wait of the test.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// See the module docs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_admission_over_quic_stay_within_the_node_budget() {
+    let _open = GATE.open_on_drop();
+    let addr = "intake:1";
+    let net = MemoryNetwork::new(17);
+    let peer = {
+        let net = net.clone();
+        Bulk::peer()
+            .in_memory()
+            .listen(addr)
+            .bootstrap()
+            .tick(Duration::from_millis(20))
+            .max_in_flight(16_384, BUDGET)
+            .admission_wait(Duration::from_millis(300))
+            .threads(apply_threads_named_after(addr))
+            .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+            .start()
+            .await
+            .expect("peer starts")
+    };
+    until("the peer leads", || {
+        (peer.status().role == Role::Leader).then_some(())
+    })
+    .await;
+
+    // The node's client service on an endpoint of the test's own, with its
+    // budget at hand.
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let server = Endpoint::server(
+        quic_server_config(&ids[0]).expect("server config"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("endpoint");
+    let server_addr = server.local_addr().expect("addr").to_string();
+    let (bytes, wait) = Front::intake_budget(&peer);
+    let intake = Intake::new(bytes, wait);
+    let (conns_tx, conns_rx) = mpsc::channel(16);
+    tokio::spawn(serve_front_with(
+        peer.clone(),
+        conns_rx,
+        DEFAULT_MAX_FRAME_BYTES,
+        intake.clone(),
+    ));
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let Ok(principal) = peer_principal(&conn) else {
+                continue;
+            };
+            if conns_tx
+                .send(AcceptedClient { conn, principal })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+
+    // Every client opens its session (a write) before the apply thread is
+    // held; the first then holds it.
+    let options = ClientOptions::default().with_timeout(Duration::from_secs(60));
+    let mut clients = Vec::new();
+    for _ in 0..=CONNECTIONS {
+        let id = ca.issue_client("bulk").expect("client identity");
+        let client = BulkClient::connect_with([&server_addr], id, options.clone())
+            .await
+            .expect("client connects");
+        tokio::time::timeout(DEADLINE, client.put(vec![0]))
+            .await
+            .expect("a first write in time")
+            .expect("a first write");
+        clients.push(Arc::new(client));
+    }
+    GATE.hold_thread_of(addr);
+    let holder = {
+        let client = Arc::clone(&clients[0]);
+        tokio::spawn(async move { client.put(vec![1]).await })
+    };
+    GATE.wait_entered().await;
+
+    let mut calls = Vec::new();
+    for client in &clients[1..] {
+        for _ in 0..WRITES_PER_CONNECTION {
+            let client = Arc::clone(client);
+            calls.push(tokio::spawn(
+                async move { client.put(vec![7; WRITE]).await },
+            ));
+        }
+    }
+    // As many refusals as writes (for want of room, in the intake or in
+    // admission: the node counts both): the writes waited out an admission
+    // wait, so all of them were at the node by then, held or held back.
+    let writes = (CONNECTIONS * WRITES_PER_CONNECTION) as u64;
+    until("as many refusals as large writes", || {
+        (peer.status().overloaded >= writes).then_some(())
+    })
+    .await;
+    let peak = intake.peak_held();
+    assert!(
+        peak <= intake.budget(),
+        "the node held {peak} bytes of received, unanswered requests, more than its budget of {} bytes",
+        intake.budget()
+    );
+
+    GATE.open();
+    for call in calls {
+        tokio::time::timeout(DEADLINE, call)
+            .await
+            .expect("every write answered in time")
+            .expect("task")
+            .expect("every write applied once the apply thread runs");
+    }
+    holder.await.expect("task").expect("the first write");
+    let total = clients[0].total().await.expect("a read");
+    assert_eq!(total, (writes as usize * WRITE + CONNECTIONS + 2) as u64);
+    peer.shutdown().await.expect("shutdown");
+}
+
+/// Answers every request `Ok` at once.
+#[derive(Clone)]
+struct AtOnce;
+
+impl Front for AtOnce {
+    fn state_machine(&self) -> &'static str {
+        "instant"
+    }
+    fn hello(
+        &self,
+        _: &crate::client::wire::ClientHello,
+        _: std::net::SocketAddr,
+    ) -> crate::client::wire::ClientResponse {
+        crate::client::wire::ClientResponse::Ok(Vec::new())
+    }
+    async fn handle(
+        &self,
+        _: &crate::tls::Principal,
+        _: crate::client::wire::ClientRequest,
+        _: Option<crate::client::wire::RequestMeta>,
+    ) -> crate::client::wire::ClientResponse {
+        crate::client::wire::ClientResponse::Ok(vec![1])
+    }
+    async fn watch(
+        &self,
+        _: Option<u64>,
+        _: Option<crate::client::wire::RequestMeta>,
+        _: quinn::SendStream,
+        _: usize,
+    ) {
+    }
+}
+
+/// A request that finds no room within the wait is answered `Overloaded`
+/// (not applied: the client may send it again) without its body being
+/// read, on a stream of its own and on the multiplexed stream, which goes
+/// on serving once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_room_is_answered_overloaded_unread() {
+    use crate::client::mux::MUX_VERSION;
+    use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, WireError};
+    use crate::error::Applied;
+    use crate::transport::frame::{encode_frame, read_frame};
+    use crate::transport::quic::connect_client;
+
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let server = Endpoint::server(
+        quic_server_config(&ids[0]).expect("server config"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("endpoint");
+    let server_addr = server.local_addr().expect("addr");
+    let intake = Intake::new(1 << 20, Duration::from_millis(200));
+    let (conns_tx, conns_rx) = mpsc::channel(16);
+    tokio::spawn(serve_front_with(
+        AtOnce,
+        conns_rx,
+        DEFAULT_MAX_FRAME_BYTES,
+        intake.clone(),
+    ));
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let Ok(principal) = peer_principal(&conn) else {
+                continue;
+            };
+            if conns_tx
+                .send(AcceptedClient { conn, principal })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    // The node's whole budget is taken.
+    let taken = intake.connection().take(1 << 20).await.expect("room");
+    let write = ClientRequest::Write {
+        session: crate::client::wire::SessionRef {
+            id: crate::client::wire::SessionId(3),
+            seq: 1,
+            acked_below: 1,
+        },
+        command: vec![7; 256 << 10],
+    };
+
+    for version in [1, MUX_VERSION] {
+        let client_id = ca.issue_client("app").expect("client cert");
+        let conn = connect_client(server_addr, &client_id)
+            .await
+            .expect("connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        let hello = ClientHello {
+            version,
+            schema: 0,
+            schema_desc: None,
+        };
+        let mut frame = Vec::new();
+        encode_frame(&hello, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+        send.write_all(&frame).await.expect("hello sent");
+        let answer: ClientResponse = read_frame(&mut recv, 1 << 20).await.expect("hello answer");
+        assert!(matches!(answer, ClientResponse::Ok(_)), "{answer:?}");
+        let answer = if version == MUX_VERSION {
+            let mut frame = Vec::new();
+            encode_frame(&(5u64, &write), DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+            send.write_all(&frame).await.expect("request sent");
+            let (id, answer): (u64, ClientResponse) =
+                tokio::time::timeout(DEADLINE, read_frame(&mut recv, 1 << 20))
+                    .await
+                    .expect("an answer in time")
+                    .expect("an answer");
+            assert_eq!(id, 5);
+            answer
+        } else {
+            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+            let mut frame = Vec::new();
+            encode_frame(&write, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+            send.write_all(&frame).await.expect("request sent");
+            send.finish().expect("finish");
+            tokio::time::timeout(DEADLINE, read_frame(&mut recv, 1 << 20))
+                .await
+                .expect("an answer in time")
+                .expect("an answer")
+        };
+        let ClientResponse::Err(refusal) = answer else {
+            panic!("version {version}: a request without room was answered {answer:?}");
+        };
+        assert!(
+            matches!(refusal, WireError::Overloaded),
+            "version {version}: {refusal:?}"
+        );
+        assert_eq!(crate::error::Error::from(refusal).applied(), Applied::No);
+        assert_eq!(
+            intake.peak_held(),
+            0,
+            "version {version}: the body was read"
+        );
+        if version == MUX_VERSION {
+            // Room again: the same stream serves the next request.
+            drop(taken);
+            let mut frame = Vec::new();
+            encode_frame(&(6u64, &write), DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+            send.write_all(&frame).await.expect("request sent");
+            let (id, answer): (u64, ClientResponse) =
+                tokio::time::timeout(DEADLINE, read_frame(&mut recv, 1 << 20))
+                    .await
+                    .expect("an answer in time")
+                    .expect("an answer");
+            assert_eq!((id, answer), (6, ClientResponse::Ok(vec![1])));
+            assert!(intake.peak_held() > 256 << 10, "the body was counted");
+            break;
+        }
+    }
+    assert_eq!(intake.refused(), 2);
+}
