@@ -79,7 +79,7 @@
 //!      or snapshot written before fair shares replays to the same table.
 //!
 //!    The leader proposes [`Op::OpenSessionFair`] only once every voter
-//!    runs a binary that applies it ([`open_entry`]: the runtime log
+//!    runs a binary that applies it (`open_entry`: the runtime log
 //!    version of the voters' schemas, gated like a new handler, see
 //!    [`crate::schema`]), [`Op::OpenSession`] until then: an older replica
 //!    would halt at an entry it cannot decode, and the rule cannot change
