@@ -23,9 +23,15 @@
 //! - A group's replicas are written only when the placement lists another
 //!   set: recording is idempotent, and a write that changes nothing is not
 //!   made.
-//! - Records are unconditional writes, so one made from a view that a
-//!   later change overtook (a move's last step racing the leader's check,
-//!   or a node that lost its leadership while it wrote) can land after the
+//! - A record is written only while the group's configuration, as this
+//!   node's replica holds it just before the write, is still the one whose
+//!   voters were taken (and, for the periodic check, while this node still
+//!   leads the group): the connect and the read before it can take seconds,
+//!   and a change committed meanwhile must not be written over by the set
+//!   it replaced.
+//! - Records are still unconditional writes, so one made from a view that
+//!   a later change overtook between that look and the write landing (or
+//!   on a node that lost its leadership while it wrote) can land after the
 //!   newer one. The periodic check therefore compares each group it leads
 //!   with what **group 0 holds**, not with what this node last wrote: it
 //!   runs once per election timeout on each node, on the groups whose
@@ -39,13 +45,22 @@
 //!     read (a record may have landed);
 //!   - or the last read is `VERIFY_EVERY` (5) checks old
 //!     (`VERIFY_EVERY_WITH_REPLICA` (20) on a node with a replica of
-//!     group 0, whose commit index already tells it of every record).
+//!     group 0, whose commit index already tells it of every record); after
+//!     a read that found no group 0 (every node it asked answered
+//!     `NotHosted`), `2 * VERIFY_EVERY` checks old, doubling with each
+//!     such read up to `UNSHARDED_EVERY_MAX` (60).
 //!
 //!   A failed read or write is retried at the next check. An idle node
 //!   therefore reads group 0 at most once per `VERIFY_EVERY` election
 //!   timeouts (with a replica of group 0, once per
 //!   `VERIFY_EVERY_WITH_REPLICA`), and once after each write to group 0
 //!   and each change of the configurations or leaders of its groups.
+//! - The check keeps one client of group 0 across checks (a new one costs
+//!   a UDP endpoint, and a QUIC/TLS handshake and a hello with every seed)
+//!   and makes a new one only after a call through it failed or found no
+//!   group 0. A new one is seeded with group 0's voters as its leader last
+//!   reported them, or, without them (or when a client so seeded failed),
+//!   with every node this node knows (see Limits).
 //! - Writes go to group 0 through the client service, with the node's
 //!   certificate ([`super::service`] lets nodes read and write group 0), so
 //!   a node that leads a data group but holds no replica of group 0 (a
@@ -58,8 +73,10 @@
 //! election timeout after its node's replica of group 0 applies it (two
 //! checks), or within `VERIFY_EVERY + 1` election timeouts on a node with
 //! no replica of group 0 (`VERIFY_EVERY_WITH_REPLICA + 1` if that replica
-//! lags behind group 0), plus the record's own time (at most
-//! `RECORD_TIMEOUT`, 10 s), while the group has a leader whose committed
+//! lags behind group 0; `UNSHARDED_EVERY_MAX + 1` after reads that found no
+//! group 0, e.g. on a node whose seeds did not host it), plus the record's
+//! own time (at most `RECORD_TIMEOUT`, 10 s, per connect and per call),
+//! while the group has a leader whose committed
 //! configuration is not joint and group 0 can be read and written. A
 //! client that meets `NotHosted` meanwhile re-reads the placement until
 //! it changes, within its timeout (see [`crate::client::ShardedClient`]).
@@ -68,10 +85,13 @@
 //!
 //! A deployment without a placement (no [`MultiNode::form_shards`]) has
 //! nothing to record: a read that finds no group 0 anywhere this node
-//! knows stops the periodic reads until a group's configuration or leader
-//! changes. A node reaches group 0 through the members of its own groups
-//! and the nodes it knows ([`MultiNode::set_known_nodes`]); one that knows
-//! no member of group 0 records nothing.
+//! knows backs the periodic reads off to one per `UNSHARDED_EVERY_MAX`
+//! election timeouts (a group's configuration or leader change is still
+//! read at once), which is also what bounds a sharded node whose seeds do
+//! not host group 0 until it learns one that does. A node reaches group 0
+//! through the members of its own groups and the nodes it knows
+//! ([`MultiNode::set_known_nodes`]); one that knows no member of group 0
+//! records nothing.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -99,6 +119,23 @@ const VERIFY_EVERY: u32 = 5;
 /// this (each read wakes a quiesced group 0, see [`super::quiesce`]).
 const VERIFY_EVERY_WITH_REPLICA: u32 = 20;
 
+/// After a read that found no group 0, the check reads again every
+/// `2 * VERIFY_EVERY` checks, doubling with each such read up to this
+/// (module docs).
+const UNSHARDED_EVERY_MAX: u32 = 60;
+
+/// A group's voters as taken for a record: those of its committed
+/// configuration at `index`.
+#[derive(Clone, Debug)]
+pub(super) struct Taken {
+    /// The group.
+    pub(super) group: GroupId,
+    /// The index of the configuration the voters are taken from.
+    pub(super) index: Index,
+    /// Its voters' advertised addresses.
+    pub(super) voters: Vec<String>,
+}
+
 /// The advertised addresses of the voters of `st`'s configuration, if it
 /// is committed and not joint (and names every voter's address).
 pub(crate) fn committed_replicas(st: &PeerStatus) -> Option<Vec<String>> {
@@ -112,6 +149,68 @@ pub(crate) fn committed_replicas(st: &PeerStatus) -> Option<Vec<String>> {
         .map(|m| m.addr.clone())
         .collect();
     voters.filter(|v| !v.is_empty())
+}
+
+/// Whether a record of a group's voters, taken from its configuration at
+/// `index` (while this node led it, when `led`), may still be written, its
+/// status being `now`: the configuration is still that one, committed and
+/// not joint, and this node still leads the group if it did (module docs).
+fn still_current(index: Index, led: bool, now: &PeerStatus) -> bool {
+    now.config_index == index
+        && committed_replicas(now).is_some()
+        && (!led || now.role == Role::Leader)
+}
+
+/// The periodic check's client of group 0, kept across checks (module
+/// docs); `C` is the client (generic for the tests).
+#[derive(Debug)]
+struct Link<C> {
+    /// The client, until a call through it fails.
+    client: Option<C>,
+    /// Group 0's voters as its leader last reported them: the seeds of the
+    /// next client, used once.
+    group0: Vec<String>,
+}
+
+impl<C> Default for Link<C> {
+    fn default() -> Self {
+        Link {
+            client: None,
+            group0: Vec::new(),
+        }
+    }
+}
+
+impl<C: Clone> Link<C> {
+    /// The kept client, if any.
+    fn client(&self) -> Option<C> {
+        self.client.clone()
+    }
+
+    /// The seeds of a new client: group 0's voters as last reported, once,
+    /// else `known` (every node this node knows).
+    fn seeds(&mut self, known: Vec<String>) -> Vec<String> {
+        if self.group0.is_empty() {
+            known
+        } else {
+            std::mem::take(&mut self.group0)
+        }
+    }
+
+    /// A call through `client` succeeded: keep it; `group0`, when given,
+    /// is group 0's voters as its leader reports them.
+    fn keep(&mut self, client: C, group0: Option<Vec<String>>) {
+        self.client = Some(client);
+        if let Some(g) = group0.filter(|g| !g.is_empty()) {
+            self.group0 = g;
+        }
+    }
+
+    /// A call failed or found no group 0: the next check makes a new
+    /// client.
+    fn failed(&mut self) {
+        self.client = None;
+    }
 }
 
 /// `listed` brought to the set `voters`: the replicas still voting keep
@@ -169,44 +268,87 @@ impl<S: PeerExt> MultiNode<S> {
         seeds
     }
 
-    /// Records `wanted` (each a group and the voters of its committed
-    /// configuration) in the placement: the groups it lists with another
-    /// set are written. Returns the groups that need nothing more (written,
-    /// already right, or not in the placement; every group before
-    /// formation), or `None` when no node this node knows hosts group 0.
-    pub(super) async fn record_replicas(
-        &self,
-        wanted: &[(GroupId, Vec<String>)],
-    ) -> Result<Option<Vec<GroupId>>, Error> {
-        let groups: Vec<GroupId> = wanted.iter().map(|(g, _)| *g).collect();
-        let seeds = self.placement_seeds(&groups);
+    /// A client of group 0 that reaches it through `seeds`.
+    async fn placement_client(&self, seeds: &[String]) -> Result<Client, Error> {
         if seeds.is_empty() {
             return Err(Error::Unavailable(
                 "no node known to host the placement group".into(),
             ));
         }
-        let client = Client::connect_with_for::<S, _, _>(
-            &seeds,
+        Client::connect_with_for::<S, _, _>(
+            seeds,
             self.identity().clone(),
             ClientOptions::default()
                 .with_group(PLACEMENT_GROUP)
                 .with_timeout(RECORD_TIMEOUT),
         )
-        .await?;
-        let placement = PlacementClient::new(client);
+        .await
+    }
+
+    /// Records `wanted` in the placement through a new client of group 0
+    /// (see `record_through`; a move's last step).
+    pub(super) async fn record_replicas(
+        &self,
+        wanted: &[Taken],
+        led: bool,
+    ) -> Result<Option<Vec<GroupId>>, Error> {
+        let groups: Vec<GroupId> = wanted.iter().map(|t| t.group).collect();
+        let client = self
+            .placement_client(&self.placement_seeds(&groups))
+            .await?;
+        self.record_through(&client, wanted, led).await
+    }
+
+    /// Records `wanted` (each a group and the voters of a committed
+    /// configuration, taken while this node led the group when `led`) in
+    /// the placement through `client`: the groups it lists with another
+    /// set are written, each only if its configuration is still the one
+    /// taken (module docs). Returns the groups that need nothing more
+    /// (written, already right, or not in the placement; every group
+    /// before formation), or `None` when no node `client` asked hosts
+    /// group 0.
+    async fn record_through(
+        &self,
+        client: &Client,
+        wanted: &[Taken],
+        led: bool,
+    ) -> Result<Option<Vec<GroupId>>, Error> {
+        let placement = PlacementClient::new(client.clone());
         let shards = match placement.shards().await {
             Ok(shards) => shards,
-            // No placement anywhere this node knows: not sharded.
+            // No placement anywhere this node asked: not sharded, or not
+            // reachable from here.
             Err(Error::NotHosted { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let mut done = Vec::with_capacity(wanted.len());
-        for (group, voters) in wanted {
+        for Taken {
+            group,
+            index,
+            voters,
+        } in wanted
+        {
             let Some(shard) = shards.iter().find(|s| s.group == *group) else {
                 done.push(*group);
                 continue;
             };
             if !same_set(&shard.replicas, voters) {
+                // The voters were taken before the connect and the read:
+                // a change committed since must not be written over.
+                let now = self.group(*group).map(|p| p.status());
+                if !now
+                    .as_ref()
+                    .is_some_and(|st| still_current(*index, led, st))
+                {
+                    tracing::info!(
+                        node = %self.name(),
+                        group,
+                        taken = index,
+                        now = ?now.map(|st| (st.config_index, st.role)),
+                        "placement: the configuration changed or the leadership moved since its voters were taken; not recorded"
+                    );
+                    continue;
+                }
                 let replicas = merged(&shard.replicas, voters);
                 placement.set_replicas(*group, replicas.clone()).await?;
                 tracing::info!(
@@ -237,8 +379,14 @@ impl<S: PeerExt> MultiNode<S> {
                 .await
                 .ok()
                 .and_then(|r| r.ok())
-                .and_then(|s| committed_replicas(&s));
-        let Some(voters) = settled else {
+                .and_then(|s| {
+                    committed_replicas(&s).map(|voters| Taken {
+                        group,
+                        index: s.config_index,
+                        voters,
+                    })
+                });
+        let Some(taken) = settled else {
             tracing::info!(
                 node = %self.name(),
                 group,
@@ -246,7 +394,7 @@ impl<S: PeerExt> MultiNode<S> {
             );
             return;
         };
-        if let Err(e) = self.record_replicas(&[(group, voters)]).await {
+        if let Err(e) = self.record_replicas(&[taken], false).await {
             tracing::warn!(
                 node = %self.name(),
                 group,
@@ -268,8 +416,9 @@ struct Ledger {
     placement_commit: Option<Index>,
     /// Checks since the last read that succeeded (`None`: no read yet).
     since_read: Option<u32>,
-    /// The last read found no group 0 anywhere this node knows.
-    unsharded: bool,
+    /// The age (in checks) at which to read again after reads that found
+    /// no group 0 (`None`: the last read found it).
+    unsharded_every: Option<u32>,
 }
 
 impl Ledger {
@@ -289,8 +438,8 @@ impl Ledger {
         if changed {
             return true;
         }
-        if self.unsharded {
-            return false;
+        if let Some(every) = self.unsharded_every {
+            return self.since_read.is_none_or(|n| n >= every);
         }
         let every = match placement_commit {
             Some(commit) if self.placement_commit != Some(commit) => return true,
@@ -310,7 +459,11 @@ impl Ledger {
     ) {
         self.since_read = Some(0);
         self.placement_commit = placement_commit;
-        self.unsharded = done.is_none();
+        self.unsharded_every = match (done, self.unsharded_every) {
+            (Some(_), _) => None,
+            (None, None) => Some(2 * VERIFY_EVERY),
+            (None, Some(n)) => Some(n.saturating_mul(2).min(UNSHARDED_EVERY_MAX)),
+        };
         for (group, index) in led {
             if done.is_none_or(|d| d.contains(group)) {
                 self.confirmed.insert(*group, *index);
@@ -327,6 +480,7 @@ pub(super) fn spawn<S: PeerExt>(node: &MultiNode<S>, every: Duration) -> JoinHan
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ledger = Ledger::default();
+        let mut link: Link<Client> = Link::default();
         loop {
             ticker.tick().await;
             let Some(node) = MultiNode::upgrade(&weak) else {
@@ -344,7 +498,11 @@ pub(super) fn spawn<S: PeerExt>(node: &MultiNode<S>, every: Duration) -> JoinHan
                 }
                 if let Some(voters) = committed_replicas(&st) {
                     led.push((group, st.config_index));
-                    wanted.push((group, voters));
+                    wanted.push(Taken {
+                        group,
+                        index: st.config_index,
+                        voters,
+                    });
                 }
             }
             // Taken before the read: a record committed after it moves it.
@@ -352,17 +510,68 @@ pub(super) fn spawn<S: PeerExt>(node: &MultiNode<S>, every: Duration) -> JoinHan
             if !ledger.due(&led, placement_commit) {
                 continue;
             }
-            match node.record_replicas(&wanted).await {
-                Ok(done) => ledger.read(&led, done.as_deref(), placement_commit),
-                Err(e) => tracing::debug!(
+            let (client, fresh) = match link.client() {
+                Some(client) => (client, false),
+                None => {
+                    let groups: Vec<GroupId> = led.iter().map(|(g, _)| *g).collect();
+                    let seeds = link.seeds(node.placement_seeds(&groups));
+                    match node.placement_client(&seeds).await {
+                        Ok(client) => (client, true),
+                        Err(e) => {
+                            tracing::debug!(
+                                node = %node.name(),
+                                seeds = seeds.len(),
+                                error = %e,
+                                "placement: cannot reach the placement group; retrying at the next check"
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            match node.record_through(&client, &wanted, true).await {
+                Ok(Some(done)) => {
+                    ledger.read(&led, Some(done.as_slice()), placement_commit);
+                    let group0 = if fresh {
+                        group0_voters(&client).await
+                    } else {
+                        None
+                    };
+                    link.keep(client, group0);
+                }
+                Ok(None) => {
+                    link.failed();
+                    ledger.read(&led, None, placement_commit);
+                }
+                Err(e) => {
+                    link.failed();
+                    tracing::debug!(
                     node = %node.name(),
                     groups = wanted.len(),
                     error = %e,
                     "placement: checking the led groups' replicas failed; retrying at the next check"
-                ),
+                    );
+                }
             }
         }
     })
+}
+
+/// Group 0's voters as the member `client` reaches first (its leader,
+/// after a call) reports them; `None` if it cannot tell within
+/// `RECORD_TIMEOUT`.
+async fn group0_voters(client: &Client) -> Option<Vec<String>> {
+    let report = tokio::time::timeout(RECORD_TIMEOUT, client.status())
+        .await
+        .ok()?
+        .ok()?;
+    let voters: Vec<String> = report
+        .members
+        .into_iter()
+        .filter(|(_, voter, _)| *voter)
+        .map(|(addr, _, _)| addr)
+        .collect();
+    Some(voters).filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -458,11 +667,114 @@ mod tests {
             assert!(!l.due(&[(1, 9)], Some(5)));
         }
         assert!(l.due(&[(1, 9)], Some(5)), "a lagging replica is read past");
-        // No group 0 anywhere: no periodic read until a change.
+        // No group 0 anywhere: a read at a backed-off age, or on a change.
         l.read(&[(1, 9)], None, Some(5));
-        for _ in 0..2 * VERIFY_EVERY_WITH_REPLICA {
+        for _ in 1..2 * VERIFY_EVERY {
             assert!(!l.due(&[(1, 9)], Some(5)));
         }
         assert!(l.due(&[(1, 10)], Some(5)));
+    }
+
+    /// Found by review (stop 44): a read that found no group 0 (every seed
+    /// answered `NotHosted`, also on a sharded node whose seeds do not host
+    /// it) stopped the periodic reads until a configuration or leader
+    /// changed, losing the bound silently. It now backs off: the interval
+    /// doubles from `2 * VERIFY_EVERY` up to `UNSHARDED_EVERY_MAX` checks.
+    #[test]
+    fn a_check_that_finds_no_group_0_reads_again_backing_off() {
+        let led = [(1, 9)];
+        let mut l = Ledger::default();
+        assert!(l.due(&led, None));
+        let mut gaps = Vec::new();
+        for _ in 0..6 {
+            l.read(&led, None, None);
+            let mut n = 1;
+            while !l.due(&led, None) {
+                n += 1;
+                assert!(
+                    n <= 60,
+                    "a check that found no group 0 did not read it again within 60 checks (gaps before: {gaps:?})"
+                );
+            }
+            gaps.push(n);
+        }
+        assert_eq!(gaps, [10, 20, 40, 60, 60, 60], "doubling up to the cap");
+        // A change is still read at once, and a read that finds group 0
+        // brings back the ordinary age.
+        l.read(&led, None, None);
+        assert!(
+            l.due(&[(1, 10)], None),
+            "a new configuration is read at once"
+        );
+        l.read(&[(1, 10)], Some(&[1][..]), None);
+        for _ in 1..VERIFY_EVERY {
+            assert!(!l.due(&[(1, 10)], None));
+        }
+        assert!(l.due(&[(1, 10)], None), "read again after VERIFY_EVERY");
+    }
+
+    /// Found by review (stop 44): every due check built a new client (a UDP
+    /// endpoint, a QUIC/TLS handshake and a hello with every seed). The
+    /// check keeps one until a call through it fails, and seeds the next
+    /// with group 0's voters once, then with every node it knows.
+    #[test]
+    fn the_placement_client_is_kept_until_a_call_fails() {
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let mut link: Link<u32> = Link::default();
+        assert_eq!(link.client(), None);
+        assert_eq!(link.seeds(s(&["a", "b", "c"])), s(&["a", "b", "c"]));
+        link.keep(1, Some(s(&["g", "h"])));
+        for _ in 0..3 {
+            assert_eq!(link.client(), Some(1), "kept across checks");
+            link.keep(1, None);
+        }
+        link.failed();
+        assert_eq!(link.client(), None, "made anew after a failed call");
+        assert_eq!(
+            link.seeds(s(&["a"])),
+            s(&["g", "h"]),
+            "group 0's voters first"
+        );
+        assert_eq!(
+            link.seeds(s(&["a"])),
+            s(&["a"]),
+            "a client so seeded that failed: every node known"
+        );
+    }
+
+    /// Found by review (stop 44): the check wrote the voters it took at the
+    /// start of the tick, after a connect and a read that can take seconds,
+    /// so a move committed meanwhile was overwritten by the old set. The
+    /// write is now made only while the configuration is the one taken
+    /// (and, for the leader's check, while this node still leads).
+    #[test]
+    fn a_record_is_not_written_once_its_configuration_moved_on() {
+        let old = [("a:1", true), ("b:1", true), ("c:1", true)];
+        let new = [("a:1", true), ("b:1", true), ("d:1", true)];
+        let leading = |members: &[(&str, bool)], config: Index, commit: Index| {
+            let mut s = status(members, config, commit);
+            s.role = Role::Leader;
+            s
+        };
+        assert!(still_current(7, true, &leading(&old, 7, 7)));
+        assert!(
+            !still_current(7, true, &leading(&new, 9, 9)),
+            "a move committed after the voters were taken: the old set was written over it"
+        );
+        assert!(
+            !still_current(7, true, &leading(&new, 9, 8)),
+            "a newer configuration appended: the old one is no longer in force"
+        );
+        assert!(
+            !still_current(7, true, &status(&old, 7, 7)),
+            "this node no longer leads the group"
+        );
+        assert!(
+            still_current(7, false, &status(&old, 7, 7)),
+            "a move's record does not need this node to lead"
+        );
+        let mut joint = leading(&old, 7, 7);
+        joint.joint = true;
+        assert!(!still_current(7, true, &joint));
     }
 }
