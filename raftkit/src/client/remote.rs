@@ -36,7 +36,11 @@
 //!
 //! The client retries exactly the errors that say so
 //! ([`Error::is_retryable`]), within the call's deadline: a redirect is
-//! followed at once, `Overloaded` is retried after a backoff, and a member
+//! followed at once, `Overloaded` is retried after a backoff (a session
+//! write refused while writes below it are unacknowledged, as when its
+//! session's window is full, also waits until the session's
+//! acknowledgement rises: resending it earlier is refused again, each
+//! attempt a replicated entry), and a member
 //! whose storage failed or that halted ([`Error::member_is_down`]) is
 //! suspected and not taken for the leader again. A member answering
 //! [`Error::NotHosted`] (it hosts no replica of the client's group) is
@@ -775,10 +779,27 @@ impl Client {
                 }
                 _ => self.set_leader(None),
             }
+            // A session write refused `Overloaded` while writes below it
+            // were unacknowledged may be refused for its session's full
+            // window (`runtime::apply`): a resend before the acknowledgement
+            // rises would be refused again, each a replicated entry. It
+            // waits for the rise (a lower write answered, or its `WriteOnce`
+            // handle dropped), within the deadline, as well as the backoff.
+            let waits_for = match (&e, acks, &*request) {
+                (Error::Overloaded, Some(slot), ClientRequest::Write { session, .. })
+                    if session.acked_below < session.seq =>
+                {
+                    Some((slot, session.acked_below))
+                }
+                _ => None,
+            };
             last = e;
             tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
             backoff = (backoff * 2).min(self.inner.opts.max_backoff);
+            if let Some((slot, sent)) = waits_for {
+                slot.acked_past(sent, deadline).await;
+            }
         }
     }
 
@@ -1165,6 +1186,8 @@ struct SessionSlot {
     open_attempts: AtomicU64,
     seqs: std::sync::Mutex<Seqs>,
     closed: std::sync::atomic::AtomicBool,
+    /// Signalled whenever [`SessionSlot::acked_below`] rises.
+    acked: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -1200,7 +1223,31 @@ impl SessionSlot {
 
     /// `seq` was answered (or given up): acknowledge it with later writes.
     fn done(&self, seq: u64) {
-        self.seqs().outstanding.remove(&seq);
+        let rose = {
+            let mut s = self.seqs();
+            let lowest = s.outstanding.first() == Some(&seq);
+            s.outstanding.remove(&seq) && lowest
+        };
+        if rose {
+            self.acked.notify_waiters();
+        }
+    }
+
+    /// Waits until [`SessionSlot::acked_below`] is past `sent`, or until
+    /// `deadline`.
+    async fn acked_past(&self, sent: u64, deadline: Instant) {
+        loop {
+            let rose = self.acked.notified();
+            tokio::pin!(rose);
+            // Registered before the check: a rise in between still wakes it.
+            rose.as_mut().enable();
+            if self.acked_below() > sent {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, rose).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
