@@ -509,7 +509,16 @@ async fn a_write_in_flight_when_its_leader_stops_is_retried_to_its_one_outcome()
         1 => (0, 2),
         _ => (0, 1),
     };
-    let client = c.client().await;
+    // The call's deadline covers a leader's shutdown, a restart, an
+    // election and the retry on a loaded machine: the default 10 s does
+    // not always (CI runs the suite in parallel).
+    let client = KvClient::connect_with(
+        &c.addrs,
+        c.client_identity.clone(),
+        ClientOptions::default().with_timeout(Duration::from_secs(30)),
+    )
+    .await
+    .expect("client connects");
     // The session is open and the client knows the leader.
     assert_eq!(write(&client, 0, 1, "v").await.len(), 1);
     let down = c.peers[d].take().expect("running");

@@ -100,11 +100,17 @@ impl std::io::Write for Captured {
 }
 
 impl Captured {
+    /// Lease reads `needle` (a node's name) served.
     fn count(&self, needle: &str) -> usize {
+        self.events("lease read", needle)
+    }
+
+    /// Events `event` of node `needle`.
+    fn events(&self, event: &str, needle: &str) -> usize {
         let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
         String::from_utf8_lossy(&bytes)
             .lines()
-            .filter(|l| l.contains("lease read") && l.contains(needle))
+            .filter(|l| l.contains(event) && l.contains(needle))
             .count()
     }
 }
@@ -209,32 +215,33 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     // tests). A linearizable read waits until B applied its read index,
     // the leader's commit index once the read arrived (thesis §6.4.1), so
     // it sees add(1); a stale read is served where B's apply stands and
-    // says so. One poll sends each to B's node task (admission has room);
-    // a command answered after them means B handled them.
+    // says so. Each runs as its own task; the test goes on once B's node
+    // task handled both: the linearizable read has its read index, the
+    // stale read was handed to the apply thread (its trace event).
+    let rounds = peers[b].status().read_index_latency.count;
+    let stale_before = captured.events("stale read", &b_name);
     let follower = peers[b].clone();
-    let mut linearizable = Box::pin(async move {
+    let linearizable = tokio::spawn(async move {
         follower
             .read_with(LedgerRead::Get, Consistency::Linearizable)
             .await
     });
     let follower = peers[b].clone();
-    let mut stale = Box::pin(async move {
+    let stale = tokio::spawn(async move {
         follower
             .read_with(LedgerRead::Get, Consistency::Stale)
             .await
     });
-    let rounds = peers[b].status().read_index_latency.count;
-    tokio::select! {
-        biased;
-        r = &mut linearizable => panic!("the linearizable read was answered with B's apply held: {r:?}"),
-        r = &mut stale => panic!("the stale read was answered with B's apply held: {r:?}"),
-        () = std::future::ready(()) => {}
-    }
-    let _ = peers[b].transfer_leadership(peers[b].id()).await;
-    until("B's linearizable read has its read index", || {
-        (peers[b].status().read_index_latency.count > rounds).then_some(())
+    until("B handled both reads", || {
+        (peers[b].status().read_index_latency.count > rounds
+            && captured.events("stale read", &b_name) > stale_before)
+            .then_some(())
     })
     .await;
+    assert!(
+        !linearizable.is_finished() && !stale.is_finished(),
+        "a read on B was answered with B's apply held"
+    );
 
     // Leadership moves to B; B commits an entry of its term.
     let b_id = peers[b].id();
@@ -290,6 +297,7 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
         tokio::time::timeout(Duration::from_secs(20), linearizable)
             .await
             .expect("the follower's linearizable read is answered")
+            .expect("the linearizable read's task")
             .expect("the follower's linearizable read succeeds");
     assert_eq!(
         seen, 1,
@@ -299,6 +307,7 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
         tokio::time::timeout(Duration::from_secs(20), stale)
             .await
             .expect("the stale read is answered")
+            .expect("the stale read's task")
             .expect("the stale read succeeds");
     let staleness = staleness.expect("a stale read reports its staleness");
     assert!(
@@ -360,12 +369,22 @@ async fn a_leader_woken_by_a_lease_read_judges_its_lease_on_the_caught_up_clock(
 
     // A is cut off and its ticks stop, with its lease held. On this
     // one-thread runtime no node task runs between these two calls; the
-    // messages already in A's inbox wake it once more, so it is put to
-    // sleep again once it took them in (a tick or two, within the lease).
+    // messages already in A's inbox wake it (each inbound message wakes the
+    // gate), so it is put to sleep again until its gate stays asleep while
+    // every ready task ran: the partition lets nothing new into its inbox,
+    // so from then on only a command wakes it.
     net.partition(&[peers[a].id()], &other_ids);
-    gates[a].sleep();
-    tokio::time::sleep(TICK * 2).await;
-    gates[a].sleep();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        gates[a].sleep();
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        if gates[a].is_asleep() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never went quiet cut off");
+    }
 
     // The others elect a leader among themselves (after an election
     // timeout, far past A's lease) and acknowledge a write.
@@ -394,17 +413,24 @@ async fn a_leader_woken_by_a_lease_read_judges_its_lease_on_the_caught_up_clock(
     );
 
     // A wakes on the read. Caught up, its clock shows the lease long gone:
-    // the read takes a ReadIndex round, which cannot complete cut off
-    // (it fails, or is still waiting when the test stops waiting).
+    // the read takes a ReadIndex round, which cannot complete cut off; the
+    // read woke A's ticks, so after an election timeout without a quorum A
+    // steps down (CheckQuorum) and the read is answered `NotLeader`. A read
+    // still waiting at the deadline fails the test: a lease read that does
+    // not wake the tick gate leaves A asleep, leading, for ever.
     let read = tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(20),
         peers[a].read_with(LedgerRead::Get, Consistency::Lease),
     )
     .await;
-    if let Ok(Ok((LedgerReadOutput::Get(seen), _))) = read {
-        panic!(
+    match read {
+        Ok(Ok((LedgerReadOutput::Get(seen), _))) => panic!(
             "a leader that slept past its lease served a lease read ({seen}) while another leader had acknowledged add(1)"
-        );
+        ),
+        Ok(Err(crate::Error::NotLeader { .. })) => {}
+        other => panic!(
+            "a lease read on a leader cut off was not refused NotLeader once its woken clock stepped it down: {other:?}"
+        ),
     }
     net.heal();
     for p in &peers {

@@ -176,6 +176,7 @@ impl NodeTask {
                 if let Some(tx) = staleness {
                     let _ = tx.send(s);
                 }
+                tracing::trace!(node = %self.name, index, "stale read");
                 let _ = self.apply_tx.send(ApplyMsg::Read {
                     index,
                     query,

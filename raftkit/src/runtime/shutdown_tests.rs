@@ -108,7 +108,13 @@ async fn a_write_proposed_when_its_peer_stops_may_have_been_applied() {
                 .in_memory()
                 .listen(addr)
                 .bootstrap_members(ADDRS)
-                .tick(Duration::from_millis(10))
+                // An election timeout of 1–2 s: the isolated leader steps
+                // down under CheckQuorum only after one, so a loaded machine
+                // that stalls this test between the isolation and the
+                // proposal for less than a second still finds it leading (at
+                // 10 ms it stepped down after 100 ms, and the write was then
+                // refused before it was logged).
+                .tick(Duration::from_millis(100))
                 .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
                 .start()
                 .await
