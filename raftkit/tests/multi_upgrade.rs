@@ -11,7 +11,10 @@
 //!   directory to v1;
 //! - a v1 node and a v2 node link (their hellos carry their schemas) and
 //!   replicate a group; the v2 leader refuses v2's new write while the v1
-//!   voter runs, and enables it once that node restarted on v2.
+//!   voter runs, and enables it once that node restarted on v2;
+//! - a replica move from a v2 voter to a v1 node is refused at its joint
+//!   change once v2's new write is enabled (the promotion would make a
+//!   voter that halts at the first such entry), changing nothing.
 
 #[path = "support/kv_versions.rs"]
 mod kv_versions;
@@ -22,7 +25,7 @@ use std::time::Duration;
 use kv_versions::{v1, v2, v3};
 use raftkit::Error;
 use raftkit::core::Role;
-use raftkit::multi::{GroupId, MultiNode};
+use raftkit::multi::{GroupId, MoveError, MoveOptions, MoveStep, MultiNode};
 use raftkit::prelude::*;
 use raftkit::tls::ClusterCa;
 use support::free_addrs;
@@ -217,4 +220,82 @@ async fn a_v1_and_a_v2_multi_group_node_link_and_replicate() {
     }
     old.shutdown().await.unwrap();
     new.shutdown().await.unwrap();
+}
+
+/// A move promotes its learner with the same schema check as
+/// `add_server` (found by review, stop 44: the joint change promoted a v1
+/// learner into a group whose v2 voters had enabled `delete`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_move_to_a_node_of_an_older_binary_is_refused() {
+    let addrs = free_addrs(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ca = ClusterCa::generate("multi-upgrade").unwrap();
+    let a = start::<v2::Kv>(&addrs[0], dirs[0].path(), Some(&ca))
+        .await
+        .unwrap();
+    let b = start::<v2::Kv>(&addrs[1], dirs[1].path(), Some(&ca))
+        .await
+        .unwrap();
+    let old = start::<v1::Kv>(&addrs[2], dirs[2].path(), Some(&ca))
+        .await
+        .unwrap();
+    let voters = &addrs[..2];
+    a.create_group(GROUP, voters).await.unwrap();
+    b.create_group(GROUP, voters).await.unwrap();
+    let nodes = [a.clone(), b.clone()];
+    let (leader_node, leader) = wait_for("a v2 leader of the group", || {
+        nodes.iter().find_map(|n| {
+            n.group(GROUP)
+                .filter(|p| p.status().role == Role::Leader)
+                .map(|p| (n.clone(), p))
+        })
+    })
+    .await;
+    // Both voters run v2: `delete` is enabled (a write of it, which the v1
+    // node could not apply, is not made: the learner would halt on it
+    // before the promotion this test is about).
+    leader
+        .write(v2::KvWrite::Insert {
+            key: "a".into(),
+            value: "1".into(),
+        })
+        .await
+        .unwrap();
+    let from = nodes
+        .iter()
+        .filter_map(|n| n.group(GROUP))
+        .map(|p| p.id())
+        .find(|id| *id != leader.id())
+        .unwrap();
+    let opts = MoveOptions {
+        catch_up_timeout: Duration::from_secs(20),
+        step_timeout: Duration::from_secs(10),
+        ..MoveOptions::default()
+    };
+    let moved = leader_node
+        .move_replica_with(GROUP, from, &addrs[2], &opts)
+        .await;
+    match &moved {
+        Err(MoveError::Step {
+            step: MoveStep::JointChange,
+            source: Error::Rejected(why),
+            ..
+        }) => assert!(why.contains("tag 1"), "{why}"),
+        other => panic!(
+            "a v2 group with `delete` enabled moved a replica to a v1 node (it would halt at the first delete): {other:?}"
+        ),
+    }
+    let st = leader.status();
+    let voting: Vec<_> = st
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.id)
+        .collect();
+    assert!(voting.contains(&from) && !st.joint, "{:?}", st.members);
+    leader_node.abort_move(GROUP, &addrs[2]).await.unwrap();
+    for n in [a, b] {
+        n.shutdown().await.unwrap();
+    }
+    old.shutdown().await.unwrap();
 }

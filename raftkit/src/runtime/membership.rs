@@ -169,14 +169,20 @@ impl<S: StateMachine> Peer<S> {
     /// voting and not `from` (nothing proposed). Does not wait for the
     /// commit. Fails with [`Error::Rejected`] (nothing proposed) if `from`
     /// is no longer a voter or `to` is not a learner, or while another
-    /// change is in flight. The replica move's joint step
-    /// ([`crate::multi::moves`]).
+    /// change is in flight, or if `to`'s schema would disable what the
+    /// voters have enabled (the same check as `add_server`'s promotion,
+    /// [`crate::schema::SchemaBook::check_promotion`]: a learner on an
+    /// older binary would halt at the first entry it cannot decode). The
+    /// replica move's joint step ([`crate::multi::moves`]).
     pub(crate) async fn replace_voter(
         &self,
         from: NodeId,
         to: NodeId,
         to_addr: &str,
     ) -> Result<Option<Index>, Error> {
+        if !self.current_config()?.voters.contains(&to) {
+            self.check_promotion(to).await?;
+        }
         self.edit_config(ConfEdit::Replace {
             from,
             to,
