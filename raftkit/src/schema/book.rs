@@ -159,9 +159,12 @@ impl SchemaBook {
 
     /// Whether the leader may propose raftkit's own log entries of
     /// `version` ([`Schema::runtime_log`]): this binary applies them, and
-    /// so does every voter of `voters`, as its last hello showed or, for a
-    /// voter not heard from since this node started, as the data
-    /// directory's schema at start says (the floor), as for
+    /// so does every voter of `voters`, as its last hello showed. A voter
+    /// not heard from since this node started counts as version 0 when
+    /// hellos carry schemas to this book: the floor is this node's own
+    /// past schema and says nothing of a voter still down on an older
+    /// binary, while the older entry is always safe (the newer one waits
+    /// for its hello). Without hellos, the floor, as for
     /// [`Self::check_enabled`]. When not, the leader proposes the older
     /// entry instead (a voter that cannot decode an entry halts at it).
     pub fn knows_runtime_log(
@@ -179,6 +182,7 @@ impl SchemaBook {
                 .and_then(|p| p.iter().find(|(id, _)| *id == voter));
             match seen {
                 Some((_, schema)) => schema.runtime_log >= version,
+                None if self.hears_peers.load(Ordering::Relaxed) => version == 0,
                 None => self.floor.runtime_log >= version,
             }
         })
@@ -234,7 +238,11 @@ impl SchemaBook {
             }
         }
         // The runtime log version every voter applies (so the leader may
-        // propose its entries): the learner must apply it too.
+        // propose its entries): the learner must apply it too. Unheard
+        // voters count as the floor here, not as version 0 as in
+        // `knows_runtime_log` (which would let more learners through):
+        // entries of the floor's version, proposed before this node
+        // restarted, may be in the log the learner would apply.
         let enabled_log = others
             .iter()
             .map(|o| o.runtime_log)
@@ -338,6 +346,44 @@ mod tests {
         // nothing to shrink.
         book.accept_peer(3, old()).unwrap();
         book.check_promotion(4, &[2, 3]).unwrap();
+    }
+
+    /// A voter this leader has not heard from since it started counts as
+    /// applying no newer raftkit entry, whatever the floor says: the floor
+    /// is this node's own last schema, which says nothing of a voter still
+    /// down on the older binary (stop 44). Promotion keeps the floor: the
+    /// log may hold newer entries proposed before the restart.
+    #[test]
+    fn a_voter_not_heard_from_counts_as_the_oldest_runtime_log() {
+        let old = || with_runtime_log(schema(&[0]), 0);
+        // A leader restarted on the new binary: its directory's floor is
+        // the new raftkit; voter 3 is down, still on the old one.
+        let book = SchemaBook::new(schema(&[0]), Some(schema(&[0])));
+        book.hear_peers();
+        book.accept_peer(2, schema(&[0])).unwrap();
+        assert!(
+            !book.knows_runtime_log(1, [2, 3]),
+            "a voter not heard from since the start was taken to apply runtime log version 1 (the floor)"
+        );
+        assert!(book.knows_runtime_log(0, [2, 3]));
+        book.accept_peer(3, old()).unwrap();
+        assert!(!book.knows_runtime_log(1, [2, 3]), "voter 3 is older");
+        book.accept_peer(3, schema(&[0])).unwrap();
+        assert!(book.knows_runtime_log(1, [2, 3]), "every voter heard");
+        // Voters 2 and 3 unheard again (a new book): a learner of the
+        // older raftkit is still not promoted, as the floor says entries
+        // of version 1 may be in the log.
+        let book = SchemaBook::new(schema(&[0]), Some(schema(&[0])));
+        book.hear_peers();
+        book.accept_peer(4, old()).unwrap();
+        assert!(matches!(
+            book.check_promotion(4, &[2, 3]),
+            Err(PromotionRefused::Shrinks(_))
+        ));
+        // Without hellos (no QUIC) nothing would ever be heard: the floor
+        // stands, and a new cluster proposes the newer entries.
+        let book = SchemaBook::new(schema(&[0]), None);
+        assert!(book.knows_runtime_log(1, [2, 3]));
     }
 
     #[test]
