@@ -17,14 +17,17 @@
 //!   ran on it.
 //!
 //! A directory without the file (a new one, or one written before
-//! multi-group nodes recorded their schema) is accepted and recorded.
+//! multi-group nodes recorded their schema) is accepted and recorded. The
+//! oldest schema the directory recorded (`schema.floor`, written once by
+//! [`save_schema`] before `schema` is first rewritten) is what the node's
+//! [`crate::schema::SchemaBook`] assumes of a voter not heard from.
 
 use std::path::Path;
 
 use tracing::info;
 
 use crate::error::Error;
-use crate::schema::{Schema, load_schema, save_schema};
+use crate::schema::{Schema, load_oldest_schema, load_schema, save_schema};
 use crate::storage::vfs::Vfs;
 
 /// The schema `dir` records and the binary's, once checked.
@@ -33,6 +36,8 @@ pub(super) struct DirSchema {
     pub(super) local: Schema,
     /// The directory's, if it records one.
     pub(super) stored: Option<Schema>,
+    /// The oldest the directory recorded (`schema.floor`, else `stored`).
+    pub(super) oldest: Option<Schema>,
 }
 
 impl DirSchema {
@@ -40,13 +45,18 @@ impl DirSchema {
     /// read the directory's log (see the module docs). Writes nothing.
     pub(super) fn check(fs: &dyn Vfs, dir: &Path, local: Schema) -> Result<DirSchema, Error> {
         let stored = load_schema(fs, dir)?;
+        let oldest = load_oldest_schema(fs, dir)?.or_else(|| stored.clone());
         if let Some(old) = &stored {
             local.check_upgrade_from(old)?;
             if old != &local {
                 info!(dir = %dir.display(), old_state_version = old.state_version, state_version = local.state_version, handlers = local.handlers.len(), old_handlers = old.handlers.len(), "multi-group node's data directory upgraded to a compatible schema");
             }
         }
-        Ok(DirSchema { local, stored })
+        Ok(DirSchema {
+            local,
+            stored,
+            oldest,
+        })
     }
 
     /// Records the binary's schema in `dir`, unless it is recorded already.

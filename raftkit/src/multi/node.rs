@@ -226,10 +226,10 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         // accepted and recorded for the data groups' leaders
         // (`SchemaBook::check_enabled`, `check_promotion`), as between
         // single-group peers.
-        let schemas = Arc::new(SchemaBook::new(
-            dir_schema.local.clone(),
-            dir_schema.stored.clone(),
-        ));
+        let schemas = Arc::new(
+            SchemaBook::new(dir_schema.local.clone(), dir_schema.stored.clone())
+                .with_oldest(dir_schema.oldest.clone()),
+        );
         schemas.hear_peers();
         config.schemas = Some(schemas.clone());
         // A node restarted at once may find its port still held by the

@@ -608,6 +608,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         // a binary whose schema keeps every handler of the one it held.
         let schema = S::schema();
         let mut stored_schema = None;
+        // The oldest schema the directory recorded (crate::schema::SchemaBook).
+        let mut oldest_schema = None;
         // Whether the directory held a peer already: then it belongs to the
         // binary that last ran on it until this start has succeeded.
         let existing = meta.is_some();
@@ -615,6 +617,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             Some(mut m) => {
                 if let Some(StorageChoice::Disk(dir)) = &self.storage {
                     stored_schema = crate::schema::load_schema(&*self.fs, dir)?;
+                    oldest_schema = crate::schema::load_oldest_schema(&*self.fs, dir)?;
                 }
                 match &stored_schema {
                     Some(old) => {
@@ -709,7 +712,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         }
         let schemas = match self.schema_book.take() {
             Some(book) => book,
-            None => Arc::new(crate::schema::SchemaBook::new(schema, stored_schema)),
+            None => Arc::new(
+                crate::schema::SchemaBook::new(schema, stored_schema.clone())
+                    .with_oldest(oldest_schema.or(stored_schema)),
+            ),
         };
         let id = node_id(&meta.name);
 

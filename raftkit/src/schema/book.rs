@@ -6,6 +6,20 @@
 //! for raftkit's own entries), the other promotes a learner to voter only
 //! if that disables nothing ([`SchemaBook::check_promotion`]).
 //!
+//! What a voter not heard from since this node started is taken to know
+//! (hellos on a QUIC link bring every voter's schema once it links): with
+//! hellos, for a write tag, the oldest schema this node's data directory
+//! recorded (file `schema.floor`, [`crate::schema::load_oldest_schema`]),
+//! and version 0 of raftkit's own entries; without hellos (in-process
+//! transports) the floor, the schema the directory held at this start,
+//! or nothing would ever be enabled. Not the floor with hellos: after two
+//! starts on a newer binary the floor is that binary's schema, while a voter
+//! down since before the first may still run the older one (stop 44 and
+//! 45). The oldest schema assumes, like the floor of a new directory, that
+//! the directory was created on a binary every voter of its cluster knew
+//! (a new cluster's nodes run one binary; a node added later is promoted
+//! only if it knows every enabled write, not if it knows less).
+//!
 //! Invariant: a write tag that the current voters have enabled stays
 //! enabled across `add_server`. The enabled set only shrinks when a voter
 //! restarts on an older binary (refused by its data directory, see
@@ -29,6 +43,11 @@ pub struct SchemaBook {
     /// know: the schema the data directory held when this node started (or
     /// the local one for a new directory).
     floor: Arc<Schema>,
+    /// What a voter whose schema this node has not seen is assumed to know
+    /// for [`Self::check_enabled`] when hellos carry schemas: the oldest
+    /// schema the data directory recorded (file `schema.floor`, see
+    /// [`crate::schema::load_oldest_schema`]), the floor if none.
+    oldest: Arc<Schema>,
     /// Each peer's schema from its last hello, at most one entry per peer.
     /// A list, not a map: a cluster has a handful of peers, and the
     /// leader looks every voter up on each write ([`Self::check_enabled`]),
@@ -58,12 +77,24 @@ impl SchemaBook {
     /// when it started.
     pub fn new(local: Schema, floor: Option<Schema>) -> SchemaBook {
         let local = Arc::new(local);
+        let floor = floor.map(Arc::new).unwrap_or_else(|| local.clone());
         SchemaBook {
-            floor: floor.map(Arc::new).unwrap_or_else(|| local.clone()),
+            oldest: floor.clone(),
+            floor,
             local,
             peers: Mutex::new(Vec::new()),
             hears_peers: AtomicBool::new(false),
         }
+    }
+
+    /// Sets the oldest schema the data directory recorded (none: the
+    /// floor stays), what [`Self::check_enabled`] assumes of a voter not
+    /// heard from when hellos carry schemas.
+    pub fn with_oldest(mut self, oldest: Option<Schema>) -> SchemaBook {
+        if let Some(oldest) = oldest {
+            self.oldest = Arc::new(oldest);
+        }
+        self
     }
 
     /// Says that peers' hellos carry their schemas to this book (the
@@ -112,9 +143,12 @@ impl SchemaBook {
     /// The leader's check before a command enters the log (or a query is
     /// served): this binary must know `(kind, tag)`, and for a write every
     /// voter of `voters` too — as its last hello showed, or, for a voter
-    /// not heard from since this node started, as the data directory's
-    /// schema at start says. Refuses with [`Error::Unsupported`] (nothing
-    /// was applied).
+    /// not heard from since this node started, as the oldest schema the
+    /// data directory recorded when hellos carry schemas to this book (a
+    /// voter down since before this node's first start on a newer binary
+    /// may still run the binary of that schema: tags added since wait for
+    /// its hello), else as the data directory's schema at start (the
+    /// floor). Refuses with [`Error::Unsupported`] (nothing was applied).
     pub fn check_enabled(
         &self,
         kind: HandlerKind,
@@ -132,8 +166,24 @@ impl SchemaBook {
             // Reads are served by this node alone.
             return Ok(());
         }
+        // What a voter not heard from is taken to know: with hellos, the
+        // oldest schema the directory recorded (the floor is this node's
+        // own last schema, and says nothing of a voter still down on a
+        // binary older than it); without, the floor (nothing would ever
+        // be heard).
+        let (unheard, unheard_source) = if self.hears_peers.load(Ordering::Relaxed) {
+            (
+                &self.oldest,
+                "it has not linked to this leader since the leader started, and the oldest schema this node's data directory recorded",
+            )
+        } else {
+            (
+                &self.floor,
+                "it has not linked to this leader since the leader started, and the schema this node ran before",
+            )
+        };
         // Locked once for all voters; a poisoned lock reads as "no hello
-        // seen" (the floor), like `peer`.
+        // seen", like `peer`.
         let peers = self.peers.lock().ok();
         for voter in voters {
             let seen = peers
@@ -141,10 +191,7 @@ impl SchemaBook {
                 .and_then(|p| p.iter().find(|(id, _)| *id == voter));
             let (known, source) = match seen.map(|(_, schema)| schema) {
                 Some(schema) => (schema.handler(kind, tag).is_some(), "its binary"),
-                None => (
-                    self.floor.handler(kind, tag).is_some(),
-                    "it has not linked to this leader since the leader started, and the schema this node ran before",
-                ),
+                None => (unheard.handler(kind, tag).is_some(), unheard_source),
             };
             if !known {
                 return Err(Error::Unsupported(format!(
@@ -384,6 +431,47 @@ mod tests {
         // stands, and a new cluster proposes the newer entries.
         let book = SchemaBook::new(schema(&[0]), None);
         assert!(book.knows_runtime_log(1, [2, 3]));
+    }
+
+    /// A voter this leader has not heard from since it started counts, for
+    /// a write, as knowing only the oldest schema the data directory
+    /// recorded, not the floor (stop 45): after the leader restarted twice
+    /// on v2 the floor is v2's schema, which says nothing of a voter still
+    /// down on v1; that voter would halt at the first v2 write.
+    #[test]
+    fn a_voter_not_heard_from_counts_as_the_oldest_recorded_schema() {
+        // v1 knows write tag 0, v2 adds tag 1. The leader's directory
+        // recorded v1 first, then v2 (its first v2 start): floor v2.
+        let book =
+            SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1]))).with_oldest(Some(schema(&[0])));
+        book.hear_peers();
+        book.accept_peer(2, schema(&[0, 1])).unwrap();
+        let e = book.check_enabled(HandlerKind::Write, 1, [2, 3]);
+        assert!(
+            matches!(&e, Err(Error::Unsupported(m)) if m.contains("voter 3")),
+            "a voter not heard from since the start was taken to know write tag 1 (the floor, v2): {e:?}"
+        );
+        // What every binary that ran on the directory knows stays enabled.
+        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
+        book.accept_peer(3, schema(&[0])).unwrap();
+        assert!(book.check_enabled(HandlerKind::Write, 1, [2, 3]).is_err());
+        book.accept_peer(3, schema(&[0, 1])).unwrap();
+        book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
+        // Promotion keeps the floor for unheard voters (the stricter
+        // choice: writes of tag 1 may be in the log from before).
+        let book =
+            SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1]))).with_oldest(Some(schema(&[0])));
+        book.hear_peers();
+        book.accept_peer(4, schema(&[0])).unwrap();
+        assert!(matches!(
+            book.check_promotion(4, &[2, 3]),
+            Err(PromotionRefused::Shrinks(_))
+        ));
+        // Without hellos (no QUIC) nothing would ever be heard: the floor
+        // stands.
+        let book =
+            SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1]))).with_oldest(Some(schema(&[0])));
+        book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
     }
 
     #[test]

@@ -43,11 +43,16 @@
 //!   write whose tag some voter's binary does not know is refused with
 //!   [`crate::Error::Unsupported`]; it never enters the log, so no replica
 //!   meets a command it cannot decode. A new handler is therefore enabled
-//!   cluster-wide once every voter runs a binary that knows it. raftkit's
+//!   cluster-wide once every voter runs a binary that knows it. A voter
+//!   not heard from since the leader started is taken to know the oldest
+//!   schema the leader's data directory recorded (file `schema.floor`),
+//!   or, without hellos, the one it held at this start (see
+//!   [`SchemaBook`]). raftkit's
 //!   own log entries are gated the same way: a schema states the version of
 //!   them its binary applies ([`Schema::runtime_log`]), and the leader
 //!   proposes an entry of a newer version only once every voter's schema
-//!   (its last hello, or the floor) states it
+//!   (its last hello; version 0 for a voter not heard from, or the floor
+//!   without hellos) states it
 //!   ([`SchemaBook::knows_runtime_log`]); until then it proposes the older
 //!   entry, whose meaning never changes (replaying it gives what it gave).
 //! - **Before a promotion** (the leader, [`SchemaBook::check_promotion`]):
@@ -81,7 +86,7 @@ use serde::{Deserialize, Serialize};
 pub use book::{PromotionRefused, SchemaBook};
 pub use shape::Shape;
 pub use state::{decode_state, encode_state, encode_state_onto};
-pub use store::{load_schema, save_schema};
+pub use store::{load_oldest_schema, load_schema, save_schema};
 
 /// `#[write]` or `#[read]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

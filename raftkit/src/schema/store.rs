@@ -1,5 +1,15 @@
-//! The schema file of a data directory: the [`Schema`] of the binary that
-//! last opened it, postcard behind a CRC-32, written atomically.
+//! The schema files of a data directory, each postcard behind a CRC-32,
+//! written atomically: `schema`, the [`Schema`] of the binary that last
+//! opened it, and `schema.floor`, the oldest schema the directory recorded
+//! (what [`crate::schema::SchemaBook::check_enabled`] assumes of a voter not
+//! heard from).
+//!
+//! Invariant: `schema.floor` exists before `schema` is ever rewritten, and
+//! is never rewritten itself: [`save_schema`] writes it first, with the
+//! schema the `schema` file held (the new one for a new directory). A
+//! directory whose `schema` a raftkit before `schema.floor` rewrote records,
+//! at its first save by this one, the schema of the last binary that ran
+//! on it; a binary before it ignores the file.
 
 use std::path::Path;
 
@@ -8,12 +18,24 @@ use crate::error::Error;
 use crate::storage::vfs::{Vfs, write_atomic};
 
 const SCHEMA_FILE: &str = "schema";
+const FLOOR_FILE: &str = "schema.floor";
 
 /// Reads the schema file of `dir`, if there is one. A damaged file is a
 /// storage error, never a silent "no schema".
 pub fn load_schema(fs: &dyn Vfs, dir: &Path) -> Result<Option<Schema>, Error> {
-    let path = dir.join(SCHEMA_FILE);
-    let bytes = match fs.read(&path) {
+    load(fs, &dir.join(SCHEMA_FILE))
+}
+
+/// Reads the oldest schema `dir` recorded (file `schema.floor`), if there
+/// is one: a directory that no raftkit with the file saved a schema in has
+/// none (then the `schema` file, if any, is the oldest known). A damaged
+/// file is a storage error.
+pub fn load_oldest_schema(fs: &dyn Vfs, dir: &Path) -> Result<Option<Schema>, Error> {
+    load(fs, &dir.join(FLOOR_FILE))
+}
+
+fn load(fs: &dyn Vfs, path: &Path) -> Result<Option<Schema>, Error> {
+    let bytes = match fs.read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::Storage(format!("{}: {e}", path.display()))),
@@ -31,12 +53,23 @@ pub fn load_schema(fs: &dyn Vfs, dir: &Path) -> Result<Option<Schema>, Error> {
         .map_err(|e| damaged(e.to_string()))
 }
 
-/// Writes the schema file of `dir` (temp file, fsync, rename, dir fsync).
+/// Writes the schema file of `dir` (temp file, fsync, rename, dir fsync),
+/// after `schema.floor` if the directory has none yet: it records the
+/// schema the file held before (`schema` for a new directory), so the
+/// oldest schema is kept whatever crash follows.
 pub fn save_schema(fs: &dyn Vfs, dir: &Path, schema: &Schema) -> Result<(), Error> {
+    if load_oldest_schema(fs, dir)?.is_none() {
+        let oldest = load_schema(fs, dir)?;
+        save(fs, &dir.join(FLOOR_FILE), oldest.as_ref().unwrap_or(schema))?;
+    }
+    save(fs, &dir.join(SCHEMA_FILE), schema)
+}
+
+fn save(fs: &dyn Vfs, path: &Path, schema: &Schema) -> Result<(), Error> {
     let body = postcard::to_allocvec(schema).map_err(|e| Error::Storage(e.to_string()))?;
     let mut bytes = crc32fast::hash(&body).to_le_bytes().to_vec();
     bytes.extend_from_slice(&body);
-    write_atomic(fs, &dir.join(SCHEMA_FILE), &bytes).map_err(|e| Error::Storage(e.to_string()))
+    write_atomic(fs, path, &bytes).map_err(|e| Error::Storage(e.to_string()))
 }
 
 #[cfg(test)]
@@ -66,5 +99,26 @@ mod tests {
             load_schema(&RealFs, dir.path()),
             Err(Error::Storage(_))
         ));
+    }
+
+    /// `schema.floor` keeps the first schema saved, or the one a directory
+    /// from before the file held, across later saves.
+    #[test]
+    fn the_oldest_schema_is_kept_across_saves() {
+        let v = |n: u32| Schema::new("kv", n, Shape::Str);
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_oldest_schema(&RealFs, dir.path()).unwrap(), None);
+        save_schema(&RealFs, dir.path(), &v(1)).unwrap();
+        save_schema(&RealFs, dir.path(), &v(2)).unwrap();
+        save_schema(&RealFs, dir.path(), &v(3)).unwrap();
+        assert_eq!(load_schema(&RealFs, dir.path()).unwrap(), Some(v(3)));
+        assert_eq!(load_oldest_schema(&RealFs, dir.path()).unwrap(), Some(v(1)));
+        // A directory whose `schema` an earlier raftkit wrote (no floor
+        // file): its first save records that schema as the oldest.
+        let dir = tempfile::tempdir().unwrap();
+        save(&RealFs, &dir.path().join(SCHEMA_FILE), &v(1)).unwrap();
+        save_schema(&RealFs, dir.path(), &v(2)).unwrap();
+        save_schema(&RealFs, dir.path(), &v(3)).unwrap();
+        assert_eq!(load_oldest_schema(&RealFs, dir.path()).unwrap(), Some(v(1)));
     }
 }
