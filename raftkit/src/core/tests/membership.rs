@@ -911,3 +911,68 @@ fn invalid_targets_are_refused_and_append_nothing() {
     // A valid change still goes through.
     assert!(r.propose_config(with_learners(&[1, 2, 3], &[4])).is_ok());
 }
+
+/// `voters` and `learners`, each member with an address.
+fn with_addrs(voters: &[u64], learners: &[u64]) -> Configuration {
+    let mut c = with_learners(voters, learners);
+    c.addrs = voters
+        .iter()
+        .chain(learners)
+        .map(|&id| (id, format!("node-{id}")))
+        .collect();
+    c
+}
+
+/// Thesis §4.3: replacing a voter by another changes the voters even when
+/// their number stays the same, so it goes through `C_old,new` (a majority
+/// of {1, 2, 4} need not overlap one of {1, 2, 3} without it); and leaving
+/// the joint configuration keeps the learners of `C_new` and forgets the
+/// address of the member it removed. Found by mutation (stop 45): skipping
+/// the joint phase when the voter count is unchanged, `C_new` without its
+/// learners, and `C_new` keeping the removed member's address each
+/// survived every `core::` test.
+#[test]
+fn replacing_a_voter_goes_through_the_joint_configuration_and_keeps_the_learners() {
+    let mut c = cluster_with_fresh(&[1, 2, 3], &[4, 5], |_| {});
+    c.elect(1);
+    c.propose(1, b"a");
+    c.node_mut(1)
+        .propose_config(with_addrs(&[1, 2, 3], &[4, 5]))
+        .expect("learners");
+    c.deliver();
+    settle(&mut c, 1);
+    for _ in 0..T {
+        c.tick(1);
+    }
+    assert!(c.node(1).learner_caught_up(4));
+
+    let first = c
+        .node_mut(1)
+        .propose_config(with_addrs(&[1, 2, 4], &[5]))
+        .expect("replace 3 by 4");
+    let joint = match &c.node(1).log().entry(first).expect("appended").payload {
+        Payload::Config(conf) => conf.clone(),
+        other => panic!("not a configuration entry: {other:?}"),
+    };
+    assert_eq!(
+        (joint.voters.clone(), joint.outgoing.clone()),
+        ([1, 2, 4].into(), [1, 2, 3].into()),
+        "replacing a voter must append C_old,new first: {joint:?}"
+    );
+    c.deliver();
+    settle(&mut c, 1);
+    c.tick_all(T);
+    let want = with_addrs(&[1, 2, 4], &[5]);
+    for id in [1, 2, 4, 5] {
+        let conf = c.node(id).config();
+        assert_eq!(
+            conf.learners, want.learners,
+            "node {id}: leaving the joint configuration dropped the learners"
+        );
+        assert_eq!(
+            conf.addrs, want.addrs,
+            "node {id}: C_new keeps the address of the member it removed"
+        );
+        assert_eq!(conf, &want, "node {id}");
+    }
+}
