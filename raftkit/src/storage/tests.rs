@@ -800,6 +800,14 @@ fn each_snapshot_file_check_catches_its_own_damage() {
     bytes[body..].copy_from_slice(&crc);
     std::fs::write(&file, &bytes).unwrap();
     assert_eq!(corrupt("a wrong data length"), file);
+    // Another format's magic, the checksum recomputed (found by mutation,
+    // stop 45: the magic check deleted survived every test).
+    let mut bytes = good.clone();
+    bytes[..8].copy_from_slice(b"RKSNAP99");
+    let crc = crc32fast::hash(&bytes[..body]).to_le_bytes();
+    bytes[body..].copy_from_slice(&crc);
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(corrupt("another format's magic"), file);
     // The intact file in its place opens.
     std::fs::write(&file, &good).unwrap();
     let s = FileSnapshotStore::open(&path, 0).unwrap();
@@ -807,6 +815,30 @@ fn each_snapshot_file_check_catches_its_own_damage() {
         s.latest().unwrap().unwrap(),
         snap(30, 3, b"the state of the machine")
     );
+}
+
+/// A snapshot saved at the index of one on disk under another term
+/// supersedes it: its file is removed, whatever the retention (found by
+/// mutation, stop 45: keeping it survived every test; the file stayed on
+/// disk, uncounted by the retention, until the directory was reopened).
+#[test]
+fn a_snapshot_at_the_same_index_under_another_term_replaces_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snaps");
+    let mut s = FileSnapshotStore::open(&path, 5).unwrap();
+    s.save(&snap(30, 3, b"term 3")).unwrap();
+    s.save(&snap(30, 4, b"term 4")).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["snapshot-00000000000000000030-00000000000000000004.snap"],
+        "the superseded snapshot's file is still on disk"
+    );
+    assert_eq!(s.latest().unwrap().unwrap(), snap(30, 4, b"term 4"));
 }
 
 // ------------------------------------------------- faults through the vfs
