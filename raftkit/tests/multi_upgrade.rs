@@ -14,7 +14,9 @@
 //!   voter runs, and enables it once that node restarted on v2;
 //! - a replica move from a v2 voter to a v1 node is refused at its joint
 //!   change once v2's new write is enabled (the promotion would make a
-//!   voter that halts at the first such entry), changing nothing.
+//!   voter that halts at the first such entry), changing nothing (the
+//!   learner it added is removed), and the replica balancer does not plan
+//!   that move again at its next round.
 
 #[path = "support/kv_versions.rs"]
 mod kv_versions;
@@ -224,7 +226,10 @@ async fn a_v1_and_a_v2_multi_group_node_link_and_replicate() {
 
 /// A move promotes its learner with the same schema check as
 /// `add_server` (found by review, stop 44: the joint change promoted a v1
-/// learner into a group whose v2 voters had enabled `delete`).
+/// learner into a group whose v2 voters had enabled `delete`), and the
+/// refused move removes the learner it added (found by review, stop 45:
+/// it was left behind, for the admin to remove with `abort_move`, and the
+/// refusal said the joint change "may be in the log").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_move_to_a_node_of_an_older_binary_is_refused() {
     let addrs = free_addrs(3);
@@ -275,12 +280,32 @@ async fn a_replica_move_to_a_node_of_an_older_binary_is_refused() {
     let moved = leader_node
         .move_replica_with(GROUP, from, &addrs[2], &opts)
         .await;
+    // Refused before anything was appended: the learner the move added
+    // is removed again.
+    let target = Peer::<v2::Kv>::member_id(&addrs[2]);
+    let st = leader.status();
+    assert!(
+        !st.members.iter().any(|m| m.id == target),
+        "a move refused at its joint change left its learner {target} behind ({:?}): {moved:?}",
+        st.members
+    );
     match &moved {
-        Err(MoveError::Step {
-            step: MoveStep::JointChange,
-            source: Error::Rejected(why),
-            ..
-        }) => assert!(why.contains("tag 1"), "{why}"),
+        Err(
+            e @ MoveError::Refused {
+                step: MoveStep::JointChange,
+                source: Error::Rejected(why),
+                ..
+            },
+        ) => {
+            assert!(why.contains("tag 1"), "{why}");
+            // The refusal is certain: it says nothing was changed.
+            let said = e.to_string();
+            assert!(
+                said.contains("nothing was changed") && !said.contains("may be in the log"),
+                "{said}"
+            );
+            assert_eq!(e.applied(), raftkit::error::Applied::No);
+        }
         other => panic!(
             "a v2 group with `delete` enabled moved a replica to a v1 node (it would halt at the first delete): {other:?}"
         ),
@@ -293,9 +318,57 @@ async fn a_replica_move_to_a_node_of_an_older_binary_is_refused() {
         .map(|m| m.id)
         .collect();
     assert!(voting.contains(&from) && !st.joint, "{:?}", st.members);
-    leader_node.abort_move(GROUP, &addrs[2]).await.unwrap();
     for n in [a, b] {
         n.shutdown().await.unwrap();
     }
+    old.shutdown().await.unwrap();
+}
+
+/// The replica balancer does not plan a refused move again at its next
+/// round (found by review, stop 45: a move refused at its joint change was
+/// planned again every round, each attempt a learner added, caught up and,
+/// since the refusal left it, never removed). A v2 node leads two groups
+/// alone and knows a v1 node: the balancer's move of one of them to the
+/// v1 node is refused, and the next round plans no move to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_balancer_does_not_retry_a_refused_move_at_the_next_round() {
+    let addrs = free_addrs(2);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ca = ClusterCa::generate("multi-upgrade").unwrap();
+    let a = start::<v2::Kv>(&addrs[0], dirs[0].path(), Some(&ca))
+        .await
+        .unwrap();
+    let old = start::<v1::Kv>(&addrs[1], dirs[1].path(), Some(&ca))
+        .await
+        .unwrap();
+    for g in [1, 2] {
+        a.create_group(g, &addrs[..1]).await.unwrap();
+    }
+    wait_for("both groups led by the v2 node, settled", || {
+        [1, 2]
+            .iter()
+            .all(|g| {
+                a.group(*g).is_some_and(|p| {
+                    let st = p.status();
+                    st.role == Role::Leader && !st.joint && st.commit >= st.config_index
+                })
+            })
+            .then_some(())
+    })
+    .await;
+    a.set_known_nodes(vec![addrs[1].clone()]);
+    let first = a.balance_replicas().await;
+    assert!(
+        first
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("tag 1")),
+        "the balancer's move to the v1 node was not refused: {first:?}"
+    );
+    let second = a.balance_replicas().await;
+    assert!(
+        matches!(second, Ok(None)),
+        "the balancer planned the move refused at its previous round again: {second:?}"
+    );
+    a.shutdown().await.unwrap();
     old.shutdown().await.unwrap();
 }

@@ -18,11 +18,22 @@
 //!   narrows the spread and a balanced layout plans nothing;
 //! - counts from replicas' statuses may be a moment stale; a later round
 //!   corrects what an earlier one overshot.
+//!
+//! The replica balancer ([`plan_replicas_avoiding`]) skips the targets in
+//! [`RefusedTargets`]: a move to a node refused at its joint change (its
+//! binary is older than the group's voters', or another change was in
+//! flight) is not planned to that node again until the schema its hello
+//! showed changes (it was upgraded) or a backoff of rounds, doubling with
+//! each refusal up to [`MAX_SKIP_ROUNDS`], runs out. Without it the
+//! balancer would plan the same refused move every round, each attempt a
+//! learner added, caught up (perhaps by a snapshot) and removed again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::GroupId;
 use crate::core::NodeId;
+use crate::schema::Schema;
 
 /// One group as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +120,16 @@ pub struct ReplicaMove {
 /// as many as the target: every move narrows the spread, and a layout
 /// where no two nodes differ by more than one plans nothing.
 pub fn plan_replicas(view: &[ReplicaView], nodes: &[NodeId]) -> Vec<ReplicaMove> {
+    plan_replicas_avoiding(view, nodes, &BTreeSet::new())
+}
+
+/// [`plan_replicas`] that never moves a replica **to** a node in `avoid`
+/// (their replicas still count, and they may still be a move's source).
+pub fn plan_replicas_avoiding(
+    view: &[ReplicaView],
+    nodes: &[NodeId],
+    avoid: &BTreeSet<NodeId>,
+) -> Vec<ReplicaMove> {
     let mut counts: BTreeMap<NodeId, usize> = nodes.iter().map(|n| (*n, 0)).collect();
     for g in view {
         for v in &g.voters {
@@ -129,7 +150,7 @@ pub fn plan_replicas(view: &[ReplicaView], nodes: &[NodeId]) -> Vec<ReplicaMove>
         };
         let Some(to) = counts
             .keys()
-            .filter(|n| !g.voters.contains(n))
+            .filter(|n| !g.voters.contains(n) && !avoid.contains(n))
             .min_by_key(|n| (count(&counts, n), **n))
             .copied()
         else {
@@ -148,9 +169,77 @@ pub fn plan_replicas(view: &[ReplicaView], nodes: &[NodeId]) -> Vec<ReplicaMove>
     out
 }
 
+/// The most balancing rounds a refused target is skipped for while its
+/// schema stays the same.
+pub const MAX_SKIP_ROUNDS: u32 = 64;
+
+/// The rounds a target is skipped for after its first refusal.
+const FIRST_SKIP_ROUNDS: u32 = 4;
+
+/// One refused target: the schema heard from it at the refusal (`None`:
+/// none heard), the rounds its latest refusal skips it for, and how many
+/// of them are left.
+#[derive(Debug)]
+struct Refusal {
+    schema: Option<Arc<Schema>>,
+    skip: u32,
+    left: u32,
+}
+
+/// The replica moves' targets refused at their joint change, which the
+/// replica balancer skips (see the [module documentation](self)).
+#[derive(Debug, Default)]
+pub struct RefusedTargets {
+    by_node: BTreeMap<NodeId, Refusal>,
+}
+
+impl RefusedTargets {
+    /// A move to `node` was refused while its hello showed `schema`: it is
+    /// skipped for 4 rounds, twice as many as last time
+    /// if it was refused before with the same schema (at most
+    /// [`MAX_SKIP_ROUNDS`]).
+    pub fn refused(&mut self, node: NodeId, schema: Option<Arc<Schema>>) {
+        let skip = match self.by_node.get(&node) {
+            Some(r) if r.schema == schema => r.skip.saturating_mul(2).min(MAX_SKIP_ROUNDS),
+            _ => FIRST_SKIP_ROUNDS,
+        };
+        self.by_node.insert(
+            node,
+            Refusal {
+                schema,
+                skip,
+                left: skip,
+            },
+        );
+    }
+
+    /// A move to `node` succeeded: it is no longer remembered.
+    pub fn moved(&mut self, node: NodeId) {
+        self.by_node.remove(&node);
+    }
+
+    /// Starts a balancing round: the targets to skip in it. `heard` is each
+    /// node's schema as its latest hello showed it; a node whose schema
+    /// changed since its refusal is forgotten (tried again at once), one
+    /// whose skip ran out is tried in this round (and skipped twice as long
+    /// if refused again).
+    pub fn round(&mut self, heard: impl Fn(NodeId) -> Option<Arc<Schema>>) -> BTreeSet<NodeId> {
+        self.by_node.retain(|node, r| heard(*node) == r.schema);
+        let mut skip = BTreeSet::new();
+        for (node, r) in &mut self.by_node {
+            if r.left > 0 {
+                r.left -= 1;
+                skip.insert(*node);
+            }
+        }
+        skip
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::Shape;
 
     fn view(leaders: &[u64]) -> Vec<GroupView> {
         leaders
@@ -280,5 +369,52 @@ mod tests {
         let moves = plan_replicas(&view, &[1, 2, 3, 4]);
         assert_eq!(moves.len(), 1);
         assert_eq!((moves[0].group, moves[0].to), (2, 4));
+    }
+
+    #[test]
+    fn a_node_to_avoid_is_not_a_target_but_still_counts() {
+        let view = replica_view(&[vec![1, 2, 3], vec![1, 2, 3]]);
+        let moves = plan_replicas(&view, &[1, 2, 3, 4, 5]);
+        assert_eq!((moves[0].to, moves.len()), (4, 2), "{moves:?}");
+        let avoid = BTreeSet::from([4]);
+        let moves = plan_replicas_avoiding(&view, &[1, 2, 3, 4, 5], &avoid);
+        assert!(moves.iter().all(|m| m.to == 5), "{moves:?}");
+        let avoid = BTreeSet::from([4, 5]);
+        assert!(plan_replicas_avoiding(&view, &[1, 2, 3, 4, 5], &avoid).is_empty());
+    }
+
+    #[test]
+    fn a_refused_target_is_skipped_until_its_schema_changes_or_its_backoff_ends() {
+        let schema = |version| Some(Arc::new(Schema::new("kv", version, Shape::Unit)));
+        let (old, new) = (schema(1), schema(2));
+        let mut refused = RefusedTargets::default();
+        refused.refused(7, old.clone());
+        // Skipped for FIRST_SKIP_ROUNDS rounds, then tried again.
+        let rounds: Vec<bool> = (0..FIRST_SKIP_ROUNDS + 1)
+            .map(|_| refused.round(|_| old.clone()).contains(&7))
+            .collect();
+        let mut want = vec![true; FIRST_SKIP_ROUNDS as usize];
+        want.push(false);
+        assert_eq!(rounds, want);
+        // Refused again with the same schema: skipped twice as long.
+        refused.refused(7, old.clone());
+        let skipped = (0..MAX_SKIP_ROUNDS)
+            .take_while(|_| refused.round(|_| old.clone()).contains(&7))
+            .count();
+        assert_eq!(skipped, 2 * FIRST_SKIP_ROUNDS as usize);
+        // Its schema changed (upgraded): tried at once.
+        refused.refused(7, old.clone());
+        assert!(refused.round(|_| old.clone()).contains(&7));
+        assert!(!refused.round(|_| new.clone()).contains(&7));
+        // The backoff is bounded.
+        for _ in 0..20 {
+            refused.refused(7, old.clone());
+        }
+        let skipped = (0..10 * MAX_SKIP_ROUNDS)
+            .take_while(|_| refused.round(|_| old.clone()).contains(&7))
+            .count();
+        assert_eq!(skipped, MAX_SKIP_ROUNDS as usize);
+        refused.moved(7);
+        assert!(refused.round(|_| old.clone()).is_empty());
     }
 }

@@ -21,8 +21,13 @@
 //!    configuration when it proposes it, never a whole target built from
 //!    the status read at step 2: a change another admin committed in
 //!    between (a learner added, a member removed) stays. The edit is
-//!    refused ([`Error::Rejected`], nothing changed) if `from` is no
-//!    longer a voter or the target no longer a learner by then;
+//!    refused ([`Error::Rejected`], nothing appended) if `from` is no
+//!    longer a voter or the target no longer a learner by then, while
+//!    another change is in flight, or if the target's binary is older
+//!    than the voters' (the promotion check of `add_server`). A move so
+//!    refused removes the learner it added at step 1 (one that was a
+//!    learner before the move stays) and fails with
+//!    [`MoveError::Refused`]: nothing was changed;
 //! 4. **leave joint** ([`MoveStep::LeaveJoint`]): the core appends `C_new`
 //!    by itself once `C_old,new` commits; wait until `C_new` commits. The
 //!    leaving node's replica then retires (its state is deleted, see
@@ -56,16 +61,18 @@
 //!
 //! # Replica balancing
 //!
-//! [`MultiNode::balance_replicas`] runs [`balance::plan_replicas`](super::balance::plan_replicas)
+//! [`MultiNode::balance_replicas`] runs [`balance::plan_replicas_avoiding`](super::balance::plan_replicas_avoiding)
 //! over the groups this node leads and carries out at most one move per
-//! round.
+//! round. A target whose move was refused ([`MoveError::Refused`]) is
+//! skipped by later rounds until its schema changes or a doubling backoff
+//! runs out ([`balance::RefusedTargets`](super::balance::RefusedTargets)).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::info;
 
-use super::balance::{ReplicaView, plan_replicas};
+use super::balance::{ReplicaView, plan_replicas_avoiding};
 use super::{GroupId, MultiNode};
 use crate::core::{Index, NodeId, Role};
 use crate::error::{Applied, Error};
@@ -154,6 +161,24 @@ pub enum MoveError {
         /// Why.
         reason: String,
     },
+    /// A step's change was refused before anything was appended (the
+    /// joint change: the target's binary is older than the voters', or
+    /// another change is in flight), and the learner the move added, if
+    /// any, was removed again: the move changed nothing.
+    #[error(
+        "moving a replica of group {group}: step {step:?} was refused, nothing appended: {source}; {leaves}"
+    )]
+    Refused {
+        /// The group.
+        group: GroupId,
+        /// The step refused.
+        step: MoveStep,
+        /// What the group is left in (as before the move).
+        leaves: String,
+        /// The refusal.
+        #[source]
+        source: Error,
+    },
     /// A step failed.
     #[error("moving a replica of group {group}: step {step:?} failed: {source}; {leaves}")]
     Step {
@@ -171,14 +196,16 @@ pub enum MoveError {
 
 impl MoveError {
     /// Whether the move changed the group's configuration: `No` for a move
-    /// refused before its first change, `Maybe` when the step that failed
+    /// refused before its first change or refused at its joint change
+    /// ([`MoveError::Refused`]), `Maybe` when the step that failed
     /// was the first change (it may be in the log), `Yes` when a change
     /// committed before the failure (see [`MoveError::Step::leaves`]).
     pub fn applied(&self) -> Applied {
         match self {
             MoveError::NotHosted { .. }
             | MoveError::NotLeader { .. }
-            | MoveError::Invalid { .. } => Applied::No,
+            | MoveError::Invalid { .. }
+            | MoveError::Refused { .. } => Applied::No,
             MoveError::Step { step, .. } => match step {
                 MoveStep::Settle => Applied::No,
                 MoveStep::AddLearner => Applied::Maybe,
@@ -188,9 +215,13 @@ impl MoveError {
     }
 
     /// Whether calling the move again (on the group's current leader) may
-    /// succeed.
+    /// succeed (a refused move: once the target is upgraded, or the change
+    /// in flight committed).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, MoveError::NotLeader { .. } | MoveError::Step { .. })
+        matches!(
+            self,
+            MoveError::NotLeader { .. } | MoveError::Step { .. } | MoveError::Refused { .. }
+        )
     }
 }
 
@@ -385,8 +416,10 @@ impl<S: PeerExt> MultiNode<S> {
             )));
         }
 
-        // 1. Add the target as a learner.
-        if !is_member(&st, to_id) {
+        // 1. Add the target as a learner (unless it was one before: then a
+        // refused joint change leaves it).
+        let added = !is_member(&st, to_id);
+        if added {
             peer.add_learner(to)
                 .await
                 .map_err(|e| fail(MoveStep::AddLearner, e))?;
@@ -421,11 +454,15 @@ impl<S: PeerExt> MultiNode<S> {
         // `st` was read stays (`ConfEdit::Replace`). `None`: the latest
         // configuration already has it (nothing proposed); step 4 waits
         // for it committed.
-        let index = peer
-            .replace_voter(from, to_id, to)
-            .await
-            .map_err(|e| fail(MoveStep::JointChange, e))?
-            .unwrap_or(0);
+        let index = match peer.replace_voter(from, to_id, to).await {
+            Ok(index) => index.unwrap_or(0),
+            // Refused before anything was appended (`Peer::replace_voter`):
+            // the learner this move added goes again.
+            Err(Error::Rejected(why)) => {
+                return Err(self.undo_learner(&peer, group, to, added, why, opts).await);
+            }
+            Err(e) => return Err(fail(MoveStep::JointChange, e)),
+        };
         wait_for(&peer, opts.step_timeout, |s| s.commit >= index)
             .await
             .map_err(|e| fail(MoveStep::JointChange, e))?;
@@ -448,6 +485,67 @@ impl<S: PeerExt> MultiNode<S> {
             "replica move done"
         );
         Ok(report)
+    }
+
+    /// After the joint change was refused (`why`, nothing appended): removes
+    /// `to`, the learner the move added (`added`; one that was a learner
+    /// before the move stays), and says what the group is left in. A
+    /// removal that fails leaves the learner: a failed
+    /// [`MoveStep::JointChange`] step, `abort_move` removes it.
+    async fn undo_learner(
+        &self,
+        peer: &Peer<S>,
+        group: GroupId,
+        to: &str,
+        added: bool,
+        why: String,
+        opts: &MoveOptions,
+    ) -> MoveError {
+        let step = MoveStep::JointChange;
+        tracing::warn!(group, to, reason = %why, learner_added = added, "replica move refused at its joint change");
+        if !added {
+            return MoveError::Refused {
+                group,
+                step,
+                leaves: format!(
+                    "nothing was changed: {to} stays a learner, as it was before the move (abort_move removes it)"
+                ),
+                source: Error::Rejected(why),
+            };
+        }
+        // The refused change may have met another admin's change in flight:
+        // the removal waits for it to commit.
+        let removed = match wait_for(peer, opts.step_timeout, settled).await {
+            Ok(_) => peer.remove_server(to).await,
+            Err(e) => Err(e),
+        };
+        match removed {
+            Ok(()) => {
+                info!(
+                    group,
+                    to, "replica move refused: the learner it added was removed"
+                );
+                MoveError::Refused {
+                    group,
+                    step,
+                    leaves: format!(
+                        "nothing was changed: {to}, the learner this move added, was removed again"
+                    ),
+                    source: Error::Rejected(why),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(group, to, error = %e, "removing the learner of a refused move failed");
+                MoveError::Step {
+                    group,
+                    step,
+                    leaves: format!(
+                        "the joint change was refused, nothing appended ({why}); {to}, the learner this move added, may still be one: abort_move removes it"
+                    ),
+                    source: e,
+                }
+            }
+        }
     }
 
     /// Abandons a move to the node at `to` that has not reached its joint
@@ -514,14 +612,29 @@ impl<S: PeerExt> MultiNode<S> {
             });
         }
         let ids: Vec<NodeId> = nodes.keys().copied().collect();
-        let Some(mv) = plan_replicas(&view, &ids).into_iter().next() else {
+        let schemas = self.schema_book();
+        let skip = self.refused_targets(|r| r.round(|id| schemas.peer(id)));
+        let Some(mv) = plan_replicas_avoiding(&view, &ids, &skip)
+            .into_iter()
+            .next()
+        else {
             return Ok(None);
         };
         let Some(addr) = nodes.get(&mv.to) else {
             return Ok(None);
         };
         info!(group = mv.group, from = mv.from, to = %addr, "moving a replica to balance replica counts");
-        self.move_replica(mv.group, mv.from, addr).await.map(Some)
+        let moved = self.move_replica(mv.group, mv.from, addr).await;
+        match &moved {
+            Ok(_) => self.refused_targets(|r| r.moved(mv.to)),
+            Err(MoveError::Refused { .. }) => {
+                let heard = schemas.peer(mv.to);
+                self.refused_targets(|r| r.refused(mv.to, heard));
+                info!(group = mv.group, to = %addr, "replica move refused: later rounds skip this target until its schema changes or a backoff ends");
+            }
+            Err(_) => {}
+        }
+        moved.map(Some)
     }
 }
 

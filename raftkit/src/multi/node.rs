@@ -301,6 +301,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 unretired: Mutex::new(BTreeMap::new()),
                 tasks: Mutex::new(Vec::new()),
                 known: Mutex::new(Vec::new()),
+                refused: Mutex::new(Default::default()),
                 identity: client_identity,
                 #[cfg(test)]
                 window: Mutex::new(None),
@@ -421,6 +422,9 @@ pub(super) struct Inner<S> {
     /// Nodes the replica balancer may place replicas on, beyond those the
     /// groups list (advertised addresses).
     known: Mutex<Vec<String>>,
+    /// Targets of refused replica moves the balancer skips
+    /// ([`super::balance::RefusedTargets`]).
+    refused: Mutex<super::balance::RefusedTargets>,
     /// The node's certificate, for its own requests to the placement group
     /// ([`super::placement_sync`]).
     identity: Identity,
@@ -1109,6 +1113,23 @@ impl<S: PeerExt> MultiNode<S> {
         if let Ok(mut k) = self.inner.known.lock() {
             *k = addrs;
         }
+    }
+
+    /// Runs `f` on the replica balancer's refused targets (a poisoned lock:
+    /// on a fresh, empty set).
+    pub(crate) fn refused_targets<T>(
+        &self,
+        f: impl FnOnce(&mut super::balance::RefusedTargets) -> T,
+    ) -> T {
+        match self.inner.refused.lock() {
+            Ok(mut r) => f(&mut r),
+            Err(_) => f(&mut Default::default()),
+        }
+    }
+
+    /// The node's schema book (its own schema and its peers' hellos).
+    pub(crate) fn schema_book(&self) -> Arc<SchemaBook> {
+        self.inner.schemas.clone()
     }
 
     /// The nodes given to [`set_known_nodes`](Self::set_known_nodes).
