@@ -1047,6 +1047,11 @@ impl Client {
                     Some(_) => {}
                     None => s.command = Some(command.clone()),
                 }
+                // Its outcome is known and its sequence number acknowledged:
+                // the cluster forgot the reply, so nothing is sent again.
+                if let Some(answer) = &s.answered {
+                    return answer.clone();
+                }
                 // Its session was forgotten after an attempt that may have
                 // been applied: a new session would apply it again.
                 if let Some(why) = &s.expired {
@@ -1119,7 +1124,23 @@ impl Client {
                     Ok(_) => true,
                     Err(e) => e.applied() != Applied::No,
                 };
-            return Self::expect_ok(r?);
+            let out = r.and_then(Self::expect_ok);
+            match &out {
+                // The write's one outcome: kept for every later call
+                // through a `WriteOnce` handle, which sends nothing more,
+                // and its sequence number acknowledged (a kept handle holds
+                // no room of the session's window, session rule 6).
+                Ok(_) => state.answer(out.clone()),
+                Err(e) if e.applied() == Applied::Yes => state.answer(out.clone()),
+                // No attempt of this write, in this call or an earlier one,
+                // can have been applied: nothing of it is at a member, so
+                // its number is released and a later call takes a new one.
+                Err(_) if !state.sent => state.unbind(),
+                // Its outcome is unknown: the number stays unacknowledged,
+                // so that a retry through the handle gets the stored reply.
+                Err(_) => {}
+            }
+            return out;
         }
         Err(Error::SessionExpired(
             "the cluster forgot two sessions in a row; not retried".into(),
@@ -1194,7 +1215,8 @@ struct SessionSlot {
 struct Seqs {
     /// The last sequence number issued.
     last: u64,
-    /// Issued and not yet answered (or still held by a [`WriteOnce`]).
+    /// Issued and not yet answered (or held by a [`WriteOnce`] whose
+    /// write's outcome is unknown).
     outstanding: std::collections::BTreeSet<u64>,
 }
 
@@ -1260,15 +1282,26 @@ struct Bound {
 }
 
 /// The state of one logical write: its sequence number once taken, its
-/// command, whether an attempt may have been applied, and whether its
-/// session expired after such an attempt (then every later call through
-/// its handle answers `SessionExpired`).
+/// command, whether an attempt may have been applied, whether its session
+/// expired after such an attempt (then every later call through its handle
+/// answers `SessionExpired`), and its outcome once a call got it (then
+/// every later call returns it).
+///
+/// Its sequence number stays unacknowledged exactly while the write's
+/// outcome is unknown to the handle (an attempt may be at a member, or may
+/// have been applied without an answer): then the cluster must keep the
+/// reply for a retry. An answered write and a write that no attempt can
+/// have applied release it.
 #[derive(Default)]
 struct OnceState {
     bound: Option<Bound>,
     command: Option<Vec<u8>>,
     sent: bool,
     expired: Option<String>,
+    /// The write's outcome once a call got one that says it was applied
+    /// (`Ok`, or an error saying [`Applied::Yes`]); its sequence number is
+    /// then acknowledged (unbound), and every later call returns this.
+    answered: Option<Result<Vec<u8>, Error>>,
 }
 
 impl OnceState {
@@ -1276,6 +1309,12 @@ impl OnceState {
         if let Some(b) = self.bound.take() {
             b.slot.done(b.seq);
         }
+    }
+
+    /// Keeps the write's outcome and acknowledges its sequence number.
+    fn answer(&mut self, outcome: Result<Vec<u8>, Error>) {
+        self.answered = Some(outcome);
+        self.unbind();
     }
 }
 
@@ -1301,9 +1340,19 @@ impl Drop for OnceState {
 ///   outcome.
 /// - The handle carries one command: a different command through it is
 ///   refused ([`Error::Rejected`]) before anything is sent.
-/// - The cluster keeps the answer while the handle lives (the client does
-///   not acknowledge its sequence number before the handle is dropped), but
-///   not past its session: if the session expires (it stayed idle for the
+/// - Once a call through the handle gets the write's outcome (`Ok`, or an
+///   error saying it was applied, such as [`Error::Handler`]), the handle
+///   keeps it: every later call returns it and sends nothing. The client
+///   then acknowledges the write, and the cluster forgets its reply, so a
+///   handle kept after its answer holds none of the session's window of
+///   [`SESSION_WINDOW`](crate::runtime::session::SESSION_WINDOW) replies.
+/// - A call that ended saying the write was not applied (and no earlier
+///   call may have) releases its sequence number: the next call through
+///   the handle takes a new one, as nothing of the write is at any member.
+/// - While the write's outcome is unknown, the cluster keeps its answer for
+///   as long as the handle lives (the client does not acknowledge its
+///   sequence number before the handle is dropped: each such handle holds
+///   one reply of the window), but not past its session: if the session expires (it stayed idle for the
 ///   cluster's session time-to-live, or was evicted from a full table) a
 ///   retry gets [`Error::SessionExpired`], and the write's outcome is then
 ///   unknown: every later retry through the handle gets the same error and

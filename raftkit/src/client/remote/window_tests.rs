@@ -17,8 +17,31 @@ use crate::tls::dev_cluster;
 /// Bounds every wait of the test (none is reached when it passes).
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Write 1 goes through a `WriteOnce` handle, which keeps its sequence
-/// number unacknowledged while the caller holds it; write 2 finds the
+/// Makes `once`'s write 1 and abandons its call once it reached `member`
+/// (which never answers it): its outcome unknown, the handle keeps its
+/// sequence number unacknowledged while it lives.
+async fn abandon_in_flight(once: &super::WriteOnce, member: &FakeMember) {
+    let first = once.write(b"one".to_vec());
+    tokio::pin!(first);
+    let reached = async {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while member.writes() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "write 1 never reached the member"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::select! {
+        r = &mut first => panic!("the ignored write 1 was answered: {r:?}"),
+        () = reached => {}
+    }
+}
+
+/// Write 1 goes through a `WriteOnce` handle whose call is abandoned in
+/// flight, which keeps its sequence number unacknowledged while the caller
+/// holds it (its outcome unknown); write 2 finds the
 /// window full (the member answers as the apply thread does, while write 2
 /// does not acknowledge write 1) until the handle is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +62,9 @@ async fn a_write_refused_for_a_full_session_window_is_retried_with_its_latest_ac
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((session.seq, session.acked_below));
-                if session.seq == 2 && session.acked_below < 2 {
+                if session.seq == 1 {
+                    Act::Ignore
+                } else if session.seq == 2 && session.acked_below < 2 {
                     if let Some(tx) = refused_tx.take() {
                         let _ = tx.send(());
                     }
@@ -62,10 +87,7 @@ async fn a_write_refused_for_a_full_session_window_is_retried_with_its_latest_ac
     .expect("connects in time")
     .expect("connects");
     let once = client.write_once();
-    tokio::time::timeout(DEADLINE, once.write(b"one".to_vec()))
-        .await
-        .expect("write 1 ends in time")
-        .expect("write 1");
+    abandon_in_flight(&once, &member).await;
     let second = tokio::spawn({
         let client = client.clone();
         async move { client.write(b"two".to_vec()).await }
@@ -89,7 +111,8 @@ async fn a_write_refused_for_a_full_session_window_is_retried_with_its_latest_ac
 }
 
 /// A write refused `Overloaded` while a write below it stays unanswered (a
-/// `WriteOnce` handle held, its sequence number outstanding) is not resent
+/// `WriteOnce` handle held after its call was abandoned in flight, its
+/// sequence number outstanding) is not resent
 /// every backoff: each resend would be a replicated, fsynced entry the
 /// apply thread refuses again, since the acknowledgement it carries cannot
 /// have moved. The call waits until its session's acknowledgement rises,
@@ -111,7 +134,9 @@ async fn a_write_refused_for_a_full_window_is_not_resent_while_the_write_below_i
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((session.seq, session.acked_below));
-                if session.seq == 2 && session.acked_below < 2 {
+                if session.seq == 1 {
+                    Act::Ignore
+                } else if session.seq == 2 && session.acked_below < 2 {
                     Act::answer(ClientResponse::Err(WireError::Overloaded))
                 } else {
                     Act::answer(ClientResponse::Ok(Vec::new()))
@@ -134,10 +159,7 @@ async fn a_write_refused_for_a_full_window_is_not_resent_while_the_write_below_i
     .expect("connects in time")
     .expect("connects");
     let once = client.write_once();
-    tokio::time::timeout(DEADLINE, once.write(b"one".to_vec()))
-        .await
-        .expect("write 1 ends in time")
-        .expect("write 1");
+    abandon_in_flight(&once, &member).await;
     // Write 1's handle is held for the whole of write 2's call.
     let result = tokio::time::timeout(DEADLINE, client.write(b"two".to_vec()))
         .await
@@ -151,6 +173,128 @@ async fn a_write_refused_for_a_full_window_is_not_resent_while_the_write_below_i
     assert!(
         matches!(result, Err(crate::Error::Overloaded)),
         "write 2 ended {result:?}, not Overloaded, at its deadline"
+    );
+    drop(once);
+}
+
+/// A member that keeps a session's replies as the apply thread does
+/// (`runtime::session`, rules 5 and 6), with a window of `WINDOW` replies
+/// instead of `SESSION_WINDOW`: a write's acknowledgement drops the replies
+/// below it, a write below the acknowledgement is refused `Ambiguous`
+/// (its reply is gone), a stored reply answers a duplicate, and a new write
+/// that finds the window full is refused `Overloaded` while writes below
+/// it are unacknowledged, `Rejected` otherwise. Each write's answer is its
+/// sequence number (little-endian).
+struct WindowModel {
+    acked_below: u64,
+    replies: std::collections::BTreeMap<u64, Vec<u8>>,
+}
+
+/// The small window of [`WindowModel`].
+const WINDOW: usize = 4;
+
+impl WindowModel {
+    fn new() -> WindowModel {
+        WindowModel {
+            acked_below: 0,
+            replies: std::collections::BTreeMap::new(),
+        }
+    }
+
+    fn write(&mut self, seq: u64, acked_below: u64) -> ClientResponse {
+        let ack = acked_below.min(seq);
+        if ack > self.acked_below {
+            self.acked_below = ack;
+            self.replies = self.replies.split_off(&ack);
+        }
+        if seq < self.acked_below {
+            return ClientResponse::Err(WireError::Ambiguous(format!(
+                "write {seq} was already answered and acknowledged"
+            )));
+        }
+        if let Some(reply) = self.replies.get(&seq) {
+            return ClientResponse::Ok(reply.clone());
+        }
+        if self.replies.len() >= WINDOW {
+            return ClientResponse::Err(if acked_below < seq {
+                WireError::Overloaded
+            } else {
+                WireError::Rejected(format!("window full after write {seq}"))
+            });
+        }
+        let reply = seq.to_le_bytes().to_vec();
+        self.replies.insert(seq, reply.clone());
+        ClientResponse::Ok(reply)
+    }
+}
+
+/// Found by review (stop 45): a `WriteOnce` handle kept after its call was
+/// answered (stored for a possible retry) kept its sequence number
+/// unacknowledged, so once the window filled with the replies of later
+/// writes every later write of its client waited for an acknowledgement
+/// that could not rise and ended `Overloaded` at its deadline. An answered
+/// handle acknowledges its write; a retry through it returns the answer it
+/// got, without sending anything (the cluster forgets an acknowledged
+/// reply: a resend would be refused `Ambiguous`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_write_once_handle_kept_alive_does_not_hold_the_session_window() {
+    let (ca, nodes) = dev_cluster(["fake-window-kept"]).expect("dev certificates");
+    let client_id = ca.issue_client("window").expect("client certificate");
+    let node = nodes.first().expect("one node");
+    let member = FakeMember::start(node, {
+        let mut model = WindowModel::new();
+        move |request| match request {
+            ClientRequest::OpenSession => session_opened(8),
+            ClientRequest::Write { session, .. } => {
+                Act::answer(model.write(session.seq, session.acked_below))
+            }
+            other => Act::answer(ClientResponse::Err(WireError::Rejected(format!(
+                "unexpected {other:?}"
+            )))),
+        }
+    });
+    let opts = ClientOptions::default()
+        .with_timeout(Duration::from_secs(1))
+        .with_backoff(Duration::from_millis(5))
+        .with_max_backoff(Duration::from_millis(20));
+    let client = tokio::time::timeout(
+        DEADLINE,
+        Client::connect_with([member.addr().to_string()], client_id, 0, opts),
+    )
+    .await
+    .expect("connects in time")
+    .expect("connects");
+    let once = client.write_once();
+    let first = tokio::time::timeout(DEADLINE, once.write(b"one".to_vec()))
+        .await
+        .expect("write 1 ends in time")
+        .expect("write 1");
+    // The handle is kept (for a retry) while more writes than the window
+    // holds go through the same client.
+    let later = 2 * WINDOW + 1;
+    for n in 0..later {
+        let r = tokio::time::timeout(DEADLINE, client.write(b"more".to_vec()))
+            .await
+            .expect("a later write ends in time");
+        assert!(
+            r.is_ok(),
+            "write {} of {later} after the answered WriteOnce call ended {r:?} while its handle was kept",
+            n + 1
+        );
+    }
+    let sent = member.writes();
+    let again = tokio::time::timeout(DEADLINE, once.write(b"one".to_vec()))
+        .await
+        .expect("the retry ends in time");
+    assert_eq!(
+        again.as_ref().ok(),
+        Some(&first),
+        "a retry through the answered handle: {again:?}"
+    );
+    assert_eq!(
+        member.writes(),
+        sent,
+        "a retry through an answered handle was sent again"
     );
     drop(once);
 }
