@@ -108,7 +108,7 @@ use crate::error::{Applied, Error};
 use crate::tls::{CLUSTER_SAN, Identity};
 use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, read_frame, write_frame};
 use crate::transport::frame_reader::FrameReader;
-use crate::transport::quic::{quic_client_config, transport_config};
+use crate::transport::quic::{CLOSE_TOO_MANY_CONNECTIONS, quic_client_config, transport_config};
 
 /// How long connecting to one member may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -490,7 +490,7 @@ impl Client {
         let (mut send, recv) = conn
             .open_bi()
             .await
-            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+            .map_err(|e| hello_failed(addr, &conn, e))?;
         let mut frames = FrameReader::new(recv);
         // Version 2: the hello stream stays open and carries every request
         // of the connection, if the member agrees (see `mux`).
@@ -501,11 +501,11 @@ impl Client {
         };
         write_frame(&mut send, &hello, DEFAULT_MAX_FRAME_BYTES)
             .await
-            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+            .map_err(|e| hello_failed(addr, &conn, e))?;
         let answer: ClientResponse = frames
             .next_decoded(DEFAULT_MAX_FRAME_BYTES)
             .await
-            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+            .map_err(|e| hello_failed(addr, &conn, e))?;
         let mux = match answer {
             ClientResponse::Err(e) => {
                 conn.close(0u32.into(), b"refused");
@@ -1406,6 +1406,25 @@ impl Submit for Client {
             }
         })
         .await
+    }
+}
+
+/// The error of a hello that failed on `conn` to `addr`: a connection the
+/// member refused past its connection limits
+/// ([`CLOSE_TOO_MANY_CONNECTIONS`]; nothing was read from it) is
+/// [`Error::Unavailable`] with the member's reason, anything else
+/// [`Error::Transport`].
+fn hello_failed(addr: SocketAddr, conn: &Connection, e: impl std::fmt::Display) -> Error {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == quinn::VarInt::from_u32(CLOSE_TOO_MANY_CONNECTIONS) =>
+        {
+            Error::Unavailable(format!(
+                "{addr} refused the connection: {}",
+                String::from_utf8_lossy(&close.reason)
+            ))
+        }
+        _ => Error::Transport(format!("{addr}: {e}")),
     }
 }
 

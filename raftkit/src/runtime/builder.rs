@@ -111,6 +111,8 @@ pub struct PeerBuilder<S> {
     max_command_bytes: usize,
     max_in_flight: (usize, usize),
     admission_wait: Duration,
+    client_limits: super::intake::ConnectionLimits,
+    client_receive_window: u64,
     session_ttl: Duration,
     max_sessions: u64,
     wall_clock: Option<WallClock>,
@@ -185,6 +187,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 admission::DEFAULT_MAX_IN_FLIGHT_BYTES,
             ),
             admission_wait: admission::DEFAULT_ADMISSION_WAIT,
+            client_limits: super::intake::ConnectionLimits::default(),
+            client_receive_window: crate::transport::quic::DEFAULT_CLIENT_RECEIVE_WINDOW,
             session_ttl: Duration::from_millis(SESSION_TTL_MS),
             max_sessions: DEFAULT_MAX_SESSIONS,
             wall_clock: None,
@@ -428,6 +432,34 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// answered `Overloaded` unread.
     pub fn max_in_flight(mut self, commands: usize, bytes: usize) -> Self {
         self.max_in_flight = (commands.max(1), bytes.max(1));
+        self
+    }
+
+    /// The most client connections the client service serves at once:
+    /// `per_certificate` of one client certificate and `total` in all
+    /// (defaults 64 and 1024; at least 1 each). A connection past either
+    /// is closed before anything it sent is read; the client reports
+    /// [`Error::Unavailable`] (nothing applied) naming the limit. With
+    /// [`client_receive_window`](Self::client_receive_window) they bound
+    /// the memory clients can make the node hold beyond
+    /// [`max_in_flight`](Self::max_in_flight)'s bytes: `total` times the
+    /// window plus a hello (at most 1 MiB) each.
+    pub fn client_connections(mut self, per_certificate: usize, total: usize) -> Self {
+        self.client_limits = super::intake::ConnectionLimits {
+            per_certificate: per_certificate.max(1),
+            total: total.max(1),
+        };
+        self
+    }
+
+    /// The most bytes the node's QUIC endpoint buffers unread for one
+    /// client connection, on all its streams together: its connection
+    /// receive window (default 2 MiB, at least 1). A larger window lets a
+    /// client stream large requests faster over a long round trip; the
+    /// memory bound of [`client_connections`](Self::client_connections)
+    /// grows with it. Links between peers are not limited by it.
+    pub fn client_receive_window(mut self, bytes: u64) -> Self {
+        self.client_receive_window = bytes.max(1);
         self
     }
 
@@ -827,6 +859,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 let mut config =
                     QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);
                 config.advertise = Some(meta.advertise.clone());
+                config.client_receive_window = self.client_receive_window;
                 schemas.hear_peers();
                 config.schemas = Some(schemas.clone());
                 // A peer restarted at once may find its port still held by
@@ -970,10 +1003,11 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             }),
             _sm: PhantomData,
         };
-        tokio::spawn(super::client_service::serve(
+        tokio::spawn(super::client_service::serve_front_limited(
             peer.clone(),
             clients_rx,
             crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
+            self.client_limits,
         ));
         // (`join` without QUIC was refused above: the identity is there.)
         if let (Some(seeds), Some(identity)) = (self.join, join_identity) {

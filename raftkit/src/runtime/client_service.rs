@@ -25,7 +25,9 @@
 //! Every request frame, on either path, takes room in the node's budget of
 //! received requests before its body is read, and holds it until it is
 //! answered; one that finds none within the admission wait is answered
-//! `Overloaded` (see `intake`).
+//! `Overloaded` (see `intake`). A connection past the node's limits of
+//! connections (per client certificate, and in all) is closed before
+//! anything of it is read (see `intake`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +39,7 @@ use tracing::{debug, warn};
 
 use super::Peer;
 use super::authorization::{authorize, request_kind};
-use super::intake::{ConnectionIntake, Intake};
+use super::intake::{ConnectionIntake, ConnectionLimits, Intake};
 use super::session::Owner;
 use crate::client::mux::{MUX_ACCEPTED, MUX_VERSION};
 use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, StatusReport, WireError};
@@ -48,7 +50,7 @@ use crate::state_machine::StateMachine;
 use crate::tls::Principal;
 use crate::transport::frame::{FrameError, read_frame_len, read_frame_rest, write_frame};
 use crate::transport::frame_reader::FrameReader;
-use crate::transport::quic::AcceptedClient;
+use crate::transport::quic::{AcceptedClient, CLOSE_TOO_MANY_CONNECTIONS};
 use tracing::Instrument;
 
 /// How long the service waits for a write or read before answering
@@ -185,8 +187,20 @@ pub(crate) async fn serve_front<F: Front>(
     conns: mpsc::Receiver<AcceptedClient>,
     max_frame: usize,
 ) {
+    serve_front_limited(front, conns, max_frame, ConnectionLimits::default()).await
+}
+
+/// [`serve_front`] serving at most `limits` connections at once (see
+/// `intake`).
+pub(crate) async fn serve_front_limited<F: Front>(
+    front: F,
+    conns: mpsc::Receiver<AcceptedClient>,
+    max_frame: usize,
+    limits: ConnectionLimits,
+) {
     let (bytes, wait) = front.intake_budget();
-    serve_front_with(front, conns, max_frame, Intake::new(bytes, wait)).await
+    let intake = Intake::with_limits(bytes, wait, limits);
+    serve_front_with(front, conns, max_frame, intake).await
 }
 
 /// [`serve_front`] with the node's budget of received requests given.
@@ -197,8 +211,20 @@ pub(super) async fn serve_front_with<F: Front>(
     intake: Arc<Intake>,
 ) {
     while let Some(accepted) = conns.recv().await {
-        let intake = intake.connection();
-        tokio::spawn(serve_connection(front.clone(), accepted, max_frame, intake));
+        match intake.admit(accepted.principal.cert_fingerprint) {
+            Ok(intake) => {
+                tokio::spawn(serve_connection(front.clone(), accepted, max_frame, intake));
+            }
+            Err(refusal) => {
+                let remote = accepted.conn.remote_address();
+                warn!(%remote, client = %accepted.principal, reason = %refusal,
+                    "client connection refused: past the node's connection limit");
+                accepted.conn.close(
+                    CLOSE_TOO_MANY_CONNECTIONS.into(),
+                    refusal.to_string().as_bytes(),
+                );
+            }
+        }
     }
 }
 

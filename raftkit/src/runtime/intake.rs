@@ -42,14 +42,43 @@
 //! wait and are refused `Overloaded` as they would be there. The
 //! per-connection share keeps one connection from taking it all alone.
 //!
-//! Not counted: bytes QUIC itself holds for a connection's streams before
-//! the service reads them (bounded per stream by its receive window) and
-//! hellos (one per connection, capped and timed).
+//! Connections: the client service serves at most
+//! [`ConnectionLimits::per_certificate`] connections of one client
+//! certificate (its fingerprint, as sessions' owners) and
+//! [`ConnectionLimits::total`] in all at once
+//! ([`PeerBuilder::client_connections`](super::PeerBuilder::client_connections),
+//! defaults [`DEFAULT_CONNECTIONS_PER_CERTIFICATE`] and
+//! [`DEFAULT_MAX_CONNECTIONS`]; a multi-group node's service the
+//! defaults); a connection past either is closed before
+//! anything of it is read, with the application code
+//! `CLOSE_TOO_MANY_CONNECTIONS` and a reason, which the client reports as
+//! [`Error::Unavailable`] (nothing applied). A connection's place is held
+//! until it and every request task of it ended (the last clone of its
+//! [`ConnectionIntake`]).
+//!
+//! Outside the budget, and bounded by those limits:
+//! - bytes quinn holds for a connection's streams before the service reads
+//!   them: at most the connection's receive window
+//!   (`QuicConfig::client_receive_window`, 2 MiB by default; see
+//!   `transport::quic_tuning`), whatever streams it opens (at most 100, of
+//!   1.25 MB each); a stream waiting for room here is not read, so what its
+//!   client sends meanwhile stays within that window;
+//! - the hello, read whole before the first request: at most
+//!   `MAX_CLIENT_HELLO_BYTES` (1 MiB), for at most 10 s, one per connection.
+//!
+//! So the request bytes a node holds for its clients, read or not, are at
+//! most `budget + total * (receive window + hello cap)`: with the defaults
+//! 64 MiB + 1024 * 3 MiB, and 64 * 3 MiB for one certificate's connections
+//! beyond its share of the budget (plus quinn's per-packet overhead on
+//! buffered data, and the decoded form of requests being served, which
+//! admission bounds). A deployment with fewer clients lowers `total`, one
+//! with large requests over a long round trip raises the window.
 //!
 //! [`MUX_WINDOW`]: super::client_mux::MUX_WINDOW
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -60,6 +89,81 @@ use crate::error::Error;
 /// The part of the node's budget one connection may hold: one quarter.
 pub(crate) const CONNECTION_SHARE: usize = 4;
 
+/// The default most client connections of one certificate a node serves at
+/// once (a client opens one per member it talks to; an application of many
+/// processes sharing a certificate opens one per process and member).
+pub(crate) const DEFAULT_CONNECTIONS_PER_CERTIFICATE: usize = 64;
+
+/// The default most client connections a node serves at once.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// How many client connections a node serves at once (module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnectionLimits {
+    /// Per client certificate (its fingerprint).
+    pub(crate) per_certificate: usize,
+    /// In all.
+    pub(crate) total: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            per_certificate: DEFAULT_CONNECTIONS_PER_CERTIFICATE,
+            total: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Why a client connection was refused: it would have been past a limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ConnectionRefusal {
+    /// Its certificate already has this many connections open here.
+    #[error(
+        "too many connections of this client certificate ({0} open, the most this node serves); nothing was applied"
+    )]
+    PerCertificate(usize),
+    /// The node already serves this many client connections.
+    #[error(
+        "too many client connections ({0} open, the most this node serves); nothing was applied"
+    )]
+    Total(usize),
+}
+
+/// Connections open now, in all and per certificate.
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    per_certificate: HashMap<[u8; 32], usize>,
+}
+
+/// One connection's place in the node's [`ConnectionLimits`]; given back
+/// when dropped.
+#[derive(Debug)]
+struct Place {
+    intake: Arc<Intake>,
+    certificate: [u8; 32],
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut open = lock_open(&self.intake.open);
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_certificate.get_mut(&self.certificate) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.per_certificate.remove(&self.certificate);
+            }
+        }
+    }
+}
+
+fn lock_open(open: &Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
+    // The counts are updated in one step each: a panic elsewhere leaves
+    // them whole.
+    open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A node's budget of received, unanswered request bytes.
 #[derive(Debug)]
 pub(crate) struct Intake {
@@ -68,6 +172,8 @@ pub(crate) struct Intake {
     connection_max: u32,
     wait: Duration,
     refused: AtomicU64,
+    limits: ConnectionLimits,
+    open: Mutex<Open>,
     #[cfg(test)]
     gauge: Arc<Gauge>,
 }
@@ -77,6 +183,7 @@ pub(crate) struct Intake {
 pub(crate) struct ConnectionIntake {
     node: Arc<Intake>,
     connection: Arc<Semaphore>,
+    _place: Option<Arc<Place>>,
 }
 
 /// Room for one request's frame; returned to the budgets when dropped.
@@ -91,8 +198,18 @@ pub(crate) struct Room {
 impl Intake {
     /// A budget of `bytes` (at most `u32::MAX`) for the node, a
     /// [`CONNECTION_SHARE`] of it per connection; a request waits at most
-    /// `wait` for room.
+    /// `wait` for room; the default [`ConnectionLimits`] (tests).
+    #[cfg(test)]
     pub(crate) fn new(bytes: usize, wait: Duration) -> Arc<Intake> {
+        Intake::with_limits(bytes, wait, ConnectionLimits::default())
+    }
+
+    /// [`Intake::new`] serving at most `limits` connections.
+    pub(crate) fn with_limits(
+        bytes: usize,
+        wait: Duration,
+        limits: ConnectionLimits,
+    ) -> Arc<Intake> {
         let node_max = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
         Arc::new(Intake {
             node: Arc::new(Semaphore::new(node_max as usize)),
@@ -100,16 +217,52 @@ impl Intake {
             connection_max: (node_max / CONNECTION_SHARE as u32).max(1),
             wait,
             refused: AtomicU64::new(0),
+            limits,
+            open: Mutex::default(),
             #[cfg(test)]
             gauge: Arc::default(),
         })
     }
 
-    /// The budget of a new connection.
+    /// The budget of a new connection, outside the connection limits
+    /// (tests of the budgets).
+    #[cfg(test)]
     pub(crate) fn connection(self: &Arc<Self>) -> ConnectionIntake {
+        self.budget_of(None)
+    }
+
+    /// A place and a budget for a new connection of the client
+    /// certificate whose fingerprint is `certificate`, if the node's
+    /// [`ConnectionLimits`] have room; the place is held until the last
+    /// clone of the budget is dropped.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        certificate: [u8; 32],
+    ) -> Result<ConnectionIntake, ConnectionRefusal> {
+        {
+            let mut open = lock_open(&self.open);
+            if open.total >= self.limits.total {
+                return Err(ConnectionRefusal::Total(open.total));
+            }
+            let mine = open.per_certificate.entry(certificate).or_insert(0);
+            if *mine >= self.limits.per_certificate {
+                return Err(ConnectionRefusal::PerCertificate(*mine));
+            }
+            *mine += 1;
+            open.total += 1;
+        }
+        let place = Place {
+            intake: Arc::clone(self),
+            certificate,
+        };
+        Ok(self.budget_of(Some(Arc::new(place))))
+    }
+
+    fn budget_of(self: &Arc<Self>, place: Option<Arc<Place>>) -> ConnectionIntake {
         ConnectionIntake {
             node: Arc::clone(self),
             connection: Arc::new(Semaphore::new(self.connection_max as usize)),
+            _place: place,
         }
     }
 
@@ -280,6 +433,41 @@ mod tests {
         drop(all);
         assert_eq!(intake.node.available_permits(), 400);
         assert_eq!(intake.refused(), 2);
+    }
+
+    /// A certificate gets at most its limit of connections, the node at
+    /// most its total; a place comes back when the last clone of its
+    /// budget is dropped.
+    #[test]
+    fn connections_are_limited_per_certificate_and_in_all() {
+        let limits = ConnectionLimits {
+            per_certificate: 2,
+            total: 3,
+        };
+        let intake = Intake::with_limits(400, Duration::from_millis(20), limits);
+        let (a, b) = ([1; 32], [2; 32]);
+        let a1 = intake.admit(a).expect("a's first");
+        let a2 = intake.admit(a).expect("a's second");
+        assert_eq!(
+            intake.admit(a).map(|_| ()),
+            Err(ConnectionRefusal::PerCertificate(2))
+        );
+        let b1 = intake.admit(b).expect("b's first");
+        assert_eq!(
+            intake.admit([3; 32]).map(|_| ()),
+            Err(ConnectionRefusal::Total(3))
+        );
+        let a1_task = a1.clone();
+        drop(a1);
+        assert!(
+            intake.admit(a).is_err(),
+            "a task of the connection holds it"
+        );
+        drop(a1_task);
+        let a3 = intake.admit(a).expect("a's place came back");
+        drop((a2, a3, b1));
+        assert_eq!(lock_open(&intake.open).total, 0);
+        assert!(lock_open(&intake.open).per_certificate.is_empty());
     }
 
     /// A waiter gets room released during its wait, ahead of a later one.

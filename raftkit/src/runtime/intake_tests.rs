@@ -341,3 +341,186 @@ async fn a_request_without_room_is_answered_overloaded_unread() {
     }
     assert_eq!(intake.refused(), 2);
 }
+
+/// A client certificate gets at most its limit of connections at once: one
+/// past it is closed before anything it sent is read, and the client
+/// reports it as unavailable, not applied, naming the limit; another
+/// certificate still connects until the node's total is reached, and a
+/// place comes back when a connection ends. Found by review (stop 45):
+/// connections per certificate were not limited, each with its own QUIC
+/// windows and its own share of the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_past_its_connection_limit_is_refused_with_nothing_applied() {
+    use crate::error::{Applied, Error};
+
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .to_string();
+    let (ca, mut ids) = dev_cluster([format!("bulk@{addr}")]).expect("dev CA");
+    let node = ids.pop().expect("node identity");
+    let peer = Bulk::peer()
+        .in_memory()
+        .listen(addr.clone())
+        .bootstrap()
+        .identity(node)
+        .tick(Duration::from_millis(20))
+        .client_connections(2, 3)
+        .start()
+        .await
+        .expect("peer starts");
+    until("the peer leads", || {
+        (peer.status().role == Role::Leader).then_some(())
+    })
+    .await;
+    let options = ClientOptions::default().with_timeout(Duration::from_secs(10));
+    let connect = |id: crate::tls::Identity| {
+        let (addr, options) = (addr.clone(), options.clone());
+        async move {
+            tokio::time::timeout(DEADLINE, BulkClient::connect_with([&addr], id, options))
+                .await
+                .expect("connected or refused in time")
+        }
+    };
+    let alice = ca.issue_client("alice").expect("client identity");
+    let a1 = connect(alice.clone())
+        .await
+        .expect("alice's first connection");
+    let a2 = connect(alice.clone())
+        .await
+        .expect("alice's second connection");
+    assert_eq!(
+        tokio::time::timeout(DEADLINE, a2.put(vec![1]))
+            .await
+            .expect("in time")
+            .expect("a write"),
+        1
+    );
+    let refused = |who: &str, r: Result<BulkClient, Error>, why: &str| match r {
+        Err(e @ Error::Unavailable(_)) if e.to_string().contains(why) => {
+            assert_eq!(e.applied(), Applied::No, "{e}");
+        }
+        other => panic!(
+            "{who} past the node's connection limit ended {:?}",
+            other.map(|_| "connected")
+        ),
+    };
+    refused(
+        "a third connection of one certificate (limit 2)",
+        connect(alice.clone()).await,
+        "too many connections of this client certificate",
+    );
+    let _b1 = connect(ca.issue_client("bob").expect("client identity"))
+        .await
+        .expect("another certificate connects");
+    refused(
+        "a fourth connection to the node (limit 3)",
+        connect(ca.issue_client("carol").expect("client identity")).await,
+        "too many client connections",
+    );
+
+    // A place comes back once its connection ended at the node.
+    drop(a1);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let a3 = loop {
+        match connect(alice.clone()).await {
+            Ok(client) => break client,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "alice could not connect again after closing a connection: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(
+        tokio::time::timeout(DEADLINE, a3.total())
+            .await
+            .expect("in time")
+            .expect("a read"),
+        1
+    );
+    peer.shutdown().await.expect("shutdown");
+}
+
+/// quinn buffers what a client connection sends until the service reads
+/// it; a stream waiting for room in the intake is not read. With quinn's
+/// unbounded connection window that was up to 100 streams of 1.25 MB per
+/// connection: here, against a node whose client service reads nothing,
+/// one connection writing 1 MiB on each of 20 streams gets at most the
+/// node's client receive window taken, and then cannot send another byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_buffers_at_most_its_receive_window_unread() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::FutureExt;
+
+    use crate::transport::quic::{QuicConfig, QuicTransport, connect_client};
+
+    const WINDOW: usize = 1 << 20;
+    const STREAMS: usize = 20;
+    const CHUNK: usize = 64 << 10;
+    let (ca, mut ids) = dev_cluster(["t@a"]).expect("certs");
+    let node = ids.pop().expect("node identity");
+    let mut config = QuicConfig::new("127.0.0.1:0".parse().expect("addr"), "t@a", node, 0);
+    config.client_receive_window = WINDOW as u64;
+    let (inbox, _inbox) = mpsc::channel(16);
+    let (clients, mut accepted) = mpsc::channel(16);
+    let (transport, addr) = QuicTransport::start(config, inbox, Some(clients))
+        .await
+        .expect("transport starts");
+    let client_id = ca.issue_client("app").expect("client cert");
+    let conn = tokio::time::timeout(DEADLINE, connect_client(addr, &client_id))
+        .await
+        .expect("connects in time")
+        .expect("connects");
+    // Handed to the client service, which here never reads a stream.
+    let _held = tokio::time::timeout(DEADLINE, accepted.recv())
+        .await
+        .expect("handed over in time")
+        .expect("a client connection");
+
+    let written = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..STREAMS {
+        let (mut send, recv) = conn.open_bi().await.expect("stream");
+        let written = Arc::clone(&written);
+        writers.push(tokio::spawn(async move {
+            let _recv = recv;
+            let chunk = vec![7u8; CHUNK];
+            for _ in 0..WRITE / CHUNK {
+                let mut rest = &chunk[..];
+                while !rest.is_empty() {
+                    let Ok(n) = send.write(rest).await else {
+                        return;
+                    };
+                    written.fetch_add(n, Ordering::SeqCst);
+                    rest = &rest[n..];
+                }
+            }
+            let _ = send.finish();
+        }));
+    }
+    until("the client wrote a window's worth", || {
+        (written.load(Ordering::SeqCst) >= WINDOW).then_some(())
+    })
+    .await;
+    let taken = written.load(Ordering::SeqCst);
+    assert!(
+        taken <= WINDOW,
+        "a node that read nothing took {taken} bytes of one client connection ({STREAMS} streams of {WRITE}), more than its receive window of {WINDOW} bytes"
+    );
+    // The connection's credit is spent: nothing more leaves until the
+    // node reads.
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    assert!(
+        send.write(&[1]).now_or_never().is_none(),
+        "a byte more was taken past the connection's receive window"
+    );
+    for writer in &writers {
+        writer.abort();
+    }
+    conn.close(0u32.into(), b"done");
+    transport.shutdown().await;
+}

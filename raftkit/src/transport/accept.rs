@@ -365,6 +365,8 @@ async fn serve_peer(conn: Connection, remote: SocketAddr, principal: Principal, 
         conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
         return;
     }
+    // A node's link: the windows of a peer link, not a client's.
+    super::quic_tuning::open_peer_window(&conn);
     let principal = Arc::new(principal);
     let mut streams = JoinSet::new();
     loop {

@@ -82,7 +82,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub(crate) use super::quic_tuning::transport_config;
+pub use super::quic_tuning::DEFAULT_CLIENT_RECEIVE_WINDOW;
+pub(crate) use super::quic_tuning::{server_transport_config, transport_config};
 
 use bytes::BytesMut;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -113,6 +114,11 @@ pub(super) const CLOSE_PROTOCOL: u32 = 1;
 pub(super) const CLOSE_REFUSED: u32 = 2;
 /// Application close code: no service for this ALPN.
 pub(super) const CLOSE_NO_SERVICE: u32 = 3;
+/// Application close code: the client service refused a connection past
+/// its limit of connections (per client certificate, or in all); nothing
+/// was read from it (see `runtime::intake`). The client reports it as
+/// [`Error::Unavailable`](crate::error::Error::Unavailable), not applied.
+pub(crate) const CLOSE_TOO_MANY_CONNECTIONS: u32 = 4;
 
 /// How long each side waits for the other's hello (or answer to it).
 pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -176,6 +182,12 @@ pub struct QuicConfig {
     /// node, `crate::multi`) go, tagged with their group (default none:
     /// they are dropped and counted as protocol errors).
     pub group_inbox: Option<mpsc::Sender<GroupInbound>>,
+    /// The most bytes quinn buffers unread for one client connection, on
+    /// all its streams together (its QUIC connection receive window;
+    /// default [`DEFAULT_CLIENT_RECEIVE_WINDOW`], 2 MiB). Every inbound
+    /// connection starts with it; peer links raise theirs once their
+    /// certificate is checked (see `transport::quic_tuning`).
+    pub client_receive_window: u64,
 }
 
 /// What arrives for a multi-group node on [`QuicConfig::group_inbox`].
@@ -238,6 +250,7 @@ impl QuicConfig {
             max_learned_links: 16,
             learned_link_ttl: Duration::from_secs(30),
             group_inbox: None,
+            client_receive_window: DEFAULT_CLIENT_RECEIVE_WINDOW,
         }
     }
 }
@@ -488,7 +501,11 @@ impl QuicTransport {
         config.identity.check_node(&config.name)?;
         let transport = transport_config(config.keep_alive, config.idle_timeout);
         let mut server = quic_server_config(&config.identity)?;
-        server.transport_config(transport.clone());
+        server.transport_config(server_transport_config(
+            config.keep_alive,
+            config.idle_timeout,
+            config.client_receive_window,
+        ));
         let mut client = quic_client_config(&config.identity, PEER_ALPN)?;
         client.transport_config(transport);
 

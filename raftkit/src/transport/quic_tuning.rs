@@ -1,7 +1,33 @@
 //! The quinn transport settings every raftkit QUIC connection uses (peer
 //! links, client connections, watch streams): keep-alives, the idle
 //! timeout, the first round-trip estimate and how often the peer sends ACK
-//! frames.
+//! frames; and the receive windows of a node's inbound connections.
+//!
+//! # Receive windows
+//!
+//! quinn buffers what a peer sends on a stream until the application
+//! reads it, up to the stream's receive window, and on all streams of a
+//! connection together up to the connection's receive window, which is
+//! unbounded by default (`VarInt::MAX`). A client connection's streams
+//! wait unread while the node has no room for their requests (see
+//! `runtime::intake`), so a node's inbound connections are set up
+//! ([`server_transport_config`]) with a finite connection window, the
+//! node's client receive window ([`DEFAULT_CLIENT_RECEIVE_WINDOW`],
+//! `QuicConfig::client_receive_window`): at most that many bytes of a
+//! client connection are ever buffered unread, whatever streams it opens
+//! (at most [`MAX_INBOUND_STREAMS`] at once, each with quinn's usual
+//! window, [`STREAM_RECEIVE_WINDOW`]).
+//!
+//! A server's transport parameters are sent before its application knows
+//! the connection's ALPN, and flow-control credit once given cannot be
+//! taken back (RFC 9000 §4.1), so every inbound connection starts with the
+//! client window; a peer link ([`open_peer_window`], once its `node`
+//! certificate is checked) then raises its connection window back to
+//! quinn's unbounded default, leaving Raft traffic and snapshots with the
+//! windows they had: a peer link is one stream, bounded by its stream
+//! window. The connection window only raises (a MAX_DATA frame), so the
+//! peer's first bytes (its hello) arrive under the client window, far
+//! larger than a hello.
 //!
 //! # Acknowledgement frequency
 //!
@@ -49,12 +75,55 @@ pub(crate) const ACK_ELICITING_THRESHOLD: u32 = 4;
 /// [`ACK_ELICITING_THRESHOLD`] arrived.
 pub(crate) const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 
+/// The receive window of one stream of an inbound connection: quinn's
+/// default (100 ms at 100 Mbit/s), stated so that the bound of the module
+/// doc does not depend on a quinn release.
+pub(crate) const STREAM_RECEIVE_WINDOW: u32 = 1_250_000;
+
+/// The most bidirectional streams a peer may have open at once on an
+/// inbound connection (quinn's default, stated): a client's mux stream and
+/// watches, and a version-1 client's stream per request.
+pub(crate) const MAX_INBOUND_STREAMS: u32 = 100;
+
+/// The default receive window of a client connection: the most bytes a
+/// node buffers unread for one client connection, on all its streams
+/// together (2 MiB: above one stream's window, so a single large request
+/// streams at the full stream window).
+pub const DEFAULT_CLIENT_RECEIVE_WINDOW: u64 = 2 << 20;
+
 /// Builds a quinn transport configuration with keep-alives, an idle
 /// timeout and the acknowledgement frequency of the module doc.
 pub(crate) fn transport_config(
     keep_alive: Duration,
     idle: Duration,
 ) -> Arc<quinn::TransportConfig> {
+    Arc::new(base_config(keep_alive, idle))
+}
+
+/// [`transport_config`] for a node's inbound connections: a connection
+/// receive window of `client_window` bytes (at least one byte, at most
+/// `VarInt::MAX`), [`STREAM_RECEIVE_WINDOW`] per stream and at most
+/// [`MAX_INBOUND_STREAMS`] streams (module doc).
+pub(crate) fn server_transport_config(
+    keep_alive: Duration,
+    idle: Duration,
+    client_window: u64,
+) -> Arc<quinn::TransportConfig> {
+    let mut t = base_config(keep_alive, idle);
+    let window = VarInt::from_u64(client_window.max(1)).unwrap_or(VarInt::MAX);
+    t.receive_window(window);
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_INBOUND_STREAMS));
+    Arc::new(t)
+}
+
+/// Gives an inbound peer link (its `node` certificate checked) quinn's
+/// unbounded connection window back (module doc).
+pub(crate) fn open_peer_window(conn: &quinn::Connection) {
+    conn.set_receive_window(VarInt::MAX);
+}
+
+fn base_config(keep_alive: Duration, idle: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(keep_alive));
     let idle_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
@@ -72,7 +141,7 @@ pub(crate) fn transport_config(
     // (quinn's default of 100 would let any peer park a stream window of
     // data on each, never read).
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    Arc::new(t)
+    t
 }
 
 #[cfg(test)]
