@@ -437,7 +437,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 
     /// The most client connections the client service serves at once:
     /// `per_certificate` of one client certificate and `total` in all
-    /// (defaults 64 and 1024; at least 1 each). A connection past either
+    /// (defaults 1024 and 2048; at least 1 each). A connection past either
     /// is closed before anything it sent is read; the client reports
     /// [`Error::Unavailable`] (nothing applied) naming the limit. With
     /// [`client_receive_window`](Self::client_receive_window) they bound

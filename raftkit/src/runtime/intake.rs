@@ -68,7 +68,7 @@
 //!
 //! So the request bytes a node holds for its clients, read or not, are at
 //! most `budget + total * (receive window + hello cap)`: with the defaults
-//! 64 MiB + 1024 * 3 MiB, and 64 * 3 MiB for one certificate's connections
+//! 64 MiB + 2048 * 3 MiB, and 1024 * 3 MiB for one certificate's connections
 //! beyond its share of the budget (plus quinn's per-packet overhead on
 //! buffered data, and the decoded form of requests being served, which
 //! admission bounds). A deployment with fewer clients lowers `total`, one
@@ -91,11 +91,14 @@ pub(crate) const CONNECTION_SHARE: usize = 4;
 
 /// The default most client connections of one certificate a node serves at
 /// once (a client opens one per member it talks to; an application of many
-/// processes sharing a certificate opens one per process and member).
-pub(crate) const DEFAULT_CONNECTIONS_PER_CERTIFICATE: usize = 64;
+/// processes sharing a certificate opens one per process and member, and
+/// a load generator of a few hundred clients as many; etcd sets no limit,
+/// so the default only bounds a runaway application: lower it to keep one
+/// certificate from taking every place).
+pub(crate) const DEFAULT_CONNECTIONS_PER_CERTIFICATE: usize = 1024;
 
 /// The default most client connections a node serves at once.
-pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 
 /// How many client connections a node serves at once (module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
