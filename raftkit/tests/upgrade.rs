@@ -778,8 +778,9 @@ fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
 
 /// Two peers of the same binary whose schema with its detailed shapes is
 /// larger than a hello may be ([`MAX_HELLO_BYTES`]) still link: the hello
-/// carries the schema without its detailed shapes, compared as with a
-/// peer of a raftkit before names.
+/// carries the schema without its detailed shapes, which follow in a
+/// second frame the acceptor asks for, so the acceptor records (and
+/// compared) the detailed schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_whose_detailed_schema_exceeds_the_hello_cap_still_link() {
     use raftkit::transport::quic::MAX_HELLO_BYTES;
@@ -814,8 +815,55 @@ async fn peers_whose_detailed_schema_exceeds_the_hello_cap_still_link() {
     }
     let b_id = raftkit::identity::node_id(names[1]);
     let heard = wait_for("a to record b's schema", 10, || a_book.peer(b_id)).await;
-    assert!(!heard.detailed, "the hello carried the detailed shapes");
+    assert!(
+        heard.detailed,
+        "the detailed shapes did not follow the hello: names were not compared"
+    );
     assert!(heard.handler(HandlerKind::Write, 599).is_some());
+    drop((a, b));
+}
+
+/// Two peers whose schemas are too large for a hello with their detailed
+/// shapes still compare names: a dialer whose `op0` takes its two `Str`
+/// arguments in the other order than the acceptor's is refused, naming
+/// the write (the legacy forms, one `(Str, Str)` tuple, are equal, so a
+/// comparison without names linked them, and a fresh node of that binary
+/// would have applied entries with the two arguments' meanings swapped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_whose_detailed_schema_exceeds_the_hello_cap_are_refused_over_swapped_names() {
+    use raftkit::transport::quic::MAX_HELLO_BYTES;
+    let with_op0 = |first: &str, second: &str| {
+        let mut s = big_schema();
+        s.handlers[0].args = Shape::fields([(first, Shape::Str), (second, Shape::Str)]);
+        s
+    };
+    let ours = with_op0("from", "to");
+    let swapped = with_op0("to", "from");
+    assert!(encoded_len(&ours) > MAX_HELLO_BYTES);
+    assert!(ours.check_peer(&swapped).is_err(), "names differ");
+    const FINGERPRINT: u64 = 0xb16;
+    let names = ["big@a", "big@b"];
+    let (_ca, ids) = dev_cluster(names).unwrap();
+    let (a, a_book, a_addr, _a_rx) = transport(names[0], ids[0].clone(), ours, FINGERPRINT).await;
+    let (b, _, _, _b_rx) = transport(names[1], ids[1].clone(), swapped, FINGERPRINT).await;
+    let a_id = raftkit::identity::node_id(names[0]);
+    b.set_peers(BTreeMap::from([(a_id, a_addr.to_string())]));
+    let mut wb = b.watch_link(a_id).expect("link");
+    let state = tokio::time::timeout(
+        Duration::from_secs(10),
+        wb.wait_for(|s| matches!(s, LinkState::Refused(_) | LinkState::Connected)),
+    )
+    .await
+    .expect("the link settles in 10 s")
+    .unwrap()
+    .clone();
+    let LinkState::Refused(reason) = state else {
+        panic!(
+            "a peer whose `op0` swaps its two `Str` arguments linked (names not compared): {state:?}"
+        );
+    };
+    assert!(reason.contains("`op0` (write tag 0)"), "{reason}");
+    assert!(a_book.peer(raftkit::identity::node_id(names[1])).is_none());
     drop((a, b));
 }
 

@@ -26,9 +26,11 @@
 //! A peer's hello is capped (`transport::quic::MAX_HELLO_BYTES`, 64 KiB),
 //! and the detailed shapes about double a schema's size: a dialer whose
 //! hello would exceed the cap with them sends its schema without them
-//! ([`Schema::without_detail`]), and the two sides compare legacy forms,
-//! as with a peer of the earlier raftkit (names unchecked on that link; a
-//! data directory's file and client hellos keep them).
+//! ([`Schema::without_detail`]) and offers them in a second frame, which
+//! an acceptor of this raftkit asks for (`transport::hello_detail`), so
+//! two peers of this raftkit always compare names; an acceptor of the
+//! earlier raftkit does not ask and compares legacy forms, as with any
+//! peer of it.
 //!
 //! Invariant: [`Shape::legacy`] of the detailed shapes equals the shapes
 //! the earlier raftkit traced from the same types, so a peer of either
@@ -182,7 +184,8 @@ impl Schema {
     /// This schema as raftkit before names encoded it: its legacy shapes,
     /// not detailed, encoded without the byte string of detailed shapes.
     /// What a peer's hello carries when the detailed shapes would make it
-    /// larger than a hello may be (`transport::accept::fitted_hello`).
+    /// larger than a hello may be (`transport::hello_detail::fitted_hello`;
+    /// they follow in a second frame).
     pub(crate) fn without_detail(&self) -> Schema {
         Schema {
             name: self.name.clone(),

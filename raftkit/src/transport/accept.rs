@@ -26,10 +26,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
-use super::frame::{
-    FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, encode_frame, write_frame,
-};
+use super::frame::{FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, write_frame};
 use super::frame_reader::FrameReader;
+use super::hello_detail::{MAX_DETAIL_BYTES, read_hello, wants_detail, with_detail};
 use super::quic::{
     CLOSE_NO_SERVICE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REFUSED, GroupInbound, HELLO_TIMEOUT,
     LinkConfig, frame_kind,
@@ -42,7 +41,9 @@ use crate::tls::{CLIENT_ALPN, CertRole, PEER_ALPN, Principal};
 /// The cap on a hello frame (a name, an address and the schema): a peer
 /// never makes the acceptor buffer more than this before it has been
 /// accepted. A dialer leaves its schema's detailed shapes out of a hello
-/// that would not fit with them (`fitted_hello`).
+/// that would not fit with them, and offers them in a second frame of at
+/// most [`MAX_DETAIL_BYTES`](super::quic::MAX_DETAIL_BYTES)
+/// (`hello_detail`).
 pub const MAX_HELLO_BYTES: usize = 64 * 1024;
 
 /// A client connection accepted by the transport, with who its certificate
@@ -66,58 +67,6 @@ pub fn peer_principal(conn: &Connection) -> Result<Principal, String> {
         })
         .ok_or_else(|| "the peer presented no certificate".to_string())?;
     Principal::from_chain(&chain).map_err(|e| e.to_string())
-}
-
-/// `hello` as a dialer sends it: as it is if it fits the cap acceptors
-/// read a hello with ([`MAX_HELLO_BYTES`], or the smaller `max_frame`);
-/// otherwise with its schema's detailed shapes left out
-/// ([`crate::schema::Schema::without_detail`]), which about halves the
-/// schema: the acceptor then compares legacy forms, as with a dialer of a
-/// raftkit before names, instead of refusing the link. A hello that does
-/// not fit even so is sent as it is, and refused (logged here).
-pub(super) fn fitted_hello(hello: PeerFrame, max_frame: usize) -> PeerFrame {
-    let cap = max_frame.min(MAX_HELLO_BYTES);
-    let fits = |frame: &PeerFrame| encode_frame(frame, cap, &mut Vec::new()).is_ok();
-    if fits(&hello) {
-        return hello;
-    }
-    let PeerFrame::Hello {
-        from,
-        name,
-        addr,
-        schema,
-        version,
-        schema_desc: Some(desc),
-    } = hello
-    else {
-        warn!(
-            cap,
-            "this node's hello is larger than a hello may be; peers will refuse it"
-        );
-        return hello;
-    };
-    let fitted = PeerFrame::Hello {
-        from,
-        name,
-        addr,
-        schema,
-        version,
-        schema_desc: Some(desc.without_detail()),
-    };
-    if fits(&fitted) {
-        debug!(
-            cap,
-            schema = %desc.name,
-            "the hello carries the schema without its detailed shapes (they do not fit): peers compare legacy forms"
-        );
-    } else {
-        warn!(
-            cap,
-            schema = %desc.name,
-            "this node's schema is larger than a hello may be, even without its detailed shapes; peers will refuse it"
-        );
-    }
-    fitted
 }
 
 /// What an acceptor learned from an accepted hello.
@@ -165,7 +114,30 @@ pub fn check_hello_with(
     else {
         return Err(format!("expected hello, got {}", frame_kind(&hello)));
     };
-    let shown = |s: &str| -> String { s.chars().take(200).collect() };
+    check_identity(principal, from, &name, version)?;
+    let structural = book.is_some() && schema_desc.is_some();
+    if !structural && remote_schema != schema {
+        return Err(format!(
+            "schema mismatch: local {schema:#018x} remote {remote_schema:#018x} from {}",
+            principal.name
+        ));
+    }
+    if let (Some(book), Some(remote)) = (book, schema_desc) {
+        book.accept_peer(from, remote)
+            .map_err(|m| format!("schema mismatch with {}: {m}", principal.name))?;
+    }
+    Ok(AcceptedHello { from, name, addr })
+}
+
+/// The checks of a hello that do not look at its schema: a `node`
+/// certificate, this protocol version, the certificate's name and the id
+/// of that name.
+fn check_identity(
+    principal: &Principal,
+    from: NodeId,
+    name: &str,
+    version: u32,
+) -> Result<(), String> {
     if principal.role != CertRole::Node {
         return Err(format!(
             "peer links need a node certificate; this is a {principal}"
@@ -177,32 +149,54 @@ pub fn check_hello_with(
             principal.name
         ));
     }
-    let structural = book.is_some() && schema_desc.is_some();
-    if !structural && remote_schema != schema {
-        return Err(format!(
-            "schema mismatch: local {schema:#018x} remote {remote_schema:#018x} from {}",
-            principal.name
-        ));
-    }
     if name != principal.name {
         return Err(format!(
             "the hello claims the name {:?} but the certificate is issued to {:?}",
-            shown(&name),
+            name.chars().take(200).collect::<String>(),
             principal.name
         ));
     }
-    if from != node_id(&name) {
+    if from != node_id(name) {
         return Err(format!(
             "node id {from} is not the id of the name {} ({})",
             principal.name,
-            node_id(&name)
+            node_id(name)
         ));
     }
-    if let (Some(book), Some(remote)) = (book, schema_desc) {
-        book.accept_peer(from, remote)
-            .map_err(|m| format!("schema mismatch with {}: {m}", principal.name))?;
+    Ok(())
+}
+
+/// Asks the dialer of `hello`, which offered them, for its schema's
+/// detailed shapes, and returns `hello` with them (`hello_detail`); `Err`
+/// is the reason the link is refused. The hello's identity is checked
+/// first: only a certified node makes this node read up to
+/// [`MAX_DETAIL_BYTES`] more.
+async fn ask_detail(
+    principal: &Principal,
+    hello: PeerFrame,
+    send: &mut SendStream,
+    frames: &mut FrameReader,
+    max: usize,
+) -> Result<PeerFrame, String> {
+    if let PeerFrame::Hello {
+        from,
+        name,
+        version,
+        ..
+    } = &hello
+    {
+        check_identity(principal, *from, name, *version)?;
     }
-    Ok(AcceptedHello { from, name, addr })
+    write_frame(send, &PeerFrame::SendSchemaDetail, max)
+        .await
+        .map_err(|e| format!("cannot ask for the schema detail: {e}"))?;
+    let cap = max.min(MAX_DETAIL_BYTES);
+    let body = match tokio::time::timeout(HELLO_TIMEOUT, frames.next(cap)).await {
+        Err(_) => return Err("the schema detail that was asked for did not come in time".into()),
+        Ok(Err(e)) => return Err(format!("the schema detail frame: {e}")),
+        Ok(Ok(body)) => body,
+    };
+    with_detail(hello, &body)
 }
 
 /// Open inbound links per dialer, shared by the accept side (which opens
@@ -402,13 +396,27 @@ async fn serve_link(
         conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol error");
     };
     let hello_max = max.min(MAX_HELLO_BYTES);
-    let first = match tokio::time::timeout(HELLO_TIMEOUT, frames.next_decoded(hello_max)).await {
+    let body = match tokio::time::timeout(HELLO_TIMEOUT, frames.next(hello_max)).await {
         Err(_) => return protocol_error(&principal.name, "no hello in time".into()),
         Ok(Err(FrameError::Closed)) => return,
         Ok(Err(e)) => return protocol_error(&principal.name, e.to_string()),
-        Ok(Ok(frame)) => frame,
+        Ok(Ok(body)) => body,
     };
-    let hello = match check_hello_with(link.schema, link.schemas.as_deref(), &principal, first) {
+    let (first, offered) = match read_hello(&body) {
+        Ok(read) => read,
+        Err(e) => return protocol_error(&principal.name, e.to_string()),
+    };
+    // A dialer whose schema did not fit the hello with its detailed shapes
+    // sends them now, asked (`hello_detail`): names are compared.
+    let first = if link.schemas.is_some() && wants_detail(&first, offered) {
+        ask_detail(&principal, first, &mut send, &mut frames, max).await
+    } else {
+        Ok(first)
+    };
+    let checked = first.and_then(|first| {
+        check_hello_with(link.schema, link.schemas.as_deref(), &principal, first)
+    });
+    let hello = match checked {
         Ok(hello) => hello,
         Err(reason) => {
             error!(node = link.node, %remote, peer = %principal.name, %reason, "refused peer link");

@@ -10,6 +10,10 @@
 //!   Msg(..) Msg(..) ... ─▶
 //! ```
 //!
+//! A hello whose schema is too large with its detailed shapes offers them,
+//! and the acceptor asks for them before it answers (`SendSchemaDetail`,
+//! then `SchemaDetail`; see `transport::hello_detail`).
+//!
 //! # Invariants
 //!
 //! 1. No frame longer than the configured cap (default
@@ -65,8 +69,10 @@ pub enum PeerFrame {
         /// both sides have one, they talk when the schemas are compatible
         /// instead of when the fingerprints are equal. Without its detailed
         /// shapes when they would make the hello larger than
-        /// [`MAX_HELLO_BYTES`](super::quic::MAX_HELLO_BYTES) (the two sides
-        /// then compare legacy forms).
+        /// [`MAX_HELLO_BYTES`](super::quic::MAX_HELLO_BYTES): they then
+        /// follow in a [`PeerFrame::SchemaDetail`] when the acceptor asks
+        /// (an acceptor of the earlier binary does not, and compares
+        /// legacy forms).
         schema_desc: Option<crate::schema::Schema>,
     },
     /// The acceptor accepted the hello; `Msg` frames follow.
@@ -111,6 +117,15 @@ pub enum PeerFrame {
         /// The sender's latest configuration of the group.
         answer: MemberAnswer,
     },
+    /// The acceptor's answer to a hello that offered its schema's detailed
+    /// shapes (`transport::hello_detail`): send them. Sent only to a dialer
+    /// that offered them.
+    SendSchemaDetail,
+    /// The dialer's schema with its detailed shapes, sent when the
+    /// acceptor asked ([`PeerFrame::SendSchemaDetail`]); at most
+    /// [`MAX_DETAIL_BYTES`](super::quic::MAX_DETAIL_BYTES). The acceptor
+    /// then answers `HelloOk` or `Refused`.
+    SchemaDetail(crate::schema::Schema),
 }
 
 /// What a member says of its group's configuration, in a
@@ -177,7 +192,7 @@ pub enum FrameError {
 
 /// How many [`PeerFrame`] kinds this build knows: postcard tags a variant
 /// by its index, so tags `0..PEER_FRAME_KINDS` (pinned by a test).
-pub const PEER_FRAME_KINDS: u32 = 8;
+pub const PEER_FRAME_KINDS: u32 = 10;
 
 /// Decodes a [`PeerFrame`] body. A body whose tag names a kind past the
 /// ones this build knows is [`FrameError::UnknownKind`], not garbage: a
@@ -618,17 +633,11 @@ mod tests {
     fn a_frame_of_a_newer_kind_is_told_apart_from_garbage() {
         // The last kind this build knows has the last tag.
         let mut buf = Vec::new();
-        let last = PeerFrame::MemberAnswer {
-            group: 1,
-            answer: MemberAnswer {
-                config_index: 1,
-                commit: 1,
-                joint: false,
-                leader: false,
-                term: 1,
-                members: vec![1],
-            },
-        };
+        let last = PeerFrame::SchemaDetail(crate::schema::Schema::new(
+            "s",
+            1,
+            crate::schema::Shape::Unit,
+        ));
         encode_frame(&last, DEFAULT_MAX_FRAME_BYTES, &mut buf).expect("encode");
         assert_eq!(buf[PREFIX], (PEER_FRAME_KINDS - 1) as u8);
         assert_eq!(decode_peer_frame(&buf[PREFIX..]).expect("decode"), last);

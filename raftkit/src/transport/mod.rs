@@ -25,6 +25,7 @@ mod accept;
 mod append_decode;
 pub mod frame;
 pub(crate) mod frame_reader;
+mod hello_detail;
 pub mod memory;
 mod out_queue;
 pub mod quic;

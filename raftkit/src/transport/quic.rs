@@ -18,6 +18,9 @@
 //!    and closes the connection otherwise ([`LinkState::Refused`]);
 //! 1. the dialer sends [`PeerFrame::Hello`] (node id, name, schema
 //!    fingerprint, protocol version);
+//!    (a hello too large with its schema's detailed shapes offers them,
+//!    and the acceptor asks for them in a second frame before it checks
+//!    it: `hello_detail`);
 //! 2. the acceptor checks it against the dialer's certificate
 //!    ([`check_hello`]: a `node` certificate whose name is the hello's name,
 //!    whose id is the hello's id) and answers [`PeerFrame::HelloOk`], or
@@ -96,11 +99,13 @@ use super::Transport;
 pub use super::accept::{
     AcceptedClient, AcceptedHello, MAX_HELLO_BYTES, check_hello, peer_principal,
 };
-use super::accept::{SharedInbound, accept_loop, fitted_hello, lock_inbound};
+use super::accept::{SharedInbound, accept_loop, lock_inbound};
 use super::frame::{
     DEFAULT_MAX_FRAME_BYTES, FrameError, MemberAnswer, PROTOCOL_VERSION, PeerFrame,
     encode_frame_bytes, read_frame, write_frame,
 };
+pub use super::hello_detail::MAX_DETAIL_BYTES;
+use super::hello_detail::fitted_hello;
 use super::out_queue::OutQueue;
 use crate::core::{Message, NodeId};
 use crate::identity::node_id;
@@ -853,8 +858,16 @@ async fn dial(
             schema_desc: link.schemas.as_ref().map(|b| b.local().clone()),
         };
         let hello = fitted_hello(hello, link.max_frame_bytes);
-        write_frame(&mut send, &hello, link.max_frame_bytes).await?;
-        match read_frame(&mut recv, link.max_frame_bytes).await? {
+        hello.write(&mut send, link.max_frame_bytes).await?;
+        let mut answer = read_frame(&mut recv, link.max_frame_bytes).await?;
+        // Asked for the detail the hello offered (an acceptor of the
+        // earlier binary answers at once instead: `hello_detail`).
+        if let (PeerFrame::SendSchemaDetail, Some(detail)) = (&answer, &hello.detail) {
+            let cap = link.max_frame_bytes.min(MAX_DETAIL_BYTES);
+            write_frame(&mut send, detail, cap).await?;
+            answer = read_frame(&mut recv, link.max_frame_bytes).await?;
+        }
+        match answer {
             PeerFrame::HelloOk => Ok(send),
             PeerFrame::Refused { reason } => Err(TransportError::Refused(reason)),
             other => Err(TransportError::Refused(format!(
@@ -991,5 +1004,7 @@ pub(super) fn frame_kind(frame: &PeerFrame) -> &'static str {
         PeerFrame::Coalesced { .. } => "Coalesced",
         PeerFrame::MemberQuery { .. } => "MemberQuery",
         PeerFrame::MemberAnswer { .. } => "MemberAnswer",
+        PeerFrame::SendSchemaDetail => "SendSchemaDetail",
+        PeerFrame::SchemaDetail(_) => "SchemaDetail",
     }
 }
