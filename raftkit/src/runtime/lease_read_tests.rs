@@ -321,25 +321,25 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
 }
 
 const QUIET: [&str; 3] = ["quiet-a:1", "quiet-b:1", "quiet-c:1"];
+const QUIET_WRITE: [&str; 3] = ["quiet-w-a:1", "quiet-w-b:1", "quiet-w-c:1"];
 
-/// A lease read on a leader that slept (its ticks withheld) through the
-/// election of another leader, partitioned from it, must not be served from
-/// the lease its stopped tick count still shows: the new leader has
-/// acknowledged a write the read would miss (thesis §6.4.1).
-#[tokio::test(flavor = "current_thread")]
-async fn a_leader_woken_by_a_lease_read_judges_its_lease_on_the_caught_up_clock() {
-    const TICK: Duration = Duration::from_millis(50);
-    let net = MemoryNetwork::new(11);
-    let gates: Vec<Arc<super::TickGate>> = QUIET.iter().map(|_| Arc::default()).collect();
+/// Three peers at `addrs` with tick gates, a 50 ms tick and a lease of 9
+/// ticks; returns them, their gates and the index of the leader, which
+/// has committed an entry of its term and served a lease read.
+async fn quiet_cluster(
+    net: &MemoryNetwork,
+    addrs: [&'static str; 3],
+) -> (Vec<Peer<Ledger>>, Vec<Arc<super::TickGate>>, usize) {
+    let gates: Vec<Arc<super::TickGate>> = addrs.iter().map(|_| Arc::default()).collect();
     let mut peers = Vec::new();
-    for (addr, gate) in QUIET.iter().zip(&gates) {
+    for (addr, gate) in addrs.iter().zip(&gates) {
         let net = net.clone();
         peers.push(
             Ledger::peer()
                 .in_memory()
                 .listen(*addr)
-                .bootstrap_members(QUIET)
-                .tick(TICK)
+                .bootstrap_members(addrs)
+                .tick(Duration::from_millis(50))
                 // A lease of (10 - 1) / 1.0 = 9 ticks: longer than what the
                 // test spends between the partition and the sleep below.
                 .clock_drift_bound(1.0)
@@ -364,15 +364,23 @@ async fn a_leader_woken_by_a_lease_read_judges_its_lease_on_the_caught_up_clock(
         .read_with(LedgerRead::Get, Consistency::Lease)
         .await
         .expect("lease read");
-    let others: Vec<usize> = (0..3).filter(|&i| i != a).collect();
-    let other_ids: Vec<_> = others.iter().map(|&i| peers[i].id()).collect();
+    (peers, gates, a)
+}
 
-    // A is cut off and its ticks stop, with its lease held. On this
-    // one-thread runtime no node task runs between these two calls; the
-    // messages already in A's inbox wake it (each inbound message wakes the
-    // gate), so it is put to sleep again until its gate stays asleep while
-    // every ready task ran: the partition lets nothing new into its inbox,
-    // so from then on only a command wakes it.
+/// Cuts peer `a` off from the others and stops its ticks, with its lease
+/// held. On the one-thread runtime the tests use no node task runs between
+/// the two calls; the messages already in A's inbox wake it (each inbound
+/// message wakes the gate), so it is put to sleep again until its gate
+/// stays asleep while every ready task ran: the partition lets nothing new
+/// into its inbox, so from then on only a command wakes it.
+async fn sleep_cut_off(
+    net: &MemoryNetwork,
+    peers: &[Peer<Ledger>],
+    gates: &[Arc<super::TickGate>],
+    a: usize,
+) -> Vec<usize> {
+    let others: Vec<usize> = (0..peers.len()).filter(|&i| i != a).collect();
+    let other_ids: Vec<_> = others.iter().map(|&i| peers[i].id()).collect();
     net.partition(&[peers[a].id()], &other_ids);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -385,6 +393,18 @@ async fn a_leader_woken_by_a_lease_read_judges_its_lease_on_the_caught_up_clock(
         }
         assert!(Instant::now() < deadline, "A never went quiet cut off");
     }
+    others
+}
+
+/// A lease read on a leader that slept (its ticks withheld) through the
+/// election of another leader, partitioned from it, must not be served from
+/// the lease its stopped tick count still shows: the new leader has
+/// acknowledged a write the read would miss (thesis §6.4.1).
+#[tokio::test(flavor = "current_thread")]
+async fn a_leader_woken_by_a_lease_read_judges_its_lease_on_the_caught_up_clock() {
+    let net = MemoryNetwork::new(11);
+    let (peers, gates, a) = quiet_cluster(&net, QUIET).await;
+    let others = sleep_cut_off(&net, &peers, &gates, a).await;
 
     // The others elect a leader among themselves (after an election
     // timeout, far past A's lease) and acknowledge a write.
@@ -434,6 +454,57 @@ async fn a_leader_woken_by_a_lease_read_judges_its_lease_on_the_caught_up_clock(
     }
     net.heal();
     for p in &peers {
+        p.shutdown().await.expect("shutdown");
+    }
+}
+
+/// A write handed to a leader whose ticks were withheld (`tick_gate`) and
+/// that is cut off from its followers wakes its ticks: the command itself
+/// wakes the gate (`tick_gate` module docs), so the leader's CheckQuorum
+/// runs and it steps down after an election timeout without a quorum
+/// (thesis §6.2), and its caller is answered once the partition heals.
+/// Unlike a read, a write leaves nothing waiting in the node task (the
+/// in-memory log is written inline), so no other wake-up covers it: a
+/// write that did not wake the gate left the leader asleep, leading, for
+/// ever (mutation round, stop 45: deleting the `wake` on commands survived
+/// the lease-read test, whose read waits in the node task, which wakes
+/// the gate at the end of the loop).
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_on_a_leader_asleep_and_cut_off_wakes_its_ticks_and_it_steps_down() {
+    let net = MemoryNetwork::new(12);
+    let (peers, gates, a) = quiet_cluster(&net, QUIET_WRITE).await;
+    sleep_cut_off(&net, &peers, &gates, a).await;
+    let peers = Arc::new(peers);
+    let write = tokio::spawn({
+        let peers = Arc::clone(&peers);
+        async move { peers[a].write(LedgerWrite::Add { by: 5 }).await }
+    });
+    // A leader cut off steps down after an election timeout (0.5-1 s)
+    // once it ticks; 20 s is far past that.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while peers[a].status().role == Role::Leader {
+        assert!(
+            Instant::now() < deadline,
+            "a leader asleep and cut off still leads 20 s after a write was handed to it (gate asleep: {})",
+            gates[a].is_asleep()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Healed, A learns the others' term; its entry, never replicated, is
+    // replaced by the new leader's: the write is answered, not applied.
+    net.heal();
+    let answered = tokio::time::timeout(Duration::from_secs(20), write)
+        .await
+        .expect("the write is answered once the partition heals")
+        .expect("the write's task");
+    assert!(
+        matches!(
+            answered,
+            Err(crate::Error::NotLeader { .. } | crate::Error::Ambiguous(_))
+        ),
+        "the write on the cut-off leader ended {answered:?}"
+    );
+    for p in peers.iter() {
         p.shutdown().await.expect("shutdown");
     }
 }
