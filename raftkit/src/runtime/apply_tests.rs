@@ -383,6 +383,13 @@ fn sessions_travel_with_the_snapshot_so_a_retry_after_an_install_is_not_applied_
         );
         assert_eq!(b.value().await, 7, "the retry was applied again");
         assert_eq!(b.status.borrow().sessions, 1);
+        // The derived count of stored replies is recounted on restore
+        // (mutation round, stop 45: without the recount it said 0).
+        assert_eq!(
+            b.status.borrow().session_replies,
+            1,
+            "the replies stored in the installed table"
+        );
     });
 }
 
@@ -504,6 +511,8 @@ fn the_writes_before_a_halt_in_the_same_batch_reach_the_watchers_first() {
         let mut cursor = t.journal.cursor(Some(1)).expect("a cursor");
         // A command tag this binary does not know: a newer binary wrote it.
         let unknown = entry(3, 1, Op::Write { command: vec![250] });
+        // Its proposer waits at the entry that halts.
+        let halting = t.register(3, 1);
         t.send(ApplyMsg::entries(vec![add(1, 1), add(2, 2), unknown]));
         let mut seen = Vec::new();
         let end = loop {
@@ -523,6 +532,14 @@ fn the_writes_before_a_halt_in_the_same_batch_reach_the_watchers_first() {
         assert!(
             matches!(end, Error::Halted { .. }),
             "the watch ended with {end:?}"
+        );
+        // The caller of the halting entry is answered `Halted` (a fixed
+        // binary applies it: not reported failed), not dropped unanswered
+        // (mutation round, stop 45: dropping it survived).
+        let r = halting.await;
+        assert!(
+            matches!(r, Ok(Err(Error::Halted { .. }))),
+            "the proposer of the entry that halted got {r:?}"
         );
     });
 }
@@ -639,7 +656,13 @@ fn an_acknowledged_duplicate_is_ambiguous_and_sessions_expire_by_the_stamps() {
         ]));
         assert_eq!(output(second.await.expect("answered")), 6);
         match duplicate.await.expect("answered") {
-            Err(e) => assert_eq!(e.applied(), Applied::Maybe, "{e}"),
+            Err(e) => {
+                assert_eq!(e.applied(), Applied::Maybe, "{e}");
+                // Not `SessionExpired`, which tells the client to open a
+                // new session: the session is open (mutation round, stop
+                // 45: that swap survived).
+                assert!(matches!(e, Error::Ambiguous(_)), "{e:?}");
+            }
             Ok(_) => panic!("the acknowledged write was applied again"),
         }
         assert_eq!(t.value().await, 6);
@@ -775,5 +798,122 @@ fn a_replayed_log_evicts_by_the_rule_of_its_open_entries() {
         t.send(ApplyMsg::entries(log(true)));
         assert_eq!(output(retry.await.expect("answered")), 5, "answered");
         assert_eq!(t.value().await, 5, "not applied twice");
+    });
+}
+
+/// Write `seq` of session `id` whose handler panics (under `skip`).
+fn session_boom(id: SessionId, seq: u64) -> Op {
+    Op::SessionWrite {
+        session: SessionRef {
+            id,
+            seq,
+            acked_below: seq,
+        },
+        owner: Owner::Local,
+        command: command(&TallyWrite::Boom),
+    }
+}
+
+/// A session write whose handler panicked under `skip` was applied (its
+/// caller hears `Handler`, applied): its retry is answered from the session
+/// table like any other, not run again (a handler may change state before
+/// it panics). Mutation round, stop 45: storing only the replies of writes
+/// that succeeded survived every test.
+#[test]
+fn a_retry_of_a_write_whose_handler_panicked_is_answered_not_run_again() {
+    runtime().block_on(async {
+        let id = SessionId(7);
+        let t = Thread::start();
+        let mut cursor = t.journal.cursor(Some(1)).expect("a cursor");
+        let first = t.register(2, 1);
+        let retry = t.register(3, 1);
+        t.send(ApplyMsg::entries(vec![
+            entry(1, 1, open_session(id, 600_000)),
+            entry(2, 1, session_boom(id, 1)),
+            entry(3, 1, session_boom(id, 1)),
+            add(4, 1),
+        ]));
+        for (what, r) in [("first", first), ("retry", retry)] {
+            let r = r.await.expect("answered");
+            assert!(
+                matches!(&r, Err(Error::Handler { message }) if message == "boom on purpose"),
+                "the {what} attempt got {r:?}"
+            );
+        }
+        assert_eq!(t.value().await, 1);
+        let events = cursor.next_batch(usize::MAX).await.expect("events");
+        let applied: Vec<u64> = events.iter().map(|e| e.index).collect();
+        assert_eq!(
+            applied,
+            [2, 4],
+            "the retry of the panicked write (entry 3) was run again"
+        );
+    });
+}
+
+/// A snapshot installed from the leader answers the proposals it covers
+/// `Ambiguous` (they may be in it: never "not applied"), and serves at once
+/// the reads whose index it reaches (mutation round, stop 45: answering
+/// them `NotLeader`, and not serving the reads until the next input, each
+/// survived every test).
+#[test]
+fn a_snapshot_install_answers_covered_proposals_ambiguous_and_serves_the_reads_it_reaches() {
+    runtime().block_on(async {
+        let mut a = Thread::start();
+        a.send(ApplyMsg::entries(vec![add(1, 40), add(2, 2)]));
+        assert_eq!(a.value().await, 42);
+        let taken = a.snapshot().await;
+        let data = taken.body.encode().expect("serializes");
+
+        let b = Thread::start();
+        let covered = b.register(2, 1);
+        let (tx, mut read) = oneshot::channel();
+        b.send(ApplyMsg::Read {
+            index: 2,
+            query: encode("query", &TallyRead::Get).expect("encodes"),
+            reply: Reply::new(tx, None),
+        });
+        b.send(ApplyMsg::Restore { index: 2, data });
+        // Answered inside the install, as the read must be: when this
+        // resolves, the install has run to its end.
+        let r = covered.await.expect("answered");
+        assert!(
+            matches!(r, Err(Error::Ambiguous(_))),
+            "a proposal the installed snapshot covers got {r:?}"
+        );
+        let served = read
+            .try_recv()
+            .expect("a read at the installed index was not served by the install")
+            .expect("read served");
+        assert!(
+            matches!(
+                decode::<TallyReadOutput>("output", &served),
+                Ok(TallyReadOutput::Get(42))
+            ),
+            "the read saw another state"
+        );
+    });
+}
+
+/// A node that left the configuration answers `Ambiguous` only the
+/// proposals above its commit index; those at or below it are answered
+/// with their results when they apply (mutation round, stop 45: answering
+/// every waiting proposal `Ambiguous` survived).
+#[test]
+fn an_orphaned_node_answers_only_the_proposals_above_its_commit_ambiguous() {
+    runtime().block_on(async {
+        let t = Thread::start();
+        let committed = t.register(1, 1);
+        let above = t.register(3, 1);
+        t.send(ApplyMsg::Orphaned { above: 2 });
+        t.send(ApplyMsg::entries(vec![add(1, 5), add(2, 1)]));
+        let r = above.await.expect("answered");
+        assert!(
+            matches!(r, Err(Error::Ambiguous(_))),
+            "the proposal above the commit index got {r:?}"
+        );
+        let r = committed.await.expect("answered");
+        assert!(r.is_ok(), "the proposal at a committed index got {r:?}");
+        assert_eq!(output(r), 5);
     });
 }

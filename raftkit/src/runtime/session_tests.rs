@@ -241,6 +241,43 @@ fn duplicates_are_answered_in_any_order_and_acks_drop_replies() {
     }
 }
 
+/// An acknowledgement drops the replies *below* it only: the reply of the
+/// write it names is the one its client still waits for, so a retry of
+/// that write is answered from it, not applied again (thesis §6.3;
+/// mutation round, stop 45: dropping replies up to and including the
+/// acknowledgement survived every session and apply test).
+#[test]
+fn the_reply_of_the_write_an_acknowledgement_names_is_kept_for_its_retry() {
+    let mut s = opened();
+    for seq in 1..=2 {
+        assert_eq!(s.check(w(seq, 1), A), Dedup::New);
+        s.record(w(seq, 1), StoredReply::Ok(vec![seq as u8]));
+    }
+    // The client saw write 1 answered, not yet write 2: write 3 says so.
+    assert_eq!(s.check(w(3, 2), A), Dedup::New);
+    s.record(w(3, 2), StoredReply::Ok(vec![3]));
+    assert_eq!(
+        s.check(w(2, 2), A),
+        Dedup::Duplicate(StoredReply::Ok(vec![2])),
+        "a retry of write 2, acknowledged below 2, would be applied again"
+    );
+    assert_eq!(s.stored_replies(), 2, "the replies of writes 2 and 3");
+}
+
+/// The first stamp a table sees sets replicated time at once (there is
+/// nothing to jump from); only later stamps are capped per entry
+/// (mutation round, stop 45: capping the first one too survived, which
+/// would leave replicated time decades behind the leaders' clocks).
+#[test]
+fn the_first_stamp_sets_replicated_time_at_once() {
+    let mut s = Sessions::default();
+    let wall = 1_750_000_000_000;
+    s.advance(wall);
+    assert_eq!(s.now_ms(), wall, "the first stamp was capped");
+    s.advance(wall + 10 * MAX_STAMP_STEP_MS);
+    assert_eq!(s.now_ms(), wall + MAX_STAMP_STEP_MS);
+}
+
 #[test]
 fn a_write_cannot_acknowledge_itself_and_the_window_is_never_overrun() {
     let mut s = opened();
