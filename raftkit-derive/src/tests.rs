@@ -142,6 +142,21 @@ fn garbage_input_is_an_error_not_a_panic() {
     }
 }
 
+/// The struct's `on_error` is the default policy the impl half reads
+/// (mutation round, stop 45: the expansion snapshot sets `skip`, the
+/// default, so a struct-level value ignored went unnoticed by the derive's
+/// own tests).
+#[test]
+fn the_structs_error_policy_is_the_one_emitted() {
+    let out = derive_impl(quote!(
+        #[raftkit(on_error = "halt")]
+        struct Kv;
+    ))
+    .to_string();
+    assert!(out.contains("ErrorPolicy :: Halt"), "{out}");
+    assert!(!out.contains("ErrorPolicy :: Skip"), "{out}");
+}
+
 #[test]
 fn default_name_is_snake_case() {
     let out = derive_impl(quote!(
