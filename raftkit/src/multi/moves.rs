@@ -514,11 +514,25 @@ impl<S: PeerExt> MultiNode<S> {
             };
         }
         // The refused change may have met another admin's change in flight:
-        // the removal waits for it to commit.
+        // the removal waits for it to commit. It removes `to` only while it
+        // is a learner, judged against the latest configuration when the
+        // edit is made: another move or `add_server` to the same node may
+        // have made it a voter meanwhile, and that voter stays.
         let removed = match wait_for(peer, opts.step_timeout, settled).await {
-            Ok(_) => peer.remove_server(to).await,
+            Ok(_) => peer.remove_learner(to).await,
             Err(e) => Err(e),
         };
+        if let Err(Error::Rejected(voter)) = &removed {
+            info!(group, to, "replica move refused: its target votes now, it stays");
+            return MoveError::Refused {
+                group,
+                step,
+                leaves: format!(
+                    "nothing of this move was changed: {to} stays, as another change made it a voter meanwhile ({voter})"
+                ),
+                source: Error::Rejected(why),
+            };
+        }
         match removed {
             Ok(()) => {
                 info!(
@@ -574,7 +588,9 @@ impl<S: PeerExt> MultiNode<S> {
             leaves: format!("{to} may still be a learner; abort_move again removes it"),
             source,
         };
-        peer.remove_server(to).await.map_err(fail)?;
+        // Only while it is a learner when the edit is made (a move's joint
+        // change may commit between the check above and the edit).
+        peer.remove_learner(to).await.map_err(fail)?;
         info!(group, to, "replica move aborted: learner removed");
         Ok(())
     }

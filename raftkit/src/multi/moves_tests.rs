@@ -156,3 +156,76 @@ async fn a_learner_added_while_a_move_waits_for_its_joint_change_stays() {
         let _ = n.shutdown().await;
     }
 }
+
+/// A move refused at its joint change removes the learner it added, and
+/// only a learner (found by review, stop 45): another move to the same
+/// node may have made it a voter meanwhile (the second move's `Replace` is
+/// refused because its `from` still votes), and the undo must not remove
+/// that voter. Group `G` on A and B moves B's replica to D (D votes);
+/// then the undo of a refused move to D runs: D stays a voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undoing_a_refused_move_never_removes_a_target_that_votes_now() {
+    let ca = ClusterCa::generate("moves-undo-test").expect("a CA");
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("a temporary directory"))
+        .collect();
+    let mut nodes = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs) {
+        nodes.push(node(&ca, addr, dir.path()).await);
+    }
+    for n in &nodes[..2] {
+        n.create_group(G, &addrs[..2]).await.expect("group G");
+    }
+    let (leader, from) = until("a leader of G", || {
+        let leads = |i: usize| {
+            nodes[i].group(G).is_some_and(|p| {
+                let st = p.status();
+                st.role == Role::Leader && settled_members(&st).is_some()
+            })
+        };
+        match (leads(0), leads(1)) {
+            (true, false) => Some((nodes[0].clone(), nodes[1].id())),
+            (false, true) => Some((nodes[1].clone(), nodes[0].id())),
+            _ => None,
+        }
+    })
+    .await;
+    let peer = leader.group(G).expect("the leader hosts G");
+    let d = addrs[2].clone();
+    let d_id = Peer::<Placement>::member_id(&d);
+    let opts = MoveOptions {
+        catch_up_lag: 0,
+        catch_up_timeout: DEADLINE,
+        step_timeout: Duration::from_secs(5),
+    };
+    leader
+        .move_replica_with(G, from, &d, &opts)
+        .await
+        .expect("the first move to D");
+    let (voters, _) = until("G settled after the move", || {
+        settled_members(&peer.status())
+    })
+    .await;
+    assert!(voters.contains(&d_id), "D votes after the move: {voters:?}");
+
+    // A second move to D, refused at its joint change, undoes "its" learner.
+    let undone = leader
+        .undo_learner(&peer, G, &d, true, "refused for the test".into(), &opts)
+        .await;
+    let (voters, _) = until("G settled after the undo", || {
+        settled_members(&peer.status())
+    })
+    .await;
+    assert!(
+        voters.contains(&d_id),
+        "the undo of a refused move removed D, a voter another move made of it: {voters:?} ({undone:?})"
+    );
+    assert!(
+        matches!(&undone, super::MoveError::Refused { leaves, .. } if leaves.contains("stays")),
+        "the refusal says D stays: {undone:?}"
+    );
+    for n in nodes {
+        let _ = n.shutdown().await;
+    }
+}

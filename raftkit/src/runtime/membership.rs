@@ -191,6 +191,23 @@ impl<S: StateMachine> Peer<S> {
         .await
     }
 
+    /// Removes the learner at `addr`, and only a learner: judged against
+    /// the latest configuration when the edit is made, so a node another
+    /// change made a voter meanwhile stays (refused with
+    /// [`Error::Rejected`], nothing changed). Returns once a committed
+    /// configuration is without it (not a member: at once).
+    pub(crate) async fn remove_learner(&self, addr: &str) -> Result<(), Error> {
+        let id = Self::member_id(addr);
+        self.edit_config(ConfEdit::RemoveLearner {
+            id,
+            addr: addr.to_string(),
+        })
+        .await?;
+        self.wait_config(|c| !c.contains(id))
+            .await
+            .map_err(proposed)
+    }
+
     /// Removes the member at `addr` (voter or learner). Removing the leader
     /// itself makes it step down once the new configuration commits.
     /// Returns once a committed configuration is without it.
@@ -399,6 +416,15 @@ pub(super) enum ConfEdit {
         /// The member.
         id: NodeId,
     },
+    /// Remove `id` if it is a learner; refused if it votes (a replica
+    /// move undoing the learner it added must not remove a voter another
+    /// change made of it meanwhile).
+    RemoveLearner {
+        /// The learner.
+        id: NodeId,
+        /// Its address (for the refusal).
+        addr: String,
+    },
     /// Replace voter `from` by learner `to`, reached at `addr`, in one
     /// joint change (thesis §4.3: `to` promoted and `from` removed; the
     /// core proposes `C_old,new` and then `C_new`): a replica move's
@@ -455,6 +481,17 @@ impl ConfEdit {
                 }
                 next.voters.remove(id);
                 next.learners.remove(id);
+                next.addrs.remove(id);
+            }
+            ConfEdit::RemoveLearner { id, addr } => {
+                if next.voters.contains(id) {
+                    return Err(Error::Rejected(format!(
+                        "{addr} (node {id}) is a voter of the latest configuration (another change made it one meanwhile); nothing was removed"
+                    )));
+                }
+                if !next.learners.remove(id) {
+                    return Ok(None);
+                }
                 next.addrs.remove(id);
             }
             ConfEdit::Replace { from, to, addr } => {
@@ -546,6 +583,26 @@ mod tests {
         ] {
             assert_eq!(edit.target(&latest()).ok(), Some(None), "{edit:?}");
         }
+    }
+
+    /// Removing a learner removes only a learner: a voter is refused,
+    /// nothing changed; a node not a member needs nothing.
+    #[test]
+    fn removing_a_learner_refuses_a_voter() {
+        let remove_learner = |id: u64| ConfEdit::RemoveLearner {
+            id,
+            addr: "x".into(),
+        };
+        let mut want = latest();
+        want.learners.remove(&3);
+        want.addrs.remove(&3);
+        assert_eq!(remove_learner(3).target(&latest()).ok(), Some(Some(want)));
+        let got = remove_learner(2).target(&latest());
+        assert!(
+            matches!(got, Err(Error::Rejected(_))),
+            "a voter removed as a learner: {got:?}"
+        );
+        assert_eq!(remove_learner(9).target(&latest()).ok(), Some(None));
     }
 
     /// A promotion of a node the latest configuration does not have (an
