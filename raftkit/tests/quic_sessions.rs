@@ -256,6 +256,27 @@ async fn a_client_whose_session_expired_reports_unknown_outcomes_and_carries_on(
     let once = alice.write_once();
     assert_eq!(once.incr().await.unwrap(), 1);
     let first = alice.inner().session_id().expect("open");
+    // A second write through a handle of its own is abandoned in flight:
+    // its call is dropped once the write is in the leader's log, before
+    // its answer (the handler holds the apply thread for a second), so
+    // its outcome is unknown to the handle.
+    let pending = alice.write_once();
+    let base = n.peer.status().last_index;
+    {
+        let call = pending.slow(1000);
+        tokio::pin!(call);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while n.peer.status().last_index <= base {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the slow write never reached the log"
+            );
+            tokio::select! {
+                out = &mut call => panic!("the slow write was answered before it was abandoned: {out:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+            }
+        }
+    }
     // Alice goes quiet for longer than the session's time-to-live while
     // another client keeps the cluster busy.
     let other = n.client(MALLORY, Duration::from_secs(10)).await;
@@ -265,29 +286,34 @@ async fn a_client_whose_session_expired_reports_unknown_outcomes_and_carries_on(
         other.tick().await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(other.count().await.unwrap(), 2, "the abandoned write applied");
     // A new write, never sent under the old session, goes through under a
     // new session, transparently.
-    assert_eq!(alice.incr().await.unwrap(), 2);
+    assert_eq!(alice.incr().await.unwrap(), 3);
     let second = alice.inner().session_id().expect("reopened");
     assert_ne!(first, second);
-    // Retrying the applied write of the expired session: not applied again,
-    // and reported as an unknown outcome.
-    let retry = once.incr().await;
+    // The handle whose write was answered keeps its answer: a retry
+    // returns it and sends nothing.
+    assert_eq!(once.incr().await.unwrap(), 1, "the kept answer");
+    assert_eq!(other.count().await.unwrap(), 3, "not applied twice");
+    // Retrying the abandoned write of the expired session: not applied
+    // again, and reported as an unknown outcome.
+    let retry = pending.slow(1000).await;
     assert!(
         matches!(retry, Err(Error::SessionExpired(_))),
         "got {retry:?}"
     );
-    assert_eq!(other.count().await.unwrap(), 2, "not applied twice");
+    assert_eq!(other.count().await.unwrap(), 3, "not applied twice");
     // Retrying through the handle again does not move the write to the new
     // session (where it would apply a second time): its outcome stays
     // unknown.
-    let again = once.incr().await;
+    let again = pending.slow(1000).await;
     assert!(
         matches!(again, Err(Error::SessionExpired(_))),
         "got {again:?}"
     );
-    assert_eq!(other.count().await.unwrap(), 2, "not applied twice");
-    assert_eq!(alice.incr().await.unwrap(), 3);
+    assert_eq!(other.count().await.unwrap(), 3, "not applied twice");
+    assert_eq!(alice.incr().await.unwrap(), 4);
     assert_eq!(alice.inner().session_id(), Some(second));
     n.peer.shutdown().await.unwrap();
 }
