@@ -200,7 +200,9 @@ async fn a_hostile_peer_with_a_node_certificate_neither_crashes_nor_stalls_the_c
     //    vote requests, a TimeoutNow and stray answers, to every node.
     for (i, p) in peers.iter().enumerate() {
         let mut h = Hostile::connect(&stranger_cert, stranger_name, addr(i)).await;
-        let huge = 1u64 << 60;
+        // Far ahead, yet within the bound a term may jump (past it every
+        // message is dropped as a term jump before the rules below look).
+        let huge = term + (1 << 20);
         h.send(
             p.id(),
             huge,
@@ -230,10 +232,20 @@ async fn a_hostile_peer_with_a_node_certificate_neither_crashes_nor_stalls_the_c
             ],
         )
         .await;
+        h.send(
+            p.id(),
+            u64::MAX,
+            vec![Body::Heartbeat {
+                commit: 0,
+                round: 0,
+            }],
+        )
+        .await;
         eventually("the stranger's messages to be dropped", || {
             dropped(p, DropReason::NonMemberInLease) >= 2
                 && dropped(p, DropReason::VoteFromNonMember) >= 1
                 && dropped(p, DropReason::FromStranger) >= 2
+                && dropped(p, DropReason::TermJump) >= 1
         })
         .await;
     }

@@ -87,7 +87,8 @@ impl Raft {
     /// is a leadership transfer (thesis §3.10 skips it).
     pub(super) fn campaign(&mut self, transfer: bool) {
         // At the last representable term there is no next term to campaign
-        // in (only a hostile peer can push a node there).
+        // in (only a hostile peer can push a node there, and only with 2^40
+        // accepted messages: see `inbound`, MAX_TERM_JUMP).
         if !self.promotable() || self.halted || self.term == super::types::Term::MAX {
             return;
         }

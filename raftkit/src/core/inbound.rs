@@ -12,6 +12,7 @@
 //! | message | dropped when | why |
 //! |---|---|---|
 //! | any | not addressed to this node, or "from" this node or from node 0 | misrouted or forged |
+//! | any | its term more than [`MAX_TERM_JUMP`] (2^24) above this node's | no correct peer is that far ahead (below); one message must not exhaust the terms |
 //! | RequestVote (and PreVote) | the sender is not a member | §4.2.3: a removed server must not disrupt the cluster; a new server not yet replicated to has nothing to elect |
 //! | a response, TimeoutNow | the sender is neither a member nor a node the leader still replicates to | it answers nothing this node sent; only the leader orders a campaign |
 //! | TimeoutNow | at our term, from another node than the leader we follow | §3.10: the transfer is the leader's |
@@ -29,6 +30,28 @@
 //! a higher term to a node outside a lease (for example right after an
 //! election), which costs that node its term and, at worst, its uncommitted
 //! entries; it can never rewrite committed ones (below).
+//!
+//! # How far a term may jump
+//!
+//! A message at a term more than [`MAX_TERM_JUMP`] (2^24) above this
+//! node's is dropped, whatever it carries, before any rule adopts its term
+//! (Raft §5.1): votes and their answers, PreVote, leader messages,
+//! snapshots, every response, TimeoutNow and read-index answers alike.
+//! Without the bound one heartbeat at `Term::MAX` from any holder of a node
+//! certificate (to a node outside a lease) pushed its victim to the last
+//! term, durably; its answers then deposed the real leader, and nobody
+//! could campaign again (there is no next term). With it, reaching the
+//! last term takes at least 2^40 messages, each one accepted.
+//!
+//! A correct peer is never that far ahead: terms grow by one per election
+//! and, with PreVote (thesis §9.6, [`Config::pre_vote`], on by default), a
+//! node that cannot win an election (partitioned, behind) does not raise
+//! its term at all, so a member would have to miss 16 million elections.
+//! The price: with PreVote off, a node cut off for 16 million election
+//! timeouts (weeks) campaigns itself past the bound, and the cluster drops
+//! everything it says for good (its term is durable): it must be removed
+//! and added again with a new data directory. And a new node (term 0)
+//! can join only a cluster whose term is at most 2^24.
 //!
 //! # What a message must look like
 //!
@@ -52,6 +75,7 @@
 //!   round the leader never started.
 //!
 //! [`Config::max_snapshot_bytes`]: super::Config::max_snapshot_bytes
+//! [`Config::pre_vote`]: super::Config::pre_vote
 
 use super::message::{Body, MAX_ENTRIES_PER_APPEND, Message};
 use super::raft::{Raft, Role};
@@ -102,6 +126,9 @@ pub enum DropReason {
     /// An AppendEntries carrying more than [`MAX_ENTRIES_PER_APPEND`]
     /// entries.
     TooManyEntries,
+    /// A message whose term is more than [`MAX_TERM_JUMP`] above this
+    /// node's.
+    TermJump,
 }
 
 /// The largest log index accepted from a peer (2^62): no log gets near
@@ -109,9 +136,14 @@ pub enum DropReason {
 /// ever reaches it (a million entries a second for 146,000 years).
 pub const MAX_INDEX: Index = 1 << 62;
 
+/// How far above this node's term a message's term may be (2^24): a
+/// message beyond it is dropped ([`DropReason::TermJump`]) before its term
+/// is looked at. See the module docs.
+pub const MAX_TERM_JUMP: Term = 1 << 24;
+
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Misaddressed,
         DropReason::VoteFromNonMember,
         DropReason::FromStranger,
@@ -130,6 +162,7 @@ impl DropReason {
         DropReason::UnknownReadContext,
         DropReason::ReadQueueFull,
         DropReason::TooManyEntries,
+        DropReason::TermJump,
     ];
 
     /// A stable snake_case name (metrics label values).
@@ -153,6 +186,7 @@ impl DropReason {
             DropReason::UnknownReadContext => "unknown_read_context",
             DropReason::ReadQueueFull => "read_queue_full",
             DropReason::TooManyEntries => "too_many_entries",
+            DropReason::TermJump => "term_jump",
         }
     }
 
@@ -195,6 +229,7 @@ impl DropReason {
             DropReason::TooManyEntries => {
                 "AppendEntries carrying more entries than one message may (MAX_ENTRIES_PER_APPEND)"
             }
+            DropReason::TermJump => "a message whose term is more than 2^24 above this node's",
         }
     }
 
@@ -282,6 +317,11 @@ impl Raft {
     fn admit(&self, m: &Message) -> Result<(), DropReason> {
         if m.to != self.id || m.from == self.id || m.from == NO_NODE {
             return Err(DropReason::Misaddressed);
+        }
+        // Before any rule looks at the term: every path that adopts a
+        // term (Raft §5.1) starts here, whatever the body.
+        if m.term > self.term.saturating_add(MAX_TERM_JUMP) {
+            return Err(DropReason::TermJump);
         }
         let member = self.conf.contains(m.from);
         let known = member || self.progress.contains_key(&m.from);

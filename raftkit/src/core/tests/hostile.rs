@@ -5,7 +5,8 @@
 
 use super::harness::*;
 use crate::core::{
-    Body, Configuration, DropReason, MAX_ENTRIES_PER_APPEND, Raft, SnapshotMeta, Term,
+    Body, Configuration, DropReason, MAX_ENTRIES_PER_APPEND, MAX_TERM_JUMP, Raft, SnapshotMeta,
+    Term,
 };
 
 fn assert_sound(r: &Raft) {
@@ -59,24 +60,107 @@ fn entries_near_the_last_index_are_dropped() {
     assert_sound(&r);
 }
 
-/// A node pushed to the last term by a hostile message never campaigns
-/// (there is no next term), and never panics trying.
+/// Found by review, stop 45: no message term was bounded, so one
+/// heartbeat at `Term::MAX` from any holder of a node certificate (to a
+/// node outside a lease) pushed its victim to the last term, which it
+/// persisted; it then answered the real leader at that term, the leader
+/// stepped down, and nobody could ever campaign again (there is no next
+/// term). A message more than [`MAX_TERM_JUMP`] above the node's term is
+/// now dropped whatever it carries, before its term is looked at; one at
+/// the bound is taken.
 #[test]
-fn the_last_term_is_a_dead_end_not_a_panic() {
-    let mut r = node(1, &[1], 1, &[1]);
-    step(&mut r, heartbeat(1, 1, Term::MAX, 0));
-    // A message from itself is dropped; make it adopt the last term from a
-    // (byzantine) member of a wider configuration instead.
-    let mut r2 = node(1, &[1, 2], 1, &[1]);
-    step(&mut r2, heartbeat(2, 1, Term::MAX, 0));
-    assert_eq!(r2.term(), Term::MAX);
-    for _ in 0..4 * T {
-        r2.tick();
-        flush(&mut r2);
+fn a_term_jump_past_the_bound_is_dropped() {
+    let over = 1 + MAX_TERM_JUMP + 1;
+    let bodies = [
+        Body::Heartbeat {
+            commit: 0,
+            round: 0,
+        },
+        Body::AppendEntries {
+            prev_index: 1,
+            prev_term: 1,
+            entries: vec![],
+            commit: 0,
+        },
+        Body::InstallSnapshot {
+            meta: SnapshotMeta {
+                index: 5,
+                term: 2,
+                config: Configuration::new([1, 2]),
+            },
+            offset: 0,
+            data: vec![1],
+            done: true,
+        },
+        Body::RequestVote {
+            last_index: 9,
+            last_term: 9,
+            pre_vote: false,
+            transfer: false,
+        },
+        Body::RequestVote {
+            last_index: 9,
+            last_term: 9,
+            pre_vote: true,
+            transfer: false,
+        },
+        Body::RequestVoteResponse {
+            granted: false,
+            pre_vote: false,
+        },
+        Body::AppendEntriesResponse {
+            index: 1,
+            success: false,
+            hint: None,
+        },
+        Body::HeartbeatResponse { round: 0 },
+        Body::InstallSnapshotResponse {
+            index: 1,
+            next_offset: 0,
+            done: false,
+            rejected: true,
+        },
+        Body::TimeoutNow,
+        Body::ReadIndexResponse {
+            ctx: 1,
+            index: Some(1),
+        },
+    ];
+    for term in [Term::MAX, over] {
+        for body in &bodies {
+            // A member of a two-node cluster that heard from nobody (no
+            // lease): every one of these would raise its term.
+            let mut r = node(1, &[1, 2], 1, &[1]);
+            let got = r.step_checked(msg(2, 1, term, body.clone()));
+            assert_eq!(
+                r.term(),
+                1,
+                "{} at term {term} moved the node's term ({got:?})",
+                body.kind()
+            );
+            assert_eq!(got, Err(DropReason::TermJump), "{}", body.kind());
+            assert!(flush(&mut r).all().is_empty(), "answered a term jump");
+            assert_sound(&r);
+        }
     }
-    assert_eq!(r2.term(), Term::MAX);
+    // At the bound: taken.
+    let mut r = node(1, &[1, 2], 1, &[1]);
+    assert_eq!(
+        r.step_checked(heartbeat(2, 1, 1 + MAX_TERM_JUMP, 0)),
+        Ok(())
+    );
+    assert_eq!((r.term(), r.leader()), (1 + MAX_TERM_JUMP, Some(2)));
+    // A leader answered at a jumped term keeps leading.
+    let mut l = node(1, &[1, 2, 3], 1, &[1]);
+    make_settled_leader(&mut l);
+    let term = l.term();
+    assert_eq!(
+        l.step_checked(msg(2, 1, Term::MAX, Body::HeartbeatResponse { round: 0 })),
+        Err(DropReason::TermJump)
+    );
+    assert_eq!((l.role(), l.term()), (crate::core::Role::Leader, term));
     assert_sound(&r);
-    assert_sound(&r2);
+    assert_sound(&l);
 }
 
 /// Raft §5.2, Election Safety: "at most one leader can be elected in a
