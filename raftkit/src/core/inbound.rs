@@ -15,7 +15,8 @@
 //! | any | its term more than [`MAX_TERM_JUMP`] (2^24) above this node's | no correct peer is that far ahead (below); one message must not exhaust the terms |
 //! | RequestVote (and PreVote) | the sender is not a member | §4.2.3: a removed server must not disrupt the cluster; a new server not yet replicated to has nothing to elect |
 //! | a response, TimeoutNow | the sender is neither a member nor a node the leader still replicates to | it answers nothing this node sent; only the leader orders a campaign |
-//! | TimeoutNow | at our term, from another node than the leader we follow | §3.10: the transfer is the leader's |
+//! | RequestVote with `transfer` | the candidate is not a voter of this node's configuration | §3.10: a leader transfers only to a voter, and a transfer vote overrides the lease (a learner could depose a settled leader) |
+//! | TimeoutNow | not from the leader this node follows, at this node's term (from another node, at another term, or while no leader is known) | §3.10: the transfer is the leader's, sent to a target that acknowledged its whole log in its term |
 //! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, from a non-member, while this node has a configuration and is in a leader lease (a leader, or a follower that heard from its leader within an election timeout, with CheckQuorum on) | the §4.2.3 lease argument applied to leader messages: while a leader is known to be alive, a node outside the configuration cannot be a newer leader this node must follow |
 //! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader we follow (or when we lead) | Raft §5.2 Election Safety: at most one leader per term |
 //! | ReadIndexRequest | the sender is not a member; or the leader already holds [`MAX_REMOTE_READS`](super::read_index::MAX_REMOTE_READS) followers' reads | thesis §6.4.1: only members forward reads; a bounded queue |
@@ -91,7 +92,7 @@ pub enum DropReason {
     VoteFromNonMember,
     /// A response or TimeoutNow from a node this node has no business with.
     FromStranger,
-    /// TimeoutNow at our term from another node than our leader.
+    /// TimeoutNow not from the leader we follow at our term.
     TimeoutNowNotFromLeader,
     /// A leader message at a higher term from a non-member during a lease.
     NonMemberInLease,
@@ -129,6 +130,9 @@ pub enum DropReason {
     /// A message whose term is more than [`MAX_TERM_JUMP`] above this
     /// node's.
     TermJump,
+    /// A leadership-transfer vote request from a node that is not a voter
+    /// of this node's configuration.
+    TransferFromNonVoter,
 }
 
 /// The largest log index accepted from a peer (2^62): no log gets near
@@ -143,7 +147,7 @@ pub const MAX_TERM_JUMP: Term = 1 << 24;
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::Misaddressed,
         DropReason::VoteFromNonMember,
         DropReason::FromStranger,
@@ -163,6 +167,7 @@ impl DropReason {
         DropReason::ReadQueueFull,
         DropReason::TooManyEntries,
         DropReason::TermJump,
+        DropReason::TransferFromNonVoter,
     ];
 
     /// A stable snake_case name (metrics label values).
@@ -187,6 +192,7 @@ impl DropReason {
             DropReason::ReadQueueFull => "read_queue_full",
             DropReason::TooManyEntries => "too_many_entries",
             DropReason::TermJump => "term_jump",
+            DropReason::TransferFromNonVoter => "transfer_from_non_voter",
         }
     }
 
@@ -201,7 +207,7 @@ impl DropReason {
                 "a response or TimeoutNow from a node outside the configuration"
             }
             DropReason::TimeoutNowNotFromLeader => {
-                "TimeoutNow from a node that is not this term's leader"
+                "TimeoutNow not from the leader this node follows at its term"
             }
             DropReason::NonMemberInLease => {
                 "a leader message at a higher term from a node outside the configuration while a leader is alive"
@@ -230,6 +236,9 @@ impl DropReason {
                 "AppendEntries carrying more entries than one message may (MAX_ENTRIES_PER_APPEND)"
             }
             DropReason::TermJump => "a message whose term is more than 2^24 above this node's",
+            DropReason::TransferFromNonVoter => {
+                "a leadership-transfer vote request from a node that is not a voter (thesis 3.10)"
+            }
         }
     }
 
@@ -327,6 +336,11 @@ impl Raft {
         let known = member || self.progress.contains_key(&m.from);
         match &m.body {
             Body::RequestVote { .. } if !member => return Err(DropReason::VoteFromNonMember),
+            // Thesis §3.10: a leader transfers only to a voter, and a
+            // transfer vote overrides the lease; nobody else may ask for one.
+            Body::RequestVote { transfer: true, .. } if !self.conf.is_voter(m.from) => {
+                return Err(DropReason::TransferFromNonVoter);
+            }
             Body::ReadIndexRequest { .. } if !member => return Err(DropReason::FromStranger),
             // An answer in a higher term from a node we know goes on to
             // raise our term (Raft §5.1), which fails the reads we forwarded;
@@ -342,9 +356,11 @@ impl Raft {
                 return Err(DropReason::UnknownReadContext);
             }
             Body::TimeoutNow if !member => return Err(DropReason::FromStranger),
-            Body::TimeoutNow
-                if m.term == self.term && self.leader != NO_NODE && self.leader != m.from =>
-            {
+            // Thesis §3.10: only the leader orders a transfer campaign, and
+            // only to a target that acknowledged its whole log in its term,
+            // so the honest sender is the leader this node follows, at this
+            // node's term.
+            Body::TimeoutNow if m.term != self.term || self.leader != m.from => {
                 return Err(DropReason::TimeoutNowNotFromLeader);
             }
             body if body.is_response() && !known => return Err(DropReason::FromStranger),

@@ -5,8 +5,8 @@
 
 use super::harness::*;
 use crate::core::{
-    Body, Configuration, DropReason, MAX_ENTRIES_PER_APPEND, MAX_TERM_JUMP, Raft, SnapshotMeta,
-    Term,
+    Body, Configuration, DropReason, MAX_ENTRIES_PER_APPEND, MAX_TERM_JUMP, Raft,
+    SnapshotMeta, Term,
 };
 
 fn assert_sound(r: &Raft) {
@@ -255,20 +255,21 @@ fn admission_rules_hold_at_their_edges() {
     );
     assert_sound(&r);
 
-    // A TimeoutNow at a higher term than the leader this node follows comes
-    // from a newer leader it has not heard of yet: obeyed (Raft §5.1, a
-    // higher term wins), unlike one at the term of its leader from
-    // another node.
+    // A TimeoutNow is obeyed only from the leader this node follows, at
+    // its term (thesis §3.10; stop 45: one at a higher term from any
+    // member was obeyed, so a learner could order a transfer campaign).
     let mut r = node(1, &[1, 2, 3], 2, &[1, 2]);
     step(&mut r, heartbeat(2, 1, 2, 0));
     assert_eq!(r.leader(), Some(2));
-    assert_eq!(
-        r.step_checked(msg(3, 1, 2, Body::TimeoutNow)),
-        Err(DropReason::TimeoutNowNotFromLeader)
-    );
-    assert_eq!(r.step_checked(msg(3, 1, 3, Body::TimeoutNow)), Ok(()));
+    for (from, term) in [(3, 2), (3, 3), (2, 3)] {
+        assert_eq!(
+            r.step_checked(msg(from, 1, term, Body::TimeoutNow)),
+            Err(DropReason::TimeoutNowNotFromLeader)
+        );
+    }
+    assert_eq!(r.step_checked(msg(2, 1, 2, Body::TimeoutNow)), Ok(()));
     assert_eq!(r.role(), crate::core::Role::Candidate);
-    assert_eq!(r.term(), 4);
+    assert_eq!(r.term(), 3);
 
     // A node with no configuration yet (being added) follows whoever leads
     // a higher term: it cannot tell members from strangers, so the lease
@@ -334,4 +335,75 @@ fn an_append_over_the_entry_cap_is_dropped() {
     assert_eq!(r.log().last_index(), 2 + MAX_ENTRIES_PER_APPEND as u64);
     assert_eq!(r.dropped().get(DropReason::TooManyEntries), 1);
     assert_sound(&r);
+}
+
+/// Voters 1, 2, 3 and learner 4: node `id` at term 2 with a log of terms
+/// [1, 2].
+fn with_learner(id: u64) -> Raft {
+    let mut restored = restored(&[1, 2, 3], 2, &[1, 2]);
+    restored.snapshot.config.learners.insert(4);
+    Raft::new(config(id), restored).expect("valid config")
+}
+
+/// Found by review, stop 45: a vote request marked as a leadership
+/// transfer skips the lease (thesis §3.10), and voters granted it without
+/// looking at who asked, so a learner (and any holder of a node
+/// certificate who gets itself added as one) could depose a settled
+/// leader whenever it liked. The transferee of an honest transfer is a
+/// voter (§3.10: the leader transfers to a voter, `TransferError::NotVoter`
+/// otherwise): a transfer vote request from a non-voter is dropped, and so
+/// is a TimeoutNow from anyone but the leader this node follows in its
+/// term (the only honest sender, and only once the target acknowledged
+/// its log at that term).
+#[test]
+fn a_learner_cannot_depose_the_leader_with_a_transfer_vote() {
+    let transfer_vote = Body::RequestVote {
+        last_index: 1 << 40,
+        last_term: 1 << 20,
+        pre_vote: false,
+        transfer: true,
+    };
+    let mut l = with_learner(1);
+    make_settled_leader(&mut l);
+    let term = l.term();
+    let got = l.step_checked(msg(4, 1, term + 1, transfer_vote.clone()));
+    assert_eq!(
+        (l.role(), l.term()),
+        (crate::core::Role::Leader, term),
+        "a learner's transfer vote request deposed the leader ({got:?})"
+    );
+    assert_eq!(got, Err(DropReason::TransferFromNonVoter));
+    assert!(flush(&mut l).of_kind("RequestVoteResponse").is_empty());
+
+    // A follower in its leader's lease does not grant it either.
+    let mut f = with_learner(2);
+    step(&mut f, heartbeat(1, 2, 2, 0));
+    assert_eq!(
+        f.step_checked(msg(4, 2, 3, transfer_vote.clone())),
+        Err(DropReason::TransferFromNonVoter)
+    );
+    assert_eq!((f.term(), f.hard_state().vote, f.leader()), (2, 0, Some(1)));
+
+    // A TimeoutNow from the learner, at a higher term or at ours, is
+    // dropped; so is one from a voter that is not our leader, at any term.
+    for (from, t) in [(4, 3), (4, 2), (3, 3), (3, 2)] {
+        assert_eq!(
+            f.step_checked(msg(from, 2, t, Body::TimeoutNow)),
+            Err(DropReason::TimeoutNowNotFromLeader),
+            "TimeoutNow from {from} at term {t}"
+        );
+        assert_eq!((f.role(), f.term()), (crate::core::Role::Follower, 2));
+    }
+    // The leader's own TimeoutNow is obeyed: a transfer campaign.
+    assert_eq!(f.step_checked(msg(1, 2, 2, Body::TimeoutNow)), Ok(()));
+    assert_eq!((f.role(), f.term()), (crate::core::Role::Candidate, 3));
+    // And a voter's transfer vote request is granted inside a lease.
+    let mut g = with_learner(3);
+    step(&mut g, heartbeat(1, 3, 2, 0));
+    let out = step(&mut g, msg(2, 3, 3, transfer_vote));
+    assert_eq!((g.term(), g.hard_state().vote), (3, 2));
+    assert_eq!(out.of_kind("RequestVoteResponse").len(), 1);
+    assert_sound(&l);
+    assert_sound(&f);
+    assert_sound(&g);
 }
