@@ -66,6 +66,23 @@
 //!   sends one).
 //! - No entry or snapshot index past [`MAX_INDEX`] (2^62), so that no index
 //!   arithmetic anywhere can overflow.
+//! - A configuration, in an entry or in a snapshot's metadata: at most
+//!   [`MAX_MEMBERS`] (1024) members, voters of either half and learners
+//!   counted once ([`DropReason::ConfigTooLarge`]); no address longer than
+//!   [`MAX_ADDR_LEN`] (256) bytes (the same reason); an address only for a
+//!   member ([`DropReason::ConfigStrayAddress`]). The runtime keeps a link
+//!   to, and dials, every address of the configuration in force, so an
+//!   unbounded one (a 16 MiB frame names some 800,000 members with
+//!   addresses) cost a task and a connection attempt to attacker-chosen
+//!   addresses for each. Raft needs a majority of voters to answer every
+//!   round, so a real cluster stays far below 1024 members; a host name is
+//!   at most 253 bytes, so 256 holds any `host:port` worth dialling but a
+//!   long IPv6 literal with a zone. [`Raft::propose_config`] refuses a
+//!   change to such a configuration (`InvalidConfiguration`), so a correct
+//!   leader never sends one. A log or snapshot written by an earlier
+//!   version that proposed a joint configuration keeping the address of a
+//!   learner it removed holds a stray address: a follower of this version
+//!   cannot take that entry (none of the runtime's edits makes one).
 //! - InstallSnapshot: the snapshot's term at most the message's, its index
 //!   non-zero, and the chunk ending within [`Config::max_snapshot_bytes`]
 //!   (the receive buffer never grows past it). A chunk that leaves a gap
@@ -80,7 +97,7 @@
 
 use super::message::{Body, MAX_ENTRIES_PER_APPEND, Message};
 use super::raft::{Raft, Role};
-use super::types::{Entry, Index, NO_NODE, Term};
+use super::types::{Configuration, Entry, Index, NO_NODE, Payload, Term};
 
 /// Why an inbound message was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,6 +150,13 @@ pub enum DropReason {
     /// A leadership-transfer vote request from a node that is not a voter
     /// of this node's configuration.
     TransferFromNonVoter,
+    /// A configuration (an entry or a snapshot's) of more than
+    /// [`MAX_MEMBERS`] members or with an address longer than
+    /// [`MAX_ADDR_LEN`] bytes.
+    ConfigTooLarge,
+    /// A configuration (an entry or a snapshot's) with an address for a
+    /// node that is not one of its members.
+    ConfigStrayAddress,
 }
 
 /// The largest log index accepted from a peer (2^62): no log gets near
@@ -145,9 +169,17 @@ pub const MAX_INDEX: Index = 1 << 62;
 /// is looked at. See the module docs.
 pub const MAX_TERM_JUMP: Term = 1 << 24;
 
+/// The most members (voters of either half and learners) a configuration
+/// may have (1024). See the module docs.
+pub const MAX_MEMBERS: usize = 1024;
+
+/// The longest address, in bytes, a configuration may carry for a member
+/// (256). See the module docs.
+pub const MAX_ADDR_LEN: usize = 256;
+
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::Misaddressed,
         DropReason::VoteFromNonMember,
         DropReason::FromStranger,
@@ -168,6 +200,8 @@ impl DropReason {
         DropReason::TooManyEntries,
         DropReason::TermJump,
         DropReason::TransferFromNonVoter,
+        DropReason::ConfigTooLarge,
+        DropReason::ConfigStrayAddress,
     ];
 
     /// A stable snake_case name (metrics label values).
@@ -193,6 +227,8 @@ impl DropReason {
             DropReason::TooManyEntries => "too_many_entries",
             DropReason::TermJump => "term_jump",
             DropReason::TransferFromNonVoter => "transfer_from_non_voter",
+            DropReason::ConfigTooLarge => "config_too_large",
+            DropReason::ConfigStrayAddress => "config_stray_address",
         }
     }
 
@@ -238,6 +274,12 @@ impl DropReason {
             DropReason::TermJump => "a message whose term is more than 2^24 above this node's",
             DropReason::TransferFromNonVoter => {
                 "a leadership-transfer vote request from a node that is not a voter (thesis 3.10)"
+            }
+            DropReason::ConfigTooLarge => {
+                "a configuration of more than MAX_MEMBERS members or with an address over MAX_ADDR_LEN bytes"
+            }
+            DropReason::ConfigStrayAddress => {
+                "a configuration with an address for a node that is not a member"
             }
         }
     }
@@ -288,6 +330,43 @@ impl DropCounts {
         }
         self.last = Some(reason);
     }
+}
+
+/// Whether `conf` is within the bounds of the module docs: at most
+/// [`MAX_MEMBERS`] members, no address over [`MAX_ADDR_LEN`] bytes, and
+/// addresses for members only. `Err` carries the drop reason and a
+/// sentence for a local caller (`Raft::propose_config`).
+pub(super) fn check_config(conf: &Configuration) -> Result<(), (DropReason, String)> {
+    // Counted without allocating: the configuration came from the network.
+    let voters = conf.voters.union(&conf.outgoing).count();
+    let learners = conf
+        .learners
+        .iter()
+        .filter(|id| !conf.is_voter(**id))
+        .count();
+    let members = voters.saturating_add(learners);
+    if members > MAX_MEMBERS {
+        return Err((
+            DropReason::ConfigTooLarge,
+            format!("{members} members, more than a configuration may have ({MAX_MEMBERS})"),
+        ));
+    }
+    if let Some((id, addr)) = conf.addrs.iter().find(|(_, a)| a.len() > MAX_ADDR_LEN) {
+        return Err((
+            DropReason::ConfigTooLarge,
+            format!(
+                "the address of node {id} is {} bytes, more than {MAX_ADDR_LEN}",
+                addr.len()
+            ),
+        ));
+    }
+    if let Some(id) = conf.addrs.keys().find(|id| !conf.contains(**id)) {
+        return Err((
+            DropReason::ConfigStrayAddress,
+            format!("an address for node {id}, which is not a member"),
+        ));
+    }
+    Ok(())
 }
 
 impl Raft {
@@ -395,6 +474,7 @@ impl Raft {
                 if meta.index > MAX_INDEX {
                     return Err(DropReason::IndexOutOfRange);
                 }
+                check_config(&meta.config).map_err(|(reason, _)| reason)?;
                 let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
                 match offset.checked_add(len) {
                     Some(end) if end <= self.cfg.max_snapshot_bytes => Ok(()),
@@ -444,6 +524,9 @@ impl Raft {
                 return Err(DropReason::BadEntryTerm);
             }
             last_term = e.term;
+            if let Payload::Config(conf) = &e.payload {
+                check_config(conf).map_err(|(reason, _)| reason)?;
+            }
             if e.index <= committed && self.log.term(e.index).is_some_and(|t| t != e.term) {
                 return Err(DropReason::CommittedRewrite);
             }
@@ -530,7 +613,6 @@ impl Raft {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::types::Payload;
 
     #[test]
     fn every_reason_has_a_distinct_slot_and_name() {

@@ -87,6 +87,9 @@ impl Raft {
                 "demoting voters {demoted:?} to learners directly is not supported: remove them first"
             )));
         }
+        if let Err((_, why)) = super::inbound::check_config(&target) {
+            return Err(ProposeError::InvalidConfiguration(why));
+        }
         // Addresses of every member of either half stay known while joint.
         let mut addrs = self.conf.addrs.clone();
         addrs.extend(target.addrs);
@@ -110,13 +113,30 @@ impl Raft {
                 addrs,
             }
         } else {
-            Configuration {
+            let mut next = Configuration {
                 voters: target.voters,
                 outgoing: self.conf.voters.clone(),
                 learners: target.learners,
                 addrs,
-            }
+            };
+            // Not the address of a learner this change removes: a
+            // configuration carries addresses of its members only (see
+            // `inbound`).
+            let Configuration {
+                voters,
+                outgoing,
+                learners,
+                addrs,
+            } = &mut next;
+            addrs.retain(|id, _| {
+                voters.contains(id) || outgoing.contains(id) || learners.contains(id)
+            });
+            next
         };
+        // Both halves of a joint configuration count (see `inbound`).
+        if let Err((_, why)) = super::inbound::check_config(&next) {
+            return Err(ProposeError::InvalidConfiguration(why));
+        }
         let index = self.append_entry(Payload::Config(next));
         self.broadcast_append();
         Ok(index)

@@ -53,7 +53,7 @@ mod tests;
 /// `bytes` crate).
 pub use bytes::Bytes;
 pub use config::{Config, ConfigError};
-pub use inbound::{DropCounts, DropReason, MAX_TERM_JUMP};
+pub use inbound::{DropCounts, DropReason, MAX_ADDR_LEN, MAX_MEMBERS, MAX_TERM_JUMP};
 pub use message::{Body, MAX_ENTRIES_PER_APPEND, Message};
 pub use raft::{NotLeader, ProposeError, Raft, Restored, Role, Status};
 pub use ready::{InstalledSnapshot, PersistMarker, ReadState, Ready};

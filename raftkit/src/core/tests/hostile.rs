@@ -5,7 +5,7 @@
 
 use super::harness::*;
 use crate::core::{
-    Body, Configuration, DropReason, MAX_ENTRIES_PER_APPEND, MAX_TERM_JUMP, Raft,
+    Body, Configuration, DropReason, MAX_ENTRIES_PER_APPEND, MAX_MEMBERS, MAX_TERM_JUMP, Raft,
     SnapshotMeta, Term,
 };
 
@@ -406,4 +406,142 @@ fn a_learner_cannot_depose_the_leader_with_a_transfer_vote() {
     assert_sound(&l);
     assert_sound(&f);
     assert_sound(&g);
+}
+
+/// A configuration entry of `voters` voters 1..=voters, with `addrs`.
+fn config_entry(index: u64, term: u64, conf: Configuration) -> crate::core::Entry {
+    crate::core::Entry {
+        index,
+        term,
+        payload: crate::core::Payload::Config(conf),
+    }
+}
+
+/// Found by review, stop 45: nothing bounded a configuration from the
+/// network, so one 16 MiB AppendEntries (or snapshot metadata) could name
+/// some 800,000 members with addresses, and the runtime started a task for
+/// and dialled each address it was given. A configuration of more than
+/// [`MAX_MEMBERS`] members, with an address longer than
+/// [`crate::core::MAX_ADDR_LEN`] bytes or with an address for a node that
+/// is not a member is dropped at admission, in an entry or a snapshot's
+/// metadata, and refused when proposed locally.
+#[test]
+fn a_configuration_of_too_many_members_is_dropped() {
+    let big = Configuration::new(1..=MAX_MEMBERS as u64 + 1);
+    let mut r = node(1, &[1, 2, 3], 2, &[1, 2]);
+    let got = r.step_checked(append(
+        2,
+        1,
+        2,
+        (2, 2),
+        vec![config_entry(3, 2, big.clone())],
+        0,
+    ));
+    assert_eq!(
+        r.log().last_index(),
+        2,
+        "a configuration of {} members was appended ({got:?})",
+        MAX_MEMBERS + 1
+    );
+    assert_eq!(got, Err(DropReason::ConfigTooLarge));
+    let snapshot = |config: Configuration| {
+        msg(
+            2,
+            1,
+            2,
+            Body::InstallSnapshot {
+                meta: SnapshotMeta {
+                    index: 5,
+                    term: 2,
+                    config,
+                },
+                offset: 0,
+                data: vec![1],
+                done: true,
+            },
+        )
+    };
+    assert_eq!(
+        r.step_checked(snapshot(big)),
+        Err(DropReason::ConfigTooLarge)
+    );
+    let mut long = Configuration::new([1, 2, 3]);
+    long.addrs
+        .insert(2, "a".repeat(crate::core::MAX_ADDR_LEN + 1));
+    assert_eq!(
+        r.step_checked(append(
+            2,
+            1,
+            2,
+            (2, 2),
+            vec![config_entry(3, 2, long.clone())],
+            0
+        )),
+        Err(DropReason::ConfigTooLarge)
+    );
+    assert_eq!(
+        r.step_checked(snapshot(long)),
+        Err(DropReason::ConfigTooLarge)
+    );
+    let mut stray = Configuration::new([1, 2, 3]);
+    stray.addrs.insert(9, "elsewhere:1".into());
+    assert_eq!(
+        r.step_checked(append(
+            2,
+            1,
+            2,
+            (2, 2),
+            vec![config_entry(3, 2, stray.clone())],
+            0
+        )),
+        Err(DropReason::ConfigStrayAddress)
+    );
+    assert_eq!(
+        r.step_checked(snapshot(stray)),
+        Err(DropReason::ConfigStrayAddress)
+    );
+    assert_eq!(r.log().last_index(), 2);
+    // At the bounds: taken.
+    let mut at = Configuration::new(1..=MAX_MEMBERS as u64);
+    at.addrs.insert(2, "a".repeat(crate::core::MAX_ADDR_LEN));
+    assert_eq!(
+        r.step_checked(append(
+            2,
+            1,
+            2,
+            (2, 2),
+            vec![config_entry(3, 2, at.clone())],
+            0
+        )),
+        Ok(())
+    );
+    assert_eq!(r.log().last_index(), 3);
+    assert_sound(&r);
+
+    // Proposed locally: refused, nothing appended.
+    let mut l = node(1, &[1, 2, 3], 1, &[1]);
+    let last = make_settled_leader(&mut l);
+    let mut too_many = Configuration::new([1, 2, 3]);
+    too_many.learners.extend(4..=MAX_MEMBERS as u64 + 1);
+    let mut long = Configuration::new([1, 2, 3]);
+    long.addrs
+        .insert(3, "a".repeat(crate::core::MAX_ADDR_LEN + 1));
+    let mut stray = Configuration::new([1, 2, 3]);
+    stray.addrs.insert(9, "elsewhere:1".into());
+    for target in [too_many, long, stray] {
+        match l.propose_config(target) {
+            Err(crate::core::ProposeError::InvalidConfiguration(_)) => {}
+            other => panic!("an oversized configuration proposed: {other:?}"),
+        }
+    }
+    assert_eq!(l.log().last_index(), last);
+    // The joint configuration counts both halves: 3 old voters and
+    // MAX_MEMBERS - 2 new ones make MAX_MEMBERS + 1 members.
+    let joint = Configuration::new(4..=MAX_MEMBERS as u64 + 1);
+    match l.propose_config(joint) {
+        Err(crate::core::ProposeError::InvalidConfiguration(_)) => {}
+        other => panic!("an oversized joint configuration proposed: {other:?}"),
+    }
+    assert_eq!(l.log().last_index(), last);
+    assert_sound(&l);
 }
