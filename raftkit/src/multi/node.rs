@@ -68,6 +68,7 @@ pub struct MultiNodeBuilder<S> {
     advertise: Option<String>,
     dir: Option<PathBuf>,
     identity: Option<Identity>,
+    revocation_lists: Vec<Vec<u8>>,
     tick: Duration,
     snapshot_every: u64,
     fs: SharedFs,
@@ -161,6 +162,21 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         self
     }
 
+    /// Certificate revocation lists (PEM, one or more `X509 CRL` blocks,
+    /// signed by the cluster CA) to refuse certificates by, as etcd's
+    /// `--client-crl-file`; none by default. A peer or client whose
+    /// certificate is listed is refused at the TLS handshake, and so is a
+    /// listed node this node dials. Not stored in the data directory: give
+    /// them at every start. A list that does not parse or is not signed by
+    /// the identity's CA fails [`start`](Self::start) with [`Error::Tls`].
+    /// The same option as
+    /// [`PeerBuilder::revocation_list_pem`](crate::runtime::PeerBuilder::revocation_list_pem),
+    /// which has an example; see [`crate::tls`] (Revocation).
+    pub fn revocation_list_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.revocation_lists.push(pem.into());
+        self
+    }
+
     /// The tick of every group's core (default 50 ms).
     pub fn tick(mut self, tick: Duration) -> Self {
         self.tick = tick;
@@ -208,6 +224,14 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 Error::Tls(format!("{name} has no identity in {}: {e}", tls.display()))
             })?,
         };
+        let identity = self
+            .revocation_lists
+            .iter()
+            .try_fold(identity, |identity, pem| {
+                identity
+                    .with_revocation_list_pem(pem)
+                    .map_err(|e| Error::Tls(format!("the identity of {name}: {e}")))
+            })?;
         let journal = Journal::open(self.fs.clone(), &dir.join("journal"), self.journal)
             .map_err(|e| Error::Storage(e.to_string()))?;
         let listen_addr: SocketAddr = listen
@@ -556,6 +580,7 @@ impl<S: PeerExt> MultiNode<S> {
             advertise: None,
             dir: None,
             identity: None,
+            revocation_lists: Vec::new(),
             tick: Duration::from_millis(50),
             snapshot_every: 10_000,
             fs: crate::storage::vfs::real(),

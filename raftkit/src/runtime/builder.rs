@@ -106,6 +106,7 @@ pub struct PeerBuilder<S> {
     transport: Option<TransportFactory>,
     wrap_transport: Option<TransportWrap>,
     identity: Option<Identity>,
+    revocation_lists: Vec<Vec<u8>>,
     fs: SharedFs,
     wal: WalOptions,
     max_command_bytes: usize,
@@ -179,6 +180,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             transport: None,
             wrap_transport: None,
             identity: None,
+            revocation_lists: Vec::new(),
             fs: crate::storage::vfs::real(),
             wal: WalOptions::default(),
             max_command_bytes: DEFAULT_MAX_COMMAND_BYTES,
@@ -212,6 +214,46 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// only the directory.
     pub fn identity(mut self, identity: Identity) -> Self {
         self.identity = Some(identity);
+        self
+    }
+
+    /// Certificate revocation lists (PEM, one or more `X509 CRL` blocks,
+    /// signed by the cluster CA) to refuse certificates by, as etcd's
+    /// `--client-crl-file`: a peer or client whose certificate is listed is
+    /// refused at the TLS handshake, and so is a listed node this peer
+    /// dials (its `join` included). A certificate no list covers is
+    /// accepted; none by default (nothing revoked). Retire a node by
+    /// removing it and revoking its certificate: a node certificate may
+    /// otherwise add itself back. See [`crate::tls`] (Revocation).
+    ///
+    /// The lists are not stored in the data directory: give them at every
+    /// start. Checked at [`start`](Self::start): a list that does not parse
+    /// or is not signed by the identity's CA fails the start with
+    /// [`Error::Tls`] before anything is written. Called again, the lists
+    /// add up.
+    ///
+    /// ```no_run
+    /// # use raftkit::prelude::*;
+    /// # #[derive(StateMachine, Default, Serialize, Deserialize)]
+    /// # struct Counter { n: u64 }
+    /// # #[raftkit::state_machine]
+    /// # impl Counter {
+    /// #     #[write]
+    /// #     fn add(&mut self, by: u64) -> u64 { self.n += by; self.n }
+    /// # }
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// // crl.pem: `ClusterCa::revocation_list_pem` or `openssl ca -gencrl`.
+    /// let peer = Counter::peer()
+    ///     .listen("10.0.0.1:7001")
+    ///     .data_dir("/var/lib/counter")
+    ///     .revocation_list_pem(std::fs::read("/etc/counter/crl.pem")?)
+    ///     .start()
+    ///     .await?;
+    /// # drop(peer);
+    /// # Ok(()) }
+    /// ```
+    pub fn revocation_list_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.revocation_lists.push(pem.into());
         self
     }
 
@@ -712,11 +754,13 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 return Err(Error::Tls(missing_identity(&meta.name)));
             }
         }
-        // A wrong certificate fails before anything is written.
+        // A wrong certificate, or a bad revocation list, fails before
+        // anything is written.
         if let (None, Some(identity)) = (&self.transport, &self.identity) {
             identity
                 .check_node(&meta.name)
                 .map_err(|e| Error::Transport(format!("the TLS identity of {}: {e}", meta.name)))?;
+            with_revocation_lists(identity.clone(), &self.revocation_lists, &meta.name)?;
         }
         let storage = self
             .storage
@@ -854,6 +898,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                         return Err(Error::Tls(missing_identity(&meta.name)));
                     }
                 };
+                let identity = with_revocation_lists(identity, &self.revocation_lists, &meta.name)?;
                 let listen = resolve(&meta.listen)?;
                 let config_identity = identity.clone();
                 let mut config =
@@ -1109,6 +1154,19 @@ async fn join_cluster<S: StateMachine>(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// `identity` checking the revocation lists `lists` (PEM each) too.
+fn with_revocation_lists(
+    identity: Identity,
+    lists: &[Vec<u8>],
+    name: &str,
+) -> Result<Identity, Error> {
+    lists.iter().try_fold(identity, |identity, pem| {
+        identity
+            .with_revocation_list_pem(pem)
+            .map_err(|e| Error::Tls(format!("the TLS identity of {name}: {e}")))
+    })
 }
 
 /// What a peer started without an identity is told: exactly what to add.

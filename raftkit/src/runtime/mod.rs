@@ -72,6 +72,8 @@ mod node;
 #[doc(hidden)]
 pub mod persist;
 mod reads;
+#[cfg(test)]
+mod revocation_tests;
 mod seq_map;
 #[doc(hidden)]
 pub mod session;
