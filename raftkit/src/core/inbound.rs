@@ -69,8 +69,9 @@
 //! - A configuration, in an entry or in a snapshot's metadata: at most
 //!   [`MAX_MEMBERS`] (1024) members, voters of either half and learners
 //!   counted once ([`DropReason::ConfigTooLarge`]); no address longer than
-//!   [`MAX_ADDR_LEN`] (256) bytes (the same reason); an address only for a
-//!   member ([`DropReason::ConfigStrayAddress`]). The runtime keeps a link
+//!   [`MAX_ADDR_LEN`] (256) bytes and no more than [`MAX_MEMBERS`]
+//!   addresses (the same reason; an address of a node that is not a member
+//!   is allowed, see below). The runtime keeps a link
 //!   to, and dials, every address of the configuration in force, so an
 //!   unbounded one (a 16 MiB frame names some 800,000 members with
 //!   addresses) cost a task and a connection attempt to attacker-chosen
@@ -80,9 +81,10 @@
 //!   long IPv6 literal with a zone. [`Raft::propose_config`] refuses a
 //!   change to such a configuration (`InvalidConfiguration`), so a correct
 //!   leader never sends one. A log or snapshot written by an earlier
-//!   version that proposed a joint configuration keeping the address of a
-//!   learner it removed holds a stray address: a follower of this version
-//!   cannot take that entry (none of the runtime's edits makes one).
+//!   version may hold a joint configuration that kept the address of a
+//!   learner it removed: such a stray address is taken (it is counted, and
+//!   dialled like the others), or a follower of this version could never
+//!   take that entry; this version's joint configurations drop it.
 //! - InstallSnapshot: the snapshot's term at most the message's, its index
 //!   non-zero, and the chunk ending within [`Config::max_snapshot_bytes`]
 //!   (the receive buffer never grows past it). A chunk that leaves a gap
@@ -151,12 +153,9 @@ pub enum DropReason {
     /// of this node's configuration.
     TransferFromNonVoter,
     /// A configuration (an entry or a snapshot's) of more than
-    /// [`MAX_MEMBERS`] members or with an address longer than
-    /// [`MAX_ADDR_LEN`] bytes.
+    /// [`MAX_MEMBERS`] members or addresses, or with an address longer
+    /// than [`MAX_ADDR_LEN`] bytes.
     ConfigTooLarge,
-    /// A configuration (an entry or a snapshot's) with an address for a
-    /// node that is not one of its members.
-    ConfigStrayAddress,
 }
 
 /// The largest log index accepted from a peer (2^62): no log gets near
@@ -179,7 +178,7 @@ pub const MAX_ADDR_LEN: usize = 256;
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Misaddressed,
         DropReason::VoteFromNonMember,
         DropReason::FromStranger,
@@ -201,7 +200,6 @@ impl DropReason {
         DropReason::TermJump,
         DropReason::TransferFromNonVoter,
         DropReason::ConfigTooLarge,
-        DropReason::ConfigStrayAddress,
     ];
 
     /// A stable snake_case name (metrics label values).
@@ -228,7 +226,6 @@ impl DropReason {
             DropReason::TermJump => "term_jump",
             DropReason::TransferFromNonVoter => "transfer_from_non_voter",
             DropReason::ConfigTooLarge => "config_too_large",
-            DropReason::ConfigStrayAddress => "config_stray_address",
         }
     }
 
@@ -276,10 +273,7 @@ impl DropReason {
                 "a leadership-transfer vote request from a node that is not a voter (thesis 3.10)"
             }
             DropReason::ConfigTooLarge => {
-                "a configuration of more than MAX_MEMBERS members or with an address over MAX_ADDR_LEN bytes"
-            }
-            DropReason::ConfigStrayAddress => {
-                "a configuration with an address for a node that is not a member"
+                "a configuration of more than MAX_MEMBERS members or addresses, or with an address over MAX_ADDR_LEN bytes"
             }
         }
     }
@@ -333,8 +327,8 @@ impl DropCounts {
 }
 
 /// Whether `conf` is within the bounds of the module docs: at most
-/// [`MAX_MEMBERS`] members, no address over [`MAX_ADDR_LEN`] bytes, and
-/// addresses for members only. `Err` carries the drop reason and a
+/// [`MAX_MEMBERS`] members and as many addresses, none over
+/// [`MAX_ADDR_LEN`] bytes. `Err` carries the drop reason and a
 /// sentence for a local caller (`Raft::propose_config`).
 pub(super) fn check_config(conf: &Configuration) -> Result<(), (DropReason, String)> {
     // Counted without allocating: the configuration came from the network.
@@ -360,10 +354,17 @@ pub(super) fn check_config(conf: &Configuration) -> Result<(), (DropReason, Stri
             ),
         ));
     }
-    if let Some(id) = conf.addrs.keys().find(|id| !conf.contains(**id)) {
+    // Addresses of nodes that are not members are allowed (a joint
+    // configuration of an earlier version kept the address of a learner
+    // it removed; refusing it would leave a follower unable to take that
+    // entry for ever), but counted: the runtime dials every address.
+    if conf.addrs.len() > MAX_MEMBERS {
         return Err((
-            DropReason::ConfigStrayAddress,
-            format!("an address for node {id}, which is not a member"),
+            DropReason::ConfigTooLarge,
+            format!(
+                "{} addresses, more than a configuration may have ({MAX_MEMBERS})",
+                conf.addrs.len()
+            ),
         ));
     }
     Ok(())
