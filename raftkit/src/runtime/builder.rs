@@ -788,10 +788,18 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         }
         let schemas = match self.schema_book.take() {
             Some(book) => book,
-            None => Arc::new(
-                crate::schema::SchemaBook::new(schema, stored_schema.clone())
-                    .with_oldest(oldest_schema.or(stored_schema)),
-            ),
+            None => {
+                let book = crate::schema::SchemaBook::new(schema, stored_schema.clone())
+                    .with_oldest(oldest_schema.or(stored_schema));
+                // The raise of the oldest schema is recorded in the
+                // directory, whose `schema` file holds this binary's
+                // schema before any write is checked (saved above, or
+                // before the node task starts).
+                Arc::new(match &storage {
+                    StorageChoice::Disk(dir) => book.with_oldest_file(self.fs.clone(), dir.clone()),
+                    _ => book,
+                })
+            }
         };
         let id = node_id(&meta.name);
 

@@ -20,18 +20,46 @@
 //! (a new cluster's nodes run one binary; a node added later is promoted
 //! only if it knows every enabled write, not if it knows less).
 //!
+//! The oldest schema is raised to this node's own once a check of a
+//! write finds every voter it names heard since this start on a schema
+//! that knows every write of this one (same test as for one tag, for
+//! each): each of them recorded a schema at least that new in its data
+//! directory before running on it, and a binary refuses a directory whose
+//! schema has a handler it lacks ([`Schema::check_upgrade_from`],
+//! [`crate::schema`]), so no voter can run an older binary again; a node
+//! added later is promoted only if it knows every enabled write. Else a
+//! node that restarts after an upgrade v1 → v2 → v3 would refuse every
+//! write added since v1 while one voter is down or not linked yet, after
+//! every restart. The raise holds in memory at once and is written to
+//! `schema.floor` on a thread of its own (an fsync does not block the
+//! async caller); a failed write is logged and tried again at a later
+//! check. Only a book given its file ([`SchemaBook::with_oldest_file`],
+//! a single-group peer with a data directory) raises: a multi-group
+//! node's book serves groups with different voters, and one group's voters
+//! say nothing of another's. Limit: a voter's hello can reach this node
+//! before that voter saved its schema file (its transport, and its
+//! learned link back to this leader, start before the last steps of its
+//! start that can fail); a voter whose start fails after that point and
+//! that is then rolled back to the older binary, its directory still that
+//! binary's, would be taken after this node's next start to know writes
+//! it does not.
+//!
 //! Invariant: a write tag that the current voters have enabled stays
 //! enabled across `add_server`. The enabled set only shrinks when a voter
 //! restarts on an older binary (refused by its data directory, see
 //! [`crate::schema`]) or when a learner that lacks a tag is promoted, which
 //! the second gate refuses.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tracing::{info, warn};
 
 use super::{HandlerKind, Mismatch, Schema};
 use crate::core::NodeId;
 use crate::error::Error;
+use crate::storage::vfs::SharedFs;
 
 /// The schemas a node knows (see the [`crate::schema`] docs). Shared by the
 /// transport (which records peers' schemas) and the peer (which checks
@@ -46,8 +74,21 @@ pub struct SchemaBook {
     /// What a voter whose schema this node has not seen is assumed to know
     /// for [`Self::check_enabled`] when hellos carry schemas: the oldest
     /// schema the data directory recorded (file `schema.floor`, see
-    /// [`crate::schema::load_oldest_schema`]), the floor if none.
-    oldest: Arc<Schema>,
+    /// [`crate::schema::load_oldest_schema`]), the floor if none; the
+    /// local schema once raised (see the module docs).
+    oldest: Mutex<Arc<Schema>>,
+    /// Whether `oldest` was raised to the local schema and its file written
+    /// (or the write is under way): the fast check of
+    /// [`Self::check_enabled`], which tries a raise only while it is false.
+    /// Set back to false by a failed write, so a later check retries it.
+    raised: Arc<AtomicBool>,
+    /// Where the raise is recorded (`schema.floor` of the data directory,
+    /// [`crate::schema::raise_oldest_schema`]). None: no raise at all (a
+    /// book of a multi-group node, whose groups have different voters, or
+    /// of a node without a directory).
+    oldest_file: Option<(SharedFs, PathBuf)>,
+    /// The thread writing the raise, if one was started (joined by tests).
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Each peer's schema from its last hello, at most one entry per peer.
     /// A list, not a map: a cluster has a handful of peers, and the
     /// leader looks every voter up on each write ([`Self::check_enabled`]),
@@ -79,7 +120,10 @@ impl SchemaBook {
         let local = Arc::new(local);
         let floor = floor.map(Arc::new).unwrap_or_else(|| local.clone());
         SchemaBook {
-            oldest: floor.clone(),
+            oldest: Mutex::new(floor.clone()),
+            raised: Arc::new(AtomicBool::new(false)),
+            oldest_file: None,
+            writer: Mutex::new(None),
             floor,
             local,
             peers: Mutex::new(Vec::new()),
@@ -92,9 +136,80 @@ impl SchemaBook {
     /// heard from when hellos carry schemas.
     pub fn with_oldest(mut self, oldest: Option<Schema>) -> SchemaBook {
         if let Some(oldest) = oldest {
-            self.oldest = Arc::new(oldest);
+            self.oldest = Mutex::new(Arc::new(oldest));
         }
         self
+    }
+
+    /// Lets [`Self::check_enabled`] raise the oldest schema to the local
+    /// one, recorded in `dir`'s `schema.floor` through `fs`, once every
+    /// voter it checks against was heard on a schema that knows every
+    /// write of the local one (see the module docs). Only for a book whose
+    /// every check names the voters of one configuration (a single-group
+    /// peer), and a directory whose `schema` file holds the local schema
+    /// by the time a write is checked.
+    pub(crate) fn with_oldest_file(mut self, fs: SharedFs, dir: PathBuf) -> SchemaBook {
+        self.oldest_file = Some((fs, dir));
+        self
+    }
+
+    /// Whether `remote` knows every write handler of the local schema (the
+    /// check of [`Self::check_enabled`], for every tag).
+    fn knows_every_local_write(&self, remote: &Schema) -> bool {
+        self.local
+            .handlers
+            .iter()
+            .filter(|h| h.kind == HandlerKind::Write)
+            .all(|h| remote.handler(h.kind, h.tag).is_some())
+    }
+
+    /// Raises the oldest schema to the local one: at once in memory, and
+    /// in `schema.floor` on a thread of its own (an fsync must not block
+    /// the caller, an async task). A failed write is logged and tried
+    /// again at a later check.
+    fn raise_oldest(&self) {
+        let Some((fs, dir)) = &self.oldest_file else {
+            return;
+        };
+        if self.raised.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Ok(mut oldest) = self.oldest.lock() {
+            *oldest = self.local.clone();
+        }
+        let (fs, dir, local) = (fs.clone(), dir.clone(), self.local.clone());
+        let raised = self.raised.clone();
+        let spawned = std::thread::Builder::new()
+            .name("raftkit-schema-floor".into())
+            .spawn(move || {
+                match crate::schema::raise_oldest_schema(&*fs, &dir, &local) {
+                    Ok(()) => info!(dir = %dir.display(), handlers = local.handlers.len(), "every voter knows this binary's writes: the oldest schema recorded is raised to it"),
+                    Err(e) => {
+                        warn!(dir = %dir.display(), error = %e, "raising the oldest schema recorded failed; retried at a later write");
+                        raised.store(false, Ordering::Release);
+                    }
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                if let Ok(mut writer) = self.writer.lock() {
+                    *writer = Some(handle);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "no thread to raise the oldest schema recorded; retried at a later write");
+                self.raised.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Waits for the thread writing a raise, if one was started.
+    #[cfg(test)]
+    fn wait_raise_written(&self) {
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle {
+            handle.join().ok();
+        }
     }
 
     /// Says that peers' hellos carry their schemas to this book (the
@@ -147,8 +262,9 @@ impl SchemaBook {
     /// data directory recorded when hellos carry schemas to this book (a
     /// voter down since before this node's first start on a newer binary
     /// may still run the binary of that schema: tags added since wait for
-    /// its hello), else as the data directory's schema at start (the
-    /// floor). Refuses with [`Error::Unsupported`] (nothing was applied).
+    /// its hello; raised to the local schema once every voter was heard on
+    /// a schema knowing all its writes, see the module docs), else as the
+    /// data directory's schema at start (the floor). Refuses with [`Error::Unsupported`] (nothing was applied).
     pub fn check_enabled(
         &self,
         kind: HandlerKind,
@@ -171,9 +287,24 @@ impl SchemaBook {
         // own last schema, and says nothing of a voter still down on a
         // binary older than it); without, the floor (nothing would ever
         // be heard).
-        let (unheard, unheard_source) = if self.hears_peers.load(Ordering::Relaxed) {
+        let hears_peers = self.hears_peers.load(Ordering::Relaxed);
+        // Whether a raise of the oldest schema is to be tried: once, while
+        // not raised (one atomic load on the hot path once it is).
+        let mut raise =
+            hears_peers && self.oldest_file.is_some() && !self.raised.load(Ordering::Acquire);
+        let oldest = if hears_peers && self.raised.load(Ordering::Acquire) {
+            self.local.clone()
+        } else if hears_peers {
+            self.oldest
+                .lock()
+                .map(|o| o.clone())
+                .unwrap_or_else(|p| p.into_inner().clone())
+        } else {
+            self.floor.clone()
+        };
+        let (unheard, unheard_source) = if hears_peers {
             (
-                &self.oldest,
+                &oldest,
                 "it has not linked to this leader since the leader started, and the oldest schema this node's data directory recorded",
             )
         } else {
@@ -190,8 +321,14 @@ impl SchemaBook {
                 .as_ref()
                 .and_then(|p| p.iter().find(|(id, _)| *id == voter));
             let (known, source) = match seen.map(|(_, schema)| schema) {
-                Some(schema) => (schema.handler(kind, tag).is_some(), "its binary"),
-                None => (unheard.handler(kind, tag).is_some(), unheard_source),
+                Some(schema) => {
+                    raise = raise && self.knows_every_local_write(schema);
+                    (schema.handler(kind, tag).is_some(), "its binary")
+                }
+                None => {
+                    raise = false;
+                    (unheard.handler(kind, tag).is_some(), unheard_source)
+                }
             };
             if !known {
                 return Err(Error::Unsupported(format!(
@@ -200,6 +337,14 @@ impl SchemaBook {
                     kind.as_str()
                 )));
             }
+        }
+        drop(peers);
+        if raise {
+            // Every voter was heard since this start on a schema that knows
+            // every write of this one: none can run an older binary again
+            // (module docs), so neither can a voter down after this node's
+            // next start.
+            self.raise_oldest();
         }
         Ok(())
     }
@@ -472,6 +617,80 @@ mod tests {
         let book =
             SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1]))).with_oldest(Some(schema(&[0])));
         book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
+    }
+
+    /// A data directory upgraded v1 then v2 (its `schema.floor` holds v1),
+    /// and a book of v2 reading it, as a start does.
+    fn upgraded_dir() -> (tempfile::TempDir, SchemaBook) {
+        use crate::schema::{load_oldest_schema, save_schema};
+        use crate::storage::vfs::RealFs;
+        let dir = tempfile::tempdir().unwrap();
+        save_schema(&RealFs, dir.path(), &schema(&[0])).unwrap();
+        save_schema(&RealFs, dir.path(), &schema(&[0, 1])).unwrap();
+        let book = SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1])))
+            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap())
+            .with_oldest_file(crate::storage::vfs::real(), dir.path().to_path_buf());
+        book.hear_peers();
+        (dir, book)
+    }
+
+    /// Once every voter was heard on v2, the oldest schema is raised to v2,
+    /// in memory and in `schema.floor`: after a restart, a voter down or
+    /// not linked yet no longer keeps v2's new write refused.
+    #[test]
+    fn the_oldest_schema_is_raised_once_every_voter_was_heard_on_this_one() {
+        use crate::schema::load_oldest_schema;
+        use crate::storage::vfs::RealFs;
+        let (dir, book) = upgraded_dir();
+        assert!(book.check_enabled(HandlerKind::Write, 1, [2, 3]).is_err());
+        book.accept_peer(2, schema(&[0, 1])).unwrap();
+        book.accept_peer(3, schema(&[0, 1])).unwrap();
+        book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
+        book.wait_raise_written();
+        assert_eq!(
+            load_oldest_schema(&RealFs, dir.path()).unwrap(),
+            Some(schema(&[0, 1])),
+            "the oldest schema recorded was not raised after every voter was heard on v2"
+        );
+        // In memory at once: a voter of a later configuration not heard
+        // from is taken to know v2.
+        book.check_enabled(HandlerKind::Write, 1, [2, 4]).unwrap();
+        // After a restart (a new book from the directory), voter 3 not
+        // heard from yet.
+        let restarted = SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1])))
+            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap());
+        restarted.hear_peers();
+        restarted.accept_peer(2, schema(&[0, 1])).unwrap();
+        restarted
+            .check_enabled(HandlerKind::Write, 1, [2, 3])
+            .unwrap();
+    }
+
+    /// A voter heard on an older schema, or not heard from, keeps the
+    /// oldest schema where it is.
+    #[test]
+    fn a_voter_on_an_older_schema_or_unheard_prevents_the_raise() {
+        use crate::schema::load_oldest_schema;
+        use crate::storage::vfs::RealFs;
+        let (dir, book) = upgraded_dir();
+        book.accept_peer(2, schema(&[0, 1])).unwrap();
+        // Voter 3 unheard.
+        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
+        // Voter 3 heard on v1.
+        book.accept_peer(3, schema(&[0])).unwrap();
+        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
+        assert!(book.check_enabled(HandlerKind::Write, 1, [2, 3]).is_err());
+        book.wait_raise_written();
+        assert_eq!(
+            load_oldest_schema(&RealFs, dir.path()).unwrap(),
+            Some(schema(&[0])),
+            "the oldest schema was raised with a voter on v1 or unheard"
+        );
+        // Still refused for an unheard voter.
+        let e = book
+            .check_enabled(HandlerKind::Write, 1, [2, 4])
+            .unwrap_err();
+        assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
     }
 
     #[test]

@@ -45,8 +45,9 @@
 //!   meets a command it cannot decode. A new handler is therefore enabled
 //!   cluster-wide once every voter runs a binary that knows it. A voter
 //!   not heard from since the leader started is taken to know the oldest
-//!   schema the leader's data directory recorded (file `schema.floor`),
-//!   or, without hellos, the one it held at this start (see
+//!   schema the leader's data directory recorded (file `schema.floor`,
+//!   raised to the leader's own once every voter was heard on a schema
+//!   that knows its writes), or, without hellos, the one it held at this start (see
 //!   [`SchemaBook`]). raftkit's
 //!   own log entries are gated the same way: a schema states the version of
 //!   them its binary applies ([`Schema::runtime_log`]), and the leader
@@ -86,7 +87,7 @@ use serde::{Deserialize, Serialize};
 pub use book::{PromotionRefused, SchemaBook};
 pub use shape::Shape;
 pub use state::{decode_state, encode_state, encode_state_onto};
-pub use store::{load_oldest_schema, load_schema, save_schema};
+pub use store::{load_oldest_schema, load_schema, raise_oldest_schema, save_schema};
 
 /// `#[write]` or `#[read]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -4,9 +4,12 @@
 //! (what [`crate::schema::SchemaBook::check_enabled`] assumes of a voter not
 //! heard from).
 //!
-//! Invariant: `schema.floor` exists before `schema` is ever rewritten, and
-//! is never rewritten itself: [`save_schema`] writes it first, with the
-//! schema the `schema` file held (the new one for a new directory). A
+//! Invariant: `schema.floor` exists before `schema` is ever rewritten:
+//! [`save_schema`] writes it first, with the schema the `schema` file held
+//! (the new one for a new directory), and never rewrites it. It is only
+//! raised, by [`raise_oldest_schema`], to the schema the `schema` file
+//! holds, once every voter was heard on a schema that knows all its
+//! writes (see [`crate::schema::SchemaBook`]). A
 //! directory whose `schema` a raftkit before `schema.floor` rewrote records,
 //! at its first save by this one, the schema of the last binary that ran
 //! on it; a binary before it ignores the file.
@@ -63,6 +66,16 @@ pub fn save_schema(fs: &dyn Vfs, dir: &Path, schema: &Schema) -> Result<(), Erro
         save(fs, &dir.join(FLOOR_FILE), oldest.as_ref().unwrap_or(schema))?;
     }
     save(fs, &dir.join(SCHEMA_FILE), schema)
+}
+
+/// Raises the oldest schema `dir` recorded (file `schema.floor`) to
+/// `schema`, written atomically (temp file, fsync, rename, dir fsync):
+/// for [`crate::schema::SchemaBook`] once every voter was heard on a
+/// schema that knows every write of `schema` (see its docs). The caller
+/// passes the schema the `schema` file holds (this binary's, after its
+/// start saved it), never one newer.
+pub fn raise_oldest_schema(fs: &dyn Vfs, dir: &Path, schema: &Schema) -> Result<(), Error> {
+    save(fs, &dir.join(FLOOR_FILE), schema)
 }
 
 fn save(fs: &dyn Vfs, path: &Path, schema: &Schema) -> Result<(), Error> {
