@@ -286,7 +286,11 @@ async fn a_client_whose_session_expired_reports_unknown_outcomes_and_carries_on(
         other.tick().await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(other.count().await.unwrap(), 2, "the abandoned write applied");
+    assert_eq!(
+        other.count().await.unwrap(),
+        2,
+        "the abandoned write applied"
+    );
     // A new write, never sent under the old session, goes through under a
     // new session, transparently.
     assert_eq!(alice.incr().await.unwrap(), 3);

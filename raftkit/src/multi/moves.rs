@@ -523,7 +523,10 @@ impl<S: PeerExt> MultiNode<S> {
             Err(e) => Err(e),
         };
         if let Err(Error::Rejected(voter)) = &removed {
-            info!(group, to, "replica move refused: its target votes now, it stays");
+            info!(
+                group,
+                to, "replica move refused: its target votes now, it stays"
+            );
             return MoveError::Refused {
                 group,
                 step,
