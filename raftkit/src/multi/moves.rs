@@ -599,7 +599,7 @@ impl<S: PeerExt> MultiNode<S> {
     }
 
     /// One round of the replica-count balancer: plans moves over the groups
-    /// this node leads ([`plan_replicas`]) and carries out the first one.
+    /// this node leads ([`plan_replicas`](super::balance::plan_replicas)) and carries out the first one.
     /// The nodes considered are those the node's groups list plus those
     /// given to [`MultiNode::set_known_nodes`]. Returns the move made.
     pub async fn balance_replicas(&self) -> Result<Option<MoveReport>, MoveError> {

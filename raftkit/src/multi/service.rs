@@ -31,7 +31,7 @@
 //!   replicas there ([`super::placement_sync`], and the mover,
 //!   [`super::moves`]), but only a certificate whose node (its id, derived
 //!   from the certificate's name, [`crate::identity::node_id`]) is a node
-//!   of the deployment as this node knows it ([`is_deployment_node`]): a
+//!   of the deployment as this node knows it (`is_deployment_node`): a
 //!   member, voter or learner, of the configuration in force of group 0 or
 //!   of a group this node hosts, one of the nodes given to
 //!   [`MultiNode::set_known_nodes`], or a replica the placement lists
