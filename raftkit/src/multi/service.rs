@@ -28,23 +28,9 @@
 //!   One exception: a **node** certificate may also read and write the
 //!   placement group 0 (and open and close the session its writes need),
 //!   so that the leader of a data group records the group's committed
-//!   replicas there ([`super::placement_sync`], and the mover,
-//!   [`super::moves`]), but only a certificate whose node (its id, derived
-//!   from the certificate's name, [`crate::identity::node_id`]) is a node
-//!   of the deployment as this node knows it (`is_deployment_node`): a
-//!   member, voter or learner, of the configuration in force of group 0 or
-//!   of a group this node hosts, one of the nodes given to
-//!   [`MultiNode::set_known_nodes`], or a replica the placement lists
-//!   for some group (read from this node's replica of group 0). Any other node certificate of the
-//!   same CA (a spare's, a retired node's) is refused `Unauthorized`: the
-//!   placement routes every sharded client, and `set_replicas` or an early
-//!   `form` from it would misroute them all. Formation itself is proposed
-//!   by the node's own replica of group 0, not through this service.
-//!   Limit: a node in none of these (a node that holds only replicas
-//!   moved to it, whose mover's record failed, asking a group-0 node that
-//!   hosts none of its groups and was not told of it) cannot record its
-//!   groups until the mover's record is retried or an operator lists it
-//!   with `set_known_nodes`.
+//!   replicas there ([`super::placement_sync`]). It grants nothing a node
+//!   could not already do: a node certificate can replicate any group's
+//!   entries over the peer protocol.
 //! - Sessions are per group: each group's session table is replicated by
 //!   that group, so a client opens one session per group it writes to.
 //! - The service holds the node weakly: it never keeps a stopped node
@@ -89,45 +75,6 @@ impl<S: PeerExt> Front<S> {
     fn node(&self) -> Result<MultiNode<S>, WireError> {
         MultiNode::upgrade(&self.node)
             .ok_or_else(|| WireError::Unavailable("the node is stopping".into()))
-    }
-}
-
-impl<S: PeerExt> Front<S> {
-    /// Whether `principal`, a node certificate, may read and write the
-    /// placement through `peer` (this node's replica of group 0): its node
-    /// is a node of the deployment ([`is_deployment_node`]) or a replica
-    /// the placement lists for some group (read through `peer`; an error
-    /// of that read, e.g. `NotLeader` on a follower, is the answer).
-    async fn deployment_node(
-        &self,
-        principal: &Principal,
-        peer: &Peer<PlacementGroup<S>>,
-    ) -> Result<(), WireError> {
-        let node = self.node()?;
-        let id = crate::identity::node_id(&principal.name);
-        if is_deployment_node(&node, id) {
-            return Ok(());
-        }
-        let shards = PlacementClient::new(peer.clone())
-            .shards()
-            .await
-            .map_err(WireError::from)?;
-        let named = |addr: &String| {
-            crate::identity::node_id(&crate::identity::default_name(S::NAME, addr)) == id
-        };
-        if shards.iter().any(|s| s.replicas.iter().any(named)) {
-            return Ok(());
-        }
-        tracing::warn!(
-            principal = %principal,
-            node = id,
-            "refused a node certificate's placement request: not a node of this deployment"
-        );
-        Err(WireError::from(crate::Error::Unauthorized(format!(
-            "{principal} may not read or write the placement group 0: a node certificate may only \
-             if its node is a member of group 0 or of a group this node hosts, a replica the \
-             placement lists, or one of the nodes given to set_known_nodes"
-        ))))
     }
 }
 
@@ -194,8 +141,6 @@ impl<S: PeerExt> client_service::Front for Front<S> {
                 | ClientRequest::CloseSession { .. }
         );
         if placement && keeps_placement && principal.role == crate::tls::CertRole::Node {
-            // Whether this node is one of the deployment's is checked in
-            // `handle` (it may need to read the placement).
             return Ok(());
         }
         crate::runtime::authorization::authorize(S::NAME, principal, request)
@@ -227,12 +172,6 @@ impl<S: PeerExt> client_service::Front for Front<S> {
         }
         match self.target(meta) {
             Ok(Target::Placement(peer)) => {
-                let by_node_exception = principal.role == crate::tls::CertRole::Node
-                    && crate::runtime::authorization::authorize(S::NAME, principal, &request)
-                        .is_err();
-                if by_node_exception && let Err(e) = self.deployment_node(principal, &peer).await {
-                    return ClientResponse::Err(e);
-                }
                 client_service::Front::handle(&peer, principal, request, routed(meta)).await
             }
             Ok(Target::Data(peer)) => {
@@ -262,32 +201,6 @@ impl<S: PeerExt> client_service::Front for Front<S> {
             }
         }
     }
-}
-
-/// Whether node `id` is a node of `node`'s deployment as `node` knows it:
-/// a member (voter or learner) of the configuration in force of group 0
-/// or of any group `node` hosts, or one of the nodes given to
-/// [`MultiNode::set_known_nodes`]. A certificate of the cluster's CA
-/// whose node is none of these (a spare, or a retired node's) is not.
-pub(super) fn is_deployment_node<S: PeerExt>(node: &MultiNode<S>, id: crate::core::NodeId) -> bool {
-    let listed = |st: &crate::runtime::PeerStatus| st.members.iter().any(|m| m.id == id);
-    if node
-        .placement()
-        .is_some_and(|p| listed(&p.watch().borrow()))
-    {
-        return true;
-    }
-    if node
-        .groups()
-        .into_iter()
-        .filter_map(|g| node.group(g))
-        .any(|peer| listed(&peer.watch().borrow()))
-    {
-        return true;
-    }
-    node.known_nodes()
-        .iter()
-        .any(|addr| crate::identity::node_id(&crate::identity::default_name(S::NAME, addr)) == id)
 }
 
 /// The status of every group `node` hosts, the placement group first.
