@@ -439,8 +439,12 @@ impl Raft {
             // Thesis §3.10: only the leader orders a transfer campaign, and
             // only to a target that acknowledged its whole log in its term,
             // so the honest sender is the leader this node follows, at this
-            // node's term.
-            Body::TimeoutNow if m.term != self.term || self.leader != m.from => {
+            // node's term (or no leader known at that term: a target whose
+            // election timer fired is a pre-candidate, which forgets its
+            // leader without a new term, and the transfer must go on).
+            Body::TimeoutNow
+                if m.term != self.term || (self.leader != m.from && self.leader != NO_NODE) =>
+            {
                 return Err(DropReason::TimeoutNowNotFromLeader);
             }
             body if body.is_response() && !known => return Err(DropReason::FromStranger),

@@ -522,7 +522,9 @@ impl<S: PeerExt> MultiNode<S> {
             Ok(_) => peer.remove_learner(to).await,
             Err(e) => Err(e),
         };
-        if let Err(Error::Rejected(voter)) = &removed {
+        if let Err(Error::Rejected(voter)) = &removed
+            && is_voter(&peer.status(), Peer::<S>::member_id(to))
+        {
             info!(
                 group,
                 to, "replica move refused: its target votes now, it stays"

@@ -290,8 +290,15 @@ impl SchemaBook {
         let hears_peers = self.hears_peers.load(Ordering::Relaxed);
         // Whether a raise of the oldest schema is to be tried: once, while
         // not raised (one atomic load on the hot path once it is).
-        let mut raise =
-            hears_peers && self.oldest_file.is_some() && !self.raised.load(Ordering::Acquire);
+        // Not with no voter to hear: before the node task first publishes
+        // its configuration the voters read as none, and a raise then
+        // would take every voter to know this binary unheard (review,
+        // stop 45); a node alone enables every write anyway.
+        let mut voters = voters.into_iter().peekable();
+        let mut raise = hears_peers
+            && self.oldest_file.is_some()
+            && !self.raised.load(Ordering::Acquire)
+            && voters.peek().is_some();
         let oldest = if hears_peers && self.raised.load(Ordering::Acquire) {
             self.local.clone()
         } else if hears_peers {
@@ -689,6 +696,28 @@ mod tests {
         // Still refused for an unheard voter.
         let e = book
             .check_enabled(HandlerKind::Write, 1, [2, 4])
+            .unwrap_err();
+        assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+    }
+
+    /// With no voter given (the node task has not published its
+    /// configuration yet, so the voters read as none), nothing is raised:
+    /// a voter down on v1 would otherwise count as knowing v2 for good
+    /// (review, stop 45).
+    #[test]
+    fn no_voter_to_hear_raises_nothing() {
+        use crate::schema::load_oldest_schema;
+        use crate::storage::vfs::RealFs;
+        let (dir, book) = upgraded_dir();
+        book.check_enabled(HandlerKind::Write, 1, []).unwrap();
+        book.wait_raise_written();
+        assert_eq!(
+            load_oldest_schema(&RealFs, dir.path()).unwrap(),
+            Some(schema(&[0])),
+            "the oldest schema was raised with no voter heard"
+        );
+        let e = book
+            .check_enabled(HandlerKind::Write, 1, [2, 3])
             .unwrap_err();
         assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
     }

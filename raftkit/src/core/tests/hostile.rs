@@ -270,6 +270,15 @@ fn admission_rules_hold_at_their_edges() {
     assert_eq!(r.step_checked(msg(2, 1, 2, Body::TimeoutNow)), Ok(()));
     assert_eq!(r.role(), crate::core::Role::Candidate);
     assert_eq!(r.term(), 3);
+    // A target whose election timer fired is a pre-candidate: it forgot
+    // its leader without a new term, and the leader's TimeoutNow still
+    // starts the transfer campaign (review, stop 45).
+    let mut r = node(1, &[1, 2, 3], 2, &[1, 2]);
+    step(&mut r, heartbeat(2, 1, 2, 0));
+    tick_until_campaign(&mut r);
+    assert_eq!(r.role(), crate::core::Role::PreCandidate);
+    assert_eq!(r.step_checked(msg(2, 1, 2, Body::TimeoutNow)), Ok(()));
+    assert_eq!((r.role(), r.term()), (crate::core::Role::Candidate, 3));
 
     // A node with no configuration yet (being added) follows whoever leads
     // a higher term: it cannot tell members from strangers, so the lease
