@@ -232,6 +232,13 @@ pub struct ServeArgs {
     /// issue this node's certificate automatically) or this node's identity.
     #[arg(long, env = "RAFTKIT_CERTS", value_name = "DIR")]
     pub certs: Option<PathBuf>,
+    /// A certificate revocation list (PEM, signed by the cluster CA, e.g.
+    /// from `openssl ca -gencrl`): peers and clients presenting a
+    /// certificate it lists are refused at the handshake, as etcd's
+    /// `--client-crl-file`. Read at every start (not stored). To retire a
+    /// node: remove it (`kv remove-server`), then revoke its certificate.
+    #[arg(long, value_name = "FILE", conflicts_with = "shards")]
+    pub crl: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (TCP).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,

@@ -55,6 +55,15 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .snapshot_every(args.snapshot_every)
         .snapshot_log_ratio(args.snapshot_log_ratio)
         .batch_scheduling(!args.normal_scheduling);
+    if let Some(path) = &args.crl {
+        let pem = std::fs::read(path).map_err(|e| {
+            Failure::Failed(format!(
+                "cannot read the revocation list {}: {e}",
+                path.display()
+            ))
+        })?;
+        builder = builder.revocation_list_pem(pem);
+    }
     let (data_dir, created) = match (existing, &data) {
         (Some(meta), Some(dir)) => {
             if args.bootstrap || !args.join.is_empty() {

@@ -482,6 +482,50 @@ fn usage_errors_are_one_line() {
     let out = kv(&["certs", "issue", &dir, "ops", "--role", "admin"], &[]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("(admin certificate"), "{out:?}");
+    // A revocation list that cannot be read, or is not one: refused at
+    // start with one line, nothing left behind.
+    let listen = free_udp_addrs(1).remove(0);
+    let node_dir = tmp.path().join("n1");
+    let node_dir_s = node_dir.to_string_lossy().to_string();
+    let serve_with_crl = |crl: &str| {
+        kv(
+            &[
+                "serve",
+                "--listen",
+                &listen,
+                "--data",
+                &node_dir_s,
+                "--certs",
+                &dir,
+                "--bootstrap",
+                "--crl",
+                crl,
+            ],
+            &[],
+        )
+    };
+    let missing = tmp.path().join("no-such.crl").to_string_lossy().to_string();
+    assert_fails(
+        &serve_with_crl(&missing),
+        Some(1),
+        "cannot read the revocation list",
+    );
+    let garbage = tmp.path().join("garbage.crl");
+    std::fs::write(&garbage, "not a revocation list").expect("write");
+    let out = serve_with_crl(&garbage.to_string_lossy());
+    // (The node's certificate is issued from the CA first, and logged.)
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("kv: ")
+            && last.contains("revocation list")
+            && !out.stderr.contains("panicked"),
+        "{out:?}"
+    );
+    assert!(
+        !node_dir.exists(),
+        "a refused start left {node_dir_s} behind"
+    );
     let out = kv(
         &["serve", "--listen", "127.0.0.1:1", "--async-threads", "0"],
         &[],
