@@ -132,6 +132,78 @@ fn compaction_removes_old_segments_and_survives_reopen() {
     assert_eq!(t.wal.segment_paths(), after);
 }
 
+/// A segment's checkpoint records the compaction boundary of when it was
+/// created; once older segments holding more entries than any replay gap
+/// bound were compacted away, replay starts at a segment whose first entry
+/// is far past that boundary (a later compaction record covers the gap).
+#[test]
+fn reopen_after_compacting_away_more_than_a_million_entries() {
+    let mut t = tmp_wal(8 << 20);
+    let total: Index = 2_500_000;
+    let mut next: Index = 1;
+    while next <= total {
+        let batch: Vec<Entry> = (next..(next + 10_000).min(total + 1))
+            .map(|i| Entry {
+                term: 1,
+                index: i,
+                payload: Payload::Noop,
+            })
+            .collect();
+        next += batch.len() as Index;
+        t.append(&batch).unwrap();
+        t.sync().unwrap();
+    }
+    let before = t.wal.segment_paths().len();
+    assert!(before >= 2, "expected several segments, got {before}");
+    let upto = total - 5;
+    t.compact_prefix(upto, 1).unwrap();
+    t.sync().unwrap();
+    let after = t.wal.segment_paths().len();
+    assert!(after < before, "compaction removed no segment ({before})");
+    let path = t.wal.dir().to_path_buf();
+    let TmpWal { wal, opts, _dir } = t;
+    drop(wal);
+    let wal = match Wal::open(&path, opts.clone()) {
+        Ok(wal) => wal,
+        Err(e) => panic!(
+            "a log whose first {upto} entries were compacted away (segments {before} -> {after}) did not reopen: {e}"
+        ),
+    };
+    let t = TmpWal { wal, opts, _dir };
+    assert_eq!(t.first_index(), upto + 1);
+    assert_eq!(t.last_index(), total);
+    assert_eq!(t.entries(upto + 1, total + 1).unwrap().len(), 5);
+}
+
+/// A segment lost without a compaction record covering it (deleted by
+/// hand, say) leaves entries missing before the first replayed one: the
+/// open fails, it does not start the log later.
+#[test]
+fn losing_the_oldest_segment_is_corruption_not_a_shorter_log() {
+    let mut t = tmp_wal(4096);
+    for i in 1..=200 {
+        t.append(&[cmd(i, 1, 100)]).unwrap();
+        t.sync().unwrap();
+    }
+    let paths = t.wal.segment_paths();
+    assert!(paths.len() > 2, "expected several segments, got {}", paths.len());
+    let path = t.wal.dir().to_path_buf();
+    let TmpWal { wal, opts, _dir } = t;
+    drop(wal);
+    std::fs::remove_file(&paths[0]).unwrap();
+    match Wal::open(&path, opts) {
+        Err(StorageError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("entry 1 is missing"), "{reason}")
+        }
+        Ok(w) => panic!(
+            "a log whose oldest segment was lost opened at entries {}..={}",
+            w.first_index(),
+            w.last_index()
+        ),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+    }
+}
+
 #[test]
 fn hard_state_survives_removal_of_the_segment_that_held_it() {
     let mut t = tmp_wal(1024);

@@ -60,9 +60,14 @@ struct Slot {
 /// transiently during replay (a later compaction record must cover it).
 const MISSING: u64 = u64::MAX;
 
-/// At most this many entries missing in a row are held as placeholders
-/// during replay (to be reported as lost below, unless a later truncation
-/// drops them); a record further ahead is corruption at once.
+/// At most this many entries missing in a row after replayed entries are
+/// held as placeholders during replay (to be reported as lost below, unless
+/// a later truncation drops them); a record further ahead is corruption at
+/// once. A gap before any replayed entry is not bounded: it is held as one
+/// range ([`Wal::replay_hole`]), since compaction removes whole segments,
+/// oldest first, and the checkpoint of the first segment left records the
+/// boundary of when it was created, however many entries the removed
+/// segments held past it.
 const MAX_REPLAY_GAP: usize = 1 << 20;
 
 /// The default embedded write-ahead log: a [`LogStore`] over a directory of
@@ -88,6 +93,13 @@ pub struct Wal {
     first: Index,
     boundary_term: Term,
     slots: VecDeque<Slot>,
+    /// During replay only: the first index of entries missing before every
+    /// replayed entry (`replay_hole..first`), which a later compaction
+    /// record must cover. A segment's checkpoint records the compaction
+    /// boundary of when the segment was created; segments removed since
+    /// held the entries between it and this segment's first entry, and the
+    /// compaction record that let them go comes later in the log.
+    replay_hole: Option<Index>,
     hard_state: HardState,
     /// The hard state and boundary as of the last successful sync: what a new
     /// segment's checkpoint frame records.
@@ -166,6 +178,7 @@ impl Wal {
             first: 1,
             boundary_term: 0,
             slots: VecDeque::new(),
+            replay_hole: None,
             hard_state: HardState::default(),
             durable_hard_state: HardState::default(),
             durable_boundary: (0, 0),
@@ -198,6 +211,16 @@ impl Wal {
                 })?;
                 seg.max_entry = max_entry;
                 wal.segments.push_back(seg);
+            }
+            if let Some(missing) = wal.replay_hole.take() {
+                return Err(StorageError::corrupt(
+                    &wal.dir,
+                    0,
+                    format!(
+                        "entry {missing} is missing: a segment holding it was removed or lost (no compaction record covers entries {missing}..{})",
+                        wal.first
+                    ),
+                ));
             }
             if let Some(i) = wal.slots.iter().position(|s| s.frame == MISSING) {
                 return Err(StorageError::corrupt(
@@ -320,6 +343,19 @@ impl Wal {
                             format!("entry {} below the first index {}", e.index, self.first),
                         ));
                     }
+                    if e.index >= crate::core::inbound::MAX_INDEX {
+                        return Err(StorageError::corrupt(
+                            path,
+                            offset,
+                            format!("entry at index {}, past any log", e.index),
+                        ));
+                    }
+                    if self.slots.is_empty() && e.index > self.first {
+                        // Entries missing before every replayed one: one
+                        // range, for a later compaction record to cover.
+                        self.replay_hole.get_or_insert(self.first);
+                        self.first = e.index;
+                    }
                     let pos = (e.index - self.first) as usize;
                     if pos > self.slots.len().saturating_add(MAX_REPLAY_GAP) {
                         // Only a lost segment leaves entries missing (and the
@@ -356,7 +392,7 @@ impl Wal {
                 }
                 Record::HardState(hs) => self.hard_state = hs,
                 Record::Truncate { from } => {
-                    if from < self.first {
+                    if from < self.replay_hole.unwrap_or(self.first) {
                         return Err(StorageError::corrupt(
                             path,
                             offset,
@@ -366,7 +402,17 @@ impl Wal {
                             ),
                         ));
                     }
-                    self.slots.truncate((from - self.first) as usize);
+                    match self.replay_hole {
+                        // Into the missing range: what follows it is gone.
+                        Some(missing) if from < self.first => {
+                            self.slots.clear();
+                            self.first = from;
+                            if from <= missing {
+                                self.replay_hole = None;
+                            }
+                        }
+                        _ => self.slots.truncate((from - self.first) as usize),
+                    }
                 }
                 Record::Compact { upto, term } => {
                     if upto >= crate::core::inbound::MAX_INDEX {
@@ -397,6 +443,17 @@ impl Wal {
     }
 
     fn apply_compact(&mut self, upto: Index, term: Term) {
+        if let Some(missing) = self.replay_hole
+            && upto >= missing
+        {
+            // Covers the missing range, or its front.
+            if upto + 1 >= self.first {
+                self.replay_hole = None;
+            } else {
+                self.replay_hole = Some(upto + 1);
+            }
+            self.boundary_term = term;
+        }
         if upto < self.first {
             return;
         }
