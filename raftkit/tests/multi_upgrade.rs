@@ -305,6 +305,16 @@ async fn a_replica_move_to_a_node_of_an_older_binary_is_refused() {
                 "{said}"
             );
             assert_eq!(e.applied(), raftkit::error::Applied::No);
+            // The target's schema is the cause: a retry fails the same way
+            // until the target is upgraded, and the error says so.
+            assert!(
+                !e.is_retryable(),
+                "a move refused for its target's schema is reported retryable: {said}"
+            );
+            assert!(said.contains("upgrade"), "{said}");
+            let client = raftkit::multi::moves::into_error(e.clone());
+            assert!(!client.is_retryable(), "{client:?}");
+            assert!(client.to_string().contains("upgrade"), "{client}");
         }
         other => panic!(
             "a v2 group with `delete` enabled moved a replica to a v1 node (it would halt at the first delete): {other:?}"

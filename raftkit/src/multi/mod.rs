@@ -109,7 +109,7 @@ pub mod service;
 
 pub use hosting::HostingPolicy;
 pub use journal::{GroupLog, GroupSink, Journal, JournalOptions, JournalStats};
-pub use moves::{MoveError, MoveOptions, MoveReport, MoveStep};
+pub use moves::{MoveError, MoveOptions, MoveReport, MoveStep, RefusalCause};
 pub use node::{MultiNode, MultiNodeBuilder};
 pub use placement::{Placement, ShardKey};
 

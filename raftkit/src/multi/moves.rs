@@ -27,7 +27,12 @@
 //!    than the voters' (the promotion check of `add_server`). A move so
 //!    refused removes the learner it added at step 1 (one that was a
 //!    learner before the move stays) and fails with
-//!    [`MoveError::Refused`]: nothing was changed;
+//!    [`MoveError::Refused`]: nothing was changed. Its
+//!    [`RefusalCause`] says whether calling the move again may succeed:
+//!    not while the target's binary lacks what the voters enabled (its
+//!    schema, as the node's schema book holds it when the refusal is
+//!    undone), until the target is upgraded; yes after a change in flight
+//!    or made meanwhile;
 //! 4. **leave joint** ([`MoveStep::LeaveJoint`]): the core appends `C_new`
 //!    by itself once `C_old,new` commits; wait until `C_new` commits. The
 //!    leaving node's replica then retires (its state is deleted, see
@@ -136,6 +141,31 @@ pub struct MoveReport {
     pub already_done: bool,
 }
 
+/// Why a move's joint change was refused ([`MoveError::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCause {
+    /// The target's binary is older than the voters': its schema lacks a
+    /// write they have enabled, or cannot restore their snapshots. Every
+    /// retry is refused the same way until the target is upgraded (or
+    /// another target chosen).
+    TargetSchema,
+    /// The configuration: another change was in flight, or one made
+    /// meanwhile changed `from` or the target (or the target's schema had
+    /// not reached the leader yet). Calling the move again may succeed.
+    Configuration,
+}
+
+impl std::fmt::Display for RefusalCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RefusalCause::TargetSchema => {
+                "by the target's schema: not retryable until the target is upgraded"
+            }
+            RefusalCause::Configuration => "by the configuration: retryable",
+        })
+    }
+}
+
 /// Why a move failed, and what state it leaves.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoveError {
@@ -164,15 +194,18 @@ pub enum MoveError {
     /// A step's change was refused before anything was appended (the
     /// joint change: the target's binary is older than the voters', or
     /// another change is in flight), and the learner the move added, if
-    /// any, was removed again: the move changed nothing.
+    /// any, was removed again: the move changed nothing. Retryable only
+    /// when `cause` is the configuration.
     #[error(
-        "moving a replica of group {group}: step {step:?} was refused, nothing appended: {source}; {leaves}"
+        "moving a replica of group {group}: step {step:?} was refused {cause}, nothing appended: {source}; {leaves}"
     )]
     Refused {
         /// The group.
         group: GroupId,
         /// The step refused.
         step: MoveStep,
+        /// Why, and whether calling the move again may succeed.
+        cause: RefusalCause,
         /// What the group is left in (as before the move).
         leaves: String,
         /// The refusal.
@@ -215,12 +248,18 @@ impl MoveError {
     }
 
     /// Whether calling the move again (on the group's current leader) may
-    /// succeed (a refused move: once the target is upgraded, or the change
-    /// in flight committed).
+    /// succeed: a move refused by the configuration may (once the change
+    /// in flight committed), one refused by the target's schema may not
+    /// until the target is upgraded ([`RefusalCause`]).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            MoveError::NotLeader { .. } | MoveError::Step { .. } | MoveError::Refused { .. }
+            MoveError::NotLeader { .. }
+                | MoveError::Step { .. }
+                | MoveError::Refused {
+                    cause: RefusalCause::Configuration,
+                    ..
+                }
         )
     }
 }
@@ -502,11 +541,15 @@ impl<S: PeerExt> MultiNode<S> {
         opts: &MoveOptions,
     ) -> MoveError {
         let step = MoveStep::JointChange;
-        tracing::warn!(group, to, reason = %why, learner_added = added, "replica move refused at its joint change");
+        // Judged before the learner goes: the same check the refusal made
+        // (`Peer::replace_voter`), against the node's schema book.
+        let cause = self.refusal_cause(peer, to);
+        tracing::warn!(group, to, reason = %why, %cause, learner_added = added, "replica move refused at its joint change");
         if !added {
             return MoveError::Refused {
                 group,
                 step,
+                cause,
                 leaves: format!(
                     "nothing was changed: {to} stays a learner, as it was before the move (abort_move removes it)"
                 ),
@@ -532,6 +575,7 @@ impl<S: PeerExt> MultiNode<S> {
             return MoveError::Refused {
                 group,
                 step,
+                cause,
                 leaves: format!(
                     "nothing of this move was changed: {to} stays, as another change made it a voter meanwhile ({voter})"
                 ),
@@ -547,6 +591,7 @@ impl<S: PeerExt> MultiNode<S> {
                 MoveError::Refused {
                     group,
                     step,
+                    cause,
                     leaves: format!(
                         "nothing was changed: {to}, the learner this move added, was removed again"
                     ),
@@ -564,6 +609,28 @@ impl<S: PeerExt> MultiNode<S> {
                     source: e,
                 }
             }
+        }
+    }
+
+    /// Why the joint change of a move to `to` was refused: the target's
+    /// schema if promoting it would disable what `peer`'s other voters
+    /// have enabled ([`crate::schema::SchemaBook::check_promotion`], the
+    /// check `Peer::replace_voter` makes), else the configuration.
+    fn refusal_cause(&self, peer: &Peer<S>, to: &str) -> RefusalCause {
+        let me = peer.id();
+        let voters: Vec<NodeId> = peer
+            .status()
+            .members
+            .iter()
+            .filter(|m| m.voter && m.id != me)
+            .map(|m| m.id)
+            .collect();
+        match self
+            .schema_book()
+            .check_promotion(Peer::<S>::member_id(to), &voters)
+        {
+            Err(crate::schema::PromotionRefused::Shrinks(_)) => RefusalCause::TargetSchema,
+            Ok(()) | Err(crate::schema::PromotionRefused::Unheard) => RefusalCause::Configuration,
         }
     }
 
@@ -687,12 +754,19 @@ pub fn summary(r: &MoveReport, from: &str, to: &str) -> String {
 }
 
 /// The client error a failed move answers with: `NotLeader` keeps its hint
-/// (the client follows it); a move refused before any change is `Rejected`
-/// (applied: No); a failed step after a change is `Ambiguous` (applied:
-/// Maybe), its message saying what the group is left in.
+/// (the client follows it); a move refused by the configuration is
+/// `Unavailable` (applied: No, retryable); any other move refused before
+/// any change is `Rejected` (applied: No, not retryable: one refused by its
+/// target's schema says the target must be upgraded first); a failed step
+/// after a change is `Ambiguous` (applied: Maybe), its message saying what
+/// the group is left in.
 pub fn into_error(e: MoveError) -> Error {
     match e {
         MoveError::NotLeader { hint, .. } => Error::NotLeader { hint },
+        e @ MoveError::Refused {
+            cause: RefusalCause::Configuration,
+            ..
+        } => Error::Unavailable(e.to_string()),
         e if e.applied() == Applied::No => Error::Rejected(e.to_string()),
         e => Error::Ambiguous(e.to_string()),
     }

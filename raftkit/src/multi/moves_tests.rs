@@ -225,6 +225,12 @@ async fn undoing_a_refused_move_never_removes_a_target_that_votes_now() {
         matches!(&undone, super::MoveError::Refused { leaves, .. } if leaves.contains("stays")),
         "the refusal says D stays: {undone:?}"
     );
+    // Refused by the configuration, not by D's schema: a retry may succeed
+    // (found by review, stop 46: the client's error said "not retryable").
+    assert!(undone.is_retryable(), "{undone:?}");
+    let client = super::into_error(undone.clone());
+    assert!(client.is_retryable(), "{client:?}");
+    assert_eq!(client.applied(), crate::error::Applied::No, "{client:?}");
     for n in nodes {
         let _ = n.shutdown().await;
     }
