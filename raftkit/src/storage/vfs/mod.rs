@@ -317,7 +317,9 @@ pub(crate) fn sync_dir_and_parent(fs: &dyn Vfs, dir: &Path) -> Result<(), Storag
 }
 
 /// Writes a small file atomically: a temporary file, fsync, rename over
-/// `path`, directory fsync.
+/// `path`, directory fsync. A failure before the rename removes the
+/// temporary file (nothing else would until the next write: the stores
+/// using this delete no leftovers at open).
 pub fn write_atomic(fs: &dyn Vfs, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let dir: PathBuf = path
         .parent()
@@ -325,15 +327,30 @@ pub fn write_atomic(fs: &dyn Vfs, path: &Path, bytes: &[u8]) -> Result<(), Stora
         .unwrap_or_else(|| PathBuf::from("."));
     create_dir_durable(fs, &dir)?;
     let tmp = path.with_extension("tmp");
-    let file = fs
-        .open(&tmp, OpenMode::CreateTruncate)
-        .map_err(|e| StorageError::io("create", &tmp, e))?;
-    file.write_all_at(bytes, 0)
-        .map_err(|e| StorageError::io("write", &tmp, e))?;
-    file.sync_all()
-        .map_err(|e| StorageError::io("fsync", &tmp, e))?;
-    drop(file);
-    fs.rename(&tmp, path)
-        .map_err(|e| StorageError::io("rename", &tmp, e))?;
+    let renamed = write_and_rename(fs, &tmp, path, bytes);
+    if renamed.is_err() {
+        // The error that matters is the first one.
+        let _ = fs.remove_file(&tmp);
+    }
+    renamed?;
     sync_dir(fs, &dir)
+}
+
+/// [`write_atomic`] up to its rename.
+fn write_and_rename(
+    fs: &dyn Vfs,
+    tmp: &Path,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), StorageError> {
+    let file = fs
+        .open(tmp, OpenMode::CreateTruncate)
+        .map_err(|e| StorageError::io("create", tmp, e))?;
+    file.write_all_at(bytes, 0)
+        .map_err(|e| StorageError::io("write", tmp, e))?;
+    file.sync_all()
+        .map_err(|e| StorageError::io("fsync", tmp, e))?;
+    drop(file);
+    fs.rename(tmp, path)
+        .map_err(|e| StorageError::io("rename", tmp, e))
 }

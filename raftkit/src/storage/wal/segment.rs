@@ -124,6 +124,31 @@ impl Segment {
     ) -> Result<Segment, StorageError> {
         let path = dir.join(segment_name(seq));
         let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
+        match Self::write_and_rename(fs, &tmp, &path, seq, first_frame, step) {
+            Ok(seg) => {
+                sync_dir(fs, dir)?;
+                Ok(seg)
+            }
+            Err(e) => {
+                // Never born: leave no temporary file (with preallocation
+                // it holds a step of zeros, often on a disk that just ran
+                // out of room). The error that matters is the first one.
+                let _ = fs.remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Segment::create`] up to the rename of `tmp` to `path`.
+    fn write_and_rename(
+        fs: &dyn Vfs,
+        tmp: &Path,
+        path: &Path,
+        seq: u64,
+        first_frame: &[u8],
+        step: u64,
+    ) -> Result<Segment, StorageError> {
+        let (tmp, path) = (tmp.to_path_buf(), path.to_path_buf());
         let file = fs
             .open(&tmp, OpenMode::CreateTruncate)
             .map_err(|e| StorageError::io("create segment", &tmp, e))?;
@@ -153,7 +178,6 @@ impl Segment {
             .map_err(|e| StorageError::io("fsync segment", &tmp, e))?;
         fs.rename(&tmp, &path)
             .map_err(|e| StorageError::io("rename segment", &tmp, e))?;
-        sync_dir(fs, dir)?;
         Ok(Segment {
             seq,
             path,
