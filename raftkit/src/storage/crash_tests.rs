@@ -505,3 +505,90 @@ fn a_sealed_segment_shorter_than_its_recorded_length_is_corruption() {
         ),
     }
 }
+
+/// The snapshots a save removes (beyond the retention limit, or
+/// superseded at the same index) are gone for good once it returns: a
+/// crash right after it does not bring them back (the module docs of
+/// `storage::snapshot`: "only then are snapshots beyond the retention
+/// limit removed (and the directory fsynced again)"). Found by mutation:
+/// with that directory fsync removed, no test failed (every test that
+/// crashed after a save either saved once or looked only at the latest
+/// snapshot); the store then held more snapshots than it keeps, on disk,
+/// until some later save happened to sync the directory.
+#[test]
+fn the_snapshots_a_save_removes_stay_removed_after_a_crash() {
+    let root = Path::new("/node");
+    let dir = root.join("snaps");
+    let fs = CrashFs::new(root);
+    let snap = |index: Index, term: Term| Snapshot {
+        meta: SnapshotMeta {
+            index,
+            term,
+            ..SnapshotMeta::default()
+        },
+        data: vec![index as u8; 10],
+    };
+    let on_disk = || {
+        let mut names: Vec<String> = fs
+            .list_dir(&dir)
+            .expect("list")
+            .into_iter()
+            .filter(|n| n.ends_with(".snap"))
+            .collect();
+        names.sort();
+        names
+    };
+    let mut store = FileSnapshotStore::open_in(Arc::new(fs.clone()), &dir, 1).expect("open");
+    for (index, term) in [(10, 1), (20, 1), (30, 1), (30, 2)] {
+        store.save(&snap(index, term)).expect("save");
+        let kept = on_disk();
+        drop(store);
+        fs.crash();
+        assert_eq!(
+            on_disk(),
+            kept,
+            "a crash right after the save of ({index}, {term}) brought back what it removed"
+        );
+        store = FileSnapshotStore::open_in(Arc::new(fs.clone()), &dir, 1).expect("reopen");
+        assert_eq!(store.latest().expect("read"), Some(snap(index, term)));
+    }
+    assert_eq!(on_disk().len(), 2, "the latest and one old snapshot");
+}
+
+/// The segments a compaction removes are gone for good once the sync
+/// that removed them returned: a crash right after it does not bring them
+/// back (`Wal::remove_compacted_segments` fsyncs the directory after each
+/// removal). Found by mutation: with that directory fsync removed, no test
+/// failed (a log reopened with the removed segments back replays to the
+/// same entries, so only the files tell).
+#[test]
+fn the_segments_a_compaction_removes_stay_removed_after_a_crash() {
+    let root = Path::new("/node");
+    let dir = root.join("wal");
+    let fs = CrashFs::new(root);
+    let one_per_segment = 1;
+    let mut wal = Wal::open_in(
+        Arc::new(fs.clone()),
+        &dir,
+        WalOptions {
+            segment_size: one_per_segment,
+        },
+    )
+    .expect("open wal");
+    for i in 1..=6 {
+        wal.append(&entries(i, i, 1)).expect("append");
+        wal.sync().expect("sync");
+    }
+    let before = wal.segment_paths().len();
+    wal.compact_prefix(4, 1).expect("compact");
+    wal.sync().expect("sync");
+    let kept = wal.segment_paths();
+    assert!(kept.len() < before, "the compaction removed no segment");
+    let wal = crash_and_reopen(&fs, wal, &dir, one_per_segment);
+    assert_eq!(
+        wal.segment_paths(),
+        kept,
+        "a crash right after the compaction's sync brought back the segments it removed"
+    );
+    assert_eq!((wal.first_index(), wal.last_index()), (5, 6));
+}
