@@ -976,3 +976,37 @@ fn replacing_a_voter_goes_through_the_joint_configuration_and_keeps_the_learners
         assert_eq!(conf, &want, "node {id}");
     }
 }
+
+/// Thesis §6.2 (CheckQuorum) with §4.1: members a leader just added count
+/// as heard from at its next check, so a leader that grows its cluster
+/// does not step down at once because the new members have not answered
+/// yet. Here a single-voter cluster (a fresh deployment) adds two voters
+/// that are slow to answer: the joint configuration's new half needs two
+/// of three, and only the leader itself answered. Exactly one check falls
+/// within the `T` ticks after the change (one every `T` ticks); the
+/// leader survives it. Found by mutation: with a new member's progress
+/// created not recently active, no test failed.
+#[test]
+fn check_quorum_counts_members_just_added_as_heard_from() {
+    let mut r = node(1, &[1], 1, &[1]);
+    make_settled_leader(&mut r);
+    r.propose_config(Configuration::new([1, 2, 3]))
+        .expect("add two voters");
+    flush(&mut r);
+    assert!(r.config().is_joint());
+    for tick in 1..=T {
+        r.tick();
+        flush(&mut r);
+        assert_eq!(
+            r.role(),
+            Role::Leader,
+            "the leader stepped down at tick {tick} after adding members that had no chance to answer yet"
+        );
+    }
+    // They never answer: the next check takes the leadership away.
+    for _ in 0..T {
+        r.tick();
+        flush(&mut r);
+    }
+    assert_eq!(r.role(), Role::Follower);
+}
