@@ -615,3 +615,155 @@ fn chunks_of_the_same_leader_in_a_later_term_start_afresh() {
         }
     );
 }
+
+/// A leader sending a snapshot of 40 bytes in chunks of 4 to node 3 (cut
+/// off while the leader compacted past its log): the cluster, and the
+/// snapshot's metadata, once the transfer is under way and before the
+/// follower installed it.
+fn transfer_under_way() -> (Cluster, SnapshotMeta) {
+    let mut c = Cluster::with(&[1, 2, 3], |c| c.snapshot_chunk_bytes = 4);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..5u8 {
+        c.propose(1, &[i]);
+    }
+    let applied = c.node(1).log().applied();
+    let meta = c
+        .node_mut(1)
+        .compact(applied, vec![7; 40])
+        .expect("compact");
+    c.heal();
+    let mut ticks = 0;
+    while c.node(1).snapshot_sends().is_empty() {
+        assert!(ticks < 10 * T, "no snapshot transfer started");
+        c.deliver_one();
+        c.node_mut(1).tick();
+        ticks += 1;
+    }
+    assert_eq!(c.installed.get(&3).map_or(0, Vec::len), 0);
+    (c, meta)
+}
+
+/// Raft §7 with the leader's bookkeeping (§5.3: `matchIndex`): the
+/// follower's acknowledgement that it installed the snapshot raises what
+/// the leader knows it holds to the snapshot's index at once, not only
+/// after a later AppendEntries answer (which may be lost, or come much
+/// later). Checked right after the leader took that acknowledgement, before
+/// anything else reaches it. Found by mutation: with the acknowledgement's
+/// `maybe_update` removed, no test failed (the probe after it still
+/// resumed after the snapshot).
+#[test]
+fn the_install_acknowledgement_raises_the_followers_match_to_the_snapshot() {
+    let (mut c, meta) = transfer_under_way();
+    let before = c.node(1).catch_up_progress(3).expect("leader").0;
+    assert!(before < meta.index, "3 already held {before}");
+    let mut steps = 0;
+    loop {
+        assert!(
+            steps < 10_000,
+            "the follower never acknowledged the install"
+        );
+        steps += 1;
+        if !c.deliver_one() {
+            c.node_mut(1).tick();
+            continue;
+        }
+        let last = c.delivered.last().expect("delivered");
+        if last.to == 1
+            && matches!(
+                last.body,
+                Body::InstallSnapshotResponse {
+                    done: true,
+                    rejected: false,
+                    ..
+                }
+            )
+        {
+            break;
+        }
+    }
+    assert_eq!(c.installed[&3].len(), 1);
+    let last = c.node(1).log().last_index();
+    assert_eq!(
+        c.node(1).catch_up_progress(3),
+        Some((meta.index, last)),
+        "after the install acknowledgement the leader still thinks 3 holds only up to {before}"
+    );
+}
+
+/// The leader takes only the answers to the transfer in progress: a
+/// follower's answer about another snapshot (an earlier transfer's,
+/// delayed in the network), or any install answer once the transfer is
+/// over, changes nothing and sends nothing; neither does an answer for an
+/// offset already acknowledged. Found by mutation: with the check that an
+/// answer is for the snapshot being sent removed, no test failed (the
+/// leader dropped the transfer in progress, believed the follower held the
+/// other snapshot's index and probed it from past the snapshot being
+/// sent).
+#[test]
+fn stale_install_answers_are_ignored() {
+    let (mut c, meta) = transfer_under_way();
+    let term = c.node(1).term();
+    let answer = |index, next_offset, done| {
+        msg(
+            3,
+            1,
+            term,
+            Body::InstallSnapshotResponse {
+                index,
+                next_offset,
+                done,
+                rejected: false,
+            },
+        )
+    };
+    c.flush_all();
+    let matched = c.node(1).catch_up_progress(3).expect("leader").0;
+    let sends = c.node(1).snapshot_sends();
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].index, meta.index);
+
+    // An earlier snapshot's completed install.
+    let out = step(c.node_mut(1), answer(meta.index - 1, 40, true));
+    assert_eq!(
+        out.all(),
+        Vec::new(),
+        "the leader answered another snapshot's install acknowledgement"
+    );
+    assert_eq!(
+        c.node(1).snapshot_sends(),
+        sends,
+        "another snapshot's install acknowledgement ended the transfer"
+    );
+    assert_eq!(c.node(1).catch_up_progress(3).expect("leader").0, matched);
+    // Another snapshot's chunk answer, further than this transfer went.
+    let out = step(c.node_mut(1), answer(meta.index - 1, 36, false));
+    assert_eq!(
+        out.all(),
+        Vec::new(),
+        "a chunk was sent for another snapshot's answer"
+    );
+    assert_eq!(c.node(1).snapshot_sends(), sends);
+    // An answer for an offset already acknowledged (a duplicate).
+    let out = step(c.node_mut(1), answer(meta.index, sends[0].acked, false));
+    assert_eq!(out.all(), Vec::new(), "a duplicate answer sent a chunk");
+
+    // The transfer completes and 3 catches up; a late duplicate of the
+    // install acknowledgement then changes nothing.
+    let mut ticks = 0;
+    while c.installed[&3].is_empty() || !c.node(1).snapshot_sends().is_empty() {
+        assert!(ticks < 10 * T, "the snapshot never arrived");
+        c.tick(1);
+        ticks += 1;
+    }
+    c.tick(1);
+    let caught_up = c.node(1).catch_up_progress(3).expect("leader");
+    assert_eq!(caught_up.0, caught_up.1, "3 did not catch up");
+    let out = step(c.node_mut(1), answer(meta.index, 40, true));
+    assert_eq!(
+        out.all(),
+        Vec::new(),
+        "the leader answered an install acknowledgement after the transfer was over"
+    );
+    assert_eq!(c.node(1).catch_up_progress(3), Some(caught_up));
+}
