@@ -989,6 +989,46 @@ mod tests {
         }
     }
 
+    /// A vote granted in the term already written is not a commit-only
+    /// change: the write that carries it completes (and releases the vote
+    /// reply) only once the vote is durable, Raft §5.2 / Figure 2
+    /// ("updated on stable storage before responding to RPCs"). Mutation
+    /// round, stop 46: a hold-back that compared only the term went unseen.
+    #[tokio::test]
+    async fn a_new_vote_in_the_written_term_is_synced_not_held_back() {
+        for inline in [false, true] {
+            let ops = Arc::new(Mutex::new(Vec::new()));
+            let log: BoxedLog = Box::new(Recording {
+                inner: MemLogStore::new(),
+                ops: ops.clone(),
+                dirty: false,
+            });
+            let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
+            let p = Persister::start(log, snaps, inline).expect("start");
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let writes = [
+                write(vec![entry(1)], Some(hs(2, 0, 0))),
+                write(Vec::new(), Some(hs(2, 3, 0))), // a vote in term 2
+            ];
+            for (token, w) in (1..).zip(writes) {
+                let outcome = match p.write(w, tx.clone(), token) {
+                    Some(r) => r.map(|()| token),
+                    None => rx.recv().await.expect("a completion"),
+                };
+                assert_eq!(outcome.ok(), Some(token), "inline {inline}");
+            }
+            // Before the shutdown flush: the vote's write has completed.
+            let before_shutdown = ops.lock().expect("ops").clone();
+            use Op::*;
+            assert_eq!(
+                before_shutdown,
+                [A(1), H(0), S, H(0), S],
+                "the vote of term 2 was not synced before its write completed (inline {inline})"
+            );
+            p.shutdown().await.expect("shutdown");
+        }
+    }
+
     fn entry_at(index: Index, term: Term) -> Entry {
         Entry {
             term,
