@@ -266,3 +266,73 @@ fn the_catch_up_burst_outlasts_the_lease_and_every_election_timeout() {
         );
     }
 }
+
+/// Mutant "the lease runs from the acknowledgement, not from the round's
+/// start" (mutation round, stop 46): a follower's election timer restarts
+/// when it hears the heartbeat, which may be as early as the round's start,
+/// so a lease counted from a late acknowledgement outlives the bound of
+/// the module docs by the acknowledgement's delay.
+#[test]
+fn a_late_acknowledgement_does_not_move_the_lease_start() {
+    let (mut r, commit) = leased_leader();
+    let term = r.term();
+    let (round, started) = loop {
+        assert!(r.ticks < u64::from(T) * 2, "no heartbeat");
+        r.tick();
+        if let Some(round) = heartbeat_round(&flush(&mut r)) {
+            break (round, r.ticks);
+        }
+    };
+    // Acknowledged three ticks later, well within the lease.
+    for _ in 0..3 {
+        r.tick();
+        flush(&mut r);
+    }
+    step(&mut r, msg(2, 1, term, Body::HeartbeatResponse { round }));
+    assert_eq!(r.lease_read(), Some(commit));
+    while r.ticks < started + r.lease_ticks() {
+        r.tick();
+        flush(&mut r);
+    }
+    assert_eq!(
+        r.lease_read(),
+        None,
+        "the lease outlived the round's start by more than its length"
+    );
+}
+
+/// Mutant "the lease survives a change of term" (mutation round, stop 46):
+/// a node that stepped down and was elected again within its old lease
+/// served lease reads on the old term's acknowledgements, which say nothing
+/// of the voters since (they voted again, so their election timers give the
+/// new leadership no lease, thesis §6.4.1). A new leadership has no lease
+/// until a round of its own is acknowledged.
+#[test]
+fn a_new_leadership_does_not_inherit_the_old_lease() {
+    let (mut r, _) = leased_leader();
+    ack_next_heartbeat(&mut r, 2);
+    assert!(r.lease_read().is_some());
+    // Node 2 leads a higher term (say after a transfer), then hands
+    // leadership back at once with TimeoutNow: no tick passes.
+    let t2 = r.term() + 1;
+    step(&mut r, heartbeat(2, 1, t2, 0));
+    assert_eq!(r.role(), crate::core::Role::Follower);
+    step(&mut r, msg(2, 1, t2, Body::TimeoutNow));
+    assert_eq!(r.role(), crate::core::Role::Candidate);
+    let t3 = r.term();
+    assert_eq!(t3, t2 + 1);
+    for p in [2, 3] {
+        step(&mut r, vote_resp(p, 1, t3, true, false));
+    }
+    assert_eq!(r.role(), crate::core::Role::Leader);
+    let last = r.log().last_index();
+    step(&mut r, append_ok(2, 1, t3, last));
+    assert_eq!(r.log().committed(), last, "the new no-op committed");
+    assert_eq!(
+        r.lease_read(),
+        None,
+        "a lease from the earlier term's acknowledgements"
+    );
+    ack_next_heartbeat(&mut r, 3);
+    assert_eq!(r.lease_read(), Some(last));
+}
