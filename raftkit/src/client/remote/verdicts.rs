@@ -449,3 +449,62 @@ async fn first_writes_whose_session_cannot_be_opened_end_in_one_timeout_not_appl
     }
     assert_eq!(a.writes(), 0, "a write left the client");
 }
+
+/// Mutant "a `WriteOnce` call whose outcome is unknown releases its
+/// sequence number" (mutation round, stop 46): the handle's next call took
+/// a new sequence number, which the cluster cannot recognise as a
+/// duplicate, so a write the first call got applied was applied twice
+/// (thesis §6.3). A call that timed out after its request reached the
+/// member keeps the number: the retry through the handle re-sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_once_retry_after_an_unknown_outcome_resends_its_sequence_number() {
+    let (a_id, _, client_id) = identities();
+    let mut writes = 0;
+    let a = FakeMember::start(&a_id, move |request| match request {
+        ClientRequest::OpenSession => session_opened(7),
+        ClientRequest::Write { .. } => {
+            writes += 1;
+            match writes {
+                // Taken (it may apply) but never answered: the call times out.
+                1 => Act::Ignore,
+                _ => Act::answer(ClientResponse::Ok(b"done".to_vec())),
+            }
+        }
+        _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
+    });
+    let opts = ClientOptions::default().with_timeout(Duration::from_millis(500));
+    let client = tokio::time::timeout(
+        DEADLINE,
+        Client::connect_with([a.addr().to_string()], client_id, 0, opts),
+    )
+    .await
+    .expect("connects in time")
+    .expect("connects");
+    client.set_leader(Some(a.addr()));
+    let once = client.write_once();
+    let first = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time");
+    assert_eq!(
+        first.as_ref().err().map(Error::applied),
+        Some(Applied::Maybe),
+        "{first:?}"
+    );
+    let again = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time");
+    assert_eq!(again, Ok(b"done".to_vec()));
+    let seqs: Vec<u64> = a
+        .received()
+        .iter()
+        .filter_map(|r| match r {
+            ClientRequest::Write { session, .. } => Some(session.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs.len(), 2, "{seqs:?}");
+    assert_eq!(
+        seqs[0], seqs[1],
+        "the retry through the handle took a new sequence number"
+    );
+}
