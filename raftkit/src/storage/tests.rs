@@ -186,7 +186,11 @@ fn losing_the_oldest_segment_is_corruption_not_a_shorter_log() {
         t.sync().unwrap();
     }
     let paths = t.wal.segment_paths();
-    assert!(paths.len() > 2, "expected several segments, got {}", paths.len());
+    assert!(
+        paths.len() > 2,
+        "expected several segments, got {}",
+        paths.len()
+    );
     let path = t.wal.dir().to_path_buf();
     let TmpWal { wal, opts, _dir } = t;
     drop(wal);
