@@ -380,15 +380,6 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             node.shutdown().await.ok();
             return Err(e);
         }
-        // Recorded: the oldest schema may be raised once every voter of
-        // every group this node hosts was heard on this binary's writes
-        // (`SchemaBook::raise_across_groups`).
-        let weak = Arc::downgrade(&node.inner);
-        node.inner.schemas.raise_across_groups(
-            node.inner.fs.clone(),
-            node.inner.dir.clone(),
-            Box::new(move || weak.upgrade()?.voters_of_every_group()),
-        );
         let demux = tokio::spawn(demultiplex(
             node.inner.links.clone(),
             group_rx,
@@ -531,38 +522,6 @@ impl<S> Inner<S> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-}
-
-impl<S: PeerExt> Inner<S> {
-    /// The voters other than this node of every group it hosts, the
-    /// placement group 0 included, each once; `None` while one of them has
-    /// not published a configuration (it shows no voter). What the node's
-    /// [`SchemaBook`] must have heard on this binary's writes before it
-    /// raises the oldest schema ([`SchemaBook::raise_across_groups`]).
-    fn voters_of_every_group(&self) -> Option<Vec<crate::core::NodeId>> {
-        // Copied out first: no group's status is read under the locks.
-        let mut watches: Vec<_> = self
-            .groups()
-            .values()
-            .map(|h| (h.peer.id(), h.peer.watch()))
-            .collect();
-        if let Some(p) = self.placement().as_ref() {
-            watches.push((p.id(), p.watch()));
-        }
-        let mut ids = Vec::new();
-        for (me, status) in watches {
-            let status = status.borrow();
-            if !status.members.iter().any(|m| m.voter) {
-                return None;
-            }
-            for m in status.members.iter().filter(|m| m.voter && m.id != me) {
-                if !ids.contains(&m.id) {
-                    ids.push(m.id);
-                }
-            }
-        }
-        Some(ids)
     }
 }
 

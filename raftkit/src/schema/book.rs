@@ -33,17 +33,10 @@
 //! every restart. The raise holds in memory at once and is written to
 //! `schema.floor` on a thread of its own (an fsync does not block the
 //! async caller); a failed write is logged and tried again at a later
-//! check. Only a book given its file raises: a single-group peer with a
-//! data directory ([`SchemaBook::with_oldest_file`]), or a multi-group
-//! node once its start recorded its schema
-//! ([`SchemaBook::raise_across_groups`]). A multi-group node's book serves
-//! groups with different voters, and one group's voters say nothing of
-//! another's: it raises only once, besides the voters of the check, every
-//! voter of every group the node hosts (the placement group 0 included)
-//! was heard so (found by review, stop 46: such a book never raised, so
-//! a node that restarted and led while a voter was down refused every
-//! write added since its directory's first binary, however long every
-//! node had run the new one). Limit: a voter's hello can reach this node
+//! check. Only a book given its file ([`SchemaBook::with_oldest_file`],
+//! a single-group peer with a data directory) raises: a multi-group
+//! node's book serves groups with different voters, and one group's voters
+//! say nothing of another's. Limit: a voter's hello can reach this node
 //! before that voter saved its schema file (its transport, and its
 //! learned link back to this leader, start before the last steps of its
 //! start that can fail); a voter whose start fails after that point and
@@ -58,9 +51,8 @@
 //! the second gate refuses.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
@@ -91,21 +83,10 @@ pub struct SchemaBook {
     /// Set back to false by a failed write, so a later check retries it.
     raised: Arc<AtomicBool>,
     /// Where the raise is recorded (`schema.floor` of the data directory,
-    /// [`crate::schema::raise_oldest_schema`]). Unset: no raise at all (a
-    /// node without a directory, or a multi-group node whose start has
-    /// not recorded its schema yet).
-    oldest_file: OnceLock<(SharedFs, PathBuf)>,
-    /// A multi-group node's voters of every group it hosts
-    /// ([`Self::raise_across_groups`]): a raise also waits for each of them
-    /// to be heard on a schema knowing every local write. Set before
-    /// `oldest_file`, so a check that sees the file sees this too.
-    every_voter: OnceLock<EveryVoter>,
-    /// When [`Self::every_voter`] may be asked next, in milliseconds since
-    /// `created`: at most every [`EVERY_VOTER_EVERY`], as it visits every
-    /// group the node hosts, while writes are checked many times a second.
-    every_voter_next: AtomicU64,
-    /// When the book was made (the origin of `every_voter_next`).
-    created: Instant,
+    /// [`crate::schema::raise_oldest_schema`]). None: no raise at all (a
+    /// book of a multi-group node, whose groups have different voters, or
+    /// of a node without a directory).
+    oldest_file: Option<(SharedFs, PathBuf)>,
     /// The thread writing the raise, if one was started (joined by tests).
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Each peer's schema from its last hello, at most one entry per peer.
@@ -119,25 +100,6 @@ pub struct SchemaBook {
     /// assuming the floor.
     hears_peers: AtomicBool,
 }
-
-/// The voters other than this node of every group a multi-group node
-/// hosts, the placement group 0 included (see
-/// [`SchemaBook::raise_across_groups`]); `None` while some group has not
-/// published its configuration yet.
-pub(crate) type VotersOfEveryGroup = Box<dyn Fn() -> Option<Vec<NodeId>> + Send + Sync>;
-
-/// [`VotersOfEveryGroup`], for a book that derives `Debug`.
-struct EveryVoter(VotersOfEveryGroup);
-
-impl std::fmt::Debug for EveryVoter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EveryVoter")
-    }
-}
-
-/// How often a multi-group node's book asks for the voters of every group
-/// it hosts while it has not raised the oldest schema.
-const EVERY_VOTER_EVERY: Duration = Duration::from_millis(100);
 
 /// Why [`SchemaBook::check_promotion`] does not allow a promotion (yet).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,10 +122,7 @@ impl SchemaBook {
         SchemaBook {
             oldest: Mutex::new(floor.clone()),
             raised: Arc::new(AtomicBool::new(false)),
-            oldest_file: OnceLock::new(),
-            every_voter: OnceLock::new(),
-            every_voter_next: AtomicU64::new(0),
-            created: Instant::now(),
+            oldest_file: None,
             writer: Mutex::new(None),
             floor,
             local,
@@ -189,72 +148,9 @@ impl SchemaBook {
     /// every check names the voters of one configuration (a single-group
     /// peer), and a directory whose `schema` file holds the local schema
     /// by the time a write is checked.
-    pub(crate) fn with_oldest_file(self, fs: SharedFs, dir: PathBuf) -> SchemaBook {
-        self.oldest_file.set((fs, dir)).ok();
+    pub(crate) fn with_oldest_file(mut self, fs: SharedFs, dir: PathBuf) -> SchemaBook {
+        self.oldest_file = Some((fs, dir));
         self
-    }
-
-    /// Lets [`Self::check_enabled`] of a multi-group node's book raise the
-    /// oldest schema to the local one, recorded in `dir`'s `schema.floor`
-    /// through `fs`, once every voter of the check and every voter
-    /// `voters` gives (of every group the node hosts, the placement group
-    /// included; none while one has not published its configuration) was
-    /// heard since this start on a schema that knows every write of the
-    /// local one, and `voters` gives at least one (see the module docs).
-    /// Called once the node's start recorded the local schema in `dir`; a
-    /// second call changes nothing.
-    pub(crate) fn raise_across_groups(
-        &self,
-        fs: SharedFs,
-        dir: PathBuf,
-        voters: VotersOfEveryGroup,
-    ) {
-        // The voters first: a check that sees the file sees them too.
-        if self.every_voter.set(EveryVoter(voters)).is_ok() {
-            self.oldest_file.set((fs, dir)).ok();
-        }
-    }
-
-    /// Whether every voter of every group a multi-group node hosts was
-    /// heard since this start on a schema that knows every local write
-    /// (true for a single-group book, whose check names all its voters).
-    /// Asked at most every [`EVERY_VOTER_EVERY`]: false in between.
-    fn every_group_heard_on_local_writes(&self) -> bool {
-        let Some(EveryVoter(voters)) = self.every_voter.get() else {
-            return true;
-        };
-        let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let next = self.every_voter_next.load(Ordering::Relaxed);
-        if now < next
-            || self
-                .every_voter_next
-                .compare_exchange(
-                    next,
-                    now.saturating_add(EVERY_VOTER_EVERY.as_millis() as u64),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
-            return false;
-        }
-        // None: a group has not published its configuration. No voter at
-        // all: nothing heard (review, stop 45).
-        let Some(ids) = voters() else {
-            return false;
-        };
-        if ids.is_empty() {
-            return false;
-        }
-        let Ok(peers) = self.peers.lock() else {
-            return false;
-        };
-        ids.iter().all(|id| {
-            peers
-                .iter()
-                .find(|(peer, _)| peer == id)
-                .is_some_and(|(_, schema)| self.knows_every_local_write(schema))
-        })
     }
 
     /// Whether `remote` knows every write handler of the local schema (the
@@ -272,7 +168,7 @@ impl SchemaBook {
     /// the caller, an async task). A failed write is logged and tried
     /// again at a later check.
     fn raise_oldest(&self) {
-        let Some((fs, dir)) = self.oldest_file.get() else {
+        let Some((fs, dir)) = &self.oldest_file else {
             return;
         };
         if self.raised.swap(true, Ordering::AcqRel) {
@@ -400,7 +296,7 @@ impl SchemaBook {
         // stop 45); a node alone enables every write anyway.
         let mut voters = voters.into_iter().peekable();
         let mut raise = hears_peers
-            && self.oldest_file.get().is_some()
+            && self.oldest_file.is_some()
             && !self.raised.load(Ordering::Acquire)
             && voters.peek().is_some();
         let oldest = if hears_peers && self.raised.load(Ordering::Acquire) {
@@ -450,7 +346,7 @@ impl SchemaBook {
             }
         }
         drop(peers);
-        if raise && self.every_group_heard_on_local_writes() {
+        if raise {
             // Every voter was heard since this start on a schema that knows
             // every write of this one: none can run an older binary again
             // (module docs), so neither can a voter down after this node's
@@ -824,72 +720,6 @@ mod tests {
             .check_enabled(HandlerKind::Write, 1, [2, 3])
             .unwrap_err();
         assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
-    }
-
-    /// A multi-group node's book raises only once every voter of every
-    /// group it hosts was heard on a schema knowing this one's writes, not
-    /// when the voters of one group's check were (found by review, stop
-    /// 46: such a book never raised).
-    #[test]
-    fn a_multi_group_book_raises_once_every_hosted_group_was_heard() {
-        use crate::schema::{load_oldest_schema, save_schema};
-        use crate::storage::vfs::RealFs;
-        let dir = tempfile::tempdir().unwrap();
-        save_schema(&RealFs, dir.path(), &schema(&[0])).unwrap();
-        save_schema(&RealFs, dir.path(), &schema(&[0, 1])).unwrap();
-        let book = SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1])))
-            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap());
-        book.hear_peers();
-        // Group 1: voters 2 and 3; group 2: voters 2 and 4 (4 unheard).
-        book.raise_across_groups(
-            crate::storage::vfs::real(),
-            dir.path().to_path_buf(),
-            Box::new(|| Some(vec![2, 3, 4])),
-        );
-        book.accept_peer(2, schema(&[0, 1])).unwrap();
-        book.accept_peer(3, schema(&[0, 1])).unwrap();
-        // Group 1's check passes, but voter 4 of group 2 was not heard.
-        book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
-        book.wait_raise_written();
-        assert_eq!(
-            load_oldest_schema(&RealFs, dir.path()).unwrap(),
-            Some(schema(&[0])),
-            "raised on one group's voters while another group's voter was unheard"
-        );
-        assert!(book.check_enabled(HandlerKind::Write, 1, [2, 4]).is_err());
-        book.accept_peer(4, schema(&[0, 1])).unwrap();
-        // Asked at most every EVERY_VOTER_EVERY: checks until raised.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !book.raised.load(Ordering::Acquire) {
-            assert!(Instant::now() < deadline, "never raised");
-            book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        book.wait_raise_written();
-        assert_eq!(
-            load_oldest_schema(&RealFs, dir.path()).unwrap(),
-            Some(schema(&[0, 1])),
-            "not raised once every voter of every group was heard on v2"
-        );
-        // A node hosting no group with another voter raises nothing.
-        let (dir, book) = upgraded_dir();
-        let book = SchemaBook {
-            oldest_file: OnceLock::new(),
-            ..book
-        };
-        book.raise_across_groups(
-            crate::storage::vfs::real(),
-            dir.path().to_path_buf(),
-            Box::new(|| Some(Vec::new())),
-        );
-        book.accept_peer(2, schema(&[0, 1])).unwrap();
-        book.check_enabled(HandlerKind::Write, 1, [2]).unwrap();
-        book.wait_raise_written();
-        assert_eq!(
-            load_oldest_schema(&RealFs, dir.path()).unwrap(),
-            Some(schema(&[0])),
-            "raised with no voter of any group given"
-        );
     }
 
     #[test]
