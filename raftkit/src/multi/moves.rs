@@ -754,19 +754,17 @@ pub fn summary(r: &MoveReport, from: &str, to: &str) -> String {
 }
 
 /// The client error a failed move answers with: `NotLeader` keeps its hint
-/// (the client follows it); a move refused by the configuration is
-/// `Unavailable` (applied: No, retryable); any other move refused before
-/// any change is `Rejected` (applied: No, not retryable: one refused by its
-/// target's schema says the target must be upgraded first); a failed step
-/// after a change is `Ambiguous` (applied: Maybe), its message saying what
-/// the group is left in.
+/// (the client follows it); a move refused before any change is `Rejected`
+/// (applied: No), its message saying whether a later call may succeed (one
+/// refused by the configuration: retryable; by its target's schema: once
+/// the target is upgraded); a failed step after a change is `Ambiguous`
+/// (applied: Maybe), its message saying what the group is left in. A
+/// refusal is not a retryable client error: the sharded client tries the
+/// next replica on those, which sends it back to the leader, and every
+/// retry adds and removes the target's learner again (review, stop 46).
 pub fn into_error(e: MoveError) -> Error {
     match e {
         MoveError::NotLeader { hint, .. } => Error::NotLeader { hint },
-        e @ MoveError::Refused {
-            cause: RefusalCause::Configuration,
-            ..
-        } => Error::Unavailable(e.to_string()),
         e if e.applied() == Applied::No => Error::Rejected(e.to_string()),
         e => Error::Ambiguous(e.to_string()),
     }

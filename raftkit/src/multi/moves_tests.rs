@@ -225,11 +225,17 @@ async fn undoing_a_refused_move_never_removes_a_target_that_votes_now() {
         matches!(&undone, super::MoveError::Refused { leaves, .. } if leaves.contains("stays")),
         "the refusal says D stays: {undone:?}"
     );
-    // Refused by the configuration, not by D's schema: a retry may succeed
-    // (found by review, stop 46: the client's error said "not retryable").
+    // Refused by the configuration, not by D's schema: a later call may
+    // succeed, and the client's error says so; it is not a retryable
+    // client error, which the sharded client would re-run at once through
+    // the next replica (review, stop 46).
     assert!(undone.is_retryable(), "{undone:?}");
     let client = super::into_error(undone.clone());
-    assert!(client.is_retryable(), "{client:?}");
+    assert!(
+        matches!(&client, crate::Error::Rejected(m) if m.contains("retryable")),
+        "{client:?}"
+    );
+    assert!(!client.is_retryable(), "{client:?}");
     assert_eq!(client.applied(), crate::error::Applied::No, "{client:?}");
     for n in nodes {
         let _ = n.shutdown().await;

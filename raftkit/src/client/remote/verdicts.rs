@@ -472,7 +472,10 @@ async fn a_write_once_retry_after_an_unknown_outcome_resends_its_sequence_number
         }
         _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
     });
-    let opts = ClientOptions::default().with_timeout(Duration::from_millis(500));
+    // Long enough for the session to open and the write to leave within
+    // it on a loaded machine (the write is never answered: the call lasts
+    // the whole timeout; one that had not sent it would end "not applied").
+    let opts = ClientOptions::default().with_timeout(Duration::from_secs(2));
     let client = tokio::time::timeout(
         DEADLINE,
         Client::connect_with([a.addr().to_string()], client_id, 0, opts),
