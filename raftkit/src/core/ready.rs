@@ -19,6 +19,8 @@
 //! [`Raft::has_ready`]: super::Raft::has_ready
 //! [`Raft::on_persisted`]: super::Raft::on_persisted
 
+use std::sync::Arc;
+
 use super::message::Message;
 use super::types::{Entry, HardState, Index, NodeId, SnapshotMeta, Term};
 
@@ -59,8 +61,10 @@ impl Ready {
 pub struct InstalledSnapshot {
     /// What it covers.
     pub meta: SnapshotMeta,
-    /// The state machine's serialized state.
-    pub data: Vec<u8>,
+    /// The state machine's serialized state: the very buffer the core
+    /// keeps as its local snapshot (to send on, should this node lead), so
+    /// a snapshot of gigabytes is held once, not copied.
+    pub data: Arc<Vec<u8>>,
 }
 
 /// Identifies what a Ready asked to persist, for

@@ -269,6 +269,12 @@ impl Raft {
         Ok((meta, Released { entries, snapshot }))
     }
 
+    /// The local snapshot's data, as kept for sending (tests only).
+    #[cfg(test)]
+    pub(crate) fn local_snapshot_data(&self) -> Option<&Arc<Vec<u8>>> {
+        self.snapshots.local.as_ref()
+    }
+
     /// Leader: the snapshot transfers in progress, one per follower
     /// receiving a snapshot (for progress logs and metrics).
     pub fn snapshot_sends(&self) -> Vec<SnapshotSend> {
@@ -459,7 +465,11 @@ impl Raft {
             return;
         };
         self.log.install_snapshot(meta.clone());
-        self.snapshots.local = Some(Arc::new(data.clone()));
+        // One buffer for both: the local snapshot to send on and the one
+        // handed out to install (a copy would double the memory of a large
+        // snapshot, and cost its copy on the node's task).
+        let data = Arc::new(data);
+        self.snapshots.local = Some(Arc::clone(&data));
         self.snapshots.received = Some(InstalledSnapshot { meta, data });
         self.on_config_changed();
         self.send(m.from, reply(held, true, false));

@@ -206,8 +206,8 @@ pub enum ApplyMsg {
     Restore {
         /// The snapshot's last index.
         index: Index,
-        /// The serialized state.
-        data: Vec<u8>,
+        /// The serialized state (shared with the core's local snapshot).
+        data: std::sync::Arc<Vec<u8>>,
     },
     /// Serialize the state; the answer goes back to the node task.
     TakeSnapshot {

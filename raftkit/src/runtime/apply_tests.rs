@@ -367,7 +367,7 @@ fn sessions_travel_with_the_snapshot_so_a_retry_after_an_install_is_not_applied_
         let b = Thread::start();
         b.send(ApplyMsg::Restore {
             index: taken.index,
-            data: taken.body.encode().expect("serializes"),
+            data: std::sync::Arc::new(taken.body.encode().expect("serializes")),
         });
         let retry = b.register(3, 1);
         b.send(ApplyMsg::entries(vec![entry(3, 1, write)]));
@@ -416,7 +416,10 @@ fn a_state_serialized_here_goes_into_the_room_it_is_given() {
         let plain = a.snapshot().await.body.encode().expect("serialized");
         assert!(data == plain);
         let b = Thread::start();
-        b.send(ApplyMsg::Restore { index: 2, data });
+        b.send(ApplyMsg::Restore {
+            index: 2,
+            data: std::sync::Arc::new(data),
+        });
         assert_eq!(b.value().await, 42);
     });
 }
@@ -449,7 +452,10 @@ fn a_copied_state_is_snapshotted_as_of_its_index_while_later_entries_apply() {
         // index 2, so a retry of the session's write is answered from the
         // table and not applied again.
         let b = Thread::start_with(CopiedTally::default());
-        b.send(ApplyMsg::Restore { index: 2, data });
+        b.send(ApplyMsg::Restore {
+            index: 2,
+            data: std::sync::Arc::new(data),
+        });
         assert_eq!(b.value().await, 7, "the snapshot holds a later entry");
         let retry = b.register(3, 1);
         b.send(ApplyMsg::entries(vec![entry(3, 1, write)]));
@@ -561,7 +567,7 @@ fn a_snapshot_install_moves_the_watch_journal_past_it_so_no_watcher_skips_its_wr
         // then applies entry 4.
         b.send(ApplyMsg::Restore {
             index: taken.index,
-            data: taken.body.encode().expect("serializes"),
+            data: std::sync::Arc::new(taken.body.encode().expect("serializes")),
         });
         b.send(ApplyMsg::entries(vec![add(4, 8)]));
         assert_eq!(b.value().await, 15);
@@ -873,7 +879,10 @@ fn a_snapshot_install_answers_covered_proposals_ambiguous_and_serves_the_reads_i
             query: encode("query", &TallyRead::Get).expect("encodes"),
             reply: Reply::new(tx, None),
         });
-        b.send(ApplyMsg::Restore { index: 2, data });
+        b.send(ApplyMsg::Restore {
+            index: 2,
+            data: std::sync::Arc::new(data),
+        });
         // Answered inside the install, as the read must be: when this
         // resolves, the install has run to its end.
         let r = covered.await.expect("answered");

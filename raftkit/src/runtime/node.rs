@@ -918,16 +918,21 @@ impl NodeTask {
                     "F.persist_q"
                 });
             }
-            let snapshot = rd.snapshot.map(|s| Snapshot {
-                meta: s.meta,
-                data: s.data,
-            });
-            if let Some(s) = &snapshot {
+            // The state machine restores from the core's buffer (shared);
+            // the store is given its own copy (the one copy left: the core
+            // keeps its buffer to send on).
+            let snapshot = rd.snapshot.map(|s| {
                 self.flush_registers(st);
                 let _ = self.apply_tx.send(ApplyMsg::Restore {
                     index: s.meta.index,
-                    data: s.data.clone(),
+                    data: Arc::clone(&s.data),
                 });
+                Snapshot {
+                    meta: s.meta,
+                    data: Arc::unwrap_or_clone(s.data),
+                }
+            });
+            if snapshot.is_some() {
                 st.handed.clear();
                 st.handed_bytes = 0;
             }

@@ -637,7 +637,10 @@ impl World {
                 let mut parts = Vec::new();
                 if let Some(snap) = rd.snapshot {
                     let (index, term) = (snap.meta.index, snap.meta.term);
-                    parts.push(Part::SaveSnapshot(snap.meta, snap.data));
+                    parts.push(Part::SaveSnapshot(
+                        snap.meta,
+                        std::sync::Arc::unwrap_or_clone(snap.data),
+                    ));
                     parts.push(Part::CompactLog { index, term });
                 }
                 if !rd.entries.is_empty() {

@@ -69,10 +69,32 @@ fn follower_installs_only_a_complete_snapshot() {
         "the installed snapshot is acknowledged only once durable"
     );
     assert_eq!(out.snapshots.len(), 1);
-    assert_eq!(out.snapshots[0].data, b"abcdefghij");
+    assert_eq!(out.snapshots[0].data.as_slice(), b"abcdefghij");
     assert_eq!(out.snapshots[0].meta.index, 10);
     assert_eq!(r.log().snapshot().index, 10);
     assert_eq!((r.log().last_index(), r.log().committed()), (10, 10));
+}
+
+/// A snapshot received in full is held once: the data handed out in the
+/// Ready to install is the buffer the follower keeps as its local snapshot
+/// (to send on, should it lead), not a copy of it. Found by review (stop
+/// 46): the last chunk copied the whole snapshot, so a follower installing
+/// a snapshot of gigabytes held it twice, and copied it on its node task.
+#[test]
+fn a_received_snapshot_is_held_once() {
+    let mut r = node(2, &[1, 2, 3], 2, &[1]);
+    step(&mut r, msg(1, 2, 2, chunk(0, b"abcd", false)));
+    let out = step(&mut r, msg(1, 2, 2, chunk(4, b"efgh", true)));
+    assert_eq!(out.snapshots.len(), 1, "not installed");
+    let handed = &out.snapshots[0].data;
+    assert_eq!(handed.as_slice(), b"abcdefgh");
+    let kept = r.local_snapshot_data().expect("kept as the local snapshot");
+    assert_eq!(kept.as_slice(), b"abcdefgh");
+    assert_eq!(
+        handed.as_ptr(),
+        kept.as_ptr(),
+        "the snapshot handed out to install is a copy of the one kept"
+    );
 }
 
 /// §7: a snapshot is installed from the bytes of one snapshot. Found by
@@ -106,7 +128,7 @@ fn a_snapshot_is_never_spliced_from_two_leaders_chunks() {
     let out = step(&mut r, msg(3, 2, 3, chunk(2, b"CC", true)));
     assert_eq!(snapshot_reply(&out), reply(4, true, false));
     assert_eq!(out.snapshots.len(), 1);
-    assert_eq!(out.snapshots[0].data, b"BBCC");
+    assert_eq!(out.snapshots[0].data.as_slice(), b"BBCC");
 
     // Mid-transfer, a chunk at another offset from another sender is not
     // appended: the follower asks for the start.
@@ -354,7 +376,7 @@ fn lagging_follower_receives_the_snapshot_in_chunks_then_catches_up() {
     assert_eq!(installed.len(), 1);
     assert_eq!(installed[0].meta, meta);
     assert_eq!(
-        installed[0].data, data,
+        *installed[0].data, data,
         "the follower installed other bytes than the snapshot"
     );
 
@@ -434,7 +456,7 @@ fn heartbeats_during_a_transfer_do_not_multiply_the_chunks_in_flight() {
     }
     c.deliver();
     assert_eq!(c.installed[&3][0].meta, meta);
-    assert_eq!(c.installed[&3][0].data, data);
+    assert_eq!(*c.installed[&3][0].data, data);
     let chunks = c
         .delivered
         .iter()
