@@ -218,9 +218,7 @@ pub enum Error {
     /// multi-group node, see [`crate::multi`]): the client's placement is
     /// out of date. Nothing was applied; re-read the placement (group 0)
     /// and send the request to a node that hosts the group.
-    #[error(
-        "no node asked hosts group {group}, nothing was applied: re-read the placement and re-route"
-    )]
+    #[error("this node does not host group {group}: re-read the placement and re-route")]
     NotHosted {
         /// The group the request was for.
         group: u64,

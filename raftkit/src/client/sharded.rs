@@ -29,12 +29,8 @@
 //!    recorded in the placement by the nodes once its configuration
 //!    commits ([`crate::multi::placement_sync`]), a moment after a move, so
 //!    while every replica the placement lists answers `NotHosted` the
-//!    placement is re-read (the first time at once, then with backoff) and
-//!    the call routed again by it, at most `NOT_HOSTED_REROUTES` (10)
-//!    times and within the call's timeout from its first `NotHosted`;
-//!    then the call ends with [`Error::NotHosted`] naming the group
-//!    (nothing was applied), so a group that no node hosts fails in about
-//!    two seconds, not at the call's timeout; a call whose group
+//!    placement is re-read (with backoff) until it lists others, within
+//!    the call's timeout from its first `NotHosted`; a call whose group
 //!    client ended on `NotLeader` or `Unavailable` (its whole timeout
 //!    spent) is re-routed once. An error that may have applied the command
 //!    is returned as it is: re-routing it could apply it twice.
@@ -54,12 +50,11 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{Client, ClientOptions, Submit};
 use crate::error::{Applied, Error};
 use crate::multi::GroupId;
-use crate::multi::placement::{PLACEMENT_GROUP, PlacementClient, Routes};
+use crate::multi::placement::{PLACEMENT_GROUP, PlacementClient, Routes, Shard};
 use crate::state_machine::{StateMachine, decode};
 use crate::tls::Identity;
 
@@ -355,11 +350,8 @@ impl<S> ShardedClient<S> {
         Fut: std::future::Future<Output = Result<Vec<u8>, Error>>,
     {
         let mut rerouted = false;
-        // Re-routes after `NotHosted` so far, the call's deadline (set at
-        // the first) and the wait before the next re-read.
-        let mut not_hosted = 0u32;
+        // Set at the first `NotHosted`: re-reads end there.
         let mut deadline = None;
-        let mut backoff = Duration::ZERO;
         loop {
             let routes = self.routes();
             let shard = routes
@@ -383,55 +375,46 @@ impl<S> ShardedClient<S> {
                 rerouted = true;
                 continue;
             }
-            // Every replica the placement lists said it does not host the
-            // group (the group's client asked each): nothing was applied.
             let until = *deadline
                 .get_or_insert_with(|| tokio::time::Instant::now() + self.inner.opts.timeout);
-            let now = tokio::time::Instant::now();
-            if not_hosted >= NOT_HOSTED_REROUTES || now + backoff >= until {
-                tracing::info!(
-                    group,
-                    replicas = ?shard.replicas,
-                    reroutes = not_hosted,
-                    "no node the placement lists hosts the group: giving up (nothing applied)"
-                );
-                return Err(Error::NotHosted { group });
+            if !self.reread_until_moved(shard, until).await? {
+                return Err(e);
             }
-            // Backoff between re-reads of group 0, not a synchronisation.
-            tokio::time::sleep(backoff).await;
-            backoff = if backoff.is_zero() {
-                self.inner.opts.backoff
-            } else {
-                (backoff * 2).min(self.inner.opts.max_backoff)
-            };
-            tracing::debug!(
-                group,
-                reroute = not_hosted + 1,
-                "no listed replica hosts the group: re-reading the placement"
-            );
-            self.refresh().await?;
-            not_hosted += 1;
             rerouted = true;
         }
     }
-}
 
-/// How many times one call is routed again after every replica the
-/// placement lists for its group answered `NotHosted`, each time after
-/// re-reading the placement (the first at once, then after the client's
-/// backoff, doubling up to its maximum), before it ends with
-/// [`Error::NotHosted`] naming the group (nothing applied).
-///
-/// Ten: with the default backoff (10 ms doubling to 500 ms) the re-reads
-/// span about two seconds, two to four election timeouts at the default
-/// 50 ms tick, which covers a move's own placement record (its last step)
-/// and the repair of a stale record by the group's leader on a node with a
-/// replica of group 0 (two checks, [`crate::multi::placement_sync`]); a
-/// group that no node hosts then fails in about two seconds instead of
-/// waiting out the call's whole timeout (10 s by default). A repair by a
-/// leader without a replica of group 0 can take longer: the caller gets
-/// `NotHosted` (not applied) and may call again.
-const NOT_HOSTED_REROUTES: u32 = 10;
+    /// After every replica the placement listed for a group (`stale`, as
+    /// the call was routed by it) answered `NotHosted`: re-reads the
+    /// placement, with backoff, until it lists the group otherwise or
+    /// `deadline` passes; whether it changed.
+    async fn reread_until_moved(
+        &self,
+        stale: &Shard,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, Error> {
+        let group = stale.group;
+        let mut backoff = self.inner.opts.backoff;
+        loop {
+            tracing::debug!(
+                group,
+                "no listed replica hosts the group: re-reading the placement"
+            );
+            let routes = self.refresh().await?;
+            let now = tokio::time::Instant::now();
+            if routes.group(group) != Some(stale) {
+                // Moved: the call goes on only within its deadline.
+                return Ok(now < deadline);
+            }
+            if now >= deadline {
+                return Ok(false);
+            }
+            // Backoff between re-reads of group 0, not a synchronisation.
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(self.inner.opts.max_backoff);
+        }
+    }
+}
 
 /// Whether `e` says the call went to the wrong place and applied nothing.
 fn stale_placement(e: &Error) -> bool {
@@ -477,6 +460,3 @@ impl<S: StateMachine> Submit for ShardedClient<S> {
         .await
     }
 }
-
-#[cfg(test)]
-mod tests;
