@@ -15,6 +15,13 @@
 //!   if the entry applied at that index has that term; otherwise it was
 //!   replaced by another leader's entry and the caller is told `NotLeader`
 //!   (it was not applied);
+//! - a proposal registered at an index another proposal already waits on
+//!   (this node lost leadership, its log was cut back below the index by a
+//!   later leader's conflicting entries, Raft §5.3, and it leads again)
+//!   does not displace the earlier one: both wait for the entry that
+//!   commits there. The earlier entry is gone from this node's log, but a
+//!   node that still holds it may yet become leader and commit it (§5.4.2,
+//!   Figure 8), so neither outcome is known before that index applies;
 //! - a read registered with read index `i` is served only once `applied >=
 //!   i` (Raft thesis §6.4 step 4);
 //! - a snapshot taken at index `i` is the state and the session table after
@@ -411,6 +418,11 @@ struct Apply<S> {
     applied_term: Term,
     /// Callers waiting for their proposal's entry, by index.
     waiting: SeqMap<(Term, Reply)>,
+    /// Callers of an earlier proposal at an index a later proposal of this
+    /// node registered at again (see [`Apply::register`]): still waiting
+    /// for the entry that commits there. Rare (a leadership lost and
+    /// regained with a log cut back), so a plain list.
+    superseded: Vec<(Index, Term, Reply)>,
     reads: Vec<(Index, Vec<u8>, Reply)>,
     halted: Option<String>,
     failed: Option<Error>,
@@ -441,6 +453,7 @@ pub async fn run<S: StateMachine>(
         applied,
         applied_term: 0,
         waiting: SeqMap::default(),
+        superseded: Vec::new(),
         reads: Vec::new(),
         halted: None,
         failed: None,
@@ -492,7 +505,10 @@ pub async fn run<S: StateMachine>(
                 a.publish(true);
             }
             ApplyMsg::Orphaned { above } => {
-                for (index, (_, reply)) in a.waiting.take_after(above) {
+                let waiting = a.waiting.take_after(above).into_iter();
+                let superseded = a.take_superseded(|i| i > above).into_iter();
+                let superseded = superseded.map(|(index, term, reply)| (index, (term, reply)));
+                for (index, (_, reply)) in waiting.chain(superseded) {
                     debug!(
                         index,
                         above,
@@ -530,21 +546,47 @@ impl<S: StateMachine> Apply<S> {
     }
 
     /// Proposals now wait at (index, term); answered at once if the thread
-    /// stopped serving.
+    /// stopped serving. A proposal at an index another one waits on (of an
+    /// earlier term of this node's leadership) keeps the earlier one
+    /// waiting too, in [`Apply::superseded`]: the entry that commits there
+    /// answers both (see the module invariants).
     fn register(&mut self, proposals: Vec<(Index, Term, Reply)>) {
         for (index, term, reply) in proposals {
             match self.stopped() {
                 Some(e) => reply.send(Err(e)),
                 None => {
-                    self.waiting.insert(index, (term, reply));
+                    if let Some((earlier, reply)) = self.waiting.insert(index, (term, reply)) {
+                        debug!(
+                            index,
+                            earlier,
+                            term,
+                            "proposal registered at an index an earlier proposal waits on; both wait for the entry that commits there"
+                        );
+                        self.superseded.push((index, earlier, reply));
+                    }
                 }
             }
         }
     }
 
+    /// Takes the superseded waiters whose index `pick` accepts.
+    fn take_superseded(&mut self, pick: impl Fn(Index) -> bool) -> Vec<(Index, Term, Reply)> {
+        if self.superseded.is_empty() {
+            return Vec::new();
+        }
+        let (picked, kept) = std::mem::take(&mut self.superseded)
+            .into_iter()
+            .partition(|(index, ..)| pick(*index));
+        self.superseded = kept;
+        picked
+    }
+
     fn answer_all(&mut self) {
         let Some(e) = self.stopped() else { return };
         for (_, (_, reply)) in self.waiting.take_all() {
+            reply.send(Err(e.clone()));
+        }
+        for (_, _, reply) in self.take_superseded(|_| true) {
             reply.send(Err(e.clone()));
         }
         for (_, _, reply) in self.reads.drain(..) {
@@ -606,6 +648,15 @@ impl<S: StateMachine> Apply<S> {
             // looked up once (it is answered below, or put back for the
             // halt to answer).
             let mut waiter = self.waiting.remove(e.index);
+            // Earlier proposals at this index (see `register`): the one of
+            // this entry's term, if any, is the caller answered below.
+            let mut others = self.take_superseded(|i| i == e.index);
+            if let Some(at) = others.iter().position(|(_, term, _)| *term == e.term) {
+                let (_, term, reply) = others.swap_remove(at);
+                if let Some((t, r)) = waiter.replace((term, reply)) {
+                    others.push((e.index, t, r));
+                }
+            }
             // A span per applied entry; on the leader, a child of the span of
             // the client request that proposed it (same request id).
             let span = match &waiter {
@@ -635,6 +686,7 @@ impl<S: StateMachine> Apply<S> {
                             if let Some(w) = waiter {
                                 self.waiting.insert(e.index, w);
                             }
+                            self.superseded.extend(others);
                             self.halt(e.index, message);
                             return false;
                         }
@@ -653,6 +705,11 @@ impl<S: StateMachine> Apply<S> {
                     Err(Error::NotLeader { hint: None })
                 };
                 reply.send_pooled(answer, &mut room);
+            }
+            // The entry at this index is another proposal's: these were
+            // not applied, and never will be (a committed entry stays).
+            for (_, _, reply) in others {
+                reply.send_pooled(Err(Error::NotLeader { hint: None }), &mut room);
             }
         }
         true
@@ -851,7 +908,10 @@ impl<S: StateMachine> Apply<S> {
                 self.journal.restored(index);
                 self.longest_pause = self.longest_pause.max(started.elapsed());
                 // Proposals the snapshot covers: their outcome is unknown here.
-                for (_, (_, reply)) in self.waiting.take_through(index) {
+                let covered = self.waiting.take_through(index).into_iter();
+                let superseded = self.take_superseded(|i| i <= index).into_iter();
+                let superseded = superseded.map(|(index, term, reply)| (index, (term, reply)));
+                for (_, (_, reply)) in covered.chain(superseded) {
                     reply.send(Err(Error::Ambiguous(
                         "the entry was covered by a snapshot from the leader before it applied here".into(),
                     )));

@@ -926,3 +926,100 @@ fn an_orphaned_node_answers_only_the_proposals_above_its_commit_ambiguous() {
         assert_eq!(output(r), 5);
     });
 }
+
+/// A proposal registered at an index an earlier proposal of this node
+/// waits on (the node lost leadership, a later leader's conflicting
+/// entries cut its log back below the index, Raft §5.3, and it leads
+/// again) used to displace the earlier caller's reply: dropped unanswered,
+/// the caller was told `Ambiguous("peer … stopped before answering")`. The
+/// earlier entry may still commit (another node holding it may become
+/// leader, §5.4.2 Figure 8), so both wait for the entry that commits at the
+/// index: the one of its term gets the result, the other `NotLeader` (it
+/// was not applied, and never will be: a committed entry stays).
+#[test]
+fn a_proposal_registered_again_at_its_index_leaves_the_earlier_one_waiting_for_that_entry() {
+    runtime().block_on(async {
+        let t = Thread::start();
+        // Index 1: proposed in term 1, then again in term 3; the earlier
+        // one (term 1) commits there after all.
+        let earlier_1 = t.register(1, 1);
+        let later_1 = t.register(1, 3);
+        // Index 2: the same, but the later one (term 3) commits.
+        let earlier_2 = t.register(2, 1);
+        let later_2 = t.register(2, 3);
+        let write = |by| Op::Write {
+            command: command(&TallyWrite::Add { by }),
+        };
+        t.send(ApplyMsg::entries(vec![
+            entry(1, 1, write(5)),
+            entry(2, 3, write(1)),
+        ]));
+        let wait = |rx: oneshot::Receiver<Result<Vec<u8>, Error>>| async move {
+            tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+                .await
+                .expect("the caller is answered within 5 s")
+        };
+        let r = wait(earlier_1).await;
+        assert!(
+            matches!(&r, Ok(Ok(_))),
+            "the earlier proposal whose entry committed at index 1 got {r:?}"
+        );
+        assert_eq!(output(r.expect("answered")), 5);
+        let r = wait(later_1).await;
+        assert!(
+            matches!(&r, Ok(Err(Error::NotLeader { .. }))),
+            "the later proposal at index 1 (term 3) got {r:?}"
+        );
+        let r = wait(earlier_2).await;
+        assert!(
+            matches!(&r, Ok(Err(Error::NotLeader { .. }))),
+            "the earlier proposal at index 2 (term 1) got {r:?}"
+        );
+        assert_eq!(output(wait(later_2).await.expect("answered")), 6);
+    });
+}
+
+/// Every other way a waiter is answered reaches a superseded one too: a
+/// snapshot install that covers its index (`Ambiguous`), and a halt.
+#[test]
+fn a_superseded_proposal_is_answered_by_a_snapshot_install_and_by_a_halt() {
+    runtime().block_on(async {
+        let mut a = Thread::start();
+        a.send(ApplyMsg::entries(vec![add(1, 1), add(2, 2)]));
+        let taken = a.snapshot().await;
+
+        let b = Thread::start();
+        let covered = b.register(1, 1);
+        let covered_again = b.register(1, 2);
+        let halting = b.register(3, 1);
+        let halting_again = b.register(3, 2);
+        b.send(ApplyMsg::Restore {
+            index: taken.index,
+            data: std::sync::Arc::new(taken.body.encode().expect("serializes")),
+        });
+        // A command tag this binary does not know halts the node.
+        b.send(ApplyMsg::entries(vec![entry(
+            3,
+            1,
+            Op::Write { command: vec![250] },
+        )]));
+        for (name, rx) in [("covered", covered), ("covered again", covered_again)] {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+                .await
+                .expect("answered within 5 s");
+            assert!(
+                matches!(&r, Ok(Err(Error::Ambiguous(_)))),
+                "{name} proposal got {r:?}"
+            );
+        }
+        for (name, rx) in [("halting", halting), ("halting again", halting_again)] {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+                .await
+                .expect("answered within 5 s");
+            assert!(
+                matches!(&r, Ok(Err(Error::Halted { .. }))),
+                "{name} proposal got {r:?}"
+            );
+        }
+    });
+}
