@@ -100,8 +100,9 @@ pub enum Error {
     },
     /// The leader refused the command before it entered the log: it does
     /// not decode, it is larger than the maximum command size, a
-    /// configuration change is already in flight, ... Nothing was applied,
-    /// and retrying the same call would be refused again.
+    /// configuration change is already in flight, ...; or a read whose
+    /// handler panicked (a read applies nothing). Nothing was applied, and
+    /// retrying the same call would be refused again.
     #[error("rejected: {0}")]
     Rejected(String),
     /// A network or TLS failure while the call was under way: a write may or

@@ -531,8 +531,23 @@ pub fn query_encoded<S: StateMachine>(
         }),
         Err(Caught { message, location }) => {
             tracing::error!(handler, applied = ctx.index(), panic = %message, location,
-                "a read handler panicked; its caller gets Error::Handler");
+                "a read handler panicked; its caller gets Error::Rejected (a read applies nothing)");
             Err(ApplyError::Panicked { message })
+        }
+    }
+}
+
+/// The error of a read that failed: it applied nothing, whatever went
+/// wrong, so the error says "not applied" (a panicking read handler is
+/// [`crate::Error::Rejected`], not [`crate::Error::Handler`], which says applied; and it
+/// is not retried: the same query on the same state panics again).
+pub(crate) fn read_error(e: ApplyError) -> crate::Error {
+    match e {
+        ApplyError::Decode(c) => crate::Error::Rejected(c.to_string()),
+        ApplyError::Panicked { message } | ApplyError::Halted { message } => {
+            crate::Error::Rejected(format!(
+                "the read handler panicked (a read applies nothing): {message}"
+            ))
         }
     }
 }

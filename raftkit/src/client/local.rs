@@ -162,6 +162,48 @@ impl<S: StateMachine> Submit for Local<S> {
     async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
         let state = self.lock();
         let ctx = Ctx::new(state.index, 1, state.time_ms);
-        query_encoded(&state.machine, &ctx, &query).map_err(to_error)
+        query_encoded(&state.machine, &ctx, &query).map_err(crate::state_machine::read_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Applied;
+    use crate::prelude::*;
+
+    /// A state machine whose read handler panics.
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    struct Explodes {
+        n: u64,
+    }
+
+    #[crate::state_machine]
+    impl Explodes {
+        #[write]
+        fn add(&mut self, by: u64) -> u64 {
+            self.n += by;
+            self.n
+        }
+
+        #[read]
+        fn explode(&self) -> u64 {
+            panic!("read exploded on purpose")
+        }
+    }
+
+    /// A panicking read handler applies nothing: its error says so (it was
+    /// `Error::Handler`, which says `Applied::Yes`).
+    #[test]
+    fn a_panicking_read_handler_says_nothing_was_applied() {
+        let local = Local::new(Explodes::default());
+        let query = crate::state_machine::encode("query", &ExplodesRead::Explode).expect("encodes");
+        let r = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(local.read(query));
+        let e = r.expect_err("the read handler panicked");
+        assert_eq!(e.applied(), Applied::No, "a panicking read answered {e:?}");
+        assert!(e.to_string().contains("read exploded on purpose"), "{e}");
     }
 }

@@ -79,7 +79,7 @@ use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::{
     ApplyError, Ctx, StateMachine, apply_decoded_as, apply_encoded_as, decode, encode_shared,
-    query_encoded,
+    query_encoded, read_error,
 };
 
 /// Rebuilds the state machine and the session table from a snapshot taken
@@ -1000,12 +1000,7 @@ impl<S: StateMachine> Apply<S> {
         for (_, query, reply) in ready {
             let _span =
                 tracing::debug_span!(parent: &reply.span, "raftkit.read", applied).entered();
-            let answer = query_encoded(&self.sm, &ctx, &query).map_err(|e| match e {
-                ApplyError::Decode(c) => Error::Rejected(c.to_string()),
-                ApplyError::Panicked { message } | ApplyError::Halted { message } => {
-                    Error::Handler { message }
-                }
-            });
+            let answer = query_encoded(&self.sm, &ctx, &query).map_err(read_error);
             debug!(ok = answer.is_ok(), "read served");
             reply.send(answer);
         }

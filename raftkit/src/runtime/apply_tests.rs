@@ -1023,3 +1023,51 @@ fn a_superseded_proposal_is_answered_by_a_snapshot_install_and_by_a_halt() {
         }
     });
 }
+
+/// A state machine whose read handler panics.
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+struct Explodes {
+    n: u64,
+}
+
+#[crate::state_machine]
+impl Explodes {
+    #[write]
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+
+    #[read]
+    fn explode(&self) -> u64 {
+        panic!("read exploded on purpose")
+    }
+}
+
+/// A panicking read handler was answered `Error::Handler`, which says
+/// `Applied::Yes`: a read applies nothing, so its error must say "not
+/// applied" (`Rejected`, not retried: the same query on the same state
+/// panics again).
+#[test]
+fn a_panicking_read_handler_says_nothing_was_applied() {
+    runtime().block_on(async {
+        let t = Thread::start_with(Explodes::default());
+        let (tx, rx) = oneshot::channel();
+        t.send(ApplyMsg::Read {
+            index: 0,
+            query: encode("query", &ExplodesRead::Explode).expect("encodes"),
+            reply: Reply::new(tx, None),
+        });
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+            .await
+            .expect("answered within 5 s")
+            .expect("answered");
+        let e = r.expect_err("the read handler panicked");
+        assert_eq!(e.applied(), Applied::No, "a panicking read answered {e:?}");
+        assert!(
+            e.to_string().contains("read exploded on purpose"),
+            "the error carries the panic message: {e}"
+        );
+        assert!(!e.is_retryable(), "{e:?}");
+    });
+}
