@@ -17,7 +17,9 @@
 //! Invariants:
 //! - every request that reached the member is recorded, in arrival order,
 //!   before the script sees it ([`FakeMember::received`]): a test can tell a
-//!   request that left the client from one that never did;
+//!   request that left the client from one that never did; so is the meta
+//!   that travelled with each request of the multiplexed stream
+//!   ([`FakeMember::metas`]);
 //! - requests of one connection are answered one at a time, in order;
 //! - after [`FakeMember::restart`], no connection accepted before it serves
 //!   anything more (those open are closed, those still in their handshake
@@ -35,7 +37,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use quinn::{Connection, Endpoint};
 
 use super::mux::MUX_ACCEPTED;
-use super::wire::{ClientHello, ClientRequest, ClientResponse, RequestId, SessionId, WireError};
+use super::wire::{
+    ClientHello, ClientRequest, ClientResponse, RequestId, RequestMeta, SessionId, WireError,
+};
 use crate::tls::Identity;
 use crate::transport::frame::{
     DEFAULT_MAX_FRAME_BYTES, encode_frame, read_frame, read_frame_body, write_frame,
@@ -81,6 +85,9 @@ type Script = Box<dyn FnMut(&ClientRequest) -> Act + Send>;
 struct Shared {
     script: Mutex<Script>,
     received: Mutex<Vec<ClientRequest>>,
+    /// The meta of each request of the multiplexed streams, in arrival
+    /// order (`None`: the request came without one).
+    metas: Mutex<Vec<Option<RequestMeta>>>,
     /// Dials still to refuse.
     refuse: AtomicUsize,
     /// Bumped by every restart: a connection accepted in an earlier epoch
@@ -121,6 +128,7 @@ impl FakeMember {
         let shared = Arc::new(Shared {
             script: Mutex::new(Box::new(script)),
             received: Mutex::new(Vec::new()),
+            metas: Mutex::new(Vec::new()),
             refuse: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
             live: Mutex::new(Vec::new()),
@@ -154,6 +162,12 @@ impl FakeMember {
     /// Every request that reached this member so far, in arrival order.
     pub(crate) fn received(&self) -> Vec<ClientRequest> {
         lock(&self.shared.received).clone()
+    }
+
+    /// The meta of every request of the multiplexed streams so far (not
+    /// watches), in arrival order.
+    pub(crate) fn metas(&self) -> Vec<Option<RequestMeta>> {
+        lock(&self.shared.metas).clone()
     }
 
     /// The writes among [`FakeMember::received`].
@@ -231,13 +245,14 @@ async fn serve(conn: Connection, shared: Arc<Shared>) {
         return;
     }
     while let Ok(body) = read_frame_body(&mut recv, DEFAULT_MAX_FRAME_BYTES).await {
-        let Some((id, request)) = postcard::take_from_bytes::<u64>(&body)
+        let Some((id, (request, meta))) = postcard::take_from_bytes::<u64>(&body)
             .ok()
-            .and_then(|(id, rest)| Some((id, RequestId::decode_request(rest).ok()?.0)))
+            .and_then(|(id, rest)| Some((id, RequestId::decode_request(rest).ok()?)))
         else {
             conn.close(1u32.into(), b"bad request");
             return;
         };
+        lock(&shared.metas).push(meta);
         lock(&shared.received).push(request.clone());
         let act = {
             let mut script = lock(&shared.script);

@@ -1466,6 +1466,9 @@ fn final_error(e: Error, maybe_applied: bool, at_deadline: bool) -> Error {
 }
 
 #[cfg(test)]
+mod meta_tests;
+
+#[cfg(test)]
 mod verdicts;
 
 #[cfg(test)]
