@@ -12,7 +12,9 @@
 //! in, one frame `id response` out. Each request is handed to the test's
 //! script, which says what to do with it ([`Act`]). Every further stream a
 //! client opens is a watch: its request is recorded and it is answered
-//! with the frames of [`FakeMember::answer_watches`], then finished.
+//! with the frames of [`FakeMember::answer_watches`] (or those
+//! [`FakeMember::answer_watches_with`] makes for its request), then
+//! finished.
 //!
 //! Invariants:
 //! - every request that reached the member is recorded, in arrival order,
@@ -82,6 +84,9 @@ pub(crate) fn not_hosted(group: u64) -> Act {
 
 type Script = Box<dyn FnMut(&ClientRequest) -> Act + Send>;
 
+/// Makes the frames of a watch stream from its request.
+type WatchScript = Box<dyn FnMut(&ClientRequest) -> Vec<ClientResponse> + Send>;
+
 struct Shared {
     script: Mutex<Script>,
     received: Mutex<Vec<ClientRequest>>,
@@ -96,6 +101,8 @@ struct Shared {
     live: Mutex<Vec<Connection>>,
     /// The frames every watch stream is answered with.
     watch_frames: Mutex<Vec<ClientResponse>>,
+    /// Makes the frames of each watch stream instead, if set.
+    watch_script: Mutex<Option<WatchScript>>,
     /// Watch streams served.
     watches: AtomicUsize,
 }
@@ -133,6 +140,7 @@ impl FakeMember {
             epoch: AtomicU64::new(0),
             live: Mutex::new(Vec::new()),
             watch_frames: Mutex::new(Vec::new()),
+            watch_script: Mutex::new(None),
             watches: AtomicUsize::new(0),
         });
         let accepting = tokio::spawn(accept(endpoint.clone(), shared.clone()));
@@ -152,6 +160,15 @@ impl FakeMember {
     /// Answers every watch stream with `frames`, then finishes it.
     pub(crate) fn answer_watches(&self, frames: Vec<ClientResponse>) {
         *lock(&self.shared.watch_frames) = frames;
+    }
+
+    /// Answers every watch stream with the frames `script` makes for its
+    /// request, then finishes it.
+    pub(crate) fn answer_watches_with(
+        &self,
+        script: impl FnMut(&ClientRequest) -> Vec<ClientResponse> + Send + 'static,
+    ) {
+        *lock(&self.shared.watch_script) = Some(Box::new(script));
     }
 
     /// How many watch streams were served.
@@ -282,11 +299,18 @@ async fn serve_watches(conn: Connection, shared: Arc<Shared>) {
         let Ok(body) = read_frame_body(&mut recv, DEFAULT_MAX_FRAME_BYTES).await else {
             continue;
         };
-        if let Ok((request, _)) = postcard::take_from_bytes::<ClientRequest>(&body) {
-            lock(&shared.received).push(request);
+        let request = postcard::take_from_bytes::<ClientRequest>(&body)
+            .ok()
+            .map(|(request, _)| request);
+        if let Some(request) = &request {
+            lock(&shared.received).push(request.clone());
         }
         shared.watches.fetch_add(1, Ordering::SeqCst);
-        let frames = lock(&shared.watch_frames).clone();
+        let scripted = match (lock(&shared.watch_script).as_mut(), &request) {
+            (Some(script), Some(request)) => Some(script(request)),
+            _ => None,
+        };
+        let frames = scripted.unwrap_or_else(|| lock(&shared.watch_frames).clone());
         for frame in &frames {
             if write_frame(&mut send, frame, DEFAULT_MAX_FRAME_BYTES)
                 .await

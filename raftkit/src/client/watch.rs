@@ -599,6 +599,84 @@ mod tests {
         }
     }
 
+    /// A watch whose stream ends after every two events (the member's
+    /// stream, as when its connection drops) reconnects each time from the
+    /// index after the last event it delivered: it sees every write once,
+    /// none skipped, none repeated (mutation round, stop 47: resuming at
+    /// `next + 1` failed no test).
+    #[tokio::test]
+    async fn a_watch_whose_stream_ends_resumes_with_every_write_exactly_once() {
+        const LAST: u64 = 7;
+        let (ca, nodes) = dev_cluster(["fake-a"]).expect("dev certificates");
+        let client_id = ca.issue_client("watcher").expect("client certificate");
+        let member = FakeMember::start(&nodes[0], |request| match request {
+            ClientRequest::OpenSession => session_opened(9),
+            _ => Act::answer(ClientResponse::Err(WireError::Rejected("no".into()))),
+        });
+        let command =
+            crate::state_machine::encode("command", &NothingWrite::Touch).expect("encodes");
+        let output =
+            crate::state_machine::encode("output", &NothingWriteOutput::Touch(0)).expect("encodes");
+        // The member applied writes 1..=LAST; each stream carries two of
+        // them from where the watch asked, then ends.
+        member.answer_watches_with(move |request| {
+            let from = match request {
+                ClientRequest::Watch { from } => from.unwrap_or(1),
+                _ => 1,
+            };
+            let events: Vec<_> = (from..=LAST.min(from + 1))
+                .map(|index| crate::client::wire::WatchEvent {
+                    index,
+                    command: command.clone().into(),
+                    output: crate::client::wire::WatchOutput::Ok(output.clone().into()),
+                })
+                .collect();
+            let next = events.last().map_or(from, |e| e.index + 1);
+            vec![ClientResponse::Events { events, next }]
+        });
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            Client::connect_with(
+                [member.addr().to_string()],
+                client_id,
+                0,
+                ClientOptions::default(),
+            ),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects");
+        let mut w = tokio::time::timeout(Duration::from_secs(10), client.watch::<Nothing>(Some(1)))
+            .await
+            .expect("opens in time")
+            .expect("opens");
+        for index in 1..=LAST {
+            let e = tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .expect("an event in time");
+            match e {
+                Some(Ok(e)) => assert_eq!(
+                    e.index, index,
+                    "the watch skipped or repeated a write across a reconnect"
+                ),
+                other => panic!("want event {index}, got {other:?}"),
+            }
+        }
+        let froms: Vec<Option<u64>> = member
+            .received()
+            .iter()
+            .filter_map(|r| match r {
+                ClientRequest::Watch { from } => Some(*from),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            froms.into_iter().take(4).collect::<Vec<_>>(),
+            [Some(1), Some(3), Some(5), Some(7)],
+            "each stream resumed where the last one ended"
+        );
+    }
+
     /// A watch's resume point between the events of one frame is the index
     /// after the last event handed out, not that event's own index (teeth,
     /// stop 44: `after = e.index` instead of `e.index + 1` went unnoticed,
