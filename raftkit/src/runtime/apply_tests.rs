@@ -237,6 +237,15 @@ fn output(r: Result<Vec<u8>, Error>) -> u64 {
     }
 }
 
+/// `f`, failing the test if it has not ended within 5 s (`what` says what
+/// was awaited): a regression that never wakes a waiter fails in seconds
+/// instead of hanging the test run.
+async fn within<T>(f: impl std::future::Future<Output = T>, what: &str) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(5), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 5 s"))
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -555,13 +564,13 @@ fn a_snapshot_install_moves_the_watch_journal_past_it_so_no_watcher_skips_its_wr
     runtime().block_on(async {
         let mut a = Thread::start();
         a.send(ApplyMsg::entries(vec![add(1, 1), add(2, 2), add(3, 4)]));
-        let taken = a.snapshot().await;
+        let taken = within(a.snapshot(), "the snapshot").await;
         assert_eq!(taken.index, 3);
 
         // B applied entry 1 only; a watcher waits for entry 2.
         let b = Thread::start();
         b.send(ApplyMsg::entries(vec![add(1, 1)]));
-        assert_eq!(b.value().await, 1);
+        assert_eq!(within(b.value(), "entry 1 applied").await, 1);
         let mut waiting = b.journal.cursor(Some(2)).expect("a cursor");
         // B installs the snapshot at 3 (entries 2 and 3 never apply here),
         // then applies entry 4.
@@ -570,14 +579,19 @@ fn a_snapshot_install_moves_the_watch_journal_past_it_so_no_watcher_skips_its_wr
             data: std::sync::Arc::new(taken.body.encode().expect("serializes")),
         });
         b.send(ApplyMsg::entries(vec![add(4, 8)]));
-        assert_eq!(b.value().await, 15);
+        assert_eq!(within(b.value(), "entry 4 applied").await, 15);
 
         assert_eq!(
             b.journal.range(),
             (4, 4),
             "the journal restarts after the snapshot"
         );
-        match waiting.next_batch(usize::MAX).await {
+        match within(
+            waiting.next_batch(usize::MAX),
+            "the watcher of entry 2 told it went away",
+        )
+        .await
+        {
             Err(Error::Unavailable(_)) => {}
             other => panic!(
                 "a watcher of entry 2 was not told it went away with the snapshot: {:?}",
@@ -593,7 +607,9 @@ fn a_snapshot_install_moves_the_watch_journal_past_it_so_no_watcher_skips_its_wr
             Ok(_) => panic!("a watch from entry 2 was opened past a snapshot install"),
         }
         let mut from_4 = b.journal.cursor(Some(4)).expect("a cursor at 4");
-        let events = from_4.next_batch(usize::MAX).await.expect("events");
+        let events = within(from_4.next_batch(usize::MAX), "entry 4's event")
+            .await
+            .expect("events");
         assert_eq!(events.iter().map(|e| e.index).collect::<Vec<_>>(), [4]);
     });
 }

@@ -676,6 +676,7 @@ mod tests {
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("runtime")
             .block_on(f)
@@ -857,9 +858,17 @@ mod tests {
                     j.applied(1);
                 })
             };
-            let b = c.next_batch(1 << 20).await.expect("batch");
+            // A deadline, so a cursor that is never woken fails the test
+            // in seconds instead of hanging it.
+            let b = tokio::time::timeout(Duration::from_secs(5), c.next_batch(1 << 20))
+                .await
+                .expect("the waiting cursor was not woken by the write within 5 s")
+                .expect("batch");
             assert_eq!(indices(&b), [1]);
-            writer.await.expect("writer");
+            tokio::time::timeout(Duration::from_secs(5), writer)
+                .await
+                .expect("the writer ends within 5 s")
+                .expect("writer");
         });
     }
 }
