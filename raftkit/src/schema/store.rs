@@ -89,7 +89,7 @@ fn save(fs: &dyn Vfs, path: &Path, schema: &Schema) -> Result<(), Error> {
 mod tests {
     use super::*;
     use crate::schema::Shape;
-    use crate::storage::vfs::RealFs;
+    use crate::storage::vfs::{RealFs, temp_path};
 
     #[test]
     fn round_trip_and_damage_is_an_error() {
@@ -133,5 +133,95 @@ mod tests {
         save_schema(&RealFs, dir.path(), &v(2)).unwrap();
         save_schema(&RealFs, dir.path(), &v(3)).unwrap();
         assert_eq!(load_oldest_schema(&RealFs, dir.path()).unwrap(), Some(v(1)));
+    }
+
+    /// A file system on which another writer saves `schema` whole while
+    /// the first temporary file is open: the write of `schema.floor`
+    /// overlapped by one of `schema`.
+    #[derive(Debug)]
+    struct Overlapping {
+        dir: std::path::PathBuf,
+        schema: Schema,
+        done: std::sync::atomic::AtomicBool,
+    }
+
+    impl Vfs for Overlapping {
+        fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+            RealFs.create_dir_all(dir)
+        }
+        fn is_dir(&self, path: &Path) -> bool {
+            RealFs.is_dir(path)
+        }
+        fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+            RealFs.list_dir(dir)
+        }
+        fn open(
+            &self,
+            path: &Path,
+            mode: crate::storage::vfs::OpenMode,
+        ) -> std::io::Result<Box<dyn crate::storage::vfs::VfsFile>> {
+            let file = RealFs.open(path, mode)?;
+            let is_tmp = path.to_string_lossy().ends_with(".tmp");
+            if is_tmp && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                save(&RealFs, &self.dir.join(SCHEMA_FILE), &self.schema)
+                    .expect("the overlapping save of `schema`");
+            }
+            Ok(file)
+        }
+        fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+            RealFs.read(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            RealFs.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            RealFs.remove_file(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            RealFs.sync_dir(dir)
+        }
+        fn lock(&self, path: &Path) -> std::io::Result<Box<dyn crate::storage::vfs::VfsLock>> {
+            RealFs.lock(path)
+        }
+    }
+
+    /// `schema` and `schema.floor` are written through temporary files of
+    /// their own (found by review, stop 47: both went through
+    /// `schema.tmp`, so a write of one overlapping a write of the other
+    /// wrote into the other's file, and a failed write removed the other's
+    /// temporary file): a save of `schema` inside the write of the floor
+    /// leaves both files whole and no temporary file.
+    #[test]
+    fn overlapping_writes_of_the_two_files_do_not_share_a_temporary_file() {
+        let v = |n: u32| Schema::new("kv", n, Shape::Str);
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Overlapping {
+            dir: dir.path().to_path_buf(),
+            schema: v(2),
+            done: false.into(),
+        };
+        let raised = raise_oldest_schema(&fs, dir.path(), &v(1));
+        assert!(
+            raised.is_ok(),
+            "the write of the floor failed: {:?}",
+            raised.err()
+        );
+        assert!(fs.done.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(load_schema(&RealFs, dir.path()).ok(), Some(Some(v(2))));
+        assert_eq!(
+            load_oldest_schema(&RealFs, dir.path()).ok(),
+            Some(Some(v(1)))
+        );
+        let left: Vec<String> = RealFs
+            .list_dir(dir.path())
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+        assert_ne!(
+            temp_path(&dir.path().join(SCHEMA_FILE)),
+            temp_path(&dir.path().join(FLOOR_FILE))
+        );
     }
 }

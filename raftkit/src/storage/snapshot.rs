@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info};
 
 use super::StorageError;
-use super::vfs::{self, OpenMode, SharedFs, create_dir_durable, sync_dir, sync_dir_and_parent};
+use super::vfs::{
+    self, OpenMode, SharedFs, create_dir_durable, sync_dir, sync_dir_and_parent, temp_path,
+};
 use crate::core::types::{Index, SnapshotMeta, Term};
 
 /// A snapshot: where it stands in the log, and the state machine's bytes.
@@ -225,7 +227,7 @@ impl SnapshotStore for FileSnapshotStore {
             )));
         }
         let path = self.path(key);
-        let tmp = self.dir.join(format!("{}.tmp", file_name(key.0, key.1)));
+        let tmp = temp_path(&path);
         let written = self.write_file(&tmp, &path, &encode(snapshot));
         if written.is_err() {
             // Never leave a partial temporary file behind (open would delete

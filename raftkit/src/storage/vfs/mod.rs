@@ -39,6 +39,7 @@
 pub(crate) mod crash;
 mod faults;
 
+use std::ffi::OsString;
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
@@ -316,17 +317,29 @@ pub(crate) fn sync_dir_and_parent(fs: &dyn Vfs, dir: &Path) -> Result<(), Storag
     sync_dir(fs, dir)
 }
 
-/// Writes a small file atomically: a temporary file, fsync, rename over
-/// `path`, directory fsync. A failure before the rename removes the
-/// temporary file (nothing else would until the next write: the stores
-/// using this delete no leftovers at open).
+/// The temporary name a file is written under before it is renamed to
+/// `path`: its whole file name followed by `.tmp` (`schema.floor` becomes
+/// `schema.floor.tmp`), so that no two files of a directory share one (with
+/// `Path::with_extension`, `schema` and `schema.floor` both went through
+/// `schema.tmp`). A segment's is `….wal.tmp`, a snapshot's `….snap.tmp`:
+/// the names their stores delete at open.
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(OsString::from).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Writes a small file atomically: a temporary file ([`temp_path`]),
+/// fsync, rename over `path`, directory fsync. A failure before the rename
+/// removes the temporary file (nothing else would until the next write of
+/// `path`: the stores using this delete no leftovers at open).
 pub fn write_atomic(fs: &dyn Vfs, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let dir: PathBuf = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     create_dir_durable(fs, &dir)?;
-    let tmp = path.with_extension("tmp");
+    let tmp = temp_path(path);
     let renamed = write_and_rename(fs, &tmp, path, bytes);
     if renamed.is_err() {
         // The error that matters is the first one.

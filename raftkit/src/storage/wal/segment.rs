@@ -53,7 +53,7 @@ use tracing::warn;
 use super::record::{FRAME_HEADER_LEN, decode_header};
 use crate::core::types::Index;
 use crate::storage::StorageError;
-use crate::storage::vfs::{OpenMode, Vfs, VfsFile, sync_dir};
+use crate::storage::vfs::{OpenMode, Vfs, VfsFile, sync_dir, temp_path};
 
 /// The magic bytes opening every segment.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"RKWAL\0\0\x01";
@@ -123,7 +123,7 @@ impl Segment {
         step: u64,
     ) -> Result<Segment, StorageError> {
         let path = dir.join(segment_name(seq));
-        let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
+        let tmp = temp_path(&path);
         match Self::write_and_rename(fs, &tmp, &path, seq, first_frame, step) {
             Ok(seg) => {
                 sync_dir(fs, dir)?;
