@@ -555,6 +555,98 @@ fn the_snapshots_a_save_removes_stay_removed_after_a_crash() {
     assert_eq!(on_disk().len(), 2, "the latest and one old snapshot");
 }
 
+/// A snapshot at `(index, term)` holding a few bytes.
+fn snapshot_at(index: Index, term: Term) -> Snapshot {
+    Snapshot {
+        meta: SnapshotMeta {
+            index,
+            term,
+            ..SnapshotMeta::default()
+        },
+        data: vec![index as u8; 10],
+    }
+}
+
+/// The indexes of the snapshot files in `dir`, ascending.
+fn snapshot_indexes(fs: &dyn Vfs, dir: &Path) -> Vec<Index> {
+    let mut indexes: Vec<Index> = fs
+        .list_dir(dir)
+        .expect("list")
+        .iter()
+        .filter_map(|n| n.strip_prefix("snapshot-")?.strip_suffix(".snap"))
+        .filter_map(|n| n.split_once('-')?.0.parse().ok())
+        .collect();
+    indexes.sort_unstable();
+    indexes
+}
+
+/// Found by review (stop 47): a save whose directory fsync failed after
+/// the rename returned an error with its file in the directory, a file the
+/// store did not know of: no later save of the process removed it (the
+/// retention looked only at the snapshots the store had saved or found),
+/// nor did the next open (which kept every snapshot it found, beyond the
+/// retention limit too). The same for a snapshot whose removal failed.
+/// The next successful save removes them, and an open removes the
+/// snapshots beyond the limit.
+#[test]
+fn a_snapshot_left_by_a_failed_save_is_removed_by_the_next_save_or_open() {
+    use super::vfs::{Fault, FaultRule, FaultyFs, FileOp, SharedFs};
+    let root = Path::new("/node");
+    let dir = root.join("snaps");
+    let crash = CrashFs::new(root);
+    let faulty = FaultyFs::new(Arc::new(crash.clone()));
+    let fs: SharedFs = Arc::new(faulty.clone());
+    let mut store = FileSnapshotStore::open_in(fs.clone(), &dir, 1).expect("open");
+    store.save(&snapshot_at(10, 1)).expect("save");
+    store.save(&snapshot_at(20, 1)).expect("save");
+
+    // In this process: a save that fails at its directory fsync, then one
+    // whose removal of an old snapshot fails.
+    faulty.inject(
+        FaultRule::new(FileOp::SyncDir, Fault::Io)
+            .on("snaps")
+            .times(1),
+    );
+    assert!(store.save(&snapshot_at(30, 1)).is_err(), "no fault fired");
+    assert_eq!(snapshot_indexes(&crash, &dir), [10, 20, 30]);
+    faulty.inject(
+        FaultRule::new(FileOp::Remove, Fault::Io)
+            .on(".snap")
+            .times(1),
+    );
+    assert!(store.save(&snapshot_at(40, 1)).is_err(), "no fault fired");
+    store.save(&snapshot_at(50, 1)).expect("save");
+    assert_eq!(
+        snapshot_indexes(&crash, &dir),
+        [40, 50],
+        "the save after the failed ones left their files"
+    );
+    drop(store);
+    crash.crash();
+    assert_eq!(snapshot_indexes(&crash, &dir), [40, 50], "after a crash");
+
+    // Across a restart: the failed save's file is found, and the oldest
+    // snapshot is beyond the limit.
+    let mut store = FileSnapshotStore::open_in(fs.clone(), &dir, 1).expect("reopen");
+    faulty.inject(
+        FaultRule::new(FileOp::SyncDir, Fault::Io)
+            .on("snaps")
+            .times(1),
+    );
+    assert!(store.save(&snapshot_at(60, 1)).is_err(), "no fault fired");
+    drop(store);
+    let store = FileSnapshotStore::open_in(fs.clone(), &dir, 1).expect("reopen");
+    assert_eq!(store.latest().expect("read"), Some(snapshot_at(60, 1)));
+    assert_eq!(
+        snapshot_indexes(&crash, &dir),
+        [50, 60],
+        "the open kept a snapshot beyond the retention limit"
+    );
+    drop(store);
+    crash.crash();
+    assert_eq!(snapshot_indexes(&crash, &dir), [50, 60], "after a crash");
+}
+
 /// The segments a compaction removes are gone for good once the sync
 /// that removed them returned: a crash right after it does not bring them
 /// back (`Wal::remove_compacted_segments` fsyncs the directory after each

@@ -14,7 +14,11 @@
 //! place, and the directory fsynced; only then are snapshots beyond the
 //! retention limit removed (and the directory fsynced again). A crash at any
 //! point leaves either the old set of snapshots or the new one, plus perhaps
-//! a temporary file that the next open deletes. Invariants: every `.snap`
+//! a temporary file that the next open deletes. A save that fails after its
+//! rename (the directory fsync) leaves its file in place, untrusted by this
+//! process; the next successful save removes it, as it removes old
+//! snapshots whose removal failed, and an open removes the snapshots beyond
+//! the retention limit (once the latest was verified). Invariants: every `.snap`
 //! file in the directory is complete and checksummed; the latest snapshot is
 //! the one with the highest index; `save` never lowers it.
 //!
@@ -23,7 +27,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::StorageError;
 use super::vfs::{
@@ -124,6 +128,11 @@ pub struct FileSnapshotStore {
     retain_old: usize,
     /// `(index, term)` of the snapshots on disk, ascending.
     on_disk: Vec<(Index, Term)>,
+    /// Snapshot files this process may have left in the directory outside
+    /// `on_disk`: renamed into place by a save that failed after the rename
+    /// (its directory fsync), or doomed by a retention whose removal
+    /// failed. The next successful save removes them.
+    strays: Vec<(Index, Term)>,
     latest_meta: Option<SnapshotMeta>,
 }
 
@@ -133,7 +142,9 @@ impl FileSnapshotStore {
     ///
     /// Deletes leftover temporary files and verifies the latest snapshot; a
     /// damaged one is [`StorageError::Corrupt`] (it was fsynced before it was
-    /// renamed into place, so damage is never a crash artefact).
+    /// renamed into place, so damage is never a crash artefact). Then
+    /// removes the snapshots beyond the retention limit (a failure to is
+    /// logged, and left to the next save).
     pub fn open(dir: impl AsRef<Path>, retain_old: usize) -> Result<Self, StorageError> {
         Self::open_in(vfs::real(), dir, retain_old)
     }
@@ -170,10 +181,43 @@ impl FileSnapshotStore {
             dir,
             retain_old,
             on_disk,
+            strays: Vec::new(),
             latest_meta: None,
         };
         store.latest_meta = store.latest()?.map(|s| s.meta);
+        // Snapshots beyond the retention limit (a save that failed after its
+        // rename, a removal that failed, a smaller limit than the last
+        // process had): removed once the latest was verified. A failure
+        // leaves them to the next save.
+        let excess = store.on_disk.len().saturating_sub(store.retain_old + 1);
+        let doomed: Vec<(Index, Term)> = store.on_disk.drain(..excess).collect();
+        if let Err(e) = store.remove_snapshots(doomed) {
+            warn!(dir = %store.dir.display(), error = %e, "cannot remove old snapshots at open");
+        }
         Ok(store)
+    }
+
+    /// Removes the snapshot files `doomed` (a file already gone is fine)
+    /// and fsyncs the directory. On failure, what was not removed is left
+    /// to the next save ([`Self::strays`]).
+    fn remove_snapshots(&mut self, doomed: Vec<(Index, Term)>) -> Result<(), StorageError> {
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let mut left = doomed.into_iter();
+        while let Some(old) = left.next() {
+            let old_path = self.path(old);
+            match self.fs.remove_file(&old_path) {
+                Ok(()) => debug!(file = %old_path.display(), "removed old snapshot"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    self.strays.push(old);
+                    self.strays.extend(left);
+                    return Err(StorageError::io("remove snapshot", &old_path, e));
+                }
+            }
+        }
+        sync_dir(&*self.fs, &self.dir)
     }
 
     /// The directory holding the snapshots.
@@ -233,6 +277,11 @@ impl SnapshotStore for FileSnapshotStore {
             // Never leave a partial temporary file behind (open would delete
             // it anyway); the error that matters is the first one.
             let _ = self.fs.remove_file(&tmp);
+            // The rename may have happened (the directory fsync failed):
+            // then the file is in the directory, unknown to `on_disk`.
+            if !self.on_disk.contains(&key) && !self.strays.contains(&key) {
+                self.strays.push(key);
+            }
         }
         written?;
         self.latest_meta = Some(snapshot.meta.clone());
@@ -255,17 +304,10 @@ impl SnapshotStore for FileSnapshotStore {
         let excess = self.on_disk.len().saturating_sub(self.retain_old);
         doomed.extend(self.on_disk.drain(..excess));
         self.on_disk.push(key);
-        for old in &doomed {
-            let old_path = self.path(*old);
-            self.fs
-                .remove_file(&old_path)
-                .map_err(|e| StorageError::io("remove snapshot", &old_path, e))?;
-            debug!(file = %old_path.display(), "removed old snapshot");
-        }
-        if !doomed.is_empty() {
-            sync_dir(&*self.fs, &self.dir)?;
-        }
-        Ok(())
+        // And whatever failed saves and removals left behind.
+        let on_disk = &self.on_disk;
+        doomed.extend(self.strays.drain(..).filter(|k| !on_disk.contains(k)));
+        self.remove_snapshots(doomed)
     }
 
     fn latest(&self) -> Result<Option<Snapshot>, StorageError> {
