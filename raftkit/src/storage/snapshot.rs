@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::StorageError;
 use super::vfs::{
-    self, OpenMode, SharedFs, create_dir_durable, sync_dir, sync_dir_and_parent, temp_path,
+    self, RenameSteps, SharedFs, create_dir_durable, sync_dir, sync_dir_and_parent, write_renamed,
 };
 use crate::core::types::{Index, SnapshotMeta, Term};
 
@@ -229,33 +229,32 @@ impl FileSnapshotStore {
         self.dir.join(file_name(index, term))
     }
 
-    /// Writes `bytes` to `tmp`, fsyncs it, renames it to `path` and fsyncs
-    /// the directory.
-    fn write_file(&self, tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-        let file = self
-            .fs
-            .open(tmp, OpenMode::CreateTruncate)
-            .map_err(|e| StorageError::io("create snapshot", tmp, e))?;
-        // In slices, each made durable before the next is written: the
-        // log's fsyncs then wait behind at most one slice of a large
-        // snapshot on a shared disk, never behind all of it.
-        let mut offset = 0;
-        for slice in bytes.chunks(SYNC_EVERY) {
-            file.write_all_at(slice, offset as u64)
-                .map_err(|e| StorageError::io("write snapshot", tmp, e))?;
-            offset += slice.len();
-            if offset < bytes.len() {
-                file.sync_data()
-                    .map_err(|e| StorageError::io("fsync snapshot", tmp, e))?;
+    /// Writes `bytes` to a temporary file, fsyncs it, renames it to `path`
+    /// and fsyncs the directory ([`write_renamed`]; a failure before the
+    /// rename leaves no temporary file).
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+        let steps = RenameSteps {
+            create: "create snapshot",
+            fsync: "fsync snapshot",
+            rename: "rename snapshot",
+        };
+        write_renamed(&*self.fs, path, steps, |file, tmp| {
+            // In slices, each made durable before the next is written: the
+            // log's fsyncs then wait behind at most one slice of a large
+            // snapshot on a shared disk, never behind all of it.
+            let mut offset = 0;
+            for slice in bytes.chunks(SYNC_EVERY) {
+                file.write_all_at(slice, offset as u64)
+                    .map_err(|e| StorageError::io("write snapshot", tmp, e))?;
+                offset += slice.len();
+                if offset < bytes.len() {
+                    file.sync_data()
+                        .map_err(|e| StorageError::io("fsync snapshot", tmp, e))?;
+                }
             }
-        }
-        file.sync_all()
-            .map_err(|e| StorageError::io("fsync snapshot", tmp, e))?;
-        drop(file);
-        self.fs
-            .rename(tmp, path)
-            .map_err(|e| StorageError::io("rename snapshot", tmp, e))?;
-        sync_dir(&*self.fs, &self.dir)
+            Ok(())
+        })?;
+        Ok(())
     }
 }
 
@@ -270,13 +269,8 @@ impl SnapshotStore for FileSnapshotStore {
                 key.0
             )));
         }
-        let path = self.path(key);
-        let tmp = temp_path(&path);
-        let written = self.write_file(&tmp, &path, &encode(snapshot));
+        let written = self.write_file(&self.path(key), &encode(snapshot));
         if written.is_err() {
-            // Never leave a partial temporary file behind (open would delete
-            // it anyway); the error that matters is the first one.
-            let _ = self.fs.remove_file(&tmp);
             // The rename may have happened (the directory fsync failed):
             // then the file is in the directory, unknown to `on_disk`.
             if !self.on_disk.contains(&key) && !self.strays.contains(&key) {

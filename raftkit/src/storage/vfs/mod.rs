@@ -329,41 +329,88 @@ pub(crate) fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Writes a small file atomically: a temporary file ([`temp_path`]),
-/// fsync, rename over `path`, directory fsync. A failure before the rename
-/// removes the temporary file (nothing else would until the next write of
-/// `path`: the stores using this delete no leftovers at open).
+/// Writes a small file atomically: a temporary file (`path` with `.tmp`
+/// appended to its file name), fsync, rename over `path`, directory fsync. A
+/// failure before the rename removes the temporary file (nothing else
+/// would until the next write of `path`: the stores using this delete no
+/// leftovers at open).
 pub fn write_atomic(fs: &dyn Vfs, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    let dir: PathBuf = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    create_dir_durable(fs, &dir)?;
-    let tmp = temp_path(path);
-    let renamed = write_and_rename(fs, &tmp, path, bytes);
-    if renamed.is_err() {
-        // The error that matters is the first one.
-        let _ = fs.remove_file(&tmp);
-    }
-    renamed?;
-    sync_dir(fs, &dir)
+    create_dir_durable(fs, parent_dir(path))?;
+    let steps = RenameSteps {
+        create: "create",
+        fsync: "fsync",
+        rename: "rename",
+    };
+    write_renamed(fs, path, steps, |file, tmp| {
+        file.write_all_at(bytes, 0)
+            .map_err(|e| StorageError::io("write", tmp, e))
+    })?;
+    Ok(())
 }
 
-/// [`write_atomic`] up to its rename.
-fn write_and_rename(
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."))
+}
+
+/// What the errors of [`write_renamed`] call its steps (each store names
+/// what it writes: `create segment`, `fsync snapshot`, ...).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RenameSteps {
+    /// Opening (creating) the temporary file.
+    pub create: &'static str,
+    /// Its `sync_all`.
+    pub fsync: &'static str,
+    /// Its rename to the final name.
+    pub rename: &'static str,
+}
+
+/// Makes `path` appear whole or not at all: opens its temporary file
+/// ([`temp_path`], created or truncated), lets `fill` write it (with any
+/// syncs of its own; it is given the file and the temporary path for its
+/// errors), fsyncs it (`sync_all`), renames it to `path`, then fsyncs the
+/// directory of `path`. A failure up to and including the rename removes
+/// the temporary file (the error returned is the first one); a failure of
+/// the directory fsync leaves `path` in place, its entry perhaps not
+/// durable. Returns the file, still open (now under `path`), and what
+/// `fill` returned. The one implementation of this sequence:
+/// [`write_atomic`], new WAL segments, snapshot files.
+pub(crate) fn write_renamed<T>(
+    fs: &dyn Vfs,
+    path: &Path,
+    steps: RenameSteps,
+    fill: impl FnOnce(&dyn VfsFile, &Path) -> Result<T, StorageError>,
+) -> Result<(Box<dyn VfsFile>, T), StorageError> {
+    let tmp = temp_path(path);
+    let renamed = write_and_rename(fs, &tmp, path, steps, fill);
+    if renamed.is_err() {
+        // Never leave a partial temporary file behind (with a WAL segment's
+        // preallocation it holds zeros, often on a disk that just ran out of
+        // room). The error that matters is the first one.
+        let _ = fs.remove_file(&tmp);
+    }
+    let renamed = renamed?;
+    sync_dir(fs, parent_dir(path))?;
+    Ok(renamed)
+}
+
+/// [`write_renamed`] up to its rename.
+fn write_and_rename<T>(
     fs: &dyn Vfs,
     tmp: &Path,
     path: &Path,
-    bytes: &[u8],
-) -> Result<(), StorageError> {
+    steps: RenameSteps,
+    fill: impl FnOnce(&dyn VfsFile, &Path) -> Result<T, StorageError>,
+) -> Result<(Box<dyn VfsFile>, T), StorageError> {
     let file = fs
         .open(tmp, OpenMode::CreateTruncate)
-        .map_err(|e| StorageError::io("create", tmp, e))?;
-    file.write_all_at(bytes, 0)
-        .map_err(|e| StorageError::io("write", tmp, e))?;
+        .map_err(|e| StorageError::io(steps.create, tmp, e))?;
+    let filled = fill(&*file, tmp)?;
     file.sync_all()
-        .map_err(|e| StorageError::io("fsync", tmp, e))?;
-    drop(file);
+        .map_err(|e| StorageError::io(steps.fsync, tmp, e))?;
     fs.rename(tmp, path)
-        .map_err(|e| StorageError::io("rename", tmp, e))
+        .map_err(|e| StorageError::io(steps.rename, tmp, e))?;
+    Ok((file, filled))
 }

@@ -53,7 +53,7 @@ use tracing::warn;
 use super::record::{FRAME_HEADER_LEN, decode_header};
 use crate::core::types::Index;
 use crate::storage::StorageError;
-use crate::storage::vfs::{OpenMode, Vfs, VfsFile, sync_dir, temp_path};
+use crate::storage::vfs::{OpenMode, RenameSteps, Vfs, VfsFile, write_renamed};
 
 /// The magic bytes opening every segment.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"RKWAL\0\0\x01";
@@ -114,7 +114,10 @@ impl Segment {
 
     /// Creates segment `seq` in `dir` holding `first_frame`, durably: write a
     /// temporary file (zeroed up to the first multiple of `step`), fsync it,
-    /// rename it into place, fsync the directory.
+    /// rename it into place, fsync the directory ([`write_renamed`]: a
+    /// segment never born leaves no temporary file; with preallocation it
+    /// would hold a step of zeros, often on a disk that just ran out of
+    /// room).
     pub fn create(
         fs: &dyn Vfs,
         dir: &Path,
@@ -123,61 +126,14 @@ impl Segment {
         step: u64,
     ) -> Result<Segment, StorageError> {
         let path = dir.join(segment_name(seq));
-        let tmp = temp_path(&path);
-        match Self::write_and_rename(fs, &tmp, &path, seq, first_frame, step) {
-            Ok(seg) => {
-                sync_dir(fs, dir)?;
-                Ok(seg)
-            }
-            Err(e) => {
-                // Never born: leave no temporary file (with preallocation
-                // it holds a step of zeros, often on a disk that just ran
-                // out of room). The error that matters is the first one.
-                let _ = fs.remove_file(&tmp);
-                Err(e)
-            }
-        }
-    }
-
-    /// [`Segment::create`] up to the rename of `tmp` to `path`.
-    fn write_and_rename(
-        fs: &dyn Vfs,
-        tmp: &Path,
-        path: &Path,
-        seq: u64,
-        first_frame: &[u8],
-        step: u64,
-    ) -> Result<Segment, StorageError> {
-        let (tmp, path) = (tmp.to_path_buf(), path.to_path_buf());
-        let file = fs
-            .open(&tmp, OpenMode::CreateTruncate)
-            .map_err(|e| StorageError::io("create segment", &tmp, e))?;
-        let mut head = Vec::with_capacity(SEGMENT_HEADER_LEN as usize + first_frame.len());
-        head.extend_from_slice(&SEGMENT_MAGIC);
-        head.extend_from_slice(&seq.to_le_bytes());
-        head.extend_from_slice(first_frame);
-        let len = head.len() as u64;
-        let mut allocated = round_up(len, step);
-        head.resize(allocated as usize, 0);
-        let mut step = step;
-        match file.write_all_at(&head, 0) {
-            Ok(()) => {}
-            Err(e) if no_room(&e) && allocated > len => {
-                // No room for the zeros: born without them (see
-                // "Preallocation"); the header and checkpoint may still fit.
-                warn!(file = %tmp.display(), error = %e, "no room to preallocate a wal segment");
-                file.set_len(0)
-                    .map_err(|e| StorageError::io("truncate segment", &tmp, e))?;
-                file.write_all_at(&head[..len as usize], 0)
-                    .map_err(|e| StorageError::io("write segment", &tmp, e))?;
-                (allocated, step) = (len, 1);
-            }
-            Err(e) => return Err(StorageError::io("write segment", &tmp, e)),
-        }
-        file.sync_all()
-            .map_err(|e| StorageError::io("fsync segment", &tmp, e))?;
-        fs.rename(&tmp, &path)
-            .map_err(|e| StorageError::io("rename segment", &tmp, e))?;
+        let steps = RenameSteps {
+            create: "create segment",
+            fsync: "fsync segment",
+            rename: "rename segment",
+        };
+        let (file, (len, allocated, step)) = write_renamed(fs, &path, steps, |file, tmp| {
+            Self::write_head(file, tmp, seq, first_frame, step)
+        })?;
         Ok(Segment {
             seq,
             path,
@@ -188,6 +144,40 @@ impl Segment {
             base_len: len,
             max_entry: 0,
         })
+    }
+
+    /// Writes the header and `first_frame` of segment `seq` to its
+    /// temporary file `tmp`, zeroed up to the first multiple of `step` if
+    /// there is room (see "Preallocation"). Returns the content's length,
+    /// the file's size and the preallocation step from now on.
+    fn write_head(
+        file: &dyn VfsFile,
+        tmp: &Path,
+        seq: u64,
+        first_frame: &[u8],
+        step: u64,
+    ) -> Result<(u64, u64, u64), StorageError> {
+        let mut head = Vec::with_capacity(SEGMENT_HEADER_LEN as usize + first_frame.len());
+        head.extend_from_slice(&SEGMENT_MAGIC);
+        head.extend_from_slice(&seq.to_le_bytes());
+        head.extend_from_slice(first_frame);
+        let len = head.len() as u64;
+        let allocated = round_up(len, step);
+        head.resize(allocated as usize, 0);
+        match file.write_all_at(&head, 0) {
+            Ok(()) => Ok((len, allocated, step)),
+            Err(e) if no_room(&e) && allocated > len => {
+                // No room for the zeros: born without them (see
+                // "Preallocation"); the header and checkpoint may still fit.
+                warn!(file = %tmp.display(), error = %e, "no room to preallocate a wal segment");
+                file.set_len(0)
+                    .map_err(|e| StorageError::io("truncate segment", tmp, e))?;
+                file.write_all_at(&head[..len as usize], 0)
+                    .map_err(|e| StorageError::io("write segment", tmp, e))?;
+                Ok((len, len, 1))
+            }
+            Err(e) => Err(StorageError::io("write segment", tmp, e)),
+        }
     }
 
     /// Opens an existing segment and checks its header. Call
