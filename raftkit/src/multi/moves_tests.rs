@@ -73,13 +73,27 @@ fn settled_members(st: &PeerStatus) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
     })
 }
 
-/// Group `G` on A and B moves B's (the follower's) replica to D; the
-/// move's joint change is held while an admin adds learner E to `G` to
-/// completion; once the move goes on, the group keeps E, with D voting
-/// in B's place.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_learner_added_while_a_move_waits_for_its_joint_change_stays() {
-    let ca = ClusterCa::generate("moves-joint-test").expect("a CA");
+/// Three nodes on fresh data directories, group `G` created on the first
+/// two, and which of them leads it.
+struct GroupOnTwo {
+    /// The nodes' data directories (kept until the test ends).
+    _dirs: Vec<tempfile::TempDir>,
+    /// The three nodes: A and B host `G`, the third does not.
+    nodes: Vec<MultiNode<Placement>>,
+    /// Their addresses, in the same order.
+    addrs: Vec<String>,
+    /// The one of A and B that leads `G`.
+    leader: MultiNode<Placement>,
+    /// The other one's id.
+    from: NodeId,
+}
+
+/// Starts three nodes certified by a new CA named `ca_name`, creates `G`
+/// on the first two and waits for a leader of `G` whose initial
+/// configuration has committed (before that, a membership change is
+/// refused as one in flight).
+async fn group_on_two_of_three(ca_name: &str) -> GroupOnTwo {
+    let ca = ClusterCa::generate(ca_name).expect("a CA");
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let dirs: Vec<_> = (0..3)
         .map(|_| tempfile::tempdir().expect("a temporary directory"))
@@ -93,8 +107,6 @@ async fn a_learner_added_while_a_move_waits_for_its_joint_change_stays() {
     }
     let (leader, from) = until("a leader of G", || {
         let leads = |i: usize| {
-            // A leader whose initial configuration has committed: before
-            // that, a membership change is refused as one in flight.
             nodes[i].group(G).is_some_and(|p| {
                 let st = p.status();
                 st.role == Role::Leader && settled_members(&st).is_some()
@@ -107,6 +119,28 @@ async fn a_learner_added_while_a_move_waits_for_its_joint_change_stays() {
         }
     })
     .await;
+    GroupOnTwo {
+        _dirs: dirs,
+        nodes,
+        addrs,
+        leader,
+        from,
+    }
+}
+
+/// Group `G` on A and B moves B's (the follower's) replica to D; the
+/// move's joint change is held while an admin adds learner E to `G` to
+/// completion; once the move goes on, the group keeps E, with D voting
+/// in B's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_added_while_a_move_waits_for_its_joint_change_stays() {
+    let GroupOnTwo {
+        _dirs,
+        nodes,
+        addrs,
+        leader,
+        from,
+    } = group_on_two_of_three("moves-joint-test").await;
     let peer = leader.group(G).expect("the leader hosts G");
     let d = addrs[2].clone();
     let d_id = Peer::<Placement>::member_id(&d);
@@ -165,32 +199,13 @@ async fn a_learner_added_while_a_move_waits_for_its_joint_change_stays() {
 /// then the undo of a refused move to D runs: D stays a voter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undoing_a_refused_move_never_removes_a_target_that_votes_now() {
-    let ca = ClusterCa::generate("moves-undo-test").expect("a CA");
-    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let dirs: Vec<_> = (0..3)
-        .map(|_| tempfile::tempdir().expect("a temporary directory"))
-        .collect();
-    let mut nodes = Vec::new();
-    for (addr, dir) in addrs.iter().zip(&dirs) {
-        nodes.push(node(&ca, addr, dir.path()).await);
-    }
-    for n in &nodes[..2] {
-        n.create_group(G, &addrs[..2]).await.expect("group G");
-    }
-    let (leader, from) = until("a leader of G", || {
-        let leads = |i: usize| {
-            nodes[i].group(G).is_some_and(|p| {
-                let st = p.status();
-                st.role == Role::Leader && settled_members(&st).is_some()
-            })
-        };
-        match (leads(0), leads(1)) {
-            (true, false) => Some((nodes[0].clone(), nodes[1].id())),
-            (false, true) => Some((nodes[1].clone(), nodes[0].id())),
-            _ => None,
-        }
-    })
-    .await;
+    let GroupOnTwo {
+        _dirs,
+        nodes,
+        addrs,
+        leader,
+        from,
+    } = group_on_two_of_three("moves-undo-test").await;
     let peer = leader.group(G).expect("the leader hosts G");
     let d = addrs[2].clone();
     let d_id = Peer::<Placement>::member_id(&d);

@@ -944,6 +944,32 @@ mod tests {
         }
     }
 
+    /// A persister (inline or on its thread) over an in-memory log that
+    /// records its operations, and the record.
+    fn recording_persister(inline: bool) -> (Persister, Arc<Mutex<Vec<Op>>>) {
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let log: BoxedLog = Box::new(Recording {
+            inner: MemLogStore::new(),
+            ops: ops.clone(),
+            dirty: false,
+        });
+        let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
+        (Persister::start(log, snaps, inline).expect("start"), ops)
+    }
+
+    /// Gives `p` each of `writes` in turn, waiting for its completion before
+    /// the next (so that each write is a batch of its own); each completes.
+    async fn write_one_at_a_time<const N: usize>(p: &Persister, writes: [Write; N], inline: bool) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for (token, w) in (1..).zip(writes) {
+            let outcome = match p.write(w, tx.clone(), token) {
+                Some(r) => r.map(|()| token),
+                None => rx.recv().await.expect("a completion"),
+            };
+            assert_eq!(outcome.ok(), Some(token), "inline {inline}");
+        }
+    }
+
     /// A hard state that only moves the commit index costs no sync of its
     /// own: it rides with the next write that syncs anyway, or with the
     /// shutdown flush. Entries and hard state of one write share one sync.
@@ -951,15 +977,7 @@ mod tests {
     #[tokio::test]
     async fn commit_only_hard_states_ride_along_and_entries_share_a_sync() {
         for inline in [false, true] {
-            let ops = Arc::new(Mutex::new(Vec::new()));
-            let log: BoxedLog = Box::new(Recording {
-                inner: MemLogStore::new(),
-                ops: ops.clone(),
-                dirty: false,
-            });
-            let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
-            let p = Persister::start(log, snaps, inline).expect("start");
-            let (tx, mut rx) = mpsc::unbounded_channel();
+            let (p, ops) = recording_persister(inline);
             let writes = [
                 write(vec![entry(1)], Some(hs(1, 1, 0))),
                 write(Vec::new(), Some(hs(1, 1, 1))), // commit only: held
@@ -968,14 +986,7 @@ mod tests {
                 write(Vec::new(), Some(hs(2, 0, 2))), // a new term: written
                 write(Vec::new(), Some(hs(2, 0, 3))), // commit only: held
             ];
-            for (token, w) in (1..).zip(writes) {
-                // One at a time, so that each write is a batch of its own.
-                let outcome = match p.write(w, tx.clone(), token) {
-                    Some(r) => r.map(|()| token),
-                    None => rx.recv().await.expect("a completion"),
-                };
-                assert_eq!(outcome.ok(), Some(token), "inline {inline}");
-            }
+            write_one_at_a_time(&p, writes, inline).await;
             p.shutdown().await.expect("shutdown");
             let ops = ops.lock().expect("ops").clone();
             use Op::*;
@@ -997,26 +1008,12 @@ mod tests {
     #[tokio::test]
     async fn a_new_vote_in_the_written_term_is_synced_not_held_back() {
         for inline in [false, true] {
-            let ops = Arc::new(Mutex::new(Vec::new()));
-            let log: BoxedLog = Box::new(Recording {
-                inner: MemLogStore::new(),
-                ops: ops.clone(),
-                dirty: false,
-            });
-            let snaps: SharedSnapshots = Arc::new(Mutex::new(Box::new(MemSnapshotStore::new(1))));
-            let p = Persister::start(log, snaps, inline).expect("start");
-            let (tx, mut rx) = mpsc::unbounded_channel();
+            let (p, ops) = recording_persister(inline);
             let writes = [
                 write(vec![entry(1)], Some(hs(2, 0, 0))),
                 write(Vec::new(), Some(hs(2, 3, 0))), // a vote in term 2
             ];
-            for (token, w) in (1..).zip(writes) {
-                let outcome = match p.write(w, tx.clone(), token) {
-                    Some(r) => r.map(|()| token),
-                    None => rx.recv().await.expect("a completion"),
-                };
-                assert_eq!(outcome.ok(), Some(token), "inline {inline}");
-            }
+            write_one_at_a_time(&p, writes, inline).await;
             // Before the shutdown flush: the vote's write has completed.
             let before_shutdown = ops.lock().expect("ops").clone();
             use Op::*;

@@ -422,22 +422,21 @@ fn a_log_directory_whose_parent_sync_failed_is_made_durable_at_open() {
     );
 }
 
-/// Compaction removes the segments whose entries are all at or below the
-/// boundary, and no other (found by mutation, stop 43: with the removal
-/// condition off by one, `max_entry > boundary + 1`, no test failed, and
-/// the segment holding the first entry after the boundary was removed).
-/// One entry per segment: segment `k` holds entry `k`.
-#[test]
-fn compaction_keeps_the_segment_holding_the_entry_after_the_boundary() {
+/// Segments so small that each holds one frame.
+const ONE_PER_SEGMENT: u64 = 1;
+
+/// A log at `/node/wal` on a crashable disk holding entries 1..=6 of term
+/// 1, each synced, in segments of one entry each (segment `k` holds entry
+/// `k`): the disk, the log's directory and the log.
+fn one_entry_per_segment() -> (CrashFs, std::path::PathBuf, Wal) {
     let root = Path::new("/node");
     let dir = root.join("wal");
     let fs = CrashFs::new(root);
-    let one_per_segment = 1;
     let mut wal = Wal::open_in(
         Arc::new(fs.clone()),
         &dir,
         WalOptions {
-            segment_size: one_per_segment,
+            segment_size: ONE_PER_SEGMENT,
         },
     )
     .expect("open wal");
@@ -445,6 +444,17 @@ fn compaction_keeps_the_segment_holding_the_entry_after_the_boundary() {
         wal.append(&entries(i, i, 1)).expect("append");
         wal.sync().expect("sync");
     }
+    (fs, dir, wal)
+}
+
+/// Compaction removes the segments whose entries are all at or below the
+/// boundary, and no other (found by mutation, stop 43: with the removal
+/// condition off by one, `max_entry > boundary + 1`, no test failed, and
+/// the segment holding the first entry after the boundary was removed).
+/// One entry per segment: segment `k` holds entry `k`.
+#[test]
+fn compaction_keeps_the_segment_holding_the_entry_after_the_boundary() {
+    let (fs, dir, mut wal) = one_entry_per_segment();
     wal.compact_prefix(4, 1).expect("compact");
     wal.sync().expect("sync");
     assert_eq!(
@@ -452,7 +462,7 @@ fn compaction_keeps_the_segment_holding_the_entry_after_the_boundary() {
         Some(entries(5, 6, 1)),
         "the entries after the boundary are not readable after the compaction"
     );
-    let wal = crash_and_reopen(&fs, wal, &dir, one_per_segment);
+    let wal = crash_and_reopen(&fs, wal, &dir, ONE_PER_SEGMENT);
     assert_eq!((wal.first_index(), wal.last_index()), (5, 6));
     assert_eq!(wal.entries(5, 7).ok(), Some(entries(5, 6, 1)));
 }
@@ -655,28 +665,13 @@ fn a_snapshot_left_by_a_failed_save_is_removed_by_the_next_save_or_open() {
 /// same entries, so only the files tell).
 #[test]
 fn the_segments_a_compaction_removes_stay_removed_after_a_crash() {
-    let root = Path::new("/node");
-    let dir = root.join("wal");
-    let fs = CrashFs::new(root);
-    let one_per_segment = 1;
-    let mut wal = Wal::open_in(
-        Arc::new(fs.clone()),
-        &dir,
-        WalOptions {
-            segment_size: one_per_segment,
-        },
-    )
-    .expect("open wal");
-    for i in 1..=6 {
-        wal.append(&entries(i, i, 1)).expect("append");
-        wal.sync().expect("sync");
-    }
+    let (fs, dir, mut wal) = one_entry_per_segment();
     let before = wal.segment_paths().len();
     wal.compact_prefix(4, 1).expect("compact");
     wal.sync().expect("sync");
     let kept = wal.segment_paths();
     assert!(kept.len() < before, "the compaction removed no segment");
-    let wal = crash_and_reopen(&fs, wal, &dir, one_per_segment);
+    let wal = crash_and_reopen(&fs, wal, &dir, ONE_PER_SEGMENT);
     assert_eq!(
         wal.segment_paths(),
         kept,

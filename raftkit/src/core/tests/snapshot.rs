@@ -475,24 +475,7 @@ fn heartbeats_during_a_transfer_do_not_multiply_the_chunks_in_flight() {
 /// reports a transfer in progress.
 #[test]
 fn a_follower_caught_up_by_appends_drops_its_snapshot_transfer() {
-    let mut c = Cluster::with(&[1, 2, 3], |c| c.snapshot_chunk_bytes = 4);
-    c.elect(1);
-    c.isolate(3);
-    for i in 0..5u8 {
-        c.propose(1, &[i]);
-    }
-    let applied = c.node(1).log().applied();
-    c.node_mut(1)
-        .compact(applied, vec![7; 400])
-        .expect("compact");
-    c.heal();
-    let mut ticks = 0;
-    while c.node(1).snapshot_sends().is_empty() {
-        assert!(ticks < 10 * T, "no snapshot transfer started");
-        c.deliver_one();
-        c.node_mut(1).tick();
-        ticks += 1;
-    }
+    let (mut c, _) = snapshot_send_started(400);
     let last = c.node(1).log().last_index();
     let term = c.node(1).term();
     c.node_mut(1).step(Message {
@@ -638,11 +621,10 @@ fn chunks_of_the_same_leader_in_a_later_term_start_afresh() {
     );
 }
 
-/// A leader sending a snapshot of 40 bytes in chunks of 4 to node 3 (cut
-/// off while the leader compacted past its log): the cluster, and the
-/// snapshot's metadata, once the transfer is under way and before the
-/// follower installed it.
-fn transfer_under_way() -> (Cluster, SnapshotMeta) {
+/// A leader that compacted its log into a snapshot of `bytes` bytes while
+/// node 3 was cut off, and started sending it to node 3 in chunks of 4
+/// once it was back: the cluster and the snapshot's metadata.
+fn snapshot_send_started(bytes: usize) -> (Cluster, SnapshotMeta) {
     let mut c = Cluster::with(&[1, 2, 3], |c| c.snapshot_chunk_bytes = 4);
     c.elect(1);
     c.isolate(3);
@@ -652,7 +634,7 @@ fn transfer_under_way() -> (Cluster, SnapshotMeta) {
     let applied = c.node(1).log().applied();
     let meta = c
         .node_mut(1)
-        .compact(applied, vec![7; 40])
+        .compact(applied, vec![7; bytes])
         .expect("compact");
     c.heal();
     let mut ticks = 0;
@@ -662,6 +644,15 @@ fn transfer_under_way() -> (Cluster, SnapshotMeta) {
         c.node_mut(1).tick();
         ticks += 1;
     }
+    (c, meta)
+}
+
+/// A leader sending a snapshot of 40 bytes in chunks of 4 to node 3 (cut
+/// off while the leader compacted past its log): the cluster, and the
+/// snapshot's metadata, once the transfer is under way and before the
+/// follower installed it.
+fn transfer_under_way() -> (Cluster, SnapshotMeta) {
+    let (c, meta) = snapshot_send_started(40);
     assert_eq!(c.installed.get(&3).map_or(0, Vec::len), 0);
     (c, meta)
 }
