@@ -336,6 +336,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             let timing = Timing {
                 interval: self.tick * HEARTBEAT_TICKS,
                 timeout: self.tick * ELECTION_TICKS,
+                max_listed: crate::transport::frame::MAX_QUIESCED_PER_FRAME,
             };
             let task = tokio::spawn(quiesce::run(
                 Arc::downgrade(&node.inner),
@@ -1347,6 +1348,20 @@ impl<S: PeerExt> MultiNode<S> {
                     return;
                 };
                 let answer = removal::answer_of(&peer.watch().borrow());
+                // The asker refuses a longer list (and drops the link); no
+                // configuration in force is longer (`MAX_MEMBERS` is
+                // checked on every path that takes one). Not answering is
+                // safe: the asker asks again, or goes on waiting.
+                if answer.members.len() > crate::core::MAX_MEMBERS {
+                    tracing::warn!(
+                        group,
+                        asker = from,
+                        members = answer.members.len(),
+                        max = crate::core::MAX_MEMBERS,
+                        "membership too large to answer; not answered"
+                    );
+                    return;
+                }
                 if self.inner.links.link_asker(from, addr) {
                     self.inner
                         .links

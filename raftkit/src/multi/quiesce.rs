@@ -32,6 +32,11 @@
 //!   group that knows no leader.
 //!
 //! Invariants:
+//! - A coalesced heartbeat lists at most
+//!   [`MAX_QUIESCED_PER_FRAME`] groups (the receiver refuses a longer list
+//!   and drops the link): a node leading more idle groups than that keeps
+//!   the rest ticking (woken if asleep), so every frame it sends stays a
+//!   whole list of its sleeping groups.
 //! - Only ticks are withheld (see [`TickGate`]): safety never depends on
 //!   them. Any proposal, read, configuration change or Raft message wakes
 //!   the group at once (the node task wakes its own gate), so a sleeping
@@ -48,10 +53,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::debug;
 
 use super::GroupId;
 use crate::core::{NodeId, Role};
 use crate::runtime::{PeerStatus, TickGate};
+use crate::transport::frame::MAX_QUIESCED_PER_FRAME;
 
 /// A coalesced heartbeat as received: the sender and `(group, term,
 /// commit)` of every quiesced group it leads.
@@ -82,6 +89,10 @@ pub(crate) struct Timing {
     /// How long a leader's node may stay silent before its sleeping groups
     /// wake (a group's election timeout).
     pub(crate) timeout: Duration,
+    /// The most groups one coalesced heartbeat lists, hence the most that
+    /// sleep as this node's leaders ([`MAX_QUIESCED_PER_FRAME`]; smaller in
+    /// tests).
+    pub(crate) max_listed: usize,
 }
 
 /// Whether a leader's group is idle: everything committed, applied and
@@ -118,9 +129,16 @@ pub(crate) async fn run<H: Hosting>(
                 let now = Instant::now();
                 let mut quiesced = Vec::new();
                 let mut seen = HashMap::new();
+                let max_listed = timing.max_listed.min(MAX_QUIESCED_PER_FRAME);
+                let mut over = 0usize;
                 for (group, w) in h.watched() {
                     let s = w.status.borrow();
-                    if s.role == Role::Leader {
+                    if s.role == Role::Leader && quiesced.len() >= max_listed {
+                        // The frame is full: this group ticks (its
+                        // followers, no longer listed, wake too).
+                        w.gate.wake();
+                        over += 1;
+                    } else if s.role == Role::Leader {
                         if w.gate.is_asleep() {
                             quiesced.push((group, s.term, s.commit));
                         } else if leader_idle(&s) {
@@ -144,6 +162,10 @@ pub(crate) async fn run<H: Hosting>(
                     }
                 }
                 last_seen = seen;
+                if over > 0 {
+                    debug!(listed = quiesced.len(), over, max = max_listed,
+                        "more led groups than a coalesced heartbeat lists: the rest keep ticking");
+                }
                 for to in h.peer_nodes() {
                     h.send_coalesced(to, quiesced.clone());
                 }
@@ -170,5 +192,107 @@ pub(crate) async fn run<H: Hosting>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::watch;
+
+    use super::*;
+
+    /// Groups this node leads, all idle, and the frames it sent.
+    struct Leading {
+        groups: Vec<(GroupId, watch::Sender<PeerStatus>, Arc<TickGate>)>,
+        sent: Mutex<Vec<Vec<(u64, u64, u64)>>>,
+    }
+
+    impl Hosting for Leading {
+        fn watched(&self) -> Vec<(GroupId, Watched)> {
+            self.groups
+                .iter()
+                .map(|(g, tx, gate)| {
+                    let w = Watched {
+                        status: tx.subscribe(),
+                        gate: gate.clone(),
+                    };
+                    (*g, w)
+                })
+                .collect()
+        }
+        fn peer_nodes(&self) -> Vec<NodeId> {
+            vec![2]
+        }
+        fn send_coalesced(&self, _to: NodeId, quiesced: Vec<(u64, u64, u64)>) {
+            if let Ok(mut sent) = self.sent.lock() {
+                sent.push(quiesced);
+            }
+        }
+    }
+
+    /// Found by review, stop 47 (with the receiver's cap on the list): a
+    /// node leading more idle groups than a coalesced heartbeat may list
+    /// puts only as many to sleep, lists exactly those, and wakes one that
+    /// slept past the cap; no frame lists more.
+    #[tokio::test(start_paused = true)]
+    async fn a_coalesced_heartbeat_lists_at_most_its_cap_and_only_sleeping_groups() {
+        let leader = PeerStatus {
+            id: 1,
+            role: Role::Leader,
+            term: 3,
+            ..Default::default()
+        };
+        let leading = Arc::new(Leading {
+            groups: (1..=5)
+                .map(|g| {
+                    let (tx, _) = watch::channel(leader.clone());
+                    (g, tx, Arc::new(TickGate::default()))
+                })
+                .collect(),
+            sent: Mutex::new(Vec::new()),
+        });
+        // Asleep already (a cap lowered, or more groups led since).
+        if let Some((_, _, gate)) = leading.groups.last() {
+            gate.sleep();
+        }
+        let (_beats, inbound) = mpsc::channel(1);
+        let timing = Timing {
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_millis(100),
+            max_listed: 2,
+        };
+        let task = tokio::spawn(run(Arc::downgrade(&leading), inbound, timing));
+        let frames = |l: &Leading| l.sent.lock().map(|s| s.clone()).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while frames(&leading).len() < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "no 4 frames: {:?}",
+                frames(&leading)
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        task.abort();
+        let sent = frames(&leading);
+        for frame in &sent {
+            assert!(frame.len() <= 2, "a frame over the cap: {sent:?}");
+        }
+        let asleep: Vec<GroupId> = leading
+            .groups
+            .iter()
+            .filter(|(_, _, gate)| gate.is_asleep())
+            .map(|(g, _, _)| *g)
+            .collect();
+        let last: Vec<GroupId> = sent
+            .last()
+            .map(|f| f.iter().map(|(g, _, _)| *g).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            last, asleep,
+            "the last frame lists exactly the sleeping groups"
+        );
+        assert_eq!(asleep.len(), 2, "{sent:?}");
     }
 }

@@ -27,7 +27,13 @@
 //!    decodes into at most [`MAX_ENTRIES_PER_APPEND`] entries: one claiming
 //!    more is refused from its header ([`FrameError::TooManyEntries`])
 //!    before any entry is decoded.
-//! 4. Postcard encodes enum variants by index, so variants of [`PeerFrame`]
+//! 4. The lists of a coalesced heartbeat and of a membership answer are
+//!    capped the same way ([`FrameError::TooManyItems`], from the list's
+//!    length before any item is decoded): at most
+//!    [`MAX_QUIESCED_PER_FRAME`] groups (the sender lists no more, see
+//!    `crate::multi::quiesce`) and [`MAX_MEMBERS`] members (no
+//!    configuration in force has more).
+//! 5. Postcard encodes enum variants by index, so variants of [`PeerFrame`]
 //!    are only ever appended; [`PROTOCOL_VERSION`] changes when the meaning of
 //!    existing bytes changes.
 
@@ -37,7 +43,8 @@ use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::core::{MAX_ENTRIES_PER_APPEND, Message, NodeId};
+use crate::core::{MAX_ENTRIES_PER_APPEND, MAX_MEMBERS, Message, NodeId};
+use crate::postcard_cursor::Cursor;
 
 /// The default cap on one frame's body: 16 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
@@ -184,11 +191,37 @@ pub enum FrameError {
         /// The cap.
         max: usize,
     },
+    /// A coalesced heartbeat or a membership answer lists more items than
+    /// any correct sender puts in one ([`MAX_QUIESCED_PER_FRAME`] quiesced
+    /// groups, [`MAX_MEMBERS`] members); refused from the list's length
+    /// before any item is decoded. Neither frame carries a command (nothing
+    /// was applied); no correct peer sends one: the link is closed.
+    #[error("{kind} frame lists {count} items, over the cap of {max}")]
+    TooManyItems {
+        /// The frame's kind.
+        kind: &'static str,
+        /// The item count the frame claims.
+        count: u64,
+        /// The cap.
+        max: usize,
+    },
     /// A well-formed frame of a kind this build does not know (a newer
     /// peer's): skipped, the link goes on (see [`decode_peer_frame`]).
     #[error("frame of unknown kind {0}")]
     UnknownKind(u32),
 }
+
+/// The most `(group, term, commit)` tuples one [`PeerFrame::Coalesced`]
+/// lists: the most groups a multi-group node puts to sleep as their leader
+/// at once (`crate::multi::quiesce`; the groups past it keep ticking). It
+/// is the default hosting bound (`HostingPolicy::max_groups`, 100,000):
+/// 2.4 MB decoded, at most 3 MB encoded, well within a frame.
+pub const MAX_QUIESCED_PER_FRAME: usize = 100_000;
+
+/// `PeerFrame::Coalesced`'s tag (postcard: variant index).
+const COALESCED: u32 = 5;
+/// `PeerFrame::MemberAnswer`'s tag.
+const MEMBER_ANSWER: u32 = 7;
 
 /// How many [`PeerFrame`] kinds this build knows: postcard tags a variant
 /// by its index, so tags `0..PEER_FRAME_KINDS` (pinned by a test).
@@ -220,6 +253,13 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, FrameError> {
             max: MAX_ENTRIES_PER_APPEND,
         });
     }
+    // Likewise for the two lists a frame may carry (before serde builds
+    // them: a 3-byte tuple is 24 bytes decoded).
+    if let Some((kind, count, max)) = claimed_list(body)
+        && count > max as u64
+    {
+        return Err(FrameError::TooManyItems { kind, count, max });
+    }
     if let Some(frame) = super::append_decode::decode_append(body) {
         return Ok(frame);
     }
@@ -227,6 +267,30 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, FrameError> {
         Ok((tag, _)) if tag >= PEER_FRAME_KINDS => FrameError::UnknownKind(tag),
         _ => FrameError::Decode(e),
     })
+}
+
+/// The kind, claimed length and cap of the list a `Coalesced` or a
+/// `MemberAnswer` frame carries, read from the few varints before it
+/// (invariant 4); `None` for any other frame, or bytes that do not read as
+/// far as the length (serde refuses those the same way).
+fn claimed_list(body: &[u8]) -> Option<(&'static str, u64, usize)> {
+    let mut c = Cursor::new(body);
+    match c.u32().ok()? {
+        COALESCED => Some(("Coalesced", c.u64().ok()?, MAX_QUIESCED_PER_FRAME)),
+        MEMBER_ANSWER => {
+            // group, then `MemberAnswer`: config_index, commit, joint,
+            // leader, term, members.
+            for _ in 0..3 {
+                c.u64().ok()?;
+            }
+            // A bool is one byte, 0 or 1, as an option's tag.
+            c.option().ok()?;
+            c.option().ok()?;
+            c.u64().ok()?;
+            Some(("MemberAnswer", c.u64().ok()?, MAX_MEMBERS))
+        }
+        _ => None,
+    }
 }
 
 /// Appends `frame`, length-prefixed, to `buf`. On error `buf` is left as it
@@ -652,5 +716,90 @@ mod tests {
             Err(FrameError::Decode(_))
         ));
         assert!(matches!(decode_peer_frame(&[]), Err(FrameError::Decode(_))));
+    }
+}
+
+#[cfg(test)]
+mod list_cap_tests {
+    use super::*;
+
+    /// Found by review, stop 47: a coalesced heartbeat's list and a
+    /// membership answer's member list had no cap: a node certificate
+    /// could send 16 MiB frames of ~5.6M minimal tuples (~134 MB decoded
+    /// each), queued 64 deep. A list over its cap is refused from its
+    /// length before any item is decoded; one at the cap decodes.
+    #[test]
+    fn a_coalesced_or_member_list_over_its_cap_is_refused_before_decoding() {
+        let huge = PeerFrame::Coalesced {
+            quiesced: vec![(0, 0, 0); 5_000_000],
+        };
+        let body = postcard::to_allocvec(&huge).expect("encodes");
+        match decode_peer_frame(&body) {
+            Err(FrameError::TooManyItems { count, max, .. }) => {
+                assert_eq!((count, max), (5_000_000, MAX_QUIESCED_PER_FRAME));
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a coalesced heartbeat of 5,000,000 groups decoded"),
+        }
+        let over = PeerFrame::Coalesced {
+            quiesced: vec![(u64::MAX, 1, 1); MAX_QUIESCED_PER_FRAME + 1],
+        };
+        let body = postcard::to_allocvec(&over).expect("encodes");
+        assert!(matches!(
+            decode_peer_frame(&body),
+            Err(FrameError::TooManyItems { .. })
+        ));
+        let at = PeerFrame::Coalesced {
+            quiesced: vec![(u64::MAX, u64::MAX, u64::MAX); MAX_QUIESCED_PER_FRAME],
+        };
+        let body = postcard::to_allocvec(&at).expect("encodes");
+        assert!(
+            body.len() <= DEFAULT_MAX_FRAME_BYTES,
+            "the sender's frame fits"
+        );
+        assert_eq!(decode_peer_frame(&body).expect("at the cap"), at);
+
+        let answer = |n: usize| PeerFrame::MemberAnswer {
+            group: u64::MAX,
+            answer: MemberAnswer {
+                config_index: u64::MAX,
+                commit: 3,
+                joint: true,
+                leader: false,
+                term: 9,
+                members: (1..=n as u64).collect(),
+            },
+        };
+        let body = postcard::to_allocvec(&answer(MAX_MEMBERS + 1)).expect("encodes");
+        match decode_peer_frame(&body) {
+            Err(FrameError::TooManyItems { count, max, .. }) => {
+                assert_eq!((count, max), (MAX_MEMBERS as u64 + 1, MAX_MEMBERS));
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a member answer of {} members decoded", MAX_MEMBERS + 1),
+        }
+        let body = postcard::to_allocvec(&answer(MAX_MEMBERS)).expect("encodes");
+        assert_eq!(
+            decode_peer_frame(&body).expect("at the cap"),
+            answer(MAX_MEMBERS)
+        );
+        // A count claimed with nothing behind it: refused for the count.
+        let mut body = vec![COALESCED as u8];
+        body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert!(matches!(
+            decode_peer_frame(&body),
+            Err(FrameError::TooManyItems {
+                count: u64::MAX,
+                ..
+            })
+        ));
+        // A bad boolean before the count: garbage, as serde says.
+        let mut body = postcard::to_allocvec(&answer(MAX_MEMBERS + 1)).expect("encodes");
+        // tag, group (10 bytes), config_index (10 bytes), commit: the joint flag.
+        body[1 + 10 + 10 + 1] = 2;
+        assert!(matches!(
+            decode_peer_frame(&body),
+            Err(FrameError::Decode(_))
+        ));
     }
 }
