@@ -19,8 +19,8 @@
 //!    else (another frame or message, a configuration entry, bytes that do
 //!    not read): the caller then decodes through serde. When it returns a
 //!    frame, that frame is equal to the one serde decodes from the same
-//!    bytes (trailing bytes ignored as postcard ignores them; property
-//!    tests against the serde derive). The bytes on the wire do not change.
+//!    bytes (property tests against the serde derive). The bytes on the
+//!    wire do not change.
 //! 2. **Bounded.** Network bytes: every read is checked ([`Cursor`]), the
 //!    entry vector's initial capacity is bounded by the bytes present, not
 //!    by the count the frame claims.
@@ -33,6 +33,11 @@
 //!    path decodes an entry (a 3-byte no-op is ~120 bytes decoded: ~40x
 //!    inflation without the cap). [`decode_append`] itself never builds
 //!    more than the cap: it declines such a frame.
+//! 4. **Only the frame's value is kept.** A frame with bytes after its
+//!    value (no encoder writes any; postcard ignores them) is declined:
+//!    its commands would be slices of a copy holding them, so one kept
+//!    command would keep a frame of trailing bytes alive. Serde reads it
+//!    (each command its own copy, the trailing bytes ignored).
 
 use bytes::Bytes;
 
@@ -151,6 +156,12 @@ pub(super) fn decode_append(body: &[u8]) -> Option<PeerFrame> {
         });
     }
     let commit = c.u64().ok()?;
+    if !c.rest().is_empty() {
+        // Trailing bytes (no encoder writes any; postcard ignores them):
+        // `shared` holds them and every command would keep them alive.
+        // Serde reads the frame, each command copied on its own.
+        return None;
+    }
     Some(PeerFrame::Msg(Message {
         from,
         to,
@@ -221,7 +232,8 @@ mod tests {
 
     proptest! {
         /// AppendEntries of commands and no-ops take the fast path and
-        /// read as serde reads them; one with a configuration declines it.
+        /// read as serde reads them; one with a configuration or trailing
+        /// bytes declines it.
         #[test]
         fn appends_read_by_hand_as_serde_reads_them(frame in append(true), tail in proptest::collection::vec(any::<u8>(), 0..3)) {
             let mut body = postcard::to_allocvec(&frame).expect("encodes");
@@ -229,8 +241,11 @@ mod tests {
             let has_config = matches!(&frame, PeerFrame::Msg(Message { body: Body::AppendEntries { entries, .. }, .. })
                 if entries.iter().any(|e| matches!(e.payload, Payload::Config(_))));
             let fast = decode_append(&body);
-            if has_config {
+            if has_config || !tail.is_empty() {
                 prop_assert_eq!(fast, None);
+                // The caller's serde path reads it all the same.
+                let slow = crate::transport::frame::decode_peer_frame(&body).ok();
+                prop_assert_eq!(slow.as_ref(), Some(&frame));
             } else {
                 prop_assert_eq!(fast.as_ref(), Some(&frame));
                 prop_assert_eq!(fast, serde(&body));
@@ -257,6 +272,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Found by review, stop 47: the commands were slices of one copy of
+    /// everything after the entry count, trailing bytes included (postcard
+    /// ignores them), so a 1-byte command kept a whole frame of trailing
+    /// bytes alive. A kept command's allocation now holds no trailing
+    /// bytes; the frame still reads as serde reads it.
+    #[test]
+    fn a_kept_command_does_not_keep_the_frames_trailing_bytes() {
+        let frame = PeerFrame::Msg(Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: Body::AppendEntries {
+                prev_index: 4,
+                prev_term: 3,
+                entries: vec![Entry {
+                    term: 3,
+                    index: 5,
+                    payload: Payload::Command(Bytes::from_static(b"x")),
+                }],
+                commit: 4,
+            },
+        });
+        let mut body = postcard::to_allocvec(&frame).expect("encodes");
+        body.resize(body.len() + (1 << 20), 0xab);
+        let got = crate::transport::frame::decode_peer_frame(&body).expect("decodes");
+        assert_eq!(got, frame);
+        let PeerFrame::Msg(Message {
+            body: Body::AppendEntries { mut entries, .. },
+            ..
+        }) = got
+        else {
+            panic!("not an append: {got:?}");
+        };
+        let Some(Entry {
+            payload: Payload::Command(command),
+            ..
+        }) = entries.pop()
+        else {
+            panic!("no command");
+        };
+        drop(entries);
+        // The command is the only handle on its allocation: its capacity
+        // is what it keeps alive.
+        let kept = match command.try_into_mut() {
+            Ok(m) => m.capacity(),
+            Err(b) => panic!("the command's allocation is shared: {b:?}"),
+        };
+        assert!(kept <= 64, "a 1-byte command keeps {kept} bytes alive");
     }
 
     /// Other frames and messages decline the fast path.
