@@ -527,12 +527,14 @@ pub fn query_encoded<S: StateMachine>(
     let handler = S::query_name(&query);
     match handler_panic::catch(|| sm.query(ctx, query)) {
         Ok(output) => encode("read output", &output).map_err(|e| ApplyError::Panicked {
-            message: e.to_string(),
+            message: format!("its output did not encode: {e}"),
         }),
         Err(Caught { message, location }) => {
             tracing::error!(handler, applied = ctx.index(), panic = %message, location,
                 "a read handler panicked; its caller gets Error::Rejected (a read applies nothing)");
-            Err(ApplyError::Panicked { message })
+            Err(ApplyError::Panicked {
+                message: format!("the read handler panicked: {message}"),
+            })
         }
     }
 }
@@ -545,9 +547,7 @@ pub(crate) fn read_error(e: ApplyError) -> crate::Error {
     match e {
         ApplyError::Decode(c) => crate::Error::Rejected(c.to_string()),
         ApplyError::Panicked { message } | ApplyError::Halted { message } => {
-            crate::Error::Rejected(format!(
-                "the read handler panicked (a read applies nothing): {message}"
-            ))
+            crate::Error::Rejected(format!("the read failed (a read applies nothing): {message}"))
         }
     }
 }
