@@ -183,6 +183,7 @@ impl<S: PeerExt> client_service::Front for Front<S> {
 
     async fn watch(
         &self,
+        certificate: [u8; 32],
         from: Option<u64>,
         meta: Option<RequestMeta>,
         mut send: SendStream,
@@ -190,10 +191,26 @@ impl<S: PeerExt> client_service::Front for Front<S> {
     ) {
         match self.target(meta) {
             Ok(Target::Placement(peer)) => {
-                client_service::Front::watch(&peer, from, routed(meta), send, max_frame).await
+                client_service::Front::watch(
+                    &peer,
+                    certificate,
+                    from,
+                    routed(meta),
+                    send,
+                    max_frame,
+                )
+                .await
             }
             Ok(Target::Data(peer)) => {
-                client_service::Front::watch(&peer, from, routed(meta), send, max_frame).await
+                client_service::Front::watch(
+                    &peer,
+                    certificate,
+                    from,
+                    routed(meta),
+                    send,
+                    max_frame,
+                )
+                .await
             }
             Err(e) => {
                 let _ = write_frame(&mut send, &ClientResponse::Err(e), max_frame).await;

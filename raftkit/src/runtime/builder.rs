@@ -121,6 +121,7 @@ pub struct PeerBuilder<S> {
     seed: Option<u64>,
     session_ids: Option<super::session::SessionIdSource>,
     watch_journal_bytes: usize,
+    watches_per_certificate: usize,
     group_storage: Option<GroupStorage>,
     tick_gate: Option<Arc<super::TickGate>>,
     schema_book: Option<Arc<crate::schema::SchemaBook>>,
@@ -198,6 +199,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             seed: None,
             session_ids: None,
             watch_journal_bytes: super::watch::DEFAULT_WATCH_JOURNAL_BYTES,
+            watches_per_certificate: super::watch::DEFAULT_WATCHES_PER_CERTIFICATE,
             group_storage: None,
             tick_gate: None,
             schema_book: None,
@@ -544,6 +546,19 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// watch ends with `WatchLagged` at the first write).
     pub fn watch_journal_bytes(mut self, bytes: usize) -> Self {
         self.watch_journal_bytes = bytes;
+        self
+    }
+
+    /// The most watches of one client certificate (over all its
+    /// connections) this peer serves at once (default
+    /// [`DEFAULT_WATCHES_PER_CERTIFICATE`](super::watch::DEFAULT_WATCHES_PER_CERTIFICATE),
+    /// a quarter of the member's [`MAX_WATCHERS`](super::watch::MAX_WATCHERS);
+    /// at least 1). One more is refused with [`Error::Overloaded`] (nothing
+    /// applied; retry after a backoff), as past the member's cap, so one
+    /// certificate cannot take every watch slot. In-process watches
+    /// ([`Peer::watch_from`](super::Peer::watch_from)) are not counted.
+    pub fn watches_per_certificate(mut self, watches: usize) -> Self {
+        self.watches_per_certificate = watches.max(1);
         self
     }
 
@@ -973,7 +988,11 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let (apply_status_tx, apply_status_rx) =
             apply::status_channel(ApplyStatus::of(applied, &None, &sessions));
-        let journal = super::watch::Journal::new(applied, self.watch_journal_bytes);
+        let journal = super::watch::Journal::with_certificate_cap(
+            applied,
+            self.watch_journal_bytes,
+            self.watches_per_certificate,
+        );
         self.threads.spawn(
             "raftkit-apply",
             apply::run(

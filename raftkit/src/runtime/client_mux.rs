@@ -454,7 +454,15 @@ mod tests {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             ClientResponse::Ok(Vec::new())
         }
-        async fn watch(&self, _: Option<u64>, _: Option<RequestMeta>, _: SendStream, _: usize) {}
+        async fn watch(
+            &self,
+            _: [u8; 32],
+            _: Option<u64>,
+            _: Option<RequestMeta>,
+            _: SendStream,
+            _: usize,
+        ) {
+        }
     }
 
     /// A front whose every request takes room from a shared [`Admission`]
@@ -492,7 +500,15 @@ mod tests {
             self.finished.fetch_add(1, Ordering::SeqCst);
             response
         }
-        async fn watch(&self, _: Option<u64>, _: Option<RequestMeta>, _: SendStream, _: usize) {}
+        async fn watch(
+            &self,
+            _: [u8; 32],
+            _: Option<u64>,
+            _: Option<RequestMeta>,
+            _: SendStream,
+            _: usize,
+        ) {
+        }
     }
 
     /// A member on loopback that serves the first stream of its first

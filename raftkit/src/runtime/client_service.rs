@@ -107,9 +107,12 @@ pub(crate) trait Front: Clone + Send + Sync + 'static {
     /// budget (a peer counts it with its admission's refusals, in
     /// [`PeerStatus::overloaded`](super::PeerStatus)).
     fn note_overloaded(&self) {}
-    /// Serves an authorized watch on its own stream.
+    /// Serves an authorized watch on its own stream, for the client
+    /// certificate whose fingerprint is `certificate` (its watches are
+    /// capped per certificate, see `watch`).
     fn watch(
         &self,
+        certificate: [u8; 32],
         from: Option<u64>,
         meta: Option<RequestMeta>,
         send: SendStream,
@@ -162,6 +165,7 @@ impl<S: StateMachine> Front for Peer<S> {
 
     async fn watch(
         &self,
+        certificate: [u8; 32],
         from: Option<u64>,
         meta: Option<RequestMeta>,
         mut send: SendStream,
@@ -177,7 +181,15 @@ impl<S: StateMachine> Front for Peer<S> {
             let _ = send.finish();
             return;
         }
-        super::watch::serve(self.journal(), self.liveness(), from, send, max_frame).await
+        super::watch::serve(
+            self.journal(),
+            self.liveness(),
+            certificate,
+            from,
+            send,
+            max_frame,
+        )
+        .await
     }
 }
 
@@ -435,7 +447,13 @@ async fn serve_stream<F: Front>(
         // A watch lives long and holds no request bytes.
         drop(room);
         return front
-            .watch(*from, meta, send, max_frame)
+            .watch(
+                caller.principal.cert_fingerprint,
+                *from,
+                meta,
+                send,
+                max_frame,
+            )
             .instrument(request_span(&caller, &request, meta))
             .await;
     }
@@ -667,7 +685,15 @@ mod tests {
         ) -> ClientResponse {
             ClientResponse::Ok(Vec::new())
         }
-        async fn watch(&self, _: Option<u64>, _: Option<RequestMeta>, _: SendStream, _: usize) {}
+        async fn watch(
+            &self,
+            _: [u8; 32],
+            _: Option<u64>,
+            _: Option<RequestMeta>,
+            _: SendStream,
+            _: usize,
+        ) {
+        }
     }
 
     /// Sends `frame` as a client's hello to a fresh client service and

@@ -211,6 +211,7 @@ impl Front for AtOnce {
     }
     async fn watch(
         &self,
+        _: [u8; 32],
         _: Option<u64>,
         _: Option<crate::client::wire::RequestMeta>,
         _: quinn::SendStream,

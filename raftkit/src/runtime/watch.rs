@@ -69,17 +69,30 @@
 //!   is not checked: it watches this member itself, whose
 //!   [`Peer::status`] says whether it follows a leader;
 //! - at most [`MAX_WATCHERS`] watches are open on a member at once; one
-//!   more is refused with [`Error::Overloaded`]. A watch's batch shares the
+//!   more is refused with [`Error::Overloaded`]. Of them, at most
+//!   [`PeerBuilder::watches_per_certificate`] (default
+//!   [`DEFAULT_WATCHES_PER_CERTIFICATE`], a quarter) are network watches
+//!   of one client certificate (its fingerprint, as sessions' owners and
+//!   `intake`'s connection places), over however many connections it
+//!   opens; one more of it is refused with [`Error::Overloaded`] too
+//!   (nothing applied, retryable after a backoff; logged as the
+//!   per-certificate cap), so one certificate holding idle watches (which,
+//!   with no writes, never lag) cannot leave every other client
+//!   `Overloaded`. A slot, the member's and the certificate's, is given
+//!   back when the watch's cursor is dropped: on every end of the watch
+//!   (client gone, overtaken, member stopped). In-process watches
+//!   ([`Peer::watch_from`]) count toward the member's cap only. A watch's batch shares the
 //!   journal's bytes (reference-counted); its own memory is one encoded
 //!   frame of at most 64 KiB (or one larger event) while it is written, so
 //!   watchers cost at most `MAX_WATCHERS` × 64 KiB beyond the journal, plus
 //!   what QUIC flow control lets each stream hold.
 //!
 //! [`PeerBuilder::watch_journal_bytes`]: super::PeerBuilder::watch_journal_bytes
+//! [`PeerBuilder::watches_per_certificate`]: super::PeerBuilder::watches_per_certificate
 //! [`TickGate`]: super::TickGate
 
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -102,6 +115,13 @@ pub const DEFAULT_WATCH_JOURNAL_BYTES: usize = 64 << 20;
 /// The most watches a member serves at once.
 pub const MAX_WATCHERS: usize = 1024;
 
+/// The default most watches of one client certificate a member serves at
+/// once: a quarter of [`MAX_WATCHERS`], so one certificate (over any number
+/// of connections) cannot take every watch slot and leave the others
+/// `Overloaded`. Tunable with
+/// [`PeerBuilder::watches_per_certificate`](super::PeerBuilder::watches_per_certificate).
+pub const DEFAULT_WATCHES_PER_CERTIFICATE: usize = MAX_WATCHERS / 4;
+
 /// The most bytes of events one frame of a watch stream carries (a single
 /// larger event travels alone).
 const BATCH_BYTES: usize = 64 << 10;
@@ -114,6 +134,11 @@ pub struct Journal {
     version: watch::Sender<u64>,
     max_bytes: usize,
     watchers: AtomicUsize,
+    /// The most network watches of one client certificate at once.
+    per_certificate: usize,
+    /// Network watches open now, per client certificate (its fingerprint,
+    /// as sessions' owners and `intake`'s connection places).
+    by_certificate: Mutex<HashMap<[u8; 32], usize>>,
 }
 
 struct State {
@@ -149,6 +174,16 @@ impl Journal {
     /// holding at most `max_bytes` of events (0: no events are kept, and
     /// only watches from the next applied entry on are served, live).
     pub fn new(applied: Index, max_bytes: usize) -> Arc<Journal> {
+        Journal::with_certificate_cap(applied, max_bytes, DEFAULT_WATCHES_PER_CERTIFICATE)
+    }
+
+    /// [`Journal::new`] serving at most `per_certificate` (at least 1)
+    /// network watches of one client certificate at once.
+    pub fn with_certificate_cap(
+        applied: Index,
+        max_bytes: usize,
+        per_certificate: usize,
+    ) -> Arc<Journal> {
         Arc::new(Journal {
             state: Mutex::new(State {
                 start: applied.saturating_add(1),
@@ -161,7 +196,17 @@ impl Journal {
             version: watch::channel(0).0,
             max_bytes,
             watchers: AtomicUsize::new(0),
+            per_certificate: per_certificate.max(1),
+            by_certificate: Mutex::default(),
         })
+    }
+
+    fn lock_certificates(&self) -> MutexGuard<'_, HashMap<[u8; 32], usize>> {
+        // Each count changes in one step: a panic elsewhere leaves them
+        // whole.
+        self.by_certificate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -290,6 +335,28 @@ impl Journal {
     /// with the member's stop error once it stopped applying and holds no
     /// event at or after `from` (the watch could never get one here).
     pub fn cursor(self: &Arc<Self>, from: Option<Index>) -> Result<Cursor, Error> {
+        self.cursor_of(from, None)
+    }
+
+    /// [`Journal::cursor`] for a network watch of the client certificate
+    /// whose fingerprint is `certificate`: also refused with
+    /// [`Error::Overloaded`] (nothing applied; retry after a backoff, once
+    /// one of its watches ended) when that certificate already holds its
+    /// cap of watches on this member. The slot is given back when the
+    /// cursor is dropped.
+    pub(crate) fn cursor_for(
+        self: &Arc<Self>,
+        from: Option<Index>,
+        certificate: [u8; 32],
+    ) -> Result<Cursor, Error> {
+        self.cursor_of(from, Some(certificate))
+    }
+
+    fn cursor_of(
+        self: &Arc<Self>,
+        from: Option<Index>,
+        certificate: Option<[u8; 32]>,
+    ) -> Result<Cursor, Error> {
         let next = {
             let st = self.lock();
             let next = match from {
@@ -313,15 +380,41 @@ impl Journal {
             next
         };
         let open = self.watchers.fetch_add(1, Ordering::Relaxed);
-        let cursor = Cursor {
+        let mut cursor = Cursor {
             journal: Arc::clone(self),
             next,
             changes: self.version.subscribe(),
+            certificate: None,
         };
         if open >= MAX_WATCHERS {
+            debug!(
+                open,
+                cap = MAX_WATCHERS,
+                "watch refused: the member's cap of watches"
+            );
             // Dropping the cursor gives the slot back.
             drop(cursor);
             return Err(Error::Overloaded);
+        }
+        if let Some(cert) = certificate {
+            let mut by_cert = self.lock_certificates();
+            let mine = by_cert.entry(cert).or_insert(0);
+            if *mine >= self.per_certificate {
+                let held = *mine;
+                drop(by_cert);
+                debug!(
+                    open = held,
+                    cap = self.per_certificate,
+                    "watch refused: the per-certificate cap of watches (this client certificate holds its share of the member's watch slots; nothing applied, retry after a backoff)"
+                );
+                // Dropping the cursor gives the member's slot back (it
+                // holds no certificate slot yet).
+                drop(cursor);
+                return Err(Error::Overloaded);
+            }
+            *mine += 1;
+            drop(by_cert);
+            cursor.certificate = Some(cert);
         }
         Ok(cursor)
     }
@@ -332,11 +425,26 @@ pub struct Cursor {
     journal: Arc<Journal>,
     next: Index,
     changes: watch::Receiver<u64>,
+    /// The client certificate whose watch slot this cursor holds (a
+    /// network watch), given back when it is dropped.
+    certificate: Option<[u8; 32]>,
 }
 
 impl Drop for Cursor {
     fn drop(&mut self) {
+        // Every end of a watch (client gone, overtaken, member stopped,
+        // refused) drops its cursor, so this is the one place slots are
+        // given back.
         self.journal.watchers.fetch_sub(1, Ordering::Relaxed);
+        if let Some(cert) = self.certificate {
+            let mut by_cert = self.journal.lock_certificates();
+            if let Some(n) = by_cert.get_mut(&cert) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    by_cert.remove(&cert);
+                }
+            }
+        }
     }
 }
 
@@ -504,7 +612,8 @@ impl Stall {
     }
 }
 
-/// Serves one watch request on a client stream: its refusal (an `Err`
+/// Serves one watch request of the client certificate whose fingerprint is
+/// `certificate` on a client stream: its refusal (an `Err`
 /// frame: compacted, overloaded, or the member stopped with nothing left
 /// for the watch), or an `Events` frame confirming the start (possibly
 /// empty), then batches as writes apply,
@@ -517,11 +626,12 @@ impl Stall {
 pub(crate) async fn serve(
     journal: &Arc<Journal>,
     liveness: &Liveness,
+    certificate: [u8; 32],
     from: Option<Index>,
     mut send: SendStream,
     max_frame: usize,
 ) {
-    let mut cursor = match journal.cursor(from) {
+    let mut cursor = match journal.cursor_for(from, certificate) {
         Ok(c) => c,
         Err(e) => {
             debug!(error = %e, ?from, "watch refused");
@@ -843,6 +953,48 @@ mod tests {
         assert_eq!(j.cursor(None).err(), Some(Error::Overloaded));
         drop(open);
         assert!(j.cursor(None).is_ok());
+    }
+
+    /// One client certificate holds at most its cap of watches, whatever
+    /// the connections it opens them on: past it its next is refused
+    /// `Overloaded` while another certificate still opens one, and a watch
+    /// that ends gives its slot back.
+    #[test]
+    fn one_certificate_cannot_take_every_watch_slot() {
+        let j = Journal::with_certificate_cap(0, 1 << 20, 2);
+        let (a, b) = ([0xa; 32], [0xb; 32]);
+        let mut open_a: Vec<Cursor> = (0..2)
+            .map(|_| j.cursor_for(None, a).expect("a watch of A within its cap"))
+            .collect();
+        assert_eq!(
+            j.cursor_for(None, a).err(),
+            Some(Error::Overloaded),
+            "A's watch past its per-certificate cap of 2 was accepted"
+        );
+        let of_b = j
+            .cursor_for(None, b)
+            .expect("B opens a watch while A holds its cap");
+        drop(open_a.pop());
+        open_a.push(
+            j.cursor_for(None, a)
+                .expect("A opens a watch again once one of its own ended"),
+        );
+        drop(open_a);
+        drop(of_b);
+        assert!(
+            j.lock_certificates().is_empty(),
+            "every slot was given back"
+        );
+        assert_eq!(j.watchers.load(Ordering::Relaxed), 0);
+    }
+
+    /// The default per-certificate cap leaves the member's slots to other
+    /// certificates.
+    #[test]
+    fn the_default_per_certificate_cap_is_below_the_members() {
+        let j = Journal::new(0, 1 << 20);
+        assert!(j.per_certificate < MAX_WATCHERS);
+        assert_eq!(j.per_certificate, DEFAULT_WATCHES_PER_CERTIFICATE);
     }
 
     #[test]
