@@ -21,8 +21,9 @@
 //!
 //! A refused client request is answered with
 //! [`Error::Unauthorized`](crate::Error::Unauthorized): nothing was applied.
-//! A refused peer link is answered with a `Refused` frame saying why and
-//! closed.
+//! A peer link whose hello is refused is answered with a `Refused` frame
+//! saying why and closed; a peer connection whose certificate is not a
+//! `node`'s is closed at once, the reason in the connection close.
 //!
 //! ## Encoding
 //!

@@ -5,8 +5,8 @@
 //! that states no role is refused on any ALPN. Client connections are
 //! handed to the client service with their [`Principal`]
 //! ([`AcceptedClient`]). Peer connections are served only for `node`
-//! certificates (any other is sent a `Refused` frame on its first stream,
-//! before anything it sends is read); each link's hello is checked against
+//! certificates (any other is closed at once with `CLOSE_REFUSED` and the
+//! reason, before any stream of it is accepted); each link's hello is checked against
 //! the certificate ([`check_hello`]), and the link then delivers only
 //! messages whose `from` is the id of the certificate's name. Open inbound
 //! links are counted per node ([`Inbound`]) so that links learned from
@@ -340,23 +340,19 @@ async fn serve_incoming(
     }
 }
 
+/// The reason a connection on [`PEER_ALPN`] whose certificate is not a
+/// node's is closed with ([`CLOSE_REFUSED`]).
+const NOT_A_NODE: &[u8] = b"peer links need a node certificate";
+
 /// Serves every stream a peer opens on one connection. A certificate that
-/// is not a node's is refused on its first stream, before anything it sends
-/// is read.
+/// is not a node's is closed at once ([`CLOSE_REFUSED`], [`NOT_A_NODE`]),
+/// before any stream of it is accepted: it is never kept waiting for a
+/// hello, nor anything it sends buffered.
 async fn serve_peer(conn: Connection, remote: SocketAddr, principal: Principal, served: Served) {
     if principal.role != CertRole::Node {
         let reason = format!("peer links need a node certificate; this is a {principal}");
         error!(node = served.link.node, %remote, %reason, "refused peer link");
-        if let Ok(Ok((mut send, _recv))) =
-            tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await
-            && write_frame(&mut send, &PeerFrame::Refused { reason }, MAX_HELLO_BYTES)
-                .await
-                .is_ok()
-        {
-            let _ = send.finish();
-            let _ = tokio::time::timeout(HELLO_TIMEOUT, conn.closed()).await;
-        }
-        conn.close(VarInt::from_u32(CLOSE_REFUSED), b"refused");
+        conn.close(VarInt::from_u32(CLOSE_REFUSED), NOT_A_NODE);
         return;
     }
     // A node's link: the windows of a peer link, not a client's.
