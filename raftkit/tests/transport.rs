@@ -660,12 +660,22 @@ async fn raw_hello(
     Ok(raw_link(identity, to, hello, &frames).await?.answer)
 }
 
-/// A raw peer link: the acceptor's answer to its hello, and the connection
-/// (open while this lives).
+/// A raw peer link: the acceptor's answer to its hello, the connection
+/// (open while this lives) and the link's stream, to send more frames on.
 struct RawLink {
     answer: PeerFrame,
     conn: quinn::Connection,
+    send: quinn::SendStream,
     _endpoint: quinn::Endpoint,
+}
+
+impl RawLink {
+    /// Sends `msg` on the link's stream.
+    async fn send(&mut self, msg: Message) {
+        let mut buf = Vec::new();
+        encode_frame(&PeerFrame::Msg(msg), 1 << 20, &mut buf).expect("encode");
+        self.send.write_all(&buf).await.expect("the link is open");
+    }
 }
 
 /// Dials `to` on the peer ALPN presenting `identity` (the TLS handshake
@@ -722,6 +732,7 @@ async fn raw_link(
     Ok(RawLink {
         answer,
         conn,
+        send,
         _endpoint: endpoint,
     })
 }
@@ -799,6 +810,135 @@ async fn a_client_certificate_on_the_peer_alpn_is_closed_at_once() {
         a.rx.try_recv().is_err(),
         "nothing from the client certificates"
     );
+}
+
+/// A node whose peer connections are capped at `per_node` per node and
+/// `total` in all.
+async fn capped_node(name: &str, identity: Identity, per_node: usize, total: usize) -> Node {
+    let (tx, rx) = mpsc::channel(1024);
+    let mut cfg = QuicConfig::new("127.0.0.1:0".parse().expect("addr"), name, identity, SCHEMA);
+    cfg.max_peer_connections_per_node = per_node;
+    cfg.max_peer_connections = total;
+    let (t, addr) = QuicTransport::start(cfg, tx, None)
+        .await
+        .expect("start transport");
+    Node {
+        name: name.to_string(),
+        id: node_id(name),
+        addr,
+        t,
+        rx,
+    }
+}
+
+/// Asserts that `close` is the refusal of a connection past a limit of
+/// peer connections, and that its reason names `limit`.
+fn too_many(close: quinn::ApplicationClose, limit: &str) {
+    assert_eq!(close.error_code, quinn::VarInt::from_u32(4), "{close}");
+    let reason = String::from_utf8_lossy(&close.reason).into_owned();
+    assert!(
+        reason.contains("too many peer connections") && reason.contains(limit),
+        "{reason}"
+    );
+}
+
+/// One node's certificate may hold at most the per-node number of peer
+/// connections: the ones past it are closed at once, before anything they
+/// send is read, while the first ones keep working; a place is given back
+/// when its connection goes, so the node restarted is served again.
+#[tokio::test]
+async fn peer_connections_past_the_per_node_cap_are_closed_at_once() {
+    let (logs, _guard) = Logs::capture();
+    let (_ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let mut a = capped_node("t@a", ids[0].clone(), 2, 100).await;
+    // b's own link: its first connection.
+    let b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
+    b.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    b.t.send(msg(&b, &a, 1));
+    assert_eq!(a.recv().await, msg(&b, &a, 1));
+    // A second connection of b's certificate: within the cap.
+    let mut second = raw_link(&ids[1], a.addr, hello_as("t@b", b.id), &[])
+        .await
+        .expect("a second connection");
+    assert_eq!(second.answer, PeerFrame::HelloOk);
+    second.send(msg(&b, &a, 2)).await;
+    assert_eq!(a.recv().await, msg(&b, &a, 2));
+    // More: each closed at once, whether it says hello or not; nothing it
+    // sent is delivered.
+    for round in 0..3 {
+        let (conn, _endpoint) = raw_connect(&ids[1], a.addr).await.expect("handshake");
+        if round > 0 {
+            let mut buf = Vec::new();
+            encode_frame(&hello_as("t@b", b.id), 1 << 20, &mut buf).expect("encode");
+            encode_frame(&PeerFrame::Msg(msg(&b, &a, 99)), 1 << 20, &mut buf).expect("encode");
+            if let Ok((mut send, _recv)) = conn.open_bi().await {
+                let _ = send.write_all(&buf).await;
+            }
+        }
+        too_many(
+            closed_by_acceptor(&conn, Duration::from_secs(1)).await,
+            &format!("of node {}", b.id),
+        );
+    }
+    assert_eq!(a.t.refused_peer_connections(), 3);
+    logs.wait_for(tracing::Level::WARN, "past the node's limit")
+        .await;
+    // The first two keep working.
+    b.t.send(msg(&b, &a, 3));
+    assert_eq!(a.recv().await, msg(&b, &a, 3));
+    second.send(msg(&b, &a, 4)).await;
+    assert_eq!(a.recv().await, msg(&b, &a, 4));
+    // b restarts: its old connection goes, the new one takes its place.
+    b.t.shutdown().await;
+    drop(b);
+    let b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
+    b.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    b.t.send(msg(&b, &a, 5));
+    assert_eq!(a.recv().await, msg(&b, &a, 5));
+    second.send(msg(&b, &a, 6)).await;
+    assert_eq!(a.recv().await, msg(&b, &a, 6));
+}
+
+/// At most the total number of peer connections are served, of all nodes
+/// together: one more is closed at once, and served once a place is free.
+#[tokio::test]
+async fn peer_connections_past_the_total_cap_are_closed_at_once() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let mut a = capped_node("t@a", ids[0].clone(), 8, 2).await;
+    let mut links = Vec::new();
+    for name in ["t@c", "t@d"] {
+        let cert = ca.issue_node(name, &[]).expect("cert");
+        let link = raw_link(&cert, a.addr, hello_as(name, node_id(name)), &[])
+            .await
+            .expect("within the cap");
+        assert_eq!(link.answer, PeerFrame::HelloOk);
+        links.push(link);
+    }
+    let e_cert = ca.issue_node("t@e", &[]).expect("cert");
+    let (conn, _endpoint) = raw_connect(&e_cert, a.addr).await.expect("handshake");
+    too_many(
+        closed_by_acceptor(&conn, Duration::from_secs(1)).await,
+        "2 open",
+    );
+    assert_eq!(a.t.refused_peer_connections(), 1);
+    // c goes: e's link (which redials) is served.
+    let c = links.remove(0);
+    c.conn.close(quinn::VarInt::from_u32(0), b"done");
+    let e = Node::start("t@e", e_cert, SCHEMA).await;
+    e.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    e.t.send(msg(&e, &a, 7));
+    assert_eq!(a.recv().await, msg(&e, &a, 7));
+    // d was served all along.
+    let mut d = links.remove(0);
+    let d_id = node_id("t@d");
+    let to_a = Message {
+        from: d_id,
+        to: a.id,
+        term: 8,
+        body: Body::TimeoutNow,
+    };
+    d.send(to_a.clone()).await;
+    assert_eq!(a.recv().await, to_a);
 }
 
 #[tokio::test]

@@ -114,6 +114,7 @@ pub struct PeerBuilder<S> {
     admission_wait: Duration,
     client_limits: super::intake::ConnectionLimits,
     client_receive_window: u64,
+    peer_connections: (usize, usize),
     session_ttl: Duration,
     max_sessions: u64,
     wall_clock: Option<WallClock>,
@@ -192,6 +193,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             admission_wait: admission::DEFAULT_ADMISSION_WAIT,
             client_limits: super::intake::ConnectionLimits::default(),
             client_receive_window: crate::transport::quic::DEFAULT_CLIENT_RECEIVE_WINDOW,
+            peer_connections: (
+                crate::transport::quic::DEFAULT_PEER_CONNECTIONS_PER_NODE,
+                crate::transport::quic::DEFAULT_MAX_PEER_CONNECTIONS,
+            ),
             session_ttl: Duration::from_millis(SESSION_TTL_MS),
             max_sessions: DEFAULT_MAX_SESSIONS,
             wall_clock: None,
@@ -493,6 +498,19 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             per_certificate: per_certificate.max(1),
             total: total.max(1),
         };
+        self
+    }
+
+    /// The most inbound peer connections (links from other nodes) the
+    /// node's QUIC transport serves at once: `per_node` of one node (the
+    /// id of its certificate's name) and `total` in all (defaults 8 and
+    /// 1024; at least 1 each). A node links to each peer over one
+    /// connection, and a second overlaps while it redials or restarts; a
+    /// connection past either limit is closed before anything it sent is
+    /// read, and its dialer retries with its backoff until a place is free
+    /// (see `transport::peer_limits`).
+    pub fn peer_connections(mut self, per_node: usize, total: usize) -> Self {
+        self.peer_connections = (per_node.max(1), total.max(1));
         self
     }
 
@@ -928,6 +946,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                     QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);
                 config.advertise = Some(meta.advertise.clone());
                 config.client_receive_window = self.client_receive_window;
+                (
+                    config.max_peer_connections_per_node,
+                    config.max_peer_connections,
+                ) = self.peer_connections;
                 schemas.hear_peers();
                 config.schemas = Some(schemas.clone());
                 // A peer restarted at once may find its port still held by

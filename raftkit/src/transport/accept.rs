@@ -11,7 +11,9 @@
 //! messages whose `from` is the id of the certificate's name. Open inbound
 //! links are counted per node ([`Inbound`]) so that links learned from
 //! unknown dialers expire once their node stops dialing in (see
-//! [`super::quic`]).
+//! [`super::quic`]). How many peer connections are served at once, per
+//! node and in all, is `peer_limits`: one past either is closed as soon as
+//! its certificate is read.
 //!
 //! Split from `quic` (the endpoint, the outbound links, the transport
 //! itself) to keep each file about one side of a link.
@@ -29,9 +31,10 @@ use tracing::{debug, error, warn};
 use super::frame::{FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, write_frame};
 use super::frame_reader::FrameReader;
 use super::hello_detail::{MAX_DETAIL_BYTES, read_hello, wants_detail, with_detail};
+use super::peer_limits::PeerPlaces;
 use super::quic::{
-    CLOSE_NO_SERVICE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REFUSED, GroupInbound, HELLO_TIMEOUT,
-    LinkConfig, frame_kind,
+    CLOSE_NO_SERVICE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_TOO_MANY_CONNECTIONS,
+    GroupInbound, HELLO_TIMEOUT, LinkConfig, frame_kind,
 };
 use crate::core::{Message, NodeId};
 use crate::identity::node_id;
@@ -254,6 +257,7 @@ pub(super) async fn accept_loop(
     clients: Option<mpsc::Sender<AcceptedClient>>,
     learned: mpsc::Sender<(NodeId, String)>,
     inbound: SharedInbound,
+    places: Arc<PeerPlaces>,
 ) {
     let mut tasks = JoinSet::new();
     loop {
@@ -265,6 +269,7 @@ pub(super) async fn accept_loop(
                     inbox: inbox.clone(),
                     learned: learned.clone(),
                     inbound: inbound.clone(),
+                    places: places.clone(),
                 };
                 tasks.spawn(serve_incoming(incoming, served, clients.clone()));
             }
@@ -281,6 +286,7 @@ struct Served {
     inbox: mpsc::Sender<Message>,
     learned: mpsc::Sender<(NodeId, String)>,
     inbound: SharedInbound,
+    places: Arc<PeerPlaces>,
 }
 
 async fn serve_incoming(
@@ -355,6 +361,22 @@ async fn serve_peer(conn: Connection, remote: SocketAddr, principal: Principal, 
         conn.close(VarInt::from_u32(CLOSE_REFUSED), NOT_A_NODE);
         return;
     }
+    // A place among the node's peer connections (`peer_limits`), held
+    // until this connection's streams are done, or none: closed at once.
+    let dialer = node_id(&principal.name);
+    let _place = match served.places.admit(dialer) {
+        Ok(place) => place,
+        Err(refusal) => {
+            warn!(node = served.link.node, %remote, peer = %principal.name, peer_id = dialer,
+                reason = %refusal, refused = served.places.refused(),
+                "peer connection refused: past the node's limit of peer connections");
+            conn.close(
+                VarInt::from_u32(CLOSE_TOO_MANY_CONNECTIONS),
+                refusal.to_string().as_bytes(),
+            );
+            return;
+        }
+    };
     // A node's link: the windows of a peer link, not a client's.
     super::quic_tuning::open_peer_window(&conn);
     let principal = Arc::new(principal);

@@ -11,7 +11,8 @@
 //! - [`quic`]: the production transport, QUIC (quinn) with mutual TLS
 //!   ([`crate::tls`]), framed by [`frame`]; its accepting side (who a
 //!   connection's certificate says is there, and what it may do) is
-//!   `accept`.
+//!   `accept`; how many inbound peer connections it serves is
+//!   `peer_limits`.
 //! - [`memory`]: an in-process transport with fault injection (drop, delay,
 //!   partition, one-way cut) for tests.
 //!
@@ -28,6 +29,7 @@ pub(crate) mod frame_reader;
 mod hello_detail;
 pub mod memory;
 mod out_queue;
+mod peer_limits;
 pub mod quic;
 mod quic_tuning;
 

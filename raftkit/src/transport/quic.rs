@@ -85,6 +85,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+pub use super::peer_limits::{DEFAULT_MAX_PEER_CONNECTIONS, DEFAULT_PEER_CONNECTIONS_PER_NODE};
 pub use super::quic_tuning::DEFAULT_CLIENT_RECEIVE_WINDOW;
 pub(crate) use super::quic_tuning::{server_transport_config, transport_config};
 
@@ -107,6 +108,7 @@ use super::frame::{
 pub use super::hello_detail::MAX_DETAIL_BYTES;
 use super::hello_detail::fitted_hello;
 use super::out_queue::OutQueue;
+use super::peer_limits::{PeerConnectionLimits, PeerPlaces};
 use crate::core::{Message, NodeId};
 use crate::identity::node_id;
 use crate::tls::{CLIENT_ALPN, CLUSTER_SAN, CertRole, Identity, PEER_ALPN, TlsError};
@@ -123,6 +125,8 @@ pub(super) const CLOSE_NO_SERVICE: u32 = 3;
 /// its limit of connections (per client certificate, or in all); nothing
 /// was read from it (see `runtime::intake`). The client reports it as
 /// [`Error::Unavailable`](crate::error::Error::Unavailable), not applied.
+/// The peer service closes a peer connection past its limits with it too
+/// (see `transport::peer_limits`).
 pub(crate) const CLOSE_TOO_MANY_CONNECTIONS: u32 = 4;
 
 /// How long each side waits for the other's hello (or answer to it).
@@ -193,6 +197,16 @@ pub struct QuicConfig {
     /// connection starts with it; peer links raise theirs once their
     /// certificate is checked (see `transport::quic_tuning`).
     pub client_receive_window: u64,
+    /// The most inbound peer connections of one node (the id of its
+    /// certificate's name) served at once (default
+    /// [`DEFAULT_PEER_CONNECTIONS_PER_NODE`], 8; at least 1). A connection
+    /// past it is closed before anything it sent is read (see
+    /// `transport::peer_limits`).
+    pub max_peer_connections_per_node: usize,
+    /// The most inbound peer connections served at once, of all nodes
+    /// together (default [`DEFAULT_MAX_PEER_CONNECTIONS`], 1024; at least
+    /// 1).
+    pub max_peer_connections: usize,
 }
 
 /// What arrives for a multi-group node on [`QuicConfig::group_inbox`].
@@ -256,6 +270,8 @@ impl QuicConfig {
             learned_link_ttl: Duration::from_secs(30),
             group_inbox: None,
             client_receive_window: DEFAULT_CLIENT_RECEIVE_WINDOW,
+            max_peer_connections_per_node: DEFAULT_PEER_CONNECTIONS_PER_NODE,
+            max_peer_connections: DEFAULT_MAX_PEER_CONNECTIONS,
         }
     }
 }
@@ -409,6 +425,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<NodeId, PeerHandle>>,
     accept_task: AbortHandle,
+    /// The places of inbound peer connections (`peer_limits`).
+    peer_places: Arc<PeerPlaces>,
     /// Set by `stop`: no link may be added afterwards.
     stopped: std::sync::atomic::AtomicBool,
 }
@@ -543,6 +561,10 @@ impl QuicTransport {
         let runtime = tokio::runtime::Handle::current();
         let (learned_tx, learned_rx) = mpsc::channel::<(NodeId, String)>(64);
         let inbound = SharedInbound::default();
+        let peer_places = PeerPlaces::new(PeerConnectionLimits {
+            per_node: config.max_peer_connections_per_node,
+            total: config.max_peer_connections,
+        });
         let accept_task = runtime
             .spawn(accept_loop(
                 endpoint.clone(),
@@ -551,6 +573,7 @@ impl QuicTransport {
                 clients,
                 learned_tx,
                 inbound.clone(),
+                peer_places.clone(),
             ))
             .abort_handle();
         info!(node = link.node, name = %link.name, addr = %local, "quic transport listening");
@@ -561,6 +584,7 @@ impl QuicTransport {
                 runtime,
                 peers: Mutex::new(HashMap::new()),
                 accept_task,
+                peer_places,
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         };
@@ -612,6 +636,13 @@ impl QuicTransport {
             .peers()
             .get(&peer)
             .map(|p| p.shared.queue().len())
+    }
+
+    /// How many inbound peer connections were refused so far for being
+    /// past [`QuicConfig::max_peer_connections_per_node`] or
+    /// [`QuicConfig::max_peer_connections`] (see `transport::peer_limits`).
+    pub fn refused_peer_connections(&self) -> u64 {
+        self.inner.peer_places.refused()
     }
 
     /// Stops every task and closes the endpoint (connections are closed
