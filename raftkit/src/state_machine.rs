@@ -547,7 +547,9 @@ pub(crate) fn read_error(e: ApplyError) -> crate::Error {
     match e {
         ApplyError::Decode(c) => crate::Error::Rejected(c.to_string()),
         ApplyError::Panicked { message } | ApplyError::Halted { message } => {
-            crate::Error::Rejected(format!("the read failed (a read applies nothing): {message}"))
+            crate::Error::Rejected(format!(
+                "the read failed (a read applies nothing): {message}"
+            ))
         }
     }
 }
