@@ -113,8 +113,9 @@
 //! a server whose certificate is listed. So a removed node whose
 //! certificate is revoked cannot link as a peer nor add itself back
 //! (`AddServer`/`AddLearner` of itself stays allowed to every *unrevoked*
-//! node certificate: that is how `join` works), and a revoked client's
-//! calls fail with a transport error. The policy:
+//! node certificate by a single-group peer: that is how `join` works; a
+//! multi-group node refuses it, [`crate::multi::service`]), and a revoked
+//! client's calls fail with a transport error. The policy:
 //!
 //! - every certificate of the presented chain but the CA itself is checked
 //!   (with the CA issuing end-entity certificates only, the leaf);

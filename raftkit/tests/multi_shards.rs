@@ -840,3 +840,88 @@ async fn an_older_placement_record_that_lands_last_is_put_right_by_the_groups_le
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
 }
+
+/// Found by review (stop 45): through a multi-group node's client service
+/// a `node` certificate could add its own address to group 0, or to any
+/// data group the node hosts: the single-group rule (a node may ask to add
+/// itself, for `join`) was applied, though multi-group nodes never join
+/// that way (a replica joins a group by a move, whose leader adds the
+/// target in-process). A spare's or retired node's certificate of the same
+/// CA could so make itself a member of any group. Now a multi-group node
+/// refuses a node certificate's `AddLearner` and `AddServer` (`Unauthorized`,
+/// nothing applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_cannot_add_itself_to_a_group_of_a_multi_group_node() {
+    use raftkit::client::wire::ClientRequest;
+    let addrs = free_addrs(2);
+    let (member, outsider) = (addrs[0].clone(), addrs[1].clone());
+    let ca = ClusterCa::generate("shard-self-add").unwrap();
+    let (a, _a_dir) = start_node(&member, &ca).await;
+    a.form_shards(2, std::slice::from_ref(&member))
+        .await
+        .unwrap();
+    let data_group: GroupId = 1;
+    // Formed: group 0 and the data group are hosted here and led by the
+    // member (their only voter).
+    let led = |status: raftkit::runtime::PeerStatus| status.leader == Some(status.id);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !(a.placement().is_some_and(|p| led(p.status()))
+        && a.group(data_group).is_some_and(|p| led(p.status())))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never formed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let members_of = |group: GroupId| {
+        let status = if group == PLACEMENT_GROUP {
+            a.placement().map(|p| p.status())
+        } else {
+            a.group(group).map(|p| p.status())
+        };
+        status
+            .map(|s| {
+                s.members
+                    .iter()
+                    .map(|m| (m.id, m.voter))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let before = [members_of(PLACEMENT_GROUP), members_of(data_group)];
+    assert!(
+        before.iter().all(|m| m.len() == 1),
+        "one member each: {before:?}"
+    );
+    // A node certificate of the same CA for a node that is in no group
+    // asks each group to add its own address.
+    let cert = ca.issue_node(&format!("skv@{outsider}"), &[]).unwrap();
+    for group in [PLACEMENT_GROUP, data_group] {
+        let foreign = Client::connect_with_for::<Kv, _, _>(
+            std::slice::from_ref(&member),
+            cert.clone(),
+            opts().with_group(group),
+        )
+        .await
+        .unwrap();
+        for request in [
+            ClientRequest::AddLearner {
+                addr: outsider.clone(),
+            },
+            ClientRequest::AddServer {
+                addr: outsider.clone(),
+            },
+        ] {
+            let added = foreign.admin(request.clone()).await;
+            assert!(
+                matches!(added, Err(Error::Unauthorized(_))),
+                "a node certificate added itself to group {group} through the service \
+                 ({request:?}): {added:?}"
+            );
+        }
+    }
+    let after = [members_of(PLACEMENT_GROUP), members_of(data_group)];
+    assert_eq!(
+        after, before,
+        "the membership of group 0 and group 1 changed"
+    );
+    a.shutdown().await.unwrap();
+}

@@ -62,7 +62,8 @@
 //!   reported them, or, without them (or when a client so seeded failed),
 //!   with every node this node knows (see Limits).
 //! - Writes go to group 0 through the client service, with the node's
-//!   certificate ([`super::service`] lets nodes read and write group 0), so
+//!   certificate ([`super::service`] lets any node certificate of the CA
+//!   read and write group 0, a known limit documented there), so
 //!   a node that leads a data group but holds no replica of group 0 (a
 //!   node a replica moved to) records it too.
 //!

@@ -25,12 +25,20 @@
 //!   plus the node requests ([`NodeRequest`]): `Groups` (status of every
 //!   group) for every role, `BalanceLeaders` for admins only; a group's
 //!   `TransferLeader` is the ordinary admin request sent to that group.
+//!   Unlike a single peer, a multi-group node refuses a **node**
+//!   certificate's `AddServer` and `AddLearner`, also of its own address
+//!   (`Unauthorized`, not applied): the single-group rule exists for
+//!   `join`, which multi-group nodes do not use (a replica joins a group
+//!   by a move, whose leader adds the target in-process,
+//!   [`super::moves`]).
 //!   One exception: a **node** certificate may also read and write the
 //!   placement group 0 (and open and close the session its writes need),
 //!   so that the leader of a data group records the group's committed
-//!   replicas there ([`super::placement_sync`]). It grants nothing a node
-//!   could not already do: a node certificate can replicate any group's
-//!   entries over the peer protocol.
+//!   replicas there ([`super::placement_sync`]). Limit, known: this holds
+//!   for any node certificate of the cluster's CA, also a spare's or a
+//!   retired node's not revoked, and the placement routes every sharded
+//!   client, so such a certificate can misroute them (`set_replicas`);
+//!   revoke the certificates of retired nodes (a revocation list).
 //! - Sessions are per group: each group's session table is replicated by
 //!   that group, so a client opens one session per group it writes to.
 //! - The service holds the node weakly: it never keeps a stopped node
@@ -142,6 +150,25 @@ impl<S: PeerExt> client_service::Front for Front<S> {
         );
         if placement && keeps_placement && principal.role == crate::tls::CertRole::Node {
             return Ok(());
+        }
+        if principal.role == crate::tls::CertRole::Node
+            && matches!(
+                request,
+                ClientRequest::AddServer { .. } | ClientRequest::AddLearner { .. }
+            )
+        {
+            tracing::warn!(
+                principal = %principal,
+                group = ?meta.and_then(|m| m.group),
+                request = crate::runtime::authorization::request_kind(request),
+                "refused a node certificate's membership request to a multi-group node"
+            );
+            return Err(crate::Error::Unauthorized(format!(
+                "{} refused: a node certificate may not add itself to a group of a multi-group \
+                 node (a replica joins a group by a move, from the group's leader); membership \
+                 changes need an admin certificate; this is a {principal}",
+                crate::runtime::authorization::request_kind(request)
+            )));
         }
         crate::runtime::authorization::authorize(S::NAME, principal, request)
     }

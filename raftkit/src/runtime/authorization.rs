@@ -11,7 +11,7 @@
 //! | `Write`, `Read` | no | yes | yes |
 //! | `OpenSession`, `CloseSession` | no | yes | yes |
 //! | `Watch` (of applied writes: it shows what reads show) | no | yes | yes |
-//! | `AddServer`, `AddLearner` | only its own address | no | yes |
+//! | `AddServer`, `AddLearner` | only its own address (a single peer; a multi-group node: no) | no | yes |
 //! | `RemoveServer`, `TransferLeader` | no | no | yes |
 //! | `Node(Groups)` (a multi-group node's status per group) | yes | yes | yes |
 //! | `Node(BalanceLeaders)` | no | no | yes |
@@ -27,6 +27,9 @@
 //! address whose default member name (`<state machine>@<address>`, see
 //! [`crate::identity`]) is the name its certificate states, so a node can
 //! never add anyone else, nor itself under an address it does not own.
+//! A multi-group node refuses a node's `AddServer` and `AddLearner`
+//! altogether ([`crate::multi::service`]'s `authorize`): its nodes do
+//! not `join`; a replica joins a group by a move, from the group's leader.
 //!
 //! A refusal is [`Error::Unauthorized`]: the request was not applied, and
 //! retrying with the same certificate cannot succeed.
