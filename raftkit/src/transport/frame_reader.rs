@@ -16,7 +16,8 @@
 //! 1. As [`super::frame`]: no frame whose prefix says more than the cap is
 //!    ever buffered whole; the prefix is checked as soon as its 4 bytes
 //!    are here, and [`FrameError::TooLarge`] is returned before anything
-//!    more is read. At most one frame plus one received chunk is buffered.
+//!    more is read. At most one frame plus one received chunk is buffered
+//!    (and what holds them is bounded, invariant 6).
 //! 2. Network bytes are never trusted: a stream that ends inside a frame
 //!    is [`FrameError::Closed`], like one that ends between frames; nothing
 //!    here indexes or unwraps on received bytes.
@@ -30,6 +31,15 @@
 //!    discard a frame ([`FrameReader::skip_frame`]): only the first bytes
 //!    of its body are kept (its request id), the rest is dropped as it
 //!    arrives, never buffered.
+//! 6. Received bytes cost about what they count (the intake budget counts
+//!    a frame's length): a chunk is a slice of the packet it came in, and
+//!    a peer sending a frame a byte per packet would make every counted
+//!    byte hold a packet. At most [`MAX_CHUNKS`] chunks are kept as they
+//!    arrived; the bytes past them are copied into one growing buffer
+//!    (at most about twice its bytes) until it is handed out, then chunks
+//!    are kept again. A frame spread over that many chunks is copied
+//!    anyway when it is taken (now earlier, not twice); a frame within a
+//!    chunk is still a slice of it on the hot path.
 
 use std::collections::VecDeque;
 use std::io;
@@ -42,6 +52,11 @@ use super::frame::FrameError;
 /// Length of the length prefix.
 const PREFIX: usize = 4;
 
+/// The most received chunks a [`FrameBuffer`] keeps as they arrived
+/// (invariant 6): a frame within a few packets is sliced or copied from
+/// them as before; bytes arriving past this many are copied.
+const MAX_CHUNKS: usize = 32;
+
 /// The bytes of a skipped frame's body that are kept: enough for a
 /// request id (a postcard `u64`, at most 10 bytes).
 pub(crate) const HEAD: usize = 10;
@@ -51,8 +66,13 @@ pub(crate) const HEAD: usize = 10;
 /// from arbitrary cuts of a byte string.
 #[derive(Debug, Default)]
 pub(crate) struct FrameBuffer {
+    /// Received chunks kept as they arrived (slices of quinn's packets),
+    /// at most [`MAX_CHUNKS`] of them.
     chunks: VecDeque<Bytes>,
-    /// Sum of the lengths of `chunks`.
+    /// The bytes after `chunks`, copied (invariant 6): filled once
+    /// `chunks` is full, until it is handed out.
+    tail: BytesMut,
+    /// Sum of the lengths of `chunks` and `tail`.
     len: usize,
     /// Bytes of a skipped frame still to come: dropped as they arrive.
     skip: usize,
@@ -66,9 +86,16 @@ impl FrameBuffer {
             chunk.advance(n);
             self.skip -= n;
         }
-        if !chunk.is_empty() {
-            self.len += chunk.len();
+        if chunk.is_empty() {
+            return;
+        }
+        self.len += chunk.len();
+        if self.tail.is_empty() && self.chunks.len() < MAX_CHUNKS {
             self.chunks.push_back(chunk);
+        } else {
+            // A frame spread over this many chunks is copied by `take`
+            // anyway: copied now, its packets are not kept.
+            self.tail.extend_from_slice(&chunk);
         }
     }
 
@@ -138,7 +165,8 @@ impl FrameBuffer {
         }
         let mut prefix = [0u8; PREFIX];
         let mut filled = 0;
-        for chunk in &self.chunks {
+        let pieces = self.chunks.iter().map(|c| &c[..]);
+        for chunk in pieces.chain(std::iter::once(&self.tail[..])) {
             let n = (PREFIX - filled).min(chunk.len());
             prefix[filled..filled + n].copy_from_slice(chunk.get(..n)?);
             filled += n;
@@ -154,6 +182,9 @@ impl FrameBuffer {
         self.len -= n;
         while n > 0 {
             let Some(front) = self.chunks.front_mut() else {
+                let k = n.min(self.tail.len());
+                self.tail.advance(k);
+                self.release_tail();
                 return;
             };
             if front.len() > n {
@@ -178,10 +209,21 @@ impl FrameBuffer {
             self.len -= n;
             return body;
         }
+        if self.chunks.is_empty() && self.tail.len() >= n {
+            // Copied already: handed out as it is.
+            self.len -= n;
+            let body = self.tail.split_to(n).freeze();
+            self.release_tail();
+            return body;
+        }
         let mut body = BytesMut::with_capacity(n);
         let mut left = n;
         while left > 0 {
             let Some(front) = self.chunks.front_mut() else {
+                let k = left.min(self.tail.len());
+                body.extend_from_slice(self.tail.get(..k).unwrap_or_default());
+                self.tail.advance(k);
+                left -= k;
                 break;
             };
             let k = left.min(front.len());
@@ -192,7 +234,17 @@ impl FrameBuffer {
             left -= k;
         }
         self.len -= n - left;
+        self.release_tail();
         body.freeze()
+    }
+
+    /// Frees the copied bytes' buffer once it is all handed out: an idle
+    /// stream keeps no capacity, and the next chunks are kept as they
+    /// arrive again.
+    fn release_tail(&mut self) {
+        if self.tail.is_empty() && self.tail.capacity() > 0 {
+            self.tail = BytesMut::new();
+        }
     }
 }
 
@@ -485,6 +537,115 @@ mod tests {
             }
             assert_eq!((buf.len(), buf.skip), (0, 0), "seed {seed}");
         }
+    }
+
+    /// Cut into tiny chunks, taken now and then (the chunks pile up past
+    /// [`MAX_CHUNKS`] and are copied), with a large chunk now and then:
+    /// frames come out whole and in order, and no more than
+    /// [`MAX_CHUNKS`] chunks are ever kept.
+    #[test]
+    fn frames_come_out_whole_when_cut_into_tiny_chunks() {
+        for seed in 0..100 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (bodies, wire) = frames(&mut rng, 40);
+            let wire = Bytes::from(wire);
+            let mut buf = FrameBuffer::default();
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < wire.len() {
+                let most = if rng.random_range(0..50) == 0 {
+                    3000
+                } else {
+                    4
+                };
+                let n = rng.random_range(1..=(wire.len() - at).min(most));
+                buf.push(wire.slice(at..at + n));
+                at += n;
+                assert!(buf.chunks.len() <= MAX_CHUNKS, "seed {seed}");
+                if rng.random_range(0..40) == 0 || at == wire.len() {
+                    while let Some(body) = buf.take_frame(1 << 20).expect("ok") {
+                        out.push(body.to_vec());
+                    }
+                }
+            }
+            assert_eq!(out, bodies, "seed {seed}");
+            assert_eq!((buf.len(), buf.tail.capacity()), (0, 0), "seed {seed}");
+        }
+    }
+
+    /// A chunk's bytes whose owner counts how much of it is alive (a
+    /// received packet that a slice of it keeps).
+    struct Tracked {
+        bytes: Vec<u8>,
+        live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsRef<[u8]> for Tracked {
+        fn as_ref(&self) -> &[u8] {
+            &self.bytes
+        }
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.live
+                .fetch_sub(self.bytes.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Found by review, stop 47: every received chunk was kept as it
+    /// arrived, and quinn's chunks are slices of the packets they came in,
+    /// so a peer sending a frame's body one byte per packet made each
+    /// counted byte hold a whole packet (and a queue entry): ~240 MB for
+    /// 200,000 bytes of a 1 MiB frame. The frame in progress now holds at
+    /// most about twice its bytes; it still comes out whole, and a frame
+    /// within one chunk afterwards is a slice of it again.
+    #[test]
+    fn a_frame_sent_a_byte_per_packet_does_not_keep_the_packets() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        const BODY: usize = 1 << 20;
+        const PACKET: usize = 1200;
+        let live = Arc::new(AtomicUsize::new(0));
+        let packet = |byte: u8| {
+            live.fetch_add(PACKET, Ordering::SeqCst);
+            let tracked = Tracked {
+                bytes: vec![byte; PACKET],
+                live: live.clone(),
+            };
+            Bytes::from_owner(tracked).slice(0..1)
+        };
+        let mut buf = FrameBuffer::default();
+        buf.push(Bytes::copy_from_slice(&(BODY as u32).to_be_bytes()));
+        let mut peak = 0;
+        for i in 0..200_000 {
+            buf.push(packet(i as u8));
+            assert_eq!(buf.take_frame(BODY).expect("ok"), None);
+            peak = peak.max(live.load(Ordering::SeqCst));
+        }
+        assert!(
+            peak <= 2 * BODY,
+            "{peak} bytes of packets kept alive for 200,000 bytes of a frame"
+        );
+        let rest: Vec<u8> = (200_000..BODY).map(|i| i as u8).collect();
+        buf.push(Bytes::from(rest));
+        let body = buf.take_frame(BODY).expect("ok").expect("the frame");
+        assert_eq!(body.len(), BODY);
+        assert!(
+            body.iter().enumerate().all(|(i, b)| *b == i as u8),
+            "the frame's bytes"
+        );
+        assert_eq!(buf.len(), 0);
+        drop(body);
+        assert_eq!(live.load(Ordering::SeqCst), 0, "no packet kept");
+        // Back to slicing: a frame within one chunk is not copied.
+        let mut wire = Vec::new();
+        encode_frame(&(7u64, "abc"), 1024, &mut wire).expect("encode");
+        let chunk = Bytes::from(wire);
+        buf.push(chunk.clone());
+        let frame = buf.take_frame(1024).expect("ok").expect("frame");
+        assert_eq!(frame.as_ptr(), chunk[PREFIX..].as_ptr(), "no copy");
     }
 
     #[test]
