@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::identity::{default_name, node_id};
 use crate::runtime::authorization::{authorize, request_kind};
 use crate::tls::{CertRole, Principal};
-use crate::transport::frame::{PeerFrame, decode_peer_frame, encode_frame, read_frame};
+use crate::transport::frame::{FrameError, PeerFrame, decode_peer_frame, encode_frame, read_frame};
 use crate::transport::quic::{MAX_HELLO_BYTES, check_hello};
 
 /// The frame cap of the harnesses: small, so that the cap is exercised.
@@ -69,16 +69,47 @@ pub fn frames(data: &[u8]) {
                 vec![frame.clone()],
                 "a frame does not re-encode to itself"
             );
-            // (Under `CAP` no frame holds more entries than
-            // `MAX_ENTRIES_PER_APPEND`, which the transport refuses.)
+            // The transport refuses, by design, a frame over one of its
+            // list caps that serde reads (no correct sender exceeds them):
+            // an AppendEntries over `MAX_ENTRIES_PER_APPEND` entries (not
+            // under `CAP`), a member answer over `MAX_MEMBERS` members (1,025
+            // one-byte ids fit), a coalesced heartbeat over
+            // `MAX_QUIESCED_PER_FRAME` groups (not under `CAP`). Such a
+            // refusal must be for the frame's real count; any other verdict
+            // must be serde's.
             let body = buf.get(4..).unwrap_or_default();
-            assert_eq!(
-                decode_peer_frame(body).ok(),
-                Some(frame),
-                "decode_peer_frame differs from serde"
-            );
+            match decode_peer_frame(body) {
+                Err(FrameError::TooManyEntries { count, max })
+                | Err(FrameError::TooManyItems { count, max, .. }) => {
+                    assert!(
+                        count > max as u64 && listed(&frame) == Some(count),
+                        "refused for a count the frame does not have: {count} > {max}"
+                    );
+                }
+                other => assert_eq!(
+                    other.ok(),
+                    Some(frame),
+                    "decode_peer_frame differs from serde"
+                ),
+            }
         }
     }
+}
+
+/// The length of the list a frame's cap counts (AppendEntries' entries, a
+/// coalesced heartbeat's groups, a member answer's members), if it has one.
+fn listed(frame: &PeerFrame) -> Option<u64> {
+    use crate::core::Body;
+    let n = match frame {
+        PeerFrame::Msg(m) | PeerFrame::Group { msg: m, .. } => match &m.body {
+            Body::AppendEntries { entries, .. } => entries.len(),
+            _ => return None,
+        },
+        PeerFrame::Coalesced { quiesced } => quiesced.len(),
+        PeerFrame::MemberAnswer { answer, .. } => answer.members.len(),
+        _ => return None,
+    };
+    u64::try_from(n).ok()
 }
 
 /// The principals the harnesses try requests and hellos with.
@@ -385,6 +416,40 @@ mod tests {
     #[test]
     fn frames_never_panic() {
         run("frames", frames, 10000, 512);
+    }
+
+    /// Found by review, stop 47: a membership answer listing more members
+    /// than `MAX_MEMBERS` fits under the harness's cap (1,025 one-byte ids),
+    /// serde reads and re-encodes it, and `decode_peer_frame` refuses it
+    /// (`TooManyItems`, by design: no correct sender lists that many): the
+    /// harness took the refusal for a difference from serde and panicked on
+    /// a valid input.
+    #[test]
+    fn a_member_answer_over_the_member_cap_is_a_refusal_not_a_difference() {
+        use crate::core::MAX_MEMBERS;
+        use crate::transport::frame::MemberAnswer;
+
+        let answer = |n: usize| PeerFrame::MemberAnswer {
+            group: 1,
+            answer: MemberAnswer {
+                config_index: 2,
+                commit: 2,
+                joint: false,
+                leader: true,
+                term: 3,
+                members: (1..=n as u64).collect(),
+            },
+        };
+        let input = frame(&answer(MAX_MEMBERS + 1));
+        assert!(
+            input.len() > 4 && input.len() <= CAP + 4,
+            "the frame fits under the harness's cap"
+        );
+        frames(&input);
+        // Followed by one at the cap (which both decoders read).
+        let mut two = input;
+        two.extend_from_slice(&frame(&answer(MAX_MEMBERS)));
+        frames(&two);
     }
 
     #[test]
