@@ -207,7 +207,7 @@ pub struct Raft {
     pub(super) halted: bool,
     /// The runtime cannot take more committed entries now (see
     /// [`Raft::set_apply_paused`]).
-    apply_paused: bool,
+    pub(super) apply_paused: bool,
     /// Commands were proposed since the last [`Raft::ready`]: the leader
     /// sends them to its followers there, in one AppendEntries per
     /// follower for all of them (within the batch and window limits), not
@@ -619,7 +619,10 @@ impl Raft {
 
     /// While `paused`, [`Raft::ready`] hands out no committed entries (they
     /// stay in the log and are handed out once unpaused): the runtime's
-    /// bound on entries waiting to be applied.
+    /// bound on entries waiting to be applied. A follower also takes in no
+    /// new entries meanwhile (flow control, see the `replication` module:
+    /// the AppendEntries that would bring them is ignored, Raft §5.3), so
+    /// its log, in memory and on disk, stops growing with the leader's.
     pub fn set_apply_paused(&mut self, paused: bool) {
         self.apply_paused = paused;
     }

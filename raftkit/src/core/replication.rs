@@ -18,7 +18,29 @@
 //!   one) and at most [`MAX_ENTRIES_PER_APPEND`] entries: batching (thesis
 //!   §10.2.1) stops at whichever comes first. Receivers refuse a message of
 //!   more entries (the transport before decoding it, `inbound` after), so
-//!   a correct leader never sends one.
+//!   a correct leader never sends one;
+//! - follower flow control: while the runtime has paused handing out
+//!   committed entries ([`Raft::set_apply_paused`]: its state machine is
+//!   behind by its apply bound, or halted), a follower takes in no entry
+//!   past its last index. An AppendEntries that would bring one is dropped
+//!   unanswered, exactly as if lost: Raft §5.3 lets a follower ignore an
+//!   RPC, the leader retries AppendEntries until it succeeds. No wire
+//!   change, so a leader of any version copes. The leader's retries stay
+//!   paced: the window it had in flight goes unanswered, the next
+//!   heartbeat answer frees a slot (`inflights.free_first`) and the append
+//!   sent past the follower's log is refused, so the leader probes, one
+//!   message per heartbeat answer (`probe_sent`); once the follower's apply
+//!   caught up (the runtime unpauses at half its bound) the next probe is
+//!   taken in and streaming resumes, within a heartbeat interval. Appends
+//!   that add nothing new (all their entries held, or none) are handled as
+//!   always, and heartbeats raise the commit index only to what the leader
+//!   knows the follower holds, so a paused follower still learns its
+//!   commit index. Answering "success" at a lower index instead would not
+//!   do: the leader would send the rest again at once, a tight loop. Hence
+//!   the bound on a follower's unapplied log: the runtime's apply bound
+//!   plus at most what the leader had in flight to it when the pause began
+//!   (`max_inflight` messages of at most `max_batch_bytes`). Committing
+//!   elsewhere is unaffected: the other followers make the quorum.
 
 use super::message::{Body, MAX_ENTRIES_PER_APPEND, Message};
 use super::progress::Mode;
@@ -157,6 +179,15 @@ impl Raft {
             return;
         }
         if self.log.matches(prev_index, prev_term) {
+            if self.apply_paused && self.would_extend_log(prev_index, &entries) {
+                // Follower flow control (module docs): the state machine is
+                // behind by the runtime's apply bound, so entries past our
+                // last index are not taken in. The message is dropped
+                // unanswered, as if lost (Raft §5.3: the leader retries
+                // AppendEntries indefinitely); the leader probes again at
+                // its next heartbeat answer, once we have room.
+                return;
+            }
             let has_config = entries
                 .iter()
                 .any(|e| matches!(e.payload, Payload::Config(_)));
@@ -193,6 +224,15 @@ impl Raft {
                 },
             );
         }
+    }
+
+    /// Whether appending `entries` after `prev_index` (which matches) would
+    /// leave the log longer than it is: some entry lies past our last
+    /// index. An append whose entries all fall within the log (already
+    /// held, or conflicting ones that replace held ones) does not.
+    fn would_extend_log(&self, prev_index: Index, entries: &[super::types::Entry]) -> bool {
+        let sent_last = prev_index.saturating_add(entries.len() as Index);
+        sent_last > self.log.last_index()
     }
 
     /// Leader: an answer to AppendEntries.

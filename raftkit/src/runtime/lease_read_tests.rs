@@ -14,9 +14,12 @@
 //!
 //! The test builds exactly that state, with no timing left to chance:
 //! node B's apply thread (and only B's: the threads are named per node)
-//! blocks in a handler until the test opens a gate; 40 MiB of commands
-//! (1 MiB each) behind it pause B's core; then the leader A acknowledges `add(1)`, the
-//! leadership moves to B, and B serves a lease read with its apply still
+//! blocks in a handler until the test opens a gate; 32 MiB of commands
+//! (1 MiB each) behind it pause B's core, and the leader A acknowledges
+//! `add(1)`, which B holds but was paused before it could hand it to its
+//! apply thread (the network holds back the heartbeats that would have
+//! paused B before `add(1)` reached it: a paused follower takes in no new
+//! entries, see `core::replication`); the leadership moves to B, and B serves a lease read with its apply still
 //! blocked. The read is dispatched before the gate opens (a command to B
 //! queued behind it is answered first) and is known to have taken the
 //! lease path (its trace event); only then the gate opens. The read must
@@ -32,6 +35,7 @@
 //! `catch_up_ticks` before `lease_read` in `serve_weak_read` went
 //! unnoticed).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -167,13 +171,38 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     // B's apply thread blocks on `hold`; A and C apply it.
     peers[a].write(LedgerWrite::Hold).await.expect("hold");
     GATE.wait_entered().await;
-    // 40 MiB committed behind B's blocked apply thread: B's core pauses
-    // handing committed entries past the backlog bound (32 MiB). In 1 MiB
-    // commands: one 7 MiB entry stalled this one-thread runtime long
-    // enough, with the machine saturated, for a follower to time out its
-    // leader.
+    // 32 MiB committed behind B's blocked apply thread pause B's core
+    // (the backlog bound): it hands no more committed entries to the apply
+    // thread, and, a follower, takes in no entry past its log (flow
+    // control, `core::replication`). So `add(1)` must be in B's log before
+    // the pause sets in, yet committed after it: the pause comes with the
+    // append that carries `add(1)` and, in its commit index, the padding's
+    // last command. Until then heartbeats to B that would tell it that
+    // command committed are held back (the network's observer), and the
+    // leader sends B nothing else (no other writes). In 1 MiB commands:
+    // one 7 MiB entry stalled this one-thread runtime long enough, with
+    // the machine saturated, for a follower to time out its leader.
+    let b_id = peers[b].id();
+    let cap = Arc::new(AtomicU64::new(u64::MAX));
+    net.observe({
+        let cap = Arc::clone(&cap);
+        Arc::new(move |_, m: &crate::core::Message, _| {
+            !(m.to == b_id
+                && matches!(m.body, crate::core::Body::Heartbeat { commit, .. }
+                    if commit > cap.load(Ordering::SeqCst)))
+        })
+    });
+    let pads = MAX_APPLY_BACKLOG_BYTES >> 20;
     let mut last_pad = 0;
-    for _ in 0..40 {
+    for i in 0..pads {
+        if i + 1 == pads {
+            // B learns the last padding committed only with `add(1)`.
+            until("B knows the padding before the last committed", || {
+                (peers[b].status().commit >= last_pad).then_some(())
+            })
+            .await;
+            cap.store(last_pad, Ordering::SeqCst);
+        }
         peers[a]
             .write(LedgerWrite::Pad {
                 bytes: vec![7u8; 1 << 20],
@@ -182,17 +211,9 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
             .expect("pad");
         last_pad = peers[a].status().commit;
     }
-    until("B knows the padding committed", || {
-        (peers[b].status().commit >= last_pad).then_some(())
-    })
-    .await;
-    // What B handed its blocked apply thread stays within the bound and a
-    // batch or two of 1 MiB; the rest waits in B's log (teeth round 11:
-    // a node that never paused survived, its backlog growing with the log).
-    let backlog = peers[b].status().apply_backlog_bytes;
     assert!(
-        backlog > (MAX_APPLY_BACKLOG_BYTES as u64) && backlog <= (36 << 20),
-        "B's apply backlog is {backlog} bytes"
+        peers[b].status().commit < last_pad,
+        "premise: B does not know the last padding committed"
     );
     // The write the old leader acknowledges.
     assert!(matches!(
@@ -202,11 +223,24 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
             .expect("add"),
         LedgerWriteOutput::Add(1)
     ));
-    let written = peers[a].status().applied;
+    cap.store(u64::MAX, Ordering::SeqCst);
+    // The write's index: A answered it once committed and applied, and
+    // wrote nothing after it (its applied index, published lazily, may
+    // still show the padding).
+    let written = peers[a].status().commit;
     until("B knows the write committed", || {
         (peers[b].status().commit >= written).then_some(())
     })
     .await;
+    // What B handed its blocked apply thread is past the bound by at most
+    // a batch; the rest waits in B's log (teeth round 11: a node that
+    // never paused survived, its backlog growing with the log).
+    let backlog = peers[b].status().apply_backlog_bytes;
+    assert!(
+        backlog > (MAX_APPLY_BACKLOG_BYTES as u64)
+            && backlog <= (MAX_APPLY_BACKLOG_BYTES as u64) + (4 << 20),
+        "B's apply backlog is {backlog} bytes"
+    );
     assert!(peers[b].status().applied < written, "B's apply is held");
 
     // Two reads on B while it follows with its apply held (teeth, stop 44:
@@ -244,7 +278,6 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     );
 
     // Leadership moves to B; B commits an entry of its term.
-    let b_id = peers[b].id();
     peers[a].transfer_leadership(b_id).await.expect("transfer");
     until("B leads with an entry of its term committed", || {
         let s = peers[b].status();

@@ -58,6 +58,8 @@ mod client_mux;
 pub mod client_service;
 mod dropped;
 mod envelope_decode;
+#[cfg(test)]
+mod flow_control_tests;
 mod intake;
 #[cfg(test)]
 mod intake_tests;

@@ -27,7 +27,15 @@
 //!   retried with an exponential backoff and shown in the status;
 //! - at most [`MAX_APPLY_BACKLOG_BYTES`] of committed entries wait for the
 //!   apply thread: past that the core keeps them (it holds them anyway)
-//!   until the state machine catches up;
+//!   until the state machine catches up (back to half the bound). While so
+//!   paused a follower's core takes in no new entries either
+//!   ([`Raft::set_apply_paused`], `core::replication`: the AppendEntries is
+//!   ignored and the leader retries, Raft §5.3), so a follower's unapplied
+//!   log, in memory and in the WAL, stays within the bound plus what the
+//!   leader had in flight to it when the pause began. A halted apply
+//!   thread applies nothing and reports no progress, so its backlog
+//!   reaches the bound and the pause stays: a halted follower keeps
+//!   replicating until then, and its log stops growing there;
 //! - every proposal and read gets an answer: a result, `NotLeader` with the
 //!   leader's address when known, or the error that stopped the node; a
 //!   proposal whose entry's fate cannot reach this node any more (it left

@@ -7,6 +7,7 @@
 //! and terms (see `harness`), drives it with ticks and messages, and checks
 //! the messages and state that result.
 
+mod apply_pause;
 mod follower_reads;
 mod harness;
 mod hostile;
