@@ -111,6 +111,10 @@ pub struct Progress {
     pub round_start: u64,
     /// How many ticks the last completed round took, if one completed.
     pub last_round: Option<u64>,
+    /// The leader's tick count when a heartbeat answer last made it send
+    /// to this member again (the lost-message recovery of
+    /// [`Progress::resend_due`]), if one ever did.
+    pub resent_at: Option<u64>,
 }
 
 impl Progress {
@@ -128,6 +132,7 @@ impl Progress {
             round_end: next.saturating_sub(1),
             round_start: 0,
             last_round: None,
+            resent_at: None,
         }
     }
 
@@ -160,6 +165,22 @@ impl Progress {
     pub fn caught_up(&self, now: u64, timeout: u64) -> bool {
         self.last_round.is_some_and(|d| d < timeout)
             && now.saturating_sub(self.round_start) < timeout
+    }
+
+    /// Whether a heartbeat answer may make the leader send to this member
+    /// again now, the current heartbeat interval having begun at tick
+    /// `interval_start`: not if one already did in this interval. Raft
+    /// §5.3 has the leader retry AppendEntries until the follower stores
+    /// every entry; a heartbeat answer shows that messages sent before it
+    /// went unanswered (lost, or dropped by a follower whose apply is
+    /// paused), so it unblocks a probe and frees a slot of a full window.
+    /// Read rounds (thesis §6.4) send heartbeats about once per round trip
+    /// under read load; retrying at each answer would send up to a batch
+    /// per round trip to a follower that drops it. So retries are paced to
+    /// the heartbeat interval, the pace without reads; replication driven
+    /// by append answers is not paced.
+    pub fn resend_due(&self, interval_start: u64) -> bool {
+        self.resent_at.is_none_or(|t| t < interval_start)
     }
 
     /// Whether the leader must hold back new AppendEntries to this member.

@@ -19,6 +19,11 @@
 //!   §10.2.1) stops at whichever comes first. Receivers refuse a message of
 //!   more entries (the transport before decoding it, `inbound` after), so
 //!   a correct leader never sends one;
+//! - retries driven by heartbeat answers (a probe or window slot freed,
+//!   Raft §5.3's retry of lost AppendEntries) happen at most once per
+//!   heartbeat interval per follower (`Progress::resend_due`), however
+//!   many read rounds (thesis §6.4) it answers; replication driven by
+//!   append answers is not paced;
 //! - follower flow control: while the runtime has paused handing out
 //!   committed entries ([`Raft::set_apply_paused`]: its state machine is
 //!   behind by its apply bound, or halted), a follower takes in no entry
@@ -26,10 +31,12 @@
 //!   unanswered, exactly as if lost: Raft §5.3 lets a follower ignore an
 //!   RPC, the leader retries AppendEntries until it succeeds. No wire
 //!   change, so a leader of any version copes. The leader's retries stay
-//!   paced: the window it had in flight goes unanswered, the next
-//!   heartbeat answer frees a slot (`inflights.free_first`) and the append
-//!   sent past the follower's log is refused, so the leader probes, one
-//!   message per heartbeat answer (`probe_sent`); once the follower's apply
+//!   paced: the window it had in flight goes unanswered, a heartbeat
+//!   answer frees a slot (`inflights.free_first`) and the append sent past
+//!   the follower's log is refused, so the leader probes, one message per
+//!   heartbeat interval (`probe_sent`, cleared by at most one heartbeat
+//!   answer per interval: `Progress::resend_due`, since read rounds bring
+//!   an answer about once per round trip); once the follower's apply
 //!   caught up (the runtime unpauses at half its bound) the next probe is
 //!   taken in and streaming resumes, within a heartbeat interval. Appends
 //!   that add nothing new (all their entries held, or none) are handled as
@@ -328,21 +335,27 @@ impl Raft {
         };
         pr.recent_active = true;
         pr.read_round = pr.read_round.max(round);
-        pr.probe_sent = false;
         pr.on_ack(last, self.ticks);
-        if pr.mode == Mode::Replicate && pr.inflights.is_full() {
-            // Appends may have been lost: make room for one more, whose
-            // rejection (if there is a gap) restarts probing.
-            pr.inflights.free_first();
-        }
-        let behind = pr.matched < last;
-        if behind {
+        // At most one retry per heartbeat interval (`Progress::resend_due`):
+        // read rounds bring answers about once per round trip.
+        let interval_start = self.ticks.saturating_sub(u64::from(self.heartbeat_elapsed));
+        if pr.resend_due(interval_start) {
             // Raft §5.3: the leader retries AppendEntries until the follower
-            // stores every entry. In replicate mode `next` may already be
-            // past entries that were lost: send even an empty append (at the
-            // optimistic position) so that the follower's rejection restarts
-            // probing from its match point.
-            self.send_append_all(from, true);
+            // stores every entry. The probe in flight, if any, or the oldest
+            // message of a full window may have been lost: make room for one
+            // more, whose rejection (if there is a gap) restarts probing.
+            pr.probe_sent = false;
+            if pr.mode == Mode::Replicate && pr.inflights.is_full() {
+                pr.inflights.free_first();
+            }
+            if pr.matched < last {
+                // In replicate mode `next` may already be past entries that
+                // were lost: send even an empty append (at the optimistic
+                // position) so that the follower's rejection restarts
+                // probing from its match point.
+                pr.resent_at = Some(self.ticks);
+                self.send_append_all(from, true);
+            }
         }
         self.check_read_quorum();
     }

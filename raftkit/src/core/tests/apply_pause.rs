@@ -141,3 +141,68 @@ fn a_paused_follower_answers_appends_within_its_log_and_drops_those_past_it() {
         "unpaused, everything committed is handed out"
     );
 }
+
+/// Under read load the leader starts a read round (a heartbeat to every
+/// follower) about once per round trip, and a paused follower answers each.
+/// The leader re-sends to it, driven by those answers, at most once per
+/// heartbeat interval: not a batch of entries per read round, all of them
+/// dropped unread. Reads are still served (the other follower makes the
+/// quorum) and, once unpaused, the follower catches up within a heartbeat
+/// interval or two.
+#[test]
+fn a_paused_follower_is_resent_entries_at_most_once_per_heartbeat_interval_under_read_load() {
+    const HEARTBEAT: u32 = 3;
+    const TICKS: u32 = 20;
+    const READS_PER_TICK: u64 = 5;
+    let mut c = Cluster::with(&[1, 2, 3], |cfg| cfg.heartbeat_ticks = HEARTBEAT);
+    c.elect(1);
+    c.propose(1, b"before");
+    c.tick_all(2);
+    let held = c.node(3).log().last_index();
+    assert_eq!(held, c.node(1).log().last_index(), "premise: 3 holds all");
+    c.node_mut(3).set_apply_paused(true);
+    // Node 3 is behind from now on: the leader has entries to send it.
+    c.propose(1, b"behind");
+    let sent_before = appends_with_entries_to(&c, 3);
+
+    let mut ctx = 0;
+    for tick in 0..TICKS {
+        c.tick_all(1);
+        for _ in 0..READS_PER_TICK {
+            ctx += 1;
+            c.node_mut(1)
+                .read_index(ctx)
+                .expect("the leader accepts reads");
+            c.deliver();
+        }
+        assert_eq!(
+            c.node(3).log().last_index(),
+            held,
+            "tick {tick}: the follower with apply paused took in new entries"
+        );
+    }
+    let served = c
+        .reads
+        .get(&1)
+        .map_or(0, |r| r.iter().filter(|s| s.result.is_ok()).count());
+    assert_eq!(served as u64, ctx, "reads were not all served");
+
+    // One re-send per heartbeat interval, plus the first one at once.
+    let resent = appends_with_entries_to(&c, 3) - sent_before;
+    let allowed = (TICKS / HEARTBEAT) as usize + 2;
+    assert!(
+        resent <= allowed,
+        "the leader sent {resent} appends with entries to the paused follower in {TICKS} \
+         ticks of {READS_PER_TICK} read rounds each (heartbeat every {HEARTBEAT} ticks): at \
+         most {allowed} expected"
+    );
+
+    c.node_mut(3).set_apply_paused(false);
+    c.tick_all(2 * HEARTBEAT);
+    let last = c.node(1).log().last_index();
+    assert_eq!(
+        c.node(3).log().last_index(),
+        last,
+        "the unpaused follower did not catch up within two heartbeat intervals"
+    );
+}
