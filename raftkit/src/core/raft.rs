@@ -584,7 +584,16 @@ impl Raft {
     /// panicked under the `halt` policy, or an entry does not decode). A
     /// halted node keeps its log and keeps voting and replicating, but it
     /// never campaigns (not even when told to by a leadership transfer) and
-    /// refuses proposals, since it could not apply them. A halted leader
+    /// refuses proposals, since it could not apply them. It replicates only
+    /// until its unapplied backlog reaches the runtime's apply bound (the
+    /// runtime's `MAX_APPLY_BACKLOG_BYTES`, see [`Raft::set_apply_paused`]):
+    /// its apply never drains, so from then on it takes in no new entries
+    /// (it still votes and answers heartbeats) until restarted, and no
+    /// longer counts toward the commit quorum. A cluster with a halted node
+    /// thus tolerates one fewer failure once that much was written after
+    /// the halt: the memory bound wins, and the operator restarts the node
+    /// on a fixed binary (as after a rolling upgrade the old binary cannot
+    /// follow). A halted leader
     /// hands leadership to a caught-up voter (thesis §3.10) or, when there is
     /// none, steps down at once; a transfer that does not complete within an
     /// election timeout is abandoned and the leader steps down then.

@@ -174,7 +174,8 @@ async fn a_follower_with_a_blocked_state_machine_keeps_its_log_bounded_and_catch
 
 const HALT_ADDRS: [&str; 3] = ["flow-halt-a:1", "flow-halt-b:1", "flow-halt-c:1"];
 
-/// A halted follower (DESIGN §6: it keeps voting and replicating) takes in
+/// A halted follower (DESIGN §6: it keeps voting, and replicating up to the
+/// apply bound, `Raft::set_halted`) takes in
 /// the leader's entries until its backlog, which its halted apply thread
 /// never drains, reaches the bound; from then on its log stops growing,
 /// while the others keep committing.

@@ -20,7 +20,11 @@
 //!   `shutdown` returns it;
 //! - a halted state machine (see `apply`) makes the core give up leadership
 //!   and never campaign ([`Raft::set_halted`]); callers get
-//!   [`Error::Halted`];
+//!   [`Error::Halted`]. It keeps voting and replicating only until its
+//!   unapplied backlog reaches [`MAX_APPLY_BACKLOG_BYTES`] (next item):
+//!   then it takes in no new entries (it still votes) until restarted, so
+//!   it stops counting toward the commit quorum and the cluster tolerates
+//!   one fewer failure after that much traffic;
 //! - a snapshot the node takes is saved on the snapshot thread, beside the
 //!   log writer; the core and the log are compacted only once it is
 //!   durable (Raft §7). A failed snapshot (serialization or save) is
@@ -35,7 +39,8 @@
 //!   leader had in flight to it when the pause began. A halted apply
 //!   thread applies nothing and reports no progress, so its backlog
 //!   reaches the bound and the pause stays: a halted follower keeps
-//!   replicating until then, and its log stops growing there;
+//!   replicating until then, and its log stops growing there (it no longer
+//!   helps commit; restarting it on a fixed binary resumes both);
 //! - every proposal and read gets an answer: a result, `NotLeader` with the
 //!   leader's address when known, or the error that stopped the node; a
 //!   proposal whose entry's fate cannot reach this node any more (it left

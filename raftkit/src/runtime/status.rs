@@ -40,7 +40,10 @@ pub struct PeerStatus {
     /// Set when the node halted (a handler panicked under the `halt`
     /// policy, or an entry does not decode with this binary): it applies
     /// nothing more, does not lead or campaign, and keeps its log intact
-    /// for a fixed binary.
+    /// for a fixed binary. It keeps voting, and replicating until its
+    /// unapplied backlog reaches the apply bound (`MAX_APPLY_BACKLOG_BYTES`,
+    /// 32 MiB); past that it takes in no new entries until restarted (the
+    /// cluster then tolerates one fewer failure).
     pub halted: Option<String>,
     /// Set when storage failed: the node stopped (it acknowledges and
     /// serves nothing more; restart it on a healthy disk).
