@@ -37,7 +37,10 @@
 //!    byte hold a packet. At most [`MAX_CHUNKS`] chunks are kept as they
 //!    arrived. When one more arrives, the kept chunks' bytes are moved
 //!    into one buffer reserved for the whole frame in progress (the length
-//!    its prefix says, at most the frame cap), and its remaining bytes are
+//!    its prefix says, at most the frame cap, and at most a stream's
+//!    receive window past the bytes received, [`RESERVE_AHEAD`]: a
+//!    sender's claim alone reserves nothing more; a larger frame's buffer
+//!    grows as its bytes arrive), and its remaining bytes are
 //!    copied there as they arrive; the frame is then handed out as that
 //!    buffer, without another copy: each of its bytes is copied once, into
 //!    one allocation (as a frame spread over a few chunks is copied once
@@ -60,6 +63,13 @@ const PREFIX: usize = 4;
 /// (invariant 6): a frame within a few packets is sliced or copied from
 /// them as before; bytes arriving past this many are copied.
 const MAX_CHUNKS: usize = 32;
+
+/// The most bytes reserved for a frame being copied beyond those already
+/// received (invariant 6): one stream's receive window, the most a sender
+/// may have in flight on it. A 1 MiB batch (the default) fits, so it is
+/// copied once into one allocation; a frame claiming more only gets room
+/// as its bytes arrive.
+const RESERVE_AHEAD: usize = super::quic_tuning::STREAM_RECEIVE_WINDOW as usize;
 
 /// The bytes of a skipped frame's body that are kept: enough for a
 /// request id (a postcard `u64`, at most 10 bytes).
@@ -131,7 +141,13 @@ impl FrameBuffer {
         let mut want = self.len;
         if self.copied.is_empty() {
             if let Ok(Some(body_len)) = self.peek_len(max) {
-                want = want.max(PREFIX.saturating_add(body_len));
+                // Room for the whole frame, but never more than a stream's
+                // receive window past the bytes here: a sender that claims a
+                // large frame and stalls holds about what it sent (as in
+                // `super::frame`), not what its prefix claims. A frame
+                // larger than that grows its buffer as it arrives.
+                let ahead = self.len.saturating_add(RESERVE_AHEAD);
+                want = want.max(PREFIX.saturating_add(body_len).min(ahead));
             }
             self.copied = BytesMut::with_capacity(want);
         } else {
@@ -819,6 +835,56 @@ mod tests {
             "no copy"
         );
         assert_eq!((buf.len(), buf.copied.capacity()), (0, 0));
+    }
+
+    /// A sender that claims a large frame and stalls after a few tiny
+    /// packets gets no buffer sized by its claim: at most a receive window
+    /// past the bytes it sent. The frame still completes whole when its
+    /// bytes do come.
+    #[test]
+    fn a_claimed_large_frame_reserves_no_more_than_a_window_past_its_bytes() {
+        const BODY: usize = (16 << 20) - 4;
+        let mut buf = FrameBuffer::default();
+        buf.push(
+            Bytes::copy_from_slice(&(BODY as u32).to_be_bytes()),
+            16 << 20,
+        );
+        let body: Vec<u8> = (0..BODY).map(|i| (i % 253) as u8).collect();
+        for i in 0..=MAX_CHUNKS {
+            buf.push(Bytes::copy_from_slice(&body[i..=i]), 16 << 20);
+        }
+        assert!(!buf.copied.is_empty(), "copying began");
+        assert!(
+            buf.copied.capacity() <= buf.len() + RESERVE_AHEAD,
+            "a claim of {BODY} bytes reserved {} bytes for {} received",
+            buf.copied.capacity(),
+            buf.len()
+        );
+        let rest = Bytes::from(body.clone()).slice(MAX_CHUNKS + 1..);
+        let got = feed_in_pieces_unchecked(&mut buf, &rest, 64 << 10, 16 << 20);
+        assert_eq!(got.len(), 1);
+        assert!(got[0] == body[..], "the frame's bytes");
+        assert_eq!(buf.len(), 0);
+    }
+
+    /// Pushes `wire` in pieces and takes every complete frame after each.
+    fn feed_in_pieces_unchecked(
+        buf: &mut FrameBuffer,
+        wire: &Bytes,
+        piece: usize,
+        max: usize,
+    ) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let n = piece.min(wire.len() - at);
+            buf.push(wire.slice(at..at + n), max);
+            at += n;
+            while let Some(body) = buf.take_frame(max).expect("ok") {
+                out.push(body);
+            }
+        }
+        out
     }
 
     #[test]
