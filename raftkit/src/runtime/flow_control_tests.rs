@@ -88,6 +88,37 @@ async fn start(
         .expect("peer starts")
 }
 
+/// The leader `a` writes [`PADS`] commands of 1 MiB; returns its commit
+/// index then and B's status once C committed them all and B (which takes
+/// in nothing past its apply bound) learned that what it holds is
+/// committed (heartbeats carry the commit index it holds entries for).
+async fn pad_behind_b(
+    peers: &[Peer<Pile>],
+    a: usize,
+    b: usize,
+    c: usize,
+) -> (u64, super::PeerStatus) {
+    for _ in 0..PADS {
+        peers[a]
+            .write(PileWrite::Pad {
+                bytes: vec![7u8; 1 << 20],
+            })
+            .await
+            .expect("pad");
+    }
+    let last = peers[a].status().commit;
+    until("C commits every padding", || {
+        (peers[c].status().commit >= last).then_some(())
+    })
+    .await;
+    let b_status = until("B learns what it holds is committed", || {
+        let s = peers[b].status();
+        (s.commit == s.last_index).then_some(s)
+    })
+    .await;
+    (last, b_status)
+}
+
 /// See the module docs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_with_a_blocked_state_machine_keeps_its_log_bounded_and_catches_up() {
@@ -111,27 +142,7 @@ async fn a_follower_with_a_blocked_state_machine_keeps_its_log_bounded_and_catch
     GATE.wait_entered().await;
     let held_at = peers[b].status().applied;
 
-    for _ in 0..PADS {
-        peers[a]
-            .write(PileWrite::Pad {
-                bytes: vec![7u8; 1 << 20],
-            })
-            .await
-            .expect("pad");
-    }
-    let last = peers[a].status().commit;
-    // C commits everything; B, which takes in nothing more, learns that
-    // what it holds is committed (heartbeats carry the commit index it
-    // holds entries for).
-    until("C commits every padding", || {
-        (peers[c].status().commit >= last).then_some(())
-    })
-    .await;
-    let b_status = until("B learns what it holds is committed", || {
-        let s = peers[b].status();
-        (s.commit == s.last_index).then_some(s)
-    })
-    .await;
+    let (last, b_status) = pad_behind_b(&peers, a, b, c).await;
     assert_eq!(b_status.applied, held_at, "premise: B's apply is held");
     // Past its applied index B holds the bound (32 commands of 1 MiB) and
     // what was in flight when it paused; without flow control it holds
@@ -204,24 +215,7 @@ async fn a_halted_follower_stops_growing_its_log_at_the_apply_bound() {
     })
     .await;
 
-    for _ in 0..PADS {
-        peers[a]
-            .write(PileWrite::Pad {
-                bytes: vec![7u8; 1 << 20],
-            })
-            .await
-            .expect("pad");
-    }
-    let last = peers[a].status().commit;
-    until("C commits every padding", || {
-        (peers[c].status().commit >= last).then_some(())
-    })
-    .await;
-    let b_status = until("B learns what it holds is committed", || {
-        let s = peers[b].status();
-        (s.commit == s.last_index).then_some(s)
-    })
-    .await;
+    let (last, b_status) = pad_behind_b(&peers, a, b, c).await;
     assert_eq!(b_status.applied, halted_at, "premise: B applies nothing");
     let unapplied = b_status.last_index - b_status.applied;
     let bound_entries = (MAX_APPLY_BACKLOG_BYTES >> 20) as u64 + 4;
