@@ -29,8 +29,18 @@
 //! a member. That is the price of membership changes: a holder of a node
 //! certificate who is not a member can still present itself as a leader of
 //! a higher term to a node outside a lease (for example right after an
-//! election), which costs that node its term and, at worst, its uncommitted
-//! entries; it can never rewrite committed ones (below).
+//! election). That costs the node its term and its uncommitted entries, and
+//! more: the fake leader's entries and commit index are taken as a real
+//! leader's would be, so the node can apply entries the fake leader made up
+//! (past what it knew committed; it never rewrites an entry it knew
+//! committed, below). Such a node has left the cluster's history: it then
+//! refuses the real leader's different entries at those indexes
+//! ([`DropReason::CommittedRewrite`]) and must be removed and added
+//! again with a new data directory (so would every node it reaches this
+//! way before their leader's lease protects them). Raft
+//! assumes peers that follow the protocol (crash faults, not Byzantine
+//! ones): a node certificate is that trust, so issue them only to the
+//! deployment's nodes and revoke a leaked one (`--crl`).
 //!
 //! # How far a term may jump
 //!
