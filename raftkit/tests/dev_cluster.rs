@@ -113,3 +113,60 @@ fn tls_errors_convert_into_raftkit_errors() {
     assert!(matches!(err, raftkit::Error::Tls(_)), "{err:?}");
     assert!(!err.is_retryable());
 }
+
+/// A peer given another node's certificate fails at `start` with a
+/// certificate error: nothing was sent anywhere, so it says "not applied"
+/// and is not worth retrying (it was `Error::Transport`: "may have been
+/// applied", retryable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_another_nodes_certificate_fails_with_a_certificate_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = raftkit::tls::ClusterCa::generate("dev").expect("ca");
+    let other = ca.issue_node("kv@127.0.0.1:1", &[]).expect("issue");
+    let err = Kv::peer()
+        .listen("127.0.0.1:0")
+        .name("kv@127.0.0.1:2")
+        .data_dir(dir.path().join("peer"))
+        .bootstrap()
+        .identity(other)
+        .start()
+        .await
+        .err()
+        .expect("another node's certificate, no peer");
+    assert!(
+        matches!(&err, raftkit::Error::Tls(m) if m.contains("kv@127.0.0.1:2") && m.contains("kv@127.0.0.1:1")),
+        "{err:?}"
+    );
+    assert_eq!(err.applied(), raftkit::error::Applied::No, "{err:?}");
+    assert!(!err.is_retryable(), "{err:?}");
+}
+
+/// A client whose `$RAFTKIT_CERTS` holds no client identity fails to
+/// connect with a certificate error that names the files: nothing was sent
+/// (it was `Error::Transport`: "may have been applied", retryable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_its_certificate_files_fails_with_a_certificate_error() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    // No other test of this binary reads the variable.
+    unsafe { std::env::set_var(raftkit::client::CERTS_ENV, empty.path()) };
+    let err = KvClient::connect(["127.0.0.1:1"])
+        .await
+        .err()
+        .expect("no certificate files, no client");
+    assert!(
+        matches!(&err, raftkit::Error::Tls(m) if m.contains("client.pem") && m.contains("RAFTKIT_CERTS")),
+        "{err:?}"
+    );
+    assert_eq!(err.applied(), raftkit::error::Applied::No, "{err:?}");
+    assert!(!err.is_retryable(), "{err:?}");
+    unsafe { std::env::remove_var(raftkit::client::CERTS_ENV) };
+    let err = KvClient::connect(["127.0.0.1:1"])
+        .await
+        .err()
+        .expect("no variable, no client");
+    assert!(
+        matches!(&err, raftkit::Error::Tls(m) if m.contains("RAFTKIT_CERTS")),
+        "{err:?}"
+    );
+    assert_eq!(err.applied(), raftkit::error::Applied::No, "{err:?}");
+}

@@ -344,13 +344,25 @@ impl Client {
         Self::connect_inner(addrs, identity, schema, Some(schema_desc), opts).await
     }
 
-    fn env_identity() -> Result<Identity, Error> {
+    /// The client identity in `$RAFTKIT_CERTS`. A missing variable or
+    /// file is a certificate problem ([`Error::Tls`]: nothing was sent, so
+    /// nothing was applied, and retrying cannot help), and says which
+    /// files the directory needs.
+    pub(crate) fn env_identity() -> Result<Identity, Error> {
         let dir = std::env::var_os(CERTS_ENV).map(PathBuf::from).ok_or_else(|| {
-            Error::Transport(format!(
-                "no client certificate: set {CERTS_ENV} to a directory holding ca.pem, client.pem and client.key"
+            Error::Tls(format!(
+                "no client certificate: set {CERTS_ENV} to a directory holding ca.pem, client.pem and client.key \
+                 (`ClusterCa::issue_client(\"client\")?.write_to(dir, \"client\")` writes them), \
+                 or connect with an identity (`connect_with`)"
             ))
         })?;
-        Identity::load(&dir, "client").map_err(|e| Error::Transport(e.to_string()))
+        Identity::load(&dir, "client").map_err(|e| {
+            Error::Tls(format!(
+                "no client certificate in {CERTS_ENV}={}: {e}; the directory needs ca.pem, client.pem and client.key \
+                 (`ClusterCa::issue_client(\"client\")?.write_to(dir, \"client\")` writes them)",
+                dir.display()
+            ))
+        })
     }
 
     /// Connects with an explicit identity and options.

@@ -97,14 +97,7 @@ impl<S: StateMachine> ShardedClient<S> {
         I: IntoIterator<Item = A>,
         A: AsRef<str>,
     {
-        let dir = std::env::var_os(super::CERTS_ENV).ok_or_else(|| {
-            Error::Transport(format!(
-                "no client certificate: set {} to a directory holding ca.pem, client.pem and client.key",
-                super::CERTS_ENV
-            ))
-        })?;
-        let identity =
-            Identity::load(dir, "client").map_err(|e| Error::Transport(e.to_string()))?;
+        let identity = Client::env_identity()?;
         Self::connect_with(seeds, identity, ClientOptions::default()).await
     }
 

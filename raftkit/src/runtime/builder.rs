@@ -792,7 +792,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         if let (None, Some(identity)) = (&self.transport, &self.identity) {
             identity
                 .check_node(&meta.name)
-                .map_err(|e| Error::Transport(format!("the TLS identity of {}: {e}", meta.name)))?;
+                .map_err(|e| Error::Tls(format!("the TLS identity of {}: {e}", meta.name)))?;
             with_revocation_lists(identity.clone(), &self.revocation_lists, &meta.name)?;
         }
         let storage = self
@@ -971,7 +971,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                         Err(crate::transport::quic::TransportError::Tls(e)) => {
-                            return Err(Error::Transport(format!(
+                            return Err(Error::Tls(format!(
                                 "the TLS identity of {}: {e}",
                                 meta.name
                             )));
