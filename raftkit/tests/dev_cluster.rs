@@ -170,3 +170,51 @@ async fn a_client_without_its_certificate_files_fails_with_a_certificate_error()
     );
     assert_eq!(err.applied(), raftkit::error::Applied::No, "{err:?}");
 }
+
+/// A program changes the membership through the network client as `kv
+/// remove-server` and `kv transfer-leader` do: `Client::transfer_leader`
+/// and `Client::remove_server` with an admin certificate, beside
+/// `Client::add_server` (they had no method: only
+/// `admin(ClientRequest::RemoveServer { .. })`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_client_transfers_leadership_and_removes_a_member() -> Result<(), raftkit::Error> {
+    let cluster = raftkit::dev::Cluster::<Kv>::start(3).await?;
+    let admin = raftkit::client::Client::connect_with_for::<Kv, _, _>(
+        cluster.addrs(),
+        cluster.ca().issue_admin("admin")?,
+        raftkit::client::ClientOptions::default(),
+    )
+    .await?;
+    let leader = cluster.leader().expect("start waits for a leader").id();
+    let (target, target_addr) = cluster
+        .peers()
+        .iter()
+        .zip(cluster.addrs())
+        .find(|(p, _)| p.id() != leader)
+        .map(|(p, a)| (p.clone(), a.clone()))
+        .expect("a follower");
+    admin.transfer_leader(&target_addr).await?;
+    assert_eq!(target.status().leader, Some(target.id()), "it leads");
+
+    // Remove a member that does not lead; a client certificate may not.
+    let (gone, gone_addr) = cluster
+        .peers()
+        .iter()
+        .zip(cluster.addrs())
+        .find(|(p, _)| p.id() != target.id())
+        .map(|(p, a)| (p.id(), a.clone()))
+        .expect("another member");
+    let refused = cluster.raw_client().remove_server(&gone_addr).await;
+    assert!(
+        matches!(refused, Err(raftkit::Error::Unauthorized(_))),
+        "{refused:?}"
+    );
+    admin.remove_server(&gone_addr).await?;
+    let members: Vec<_> = target.status().members.iter().map(|m| m.id).collect();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(!members.contains(&gone), "{members:?}");
+    // Writes go on with the two left.
+    let kv = cluster.client();
+    kv.put("after".into(), "removal".into()).await?;
+    cluster.shutdown().await
+}

@@ -906,8 +906,11 @@ impl Client {
         Self::expect_ok(self.request(request).await?).map(|_| ())
     }
 
-    /// Adds the member at `addr` (learner, catch-up rounds, then voter) and
-    /// returns the steps the leader reported.
+    /// Adds the member at `addr` (learner, catch-up rounds, then voter,
+    /// thesis §4.2.1) and returns the steps the leader reported. The node
+    /// at `addr` must be running, started with neither `bootstrap` nor
+    /// `join`. Needs an admin certificate ([`Error::Unauthorized`]
+    /// otherwise, nothing changed).
     pub async fn add_server(&self, addr: &str) -> Result<Vec<String>, Error> {
         let out = Self::expect_ok(
             self.request(ClientRequest::AddServer {
@@ -919,6 +922,31 @@ impl Client {
             return Ok(Vec::new());
         }
         Ok(crate::state_machine::decode("progress", &out)?)
+    }
+
+    /// Removes the member at `addr` (voter or learner; the leader too,
+    /// which steps down once the new configuration commits, thesis
+    /// §4.2.2); returns once a committed configuration is without it.
+    /// Needs an admin certificate ([`Error::Unauthorized`] otherwise,
+    /// nothing changed); one change at a time ([`Error::Rejected`] while
+    /// another is in flight, nothing changed). The removed node is not
+    /// stopped: shut it down, and revoke its certificate (see
+    /// [`crate::tls`], Revocation) so that it cannot add itself back.
+    pub async fn remove_server(&self, addr: &str) -> Result<(), Error> {
+        self.admin(ClientRequest::RemoveServer {
+            addr: addr.to_string(),
+        })
+        .await
+    }
+
+    /// Moves leadership to the member at `addr` (thesis §3.10) and
+    /// returns once it leads. Needs an admin certificate
+    /// ([`Error::Unauthorized`] otherwise).
+    pub async fn transfer_leader(&self, addr: &str) -> Result<(), Error> {
+        self.admin(ClientRequest::TransferLeader {
+            addr: addr.to_string(),
+        })
+        .await
     }
 }
 
