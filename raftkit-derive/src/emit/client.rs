@@ -98,15 +98,17 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
          Against a cluster, each write call is one logical write of the client's session: the \
          client retries it by itself (redirects, lost connections, leader changes) under one \
          sequence number, so **one call applies its command at most once**. When a write call \
-         returns `Err(Error::Timeout)` (or `Unavailable`, `NotLeader`, `Transport`) the command \
-         may or may not have been applied, and **calling the method again is a new write** that \
-         can apply it twice. To retry exactly-once, make the call through \
-         [`write_once()`](Self::write_once) and retry through that same handle:\n\n\
+         returns an error whose [`applied()`](raftkit::Error::applied) is `Maybe` \
+         (`Timeout`, `Ambiguous`, `Transport`, `Halted`, `Storage`) the command may or may not \
+         have been applied, and **calling the method again is a new write** that can apply it \
+         twice (`Unavailable`, `NotLeader` and `Overloaded` say it was not applied). To retry \
+         exactly-once, make the call through [`write_once()`](Self::write_once) and retry \
+         through that same handle:\n\n\
          ```ignore\n\
          let once = client.write_once(); // one handle per logical write\n\
          let out = loop {{\n\
          \x20   match once.some_write(args.clone()).await {{\n\
-         \x20       Err(raftkit::Error::Timeout | raftkit::Error::Unavailable(_)) => continue,\n\
+         \x20       Err(e) if e.is_retryable() => continue, // Timeout, Ambiguous, Unavailable, ...\n\
          \x20       other => break other,\n\
          \x20   }}\n\
          }};\n\
