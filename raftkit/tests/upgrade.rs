@@ -379,11 +379,12 @@ async fn workload(client: v1::KvClient, stop: Arc<AtomicBool>) -> Workload {
 
 /// The new handler is refused before the log: `Unsupported`, nothing
 /// applied, on whichever node leads.
-async fn assert_delete_refused(c: &Cluster, phase: &str) {
+async fn assert_delete_refused(c: &Cluster, phase: &str) -> String {
     let client = c.v2_client().await;
     match client.delete("w00000".into()).await {
         Err(Error::Unsupported(why)) => {
             assert!(why.contains("tag 1"), "{phase}: {why}");
+            why
         }
         other => panic!("{phase}: the new handler was not refused: {other:?}"),
     }
@@ -423,7 +424,14 @@ async fn a_rolling_upgrade_keeps_serving_and_enables_the_new_handler_at_the_end(
             assert_delete_refused(&c, &phase).await;
             // A v2 leader refuses it too: a voter still runs v1.
             c.make_leader(i).await;
-            assert_delete_refused(&c, &format!("{phase}, a v2 node leading")).await;
+            let why = assert_delete_refused(&c, &format!("{phase}, a v2 node leading")).await;
+            // It names the voter to upgrade by its address, not only by
+            // its node id.
+            let v1_left = &c.addrs[i + 1..];
+            assert!(
+                v1_left.iter().any(|a| why.contains(&format!("({a})"))),
+                "{phase}: the refusal names none of the v1 voters {v1_left:?}: {why}"
+            );
         }
     }
 

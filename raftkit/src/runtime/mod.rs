@@ -365,6 +365,28 @@ impl<S: StateMachine> Peer<S> {
         self.inner
             .schemas
             .check_enabled(kind, tag, self.other_voters())
+            .map_err(|e| self.name_the_voter(e))
+    }
+
+    /// A write refused because a voter may not know its handler names
+    /// that voter by node id ([`SchemaBook::check_enabled`]); the operator
+    /// upgrades a node by its address, so the refusal gets the address too
+    /// (from this peer's configuration; on the error path only).
+    ///
+    /// [`SchemaBook::check_enabled`]: crate::schema::SchemaBook::check_enabled
+    fn name_the_voter(&self, e: Error) -> Error {
+        let Error::Unsupported(why) = e else {
+            return e;
+        };
+        let status = self.inner.status.borrow();
+        for m in status.members.iter() {
+            let needle = format!("voter {} may not know it", m.id);
+            if let (true, Some(addr)) = (why.contains(&needle), m.addr.as_deref()) {
+                let named = format!("voter {} ({addr}) may not know it", m.id);
+                return Error::Unsupported(why.replacen(&needle, &named, 1));
+            }
+        }
+        Error::Unsupported(why)
     }
 
     /// The voters of the configuration this peer knows, itself excluded
