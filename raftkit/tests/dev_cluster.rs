@@ -218,3 +218,24 @@ async fn an_admin_client_transfers_leadership_and_removes_a_member() -> Result<(
     kv.put("after".into(), "removal".into()).await?;
     cluster.shutdown().await
 }
+
+/// `certs_dir(dir, name)` of a name with no files says which files it
+/// looked for and what writes them (it said only "read DIR/node.pem: No
+/// such file or directory").
+#[test]
+fn certs_dir_without_the_files_says_what_it_needs() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let err = Kv::peer()
+        .certs_dir(empty.path(), "kv@127.0.0.1:1")
+        .err()
+        .expect("no files, no identity");
+    assert!(
+        matches!(&err, raftkit::Error::Tls(m)
+            if m.contains("kv@127.0.0.1:1.pem")
+                && m.contains("kv@127.0.0.1:1.key")
+                && m.contains("ca.pem")
+                && m.contains("write_to")),
+        "{err:?}"
+    );
+    assert_eq!(err.applied(), raftkit::error::Applied::No);
+}

@@ -77,7 +77,7 @@ impl<S: StateMachine + Default> PeerExt for S {}
 ///     .listen("10.0.0.1:7001")
 ///     .data_dir("/var/lib/counter")
 ///     .bootstrap_members(["10.0.0.1:7001", "10.0.0.2:7001", "10.0.0.3:7001"])
-///     .certs_dir("/etc/counter/certs", "node")?
+///     .certs_dir("/etc/counter/certs", "counter@10.0.0.1:7001")?
 ///     .start()
 ///     .await?;
 /// // A restart needs only the data directory: name, address and
@@ -266,12 +266,24 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 
     /// Loads the identity `<name>.pem` / `<name>.key` / `ca.pem` from `dir`
     /// (as written by `ClusterCa::issue_node(..).write_to(dir, name)`).
+    /// `name` names the files; the certificate must be a `node`
+    /// certificate issued to this peer's name (checked at
+    /// [`start`](Self::start)), so naming the files after the peer, as
+    /// `kv serve` does (`kv@127.0.0.1:7001.pem`), keeps them apart.
+    /// Missing or unreadable files are an [`Error::Tls`] naming them.
     pub fn certs_dir(
         mut self,
         dir: impl AsRef<std::path::Path>,
         name: &str,
     ) -> Result<Self, Error> {
-        let identity = Identity::load(dir, name)?;
+        let dir = dir.as_ref();
+        let identity = Identity::load(dir, name).map_err(|e| {
+            Error::Tls(format!(
+                "no identity {name:?} in {}: {e}; certs_dir(dir, {name:?}) reads {name}.pem, {name}.key and ca.pem \
+                 (`ClusterCa::issue_node({name:?}, &[])?.write_to(dir, {name:?})` writes them for a node of that name)",
+                dir.display()
+            ))
+        })?;
         self.identity = Some(identity);
         Ok(self)
     }
