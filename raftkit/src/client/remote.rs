@@ -911,6 +911,14 @@ impl Client {
     /// at `addr` must be running, started with neither `bootstrap` nor
     /// `join`. Needs an admin certificate ([`Error::Unauthorized`]
     /// otherwise, nothing changed).
+    ///
+    /// The leader adds the node as a learner first, then waits for it to
+    /// catch up: a node that does not answer (not started, wrong address)
+    /// makes the call end with [`Error::Timeout`] after the client's
+    /// timeout, and leaves it in the configuration as a learner (a member
+    /// with `voter == false` in [`Client::status`]). Call `add_server`
+    /// again once the node runs, or take it out with
+    /// [`Client::remove_server`].
     pub async fn add_server(&self, addr: &str) -> Result<Vec<String>, Error> {
         let out = Self::expect_ok(
             self.request(ClientRequest::AddServer {
