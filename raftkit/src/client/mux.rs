@@ -40,6 +40,7 @@
 //!   dropped client leaves no task and no connection behind.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
@@ -63,10 +64,34 @@ pub const MUX_VERSION: u32 = 2;
 /// keeps the stream open for multiplexed requests.
 pub const MUX_ACCEPTED: &[u8] = &[2];
 
+/// Hashes a call id for [`Waiting::calls`]: one multiplication
+/// (Fibonacci hashing) instead of SipHash, twice per call. Only the mux's
+/// own sequential ids are ever inserted (an id from the member is only
+/// looked up), so no peer can choose keys that collide.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `u64` keys; any bytes still hash (FNV-1a).
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 #[derive(Default)]
 struct Waiting {
     next: u64,
-    calls: HashMap<u64, oneshot::Sender<ClientResponse>>,
+    calls: HashMap<u64, oneshot::Sender<ClientResponse>, BuildHasherDefault<IdHasher>>,
     /// Request frames queued for the writer, whole.
     out: BytesMut,
     /// Why the stream can no longer be used, once it cannot.

@@ -204,8 +204,10 @@ struct Inner {
     leader: std::sync::Mutex<Option<SocketAddr>>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     /// The multiplexed request stream of each connection whose member
-    /// speaks protocol version 2 (see [`super::mux`]).
-    muxes: std::sync::Mutex<HashMap<SocketAddr, Arc<Mux>>>,
+    /// speaks protocol version 2 (see [`super::mux`]), with that connection
+    /// (the one `conns` holds for the member): a call finds both here under
+    /// this lock alone ([`Client::once`]).
+    muxes: std::sync::Mutex<HashMap<SocketAddr, (Arc<Mux>, Connection)>>,
     /// The session writes go to now (replaced when it expires or closes).
     session: std::sync::Mutex<Arc<SessionSlot>>,
     schema: u64,
@@ -533,7 +535,7 @@ impl Client {
         let mut conns = self.inner.conns.lock().await;
         if let Ok(mut muxes) = self.inner.muxes.lock() {
             match mux {
-                Some(m) => muxes.insert(addr, m),
+                Some(m) => muxes.insert(addr, (m, conn.clone())),
                 None => muxes.remove(&addr),
             };
         }
@@ -565,20 +567,38 @@ impl Client {
         request: &ClientRequest,
         sent: &mut bool,
     ) -> Result<ClientResponse, Error> {
-        let conn = match self.connection(addr).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.suspect(addr);
-                return Err(e);
-            }
-        };
-        let mux = self
+        // The member's live request stream and its open connection, under
+        // the std lock alone: the connection table's async lock and its
+        // second lookup are only for dialling (a write's client side paid
+        // both on every call). A closed stream or connection takes the
+        // path below, which dials afresh exactly as before.
+        let live = self
             .inner
             .muxes
             .lock()
             .ok()
             .and_then(|m| m.get(&addr).cloned())
-            .filter(|m| !m.is_closed());
+            .filter(|(m, c)| !m.is_closed() && c.close_reason().is_none());
+        let (conn, mux) = match live {
+            Some((mux, conn)) => (conn, Some(mux)),
+            None => {
+                let conn = match self.connection(addr).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        self.suspect(addr);
+                        return Err(e);
+                    }
+                };
+                let mux = self
+                    .inner
+                    .muxes
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&addr).map(|(m, _)| m.clone()))
+                    .filter(|m| !m.is_closed());
+                (conn, mux)
+            }
+        };
         let consistency = match request {
             ClientRequest::Read { .. } => self.consistency,
             _ => Consistency::default(),
@@ -1521,6 +1541,9 @@ mod verdicts;
 
 #[cfg(test)]
 mod window_tests;
+
+#[cfg(test)]
+mod live_stream_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,84 @@
+//! A call on a member's live multiplexed request stream finds the stream
+//! and its connection under the client's std lock alone: the connection
+//! table's async lock, which dialling holds, is not on a write's path
+//! (issue 16: a write's client side paid that lock and a second table
+//! lookup on every call).
+
+use std::time::Duration;
+
+use super::{Client, ClientOptions};
+use crate::client::Submit;
+use crate::client::fake_member::{Act, FakeMember, session_opened};
+use crate::client::wire::{ClientRequest, ClientResponse, WireError};
+use crate::tls::dev_cluster;
+
+/// Bounds every wait of the test (none is reached when it passes).
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// With the connection table's lock held (as a dial to another member
+/// holds it), a write to the member whose stream is up is answered; and
+/// once that stream's connection is gone, the next write dials afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_live_stream_does_not_wait_for_the_connection_table() {
+    let (ca, nodes) = dev_cluster(["fake-live"]).expect("dev certificates");
+    let client_id = ca.issue_client("live").expect("client certificate");
+    let node = nodes.first().expect("one node");
+    let member = FakeMember::start(node, |request| match request {
+        ClientRequest::OpenSession => session_opened(9),
+        ClientRequest::Write { .. } => Act::answer(ClientResponse::Ok(Vec::new())),
+        other => Act::answer(ClientResponse::Err(WireError::Rejected(format!(
+            "unexpected {other:?}"
+        )))),
+    });
+    let opts = ClientOptions::default().with_timeout(DEADLINE);
+    let client = tokio::time::timeout(
+        DEADLINE,
+        Client::connect_with([member.addr().to_string()], client_id, 0, opts),
+    )
+    .await
+    .expect("connects in time")
+    .expect("connects");
+    tokio::time::timeout(DEADLINE, client.write(b"one".to_vec()))
+        .await
+        .expect("write 1 ends in time")
+        .expect("write 1 answered");
+    {
+        let _dialling = client.inner.conns.lock().await;
+        let second = tokio::time::timeout(Duration::from_secs(2), client.write(b"two".to_vec()))
+            .await
+            .expect("write 2, on the member's live stream, waited for the connection table's lock");
+        assert!(second.is_ok(), "write 2: {second:?}");
+    }
+    // The stream's connection closes: the next write finds it closed and
+    // dials a new one (the path through the table), and is answered.
+    let old = client
+        .inner
+        .conns
+        .lock()
+        .await
+        .get(&member.addr())
+        .cloned()
+        .expect("the member's connection is kept");
+    old.close(0u32.into(), b"test");
+    let third = tokio::time::timeout(DEADLINE, client.write(b"three".to_vec()))
+        .await
+        .expect("write 3 ends in time");
+    assert!(
+        third.is_ok(),
+        "write 3, after its connection closed: {third:?}"
+    );
+    let new = client
+        .inner
+        .conns
+        .lock()
+        .await
+        .get(&member.addr())
+        .cloned()
+        .expect("a new connection is kept");
+    assert_ne!(
+        new.stable_id(),
+        old.stable_id(),
+        "the closed connection was reused"
+    );
+    assert_eq!(member.writes(), 3, "each write reached the member once");
+}
