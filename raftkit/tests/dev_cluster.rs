@@ -141,36 +141,6 @@ async fn a_peer_with_another_nodes_certificate_fails_with_a_certificate_error() 
     assert!(!err.is_retryable(), "{err:?}");
 }
 
-/// A client whose `$RAFTKIT_CERTS` holds no client identity fails to
-/// connect with a certificate error that names the files: nothing was sent
-/// (it was `Error::Transport`: "may have been applied", retryable).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_without_its_certificate_files_fails_with_a_certificate_error() {
-    let empty = tempfile::tempdir().expect("tempdir");
-    // No other test of this binary reads the variable.
-    unsafe { std::env::set_var(raftkit::client::CERTS_ENV, empty.path()) };
-    let err = KvClient::connect(["127.0.0.1:1"])
-        .await
-        .err()
-        .expect("no certificate files, no client");
-    assert!(
-        matches!(&err, raftkit::Error::Tls(m) if m.contains("client.pem") && m.contains("RAFTKIT_CERTS")),
-        "{err:?}"
-    );
-    assert_eq!(err.applied(), raftkit::error::Applied::No, "{err:?}");
-    assert!(!err.is_retryable(), "{err:?}");
-    unsafe { std::env::remove_var(raftkit::client::CERTS_ENV) };
-    let err = KvClient::connect(["127.0.0.1:1"])
-        .await
-        .err()
-        .expect("no variable, no client");
-    assert!(
-        matches!(&err, raftkit::Error::Tls(m) if m.contains("RAFTKIT_CERTS")),
-        "{err:?}"
-    );
-    assert_eq!(err.applied(), raftkit::error::Applied::No, "{err:?}");
-}
-
 /// A program changes the membership through the network client as `kv
 /// remove-server` and `kv transfer-leader` do: `Client::transfer_leader`
 /// and `Client::remove_server` with an admin certificate, beside

@@ -351,7 +351,13 @@ impl Client {
     /// nothing was applied, and retrying cannot help), and says which
     /// files the directory needs.
     pub(crate) fn env_identity() -> Result<Identity, Error> {
-        let dir = std::env::var_os(CERTS_ENV).map(PathBuf::from).ok_or_else(|| {
+        Self::identity_in(std::env::var_os(CERTS_ENV).map(PathBuf::from))
+    }
+
+    /// [`Client::env_identity`] for a given value of the variable (`None`:
+    /// unset), so that tests need not change the process's environment.
+    fn identity_in(dir: Option<PathBuf>) -> Result<Identity, Error> {
+        let dir = dir.ok_or_else(|| {
             Error::Tls(format!(
                 "no client certificate: set {CERTS_ENV} to a directory holding ca.pem, client.pem and client.key \
                  (`ClusterCa::issue_client(\"client\")?.write_to(dir, \"client\")` writes them), \
@@ -1582,6 +1588,31 @@ mod tests {
         assert_eq!(slot.acked_below(), 4);
         assert_eq!(slot.take(), 4);
         assert_eq!(slot.acked_below(), 4);
+    }
+
+    /// A client whose `$RAFTKIT_CERTS` is unset, or names a directory
+    /// without a client identity, fails with a certificate error that names
+    /// the variable and the files: nothing was sent (it was
+    /// `Error::Transport`: "may have been applied", retryable). The
+    /// variable's value is passed in: changing the process's environment
+    /// while other tests' threads run is undefined behaviour.
+    #[test]
+    fn a_client_without_its_certificate_files_fails_with_a_certificate_error() {
+        let empty = tempfile::tempdir().expect("tempdir");
+        for (dir, what) in [
+            (Some(empty.path().to_path_buf()), "client.pem"),
+            (None, CERTS_ENV),
+        ] {
+            let err = Client::identity_in(dir.clone())
+                .err()
+                .expect("no certificate, no identity");
+            assert!(
+                matches!(&err, Error::Tls(m) if m.contains(what) && m.contains(CERTS_ENV)),
+                "{dir:?}: {err:?}"
+            );
+            assert_eq!(err.applied(), crate::error::Applied::No, "{err:?}");
+            assert!(!err.is_retryable(), "{err:?}");
+        }
     }
 
     #[test]
