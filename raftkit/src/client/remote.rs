@@ -966,6 +966,10 @@ impl Client {
     /// another is in flight, nothing changed). The removed node is not
     /// stopped: shut it down, and revoke its certificate (see
     /// [`crate::tls`], Revocation) so that it cannot add itself back.
+    ///
+    /// An error that [may have been applied](Error::applied) (a timeout, a
+    /// lost connection) leaves the removal possibly done: read the
+    /// membership ([`Client::status`]) before asking again.
     pub async fn remove_server(&self, addr: &str) -> Result<(), Error> {
         self.admin(ClientRequest::RemoveServer {
             addr: addr.to_string(),
@@ -975,7 +979,9 @@ impl Client {
 
     /// Moves leadership to the member at `addr` (thesis §3.10) and
     /// returns once it leads. Needs an admin certificate
-    /// ([`Error::Unauthorized`] otherwise).
+    /// ([`Error::Unauthorized`] otherwise). A transfer changes no state, so
+    /// any error is safe to retry: after a timeout the transfer may still
+    /// have happened ([`Client::status`] names the leader).
     pub async fn transfer_leader(&self, addr: &str) -> Result<(), Error> {
         self.admin(ClientRequest::TransferLeader {
             addr: addr.to_string(),
