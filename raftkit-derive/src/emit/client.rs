@@ -99,7 +99,8 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
          client retries it by itself (redirects, lost connections, leader changes) under one \
          sequence number, so **one call applies its command at most once**. When a write call \
          returns an error whose [`applied()`](raftkit::Error::applied) is `Maybe` \
-         (`Timeout`, `Ambiguous`, `Transport`, `Halted`, `Storage`) the command may or may not \
+         (`Timeout`, `Ambiguous`, `Transport`, `Halted`, `Storage`, `Codec`, `Protocol`, \
+         `SessionExpired`) the command may or may not \
          have been applied, and **calling the method again is a new write** that can apply it \
          twice (`Unavailable`, `NotLeader` and `Overloaded` say it was not applied). To retry \
          exactly-once, make the call through [`write_once()`](Self::write_once) and retry \
@@ -108,7 +109,7 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
          let once = client.write_once(); // one handle per logical write\n\
          let out = loop {{\n\
          \x20   match once.some_write(args.clone()).await {{\n\
-         \x20       Err(e) if e.is_retryable() => continue, // Timeout, Ambiguous, Unavailable, ...\n\
+         \x20       Err(e) if e.is_retryable() => continue, // Timeout, Ambiguous, Unavailable, ... (back off on Overloaded)\n\
          \x20       other => break other,\n\
          \x20   }}\n\
          }};\n\

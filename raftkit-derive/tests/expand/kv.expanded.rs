@@ -1059,13 +1059,13 @@ It wraps any [`Submit`](raftkit::client::Submit): the network client of a cluste
 
 # Retries and exactly-once
 
-Against a cluster, each write call is one logical write of the client's session: the client retries it by itself (redirects, lost connections, leader changes) under one sequence number, so **one call applies its command at most once**. When a write call returns an error whose [`applied()`](raftkit::Error::applied) is `Maybe` (`Timeout`, `Ambiguous`, `Transport`, `Halted`, `Storage`) the command may or may not have been applied, and **calling the method again is a new write** that can apply it twice (`Unavailable`, `NotLeader` and `Overloaded` say it was not applied). To retry exactly-once, make the call through [`write_once()`](Self::write_once) and retry through that same handle:
+Against a cluster, each write call is one logical write of the client's session: the client retries it by itself (redirects, lost connections, leader changes) under one sequence number, so **one call applies its command at most once**. When a write call returns an error whose [`applied()`](raftkit::Error::applied) is `Maybe` (`Timeout`, `Ambiguous`, `Transport`, `Halted`, `Storage`, `Codec`, `Protocol`, `SessionExpired`) the command may or may not have been applied, and **calling the method again is a new write** that can apply it twice (`Unavailable`, `NotLeader` and `Overloaded` say it was not applied). To retry exactly-once, make the call through [`write_once()`](Self::write_once) and retry through that same handle:
 
 ```ignore
 let once = client.write_once(); // one handle per logical write
 let out = loop {
     match once.some_write(args.clone()).await {
-        Err(e) if e.is_retryable() => continue, // Timeout, Ambiguous, Unavailable, ...
+        Err(e) if e.is_retryable() => continue, // Timeout, Ambiguous, Unavailable, ... (back off on Overloaded)
         other => break other,
     }
 };
