@@ -1341,3 +1341,99 @@ async fn reconnect_delays_are_capped() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(8), "12 attempts took {took:?}");
 }
+
+/// Waits at most 2 s for the acceptor to close `conn` after `what`;
+/// `Err` says how it was not closed with application code `code`.
+async fn closed_after(what: &str, conn: &quinn::Connection, code: u32) -> Result<(), String> {
+    let limit = Duration::from_secs(2);
+    match tokio::time::timeout(limit, conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == quinn::VarInt::from_u32(code) =>
+        {
+            Ok(())
+        }
+        Ok(other) => Err(format!("{what}: closed with {other}, not code {code}")),
+        Err(_) => Err(format!(
+            "{what}: the acceptor did not close the connection within {limit:?}"
+        )),
+    }
+}
+
+/// Found by review, stop 48: a link stream that ended before its hello,
+/// or whose dialer stopped reading before the acceptor could answer the
+/// hello, ended the link's task but left its connection open, kept alive
+/// by keep-alives and holding its place among the dialer's peer
+/// connections (`peer_limits`); so did a link that ended after its hello
+/// was accepted. Every way a link ends now closes its connection, which
+/// gives the place back: with one place per node, each node still links
+/// afterwards.
+#[tokio::test]
+async fn every_way_a_link_ends_closes_its_connection_and_gives_its_place_back() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let mut a = capped_node("t@a", ids[0].clone(), 1, 100).await;
+    let names = ["t@c", "t@d", "t@e"];
+    let certs: Vec<Identity> = names
+        .iter()
+        .map(|name| ca.issue_node(name, &[]).expect("cert"))
+        .collect();
+    let mut failures = Vec::new();
+
+    // The stream ends before any hello.
+    let (conn, _endpoint) = raw_connect(&certs[0], a.addr).await.expect("handshake");
+    let (mut send, _recv) = conn.open_bi().await.expect("a stream");
+    send.finish().expect("finish");
+    failures.extend(
+        closed_after("a stream that ended before its hello", &conn, 1)
+            .await
+            .err(),
+    );
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+
+    // The dialer stops reading before the acceptor answers its hello.
+    let (conn, _endpoint) = raw_connect(&certs[1], a.addr).await.expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+    recv.stop(quinn::VarInt::from_u32(0)).expect("stop");
+    let mut buf = Vec::new();
+    encode_frame(&hello_as(names[1], node_id(names[1])), 1 << 20, &mut buf).expect("encode");
+    // It may be closed already: what matters is that it is closed.
+    let _ = send.write_all(&buf).await;
+    failures.extend(
+        closed_after(
+            "a dialer that stopped reading before the answer to its hello",
+            &conn,
+            1,
+        )
+        .await
+        .err(),
+    );
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+
+    // The link was up, and its stream ends.
+    let mut link = raw_link(
+        &certs[2],
+        a.addr,
+        hello_as(names[2], node_id(names[2])),
+        &[],
+    )
+    .await
+    .expect("a link");
+    assert_eq!(link.answer, PeerFrame::HelloOk);
+    link.send.finish().expect("finish");
+    failures.extend(
+        closed_after("an accepted link whose stream ended", &link.conn, 0)
+            .await
+            .err(),
+    );
+    link.conn.close(quinn::VarInt::from_u32(0), b"done");
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    // Each place was given back: each node (one place each) links (it
+    // redials if it comes before its last connection's task ended).
+    for (name, cert) in names.iter().zip(certs) {
+        let n = Node::start(name, cert, SCHEMA).await;
+        n.t.set_peers(BTreeMap::from([a.peer_entry()]));
+        n.t.send(msg(&n, &a, 1));
+        assert_eq!(a.recv().await, msg(&n, &a, 1));
+        n.t.shutdown().await;
+    }
+}

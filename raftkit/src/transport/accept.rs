@@ -15,6 +15,15 @@
 //! node and in all, is `peer_limits`: one past either is closed as soon as
 //! its certificate is read.
 //!
+//! A peer connection carries one link (`quic`: a node dials each peer
+//! once, one stream per connection): however a link ends (no hello in
+//! time, the stream ended before its hello, a refused hello, the answer to
+//! the hello not delivered, a protocol error, the stream ended or failed
+//! after the link was up, the node stopping), its connection is closed
+//! with an application close code, so that the connection's place among
+//! the node's peer connections (`peer_limits`) is given back at once,
+//! never left to a dialer that keeps it alive with keep-alives.
+//!
 //! Split from `quic` (the endpoint, the outbound links, the transport
 //! itself) to keep each file about one side of a link.
 
@@ -416,7 +425,9 @@ async fn serve_link(
     let hello_max = max.min(MAX_HELLO_BYTES);
     let body = match tokio::time::timeout(HELLO_TIMEOUT, frames.next(hello_max)).await {
         Err(_) => return protocol_error(&principal.name, "no hello in time".into()),
-        Ok(Err(FrameError::Closed)) => return,
+        Ok(Err(FrameError::Closed)) => {
+            return protocol_error(&principal.name, "the link ended before its hello".into());
+        }
         Ok(Err(e)) => return protocol_error(&principal.name, e.to_string()),
         Ok(Ok(body)) => body,
     };
@@ -452,7 +463,9 @@ async fn serve_link(
     };
     let AcceptedHello { from, name, addr } = hello;
     if let Err(e) = write_frame(&mut send, &PeerFrame::HelloOk, max).await {
-        debug!(node = link.node, %remote, peer = %name, error = %e, "cannot answer hello");
+        // The dialer stopped reading (or went): the link never comes up.
+        debug!(node = link.node, %remote, peer = %name, error = %e, "cannot answer hello; closing the connection");
+        conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"cannot answer the hello");
         return;
     }
     debug!(node = link.node, %remote, peer = %name, "inbound peer link up");
@@ -558,10 +571,12 @@ async fn serve_link(
             }
             Err(FrameError::Closed) => {
                 debug!(node = link.node, %remote, peer = %name, "inbound peer link closed");
+                conn.close(VarInt::from_u32(CLOSE_NORMAL), b"link ended");
                 return;
             }
             Err(FrameError::Io(e)) => {
                 debug!(node = link.node, %remote, peer = %name, error = %e, "inbound peer link failed");
+                conn.close(VarInt::from_u32(CLOSE_NORMAL), b"link ended");
                 return;
             }
             Err(e) => return protocol_error(&name, e.to_string()),
