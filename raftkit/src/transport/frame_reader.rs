@@ -867,6 +867,129 @@ mod tests {
         assert_eq!(buf.len(), 0);
     }
 
+    /// A frame skipped while it is being copied (past [`MAX_CHUNKS`]
+    /// chunks, the path of
+    /// `a_frame_in_many_chunks_is_copied_once_into_one_allocation`): its
+    /// head comes out, the copy buffer and the room reserved for the rest
+    /// are let go at once, the rest of its body is dropped as it arrives
+    /// (never buffered), and the frames after it come out whole, the next
+    /// one within a chunk a slice of it. Then cut at random into tiny
+    /// chunks (so that copying begins inside skipped and taken frames
+    /// alike), skips and takes interleaved: every frame comes out once, in
+    /// order, and nothing is left behind.
+    #[test]
+    fn a_frame_skipped_while_it_is_copied_keeps_only_its_head() {
+        const BODY: usize = 1 << 20;
+        const PIECE: usize = 1024;
+        let big: Vec<u8> = (0..BODY).map(|i| (i % 251) as u8).collect();
+        let wire = Bytes::from(prefixed(&big));
+        let mut buf = FrameBuffer::default();
+        // The prefix and the first body bytes, then pieces until copying
+        // began.
+        let mut at = 0;
+        while buf.copied.is_empty() {
+            let n = PIECE.min(wire.len() - at);
+            buf.push(wire.slice(at..at + n), BODY);
+            at += n;
+            assert_eq!(buf.take_frame(BODY).expect("ok"), None);
+        }
+        assert!(buf.room > 0, "room is reserved for the rest of the frame");
+        let head = buf.skip_frame(BODY).expect("ok").expect("the head is here");
+        assert_eq!(head, big[..HEAD]);
+        assert_eq!(
+            (buf.len(), buf.room, buf.copied.capacity(), buf.chunks.len()),
+            (0, 0, 0, 0),
+            "nothing of the skipped frame is kept"
+        );
+        assert_eq!(buf.skip, wire.len() - at);
+        // The rest of it arrives, then a frame in the chunk that ends it.
+        while at < wire.len() {
+            let n = PIECE.min(wire.len() - at);
+            let mut piece = wire.slice(at..at + n).to_vec();
+            at += n;
+            if at == wire.len() {
+                piece.extend_from_slice(&prefixed(b"after"));
+            }
+            let piece = Bytes::from(piece);
+            buf.push(piece.clone(), BODY);
+            if at < wire.len() {
+                assert_eq!((buf.len(), buf.chunks.len()), (0, 0), "skipped bytes kept");
+                assert_eq!(buf.copied.capacity(), 0);
+                continue;
+            }
+            let after = buf.take_frame(BODY).expect("ok").expect("the next frame");
+            assert_eq!(after, Bytes::from_static(b"after"));
+            assert_eq!(
+                after.as_ptr(),
+                piece[n + PREFIX..].as_ptr(),
+                "the next frame is a slice of its chunk"
+            );
+        }
+        assert_eq!((buf.len(), buf.skip, buf.room), (0, 0, 0));
+
+        let mut skipped_while_copied = 0;
+        for seed in 0..200 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (bodies, wire) = frames(&mut rng, 16);
+            let wire = Bytes::from(wire);
+            let busy = rng.random_range(4..80);
+            let mut buf = FrameBuffer::default();
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < wire.len() {
+                let n = rng.random_range(1..=(wire.len() - at).min(8));
+                buf.push(wire.slice(at..at + n), 1 << 20);
+                at += n;
+                assert!(buf.chunks.len() <= MAX_CHUNKS, "seed {seed}");
+                // The caller is often busy: the chunks pile up past
+                // MAX_CHUNKS and copying begins.
+                if rng.random_range(0..busy) > 0 {
+                    continue;
+                }
+                loop {
+                    let i = out.len();
+                    let copying = buf.room > 0;
+                    let next = if i % 2 == 0 {
+                        buf.skip_frame(1 << 20).expect("ok")
+                    } else {
+                        buf.take_frame(1 << 20).expect("ok").map(|b| b.to_vec())
+                    };
+                    let Some(got) = next else { break };
+                    if i % 2 == 0 && copying {
+                        skipped_while_copied += 1;
+                        assert_eq!((buf.room, buf.copied.capacity()), (0, 0), "seed {seed}");
+                    }
+                    out.push(got);
+                }
+            }
+            loop {
+                let i = out.len();
+                let next = if i % 2 == 0 {
+                    buf.skip_frame(1 << 20).expect("ok")
+                } else {
+                    buf.take_frame(1 << 20).expect("ok").map(|b| b.to_vec())
+                };
+                let Some(got) = next else { break };
+                out.push(got);
+            }
+            assert_eq!(out.len(), bodies.len(), "seed {seed}");
+            for (i, (got, body)) in out.iter().zip(&bodies).enumerate() {
+                let want = if i % 2 == 0 {
+                    &body[..body.len().min(HEAD)]
+                } else {
+                    &body[..]
+                };
+                assert_eq!(got.as_slice(), want, "seed {seed}, frame {i}");
+            }
+            assert_eq!((buf.len(), buf.skip, buf.room), (0, 0, 0), "seed {seed}");
+            assert_eq!(buf.copied.capacity(), 0, "seed {seed}");
+        }
+        assert!(
+            skipped_while_copied >= 20,
+            "only {skipped_while_copied} frames were skipped while copied"
+        );
+    }
+
     /// Pushes `wire` in pieces and takes every complete frame after each.
     fn feed_in_pieces_unchecked(
         buf: &mut FrameBuffer,
