@@ -1437,3 +1437,82 @@ async fn every_way_a_link_ends_closes_its_connection_and_gives_its_place_back() 
         n.t.shutdown().await;
     }
 }
+
+/// A node that runs at most `max` inbound handshakes at once, each within
+/// `timeout`.
+async fn guarded_node(name: &str, identity: Identity, max: usize, timeout: Duration) -> Node {
+    let (tx, rx) = mpsc::channel(1024);
+    let mut cfg = QuicConfig::new("127.0.0.1:0".parse().expect("addr"), name, identity, SCHEMA);
+    cfg.max_handshakes = max;
+    cfg.handshake_timeout = timeout;
+    let (t, addr) = QuicTransport::start(cfg, tx, None)
+        .await
+        .expect("start transport");
+    Node {
+        name: name.to_string(),
+        id: node_id(name),
+        addr,
+        t,
+        rx,
+    }
+}
+
+/// Found by review, stop 48: the accept loop served every connection
+/// attempt in a task of its own, bounded only by quinn's count of attempts
+/// not yet accepted (the loop accepts at once), and a dialer that completed
+/// TLS and then opened no stream was never closed (keep-alives kept it):
+/// dialers could hold any number of handshakes. Now at most
+/// `max_handshakes` run at once (one more is refused at once) and each is
+/// closed at `handshake_timeout` if its hello is not answered by then; a
+/// real peer links afterwards.
+#[tokio::test]
+async fn handshakes_past_the_bound_are_refused_and_silent_dialers_closed_in_time() {
+    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let timeout = Duration::from_secs(3);
+    let mut a = guarded_node("t@a", ids[0].clone(), 2, timeout).await;
+    let c = ca.issue_node("t@c", &[]).expect("cert");
+    let d = ca.issue_node("t@d", &[]).expect("cert");
+    let e = ca.issue_node("t@e", &[]).expect("cert");
+    let started = tokio::time::Instant::now();
+    // Two dialers complete TLS and say nothing: one opens no stream, the
+    // other sends two bytes of a hello's length.
+    let (silent, _endpoint_c) = raw_connect(&c, a.addr).await.expect("handshake");
+    let (mute, _endpoint_d) = raw_connect(&d, a.addr).await.expect("handshake");
+    let (mut send, _recv) = mute.open_bi().await.expect("a stream");
+    send.write_all(&[0, 0]).await.expect("two bytes");
+    // A third, while they hold both slots: refused at once.
+    let third = raw_connect(&e, a.addr).await;
+    assert!(
+        started.elapsed() < timeout,
+        "the test was too slow to see the slots taken"
+    );
+    match &third {
+        Err(reason) => assert!(reason.contains("refused"), "{reason}"),
+        Ok((conn, _)) => panic!(
+            "a third handshake was served while two were in progress (max 2): {:?}",
+            conn.remote_address()
+        ),
+    }
+    assert_eq!(a.t.refused_handshakes(), 1);
+    // The silent ones are closed once their time is up, not before.
+    for (what, conn) in [("no stream", &silent), ("half a hello", &mute)] {
+        match tokio::time::timeout(timeout * 3, conn.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+                assert_eq!(
+                    close.error_code,
+                    quinn::VarInt::from_u32(1),
+                    "{what}: {close}"
+                )
+            }
+            Ok(other) => panic!("{what}: closed with {other}"),
+            Err(_) => panic!("{what}: not closed within {:?}", timeout * 3),
+        }
+    }
+    assert!(started.elapsed() >= timeout, "closed before their time");
+    // Their slots are free: a real peer links.
+    let b = Node::start("t@b", ids[1].clone(), SCHEMA).await;
+    b.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    b.t.send(msg(&b, &a, 1));
+    assert_eq!(a.recv().await, msg(&b, &a, 1));
+    assert_eq!(a.t.refused_handshakes(), 1);
+}

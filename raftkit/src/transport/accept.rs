@@ -13,7 +13,10 @@
 //! unknown dialers expire once their node stops dialing in (see
 //! [`super::quic`]). How many peer connections are served at once, per
 //! node and in all, is `peer_limits`: one past either is closed as soon as
-//! its certificate is read.
+//! its certificate is read. How many connections are in their handshake
+//! at once, and for how long, is `handshakes`: one past the bound is
+//! refused as it arrives, and a handshake (TLS, then the first link's
+//! hello answered) not done within the timeout is closed.
 //!
 //! A peer connection carries one link (`quic`: a node dials each peer
 //! once, one stream per connection): however a link ends (no hello in
@@ -39,6 +42,7 @@ use tracing::{debug, error, warn};
 
 use super::frame::{FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, write_frame};
 use super::frame_reader::FrameReader;
+use super::handshakes::{HandshakeSlot, Handshakes};
 use super::hello_detail::{MAX_DETAIL_BYTES, read_hello, wants_detail, with_detail};
 use super::peer_limits::PeerPlaces;
 use super::quic::{
@@ -189,6 +193,7 @@ async fn ask_detail(
     send: &mut SendStream,
     frames: &mut FrameReader,
     max: usize,
+    deadline: tokio::time::Instant,
 ) -> Result<PeerFrame, String> {
     if let PeerFrame::Hello {
         from,
@@ -203,7 +208,7 @@ async fn ask_detail(
         .await
         .map_err(|e| format!("cannot ask for the schema detail: {e}"))?;
     let cap = max.min(MAX_DETAIL_BYTES);
-    let body = match tokio::time::timeout(HELLO_TIMEOUT, frames.next(cap)).await {
+    let body = match tokio::time::timeout_at(deadline, frames.next(cap)).await {
         Err(_) => return Err("the schema detail that was asked for did not come in time".into()),
         Ok(Err(e)) => return Err(format!("the schema detail frame: {e}")),
         Ok(Ok(body)) => body,
@@ -257,6 +262,14 @@ impl Drop for InboundGuard {
     }
 }
 
+/// How many inbound connections the accept loop serves at once.
+pub(super) struct AcceptLimits {
+    /// The places of peer connections (`peer_limits`).
+    pub(super) places: Arc<PeerPlaces>,
+    /// The slots of handshakes in progress (`handshakes`).
+    pub(super) handshakes: Arc<Handshakes>,
+}
+
 /// Accepts connections until the endpoint closes; each is served by its own
 /// task (aborted with this one).
 pub(super) async fn accept_loop(
@@ -266,21 +279,40 @@ pub(super) async fn accept_loop(
     clients: Option<mpsc::Sender<AcceptedClient>>,
     learned: mpsc::Sender<(NodeId, String)>,
     inbound: SharedInbound,
-    places: Arc<PeerPlaces>,
+    limits: AcceptLimits,
 ) {
+    let AcceptLimits { places, handshakes } = limits;
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                // A slot among the handshakes in progress, or refused at
+                // once (`handshakes`).
+                let slot = match handshakes.admit() {
+                    Ok(slot) => slot,
+                    Err(refused) => {
+                        let remote = incoming.remote_address();
+                        if refused.is_power_of_two() {
+                            warn!(node = link.node, %remote, max = handshakes.max(), refused,
+                                "inbound connection refused: too many handshakes in progress (logged at the first refusal and every power of two)");
+                        } else {
+                            debug!(node = link.node, %remote, refused,
+                                "inbound connection refused: too many handshakes in progress");
+                        }
+                        incoming.refuse();
+                        continue;
+                    }
+                };
                 let served = Served {
                     link: link.clone(),
                     inbox: inbox.clone(),
                     learned: learned.clone(),
                     inbound: inbound.clone(),
                     places: places.clone(),
+                    handshake_timeout: handshakes.timeout(),
                 };
-                tasks.spawn(serve_incoming(incoming, served, clients.clone()));
+                tasks.spawn(serve_incoming(incoming, served, clients.clone(), slot));
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
@@ -296,18 +328,29 @@ struct Served {
     learned: mpsc::Sender<(NodeId, String)>,
     inbound: SharedInbound,
     places: Arc<PeerPlaces>,
+    /// How long a link's handshake may take (`handshakes`).
+    handshake_timeout: std::time::Duration,
 }
 
+/// Serves one inbound connection, which holds `slot` among the handshakes
+/// in progress until its handshake is done (`handshakes`).
 async fn serve_incoming(
     incoming: quinn::Incoming,
     served: Served,
     clients: Option<mpsc::Sender<AcceptedClient>>,
+    slot: HandshakeSlot,
 ) {
     let link = &served.link;
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
+    let conn = match tokio::time::timeout_at(slot.deadline, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Err(_) => {
+            // Dropping the handshake closes it.
+            warn!(node = link.node, %remote, timeout = ?served.handshake_timeout,
+                "inbound TLS handshake not done in time; connection dropped");
+            return;
+        }
+        Ok(Err(e)) => {
             warn!(node = link.node, %remote, error = %e,
                 "inbound handshake failed (no certificate of the cluster CA?); connection dropped");
             return;
@@ -329,18 +372,26 @@ async fn serve_incoming(
         }
     };
     match alpn.as_deref() {
-        Some(PEER_ALPN) => serve_peer(conn, remote, principal, served).await,
+        Some(PEER_ALPN) => serve_peer(conn, remote, principal, served, slot).await,
         Some(CLIENT_ALPN) => match clients {
             Some(clients) => {
                 let accepted = AcceptedClient {
                     conn: conn.clone(),
                     principal,
                 };
-                if clients.send(accepted).await.is_err() {
-                    conn.close(
+                // Handed over, the slot is given back: the client service
+                // has limits of its own (`runtime::intake`).
+                match tokio::time::timeout_at(slot.deadline, clients.send(accepted)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => conn.close(
                         VarInt::from_u32(CLOSE_NO_SERVICE),
                         b"client service stopped",
-                    );
+                    ),
+                    Err(_) => {
+                        warn!(node = link.node, %remote,
+                            "the client service did not take a connection within the handshake timeout; closed");
+                        conn.close(VarInt::from_u32(CLOSE_NO_SERVICE), b"client service busy");
+                    }
                 }
             }
             None => {
@@ -363,7 +414,13 @@ const NOT_A_NODE: &[u8] = b"peer links need a node certificate";
 /// is not a node's is closed at once ([`CLOSE_REFUSED`], [`NOT_A_NODE`]),
 /// before any stream of it is accepted: it is never kept waiting for a
 /// hello, nor anything it sends buffered.
-async fn serve_peer(conn: Connection, remote: SocketAddr, principal: Principal, served: Served) {
+async fn serve_peer(
+    conn: Connection,
+    remote: SocketAddr,
+    principal: Principal,
+    served: Served,
+    slot: HandshakeSlot,
+) {
     if principal.role != CertRole::Node {
         let reason = format!("peer links need a node certificate; this is a {principal}");
         error!(node = served.link.node, %remote, %reason, "refused peer link");
@@ -388,13 +445,40 @@ async fn serve_peer(conn: Connection, remote: SocketAddr, principal: Principal, 
     };
     // A node's link: the windows of a peer link, not a client's.
     super::quic_tuning::open_peer_window(&conn);
+    // Its link's stream, within the handshake's time (`handshakes`): a
+    // dialer that opens none is not kept waiting for one.
+    let (send, recv) = match tokio::time::timeout_at(slot.deadline, conn.accept_bi()).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            debug!(node = served.link.node, %remote, reason = %e, "inbound peer connection closed before its link");
+            return;
+        }
+        Err(_) => {
+            warn!(node = served.link.node, %remote, peer = %principal.name, timeout = ?served.handshake_timeout,
+                "peer opened no link in time; closing the connection");
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"no hello in time");
+            return;
+        }
+    };
     let principal = Arc::new(principal);
     let mut streams = JoinSet::new();
+    let deadline = slot.deadline;
+    streams.spawn(serve_link(
+        conn.clone(),
+        remote,
+        principal.clone(),
+        served.clone(),
+        (send, recv),
+        (deadline, Some(slot)),
+    ));
     loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
-                Ok((send, recv)) => {
-                    streams.spawn(serve_link(conn.clone(), remote, principal.clone(), served.clone(), send, recv));
+                Ok(stream) => {
+                    // Another stream (a node opens one per connection):
+                    // its hello in as long, without a slot of its own.
+                    let deadline = tokio::time::Instant::now() + served.handshake_timeout;
+                    streams.spawn(serve_link(conn.clone(), remote, principal.clone(), served.clone(), stream, (deadline, None)));
                 }
                 Err(e) => {
                     debug!(node = served.link.node, %remote, reason = %e, "inbound peer connection closed");
@@ -406,14 +490,17 @@ async fn serve_peer(conn: Connection, remote: SocketAddr, principal: Principal, 
     }
 }
 
-/// Serves one link stream: hello, then messages into the inbox.
+/// Serves one link stream: hello, then messages into the inbox. The
+/// hello must be answered by `handshake.0`; `handshake.1` is the
+/// connection's slot among the handshakes in progress, given back once the
+/// hello is answered (`handshakes`).
 async fn serve_link(
     conn: Connection,
     remote: SocketAddr,
     principal: Arc<Principal>,
     served: Served,
-    mut send: SendStream,
-    recv: RecvStream,
+    (mut send, recv): (SendStream, RecvStream),
+    (deadline, slot): (tokio::time::Instant, Option<HandshakeSlot>),
 ) {
     let link = &served.link;
     let mut frames = FrameReader::new(recv);
@@ -423,7 +510,7 @@ async fn serve_link(
         conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol error");
     };
     let hello_max = max.min(MAX_HELLO_BYTES);
-    let body = match tokio::time::timeout(HELLO_TIMEOUT, frames.next(hello_max)).await {
+    let body = match tokio::time::timeout_at(deadline, frames.next(hello_max)).await {
         Err(_) => return protocol_error(&principal.name, "no hello in time".into()),
         Ok(Err(FrameError::Closed)) => {
             return protocol_error(&principal.name, "the link ended before its hello".into());
@@ -438,7 +525,7 @@ async fn serve_link(
     // A dialer whose schema did not fit the hello with its detailed shapes
     // sends them now, asked (`hello_detail`): names are compared.
     let first = if link.schemas.is_some() && wants_detail(&first, offered) {
-        ask_detail(&principal, first, &mut send, &mut frames, max).await
+        ask_detail(&principal, first, &mut send, &mut frames, max, deadline).await
     } else {
         Ok(first)
     };
@@ -448,6 +535,7 @@ async fn serve_link(
     let hello = match checked {
         Ok(hello) => hello,
         Err(reason) => {
+            drop(slot);
             error!(node = link.node, %remote, peer = %principal.name, %reason, "refused peer link");
             if write_frame(&mut send, &PeerFrame::Refused { reason }, max)
                 .await
@@ -462,7 +550,9 @@ async fn serve_link(
         }
     };
     let AcceptedHello { from, name, addr } = hello;
-    if let Err(e) = write_frame(&mut send, &PeerFrame::HelloOk, max).await {
+    let answered = write_frame(&mut send, &PeerFrame::HelloOk, max).await;
+    drop(slot);
+    if let Err(e) = answered {
         // The dialer stopped reading (or went): the link never comes up.
         debug!(node = link.node, %remote, peer = %name, error = %e, "cannot answer hello; closing the connection");
         conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"cannot answer the hello");

@@ -12,7 +12,8 @@
 //!   ([`crate::tls`]), framed by [`frame`]; its accepting side (who a
 //!   connection's certificate says is there, and what it may do) is
 //!   `accept`; how many inbound peer connections it serves is
-//!   `peer_limits`.
+//!   `peer_limits`, how many inbound handshakes it runs at once and for
+//!   how long is `handshakes`.
 //! - [`memory`]: an in-process transport with fault injection (drop, delay,
 //!   partition, one-way cut) for tests.
 //!
@@ -26,6 +27,7 @@ mod accept;
 mod append_decode;
 pub mod frame;
 pub(crate) mod frame_reader;
+mod handshakes;
 mod hello_detail;
 pub mod memory;
 mod out_queue;

@@ -85,6 +85,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+pub use super::handshakes::DEFAULT_MAX_HANDSHAKES;
 pub use super::peer_limits::{DEFAULT_MAX_PEER_CONNECTIONS, DEFAULT_PEER_CONNECTIONS_PER_NODE};
 pub use super::quic_tuning::DEFAULT_CLIENT_RECEIVE_WINDOW;
 pub(crate) use super::quic_tuning::{server_transport_config, transport_config};
@@ -97,14 +98,15 @@ use tokio::task::AbortHandle;
 use tracing::{debug, error, info, trace, warn};
 
 use super::Transport;
+use super::accept::{AcceptLimits, SharedInbound, accept_loop, lock_inbound};
 pub use super::accept::{
     AcceptedClient, AcceptedHello, MAX_HELLO_BYTES, check_hello, peer_principal,
 };
-use super::accept::{SharedInbound, accept_loop, lock_inbound};
 use super::frame::{
     DEFAULT_MAX_FRAME_BYTES, FrameError, MemberAnswer, PROTOCOL_VERSION, PeerFrame,
     encode_frame_bytes, read_frame, write_frame,
 };
+use super::handshakes::Handshakes;
 pub use super::hello_detail::MAX_DETAIL_BYTES;
 use super::hello_detail::fitted_hello;
 use super::out_queue::OutQueue;
@@ -207,6 +209,20 @@ pub struct QuicConfig {
     /// together (default [`DEFAULT_MAX_PEER_CONNECTIONS`], 1024; at least
     /// 1).
     pub max_peer_connections: usize,
+    /// The most inbound connections (peer or client) in their handshake
+    /// at once: from the first packet to the TLS handshake done and, on a
+    /// peer connection, its hello answered; on a client connection, until
+    /// it is handed to the client service (default
+    /// [`DEFAULT_MAX_HANDSHAKES`], 256; at least 1). One more is refused
+    /// at once, before any cryptography (its dialer sees the connection
+    /// refused and retries), counted by
+    /// [`QuicTransport::refused_handshakes`] (see `transport::handshakes`).
+    pub max_handshakes: usize,
+    /// How long an inbound connection's handshake may take, from its first
+    /// packet to its hello answered (default 10 s): a dialer that has not
+    /// completed it by then, whether in TLS or in its hello (or opening no
+    /// stream at all), is closed.
+    pub handshake_timeout: Duration,
 }
 
 /// What arrives for a multi-group node on [`QuicConfig::group_inbox`].
@@ -272,6 +288,8 @@ impl QuicConfig {
             client_receive_window: DEFAULT_CLIENT_RECEIVE_WINDOW,
             max_peer_connections_per_node: DEFAULT_PEER_CONNECTIONS_PER_NODE,
             max_peer_connections: DEFAULT_MAX_PEER_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            handshake_timeout: HELLO_TIMEOUT,
         }
     }
 }
@@ -427,6 +445,8 @@ struct Inner {
     accept_task: AbortHandle,
     /// The places of inbound peer connections (`peer_limits`).
     peer_places: Arc<PeerPlaces>,
+    /// The slots of inbound handshakes (`handshakes`).
+    handshakes: Arc<Handshakes>,
     /// Set by `stop`: no link may be added afterwards.
     stopped: std::sync::atomic::AtomicBool,
 }
@@ -565,6 +585,7 @@ impl QuicTransport {
             per_node: config.max_peer_connections_per_node,
             total: config.max_peer_connections,
         });
+        let handshakes = Handshakes::new(config.max_handshakes, config.handshake_timeout);
         let accept_task = runtime
             .spawn(accept_loop(
                 endpoint.clone(),
@@ -573,7 +594,10 @@ impl QuicTransport {
                 clients,
                 learned_tx,
                 inbound.clone(),
-                peer_places.clone(),
+                AcceptLimits {
+                    places: peer_places.clone(),
+                    handshakes: handshakes.clone(),
+                },
             ))
             .abort_handle();
         info!(node = link.node, name = %link.name, addr = %local, "quic transport listening");
@@ -585,6 +609,7 @@ impl QuicTransport {
                 peers: Mutex::new(HashMap::new()),
                 accept_task,
                 peer_places,
+                handshakes,
                 stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         };
@@ -643,6 +668,13 @@ impl QuicTransport {
     /// [`QuicConfig::max_peer_connections`] (see `transport::peer_limits`).
     pub fn refused_peer_connections(&self) -> u64 {
         self.inner.peer_places.refused()
+    }
+
+    /// How many inbound connections were refused so far for arriving while
+    /// [`QuicConfig::max_handshakes`] others were in their handshake (see
+    /// `transport::handshakes`).
+    pub fn refused_handshakes(&self) -> u64 {
+        self.inner.handshakes.refused()
     }
 
     /// Stops every task and closes the endpoint (connections are closed

@@ -1,0 +1,136 @@
+//! How many inbound connections a node's QUIC endpoint has in their
+//! handshake at once, and how long one may take.
+//!
+//! quinn hands every connection attempt to the accept loop (`accept`),
+//! which serves each in a task of its own. Its own bound
+//! (`ServerConfig::max_incoming`, 65,536 by default) only counts the
+//! attempts not yet accepted or refused: the accept loop accepts at once,
+//! so nothing bounded the handshakes running, each a task, TLS state and
+//! buffers, and a dialer that completed TLS and then said nothing held
+//! its task until the idle timeout (never, with keep-alives).
+//!
+//! Rules ([`QuicConfig::max_handshakes`] and
+//! [`QuicConfig::handshake_timeout`]):
+//! - a connection attempt takes a slot ([`HandshakeSlot`]) as it arrives;
+//!   when all [`QuicConfig::max_handshakes`] (default
+//!   [`DEFAULT_MAX_HANDSHAKES`]) are taken it is refused at once
+//!   (`Incoming::refuse`: the dialer sees the connection refused, before
+//!   any cryptography), with a `warn` event (the first refusal and every
+//!   power of two after it) and a count
+//!   ([`QuicTransport::refused_handshakes`]). A node's link redials with
+//!   its backoff; a client retries as on any unreachable member;
+//! - the slot is held through the TLS handshake and then: on a peer
+//!   connection, until its (first) link's hello is answered, accepted or
+//!   refused (the connection then holds a place among the node's peer
+//!   connections instead, `peer_limits`); on a client connection, until
+//!   it is handed to the client service (which has limits of its own,
+//!   `runtime::intake`); it is given back when dropped, however the
+//!   handshake ends;
+//! - all of it must be done within [`QuicConfig::handshake_timeout`]
+//!   (default 10 s) of the first packet: a dialer that has not completed
+//!   TLS by then is dropped, a peer that opened no link stream or sent no
+//!   whole hello by then is closed with `CLOSE_PROTOCOL`, and a client
+//!   connection the client service did not take by then is closed with
+//!   `CLOSE_NO_SERVICE`.
+//!
+//! A legitimate burst (a cluster restarting, every client reconnecting)
+//! completes its handshakes in a few round trips each: 256 in progress is
+//! several times a large cluster's links plus a burst of clients.
+//!
+//! [`QuicConfig::max_handshakes`]: super::QuicConfig::max_handshakes
+//! [`QuicConfig::handshake_timeout`]: super::QuicConfig::handshake_timeout
+//! [`QuicTransport::refused_handshakes`]: super::QuicTransport::refused_handshakes
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// The default most inbound connections in their handshake at once
+/// (module doc).
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+
+/// The slots of a node's inbound handshakes (module doc).
+#[derive(Debug)]
+pub(super) struct Handshakes {
+    slots: Arc<Semaphore>,
+    max: usize,
+    timeout: Duration,
+    refused: AtomicU64,
+}
+
+/// One inbound connection's slot among the handshakes in progress, and
+/// when its handshake must be done; the slot is given back when dropped.
+#[derive(Debug)]
+pub(super) struct HandshakeSlot {
+    _permit: OwnedSemaphorePermit,
+    /// When the handshake must be done.
+    pub(super) deadline: Instant,
+}
+
+impl Handshakes {
+    /// At most `max` (at least 1) handshakes at once, each done within
+    /// `timeout`.
+    pub(super) fn new(max: usize, timeout: Duration) -> Arc<Handshakes> {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(Handshakes {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            timeout,
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// A slot for a connection attempt arriving now, or `Err` with the
+    /// count of refusals so far (this one included) when all are taken.
+    pub(super) fn admit(&self) -> Result<HandshakeSlot, u64> {
+        match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(permit) => Ok(HandshakeSlot {
+                _permit: permit,
+                deadline: Instant::now() + self.timeout,
+            }),
+            Err(_) => Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1),
+        }
+    }
+
+    /// Connection attempts refused so far.
+    pub(super) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The most handshakes at once.
+    pub(super) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// How long a handshake may take.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_capped_and_given_back() {
+        let h = Handshakes::new(2, Duration::from_secs(1));
+        let a = h.admit().expect("a");
+        let _b = h.admit().expect("b");
+        assert_eq!(h.admit().err(), Some(1));
+        assert_eq!(h.admit().err(), Some(2));
+        drop(a);
+        let _c = h.admit().expect("a slot given back is taken again");
+        assert_eq!(h.refused(), 2);
+    }
+
+    #[test]
+    fn there_is_at_least_one_slot() {
+        let h = Handshakes::new(0, Duration::from_secs(1));
+        let _a = h.admit().expect("one slot");
+        assert!(h.admit().is_err());
+    }
+}
