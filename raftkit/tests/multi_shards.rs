@@ -925,3 +925,87 @@ async fn a_node_certificate_cannot_add_itself_to_a_group_of_a_multi_group_node()
     );
     a.shutdown().await.unwrap();
 }
+
+/// Found by review, stop 48: a multi-group node had no way to set its
+/// peer-connection caps or its per-certificate watch cap (both fixed at
+/// the defaults); `MultiNodeBuilder::peer_connections` and
+/// `MultiNodeBuilder::watches_per_certificate` now set them, as on a
+/// single-group peer. With one place per node, a second connection of a
+/// node certificate is closed at once (code 4); with one watch per
+/// certificate, a second watch of a client certificate is refused
+/// (`Overloaded`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_connection_and_watch_caps_are_tunable_on_a_multi_group_node() {
+    use raftkit::tls::PEER_ALPN;
+    use raftkit::transport::quic::quic_client_config;
+    let addrs = free_addrs(2);
+    let (member, other) = (addrs[0].clone(), addrs[1].clone());
+    let ca = ClusterCa::generate("shard-caps").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = MultiNode::<Kv>::builder()
+        .listen(member.as_str())
+        .data_dir(dir.path())
+        .tick(Duration::from_millis(20))
+        .identity(ca.issue_node(&format!("skv@{member}"), &[]).unwrap())
+        .peer_connections(1, 100)
+        .watches_per_certificate(1)
+        .start()
+        .await
+        .unwrap();
+
+    // Peer connections: one place for the other node's certificate.
+    let cert = ca.issue_node(&format!("skv@{other}"), &[]).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let to: std::net::SocketAddr = member.parse().unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let cfg = quic_client_config(&cert, PEER_ALPN).unwrap();
+        let conn =
+            tokio::time::timeout(DEADLINE, endpoint.connect_with(cfg, to, "raftkit").unwrap())
+                .await
+                .expect("handshake in time")
+                .expect("handshake");
+        conns.push(conn);
+    }
+    match tokio::time::timeout(Duration::from_secs(2), conns[1].closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(4), "{close}");
+        }
+        Ok(other) => panic!("the second connection closed with {other}"),
+        Err(_) => panic!("a second connection of one node was served with peer_connections(1, _)"),
+    }
+    assert!(conns[0].close_reason().is_none(), "the first one is served");
+    for conn in &conns {
+        conn.close(quinn::VarInt::from_u32(0), b"done");
+    }
+
+    // Watches: one per client certificate on the data group's replica.
+    a.form_shards(1, std::slice::from_ref(&member))
+        .await
+        .unwrap();
+    let data_group: GroupId = 1;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let led = |status: raftkit::runtime::PeerStatus| status.leader == Some(status.id);
+    while !a.group(data_group).is_some_and(|p| led(p.status())) {
+        assert!(tokio::time::Instant::now() < deadline, "never formed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = Client::connect_with_for::<Kv, _, _>(
+        std::slice::from_ref(&member),
+        ca.issue_client("watcher").unwrap(),
+        ClientOptions::default()
+            .with_timeout(Duration::from_secs(2))
+            .with_group(data_group),
+    )
+    .await
+    .unwrap();
+    let _first = client.watch::<Kv>(None).await.expect("the first watch");
+    match client.watch::<Kv>(None).await {
+        Err(Error::Overloaded) => {}
+        Err(other) => panic!("the second watch failed otherwise: {other}"),
+        Ok(_) => {
+            panic!("a second watch of one certificate was served with watches_per_certificate(1)")
+        }
+    }
+    a.shutdown().await.unwrap();
+}

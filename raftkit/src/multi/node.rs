@@ -78,6 +78,8 @@ pub struct MultiNodeBuilder<S> {
     balance_every: Option<Duration>,
     hosting: HostingPolicy,
     replicas_every: Option<Duration>,
+    peer_connections: (usize, usize),
+    watches_per_certificate: usize,
     _sm: std::marker::PhantomData<fn() -> S>,
 }
 
@@ -189,6 +191,37 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         self
     }
 
+    /// The most inbound peer connections (links from other nodes) the
+    /// node's QUIC endpoint serves at once: `per_node` of one node (the id
+    /// of its certificate's name) and `total` in all (defaults
+    /// [`DEFAULT_PEER_CONNECTIONS_PER_NODE`](crate::transport::quic::DEFAULT_PEER_CONNECTIONS_PER_NODE),
+    /// 8, and
+    /// [`DEFAULT_MAX_PEER_CONNECTIONS`](crate::transport::quic::DEFAULT_MAX_PEER_CONNECTIONS),
+    /// 1024; at least 1 each). A node links to another over one connection
+    /// for all their groups; a connection past either limit is closed
+    /// before anything it sent is read, and its dialer retries with its
+    /// backoff until a place is free (see `transport::peer_limits`). The
+    /// same option as
+    /// [`PeerBuilder::peer_connections`](crate::runtime::PeerBuilder::peer_connections).
+    pub fn peer_connections(mut self, per_node: usize, total: usize) -> Self {
+        self.peer_connections = (per_node.max(1), total.max(1));
+        self
+    }
+
+    /// The most watches of one client certificate (over all its
+    /// connections) each of the node's replicas serves at once (default
+    /// [`DEFAULT_WATCHES_PER_CERTIFICATE`](crate::runtime::watch::DEFAULT_WATCHES_PER_CERTIFICATE),
+    /// a quarter of a replica's
+    /// [`MAX_WATCHERS`](crate::runtime::watch::MAX_WATCHERS); at least 1).
+    /// One more is refused with [`Error::Overloaded`] (nothing applied;
+    /// retry after a backoff). The same option as
+    /// [`PeerBuilder::watches_per_certificate`](crate::runtime::PeerBuilder::watches_per_certificate),
+    /// applied to every group's replica (each counts its own watches).
+    pub fn watches_per_certificate(mut self, watches: usize) -> Self {
+        self.watches_per_certificate = watches.max(1);
+        self
+    }
+
     /// The journal's options.
     pub fn journal_options(mut self, opts: JournalOptions) -> Self {
         self.journal = opts;
@@ -246,6 +279,10 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         config.advertise = Some(advertise.clone());
         config.queue_capacity = LINK_QUEUE;
         config.group_inbox = Some(group_tx);
+        (
+            config.max_peer_connections_per_node,
+            config.max_peer_connections,
+        ) = self.peer_connections;
         // Hellos carry the schema, and a peer of a compatible binary is
         // accepted and recorded for the data groups' leaders
         // (`SchemaBook::check_enabled`, `check_promotion`), as between
@@ -308,6 +345,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 fs: self.fs,
                 tick: self.tick,
                 snapshot_every: self.snapshot_every,
+                watches_per_certificate: self.watches_per_certificate,
                 journal,
                 quic,
                 links,
@@ -415,6 +453,8 @@ pub(super) struct Inner<S> {
     fs: SharedFs,
     tick: Duration,
     snapshot_every: u64,
+    /// Every replica's cap of watches per client certificate.
+    watches_per_certificate: usize,
     journal: Journal,
     quic: QuicTransport,
     links: Arc<Links>,
@@ -591,6 +631,11 @@ impl<S: PeerExt> MultiNode<S> {
             balance_every: None,
             hosting: HostingPolicy::default(),
             replicas_every: None,
+            peer_connections: (
+                crate::transport::quic::DEFAULT_PEER_CONNECTIONS_PER_NODE,
+                crate::transport::quic::DEFAULT_MAX_PEER_CONNECTIONS,
+            ),
+            watches_per_certificate: crate::runtime::watch::DEFAULT_WATCHES_PER_CERTIFICATE,
             _sm: std::marker::PhantomData,
         }
     }
@@ -873,6 +918,7 @@ impl<S: PeerExt> MultiNode<S> {
             .in_memory()
             .tick(inner.tick)
             .snapshot_every(inner.snapshot_every)
+            .watches_per_certificate(inner.watches_per_certificate)
             .group_storage(storage)
             .tick_gate(gate.clone())
             // Each busy replica rebuilt its status's members, histograms
