@@ -1494,6 +1494,14 @@ async fn handshakes_past_the_bound_are_refused_and_silent_dialers_closed_in_time
         ),
     }
     assert_eq!(a.t.refused_handshakes(), 1);
+    // Once one of the two slots was taken, each later attempt was first
+    // sent a Retry (address validation) and came back validated: a
+    // spoofed source would not have, and could take only half the slots.
+    assert_eq!(
+        a.t.retried_handshakes(),
+        2,
+        "the second and third dialers, arriving with half the slots taken"
+    );
     // The silent ones are closed once their time is up, not before.
     for (what, conn) in [("no stream", &silent), ("half a hello", &mute)] {
         match tokio::time::timeout(timeout * 3, conn.closed()).await {

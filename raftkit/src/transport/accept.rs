@@ -287,6 +287,25 @@ pub(super) async fn accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                // Once half the slots are taken, an attempt from an address
+                // it has not proven it owns is sent a QUIC Retry (stateless:
+                // no slot, no task); a real dialer answers it at once and
+                // comes back validated, a spoofed source never does
+                // (`handshakes`).
+                let incoming = if handshakes.crowded()
+                    && !incoming.remote_address_validated()
+                    && incoming.may_retry()
+                {
+                    match incoming.retry() {
+                        Ok(()) => {
+                            handshakes.count_retry();
+                            continue;
+                        }
+                        Err(e) => e.into_incoming(),
+                    }
+                } else {
+                    incoming
+                };
                 // A slot among the handshakes in progress, or refused at
                 // once (`handshakes`).
                 let slot = match handshakes.admit() {

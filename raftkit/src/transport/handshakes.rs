@@ -33,6 +33,18 @@
 //!   connection the client service did not take by then is closed with
 //!   `CLOSE_NO_SERVICE`.
 //!
+//! - once half the slots are taken, an attempt from an address that has
+//!   not proven it receives at that address (QUIC address validation,
+//!   RFC 9000 §8.1) is answered with a stateless Retry instead of a slot
+//!   ([`QuicTransport::retried_handshakes`] counts them): a real dialer
+//!   (quinn does it without its caller noticing) answers it within one
+//!   round trip and comes back validated, a flood of Initial packets
+//!   from spoofed source addresses never does, so it can take at most
+//!   half the slots, and the other half stays for dialers that answer.
+//!   A dialer at a real address that stalls its handshakes can still
+//!   take every slot (each for the timeout): that needs no certificate,
+//!   only an address that can be traced and filtered.
+//!
 //! A legitimate burst (a cluster restarting, every client reconnecting)
 //! completes its handshakes in a few round trips each: 256 in progress is
 //! several times a large cluster's links plus a burst of clients.
@@ -40,6 +52,7 @@
 //! [`QuicConfig::max_handshakes`]: super::QuicConfig::max_handshakes
 //! [`QuicConfig::handshake_timeout`]: super::QuicConfig::handshake_timeout
 //! [`QuicTransport::refused_handshakes`]: super::QuicTransport::refused_handshakes
+//! [`QuicTransport::retried_handshakes`]: super::QuicTransport::retried_handshakes
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +72,7 @@ pub(super) struct Handshakes {
     max: usize,
     timeout: Duration,
     refused: AtomicU64,
+    retried: AtomicU64,
 }
 
 /// One inbound connection's slot among the handshakes in progress, and
@@ -80,6 +94,7 @@ impl Handshakes {
             max,
             timeout,
             refused: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
         })
     }
 
@@ -93,6 +108,22 @@ impl Handshakes {
             }),
             Err(_) => Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1),
         }
+    }
+
+    /// Whether half the slots or more are taken: an attempt from an
+    /// address not yet validated is then sent a Retry (module doc).
+    pub(super) fn crowded(&self) -> bool {
+        self.slots.available_permits() <= self.max / 2
+    }
+
+    /// Counts an attempt answered with a Retry.
+    pub(super) fn count_retry(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connection attempts answered with a Retry so far.
+    pub(super) fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
     }
 
     /// Connection attempts refused so far.
@@ -125,6 +156,19 @@ mod tests {
         drop(a);
         let _c = h.admit().expect("a slot given back is taken again");
         assert_eq!(h.refused(), 2);
+    }
+
+    #[test]
+    fn half_the_slots_taken_is_crowded() {
+        let h = Handshakes::new(4, Duration::from_secs(1));
+        let _a = h.admit().expect("a");
+        assert!(!h.crowded(), "1 of 4 taken");
+        let _b = h.admit().expect("b");
+        assert!(h.crowded(), "2 of 4 taken");
+        let one = Handshakes::new(1, Duration::from_secs(1));
+        assert!(!one.crowded(), "a single free slot is not crowded");
+        let _c = one.admit().expect("c");
+        assert!(one.crowded());
     }
 
     #[test]

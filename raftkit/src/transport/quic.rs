@@ -677,6 +677,14 @@ impl QuicTransport {
         self.inner.handshakes.refused()
     }
 
+    /// How many inbound connection attempts were answered with a QUIC
+    /// Retry so far, for arriving from an address not yet validated while
+    /// half of [`QuicConfig::max_handshakes`] or more were in their
+    /// handshake (see `transport::handshakes`).
+    pub fn retried_handshakes(&self) -> u64 {
+        self.inner.handshakes.retried()
+    }
+
     /// Stops every task and closes the endpoint (connections are closed
     /// with a final frame), waiting up to a second for the close to reach
     /// the peers. Later sends are dropped.
