@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use raftkit::core::Role;
-use raftkit::multi::{GroupId, HostingPolicy, MoveOptions, MultiNode};
+use raftkit::multi::{GroupId, HostingPolicy, MoveError, MoveOptions, MultiNode};
 use raftkit::prelude::*;
 use raftkit::tls::ClusterCa;
 use support::free_addrs;
@@ -60,12 +60,24 @@ fn init_tracing() {
 }
 
 async fn start_node(addr: &str, dir: &Path, ca: &ClusterCa) -> MultiNode<Kv> {
+    start_node_with(
+        addr,
+        dir,
+        ca,
+        HostingPolicy::default().snapshot_receive_bytes,
+    )
+    .await
+}
+
+/// [`start_node`] with a snapshot receive budget of `budget` bytes.
+async fn start_node_with(addr: &str, dir: &Path, ca: &ClusterCa, budget: u64) -> MultiNode<Kv> {
     MultiNode::<Kv>::builder()
         .listen(addr)
         .data_dir(dir)
         .tick(Duration::from_millis(10))
         .hosting_policy(HostingPolicy {
             orphan_after: Duration::from_secs(1),
+            snapshot_receive_bytes: budget,
             ..HostingPolicy::default()
         })
         .snapshot_every(100)
@@ -75,10 +87,10 @@ async fn start_node(addr: &str, dir: &Path, ca: &ClusterCa) -> MultiNode<Kv> {
         .unwrap()
 }
 
-fn leader_of(nodes: &[MultiNode<Kv>]) -> Option<MultiNode<Kv>> {
+fn leader_of(nodes: &[MultiNode<Kv>], g: GroupId) -> Option<MultiNode<Kv>> {
     let l: Vec<_> = nodes
         .iter()
-        .filter(|n| n.group(G).is_some_and(|p| p.status().role == Role::Leader))
+        .filter(|n| n.group(g).is_some_and(|p| p.status().role == Role::Leader))
         .collect();
     (l.len() == 1).then(|| l[0].clone())
 }
@@ -87,71 +99,145 @@ fn leader_of(nodes: &[MultiNode<Kv>]) -> Option<MultiNode<Kv>> {
 /// follower's replica to the fourth node within `catch_up`, and checks the
 /// new replica holds every value.
 async fn move_group_of(mb: u64, catch_up: Duration) {
+    move_groups_of(
+        &[G],
+        mb,
+        catch_up,
+        HostingPolicy::default().snapshot_receive_bytes,
+    )
+    .await;
+}
+
+/// Fills each of `groups` on three of four nodes with `mb` MB, moves a
+/// follower's replica of each to the fourth node (whose snapshot receive
+/// budget is `budget` bytes), all at once, each within `catch_up`, and
+/// checks the new replicas hold every value.
+async fn move_groups_of(groups: &[GroupId], mb: u64, catch_up: Duration, budget: u64) {
     init_tracing();
     let addrs = free_addrs(4);
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let ca = ClusterCa::generate("bigmove-test").unwrap();
     let mut nodes = Vec::new();
-    for (addr, dir) in addrs.iter().zip(&dirs) {
-        nodes.push(start_node(addr, dir.path(), &ca).await);
+    for (i, (addr, dir)) in addrs.iter().zip(&dirs).enumerate() {
+        nodes.push(if i < 3 {
+            start_node(addr, dir.path(), &ca).await
+        } else {
+            start_node_with(addr, dir.path(), &ca, budget).await
+        });
     }
-    for n in &nodes[..3] {
-        n.create_group(G, &addrs[..3]).await.unwrap();
+    for g in groups {
+        for n in &nodes[..3] {
+            n.create_group(*g, &addrs[..3]).await.unwrap();
+        }
     }
     let writes = (mb << 20) / VALUE as u64;
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut i = 0;
-    while i < writes {
-        assert!(tokio::time::Instant::now() < deadline, "fill timed out");
-        let Some(peer) = leader_of(&nodes).and_then(|l| l.group(G)) else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let put = KvWrite::Put {
-            key: format!("k{i:08}"),
-            value: vec![(i % 251) as u8; VALUE],
-        };
-        match peer.write(put).await {
-            Ok(_) => i += 1,
-            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(10)).await,
-            Err(e) => panic!("fill: {e}"),
+    for g in groups {
+        let mut i = 0;
+        while i < writes {
+            assert!(tokio::time::Instant::now() < deadline, "fill timed out");
+            let Some(peer) = leader_of(&nodes, *g).and_then(|l| l.group(*g)) else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let put = KvWrite::Put {
+                key: format!("k{i:08}"),
+                value: vec![(i % 251) as u8; VALUE],
+            };
+            match peer.write(put).await {
+                Ok(_) => i += 1,
+                Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => panic!("fill: {e}"),
+            }
         }
     }
-    let leader = leader_of(&nodes).expect("a leader");
-    let from = nodes[..3]
-        .iter()
-        .find(|n| n.id() != leader.id())
-        .expect("a follower")
-        .id();
     let opts = MoveOptions {
         catch_up_timeout: catch_up,
         ..MoveOptions::default()
     };
-    let report = leader
-        .move_replica_with(G, from, &addrs[3], &opts)
-        .await
-        .unwrap_or_else(|e| panic!("moving a replica of a {mb} MB group: {e}"));
-    eprintln!("moved a {mb} MB group: {report:?}");
-    let moved = nodes[3].group(G).expect("the target hosts the group");
+    let nodes = &nodes;
+    let moves = groups.iter().map(|g| {
+        let (opts, to) = (opts.clone(), addrs[3].clone());
+        // A follower's replica (chosen once: a retry resumes this move).
+        let leader = leader_of(nodes, *g).expect("a leader");
+        let from = nodes[..3]
+            .iter()
+            .find(|n| n.id() != leader.id())
+            .expect("a follower")
+            .id();
+        async move {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            loop {
+                let Some(leader) = leader_of(nodes, *g) else {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "group {g}: no leader"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                match leader.move_replica_with(*g, from, &to, &opts).await {
+                    Ok(report) => {
+                        eprintln!("moved a {mb} MB group {g}: {report:?}");
+                        return;
+                    }
+                    // Leadership moved under the load of three transfers
+                    // on a small machine: the move resumes from the new
+                    // leader.
+                    Err(
+                        e @ (MoveError::NotLeader { .. }
+                        | MoveError::Step {
+                            source: raftkit::error::Error::NotLeader { .. },
+                            ..
+                        }),
+                    ) => {
+                        assert!(tokio::time::Instant::now() < deadline, "group {g}: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(e) => panic!("moving a replica of a {mb} MB group {g}: {e}"),
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(moves).await;
     let want = (writes, writes * VALUE as u64);
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let got = moved
-            .read_with(KvRead::Size {}, raftkit::client::Consistency::Stale)
-            .await
-            .map(|(KvReadOutput::Size(size), _)| size);
-        if got.as_ref().ok() == Some(&want) {
-            break;
+    for g in groups {
+        let moved = nodes[3].group(*g).expect("the target hosts the group");
+        loop {
+            let got = moved
+                .read_with(KvRead::Size {}, raftkit::client::Consistency::Stale)
+                .await
+                .map(|(KvReadOutput::Size(size), _)| size);
+            if got.as_ref().ok() == Some(&want) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the moved replica of group {g} holds {got:?}, not {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the moved replica holds {got:?}, not {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let over = moved
+            .status()
+            .dropped
+            .get(raftkit::core::DropReason::SnapshotOverBudget);
+        eprintln!("group {g}: {over} receptions abandoned over the target's budget");
     }
     for n in nodes {
         n.shutdown().await.unwrap();
     }
+}
+
+/// Three groups of 4 MB (snapshots of some 3 MB: taken every 100 writes
+/// of 32 KiB) move to one node at once, whose snapshot receive budget
+/// (5 MiB) holds one of their snapshots but not all three: the
+/// receptions the budget cannot cover are abandoned and started over by
+/// their leaders, and every move completes (`multi::hosting`, "Snapshots
+/// received at once").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_groups_whose_snapshots_exceed_the_targets_budget_together_all_move() {
+    move_groups_of(&[3, 4, 5], 4, Duration::from_secs(60), 5 << 20).await;
 }
 
 /// A group of 16 MB (a snapshot of some 64 chunks) moves, and the new replica

@@ -99,7 +99,12 @@
 //!   non-zero, and the chunk ending within [`Config::max_snapshot_bytes`]
 //!   (the receive buffer never grows past it). A chunk that leaves a gap
 //!   is counted ([`DropReason::SnapshotChunkOutOfOrder`]) and answered with
-//!   the offset expected, so a correct leader resumes there.
+//!   the offset expected, so a correct leader resumes there. A chunk that
+//!   would take the buffer past the room the runtime gives it (a
+//!   multi-group node's budget across its groups) abandons the reception
+//!   ([`DropReason::SnapshotOverBudget`], see `snapshot`). A reception no
+//!   chunk can extend any more (of an earlier term, or covered by the
+//!   commit index) is dropped at once, its bytes with it.
 //! - On the leader: a successful AppendEntries answer may not acknowledge
 //!   an index past the leader's log; a heartbeat answer may not echo a read
 //!   round the leader never started.
@@ -166,6 +171,11 @@ pub enum DropReason {
     /// [`MAX_MEMBERS`] members or addresses, or with an address longer
     /// than [`MAX_ADDR_LEN`] bytes.
     ConfigTooLarge,
+    /// A snapshot chunk that would take the receive buffer past the room
+    /// the runtime gives it (a multi-group node's budget for all its
+    /// groups' receive buffers): the reception is abandoned and its bytes
+    /// released; the leader starts it over.
+    SnapshotOverBudget,
 }
 
 /// The largest log index accepted from a peer (2^62): no log gets near
@@ -188,7 +198,7 @@ pub const MAX_ADDR_LEN: usize = 256;
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::Misaddressed,
         DropReason::VoteFromNonMember,
         DropReason::FromStranger,
@@ -210,6 +220,7 @@ impl DropReason {
         DropReason::TermJump,
         DropReason::TransferFromNonVoter,
         DropReason::ConfigTooLarge,
+        DropReason::SnapshotOverBudget,
     ];
 
     /// A stable snake_case name (metrics label values).
@@ -236,6 +247,7 @@ impl DropReason {
             DropReason::TermJump => "term_jump",
             DropReason::TransferFromNonVoter => "transfer_from_non_voter",
             DropReason::ConfigTooLarge => "config_too_large",
+            DropReason::SnapshotOverBudget => "snapshot_over_budget",
         }
     }
 
@@ -284,6 +296,9 @@ impl DropReason {
             }
             DropReason::ConfigTooLarge => {
                 "a configuration of more than MAX_MEMBERS members or addresses, or with an address over MAX_ADDR_LEN bytes"
+            }
+            DropReason::SnapshotOverBudget => {
+                "a snapshot chunk past the node's receive budget (the reception is abandoned and restarted)"
             }
         }
     }
@@ -392,6 +407,10 @@ impl Raft {
         }
         let before = self.dropped.total();
         self.step_admitted(m);
+        // A reception no chunk can extend any more (a new term, or the log
+        // committed past it) releases its bytes now.
+        self.snapshots
+            .forget_obsolete_receiving(self.term, self.log.committed());
         match self.dropped.last() {
             Some(reason) if self.dropped.total() != before => Err(reason),
             _ => Ok(()),
@@ -617,6 +636,14 @@ impl Raft {
         }
         if self.snapshots.receiving_len() > self.cfg.max_snapshot_bytes {
             return Err("snapshot receive buffer past the maximum".into());
+        }
+        if let Some(t) = self.snapshots.receiving_term()
+            && t != self.term
+        {
+            return Err(format!(
+                "a snapshot reception of term {t} kept in term {}",
+                self.term
+            ));
         }
         if self.durable.0 > self.term {
             return Err("durable term above the current term".into());

@@ -383,6 +383,9 @@ impl Raft {
         if self.term != term {
             self.term = term;
             self.vote = NO_NODE;
+            // Its leader's chunks are stale from now on (Raft §5.1).
+            let committed = self.log.committed();
+            self.snapshots.forget_obsolete_receiving(term, committed);
         }
         self.leader = NO_NODE;
         self.election_elapsed = 0;

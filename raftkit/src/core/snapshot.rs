@@ -41,7 +41,12 @@
 //!   (`Config::snapshot_chunk_bytes`, 256 KiB) per receiving follower on
 //!   the wire: never one copy per follower;
 //! - follower: the receive buffer, at most `Config::max_snapshot_bytes`
-//!   (1 GiB by default; chunks past it are dropped); once complete the
+//!   (1 GiB by default; chunks past it are dropped), and at most the room
+//!   the runtime gives it ([`Raft::set_snapshot_receive_room`]: a
+//!   multi-group node shares one budget among its groups' buffers; a
+//!   chunk past the room abandons the reception, whose leader starts over).
+//!   A reception of an earlier term, or one the commit index covers, can
+//!   never be extended again and is dropped at once; once complete the
 //!   snapshot is kept for sending on (if this node leads later), handed to
 //!   the runtime to save and to restore the state machine from: about
 //!   three times the snapshot's size while it is installed.
@@ -89,6 +94,10 @@ pub(super) struct SnapshotTransfer {
     receiving: Option<Receiving>,
     /// Follower: a complete snapshot waiting to be handed out in a Ready.
     received: Option<InstalledSnapshot>,
+    /// Follower: the most bytes the receive buffer may hold, as the
+    /// runtime last set it ([`Raft::set_snapshot_receive_room`]; `None`:
+    /// only [`Config::max_snapshot_bytes`](super::Config::max_snapshot_bytes)).
+    room: Option<u64>,
     /// The applied log's bytes since the local snapshot, as far as
     /// [`Raft::wants_snapshot`] counted them.
     log_bytes: Cell<LogBytes>,
@@ -165,6 +174,27 @@ impl SnapshotTransfer {
     /// [`Config::max_snapshot_bytes`](super::Config::max_snapshot_bytes)).
     pub(super) fn receiving_len(&self) -> u64 {
         self.receiving.as_ref().map_or(0, |r| r.data.len() as u64)
+    }
+
+    /// The term of the snapshot being received, if any.
+    pub(super) fn receiving_term(&self) -> Option<Term> {
+        self.receiving.as_ref().map(|r| r.term)
+    }
+
+    /// Drops the snapshot being received if no chunk can extend it any
+    /// more: it is of a term before `term` (its leader's chunks are stale
+    /// now, Raft §5.1, and a later leader's start afresh), or the log
+    /// committed through its index (a later chunk is answered "installed"
+    /// at once). Its bytes would otherwise stay held until another
+    /// snapshot replaced it.
+    pub(super) fn forget_obsolete_receiving(&mut self, term: Term, committed: Index) {
+        if self
+            .receiving
+            .as_ref()
+            .is_some_and(|r| r.term < term || r.meta.index <= committed)
+        {
+            self.receiving = None;
+        }
     }
 }
 
@@ -273,6 +303,25 @@ impl Raft {
     #[cfg(test)]
     pub(crate) fn local_snapshot_data(&self) -> Option<&Arc<Vec<u8>>> {
         self.snapshots.local.as_ref()
+    }
+
+    /// Follower: the bytes held in the buffer of the snapshot being
+    /// received (0 when none is).
+    pub(crate) fn snapshot_receiving_bytes(&self) -> u64 {
+        self.snapshots.receiving_len()
+    }
+
+    /// Follower: the most bytes the snapshot receive buffer may hold from
+    /// now on (`None`: only [`Config::max_snapshot_bytes`](super::Config::max_snapshot_bytes)
+    /// bounds it). A chunk that would take the buffer past it abandons
+    /// the reception (dropped, counted as
+    /// [`DropReason::SnapshotOverBudget`](super::DropReason::SnapshotOverBudget),
+    /// not answered: lost, as far as the leader knows, Raft §5.3), and the
+    /// leader's next chunk is answered with offset 0, so it starts over.
+    /// The runtime of a multi-group node sets it before each chunk, from
+    /// its share of a node-wide budget (`runtime::receive_budget`).
+    pub(crate) fn set_snapshot_receive_room(&mut self, room: Option<u64>) {
+        self.snapshots.room = room;
     }
 
     /// Leader: the snapshot transfers in progress, one per follower
@@ -441,10 +490,18 @@ impl Raft {
                 data: Vec::new(),
             });
         }
-        let Some(Receiving { data: buf, .. }) = self.snapshots.receiving.as_mut() else {
+        let held = self.snapshots.receiving_len();
+        let end = held.saturating_add(data.len() as u64);
+        if offset == held && self.snapshots.room.is_some_and(|room| end > room) {
+            // Past the room this node gives the buffer now: abandoned,
+            // its bytes released; the chunk is lost as far as the leader
+            // knows (Raft §5.3), and its next one, at an offset the
+            // follower no longer holds, starts the transfer over.
+            self.snapshots.receiving = None;
+            self.dropped
+                .record(super::inbound::DropReason::SnapshotOverBudget);
             return;
-        };
-        let held = buf.len() as u64;
+        }
         if offset != held {
             // A duplicate (behind) or a gap (ahead): say where we are. A gap
             // is counted (a chunk was lost, or the sender is broken).
@@ -455,6 +512,9 @@ impl Raft {
             self.send(m.from, reply(held, false, offset > held));
             return;
         }
+        let Some(Receiving { data: buf, .. }) = self.snapshots.receiving.as_mut() else {
+            return;
+        };
         buf.extend_from_slice(&data);
         let held = buf.len() as u64;
         if !done {

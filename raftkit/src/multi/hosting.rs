@@ -166,6 +166,29 @@
 //! only once it has heard nothing from a leader for
 //! [`HostingPolicy::orphan_after`]: while a big snapshot streams in, every
 //! chunk is leader contact, however long the transfer takes.
+//!
+//! # Snapshots received at once
+//!
+//! A replica hosted on demand is empty, so its leader sends it a snapshot,
+//! in chunks the replica's core buffers in memory until the snapshot is
+//! complete (each core's buffer up to `max_snapshot_bytes`, 1 GiB by
+//! default). Since any node certificate may host groups here, and every
+//! chunk keeps its group from being an orphan, these buffers alone could
+//! hold up to [`HostingPolicy::max_groups`] times 1 GiB. Their sum is
+//! bounded by one budget per node, [`HostingPolicy::snapshot_receive_bytes`]
+//! (`runtime::receive_budget`): each group's node task takes from it what a
+//! chunk may add before the core takes the chunk in, and gives back what
+//! the buffer lets go (installed, replaced by another snapshot, abandoned
+//! on a new term or once the log committed past it, or the replica
+//! stopped or retired). A chunk the budget cannot cover abandons its
+//! reception, releasing its bytes; the leader sees a lost chunk and starts
+//! over (Raft §5.3, thesis §5.4 tolerate loss). Abandoning instead of
+//! waiting means that receptions needing more than the budget together
+//! cannot each hold part of it for ever; a reception alone always fits.
+//! A holder of a node certificate can still fill the budget with
+//! receptions it never completes, which delays the node's real transfers
+//! until those groups are retired as orphans: it costs the node time, no
+//! longer memory.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -193,7 +216,22 @@ pub struct HostingPolicy {
     /// How long after removing a group's replica the node refuses to host
     /// it again on demand.
     pub quarantine: Duration,
+    /// The most bytes the node's groups together hold in snapshot receive
+    /// buffers (default [`DEFAULT_SNAPSHOT_RECEIVE_BYTES`], 2 GiB). A chunk
+    /// that would take the total past it abandons its reception, which
+    /// the group's leader starts over (see "Snapshots received at once"
+    /// in the [module documentation](self)). It also caps each replica's
+    /// largest snapshot (`max_snapshot_bytes`, 1 GiB by default): one
+    /// larger than the budget could never be received here.
+    pub snapshot_receive_bytes: u64,
 }
+
+/// The default of [`HostingPolicy::snapshot_receive_bytes`]: 2 GiB, twice
+/// the largest snapshot a replica takes by default
+/// ([`DEFAULT_MAX_SNAPSHOT_BYTES`](crate::core::config::DEFAULT_MAX_SNAPSHOT_BYTES)),
+/// so that the largest snapshot always fits beside another as large (two
+/// big moves to this node at once), or beside any number of small ones.
+pub const DEFAULT_SNAPSHOT_RECEIVE_BYTES: u64 = 2 * crate::core::config::DEFAULT_MAX_SNAPSHOT_BYTES;
 
 impl Default for HostingPolicy {
     fn default() -> Self {
@@ -202,6 +240,7 @@ impl Default for HostingPolicy {
             max_groups: 100_000,
             orphan_after: Duration::from_secs(30),
             quarantine: Duration::from_secs(2),
+            snapshot_receive_bytes: DEFAULT_SNAPSHOT_RECEIVE_BYTES,
         }
     }
 }

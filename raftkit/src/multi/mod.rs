@@ -107,7 +107,7 @@ pub mod quiesce;
 pub mod removal;
 pub mod service;
 
-pub use hosting::HostingPolicy;
+pub use hosting::{DEFAULT_SNAPSHOT_RECEIVE_BYTES, HostingPolicy};
 pub use journal::{GroupLog, GroupSink, Journal, JournalOptions, JournalStats};
 pub use moves::{MoveError, MoveOptions, MoveReport, MoveStep, RefusalCause};
 pub use node::{MultiNode, MultiNodeBuilder};

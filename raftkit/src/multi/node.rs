@@ -31,6 +31,9 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 #[cfg(test)]
+#[path = "receive_budget_tests.rs"]
+mod receive_budget_tests;
+#[cfg(test)]
 #[path = "retire_tests.rs"]
 mod retire_tests;
 
@@ -357,6 +360,9 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 groups: Mutex::new(BTreeMap::new()),
                 placement: Mutex::new(None),
                 placement_gate: Mutex::new(None),
+                receive_budget: crate::runtime::receive_budget::ReceiveBudget::new(
+                    self.hosting.snapshot_receive_bytes,
+                ),
                 hosting: self.hosting,
                 tombstones: Mutex::new(Default::default()),
                 retiring: tokio::sync::Mutex::new(()),
@@ -474,6 +480,9 @@ pub(super) struct Inner<S> {
     placement_gate: Mutex<Option<Arc<TickGate>>>,
     /// Hosting on demand and retiring removed replicas ([`super::hosting`]).
     hosting: HostingPolicy,
+    /// The bytes the groups' snapshot receive buffers may hold together
+    /// ([`HostingPolicy::snapshot_receive_bytes`]).
+    receive_budget: Arc<crate::runtime::receive_budget::ReceiveBudget>,
     tombstones: Mutex<Tombstones>,
     /// Held while a replica retires (see [`MultiNode::shutdown`]).
     retiring: tokio::sync::Mutex<()>,
@@ -760,6 +769,14 @@ impl<S: PeerExt> MultiNode<S> {
         self.inner.links.dropped()
     }
 
+    /// The bytes the groups' snapshot receive buffers hold now, together
+    /// (at most [`HostingPolicy::snapshot_receive_bytes`]; the groups'
+    /// statuses show each one's, `PeerStatus::snapshot_receiving_bytes`).
+    #[cfg(test)]
+    pub(crate) fn snapshot_receive_bytes(&self) -> u64 {
+        self.inner.receive_budget.held()
+    }
+
     /// Creates `group` on this node as a voter of a new group whose voters
     /// are the nodes at `members` (their advertised addresses, this node's
     /// included or not); each member node creates it with the same list.
@@ -932,6 +949,15 @@ impl<S: PeerExt> MultiNode<S> {
             // see `hosting` on why it must not count itself in the group's
             // older configurations.
             .membership_fence(inner.journal.fence(group))
+            // One snapshot receive budget for all the node's groups; a
+            // snapshot larger than it could never be received.
+            .receive_budget(inner.receive_budget.clone())
+            .max_snapshot_bytes(
+                inner
+                    .hosting
+                    .snapshot_receive_bytes
+                    .min(crate::core::config::DEFAULT_MAX_SNAPSHOT_BYTES),
+            )
             .threads(threads)
             .transport(move |_id, inbox| {
                 links.register(group, inbox);

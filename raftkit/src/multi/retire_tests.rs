@@ -56,7 +56,7 @@ async fn one_node() -> (MultiNode<Placement>, String, tempfile::TempDir) {
 }
 
 /// [`one_node`] hosting under `policy`.
-async fn one_node_with(
+pub(super) async fn one_node_with(
     policy: crate::multi::HostingPolicy,
 ) -> (MultiNode<Placement>, String, tempfile::TempDir) {
     one_node_snapshotting(policy, 10_000).await
@@ -101,7 +101,7 @@ async fn start_on(
 }
 
 /// A leader's heartbeat for `group`'s replica on `node` (from another node).
-fn heartbeat(node: &MultiNode<Placement>) -> crate::core::Message {
+pub(super) fn heartbeat(node: &MultiNode<Placement>) -> crate::core::Message {
     crate::core::Message {
         from: node.id().wrapping_add(1),
         to: node.id(),
@@ -138,7 +138,7 @@ fn append_configuration(
 }
 
 /// Waits until `check` holds, with a deadline.
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
+pub(super) async fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !check() {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");

@@ -129,6 +129,7 @@ pub struct PeerBuilder<S> {
     status_interval: Duration,
     gather: bool,
     membership_fence: Option<(crate::core::Index, crate::core::Term)>,
+    receive_budget: Option<Arc<super::receive_budget::ReceiveBudget>>,
     _sm: PhantomData<fn() -> S>,
 }
 
@@ -211,6 +212,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             status_interval: super::node::STATUS_INTERVAL,
             gather: false,
             membership_fence: None,
+            receive_budget: None,
             _sm: PhantomData,
         }
     }
@@ -681,6 +683,18 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// The node-wide budget this replica's snapshot receive buffer shares
+    /// with the other groups of a multi-group node (see
+    /// `runtime::receive_budget`); none: only `max_snapshot_bytes` bounds
+    /// it.
+    pub(crate) fn receive_budget(
+        mut self,
+        budget: Arc<super::receive_budget::ReceiveBudget>,
+    ) -> Self {
+        self.receive_budget = Some(budget);
+        self
+    }
+
     /// Uses a custom transport (for example the in-process one of the
     /// transport module) instead of QUIC.
     pub fn transport(
@@ -1074,6 +1088,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             gate: self.tick_gate.take(),
             status_interval: self.status_interval,
             gather: self.gather,
+            receive_share: self
+                .receive_budget
+                .take()
+                .map(super::receive_budget::ReceiveShare::new),
         };
         // Everything that can fail has passed: the directory is this
         // binary's now (see `schema_to_save`). Should the save fail, the

@@ -74,6 +74,7 @@ mod node;
 #[doc(hidden)]
 pub mod persist;
 mod reads;
+pub(crate) mod receive_budget;
 #[cfg(test)]
 mod revocation_tests;
 mod seq_map;

@@ -249,6 +249,9 @@ pub struct NodeTask {
     /// Whether a round yields to the other ready tasks before it drains
     /// the core (`PeerBuilder::gather`).
     pub(super) gather: bool,
+    /// This group's share of its node's snapshot receive budget (a
+    /// multi-group node's replicas; see `receive_budget`).
+    pub(super) receive_share: Option<super::receive_budget::ReceiveShare>,
 }
 
 struct Pending {
@@ -494,6 +497,8 @@ impl NodeTask {
             }
             self.on_apply_progress(&mut st);
             self.drain_ready(&mut st);
+            // Ticks may have abandoned a reception (a new term).
+            self.settle_receive_share();
             self.publish(&mut st);
             if !st.reads.is_empty() || !st.pending.is_empty() {
                 self.wake();
@@ -564,10 +569,33 @@ impl NodeTask {
     /// (rate-limited) with its reason.
     fn step(&mut self, st: &mut State, m: Message) {
         let (from, kind, term) = (m.from, m.body.kind(), m.term);
+        if let (Some(share), crate::core::Body::InstallSnapshot { offset, data, .. }) =
+            (&mut self.receive_share, &m.body)
+        {
+            // The room this chunk may take the buffer to: what the share
+            // holds once it took what the chunk could add, if the node's
+            // budget has it (see `receive_budget`).
+            let room = share.room_for(
+                self.raft.snapshot_receiving_bytes(),
+                *offset,
+                u64::try_from(data.len()).unwrap_or(u64::MAX),
+                self.raft.params().max_snapshot_bytes,
+            );
+            self.raft.set_snapshot_receive_room(Some(room));
+        }
         if let Err(reason) = self.raft.step_checked(m) {
             let total = self.raft.dropped().get(reason);
             st.drop_log
                 .note(&self.name, from, kind, term, reason, total);
+        }
+        self.settle_receive_share();
+    }
+
+    /// Gives back to the node's snapshot receive budget what the core's
+    /// receive buffer no longer holds (installed, replaced, abandoned).
+    fn settle_receive_share(&mut self) {
+        if let Some(share) = &mut self.receive_share {
+            share.settle(self.raft.snapshot_receiving_bytes());
         }
     }
 
@@ -1408,6 +1436,7 @@ impl NodeTask {
                 snapshot_index,
                 snapshot_failures,
                 snapshot_error,
+                snapshot_receiving_bytes,
                 overloaded,
                 longest_apply_pause,
                 apply_backlog_bytes,
@@ -1444,6 +1473,7 @@ impl NodeTask {
             set(c, snapshot_index, st.snap.index);
             set(c, snapshot_failures, st.snap.failures);
             set_from(c, snapshot_error, &st.snap.last_error);
+            set(c, snapshot_receiving_bytes, raft.snapshot_receiving_bytes());
             set(c, overloaded, self.admission.refused());
             set(c, longest_apply_pause, apply.longest_pause);
             set(c, apply_backlog_bytes, st.handed_bytes as u64);
@@ -1570,7 +1600,11 @@ impl NodeTask {
                 apply.session_counters.expired,
             ),
             (st.snap.index, st.snap.failures, self.admission.refused()),
-            (apply.longest_pause, st.handed_bytes as u64),
+            (
+                apply.longest_pause,
+                st.handed_bytes as u64,
+                self.raft.snapshot_receiving_bytes(),
+            ),
         );
         self.status.send_if_modified(|s| {
             let was = (
@@ -1583,7 +1617,11 @@ impl NodeTask {
                     s.session_expiries,
                 ),
                 (s.snapshot_index, s.snapshot_failures, s.overloaded),
-                (s.longest_apply_pause, s.apply_backlog_bytes),
+                (
+                    s.longest_apply_pause,
+                    s.apply_backlog_bytes,
+                    s.snapshot_receiving_bytes,
+                ),
             );
             let mut changed = was != now;
             let (indexes, counters, sessions, snapshots, apply_figures) = now;
@@ -1596,7 +1634,11 @@ impl NodeTask {
                 s.session_expiries,
             ) = sessions;
             (s.snapshot_index, s.snapshot_failures, s.overloaded) = snapshots;
-            (s.longest_apply_pause, s.apply_backlog_bytes) = apply_figures;
+            (
+                s.longest_apply_pause,
+                s.apply_backlog_bytes,
+                s.snapshot_receiving_bytes,
+            ) = apply_figures;
             for (field, value) in [
                 (&mut s.halted, &apply.halted),
                 (&mut s.snapshot_error, &st.snap.last_error),

@@ -75,6 +75,11 @@ pub struct PeerStatus {
     pub snapshot_failures: u64,
     /// Why the last snapshot failed, until one succeeds.
     pub snapshot_error: Option<String>,
+    /// Bytes of a snapshot being received from the leader, held in memory
+    /// until it is complete (0 when none is). On a multi-group node their
+    /// sum over the groups stays within the node's budget
+    /// (`HostingPolicy::snapshot_receive_bytes`).
+    pub snapshot_receiving_bytes: u64,
     /// Calls refused with `Overloaded` (backpressure).
     pub overloaded: u64,
     /// The longest time the state machine stopped applying for a snapshot

@@ -19,4 +19,5 @@ mod paper_replication;
 mod paper_safety;
 mod read_index;
 mod snapshot;
+mod snapshot_receive;
 mod transfer;
