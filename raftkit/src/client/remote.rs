@@ -1609,9 +1609,9 @@ mod tests {
             (Some(empty.path().to_path_buf()), "client.pem"),
             (None, CERTS_ENV),
         ] {
-            let err = Client::identity_in(dir.clone())
-                .err()
-                .expect("no certificate, no identity");
+            let Err(err) = Client::identity_in(dir.clone()) else {
+                panic!("{dir:?}: no certificate, yet an identity");
+            };
             assert!(
                 matches!(&err, Error::Tls(m) if m.contains(what) && m.contains(CERTS_ENV)),
                 "{dir:?}: {err:?}"

@@ -204,9 +204,20 @@ async fn ask_detail(
     {
         check_identity(principal, *from, name, *version)?;
     }
-    write_frame(send, &PeerFrame::SendSchemaDetail, max)
-        .await
-        .map_err(|e| format!("cannot ask for the schema detail: {e}"))?;
+    // Within the handshake's deadline: a dialer that grants no stream
+    // credit would hold the write (and the handshake's slot) for ever.
+    match tokio::time::timeout_at(
+        deadline,
+        write_frame(send, &PeerFrame::SendSchemaDetail, max),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err("the dialer did not take the request for the schema detail in time".into());
+        }
+        Ok(Err(e)) => return Err(format!("cannot ask for the schema detail: {e}")),
+        Ok(Ok(())) => {}
+    }
     let cap = max.min(MAX_DETAIL_BYTES);
     let body = match tokio::time::timeout_at(deadline, frames.next(cap)).await {
         Err(_) => return Err("the schema detail that was asked for did not come in time".into()),
@@ -556,10 +567,9 @@ async fn serve_link(
         Err(reason) => {
             drop(slot);
             error!(node = link.node, %remote, peer = %principal.name, %reason, "refused peer link");
-            if write_frame(&mut send, &PeerFrame::Refused { reason }, max)
-                .await
-                .is_ok()
-            {
+            let refusal = PeerFrame::Refused { reason };
+            let written = write_frame(&mut send, &refusal, max);
+            if let Ok(Ok(())) = tokio::time::timeout(HELLO_TIMEOUT, written).await {
                 let _ = send.finish();
                 // Let the dialer read the refusal and close; then close anyway.
                 let _ = tokio::time::timeout(HELLO_TIMEOUT, conn.closed()).await;
@@ -569,7 +579,15 @@ async fn serve_link(
         }
     };
     let AcceptedHello { from, name, addr } = hello;
-    let answered = write_frame(&mut send, &PeerFrame::HelloOk, max).await;
+    // Within the handshake's deadline, as the hello was: a dialer that
+    // grants no stream credit would hold the write (and the slot) for ever.
+    let answered =
+        match tokio::time::timeout_at(deadline, write_frame(&mut send, &PeerFrame::HelloOk, max))
+            .await
+        {
+            Ok(answered) => answered.map_err(|e| e.to_string()),
+            Err(_) => Err("the answer to the hello was not taken in time".to_string()),
+        };
     drop(slot);
     if let Err(e) = answered {
         // The dialer stopped reading (or went): the link never comes up.
