@@ -124,6 +124,33 @@ mod tests {
         assert_eq!(majority_index(&set(&sixteen), |id| id * 10), 80);
     }
 
+    /// Raft §5.2: a candidate wins with the votes of a majority, and half of
+    /// an even number of voters is not one (nor is it a quorum of either
+    /// half of a joint configuration, thesis §4.3).
+    #[test]
+    fn half_of_an_even_voter_set_is_not_a_majority() {
+        let four = set(&[1, 2, 3, 4]);
+        let granted = |ids: &'static [NodeId]| move |id| Some(ids.contains(&id));
+        assert_eq!(
+            majority_vote(&four, granted(&[1, 2])),
+            VoteResult::Lost,
+            "2 of 4 granted, 2 refused"
+        );
+        assert_eq!(
+            majority_vote(&four, |id| (id <= 2).then_some(true)),
+            VoteResult::Pending,
+            "2 of 4 granted, 2 not answered"
+        );
+        assert_eq!(majority_vote(&four, granted(&[1, 2, 3])), VoteResult::Won);
+        assert!(!is_quorum(&Configuration::new([1, 2, 3, 4]), |id| id <= 2));
+        let joint = Configuration::joint([1, 2, 3], [3, 4, 5, 6]);
+        assert!(
+            !is_quorum(&joint, |id| id <= 4),
+            "3 and 4 are half of the outgoing voters"
+        );
+        assert!(is_quorum(&joint, |id| id <= 5));
+    }
+
     #[test]
     fn joint_commit_needs_both_majorities() {
         let acked = |id: NodeId| [0, 9, 9, 9, 1, 1, 1][id as usize];
