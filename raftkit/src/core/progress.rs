@@ -300,6 +300,26 @@ mod tests {
         assert!(!pr.is_paused());
     }
 
+    /// Thesis §4.2.1: a member is caught up once a round of replication
+    /// lasted *less* than an election timeout; a round of exactly one
+    /// election timeout does not make it caught up.
+    #[test]
+    fn a_round_of_exactly_an_election_timeout_is_not_caught_up() {
+        const TIMEOUT: u64 = 10;
+        for (took, caught_up) in [(TIMEOUT - 1, true), (TIMEOUT, false)] {
+            let mut pr = Progress::new(6, 4);
+            // The round that begins at tick 100 ends with index 5.
+            pr.start_rounds(100);
+            assert!(pr.maybe_update(5));
+            pr.on_ack(5, 100 + took);
+            assert_eq!(
+                pr.caught_up(100 + took, TIMEOUT),
+                caught_up,
+                "a round of {took} ticks against an election timeout of {TIMEOUT}"
+            );
+        }
+    }
+
     #[test]
     fn replicate_rejection_falls_back_to_match() {
         let mut pr = Progress::new(1, 4);
