@@ -555,6 +555,21 @@ mod tests {
         );
     }
 
+    /// The guard's edge: the entry at the commit index itself is committed,
+    /// so a conflicting entry there is ignored as well, never applied.
+    #[test]
+    fn append_after_never_truncates_the_entry_at_the_commit_index() {
+        let mut log = RaftLog::restore(SnapshotMeta::default(), ents(&[1, 1, 2, 2]), 3);
+        let mut conflicting = ents(&[1, 1, 3, 3]);
+        conflicting.drain(..2);
+        let (last, trunc) = log.append_after(2, conflicting);
+        assert_eq!(
+            (last, trunc, log.last_index(), log.term(3)),
+            (2, false, 4, Some(2)),
+            "the entry at the commit index was replaced"
+        );
+    }
+
     /// `slice` against the entry-by-entry definition: entries of
     /// `[lo, hi)` while their sizes add up to at most `max_bytes`, at
     /// least one; `None` below the snapshot.
