@@ -110,6 +110,31 @@ fn transfer_is_refused_off_the_leader_and_to_non_voters() {
     );
 }
 
+/// Thesis §3.10 hands leadership to a voter: a learner (a member, but not
+/// a voter) is refused as a target like a node outside the configuration,
+/// and the leader keeps leading and taking proposals.
+#[test]
+fn transfer_to_a_learner_is_refused() {
+    let mut conf = Configuration::new([1, 2, 3]);
+    conf.learners.insert(4);
+    let mut c = Cluster::from_nodes([1, 2, 3, 4].map(|id| {
+        let mut r = restored(&[1, 2, 3], 1, &[]);
+        r.snapshot.config = conf.clone();
+        (config(id), r)
+    }));
+    c.elect(1);
+    assert_eq!(
+        c.node_mut(1).transfer_leadership(4),
+        Err(TransferError::NotVoter(4))
+    );
+    c.deliver();
+    assert_eq!(c.leaders(), [1]);
+    assert!(
+        c.node_mut(1).propose(b"x".to_vec()).is_ok(),
+        "no transfer is in progress"
+    );
+}
+
 /// DESIGN §6: a halted leader hands leadership to a caught-up voter, and a
 /// halted node never campaigns again, not even when told to by TimeoutNow.
 #[test]
