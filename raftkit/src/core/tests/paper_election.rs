@@ -369,6 +369,30 @@ fn pre_vote_round_precedes_the_election() {
     assert_eq!((r.role(), r.term()), (Role::Follower, 3));
 }
 
+/// Thesis §9.6: a pre-vote is not a vote. Pre-vote grants that arrive
+/// after the pre-candidate became a candidate (answers to its probe for the
+/// term it now campaigns in) count for nothing: only RequestVote grants
+/// elect it.
+#[test]
+fn late_pre_vote_grants_do_not_elect_a_candidate() {
+    let mut r = node(1, &[1, 2, 3, 4, 5], 3, &[1]);
+    tick_until_campaign(&mut r);
+    step(&mut r, vote_resp(2, 1, 4, true, true));
+    step(&mut r, vote_resp(3, 1, 4, true, true));
+    assert_eq!((r.role(), r.term()), (Role::Candidate, 4));
+    // The probes to 4 and 5 are answered late, in the candidate's term.
+    step(&mut r, vote_resp(4, 1, 4, true, true));
+    step(&mut r, vote_resp(5, 1, 4, true, true));
+    assert_eq!(
+        (r.role(), r.term()),
+        (Role::Candidate, 4),
+        "late pre-vote grants were counted as votes"
+    );
+    step(&mut r, vote_resp(2, 1, 4, true, false));
+    step(&mut r, vote_resp(3, 1, 4, true, false));
+    assert_eq!((r.role(), r.term()), (Role::Leader, 4));
+}
+
 /// §5.2: "Each server will vote for at most one candidate in a given term,
 /// on a first-come-first-served basis." The vote is durable before it is
 /// announced: the answer granting it is a `persisted_messages` entry, and
