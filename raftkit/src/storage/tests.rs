@@ -395,6 +395,50 @@ fn corruption_before_the_tail_names_file_and_offset() {
     }
 }
 
+/// `frame_header_in` reads the file in 64 KiB windows that overlap by a
+/// header's length less one byte: a header that checks out and starts at
+/// the first offset of the second window is found as well, so the damaged
+/// header before it is corruption, not a torn tail zeroed away with the
+/// synced frame it heads.
+#[test]
+fn a_frame_header_at_a_search_window_boundary_is_found() {
+    let mut t = tmp_wal(1 << 20);
+    t.append(&[cmd(1, 1, 50)]).unwrap();
+    t.sync().unwrap();
+    t.append(&[cmd(2, 1, 100_000)]).unwrap();
+    t.sync().unwrap();
+    let dir = t.wal.dir().to_path_buf();
+    drop(t.wal);
+    let seg = last_segment(&dir);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let frame_len =
+        |at: usize| 12 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    // Segment header (16), checkpoint frame, the first entry's frame, then
+    // the large entry's frame: the last one.
+    let first = 16 + frame_len(16);
+    let frame = first + frame_len(first);
+    // The search starts at `frame + 1`; its first window holds 64 KiB + 12
+    // bytes, so the second window begins 64 KiB + 2 bytes later. A header
+    // that checks out goes there, inside the large entry's payload.
+    let planted = frame + 1 + 64 * 1024 + 1;
+    assert!(planted + 12 < frame + frame_len(frame));
+    let len = 40u32.to_le_bytes();
+    bytes[planted..planted + 4].copy_from_slice(&len);
+    bytes[planted + 4..planted + 8].copy_from_slice(&[0; 4]);
+    bytes[planted + 8..planted + 12].copy_from_slice(&crc32fast::hash(&len).to_le_bytes());
+    // The large frame's header is damaged (its length's checksum fails).
+    bytes[frame + 8] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    match Wal::open(&dir, WalOptions::default()) {
+        Err(StorageError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, seg);
+            assert_eq!(offset, frame as u64);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was zeroed");
+}
+
 /// A frame cut short in a segment that is not the last is corruption, not
 /// a torn tail: a crash can only cut the last segment (the log moves on to
 /// a new segment only once the previous one was written whole), so the
