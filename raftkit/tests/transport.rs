@@ -1497,10 +1497,11 @@ async fn handshakes_past_the_bound_are_refused_and_silent_dialers_closed_in_time
     // Once one of the two slots was taken, each later attempt was first
     // sent a Retry (address validation) and came back validated: a
     // spoofed source would not have, and could take only half the slots.
-    assert_eq!(
-        a.t.retried_handshakes(),
-        2,
-        "the second and third dialers, arriving with half the slots taken"
+    // (At least: a dialer may resend its first packet on a busy machine.)
+    assert!(
+        a.t.retried_handshakes() >= 2,
+        "the second and third dialers, arriving with half the slots taken, were not sent a Retry: {}",
+        a.t.retried_handshakes()
     );
     // The silent ones are closed once their time is up, not before.
     for (what, conn) in [("no stream", &silent), ("half a hello", &mute)] {

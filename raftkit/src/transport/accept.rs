@@ -319,7 +319,7 @@ pub(super) async fn accept_loop(
                 };
                 // A slot among the handshakes in progress, or refused at
                 // once (`handshakes`).
-                let slot = match handshakes.admit() {
+                let slot = match handshakes.admit(incoming.remote_address().ip()) {
                     Ok(slot) => slot,
                     Err(refused) => {
                         let remote = incoming.remote_address();

@@ -41,9 +41,12 @@
 //!   round trip and comes back validated, a flood of Initial packets
 //!   from spoofed source addresses never does, so it can take at most
 //!   half the slots, and the other half stays for dialers that answer.
-//!   A dialer at a real address that stalls its handshakes can still
-//!   take every slot (each for the timeout): that needs no certificate,
-//!   only an address that can be traced and filtered.
+//! - one source IP address holds at most a quarter of the slots (at
+//!   least 2, at most all): a dialer at a real address that stalls its
+//!   handshakes (no certificate needed) takes at most that share, each
+//!   slot for the timeout; taking every slot needs four addresses that
+//!   answer Retry, each of which can be traced and filtered. Dialers
+//!   behind one NAT share one address's share.
 //!
 //! A legitimate burst (a cluster restarting, every client reconnecting)
 //! completes its handshakes in a few round trips each: 256 in progress is
@@ -54,8 +57,10 @@
 //! [`QuicTransport::refused_handshakes`]: super::QuicTransport::refused_handshakes
 //! [`QuicTransport::retried_handshakes`]: super::QuicTransport::retried_handshakes
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -73,6 +78,10 @@ pub(super) struct Handshakes {
     timeout: Duration,
     refused: AtomicU64,
     retried: AtomicU64,
+    /// The most slots one source address holds (module doc).
+    per_address: usize,
+    /// Slots held per source address.
+    held: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One inbound connection's slot among the handshakes in progress, and
@@ -80,6 +89,8 @@ pub(super) struct Handshakes {
 #[derive(Debug)]
 pub(super) struct HandshakeSlot {
     _permit: OwnedSemaphorePermit,
+    handshakes: Arc<Handshakes>,
+    from: IpAddr,
     /// When the handshake must be done.
     pub(super) deadline: Instant,
 }
@@ -95,19 +106,40 @@ impl Handshakes {
             timeout,
             refused: AtomicU64::new(0),
             retried: AtomicU64::new(0),
+            per_address: (max / 4).max(2).min(max),
+            held: Mutex::default(),
         })
     }
 
-    /// A slot for a connection attempt arriving now, or `Err` with the
-    /// count of refusals so far (this one included) when all are taken.
-    pub(super) fn admit(&self) -> Result<HandshakeSlot, u64> {
-        match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(permit) => Ok(HandshakeSlot {
-                _permit: permit,
-                deadline: Instant::now() + self.timeout,
-            }),
-            Err(_) => Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1),
+    /// A slot for a connection attempt arriving now from `from`, or `Err`
+    /// with the count of refusals so far (this one included) when all are
+    /// taken or `from` holds its share (module doc).
+    pub(super) fn admit(self: &Arc<Self>, from: IpAddr) -> Result<HandshakeSlot, u64> {
+        let mut held = self.lock();
+        let mine = held.get(&from).copied().unwrap_or(0);
+        let permit = if mine < self.per_address {
+            Arc::clone(&self.slots).try_acquire_owned().ok()
+        } else {
+            None
+        };
+        match permit {
+            Some(permit) => {
+                held.insert(from, mine + 1);
+                Ok(HandshakeSlot {
+                    _permit: permit,
+                    handshakes: Arc::clone(self),
+                    from,
+                    deadline: Instant::now() + self.timeout,
+                })
+            }
+            None => Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Each count is updated in one step: a panic elsewhere leaves
+        // them whole.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether half the slots or more are taken: an attempt from an
@@ -142,39 +174,65 @@ impl Handshakes {
     }
 }
 
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut held = self.handshakes.lock();
+        if let Some(n) = held.get_mut(&self.from) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.from);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
     #[test]
     fn slots_are_capped_and_given_back() {
         let h = Handshakes::new(2, Duration::from_secs(1));
-        let a = h.admit().expect("a");
-        let _b = h.admit().expect("b");
-        assert_eq!(h.admit().err(), Some(1));
-        assert_eq!(h.admit().err(), Some(2));
+        let a = h.admit(A).expect("a");
+        let _b = h.admit(A).expect("b");
+        assert_eq!(h.admit(A).err(), Some(1));
+        assert_eq!(h.admit(A).err(), Some(2));
         drop(a);
-        let _c = h.admit().expect("a slot given back is taken again");
+        let _c = h.admit(A).expect("a slot given back is taken again");
         assert_eq!(h.refused(), 2);
     }
 
     #[test]
     fn half_the_slots_taken_is_crowded() {
         let h = Handshakes::new(4, Duration::from_secs(1));
-        let _a = h.admit().expect("a");
+        let _a = h.admit(A).expect("a");
         assert!(!h.crowded(), "1 of 4 taken");
-        let _b = h.admit().expect("b");
+        let _b = h.admit(A).expect("b");
         assert!(h.crowded(), "2 of 4 taken");
         let one = Handshakes::new(1, Duration::from_secs(1));
         assert!(!one.crowded(), "a single free slot is not crowded");
-        let _c = one.admit().expect("c");
+        let _c = one.admit(A).expect("c");
         assert!(one.crowded());
+    }
+
+    #[test]
+    fn one_address_holds_at_most_a_quarter_of_the_slots() {
+        let h = Handshakes::new(16, Duration::from_secs(1));
+        let mine: Vec<_> = (0..4).map(|_| h.admit(A).expect("a's share")).collect();
+        assert_eq!(h.admit(A).err(), Some(1), "a fifth of 16 from one address");
+        let _b = h.admit(B).expect("another address is not affected");
+        drop(mine);
+        let _a = h.admit(A).expect("a share given back is taken again");
+        assert!(h.lock().get(&B) == Some(&1) && h.lock().get(&A) == Some(&1));
     }
 
     #[test]
     fn there_is_at_least_one_slot() {
         let h = Handshakes::new(0, Duration::from_secs(1));
-        let _a = h.admit().expect("one slot");
-        assert!(h.admit().is_err());
+        let _a = h.admit(A).expect("one slot");
+        assert!(h.admit(A).is_err());
     }
 }
