@@ -185,10 +185,16 @@
 //! over (Raft §5.3, thesis §5.4 tolerate loss). Abandoning instead of
 //! waiting means that receptions needing more than the budget together
 //! cannot each hold part of it for ever; a reception alone always fits.
-//! A holder of a node certificate can still fill the budget with
-//! receptions it never completes, which delays the node's real transfers
-//! until those groups are retired as orphans: it costs the node time, no
-//! longer memory.
+//! What the budget does not bound: a holder of a node certificate can
+//! still fill it with receptions it keeps alive (any message of its, a
+//! heartbeat or a repeated chunk, counts as leader contact, so those
+//! groups are never retired as orphans), which holds up the node's real
+//! transfers for as long as it goes on; and it can complete snapshots,
+//! one after another, for groups whose configuration never lists this
+//! node, which are then neither orphans nor removed and are kept (in
+//! memory and on disk) until an operator removes them. Node certificates
+//! are trusted to follow the protocol (`core::inbound`); the budget bounds
+//! what is held at once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -222,8 +228,17 @@ pub struct HostingPolicy {
     /// the group's leader starts over (see "Snapshots received at once"
     /// in the [module documentation](self)). It also caps each replica's
     /// largest snapshot (`max_snapshot_bytes`, 1 GiB by default): one
-    /// larger than the budget could never be received here.
+    /// larger than the budget could never be received here. A budget
+    /// below 1 MiB is taken as 1 MiB (a budget below a chunk would refuse
+    /// every snapshot, and its leaders would start over for ever).
     pub snapshot_receive_bytes: u64,
+}
+
+impl HostingPolicy {
+    /// [`HostingPolicy::snapshot_receive_bytes`] as used: at least 1 MiB.
+    pub(crate) fn receive_budget_bytes(&self) -> u64 {
+        self.snapshot_receive_bytes.max(1 << 20)
+    }
 }
 
 /// The default of [`HostingPolicy::snapshot_receive_bytes`]: 2 GiB, twice

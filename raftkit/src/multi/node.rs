@@ -361,7 +361,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 placement: Mutex::new(None),
                 placement_gate: Mutex::new(None),
                 receive_budget: crate::runtime::receive_budget::ReceiveBudget::new(
-                    self.hosting.snapshot_receive_bytes,
+                    self.hosting.receive_budget_bytes(),
                 ),
                 hosting: self.hosting,
                 tombstones: Mutex::new(Default::default()),
@@ -955,7 +955,7 @@ impl<S: PeerExt> MultiNode<S> {
             .max_snapshot_bytes(
                 inner
                     .hosting
-                    .snapshot_receive_bytes
+                    .receive_budget_bytes()
                     .min(crate::core::config::DEFAULT_MAX_SNAPSHOT_BYTES),
             )
             .threads(threads)
