@@ -164,7 +164,17 @@ async fn an_admin_client_transfers_leadership_and_removes_a_member() -> Result<(
         .map(|(p, a)| (p.clone(), a.clone()))
         .expect("a follower");
     admin.transfer_leader(&target_addr).await?;
-    assert_eq!(target.status().leader, Some(target.id()), "it leads");
+    // The call returns once the old leader sees the target lead; the
+    // target's own status says so by then or very soon after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while target.status().leader != Some(target.id()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the target does not lead: {:?}",
+            target.status().leader
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 
     // Remove a member that does not lead; a client certificate may not.
     let (gone, gone_addr) = cluster

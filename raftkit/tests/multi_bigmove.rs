@@ -158,15 +158,24 @@ async fn move_groups_of(groups: &[GroupId], mb: u64, catch_up: Duration, budget:
     let nodes = &nodes;
     let moves = groups.iter().map(|g| {
         let (opts, to) = (opts.clone(), addrs[3].clone());
-        // A follower's replica (chosen once: a retry resumes this move).
-        let leader = leader_of(nodes, *g).expect("a leader");
-        let from = nodes[..3]
-            .iter()
-            .find(|n| n.id() != leader.id())
-            .expect("a follower")
-            .id();
         async move {
             let deadline = tokio::time::Instant::now() + DEADLINE;
+            // A follower's replica (chosen once: a retry resumes this
+            // move), once the group has a leader.
+            let from = loop {
+                if let Some(leader) = leader_of(nodes, *g) {
+                    break nodes[..3]
+                        .iter()
+                        .find(|n| n.id() != leader.id())
+                        .expect("a follower")
+                        .id();
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "group {g}: no leader"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
             loop {
                 let Some(leader) = leader_of(nodes, *g) else {
                     assert!(
@@ -199,7 +208,31 @@ async fn move_groups_of(groups: &[GroupId], mb: u64, catch_up: Duration, budget:
             }
         }
     });
-    futures_util::future::join_all(moves).await;
+    // While the moves run, what the target's groups hold in snapshot
+    // receive buffers together stays within its budget (sampled).
+    let target = nodes[3].clone();
+    let watched: Vec<GroupId> = groups.to_vec();
+    let held = move || {
+        watched
+            .iter()
+            .filter_map(|g| target.group(*g))
+            .map(|p| p.status().snapshot_receiving_bytes)
+            .sum::<u64>()
+    };
+    let mut most = 0;
+    let all = futures_util::future::join_all(moves);
+    tokio::pin!(all);
+    loop {
+        most = most.max(held());
+        tokio::select! {
+            _ = &mut all => break,
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+    }
+    assert!(
+        most <= budget,
+        "the target's groups held {most} bytes in snapshot receive buffers together, past its budget of {budget}"
+    );
     let want = (writes, writes * VALUE as u64);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     for g in groups {

@@ -423,7 +423,7 @@ async fn wrong_certificates_and_schemas_are_refused() {
             .start()
             .await;
         match r {
-            Err(Error::Transport(why)) => {
+            Err(Error::Tls(why)) => {
                 assert!(why.contains("node certificate issued to its name"), "{why}")
             }
             Err(other) => panic!("unexpected error {other}"),
