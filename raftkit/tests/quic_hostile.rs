@@ -405,3 +405,81 @@ async fn a_hostile_peer_with_a_node_certificate_neither_crashes_nor_stalls_the_c
         p.shutdown().await.expect("clean shutdown");
     }
 }
+
+/// Dials `to` with `cert` on the peer protocol and completes TLS, saying
+/// nothing after; then dials again: with one handshake slot (`handshakes(1,
+/// 1 s)`) the second is refused while the first holds it, and the first
+/// is closed once its second is up.
+async fn one_silent_dialer_takes_the_only_handshake_slot(to: SocketAddr, cert: &Identity) {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dial = || async {
+        let cfg = quic_client_config(cert, PEER_ALPN).unwrap();
+        tokio::time::timeout(DEADLINE, endpoint.connect_with(cfg, to, "raftkit").unwrap())
+            .await
+            .expect("an answer in time")
+    };
+    let silent = dial().await.expect("the first handshake");
+    let started = tokio::time::Instant::now();
+    match dial().await {
+        Err(e) => assert!(
+            e.to_string().to_lowercase().contains("refused"),
+            "the second dialer failed otherwise: {e}"
+        ),
+        Ok(_) => panic!("a second handshake was served with handshakes(1, _)"),
+    }
+    match tokio::time::timeout(DEADLINE, silent.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(1), "{close}")
+        }
+        Ok(other) => panic!("the silent dialer was closed with {other}"),
+        Err(_) => panic!("the silent dialer was not closed with handshakes(_, 1 s)"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}, not at the 1 s timeout",
+        started.elapsed()
+    );
+}
+
+/// `PeerBuilder::handshakes` sets the node's handshake slots and timeout
+/// (they were `QuicConfig` fields only, and a timeout of 0 closed every
+/// connection: at least 1 s is taken).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_bound_and_timeout_are_set_on_a_peer() {
+    let addr = free_addrs(1).remove(0);
+    let (ca, ids) = dev_cluster([format!("kv@{addr}").as_str()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = Kv::peer()
+        .listen(addr.clone())
+        .data_dir(dir.path())
+        .bootstrap()
+        .identity(ids[0].clone())
+        .tick(TICK)
+        .handshakes(1, Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    let cert = ca.issue_node("kv@elsewhere", &[]).unwrap();
+    one_silent_dialer_takes_the_only_handshake_slot(addr.parse().unwrap(), &cert).await;
+    peer.shutdown().await.unwrap();
+}
+
+/// `MultiNodeBuilder::handshakes` as `PeerBuilder::handshakes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_bound_and_timeout_are_set_on_a_multi_group_node() {
+    let addr = free_addrs(1).remove(0);
+    let ca = ClusterCa::generate("hostile-handshakes").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = raftkit::multi::MultiNode::<Kv>::builder()
+        .listen(addr.as_str())
+        .data_dir(dir.path())
+        .tick(TICK)
+        .identity(ca.issue_node(&format!("kv@{addr}"), &[]).unwrap())
+        .handshakes(1, Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    let cert = ca.issue_node("kv@elsewhere", &[]).unwrap();
+    one_silent_dialer_takes_the_only_handshake_slot(addr.parse().unwrap(), &cert).await;
+    node.shutdown().await.unwrap();
+}

@@ -82,6 +82,7 @@ pub struct MultiNodeBuilder<S> {
     hosting: HostingPolicy,
     replicas_every: Option<Duration>,
     peer_connections: (usize, usize),
+    handshakes: (usize, Duration),
     watches_per_certificate: usize,
     _sm: std::marker::PhantomData<fn() -> S>,
 }
@@ -211,6 +212,18 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         self
     }
 
+    /// The most inbound connections in their handshake at once and how
+    /// long one may take (defaults 256 and 10 s; at least 1 and 1 s). The
+    /// same option as
+    /// [`PeerBuilder::handshakes`](crate::runtime::PeerBuilder::handshakes).
+    pub fn handshakes(mut self, max: usize, timeout: Duration) -> Self {
+        self.handshakes = (
+            max.max(1),
+            timeout.max(crate::transport::quic::MIN_HANDSHAKE_TIMEOUT),
+        );
+        self
+    }
+
     /// The most watches of one client certificate (over all its
     /// connections) each of the node's replicas serves at once (default
     /// [`DEFAULT_WATCHES_PER_CERTIFICATE`](crate::runtime::watch::DEFAULT_WATCHES_PER_CERTIFICATE),
@@ -286,6 +299,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             config.max_peer_connections_per_node,
             config.max_peer_connections,
         ) = self.peer_connections;
+        (config.max_handshakes, config.handshake_timeout) = self.handshakes;
         // Hellos carry the schema, and a peer of a compatible binary is
         // accepted and recorded for the data groups' leaders
         // (`SchemaBook::check_enabled`, `check_promotion`), as between
@@ -643,6 +657,10 @@ impl<S: PeerExt> MultiNode<S> {
             peer_connections: (
                 crate::transport::quic::DEFAULT_PEER_CONNECTIONS_PER_NODE,
                 crate::transport::quic::DEFAULT_MAX_PEER_CONNECTIONS,
+            ),
+            handshakes: (
+                crate::transport::quic::DEFAULT_MAX_HANDSHAKES,
+                crate::transport::quic::DEFAULT_HANDSHAKE_TIMEOUT,
             ),
             watches_per_certificate: crate::runtime::watch::DEFAULT_WATCHES_PER_CERTIFICATE,
             _sm: std::marker::PhantomData,

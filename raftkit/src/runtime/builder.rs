@@ -115,6 +115,7 @@ pub struct PeerBuilder<S> {
     client_limits: super::intake::ConnectionLimits,
     client_receive_window: u64,
     peer_connections: (usize, usize),
+    handshakes: (usize, Duration),
     session_ttl: Duration,
     max_sessions: u64,
     wall_clock: Option<WallClock>,
@@ -197,6 +198,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             peer_connections: (
                 crate::transport::quic::DEFAULT_PEER_CONNECTIONS_PER_NODE,
                 crate::transport::quic::DEFAULT_MAX_PEER_CONNECTIONS,
+            ),
+            handshakes: (
+                crate::transport::quic::DEFAULT_MAX_HANDSHAKES,
+                crate::transport::quic::DEFAULT_HANDSHAKE_TIMEOUT,
             ),
             session_ttl: Duration::from_millis(SESSION_TTL_MS),
             max_sessions: DEFAULT_MAX_SESSIONS,
@@ -525,6 +530,23 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// (see `transport::peer_limits`).
     pub fn peer_connections(mut self, per_node: usize, total: usize) -> Self {
         self.peer_connections = (per_node.max(1), total.max(1));
+        self
+    }
+
+    /// The most inbound connections (peer or client) the node's QUIC
+    /// transport has in their handshake at once, and how long one may
+    /// take (defaults
+    /// [`DEFAULT_MAX_HANDSHAKES`](crate::transport::quic::DEFAULT_MAX_HANDSHAKES),
+    /// 256, and 10 s; at least 1 and 1 s): one past the bound is refused
+    /// at once, one not done in time is closed; once half are taken an
+    /// attempt from an address not yet validated is sent a QUIC Retry, and
+    /// one source address holds at most a quarter (see
+    /// `transport::handshakes`).
+    pub fn handshakes(mut self, max: usize, timeout: Duration) -> Self {
+        self.handshakes = (
+            max.max(1),
+            timeout.max(crate::transport::quic::MIN_HANDSHAKE_TIMEOUT),
+        );
         self
     }
 
@@ -976,6 +998,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                     config.max_peer_connections_per_node,
                     config.max_peer_connections,
                 ) = self.peer_connections;
+                (config.max_handshakes, config.handshake_timeout) = self.handshakes;
                 schemas.hear_peers();
                 config.schemas = Some(schemas.clone());
                 // A peer restarted at once may find its port still held by

@@ -70,6 +70,13 @@ use tokio::time::Instant;
 /// (module doc).
 pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
 
+/// The default of [`QuicConfig::handshake_timeout`](super::QuicConfig::handshake_timeout): 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shortest handshake timeout taken (a shorter one is taken as this):
+/// a timeout of 0 would close every inbound connection.
+pub const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The slots of a node's inbound handshakes (module doc).
 #[derive(Debug)]
 pub(super) struct Handshakes {
@@ -97,9 +104,10 @@ pub(super) struct HandshakeSlot {
 
 impl Handshakes {
     /// At most `max` (at least 1) handshakes at once, each done within
-    /// `timeout`.
+    /// `timeout` (at least [`MIN_HANDSHAKE_TIMEOUT`]).
     pub(super) fn new(max: usize, timeout: Duration) -> Arc<Handshakes> {
         let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        let timeout = timeout.max(MIN_HANDSHAKE_TIMEOUT);
         Arc::new(Handshakes {
             slots: Arc::new(Semaphore::new(max)),
             max,
@@ -227,6 +235,18 @@ mod tests {
         drop(mine);
         let _a = h.admit(A).expect("a share given back is taken again");
         assert!(h.lock().get(&B) == Some(&1) && h.lock().get(&A) == Some(&1));
+    }
+
+    #[test]
+    fn a_timeout_below_the_floor_is_taken_as_the_floor() {
+        let h = Handshakes::new(1, Duration::ZERO);
+        assert_eq!(
+            h.timeout(),
+            MIN_HANDSHAKE_TIMEOUT,
+            "a timeout of 0 would close every connection"
+        );
+        let h = Handshakes::new(1, Duration::from_secs(3));
+        assert_eq!(h.timeout(), Duration::from_secs(3));
     }
 
     #[test]

@@ -85,7 +85,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub use super::handshakes::DEFAULT_MAX_HANDSHAKES;
+pub use super::handshakes::{
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES, MIN_HANDSHAKE_TIMEOUT,
+};
 pub use super::peer_limits::{DEFAULT_MAX_PEER_CONNECTIONS, DEFAULT_PEER_CONNECTIONS_PER_NODE};
 pub use super::quic_tuning::DEFAULT_CLIENT_RECEIVE_WINDOW;
 pub(crate) use super::quic_tuning::{server_transport_config, transport_config};
@@ -219,9 +221,10 @@ pub struct QuicConfig {
     /// [`QuicTransport::refused_handshakes`] (see `transport::handshakes`).
     pub max_handshakes: usize,
     /// How long an inbound connection's handshake may take, from its first
-    /// packet to its hello answered (default 10 s): a dialer that has not
-    /// completed it by then, whether in TLS or in its hello (or opening no
-    /// stream at all), is closed.
+    /// packet to its hello answered (default [`DEFAULT_HANDSHAKE_TIMEOUT`],
+    /// 10 s; at least [`MIN_HANDSHAKE_TIMEOUT`], 1 s): a dialer that has
+    /// not completed it by then, whether in TLS or in its hello (or opening
+    /// no stream at all), is closed.
     pub handshake_timeout: Duration,
 }
 
@@ -289,7 +292,7 @@ impl QuicConfig {
             max_peer_connections_per_node: DEFAULT_PEER_CONNECTIONS_PER_NODE,
             max_peer_connections: DEFAULT_MAX_PEER_CONNECTIONS,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
-            handshake_timeout: HELLO_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
