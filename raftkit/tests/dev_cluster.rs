@@ -196,6 +196,23 @@ async fn an_admin_client_transfers_leadership_and_removes_a_member() -> Result<(
     // Writes go on with the two left.
     let kv = cluster.client();
     kv.put("after".into(), "removal".into()).await?;
+    // The removed node (still running) comes back as a learner only
+    // (`Client::add_learner`; only `admin(ClientRequest::AddLearner { .. })`
+    // before); a client certificate may not.
+    let refused = cluster.raw_client().add_learner(&gone_addr).await;
+    assert!(
+        matches!(refused, Err(raftkit::Error::Unauthorized(_))),
+        "{refused:?}"
+    );
+    admin.add_learner(&gone_addr).await?;
+    let back: Vec<_> = target
+        .status()
+        .members
+        .iter()
+        .map(|m| (m.id, m.voter))
+        .collect();
+    assert!(back.contains(&(gone, false)), "a learner again: {back:?}");
+    assert_eq!(back.len(), 3, "{back:?}");
     cluster.shutdown().await
 }
 

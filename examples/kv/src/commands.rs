@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use raftkit::client::wire::{ClientRequest, StatusReport};
+use raftkit::client::wire::StatusReport;
 use raftkit::client::{Client, ClientOptions};
 
 use crate::certs::{admin_identity, client_identity};
@@ -313,7 +313,7 @@ pub async fn remove_server(args: &ClusterArgs, addr: String) -> Result<(), Failu
     check_addr(&addr, "server")?;
     let (client, addrs) = admin(args, 10, "remove-server").await?;
     client
-        .admin(ClientRequest::RemoveServer { addr: addr.clone() })
+        .remove_server(&addr)
         .await
         .map_err(|e| Failure::cluster(&e, &addrs))?;
     println!("OK: kv@{addr} removed");
@@ -325,7 +325,7 @@ pub async fn transfer_leader(args: &ClusterArgs, addr: String) -> Result<(), Fai
     check_addr(&addr, "server")?;
     let (client, addrs) = admin(args, 10, "transfer-leader").await?;
     client
-        .admin(ClientRequest::TransferLeader { addr: addr.clone() })
+        .transfer_leader(&addr)
         .await
         .map_err(|e| Failure::cluster(&e, &addrs))?;
     println!("OK: kv@{addr} leads");

@@ -958,6 +958,22 @@ impl Client {
         Ok(crate::state_machine::decode("progress", &out)?)
     }
 
+    /// Adds the member at `addr` as a learner only (thesis §4.2.1): it
+    /// receives the log but does not vote, until [`Client::add_server`]
+    /// promotes it. Returns once a committed configuration has it. The
+    /// node at `addr` must be running,
+    /// started with neither `bootstrap` nor `join`. Needs an admin
+    /// certificate ([`Error::Unauthorized`] otherwise, nothing changed).
+    /// An error that [may have been applied](Error::applied) leaves the
+    /// learner possibly added: asking again for the same learner changes
+    /// nothing more.
+    pub async fn add_learner(&self, addr: &str) -> Result<(), Error> {
+        self.admin(ClientRequest::AddLearner {
+            addr: addr.to_string(),
+        })
+        .await
+    }
+
     /// Removes the member at `addr` (voter or learner; the leader too,
     /// which steps down once the new configuration commits, thesis
     /// §4.2.2); returns once a committed configuration is without it.
