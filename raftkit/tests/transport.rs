@@ -28,6 +28,18 @@ struct Logs(Arc<Mutex<Vec<String>>>);
 
 impl Logs {
     fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        // tracing caches each callsite's interest process-wide. While just
+        // one thread-local subscriber is registered, a callsite first hit
+        // on a thread without one (another test of this binary) takes the
+        // global default's interest: with none, "never", and this test's
+        // events there were lost (seen: "a warning says \"does not
+        // decode\"" failing when a test without capture hit the transport's
+        // warning first). A global subscriber that is interested
+        // "sometimes" keeps every callsite asking the thread's subscriber.
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let _ = tracing::subscriber::set_global_default(AskEachTime);
+        });
         let logs = Logs::default();
         let guard = tracing::subscriber::set_default(logs.clone());
         (logs, guard)
@@ -53,6 +65,30 @@ impl Logs {
         })
         .await
     }
+}
+
+/// The global subscriber of this test binary: records nothing, but never
+/// lets a callsite be cached as uninteresting (see [`Logs::capture`]).
+struct AskEachTime;
+
+impl tracing::Subscriber for AskEachTime {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 struct Render(String);
