@@ -2,12 +2,23 @@
 //! [`Event`]s — `(index, command, output)` — from a given log index,
 //! resumable from the last index seen.
 //!
-//! ```ignore
+//! ```no_run
+//! # use raftkit::prelude::*;
+//! # #[derive(StateMachine, Default, Serialize, Deserialize)]
+//! # struct Kv { map: std::collections::BTreeMap<String, String> }
+//! # #[raftkit::state_machine]
+//! # impl Kv {
+//! #     #[write]
+//! #     fn put(&mut self, k: String, v: String) -> Option<String> { self.map.insert(k, v) }
+//! # }
+//! # async fn watch_kv(kv: KvClient<raftkit::client::Client>, from: u64) -> Result<(), Error> {
 //! let mut watch = kv.watch(from).await?;        // KvClient::watch: a Watch<Kv>
 //! while let Some(event) = watch.next().await {
 //!     let event: KvEvent = event?;              // Event<Kv>
 //!     println!("{} {:?} -> {:?}", event.index, event.command, event.output);
 //! }
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # What is an event

@@ -15,10 +15,20 @@
 //! or generate one `#[test]` per check with
 //! [`log_store_conformance!`](crate::log_store_conformance):
 //!
-//! ```ignore
-//! raftkit::log_store_conformance!(MemLogStore::new);
-//! raftkit::log_store_conformance!(make_store, reopen = reopen_store);
 //! ```
+//! # mod in_memory {
+//! use raftkit::storage::MemLogStore;
+//! raftkit::log_store_conformance!(MemLogStore::new);
+//! # }
+//! # mod durable {
+//! # use raftkit::storage::MemLogStore;
+//! # fn make_store() -> MemLogStore { MemLogStore::new() }
+//! # fn reopen_store(store: MemLogStore) -> MemLogStore { store }
+//! raftkit::log_store_conformance!(make_store, reopen = reopen_store);
+//! # }
+//! ```
+//!
+//! (each in its own module: the macro names the modules it generates).
 //!
 //! Every check takes a fresh, empty store and panics with a message naming
 //! the broken rule. The checks pin down the contract documented on
