@@ -245,3 +245,76 @@ async fn an_edit_while_a_change_is_in_flight_is_refused() {
     );
     let _ = peer.shutdown().await;
 }
+
+/// Three voters at `addrs` on `net`, ticking every `tick`; returns them
+/// and the position of the one that leads.
+async fn three_voters(
+    net: &MemoryNetwork,
+    addrs: [&str; 3],
+    tick: Duration,
+) -> (Vec<Peer<Counter>>, usize) {
+    let mut peers = Vec::new();
+    for addr in addrs {
+        let net = net.clone();
+        peers.push(
+            Counter::peer()
+                .in_memory()
+                .listen(addr)
+                .bootstrap_members(addrs)
+                .tick(tick)
+                .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+                .start()
+                .await
+                .expect("peer starts"),
+        );
+    }
+    let l = until("a leader", || {
+        peers.iter().position(|p| p.status().role == Role::Leader)
+    })
+    .await;
+    (peers, l)
+}
+
+/// A membership change its leader proposed and then lost its leadership
+/// before it committed may still commit under a later leader (it is in
+/// that leader's log if a quorum holds it): the caller is answered
+/// `Ambiguous`, never the `NotLeader` the leader's status reads as, which
+/// says nothing was proposed (mutation testing, stop 49: with the mapping
+/// of `membership::proposed` removed, nothing failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_leader_stepped_down_before_it_committed_is_ambiguous() {
+    const ADDRS: [&str; 3] = ["members-s1:1", "members-s2:1", "members-s3:1"];
+    let net = MemoryNetwork::new(7);
+    // An election timeout of 1-2 s: the isolated leader steps down under
+    // CheckQuorum only after one, so it still leads when the change
+    // reaches it (as in `shutdown_tests`).
+    let (peers, l) = three_voters(&net, ADDRS, Duration::from_millis(100)).await;
+    peers[l]
+        .write(CounterWrite::Add { by: 1 })
+        .await
+        .expect("a write");
+    // Cut off, the leader logs the change and cannot commit it.
+    net.isolate(peers[l].id());
+    let added = tokio::time::timeout(
+        Duration::from_secs(30),
+        peers[l].add_learner("members-s4:1"),
+    )
+    .await
+    .expect("the change is answered");
+    assert!(
+        peers[l].status().role != Role::Leader,
+        "the isolated leader still leads"
+    );
+    match &added {
+        Err(e @ Error::Ambiguous(_)) => {
+            assert_eq!(e.applied(), crate::error::Applied::Maybe);
+        }
+        other => {
+            panic!("a change proposed by a leader that stepped down before it committed: {other:?}")
+        }
+    }
+    net.heal();
+    for p in &peers {
+        let _ = p.shutdown().await;
+    }
+}
