@@ -318,3 +318,57 @@ async fn a_change_whose_leader_stepped_down_before_it_committed_is_ambiguous() {
         let _ = p.shutdown().await;
     }
 }
+
+/// A leader that removes itself is answered only once the configuration
+/// without it commits (thesis §4.2.2), not when the joint configuration
+/// commits and the final one is only in its log (the final one does not
+/// include the leader, so the status shows it gone at once). The
+/// followers never receive the final configuration here, so the call
+/// cannot succeed (mutation testing, stop 49: with the commit check of
+/// `wait_removed_self` removed, nothing failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_removing_itself_is_not_answered_before_the_configuration_without_it_commits() {
+    use crate::core::{Body, Payload};
+    const ADDRS: [&str; 3] = ["members-r1:1", "members-r2:1", "members-r3:1"];
+    let net = MemoryNetwork::new(8);
+    let (peers, l) = three_voters(&net, ADDRS, Duration::from_millis(10)).await;
+    peers[l]
+        .write(CounterWrite::Add { by: 1 })
+        .await
+        .expect("a write");
+    let committed = peers[l].status().commit;
+    until("every voter holds the write", || {
+        peers
+            .iter()
+            .all(|p| p.status().commit >= committed)
+            .then_some(())
+    })
+    .await;
+    // From now on the final (not joint) configuration never reaches a
+    // follower: the joint one commits, the final one cannot.
+    net.observe(Arc::new(|_, m, _| {
+        !matches!(&m.body, Body::AppendEntries { entries, .. }
+            if entries.iter().any(|e| matches!(&e.payload, Payload::Config(c) if !c.is_joint())))
+    }));
+    let removed = tokio::time::timeout(Duration::from_secs(30), peers[l].remove_server(ADDRS[l]))
+        .await
+        .expect("the removal is answered");
+    let st = peers[l].status();
+    assert!(
+        !st.joint && st.config_index > st.commit,
+        "the test did not reach the final configuration uncommitted: commit {}, configuration index {}, joint {}",
+        st.commit,
+        st.config_index,
+        st.joint
+    );
+    match &removed {
+        Err(e) => assert_ne!(e.applied(), crate::error::Applied::No, "{e:?}"),
+        Ok(()) => panic!(
+            "the leader's removal of itself was answered Ok with the configuration without it uncommitted (commit {}, configuration index {}, joint {})",
+            st.commit, st.config_index, st.joint
+        ),
+    }
+    for p in &peers {
+        let _ = p.shutdown().await;
+    }
+}
