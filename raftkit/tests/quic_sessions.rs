@@ -400,3 +400,33 @@ async fn one_identity_opening_many_sessions_does_not_evict_anothers() {
     assert_eq!(alice.count().await.unwrap(), 1, "applied once");
     n.peer.shutdown().await.unwrap();
 }
+
+/// A stale read over the network reports how stale it may be: the member
+/// answers it with its staleness (`ClientResponse::Stale`), which the
+/// client keeps for `last_staleness` (and `Client::read_stale`). Mutation
+/// testing, stop 49: with the member answering a stale read as a plain
+/// `Ok`, nothing failed (the client then reports no staleness, and
+/// `read_stale` index 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_read_over_quic_reports_its_staleness() {
+    let node = Node::start(|b| b).await;
+    let c = node.client(ALICE, Duration::from_secs(10)).await;
+    for _ in 0..3 {
+        c.incr().await.expect("a write");
+    }
+    let applied = node.peer.status().applied;
+    let stale = c.with(raftkit::client::Consistency::Stale);
+    assert_eq!(stale.count().await.expect("a stale read"), 3);
+    let s = stale
+        .last_staleness()
+        .expect("a stale read over QUIC reports its staleness");
+    assert!(
+        s.applied >= applied && s.leader_commit >= s.applied,
+        "staleness {s:?} of a read after the writes applied through {applied}"
+    );
+    assert_eq!(
+        c.last_staleness(),
+        None,
+        "the staleness belongs to the view that read"
+    );
+}
