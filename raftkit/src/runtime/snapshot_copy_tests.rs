@@ -180,7 +180,16 @@ async fn writes_go_on_while_a_copy_of_the_state_is_serialized_for_a_snapshot() {
     for _ in 0..20 {
         n = add(&peer).await;
     }
-    let status = peer.status();
+    // The status once it shows every entry committed and applied: a write
+    // is answered by the apply thread, possibly before the node task
+    // publishes the commit that covers it, and a snapshot saved once the
+    // gate opens may cover the last write (the one held, then a newer one:
+    // every 5 entries).
+    let status = until("the status shows every write committed", || {
+        let s = peer.status();
+        (s.commit >= s.last_index && s.applied >= s.commit).then_some(s)
+    })
+    .await;
     assert_eq!(
         status.snapshot_index, 0,
         "a snapshot was saved while its serialization was held"
