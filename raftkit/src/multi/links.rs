@@ -30,10 +30,16 @@
 //!   dialer's schema there, where every data group's leader reads it;
 //! - the demultiplexer never waits for one group: a message for a full
 //!   inbox, or for a group this node does not host, is dropped and counted
-//!   (Raft tolerates lost messages); a slow group never stalls the others.
+//!   (Raft tolerates lost messages); a slow group never stalls the others;
+//! - every group message holds its charge to the node's one inbox budget
+//!   (`transport::inbox_bytes`) from the link that read it until the
+//!   group's node task takes it (or it is dropped), and the messages
+//!   waiting in one group's inbox hold at most the group share (half the
+//!   budget): one more is dropped and counted as for a full inbox, so a
+//!   slow group never holds the bytes the other groups' messages need.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -44,6 +50,7 @@ use tracing::trace;
 use super::GroupId;
 use crate::core::{Message, NodeId};
 use crate::transport::frame::PeerFrame;
+use crate::transport::inbox_bytes::{Charged, ChargedGroup, InboxCharge};
 use crate::transport::{GroupInbound, QuicTransport, Transport};
 
 /// How long a link to a node a group's configuration dropped is kept
@@ -52,11 +59,17 @@ use crate::transport::{GroupInbound, QuicTransport, Transport};
 /// it (see [`super::hosting`]).
 pub(crate) const LINGER: Duration = Duration::from_secs(10);
 
+/// A message that may start a replica of a group, with its charge to the
+/// node's inbox budget (none for one that did not come from a link).
+pub(crate) type Hosting = (GroupId, Message, Option<InboxCharge>);
+
 /// Where messages that may start a replica of a group go.
-pub(crate) type Hoster = mpsc::Sender<(GroupId, Message)>;
+pub(crate) type Hoster = mpsc::Sender<Hosting>;
 
 struct Hosted {
-    inbox: mpsc::Sender<Message>,
+    inbox: mpsc::Sender<Charged>,
+    /// The bytes of the inbox budget its waiting messages hold.
+    held: Arc<AtomicUsize>,
     peers: BTreeMap<NodeId, String>,
     /// A replica hosted on demand that knows no configuration yet: the
     /// node whose message started it, linked until the group lists peers.
@@ -72,6 +85,9 @@ pub(crate) struct Links {
     groups: Mutex<HashMap<GroupId, Hosted>>,
     /// Inbound messages dropped: unknown group or full inbox.
     dropped: AtomicU64,
+    /// The most bytes of the inbox budget one group's waiting messages
+    /// hold (`transport::inbox_bytes`).
+    group_share: usize,
     /// This node and where a leader's message for a group not hosted
     /// here goes ([`super::hosting`]).
     on_demand: Mutex<Option<(NodeId, Hoster)>>,
@@ -89,11 +105,14 @@ pub(crate) struct Links {
 const MAX_KNOWN: usize = 1024;
 
 impl Links {
-    pub(crate) fn new(quic: QuicTransport) -> Arc<Links> {
+    /// The links of `quic`; one group's waiting messages hold at most
+    /// `group_share` bytes of the inbox budget.
+    pub(crate) fn new(quic: QuicTransport, group_share: usize) -> Arc<Links> {
         Arc::new(Links {
             quic,
             groups: Mutex::new(HashMap::new()),
             dropped: AtomicU64::new(0),
+            group_share,
             on_demand: Mutex::new(None),
             askers: Mutex::new(Default::default()),
             known: Mutex::new(BTreeMap::new()),
@@ -105,11 +124,12 @@ impl Links {
     }
 
     /// Hosts `group`: its inbound messages go to `inbox`.
-    pub(crate) fn register(&self, group: GroupId, inbox: mpsc::Sender<Message>) {
+    pub(crate) fn register(&self, group: GroupId, inbox: mpsc::Sender<Charged>) {
         self.groups().insert(
             group,
             Hosted {
                 inbox,
+                held: Arc::new(AtomicUsize::new(0)),
                 peers: BTreeMap::new(),
                 joining: None,
                 departed: BTreeMap::new(),
@@ -187,14 +207,37 @@ impl Links {
         }
     }
 
-    /// Hands an inbound message to its group.
-    pub(crate) fn deliver(&self, group: GroupId, msg: Message) {
+    /// Hands an inbound message to its group, with its charge to the
+    /// inbox budget (none for one that did not come from a link: it is
+    /// charged nothing). Dropped (its charge given back) if the group's
+    /// inbox is full or its waiting messages hold the group share.
+    pub(crate) fn deliver(&self, group: GroupId, msg: Message, charge: Option<InboxCharge>) {
         let groups = self.groups();
         let delivered = match groups.get(&group) {
-            Some(h) => h.inbox.try_send(msg).is_ok(),
+            Some(h) => match charge {
+                Some(charge)
+                    if h.held
+                        .load(Ordering::Relaxed)
+                        .saturating_add(charge.bytes())
+                        > self.group_share =>
+                {
+                    trace!(
+                        group,
+                        held = h.held.load(Ordering::Relaxed),
+                        share = self.group_share,
+                        "the group's waiting messages hold its share of the inbox budget"
+                    );
+                    false
+                }
+                Some(mut charge) => {
+                    charge.count_in(h.held.clone());
+                    h.inbox.try_send((msg, charge)).is_ok()
+                }
+                None => h.inbox.try_send((msg, InboxCharge::none())).is_ok(),
+            },
             None => {
                 drop(groups);
-                self.offer_to_host(group, msg)
+                self.offer_to_host(group, msg, charge)
             }
         };
         if !delivered {
@@ -208,13 +251,13 @@ impl Links {
 
     /// Hands a message for a group not hosted here to the hoster, if it is
     /// one that may start a replica. Whether it was taken.
-    fn offer_to_host(&self, group: GroupId, msg: Message) -> bool {
+    fn offer_to_host(&self, group: GroupId, msg: Message, charge: Option<InboxCharge>) -> bool {
         let Ok(d) = self.on_demand.lock() else {
             return false;
         };
         match &*d {
             Some((me, tx)) if super::hosting::may_host(*me, &msg) => {
-                tx.try_send((group, msg)).is_ok()
+                tx.try_send((group, msg, charge)).is_ok()
             }
             _ => false,
         }
@@ -291,13 +334,13 @@ fn union(groups: &HashMap<GroupId, Hosted>) -> BTreeMap<NodeId, String> {
 /// (dropped if it is behind: the asker asks again).
 pub(crate) async fn demultiplex(
     links: Arc<Links>,
-    mut inbound: mpsc::Receiver<GroupInbound>,
+    mut inbound: mpsc::Receiver<ChargedGroup>,
     coalesced: mpsc::Sender<super::quiesce::Beat>,
     membership: mpsc::Sender<GroupInbound>,
 ) {
-    while let Some(item) = inbound.recv().await {
+    while let Some((item, charge)) = inbound.recv().await {
         match item {
-            GroupInbound::Msg { group, msg } => links.deliver(group, msg),
+            GroupInbound::Msg { group, msg } => links.deliver(group, msg, charge),
             query @ (GroupInbound::MemberQuery { .. } | GroupInbound::MemberAnswer { .. }) => {
                 // Never waits: the asker asks again.
                 if membership.try_send(query).is_err() {

@@ -286,7 +286,13 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         let listen_addr: SocketAddr = listen
             .parse()
             .map_err(|e| Error::Rejected(format!("listen address {listen}: {e}")))?;
+        // One inbox budget for all the node's groups: their messages hold
+        // their charge from the link to the group's node task
+        // (`transport::inbox_bytes`, `links`).
         let (group_tx, group_rx) = mpsc::channel(4096);
+        let inbox_bytes = crate::transport::inbox_bytes::InboxBytes::for_frames(
+            crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
+        );
         let (coalesced_tx, coalesced_rx) = mpsc::channel(64);
         // Client connections: served by `service` once the groups started.
         let (clients_tx, clients_rx) = mpsc::channel(64);
@@ -294,7 +300,6 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         let mut config = QuicConfig::new(listen_addr, &name, identity, S::SCHEMA_FINGERPRINT);
         config.advertise = Some(advertise.clone());
         config.queue_capacity = LINK_QUEUE;
-        config.group_inbox = Some(group_tx);
         (
             config.max_peer_connections_per_node,
             config.max_peer_connections,
@@ -314,8 +319,16 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         // previous endpoint while it drains: retry briefly (as a peer does).
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let (quic, local_addr) = loop {
-            match QuicTransport::start(config.clone(), mpsc::channel(1).0, Some(clients_tx.clone()))
-                .await
+            match QuicTransport::start_with(
+                config.clone(),
+                crate::transport::inbox_bytes::InboxTx::Plain(mpsc::channel(1).0),
+                Some(crate::transport::inbox_bytes::GroupTx::Charged(
+                    group_tx.clone(),
+                    inbox_bytes.clone(),
+                )),
+                Some(clients_tx.clone()),
+            )
+            .await
             {
                 Ok(ok) => break ok,
                 Err(crate::transport::quic::TransportError::Bind { source, .. })
@@ -330,7 +343,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 }
             }
         };
-        let links = Links::new(quic.clone());
+        let links = Links::new(quic.clone(), inbox_bytes.group_share());
         let (host_tx, host_rx) = mpsc::channel(64);
         links.host_on_demand(node_id(&name), host_tx);
         super::hosting::sweep(&*self.fs, &dir, &journal.groups());
@@ -977,7 +990,7 @@ impl<S: PeerExt> MultiNode<S> {
                     .min(crate::core::config::DEFAULT_MAX_SNAPSHOT_BYTES),
             )
             .threads(threads)
-            .transport(move |_id, inbox| {
+            .charged_transport(move |_id, inbox| {
                 links.register(group, inbox);
                 Arc::new(links.link(group))
             });
@@ -1174,14 +1187,16 @@ impl<S: PeerExt> MultiNode<S> {
 impl<S: PeerExt> MultiNode<S> {
     fn start_hosting(
         &self,
-        mut host_rx: mpsc::Receiver<(GroupId, crate::core::Message)>,
+        mut host_rx: mpsc::Receiver<super::links::Hosting>,
         replicas_every: Option<Duration>,
     ) {
         let weak = Arc::downgrade(&self.inner);
         let hoster = tokio::spawn(async move {
-            while let Some((group, msg)) = host_rx.recv().await {
+            while let Some((group, msg, charge)) = host_rx.recv().await {
                 let Some(inner) = weak.upgrade() else { return };
-                MultiNode { inner }.host_on_demand(group, msg).await;
+                MultiNode { inner }
+                    .host_on_demand_charged(group, msg, charge)
+                    .await;
             }
         });
         let weak = Arc::downgrade(&self.inner);
@@ -1259,7 +1274,19 @@ impl<S: PeerExt> MultiNode<S> {
 
     /// Starts an empty replica of `group` on a leader's message for it (if
     /// the policy allows), then hands it the message.
+    #[cfg(test)]
     async fn host_on_demand(&self, group: GroupId, msg: crate::core::Message) {
+        self.host_on_demand_charged(group, msg, None).await;
+    }
+
+    /// [`Self::host_on_demand`] for a message holding `charge` of the
+    /// node's inbox budget (given back if it is not delivered).
+    async fn host_on_demand_charged(
+        &self,
+        group: GroupId,
+        msg: crate::core::Message,
+        charge: Option<crate::transport::inbox_bytes::InboxCharge>,
+    ) {
         let inner = &self.inner;
         // Not while a retirement is under way: it took its replica out of
         // the table before its tombstone (and fence) is written.
@@ -1335,7 +1362,7 @@ impl<S: PeerExt> MultiNode<S> {
             }
         }
         drop(retiring);
-        inner.links.deliver(group, msg);
+        inner.links.deliver(group, msg, charge);
     }
 
     /// Retires every replica that a committed configuration removed, and

@@ -22,12 +22,33 @@ use crate::storage::WalOptions;
 use crate::storage::vfs::SharedFs;
 use crate::tls::Identity;
 use crate::transport::Transport;
+use crate::transport::inbox_bytes::{InboxBytes, InboxRx, InboxTx};
 use crate::transport::quic::{QuicConfig, QuicTransport};
+
+/// The most messages a node task's inbox holds (besides its bytes,
+/// `transport::inbox_bytes`).
+const INBOX_CAPACITY: usize = 4096;
 
 /// Makes a transport for a node, given its id and the channel inbound
 /// messages must go to.
 pub type TransportFactory =
     Box<dyn FnOnce(NodeId, mpsc::Sender<Message>) -> Arc<dyn Transport> + Send>;
+
+/// Makes a transport for a node whose inbound messages each hold their
+/// charge to a node-wide inbox budget (a multi-group node's groups,
+/// `transport::inbox_bytes`).
+pub(crate) type ChargedFactory = Box<
+    dyn FnOnce(NodeId, mpsc::Sender<crate::transport::inbox_bytes::Charged>) -> Arc<dyn Transport>
+        + Send,
+>;
+
+/// The transport a builder was given instead of its own QUIC one.
+enum MakeTransport {
+    /// [`PeerBuilder::transport`].
+    Plain(TransportFactory),
+    /// [`PeerBuilder::charged_transport`].
+    Charged(ChargedFactory),
+}
 
 /// Wraps the peer transport a builder made (see
 /// [`PeerBuilder::wrap_transport`]).
@@ -103,7 +124,7 @@ pub struct PeerBuilder<S> {
     snapshot_every: u64,
     snapshot_log_ratio: f64,
     max_snapshot_bytes: u64,
-    transport: Option<TransportFactory>,
+    transport: Option<MakeTransport>,
     wrap_transport: Option<TransportWrap>,
     identity: Option<Identity>,
     revocation_lists: Vec<Vec<u8>>,
@@ -717,13 +738,29 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// Uses a transport of the crate's (a multi-group node's group link)
+    /// whose inbound messages hold their charge to the node's inbox budget
+    /// (`transport::inbox_bytes`) until the node task takes them.
+    pub(crate) fn charged_transport(
+        mut self,
+        make: impl FnOnce(
+            NodeId,
+            mpsc::Sender<crate::transport::inbox_bytes::Charged>,
+        ) -> Arc<dyn Transport>
+        + Send
+        + 'static,
+    ) -> Self {
+        self.transport = Some(MakeTransport::Charged(Box::new(make)));
+        self
+    }
+
     /// Uses a custom transport (for example the in-process one of the
     /// transport module) instead of QUIC.
     pub fn transport(
         mut self,
         make: impl FnOnce(NodeId, mpsc::Sender<Message>) -> Arc<dyn Transport> + Send + 'static,
     ) -> Self {
-        self.transport = Some(Box::new(make));
+        self.transport = Some(MakeTransport::Plain(Box::new(make)));
         self
     }
 
@@ -963,13 +1000,25 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let raft = Raft::new(cfg, restored).map_err(|e| Error::Rejected(e.to_string()))?;
 
         // 5. Transport, tasks.
-        let (inbox_tx, inbox_rx) = mpsc::channel(4096);
+        // The node task's inbox: at most INBOX_CAPACITY messages, and
+        // those of the QUIC links (its own, or a multi-group node's) at
+        // most the node's inbox budget of bytes (`transport::inbox_bytes`).
         let (clients_tx, clients_rx) = mpsc::channel(64);
+        let inbox_rx: InboxRx;
         let mut local_addr = None;
         let mut on_stop: Option<super::node::StopHook> = None;
         let mut join_identity: Option<Identity> = None;
         let transport: Arc<dyn Transport> = match self.transport {
-            Some(make) => make(id, inbox_tx),
+            Some(MakeTransport::Plain(make)) => {
+                let (inbox_tx, rx) = mpsc::channel(INBOX_CAPACITY);
+                inbox_rx = InboxRx::Plain(rx);
+                make(id, inbox_tx)
+            }
+            Some(MakeTransport::Charged(make)) => {
+                let (inbox_tx, rx) = mpsc::channel(INBOX_CAPACITY);
+                inbox_rx = InboxRx::Charged(rx);
+                make(id, inbox_tx)
+            }
             None => {
                 let identity = match (&storage, self.identity.clone()) {
                     (StorageChoice::Disk(dir), Some(identity)) => {
@@ -1004,10 +1053,14 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 // A peer restarted at once may find its port still held by
                 // the previous endpoint while it drains: retry briefly.
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                let (inbox_tx, rx) = mpsc::channel(INBOX_CAPACITY);
+                inbox_rx = InboxRx::Charged(rx);
+                let budget = InboxBytes::for_frames(config.max_frame_bytes);
                 let (quic, bound) = loop {
-                    match QuicTransport::start(
+                    match QuicTransport::start_with(
                         config.clone(),
-                        inbox_tx.clone(),
+                        InboxTx::Charged(inbox_tx.clone(), budget.clone()),
+                        None,
                         Some(clients_tx.clone()),
                     )
                     .await

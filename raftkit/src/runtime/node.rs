@@ -231,7 +231,7 @@ pub struct NodeTask {
     /// [`NodeTask::want_apply_progress`]).
     pub(super) apply_status: ProgressRx,
     pub(super) snapshot_rx: mpsc::UnboundedReceiver<Result<Taken, String>>,
-    pub(super) inbox: mpsc::Receiver<Message>,
+    pub(super) inbox: crate::transport::inbox_bytes::InboxRx,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) status: watch::Sender<PeerStatus>,
     /// Set once, when storage fails ([`super::Peer::fault`]): a watcher of
@@ -526,7 +526,7 @@ impl NodeTask {
     /// Steps `first` (or the first queued peer message) and up to 256
     /// more queued ones.
     fn take_messages(&mut self, st: &mut State, first: Option<Message>) {
-        let mut next = first.or_else(|| self.inbox.try_recv().ok());
+        let mut next = first.or_else(|| self.inbox.try_recv());
         if next.is_none() {
             return;
         }
@@ -550,7 +550,7 @@ impl NodeTask {
             }
             if more > 0 {
                 more -= 1;
-                next = self.inbox.try_recv().ok();
+                next = self.inbox.try_recv();
             }
         }
         if from_leader {

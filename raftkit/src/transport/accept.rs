@@ -44,12 +44,13 @@ use super::frame::{FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, w
 use super::frame_reader::FrameReader;
 use super::handshakes::{HandshakeSlot, Handshakes};
 use super::hello_detail::{MAX_DETAIL_BYTES, read_hello, wants_detail, with_detail};
+use super::inbox_bytes::InboxTx;
 use super::peer_limits::PeerPlaces;
 use super::quic::{
     CLOSE_NO_SERVICE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_TOO_MANY_CONNECTIONS,
     GroupInbound, HELLO_TIMEOUT, LinkConfig, frame_kind,
 };
-use crate::core::{Message, NodeId};
+use crate::core::NodeId;
 use crate::identity::node_id;
 use crate::schema::SchemaBook;
 use crate::tls::{CLIENT_ALPN, CertRole, PEER_ALPN, Principal};
@@ -286,7 +287,7 @@ pub(super) struct AcceptLimits {
 pub(super) async fn accept_loop(
     endpoint: Endpoint,
     link: Arc<LinkConfig>,
-    inbox: mpsc::Sender<Message>,
+    inbox: InboxTx,
     clients: Option<mpsc::Sender<AcceptedClient>>,
     learned: mpsc::Sender<(NodeId, String)>,
     inbound: SharedInbound,
@@ -354,7 +355,9 @@ pub(super) async fn accept_loop(
 #[derive(Clone)]
 struct Served {
     link: Arc<LinkConfig>,
-    inbox: mpsc::Sender<Message>,
+    /// Where the link's messages go, charged to the node's inbox budget
+    /// or not (`inbox_bytes`).
+    inbox: InboxTx,
     learned: mpsc::Sender<(NodeId, String)>,
     inbound: SharedInbound,
     places: Arc<PeerPlaces>,
@@ -603,9 +606,11 @@ async fn serve_link(
     let mut wrong_from: u64 = 0;
     let mut unknown: u64 = 0;
     loop {
-        let frame = match frames.next(max).await {
-            Ok(body) => decode_peer_frame(&body),
-            Err(e) => Err(e),
+        // The body's size is what its message is charged to the node's
+        // inbox budget (`inbox_bytes`).
+        let (frame, body_len) = match frames.next(max).await {
+            Ok(body) => (decode_peer_frame(&body), body.len()),
+            Err(e) => (Err(e), 0),
         };
         match frame {
             Ok(PeerFrame::Msg(msg)) => {
@@ -626,7 +631,10 @@ async fn serve_link(
                     }
                     continue;
                 }
-                if served.inbox.send(msg).await.is_err() {
+                // Waits for room in the budget and the inbox: meanwhile
+                // this link reads nothing, and QUIC flow control stops
+                // its dialer.
+                if served.inbox.send(msg, body_len).await.is_err() {
                     debug!(node = link.node, "inbox closed; dropping the link");
                     conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
                     return;
@@ -644,7 +652,7 @@ async fn serve_link(
                 let Some(groups) = &link.group_inbox else {
                     continue;
                 };
-                if groups.send(GroupInbound::Msg { group, msg }).await.is_err() {
+                if groups.send_msg(group, msg, body_len).await.is_err() {
                     debug!(node = link.node, "group inbox closed; dropping the link");
                     conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
                     return;

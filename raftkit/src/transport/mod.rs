@@ -29,6 +29,7 @@ pub mod frame;
 pub(crate) mod frame_reader;
 mod handshakes;
 mod hello_detail;
+pub(crate) mod inbox_bytes;
 pub mod memory;
 mod out_queue;
 mod peer_limits;

@@ -111,6 +111,7 @@ use super::frame::{
 use super::handshakes::Handshakes;
 pub use super::hello_detail::MAX_DETAIL_BYTES;
 use super::hello_detail::fitted_hello;
+use super::inbox_bytes::{GroupTx, InboxTx};
 use super::out_queue::OutQueue;
 use super::peer_limits::{PeerConnectionLimits, PeerPlaces};
 use crate::core::{Message, NodeId};
@@ -415,7 +416,7 @@ pub(super) struct LinkConfig {
     pub(super) client: quinn::ClientConfig,
     pub(super) max_learned: usize,
     pub(super) learned_ttl: Duration,
-    pub(super) group_inbox: Option<mpsc::Sender<GroupInbound>>,
+    pub(super) group_inbox: Option<GroupTx>,
 }
 
 /// The state shared between `send` and one peer's task.
@@ -539,9 +540,25 @@ impl QuicTransport {
     ///
     /// The identity must be a `node` certificate issued to `config.name`
     /// (see [`crate::tls`]): other nodes refuse any other.
+    ///
+    /// The messages `inbox` holds are bounded by its capacity only: the
+    /// runtime's nodes bound theirs by bytes too (`transport::inbox_bytes`).
     pub async fn start(
         config: QuicConfig,
         inbox: mpsc::Sender<Message>,
+        clients: Option<mpsc::Sender<AcceptedClient>>,
+    ) -> Result<(QuicTransport, SocketAddr), TransportError> {
+        let groups = config.group_inbox.clone().map(GroupTx::Plain);
+        Self::start_with(config, InboxTx::Plain(inbox), groups, clients).await
+    }
+
+    /// [`QuicTransport::start`] with the inboxes of a node task (`inbox`)
+    /// or of a multi-group node's demultiplexer (`groups`, instead of
+    /// `config.group_inbox`), charged or not (`transport::inbox_bytes`).
+    pub(crate) async fn start_with(
+        config: QuicConfig,
+        inbox: InboxTx,
+        groups: Option<GroupTx>,
         clients: Option<mpsc::Sender<AcceptedClient>>,
     ) -> Result<(QuicTransport, SocketAddr), TransportError> {
         config.identity.check_node(&config.name)?;
@@ -579,7 +596,7 @@ impl QuicTransport {
             client,
             max_learned: config.max_learned_links,
             learned_ttl: config.learned_link_ttl,
-            group_inbox: config.group_inbox,
+            group_inbox: groups,
         });
         let runtime = tokio::runtime::Handle::current();
         let (learned_tx, learned_rx) = mpsc::channel::<(NodeId, String)>(64);

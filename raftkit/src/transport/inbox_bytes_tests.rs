@@ -1,0 +1,191 @@
+//! The node inbox's byte budget over real QUIC on loopback: a holder of a
+//! `node` certificate streams large AppendEntries at a node whose node
+//! task takes nothing for a while.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{Charged, InboxBytes, InboxTx};
+use crate::core::{Body, Entry, Message, Payload};
+use crate::identity::node_id;
+use crate::tls::{Identity, PEER_ALPN, dev_cluster};
+use crate::transport::frame::{PROTOCOL_VERSION, PeerFrame, encode_frame, read_frame};
+use crate::transport::quic::{QuicConfig, QuicTransport, quic_client_config};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const SCHEMA: u64 = 0x5eed_0000_0000_0042;
+/// The node's frame cap in these tests: its budget is a few of them.
+const FRAME: usize = 64 * 1024;
+/// Each hostile message carries this much (most of a frame).
+const PAYLOAD: usize = 60 * 1024;
+
+/// A node's transport and its node task's inbox, wired as the runtime
+/// wires a peer's (`PeerBuilder::start`).
+async fn node_inbox(
+    name: &str,
+    identity: Identity,
+) -> (
+    QuicTransport,
+    SocketAddr,
+    mpsc::Receiver<Charged>,
+    Arc<InboxBytes>,
+) {
+    let mut config = QuicConfig::new("127.0.0.1:0".parse().expect("addr"), name, identity, SCHEMA);
+    config.max_frame_bytes = FRAME;
+    let budget = InboxBytes::for_frames(config.max_frame_bytes);
+    let (tx, rx) = mpsc::channel(4096);
+    let (t, addr) =
+        QuicTransport::start_with(config, InboxTx::Charged(tx, budget.clone()), None, None)
+            .await
+            .expect("start transport");
+    (t, addr, rx, budget)
+}
+
+/// Dials `to` as `name` (its node certificate `cert`) and says hello;
+/// returns the link's stream once the hello is accepted.
+async fn hostile_link(
+    cert: &Identity,
+    name: &str,
+    to: SocketAddr,
+) -> (quinn::SendStream, quinn::Connection, quinn::Endpoint) {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let cfg = quic_client_config(cert, PEER_ALPN).expect("client config");
+    let conn = tokio::time::timeout(DEADLINE, async {
+        endpoint
+            .connect_with(cfg, to, "raftkit")
+            .expect("connect")
+            .await
+    })
+    .await
+    .expect("connects in time")
+    .expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+    let hello = PeerFrame::Hello {
+        from: node_id(name),
+        name: name.into(),
+        addr: "127.0.0.1:9".into(),
+        schema: SCHEMA,
+        version: PROTOCOL_VERSION,
+        schema_desc: None,
+    };
+    let mut buf = Vec::new();
+    encode_frame(&hello, FRAME, &mut buf).expect("encode");
+    send.write_all(&buf).await.expect("hello sent");
+    let answer = tokio::time::timeout(DEADLINE, read_frame::<PeerFrame, _>(&mut recv, FRAME))
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    assert_eq!(answer, PeerFrame::HelloOk);
+    (send, conn, endpoint)
+}
+
+/// An AppendEntries of `from` carrying one entry of [`PAYLOAD`] bytes at
+/// `index`.
+fn big_append(from: u64, to: u64, index: u64) -> Message {
+    Message {
+        from,
+        to,
+        term: 1,
+        body: Body::AppendEntries {
+            prev_index: index - 1,
+            prev_term: 1,
+            entries: vec![Entry {
+                term: 1,
+                index,
+                payload: Payload::Command(Bytes::from(vec![7u8; PAYLOAD])),
+            }],
+            commit: 0,
+        },
+    }
+}
+
+/// Found by review, stop 49: a node's inbox took up to 4096 messages
+/// whatever their size (a frame each, 16 MiB by default): one node
+/// certificate streaming large AppendEntries at a node whose node task is
+/// busy made it hold up to 64 GiB. The inbox is now bounded by bytes too:
+/// while the node task takes nothing, what waits in its inbox stays
+/// within the budget (a few frames), the hostile link is held back by
+/// flow control (its writes do not complete), and once the node task
+/// takes its messages every one arrives, in order: none was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_large_messages_waits_within_the_inbox_byte_budget() {
+    const MESSAGES: u64 = 96;
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let hostile = "t@h";
+    let cert = ca.issue_node(hostile, &[]).expect("cert");
+    let (t, addr, mut inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let (mut send, _conn, _endpoint) = hostile_link(&cert, hostile, addr).await;
+    let (from, to) = (node_id(hostile), node_id("t@a"));
+    let (written_tx, written) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        for index in 1..=MESSAGES {
+            buf.clear();
+            encode_frame(
+                &PeerFrame::Msg(big_append(from, to, index)),
+                FRAME,
+                &mut buf,
+            )
+            .expect("encode");
+            if send.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = written_tx.send(true);
+        // Keep the stream open: the link stays up while the test reads.
+        std::future::pending::<()>().await;
+    });
+    let limit = budget.limit();
+    let fits = (limit / PAYLOAD) as u64;
+    assert!(
+        (1..MESSAGES / 4).contains(&fits),
+        "budget {limit} fits {fits}"
+    );
+    // The node task takes nothing until the budget is spent (the next
+    // message cannot be charged) and the inbox holds what it allows, or,
+    // were the inbox unbounded by bytes, until the dialer wrote everything.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let charge = super::charge_for(PAYLOAD);
+    while !(*written.borrow() || (budget.held() + charge > limit && inbox.len() as u64 >= fits)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "neither the budget was spent nor everything written: {} messages waiting, {} bytes charged",
+            inbox.len(),
+            budget.held()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Then it takes them one by one; what waits never exceeds the budget.
+    let mut over = Vec::new();
+    for index in 1..=MESSAGES {
+        let waiting = inbox.len() * PAYLOAD;
+        if waiting > limit || budget.held() > limit {
+            over.push((index, inbox.len(), budget.held()));
+        }
+        let (msg, _charge) = tokio::time::timeout(DEADLINE, inbox.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {index} never arrived"))
+            .expect("inbox open");
+        match msg.body {
+            Body::AppendEntries { entries, .. } => {
+                assert_eq!(entries.first().map(|e| e.index), Some(index), "in order");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        over.is_empty(),
+        "the inbox held more than its budget of {limit} bytes ({fits} messages of {PAYLOAD}) \
+         {} times; first (message, waiting, charged): {:?}",
+        over.len(),
+        over.first()
+    );
+    // Every message taken, the charges are back.
+    assert_eq!(budget.held(), 0);
+    writer.abort();
+    t.shutdown().await;
+}
