@@ -1561,3 +1561,49 @@ async fn handshakes_past_the_bound_are_refused_and_silent_dialers_closed_in_time
     assert_eq!(a.recv().await, msg(&b, &a, 1));
     assert_eq!(a.t.refused_handshakes(), 1);
 }
+
+/// Found by review, stop 49: a peer connection could open as many streams
+/// as quinn's default allowed (100 at once) and each was served as a link
+/// of its own: a task, a frame buffer (up to a frame) and a stream window
+/// each, so one node certificate made a node hold about a hundred times
+/// what its link needs, per connection. A node opens one stream per
+/// connection; a dialer that opens another is closed at once
+/// (CLOSE_PROTOCOL), whatever the streams send (here valid hellos, then a
+/// frame header announcing a large frame and no more).
+#[tokio::test]
+async fn a_peer_connection_opening_more_streams_than_its_link_is_closed() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let mut a = Node::start("t@a", ids[0].clone(), SCHEMA).await;
+    let name = "t@h";
+    let cert = ca.issue_node(name, &[]).expect("cert");
+    let link = raw_link(&cert, a.addr, hello_as(name, node_id(name)), &[])
+        .await
+        .expect("a link");
+    assert_eq!(link.answer, PeerFrame::HelloOk);
+    let mut opened = Vec::new();
+    for _ in 0..20 {
+        let Ok((mut send, recv)) = link.conn.open_bi().await else {
+            break;
+        };
+        let mut buf = Vec::new();
+        encode_frame(&hello_as(name, node_id(name)), 1 << 20, &mut buf).expect("encode");
+        // A frame header announcing 1 MiB, and nothing more.
+        buf.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        if send.write_all(&buf).await.is_err() {
+            break;
+        }
+        opened.push((send, recv));
+    }
+    let closed = closed_after("a second stream on a peer connection", &link.conn, 1).await;
+    assert!(
+        closed.is_ok(),
+        "{closed:?} ({} streams opened)",
+        opened.len()
+    );
+    // The node keeps serving: the certificate's node links again.
+    let n = Node::start(name, cert, SCHEMA).await;
+    n.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    n.t.send(msg(&n, &a, 1));
+    assert_eq!(a.recv().await, msg(&n, &a, 1));
+    n.t.shutdown().await;
+}

@@ -25,7 +25,9 @@
 //! after the link was up, the node stopping), its connection is closed
 //! with an application close code, so that the connection's place among
 //! the node's peer connections (`peer_limits`) is given back at once,
-//! never left to a dialer that keeps it alive with keep-alives.
+//! never left to a dialer that keeps it alive with keep-alives. A dialer
+//! that opens a second stream on it is closed too (`CLOSE_PROTOCOL`): each
+//! stream served would hold a task, a frame buffer and a stream window.
 //!
 //! Split from `quic` (the endpoint, the outbound links, the transport
 //! itself) to keep each file about one side of a link.
@@ -507,11 +509,16 @@ async fn serve_peer(
     loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
-                Ok(stream) => {
-                    // Another stream (a node opens one per connection):
-                    // its hello in as long, without a slot of its own.
-                    let deadline = tokio::time::Instant::now() + served.handshake_timeout;
-                    streams.spawn(serve_link(conn.clone(), remote, principal.clone(), served.clone(), stream, (deadline, None)));
+                Ok(_) => {
+                    // Another stream: a node opens one per connection,
+                    // its link's. Served, each would hold a task, a frame
+                    // buffer and a stream window (up to the streams the
+                    // handshake allowed, `quic_tuning`): the connection
+                    // is closed, its link with it (the dialer redials).
+                    warn!(node = served.link.node, %remote, peer = %principal.name,
+                        "peer opened a second stream on its link's connection; closing the connection");
+                    conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"one stream per peer connection");
+                    return;
                 }
                 Err(e) => {
                     debug!(node = served.link.node, %remote, reason = %e, "inbound peer connection closed");

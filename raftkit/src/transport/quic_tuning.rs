@@ -25,7 +25,11 @@
 //! certificate is checked) then raises its connection window back to
 //! quinn's unbounded default, leaving Raft traffic and snapshots with the
 //! windows they had: a peer link is one stream, bounded by its stream
-//! window. The connection window only raises (a MAX_DATA frame), so the
+//! window. A peer connection may open one stream, its link's
+//! ([`PEER_LINK_STREAMS`]): one that opens another is closed
+//! (`transport::accept`), so a `node` certificate cannot make a node hold
+//! a task, a frame buffer and a stream window per stream for up to
+//! [`MAX_INBOUND_STREAMS`] streams per connection. The connection window only raises (a MAX_DATA frame), so the
 //! peer's first bytes (its hello) arrive under the client window, far
 //! larger than a hello.
 //!
@@ -117,10 +121,20 @@ pub(crate) fn server_transport_config(
     Arc::new(t)
 }
 
+/// The most bidirectional streams a dialer may have open at once on a
+/// peer connection: a node opens one per connection, its link's
+/// (`transport::quic`).
+pub(crate) const PEER_LINK_STREAMS: u32 = 1;
+
 /// Gives an inbound peer link (its `node` certificate checked) quinn's
-/// unbounded connection window back (module doc).
+/// unbounded connection window back, and lowers the streams it may open
+/// to [`PEER_LINK_STREAMS`] (module doc). The credit for
+/// [`MAX_INBOUND_STREAMS`] streams sent in the handshake cannot be taken
+/// back (RFC 9000 §4.6): no more is given, and the accept side closes a
+/// connection that opens a stream beyond its link's (`transport::accept`).
 pub(crate) fn open_peer_window(conn: &quinn::Connection) {
     conn.set_receive_window(VarInt::MAX);
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(PEER_LINK_STREAMS));
 }
 
 fn base_config(keep_alive: Duration, idle: Duration) -> quinn::TransportConfig {
