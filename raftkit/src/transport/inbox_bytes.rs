@@ -12,8 +12,9 @@
 //!   started by the runtime: a peer, or a multi-group node for all its
 //!   groups), of [`INBOX_FRAMES`] (4) times the frame cap by default, 64
 //!   MiB, shared by all the links of all its peers;
-//! - every message a link reads is charged what it takes ([`charge_for`]:
-//!   its frame's body and [`MESSAGE_OVERHEAD`]) before it is handed on, and
+//! - every message a link reads is charged what it takes ([`charge_of`]:
+//!   its frame's body, [`MESSAGE_OVERHEAD`] and an [`Entry`] per entry it
+//!   decoded into) before it is handed on, and
 //!   the charge ([`InboxCharge`]) travels with the message through the
 //!   channels ([`Charged`]) until a node task takes it out of its inbox,
 //!   or it is dropped (a full group inbox, a stopped node, a group not
@@ -46,7 +47,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::quic::GroupInbound;
-use crate::core::Message;
+use crate::core::{Body, Entry, Message};
 
 /// The default inbox budget, in frames of the node's frame cap: a few of
 /// the largest messages, so that one always fits and a burst of them
@@ -86,9 +87,23 @@ pub(crate) type Charged = (Message, InboxCharge);
 /// message does; the others are small and carry none).
 pub(crate) type ChargedGroup = (GroupInbound, Option<InboxCharge>);
 
-/// What a message of `body` bytes (its frame body) is charged.
+/// What a message of `body` bytes (its frame body) is charged at least.
 pub(crate) fn charge_for(body: usize) -> usize {
     body.saturating_add(MESSAGE_OVERHEAD)
+}
+
+/// What `msg`, decoded from a frame body of `body` bytes, is charged: the
+/// body and [`MESSAGE_OVERHEAD`], and for each entry it carries the
+/// [`Entry`] it decodes into. Entries are what a small frame can expand
+/// into when decoded (a 3-byte no-op takes ~120 bytes, `append_decode`):
+/// charged by the body alone, a frame of tiny entries held ~40 times its
+/// charge (found by review, stop 49).
+pub(crate) fn charge_of(msg: &Message, body: usize) -> usize {
+    let entries = match &msg.body {
+        Body::AppendEntries { entries, .. } => entries.len(),
+        _ => 0,
+    };
+    charge_for(body).saturating_add(entries.saturating_mul(std::mem::size_of::<Entry>()))
 }
 
 impl InboxBytes {
@@ -128,11 +143,12 @@ impl InboxBytes {
         self.limit / 2
     }
 
-    /// Charges a message of `body` bytes once the budget has them (at most
-    /// the whole budget: the largest message fits once the others are
-    /// taken). Waits in turn with the other links (the semaphore is fair).
-    pub(crate) async fn charge(&self, body: usize) -> InboxCharge {
-        let bytes = charge_for(body).min(self.limit);
+    /// Charges `msg`, decoded from `body` bytes ([`charge_of`]), once the
+    /// budget has them (at most the whole budget: the largest message fits
+    /// once the others are taken). Waits in turn with the other links (the
+    /// semaphore is fair).
+    pub(crate) async fn charge(&self, msg: &Message, body: usize) -> InboxCharge {
+        let bytes = charge_of(msg, body).min(self.limit);
         let n = u32::try_from(bytes).unwrap_or(u32::MAX);
         // The semaphore is never closed, so this always holds a permit.
         let permit = Arc::clone(&self.bytes).acquire_many_owned(n).await.ok();
@@ -194,7 +210,7 @@ impl InboxTx {
         match self {
             InboxTx::Plain(tx) => tx.send(msg).await.map_err(|_| ()),
             InboxTx::Charged(tx, budget) => {
-                let charge = budget.charge(body).await;
+                let charge = budget.charge(&msg, body).await;
                 tx.send((msg, charge)).await.map_err(|_| ())
             }
         }
@@ -216,11 +232,14 @@ impl GroupTx {
     /// the budget and the channel have room. `Err` if the receiver is
     /// gone.
     pub(crate) async fn send_msg(&self, group: u64, msg: Message, body: usize) -> Result<(), ()> {
-        let item = GroupInbound::Msg { group, msg };
         match self {
-            GroupTx::Plain(tx) => tx.send(item).await.map_err(|_| ()),
+            GroupTx::Plain(tx) => tx
+                .send(GroupInbound::Msg { group, msg })
+                .await
+                .map_err(|_| ()),
             GroupTx::Charged(tx, budget) => {
-                let charge = budget.charge(body).await;
+                let charge = budget.charge(&msg, body).await;
+                let item = GroupInbound::Msg { group, msg };
                 tx.send((item, Some(charge))).await.map_err(|_| ())
             }
         }

@@ -149,7 +149,7 @@ async fn a_peer_flooding_large_messages_waits_within_the_inbox_byte_budget() {
     // message cannot be charged) and the inbox holds what it allows, or,
     // were the inbox unbounded by bytes, until the dialer wrote everything.
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    let charge = super::charge_for(PAYLOAD);
+    let charge = super::charge_of(&big_append(from, to, 1), PAYLOAD);
     while !(*written.borrow() || (budget.held() + charge > limit && inbox.len() as u64 >= fits)) {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -188,4 +188,52 @@ async fn a_peer_flooding_large_messages_waits_within_the_inbox_byte_budget() {
     assert_eq!(budget.held(), 0);
     writer.abort();
     t.shutdown().await;
+}
+
+/// Found by review, stop 49: a message was charged its frame body (and a
+/// fixed overhead) only, but a frame of tiny entries decodes into far more
+/// (an `Entry` each): 10,000 one-byte commands were charged 60,143 bytes
+/// while holding 1.2 MB of `Entry`s decoded. The charge now counts each entry.
+#[test]
+fn a_frame_of_tiny_entries_is_charged_what_its_entries_take_decoded() {
+    const N: u64 = 10_000;
+    let entries: Vec<Entry> = (1..=N)
+        .map(|index| Entry {
+            term: 1,
+            index,
+            payload: Payload::Command(Bytes::from_static(b"x")),
+        })
+        .collect();
+    let msg = Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: Body::AppendEntries {
+            prev_index: 0,
+            prev_term: 1,
+            entries,
+            commit: 0,
+        },
+    };
+    let mut buf = Vec::new();
+    encode_frame(&PeerFrame::Msg(msg.clone()), FRAME, &mut buf).expect("encode");
+    let body = buf.len();
+    let decoded = usize::try_from(N).expect("fits") * std::mem::size_of::<Entry>();
+    let charged = super::charge_of(&msg, body);
+    assert!(
+        charged >= decoded,
+        "{N} one-byte entries ({body} bytes encoded) charged {charged} bytes, \
+         but they take at least {decoded} decoded"
+    );
+    // A message without entries is charged its body and the overhead.
+    let vote = Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: Body::Heartbeat {
+            commit: 0,
+            round: 0,
+        },
+    };
+    assert_eq!(super::charge_of(&vote, 40), super::charge_for(40));
 }
