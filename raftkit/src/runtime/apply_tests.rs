@@ -1087,3 +1087,142 @@ fn a_panicking_read_handler_says_nothing_was_applied() {
         assert!(!e.is_retryable(), "{e:?}");
     });
 }
+
+/// A registration as the node task sends it.
+type Registered = (Index, Term, Reply);
+/// Where a proposal's answer comes.
+type Answer = oneshot::Receiver<Result<Vec<u8>, Error>>;
+
+/// The node task's end ([`apply::ApplyTx`]) of an apply thread (a task of
+/// the current-thread runtime) on shared state: small batches may be
+/// applied by the sender itself (`apply::inline`).
+struct Shared {
+    tx: apply::ApplyTx,
+    shared: Arc<apply::Shared<Tally>>,
+}
+
+impl Shared {
+    fn start() -> Shared {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (snap_tx, _snapshots) = mpsc::unbounded_channel();
+        let (status_tx, _status) =
+            apply::status_channel(ApplyStatus::of(0, &None, &Sessions::default()));
+        let shared = Arc::new(apply::Shared::new(
+            Tally::default(),
+            Sessions::default(),
+            0,
+            status_tx,
+            Journal::new(0, 1 << 20),
+        ));
+        tokio::spawn(apply::run_shared(Arc::clone(&shared), rx, snap_tx));
+        Shared {
+            tx: apply::ApplyTx::new(tx, shared.clone()),
+            shared,
+        }
+    }
+
+    /// A proposal at (index, 1) and where its answer comes.
+    fn proposal(index: Index) -> (Registered, Answer) {
+        let (tx, rx) = oneshot::channel();
+        ((index, 1, Reply::new(tx, None)), rx)
+    }
+}
+
+#[test]
+fn a_lone_small_batch_is_applied_by_the_sender_while_the_thread_is_idle() {
+    runtime().block_on(async {
+        // Paused: the cost measure reads 0, whatever the machine.
+        tokio::time::pause();
+        let s = Shared::start();
+        // The first batch goes to the thread: nothing measured yet.
+        let (p, first) = Shared::proposal(1);
+        assert!(!s.tx.entries(vec![p], vec![add(1, 1)]));
+        assert_eq!(output(within(first, "entry 1").await.expect("answered")), 1);
+        // The thread is idle and handlers are quick: the next one is
+        // applied and answered before the thread task runs again.
+        let (p, mut second) = Shared::proposal(2);
+        let inline = s.tx.entries(vec![p], vec![add(2, 10)]);
+        let answer = second.try_recv();
+        assert!(
+            inline && answer.is_ok(),
+            "a lone small batch was handed to the idle thread (inline: {inline}, answered: {answer:?})"
+        );
+        assert_eq!(output(answer.expect("answered")), 11);
+    });
+}
+
+#[test]
+fn a_batch_is_not_applied_by_the_sender_before_what_it_queued_for_the_thread() {
+    runtime().block_on(async {
+        // Paused: the cost measure reads 0, whatever the machine.
+        tokio::time::pause();
+        let s = Shared::start();
+        let (p, first) = Shared::proposal(1);
+        s.tx.entries(vec![p], vec![add(1, 1)]);
+        within(first, "entry 1")
+            .await
+            .expect("answered")
+            .expect("applied");
+        // A registration queued for the thread (not handled yet), then the
+        // batch it waits on: applied here first, the entry would be behind
+        // the registration, which would then wait for ever.
+        let (p, registered) = Shared::proposal(2);
+        assert!(s.tx.send(ApplyMsg::Register(vec![p])));
+        let inline = s.tx.entries(Vec::new(), vec![add(2, 10)]);
+        assert!(!inline, "applied by the sender with a message queued");
+        let answer = within(registered, "entry 2's proposal").await;
+        assert_eq!(output(answer.expect("answered")), 11);
+        // Handled: the sender may apply again.
+        let (p, third) = Shared::proposal(3);
+        assert!(s.tx.entries(vec![p], vec![add(3, 100)]));
+        assert_eq!(
+            output(within(third, "entry 3").await.expect("answered")),
+            111
+        );
+    });
+}
+
+#[test]
+fn a_slow_or_large_batch_goes_to_the_thread() {
+    runtime().block_on(async {
+        let s = Shared::start();
+        let (p, first) = Shared::proposal(1);
+        s.tx.entries(vec![p], vec![add(1, 1)]);
+        within(first, "entry 1")
+            .await
+            .expect("answered")
+            .expect("applied");
+        // More entries than a batch applied inline may hold.
+        let many: Vec<Entry> = (2..=2 + apply::INLINE_MAX_ENTRIES as Index)
+            .map(|i| add(i, 1))
+            .collect();
+        assert!(!s.tx.entries(Vec::new(), many));
+        within(s.value_of(), "the large batch").await;
+        // The last batch cost 1 ms per entry: the next goes to the thread.
+        let started = tokio::time::Instant::now() - std::time::Duration::from_millis(1);
+        s.shared.took(started, 1);
+        let next = 3 + apply::INLINE_MAX_ENTRIES as Index;
+        let (p, answer) = Shared::proposal(next);
+        assert!(!s.tx.entries(vec![p], vec![add(next, 1)]));
+        within(answer, "the batch after a slow one")
+            .await
+            .expect("answered")
+            .expect("applied");
+    });
+}
+
+impl Shared {
+    /// The state after everything sent so far was handled.
+    async fn value_of(&self) -> u64 {
+        let (tx, rx) = oneshot::channel();
+        assert!(self.tx.send(ApplyMsg::Read {
+            index: 0,
+            query: encode("query", &TallyRead::Get).expect("encodes"),
+            reply: Reply::new(tx, None),
+        }));
+        let bytes = rx.await.expect("answered").expect("read served");
+        match decode::<TallyReadOutput>("output", &bytes).expect("decodes") {
+            TallyReadOutput::Get(n) => n,
+        }
+    }
+}

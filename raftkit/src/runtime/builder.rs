@@ -141,6 +141,7 @@ pub struct PeerBuilder<S> {
     max_sessions: u64,
     wall_clock: Option<WallClock>,
     threads: super::threads::Threads,
+    apply_inline: bool,
     seed: Option<u64>,
     session_ids: Option<super::session::SessionIdSource>,
     watch_journal_bytes: usize,
@@ -228,6 +229,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             max_sessions: DEFAULT_MAX_SESSIONS,
             wall_clock: None,
             threads: super::threads::Threads::default(),
+            apply_inline: false,
             seed: None,
             session_ids: None,
             watch_journal_bytes: super::watch::DEFAULT_WATCH_JOURNAL_BYTES,
@@ -434,6 +436,20 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         if let super::threads::Threads::Os { batch } = &mut self.threads {
             *batch = on;
         }
+        self
+    }
+
+    /// Whether the node task may apply a small batch of committed entries
+    /// itself while the apply thread is idle (default: no). It saves two
+    /// thread wake-ups on a lone write's path (measured with three `kv
+    /// serve` on 2 cores, one client: 21.1 -> 17.3 context switches per
+    /// write across the cluster, p50 about 15 us lower). Only for state
+    /// machines whose handlers are quick and never block: a batch is
+    /// applied there only when the last one cost under 50 us for as many
+    /// entries, but a handler that turns slow without warning stalls the
+    /// node's I/O for that one batch (see `apply::inline`).
+    pub fn apply_small_batches_inline(mut self, on: bool) -> Self {
+        self.apply_inline = on;
         self
     }
 
@@ -1117,17 +1133,21 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             self.watch_journal_bytes,
             self.watches_per_certificate,
         );
+        let shared = Arc::new(apply::Shared::new(
+            sm,
+            sessions,
+            applied,
+            apply_status_tx,
+            journal.clone(),
+        ));
+        let apply_tx = if self.apply_inline {
+            apply::ApplyTx::new(apply_tx, shared.clone())
+        } else {
+            apply::ApplyTx::thread_only(apply_tx)
+        };
         self.threads.spawn(
             "raftkit-apply",
-            apply::run(
-                sm,
-                sessions,
-                applied,
-                apply_rx,
-                snap_tx,
-                apply_status_tx,
-                journal.clone(),
-            ),
+            apply::run_shared(shared, apply_rx, snap_tx),
         )?;
         let admission = Arc::new(Admission::new(
             self.max_in_flight.0,

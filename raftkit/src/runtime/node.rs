@@ -226,7 +226,7 @@ pub struct NodeTask {
     pub(super) transport: Arc<dyn Transport>,
     pub(super) persister: Option<Persister>,
     pub(super) saver: Option<SnapshotSaver>,
-    pub(super) apply_tx: mpsc::UnboundedSender<ApplyMsg>,
+    pub(super) apply_tx: super::apply::ApplyTx,
     /// The apply thread's status; it wakes this task only when asked (see
     /// [`NodeTask::want_apply_progress`]).
     pub(super) apply_status: ProgressRx,
@@ -1004,11 +1004,11 @@ impl NodeTask {
                     "F.apply_q"
                 });
                 // The proposals registered since the last batch travel with
-                // it: one message, one wake-up of the apply thread.
-                let _ = self.apply_tx.send(ApplyMsg::Entries {
-                    register: std::mem::take(&mut st.registers),
-                    entries: rd.committed_entries,
-                });
+                // it: one message, one wake-up of the apply thread; or none,
+                // when the batch is small and the thread idle (applied here,
+                // see `apply::inline`).
+                self.apply_tx
+                    .entries(std::mem::take(&mut st.registers), rd.committed_entries);
             }
             for r in rd.reads {
                 let Some((query, reply, arrived)) = st.reads.remove(&r.ctx) else {

@@ -9,7 +9,8 @@
 //!   log writer and never in front of it;
 //! - `raftkit-apply`: the user's state machine (handlers, serialization and
 //!   restoration of snapshots), so that a slow or blocking handler never
-//!   stalls a tokio worker.
+//!   stalls a tokio worker (a lone small batch of handlers measured quick
+//!   is applied by the node task while this worker is idle: `apply::inline`).
 //!
 //! Each worker's body is one `async` loop over tokio channels: the same code
 //! runs in production on an operating-system thread of its own (driven by
