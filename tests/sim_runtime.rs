@@ -181,6 +181,7 @@ fn bank_seeds_pass() {
         summary.seeds.len()
     );
     assert!(short > 0, "no seed ran with a short session time-to-live");
+    both_apply_paths_ran(&summary);
     assert!(sessions.expired > 0, "no session expired: {sessions:?}");
     assert!(
         sessions.expired_errors > 0,
@@ -190,6 +191,34 @@ fn bank_seeds_pass() {
         sessions.unknown_by_expiry > 0,
         "no write's outcome became unknown through expiry: {sessions:?}"
     );
+}
+
+/// Both apply paths ran: the seeds whose peers apply a lone small batch
+/// on the node task (`PeerBuilder::apply_small_batches_inline`, half of
+/// them) did apply writes there, and the others never did.
+fn both_apply_paths_ran(summary: &raftkit::sim::runtime::Summary) {
+    let (inline, thread): (Vec<_>, Vec<_>) = summary.seeds.iter().partition(|s| s.apply_inline);
+    let on_node: u64 = inline.iter().map(|s| s.inline_applies).sum();
+    let leaked: u64 = thread.iter().map(|s| s.inline_applies).sum();
+    eprintln!(
+        "{} seeds apply small batches on the node task ({on_node} writes applied there), {} on the apply worker only",
+        inline.len(),
+        thread.len()
+    );
+    assert_eq!(
+        leaked, 0,
+        "writes applied on the node task without the opt-in"
+    );
+    if std::env::var_os("RAFTKIT_SIM_APPLY_INLINE").is_some() {
+        return;
+    }
+    assert!(
+        !inline.is_empty() && !thread.is_empty(),
+        "one apply path was not run: {} seeds inline, {} not",
+        inline.len(),
+        thread.len()
+    );
+    assert!(on_node > 0, "no write was applied on a node task");
 }
 
 /// The first failing seed of `sim` within the CI budget.
@@ -359,6 +388,7 @@ const GROUP_SEEDS: u64 = 40;
 #[test]
 fn bank_groups_seeds_pass() {
     let summary = bank_groups().seeds(0..GROUP_SEEDS).run();
+    both_apply_paths_ran(&summary);
     let (mut transfers, mut started, mut moved, mut stale, mut crashes) = (0, 0, 0, 0, 0);
     let mut back = 0;
     for s in &summary.seeds {

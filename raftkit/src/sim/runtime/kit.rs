@@ -158,6 +158,13 @@ pub struct SeedReport {
     /// The session time-to-live the peers ran with (short in about a third
     /// of the seeds, else the default hour).
     pub session_ttl: Duration,
+    /// Whether the peers applied a lone small batch on the node task
+    /// instead of the apply worker (`PeerBuilder::apply_small_batches_inline`,
+    /// half of the seeds, or `RAFTKIT_SIM_APPLY_INLINE=0|1`).
+    pub apply_inline: bool,
+    /// Writes applied on a node task rather than its apply worker (0
+    /// unless `apply_inline`).
+    pub inline_applies: u64,
     /// Session expiry: what the cluster and the clients saw.
     pub sessions: SessionCounts,
     /// Virtual time the run covered.
@@ -393,6 +400,18 @@ impl<S: StateMachine + Default> Simulation<S> {
     }
 }
 
+/// Whether the peers of `seed` opt in to applying a lone small batch on
+/// the node task (`PeerBuilder::apply_small_batches_inline`): half of the
+/// seeds, drawn apart from the run's other draws, so that both the
+/// default path (every batch on the apply worker) and the inline one are
+/// covered. `RAFTKIT_SIM_APPLY_INLINE=0|1` sets it for every seed.
+fn apply_inline(seed: u64) -> bool {
+    match env_u64("RAFTKIT_SIM_APPLY_INLINE") {
+        Some(v) => v != 0,
+        None => StdRng::seed_from_u64(seed ^ 0x1a11_e0b5_a7c4_e5d1).random_bool(0.5),
+    }
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
@@ -486,6 +505,9 @@ pub(crate) struct World<S: StateMachine> {
     crashes: Mutex<u64>,
     /// The peers' session time-to-live.
     session_ttl: Duration,
+    /// Whether the peers apply a lone small batch on the node task
+    /// (`PeerBuilder::apply_small_batches_inline`): half of the seeds.
+    apply_inline: bool,
     sessions: Mutex<SessionCounts>,
     pub(crate) membership: Mutex<MembershipCounts>,
     /// The inboxes of the replicas, for the group mix-up tooth.
@@ -870,7 +892,20 @@ impl<S: StateMachine + Default> World<S> {
                 b
             }
         };
-        builder.start().await
+        // The probe made by the start reports to this replica wherever it
+        // applies (see `ProbeCtx`).
+        let report = ProbeCtx {
+            node: id,
+            applies: self.groups[g].applies.clone(),
+        };
+        PROBE
+            .scope(
+                report,
+                builder
+                    .apply_small_batches_inline(self.apply_inline)
+                    .start(),
+            )
+            .await
     }
 
     /// Stops node `i`'s replica of `group` (moved away): the replica's
@@ -1198,6 +1233,7 @@ async fn run_one<S: StateMachine + Default>(
     let short_ttl = ttl_rng
         .random_ratio(1, SHORT_TTL_ONE_IN as u32)
         .then(|| Duration::from_millis(ttl_rng.random_range(SHORT_TTL_MS)));
+    let apply_inline = apply_inline(seed);
     let world = Arc::new(World::<S> {
         seed,
         start,
@@ -1215,12 +1251,16 @@ async fn run_one<S: StateMachine + Default>(
         session_ttl: short_ttl.unwrap_or(Duration::from_millis(
             crate::runtime::session::SESSION_TTL_MS,
         )),
+        apply_inline,
         sessions: Mutex::default(),
         membership: Mutex::default(),
         inboxes: Arc::default(),
     });
     if let Some(ttl) = short_ttl {
         world.event(format_args!("session time-to-live {ttl:?}"));
+    }
+    if apply_inline {
+        world.event(format_args!("small batches applied on the node task"));
     }
     let failure = |world: &World<S>, property: &'static str, detail: String| SimFailure {
         seed,
@@ -1345,6 +1385,8 @@ async fn run_one<S: StateMachine + Default>(
                 .sum(),
             undecided,
             session_ttl: world.session_ttl,
+            apply_inline: world.apply_inline,
+            inline_applies: world.groups.iter().map(|g| lock(&g.applies).inline).sum(),
             sessions: *lock(&world.sessions),
             virtual_time: world.now(),
             membership: *lock(&world.membership),

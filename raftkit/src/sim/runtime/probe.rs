@@ -43,6 +43,10 @@ pub(crate) struct Applies {
     pub(crate) by_position: BTreeMap<u64, Applied>,
     /// The first divergence seen.
     pub(crate) divergence: Option<String>,
+    /// Applies made off the replica's apply task: on its node task, which
+    /// applies a lone small batch itself when the peer opted in
+    /// (`PeerBuilder::apply_small_batches_inline`).
+    pub(crate) inline: u64,
 }
 
 impl Applies {
@@ -79,7 +83,13 @@ impl Applies {
     }
 }
 
-/// Where a replica's probe reports: set for the apply task of each node.
+/// Where a replica's probe reports. It is set as a task-local ([`PROBE`])
+/// for the apply task of each replica and for the start of the replica's
+/// peer; a probe takes it when it is made (its `Default` in the peer's
+/// start, its `restore` on the apply task) and keeps it, so that it
+/// reports an apply wherever it runs: on the apply task, or on the node
+/// task when the peer applies a small batch there
+/// (`PeerBuilder::apply_small_batches_inline`), which has no task-local.
 #[derive(Clone)]
 pub(crate) struct ProbeCtx {
     pub(crate) node: NodeId,
@@ -94,6 +104,14 @@ tokio::task_local! {
 pub struct Probe<S> {
     inner: S,
     position: u64,
+    /// Where this replica's applies are reported (see [`ProbeCtx`]); none
+    /// outside the simulation's replicas.
+    report: Option<ProbeCtx>,
+}
+
+/// The replica the probe being made belongs to (see [`ProbeCtx`]).
+fn current() -> Option<ProbeCtx> {
+    PROBE.try_with(ProbeCtx::clone).ok()
 }
 
 impl<S: Default> Default for Probe<S> {
@@ -101,6 +119,7 @@ impl<S: Default> Default for Probe<S> {
         Probe {
             inner: S::default(),
             position: 0,
+            report: current(),
         }
     }
 }
@@ -128,7 +147,12 @@ impl<S: StateMachine> StateMachine for Probe<S> {
         let output = self.inner.apply(ctx, command);
         self.position += 1;
         let index = ctx.index();
-        let _ = PROBE.try_with(|ctx| {
+        // The probe's own replica; a probe made where no replica was set
+        // (none is, today) reports through the task's. Only the apply task
+        // has the task-local: an apply without it ran on the node task.
+        let task = current();
+        let inline = task.is_none();
+        if let Some(ctx) = self.report.clone().or(task) {
             let state = self.inner.snapshot().map(|b| fnv(&b)).unwrap_or(0);
             let applied = Applied {
                 command: encoded,
@@ -140,8 +164,9 @@ impl<S: StateMachine> StateMachine for Probe<S> {
             };
             if let Ok(mut a) = ctx.applies.lock() {
                 a.record(ctx.node, self.position, applied);
+                a.inline += u64::from(inline);
             }
-        });
+        }
         output
     }
 
@@ -192,6 +217,7 @@ impl<S: StateMachine> StateMachine for Probe<S> {
         Ok(Probe {
             inner: S::restore(&snap.state)?,
             position: snap.position,
+            report: current(),
         })
     }
 }
