@@ -1226,3 +1226,38 @@ impl Shared {
         }
     }
 }
+
+/// A handler that panics in a batch the sender (the node task) applies
+/// itself is caught there as on the thread: its caller is answered by the
+/// error policy (`skip`: applied, with the message), the sender goes on,
+/// and the next lone batch is applied by the sender again.
+#[test]
+fn a_handler_panic_in_a_batch_applied_by_the_sender_is_answered_and_the_sender_goes_on() {
+    runtime().block_on(async {
+        // Paused: the cost measure reads 0, whatever the machine.
+        tokio::time::pause();
+        let s = Shared::start();
+        let (p, first) = Shared::proposal(1);
+        s.tx.entries(vec![p], vec![add(1, 1)]);
+        assert_eq!(output(within(first, "entry 1").await.expect("answered")), 1);
+        let (p, mut boom) = Shared::proposal(2);
+        let boom_entry = entry(
+            2,
+            1,
+            Op::Write {
+                command: command(&TallyWrite::Boom),
+            },
+        );
+        assert!(
+            s.tx.entries(vec![p], vec![boom_entry]),
+            "the panicking batch went to the thread"
+        );
+        match boom.try_recv() {
+            Ok(Err(e @ Error::Handler { .. })) => assert_eq!(e.applied(), Applied::Yes, "{e:?}"),
+            other => panic!("a panic applied by the sender answered {other:?}"),
+        }
+        let (p, mut third) = Shared::proposal(3);
+        assert!(s.tx.entries(vec![p], vec![add(3, 10)]));
+        assert_eq!(output(third.try_recv().expect("answered")), 11);
+    });
+}
