@@ -14,6 +14,7 @@ mod consistency;
 mod fake_member;
 mod local;
 pub(crate) mod mux;
+mod refusal;
 mod remote;
 pub mod sharded;
 pub mod watch;

@@ -100,6 +100,7 @@ use tracing::{Instrument, debug};
 use super::Submit;
 use super::consistency::{Consistency, ReadRouting, Staleness};
 use super::mux::{MUX_ACCEPTED, MUX_VERSION, Mux};
+use super::refusal::{connect_failed, every_member_refused, hello_failed};
 use super::wire::{
     ClientHello, ClientRequest, ClientResponse, SessionId, SessionRef, StatusReport,
 };
@@ -108,7 +109,7 @@ use crate::error::{Applied, Error};
 use crate::tls::{CLUSTER_SAN, Identity};
 use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, read_frame, write_frame};
 use crate::transport::frame_reader::FrameReader;
-use crate::transport::quic::{CLOSE_TOO_MANY_CONNECTIONS, quic_client_config, transport_config};
+use crate::transport::quic::{quic_client_config, transport_config};
 
 /// How long connecting to one member may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -450,6 +451,9 @@ impl Client {
         }
         drop(tx);
         let mut last = None;
+        // The members that refused this client's TLS handshake (`refusal`):
+        // the connect fails with a certificate error only if all did.
+        let mut refusals = Vec::new();
         while let Some(r) = rx.recv().await {
             match r {
                 Ok(addr) => {
@@ -458,8 +462,9 @@ impl Client {
                     client.set_leader(Some(addr));
                     return Ok(client);
                 }
-                // Report an answer (a refused certificate or schema) rather
-                // than a silence.
+                Err(Error::Tls(why)) => refusals.push(why),
+                // Report an answer (a refused schema) rather than a
+                // silence.
                 Err(e) => {
                     if !matches!(
                         last,
@@ -472,7 +477,11 @@ impl Client {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Unavailable("no member reachable".into())))
+        Err(match last {
+            Some(e) => e,
+            None if !refusals.is_empty() => every_member_refused(refusals),
+            None => Error::Unavailable("no member reachable".into()),
+        })
     }
 
     /// Marks `addr` as just failed.
@@ -503,10 +512,12 @@ impl Client {
             .endpoint
             .connect_with(self.inner.config.clone(), addr, CLUSTER_SAN)
             .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+        // A handshake refused by either side's TLS is a certificate error
+        // (`refusal`), not a network one.
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| Error::Unavailable(format!("{addr}: connection timed out")))?
-            .map_err(|e| Error::Transport(format!("{addr}: {e}")))?;
+            .map_err(|e| connect_failed(addr, e))?;
         let (mut send, recv) = conn
             .open_bi()
             .await
@@ -739,13 +750,28 @@ impl Client {
         let mut last = Error::Unavailable("no attempt made".into());
         // The members that answered that they do not host this group.
         let mut not_hosted: HashSet<SocketAddr> = HashSet::new();
+        // The members that refused this client's TLS handshake in this call
+        // (`refusal`), with why: a stale member of another CA does not end
+        // the call while another may serve it.
+        let mut refused: HashMap<SocketAddr, String> = HashMap::new();
         // A read spread over the members goes to the next one in turn; a
         // retry follows the redirect or the leader, like any request.
         let mut spread = matches!(request, ClientRequest::Read { .. })
             && self.inner.opts.reads == ReadRouting::AnyMember
             && self.consistency != Consistency::Lease;
         loop {
-            let target = self.next_target(spread);
+            let mut target = self.next_target(spread);
+            if (not_hosted.contains(&target) || refused.contains_key(&target))
+                && let Some(&other) = self
+                    .inner
+                    .members
+                    .iter()
+                    .find(|m| !not_hosted.contains(m) && !refused.contains_key(m))
+            {
+                // Every member is asked before one that cannot serve this
+                // client is asked again.
+                target = other;
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(final_error(last, *uncertain, true));
@@ -777,14 +803,41 @@ impl Client {
             // nothing was applied: the other members are asked first; only
             // when none hosts the group does the call end with `NotHosted`
             // (a sharded client then re-reads the placement).
-            if let Error::NotHosted { .. } = e {
+            //
+            // So with a member that refused this client's TLS handshake
+            // (`refusal`: a stale member left with another CA, say): the
+            // call ends with `Error::Tls` only when every member refused
+            // (nothing was sent to any; retrying cannot help).
+            if matches!(e, Error::NotHosted { .. } | Error::Tls(_)) {
                 self.suspect(target);
                 self.set_leader(None);
-                not_hosted.insert(target);
-                if self.inner.members.iter().any(|m| !not_hosted.contains(m)) {
+                match &e {
+                    Error::Tls(why) => {
+                        debug!(member = %target, reason = %why, "member refused the TLS handshake; asking the others");
+                        refused.insert(target, why.clone());
+                    }
+                    _ => {
+                        not_hosted.insert(target);
+                    }
+                }
+                if self
+                    .inner
+                    .members
+                    .iter()
+                    .any(|m| !not_hosted.contains(m) && !refused.contains_key(m))
+                {
                     last = e;
                     continue;
                 }
+                let e = match e {
+                    Error::Tls(_) if not_hosted.is_empty() => {
+                        every_member_refused(refused.into_values().collect())
+                    }
+                    Error::Tls(_) => Error::NotHosted {
+                        group: self.inner.opts.group.unwrap_or(0),
+                    },
+                    e => e,
+                };
                 return Err(final_error(e, *uncertain, false));
             }
             if !e.is_retryable() {
@@ -1512,25 +1565,6 @@ impl Submit for Client {
             }
         })
         .await
-    }
-}
-
-/// The error of a hello that failed on `conn` to `addr`: a connection the
-/// member refused past its connection limits
-/// ([`CLOSE_TOO_MANY_CONNECTIONS`]; nothing was read from it) is
-/// [`Error::Unavailable`] with the member's reason, anything else
-/// [`Error::Transport`].
-fn hello_failed(addr: SocketAddr, conn: &Connection, e: impl std::fmt::Display) -> Error {
-    match conn.close_reason() {
-        Some(quinn::ConnectionError::ApplicationClosed(close))
-            if close.error_code == quinn::VarInt::from_u32(CLOSE_TOO_MANY_CONNECTIONS) =>
-        {
-            Error::Unavailable(format!(
-                "{addr} refused the connection: {}",
-                String::from_utf8_lossy(&close.reason)
-            ))
-        }
-        _ => Error::Transport(format!("{addr}: {e}")),
     }
 }
 

@@ -356,10 +356,11 @@ impl<S: StateMachine> Watch<S> {
         let members = self.client.members();
         // The members that answered they cannot serve this watch at all
         // (`Compacted`: the index left their journal; `NotHosted`: not a
-        // replica of the client's group), with the answer to end on: each
+        // replica of the client's group; `Tls`: it refused this client's
+        // certificate), with the answer to end on: each
         // is asked once, and the watch ends with that answer only once
         // every member gave one (`Compacted` first: a member hosts the
-        // group but the index is gone).
+        // group but the index is gone; `Tls` last).
         let mut refused: HashSet<SocketAddr> = HashSet::new();
         let mut refusal: Option<Error> = None;
         let mut last = failed;
@@ -387,12 +388,25 @@ impl<S: StateMachine> Watch<S> {
                     debug!(member = %addr, from = ?self.next, "watching");
                     return Ok(());
                 }
-                Ok(Err(e @ (Error::Compacted { .. } | Error::NotHosted { .. }))) => {
+                Ok(Err(
+                    e @ (Error::Compacted { .. } | Error::NotHosted { .. } | Error::Tls(_)),
+                )) => {
                     // Another member may hold a longer journal, or host
-                    // the group.
+                    // the group, or accept this client's certificate (one
+                    // that refused it may be stale, of another CA:
+                    // `client::refusal`).
                     debug!(member = %addr, error = %e, "member cannot serve the watch; asking the others");
                     refused.insert(addr);
-                    if !matches!(refusal, Some(Error::Compacted { .. })) {
+                    if matches!(e, Error::Tls(_)) {
+                        self.client.suspect(addr);
+                    }
+                    // `Compacted` first, then `NotHosted`, then `Tls`.
+                    let rank = |e: &Error| match e {
+                        Error::Compacted { .. } => 2,
+                        Error::NotHosted { .. } => 1,
+                        _ => 0,
+                    };
+                    if refusal.as_ref().is_none_or(|r| rank(&e) >= rank(r)) {
                         refusal = Some(e);
                     }
                     if members.iter().all(|m| refused.contains(m)) {

@@ -123,7 +123,7 @@ pub(super) const CLOSE_NORMAL: u32 = 0;
 /// Application close code: the peer broke the peer protocol.
 pub(super) const CLOSE_PROTOCOL: u32 = 1;
 /// Application close code: the hello was refused.
-pub(super) const CLOSE_REFUSED: u32 = 2;
+pub(crate) const CLOSE_REFUSED: u32 = 2;
 /// Application close code: no service for this ALPN.
 pub(super) const CLOSE_NO_SERVICE: u32 = 3;
 /// Application close code: the client service refused a connection past
