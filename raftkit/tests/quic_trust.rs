@@ -328,3 +328,67 @@ async fn one_member_of_another_ca_does_not_stop_the_client() {
         p.shutdown().await.expect("clean shutdown");
     }
 }
+
+/// Found at stop 49 (review of the failover over refusals): a leader that
+/// refuses this client's certificate (here: it alone holds a revocation
+/// list naming it) while the followers accept it. The followers answer
+/// `NotLeader` pointing at the leader; once the leader's suspicion ran out
+/// (`SUSPECT_FOR`) the client followed that hint at once, was sent past the
+/// refusing leader to a follower again, and resent at round-trip speed
+/// until its deadline, to end with `NotLeader` instead of saying that the
+/// leader refused it. Now a hint at a member that refused this call is
+/// stale (backed off, not followed), and the call ends with the leader's
+/// `Error::Tls`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_refusing_the_client_ends_the_call_with_its_certificate_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ClusterCa::generate("trust").expect("ca");
+    let client = ca.issue_client("client").expect("client");
+    let crl = ca
+        .revocation_list_pem(&client.cert_chain()[..1], 1)
+        .expect("crl");
+    let addrs = free_addrs(3);
+    let mut peers = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = ca
+            .issue_node(&format!("kv@{addr}"), &[])
+            .expect("node cert");
+        let crl = (i == 0).then_some(crl.as_str());
+        peers.push(Some(node(addr, dir.path(), &addrs, id, crl).await));
+    }
+    // Node 0 (the one that refuses the client) leads.
+    let to = peers[0].as_ref().expect("node 0").id();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = leader(&peers).await;
+        if now == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 0 never led");
+        if let Some(p) = peers[now].as_ref() {
+            let _ = p.transfer_leadership(to).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A call longer than the leader's suspicion (`SUSPECT_FOR`: 2 s).
+    let timeout = Duration::from_secs(4);
+    let kv = KvClient::connect_with(
+        &addrs,
+        client,
+        ClientOptions::default().with_timeout(timeout),
+    )
+    .await
+    .expect("the followers accept the client");
+    let err = kv
+        .put("k".into(), "v".into())
+        .await
+        .expect_err("a leader that refuses the client served it");
+    assert!(
+        matches!(&err, raftkit::Error::Tls(m) if m.contains(&addrs[0]) && m.contains("revoked")),
+        "expected the leader's certificate error, got {err:?}"
+    );
+    assert_eq!(err.applied(), Applied::No, "{err:?}");
+    for p in peers.into_iter().flatten() {
+        p.shutdown().await.expect("clean shutdown");
+    }
+}

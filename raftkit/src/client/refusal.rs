@@ -141,8 +141,10 @@ pub(super) fn hello_failed(
 }
 
 /// The error a call or a connect ends with when every member refused this
-/// client's TLS handshake: one member's, or all of theirs.
+/// client's TLS handshake: one member's, or all of theirs (sorted: the
+/// same message whatever order the members answered in).
 pub(super) fn every_member_refused(mut refusals: Vec<String>) -> Error {
+    refusals.sort();
     match refusals.len() {
         1 => Error::Tls(refusals.remove(0)),
         n => Error::Tls(format!(

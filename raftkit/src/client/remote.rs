@@ -754,6 +754,13 @@ impl Client {
         // (`refusal`), with why: a stale member of another CA does not end
         // the call while another may serve it.
         let mut refused: HashMap<SocketAddr, String> = HashMap::new();
+        // A member's `NotHosted` answer, the one to end on if no member can
+        // serve the call.
+        let mut not_hosted_answer: Option<Error> = None;
+        // The member the last redirect pointed at when it had refused this
+        // client's handshake in this call: the leader refuses this client
+        // (or the followers still believe in a stale member that does).
+        let mut refusing_leader: Option<SocketAddr> = None;
         // A read spread over the members goes to the next one in turn; a
         // retry follows the redirect or the leader, like any request.
         let mut spread = matches!(request, ClientRequest::Read { .. })
@@ -774,6 +781,21 @@ impl Client {
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
+                let last = match (refusing_leader.and_then(|l| refused.get(&l)), last) {
+                    // The members that serve redirect to one that refuses
+                    // this client: say so, not `NotLeader` (nothing was
+                    // sent to the leader; retrying cannot help).
+                    (Some(why), _) => Error::Tls(format!(
+                        "{why} (it leads: the other members redirect to it)"
+                    )),
+                    // One member's refusal while the others did not answer
+                    // in time (an outage) is no certificate error of the
+                    // call: it ends retryable.
+                    (None, Error::Tls(why)) => {
+                        Error::Unavailable(format!("{why}; no other member answered in time"))
+                    }
+                    (None, last) => last,
+                };
                 return Err(final_error(last, *uncertain, true));
             }
             if let (Some(slot), ClientRequest::Write { session, .. }) = (acks, &mut *request) {
@@ -818,6 +840,7 @@ impl Client {
                     }
                     _ => {
                         not_hosted.insert(target);
+                        not_hosted_answer = Some(e.clone());
                     }
                 }
                 if self
@@ -829,14 +852,12 @@ impl Client {
                     last = e;
                     continue;
                 }
-                let e = match e {
-                    Error::Tls(_) if not_hosted.is_empty() => {
-                        every_member_refused(refused.into_values().collect())
-                    }
-                    Error::Tls(_) => Error::NotHosted {
-                        group: self.inner.opts.group.unwrap_or(0),
-                    },
-                    e => e,
+                let e = match (e, not_hosted_answer) {
+                    // Some did not host the group: that answer (a sharded
+                    // client re-reads the placement).
+                    (Error::Tls(_), Some(hosted)) => hosted,
+                    (Error::Tls(_), None) => every_member_refused(refused.into_values().collect()),
+                    (e, _) => e,
                 };
                 return Err(final_error(e, *uncertain, false));
             }
@@ -849,11 +870,15 @@ impl Client {
             match &e {
                 Error::NotLeader { hint } => {
                     // A hint at a member that just failed is stale (it is
-                    // the dead leader the followers still believe in).
-                    let next = hint
-                        .as_deref()
-                        .and_then(|h| resolve(h).ok())
-                        .filter(|n| !self.is_suspect(*n));
+                    // the dead leader the followers still believe in). So
+                    // is one at a member that refused this client's
+                    // handshake in this call: following it at once would
+                    // send the call past it to a follower again, at round-
+                    // trip speed; it is backed off instead, and if it still
+                    // leads at the deadline the call ends with its refusal.
+                    let hinted = hint.as_deref().and_then(|h| resolve(h).ok());
+                    refusing_leader = hinted.filter(|n| refused.contains_key(n));
+                    let next = hinted.filter(|n| !self.is_suspect(*n) && !refused.contains_key(n));
                     debug!(%target, ?next, "redirected to the leader");
                     self.set_leader(next.filter(|n| *n != target));
                     if next.is_some_and(|n| n != target) {
