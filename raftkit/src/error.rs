@@ -164,8 +164,11 @@ pub enum Error {
     #[error("session expired; the write may or may not have been applied: {0}")]
     SessionExpired(String),
     /// A certificate or key could not be made, loaded or used, or a peer
-    /// has none (the message says what to add). Raised while setting up a
-    /// peer or client, before any command: nothing was applied.
+    /// has none (the message says what to add); or a TLS handshake was
+    /// refused by either side (`client::refusal`). Raised while setting up
+    /// a peer or client, and by a call or a watch when every member refused
+    /// this client's handshake (or the leader did, and the others redirect
+    /// to it): nothing was sent, so nothing was applied.
     #[error("TLS: {0}")]
     Tls(String),
     /// The handler of the command is not enabled on this cluster: the

@@ -392,3 +392,54 @@ async fn a_leader_refusing_the_client_ends_the_call_with_its_certificate_error()
         p.shutdown().await.expect("clean shutdown");
     }
 }
+
+/// Found at stop 49 (review of the failover over refusals): a watch
+/// opening while one member refuses this client (a stale member of another
+/// CA) and the other is only unreachable (an outage) ended at its deadline
+/// with that one member's `Error::Tls`, not retryable: a caller that
+/// re-subscribes on `is_retryable()` gave up for good. Now the watch ends
+/// with a certificate error only when every member refused it; otherwise
+/// retryable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ends_retryable_when_one_member_refuses_and_the_other_is_unreachable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ClusterCa::generate("trust").expect("ca");
+    let peers = cluster(dir.path(), &ca, 1, None).await;
+    let mut members = addrs(&peers);
+    // A second member nothing listens at: unreachable all along.
+    members.extend(free_addrs(1));
+    let client = raftkit::client::Client::connect_with_for::<Kv, _, _>(
+        &members,
+        ca.issue_client("client").expect("client"),
+        ClientOptions::default().with_timeout(Duration::from_secs(4)),
+    )
+    .await
+    .expect("client connects");
+    KvClient::new(client.clone())
+        .put("k".into(), "v".into())
+        .await
+        .expect("served");
+    for p in peers {
+        p.shutdown().await.expect("clean shutdown");
+    }
+    let other = ClusterCa::generate("other").expect("other ca");
+    let name = format!("kv@{}", members[0]);
+    let stale = node(
+        &members[0],
+        &dir.path().join("other"),
+        &[],
+        other.issue_node(&name, &[]).expect("node cert"),
+        None,
+    )
+    .await;
+    let err = client
+        .watch::<Kv>(None)
+        .await
+        .err()
+        .expect("no member could serve the watch");
+    assert!(
+        err.is_retryable() && !matches!(err, raftkit::Error::Tls(_)),
+        "one member's refusal during an outage of the other: expected a retryable error, got {err:?}"
+    );
+    stale.shutdown().await.expect("clean shutdown");
+}

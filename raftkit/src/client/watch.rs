@@ -423,7 +423,13 @@ impl<S: StateMachine> Watch<S> {
                 Err(_) => {}
             }
             if Instant::now() >= deadline {
-                return Err(refusal.or(last).unwrap_or(Error::Timeout));
+                // Some member neither refused nor answered (an outage): a
+                // certificate refusal of some members is no reason to end
+                // the watch for good; it ends retryable.
+                return Err(match refusal {
+                    Some(Error::Tls(_)) | None => last.unwrap_or(Error::Timeout),
+                    Some(other) => other,
+                });
             }
             self.back_off(deadline, &opts).await;
         }
