@@ -720,7 +720,16 @@ async fn raw_connect(
     identity: &Identity,
     to: SocketAddr,
 ) -> Result<(quinn::Connection, quinn::Endpoint), String> {
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    raw_connect_from(identity, std::net::Ipv4Addr::LOCALHOST, to).await
+}
+
+/// [`raw_connect`] from the source address `from` (any of 127.0.0.0/8).
+async fn raw_connect_from(
+    identity: &Identity,
+    from: std::net::Ipv4Addr,
+    to: SocketAddr,
+) -> Result<(quinn::Connection, quinn::Endpoint), String> {
+    let endpoint = quinn::Endpoint::client(SocketAddr::from((from, 0))).expect("endpoint");
     let cfg = quic_client_config(identity, PEER_ALPN).expect("client config");
     let conn = within("raw connect", async {
         endpoint
@@ -1606,4 +1615,67 @@ async fn a_peer_connection_opening_more_streams_than_its_link_is_closed() {
     n.t.send(msg(&n, &a, 1));
     assert_eq!(a.recv().await, msg(&n, &a, 1));
     n.t.shutdown().await;
+}
+
+/// Found at stop 49: strangers at four real addresses (each answering the
+/// Retry, each within its quarter of the slots) that complete TLS and then
+/// say nothing held every handshake slot for the whole timeout (and could
+/// refresh them), so that a member could not connect at all. Now a quarter
+/// of the slots is kept for the configured peers' addresses: with the
+/// strangers holding all they may take, a member still links at once.
+#[tokio::test]
+async fn strangers_stalling_their_handshakes_do_not_lock_a_member_out() {
+    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let timeout = Duration::from_secs(10);
+    let mut a = guarded_node("t@a", ids[0].clone(), 8, timeout).await;
+    let b = Node::start_at(
+        "t@b",
+        ids[1].clone(),
+        SCHEMA,
+        "127.0.0.6:0".parse().expect("addr"),
+    )
+    .await;
+    let stalled = tokio::time::Instant::now();
+    // Strangers (a node certificate of the CA, not a member's) at four
+    // addresses complete TLS and say nothing, as often as each is let in
+    // (a quarter of the slots per address: 2 of 8).
+    let stranger = ca.issue_node("t@x", &[]).expect("cert");
+    let mut held = Vec::new();
+    for i in 2..=5u8 {
+        for _ in 0..3 {
+            let from = std::net::Ipv4Addr::new(127, 0, 0, i);
+            if let Ok(conn) = raw_connect_from(&stranger, from, a.addr).await {
+                held.push(conn);
+            }
+        }
+    }
+    // 8 slots, 2 kept for members, 2 per address: 2 + 2 + 2 + 0 held (8,
+    // 2 at each address, without the reserve).
+    assert_eq!(
+        held.len(),
+        6,
+        "the strangers did not hold exactly the slots not kept for members ({} refused)",
+        a.t.refused_handshakes()
+    );
+    // b, at 127.0.0.6, is a member: a's configured peer. It links to a
+    // (a dials it; it links back) and its message arrives at once, not
+    // once the strangers' handshakes time out.
+    a.t.set_peers(BTreeMap::from([b.peer_entry()]));
+    b.t.set_peers(BTreeMap::from([a.peer_entry()]));
+    b.t.send(msg(&b, &a, 1));
+    let bound = Duration::from_secs(2);
+    match tokio::time::timeout(bound, a.rx.recv()).await {
+        Ok(Some(got)) => assert_eq!(got, msg(&b, &a, 1)),
+        Ok(None) => panic!("a's inbox closed"),
+        Err(_) => panic!(
+            "the member's message did not arrive within {bound:?} while {} strangers stalled their handshakes ({} attempts refused)",
+            held.len(),
+            a.t.refused_handshakes()
+        ),
+    }
+    assert!(
+        stalled.elapsed() < timeout,
+        "too slow: the strangers' handshakes may have timed out"
+    );
+    drop(held);
 }

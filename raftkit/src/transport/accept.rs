@@ -321,8 +321,12 @@ pub(super) async fn accept_loop(
                     incoming
                 };
                 // A slot among the handshakes in progress, or refused at
-                // once (`handshakes`).
-                let slot = match handshakes.admit(incoming.remote_address().ip()) {
+                // once (`handshakes`; a member's validated address may take
+                // the slots kept for members).
+                let slot = match handshakes.admit(
+                    incoming.remote_address().ip(),
+                    incoming.remote_address_validated(),
+                ) {
                     Ok(slot) => slot,
                     Err(refused) => {
                         let remote = incoming.remote_address();

@@ -44,9 +44,21 @@
 //! - one source IP address holds at most a quarter of the slots (at
 //!   least 2, at most all): a dialer at a real address that stalls its
 //!   handshakes (no certificate needed) takes at most that share, each
-//!   slot for the timeout; taking every slot needs four addresses that
-//!   answer Retry, each of which can be traced and filtered. Dialers
-//!   behind one NAT share one address's share.
+//!   slot for the timeout. Dialers behind one NAT share one address's
+//!   share.
+//! - a quarter of the slots (none below 4) is reserved for the members:
+//!   an attempt from an address that is not a configured peer's
+//!   (`Transport::set_peers`; a name is taken at the IP its link last
+//!   resolved it to) takes a slot only while more than the reserve is
+//!   free, and a member's attempt takes a reserved slot only once its
+//!   address is validated (it answered a Retry, which every attempt gets
+//!   once half the slots are taken), so a spoofed member address takes
+//!   none. Strangers at four or more real addresses that stall their
+//!   handshakes (found at stop 49: four sufficed to take every slot, each
+//!   for the timeout, refreshed, so that no peer could connect) fill the
+//!   strangers' slots only: a member keeps connecting at once. A member
+//!   is known by the address it is dialed at; one that dials from
+//!   another (multi-homed, behind NAT) counts as a stranger.
 //!
 //! A legitimate burst (a cluster restarting, every client reconnecting)
 //! completes its handshakes in a few round trips each: 256 in progress is
@@ -63,8 +75,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+use crate::core::NodeId;
 
 /// The default most inbound connections in their handshake at once
 /// (module doc).
@@ -80,22 +93,39 @@ pub const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The slots of a node's inbound handshakes (module doc).
 #[derive(Debug)]
 pub(super) struct Handshakes {
-    slots: Arc<Semaphore>,
     max: usize,
     timeout: Duration,
     refused: AtomicU64,
     retried: AtomicU64,
     /// The most slots one source address holds (module doc).
     per_address: usize,
+    /// The slots only members' validated addresses take (module doc).
+    reserved: usize,
+    held: Mutex<Held>,
+}
+
+/// The slots taken, and who the members are.
+#[derive(Debug, Default)]
+struct Held {
+    /// Slots taken in all.
+    total: usize,
     /// Slots held per source address.
-    held: Mutex<HashMap<IpAddr, usize>>,
+    by_address: HashMap<IpAddr, usize>,
+    /// The configured peers, at the IP each is dialed at (`None`: a name
+    /// not resolved yet).
+    members: HashMap<NodeId, Option<IpAddr>>,
+}
+
+impl Held {
+    fn is_member(&self, ip: IpAddr) -> bool {
+        self.members.values().any(|m| *m == Some(ip))
+    }
 }
 
 /// One inbound connection's slot among the handshakes in progress, and
 /// when its handshake must be done; the slot is given back when dropped.
 #[derive(Debug)]
 pub(super) struct HandshakeSlot {
-    _permit: OwnedSemaphorePermit,
     handshakes: Arc<Handshakes>,
     from: IpAddr,
     /// When the handshake must be done.
@@ -104,47 +134,77 @@ pub(super) struct HandshakeSlot {
 
 impl Handshakes {
     /// At most `max` (at least 1) handshakes at once, each done within
-    /// `timeout` (at least [`MIN_HANDSHAKE_TIMEOUT`]).
+    /// `timeout` (at least [`MIN_HANDSHAKE_TIMEOUT`]); a quarter of them
+    /// (none below 4) kept for members (module doc).
     pub(super) fn new(max: usize, timeout: Duration) -> Arc<Handshakes> {
-        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        let max = max.max(1);
         let timeout = timeout.max(MIN_HANDSHAKE_TIMEOUT);
         Arc::new(Handshakes {
-            slots: Arc::new(Semaphore::new(max)),
             max,
             timeout,
             refused: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             per_address: (max / 4).max(2).min(max),
+            reserved: max / 4,
             held: Mutex::default(),
         })
     }
 
-    /// A slot for a connection attempt arriving now from `from`, or `Err`
-    /// with the count of refusals so far (this one included) when all are
-    /// taken or `from` holds its share (module doc).
-    pub(super) fn admit(self: &Arc<Self>, from: IpAddr) -> Result<HandshakeSlot, u64> {
+    /// A slot for a connection attempt arriving now from `from` (whose
+    /// address is `validated` or not), or `Err` with the count of refusals
+    /// so far (this one included) when all it may take are taken or
+    /// `from` holds its share (module doc).
+    pub(super) fn admit(
+        self: &Arc<Self>,
+        from: IpAddr,
+        validated: bool,
+    ) -> Result<HandshakeSlot, u64> {
+        let from = from.to_canonical();
         let mut held = self.lock();
-        let mine = held.get(&from).copied().unwrap_or(0);
-        let permit = if mine < self.per_address {
-            Arc::clone(&self.slots).try_acquire_owned().ok()
+        let mine = held.by_address.get(&from).copied().unwrap_or(0);
+        // A stranger (or a member address not proven) leaves the reserve.
+        let open = if validated && held.is_member(from) {
+            self.max
         } else {
-            None
+            self.max - self.reserved
         };
-        match permit {
-            Some(permit) => {
-                held.insert(from, mine + 1);
-                Ok(HandshakeSlot {
-                    _permit: permit,
-                    handshakes: Arc::clone(self),
-                    from,
-                    deadline: Instant::now() + self.timeout,
-                })
-            }
-            None => Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1),
+        if mine >= self.per_address || held.total >= open {
+            return Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1);
+        }
+        held.total += 1;
+        held.by_address.insert(from, mine + 1);
+        Ok(HandshakeSlot {
+            handshakes: Arc::clone(self),
+            from,
+            deadline: Instant::now() + self.timeout,
+        })
+    }
+
+    /// The configured peers are `members` (each with the IP of its
+    /// address if it is one; a name keeps the IP it last resolved to).
+    pub(super) fn set_members(&self, members: impl IntoIterator<Item = (NodeId, Option<IpAddr>)>) {
+        let mut held = self.lock();
+        let before = std::mem::take(&mut held.members);
+        held.members = members
+            .into_iter()
+            .map(|(id, ip)| {
+                let ip = ip
+                    .map(|ip| ip.to_canonical())
+                    .or_else(|| before.get(&id).copied().flatten());
+                (id, ip)
+            })
+            .collect();
+    }
+
+    /// The link to `member` resolved its address to `ip` (ignored unless
+    /// `member` is a configured peer).
+    pub(super) fn resolved(&self, member: NodeId, ip: IpAddr) {
+        if let Some(known) = self.lock().members.get_mut(&member) {
+            *known = Some(ip.to_canonical());
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+    fn lock(&self) -> MutexGuard<'_, Held> {
         // Each count is updated in one step: a panic elsewhere leaves
         // them whole.
         self.held.lock().unwrap_or_else(|p| p.into_inner())
@@ -153,7 +213,7 @@ impl Handshakes {
     /// Whether half the slots or more are taken: an attempt from an
     /// address not yet validated is then sent a Retry (module doc).
     pub(super) fn crowded(&self) -> bool {
-        self.slots.available_permits() <= self.max / 2
+        self.max - self.lock().total.min(self.max) <= self.max / 2
     }
 
     /// Counts an attempt answered with a Retry.
@@ -185,10 +245,11 @@ impl Handshakes {
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut held = self.handshakes.lock();
-        if let Some(n) = held.get_mut(&self.from) {
+        held.total = held.total.saturating_sub(1);
+        if let Some(n) = held.by_address.get_mut(&self.from) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                held.remove(&self.from);
+                held.by_address.remove(&self.from);
             }
         }
     }
@@ -200,41 +261,49 @@ mod tests {
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+    const C: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 3));
+    const D: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 4));
 
     #[test]
     fn slots_are_capped_and_given_back() {
         let h = Handshakes::new(2, Duration::from_secs(1));
-        let a = h.admit(A).expect("a");
-        let _b = h.admit(A).expect("b");
-        assert_eq!(h.admit(A).err(), Some(1));
-        assert_eq!(h.admit(A).err(), Some(2));
+        let a = h.admit(A, true).expect("a");
+        let _b = h.admit(A, true).expect("b");
+        assert_eq!(h.admit(A, true).err(), Some(1));
+        assert_eq!(h.admit(A, true).err(), Some(2));
         drop(a);
-        let _c = h.admit(A).expect("a slot given back is taken again");
+        let _c = h.admit(A, true).expect("a slot given back is taken again");
         assert_eq!(h.refused(), 2);
     }
 
     #[test]
     fn half_the_slots_taken_is_crowded() {
         let h = Handshakes::new(4, Duration::from_secs(1));
-        let _a = h.admit(A).expect("a");
+        let _a = h.admit(A, true).expect("a");
         assert!(!h.crowded(), "1 of 4 taken");
-        let _b = h.admit(A).expect("b");
+        let _b = h.admit(A, true).expect("b");
         assert!(h.crowded(), "2 of 4 taken");
         let one = Handshakes::new(1, Duration::from_secs(1));
         assert!(!one.crowded(), "a single free slot is not crowded");
-        let _c = one.admit(A).expect("c");
+        let _c = one.admit(A, true).expect("c");
         assert!(one.crowded());
     }
 
     #[test]
     fn one_address_holds_at_most_a_quarter_of_the_slots() {
         let h = Handshakes::new(16, Duration::from_secs(1));
-        let mine: Vec<_> = (0..4).map(|_| h.admit(A).expect("a's share")).collect();
-        assert_eq!(h.admit(A).err(), Some(1), "a fifth of 16 from one address");
-        let _b = h.admit(B).expect("another address is not affected");
+        let mine: Vec<_> = (0..4)
+            .map(|_| h.admit(A, true).expect("a's share"))
+            .collect();
+        assert_eq!(
+            h.admit(A, true).err(),
+            Some(1),
+            "a fifth of 16 from one address"
+        );
+        let _b = h.admit(B, true).expect("another address is not affected");
         drop(mine);
-        let _a = h.admit(A).expect("a share given back is taken again");
-        assert!(h.lock().get(&B) == Some(&1) && h.lock().get(&A) == Some(&1));
+        let _a = h.admit(A, true).expect("a share given back is taken again");
+        assert!(h.lock().by_address.get(&B) == Some(&1) && h.lock().by_address.get(&A) == Some(&1));
     }
 
     #[test]
@@ -249,10 +318,38 @@ mod tests {
         assert_eq!(h.timeout(), Duration::from_secs(3));
     }
 
+    /// A quarter of the slots is left to members' validated addresses
+    /// (found at stop 49: strangers at four addresses took them all).
+    #[test]
+    fn a_quarter_of_the_slots_is_kept_for_members() {
+        const M: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9));
+        let h = Handshakes::new(8, Duration::from_secs(1));
+        h.set_members([(7, Some(M)), (8, None)]);
+        let strangers: Vec<_> = [A, A, B, B, C, C]
+            .into_iter()
+            .map(|ip| h.admit(ip, true).expect("a stranger's slot"))
+            .collect();
+        assert!(
+            h.admit(D, true).is_err(),
+            "6 of 8 taken: the rest is the members'"
+        );
+        assert!(
+            h.admit(M, false).is_err(),
+            "a member's address not validated is a stranger's"
+        );
+        let _m = h.admit(M, true).expect("a member's slot");
+        h.resolved(8, D);
+        let _d = h.admit(D, true).expect("a member resolved to D");
+        assert!(h.admit(M, true).is_err(), "all 8 taken");
+        h.resolved(9, A);
+        assert!(!h.lock().is_member(A), "not a configured peer");
+        drop(strangers);
+    }
+
     #[test]
     fn there_is_at_least_one_slot() {
         let h = Handshakes::new(0, Duration::from_secs(1));
-        let _a = h.admit(A).expect("one slot");
-        assert!(h.admit(A).is_err());
+        let _a = h.admit(A, true).expect("one slot");
+        assert!(h.admit(A, true).is_err());
     }
 }

@@ -219,7 +219,10 @@ pub struct QuicConfig {
     /// [`DEFAULT_MAX_HANDSHAKES`], 256; at least 1). One more is refused
     /// at once, before any cryptography (its dialer sees the connection
     /// refused and retries), counted by
-    /// [`QuicTransport::refused_handshakes`] (see `transport::handshakes`).
+    /// [`QuicTransport::refused_handshakes`]. A quarter of them (none
+    /// below 4) is kept for the configured peers' addresses, so that
+    /// strangers stalling their handshakes never lock a member out (see
+    /// `transport::handshakes`).
     pub max_handshakes: usize,
     /// How long an inbound connection's handshake may take, from its first
     /// packet to its hello answered (default [`DEFAULT_HANDSHAKE_TIMEOUT`],
@@ -417,6 +420,9 @@ pub(super) struct LinkConfig {
     pub(super) max_learned: usize,
     pub(super) learned_ttl: Duration,
     pub(super) group_inbox: Option<GroupTx>,
+    /// The slots of inbound handshakes (`handshakes`), told the IP each
+    /// configured peer's link resolves its address to.
+    pub(super) handshakes: Arc<Handshakes>,
 }
 
 /// The state shared between `send` and one peer's task.
@@ -583,6 +589,7 @@ impl QuicTransport {
                 addr: config.listen,
                 source,
             })?;
+        let handshakes = Handshakes::new(config.max_handshakes, config.handshake_timeout);
         let link = Arc::new(LinkConfig {
             node: config.node,
             name: config.name,
@@ -597,6 +604,7 @@ impl QuicTransport {
             max_learned: config.max_learned_links,
             learned_ttl: config.learned_link_ttl,
             group_inbox: groups,
+            handshakes: handshakes.clone(),
         });
         let runtime = tokio::runtime::Handle::current();
         let (learned_tx, learned_rx) = mpsc::channel::<(NodeId, String)>(64);
@@ -605,7 +613,6 @@ impl QuicTransport {
             per_node: config.max_peer_connections_per_node,
             total: config.max_peer_connections,
         });
-        let handshakes = Handshakes::new(config.max_handshakes, config.handshake_timeout);
         let accept_task = runtime
             .spawn(accept_loop(
                 endpoint.clone(),
@@ -775,6 +782,15 @@ impl Transport for QuicTransport {
     }
 
     fn set_peers(&self, peers: BTreeMap<NodeId, String>) {
+        // The members' addresses: a share of the handshake slots is kept
+        // for them (`handshakes`; a name is taken at the IP its link
+        // resolves it to).
+        self.inner.handshakes.set_members(
+            peers
+                .iter()
+                .filter(|(id, _)| **id != self.inner.link.node)
+                .map(|(id, addr)| (*id, addr.parse::<SocketAddr>().ok().map(|a| a.ip()))),
+        );
         let mut current = self.inner.peers();
         current.retain(|id, handle| {
             let keep = peers.get(id) == Some(&handle.addr);
@@ -922,6 +938,7 @@ async fn dial(
     addr: &str,
 ) -> Result<(Connection, SendStream), TransportError> {
     let target = resolve(endpoint, addr).await?;
+    link.handshakes.resolved(peer, target.ip());
     let conn = endpoint
         .connect_with(link.client.clone(), target, CLUSTER_SAN)?
         .await?;
