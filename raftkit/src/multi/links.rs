@@ -23,6 +23,12 @@
 //!   (a group moved back to a node it left: the node's links to the
 //!   group's members went with the old replica, and the leader's link to
 //!   it stays up, so the QUIC transport learns no link back);
+//! - of those links, only the peers a group's configuration lists or
+//!   dropped less than [`LINGER`] ago are members for the QUIC
+//!   transport's handshake slots kept for members
+//!   ([`QuicTransport::set_links`]): an asker, or a joining replica's
+//!   leader, is linked but never a member, so a stranger holding a node
+//!   certificate cannot ask once and have its address take that reserve;
 //! - a link carries messages only once the acceptor accepted the dialer's
 //!   hello: the QUIC transport checks it against the node's
 //!   [`SchemaBook`](crate::schema::SchemaBook) (compatible schemas, as
@@ -38,7 +44,7 @@
 //!   budget): one more is dropped and counted as for a full inbox, so a
 //!   slow group never holds the bytes the other groups' messages need.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -154,7 +160,7 @@ impl Links {
             return true;
         }
         h.joining = Some((node, addr));
-        self.quic.set_peers(self.union(&groups));
+        self.relink(&groups);
         true
     }
 
@@ -162,7 +168,7 @@ impl Links {
     pub(crate) fn unregister(&self, group: GroupId) {
         let mut groups = self.groups();
         groups.remove(&group);
-        self.quic.set_peers(self.union(&groups));
+        self.relink(&groups);
     }
 
     /// Drops the links to departed nodes (see [`LINGER`]) and to askers
@@ -180,7 +186,7 @@ impl Links {
             changed |= h.departed.len() != before;
         }
         if changed {
-            self.quic.set_peers(self.union(&groups));
+            self.relink(&groups);
         }
     }
 
@@ -284,9 +290,23 @@ impl Links {
             .map(|mut a| a.note(node, addr, Instant::now()))
             .unwrap_or(false);
         if kept {
-            self.quic.set_peers(self.union(&groups));
+            self.relink(&groups);
         }
         kept
+    }
+
+    /// Hands the QUIC transport the links of [`Links::union`], of which
+    /// only the configured and departed peers of each group are members
+    /// (the handshake slots kept for members, `transport::handshakes`):
+    /// never an asker, nor a joining replica's leader, which are linked
+    /// only so that messages reach them.
+    fn relink(&self, groups: &HashMap<GroupId, Hosted>) {
+        let members: BTreeSet<NodeId> = groups
+            .values()
+            .flat_map(|h| h.peers.keys().chain(h.departed.keys()))
+            .copied()
+            .collect();
+        self.quic.set_links(self.union(groups), &members);
     }
 
     /// The links every hosted group needs, and those to recent askers.
@@ -391,6 +411,66 @@ impl Transport for GroupLink {
                 .retain(|id, (_, at)| !peers.contains_key(id) && at.elapsed() < LINGER);
             h.peers = peers;
         }
-        self.links.quic.set_peers(self.links.union(&groups));
+        self.links.relink(&groups);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::node_id;
+    use crate::tls::dev_cluster;
+    use crate::transport::QuicConfig;
+
+    /// A node that asks whether it is still a member of a group is linked
+    /// so that the answer reaches it, but never counted a member for the
+    /// handshake slots kept for members (found in review of stop 49: any
+    /// holder of a node certificate could ask once and have its own IP
+    /// take the members' reserve); a node a group's configuration dropped
+    /// stays a member while its link lingers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_asker_is_linked_but_never_a_member_for_the_handshake_reserve() {
+        let (_ca, mut ids) = dev_cluster(["links@a"]).expect("certs");
+        let identity = ids.pop().expect("node identity");
+        let config = QuicConfig::new("127.0.0.1:0".parse().expect("addr"), "links@a", identity, 0);
+        let (quic, _addr) = QuicTransport::start(config, mpsc::channel(1).0, None)
+            .await
+            .expect("transport starts");
+        let me = node_id("links@a");
+        let links = Links::new(quic.clone());
+        let (inbox, _inbox) = mpsc::channel(1);
+        links.register(7, inbox);
+        let group = links.link(7);
+        group.set_peers(BTreeMap::from([
+            (me, "127.0.0.1:1".to_string()),
+            (2, "127.0.0.2:7002".to_string()),
+            (3, "127.0.0.3:7003".to_string()),
+        ]));
+        assert_eq!(quic.handshake_members(), BTreeSet::from([2, 3]));
+
+        let stranger = 99;
+        assert!(
+            links.link_asker(stranger, "127.0.0.9:7009".to_string()),
+            "an asker is linked"
+        );
+        assert!(
+            quic.link_state(stranger).is_some(),
+            "the answer has a link to travel on"
+        );
+        assert_eq!(
+            quic.handshake_members(),
+            BTreeSet::from([2, 3]),
+            "an asker is not a member"
+        );
+
+        // Node 3 dropped by the group's configuration: linked and a
+        // member for LINGER; the asker still not.
+        group.set_peers(BTreeMap::from([
+            (me, "127.0.0.1:1".to_string()),
+            (2, "127.0.0.2:7002".to_string()),
+        ]));
+        assert!(quic.link_state(3).is_some() && quic.link_state(stranger).is_some());
+        assert_eq!(quic.handshake_members(), BTreeSet::from([2, 3]));
+        quic.shutdown().await;
     }
 }

@@ -48,8 +48,10 @@
 //!   share.
 //! - a quarter of the slots (none below 4) is reserved for the members:
 //!   an attempt from an address that is not a configured peer's
-//!   (`Transport::set_peers`; a name is taken at the IP its link last
-//!   resolved it to) takes a slot only while more than the reserve is
+//!   (`Transport::set_peers`; on a multi-group node only the peers a
+//!   group's configuration lists or just dropped, never the nodes linked
+//!   for another reason, `QuicTransport::set_links`; a name is taken at
+//!   the IP its link last resolved it to) takes a slot only while more than the reserve is
 //!   free, and a member's attempt takes a reserved slot only once its
 //!   address is validated (it answered a Retry, which every attempt gets
 //!   once half the slots are taken), so a spoofed member address takes
@@ -202,6 +204,12 @@ impl Handshakes {
         if let Some(known) = self.lock().members.get_mut(&member) {
             *known = Some(ip.to_canonical());
         }
+    }
+
+    /// The configured peers (a test's view).
+    #[cfg(test)]
+    pub(super) fn members(&self) -> std::collections::BTreeSet<NodeId> {
+        self.lock().members.keys().copied().collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Held> {

@@ -79,7 +79,7 @@
 //!    never from what it says: every message forwarded to the inbox has
 //!    `from == node_id(certificate name)`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -712,6 +712,13 @@ impl QuicTransport {
         self.inner.handshakes.retried()
     }
 
+    /// The nodes whose validated addresses may take the handshake slots
+    /// kept for members (a test's view, see `transport::handshakes`).
+    #[cfg(test)]
+    pub(crate) fn handshake_members(&self) -> std::collections::BTreeSet<NodeId> {
+        self.inner.handshakes.members()
+    }
+
     /// Stops every task and closes the endpoint (connections are closed
     /// with a final frame), waiting up to a second for the close to reach
     /// the peers. Later sends are dropped.
@@ -782,13 +789,27 @@ impl Transport for QuicTransport {
     }
 
     fn set_peers(&self, peers: BTreeMap<NodeId, String>) {
+        let members = peers.keys().copied().collect();
+        self.set_links(peers, &members);
+    }
+}
+
+impl QuicTransport {
+    /// Keeps links to `peers` (as [`Transport::set_peers`]) of which only
+    /// `members` are members: their validated addresses may take the
+    /// handshake slots kept for members (`transport::handshakes`). A
+    /// multi-group node links nodes no configuration lists (askers, a
+    /// replica's joining leader) and must not give them that reserve: a
+    /// stranger with a node certificate could otherwise ask once and have
+    /// its own address take it (found in review of stop 49).
+    pub(crate) fn set_links(&self, peers: BTreeMap<NodeId, String>, members: &BTreeSet<NodeId>) {
         // The members' addresses: a share of the handshake slots is kept
         // for them (`handshakes`; a name is taken at the IP its link
         // resolves it to).
         self.inner.handshakes.set_members(
             peers
                 .iter()
-                .filter(|(id, _)| **id != self.inner.link.node)
+                .filter(|(id, _)| **id != self.inner.link.node && members.contains(id))
                 .map(|(id, addr)| (*id, addr.parse::<SocketAddr>().ok().map(|a| a.ip()))),
         );
         let mut current = self.inner.peers();
