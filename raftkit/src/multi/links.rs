@@ -437,7 +437,7 @@ mod tests {
             .await
             .expect("transport starts");
         let me = node_id("links@a");
-        let links = Links::new(quic.clone());
+        let links = Links::new(quic.clone(), usize::MAX);
         let (inbox, _inbox) = mpsc::channel(1);
         links.register(7, inbox);
         let group = links.link(7);
