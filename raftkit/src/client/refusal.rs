@@ -39,6 +39,14 @@ use crate::transport::quic::{CLOSE_REFUSED, CLOSE_TOO_MANY_CONNECTIONS};
 /// The QUIC crypto error codes: `0x100 + TLS alert` (RFC 9001 §4.8).
 const CRYPTO_ERRORS: std::ops::RangeInclusive<u64> = 0x100..=0x1ff;
 
+/// The TLS alerts that refuse a certificate (RFC 8446 §6.2): only these
+/// make a failed handshake a certificate error. Other crypto errors
+/// (handshake_failure, decode_error, internal_error, ...) stay transport
+/// errors, retried: QUIC's Initial packets are not authenticated, and one
+/// forged close must not end a client's calls for good (found by review,
+/// stop 49).
+const CERTIFICATE_ALERTS: [u8; 9] = [42, 43, 44, 45, 46, 48, 49, 51, 116];
+
 /// What a TLS alert says about a certificate, in words.
 fn alert_words(alert: u8) -> String {
     let words = match alert {
@@ -88,6 +96,9 @@ pub(super) fn tls_refusal(addr: SocketAddr, e: &ConnectionError) -> Option<Error
         return None;
     }
     let alert = u8::try_from(code - 0x100).ok()?;
+    if !CERTIFICATE_ALERTS.contains(&alert) {
+        return None;
+    }
     let reason = String::from_utf8_lossy(&reason);
     let reason = if reason.is_empty() {
         String::new()
@@ -196,6 +207,23 @@ mod tests {
             reason: bytes::Bytes::new(),
         });
         assert!(tls_refusal(addr(), &other).is_none(), "not a TLS alert");
+        // Crypto errors that do not refuse a certificate stay transport
+        // errors (retried): handshake_failure 40, decode_error 50,
+        // internal_error 80, from either side.
+        for alert in [40, 50, 80] {
+            let by_member = ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+                error_code: quinn::TransportErrorCode::crypto(alert),
+                frame_type: None,
+                reason: bytes::Bytes::new(),
+            });
+            let refused = tls_refusal(addr(), &by_member);
+            assert!(refused.is_none(), "alert {alert}: {refused:?}");
+            let failed = connect_failed(addr(), by_member);
+            assert!(
+                matches!(failed, Error::Transport(_)),
+                "alert {alert}: {failed:?}"
+            );
+        }
         let role = ConnectionError::ApplicationClosed(quinn::ApplicationClose {
             error_code: quinn::VarInt::from_u32(CLOSE_REFUSED),
             reason: bytes::Bytes::from_static(b"certificate states no raftkit role"),

@@ -411,7 +411,7 @@ impl ProgressRx {
 mod inline;
 #[cfg(test)]
 pub use inline::INLINE_MAX_ENTRIES;
-pub use inline::{ApplyTx, Shared};
+pub use inline::{ApplyTx, Inline, Shared};
 
 /// The most batches of entries applied between two updates of the status
 /// while more batches are queued (see [`run`]).

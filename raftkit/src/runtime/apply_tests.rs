@@ -35,7 +35,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::apply::{self, ApplyMsg, ApplyStatus, Reply, Taken, TakenBody};
+use super::apply::{self, ApplyMsg, ApplyStatus, Inline, Reply, Taken, TakenBody};
 use super::session::{Envelope, Op, Owner, SESSION_WINDOW, Sessions};
 use super::watch::Journal;
 use crate::client::wire::{SessionId, SessionRef, WatchOutput};
@@ -1208,6 +1208,56 @@ fn a_slow_or_large_batch_goes_to_the_thread() {
             .await
             .expect("answered")
             .expect("applied");
+    });
+}
+
+/// Found by review, stop 49: a batch applied on the node task also served
+/// the reads waiting for its index, running the user's query handlers
+/// (a scan of the whole state, say) on the node task. A batch that would
+/// serve a waiting read goes to the thread.
+#[test]
+fn a_batch_that_would_serve_waiting_reads_goes_to_the_thread() {
+    runtime().block_on(async {
+        // Paused: the cost measure reads 0, whatever the machine.
+        tokio::time::pause();
+        let s = Shared::start();
+        let (p, first) = Shared::proposal(1);
+        s.tx.entries(vec![p], vec![add(1, 1)]);
+        within(first, "entry 1")
+            .await
+            .expect("answered")
+            .expect("applied");
+        // A read waiting for index 2, taken in by the thread.
+        let (tx, read) = oneshot::channel();
+        assert!(s.tx.send(ApplyMsg::Read {
+            index: 2,
+            query: encode("query", &TallyRead::Get).expect("encodes"),
+            reply: Reply::new(tx, None),
+        }));
+        within(
+            async {
+                while s.shared.queued().load(std::sync::atomic::Ordering::Acquire) != 0 {
+                    tokio::task::yield_now().await;
+                }
+            },
+            "the thread takes the read in",
+        )
+        .await;
+        let (p, second) = Shared::proposal(2);
+        assert!(
+            !s.tx.entries(vec![p], vec![add(2, 1)]),
+            "a batch that serves a waiting read was applied on the node task"
+        );
+        within(second, "entry 2")
+            .await
+            .expect("answered")
+            .expect("applied");
+        let bytes = within(read, "the read")
+            .await
+            .expect("answered")
+            .expect("served");
+        let TallyReadOutput::Get(n) = decode::<TallyReadOutput>("output", &bytes).expect("decodes");
+        assert_eq!(n, 2, "the read sees entry 2");
     });
 }
 

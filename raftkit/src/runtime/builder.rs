@@ -443,11 +443,18 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// itself while the apply thread is idle (default: no). It saves two
     /// thread wake-ups on a lone write's path (measured with three `kv
     /// serve` on 2 cores, one client: 21.1 -> 17.3 context switches per
-    /// write across the cluster, p50 about 15 us lower). Only for state
-    /// machines whose handlers are quick and never block: a batch is
-    /// applied there only when the last one cost under 50 us for as many
-    /// entries, but a handler that turns slow without warning stalls the
-    /// node's I/O for that one batch (see `apply::inline`).
+    /// write across the cluster; one client's put p50 ~512 -> ~465 us in
+    /// one quiet run, about even in another). Only for state machines whose
+    /// write handlers are quick and never block: a batch is applied there
+    /// only when the last one cost under 50 us for as many entries and no
+    /// read waits for it (reads run on the apply thread), but a handler that
+    /// turns slow without warning stalls the node's I/O for that one batch
+    /// (see `apply::inline`). Handlers must not depend on the thread they
+    /// run on (thread-locals, `tokio::runtime::Handle::current()`): inline
+    /// they run on a tokio worker, otherwise on the apply thread. A panic
+    /// outside the handler itself (a command's `Deserialize` or an
+    /// output's `Serialize` panicking) stops the node task, not only the
+    /// apply thread.
     pub fn apply_small_batches_inline(mut self, on: bool) -> Self {
         self.apply_inline = on;
         self

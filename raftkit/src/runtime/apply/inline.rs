@@ -160,6 +160,12 @@ impl<S: StateMachine> Inline for Shared<S> {
         if self.queued.load(Ordering::Acquire) != 0 {
             return false;
         }
+        // Reads waiting for an index would be served after this batch, by
+        // the user's query handlers (a scan may take any time): on the
+        // thread, not the node task (found by review, stop 49).
+        if !guard.reads.is_empty() {
+            return false;
+        }
         crate::probe::mark("a.inline");
         let started = now();
         let n = entries.len();
