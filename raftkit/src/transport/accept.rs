@@ -324,7 +324,7 @@ pub(super) async fn accept_loop(
                 // once (`handshakes`; a member's validated address may take
                 // the slots kept for members).
                 let slot = match handshakes.admit(
-                    incoming.remote_address().ip(),
+                    incoming.remote_address(),
                     incoming.remote_address_validated(),
                 ) {
                     Ok(slot) => slot,

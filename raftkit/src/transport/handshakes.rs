@@ -47,20 +47,30 @@
 //!   slot for the timeout. Dialers behind one NAT share one address's
 //!   share.
 //! - a quarter of the slots (none below 4) is reserved for the members:
-//!   an attempt from an address that is not a configured peer's
+//!   an attempt that is not from a configured peer's address
 //!   (`Transport::set_peers`; on a multi-group node only the peers a
 //!   group's configuration lists or just dropped, never the nodes linked
-//!   for another reason, `QuicTransport::set_links`; a name is taken at
-//!   the IP its link last resolved it to) takes a slot only while more than the reserve is
-//!   free, and a member's attempt takes a reserved slot only once its
-//!   address is validated (it answered a Retry, which every attempt gets
-//!   once half the slots are taken), so a spoofed member address takes
-//!   none. Strangers at four or more real addresses that stall their
-//!   handshakes (found at stop 49: four sufficed to take every slot, each
-//!   for the timeout, refreshed, so that no peer could connect) fill the
-//!   strangers' slots only: a member keeps connecting at once. A member
-//!   is known by the address it is dialed at; one that dials from
-//!   another (multi-homed, behind NAT) counts as a stranger.
+//!   for another reason, `QuicTransport::set_links`) takes a slot only
+//!   while more than the reserve is free. A member is known by its full
+//!   address, IP and port: a node dials its peers from the one socket it
+//!   listens on (one quinn endpoint for both), so its attempts come from
+//!   the address it is dialed at. A socket address is taken as
+//!   configured; a name at the socket address its link last resolved it
+//!   to, and only while the member is still configured at that name. A
+//!   member's attempt takes a reserved slot only once its address is
+//!   validated (it answered a Retry, which every attempt gets once half
+//!   the slots are taken), so a spoofed member address takes none; and it
+//!   is counted against its own share, not its IP's, so that strangers at
+//!   its IP (another process on its host, a NAT it shares) neither take
+//!   the reserve nor use up the share its attempts need. What this
+//!   guarantees: strangers stalling their handshakes, from any number of
+//!   addresses, never hold more than three quarters of the slots, so a
+//!   member's validated attempt finds a slot as long as the members
+//!   themselves hold fewer than the reserve (each member at most its
+//!   share). A member that dials from another address than the one it is
+//!   configured at (multi-homed and routed out of another interface,
+//!   behind a NAT that maps its port, or listening on another port than
+//!   it advertises) counts as a stranger.
 //!
 //! A legitimate burst (a cluster restarting, every client reconnecting)
 //! completes its handshakes in a few round trips each: 256 in progress is
@@ -72,7 +82,7 @@
 //! [`QuicTransport::retried_handshakes`]: super::QuicTransport::retried_handshakes
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -106,22 +116,45 @@ pub(super) struct Handshakes {
     held: Mutex<Held>,
 }
 
+/// Whom a slot is counted against for the per-address share: a member's
+/// validated address on its own (IP and port: a node dials from the
+/// socket it listens on), anyone else by IP (module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    /// A configured peer's validated address.
+    Member(SocketAddr),
+    /// Any other dialer, by IP.
+    Stranger(IpAddr),
+}
+
+/// A configured peer: the address it is configured at and the socket
+/// address that is (`None`: a name not resolved yet).
+#[derive(Debug)]
+struct Member {
+    addr: String,
+    at: Option<SocketAddr>,
+}
+
 /// The slots taken, and who the members are.
 #[derive(Debug, Default)]
 struct Held {
     /// Slots taken in all.
     total: usize,
-    /// Slots held per source address.
-    by_address: HashMap<IpAddr, usize>,
-    /// The configured peers, at the IP each is dialed at (`None`: a name
-    /// not resolved yet).
-    members: HashMap<NodeId, Option<IpAddr>>,
+    /// Slots held per source (`Source`).
+    by_source: HashMap<Source, usize>,
+    /// The configured peers.
+    members: HashMap<NodeId, Member>,
 }
 
 impl Held {
-    fn is_member(&self, ip: IpAddr) -> bool {
-        self.members.values().any(|m| *m == Some(ip))
+    fn is_member(&self, at: SocketAddr) -> bool {
+        self.members.values().any(|m| m.at == Some(at))
     }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address as the IPv4 one.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// One inbound connection's slot among the handshakes in progress, and
@@ -129,7 +162,7 @@ impl Held {
 #[derive(Debug)]
 pub(super) struct HandshakeSlot {
     handshakes: Arc<Handshakes>,
-    from: IpAddr,
+    from: Source,
     /// When the handshake must be done.
     pub(super) deadline: Instant,
 }
@@ -158,23 +191,26 @@ impl Handshakes {
     /// `from` holds its share (module doc).
     pub(super) fn admit(
         self: &Arc<Self>,
-        from: IpAddr,
+        from: SocketAddr,
         validated: bool,
     ) -> Result<HandshakeSlot, u64> {
-        let from = from.to_canonical();
+        let from = canonical(from);
         let mut held = self.lock();
-        let mine = held.by_address.get(&from).copied().unwrap_or(0);
-        // A stranger (or a member address not proven) leaves the reserve.
-        let open = if validated && held.is_member(from) {
-            self.max
+        // A member is its exact validated address; anything else at its
+        // IP (another port: not the member's socket) is a stranger.
+        let (from, open) = if validated && held.is_member(from) {
+            (Source::Member(from), self.max)
         } else {
-            self.max - self.reserved
+            // A stranger (or a member address not proven) leaves the
+            // reserve.
+            (Source::Stranger(from.ip()), self.max - self.reserved)
         };
+        let mine = held.by_source.get(&from).copied().unwrap_or(0);
         if mine >= self.per_address || held.total >= open {
             return Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1);
         }
         held.total += 1;
-        held.by_address.insert(from, mine + 1);
+        held.by_source.insert(from, mine + 1);
         Ok(HandshakeSlot {
             handshakes: Arc::clone(self),
             from,
@@ -182,27 +218,38 @@ impl Handshakes {
         })
     }
 
-    /// The configured peers are `members` (each with the IP of its
-    /// address if it is one; a name keeps the IP it last resolved to).
-    pub(super) fn set_members(&self, members: impl IntoIterator<Item = (NodeId, Option<IpAddr>)>) {
+    /// The configured peers are `members`, each at its configured address:
+    /// a socket address is taken as it is; a name keeps the socket address
+    /// it last resolved to only while it is configured at that same name
+    /// (a member moved to another name is unknown until its link resolves
+    /// the new one: never at the old name's address).
+    pub(super) fn set_members(&self, members: impl IntoIterator<Item = (NodeId, String)>) {
         let mut held = self.lock();
         let before = std::mem::take(&mut held.members);
         held.members = members
             .into_iter()
-            .map(|(id, ip)| {
-                let ip = ip
-                    .map(|ip| ip.to_canonical())
-                    .or_else(|| before.get(&id).copied().flatten());
-                (id, ip)
+            .map(|(id, addr)| {
+                let at = match addr.parse::<SocketAddr>() {
+                    Ok(at) => Some(canonical(at)),
+                    Err(_) => before
+                        .get(&id)
+                        .filter(|old| old.addr == addr)
+                        .and_then(|old| old.at),
+                };
+                (id, Member { addr, at })
             })
             .collect();
     }
 
-    /// The link to `member` resolved its address to `ip` (ignored unless
-    /// `member` is a configured peer).
-    pub(super) fn resolved(&self, member: NodeId, ip: IpAddr) {
-        if let Some(known) = self.lock().members.get_mut(&member) {
-            *known = Some(ip.to_canonical());
+    /// The link to `member` at `addr` resolved it to `at`: ignored unless
+    /// `member` is a configured peer configured at `addr` (a link task
+    /// of an address no longer configured, aborted but still running, must
+    /// not make the old address a member's again).
+    pub(super) fn resolved(&self, member: NodeId, addr: &str, at: SocketAddr) {
+        if let Some(known) = self.lock().members.get_mut(&member)
+            && known.addr == addr
+        {
+            known.at = Some(canonical(at));
         }
     }
 
@@ -222,6 +269,11 @@ impl Handshakes {
     /// address not yet validated is then sent a Retry (module doc).
     pub(super) fn crowded(&self) -> bool {
         self.max - self.lock().total.min(self.max) <= self.max / 2
+    }
+
+    /// How many slots are taken now.
+    pub(super) fn in_progress(&self) -> usize {
+        self.lock().total
     }
 
     /// Counts an attempt answered with a Retry.
@@ -254,10 +306,10 @@ impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut held = self.handshakes.lock();
         held.total = held.total.saturating_sub(1);
-        if let Some(n) = held.by_address.get_mut(&self.from) {
+        if let Some(n) = held.by_source.get_mut(&self.from) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                held.by_address.remove(&self.from);
+                held.by_source.remove(&self.from);
             }
         }
     }
@@ -267,10 +319,16 @@ impl Drop for HandshakeSlot {
 mod tests {
     use super::*;
 
-    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
-    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
-    const C: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 3));
-    const D: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 4));
+    use std::net::Ipv4Addr;
+
+    const fn at(last: u8, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)), port)
+    }
+
+    const A: SocketAddr = at(1, 7000);
+    const B: SocketAddr = at(2, 7000);
+    const C: SocketAddr = at(3, 7000);
+    const D: SocketAddr = at(4, 7000);
 
     #[test]
     fn slots_are_capped_and_given_back() {
@@ -311,7 +369,8 @@ mod tests {
         let _b = h.admit(B, true).expect("another address is not affected");
         drop(mine);
         let _a = h.admit(A, true).expect("a share given back is taken again");
-        assert!(h.lock().by_address.get(&B) == Some(&1) && h.lock().by_address.get(&A) == Some(&1));
+        let counts = |ip: SocketAddr| h.lock().by_source.get(&Source::Stranger(ip.ip())).copied();
+        assert_eq!((counts(A), counts(B)), (Some(1), Some(1)));
     }
 
     #[test]
@@ -330,9 +389,9 @@ mod tests {
     /// (found at stop 49: strangers at four addresses took them all).
     #[test]
     fn a_quarter_of_the_slots_is_kept_for_members() {
-        const M: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9));
+        const M: SocketAddr = at(9, 7000);
         let h = Handshakes::new(8, Duration::from_secs(1));
-        h.set_members([(7, Some(M)), (8, None)]);
+        h.set_members([(7, M.to_string()), (8, "b.example:7000".to_string())]);
         let strangers: Vec<_> = [A, A, B, B, C, C]
             .into_iter()
             .map(|ip| h.admit(ip, true).expect("a stranger's slot"))
@@ -346,12 +405,68 @@ mod tests {
             "a member's address not validated is a stranger's"
         );
         let _m = h.admit(M, true).expect("a member's slot");
-        h.resolved(8, D);
+        h.resolved(8, "b.example:7000", D);
         let _d = h.admit(D, true).expect("a member resolved to D");
         assert!(h.admit(M, true).is_err(), "all 8 taken");
-        h.resolved(9, A);
+        h.resolved(9, "c.example:7000", A);
         assert!(!h.lock().is_member(A), "not a configured peer");
         drop(strangers);
+    }
+
+    /// Review of stop 50: a member was matched by IP, so anything at its
+    /// IP that answered the Retry took the members' reserve, and the
+    /// member IP's share with it. A node dials from its listening socket:
+    /// a member is its exact address.
+    #[test]
+    fn a_member_is_its_exact_address_not_its_ip() {
+        const M: SocketAddr = at(9, 7000);
+        const BESIDE_M: SocketAddr = at(9, 40000);
+        let h = Handshakes::new(8, Duration::from_secs(1));
+        h.set_members([(7, M.to_string())]);
+        let strangers: Vec<_> = [A, A, B, B, BESIDE_M, BESIDE_M]
+            .into_iter()
+            .map(|from| h.admit(from, true).expect("a stranger's slot"))
+            .collect();
+        assert!(
+            h.admit(BESIDE_M, true).is_err(),
+            "another port at the member's IP is a stranger: no reserve, and its IP's share is taken"
+        );
+        let _m1 = h
+            .admit(M, true)
+            .expect("the member: its own share, in the reserve");
+        let _m2 = h.admit(M, true).expect("the member's second");
+        drop(strangers);
+    }
+
+    /// Review of stop 50: a name's old address stuck: `set_members` kept
+    /// the IP a member's previous name resolved to, and an aborted link
+    /// task of the old name could still report it.
+    #[test]
+    fn a_name_is_taken_at_its_resolution_only_while_configured_at_it() {
+        let h = Handshakes::new(8, Duration::from_secs(1));
+        h.set_members([(8, "b.example:7000".to_string())]);
+        h.resolved(8, "b.example:7000", D);
+        assert!(h.lock().is_member(D));
+        // Set again at the same name: its resolution is kept.
+        h.set_members([(8, "b.example:7000".to_string())]);
+        assert!(h.lock().is_member(D));
+        // Moved to another name: the old one's address is not the member's.
+        h.set_members([(8, "c.example:7000".to_string())]);
+        assert!(!h.lock().is_member(D), "the old name's address stuck");
+        // The old name's link task, aborted but still running, reports it.
+        h.resolved(8, "b.example:7000", D);
+        assert!(
+            !h.lock().is_member(D),
+            "a stale link task made it a member again"
+        );
+        h.resolved(8, "c.example:7000", C);
+        assert!(h.lock().is_member(C));
+        // IPv4-mapped addresses are taken as IPv4.
+        let mapped = SocketAddr::new(
+            IpAddr::V6(Ipv4Addr::new(10, 0, 0, 3).to_ipv6_mapped()),
+            7000,
+        );
+        assert!(h.lock().is_member(canonical(mapped)));
     }
 
     #[test]

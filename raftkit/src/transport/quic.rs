@@ -420,8 +420,8 @@ pub(super) struct LinkConfig {
     pub(super) max_learned: usize,
     pub(super) learned_ttl: Duration,
     pub(super) group_inbox: Option<GroupTx>,
-    /// The slots of inbound handshakes (`handshakes`), told the IP each
-    /// configured peer's link resolves its address to.
+    /// The slots of inbound handshakes (`handshakes`), told the socket
+    /// address each configured peer's link resolves its address to.
     pub(super) handshakes: Arc<Handshakes>,
 }
 
@@ -712,6 +712,13 @@ impl QuicTransport {
         self.inner.handshakes.retried()
     }
 
+    /// How many inbound connections are in their handshake now, each
+    /// holding one of [`QuicConfig::max_handshakes`] slots (see
+    /// `transport::handshakes`).
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.inner.handshakes.in_progress()
+    }
+
     /// The nodes whose validated addresses may take the handshake slots
     /// kept for members (a test's view, see `transport::handshakes`).
     #[cfg(test)]
@@ -804,13 +811,13 @@ impl QuicTransport {
     /// its own address take it (found in review of stop 49).
     pub(crate) fn set_links(&self, peers: BTreeMap<NodeId, String>, members: &BTreeSet<NodeId>) {
         // The members' addresses: a share of the handshake slots is kept
-        // for them (`handshakes`; a name is taken at the IP its link
-        // resolves it to).
+        // for them (`handshakes`; a member is its exact address, a name
+        // the socket address its link resolves it to).
         self.inner.handshakes.set_members(
             peers
                 .iter()
                 .filter(|(id, _)| **id != self.inner.link.node && members.contains(id))
-                .map(|(id, addr)| (*id, addr.parse::<SocketAddr>().ok().map(|a| a.ip()))),
+                .map(|(id, addr)| (*id, addr.clone())),
         );
         let mut current = self.inner.peers();
         current.retain(|id, handle| {
@@ -959,7 +966,7 @@ async fn dial(
     addr: &str,
 ) -> Result<(Connection, SendStream), TransportError> {
     let target = resolve(endpoint, addr).await?;
-    link.handshakes.resolved(peer, target.ip());
+    link.handshakes.resolved(peer, addr, target);
     let conn = endpoint
         .connect_with(link.client.clone(), target, CLUSTER_SAN)?
         .await?;
