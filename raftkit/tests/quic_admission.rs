@@ -24,6 +24,15 @@ use tokio::time::Instant;
 const SCHEMA: u64 = 0x5eed_0000_0000_0002;
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Polls `done` until it holds, failing after `limit` with `what`.
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} (waited {limit:?})");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A node's transport with `max` handshake slots and `timeout`, and an idle
 /// timeout longer than the test: a stalled handshake is ended by the
 /// handshake bounds only, as one a dialer keeps alive would be.
@@ -43,6 +52,119 @@ async fn guarded(
         .await
         .expect("start transport");
     (t, addr, rx)
+}
+
+/// A quinn dialer at `from` (its relay's address) that answers the Retry
+/// and then stalls its TLS handshake (module doc). Ends with what became
+/// of it: the dialer's error (refused, or closed by the acceptor), or
+/// "stalled" after `life`.
+fn stall_in_tls(
+    from: Ipv4Addr,
+    to: SocketAddr,
+    identity: &Identity,
+    life: Duration,
+) -> tokio::task::JoinHandle<String> {
+    let cfg = quic_client_config(identity, PEER_ALPN).expect("client config");
+    tokio::spawn(async move {
+        let relay = tokio::net::UdpSocket::bind((from, 0))
+            .await
+            .expect("relay socket");
+        let relay_addr = relay.local_addr().expect("relay addr");
+        let endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        let connecting = endpoint
+            .connect_with(cfg, relay_addr, "raftkit")
+            .expect("connect");
+        let pump = async {
+            let mut buf = vec![0u8; 4096];
+            let mut dialer: Option<SocketAddr> = None;
+            let mut answered = false;
+            loop {
+                let (n, src) = relay.recv_from(&mut buf).await?;
+                if src == to {
+                    // A long-header Initial packet (not a Retry): the
+                    // acceptor has begun its side of the handshake.
+                    let first = buf.first().copied().unwrap_or(0);
+                    if first & 0x80 != 0 && (first >> 4) & 0x3 == 0 {
+                        answered = true;
+                    }
+                    if let Some(d) = dialer {
+                        relay.send_to(&buf[..n], d).await?;
+                    }
+                } else {
+                    dialer = Some(src);
+                    if !answered {
+                        relay.send_to(&buf[..n], to).await?;
+                    }
+                }
+            }
+        };
+        tokio::pin!(pump);
+        let end = Instant::now() + life;
+        // quinn's dialer counts TLS done once it sent its Finished, which
+        // the relay keeps from the acceptor: it stays until `life` ends.
+        let conn = tokio::select! {
+            done = connecting => match done {
+                Ok(conn) => conn,
+                Err(e) => return e.to_string(),
+            },
+            failed = &mut pump => {
+                let failed: std::io::Result<()> = failed;
+                return format!("relay failed: {failed:?}");
+            }
+            _ = tokio::time::sleep_until(end) => return "stalled".to_string(),
+        };
+        tokio::select! {
+            closed = conn.closed() => format!("closed: {closed}"),
+            failed = &mut pump => {
+                let failed: std::io::Result<()> = failed;
+                format!("relay failed: {failed:?}")
+            }
+            _ = tokio::time::sleep_until(end) => "stalled".to_string(),
+        }
+    })
+}
+
+/// Review of stop 50: the TLS phase of an inbound handshake had the whole
+/// `handshake_timeout` (10 s): a dialer that answered the Retry and then
+/// stalled in TLS held its slot 10 s, where a real peer needs milliseconds.
+/// Now TLS must be done within a quarter of it (2.5 s of 10 s).
+#[tokio::test]
+async fn a_dialer_stalled_in_tls_holds_its_slot_for_the_tls_bound_only() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let timeout = Duration::from_secs(10);
+    let (a, addr, _rx) = guarded(
+        "t@a",
+        ids[0].clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        8,
+        timeout,
+    )
+    .await;
+    let cert = ca.issue_client("stranger").expect("cert");
+    let started = Instant::now();
+    let stalled = stall_in_tls(Ipv4Addr::new(127, 0, 0, 2), addr, &cert, DEADLINE);
+    // It holds a slot, then none once the TLS bound is past.
+    wait_until("the stalled dialer took no slot", DEADLINE, || {
+        a.handshakes_in_progress() == 1
+    })
+    .await;
+    let bound = Duration::from_secs(4);
+    while a.handshakes_in_progress() != 0 {
+        assert!(
+            started.elapsed() < bound,
+            "a dialer stalled in TLS still held its slot {:?} after it dialed (handshake_timeout {timeout:?})",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_secs(2),
+        "its slot was given back after {held:?}, before the 2.5 s TLS bound"
+    );
+    stalled.abort();
+    a.shutdown().await;
 }
 
 /// Review of stop 50: the members' reserve matched a member by IP only, so

@@ -348,6 +348,7 @@ pub(super) async fn accept_loop(
                     inbound: inbound.clone(),
                     places: places.clone(),
                     handshake_timeout: handshakes.timeout(),
+                    tls_timeout: handshakes.tls_timeout(),
                 };
                 tasks.spawn(serve_incoming(incoming, served, clients.clone(), slot));
             }
@@ -369,6 +370,8 @@ struct Served {
     places: Arc<PeerPlaces>,
     /// How long a link's handshake may take (`handshakes`).
     handshake_timeout: std::time::Duration,
+    /// How long its TLS phase may take (`handshakes::tls_timeout`).
+    tls_timeout: std::time::Duration,
 }
 
 /// Serves one inbound connection, which holds `slot` among the handshakes
@@ -381,11 +384,14 @@ async fn serve_incoming(
 ) {
     let link = &served.link;
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout_at(slot.deadline, incoming).await {
+    // TLS within its own, shorter bound: a real dialer needs a few round
+    // trips; one that answered the Retry and stalls is not let hold its
+    // slot for the whole handshake timeout (`handshakes::tls_timeout`).
+    let conn = match tokio::time::timeout_at(slot.tls_deadline, incoming).await {
         Ok(Ok(conn)) => conn,
         Err(_) => {
             // Dropping the handshake closes it.
-            warn!(node = link.node, %remote, timeout = ?served.handshake_timeout,
+            warn!(node = link.node, %remote, tls_timeout = ?served.tls_timeout,
                 "inbound TLS handshake not done in time; connection dropped");
             return;
         }

@@ -26,12 +26,21 @@
 //!   it is handed to the client service (which has limits of its own,
 //!   `runtime::intake`); it is given back when dropped, however the
 //!   handshake ends;
+//! - TLS must be done within [`tls_timeout`] of the first packet (a
+//!   quarter of the handshake timeout, at least 1 s: 2.5 s by default): a
+//!   dialer that has not completed it by then is dropped, so one that
+//!   answers the Retry and stalls in TLS (no certificate needed) holds its
+//!   slot that long at most, where a real dialer needs milliseconds on a
+//!   LAN. (A silent one is dropped sooner if the idle timeout,
+//!   [`QuicConfig::idle_timeout`], is shorter; one that keeps sending is
+//!   not);
 //! - all of it must be done within [`QuicConfig::handshake_timeout`]
-//!   (default 10 s) of the first packet: a dialer that has not completed
-//!   TLS by then is dropped, a peer that opened no link stream or sent no
-//!   whole hello by then is closed with `CLOSE_PROTOCOL`, and a client
-//!   connection the client service did not take by then is closed with
-//!   `CLOSE_NO_SERVICE`.
+//!   (default 10 s) of the first packet: a peer that opened no link
+//!   stream or sent no whole hello by then is closed with
+//!   `CLOSE_PROTOCOL`, and a client connection the client service did not
+//!   take by then is closed with `CLOSE_NO_SERVICE`. Only a dialer with a
+//!   certificate of the cluster CA gets past TLS, so only such a dialer
+//!   can hold a slot that long.
 //!
 //! - once half the slots are taken, an attempt from an address that has
 //!   not proven it receives at that address (QUIC address validation,
@@ -78,6 +87,7 @@
 //!
 //! [`QuicConfig::max_handshakes`]: super::QuicConfig::max_handshakes
 //! [`QuicConfig::handshake_timeout`]: super::QuicConfig::handshake_timeout
+//! [`QuicConfig::idle_timeout`]: super::QuicConfig::idle_timeout
 //! [`QuicTransport::refused_handshakes`]: super::QuicTransport::refused_handshakes
 //! [`QuicTransport::retried_handshakes`]: super::QuicTransport::retried_handshakes
 
@@ -102,11 +112,35 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// a timeout of 0 would close every inbound connection.
 pub const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The shortest bound of an inbound connection's TLS phase
+/// ([`tls_timeout`]).
+pub const MIN_TLS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long an inbound connection may take to complete TLS, from its
+/// first packet, given the handshake timeout: a quarter of it (the timeout
+/// taken at least [`MIN_HANDSHAKE_TIMEOUT`]), at least [`MIN_TLS_TIMEOUT`]
+/// and at most all of it; 2.5 s of the default 10 s.
+///
+/// Why a quarter: a real dialer completes QUIC's TLS in two round trips
+/// (three with a Retry) plus the signatures, milliseconds on a LAN and well
+/// under a second across continents, with room left for a lost flight or
+/// two (quinn's first probe timeout is about a second). The rest of the
+/// handshake (a peer's hello and schema, a client's hand-over) keeps the
+/// whole timeout. A fraction rather than a constant so that a
+/// configuration that raised the timeout for a slow network raises this
+/// with it.
+pub fn tls_timeout(handshake_timeout: Duration) -> Duration {
+    let timeout = handshake_timeout.max(MIN_HANDSHAKE_TIMEOUT);
+    (timeout / 4).max(MIN_TLS_TIMEOUT).min(timeout)
+}
+
 /// The slots of a node's inbound handshakes (module doc).
 #[derive(Debug)]
 pub(super) struct Handshakes {
     max: usize,
     timeout: Duration,
+    /// How long the TLS phase may take ([`tls_timeout`]).
+    tls_timeout: Duration,
     refused: AtomicU64,
     retried: AtomicU64,
     /// The most slots one source address holds (module doc).
@@ -163,6 +197,8 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 pub(super) struct HandshakeSlot {
     handshakes: Arc<Handshakes>,
     from: Source,
+    /// When TLS must be done ([`tls_timeout`]).
+    pub(super) tls_deadline: Instant,
     /// When the handshake must be done.
     pub(super) deadline: Instant,
 }
@@ -177,6 +213,7 @@ impl Handshakes {
         Arc::new(Handshakes {
             max,
             timeout,
+            tls_timeout: tls_timeout(timeout),
             refused: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             per_address: (max / 4).max(2).min(max),
@@ -211,10 +248,12 @@ impl Handshakes {
         }
         held.total += 1;
         held.by_source.insert(from, mine + 1);
+        let now = Instant::now();
         Ok(HandshakeSlot {
             handshakes: Arc::clone(self),
             from,
-            deadline: Instant::now() + self.timeout,
+            tls_deadline: now + self.tls_timeout,
+            deadline: now + self.timeout,
         })
     }
 
@@ -300,6 +339,11 @@ impl Handshakes {
     pub(super) fn timeout(&self) -> Duration {
         self.timeout
     }
+
+    /// How long its TLS phase may take ([`tls_timeout`]).
+    pub(super) fn tls_timeout(&self) -> Duration {
+        self.tls_timeout
+    }
 }
 
 impl Drop for HandshakeSlot {
@@ -383,6 +427,30 @@ mod tests {
         );
         let h = Handshakes::new(1, Duration::from_secs(3));
         assert_eq!(h.timeout(), Duration::from_secs(3));
+    }
+
+    /// Review of stop 50: TLS had the whole handshake timeout (10 s); it
+    /// has a quarter of it, at least 1 s, at most all of it.
+    #[test]
+    fn tls_has_a_quarter_of_the_handshake_timeout() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            tls_timeout(DEFAULT_HANDSHAKE_TIMEOUT),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(tls_timeout(secs(40)), secs(10));
+        assert_eq!(tls_timeout(secs(2)), secs(1), "at least 1 s");
+        assert_eq!(
+            tls_timeout(Duration::ZERO),
+            secs(1),
+            "the timeout is at least 1 s"
+        );
+        let h = Handshakes::new(1, secs(10));
+        let slot = h.admit(A, true).expect("a slot");
+        assert_eq!(
+            slot.deadline - slot.tls_deadline,
+            Duration::from_millis(7500)
+        );
     }
 
     /// A quarter of the slots is left to members' validated addresses

@@ -86,7 +86,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use super::handshakes::{
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES, MIN_HANDSHAKE_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES, MIN_HANDSHAKE_TIMEOUT, MIN_TLS_TIMEOUT,
+    tls_timeout,
 };
 pub use super::peer_limits::{DEFAULT_MAX_PEER_CONNECTIONS, DEFAULT_PEER_CONNECTIONS_PER_NODE};
 pub use super::quic_tuning::DEFAULT_CLIENT_RECEIVE_WINDOW;
@@ -225,10 +226,16 @@ pub struct QuicConfig {
     /// `transport::handshakes`).
     pub max_handshakes: usize,
     /// How long an inbound connection's handshake may take, from its first
-    /// packet to its hello answered (default [`DEFAULT_HANDSHAKE_TIMEOUT`],
-    /// 10 s; at least [`MIN_HANDSHAKE_TIMEOUT`], 1 s): a dialer that has
-    /// not completed it by then, whether in TLS or in its hello (or opening
-    /// no stream at all), is closed.
+    /// packet to its hello answered (a peer) or its hand-over to the client
+    /// service (a client) (default [`DEFAULT_HANDSHAKE_TIMEOUT`], 10 s; at
+    /// least [`MIN_HANDSHAKE_TIMEOUT`], 1 s): a dialer that has not
+    /// completed it by then (in its hello, or opening no stream at all) is
+    /// closed. Its TLS phase has a quarter of it ([`tls_timeout`], at least
+    /// [`MIN_TLS_TIMEOUT`]: 2.5 s of the default): a dialer that has not
+    /// completed TLS by then is dropped. So a dialer without a certificate
+    /// of the cluster CA holds a slot at most [`tls_timeout`], and only one
+    /// with such a certificate can hold one for the whole timeout (see
+    /// `transport::handshakes`).
     pub handshake_timeout: Duration,
 }
 
