@@ -380,14 +380,31 @@ async fn serve_incoming(
     incoming: quinn::Incoming,
     served: Served,
     clients: Option<mpsc::Sender<AcceptedClient>>,
-    slot: HandshakeSlot,
+    mut slot: HandshakeSlot,
 ) {
     let link = &served.link;
     let remote = incoming.remote_address();
     // TLS within its own, shorter bound: a real dialer needs a few round
     // trips; one that answered the Retry and stalls is not let hold its
     // slot for the whole handshake timeout (`handshakes::tls_timeout`).
-    let conn = match tokio::time::timeout_at(slot.tls_deadline, incoming).await {
+    // A stranger's handshake still in TLS gives its slot to a newcomer
+    // that finds them all taken, once old enough (`handshakes`).
+    let tls_deadline = slot.tls_deadline;
+    let tls = tokio::select! {
+        tls = tokio::time::timeout_at(tls_deadline, incoming) => tls,
+        evictions = slot.evicted() => {
+            // Dropping the handshake closes it.
+            if evictions.is_power_of_two() {
+                warn!(node = link.node, %remote, evictions,
+                    "inbound handshake stalled in TLS gave its slot to a newer attempt; dropped (logged at the first eviction and every power of two)");
+            } else {
+                debug!(node = link.node, %remote, evictions,
+                    "inbound handshake stalled in TLS gave its slot to a newer attempt; dropped");
+            }
+            return;
+        }
+    };
+    let conn = match tls {
         Ok(Ok(conn)) => conn,
         Err(_) => {
             // Dropping the handshake closes it.
@@ -401,6 +418,7 @@ async fn serve_incoming(
             return;
         }
     };
+    slot.tls_done();
     let alpn = conn
         .handshake_data()
         .and_then(|d| d.downcast::<HandshakeData>().ok())

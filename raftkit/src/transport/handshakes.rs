@@ -97,6 +97,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::core::NodeId;
@@ -141,8 +142,12 @@ pub(super) struct Handshakes {
     timeout: Duration,
     /// How long the TLS phase may take ([`tls_timeout`]).
     tls_timeout: Duration,
+    /// How old a handshake stalled in TLS must be before a newcomer may
+    /// take its place (module doc): a fifth of `tls_timeout`.
+    min_evict_age: Duration,
     refused: AtomicU64,
     retried: AtomicU64,
+    evicted: AtomicU64,
     /// The most slots one source address holds (module doc).
     per_address: usize,
     /// The slots only members' validated addresses take (module doc).
@@ -169,11 +174,25 @@ struct Member {
     at: Option<SocketAddr>,
 }
 
+/// One slot taken.
+#[derive(Debug)]
+struct Taken {
+    source: Source,
+    /// When its attempt arrived.
+    since: Instant,
+    /// Tells its handshake that a newcomer took its place (with the count
+    /// of evictions so far), while it may be evicted: a stranger's, still
+    /// in TLS. `None` for a member's, and once TLS is done.
+    evict: Option<oneshot::Sender<u64>>,
+}
+
 /// The slots taken, and who the members are.
 #[derive(Debug, Default)]
 struct Held {
-    /// Slots taken in all.
-    total: usize,
+    /// The slots taken, by id.
+    slots: HashMap<u64, Taken>,
+    /// The id of the next slot.
+    next: u64,
     /// Slots held per source (`Source`).
     by_source: HashMap<Source, usize>,
     /// The configured peers.
@@ -183,6 +202,38 @@ struct Held {
 impl Held {
     fn is_member(&self, at: SocketAddr) -> bool {
         self.members.values().any(|m| m.at == Some(at))
+    }
+
+    fn count(&self, source: Source) -> usize {
+        self.by_source.get(&source).copied().unwrap_or(0)
+    }
+
+    /// The slot a newcomer from a source holding `mine` slots may take at
+    /// `now` when all it may take are taken (module doc): the oldest of a
+    /// stranger still in TLS for at least `min_age`, at a source holding
+    /// at least `mine + 2`.
+    fn victim(&self, mine: usize, now: Instant, min_age: Duration) -> Option<u64> {
+        self.slots
+            .iter()
+            .filter(|(_, t)| {
+                t.evict.is_some()
+                    && now.saturating_duration_since(t.since) >= min_age
+                    && self.count(t.source) >= mine + 2
+            })
+            .min_by_key(|(id, t)| (t.since, **id))
+            .map(|(id, _)| *id)
+    }
+
+    /// Gives slot `id` back; what it was, if it was taken.
+    fn release(&mut self, id: u64) -> Option<Taken> {
+        let taken = self.slots.remove(&id)?;
+        if let Some(n) = self.by_source.get_mut(&taken.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_source.remove(&taken.source);
+            }
+        }
+        Some(taken)
     }
 }
 
@@ -196,7 +247,9 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 #[derive(Debug)]
 pub(super) struct HandshakeSlot {
     handshakes: Arc<Handshakes>,
-    from: Source,
+    id: u64,
+    /// Told when a newcomer takes this slot's place (`evicted`).
+    evicted: Option<oneshot::Receiver<u64>>,
     /// When TLS must be done ([`tls_timeout`]).
     pub(super) tls_deadline: Instant,
     /// When the handshake must be done.
@@ -214,8 +267,10 @@ impl Handshakes {
             max,
             timeout,
             tls_timeout: tls_timeout(timeout),
+            min_evict_age: tls_timeout(timeout) / 5,
             refused: AtomicU64::new(0),
             retried: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
             per_address: (max / 4).max(2).min(max),
             reserved: max / 4,
             held: Mutex::default(),
@@ -224,8 +279,9 @@ impl Handshakes {
 
     /// A slot for a connection attempt arriving now from `from` (whose
     /// address is `validated` or not), or `Err` with the count of refusals
-    /// so far (this one included) when all it may take are taken or
-    /// `from` holds its share (module doc).
+    /// so far (this one included) when `from` holds its share, or all it
+    /// may take are taken and none of them may be given to it (module
+    /// doc: a handshake stalled in TLS may be evicted for it).
     pub(super) fn admit(
         self: &Arc<Self>,
         from: SocketAddr,
@@ -242,16 +298,50 @@ impl Handshakes {
             // reserve.
             (Source::Stranger(from.ip()), self.max - self.reserved)
         };
-        let mine = held.by_source.get(&from).copied().unwrap_or(0);
-        if mine >= self.per_address || held.total >= open {
-            return Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1);
+        let mine = held.count(from);
+        let refuse = || Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1);
+        if mine >= self.per_address {
+            return refuse();
         }
-        held.total += 1;
-        held.by_source.insert(from, mine + 1);
         let now = Instant::now();
+        if held.slots.len() >= open {
+            // Full: the newcomer takes the place of the oldest stranger
+            // stalled in TLS long enough, at a source holding two more
+            // than its own (module doc), or is refused. The count of
+            // slots does not grow.
+            let Some(victim) = held.victim(mine, now, self.min_evict_age) else {
+                return refuse();
+            };
+            if let Some(Taken {
+                evict: Some(evict), ..
+            }) = held.release(victim)
+            {
+                let _ = evict.send(self.evicted.fetch_add(1, Ordering::Relaxed) + 1);
+            }
+        }
+        let id = held.next;
+        held.next += 1;
+        // A member's handshake is never evicted.
+        let (evict, evicted) = match from {
+            Source::Member(_) => (None, None),
+            Source::Stranger(_) => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+        };
+        held.slots.insert(
+            id,
+            Taken {
+                source: from,
+                since: now,
+                evict,
+            },
+        );
+        held.by_source.insert(from, mine + 1);
         Ok(HandshakeSlot {
             handshakes: Arc::clone(self),
-            from,
+            id,
+            evicted,
             tls_deadline: now + self.tls_timeout,
             deadline: now + self.timeout,
         })
@@ -307,12 +397,17 @@ impl Handshakes {
     /// Whether half the slots or more are taken: an attempt from an
     /// address not yet validated is then sent a Retry (module doc).
     pub(super) fn crowded(&self) -> bool {
-        self.max - self.lock().total.min(self.max) <= self.max / 2
+        self.max - self.lock().slots.len().min(self.max) <= self.max / 2
     }
 
     /// How many slots are taken now.
     pub(super) fn in_progress(&self) -> usize {
-        self.lock().total
+        self.lock().slots.len()
+    }
+
+    /// Handshakes stalled in TLS whose slot a newcomer took so far.
+    pub(super) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Counts an attempt answered with a Retry.
@@ -346,16 +441,33 @@ impl Handshakes {
     }
 }
 
+impl HandshakeSlot {
+    /// Resolves, with the count of evictions so far, once a newcomer has
+    /// taken this slot's place (module doc): the handshake must then be
+    /// dropped. Never for a member's slot, nor after `tls_done`; the first
+    /// call only (a later one never resolves).
+    pub(super) async fn evicted(&mut self) -> u64 {
+        if let Some(evicted) = self.evicted.take()
+            && let Ok(count) = evicted.await
+        {
+            return count;
+        }
+        std::future::pending().await
+    }
+
+    /// TLS is done: the slot is no longer taken from it for a newcomer.
+    pub(super) fn tls_done(&mut self) {
+        self.evicted = None;
+        if let Some(taken) = self.handshakes.lock().slots.get_mut(&self.id) {
+            taken.evict = None;
+        }
+    }
+}
+
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        let mut held = self.handshakes.lock();
-        held.total = held.total.saturating_sub(1);
-        if let Some(n) = held.by_source.get_mut(&self.from) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                held.by_source.remove(&self.from);
-            }
-        }
+        // Nothing to give back if a newcomer took its place.
+        self.handshakes.lock().release(self.id);
     }
 }
 
@@ -535,6 +647,66 @@ mod tests {
             7000,
         );
         assert!(h.lock().is_member(canonical(mapped)));
+    }
+
+    /// Review of stop 50: clients have no reserve, and strangers stalling
+    /// in TLS kept every slot they could take for the whole timeout. A
+    /// newcomer that finds them full takes the place of the oldest
+    /// stranger stalled in TLS for a fifth of the TLS bound (500 ms of
+    /// 2.5 s), at a source holding two more slots than its own.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_newcomer_takes_the_place_of_the_oldest_handshake_stalled_in_tls() {
+        const M: SocketAddr = at(9, 7000);
+        const CLIENT: SocketAddr = at(20, 5000);
+        let h = Handshakes::new(8, Duration::from_secs(10));
+        assert_eq!(h.min_evict_age, Duration::from_millis(500));
+        h.set_members([(7, M.to_string())]);
+        let mut a1 = h.admit(A, true).expect("a1");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let mut rest: Vec<_> = [A, B, B, C, C]
+            .into_iter()
+            .map(|from| h.admit(from, true).expect("a stranger's slot"))
+            .collect();
+        let mut member = h.admit(M, true).expect("the member's");
+        assert!(
+            h.admit(CLIENT, true).is_err(),
+            "full, and none stalled for 500 ms yet"
+        );
+        tokio::time::advance(Duration::from_millis(450)).await;
+        // a1 is 550 ms old, the others 450 ms: a1 is the one taken.
+        let _client = h.admit(CLIENT, true).expect("the client takes a1's place");
+        assert_eq!(h.in_progress(), 7, "the count did not grow");
+        assert_eq!(h.evicted(), 1);
+        let told = tokio::time::timeout(Duration::from_millis(1), a1.evicted()).await;
+        assert_eq!(told.ok(), Some(1), "a1's handshake is told");
+        drop(a1);
+        assert_eq!(
+            h.in_progress(),
+            7,
+            "an evicted slot is not given back twice"
+        );
+        // A holds one slot now: it may take a place only at a source
+        // holding three or more, and none does.
+        assert!(
+            h.admit(A, true).is_err(),
+            "A holds 1, B and C 2: no place for A"
+        );
+        // D holds none: it takes the oldest at B or C.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let _d = h.admit(D, true).expect("D takes a stalled slot at B or C");
+        // A handshake past TLS is never taken, nor a member's.
+        for slot in &mut rest {
+            slot.tls_done();
+        }
+        member.tls_done();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            h.admit(at(21, 5000), true).is_err(),
+            "only handshakes past TLS (and the client's, D's: at sources of one slot) are left"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(1), member.evicted())
+            .await
+            .expect_err("a member's handshake is never evicted");
     }
 
     #[test]

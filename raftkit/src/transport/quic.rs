@@ -726,6 +726,13 @@ impl QuicTransport {
         self.inner.handshakes.in_progress()
     }
 
+    /// How many inbound handshakes stalled in TLS gave their slot to a
+    /// newer attempt so far, for arriving while all the slots it could
+    /// take were taken (see `transport::handshakes`).
+    pub fn evicted_handshakes(&self) -> u64 {
+        self.inner.handshakes.evicted()
+    }
+
     /// The nodes whose validated addresses may take the handshake slots
     /// kept for members (a test's view, see `transport::handshakes`).
     #[cfg(test)]
