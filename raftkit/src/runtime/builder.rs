@@ -582,10 +582,15 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// take (defaults
     /// [`DEFAULT_MAX_HANDSHAKES`](crate::transport::quic::DEFAULT_MAX_HANDSHAKES),
     /// 256, and 10 s; at least 1 and 1 s): one past the bound is refused
-    /// at once, one not done in time is closed; once half are taken an
-    /// attempt from an address not yet validated is sent a QUIC Retry, and
-    /// one source address holds at most a quarter (see
-    /// `transport::handshakes`).
+    /// at once (unless it may take the place of a stranger's handshake
+    /// stalled in TLS), one not done in time is closed (TLS within a
+    /// quarter of the timeout,
+    /// [`tls_timeout`](crate::transport::quic::tls_timeout)); once half
+    /// are taken an attempt from an address not yet validated is sent a
+    /// QUIC Retry, one source IP holds at most a quarter, and a quarter
+    /// is kept for the configured peers' exact addresses (see
+    /// [`QuicConfig::max_handshakes`](crate::transport::QuicConfig::max_handshakes)
+    /// for what is guaranteed, and `transport::handshakes`).
     pub fn handshakes(mut self, max: usize, timeout: Duration) -> Self {
         self.handshakes = (
             max.max(1),

@@ -15,8 +15,10 @@
 //! node and in all, is `peer_limits`: one past either is closed as soon as
 //! its certificate is read. How many connections are in their handshake
 //! at once, and for how long, is `handshakes`: one past the bound is
-//! refused as it arrives, and a handshake (TLS, then the first link's
-//! hello answered) not done within the timeout is closed.
+//! refused as it arrives (or takes the place of a stranger's handshake
+//! stalled in TLS), TLS not done within its bound is dropped, and a
+//! handshake (TLS, then the first link's hello answered) not done within
+//! the timeout is closed.
 //!
 //! A peer connection carries one link (`quic`: a node dials each peer
 //! once, one stream per connection): however a link ends (no hello in

@@ -12,13 +12,16 @@
 //! Rules ([`QuicConfig::max_handshakes`] and
 //! [`QuicConfig::handshake_timeout`]):
 //! - a connection attempt takes a slot ([`HandshakeSlot`]) as it arrives;
-//!   when all [`QuicConfig::max_handshakes`] (default
-//!   [`DEFAULT_MAX_HANDSHAKES`]) are taken it is refused at once
-//!   (`Incoming::refuse`: the dialer sees the connection refused, before
-//!   any cryptography), with a `warn` event (the first refusal and every
-//!   power of two after it) and a count
+//!   when all it may take of [`QuicConfig::max_handshakes`] (default
+//!   [`DEFAULT_MAX_HANDSHAKES`]) are taken, it takes the place of a
+//!   handshake stalled in TLS if one may be evicted (below), and is
+//!   refused at once otherwise (`Incoming::refuse`: the dialer sees the
+//!   connection refused, before any cryptography), with a `warn` event
+//!   (the first refusal and every power of two after it) and a count
 //!   ([`QuicTransport::refused_handshakes`]). A node's link redials with
-//!   its backoff; a client retries as on any unreachable member;
+//!   its backoff; a client's connect fails as when no member answers
+//!   (the application tries again), and a call of a connected client
+//!   retries another member or later;
 //! - the slot is held through the TLS handshake and then: on a peer
 //!   connection, until its (first) link's hello is answered, accepted or
 //!   refused (the connection then holds a place among the node's peer
@@ -80,6 +83,30 @@
 //!   configured at (multi-homed and routed out of another interface,
 //!   behind a NAT that maps its port, or listening on another port than
 //!   it advertises) counts as a stranger.
+//! - clients cannot be told from strangers before TLS, so they have no
+//!   reserve; instead, an attempt that finds all the slots it may take
+//!   taken takes the place of the oldest handshake that is a stranger's
+//!   (never a member's), still in TLS, at least a fifth of
+//!   [`tls_timeout`] old (500 ms by default: a real dialer is past TLS by
+//!   then), at a source holding at least two more slots than the
+//!   newcomer's own source; that handshake is dropped (a `warn` event at
+//!   the first eviction and every power of two,
+//!   [`QuicTransport::evicted_handshakes`]), and the count of slots does
+//!   not grow. A source never takes the place of its own handshakes nor
+//!   of a source holding as many, so strangers stalling cannot churn
+//!   among themselves once their slots are spread evenly, while a dialer
+//!   at an address holding none can take the place of any stalled
+//!   handshake at an address holding two. What this guarantees: while
+//!   strangers holding the slots stall in TLS from fewer distinct
+//!   validated addresses than there are strangers' slots (three quarters
+//!   of the slots, 192 by default), a client (or any dialer with a
+//!   certificate) from another address finds a place within a fifth of
+//!   [`tls_timeout`] of the slots filling, plus its own redial delay.
+//!   Not guaranteed: against strangers at more addresses than that, or
+//!   renewing every one of their handshakes faster than that age, or
+//!   holding slots past TLS (only a dialer with a certificate of the
+//!   cluster CA can: until the handshake timeout), a client may be
+//!   refused until they stop; a member never is (the reserve).
 //!
 //! A legitimate burst (a cluster restarting, every client reconnecting)
 //! completes its handshakes in a few round trips each: 256 in progress is
@@ -90,6 +117,7 @@
 //! [`QuicConfig::idle_timeout`]: super::QuicConfig::idle_timeout
 //! [`QuicTransport::refused_handshakes`]: super::QuicTransport::refused_handshakes
 //! [`QuicTransport::retried_handshakes`]: super::QuicTransport::retried_handshakes
+//! [`QuicTransport::evicted_handshakes`]: super::QuicTransport::evicted_handshakes
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

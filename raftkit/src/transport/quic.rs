@@ -217,13 +217,30 @@ pub struct QuicConfig {
     /// at once: from the first packet to the TLS handshake done and, on a
     /// peer connection, its hello answered; on a client connection, until
     /// it is handed to the client service (default
-    /// [`DEFAULT_MAX_HANDSHAKES`], 256; at least 1). One more is refused
-    /// at once, before any cryptography (its dialer sees the connection
-    /// refused and retries), counted by
-    /// [`QuicTransport::refused_handshakes`]. A quarter of them (none
-    /// below 4) is kept for the configured peers' addresses, so that
-    /// strangers stalling their handshakes never lock a member out (see
-    /// `transport::handshakes`).
+    /// [`DEFAULT_MAX_HANDSHAKES`], 256; at least 1). What is guaranteed
+    /// (see `transport::handshakes` for the rules):
+    /// - an attempt past the bound is refused at once, before any
+    ///   cryptography (its dialer sees the connection refused), counted by
+    ///   [`QuicTransport::refused_handshakes`], unless it may take the
+    ///   place of a stranger's handshake stalled in TLS (below);
+    /// - one source IP holds at most a quarter of the slots (at least 2);
+    /// - a quarter of them (none below 4) is kept for the configured
+    ///   peers, each known by its exact address (IP and port, validated
+    ///   by a Retry): strangers, from any number of addresses, never hold
+    ///   it, so a member dialing from the address it is configured at
+    ///   finds a slot while the members hold fewer than the reserve. A
+    ///   member dialing from another address (another interface, a NAT
+    ///   that maps ports) is a stranger;
+    /// - clients have no reserve: an attempt that finds the slots it may
+    ///   take all taken takes the place of the oldest stranger's
+    ///   handshake still in TLS for a fifth of [`tls_timeout`] (500 ms by
+    ///   default) at an address holding two more slots than its own, so a
+    ///   client gets in within that age plus its redial delay while the
+    ///   strangers stall from fewer addresses than there are strangers'
+    ///   slots; not against more addresses, nor against strangers that
+    ///   renew their handshakes faster, nor against dialers with a
+    ///   certificate of the cluster CA holding slots past TLS (until
+    ///   [`QuicConfig::handshake_timeout`]).
     pub max_handshakes: usize,
     /// How long an inbound connection's handshake may take, from its first
     /// packet to its hello answered (a peer) or its hand-over to the client
