@@ -58,6 +58,7 @@ use tracing::{debug, warn};
 
 use super::client_service::{Caller, Front, answer};
 use super::intake::{ConnectionIntake, Room};
+use super::request_deadline::{Expiring, Sweep, is_timed};
 use crate::client::wire::{ClientRequest, ClientResponse, RequestId, RequestMeta, WireError};
 use crate::error::Error;
 use crate::transport::frame::{FrameError, encode_frame_bytes};
@@ -91,10 +92,14 @@ pub(super) async fn serve<F: Front>(
     mut frames: FrameReader,
     max_frame: usize,
     intake: ConnectionIntake,
+    request_timeout: Duration,
 ) {
     let (tx, rx) = mpsc::channel::<Answer>(MUX_WINDOW);
     let writer = tokio::spawn(write_answers(send, rx, max_frame, ANSWER_STALL));
     let mut running = FuturesUnordered::new();
+    // The deadlines of the requests being answered: one timer for the
+    // stream, not one per request (`request_deadline`).
+    let mut sweep = Sweep::new(request_timeout);
     // Answers the writer had no room for yet: the requests go on being
     // polled meanwhile (a request waiting for admission must be, or the
     // room handed to it is never used nor given back).
@@ -166,7 +171,17 @@ pub(super) async fn serve<F: Front>(
                         Request::Refused(refusal)
                     }
                 };
-                running.push(answer_one(&front, &caller, id, request));
+                let (changes, timed) = match &request {
+                    Request::Read(Ok((request, _)), _) => (changes_state(request), is_timed(request)),
+                    _ => (false, false),
+                };
+                let deadline = sweep.start(timed, Pin::new(&mut running).iter_pin_mut());
+                running.push(Expiring::new(answer_one(&front, &caller, id, request), id, changes, deadline));
+            }
+            // Last: polled only when nothing else is ready (a busy stream
+            // also sweeps when a request starts after the sweep was due).
+            () = sweep.due(), if !running.is_empty() => {
+                sweep.sweep(tokio::time::Instant::now(), Pin::new(&mut running).iter_pin_mut());
             }
             // Nothing more to read, every answer handed to the writer.
             else => break,
@@ -441,7 +456,16 @@ mod tests {
             _: ClientRequest,
             _: Option<RequestMeta>,
         ) -> ClientResponse {
+            /// Counts the request out of `waiting` when it ends, answered
+            /// or dropped.
+            struct Waits(Arc<AtomicUsize>);
+            impl Drop for Waits {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
             let now = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+            let _waits = Waits(self.waiting.clone());
             self.most_waiting.fetch_max(now, Ordering::SeqCst);
             self.started.fetch_add(1, Ordering::SeqCst);
             while !self.open.load(Ordering::SeqCst) {
@@ -451,7 +475,6 @@ mod tests {
                 }
                 notified.await;
             }
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
             ClientResponse::Ok(Vec::new())
         }
         async fn watch(
@@ -522,6 +545,18 @@ mod tests {
         std::net::SocketAddr,
         tokio::task::JoinHandle<quinn::Connection>,
     ) {
+        serve_first_stream_timing(front, crate::runtime::client_service::REQUEST_TIMEOUT)
+    }
+
+    /// [`serve_first_stream`] with requests timing out after `timeout`.
+    fn serve_first_stream_timing<F: Front>(
+        front: F,
+        timeout: Duration,
+    ) -> (
+        crate::tls::Identity,
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<quinn::Connection>,
+    ) {
         let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
         let client_id = ca.issue_client("app").expect("client cert");
         let principal = client_id.principal().expect("principal");
@@ -547,6 +582,7 @@ mod tests {
                 FrameReader::new(recv),
                 1 << 20,
                 crate::runtime::intake::Intake::new(1 << 30, Duration::from_secs(2)).connection(),
+                timeout,
             )
             .await;
             conn
@@ -714,6 +750,99 @@ mod tests {
             .expect("answers");
         assert!(!answers.is_empty());
         assert_eq!(front.most_waiting.load(Ordering::SeqCst), MUX_WINDOW);
+        drop(served);
+    }
+
+    /// A write, a read or a session request not answered within the
+    /// request timeout is answered `Timeout` (and stops being served); a
+    /// request of another kind (a status, a membership change) is not
+    /// timed; an answer in time is the answer. (The timeout moved from a
+    /// tokio timer per request in the peer's handler to one sweep per
+    /// stream, `request_deadline`.)
+    #[tokio::test]
+    async fn requests_not_answered_in_the_request_timeout_are_answered_timeout() {
+        let front = Held::default();
+        let (client_id, addr, served) =
+            serve_first_stream_timing(front.clone(), Duration::from_millis(300));
+        let conn = connect_client(addr, &client_id).await.expect("connect");
+        let (mut send, recv) = conn.open_bi().await.expect("stream");
+        let session = crate::runtime::session::SessionRef {
+            id: crate::runtime::session::SessionId(1),
+            seq: 1,
+            acked_below: 1,
+        };
+        let requests = [
+            ClientRequest::Write {
+                session,
+                command: vec![1],
+            },
+            ClientRequest::Read { query: vec![1] },
+            ClientRequest::OpenSession,
+            ClientRequest::CloseSession {
+                id: crate::runtime::session::SessionId(1),
+            },
+            ClientRequest::Status,
+        ];
+        let mut buf = Vec::new();
+        for (id, request) in requests.iter().enumerate() {
+            encode_frame(&(id as u64, request), 1 << 20, &mut buf).expect("encode");
+        }
+        let sent = tokio::time::Instant::now();
+        send.write_all(&buf).await.expect("requests sent");
+        let mut frames = crate::transport::frame_reader::FrameReader::new(recv);
+        let mut timed_out = Vec::new();
+        for _ in 0..4 {
+            let frame = tokio::time::timeout(DEADLINE, frames.next(1 << 20))
+                .await
+                .expect("an answer within the deadline")
+                .expect("a frame");
+            let (id, response): (u64, ClientResponse) =
+                postcard::from_bytes(&frame).expect("an answer");
+            assert_eq!(response, ClientResponse::Err(WireError::Timeout), "{id}");
+            assert!(
+                sent.elapsed() >= Duration::from_millis(300),
+                "answered Timeout before the timeout"
+            );
+            timed_out.push(id);
+        }
+        timed_out.sort();
+        assert_eq!(timed_out, [0, 1, 2, 3], "the four timed kinds");
+        // The status is not timed: still waiting; answered once it can be,
+        // and a new read answered in time is answered.
+        assert_eq!(front.started.load(Ordering::SeqCst), 5);
+        assert_eq!(
+            front.waiting.load(Ordering::SeqCst),
+            1,
+            "the status waits; the timed-out requests were dropped"
+        );
+        front.open.store(true, Ordering::SeqCst);
+        front.gate.notify_waiters();
+        let mut buf = Vec::new();
+        encode_frame(
+            &(9u64, &ClientRequest::Read { query: vec![2] }),
+            1 << 20,
+            &mut buf,
+        )
+        .expect("encode");
+        send.write_all(&buf).await.expect("read sent");
+        send.finish().expect("finish");
+        let mut rest = Vec::new();
+        while let Ok(frame) = tokio::time::timeout(DEADLINE, frames.next(1 << 20))
+            .await
+            .expect("answers in time")
+        {
+            let (id, response): (u64, ClientResponse) =
+                postcard::from_bytes(&frame).expect("an answer");
+            rest.push((id, response));
+        }
+        rest.sort_by_key(|(id, _)| *id);
+        assert_eq!(
+            rest,
+            [
+                (4, ClientResponse::Ok(Vec::new())),
+                (9, ClientResponse::Ok(Vec::new()))
+            ]
+        );
         drop(served);
     }
 }

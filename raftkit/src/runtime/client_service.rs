@@ -372,6 +372,7 @@ async fn serve_connection<F: Front>(
             frames,
             max_frame,
             intake.clone(),
+            REQUEST_TIMEOUT,
         ));
     } else {
         let _ = send.finish();
@@ -458,7 +459,13 @@ async fn serve_stream<F: Front>(
             .await;
     }
     let changes = super::client_mux::changes_state(&request);
-    let response = answer(&front, &caller, request, meta).await;
+    let response = if super::request_deadline::is_timed(&request) {
+        tokio::time::timeout(REQUEST_TIMEOUT, answer(&front, &caller, request, meta))
+            .await
+            .unwrap_or(ClientResponse::Err(WireError::Timeout))
+    } else {
+        answer(&front, &caller, request, meta).await
+    };
     // Answered: the request's bytes are gone.
     drop(room);
     let written = match write_frame(&mut send, &response, max_frame).await {
@@ -560,17 +567,13 @@ fn result(r: Result<Vec<u8>, Error>) -> ClientResponse {
     }
 }
 
-async fn timed(
-    r: impl std::future::Future<Output = Result<Vec<u8>, Error>>,
-) -> Result<Vec<u8>, Error> {
-    tokio::time::timeout(REQUEST_TIMEOUT, r)
-        .await
-        .unwrap_or(Err(Error::Timeout))
-}
-
 /// Answers one request from `principal`, which the caller has authorized
 /// ([`super::authorization::authorize`]). Sessions are opened, used and
 /// closed on behalf of the principal's certificate ([`Owner::of`]).
+///
+/// Not timed here: the stream a request came on answers it `Timeout` past
+/// [`REQUEST_TIMEOUT`] (a multiplexed stream with one sweep for all its
+/// requests, `request_deadline`; a stream of its own with a timer).
 pub async fn handle<S: StateMachine>(
     peer: &Peer<S>,
     principal: &Principal,
@@ -579,19 +582,19 @@ pub async fn handle<S: StateMachine>(
     let owner = Owner::of(principal);
     match request {
         ClientRequest::Write { session, command } => {
-            result(timed(peer.write_as(command, session, owner)).await)
+            result(peer.write_as(command, session, owner).await)
         }
         ClientRequest::OpenSession => result(
-            timed(async {
+            async {
                 let id = peer.open_session_as(owner).await?;
                 Ok(crate::state_machine::encode("session id", &id)?)
-            })
+            }
             .await,
         ),
-        ClientRequest::CloseSession { id } => result(
-            timed(async { peer.close_session_as(id, owner).await.map(|()| Vec::new()) }).await,
-        ),
-        ClientRequest::Read { query } => result(timed(peer.read_encoded(query)).await),
+        ClientRequest::CloseSession { id } => {
+            result(peer.close_session_as(id, owner).await.map(|()| Vec::new()))
+        }
+        ClientRequest::Read { query } => result(peer.read_encoded(query).await),
         ClientRequest::Status => ClientResponse::Status(status_report(peer)),
         ClientRequest::AddServer { addr } => {
             // The answer carries the steps taken (learner, catch-up rounds,

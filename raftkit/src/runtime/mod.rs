@@ -75,6 +75,7 @@ mod node;
 pub mod persist;
 mod reads;
 pub(crate) mod receive_budget;
+mod request_deadline;
 #[cfg(test)]
 mod revocation_tests;
 mod seq_map;

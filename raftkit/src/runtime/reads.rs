@@ -241,13 +241,8 @@ pub async fn handle_with<S: crate::StateMachine>(
     let ClientRequest::Read { query } = request else {
         return super::client_service::handle(peer, principal, request).await;
     };
-    let served = tokio::time::timeout(
-        super::client_service::REQUEST_TIMEOUT,
-        peer.read_encoded_with(query, consistency),
-    )
-    .await
-    .unwrap_or(Err(Error::Timeout));
-    match served {
+    // Not timed here: see `client_service::handle`.
+    match peer.read_encoded_with(query, consistency).await {
         Ok((output, Some(staleness))) => ClientResponse::Stale { output, staleness },
         Ok((output, None)) => ClientResponse::Ok(output),
         Err(e) => ClientResponse::Err(e.into()),
