@@ -923,7 +923,7 @@ impl Client {
     pub async fn status_of(&self, addr: &str) -> Result<StatusReport, Error> {
         let addr = resolve(addr)?;
         match self.once(addr, &ClientRequest::Status, &mut false).await? {
-            ClientResponse::Status(s) => Ok(s),
+            ClientResponse::Status(s) => Ok(*s),
             ClientResponse::Err(e) => Err(e.into()),
             ClientResponse::Ok(_)
             | ClientResponse::Events { .. }

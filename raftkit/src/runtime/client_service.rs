@@ -595,7 +595,7 @@ pub async fn handle<S: StateMachine>(
             result(peer.close_session_as(id, owner).await.map(|()| Vec::new()))
         }
         ClientRequest::Read { query } => result(peer.read_encoded(query).await),
-        ClientRequest::Status => ClientResponse::Status(status_report(peer)),
+        ClientRequest::Status => ClientResponse::Status(Box::new(status_report(peer))),
         ClientRequest::AddServer { addr } => {
             // The answer carries the steps taken (learner, catch-up rounds,
             // promotion), so a caller can report progress.
