@@ -943,6 +943,57 @@ fn an_orphaned_node_answers_only_the_proposals_above_its_commit_ambiguous() {
     });
 }
 
+/// An orphaned node's commit index is the last entry whose fate reaches
+/// it: the callers waiting there, a superseded one (an earlier proposal of
+/// this node at that index, see `Apply::register`) included, are answered
+/// by the entry that applies there, not `Ambiguous` (mutation round, stop
+/// 49, M58: answering the superseded waiters at or above the commit index
+/// `Ambiguous`, `>=` for `>`, survived every test).
+#[test]
+fn an_orphaned_node_answers_the_waiters_at_exactly_its_commit_index_by_the_entry() {
+    runtime().block_on(async {
+        let t = Thread::start();
+        // Index 2 proposed in term 1, then again in term 3 (the first one
+        // is superseded); the term-1 entry commits there.
+        let earlier = t.register(2, 1);
+        let later = t.register(2, 3);
+        let above = t.register(3, 3);
+        t.send(ApplyMsg::Orphaned { above: 2 });
+        t.send(ApplyMsg::entries(vec![
+            add(1, 5),
+            entry(
+                2,
+                1,
+                Op::Write {
+                    command: command(&TallyWrite::Add { by: 1 }),
+                },
+            ),
+        ]));
+        let r = within(earlier, "the superseded proposal at the commit index")
+            .await
+            .expect("answered");
+        assert!(
+            r.is_ok(),
+            "the superseded proposal whose entry committed at the commit index got {r:?}"
+        );
+        assert_eq!(output(r), 6);
+        let r = within(later, "the later proposal at the commit index")
+            .await
+            .expect("answered");
+        assert!(
+            matches!(r, Err(Error::NotLeader { .. })),
+            "the proposal at the commit index that another term's entry replaced got {r:?}"
+        );
+        let r = within(above, "the proposal above the commit index")
+            .await
+            .expect("answered");
+        assert!(
+            matches!(r, Err(Error::Ambiguous(_))),
+            "the proposal above the commit index got {r:?}"
+        );
+    });
+}
+
 /// A proposal registered at an index an earlier proposal of this node
 /// waits on (the node lost leadership, a later leader's conflicting
 /// entries cut its log back below the index, Raft §5.3, and it leads
