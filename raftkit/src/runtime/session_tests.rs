@@ -375,6 +375,41 @@ fn a_session_expires_at_the_sweep_that_reaches_its_time_to_live() {
     assert!(s.is_empty(), "session 2 expired");
 }
 
+/// A retried write answered from the table (a duplicate) is a use of its
+/// session: the session's idle time starts again at the duplicate's
+/// replicated time, to the millisecond (mutation round, stop 49, M16:
+/// dropping the refresh on the duplicate path was named a survivor).
+#[test]
+fn a_duplicate_restarts_the_idle_time_at_its_own_stamp() {
+    // Session 7 (time-to-live 2 s) writes at 1 s; the write is retried at
+    // 2.5 s; then the next write comes at `next_ms`.
+    fn next_write_at(next_ms: u64) -> Dedup {
+        let mut s = Sessions::default();
+        s.advance(1_000);
+        s.open(SessionId(7), A, 2_000, 100, LRU).unwrap();
+        assert_eq!(s.check(w(1, 1), A), Dedup::New);
+        s.record(w(1, 1), StoredReply::Ok(vec![1]));
+        s.advance(2_500);
+        assert_eq!(
+            s.check(w(1, 1), A),
+            Dedup::Duplicate(StoredReply::Ok(vec![1]))
+        );
+        s.advance(next_ms);
+        s.check(w(2, 1), A)
+    }
+    // Idle since the duplicate (2.5 s): alive until 4.5 s, not after.
+    assert_eq!(
+        next_write_at(4_499),
+        Dedup::New,
+        "the session expired 1,999 ms after a duplicate used it"
+    );
+    assert_eq!(
+        next_write_at(4_500),
+        Dedup::Unknown,
+        "the session outlived its time-to-live after the duplicate"
+    );
+}
+
 #[test]
 fn a_full_table_evicts_the_longest_idle_sessions() {
     let mut s = Sessions::default();
