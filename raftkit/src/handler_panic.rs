@@ -65,7 +65,9 @@ pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
     })
 }
 
-fn message(payload: &(dyn std::any::Any + Send)) -> String {
+/// The message of a panic's payload (`"non-string panic payload"` when it
+/// is none).
+pub(crate) fn message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

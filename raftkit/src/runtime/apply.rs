@@ -38,6 +38,19 @@
 //!   it applies nothing more, the log keeps the entry, and every waiting
 //!   and later caller is answered [`Error::Halted`] (a fixed binary will
 //!   apply the write, so it is never reported as failed);
+//! - it halts the same way at an entry whose apply panics outside the
+//!   handler (the command's `Deserialize`, the output's `Serialize`; the
+//!   handler may have run, so the caller's `Halted` says "may have been
+//!   applied"), whether the thread or the node task applies it (`inline`);
+//!   a panic escaping the handling of any message (a bug) halts it too,
+//!   and should the loop end by a panic all the same, a drop guard halts
+//!   it and answers every waiting caller: no caller ever waits for an
+//!   answer that cannot come. The node task sees the halt in the status,
+//!   steps down and refuses later calls at once (as openraft's state
+//!   machine failing stops its Raft node with a fatal error, but the log
+//!   and the vote stay served: see `node.rs`). A read whose query decoding
+//!   or answer encoding panics fails alone ([`Error::Rejected`]: a read
+//!   changes nothing);
 //! - after [`ApplyMsg::Fail`] (the node's storage failed) every waiting and
 //!   later caller is answered with that error; every caller is answered;
 //! - after [`ApplyMsg::Orphaned`] (the node left the configuration and does
@@ -66,6 +79,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
 use bytes::{Buf, Bytes};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info};
@@ -80,6 +95,7 @@ use super::watch::{Journal, event as watch_event};
 use crate::client::wire::WatchEvent;
 use crate::core::{Entry, Index, Payload, Term};
 use crate::error::Error;
+use crate::handler_panic::message as panic_message;
 use crate::state_machine::{
     ApplyError, Ctx, StateMachine, apply_decoded_as, apply_encoded_as, decode, encode_shared,
     query_encoded, read_error,
@@ -473,6 +489,10 @@ pub async fn run_shared<S: StateMachine>(
     // `PUBLISH_EVERY` batches, so a run of batches queued back to back
     // costs one update, and the status never lags by more than that.
     let mut unpublished = 0;
+    // Should this loop end by a panic all the same (one outside the
+    // handling of a message), the callers waiting are answered and the
+    // node halts: nobody waits for an answer that cannot come.
+    let _halt_on_unwind = HaltOnUnwind(&*shared);
     while let Some(msg) = rx.recv().await {
         if rx.is_closed() {
             // The node stopped: nothing applied from now on would be seen
@@ -482,7 +502,10 @@ pub async fn run_shared<S: StateMachine>(
         }
         let mut guard = shared.lock();
         let a = &mut *guard;
-        match msg {
+        // A panic that escapes the handling of a message (a bug: the
+        // state machine's own code is caught where it runs) halts the
+        // node; the loop goes on answering every caller `Halted`.
+        let handled = catch_unwind(AssertUnwindSafe(|| match msg {
             ApplyMsg::Register(proposals) => a.register(proposals),
             ApplyMsg::Entries { register, entries } => {
                 crate::probe::mark("a.recv");
@@ -535,6 +558,9 @@ pub async fn run_shared<S: StateMachine>(
                 a.failed = Some(e);
                 a.answer_all();
             }
+        }));
+        if let Err(payload) = handled {
+            a.halt_on_panic("the apply loop", payload.as_ref());
         }
         if unpublished > 0 && (unpublished >= PUBLISH_EVERY || rx.is_empty()) {
             a.publish(false);
@@ -551,7 +577,40 @@ pub async fn run_shared<S: StateMachine>(
         .stop(&mut a.events, Error::Unavailable("the peer stopped".into()));
 }
 
+/// Halts the node if the apply loop ends by a panic (see [`run_shared`]):
+/// every waiting caller is answered, the status shows the halt (the node
+/// task steps down and refuses later calls at once), and the lock is
+/// usable again by the node task's inline apply.
+struct HaltOnUnwind<'a, S: StateMachine>(&'a Shared<S>);
+
+impl<S: StateMachine> Drop for HaltOnUnwind<'_, S> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut guard = self.0.lock();
+        guard.halt_on_panic("the apply loop (it ended)", &"a panic outside any message");
+        drop(guard);
+        self.0.clear_poison();
+    }
+}
+
 impl<S: StateMachine> Apply<S> {
+    /// Halts after a panic that escaped `what` (not a handler's: those are
+    /// the error policy's), answering every waiting caller `Halted` (may
+    /// have been applied) and waking the node task with the status.
+    fn halt_on_panic(&mut self, what: &str, payload: &(dyn std::any::Any + Send)) {
+        if self.halted.is_none() {
+            let message = format!(
+                "{what} panicked outside any handler after entry {}: {}",
+                self.applied,
+                panic_message(payload)
+            );
+            self.halt(self.applied, message);
+        }
+        self.publish(true);
+    }
+
     /// The error every caller gets once this thread stopped serving.
     fn stopped(&self) -> Option<Error> {
         if let Some(e) = &self.failed {
@@ -693,7 +752,23 @@ impl<S: StateMachine> Apply<S> {
             };
             let result = match e.payload {
                 Payload::Command(bytes) => {
-                    match self.apply_command(e.index, e.term, bytes, decoded, answered) {
+                    let (index, term) = (e.index, e.term);
+                    // A panic outside the handler (the command's
+                    // `Deserialize`, its output's `Serialize`; the handler's
+                    // own is caught by the error policy) halts the node at
+                    // this entry, on the thread and inline alike: the caller
+                    // and every later one are answered `Halted` (may have
+                    // been applied: the handler may have run).
+                    let applied = catch_unwind(AssertUnwindSafe(|| {
+                        self.apply_command(index, term, bytes, decoded, answered)
+                    }));
+                    let outcome = applied.unwrap_or_else(|payload| {
+                        Outcome::Halt(format!(
+                            "a panic outside the write handler at entry {index} (the command's Deserialize or its output's Serialize): {}; the handler may have run on this node",
+                            panic_message(payload.as_ref())
+                        ))
+                    });
+                    match outcome {
                         Outcome::Reply(r) => r,
                         Outcome::Halt(message) => {
                             if let Some(w) = waiter {
@@ -1013,7 +1088,19 @@ impl<S: StateMachine> Apply<S> {
         for (_, query, reply) in ready {
             let _span =
                 tracing::debug_span!(parent: &reply.span, "raftkit.read", applied).entered();
-            let answer = query_encoded(&self.sm, &ctx, &query).map_err(read_error);
+            // A panic outside the read handler (the query's `Deserialize`,
+            // the answer's `Serialize`) fails this read only: a read
+            // changes nothing.
+            let sm = &self.sm;
+            let answer = catch_unwind(AssertUnwindSafe(|| query_encoded(sm, &ctx, &query)))
+                .unwrap_or_else(|payload| {
+                    let message = panic_message(payload.as_ref());
+                    error!(applied, panic = %message, "a read panicked outside its handler (the query's decoding or the answer's encoding); its caller gets Error::Rejected");
+                    Err(ApplyError::Panicked {
+                        message: format!("outside the read handler: {message}"),
+                    })
+                })
+                .map_err(read_error);
             debug!(ok = answer.is_ok(), "read served");
             reply.send(answer);
         }

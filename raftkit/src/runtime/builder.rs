@@ -453,8 +453,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// run on (thread-locals, `tokio::runtime::Handle::current()`): inline
     /// they run on a tokio worker, otherwise on the apply thread. A panic
     /// outside the handler itself (a command's `Deserialize` or an
-    /// output's `Serialize` panicking) stops the node task, not only the
-    /// apply thread.
+    /// output's `Serialize` panicking) does the same on either path: the
+    /// node halts at that entry, its callers get
+    /// [`Error::Halted`](crate::Error::Halted) at once (the write may have
+    /// been applied), and its status shows why.
     pub fn apply_small_batches_inline(mut self, on: bool) -> Self {
         self.apply_inline = on;
         self

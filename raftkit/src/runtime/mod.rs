@@ -49,6 +49,8 @@ mod admission;
 mod answer_size_tests;
 mod apply;
 #[cfg(test)]
+mod apply_failure_tests;
+#[cfg(test)]
 mod apply_inline_tests;
 #[cfg(test)]
 mod apply_tests;

@@ -21,7 +21,11 @@
 //!   thread, so sessions, the error policy (handler panics are caught by
 //!   `handler_panic` on whatever thread runs the handler), the halt, the
 //!   reads served after the batch and the watch journal behave the same;
-//!   the status is published at once (the queue is empty).
+//!   the status is published at once (the queue is empty). A panic
+//!   outside a handler halts the node at its entry here as there (caught
+//!   in `Apply::apply_entries`; anything escaping even that is caught
+//!   around the batch): it never unwinds through the node task, so turning
+//!   this path on never changes what a panic does.
 //! - The node task must not stall on user code: a batch is applied inline
 //!   only when it has at most [`INLINE_MAX_ENTRIES`] entries and the last
 //!   batch applied (on either path) cost at most [`INLINE_BUDGET`] for that
@@ -108,6 +112,14 @@ impl<S: StateMachine> Shared<S> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes the lock usable again after a panic left it poisoned (the
+    /// node halted: see `HaltOnUnwind`), so that the node task's
+    /// `try_lock` answers its callers instead of passing them to a thread
+    /// that is gone.
+    pub(super) fn clear_poison(&self) {
+        self.state.clear_poison();
+    }
+
     /// The thread handled one message.
     pub(super) fn done_one(&self) {
         self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -169,10 +181,21 @@ impl<S: StateMachine> Inline for Shared<S> {
         crate::probe::mark("a.inline");
         let started = now();
         let n = entries.len();
-        guard.register(std::mem::take(register));
-        // The node task is running: it has not dropped its sender.
-        guard.apply(std::mem::take(entries), &|| false);
-        guard.publish(false);
+        // A panic outside a handler is caught in `apply` (the node halts
+        // at its entry, as on the thread); one escaping even that (a bug)
+        // halts the node here, so that it never unwinds through the node
+        // task and turning this path on never changes what a panic does.
+        let (register, entries) = (std::mem::take(register), std::mem::take(entries));
+        let a = &mut *guard;
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            a.register(register);
+            // The node task is running: it has not dropped its sender.
+            a.apply(entries, &|| false);
+            a.publish(false);
+        }));
+        if let Err(payload) = done {
+            a.halt_on_panic("a batch applied on the node task", payload.as_ref());
+        }
         drop(guard);
         self.took(started, n);
         true

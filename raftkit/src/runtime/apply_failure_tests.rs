@@ -1,0 +1,291 @@
+//! A panic outside a write handler (the command's `Deserialize`, its
+//! output's `Serialize`) on a whole cluster, with the batches applied on
+//! the apply thread and with `apply_small_batches_inline`: the node halts at
+//! that entry (as under the `halt` policy), the caller waiting for the
+//! write is answered at once with [`Error::Halted`] (may have been applied:
+//! the handler may have run), the status shows the halt, and a later write
+//! fails at once instead of waiting for a timeout. Both paths behave alike.
+//!
+//! Before (stop 50): on the thread the panic ended the apply thread; the
+//! caller learnt only "peer stopped before answering", the status showed
+//! nothing and the peer kept accepting writes it would never apply. Inline,
+//! the panic unwound through the node task, and the caller waited for ever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserializer, Serializer};
+
+use super::session::Op;
+use super::test_gate::until;
+use crate::core::Role;
+use crate::error::{Applied, Error};
+use crate::prelude::*;
+use crate::state_machine::encode;
+use crate::transport::memory::MemoryNetwork;
+
+/// The value whose decoding panics.
+const DECODE_PANICS: u64 = 666;
+/// The output whose encoding panics.
+const ENCODE_PANICS: u64 = 777;
+
+/// A command argument whose `Deserialize` panics on [`DECODE_PANICS`].
+#[derive(Clone, Debug, Serialize)]
+struct Marked(u64);
+
+impl<'de> Deserialize<'de> for Marked {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        assert_ne!(v, DECODE_PANICS, "Marked::deserialize panics on purpose");
+        Ok(Marked(v))
+    }
+}
+
+/// A write output whose `Serialize` panics on [`ENCODE_PANICS`].
+#[derive(Clone, Debug, Deserialize)]
+struct Out(u64);
+
+impl Serialize for Out {
+    fn serialize<Z: Serializer>(&self, s: Z) -> Result<Z::Ok, Z::Error> {
+        assert_ne!(self.0, ENCODE_PANICS, "Out::serialize panics on purpose");
+        s.serialize_u64(self.0)
+    }
+}
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+struct Fragile {
+    n: u64,
+}
+
+#[crate::state_machine]
+impl Fragile {
+    #[write]
+    fn put(&mut self, v: Marked) -> Out {
+        self.n = v.0;
+        Out(v.0)
+    }
+
+    #[read]
+    fn get(&self) -> u64 {
+        self.n
+    }
+}
+
+const ADDRS: [&str; 3] = ["fragile:1", "fragile:2", "fragile:3"];
+
+/// Three peers on an in-memory network, and the leader's index.
+async fn cluster(inline: bool, net_seed: u64) -> (Vec<Peer<Fragile>>, usize) {
+    let net = MemoryNetwork::new(net_seed);
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        let net = net.clone();
+        let peer = Fragile::peer()
+            .in_memory()
+            .listen(addr)
+            .bootstrap_members(ADDRS)
+            .tick(Duration::from_millis(10))
+            .apply_small_batches_inline(inline)
+            .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+            .start()
+            .await
+            .expect("peer starts");
+        peers.push(peer);
+    }
+    let leader = until("a leader", || {
+        peers.iter().position(|p| p.status().role == Role::Leader)
+    })
+    .await;
+    (peers, leader)
+}
+
+/// `f`'s result, or a failure naming `what` if it takes 5 s: a caller
+/// must be answered at once, not when some timeout strikes.
+async fn at_once<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not answered within 5 s"))
+}
+
+/// The whole scenario: a few writes (the inline path measures them
+/// quick), then the write that panics outside its handler (proposed
+/// through the public API when its output's encoding panics; with the
+/// leader's decode check skipped when its command's decoding panics, as
+/// for an entry an earlier leader proposed: the check would refuse it).
+async fn a_panic_outside_the_handler(inline: bool, decode: bool) {
+    let (peers, leader) = cluster(inline, u64::from(inline) * 2 + u64::from(decode)).await;
+    let peer = &peers[leader];
+    for v in 1..=5 {
+        let out = at_once("a write", peer.write(FragileWrite::Put { v: Marked(v) })).await;
+        assert!(
+            matches!(out, Ok(FragileWriteOutput::Put(Out(n))) if n == v),
+            "{out:?}"
+        );
+    }
+    let r = if decode {
+        let command = encode(
+            "command",
+            &FragileWrite::Put {
+                v: Marked(DECODE_PANICS),
+            },
+        )
+        .expect("encodes");
+        let bytes = command.len();
+        at_once(
+            "the write whose command's decoding panics",
+            peer.propose(Op::Write { command }, bytes),
+        )
+        .await
+        .map(|_| ())
+    } else {
+        at_once(
+            "the write whose output's encoding panics",
+            peer.write(FragileWrite::Put {
+                v: Marked(ENCODE_PANICS),
+            }),
+        )
+        .await
+        .map(|_| ())
+    };
+    let what = if decode { "Deserialize" } else { "Serialize" };
+    match &r {
+        Err(e @ Error::Halted { message }) => {
+            assert_eq!(e.applied(), Applied::Maybe, "{e:?}");
+            assert!(
+                message.contains("panics on purpose") && message.contains(what),
+                "the error does not say what panicked: {e}"
+            );
+        }
+        other => panic!("the caller of a write whose {what} panicked got {other:?}"),
+    }
+    let halted = until("the leader's status shows the halt", || {
+        peer.status().halted
+    })
+    .await;
+    assert!(halted.contains("panics on purpose"), "{halted}");
+    // Every later call fails at once, and says nothing was or may be
+    // applied truly.
+    let later = at_once(
+        "a later write",
+        peer.write(FragileWrite::Put { v: Marked(9) }),
+    )
+    .await;
+    match later {
+        Err(e @ (Error::Halted { .. } | Error::NotLeader { .. })) => {
+            assert_ne!(e.applied(), Applied::Yes, "{e:?}")
+        }
+        other => panic!("a write after the halt got {other:?}"),
+    }
+    let read = at_once("a later read", peer.read(FragileRead::Get)).await;
+    assert!(
+        matches!(read, Err(Error::Halted { .. } | Error::NotLeader { .. })),
+        "a read after the halt got {read:?}"
+    );
+    for p in &peers {
+        let _ = at_once("shutdown", p.shutdown()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deserialize_panic_on_the_apply_thread_halts_the_node_and_answers_at_once() {
+    a_panic_outside_the_handler(false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deserialize_panic_applied_inline_halts_the_node_and_answers_at_once() {
+    a_panic_outside_the_handler(true, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serialize_panic_on_the_apply_thread_halts_the_node_and_answers_at_once() {
+    a_panic_outside_the_handler(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serialize_panic_applied_inline_halts_the_node_and_answers_at_once() {
+    a_panic_outside_the_handler(true, false).await;
+}
+
+/// Entry `index` (term 1): put `v`.
+fn put(index: crate::core::Index, v: u64) -> crate::core::Entry {
+    let command = encode("command", &FragileWrite::Put { v: Marked(v) }).expect("encodes");
+    let envelope = super::session::Envelope {
+        stamp_ms: 1,
+        op: Op::Write { command },
+    };
+    crate::core::Entry {
+        index,
+        term: 1,
+        payload: crate::core::Payload::Command(
+            encode("envelope", &envelope).expect("encodes").into(),
+        ),
+    }
+}
+
+/// The node task's own apply of a small batch (`apply::inline`), made
+/// certain (paused time: every batch is measured quick): a command whose
+/// `Deserialize` panics there is caught as on the thread. The sender
+/// returns (the node task goes on), its caller and the caller of the next
+/// entry are answered `Halted`, and the status shows the halt.
+#[test]
+fn a_deserialize_panic_in_a_batch_the_node_task_applies_halts_without_unwinding_it() {
+    use super::apply::{self, ApplyStatus, Reply};
+    use super::session::Sessions;
+    use tokio::sync::{mpsc, oneshot};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        tokio::time::pause();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (snap_tx, _snapshots) = mpsc::unbounded_channel();
+        let (status_tx, status) =
+            apply::status_channel(ApplyStatus::of(0, &None, &Sessions::default()));
+        let shared = Arc::new(apply::Shared::new(
+            Fragile::default(),
+            Sessions::default(),
+            0,
+            status_tx,
+            super::watch::Journal::new(0, 1 << 20),
+        ));
+        tokio::spawn(apply::run_shared(Arc::clone(&shared), rx, snap_tx));
+        let sender = apply::ApplyTx::new(tx, shared);
+        // The first batch goes to the thread (nothing measured yet).
+        let (first_tx, first) = oneshot::channel();
+        sender.entries(vec![(1, 1, Reply::new(first_tx, None))], vec![put(1, 1)]);
+        at_once("entry 1", first)
+            .await
+            .expect("answered")
+            .expect("applied");
+        let (boom_tx, mut boom) = oneshot::channel();
+        let (next_tx, mut next) = oneshot::channel();
+        let inline = sender.entries(
+            vec![
+                (2, 1, Reply::new(boom_tx, None)),
+                (3, 1, Reply::new(next_tx, None)),
+            ],
+            vec![put(2, DECODE_PANICS), put(3, 3)],
+        );
+        assert!(inline, "the batch went to the thread");
+        for (what, answer) in [("entry 2", boom.try_recv()), ("entry 3", next.try_recv())] {
+            match answer {
+                Ok(Err(e @ Error::Halted { .. })) => {
+                    assert_eq!(e.applied(), Applied::Maybe, "{what}: {e:?}")
+                }
+                other => panic!("{what}, applied by the node task, got {other:?}"),
+            }
+        }
+        let halted = status.borrow().halted.clone();
+        assert!(
+            halted
+                .as_deref()
+                .is_some_and(|h| h.contains("entry 2") && h.contains("panics on purpose")),
+            "the status shows {halted:?}"
+        );
+        // Later batches (on either path) are answered `Halted` at once.
+        let (later_tx, later) = oneshot::channel();
+        sender.entries(vec![(4, 1, Reply::new(later_tx, None))], vec![put(4, 4)]);
+        let r = at_once("entry 4", later).await.expect("answered");
+        assert!(matches!(r, Err(Error::Halted { .. })), "entry 4 got {r:?}");
+    });
+}
