@@ -289,3 +289,41 @@ fn a_deserialize_panic_in_a_batch_the_node_task_applies_halts_without_unwinding_
         assert!(matches!(r, Err(Error::Halted { .. })), "entry 4 got {r:?}");
     });
 }
+
+/// The leader decodes a write before it enters the log (`check_command`,
+/// on the caller's task): a `Deserialize` that panics there refuses the
+/// write, not applied, instead of unwinding into the caller (a client
+/// service's request task: the client saw its stream die, retried, and
+/// timed out). The peer goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deserialize_panic_in_the_leaders_check_refuses_the_write() {
+    let (peers, leader) = cluster(false, 11).await;
+    let peer = peers[leader].clone();
+    let refused = tokio::spawn(async move {
+        peer.write(FragileWrite::Put {
+            v: Marked(DECODE_PANICS),
+        })
+        .await
+        .map(|_| ())
+    });
+    let r = at_once("the write whose check panics", refused).await;
+    match r {
+        Ok(Err(e @ Error::Rejected(_))) => {
+            assert_eq!(e.applied(), Applied::No, "{e:?}");
+            assert!(e.to_string().contains("panics on purpose"), "{e}");
+        }
+        other => panic!("a write whose decoding panics in the leader's check got {other:?}"),
+    }
+    let out = at_once(
+        "a write after it",
+        peers[leader].write(FragileWrite::Put { v: Marked(5) }),
+    )
+    .await;
+    assert!(
+        matches!(out, Ok(FragileWriteOutput::Put(Out(5)))),
+        "{out:?}"
+    );
+    for p in &peers {
+        let _ = at_once("shutdown", p.shutdown()).await;
+    }
+}

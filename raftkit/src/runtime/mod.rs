@@ -351,7 +351,22 @@ impl<S: StateMachine> Peer<S> {
             )));
         }
         self.check_enabled(crate::schema::HandlerKind::Write, command)?;
-        validate_command::<S>(command).map_err(|e| Error::Rejected(e.to_string()))
+        // The command's `Deserialize` is the user's code: a panic there
+        // refuses the write (it never entered the log) instead of unwinding
+        // into the caller (a client service's request task, whose client
+        // would only see its stream die and retry until its deadline).
+        let checked = std::panic::catch_unwind(|| validate_command::<S>(command));
+        match checked {
+            Ok(decoded) => decoded.map_err(|e| Error::Rejected(e.to_string())),
+            Err(payload) => {
+                let message = crate::handler_panic::message(payload.as_ref());
+                tracing::error!(peer = %self.inner.name, panic = %message,
+                    "a command's decoding panicked in the leader's check; refused, nothing applied");
+                Err(Error::Rejected(format!(
+                    "the command's decoding panicked (nothing was applied): {message}"
+                )))
+            }
+        }
     }
 
     /// The schemas this peer knows: its own and its voters' (see
