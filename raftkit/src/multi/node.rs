@@ -31,6 +31,9 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 #[cfg(test)]
+#[path = "inbox_share_tests.rs"]
+mod inbox_share_tests;
+#[cfg(test)]
 #[path = "receive_budget_tests.rs"]
 mod receive_budget_tests;
 #[cfg(test)]
@@ -84,6 +87,9 @@ pub struct MultiNodeBuilder<S> {
     peer_connections: (usize, usize),
     handshakes: (usize, Duration),
     watches_per_certificate: usize,
+    /// The peer links' frame cap (`QuicConfig::max_frame_bytes`); the
+    /// node's inbox byte budget is derived from it.
+    max_frame_bytes: usize,
     _sm: std::marker::PhantomData<fn() -> S>,
 }
 
@@ -212,6 +218,18 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         self
     }
 
+    /// The largest frame the node's peer links carry
+    /// (`QuicConfig::max_frame_bytes`, default
+    /// [`DEFAULT_MAX_FRAME_BYTES`](crate::transport::frame::DEFAULT_MAX_FRAME_BYTES));
+    /// the node's inbox byte budget is a few of them
+    /// (`transport::inbox_bytes`). Crate-only: the tests' nodes use a
+    /// small cap, so that their budget fills with a few messages.
+    #[cfg(test)]
+    pub(crate) fn max_frame_bytes(mut self, bytes: usize) -> Self {
+        self.max_frame_bytes = bytes.max(1);
+        self
+    }
+
     /// The most inbound connections in their handshake at once and how
     /// long one may take (defaults 256 and 10 s; at least 1 and 1 s). The
     /// same option as
@@ -290,9 +308,6 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         // their charge from the link to the group's node task
         // (`transport::inbox_bytes`, `links`).
         let (group_tx, group_rx) = mpsc::channel(4096);
-        let inbox_bytes = crate::transport::inbox_bytes::InboxBytes::for_frames(
-            crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
-        );
         let (coalesced_tx, coalesced_rx) = mpsc::channel(64);
         // Client connections: served by `service` once the groups started.
         let (clients_tx, clients_rx) = mpsc::channel(64);
@@ -300,6 +315,11 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         let mut config = QuicConfig::new(listen_addr, &name, identity, S::SCHEMA_FINGERPRINT);
         config.advertise = Some(advertise.clone());
         config.queue_capacity = LINK_QUEUE;
+        config.max_frame_bytes = self.max_frame_bytes;
+        // Sized from the cap the links read frames with (as a single-group
+        // peer's, `PeerBuilder::start`): one maximal message always fits.
+        let inbox_bytes =
+            crate::transport::inbox_bytes::InboxBytes::for_frames(config.max_frame_bytes);
         (
             config.max_peer_connections_per_node,
             config.max_peer_connections,
@@ -379,6 +399,8 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 journal,
                 quic,
                 links,
+                #[cfg(test)]
+                inbox_bytes,
                 schemas,
                 demux: Mutex::new(None),
                 quiescer: Mutex::new(None),
@@ -491,6 +513,10 @@ pub(super) struct Inner<S> {
     journal: Journal,
     quic: QuicTransport,
     links: Arc<Links>,
+    /// The byte budget of the messages the node's peer links read and its
+    /// groups' node tasks have not taken yet (`transport::inbox_bytes`).
+    #[cfg(test)]
+    inbox_bytes: Arc<crate::transport::inbox_bytes::InboxBytes>,
     /// The node's schema, the one its directory recorded at start, and
     /// the peers' (from their hellos), shared by the data groups.
     schemas: Arc<SchemaBook>,
@@ -676,6 +702,7 @@ impl<S: PeerExt> MultiNode<S> {
                 crate::transport::quic::DEFAULT_HANDSHAKE_TIMEOUT,
             ),
             watches_per_certificate: crate::runtime::watch::DEFAULT_WATCHES_PER_CERTIFICATE,
+            max_frame_bytes: crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
             _sm: std::marker::PhantomData,
         }
     }

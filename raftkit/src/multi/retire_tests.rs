@@ -86,7 +86,7 @@ async fn one_node_snapshotting(
 }
 
 /// Starts `builder` on `addr` and `dir` with a quick tick.
-async fn start_on(
+pub(super) async fn start_on(
     builder: super::MultiNodeBuilder<Placement>,
     addr: &str,
     dir: &std::path::Path,
