@@ -102,7 +102,10 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
          (`Timeout`, `Ambiguous`, `Transport`, `Halted`, `Storage`, `Codec`, `Protocol`, \
          `SessionExpired`) the command may or may not \
          have been applied, and **calling the method again is a new write** that can apply it \
-         twice (`Unavailable`, `NotLeader` and `Overloaded` say it was not applied). To retry \
+         twice. `Unavailable`, `NotLeader` and `Overloaded` (retryable), and `Tls` (every \
+         member refused this client's certificate: nothing was sent), `Unauthorized`, \
+         `Rejected`, `Unsupported`, `SchemaMismatch` and `NotHosted` (not retryable) say it \
+         was not applied; `Handler` and `AnswerTooLarge` that it was. To retry \
          exactly-once, make the call through [`write_once()`](Self::write_once) and retry \
          through that same handle:\n\n\
          ```ignore\n\

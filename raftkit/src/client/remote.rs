@@ -64,8 +64,19 @@
 //!   applied returns its result.
 //! - [`Error::Unavailable`], [`Error::NotLeader`], [`Error::Overloaded`]: no
 //!   member could take the write within the deadline; it was not applied.
+//!   (A call none of whose attempts reached a member, every member down,
+//!   ends `Unavailable` at its deadline, not `Timeout`.)
+//! - [`Error::Tls`]: every member refused this client's certificate in the
+//!   TLS handshake (or the leader did, and the others redirect to it);
+//!   nothing was sent, not applied, and retrying with the same certificate
+//!   cannot succeed. So for [`Error::Unauthorized`] (the certificate may
+//!   not make this call), [`Error::Unsupported`] and
+//!   [`Error::SchemaMismatch`] (the cluster's binary does not serve this
+//!   command), and [`Error::NotHosted`] (no member hosts the client's
+//!   group: re-read the placement).
 //! - [`Error::Ambiguous`], [`Error::Halted`], [`Error::Storage`],
-//!   [`Error::Transport`]: as for `Timeout`, the write's outcome is unknown;
+//!   [`Error::Transport`], [`Error::Codec`], [`Error::Protocol`]: as for
+//!   `Timeout`, the write's outcome is unknown;
 //!   retry it exactly-once through a [`WriteOnce`] handle.
 //! - [`Error::SessionExpired`]: the cluster no longer knew this client's
 //!   session (it stayed idle longer than the cluster's session time-to-live,
@@ -718,6 +729,30 @@ impl Client {
     /// error ends the call. A write keeps its session sequence number across
     /// retries, so it is applied at most once; and once an attempt may have
     /// been applied, the call never ends with an error that says it was not.
+    ///
+    /// # Errors
+    ///
+    /// Every error a call can end with, and whether its command may have
+    /// been applied ([`Error::applied`]; the module docs say how to retry):
+    ///
+    /// - not applied ([`Applied::No`]): [`Error::Unavailable`] (no member
+    ///   could take it; also at the deadline when no attempt ever reached a
+    ///   member), [`Error::NotLeader`], [`Error::Overloaded`] (retryable);
+    ///   [`Error::Tls`] (every member refused this client's TLS handshake,
+    ///   or the leader did and the others redirect to it: nothing was sent),
+    ///   [`Error::Unauthorized`], [`Error::Rejected`],
+    ///   [`Error::Unsupported`], [`Error::SchemaMismatch`],
+    ///   [`Error::NotHosted`] (not retryable);
+    /// - may have been applied ([`Applied::Maybe`]): [`Error::Timeout`] (the
+    ///   deadline passed after an attempt reached a member, or after an
+    ///   earlier call of the same [`WriteOnce`] write may have applied),
+    ///   [`Error::Ambiguous`], [`Error::Halted`], [`Error::Storage`],
+    ///   [`Error::Transport`], [`Error::Codec`], [`Error::Protocol`],
+    ///   [`Error::SessionExpired`];
+    /// - applied ([`Applied::Yes`]): [`Error::Handler`],
+    ///   [`Error::AnswerTooLarge`].
+    ///
+    /// ([`Error::Compacted`] and [`Error::WatchLagged`] end watches only.)
     pub async fn request(&self, mut request: ClientRequest) -> Result<ClientResponse, Error> {
         let deadline = Instant::now() + self.inner.opts.timeout;
         self.request_tracked(&mut request, None, &mut false, deadline)
@@ -748,6 +783,9 @@ impl Client {
     ) -> Result<ClientResponse, Error> {
         let mut backoff = self.inner.opts.backoff;
         let mut last = Error::Unavailable("no attempt made".into());
+        // Whether an attempt of this call left this client (wrote its
+        // request to a member): until one did, nothing of it was applied.
+        let mut reached = false;
         // The members that answered that they do not host this group.
         let mut not_hosted: HashSet<SocketAddr> = HashSet::new();
         // The members that refused this client's TLS handshake in this call
@@ -796,7 +834,7 @@ impl Client {
                     }
                     (None, last) => last,
                 };
-                return Err(final_error(last, *uncertain, true));
+                return Err(final_error(last, *uncertain, true, reached));
             }
             if let (Some(slot), ClientRequest::Write { session, .. }) = (acks, &mut *request) {
                 session.acked_below = slot.acked_below();
@@ -806,6 +844,7 @@ impl Client {
             let outcome = tokio::time::timeout(remaining, self.once(target, request, &mut sent))
                 .await
                 .unwrap_or(Err(Error::Timeout));
+            reached |= sent;
             let e = match outcome {
                 Ok(ClientResponse::Err(e)) => Error::from(e),
                 Ok(ok) => {
@@ -859,10 +898,10 @@ impl Client {
                     (Error::Tls(_), None) => every_member_refused(refused.into_values().collect()),
                     (e, _) => e,
                 };
-                return Err(final_error(e, *uncertain, false));
+                return Err(final_error(e, *uncertain, false, reached));
             }
             if !e.is_retryable() {
-                return Err(final_error(e, *uncertain, false));
+                return Err(final_error(e, *uncertain, false, reached));
             }
             // Retried without an answer that says what happened: unknown.
             // (An attempt that never left this client applied nothing.)
@@ -1612,7 +1651,25 @@ fn unsent(e: Error) -> Error {
 /// The error a call ends with: `e`, unless an earlier attempt may have been
 /// applied and `e` says the command was not (then the call timed out, or its
 /// outcome is unknown).
-fn final_error(e: Error, maybe_applied: bool, at_deadline: bool) -> Error {
+///
+/// At the deadline, a call none of whose attempts left this client
+/// (`reached` false: every dial failed or timed out, nothing was written to
+/// a member) and that no earlier call of the same write may have applied
+/// ends [`Error::Unavailable`], "not applied", rather than
+/// [`Error::Timeout`], "may have been applied" (found by review, stop 50).
+fn final_error(e: Error, maybe_applied: bool, at_deadline: bool, reached: bool) -> Error {
+    if at_deadline && !reached && !maybe_applied {
+        return match e {
+            e @ Error::Unavailable(_) => e,
+            Error::Transport(why) => Error::Unavailable(format!(
+                "{why}; no member could be reached before the call's deadline"
+            )),
+            Error::Timeout => {
+                Error::Unavailable("no member could be reached before the call's deadline".into())
+            }
+            other => final_error(other, maybe_applied, true, true),
+        };
+    }
     if at_deadline {
         return match e {
             e @ Error::NotLeader { .. } if !maybe_applied => e,
@@ -1699,22 +1756,25 @@ mod tests {
     #[test]
     fn a_call_that_may_have_applied_never_ends_saying_it_did_not() {
         let no = Error::NotLeader { hint: None };
-        assert_eq!(final_error(no.clone(), false, true), no);
-        assert_eq!(final_error(no, true, true), Error::Timeout);
+        assert_eq!(final_error(no.clone(), false, true, true), no);
+        assert_eq!(final_error(no, true, true, true), Error::Timeout);
         assert_eq!(
-            final_error(Error::Overloaded, false, true),
+            final_error(Error::Overloaded, false, true, true),
             Error::Overloaded
         );
-        assert_eq!(final_error(Error::Overloaded, true, true), Error::Timeout);
-        let refused = final_error(Error::Rejected("x".into()), true, false);
+        assert_eq!(
+            final_error(Error::Overloaded, true, true, true),
+            Error::Timeout
+        );
+        let refused = final_error(Error::Rejected("x".into()), true, false, true);
         assert_eq!(refused.applied(), Applied::Maybe, "{refused}");
         assert_eq!(
-            final_error(Error::Rejected("x".into()), false, false),
+            final_error(Error::Rejected("x".into()), false, false, true),
             Error::Rejected("x".into())
         );
         let handler = Error::Handler {
             message: "h".into(),
         };
-        assert_eq!(final_error(handler.clone(), true, false), handler);
+        assert_eq!(final_error(handler.clone(), true, false, true), handler);
     }
 }

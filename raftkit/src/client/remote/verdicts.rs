@@ -511,3 +511,54 @@ async fn a_write_once_retry_after_an_unknown_outcome_resends_its_sequence_number
         "the retry through the handle took a new sequence number"
     );
 }
+
+/// Found by review, stop 50: a call whose every member was down ended
+/// `Timeout` ("may have been applied") at its deadline, although no
+/// attempt ever left the client (every dial refused): `final_error` turned
+/// the `Unavailable`/`Transport` of the last attempt into `Timeout`
+/// whatever had been sent. Such a call now ends `Unavailable`, "not
+/// applied" (and retryable), a read as a write of an opened session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_every_member_is_down_ends_unavailable_not_applied() {
+    let (a_id, b_id, client_id) = identities();
+    let open = |request: &ClientRequest| match request {
+        ClientRequest::OpenSession => session_opened(7),
+        _ => Act::answer(ClientResponse::Ok(Vec::new())),
+    };
+    let a = FakeMember::start(&a_id, open);
+    let b = FakeMember::start(&b_id, open);
+    let timeout = Duration::from_millis(600);
+    let client = tokio::time::timeout(
+        DEADLINE,
+        Client::connect_with(
+            [a.addr().to_string(), b.addr().to_string()],
+            client_id,
+            0,
+            ClientOptions::default().with_timeout(timeout),
+        ),
+    )
+    .await
+    .expect("connects in time")
+    .expect("connects");
+    client.set_leader(Some(a.addr()));
+    open_at_a(&client).await;
+    // Both go down for good: every dial is refused before anything is sent.
+    for m in [&a, &b] {
+        m.restart(usize::MAX);
+        until_closed(&client, m.addr()).await;
+    }
+    let write = put(&client).await.expect_err("no member is up");
+    let read = tokio::time::timeout(DEADLINE, client.read(b"get".to_vec()))
+        .await
+        .expect("the read ends in time")
+        .expect_err("no member is up");
+    for (what, err) in [("write", &write), ("read", &read)] {
+        assert!(
+            matches!(err, Error::Unavailable(_)) && err.applied() == Applied::No,
+            "a {what} that reached no member ended {err:?} (applied: {:?})",
+            err.applied()
+        );
+        assert!(err.is_retryable(), "{what}: {err:?}");
+    }
+    assert_eq!((a.writes(), b.writes()), (0, 0), "nothing reached a member");
+}
