@@ -62,3 +62,90 @@ async fn a_multi_group_nodes_inbox_budget_follows_its_frame_cap() {
     );
     node.shutdown().await.expect("a clean shutdown");
 }
+
+/// The group share and the drop counter of a multi-group node, end to
+/// end (no multi-group test had them): a holder of a node certificate
+/// streams large AppendEntries for group 1, whose node task takes
+/// nothing, then heartbeats for group 2 on the same link. Group 1's
+/// waiting messages hold at most the group share (half the budget), the
+/// ones past it are dropped and counted in
+/// [`MultiNode::dropped_messages`] (where a full group inbox counts its
+/// drops), and the link goes on: group 2's messages arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_at_one_group_does_not_stop_another_groups_messages() {
+    use crate::core::{Body, Message};
+    use crate::identity::node_id;
+    use crate::transport::frame::{PeerFrame, encode_frame};
+    use crate::transport::inbox_bytes::tests::{PAYLOAD, big_append, dial_as};
+
+    const FLOOD: u64 = 48;
+    const BEATS: u64 = 8;
+    let deadline = std::time::Duration::from_secs(20);
+    let (node, _addr, ca, _id, _dir) = node_with_frame(FRAME).await;
+    // The node tasks of groups 1 and 2 are the test's: group 1's takes
+    // nothing while the flood lasts.
+    let (one_tx, mut one) = tokio::sync::mpsc::channel(4096);
+    let (two_tx, mut two) = tokio::sync::mpsc::channel(4096);
+    node.inner.links.register(1, one_tx);
+    node.inner.links.register(2, two_tx);
+    let hostile = "raftkit_placement@127.0.0.1:9";
+    let cert = ca.issue_node(hostile, &[]).expect("a node certificate");
+    let schema = <Placement as crate::StateMachine>::SCHEMA_FINGERPRINT;
+    let (mut send, _conn, _endpoint) = dial_as(&cert, hostile, node.local_addr(), schema).await;
+    let (from, to) = (node_id(hostile), node.id());
+    let mut wire = Vec::new();
+    for index in 1..=FLOOD {
+        let msg = big_append(from, to, index);
+        encode_frame(&PeerFrame::Group { group: 1, msg }, FRAME, &mut wire).expect("encode");
+    }
+    for round in 1..=BEATS {
+        let msg = Message {
+            from,
+            to,
+            term: 1,
+            body: Body::Heartbeat { commit: 0, round },
+        };
+        encode_frame(&PeerFrame::Group { group: 2, msg }, FRAME, &mut wire).expect("encode");
+    }
+    let writer = tokio::spawn(async move {
+        let _ = send.write_all(&wire).await;
+        // Keep the stream open: the link stays up while the test reads.
+        std::future::pending::<()>().await;
+    });
+    for round in 1..=BEATS {
+        let (msg, _charge) = tokio::time::timeout(deadline, two.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "group 2's heartbeat {round} never arrived behind the flood at group 1 \
+                     ({} of group 1's messages waiting, {} bytes of the budget's {} charged, \
+                     {} dropped)",
+                    one.len(),
+                    node.inner.inbox_bytes.held(),
+                    node.inner.inbox_bytes.limit(),
+                    node.dropped_messages()
+                )
+            })
+            .expect("group 2's inbox open");
+        assert!(
+            matches!(msg.body, Body::Heartbeat { round: r, .. } if r == round),
+            "{msg:?}"
+        );
+    }
+    let share = node.inner.inbox_bytes.group_share();
+    let waiting = one.len();
+    assert!(
+        waiting * PAYLOAD <= share,
+        "group 1 holds {waiting} messages of {PAYLOAD} bytes, past its share of {share}"
+    );
+    assert_eq!(
+        node.dropped_messages(),
+        FLOOD - waiting as u64,
+        "every message of group 1 past its share is dropped and counted"
+    );
+    // Group 1's node task takes its messages: their charges are back.
+    while one.try_recv().is_ok() {}
+    assert_eq!(node.inner.inbox_bytes.held(), 0);
+    writer.abort();
+    node.shutdown().await.expect("a clean shutdown");
+}

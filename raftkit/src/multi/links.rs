@@ -42,7 +42,9 @@
 //!   group's node task takes it (or it is dropped), and the messages
 //!   waiting in one group's inbox hold at most the group share (half the
 //!   budget): one more is dropped and counted as for a full inbox, so a
-//!   slow group never holds the bytes the other groups' messages need.
+//!   slow group never holds the bytes the other groups' messages need;
+//!   the messages waiting for the hoster (for groups not hosted here, any
+//!   number of them) hold at most the group share together, as one group.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -97,6 +99,10 @@ pub(crate) struct Links {
     /// This node and where a leader's message for a group not hosted
     /// here goes ([`super::hosting`]).
     on_demand: Mutex<Option<(NodeId, Hoster)>>,
+    /// The bytes of the inbox budget the messages waiting for the hoster
+    /// hold (for any groups not hosted here): at most `group_share`, as
+    /// one group's.
+    hosting_held: Arc<AtomicUsize>,
     /// Nodes that asked recently whether they are still members of a group
     /// ([`super::removal`]): linked so the answer reaches them.
     askers: Mutex<super::removal::Askers>,
@@ -120,6 +126,7 @@ impl Links {
             dropped: AtomicU64::new(0),
             group_share,
             on_demand: Mutex::new(None),
+            hosting_held: Arc::new(AtomicUsize::new(0)),
             askers: Mutex::new(Default::default()),
             known: Mutex::new(BTreeMap::new()),
         })
@@ -257,12 +264,43 @@ impl Links {
 
     /// Hands a message for a group not hosted here to the hoster, if it is
     /// one that may start a replica. Whether it was taken.
+    ///
+    /// The messages waiting for the hoster hold at most the group share of
+    /// the inbox budget together, whatever groups they are for (found by
+    /// review, stop 50: they were counted in no group's share, so leader
+    /// messages for unhosted group ids could hold the whole budget while
+    /// the hoster was busy, and no hosted group's message could be
+    /// charged). One more is dropped (its charge given back), as for a
+    /// group whose waiting messages hold its share. Its charge moves to
+    /// its group's tally when the hoster delivers it.
     fn offer_to_host(&self, group: GroupId, msg: Message, charge: Option<InboxCharge>) -> bool {
         let Ok(d) = self.on_demand.lock() else {
             return false;
         };
         match &*d {
             Some((me, tx)) if super::hosting::may_host(*me, &msg) => {
+                let charge = match charge {
+                    Some(charge)
+                        if self
+                            .hosting_held
+                            .load(Ordering::Relaxed)
+                            .saturating_add(charge.bytes())
+                            > self.group_share =>
+                    {
+                        trace!(
+                            group,
+                            held = self.hosting_held.load(Ordering::Relaxed),
+                            share = self.group_share,
+                            "the messages waiting for hosting hold their share of the inbox budget"
+                        );
+                        return false;
+                    }
+                    Some(mut charge) => {
+                        charge.count_in(self.hosting_held.clone());
+                        Some(charge)
+                    }
+                    None => None,
+                };
                 tx.try_send((group, msg, charge)).is_ok()
             }
             _ => false,
@@ -471,6 +509,77 @@ mod tests {
         ]));
         assert!(quic.link_state(3).is_some() && quic.link_state(stranger).is_some());
         assert_eq!(quic.handshake_members(), BTreeSet::from([2, 3]));
+        quic.shutdown().await;
+    }
+
+    /// Found by review, stop 50: a message for a group not hosted here
+    /// went to the hosting-on-demand queue with its charge but outside any
+    /// group's share, so leader messages for one unhosted group id (or for
+    /// many) waiting for the hoster could hold the whole inbox budget, and
+    /// a hosted group's messages could then not be charged at all. The
+    /// hosting queue now holds at most the group share, like one group;
+    /// past it a message is dropped (its charge given back) and counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_waiting_for_hosting_hold_at_most_the_group_share() {
+        use crate::core::Body;
+        use crate::transport::inbox_bytes::{InboxBytes, MESSAGE_OVERHEAD};
+
+        const FRAME: usize = 64 * 1024;
+        let (_ca, mut ids) = dev_cluster(["links@h"]).expect("certs");
+        let identity = ids.pop().expect("node identity");
+        let config = QuicConfig::new("127.0.0.1:0".parse().expect("addr"), "links@h", identity, 0);
+        let (quic, _addr) = QuicTransport::start(config, mpsc::channel(1).0, None)
+            .await
+            .expect("transport starts");
+        let me = node_id("links@h");
+        let budget = InboxBytes::for_frames(FRAME);
+        let (limit, share) = (budget.limit(), budget.group_share());
+        let links = Links::new(quic.clone(), share);
+        // The hoster takes nothing (busy starting replicas).
+        let (host_tx, _hosting) = mpsc::channel(64);
+        links.host_on_demand(me, host_tx);
+        let (inbox, mut hosted) = mpsc::channel(64);
+        links.register(7, inbox);
+
+        // A leader's heartbeats for unhosted groups, a quarter of the
+        // budget each.
+        let body = limit / 4 - MESSAGE_OVERHEAD;
+        let leader = |group: u64| Message {
+            from: 2,
+            to: me,
+            term: 3,
+            body: Body::Heartbeat {
+                commit: group,
+                round: 0,
+            },
+        };
+        for k in 0..16u64 {
+            let msg = leader(100 + k % 2);
+            let charge = crate::transport::inbox_bytes::charge_of(&msg, body);
+            assert!(
+                budget.held() + charge <= limit,
+                "after {k} messages for unhosted groups the hosting queue holds {} of the \
+                 budget's {limit} bytes (group share {share}): a hosted group's message \
+                 cannot be charged",
+                budget.held()
+            );
+            let charge = budget.charge(&msg, body).await;
+            links.deliver(100 + k % 2, msg, Some(charge));
+        }
+        assert!(budget.held() <= share, "{} > {share}", budget.held());
+        assert_eq!(
+            links.dropped(),
+            14,
+            "the messages past the share are counted"
+        );
+        // A hosted group's message is still charged and delivered.
+        let msg = leader(7);
+        let charge = budget.charge(&msg, body).await;
+        links.deliver(7, msg, Some(charge));
+        assert!(
+            hosted.try_recv().is_ok(),
+            "the hosted group's message arrived"
+        );
         quic.shutdown().await;
     }
 }

@@ -31,7 +31,9 @@
 //!   (`multi::links`): a group's messages waiting in its inbox may hold at
 //!   most half the budget ([`InboxBytes::group_share`]); one more is
 //!   dropped and counted like a message for a full inbox, so one slow group
-//!   never holds the bytes the others need.
+//!   never holds the bytes the others need; the messages waiting to be
+//!   hosted on demand (for groups not hosted yet) hold at most that share
+//!   together, as one group.
 //!
 //! A [`QuicTransport::start`](super::QuicTransport::start) given a plain
 //! channel (a user's own) has no budget: what its receiver holds is its
@@ -294,4 +296,4 @@ impl InboxRx {
 
 #[cfg(test)]
 #[path = "inbox_bytes_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -21,7 +21,7 @@ const SCHEMA: u64 = 0x5eed_0000_0000_0042;
 /// The node's frame cap in these tests: its budget is a few of them.
 const FRAME: usize = 64 * 1024;
 /// Each hostile message carries this much (most of a frame).
-const PAYLOAD: usize = 60 * 1024;
+pub(crate) const PAYLOAD: usize = 60 * 1024;
 
 /// A node's transport and its node task's inbox, wired as the runtime
 /// wires a peer's (`PeerBuilder::start`).
@@ -52,6 +52,17 @@ async fn hostile_link(
     name: &str,
     to: SocketAddr,
 ) -> (quinn::SendStream, quinn::Connection, quinn::Endpoint) {
+    dial_as(cert, name, to, SCHEMA).await
+}
+
+/// [`hostile_link`] to a node of schema fingerprint `schema` (a
+/// multi-group node's tests dial with it).
+pub(crate) async fn dial_as(
+    cert: &Identity,
+    name: &str,
+    to: SocketAddr,
+    schema: u64,
+) -> (quinn::SendStream, quinn::Connection, quinn::Endpoint) {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
     let cfg = quic_client_config(cert, PEER_ALPN).expect("client config");
     let conn = tokio::time::timeout(DEADLINE, async {
@@ -68,7 +79,7 @@ async fn hostile_link(
         from: node_id(name),
         name: name.into(),
         addr: "127.0.0.1:9".into(),
-        schema: SCHEMA,
+        schema,
         version: PROTOCOL_VERSION,
         schema_desc: None,
     };
@@ -85,7 +96,7 @@ async fn hostile_link(
 
 /// An AppendEntries of `from` carrying one entry of [`PAYLOAD`] bytes at
 /// `index`.
-fn big_append(from: u64, to: u64, index: u64) -> Message {
+pub(crate) fn big_append(from: u64, to: u64, index: u64) -> Message {
     Message {
         from,
         to,
