@@ -427,3 +427,83 @@ async fn a_client_gets_in_while_strangers_stall_in_tls() {
     drop(strangers);
     peer.shutdown().await.expect("clean shutdown");
 }
+
+/// Review of stop 50 (finding 1): below half the slots taken no Retry is
+/// sent, so a member's first attempt (its address not yet validated) was
+/// judged by its IP; strangers at that IP (another process on its host, or
+/// Initial packets with a spoofed source) that filled the IP's share got
+/// every attempt of the member refused, while most slots were free. An
+/// unvalidated attempt that would be refused is now sent a Retry: the
+/// member answers it from its own address and comes back validated, then
+/// takes a member's slot.
+#[tokio::test]
+async fn strangers_at_a_members_ip_below_half_full_do_not_lock_it_out() {
+    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    // A TLS bound (10 s) past the test: the strangers keep their slots.
+    let timeout = Duration::from_secs(40);
+    let (a, a_addr, mut a_rx) = guarded(
+        "t@a",
+        ids[0].clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        8,
+        timeout,
+    )
+    .await;
+    // b, the member, runs at 127.0.0.6 (it dials nobody yet).
+    let (tx, _b_rx) = mpsc::channel(1024);
+    let (b, b_addr) = QuicTransport::start(
+        QuicConfig::new(
+            "127.0.0.6:0".parse().expect("addr"),
+            "t@b",
+            ids[1].clone(),
+            SCHEMA,
+        ),
+        tx,
+        None,
+    )
+    .await
+    .expect("start b");
+    let b_id = node_id("t@b");
+    a.set_peers(BTreeMap::from([(b_id, b_addr.to_string())]));
+    // Two strangers at b's IP, other ports, stall in TLS: 2 of 8 slots
+    // (not crowded: no Retry), and 127.0.0.6's share (a quarter) is full.
+    let stranger = ca.issue_client("stranger").expect("cert");
+    let stalled: Vec<_> = (0..2)
+        .map(|_| stall_in_tls(Ipv4Addr::new(127, 0, 0, 6), a_addr, &stranger, DEADLINE))
+        .collect();
+    wait_until("the strangers at b's IP took no slots", DEADLINE, || {
+        a.handshakes_in_progress() == 2
+    })
+    .await;
+    let refused_before = a.refused_handshakes();
+    // b links to a: its message arrives within the bound.
+    b.set_peers(BTreeMap::from([(node_id("t@a"), a_addr.to_string())]));
+    let hello = Message {
+        from: b_id,
+        to: node_id("t@a"),
+        term: 1,
+        body: Body::TimeoutNow,
+    };
+    b.send(hello.clone());
+    let bound = Duration::from_secs(2);
+    match tokio::time::timeout(bound, a_rx.recv()).await {
+        Ok(Some(got)) => assert_eq!(got, hello),
+        Ok(None) => panic!("a's inbox closed"),
+        Err(_) => panic!(
+            "the member's message did not arrive within {bound:?} while 2 strangers at its IP stalled in TLS ({} slots taken of 8; {} attempts refused, {} retried)",
+            a.handshakes_in_progress(),
+            a.refused_handshakes() - refused_before,
+            a.retried_handshakes()
+        ),
+    }
+    assert_eq!(
+        a.refused_handshakes(),
+        refused_before,
+        "the member's attempts were refused"
+    );
+    for s in &stalled {
+        s.abort();
+    }
+    b.shutdown().await;
+    a.shutdown().await;
+}

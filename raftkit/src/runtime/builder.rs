@@ -585,7 +585,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// [`DEFAULT_MAX_HANDSHAKES`](crate::transport::quic::DEFAULT_MAX_HANDSHAKES),
     /// 256, and 10 s; at least 1 and 1 s): one past the bound is refused
     /// at once (unless it may take the place of a stranger's handshake
-    /// stalled in TLS), one not done in time is closed (TLS within a
+    /// stalled in TLS; one from an address not validated yet is sent a
+    /// QUIC Retry instead), one not done in time is closed (TLS within a
     /// quarter of the timeout,
     /// [`tls_timeout`](crate::transport::quic::tls_timeout)); once half
     /// are taken an attempt from an address not yet validated is sent a

@@ -16,7 +16,8 @@
 //! its certificate is read. How many connections are in their handshake
 //! at once, and for how long, is `handshakes`: one past the bound is
 //! refused as it arrives (or takes the place of a stranger's handshake
-//! stalled in TLS), TLS not done within its bound is dropped, and a
+//! stalled in TLS, or, its address not validated yet, is sent a Retry),
+//! TLS not done within its bound is dropped, and a
 //! handshake (TLS, then the first link's hello answered) not done within
 //! the timeout is closed.
 //!
@@ -46,7 +47,7 @@ use tracing::{debug, error, warn};
 
 use super::frame::{FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, write_frame};
 use super::frame_reader::FrameReader;
-use super::handshakes::{HandshakeSlot, Handshakes};
+use super::handshakes::{Denied, HandshakeSlot, Handshakes};
 use super::hello_detail::{MAX_DETAIL_BYTES, read_hello, wants_detail, with_detail};
 use super::inbox_bytes::InboxTx;
 use super::peer_limits::PeerPlaces;
@@ -330,16 +331,28 @@ pub(super) async fn accept_loop(
                     incoming.remote_address_validated(),
                 ) {
                     Ok(slot) => slot,
-                    Err(refused) => {
-                        let remote = incoming.remote_address();
-                        if refused.is_power_of_two() {
-                            warn!(node = link.node, %remote, max = handshakes.max(), refused,
-                                "inbound connection refused: too many handshakes in progress (logged at the first refusal and every power of two)");
+                    Err(Denied::Unvalidated) => {
+                        // Not refused before its address is proven: judged
+                        // by its IP, a member's first attempt would be
+                        // refused for strangers at that IP (or spoofing
+                        // it). A Retry (stateless) brings it back judged
+                        // by its exact address (`handshakes`).
+                        let incoming = if incoming.may_retry() {
+                            match incoming.retry() {
+                                Ok(()) => {
+                                    handshakes.count_retry();
+                                    continue;
+                                }
+                                Err(e) => e.into_incoming(),
+                            }
                         } else {
-                            debug!(node = link.node, %remote, refused,
-                                "inbound connection refused: too many handshakes in progress");
-                        }
-                        incoming.refuse();
+                            incoming
+                        };
+                        refuse(&link, &handshakes, incoming, handshakes.count_refusal());
+                        continue;
+                    }
+                    Err(Denied::Refused(refused)) => {
+                        refuse(&link, &handshakes, incoming, refused);
                         continue;
                     }
                 };
@@ -358,6 +371,20 @@ pub(super) async fn accept_loop(
         }
     }
     debug!(node = link.node, "accept loop stopped");
+}
+
+/// Refuses `incoming` at once (before any cryptography), the `refused`th
+/// refusal (`handshakes`).
+fn refuse(link: &LinkConfig, handshakes: &Handshakes, incoming: quinn::Incoming, refused: u64) {
+    let remote = incoming.remote_address();
+    if refused.is_power_of_two() {
+        warn!(node = link.node, %remote, max = handshakes.max(), refused,
+            "inbound connection refused: too many handshakes in progress (logged at the first refusal and every power of two)");
+    } else {
+        debug!(node = link.node, %remote, refused,
+            "inbound connection refused: too many handshakes in progress");
+    }
+    incoming.refuse();
 }
 
 /// What serving an inbound peer connection needs.

@@ -15,8 +15,11 @@
 //!   when all it may take of [`QuicConfig::max_handshakes`] (default
 //!   [`DEFAULT_MAX_HANDSHAKES`]) are taken, it takes the place of a
 //!   handshake stalled in TLS if one may be evicted (below), and is
-//!   refused at once otherwise (`Incoming::refuse`: the dialer sees the
-//!   connection refused, before any cryptography), with a `warn` event
+//!   otherwise, if its address is validated, refused at once
+//!   (`Incoming::refuse`: the dialer sees the connection refused, before
+//!   any cryptography), or, if not, sent a stateless Retry (below: until
+//!   it proves its address, an attempt is judged by its IP, and that
+//!   must not lock out a member at that IP), with a `warn` event
 //!   (the first refusal and every power of two after it) and a count
 //!   ([`QuicTransport::refused_handshakes`]). A node's link redials with
 //!   its backoff; a client's connect fails as when no member answers
@@ -70,16 +73,22 @@
 //!   configured; a name at the socket address its link last resolved it
 //!   to, and only while the member is still configured at that name. A
 //!   member's attempt takes a reserved slot only once its address is
-//!   validated (it answered a Retry, which every attempt gets once half
-//!   the slots are taken), so a spoofed member address takes none; and it
-//!   is counted against its own share, not its IP's, so that strangers at
-//!   its IP (another process on its host, a NAT it shares) neither take
-//!   the reserve nor use up the share its attempts need. What this
-//!   guarantees: strangers stalling their handshakes, from any number of
-//!   addresses, never hold more than three quarters of the slots, so a
-//!   member's validated attempt finds a slot as long as the members
-//!   themselves hold fewer than the reserve (each member at most its
-//!   share). A member that dials from another address than the one it is
+//!   validated (it answered a Retry), so a spoofed member address takes
+//!   none; and it is then counted against its own share, not its IP's,
+//!   so that strangers at its IP (another process on its host, a NAT it
+//!   shares, or Initial packets spoofing its IP) neither take the reserve
+//!   nor use up the share its attempts need. Below half full no Retry is
+//!   sent, so an attempt is judged by its IP until proven: one not
+//!   validated that would be refused (its IP's share full, or no slot
+//!   free to it) is sent a Retry instead ([`Denied::Unvalidated`]; it
+//!   evicts nobody either), and a member answers it and comes back judged
+//!   as the member; a spoofed source never comes back, a stranger at a
+//!   real address comes back and is refused. What this guarantees:
+//!   strangers stalling their handshakes, from any number of addresses,
+//!   never hold more than three quarters of the slots, so a member's
+//!   attempt (after one Retry at most) finds a slot as long as the
+//!   members themselves hold fewer than the reserve (each member at most
+//!   its share). A member that dials from another address than the one it is
 //!   configured at (multi-homed and routed out of another interface,
 //!   behind a NAT that maps its port, or listening on another port than
 //!   it advertises) counts as a stranger.
@@ -270,6 +279,18 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// Why a connection attempt got no slot ([`Handshakes::admit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Denied {
+    /// Its address is not validated and it would be refused: it must
+    /// answer a Retry first (stateless; not counted as a refusal), and
+    /// comes back judged by its validated address (module doc). Refused
+    /// only if a Retry may not be sent.
+    Unvalidated,
+    /// Refused, with the count of refusals so far (this one included).
+    Refused(u64),
+}
+
 /// One inbound connection's slot among the handshakes in progress, and
 /// when its handshake must be done; the slot is given back when dropped.
 #[derive(Debug)]
@@ -306,15 +327,17 @@ impl Handshakes {
     }
 
     /// A slot for a connection attempt arriving now from `from` (whose
-    /// address is `validated` or not), or `Err` with the count of refusals
-    /// so far (this one included) when `from` holds its share, or all it
-    /// may take are taken and none of them may be given to it (module
-    /// doc: a handshake stalled in TLS may be evicted for it).
+    /// address is `validated` or not), or why not ([`Denied`]): when
+    /// `from` holds its share, or all it may take are taken and none of
+    /// them may be given to it (module doc: a handshake stalled in TLS may
+    /// be evicted for it), a validated attempt is refused and one not
+    /// validated must prove its address first (it takes no free slot and
+    /// evicts nobody: its source is not known yet).
     pub(super) fn admit(
         self: &Arc<Self>,
         from: SocketAddr,
         validated: bool,
-    ) -> Result<HandshakeSlot, u64> {
+    ) -> Result<HandshakeSlot, Denied> {
         let from = canonical(from);
         let mut held = self.lock();
         // A member is its exact validated address; anything else at its
@@ -327,7 +350,16 @@ impl Handshakes {
             (Source::Stranger(from.ip()), self.max - self.reserved)
         };
         let mine = held.count(from);
-        let refuse = || Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1);
+        // Not refused while unproven: a member's first attempt is judged
+        // by its IP until it answers a Retry (module doc), and a spoofed
+        // source never answers one.
+        let refuse = || {
+            if validated {
+                Err(Denied::Refused(self.count_refusal()))
+            } else {
+                Err(Denied::Unvalidated)
+            }
+        };
         if mine >= self.per_address {
             return refuse();
         }
@@ -336,7 +368,11 @@ impl Handshakes {
             // Full: the newcomer takes the place of the oldest stranger
             // stalled in TLS long enough, at a source holding two more
             // than its own (module doc), or is refused. The count of
-            // slots does not grow.
+            // slots does not grow. An attempt not validated evicts nobody
+            // (its source is not proven: a spoofed one would churn them).
+            if !validated {
+                return refuse();
+            }
             let Some(victim) = held.victim(mine, now, self.min_evict_age) else {
                 return refuse();
             };
@@ -438,6 +474,12 @@ impl Handshakes {
         self.evicted.load(Ordering::Relaxed)
     }
 
+    /// Counts an attempt refused; the count of refusals so far, this one
+    /// included.
+    pub(super) fn count_refusal(&self) -> u64 {
+        self.refused.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Counts an attempt answered with a Retry.
     pub(super) fn count_retry(&self) {
         self.retried.fetch_add(1, Ordering::Relaxed);
@@ -519,8 +561,8 @@ mod tests {
         let h = Handshakes::new(2, Duration::from_secs(1));
         let a = h.admit(A, true).expect("a");
         let _b = h.admit(A, true).expect("b");
-        assert_eq!(h.admit(A, true).err(), Some(1));
-        assert_eq!(h.admit(A, true).err(), Some(2));
+        assert_eq!(h.admit(A, true).err(), Some(Denied::Refused(1)));
+        assert_eq!(h.admit(A, true).err(), Some(Denied::Refused(2)));
         drop(a);
         let _c = h.admit(A, true).expect("a slot given back is taken again");
         assert_eq!(h.refused(), 2);
@@ -547,7 +589,7 @@ mod tests {
             .collect();
         assert_eq!(
             h.admit(A, true).err(),
-            Some(1),
+            Some(Denied::Refused(1)),
             "a fifth of 16 from one address"
         );
         let _b = h.admit(B, true).expect("another address is not affected");
@@ -608,9 +650,10 @@ mod tests {
             h.admit(D, true).is_err(),
             "6 of 8 taken: the rest is the members'"
         );
-        assert!(
-            h.admit(M, false).is_err(),
-            "a member's address not validated is a stranger's"
+        assert_eq!(
+            h.admit(M, false).err(),
+            Some(Denied::Unvalidated),
+            "a member's address not validated is a stranger's, sent a Retry"
         );
         let _m = h.admit(M, true).expect("a member's slot");
         h.resolved(8, "b.example:7000", D);
@@ -644,6 +687,50 @@ mod tests {
             .expect("the member: its own share, in the reserve");
         let _m2 = h.admit(M, true).expect("the member's second");
         drop(strangers);
+    }
+
+    /// Review of stop 50 (finding 1): below half full no Retry is sent, so
+    /// a member's first attempt (not validated) was judged by its IP and
+    /// refused while strangers at that IP held its share: every attempt of
+    /// the member was. An unvalidated attempt that would be refused is sent
+    /// a Retry instead (not counted as refused), nor does it evict.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_unvalidated_attempt_is_sent_a_retry_not_refused() {
+        const M: SocketAddr = at(9, 7000);
+        const BESIDE_M: SocketAddr = at(9, 40000);
+        let h = Handshakes::new(8, Duration::from_secs(10));
+        h.set_members([(7, M.to_string())]);
+        let beside: Vec<_> = (0..2)
+            .map(|_| h.admit(BESIDE_M, false).expect("a stranger at M's IP"))
+            .collect();
+        assert!(!h.crowded(), "2 of 8 taken: no Retry before admission");
+        assert_eq!(
+            h.admit(M, false).err(),
+            Some(Denied::Unvalidated),
+            "the member's first attempt, judged by its full IP share"
+        );
+        assert_eq!(h.refused(), 0, "an unvalidated attempt is not refused");
+        let _m = h
+            .admit(M, true)
+            .expect("the member, validated, takes its own share");
+        assert_eq!(
+            h.admit(BESIDE_M, true).err(),
+            Some(Denied::Refused(1)),
+            "a validated stranger at a full share is refused"
+        );
+        // Full to strangers (6 of 8 taken, the member's included), with
+        // strangers stalled long enough to be evicted: an unvalidated
+        // newcomer evicts nobody.
+        let rest: Vec<_> = [A, A, B]
+            .into_iter()
+            .map(|from| h.admit(from, true).expect("a stranger's slot"))
+            .collect();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(h.admit(C, false).err(), Some(Denied::Unvalidated));
+        assert_eq!(h.evicted(), 0);
+        let _c = h.admit(C, true).expect("validated, C evicts a stalled one");
+        assert_eq!(h.evicted(), 1);
+        drop((beside, rest));
     }
 
     /// Review of stop 50: a name's old address stuck: `set_members` kept

@@ -222,13 +222,17 @@ pub struct QuicConfig {
     /// - an attempt past the bound is refused at once, before any
     ///   cryptography (its dialer sees the connection refused), counted by
     ///   [`QuicTransport::refused_handshakes`], unless it may take the
-    ///   place of a stranger's handshake stalled in TLS (below);
+    ///   place of a stranger's handshake stalled in TLS (below); one whose
+    ///   address is not validated yet is sent a stateless Retry instead
+    ///   (counted by [`QuicTransport::retried_handshakes`]) and judged
+    ///   again when it answers;
     /// - one source IP holds at most a quarter of the slots (at least 2);
     /// - a quarter of them (none below 4) is kept for the configured
     ///   peers, each known by its exact address (IP and port, validated
     ///   by a Retry): strangers, from any number of addresses, never hold
     ///   it, so a member dialing from the address it is configured at
-    ///   finds a slot while the members hold fewer than the reserve. A
+    ///   finds a slot (after one Retry at most, whatever strangers at its
+    ///   IP hold) while the members hold fewer than the reserve. A
     ///   member dialing from another address (another interface, a NAT
     ///   that maps ports) is a stranger;
     /// - clients have no reserve: an attempt that finds the slots it may
