@@ -252,7 +252,8 @@ pub struct QuicConfig {
     /// least [`MIN_HANDSHAKE_TIMEOUT`], 1 s): a dialer that has not
     /// completed it by then (in its hello, or opening no stream at all) is
     /// closed. Its TLS phase has a quarter of it ([`tls_timeout`], at least
-    /// [`MIN_TLS_TIMEOUT`]: 2.5 s of the default): a dialer that has not
+    /// [`MIN_TLS_TIMEOUT`], 2 s, unless the timeout is shorter: 2.5 s
+    /// of the default): a dialer that has not
     /// completed TLS by then is dropped. So a dialer without a certificate
     /// of the cluster CA holds a slot at most [`tls_timeout`], and only one
     /// with such a certificate can hold one for the whole timeout (see
