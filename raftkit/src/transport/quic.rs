@@ -394,7 +394,18 @@ pub enum LinkState {
 pub fn quic_server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsError> {
     let tls = QuicServerConfig::try_from(Arc::new(identity.server_config()?))
         .map_err(|e| TlsError::Quic(e.to_string()))?;
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(tls)))
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls));
+    // No NEW_TOKEN address validation tokens, whatever quinn's features
+    // (its `bloom` feature, on by default and turned on by any crate of a
+    // build that asks for quinn's defaults, sends 2 per connection and
+    // accepts them): such a token proves the IP only, where a Retry token
+    // proves the whole socket address, and a member is known by its exact
+    // validated address (`handshakes`): a process at a member's IP with a
+    // token could otherwise take the members' reserve.
+    let mut tokens = quinn::ValidationTokenConfig::default();
+    tokens.sent(0).log(Arc::new(quinn::NoneTokenLog));
+    server.validation_token_config(tokens);
+    Ok(server)
 }
 
 /// A quinn client configuration presenting `identity`, trusting its CA only

@@ -228,4 +228,17 @@ mod tests {
         assert!(server.frame_rx.ack_frequency >= 1, "{server:?}");
         assert!(server.frame_tx.ack_frequency >= 1, "{server:?}");
     }
+
+    /// Review of stop 50 (finding 5): a member is matched by its exact
+    /// address only because `validated` means "answered a Retry" (a Retry
+    /// token proves the whole socket address); a NEW_TOKEN token proves the
+    /// IP only. The server sends none, whatever quinn's features (its
+    /// `bloom` feature, on by default, sends 2 per connection).
+    #[test]
+    fn the_server_sends_no_address_validation_tokens() {
+        let (_ca, ids) = dev_cluster(["t@a"]).expect("certs");
+        let server = quic_server_config(&ids[0]).expect("server config");
+        let tokens = format!("{:?}", server.validation_token);
+        assert!(tokens.contains("sent: 0"), "{tokens}");
+    }
 }
