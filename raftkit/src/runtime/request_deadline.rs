@@ -103,7 +103,14 @@ impl<F: Future<Output = (u64, ClientResponse, bool)>> Future for Expiring<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let polled = this.inner.poll(cx);
         if *this.expired {
+            // Polled once more past its deadline: an answer that is ready
+            // wins over the timeout, as under `tokio::time::timeout`
+            // (which polls its future before its timer).
+            if polled.is_ready() {
+                return polled;
+            }
             tracing::debug!(
                 id = *this.id,
                 "client request not answered within the request timeout; answered Timeout"
@@ -114,7 +121,6 @@ impl<F: Future<Output = (u64, ClientResponse, bool)>> Future for Expiring<F> {
                 *this.changes,
             ));
         }
-        let polled = this.inner.poll(cx);
         if polled.is_pending() && this.deadline.is_some() {
             match this.waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
@@ -189,4 +195,109 @@ impl Sweep {
             self.timer.as_mut().reset(next);
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sweep on a paused clock, driven as `client_mux::serve` drives
+    //! it (its requests polled first, the sweep's timer last; a request
+    //! starting sweeps first if the sweep was due), without a stream.
+
+    use super::*;
+    use futures_util::FutureExt;
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    use tokio::sync::oneshot;
+
+    const TIMEOUT: Duration = Duration::from_millis(300);
+
+    type Answer = (u64, ClientResponse, bool);
+    type Inner = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+    /// A stream's requests and its sweep.
+    struct Stream {
+        running: FuturesUnordered<Expiring<Inner>>,
+        sweep: Sweep,
+    }
+
+    impl Stream {
+        fn new() -> Stream {
+            Stream {
+                running: FuturesUnordered::new(),
+                sweep: Sweep::new(TIMEOUT),
+            }
+        }
+
+        /// Starts request `id` (timed or not), answered when the returned
+        /// sender is (never, if it is dropped).
+        fn start(&mut self, id: u64, timed: bool) -> oneshot::Sender<ClientResponse> {
+            let (tx, rx) = oneshot::channel();
+            let inner: Inner = Box::pin(async move {
+                match rx.await {
+                    Ok(response) => (id, response, false),
+                    Err(_) => std::future::pending().await,
+                }
+            });
+            let deadline = self
+                .sweep
+                .start(timed, Pin::new(&mut self.running).iter_pin_mut());
+            self.running.push(Expiring::new(inner, id, false, deadline));
+            tx
+        }
+
+        /// The answers ready now, without polling the sweep's timer (a
+        /// stream whose other branches are always ready).
+        fn ready_answers(&mut self) -> Vec<Answer> {
+            let mut answers = Vec::new();
+            for _ in 0..=self.running.len() {
+                if let Some(Some(answer)) = self.running.next().now_or_never() {
+                    answers.push(answer);
+                }
+            }
+            answers
+        }
+
+        /// The next answer, the sweep polled after the requests (as
+        /// `serve`'s biased select does); the paused clock advances to the
+        /// timer.
+        async fn next_answer(&mut self) -> Answer {
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(answer) = self.running.next(), if !self.running.is_empty() => {
+                        return answer;
+                    }
+                    () = self.sweep.due() => {
+                        self.sweep.sweep(Instant::now(), Pin::new(&mut self.running).iter_pin_mut());
+                    }
+                }
+            }
+        }
+    }
+
+    fn timeout() -> ClientResponse {
+        ClientResponse::Err(WireError::Timeout)
+    }
+
+    /// An answer that is ready when its request's deadline is reached is
+    /// the answer, not `Timeout` (as under `tokio::time::timeout`, which
+    /// polls the future before its timer): here the sweep runs before the
+    /// stream polls the request its answer woke.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_answer_ready_at_the_deadline_is_delivered_not_timeout() {
+        let mut stream = Stream::new();
+        let answer = stream.start(1, true);
+        assert!(stream.ready_answers().is_empty());
+        tokio::time::advance(TIMEOUT).await;
+        answer
+            .send(ClientResponse::Ok(vec![7]))
+            .expect("the request waits");
+        stream
+            .sweep
+            .sweep(Instant::now(), Pin::new(&mut stream.running).iter_pin_mut());
+        assert_eq!(
+            stream.next_answer().await,
+            (1, ClientResponse::Ok(vec![7]), false)
+        );
+    }
+
 }
