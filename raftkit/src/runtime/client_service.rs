@@ -151,7 +151,7 @@ impl<S: StateMachine> Front for Peer<S> {
         // Boxed: the futures that wait on this one (`answer`, its span,
         // `client_mux`'s `FuturesUnordered` task) are moved several times
         // per request, and each move copies the whole state of what they
-        // wait on. Boxed, that state (the read and write paths: timeouts,
+        // wait on. Boxed, that state (the read and write paths:
         // admission, the command) is allocated once and never copied again;
         // the moves copy a pointer.
         Box::pin(super::reads::handle_with(
@@ -571,10 +571,28 @@ fn result(r: Result<Vec<u8>, Error>) -> ClientResponse {
 /// ([`super::authorization::authorize`]). Sessions are opened, used and
 /// closed on behalf of the principal's certificate ([`Owner::of`]).
 ///
-/// Not timed here: the stream a request came on answers it `Timeout` past
-/// [`REQUEST_TIMEOUT`] (a multiplexed stream with one sweep for all its
-/// requests, `request_deadline`; a stream of its own with a timer).
+/// A write, a read, or the opening or closing of a session not answered
+/// within [`REQUEST_TIMEOUT`] is answered [`WireError::Timeout`] (it may
+/// have been applied); membership changes and status are not timed.
 pub async fn handle<S: StateMachine>(
+    peer: &Peer<S>,
+    principal: &Principal,
+    request: ClientRequest,
+) -> ClientResponse {
+    if super::request_deadline::is_timed(&request) {
+        tokio::time::timeout(REQUEST_TIMEOUT, handle_untimed(peer, principal, request))
+            .await
+            .unwrap_or(ClientResponse::Err(WireError::Timeout))
+    } else {
+        handle_untimed(peer, principal, request).await
+    }
+}
+
+/// [`handle`] without its timeout: the client service's streams time
+/// their requests themselves (a multiplexed stream with one sweep for all
+/// its requests, `request_deadline`; a stream of its own with a timer), so
+/// that a request does not carry a tokio timer of its own.
+pub(crate) async fn handle_untimed<S: StateMachine>(
     peer: &Peer<S>,
     principal: &Principal,
     request: ClientRequest,

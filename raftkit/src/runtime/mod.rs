@@ -64,6 +64,8 @@ mod dropped;
 mod envelope_decode;
 #[cfg(test)]
 mod flow_control_tests;
+#[cfg(test)]
+mod handle_timeout_tests;
 mod intake;
 #[cfg(test)]
 mod intake_tests;

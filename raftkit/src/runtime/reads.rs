@@ -229,9 +229,10 @@ impl<S: crate::StateMachine> super::Peer<S> {
     }
 }
 
-/// [`client_service::handle`](super::client_service::handle) with the
-/// consistency the request's trailer asked for: reads are served here, any
-/// other request there.
+/// [`client_service::handle_untimed`](super::client_service::handle_untimed)
+/// with the consistency the request's trailer asked for: reads are served
+/// here, any other request there. Not timed: the stream a request came on
+/// times it.
 pub async fn handle_with<S: crate::StateMachine>(
     peer: &super::Peer<S>,
     principal: &crate::tls::Principal,
@@ -239,9 +240,9 @@ pub async fn handle_with<S: crate::StateMachine>(
     consistency: Consistency,
 ) -> ClientResponse {
     let ClientRequest::Read { query } = request else {
-        return super::client_service::handle(peer, principal, request).await;
+        return super::client_service::handle_untimed(peer, principal, request).await;
     };
-    // Not timed here: see `client_service::handle`.
+    // Not timed here: see `client_service::handle_untimed`.
     match peer.read_encoded_with(query, consistency).await {
         Ok((output, Some(staleness))) => ClientResponse::Stale { output, staleness },
         Ok((output, None)) => ClientResponse::Ok(output),
