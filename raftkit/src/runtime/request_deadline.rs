@@ -151,21 +151,30 @@ impl Sweep {
     }
 
     /// The deadline of a request of `timed` kind starting now; `running`:
-    /// the stream's requests (swept first if the sweep is due, so that a
-    /// stream whose task never idles still expires its requests).
+    /// the stream's requests (swept first if the sweep is due, whatever the
+    /// kind of the request starting, so that a stream whose task never
+    /// idles, even one flooded with untimed requests, still expires its
+    /// requests: the sweep's own timer is polled last, and may not be
+    /// polled at all once the task spent its coop budget).
     pub(super) fn start<'a, F: 'a>(
         &mut self,
         timed: bool,
         running: impl Iterator<Item = Pin<&'a mut Expiring<F>>>,
     ) -> Option<Instant> {
+        // The clock is read only if a sweep may be due or a deadline is
+        // needed.
+        let mut now = None;
+        if self.armed {
+            let at = Instant::now();
+            if self.timer.deadline() <= at {
+                self.sweep(at, running);
+            }
+            now = Some(at);
+        }
         if !timed {
             return None;
         }
-        let now = Instant::now();
-        let deadline = now + self.timeout;
-        if self.armed && self.timer.deadline() <= now {
-            self.sweep(now, running);
-        }
+        let deadline = now.unwrap_or_else(Instant::now) + self.timeout;
         if !self.armed {
             self.timer.as_mut().reset(deadline);
             self.armed = true;
@@ -244,6 +253,19 @@ mod tests {
             tx
         }
 
+        /// Starts a request already answered (a status served at once).
+        fn start_answered(&mut self, id: u64) {
+            let deadline = self
+                .sweep
+                .start(false, Pin::new(&mut self.running).iter_pin_mut());
+            let inner: Inner = Box::pin(std::future::ready((
+                id,
+                ClientResponse::Ok(Vec::new()),
+                false,
+            )));
+            self.running.push(Expiring::new(inner, id, false, deadline));
+        }
+
         /// The answers ready now, without polling the sweep's timer (a
         /// stream whose other branches are always ready).
         fn ready_answers(&mut self) -> Vec<Answer> {
@@ -300,4 +322,39 @@ mod tests {
         );
     }
 
+    /// A stream whose requests keep coming and being answered (its sweep's
+    /// timer never polled) still times out a stuck write: a request that
+    /// starts after the sweep was due sweeps first, whatever its kind.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_stream_flooded_with_untimed_requests_still_times_out_a_stuck_write() {
+        const STEP: Duration = Duration::from_millis(10);
+        let t0 = Instant::now();
+        let mut stream = Stream::new();
+        let _write = stream.start(0, true);
+        let mut timed_out = None;
+        for id in 1..100 {
+            tokio::time::advance(STEP).await;
+            stream.start_answered(id);
+            for (id, response, _) in stream.ready_answers() {
+                if id == 0 {
+                    assert_eq!(response, timeout());
+                    timed_out.get_or_insert(t0.elapsed());
+                } else {
+                    assert_eq!(response, ClientResponse::Ok(Vec::new()));
+                }
+            }
+        }
+        let at = timed_out.expect("the stuck write answered Timeout");
+        assert!(
+            at >= TIMEOUT && at <= TIMEOUT + STEP,
+            "answered Timeout at {at:?}, deadline {TIMEOUT:?}"
+        );
+        // A timed request starting after the deadline sweeps too.
+        let t1 = Instant::now();
+        let _write = stream.start(100, true);
+        tokio::time::advance(TIMEOUT + STEP).await;
+        let _read = stream.start(101, true);
+        let answers = stream.ready_answers();
+        assert_eq!(answers, [(100, timeout(), false)], "at {:?}", t1.elapsed());
+    }
 }
