@@ -300,6 +300,35 @@ mod tests {
         ClientResponse::Err(WireError::Timeout)
     }
 
+    /// Requests started at different times each time out at their own
+    /// deadline: after a sweep the timer re-arms at the earliest deadline
+    /// left (not a timeout from the sweep), and after the sweep disarmed
+    /// (nothing timed left), a new request arms it again.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn requests_started_at_different_times_time_out_at_their_own_deadlines() {
+        let t0 = Instant::now();
+        let mut stream = Stream::new();
+        let _a = stream.start(1, true);
+        assert!(stream.ready_answers().is_empty());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let _b = stream.start(2, true);
+        assert!(stream.ready_answers().is_empty());
+        assert_eq!(stream.next_answer().await, (1, timeout(), false));
+        assert_eq!(t0.elapsed(), TIMEOUT, "the first at its deadline");
+        assert_eq!(stream.next_answer().await, (2, timeout(), false));
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(200) + TIMEOUT,
+            "the second at its own deadline, not a timeout after the first sweep"
+        );
+        // Disarmed (nothing left); a new request arms it again.
+        let t1 = Instant::now();
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        let _c = stream.start(3, true);
+        assert_eq!(stream.next_answer().await, (3, timeout(), false));
+        assert_eq!(t1.elapsed(), Duration::from_millis(1000) + TIMEOUT);
+    }
+
     /// An answer that is ready when its request's deadline is reached is
     /// the answer, not `Timeout` (as under `tokio::time::timeout`, which
     /// polls the future before its timer): here the sweep runs before the
