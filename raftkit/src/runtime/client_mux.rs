@@ -545,7 +545,9 @@ mod tests {
         std::net::SocketAddr,
         tokio::task::JoinHandle<quinn::Connection>,
     ) {
-        serve_first_stream_timing(front, crate::runtime::client_service::REQUEST_TIMEOUT)
+        // Far longer than any of these tests waits: only the test of the
+        // timeout itself times its requests out.
+        serve_first_stream_timing(front, 10 * DEADLINE)
     }
 
     /// [`serve_first_stream`] with requests timing out after `timeout`.
