@@ -1009,3 +1009,89 @@ async fn peer_connection_and_watch_caps_are_tunable_on_a_multi_group_node() {
     }
     a.shutdown().await.unwrap();
 }
+
+/// Found by review (stop 50): a call to a group whose replicas are all
+/// down ended `Unavailable` at its timeout, which the sharded client took
+/// for a stale placement: it re-read group 0 and, although the placement
+/// still listed the same replicas, routed the call again and waited out
+/// another timeout, so one call took about twice `with_timeout`. Group 1
+/// is moved to a second node, which then stops; a silent UDP socket takes
+/// its address (the QUIC handshake never completes). The call ends
+/// `Unavailable`, not applied, within its timeout and a small slack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_group_whose_replicas_are_all_down_takes_one_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(600);
+    let addrs = free_addrs(2);
+    let (member, spare) = (addrs[0].clone(), addrs[1].clone());
+    let ca = ClusterCa::generate("shard-down").unwrap();
+    let (a, _a_dir) = start_node(&member, &ca).await;
+    let (b, _b_dir) = start_node(&spare, &ca).await;
+    a.form_shards(2, std::slice::from_ref(&member))
+        .await
+        .unwrap();
+    let admin = ca.issue_admin("ops").unwrap();
+    let seeds = vec![member.clone()];
+    let sharded = ShardedClient::<Kv>::connect_with(&seeds, admin, opts())
+        .await
+        .unwrap();
+    // (A write waits for group 1's leader, which the move needs.)
+    let key = key_in(&sharded, 1, "down");
+    KvClient::new(sharded.clone())
+        .put(key.clone(), "v".into())
+        .await
+        .unwrap();
+    a.move_replica(1, a.id(), &spare).await.unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while listed(&sharded, 1).await != vec![spare.clone()] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the placement never named the spare for group 1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.shutdown().await.unwrap();
+    drop(b);
+    // The spare's port, once its endpoint let go of it.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let _silent = loop {
+        match std::net::UdpSocket::bind(&spare) {
+            Ok(socket) => break socket,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the spare's port stays bound: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let kv = KvClient::new(
+        ShardedClient::<Kv>::connect_with(&seeds, ca.issue_admin("ops2").unwrap(), opts())
+            .await
+            .unwrap(),
+    );
+    let quick = KvClient::new(
+        ShardedClient::<Kv>::connect_with(
+            &seeds,
+            ca.issue_admin("ops3").unwrap(),
+            opts().with_timeout(TIMEOUT),
+        )
+        .await
+        .unwrap(),
+    );
+    // Group 0 (on the member) answers at once: only group 1 is down.
+    assert!(kv.get(key_in(&sharded, 2, "up")).await.is_ok());
+    for _ in 0..2 {
+        let start = tokio::time::Instant::now();
+        let got = quick.get(key.clone()).await;
+        let took = start.elapsed();
+        assert!(
+            matches!(got, Err(Error::Unavailable(_))),
+            "a group whose replicas are down: {got:?}"
+        );
+        assert_eq!(got.unwrap_err().applied(), raftkit::error::Applied::No);
+        assert!(
+            took < TIMEOUT * 3 / 2,
+            "one call took {took:?}, its timeout is {TIMEOUT:?}"
+        );
+    }
+    a.shutdown().await.unwrap();
+}

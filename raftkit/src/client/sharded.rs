@@ -32,8 +32,13 @@
 //!    placement is re-read (with backoff) until it lists others, within
 //!    the call's timeout from its first `NotHosted`; a call whose group
 //!    client ended on `NotLeader` or `Unavailable` (its whole timeout
-//!    spent) is re-routed once. An error that may have applied the command
-//!    is returned as it is: re-routing it could apply it twice.
+//!    spent) is re-routed once, and only if the re-read placement lists
+//!    other replicas for the group (the same ones would take another
+//!    whole timeout: a group whose replicas are all down ends the call
+//!    `Unavailable` after one timeout and one read of group 0). A dial of
+//!    a group's replicas lasts at most the call's timeout. An error that
+//!    may have applied the command is returned as it is: re-routing it
+//!    could apply it twice.
 //!
 //! A group's client is made on its first call and cached (per group, for
 //! the replicas the placement lists). The cache's lock is never held
@@ -351,7 +356,18 @@ impl<S> ShardedClient<S> {
                 .shard_of(key)
                 .ok_or_else(|| Error::Unavailable("no placement".into()))?;
             let group = shard.group;
-            let result = match self.group_client(group).await {
+            // The dial of a group's replicas lasts at most the call's
+            // timeout (`with_timeout`: one call, retries included), not the
+            // connect timeout: nothing is sent while dialling, so a dial
+            // cut short applied nothing.
+            let dialled = tokio::time::timeout(self.inner.opts.timeout, self.group_client(group))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Unavailable(format!(
+                        "group {group}: no replica answered the dial within the call's timeout"
+                    )))
+                });
+            let result = match dialled {
                 Ok(client) => call(client).await,
                 Err(e) => Err(e),
             };
@@ -364,7 +380,18 @@ impl<S> ShardedClient<S> {
                     return Err(e);
                 }
                 tracing::debug!(group, error = %e, "re-reading the placement");
-                self.refresh().await?;
+                // Routed again only to other replicas: the same ones would
+                // take the call's whole timeout once more (found by review,
+                // stop 50). A placement that cannot be read leaves the
+                // call's own error, the truth about the call.
+                match self.refresh().await {
+                    Ok(fresh) if fresh.group(group) != Some(shard) => {}
+                    Ok(_) => return Err(e),
+                    Err(why) => {
+                        tracing::debug!(group, error = %why, "placement not re-read");
+                        return Err(e);
+                    }
+                }
                 rerouted = true;
                 continue;
             }
