@@ -87,8 +87,11 @@ fn the_sender_never_applies_a_batch_before_one_it_queued_for_the_thread() {
     let thread = std::thread::spawn(move || {
         super::threads::block_on(apply::run_shared(looped, rx, snap_tx));
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for round in 0..2_000u64 {
+    // 200 rounds (the mutation it pins fails at round 0), each with its own
+    // deadline: on a loaded machine one round may wait for the apply thread
+    // to be scheduled.
+    for round in 0..200u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
         let (queued_at, inline_at) = (2 * round + 1, 2 * round + 2);
         let (qtx, mut queued) = oneshot::channel();
         assert!(sender.send(ApplyMsg::Entries {
@@ -98,6 +101,7 @@ fn the_sender_never_applies_a_batch_before_one_it_queued_for_the_thread() {
         let (itx, mut inline) = oneshot::channel();
         let mut register = vec![(inline_at, 1, Reply::new(itx, None))];
         let mut entries = vec![add_one(inline_at)];
+        let mut tries = 0u32;
         loop {
             // Measured quick, whatever the machine: only the queue decides.
             shared.took(tokio::time::Instant::now(), 1);
@@ -108,7 +112,14 @@ fn the_sender_never_applies_a_batch_before_one_it_queued_for_the_thread() {
                 Instant::now() < deadline,
                 "round {round}: the sender never found the thread idle"
             );
-            std::hint::spin_loop();
+            // Spin tight at first (the race), then give the core to the
+            // apply thread (a loaded machine may not schedule it otherwise).
+            tries += 1;
+            if tries < 1_000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         // Applied by the sender: answered already, after the queued batch.
         let got = inline
