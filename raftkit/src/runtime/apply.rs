@@ -293,15 +293,21 @@ impl TakenBody {
 
     /// [`TakenBody::encode`], with the length a deferred copy's snapshot
     /// is expected to have (e.g. the last snapshot's; see
-    /// [`super::session::encode_app_snapshot`]).
+    /// [`super::session::encode_app_snapshot`]). A panic in the copy's
+    /// `Serialize` is an error like any other (the snapshot is retried
+    /// later, the node keeps serving): it would otherwise end the snapshot
+    /// thread and leave the node waiting for that snapshot for ever.
     pub fn encode_hinted(self, hint: usize) -> Result<Vec<u8>, String> {
         match self {
             TakenBody::Encoded(data) => Ok(data),
             TakenBody::Deferred(copied) => {
                 let started = Instant::now();
                 let index = copied.index;
-                let data = copied
-                    .encode(hint)
+                let data = catch_unwind(AssertUnwindSafe(|| copied.encode(hint)))
+                    .map_or_else(
+                        |payload| Err(format!("panicked: {}", panic_message(payload.as_ref()))),
+                        |r| r.map_err(|e| e.to_string()),
+                    )
                     .map_err(|e| format!("the state machine's copy did not serialize: {e}"))?;
                 info!(
                     index,
@@ -1019,7 +1025,17 @@ impl<S: StateMachine> Apply<S> {
         }
         let started = Instant::now();
         let index = self.applied;
-        if let Some(copy) = self.sm.snapshot_copy() {
+        // A panic while copying or serializing the state is a failed
+        // snapshot like an `Err` (logged by the node, retried with a
+        // backoff), not a halt: both take `&self`, the state is unchanged.
+        let copied =
+            catch_unwind(AssertUnwindSafe(|| self.sm.snapshot_copy())).map_err(|payload| {
+                format!(
+                    "the state machine's snapshot copy panicked: {}",
+                    panic_message(payload.as_ref())
+                )
+            })?;
+        if let Some(copy) = copied {
             // The copy and the session table as of `index`; serialized on
             // the snapshot thread while this one applies on.
             let sessions = self.sessions.clone();
@@ -1044,9 +1060,14 @@ impl<S: StateMachine> Apply<S> {
         // former snapshot's).
         let hint = room.capacity();
         let sm = &self.sm;
-        let snap = encode_app_snapshot(&self.sessions, index, room, hint, |buf| {
-            sm.snapshot_onto(buf)
-        });
+        let sessions = &self.sessions;
+        let snap = catch_unwind(AssertUnwindSafe(|| {
+            encode_app_snapshot(sessions, index, room, hint, |buf| sm.snapshot_onto(buf))
+        }))
+        .map_or_else(
+            |payload| Err(format!("panicked: {}", panic_message(payload.as_ref()))),
+            |r| r.map_err(|e| e.to_string()),
+        );
         let took = started.elapsed();
         self.longest_pause = self.longest_pause.max(took);
         match snap {

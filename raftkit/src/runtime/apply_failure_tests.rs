@@ -366,3 +366,200 @@ async fn a_deserialize_panic_in_the_leaders_check_refuses_the_write() {
         let _ = at_once("shutdown", p.shutdown()).await;
     }
 }
+
+/// A state whose `Serialize` panics while it holds [`ENCODE_PANICS`].
+#[derive(StateMachine, Default, Deserialize)]
+struct Touchy {
+    n: u64,
+}
+
+impl Serialize for Touchy {
+    fn serialize<Z: Serializer>(&self, s: Z) -> Result<Z::Ok, Z::Error> {
+        assert_ne!(self.n, ENCODE_PANICS, "Touchy::serialize panics on purpose");
+        s.serialize_u64(self.n)
+    }
+}
+
+#[crate::state_machine]
+impl Touchy {
+    #[write]
+    fn set(&mut self, v: u64) -> u64 {
+        self.n = v;
+        v
+    }
+
+    #[read]
+    fn get(&self) -> u64 {
+        self.n
+    }
+}
+
+/// [`Touchy`], snapshotted as a clone serialized on the snapshot thread.
+#[derive(StateMachine, Default, Clone, Deserialize)]
+#[raftkit(snapshot = "clone")]
+struct CopiedTouchy {
+    n: u64,
+}
+
+impl Serialize for CopiedTouchy {
+    fn serialize<Z: Serializer>(&self, s: Z) -> Result<Z::Ok, Z::Error> {
+        assert_ne!(
+            self.n, ENCODE_PANICS,
+            "CopiedTouchy::serialize panics on purpose"
+        );
+        s.serialize_u64(self.n)
+    }
+}
+
+#[crate::state_machine]
+impl CopiedTouchy {
+    #[write]
+    fn set(&mut self, v: u64) -> u64 {
+        self.n = v;
+        v
+    }
+
+    #[read]
+    fn get(&self) -> u64 {
+        self.n
+    }
+}
+
+/// Entry `index` (term 1): set `v` (the same bytes for both Touchy kinds).
+fn set(index: crate::core::Index, v: u64) -> crate::core::Entry {
+    let command = encode("command", &TouchyWrite::Set { v }).expect("encodes");
+    let envelope = super::session::Envelope {
+        stamp_ms: 1,
+        op: Op::Write { command },
+    };
+    crate::core::Entry {
+        index,
+        term: 1,
+        payload: crate::core::Payload::Command(
+            encode("envelope", &envelope).expect("encodes").into(),
+        ),
+    }
+}
+
+/// The apply loop of `sm` on a current-thread runtime with paused time, at
+/// `n` = [`ENCODE_PANICS`] after entry 1: `check` gets the apply loop's
+/// sender, its snapshot answers and its status.
+fn with_a_touchy_state<S: StateMachine, F>(
+    sm: S,
+    check: impl FnOnce(
+        tokio::sync::mpsc::UnboundedSender<super::apply::ApplyMsg>,
+        tokio::sync::mpsc::UnboundedReceiver<Result<super::apply::Taken, String>>,
+        super::apply::ProgressRx,
+    ) -> F,
+) where
+    F: std::future::Future<Output = ()>,
+{
+    use super::apply::{self, ApplyMsg, ApplyStatus, Reply};
+    use super::session::Sessions;
+    use tokio::sync::{mpsc, oneshot};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        tokio::time::pause();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (snap_tx, snapshots) = mpsc::unbounded_channel();
+        let (status_tx, status) =
+            apply::status_channel(ApplyStatus::of(0, &None, &Sessions::default()));
+        tokio::spawn(apply::run(
+            sm,
+            Sessions::default(),
+            0,
+            rx,
+            snap_tx,
+            status_tx,
+            super::watch::Journal::new(0, 1 << 20),
+        ));
+        let (one_tx, one) = oneshot::channel();
+        assert!(
+            tx.send(ApplyMsg::Entries {
+                register: vec![(1, 1, Reply::new(one_tx, None))],
+                entries: vec![set(1, ENCODE_PANICS)],
+            })
+            .is_ok()
+        );
+        at_once("entry 1", one)
+            .await
+            .expect("answered")
+            .expect("applied");
+        check(tx, snapshots, status).await;
+    });
+}
+
+/// A panic in the state's `Serialize` while the apply thread takes a
+/// snapshot is a failed snapshot, as an `Err` from it would be (README:
+/// "keeps serving ... retried with a backoff"): the node is told the
+/// snapshot failed, does not halt, and applies the next write; a later
+/// snapshot of a state that serializes succeeds. (Before: the panic halted
+/// the node, on every replica as each reached `snapshot_every`.)
+#[test]
+fn a_serialize_panic_while_taking_a_snapshot_fails_the_snapshot_not_the_node() {
+    use super::apply::{ApplyMsg, Reply};
+    with_a_touchy_state(Touchy::default(), |tx, mut snapshots, status| async move {
+        assert!(tx.send(ApplyMsg::TakeSnapshot { room: Vec::new() }).is_ok());
+        let taken = at_once("the snapshot", snapshots.recv()).await;
+        match &taken {
+            Some(Err(e)) => assert!(e.contains("panics on purpose"), "{e}"),
+            other => panic!(
+                "a snapshot whose Serialize panicked got {:?}",
+                other.as_ref().map(|r| r.as_ref().map(|t| t.index))
+            ),
+        }
+        assert_eq!(status.borrow().halted, None, "the node halted");
+        let (two_tx, two) = tokio::sync::oneshot::channel();
+        assert!(
+            tx.send(ApplyMsg::Entries {
+                register: vec![(2, 1, Reply::new(two_tx, None))],
+                entries: vec![set(2, 2)],
+            })
+            .is_ok()
+        );
+        let r = at_once("entry 2", two).await.expect("answered");
+        assert!(r.is_ok(), "a write after the failed snapshot got {r:?}");
+        assert!(tx.send(ApplyMsg::TakeSnapshot { room: Vec::new() }).is_ok());
+        let taken = at_once("the next snapshot", snapshots.recv()).await;
+        assert!(
+            matches!(taken, Some(Ok(ref t)) if t.index == 2),
+            "the next snapshot got {:?}",
+            taken.map(|r| r.map(|t| t.index))
+        );
+    });
+}
+
+/// With `snapshot = "clone"` the copy is serialized on the snapshot thread
+/// (`TakenBody::encode_hinted`): a panic there is a failed snapshot (the
+/// saver answers `NotEncoded`, the node retries later), not an unwinding
+/// that ends the snapshot thread and leaves the node waiting for that
+/// snapshot for ever, never compacting its log.
+#[test]
+fn a_serialize_panic_of_a_copied_state_fails_the_snapshot_not_the_snapshot_thread() {
+    use super::apply::ApplyMsg;
+    with_a_touchy_state(
+        CopiedTouchy::default(),
+        |tx, mut snapshots, status| async move {
+            assert!(tx.send(ApplyMsg::TakeSnapshot { room: Vec::new() }).is_ok());
+            let taken = at_once("the copy", snapshots.recv())
+                .await
+                .expect("answered")
+                .expect("copied");
+            let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                taken.body.encode_hinted(0)
+            }));
+            match encoded {
+                Ok(Err(e)) => assert!(e.contains("panics on purpose"), "{e}"),
+                Ok(Ok(_)) => panic!("a copy whose Serialize panics was encoded"),
+                Err(payload) => panic!(
+                    "serializing the copy unwound into the snapshot thread: {}",
+                    crate::handler_panic::message(payload.as_ref())
+                ),
+            }
+            assert_eq!(status.borrow().halted, None, "the node halted");
+        },
+    );
+}
