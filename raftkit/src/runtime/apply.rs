@@ -39,9 +39,10 @@
 //!   and later caller is answered [`Error::Halted`] (a fixed binary will
 //!   apply the write, so it is never reported as failed);
 //! - it halts the same way at an entry whose apply panics outside the
-//!   handler (the command's `Deserialize`, the output's `Serialize`; the
-//!   handler may have run, so the caller's `Halted` says "may have been
-//!   applied"), whether the thread or the node task applies it (`inline`);
+//!   handler (the command's `Deserialize`, before the handler ran; the
+//!   output's `Serialize`, after it ran, whatever its error policy: a fixed
+//!   binary will apply the entry, so the caller's `Halted` says "may have
+//!   been applied"), whether the thread or the node task applies it (`inline`);
 //!   a panic escaping the handling of any message (a bug) halts it too,
 //!   and should the loop end by a panic all the same, a drop guard halts
 //!   it and answers every waiting caller: no caller ever waits for an
@@ -764,13 +765,19 @@ impl<S: StateMachine> Apply<S> {
                     // own is caught by the error policy) halts the node at
                     // this entry, on the thread and inline alike: the caller
                     // and every later one are answered `Halted` (may have
-                    // been applied: the handler may have run).
+                    // been applied: a fixed binary will apply the entry).
+                    // An output `Serialize` panic halts whatever the
+                    // handler's policy, `skip` included (chosen at stop 50):
+                    // the policy covers the handler, and a panic in a codec
+                    // is taken, as a command that does not decode, for a bug
+                    // of this binary that a fixed one must apply past; it is
+                    // deterministic, so every replica halts at this entry.
                     let applied = catch_unwind(AssertUnwindSafe(|| {
                         self.apply_command(index, term, bytes, decoded, answered)
                     }));
                     let outcome = applied.unwrap_or_else(|payload| {
                         Outcome::Halt(format!(
-                            "a panic outside the write handler at entry {index} (the command's Deserialize or its output's Serialize): {}; the handler may have run on this node",
+                            "a panic outside the write handler at entry {index} (the command's Deserialize, before the handler ran, or its output's Serialize, after it ran and changed the state): {}",
                             panic_message(payload.as_ref())
                         ))
                     });

@@ -3,7 +3,7 @@
 //! the apply thread and with `apply_small_batches_inline`: the node halts at
 //! that entry (as under the `halt` policy), the caller waiting for the
 //! write is answered at once with [`Error::Halted`] (may have been applied:
-//! the handler may have run), the status shows the halt, and a later write
+//! a fixed binary will apply it), the status shows the halt, and a later write
 //! fails at once instead of waiting for a timeout. Both paths behave alike.
 //!
 //! Before (stop 50): on the thread the panic ended the apply thread; the
@@ -198,8 +198,10 @@ async fn a_panic_outside_the_handler(inline: bool, decode: bool) {
     })
     .await;
     assert!(halted.contains("panics on purpose"), "{halted}");
-    // Every later call fails at once, and says nothing was or may be
-    // applied truly.
+    // Every later call fails at once, and never claims it was applied. (A
+    // write refused before it reached the log is answered `Halted`, which
+    // says `Maybe`: that overstates, it certainly was not applied; see the
+    // stop 50 report, review finding 4.)
     let later = at_once(
         "a later write",
         peer.write(FragileWrite::Put { v: Marked(9) }),
