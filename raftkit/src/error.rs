@@ -86,7 +86,9 @@ pub enum Error {
     #[error("timed out (a write may or may not have been applied)")]
     Timeout,
     /// No member could take the call: none was reachable, or the peer had
-    /// stopped before the call reached it. Nothing was applied.
+    /// stopped before the call reached it, or it halted (see
+    /// [`Error::Halted`]) and knew no leader to send the caller to.
+    /// Nothing was applied.
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
     /// The node is not the leader (or is handing leadership over to `hint`):
@@ -135,8 +137,11 @@ pub enum Error {
     /// The node halted: a handler panicked under the `halt` policy, or an
     /// entry does not decode with this binary. It applies nothing more and
     /// gives up leadership until it is restarted (with a fixed binary). A
-    /// write it was serving may still be applied, by the other members or
-    /// by this node once fixed: retry on another member.
+    /// write it was serving (already in its log) may still be applied, by
+    /// the other members or by this node once fixed: retry on another
+    /// member. A call the halted node refuses afterwards never reaches its
+    /// log and is answered [`Error::NotLeader`] (with the leader's address,
+    /// when it knows one) or [`Error::Unavailable`]: not applied.
     #[error("node halted: {message} (a write may still be applied; retry on another member)")]
     Halted {
         /// Why the node halted.

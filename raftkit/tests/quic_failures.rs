@@ -553,3 +553,120 @@ async fn a_write_in_flight_when_its_leader_stops_is_retried_to_its_one_outcome()
     );
     c.shutdown().await;
 }
+
+/// The value a [`BuggyKv`] `put` panics on.
+const UNLUCKY: &str = "unlucky";
+
+/// The same schema as [`Kv`], but a `put` of [`UNLUCKY`] panics under the
+/// `halt` policy: the member running this binary halts at that entry while
+/// the others apply it.
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(name = "kv", on_error = "halt")]
+pub struct BuggyKv {
+    map: BTreeMap<String, String>,
+}
+
+#[raftkit::state_machine]
+impl BuggyKv {
+    #[write]
+    fn put(&mut self, key: String, value: String) -> Option<String> {
+        assert!(value != UNLUCKY, "BuggyKv::put panics on purpose");
+        self.map.insert(key, value)
+    }
+
+    #[read]
+    fn get(&self, key: String) -> Option<String> {
+        self.map.get(&key).cloned()
+    }
+}
+
+/// A member that halted (its handler panicked under `halt`) refuses later
+/// writes before they reach the log: the answer must say "not applied"
+/// (`NotLeader` with the leader's address, since one is known), so that a
+/// client may send the write elsewhere; over QUIC a client that knows
+/// only the halted member follows the hint and its write succeeds through
+/// the leader. (Before: `Halted`, which says "may have been applied", and
+/// which the client takes for a member that is down: a client of the
+/// halted member alone never reached the leader.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_to_a_halted_member_is_not_applied_and_succeeds_through_the_leader() {
+    let addrs = free_addrs(3);
+    let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
+    let (ca, mut ids) = dev_cluster(&names).expect("dev CA");
+    let client_identity = ca.issue_client("client").expect("client identity");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let buggy_id = ids.pop().expect("three identities");
+    let mut good = Vec::new();
+    for (addr, id) in addrs.iter().zip(ids) {
+        let peer = Kv::peer()
+            .listen(addr.clone())
+            .data_dir(dir.path().join(addr))
+            .bootstrap_members(addrs.clone())
+            .identity(id)
+            .tick(TICK)
+            .start()
+            .await
+            .expect("peer starts");
+        good.push(peer);
+    }
+    let buggy = BuggyKv::peer()
+        .listen(addrs[2].clone())
+        .data_dir(dir.path().join(&addrs[2]))
+        .bootstrap_members(addrs.clone())
+        .identity(buggy_id)
+        .tick(TICK)
+        .start()
+        .await
+        .expect("the buggy peer starts");
+    let client = KvClient::connect_with(&addrs, client_identity.clone(), ClientOptions::default())
+        .await
+        .expect("client connects");
+    client
+        .put("a".into(), "1".into())
+        .await
+        .expect("a first write");
+    // Halts the buggy member (leader or not); the good ones apply it (its
+    // answer depends on who led; only the halt matters here).
+    let _ = client.put("k".into(), UNLUCKY.into()).await;
+    let halted = wait_for("the buggy member halts", 15, || buggy.status().halted).await;
+    assert!(halted.contains("panics on purpose"), "{halted}");
+    // A good member leads, and the halted member knows it (it keeps
+    // following the leader's log until restarted).
+    let leader = wait_for("the halted member knows the good leader", 15, || {
+        let l = good.iter().position(|p| p.status().role == Role::Leader)?;
+        let known = buggy.status().leader_addr?;
+        (known == addrs[l]).then_some(l)
+    })
+    .await;
+
+    // In process: refused, not applied, with the leader's address.
+    let w = BuggyKvClient::new(buggy.clone())
+        .put("b".into(), "2".into())
+        .await;
+    match &w {
+        Err(e @ Error::NotLeader { hint }) => {
+            assert_eq!(e.applied(), Applied::No, "{e:?}");
+            assert_eq!(hint.as_deref(), Some(addrs[leader].as_str()), "{e:?}");
+        }
+        other => panic!("a write sent to the halted member got {other:?}"),
+    }
+    // Over QUIC, from a client that knows only the halted member.
+    let of_halted = KvClient::connect_with(
+        &addrs[2..],
+        client_identity.clone(),
+        ClientOptions::default().with_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .expect("a client of the halted member connects");
+    let r = of_halted.put("c".into(), "3".into()).await;
+    assert!(
+        matches!(r, Ok(None)),
+        "a write through the halted member got {r:?}"
+    );
+    let got = client.get("c".into()).await;
+    assert_eq!(got, Ok(Some("3".to_string())), "the leader's state");
+    for p in good {
+        let _ = p.shutdown().await;
+    }
+    let _ = buggy.shutdown().await;
+}

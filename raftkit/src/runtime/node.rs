@@ -19,10 +19,14 @@
 //!   with [`Error::Storage`], reports the error in its status, and
 //!   `shutdown` returns it;
 //! - a halted state machine (see `apply`) makes the core give up leadership
-//!   and never campaign ([`Raft::set_halted`]); callers get
-//!   [`Error::Halted`]. It keeps voting and replicating only until its
-//!   unapplied backlog reaches [`MAX_APPLY_BACKLOG_BYTES`] (next item):
-//!   then it takes in no new entries (it still votes) until restarted, so
+//!   and never campaign ([`Raft::set_halted`]); the callers whose
+//!   proposals are in its log get [`Error::Halted`] (may have been
+//!   applied), and every call it refuses afterwards, never proposed, gets a
+//!   not-applied answer: `NotLeader` with the leader's address when one is
+//!   known, else `Unavailable` (`NodeTask::refused_halted`). It keeps
+//!   voting and replicating only until its unapplied backlog reaches
+//!   [`MAX_APPLY_BACKLOG_BYTES`] (next item): then it takes in no new
+//!   entries (it still votes) until restarted, so
 //!   it stops counting toward the commit quorum and the cluster tolerates
 //!   one fewer failure after that much traffic;
 //! - a snapshot the node takes is saved on the snapshot thread, beside the
@@ -344,14 +348,33 @@ impl NodeTask {
         }
     }
 
-    /// The error every caller gets once the node stopped serving, if it has.
-    fn stopped(st: &State) -> Option<Error> {
+    /// The error every caller gets once the node stopped serving, if it
+    /// has: the calls it refuses now never reach its log.
+    fn stopped(&self, st: &State) -> Option<Error> {
         if let Some(f) = &st.fatal {
             return Some(Error::Storage(f.clone()));
         }
-        st.halted
-            .as_ref()
-            .map(|h| Error::Halted { message: h.clone() })
+        st.halted.as_deref().map(|h| self.refused_halted(h))
+    }
+
+    /// The answer to a call this halted node refuses (halted for
+    /// `reason`): the call never reached the log, so the answer says "not
+    /// applied" and may be sent elsewhere. [`Error::Halted`] ("may have
+    /// been applied") is only for the proposals already in the log, which
+    /// the apply thread answers. With a leader known (a halted node keeps
+    /// following it, Raft §5.2), `NotLeader` with its address, so that the
+    /// client re-routes at once; otherwise `Unavailable` (both are
+    /// variants every client version reads as "not applied", so no client
+    /// of an earlier release takes this answer for "maybe applied").
+    fn refused_halted(&self, reason: &str) -> Error {
+        let leader = self.raft.leader().filter(|l| *l != self.raft.id());
+        match leader.and_then(|l| self.addr_of(l)) {
+            Some(hint) => Error::NotLeader { hint: Some(hint) },
+            None => Error::Unavailable(format!(
+                "peer {} halted and takes no calls until restarted (this one was refused before it reached the log: not applied; no leader known): {reason}",
+                self.name
+            )),
+        }
     }
 
     /// Runs the node until shutdown.
@@ -637,7 +660,7 @@ impl NodeTask {
     }
 
     fn on_command(&mut self, st: &mut State, cmd: Command) {
-        if let Some(err) = Self::stopped(st) {
+        if let Some(err) = self.stopped(st) {
             match cmd {
                 Command::Write { reply, .. } | Command::Read { reply, .. } => {
                     reply.send(Err(err));
@@ -790,7 +813,7 @@ impl NodeTask {
         if st.config_waiting.is_empty() {
             return;
         }
-        if let Some(err) = Self::stopped(st) {
+        if let Some(err) = self.stopped(st) {
             for change in st.config_waiting.drain(..) {
                 change.refuse(err.clone());
             }
@@ -849,7 +872,7 @@ impl NodeTask {
         if st.deferred.is_empty() {
             return;
         }
-        if let Some(err) = Self::stopped(st) {
+        if let Some(err) = self.stopped(st) {
             while let Some((_, reply)) = st.deferred.pop() {
                 reply.send(Err(err.clone()));
             }
@@ -927,9 +950,8 @@ impl NodeTask {
             ProposeError::Transferring(to) => Error::NotLeader {
                 hint: self.addr_of(to),
             },
-            ProposeError::Halted => Error::Halted {
-                message: "this node halted".into(),
-            },
+            // Refused, not proposed: not applied.
+            ProposeError::Halted => self.refused_halted("this node halted"),
             other => Error::Rejected(other.to_string()),
         }
     }
@@ -1334,10 +1356,12 @@ impl NodeTask {
             warn!(node = %self.name, reason = %h, "state machine halted: giving up leadership; not campaigning until restarted");
             st.halted = Some(h.clone());
             self.raft.set_halted();
-            // The apply thread answers them `Halted`.
+            // The apply thread answers them `Halted` (their entries are in
+            // the log: they may yet be applied).
             self.flush_registers(st);
+            // Reads waiting for their read index were never served: refused.
             for (_, (_, reply, _)) in std::mem::take(&mut st.reads) {
-                reply.send(Err(Error::Halted { message: h.clone() }));
+                reply.send(Err(self.refused_halted(&h)));
             }
         }
         self.release_deferred(st);
