@@ -43,10 +43,12 @@
 //!   output's `Serialize`, after it ran, whatever its error policy: a fixed
 //!   binary will apply the entry, so the caller's `Halted` says "may have
 //!   been applied"), whether the thread or the node task applies it (`inline`);
-//!   a panic escaping the handling of any message (a bug) halts it too,
-//!   and should the loop end by a panic all the same, a drop guard halts
-//!   it and answers every waiting caller: no caller ever waits for an
-//!   answer that cannot come. The node task sees the halt in the status,
+//!   a panic escaping the handling of any message (a bug) halts it too
+//!   (a second panic while halting is caught as well), and should the loop
+//!   end by a panic all the same, a drop guard halts it and answers every
+//!   waiting and queued caller, and the node task's sender answers what it
+//!   sends later: no caller ever waits for an answer that cannot come, and
+//!   none is told less than `Halted`. The node task sees the halt in the status,
 //!   steps down and refuses later calls at once (as openraft's state
 //!   machine failing stops its Raft node with a fatal error, but the log
 //!   and the vote stay served: see `node.rs`). A read whose query decoding
@@ -433,6 +435,8 @@ impl ProgressRx {
 
 mod inline;
 #[cfg(test)]
+mod unwind_tests;
+#[cfg(test)]
 pub use inline::INLINE_MAX_ENTRIES;
 pub use inline::{ApplyTx, Inline, Shared};
 
@@ -488,7 +492,7 @@ pub async fn run<S: StateMachine>(
 /// while this loop is idle (see [`inline`]).
 pub async fn run_shared<S: StateMachine>(
     shared: Arc<Shared<S>>,
-    mut rx: mpsc::UnboundedReceiver<ApplyMsg>,
+    rx: mpsc::UnboundedReceiver<ApplyMsg>,
     snapshots: mpsc::UnboundedSender<Result<Taken, String>>,
 ) {
     // Batches applied since the status was last published: it is published
@@ -497,10 +501,15 @@ pub async fn run_shared<S: StateMachine>(
     // costs one update, and the status never lags by more than that.
     let mut unpublished = 0;
     // Should this loop end by a panic all the same (one outside the
-    // handling of a message), the callers waiting are answered and the
-    // node halts: nobody waits for an answer that cannot come.
-    let _halt_on_unwind = HaltOnUnwind(&*shared);
-    while let Some(msg) = rx.recv().await {
+    // handling of a message), the callers waiting and queued are answered
+    // and the node halts: nobody waits for an answer that cannot come.
+    let mut unwind = HaltOnUnwind {
+        shared: &shared,
+        rx,
+        snapshots: &snapshots,
+    };
+    while let Some(msg) = unwind.rx.recv().await {
+        let rx = &unwind.rx;
         if rx.is_closed() {
             // The node stopped: nothing applied from now on would be seen
             // (the state lives in memory; the log keeps every entry). The
@@ -567,7 +576,7 @@ pub async fn run_shared<S: StateMachine>(
             }
         }));
         if let Err(payload) = handled {
-            a.halt_on_panic("the apply loop", payload.as_ref());
+            a.halt_caught("the apply loop", payload);
         }
         if unpublished > 0 && (unpublished >= PUBLISH_EVERY || rx.is_empty()) {
             a.publish(false);
@@ -584,25 +593,119 @@ pub async fn run_shared<S: StateMachine>(
         .stop(&mut a.events, Error::Unavailable("the peer stopped".into()));
 }
 
+/// Answers every one of `replies` with `e`, each on its own: a panic while
+/// one is answered (dropping the caller's decoded command runs the user's
+/// `Drop`) is logged and does not keep the others from their answer, nor
+/// unwind through the rest (where a second one would abort the process).
+fn answer_each(replies: impl Iterator<Item = Reply>, e: &Error) {
+    for reply in replies {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| reply.send(Err(e.clone())))) {
+            error!(panic = %panic_message(payload.as_ref()), "a panic while answering a caller (its answer was sent)");
+            std::mem::forget(payload);
+        }
+    }
+}
+
 /// Halts the node if the apply loop ends by a panic (see [`run_shared`]):
 /// every waiting caller is answered, the status shows the halt (the node
-/// task steps down and refuses later calls at once), and the lock is
-/// usable again by the node task's inline apply.
-struct HaltOnUnwind<'a, S: StateMachine>(&'a Shared<S>);
+/// task steps down and refuses later calls at once), and the messages
+/// still queued are answered as a halted loop answers them (`Halted`), not
+/// dropped with the queue. The queue is closed first: what the node task
+/// sends later its sender answers itself ([`ApplyTx::send`]).
+///
+/// Its drop runs while the thread unwinds, where a second panic escaping
+/// it would abort the process: everything it does is caught, and a caught
+/// panic's payload is forgotten, not dropped (its own `Drop` may panic).
+struct HaltOnUnwind<'a, S: StateMachine> {
+    shared: &'a Shared<S>,
+    rx: mpsc::UnboundedReceiver<ApplyMsg>,
+    snapshots: &'a mpsc::UnboundedSender<Result<Taken, String>>,
+}
 
 impl<S: StateMachine> Drop for HaltOnUnwind<'_, S> {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
-        let mut guard = self.0.lock();
-        guard.halt_on_panic("the apply loop (it ended)", &"a panic outside any message");
-        drop(guard);
-        self.0.clear_poison();
+        let (shared, rx, snapshots) = (self.shared, &mut self.rx, self.snapshots);
+        let done = catch_unwind(AssertUnwindSafe(|| {
+            let mut guard = shared.lock();
+            let a = &mut *guard;
+            a.halt_caught(
+                "the apply loop (it ended)",
+                Box::new("a panic outside any message"),
+            );
+            rx.close();
+            while let Ok(msg) = rx.try_recv() {
+                a.refuse(msg, Some(snapshots));
+            }
+        }));
+        if let Err(payload) = done {
+            std::mem::forget(payload);
+        }
     }
 }
 
 impl<S: StateMachine> Apply<S> {
+    /// [`Apply::halt_on_panic`], which cannot unwind: a second panic while
+    /// halting (a caller's value whose `Drop` panics as the caller is
+    /// answered) is caught, the node is halted all the same and every
+    /// caller answered. Caught payloads are forgotten, not dropped (a
+    /// payload's own `Drop` may panic).
+    fn halt_caught(&mut self, what: &str, payload: Box<dyn std::any::Any + Send>) {
+        let first = catch_unwind(AssertUnwindSafe(|| {
+            self.halt_on_panic(what, payload.as_ref())
+        }));
+        std::mem::forget(payload);
+        let Err(again) = first else { return };
+        error!(
+            panic = %panic_message(again.as_ref()),
+            "a second panic while halting after {what}; the node halts all the same"
+        );
+        std::mem::forget(again);
+        if self.halted.is_none() {
+            self.halted = Some(format!(
+                "{what} panicked outside any handler after entry {}, and again while halting",
+                self.applied
+            ));
+        }
+        let last = catch_unwind(AssertUnwindSafe(|| {
+            self.answer_all();
+            self.publish(true);
+        }));
+        if let Err(payload) = last {
+            std::mem::forget(payload);
+        }
+    }
+
+    /// Answers the callers of `msg`, which this loop will not handle (it
+    /// ended by a panic, see [`HaltOnUnwind`]), with the error that stopped
+    /// it: the proposals of a registration (their entries are in the log:
+    /// `Halted` says they may be applied), a read, a snapshot asked for.
+    fn refuse(
+        &mut self,
+        msg: ApplyMsg,
+        snapshots: Option<&mpsc::UnboundedSender<Result<Taken, String>>>,
+    ) {
+        // Not stopped: the node is shutting down (its proposals are in the
+        // log, their outcome unknown here, as for a reply dropped then).
+        let e = self
+            .stopped()
+            .unwrap_or_else(|| Error::Ambiguous("the apply loop ended before answering".into()));
+        match msg {
+            ApplyMsg::Register(register) | ApplyMsg::Entries { register, .. } => {
+                answer_each(register.into_iter().map(|(.., reply)| reply), &e);
+            }
+            ApplyMsg::Read { reply, .. } => answer_each(std::iter::once(reply), &e),
+            ApplyMsg::TakeSnapshot { .. } => {
+                if let Some(snapshots) = snapshots {
+                    let _ = snapshots.send(Err(format!("not taken: {e}")));
+                }
+            }
+            ApplyMsg::Restore { .. } | ApplyMsg::Orphaned { .. } | ApplyMsg::Fail(_) => {}
+        }
+    }
+
     /// Halts after a panic that escaped `what` (not a handler's: those are
     /// the error policy's), answering every waiting caller `Halted` (may
     /// have been applied) and waking the node task with the status.
@@ -666,15 +769,12 @@ impl<S: StateMachine> Apply<S> {
 
     fn answer_all(&mut self) {
         let Some(e) = self.stopped() else { return };
-        for (_, (_, reply)) in self.waiting.take_all() {
-            reply.send(Err(e.clone()));
-        }
-        for (_, _, reply) in self.take_superseded(|_| true) {
-            reply.send(Err(e.clone()));
-        }
-        for (_, _, reply) in self.reads.drain(..) {
-            reply.send(Err(e.clone()));
-        }
+        let waiting = self.waiting.take_all().into_iter();
+        answer_each(waiting.map(|(_, (_, reply))| reply), &e);
+        let superseded = self.take_superseded(|_| true).into_iter();
+        answer_each(superseded.map(|(.., reply)| reply), &e);
+        let reads = std::mem::take(&mut self.reads).into_iter();
+        answer_each(reads.map(|(.., reply)| reply), &e);
     }
 
     /// Reports the status; `always` wakes the node task whether or not it

@@ -38,7 +38,7 @@
 //!   are queued, so nothing is applied inline meanwhile).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -107,17 +107,21 @@ impl<S: StateMachine> Shared<S> {
 
     /// The state, for the thread (a poisoned lock is taken over: every
     /// handler runs under `catch_unwind`, so a panic there left no half
-    /// update the thread would not have left too).
+    /// update the thread would not have left too; only the apply loop
+    /// ending by a panic poisons it, and the node halted then, see
+    /// `HaltOnUnwind`).
     pub(super) fn lock(&self) -> MutexGuard<'_, Apply<S>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes the lock usable again after a panic left it poisoned (the
-    /// node halted: see `HaltOnUnwind`), so that the node task's
-    /// `try_lock` answers its callers instead of passing them to a thread
-    /// that is gone.
-    pub(super) fn clear_poison(&self) {
-        self.state.clear_poison();
+    /// The state if no one holds it (a poisoned lock is taken over, as by
+    /// [`Shared::lock`]).
+    fn try_lock(&self) -> Option<MutexGuard<'_, Apply<S>>> {
+        match self.state.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// The thread handled one message.
@@ -150,6 +154,10 @@ pub trait Inline: Send + Sync {
     /// false (both left as they are) when it must go to the thread.
     fn try_apply(&self, register: &mut Vec<(Index, Term, Reply)>, entries: &mut Vec<Entry>)
     -> bool;
+    /// Answers the callers of `msg`, which could not be queued (the apply
+    /// loop ended by a panic and closed its queue), with the error that
+    /// stopped the node.
+    fn refuse(&self, msg: ApplyMsg);
 }
 
 impl<S: StateMachine> Inline for Shared<S> {
@@ -165,7 +173,7 @@ impl<S: StateMachine> Inline for Shared<S> {
         if !self.fits(entries.len()) || self.queued.load(Ordering::Acquire) != 0 {
             return false;
         }
-        let Ok(mut guard) = self.state.try_lock() else {
+        let Some(mut guard) = self.try_lock() else {
             return false;
         };
         // Under the lock: the thread handled everything sent before.
@@ -194,11 +202,15 @@ impl<S: StateMachine> Inline for Shared<S> {
             a.publish(false);
         }));
         if let Err(payload) = done {
-            a.halt_on_panic("a batch applied on the node task", payload.as_ref());
+            a.halt_caught("a batch applied on the node task", payload);
         }
         drop(guard);
         self.took(started, n);
         true
+    }
+
+    fn refuse(&self, msg: ApplyMsg) {
+        self.lock().refuse(msg, None);
     }
 }
 
@@ -232,11 +244,17 @@ impl ApplyTx {
             return self.tx.send(msg).is_ok();
         };
         inline.queued().fetch_add(1, Ordering::AcqRel);
-        let sent = self.tx.send(msg).is_ok();
-        if !sent {
-            inline.queued().fetch_sub(1, Ordering::AcqRel);
+        match self.tx.send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::SendError(msg)) => {
+                inline.queued().fetch_sub(1, Ordering::AcqRel);
+                // The loop ended (by a panic: it closed its queue, and the
+                // node halted) or the node is stopping: its callers are
+                // answered here rather than dropped unanswered.
+                inline.refuse(msg);
+                false
+            }
         }
-        sent
     }
 
     /// Applies committed `entries` (after registering `register`): here

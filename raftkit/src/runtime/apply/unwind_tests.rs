@@ -1,0 +1,277 @@
+//! A panic that escapes the handling of a message on the apply loop (a
+//! bug, or a user value whose `Drop` panics while the loop answers its
+//! caller): the node halts, and every caller is still answered `Halted`:
+//! the ones queued behind the panic, the ones the node task sends after
+//! the loop is gone, and the one whose answer the halting itself was
+//! giving when it panicked again. No double panic aborts the process.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ApplyMsg, ApplyStatus, ApplyTx, HaltOnUnwind, ProgressRx, Reply, Shared, run_shared};
+use crate::error::Error;
+use crate::prelude::*;
+use crate::runtime::session::Sessions;
+use crate::runtime::watch::Journal;
+use crate::state_machine::encode;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+struct Tally {
+    n: u64,
+}
+
+#[crate::state_machine]
+impl Tally {
+    #[write]
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+
+    #[read]
+    fn get(&self) -> u64 {
+        self.n
+    }
+}
+
+/// A value (standing for a decoded command a reply holds) whose `Drop`
+/// panics while its shared count of panics left is above zero (each panic
+/// takes one).
+struct Bomb(Arc<AtomicUsize>);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("Bomb::drop panics on purpose");
+        }
+    }
+}
+
+type Answer = oneshot::Receiver<Result<Vec<u8>, Error>>;
+
+/// A reply and where its answer arrives.
+fn reply() -> (Reply, Answer) {
+    let (tx, rx) = oneshot::channel();
+    (Reply::new(tx, None), rx)
+}
+
+/// A reply holding a [`Bomb`] as its decoded command.
+fn armed(bombs: &Arc<AtomicUsize>) -> (Reply, Answer) {
+    let (r, rx) = reply();
+    (r.with_decoded(Box::new(Bomb(Arc::clone(bombs)))), rx)
+}
+
+/// The apply state of a fresh [`Tally`] and its status.
+fn shared() -> (Arc<Shared<Tally>>, ProgressRx) {
+    let (status_tx, status) =
+        super::status_channel(ApplyStatus::of(0, &None, &Sessions::default()));
+    let shared = Arc::new(Shared::new(
+        Tally::default(),
+        Sessions::default(),
+        0,
+        status_tx,
+        Journal::new(0, 1 << 20),
+    ));
+    (shared, status)
+}
+
+/// An answer, or why there was none.
+type Got = Result<Result<Vec<u8>, Error>, String>;
+
+/// `got`, the answer `what` got, must be `Halted`; a dropped reply (the
+/// caller hears nothing, and takes it for `Ambiguous`) fails.
+fn halted(what: &str, got: &Got) {
+    match got {
+        Ok(Err(Error::Halted { .. })) => {}
+        Err(_) => panic!("{what}: its reply was dropped unanswered"),
+        other => panic!("{what} got {other:?} instead of Halted"),
+    }
+}
+
+/// A current-thread runtime.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The answer `what` gets (or that its reply was dropped), within 5 s.
+async fn answer(what: &str, answer: Answer) -> Got {
+    tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not answered within 5 s"))
+        .map_err(|e| e.to_string())
+}
+
+/// The answer already given to `answer` (or why there is none).
+fn given(mut answer: Answer) -> Got {
+    answer.try_recv().map_err(|e| e.to_string())
+}
+
+/// Set in the child process [`in_a_child`] starts.
+const CHILD: &str = "RAFTKIT_UNWIND_TESTS_CHILD";
+
+/// True in the child process, which runs the test's body; in the parent,
+/// runs this module's test `name` alone in a child process and fails if
+/// the child did not pass it (an abort kills the child, not the test
+/// binary that reports it).
+fn in_a_child(name: &str) -> bool {
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([
+            &format!("runtime::apply::unwind_tests::{name}"),
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .expect("the child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: String = {
+        let lines: Vec<&str> = stderr.lines().collect();
+        lines[lines.len().saturating_sub(6)..].join(" | ")
+    };
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the child process running {name} failed ({}): {tail}",
+        out.status
+    );
+    false
+}
+
+/// The loop answers a caller `Ambiguous` (its node left the
+/// configuration), and dropping the caller's decoded command panics; the
+/// halt that follows answers another caller, whose command's drop panics
+/// again, outside any catch. The callers queued behind it, a registration
+/// and a read, must be answered `Halted`; before, the loop's thread ended
+/// and dropped them with its queue (their callers heard `Ambiguous`).
+#[test]
+fn callers_queued_behind_a_panic_escaping_the_loop_are_answered_halted() {
+    runtime().block_on(async {
+        let (shared, status) = shared();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (snap_tx, _snapshots) = mpsc::unbounded_channel();
+        let bombs = Arc::new(AtomicUsize::new(2));
+        let (x, x_rx) = armed(&bombs);
+        let (y, y_rx) = armed(&bombs);
+        let (z, z_rx) = reply();
+        let (r, r_rx) = reply();
+        let query = encode("query", &TallyRead::Get).expect("encodes");
+        for msg in [
+            ApplyMsg::Register(vec![(1, 1, x), (5, 1, y)]),
+            ApplyMsg::Orphaned { above: 3 },
+            ApplyMsg::Register(vec![(7, 1, z)]),
+            ApplyMsg::Read {
+                index: 0,
+                query,
+                reply: r,
+            },
+        ] {
+            assert!(tx.send(msg).is_ok());
+        }
+        let task = tokio::spawn(run_shared(Arc::clone(&shared), rx, snap_tx));
+        let y = answer("y", y_rx).await;
+        assert!(
+            matches!(y, Ok(Err(Error::Ambiguous(_)))),
+            "y, orphaned: {y:?}"
+        );
+        halted("x, answered by the halt", &answer("x", x_rx).await);
+        halted("z, registered behind the panic", &answer("z", z_rx).await);
+        halted(
+            "r, a read queued behind the panic",
+            &answer("r", r_rx).await,
+        );
+        let h = status.borrow().halted.clone();
+        assert!(
+            h.as_deref()
+                .is_some_and(|h| h.contains("panics on purpose")),
+            "the status shows {h:?}"
+        );
+        drop(tx);
+        let _ = task.await;
+    });
+}
+
+/// The guard that halts the node when the apply loop unwinds runs while
+/// the thread panics: a second panic inside it (here the drop of a waiting
+/// caller's command, as the halt answers it) would abort the process. It
+/// must be caught there: the process lives, the caller is answered.
+#[test]
+fn the_halt_guard_cannot_panic_while_the_loop_unwinds() {
+    if !in_a_child("the_halt_guard_cannot_panic_while_the_loop_unwinds") {
+        return;
+    }
+    let (shared, status) = shared();
+    let bombs = Arc::new(AtomicUsize::new(1));
+    let (x, x_rx) = armed(&bombs);
+    shared.lock().register(vec![(1, 1, x)]);
+    let (_tx, rx) = mpsc::unbounded_channel();
+    let (snap_tx, _snapshots) = mpsc::unbounded_channel();
+    let unwound = catch_unwind(AssertUnwindSafe(|| {
+        let _guard = HaltOnUnwind {
+            shared: &shared,
+            rx,
+            snapshots: &snap_tx,
+        };
+        panic!("the apply loop panics on purpose");
+    }));
+    assert!(unwound.is_err(), "the loop's panic goes on unwinding");
+    halted("x, waiting when the loop unwound", &given(x_rx));
+    assert!(status.borrow().halted.is_some(), "the node did not halt");
+}
+
+/// After the loop unwound (its thread is gone), the caller it had queued
+/// and the ones the node task sends later (before it sees the halt) must
+/// be answered `Halted`, not dropped with the queue: the node task's
+/// sender answers them itself.
+#[test]
+fn callers_sent_to_a_loop_that_unwound_are_answered_halted() {
+    runtime().block_on(async {
+        let (shared, status) = shared();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sender = ApplyTx::new(tx, Arc::clone(&shared) as Arc<dyn super::Inline>);
+        let (z, z_rx) = reply();
+        assert!(sender.send(ApplyMsg::Register(vec![(1, 1, z)])));
+        let (snap_tx, mut snapshots) = mpsc::unbounded_channel();
+        assert!(sender.send(ApplyMsg::TakeSnapshot { room: Vec::new() }));
+        let unwound = catch_unwind(AssertUnwindSafe(|| {
+            let _guard = HaltOnUnwind {
+                shared: &shared,
+                rx,
+                snapshots: &snap_tx,
+            };
+            panic!("the apply loop panics on purpose");
+        }));
+        assert!(unwound.is_err(), "the loop's panic goes on unwinding");
+        assert!(status.borrow().halted.is_some(), "the node did not halt");
+        halted("z, queued when the loop unwound", &given(z_rx));
+        assert!(
+            matches!(snapshots.try_recv(), Ok(Err(_))),
+            "the snapshot queued when the loop unwound was not answered"
+        );
+        let (w, w_rx) = reply();
+        sender.entries(vec![(2, 1, w)], Vec::new());
+        halted("w, registered after", &given(w_rx));
+        let (q, q_rx) = reply();
+        let query = encode("query", &TallyRead::Get).expect("encodes");
+        sender.send(ApplyMsg::Read {
+            index: 0,
+            query,
+            reply: q,
+        });
+        halted("q, a read sent after", &given(q_rx));
+    });
+}
