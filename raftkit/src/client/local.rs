@@ -7,11 +7,13 @@
 //! clock by default), made monotonic like replicated time: a write's time is
 //! the largest the clock has shown, a read's the time of the last write.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::Submit;
 use crate::error::Error;
-use crate::state_machine::{ApplyError, Ctx, StateMachine, apply_encoded, query_encoded};
+use crate::handler_panic::message as panic_message;
+use crate::state_machine::{ApplyError, Ctx, StateMachine, apply_decoded, decode, query_encoded};
 
 /// A clock in ms since the Unix epoch.
 type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
@@ -113,8 +115,9 @@ impl<S: StateMachine> Local<S> {
     }
 
     fn lock(&self) -> MutexGuard<'_, LocalState<S>> {
-        // A handler panic is caught inside apply_encoded, so the mutex is
-        // never poisoned by one; recover the guard regardless.
+        // Every panic of the state machine's code (handlers, codecs) is
+        // caught under the lock, so the mutex is never poisoned by one;
+        // recover the guard regardless.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -142,27 +145,73 @@ impl<S: StateMachine> Submit for Local<S> {
     async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
         let mut state = self.lock();
         if let Some(message) = &state.halted {
-            return Err(Error::Halted {
-                message: message.clone(),
-            });
+            // Refused before it ran: not applied (nor will it ever be: this
+            // state machine serves no more writes).
+            return Err(Error::Rejected(format!(
+                "the state machine halted and applies no more writes (this one was not applied): {message}"
+            )));
         }
+        // A panic outside the handler is caught as a cluster catches it
+        // (`runtime::apply`), not unwound into the caller: the command's
+        // `Deserialize` panicking refuses it (nothing ran, as the leader's
+        // check refuses it before the log); its output's `Serialize`
+        // panicking, after the handler ran and changed the state, halts the
+        // state machine (`Halted`, as a node halts at that entry).
+        let decoded = catch_unwind(AssertUnwindSafe(|| decode::<S::Write>("command", &command)));
+        let command = match decoded {
+            Ok(Ok(command)) => command,
+            Ok(Err(e)) => return Err(Error::Rejected(e.to_string())),
+            Err(payload) => {
+                let panic = panic_message(payload.as_ref());
+                tracing::error!(%panic, "a command's Deserialize panicked; the write is refused (not applied)");
+                return Err(Error::Rejected(format!(
+                    "the command's Deserialize panicked (not applied): {panic}"
+                )));
+            }
+        };
         let state = &mut *state;
         state.index += 1;
         state.time_ms = state.time_ms.max((state.clock)());
         let mut ctx = Ctx::new(state.index, 1, state.time_ms);
-        match apply_encoded(&mut state.machine, &mut ctx, &command) {
-            Err(ApplyError::Halted { message }) => {
+        let machine = &mut state.machine;
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            apply_decoded(machine, &mut ctx, command)
+        }));
+        match applied {
+            Ok(Err(ApplyError::Halted { message })) => {
                 state.halted = Some(message.clone());
                 Err(Error::Halted { message })
             }
-            other => other.map_err(to_error),
+            Ok(other) => other.map_err(to_error),
+            Err(payload) => {
+                let message = format!(
+                    "a panic outside the write handler at write {} (its output's Serialize, after the handler ran and changed the state): {}",
+                    state.index,
+                    panic_message(payload.as_ref())
+                );
+                tracing::error!(index = state.index, %message, "the state machine halts: it applies no more writes");
+                state.halted = Some(message.clone());
+                Err(Error::Halted { message })
+            }
         }
     }
 
     async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
         let state = self.lock();
         let ctx = Ctx::new(state.index, 1, state.time_ms);
-        query_encoded(&state.machine, &ctx, &query).map_err(crate::state_machine::read_error)
+        let machine = &state.machine;
+        // A panic outside the read handler (the query's decoding, the
+        // answer's encoding) fails the read alone, as in a cluster: a read
+        // changes nothing.
+        catch_unwind(AssertUnwindSafe(|| query_encoded(machine, &ctx, &query)))
+            .unwrap_or_else(|payload| {
+                let panic = panic_message(payload.as_ref());
+                tracing::error!(%panic, "a read panicked outside its handler; its caller gets Error::Rejected");
+                Err(ApplyError::Panicked {
+                    message: format!("outside the read handler: {panic}"),
+                })
+            })
+            .map_err(crate::state_machine::read_error)
     }
 }
 
@@ -205,5 +254,129 @@ mod tests {
         let e = r.expect_err("the read handler panicked");
         assert_eq!(e.applied(), Applied::No, "a panicking read answered {e:?}");
         assert!(e.to_string().contains("read exploded on purpose"), "{e}");
+    }
+
+    /// A value whose `Deserialize` panics on 666.
+    #[derive(Clone, Debug, Serialize)]
+    struct Touchy(u64);
+
+    impl<'de> Deserialize<'de> for Touchy {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let v = u64::deserialize(d)?;
+            assert_ne!(v, 666, "Touchy::deserialize panics on purpose");
+            Ok(Touchy(v))
+        }
+    }
+
+    /// A value whose `Serialize` panics on 777.
+    #[derive(Clone, Debug, Deserialize)]
+    struct Loud(u64);
+
+    impl Serialize for Loud {
+        fn serialize<Z: serde::Serializer>(&self, s: Z) -> Result<Z::Ok, Z::Error> {
+            assert_ne!(self.0, 777, "Loud::serialize panics on purpose");
+            s.serialize_u64(self.0)
+        }
+    }
+
+    /// Panics in the codecs around its handlers (never in a handler).
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    struct Codecs {
+        n: u64,
+    }
+
+    #[crate::state_machine]
+    impl Codecs {
+        #[write]
+        fn put(&mut self, v: Touchy) -> Loud {
+            self.n = v.0;
+            Loud(v.0)
+        }
+
+        #[read]
+        fn echo(&self) -> Loud {
+            Loud(self.n)
+        }
+
+        #[read]
+        fn take(&self, v: Touchy) -> u64 {
+            v.0 + self.n
+        }
+    }
+
+    /// `f` on a fresh runtime; a panic that unwinds out of the call (into
+    /// the caller) fails the test, naming the panic.
+    fn call<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(f))).unwrap_or_else(
+            |p| {
+                panic!(
+                    "{what}: a panic unwound into the caller: {}",
+                    crate::handler_panic::message(p.as_ref())
+                )
+            },
+        )
+    }
+
+    /// A panic outside a handler (a command's `Deserialize`, an output's
+    /// `Serialize`, a query's) is caught in process as a cluster catches
+    /// it, instead of unwinding into the caller: a command that panics
+    /// while it decodes is refused (not applied, as the leader's check
+    /// refuses it); an output that panics while it encodes halts the state
+    /// machine (as it halts a node: `Halted`, may have been applied), and a
+    /// later write is refused, not applied; a read that panics outside its
+    /// handler is `Rejected` (a read applies nothing).
+    #[test]
+    fn a_panic_outside_a_handler_is_caught_as_in_a_cluster() {
+        let local = Local::new(Codecs::default());
+        let write = |v: u64| {
+            crate::state_machine::encode("command", &CodecsWrite::Put { v: Touchy(v) })
+                .expect("encodes")
+        };
+        let r = call(
+            "a write whose command panics decoding",
+            local.write(write(666)),
+        );
+        match &r {
+            Err(e @ Error::Rejected(m)) => {
+                assert_eq!(e.applied(), Applied::No, "{e:?}");
+                assert!(m.contains("panics on purpose"), "{e}");
+            }
+            other => panic!("a write whose command panics decoding got {other:?}"),
+        }
+        assert_eq!(local.halted(), None);
+        assert!(call("a write", local.write(write(5))).is_ok());
+        let q = crate::state_machine::encode("query", &CodecsRead::Take { v: Touchy(666) })
+            .expect("encodes");
+        let r = call("a read whose query panics decoding", local.read(q));
+        assert!(
+            matches!(&r, Err(e @ Error::Rejected(_)) if e.applied() == Applied::No),
+            "{r:?}"
+        );
+        let r = call(
+            "a write whose output panics encoding",
+            local.write(write(777)),
+        );
+        match &r {
+            Err(e @ Error::Halted { message }) => {
+                assert_eq!(e.applied(), Applied::Maybe, "{e:?}");
+                assert!(message.contains("panics on purpose"), "{e}");
+            }
+            other => panic!("a write whose output panics encoding got {other:?}"),
+        }
+        assert!(local.halted().is_some(), "the state machine did not halt");
+        let q = crate::state_machine::encode("query", &CodecsRead::Echo).expect("encodes");
+        let r = call("a read whose answer panics encoding", local.read(q));
+        assert!(
+            matches!(&r, Err(e @ Error::Rejected(_)) if e.applied() == Applied::No),
+            "{r:?}"
+        );
+        let r = call("a write after the halt", local.write(write(6)));
+        match &r {
+            Err(e) => assert_eq!(e.applied(), Applied::No, "{e:?}"),
+            other => panic!("a write after the halt got {other:?}"),
+        }
     }
 }
