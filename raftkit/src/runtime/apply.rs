@@ -342,6 +342,8 @@ pub struct ApplyStatus {
     /// The longest time applying stopped for a snapshot (serializing one,
     /// or restoring one received from the leader).
     pub longest_pause: Duration,
+    /// Batches the node task applied itself (`inline`) since the start.
+    pub inline_batches: u64,
 }
 
 impl ApplyStatus {
@@ -356,6 +358,7 @@ impl ApplyStatus {
             session_counters: sessions.counters(),
             replicated_ms: sessions.now_ms(),
             longest_pause: Duration::ZERO,
+            inline_batches: 0,
         }
     }
 }
@@ -462,6 +465,8 @@ struct Apply<S> {
     halted: Option<String>,
     failed: Option<Error>,
     longest_pause: Duration,
+    /// Batches the node task applied itself (`inline`).
+    inline_batches: u64,
     status: ProgressTx,
     /// Every applied client write goes there for watches (`watch.rs`).
     journal: Arc<Journal>,
@@ -782,6 +787,7 @@ impl<S: StateMachine> Apply<S> {
     fn publish(&self, always: bool) {
         let new = ApplyStatus {
             longest_pause: self.longest_pause,
+            inline_batches: self.inline_batches,
             ..ApplyStatus::of(self.applied, &self.halted, &self.sessions)
         };
         self.status.publish(new, always);

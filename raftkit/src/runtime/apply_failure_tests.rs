@@ -151,6 +151,30 @@ async fn a_panic_outside_the_handler(inline: bool, decode: bool) {
             "{out:?}"
         );
     }
+    // The inline variants must run the inline path (the node task applies
+    // small batches itself, counted in the status), else they would test
+    // the thread twice; the others never do. A batch measured slow on a
+    // loaded machine sends the next ones to the thread for a while, so
+    // more writes are made until one is applied inline.
+    let inline_batches = || peers.iter().map(|p| p.status().inline_batches).sum::<u64>();
+    if inline {
+        let mut v = 100;
+        while inline_batches() == 0 {
+            assert!(
+                v < 400,
+                "no batch was applied inline after {} writes",
+                v - 95
+            );
+            let (_, out) = on_the_leader(&peers, "a write", |p| async move {
+                p.write(FragileWrite::Put { v: Marked(v) }).await
+            })
+            .await;
+            assert!(out.is_ok(), "{out:?}");
+            v += 1;
+        }
+    } else {
+        assert_eq!(inline_batches(), 0, "the inline path ran while off");
+    }
     let (leader, r) = if decode {
         let command = encode(
             "command",
@@ -574,4 +598,74 @@ fn a_serialize_panic_of_a_copied_state_fails_the_snapshot_not_the_snapshot_threa
             assert_eq!(status.borrow().halted, None, "the node halted");
         },
     );
+}
+
+/// With `snapshot = "clone"`, on a whole peer: while the state's
+/// `Serialize` panics (the copy is serialized on the snapshot thread), each
+/// snapshot fails and is retried, the node keeps serving (every write
+/// applies, nothing halts) and says why in its status; once the state
+/// serializes again a snapshot succeeds and the error clears. (The unit
+/// test above checks the encode alone; this one the whole path: the
+/// snapshot thread survives, the node retries.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_state_whose_serialize_panics_fails_its_snapshots_and_the_peer_keeps_serving() {
+    const EVERY: u64 = 4;
+    let net = MemoryNetwork::new(21);
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        let net = net.clone();
+        let peer = CopiedTouchy::peer()
+            .in_memory()
+            .listen(addr)
+            .bootstrap_members(ADDRS)
+            .tick(Duration::from_millis(50))
+            .snapshot_every(EVERY)
+            .snapshot_log_ratio(0.0)
+            .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+            .start()
+            .await
+            .expect("peer starts");
+        peers.push(peer);
+    }
+    let set = |v: u64| {
+        let peers = &peers;
+        async move {
+            let (at, out) = on_the_leader(peers, "a write", |p| async move {
+                p.write(CopiedTouchyWrite::Set { v }).await
+            })
+            .await;
+            assert!(
+                matches!(out, Ok(CopiedTouchyWriteOutput::Set(n)) if n == v),
+                "a write of {v} got {out:?}"
+            );
+            at
+        }
+    };
+    // The state serializes no more: every snapshot from now on fails.
+    let mut leader = 0;
+    for _ in 0..=EVERY * 2 {
+        leader = set(ENCODE_PANICS).await;
+    }
+    let error = until("the leader's status shows the failed snapshot", || {
+        peers[leader].status().snapshot_error
+    })
+    .await;
+    assert!(error.contains("panics on purpose"), "{error}");
+    for p in &peers {
+        assert_eq!(p.status().halted, None, "a failed snapshot halted a peer");
+    }
+    // Still serving, and retrying: once the state serializes again, a
+    // snapshot succeeds and the error clears.
+    let before = peers[leader].status().snapshot_index;
+    for v in 1..=EVERY * 2 {
+        leader = set(v).await;
+    }
+    until("a later snapshot succeeds", || {
+        let s = peers[leader].status();
+        (s.snapshot_error.is_none() && s.snapshot_index > before).then_some(())
+    })
+    .await;
+    for p in &peers {
+        let _ = at_once("shutdown", p.shutdown()).await;
+    }
 }

@@ -1463,6 +1463,7 @@ impl NodeTask {
                 snapshot_receiving_bytes,
                 overloaded,
                 longest_apply_pause,
+                inline_batches,
                 apply_backlog_bytes,
                 session_replies,
                 session_evictions,
@@ -1500,6 +1501,7 @@ impl NodeTask {
             set(c, snapshot_receiving_bytes, raft.snapshot_receiving_bytes());
             set(c, overloaded, self.admission.refused());
             set(c, longest_apply_pause, apply.longest_pause);
+            set(c, inline_batches, apply.inline_batches);
             set(c, apply_backlog_bytes, st.handed_bytes as u64);
             set(c, session_replies, apply.session_replies);
             set(c, session_evictions, apply.session_counters.evicted);
@@ -1628,6 +1630,7 @@ impl NodeTask {
                 apply.longest_pause,
                 st.handed_bytes as u64,
                 self.raft.snapshot_receiving_bytes(),
+                apply.inline_batches,
             ),
         );
         self.status.send_if_modified(|s| {
@@ -1645,6 +1648,7 @@ impl NodeTask {
                     s.longest_apply_pause,
                     s.apply_backlog_bytes,
                     s.snapshot_receiving_bytes,
+                    s.inline_batches,
                 ),
             );
             let mut changed = was != now;
@@ -1662,6 +1666,7 @@ impl NodeTask {
                 s.longest_apply_pause,
                 s.apply_backlog_bytes,
                 s.snapshot_receiving_bytes,
+                s.inline_batches,
             ) = apply_figures;
             for (field, value) in [
                 (&mut s.halted, &apply.halted),

@@ -85,6 +85,12 @@ pub struct PeerStatus {
     /// The longest time the state machine stopped applying for a snapshot
     /// (serializing one, or restoring one received from the leader).
     pub longest_apply_pause: std::time::Duration,
+    /// Batches of committed entries the node task applied itself since the
+    /// peer started, instead of handing them to the apply thread
+    /// ([`PeerBuilder::apply_small_batches_inline`]); 0 when that is off.
+    ///
+    /// [`PeerBuilder::apply_small_batches_inline`]: super::PeerBuilder::apply_small_batches_inline
+    pub inline_batches: u64,
     /// Bytes of committed entries handed to the state machine and not yet
     /// applied. Bounded: past 32 MiB the node stops handing more (the rest
     /// wait in the log) until the state machine is halfway through them.

@@ -96,6 +96,7 @@ impl<S: StateMachine> Shared<S> {
                 halted: None,
                 failed: None,
                 longest_pause: Duration::ZERO,
+                inline_batches: 0,
                 status,
                 journal,
                 events: Vec::new(),
@@ -199,6 +200,7 @@ impl<S: StateMachine> Inline for Shared<S> {
             a.register(register);
             // The node task is running: it has not dropped its sender.
             a.apply(entries, &|| false);
+            a.inline_batches += 1;
             a.publish(false);
         }));
         if let Err(payload) = done {
