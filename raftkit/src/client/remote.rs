@@ -64,8 +64,9 @@
 //!   applied returns its result.
 //! - [`Error::Unavailable`], [`Error::NotLeader`], [`Error::Overloaded`]: no
 //!   member could take the write within the deadline; it was not applied.
-//!   (A call none of whose attempts reached a member, every member down,
-//!   ends `Unavailable` at its deadline, not `Timeout`.)
+//!   (A call none of whose attempts may have been applied, every member
+//!   down or every answer "not leader", ends `Unavailable` or `NotLeader`
+//!   at its deadline, not `Timeout`.)
 //! - [`Error::Tls`]: every member refused this client's certificate in the
 //!   TLS handshake (or the leader did, and the others redirect to it);
 //!   nothing was sent, not applied, and retrying with the same certificate
@@ -736,15 +737,18 @@ impl Client {
     /// been applied ([`Error::applied`]; the module docs say how to retry):
     ///
     /// - not applied ([`Applied::No`]): [`Error::Unavailable`] (no member
-    ///   could take it; also at the deadline when no attempt ever reached a
-    ///   member), [`Error::NotLeader`], [`Error::Overloaded`] (retryable);
+    ///   could take it; also at the deadline when no attempt may have been
+    ///   applied: every dial failed, or every member that answered said
+    ///   "not applied"), [`Error::NotLeader`], [`Error::Overloaded`]
+    ///   (retryable);
     ///   [`Error::Tls`] (every member refused this client's TLS handshake,
     ///   or the leader did and the others redirect to it: nothing was sent),
     ///   [`Error::Unauthorized`], [`Error::Rejected`],
     ///   [`Error::Unsupported`], [`Error::SchemaMismatch`],
     ///   [`Error::NotHosted`] (not retryable);
     /// - may have been applied ([`Applied::Maybe`]): [`Error::Timeout`] (the
-    ///   deadline passed after an attempt reached a member, or after an
+    ///   deadline passed after an attempt that may have been applied: its
+    ///   request left this client and no answer said it was not, or an
     ///   earlier call of the same [`WriteOnce`] write may have applied),
     ///   [`Error::Ambiguous`], [`Error::Halted`], [`Error::Storage`],
     ///   [`Error::Transport`], [`Error::Codec`], [`Error::Protocol`],
@@ -783,9 +787,6 @@ impl Client {
     ) -> Result<ClientResponse, Error> {
         let mut backoff = self.inner.opts.backoff;
         let mut last = Error::Unavailable("no attempt made".into());
-        // Whether an attempt of this call left this client (wrote its
-        // request to a member): until one did, nothing of it was applied.
-        let mut reached = false;
         // The members that answered that they do not host this group.
         let mut not_hosted: HashSet<SocketAddr> = HashSet::new();
         // The members that refused this client's TLS handshake in this call
@@ -834,7 +835,7 @@ impl Client {
                     }
                     (None, last) => last,
                 };
-                return Err(final_error(last, *uncertain, true, reached));
+                return Err(final_error(last, *uncertain, true));
             }
             if let (Some(slot), ClientRequest::Write { session, .. }) = (acks, &mut *request) {
                 session.acked_below = slot.acked_below();
@@ -844,7 +845,6 @@ impl Client {
             let outcome = tokio::time::timeout(remaining, self.once(target, request, &mut sent))
                 .await
                 .unwrap_or(Err(Error::Timeout));
-            reached |= sent;
             let e = match outcome {
                 Ok(ClientResponse::Err(e)) => Error::from(e),
                 Ok(ok) => {
@@ -898,10 +898,10 @@ impl Client {
                     (Error::Tls(_), None) => every_member_refused(refused.into_values().collect()),
                     (e, _) => e,
                 };
-                return Err(final_error(e, *uncertain, false, reached));
+                return Err(final_error(e, *uncertain, false));
             }
             if !e.is_retryable() {
-                return Err(final_error(e, *uncertain, false, reached));
+                return Err(final_error(e, *uncertain, false));
             }
             // Retried without an answer that says what happened: unknown.
             // (An attempt that never left this client applied nothing.)
@@ -1652,30 +1652,36 @@ fn unsent(e: Error) -> Error {
 /// applied and `e` says the command was not (then the call timed out, or its
 /// outcome is unknown).
 ///
-/// At the deadline, a call none of whose attempts left this client
-/// (`reached` false: every dial failed or timed out, nothing was written to
-/// a member) and that no earlier call of the same write may have applied
-/// ends [`Error::Unavailable`], "not applied", rather than
-/// [`Error::Timeout`], "may have been applied" (found by review, stop 50).
-fn final_error(e: Error, maybe_applied: bool, at_deadline: bool, reached: bool) -> Error {
-    if at_deadline && !reached && !maybe_applied {
+/// At the deadline the verdict is `maybe_applied` (the call's `uncertain`
+/// flag: whether any attempt, or an earlier call of the same [`WriteOnce`]
+/// write, may have been applied), and nothing else:
+/// - if one may have, the call ends [`Error::Timeout`] ("may have been
+///   applied"), or with `e` if it already says so;
+/// - if none may have (every attempt either never left this client, its
+///   dial failed or was cut short by the deadline, or was answered "not
+///   applied": `NotLeader`, `Overloaded`, ...), it ends with an error that
+///   says "not applied": `e` if it does (`NotLeader`, `Overloaded`,
+///   `Unavailable`), otherwise [`Error::Unavailable`] saying why.
+///
+/// (Until stop 51 the second case was decided by whether any attempt had
+/// *reached* a member: a call told `NotLeader` whose later dials all failed
+/// ended `Timeout`, "may have been applied", although nothing was.)
+fn final_error(e: Error, maybe_applied: bool, at_deadline: bool) -> Error {
+    if at_deadline && !maybe_applied {
         return match e {
-            e @ Error::Unavailable(_) => e,
-            Error::Transport(why) => Error::Unavailable(format!(
-                "{why}; no member could be reached before the call's deadline"
+            e if e.applied() == Applied::No => e,
+            Error::Timeout => Error::Unavailable(
+                "no member took the call before its deadline (nothing was applied)".into(),
+            ),
+            other => Error::Unavailable(format!(
+                "{other}; no member took the call before its deadline (nothing was applied)"
             )),
-            Error::Timeout => {
-                Error::Unavailable("no member could be reached before the call's deadline".into())
-            }
-            other => final_error(other, maybe_applied, true, true),
         };
     }
     if at_deadline {
         return match e {
-            e @ Error::NotLeader { .. } if !maybe_applied => e,
-            e @ Error::Overloaded if !maybe_applied => e,
-            Error::Transport(_) | Error::Unavailable(_) | Error::NotLeader { .. } => Error::Timeout,
-            e if maybe_applied && e.applied() == Applied::No => Error::Timeout,
+            e if e.applied() == Applied::No => Error::Timeout,
+            Error::Transport(_) => Error::Timeout,
             other => other,
         };
     }
@@ -1756,25 +1762,40 @@ mod tests {
     #[test]
     fn a_call_that_may_have_applied_never_ends_saying_it_did_not() {
         let no = Error::NotLeader { hint: None };
-        assert_eq!(final_error(no.clone(), false, true, true), no);
-        assert_eq!(final_error(no, true, true, true), Error::Timeout);
+        assert_eq!(final_error(no.clone(), false, true), no);
+        assert_eq!(final_error(no, true, true), Error::Timeout);
         assert_eq!(
-            final_error(Error::Overloaded, false, true, true),
+            final_error(Error::Overloaded, false, true),
             Error::Overloaded
         );
-        assert_eq!(
-            final_error(Error::Overloaded, true, true, true),
-            Error::Timeout
-        );
-        let refused = final_error(Error::Rejected("x".into()), true, false, true);
+        assert_eq!(final_error(Error::Overloaded, true, true), Error::Timeout);
+        let refused = final_error(Error::Rejected("x".into()), true, false);
         assert_eq!(refused.applied(), Applied::Maybe, "{refused}");
         assert_eq!(
-            final_error(Error::Rejected("x".into()), false, false, true),
+            final_error(Error::Rejected("x".into()), false, false),
             Error::Rejected("x".into())
         );
         let handler = Error::Handler {
             message: "h".into(),
         };
-        assert_eq!(final_error(handler.clone(), true, false, true), handler);
+        assert_eq!(final_error(handler.clone(), true, false), handler);
+        // At the deadline the flag alone decides (stop 51): a call none of
+        // whose attempts may have applied ends "not applied", whatever the
+        // last attempt's error, also after a member answered it.
+        for last in [
+            Error::Timeout,
+            Error::Transport("dial refused".into()),
+            Error::Halted {
+                message: "h".into(),
+            },
+        ] {
+            let verdict = final_error(last.clone(), false, true);
+            assert!(
+                matches!(verdict, Error::Unavailable(_)),
+                "{last:?}: {verdict:?}"
+            );
+            let verdict = final_error(last.clone(), true, true);
+            assert_eq!(verdict.applied(), Applied::Maybe, "{last:?}: {verdict:?}");
+        }
     }
 }

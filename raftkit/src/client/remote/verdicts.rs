@@ -562,3 +562,74 @@ async fn a_call_whose_every_member_is_down_ends_unavailable_not_applied() {
     }
     assert_eq!((a.writes(), b.writes()), (0, 0), "nothing reached a member");
 }
+
+/// A client of `members` with the call timeout `timeout`, whose calls go
+/// to `first` first.
+async fn client_with_timeout(
+    members: &[&FakeMember],
+    identity: Identity,
+    timeout: Duration,
+    first: SocketAddr,
+) -> Client {
+    let addrs: Vec<String> = members.iter().map(|m| m.addr().to_string()).collect();
+    let opts = ClientOptions::default().with_timeout(timeout);
+    let client = tokio::time::timeout(DEADLINE, Client::connect_with(addrs, identity, 0, opts))
+        .await
+        .expect("connects in time")
+        .expect("connects");
+    client.set_leader(Some(first));
+    client
+}
+
+/// A bound UDP socket that is never read: a member that never answers (a
+/// QUIC handshake with it never completes, and no dial fails before
+/// [`super::CONNECT_TIMEOUT`]).
+fn silent_member() -> (std::net::UdpSocket, SocketAddr) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a local UDP socket");
+    let addr = socket.local_addr().expect("bound address");
+    (socket, addr)
+}
+
+/// A call shorter than [`super::CONNECT_TIMEOUT`]: a dial of a silent
+/// member is still under way at its deadline.
+const SHORT: Duration = Duration::from_millis(900);
+
+/// Found by review (stop 51): `final_error` decided "`Timeout`, may have
+/// been applied" against "`Unavailable`, not applied" at the deadline by
+/// whether any attempt had *reached* a member, not by whether any may have
+/// been *applied*. A write answered `NotLeader` (not proposed) by A, whose
+/// hint then leads to a member that never answers (the leader died: its
+/// dial is under way at the deadline), applied nothing, yet ended
+/// `Timeout`. It ends `Unavailable`, not applied (and retryable); so does
+/// a read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_told_not_leader_whose_later_dials_fail_ends_not_applied() {
+    let (a_id, _, client_id) = identities();
+    let (_silent, dead_leader) = silent_member();
+    let hint = dead_leader.to_string();
+    let a = FakeMember::start(&a_id, move |request| match request {
+        ClientRequest::OpenSession => session_opened(7),
+        _ => Act::answer(ClientResponse::Err(WireError::NotLeader {
+            hint: Some(hint.clone()),
+        })),
+    });
+    let client = client_with_timeout(&[&a], client_id, SHORT, a.addr()).await;
+    open_at_a(&client).await;
+
+    let write = put(&client).await.expect_err("no member takes the write");
+    client.set_leader(Some(a.addr()));
+    let read = tokio::time::timeout(DEADLINE, client.read(b"get".to_vec()))
+        .await
+        .expect("the read ends in time")
+        .expect_err("no member takes the read");
+    for (what, err) in [("write", &write), ("read", &read)] {
+        assert_eq!(
+            err.applied(),
+            Applied::No,
+            "a {what} answered only NotLeader ended {err:?}"
+        );
+        assert!(err.is_retryable(), "{what}: {err:?}");
+    }
+    // A was asked each time (and said "not leader"); nothing else answered.
+    assert_eq!(a.writes(), 1, "{:?}", a.received());
+}
