@@ -633,3 +633,39 @@ async fn a_call_told_not_leader_whose_later_dials_fail_ends_not_applied() {
     // A was asked each time (and said "not leader"); nothing else answered.
     assert_eq!(a.writes(), 1, "{:?}", a.received());
 }
+
+/// Stop 51, task 2 (coverage: it passed before the stop's changes): a
+/// call whose only target never answers (a bound UDP socket that is never
+/// read) hits its deadline in the middle of the dial; nothing was sent, so
+/// it ends `Unavailable`, not applied, a write as a read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_deadline_passes_mid_dial_ends_not_applied() {
+    let (a_id, _, client_id) = identities();
+    let (_silent, silent) = silent_member();
+    let a = FakeMember::start(&a_id, |request| match request {
+        ClientRequest::OpenSession => session_opened(7),
+        _ => Act::answer(ClientResponse::Ok(Vec::new())),
+    });
+    let client = client_with_timeout(&[&a], client_id, SHORT, a.addr()).await;
+    open_at_a(&client).await;
+    // A goes down for good; the client believes the silent member leads.
+    a.restart(usize::MAX);
+    until_closed(&client, a.addr()).await;
+    client.set_leader(Some(silent));
+
+    let write = put(&client).await.expect_err("nothing answers");
+    client.set_leader(Some(silent));
+    let read = tokio::time::timeout(DEADLINE, client.read(b"get".to_vec()))
+        .await
+        .expect("the read ends in time")
+        .expect_err("nothing answers");
+    for (what, err) in [("write", &write), ("read", &read)] {
+        assert!(
+            matches!(err, Error::Unavailable(_)) && err.applied() == Applied::No,
+            "a {what} whose deadline passed mid-dial ended {err:?} (applied: {:?})",
+            err.applied()
+        );
+        assert!(err.is_retryable(), "{what}: {err:?}");
+    }
+    assert_eq!(a.writes(), 0, "a write left the client");
+}
