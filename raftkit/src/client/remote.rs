@@ -489,11 +489,11 @@ impl Client {
                 }
             }
         }
-        Err(match last {
+        Err(not_sent_by_connect(match last {
             Some(e) => e,
             None if !refusals.is_empty() => every_member_refused(refusals),
             None => Error::Unavailable("no member reachable".into()),
-        })
+        }))
     }
 
     /// Marks `addr` as just failed.
@@ -1648,6 +1648,24 @@ fn unsent(e: Error) -> Error {
     }
 }
 
+/// The error of a connect that failed: a connect sends no command, so it
+/// says "not applied" ([`Applied::No`]) whatever failed (a refused or lost
+/// dial is [`Error::Transport`], "may have been applied", in a call), and
+/// it is retryable exactly when `e` is (stop 51: a connect every member
+/// refused ended `Transport`, and a sharded client returned that as the
+/// outcome of a write whose group's client could not connect).
+fn not_sent_by_connect(e: Error) -> Error {
+    if e.applied() == Applied::No {
+        return e;
+    }
+    let why = format!("could not connect, nothing was sent: {e}");
+    if e.is_retryable() {
+        Error::Unavailable(why)
+    } else {
+        Error::Rejected(why)
+    }
+}
+
 /// The error a call ends with: `e`, unless an earlier attempt may have been
 /// applied and `e` says the command was not (then the call timed out, or its
 /// outcome is unknown).
@@ -1698,6 +1716,9 @@ mod meta_tests;
 
 #[cfg(test)]
 mod verdicts;
+
+#[cfg(test)]
+mod connect_tests;
 
 #[cfg(test)]
 mod window_tests;
