@@ -394,9 +394,10 @@ async fn a_client_gets_in_while_strangers_stall_in_tls() {
         strangers.refused.load(Ordering::Relaxed) >= 4
     })
     .await;
-    // A new client connects and writes within the bound. A connect that
-    // finds no member reachable fails at once (`Client::connect_with`):
-    // the application tries again, here every 100 ms.
+    // A new client connects and writes within the bound. A connect redials
+    // a member that refused it until its timeout (`Client::connect_with`,
+    // since stop 51); an application that connects with a short timeout
+    // tries again, here every 100 ms.
     let started = Instant::now();
     let bound = Duration::from_secs(2);
     let mut refusals = Vec::new();

@@ -411,15 +411,32 @@ impl Client {
         I: IntoIterator<Item = A>,
         A: AsRef<str>,
     {
-        let members = addrs
-            .into_iter()
-            .map(|a| resolve(a.as_ref()))
-            .collect::<Result<Vec<_>, _>>()?;
-        if members.is_empty() {
-            return Err(Error::Unavailable("no cluster address given".into()));
+        // An address that does not resolve is left out (etcd's clientv3
+        // does not fail `New` for an endpoint it cannot dial either): the
+        // connect fails for it only when no address resolves.
+        let mut members = Vec::new();
+        let mut unresolved = Vec::new();
+        for a in addrs {
+            match resolve(a.as_ref()) {
+                Ok(addr) => members.push(addr),
+                Err(e) => {
+                    tracing::warn!(address = a.as_ref(), error = %e, "a cluster address does not resolve; left out");
+                    unresolved.push(e.to_string());
+                }
+            }
         }
-        let mut config = quic_client_config(&identity, crate::tls::CLIENT_ALPN)
-            .map_err(|e| Error::Transport(e.to_string()))?;
+        if members.is_empty() {
+            return Err(not_sent_by_connect(Error::Unavailable(
+                if unresolved.is_empty() {
+                    "no cluster address given".into()
+                } else {
+                    format!("no cluster address resolves: {}", unresolved.join("; "))
+                },
+            )));
+        }
+        // Nothing is sent before a member answers: every error of a connect
+        // says "not applied" (`not_sent_by_connect`).
+        let mut config = quic_client_config(&identity, crate::tls::CLIENT_ALPN)?;
         config.transport_config(transport_config(KEEP_ALIVE, IDLE_TIMEOUT));
         let bind: SocketAddr = if members[0].is_ipv4() {
             "0.0.0.0:0"
@@ -427,9 +444,9 @@ impl Client {
             "[::]:0"
         }
         .parse()
-        .map_err(|_| Error::Transport("bad bind address".into()))?;
+        .map_err(|_| Error::Unavailable("bad bind address".into()))?;
         let endpoint = Endpoint::client(bind)
-            .map_err(|e| Error::Transport(format!("cannot open a client socket: {e}")))?;
+            .map_err(|e| Error::Unavailable(format!("cannot open a client socket: {e}")))?;
         let client = Client {
             consistency: Consistency::default(),
             staleness: Arc::default(),
@@ -448,52 +465,118 @@ impl Client {
                 suspects: std::sync::Mutex::new(HashMap::new()),
             }),
         };
-        // Fail early when no member is reachable at all: dial them all at
-        // once and go on with the first that answers.
-        let (tx, mut rx) = tokio::sync::mpsc::channel(client.inner.members.len());
-        for &addr in &client.inner.members {
-            let (client, tx) = (client.clone(), tx.clone());
-            tokio::spawn(async move {
-                let r = client.connection(addr).await;
-                if r.is_err() {
-                    client.suspect(addr);
-                }
-                let _ = tx.send(r.map(|_| addr)).await;
-            });
+        // Dial every member at once, each again after a backoff while its
+        // dial fails in a way a retry may change, until one answers or the
+        // connect's deadline passes (its timeout).
+        let deadline = Instant::now() + client.inner.opts.timeout;
+        let addr = client
+            .dial_any(deadline)
+            .await
+            .map_err(not_sent_by_connect)?;
+        // Start there: it answers (if it does not lead, it redirects).
+        client.set_leader(Some(addr));
+        Ok(client)
+    }
+
+    /// Dials every member at once until one answers the hello, or until
+    /// `deadline`: the member that answered first.
+    ///
+    /// As etcd's clientv3 (a connection to every endpoint, each redialled
+    /// with backoff by its balancer until the dial timeout), a member whose
+    /// dial fails in a way a retry may change (refused, lost, timed out:
+    /// [`Error::is_retryable`]) is dialled again after a backoff
+    /// ([`ClientOptions::backoff`], doubling up to
+    /// [`ClientOptions::max_backoff`]); one whose answer cannot change (a
+    /// refused certificate, schema or role) is not. The error, when no
+    /// member answered: a member's answer if one gave one (a refused
+    /// schema says more than a silence), [`Error::Tls`] if every member
+    /// refused this client's TLS handshake, else [`Error::Unavailable`]
+    /// with each member's last failure. Nothing of any command is sent.
+    async fn dial_any(&self, deadline: Instant) -> Result<SocketAddr, Error> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for &addr in &self.inner.members {
+            tokio::spawn(self.clone().dial_until(addr, deadline, tx.clone()));
         }
         drop(tx);
-        let mut last = None;
-        // The members that refused this client's TLS handshake (`refusal`):
-        // the connect fails with a certificate error only if all did.
-        let mut refusals = Vec::new();
-        while let Some(r) = rx.recv().await {
+        // The latest failure of each member, in address order (the same
+        // error whatever order the members answered in).
+        let mut failed: std::collections::BTreeMap<SocketAddr, Error> = Default::default();
+        // `None`: every member gave up (its answer cannot change); `Err`:
+        // the deadline passed.
+        while let Ok(Some((addr, r))) = tokio::time::timeout_at(deadline, rx.recv()).await {
             match r {
-                Ok(addr) => {
-                    // Start there: it answers (if it does not lead, it
-                    // redirects).
-                    client.set_leader(Some(addr));
-                    return Ok(client);
-                }
-                Err(Error::Tls(why)) => refusals.push(why),
-                // Report an answer (a refused schema) rather than a
-                // silence.
+                Ok(()) => return Ok(addr),
                 Err(e) => {
-                    if !matches!(
-                        last,
-                        Some(
-                            Error::Transport(_) | Error::Rejected(_) | Error::SchemaMismatch { .. }
-                        )
-                    ) {
-                        last = Some(e);
-                    }
+                    failed.insert(addr, e);
                 }
             }
         }
-        Err(not_sent_by_connect(match last {
-            Some(e) => e,
-            None if !refusals.is_empty() => every_member_refused(refusals),
-            None => Error::Unavailable("no member reachable".into()),
-        }))
+        if let Some(answer) = failed
+            .values()
+            .find(|e| !e.is_retryable() && !matches!(e, Error::Tls(_)))
+        {
+            return Err(answer.clone());
+        }
+        let refusals: Vec<String> = failed
+            .values()
+            .filter_map(|e| match e {
+                Error::Tls(why) => Some(why.clone()),
+                _ => None,
+            })
+            .collect();
+        if refusals.len() == self.inner.members.len() {
+            return Err(every_member_refused(refusals));
+        }
+        let why: Vec<String> = failed.values().map(ToString::to_string).collect();
+        Err(Error::Unavailable(format!(
+            "no member answered within the connect's timeout ({:?}){}",
+            self.inner.opts.timeout,
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", why.join("; "))
+            }
+        )))
+    }
+
+    /// Dials `addr` until it answers, its failure cannot change, `deadline`
+    /// passes, or the connect that asked stopped waiting (`tx` closed);
+    /// every outcome is sent on `tx`.
+    async fn dial_until(
+        self,
+        addr: SocketAddr,
+        deadline: Instant,
+        tx: tokio::sync::mpsc::UnboundedSender<(SocketAddr, Result<(), Error>)>,
+    ) {
+        let mut backoff = self.inner.opts.backoff;
+        loop {
+            let r = match tokio::time::timeout_at(deadline, self.connection(addr)).await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(Error::Unavailable(format!(
+                    "{addr}: no answer before the connect's deadline"
+                ))),
+            };
+            let again = match &r {
+                Ok(()) => false,
+                Err(e) => {
+                    debug!(member = %addr, error = %e, "dial failed");
+                    self.suspect(addr);
+                    e.is_retryable()
+                }
+            };
+            if tx.send((addr, r)).is_err() || !again {
+                return;
+            }
+            let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            if wait.is_zero() {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = tx.closed() => return,
+            }
+            backoff = (backoff * 2).min(self.inner.opts.max_backoff);
+        }
     }
 
     /// Marks `addr` as just failed.

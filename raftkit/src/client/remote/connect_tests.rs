@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Client, ClientOptions};
 use crate::client::fake_member::{Act, FakeMember};
-use crate::client::wire::ClientResponse;
+use crate::client::wire::{ClientRequest, ClientResponse};
 use crate::error::{Applied, Error};
 use crate::tls::{Identity, dev_cluster};
 
@@ -73,6 +73,51 @@ async fn a_connect_that_fails_says_nothing_was_applied() {
     );
     assert!(took < timeout * 3, "the connect took {took:?}");
     assert!(a.received().is_empty(), "{:?}", a.received());
+}
+
+/// Found by review (stop 51): a connect dialled each member once and
+/// failed as soon as every dial had failed, however long its timeout. Like
+/// etcd's clientv3 (a connection to every endpoint, redialled with backoff
+/// until the dial timeout), it now tries every member until its deadline:
+/// the first member refuses every dial (down), the second refuses its
+/// first two dials (it is starting) and then serves. The connect succeeds
+/// and its calls go to the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_tries_every_member_until_its_deadline() {
+    let (a_id, b_id, client_id) = identities();
+    let (down, late) = (serving(&a_id), serving(&b_id));
+    down.restart(usize::MAX);
+    late.restart(2);
+    let addrs = vec![down.addr().to_string(), late.addr().to_string()];
+    let client = connect(addrs, client_id, DEADLINE / 2)
+        .await
+        .expect("the late member answers within the connect's timeout");
+    let answer = tokio::time::timeout(DEADLINE, client.request(ClientRequest::Status))
+        .await
+        .expect("the request ends in time")
+        .expect("the late member answers");
+    assert_eq!(answer, ClientResponse::Ok(Vec::new()));
+}
+
+/// Found by review (stop 51): one address that does not resolve failed the
+/// connect before any member was dialled. Like etcd's clientv3 (an
+/// endpoint that cannot be dialled does not fail `New`), the connect goes
+/// on with the addresses that resolve (and fails, not applied, only when
+/// none does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_goes_on_past_an_address_that_does_not_resolve() {
+    let (a_id, _, client_id) = identities();
+    let alive = serving(&a_id);
+    let addrs = vec!["127.0.0.1:not-a-port".to_string(), alive.addr().to_string()];
+    let client = connect(addrs, client_id.clone(), DEADLINE / 2)
+        .await
+        .expect("the second address serves");
+    assert_eq!(client.members(), vec![alive.addr()]);
+    let Err(err) = connect(vec!["127.0.0.1:not-a-port".into()], client_id, DEADLINE / 2).await
+    else {
+        panic!("connected to no address");
+    };
+    assert_eq!(err.applied(), Applied::No, "{err:?}");
 }
 
 /// Stop 51, task 4 (coverage: it passed before): the first member never
