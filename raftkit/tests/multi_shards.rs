@@ -1095,3 +1095,67 @@ async fn a_call_to_a_group_whose_replicas_are_all_down_takes_one_timeout() {
     }
     a.shutdown().await.unwrap();
 }
+
+/// Found by review (stop 51): after a group's call ended `Unavailable` at
+/// its timeout, the sharded client re-read group 0 with a whole timeout of
+/// its own, so when group 0 was down too one call took about twice
+/// `with_timeout`. One node hosts group 0 and both data groups; a client
+/// has read the placement; the node stops and a silent UDP socket takes its
+/// address (no handshake completes). A call to group 1 ends `Unavailable`,
+/// not applied, within its timeout and the re-read's slack (a quarter of
+/// the timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_group_and_group_0_are_down_takes_one_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    let addrs = free_addrs(1);
+    let ca = ClusterCa::generate("shard-all-down").unwrap();
+    let (a, _a_dir) = start_node(&addrs[0], &ca).await;
+    a.form_shards(2, &addrs).await.unwrap();
+    let admin = ca.issue_admin("ops").unwrap();
+    let sharded = ShardedClient::<Kv>::connect_with(&addrs, admin, opts())
+        .await
+        .unwrap();
+    let key = key_in(&sharded, 1, "down");
+    // (A write waits for group 1's leader.)
+    KvClient::new(sharded.clone())
+        .put(key.clone(), "v".into())
+        .await
+        .unwrap();
+    let quick = KvClient::new(
+        ShardedClient::<Kv>::connect_with(
+            &addrs,
+            ca.issue_admin("ops2").unwrap(),
+            opts().with_timeout(TIMEOUT),
+        )
+        .await
+        .unwrap(),
+    );
+    a.shutdown().await.unwrap();
+    drop(a);
+    // The node's port, once its endpoint let go of it.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let _silent = loop {
+        match std::net::UdpSocket::bind(&addrs[0]) {
+            Ok(socket) => break socket,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the node's port stays bound: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let start = tokio::time::Instant::now();
+    let got = quick.get(key.clone()).await;
+    let took = start.elapsed();
+    let err = got.expect_err("every node is down");
+    assert_eq!(
+        err.applied(),
+        raftkit::error::Applied::No,
+        "nothing reached a node: {err:?}"
+    );
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(
+        took < TIMEOUT * 3 / 2,
+        "one call took {took:?}, its timeout is {TIMEOUT:?}"
+    );
+}

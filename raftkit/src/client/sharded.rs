@@ -35,8 +35,13 @@
 //!    spent) is re-routed once, and only if the re-read placement lists
 //!    other replicas for the group (the same ones would take another
 //!    whole timeout: a group whose replicas are all down ends the call
-//!    `Unavailable` after one timeout and one read of group 0). A dial of
-//!    a group's replicas lasts at most the call's timeout. An error that
+//!    `Unavailable` after one timeout and one read of group 0). A re-read
+//!    of group 0 ends by the call's deadline, or a quarter of its timeout
+//!    past the group's failed call if that is later, so a call whose group
+//!    and group 0 are both down ends within its timeout and that quarter.
+//!    A dial of a group's replicas lasts at most the call's timeout (a
+//!    connect tries every replica until then; one that fails says "not
+//!    applied", so the placement is re-read as for `Unavailable`). An error that
 //!    may have applied the command is returned as it is: re-routing it
 //!    could apply it twice.
 //!
@@ -155,12 +160,25 @@ impl<S> ShardedClient<S> {
     /// Re-reads the placement from group 0, waiting (within the client's
     /// timeout) until it is formed.
     pub async fn refresh(&self) -> Result<Arc<Routes>, Error> {
-        let _one = self.inner.refreshing.lock().await;
-        let deadline = tokio::time::Instant::now() + self.inner.opts.timeout;
+        self.refresh_by(tokio::time::Instant::now() + self.inner.opts.timeout)
+            .await
+    }
+
+    /// [`ShardedClient::refresh`], ended by `deadline` (a read applies
+    /// nothing, so one cut short is [`Error::Unavailable`]).
+    async fn refresh_by(&self, deadline: tokio::time::Instant) -> Result<Arc<Routes>, Error> {
+        let late =
+            || Error::Unavailable("the placement (group 0) could not be read in time".into());
+        let Ok(_one) = tokio::time::timeout_at(deadline, self.inner.refreshing.lock()).await else {
+            return Err(late());
+        };
         let placement = PlacementClient::new(self.inner.placement.clone());
         let mut backoff = self.inner.opts.backoff;
         loop {
-            let shards = placement.shards().await?;
+            let Ok(shards) = tokio::time::timeout_at(deadline, placement.shards()).await else {
+                return Err(late());
+            };
+            let shards = shards?;
             if !shards.is_empty() {
                 let routes = Arc::new(Routes::new(shards).map_err(|e| {
                     Error::Protocol(format!("group 0 holds an invalid placement: {e}"))
@@ -350,6 +368,9 @@ impl<S> ShardedClient<S> {
         let mut rerouted = false;
         // Set at the first `NotHosted`: re-reads end there.
         let mut deadline = None;
+        // The call's own deadline: a re-read of group 0 after its group's
+        // call failed ends by it, or by a slack past that failure.
+        let call_deadline = tokio::time::Instant::now() + self.inner.opts.timeout;
         loop {
             let routes = self.routes();
             let shard = routes
@@ -384,7 +405,7 @@ impl<S> ShardedClient<S> {
                 // take the call's whole timeout once more (found by review,
                 // stop 50). A placement that cannot be read leaves the
                 // call's own error, the truth about the call.
-                match self.refresh().await {
+                match self.refresh_by(self.reread_deadline(call_deadline)).await {
                     Ok(fresh) if fresh.group(group) != Some(shard) => {}
                     Ok(_) => return Err(e),
                     Err(why) => {
@@ -404,6 +425,13 @@ impl<S> ShardedClient<S> {
         }
     }
 
+    /// When a re-read of group 0 that starts now must end: by `deadline`,
+    /// or a slack ([`REREAD_SLACK_PART`] of the timeout) past now if that
+    /// is later.
+    fn reread_deadline(&self, deadline: tokio::time::Instant) -> tokio::time::Instant {
+        deadline.max(tokio::time::Instant::now() + self.inner.opts.timeout / REREAD_SLACK_PART)
+    }
+
     /// After every replica the placement listed for a group (`stale`, as
     /// the call was routed by it) answered `NotHosted`: re-reads the
     /// placement, with backoff, until it lists the group otherwise or
@@ -420,7 +448,7 @@ impl<S> ShardedClient<S> {
                 group,
                 "no listed replica hosts the group: re-reading the placement"
             );
-            let routes = self.refresh().await?;
+            let routes = self.refresh_by(self.reread_deadline(deadline)).await?;
             let now = tokio::time::Instant::now();
             if routes.group(group) != Some(stale) {
                 // Moved: the call goes on only within its deadline.
@@ -435,6 +463,12 @@ impl<S> ShardedClient<S> {
         }
     }
 }
+
+/// The part of a call's timeout a re-read of group 0 may run past the
+/// call's deadline (a quarter): enough for one answer of a live group 0,
+/// and all that a call whose group 0 is down too waits more than its
+/// timeout (stop 51: the re-read took a whole timeout of its own).
+const REREAD_SLACK_PART: u32 = 4;
 
 /// Whether `e` says the call went to the wrong place and applied nothing.
 fn stale_placement(e: &Error) -> bool {
