@@ -37,15 +37,37 @@
 //!   a frame that does not decode ends the stream (the connection is then
 //!   dropped by the caller, which retries on a fresh connection);
 //! - the reading and writing tasks stop when the [`Mux`] is dropped, so a
-//!   dropped client leaves no task and no connection behind.
+//!   dropped client leaves no task and no connection behind;
+//! - a call with a deadline ends with [`Error::Timeout`] once its deadline
+//!   passes unanswered, exactly as under a `tokio::time::timeout_at` of its
+//!   own (its entry is removed, a late answer dropped).
+//!
+//! # Deadlines
+//!
+//! A tokio timer registered and cancelled per call, and polled with it,
+//! cost about 700 instructions per durable write on the client (callgrind,
+//! issue 16, stop 51). So a call only carries its deadline, kept with its
+//! entry; one timer per stream, owned by the reading task, is armed no
+//! later than the earliest deadline of the calls waiting (`Waiting::armed`:
+//! a call whose deadline is earlier than the one armed lowers it and wakes
+//! the reader, which re-arms). When the timer fires the reader ends every
+//! call past its deadline with a timeout and re-arms at the earliest
+//! deadline left. Calls of a client mostly have the same timeout, so a
+//! later call has a later deadline: the timer is re-armed about once per
+//! timeout, not once per call.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
 use bytes::BytesMut;
 use quinn::SendStream;
 use tokio::sync::{Notify, oneshot};
+use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use super::wire::{ClientRequest, ClientResponse, RequestMeta};
@@ -88,10 +110,26 @@ impl Hasher for IdHasher {
     }
 }
 
+/// What a waiting call is sent: its answer, or `None` once its deadline
+/// passed (the reader's sweep).
+type Answer = Option<ClientResponse>;
+
+/// A call waiting for its answer.
+struct Call {
+    tx: oneshot::Sender<Answer>,
+    /// When it ends with a timeout, if it does.
+    deadline: Option<Instant>,
+}
+
 #[derive(Default)]
 struct Waiting {
     next: u64,
-    calls: HashMap<u64, oneshot::Sender<ClientResponse>, BuildHasherDefault<IdHasher>>,
+    calls: HashMap<u64, Call, BuildHasherDefault<IdHasher>>,
+    /// The deadline the reader's timer is to be armed at: no later than
+    /// the earliest deadline of `calls` (module doc, "Deadlines").
+    armed: Option<Instant>,
+    /// The reading task's waker, woken when a call lowers `armed`.
+    reader: Option<Waker>,
     /// Request frames queued for the writer, whole.
     out: BytesMut,
     /// Why the stream can no longer be used, once it cannot.
@@ -117,10 +155,32 @@ impl Shared {
 
     /// Delivers the answer to call `id`, if anyone still waits for it.
     fn deliver(&self, id: u64, response: ClientResponse) {
-        let tx = self.lock().calls.remove(&id);
-        if let Some(tx) = tx {
-            let _ = tx.send(response);
+        let call = self.lock().calls.remove(&id);
+        if let Some(call) = call {
+            let _ = call.tx.send(Some(response));
         }
+    }
+
+    /// Ends every call past its deadline at `now` with a timeout, and
+    /// returns the earliest deadline left (the timer's next arming).
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut w = self.lock();
+        let mut expired = Vec::new();
+        let mut earliest: Option<Instant> = None;
+        for (&id, call) in &w.calls {
+            match call.deadline {
+                Some(d) if d <= now => expired.push(id),
+                Some(d) => earliest = Some(earliest.map_or(d, |e| e.min(d))),
+                None => {}
+            }
+        }
+        for id in expired {
+            if let Some(call) = w.calls.remove(&id) {
+                let _ = call.tx.send(None);
+            }
+        }
+        w.armed = earliest;
+        earliest
     }
 
     /// Marks the stream unusable and fails every call waiting on it.
@@ -175,7 +235,8 @@ impl Mux {
         self.shared.lock().closed.is_some()
     }
 
-    /// Sends `request` (with `meta`) and waits for its answer. `sent` is set
+    /// Sends `request` (with `meta`) and waits for its answer, until
+    /// `deadline` if there is one (then [`Error::Timeout`]). `sent` is set
     /// once the request may leave (its frame is queued whole for the
     /// writer, which sends it even if this call is dropped).
     pub async fn call(
@@ -183,9 +244,10 @@ impl Mux {
         request: &ClientRequest,
         meta: Option<RequestMeta>,
         sent: &mut bool,
+        deadline: Option<Instant>,
     ) -> Result<ClientResponse, Error> {
         let (tx, rx) = oneshot::channel();
-        let (id, wake) = {
+        let (id, wake, rearm) = {
             let mut w = self.shared.lock();
             if let Some(why) = &w.closed {
                 return Err(Error::Transport(why.clone()));
@@ -211,9 +273,20 @@ impl Mux {
                 e => Error::Transport(e.to_string()),
             })?;
             w.next += 1;
-            w.calls.insert(id, tx);
-            (id, wake)
+            w.calls.insert(id, Call { tx, deadline });
+            // The reader's timer must fire by this call's deadline.
+            let rearm = match deadline {
+                Some(d) if w.armed.is_none_or(|a| d < a) => {
+                    w.armed = Some(d);
+                    w.reader.clone()
+                }
+                _ => None,
+            };
+            (id, wake, rearm)
         };
+        if let Some(reader) = rearm {
+            reader.wake();
+        }
         let entry = Entry {
             shared: &self.shared,
             id,
@@ -226,17 +299,21 @@ impl Mux {
         }
         let answer = rx.await;
         crate::probe::mark("c.recv");
-        // Answered: `deliver` took the entry already.
+        // Answered or expired: `deliver` or `expire` took the entry already.
         std::mem::forget(entry);
-        answer.map_err(|_| {
-            let why = self
-                .shared
-                .lock()
-                .closed
-                .clone()
-                .unwrap_or_else(|| "request stream closed".into());
-            Error::Transport(why)
-        })
+        match answer {
+            Ok(Some(response)) => Ok(response),
+            Ok(None) => Err(Error::Timeout),
+            Err(_) => {
+                let why = self
+                    .shared
+                    .lock()
+                    .closed
+                    .clone()
+                    .unwrap_or_else(|| "request stream closed".into());
+                Err(Error::Transport(why))
+            }
+        }
     }
 }
 
@@ -279,16 +356,76 @@ async fn write_requests(shared: Arc<Shared>, mut send: SendStream) {
     }
 }
 
-/// Reads answers until the stream ends or fails, or the mux is dropped.
+/// The reader's deadline timer (module doc, "Deadlines").
+struct Sweep {
+    sleep: Pin<Box<Sleep>>,
+    /// The deadline `sleep` is armed at, if any.
+    at: Option<Instant>,
+    /// `sleep` was reset and not polled since (its waker is not this
+    /// task's yet).
+    fresh: bool,
+}
+
+impl Sweep {
+    fn new() -> Self {
+        Sweep {
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            at: None,
+            fresh: false,
+        }
+    }
+
+    /// Never ready: re-arms at `Waiting::armed` when a call lowered it,
+    /// registers the task's waker for that, and expires the calls past
+    /// their deadline when the timer fires. The timer is polled only when
+    /// just re-armed or elapsed (a poll of a timer costs as much as the
+    /// rest of the reader's round).
+    fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<()> {
+        {
+            let mut w = shared.lock();
+            if w.reader.as_ref().is_none_or(|r| !r.will_wake(cx.waker())) {
+                w.reader = Some(cx.waker().clone());
+            }
+            if w.armed != self.at {
+                self.at = w.armed;
+                if let Some(at) = self.at {
+                    self.sleep.as_mut().reset(at);
+                    self.fresh = true;
+                }
+            }
+        }
+        while self.at.is_some() && (self.fresh || self.sleep.is_elapsed()) {
+            self.fresh = false;
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            self.at = shared.expire(Instant::now());
+            if let Some(at) = self.at {
+                self.sleep.as_mut().reset(at);
+                self.fresh = true;
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Reads answers until the stream ends or fails, or the mux is dropped;
+/// ends the calls past their deadline (module doc, "Deadlines").
 async fn read_answers(
     mux: std::sync::Weak<Shared>,
     mut frames: FrameReader,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let mut sweep = Sweep::new();
     let why = loop {
+        let deadlines = std::future::poll_fn(|cx| match mux.upgrade() {
+            Some(m) => sweep.poll(cx, &m),
+            None => Poll::Ready(()),
+        });
         let body = tokio::select! {
             body = frames.next(DEFAULT_MAX_FRAME_BYTES) => body,
             _ = &mut stop => return,
+            () = deadlines => return,
         };
         crate::probe::mark("c.frame_in");
         let body = match body {
@@ -377,15 +514,19 @@ mod tests {
             command: vec![7; 64 * 1024],
         };
         let mut sent = false;
-        let cancelled =
-            tokio::time::timeout(Duration::from_millis(200), mux.call(&big, None, &mut sent)).await;
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(200),
+            mux.call(&big, None, &mut sent, None),
+        )
+        .await;
         assert!(cancelled.is_err(), "answered: {cancelled:?}");
         assert!(sent, "the write may have left");
         let next = {
             let mux = mux.clone();
             tokio::spawn(async move {
                 let mut sent = false;
-                mux.call(&ClientRequest::Status, None, &mut sent).await
+                mux.call(&ClientRequest::Status, None, &mut sent, None)
+                    .await
             })
         };
         let _ = read_tx.send(());
@@ -404,5 +545,104 @@ mod tests {
             got[1].0
         );
         next.abort();
+    }
+
+    /// The stream's deadline sweep (module doc, "Deadlines"): a call ends
+    /// with `Timeout` at its own deadline even when it was queued after a
+    /// call with a later one (the reader re-arms earlier), the later call
+    /// keeps waiting and takes its answer, and a call without a deadline
+    /// is never expired.
+    #[tokio::test]
+    async fn each_call_times_out_at_its_own_deadline_and_no_earlier() {
+        let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+        let client_id = ca.issue_client("app").expect("client cert");
+        let config = quic_server_config(&ids[0]).expect("server config");
+        let server =
+            Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        let addr = server.local_addr().expect("addr");
+        let (answer_tx, answer_rx) = oneshot::channel::<()>();
+        let member = tokio::spawn(async move {
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("conn");
+            let (mut send, recv) = conn.accept_bi().await.expect("stream");
+            let mut frames = FrameReader::new(recv);
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                let body = frames
+                    .next(DEFAULT_MAX_FRAME_BYTES)
+                    .await
+                    .expect("a whole frame");
+                let (id, _) = postcard::take_from_bytes::<u64>(&body).expect("an id");
+                ids.push(id);
+            }
+            // Answers the first call (the late deadline) when told, and
+            // the one without a deadline.
+            let _ = answer_rx.await;
+            let mut buf = BytesMut::new();
+            for id in [ids[0], ids[2]] {
+                encode_frame_bytes(
+                    &(id, ClientResponse::Ok(vec![1])),
+                    DEFAULT_MAX_FRAME_BYTES,
+                    &mut buf,
+                )
+                .expect("encodes");
+            }
+            send.write_all(&buf).await.expect("answers written");
+            (ids, conn, send)
+        });
+        let conn = connect_client(addr, &client_id).await.expect("connect");
+        let (send, recv) = conn.open_bi().await.expect("stream");
+        let mux = Mux::start(send, FrameReader::new(recv));
+        let start = Instant::now();
+        let call = |deadline: Option<Instant>| {
+            let mux = mux.clone();
+            tokio::spawn(async move {
+                let mut sent = false;
+                let r = mux
+                    .call(&ClientRequest::Status, None, &mut sent, deadline)
+                    .await;
+                (r, start.elapsed())
+            })
+        };
+        let late = call(Some(start + Duration::from_secs(8)));
+        // Queued after the late one: its frame is the second.
+        tokio::task::yield_now().await;
+        let early = call(Some(start + Duration::from_millis(300)));
+        tokio::task::yield_now().await;
+        let never = call(None);
+        let (r, took) = tokio::time::timeout(DEADLINE, early)
+            .await
+            .expect("the early call ends")
+            .expect("task");
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(4),
+            "the early call ended after {took:?}, not at its own deadline (300 ms)"
+        );
+        assert!(
+            !late.is_finished(),
+            "the late call ended before its deadline"
+        );
+        assert!(!never.is_finished(), "the call without a deadline ended");
+        let _ = answer_tx.send(());
+        let (r, took) = tokio::time::timeout(DEADLINE, late)
+            .await
+            .expect("the late call ends")
+            .expect("task");
+        assert!(
+            matches!(r, Ok(ClientResponse::Ok(ref v)) if v == &[1]),
+            "{r:?} after {took:?}"
+        );
+        let (r, _) = tokio::time::timeout(DEADLINE, never)
+            .await
+            .expect("the call without a deadline ends")
+            .expect("task");
+        assert!(matches!(r, Ok(ClientResponse::Ok(_))), "{r:?}");
+        let (ids, _conn, _send) = member.await.expect("member");
+        assert_eq!(ids, vec![0, 1, 2]);
     }
 }

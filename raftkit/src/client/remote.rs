@@ -672,6 +672,51 @@ impl Client {
             })
     }
 
+    /// [`Client::once`] ending with [`Error::Timeout`] at `deadline`, as
+    /// under `tokio::time::timeout_at`. On a live request stream the
+    /// stream's own deadline sweep times the call (`mux`, "Deadlines": no
+    /// timer per call); dialling, and a stream per request, run under a
+    /// timer of their own.
+    async fn once_by(
+        &self,
+        addr: SocketAddr,
+        request: &ClientRequest,
+        sent: &mut bool,
+        deadline: Instant,
+    ) -> Result<ClientResponse, Error> {
+        if let Some((mux, conn)) = self.live_mux(addr) {
+            let consistency = self.consistency_of(request);
+            let r = mux
+                .call(request, self.meta(consistency), sent, Some(deadline))
+                .await;
+            return self.after_attempt(addr, &conn, r).await;
+        }
+        tokio::time::timeout_at(deadline, self.once(addr, request, sent))
+            .await
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    /// The member's live request stream and its open connection, under
+    /// the std lock alone: the connection table's async lock and its
+    /// second lookup are only for dialling (a write's client side paid
+    /// both on every call).
+    fn live_mux(&self, addr: SocketAddr) -> Option<(Arc<Mux>, Connection)> {
+        self.inner
+            .muxes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&addr).cloned())
+            .filter(|(m, c)| !m.is_closed() && c.close_reason().is_none())
+    }
+
+    /// The consistency a request travels with: the client's for a read.
+    fn consistency_of(&self, request: &ClientRequest) -> Consistency {
+        match request {
+            ClientRequest::Read { .. } => self.consistency,
+            _ => Consistency::default(),
+        }
+    }
+
     /// One attempt at `addr`; `sent` is set once the request may have left.
     async fn once(
         &self,
@@ -679,19 +724,9 @@ impl Client {
         request: &ClientRequest,
         sent: &mut bool,
     ) -> Result<ClientResponse, Error> {
-        // The member's live request stream and its open connection, under
-        // the std lock alone: the connection table's async lock and its
-        // second lookup are only for dialling (a write's client side paid
-        // both on every call). A closed stream or connection takes the
-        // path below, which dials afresh exactly as before.
-        let live = self
-            .inner
-            .muxes
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&addr).cloned())
-            .filter(|(m, c)| !m.is_closed() && c.close_reason().is_none());
-        let (conn, mux) = match live {
+        // A closed stream or connection takes the path below, which dials
+        // afresh exactly as before.
+        let (conn, mux) = match self.live_mux(addr) {
             Some((mux, conn)) => (conn, Some(mux)),
             None => {
                 let conn = match self.connection(addr).await {
@@ -711,13 +746,10 @@ impl Client {
                 (conn, mux)
             }
         };
-        let consistency = match request {
-            ClientRequest::Read { .. } => self.consistency,
-            _ => Consistency::default(),
-        };
+        let consistency = self.consistency_of(request);
         let attempt = async {
             if let Some(mux) = mux {
-                return mux.call(request, self.meta(consistency), sent).await;
+                return mux.call(request, self.meta(consistency), sent, None).await;
             }
             let (mut send, mut recv) = conn
                 .open_bi()
@@ -743,6 +775,18 @@ impl Client {
                 .map_err(|e| Error::Transport(e.to_string()))
         };
         let r = attempt.await;
+        self.after_attempt(addr, &conn, r).await
+    }
+
+    /// After an attempt on `conn` to `addr`: a transport error drops the
+    /// connection (if no concurrent call replaced it yet) and suspects the
+    /// member.
+    async fn after_attempt(
+        &self,
+        addr: SocketAddr,
+        conn: &Connection,
+        r: Result<ClientResponse, Error>,
+    ) -> Result<ClientResponse, Error> {
         if matches!(r, Err(Error::Transport(_))) {
             let mut conns = self.inner.conns.lock().await;
             // Only the connection this attempt used: a concurrent call may
@@ -925,9 +969,7 @@ impl Client {
             }
             let mut sent = false;
             debug!(member = %target, "sending the request");
-            let outcome = tokio::time::timeout(remaining, self.once(target, request, &mut sent))
-                .await
-                .unwrap_or(Err(Error::Timeout));
+            let outcome = self.once_by(target, request, &mut sent, deadline).await;
             let e = match outcome {
                 Ok(ClientResponse::Err(e)) => Error::from(e),
                 Ok(ok) => {
