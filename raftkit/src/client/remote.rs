@@ -1374,6 +1374,10 @@ impl Client {
         state: Option<&mut OnceState>,
     ) -> Result<Vec<u8>, Error> {
         let mut local = OnceState::default();
+        // The outcome is kept only for a `WriteOnce` handle's later calls:
+        // a plain write's own state ends with this call, so its outcome is
+        // not copied into it.
+        let keeps_outcome = state.is_some();
         let state = match state {
             Some(s) => {
                 match &s.command {
@@ -1463,21 +1467,29 @@ impl Client {
                     Err(e) => e.applied() != Applied::No,
                 };
             let out = r.and_then(Self::expect_ok);
-            match &out {
+            let applied = match &out {
+                Ok(_) => true,
+                Err(e) => e.applied() == Applied::Yes,
+            };
+            if applied {
                 // The write's one outcome: kept for every later call
                 // through a `WriteOnce` handle, which sends nothing more,
                 // and its sequence number acknowledged (a kept handle holds
                 // no room of the session's window, session rule 6).
-                Ok(_) => state.answer(out.clone()),
-                Err(e) if e.applied() == Applied::Yes => state.answer(out.clone()),
+                if keeps_outcome {
+                    state.answer(out.clone());
+                } else {
+                    state.unbind();
+                }
+            } else if !state.sent {
                 // No attempt of this write, in this call or an earlier one,
                 // can have been applied: nothing of it is at a member, so
                 // its number is released and a later call takes a new one.
-                Err(_) if !state.sent => state.unbind(),
-                // Its outcome is unknown: the number stays unacknowledged,
-                // so that a retry through the handle gets the stored reply.
-                Err(_) => {}
+                state.unbind();
             }
+            // Otherwise its outcome is unknown: the number stays
+            // unacknowledged, so that a retry through the handle gets the
+            // stored reply.
             return out;
         }
         Err(Error::SessionExpired(
