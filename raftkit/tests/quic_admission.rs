@@ -514,3 +514,88 @@ async fn strangers_at_a_members_ip_below_half_full_do_not_lock_it_out() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// A member configured by name (as most deployments are) gets the
+/// members' reserve: its address is known once its link resolved the name
+/// (`QuicTransport::set_peers` keeps a name unresolved until then). Here
+/// a knows b as `localhost:port`; strangers with a node certificate hold
+/// the six slots not kept for members (past TLS: never evicted); b's
+/// message still arrives, through a reserved slot.
+#[tokio::test]
+async fn a_member_configured_by_name_gets_the_reserve() {
+    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let timeout = Duration::from_secs(10);
+    let (a, a_addr, mut a_rx) = guarded(
+        "t@a",
+        ids[0].clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        8,
+        timeout,
+    )
+    .await;
+    // b opens no link back to a before it is configured (a learned link
+    // would be up before the strangers come, and carry b's message).
+    let (tx, mut b_rx) = mpsc::channel(1024);
+    let mut b_cfg = QuicConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        "t@b",
+        ids[1].clone(),
+        SCHEMA,
+    );
+    b_cfg.max_learned_links = 0;
+    let (b, b_listen) = QuicTransport::start(b_cfg, tx, None)
+        .await
+        .expect("start b");
+    let (a_id, b_id) = (node_id("t@a"), node_id("t@b"));
+    a.set_peers(BTreeMap::from([(
+        b_id,
+        format!("localhost:{}", b_listen.port()),
+    )]));
+    // a's link to b is up (it resolved the name on its way).
+    let to_b = Message {
+        from: a_id,
+        to: b_id,
+        term: 1,
+        body: Body::TimeoutNow,
+    };
+    a.send(to_b.clone());
+    match tokio::time::timeout(DEADLINE, b_rx.recv()).await {
+        Ok(Some(got)) => assert_eq!(got, to_b),
+        other => panic!("a's link to b at localhost did not come up: {other:?}"),
+    }
+    let started = Instant::now();
+    let stranger = ca.issue_node("t@x", &[]).expect("cert");
+    let mut held = Vec::new();
+    for i in [2u8, 2, 3, 3, 4, 4] {
+        held.push(
+            raw_connect_from(&stranger, Ipv4Addr::new(127, 0, 0, i), a_addr)
+                .await
+                .expect("a stranger's slot"),
+        );
+    }
+    assert_eq!(a.handshakes_in_progress(), 6);
+    b.set_peers(BTreeMap::from([(a_id, a_addr.to_string())]));
+    let hello = Message {
+        from: b_id,
+        to: a_id,
+        term: 1,
+        body: Body::TimeoutNow,
+    };
+    b.send(hello.clone());
+    let bound = Duration::from_secs(2);
+    match tokio::time::timeout(bound, a_rx.recv()).await {
+        Ok(Some(got)) => assert_eq!(got, hello),
+        Ok(None) => panic!("a's inbox closed"),
+        Err(_) => panic!(
+            "the member configured by name did not get in within {bound:?} while strangers held the 6 open slots ({} attempts refused)",
+            a.refused_handshakes()
+        ),
+    }
+    assert!(
+        started.elapsed() < timeout,
+        "too slow: the strangers' handshakes may have timed out"
+    );
+    drop(held);
+    b.shutdown().await;
+    a.shutdown().await;
+}
