@@ -515,6 +515,93 @@ async fn strangers_at_a_members_ip_below_half_full_do_not_lock_it_out() {
     a.shutdown().await;
 }
 
+/// A handshake a newcomer took the place of is dropped at once, not left
+/// to run until its TLS bound: otherwise every eviction adds a handshake
+/// beyond the cap (its task, TLS state and buffers), and strangers
+/// churning evictions hold as many as they like. Four strangers with a
+/// node certificate complete TLS and say nothing (never evicted: past
+/// TLS); two more stall in TLS from 127.0.0.2, sent a Retry (half the
+/// slots are taken) and so validated: the acceptor may send to them
+/// (before validation QUIC's anti-amplification limit may keep its close
+/// from the dialer). Once they are old enough (2 s, a fifth of the 10 s
+/// TLS bound of a 40 s handshake timeout), a newcomer from 127.0.0.5
+/// takes the oldest's place, and that dialer sees its connection closed
+/// long before the TLS bound.
+#[tokio::test]
+async fn an_evicted_handshake_is_dropped() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let timeout = Duration::from_secs(40);
+    let tls_bound = Duration::from_secs(10);
+    let (a, addr, _rx) = guarded(
+        "t@a",
+        ids[0].clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        8,
+        timeout,
+    )
+    .await;
+    let started = Instant::now();
+    let past_tls = ca.issue_node("t@x", &[]).expect("cert");
+    let mut held = Vec::new();
+    for i in [6u8, 6, 7, 7] {
+        held.push(
+            raw_connect_from(&past_tls, Ipv4Addr::new(127, 0, 0, i), addr)
+                .await
+                .expect("a stranger's slot"),
+        );
+    }
+    let stranger = ca.issue_client("stranger").expect("cert");
+    let stalled: Vec<_> = (0..2)
+        .map(|_| stall_in_tls(Ipv4Addr::new(127, 0, 0, 2), addr, &stranger, DEADLINE))
+        .collect();
+    wait_until("the stalled strangers took no 2 slots", DEADLINE, || {
+        a.handshakes_in_progress() == 6
+    })
+    .await;
+    assert!(
+        a.retried_handshakes() >= 2,
+        "the stalled ones were not validated"
+    );
+    // A time requirement, not synchronisation: the stalled handshakes
+    // must be old enough to be evicted (a fifth of the TLS bound).
+    tokio::time::sleep(tls_bound / 5 + Duration::from_millis(100)).await;
+    assert_eq!(a.evicted_handshakes(), 0);
+    let newcomer = stall_in_tls(Ipv4Addr::new(127, 0, 0, 5), addr, &stranger, DEADLINE);
+    wait_until("the newcomer evicted no handshake", DEADLINE, || {
+        a.evicted_handshakes() == 1
+    })
+    .await;
+    // The evicted dialer's connection ends before the TLS bound could
+    // have ended it (each slot was taken after `started`).
+    wait_until(
+        "no stalled dialer's connection ended before the TLS bound: the evicted handshake was not dropped",
+        (started + tls_bound).saturating_duration_since(Instant::now()),
+        || stalled.iter().any(|s| s.is_finished()),
+    )
+    .await;
+    assert!(
+        a.handshakes_in_progress() <= 6,
+        "{} handshakes",
+        a.handshakes_in_progress()
+    );
+    let mut ended = Vec::new();
+    let mut running = 0;
+    for s in stalled {
+        if s.is_finished() {
+            ended.push(s.await.expect("dialer task"));
+        } else {
+            running += 1;
+            s.abort();
+        }
+    }
+    assert_eq!((ended.len(), running), (1, 1), "ended: {ended:?}");
+    assert_ne!(ended[0], "stalled", "the evicted dialer stalled to its end");
+    assert!(started.elapsed() < tls_bound);
+    newcomer.abort();
+    drop(held);
+    a.shutdown().await;
+}
+
 /// A member configured by name (as most deployments are) gets the
 /// members' reserve: its address is known once its link resolved the name
 /// (`QuicTransport::set_peers` keeps a name unresolved until then). Here
