@@ -602,6 +602,64 @@ async fn an_evicted_handshake_is_dropped() {
     a.shutdown().await;
 }
 
+/// A handshake past TLS (a dialer with a certificate of the cluster CA,
+/// during its hello) is never evicted: `serve_incoming` no longer watches
+/// for an eviction once TLS is done, so a slot taken from it would let
+/// the connection go on without one, beyond the cap. Six strangers with a
+/// node certificate complete TLS and say nothing, holding the six slots
+/// not kept for members longer than the eviction age; a seventh from
+/// another address is refused, and nobody is evicted.
+#[tokio::test]
+async fn a_handshake_past_tls_is_never_evicted() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let timeout = Duration::from_secs(10);
+    let (a, a_addr, _rx) = guarded(
+        "t@a",
+        ids[0].clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        8,
+        timeout,
+    )
+    .await;
+    let stranger = ca.issue_node("t@x", &[]).expect("cert");
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for i in [2u8, 2, 3, 3, 4, 4] {
+        held.push(
+            raw_connect_from(&stranger, Ipv4Addr::new(127, 0, 0, i), a_addr)
+                .await
+                .expect("a stranger's slot"),
+        );
+    }
+    assert_eq!(a.handshakes_in_progress(), 6);
+    // A time requirement, not synchronisation: older than the eviction
+    // age (a fifth of the 2.5 s TLS bound), were they still in TLS.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let seventh = raw_connect_from(&stranger, Ipv4Addr::new(127, 0, 0, 5), a_addr).await;
+    match &seventh {
+        Err(e) if e.contains("refused") => {}
+        other => panic!(
+            "the seventh stranger was not refused: {:?} ({} evicted)",
+            other.as_ref().map(|_| "connected"),
+            a.evicted_handshakes()
+        ),
+    }
+    assert_eq!(
+        a.evicted_handshakes(),
+        0,
+        "a handshake past TLS was evicted"
+    );
+    for (conn, _) in &held {
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+    }
+    assert!(
+        started.elapsed() < timeout,
+        "too slow: the strangers' handshakes may have timed out"
+    );
+    drop(held);
+    a.shutdown().await;
+}
+
 /// A member configured by name (as most deployments are) gets the
 /// members' reserve: its address is known once its link resolved the name
 /// (`QuicTransport::set_peers` keeps a name unresolved until then). Here
