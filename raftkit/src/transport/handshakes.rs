@@ -846,6 +846,42 @@ mod tests {
             .expect_err("a member's handshake is never evicted");
     }
 
+    /// A member's handshakes are never evicted, even when they are the
+    /// oldest stalled in TLS at a source holding its full share (a member
+    /// slow in TLS, one lost flight costing about 1 s): the newcomer takes
+    /// the oldest stranger's place.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_members_handshake_is_never_evicted() {
+        const M: SocketAddr = at(9, 7000);
+        let h = Handshakes::new(8, Duration::from_secs(10));
+        h.set_members([(7, M.to_string())]);
+        let mut m1 = h.admit(M, true).expect("the member's first");
+        let mut m2 = h.admit(M, true).expect("the member's second");
+        let mut strangers: Vec<_> = [A, A, B, B]
+            .into_iter()
+            .map(|from| h.admit(from, true).expect("a stranger's slot"))
+            .collect();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let _c = h
+            .admit(C, true)
+            .expect("C takes a stalled stranger's place");
+        assert_eq!(h.evicted(), 1);
+        for (name, slot) in [("first", &mut m1), ("second", &mut m2)] {
+            let told = tokio::time::timeout(Duration::from_millis(1), slot.evicted()).await;
+            assert_eq!(
+                told.ok(),
+                None,
+                "the member's {name} handshake was evicted for a stranger"
+            );
+        }
+        let told = tokio::time::timeout(Duration::from_millis(1), strangers[0].evicted()).await;
+        assert_eq!(
+            told.ok(),
+            Some(1),
+            "the oldest stranger's (A's first) is told"
+        );
+    }
+
     #[test]
     fn there_is_at_least_one_slot() {
         let h = Handshakes::new(0, Duration::from_secs(1));
