@@ -882,6 +882,38 @@ mod tests {
         );
     }
 
+    /// The newcomer takes the place of the oldest eligible handshake (the
+    /// stranger stalled longest), not of a younger one: here A's, B's and
+    /// C's are all old enough, A's first the oldest.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_oldest_stalled_handshake_is_the_one_evicted() {
+        let h = Handshakes::new(8, Duration::from_secs(10));
+        let mut slots = Vec::new();
+        for from in [A, B, C] {
+            for _ in 0..2 {
+                slots.push(h.admit(from, true).expect("a stranger's slot"));
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        tokio::time::advance(Duration::from_millis(600)).await;
+        let _d = h.admit(D, true).expect("D takes a stalled slot");
+        assert_eq!(h.evicted(), 1);
+        let mut told = Vec::new();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if tokio::time::timeout(Duration::from_millis(1), slot.evicted())
+                .await
+                .is_ok()
+            {
+                told.push(i);
+            }
+        }
+        assert_eq!(
+            told,
+            [0],
+            "evicted (0: A's first, the oldest; 5: C's second, the youngest)"
+        );
+    }
+
     #[test]
     fn there_is_at_least_one_slot() {
         let h = Handshakes::new(0, Duration::from_secs(1));
