@@ -914,6 +914,28 @@ mod tests {
         );
     }
 
+    /// A handshake exactly a fifth of the TLS bound old (500 ms of 2.5 s)
+    /// may be evicted: the bound is "within a fifth of `tls_timeout`".
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_handshake_exactly_the_eviction_age_old_is_evicted() {
+        let h = Handshakes::new(8, Duration::from_secs(10));
+        let mut a1 = h.admit(A, true).expect("a1");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let rest: Vec<_> = [A, B, B, C, C]
+            .into_iter()
+            .map(|from| h.admit(from, true).expect("a stranger's slot"))
+            .collect();
+        tokio::time::advance(Duration::from_millis(400)).await;
+        // a1 is exactly 500 ms old, the others 400 ms.
+        let _d = h
+            .admit(D, true)
+            .expect("D takes the place of a1, exactly the eviction age old");
+        assert_eq!(h.evicted(), 1);
+        let told = tokio::time::timeout(Duration::from_millis(1), a1.evicted()).await;
+        assert_eq!(told.ok(), Some(1), "a1's handshake is told");
+        drop(rest);
+    }
+
     #[test]
     fn there_is_at_least_one_slot() {
         let h = Handshakes::new(0, Duration::from_secs(1));
