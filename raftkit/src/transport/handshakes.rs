@@ -936,6 +936,47 @@ mod tests {
         drop(rest);
     }
 
+    /// A node listening on a dual-stack socket (`[::]:port`) sees an IPv4
+    /// dialer at its IPv4-mapped IPv6 address: a member dialing from there
+    /// is the member (taken canonical), with the reserve; so is a member
+    /// configured at, or resolved to, a mapped address.
+    #[test]
+    fn a_member_dialing_a_dual_stack_listener_is_known() {
+        const M: SocketAddr = at(9, 7000);
+        const N: SocketAddr = at(10, 7000);
+        const R: SocketAddr = at(11, 7000);
+        let mapped = |a: SocketAddr| match a.ip() {
+            IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+            IpAddr::V6(_) => a,
+        };
+        let h = Handshakes::new(8, Duration::from_secs(10));
+        h.set_members([
+            (7, M.to_string()),
+            (8, mapped(N).to_string()),
+            (9, "r.example:7000".to_string()),
+        ]);
+        h.resolved(9, "r.example:7000", mapped(R));
+        let strangers: Vec<_> = [A, A, B, B, C, C]
+            .into_iter()
+            .map(|from| h.admit(from, true).expect("a stranger's slot"))
+            .collect();
+        assert!(
+            h.admit(D, true).is_err(),
+            "6 of 8 taken: the rest is the members'"
+        );
+        let _m = h
+            .admit(mapped(M), true)
+            .expect("the member at its mapped address takes a reserved slot");
+        let n = h
+            .admit(N, true)
+            .expect("a member configured at a mapped address, dialing from IPv4");
+        drop(n);
+        let _r = h
+            .admit(R, true)
+            .expect("a member resolved to a mapped address, dialing from IPv4");
+        drop(strangers);
+    }
+
     #[test]
     fn there_is_at_least_one_slot() {
         let h = Handshakes::new(0, Duration::from_secs(1));
