@@ -329,6 +329,32 @@ mod tests {
         assert_eq!(t1.elapsed(), Duration::from_millis(1000) + TIMEOUT);
     }
 
+    /// Three requests started at different times each time out at their
+    /// own deadline: a sweep re-arms at the earliest deadline left, not the
+    /// latest (with two requests the one left is both).
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn three_requests_each_time_out_at_their_own_deadline() {
+        const STEP: Duration = Duration::from_millis(100);
+        let t0 = Instant::now();
+        let mut stream = Stream::new();
+        let _a = stream.start(1, true);
+        tokio::time::advance(STEP).await;
+        let _b = stream.start(2, true);
+        tokio::time::advance(STEP).await;
+        let _c = stream.start(3, true);
+        assert!(stream.ready_answers().is_empty());
+        for (id, started) in [(1, Duration::ZERO), (2, STEP), (3, 2 * STEP)] {
+            assert_eq!(stream.next_answer().await, (id, timeout(), false));
+            assert_eq!(
+                t0.elapsed(),
+                started + TIMEOUT,
+                "request {id} answered Timeout at {:?}, its deadline {:?}",
+                t0.elapsed(),
+                started + TIMEOUT
+            );
+        }
+    }
+
     /// An answer that is ready when its request's deadline is reached is
     /// the answer, not `Timeout` (as under `tokio::time::timeout`, which
     /// polls the future before its timer): here the sweep runs before the
