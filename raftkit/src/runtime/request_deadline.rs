@@ -355,6 +355,28 @@ mod tests {
         }
     }
 
+    /// A sweep that leaves no timed request running disarms: the sweep is
+    /// then not due, although an untimed request still runs (a stream's
+    /// task would otherwise find it due on every turn of its loop, and
+    /// spin, sweeping nothing, for as long as that request runs).
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_sweep_with_nothing_timed_left_is_not_due() {
+        let mut stream = Stream::new();
+        let _timed = stream.start(1, true);
+        let _untimed = stream.start(2, false);
+        assert_eq!(stream.next_answer().await, (1, timeout(), false));
+        assert_eq!(stream.running.len(), 1, "the untimed request still runs");
+        assert!(!stream.sweep.armed, "armed with nothing timed running");
+        assert!(
+            stream.sweep.due().now_or_never().is_none(),
+            "due with nothing timed running"
+        );
+        // Later too: nothing arms it until a timed request starts.
+        tokio::time::advance(10 * TIMEOUT).await;
+        assert!(stream.sweep.due().now_or_never().is_none());
+        assert!(stream.ready_answers().is_empty());
+    }
+
     /// An answer that is ready when its request's deadline is reached is
     /// the answer, not `Timeout` (as under `tokio::time::timeout`, which
     /// polls the future before its timer): here the sweep runs before the
