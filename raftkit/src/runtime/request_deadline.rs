@@ -422,14 +422,16 @@ mod tests {
             }
         }
         let at = timed_out.expect("the stuck write answered Timeout");
-        assert!(
-            at >= TIMEOUT && at <= TIMEOUT + STEP,
+        // STEP divides TIMEOUT: a request starts exactly at the deadline,
+        // and sweeps then (a deadline reached is due), not one start later.
+        assert_eq!(
+            at, TIMEOUT,
             "answered Timeout at {at:?}, deadline {TIMEOUT:?}"
         );
-        // A timed request starting after the deadline sweeps too.
+        // A timed request starting at the deadline sweeps too.
         let t1 = Instant::now();
         let _write = stream.start(100, true);
-        tokio::time::advance(TIMEOUT + STEP).await;
+        tokio::time::advance(TIMEOUT).await;
         let _read = stream.start(101, true);
         let answers = stream.ready_answers();
         assert_eq!(answers, [(100, timeout(), false)], "at {:?}", t1.elapsed());
