@@ -95,3 +95,123 @@ async fn the_public_handle_answers_a_request_not_answered_in_time_timeout() {
     held.await.expect("the held write's task").expect("hold");
     peer.shutdown().await.expect("shutdown");
 }
+
+/// Never answers a request (a leader without a quorum, or one whose apply
+/// thread is held).
+#[derive(Clone)]
+struct Silent;
+
+impl super::client_service::Front for Silent {
+    fn state_machine(&self) -> &'static str {
+        "silent"
+    }
+    fn hello(
+        &self,
+        _: &crate::client::wire::ClientHello,
+        _: std::net::SocketAddr,
+    ) -> ClientResponse {
+        ClientResponse::Ok(Vec::new())
+    }
+    async fn handle(
+        &self,
+        _: &crate::tls::Principal,
+        _: ClientRequest,
+        _: Option<crate::client::wire::RequestMeta>,
+    ) -> ClientResponse {
+        std::future::pending().await
+    }
+    async fn watch(
+        &self,
+        _: [u8; 32],
+        _: Option<u64>,
+        _: Option<crate::client::wire::RequestMeta>,
+        _: quinn::SendStream,
+        _: usize,
+    ) {
+    }
+}
+
+/// A request on a stream of its own (a client of version 1, before
+/// multiplexed streams: a rolling upgrade's old clients) is answered
+/// `Timeout` once not answered within [`REQUEST_TIMEOUT`], as on a
+/// multiplexed stream: since the timeout left the handler (`handle`
+/// untimed for the streams), the stream's own timeout is all that bounds
+/// it, and the room it holds in the node's intake budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_stream_of_its_own_is_answered_timeout() {
+    use super::client_service::serve_front_with;
+    use super::intake::Intake;
+    use crate::client::wire::ClientHello;
+    use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, encode_frame, read_frame};
+    use crate::transport::quic::{
+        AcceptedClient, connect_client, peer_principal, quic_server_config,
+    };
+
+    let (ca, ids) = crate::tls::dev_cluster(["t@a"]).expect("certs");
+    let server = quinn::Endpoint::server(
+        quic_server_config(&ids[0]).expect("server config"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("endpoint");
+    let server_addr = server.local_addr().expect("addr");
+    let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(serve_front_with(
+        Silent,
+        conns_rx,
+        DEFAULT_MAX_FRAME_BYTES,
+        Intake::new(1 << 20, Duration::from_secs(1)),
+    ));
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let Ok(principal) = peer_principal(&conn) else {
+                continue;
+            };
+            if conns_tx
+                .send(AcceptedClient { conn, principal })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let client_id = ca.issue_client("app").expect("client cert");
+    let conn = connect_client(server_addr, &client_id)
+        .await
+        .expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("hello stream");
+    let hello = ClientHello {
+        version: 1,
+        schema: 0,
+        schema_desc: None,
+    };
+    let mut frame = Vec::new();
+    encode_frame(&hello, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+    send.write_all(&frame).await.expect("hello sent");
+    let answer: ClientResponse = read_frame(&mut recv, 1 << 20).await.expect("hello answer");
+    assert_eq!(answer, ClientResponse::Ok(Vec::new()), "version 1 accepted");
+
+    let (mut send, mut recv) = conn.open_bi().await.expect("a request's stream");
+    let read = ClientRequest::Read { query: vec![1] };
+    let mut frame = Vec::new();
+    encode_frame(&read, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+    let started = tokio::time::Instant::now();
+    send.write_all(&frame).await.expect("request sent");
+    send.finish().expect("finish");
+    let answered: ClientResponse = tokio::time::timeout(
+        REQUEST_TIMEOUT + Duration::from_secs(10),
+        read_frame(&mut recv, 1 << 20),
+    )
+    .await
+    .expect(
+        "a request on a stream of its own answered within the request timeout (it was not timed)",
+    )
+    .expect("an answer");
+    assert_eq!(answered, ClientResponse::Err(WireError::Timeout));
+    assert!(
+        started.elapsed() >= REQUEST_TIMEOUT,
+        "answered Timeout after {:?}",
+        started.elapsed()
+    );
+}
