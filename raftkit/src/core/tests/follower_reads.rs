@@ -4,7 +4,7 @@
 
 use super::harness::*;
 use crate::core::read_index::MAX_REMOTE_READS;
-use crate::core::{Body, DropReason, Message, NotLeader, ReadState};
+use crate::core::{Body, DropReason, Message, NotLeader, ReadState, Role};
 
 fn read_req(from: u64, to: u64, term: u64, ctx: u64) -> Message {
     msg(from, to, term, Body::ReadIndexRequest { ctx })
@@ -278,4 +278,40 @@ fn the_leaders_queue_of_follower_reads_is_bounded() {
     let out = step(&mut r, msg(3, 1, term, Body::HeartbeatResponse { round }));
     assert_eq!(answers(&out).len(), MAX_REMOTE_READS);
     assert_eq!(r.step_checked(read_req(3, 1, term, 0)), Ok(()));
+}
+
+/// A leader that steps down fails the followers' reads it held, and gives
+/// their room back: the count of followers' reads is reset with them, or
+/// each step-down under load would shrink the room for good, down to
+/// dropping every follower read whenever the node leads.
+#[test]
+fn a_step_down_gives_the_follower_reads_room_back() {
+    let mut r = node(1, &[1, 2, 3], 1, &[1]);
+    make_leader(&mut r); // the no-op is not committed: reads wait
+    let term = r.term();
+    for ctx in 0..MAX_REMOTE_READS as u64 {
+        assert_eq!(r.step_checked(read_req(2, 1, term, ctx)), Ok(()));
+    }
+    flush(&mut r);
+    // Node 3 leads a higher term: node 1 steps down and fails them.
+    let out = step(&mut r, heartbeat(3, 1, term + 1, 0));
+    assert_eq!(r.role(), Role::Follower);
+    let failed = answers(&out);
+    assert_eq!(failed.len(), MAX_REMOTE_READS);
+    assert!(
+        failed
+            .iter()
+            .all(|(to, _, index)| *to == 2 && index.is_none())
+    );
+    // Node 1 leads again: room for as many followers' reads as before.
+    make_leader(&mut r);
+    let term = r.term();
+    for ctx in 0..MAX_REMOTE_READS as u64 {
+        assert_eq!(
+            r.step_checked(read_req(2, 1, term, ctx)),
+            Ok(()),
+            "follower read {ctx} of {MAX_REMOTE_READS} after a step-down"
+        );
+    }
+    assert_eq!(r.dropped().get(DropReason::ReadQueueFull), 0);
 }
