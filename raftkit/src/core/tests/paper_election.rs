@@ -299,6 +299,42 @@ fn a_rejected_vote_request_does_not_restart_the_election_timeout() {
     panic!("node 1 never campaigned: every rejected vote request restarted its timeout");
 }
 
+/// Figure 2: granting a vote restarts the election timeout ("If election
+/// timeout elapses without receiving AppendEntries RPC from current leader
+/// or granting vote to candidate: convert to candidate"). The higher term
+/// of the request alone does not (see the test above), so the grant is
+/// the only restart here: a voter near its timeout that grants does not
+/// campaign before the winner's first heartbeat can reach it.
+#[test]
+fn a_granted_vote_restarts_the_election_timeout() {
+    let mut r = node_with(1, &[1, 2, 3], 1, &[1], |c| c.pre_vote = false);
+    for _ in 1..r.randomized_timeout {
+        r.tick();
+    }
+    assert_eq!(r.role(), Role::Follower, "no campaign before the timeout");
+    assert!(flush(&mut r).of_kind("RequestVote").is_empty());
+    let term = r.term() + 1;
+    let out = step(&mut r, vote_req(2, 1, term, (1, 1)));
+    assert!(
+        out.of_kind("RequestVoteResponse")
+            .iter()
+            .any(|m| matches!(m.body, Body::RequestVoteResponse { granted: true, .. })),
+        "node 2 is up to date: it gets the vote"
+    );
+    assert_eq!(r.term(), term);
+    // A full timeout less one tick after the grant: still waiting for
+    // the winner's heartbeat.
+    for n in 1..r.randomized_timeout {
+        r.tick();
+        let out = flush(&mut r);
+        assert!(
+            r.role() == Role::Follower && out.of_kind("RequestVote").is_empty(),
+            "node 1 campaigned {n} ticks after granting its vote (timeout {} ticks): the grant did not restart its election timeout",
+            r.randomized_timeout
+        );
+    }
+}
+
 /// §5.2: the three outcomes of one round of RequestVote: a candidate wins
 /// with votes from a majority, returns to follower once a majority refused,
 /// and otherwise remains a candidate.
