@@ -151,6 +151,49 @@ fn stall_in_tls(
     })
 }
 
+/// Node a (`guarded`: 8 handshake slots, `timeout`) at 127.0.0.1 and node
+/// b, its member-to-be, listening at `b_ip` (it dials nobody yet; no
+/// learned links if `learns` is false, so it opens none back to a dialer
+/// before it is configured), with the CA that issued their certificates.
+struct Pair {
+    ca: raftkit::tls::ClusterCa,
+    a: QuicTransport,
+    a_addr: SocketAddr,
+    a_rx: mpsc::Receiver<Message>,
+    b: QuicTransport,
+    b_addr: SocketAddr,
+    b_rx: mpsc::Receiver<Message>,
+}
+
+async fn pair(timeout: Duration, b_ip: Ipv4Addr, learns: bool) -> Pair {
+    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let (a, a_addr, a_rx) = guarded(
+        "t@a",
+        ids[0].clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        8,
+        timeout,
+    )
+    .await;
+    let (tx, b_rx) = mpsc::channel(1024);
+    let mut b_cfg = QuicConfig::new(SocketAddr::from((b_ip, 0)), "t@b", ids[1].clone(), SCHEMA);
+    if !learns {
+        b_cfg.max_learned_links = 0;
+    }
+    let (b, b_addr) = QuicTransport::start(b_cfg, tx, None)
+        .await
+        .expect("start b");
+    Pair {
+        ca,
+        a,
+        a_addr,
+        a_rx,
+        b,
+        b_addr,
+        b_rx,
+    }
+}
+
 /// Review of stop 50: the TLS phase of an inbound handshake had the whole
 /// `handshake_timeout` (10 s): a dialer that stalled in TLS (after a Retry
 /// or, as here with 1 of 8 slots taken, without one) held its slot 10 s,
@@ -207,31 +250,17 @@ async fn a_dialer_stalled_in_tls_holds_its_slot_for_the_tls_bound_only() {
 /// address (IP and port).
 #[tokio::test]
 async fn a_stranger_at_a_members_ip_does_not_take_the_members_reserve() {
-    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
     let timeout = Duration::from_secs(10);
-    let (a, a_addr, mut a_rx) = guarded(
-        "t@a",
-        ids[0].clone(),
-        "127.0.0.1:0".parse().expect("addr"),
-        8,
-        timeout,
-    )
-    .await;
-    // b, the member, runs at 127.0.0.6 (it dials nobody yet), and a
-    // knows it there.
-    let (tx, _b_rx) = mpsc::channel(1024);
-    let (b, b_listen) = QuicTransport::start(
-        QuicConfig::new(
-            "127.0.0.6:0".parse().expect("addr"),
-            "t@b",
-            ids[1].clone(),
-            SCHEMA,
-        ),
-        tx,
-        None,
-    )
-    .await
-    .expect("start b");
+    // b, the member, runs at 127.0.0.6, and a knows it there.
+    let Pair {
+        ca,
+        a,
+        a_addr,
+        mut a_rx,
+        b,
+        b_addr: b_listen,
+        ..
+    } = pair(timeout, Ipv4Addr::new(127, 0, 0, 6), true).await;
     let b_id = node_id("t@b");
     a.set_peers(BTreeMap::from([(b_id, b_listen.to_string())]));
     let started = Instant::now();
@@ -445,31 +474,18 @@ async fn a_client_gets_in_while_strangers_stall_in_tls() {
 /// takes a member's slot.
 #[tokio::test]
 async fn strangers_at_a_members_ip_below_half_full_do_not_lock_it_out() {
-    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
     // A TLS bound (10 s) past the test: the strangers keep their slots.
     let timeout = Duration::from_secs(40);
-    let (a, a_addr, mut a_rx) = guarded(
-        "t@a",
-        ids[0].clone(),
-        "127.0.0.1:0".parse().expect("addr"),
-        8,
-        timeout,
-    )
-    .await;
-    // b, the member, runs at 127.0.0.6 (it dials nobody yet).
-    let (tx, _b_rx) = mpsc::channel(1024);
-    let (b, b_addr) = QuicTransport::start(
-        QuicConfig::new(
-            "127.0.0.6:0".parse().expect("addr"),
-            "t@b",
-            ids[1].clone(),
-            SCHEMA,
-        ),
-        tx,
-        None,
-    )
-    .await
-    .expect("start b");
+    // b, the member, runs at 127.0.0.6.
+    let Pair {
+        ca,
+        a,
+        a_addr,
+        mut a_rx,
+        b,
+        b_addr,
+        ..
+    } = pair(timeout, Ipv4Addr::new(127, 0, 0, 6), true).await;
     let b_id = node_id("t@b");
     a.set_peers(BTreeMap::from([(b_id, b_addr.to_string())]));
     // Two strangers at b's IP, other ports, stall in TLS: 2 of 8 slots
@@ -668,29 +684,18 @@ async fn a_handshake_past_tls_is_never_evicted() {
 /// message still arrives, through a reserved slot.
 #[tokio::test]
 async fn a_member_configured_by_name_gets_the_reserve() {
-    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
     let timeout = Duration::from_secs(10);
-    let (a, a_addr, mut a_rx) = guarded(
-        "t@a",
-        ids[0].clone(),
-        "127.0.0.1:0".parse().expect("addr"),
-        8,
-        timeout,
-    )
-    .await;
     // b opens no link back to a before it is configured (a learned link
     // would be up before the strangers come, and carry b's message).
-    let (tx, mut b_rx) = mpsc::channel(1024);
-    let mut b_cfg = QuicConfig::new(
-        "127.0.0.1:0".parse().expect("addr"),
-        "t@b",
-        ids[1].clone(),
-        SCHEMA,
-    );
-    b_cfg.max_learned_links = 0;
-    let (b, b_listen) = QuicTransport::start(b_cfg, tx, None)
-        .await
-        .expect("start b");
+    let Pair {
+        ca,
+        a,
+        a_addr,
+        mut a_rx,
+        b,
+        b_addr: b_listen,
+        mut b_rx,
+    } = pair(timeout, Ipv4Addr::LOCALHOST, false).await;
     let (a_id, b_id) = (node_id("t@a"), node_id("t@b"));
     a.set_peers(BTreeMap::from([(
         b_id,
