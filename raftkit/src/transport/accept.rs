@@ -49,7 +49,7 @@ use super::frame::{FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, w
 use super::frame_reader::FrameReader;
 use super::handshakes::{Denied, HandshakeSlot, Handshakes};
 use super::hello_detail::{MAX_DETAIL_BYTES, read_hello, wants_detail, with_detail};
-use super::inbox_bytes::InboxTx;
+use super::inbox_bytes::{InboxTx, read_charged};
 use super::peer_limits::PeerPlaces;
 use super::quic::{
     CLOSE_NO_SERVICE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_TOO_MANY_CONNECTIONS,
@@ -669,12 +669,19 @@ async fn serve_link(
     let _ = served.learned.try_send((from, addr.clone()));
     let mut wrong_from: u64 = 0;
     let mut unknown: u64 = 0;
+    // The node's inbox budget (a single-group node's inbox, or a
+    // multi-group node's groups): every frame is charged before it is
+    // decoded, so a link waiting for the budget holds no decoded message
+    // (`inbox_bytes::read_charged`).
+    let budget = served
+        .inbox
+        .budget()
+        .or_else(|| link.group_inbox.as_ref().and_then(|g| g.budget()))
+        .cloned();
     loop {
-        // The body's size is what its message is charged to the node's
-        // inbox budget (`inbox_bytes`).
-        let (frame, body_len) = match frames.next(max).await {
-            Ok(body) => (decode_peer_frame(&body), body.len()),
-            Err(e) => (Err(e), 0),
+        let (frame, charge) = match read_charged(&mut frames, max, budget.as_deref()).await {
+            Ok((body, charge)) => (decode_peer_frame(&body), charge),
+            Err(e) => (Err(e), None),
         };
         match frame {
             Ok(PeerFrame::Msg(msg)) => {
@@ -698,7 +705,7 @@ async fn serve_link(
                 // Waits for room in the budget and the inbox: meanwhile
                 // this link reads nothing, and QUIC flow control stops
                 // its dialer.
-                if served.inbox.send(msg, body_len).await.is_err() {
+                if served.inbox.send(msg, charge).await.is_err() {
                     debug!(node = link.node, "inbox closed; dropping the link");
                     conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
                     return;
@@ -716,7 +723,7 @@ async fn serve_link(
                 let Some(groups) = &link.group_inbox else {
                     continue;
                 };
-                if groups.send_msg(group, msg, body_len).await.is_err() {
+                if groups.send_msg(group, msg, charge).await.is_err() {
                     debug!(node = link.node, "group inbox closed; dropping the link");
                     conn.close(VarInt::from_u32(CLOSE_NORMAL), b"node stopping");
                     return;

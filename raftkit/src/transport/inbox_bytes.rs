@@ -12,7 +12,7 @@
 //!   started by the runtime: a peer, or a multi-group node for all its
 //!   groups), of [`INBOX_FRAMES`] (4) times the frame cap by default, 64
 //!   MiB, shared by all the links of all its peers;
-//! - every message a link reads is charged what it takes ([`charge_of`]:
+//! - every message a link reads is charged what it takes (`charge_of`:
 //!   its frame's body, [`MESSAGE_OVERHEAD`] and an [`Entry`] per entry it
 //!   decoded into) before it is handed on, and
 //!   the charge ([`InboxCharge`]) travels with the message through the
@@ -27,6 +27,21 @@
 //!   want of bytes (a multi-group node's per-group share excepted, below);
 //! - a charge is at most the budget: one message of the largest size
 //!   always fits (it waits for the others to be taken);
+//! - a link charges a frame before it decodes it ([`read_charged`]): a
+//!   large one from its length prefix, before its body is taken from the
+//!   reader (its entries added once the body is read, before decoding); a
+//!   small one ([`SMALL_CHARGE`]) once read. A waiting link holds no
+//!   decoded message, and at most a small frame's bytes uncharged;
+//! - small messages (votes, heartbeats, responses: Raft's liveness,
+//!   §5.2) never wait behind a large one: the budget's semaphore is fair
+//!   (FIFO), so a large message waiting for its bytes holds every later
+//!   request up. A small message takes the budget's bytes if it has them
+//!   now, and otherwise waits for a reserve of its own (an eighth of the
+//!   budget more, [`InboxBytes::charge_bytes`]), where no large message
+//!   waits. Chosen over a non-FIFO budget, under which a stream of small
+//!   messages could starve a large one for ever: large messages still
+//!   get the whole budget in turn. A node holds at most the budget and
+//!   its reserve;
 //! - a multi-group node's demultiplexer never waits for one group
 //!   (`multi::links`): a group's messages waiting in its inbox may hold at
 //!   most half the budget ([`InboxBytes::group_share`]); one more is
@@ -49,7 +64,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::quic::GroupInbound;
-use crate::core::{Body, Entry, Message};
+use crate::core::{Entry, Message};
 
 /// The default inbox budget, in frames of the node's frame cap: a few of
 /// the largest messages, so that one always fits and a burst of them
@@ -64,18 +79,32 @@ pub(crate) const MESSAGE_OVERHEAD: usize = 256;
 /// The most bytes one charge may be (tokio's semaphore counts in `u32`).
 const MAX_BUDGET: usize = u32::MAX as usize;
 
+/// The largest charge of a small message (a vote, a heartbeat, a
+/// response, an AppendEntries of a few entries): one that may take the
+/// reserve ([`InboxBytes::charge_frame`]).
+pub(crate) const SMALL_CHARGE: usize = 4 * 1024;
+
+/// The reserve for small messages, in parts of the budget: an eighth
+/// (8 MiB of the default 64 MiB), at least [`SMALL_CHARGE`] times 8.
+const RESERVE_PARTS: usize = 8;
+
 /// A node's inbox budget (module doc).
 #[derive(Debug)]
 pub(crate) struct InboxBytes {
     bytes: Arc<Semaphore>,
     limit: usize,
+    /// The reserve of small messages (module doc, "Small messages").
+    small: Arc<Semaphore>,
+    #[cfg(test)]
+    small_limit: usize,
 }
 
 /// Bytes of an [`InboxBytes`] held by one message; given back when dropped.
 #[derive(Debug)]
 pub(crate) struct InboxCharge {
-    /// None only if the semaphore were closed (it never is).
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Of the budget or its small reserve (none only if a semaphore were
+    /// closed: they never are).
+    _permits: Vec<OwnedSemaphorePermit>,
     bytes: usize,
     /// The group whose inbox holds the message (a multi-group node):
     /// lowered by `bytes` when dropped.
@@ -100,9 +129,10 @@ pub(crate) fn charge_for(body: usize) -> usize {
 /// into when decoded (a 3-byte no-op takes ~120 bytes, `append_decode`):
 /// charged by the body alone, a frame of tiny entries held ~40 times its
 /// charge (found by review, stop 49).
+#[cfg(test)]
 pub(crate) fn charge_of(msg: &Message, body: usize) -> usize {
     let entries = match &msg.body {
-        Body::AppendEntries { entries, .. } => entries.len(),
+        crate::core::Body::AppendEntries { entries, .. } => entries.len(),
         _ => 0,
     };
     charge_for(body).saturating_add(entries.saturating_mul(std::mem::size_of::<Entry>()))
@@ -122,22 +152,29 @@ impl InboxBytes {
     /// `max_frame_bytes`.
     pub(crate) fn new(limit: usize, max_frame_bytes: usize) -> Arc<InboxBytes> {
         let limit = limit.max(charge_for(max_frame_bytes)).clamp(1, MAX_BUDGET);
+        let small_limit = (limit / RESERVE_PARTS).max(SMALL_CHARGE * 8);
         Arc::new(InboxBytes {
             bytes: Arc::new(Semaphore::new(limit)),
             limit,
+            small: Arc::new(Semaphore::new(small_limit)),
+            #[cfg(test)]
+            small_limit,
         })
     }
 
-    /// The budget, in bytes.
+    /// The budget, in bytes (its small reserve aside).
     #[cfg(test)]
     pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
-    /// The bytes charged now.
+    /// The bytes charged now (the budget's and its small reserve's).
     #[cfg(test)]
     pub(crate) fn held(&self) -> usize {
         self.limit.saturating_sub(self.bytes.available_permits())
+            + self
+                .small_limit
+                .saturating_sub(self.small.available_permits())
     }
 
     /// The most bytes one group's waiting messages may hold (module doc).
@@ -145,20 +182,60 @@ impl InboxBytes {
         self.limit / 2
     }
 
-    /// Charges `msg`, decoded from `body` bytes ([`charge_of`]), once the
+    /// Charges `msg`, decoded from `body` bytes (`charge_of`), once the
     /// budget has them (at most the whole budget: the largest message fits
     /// once the others are taken). Waits in turn with the other links (the
     /// semaphore is fair).
+    #[cfg(test)]
     pub(crate) async fn charge(&self, msg: &Message, body: usize) -> InboxCharge {
         let bytes = charge_of(msg, body).min(self.limit);
+        let mut charge = InboxCharge::none();
+        self.add_to(&mut charge, bytes).await;
+        charge
+    }
+
+    /// Charges a message of `bytes` (`charge_of`, or what its frame's
+    /// header says before its body is read) once the budget has them
+    /// (module doc, "Small messages"): a small one ([`SMALL_CHARGE`] at
+    /// most) takes the budget's bytes if it has them now and otherwise
+    /// waits for its reserve's, so it never waits behind a large one; a
+    /// larger one waits for the budget's, in turn (the semaphore is fair,
+    /// so the largest message still gets the whole budget once the others
+    /// are taken).
+    pub(crate) async fn charge_bytes(&self, bytes: usize) -> InboxCharge {
+        let bytes = bytes.min(self.limit);
+        let mut charge = InboxCharge::none();
+        if bytes <= SMALL_CHARGE {
+            let n = u32::try_from(bytes).unwrap_or(u32::MAX);
+            let permit = match Arc::clone(&self.bytes).try_acquire_many_owned(n) {
+                Ok(permit) => Some(permit),
+                // The semaphore is never closed, so this always holds one.
+                Err(_) => Arc::clone(&self.small).acquire_many_owned(n).await.ok(),
+            };
+            charge._permits.extend(permit);
+            charge.bytes = bytes;
+        } else {
+            self.add_to(&mut charge, bytes).await;
+        }
+        charge
+    }
+
+    /// Adds `bytes` of the budget to `charge` (up to the budget in all),
+    /// waiting for them in turn: what a message's entries take decoded,
+    /// known once its body is read.
+    pub(crate) async fn add_to(&self, charge: &mut InboxCharge, bytes: usize) {
+        let bytes = bytes.min(self.limit.saturating_sub(charge.bytes));
+        if bytes == 0 {
+            return;
+        }
         let n = u32::try_from(bytes).unwrap_or(u32::MAX);
         // The semaphore is never closed, so this always holds a permit.
         let permit = Arc::clone(&self.bytes).acquire_many_owned(n).await.ok();
-        InboxCharge {
-            _permit: permit,
-            bytes,
-            group: None,
+        charge._permits.extend(permit);
+        if let Some(group) = &charge.group {
+            group.fetch_add(bytes, Ordering::Relaxed);
         }
+        charge.bytes += bytes;
     }
 }
 
@@ -167,7 +244,7 @@ impl InboxCharge {
     /// one a node hands itself) in a charged inbox.
     pub(crate) fn none() -> InboxCharge {
         InboxCharge {
-            _permit: None,
+            _permits: Vec::new(),
             bytes: 0,
             group: None,
         }
@@ -206,17 +283,68 @@ pub(crate) enum InboxTx {
 }
 
 impl InboxTx {
-    /// Hands `msg` (whose frame body was `body` bytes) on, once the budget
-    /// and the channel have room. `Err` if the receiver is gone.
-    pub(crate) async fn send(&self, msg: Message, body: usize) -> Result<(), ()> {
+    /// The budget its messages are charged to, if any.
+    pub(crate) fn budget(&self) -> Option<&Arc<InboxBytes>> {
+        match self {
+            InboxTx::Plain(_) => None,
+            InboxTx::Charged(_, budget) => Some(budget),
+        }
+    }
+
+    /// Hands `msg` on with its `charge` (taken by the link before it read
+    /// the message, [`read_charged`]; none for a plain channel), once the
+    /// channel has room. `Err` if the receiver is gone.
+    pub(crate) async fn send(&self, msg: Message, charge: Option<InboxCharge>) -> Result<(), ()> {
         match self {
             InboxTx::Plain(tx) => tx.send(msg).await.map_err(|_| ()),
-            InboxTx::Charged(tx, budget) => {
-                let charge = budget.charge(&msg, body).await;
+            InboxTx::Charged(tx, _) => {
+                let charge = charge.unwrap_or_else(InboxCharge::none);
                 tx.send((msg, charge)).await.map_err(|_| ())
             }
         }
     }
+}
+
+/// Reads the next frame's body from `frames` (at most `max` bytes) with
+/// its charge to `budget` (none without one), charged before the frame is
+/// decoded, so that a link waiting for the budget holds no decoded
+/// message (found by review, stop 50: a waiting link held its decoded
+/// message and its frame outside the budget, up to ~2 frames per
+/// connection):
+///
+/// - a frame whose body and overhead are more than [`SMALL_CHARGE`] is
+///   charged those from its length prefix, before its body is taken from
+///   the reader; once read, the [`Entry`]s it claims (`charge_of`) are
+///   added, before it is decoded;
+/// - a small frame is read first (a waiting link holds at most
+///   [`SMALL_CHARGE`] bytes of it) and charged all it takes at once, from
+///   the reserve when the budget has no room now.
+pub(crate) async fn read_charged(
+    frames: &mut super::frame_reader::FrameReader,
+    max: usize,
+    budget: Option<&InboxBytes>,
+) -> Result<(bytes::Bytes, Option<InboxCharge>), super::frame::FrameError> {
+    let Some(budget) = budget else {
+        return Ok((frames.next(max).await?, None));
+    };
+    let len = frames.next_len(max).await?;
+    let entries = |body: &[u8]| {
+        let claimed = super::append_decode::claimed_entries(body).unwrap_or(0);
+        let n = usize::try_from(claimed.min(crate::core::MAX_ENTRIES_PER_APPEND as u64))
+            .unwrap_or(usize::MAX);
+        n.saturating_mul(std::mem::size_of::<Entry>())
+    };
+    if charge_for(len) <= SMALL_CHARGE {
+        let body = frames.next(max).await?;
+        let charge = budget
+            .charge_bytes(charge_for(body.len()).saturating_add(entries(&body)))
+            .await;
+        return Ok((body, Some(charge)));
+    }
+    let mut charge = budget.charge_bytes(charge_for(len)).await;
+    let body = frames.next(max).await?;
+    budget.add_to(&mut charge, entries(&body)).await;
+    Ok((body, Some(charge)))
 }
 
 /// Where a link hands a multi-group node's inbound items.
@@ -230,18 +358,30 @@ pub(crate) enum GroupTx {
 }
 
 impl GroupTx {
-    /// Hands a group's `msg` (whose frame body was `body` bytes) on, once
-    /// the budget and the channel have room. `Err` if the receiver is
-    /// gone.
-    pub(crate) async fn send_msg(&self, group: u64, msg: Message, body: usize) -> Result<(), ()> {
+    /// The budget its group messages are charged to, if any.
+    pub(crate) fn budget(&self) -> Option<&Arc<InboxBytes>> {
+        match self {
+            GroupTx::Plain(_) => None,
+            GroupTx::Charged(_, budget) => Some(budget),
+        }
+    }
+
+    /// Hands a group's `msg` on with its `charge` ([`read_charged`]),
+    /// once the channel has room. `Err` if the receiver is gone.
+    pub(crate) async fn send_msg(
+        &self,
+        group: u64,
+        msg: Message,
+        charge: Option<InboxCharge>,
+    ) -> Result<(), ()> {
         match self {
             GroupTx::Plain(tx) => tx
                 .send(GroupInbound::Msg { group, msg })
                 .await
                 .map_err(|_| ()),
-            GroupTx::Charged(tx, budget) => {
-                let charge = budget.charge(&msg, body).await;
+            GroupTx::Charged(tx, _) => {
                 let item = GroupInbound::Msg { group, msg };
+                let charge = charge.unwrap_or_else(InboxCharge::none);
                 tx.send((item, Some(charge))).await.map_err(|_| ())
             }
         }

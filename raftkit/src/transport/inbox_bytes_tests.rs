@@ -248,3 +248,166 @@ fn a_frame_of_tiny_entries_is_charged_what_its_entries_take_decoded() {
     };
     assert_eq!(super::charge_of(&vote, 40), super::charge_for(40));
 }
+
+/// Found by review, stop 50: the budget's semaphore is fair (FIFO), so a
+/// link waiting to charge one large message held up every smaller one
+/// behind it, whatever its link: one peer flooding large AppendEntries at
+/// a node whose node task is slow stopped the other peers' votes and
+/// heartbeats too (Raft liveness: the others' elections and leases, §5.2,
+/// §6.4 of the thesis). Small messages now take the budget's bytes if it
+/// has them and otherwise its reserve's: another peer's heartbeats arrive
+/// while the flooder waits, and the flood still arrives whole, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_does_not_hold_up_another_peers_small_messages() {
+    const FLOOD: u64 = 32;
+    const BEATS: u64 = 16;
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let (flooder, other) = ("t@f", "t@o");
+    let flooder_cert = ca.issue_node(flooder, &[]).expect("cert");
+    let other_cert = ca.issue_node(other, &[]).expect("cert");
+    let (t, addr, mut inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let (mut flood, _fc, _fe) = hostile_link(&flooder_cert, flooder, addr).await;
+    let (mut beats, _oc, _oe) = hostile_link(&other_cert, other, addr).await;
+    let to = node_id("t@a");
+    let from = node_id(flooder);
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        for index in 1..=FLOOD {
+            buf.clear();
+            let msg = PeerFrame::Msg(big_append(from, to, index));
+            encode_frame(&msg, FRAME, &mut buf).expect("encode");
+            if flood.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    // The node task takes nothing: the flood spends the budget, and the
+    // flooder's link waits for the rest of it (holding what was left).
+    let limit = budget.limit();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while budget.held() < limit {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flood never spent the budget: {} of {limit} bytes charged, {} waiting",
+            budget.held(),
+            inbox.len()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let flooded = inbox.len();
+    // The other peer's heartbeats.
+    let mut buf = Vec::new();
+    for round in 1..=BEATS {
+        let msg = Message {
+            from: node_id(other),
+            to,
+            term: 1,
+            body: Body::Heartbeat { commit: 0, round },
+        };
+        encode_frame(&PeerFrame::Msg(msg), FRAME, &mut buf).expect("encode");
+    }
+    beats.write_all(&buf).await.expect("heartbeats sent");
+    let bound = Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + bound;
+    while inbox.len() < flooded + BEATS as usize {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "another peer's {BEATS} heartbeats did not arrive within {bound:?} behind a flood \
+             waiting for the budget: {} of them in the inbox ({} bytes of {limit} charged)",
+            inbox.len() - flooded,
+            budget.held()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Then the node task takes everything: the flood whole and in order.
+    let (mut appends, mut heartbeats) = (0u64, 0u64);
+    while appends < FLOOD || heartbeats < BEATS {
+        let (msg, _charge) = tokio::time::timeout(DEADLINE, inbox.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{appends} appends, {heartbeats} heartbeats arrived"))
+            .expect("inbox open");
+        match msg.body {
+            Body::AppendEntries { entries, .. } => {
+                appends += 1;
+                assert_eq!(entries.first().map(|e| e.index), Some(appends), "in order");
+            }
+            Body::Heartbeat { .. } => heartbeats += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(budget.held(), 0, "every charge is back");
+    writer.abort();
+    t.shutdown().await;
+}
+
+/// Found by review, stop 50: a link decoded each frame before it waited
+/// for the budget, so a waiting link held its decoded message (and its
+/// frame) outside the budget, up to about two frames per connection and
+/// up to 1,024 connections. A large frame is now charged from its length
+/// prefix before its body is taken and decoded: while the budget is
+/// spent, a second link's large frame is not decoded (here: its body does
+/// not decode, and its connection stays open), and once the node task
+/// takes the flood it is (the connection is closed for its bad frame).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_waiting_for_the_budget_has_not_decoded_its_frame() {
+    const FLOOD: u64 = 8;
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let (flooder, other) = ("t@f", "t@o");
+    let flooder_cert = ca.issue_node(flooder, &[]).expect("cert");
+    let other_cert = ca.issue_node(other, &[]).expect("cert");
+    let (t, addr, mut inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let (mut flood, _fc, _fe) = hostile_link(&flooder_cert, flooder, addr).await;
+    let (mut bad, bad_conn, _oe) = hostile_link(&other_cert, other, addr).await;
+    let (from, to) = (node_id(flooder), node_id("t@a"));
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        for index in 1..=FLOOD {
+            let msg = PeerFrame::Msg(big_append(from, to, index));
+            encode_frame(&msg, FRAME, &mut buf).expect("encode");
+        }
+        let _ = flood.write_all(&buf).await;
+        std::future::pending::<()>().await;
+    });
+    let limit = budget.limit();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while budget.held() < limit {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flood never spent the budget"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // A large frame (a `Msg`'s tag, then bytes that do not decode).
+    let mut body = vec![0xffu8; PAYLOAD];
+    body[0] = 3;
+    let mut frame = u32::try_from(body.len())
+        .expect("a u32 length")
+        .to_be_bytes()
+        .to_vec();
+    frame.extend_from_slice(&body);
+    bad.write_all(&frame).await.expect("the frame sent");
+    // While the budget stays spent, the frame waits undecoded.
+    let window = Duration::from_millis(500);
+    assert!(
+        tokio::time::timeout(window, bad_conn.closed())
+            .await
+            .is_err(),
+        "a link waiting for the budget decoded its frame: its connection was closed for the \
+         bad frame while the budget was spent ({} of {limit} bytes charged)",
+        budget.held()
+    );
+    // The node task takes the flood: the frame is charged, decoded, and
+    // refused.
+    for _ in 1..=FLOOD {
+        let _ = tokio::time::timeout(DEADLINE, inbox.recv())
+            .await
+            .expect("the flood arrives")
+            .expect("inbox open");
+    }
+    tokio::time::timeout(DEADLINE, bad_conn.closed())
+        .await
+        .expect("the bad frame is read once the budget has room");
+    writer.abort();
+    t.shutdown().await;
+}
