@@ -198,6 +198,17 @@ impl FrameBuffer {
         Ok(Some(body_len))
     }
 
+    /// The first `n` bytes of the next frame's body (all of it if
+    /// shorter) once they are here (`Ok(None)` before), as
+    /// [`Self::peek_len`]; nothing is consumed: what a caller reads of a
+    /// frame's header before it takes the frame ([`FrameReader::next_head`]).
+    pub(crate) fn peek_head(&self, max: usize, n: usize) -> Result<Option<Vec<u8>>, FrameError> {
+        let Some(body_len) = self.peek_len(max)? else {
+            return Ok(None);
+        };
+        Ok(self.peek_at(PREFIX, body_len.min(n)))
+    }
+
     /// Discards the next frame once its first [`HEAD`] body bytes (or its
     /// whole body, if shorter) are here, returning them (`Ok(None)`
     /// before, nothing consumed); the rest of its body is dropped now and
@@ -236,6 +247,30 @@ impl FrameBuffer {
             }
         }
         None
+    }
+
+    /// A copy of the `n` buffered bytes from `offset`, if they are here.
+    fn peek_at(&self, offset: usize, n: usize) -> Option<Vec<u8>> {
+        if self.len < offset.saturating_add(n) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut skip = offset;
+        let pieces = self.chunks.iter().map(|c| &c[..]);
+        for chunk in std::iter::once(&self.copied[..]).chain(pieces) {
+            if out.len() == n {
+                break;
+            }
+            if skip >= chunk.len() {
+                skip -= chunk.len();
+                continue;
+            }
+            let rest = chunk.get(skip..).unwrap_or_default();
+            skip = 0;
+            let k = (n - out.len()).min(rest.len());
+            out.extend_from_slice(rest.get(..k).unwrap_or_default());
+        }
+        (out.len() == n).then_some(out)
     }
 
     /// Drops the first `n` buffered bytes (`n <= self.len`).
@@ -359,6 +394,18 @@ impl FrameReader {
         }
     }
 
+    /// The first `n` bytes of the next frame's body (all of it if
+    /// shorter), once they are here; the frame stays in the reader
+    /// ([`Self::next`] takes it). Cancel-safe.
+    pub(crate) async fn next_head(&mut self, max: usize, n: usize) -> Result<Vec<u8>, FrameError> {
+        loop {
+            if let Some(head) = self.buf.peek_head(max, n)? {
+                return Ok(head);
+            }
+            self.read_more(max).await?;
+        }
+    }
+
     /// Discards the next frame (module doc, invariant 5) and returns the
     /// first [`HEAD`] bytes of its body. Cancel-safe.
     pub(crate) async fn skip_frame(&mut self, max: usize) -> Result<Vec<u8>, FrameError> {
@@ -451,6 +498,41 @@ mod tests {
             let (bodies, wire) = frames(&mut rng, 40);
             let got = read_cut(&mut rng, &wire, 1 << 20).expect("frames");
             assert_eq!(got, bodies, "seed {seed}");
+        }
+    }
+
+    /// `peek_head` (what a link reads of a frame's header to charge it
+    /// before taking it, `inbox_bytes::read_charged`) sees the first bytes
+    /// of the next body, whatever the cuts (small ones: past
+    /// [`MAX_CHUNKS`], the buffer copies), and consumes nothing.
+    #[test]
+    fn a_frames_head_is_peeked_whatever_the_cuts() {
+        for seed in 0..300 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (bodies, wire) = frames(&mut rng, 20);
+            let n = rng.random_range(0..120);
+            let wire = Bytes::from(wire);
+            let mut buf = FrameBuffer::default();
+            let mut next = 0;
+            let mut at = 0;
+            while at < wire.len() {
+                let k = rng.random_range(1..=(wire.len() - at).min(40));
+                buf.push(wire.slice(at..at + k), 1 << 20);
+                at += k;
+                while let Some(body) = bodies.get(next) {
+                    let want = &body[..body.len().min(n)];
+                    match buf.peek_head(1 << 20, n).expect("ok") {
+                        Some(head) => assert_eq!(head, want, "seed {seed} frame {next}"),
+                        None => break,
+                    }
+                    match buf.take_frame(1 << 20).expect("ok") {
+                        Some(got) => assert_eq!(&got[..], &body[..], "seed {seed} frame {next}"),
+                        None => break,
+                    }
+                    next += 1;
+                }
+            }
+            assert_eq!(next, bodies.len(), "seed {seed}");
         }
     }
 

@@ -188,10 +188,7 @@ impl InboxBytes {
     /// semaphore is fair).
     #[cfg(test)]
     pub(crate) async fn charge(&self, msg: &Message, body: usize) -> InboxCharge {
-        let bytes = charge_of(msg, body).min(self.limit);
-        let mut charge = InboxCharge::none();
-        self.add_to(&mut charge, bytes).await;
-        charge
+        self.wait_for(charge_of(msg, body)).await
     }
 
     /// Charges a message of `bytes` (`charge_of`, or what its frame's
@@ -215,27 +212,29 @@ impl InboxBytes {
             charge._permits.extend(permit);
             charge.bytes = bytes;
         } else {
-            self.add_to(&mut charge, bytes).await;
+            charge = self.wait_for(bytes).await;
         }
         charge
     }
 
-    /// Adds `bytes` of the budget to `charge` (up to the budget in all),
-    /// waiting for them in turn: what a message's entries take decoded,
-    /// known once its body is read.
-    pub(crate) async fn add_to(&self, charge: &mut InboxCharge, bytes: usize) {
-        let bytes = bytes.min(self.limit.saturating_sub(charge.bytes));
+    /// Charges `bytes` of the budget (at most the budget), waiting for
+    /// them in turn, in one grant: a charge is never added to while it is
+    /// held (found by review, stop 50: a large frame took its prefix's
+    /// bytes, then waited for its entries' behind another frame's prefix,
+    /// which waited for the bytes the first held: five near-cap frames at
+    /// once stuck the budget for good).
+    async fn wait_for(&self, bytes: usize) -> InboxCharge {
+        let bytes = bytes.min(self.limit);
+        let mut charge = InboxCharge::none();
         if bytes == 0 {
-            return;
+            return charge;
         }
         let n = u32::try_from(bytes).unwrap_or(u32::MAX);
         // The semaphore is never closed, so this always holds a permit.
         let permit = Arc::clone(&self.bytes).acquire_many_owned(n).await.ok();
         charge._permits.extend(permit);
-        if let Some(group) = &charge.group {
-            group.fetch_add(bytes, Ordering::Relaxed);
-        }
-        charge.bytes += bytes;
+        charge.bytes = bytes;
+        charge
     }
 }
 
@@ -305,6 +304,11 @@ impl InboxTx {
     }
 }
 
+/// The bytes of a frame's body that hold an AppendEntries' entry count
+/// (`append_decode::claimed_entries`): a tag, a group, and six fields
+/// before it, each a postcard varint of at most 10 bytes.
+const CLAIM_HEAD: usize = 96;
+
 /// Reads the next frame's body from `frames` (at most `max` bytes) with
 /// its charge to `budget` (none without one), charged before the frame is
 /// decoded, so that a link waiting for the budget holds no decoded
@@ -313,9 +317,9 @@ impl InboxTx {
 /// connection):
 ///
 /// - a frame whose body and overhead are more than [`SMALL_CHARGE`] is
-///   charged those from its length prefix, before its body is taken from
-///   the reader; once read, the [`Entry`]s it claims (`charge_of`) are
-///   added, before it is decoded;
+///   charged those and the [`Entry`]s it claims (`charge_of`), from its
+///   length prefix and its header ([`CLAIM_HEAD`]), in one grant, before
+///   its body is taken from the reader;
 /// - a small frame is read first (a waiting link holds at most
 ///   [`SMALL_CHARGE`] bytes of it) and charged all it takes at once, from
 ///   the reserve when the budget has no room now.
@@ -328,6 +332,7 @@ pub(crate) async fn read_charged(
         return Ok((frames.next(max).await?, None));
     };
     let len = frames.next_len(max).await?;
+    // What the entries a frame claims take decoded, from its header.
     let entries = |body: &[u8]| {
         let claimed = super::append_decode::claimed_entries(body).unwrap_or(0);
         let n = usize::try_from(claimed.min(crate::core::MAX_ENTRIES_PER_APPEND as u64))
@@ -341,9 +346,13 @@ pub(crate) async fn read_charged(
             .await;
         return Ok((body, Some(charge)));
     }
-    let mut charge = budget.charge_bytes(charge_for(len)).await;
+    // One grant for all it takes (its header read first, its body not):
+    // never a second wait while holding the first (`InboxBytes::wait_for`).
+    let head = frames.next_head(max, CLAIM_HEAD).await?;
+    let charge = budget
+        .charge_bytes(charge_for(len).saturating_add(entries(&head)))
+        .await;
     let body = frames.next(max).await?;
-    budget.add_to(&mut charge, entries(&body)).await;
     Ok((body, Some(charge)))
 }
 

@@ -411,3 +411,104 @@ async fn a_link_waiting_for_the_budget_has_not_decoded_its_frame() {
     writer.abort();
     t.shutdown().await;
 }
+
+/// The encoded frame (prefix and body) of [`big_append`].
+fn big_append_frame(from: u64, to: u64, index: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_frame(
+        &PeerFrame::Msg(big_append(from, to, index)),
+        FRAME,
+        &mut buf,
+    )
+    .expect("encode");
+    buf
+}
+
+/// Waits until `what` holds, or panics with `why` after [`DEADLINE`].
+async fn wait_for(mut what: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !what() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", why());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Found by review, stop 50 (#2): a large frame took two grants from the
+/// budget's fair (FIFO) semaphore, its prefix's and then its entries',
+/// holding the first while it waited for the second. Five peers' near-cap
+/// frames at once: four are granted their prefixes, the fifth asks for its
+/// own and is given what is left (the head of the queue), and the four
+/// then wait for their entries' 120 bytes behind it, with nothing in the
+/// inbox to give any back: the budget was stuck for good. A frame is now
+/// charged in one grant, so the four arrive, and the fifth once they are
+/// taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_near_cap_frames_at_once_all_arrive() {
+    const PEERS: usize = 5;
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let (t, addr, mut inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let to = node_id("t@a");
+    let mut links = Vec::new();
+    for i in 0..PEERS {
+        let name = format!("t@p{i}");
+        let cert = ca.issue_node(&name, &[]).expect("cert");
+        let (send, conn, endpoint) = hostile_link(&cert, &name, addr).await;
+        links.push((
+            send,
+            conn,
+            endpoint,
+            big_append_frame(node_id(&name), to, 1),
+        ));
+    }
+    let limit = budget.limit();
+    let half = links[0].3.len() / 2;
+    let prefix_charge = super::charge_for(links[0].3.len() - 4);
+    // Four links: a prefix and half a body each, until all four are charged.
+    for (send, _, _, frame) in links.iter_mut().take(PEERS - 1) {
+        send.write_all(&frame[..half]).await.expect("sent");
+    }
+    wait_for(
+        || budget.held() >= (PEERS - 1) * prefix_charge,
+        || {
+            format!(
+                "four frames never charged: {} of {limit} bytes",
+                budget.held()
+            )
+        },
+    )
+    .await;
+    // The fifth: it is given what is left, and waits at the head of the queue.
+    if let Some((send, _, _, frame)) = links.last_mut() {
+        send.write_all(&frame[..half]).await.expect("sent");
+    }
+    wait_for(
+        || budget.held() == limit,
+        || {
+            format!(
+                "the fifth frame never waited: {} of {limit} bytes",
+                budget.held()
+            )
+        },
+    )
+    .await;
+    // Then every body's rest.
+    for (send, _, _, frame) in links.iter_mut() {
+        send.write_all(&frame[half..]).await.expect("sent");
+    }
+    let bound = Duration::from_secs(5);
+    for arrived in 0..PEERS {
+        match tokio::time::timeout(bound, inbox.recv()).await {
+            Ok(Some((msg, _charge))) => {
+                assert!(matches!(msg.body, Body::AppendEntries { .. }), "{msg:?}")
+            }
+            Ok(None) => panic!("inbox closed"),
+            Err(_) => panic!(
+                "only {arrived} of {PEERS} near-cap frames arrived within {bound:?}: the budget \
+                 is stuck ({} of {limit} bytes charged, none in the inbox)",
+                budget.held()
+            ),
+        }
+    }
+    assert_eq!(budget.held(), 0, "every charge is back");
+    t.shutdown().await;
+}
