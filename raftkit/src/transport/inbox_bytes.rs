@@ -28,12 +28,34 @@
 //! - a charge is at most the budget: one message of the largest size
 //!   always fits (it waits for the others to be taken);
 //! - a link charges a frame before it decodes it ([`read_charged`]): a
-//!   large one from its length prefix, before its body is taken from the
-//!   reader (its entries added once the body is read, before decoding); a
-//!   small one ([`SMALL_CHARGE`]) once read. A waiting link holds no
-//!   decoded message, and at most a small frame's bytes uncharged;
+//!   large one in one grant, from its length prefix and its header (the
+//!   entries it claims), before its body is taken from the reader; a small
+//!   one ([`SMALL_CHARGE`]) once read. A waiting link holds no decoded
+//!   message. It may hold received bytes uncharged: what quinn handed it
+//!   while it read up to the frame's header, at most about a stream's
+//!   receive window (`quic_tuning::STREAM_RECEIVE_WINDOW`, 1.25 MB) and
+//!   the packets quinn keeps, per link; so a frame larger than a window is
+//!   never buffered whole before it is charged, and nothing is decoded;
+//! - one frame in progress per peer: a large frame is charged before its
+//!   body arrives, so the charge must not be free to hold (found by
+//!   review, stop 50: a holder of a node certificate sending a prefix and
+//!   a header on each of 4 connections and never a body held the whole
+//!   budget for ever). A peer's links take their large frames' charges
+//!   one at a time ([`PeerGate`], by the node id of its certificate,
+//!   across all its connections): one peer holds at most one frame in
+//!   progress (a quarter of the default budget), the rest is for the
+//!   others. And that frame's body must arrive within the handshake
+//!   timeout and [`MIN_BODY_RATE`], or its link is closed
+//!   (`CLOSE_PROTOCOL`) and its charge given back. Both, because each
+//!   alone falls short: the deadline alone lets a peer that reconnects
+//!   hold the budget again and again for its length; the gate alone lets
+//!   it hold its frame for ever. An honest peer has one link to a node,
+//!   which reads its frames one at a time anyway: the gate costs it
+//!   nothing;
 //! - small messages (votes, heartbeats, responses: Raft's liveness,
-//!   §5.2) never wait behind a large one: the budget's semaphore is fair
+//!   §5.2) never wait behind another link's large one (on one link,
+//!   frames are read in order: a heartbeat waits for the large frame
+//!   before it on its own link): the budget's semaphore is fair
 //!   (FIFO), so a large message waiting for its bytes holds every later
 //!   request up. A small message takes the budget's bytes if it has them
 //!   now, and otherwise waits for a reserve of its own (an eighth of the
@@ -58,13 +80,14 @@
 //! budget, and every message in a charged inbox (or on its way there from
 //! a link) holds its charge.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::quic::GroupInbound;
-use crate::core::{Entry, Message};
+use crate::core::{Entry, Message, NodeId};
 
 /// The default inbox budget, in frames of the node's frame cap: a few of
 /// the largest messages, so that one always fits and a burst of them
@@ -81,7 +104,7 @@ const MAX_BUDGET: usize = u32::MAX as usize;
 
 /// The largest charge of a small message (a vote, a heartbeat, a
 /// response, an AppendEntries of a few entries): one that may take the
-/// reserve ([`InboxBytes::charge_frame`]).
+/// reserve ([`InboxBytes::charge_bytes`]).
 pub(crate) const SMALL_CHARGE: usize = 4 * 1024;
 
 /// The reserve for small messages, in parts of the budget: an eighth
@@ -97,6 +120,42 @@ pub(crate) struct InboxBytes {
     small: Arc<Semaphore>,
     #[cfg(test)]
     small_limit: usize,
+    /// Per peer node id, the gate its links pass to have a large frame in
+    /// progress ([`PeerGate`]); dead entries are pruned as gates are made.
+    peers: std::sync::Mutex<HashMap<NodeId, Weak<PeerGate>>>,
+    /// How many large frames' headers links have read (`read_charged`).
+    #[cfg(test)]
+    heads: AtomicUsize,
+}
+
+/// One peer's gate to have a large frame in progress (charged, its body
+/// not read yet) on this node: held by one of its links at a time (module
+/// doc, "One frame in progress per peer").
+#[derive(Debug)]
+pub(crate) struct PeerGate(tokio::sync::Mutex<()>);
+
+/// The least rate at which a large frame's body must arrive once it is
+/// charged, after [`QuicConfig::handshake_timeout`](super::QuicConfig::handshake_timeout)
+/// of grace: 256 KiB/s (a 16 MiB frame has 64 s more). A link whose body
+/// is later is closed (`CLOSE_PROTOCOL`): its charge is not held for ever.
+pub(crate) const MIN_BODY_RATE: usize = 256 * 1024;
+
+/// The error of a large frame's body that did not arrive by its deadline
+/// ([`MIN_BODY_RATE`]), inside a [`FrameError::Io`](super::frame::FrameError::Io)
+/// of kind `TimedOut` ([`is_body_late`]).
+#[derive(Debug, thiserror::Error)]
+#[error("a frame's body of {len} bytes did not arrive within {allowed:?} of its charge")]
+pub(crate) struct BodyLate {
+    /// The body's length (its prefix).
+    pub(crate) len: usize,
+    /// The time it was given.
+    pub(crate) allowed: std::time::Duration,
+}
+
+/// Whether `e` is a [`BodyLate`] (the peer is closed for it with
+/// `CLOSE_PROTOCOL`, not as a failed stream).
+pub(crate) fn is_body_late(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<BodyLate>())
 }
 
 /// Bytes of an [`InboxBytes`] held by one message; given back when dropped.
@@ -159,6 +218,9 @@ impl InboxBytes {
             small: Arc::new(Semaphore::new(small_limit)),
             #[cfg(test)]
             small_limit,
+            peers: std::sync::Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            heads: AtomicUsize::new(0),
         })
     }
 
@@ -175,6 +237,28 @@ impl InboxBytes {
             + self
                 .small_limit
                 .saturating_sub(self.small.available_permits())
+    }
+
+    /// The gate of peer `node`'s links (module doc, "One frame in
+    /// progress per peer"): shared by all its links to this node while
+    /// any holds it.
+    pub(crate) fn peer_gate(&self, node: NodeId) -> Arc<PeerGate> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gate) = peers.get(&node).and_then(Weak::upgrade) {
+            return gate;
+        }
+        // At most one entry per open link (a node serves at most its
+        // limit of peer connections): pruned as new ones are made.
+        peers.retain(|_, gate| gate.strong_count() > 0);
+        let gate = Arc::new(PeerGate(tokio::sync::Mutex::new(())));
+        peers.insert(node, Arc::downgrade(&gate));
+        gate
+    }
+
+    /// How many large frames' headers links have read, in all.
+    #[cfg(test)]
+    pub(crate) fn heads_read(&self) -> usize {
+        self.heads.load(Ordering::Relaxed)
     }
 
     /// The most bytes one group's waiting messages may hold (module doc).
@@ -319,16 +403,20 @@ const CLAIM_HEAD: usize = 96;
 /// - a frame whose body and overhead are more than [`SMALL_CHARGE`] is
 ///   charged those and the [`Entry`]s it claims (`charge_of`), from its
 ///   length prefix and its header ([`CLAIM_HEAD`]), in one grant, before
-///   its body is taken from the reader;
+///   its body is taken from the reader, once `budget`'s [`PeerGate`] (the
+///   peer's, held until the body is read) lets it; the body must then
+///   arrive within `grace` (the handshake timeout) and [`MIN_BODY_RATE`],
+///   or [`BodyLate`] (module doc, "One frame in progress per peer");
 /// - a small frame is read first (a waiting link holds at most
 ///   [`SMALL_CHARGE`] bytes of it) and charged all it takes at once, from
 ///   the reserve when the budget has no room now.
 pub(crate) async fn read_charged(
     frames: &mut super::frame_reader::FrameReader,
     max: usize,
-    budget: Option<&InboxBytes>,
+    budget: Option<(&InboxBytes, &PeerGate)>,
+    grace: std::time::Duration,
 ) -> Result<(bytes::Bytes, Option<InboxCharge>), super::frame::FrameError> {
-    let Some(budget) = budget else {
+    let Some((budget, gate)) = budget else {
         return Ok((frames.next(max).await?, None));
     };
     let len = frames.next_len(max).await?;
@@ -349,11 +437,24 @@ pub(crate) async fn read_charged(
     // One grant for all it takes (its header read first, its body not):
     // never a second wait while holding the first (`InboxBytes::wait_for`).
     let head = frames.next_head(max, CLAIM_HEAD).await?;
+    #[cfg(test)]
+    budget.heads.fetch_add(1, Ordering::Relaxed);
+    // One large frame in progress per peer, across its links (module doc).
+    let _in_progress = gate.0.lock().await;
     let charge = budget
         .charge_bytes(charge_for(len).saturating_add(entries(&head)))
         .await;
-    let body = frames.next(max).await?;
-    Ok((body, Some(charge)))
+    // Its body by a deadline: the charge is not the peer's to hold.
+    let allowed = grace.saturating_add(std::time::Duration::from_secs_f64(
+        len as f64 / MIN_BODY_RATE as f64,
+    ));
+    match tokio::time::timeout(allowed, frames.next(max)).await {
+        Ok(body) => Ok((body?, Some(charge))),
+        Err(_) => Err(super::frame::FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            BodyLate { len, allowed },
+        ))),
+    }
 }
 
 /// Where a link hands a multi-group node's inbound items.

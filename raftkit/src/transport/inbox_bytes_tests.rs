@@ -34,8 +34,23 @@ async fn node_inbox(
     mpsc::Receiver<Charged>,
     Arc<InboxBytes>,
 ) {
+    node_inbox_with(name, identity, |_| {}).await
+}
+
+/// [`node_inbox`] with its config changed by `tune`.
+async fn node_inbox_with(
+    name: &str,
+    identity: Identity,
+    tune: impl FnOnce(&mut QuicConfig),
+) -> (
+    QuicTransport,
+    SocketAddr,
+    mpsc::Receiver<Charged>,
+    Arc<InboxBytes>,
+) {
     let mut config = QuicConfig::new("127.0.0.1:0".parse().expect("addr"), name, identity, SCHEMA);
     config.max_frame_bytes = FRAME;
+    tune(&mut config);
     let budget = InboxBytes::for_frames(config.max_frame_bytes);
     let (tx, rx) = mpsc::channel(4096);
     let (t, addr) =
@@ -510,5 +525,100 @@ async fn five_near_cap_frames_at_once_all_arrive() {
         }
     }
     assert_eq!(budget.held(), 0, "every charge is back");
+    t.shutdown().await;
+}
+
+/// Found by review, stop 50 (#1): a large frame is charged before its
+/// body arrives, so a holder of a node certificate sending, on four of
+/// its connections, a frame's prefix and header and never its body held
+/// the whole budget for ever, at the cost of a few hundred bytes: every
+/// other peer's large AppendEntries waited for good. One peer now has at
+/// most one large frame in progress across its connections (and its body
+/// has a deadline): another peer's append arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_prefixes_without_bodies_does_not_hold_the_budget() {
+    const LINKS: usize = 4;
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let (hostile, other) = ("t@h", "t@o");
+    let hostile_cert = ca.issue_node(hostile, &[]).expect("cert");
+    let other_cert = ca.issue_node(other, &[]).expect("cert");
+    let (t, addr, mut inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let to = node_id("t@a");
+    let (mut honest, _oc, _oe) = hostile_link(&other_cert, other, addr).await;
+    let mut held = Vec::new();
+    for _ in 0..LINKS {
+        let (mut send, conn, endpoint) = hostile_link(&hostile_cert, hostile, addr).await;
+        let frame = big_append_frame(node_id(hostile), to, 1);
+        send.write_all(&frame[..200]).await.expect("sent");
+        held.push((send, conn, endpoint));
+    }
+    let limit = budget.limit();
+    let charge = super::charge_for(big_append_frame(1, 2, 1).len() - 4);
+    wait_for(
+        || budget.heads_read() >= LINKS && budget.held() >= charge,
+        || format!("the hostile headers never read: {} charged", budget.held()),
+    )
+    .await;
+    honest
+        .write_all(&big_append_frame(node_id(other), to, 1))
+        .await
+        .expect("sent");
+    let bound = Duration::from_secs(5);
+    let (msg, _charge) = tokio::time::timeout(bound, inbox.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "another peer's append did not arrive within {bound:?} while one peer held \
+                 {LINKS} frames' prefixes without bodies ({} of {limit} bytes charged)",
+                budget.held()
+            )
+        })
+        .expect("inbox open");
+    assert_eq!(msg.from, node_id(other));
+    t.shutdown().await;
+}
+
+/// With [`a_peer_sending_prefixes_without_bodies_does_not_hold_the_budget`]:
+/// the one frame a peer may have in progress is not its to hold for ever
+/// either. Its body must come within the handshake timeout and
+/// [`MIN_BODY_RATE`](super::MIN_BODY_RATE); a link whose body does not is
+/// closed (`CLOSE_PROTOCOL`) and its charge given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charged_frame_whose_body_never_comes_closes_its_link() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let hostile = "t@h";
+    let cert = ca.issue_node(hostile, &[]).expect("cert");
+    let (t, addr, _inbox, budget) = node_inbox_with("t@a", ids[0].clone(), |c| {
+        c.handshake_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let (mut send, conn, _endpoint) = hostile_link(&cert, hostile, addr).await;
+    let frame = big_append_frame(node_id(hostile), node_id("t@a"), 1);
+    send.write_all(&frame[..200]).await.expect("sent");
+    wait_for(
+        || budget.held() > 0,
+        || "the frame was never charged".into(),
+    )
+    .await;
+    let reason = tokio::time::timeout(DEADLINE, conn.closed())
+        .await
+        .expect("the link is closed once its body is late");
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
+            close.error_code,
+            quinn::VarInt::from_u32(crate::transport::quic::CLOSE_PROTOCOL)
+        ),
+        other => panic!("closed for {other:?}"),
+    }
+    wait_for(
+        || budget.held() == 0,
+        || {
+            format!(
+                "the late frame's charge was not given back: {}",
+                budget.held()
+            )
+        },
+    )
+    .await;
     t.shutdown().await;
 }
