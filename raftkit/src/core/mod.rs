@@ -34,6 +34,7 @@ mod election;
 pub mod inbound;
 mod lease;
 pub mod log;
+pub(crate) mod member_bound;
 mod membership;
 pub mod message;
 pub mod progress;

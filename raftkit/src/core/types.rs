@@ -81,14 +81,18 @@ pub struct HardState {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Configuration {
     /// The voters of the (incoming) configuration.
+    #[serde(deserialize_with = "super::member_bound::set")]
     pub voters: BTreeSet<NodeId>,
     /// The voters of the outgoing configuration while joint; empty otherwise.
+    #[serde(deserialize_with = "super::member_bound::set")]
     pub outgoing: BTreeSet<NodeId>,
     /// Members that replicate the log without voting.
+    #[serde(deserialize_with = "super::member_bound::set")]
     pub learners: BTreeSet<NodeId>,
     /// Where each member can be reached. Opaque to the protocol: carried in
     /// the configuration so that every node learns every member's address
     /// from the log, atomically with the membership itself.
+    #[serde(deserialize_with = "super::member_bound::map")]
     pub addrs: BTreeMap<NodeId, String>,
 }
 

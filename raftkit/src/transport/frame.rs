@@ -263,7 +263,20 @@ pub fn decode_peer_frame(body: &[u8]) -> Result<PeerFrame, FrameError> {
     if let Some(frame) = super::append_decode::decode_append(body) {
         return Ok(frame);
     }
-    postcard::from_bytes(body).map_err(|e| match postcard::take_from_bytes::<u32>(body) {
+    // A configuration's collections (in a `Payload::Config` entry, or an
+    // InstallSnapshot's meta) over `MAX_MEMBERS` are refused from their
+    // length, before they are decoded (`core::member_bound`): decoded,
+    // an element takes ~15 times its bytes.
+    let (decoded, refused) =
+        crate::core::member_bound::bounded(MAX_MEMBERS, || postcard::from_bytes(body));
+    if let Some(count) = refused {
+        return Err(FrameError::TooManyItems {
+            kind: "Configuration",
+            count,
+            max: MAX_MEMBERS,
+        });
+    }
+    decoded.map_err(|e| match postcard::take_from_bytes::<u32>(body) {
         Ok((tag, _)) if tag >= PEER_FRAME_KINDS => FrameError::UnknownKind(tag),
         _ => FrameError::Decode(e),
     })
@@ -484,6 +497,99 @@ async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(
 mod tests {
     use super::*;
     use crate::core::Body;
+
+    /// Found by review, stop 50 (#3): a configuration (a `Payload::Config`
+    /// entry, an InstallSnapshot's meta) was decoded with no bound, ~15
+    /// times its bytes; `MAX_MEMBERS` was checked only in core, after the
+    /// inbox. Each of its collections over `MAX_MEMBERS` is now refused
+    /// from its length, as `TooManyItems`; at the cap it decodes as before.
+    #[test]
+    fn a_configuration_over_max_members_is_refused_before_it_is_decoded() {
+        use crate::core::{Body, Configuration, Entry, Payload, SnapshotMeta};
+        let config = |n: u64, which: usize| {
+            let mut c = Configuration::new([1]);
+            match which {
+                0 => c.addrs = (1..=n).map(|id| (id, String::new())).collect(),
+                1 => c.voters = (1..=n).collect(),
+                2 => c.outgoing = (1..=n).collect(),
+                _ => c.learners = (1..=n).collect(),
+            }
+            c
+        };
+        let append = |c: Configuration| Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: Body::AppendEntries {
+                prev_index: 0,
+                prev_term: 0,
+                entries: vec![Entry {
+                    term: 1,
+                    index: 1,
+                    payload: Payload::Config(c),
+                }],
+                commit: 0,
+            },
+        };
+        let snapshot = |c: Configuration| Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: Body::InstallSnapshot {
+                meta: SnapshotMeta {
+                    index: 1,
+                    term: 1,
+                    config: c,
+                },
+                offset: 0,
+                data: Vec::new(),
+                done: true,
+            },
+        };
+        let over = MAX_MEMBERS as u64 + 1;
+        for which in 0..4 {
+            for make in [append, snapshot] {
+                for frame in [
+                    PeerFrame::Msg(make(config(over, which))),
+                    PeerFrame::Group {
+                        group: 7,
+                        msg: make(config(over, which)),
+                    },
+                ] {
+                    let body = postcard::to_allocvec(&frame).expect("encode");
+                    match decode_peer_frame(&body) {
+                        Err(FrameError::TooManyItems { count, max, .. }) => {
+                            assert_eq!((count, max), (over, MAX_MEMBERS))
+                        }
+                        other => panic!(
+                            "a configuration of {over} elements (collection {which}) decoded \
+                             as {:?}",
+                            other.map(|f| frame_kind_name(&f))
+                        ),
+                    }
+                }
+                // At the cap: decoded as before (same bytes, same value).
+                let frame = PeerFrame::Msg(make(config(MAX_MEMBERS as u64, which)));
+                let body = postcard::to_allocvec(&frame).expect("encode");
+                assert_eq!(decode_peer_frame(&body).expect("decodes"), frame);
+            }
+        }
+        // Outside a peer frame's decoding (storage, snapshots): unbounded.
+        let big = config(over, 0);
+        let bytes = postcard::to_allocvec(&big).expect("encode");
+        assert_eq!(
+            postcard::from_bytes::<Configuration>(&bytes).expect("decodes"),
+            big
+        );
+    }
+
+    fn frame_kind_name(f: &PeerFrame) -> &'static str {
+        match f {
+            PeerFrame::Msg(_) => "Msg",
+            PeerFrame::Group { .. } => "Group",
+            _ => "other",
+        }
+    }
 
     fn msg(n: u64) -> PeerFrame {
         PeerFrame::Msg(Message {
