@@ -36,19 +36,28 @@ impl Failure {
         let at = cluster.join(",");
         let text = e.to_string();
         let lower = text.to_lowercase();
+        // A refused certificate: `Tls` (every member refused it), or the
+        // TLS words inside a `Transport` (a call's dial) or `Unavailable`
+        // (a connect that reached no member names each member's failure,
+        // some of which may be refusals: raftkit's connect ends
+        // `Unavailable` since stop 51, "not applied").
+        let tls_words = || {
+            [
+                "certificate",
+                "handshake",
+                "tls",
+                "crypto",
+                "unknownca",
+                "bad_cert",
+            ]
+            .iter()
+            .any(|w| lower.contains(w))
+        };
         Failure::Failed(match e {
-            raftkit::Error::Transport(_)
-                if [
-                    "certificate",
-                    "handshake",
-                    "tls",
-                    "crypto",
-                    "unknownca",
-                    "bad_cert",
-                ]
-                .iter()
-                .any(|w| lower.contains(w)) =>
-            {
+            raftkit::Error::Tls(_) => format!(
+                "the cluster at {at} refused our certificate or we refused its ({text}); are --certs / RAFTKIT_CERTS the certificates of this cluster's CA?"
+            ),
+            raftkit::Error::Transport(_) | raftkit::Error::Unavailable(_) if tls_words() => {
                 format!(
                     "the cluster at {at} refused our certificate or we refused its ({text}); are --certs / RAFTKIT_CERTS the certificates of this cluster's CA?"
                 )
@@ -93,5 +102,46 @@ pub fn check_addr(addr: &str, what: &str) -> Result<(), Failure> {
             None => Err(bad("it resolves to no address".into())),
         },
         Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(e: raftkit::Error) -> String {
+        Failure::cluster(&e, &["127.0.0.1:7001".into(), "127.0.0.1:7002".into()]).one_line()
+    }
+
+    /// A connect that reached no member is `Unavailable` (not applied)
+    /// since stop 51, also when a member refused our certificate: the
+    /// message still points at the certificates, not at the network.
+    #[test]
+    fn a_connect_refused_for_its_certificate_says_so_whatever_its_error() {
+        let hint = "are --certs / RAFTKIT_CERTS the certificates of this cluster's CA?";
+        for e in [
+            raftkit::Error::Unavailable(
+                "could not connect, nothing was sent: no member answered within the connect's \
+                 timeout (10s): TLS: 127.0.0.1:7001 refused this client's certificate: a \
+                 certificate of a CA it does not trust (unknown_ca), TLS alert 48; \
+                 127.0.0.1:7002: connection timed out"
+                    .into(),
+            ),
+            raftkit::Error::Tls(
+                "127.0.0.1:7001 refused this client's certificate: no certificate presented \
+                 (certificate_required), TLS alert 116"
+                    .into(),
+            ),
+            raftkit::Error::Transport("127.0.0.1:7001: the cryptographic handshake failed".into()),
+        ] {
+            let line = failed(e.clone());
+            assert!(line.contains(hint), "{e:?} explained as: {line}");
+        }
+        let line = failed(raftkit::Error::Unavailable(
+            "could not connect, nothing was sent: no member answered within the connect's \
+             timeout (10s): 127.0.0.1:7001: connection timed out"
+                .into(),
+        ));
+        assert!(line.starts_with("cannot reach the cluster at"), "{line}");
     }
 }
