@@ -266,8 +266,19 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
     let out = kv(&["get", "greeting", "--certs", &foreign], &env);
     assert_fails(&out, None, "certificate");
     let nobody = free_udp_addrs(1).remove(0);
-    let out = kv(&["get", "greeting", "--cluster", &nobody], &env);
+    // A connect tries every member until the command's timeout (raftkit
+    // redials a member that does not answer): `--timeout 1` keeps it short.
+    let started = Instant::now();
+    let out = kv(
+        &["get", "greeting", "--cluster", &nobody, "--timeout", "1"],
+        &env,
+    );
     assert_fails(&out, None, "cannot reach");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a 1 s connect to nobody took {:?}",
+        started.elapsed()
+    );
     // A server on a port in use (UDP, by a running node): after the
     // node's retries, one line, non-zero, and no half-made data directory.
     let used = path("used").to_string_lossy().to_string();
