@@ -145,9 +145,11 @@ impl<S: StateMachine> Submit for Local<S> {
     async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
         let mut state = self.lock();
         if let Some(message) = &state.halted {
-            // Refused before it ran: not applied (nor will it ever be: this
-            // state machine serves no more writes).
-            return Err(Error::Rejected(format!(
+            // Refused before it ran: not applied, answered as a halted
+            // cluster node that knows no leader answers a call it refuses
+            // (`Unavailable`: the command is not at fault, the state
+            // machine cannot serve it).
+            return Err(Error::Unavailable(format!(
                 "the state machine halted and applies no more writes (this one was not applied): {message}"
             )));
         }
@@ -326,7 +328,7 @@ mod tests {
     /// while it decodes is refused (not applied, as the leader's check
     /// refuses it); an output that panics while it encodes halts the state
     /// machine (as it halts a node: `Halted`, may have been applied), and a
-    /// later write is refused, not applied; a read that panics outside its
+    /// later write is refused `Unavailable`, not applied; a read that panics outside its
     /// handler is `Rejected` (a read applies nothing).
     #[test]
     fn a_panic_outside_a_handler_is_caught_as_in_a_cluster() {
@@ -375,7 +377,10 @@ mod tests {
         );
         let r = call("a write after the halt", local.write(write(6)));
         match &r {
-            Err(e) => assert_eq!(e.applied(), Applied::No, "{e:?}"),
+            Err(e @ Error::Unavailable(m)) => {
+                assert_eq!(e.applied(), Applied::No, "{e:?}");
+                assert!(m.contains("not applied"), "{e}");
+            }
             other => panic!("a write after the halt got {other:?}"),
         }
     }
