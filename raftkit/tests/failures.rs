@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use raftkit::core::{Body, Message, NodeId, Role};
+use raftkit::error::Applied;
 use raftkit::prelude::*;
 use raftkit::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
 use raftkit::transport::{MemoryNetwork, Transport};
@@ -589,9 +590,12 @@ async fn a_halted_node_gives_up_leadership_and_never_campaigns() {
     let v = CounterClient::new(good[l].clone()).get("k".into()).await;
     assert_eq!(v, Ok(14));
     // The halted node refuses to serve and to lead, even when asked to.
+    // It refuses a call before proposing it (not applied): `NotLeader` once
+    // it has heard of the new leader, `Unavailable` before (it learns the
+    // leader only from its first AppendEntries).
     let w = bc(&buggy).add("k".into(), 1).await;
     assert!(
-        matches!(w, Err(Error::Halted { .. } | Error::NotLeader { .. })),
+        matches!(&w, Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_))) if e.applied() == Applied::No),
         "{w:?}"
     );
     let term = buggy.status().term;
