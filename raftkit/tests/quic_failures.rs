@@ -670,3 +670,66 @@ async fn a_write_sent_to_a_halted_member_is_not_applied_and_succeeds_through_the
     }
     let _ = buggy.shutdown().await;
 }
+
+/// When every member halted at the same entry (the handler panics under
+/// `halt` on all of them: nobody campaigns again, so no leader is known), a
+/// new write from a client with an open session is refused by each member
+/// before it is proposed: it must end "not applied" (`Unavailable`) at its
+/// deadline, not `Timeout` ("may have been applied") for a write no node
+/// ever proposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_cluster_whose_every_member_halted_ends_not_applied() {
+    let addrs = free_addrs(3);
+    let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
+    let (ca, ids) = dev_cluster(&names).expect("dev CA");
+    let client_identity = ca.issue_client("client").expect("client identity");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut peers = Vec::new();
+    for (addr, id) in addrs.iter().zip(ids) {
+        let peer = BuggyKv::peer()
+            .listen(addr.clone())
+            .data_dir(dir.path().join(addr))
+            .bootstrap_members(addrs.clone())
+            .identity(id)
+            .tick(TICK)
+            .start()
+            .await
+            .expect("peer starts");
+        peers.push(peer);
+    }
+    let client = KvClient::connect_with(
+        &addrs,
+        client_identity,
+        ClientOptions::default().with_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .expect("client connects");
+    // The session is open.
+    client
+        .put("a".into(), "1".into())
+        .await
+        .expect("a first write");
+    // Halts every member at this entry (its answer is Halted: Maybe).
+    let _ = client.put("k".into(), UNLUCKY.into()).await;
+    for p in &peers {
+        wait_for("every member halts", 15, || p.status().halted).await;
+    }
+    let r = client.put("b".into(), "2".into()).await;
+    match &r {
+        Err(e) => {
+            assert_eq!(
+                e.applied(),
+                Applied::No,
+                "a write refused by every (halted) member ended {e:?}"
+            );
+            assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+        }
+        other => panic!("a write to a cluster whose every member halted got {other:?}"),
+    }
+    for p in &peers {
+        assert!(p.status().halted.is_some());
+    }
+    for p in peers {
+        let _ = p.shutdown().await;
+    }
+}

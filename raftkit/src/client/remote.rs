@@ -41,8 +41,10 @@
 //! session's window is full, also waits until the session's
 //! acknowledgement rises: resending it earlier is refused again, each
 //! attempt a replicated entry), and a member
-//! whose storage failed or that halted ([`Error::member_is_down`]) is
-//! suspected and not taken for the leader again. A member answering
+//! whose storage failed or that halted ([`Error::member_is_down`], its
+//! answer to a call already in its log) is suspected and not taken for the
+//! leader again (a call such a member refuses before its log is answered
+//! `NotLeader` or `Unavailable`, not applied, and retried elsewhere). A member answering
 //! [`Error::NotHosted`] (it hosts no replica of the client's group) is
 //! suspected too and the next member asked at once; the call ends with
 //! `NotHosted` only when every member said so. Every error says whether
