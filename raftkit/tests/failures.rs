@@ -409,7 +409,8 @@ async fn after_a_storage_failure_nothing_more_is_acknowledged() {
 }
 
 /// A leader whose fsync fails answers every caller (the in-process write in
-/// flight, later writes and reads) and `shutdown` reports the failure.
+/// flight `Maybe`, later writes and reads refused, not applied) and
+/// `shutdown` reports the failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_leader_answers_every_caller_and_shutdown_reports_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -428,11 +429,18 @@ async fn a_failed_leader_answers_every_caller_and_shutdown_reports_it() {
         Err(_) => panic!("the write in flight was never answered"),
     }
     wait_for("the failure in the status", 10, || peers[l].status().fatal).await;
+    // Later calls are refused before they reach the log: not applied.
     let later = tokio::time::timeout(Duration::from_secs(5), c(&peers[l]).add("k".into(), 1)).await;
-    assert!(matches!(later, Ok(Err(Error::Storage(_)))), "{later:?}");
+    assert!(
+        matches!(&later, Ok(Err(e @ (Error::Unavailable(_) | Error::NotLeader { .. }))) if e.applied() == Applied::No),
+        "{later:?}"
+    );
     let client = CounterClient::new(peers[l].clone());
     let read = tokio::time::timeout(Duration::from_secs(5), client.get("k".into())).await;
-    assert!(matches!(read, Ok(Err(Error::Storage(_)))), "{read:?}");
+    assert!(
+        matches!(&read, Ok(Err(e @ (Error::Unavailable(_) | Error::NotLeader { .. }))) if e.applied() == Applied::No),
+        "{read:?}"
+    );
     let r = peers[l].shutdown().await;
     assert!(matches!(r, Err(Error::Storage(_))), "shutdown said {r:?}");
     for (i, p) in peers.iter().enumerate() {
@@ -504,8 +512,8 @@ async fn a_write_counts_toward_a_commit_only_once_durable() {
 }
 
 /// A linearizable read waiting for its heartbeat round when the leader's
-/// storage fails is answered at once with the storage error, like the
-/// writes in flight: it does not hang until the node is shut down.
+/// storage fails is answered at once, not applied (it was never served),
+/// like the writes in flight: it does not hang until the node is shut down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_waiting_for_its_quorum_is_answered_when_storage_fails() {
     let dir = tempfile::tempdir().unwrap();
@@ -539,7 +547,11 @@ async fn a_read_waiting_for_its_quorum_is_answered_when_storage_fails() {
     let read = tokio::time::timeout(Duration::from_secs(5), read)
         .await
         .expect("the waiting read is answered once storage failed");
-    assert!(matches!(read, Err(Error::Storage(_))), "{read:?}");
+    // Never served (a read applies nothing): not applied.
+    assert!(
+        matches!(&read, Err(e @ (Error::Unavailable(_) | Error::NotLeader { .. })) if e.applied() == Applied::No),
+        "{read:?}"
+    );
     let r = peers[l].shutdown().await;
     assert!(matches!(r, Err(Error::Storage(_))), "shutdown said {r:?}");
     for (i, p) in peers.iter().enumerate() {

@@ -15,9 +15,11 @@
 //! - a storage error is fatal (DESIGN §4: never retry after a failed
 //!   fsync): the node stops stepping and ticking, **acknowledges nothing
 //!   more** (a completion that arrives after the failure releases no held
-//!   message and reaches no core), answers every pending and later caller
-//!   with [`Error::Storage`], reports the error in its status, and
-//!   `shutdown` returns it;
+//!   message and reaches no core), answers the callers whose proposals
+//!   are in its log with [`Error::Storage`] (may have been applied) and
+//!   every call it never proposed (waiting or later) not applied, as a
+//!   halted node does, reports the error in its status, and `shutdown`
+//!   returns it;
 //! - a halted state machine (see `apply`) makes the core give up leadership
 //!   and never campaign ([`Raft::set_halted`]); the callers whose
 //!   proposals are in its log get [`Error::Halted`] (may have been
@@ -349,12 +351,30 @@ impl NodeTask {
     }
 
     /// The error every caller gets once the node stopped serving, if it
-    /// has: the calls it refuses now never reach its log.
+    /// has: the calls it refuses now never reach its log, so the answer
+    /// says "not applied" (only the proposals already in its log get
+    /// [`Error::Storage`] or [`Error::Halted`], "may have been applied").
     fn stopped(&self, st: &State) -> Option<Error> {
         if let Some(f) = &st.fatal {
-            return Some(Error::Storage(f.clone()));
+            return Some(self.refused_failed(f));
         }
         st.halted.as_deref().map(|h| self.refused_halted(h))
+    }
+
+    /// The answer to a call this node refuses after its storage failed
+    /// (for `reason`; DESIGN §4): never proposed, so not applied, answered
+    /// as a halted node answers (`NotLeader` with the leader's address if
+    /// another node leads, else `Unavailable`). `Error::Storage` ("may have
+    /// been applied") is for the proposals already in its log.
+    fn refused_failed(&self, reason: &str) -> Error {
+        let leader = self.raft.leader().filter(|l| *l != self.raft.id());
+        match leader.and_then(|l| self.addr_of(l)) {
+            Some(hint) => Error::NotLeader { hint: Some(hint) },
+            None => Error::Unavailable(format!(
+                "peer {} stopped: its storage failed; it takes no calls until restarted (this one was refused before it reached the log: not applied; no leader known): {reason}",
+                self.name
+            )),
+        }
     }
 
     /// The answer to a call this halted node refuses (halted for
@@ -1373,18 +1393,21 @@ impl NodeTask {
         st.fatal = Some(reason.clone());
         self.fault.send_replace(Some(reason.clone()));
         st.pending.clear();
-        let err = Error::Storage(reason);
+        // Reads waiting for their read index, writes waiting for the stamp
+        // anchor and configuration changes parked for this leader's first
+        // commit were never proposed: not applied (`release_deferred` would
+        // answer them at the next input; a stopped node may get none).
+        let refused = self.refused_failed(&reason);
         for (_, (_, reply, _)) in std::mem::take(&mut st.reads) {
-            reply.send(Err(err.clone()));
+            reply.send(Err(refused.clone()));
         }
-        // Never proposed: not applied (`release_deferred` would answer them
-        // at the next input; a stopped node may get none).
         while let Some((_, reply)) = st.deferred.pop() {
-            reply.send(Err(err.clone()));
+            reply.send(Err(refused.clone()));
         }
         for change in st.config_waiting.drain(..) {
-            change.refuse(err.clone());
+            change.refuse(refused.clone());
         }
+        let err = Error::Storage(reason);
         self.flush_registers(st);
         // Proposals waiting at the apply thread: their entries will never
         // apply here (the rest of the cluster may still commit them).
