@@ -38,9 +38,17 @@
 //!   dropped by the caller, which retries on a fresh connection);
 //! - the reading and writing tasks stop when the [`Mux`] is dropped, so a
 //!   dropped client leaves no task and no connection behind;
+//! - when either task stops, however it stops (its end, a panic, or the
+//!   runtime it ran on dropping it), the stream is closed ([`CloseOnExit`]):
+//!   every call waiting fails with [`Error::Transport`] and no new call is
+//!   queued, since nothing would time or answer it any more;
 //! - a call with a deadline ends with [`Error::Timeout`] once its deadline
-//!   passes unanswered, exactly as under a `tokio::time::timeout_at` of its
-//!   own (its entry is removed, a late answer dropped).
+//!   passes unanswered, as under a `tokio::time::timeout_at` of its own
+//!   (its entry is removed, a late answer dropped), as long as the reading
+//!   task runs (and it closes the stream when it stops). One difference: an
+//!   answer and the deadline both ready in one wake-up of the reader may
+//!   end the call either way (`Timeout` says "maybe applied", which is
+//!   true of either).
 //!
 //! # Deadlines
 //!
@@ -58,7 +66,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -196,6 +204,26 @@ impl Shared {
     }
 }
 
+/// Closes the stream when the task holding it stops, however it stops: at
+/// its end, by a panic, or when the runtime it ran on drops it (a client
+/// connected in one runtime and used from another after the first is
+/// gone). Without it, calls waiting on a stream whose reader is gone would
+/// wait for ever: the reader is what times them (module doc, "Deadlines").
+struct CloseOnExit {
+    shared: Weak<Shared>,
+    why: &'static str,
+}
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            // A no-op if the task closed it already (the first reason
+            // stays).
+            shared.close(self.why);
+        }
+    }
+}
+
 /// The client end of a multiplexed request stream.
 pub(crate) struct Mux {
     shared: Arc<Shared>,
@@ -328,6 +356,10 @@ impl Drop for Mux {
 /// write, until the stream fails or the mux is dropped (then it sends what
 /// is queued and finishes the stream). A failed write closes the mux.
 async fn write_requests(shared: Arc<Shared>, mut send: SendStream) {
+    let _close = CloseOnExit {
+        shared: Arc::downgrade(&shared),
+        why: "the request stream's writing task stopped",
+    };
     loop {
         let (chunk, closed, dropped) = {
             let mut w = shared.lock();
@@ -411,11 +443,11 @@ impl Sweep {
 
 /// Reads answers until the stream ends or fails, or the mux is dropped;
 /// ends the calls past their deadline (module doc, "Deadlines").
-async fn read_answers(
-    mux: std::sync::Weak<Shared>,
-    mut frames: FrameReader,
-    mut stop: oneshot::Receiver<()>,
-) {
+async fn read_answers(mux: Weak<Shared>, mut frames: FrameReader, mut stop: oneshot::Receiver<()>) {
+    let _close = CloseOnExit {
+        shared: mux.clone(),
+        why: "the request stream's reading task stopped",
+    };
     let mut sweep = Sweep::new();
     let why = loop {
         let deadlines = std::future::poll_fn(|cx| match mux.upgrade() {

@@ -82,3 +82,73 @@ async fn a_call_on_a_live_stream_does_not_wait_for_the_connection_table() {
     );
     assert_eq!(member.writes(), 3, "each write reached the member once");
 }
+
+/// Found by review (stop 51): a call on a live request stream has no timer
+/// of its own (the stream's reading task times it, `mux`, "Deadlines"), so
+/// when that task was gone without closing the stream (the runtime it ran
+/// on was dropped: a client connected in a setup `block_on` and used from
+/// another runtime), every later write waited for ever on a silent member.
+/// Now the stream's tasks close it when they stop, whatever stops them: the
+/// write finds the stream closed, retries by dialling under its deadline,
+/// and ends by that deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_ends_by_its_deadline_after_the_runtime_of_its_stream_is_gone() {
+    let (ca, nodes) = dev_cluster(["fake-gone"]).expect("dev certificates");
+    let client_id = ca.issue_client("gone").expect("client certificate");
+    let node = nodes.first().expect("one node");
+    let mut writes = 0;
+    let member = FakeMember::start(node, move |request| match request {
+        ClientRequest::OpenSession => session_opened(9),
+        ClientRequest::Write { .. } => {
+            writes += 1;
+            if writes == 1 {
+                Act::answer(ClientResponse::Ok(Vec::new()))
+            } else {
+                // A member that stopped answering.
+                Act::Ignore
+            }
+        }
+        other => Act::answer(ClientResponse::Err(WireError::Rejected(format!(
+            "unexpected {other:?}"
+        )))),
+    });
+    let timeout = Duration::from_millis(500);
+    let addr = member.addr().to_string();
+    // Connected, and its stream started, in a runtime that is then dropped.
+    let client = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let client = rt.block_on(async move {
+            let opts = ClientOptions::default().with_timeout(timeout);
+            let client =
+                tokio::time::timeout(DEADLINE, Client::connect_with([addr], client_id, 0, opts))
+                    .await
+                    .expect("connects in time")
+                    .expect("connects");
+            tokio::time::timeout(DEADLINE, client.write(b"one".to_vec()))
+                .await
+                .expect("write 1 ends in time")
+                .expect("write 1 answered");
+            client
+        });
+        drop(rt);
+        client
+    })
+    .join()
+    .expect("the setup thread");
+    let start = tokio::time::Instant::now();
+    let second = tokio::time::timeout(DEADLINE, client.write(b"two".to_vec()))
+        .await
+        .expect("write 2 never ended (its stream's reading task is gone)");
+    let took = start.elapsed();
+    assert!(
+        second.is_err(),
+        "write 2 answered by a silent member: {second:?}"
+    );
+    assert!(
+        took < timeout + Duration::from_secs(2),
+        "write 2 ended after {took:?}, not by its deadline ({timeout:?})"
+    );
+}
