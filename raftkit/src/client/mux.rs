@@ -677,4 +677,77 @@ mod tests {
         let (ids, _conn, _send) = member.await.expect("member");
         assert_eq!(ids, vec![0, 1, 2]);
     }
+    /// Found by review (stop 51): the sweep must re-arm after it fires. A
+    /// call left waiting after the timer fired for an earlier one (queued
+    /// after it, with a later deadline: it never lowered the timer) ends
+    /// with `Timeout` at its own deadline, not never (a sweep that stopped
+    /// after its first fire left it waiting for ever on a silent member).
+    #[tokio::test]
+    async fn the_sweep_re_arms_for_calls_left_after_it_fired() {
+        let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+        let client_id = ca.issue_client("app").expect("client cert");
+        let config = quic_server_config(&ids[0]).expect("server config");
+        let server =
+            Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        let addr = server.local_addr().expect("addr");
+        // A member that reads both requests and answers neither.
+        let member = tokio::spawn(async move {
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("conn");
+            let (send, recv) = conn.accept_bi().await.expect("stream");
+            let mut frames = FrameReader::new(recv);
+            for _ in 0..2 {
+                frames
+                    .next(DEFAULT_MAX_FRAME_BYTES)
+                    .await
+                    .expect("a whole frame");
+            }
+            (conn, send, frames)
+        });
+        let conn = connect_client(addr, &client_id).await.expect("connect");
+        let (send, recv) = conn.open_bi().await.expect("stream");
+        let mux = Mux::start(send, FrameReader::new(recv));
+        let start = Instant::now();
+        let call = |deadline: Instant| {
+            let mux = mux.clone();
+            tokio::spawn(async move {
+                let mut sent = false;
+                let r = mux
+                    .call(&ClientRequest::Status, None, &mut sent, Some(deadline))
+                    .await;
+                (r, start.elapsed())
+            })
+        };
+        let early = call(start + Duration::from_millis(200));
+        tokio::task::yield_now().await;
+        let late_at = Duration::from_millis(1200);
+        let late = call(start + late_at);
+        let (r, took) = tokio::time::timeout(DEADLINE, early)
+            .await
+            .expect("the early call ends")
+            .expect("task");
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?} after {took:?}");
+        assert!(
+            !late.is_finished(),
+            "the late call ended with the early one"
+        );
+        // Both requests reached the member, which keeps the stream open.
+        let _member = tokio::time::timeout(DEADLINE, member)
+            .await
+            .expect("the member reads both requests")
+            .expect("member task");
+        let (r, took) = tokio::time::timeout(DEADLINE, late)
+            .await
+            .expect("the late call, left waiting after the sweep fired, never ended")
+            .expect("task");
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?} after {took:?}");
+        assert!(
+            took >= late_at,
+            "the late call ended after {took:?}, before its deadline ({late_at:?})"
+        );
+    }
 }
