@@ -62,9 +62,14 @@
 //! call past its deadline with a timeout and re-arms at the earliest
 //! deadline left. Calls of a client mostly have the same timeout, so a
 //! later call has a later deadline: the timer is re-armed about once per
-//! timeout, not once per call.
+//! timeout, not once per call. The deadlines are kept in arrival order
+//! (`Waiting::by_arrival`; the rare one earlier than the last, a retry's,
+//! in a small heap), so a fire looks only at the calls it ends and at
+//! entries of calls already gone, each once: a member that stops
+//! answering many calls costs O(calls), not O(calls) per fire.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -86,6 +91,10 @@ use crate::transport::frame_reader::FrameReader;
 /// Requests are encoded into buffers of this size (a new one once less
 /// than a sixteenth of it is left): one allocation serves many requests.
 const REQUEST_BUFFER: usize = 16 * 1024;
+
+/// Entries of ended calls the deadline queues may hold beyond twice the
+/// calls waiting, before they are compacted.
+const COMPACT_SLACK: usize = 64;
 
 /// The hello version that asks for a multiplexed request stream.
 pub const MUX_VERSION: u32 = 2;
@@ -125,8 +134,6 @@ type Answer = Option<ClientResponse>;
 /// A call waiting for its answer.
 struct Call {
     tx: oneshot::Sender<Answer>,
-    /// When it ends with a timeout, if it does.
-    deadline: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -136,6 +143,13 @@ struct Waiting {
     /// The deadline the reader's timer is to be armed at: no later than
     /// the earliest deadline of `calls` (module doc, "Deadlines").
     armed: Option<Instant>,
+    /// The deadlines of `calls` in arrival order, `(deadline, id)`, the
+    /// deadlines never decreasing (module doc, "Deadlines"). The entry of
+    /// a call that ended stays until the sweep reaches it or a compaction.
+    by_arrival: VecDeque<(Instant, u64)>,
+    /// The deadlines that came earlier than the last of `by_arrival` (a
+    /// retry carrying an older call's deadline): a min-heap, same rules.
+    early: BinaryHeap<Reverse<(Instant, u64)>>,
     /// The reading task's waker, woken when a call lowers `armed`.
     reader: Option<Waker>,
     /// Request frames queued for the writer, whole.
@@ -144,6 +158,49 @@ struct Waiting {
     closed: Option<String>,
     /// The mux was dropped: the writer sends what is queued and finishes.
     dropped: bool,
+    /// Entries `expire` looked at, all fires together (tests only).
+    #[cfg(test)]
+    scanned: usize,
+}
+
+impl Waiting {
+    /// Enters call `id` (the next id), waiting until `deadline` if it has
+    /// one; returns the reader's waker if it must re-arm its timer earlier.
+    fn enter(
+        &mut self,
+        id: u64,
+        tx: oneshot::Sender<Answer>,
+        deadline: Option<Instant>,
+    ) -> Option<Waker> {
+        self.next = id + 1;
+        self.calls.insert(id, Call { tx });
+        if let Some(d) = deadline {
+            if self.by_arrival.back().is_none_or(|&(last, _)| last <= d) {
+                self.by_arrival.push_back((d, id));
+            } else {
+                self.early.push(Reverse((d, id)));
+            }
+            // Entries of ended calls are bounded by those waiting: each
+            // compaction looks at as many entries as pushes since the last
+            // one, at most (amortised O(1) a call).
+            let bound = 2 * self.calls.len() + COMPACT_SLACK;
+            let calls = &self.calls;
+            if self.by_arrival.len() > bound {
+                self.by_arrival.retain(|(_, id)| calls.contains_key(id));
+            }
+            if self.early.len() > bound {
+                self.early.retain(|Reverse((_, id))| calls.contains_key(id));
+            }
+        }
+        // The reader's timer must fire by this call's deadline.
+        match deadline {
+            Some(d) if self.armed.is_none_or(|a| d < a) => {
+                self.armed = Some(d);
+                self.reader.clone()
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What the callers, the reader and the writer share.
@@ -170,25 +227,56 @@ impl Shared {
     }
 
     /// Ends every call past its deadline at `now` with a timeout, and
-    /// returns the earliest deadline left (the timer's next arming).
+    /// returns the earliest deadline left (the timer's next arming). Looks
+    /// at the deadline queues from their fronts only: each entry is popped
+    /// once, so a stalled member's N calls cost O(N) in all, not O(N) a
+    /// fire; the timeouts are sent after the lock is released.
     fn expire(&self, now: Instant) -> Option<Instant> {
-        let mut w = self.lock();
         let mut expired = Vec::new();
-        let mut earliest: Option<Instant> = None;
-        for (&id, call) in &w.calls {
-            match call.deadline {
-                Some(d) if d <= now => expired.push(id),
-                Some(d) => earliest = Some(earliest.map_or(d, |e| e.min(d))),
-                None => {}
+        let next = {
+            let mut guard = self.lock();
+            let w = &mut *guard;
+            while let Some(&(d, id)) = w.by_arrival.front() {
+                #[cfg(test)]
+                {
+                    w.scanned += 1;
+                }
+                if d <= now {
+                    if let Some(call) = w.calls.remove(&id) {
+                        expired.push(call.tx);
+                    }
+                } else if w.calls.contains_key(&id) {
+                    break;
+                }
+                w.by_arrival.pop_front();
             }
-        }
-        for id in expired {
-            if let Some(call) = w.calls.remove(&id) {
-                let _ = call.tx.send(None);
+            while let Some(&Reverse((d, id))) = w.early.peek() {
+                #[cfg(test)]
+                {
+                    w.scanned += 1;
+                }
+                if d <= now {
+                    if let Some(call) = w.calls.remove(&id) {
+                        expired.push(call.tx);
+                    }
+                } else if w.calls.contains_key(&id) {
+                    break;
+                }
+                w.early.pop();
             }
+            let first = w.by_arrival.front().map(|&(d, _)| d);
+            let early = w.early.peek().map(|&Reverse((d, _))| d);
+            let next = match (first, early) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            w.armed = next;
+            next
+        };
+        for tx in expired {
+            let _ = tx.send(None);
         }
-        w.armed = earliest;
-        earliest
+        next
     }
 
     /// Marks the stream unusable and fails every call waiting on it.
@@ -198,6 +286,8 @@ impl Shared {
             w.closed.get_or_insert_with(|| why.to_string());
             // Dropping the senders fails the waiting calls.
             w.calls.clear();
+            w.by_arrival.clear();
+            w.early.clear();
             w.out.clear();
         }
         self.wake.notify_one();
@@ -300,16 +390,7 @@ impl Mux {
                 )),
                 e => Error::Transport(e.to_string()),
             })?;
-            w.next += 1;
-            w.calls.insert(id, Call { tx, deadline });
-            // The reader's timer must fire by this call's deadline.
-            let rearm = match deadline {
-                Some(d) if w.armed.is_none_or(|a| d < a) => {
-                    w.armed = Some(d);
-                    w.reader.clone()
-                }
-                _ => None,
-            };
+            let rearm = w.enter(id, tx, deadline);
             (id, wake, rearm)
         };
         if let Some(reader) = rearm {
@@ -748,6 +829,46 @@ mod tests {
         assert!(
             took >= late_at,
             "the late call ended after {took:?}, before its deadline ({late_at:?})"
+        );
+    }
+
+    /// Found by review (stop 51): every fire of the sweep looked at every
+    /// call waiting, under the stream's lock, so a member that stopped
+    /// answering N calls with deadlines spread over the timeout cost N
+    /// fires of N entries each (50k calls: 50M entries a second, the lock
+    /// held most of that time, exactly when the backlog is answered). The
+    /// sweep now looks at each call about once, O(N) in all.
+    #[test]
+    fn expiring_many_waiting_calls_looks_at_each_about_once() {
+        const N: u64 = 5_000;
+        let shared = Shared::default();
+        let base = Instant::now();
+        let mut answers = Vec::new();
+        {
+            let mut w = shared.lock();
+            for i in 0..N {
+                let (tx, rx) = oneshot::channel();
+                let id = w.next;
+                let _ = w.enter(id, tx, Some(base + Duration::from_millis(i + 1)));
+                answers.push(rx);
+            }
+        }
+        // The sweep: each fire at the deadline it was armed at.
+        let mut fires = 0;
+        let mut at = shared.lock().armed;
+        while let Some(now) = at {
+            fires += 1;
+            assert!(fires <= N, "more fires than deadlines");
+            at = shared.expire(now);
+        }
+        assert_eq!(fires, N, "one fire per deadline");
+        for mut rx in answers {
+            assert!(matches!(rx.try_recv(), Ok(None)), "a call did not expire");
+        }
+        let scanned = shared.lock().scanned;
+        assert!(
+            scanned <= 4 * N as usize,
+            "{N} calls expired one per fire looked at {scanned} entries"
         );
     }
 }
