@@ -49,7 +49,7 @@ use super::frame::{FrameError, PROTOCOL_VERSION, PeerFrame, decode_peer_frame, w
 use super::frame_reader::FrameReader;
 use super::handshakes::{Denied, HandshakeSlot, Handshakes};
 use super::hello_detail::{MAX_DETAIL_BYTES, read_hello, wants_detail, with_detail};
-use super::inbox_bytes::{InboxTx, is_body_late, read_charged};
+use super::inbox_bytes::{InboxTx, is_body_stalled, read_charged};
 use super::peer_limits::PeerPlaces;
 use super::quic::{
     CLOSE_NO_SERVICE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_TOO_MANY_CONNECTIONS,
@@ -681,9 +681,10 @@ async fn serve_link(
     // One large frame in progress for this peer across its links.
     let gate = budget.as_ref().map(|b| b.peer_gate(from));
     let charged = budget.as_deref().zip(gate.as_deref());
-    let grace = served.handshake_timeout;
+    // How long a charged frame's body may stop arriving.
+    let stall = served.handshake_timeout;
     loop {
-        let (frame, charge) = match read_charged(&mut frames, max, charged, grace).await {
+        let (frame, charge) = match read_charged(&mut frames, max, charged, stall).await {
             Ok((body, charge)) => (decode_peer_frame(&body), charge),
             Err(e) => (Err(e), None),
         };
@@ -784,10 +785,10 @@ async fn serve_link(
                 conn.close(VarInt::from_u32(CLOSE_NORMAL), b"link ended");
                 return;
             }
-            Err(FrameError::Io(e)) if is_body_late(&e) => {
+            Err(FrameError::Io(e)) if is_body_stalled(&e) => {
                 warn!(node = link.node, %remote, peer = %name, reason = %e,
-                    "a charged frame's body came too slowly; closing the link");
-                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"frame body too slow");
+                    "a charged frame's body stopped arriving; closing the link");
+                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"frame body stalled");
                 return;
             }
             Err(FrameError::Io(e)) => {

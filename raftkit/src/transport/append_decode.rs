@@ -55,7 +55,7 @@ const APPEND_ENTRIES: u32 = 2;
 const NOOP: u32 = 0;
 const COMMAND: u32 = 1;
 /// The fewest bytes an entry takes (term, index, payload tag).
-const MIN_ENTRY_BYTES: usize = 3;
+pub(super) const MIN_ENTRY_BYTES: usize = 3;
 
 /// A [`Message`] of an AppendEntries as far as its entry count.
 struct Header {

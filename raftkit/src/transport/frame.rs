@@ -191,6 +191,21 @@ pub enum FrameError {
         /// The cap.
         max: usize,
     },
+    /// An AppendEntries frame claims more entries than its length can hold
+    /// (an entry takes at least 3 bytes): refused from its header, before
+    /// its body is read, charged or decoded (nothing of it was applied).
+    /// No correct peer sends one: the link is closed.
+    #[error(
+        "AppendEntries claims {count} entries in a frame of {len} bytes, which holds at most {max}"
+    )]
+    EntriesPastFrame {
+        /// The entry count the frame claims.
+        count: u64,
+        /// The frame body's length.
+        len: usize,
+        /// The most entries that length can hold.
+        max: usize,
+    },
     /// A coalesced heartbeat or a membership answer lists more items than
     /// any correct sender puts in one ([`MAX_QUIESCED_PER_FRAME`] quiesced
     /// groups, [`MAX_MEMBERS`] members); refused from the list's length

@@ -406,6 +406,26 @@ impl FrameReader {
         }
     }
 
+    /// The next frame's body as [`Self::next`], unless it is incomplete and
+    /// no byte arrives for `stall`: then `Ok(None)`, what arrived kept (a
+    /// later call resumes). However slowly its bytes come, a frame whose
+    /// bytes keep coming is read whole. Cancel-safe.
+    pub(crate) async fn next_unless_stalled(
+        &mut self,
+        max: usize,
+        stall: std::time::Duration,
+    ) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            if let Some(body) = self.buf.take_frame(max)? {
+                return Ok(Some(body));
+            }
+            match tokio::time::timeout(stall, self.read_more(max)).await {
+                Ok(read) => read?,
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
     /// Discards the next frame (module doc, invariant 5) and returns the
     /// first [`HEAD`] bytes of its body. Cancel-safe.
     pub(crate) async fn skip_frame(&mut self, max: usize) -> Result<Vec<u8>, FrameError> {

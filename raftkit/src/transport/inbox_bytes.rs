@@ -42,16 +42,23 @@
 //!   a header on each of 4 connections and never a body held the whole
 //!   budget for ever). A peer's links take their large frames' charges
 //!   one at a time ([`PeerGate`], by the node id of its certificate,
-//!   across all its connections): one peer holds at most one frame in
-//!   progress (a quarter of the default budget), the rest is for the
-//!   others. And that frame's body must arrive within the handshake
-//!   timeout and [`MIN_BODY_RATE`], or its link is closed
-//!   (`CLOSE_PROTOCOL`) and its charge given back. Both, because each
-//!   alone falls short: the deadline alone lets a peer that reconnects
-//!   hold the budget again and again for its length; the gate alone lets
-//!   it hold its frame for ever. An honest peer has one link to a node,
-//!   which reads its frames one at a time anyway: the gate costs it
-//!   nothing;
+//!   across all its connections): the gate is what bounds a peer, to
+//!   one frame in progress, charged at most its length and the [`Entry`]
+//!   of each entry that length can hold (a frame claiming more is
+//!   refused from its header, [`FrameError::EntriesPastFrame`](super::frame::FrameError::EntriesPastFrame)):
+//!   with the defaults 16 MiB and 65,536 entries of ~112 bytes, about
+//!   23 MiB, 36% of the budget; the rest is for the others (two
+//!   compromised node ids hold about 72% of it: the threat model is one).
+//!   A peer may hold its one frame as long as it keeps sending its body,
+//!   however slowly (an honest slow link always gets its frame through:
+//!   found by review, stop 51, a deadline on the whole body closed a
+//!   slow honest link for good, as its leader resent the same frame);
+//!   only a body of which no byte arrived for the handshake timeout
+//!   ([`read_charged`]) closes its link (`CLOSE_PROTOCOL`) and gives its
+//!   charge back: that frees a wedged link, not the budget from a hostile
+//!   peer, which may reconnect and hold its frame again. An honest peer
+//!   has one link to a node, which reads its frames one at a time anyway:
+//!   the gate costs it nothing;
 //! - small messages (votes, heartbeats, responses: Raft's liveness,
 //!   §5.2) never wait behind another link's large one (on one link,
 //!   frames are read in order: a heartbeat waits for the large frame
@@ -134,28 +141,25 @@ pub(crate) struct InboxBytes {
 #[derive(Debug)]
 pub(crate) struct PeerGate(tokio::sync::Mutex<()>);
 
-/// The least rate at which a large frame's body must arrive once it is
-/// charged, after [`QuicConfig::handshake_timeout`](super::QuicConfig::handshake_timeout)
-/// of grace: 256 KiB/s (a 16 MiB frame has 64 s more). A link whose body
-/// is later is closed (`CLOSE_PROTOCOL`): its charge is not held for ever.
-pub(crate) const MIN_BODY_RATE: usize = 256 * 1024;
-
-/// The error of a large frame's body that did not arrive by its deadline
-/// ([`MIN_BODY_RATE`]), inside a [`FrameError::Io`](super::frame::FrameError::Io)
-/// of kind `TimedOut` ([`is_body_late`]).
+/// The error of a charged large frame's body of which no byte arrived
+/// for [`QuicConfig::handshake_timeout`](super::QuicConfig::handshake_timeout)
+/// ([`read_charged`]), inside a [`FrameError::Io`](super::frame::FrameError::Io)
+/// of kind `TimedOut` ([`is_body_stalled`]). The frame was not decoded
+/// (nothing of it was applied); its link is closed and its charge given
+/// back.
 #[derive(Debug, thiserror::Error)]
-#[error("a frame's body of {len} bytes did not arrive within {allowed:?} of its charge")]
-pub(crate) struct BodyLate {
+#[error("no byte of a frame's body of {len} bytes arrived for {stall:?}")]
+pub(crate) struct BodyStalled {
     /// The body's length (its prefix).
     pub(crate) len: usize,
-    /// The time it was given.
-    pub(crate) allowed: std::time::Duration,
+    /// How long no byte of it arrived.
+    pub(crate) stall: std::time::Duration,
 }
 
-/// Whether `e` is a [`BodyLate`] (the peer is closed for it with
+/// Whether `e` is a [`BodyStalled`] (the peer is closed for it with
 /// `CLOSE_PROTOCOL`, not as a failed stream).
-pub(crate) fn is_body_late(e: &std::io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<BodyLate>())
+pub(crate) fn is_body_stalled(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<BodyStalled>())
 }
 
 /// Bytes of an [`InboxBytes`] held by one message; given back when dropped.
@@ -404,9 +408,14 @@ const CLAIM_HEAD: usize = 96;
 ///   charged those and the [`Entry`]s it claims (`charge_of`), from its
 ///   length prefix and its header ([`CLAIM_HEAD`]), in one grant, before
 ///   its body is taken from the reader, once `budget`'s [`PeerGate`] (the
-///   peer's, held until the body is read) lets it; the body must then
-///   arrive within `grace` (the handshake timeout) and [`MIN_BODY_RATE`],
-///   or [`BodyLate`] (module doc, "One frame in progress per peer");
+///   peer's, held until the body is read) lets it; its body must then
+///   keep arriving: [`BodyStalled`] once no byte of it came for `stall`
+///   (the handshake timeout; module doc, "One frame in progress per
+///   peer");
+/// - an AppendEntries claiming more entries than one message may carry
+///   ([`FrameError::TooManyEntries`](super::frame::FrameError::TooManyEntries))
+///   or than its length can hold ([`FrameError::EntriesPastFrame`](super::frame::FrameError::EntriesPastFrame))
+///   is refused from its header, uncharged;
 /// - a small frame is read first (a waiting link holds at most
 ///   [`SMALL_CHARGE`] bytes of it) and charged all it takes at once, from
 ///   the reserve when the budget has no room now.
@@ -414,23 +423,17 @@ pub(crate) async fn read_charged(
     frames: &mut super::frame_reader::FrameReader,
     max: usize,
     budget: Option<(&InboxBytes, &PeerGate)>,
-    grace: std::time::Duration,
+    stall: std::time::Duration,
 ) -> Result<(bytes::Bytes, Option<InboxCharge>), super::frame::FrameError> {
     let Some((budget, gate)) = budget else {
         return Ok((frames.next(max).await?, None));
     };
     let len = frames.next_len(max).await?;
-    // What the entries a frame claims take decoded, from its header.
-    let entries = |body: &[u8]| {
-        let claimed = super::append_decode::claimed_entries(body).unwrap_or(0);
-        let n = usize::try_from(claimed.min(crate::core::MAX_ENTRIES_PER_APPEND as u64))
-            .unwrap_or(usize::MAX);
-        n.saturating_mul(std::mem::size_of::<Entry>())
-    };
     if charge_for(len) <= SMALL_CHARGE {
         let body = frames.next(max).await?;
+        let entries = claimed_entry_bytes(&body, body.len())?;
         let charge = budget
-            .charge_bytes(charge_for(body.len()).saturating_add(entries(&body)))
+            .charge_bytes(charge_for(body.len()).saturating_add(entries))
             .await;
         return Ok((body, Some(charge)));
     }
@@ -439,22 +442,48 @@ pub(crate) async fn read_charged(
     let head = frames.next_head(max, CLAIM_HEAD).await?;
     #[cfg(test)]
     budget.heads.fetch_add(1, Ordering::Relaxed);
+    let entries = claimed_entry_bytes(&head, len)?;
     // One large frame in progress per peer, across its links (module doc).
     let _in_progress = gate.0.lock().await;
     let charge = budget
-        .charge_bytes(charge_for(len).saturating_add(entries(&head)))
+        .charge_bytes(charge_for(len).saturating_add(entries))
         .await;
-    // Its body by a deadline: the charge is not the peer's to hold.
-    let allowed = grace.saturating_add(std::time::Duration::from_secs_f64(
-        len as f64 / MIN_BODY_RATE as f64,
-    ));
-    match tokio::time::timeout(allowed, frames.next(max)).await {
-        Ok(body) => Ok((body?, Some(charge))),
-        Err(_) => Err(super::frame::FrameError::Io(std::io::Error::new(
+    // Its body must keep coming (module doc): however slowly, but not
+    // stopped for `stall`.
+    match frames.next_unless_stalled(max, stall).await? {
+        Some(body) => Ok((body, Some(charge))),
+        None => Err(super::frame::FrameError::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            BodyLate { len, allowed },
+            BodyStalled { len, stall },
         ))),
     }
+}
+
+/// What the entries an AppendEntries frame of `len` bytes claims in its
+/// header `head` take decoded (`charge_of`; nothing for another frame).
+/// A claim of more than [`MAX_ENTRIES_PER_APPEND`](crate::core::MAX_ENTRIES_PER_APPEND)
+/// entries, or of more than `len` bytes can hold (found by review, stop
+/// 51: a 4 KiB frame claiming 65,536 entries was charged ~7 MiB before
+/// its body came), is refused: serde would refuse the frame anyway.
+fn claimed_entry_bytes(head: &[u8], len: usize) -> Result<usize, super::frame::FrameError> {
+    use super::frame::FrameError;
+    let Some(count) = super::append_decode::claimed_entries(head) else {
+        return Ok(0);
+    };
+    let cap = crate::core::MAX_ENTRIES_PER_APPEND;
+    if count > cap as u64 {
+        return Err(FrameError::TooManyEntries { count, max: cap });
+    }
+    let room = len / super::append_decode::MIN_ENTRY_BYTES;
+    let n = usize::try_from(count).unwrap_or(usize::MAX);
+    if n > room {
+        return Err(FrameError::EntriesPastFrame {
+            count,
+            len,
+            max: room,
+        });
+    }
+    Ok(n.saturating_mul(std::mem::size_of::<Entry>()))
 }
 
 /// Where a link hands a multi-group node's inbound items.

@@ -587,16 +587,16 @@ async fn a_peer_sending_prefixes_without_bodies_does_not_hold_the_budget() {
 
 /// With [`a_peer_sending_prefixes_without_bodies_does_not_hold_the_budget`]:
 /// the one frame a peer may have in progress is not its to hold for ever
-/// either. Its body must come within the handshake timeout and
-/// [`MIN_BODY_RATE`](super::MIN_BODY_RATE); a link whose body does not is
-/// closed (`CLOSE_PROTOCOL`) and its charge given back.
+/// on a wedged link. A link of which no byte of the body came for the
+/// handshake timeout is closed (`CLOSE_PROTOCOL`) and its charge given
+/// back (the handshake timeout is [`STALL`], review stop 51 #3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charged_frame_whose_body_never_comes_closes_its_link() {
     let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
     let hostile = "t@h";
     let cert = ca.issue_node(hostile, &[]).expect("cert");
     let (t, addr, _inbox, budget) = node_inbox_with("t@a", ids[0].clone(), |c| {
-        c.handshake_timeout = Duration::from_secs(1);
+        c.handshake_timeout = STALL;
     })
     .await;
     let (mut send, conn, _endpoint) = hostile_link(&cert, hostile, addr).await;
@@ -622,6 +622,180 @@ async fn a_charged_frame_whose_body_never_comes_closes_its_link() {
         || {
             format!(
                 "the late frame's charge was not given back: {}",
+                budget.held()
+            )
+        },
+    )
+    .await;
+    t.shutdown().await;
+}
+
+/// The handshake timeout of the body-deadline tests: it also bounds their
+/// own connection's set-up and hello (review, stop 51 #3: at 1 s a
+/// debug-build handshake on a busy 2-core machine could miss it), so it
+/// is kept well above what that takes.
+const STALL: Duration = Duration::from_secs(3);
+
+/// Found by review, stop 51 (#1): a charged frame's body had to arrive
+/// within the handshake timeout and `len / 256 KiB/s` in all, so an honest
+/// link slower than that over the whole body (a lossy long path, or one
+/// of several leaders sharing a follower's downlink) was closed every
+/// time it sent that frame, and the leader resent it, for ever: the
+/// follower never caught up. The body now only has to keep arriving: a
+/// link is closed when no byte of it came for the handshake timeout. Here
+/// a frame's body trickles in pieces, each well within that, for longer
+/// than the old deadline: it arrives, and its link stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_whose_body_trickles_in_steadily_arrives() {
+    const PIECES: usize = 8;
+    const PAUSE: Duration = Duration::from_millis(600);
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let peer = "t@s";
+    let cert = ca.issue_node(peer, &[]).expect("cert");
+    let (t, addr, mut inbox, budget) = node_inbox_with("t@a", ids[0].clone(), |c| {
+        c.handshake_timeout = STALL;
+    })
+    .await;
+    let (mut send, conn, _endpoint) = hostile_link(&cert, peer, addr).await;
+    let frame = big_append_frame(node_id(peer), node_id("t@a"), 1);
+    // The old deadline: the grace, and the body at 256 KiB/s.
+    let old_deadline = STALL + Duration::from_secs_f64(frame.len() as f64 / (256.0 * 1024.0));
+    let piece = frame.len().div_ceil(PIECES);
+    let mut pieces = frame.chunks(piece);
+    let first = pieces.next().expect("a first piece");
+    send.write_all(first).await.expect("sent");
+    wait_for(
+        || budget.held() > 0,
+        || "the frame was never charged".into(),
+    )
+    .await;
+    let charged = tokio::time::Instant::now();
+    // The rest at a steady ~13 KiB/s, each pause a fraction of the stall
+    // bound (pacing, not synchronisation).
+    let mut pace = tokio::time::interval(PAUSE);
+    pace.tick().await;
+    for rest in pieces {
+        pace.tick().await;
+        assert!(
+            conn.close_reason().is_none(),
+            "the link was closed while its frame's body was still arriving, {:?} after its \
+             charge: {:?}",
+            charged.elapsed(),
+            conn.close_reason()
+        );
+        send.write_all(rest).await.expect("sent");
+    }
+    let (msg, charge) = tokio::time::timeout(DEADLINE, inbox.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "a frame trickled in over {:?} never arrived (link closed: {:?})",
+                charged.elapsed(),
+                conn.close_reason()
+            )
+        })
+        .expect("inbox open");
+    assert!(
+        charged.elapsed() > old_deadline,
+        "the trickle ({:?}) did not outlast the old deadline ({old_deadline:?})",
+        charged.elapsed()
+    );
+    assert_eq!(msg.from, node_id(peer));
+    assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+    drop(msg);
+    drop(charge);
+    assert_eq!(budget.held(), 0, "the charge is back");
+    t.shutdown().await;
+}
+
+/// Found by review, stop 51 (#2): a large frame's charge counted the
+/// entries its header claims unchecked against its length, so a frame of
+/// ~5 KB claiming 65,536 entries was charged ~7 MiB (here: the whole
+/// budget) before its body came, for a body that may never come. A claim
+/// past what the length can hold is refused from the header: the link is
+/// closed at once (not after the stall bound), and nothing stays charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_claiming_more_entries_than_its_length_holds_is_refused_uncharged() {
+    const LEN: usize = 5000;
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let hostile = "t@h";
+    let cert = ca.issue_node(hostile, &[]).expect("cert");
+    let (t, addr, _inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let (mut send, conn, _endpoint) = hostile_link(&cert, hostile, addr).await;
+    // A `Msg` of an AppendEntries (tags 3 and 2) claiming 65,536 entries,
+    // postcard varints, in a frame of LEN bytes: its prefix and header
+    // only, the body never comes.
+    let head = postcard::to_allocvec(&(
+        3u32,
+        node_id(hostile),
+        node_id("t@a"),
+        1u64,
+        2u32,
+        0u64,
+        1u64,
+        65_536u64,
+    ))
+    .expect("encode");
+    let mut wire = u32::try_from(LEN).expect("u32").to_be_bytes().to_vec();
+    wire.extend_from_slice(&head);
+    wire.resize(wire.len() + 128, 0);
+    send.write_all(&wire).await.expect("sent");
+    let bound = Duration::from_secs(5);
+    let mut peak = 0;
+    let closed = tokio::time::timeout(bound, async {
+        loop {
+            peak = peak.max(budget.held());
+            if conn.close_reason().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a frame of {LEN} bytes claiming 65,536 entries was not refused within {bound:?}: \
+         {} of {} bytes charged for it",
+        budget.held(),
+        budget.limit()
+    );
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => assert_eq!(
+            close.error_code,
+            quinn::VarInt::from_u32(crate::transport::quic::CLOSE_PROTOCOL)
+        ),
+        other => panic!("closed for {other:?}"),
+    }
+    assert_eq!(peak, 0, "the refused frame was charged {peak} bytes");
+    assert_eq!(budget.held(), 0);
+    t.shutdown().await;
+}
+
+/// A link whose connection is closed while a charged frame's body is on
+/// its way gives the charge back (the read fails, the charge is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_mid_body_gives_its_charge_back() {
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let peer = "t@c";
+    let cert = ca.issue_node(peer, &[]).expect("cert");
+    let (t, addr, _inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let (mut send, conn, endpoint) = hostile_link(&cert, peer, addr).await;
+    let frame = big_append_frame(node_id(peer), node_id("t@a"), 1);
+    send.write_all(&frame[..frame.len() / 2])
+        .await
+        .expect("sent");
+    wait_for(
+        || budget.held() >= super::charge_for(frame.len() - 4),
+        || format!("the frame was never charged: {}", budget.held()),
+    )
+    .await;
+    conn.close(quinn::VarInt::from_u32(0), b"gone");
+    endpoint.close(quinn::VarInt::from_u32(0), b"gone");
+    wait_for(
+        || budget.held() == 0,
+        || {
+            format!(
+                "a connection closed mid-body kept its charge: {} bytes",
                 budget.held()
             )
         },
