@@ -582,4 +582,69 @@ mod tests {
         );
         quic.shutdown().await;
     }
+
+    /// mutaudit stop 51, S8: a message offered to the hoster is counted in
+    /// the hosting tally; once the hoster delivers it to its new group,
+    /// its bytes must leave that tally (`InboxCharge::count_in`), or the
+    /// tally fills with every hosted message and on-demand hosting stops
+    /// for good (every later offer dropped as over the share).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hosted_message_gives_its_hosting_bytes_back() {
+        use crate::core::Body;
+        use crate::transport::inbox_bytes::{InboxBytes, MESSAGE_OVERHEAD};
+
+        const FRAME: usize = 64 * 1024;
+        let (_ca, mut ids) = dev_cluster(["links@g"]).expect("certs");
+        let identity = ids.pop().expect("node identity");
+        let config = QuicConfig::new("127.0.0.1:0".parse().expect("addr"), "links@g", identity, 0);
+        let (quic, _addr) = QuicTransport::start(config, mpsc::channel(1).0, None)
+            .await
+            .expect("transport starts");
+        let me = node_id("links@g");
+        let budget = InboxBytes::for_frames(FRAME);
+        let links = Links::new(quic.clone(), budget.group_share());
+        let (host_tx, mut hosting) = mpsc::channel(64);
+        links.host_on_demand(me, host_tx);
+        // A quarter of the budget each: the share (half) holds two.
+        let body = budget.limit() / 4 - MESSAGE_OVERHEAD;
+        for k in 0..5u64 {
+            let group = 100 + k;
+            let msg = Message {
+                from: 2,
+                to: me,
+                term: 3,
+                body: Body::Heartbeat {
+                    commit: 0,
+                    round: 0,
+                },
+            };
+            let charge = budget.charge(&msg, body).await;
+            links.deliver(group, msg, Some(charge));
+            let Ok((g, msg, charge)) = hosting.try_recv() else {
+                panic!(
+                    "round {k}: the message for group {group} was not offered to the hoster \
+                     ({} dropped, hosting tally {})",
+                    links.dropped(),
+                    links.hosting_held.load(Ordering::Relaxed)
+                );
+            };
+            assert_eq!(g, group);
+            // The hoster starts the replica and delivers the message.
+            let (inbox, mut hosted) = mpsc::channel(4);
+            links.register(g, inbox);
+            links.deliver(g, msg, charge);
+            assert!(
+                hosted.try_recv().is_ok(),
+                "round {k}: delivered to the group"
+            );
+            assert_eq!(
+                links.hosting_held.load(Ordering::Relaxed),
+                0,
+                "round {k}: the hosted message's bytes stayed in the hosting tally"
+            );
+            assert_eq!(links.dropped(), 0, "round {k}");
+            assert_eq!(budget.held(), 0, "round {k}");
+        }
+        quic.shutdown().await;
+    }
 }
