@@ -551,13 +551,19 @@ impl Client {
         tx: tokio::sync::mpsc::UnboundedSender<(SocketAddr, Result<(), Error>)>,
     ) {
         let mut backoff = self.inner.opts.backoff;
+        // Whether a dial of `addr` already failed (and was sent on `tx`).
+        let mut failed = false;
         loop {
             let r = match tokio::time::timeout_at(deadline, self.connection(addr)).await {
                 Ok(r) => r.map(|_| ()),
+                // A redial cut by the deadline keeps the failure sent before
+                // it: "too many connections" says more than a silence.
+                Err(_) if failed => return,
                 Err(_) => Err(Error::Unavailable(format!(
                     "{addr}: no answer before the connect's deadline"
                 ))),
             };
+            failed = r.is_err();
             let again = match &r {
                 Ok(()) => false,
                 Err(e) => {
