@@ -1158,7 +1158,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let apply_tx = if self.apply_inline {
             apply::ApplyTx::new(apply_tx, shared.clone())
         } else {
-            apply::ApplyTx::thread_only(apply_tx)
+            apply::ApplyTx::thread_only(apply_tx, shared.clone())
         };
         self.threads.spawn(
             "raftkit-apply",

@@ -217,12 +217,17 @@ impl<S: StateMachine> Inline for Shared<S> {
 }
 
 /// The node task's end of the apply queue: counts what it sends (see the
-/// module invariants) and applies a small batch itself when it may.
+/// module invariants) and applies a small batch itself when it may; on
+/// either path, answers the callers of a message the loop can no longer
+/// take (it ended by a panic) itself.
 #[derive(Clone)]
 pub struct ApplyTx {
     tx: mpsc::UnboundedSender<ApplyMsg>,
-    /// None: every message goes to the thread (the peer did not opt in).
-    inline: Option<Arc<dyn Inline>>,
+    /// The apply state: applies the small batches (if `inline`), and
+    /// answers the callers of what cannot be queued.
+    shared: Arc<dyn Inline>,
+    /// False: every message goes to the thread (the peer did not opt in).
+    inline: bool,
 }
 
 impl ApplyTx {
@@ -231,29 +236,39 @@ impl ApplyTx {
     pub fn new(tx: mpsc::UnboundedSender<ApplyMsg>, shared: Arc<dyn Inline>) -> ApplyTx {
         ApplyTx {
             tx,
-            inline: Some(shared),
+            shared,
+            inline: true,
         }
     }
 
-    /// A sender that hands everything to the thread.
-    pub fn thread_only(tx: mpsc::UnboundedSender<ApplyMsg>) -> ApplyTx {
-        ApplyTx { tx, inline: None }
+    /// A sender that hands everything to the loop on `shared`, and
+    /// answers itself only what that loop can no longer take.
+    pub fn thread_only(tx: mpsc::UnboundedSender<ApplyMsg>, shared: Arc<dyn Inline>) -> ApplyTx {
+        ApplyTx {
+            tx,
+            shared,
+            inline: false,
+        }
     }
 
-    /// Queues `msg` for the thread; false if the thread is gone.
+    /// Queues `msg` for the thread; false if the thread is gone (then the
+    /// callers of `msg` were answered here).
     pub fn send(&self, msg: ApplyMsg) -> bool {
-        let Some(inline) = &self.inline else {
-            return self.tx.send(msg).is_ok();
-        };
-        inline.queued().fetch_add(1, Ordering::AcqRel);
+        if self.inline {
+            self.shared.queued().fetch_add(1, Ordering::AcqRel);
+        }
         match self.tx.send(msg) {
             Ok(()) => true,
             Err(mpsc::error::SendError(msg)) => {
-                inline.queued().fetch_sub(1, Ordering::AcqRel);
+                if self.inline {
+                    self.shared.queued().fetch_sub(1, Ordering::AcqRel);
+                }
                 // The loop ended (by a panic: it closed its queue, and the
                 // node halted) or the node is stopping: its callers are
-                // answered here rather than dropped unanswered.
-                inline.refuse(msg);
+                // answered here rather than dropped unanswered (on either
+                // path: a dropped reply tells its caller only that the
+                // outcome is unknown).
+                self.shared.refuse(msg);
                 false
             }
         }
@@ -267,9 +282,7 @@ impl ApplyTx {
         mut register: Vec<(Index, Term, Reply)>,
         mut entries: Vec<Entry>,
     ) -> bool {
-        if let Some(inline) = &self.inline
-            && inline.try_apply(&mut register, &mut entries)
-        {
+        if self.inline && self.shared.try_apply(&mut register, &mut entries) {
             return true;
         }
         let _ = self.send(ApplyMsg::Entries { register, entries });

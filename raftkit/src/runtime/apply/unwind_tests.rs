@@ -239,10 +239,28 @@ fn the_halt_guard_cannot_panic_while_the_loop_unwinds() {
 /// sender answers them itself.
 #[test]
 fn callers_sent_to_a_loop_that_unwound_are_answered_halted() {
+    callers_sent_after_the_loop_unwound(true);
+}
+
+/// The same with the default sender (inline apply off), which hands every
+/// message to the thread: it must answer what it cannot queue too. Before
+/// (stop 51), it dropped the message, and its caller heard nothing
+/// (`Ambiguous`) instead of `Halted`.
+#[test]
+fn callers_sent_by_a_thread_only_sender_to_a_loop_that_unwound_are_answered_halted() {
+    callers_sent_after_the_loop_unwound(false);
+}
+
+/// See the two tests above: `inline` chooses the sender.
+fn callers_sent_after_the_loop_unwound(inline: bool) {
     runtime().block_on(async {
         let (shared, status) = shared();
         let (tx, rx) = mpsc::unbounded_channel();
-        let sender = ApplyTx::new(tx, Arc::clone(&shared) as Arc<dyn super::Inline>);
+        let sender = if inline {
+            ApplyTx::new(tx, Arc::clone(&shared) as Arc<dyn super::Inline>)
+        } else {
+            ApplyTx::thread_only(tx, Arc::clone(&shared) as Arc<dyn super::Inline>)
+        };
         let (z, z_rx) = reply();
         assert!(sender.send(ApplyMsg::Register(vec![(1, 1, z)])));
         let (snap_tx, mut snapshots) = mpsc::unbounded_channel();
