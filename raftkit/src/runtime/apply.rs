@@ -510,11 +510,12 @@ pub async fn run_shared<S: StateMachine>(
     // and the node halts: nobody waits for an answer that cannot come.
     let mut unwind = HaltOnUnwind {
         shared: &shared,
-        rx,
+        rx: Some(rx),
         snapshots: &snapshots,
     };
-    while let Some(msg) = unwind.rx.recv().await {
-        let rx = &unwind.rx;
+    while let Some(rx) = unwind.rx.as_mut() {
+        let Some(msg) = rx.recv().await else { break };
+        let rx = &*rx;
         if rx.is_closed() {
             // The node stopped: nothing applied from now on would be seen
             // (the state lives in memory; the log keeps every entry). The
@@ -621,9 +622,15 @@ fn answer_each(replies: impl Iterator<Item = Reply>, e: &Error) {
 /// Its drop runs while the thread unwinds, where a second panic escaping
 /// it would abort the process: everything it does is caught, and a caught
 /// panic's payload is forgotten, not dropped (its own `Drop` may panic).
+/// That includes dropping the queued messages: each is refused under a
+/// catch of its own (a panic while one is dropped does not leave the rest
+/// queued), and the receiver itself, with any message that raced the
+/// close into the queue after the drain, is dropped inside the catch, not
+/// with the guard after it.
 struct HaltOnUnwind<'a, S: StateMachine> {
     shared: &'a Shared<S>,
-    rx: mpsc::UnboundedReceiver<ApplyMsg>,
+    /// The loop's queue (taken by the drop; always there before).
+    rx: Option<mpsc::UnboundedReceiver<ApplyMsg>>,
     snapshots: &'a mpsc::UnboundedSender<Result<Taken, String>>,
 }
 
@@ -632,8 +639,9 @@ impl<S: StateMachine> Drop for HaltOnUnwind<'_, S> {
         if !std::thread::panicking() {
             return;
         }
-        let (shared, rx, snapshots) = (self.shared, &mut self.rx, self.snapshots);
-        let done = catch_unwind(AssertUnwindSafe(|| {
+        let (shared, snapshots) = (self.shared, self.snapshots);
+        let Some(mut rx) = self.rx.take() else { return };
+        let done = catch_unwind(AssertUnwindSafe(move || {
             let mut guard = shared.lock();
             let a = &mut *guard;
             a.halt_caught(
@@ -642,8 +650,14 @@ impl<S: StateMachine> Drop for HaltOnUnwind<'_, S> {
             );
             rx.close();
             while let Ok(msg) = rx.try_recv() {
-                a.refuse(msg, Some(snapshots));
+                let refused = catch_unwind(AssertUnwindSafe(|| a.refuse(msg, Some(snapshots))));
+                if let Err(payload) = refused {
+                    error!(panic = %panic_message(payload.as_ref()), "a panic while a queued message was refused after the apply loop ended");
+                    std::mem::forget(payload);
+                }
             }
+            drop(guard);
+            drop(rx);
         }));
         if let Err(payload) = done {
             std::mem::forget(payload);

@@ -223,7 +223,7 @@ fn the_halt_guard_cannot_panic_while_the_loop_unwinds() {
     let unwound = catch_unwind(AssertUnwindSafe(|| {
         let _guard = HaltOnUnwind {
             shared: &shared,
-            rx,
+            rx: Some(rx),
             snapshots: &snap_tx,
         };
         panic!("the apply loop panics on purpose");
@@ -268,7 +268,7 @@ fn callers_sent_after_the_loop_unwound(inline: bool) {
         let unwound = catch_unwind(AssertUnwindSafe(|| {
             let _guard = HaltOnUnwind {
                 shared: &shared,
-                rx,
+                rx: Some(rx),
                 snapshots: &snap_tx,
             };
             panic!("the apply loop panics on purpose");
@@ -292,4 +292,60 @@ fn callers_sent_after_the_loop_unwound(inline: bool) {
         });
         halted("q, a read sent after", &given(q_rx));
     });
+}
+
+/// Bytes whose owner's `Drop` panics (a [`Bomb`]): an entry holding them
+/// panics when it is dropped, outside any caller's answer.
+struct BombBytes {
+    _bomb: Bomb,
+}
+
+impl AsRef<[u8]> for BombBytes {
+    fn as_ref(&self) -> &[u8] {
+        &[]
+    }
+}
+
+/// The guard drains the messages queued when the loop unwound. A panic
+/// while one of them is refused (here an entry whose bytes' drop panics)
+/// must not end the drain and leave the rest in the receiver, which the
+/// guard dropped after its catch, while the thread unwinds: a queued
+/// caller's command whose `Drop` panics there aborted the process. Each
+/// message is refused on its own and the receiver dropped inside the catch:
+/// the process lives, the caller behind is answered `Halted`.
+#[test]
+fn a_panic_while_the_guard_refuses_a_queued_message_cannot_abort() {
+    if !in_a_child("a_panic_while_the_guard_refuses_a_queued_message_cannot_abort") {
+        return;
+    }
+    let (shared, status) = shared();
+    let bombs = Arc::new(AtomicUsize::new(2));
+    let (x, x_rx) = armed(&bombs);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (snap_tx, _snapshots) = mpsc::unbounded_channel();
+    let bytes = bytes::Bytes::from_owner(BombBytes {
+        _bomb: Bomb(Arc::clone(&bombs)),
+    });
+    for msg in [
+        ApplyMsg::entries(vec![crate::core::Entry {
+            index: 1,
+            term: 1,
+            payload: crate::core::Payload::Command(bytes),
+        }]),
+        ApplyMsg::Register(vec![(2, 1, x)]),
+    ] {
+        assert!(tx.send(msg).is_ok());
+    }
+    let unwound = catch_unwind(AssertUnwindSafe(|| {
+        let _guard = HaltOnUnwind {
+            shared: &shared,
+            rx: Some(rx),
+            snapshots: &snap_tx,
+        };
+        panic!("the apply loop panics on purpose");
+    }));
+    assert!(unwound.is_err(), "the loop's panic goes on unwinding");
+    assert!(status.borrow().halted.is_some(), "the node did not halt");
+    halted("x, queued behind the entry whose drop panics", &given(x_rx));
+    assert_eq!(bombs.load(Ordering::SeqCst), 0, "a bomb did not go off");
 }
