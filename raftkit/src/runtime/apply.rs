@@ -37,7 +37,10 @@
 //!   policy, or that this binary cannot decode (a newer binary wrote it):
 //!   it applies nothing more, the log keeps the entry, and every waiting
 //!   and later caller is answered [`Error::Halted`] (a fixed binary will
-//!   apply the write, so it is never reported as failed);
+//!   apply the write, so it is never reported as failed), but a read, which
+//!   changes nothing, is refused "not applied" as the halted node task
+//!   refuses one: `NotLeader` with the leader's address if the node knows
+//!   one, else `Unavailable` ([`Apply::refused_read`]);
 //! - it halts the same way at an entry whose apply panics outside the
 //!   handler (the command's `Deserialize`, before the handler ran; the
 //!   output's `Serialize`, after it ran, whatever its error policy: a fixed
@@ -48,14 +51,15 @@
 //!   end by a panic all the same, a drop guard halts it and answers every
 //!   waiting and queued caller, and the node task's sender answers what it
 //!   sends later: no caller ever waits for an answer that cannot come, and
-//!   none is told less than `Halted`. The node task sees the halt in the status,
+//!   no write is told less than `Halted`. The node task sees the halt in the status,
 //!   steps down and refuses later calls at once (as openraft's state
 //!   machine failing stops its Raft node with a fatal error, but the log
 //!   and the vote stay served: see `node.rs`). A read whose query decoding
 //!   or answer encoding panics fails alone ([`Error::Rejected`]: a read
 //!   changes nothing);
 //! - after [`ApplyMsg::Fail`] (the node's storage failed) every waiting and
-//!   later caller is answered with that error; every caller is answered;
+//!   later caller is answered with that error (a read: refused not
+//!   applied, as above); every caller is answered;
 //! - after [`ApplyMsg::Orphaned`] (the node left the configuration and does
 //!   not lead) the callers waiting above the node's commit index are
 //!   answered [`Error::Ambiguous`]: no leader replicates to a non-member
@@ -443,6 +447,25 @@ mod unwind_tests;
 pub use inline::INLINE_MAX_ENTRIES;
 pub use inline::{ApplyTx, Inline, Shared};
 
+/// The address of the leader the node task knows of, other than itself
+/// (`None`: none known, or this node leads): where a read the stopped apply
+/// thread refuses is sent on ([`Apply::refused_read`]). Kept by the node
+/// task as the leader changes; read only when a read is refused.
+#[derive(Debug, Default)]
+pub struct LeaderHint(std::sync::Mutex<Option<String>>);
+
+impl LeaderHint {
+    /// Sets the leader's address.
+    pub fn set(&self, hint: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = hint;
+    }
+
+    /// The leader's address, if one is known.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// The most batches of entries applied between two updates of the status
 /// while more batches are queued (see [`run`]).
 const PUBLISH_EVERY: usize = 8;
@@ -468,6 +491,8 @@ struct Apply<S> {
     /// Batches the node task applied itself (`inline`).
     inline_batches: u64,
     status: ProgressTx,
+    /// The leader the node task knows of, for the reads refused here.
+    leader: Arc<LeaderHint>,
     /// Every applied client write goes there for watches (`watch.rs`).
     journal: Arc<Journal>,
     /// The watch events of the batch being applied, appended to the
@@ -544,7 +569,7 @@ pub async fn run_shared<S: StateMachine>(
                 index,
                 query,
                 reply,
-            } => match a.stopped() {
+            } => match a.refused_read() {
                 Some(e) => reply.send(Err(e)),
                 None => {
                     a.reads.push((index, query, reply));
@@ -715,7 +740,17 @@ impl<S: StateMachine> Apply<S> {
             ApplyMsg::Register(register) | ApplyMsg::Entries { register, .. } => {
                 answer_each(register.into_iter().map(|(.., reply)| reply), &e);
             }
-            ApplyMsg::Read { reply, .. } => answer_each(std::iter::once(reply), &e),
+            ApplyMsg::Read { reply, .. } => {
+                // Not stopped: the peer is shutting down; the read was
+                // not served, and a read changes nothing.
+                let e = self.refused_read().unwrap_or_else(|| {
+                    Error::Unavailable(
+                        "the peer stopped before serving the read (not applied: a read changes nothing)"
+                            .into(),
+                    )
+                });
+                answer_each(std::iter::once(reply), &e);
+            }
             ApplyMsg::TakeSnapshot { .. } => {
                 if let Some(snapshots) = snapshots {
                     let _ = snapshots.send(Err(format!("not taken: {e}")));
@@ -793,7 +828,30 @@ impl<S: StateMachine> Apply<S> {
         let superseded = self.take_superseded(|_| true).into_iter();
         answer_each(superseded.map(|(.., reply)| reply), &e);
         let reads = std::mem::take(&mut self.reads).into_iter();
-        answer_each(reads.map(|(.., reply)| reply), &e);
+        let refused = self.refused_read().unwrap_or(e);
+        answer_each(reads.map(|(.., reply)| reply), &refused);
+    }
+
+    /// The answer to a read this thread refuses once it stopped serving
+    /// (halted, or its node's storage failed), if it has. A read changes
+    /// nothing, so it says "not applied", as the node task's refusals of a
+    /// halted or failed node do (`NodeTask::refused_halted`): `NotLeader`
+    /// with the leader's address when the node knows another leader (a
+    /// halted node keeps following it, Raft §5.2), else `Unavailable`.
+    /// Never `Halted` or `Storage` ("may have been applied"), which are for
+    /// the writes in the log.
+    fn refused_read(&self) -> Option<Error> {
+        let why = match (&self.failed, &self.halted) {
+            (Some(e), _) => format!("its storage failed: {e}"),
+            (None, Some(h)) => format!("it halted: {h}"),
+            (None, None) => return None,
+        };
+        Some(match self.leader.get() {
+            Some(hint) => Error::NotLeader { hint: Some(hint) },
+            None => Error::Unavailable(format!(
+                "this peer serves no reads until restarted, {why} (this read was not served: not applied, a read changes nothing; no leader known)"
+            )),
+        })
     }
 
     /// Reports the status; `always` wakes the node task whether or not it

@@ -559,6 +559,54 @@ fn the_writes_before_a_halt_in_the_same_batch_reach_the_watchers_first() {
     });
 }
 
+/// A read the halted apply thread refuses (one waiting for its read index
+/// when the node halted, one that reaches the thread after) changed
+/// nothing: it is answered "not applied" as the halted node task answers
+/// the reads it refuses (`NotLeader` with the leader's address when one is
+/// known, else `Unavailable`), never `Halted` (may have been applied),
+/// while the write waiting at the entry that halted is answered `Halted`.
+#[test]
+fn reads_the_halted_thread_refuses_are_answered_not_applied() {
+    runtime().block_on(async {
+        let t = Thread::start();
+        let read = |index: Index| {
+            let (tx, rx) = oneshot::channel();
+            t.send(ApplyMsg::Read {
+                index,
+                query: encode("query", &TallyRead::Get).expect("encodes"),
+                reply: Reply::new(tx, None),
+            });
+            rx
+        };
+        let waiting = read(5);
+        // A command tag this binary does not know: the node halts at it.
+        let halting = t.register(2, 1);
+        t.send(ApplyMsg::entries(vec![
+            add(1, 1),
+            entry(2, 1, Op::Write { command: vec![250] }),
+        ]));
+        let r = within(halting, "the write at the entry that halted").await;
+        assert!(
+            matches!(r, Ok(Err(Error::Halted { .. }))),
+            "the write at the entry that halted got {r:?}"
+        );
+        let later = read(1);
+        for (what, rx) in [
+            ("a read waiting at the halt", waiting),
+            ("a later read", later),
+        ] {
+            let r = within(rx, what).await;
+            match r {
+                Ok(Err(e @ Error::Unavailable(_))) => {
+                    assert_eq!(e.applied(), Applied::No, "{what}: {e:?}");
+                    assert!(e.to_string().contains("halted"), "{what}: {e}");
+                }
+                other => panic!("{what}, refused by the halted thread, got {other:?}"),
+            }
+        }
+    });
+}
+
 #[test]
 fn a_snapshot_install_moves_the_watch_journal_past_it_so_no_watcher_skips_its_writes() {
     runtime().block_on(async {

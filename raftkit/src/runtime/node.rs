@@ -1092,6 +1092,13 @@ impl NodeTask {
         if leader.is_none() || leader == Some(self.raft.id()) {
             st.leader_contact = None;
         }
+        if leader != st.last_leader {
+            // Where the apply thread sends the reads it refuses once
+            // stopped, as `refused_halted` does here.
+            let other = leader.filter(|l| *l != self.raft.id());
+            self.apply_tx
+                .set_leader(other.and_then(|l| self.addr_of(l)));
+        }
         st.last_leader = leader;
     }
 

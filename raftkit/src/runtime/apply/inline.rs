@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{Apply, ApplyMsg, ProgressTx, Reply};
+use super::{Apply, ApplyMsg, LeaderHint, ProgressTx, Reply};
 use crate::core::{Entry, Index, Term};
 use crate::runtime::session::Sessions;
 use crate::runtime::watch::Journal;
@@ -72,6 +72,9 @@ pub struct Shared<S> {
     /// The last batch's cost per entry, in nanoseconds (`u64::MAX` before
     /// the first batch).
     cost_ns: AtomicU64,
+    /// The leader the node task knows of (shared with the state, outside
+    /// its lock: the node task sets it without waiting for the thread).
+    leader: Arc<LeaderHint>,
 }
 
 impl<S: StateMachine> Shared<S> {
@@ -84,6 +87,7 @@ impl<S: StateMachine> Shared<S> {
         status: ProgressTx,
         journal: Arc<Journal>,
     ) -> Shared<S> {
+        let leader = Arc::new(LeaderHint::default());
         Shared {
             state: Mutex::new(Apply {
                 sm,
@@ -98,11 +102,13 @@ impl<S: StateMachine> Shared<S> {
                 longest_pause: Duration::ZERO,
                 inline_batches: 0,
                 status,
+                leader: Arc::clone(&leader),
                 journal,
                 events: Vec::new(),
             }),
             queued: AtomicUsize::new(0),
             cost_ns: AtomicU64::new(u64::MAX),
+            leader,
         }
     }
 
@@ -159,6 +165,9 @@ pub trait Inline: Send + Sync {
     /// loop ended by a panic and closed its queue), with the error that
     /// stopped the node.
     fn refuse(&self, msg: ApplyMsg);
+    /// Sets the address of the leader the node knows of (not itself), for
+    /// the reads the apply thread refuses once stopped.
+    fn set_leader(&self, hint: Option<String>);
 }
 
 impl<S: StateMachine> Inline for Shared<S> {
@@ -213,6 +222,10 @@ impl<S: StateMachine> Inline for Shared<S> {
 
     fn refuse(&self, msg: ApplyMsg) {
         self.lock().refuse(msg, None);
+    }
+
+    fn set_leader(&self, hint: Option<String>) {
+        self.leader.set(hint);
     }
 }
 
@@ -272,6 +285,12 @@ impl ApplyTx {
                 false
             }
         }
+    }
+
+    /// Tells the apply thread the address of the leader the node knows of
+    /// (not itself): a read it refuses once stopped is sent there.
+    pub fn set_leader(&self, hint: Option<String>) {
+        self.shared.set_leader(hint);
     }
 
     /// Applies committed `entries` (after registering `register`): here

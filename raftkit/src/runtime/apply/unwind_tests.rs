@@ -1,9 +1,10 @@
 //! A panic that escapes the handling of a message on the apply loop (a
 //! bug, or a user value whose `Drop` panics while the loop answers its
-//! caller): the node halts, and every caller is still answered `Halted`:
-//! the ones queued behind the panic, the ones the node task sends after
-//! the loop is gone, and the one whose answer the halting itself was
-//! giving when it panicked again. No double panic aborts the process.
+//! caller): the node halts, and every caller is still answered `Halted`
+//! (a read: a not-applied refusal, it changes nothing): the ones queued
+//! behind the panic, the ones the node task sends after the loop is gone,
+//! and the one whose answer the halting itself was giving when it panicked
+//! again. No double panic aborts the process.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -93,6 +94,22 @@ fn halted(what: &str, got: &Got) {
         Ok(Err(Error::Halted { .. })) => {}
         Err(_) => panic!("{what}: its reply was dropped unanswered"),
         other => panic!("{what} got {other:?} instead of Halted"),
+    }
+}
+
+/// `got`, the answer of `what`, a read a stopped apply thread refused,
+/// must say it was not applied: `NotLeader` with `hint` when the node
+/// knows a leader, else `Unavailable` (as the halted node task refuses a
+/// read), never `Halted` (may have been applied).
+fn refused_read(what: &str, got: &Got, hint: Option<&str>) {
+    match (got, hint) {
+        (Ok(Err(Error::NotLeader { hint: Some(h) })), Some(hint)) if h == hint => {}
+        (Ok(Err(e @ Error::Unavailable(m))), None) => {
+            assert_eq!(e.applied(), crate::error::Applied::No, "{what}: {e:?}");
+            assert!(m.contains("halted"), "{what}: {m}");
+        }
+        (Err(_), _) => panic!("{what}: its reply was dropped unanswered"),
+        (other, _) => panic!("{what} got {other:?}, not a not-applied refusal (leader {hint:?})"),
     }
 }
 
@@ -190,9 +207,10 @@ fn callers_queued_behind_a_panic_escaping_the_loop_are_answered_halted() {
         );
         halted("x, answered by the halt", &answer("x", x_rx).await);
         halted("z, registered behind the panic", &answer("z", z_rx).await);
-        halted(
+        refused_read(
             "r, a read queued behind the panic",
             &answer("r", r_rx).await,
+            None,
         );
         let h = status.borrow().halted.clone();
         assert!(
@@ -283,14 +301,19 @@ fn callers_sent_after_the_loop_unwound(inline: bool) {
         let (w, w_rx) = reply();
         sender.entries(vec![(2, 1, w)], Vec::new());
         halted("w, registered after", &given(w_rx));
-        let (q, q_rx) = reply();
-        let query = encode("query", &TallyRead::Get).expect("encodes");
-        sender.send(ApplyMsg::Read {
-            index: 0,
-            query,
-            reply: q,
-        });
-        halted("q, a read sent after", &given(q_rx));
+        let read = |hint: Option<&str>| {
+            sender.set_leader(hint.map(str::to_string));
+            let (q, q_rx) = reply();
+            let query = encode("query", &TallyRead::Get).expect("encodes");
+            sender.send(ApplyMsg::Read {
+                index: 0,
+                query,
+                reply: q,
+            });
+            refused_read("q, a read sent after", &given(q_rx), hint);
+        };
+        read(None);
+        read(Some("leader:7"));
     });
 }
 
