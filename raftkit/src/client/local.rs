@@ -200,6 +200,14 @@ impl<S: StateMachine> Submit for Local<S> {
 
     async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
         let state = self.lock();
+        if let Some(message) = &state.halted {
+            // Refused, as a halted cluster node that knows no leader
+            // refuses a read (`Unavailable`, not applied): the state may be
+            // the one a handler left half-way when it panicked.
+            return Err(Error::Unavailable(format!(
+                "the state machine halted and serves no more reads (this one was not served: not applied): {message}"
+            )));
+        }
         let ctx = Ctx::new(state.index, 1, state.time_ms);
         let machine = &state.machine;
         // A panic outside the read handler (the query's decoding, the
@@ -304,6 +312,11 @@ mod tests {
         fn take(&self, v: Touchy) -> u64 {
             v.0 + self.n
         }
+
+        #[read]
+        fn shown(&self, v: u64) -> Loud {
+            Loud(v)
+        }
     }
 
     /// `f` on a fresh runtime; a panic that unwinds out of the call (into
@@ -357,6 +370,18 @@ mod tests {
             matches!(&r, Err(e @ Error::Rejected(_)) if e.applied() == Applied::No),
             "{r:?}"
         );
+        let q =
+            crate::state_machine::encode("query", &CodecsRead::Shown { v: 777 }).expect("encodes");
+        let r = call("a read whose answer panics encoding", local.read(q));
+        assert!(
+            matches!(&r, Err(e @ Error::Rejected(_)) if e.applied() == Applied::No),
+            "{r:?}"
+        );
+        assert_eq!(
+            local.halted(),
+            None,
+            "a read's panic halted the state machine"
+        );
         let r = call(
             "a write whose output panics encoding",
             local.write(write(777)),
@@ -369,12 +394,6 @@ mod tests {
             other => panic!("a write whose output panics encoding got {other:?}"),
         }
         assert!(local.halted().is_some(), "the state machine did not halt");
-        let q = crate::state_machine::encode("query", &CodecsRead::Echo).expect("encodes");
-        let r = call("a read whose answer panics encoding", local.read(q));
-        assert!(
-            matches!(&r, Err(e @ Error::Rejected(_)) if e.applied() == Applied::No),
-            "{r:?}"
-        );
         let r = call("a write after the halt", local.write(write(6)));
         match &r {
             Err(e @ Error::Unavailable(m)) => {
@@ -382,6 +401,29 @@ mod tests {
                 assert!(m.contains("not applied"), "{e}");
             }
             other => panic!("a write after the halt got {other:?}"),
+        }
+    }
+
+    /// A halted `Local` refuses reads as a halted cluster node refuses
+    /// them (`Unavailable`, not applied): its state may be the one a
+    /// handler left half-way when it panicked, and a node serves no read
+    /// of it. Before (stop 51), the read was served.
+    #[test]
+    fn a_halted_local_refuses_reads() {
+        let local = Local::new(Codecs::default());
+        let write = crate::state_machine::encode("command", &CodecsWrite::Put { v: Touchy(777) })
+            .expect("encodes");
+        let r = call("a write whose output panics encoding", local.write(write));
+        assert!(matches!(r, Err(Error::Halted { .. })), "{r:?}");
+        let q = crate::state_machine::encode("query", &CodecsRead::Take { v: Touchy(1) })
+            .expect("encodes");
+        let r = call("a read after the halt", local.read(q));
+        match &r {
+            Err(e @ Error::Unavailable(m)) => {
+                assert_eq!(e.applied(), Applied::No, "{e:?}");
+                assert!(m.contains("halted"), "{e}");
+            }
+            other => panic!("a read of a halted Local got {other:?}"),
         }
     }
 }
