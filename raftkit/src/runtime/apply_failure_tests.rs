@@ -69,6 +69,20 @@ impl Fragile {
     fn get(&self) -> u64 {
         self.n
     }
+
+    /// A read whose query decodes [`Marked`]: it panics on
+    /// [`DECODE_PANICS`], on the apply thread (a query is decoded only
+    /// there).
+    #[read]
+    fn peek(&self, m: Marked) -> u64 {
+        m.0 + self.n
+    }
+
+    /// A read whose answer's encoding panics on [`ENCODE_PANICS`].
+    #[read]
+    fn shown(&self, v: u64) -> Out {
+        Out(v)
+    }
 }
 
 const ADDRS: [&str; 3] = ["fragile:1", "fragile:2", "fragile:3"];
@@ -403,6 +417,77 @@ async fn a_deserialize_panic_in_the_leaders_check_refuses_the_write() {
     }
 }
 
+/// A read whose query's `Deserialize` or answer's `Serialize` panics (on
+/// the apply thread, outside the read handler) fails alone, `Rejected`
+/// (not applied: a read changes nothing), on a whole peer: the leader does
+/// not halt and goes on serving writes and reads. (Mutaudit s51 S1:
+/// without the catch around the read, one bad query halted the leader,
+/// then each leader the client retried on.)
+async fn a_read_whose_codec_panics_fails_alone(inline: bool) {
+    let (peers, _) = cluster(inline, 30 + u64::from(inline)).await;
+    type Query = fn() -> FragileRead;
+    let reads: [(&str, Query); 2] = [
+        ("the query's Deserialize", || FragileRead::Peek {
+            m: Marked(DECODE_PANICS),
+        }),
+        ("the answer's Serialize", || FragileRead::Shown {
+            v: ENCODE_PANICS,
+        }),
+    ];
+    for (what, query) in reads {
+        let (leader, r) =
+            on_the_leader(&peers, what, |p| async move { p.read(query()).await }).await;
+        match &r {
+            Err(e @ Error::Rejected(m)) => {
+                assert_eq!(e.applied(), Applied::No, "{e:?}");
+                assert!(
+                    m.contains("outside the read handler") && m.contains("panics on purpose"),
+                    "a read whose {what} panicked: {e}"
+                );
+            }
+            other => panic!("a read whose {what} panicked got {other:?}"),
+        }
+        assert_eq!(
+            peers[leader].status().halted,
+            None,
+            "a read whose {what} panicked halted the leader"
+        );
+    }
+    let (leader, out) = on_the_leader(&peers, "a write after the reads", |p| async move {
+        p.write(FragileWrite::Put { v: Marked(5) }).await
+    })
+    .await;
+    assert!(
+        matches!(out, Ok(FragileWriteOutput::Put(Out(5)))),
+        "a write after the reads got {out:?}"
+    );
+    let (_, read) = on_the_leader(&peers, "a read after the reads", |p| async move {
+        p.read(FragileRead::Peek { m: Marked(1) }).await
+    })
+    .await;
+    assert!(
+        matches!(read, Ok(FragileReadOutput::Peek(6))),
+        "a read after the reads got {read:?}"
+    );
+    for p in &peers {
+        assert_eq!(p.status().halted, None, "a peer halted");
+    }
+    assert_eq!(peers[leader].status().halted, None);
+    for p in &peers {
+        let _ = at_once("shutdown", p.shutdown()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_codec_panics_on_the_apply_thread_fails_alone() {
+    a_read_whose_codec_panics_fails_alone(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_codec_panics_with_inline_apply_fails_alone() {
+    a_read_whose_codec_panics_fails_alone(true).await;
+}
+
 /// A state whose `Serialize` panics while it holds [`ENCODE_PANICS`].
 #[derive(StateMachine, Default, Deserialize)]
 struct Touchy {
@@ -449,6 +534,38 @@ impl Serialize for CopiedTouchy {
 
 #[crate::state_machine]
 impl CopiedTouchy {
+    #[write]
+    fn set(&mut self, v: u64) -> u64 {
+        self.n = v;
+        v
+    }
+
+    #[read]
+    fn get(&self) -> u64 {
+        self.n
+    }
+}
+
+/// [`Touchy`], snapshotted as a clone whose `Clone` panics while it holds
+/// [`ENCODE_PANICS`] (the copy is made on the apply thread).
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(snapshot = "clone")]
+struct CloneTouchy {
+    n: u64,
+}
+
+impl Clone for CloneTouchy {
+    fn clone(&self) -> Self {
+        assert_ne!(
+            self.n, ENCODE_PANICS,
+            "CloneTouchy::clone panics on purpose"
+        );
+        CloneTouchy { n: self.n }
+    }
+}
+
+#[crate::state_machine]
+impl CloneTouchy {
     #[write]
     fn set(&mut self, v: u64) -> u64 {
         self.n = v;
@@ -668,4 +785,51 @@ async fn a_copied_state_whose_serialize_panics_fails_its_snapshots_and_the_peer_
     for p in &peers {
         let _ = at_once("shutdown", p.shutdown()).await;
     }
+}
+
+/// With `snapshot = "clone"`, a panic in the state's `Clone` while the
+/// apply thread copies it for a snapshot is a failed snapshot (logged,
+/// retried later), as a `Serialize` panic is: the node does not halt, it
+/// applies the next write, and a later snapshot of a state that clones is
+/// taken. (Mutaudit s51 S12: without the catch around the copy, the panic
+/// reached the loop's catch and halted the node, every replica in turn as
+/// each reached `snapshot_every`.)
+#[test]
+fn a_panic_while_copying_the_state_fails_the_snapshot_not_the_node() {
+    use super::apply::{ApplyMsg, Reply};
+    with_a_touchy_state(
+        CloneTouchy::default(),
+        |tx, mut snapshots, status| async move {
+            assert!(tx.send(ApplyMsg::TakeSnapshot { room: Vec::new() }).is_ok());
+            let taken = at_once("the snapshot", snapshots.recv()).await;
+            match &taken {
+                Some(Err(e)) => assert!(
+                    e.contains("snapshot copy panicked") && e.contains("panics on purpose"),
+                    "{e}"
+                ),
+                other => panic!(
+                    "a snapshot whose Clone panicked got {:?}",
+                    other.as_ref().map(|r| r.as_ref().map(|t| t.index))
+                ),
+            }
+            assert_eq!(status.borrow().halted, None, "the node halted");
+            let (two_tx, two) = tokio::sync::oneshot::channel();
+            assert!(
+                tx.send(ApplyMsg::Entries {
+                    register: vec![(2, 1, Reply::new(two_tx, None))],
+                    entries: vec![set(2, 2)],
+                })
+                .is_ok()
+            );
+            let r = at_once("entry 2", two).await.expect("answered");
+            assert!(r.is_ok(), "a write after the failed snapshot got {r:?}");
+            assert!(tx.send(ApplyMsg::TakeSnapshot { room: Vec::new() }).is_ok());
+            let taken = at_once("the next snapshot", snapshots.recv()).await;
+            assert!(
+                matches!(taken, Some(Ok(ref t)) if t.index == 2),
+                "the next snapshot got {:?}",
+                taken.map(|r| r.map(|t| t.index))
+            );
+        },
+    );
 }

@@ -372,3 +372,55 @@ fn a_panic_while_the_guard_refuses_a_queued_message_cannot_abort() {
     halted("x, queued behind the entry whose drop panics", &given(x_rx));
     assert_eq!(bombs.load(Ordering::SeqCst), 0, "a bomb did not go off");
 }
+
+/// A panic that escapes the handling of a batch the node task applies
+/// itself (`inline`), outside every catch of the apply path: here the
+/// drop of a caller's decoded command, as that caller is answered
+/// `NotLeader` (another term's entry took its index). The catch around
+/// the batch must halt the node: the sender returns (the node task goes
+/// on), the batch's other caller is answered `Halted` and the status shows
+/// the halt. (Mutaudit s51 S19: with the halt deleted from that catch, the
+/// panic was swallowed, the other caller waited for ever and the node kept
+/// applying.)
+#[test]
+fn a_panic_escaping_a_batch_the_node_task_applies_halts_the_node() {
+    runtime().block_on(async {
+        tokio::time::pause();
+        let (shared, status) = shared();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let sender = ApplyTx::new(tx, Arc::clone(&shared) as Arc<dyn super::Inline>);
+        // A batch measured quick: the next one is applied inline.
+        shared.took(super::inline::now(), 1);
+        let bombs = Arc::new(AtomicUsize::new(1));
+        let (x, x_rx) = armed(&bombs);
+        let (y, y_rx) = reply();
+        let noop = crate::core::Entry {
+            index: 1,
+            term: 2,
+            payload: crate::core::Payload::Noop,
+        };
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            sender.entries(vec![(1, 1, x), (2, 2, y)], vec![noop])
+        }));
+        let inline = applied.unwrap_or_else(|payload| {
+            panic!(
+                "the batch's panic unwound through the node task: {}",
+                crate::handler_panic::message(payload.as_ref())
+            )
+        });
+        assert!(inline, "the batch went to the thread");
+        assert_eq!(bombs.load(Ordering::SeqCst), 0, "the bomb did not go off");
+        let x = given(x_rx);
+        assert!(
+            matches!(x, Ok(Err(Error::NotLeader { .. }))),
+            "x, replaced by another term's entry: {x:?}"
+        );
+        halted("y, waiting in the batch that panicked", &given(y_rx));
+        let h = status.borrow().halted.clone();
+        assert!(
+            h.as_deref()
+                .is_some_and(|h| h.contains("a batch applied on the node task")),
+            "the status shows {h:?}"
+        );
+    });
+}
