@@ -94,14 +94,30 @@ impl Node {
         }
     }
 
+    /// A client of `who` with a call timeout of `timeout`. A connect lasts
+    /// at most that timeout (handshake and hello), so a short one can fail
+    /// on a loaded machine although the node is up; no test here is about
+    /// connecting, so it is tried again (a connect applies nothing) for up
+    /// to 15 s.
     async fn client(&self, who: usize, timeout: Duration) -> TallyClient {
-        TallyClient::connect_with(
-            [&self.addr],
-            self.clients[who].clone(),
-            ClientOptions::default().with_timeout(timeout),
-        )
-        .await
-        .expect("client connects")
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match TallyClient::connect_with(
+                [&self.addr],
+                self.clients[who].clone(),
+                ClientOptions::default().with_timeout(timeout),
+            )
+            .await
+            {
+                Ok(client) => return client,
+                Err(e) => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "client connects: {e}"
+                ),
+            }
+            // (A pause before the next try, not a synchronisation.)
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until the node's status satisfies `done`.
@@ -215,18 +231,37 @@ async fn a_foreign_session_id_is_refused_and_the_victims_writes_still_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_write_retried_through_write_once_is_applied_once() {
+    // The impatient client's timeout is far above a handshake and a
+    // session's opening (it was 200 ms, which on a loaded machine could
+    // cut the connect, or the session's open before the write was sent:
+    // `Unavailable` instead of `Timeout`); every handler below holds the
+    // apply thread for `HELD` > `IMPATIENT`, so a write that was sent
+    // cannot be answered within the call's timeout.
+    const IMPATIENT: Duration = Duration::from_secs(1);
+    const HELD: u64 = 2000;
     let n = Node::start(|b| b).await;
-    let impatient = n.client(ALICE, Duration::from_millis(200)).await;
+    let impatient = n.client(ALICE, IMPATIENT).await;
     let checker = n.client(ALICE, Duration::from_secs(20)).await;
+    // The impatient client opens its session first (`tick` leaves `count`
+    // alone, so a try cut short and retried changes nothing the test
+    // counts): the timed writes below are then sent at once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = impatient.tick().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the impatient client's session never opened: {e}"
+        );
+    }
+    assert!(impatient.inner().session_id().is_some(), "session open");
 
     // The documented way: one handle per logical write, retried through it.
     let once = impatient.write_once();
-    let first = once.slow(600).await;
+    let first = once.slow(HELD).await;
     assert!(matches!(first, Err(Error::Timeout)), "got {first:?}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let out = loop {
         assert!(tokio::time::Instant::now() < deadline, "no answer");
-        match once.slow(600).await {
+        match once.slow(HELD).await {
             Err(Error::Timeout) => continue,
             other => break other,
         }
@@ -234,7 +269,7 @@ async fn a_timed_out_write_retried_through_write_once_is_applied_once() {
     assert_eq!(out.unwrap(), 1, "the retry got the write's one outcome");
     assert_eq!(checker.count().await.unwrap(), 1, "applied exactly once");
     // Retrying again still answers, and still applies nothing.
-    assert_eq!(once.slow(600).await.unwrap(), 1);
+    assert_eq!(once.slow(HELD).await.unwrap(), 1);
     // The handle carries one write only.
     assert!(matches!(once.slow(1).await, Err(Error::Rejected(_))));
     assert!(matches!(once.incr().await, Err(Error::Rejected(_))));
@@ -242,9 +277,9 @@ async fn a_timed_out_write_retried_through_write_once_is_applied_once() {
 
     // What the docs say of a plain call: calling the method again after a
     // timeout is a new write, applied again.
-    assert!(matches!(impatient.slow(300).await, Err(Error::Timeout)));
+    assert!(matches!(impatient.slow(HELD).await, Err(Error::Timeout)));
     assert_eq!(checker.count().await.unwrap(), 2);
-    assert!(matches!(impatient.slow(300).await, Err(Error::Timeout)));
+    assert!(matches!(impatient.slow(HELD).await, Err(Error::Timeout)));
     assert_eq!(checker.count().await.unwrap(), 3);
     n.peer.shutdown().await.unwrap();
 }
