@@ -197,8 +197,12 @@ async fn fatal_fault_on_the_leader(rule: FaultRule, expect: &[&str]) {
     acked.extend(write(&client, 10, 60, &value).await);
     let took = t.elapsed();
     eprintln!("{rule:?}: 50 writes across the failure took {took:?}");
+    // 8 s: 50 fsync'd writes on two nodes and an election (1-2 s when
+    // idle) can take over 4 s on a loaded machine, with two such tests sharing
+    // the disk. A client that waited out its timeout (10 s, the default)
+    // on the failed leader, the defect, still fails it.
     assert!(
-        took < Duration::from_secs(4),
+        took < Duration::from_secs(8),
         "{rule:?}: failing over took {took:?}"
     );
     let fatal = wait_for("the failure in the leader's status", 15, || {
@@ -722,7 +726,15 @@ async fn a_write_to_a_cluster_whose_every_member_halted_ends_not_applied() {
                 Applied::No,
                 "a write refused by every (halted) member ended {e:?}"
             );
-            assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+            // The call ends on the last member's answer when its deadline
+            // passes: the old leader's `Unavailable`, or, when a backoff
+            // ended just before the deadline on a loaded machine, a halted
+            // follower's `NotLeader` (it keeps naming the leader it had).
+            // Both are refusals before any proposal.
+            assert!(
+                matches!(e, Error::Unavailable(_) | Error::NotLeader { .. }),
+                "{e:?}"
+            );
         }
         other => panic!("a write to a cluster whose every member halted got {other:?}"),
     }
