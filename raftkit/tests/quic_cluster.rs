@@ -170,15 +170,19 @@ async fn replicate_fail_over_and_restart_over_quic() {
         Err(Mismatch(Some("v1".into())))
     );
 
-    // Kill the leader: a new one is elected within two election timeouts
-    // (10-20 ticks each), and the client carries on transparently.
-    let started = tokio::time::Instant::now();
+    // Kill the leader: a new one is elected within a few election
+    // timeouts (10-20 ticks each), and the client carries on
+    // transparently. The clock starts once the leader is down: its
+    // graceful shutdown waits up to a second for its endpoint to go idle,
+    // which is no part of the failover (counting it could fail the test on a
+    // loaded machine); three timeouts leave room for a split vote.
     c.stop(leader).await;
+    let started = tokio::time::Instant::now();
     let new_leader = c.leader().await;
     assert_ne!(new_leader, leader);
     let elapsed = started.elapsed();
     assert!(
-        elapsed < TICK * 20 * 2 + Duration::from_secs(1),
+        elapsed < TICK * 20 * 3 + Duration::from_secs(1),
         "failover took {elapsed:?}"
     );
     kv.put("after".into(), "failover".into()).await.unwrap();
