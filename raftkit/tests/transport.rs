@@ -1538,7 +1538,10 @@ async fn handshakes_past_the_bound_are_refused_and_silent_dialers_closed_in_time
             conn.remote_address()
         ),
     }
-    assert_eq!(a.t.refused_handshakes(), 1);
+    // At least one: the third dialer may resend its Initial (PTO) before
+    // the refusal reaches it on a busy machine, and each copy is refused.
+    let refused = a.t.refused_handshakes();
+    assert!(refused >= 1, "the third handshake was not counted refused");
     // Once one of the two slots was taken, each later attempt was first
     // sent a Retry (address validation) and came back validated: a
     // spoofed source would not have, and could take only half the slots.
@@ -1568,7 +1571,11 @@ async fn handshakes_past_the_bound_are_refused_and_silent_dialers_closed_in_time
     b.t.set_peers(BTreeMap::from([a.peer_entry()]));
     b.t.send(msg(&b, &a, 1));
     assert_eq!(a.recv().await, msg(&b, &a, 1));
-    assert_eq!(a.t.refused_handshakes(), 1);
+    assert_eq!(
+        a.t.refused_handshakes(),
+        refused,
+        "the real peer's handshake was refused"
+    );
 }
 
 /// Found by review, stop 49: a peer connection could open as many streams
