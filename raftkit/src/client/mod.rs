@@ -9,6 +9,7 @@
 //!
 //! This module never imports the runtime: a client binary carries no server.
 
+mod addr_hash;
 mod consistency;
 #[cfg(test)]
 mod fake_member;

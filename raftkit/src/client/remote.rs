@@ -112,6 +112,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug};
 
 use super::Submit;
+use super::addr_hash::AddrHash;
 use super::consistency::{Consistency, ReadRouting, Staleness};
 use super::mux::{MUX_ACCEPTED, MUX_VERSION, Mux};
 use super::refusal::{connect_failed, every_member_refused, hello_failed};
@@ -222,7 +223,7 @@ struct Inner {
     /// speaks protocol version 2 (see [`super::mux`]), with that connection
     /// (the one `conns` holds for the member): a call finds both here under
     /// this lock alone ([`Client::once`]).
-    muxes: std::sync::Mutex<HashMap<SocketAddr, (Arc<Mux>, Connection)>>,
+    muxes: std::sync::Mutex<HashMap<SocketAddr, (Arc<Mux>, Connection), AddrHash>>,
     /// The session writes go to now (replaced when it expires or closes).
     session: std::sync::Mutex<Arc<SessionSlot>>,
     schema: u64,
@@ -458,7 +459,7 @@ impl Client {
                 members,
                 leader: std::sync::Mutex::new(None),
                 conns: Mutex::new(HashMap::new()),
-                muxes: std::sync::Mutex::new(HashMap::new()),
+                muxes: std::sync::Mutex::new(HashMap::default()),
                 session: std::sync::Mutex::new(Arc::new(SessionSlot::default())),
                 schema,
                 schema_desc,
