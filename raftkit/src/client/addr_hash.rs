@@ -98,7 +98,7 @@ mod tests {
     /// apart (all of them, for a table's worth), and a table keyed by them
     /// finds each one.
     #[test]
-    fn member_addresses_hash_apart_and_are_found() {
+    fn member_addresses_hash_apart_and_a_table_keyed_by_them_finds_each() {
         let mut addrs: Vec<SocketAddr> = (0..512u16)
             .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, 40_000 + p)))
             .collect();

@@ -297,7 +297,8 @@ async fn answer_one<F: Front>(
             // the node) is large, and this one is moved into the stream's
             // `FuturesUnordered` (a copy of its every byte, callgrind ~380
             // instructions a write, issue 16) before it first runs; boxed
-            // at its first poll, it is built in place.
+            // at its first poll, it is copied once, into its box, and the
+            // future moved into the set stays small.
             let response = Box::pin(answer(front, caller, request, meta)).await;
             // Answered: the request's bytes are gone.
             drop(room);
