@@ -4,6 +4,7 @@
 //! per crash or violation found, written before its fix.
 
 use super::harness::*;
+use crate::core::inbound::MAX_INDEX;
 use crate::core::{
     Body, Configuration, DropReason, MAX_ENTRIES_PER_APPEND, MAX_MEMBERS, MAX_TERM_JUMP, Raft,
     SnapshotMeta, Term,
@@ -58,6 +59,61 @@ fn entries_near_the_last_index_are_dropped() {
     assert!(out.of_kind("AppendEntriesResponse").is_empty());
     assert_eq!(r.dropped().get(DropReason::IndexOutOfRange), 1);
     assert_sound(&r);
+}
+
+/// Found by audit (stop 52), with the WAL's replay: the bound is
+/// [`MAX_INDEX`] itself, taken as an entry's or a snapshot's index (the
+/// WAL replays it, `indexes_up_to_the_cores_bound_replay_...` in
+/// `storage::wal::log`), and one past it is dropped. The hostile tests
+/// above use only the last indexes of `u64`, so the bound itself was
+/// never pinned.
+#[test]
+fn an_index_at_the_bound_is_taken_and_one_past_it_dropped() {
+    for (index, dropped) in [(MAX_INDEX - 1, 0), (MAX_INDEX, 0), (MAX_INDEX + 1, 1)] {
+        let mut r = node(1, &[1, 2, 3], 2, &[1, 2]);
+        step(&mut r, heartbeat(2, 1, 2, 0));
+        let out = step(
+            &mut r,
+            msg(
+                2,
+                1,
+                2,
+                Body::InstallSnapshot {
+                    meta: SnapshotMeta {
+                        index,
+                        term: 2,
+                        config: Configuration::new([1, 2, 3]),
+                    },
+                    offset: 0,
+                    data: vec![1, 2, 3],
+                    done: true,
+                },
+            ),
+        );
+        assert_eq!(
+            r.dropped().get(DropReason::IndexOutOfRange),
+            dropped,
+            "a snapshot at {index}"
+        );
+        assert_eq!(
+            out.snapshots.len() as u64,
+            1 - dropped,
+            "a snapshot at {index}"
+        );
+        assert_sound(&r);
+
+        let mut r = node(1, &[1, 2, 3], 2, &[1, 2]);
+        step(
+            &mut r,
+            append(2, 1, 2, (index - 1, 2), vec![entry(index, 2)], 0),
+        );
+        assert_eq!(
+            r.dropped().get(DropReason::IndexOutOfRange),
+            dropped,
+            "an entry at {index}"
+        );
+        assert_sound(&r);
+    }
 }
 
 /// Found by review, stop 45: no message term was bounded, so one

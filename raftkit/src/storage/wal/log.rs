@@ -343,7 +343,7 @@ impl Wal {
                             format!("entry {} below the first index {}", e.index, self.first),
                         ));
                     }
-                    if e.index >= crate::core::inbound::MAX_INDEX {
+                    if e.index > crate::core::inbound::MAX_INDEX {
                         return Err(StorageError::corrupt(
                             path,
                             offset,
@@ -415,7 +415,7 @@ impl Wal {
                     }
                 }
                 Record::Compact { upto, term } => {
-                    if upto >= crate::core::inbound::MAX_INDEX {
+                    if upto > crate::core::inbound::MAX_INDEX {
                         return Err(StorageError::corrupt(
                             path,
                             offset,
@@ -807,6 +807,56 @@ mod tests {
             matches!(entry, Err(StorageError::Corrupt { .. })),
             "{:?}",
             entry.map(|w| w.last_index())
+        );
+    }
+
+    /// Found by audit (stop 52): the core takes an entry or a snapshot at
+    /// index [`MAX_INDEX`] itself (it drops only indexes past it), but
+    /// replay called both corrupt, so a snapshot at 2^62 from any holder of
+    /// a node certificate (to a node outside a lease) left a data directory
+    /// that never opened again. Replay now uses the core's comparison: the
+    /// bound itself is taken, one past it is corruption.
+    ///
+    /// [`MAX_INDEX`]: crate::core::inbound::MAX_INDEX
+    #[test]
+    fn indexes_up_to_the_cores_bound_replay_and_one_past_it_is_corruption() {
+        use crate::core::inbound::MAX_INDEX;
+        for upto in [MAX_INDEX - 1, MAX_INDEX] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
+            wal.compact_prefix(upto, 2).expect("compact");
+            wal.sync().expect("sync");
+            drop(wal);
+            let wal = Wal::open(dir.path(), WalOptions::default());
+            assert_eq!(
+                wal.as_ref().map(|w| w.first_index()).ok(),
+                Some(upto + 1),
+                "a compaction to {upto}: {:?}",
+                wal.err()
+            );
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
+        wal.compact_prefix(MAX_INDEX - 2, 1).expect("compact");
+        wal.append(&[cmd(MAX_INDEX - 1), cmd(MAX_INDEX)])
+            .expect("append");
+        wal.sync().expect("sync");
+        drop(wal);
+        let wal = Wal::open(dir.path(), WalOptions::default());
+        assert_eq!(
+            wal.as_ref().map(|w| (w.first_index(), w.last_index())).ok(),
+            Some((MAX_INDEX - 1, MAX_INDEX)),
+            "entries up to {MAX_INDEX}: {:?}",
+            wal.err()
+        );
+        let compact = reopened_after(RecordRef::Compact {
+            upto: MAX_INDEX + 1,
+            term: 1,
+        });
+        assert!(
+            matches!(compact, Err(StorageError::Corrupt { .. })),
+            "{:?}",
+            compact.map(|w| w.first_index())
         );
     }
 
