@@ -467,6 +467,71 @@ fn compaction_keeps_the_segment_holding_the_entry_after_the_boundary() {
     assert_eq!(wal.entries(5, 7).ok(), Some(entries(5, 6, 1)));
 }
 
+/// Found by mutation audit (stop 52, M2): a segment whose last frame
+/// carries no entry (a hard state alone: a vote, a new term, a held-back
+/// commit) must still remember the entries of its earlier frames. With
+/// `max_entry` set from that frame alone (0), the next compaction removed
+/// the sealed segment whatever its entries: synced entries past the
+/// boundary lost, and the log no longer opened. All within one open, since
+/// a reopen recomputes `max_entry` from the frames.
+#[test]
+fn a_segment_sealed_after_a_hard_state_frame_keeps_its_entries() {
+    let writes = |wal: &mut Wal| {
+        wal.append(&entries(1, 3, 1)).expect("append");
+        wal.sync().expect("sync");
+        wal.save_hard_state(HardState {
+            term: 2,
+            vote: 1,
+            commit: 0,
+        })
+        .expect("hard state");
+        wal.sync().expect("sync");
+    };
+    // Segment 1's length after those two frames, measured on a throwaway
+    // file system (frames are deterministic).
+    let probe = CrashFs::new(Path::new("/probe"));
+    let probe_dir = Path::new("/probe").join("wal");
+    let mut wal = Wal::open_in(Arc::new(probe.clone()), &probe_dir, WalOptions::default())
+        .expect("open probe");
+    writes(&mut wal);
+    let segment_size = probe
+        .read(&probe_dir.join("00000000000000000001.wal"))
+        .expect("segment 1")
+        .len() as u64;
+    drop(wal);
+
+    let root = Path::new("/node");
+    let dir = root.join("wal");
+    let fs = CrashFs::new(root);
+    let mut wal =
+        Wal::open_in(Arc::new(fs.clone()), &dir, WalOptions { segment_size }).expect("open wal");
+    writes(&mut wal);
+    wal.append(&entries(4, 6, 2)).expect("append");
+    wal.sync().expect("sync");
+    assert_eq!(
+        wal.segment_paths().len(),
+        2,
+        "the hard-state frame is segment 1's last"
+    );
+    wal.compact_prefix(1, 1).expect("compact");
+    wal.sync().expect("sync");
+    let mut want = entries(2, 3, 1);
+    want.extend(entries(4, 6, 2));
+    assert_eq!(
+        wal.entries(2, 7).map_err(|e| e.to_string()),
+        Ok(want.clone()),
+        "the entries after the boundary are not readable after the compaction"
+    );
+    drop(wal);
+    fs.crash();
+    let wal = Wal::open_in(Arc::new(fs.clone()), &dir, WalOptions { segment_size })
+        .map_err(|e| e.to_string());
+    assert_eq!(
+        wal.as_ref().map(|w| (w.first_index(), w.last_index())),
+        Ok((2, 6))
+    );
+}
+
 /// A sealed segment shorter than the length the next segment's checkpoint
 /// recorded is corruption, found at open (found by mutation, stop 43: with
 /// the check off, no test failed). Here the frame lost at the end of the
