@@ -753,6 +753,96 @@ fn group_commit_writes_a_backlog_in_bounded_batches() {
     );
 }
 
+/// Found by mutation audit (stop 52, M3 and M5): the batch bound held
+/// for `append` only; `append_with_state`, the runtime's usual write (a
+/// Ready with entries and the held-back commit), could lose its share of
+/// the count (no test sent it in bulk). Every op that carries entries is
+/// held to the same bound, and its entries counted.
+#[test]
+fn a_backlog_of_every_entry_op_is_written_in_bounded_batches() {
+    for with_state in [false, true] {
+        let gc = GroupCommit::spawn(CountingStore::default()).expect("spawn");
+        let (gate_tx, gate) = mpsc::channel::<()>();
+        gc.with_store(move |_| {
+            let _ = gate.recv();
+        });
+        let (tx, rx) = mpsc::channel();
+        let n = (MAX_BATCH_BYTES >> 20) as u64 * 2 + 10;
+        for i in 1..=n {
+            let tx = tx.clone();
+            let done: AppendCallback = Box::new(move |r| {
+                let _ = tx.send(r);
+            });
+            let es = vec![cmd(i, 1, 1 << 20)];
+            if with_state {
+                let hs = HardState {
+                    term: 1,
+                    vote: 0,
+                    commit: i - 1,
+                };
+                gc.append_with_state(es, hs, done);
+            } else {
+                gc.append(es, done);
+            }
+        }
+        drop(tx);
+        let _ = gate_tx.send(());
+        let results: Vec<_> = rx.iter().collect();
+        assert_eq!(results.len() as u64, n, "with_state {with_state}");
+        assert!(results.iter().all(Result::is_ok), "with_state {with_state}");
+        let stats = gc.stats();
+        assert!(stats.syncs >= 3, "with_state {with_state}: {stats:?}");
+        assert_eq!(stats.entries, n, "with_state {with_state}: {stats:?}");
+        let store = gc.shutdown().expect("shutdown");
+        assert!(
+            store.largest_sync <= MAX_BATCH_BYTES + (1 << 20) + 64,
+            "with_state {with_state}: one sync covered {} bytes",
+            store.largest_sync
+        );
+    }
+}
+
+/// Found by mutation audit (stop 52, M13): every test asserted
+/// `is_fatal()`, none its negation, so a refusal (a read below the first
+/// index or past the last, an append leaving a gap) could be called fatal
+/// and an embedder would abandon a healthy store. Each is refused, not
+/// fatal, and the store takes a valid append afterwards.
+fn refusals_leave_the_store_usable<S: LogStore>(mut s: S, name: &str) {
+    s.append(&[cmd(1, 1, 8), cmd(2, 1, 8), cmd(3, 1, 8)])
+        .expect("append");
+    s.compact_prefix(1, 1).expect("compact");
+    s.sync().expect("sync");
+    let refusals = [
+        ("compacted", s.entries(1, 2).err()),
+        ("unavailable", s.entries(2, 5).err()),
+        ("gap", s.append(&[cmd(5, 1, 8)]).err()),
+    ];
+    for (what, err) in refusals {
+        let Some(err) = err else {
+            panic!("{name}: {what} was not refused");
+        };
+        let kind_ok = match what {
+            "compacted" => matches!(err, StorageError::Compacted { .. }),
+            "unavailable" => matches!(err, StorageError::Unavailable { .. }),
+            _ => matches!(err, StorageError::Invalid(_)),
+        };
+        assert!(kind_ok, "{name}: {what}: {err:?}");
+        assert!(!err.is_fatal(), "{name}: {what} is fatal: {err:?}");
+    }
+    s.append(&[cmd(4, 1, 8)])
+        .expect("the store still takes an append");
+    s.sync().expect("sync");
+    assert_eq!(s.last_index(), 4, "{name}");
+}
+
+#[test]
+fn refusals_are_not_fatal() {
+    refusals_leave_the_store_usable(MemLogStore::new(), "memory");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path().join("wal"), WalOptions::default()).expect("open");
+    refusals_leave_the_store_usable(wal, "wal");
+}
+
 #[test]
 fn group_commit_drop_completes_queued_requests() {
     let gc = GroupCommit::spawn(MemLogStore::new()).unwrap();
