@@ -220,7 +220,10 @@ fn answers_for_unknown_contexts_or_from_non_leaders_are_dropped() {
 }
 
 /// A forwarded read that gets no answer (request or answer lost) fails
-/// within two election timeouts.
+/// after exactly two election timeouts: never later, and never earlier
+/// (found by mutation audit, stop 52, M4: failing it after one timeout,
+/// when a loaded leader's answer regularly takes that long, went
+/// unnoticed).
 #[test]
 fn an_unanswered_follower_read_fails_in_bounded_time() {
     let mut r = node(2, &[1, 2, 3], 1, &[1]);
@@ -228,12 +231,13 @@ fn an_unanswered_follower_read_fails_in_bounded_time() {
     r.read_index(5).expect("forwarded");
     flush(&mut r);
     let mut failed = false;
-    for _ in 0..2 * T {
+    for n in 1..=2 * T {
         r.tick();
         let out = flush(&mut r);
         // The leader keeps heartbeating: only the timeout can fail it.
         step(&mut r, heartbeat(1, 2, 1, 1));
         if out.reads.iter().any(|s| s.ctx == 5) {
+            assert_eq!(n, 2 * T, "the read failed after {n} ticks");
             assert_eq!(
                 out.reads,
                 [ReadState {
@@ -314,4 +318,23 @@ fn a_step_down_gives_the_follower_reads_room_back() {
         );
     }
     assert_eq!(r.dropped().get(DropReason::ReadQueueFull), 0);
+}
+
+/// Found by mutation audit (stop 52, M1): a stale read's staleness is
+/// bounded by the leader's commit index as last heard, which a lagging
+/// follower's own commit index understates (its log stops short of it).
+/// It follows every AppendEntries and heartbeat, and never goes back.
+#[test]
+fn a_follower_reports_the_leaders_commit_not_its_own() {
+    let mut r = node(2, &[1, 2, 3], 2, &[1]);
+    step(
+        &mut r,
+        append(1, 2, 2, (1, 1), vec![entry(2, 2), entry(3, 2)], 10),
+    );
+    assert_eq!(r.log().committed(), 3);
+    assert_eq!(r.leader_commit(), 10, "the leader's commit, not ours");
+    step(&mut r, heartbeat(1, 2, 2, 3));
+    assert_eq!(r.leader_commit(), 10, "a lower commit never takes it back");
+    step(&mut r, heartbeat(1, 2, 2, 12));
+    assert_eq!(r.leader_commit(), 12);
 }
