@@ -279,3 +279,35 @@ fn asking_again_for_a_transfer_does_not_extend_it() {
     let (index, _) = c.propose(1, b"x");
     assert_eq!(c.node(1).log().committed(), index);
 }
+
+/// Found by mutation audit (stop 52, M14): a node halted in the middle of
+/// its own campaign stops it. Without that, the votes already under way
+/// made a node that must stay out of leadership a candidate (raising the
+/// term) or the leader.
+#[test]
+fn a_node_halted_during_its_campaign_stops_it() {
+    // A candidate (PreVote off).
+    let mut r = node_with(1, &[1, 2, 3], 1, &[1], |c| c.pre_vote = false);
+    tick_until_campaign(&mut r);
+    assert_eq!((r.role(), r.term()), (Role::Candidate, 2));
+    r.set_halted();
+    flush(&mut r);
+    assert_eq!(r.role(), Role::Follower, "the halted candidate stops");
+    for p in [2, 3] {
+        step(&mut r, vote_resp(p, 1, 2, true, false));
+    }
+    assert_eq!((r.role(), r.term()), (Role::Follower, 2), "it never leads");
+
+    // A pre-candidate (PreVote on).
+    let mut r = node(1, &[1, 2, 3], 1, &[1]);
+    tick_until_campaign(&mut r);
+    assert_eq!((r.role(), r.term()), (Role::PreCandidate, 1));
+    r.set_halted();
+    flush(&mut r);
+    assert_eq!(r.role(), Role::Follower, "the halted pre-candidate stops");
+    for p in [2, 3] {
+        let out = step(&mut r, vote_resp(p, 1, 2, true, true));
+        assert!(out.of_kind("RequestVote").is_empty(), "{:?}", out.all());
+    }
+    assert_eq!((r.role(), r.term()), (Role::Follower, 1), "no term raised");
+}
