@@ -840,3 +840,29 @@ fn candidate_requests_votes_only_once_its_term_and_vote_are_durable() {
     );
     assert_eq!(rd.persist_marker.term_vote, Some((2, 1)));
 }
+
+/// Found by mutation audit (stop 52, M15): a leader heartbeats every
+/// `heartbeat_ticks` ticks (§5.2: heartbeats keep followers from timing
+/// out), not one tick later; nothing pinned the interval.
+#[test]
+fn a_leader_heartbeats_every_heartbeat_interval() {
+    let mut r = node_with(1, &[1, 2, 3], 1, &[1], |c| c.heartbeat_ticks = 3);
+    make_settled_leader(&mut r);
+    flush(&mut r);
+    for round in 0..2 {
+        for k in 1..=2 {
+            r.tick();
+            let out = flush(&mut r);
+            assert!(
+                out.of_kind("Heartbeat").is_empty(),
+                "round {round}: a heartbeat after {k} ticks: {:?}",
+                out.all()
+            );
+        }
+        r.tick();
+        let out = flush(&mut r);
+        let mut to: Vec<_> = out.of_kind("Heartbeat").iter().map(|m| m.to).collect();
+        to.sort_unstable();
+        assert_eq!(to, vec![2, 3], "round {round}: {:?}", out.all());
+    }
+}
