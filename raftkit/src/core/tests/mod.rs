@@ -8,6 +8,7 @@
 //! the messages and state that result.
 
 mod apply_pause;
+mod config;
 mod follower_reads;
 mod harness;
 mod hostile;
