@@ -390,6 +390,20 @@ pub fn append_rejects_bad_input<S: LogStore>(mut s: S) {
 /// no-op; below the first index it is an error.
 pub fn truncate_suffix<S: LogStore>(mut s: S) {
     ok("append", s.append(&run(1, 10, 1)));
+    // Exactly the last entry (found by mutation audit, stop 52, M9: a
+    // store that kept it passed the kit).
+    ok("truncate", s.truncate_suffix(10));
+    assert_log(&s, 1, 0, &run(1, 9, 1), "truncate the last entry");
+    ok("append", s.append(&run(10, 10, 2)));
+    let mut expected = run(1, 9, 1);
+    expected.extend(run(10, 10, 2));
+    assert_log(
+        &s,
+        1,
+        0,
+        &expected,
+        "append after truncating the last entry",
+    );
     ok("truncate", s.truncate_suffix(8));
     assert_log(&s, 1, 0, &run(1, 7, 1), "truncate from 8");
     ok("truncate", s.truncate_suffix(100));
