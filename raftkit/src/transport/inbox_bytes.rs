@@ -26,7 +26,10 @@
 //!   invariant 5). Nothing Raft needs is dropped on the receiving side for
 //!   want of bytes (a multi-group node's per-group share excepted, below);
 //! - a charge is at most the budget: one message of the largest size
-//!   always fits (it waits for the others to be taken);
+//!   always fits (it waits for the others to be taken); and the budget is
+//!   at least twice the most one frame the node accepts may be charged
+//!   (`worst_charge`, [`InboxBytes::new`]), so that no frame takes more
+//!   than half of it (a multi-group node's group share);
 //! - a link charges a frame before it decodes it ([`read_charged`]): a
 //!   large one in one grant, from its length prefix and its header (the
 //!   entries it claims), before its body is taken from the reader; a small
@@ -91,7 +94,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::quic::GroupInbound;
 use crate::core::{Entry, Message, NodeId};
@@ -123,6 +126,10 @@ const RESERVE_PARTS: usize = 8;
 pub(crate) struct InboxBytes {
     bytes: Arc<Semaphore>,
     limit: usize,
+    /// Woken whenever a charge gives bytes back to the budget: a small
+    /// message waiting for the reserve takes the budget's bytes if they
+    /// are free by then ([`InboxBytes::charge_bytes`]).
+    freed: Arc<Notify>,
     /// The reserve of small messages (module doc, "Small messages").
     small: Arc<Semaphore>,
     #[cfg(test)]
@@ -167,7 +174,10 @@ pub(crate) fn is_body_stalled(e: &std::io::Error) -> bool {
 pub(crate) struct InboxCharge {
     /// Of the budget or its small reserve (none only if a semaphore were
     /// closed: they never are).
-    _permits: Vec<OwnedSemaphorePermit>,
+    permits: Vec<OwnedSemaphorePermit>,
+    /// The budget's [`InboxBytes::freed`], for a charge of the budget's
+    /// bytes (not the reserve's): notified once they are given back.
+    freed: Option<Arc<Notify>>,
     bytes: usize,
     /// The group whose inbox holds the message (a multi-group node):
     /// lowered by `bytes` when dropped.
@@ -184,6 +194,18 @@ pub(crate) type ChargedGroup = (GroupInbound, Option<InboxCharge>);
 /// What a message of `body` bytes (its frame body) is charged at least.
 pub(crate) fn charge_for(body: usize) -> usize {
     body.saturating_add(MESSAGE_OVERHEAD)
+}
+
+/// The most a frame of at most `max_frame_bytes` is charged
+/// ([`read_charged`]): its body and [`MESSAGE_OVERHEAD`], and an
+/// [`Entry`] for each entry it may claim, at most one per
+/// [`MIN_ENTRY_BYTES`](super::append_decode::MIN_ENTRY_BYTES) of its
+/// body and at most [`MAX_ENTRIES_PER_APPEND`](crate::core::MAX_ENTRIES_PER_APPEND)
+/// (more is refused from its header, uncharged).
+pub(crate) fn worst_charge(max_frame_bytes: usize) -> usize {
+    let entries = (max_frame_bytes / super::append_decode::MIN_ENTRY_BYTES)
+        .min(crate::core::MAX_ENTRIES_PER_APPEND);
+    charge_for(max_frame_bytes).saturating_add(entries.saturating_mul(std::mem::size_of::<Entry>()))
 }
 
 /// What `msg`, decoded from a frame body of `body` bytes, is charged: the
@@ -211,14 +233,40 @@ impl InboxBytes {
         )
     }
 
-    /// A budget of `limit` bytes, raised to fit one message of
-    /// `max_frame_bytes`.
+    /// A budget of `limit` bytes, raised to twice the most one frame of
+    /// `max_frame_bytes` may be charged ([`worst_charge`]; at most
+    /// `u32::MAX`): one frame the node accepts never takes more than half
+    /// the budget, so it fits a multi-group node's group share (found by
+    /// review, stop 51: with a small frame cap, one frame of tiny entries
+    /// was charged the whole budget, four frames of it, and on a
+    /// multi-group node it was over the group share and dropped every
+    /// time its leader resent it: the group stalled for good). With the
+    /// default cap (16 MiB: 23.3 MiB at worst) this changes nothing; a
+    /// frame cap under ~7.3 MiB gets a budget of more than four frames,
+    /// at most ~29 MiB (a cap just under that).
     pub(crate) fn new(limit: usize, max_frame_bytes: usize) -> Arc<InboxBytes> {
+        let floor = worst_charge(max_frame_bytes).saturating_mul(2);
+        Self::fitting(limit.max(floor), max_frame_bytes)
+    }
+
+    /// A budget of `limit` bytes, raised only to fit one message of
+    /// `max_frame_bytes` (its body and overhead, not the entries it may
+    /// claim): for tests whose frames each carry one large entry, and
+    /// which need a budget of a few of them.
+    #[cfg(test)]
+    pub(crate) fn exactly(limit: usize, max_frame_bytes: usize) -> Arc<InboxBytes> {
+        Self::fitting(limit, max_frame_bytes)
+    }
+
+    /// A budget of `limit` bytes, raised to fit one message of
+    /// `max_frame_bytes` (its body and overhead), at most `u32::MAX`.
+    fn fitting(limit: usize, max_frame_bytes: usize) -> Arc<InboxBytes> {
         let limit = limit.max(charge_for(max_frame_bytes)).clamp(1, MAX_BUDGET);
         let small_limit = (limit / RESERVE_PARTS).max(SMALL_CHARGE * 8);
         Arc::new(InboxBytes {
             bytes: Arc::new(Semaphore::new(limit)),
             limit,
+            freed: Arc::new(Notify::new()),
             small: Arc::new(Semaphore::new(small_limit)),
             #[cfg(test)]
             small_limit,
@@ -287,22 +335,54 @@ impl InboxBytes {
     /// larger one waits for the budget's, in turn (the semaphore is fair,
     /// so the largest message still gets the whole budget once the others
     /// are taken).
+    ///
+    /// A small one waiting for the reserve takes the budget's bytes as
+    /// soon as the budget has them free (found by review, stop 50 #5: it
+    /// waited for the reserve only, while the budget it had found full
+    /// was given back). It keeps its place in the reserve's queue
+    /// meanwhile.
     pub(crate) async fn charge_bytes(&self, bytes: usize) -> InboxCharge {
         let bytes = bytes.min(self.limit);
-        let mut charge = InboxCharge::none();
-        if bytes <= SMALL_CHARGE {
-            let n = u32::try_from(bytes).unwrap_or(u32::MAX);
-            let permit = match Arc::clone(&self.bytes).try_acquire_many_owned(n) {
-                Ok(permit) => Some(permit),
-                // The semaphore is never closed, so this always holds one.
-                Err(_) => Arc::clone(&self.small).acquire_many_owned(n).await.ok(),
-            };
-            charge._permits.extend(permit);
-            charge.bytes = bytes;
-        } else {
-            charge = self.wait_for(bytes).await;
+        if bytes > SMALL_CHARGE {
+            return self.wait_for(bytes).await;
         }
-        charge
+        let n = u32::try_from(bytes).unwrap_or(u32::MAX);
+        if let Ok(permit) = Arc::clone(&self.bytes).try_acquire_many_owned(n) {
+            return self.of_budget(permit, bytes);
+        }
+        let reserve = Arc::clone(&self.small).acquire_many_owned(n);
+        let mut reserve = std::pin::pin!(reserve);
+        loop {
+            // Registered before the budget is looked at: bytes given back
+            // after the look wake it.
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            if let Ok(permit) = Arc::clone(&self.bytes).try_acquire_many_owned(n) {
+                return self.of_budget(permit, bytes);
+            }
+            tokio::select! {
+                biased;
+                permit = &mut reserve => {
+                    let mut charge = InboxCharge::none();
+                    // The semaphore is never closed, so this always holds one.
+                    charge.permits.extend(permit.ok());
+                    charge.bytes = bytes;
+                    return charge;
+                }
+                () = &mut freed => {}
+            }
+        }
+    }
+
+    /// A charge of `bytes` held by `permit`, of the budget's bytes.
+    fn of_budget(&self, permit: OwnedSemaphorePermit, bytes: usize) -> InboxCharge {
+        InboxCharge {
+            permits: vec![permit],
+            freed: Some(Arc::clone(&self.freed)),
+            bytes,
+            group: None,
+        }
     }
 
     /// Charges `bytes` of the budget (at most the budget), waiting for
@@ -320,7 +400,8 @@ impl InboxBytes {
         let n = u32::try_from(bytes).unwrap_or(u32::MAX);
         // The semaphore is never closed, so this always holds a permit.
         let permit = Arc::clone(&self.bytes).acquire_many_owned(n).await.ok();
-        charge._permits.extend(permit);
+        charge.permits.extend(permit);
+        charge.freed = Some(Arc::clone(&self.freed));
         charge.bytes = bytes;
         charge
     }
@@ -331,7 +412,8 @@ impl InboxCharge {
     /// one a node hands itself) in a charged inbox.
     pub(crate) fn none() -> InboxCharge {
         InboxCharge {
-            _permits: Vec::new(),
+            permits: Vec::new(),
+            freed: None,
             bytes: 0,
             group: None,
         }
@@ -356,6 +438,12 @@ impl Drop for InboxCharge {
     fn drop(&mut self) {
         if let Some(group) = &self.group {
             group.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+        // The bytes back first, then the small messages waiting for the
+        // reserve told (`InboxBytes::charge_bytes`).
+        self.permits.clear();
+        if let Some(freed) = &self.freed {
+            freed.notify_waiters();
         }
     }
 }
@@ -419,12 +507,19 @@ const CLAIM_HEAD: usize = 96;
 /// - a small frame is read first (a waiting link holds at most
 ///   [`SMALL_CHARGE`] bytes of it) and charged all it takes at once, from
 ///   the reserve when the budget has no room now.
+///
+/// A link waiting here for its peer's gate or for the budget is aborted
+/// when its connection closes (`accept::serve_peer` returns once the
+/// connection's `accept_bi` fails, and its `JoinSet` aborts the link's
+/// task): the gate and its place in the budget's queue are given up then
+/// (`wait_tests`, review stop 51).
 pub(crate) async fn read_charged(
     frames: &mut super::frame_reader::FrameReader,
     max: usize,
     budget: Option<(&InboxBytes, &PeerGate)>,
     stall: std::time::Duration,
 ) -> Result<(bytes::Bytes, Option<InboxCharge>), super::frame::FrameError> {
+    use super::frame::FrameError;
     let Some((budget, gate)) = budget else {
         return Ok((frames.next(max).await?, None));
     };
@@ -452,7 +547,7 @@ pub(crate) async fn read_charged(
     // stopped for `stall`.
     match frames.next_unless_stalled(max, stall).await? {
         Some(body) => Ok((body, Some(charge))),
-        None => Err(super::frame::FrameError::Io(std::io::Error::new(
+        None => Err(FrameError::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             BodyStalled { len, stall },
         ))),
@@ -576,3 +671,7 @@ impl InboxRx {
 #[cfg(test)]
 #[path = "inbox_bytes_tests.rs"]
 pub(crate) mod tests;
+
+#[cfg(test)]
+#[path = "inbox_wait_tests.rs"]
+mod wait_tests;

@@ -16,7 +16,7 @@ use crate::tls::{Identity, PEER_ALPN, dev_cluster};
 use crate::transport::frame::{PROTOCOL_VERSION, PeerFrame, encode_frame, read_frame};
 use crate::transport::quic::{QuicConfig, QuicTransport, quic_client_config};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
 const SCHEMA: u64 = 0x5eed_0000_0000_0042;
 /// The node's frame cap in these tests: its budget is a few of them.
 const FRAME: usize = 64 * 1024;
@@ -37,8 +37,12 @@ async fn node_inbox(
     node_inbox_with(name, identity, |_| {}).await
 }
 
-/// [`node_inbox`] with its config changed by `tune`.
-async fn node_inbox_with(
+/// [`node_inbox`] with its config changed by `tune`. Its budget is
+/// [`INBOX_FRAMES`](super::INBOX_FRAMES) frames exactly
+/// ([`InboxBytes::exactly`]): these tests' frames carry one large entry
+/// each, charged about a frame, and need a budget of a few of them (the
+/// runtime's is raised for frames of tiny entries, [`InboxBytes::new`]).
+pub(crate) async fn node_inbox_with(
     name: &str,
     identity: Identity,
     tune: impl FnOnce(&mut QuicConfig),
@@ -51,7 +55,10 @@ async fn node_inbox_with(
     let mut config = QuicConfig::new("127.0.0.1:0".parse().expect("addr"), name, identity, SCHEMA);
     config.max_frame_bytes = FRAME;
     tune(&mut config);
-    let budget = InboxBytes::for_frames(config.max_frame_bytes);
+    let budget = InboxBytes::exactly(
+        config.max_frame_bytes * super::INBOX_FRAMES,
+        config.max_frame_bytes,
+    );
     let (tx, rx) = mpsc::channel(4096);
     let (t, addr) =
         QuicTransport::start_with(config, InboxTx::Charged(tx, budget.clone()), None, None)
@@ -62,7 +69,7 @@ async fn node_inbox_with(
 
 /// Dials `to` as `name` (its node certificate `cert`) and says hello;
 /// returns the link's stream once the hello is accepted.
-async fn hostile_link(
+pub(crate) async fn hostile_link(
     cert: &Identity,
     name: &str,
     to: SocketAddr,
@@ -435,7 +442,7 @@ async fn a_link_waiting_for_the_budget_has_not_decoded_its_frame() {
 }
 
 /// The encoded frame (prefix and body) of [`big_append`].
-fn big_append_frame(from: u64, to: u64, index: u64) -> Vec<u8> {
+pub(crate) fn big_append_frame(from: u64, to: u64, index: u64) -> Vec<u8> {
     let mut buf = Vec::new();
     encode_frame(
         &PeerFrame::Msg(big_append(from, to, index)),
@@ -447,7 +454,7 @@ fn big_append_frame(from: u64, to: u64, index: u64) -> Vec<u8> {
 }
 
 /// Waits until `what` holds, or panics with `why` after [`DEADLINE`].
-async fn wait_for(mut what: impl FnMut() -> bool, why: impl Fn() -> String) {
+pub(crate) async fn wait_for(mut what: impl FnMut() -> bool, why: impl Fn() -> String) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !what() {
         assert!(tokio::time::Instant::now() < deadline, "{}", why());
