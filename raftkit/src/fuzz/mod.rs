@@ -79,6 +79,19 @@ pub fn frames(data: &[u8]) {
             // must be serde's.
             let body = buf.get(4..).unwrap_or_default();
             match decode_peer_frame(body) {
+                // A configuration's collection over `MAX_MEMBERS` (in a
+                // `Payload::Config` entry or a snapshot's meta), refused
+                // from its length (`core::member_bound`).
+                Err(FrameError::TooManyItems {
+                    kind: "Configuration",
+                    count,
+                    max,
+                }) => {
+                    assert!(
+                        count > max as u64 && configured(&frame).contains(&count),
+                        "refused for a configuration the frame does not have: {count} > {max}"
+                    );
+                }
                 Err(FrameError::TooManyEntries { count, max })
                 | Err(FrameError::TooManyItems { count, max, .. }) => {
                     assert!(
@@ -110,6 +123,39 @@ fn listed(frame: &PeerFrame) -> Option<u64> {
         _ => return None,
     };
     u64::try_from(n).ok()
+}
+
+/// The lengths of the collections of every configuration a frame carries
+/// (its `Payload::Config` entries', its snapshot's): what the transport's
+/// configuration bound counts.
+fn configured(frame: &PeerFrame) -> Vec<u64> {
+    use crate::core::{Body, Configuration, Payload};
+    let configs: Vec<&Configuration> = match frame {
+        PeerFrame::Msg(m) | PeerFrame::Group { msg: m, .. } => match &m.body {
+            Body::AppendEntries { entries, .. } => entries
+                .iter()
+                .filter_map(|e| match &e.payload {
+                    Payload::Config(c) => Some(c),
+                    _ => None,
+                })
+                .collect(),
+            Body::InstallSnapshot { meta, .. } => vec![&meta.config],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    configs
+        .into_iter()
+        .flat_map(|c| {
+            [
+                c.voters.len(),
+                c.outgoing.len(),
+                c.learners.len(),
+                c.addrs.len(),
+            ]
+        })
+        .filter_map(|n| u64::try_from(n).ok())
+        .collect()
 }
 
 /// The principals the harnesses try requests and hellos with.
@@ -450,6 +496,69 @@ mod tests {
         let mut two = input;
         two.extend_from_slice(&frame(&answer(MAX_MEMBERS)));
         frames(&two);
+    }
+
+    /// Found by review, stop 52 (finding 3): a configuration with a
+    /// collection over `MAX_MEMBERS` (1,025 voters fit under the harness's
+    /// cap) is read by serde and refused by `decode_peer_frame`
+    /// (`TooManyItems` for the collection's length, by design); the harness
+    /// checked a refusal's count against entry counts only and panicked on
+    /// a valid input: "refused for a count the frame does not have".
+    #[test]
+    fn a_configuration_over_the_member_cap_is_a_refusal_not_a_difference() {
+        use crate::core::{
+            Body, Configuration, Entry, MAX_MEMBERS, Message, Payload, SnapshotMeta,
+        };
+
+        let msg = |body: Body| {
+            PeerFrame::Msg(Message {
+                from: 1,
+                to: 2,
+                term: 3,
+                body,
+            })
+        };
+        let config = |n: u64| Entry {
+            term: 3,
+            index: n,
+            payload: Payload::Config(Configuration::new(1..=n)),
+        };
+        let over = MAX_MEMBERS as u64 + 1;
+        // A few configuration entries, one of them over the cap.
+        let append = msg(Body::AppendEntries {
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![config(3), config(over), config(5)],
+            commit: 0,
+        });
+        // A snapshot's configuration with its learners over the cap.
+        let mut learners = Configuration::new([1, 2, 3]);
+        learners.learners = (4..=over + 3).collect();
+        let snapshot = msg(Body::InstallSnapshot {
+            meta: SnapshotMeta {
+                index: 9,
+                term: 3,
+                config: learners,
+            },
+            offset: 0,
+            data: vec![7; 16],
+            done: true,
+        });
+        for value in [append, snapshot] {
+            let input = frame(&value);
+            assert!(
+                input.len() > 4 && input.len() <= CAP + 4,
+                "the frame fits under the harness's cap"
+            );
+            assert!(
+                matches!(
+                    decode_peer_frame(input.get(4..).unwrap_or_default()),
+                    Err(FrameError::TooManyItems { .. })
+                ),
+                "the transport refuses the frame"
+            );
+            frames(&input);
+        }
     }
 
     #[test]
