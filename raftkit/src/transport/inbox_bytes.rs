@@ -398,8 +398,14 @@ impl InboxBytes {
             return charge;
         }
         let n = u32::try_from(bytes).unwrap_or(u32::MAX);
+        // Dropped unfinished (its link's task aborted), the wait gives back
+        // what the fair semaphore had handed it so far: the small messages
+        // waiting for the reserve are told (found by review, stop 52: they
+        // were not, and waited while the budget had room).
+        let told = TellOnDrop(Some(&self.freed));
         // The semaphore is never closed, so this always holds a permit.
         let permit = Arc::clone(&self.bytes).acquire_many_owned(n).await.ok();
+        told.disarm();
         charge.permits.extend(permit);
         charge.freed = Some(Arc::clone(&self.freed));
         charge.bytes = bytes;
@@ -430,6 +436,27 @@ impl InboxCharge {
         group.fetch_add(self.bytes, Ordering::Relaxed);
         if let Some(old) = self.group.replace(group) {
             old.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Tells the small messages waiting for the reserve
+/// ([`InboxBytes::freed`]) when dropped armed: a large message's wait for
+/// the budget dropped before it was granted, which gives back any part of
+/// the budget handed to it.
+struct TellOnDrop<'a>(Option<&'a Notify>);
+
+impl TellOnDrop<'_> {
+    /// The wait ended with its grant: nothing to tell.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TellOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(freed) = self.0 {
+            freed.notify_waiters();
         }
     }
 }

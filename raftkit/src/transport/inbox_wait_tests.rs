@@ -2,11 +2,9 @@
 //! a frame's share of the budget, a small message's wait for the
 //! reserve, and a link's wait whose connection closes.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 
-use super::tests::{big_append_frame, hostile_link, node_inbox_with, wait_for};
+use super::tests::{DEADLINE, big_append_frame, hostile_link, node_inbox_with, wait_for};
 use super::{InboxBytes, SMALL_CHARGE, charge_for, claimed_entry_bytes};
 use crate::core::{Body, Entry, Message, Payload};
 use crate::identity::node_id;
@@ -97,12 +95,11 @@ async fn a_small_message_waiting_for_the_reserve_takes_the_budget_once_it_frees(
     }
     // The large message is taken: the budget is free.
     drop(large);
-    let bound = Duration::from_secs(5);
-    let charge = tokio::time::timeout(bound, waiting)
+    let charge = tokio::time::timeout(DEADLINE, waiting)
         .await
         .unwrap_or_else(|_| {
             panic!(
-                "a small message still waited for the reserve {bound:?} after the budget was \
+                "a small message still waited for the reserve {DEADLINE:?} after the budget was \
              given back ({} of its {limit} bytes free)",
                 limit + budget.small_limit - budget.held()
             )
@@ -114,6 +111,60 @@ async fn a_small_message_waiting_for_the_reserve_takes_the_budget_once_it_frees(
     );
     drop(small);
     drop(charge);
+    assert_eq!(budget.held(), 0);
+}
+
+/// Found by review, stop 52 (finding 4): a large frame's wait for the
+/// budget that was handed part of it (the fair semaphore gives the head of
+/// its queue what is given back) and then dropped (its link's connection
+/// closed, its task aborted) gave those bytes back without telling the
+/// small messages waiting for the reserve: one kept waiting while the
+/// budget had room. The wait now tells them when it is dropped unfinished.
+#[tokio::test]
+async fn a_small_message_takes_the_bytes_a_dropped_large_wait_gives_back() {
+    let budget = InboxBytes::exactly(256 * 1024, 64 * 1024);
+    let limit = budget.limit();
+    let half = budget.charge_bytes(limit / 2).await;
+    let rest = budget.charge_bytes(limit - limit / 2).await;
+    // The reserve held by small messages (each taken from it at once).
+    let mut small = Vec::new();
+    while budget.held() + SMALL_CHARGE <= limit + budget.small_limit {
+        small.push(budget.charge_bytes(SMALL_CHARGE).await);
+    }
+    // A large frame waits for the whole budget, and is handed half of it.
+    let mut large = Box::pin(budget.charge_bytes(limit));
+    tokio::select! {
+        biased;
+        _ = &mut large => panic!("a large message charged with the budget held"),
+        () = std::future::ready(()) => {}
+    }
+    drop(half);
+    // A small message finds the budget (given to the large one) and the
+    // reserve taken, and waits.
+    let waiting = budget.charge_bytes(100);
+    let mut waiting = std::pin::pin!(waiting);
+    tokio::select! {
+        biased;
+        _ = &mut waiting => panic!("a small message charged with the budget and its reserve held"),
+        () = std::future::ready(()) => {}
+    }
+    // The large frame's link goes: the half it was handed is free again.
+    drop(large);
+    let charge = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "a small message still waited for the reserve {DEADLINE:?} after a dropped \
+                 large wait gave back its part of the budget ({} of {limit} bytes free)",
+                limit + budget.small_limit - budget.held()
+            )
+        });
+    assert_eq!(charge.bytes(), 100);
+    assert!(
+        charge.freed.is_some(),
+        "charged to the budget, not the reserve"
+    );
+    drop((small, rest, charge));
     assert_eq!(budget.held(), 0);
 }
 
@@ -156,17 +207,17 @@ async fn a_link_whose_connection_closes_while_waiting_for_the_budget_gives_its_g
     )
     .await;
     conn.close(quinn::VarInt::from_u32(0), b"gone");
-    let bound = Duration::from_secs(5);
-    let deadline = tokio::time::Instant::now() + bound;
-    while gate.0.try_lock().is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the peer's gate was still held {bound:?} after its link's connection closed, \
-             by the link waiting for the budget ({} of {} bytes charged)",
-            budget.held(),
-            budget.limit()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_for(
+        || gate.0.try_lock().is_ok(),
+        || {
+            format!(
+                "the peer's gate was still held {DEADLINE:?} after its link's connection closed, \
+                 by the link waiting for the budget ({} of {} bytes charged)",
+                budget.held(),
+                budget.limit()
+            )
+        },
+    )
+    .await;
     t.shutdown().await;
 }
