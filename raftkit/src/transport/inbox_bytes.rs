@@ -260,8 +260,24 @@ impl InboxBytes {
 
     /// A budget of `limit` bytes, raised to fit one message of
     /// `max_frame_bytes` (its body and overhead), at most `u32::MAX`.
+    ///
+    /// A budget over `u32::MAX` is clamped to it, with a warning (once,
+    /// here: a node makes its budget once): one frame of such a cap may
+    /// then take more than half the budget (found by review, stop 52: the
+    /// clamp was silent).
     fn fitting(limit: usize, max_frame_bytes: usize) -> Arc<InboxBytes> {
-        let limit = limit.max(charge_for(max_frame_bytes)).clamp(1, MAX_BUDGET);
+        let wanted = limit.max(charge_for(max_frame_bytes));
+        if wanted > MAX_BUDGET {
+            tracing::warn!(
+                wanted,
+                max_frame_bytes,
+                budget = MAX_BUDGET,
+                worst_frame_charge = worst_charge(max_frame_bytes),
+                "inbox budget clamped to u32::MAX bytes: one frame of this cap may take \
+                 more than half of it (lower max_frame_bytes)"
+            );
+        }
+        let limit = wanted.clamp(1, MAX_BUDGET);
         let small_limit = (limit / RESERVE_PARTS).max(SMALL_CHARGE * 8);
         Arc::new(InboxBytes {
             bytes: Arc::new(Semaphore::new(limit)),

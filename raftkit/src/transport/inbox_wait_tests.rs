@@ -221,3 +221,59 @@ async fn a_link_whose_connection_closes_while_waiting_for_the_budget_gives_its_g
     .await;
     t.shutdown().await;
 }
+
+/// What a test's tracing subscriber wrote.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+/// Found by review, stop 52 (finding 5): a frame cap over ~2 GiB asks for
+/// a budget over `u32::MAX` (what tokio's semaphore counts), which was
+/// clamped silently: one frame may then take more than half the budget
+/// (the group share), and the stall the floor prevents comes back. The
+/// clamp is now a warning, once, when the budget is made.
+#[test]
+fn a_budget_clamped_to_the_semaphores_count_is_a_warning() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _trace = tracing::subscriber::set_default(subscriber);
+    let _default = InboxBytes::for_frames(16 << 20);
+    assert!(
+        captured.text().is_empty(),
+        "the default frame cap is not clamped: {}",
+        captured.text()
+    );
+    let huge = InboxBytes::for_frames(usize::MAX / 4);
+    assert_eq!(huge.limit(), u32::MAX as usize);
+    let text = captured.text();
+    assert!(
+        text.contains("WARN") && text.contains("clamped"),
+        "a frame cap of {} got a budget clamped to {} with no warning: {text:?}",
+        usize::MAX / 4,
+        huge.limit()
+    );
+    assert_eq!(text.lines().count(), 1, "warned once: {text}");
+}
