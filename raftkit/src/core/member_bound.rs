@@ -14,6 +14,18 @@
 //! (storage, snapshots, tests) nothing changes. The encoding is the
 //! derived one either way: only decoding is bounded, so the wire format
 //! and every valid value's bytes are unchanged (rolling upgrades).
+//!
+//! Known limit: the bound is per collection, not per frame. Many
+//! configurations that are each within the bound (for example many
+//! `Payload::Config` entries in one AppendEntries) still decode whole, to
+//! ~15 times the frame's charge to the inbox budget. A per-frame total was
+//! tried (stop 52) and withdrawn: a leader of an older release batches by
+//! bytes and entry count only, so its legitimate batch of more than ~400
+//! configuration entries would be refused, the link closed and the same
+//! batch resent for as long as that leader runs (a rolling upgrade breaks).
+//! Bounding the total needs a leader that cuts its batch at the bound and a
+//! receiver that enforces it only on links whose hello says so (a protocol
+//! version or capability bit).
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
