@@ -637,6 +637,12 @@ fn answer_each(replies: impl Iterator<Item = Reply>, e: &Error) {
     }
 }
 
+/// How long the guard ([`HaltOnUnwind`]) waits, after closing the queue,
+/// for a send already in flight to land, so that its caller is answered
+/// too. A send's count-to-push window is a few instructions: only a
+/// sender thread preempted there makes the guard wait at all.
+const RACED_SEND_WAIT: Duration = Duration::from_secs(1);
+
 /// Halts the node if the apply loop ends by a panic (see [`run_shared`]):
 /// every waiting caller is answered, the status shows the halt (the node
 /// task steps down and refuses later calls at once), and the messages
@@ -649,9 +655,12 @@ fn answer_each(replies: impl Iterator<Item = Reply>, e: &Error) {
 /// panic's payload is forgotten, not dropped (its own `Drop` may panic).
 /// That includes dropping the queued messages: each is refused under a
 /// catch of its own (a panic while one is dropped does not leave the rest
-/// queued), and the receiver itself, with any message that raced the
-/// close into the queue after the drain, is dropped inside the catch, not
-/// with the guard after it.
+/// queued), and the receiver itself is dropped inside the catch, not with
+/// the guard after it. The drain goes on until the queue reports no send
+/// in flight (a send that passed tokio's closed check before the close
+/// pushes after it), so a message that raced the close is answered too,
+/// not dropped with the receiver (its caller would hear `Ambiguous`) nor
+/// left in the queue unanswered until the peer stops.
 struct HaltOnUnwind<'a, S: StateMachine> {
     shared: &'a Shared<S>,
     /// The loop's queue (taken by the drop; always there before).
@@ -674,11 +683,35 @@ impl<S: StateMachine> Drop for HaltOnUnwind<'_, S> {
                 Box::new("a panic outside any message"),
             );
             rx.close();
-            while let Ok(msg) = rx.try_recv() {
-                let refused = catch_unwind(AssertUnwindSafe(|| a.refuse(msg, Some(snapshots))));
-                if let Err(payload) = refused {
-                    error!(panic = %panic_message(payload.as_ref()), "a panic while a queued message was refused after the apply loop ended");
-                    std::mem::forget(payload);
+            // Until the queue reports no send in flight: tokio's `send`
+            // counts a message (checking the closed bit) before it pushes
+            // it, so a send that counted before the close may still push
+            // after the queue looked empty; its caller is answered here
+            // too (review s52 #1). Bounded: the node task is the only
+            // sender, so at most one send is in flight, and a send that
+            // comes after the close fails and is answered by the sender.
+            let until = Instant::now() + RACED_SEND_WAIT;
+            loop {
+                match rx.try_recv() {
+                    Ok(msg) => {
+                        let refused =
+                            catch_unwind(AssertUnwindSafe(|| a.refuse(msg, Some(snapshots))));
+                        if let Err(payload) = refused {
+                            error!(panic = %panic_message(payload.as_ref()), "a panic while a queued message was refused after the apply loop ended");
+                            std::mem::forget(payload);
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) if Instant::now() < until => {
+                        std::thread::yield_now();
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        error!(
+                            waited = ?RACED_SEND_WAIT,
+                            "a send to the ended apply loop was still in flight after the wait; its caller is answered only when the peer stops (Ambiguous)"
+                        );
+                        break;
+                    }
                 }
             }
             drop(guard);

@@ -84,15 +84,23 @@ fn shared() -> (Arc<Shared<Tally>>, ProgressRx) {
     (shared, status)
 }
 
-/// An answer, or why there was none.
+/// An answer, or why there was none: [`WAITING`] or [`DROPPED`].
 type Got = Result<Result<Vec<u8>, Error>, String>;
 
-/// `got`, the answer `what` got, must be `Halted`; a dropped reply (the
-/// caller hears nothing, and takes it for `Ambiguous`) fails.
+/// No answer yet: the reply is held somewhere, unanswered (its caller
+/// waits until its own deadline).
+const WAITING: &str = "no answer: its reply is still held, unanswered (the caller still waits)";
+
+/// No answer ever: the reply was dropped (its caller hears `Ambiguous`).
+const DROPPED: &str = "no answer: its reply was dropped unanswered (the caller hears Ambiguous)";
+
+/// `got`, the answer `what` got, must be `Halted`; no answer (a reply
+/// still waiting, or dropped: the caller hears nothing, and takes it for
+/// `Ambiguous`) fails, saying which.
 fn halted(what: &str, got: &Got) {
     match got {
         Ok(Err(Error::Halted { .. })) => {}
-        Err(_) => panic!("{what}: its reply was dropped unanswered"),
+        Err(why) => panic!("{what}: {why}"),
         other => panic!("{what} got {other:?} instead of Halted"),
     }
 }
@@ -108,7 +116,7 @@ fn refused_read(what: &str, got: &Got, hint: Option<&str>) {
             assert_eq!(e.applied(), crate::error::Applied::No, "{what}: {e:?}");
             assert!(m.contains("halted"), "{what}: {m}");
         }
-        (Err(_), _) => panic!("{what}: its reply was dropped unanswered"),
+        (Err(why), _) => panic!("{what}: {why}"),
         (other, _) => panic!("{what} got {other:?}, not a not-applied refusal (leader {hint:?})"),
     }
 }
@@ -126,12 +134,16 @@ async fn answer(what: &str, answer: Answer) -> Got {
     tokio::time::timeout(Duration::from_secs(5), answer)
         .await
         .unwrap_or_else(|_| panic!("{what}: not answered within 5 s"))
-        .map_err(|e| e.to_string())
+        .map_err(|_| DROPPED.to_string())
 }
 
-/// The answer already given to `answer` (or why there is none).
+/// The answer already given to `answer` (or why there is none: still
+/// waiting, or dropped).
 fn given(mut answer: Answer) -> Got {
-    answer.try_recv().map_err(|e| e.to_string())
+    answer.try_recv().map_err(|e| match e {
+        oneshot::error::TryRecvError::Empty => WAITING.to_string(),
+        oneshot::error::TryRecvError::Closed => DROPPED.to_string(),
+    })
 }
 
 /// Set in the child process [`in_a_child`] starts.
@@ -423,4 +435,85 @@ fn a_panic_escaping_a_batch_the_node_task_applies_halts_the_node() {
             "the status shows {h:?}"
         );
     });
+}
+
+/// A send racing the guard's close: tokio's `send` counts the message
+/// (checking the closed bit) before it pushes it, so a send that counted
+/// before the close may push after the guard's drain saw the queue empty.
+/// Dropped with the receiver, its caller heard `Ambiguous`; pushed after
+/// that, it sat in the queue, unanswered, until the sender dropped (the
+/// caller waited until its deadline). The guard must drain until the
+/// queue reports no send in flight, so every caller whose send got in is
+/// answered `Halted`, and every later one is answered by the sender.
+///
+/// Probabilistic (a regression guard, review s52 #1): the window is the
+/// few instructions between tokio's count and push, so one thread sends
+/// registrations in a tight loop while the loop's guard runs, `ROUNDS`
+/// times; the unfixed guard left a caller unanswered in some rounds (see
+/// the commit).
+#[test]
+fn every_send_racing_the_guards_close_is_answered() {
+    const ROUNDS: usize = 3_000;
+    /// Sends the racing thread makes before the guard runs (it is running).
+    const WARM: usize = 32;
+    /// Sends after which the racing thread gives up (the guard never ran).
+    const MOST: usize = 1_000_000;
+    for round in 0..ROUNDS {
+        let (shared, status) = shared();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sender = ApplyTx::thread_only(tx, Arc::clone(&shared) as Arc<dyn super::Inline>);
+        let (snap_tx, _snapshots) = mpsc::unbounded_channel();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let racing = std::thread::spawn({
+            let sent = Arc::clone(&sent);
+            move || {
+                let mut answers = Vec::new();
+                loop {
+                    let (r, r_rx) = reply();
+                    let queued = sender.send(ApplyMsg::Register(vec![(1, 1, r)]));
+                    answers.push(r_rx);
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    if !queued || answers.len() >= MOST {
+                        break;
+                    }
+                }
+                // The sender is kept: dropping it would free what it left
+                // in the queue (and drop those replies).
+                (sender, answers)
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sent.load(Ordering::SeqCst) < WARM {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the racing sender did not start within 10 s"
+            );
+            std::thread::yield_now();
+        }
+        let unwound = catch_unwind(AssertUnwindSafe(|| {
+            let _guard = HaltOnUnwind {
+                shared: &shared,
+                rx: Some(rx),
+                snapshots: &snap_tx,
+            };
+            panic!("the apply loop panics on purpose");
+        }));
+        assert!(unwound.is_err(), "the loop's panic goes on unwinding");
+        let (sender, answers) = racing.join().expect("the racing sender panicked");
+        assert!(
+            answers.len() < MOST,
+            "round {round}: the sender was never refused"
+        );
+        assert!(status.borrow().halted.is_some(), "the node did not halt");
+        let n = answers.len();
+        for (i, a) in answers.into_iter().enumerate() {
+            halted(
+                &format!(
+                    "round {round}: registration {i} of {n}, sent as the guard closed the queue"
+                ),
+                &given(a),
+            );
+        }
+        drop(sender);
+    }
 }
