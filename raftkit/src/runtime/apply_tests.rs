@@ -607,6 +607,49 @@ fn reads_the_halted_thread_refuses_are_answered_not_applied() {
     });
 }
 
+/// After the node's storage failed (`ApplyMsg::Fail`) the thread serves
+/// nothing more: a read waiting for its index and one sent after are
+/// refused "not applied" (`Unavailable` naming the failure, no leader
+/// known; a read changes nothing), never the storage error, which says
+/// "may have been applied" and is for the writes in the log (review s52
+/// #3: the storage-failure branch of `refused_read` was untested).
+#[test]
+fn reads_refused_after_a_storage_failure_are_answered_not_applied() {
+    runtime().block_on(async {
+        let t = Thread::start();
+        let read = |index: Index| {
+            let (tx, rx) = oneshot::channel();
+            t.send(ApplyMsg::Read {
+                index,
+                query: encode("query", &TallyRead::Get).expect("encodes"),
+                reply: Reply::new(tx, None),
+            });
+            rx
+        };
+        let waiting = read(5);
+        let write = t.register(3, 1);
+        t.send(ApplyMsg::Fail(Error::Storage("the disk is gone".into())));
+        let later = read(1);
+        let r = within(write, "the write waiting at the failure").await;
+        assert!(
+            matches!(&r, Ok(Err(Error::Storage(m))) if m.contains("the disk is gone")),
+            "the write waiting at the failure got {r:?}"
+        );
+        for (what, rx) in [
+            ("a read waiting at the storage failure", waiting),
+            ("a read sent after the storage failure", later),
+        ] {
+            match within(rx, what).await {
+                Ok(Err(e @ Error::Unavailable(_))) => {
+                    assert_eq!(e.applied(), Applied::No, "{what}: {e:?}");
+                    assert!(e.to_string().contains("the disk is gone"), "{what}: {e}");
+                }
+                other => panic!("{what}, refused after the storage failure, got {other:?}"),
+            }
+        }
+    });
+}
+
 #[test]
 fn a_snapshot_install_moves_the_watch_journal_past_it_so_no_watcher_skips_its_writes() {
     runtime().block_on(async {
