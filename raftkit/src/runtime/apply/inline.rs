@@ -6,7 +6,12 @@
 //! The apply state ([`Apply`]) sits behind a mutex shared by the apply
 //! thread ([`run_shared`](super::run_shared)) and the node task's sender
 //! ([`ApplyTx`]). The thread holds the lock while it handles a message; the
-//! node task only ever `try_lock`s, so it never waits for the thread.
+//! node task only `try_lock`s, so it never waits for the thread, except
+//! to answer a message the ended loop can no longer take
+//! ([`Inline::refuse`], which takes the lock): the send failed because the
+//! loop's guard closed the queue, under the lock, and the guard releases
+//! it once it answered every message that got in (on either path, the
+//! default thread-only one included).
 //!
 //! Invariants:
 //! - `queued` counts the messages sent to the thread and not yet fully
