@@ -336,3 +336,22 @@ fn a_new_leadership_does_not_inherit_the_old_lease() {
     ack_next_heartbeat(&mut r, 3);
     assert_eq!(r.lease_read(), Some(last));
 }
+
+/// Found by mutation audit (stop 52, M7): nothing read
+/// `lease_remaining`, so any change to it survived. It is the whole lease
+/// right after an acknowledged round, counts down one per tick, and is 0
+/// once the lease ran out.
+#[test]
+fn lease_remaining_counts_down_and_is_zero_without_a_lease() {
+    let (mut r, _) = leased_leader();
+    ack_next_heartbeat(&mut r, 2);
+    let lease = r.lease_ticks();
+    assert!(lease > 1, "lease of {lease} ticks");
+    assert_eq!(r.lease_remaining(), lease);
+    for k in 1..=lease {
+        r.tick();
+        flush(&mut r);
+        assert_eq!(r.lease_remaining(), lease - k, "after {k} ticks");
+    }
+    assert!(r.lease_read().is_none(), "the lease ran out");
+}
