@@ -89,7 +89,13 @@ impl Raft {
         // At the last representable term there is no next term to campaign
         // in (only a hostile peer can push a node there, and only with 2^40
         // accepted messages: see `inbound`, MAX_TERM_JUMP).
-        if !self.promotable() || self.halted || self.term == super::types::Term::MAX {
+        // Likewise at the last usable index there is no room for the new
+        // leader's no-op (thesis §6.4): such a node never leads.
+        if !self.promotable()
+            || self.halted
+            || self.term == super::types::Term::MAX
+            || self.log.last_index() >= super::inbound::MAX_INDEX
+        {
             return;
         }
         if self.cfg.pre_vote && !transfer {

@@ -84,6 +84,11 @@ pub enum ProposeError {
     /// This node's state machine halted (see [`Raft::set_halted`]).
     #[error("this node halted")]
     Halted,
+    /// The log reached the last index a node may use,
+    /// [`MAX_INDEX`](super::inbound::MAX_INDEX): the command was refused
+    /// before it reached the log, so it is not applied.
+    #[error("the log reached the last usable index {0}: refused, not applied")]
+    IndexExhausted(Index),
 }
 
 /// Durable state a node restarts from: the last snapshot, the entries after
@@ -660,6 +665,10 @@ impl Raft {
         }
         if let Some(to) = self.transfer_target {
             return Err(ProposeError::Transferring(to));
+        }
+        // No entry past MAX_INDEX: the WAL refuses it (module `inbound`).
+        if self.log.last_index() >= super::inbound::MAX_INDEX {
+            return Err(ProposeError::IndexExhausted(self.log.last_index()));
         }
         Ok(())
     }

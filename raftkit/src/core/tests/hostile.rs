@@ -618,3 +618,47 @@ fn a_configuration_of_too_many_members_is_dropped() {
     assert_eq!(l.log().last_index(), last);
     assert_sound(&l);
 }
+
+/// Found by review (stop 52): the core refused only indexes past
+/// [`MAX_INDEX`] from peers, but its own appends had no bound, so a node
+/// whose log reached the bound (a snapshot at 2^62 from a node-certificate
+/// holder) led and appended 2^62+1, which the WAL refuses on replay. A
+/// leader refuses a proposal past the bound (not applied), and a node whose
+/// log ends at the bound never campaigns (it could not append its no-op).
+#[test]
+fn a_log_at_the_bound_takes_no_proposal_and_never_campaigns() {
+    let at = |index: u64| crate::core::Restored {
+        snapshot: SnapshotMeta {
+            index,
+            term: 1,
+            config: Configuration::new([1]),
+        },
+        ..restored(&[1], 1, &[])
+    };
+    // A leader whose no-op lands at MAX_INDEX - 1.
+    let mut r = Raft::new(config(1), at(MAX_INDEX - 2)).expect("config");
+    for _ in 0..3 * T {
+        r.tick();
+        flush(&mut r);
+    }
+    assert_eq!(r.role(), crate::core::Role::Leader);
+    assert_eq!(r.log().last_index(), MAX_INDEX - 1);
+    let res = r.propose(b"last".to_vec());
+    assert_eq!(res.as_ref().map(|(i, _)| *i), Ok(MAX_INDEX), "{res:?}");
+    let res = r.propose(b"past".to_vec());
+    assert_eq!(
+        res,
+        Err(crate::core::ProposeError::IndexExhausted(MAX_INDEX)),
+        "a proposal past the bound"
+    );
+    assert_eq!(r.log().last_index(), MAX_INDEX);
+    // A node whose log ends at the bound never campaigns.
+    let mut r = Raft::new(config(1), at(MAX_INDEX)).expect("config");
+    for _ in 0..3 * T {
+        r.tick();
+        let out = flush(&mut r);
+        assert!(out.messages.is_empty(), "{:?}", out.messages);
+    }
+    assert_eq!(r.role(), crate::core::Role::Follower);
+    assert_eq!(r.log().last_index(), MAX_INDEX);
+}

@@ -9,6 +9,7 @@ use super::record::{
     FRAME_HEADER_LEN, FrameBuf, MAX_FRAME_LEN, Record, RecordRef, decode_record, split_records,
 };
 use super::segment::{Segment, parse_segment_name, segment_name};
+use crate::core::inbound::MAX_INDEX;
 use crate::core::types::{Entry, HardState, Index, Term};
 use crate::storage::vfs::{
     self, SharedFs, Vfs, VfsLock, create_dir_durable, sync_dir, sync_dir_and_parent,
@@ -343,7 +344,7 @@ impl Wal {
                             format!("entry {} below the first index {}", e.index, self.first),
                         ));
                     }
-                    if e.index > crate::core::inbound::MAX_INDEX {
+                    if e.index > MAX_INDEX {
                         return Err(StorageError::corrupt(
                             path,
                             offset,
@@ -415,7 +416,7 @@ impl Wal {
                     }
                 }
                 Record::Compact { upto, term } => {
-                    if upto > crate::core::inbound::MAX_INDEX {
+                    if upto > MAX_INDEX {
                         return Err(StorageError::corrupt(
                             path,
                             offset,
@@ -626,6 +627,12 @@ impl LogStore for Wal {
         let Some(head) = entries.first() else {
             return Ok(());
         };
+        if let Some(tail) = entries.last().filter(|e| e.index > MAX_INDEX) {
+            return Err(StorageError::Invalid(format!(
+                "entry at index {} is past the last usable index {MAX_INDEX}",
+                tail.index
+            )));
+        }
         // A frame is at most MAX_FRAME_LEN bytes: refuse (harmlessly) an
         // append that could overflow the unsynced frame. The estimate is
         // generous: postcard's varints never exceed twice `approx_size`.
@@ -674,6 +681,11 @@ impl LogStore for Wal {
 
     fn compact_prefix(&mut self, upto: Index, term: Term) -> Result<(), StorageError> {
         self.check()?;
+        if upto > MAX_INDEX {
+            return Err(StorageError::Invalid(format!(
+                "compaction to index {upto} is past the last usable index {MAX_INDEX}"
+            )));
+        }
         if upto < self.first {
             return Ok(());
         }
@@ -857,6 +869,41 @@ mod tests {
             matches!(compact, Err(StorageError::Corrupt { .. })),
             "{:?}",
             compact.map(|w| w.first_index())
+        );
+    }
+
+    /// Found by review (stop 52): only replay checked [`MAX_INDEX`], so a
+    /// WAL took an entry or a compaction past it and never opened again.
+    /// The write side now refuses them with `Invalid` (not fatal: the store
+    /// still works), so write and replay share one comparison.
+    ///
+    /// [`MAX_INDEX`]: crate::core::inbound::MAX_INDEX
+    #[test]
+    fn writes_past_the_cores_bound_are_refused_and_the_wal_reopens() {
+        use crate::core::inbound::MAX_INDEX;
+        // An on-disk bound: lowering it would make existing data corrupt.
+        assert_eq!(MAX_INDEX, 1 << 62);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
+        wal.compact_prefix(MAX_INDEX, 1).expect("compact");
+        let append = wal.append(&[cmd(MAX_INDEX + 1)]);
+        assert!(
+            matches!(append, Err(StorageError::Invalid(_))),
+            "append past the bound: {append:?}"
+        );
+        let compact = wal.compact_prefix(MAX_INDEX + 1, 1);
+        assert!(
+            matches!(compact, Err(StorageError::Invalid(_))),
+            "compaction past the bound: {compact:?}"
+        );
+        wal.sync().expect("sync");
+        drop(wal);
+        let wal = Wal::open(dir.path(), WalOptions::default());
+        assert_eq!(
+            wal.as_ref().map(|w| (w.first_index(), w.last_index())).ok(),
+            Some((MAX_INDEX + 1, MAX_INDEX)),
+            "reopen: {:?}",
+            wal.err()
         );
     }
 
