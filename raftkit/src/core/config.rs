@@ -155,6 +155,12 @@ impl Config {
         if self.max_inflight == 0 {
             return Err(ConfigError("max_inflight must be at least 1".into()));
         }
+        if self.snapshot_chunk_bytes == 0 {
+            // Empty chunks would carry a snapshot transfer no further.
+            return Err(ConfigError(
+                "snapshot_chunk_bytes must be at least 1".into(),
+            ));
+        }
         if !(self.snapshot_log_ratio.is_finite() && self.snapshot_log_ratio >= 0.0) {
             return Err(ConfigError(format!(
                 "snapshot_log_ratio ({}) must be a finite number of at least 0",

@@ -12,13 +12,15 @@ use super::harness::*;
 #[test]
 fn every_invalid_setting_is_refused() {
     type Tweak = fn(&mut Config);
-    let refused: [(&str, Tweak); 6] = [
+    let refused: [(&str, Tweak); 7] = [
         ("node id 0", |c| c.id = 0),
         ("heartbeat_ticks", |c| c.heartbeat_ticks = 0),
         ("heartbeat_ticks", |c| c.heartbeat_ticks = c.election_ticks),
         ("max_inflight", |c| c.max_inflight = 0),
         ("clock_drift_bound", |c| c.clock_drift_bound = f64::INFINITY),
         ("snapshot_log_ratio", |c| c.snapshot_log_ratio = f64::NAN),
+        // M8: empty chunks would carry a snapshot transfer no further.
+        ("snapshot_chunk_bytes", |c| c.snapshot_chunk_bytes = 0),
     ];
     for (name, tweak) in refused {
         let mut cfg = config(1);
@@ -28,10 +30,11 @@ fn every_invalid_setting_is_refused() {
             Ok(_) => panic!("{name}: an invalid setting was taken"),
         }
     }
-    let taken: [Tweak; 3] = [
+    let taken: [Tweak; 4] = [
         |c| c.heartbeat_ticks = c.election_ticks - 1,
         |c| c.heartbeat_ticks = 1,
         |c| c.max_inflight = 1,
+        |c| c.snapshot_chunk_bytes = 1,
     ];
     for tweak in taken {
         let mut cfg = config(1);
