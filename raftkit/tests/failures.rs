@@ -394,13 +394,30 @@ async fn after_a_storage_failure_nothing_more_is_acknowledged() {
     .await;
     nodes[f].spy.armed.store(true, Ordering::SeqCst);
     // Several round trips later the leader still has not heard the follower
-    // acknowledge anything past what it held before the failure.
-    let mut leading = l;
-    for _ in 0..10 {
-        leading = add_on_leader(&peers, "k").await;
-    }
-    let matched = peers[leading]
-        .status()
+    // acknowledge anything past what it held before the failure. The 10
+    // writes must all be committed by one leader in one term, still leading
+    // when asked: a leader elected meanwhile knows nothing of what f
+    // matched (its progress starts afresh, Raft §5.3), so `matched < 20`
+    // would hold whatever f did. Under churn the count starts again.
+    let run_deadline = Instant::now() + Duration::from_secs(30);
+    let status = 'run: loop {
+        assert!(
+            Instant::now() < run_deadline,
+            "no leader committed 10 writes in a row in one term"
+        );
+        let leading = add_on_leader(&peers, "k").await;
+        let term = peers[leading].status().term;
+        for _ in 1..10 {
+            if add_on_leader(&peers, "k").await != leading {
+                continue 'run;
+            }
+        }
+        let status = peers[leading].status();
+        if status.role == Role::Leader && status.term == term {
+            break status;
+        }
+    };
+    let matched = status
         .members
         .iter()
         .find(|m| m.id == peers[f].id())
