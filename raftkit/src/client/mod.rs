@@ -17,6 +17,7 @@ mod local;
 pub(crate) mod mux;
 mod refusal;
 mod remote;
+mod resolve;
 pub mod sharded;
 pub mod watch;
 pub mod wire;

@@ -100,7 +100,7 @@
 //! Reads are never applied, so any read may be retried freely.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,6 +116,7 @@ use super::addr_hash::AddrHash;
 use super::consistency::{Consistency, ReadRouting, Staleness};
 use super::mux::{MUX_ACCEPTED, MUX_VERSION, Mux};
 use super::refusal::{connect_failed, every_member_refused, hello_failed};
+use super::resolve::Names;
 use super::wire::{
     ClientHello, ClientRequest, ClientResponse, SessionId, SessionRef, StatusReport,
 };
@@ -232,6 +233,8 @@ struct Inner {
     opts: ClientOptions,
     rotate: AtomicU64,
     suspects: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
+    /// The names this client resolved (its cluster addresses, hints).
+    names: Names,
 }
 
 tokio::task_local! {
@@ -289,13 +292,6 @@ pub struct Client {
     consistency: Consistency,
     /// The staleness of the latest stale read answered through this view.
     staleness: Arc<std::sync::Mutex<Option<Staleness>>>,
-}
-
-fn resolve(addr: &str) -> Result<SocketAddr, Error> {
-    addr.to_socket_addrs()
-        .map_err(|e| Error::Transport(format!("cannot resolve {addr:?}: {e}")))?
-        .next()
-        .ok_or_else(|| Error::Transport(format!("{addr:?} resolves to no address")))
 }
 
 impl Client {
@@ -414,19 +410,17 @@ impl Client {
         I: IntoIterator<Item = A>,
         A: AsRef<str>,
     {
+        // The connect's deadline (its timeout): the lookups of the cluster
+        // addresses count against it, and run off the runtime worker.
+        let deadline = Instant::now() + opts.timeout;
         // An address that does not resolve is left out (etcd's clientv3
         // does not fail `New` for an endpoint it cannot dial either): the
         // connect fails for it only when no address resolves.
-        let mut members = Vec::new();
-        let mut unresolved = Vec::new();
-        for a in addrs {
-            match resolve(a.as_ref()) {
-                Ok(addr) => members.push(addr),
-                Err(e) => {
-                    tracing::warn!(address = a.as_ref(), error = %e, "a cluster address does not resolve; left out");
-                    unresolved.push(e.to_string());
-                }
-            }
+        let given: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_string()).collect();
+        let names = Names::default();
+        let (members, unresolved) = names.resolve_all(&given, deadline).await;
+        for why in &unresolved {
+            tracing::warn!(error = %why, "a cluster address does not resolve; left out");
         }
         if members.is_empty() {
             return Err(not_sent_by_connect(Error::Unavailable(
@@ -466,12 +460,12 @@ impl Client {
                 opts,
                 rotate: AtomicU64::new(0),
                 suspects: std::sync::Mutex::new(HashMap::new()),
+                names,
             }),
         };
         // Dial every member at once, each again after a backoff while its
         // dial fails in a way a retry may change, until one answers or the
         // connect's deadline passes (its timeout).
-        let deadline = Instant::now() + client.inner.opts.timeout;
         let addr = client
             .dial_any(deadline)
             .await
@@ -1049,7 +1043,12 @@ impl Client {
                     // send the call past it to a follower again, at round-
                     // trip speed; it is backed off instead, and if it still
                     // leads at the deadline the call ends with its refusal.
-                    let hinted = hint.as_deref().and_then(|h| resolve(h).ok());
+                    // Looked up off the worker, by the deadline (a hint
+                    // that does not resolve is not followed).
+                    let hinted = match hint.as_deref() {
+                        Some(h) => self.inner.names.resolve(h, deadline).await.ok(),
+                        None => None,
+                    };
                     refusing_leader = hinted.filter(|n| refused.contains_key(n));
                     let next = hinted.filter(|n| !self.is_suspect(*n) && !refused.contains_key(n));
                     debug!(%target, ?next, "redirected to the leader");
@@ -1093,8 +1092,11 @@ impl Client {
     }
 
     /// The status of the member at `addr` (no leader needed).
+    ///
+    /// A name that does not resolve within the client's timeout ends it
+    /// [`Error::Unavailable`] (nothing was sent).
     pub async fn status_of(&self, addr: &str) -> Result<StatusReport, Error> {
-        let addr = resolve(addr)?;
+        let addr = self.resolve(addr).await?;
         match self.once(addr, &ClientRequest::Status, &mut false).await? {
             ClientResponse::Status(s) => Ok(*s),
             ClientResponse::Err(e) => Err(e.into()),
@@ -1110,6 +1112,14 @@ impl Client {
     pub async fn status(&self) -> Result<StatusReport, Error> {
         let target = self.next_target(false);
         self.status_of(&target.to_string()).await
+    }
+
+    /// The address of `name` (a socket address, or a name looked up off
+    /// the runtime worker within the client's timeout; [`Error::Unavailable`]
+    /// if it does not resolve: nothing was sent).
+    async fn resolve(&self, name: &str) -> Result<SocketAddr, Error> {
+        let deadline = Instant::now() + self.inner.opts.timeout;
+        self.inner.names.resolve(name, deadline).await
     }
 
     /// The options this client was made with.
@@ -1172,7 +1182,7 @@ impl Client {
         addr: &str,
         request: super::wire::NodeRequest,
     ) -> Result<Vec<u8>, Error> {
-        let addr = resolve(addr)?;
+        let addr = self.resolve(addr).await?;
         let request = ClientRequest::Node(request);
         Self::expect_ok(traced("node", self.once(addr, &request, &mut false)).await?)
     }
@@ -1871,6 +1881,9 @@ mod window_tests;
 
 #[cfg(test)]
 mod live_stream_tests;
+
+#[cfg(test)]
+mod resolve_tests;
 
 #[cfg(test)]
 mod tests {

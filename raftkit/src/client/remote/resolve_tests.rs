@@ -1,0 +1,161 @@
+//! Stop 52, task 1: a name the client must look up (a `NotLeader` hint, a
+//! cluster address, the member of `status_of` / `node_request`) is looked
+//! up off the runtime worker and waited for only until the call's deadline
+//! ([`crate::client::resolve`]). The system resolver is scripted
+//! ([`stub`]): a name under `.stall.invalid` blocks as during a DNS outage,
+//! one under `.fail.invalid` fails.
+//!
+//! These tests run on a current-thread runtime (`#[tokio::test]`): a lookup
+//! made on the worker blocks the whole runtime, the member's tasks and the
+//! test's own timers included, which is what they catch.
+
+use std::time::Duration;
+
+use super::{Client, ClientOptions};
+use crate::client::Submit;
+use crate::client::fake_member::{Act, FakeMember};
+use crate::client::resolve::stub;
+use crate::client::wire::{ClientResponse, NodeRequest, WireError};
+use crate::error::{Applied, Error};
+use crate::tls::dev_cluster;
+
+/// The timeout of the clients of these tests.
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How far past its deadline a call may end (a loaded machine).
+const SLACK: Duration = Duration::from_secs(2);
+
+/// Releases the stalled lookups of a name when the test ends (so that the
+/// runtime's blocking pool is not kept for [`stub::STALL_FOR`]).
+struct Release(&'static str);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        stub::release(self.0);
+    }
+}
+
+/// A member whose every request is answered `NotLeader` with `hint`, and a
+/// client of it.
+async fn told(hint: &'static str) -> (FakeMember, Client) {
+    let (ca, nodes) = dev_cluster(["fake-dns"]).expect("dev certificates");
+    let client_id = ca.issue_client("dns").expect("client certificate");
+    let node = nodes.first().expect("one node");
+    let member = FakeMember::start(node, move |_| {
+        Act::answer(ClientResponse::Err(WireError::NotLeader {
+            hint: Some(hint.to_string()),
+        }))
+    });
+    let client = tokio::time::timeout(
+        TIMEOUT + SLACK,
+        Client::connect_with(
+            [member.addr().to_string()],
+            client_id,
+            0,
+            ClientOptions::default().with_timeout(TIMEOUT),
+        ),
+    )
+    .await
+    .expect("connects in time")
+    .expect("connects");
+    (member, client)
+}
+
+/// A read told `NotLeader` with a hint whose lookup stalls (the name
+/// server is down) ended only when the lookup gave up, long past its
+/// deadline, and nothing else ran on its worker meanwhile (here a timer of
+/// 100 ms). It ends by its deadline, not applied, and the timer fires on
+/// time.
+#[tokio::test]
+async fn a_hint_whose_lookup_stalls_ends_the_call_by_its_deadline_and_stalls_nothing_else() {
+    const HINT: &str = "leader-a.stall.invalid:7000";
+    let _release = Release(HINT);
+    let (member, client) = told(HINT).await;
+    let start = tokio::time::Instant::now();
+    let tick = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        start.elapsed()
+    };
+    let call = async {
+        let r = client.read(b"get".to_vec()).await;
+        (r, start.elapsed())
+    };
+    let ((read, took), ticked) = tokio::join!(call, tick);
+    let err = read.expect_err("no member leads");
+    assert!(
+        took <= TIMEOUT + SLACK,
+        "the call ended after {took:?}, past its deadline ({TIMEOUT:?}): {err:?}"
+    );
+    assert!(
+        ticked <= SLACK,
+        "a 100 ms timer of the same runtime fired after {ticked:?}"
+    );
+    assert_eq!(err.applied(), Applied::No, "{err:?}");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(
+        !member.received().is_empty(),
+        "the read never reached the member"
+    );
+}
+
+/// `status_of` and `node_request` of a name that does not resolve sent
+/// nothing, yet ended `Transport` ("may have been applied"); one whose
+/// lookup stalls waited for the lookup. They end `Unavailable`, not
+/// applied, and by the client's timeout.
+#[tokio::test]
+async fn a_status_or_node_request_whose_name_does_not_resolve_sent_nothing() {
+    const STALLED: &str = "node-b.stall.invalid:7000";
+    let _release = Release(STALLED);
+    let (_member, client) = told("127.0.0.1:1").await;
+    let status = client
+        .status_of("nowhere.fail.invalid:7000")
+        .await
+        .expect_err("no such name");
+    let node = client
+        .node_request("nowhere.fail.invalid:7000", NodeRequest::Groups)
+        .await
+        .expect_err("no such name");
+    for (what, err) in [("status_of", &status), ("node_request", &node)] {
+        assert!(
+            matches!(err, Error::Unavailable(_)) && err.applied() == Applied::No,
+            "{what} of a name that does not resolve ended {err:?} (applied: {:?})",
+            err.applied()
+        );
+    }
+    let start = tokio::time::Instant::now();
+    let stalled = client.status_of(STALLED).await.expect_err("stalled lookup");
+    let took = start.elapsed();
+    assert!(
+        took <= TIMEOUT + SLACK,
+        "status_of a name whose lookup stalls ended after {took:?}: {stalled:?}"
+    );
+    assert_eq!(stalled.applied(), Applied::No, "{stalled:?}");
+}
+
+/// A connect given one name whose lookup stalls and one literal address
+/// waited for the lookup on the worker (then left the name out). It
+/// connects to the literal address within its timeout.
+#[tokio::test]
+async fn a_connect_with_a_name_whose_lookup_stalls_connects_to_the_others_in_time() {
+    const STALLED: &str = "node-c.stall.invalid:7000";
+    let _release = Release(STALLED);
+    let (ca, nodes) = dev_cluster(["fake-dns-c"]).expect("dev certificates");
+    let client_id = ca.issue_client("dns-c").expect("client certificate");
+    let node = nodes.first().expect("one node");
+    let member = FakeMember::start(node, |_| Act::answer(ClientResponse::Ok(Vec::new())));
+    let start = tokio::time::Instant::now();
+    let client = Client::connect_with(
+        [STALLED.to_string(), member.addr().to_string()],
+        client_id,
+        0,
+        ClientOptions::default().with_timeout(TIMEOUT),
+    )
+    .await
+    .expect("connects to the member whose address is literal");
+    let took = start.elapsed();
+    assert!(
+        took <= TIMEOUT + SLACK,
+        "the connect took {took:?} (timeout {TIMEOUT:?})"
+    );
+    assert_eq!(client.members(), vec![member.addr()]);
+}
