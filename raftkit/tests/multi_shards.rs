@@ -1200,3 +1200,115 @@ async fn a_call_whose_group_and_group_0_are_down_takes_one_timeout() {
         "one call took {took:?}, its timeout is {TIMEOUT:?}"
     );
 }
+
+/// Waits until the placement lists exactly `replicas` for `group`.
+async fn until_listed(client: &ShardedClient<Kv>, group: GroupId, replicas: &[String]) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while listed(client, group).await != replicas {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the placement never listed {replicas:?} for group {group}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Shuts `node` down and binds a UDP socket that is never read on its
+/// address (no QUIC handshake with it completes: a host that is down).
+async fn silence(node: MultiNode<Kv>, addr: &str) -> std::net::UdpSocket {
+    node.shutdown().await.unwrap();
+    drop(node);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match std::net::UdpSocket::bind(addr) {
+            Ok(socket) => return socket,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{addr} stays bound: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Mutant S16 (mutaudit s51) and stop 52, task 2. Two clients route group 1
+/// to `spare`; the group moves on to `spare2` and `spare` goes down before
+/// the clients see the move.
+/// - S16: a call's group client ends `Unavailable` at `spare` (nothing
+///   applied), the placement is re-read, and the call is re-routed to
+///   `spare2`: it is answered (with the mutant it ended `Unavailable`).
+/// - Task 2: when `spare2` is down too, the re-routed call dialled it for a
+///   whole timeout of its own (about twice the call's timeout in all); it
+///   ends by the call's deadline and the re-read's slack (a quarter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_follows_a_group_moved_off_a_node_that_went_down_within_its_deadline() {
+    const TIMEOUT: Duration = Duration::from_secs(6);
+    let addrs = free_addrs(3);
+    let (member, spare, spare2) = (addrs[0].clone(), addrs[1].clone(), addrs[2].clone());
+    let ca = ClusterCa::generate("shard-moved-down").unwrap();
+    let (a, _a_dir) = start_node(&member, &ca).await;
+    let (b, _b_dir) = start_node(&spare, &ca).await;
+    let (c, _c_dir) = start_node(&spare2, &ca).await;
+    // Where the spares find group 0 to record the moves they lead.
+    b.set_known_nodes(vec![member.clone()]);
+    c.set_known_nodes(vec![member.clone()]);
+    a.form_shards(2, std::slice::from_ref(&member))
+        .await
+        .unwrap();
+    let seeds = vec![member.clone()];
+    let admin = ShardedClient::<Kv>::connect_with(&seeds, ca.issue_admin("ops").unwrap(), opts())
+        .await
+        .unwrap();
+    let key = key_in(&admin, 1, "moved");
+    KvClient::new(admin.clone())
+        .put(key.clone(), "v".into())
+        .await
+        .unwrap();
+    a.move_replica(1, a.id(), &spare).await.unwrap();
+    until_listed(&admin, 1, std::slice::from_ref(&spare)).await;
+    // Two clients whose group 1 client is at `spare`.
+    let mut clients = Vec::new();
+    for name in ["one", "two"] {
+        let kv = KvClient::new(
+            ShardedClient::<Kv>::connect_with(
+                &seeds,
+                ca.issue_admin(name).unwrap(),
+                opts().with_timeout(TIMEOUT),
+            )
+            .await
+            .unwrap(),
+        );
+        assert_eq!(kv.get(key.clone()).await.unwrap(), Some("v".into()));
+        clients.push(kv);
+    }
+    b.move_replica(1, b.id(), &spare2).await.unwrap();
+    until_listed(&admin, 1, std::slice::from_ref(&spare2)).await;
+    let _silent = silence(b, &spare).await;
+
+    let start = tokio::time::Instant::now();
+    let got = clients[0].get(key.clone()).await;
+    let took = start.elapsed();
+    assert_eq!(
+        got,
+        Ok(Some("v".into())),
+        "a call to a group moved off a node that went down, after {took:?}"
+    );
+    assert!(
+        took < TIMEOUT + TIMEOUT / 4 + Duration::from_secs(2),
+        "the re-routed call took {took:?} (timeout {TIMEOUT:?})"
+    );
+
+    let _silent2 = silence(c, &spare2).await;
+    let start = tokio::time::Instant::now();
+    let got = clients[1].get(key.clone()).await;
+    let took = start.elapsed();
+    assert!(
+        matches!(&got, Err(e) if e.applied() == raftkit::error::Applied::No),
+        "a group whose old and new replicas are down: {got:?}"
+    );
+    assert!(
+        took < TIMEOUT * 3 / 2,
+        "a call re-routed to replicas that are down too took {took:?}, its timeout is {TIMEOUT:?}"
+    );
+    a.shutdown().await.unwrap();
+}

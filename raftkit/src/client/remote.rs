@@ -243,6 +243,46 @@ tokio::task_local! {
     static REQUEST_ID: RequestId;
 }
 
+tokio::task_local! {
+    /// The deadline set by [`by_deadline`] for the calls made under it.
+    static CALL_DEADLINE: Instant;
+}
+
+/// Runs `work` with every client call made in it (a connect, a call with
+/// all its retries, a sharded client's re-routing) ending by `deadline` at
+/// the latest; a call whose own timeout ([`ClientOptions::timeout`]) ends
+/// first still ends then. Nested, the earlier deadline holds.
+///
+/// So a connect and the calls after it share one budget: a command-line
+/// tool given `--timeout N` connects and calls within `N` in all, not `N`
+/// for the connect and `N` more for the call (stop 52). A call cut short
+/// by `deadline` ends as at its own deadline: with an error that says
+/// whether it may have been applied.
+///
+/// ```no_run
+/// # async fn f(client: raftkit::client::Client) -> Result<(), raftkit::Error> {
+/// use std::time::Duration;
+/// let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+/// let status = raftkit::client::by_deadline(deadline, client.status()).await?;
+/// # Ok(()) }
+/// ```
+pub async fn by_deadline<F: std::future::Future>(deadline: Instant, work: F) -> F::Output {
+    let deadline = CALL_DEADLINE
+        .try_with(|outer| (*outer).min(deadline))
+        .unwrap_or(deadline);
+    CALL_DEADLINE.scope(deadline, work).await
+}
+
+/// The deadline of a call (or connect) of timeout `timeout` starting now:
+/// `timeout` from now, or the earlier deadline of an enclosing
+/// [`by_deadline`].
+pub(super) fn deadline_in(timeout: Duration) -> Instant {
+    let own = Instant::now() + timeout;
+    CALL_DEADLINE
+        .try_with(|outer| (*outer).min(own))
+        .unwrap_or(own)
+}
+
 /// Runs one client call under its own request id and trace span
 /// (`raftkit.call{request_id, op}`): the id travels with each request frame
 /// ([`RequestMeta`]), so the leader's `raftkit.request` span and its
@@ -410,9 +450,10 @@ impl Client {
         I: IntoIterator<Item = A>,
         A: AsRef<str>,
     {
-        // The connect's deadline (its timeout): the lookups of the cluster
-        // addresses count against it, and run off the runtime worker.
-        let deadline = Instant::now() + opts.timeout;
+        // The connect's deadline (its timeout, or an enclosing
+        // `by_deadline`): the lookups of the cluster addresses count
+        // against it, and run off the runtime worker.
+        let deadline = deadline_in(opts.timeout);
         // An address that does not resolve is left out (etcd's clientv3
         // does not fail `New` for an endpoint it cannot dial either): the
         // connect fails for it only when no address resolves.
@@ -888,7 +929,7 @@ impl Client {
     ///
     /// ([`Error::Compacted`] and [`Error::WatchLagged`] end watches only.)
     pub async fn request(&self, mut request: ClientRequest) -> Result<ClientResponse, Error> {
-        let deadline = Instant::now() + self.inner.opts.timeout;
+        let deadline = deadline_in(self.inner.opts.timeout);
         self.request_tracked(&mut request, None, &mut false, deadline)
             .await
     }
@@ -1118,7 +1159,7 @@ impl Client {
     /// the runtime worker within the client's timeout; [`Error::Unavailable`]
     /// if it does not resolve: nothing was sent).
     async fn resolve(&self, name: &str) -> Result<SocketAddr, Error> {
-        let deadline = Instant::now() + self.inner.opts.timeout;
+        let deadline = deadline_in(self.inner.opts.timeout);
         self.inner.names.resolve(name, deadline).await
     }
 
@@ -1432,7 +1473,7 @@ impl Client {
         };
         // One deadline for the whole call: opening the session, and the
         // transparent re-open below, count against it.
-        let deadline = Instant::now() + self.inner.opts.timeout;
+        let deadline = deadline_in(self.inner.opts.timeout);
         // At most one transparent re-open: when the session turns out to be
         // gone and no attempt of this write can have been applied.
         for _ in 0..2 {

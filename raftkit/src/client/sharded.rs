@@ -30,17 +30,19 @@
 //!    commits ([`crate::multi::placement_sync`]), a moment after a move, so
 //!    while every replica the placement lists answers `NotHosted` the
 //!    placement is re-read (with backoff) until it lists others, within
-//!    the call's timeout from its first `NotHosted`; a call whose group
+//!    the call's timeout; a call whose group
 //!    client ended on `NotLeader` or `Unavailable` (its whole timeout
 //!    spent) is re-routed once, and only if the re-read placement lists
 //!    other replicas for the group (the same ones would take another
 //!    whole timeout: a group whose replicas are all down ends the call
-//!    `Unavailable` after one timeout and one read of group 0). A re-read
-//!    of group 0 ends by the call's deadline, or a quarter of its timeout
-//!    past the group's failed call if that is later, so a call whose group
-//!    and group 0 are both down ends within its timeout and that quarter.
-//!    A dial of a group's replicas lasts at most the call's timeout (a
-//!    connect tries every replica until then; one that fails says "not
+//!    `Unavailable` after one timeout and one read of group 0). The call
+//!    ends by its deadline, or a quarter of its timeout past its group's
+//!    first failed attempt if that is later: the re-reads of group 0 and
+//!    the re-routed call (its dial included) share that slack, so a call
+//!    ends within its timeout and a quarter whatever is down (until stop
+//!    52 a re-routed call had a whole timeout of its own). The dial of a
+//!    group's replicas counts against the call's time (a connect tries
+//!    every replica until then; one that fails says "not
 //!    applied", so the placement is re-read as for `Unavailable`). An error that
 //!    may have applied the command is returned as it is: re-routing it
 //!    could apply it twice.
@@ -366,36 +368,48 @@ impl<S> ShardedClient<S> {
         Fut: std::future::Future<Output = Result<Vec<u8>, Error>>,
     {
         let mut rerouted = false;
-        // Set at the first `NotHosted`: re-reads end there.
-        let mut deadline = None;
-        // The call's own deadline: a re-read of group 0 after its group's
-        // call failed ends by it, or by a slack past that failure.
-        let call_deadline = tokio::time::Instant::now() + self.inner.opts.timeout;
+        // The call's own deadline (its timeout, or an enclosing
+        // `by_deadline`): the dial of its group's replicas and the group's
+        // call end by it.
+        let call_deadline = super::remote::deadline_in(self.inner.opts.timeout);
+        // What the call's attempt must end by: its deadline, and after a
+        // failure that says the placement may be stale, that deadline or a
+        // slack past the failure if later (`reread_deadline`, fixed at the
+        // first failure): the re-reads of group 0 and the re-routed call
+        // share it. (Until stop 52 a re-routed call dialled and called
+        // with a whole timeout of its own, and re-reads after `NotHosted`
+        // had one too.)
+        let mut bound = call_deadline;
+        let mut after_failure = None;
         loop {
             let routes = self.routes();
             let shard = routes
                 .shard_of(key)
                 .ok_or_else(|| Error::Unavailable("no placement".into()))?;
             let group = shard.group;
-            // The dial of a group's replicas lasts at most the call's
-            // timeout (`with_timeout`: one call, retries included), not the
-            // connect timeout: nothing is sent while dialling, so a dial
-            // cut short applied nothing.
-            let dialled = tokio::time::timeout(self.inner.opts.timeout, self.group_client(group))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::Unavailable(format!(
-                        "group {group}: no replica answered the dial within the call's timeout"
-                    )))
-                });
-            let result = match dialled {
-                Ok(client) => call(client).await,
-                Err(e) => Err(e),
+            // The dial of a group's replicas and the call both end by
+            // `bound` (`by_deadline`): nothing is sent while dialling, so a
+            // dial cut short applied nothing.
+            let attempt = async {
+                let dialled = tokio::time::timeout_at(bound, self.group_client(group))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::Unavailable(format!(
+                            "group {group}: no replica answered the dial within the call's timeout"
+                        )))
+                    });
+                match dialled {
+                    Ok(client) => call(client).await,
+                    Err(e) => Err(e),
+                }
             };
+            let result = super::by_deadline(bound, attempt).await;
             let e = match result {
                 Err(e) if stale_placement(&e) => e,
                 other => return other,
             };
+            let after = *after_failure.get_or_insert_with(|| self.reread_deadline(call_deadline));
+            bound = after;
             if !matches!(e, Error::NotHosted { .. }) {
                 if rerouted {
                     return Err(e);
@@ -405,7 +419,7 @@ impl<S> ShardedClient<S> {
                 // take the call's whole timeout once more (found by review,
                 // stop 50). A placement that cannot be read leaves the
                 // call's own error, the truth about the call.
-                match self.refresh_by(self.reread_deadline(call_deadline)).await {
+                match self.refresh_by(after).await {
                     Ok(fresh) if fresh.group(group) != Some(shard) => {}
                     Ok(_) => return Err(e),
                     Err(why) => {
@@ -416,9 +430,7 @@ impl<S> ShardedClient<S> {
                 rerouted = true;
                 continue;
             }
-            let until = *deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + self.inner.opts.timeout);
-            if !self.reread_until_moved(shard, until).await? {
+            if !self.reread_until_moved(shard, after).await? {
                 return Err(e);
             }
             rerouted = true;
