@@ -319,6 +319,10 @@ pub(crate) struct Mux {
     shared: Arc<Shared>,
     /// Dropped with the mux: stops the reading task.
     _stop: oneshot::Sender<()>,
+    /// The runtime its tasks run on: only they time the calls, so a caller
+    /// on another runtime (which may be kept but no longer driven) times
+    /// its call itself ([`Mux::runs_here`]).
+    runtime: tokio::runtime::Id,
 }
 
 /// Removes a call's entry if the caller stops waiting before its answer.
@@ -345,7 +349,17 @@ impl Mux {
         Arc::new(Mux {
             shared,
             _stop: stop_tx,
+            runtime: tokio::runtime::Handle::current().id(),
         })
+    }
+
+    /// Whether the caller runs on the runtime of the stream's tasks, whose
+    /// deadline sweep then times its call: a caller on another runtime
+    /// must time its call itself (stop 52: a current-thread runtime kept
+    /// alive but no longer driven never runs the tasks again, so nothing
+    /// closes the stream and a call waited past its deadline for ever).
+    pub fn runs_here(&self) -> bool {
+        tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == self.runtime)
     }
 
     /// Whether the stream failed or ended.

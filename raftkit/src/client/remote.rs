@@ -730,9 +730,18 @@ impl Client {
     ) -> Result<ClientResponse, Error> {
         if let Some((mux, conn)) = self.live_mux(addr) {
             let consistency = self.consistency_of(request);
-            let r = mux
-                .call(request, self.meta(consistency), sent, Some(deadline))
-                .await;
+            let call = mux.call(request, self.meta(consistency), sent, Some(deadline));
+            // The stream's tasks time the call only if they run: on
+            // another runtime than the caller's they may never run again
+            // (a runtime kept but not driven), so the caller's own timer
+            // ends the call too.
+            let r = if mux.runs_here() {
+                call.await
+            } else {
+                tokio::time::timeout_at(deadline, call)
+                    .await
+                    .unwrap_or(Err(Error::Timeout))
+            };
             return self.after_attempt(addr, &conn, r).await;
         }
         tokio::time::timeout_at(deadline, self.once(addr, request, sent))

@@ -152,3 +152,78 @@ async fn a_write_ends_by_its_deadline_after_the_runtime_of_its_stream_is_gone() 
         "write 2 ended after {took:?}, not by its deadline ({timeout:?})"
     );
 }
+
+/// Found by review (stop 51, review-landed #1): the runtime that ran a
+/// stream's tasks was kept alive but never driven again (a current-thread
+/// runtime outside its `block_on`: a client connected in a setup `block_on`
+/// and used from another runtime, the runtime held in a struct). Nothing
+/// dropped the tasks, so the stream stayed "live", a write's frame was
+/// queued for a writer that never ran, and the write waited for ever, past
+/// its deadline. A caller on another runtime than its stream's now times
+/// its call itself: the write ends by its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_ends_by_its_deadline_when_the_runtime_of_its_stream_is_kept_but_idle() {
+    let (ca, nodes) = dev_cluster(["fake-idle"]).expect("dev certificates");
+    let client_id = ca.issue_client("idle").expect("client certificate");
+    let node = nodes.first().expect("one node");
+    let member = FakeMember::start(node, |request| match request {
+        ClientRequest::OpenSession => session_opened(9),
+        ClientRequest::Write { .. } => Act::answer(ClientResponse::Ok(Vec::new())),
+        other => Act::answer(ClientResponse::Err(WireError::Rejected(format!(
+            "unexpected {other:?}"
+        )))),
+    });
+    let timeout = Duration::from_millis(500);
+    let addr = member.addr().to_string();
+    let (client_tx, client_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    // Connected, and its stream started, in a runtime that is kept (until
+    // the test ends) and never driven again.
+    let setup = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let client = rt.block_on(async move {
+            let opts = ClientOptions::default().with_timeout(timeout);
+            let client =
+                tokio::time::timeout(DEADLINE, Client::connect_with([addr], client_id, 0, opts))
+                    .await
+                    .expect("connects in time")
+                    .expect("connects");
+            tokio::time::timeout(DEADLINE, client.write(b"one".to_vec()))
+                .await
+                .expect("write 1 ends in time")
+                .expect("write 1 answered");
+            client
+        });
+        client_tx
+            .send(client)
+            .expect("the test waits for the client");
+        // Kept alive, not driven, until the test is done.
+        let _ = done_rx.recv();
+        drop(rt);
+    });
+    let client = tokio::task::spawn_blocking(move || client_rx.recv())
+        .await
+        .expect("the setup's receiver")
+        .expect("the setup thread sends the client");
+    let start = tokio::time::Instant::now();
+    let second = tokio::time::timeout(DEADLINE, client.write(b"two".to_vec())).await;
+    let took = start.elapsed();
+    drop(done_tx);
+    drop(client);
+    let second = second.expect("write 2 never ended (its stream's runtime is idle)");
+    assert!(
+        second.is_err(),
+        "write 2 answered through an idle runtime: {second:?}"
+    );
+    assert!(
+        took < timeout + Duration::from_secs(2),
+        "write 2 ended after {took:?}, not by its deadline ({timeout:?})"
+    );
+    tokio::task::spawn_blocking(move || setup.join())
+        .await
+        .expect("joined")
+        .expect("the setup thread");
+}
