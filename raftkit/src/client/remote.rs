@@ -107,6 +107,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{Instrument, debug};
@@ -587,6 +589,7 @@ impl Client {
         tx: tokio::sync::mpsc::UnboundedSender<(SocketAddr, Result<(), Error>)>,
     ) {
         let mut backoff = self.inner.opts.backoff;
+        let mut rng = StdRng::from_os_rng();
         // Whether a dial of `addr` already failed (and was sent on `tx`).
         let mut failed = false;
         loop {
@@ -611,7 +614,11 @@ impl Client {
             if tx.send((addr, r)).is_err() || !again {
                 return;
             }
-            let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            // Jittered (review s51 #5): clients that lost a cluster at one
+            // moment (a restart, a connection limit) do not redial it in
+            // lockstep.
+            let wait =
+                jittered(backoff, &mut rng).min(deadline.saturating_duration_since(Instant::now()));
             if wait.is_zero() {
                 return;
             }
@@ -1854,6 +1861,14 @@ fn unsent(e: Error) -> Error {
     }
 }
 
+/// How far a redial's backoff is jittered either way (a quarter).
+const REDIAL_JITTER: f64 = 0.25;
+
+/// `backoff` jittered by up to [`REDIAL_JITTER`] of it either way.
+fn jittered(backoff: Duration, rng: &mut impl Rng) -> Duration {
+    backoff.mul_f64(rng.random_range(1.0 - REDIAL_JITTER..=1.0 + REDIAL_JITTER))
+}
+
 /// The error of a connect that failed: a connect sends no command, so it
 /// says "not applied" ([`Applied::No`]) whatever failed (a refused or lost
 /// dial is [`Error::Transport`], "may have been applied", in a call), and
@@ -1987,6 +2002,30 @@ mod tests {
             assert_eq!(err.applied(), crate::error::Applied::No, "{err:?}");
             assert!(!err.is_retryable(), "{err:?}");
         }
+    }
+
+    /// Review s51 #5: every client redialled a member after the same
+    /// backoff, so a fleet that lost the cluster at one moment redialled
+    /// it in lockstep. A redial's backoff is jittered by up to a quarter
+    /// either way: never outside that, and not the same every time.
+    #[test]
+    fn a_redial_backoff_is_jittered_by_up_to_a_quarter() {
+        let backoff = Duration::from_millis(400);
+        let mut rng = StdRng::seed_from_u64(52);
+        let waits: Vec<Duration> = (0..200).map(|_| jittered(backoff, &mut rng)).collect();
+        for w in &waits {
+            assert!(
+                *w >= Duration::from_millis(300) && *w <= Duration::from_millis(500),
+                "{w:?} is outside 400 ms +-25%"
+            );
+        }
+        let low = waits.iter().filter(|w| **w < Duration::from_millis(350));
+        let high = waits.iter().filter(|w| **w > Duration::from_millis(450));
+        assert!(
+            low.count() > 10 && high.count() > 10,
+            "the backoff is not spread over its range: {:?}",
+            &waits[..10]
+        );
     }
 
     #[test]
