@@ -68,6 +68,28 @@ async fn put(client: &Client) -> Result<Vec<u8>, Error> {
         .expect("the call ends in time")
 }
 
+/// How far past its deadline a call of these tests may end (a loaded
+/// machine): the verdict tests check when a call ends, not only how.
+const LATE: Duration = Duration::from_secs(2);
+
+/// Runs `call`, and checks that it ended by `timeout` and [`LATE`].
+async fn ends_in_time<T>(
+    what: &str,
+    timeout: Duration,
+    call: impl std::future::Future<Output = T>,
+) -> T {
+    let start = tokio::time::Instant::now();
+    let out = tokio::time::timeout(DEADLINE, call)
+        .await
+        .unwrap_or_else(|_| panic!("the {what} never ended"));
+    let took = start.elapsed();
+    assert!(
+        took <= timeout + LATE,
+        "the {what} ended after {took:?}, its timeout is {timeout:?}"
+    );
+    out
+}
+
 /// Three members that open sessions and host no group (the rotation tests
 /// pick members without sending them anything), and a client of them whose
 /// calls go to the first one first.
@@ -547,10 +569,11 @@ async fn a_call_whose_every_member_is_down_ends_unavailable_not_applied() {
         m.restart(usize::MAX);
         until_closed(&client, m.addr()).await;
     }
-    let write = put(&client).await.expect_err("no member is up");
-    let read = tokio::time::timeout(DEADLINE, client.read(b"get".to_vec()))
+    let write = ends_in_time("write", timeout, client.write(b"put".to_vec()))
         .await
-        .expect("the read ends in time")
+        .expect_err("no member is up");
+    let read = ends_in_time("read", timeout, client.read(b"get".to_vec()))
+        .await
         .expect_err("no member is up");
     for (what, err) in [("write", &write), ("read", &read)] {
         assert!(
@@ -616,11 +639,12 @@ async fn a_call_told_not_leader_whose_later_dials_fail_ends_not_applied() {
     let client = client_with_timeout(&[&a], client_id, SHORT, a.addr()).await;
     open_at_a(&client).await;
 
-    let write = put(&client).await.expect_err("no member takes the write");
-    client.set_leader(Some(a.addr()));
-    let read = tokio::time::timeout(DEADLINE, client.read(b"get".to_vec()))
+    let write = ends_in_time("write", SHORT, client.write(b"put".to_vec()))
         .await
-        .expect("the read ends in time")
+        .expect_err("no member takes the write");
+    client.set_leader(Some(a.addr()));
+    let read = ends_in_time("read", SHORT, client.read(b"get".to_vec()))
+        .await
         .expect_err("no member takes the read");
     for (what, err) in [("write", &write), ("read", &read)] {
         assert_eq!(
@@ -653,11 +677,12 @@ async fn a_call_whose_deadline_passes_mid_dial_ends_not_applied() {
     until_closed(&client, a.addr()).await;
     client.set_leader(Some(silent));
 
-    let write = put(&client).await.expect_err("nothing answers");
-    client.set_leader(Some(silent));
-    let read = tokio::time::timeout(DEADLINE, client.read(b"get".to_vec()))
+    let write = ends_in_time("write", SHORT, client.write(b"put".to_vec()))
         .await
-        .expect("the read ends in time")
+        .expect_err("nothing answers");
+    client.set_leader(Some(silent));
+    let read = ends_in_time("read", SHORT, client.read(b"get".to_vec()))
+        .await
         .expect_err("nothing answers");
     for (what, err) in [("write", &write), ("read", &read)] {
         assert!(
