@@ -43,8 +43,8 @@ pub struct ClusterArgs {
     /// leadership commands), as written by `kv certs init DIR`.
     #[arg(long, env = "RAFTKIT_CERTS", value_name = "DIR")]
     pub certs: Option<PathBuf>,
-    /// Seconds the command may take, retries included [default: 10; 60 for
-    /// add-server].
+    /// Seconds the command may take, connecting and retries included
+    /// [default: 10; 60 for add-server].
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
     /// The cluster is sharded (`kv serve --shards N`): route each key to

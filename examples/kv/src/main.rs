@@ -100,6 +100,20 @@ fn init_tracing(default: &str) {
         .try_init();
 }
 
+/// Runs a cluster command so that its connect and its calls take at most
+/// `--timeout` (default `default_secs`) in all: the connect's time is taken
+/// out of the command's budget (stop 52: `kv put --timeout N` could take
+/// about `2N`, `N` to connect and `N` more for the write).
+async fn within<T>(
+    cluster: &cli::ClusterArgs,
+    default_secs: u64,
+    command: impl std::future::Future<Output = T>,
+) -> T {
+    let secs = cluster.timeout.unwrap_or(default_secs).max(1);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    raftkit::client::by_deadline(deadline, command).await
+}
+
 async fn run(cli: Cli) -> Result<(), fail::Failure> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
@@ -108,44 +122,61 @@ async fn run(cli: Cli) -> Result<(), fail::Failure> {
             value,
             ttl_ms,
             cluster,
-        } => commands::put(&cluster, key, value, ttl_ms).await,
-        Command::Get { key, cluster } => commands::get(&cluster, key).await,
-        Command::Del { key, cluster } => commands::del(&cluster, key).await,
+        } => within(&cluster, 10, commands::put(&cluster, key, value, ttl_ms)).await,
+        Command::Get { key, cluster } => within(&cluster, 10, commands::get(&cluster, key)).await,
+        Command::Del { key, cluster } => within(&cluster, 10, commands::del(&cluster, key)).await,
         Command::Cas {
             key,
             old,
             new,
             cluster,
-        } => commands::cas(&cluster, key, old, new).await,
-        Command::Scan { prefix, cluster } => commands::scan(&cluster, prefix).await,
-        Command::Count { prefix, cluster } => commands::count(&cluster, prefix).await,
+        } => within(&cluster, 10, commands::cas(&cluster, key, old, new)).await,
+        Command::Scan { prefix, cluster } => {
+            within(&cluster, 10, commands::scan(&cluster, prefix)).await
+        }
+        Command::Count { prefix, cluster } => {
+            within(&cluster, 10, commands::count(&cluster, prefix)).await
+        }
         Command::Watch {
             prefix,
             from,
             cluster,
         } => watch::run(&cluster, prefix, from).await,
-        Command::Members { cluster } => commands::members(&cluster).await,
-        Command::AddServer { addr, cluster } => commands::add_server(&cluster, addr).await,
-        Command::RemoveServer { addr, cluster } => commands::remove_server(&cluster, addr).await,
+        Command::Members { cluster } => within(&cluster, 10, commands::members(&cluster)).await,
+        Command::AddServer { addr, cluster } => {
+            within(&cluster, 60, commands::add_server(&cluster, addr)).await
+        }
+        Command::RemoveServer { addr, cluster } => {
+            within(&cluster, 10, commands::remove_server(&cluster, addr)).await
+        }
         Command::TransferLeader {
             addr,
             group: Some(group),
             cluster,
-        } => shards::transfer_leader(&cluster, group, addr).await,
+        } => within(&cluster, 10, shards::transfer_leader(&cluster, group, addr)).await,
         Command::TransferLeader {
             addr,
             group: None,
             cluster,
-        } => commands::transfer_leader(&cluster, addr).await,
-        Command::Status { cluster } if cluster.sharded => shards::status(&cluster).await,
-        Command::Status { cluster } => commands::status(&cluster).await,
-        Command::Balance { cluster } => shards::balance(&cluster).await,
+        } => within(&cluster, 10, commands::transfer_leader(&cluster, addr)).await,
+        Command::Status { cluster } if cluster.sharded => {
+            within(&cluster, 10, shards::status(&cluster)).await
+        }
+        Command::Status { cluster } => within(&cluster, 10, commands::status(&cluster)).await,
+        Command::Balance { cluster } => within(&cluster, 10, shards::balance(&cluster)).await,
         Command::MoveReplica {
             group,
             from,
             to,
             cluster,
-        } => shards::move_replica(&cluster, group, from, to).await,
+        } => {
+            within(
+                &cluster,
+                10,
+                shards::move_replica(&cluster, group, from, to),
+            )
+            .await
+        }
         Command::Certs(cli::CertsCommand::Init { dir }) => certs::init(&dir),
         Command::Certs(cli::CertsCommand::Issue { dir, name, role }) => {
             certs::issue(&dir, &name, role)

@@ -142,3 +142,47 @@ async fn a_connect_whose_first_member_never_answers_goes_on_with_the_second() {
         start.elapsed()
     );
 }
+
+/// Stop 52, task 3b (review s51 #2): a connect and the call after it did
+/// not share a budget, so a connect that took most of its timeout (a
+/// member refusing dials while it restarts) and a call the member then
+/// never answers took about twice the timeout. Under one
+/// [`super::by_deadline`] (what `kv --timeout N` now runs under), the
+/// connect and the call end by the one deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_and_its_first_call_share_one_deadline_under_by_deadline() {
+    const TIMEOUT: Duration = Duration::from_secs(4);
+    let (a_id, _, client_id) = identities();
+    let a = FakeMember::start(&a_id, |request| match request {
+        ClientRequest::OpenSession => crate::client::fake_member::session_opened(7),
+        // A member that stopped answering once it took the write.
+        _ => Act::Ignore,
+    });
+    // Refuses its first two dials: the connect ends about 3 s (two
+    // backoffs of 1.5 s, +-25%) after it began.
+    a.restart(2);
+    let opts = ClientOptions::default()
+        .with_timeout(TIMEOUT)
+        .with_backoff(Duration::from_millis(1500))
+        .with_max_backoff(Duration::from_millis(1500));
+    let start = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        DEADLINE,
+        super::by_deadline(start + TIMEOUT, async {
+            let client = Client::connect_with([a.addr().to_string()], client_id, 0, opts).await?;
+            let connected = start.elapsed();
+            crate::client::Submit::write(&client, b"put".to_vec())
+                .await
+                .map(|_| connected)
+        }),
+    )
+    .await
+    .expect("the connect and the call end in time");
+    let took = start.elapsed();
+    let err = outcome.expect_err("the member never answers the write");
+    assert!(
+        took <= TIMEOUT + Duration::from_secs(2),
+        "the connect and its first call took {took:?} in all, under one deadline of {TIMEOUT:?}: {err:?}"
+    );
+    assert!(a.writes() <= 1, "{:?}", a.received());
+}
