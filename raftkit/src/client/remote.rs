@@ -741,8 +741,11 @@ impl Client {
             // The stream's tasks time the call only if they run: on
             // another runtime than the caller's they may never run again
             // (a runtime kept but not driven), so the caller's own timer
-            // ends the call too.
-            let r = if mux.runs_here() {
+            // ends the call too. A caller in no tokio context (e.g.
+            // `futures::executor::block_on` on a plain thread) has no timer
+            // to use (a tokio timer panics there): its call is timed by
+            // the stream alone, as before (review s52 #5).
+            let r = if mux.runs_here() || tokio::runtime::Handle::try_current().is_err() {
                 call.await
             } else {
                 tokio::time::timeout_at(deadline, call)

@@ -227,3 +227,70 @@ async fn a_write_ends_by_its_deadline_when_the_runtime_of_its_stream_is_kept_but
         .expect("joined")
         .expect("the setup thread");
 }
+
+/// Runs `fut` to its end on this thread, with no tokio runtime (as
+/// `futures::executor::block_on` does).
+fn block_on_plain<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+/// Review s52 #5: a call on a live stream made from a thread in no tokio
+/// context (the client's runtime runs elsewhere) was put under a tokio
+/// timer, which panics with no runtime ("there is no reactor running").
+/// It is answered as before the idle-runtime fix.
+#[test]
+fn a_call_from_a_thread_with_no_runtime_does_not_panic() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let (ca, nodes) = dev_cluster(["fake-plain"]).expect("dev certificates");
+    let client_id = ca.issue_client("plain").expect("client certificate");
+    let node = nodes.first().expect("one node");
+    let (member, client) = runtime.block_on(async {
+        let member = FakeMember::start(node, |request| match request {
+            ClientRequest::OpenSession => session_opened(9),
+            _ => Act::answer(ClientResponse::Ok(Vec::new())),
+        });
+        let opts = ClientOptions::default().with_timeout(DEADLINE);
+        let client = Client::connect_with([member.addr().to_string()], client_id, 0, opts)
+            .await
+            .expect("connects");
+        client
+            .write(b"first".to_vec())
+            .await
+            .expect("the first write is answered");
+        (member, client)
+    });
+    let outcome = std::thread::spawn(move || block_on_plain(client.write(b"plain".to_vec())))
+        .join()
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default()
+        });
+    match outcome {
+        Ok(write) => {
+            write.expect("the write from a thread with no runtime is answered");
+        }
+        Err(panic) => panic!("a write from a thread with no runtime panicked: {panic}"),
+    }
+    drop(member);
+}
