@@ -159,3 +159,38 @@ async fn a_connect_with_a_name_whose_lookup_stalls_connects_to_the_others_in_tim
     );
     assert_eq!(client.members(), vec![member.addr()]);
 }
+
+/// Review s52 #1: once one cluster address resolved, a connect waited at
+/// most min(1 s, a quarter of its time left) for the others and left out
+/// for good a name whose lookup was merely slow. A connect waits for every
+/// lookup until its deadline: a name that resolves within it is a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_keeps_a_cluster_address_whose_lookup_is_slow_but_in_time() {
+    const SLOW: &str = "node-e.slow.invalid:7000";
+    let (ca, nodes) = dev_cluster(["fake-dns-d", "fake-dns-e"]).expect("dev certificates");
+    let client_id = ca.issue_client("dns-e").expect("client certificate");
+    let [fast_node, slow_node] = nodes.as_slice() else {
+        panic!("two nodes");
+    };
+    let fast = FakeMember::start(fast_node, |_| Act::answer(ClientResponse::Ok(Vec::new())));
+    let slow = FakeMember::start(slow_node, |_| Act::answer(ClientResponse::Ok(Vec::new())));
+    // Slower than the old grace (1 s), well within the 5 s timeout.
+    stub::slow(SLOW, slow.addr(), Duration::from_millis(1500));
+    let timeout = Duration::from_secs(5);
+    let client = Client::connect_with(
+        [fast.addr().to_string(), SLOW.to_string()],
+        client_id,
+        0,
+        ClientOptions::default().with_timeout(timeout),
+    )
+    .await
+    .expect("connects");
+    let mut members = client.members();
+    members.sort();
+    let mut want = vec![fast.addr(), slow.addr()];
+    want.sort();
+    assert_eq!(
+        members, want,
+        "the address whose lookup took 1.5 s (timeout {timeout:?}) was left out"
+    );
+}
