@@ -1306,8 +1306,11 @@ async fn a_call_follows_a_group_moved_off_a_node_that_went_down_within_its_deadl
         matches!(&got, Err(e) if e.applied() == raftkit::error::Applied::No),
         "a group whose old and new replicas are down: {got:?}"
     );
+    // The fixed path ends by 1.25 x TIMEOUT (7.5 s); a re-route with a
+    // timeout of its own took 2 x (12 s): 2.5 s of slack for a loaded
+    // machine, 2 s of teeth.
     assert!(
-        took < TIMEOUT * 3 / 2,
+        took < TIMEOUT * 3 / 2 + Duration::from_secs(1),
         "a call re-routed to replicas that are down too took {took:?}, its timeout is {TIMEOUT:?}"
     );
     a.shutdown().await.unwrap();
