@@ -201,6 +201,31 @@ impl Waiting {
             _ => None,
         }
     }
+
+    /// Settles a deadline queue's front entry `(d, id)` at `now`: a call
+    /// past its deadline is taken out (its sender into `expired`). Whether
+    /// the entry is done with (to be popped): `false` only for a call
+    /// still waiting, where the queue's scan stops.
+    fn settle(
+        &mut self,
+        d: Instant,
+        id: u64,
+        now: Instant,
+        expired: &mut Vec<oneshot::Sender<Answer>>,
+    ) -> bool {
+        #[cfg(test)]
+        {
+            self.scanned += 1;
+        }
+        if d <= now {
+            if let Some(call) = self.calls.remove(&id) {
+                expired.push(call.tx);
+            }
+            true
+        } else {
+            !self.calls.contains_key(&id)
+        }
+    }
 }
 
 /// What the callers, the reader and the writer share.
@@ -236,32 +261,14 @@ impl Shared {
         let next = {
             let mut guard = self.lock();
             let w = &mut *guard;
-            while let Some(&(d, id)) = w.by_arrival.front() {
-                #[cfg(test)]
-                {
-                    w.scanned += 1;
-                }
-                if d <= now {
-                    if let Some(call) = w.calls.remove(&id) {
-                        expired.push(call.tx);
-                    }
-                } else if w.calls.contains_key(&id) {
-                    break;
-                }
+            while let Some(&(d, id)) = w.by_arrival.front()
+                && w.settle(d, id, now, &mut expired)
+            {
                 w.by_arrival.pop_front();
             }
-            while let Some(&Reverse((d, id))) = w.early.peek() {
-                #[cfg(test)]
-                {
-                    w.scanned += 1;
-                }
-                if d <= now {
-                    if let Some(call) = w.calls.remove(&id) {
-                        expired.push(call.tx);
-                    }
-                } else if w.calls.contains_key(&id) {
-                    break;
-                }
+            while let Some(&Reverse((d, id))) = w.early.peek()
+                && w.settle(d, id, now, &mut expired)
+            {
                 w.early.pop();
             }
             let first = w.by_arrival.front().map(|&(d, _)| d);
