@@ -827,11 +827,15 @@ impl<S: PeerExt> MultiNode<S> {
         self.inner.links.dropped()
     }
 
-    /// The bytes the groups' snapshot receive buffers hold now, together
-    /// (at most [`HostingPolicy::snapshot_receive_bytes`]; the groups'
-    /// statuses show each one's, `PeerStatus::snapshot_receiving_bytes`).
-    #[cfg(test)]
-    pub(crate) fn snapshot_receive_bytes(&self) -> u64 {
+    /// The bytes the node's snapshot receive budget holds now for all its
+    /// groups together: at least what their receive buffers hold, and
+    /// never more than [`HostingPolicy::snapshot_receive_bytes`] (one
+    /// atomic count, read at one instant). The groups' statuses show each
+    /// one's buffer (`PeerStatus::snapshot_receiving_bytes`), but each is
+    /// published by its own group's task when that task next publishes, so
+    /// a sum of statuses may count bytes a group already gave back and
+    /// another already took.
+    pub fn snapshot_receive_bytes(&self) -> u64 {
         self.inner.receive_budget.held()
     }
 

@@ -58,7 +58,6 @@ impl ReceiveBudget {
     }
 
     /// The bytes the shares hold now (at least those in receive buffers).
-    #[cfg(test)]
     pub(crate) fn held(&self) -> u64 {
         self.held.load(Ordering::Acquire)
     }
