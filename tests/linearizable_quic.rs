@@ -10,6 +10,9 @@
 //! across a partition that cuts the leader off from the other peers (the
 //! peers' links are cut under QUIC; clients still reach every peer).
 
+#[path = "../raftkit/tests/support/ports.rs"]
+mod ports;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -130,14 +133,7 @@ async fn workload_with(disruption: Disruption) {
 
 async fn workload(disruption: Disruption, reads: Reads) {
     let cut: Arc<Mutex<Vec<NodeId>>> = Arc::default();
-    let sockets: Vec<_> = (0..3)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let addrs: Vec<String> = sockets
-        .iter()
-        .map(|s| s.local_addr().unwrap().to_string())
-        .collect();
-    drop(sockets);
+    let addrs = ports::free_addrs(3);
     let names: Vec<String> = addrs.iter().map(|a| format!("reg@{a}")).collect();
     let (ca, ids) = dev_cluster(&names).unwrap();
     let client_id = ca.issue_client("client").unwrap();

@@ -47,6 +47,15 @@ pub mod storage;
 pub mod tls;
 pub mod transport;
 
+/// Loopback addresses for the unit tests' nodes: below the kernel's
+/// ephemeral range, each handed out once (the file the integration tests
+/// share; its module docs say why).
+#[cfg(test)]
+#[path = "../tests/support/ports.rs"]
+pub(crate) mod test_ports;
+#[cfg(test)]
+mod test_ports_tests;
+
 pub use context::{Ctx, CtxRng};
 pub use error::Error;
 pub use state_machine::{ErrorPolicy, StateMachine};

@@ -26,6 +26,11 @@ mod page;
 mod serve;
 mod shards;
 mod store;
+/// Loopback addresses for the unit tests' servers (the file raftkit's
+/// tests share: below the ephemeral range, each handed out once).
+#[cfg(test)]
+#[path = "../../../raftkit/tests/support/ports.rs"]
+mod test_ports;
 mod watch;
 
 use std::process::ExitCode;

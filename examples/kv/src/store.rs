@@ -403,9 +403,7 @@ mod tests {
         use std::time::Duration;
 
         let dir = tempfile::tempdir().unwrap();
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = sock.local_addr().unwrap().to_string();
-        drop(sock);
+        let addr = crate::test_ports::free_addr();
         let (_ca, ids) = raftkit::tls::dev_cluster([format!("kv@{addr}")]).unwrap();
         let old = released::Kv::peer()
             .listen(addr.clone())

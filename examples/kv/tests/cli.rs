@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{KV, PATIENCE, Procs, TICK_MS, assert_fails, free_udp_addrs, kv};
+use support::{KV, PATIENCE, Procs, TICK_MS, assert_fails, free_tcp_addr, free_udp_addrs, kv};
 
 /// One row of `kv status`.
 #[derive(Debug, Clone)]
@@ -125,10 +125,7 @@ fn three_processes_bootstrap_join_kill_the_leader_restart() {
         .map(|i| path(&format!("n{i}")).to_string_lossy().to_string())
         .collect();
     let log = |i: usize, run: u32| path(&format!("n{i}.{run}.log"));
-    let metrics_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
-        l.local_addr().expect("addr").to_string()
-    };
+    let metrics_addr = free_tcp_addr();
     procs.serve(
         &addrs[0],
         &[
@@ -712,10 +709,7 @@ fn status_page_in_a_browser() {
     let out = kv(&["certs", "init", &certs_s], &[]);
     assert_eq!(out.code, Some(0), "{out:?}");
     let addrs = free_udp_addrs(3);
-    let metrics = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").to_string()
-    };
+    let metrics = free_tcp_addr();
     let mut procs = Procs::default();
     for (i, addr) in addrs.iter().enumerate() {
         let data = path(&format!("n{i}")).to_string_lossy().to_string();

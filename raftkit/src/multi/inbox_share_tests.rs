@@ -5,19 +5,12 @@
 use super::MultiNode;
 use super::retire_tests::start_on;
 use crate::multi::placement::Placement;
+use crate::test_ports::free_addr;
 use crate::tls::{ClusterCa, Identity};
 use crate::transport::inbox_bytes::InboxBytes;
 
 /// The frame cap of these tests' nodes: their budget is a few of them.
 const FRAME: usize = 64 * 1024;
-
-/// A free loopback address.
-fn free_addr() -> String {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string()
-}
 
 /// A node of frame cap `frame` (its CA, to issue a hostile dialer's
 /// certificate).

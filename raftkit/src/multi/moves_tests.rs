@@ -6,6 +6,7 @@
 //! joint change is held just before it reaches the node task), not with
 //! timing.
 
+use crate::test_ports::free_addr;
 use std::time::Duration;
 
 use super::{GroupId, MoveOptions, MultiNode};
@@ -16,14 +17,6 @@ use crate::tls::ClusterCa;
 
 const G: GroupId = 5;
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A free loopback address (nobody listens on it once returned).
-fn free_addr() -> String {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string()
-}
 
 /// A multi-group node at `addr` on `dir`, certified by `ca`.
 async fn node(ca: &ClusterCa, addr: &str, dir: &std::path::Path) -> MultiNode<Placement> {

@@ -12,6 +12,7 @@
 //! the failed journal refuses keeps its group retiring (`hosting`, "A
 //! retirement the journal refuses").
 
+use crate::test_ports::free_addr;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -68,10 +69,7 @@ async fn one_node_snapshotting(
     policy: crate::multi::HostingPolicy,
     snapshot_every: u64,
 ) -> (MultiNode<Placement>, String, tempfile::TempDir) {
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string();
+    let addr = free_addr();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let ca = ClusterCa::generate("retire-test").expect("a CA");
     let builder = MultiNode::<Placement>::builder()
@@ -240,10 +238,7 @@ async fn the_placement_group_is_never_hosted_on_demand() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retirement_the_journal_refuses_keeps_the_group_retiring() {
     use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string();
+    let addr = free_addr();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let ca = ClusterCa::generate("retire-test").expect("a CA");
     let fs = FaultyFs::over_real();
@@ -570,10 +565,7 @@ async fn node_on_faulty_fs() -> (
     crate::storage::vfs::FaultyFs,
     MultiNode<Placement>,
 ) {
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string();
+    let addr = free_addr();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let ca = ClusterCa::generate("retire-test").expect("a CA");
     let fs = crate::storage::vfs::FaultyFs::over_real();

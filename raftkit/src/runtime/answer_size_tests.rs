@@ -8,6 +8,7 @@
 //! can never be carried. The test's own deadline (10 s) is far below the
 //! client's timeout (60 s), so it fails fast.
 
+use crate::test_ports::free_addr;
 use std::time::Duration;
 
 use crate::client::ClientOptions;
@@ -60,10 +61,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// See the module docs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_too_large_for_a_frame_is_refused_at_once_and_the_stream_goes_on() {
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string();
+    let addr = free_addr();
     let (ca, mut ids) = dev_cluster([format!("blob@{addr}")]).expect("dev CA");
     let node = ids.pop().expect("node identity");
     let client_id = ca.issue_client("answers").expect("client identity");
@@ -123,10 +121,7 @@ async fn an_answer_too_large_for_a_frame_is_refused_at_once_and_the_stream_goes_
 /// the caller to send it again, and apply it twice (thesis §6.3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_answer_is_too_large_for_a_frame_is_reported_applied() {
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string();
+    let addr = free_addr();
     let (ca, mut ids) = dev_cluster([format!("blob@{addr}")]).expect("dev CA");
     let node = ids.pop().expect("node identity");
     let client_id = ca.issue_client("answers").expect("client identity");

@@ -6,6 +6,7 @@
 //! does not name still work, and a client with a list refuses a listed
 //! server. A bad list fails the start, it never panics.
 
+use crate::test_ports::free_addr;
 use std::time::Duration;
 
 use crate::client::{Client, ClientOptions};
@@ -32,13 +33,6 @@ impl Tally {
 
 /// Bounds every call of these tests.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn free_addr() -> String {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string()
-}
 
 fn short() -> ClientOptions {
     ClientOptions::default().with_timeout(Duration::from_secs(3))

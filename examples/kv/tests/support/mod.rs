@@ -6,6 +6,8 @@
 //! Each test file is its own crate and uses part of this module.
 #![allow(dead_code)]
 
+#[path = "../../../../raftkit/tests/support/ports.rs"]
+mod ports;
 pub mod sharded;
 
 use std::collections::HashMap;
@@ -144,13 +146,16 @@ pub fn assert_fails(out: &Out, code: Option<i32>, needle: &str) {
         "stderr should mention {needle:?}: {out:?}"
     );
 }
-/// `n` loopback UDP addresses free a moment ago.
+/// `n` loopback addresses whose UDP ports were free a moment ago, below
+/// the kernel's ephemeral range and handed out once per test process (a
+/// port 0 bound and dropped could be taken by another test's client
+/// socket before the server binds it: `raftkit/tests/support/ports.rs`).
 pub fn free_udp_addrs(n: usize) -> Vec<String> {
-    let sockets: Vec<_> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("addr").to_string())
-        .collect()
+    ports::free_addrs(n)
+}
+
+/// A loopback address whose TCP port was free a moment ago (a metrics
+/// page's), handed out as [`free_udp_addrs`] hands out theirs.
+pub fn free_tcp_addr() -> String {
+    ports::free_addr()
 }
