@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use multi::{DEADLINE, Kv, KvRead, KvReadOutput, builder, get, leader, put};
+use multi::{DEADLINE, Kv, KvRead, builder, get, get_with, leader, put};
 use raftkit::client::Consistency;
 use raftkit::core::Role;
 use raftkit::multi::{GroupId, MultiNode};
@@ -239,16 +239,23 @@ async fn all_quiesced(nodes: &[MultiNode<Kv>]) {
     }
 }
 
-/// Three nodes with TLS from one CA, each hosting groups `1..=GROUPS`,
-/// and `a = 1` written to every group; the directories live as long as
-/// the returned guards.
-async fn three_nodes_written_once() -> (Vec<tempfile::TempDir>, Vec<MultiNode<Kv>>) {
+/// Three nodes with TLS from one CA, ticking every `tick` (an election
+/// timeout is 10 ticks), each hosting groups `1..=GROUPS`, and `a = 1`
+/// written to every group; the directories live as long as the returned
+/// guards.
+async fn three_nodes_written_once(tick: Duration) -> (Vec<tempfile::TempDir>, Vec<MultiNode<Kv>>) {
     let addrs = free_addrs(3);
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let ca = ClusterCa::generate("multi-test").unwrap();
     let mut nodes = Vec::new();
     for (addr, dir) in addrs.iter().zip(&dirs) {
-        nodes.push(start_node(addr, dir.path(), Some(&ca)).await.unwrap());
+        nodes.push(
+            builder(addr, dir.path(), Some(&ca))
+                .tick(tick)
+                .start()
+                .await
+                .unwrap(),
+        );
     }
     for node in &nodes {
         for g in 1..=GROUPS {
@@ -263,7 +270,13 @@ async fn three_nodes_written_once() -> (Vec<tempfile::TempDir>, Vec<MultiNode<Kv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_groups_quiesce_wake_on_writes_and_elect_when_the_leader_dies() {
-    let (_dirs, mut nodes) = three_nodes_written_once().await;
+    // 50 ms ticks (stop 53; they were 20 ms): the terms must not change
+    // across the wake and the second sleep, and with 200 ms election
+    // timeouts a node starved for a few hundred ms on a loaded CI machine
+    // could make followers elect. An election that quiescence itself
+    // causes (a follower left ticking, or woken, while its leader sleeps)
+    // happens whatever the tick.
+    let (_dirs, mut nodes) = three_nodes_written_once(Duration::from_millis(50)).await;
     // Idle: every replica of every group stops ticking.
     all_quiesced(&nodes).await;
     let terms: Vec<u64> = (1..=GROUPS)
@@ -289,7 +302,7 @@ async fn idle_groups_quiesce_wake_on_writes_and_elect_when_the_leader_dies() {
     dead.shutdown().await.unwrap();
     // Nothing is asked of the groups until each has a new leader: only the
     // silence of the dead node wakes them, within an election timeout
-    // (200 ms) plus a heartbeat interval and an election; 10 s is a bound
+    // (500 ms) plus a heartbeat interval and an election; 10 s is a bound
     // no correct run comes near (a follower that noticed the silence only
     // after a hundred timeouts would miss it).
     let died = tokio::time::Instant::now();
@@ -462,14 +475,17 @@ async fn groups_apply_on_the_callers_runtime_with_no_worker_threads() {
 /// anything, so the read must fail or wait, never be answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_read_after_quiescence_is_not_served_on_the_old_lease() {
-    let (_dirs, mut nodes) = three_nodes_written_once().await;
-    // A lease read on an awake leader is served.
-    let l = leader(&nodes, 1).await;
-    let (out, _) = l
-        .read_with(KvRead::Get { key: "a".into() }, Consistency::Lease)
-        .await
-        .unwrap();
-    assert!(matches!(out, KvReadOutput::Get(Some(ref v)) if v == "1"));
+    let (_dirs, mut nodes) = three_nodes_written_once(Duration::from_millis(20)).await;
+    // A lease read on an awake leader is served (retried while leadership
+    // moves: stop 53, an `unwrap` failed the test with `NotLeader` when an
+    // election on a loaded machine took the leadership between the lookup
+    // and the read).
+    assert_eq!(
+        get_with(&nodes, 1, "a", Consistency::Lease)
+            .await
+            .as_deref(),
+        Some("1")
+    );
     all_quiesced(&nodes).await;
     let leader_id = leader_now(&nodes, 1).id();
     let i = nodes.iter().position(|n| n.id() == leader_id).unwrap();

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use raftkit::client::Consistency;
 use raftkit::core::Role;
 use raftkit::multi::{GroupId, MultiNode, MultiNodeBuilder};
 use raftkit::prelude::*;
@@ -122,11 +123,26 @@ pub async fn put(nodes: &[MultiNode<Kv>], group: GroupId, key: &str, value: &str
 /// Reads `key` linearizably through the group's leader, retrying while
 /// leadership moves.
 pub async fn get(nodes: &[MultiNode<Kv>], group: GroupId, key: &str) -> Option<String> {
+    get_with(nodes, group, key, Consistency::Linearizable).await
+}
+
+/// Reads `key` with `consistency` through the group's leader, retrying
+/// while leadership moves (a leader found a moment ago may have lost an
+/// election on a loaded machine: `NotLeader` is retryable).
+pub async fn get_with(
+    nodes: &[MultiNode<Kv>],
+    group: GroupId,
+    key: &str,
+    consistency: Consistency,
+) -> Option<String> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let l = leader(nodes, group).await;
-        match l.read(KvRead::Get { key: key.into() }).await {
-            Ok(KvReadOutput::Get(v)) => return v,
+        match l
+            .read_with(KvRead::Get { key: key.into() }, consistency)
+            .await
+        {
+            Ok((KvReadOutput::Get(v), _)) => return v,
             Ok(_) => panic!("group {group}: get {key}: the answer of another query"),
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
