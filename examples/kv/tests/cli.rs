@@ -651,10 +651,19 @@ fn chromium() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// How long one Chromium run may take before it counts as hung and is
+/// killed.
+const CHROMIUM_LIMIT: Duration = Duration::from_secs(60);
+
 /// Loads `url` in headless Chromium and returns the DOM it rendered
-/// (optionally also a screenshot at `shot`).
-fn render_in_chromium(browser: &Path, url: &str, shot: Option<&Path>) -> String {
+/// (optionally also a screenshot at `shot`), or why it did not: a run that
+/// failed, or that was still running after [`CHROMIUM_LIMIT`] (killed;
+/// stop 53: a run that hung hung the test, with no deadline).
+fn render_in_chromium(browser: &Path, url: &str, shot: Option<&Path>) -> Result<String, String> {
     let profile = tempfile::tempdir().expect("profile dir");
+    // The DOM goes to a file, not a pipe: a child whose pipe is full blocks
+    // while this thread waits for it to exit.
+    let dom_file = tempfile::NamedTempFile::new().expect("a DOM file");
     let mut cmd = Command::new(browser);
     cmd.args([
         "--headless",
@@ -673,14 +682,30 @@ fn render_in_chromium(browser: &Path, url: &str, shot: Option<&Path>) -> String 
         Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
         None => cmd.arg("--dump-dom"),
     };
-    let out = cmd
+    let mut child = cmd
         .arg(url)
         .stdin(Stdio::null())
+        .stdout(dom_file.reopen().expect("the DOM file"))
         .stderr(Stdio::null())
-        .output()
+        .spawn()
         .expect("chromium runs");
-    assert!(out.status.success(), "chromium failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let deadline = Instant::now() + CHROMIUM_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for chromium") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("chromium still ran after {CHROMIUM_LIMIT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let dom = std::fs::read_to_string(dom_file.path()).map_err(|e| format!("the DOM: {e}"))?;
+    if !status.success() {
+        return Err(format!("chromium failed: {status}"));
+    }
+    Ok(dom)
 }
 
 /// `kv serve --metrics` serves a status page at `/`: loaded in a real
@@ -747,8 +772,13 @@ fn status_page_in_a_browser() {
     // status in the background: load it until every member is reported.
     let url = format!("http://{metrics}/");
     let deadline = Instant::now() + PATIENCE;
+    // A page loaded during an election shows a candidate, or two leaders
+    // of two terms (stop 53: the roles were asserted on whatever page
+    // first showed three members; on a loaded machine an election then
+    // failed the test): load it until the roles settle too. A Chromium
+    // run that fails or hangs (killed) is run again until the deadline.
     let dom = loop {
-        let dom = render_in_chromium(&browser, &url, None);
+        let dom = render_in_chromium(&browser, &url, None).unwrap_or_else(|why| why);
         let reported = addrs
             .iter()
             .filter(|a| {
@@ -756,12 +786,14 @@ fn status_page_in_a_browser() {
                     && !dom.contains(&format!("<td>{a}</td><td>voter</td><td>–"))
             })
             .count();
-        if reported == 3 && dom.contains(" writes") {
+        let settled = dom.matches("<td>leader</td>").count() == 1
+            && dom.matches("<td>follower</td>").count() == 2;
+        if reported == 3 && settled && dom.contains(" writes") {
             break dom;
         }
         assert!(
             Instant::now() < deadline,
-            "the page never showed all three members:\n{dom}"
+            "the page never showed all three members, one leader and two followers:\n{dom}"
         );
         std::thread::sleep(Duration::from_millis(300));
     };
@@ -777,7 +809,9 @@ fn status_page_in_a_browser() {
     assert!(dom.contains("<svg id=\"latency\""), "{dom}");
     assert!(!dom.contains("0 writes · no writes yet"), "{dom}");
     assert!(!dom.contains("<script"), "no JavaScript: {dom}");
-    if let Some(shot) = std::env::var_os("RAFTKIT_PAGE_SCREENSHOT") {
-        render_in_chromium(&browser, &url, Some(Path::new(&shot)));
+    if let Some(shot) = std::env::var_os("RAFTKIT_PAGE_SCREENSHOT")
+        && let Err(why) = render_in_chromium(&browser, &url, Some(Path::new(&shot)))
+    {
+        panic!("the screenshot: {why}");
     }
 }
