@@ -653,7 +653,7 @@ fn with_a_touchy_state<S: StateMachine, F>(
 /// the node, on every replica as each reached `snapshot_every`.)
 #[test]
 fn a_serialize_panic_while_taking_a_snapshot_fails_the_snapshot_not_the_node() {
-    use super::apply::{ApplyMsg, Reply};
+    use super::apply::ApplyMsg;
     with_a_touchy_state(Touchy::default(), |tx, mut snapshots, status| async move {
         assert!(tx.send(ApplyMsg::TakeSnapshot { room: Vec::new() }).is_ok());
         let taken = at_once("the snapshot", snapshots.recv()).await;
@@ -664,24 +664,7 @@ fn a_serialize_panic_while_taking_a_snapshot_fails_the_snapshot_not_the_node() {
                 other.as_ref().map(|r| r.as_ref().map(|t| t.index))
             ),
         }
-        assert_eq!(status.borrow().halted, None, "the node halted");
-        let (two_tx, two) = tokio::sync::oneshot::channel();
-        assert!(
-            tx.send(ApplyMsg::Entries {
-                register: vec![(2, 1, Reply::new(two_tx, None))],
-                entries: vec![set(2, 2)],
-            })
-            .is_ok()
-        );
-        let r = at_once("entry 2", two).await.expect("answered");
-        assert!(r.is_ok(), "a write after the failed snapshot got {r:?}");
-        assert!(tx.send(ApplyMsg::TakeSnapshot { room: Vec::new() }).is_ok());
-        let taken = at_once("the next snapshot", snapshots.recv()).await;
-        assert!(
-            matches!(taken, Some(Ok(ref t)) if t.index == 2),
-            "the next snapshot got {:?}",
-            taken.map(|r| r.map(|t| t.index))
-        );
+        goes_on_after_a_failed_snapshot(&tx, &mut snapshots, &status).await;
     });
 }
 
@@ -796,7 +779,7 @@ async fn a_copied_state_whose_serialize_panics_fails_its_snapshots_and_the_peer_
 /// each reached `snapshot_every`.)
 #[test]
 fn a_panic_while_copying_the_state_fails_the_snapshot_not_the_node() {
-    use super::apply::{ApplyMsg, Reply};
+    use super::apply::ApplyMsg;
     with_a_touchy_state(
         CloneTouchy::default(),
         |tx, mut snapshots, status| async move {
@@ -812,24 +795,35 @@ fn a_panic_while_copying_the_state_fails_the_snapshot_not_the_node() {
                     other.as_ref().map(|r| r.as_ref().map(|t| t.index))
                 ),
             }
-            assert_eq!(status.borrow().halted, None, "the node halted");
-            let (two_tx, two) = tokio::sync::oneshot::channel();
-            assert!(
-                tx.send(ApplyMsg::Entries {
-                    register: vec![(2, 1, Reply::new(two_tx, None))],
-                    entries: vec![set(2, 2)],
-                })
-                .is_ok()
-            );
-            let r = at_once("entry 2", two).await.expect("answered");
-            assert!(r.is_ok(), "a write after the failed snapshot got {r:?}");
-            assert!(tx.send(ApplyMsg::TakeSnapshot { room: Vec::new() }).is_ok());
-            let taken = at_once("the next snapshot", snapshots.recv()).await;
-            assert!(
-                matches!(taken, Some(Ok(ref t)) if t.index == 2),
-                "the next snapshot got {:?}",
-                taken.map(|r| r.map(|t| t.index))
-            );
+            goes_on_after_a_failed_snapshot(&tx, &mut snapshots, &status).await;
         },
+    );
+}
+
+/// After a snapshot failed (entry 1 applied): the node did not halt,
+/// applies entry 2, and its next snapshot (of index 2) succeeds.
+async fn goes_on_after_a_failed_snapshot(
+    tx: &tokio::sync::mpsc::UnboundedSender<super::apply::ApplyMsg>,
+    snapshots: &mut tokio::sync::mpsc::UnboundedReceiver<Result<super::apply::Taken, String>>,
+    status: &super::apply::ProgressRx,
+) {
+    use super::apply::{ApplyMsg, Reply};
+    assert_eq!(status.borrow().halted, None, "the node halted");
+    let (two_tx, two) = tokio::sync::oneshot::channel();
+    assert!(
+        tx.send(ApplyMsg::Entries {
+            register: vec![(2, 1, Reply::new(two_tx, None))],
+            entries: vec![set(2, 2)],
+        })
+        .is_ok()
+    );
+    let r = at_once("entry 2", two).await.expect("answered");
+    assert!(r.is_ok(), "a write after the failed snapshot got {r:?}");
+    assert!(tx.send(ApplyMsg::TakeSnapshot { room: Vec::new() }).is_ok());
+    let taken = at_once("the next snapshot", snapshots.recv()).await;
+    assert!(
+        matches!(taken, Some(Ok(ref t)) if t.index == 2),
+        "the next snapshot got {:?}",
+        taken.map(|r| r.map(|t| t.index))
     );
 }

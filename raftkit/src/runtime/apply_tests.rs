@@ -137,6 +137,18 @@ impl Thread {
         assert!(self.tx.send(msg).is_ok(), "the apply thread stopped");
     }
 
+    /// Sends a read (`TallyRead::Get`) to be served at `index`; its answer
+    /// comes on the receiver.
+    fn read_at(&self, index: Index) -> oneshot::Receiver<Result<Vec<u8>, Error>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(ApplyMsg::Read {
+            index,
+            query: encode("query", &TallyRead::Get).expect("encodes"),
+            reply: Reply::new(tx, None),
+        });
+        rx
+    }
+
     /// Registers a proposal at (index, term); its answer comes on the
     /// returned receiver.
     fn register(&self, index: Index, term: Term) -> oneshot::Receiver<Result<Vec<u8>, Error>> {
@@ -244,6 +256,18 @@ async fn within<T>(f: impl std::future::Future<Output = T>, what: &str) -> T {
     tokio::time::timeout(std::time::Duration::from_secs(5), f)
         .await
         .unwrap_or_else(|_| panic!("{what}: not within 5 s"))
+}
+
+/// The read `what` answered on `rx` is refused "not applied":
+/// `Unavailable` naming `why` (a refused read changed nothing).
+async fn refused_not_applied(rx: oneshot::Receiver<Result<Vec<u8>, Error>>, what: &str, why: &str) {
+    match within(rx, what).await {
+        Ok(Err(e @ Error::Unavailable(_))) => {
+            assert_eq!(e.applied(), Applied::No, "{what}: {e:?}");
+            assert!(e.to_string().contains(why), "{what}: {e}");
+        }
+        other => panic!("{what}: want a refusal (Unavailable, {why:?}), got {other:?}"),
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -569,16 +593,7 @@ fn the_writes_before_a_halt_in_the_same_batch_reach_the_watchers_first() {
 fn reads_the_halted_thread_refuses_are_answered_not_applied() {
     runtime().block_on(async {
         let t = Thread::start();
-        let read = |index: Index| {
-            let (tx, rx) = oneshot::channel();
-            t.send(ApplyMsg::Read {
-                index,
-                query: encode("query", &TallyRead::Get).expect("encodes"),
-                reply: Reply::new(tx, None),
-            });
-            rx
-        };
-        let waiting = read(5);
+        let waiting = t.read_at(5);
         // A command tag this binary does not know: the node halts at it.
         let halting = t.register(2, 1);
         t.send(ApplyMsg::entries(vec![
@@ -590,19 +605,12 @@ fn reads_the_halted_thread_refuses_are_answered_not_applied() {
             matches!(r, Ok(Err(Error::Halted { .. }))),
             "the write at the entry that halted got {r:?}"
         );
-        let later = read(1);
+        let later = t.read_at(1);
         for (what, rx) in [
             ("a read waiting at the halt", waiting),
             ("a later read", later),
         ] {
-            let r = within(rx, what).await;
-            match r {
-                Ok(Err(e @ Error::Unavailable(_))) => {
-                    assert_eq!(e.applied(), Applied::No, "{what}: {e:?}");
-                    assert!(e.to_string().contains("halted"), "{what}: {e}");
-                }
-                other => panic!("{what}, refused by the halted thread, got {other:?}"),
-            }
+            refused_not_applied(rx, what, "halted").await;
         }
     });
 }
@@ -617,19 +625,10 @@ fn reads_the_halted_thread_refuses_are_answered_not_applied() {
 fn reads_refused_after_a_storage_failure_are_answered_not_applied() {
     runtime().block_on(async {
         let t = Thread::start();
-        let read = |index: Index| {
-            let (tx, rx) = oneshot::channel();
-            t.send(ApplyMsg::Read {
-                index,
-                query: encode("query", &TallyRead::Get).expect("encodes"),
-                reply: Reply::new(tx, None),
-            });
-            rx
-        };
-        let waiting = read(5);
+        let waiting = t.read_at(5);
         let write = t.register(3, 1);
         t.send(ApplyMsg::Fail(Error::Storage("the disk is gone".into())));
-        let later = read(1);
+        let later = t.read_at(1);
         let r = within(write, "the write waiting at the failure").await;
         assert!(
             matches!(&r, Ok(Err(Error::Storage(m))) if m.contains("the disk is gone")),
@@ -639,13 +638,7 @@ fn reads_refused_after_a_storage_failure_are_answered_not_applied() {
             ("a read waiting at the storage failure", waiting),
             ("a read sent after the storage failure", later),
         ] {
-            match within(rx, what).await {
-                Ok(Err(e @ Error::Unavailable(_))) => {
-                    assert_eq!(e.applied(), Applied::No, "{what}: {e:?}");
-                    assert!(e.to_string().contains("the disk is gone"), "{what}: {e}");
-                }
-                other => panic!("{what}, refused after the storage failure, got {other:?}"),
-            }
+            refused_not_applied(rx, what, "the disk is gone").await;
         }
     });
 }

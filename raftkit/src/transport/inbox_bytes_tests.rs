@@ -23,6 +23,14 @@ const FRAME: usize = 64 * 1024;
 /// Each hostile message carries this much (most of a frame).
 pub(crate) const PAYLOAD: usize = 60 * 1024;
 
+/// Node `t@a`'s identity and a node certificate of the same CA for each
+/// of `peers` (the nodes that send to it in a test).
+fn a_and_peer_certs<const N: usize>(peers: [&str; N]) -> (Identity, [Identity; N]) {
+    let (ca, mut ids) = dev_cluster(["t@a"]).expect("certs");
+    let certs = peers.map(|peer| ca.issue_node(peer, &[]).expect("cert"));
+    (ids.remove(0), certs)
+}
+
 /// A node's transport and its node task's inbox, wired as the runtime
 /// wires a peer's (`PeerBuilder::start`).
 async fn node_inbox(
@@ -147,10 +155,9 @@ pub(crate) fn big_append(from: u64, to: u64, index: u64) -> Message {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_flooding_large_messages_waits_within_the_inbox_byte_budget() {
     const MESSAGES: u64 = 96;
-    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
     let hostile = "t@h";
-    let cert = ca.issue_node(hostile, &[]).expect("cert");
-    let (t, addr, mut inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let (a_id, [cert]) = a_and_peer_certs([hostile]);
+    let (t, addr, mut inbox, budget) = node_inbox("t@a", a_id).await;
     let (mut send, _conn, _endpoint) = hostile_link(&cert, hostile, addr).await;
     let (from, to) = (node_id(hostile), node_id("t@a"));
     let (written_tx, written) = tokio::sync::watch::channel(false);
@@ -283,11 +290,9 @@ fn a_frame_of_tiny_entries_is_charged_what_its_entries_take_decoded() {
 async fn a_flooding_peer_does_not_hold_up_another_peers_small_messages() {
     const FLOOD: u64 = 32;
     const BEATS: u64 = 16;
-    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
     let (flooder, other) = ("t@f", "t@o");
-    let flooder_cert = ca.issue_node(flooder, &[]).expect("cert");
-    let other_cert = ca.issue_node(other, &[]).expect("cert");
-    let (t, addr, mut inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let (a_id, [flooder_cert, other_cert]) = a_and_peer_certs([flooder, other]);
+    let (t, addr, mut inbox, budget) = node_inbox("t@a", a_id).await;
     let (mut flood, _fc, _fe) = hostile_link(&flooder_cert, flooder, addr).await;
     let (mut beats, _oc, _oe) = hostile_link(&other_cert, other, addr).await;
     let to = node_id("t@a");
@@ -374,11 +379,9 @@ async fn a_flooding_peer_does_not_hold_up_another_peers_small_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_waiting_for_the_budget_has_not_decoded_its_frame() {
     const FLOOD: u64 = 8;
-    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
     let (flooder, other) = ("t@f", "t@o");
-    let flooder_cert = ca.issue_node(flooder, &[]).expect("cert");
-    let other_cert = ca.issue_node(other, &[]).expect("cert");
-    let (t, addr, mut inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let (a_id, [flooder_cert, other_cert]) = a_and_peer_certs([flooder, other]);
+    let (t, addr, mut inbox, budget) = node_inbox("t@a", a_id).await;
     let (mut flood, _fc, _fe) = hostile_link(&flooder_cert, flooder, addr).await;
     let (mut bad, bad_conn, _oe) = hostile_link(&other_cert, other, addr).await;
     let (from, to) = (node_id(flooder), node_id("t@a"));
@@ -552,11 +555,9 @@ async fn five_near_cap_frames_at_once_all_arrive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_sending_prefixes_without_bodies_does_not_hold_the_budget() {
     const LINKS: usize = 4;
-    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
     let (hostile, other) = ("t@h", "t@o");
-    let hostile_cert = ca.issue_node(hostile, &[]).expect("cert");
-    let other_cert = ca.issue_node(other, &[]).expect("cert");
-    let (t, addr, mut inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let (a_id, [hostile_cert, other_cert]) = a_and_peer_certs([hostile, other]);
+    let (t, addr, mut inbox, budget) = node_inbox("t@a", a_id).await;
     let to = node_id("t@a");
     let (mut honest, _oc, _oe) = hostile_link(&other_cert, other, addr).await;
     let mut held = Vec::new();
@@ -599,10 +600,9 @@ async fn a_peer_sending_prefixes_without_bodies_does_not_hold_the_budget() {
 /// back (the handshake timeout is [`STALL`], review stop 51 #3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charged_frame_whose_body_never_comes_closes_its_link() {
-    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
     let hostile = "t@h";
-    let cert = ca.issue_node(hostile, &[]).expect("cert");
-    let (t, addr, _inbox, budget) = node_inbox_with("t@a", ids[0].clone(), |c| {
+    let (a_id, [cert]) = a_and_peer_certs([hostile]);
+    let (t, addr, _inbox, budget) = node_inbox_with("t@a", a_id, |c| {
         c.handshake_timeout = STALL;
     })
     .await;
@@ -656,10 +656,9 @@ const STALL: Duration = Duration::from_secs(3);
 async fn a_frame_whose_body_trickles_in_steadily_arrives() {
     const PIECES: usize = 8;
     const PAUSE: Duration = Duration::from_millis(600);
-    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
     let peer = "t@s";
-    let cert = ca.issue_node(peer, &[]).expect("cert");
-    let (t, addr, mut inbox, budget) = node_inbox_with("t@a", ids[0].clone(), |c| {
+    let (a_id, [cert]) = a_and_peer_certs([peer]);
+    let (t, addr, mut inbox, budget) = node_inbox_with("t@a", a_id, |c| {
         c.handshake_timeout = STALL;
     })
     .await;
@@ -724,10 +723,9 @@ async fn a_frame_whose_body_trickles_in_steadily_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_claiming_more_entries_than_its_length_holds_is_refused_uncharged() {
     const LEN: usize = 5000;
-    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
     let hostile = "t@h";
-    let cert = ca.issue_node(hostile, &[]).expect("cert");
-    let (t, addr, _inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let (a_id, [cert]) = a_and_peer_certs([hostile]);
+    let (t, addr, _inbox, budget) = node_inbox("t@a", a_id).await;
     let (mut send, conn, _endpoint) = hostile_link(&cert, hostile, addr).await;
     // A `Msg` of an AppendEntries (tags 3 and 2) claiming 65,536 entries,
     // postcard varints, in a frame of LEN bytes: its prefix and header
@@ -782,10 +780,9 @@ async fn a_frame_claiming_more_entries_than_its_length_holds_is_refused_uncharge
 /// its way gives the charge back (the read fails, the charge is dropped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_closed_mid_body_gives_its_charge_back() {
-    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
     let peer = "t@c";
-    let cert = ca.issue_node(peer, &[]).expect("cert");
-    let (t, addr, _inbox, budget) = node_inbox("t@a", ids[0].clone()).await;
+    let (a_id, [cert]) = a_and_peer_certs([peer]);
+    let (t, addr, _inbox, budget) = node_inbox("t@a", a_id).await;
     let (mut send, conn, endpoint) = hostile_link(&cert, peer, addr).await;
     let frame = big_append_frame(node_id(peer), node_id("t@a"), 1);
     send.write_all(&frame[..frame.len() / 2])

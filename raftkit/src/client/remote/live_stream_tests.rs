@@ -10,7 +10,7 @@ use super::{Client, ClientOptions};
 use crate::client::Submit;
 use crate::client::fake_member::{Act, FakeMember, session_opened};
 use crate::client::wire::{ClientRequest, ClientResponse, WireError};
-use crate::tls::dev_cluster;
+use crate::tls::{Identity, dev_cluster};
 
 /// Bounds every wait of the test (none is reached when it passes).
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -116,23 +116,7 @@ async fn a_write_ends_by_its_deadline_after_the_runtime_of_its_stream_is_gone() 
     let addr = member.addr().to_string();
     // Connected, and its stream started, in a runtime that is then dropped.
     let client = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let client = rt.block_on(async move {
-            let opts = ClientOptions::default().with_timeout(timeout);
-            let client =
-                tokio::time::timeout(DEADLINE, Client::connect_with([addr], client_id, 0, opts))
-                    .await
-                    .expect("connects in time")
-                    .expect("connects");
-            tokio::time::timeout(DEADLINE, client.write(b"one".to_vec()))
-                .await
-                .expect("write 1 ends in time")
-                .expect("write 1 answered");
-            client
-        });
+        let (rt, client) = connected_on_own_runtime(addr, client_id, timeout);
         drop(rt);
         client
     })
@@ -180,23 +164,7 @@ async fn a_write_ends_by_its_deadline_when_the_runtime_of_its_stream_is_kept_but
     // Connected, and its stream started, in a runtime that is kept (until
     // the test ends) and never driven again.
     let setup = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let client = rt.block_on(async move {
-            let opts = ClientOptions::default().with_timeout(timeout);
-            let client =
-                tokio::time::timeout(DEADLINE, Client::connect_with([addr], client_id, 0, opts))
-                    .await
-                    .expect("connects in time")
-                    .expect("connects");
-            tokio::time::timeout(DEADLINE, client.write(b"one".to_vec()))
-                .await
-                .expect("write 1 ends in time")
-                .expect("write 1 answered");
-            client
-        });
+        let (rt, client) = connected_on_own_runtime(addr, client_id, timeout);
         client_tx
             .send(client)
             .expect("the test waits for the client");
@@ -226,6 +194,35 @@ async fn a_write_ends_by_its_deadline_when_the_runtime_of_its_stream_is_kept_but
         .await
         .expect("joined")
         .expect("the setup thread");
+}
+
+/// A client of the member at `addr` (call timeout `timeout`) connected,
+/// and its stream started by a first write, on a current-thread runtime of
+/// its own, which is returned with it and driven no more: the stream's
+/// tasks live on that runtime. Call on a thread of no runtime.
+fn connected_on_own_runtime(
+    addr: String,
+    client_id: Identity,
+    timeout: Duration,
+) -> (tokio::runtime::Runtime, Client) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let client = rt.block_on(async move {
+        let opts = ClientOptions::default().with_timeout(timeout);
+        let client =
+            tokio::time::timeout(DEADLINE, Client::connect_with([addr], client_id, 0, opts))
+                .await
+                .expect("connects in time")
+                .expect("connects");
+        tokio::time::timeout(DEADLINE, client.write(b"one".to_vec()))
+            .await
+            .expect("write 1 ends in time")
+            .expect("write 1 answered");
+        client
+    });
+    (rt, client)
 }
 
 /// Runs `fut` to its end on this thread, with no tokio runtime (as

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ApplyMsg, ApplyStatus, ApplyTx, HaltOnUnwind, ProgressRx, Reply, Shared, run_shared};
+use super::{
+    ApplyMsg, ApplyStatus, ApplyTx, HaltOnUnwind, ProgressRx, Reply, Shared, Taken, run_shared,
+};
 use crate::error::Error;
 use crate::prelude::*;
 use crate::runtime::session::Sessions;
@@ -119,6 +121,26 @@ fn refused_read(what: &str, got: &Got, hint: Option<&str>) {
         (Err(why), _) => panic!("{what}: {why}"),
         (other, _) => panic!("{what} got {other:?}, not a not-applied refusal (leader {hint:?})"),
     }
+}
+
+/// A panic of the apply loop under its guard ([`HaltOnUnwind`] over
+/// `shared`, the loop's queue `rx` and the snapshot answers `snapshots`),
+/// caught as the thread's unwinding would end: the guard ran, and the
+/// panic went on unwinding through it.
+fn unwind_the_loop<S: StateMachine>(
+    shared: &Shared<S>,
+    rx: mpsc::UnboundedReceiver<ApplyMsg>,
+    snapshots: &mpsc::UnboundedSender<Result<Taken, String>>,
+) {
+    let unwound = catch_unwind(AssertUnwindSafe(|| {
+        let _guard = HaltOnUnwind {
+            shared,
+            rx: Some(rx),
+            snapshots,
+        };
+        panic!("the apply loop panics on purpose");
+    }));
+    assert!(unwound.is_err(), "the loop's panic goes on unwinding");
 }
 
 /// A current-thread runtime.
@@ -250,15 +272,7 @@ fn the_halt_guard_cannot_panic_while_the_loop_unwinds() {
     shared.lock().register(vec![(1, 1, x)]);
     let (_tx, rx) = mpsc::unbounded_channel();
     let (snap_tx, _snapshots) = mpsc::unbounded_channel();
-    let unwound = catch_unwind(AssertUnwindSafe(|| {
-        let _guard = HaltOnUnwind {
-            shared: &shared,
-            rx: Some(rx),
-            snapshots: &snap_tx,
-        };
-        panic!("the apply loop panics on purpose");
-    }));
-    assert!(unwound.is_err(), "the loop's panic goes on unwinding");
+    unwind_the_loop(&shared, rx, &snap_tx);
     halted("x, waiting when the loop unwound", &given(x_rx));
     assert!(status.borrow().halted.is_some(), "the node did not halt");
 }
@@ -295,15 +309,7 @@ fn callers_sent_after_the_loop_unwound(inline: bool) {
         assert!(sender.send(ApplyMsg::Register(vec![(1, 1, z)])));
         let (snap_tx, mut snapshots) = mpsc::unbounded_channel();
         assert!(sender.send(ApplyMsg::TakeSnapshot { room: Vec::new() }));
-        let unwound = catch_unwind(AssertUnwindSafe(|| {
-            let _guard = HaltOnUnwind {
-                shared: &shared,
-                rx: Some(rx),
-                snapshots: &snap_tx,
-            };
-            panic!("the apply loop panics on purpose");
-        }));
-        assert!(unwound.is_err(), "the loop's panic goes on unwinding");
+        unwind_the_loop(&shared, rx, &snap_tx);
         assert!(status.borrow().halted.is_some(), "the node did not halt");
         halted("z, queued when the loop unwound", &given(z_rx));
         assert!(
@@ -371,15 +377,7 @@ fn a_panic_while_the_guard_refuses_a_queued_message_cannot_abort() {
     ] {
         assert!(tx.send(msg).is_ok());
     }
-    let unwound = catch_unwind(AssertUnwindSafe(|| {
-        let _guard = HaltOnUnwind {
-            shared: &shared,
-            rx: Some(rx),
-            snapshots: &snap_tx,
-        };
-        panic!("the apply loop panics on purpose");
-    }));
-    assert!(unwound.is_err(), "the loop's panic goes on unwinding");
+    unwind_the_loop(&shared, rx, &snap_tx);
     assert!(status.borrow().halted.is_some(), "the node did not halt");
     halted("x, queued behind the entry whose drop panics", &given(x_rx));
     assert_eq!(bombs.load(Ordering::SeqCst), 0, "a bomb did not go off");
@@ -490,15 +488,7 @@ fn every_send_racing_the_guards_close_is_answered() {
             );
             std::thread::yield_now();
         }
-        let unwound = catch_unwind(AssertUnwindSafe(|| {
-            let _guard = HaltOnUnwind {
-                shared: &shared,
-                rx: Some(rx),
-                snapshots: &snap_tx,
-            };
-            panic!("the apply loop panics on purpose");
-        }));
-        assert!(unwound.is_err(), "the loop's panic goes on unwinding");
+        unwind_the_loop(&shared, rx, &snap_tx);
         let (sender, answers) = racing.join().expect("the racing sender panicked");
         assert!(
             answers.len() < MOST,
