@@ -4,7 +4,7 @@
 mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::free_addrs;
+use support::{DevCluster, free_addrs, member_builder};
 
 use raftkit::client::wire::{ClientRequest, SessionId, SessionRef};
 use raftkit::client::{Client, ClientOptions};
@@ -73,19 +73,16 @@ const TICK: Duration = Duration::from_millis(20);
 
 impl Cluster {
     async fn start(n: usize) -> Cluster {
-        let addrs = free_addrs(n);
-        let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
-        let (ca, ids) = dev_cluster(&names).expect("dev CA");
-        let client_identity = ca.issue_client("client").expect("client identity");
-        let dir = tempfile::tempdir().expect("tempdir");
+        let DevCluster {
+            addrs,
+            ids,
+            client: client_identity,
+            dir,
+            ..
+        } = DevCluster::new(n);
         let mut peers = Vec::new();
         for (addr, id) in addrs.iter().zip(ids) {
-            let peer = Kv::peer()
-                .listen(addr.clone())
-                .data_dir(dir.path().join(addr))
-                .bootstrap_members(addrs.clone())
-                .identity(id)
-                .tick(TICK)
+            let peer = member_builder::<Kv>(dir.path(), &addrs, addr, id, TICK)
                 .start()
                 .await
                 .expect("peer starts");

@@ -18,14 +18,14 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use support::free_addrs;
+use support::{DevCluster, member_builder};
 
 use raftkit::client::ClientOptions;
 use raftkit::core::Role;
 use raftkit::error::Applied;
 use raftkit::prelude::*;
 use raftkit::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
-use raftkit::tls::{Identity, dev_cluster};
+use raftkit::tls::Identity;
 use tokio::time::Instant;
 
 #[derive(StateMachine, Default, Serialize, Deserialize)]
@@ -65,21 +65,18 @@ impl Cluster {
     }
 
     async fn start_with(tick: Duration) -> Cluster {
-        let addrs = free_addrs(3);
-        let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
-        let (ca, ids) = dev_cluster(&names).expect("dev CA");
-        let client_identity = ca.issue_client("client").expect("client identity");
-        let dir = tempfile::tempdir().expect("tempdir");
+        let DevCluster {
+            addrs,
+            ids,
+            client: client_identity,
+            dir,
+            ..
+        } = DevCluster::new(3);
         let mut peers = Vec::new();
         let mut fss = Vec::new();
         for (addr, id) in addrs.iter().zip(ids) {
             let fs = FaultyFs::over_real();
-            let peer = Kv::peer()
-                .listen(addr.clone())
-                .data_dir(dir.path().join(addr))
-                .bootstrap_members(addrs.clone())
-                .identity(id)
-                .tick(tick)
+            let peer = member_builder::<Kv>(dir.path(), &addrs, addr, id, tick)
                 .wal_segment_bytes(SEGMENT)
                 .file_system(Arc::new(fs.clone()))
                 .start()
@@ -594,35 +591,25 @@ impl BuggyKv {
 /// halted member alone never reached the leader.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_sent_to_a_halted_member_is_not_applied_and_succeeds_through_the_leader() {
-    let addrs = free_addrs(3);
-    let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
-    let (ca, mut ids) = dev_cluster(&names).expect("dev CA");
-    let client_identity = ca.issue_client("client").expect("client identity");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = DevCluster::new(3);
+    let (addrs, client_identity) = (&cluster.addrs, &cluster.client);
+    let mut ids = cluster.ids.clone();
     let buggy_id = ids.pop().expect("three identities");
     let mut good = Vec::new();
     for (addr, id) in addrs.iter().zip(ids) {
-        let peer = Kv::peer()
-            .listen(addr.clone())
-            .data_dir(dir.path().join(addr))
-            .bootstrap_members(addrs.clone())
-            .identity(id)
-            .tick(TICK)
+        let peer = cluster
+            .builder::<Kv>(addr, id, TICK)
             .start()
             .await
             .expect("peer starts");
         good.push(peer);
     }
-    let buggy = BuggyKv::peer()
-        .listen(addrs[2].clone())
-        .data_dir(dir.path().join(&addrs[2]))
-        .bootstrap_members(addrs.clone())
-        .identity(buggy_id)
-        .tick(TICK)
+    let buggy = cluster
+        .builder::<BuggyKv>(&addrs[2], buggy_id, TICK)
         .start()
         .await
         .expect("the buggy peer starts");
-    let client = KvClient::connect_with(&addrs, client_identity.clone(), ClientOptions::default())
+    let client = KvClient::connect_with(addrs, client_identity.clone(), ClientOptions::default())
         .await
         .expect("client connects");
     client
@@ -683,26 +670,19 @@ async fn a_write_sent_to_a_halted_member_is_not_applied_and_succeeds_through_the
 /// ever proposed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_to_a_cluster_whose_every_member_halted_ends_not_applied() {
-    let addrs = free_addrs(3);
-    let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
-    let (ca, ids) = dev_cluster(&names).expect("dev CA");
-    let client_identity = ca.issue_client("client").expect("client identity");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = DevCluster::new(3);
+    let (addrs, client_identity) = (&cluster.addrs, cluster.client.clone());
     let mut peers = Vec::new();
-    for (addr, id) in addrs.iter().zip(ids) {
-        let peer = BuggyKv::peer()
-            .listen(addr.clone())
-            .data_dir(dir.path().join(addr))
-            .bootstrap_members(addrs.clone())
-            .identity(id)
-            .tick(TICK)
+    for (addr, id) in addrs.iter().zip(cluster.ids.clone()) {
+        let peer = cluster
+            .builder::<BuggyKv>(addr, id, TICK)
             .start()
             .await
             .expect("peer starts");
         peers.push(peer);
     }
     let client = KvClient::connect_with(
-        &addrs,
+        addrs,
         client_identity,
         ClientOptions::default().with_timeout(Duration::from_secs(2)),
     )

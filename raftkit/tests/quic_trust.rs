@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-use support::free_addrs;
+use support::{forge_trust, free_addrs};
 
 use raftkit::client::ClientOptions;
 use raftkit::core::Role;
@@ -111,15 +111,6 @@ async fn leader(peers: &[Option<Peer<Kv>>]) -> usize {
         assert!(Instant::now() < deadline, "no single leader in time");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// An identity with `forged`'s certificate and key that trusts `ca`: its
-/// holder accepts the members' certificates, and they refuse its own.
-fn forge_trust(forged: &Identity, ca: &ClusterCa) -> Identity {
-    let dir = tempfile::tempdir().expect("tempdir");
-    forged.write_to(dir.path(), "f").expect("write");
-    ca.write_to(dir.path()).expect("overwrite ca.pem");
-    Identity::load(dir.path(), "f").expect("load")
 }
 
 /// A client certificate signed by `ca` (valid for client authentication)

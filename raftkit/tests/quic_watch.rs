@@ -9,14 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::free_addrs;
+use support::{DevCluster, member_builder};
 
 use raftkit::client::wire::{ClientHello, ClientRequest, ClientResponse, WireError};
 use raftkit::client::{Client, ClientOptions};
 use raftkit::core::Role;
 use raftkit::error::Applied;
 use raftkit::prelude::*;
-use raftkit::tls::{CLIENT_ALPN, Identity, dev_cluster};
+use raftkit::tls::{CLIENT_ALPN, Identity};
 use raftkit::transport::frame::{encode_frame, read_frame};
 use raftkit::transport::quic::quic_client_config;
 use tokio::time::Instant;
@@ -68,20 +68,17 @@ struct Cluster {
 
 impl Cluster {
     async fn start(journal_bytes: Option<usize>) -> Cluster {
-        let addrs = free_addrs(3);
-        let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
-        let (ca, ids) = dev_cluster(&names).expect("dev CA");
-        let client_identity = ca.issue_client("client").expect("client identity");
+        let DevCluster {
+            addrs,
+            ids,
+            client: client_identity,
+            dir,
+            ..
+        } = DevCluster::new(3);
         let node_identity = ids[0].clone();
-        let dir = tempfile::tempdir().expect("tempdir");
         let mut peers = Vec::new();
         for (addr, id) in addrs.iter().zip(ids) {
-            let mut b = Kv::peer()
-                .listen(addr.clone())
-                .data_dir(dir.path().join(addr))
-                .bootstrap_members(addrs.clone())
-                .identity(id)
-                .tick(TICK);
+            let mut b = member_builder::<Kv>(dir.path(), &addrs, addr, id, TICK);
             if let Some(bytes) = journal_bytes {
                 b = b.watch_journal_bytes(bytes);
             }

@@ -5,6 +5,7 @@
 //! message arriving, a link state changing, a connection closing) under a
 //! `tokio::time::timeout` deadline.
 
+mod support;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use raftkit::transport::quic::{connect_client, quic_client_config};
 use raftkit::transport::{
     LinkState, MemoryNetwork, QuicConfig, QuicTransport, Transport, TransportError,
 };
+use support::forge_trust;
 use tokio::sync::mpsc;
 
 /// Collects the tracing events of the current thread (each `#[tokio::test]`
@@ -380,14 +382,6 @@ async fn a_peer_of_another_ca_is_refused_and_the_node_keeps_serving() {
     assert_ne!(mallory.t.link_state(a.id), Some(LinkState::Connected));
     logs.wait_for(tracing::Level::WARN, "inbound handshake failed")
         .await;
-}
-
-/// An identity with `forged`'s certificate and key that trusts `ca`.
-fn forge_trust(forged: &Identity, ca: &ClusterCa) -> Identity {
-    let dir = tempfile::tempdir().expect("tempdir");
-    forged.write_to(dir.path(), "f").expect("write");
-    ca.write_to(dir.path()).expect("overwrite ca.pem");
-    Identity::load(dir.path(), "f").expect("load")
 }
 
 fn hello_and_msg(from: &Node, to: &Node) -> Vec<u8> {

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use support::free_addrs;
+use support::{DevCluster, free_addrs, member_builder};
 
 use raftkit::client::ClientOptions;
 use raftkit::core::Role;
@@ -201,32 +201,24 @@ impl Cluster {
 
     /// Three bootstrapped nodes, all on v2 (`v2`) or all on v1.
     async fn start(v2: bool) -> Cluster {
-        let addrs = free_addrs(3);
-        let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
-        let (ca, ids) = dev_cluster(&names).expect("dev CA");
-        let client_identity = ca.issue_client("client").expect("client identity");
-        let dir = tempfile::tempdir().expect("tempdir");
+        let DevCluster {
+            addrs,
+            ca,
+            ids,
+            client: client_identity,
+            dir,
+        } = DevCluster::new(3);
         let mut nodes = Vec::new();
         for (addr, id) in addrs.iter().zip(ids) {
             let node = if v2 {
-                let peer = v2::Kv::peer()
-                    .listen(addr.clone())
-                    .data_dir(dir.path().join(addr))
-                    .bootstrap_members(addrs.clone())
-                    .identity(id)
-                    .tick(TICK)
+                let peer = member_builder::<v2::Kv>(dir.path(), &addrs, addr, id, TICK)
                     .snapshot_every(40)
                     .start()
                     .await
                     .expect("v2 peer starts");
                 Node::V2(peer)
             } else {
-                let peer = v1::Kv::peer()
-                    .listen(addr.clone())
-                    .data_dir(dir.path().join(addr))
-                    .bootstrap_members(addrs.clone())
-                    .identity(id)
-                    .tick(TICK)
+                let peer = member_builder::<v1::Kv>(dir.path(), &addrs, addr, id, TICK)
                     .snapshot_every(40)
                     .start()
                     .await
