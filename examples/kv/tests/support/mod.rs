@@ -1,7 +1,9 @@
 //! Process scaffolding shared by the `kv` command-line tests (`cli.rs`,
-//! `shards.rs`, `shards_faults.rs`, `watch.rs`): the `kv` binary, its servers as child processes
-//! killed and reaped however a test ends ([`Procs`]), one command run under
-//! a deadline ([`kv`]) and free loopback addresses.
+//! `shards.rs`, `shards_faults.rs`, `watch.rs`, `process.rs`): the `kv`
+//! binary, its servers as child processes killed and reaped however a test
+//! ends ([`Procs`]), one command run under a deadline ([`kv`],
+//! [`run_within`]: its output read while it runs) and free loopback
+//! addresses.
 //!
 //! Each test file is its own crate and uses part of this module.
 #![allow(dead_code)]
@@ -92,14 +94,26 @@ pub fn kv(args: &[&str], env: &[(&str, &str)]) -> Out {
 /// then is killed and reported with `code: None` (no exit code).
 pub fn kv_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Out {
     let mut cmd = kv_command();
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("kv runs");
+    run_within(cmd, limit)
+}
+
+/// Runs `cmd` (stdin closed, stdout and stderr piped) for at most `limit`;
+/// a command still running then is killed and reported with `code: None`.
+///
+/// Both pipes are read while the command runs, each by a thread of its
+/// own: a command that writes more than a pipe holds (64 KiB on Linux)
+/// would otherwise block on its write until it is killed at `limit`.
+pub fn run_within(mut cmd: Command, limit: Duration) -> Out {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("the command runs");
+    let stdout = child.stdout.take().map(read_all);
+    let stderr = child.stderr.take().map(read_all);
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -112,19 +126,28 @@ pub fn kv_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Out {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_string(&mut stdout);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_string(&mut stderr);
-    }
+    // The command is gone (exited, or killed and reaped): its pipes are
+    // closed and the readers end.
+    let joined = |reader: Option<std::thread::JoinHandle<String>>| {
+        reader
+            .map(|r| r.join().expect("a pipe reader does not panic"))
+            .unwrap_or_default()
+    };
     Out {
         code: status.and_then(|s| s.code()),
-        stdout,
-        stderr,
+        stdout: joined(stdout),
+        stderr: joined(stderr),
     }
+}
+
+/// Reads `pipe` to its end on a thread of its own; the text, any invalid
+/// UTF-8 replaced.
+fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }
 
 /// Asserts a failure: exit code `code` (any non-zero if `None`), exactly
