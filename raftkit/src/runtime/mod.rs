@@ -65,6 +65,8 @@ mod envelope_decode;
 #[cfg(test)]
 mod flow_control_tests;
 #[cfg(test)]
+mod halted_hint_tests;
+#[cfg(test)]
 mod handle_timeout_tests;
 mod intake;
 #[cfg(test)]

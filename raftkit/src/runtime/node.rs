@@ -303,6 +303,9 @@ struct State {
     proposals: u64,
     leader_changes: u64,
     last_leader: Option<NodeId>,
+    /// The leader's address last given to the apply thread
+    /// (`ApplyTx::set_leader`).
+    leader_hint: Option<String>,
     leader_contact: Option<std::time::Instant>,
     drop_log: DropLog,
     stamps: Option<StampClock>,
@@ -427,6 +430,7 @@ impl NodeTask {
             proposals: 0,
             leader_changes: 0,
             last_leader: None,
+            leader_hint: None,
             leader_contact: None,
             drop_log: DropLog::default(),
             stamps: None,
@@ -1092,12 +1096,16 @@ impl NodeTask {
         if leader.is_none() || leader == Some(self.raft.id()) {
             st.leader_contact = None;
         }
-        if leader != st.last_leader {
-            // Where the apply thread sends the reads it refuses once
-            // stopped, as `refused_halted` does here.
-            let other = leader.filter(|l| *l != self.raft.id());
-            self.apply_tx
-                .set_leader(other.and_then(|l| self.addr_of(l)));
+        // Where the apply thread sends the reads it refuses once stopped,
+        // as `refused_halted` does here: the address of the leader this
+        // node follows, sent whenever it changes, whether the leader
+        // changed or only its address became known (a joining node hears
+        // of its leader before the configuration that holds its address).
+        let other = leader.filter(|l| *l != self.raft.id());
+        let hint = other.and_then(|l| self.raft.config().addrs.get(&l));
+        if hint != st.leader_hint.as_ref() {
+            st.leader_hint = hint.cloned();
+            self.apply_tx.set_leader(st.leader_hint.clone());
         }
         st.last_leader = leader;
     }
