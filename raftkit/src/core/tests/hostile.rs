@@ -643,6 +643,7 @@ fn a_log_at_the_bound_takes_no_proposal_and_never_campaigns() {
     }
     assert_eq!(r.role(), crate::core::Role::Leader);
     assert_eq!(r.log().last_index(), MAX_INDEX - 1);
+    flush(&mut r);
     let res = r.propose(b"last".to_vec());
     assert_eq!(res.as_ref().map(|(i, _)| *i), Ok(MAX_INDEX), "{res:?}");
     let res = r.propose(b"past".to_vec());
@@ -652,6 +653,28 @@ fn a_log_at_the_bound_takes_no_proposal_and_never_campaigns() {
         "a proposal past the bound"
     );
     assert_eq!(r.log().last_index(), MAX_INDEX);
+    // The entry at the bound itself is handed to storage, commits and is
+    // applied, with its command (teeth, stop 53: the assertions above pass
+    // for an entry that stays in memory and never commits).
+    let out = flush(&mut r);
+    let at_bound = |entries: &[crate::core::Entry]| {
+        entries
+            .iter()
+            .map(|e| (e.index, e.payload.clone()))
+            .collect::<Vec<_>>()
+    };
+    let last = vec![(
+        MAX_INDEX,
+        crate::core::Payload::Command(b"last".to_vec().into()),
+    )];
+    assert_eq!(at_bound(&out.entries), last, "written at the bound");
+    assert_eq!(
+        r.log().committed(),
+        MAX_INDEX,
+        "the entry at the bound commits"
+    );
+    assert_eq!(at_bound(&out.committed), last, "applied at the bound");
+    assert_sound(&r);
     // A node whose log ends at the bound never campaigns.
     let mut r = Raft::new(config(1), at(MAX_INDEX)).expect("config");
     for _ in 0..3 * T {

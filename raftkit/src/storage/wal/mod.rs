@@ -121,6 +121,8 @@
 //! and is fatal the same way; whatever part of a frame reached the disk is a
 //! torn tail that the next open removes, so nothing durable is damaged.
 
+#[cfg(test)]
+mod bound_tests;
 mod log;
 mod record;
 mod segment;
