@@ -809,6 +809,60 @@ fn follower_in_lease_ignores_vote_requests() {
     assert_eq!(out.of_kind("RequestVoteResponse").len(), 1);
 }
 
+/// Teeth (stop 53, mutant M6): the window in which a follower ignores
+/// vote requests after hearing from its leader is exactly the minimum
+/// election timeout (thesis §4.2.3: a server that "receives a RequestVote
+/// request within the minimum election timeout of hearing from a current
+/// leader" ignores it): still ignored one tick before it ends, answered
+/// once it ended (a window one tick longer went unnoticed). And it exists
+/// only with CheckQuorum, which keeps a leader that lost its quorum from
+/// holding followers in a lease (module `inbound`, `in_lease`).
+#[test]
+fn the_vote_refusal_window_is_the_minimum_election_timeout() {
+    for (ticks, ignored) in [(T - 1, true), (T, false)] {
+        let mut r = node(1, &[1, 2, 3], 2, &[1, 2]);
+        step(&mut r, heartbeat(2, 1, 2, 0));
+        // No campaign of its own meanwhile: its timeout is past the ticks.
+        r.randomized_timeout = 2 * T - 1;
+        for _ in 0..ticks {
+            r.tick();
+        }
+        flush(&mut r);
+        assert_eq!(
+            (r.role(), r.leader(), r.term()),
+            (Role::Follower, Some(2), 2),
+            "premise"
+        );
+        let out = step(&mut r, vote_req(3, 1, 3, (9, 9)));
+        let granted = out.of_kind("RequestVoteResponse").len();
+        if ignored {
+            assert_eq!(
+                (granted, r.term(), r.hard_state().vote),
+                (0, 2, NO_NODE),
+                "{ticks} ticks after the leader's heartbeat: a vote request was answered"
+            );
+        } else {
+            assert_eq!(
+                (granted, r.term(), r.hard_state().vote),
+                (1, 3, 3),
+                "{ticks} ticks after the leader's heartbeat: a vote request was ignored"
+            );
+        }
+    }
+    // Without CheckQuorum there is no lease: answered at once.
+    let mut r = node_with(1, &[1, 2, 3], 2, &[1, 2], |c| c.check_quorum = false);
+    step(&mut r, heartbeat(2, 1, 2, 0));
+    let out = step(&mut r, vote_req(3, 1, 3, (9, 9)));
+    assert_eq!(
+        (
+            out.of_kind("RequestVoteResponse").len(),
+            r.hard_state().vote
+        ),
+        (1, 3),
+        "a follower without CheckQuorum ignored a vote request"
+    );
+}
+
 /// A node that knows no configuration (a learner-to-be, or a fresh node
 /// not yet added) never campaigns.
 #[test]
