@@ -378,6 +378,168 @@ fn fingerprint_tracks_the_schema() {
     assert_ne!(v1, <Kv as StateMachine>::SCHEMA_FINGERPRINT);
 }
 
+/// The same state machine three times: with a write handler compiled out
+/// (`#[cfg(any())]`), without it, and with it compiled in (`#[cfg(all())]`).
+/// The handler after it keeps its tag (the compiled-out one keeps its
+/// slot), pinned in the twin without it.
+mod cfg_out {
+    use raftkit::prelude::*;
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    #[raftkit(name = "cfg-twins")]
+    pub struct Kv {
+        n: u64,
+    }
+
+    #[raftkit::state_machine]
+    impl Kv {
+        #[write]
+        fn add(&mut self, by: u64) -> u64 {
+            self.n += by;
+            self.n
+        }
+
+        #[cfg(any())]
+        #[write]
+        fn reset(&mut self, to: u64) -> u64 {
+            self.n = to;
+            self.n
+        }
+
+        #[write]
+        fn double(&mut self) -> u64 {
+            self.n *= 2;
+            self.n
+        }
+
+        #[read]
+        fn get(&self) -> u64 {
+            self.n
+        }
+    }
+}
+
+/// [`cfg_out`] without the compiled-out handler.
+mod cfg_absent {
+    use raftkit::prelude::*;
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    #[raftkit(name = "cfg-twins")]
+    pub struct Kv {
+        n: u64,
+    }
+
+    #[raftkit::state_machine]
+    impl Kv {
+        #[write]
+        fn add(&mut self, by: u64) -> u64 {
+            self.n += by;
+            self.n
+        }
+
+        #[write(tag = 2)]
+        fn double(&mut self) -> u64 {
+            self.n *= 2;
+            self.n
+        }
+
+        #[read]
+        fn get(&self) -> u64 {
+            self.n
+        }
+    }
+}
+
+/// [`cfg_out`] with the handler compiled in.
+mod cfg_in {
+    use raftkit::prelude::*;
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    #[raftkit(name = "cfg-twins")]
+    pub struct Kv {
+        n: u64,
+    }
+
+    #[raftkit::state_machine]
+    impl Kv {
+        #[write]
+        fn add(&mut self, by: u64) -> u64 {
+            self.n += by;
+            self.n
+        }
+
+        #[cfg(all())]
+        #[write]
+        fn reset(&mut self, to: u64) -> u64 {
+            self.n = to;
+            self.n
+        }
+
+        #[write]
+        fn double(&mut self) -> u64 {
+            self.n *= 2;
+            self.n
+        }
+
+        #[read]
+        fn get(&self) -> u64 {
+            self.n
+        }
+    }
+}
+
+/// Teeth (stop 53, mutant M10): a handler compiled out of a binary counts
+/// in neither its `SCHEMA_FINGERPRINT` nor its structural schema, which
+/// peers compare in rolling upgrades: that binary cannot apply the
+/// handler's commands, so it must not claim it (a cluster would let a
+/// member propose what this one halts on). One compiled in counts. Both
+/// follow the `#[cfg]` alike, so the fingerprint and the schema never
+/// disagree about the handlers a binary has.
+#[test]
+fn a_handler_compiled_out_counts_in_neither_fingerprint_nor_schema() {
+    let out = <cfg_out::Kv as StateMachine>::SCHEMA_FINGERPRINT;
+    let absent = <cfg_absent::Kv as StateMachine>::SCHEMA_FINGERPRINT;
+    let inside = <cfg_in::Kv as StateMachine>::SCHEMA_FINGERPRINT;
+    assert_eq!(
+        out, absent,
+        "a compiled-out handler changed the schema fingerprint"
+    );
+    assert_ne!(
+        inside, absent,
+        "a compiled-in handler did not change the schema fingerprint"
+    );
+    let schema = <cfg_out::Kv as StateMachine>::schema();
+    assert_eq!(
+        schema,
+        <cfg_absent::Kv as StateMachine>::schema(),
+        "a compiled-out handler is in the structural schema"
+    );
+    let tags = |s: &raftkit::schema::Schema| {
+        s.handlers
+            .iter()
+            .map(|h| (h.kind.as_str(), h.tag, h.name.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tags(&schema),
+        [
+            ("write", 0, "add".to_string()),
+            ("write", 2, "double".to_string()),
+            ("read", 0, "get".to_string()),
+        ],
+        "the compiled-out handler keeps its tag slot"
+    );
+    assert_eq!(
+        tags(&<cfg_in::Kv as StateMachine>::schema()),
+        [
+            ("write", 0, "add".to_string()),
+            ("write", 1, "reset".to_string()),
+            ("write", 2, "double".to_string()),
+            ("read", 0, "get".to_string()),
+        ]
+    );
+}
+
 /// Two handlers of each kind with the same signature, and a handler with
 /// two arguments of the same type: a dispatch that picked a handler by its
 /// signature, or a client that passed arguments out of order, would still
