@@ -42,6 +42,8 @@ pub mod linearizability;
 pub mod network;
 pub mod options;
 pub mod oracle;
+#[cfg(test)]
+mod oracle_tests;
 pub mod runtime;
 mod world;
 

@@ -1,0 +1,304 @@
+//! The oracle fed broken states (teeth, stop 53, mutant M16): each check
+//! of [`Oracle`] is shown a state that violates its property and must name
+//! that property, and the same state without the violation must pass (so
+//! that neither a disabled check nor one that refuses everything goes
+//! unnoticed). The simulation itself never produces these states unless a
+//! bug does, so without these tests a mutant that turns a check off
+//! survives every seed that happens to be clean.
+//!
+//! The states are built from real [`Raft`] cores (restored logs, single
+//! voters that elect themselves, a candidate given a vote by hand), not
+//! mock-ups: the oracle reads them through the same API as in a run.
+
+use super::oracle::{Oracle, Violation};
+use crate::core::{
+    Body, Config, Configuration, Entry, HardState, Index, Message, NodeId, Payload, Raft, Restored,
+    Role, SnapshotMeta, Term,
+};
+
+/// A command entry.
+fn command(index: Index, term: Term, data: &str) -> Entry {
+    Entry {
+        term,
+        index,
+        payload: Payload::Command(data.as_bytes().to_vec().into()),
+    }
+}
+
+/// Node `id` of `voters` at `term` with `entries`, PreVote off (so that a
+/// vote given by hand elects it).
+fn node(id: NodeId, voters: &[NodeId], term: Term, entries: Vec<Entry>) -> Raft {
+    let mut cfg = Config::new(id);
+    cfg.pre_vote = false;
+    let restored = Restored {
+        hard_state: HardState {
+            term,
+            vote: 0,
+            commit: 0,
+        },
+        snapshot: SnapshotMeta {
+            index: 0,
+            term: 0,
+            config: Configuration::new(voters.iter().copied()),
+        },
+        snapshot_data: None,
+        entries,
+    };
+    Raft::new(cfg, restored).expect("valid config")
+}
+
+/// Drains `r`'s Readies, each durable at once; returns the entries written.
+fn flush(r: &mut Raft) -> Vec<Entry> {
+    let mut written = Vec::new();
+    for _ in 0..1000 {
+        if !r.has_ready() {
+            return written;
+        }
+        let rd = r.ready();
+        written.extend(rd.entries);
+        r.on_persisted(rd.persist_marker);
+    }
+    panic!("node {} never runs out of Readies", r.id());
+}
+
+/// Ticks `r` until its role is `role` (flushing as it goes); returns the
+/// entries written meanwhile.
+fn tick_until(r: &mut Raft, role: Role) -> Vec<Entry> {
+    let mut written = Vec::new();
+    for _ in 0..100 {
+        if r.role() == role {
+            return written;
+        }
+        r.tick();
+        written.extend(flush(r));
+    }
+    panic!("node {} never became {role:?}: {:?}", r.id(), r.role());
+}
+
+/// The single voter `id`, restored at `term` with `entries`, leading (of
+/// `term + 1`) with its no-op committed; with the entries it wrote.
+fn leader_alone(id: NodeId, term: Term, entries: Vec<Entry>) -> (Raft, Vec<Entry>) {
+    let mut r = node(id, &[id], term, entries);
+    let mut written = tick_until(&mut r, Role::Leader);
+    written.extend(flush(&mut r));
+    assert_eq!(r.log().committed(), r.log().last_index(), "premise");
+    (r, written)
+}
+
+/// A no-op entry.
+fn noop(index: Index, term: Term) -> Entry {
+    Entry {
+        term,
+        index,
+        payload: Payload::Noop,
+    }
+}
+
+/// The log of [`leader_alone`]`(1, 1, [1@1 "a"])`: its entry and no-op.
+fn led_log() -> Vec<Entry> {
+    vec![command(1, 1, "a"), noop(2, 2)]
+}
+
+/// `result` is a violation of `property`.
+fn violates<T: std::fmt::Debug>(result: Result<T, Violation>, property: &str) {
+    match result {
+        Err(v) if v.property == property => {}
+        other => panic!("expected a violation of {property}, got {other:?}"),
+    }
+}
+
+#[test]
+fn two_leaders_of_one_term_break_election_safety() {
+    let (a, _) = leader_alone(1, 5, Vec::new());
+    let (b, _) = leader_alone(2, 5, Vec::new());
+    // A leader of the next term, whose log holds the no-op of term 6.
+    let (c, _) = leader_alone(3, 6, vec![noop(1, 6)]);
+    assert_eq!((a.term(), b.term(), c.term()), (6, 6, 7), "premise");
+    let mut oracle = Oracle::default();
+    oracle
+        .observe(&a, &[], false)
+        .expect("one leader of term 6");
+    oracle.observe(&c, &[], false).expect("a leader of term 7");
+    oracle
+        .observe(&a, &[], false)
+        .expect("the same leader again");
+    violates(oracle.observe(&b, &[], false), "election safety");
+}
+
+#[test]
+fn a_leader_without_a_quorum_of_grants_of_its_term_breaks_the_election_check() {
+    let mut r = node(1, &[1, 2, 3], 1, Vec::new());
+    tick_until(&mut r, Role::Candidate);
+    let term = r.term();
+    r.step(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: Body::RequestVoteResponse {
+            granted: true,
+            pre_vote: false,
+        },
+    });
+    flush(&mut r);
+    assert_eq!(r.role(), Role::Leader, "premise");
+    // The grant the oracle saw leave node 2 was of another term.
+    let mut oracle = Oracle::default();
+    oracle.on_vote(2, term - 1, 1).expect("a vote");
+    violates(oracle.observe(&r, &[], true), "election");
+    // The grant of its term elects it.
+    let mut oracle = Oracle::default();
+    oracle.on_vote(2, term, 1).expect("a vote");
+    oracle.observe(&r, &[], true).expect("elected by 1 and 2");
+}
+
+#[test]
+fn two_votes_in_one_term_break_one_vote_per_term() {
+    let mut oracle = Oracle::default();
+    oracle.on_vote(1, 3, 2).expect("the first vote");
+    oracle
+        .on_vote(1, 3, 2)
+        .expect("the same vote again (a resend)");
+    oracle.on_vote(1, 4, 3).expect("a vote of the next term");
+    violates(oracle.on_vote(1, 3, 3), "one vote per term");
+}
+
+#[test]
+fn a_vote_for_a_less_up_to_date_log_breaks_the_election_restriction() {
+    let mut oracle = Oracle::default();
+    // Candidate 2's log ends at 9@1, voter 1's at 4@2: a higher last term
+    // wins over a longer log (§5.4.1).
+    oracle.on_vote_request(1, 2, 3, (9, 1), (4, 2));
+    violates(oracle.on_vote(1, 3, 2), "election restriction");
+    // Same last term, shorter log.
+    let mut oracle = Oracle::default();
+    oracle.on_vote_request(1, 2, 3, (3, 2), (4, 2));
+    violates(oracle.on_vote(1, 3, 2), "election restriction");
+    // Exactly as up to date: granted.
+    let mut oracle = Oracle::default();
+    oracle.on_vote_request(1, 2, 3, (4, 2), (4, 2));
+    oracle.on_vote(1, 3, 2).expect("an equal log");
+}
+
+#[test]
+fn a_leader_rewriting_its_log_in_its_term_breaks_append_only() {
+    let (mut r, written) = leader_alone(1, 1, Vec::new());
+    let mut oracle = Oracle::default();
+    oracle.observe(&r, &written, false).expect("the election");
+    r.propose(b"x".to_vec()).expect("propose");
+    let appended = flush(&mut r);
+    oracle.observe(&r, &appended, false).expect("an append");
+    // The same leader, in its term, writing from an index it had.
+    violates(oracle.observe(&r, &appended, false), "leader append-only");
+}
+
+#[test]
+fn one_index_and_term_with_two_payloads_breaks_log_matching() {
+    let (a, written) = leader_alone(1, 1, vec![command(1, 1, "a")]);
+    let mut oracle = Oracle::default();
+    oracle.observe(&a, &written, false).expect("the leader");
+    let b = node(2, &[1, 2], 1, Vec::new());
+    oracle
+        .observe(&b, &[command(1, 1, "a")], false)
+        .expect("the same entry elsewhere");
+    let c = node(3, &[1, 3], 1, Vec::new());
+    violates(
+        oracle.observe(&c, &[command(1, 1, "b")], false),
+        "log matching",
+    );
+}
+
+#[test]
+fn a_log_disagreeing_with_the_committed_prefix_breaks_log_matching() {
+    let (a, written) = leader_alone(1, 1, vec![command(1, 1, "a")]);
+    let mut oracle = Oracle::default();
+    oracle.observe(&a, &written, false).expect("the leader");
+    assert_eq!(oracle.committed().len(), 2, "premise: 1@1 and the no-op");
+    // Node 2 considers a different entry 1 committed.
+    let (b, _) = leader_alone(2, 5, vec![command(1, 1, "b")]);
+    violates(oracle.observe(&b, &[], false), "log matching");
+    // Node 3 agrees.
+    let (c, _) = leader_alone(3, 6, led_log());
+    oracle.observe(&c, &[], false).expect("an agreeing log");
+}
+
+#[test]
+fn a_leader_missing_a_committed_entry_breaks_leader_completeness() {
+    let (a, written) = leader_alone(1, 1, vec![command(1, 1, "a")]);
+    let mut oracle = Oracle::default();
+    oracle.observe(&a, &written, false).expect("the leader");
+    // A leader of a later term without entry 1.
+    let (b, _) = leader_alone(2, 5, Vec::new());
+    violates(oracle.observe(&b, &[], true), "leader completeness");
+    violates(oracle.check_leader(&b, 1..=1), "leader completeness");
+    violates(
+        oracle.check_leaders([&a, &b].into_iter(), &(1..=2)),
+        "leader completeness",
+    );
+    // One that holds them.
+    let (c, _) = leader_alone(3, 5, led_log());
+    oracle.check_leader(&c, 1..=2).expect("a complete leader");
+}
+
+#[test]
+fn different_entries_or_states_at_one_index_break_state_machine_safety() {
+    let a = command(1, 1, "a");
+    let mut oracle = Oracle::default();
+    oracle.on_apply(1, &a, 7).expect("the first apply");
+    oracle
+        .on_apply(2, &a, 7)
+        .expect("the same entry, the same state");
+    violates(
+        oracle.on_apply(3, &command(1, 1, "b"), 7),
+        "state machine safety",
+    );
+    violates(oracle.on_apply(4, &a, 8), "state machine safety");
+    // Snapshots: the replicas' state at their index, and no further.
+    oracle
+        .on_restore(5, 1, 7, false)
+        .expect("a matching snapshot");
+    violates(oracle.on_restore(6, 1, 8, false), "state machine safety");
+    violates(oracle.on_restore(7, 2, 7, false), "state machine safety");
+}
+
+#[test]
+fn applying_out_of_order_or_twice_breaks_applied_exactly_once() {
+    let mut oracle = Oracle::default();
+    oracle.on_apply(1, &command(1, 1, "a"), 1).expect("entry 1");
+    violates(
+        oracle.on_apply(1, &command(1, 1, "a"), 1),
+        "applied exactly once",
+    );
+    violates(
+        oracle.on_apply(2, &command(2, 1, "b"), 2),
+        "applied exactly once",
+    );
+    oracle.on_apply(1, &command(2, 1, "b"), 2).expect("entry 2");
+    // An installed snapshot never moves a state machine back.
+    violates(oracle.on_restore(1, 2, 2, true), "applied exactly once");
+    let mut oracle = Oracle::default();
+    oracle.on_apply(1, &command(1, 1, "a"), 1).expect("entry 1");
+    oracle.on_apply(2, &command(1, 1, "a"), 1).expect("entry 1");
+    oracle.on_apply(2, &command(2, 1, "b"), 2).expect("entry 2");
+    oracle.on_restore(1, 2, 2, true).expect("a snapshot ahead");
+}
+
+#[test]
+fn a_committed_entry_on_too_few_disks_breaks_durability() {
+    let (a, written) = leader_alone(1, 1, vec![command(1, 1, "a")]);
+    let mut oracle = Oracle::default();
+    oracle.observe(&a, &written, false).expect("the leader");
+    let initial = Configuration::new([1, 2, 3]);
+    let nodes = [1, 2, 3];
+    violates(
+        oracle.check_durable(1..=2, |id, _, _| id == 1, &nodes, &initial),
+        "durability",
+    );
+    // Entry 1 is of term 1: a disk holding another term does not count.
+    violates(
+        oracle.check_durable(1..=1, |id, _, t| id == 1 || t != 1, &nodes, &initial),
+        "durability",
+    );
+    oracle
+        .check_durable(1..=2, |id, _, _| id != 3, &nodes, &initial)
+        .expect("on a quorum");
+}
