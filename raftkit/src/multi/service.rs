@@ -31,6 +31,10 @@
 //!   `join`, which multi-group nodes do not use (a replica joins a group
 //!   by a move, whose leader adds the target in-process,
 //!   [`super::moves`]).
+//!   The placement group 0 routes every sharded client: a **client**
+//!   certificate may read and watch it, not write it (no `Write`,
+//!   `OpenSession`, `CloseSession`: `Unauthorized`, not applied); an
+//!   **admin** certificate may (operators' tools).
 //!   One exception: a **node** certificate may also read and write the
 //!   placement group 0 (and open and close the session its writes need),
 //!   so that the leader of a data group records the group's committed
@@ -150,6 +154,27 @@ impl<S: PeerExt> client_service::Front for Front<S> {
         );
         if placement && keeps_placement && principal.role == crate::tls::CertRole::Node {
             return Ok(());
+        }
+        if placement
+            && principal.role == crate::tls::CertRole::Client
+            && matches!(
+                request,
+                ClientRequest::Write { .. }
+                    | ClientRequest::OpenSession
+                    | ClientRequest::CloseSession { .. }
+            )
+        {
+            tracing::warn!(
+                principal = %principal,
+                request = crate::runtime::authorization::request_kind(request),
+                "refused a client certificate's write to the placement group"
+            );
+            return Err(crate::Error::Unauthorized(format!(
+                "{} refused: the placement (group 0) routes every sharded client; a client \
+                 certificate may read it, writing it needs an admin certificate; this is a \
+                 {principal}",
+                crate::runtime::authorization::request_kind(request)
+            )));
         }
         if principal.role == crate::tls::CertRole::Node
             && matches!(

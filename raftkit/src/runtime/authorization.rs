@@ -30,6 +30,10 @@
 //! A multi-group node refuses a node's `AddServer` and `AddLearner`
 //! altogether ([`crate::multi::service`]'s `authorize`): its nodes do
 //! not `join`; a replica joins a group by a move, from the group's leader.
+//! It also refuses a client certificate's `Write`, `OpenSession` and
+//! `CloseSession` to the placement group 0 (reads and watches stay open):
+//! the placement routes every sharded client, so writing it is an
+//! operator's (admin) or a node's (recording replicas) business.
 //!
 //! A refusal is [`Error::Unauthorized`]: the request was not applied, and
 //! retrying with the same certificate cannot succeed.
