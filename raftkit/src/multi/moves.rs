@@ -219,6 +219,11 @@ pub enum MoveError {
         group: GroupId,
         /// The step that failed.
         step: MoveStep,
+        /// Whether the move changed the group's configuration before it
+        /// failed ([`MoveError::applied`]): `No` when the step that failed
+        /// found the target a learner already and added nothing, or its
+        /// joint change was cut off by a new leader.
+        applied: Applied,
         /// The state the group is left in, and how to go on.
         leaves: String,
         /// The cause.
@@ -230,20 +235,17 @@ pub enum MoveError {
 impl MoveError {
     /// Whether the move changed the group's configuration: `No` for a move
     /// refused before its first change or refused at its joint change
-    /// ([`MoveError::Refused`]), `Maybe` when the step that failed
-    /// was the first change (it may be in the log), `Yes` when a change
-    /// committed before the failure (see [`MoveError::Step::leaves`]).
+    /// ([`MoveError::Refused`]), and for a failed step when nothing this
+    /// move proposed is or can be in force (see [`MoveError::Step`]'s
+    /// `applied`); `Maybe` when the change may be in the log; `Yes` when a
+    /// change committed before the failure (see [`MoveError::Step::leaves`]).
     pub fn applied(&self) -> Applied {
         match self {
             MoveError::NotHosted { .. }
             | MoveError::NotLeader { .. }
             | MoveError::Invalid { .. }
             | MoveError::Refused { .. } => Applied::No,
-            MoveError::Step { step, .. } => match step {
-                MoveStep::Settle => Applied::No,
-                MoveStep::AddLearner => Applied::Maybe,
-                MoveStep::CatchUp | MoveStep::JointChange | MoveStep::LeaveJoint => Applied::Yes,
-            },
+            MoveError::Step { applied, .. } => *applied,
         }
     }
 
@@ -313,6 +315,40 @@ fn caught_up(s: &PeerStatus, to: NodeId, lag: u64) -> bool {
 /// `joint_index`, is committed, with `to` voting and `from` gone.
 fn left_joint(s: &PeerStatus, joint_index: Index, to: NodeId, from: NodeId) -> bool {
     settled(s) && s.config_index > joint_index && is_voter(s, to) && !is_member(s, from)
+}
+
+/// What became of the joint configuration a move appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JointOutcome {
+    /// It committed: it (or a later configuration with the target
+    /// voting, `C_new`) is in force and the commit index passed it.
+    Committed,
+    /// A new leader cut it off: the configuration in force is older than
+    /// it, yet the commit index passed its index, so another entry
+    /// committed there and it never can (one entry per committed index,
+    /// Raft §5.3 Log Matching, §5.4 Leader Completeness).
+    CutOff,
+    /// A later configuration without the target voting is in force: the
+    /// status cannot tell whether the joint one committed before it.
+    Unknown,
+}
+
+/// Step 3's end: `None` while the commit index is short of `index`, the
+/// index the joint configuration adding `to` was appended at; then what
+/// became of it. A configuration takes effect when appended (Raft thesis
+/// §4.1), so `config_index` falls back below `index` when the entry is
+/// truncated; a commit index alone past `index` proves nothing about the
+/// entry (found by review, stop 53).
+fn joint_outcome(s: &PeerStatus, index: Index, to: NodeId) -> Option<JointOutcome> {
+    if s.commit < index {
+        None
+    } else if s.config_index < index {
+        Some(JointOutcome::CutOff)
+    } else if is_voter(s, to) {
+        Some(JointOutcome::Committed)
+    } else {
+        Some(JointOutcome::Unknown)
+    }
 }
 
 /// Waits until `done` holds for `peer`'s status, or `timeout` passes.
@@ -395,11 +431,12 @@ impl<S: PeerExt> MultiNode<S> {
         let to_id = Peer::<S>::member_id(to);
         let me = self.id();
         let invalid = |reason: String| MoveError::Invalid { group, reason };
-        let fail = |step: MoveStep, source: Error| {
-            tracing::warn!(group, from, to, step = ?step, error = %source, "replica move step failed");
+        let fail = |step: MoveStep, applied: Applied, source: Error| {
+            tracing::warn!(group, from, to, step = ?step, applied = ?applied, error = %source, "replica move step failed");
             MoveError::Step {
                 group,
                 step,
+                applied,
                 leaves: leaves(step, to),
                 source,
             }
@@ -437,7 +474,7 @@ impl<S: PeerExt> MultiNode<S> {
         // move) finishes first.
         let st = wait_for(&peer, opts.step_timeout, settled)
             .await
-            .map_err(|e| fail(MoveStep::Settle, e))?;
+            .map_err(|e| fail(MoveStep::Settle, Applied::No, e))?;
         must_lead(group, &st)?;
         if is_voter(&st, to_id) && !is_member(&st, from) {
             report.already_done = true;
@@ -461,14 +498,20 @@ impl<S: PeerExt> MultiNode<S> {
         if added {
             peer.add_learner(to)
                 .await
-                .map_err(|e| fail(MoveStep::AddLearner, e))?;
+                .map_err(|e| fail(MoveStep::AddLearner, Applied::Maybe, e))?;
             wait_for(&peer, opts.step_timeout, |s| {
                 is_member(s, to_id) && settled(s)
             })
             .await
-            .map_err(|e| fail(MoveStep::AddLearner, e))?;
+            .map_err(|e| fail(MoveStep::AddLearner, Applied::Maybe, e))?;
             done_step(&mut report, MoveStep::AddLearner, &mut step_start);
         }
+
+        // What a failure from here on leaves changed if nothing later
+        // than the learner is (or can be) in force: the learner this move
+        // added, committed; a target that was a learner already, nothing.
+        let if_added = if added { Applied::Yes } else { Applied::No };
+        let maybe_joint = if added { Applied::Yes } else { Applied::Maybe };
 
         // 2. Wait until it caught up.
         let lag = opts.catch_up_lag;
@@ -476,10 +519,11 @@ impl<S: PeerExt> MultiNode<S> {
             s.role != Role::Leader || caught_up(s, to_id, lag)
         })
         .await
-        .map_err(|e| fail(MoveStep::CatchUp, e))?;
+        .map_err(|e| fail(MoveStep::CatchUp, if_added, e))?;
         if st.role != Role::Leader {
             return Err(fail(
                 MoveStep::CatchUp,
+                if_added,
                 Error::NotLeader {
                     hint: st.leader_addr,
                 },
@@ -500,11 +544,65 @@ impl<S: PeerExt> MultiNode<S> {
             Err(Error::Rejected(why)) => {
                 return Err(self.undo_learner(&peer, group, to, added, why, opts).await);
             }
-            Err(e) => return Err(fail(MoveStep::JointChange, e)),
+            // Not the leader when it was proposed: nothing appended.
+            Err(e @ Error::NotLeader { .. }) => {
+                return Err(fail(MoveStep::JointChange, if_added, e));
+            }
+            Err(e) => return Err(fail(MoveStep::JointChange, maybe_joint, e)),
         };
-        wait_for(&peer, opts.step_timeout, |s| s.commit >= index)
-            .await
-            .map_err(|e| fail(MoveStep::JointChange, e))?;
+        let st = wait_for(&peer, opts.step_timeout, |s| {
+            joint_outcome(s, index, to_id).is_some()
+        })
+        .await
+        .map_err(|e| fail(MoveStep::JointChange, maybe_joint, e))?;
+        match joint_outcome(&st, index, to_id) {
+            Some(JointOutcome::Committed) => {}
+            Some(JointOutcome::CutOff) => {
+                let e = MoveError::Step {
+                    group,
+                    step: MoveStep::JointChange,
+                    applied: if_added,
+                    leaves: format!(
+                        "the joint configuration adding {to} was cut off by a new leader and never commits; {to} is a learner (it does not vote); move_replica again on the leader resumes, abort_move removes it"
+                    ),
+                    source: Error::NotLeader {
+                        hint: st.leader_addr.clone(),
+                    },
+                };
+                tracing::warn!(
+                    group,
+                    from,
+                    to,
+                    index,
+                    commit = st.commit,
+                    config_index = st.config_index,
+                    "replica move's joint change was cut off by a new leader"
+                );
+                return Err(e);
+            }
+            Some(JointOutcome::Unknown) | None => {
+                let e = MoveError::Step {
+                    group,
+                    step: MoveStep::JointChange,
+                    applied: maybe_joint,
+                    leaves: format!(
+                        "the joint configuration adding {to} may have committed, but another change followed it and {to} does not vote in the configuration in force; read the group's status"
+                    ),
+                    source: Error::Ambiguous(format!(
+                        "a configuration change after index {index} hides whether the joint change committed"
+                    )),
+                };
+                tracing::warn!(
+                    group,
+                    from,
+                    to,
+                    index,
+                    config_index = st.config_index,
+                    "replica move's joint change outcome unknown"
+                );
+                return Err(e);
+            }
+        }
         done_step(&mut report, MoveStep::JointChange, &mut step_start);
 
         // 4. Leave the joint configuration: `C_new` commits.
@@ -512,7 +610,7 @@ impl<S: PeerExt> MultiNode<S> {
             left_joint(s, index, to_id, from)
         })
         .await
-        .map_err(|e| fail(MoveStep::LeaveJoint, e))?;
+        .map_err(|e| fail(MoveStep::LeaveJoint, Applied::Yes, e))?;
         done_step(&mut report, MoveStep::LeaveJoint, &mut step_start);
         report.took = started.elapsed();
         info!(
@@ -603,6 +701,7 @@ impl<S: PeerExt> MultiNode<S> {
                 MoveError::Step {
                     group,
                     step,
+                    applied: Applied::Maybe,
                     leaves: format!(
                         "the joint change was refused, nothing appended ({why}); {to}, the learner this move added, may still be one: abort_move removes it"
                     ),
@@ -657,6 +756,7 @@ impl<S: PeerExt> MultiNode<S> {
         let fail = |source| MoveError::Step {
             group,
             step: MoveStep::AddLearner,
+            applied: Applied::Maybe,
             leaves: format!("{to} may still be a learner; abort_move again removes it"),
             source,
         };
@@ -851,22 +951,73 @@ mod tests {
     }
 
     #[test]
+    fn a_joint_change_cut_off_by_a_new_leader_is_not_taken_for_committed() {
+        // The joint configuration (A, B, C -> B, C, T) appended at 10.
+        let joint = [
+            (A, true, None),
+            (B, true, None),
+            (C, true, None),
+            (T, true, None),
+        ];
+        let mut s = status(&joint, 10);
+        s.joint = true;
+        s.commit = 9;
+        assert_eq!(joint_outcome(&s, 10, T), None);
+        s.commit = 10;
+        assert_eq!(joint_outcome(&s, 10, T), Some(JointOutcome::Committed));
+        // Committed, and `C_new` appended after it.
+        let mut s = status(&[(B, true, None), (C, true, None), (T, true, None)], 11);
+        s.commit = 10;
+        assert_eq!(joint_outcome(&s, 10, T), Some(JointOutcome::Committed));
+        // A new leader cut the entry off (the configuration in force is the
+        // one before it, T still a learner) and committed past its index:
+        // it never commits.
+        let mut s = status(
+            &[
+                (A, true, None),
+                (B, true, None),
+                (C, true, None),
+                (T, false, None),
+            ],
+            5,
+        );
+        s.role = Role::Follower;
+        s.commit = 12;
+        assert_eq!(joint_outcome(&s, 10, T), Some(JointOutcome::CutOff));
+        // ... and another change appended after it, without T voting.
+        let mut s = status(&[(A, true, None), (B, true, None), (T, false, None)], 11);
+        s.role = Role::Follower;
+        s.commit = 12;
+        assert_ne!(joint_outcome(&s, 10, T), Some(JointOutcome::Committed));
+    }
+
+    #[test]
     fn a_failed_step_says_whether_the_configuration_changed() {
-        let step = |step| MoveError::Step {
+        let failed = |step, applied| MoveError::Step {
             group: 1,
             step,
+            applied,
             leaves: String::new(),
             source: Error::Timeout,
         };
-        assert_eq!(step(MoveStep::Settle).applied(), Applied::No);
-        assert_eq!(step(MoveStep::AddLearner).applied(), Applied::Maybe);
-        for s in [
-            MoveStep::CatchUp,
-            MoveStep::JointChange,
-            MoveStep::LeaveJoint,
-        ] {
-            assert_eq!(step(s).applied(), Applied::Yes, "{s:?}");
+        let step = |step| {
+            failed(
+                step,
+                match step {
+                    MoveStep::Settle => Applied::No,
+                    MoveStep::AddLearner => Applied::Maybe,
+                    _ => Applied::Yes,
+                },
+            )
+        };
+        for a in [Applied::No, Applied::Maybe, Applied::Yes] {
+            assert_eq!(failed(MoveStep::CatchUp, a).applied(), a);
         }
+        // A failed step that changed nothing is refused, not ambiguous.
+        assert!(matches!(
+            into_error(failed(MoveStep::CatchUp, Applied::No)),
+            Error::Rejected(_)
+        ));
         let invalid = MoveError::Invalid {
             group: 1,
             reason: String::new(),
