@@ -4,7 +4,8 @@
 //! another admin committed in between must stay. The interleaving is
 //! forced with the test-only pause of `runtime::membership` (the move's
 //! joint change is held just before it reaches the node task), not with
-//! timing.
+//! timing. The `decisions` module below checks the move's pure decisions
+//! (caught up, joint outcome, what a failed step reports) on built statuses.
 
 use crate::test_ports::free_addr;
 use std::time::Duration;
@@ -247,5 +248,174 @@ async fn undoing_a_refused_move_never_removes_a_target_that_votes_now() {
     assert_eq!(client.applied(), crate::error::Applied::No, "{client:?}");
     for n in nodes {
         let _ = n.shutdown().await;
+    }
+}
+
+/// The move's pure decisions, read from a leader's status (moved here
+/// from `moves.rs`, stop 53; unchanged).
+mod decisions {
+    use super::super::*;
+    use crate::runtime::MemberStatus;
+
+    const A: NodeId = 1;
+    const B: NodeId = 2;
+    const C: NodeId = 3;
+    const T: NodeId = 4;
+
+    /// A leader's status: `members` as (id, voter, matched).
+    fn status(members: &[(NodeId, bool, Option<Index>)], config_index: Index) -> PeerStatus {
+        PeerStatus {
+            role: Role::Leader,
+            config_index,
+            commit: config_index,
+            last_index: 1_000,
+            members: members
+                .iter()
+                .map(|&(id, voter, matched)| MemberStatus {
+                    id,
+                    voter,
+                    matched,
+                    ..MemberStatus::default()
+                })
+                .collect(),
+            ..PeerStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_learner_is_caught_up_within_the_lag_and_holding_its_configuration() {
+        let with = |matched| {
+            status(
+                &[
+                    (A, true, Some(1_000)),
+                    (B, true, Some(1_000)),
+                    (T, false, matched),
+                ],
+                500,
+            )
+        };
+        // Exactly `lag` behind the last entry: caught up; one more: not.
+        assert!(caught_up(&with(Some(936)), T, 64));
+        assert!(!caught_up(&with(Some(935)), T, 64));
+        assert!(caught_up(&with(Some(1_000)), T, 0));
+        assert!(!caught_up(&with(Some(999)), T, 0));
+        // Within the lag but short of the configuration that added it.
+        assert!(!caught_up(&with(Some(499)), T, 1_000));
+        assert!(caught_up(&with(Some(500)), T, 1_000));
+        // Nothing known of it; other members' progress does not count.
+        assert!(!caught_up(&with(None), T, 1_000));
+        assert!(!caught_up(&with(Some(1_000)), C, 1_000));
+    }
+
+    #[test]
+    fn a_move_has_left_the_joint_configuration_only_once_c_new_commits() {
+        let c_new = [(B, true, None), (C, true, None), (T, true, None)];
+        let mut s = status(&c_new, 11);
+        assert!(left_joint(&s, 10, T, A));
+        // `C_new` appended, not committed yet.
+        s.commit = 10;
+        assert!(!left_joint(&s, 10, T, A));
+        s.commit = 11;
+        // Still joint; or the configuration in force is the joint one.
+        s.joint = true;
+        assert!(!left_joint(&s, 10, T, A));
+        s.joint = false;
+        assert!(!left_joint(&s, 11, T, A));
+        // The leaving node still listed, or the target not voting.
+        let s = status(&[(A, false, None), (B, true, None), (T, true, None)], 11);
+        assert!(!left_joint(&s, 10, T, A));
+        let s = status(&[(B, true, None), (C, true, None), (T, false, None)], 11);
+        assert!(!left_joint(&s, 10, T, A));
+    }
+
+    #[test]
+    fn a_joint_change_cut_off_by_a_new_leader_is_not_taken_for_committed() {
+        // The joint configuration (A, B, C -> B, C, T) appended at 10.
+        let joint = [
+            (A, true, None),
+            (B, true, None),
+            (C, true, None),
+            (T, true, None),
+        ];
+        let mut s = status(&joint, 10);
+        s.joint = true;
+        s.commit = 9;
+        assert_eq!(joint_outcome(&s, 10, T), None);
+        s.commit = 10;
+        assert_eq!(joint_outcome(&s, 10, T), Some(JointOutcome::Committed));
+        // Committed, and `C_new` appended after it.
+        let mut s = status(&[(B, true, None), (C, true, None), (T, true, None)], 11);
+        s.commit = 10;
+        assert_eq!(joint_outcome(&s, 10, T), Some(JointOutcome::Committed));
+        // A new leader cut the entry off (the configuration in force is the
+        // one before it, T still a learner) and committed past its index:
+        // it never commits.
+        let mut s = status(
+            &[
+                (A, true, None),
+                (B, true, None),
+                (C, true, None),
+                (T, false, None),
+            ],
+            5,
+        );
+        s.role = Role::Follower;
+        s.commit = 12;
+        assert_eq!(joint_outcome(&s, 10, T), Some(JointOutcome::CutOff));
+        // ... and another change appended after it, without T voting.
+        let mut s = status(&[(A, true, None), (B, true, None), (T, false, None)], 11);
+        s.role = Role::Follower;
+        s.commit = 12;
+        assert_ne!(joint_outcome(&s, 10, T), Some(JointOutcome::Committed));
+    }
+
+    #[test]
+    fn a_failed_step_says_whether_the_configuration_changed() {
+        let failed = |step, applied| MoveError::Step {
+            group: 1,
+            step,
+            applied,
+            leaves: String::new(),
+            source: Error::Timeout,
+        };
+        let step = |step| {
+            failed(
+                step,
+                match step {
+                    MoveStep::Settle => Applied::No,
+                    MoveStep::AddLearner => Applied::Maybe,
+                    _ => Applied::Yes,
+                },
+            )
+        };
+        for a in [Applied::No, Applied::Maybe, Applied::Yes] {
+            assert_eq!(failed(MoveStep::CatchUp, a).applied(), a);
+        }
+        // A failed step that changed nothing is refused, not ambiguous.
+        assert!(matches!(
+            into_error(failed(MoveStep::CatchUp, Applied::No)),
+            Error::Rejected(_)
+        ));
+        let invalid = MoveError::Invalid {
+            group: 1,
+            reason: String::new(),
+        };
+        assert_eq!(invalid.applied(), Applied::No);
+        assert!(!invalid.is_retryable() && step(MoveStep::Settle).is_retryable());
+        // What a client of the node's admin request is told.
+        assert!(matches!(into_error(invalid), Error::Rejected(_)));
+        assert!(matches!(
+            into_error(step(MoveStep::Settle)),
+            Error::Rejected(_)
+        ));
+        assert!(matches!(
+            into_error(step(MoveStep::AddLearner)),
+            Error::Ambiguous(_)
+        ));
+        let hint = Some("n1:7000".to_string());
+        assert!(matches!(
+            into_error(MoveError::NotLeader { group: 1, hint: hint.clone() }),
+            Error::NotLeader { hint: h } if h == hint
+        ));
     }
 }
