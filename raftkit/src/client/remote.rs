@@ -1342,7 +1342,13 @@ impl Client {
     /// Concurrent first writes share one open attempt: one of them makes
     /// it, the others wait for its outcome (each at most until its own
     /// deadline) and, if it failed, end with its error rather than make an
-    /// attempt of their own one after the other. A failure says the write
+    /// attempt of their own one after the other, unless the attempt failed
+    /// only for want of time that the waiter has: an attempt fails
+    /// retryably only at its deadline (`request_tracked` retries such
+    /// errors until then), so a waiter whose deadline is later (by more
+    /// than one backoff) makes its own attempt, under its own deadline
+    /// (review s52, stop 53 client #1: a write of 10 s ended with the
+    /// failure of a concurrent write of 100 ms). A failure says the write
     /// was not applied (it was never sent; [`unsent`]).
     async fn opened(&self, deadline: Instant) -> Result<(Arc<SessionSlot>, SessionId), Error> {
         let slot = self.slot();
@@ -1358,10 +1364,12 @@ impl Client {
             return Ok((Arc::clone(&slot), id));
         }
         if slot.open_attempts.load(Ordering::SeqCst) != seen
-            && let Some(e) = failed.clone()
+            && let Some((e, by)) = failed.clone()
+            && (!e.is_retryable() || deadline <= by + self.inner.opts.backoff)
         {
-            // An attempt made while this call waited failed: its outcome
-            // is this call's too.
+            // An attempt made while this call waited failed, and this
+            // call's own attempt could not get further: its outcome is
+            // this call's too.
             return Err(e);
         }
         let open = async {
@@ -1384,7 +1392,7 @@ impl Client {
             }
             Err(e) => {
                 debug!(error = %e, "the session could not be opened");
-                *failed = Some(e.clone());
+                *failed = Some((e.clone(), deadline));
                 Err(e)
             }
         }
@@ -1629,8 +1637,8 @@ const CLOSE_ON_DROP_TIMEOUT: Duration = Duration::from_secs(2);
 struct SessionSlot {
     id: tokio::sync::OnceCell<SessionId>,
     /// Held by the call opening the session; the error of the latest
-    /// attempt, if it failed.
-    opening: Mutex<Option<Error>>,
+    /// attempt, if it failed, with the deadline it was made under.
+    opening: Mutex<Option<(Error, Instant)>>,
     /// Open attempts ended so far (a waiter whose turn comes after one
     /// ended takes that attempt's outcome).
     open_attempts: AtomicU64,
@@ -1952,6 +1960,9 @@ mod live_stream_tests;
 
 #[cfg(test)]
 mod resolve_tests;
+
+#[cfg(test)]
+mod open_tests;
 
 #[cfg(test)]
 mod tests {
