@@ -233,10 +233,12 @@ pub async fn count(args: &ClusterArgs, prefix: String) -> Result<(), Failure> {
     Ok(())
 }
 
+/// One member's status, within [`STATUS_TIMEOUT`] and the command's
+/// `--timeout` (`by_deadline`: a status that does not come ends
+/// `Unavailable`, it changes nothing).
 async fn status_of(client: &Client, addr: &str) -> Result<StatusReport, raftkit::Error> {
-    tokio::time::timeout(STATUS_TIMEOUT, client.status_of(addr))
-        .await
-        .unwrap_or(Err(raftkit::Error::Timeout))
+    let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
+    raftkit::client::by_deadline(deadline, client.status_of(addr)).await
 }
 
 /// The first report of a member of `addrs`, then the leader's if it names
@@ -352,7 +354,15 @@ pub async fn status(args: &ClusterArgs) -> Result<(), Failure> {
         .map(|(addr, _)| {
             let client = client.clone();
             let addr = addr.clone();
-            tokio::spawn(async move { status_of(&client, &addr).await })
+            // A spawned task does not inherit the command's deadline
+            // (`--timeout`): it is passed on.
+            let deadline = raftkit::client::current_deadline();
+            tokio::spawn(async move {
+                match deadline {
+                    Some(d) => raftkit::client::by_deadline(d, status_of(&client, &addr)).await,
+                    None => status_of(&client, &addr).await,
+                }
+            })
         })
         .collect();
     let mut reports = Vec::new();

@@ -275,6 +275,26 @@ pub async fn by_deadline<F: std::future::Future>(deadline: Instant, work: F) -> 
     CALL_DEADLINE.scope(deadline, work).await
 }
 
+/// The deadline of the enclosing [`by_deadline`], if any: a task spawned
+/// under it does not inherit it (it is task-local), so code that spawns
+/// calls passes it on (`by_deadline(current_deadline, call)` in the task).
+///
+/// ```no_run
+/// # async fn f(client: raftkit::client::Client) {
+/// use raftkit::client::{by_deadline, current_deadline};
+/// let deadline = current_deadline();
+/// let task = tokio::spawn(async move {
+///     match deadline {
+///         Some(d) => by_deadline(d, client.status()).await,
+///         None => client.status().await,
+///     }
+/// });
+/// # }
+/// ```
+pub fn current_deadline() -> Option<Instant> {
+    CALL_DEADLINE.try_with(|d| *d).ok()
+}
+
 /// The deadline of a call (or connect) of timeout `timeout` starting now:
 /// `timeout` from now, or the earlier deadline of an enclosing
 /// [`by_deadline`].
@@ -1153,11 +1173,20 @@ impl Client {
 
     /// The status of the member at `addr` (no leader needed).
     ///
-    /// A name that does not resolve within the client's timeout ends it
-    /// [`Error::Unavailable`] (nothing was sent).
+    /// It ends by the client's timeout ([`ClientOptions::timeout`]) or an
+    /// enclosing [`by_deadline`], whichever is first, looking `addr` up
+    /// included: a member that takes the connection and never answers ends
+    /// it [`Error::Unavailable`] then, as does a name that does not resolve
+    /// (a status request changes nothing: no error of it says "may have
+    /// been applied"). Review s52 (stop 53 client #3): it had no deadline.
     pub async fn status_of(&self, addr: &str) -> Result<StatusReport, Error> {
-        let addr = self.resolve(addr).await?;
-        match self.once(addr, &ClientRequest::Status, &mut false).await? {
+        let deadline = deadline_in(self.inner.opts.timeout);
+        let addr = self.inner.names.resolve(addr, deadline).await?;
+        let answer = self
+            .once_by(addr, &ClientRequest::Status, &mut false, deadline)
+            .await
+            .map_err(|e| changed_nothing("status", addr, e))?;
+        match answer {
             ClientResponse::Status(s) => Ok(*s),
             ClientResponse::Err(e) => Err(e.into()),
             ClientResponse::Ok(_)
@@ -1172,14 +1201,6 @@ impl Client {
     pub async fn status(&self) -> Result<StatusReport, Error> {
         let target = self.next_target(false);
         self.status_of(&target.to_string()).await
-    }
-
-    /// The address of `name` (a socket address, or a name looked up off
-    /// the runtime worker within the client's timeout; [`Error::Unavailable`]
-    /// if it does not resolve: nothing was sent).
-    async fn resolve(&self, name: &str) -> Result<SocketAddr, Error> {
-        let deadline = deadline_in(self.inner.opts.timeout);
-        self.inner.names.resolve(name, deadline).await
     }
 
     /// The options this client was made with.
@@ -1237,14 +1258,33 @@ impl Client {
     /// Sends a request about a multi-group node as a whole
     /// ([`NodeRequest`](super::wire::NodeRequest)) to the node at `addr`
     /// (no redirect): the encoded answer.
+    ///
+    /// It ends by the client's timeout ([`ClientOptions::timeout`]) or an
+    /// enclosing [`by_deadline`], whichever is first, looking `addr` up
+    /// included. A request that changes nothing
+    /// ([`NodeRequest::Groups`](super::wire::NodeRequest::Groups)) then
+    /// ends [`Error::Unavailable`]; one that may have started something
+    /// (a balancer round, a move) [`Error::Timeout`] ("may have been
+    /// applied": read the node's groups before asking again).
     pub async fn node_request(
         &self,
         addr: &str,
         request: super::wire::NodeRequest,
     ) -> Result<Vec<u8>, Error> {
-        let addr = self.resolve(addr).await?;
+        let deadline = deadline_in(self.inner.opts.timeout);
+        let addr = self.inner.names.resolve(addr, deadline).await?;
+        let read_only = matches!(request, super::wire::NodeRequest::Groups);
         let request = ClientRequest::Node(request);
-        Self::expect_ok(traced("node", self.once(addr, &request, &mut false)).await?)
+        let answer = traced("node", self.once_by(addr, &request, &mut false, deadline))
+            .await
+            .map_err(|e| {
+                if read_only {
+                    changed_nothing("node request", addr, e)
+                } else {
+                    e
+                }
+            })?;
+        Self::expect_ok(answer)
     }
 
     /// Runs an administrative request (membership, leadership) on the
@@ -1898,6 +1938,22 @@ fn not_sent_by_connect(e: Error) -> Error {
     }
 }
 
+/// The error of request `what` to `addr`, which changes nothing (a status
+/// request, a node's groups): one that says "may have been applied" (a
+/// timeout, a lost connection) says "not applied" instead, still
+/// retryable ([`Error::Unavailable`]); others are kept.
+fn changed_nothing(what: &str, addr: SocketAddr, e: Error) -> Error {
+    if e.applied() == Applied::No || !e.is_retryable() {
+        return e;
+    }
+    match e {
+        Error::Timeout => Error::Unavailable(format!(
+            "{addr} did not answer the {what} before the call's deadline (it changes nothing)"
+        )),
+        e => Error::Unavailable(format!("{what} to {addr}: {e} (it changes nothing)")),
+    }
+}
+
 /// The error a call ends with: `e`, unless an earlier attempt may have been
 /// applied and `e` says the command was not (then the call timed out, or its
 /// outcome is unknown).
@@ -1963,6 +2019,9 @@ mod resolve_tests;
 
 #[cfg(test)]
 mod open_tests;
+
+#[cfg(test)]
+mod status_deadline_tests;
 
 #[cfg(test)]
 mod tests {
