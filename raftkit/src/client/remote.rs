@@ -219,7 +219,15 @@ impl Default for ClientOptions {
 struct Inner {
     endpoint: Endpoint,
     config: quinn::ClientConfig,
-    members: Vec<SocketAddr>,
+    /// The members' addresses: the cluster addresses that resolved at
+    /// connect, and those whose lookup ended later ([`Client::member_list`]).
+    members: std::sync::RwLock<Arc<Vec<SocketAddr>>>,
+    /// The cluster addresses left out of the connect (their lookup failed
+    /// or was still running), until they resolve: review s52 (stop 53
+    /// client #2), they stayed out for the client's life.
+    late: std::sync::Mutex<Vec<String>>,
+    /// Whether `late` has names (read on every call without its lock).
+    has_late: std::sync::atomic::AtomicBool,
     leader: std::sync::Mutex<Option<SocketAddr>>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     /// The multiplexed request stream of each connection whose member
@@ -481,7 +489,8 @@ impl Client {
         // connect fails for it only when no address resolves.
         let given: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_string()).collect();
         let names = Names::default();
-        let (members, unresolved) = names.resolve_all(&given, deadline).await;
+        let resolved = names.resolve_all(&given, deadline).await;
+        let (members, unresolved) = (resolved.addrs, resolved.why);
         for why in &unresolved {
             tracing::warn!(error = %why, "a cluster address does not resolve; left out");
         }
@@ -513,7 +522,9 @@ impl Client {
             inner: Arc::new(Inner {
                 endpoint,
                 config,
-                members,
+                members: std::sync::RwLock::new(Arc::new(members)),
+                has_late: std::sync::atomic::AtomicBool::new(!resolved.left_out.is_empty()),
+                late: std::sync::Mutex::new(resolved.left_out),
                 leader: std::sync::Mutex::new(None),
                 conns: Mutex::new(HashMap::new()),
                 muxes: std::sync::Mutex::new(HashMap::default()),
@@ -554,7 +565,8 @@ impl Client {
     /// with each member's last failure. Nothing of any command is sent.
     async fn dial_any(&self, deadline: Instant) -> Result<SocketAddr, Error> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for &addr in &self.inner.members {
+        let members = self.member_list();
+        for &addr in members.iter() {
             tokio::spawn(self.clone().dial_until(addr, deadline, tx.clone()));
         }
         drop(tx);
@@ -584,7 +596,7 @@ impl Client {
                 _ => None,
             })
             .collect();
-        if refusals.len() == self.inner.members.len() {
+        if refusals.len() == members.len() {
             return Err(every_member_refused(refusals));
         }
         let why: Vec<String> = failed.values().map(ToString::to_string).collect();
@@ -905,12 +917,15 @@ impl Client {
         // Round robin, skipping members that failed within `SUSPECT_FOR`;
         // if all did, the one that failed longest ago, so that retries still
         // visit every member in turn.
-        let n = self.inner.members.len();
+        let members = self.member_list();
+        let n = members.len();
         let start = self.inner.rotate.fetch_add(1, Ordering::Relaxed) as usize;
         let suspects = self.inner.suspects.lock().ok();
         let mut oldest: Option<(Instant, SocketAddr)> = None;
         for k in 0..n {
-            let addr = self.inner.members[(start + k) % n];
+            let Some(&addr) = members.get((start + k) % n) else {
+                break;
+            };
             let failed = suspects.as_ref().and_then(|s| s.get(&addr));
             match failed.filter(|t| t.elapsed() < SUSPECT_FOR) {
                 None => return addr,
@@ -921,7 +936,64 @@ impl Client {
                 }
             }
         }
-        oldest.map_or(self.inner.members[0], |(_, addr)| addr)
+        match (oldest, members.first()) {
+            (Some((_, addr)), _) => addr,
+            (None, Some(&first)) => first,
+            // A client has a member from its connect on: unreachable.
+            (None, None) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+
+    /// The members' addresses now: those of the connect, and the cluster
+    /// addresses left out of it whose lookup ended since (each call also
+    /// restarts, in the background, the lookup of a left-out name whose
+    /// last one failed a while ago: a DNS outage at connect does not keep
+    /// a member out for the client's life).
+    fn member_list(&self) -> Arc<Vec<SocketAddr>> {
+        if self.inner.has_late.load(Ordering::Acquire) {
+            self.adopt_late_members();
+        }
+        match self.inner.members.read() {
+            Ok(m) => Arc::clone(&m),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Moves the left-out cluster addresses that resolved into the
+    /// members (module doc of `resolve`, "Invariants").
+    fn adopt_late_members(&self) {
+        let mut late = self.inner.late.lock().unwrap_or_else(|p| p.into_inner());
+        let mut joined = Vec::new();
+        late.retain(|name| match self.inner.names.known(name) {
+            Some(addr) => {
+                joined.push((name.clone(), addr));
+                false
+            }
+            None => {
+                self.inner.names.prefetch(name);
+                true
+            }
+        });
+        self.inner
+            .has_late
+            .store(!late.is_empty(), Ordering::Release);
+        drop(late);
+        if joined.is_empty() {
+            return;
+        }
+        let mut members = self
+            .inner
+            .members
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut now = members.as_ref().clone();
+        for (name, addr) in joined {
+            if !now.contains(&addr) {
+                tracing::info!(address = %name, member = %addr, "a cluster address left out of the connect resolved; it is a member now");
+                now.push(addr);
+            }
+        }
+        *members = Arc::new(now);
     }
 
     fn set_leader(&self, addr: Option<SocketAddr>) {
@@ -1019,8 +1091,7 @@ impl Client {
             let mut target = self.next_target(spread);
             if (not_hosted.contains(&target) || refused.contains_key(&target))
                 && let Some(&other) = self
-                    .inner
-                    .members
+                    .member_list()
                     .iter()
                     .find(|m| !not_hosted.contains(m) && !refused.contains_key(m))
             {
@@ -1091,8 +1162,7 @@ impl Client {
                     }
                 }
                 if self
-                    .inner
-                    .members
+                    .member_list()
                     .iter()
                     .any(|m| !not_hosted.contains(m) && !refused.contains_key(m))
                 {
@@ -1208,9 +1278,10 @@ impl Client {
         &self.inner.opts
     }
 
-    /// The member addresses this client was given.
+    /// The member addresses this client was given (those that resolved at
+    /// connect, and those that resolved since).
     pub fn members(&self) -> Vec<SocketAddr> {
-        self.inner.members.clone()
+        self.member_list().as_ref().clone()
     }
 
     fn expect_ok(r: ClientResponse) -> Result<Vec<u8>, Error> {

@@ -13,21 +13,52 @@
 //!
 //! A lookup that fails or outlives the deadline is [`Error::Unavailable`]:
 //! nothing was sent, so nothing was applied, and a later call may succeed.
+//!
+//! # Invariants (stop 53, review s52 client #2)
+//!
+//! During a DNS outage every call, and every `NotLeader` hint, spawned a
+//! blocking lookup of its own, each unbounded (tokio's blocking pool grew
+//! to 512 threads); a name resolved once kept its address for the
+//! client's life. Now, per client ([`Names`]):
+//!
+//! - at most one lookup of a name is in flight: a caller needing a name
+//!   that is being looked up waits for that lookup (until its own
+//!   deadline), and never starts another;
+//! - at most [`MAX_LOOKUPS`] lookups run at once (each holds a thread of
+//!   the blocking pool while `getaddrinfo` blocks); the others queue for a
+//!   permit while their callers wait, each until its deadline;
+//! - a name whose lookup failed is not looked up again for
+//!   [`FAILED_FOR`] (a negative cache): calls that need it meanwhile fail
+//!   at once, [`Error::Unavailable`];
+//! - an address found is used as it is for [`RESOLVED_FOR`]; past that,
+//!   the next use starts a refresh in the background (one at a time, at
+//!   most one per [`FAILED_FOR`] while they fail) and keeps using the old
+//!   address while the refresh runs, and after it failed; a refresh that
+//!   answers replaces it (a member whose name moved to a new address is
+//!   reached there);
+//! - a lookup runs in a task of its own and records its outcome even when
+//!   every caller stopped waiting for it: a cluster address left out of a
+//!   connect because its lookup was still running is known once it ends
+//!   ([`Names::known`]; the client adds it to its members then);
+//! - the table holds at most [`MAX_NAMES`] names (hints come from the
+//!   network): the cluster addresses given to connect are never evicted,
+//!   another name not being looked up is, oldest first, to make room; with
+//!   every slot in use, a new name fails at once.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::error::Error;
 
 /// The most names [`Names`] remembers: hints come from the network, so the
-/// table must not grow with what members say (a cluster has a few members;
-/// a name past the bound is looked up again each time).
+/// table must not grow with what members say (a cluster has a few members).
 const MAX_NAMES: usize = 64;
 
 /// The time a connect keeps for dialling, at most, once one of its
@@ -35,52 +66,336 @@ const MAX_NAMES: usize = 64;
 /// lookups of the others are waited for until then.
 const DIAL_RESERVE: Duration = Duration::from_secs(1);
 
-/// The names a client resolved, with their addresses.
+/// The most lookups of one client that run at once.
+pub(super) const MAX_LOOKUPS: usize = 4;
+
+/// How long an address found is used before it is looked up again (in the
+/// background: the old one is used meanwhile).
+pub(super) const RESOLVED_FOR: Duration = Duration::from_secs(30);
+
+/// How long a name whose lookup failed is not looked up again.
+pub(super) const FAILED_FOR: Duration = Duration::from_secs(2);
+
+/// The outcome of one lookup, shared by every caller waiting for it: the
+/// address, or why there is none.
+type Outcome = Result<SocketAddr, String>;
+
+/// What the client knows of one name.
+struct Entry {
+    /// The address last found, and when.
+    found: Option<(SocketAddr, Instant)>,
+    /// Why the last lookup failed, and when (cleared by one that answers).
+    failed: Option<(String, Instant)>,
+    /// The lookup in flight (its number, and where its outcome comes).
+    in_flight: Option<(u64, watch::Receiver<Option<Outcome>>)>,
+    /// A cluster address given to connect: never evicted.
+    pinned: bool,
+    /// When the entry was made or last changed (eviction order).
+    touched: Instant,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Entry {
+        Entry {
+            found: None,
+            failed: None,
+            in_flight: None,
+            pinned: false,
+            touched: now,
+        }
+    }
+
+    /// The lookup in flight, unless its task is gone (its runtime dropped
+    /// it before it recorded an outcome).
+    fn live_lookup(&self) -> Option<&watch::Receiver<Option<Outcome>>> {
+        self.in_flight
+            .as_ref()
+            .map(|(_, rx)| rx)
+            .filter(|rx| rx.has_changed().is_ok())
+    }
+}
+
 #[derive(Default)]
+struct Table {
+    entries: HashMap<String, Entry>,
+    /// The number of the latest lookup started.
+    lookups: u64,
+}
+
+impl Table {
+    /// Whether a new name fits, evicting the oldest name that is neither
+    /// pinned nor being looked up if the table is full.
+    fn make_room(&mut self) -> bool {
+        if self.entries.len() < MAX_NAMES {
+            return true;
+        }
+        let oldest = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.pinned && e.live_lookup().is_none())
+            .min_by_key(|(_, e)| e.touched)
+            .map(|(name, _)| name.clone());
+        match oldest {
+            Some(name) => {
+                self.entries.remove(&name);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What [`State::consult`] found for a name.
+enum Known {
+    /// Its address (possibly being refreshed).
+    Addr(SocketAddr),
+    /// Its lookup failed a short while ago, or cannot be made: why.
+    Failed(String),
+    /// A lookup is in flight: its outcome comes here.
+    Pending(watch::Receiver<Option<Outcome>>),
+}
+
+/// What the names of a client and their lookups share.
+struct State {
+    table: Mutex<Table>,
+    /// One permit per lookup running ([`MAX_LOOKUPS`]).
+    permits: Arc<Semaphore>,
+    /// [`RESOLVED_FOR`] (shorter in tests).
+    resolved_for: Duration,
+    /// [`FAILED_FOR`] (shorter in tests).
+    failed_for: Duration,
+}
+
+impl State {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What is known of `name`, starting its lookup if it is needed and
+    /// none is in flight (and, for an address past [`RESOLVED_FOR`], a
+    /// refresh in the background).
+    fn consult(self: &Arc<Self>, name: &str) -> Known {
+        let now = Instant::now();
+        let mut table = self.lock();
+        let table = &mut *table;
+        let (refresh, known) = match table.entries.get(name) {
+            Some(e) => {
+                let failed_lately = e
+                    .failed
+                    .as_ref()
+                    .filter(|(_, at)| now.saturating_duration_since(*at) < self.failed_for);
+                match (e.found, e.live_lookup(), failed_lately) {
+                    (Some((addr, at)), in_flight, failed) => {
+                        let stale = now.saturating_duration_since(at) >= self.resolved_for;
+                        (
+                            stale && in_flight.is_none() && failed.is_none(),
+                            Some(Known::Addr(addr)),
+                        )
+                    }
+                    (None, Some(rx), _) => (false, Some(Known::Pending(rx.clone()))),
+                    (None, None, Some((why, _))) => (false, Some(Known::Failed(why.clone()))),
+                    (None, None, None) => (true, None),
+                }
+            }
+            None => {
+                if !table.make_room() {
+                    return Known::Failed(format!(
+                        "{MAX_NAMES} other names are being looked up or kept"
+                    ));
+                }
+                (true, None)
+            }
+        };
+        let started = if refresh {
+            self.start(table, name, now)
+        } else {
+            None
+        };
+        match (known, started) {
+            (Some(known), _) => known,
+            (None, Some(rx)) => Known::Pending(rx),
+            (None, None) => Known::Failed("no tokio runtime to look the name up on".into()),
+        }
+    }
+
+    /// Starts a lookup of `name` in a task of its own: its outcome is
+    /// recorded in the table and sent to the receiver returned (`None`:
+    /// the caller runs in no tokio runtime).
+    fn start(
+        self: &Arc<Self>,
+        table: &mut Table,
+        name: &str,
+        now: Instant,
+    ) -> Option<watch::Receiver<Option<Outcome>>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = watch::channel(None);
+        table.lookups += 1;
+        let id = table.lookups;
+        let entry = table
+            .entries
+            .entry(name.to_string())
+            .or_insert_with(|| Entry::new(now));
+        entry.in_flight = Some((id, rx.clone()));
+        runtime.spawn(Arc::clone(self).lookup(name.to_string(), id, tx));
+        Some(rx)
+    }
+
+    /// Lookup `id` of `name`: waits for a permit, looks the name up on
+    /// the blocking pool, records the outcome and sends it to the callers
+    /// waiting.
+    async fn lookup(self: Arc<Self>, name: String, id: u64, tx: watch::Sender<Option<Outcome>>) {
+        let outcome = match Arc::clone(&self.permits).acquire_owned().await {
+            // The semaphore is never closed.
+            Err(closed) => Err(closed.to_string()),
+            Ok(permit) => {
+                let owned = name.clone();
+                // The permit is held by the blocking thread: a lookup that
+                // blocks keeps it until `getaddrinfo` returns, even if this
+                // task is dropped.
+                let blocking = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    blocking_lookup(&owned)
+                });
+                match blocking.await {
+                    Err(joined) => Err(format!("the lookup failed: {joined}")),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Ok(found)) => found
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| "it resolves to no address".to_string()),
+                }
+            }
+        };
+        self.record(&name, id, &outcome);
+        tx.send_replace(Some(outcome));
+    }
+
+    /// Records the outcome of lookup `id` of `name`.
+    fn record(&self, name: &str, id: u64, outcome: &Outcome) {
+        let now = Instant::now();
+        let mut table = self.lock();
+        let Some(entry) = table.entries.get_mut(name) else {
+            return;
+        };
+        if entry.in_flight.as_ref().is_some_and(|(i, _)| *i == id) {
+            entry.in_flight = None;
+        }
+        entry.touched = now;
+        match outcome {
+            Ok(addr) => {
+                if let Some((old, _)) = entry.found
+                    && old != *addr
+                {
+                    tracing::info!(name, %old, new = %addr, "a name moved to another address");
+                }
+                entry.found = Some((*addr, now));
+                entry.failed = None;
+            }
+            Err(why) => {
+                tracing::debug!(name, error = %why, kept = ?entry.found.map(|(a, _)| a), "address lookup failed");
+                entry.failed = Some((why.clone(), now));
+            }
+        }
+    }
+}
+
+/// The names a client resolved, with their addresses, and their lookups
+/// (module doc, "Invariants").
 pub(super) struct Names {
-    known: Mutex<HashMap<String, SocketAddr>>,
+    state: Arc<State>,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names::with_lifetimes(RESOLVED_FOR, FAILED_FOR)
+    }
 }
 
 impl Names {
-    /// The address of `name`: parsed if it is a socket address, remembered
-    /// if this client resolved it before, else looked up off the runtime
-    /// worker and waited for until `deadline`. Errors are
-    /// [`Error::Unavailable`] (nothing was sent).
+    /// Names whose addresses are used for `resolved_for` before they are
+    /// refreshed, and whose failed lookups are not made again for
+    /// `failed_for`.
+    pub(super) fn with_lifetimes(resolved_for: Duration, failed_for: Duration) -> Names {
+        Names {
+            state: Arc::new(State {
+                table: Mutex::default(),
+                permits: Arc::new(Semaphore::new(MAX_LOOKUPS)),
+                resolved_for,
+                failed_for,
+            }),
+        }
+    }
+
+    /// The address of `name`: parsed if it is a socket address, known if
+    /// this client resolved it (refreshed in the background once it is
+    /// older than [`RESOLVED_FOR`]), else looked up off the runtime worker
+    /// (or the lookup in flight joined) and waited for until `deadline`.
+    /// Errors are [`Error::Unavailable`] (nothing was sent).
     pub(super) async fn resolve(&self, name: &str, deadline: Instant) -> Result<SocketAddr, Error> {
         if let Ok(addr) = name.parse::<SocketAddr>() {
             return Ok(addr);
         }
-        if let Some(&addr) = self.lock().get(name) {
-            return Ok(addr);
-        }
-        let owned = name.to_string();
-        let lookup = tokio::task::spawn_blocking(move || blocking_lookup(&owned));
-        let addr = match tokio::time::timeout_at(deadline, lookup).await {
-            Err(_) => {
-                tracing::debug!(name, "address lookup outlived the call's deadline");
+        let mut pending = match self.state.consult(name) {
+            Known::Addr(addr) => return Ok(addr),
+            Known::Failed(why) => {
                 return Err(Error::Unavailable(format!(
-                    "looking up {name:?} took past the call's deadline (nothing was sent)"
+                    "cannot resolve {name:?}: {why} (nothing was sent)"
                 )));
             }
-            Ok(Err(joined)) => {
-                return Err(Error::Unavailable(format!(
-                    "looking up {name:?} failed: {joined} (nothing was sent)"
-                )));
-            }
-            Ok(Ok(Err(e))) => {
-                tracing::debug!(name, error = %e, "address lookup failed");
-                return Err(Error::Unavailable(format!(
-                    "cannot resolve {name:?}: {e} (nothing was sent)"
-                )));
-            }
-            Ok(Ok(Ok(found))) => found.into_iter().next().ok_or_else(|| {
-                Error::Unavailable(format!(
-                    "{name:?} resolves to no address (nothing was sent)"
-                ))
-            })?,
+            Known::Pending(rx) => rx,
         };
-        self.remember(name, addr);
-        Ok(addr)
+        let outcome =
+            match tokio::time::timeout_at(deadline, pending.wait_for(Option::is_some)).await {
+                Err(_) => {
+                    tracing::debug!(name, "address lookup outlived the call's deadline");
+                    return Err(Error::Unavailable(format!(
+                        "looking up {name:?} took past the call's deadline (nothing was sent)"
+                    )));
+                }
+                Ok(Err(_)) => Err("its lookup was dropped (its runtime stopped)".to_string()),
+                Ok(Ok(seen)) => seen
+                    .clone()
+                    .unwrap_or_else(|| Err("its lookup ended with no outcome".to_string())),
+            };
+        outcome.map_err(|why| {
+            Error::Unavailable(format!("cannot resolve {name:?}: {why} (nothing was sent)"))
+        })
+    }
+
+    /// The address this client knows for `name` (parsed, or found by a
+    /// lookup, however old), without waiting for anything.
+    pub(super) fn known(&self, name: &str) -> Option<SocketAddr> {
+        if let Ok(addr) = name.parse::<SocketAddr>() {
+            return Some(addr);
+        }
+        self.state
+            .lock()
+            .entries
+            .get(name)
+            .and_then(|e| e.found.map(|(addr, _)| addr))
+    }
+
+    /// Starts a lookup of `name` in the background if none is in flight and
+    /// none failed within [`FAILED_FOR`] (and refreshes an old address).
+    pub(super) fn prefetch(&self, name: &str) {
+        if name.parse::<SocketAddr>().is_err() {
+            let _ = self.state.consult(name);
+        }
+    }
+
+    /// Marks `given` as cluster addresses: never evicted from the table.
+    fn pin(&self, given: &[String]) {
+        let now = Instant::now();
+        let mut table = self.state.lock();
+        for name in given.iter().filter(|n| n.parse::<SocketAddr>().is_err()) {
+            if table.entries.contains_key(name) || table.make_room() {
+                table
+                    .entries
+                    .entry(name.clone())
+                    .or_insert_with(|| Entry::new(now))
+                    .pinned = true;
+            }
+        }
     }
 
     /// The addresses of the cluster addresses `given`, in their order, all
@@ -91,12 +406,9 @@ impl Names {
     /// quarter of the time left) after the first resolved, so a name whose
     /// lookup was merely slow was left out for the client's life. Only a
     /// name that fails, or is still unresolved then, is left out (with a
-    /// warn). With why each name left out was.
-    pub(super) async fn resolve_all(
-        &self,
-        given: &[String],
-        deadline: Instant,
-    ) -> (Vec<SocketAddr>, Vec<String>) {
+    /// warn); its lookup goes on ([`Names::known`] has it once it ends).
+    pub(super) async fn resolve_all(&self, given: &[String], deadline: Instant) -> Resolved {
+        self.pin(given);
         let mut pending: FuturesUnordered<_> = given
             .iter()
             .enumerate()
@@ -129,27 +441,35 @@ impl Names {
                 Ok(None) => break,
                 Err(_) => {
                     for (name, _) in given.iter().zip(&answered).filter(|(_, done)| !**done) {
-                        tracing::warn!(address = %name, "the lookup of a cluster address did not end before the connect had to dial; left out");
+                        tracing::warn!(address = %name, "the lookup of a cluster address did not end before the connect had to dial; left out until it resolves");
                         why.push(format!("looking up {name:?} did not end in time"));
                     }
                     break;
                 }
             }
         }
-        (found.into_iter().flatten().collect(), why)
-    }
-
-    /// Remembers that `name` is at `addr` (while the table has room).
-    pub(super) fn remember(&self, name: &str, addr: SocketAddr) {
-        let mut known = self.lock();
-        if known.len() < MAX_NAMES || known.contains_key(name) {
-            known.insert(name.to_string(), addr);
+        let left_out = given
+            .iter()
+            .zip(&found)
+            .filter(|(_, addr)| addr.is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
+        Resolved {
+            addrs: found.into_iter().flatten().collect(),
+            why,
+            left_out,
         }
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SocketAddr>> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// What [`Names::resolve_all`] found.
+pub(super) struct Resolved {
+    /// The addresses of the names that resolved in time, in their order.
+    pub(super) addrs: Vec<SocketAddr>,
+    /// Why each name left out was.
+    pub(super) why: Vec<String>,
+    /// The names left out (failed, or still being looked up).
+    pub(super) left_out: Vec<String>,
 }
 
 /// The system's lookup of `name` (it blocks: run it on the blocking pool).
@@ -163,12 +483,14 @@ pub(super) fn blocking_lookup(name: &str) -> std::io::Result<Vec<SocketAddr>> {
 
 /// A scripted system resolver for tests (`cfg(test)`): names under
 /// [`stub::STALLS`] block like a lookup during a DNS outage, names under
-/// [`stub::FAILS`] fail at once; any other name is looked up by the system.
+/// [`stub::FAILS`] fail at once, names given a [`stub::Script`] do as it
+/// says; any other name is looked up by the system. Every lookup is
+/// counted ([`stub::started`], [`stub::peak`]).
 #[cfg(test)]
 pub(crate) mod stub {
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
     use std::net::SocketAddr;
-    use std::sync::{Condvar, Mutex};
+    use std::sync::{Condvar, Mutex, MutexGuard};
     use std::time::Duration;
 
     /// The suffix of names whose lookup blocks (until released, at most
@@ -179,66 +501,132 @@ pub(crate) mod stub {
     /// How long a stalled lookup blocks at most.
     pub(crate) const STALL_FOR: Duration = Duration::from_secs(8);
 
-    /// The stalled names released so far (a released name's lookup fails
-    /// at once).
-    static RELEASED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    /// What the lookup of a scripted name does.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) enum Script {
+        /// Answers the address after the delay (a name server that
+        /// answers, slowly).
+        Answer(SocketAddr, Duration),
+        /// Blocks like a name under [`STALLS`].
+        Stall,
+    }
+
+    #[derive(Default)]
+    struct Stub {
+        /// The stalled names released so far (a released name's lookup
+        /// fails at once).
+        released: HashSet<String>,
+        scripts: HashMap<String, Script>,
+        /// Lookups started, by name.
+        started: HashMap<String, usize>,
+        /// Lookups running now and at most at once, by group (a host
+        /// without its first label: `n1.g.stall.invalid` is of
+        /// `g.stall.invalid`).
+        running: HashMap<String, (usize, usize)>,
+    }
+
+    static STUB: Mutex<Option<Stub>> = Mutex::new(None);
     static WAKE: Condvar = Condvar::new();
+
+    fn stub() -> MutexGuard<'static, Option<Stub>> {
+        STUB.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn with<T>(f: impl FnOnce(&mut Stub) -> T) -> T {
+        f(stub().get_or_insert_with(Stub::default))
+    }
+
+    /// The group a name's lookups are counted in ([`peak`]).
+    fn group(name: &str) -> String {
+        let host = name.rsplit_once(':').map_or(name, |(h, _)| h);
+        host.split_once('.').map_or(host, |(_, g)| g).to_string()
+    }
 
     /// Releases every lookup of `name` that is blocked, and later ones.
     pub(crate) fn release(name: &str) {
-        let mut released = RELEASED.lock().unwrap_or_else(|p| p.into_inner());
-        released
-            .get_or_insert_with(HashSet::new)
-            .insert(name.to_string());
+        with(|s| s.released.insert(name.to_string()));
         WAKE.notify_all();
     }
-
-    /// Names whose lookup answers slowly: after the delay, the address.
-    static SLOW: Mutex<Vec<(String, SocketAddr, Duration)>> = Mutex::new(Vec::new());
 
     /// Scripts the lookup of `name` to answer `addr` after `delay` (a
     /// name server that answers, slowly).
     pub(crate) fn slow(name: &str, addr: SocketAddr, delay: Duration) {
-        SLOW.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((name.to_string(), addr, delay));
+        script(name, Script::Answer(addr, delay));
+    }
+
+    /// Scripts (or re-scripts) the lookup of `name`.
+    pub(crate) fn script(name: &str, script: Script) {
+        with(|s| s.scripts.insert(name.to_string(), script));
+    }
+
+    /// How many lookups of `name` started.
+    pub(crate) fn started(name: &str) -> usize {
+        with(|s| s.started.get(name).copied().unwrap_or(0))
+    }
+
+    /// The most lookups of names of `group` that ran at once.
+    pub(crate) fn peak(group: &str) -> usize {
+        with(|s| s.running.get(group).map_or(0, |&(_, peak)| peak))
+    }
+
+    /// Counts a lookup as running until dropped.
+    struct Running(String);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            with(|s| {
+                if let Some((now, _)) = s.running.get_mut(&self.0) {
+                    *now = now.saturating_sub(1);
+                }
+            });
+        }
     }
 
     pub(super) fn lookup(name: &str) -> Option<std::io::Result<Vec<SocketAddr>>> {
-        let scripted = SLOW
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|&(_, addr, delay)| (addr, delay));
-        if let Some((addr, delay)) = scripted {
-            std::thread::sleep(delay);
-            return Some(Ok(vec![addr]));
-        }
+        let group = group(name);
+        let scripted = with(|s| {
+            *s.started.entry(name.to_string()).or_default() += 1;
+            let (now, peak) = s.running.entry(group.clone()).or_default();
+            *now += 1;
+            *peak = (*peak).max(*now);
+            s.scripts.get(name).copied()
+        });
+        let _running = Running(group);
         let host = name.rsplit_once(':').map_or(name, |(h, _)| h);
-        if host.ends_with(FAILS) {
-            return Some(Err(std::io::Error::other("no such name (scripted)")));
-        }
-        if !host.ends_with(STALLS) {
-            return None;
+        match scripted {
+            Some(Script::Answer(addr, delay)) => {
+                std::thread::sleep(delay);
+                return Some(Ok(vec![addr]));
+            }
+            Some(Script::Stall) => {}
+            None if host.ends_with(FAILS) => {
+                return Some(Err(std::io::Error::other("no such name (scripted)")));
+            }
+            None if host.ends_with(STALLS) => {}
+            None => return None,
         }
         let until = std::time::Instant::now() + STALL_FOR;
-        let mut released = RELEASED.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = stub();
         loop {
-            if released.as_ref().is_some_and(|r| r.contains(name)) {
+            if guard.as_ref().is_some_and(|s| s.released.contains(name)) {
                 break;
             }
             let left = until.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 break;
             }
-            released = WAKE
-                .wait_timeout(released, left)
+            guard = WAKE
+                .wait_timeout(guard, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        drop(guard);
         Some(Err(std::io::Error::other(
             "name server did not answer (scripted)",
         )))
     }
 }
+
+#[cfg(test)]
+#[path = "names_tests.rs"]
+mod names_tests;

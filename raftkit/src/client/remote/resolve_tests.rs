@@ -194,3 +194,40 @@ async fn a_connect_keeps_a_cluster_address_whose_lookup_is_slow_but_in_time() {
         "the address whose lookup took 1.5 s (timeout {timeout:?}) was left out"
     );
 }
+
+/// Review s52 (stop 53 client #2): a cluster address whose lookup was
+/// still running when the connect had to dial was left out of the
+/// client's members for its life. Its lookup goes on, and once it ends
+/// the client has the member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_address_left_out_of_a_connect_joins_once_its_lookup_ends() {
+    const LATE: &str = "node-g.late.invalid:7000";
+    let (ca, nodes) = dev_cluster(["fake-dns-f", "fake-dns-g"]).expect("dev certificates");
+    let client_id = ca.issue_client("dns-g").expect("client certificate");
+    let [fast_node, late_node] = nodes.as_slice() else {
+        panic!("two nodes");
+    };
+    let fast = FakeMember::start(fast_node, |_| Act::answer(ClientResponse::Ok(Vec::new())));
+    let late = FakeMember::start(late_node, |_| Act::answer(ClientResponse::Ok(Vec::new())));
+    // The connect (2 s) dials 1.5 s after the literal address resolved:
+    // the lookup of 2.5 s is still running then.
+    stub::slow(LATE, late.addr(), Duration::from_millis(2500));
+    let client = Client::connect_with(
+        [fast.addr().to_string(), LATE.to_string()],
+        client_id,
+        0,
+        ClientOptions::default().with_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .expect("connects");
+    assert_eq!(client.members(), vec![fast.addr()], "at the connect");
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !client.members().contains(&late.addr()) {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the address whose lookup ended after the connect never joined: {:?}",
+            client.members()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,174 @@
+//! The lookups of a client's names during a DNS outage, and the lifetime
+//! of the addresses found (stop 53, review s52 client #2; module doc of
+//! [`super`], "Invariants"). The system resolver is scripted ([`stub`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::stub::{self, Script};
+use super::{MAX_LOOKUPS, Names};
+use crate::error::{Applied, Error};
+
+/// Bounds every wait of these tests (none is reached when they pass).
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Releases the stalled lookups of names when the test ends (so that the
+/// runtime's blocking pool is not kept for [`stub::STALL_FOR`]).
+struct Release(Vec<String>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            stub::release(name);
+        }
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// During an outage, every caller needing a name (each call told the same
+/// `NotLeader` hint) started a blocking lookup of its own: 16 calls, 16
+/// lookups stuck in the blocking pool. They share one, each waiting for it
+/// until its own deadline, and a call made while it is still in flight
+/// joins it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_needing_a_name_share_its_one_lookup() {
+    const NAME: &str = "leader.share.stall.invalid:7000";
+    let _release = Release(vec![NAME.into()]);
+    let names = Names::default();
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let calls: Vec<_> = (0..16).map(|_| names.resolve(NAME, deadline)).collect();
+    for r in futures_util::future::join_all(calls).await {
+        let e = r.expect_err("the name server does not answer");
+        assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+    }
+    let later = names
+        .resolve(NAME, Instant::now() + Duration::from_millis(100))
+        .await;
+    assert!(later.is_err(), "{later:?}");
+    assert_eq!(
+        stub::started(NAME),
+        1,
+        "17 callers of one name started this many lookups"
+    );
+}
+
+/// A name whose lookup failed was looked up again by every call: a storm
+/// of hints re-launched lookups. It is not looked up again for a short
+/// while (the calls fail at once, not applied), then it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_whose_lookup_failed_is_not_looked_up_again_for_a_while() {
+    const NAME: &str = "gone.negative.fail.invalid:7000";
+    let names = Names::with_lifetimes(Duration::from_secs(30), Duration::from_millis(200));
+    let deadline = Instant::now() + DEADLINE;
+    for _ in 0..5 {
+        let e = names
+            .resolve(NAME, deadline)
+            .await
+            .expect_err("no such name");
+        assert_eq!(e.applied(), Applied::No, "{e:?}");
+    }
+    assert_eq!(
+        stub::started(NAME),
+        1,
+        "5 calls right after a failed lookup looked the name up this many times"
+    );
+    // Once the failure is older than its lifetime, the name is looked up
+    // again.
+    while stub::started(NAME) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the failed name was never looked up again"
+        );
+        let _ = names.resolve(NAME, deadline).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Lookups of many names during an outage all ran at once, each holding a
+/// thread of the blocking pool until the name server gave up. At most
+/// [`MAX_LOOKUPS`] of a client run at once; the callers of the others end
+/// by their deadlines, not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_running_at_once_are_bounded() {
+    const GROUP: &str = "bound.stall.invalid";
+    let names_list: Vec<String> = (0..3 * MAX_LOOKUPS)
+        .map(|i| format!("n{i}.{GROUP}:7000"))
+        .collect();
+    let _release = Release(names_list.clone());
+    let names = Names::default();
+    let start = Instant::now();
+    let deadline = start + Duration::from_millis(500);
+    let calls: Vec<_> = names_list
+        .iter()
+        .map(|n| names.resolve(n, deadline))
+        .collect();
+    for r in futures_util::future::join_all(calls).await {
+        let e = r.expect_err("the name server does not answer");
+        assert_eq!(e.applied(), Applied::No, "{e:?}");
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the callers waited {took:?} (deadline 500 ms)"
+    );
+    let peak = stub::peak(GROUP);
+    assert!(
+        peak <= MAX_LOOKUPS,
+        "{peak} lookups ran at once (bound {MAX_LOOKUPS})"
+    );
+}
+
+/// An address was kept for the client's life: a member whose name moved
+/// to a new address stayed unreachable. It is refreshed once older than
+/// its lifetime: in the background (the old address is used while the
+/// refresh runs, and after it failed), and replaced by what the refresh
+/// finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_is_refreshed_once_older_than_its_lifetime_and_kept_meanwhile() {
+    const NAME: &str = "member.moves.invalid:7000";
+    let _release = Release(vec![NAME.into()]);
+    let (old, new) = (addr(7101), addr(7102));
+    stub::script(NAME, Script::Answer(old, Duration::ZERO));
+    let names = Names::with_lifetimes(Duration::from_millis(200), Duration::from_millis(100));
+    let give_up = Instant::now() + DEADLINE;
+    let quick = || Instant::now() + Duration::from_millis(50);
+    assert_eq!(names.resolve(NAME, give_up).await.ok(), Some(old));
+    // The name server stops answering: once the address is old, a use
+    // starts a refresh, and the old address is used meanwhile (at once:
+    // 50 ms deadlines).
+    stub::script(NAME, Script::Stall);
+    while stub::started(NAME) < 2 {
+        assert!(
+            Instant::now() < give_up,
+            "the address was never looked up again"
+        );
+        let r = names.resolve(NAME, quick()).await;
+        assert_eq!(r.ok(), Some(old), "while its refresh is not due");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = names.resolve(NAME, quick()).await;
+    assert_eq!(r.ok(), Some(old), "while its refresh runs");
+    // The refresh fails: the old address is still used.
+    stub::release(NAME);
+    let r = names.resolve(NAME, quick()).await;
+    assert_eq!(r.ok(), Some(old), "after its refresh failed");
+    // The name moved: a later refresh finds the new address.
+    stub::script(NAME, Script::Answer(new, Duration::ZERO));
+    loop {
+        let r = names.resolve(NAME, quick()).await;
+        if r.as_ref().ok() == Some(&new) {
+            break;
+        }
+        assert_eq!(r.ok(), Some(old), "before the name's refresh answered");
+        assert!(
+            Instant::now() < give_up,
+            "the moved name was never refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
