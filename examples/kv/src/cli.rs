@@ -44,7 +44,7 @@ pub struct ClusterArgs {
     #[arg(long, env = "RAFTKIT_CERTS", value_name = "DIR")]
     pub certs: Option<PathBuf>,
     /// Seconds the command may take, connecting and retries included
-    /// [default: 10; 60 for add-server].
+    /// [default: 10; 60 for add-server and balance; 300 for move-replica].
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
     /// The cluster is sharded (`kv serve --shards N`): route each key to

@@ -168,7 +168,9 @@ async fn run(cli: Cli) -> Result<(), fail::Failure> {
             within(&cluster, 10, shards::status(&cluster)).await
         }
         Command::Status { cluster } => within(&cluster, 10, commands::status(&cluster)).await,
-        Command::Balance { cluster } => within(&cluster, 10, shards::balance(&cluster)).await,
+        // A balancer round and a move are answered once done (a move
+        // waits for the learner's catch-up): their own longer defaults.
+        Command::Balance { cluster } => within(&cluster, 60, shards::balance(&cluster)).await,
         Command::MoveReplica {
             group,
             from,
@@ -177,7 +179,7 @@ async fn run(cli: Cli) -> Result<(), fail::Failure> {
         } => {
             within(
                 &cluster,
-                10,
+                raftkit::client::NODE_ADMIN_TIMEOUT.as_secs(),
                 shards::move_replica(&cluster, group, from, to),
             )
             .await

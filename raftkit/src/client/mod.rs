@@ -26,7 +26,9 @@ use std::future::Future;
 
 pub use consistency::{Consistency, ReadRouting, Staleness};
 pub use local::Local;
-pub use remote::{CERTS_ENV, Client, ClientOptions, WriteOnce, by_deadline, current_deadline};
+pub use remote::{
+    CERTS_ENV, Client, ClientOptions, NODE_ADMIN_TIMEOUT, WriteOnce, by_deadline, current_deadline,
+};
 pub use sharded::ShardedClient;
 
 use crate::error::Error;

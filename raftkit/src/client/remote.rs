@@ -141,6 +141,14 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The environment variable naming the directory with the client's
 /// certificates (`ca.pem`, `client.pem`, `client.key`).
 pub const CERTS_ENV: &str = "RAFTKIT_CERTS";
+/// How long a node request that may run long server-side
+/// ([`NodeRequest::MoveReplica`](super::wire::NodeRequest::MoveReplica),
+/// [`NodeRequest::BalanceLeaders`](super::wire::NodeRequest::BalanceLeaders))
+/// waits for its answer by default ([`Client::node_request`]): a move under
+/// the default [`MoveOptions`](crate::multi::MoveOptions) may take its
+/// catch-up (120 s) and five steps of up to 30 s each (270 s), plus margin.
+/// An enclosing [`by_deadline`] bounds it further.
+pub const NODE_ADMIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Client settings: `ClientOptions::default().with_timeout(..)`.
 /// `#[non_exhaustive]`: settings are added over time.
@@ -1330,21 +1338,29 @@ impl Client {
     /// ([`NodeRequest`](super::wire::NodeRequest)) to the node at `addr`
     /// (no redirect): the encoded answer.
     ///
-    /// It ends by the client's timeout ([`ClientOptions::timeout`]) or an
-    /// enclosing [`by_deadline`], whichever is first, looking `addr` up
-    /// included. A request that changes nothing
-    /// ([`NodeRequest::Groups`](super::wire::NodeRequest::Groups)) then
-    /// ends [`Error::Unavailable`]; one that may have started something
-    /// (a balancer round, a move) [`Error::Timeout`] ("may have been
-    /// applied": read the node's groups before asking again).
+    /// A request that changes nothing
+    /// ([`NodeRequest::Groups`](super::wire::NodeRequest::Groups)) ends by
+    /// the client's timeout ([`ClientOptions::timeout`]) or an enclosing
+    /// [`by_deadline`], whichever is first, looking `addr` up included,
+    /// and then with [`Error::Unavailable`]. One that may start something
+    /// and is answered only once it is done (a balancer round, a move,
+    /// which waits for the learner's catch-up) is not cut by the client's
+    /// timeout: it ends by [`NODE_ADMIN_TIMEOUT`] (or the client's timeout
+    /// if longer) or an enclosing [`by_deadline`], and then with
+    /// [`Error::Timeout`] ("may have been applied": read the node's groups
+    /// before asking again; a move can be resumed).
     pub async fn node_request(
         &self,
         addr: &str,
         request: super::wire::NodeRequest,
     ) -> Result<Vec<u8>, Error> {
-        let deadline = deadline_in(self.inner.opts.timeout);
-        let addr = self.inner.names.resolve(addr, deadline).await?;
         let read_only = matches!(request, super::wire::NodeRequest::Groups);
+        let deadline = if read_only {
+            deadline_in(self.inner.opts.timeout)
+        } else {
+            deadline_in(self.inner.opts.timeout.max(NODE_ADMIN_TIMEOUT))
+        };
+        let addr = self.inner.names.resolve(addr, deadline).await?;
         let request = ClientRequest::Node(request);
         let answer = traced("node", self.once_by(addr, &request, &mut false, deadline))
             .await

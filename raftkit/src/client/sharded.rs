@@ -263,6 +263,8 @@ impl<S> ShardedClient<S> {
     /// Runs one round of the leader balancer on the node at `addr` (an
     /// admin certificate): the transfers it started, `(group, target node
     /// id)`.
+    /// It waits as [`Client::node_request`] does for a request that may
+    /// change something (not cut by the client's timeout).
     pub async fn balance_leaders(&self, addr: &str) -> Result<Vec<(GroupId, u64)>, Error> {
         let bytes = self
             .inner
@@ -296,6 +298,13 @@ impl<S> ShardedClient<S> {
     /// once it changed the configuration); the move's one-line summary.
     /// The node `to` must never have hosted the group before (see
     /// [`crate::multi::hosting`]).
+    ///
+    /// The leader answers once the move is done; each ask waits up to
+    /// [`NODE_ADMIN_TIMEOUT`](super::NODE_ADMIN_TIMEOUT) (or the
+    /// client's timeout if longer), not the client's timeout, or until an
+    /// enclosing [`by_deadline`](super::by_deadline). A move cut short
+    /// ends [`Error::Timeout`] and goes on server-side; calling
+    /// `move_replica` again resumes it.
     pub async fn move_replica(
         &self,
         group: GroupId,

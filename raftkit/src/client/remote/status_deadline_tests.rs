@@ -3,7 +3,9 @@
 //! member that accepts the connection and never answers hung them for
 //! ever. A request that changes nothing (status, `NodeRequest::Groups`)
 //! ends `Unavailable` ("not applied"), one that may change something
-//! (`BalanceLeaders`, `MoveReplica`) `Timeout` ("may have been applied").
+//! (`BalanceLeaders`, `MoveReplica`) `Timeout` ("may have been applied");
+//! the latter wait for the answer longer than the client's timeout
+//! (`NODE_ADMIN_TIMEOUT`, review s53 client #5), bounded by `by_deadline`.
 
 use std::time::Duration;
 
@@ -84,9 +86,12 @@ async fn status_and_node_requests_end_by_the_clients_timeout() {
         "a Groups request changes nothing: {e:?}"
     );
     let e = ends_by(
-        "node_request(BalanceLeaders)",
+        "node_request(BalanceLeaders) under by_deadline",
         timeout,
-        client.node_request(&addr, NodeRequest::BalanceLeaders),
+        by_deadline(
+            tokio::time::Instant::now() + timeout,
+            client.node_request(&addr, NodeRequest::BalanceLeaders),
+        ),
     )
     .await;
     assert_eq!(
@@ -116,4 +121,31 @@ async fn status_ends_by_an_enclosing_by_deadline() {
     )
     .await;
     assert_eq!(e.applied(), Applied::No, "{e:?}");
+}
+
+/// A request that may run long server-side (a move waits for the
+/// learner's catch-up, up to 120 s) is not cut by the client's timeout
+/// (review s53 client #5: `ShardedClient::move_replica` ended `Timeout`
+/// after 10 s while its move went on): it still waits after several
+/// client timeouts, and it ends by an enclosing `by_deadline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_or_balance_request_is_not_cut_by_the_clients_timeout() {
+    let timeout = Duration::from_millis(200);
+    let (member, client) = silent("fake-silent-c", timeout).await;
+    let addr = member.addr().to_string();
+    for request in [
+        NodeRequest::BalanceLeaders,
+        NodeRequest::MoveReplica {
+            group: 1,
+            from: "a:1".into(),
+            to: "b:1".into(),
+        },
+    ] {
+        let what = format!("{request:?}");
+        let waited = tokio::time::timeout(timeout * 5, client.node_request(&addr, request)).await;
+        assert!(
+            waited.is_err(),
+            "{what} ended within 5x the client's timeout ({timeout:?}): {waited:?}"
+        );
+    }
 }
