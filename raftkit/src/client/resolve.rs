@@ -34,8 +34,12 @@
 //!   the next use starts a refresh in the background (one at a time, at
 //!   most one per [`FAILED_FOR`] while they fail) and keeps using the old
 //!   address while the refresh runs, and after it failed; a refresh that
-//!   answers replaces it (a member whose name moved to a new address is
-//!   reached there);
+//!   answers replaces it in this table. Only the names looked up per
+//!   call read the table again (a `NotLeader` hint, `status_of`,
+//!   `node_request`): a cluster address resolved at connect stays in the
+//!   client's member list as the address it had then (review s53 client
+//!   #1, not fixed yet: a member whose name moved is reached at its new
+//!   address only through a hint naming it);
 //! - a lookup runs in a task of its own and records its outcome even when
 //!   every caller stopped waiting for it: a cluster address left out of a
 //!   connect because its lookup was still running is known once it ends
