@@ -736,10 +736,25 @@ async fn a_move_that_fails_after_its_change_committed_leaves_the_real_members_in
         .await
         .expect_err("no time to commit the joint change");
     // The learner was added above, not by the move: what the move itself
-    // changed is the joint configuration it proposed, which may be in the
-    // log (it commits on its own below): "maybe", not "yes" (stop 53:
-    // `MoveError::Step::applied` says what this move changed).
-    assert_eq!(err.applied(), raftkit::error::Applied::Maybe, "{err}");
+    // changed is the joint configuration it proposed. A zero step timeout
+    // still looks once, so on a fast turn the joint change is found
+    // committed and the move fails leaving it instead (CI, stop 54: "step
+    // LeaveJoint failed: timed out ... left: Yes right: Maybe"). Each
+    // outcome has its own truth (stop 53: `MoveError::Step::applied` says
+    // what this move changed): failed at the joint change, it may be in
+    // the log ("maybe"); failed leaving it, the joint change committed
+    // ("yes").
+    match &err {
+        raftkit::multi::MoveError::Step {
+            step: raftkit::multi::MoveStep::JointChange,
+            ..
+        } => assert_eq!(err.applied(), raftkit::error::Applied::Maybe, "{err}"),
+        raftkit::multi::MoveError::Step {
+            step: raftkit::multi::MoveStep::LeaveJoint,
+            ..
+        } => assert_eq!(err.applied(), raftkit::error::Applied::Yes, "{err}"),
+        other => panic!("the move failed otherwise than at its joint change: {other}"),
+    }
     let mut truth = members.clone();
     truth.retain(|a| *a != from_addr);
     truth.push(spare.clone());
@@ -996,7 +1011,14 @@ async fn peer_connection_and_watch_caps_are_tunable_on_a_multi_group_node() {
                 .expect("handshake");
         conns.push(conn);
     }
-    match tokio::time::timeout(Duration::from_secs(2), conns[1].closed()).await {
+    // Refused as soon as its certificate is read: within 10 ms in 20 runs
+    // of the whole binary, but twice in 6 runs on a loaded machine not
+    // within the 2 s this allowed (stop 54; a starved accept task or a
+    // handshake datagram lost and sent again, not pinned down). 8 s stays
+    // below the handshake timeout (10 s) at which a served connection that
+    // opened no link is closed with another code, as the first one would
+    // be: a cap that let the second one in still fails here.
+    match tokio::time::timeout(Duration::from_secs(8), conns[1].closed()).await {
         Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
             assert_eq!(close.error_code, quinn::VarInt::from_u32(4), "{close}");
         }
