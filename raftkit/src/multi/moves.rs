@@ -43,6 +43,8 @@
 //!    recorded in the placement ([`placement_sync`](super::placement_sync)),
 //!    whether the move succeeded or failed after changing the
 //!    configuration; a move refused before any change records nothing.
+//!    It reads the replica the move ran on, held from the start: when this
+//!    node leaves the group its replica may retire before this step.
 //!    A record that fails is logged and the move's outcome stands: the
 //!    group's leader records the configuration at its next check.
 //!
@@ -404,6 +406,10 @@ impl<S: PeerExt> MultiNode<S> {
         to: &str,
         opts: &MoveOptions,
     ) -> Result<MoveReport, MoveError> {
+        // The replica the move runs on, held for step 5: when this node
+        // leaves the group, its replica retires once `C_new` commits
+        // (`hosting`), possibly before step 5 looks for it.
+        let held = self.group(group);
         let result = self.run_move(group, from, to, opts).await;
         // Step 5: the placement follows the committed configuration, also
         // after a failure that left a change behind (the core finishes a
@@ -413,7 +419,7 @@ impl<S: PeerExt> MultiNode<S> {
             Err(e) => e.applied() != Applied::No,
         };
         if changed {
-            self.record_after_move(group, opts.step_timeout).await;
+            self.record_after_move(group, held, opts.step_timeout).await;
         }
         result
     }

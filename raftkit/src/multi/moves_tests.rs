@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::{GroupId, MoveOptions, MultiNode};
 use crate::core::{NodeId, Role};
-use crate::multi::placement::Placement;
+use crate::multi::placement::{Placement, PlacementClient};
 use crate::runtime::{Peer, PeerStatus, membership_pause as pause};
 use crate::tls::ClusterCa;
 
@@ -249,6 +249,64 @@ async fn undoing_a_refused_move_never_removes_a_target_that_votes_now() {
     for n in nodes {
         let _ = n.shutdown().await;
     }
+}
+
+/// Found by the flaky `multi_shards` tests (stop 54): a move's record
+/// (step 5) looked the group's replica up on the mover once steps 1 to 4
+/// had ended, and again just before its write. The mover is the leaving
+/// node when it moves its own replica, and that replica retires on the
+/// retirer's first round after `C_new` commits ([`super::super::hosting`]),
+/// which can come first on a loaded machine: the record then found no
+/// replica and gave up (silently, or "the configuration changed" at the
+/// write), and the group's new node, which knows no member of group 0,
+/// never recorded it either, so the placement named the old node for good.
+/// The interleaving is forced: steps 1 to 4 run, the replica retires, then
+/// step 5 runs; the placement must name the new node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moves_record_lands_after_the_leaving_replica_retired() {
+    let ca = ClusterCa::generate("moves-record-test").expect("a CA");
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (a_dir, b_dir) = (
+        tempfile::tempdir().expect("a temporary directory"),
+        tempfile::tempdir().expect("a temporary directory"),
+    );
+    let a = node(&ca, &a_addr, a_dir.path()).await;
+    let b = node(&ca, &b_addr, b_dir.path()).await;
+    a.form_shards(1, std::slice::from_ref(&a_addr))
+        .await
+        .expect("the placement formed");
+    const MOVED: GroupId = 1;
+    until("A leading group 1 with a committed configuration", || {
+        a.group(MOVED).and_then(|p| {
+            let st = p.status();
+            (st.role == Role::Leader && settled_members(&st).is_some()).then_some(())
+        })
+    })
+    .await;
+    let opts = MoveOptions::default();
+    // Held as `move_replica_with` holds it, before the move.
+    let held = a.group(MOVED);
+    a.run_move(MOVED, a.id(), &b_addr, &opts)
+        .await
+        .expect("steps 1 to 4 of the move");
+    until("A's replica of group 1 retired", || {
+        a.group(MOVED).is_none().then_some(())
+    })
+    .await;
+    a.record_after_move(MOVED, held, opts.step_timeout).await;
+    let placement = PlacementClient::new(a.placement().expect("A hosts group 0"));
+    let shards = placement.shards().await.expect("the placement read");
+    let listed = shards
+        .iter()
+        .find(|s| s.group == MOVED)
+        .map(|s| s.replicas.clone());
+    assert_eq!(
+        listed,
+        Some(vec![b_addr.clone()]),
+        "the move's record did not land once the leaving replica had retired"
+    );
+    let _ = b.shutdown().await;
+    let _ = a.shutdown().await;
 }
 
 /// The move's pure decisions, read from a leader's status (moved here

@@ -19,7 +19,12 @@
 //!   a configuration is in force from the moment it is appended and may
 //!   still be cut off until it commits (Raft thesis §4.1), and a joint
 //!   configuration `C_old,new` is a passage, not a place (thesis §4.3). A
-//!   move's intent (the target it was asked for) is never written.
+//!   move's intent (the target it was asked for) is never written. A move
+//!   whose node left the group (its own replica moved away) records from
+//!   the replica it ran on, also once that replica retired (its last
+//!   status: the committed `C_new` that removed it, thesis §4.2.2): the
+//!   retirement may come first, and the group's new node may know no
+//!   member of group 0 to record it itself (see Limits).
 //! - A group's replicas are written only when the placement lists another
 //!   set: recording is idempotent, and a write that changes nothing is not
 //!   made.
@@ -104,7 +109,7 @@ use super::{GroupId, MultiNode};
 use crate::client::{Client, ClientOptions};
 use crate::core::{Index, Role};
 use crate::error::Error;
-use crate::runtime::{PeerExt, PeerStatus};
+use crate::runtime::{Peer, PeerExt, PeerStatus};
 
 /// How long one record may take (the placement group's write and read).
 const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -288,31 +293,51 @@ impl<S: PeerExt> MultiNode<S> {
 
     /// Records `wanted` in the placement through a new client of group 0
     /// (see `record_through`; a move's last step).
-    pub(super) async fn record_replicas(
+    async fn record_replicas(
         &self,
         wanted: &[Taken],
         led: bool,
+        held: Option<(GroupId, &Peer<S>)>,
     ) -> Result<Option<Vec<GroupId>>, Error> {
         let groups: Vec<GroupId> = wanted.iter().map(|t| t.group).collect();
         let client = self
             .placement_client(&self.placement_seeds(&groups))
             .await?;
-        self.record_through(&client, wanted, led).await
+        self.record_through(&client, wanted, led, held).await
+    }
+
+    /// `group`'s status as this node's replica holds it: the replica hosted
+    /// now, else `held` (a move's replica of that group, kept by the move:
+    /// retired, it holds its last status, the committed configuration that
+    /// removed it, and sees no later one).
+    fn status_for_record(
+        &self,
+        group: GroupId,
+        held: Option<(GroupId, &Peer<S>)>,
+    ) -> Option<PeerStatus> {
+        match self.group(group) {
+            Some(peer) => Some(peer.status()),
+            None => held
+                .filter(|(g, _)| *g == group)
+                .map(|(_, peer)| peer.status()),
+        }
     }
 
     /// Records `wanted` (each a group and the voters of a committed
     /// configuration, taken while this node led the group when `led`) in
     /// the placement through `client`: the groups it lists with another
     /// set are written, each only if its configuration is still the one
-    /// taken (module docs). Returns the groups that need nothing more
-    /// (written, already right, or not in the placement; every group
-    /// before formation), or `None` when no node `client` asked hosts
+    /// taken (module docs), as the replica hosted here holds it, or `held`
+    /// for its group once that one retired. Returns the groups that need
+    /// nothing more (written, already right, or not in the placement; every
+    /// group before formation), or `None` when no node `client` asked hosts
     /// group 0.
     async fn record_through(
         &self,
         client: &Client,
         wanted: &[Taken],
         led: bool,
+        held: Option<(GroupId, &Peer<S>)>,
     ) -> Result<Option<Vec<GroupId>>, Error> {
         let placement = PlacementClient::new(client.clone());
         let shards = match placement.shards().await {
@@ -336,7 +361,7 @@ impl<S: PeerExt> MultiNode<S> {
             if !same_set(&shard.replicas, voters) {
                 // The voters were taken before the connect and the read:
                 // a change committed since must not be written over.
-                let now = self.group(*group).map(|p| p.status());
+                let now = self.status_for_record(*group, held);
                 if !now
                     .as_ref()
                     .is_some_and(|st| still_current(*index, led, st))
@@ -370,8 +395,28 @@ impl<S: PeerExt> MultiNode<S> {
     /// replica to hold a committed, non-joint configuration, and records
     /// its voters. A failure is logged, not returned: the move's outcome
     /// stands, and the group's leader records the configuration later.
-    pub(super) async fn record_after_move(&self, group: GroupId, settle: Duration) {
-        let Some(peer) = self.group(group) else {
+    ///
+    /// `held` is the replica the move ran on, taken before it started: when
+    /// this node is the leaving one, its replica retires on the retirer's
+    /// first round after `C_new` commits ([`super::hosting`]), which may
+    /// come before this step or during its connect and read, and the
+    /// record is then made from the retired replica's last status (the
+    /// committed configuration that removed it, thesis §4.2.2). Looking
+    /// the replica up again instead dropped the record, and the group's
+    /// new node may know no member of group 0 to record it (module docs,
+    /// Limits), so the placement named the old node for good.
+    pub(super) async fn record_after_move(
+        &self,
+        group: GroupId,
+        held: Option<Peer<S>>,
+        settle: Duration,
+    ) {
+        let Some(peer) = self.group(group).or(held) else {
+            tracing::info!(
+                node = %self.name(),
+                group,
+                "placement: no replica of the moved group here; its leader records it"
+            );
             return;
         };
         let mut status = peer.watch();
@@ -395,7 +440,10 @@ impl<S: PeerExt> MultiNode<S> {
             );
             return;
         };
-        if let Err(e) = self.record_replicas(&[taken], false).await {
+        if let Err(e) = self
+            .record_replicas(&[taken], false, Some((group, &peer)))
+            .await
+        {
             tracing::warn!(
                 node = %self.name(),
                 group,
@@ -530,7 +578,7 @@ pub(super) fn spawn<S: PeerExt>(node: &MultiNode<S>, every: Duration) -> JoinHan
                     }
                 }
             };
-            match node.record_through(&client, &wanted, true).await {
+            match node.record_through(&client, &wanted, true, None).await {
                 Ok(Some(done)) => {
                     ledger.read(&led, Some(done.as_slice()), placement_commit);
                     let group0 = if fresh {
@@ -541,6 +589,11 @@ pub(super) fn spawn<S: PeerExt>(node: &MultiNode<S>, every: Duration) -> JoinHan
                     link.keep(client, group0);
                 }
                 Ok(None) => {
+                    tracing::debug!(
+                        node = %node.name(),
+                        groups = wanted.len(),
+                        "placement: no node asked hosts group 0; reading again after a backoff"
+                    );
                     link.failed();
                     ledger.read(&led, None, placement_commit);
                 }
