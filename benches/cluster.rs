@@ -18,7 +18,12 @@
 //! - `RAFTKIT_BENCH_OPS`: `put` or `get` to run only those cells of the
 //!   QUIC sections (default both; gets read the keys the puts wrote);
 //! - `RAFTKIT_PROBE=1` (with `--features latency-probe`): print the per-hop
-//!   breakdown of the 1-client durable put cell (`raftkit::probe`).
+//!   breakdown of the 1-client durable put cell (`raftkit::probe`);
+//! - `RAFTKIT_BENCH_APPLY_INLINE=1`: the QUIC peers apply small batches on
+//!   the node task (`PeerBuilder::apply_small_batches_inline`), as `kv
+//!   serve` does (default: off, the builder's default);
+//! - `RAFTKIT_BENCH_NORMAL_SCHED=1`: the QUIC peers' own threads keep the
+//!   normal scheduling policy (`PeerBuilder::batch_scheduling(false)`).
 //!
 //! # What is measured
 //!
@@ -398,12 +403,16 @@ async fn start_quic(store: Store) -> QuicCluster {
     let (ca, ids) = dev_cluster(&names).expect("dev CA");
     let client_identity = ca.issue_client("client").expect("client identity");
     let dir = bench_dir();
+    let apply_inline = std::env::var_os("RAFTKIT_BENCH_APPLY_INLINE").is_some_and(|v| v != "0");
+    let normal_sched = std::env::var_os("RAFTKIT_BENCH_NORMAL_SCHED").is_some_and(|v| v != "0");
     let mut peers = Vec::new();
     for (addr, id) in addrs.iter().zip(ids) {
         let b = Kv::peer()
             .listen(addr.clone())
             .bootstrap_members(addrs.clone())
-            .identity(id);
+            .identity(id)
+            .apply_small_batches_inline(apply_inline)
+            .batch_scheduling(!normal_sched);
         let b = match store {
             Store::Durable => b.data_dir(dir.path().join(addr)),
             Store::Memory => b.in_memory(),

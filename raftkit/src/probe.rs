@@ -21,7 +21,9 @@
 //! task taking the completion, `step_*` the node task stepping a message,
 //! `apply_q` committed entries handed to the apply thread), `t.*` the peer
 //! links (`*_write` written to the QUIC stream, `*_in` read from it), `st.*`
-//! any storage thread's sync, `a.*` an apply thread.
+//! any storage thread's sync, `a.*` an apply thread. With
+//! `RAFTKIT_PROBE_DUMP=FILE` the report also writes every write's marks to
+//! `FILE`, one write a line (`label@µs` from its `c.send`).
 //!
 //! Invariant: a mark never changes what the runtime does; only the storage
 //! thread's `st_begin` mark (a closure queued before the write, with the
@@ -141,6 +143,25 @@ mod imp {
             );
             prev = median;
         }
+        critical_path(&writes, &mut out);
+        // Every write, mark by mark, to a file for offline analysis.
+        if let Some(path) = std::env::var_os("RAFTKIT_PROBE_DUMP") {
+            let mut all = String::new();
+            for w in &writes {
+                let Some(&(_, t0)) = w.first() else { continue };
+                for (label, at) in w {
+                    let _ = write!(
+                        all,
+                        "{label}@{:.1} ",
+                        at.duration_since(t0).as_secs_f64() * 1e6
+                    );
+                }
+                all.push('\n');
+            }
+            if let Err(e) = std::fs::write(&path, all) {
+                let _ = writeln!(out, "RAFTKIT_PROBE_DUMP: {e}");
+            }
+        }
         writes.sort_by(|a, b| latency(a).total_cmp(&latency(b)));
         let mid = writes.len() / 2;
         for w in writes.iter().skip(mid.saturating_sub(2)).take(4) {
@@ -154,5 +175,109 @@ mod imp {
             let _ = writeln!(out, "write: {}", line.join(" "));
         }
         out
+    }
+
+    /// The offset (µs) of the first `label` at or after `after` in `w`.
+    fn first(w: &Write, t0: Instant, label: &str, after: f64) -> Option<f64> {
+        w.iter()
+            .map(|&(l, at)| (l, at.duration_since(t0).as_secs_f64() * 1e6))
+            .find(|&(l, us)| l == label && us >= after)
+            .map(|(_, us)| us)
+    }
+
+    /// The offset (µs) of the last `label` at or before `before` in `w`.
+    fn last_before(w: &Write, t0: Instant, label: &str, before: f64) -> Option<f64> {
+        w.iter()
+            .map(|&(l, at)| (l, at.duration_since(t0).as_secs_f64() * 1e6))
+            .filter(|&(l, us)| l == label && us <= before)
+            .map(|(_, us)| us)
+            .last()
+    }
+
+    /// Per write, the segments of the path that decided its latency, each
+    /// measured within that write (so that the medians of the steps do not
+    /// mix hops of different writes, as the table of first marks does): the
+    /// client's request to the leader, the leader's command hop, the
+    /// appends leaving, the first follower's storage round (hand-off,
+    /// sync, acknowledgement leaving), the acknowledgement's way back, the
+    /// commit (counting whether an acknowledgement or the leader's own
+    /// sync completed the quorum) and the answer's way to the client. The
+    /// leader's own storage round is shown beside it.
+    fn critical_path(writes: &[Write], out: &mut String) {
+        const SEGMENTS: [(&str, &str, &str); 17] = [
+            ("client -> leader's service", "c.send", "s.frame_in"),
+            ("service -> node task", "s.frame_in", "n.cmd"),
+            ("node task -> appends queued", "n.cmd", "L.ae_send"),
+            ("appends -> link writer", "L.ae_send", "t.AE_write"),
+            ("append on the wire (first)", "t.AE_write", "t.AE_in"),
+            ("follower: link -> storage queue", "t.AE_in", "F.persist_q"),
+            ("follower: storage thread wake", "F.persist_q", "F.st_begin"),
+            ("follower: write + sync (first)", "F.st_begin", "F.durable"),
+            ("follower: synced -> ack writer", "F.durable", "t.AER_write"),
+            ("ack on the wire", "t.AER_write", "t.AER_in"),
+            ("leader: ack read -> stepped", "t.AER_in", "L.step_aer"),
+            ("leader: storage thread wake", "L.persist_q", "L.st_begin"),
+            ("leader: write + sync", "L.st_begin", "L.durable"),
+            ("leader: synced -> node task", "L.durable", "L.on_persisted"),
+            ("answer: commit -> reply", "L.apply_q", "a.reply"),
+            ("answer: reply -> service writer", "a.reply", "s.write"),
+            ("answer: on the wire -> client", "s.write", "c.recv"),
+        ];
+        let mut segs: Vec<Vec<f64>> = vec![Vec::new(); SEGMENTS.len()];
+        let mut trigger = Vec::new();
+        let (mut by_ack, mut by_own) = (0usize, 0usize);
+        for w in writes {
+            let Some(&(_, t0)) = w.first() else { continue };
+            // Each segment starts at the first mark of its start label and
+            // ends at the first mark of its end label after it.
+            for (i, (_, from, to)) in SEGMENTS.iter().enumerate() {
+                if let Some(a) = first(w, t0, from, 0.0)
+                    && let Some(b) = first(w, t0, to, a)
+                {
+                    segs[i].push(b - a);
+                }
+            }
+            let Some(commit) = first(w, t0, "L.apply_q", 0.0) else {
+                continue;
+            };
+            let ack = last_before(w, t0, "L.step_aer", commit);
+            let own = last_before(w, t0, "L.on_persisted", commit);
+            let last = match (ack, own) {
+                (Some(a), Some(o)) if o > a => {
+                    by_own += 1;
+                    o
+                }
+                (Some(a), _) => {
+                    by_ack += 1;
+                    a
+                }
+                (None, Some(o)) => {
+                    by_own += 1;
+                    o
+                }
+                (None, None) => continue,
+            };
+            trigger.push(commit - last);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let _ = writeln!(
+            out,
+            "critical path (per write, then medians): quorum completed by an acknowledgement {by_ack}, by the leader's own sync {by_own}"
+        );
+        let _ = writeln!(out, "| segment | from | to | median µs | writes |");
+        let _ = writeln!(out, "|---|---|---|--:|--:|");
+        for ((what, from, to), v) in SEGMENTS.iter().zip(segs.iter_mut()) {
+            let n = v.len();
+            let _ = writeln!(out, "| {what} | {from} | {to} | {:.1} | {n} |", median(v));
+        }
+        let n = trigger.len();
+        let _ = writeln!(
+            out,
+            "| commit: quorum's last input -> apply queued | L.step_aer / L.on_persisted | L.apply_q | {:.1} | {n} |",
+            median(&mut trigger)
+        );
     }
 }
