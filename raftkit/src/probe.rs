@@ -191,7 +191,7 @@ mod imp {
             .map(|&(l, at)| (l, at.duration_since(t0).as_secs_f64() * 1e6))
             .filter(|&(l, us)| l == label && us <= before)
             .map(|(_, us)| us)
-            .last()
+            .next_back()
     }
 
     /// Per write, the segments of the path that decided its latency, each
