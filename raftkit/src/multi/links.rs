@@ -109,8 +109,17 @@ pub(crate) struct Links {
     /// The address of every node a group's configuration listed here (at
     /// most [`MAX_KNOWN`]): a replica hosted again on a node the group
     /// left answers its leader before it knows a configuration, while the
-    /// node's link to that leader went with the old replica.
-    known: Mutex<BTreeMap<NodeId, String>>,
+    /// node's link to that leader went with the old replica; and the
+    /// periodic placement check's last seeds ([`Links::recent_known`]).
+    known: Mutex<Known>,
+}
+
+/// The nodes [`Links`] remembers: each one's address, and when a group's
+/// configuration last listed it (a counter, larger is newer).
+#[derive(Default)]
+struct Known {
+    addrs: BTreeMap<NodeId, (String, u64)>,
+    next: u64,
 }
 
 /// The most node addresses [`Links`] remembers.
@@ -128,7 +137,7 @@ impl Links {
             on_demand: Mutex::new(None),
             hosting_held: Arc::new(AtomicUsize::new(0)),
             askers: Mutex::new(Default::default()),
-            known: Mutex::new(BTreeMap::new()),
+            known: Mutex::new(Known::default()),
         })
     }
 
@@ -156,7 +165,12 @@ impl Links {
     /// transport's link back to a node that dials in serves). Whether it
     /// was.
     pub(crate) fn link_joining(&self, group: GroupId, node: NodeId) -> bool {
-        let Some(addr) = self.known.lock().ok().and_then(|k| k.get(&node).cloned()) else {
+        let Some(addr) = self
+            .known
+            .lock()
+            .ok()
+            .and_then(|k| k.addrs.get(&node).map(|(a, _)| a.clone()))
+        else {
             return false;
         };
         let mut groups = self.groups();
@@ -169,6 +183,29 @@ impl Links {
         h.joining = Some((node, addr));
         self.relink(&groups);
         true
+    }
+
+    /// Up to `n` addresses of nodes a group's configuration listed here,
+    /// the most recently listed first, leaving out those `skip` names: the
+    /// fallback seeds of the periodic placement check (see
+    /// [`super::placement_sync`]), which a node whose own seeds do not host
+    /// group 0 reaches it through (the nodes it shared a group with).
+    pub(crate) fn recent_known(&self, n: usize, skip: impl Fn(&str) -> bool) -> Vec<String> {
+        let Ok(known) = self.known.lock() else {
+            return Vec::new();
+        };
+        let mut all: Vec<&(String, u64)> = known.addrs.values().collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut out: Vec<String> = Vec::new();
+        for (addr, _) in all {
+            if out.len() >= n {
+                break;
+            }
+            if !skip(addr) && !out.contains(addr) {
+                out.push(addr.clone());
+            }
+        }
+        out
     }
 
     /// Stops hosting `group` (its links stay while other groups list them).
@@ -428,9 +465,11 @@ impl Transport for GroupLink {
 
     fn set_peers(&self, peers: BTreeMap<NodeId, String>) {
         if let Ok(mut known) = self.links.known.lock() {
+            let Known { addrs, next } = &mut *known;
             for (id, addr) in &peers {
-                if known.len() < MAX_KNOWN || known.contains_key(id) {
-                    known.insert(*id, addr.clone());
+                if addrs.len() < MAX_KNOWN || addrs.contains_key(id) {
+                    *next += 1;
+                    addrs.insert(*id, (addr.clone(), *next));
                 }
             }
         }

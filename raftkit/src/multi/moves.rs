@@ -627,6 +627,10 @@ impl<S: PeerExt> MultiNode<S> {
             leader_left = report.leader_left,
             "replica move done"
         );
+        // Test only: a move held here, its steps 1 to 4 done, lets its
+        // replica retire before the record (`moves_tests`).
+        #[cfg(test)]
+        super::placement_sync::hooks::before_record(self.id()).await;
         Ok(report)
     }
 

@@ -251,6 +251,106 @@ async fn undoing_a_refused_move_never_removes_a_target_that_votes_now() {
     }
 }
 
+/// Two nodes, the placement formed on A only (group 0 and group 1 on A),
+/// and A leading group 1: the topology of the `multi_shards` move tests,
+/// where B knows no member of group 0 (module docs of
+/// [`super::super::placement_sync`], Limits).
+struct MovedOff {
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    a: MultiNode<Placement>,
+    b: MultiNode<Placement>,
+    b_addr: String,
+}
+
+/// The group [`MovedOff`] moves from A to B.
+const MOVED: GroupId = 1;
+
+async fn moved_off(name: &str) -> MovedOff {
+    let ca = ClusterCa::generate(name).expect("a CA");
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let dirs = (
+        tempfile::tempdir().expect("a temporary directory"),
+        tempfile::tempdir().expect("a temporary directory"),
+    );
+    let a = node(&ca, &a_addr, dirs.0.path()).await;
+    let b = node(&ca, &b_addr, dirs.1.path()).await;
+    a.form_shards(1, std::slice::from_ref(&a_addr))
+        .await
+        .expect("the placement formed");
+    until("A leading group 1 with a committed configuration", || {
+        a.group(MOVED).and_then(|p| {
+            let st = p.status();
+            (st.role == Role::Leader && settled_members(&st).is_some()).then_some(())
+        })
+    })
+    .await;
+    MovedOff {
+        _dirs: dirs,
+        a,
+        b,
+        b_addr,
+    }
+}
+
+impl MovedOff {
+    /// What the placement lists for [`MOVED`], read on A (a read that
+    /// fails, e.g. `NotLeader` while A's group 0 wakes from quiescence, is
+    /// made again, up to [`DEADLINE`]).
+    async fn listed(&self) -> Option<Vec<String>> {
+        let placement = PlacementClient::new(self.a.placement().expect("A hosts group 0"));
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let shards = loop {
+            match placement.shards().await {
+                Ok(shards) => break shards,
+                Err(e) => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the placement read: {e:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        shards
+            .iter()
+            .find(|s| s.group == MOVED)
+            .map(|s| s.replicas.clone())
+    }
+
+    /// Moves [`MOVED`] from A to B through `move_replica`, held at the end
+    /// of steps 1 to 4 (before `move_replica_with` goes on to its record,
+    /// step 5) until A's replica retired;
+    /// `meanwhile` runs then. B's periodic check is silenced, so whatever
+    /// the placement lists afterwards was written by A's step 5 (or by
+    /// `meanwhile`).
+    async fn move_with_retirement_first(&self, meanwhile: impl std::future::Future<Output = ()>) {
+        super::super::placement_sync::hooks::silence_check(self.b.id());
+        let (reached, go) = super::super::placement_sync::hooks::pause_before_record(self.a.id());
+        let mover = {
+            let (a, b_addr) = (self.a.clone(), self.b_addr.clone());
+            tokio::spawn(async move { a.move_replica(MOVED, a.id(), &b_addr).await })
+        };
+        tokio::time::timeout(DEADLINE, reached)
+            .await
+            .expect("the move reached its record within the deadline")
+            .expect("the pause point was reached");
+        until("A's replica of group 1 retired", || {
+            self.a.group(MOVED).is_none().then_some(())
+        })
+        .await;
+        meanwhile.await;
+        let _ = go.send(());
+        tokio::time::timeout(DEADLINE, mover)
+            .await
+            .expect("the move ended within the deadline")
+            .expect("the move's task")
+            .expect("the move");
+    }
+
+    async fn shutdown(self) {
+        let _ = self.b.shutdown().await;
+        let _ = self.a.shutdown().await;
+    }
+}
+
 /// Found by the flaky `multi_shards` tests (stop 54): a move's record
 /// (step 5) looked the group's replica up on the mover once steps 1 to 4
 /// had ended, and again just before its write. The mover is the leaving
@@ -260,53 +360,80 @@ async fn undoing_a_refused_move_never_removes_a_target_that_votes_now() {
 /// replica and gave up (silently, or "the configuration changed" at the
 /// write), and the group's new node, which knows no member of group 0,
 /// never recorded it either, so the placement named the old node for good.
-/// The interleaving is forced: steps 1 to 4 run, the replica retires, then
-/// step 5 runs; the placement must name the new node.
+/// The interleaving is forced through `move_replica` itself (review, stop
+/// 54: the test called steps 1 to 4 and the record on its own, so the
+/// wiring that holds the replica was not covered): steps 1 to 4 run, the
+/// replica retires, then step 5 runs; the placement must name the new
+/// node, written by A (B's check is silenced).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moves_record_lands_after_the_leaving_replica_retired() {
-    let ca = ClusterCa::generate("moves-record-test").expect("a CA");
-    let (a_addr, b_addr) = (free_addr(), free_addr());
-    let (a_dir, b_dir) = (
-        tempfile::tempdir().expect("a temporary directory"),
-        tempfile::tempdir().expect("a temporary directory"),
-    );
-    let a = node(&ca, &a_addr, a_dir.path()).await;
-    let b = node(&ca, &b_addr, b_dir.path()).await;
-    a.form_shards(1, std::slice::from_ref(&a_addr))
-        .await
-        .expect("the placement formed");
-    const MOVED: GroupId = 1;
-    until("A leading group 1 with a committed configuration", || {
-        a.group(MOVED).and_then(|p| {
-            let st = p.status();
-            (st.role == Role::Leader && settled_members(&st).is_some()).then_some(())
-        })
-    })
-    .await;
-    let opts = MoveOptions::default();
-    // Held as `move_replica_with` holds it, before the move.
-    let held = a.group(MOVED);
-    a.run_move(MOVED, a.id(), &b_addr, &opts)
-        .await
-        .expect("steps 1 to 4 of the move");
-    until("A's replica of group 1 retired", || {
-        a.group(MOVED).is_none().then_some(())
-    })
-    .await;
-    a.record_after_move(MOVED, held, opts.step_timeout).await;
-    let placement = PlacementClient::new(a.placement().expect("A hosts group 0"));
-    let shards = placement.shards().await.expect("the placement read");
-    let listed = shards
-        .iter()
-        .find(|s| s.group == MOVED)
-        .map(|s| s.replicas.clone());
+    let t = moved_off("moves-record-test").await;
+    t.move_with_retirement_first(async {}).await;
     assert_eq!(
-        listed,
-        Some(vec![b_addr.clone()]),
+        t.listed().await,
+        Some(vec![t.b_addr.clone()]),
         "the move's record did not land once the leaving replica had retired"
     );
-    let _ = b.shutdown().await;
-    let _ = a.shutdown().await;
+    t.shutdown().await;
+}
+
+/// Found by review (stop 54): once the mover's replica retired, the check
+/// that the configuration is still the one taken, just before the write,
+/// passed whatever happened since (a retired replica's status never
+/// changes), so the move's record could overwrite a newer one for the
+/// whole connect and read. The retired path now writes only over a listing
+/// that still names this node. A newer record (`[b, x]`) lands between the
+/// retirement and step 5; the placement must keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_moves_record_does_not_overwrite_a_newer_one() {
+    let t = moved_off("moves-record-newer-test").await;
+    let x = free_addr();
+    let newer = vec![t.b_addr.clone(), x];
+    t.move_with_retirement_first(async {
+        let placement = PlacementClient::new(t.a.placement().expect("A hosts group 0"));
+        placement
+            .set_replicas(MOVED, newer.clone())
+            .await
+            .expect("the newer record");
+    })
+    .await;
+    assert_eq!(
+        t.listed().await,
+        Some(newer.clone()),
+        "the retired replica's frozen view overwrote a newer record"
+    );
+    t.shutdown().await;
+}
+
+/// Found by review (stop 54): when the mover's record (step 5) is lost, the
+/// group's new node, whose own seeds (its groups' members, no known nodes)
+/// do not host group 0, backed off and never recorded the move: the
+/// placement named the old node for good. Its periodic check now tries
+/// the nodes its groups' configurations listed (A, from `C_old`). A's
+/// record fails; the placement must name B within `UNSHARDED_EVERY_MAX`
+/// + 2 election timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_moves_record_is_made_by_the_new_node_through_the_nodes_it_shared_a_group_with() {
+    let t = moved_off("moves-record-lost-test").await;
+    super::super::placement_sync::hooks::fail_records(t.a.id());
+    t.a.move_replica(MOVED, t.a.id(), &t.b_addr)
+        .await
+        .expect("the move");
+    // 20 ms ticks, 10 per election timeout.
+    let bound = Duration::from_millis(200) * (60 + 2);
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let listed = t.listed().await;
+        if listed.as_deref() == Some(std::slice::from_ref(&t.b_addr)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the placement did not name B within {bound:?} of a move whose record was lost: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.shutdown().await;
 }
 
 /// The move's pure decisions, read from a leader's status (moved here

@@ -733,6 +733,12 @@ impl<S: PeerExt> MultiNode<S> {
         &self.inner.identity
     }
 
+    /// The node's peer links (the nodes its groups listed, see
+    /// [`super::placement_sync`]).
+    pub(super) fn links(&self) -> &Links {
+        &self.inner.links
+    }
+
     /// The groups this node hosts, in order.
     pub fn groups(&self) -> Vec<GroupId> {
         self.inner.groups().keys().copied().collect()

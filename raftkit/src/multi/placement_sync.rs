@@ -21,10 +21,13 @@
 //!   configuration `C_old,new` is a passage, not a place (thesis §4.3). A
 //!   move's intent (the target it was asked for) is never written. A move
 //!   whose node left the group (its own replica moved away) records from
-//!   the replica it ran on, also once that replica retired (its last
-//!   status: the committed `C_new` that removed it, thesis §4.2.2): the
-//!   retirement may come first, and the group's new node may know no
-//!   member of group 0 to record it itself (see Limits).
+//!   the replica it ran on, also once that replica retired: the
+//!   retirement may come first, and the group's new node may reach group 0
+//!   only through its fallback seeds (see Limits). Retired by the retirer
+//!   ([`super::hosting`]), its last status is the committed `C_new` that
+//!   removed it (thesis §4.2.2); retired on a member's answer
+//!   ([`super::removal`]: it missed the last AppendEntries), it may hold
+//!   an uncommitted or joint configuration, and then nothing is recorded.
 //! - A group's replicas are written only when the placement lists another
 //!   set: recording is idempotent, and a write that changes nothing is not
 //!   made.
@@ -33,7 +36,11 @@
 //!   voters were taken (and, for the periodic check, while this node still
 //!   leads the group): the connect and the read before it can take seconds,
 //!   and a change committed meanwhile must not be written over by the set
-//!   it replaced.
+//!   it replaced. A retired replica's status never changes, so that check
+//!   cannot see a later change: a record made from one is written only
+//!   while the placement still lists this node for the group (a
+//!   compare-and-set against the listing the move replaced; any record
+//!   made from `C_new` or later no longer names this node).
 //! - Records are still unconditional writes, so one made from a view that
 //!   a later change overtook between that look and the write landing (or
 //!   on a node that lost its leadership while it wrote) can land after the
@@ -65,7 +72,15 @@
 //!   and makes a new one only after a call through it failed or found no
 //!   group 0. A new one is seeded with group 0's voters as its leader last
 //!   reported them, or, without them (or when a client so seeded failed),
-//!   with every node this node knows (see Limits).
+//!   with this node's replica of group 0's members, its led groups'
+//!   members and the nodes set by [`MultiNode::set_known_nodes`]. When
+//!   those seeds found no group 0, or no client could be made, the same
+//!   check tries once more with up to `FALLBACK_SEEDS` (16) other nodes a
+//!   group's configuration listed here, the most recently listed first
+//!   (the peer links remember up to 1,024 of them): a node a group moved
+//!   to reaches group 0 through the nodes it moved from. They are never
+//!   added to every client's seeds (a new client makes a handshake and a
+//!   hello with each seed).
 //! - Writes go to group 0 through the client service, with the node's
 //!   certificate ([`super::service`] lets any node certificate of the CA
 //!   read and write group 0, a known limit documented there), so
@@ -94,10 +109,19 @@
 //! knows backs the periodic reads off to one per `UNSHARDED_EVERY_MAX`
 //! election timeouts (a group's configuration or leader change is still
 //! read at once), which is also what bounds a sharded node whose seeds do
-//! not host group 0 until it learns one that does. A node reaches group 0
-//! through the members of its own groups and the nodes it knows
-//! ([`MultiNode::set_known_nodes`]); one that knows no member of group 0
-//! records nothing.
+//! not host group 0 until it learns one that does (on an unsharded
+//! deployment each such read also tries the fallback seeds). A node
+//! reaches group 0 through the members of its own groups, the nodes it
+//! knows ([`MultiNode::set_known_nodes`]) and, as a fallback, the 16 nodes
+//! its groups' configurations listed most recently; one that reaches no
+//! member of group 0 through any of them records nothing, and a move whose
+//! own record (step 5) was lost then stays unrecorded until it does. That
+//! is the case when none of the nodes it shared a group with (among those
+//! 16) hosts group 0, or when the mover's record is lost (it failed, its
+//! node restarted before it, or its replica retired on a member's answer
+//! with an unsettled configuration) and the group's new nodes never
+//! shared a group with a node of group 0. A general fix needs a hint on
+//! the wire (a node answering where group 0 is); not made.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -129,6 +153,10 @@ const VERIFY_EVERY_WITH_REPLICA: u32 = 20;
 /// `2 * VERIFY_EVERY` checks, doubling with each such read up to this
 /// (module docs).
 const UNSHARDED_EVERY_MAX: u32 = 60;
+
+/// The most fallback seeds (nodes a group's configuration listed here) the
+/// periodic check tries after its own seeds found no group 0 (module docs).
+const FALLBACK_SEEDS: usize = 16;
 
 /// A group's voters as taken for a record: those of its committed
 /// configuration at `index`.
@@ -299,6 +327,10 @@ impl<S: PeerExt> MultiNode<S> {
         led: bool,
         held: Option<(GroupId, &Peer<S>)>,
     ) -> Result<Option<Vec<GroupId>>, Error> {
+        #[cfg(test)]
+        if hooks::record_fails(self.id()) {
+            return Err(Error::Unavailable("the record fails (test hook)".into()));
+        }
         let groups: Vec<GroupId> = wanted.iter().map(|t| t.group).collect();
         let client = self
             .placement_client(&self.placement_seeds(&groups))
@@ -308,18 +340,21 @@ impl<S: PeerExt> MultiNode<S> {
 
     /// `group`'s status as this node's replica holds it: the replica hosted
     /// now, else `held` (a move's replica of that group, kept by the move:
-    /// retired, it holds its last status, the committed configuration that
-    /// removed it, and sees no later one).
+    /// retired, it holds its last status and sees no later one; retired by
+    /// the retirer, that is the committed configuration that removed it,
+    /// while one retired on a member's answer may hold an uncommitted or
+    /// joint one, see [`super::removal`]). The flag tells whether the
+    /// status is `held`'s.
     fn status_for_record(
         &self,
         group: GroupId,
         held: Option<(GroupId, &Peer<S>)>,
-    ) -> Option<PeerStatus> {
+    ) -> Option<(PeerStatus, bool)> {
         match self.group(group) {
-            Some(peer) => Some(peer.status()),
+            Some(peer) => Some((peer.status(), false)),
             None => held
                 .filter(|(g, _)| *g == group)
-                .map(|(_, peer)| peer.status()),
+                .map(|(_, peer)| (peer.status(), true)),
         }
     }
 
@@ -364,15 +399,31 @@ impl<S: PeerExt> MultiNode<S> {
                 let now = self.status_for_record(*group, held);
                 if !now
                     .as_ref()
-                    .is_some_and(|st| still_current(*index, led, st))
+                    .is_some_and(|(st, _)| still_current(*index, led, st))
                 {
                     tracing::info!(
                         node = %self.name(),
                         group,
                         taken = index,
-                        now = ?now.map(|st| (st.config_index, st.role)),
+                        now = ?now.map(|(st, _)| (st.config_index, st.role)),
                         "placement: the configuration changed or the leadership moved since its voters were taken; not recorded"
                     );
+                    continue;
+                }
+                // A retired replica's status never changes, so the check
+                // above cannot see a change made since: written only over
+                // the listing the move replaced, which names this node
+                // (module docs; found by review, stop 54).
+                let retired = now.as_ref().is_some_and(|(_, held)| *held);
+                if retired && !shard.replicas.iter().any(|a| a == self.advertise()) {
+                    tracing::info!(
+                        node = %self.name(),
+                        group,
+                        taken = index,
+                        listed = ?shard.replicas,
+                        "placement: the moved group's listing no longer names this node (a newer record landed); not recorded"
+                    );
+                    done.push(*group);
                     continue;
                 }
                 let replicas = merged(&shard.replicas, voters);
@@ -401,7 +452,11 @@ impl<S: PeerExt> MultiNode<S> {
     /// first round after `C_new` commits ([`super::hosting`]), which may
     /// come before this step or during its connect and read, and the
     /// record is then made from the retired replica's last status (the
-    /// committed configuration that removed it, thesis §4.2.2). Looking
+    /// committed configuration that removed it, thesis §4.2.2, when the
+    /// retirer retired it; one retired on a member's answer may hold an
+    /// uncommitted or joint configuration, and then nothing is recorded),
+    /// and only over a listing that still names this node (module docs).
+    /// Looking
     /// the replica up again instead dropped the record, and the group's
     /// new node may know no member of group 0 to record it (module docs,
     /// Limits), so the placement named the old node for good.
@@ -440,18 +495,111 @@ impl<S: PeerExt> MultiNode<S> {
             );
             return;
         };
-        if let Err(e) = self
+        match self
             .record_replicas(&[taken], false, Some((group, &peer)))
             .await
         {
-            tracing::warn!(
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::warn!(
+                node = %self.name(),
+                group,
+                "placement: no node asked hosts group 0; the moved group's leader's check records it if it reaches group 0"
+            ),
+            Err(e) => tracing::warn!(
                 node = %self.name(),
                 group,
                 error = %e,
-                "placement: could not record the moved group's replicas; its leader's check records them"
-            );
+                "placement: could not record the moved group's replicas; its leader's check records them if it reaches group 0"
+            ),
         }
     }
+
+    /// The periodic check's fallback seeds: up to [`FALLBACK_SEEDS`] nodes
+    /// a group's configuration listed here, the most recently listed first,
+    /// other than this node and those in `tried`.
+    fn fallback_seeds(&self, tried: &[String]) -> Vec<String> {
+        let me = self.advertise();
+        self.links()
+            .recent_known(FALLBACK_SEEDS, |a| a == me || tried.iter().any(|t| t == a))
+    }
+
+    /// One read (and the writes it calls for) of the periodic check:
+    /// through the kept client, else a new one seeded with `seeds` if
+    /// given, else with [`Link::seeds`]; the seeds used are added to
+    /// `tried`.
+    async fn check_once(
+        &self,
+        link: &mut Link<Client>,
+        wanted: &[Taken],
+        seeds: Option<Vec<String>>,
+        tried: &mut Vec<String>,
+    ) -> Attempt {
+        let (client, fresh) = match link.client().filter(|_| seeds.is_none()) {
+            Some(client) => (client, false),
+            None => {
+                let seeds = seeds.unwrap_or_else(|| {
+                    let groups: Vec<GroupId> = wanted.iter().map(|t| t.group).collect();
+                    link.seeds(self.placement_seeds(&groups))
+                });
+                tried.extend(seeds.iter().cloned());
+                match self.placement_client(&seeds).await {
+                    Ok(client) => (client, true),
+                    Err(e) => {
+                        tracing::debug!(
+                            node = %self.name(),
+                            seeds = seeds.len(),
+                            error = %e,
+                            "placement: cannot reach the placement group"
+                        );
+                        return Attempt::Unreachable;
+                    }
+                }
+            }
+        };
+        match self.record_through(&client, wanted, true, None).await {
+            Ok(Some(done)) => {
+                let group0 = if fresh {
+                    group0_voters(&client).await
+                } else {
+                    None
+                };
+                link.keep(client, group0);
+                Attempt::Done(done)
+            }
+            Ok(None) => {
+                tracing::debug!(
+                    node = %self.name(),
+                    groups = wanted.len(),
+                    "placement: no node asked hosts group 0"
+                );
+                link.failed();
+                Attempt::NoGroup0
+            }
+            Err(e) => {
+                link.failed();
+                tracing::debug!(
+                    node = %self.name(),
+                    groups = wanted.len(),
+                    error = %e,
+                    "placement: checking the led groups' replicas failed; retrying at the next check"
+                );
+                Attempt::Failed
+            }
+        }
+    }
+}
+
+/// How one read of the periodic check ended.
+#[derive(Debug)]
+enum Attempt {
+    /// Group 0 read: these groups need nothing more.
+    Done(Vec<GroupId>),
+    /// No node asked hosts group 0.
+    NoGroup0,
+    /// No client could be made (no seed, or none reached).
+    Unreachable,
+    /// A call failed (retried at the next check).
+    Failed,
 }
 
 /// What the periodic check knows between two checks (module docs).
@@ -559,56 +707,115 @@ pub(super) fn spawn<S: PeerExt>(node: &MultiNode<S>, every: Duration) -> JoinHan
             if !ledger.due(&led, placement_commit) {
                 continue;
             }
-            let (client, fresh) = match link.client() {
-                Some(client) => (client, false),
-                None => {
-                    let groups: Vec<GroupId> = led.iter().map(|(g, _)| *g).collect();
-                    let seeds = link.seeds(node.placement_seeds(&groups));
-                    match node.placement_client(&seeds).await {
-                        Ok(client) => (client, true),
-                        Err(e) => {
-                            tracing::debug!(
-                                node = %node.name(),
-                                seeds = seeds.len(),
-                                error = %e,
-                                "placement: cannot reach the placement group; retrying at the next check"
-                            );
-                            continue;
-                        }
-                    }
-                }
-            };
-            match node.record_through(&client, &wanted, true, None).await {
-                Ok(Some(done)) => {
-                    ledger.read(&led, Some(done.as_slice()), placement_commit);
-                    let group0 = if fresh {
-                        group0_voters(&client).await
-                    } else {
-                        None
-                    };
-                    link.keep(client, group0);
-                }
-                Ok(None) => {
+            #[cfg(test)]
+            if hooks::check_silenced(node.id()) {
+                continue;
+            }
+            let mut tried = Vec::new();
+            let mut outcome = node.check_once(&mut link, &wanted, None, &mut tried).await;
+            // The seeds found no group 0: the nodes this node shared a
+            // group with, once, in the same check (module docs).
+            if matches!(outcome, Attempt::NoGroup0 | Attempt::Unreachable) {
+                let fallback = node.fallback_seeds(&tried);
+                if !fallback.is_empty() {
                     tracing::debug!(
                         node = %node.name(),
-                        groups = wanted.len(),
-                        "placement: no node asked hosts group 0; reading again after a backoff"
+                        seeds = fallback.len(),
+                        "placement: trying the nodes this node's groups listed"
                     );
-                    link.failed();
+                    match node
+                        .check_once(&mut link, &wanted, Some(fallback), &mut tried)
+                        .await
+                    {
+                        Attempt::Unreachable => {}
+                        second => outcome = second,
+                    }
+                }
+            }
+            match outcome {
+                Attempt::Done(done) => {
+                    ledger.read(&led, Some(done.as_slice()), placement_commit);
+                }
+                Attempt::NoGroup0 => {
+                    tracing::debug!(
+                        node = %node.name(),
+                        "placement: no group 0 found; reading again after a backoff"
+                    );
                     ledger.read(&led, None, placement_commit);
                 }
-                Err(e) => {
-                    link.failed();
-                    tracing::debug!(
-                    node = %node.name(),
-                    groups = wanted.len(),
-                    error = %e,
-                    "placement: checking the led groups' replicas failed; retrying at the next check"
-                    );
-                }
+                // Retried at the next check.
+                Attempt::Unreachable | Attempt::Failed => {}
             }
         }
     })
+}
+
+/// Test only: per node (by id, so that tests running at once do not meet),
+/// a record that fails, a periodic check that does nothing, and a pause of
+/// a move between its steps 1 to 4 and its record (step 5).
+#[cfg(test)]
+pub(crate) mod hooks {
+    use std::sync::Mutex;
+
+    use tokio::sync::oneshot;
+
+    use crate::core::NodeId;
+
+    static FAILING: Mutex<Vec<NodeId>> = Mutex::new(Vec::new());
+    static SILENCED: Mutex<Vec<NodeId>> = Mutex::new(Vec::new());
+    /// Armed pauses: the node, where to say the move reached the point,
+    /// and what lets it go on.
+    type Armed = (NodeId, oneshot::Sender<()>, oneshot::Receiver<()>);
+    static PAUSED: Mutex<Vec<Armed>> = Mutex::new(Vec::new());
+
+    fn has(list: &Mutex<Vec<NodeId>>, id: NodeId) -> bool {
+        list.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    }
+
+    /// Every record of a move on node `id` fails (`record_replicas`).
+    pub(crate) fn fail_records(id: NodeId) {
+        FAILING.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+    }
+
+    pub(super) fn record_fails(id: NodeId) -> bool {
+        has(&FAILING, id)
+    }
+
+    /// Node `id`'s periodic check does nothing.
+    pub(crate) fn silence_check(id: NodeId) {
+        SILENCED.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+    }
+
+    pub(super) fn check_silenced(id: NodeId) -> bool {
+        has(&SILENCED, id)
+    }
+
+    /// Holds node `id`'s next move before its record: the first receiver
+    /// resolves once it is there, and it goes on once the second sender is
+    /// used or dropped.
+    pub(crate) fn pause_before_record(id: NodeId) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (reached_tx, reached_rx) = oneshot::channel();
+        let (go_tx, go_rx) = oneshot::channel();
+        PAUSED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, reached_tx, go_rx));
+        (reached_rx, go_tx)
+    }
+
+    /// The point, in `move_replica_with`.
+    pub(crate) async fn before_record(id: NodeId) {
+        let armed = {
+            let mut all = PAUSED.lock().unwrap_or_else(|p| p.into_inner());
+            all.iter()
+                .position(|(of, _, _)| *of == id)
+                .map(|at| all.swap_remove(at))
+        };
+        if let Some((_, reached, go)) = armed {
+            let _ = reached.send(());
+            let _ = go.await;
+        }
+    }
 }
 
 /// Group 0's voters as the member `client` reaches first (its leader,
