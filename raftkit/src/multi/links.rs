@@ -195,7 +195,7 @@ impl Links {
             return Vec::new();
         };
         let mut all: Vec<&(String, u64)> = known.addrs.values().collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1));
+        all.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
         let mut out: Vec<String> = Vec::new();
         for (addr, _) in all {
             if out.len() >= n {
@@ -548,6 +548,39 @@ mod tests {
         ]));
         assert!(quic.link_state(3).is_some() && quic.link_state(stranger).is_some());
         assert_eq!(quic.handshake_members(), BTreeSet::from([2, 3]));
+        quic.shutdown().await;
+    }
+
+    /// The periodic placement check's fallback seeds (review, stop 54):
+    /// the nodes a group's configuration listed here, the most recently
+    /// listed first, capped, leaving out those the caller skips.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_recently_listed_nodes_come_newest_first() {
+        let (_ca, mut ids) = dev_cluster(["links@r"]).expect("certs");
+        let identity = ids.pop().expect("node identity");
+        let config = QuicConfig::new("127.0.0.1:0".parse().expect("addr"), "links@r", identity, 0);
+        let (quic, _addr) = QuicTransport::start(config, mpsc::channel(1).0, None)
+            .await
+            .expect("transport starts");
+        let links = Links::new(quic.clone(), usize::MAX);
+        let (inbox, _inbox) = mpsc::channel(1);
+        links.register(7, inbox);
+        let group = links.link(7);
+        let addr = |n: u8| format!("127.0.0.{n}:700{n}");
+        for peers in [vec![2, 3], vec![4], vec![3]] {
+            group.set_peers(peers.into_iter().map(|n| (u64::from(n), addr(n))).collect());
+        }
+        assert_eq!(
+            links.recent_known(16, |_| false),
+            vec![addr(3), addr(4), addr(2)],
+            "the node listed last comes first"
+        );
+        assert_eq!(links.recent_known(2, |_| false), vec![addr(3), addr(4)]);
+        assert_eq!(
+            links.recent_known(16, |a| a == addr(4)),
+            vec![addr(3), addr(2)],
+            "the tried ones are left out"
+        );
         quic.shutdown().await;
     }
 
