@@ -81,6 +81,8 @@ mod membership_tests;
 mod node;
 #[doc(hidden)]
 pub mod persist;
+#[cfg(test)]
+mod persist_open_tests;
 mod reads;
 pub(crate) mod receive_budget;
 mod request_deadline;
