@@ -136,3 +136,32 @@ fn a_log_starting_right_after_the_snapshot_opens_and_a_gap_is_refused() {
         }
     }
 }
+
+/// A crash between saving a snapshot and compacting the log behind it may
+/// leave the log starting exactly at the snapshot's last entry: opening
+/// finishes the compaction, so the log continues right after the snapshot.
+/// If the log disagrees with the snapshot there (Raft §7: a snapshot whose
+/// last entry the log does not hold with its term replaces the whole log),
+/// none of its entries is restored and none is left in the log.
+#[test]
+fn a_log_starting_at_the_snapshot_index_is_compacted_behind_it() {
+    // The log agrees with the snapshot: entries after it are kept.
+    let opened = open(log(5, 8, 2), snapshots(5, 2)).expect("open");
+    assert_eq!(
+        (opened.log.first_index(), opened.log.last_index()),
+        (6, 8),
+        "snapshot at 5, log 5..=8: the log was not compacted behind the snapshot"
+    );
+    assert_eq!(restored(&opened), vec![(6, 2), (7, 2), (8, 2)]);
+    // The log disagrees (its entry 5 has term 1, the snapshot's term 3):
+    // nothing of it is restored, and nothing of it stays behind to be
+    // taken for this node's log later.
+    let opened = open(log(5, 8, 1), snapshots(5, 3)).expect("open");
+    assert_eq!(restored(&opened), Vec::<(Index, Term)>::new());
+    assert_eq!(
+        (opened.log.first_index(), opened.log.last_index()),
+        (6, 5),
+        "snapshot at 5 of term 3, log 5..=8 of term 1: the conflicting entries stayed in the log"
+    );
+    assert_eq!(opened.log.term(5).expect("term"), Some(3));
+}
