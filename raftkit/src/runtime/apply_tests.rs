@@ -170,7 +170,10 @@ impl Thread {
             query: encode("query", &TallyRead::Get).expect("encodes"),
             reply: Reply::new(tx, None),
         });
-        let bytes = rx.await.expect("answered").expect("read served");
+        let bytes = within(rx, "the read at index 0 (the state so far)")
+            .await
+            .expect("answered")
+            .expect("read served");
         match decode::<TallyReadOutput>("output", &bytes).expect("decodes") {
             TallyReadOutput::Get(n) => n,
         }
@@ -182,8 +185,7 @@ impl Thread {
 
     async fn snapshot_into(&mut self, room: Vec<u8>) -> Taken {
         self.send(ApplyMsg::TakeSnapshot { room });
-        self.snapshots
-            .recv()
+        within(self.snapshots.recv(), "the snapshot taken")
             .await
             .expect("the thread answers")
             .expect("a snapshot")
@@ -721,7 +723,14 @@ fn the_room_of_every_write_answered_in_one_batch_comes_back() {
             entries: (1..=5).map(|i| add(i, 1)).collect(),
         });
         for (i, rx) in answers.into_iter().enumerate() {
-            assert_eq!(output(rx.await.expect("answered")), i as u64 + 1);
+            assert_eq!(
+                output(
+                    within(rx, "a registered write's answer")
+                        .await
+                        .expect("answered")
+                ),
+                i as u64 + 1
+            );
         }
         // Served after the batch: its room was returned by then.
         assert_eq!(t.value().await, 5);
@@ -1405,7 +1414,10 @@ impl Shared {
             query: encode("query", &TallyRead::Get).expect("encodes"),
             reply: Reply::new(tx, None),
         }));
-        let bytes = rx.await.expect("answered").expect("read served");
+        let bytes = within(rx, "the read at index 0 (the state so far)")
+            .await
+            .expect("answered")
+            .expect("read served");
         match decode::<TallyReadOutput>("output", &bytes).expect("decodes") {
             TallyReadOutput::Get(n) => n,
         }

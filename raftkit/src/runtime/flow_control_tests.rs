@@ -92,6 +92,15 @@ async fn start(
 /// index then and B's status once C committed them all and B (which takes
 /// in nothing past its apply bound) learned that what it holds is
 /// committed (heartbeats carry the commit index it holds entries for).
+/// `f`, failing the test if it has not ended within 30 s (`what` says
+/// what was awaited): a regression that never answers fails the test
+/// instead of hanging the run.
+async fn bounded<T>(f: impl std::future::Future<Output = T>, what: &str) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 30 s"))
+}
+
 async fn pad_behind_b(
     peers: &[Peer<Pile>],
     a: usize,
@@ -99,12 +108,14 @@ async fn pad_behind_b(
     c: usize,
 ) -> (u64, super::PeerStatus) {
     for _ in 0..PADS {
-        peers[a]
-            .write(PileWrite::Pad {
+        bounded(
+            peers[a].write(PileWrite::Pad {
                 bytes: vec![7u8; 1 << 20],
-            })
-            .await
-            .expect("pad");
+            }),
+            "a padding write",
+        )
+        .await
+        .expect("pad");
     }
     let last = peers[a].status().commit;
     until("C commits every padding", || {
@@ -138,8 +149,10 @@ async fn a_follower_with_a_blocked_state_machine_keeps_its_log_bounded_and_catch
     .await;
     let (b, c) = ((a + 1) % 3, (a + 2) % 3);
     GATE.hold_thread_of(ADDRS[b]);
-    peers[a].write(PileWrite::Hold).await.expect("hold");
-    GATE.wait_entered().await;
+    bounded(peers[a].write(PileWrite::Hold), "the holding write")
+        .await
+        .expect("hold");
+    bounded(GATE.wait_entered(), "B's apply thread entering the gate").await;
     let held_at = peers[b].status().applied;
 
     let (last, b_status) = pad_behind_b(&peers, a, b, c).await;
@@ -170,10 +183,12 @@ async fn a_follower_with_a_blocked_state_machine_keeps_its_log_bounded_and_catch
         (s.last_index >= last && s.applied >= last).then_some(())
     })
     .await;
-    let (out, _) = peers[b]
-        .read_with(PileRead::Padded, crate::client::Consistency::Stale)
-        .await
-        .expect("stale read on B");
+    let (out, _) = bounded(
+        peers[b].read_with(PileRead::Padded, crate::client::Consistency::Stale),
+        "a stale read on B",
+    )
+    .await
+    .expect("stale read on B");
     assert!(
         matches!(out, PileReadOutput::Padded(n) if n == (PADS as u64) << 20),
         "B's state after catching up: {out:?}"
