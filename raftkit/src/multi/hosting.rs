@@ -24,8 +24,10 @@
 //!   is removed again; nor is it ever bootstrapped: only a replica this
 //!   node founded (`create_group`, `form_shards`: a durable `founded`
 //!   marker in `groups/<id>`, written before the journal's `Create`
-//!   record) and that holds no configuration (its bootstrap failed) is
-//!   bootstrapped, by the founding call retried, with that call's members;
+//!   record), that holds no configuration (its bootstrap failed) and that
+//!   the journal holds no tombstone of (a `founded` marker whose deletion
+//!   failed at a removal outlives it) is bootstrapped, by the founding call
+//!   retried, with that call's members;
 //! - a group this node left comes back only behind a **membership
 //!   fence** (see "Moving back" below);
 //! - within [`HostingPolicy::quarantine`] of a removal the in-memory

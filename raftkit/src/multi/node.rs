@@ -849,12 +849,13 @@ impl<S: PeerExt> MultiNode<S> {
     /// are the nodes at `members` (their advertised addresses, this node's
     /// included or not); each member node creates it with the same list.
     /// A group this node already hosts is returned as it is — unless this
-    /// node founded it and its replica holds no configuration (a failure
-    /// between the durable creation and the bootstrap, here or before a
-    /// restart): that replica is bootstrapped with `members` now, as a
-    /// fresh create would (a replica hosted on demand never is); one it left
-    /// is refused with [`Error::Rejected`], also while its replica is
-    /// still being retired.
+    /// node founded it, never left it, and its replica holds no
+    /// configuration (a failure between the durable creation and the
+    /// bootstrap, here or before a restart): that replica is bootstrapped
+    /// with `members` now, as a fresh create would (a replica hosted on
+    /// demand never is, nor one hosted again after this node left the
+    /// group). One it left and does not host is refused with
+    /// [`Error::Rejected`], also while its replica is still being retired.
     pub async fn create_group(&self, group: GroupId, members: &[String]) -> Result<Peer<S>, Error> {
         if group == PLACEMENT_GROUP {
             return Err(Error::Rejected(
@@ -907,12 +908,26 @@ impl<S: PeerExt> MultiNode<S> {
     /// builder bootstraps a log that is still empty, as a fresh create
     /// does. A replica hosted on demand is never founded here. The caller
     /// holds the `retiring` lock.
+    ///
+    /// A group this node left (a tombstone in the journal) is never
+    /// bootstrapped, whatever its markers say: its replica here now was
+    /// hosted again by a move, behind the removal's fence, and catches up
+    /// from the group's leader as a learner (see `hosting`, "Moving
+    /// back"); bootstrapped, it would hold a voter configuration under
+    /// the old replica's id without the entries that replica acknowledged.
+    /// The `founded` marker is deleted after the tombstone is durable
+    /// (`hosting::delete_group_files`), and a deletion that failed leaves
+    /// it behind while the journal holds the group again.
     async fn bootstrap_unformed(
         &self,
         group: GroupId,
         peer: Peer<S>,
         members: &[String],
     ) -> Result<Peer<S>, Error> {
+        if self.inner.journal.was_removed(group) {
+            tracing::debug!(group, node = %self.inner.name, "not bootstrapping a replica of a group this node left");
+            return Ok(peer);
+        }
         let st = peer.status();
         if st.config_index > 0
             || !st.members.is_empty()

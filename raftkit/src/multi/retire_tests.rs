@@ -663,3 +663,86 @@ async fn a_placement_whose_bootstrap_failed_is_bootstrapped_by_form_shards_retri
     .await;
     node.shutdown().await.expect("a clean shutdown");
 }
+
+/// A group this node left and that a move brought back (hosted again on
+/// demand, behind its fence) is never bootstrapped by a `create_group`,
+/// even when the removal could not delete the group's `founded` marker:
+/// the replica stays empty and catches up from the group's leader.
+/// Bootstrapped, it would hold a voter configuration of its own under the
+/// old replica's id, without the entries the old replica acknowledged
+/// (see `hosting`, "Moving back").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_moved_back_is_not_bootstrapped_by_a_leftover_founded_marker() {
+    use crate::core::{Body, Configuration, Entry, Payload};
+    use crate::storage::LogStore;
+    use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
+    let addr = free_addr();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = ClusterCa::generate("retire-test").expect("a CA");
+    let fs = FaultyFs::over_real();
+    let mut builder = MultiNode::<Placement>::builder()
+        .identity(
+            ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+                .expect("a node certificate"),
+        )
+        .hosting_policy(crate::multi::HostingPolicy {
+            quarantine: Duration::ZERO,
+            ..Default::default()
+        });
+    builder.fs = Arc::new(fs.clone());
+    let node = start_on(builder, &addr, dir.path()).await;
+    let members = vec![addr.clone()];
+    node.create_group(1, &members).await.expect("group 1");
+    let founded = dir.path().join("groups").join("1").join("founded");
+    assert!(founded.exists(), "the founding call marks the group");
+
+    // The removal's tombstone is written, the marker's deletion fails.
+    fs.inject(FaultRule::new(FileOp::Remove, Fault::Io).on("founded"));
+    node.retire(1, Retire::Removed((1, 0)))
+        .await
+        .expect("group 1 retired");
+    assert!(node.inner.journal.was_removed(1));
+    assert!(founded.exists(), "the marker's deletion was refused");
+    fs.clear();
+
+    // Moved back: the group's leader hosts an empty replica here.
+    let fence = node.inner.journal.fence(1).expect("the removal's fence");
+    let mut hello = heartbeat(&node);
+    hello.term = fence.1 + 1;
+    let leader = hello.from;
+    node.host_on_demand(1, hello.clone()).await;
+    let hosted = node.group(1).expect("group 1 hosted again on demand");
+
+    // The founding call, retried (or repeated by an operator).
+    let created = node.create_group(1, &members).await;
+    let log = node.inner.journal.log(1);
+    assert_eq!(
+        (
+            log.last_index(),
+            created.as_ref().map(|p| p.status().members.len()).ok()
+        ),
+        (0, Some(0)),
+        "a replica hosted again after its removal was bootstrapped by create_group"
+    );
+    drop(created);
+
+    // It catches up from the group's leader instead.
+    let mut append = hello;
+    append.body = Body::AppendEntries {
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![Entry {
+            term: append.term,
+            index: 1,
+            payload: Payload::Config(Configuration::new([leader, node.id()])),
+        }],
+        commit: 1,
+    };
+    node.host_on_demand(1, append).await;
+    until("the replica holds its leader's configuration", || {
+        let st = hosted.status();
+        st.config_index == 1 && st.members.iter().any(|m| m.id == leader)
+    })
+    .await;
+    node.shutdown().await.expect("a clean shutdown");
+}
