@@ -19,7 +19,9 @@
 //! # Invariants
 //!
 //! 1. One commit thread applies writes in arrival order (per group that is
-//!    the node task's Ready order) and makes each batch durable with **one**
+//!    the node task's Ready order; a group's writes behind one carrying a
+//!    received snapshot wait for its save, see below, and keep their
+//!    order) and makes each batch durable with **one**
 //!    `Wal::sync`, whatever the number of groups in it: more groups make
 //!    bigger batches, not more fsyncs. Before it syncs, it yields the CPU a
 //!    few times while its queue is empty (`GATHER_YIELDS`), so that the
@@ -70,10 +72,22 @@
 //!    while it reads a checkpoint that a crash left unfinished).
 //!
 //! A group's snapshots are not in the journal: each group has its own
-//! [`crate::storage::FileSnapshotStore`] directory; a snapshot received
-//! from a leader is saved there (atomically) on the commit thread before
-//! the log is compacted behind it, exactly as the single-group persister
-//! does.
+//! [`crate::storage::FileSnapshotStore`] directory. A snapshot received
+//! from a leader (up to 1 GiB) is saved there by the journal's snapshot
+//! worker (`raftkit-jsnaps`), outside the journal's lock and
+//! beside the commit thread, which meanwhile goes on making other groups'
+//! writes durable; the group's own later writes wait behind it, in order.
+//! Only once the save returned `Ok` (the file written, fsynced, renamed
+//! into place, the directory fsynced: atomic, see
+//! [`crate::storage::snapshot`]) does the commit thread record the
+//! compaction behind it and the rest of that write. So a crash leaves
+//! either the old snapshot in force (a temporary file, deleted when the
+//! store opens) or the new one, with the log not yet compacted behind it
+//! if the crash came before the record, which opening the group finishes
+//! (`runtime::persist::open_stores`): never a journal compacted behind a
+//! snapshot that is not on disk. A failed save fails the write and every
+//! later write of the group's sink (invariant 4), as the single-group
+//! persister does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,13 +96,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{debug, error, info};
+use tracing::{error, info};
 
 use super::GroupId;
 use crate::core::types::{Entry, HardState, Index, Payload, Term};
 use crate::runtime::persist::{Done, SharedSink, SharedSnapshots, Write};
 use crate::storage::vfs::SharedFs;
-use crate::storage::{LogStore, MemLogStore, StorageError, Wal, WalOptions};
+use crate::storage::{LogStore, MemLogStore, Snapshot, StorageError, Wal, WalOptions};
 
 /// The most entry bytes one `Append` record of a checkpoint carries (64
 /// KiB in tests, so that they split logs into several batches cheaply).
@@ -230,6 +244,52 @@ struct Job {
     token: u64,
     /// The first failed write of the job's sink (invariant 4).
     failed: Arc<Mutex<Option<String>>>,
+    /// For a write carrying a received snapshot: where the snapshot worker
+    /// hands the job back once the snapshot is saved (a sender of the
+    /// commit thread's queue, which therefore stays open until it is).
+    reply: Option<mpsc::UnboundedSender<Msg>>,
+}
+
+impl Job {
+    /// The error this job is refused with, if its sink failed before
+    /// (invariant 4).
+    fn refused(&self) -> Option<StorageError> {
+        self.failed.lock().map_or_else(
+            |_| Some(StorageError::Closed),
+            |f| f.clone().map(|cause| StorageError::Failed { cause }),
+        )
+    }
+
+    /// Records `e` as the first failure of the job's sink (invariant 4).
+    fn record_failure(&self, e: &StorageError) {
+        if let Ok(mut f) = self.failed.lock()
+            && f.is_none()
+        {
+            error!(group = self.group, error = %e, "a group's journal write failed; refusing its further writes");
+            *f = Some(e.to_string());
+        }
+    }
+}
+
+/// What the commit thread's queue carries.
+enum Msg {
+    /// A group's write, from its sink.
+    Write(Job),
+    /// A write whose received snapshot the snapshot worker saved (or
+    /// failed to), at `(index, term)`: the rest of it is recorded now.
+    Saved {
+        job: Job,
+        at: (Index, Term),
+        result: Result<(), StorageError>,
+    },
+}
+
+/// A received snapshot for the snapshot worker to save: `job` is the rest
+/// of its write, handed back through `reply`.
+struct Save {
+    job: Job,
+    snapshot: Snapshot,
+    reply: mpsc::UnboundedSender<Msg>,
 }
 
 struct Shared {
@@ -248,8 +308,10 @@ impl Shared {
 pub struct Journal {
     shared: Arc<Shared>,
     /// The commit thread's queue (taken by [`Journal::close`]).
-    jobs: Arc<Mutex<Option<mpsc::UnboundedSender<Job>>>>,
-    worker: Arc<Mutex<Option<crate::runtime::threads::Worker>>>,
+    jobs: Arc<Mutex<Option<mpsc::UnboundedSender<Msg>>>>,
+    /// The commit thread, then the snapshot worker (which stops once the
+    /// commit thread has).
+    workers: Arc<Mutex<Vec<crate::runtime::threads::Worker>>>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -323,14 +385,18 @@ impl Journal {
             counters: Counters::default(),
         });
         let (jobs, rx) = mpsc::unbounded_channel();
+        let (saves, saves_rx) = mpsc::unbounded_channel();
+        let saver = threads
+            .spawn("raftkit-jsnaps", commit::save_snapshots(saves_rx))
+            .map_err(|e| StorageError::Invalid(e.to_string()))?;
         let s = shared.clone();
         let worker = threads
-            .spawn("raftkit-journal", run(s, rx))
+            .spawn("raftkit-journal", commit::run(s, rx, saves))
             .map_err(|e| StorageError::Invalid(e.to_string()))?;
         Ok(Journal {
             shared,
             jobs: Arc::new(Mutex::new(Some(jobs))),
-            worker: Arc::new(Mutex::new(Some(worker))),
+            workers: Arc::new(Mutex::new(vec![worker, saver])),
         })
     }
 
@@ -434,13 +500,18 @@ impl Journal {
     }
 
     /// Stops the commit thread once every group's sink is gone (stop the
-    /// groups first), releasing the directory; waits for it.
+    /// groups first) and every received snapshot being saved is recorded,
+    /// then the snapshot worker, releasing the directory; waits for both.
     pub async fn close(&self) {
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.take();
         }
-        let worker = self.worker.lock().ok().and_then(|mut w| w.take());
-        if let Some(worker) = worker {
+        let workers = self
+            .workers
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        for worker in workers {
             worker.join().await;
         }
     }
@@ -764,20 +835,19 @@ impl State {
         Ok(())
     }
 
-    /// Applies one job's write (snapshot first, then compaction, entries,
-    /// hard state), like the single-group persister.
+    /// Records one job's write (the compaction behind its received
+    /// snapshot, `saved` at `(index, term)` by the snapshot worker, first;
+    /// then compaction, entries, hard state), like the single-group
+    /// persister. The write's snapshot itself was taken out and saved
+    /// before (see the module documentation).
     fn apply_write(
         &mut self,
         group: GroupId,
         write: Write,
-        snapshots: &SharedSnapshots,
+        saved: Option<(Index, Term)>,
     ) -> Result<(), StorageError> {
-        if let Some(snap) = write.snapshot {
-            snapshots
-                .lock()
-                .map_err(|_| StorageError::Closed)?
-                .save(&snap)?;
-            self.record(group, Rec::Compact(snap.meta.index, snap.meta.term))?;
+        if let Some((index, term)) = saved {
+            self.record(group, Rec::Compact(index, term))?;
         }
         if let Some((index, term)) = write.compact {
             self.record(group, Rec::Compact(index, term))?;
@@ -789,71 +859,6 @@ impl State {
             self.record(group, Rec::HardState(hs))?;
         }
         Ok(())
-    }
-}
-
-/// The commit thread: takes every queued write, applies them in order,
-/// syncs once, completes each.
-async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut batch: Vec<(Done, u64, Result<(), StorageError>)> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let Ok(mut st) = shared.state() else {
-            let _ = first.done.send(Err(StorageError::Closed));
-            continue;
-        };
-        let mut next = Some(first);
-        let mut bytes = 0usize;
-        while let Some(job) = next.take() {
-            bytes = job
-                .write
-                .entries
-                .iter()
-                .fold(bytes, |b, e| b.saturating_add(e.approx_size()));
-            let refused = job.failed.lock().map_or_else(
-                |_| Some(StorageError::Closed),
-                |f| f.clone().map(|cause| StorageError::Failed { cause }),
-            );
-            let r = match refused {
-                Some(e) => Err(e),
-                None => st.apply_write(job.group, job.write, &job.snapshots),
-            };
-            if let Err(e) = &r
-                && let Ok(mut f) = job.failed.lock()
-                && f.is_none()
-            {
-                error!(group = job.group, error = %e, "a group's journal write failed; refusing its further writes");
-                *f = Some(e.to_string());
-            }
-            batch.push((job.done, job.token, r));
-            if batch.len() < 65_536 && bytes < MAX_BATCH_BYTES {
-                next = rx.try_recv().ok();
-                let mut yields = 0;
-                while next.is_none() && yields < GATHER_YIELDS {
-                    std::thread::yield_now();
-                    yields += 1;
-                    next = rx.try_recv().ok();
-                }
-            }
-        }
-        let synced = st.sync(&shared.counters);
-        if synced.is_ok()
-            && let Err(e) = st.maybe_checkpoint(&shared.counters)
-        {
-            debug!(error = %e, "checkpoint failed");
-        }
-        drop(st);
-        shared
-            .counters
-            .writes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for (done, token, r) in batch.drain(..) {
-            let outcome = match (&synced, r) {
-                (Err(e), _) => Err(e.clone()),
-                (Ok(()), Err(e)) => Err(e),
-                (Ok(()), Ok(())) => Ok(token),
-            };
-            let _ = done.send(outcome);
-        }
     }
 }
 
@@ -922,7 +927,7 @@ impl LogStore for GroupLog {
 /// The write path of one running group (see [`Journal::sink`]).
 pub struct GroupSink {
     /// `None` once the journal is closed.
-    jobs: Option<mpsc::UnboundedSender<Job>>,
+    jobs: Option<mpsc::UnboundedSender<Msg>>,
     group: GroupId,
     snapshots: SharedSnapshots,
     /// The first failed write of this sink (invariant 4).
@@ -931,6 +936,10 @@ pub struct GroupSink {
 
 impl SharedSink for GroupSink {
     fn write(&self, write: Write, done: Done, token: u64) {
+        let reply = match write.snapshot {
+            Some(_) => self.jobs.clone(),
+            None => None,
+        };
         let job = Job {
             group: self.group,
             write,
@@ -938,17 +947,23 @@ impl SharedSink for GroupSink {
             done,
             token,
             failed: self.failed.clone(),
+            reply,
         };
         let refused = match &self.jobs {
-            Some(jobs) => jobs.send(job).err().map(|mpsc::error::SendError(job)| job),
-            None => Some(job),
+            Some(jobs) => jobs.send(Msg::Write(job)).err().map(|e| e.0),
+            None => Some(Msg::Write(job)),
         };
-        if let Some(job) = refused {
+        if let Some(Msg::Write(job) | Msg::Saved { job, .. }) = refused {
             let _ = job.done.send(Err(StorageError::Closed));
         }
     }
 }
 
+#[path = "journal_commit.rs"]
+mod commit;
+#[cfg(test)]
+#[path = "journal_snapshot_tests.rs"]
+mod snapshot_tests;
 #[cfg(test)]
 #[path = "journal_tests.rs"]
 mod tests;

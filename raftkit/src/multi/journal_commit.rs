@@ -1,0 +1,209 @@
+//! The journal's commit thread and its snapshot worker (see the
+//! [journal's module documentation](super), invariant 1 and its last
+//! paragraph).
+//!
+//! Invariants: a group's writes are applied and completed in the order its
+//! sink gave them; while a write of a group carrying a received snapshot is
+//! with the snapshot worker, the group is *held* and its later writes wait
+//! in order, and no other group waits for it; a held write's snapshot is
+//! saved (durable) before any record of its write is, and its compaction
+//! is recorded only if the save succeeded.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::GroupId;
+use super::{GATHER_YIELDS, Job, MAX_BATCH_BYTES, Msg, Save, Shared, State};
+use crate::core::types::{Index, Term};
+use crate::runtime::persist::{Done, Write};
+use crate::storage::StorageError;
+
+/// The commit thread: takes every queued write, applies them in order,
+/// syncs once, completes each. A write carrying a received snapshot goes
+/// to the snapshot worker first; its group's later writes wait in `held`
+/// until it comes back saved, while other groups' writes go on.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    saver: mpsc::UnboundedSender<Save>,
+) {
+    let mut batch: Batched = Vec::new();
+    // The groups whose received snapshot is being saved, each with its
+    // writes queued behind it, in order.
+    let mut held: BTreeMap<GroupId, VecDeque<Job>> = BTreeMap::new();
+    while let Some(first) = rx.recv().await {
+        let Ok(mut st) = shared.state() else {
+            let (Msg::Write(job) | Msg::Saved { job, .. }) = first;
+            let _ = job.done.send(Err(StorageError::Closed));
+            continue;
+        };
+        let mut taker = Taker {
+            st: &mut st,
+            held: &mut held,
+            saver: &saver,
+            batch: &mut batch,
+            bytes: 0,
+        };
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            taker.take_msg(msg);
+            if taker.batch.len() < 65_536 && taker.bytes < MAX_BATCH_BYTES {
+                next = rx.try_recv().ok();
+                let mut yields = 0;
+                while next.is_none() && yields < GATHER_YIELDS {
+                    std::thread::yield_now();
+                    yields += 1;
+                    next = rx.try_recv().ok();
+                }
+            }
+        }
+        let synced = st.sync(&shared.counters);
+        if synced.is_ok()
+            && let Err(e) = st.maybe_checkpoint(&shared.counters)
+        {
+            debug!(error = %e, "checkpoint failed");
+        }
+        drop(st);
+        shared
+            .counters
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for (done, token, r) in batch.drain(..) {
+            let outcome = match (&synced, r) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(()), Err(e)) => Err(e),
+                (Ok(()), Ok(())) => Ok(token),
+            };
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+/// The writes one sync completes: where each one's outcome goes, its
+/// token, and whether it was applied.
+type Batched = Vec<(Done, u64, Result<(), StorageError>)>;
+
+/// One batch of the commit thread in the making (under the journal's lock).
+struct Taker<'a> {
+    st: &'a mut State,
+    held: &'a mut BTreeMap<GroupId, VecDeque<Job>>,
+    saver: &'a mpsc::UnboundedSender<Save>,
+    batch: &'a mut Batched,
+    /// Entry bytes taken so far.
+    bytes: usize,
+}
+
+impl Taker<'_> {
+    fn take_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Write(job) => match self.held.get_mut(&job.group) {
+                Some(queue) => queue.push_back(job),
+                None => self.take(job, None),
+            },
+            Msg::Saved { job, at, result } => {
+                // The write's save is done: the rest of it, then the
+                // group's writes that waited, until one holds it again.
+                let group = job.group;
+                let mut queue = self.held.remove(&group).unwrap_or_default();
+                self.take(job, Some((at, result)));
+                while let Some(job) = queue.pop_front() {
+                    match self.held.get_mut(&group) {
+                        Some(again) => again.push_back(job),
+                        None => self.take(job, None),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies `job` to the batch, or hands its received snapshot to the
+    /// snapshot worker and holds its group; `saved` is the outcome of its
+    /// snapshot's save when it comes back from there.
+    fn take(&mut self, mut job: Job, saved: Option<((Index, Term), Result<(), StorageError>)>) {
+        self.bytes = job
+            .write
+            .entries
+            .iter()
+            .fold(self.bytes, |b, e| b.saturating_add(e.approx_size()));
+        let r = match (job.refused(), saved) {
+            (Some(e), _) | (None, Some((_, Err(e)))) => Err(e),
+            (None, Some((at, Ok(())))) => {
+                let write = std::mem::replace(&mut job.write, empty_write());
+                self.st.apply_write(job.group, write, Some(at))
+            }
+            (None, None) => match job.write.snapshot.take() {
+                Some(snapshot) => match job.reply.take() {
+                    Some(reply) => {
+                        let group = job.group;
+                        match self.saver.send(Save {
+                            job,
+                            snapshot,
+                            reply,
+                        }) {
+                            Ok(()) => {
+                                self.held.insert(group, VecDeque::new());
+                                return;
+                            }
+                            Err(mpsc::error::SendError(Save { job: back, .. })) => {
+                                job = back;
+                                Err(StorageError::Closed)
+                            }
+                        }
+                    }
+                    None => Err(StorageError::Closed),
+                },
+                None => {
+                    let write = std::mem::replace(&mut job.write, empty_write());
+                    self.st.apply_write(job.group, write, None)
+                }
+            },
+        };
+        if let Err(e) = &r {
+            job.record_failure(e);
+        }
+        self.batch.push((job.done, job.token, r));
+    }
+}
+
+/// A write of nothing (what is left of a job once its write was taken).
+fn empty_write() -> Write {
+    Write {
+        snapshot: None,
+        compact: None,
+        entries: Vec::new(),
+        hard_state: None,
+    }
+}
+
+/// The snapshot worker: saves each received snapshot handed to it (the
+/// file written and fsynced, renamed into place, the directory fsynced:
+/// [`SnapshotStore::save`](crate::storage::SnapshotStore::save)), outside
+/// the journal's lock, and hands its write back to the commit thread.
+pub(super) async fn save_snapshots(mut rx: mpsc::UnboundedReceiver<Save>) {
+    while let Some(Save {
+        job,
+        snapshot,
+        reply,
+    }) = rx.recv().await
+    {
+        let at = (snapshot.meta.index, snapshot.meta.term);
+        let result = job
+            .snapshots
+            .lock()
+            .map_err(|_| StorageError::Closed)
+            .and_then(|mut store| store.save(&snapshot));
+        drop(snapshot);
+        if let Err(e) = &result {
+            debug!(group = job.group, index = at.0, error = %e, "a received snapshot was not saved");
+        }
+        // The commit thread's queue stays open while `reply` lives.
+        if let Err(mpsc::error::SendError(msg)) = reply.send(Msg::Saved { job, at, result }) {
+            let (Msg::Write(job) | Msg::Saved { job, .. }) = msg;
+            let _ = job.done.send(Err(StorageError::Closed));
+        }
+    }
+}
