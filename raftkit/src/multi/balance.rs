@@ -22,11 +22,15 @@
 //! The replica balancer ([`plan_replicas_avoiding`]) skips the targets in
 //! [`RefusedTargets`]: a move to a node refused at its joint change (its
 //! binary is older than the group's voters', or another change was in
-//! flight) is not planned to that node again until the schema its hello
-//! showed changes (it was upgraded) or a backoff of rounds, doubling with
-//! each refusal up to [`MAX_SKIP_ROUNDS`], runs out. Without it the
-//! balancer would plan the same refused move every round, each attempt a
-//! learner added, caught up (perhaps by a snapshot) and removed again.
+//! flight), or failed at a step that needs the target (it never caught
+//! up: it is down or unreachable), is not planned to that node again
+//! until the schema its hello showed changes (it was upgraded) or a
+//! backoff of rounds, doubling with each refusal or failure up to
+//! [`MAX_SKIP_ROUNDS`], runs out; a move to it that succeeds resets it.
+//! Without it the balancer would plan the same move every round, each
+//! attempt a learner added, caught up (perhaps by a snapshot) and removed
+//! again, or, for a dead target, a catch-up timeout (120 s by default)
+//! spent on it every round.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -194,9 +198,10 @@ pub struct RefusedTargets {
 }
 
 impl RefusedTargets {
-    /// A move to `node` was refused while its hello showed `schema`: it is
-    /// skipped for 4 rounds, twice as many as last time
-    /// if it was refused before with the same schema (at most
+    /// A move to `node` was refused, or failed for want of the target,
+    /// while its hello showed `schema` (`None`: none heard, as from a
+    /// node that is down): it is skipped for 4 rounds, twice as many as
+    /// last time if it was refused before with the same schema (at most
     /// [`MAX_SKIP_ROUNDS`]).
     pub fn refused(&mut self, node: NodeId, schema: Option<Arc<Schema>>) {
         let skip = match self.by_node.get(&node) {

@@ -70,9 +70,12 @@
 //!
 //! [`MultiNode::balance_replicas`] runs [`balance::plan_replicas_avoiding`](super::balance::plan_replicas_avoiding)
 //! over the groups this node leads and carries out at most one move per
-//! round. A target whose move was refused ([`MoveError::Refused`]) is
-//! skipped by later rounds until its schema changes or a doubling backoff
-//! runs out ([`balance::RefusedTargets`](super::balance::RefusedTargets)).
+//! round. A target whose move was refused ([`MoveError::Refused`]) or
+//! failed at a step that needs the target (its catch-up: a dead target
+//! fails it after the whole catch-up timeout, every round) is skipped by
+//! later rounds until its schema changes or a doubling backoff runs out
+//! ([`balance::RefusedTargets`](super::balance::RefusedTargets)); a move
+//! to it that succeeds forgets it.
 
 use std::time::Duration;
 
@@ -822,17 +825,40 @@ impl<S: PeerExt> MultiNode<S> {
             return Ok(None);
         };
         info!(group = mv.group, from = mv.from, to = %addr, "moving a replica to balance replica counts");
-        let moved = self.move_replica(mv.group, mv.from, addr).await;
+        let opts = self.balance_move_options();
+        let moved = self.move_replica_with(mv.group, mv.from, addr, &opts).await;
         match &moved {
             Ok(_) => self.refused_targets(|r| r.moved(mv.to)),
-            Err(MoveError::Refused { .. }) => {
+            Err(e) if counts_against_target(e) => {
                 let heard = schemas.peer(mv.to);
                 self.refused_targets(|r| r.refused(mv.to, heard));
-                info!(group = mv.group, to = %addr, "replica move refused: later rounds skip this target until its schema changes or a backoff ends");
+                info!(group = mv.group, to = %addr, error = %e, "replica move to this target refused or failed: later rounds skip it until its schema changes or the backoff ends");
             }
             Err(_) => {}
         }
         moved.map(Some)
+    }
+}
+
+/// Whether a failed move counts against its target, so that the replica
+/// balancer backs off from it ([`RefusedTargets`](super::balance::RefusedTargets)):
+/// a refused joint change, and a failed step that needs the target — its
+/// catch-up (a target that is down, unreachable or too slow fails it after
+/// the whole [`MoveOptions::catch_up_timeout`], 120 s by default, every
+/// time), or a configuration change whose new majority includes it. Not a
+/// move that never reached the target: this node no longer leads the
+/// group, the move made no sense, an earlier change was still in flight,
+/// or the learner could not be added (the group's own trouble).
+pub(super) fn counts_against_target(e: &MoveError) -> bool {
+    match e {
+        MoveError::Refused { .. } => true,
+        MoveError::Step { step, .. } => matches!(
+            step,
+            MoveStep::CatchUp | MoveStep::JointChange | MoveStep::LeaveJoint
+        ),
+        MoveError::NotHosted { .. } | MoveError::NotLeader { .. } | MoveError::Invalid { .. } => {
+            false
+        }
     }
 }
 

@@ -436,6 +436,54 @@ async fn a_lost_moves_record_is_made_by_the_new_node_through_the_nodes_it_shared
     t.shutdown().await;
 }
 
+/// A move to a node that never answers (nothing listens at its address)
+/// fails at its catch-up, after the whole catch-up timeout (120 s by
+/// default). The next balancing rounds skip that target for a backoff
+/// (doubling with each failure, capped, see `balance::RefusedTargets`)
+/// instead of trying it again every round. Before: only a refused joint
+/// change counted against a target, and every round spent its catch-up
+/// timeout on the same dead node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
+    let ca = ClusterCa::generate("balance-backoff").expect("a CA");
+    let addr = free_addr();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let a = node(&ca, &addr, dir.path()).await;
+    a.set_balance_move_options(MoveOptions {
+        catch_up_timeout: Duration::from_millis(300),
+        step_timeout: Duration::from_secs(5),
+        ..MoveOptions::default()
+    });
+    // Two groups led here, a known node with none: one move planned.
+    for g in [1, 2] {
+        let peer = a
+            .create_group(g, std::slice::from_ref(&addr))
+            .await
+            .expect("a group");
+        until("the group's leader settled", || {
+            let st = peer.status();
+            (st.role == Role::Leader && settled_members(&st).is_some()).then_some(())
+        })
+        .await;
+    }
+    let dead = free_addr();
+    a.set_known_nodes(vec![addr.clone(), dead.clone()]);
+
+    let first = a.balance_replicas().await;
+    assert!(
+        matches!(&first, Err(e) if e.is_retryable() && e.to_string().contains("CatchUp")),
+        "the move to a node that never answers: {first:?}"
+    );
+    for round in 0..3 {
+        let again = a.balance_replicas().await;
+        assert!(
+            matches!(again, Ok(None)),
+            "round {round} after the failed move tried the dead target again: {again:?}"
+        );
+    }
+    a.shutdown().await.expect("a clean shutdown");
+}
+
 /// The move's pure decisions, read from a leader's status (moved here
 /// from `moves.rs`, stop 53; unchanged).
 mod decisions {
@@ -602,5 +650,45 @@ mod decisions {
             into_error(MoveError::NotLeader { group: 1, hint: hint.clone() }),
             Error::NotLeader { hint: h } if h == hint
         ));
+    }
+
+    /// What the replica balancer backs off a target for: a refusal, or a
+    /// failed step that needs the target (a dead one never catches up);
+    /// never a move that did not reach it.
+    #[test]
+    fn only_a_failure_for_want_of_the_target_counts_against_it() {
+        let failed = |step| MoveError::Step {
+            group: 1,
+            step,
+            applied: Applied::Maybe,
+            leaves: String::new(),
+            source: Error::Timeout,
+        };
+        for step in [
+            MoveStep::CatchUp,
+            MoveStep::JointChange,
+            MoveStep::LeaveJoint,
+        ] {
+            assert!(counts_against_target(&failed(step)), "{step:?}");
+        }
+        for step in [MoveStep::Settle, MoveStep::AddLearner] {
+            assert!(!counts_against_target(&failed(step)), "{step:?}");
+        }
+        assert!(counts_against_target(&MoveError::Refused {
+            group: 1,
+            step: MoveStep::JointChange,
+            cause: RefusalCause::Configuration,
+            leaves: String::new(),
+            source: Error::Timeout,
+        }));
+        assert!(!counts_against_target(&MoveError::NotLeader {
+            group: 1,
+            hint: None
+        }));
+        assert!(!counts_against_target(&MoveError::NotHosted { group: 1 }));
+        assert!(!counts_against_target(&MoveError::Invalid {
+            group: 1,
+            reason: String::new()
+        }));
     }
 }

@@ -422,6 +422,8 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 identity: client_identity,
                 #[cfg(test)]
                 window: Mutex::new(None),
+                #[cfg(test)]
+                balance_moves: Mutex::new(None),
             }),
         };
         node.start_removal(member_rx);
@@ -559,6 +561,10 @@ pub(super) struct Inner<S> {
     /// `retire_tests`).
     #[cfg(test)]
     window: Mutex<Option<Arc<retire_tests::WindowPause>>>,
+    /// The options of the replica balancer's moves (tests only: the
+    /// default waits 120 s for a learner to catch up).
+    #[cfg(test)]
+    balance_moves: Mutex<Option<super::MoveOptions>>,
 }
 
 /// The runtime of the groups' workers (dropped without waiting: dropping
@@ -1295,6 +1301,23 @@ impl<S: PeerExt> MultiNode<S> {
     pub fn set_known_nodes(&self, addrs: Vec<String>) {
         if let Ok(mut k) = self.inner.known.lock() {
             *k = addrs;
+        }
+    }
+
+    /// The options of the replica balancer's moves.
+    pub(super) fn balance_move_options(&self) -> super::MoveOptions {
+        #[cfg(test)]
+        if let Some(opts) = self.inner.balance_moves.lock().ok().and_then(|o| o.clone()) {
+            return opts;
+        }
+        super::MoveOptions::default()
+    }
+
+    /// Sets the options of the replica balancer's moves (tests only).
+    #[cfg(test)]
+    pub(super) fn set_balance_move_options(&self, opts: super::MoveOptions) {
+        if let Ok(mut o) = self.inner.balance_moves.lock() {
+            *o = Some(opts);
         }
     }
 
