@@ -320,6 +320,35 @@ mod tests {
         }
     }
 
+    /// Raft §5.3 (etcd's `MaybeDecrTo` likewise): in replicate mode a
+    /// rejection at exactly the match point is stale too, the follower
+    /// acknowledged holding that entry (a rejection sent before it did,
+    /// delivered late). Mutant PR7 (teeth, stop 55): `rejected <=
+    /// self.matched` -> `<` survived every test; such a rejection sent the
+    /// leader back to probing.
+    #[test]
+    fn a_rejection_at_the_match_point_is_stale_in_replicate_mode() {
+        let mut pr = Progress::new(1, 4);
+        pr.maybe_update(5);
+        pr.become_replicate();
+        pr.sent_entries(9);
+        assert!(!pr.maybe_decrease(5, 0), "a rejection of prev_index 5");
+        assert_eq!((pr.mode, pr.next), (Mode::Replicate, 10));
+    }
+
+    /// The module's invariant `matched < next` holds whatever the hint of a
+    /// probe's rejection says: a hint below the match point sends the next
+    /// probe just past it, not below. Mutant PR8 (teeth, stop 55): dropping
+    /// `.max(self.matched + 1)` in `maybe_decrease` survived every test.
+    #[test]
+    fn a_probe_hint_below_the_match_point_keeps_next_past_it() {
+        let mut pr = Progress::new(10, 4);
+        pr.maybe_update(5);
+        pr.sent_entries(9);
+        assert!(pr.maybe_decrease(9, 2));
+        assert_eq!(pr.next, 6, "next probes from just past the match point 5");
+    }
+
     #[test]
     fn replicate_rejection_falls_back_to_match() {
         let mut pr = Progress::new(1, 4);
