@@ -9,6 +9,7 @@
 
 mod apply_pause;
 mod config;
+mod flow_control;
 mod follower_reads;
 mod harness;
 mod hostile;
