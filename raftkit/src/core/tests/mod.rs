@@ -8,6 +8,7 @@
 //! the messages and state that result.
 
 mod apply_pause;
+mod catch_up;
 mod config;
 mod flow_control;
 mod follower_reads;
