@@ -566,6 +566,44 @@ fn a_snapshot_older_than_the_commit_index_is_not_installed() {
     assert_eq!((r.log().committed(), r.log().last_index()), (5, 5));
 }
 
+/// The boundary of the rule above: a snapshot exactly at the commit index
+/// covers nothing the follower lacks either, and is answered installed
+/// without being handed out (mutant SN1, teeth stop 55: '<=' -> '<' in
+/// `handle_install_snapshot` survived every test, and the state machine
+/// would have been restored at the index it had applied).
+#[test]
+fn a_snapshot_at_exactly_the_commit_index_is_not_installed() {
+    let mut r = node(2, &[1, 2, 3], 2, &[1, 1, 2, 2, 2]);
+    step(&mut r, append(1, 2, 2, (5, 2), Vec::new(), 5));
+    assert_eq!(r.log().committed(), 5, "premise");
+    let at_commit = Body::InstallSnapshot {
+        meta: SnapshotMeta {
+            index: 5,
+            term: 2,
+            config: Configuration::new([1, 2, 3]),
+        },
+        offset: 0,
+        data: b"state at 5".to_vec(),
+        done: true,
+    };
+    let out = step(&mut r, msg(1, 2, 2, at_commit));
+    assert!(
+        out.snapshots.is_empty(),
+        "a snapshot at 5 was handed out for install on a follower that committed 5: {:?}",
+        out.snapshots
+    );
+    assert_eq!(
+        snapshot_reply(&out),
+        Body::InstallSnapshotResponse {
+            index: 5,
+            next_offset: 0,
+            done: true,
+            rejected: false,
+        }
+    );
+    assert_eq!(r.log().snapshot().index, 0, "nothing compacted");
+}
+
 /// Raft §7 / thesis §4.1: a snapshot carries the configuration at its
 /// index, and a follower that installs it adopts that configuration at
 /// once (its log holds no configuration entry any more): a new node
