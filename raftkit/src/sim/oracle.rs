@@ -34,6 +34,15 @@
 //!   once, across restarts from snapshots and snapshot installs (a node's
 //!   state machine restarts at its snapshot's index and continues from the
 //!   next; an installed snapshot never moves it backwards).
+//! - **Commit monotonic** (Raft §5.3, §5.4): a node's commit index never
+//!   goes down while it runs (a restart may bring back a lower one: the
+//!   commit index is not persisted at every advance, Figure 2 calls it
+//!   volatile), and a leader's log holds every entry first seen committed in
+//!   its term or before — checked at every step, not only at its election,
+//!   and including the entries of its own term, which leader completeness
+//!   leaves out (a leader losing an entry it committed itself shows here).
+//!   Entries first seen committed in a later term are not asked of a stale
+//!   leader. Compacted entries count as held (a snapshot covers them).
 //! - **Membership** (thesis §4.2): a node that is not a voter of the
 //!   configuration in its own log (a learner, a removed node that learned
 //!   of its removal, a new node not yet replicated to) never campaigns, and
@@ -84,6 +93,8 @@ struct NodeView {
     agreed: Index,
     /// While it leads: its term and last index.
     leading: Option<(Term, Index)>,
+    /// The highest commit index seen on it since it last (re)started.
+    commit: Index,
 }
 
 /// What one observation revealed.
@@ -174,9 +185,23 @@ impl Oracle {
                 });
             }
         }
+        // Commit monotonic: the node's commit index never goes down while it
+        // runs.
+        let view = self.nodes.entry(id).or_default();
+        if log.committed() < view.commit {
+            return Err(Violation {
+                property: "commit monotonic",
+                detail: format!(
+                    "node {id}'s commit index went down from {} to {} (term {}, no restart)",
+                    view.commit,
+                    log.committed(),
+                    raft.term()
+                ),
+            });
+        }
+        view.commit = log.committed();
         // Leader append-only (Figure 3): within its term a leader only
         // appends.
-        let view = self.nodes.entry(id).or_default();
         let first_new = new_entries.first().map(|e| e.index);
         if raft.role() == Role::Leader {
             if let (Some((term, last)), Some(first_new)) = (view.leading, first_new)
@@ -221,6 +246,7 @@ impl Oracle {
             // entry committed in a term before T.
             self.check_leader(raft, 1..=self.committed.len() as Index)?;
         }
+        self.check_leader_holds_committed(raft)?;
         // Log matching, incrementally over the entries just appended.
         for e in new_entries {
             let prev_term = log.term(e.index - 1).unwrap_or(0);
@@ -356,6 +382,39 @@ impl Oracle {
         Ok(())
     }
 
+    /// Commit monotonic, for `raft` if it leads: its log reaches past every
+    /// entry first seen committed in its term or an earlier one. Only the
+    /// committed entries past its last index are looked at (those up to it
+    /// are the agreement check's and leader completeness's), so the check
+    /// costs nothing while the leader's log is as long as the committed
+    /// prefix.
+    fn check_leader_holds_committed(&self, raft: &Raft) -> Result<(), Violation> {
+        if raft.role() != Role::Leader {
+            return Ok(());
+        }
+        let last = raft.log().last_index();
+        let beyond = self
+            .committed
+            .get(usize::try_from(last).unwrap_or(usize::MAX)..);
+        let missing = beyond
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, e)| e.2 <= raft.term());
+        match missing {
+            None => Ok(()),
+            Some((offset, &(term, _, commit_term))) => Err(Violation {
+                property: "commit monotonic",
+                detail: format!(
+                    "leader {} of term {} lacks committed entry {}@{term} (first seen committed in term {commit_term}): its log ends at {last}",
+                    raft.id(),
+                    raft.term(),
+                    last + 1 + offset as Index
+                ),
+            }),
+        }
+    }
+
     /// Leader completeness after a step revealed the commitment of `range`:
     /// every node that leads holds those committed in earlier terms.
     pub fn check_leaders<'a>(
@@ -444,6 +503,9 @@ impl Oracle {
         if !installed {
             view.agreed = 0;
             view.leading = None;
+            // A restart may bring back a lower commit index (see the module
+            // documentation).
+            view.commit = 0;
         }
         if index == 0 {
             return Ok(());

@@ -302,3 +302,72 @@ fn a_committed_entry_on_too_few_disks_breaks_durability() {
         .check_durable(1..=2, |id, _, _| id != 3, &nodes, &initial)
         .expect("on a quorum");
 }
+
+/// Node `id` of `voters`, restored at `term` with `entries`, elected leader
+/// (of `term + 1`) by the vote of `voter`, given by hand; its no-op is not
+/// committed (no other member acknowledged it).
+fn elected(id: NodeId, voters: &[NodeId], term: Term, entries: Vec<Entry>, voter: NodeId) -> Raft {
+    let mut r = node(id, voters, term, entries);
+    tick_until(&mut r, Role::Candidate);
+    let term = r.term();
+    r.step(Message {
+        from: voter,
+        to: id,
+        term,
+        body: Body::RequestVoteResponse {
+            granted: true,
+            pre_vote: false,
+        },
+    });
+    flush(&mut r);
+    assert_eq!(r.role(), Role::Leader, "premise: node {id} leads");
+    r
+}
+
+#[test]
+fn a_commit_index_going_down_breaks_commit_monotonic() {
+    let (a, written) = leader_alone(1, 1, vec![command(1, 1, "a")]);
+    let mut oracle = Oracle::default();
+    oracle.observe(&a, &written, false).expect("the leader");
+    assert_eq!(a.log().committed(), 2, "premise");
+    // Node 1 again, with the same log, its commit index back at 0 while it
+    // runs.
+    let back = node(1, &[1], 2, led_log());
+    assert_eq!(back.log().committed(), 0, "premise");
+    violates(oracle.observe(&back, &[], false), "commit monotonic");
+    // A restart may bring a lower commit index back (it is volatile).
+    oracle.on_restore(1, 0, 0, false).expect("a restart");
+    oracle
+        .observe(&back, &[], false)
+        .expect("a restarted node's commit index");
+    oracle
+        .observe(&a, &[], false)
+        .expect("the commit index going up");
+}
+
+#[test]
+fn a_leader_lacking_a_committed_entry_at_any_step_breaks_commit_monotonic() {
+    let entries = vec![command(1, 1, "a"), command(2, 1, "b"), command(3, 1, "c")];
+    let (a, written) = leader_alone(1, 1, entries.clone());
+    let mut oracle = Oracle::default();
+    oracle.observe(&a, &written, false).expect("the leader");
+    assert_eq!(oracle.committed().len(), 4, "premise: 1..=3 and the no-op");
+    // A leader of term 6 whose log ends before the committed entries 3 and
+    // 4, observed after its election (not at it: leader completeness does
+    // not look then).
+    let short = elected(2, &[1, 2, 3], 5, vec![command(1, 1, "a")], 3);
+    assert_eq!((short.term(), short.log().last_index()), (6, 2), "premise");
+    violates(oracle.observe(&short, &[], false), "commit monotonic");
+    // One (of term 7) that holds them.
+    let mut full_log = entries;
+    full_log.push(noop(4, 2));
+    let full = elected(3, &[1, 2, 3], 6, full_log, 1);
+    oracle
+        .observe(&full, &[], false)
+        .expect("a complete leader");
+    // A stale leader, of a term before the one they were seen committed
+    // in, is not asked for them.
+    let stale = elected(2, &[1, 2, 3], 0, Vec::new(), 3);
+    assert_eq!(stale.term(), 1, "premise");
+    oracle.observe(&stale, &[], false).expect("a stale leader");
+}
