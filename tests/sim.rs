@@ -569,6 +569,8 @@ fn bugs_named(names: &str) -> Bugs {
             "joint_election_on_new_voters" => &mut bugs.joint_election_on_new_voters,
             "transfer_skips_log_check" => &mut bugs.transfer_skips_log_check,
             "lease_ignores_drift" => &mut bugs.lease_ignores_drift,
+            "removed_leader_keeps_leading" => &mut bugs.removed_leader_keeps_leading,
+            "non_voters_campaign" => &mut bugs.non_voters_campaign,
             other => panic!("RAFTKIT_SIM_BUG: no such switch {other:?}"),
         };
         *flag = true;

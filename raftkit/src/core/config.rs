@@ -228,4 +228,11 @@ pub struct Bugs {
     /// drift bound (breaks thesis §6.4.1: the lease must end before any
     /// follower of the quorum could vote again).
     pub lease_ignores_drift: bool,
+    /// A leader that a committed C_new does not list as a voter stays
+    /// leader (breaks thesis §4.2.2: it steps down once C_new commits).
+    pub removed_leader_keeps_leading: bool,
+    /// A node that is not a voter of the configuration in its log (a
+    /// learner, a removed node) campaigns (breaks thesis §4.2.2 and
+    /// §4.2.3: only voters of the configuration in force stand).
+    pub non_voters_campaign: bool,
 }

@@ -263,6 +263,10 @@ impl Raft {
             self.append_entry(Payload::Config(next));
             self.broadcast_append();
         } else if !self.conf.is_voter(self.id) {
+            #[cfg(any(test, feature = "sim"))]
+            if self.cfg.bugs.removed_leader_keeps_leading {
+                return;
+            }
             // Thesis §4.2.2: a leader removed by C_new steps down once C_new
             // commits.
             self.become_follower(self.term, NO_NODE);

@@ -363,7 +363,10 @@ impl Raft {
     /// force. Learners and nodes outside the configuration never do, nor
     /// does a node behind its membership fence ([`Config::membership_fence`]).
     pub(super) fn promotable(&self) -> bool {
-        self.conf.is_voter(self.id) && self.past_fence()
+        let voter = self.conf.is_voter(self.id);
+        #[cfg(any(test, feature = "sim"))]
+        let voter = voter || self.cfg.bugs.non_voters_campaign;
+        voter && self.past_fence()
     }
 
     /// Whether the configuration in force is newer than this node's

@@ -244,6 +244,8 @@ pub fn bug_names(bugs: &crate::core::config::Bugs) -> Vec<&'static str> {
         joint_election_on_new_voters,
         transfer_skips_log_check,
         lease_ignores_drift,
+        removed_leader_keeps_leading,
+        non_voters_campaign,
     } = *bugs;
     [
         ("commit_old_terms", commit_old_terms),
@@ -259,6 +261,8 @@ pub fn bug_names(bugs: &crate::core::config::Bugs) -> Vec<&'static str> {
         ("joint_election_on_new_voters", joint_election_on_new_voters),
         ("transfer_skips_log_check", transfer_skips_log_check),
         ("lease_ignores_drift", lease_ignores_drift),
+        ("removed_leader_keeps_leading", removed_leader_keeps_leading),
+        ("non_voters_campaign", non_voters_campaign),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))

@@ -371,3 +371,102 @@ fn a_leader_lacking_a_committed_entry_at_any_step_breaks_commit_monotonic() {
     assert_eq!(stale.term(), 1, "premise");
     oracle.observe(&stale, &[], false).expect("a stale leader");
 }
+
+/// Node `id` restored at term 1 under `conf` with nothing in its log,
+/// PreVote off, with `bugs`.
+fn member(id: NodeId, conf: Configuration, bugs: crate::core::config::Bugs) -> Raft {
+    let mut cfg = Config::new(id);
+    cfg.pre_vote = false;
+    cfg.bugs = bugs;
+    let restored = Restored {
+        hard_state: HardState {
+            term: 1,
+            vote: 0,
+            commit: 0,
+        },
+        snapshot: SnapshotMeta {
+            index: 0,
+            term: 0,
+            config: conf,
+        },
+        snapshot_data: None,
+        entries: Vec::new(),
+    };
+    Raft::new(cfg, restored).expect("valid config")
+}
+
+#[test]
+fn a_non_voter_campaigning_breaks_membership() {
+    // Node 1 is a learner of voters 2 and 3.
+    let mut conf = Configuration::new([2, 3]);
+    conf.learners.insert(1);
+    let bugs = crate::core::config::Bugs {
+        non_voters_campaign: true,
+        ..Default::default()
+    };
+    let mut r = member(1, conf.clone(), bugs);
+    tick_until(&mut r, Role::Candidate);
+    violates(Oracle::default().observe(&r, &[], false), "membership");
+    // Without the switch it never campaigns, and passes.
+    let mut r = member(1, conf, Default::default());
+    for _ in 0..100 {
+        r.tick();
+        flush(&mut r);
+        Oracle::default()
+            .observe(&r, &[], false)
+            .expect("a learner that does not campaign");
+    }
+    assert_eq!(r.role(), Role::Follower, "premise");
+}
+
+#[test]
+fn a_leader_still_leading_once_its_removal_committed_breaks_membership() {
+    for keeps_leading in [true, false] {
+        let bugs = crate::core::config::Bugs {
+            removed_leader_keeps_leading: keeps_leading,
+            ..Default::default()
+        };
+        let mut r = member(1, Configuration::new([1, 2]), bugs);
+        tick_until(&mut r, Role::Candidate);
+        let term = r.term();
+        let from_2 = |body| Message {
+            from: 2,
+            to: 1,
+            term,
+            body,
+        };
+        let ack = |index| {
+            from_2(Body::AppendEntriesResponse {
+                index,
+                success: true,
+                hint: None,
+            })
+        };
+        r.step(from_2(Body::RequestVoteResponse {
+            granted: true,
+            pre_vote: false,
+        }));
+        flush(&mut r);
+        r.step(ack(1));
+        flush(&mut r);
+        assert_eq!(r.log().committed(), 1, "premise: the no-op committed");
+        // Leader 1 removes itself: C_old,new at 2, then C_new ({2}) at 3.
+        r.propose_config(Configuration::new([2]))
+            .expect("the change");
+        flush(&mut r);
+        r.step(ack(2));
+        flush(&mut r);
+        r.step(ack(3));
+        flush(&mut r);
+        assert_eq!(r.log().committed(), 3, "premise: C_new committed");
+        assert!(!r.config().is_voter(1), "premise: node 1 removed");
+        let seen = Oracle::default().observe(&r, &[], false);
+        if keeps_leading {
+            assert_eq!(r.role(), Role::Leader, "premise");
+            violates(seen, "membership");
+        } else {
+            assert_eq!(r.role(), Role::Follower, "premise: it stepped down");
+            seen.expect("a removed leader that stepped down");
+        }
+    }
+}
