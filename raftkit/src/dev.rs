@@ -61,10 +61,6 @@ const TICK: Duration = Duration::from_millis(20);
 /// How long [`Cluster::start`] waits for a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(20);
 
-/// How many times [`Cluster::start`] picks fresh ports when one it chose
-/// was taken by another process in the meantime.
-const PORT_ATTEMPTS: usize = 3;
-
 /// `n` peers of `S` in this process, with a connected typed client. See the
 /// [module documentation](self).
 pub struct Cluster<S: HasClient> {
@@ -91,19 +87,7 @@ impl<S: PeerExt + HasClient> Cluster<S> {
             .tempdir()
             .map_err(|e| Error::Storage(format!("a temporary directory: {e}")))?;
         let ca = ClusterCa::generate("raftkit-dev")?;
-        let mut attempt = 0;
-        let (peers, addrs) = loop {
-            attempt += 1;
-            match start_peers::<S>(n, &ca, dir.path(), attempt).await {
-                Ok(started) => break started,
-                // Another process took a port between our probe and the
-                // peer's bind: pick fresh ones.
-                Err(e) if attempt < PORT_ATTEMPTS && is_port_taken(&e) => {
-                    tracing::debug!(error = %e, attempt, "a dev cluster port was taken; retrying with fresh ports");
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let (peers, addrs) = start_peers::<S>(n, &ca, dir.path()).await?;
         let cluster_ok = async {
             wait_for_leader(&peers).await?;
             let identity = ca.issue_client("dev-client")?;
@@ -190,17 +174,16 @@ async fn start_peers<S: PeerExt>(
     n: usize,
     ca: &ClusterCa,
     dir: &Path,
-    attempt: usize,
 ) -> Result<(Vec<Peer<S>>, Vec<String>), Error> {
-    let addrs = free_loopback_addrs(n)?;
+    let (sockets, addrs) = loopback_sockets(n)?;
     let mut peers: Vec<Peer<S>> = Vec::with_capacity(n);
-    for (i, addr) in addrs.iter().enumerate() {
+    for (i, (socket, addr)) in sockets.into_iter().zip(&addrs).enumerate() {
         let name = default_name(S::NAME, addr);
         let started = async {
             let identity: Identity = ca.issue_node(&name, &[])?;
             S::peer()
-                .listen(addr.clone())
-                .data_dir(dir.join(format!("try{attempt}-peer{i}")))
+                .listen_socket(socket)
+                .data_dir(dir.join(format!("peer{i}")))
                 .bootstrap_members(addrs.clone())
                 .identity(identity)
                 .tick(TICK)
@@ -220,22 +203,22 @@ async fn start_peers<S: PeerExt>(
     Ok((peers, addrs))
 }
 
-/// `n` loopback addresses whose UDP ports were free a moment ago (bound to
-/// port 0, then released for the peers to take).
-fn free_loopback_addrs(n: usize) -> Result<Vec<String>, Error> {
+/// `n` UDP sockets bound to free loopback ports, with their addresses: the
+/// peers serve on them ([`PeerBuilder::listen_socket`](crate::runtime::PeerBuilder::listen_socket)),
+/// so no port is ever released for another process to take before its peer
+/// listens (every member's address must be known before the first starts).
+fn loopback_sockets(n: usize) -> Result<(Vec<std::net::UdpSocket>, Vec<String>), Error> {
+    let no_port = |e: std::io::Error| Error::Transport(format!("no free loopback UDP port: {e}"));
     let sockets = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Transport(format!("no free loopback UDP port: {e}")))?;
-    sockets
+        .map_err(no_port)?;
+    let addrs = sockets
         .iter()
         .map(|s| s.local_addr().map(|a| a.to_string()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Transport(format!("no free loopback UDP port: {e}")))
-}
-
-fn is_port_taken(e: &Error) -> bool {
-    matches!(e, Error::Transport(m) if m.starts_with("cannot listen on"))
+        .map_err(no_port)?;
+    Ok((sockets, addrs))
 }
 
 async fn wait_for_leader<S: crate::StateMachine>(peers: &[Peer<S>]) -> Result<(), Error> {

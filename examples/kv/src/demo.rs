@@ -90,16 +90,20 @@ struct Counters {
     errors: AtomicU64,
 }
 
-fn free_addrs(n: usize) -> Result<Vec<String>, Failure> {
+/// `n` UDP sockets bound to free loopback ports, with their addresses: the
+/// nodes serve on them (`PeerBuilder::listen_socket`), so no port is
+/// released for another process to take before its node listens.
+fn loopback_sockets(n: usize) -> Result<(Vec<std::net::UdpSocket>, Vec<String>), Failure> {
     let sockets = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Failure::Failed(format!("demo: no free loopback port: {e}")))?;
-    sockets
+    let addrs = sockets
         .iter()
         .map(|s| s.local_addr().map(|a| a.to_string()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Failure::Failed(format!("demo: {e}")))
+        .map_err(|e| Failure::Failed(format!("demo: {e}")))?;
+    Ok((sockets, addrs))
 }
 
 fn micros(epoch: Instant) -> u64 {
@@ -258,7 +262,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let started = Instant::now();
     let dir = tempfile::tempdir()
         .map_err(|e| Failure::Failed(format!("demo: no temporary directory: {e}")))?;
-    let addrs = free_addrs(3)?;
+    let (sockets, addrs) = loopback_sockets(3)?;
     let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
     let (ca, identities) =
         dev_cluster(&names).map_err(|e| Failure::Failed(format!("demo: certificates: {e}")))?;
@@ -274,9 +278,9 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         dir.path().display()
     ));
     let peers: Peers = Arc::new(Mutex::new(Vec::new()));
-    for ((addr, identity), data) in addrs.iter().zip(identities).zip(&data_dirs) {
+    for ((socket, identity), data) in sockets.into_iter().zip(identities).zip(&data_dirs) {
         let peer = Kv::peer()
-            .listen(addr.clone())
+            .listen_socket(socket)
             .data_dir(data)
             .bootstrap_members(addrs.clone())
             .identity(identity)

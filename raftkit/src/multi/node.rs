@@ -347,6 +347,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                     inbox_bytes.clone(),
                 )),
                 Some(clients_tx.clone()),
+                None,
             )
             .await
             {

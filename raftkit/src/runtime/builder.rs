@@ -113,6 +113,7 @@ impl<S: StateMachine + Default> PeerExt for S {}
 pub struct PeerBuilder<S> {
     name: Option<String>,
     listen: Option<String>,
+    listen_socket: Option<std::net::UdpSocket>,
     advertise: Option<String>,
     storage: Option<StorageChoice>,
     bootstrap: Option<Vec<String>>,
@@ -192,6 +193,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         PeerBuilder {
             name: None,
             listen: None,
+            listen_socket: None,
             advertise: None,
             storage: None,
             bootstrap: None,
@@ -321,6 +323,21 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// The address to listen on, e.g. `127.0.0.1:7001`.
     pub fn listen(mut self, addr: impl Into<String>) -> Self {
         self.listen = Some(addr.into());
+        self
+    }
+
+    /// Serves on `socket`, a UDP socket the caller bound already (to port
+    /// 0, say, to learn a free port): the peer takes it over and binds
+    /// nothing itself, so no other process can take the port between the
+    /// caller learning it and the peer listening on it (as it could if the
+    /// caller released the port for [`listen`](Self::listen) to bind). The
+    /// listen address is the socket's local address, unless `listen` names
+    /// one: that must resolve to the socket's address (a restarted peer's
+    /// stored one too), or [`start`](Self::start) fails with
+    /// [`Error::Rejected`], nothing served. Unused with a transport of the
+    /// caller's ([`PeerBuilder::transport`]).
+    pub fn listen_socket(mut self, socket: std::net::UdpSocket) -> Self {
+        self.listen_socket = Some(socket);
         self
     }
 
@@ -870,11 +887,19 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 m
             }
             None => {
-                let listen = self.listen.clone().ok_or_else(|| {
-                    Error::Rejected(
-                        "a new peer needs a listen address (PeerBuilder::listen)".into(),
-                    )
-                })?;
+                let listen = match (&self.listen, &self.listen_socket) {
+                    (Some(listen), _) => listen.clone(),
+                    (None, Some(socket)) => socket
+                        .local_addr()
+                        .map_err(|e| Error::Transport(format!("the listen socket's address: {e}")))?
+                        .to_string(),
+                    (None, None) => {
+                        return Err(Error::Rejected(
+                            "a new peer needs a listen address (PeerBuilder::listen or PeerBuilder::listen_socket)"
+                                .into(),
+                        ));
+                    }
+                };
                 let advertise = self.advertise.clone().unwrap_or_else(|| listen.clone());
                 let name = self
                     .name
@@ -1069,6 +1094,18 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 };
                 let identity = with_revocation_lists(identity, &self.revocation_lists, &meta.name)?;
                 let listen = resolve(&meta.listen)?;
+                let mut socket = self.listen_socket.take();
+                if let Some(bound) = socket.as_ref().map(std::net::UdpSocket::local_addr) {
+                    let bound = bound.map_err(|e| {
+                        Error::Transport(format!("the listen socket's address: {e}"))
+                    })?;
+                    if bound != listen {
+                        return Err(Error::Rejected(format!(
+                            "the listen socket is bound to {bound}, not to the listen address {} ({listen}); nothing was served",
+                            meta.listen
+                        )));
+                    }
+                }
                 let config_identity = identity.clone();
                 let mut config =
                     QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);
@@ -1093,6 +1130,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                         InboxTx::Charged(inbox_tx.clone(), budget.clone()),
                         None,
                         Some(clients_tx.clone()),
+                        // Taken by the first attempt: one that fails on a
+                        // handed socket is not retried (no address is
+                        // bound, so none can be in use).
+                        socket.take(),
                     )
                     .await
                     {

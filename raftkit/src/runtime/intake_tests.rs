@@ -354,15 +354,14 @@ async fn a_request_without_room_is_answered_overloaded_unread() {
 async fn a_certificate_past_its_connection_limit_is_refused_with_nothing_applied() {
     use crate::error::{Applied, Error};
 
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .to_string();
+    // Bound once and handed over: no other process can take the port.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
+    let addr = socket.local_addr().expect("its address").to_string();
     let (ca, mut ids) = dev_cluster([format!("bulk@{addr}")]).expect("dev CA");
     let node = ids.pop().expect("node identity");
     let peer = Bulk::peer()
         .in_memory()
-        .listen(addr.clone())
+        .listen_socket(socket)
         .bootstrap()
         .identity(node)
         .tick(Duration::from_millis(20))

@@ -73,6 +73,8 @@ mod intake;
 mod intake_tests;
 #[cfg(test)]
 mod lease_read_tests;
+#[cfg(test)]
+mod listen_socket_tests;
 mod membership;
 #[cfg(test)]
 pub(crate) use membership::pause as membership_pause;

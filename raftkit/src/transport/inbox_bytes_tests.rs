@@ -68,10 +68,15 @@ pub(crate) async fn node_inbox_with(
         config.max_frame_bytes,
     );
     let (tx, rx) = mpsc::channel(4096);
-    let (t, addr) =
-        QuicTransport::start_with(config, InboxTx::Charged(tx, budget.clone()), None, None)
-            .await
-            .expect("start transport");
+    let (t, addr) = QuicTransport::start_with(
+        config,
+        InboxTx::Charged(tx, budget.clone()),
+        None,
+        None,
+        None,
+    )
+    .await
+    .expect("start transport");
     (t, addr, rx, budget)
 }
 

@@ -595,17 +595,22 @@ impl QuicTransport {
         clients: Option<mpsc::Sender<AcceptedClient>>,
     ) -> Result<(QuicTransport, SocketAddr), TransportError> {
         let groups = config.group_inbox.clone().map(GroupTx::Plain);
-        Self::start_with(config, InboxTx::Plain(inbox), groups, clients).await
+        Self::start_with(config, InboxTx::Plain(inbox), groups, clients, None).await
     }
 
     /// [`QuicTransport::start`] with the inboxes of a node task (`inbox`)
     /// or of a multi-group node's demultiplexer (`groups`, instead of
     /// `config.group_inbox`), charged or not (`transport::inbox_bytes`).
+    /// With `socket` (bound by the caller, see
+    /// [`PeerBuilder::listen_socket`](crate::runtime::PeerBuilder::listen_socket)),
+    /// the endpoint serves on it and binds nothing (`config.listen` then
+    /// only names it in errors).
     pub(crate) async fn start_with(
         config: QuicConfig,
         inbox: InboxTx,
         groups: Option<GroupTx>,
         clients: Option<mpsc::Sender<AcceptedClient>>,
+        socket: Option<std::net::UdpSocket>,
     ) -> Result<(QuicTransport, SocketAddr), TransportError> {
         config.identity.check_node(&config.name)?;
         let transport = transport_config(config.keep_alive, config.idle_timeout);
@@ -618,11 +623,24 @@ impl QuicTransport {
         let mut client = quic_client_config(&config.identity, PEER_ALPN)?;
         client.transport_config(transport);
 
-        let endpoint =
-            Endpoint::server(server, config.listen).map_err(|source| TransportError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let endpoint = match socket {
+            None => Endpoint::server(server, config.listen),
+            // What `Endpoint::server` does after its bind.
+            Some(socket) => quinn::default_runtime()
+                .ok_or_else(|| io::Error::other("no async runtime found"))
+                .and_then(|runtime| {
+                    Endpoint::new(
+                        quinn::EndpointConfig::default(),
+                        Some(server),
+                        socket,
+                        runtime,
+                    )
+                }),
+        }
+        .map_err(|source| TransportError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let local = endpoint
             .local_addr()
             .map_err(|source| TransportError::Bind {
