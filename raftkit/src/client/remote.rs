@@ -128,6 +128,7 @@ use crate::tls::{CLUSTER_SAN, Identity};
 use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, read_frame, write_frame};
 use crate::transport::frame_reader::FrameReader;
 use crate::transport::quic::{quic_client_config, transport_config};
+use members::Members;
 
 /// How long connecting to one member may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -228,14 +229,9 @@ struct Inner {
     endpoint: Endpoint,
     config: quinn::ClientConfig,
     /// The members' addresses: the cluster addresses that resolved at
-    /// connect, and those whose lookup ended later ([`Client::member_list`]).
-    members: std::sync::RwLock<Arc<Vec<SocketAddr>>>,
-    /// The cluster addresses left out of the connect (their lookup failed
-    /// or was still running), until they resolve: review s52 (stop 53
-    /// client #2), they stayed out for the client's life.
-    late: std::sync::Mutex<Vec<String>>,
-    /// Whether `late` has names (read on every call without its lock).
-    has_late: std::sync::atomic::AtomicBool,
+    /// connect, those whose lookup ended later, each at the address its
+    /// name has now ([`Client::member_list`]).
+    members: Members,
     leader: std::sync::Mutex<Option<SocketAddr>>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     /// The multiplexed request stream of each connection whose member
@@ -498,11 +494,11 @@ impl Client {
         let given: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_string()).collect();
         let names = Names::default();
         let resolved = names.resolve_all(&given, deadline).await;
-        let (members, unresolved) = (resolved.addrs, resolved.why);
+        let unresolved = resolved.why;
         for why in &unresolved {
             tracing::warn!(error = %why, "a cluster address does not resolve; left out");
         }
-        if members.is_empty() {
+        let Some(&(_, first)) = resolved.found.first() else {
             return Err(not_sent_by_connect(Error::Unavailable(
                 if unresolved.is_empty() {
                     "no cluster address given".into()
@@ -510,12 +506,12 @@ impl Client {
                     format!("no cluster address resolves: {}", unresolved.join("; "))
                 },
             )));
-        }
+        };
         // Nothing is sent before a member answers: every error of a connect
         // says "not applied" (`not_sent_by_connect`).
         let mut config = quic_client_config(&identity, crate::tls::CLIENT_ALPN)?;
         config.transport_config(transport_config(KEEP_ALIVE, IDLE_TIMEOUT));
-        let bind: SocketAddr = if members[0].is_ipv4() {
+        let bind: SocketAddr = if first.is_ipv4() {
             "0.0.0.0:0"
         } else {
             "[::]:0"
@@ -530,9 +526,7 @@ impl Client {
             inner: Arc::new(Inner {
                 endpoint,
                 config,
-                members: std::sync::RwLock::new(Arc::new(members)),
-                has_late: std::sync::atomic::AtomicBool::new(!resolved.left_out.is_empty()),
-                late: std::sync::Mutex::new(resolved.left_out),
+                members: Members::new(resolved.found, resolved.left_out),
                 leader: std::sync::Mutex::new(None),
                 conns: Mutex::new(HashMap::new()),
                 muxes: std::sync::Mutex::new(HashMap::default()),
@@ -670,11 +664,13 @@ impl Client {
         }
     }
 
-    /// Marks `addr` as just failed.
+    /// Marks `addr` as just failed; its name, if it was given one, is
+    /// looked up again in case it moved (bounded: [`Names::refresh`]).
     pub(super) fn suspect(&self, addr: SocketAddr) {
         if let Ok(mut s) = self.inner.suspects.lock() {
             s.insert(addr, Instant::now());
         }
+        self.inner.members.unreachable(addr, &self.inner.names);
     }
 
     /// Whether `addr` failed within [`SUSPECT_FOR`].
@@ -956,52 +952,11 @@ impl Client {
     /// addresses left out of it whose lookup ended since (each call also
     /// restarts, in the background, the lookup of a left-out name whose
     /// last one failed a while ago: a DNS outage at connect does not keep
-    /// a member out for the client's life).
+    /// a member out for the client's life), each at the address its name
+    /// was last found at (a member that cannot be reached has its name
+    /// looked up again: [`Client::suspect`]).
     fn member_list(&self) -> Arc<Vec<SocketAddr>> {
-        if self.inner.has_late.load(Ordering::Acquire) {
-            self.adopt_late_members();
-        }
-        match self.inner.members.read() {
-            Ok(m) => Arc::clone(&m),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
-    }
-
-    /// Moves the left-out cluster addresses that resolved into the
-    /// members (module doc of `resolve`, "Invariants").
-    fn adopt_late_members(&self) {
-        let mut late = self.inner.late.lock().unwrap_or_else(|p| p.into_inner());
-        let mut joined = Vec::new();
-        late.retain(|name| match self.inner.names.known(name) {
-            Some(addr) => {
-                joined.push((name.clone(), addr));
-                false
-            }
-            None => {
-                self.inner.names.prefetch(name);
-                true
-            }
-        });
-        self.inner
-            .has_late
-            .store(!late.is_empty(), Ordering::Release);
-        drop(late);
-        if joined.is_empty() {
-            return;
-        }
-        let mut members = self
-            .inner
-            .members
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut now = members.as_ref().clone();
-        for (name, addr) in joined {
-            if !now.contains(&addr) {
-                tracing::info!(address = %name, member = %addr, "a cluster address left out of the connect resolved; it is a member now");
-                now.push(addr);
-            }
-        }
-        *members = Arc::new(now);
+        self.inner.members.current(&self.inner.names)
     }
 
     fn set_leader(&self, addr: Option<SocketAddr>) {
@@ -1287,7 +1242,8 @@ impl Client {
     }
 
     /// The member addresses this client was given (those that resolved at
-    /// connect, and those that resolved since).
+    /// connect, and those that resolved since), each at the address its
+    /// name was last found at.
     pub fn members(&self) -> Vec<SocketAddr> {
         self.member_list().as_ref().clone()
     }
@@ -2085,6 +2041,8 @@ fn final_error(e: Error, maybe_applied: bool, at_deadline: bool) -> Error {
     }
     e
 }
+
+mod members;
 
 #[cfg(test)]
 mod meta_tests;

@@ -34,12 +34,15 @@
 //!   the next use starts a refresh in the background (one at a time, at
 //!   most one per [`FAILED_FOR`] while they fail) and keeps using the old
 //!   address while the refresh runs, and after it failed; a refresh that
-//!   answers replaces it in this table. Only the names looked up per
-//!   call read the table again (a `NotLeader` hint, `status_of`,
-//!   `node_request`): a cluster address resolved at connect stays in the
-//!   client's member list as the address it had then (review s53 client
-//!   #1, not fixed yet: a member whose name moved is reached at its new
-//!   address only through a hint naming it);
+//!   answers replaces it in this table, and counts as a move
+//!   ([`Names::moves`]) if the address changed;
+//! - a cluster address given by name is looked up again when its member
+//!   cannot be reached ([`Names::refresh`]: at most once per
+//!   [`FAILED_FOR`] per name, and not while a lookup of it is in flight),
+//!   and the client's member list follows each move (review s53 client
+//!   #1: the members kept the addresses of the connect, so a client whose
+//!   members all moved, a rolling redeploy behind DNS names, stayed
+//!   `Unavailable` for its life);
 //! - a lookup runs in a task of its own and records its outcome even when
 //!   every caller stopped waiting for it: a cluster address left out of a
 //!   connect because its lookup was still running is known once it ends
@@ -51,6 +54,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -168,6 +172,9 @@ struct State {
     resolved_for: Duration,
     /// [`FAILED_FOR`] (shorter in tests).
     failed_for: Duration,
+    /// How many lookups found their name at another address than it had
+    /// ([`Names::moves`]): bumped under the table's lock.
+    moves: AtomicU64,
 }
 
 impl State {
@@ -176,9 +183,9 @@ impl State {
     }
 
     /// What is known of `name`, starting its lookup if it is needed and
-    /// none is in flight (and, for an address past [`RESOLVED_FOR`], a
-    /// refresh in the background).
-    fn consult(self: &Arc<Self>, name: &str) -> Known {
+    /// none is in flight (and, for an address at least `refresh_after`
+    /// old, a refresh in the background).
+    fn consult(self: &Arc<Self>, name: &str, refresh_after: Duration) -> Known {
         let now = Instant::now();
         let mut table = self.lock();
         let table = &mut *table;
@@ -190,7 +197,7 @@ impl State {
                     .filter(|(_, at)| now.saturating_duration_since(*at) < self.failed_for);
                 match (e.found, e.live_lookup(), failed_lately) {
                     (Some((addr, at)), in_flight, failed) => {
-                        let stale = now.saturating_duration_since(at) >= self.resolved_for;
+                        let stale = now.saturating_duration_since(at) >= refresh_after;
                         (
                             stale && in_flight.is_none() && failed.is_none(),
                             Some(Known::Addr(addr)),
@@ -291,6 +298,7 @@ impl State {
                     && old != *addr
                 {
                     tracing::info!(name, %old, new = %addr, "a name moved to another address");
+                    self.moves.fetch_add(1, Ordering::AcqRel);
                 }
                 entry.found = Some((*addr, now));
                 entry.failed = None;
@@ -326,6 +334,7 @@ impl Names {
                 permits: Arc::new(Semaphore::new(MAX_LOOKUPS)),
                 resolved_for,
                 failed_for,
+                moves: AtomicU64::new(0),
             }),
         }
     }
@@ -339,7 +348,7 @@ impl Names {
         if let Ok(addr) = name.parse::<SocketAddr>() {
             return Ok(addr);
         }
-        let mut pending = match self.state.consult(name) {
+        let mut pending = match self.state.consult(name, self.state.resolved_for) {
             Known::Addr(addr) => return Ok(addr),
             Known::Failed(why) => {
                 return Err(Error::Unavailable(format!(
@@ -383,8 +392,28 @@ impl Names {
     /// none failed within [`FAILED_FOR`] (and refreshes an old address).
     pub(super) fn prefetch(&self, name: &str) {
         if name.parse::<SocketAddr>().is_err() {
-            let _ = self.state.consult(name);
+            let _ = self.state.consult(name, self.state.resolved_for);
         }
+    }
+
+    /// Looks `name` up again in the background, its address being younger
+    /// than [`RESOLVED_FOR`]: its member could not be reached, so it may
+    /// have moved (module doc, "Invariants"). Not while a lookup of it is
+    /// in flight, nor within [`FAILED_FOR`] of its last answer or failure:
+    /// a member that is down, not moved, costs one lookup per
+    /// [`FAILED_FOR`] at most.
+    pub(super) fn refresh(&self, name: &str) {
+        if name.parse::<SocketAddr>().is_err() {
+            let after = self.state.failed_for.min(self.state.resolved_for);
+            let _ = self.state.consult(name, after);
+        }
+    }
+
+    /// How many lookups so far found their name at another address than
+    /// it had. Read before [`Names::known`]: a move counted after this read
+    /// changes the count again.
+    pub(super) fn moves(&self) -> u64 {
+        self.state.moves.load(Ordering::Acquire)
     }
 
     /// Marks `given` as cluster addresses: never evicted from the table.
@@ -458,8 +487,13 @@ impl Names {
             .filter(|(_, addr)| addr.is_none())
             .map(|(name, _)| name.clone())
             .collect();
+        let found = given
+            .iter()
+            .zip(found)
+            .filter_map(|(name, addr)| Some((name.clone(), addr?)))
+            .collect();
         Resolved {
-            addrs: found.into_iter().flatten().collect(),
+            found,
             why,
             left_out,
         }
@@ -468,8 +502,9 @@ impl Names {
 
 /// What [`Names::resolve_all`] found.
 pub(super) struct Resolved {
-    /// The addresses of the names that resolved in time, in their order.
-    pub(super) addrs: Vec<SocketAddr>,
+    /// The names that resolved in time, with their addresses, in their
+    /// order.
+    pub(super) found: Vec<(String, SocketAddr)>,
     /// Why each name left out was.
     pub(super) why: Vec<String>,
     /// The names left out (failed, or still being looked up).

@@ -231,3 +231,81 @@ async fn a_cluster_address_left_out_of_a_connect_joins_once_its_lookup_ends() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Review s53 client #1: the members were the addresses their names had at
+/// connect. When every member's name moved to a new address (a rolling
+/// redeploy behind DNS names), no member was reachable at the old ones, no
+/// hint ever came, and every call failed `Unavailable` for the client's
+/// life. A member the client cannot reach has its name looked up again,
+/// and the client follows it to its new address: the first read after the
+/// move is answered there, with no hint, and so is the first read after
+/// that member went too (the other name was followed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_follows_its_members_names_to_their_new_addresses() {
+    const NAMES: [&str; 2] = ["node-m1.moves.invalid:7000", "node-m2.moves.invalid:7000"];
+    let (ca, nodes) = dev_cluster([
+        "fake-moves-1",
+        "fake-moves-2",
+        "fake-moves-3",
+        "fake-moves-4",
+    ])
+    .expect("dev certificates");
+    let client_id = ca.issue_client("moves").expect("client certificate");
+    let [old_1, old_2, new_1, new_2] = nodes.as_slice() else {
+        panic!("four nodes");
+    };
+    let serve = |node| FakeMember::start(node, |_| Act::answer(ClientResponse::Ok(b"ok".to_vec())));
+    let (old_1, old_2) = (serve(old_1), serve(old_2));
+    for (name, member) in NAMES.iter().zip([&old_1, &old_2]) {
+        stub::slow(name, member.addr(), Duration::ZERO);
+    }
+    let timeout = Duration::from_secs(10);
+    let client = Client::connect_with(
+        NAMES,
+        client_id,
+        0,
+        ClientOptions::default().with_timeout(timeout),
+    )
+    .await
+    .expect("connects");
+    let before = client.read(b"get".to_vec()).await;
+    assert_eq!(before.as_deref().ok(), Some(&b"ok"[..]), "{before:?}");
+    // The redeploy: both names move to new members, and the old ones are
+    // gone.
+    let (new_1, new_2) = (serve(new_1), serve(new_2));
+    for (name, member) in NAMES.iter().zip([&new_1, &new_2]) {
+        stub::slow(name, member.addr(), Duration::ZERO);
+    }
+    drop((old_1, old_2));
+    let start = tokio::time::Instant::now();
+    let after = client.read(b"get".to_vec()).await;
+    let took = start.elapsed();
+    assert_eq!(
+        after.as_deref().ok(),
+        Some(&b"ok"[..]),
+        "the first read after every member moved, after {took:?}: {after:?} (members {:?})",
+        client.members()
+    );
+    // The member that answered goes too: the next read is answered by
+    // the other one, whose name the client follows as well.
+    let (gone, left) = if new_1.received().is_empty() {
+        (new_2, new_1)
+    } else {
+        (new_1, new_2)
+    };
+    drop(gone);
+    let start = tokio::time::Instant::now();
+    let last = client.read(b"get".to_vec()).await;
+    let took = start.elapsed();
+    assert_eq!(
+        last.as_deref().ok(),
+        Some(&b"ok"[..]),
+        "the first read after the member that answered went too, after {took:?}: {last:?} (members {:?})",
+        client.members()
+    );
+    assert!(
+        client.members().contains(&left.addr()),
+        "{:?} lacks the member that answered last",
+        client.members()
+    );
+}
