@@ -178,3 +178,73 @@ async fn an_address_is_refreshed_once_older_than_its_lifetime_and_kept_meanwhile
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Review s53 client #3: a lookup's outcome was recorded by a task on the
+/// runtime that started it. Started on a current-thread runtime that is
+/// kept but no longer driven (a connect inside `block_on`, the client
+/// used from another runtime afterwards), the task never ran again: the
+/// name stayed "being looked up" for the client's life, and every later
+/// caller, on any runtime, joined that lookup and ended at its deadline.
+/// The outcome is recorded by the lookup's own thread: a caller on another
+/// runtime gets the address.
+#[test]
+fn a_lookup_started_on_a_runtime_no_longer_driven_still_answers_other_runtimes() {
+    const NAME: &str = "member.undriven.invalid:7000";
+    stub::slow(NAME, addr(7201), Duration::from_millis(100));
+    let names = Names::default();
+    let idle = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    // Started on `idle`, whose caller gives up before the lookup answers;
+    // `idle` is then kept, and never driven again.
+    let first = idle.block_on(names.resolve(NAME, Instant::now() + Duration::from_millis(20)));
+    assert!(first.is_err(), "the lookup takes 100 ms: {first:?}");
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a multi-thread runtime");
+    let later = other.block_on(names.resolve(NAME, Instant::now() + DEADLINE));
+    assert_eq!(
+        later.as_ref().ok(),
+        Some(&addr(7201)),
+        "a caller on a driven runtime: {later:?}"
+    );
+    assert_eq!(stub::started(NAME), 1, "the first lookup answered it");
+    drop(idle);
+}
+
+/// The lookups queued behind [`MAX_LOOKUPS`] running ones are run by the
+/// threads of those that end (no runtime task hands them over): every
+/// caller gets its address, and no more than [`MAX_LOOKUPS`] ran at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_lookups_run_once_running_ones_end() {
+    const GROUP: &str = "queue.answers.invalid";
+    let names_list: Vec<String> = (0..3 * MAX_LOOKUPS)
+        .map(|i| format!("n{i}.{GROUP}:7000"))
+        .collect();
+    for (i, name) in names_list.iter().enumerate() {
+        let port = 7300 + u16::try_from(i).expect("a few names");
+        stub::slow(name, addr(port), Duration::from_millis(30));
+    }
+    let names = Names::default();
+    let deadline = Instant::now() + DEADLINE;
+    let calls: Vec<_> = names_list
+        .iter()
+        .map(|n| names.resolve(n, deadline))
+        .collect();
+    for (i, r) in futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let port = 7300 + u16::try_from(i).expect("a few names");
+        assert_eq!(r.ok(), Some(addr(port)), "name {i}");
+    }
+    let peak = stub::peak(GROUP);
+    assert!(
+        (1..=MAX_LOOKUPS).contains(&peak),
+        "{peak} lookups ran at once (bound {MAX_LOOKUPS})"
+    );
+}

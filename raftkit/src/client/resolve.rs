@@ -25,8 +25,8 @@
 //!   that is being looked up waits for that lookup (until its own
 //!   deadline), and never starts another;
 //! - at most [`MAX_LOOKUPS`] lookups run at once (each holds a thread of
-//!   the blocking pool while `getaddrinfo` blocks); the others queue for a
-//!   permit while their callers wait, each until its deadline;
+//!   the blocking pool while `getaddrinfo` blocks); the others queue
+//!   while their callers wait, each until its deadline;
 //! - a name whose lookup failed is not looked up again for
 //!   [`FAILED_FOR`] (a negative cache): calls that need it meanwhile fail
 //!   at once, [`Error::Unavailable`];
@@ -43,16 +43,26 @@
 //!   #1: the members kept the addresses of the connect, so a client whose
 //!   members all moved, a rolling redeploy behind DNS names, stayed
 //!   `Unavailable` for its life);
-//! - a lookup runs in a task of its own and records its outcome even when
-//!   every caller stopped waiting for it: a cluster address left out of a
-//!   connect because its lookup was still running is known once it ends
-//!   ([`Names::known`]; the client adds it to its members then);
+//! - a lookup runs on a thread of the blocking pool, which records its
+//!   outcome and hands it to the callers waiting: once started, it needs
+//!   no runtime to be driven (review s53 client #3: a task on the
+//!   starting runtime recorded it, so a lookup started on a runtime no
+//!   longer driven stayed "in flight" for the client's life, and every
+//!   later caller of that name, on any runtime, waited for it until its
+//!   deadline). It records its outcome even when every caller stopped
+//!   waiting for it: a cluster address left out of a connect because its
+//!   lookup was still running is known once it ends ([`Names::known`];
+//!   the client adds it to its members then);
+//! - a lookup started while [`MAX_LOOKUPS`] run waits in a queue, and
+//!   the thread of a lookup that ends starts the next queued one; a queued
+//!   lookup whose runtime shut down before a thread took it is started by
+//!   the next use of any name;
 //! - the table holds at most [`MAX_NAMES`] names (hints come from the
 //!   network): the cluster addresses given to connect are never evicted,
 //!   another name not being looked up is, oldest first, to make room; with
 //!   every slot in use, a new name fails at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,7 +70,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::Error;
@@ -113,8 +123,8 @@ impl Entry {
         }
     }
 
-    /// The lookup in flight, unless its task is gone (its runtime dropped
-    /// it before it recorded an outcome).
+    /// The lookup in flight, unless it is gone before it recorded an
+    /// outcome (dropped from the queue, or its thread unwound).
     fn live_lookup(&self) -> Option<&watch::Receiver<Option<Outcome>>> {
         self.in_flight
             .as_ref()
@@ -123,14 +133,39 @@ impl Entry {
     }
 }
 
+/// A lookup started and not yet running: the name, the lookup's number,
+/// and where its outcome goes.
+struct Queued {
+    name: String,
+    id: u64,
+    tx: watch::Sender<Option<Outcome>>,
+}
+
 #[derive(Default)]
 struct Table {
     entries: HashMap<String, Entry>,
     /// The number of the latest lookup started.
     lookups: u64,
+    /// The lookups started and not yet running, oldest first (at most one
+    /// per name of the table: a lookup in flight is joined, never started
+    /// again).
+    queued: VecDeque<Queued>,
+    /// The lookups running, each on a thread of the blocking pool, or
+    /// handed to the pool to run next: at most [`MAX_LOOKUPS`].
+    running: usize,
 }
 
 impl Table {
+    /// How many more lookups may run now, counted as running: the caller
+    /// hands that many [`Runner`]s to the blocking pool.
+    fn runners_due(&mut self) -> usize {
+        let due = MAX_LOOKUPS
+            .saturating_sub(self.running)
+            .min(self.queued.len());
+        self.running += due;
+        due
+    }
+
     /// Whether a new name fits, evicting the oldest name that is neither
     /// pinned nor being looked up if the table is full.
     fn make_room(&mut self) -> bool {
@@ -166,8 +201,6 @@ enum Known {
 /// What the names of a client and their lookups share.
 struct State {
     table: Mutex<Table>,
-    /// One permit per lookup running ([`MAX_LOOKUPS`]).
-    permits: Arc<Semaphore>,
     /// [`RESOLVED_FOR`] (shorter in tests).
     resolved_for: Duration,
     /// [`FAILED_FOR`] (shorter in tests).
@@ -187,8 +220,10 @@ impl State {
     /// old, a refresh in the background).
     fn consult(self: &Arc<Self>, name: &str, refresh_after: Duration) -> Known {
         let now = Instant::now();
-        let mut table = self.lock();
-        let table = &mut *table;
+        // A lookup runs on the blocking pool of the caller's runtime.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut guard = self.lock();
+        let table = &mut *guard;
         let (refresh, known) = match table.entries.get(name) {
             Some(e) => {
                 let failed_lately = e
@@ -217,11 +252,25 @@ impl State {
                 (true, None)
             }
         };
-        let started = if refresh {
-            self.start(table, name, now)
-        } else {
-            None
+        let started = match (&runtime, refresh) {
+            (Some(_), true) => Some(Self::enqueue(table, name, now)),
+            _ => None,
         };
+        // Also when no lookup was started here: a queued one whose runner
+        // was dropped unrun (its runtime shut down) is started now.
+        let runners = if runtime.is_some() {
+            table.runners_due()
+        } else {
+            0
+        };
+        drop(guard);
+        // Outside the table's lock: a runner that a shut-down runtime
+        // drops at once frees its place under that lock.
+        if let Some(runtime) = &runtime {
+            for _ in 0..runners {
+                Runner::new(self).spawn_on(runtime);
+            }
+        }
         match (known, started) {
             (Some(known), _) => known,
             (None, Some(rx)) => Known::Pending(rx),
@@ -229,16 +278,9 @@ impl State {
         }
     }
 
-    /// Starts a lookup of `name` in a task of its own: its outcome is
-    /// recorded in the table and sent to the receiver returned (`None`:
-    /// the caller runs in no tokio runtime).
-    fn start(
-        self: &Arc<Self>,
-        table: &mut Table,
-        name: &str,
-        now: Instant,
-    ) -> Option<watch::Receiver<Option<Outcome>>> {
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
+    /// Queues a lookup of `name`: its outcome is recorded in the table and
+    /// sent to the receiver returned.
+    fn enqueue(table: &mut Table, name: &str, now: Instant) -> watch::Receiver<Option<Outcome>> {
         let (tx, rx) = watch::channel(None);
         table.lookups += 1;
         let id = table.lookups;
@@ -247,38 +289,12 @@ impl State {
             .entry(name.to_string())
             .or_insert_with(|| Entry::new(now));
         entry.in_flight = Some((id, rx.clone()));
-        runtime.spawn(Arc::clone(self).lookup(name.to_string(), id, tx));
-        Some(rx)
-    }
-
-    /// Lookup `id` of `name`: waits for a permit, looks the name up on
-    /// the blocking pool, records the outcome and sends it to the callers
-    /// waiting.
-    async fn lookup(self: Arc<Self>, name: String, id: u64, tx: watch::Sender<Option<Outcome>>) {
-        let outcome = match Arc::clone(&self.permits).acquire_owned().await {
-            // The semaphore is never closed.
-            Err(closed) => Err(closed.to_string()),
-            Ok(permit) => {
-                let owned = name.clone();
-                // The permit is held by the blocking thread: a lookup that
-                // blocks keeps it until `getaddrinfo` returns, even if this
-                // task is dropped.
-                let blocking = tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    blocking_lookup(&owned)
-                });
-                match blocking.await {
-                    Err(joined) => Err(format!("the lookup failed: {joined}")),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Ok(Ok(found)) => found
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| "it resolves to no address".to_string()),
-                }
-            }
-        };
-        self.record(&name, id, &outcome);
-        tx.send_replace(Some(outcome));
+        table.queued.push_back(Queued {
+            name: name.to_string(),
+            id,
+            tx,
+        });
+        rx
     }
 
     /// Records the outcome of lookup `id` of `name`.
@@ -311,6 +327,96 @@ impl State {
     }
 }
 
+/// One lookup slot of the blocking pool ([`MAX_LOOKUPS`]): it runs the
+/// oldest queued lookup, records its outcome, and hands itself to the pool
+/// again while lookups are queued (module doc, "Invariants"). A runner is
+/// counted in [`Table::running`] from the moment it is made until it finds
+/// the queue empty, or is dropped (unrun, when its runtime shut down; or
+/// unwinding).
+struct Runner {
+    state: Arc<State>,
+    /// Whether it still counts in [`Table::running`].
+    counted: bool,
+}
+
+impl Runner {
+    /// A runner of `state`, already counted ([`Table::runners_due`]).
+    fn new(state: &Arc<State>) -> Runner {
+        Runner {
+            state: Arc::clone(state),
+            counted: true,
+        }
+    }
+
+    /// Runs on a thread of `runtime`'s blocking pool. One lookup per task:
+    /// a runtime that shuts down drops the next one unrun rather than wait
+    /// for every queued lookup.
+    fn spawn_on(self, runtime: &tokio::runtime::Handle) {
+        // Detached: its outcome goes to the table and the callers.
+        drop(runtime.spawn_blocking(move || self.run()));
+    }
+
+    fn run(mut self) {
+        let next = {
+            let mut table = self.state.lock();
+            let next = table.queued.pop_front();
+            if next.is_none() {
+                // Under the lock that queues (as below).
+                table.running = table.running.saturating_sub(1);
+                self.counted = false;
+            }
+            next
+        };
+        let Some(next) = next else {
+            return;
+        };
+        // `getaddrinfo` blocks, with no deadline of its own: this thread,
+        // not a runtime worker, waits for it.
+        let outcome = match blocking_lookup(&next.name) {
+            Err(e) => Err(e.to_string()),
+            Ok(found) => found
+                .into_iter()
+                .next()
+                .ok_or_else(|| "it resolves to no address".to_string()),
+        };
+        self.state.record(&next.name, next.id, &outcome);
+        next.tx.send_replace(Some(outcome));
+        drop(next);
+        let more = {
+            let mut table = self.state.lock();
+            if table.queued.is_empty() {
+                // Under the lock that queues: a lookup queued after this
+                // sees the place free, and starts a runner of its own.
+                table.running = table.running.saturating_sub(1);
+                self.counted = false;
+            }
+            self.counted
+        };
+        if more {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => self.spawn_on(&runtime),
+                // Not on a pool thread (never): the place is freed, and the
+                // next use of a name starts the queued lookups.
+                Err(_) => drop(self),
+            }
+        }
+    }
+
+    /// No longer counted in [`Table::running`].
+    fn release(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            let mut table = self.state.lock();
+            table.running = table.running.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// The names a client resolved, with their addresses, and their lookups
 /// (module doc, "Invariants").
 pub(super) struct Names {
@@ -331,7 +437,6 @@ impl Names {
         Names {
             state: Arc::new(State {
                 table: Mutex::default(),
-                permits: Arc::new(Semaphore::new(MAX_LOOKUPS)),
                 resolved_for,
                 failed_for,
                 moves: AtomicU64::new(0),
