@@ -845,17 +845,24 @@ impl<S: PeerExt> MultiNode<S> {
 /// a refused joint change, and a failed step that needs the target — its
 /// catch-up (a target that is down, unreachable or too slow fails it after
 /// the whole [`MoveOptions::catch_up_timeout`], 120 s by default, every
-/// time), or a configuration change whose new majority includes it. Not a
-/// move that never reached the target: this node no longer leads the
-/// group, the move made no sense, an earlier change was still in flight,
-/// or the learner could not be added (the group's own trouble).
+/// time), or a configuration change whose new majority includes it, that
+/// timed out ([`Error::Timeout`]). Not a move that never reached the
+/// target: this node no longer leads the group, the move made no sense, an
+/// earlier change was still in flight, or the learner could not be added
+/// (the group's own trouble); nor a step that failed for this node or the
+/// group, whatever the step: leadership lost (at catch-up, or a new leader
+/// cut the joint entry off, [`Error::NotLeader`]), another change hiding
+/// the joint change's outcome ([`Error::Ambiguous`]), this node's replica
+/// stopping or its storage failing.
 pub(super) fn counts_against_target(e: &MoveError) -> bool {
     match e {
         MoveError::Refused { .. } => true,
-        MoveError::Step { step, .. } => matches!(
-            step,
-            MoveStep::CatchUp | MoveStep::JointChange | MoveStep::LeaveJoint
-        ),
+        MoveError::Step { step, source, .. } => {
+            matches!(
+                step,
+                MoveStep::CatchUp | MoveStep::JointChange | MoveStep::LeaveJoint
+            ) && matches!(source, Error::Timeout)
+        }
         MoveError::NotHosted { .. } | MoveError::NotLeader { .. } | MoveError::Invalid { .. } => {
             false
         }

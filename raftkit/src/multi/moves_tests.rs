@@ -674,6 +674,36 @@ mod decisions {
         for step in [MoveStep::Settle, MoveStep::AddLearner] {
             assert!(!counts_against_target(&failed(step)), "{step:?}");
         }
+        // The group's or this node's trouble at a step that needs the
+        // target: this node lost leadership (at catch-up, or a new leader
+        // cut the joint entry off), another change hid the joint change's
+        // outcome, this node's replica stopped (it is shutting down) or its
+        // storage failed.
+        let failed_by = |step, source| MoveError::Step {
+            group: 1,
+            step,
+            applied: Applied::Maybe,
+            leaves: String::new(),
+            source,
+        };
+        for step in [
+            MoveStep::CatchUp,
+            MoveStep::JointChange,
+            MoveStep::LeaveJoint,
+        ] {
+            for source in [
+                Error::NotLeader { hint: None },
+                Error::NotLeader {
+                    hint: Some("10.0.0.2:7000".into()),
+                },
+                Error::Ambiguous("a later change".into()),
+                Error::Unavailable("the group's replica stopped".into()),
+                Error::Storage("disk full".into()),
+            ] {
+                let e = failed_by(step, source);
+                assert!(!counts_against_target(&e), "{e:?}");
+            }
+        }
         assert!(counts_against_target(&MoveError::Refused {
             group: 1,
             step: MoveStep::JointChange,
