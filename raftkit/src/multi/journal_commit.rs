@@ -7,7 +7,10 @@
 //! with the snapshot worker, the group is *held* and its later writes wait
 //! in order, and no other group waits for it; a held write's snapshot is
 //! saved (durable) before any record of its write is, and its compaction
-//! is recorded only if the save succeeded.
+//! is recorded only if the save succeeded, and only if the group was not
+//! removed meanwhile (a save completing after its group's removal never
+//! brings the group back: nothing of it, nor of the writes held behind
+//! it, is recorded).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -34,7 +37,7 @@ pub(super) async fn run(
     let mut batch: Batched = Vec::new();
     // The groups whose received snapshot is being saved, each with its
     // writes queued behind it, in order.
-    let mut held: BTreeMap<GroupId, VecDeque<Job>> = BTreeMap::new();
+    let mut held: BTreeMap<GroupId, Held> = BTreeMap::new();
     while let Some(first) = rx.recv().await {
         let Ok(mut st) = shared.state() else {
             let (Msg::Write(job) | Msg::Saved { job, .. }) = first;
@@ -87,10 +90,20 @@ pub(super) async fn run(
 /// token, and whether it was applied.
 type Batched = Vec<(Done, u64, Result<(), StorageError>)>;
 
+/// A group whose received snapshot is being saved.
+#[derive(Default)]
+struct Held {
+    /// The group's writes that came meanwhile, in order.
+    queue: VecDeque<Job>,
+    /// What the journal held of the group when the save began: whether
+    /// its log, and its tombstone's fence.
+    as_of: (bool, Option<(Index, Term)>),
+}
+
 /// One batch of the commit thread in the making (under the journal's lock).
 struct Taker<'a> {
     st: &'a mut State,
-    held: &'a mut BTreeMap<GroupId, VecDeque<Job>>,
+    held: &'a mut BTreeMap<GroupId, Held>,
     saver: &'a mpsc::UnboundedSender<Save>,
     batch: &'a mut Batched,
     /// Entry bytes taken so far.
@@ -101,18 +114,35 @@ impl Taker<'_> {
     fn take_msg(&mut self, msg: Msg) {
         match msg {
             Msg::Write(job) => match self.held.get_mut(&job.group) {
-                Some(queue) => queue.push_back(job),
+                Some(held) => held.queue.push_back(job),
                 None => self.take(job, None),
             },
             Msg::Saved { job, at, result } => {
                 // The write's save is done: the rest of it, then the
                 // group's writes that waited, until one holds it again.
+                // A group removed meanwhile (its log gone, or a new
+                // tombstone) is not brought back by the record of the
+                // save: the write fails, and the sink's later writes with it
+                // (invariant 4).
                 let group = job.group;
-                let mut queue = self.held.remove(&group).unwrap_or_default();
+                let Held { mut queue, as_of } = self.held.remove(&group).unwrap_or_default();
+                let removed = (as_of.0 && !self.st.groups.contains_key(&group))
+                    || self.st.removed.get(&group).copied() != as_of.1;
+                let result = match result {
+                    Ok(()) if removed => {
+                        debug!(
+                            group,
+                            index = at.0,
+                            "a received snapshot was saved after its group was removed: not recorded"
+                        );
+                        Err(StorageError::Closed)
+                    }
+                    r => r,
+                };
                 self.take(job, Some((at, result)));
                 while let Some(job) = queue.pop_front() {
                     match self.held.get_mut(&group) {
-                        Some(again) => again.push_back(job),
+                        Some(again) => again.queue.push_back(job),
                         None => self.take(job, None),
                     }
                 }
@@ -145,7 +175,17 @@ impl Taker<'_> {
                             reply,
                         }) {
                             Ok(()) => {
-                                self.held.insert(group, VecDeque::new());
+                                let as_of = (
+                                    self.st.groups.contains_key(&group),
+                                    self.st.removed.get(&group).copied(),
+                                );
+                                self.held.insert(
+                                    group,
+                                    Held {
+                                        queue: VecDeque::new(),
+                                        as_of,
+                                    },
+                                );
                                 return;
                             }
                             Err(mpsc::error::SendError(Save { job: back, .. })) => {

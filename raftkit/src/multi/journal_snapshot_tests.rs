@@ -320,3 +320,55 @@ fn a_crash_anywhere_in_a_snapshots_save_leaves_the_old_one_or_the_new_one() {
         "crashes before and after the snapshot took effect: {outcomes:?}"
     );
 }
+
+/// A received snapshot whose save completes after its group was removed
+/// (the replica retired while the file was being written) is refused:
+/// its compaction is not recorded, so neither the journal nor its replay
+/// after a restart holds the removed group again, and the write behind it
+/// is refused too. Before: the `Compact` record re-created the group.
+#[test]
+fn a_snapshot_saved_after_its_groups_removal_does_not_bring_the_group_back() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let open = || {
+        Journal::open(
+            crate::storage::vfs::real(),
+            &dir.path().join("journal"),
+            JournalOptions::default(),
+        )
+        .expect("the journal opens")
+    };
+    let j = open();
+    j.create_group(1).expect("group 1 created");
+    let gate = Arc::new(Gate::default());
+    let _open = OpenOnDrop(gate.clone());
+    let store = FileSnapshotStore::open(dir.path().join("snapshots"), 1).expect("a store");
+    let a = j.sink(
+        1,
+        shared(Gated {
+            inner: Box::new(store),
+            gate: gate.clone(),
+        }),
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    a.write(received(10, 2), tx.clone(), 1);
+    assert!(gate.reached(), "group 1's snapshot save started");
+    a.write(write(vec![entry(11, 2)], None), tx.clone(), 2);
+    j.remove_group(1, (5, 2)).expect("group 1 removed");
+    assert!(!j.groups().contains(&1), "group 1 removed");
+
+    gate.open();
+    let outcomes: Vec<_> = (0..2).map(|_| next(&mut rx).map(|r| r.is_ok())).collect();
+    assert_eq!(
+        outcomes,
+        vec![Some(false), Some(false)],
+        "the removed group's snapshot and the write behind it"
+    );
+    assert_eq!(j.groups(), Vec::<GroupId>::new(), "live, after the save");
+    drop(a);
+    close(j);
+
+    let j = open();
+    assert_eq!(j.groups(), Vec::<GroupId>::new(), "replayed");
+    assert_eq!(j.fence(1), Some((5, 2)), "the tombstone stays");
+    close(j);
+}
