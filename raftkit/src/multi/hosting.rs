@@ -404,6 +404,30 @@ pub(crate) fn was_founded(fs: &dyn Vfs, dir: &Path, group: GroupId) -> bool {
         .is_ok_and(|names| names.iter().any(|n| n == "founded"))
 }
 
+/// Deletes `group`'s [`mark_listed`] and [`mark_founded`] markers that
+/// are present, durably (the group's directory synced): before a replica
+/// hosted on demand is recorded, so that an earlier replica's markers
+/// whose deletion failed at its removal ([`delete_group_files`] only logs
+/// that) never pass for the new replica's. A leftover `listed` would make
+/// the new replica retire at a configuration past the fence that predates
+/// its addition (see [`retire_reason`]).
+pub(crate) fn clear_markers(fs: &dyn Vfs, dir: &Path, group: GroupId) -> std::io::Result<()> {
+    let mut deleted = false;
+    for (marker, present) in [
+        (listed_marker(dir, group), was_listed(fs, dir, group)),
+        (founded_marker(dir, group), was_founded(fs, dir, group)),
+    ] {
+        if present {
+            fs.remove_file(&marker)?;
+            deleted = true;
+        }
+    }
+    if deleted {
+        fs.sync_dir(&group_dir(dir, group))?;
+    }
+    Ok(())
+}
+
 /// Deletes the snapshot files of `group` (after its removal from the
 /// journal) and its [`mark_listed`] and [`mark_founded`] markers. Failures are logged: a
 /// leftover file is swept at the next start.

@@ -1414,6 +1414,14 @@ impl<S: PeerExt> MultiNode<S> {
                 );
                 return;
             }
+            // An earlier replica's markers left by a failed deletion
+            // would pass for the new replica's (a leftover `listed` retires
+            // it at a configuration that predates its addition): deleted
+            // first, or the group is not hosted (its leader resends).
+            if let Err(e) = super::hosting::clear_markers(&*inner.fs, &inner.dir, group) {
+                tracing::warn!(group, error = %e, "cannot delete an earlier replica's markers; not hosting the group on demand");
+                return;
+            }
             if let Err(e) = inner.journal.create_group(group) {
                 tracing::warn!(group, error = %e, "cannot record a group hosted on demand");
                 return;

@@ -746,3 +746,112 @@ async fn a_group_moved_back_is_not_bootstrapped_by_a_leftover_founded_marker() {
     .await;
     node.shutdown().await.expect("a clean shutdown");
 }
+
+/// A group this node left and that a move brought back (hosted again on
+/// demand, behind its fence) starts unlisted even when the removal could
+/// not delete the group's `listed` marker: a committed configuration past
+/// the fence that does not list the node yet (another move, before the
+/// one adding it) is no removal of the new replica, which stays and is
+/// listed by the later configuration that adds it. Before: the leftover
+/// marker made the new replica listed from its start, and that
+/// configuration retired it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_moved_back_is_not_retired_by_a_leftover_listed_marker() {
+    use crate::core::{Body, Configuration, Entry, Payload};
+    use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
+    let addr = free_addr();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = ClusterCa::generate("retire-test").expect("a CA");
+    let fs = FaultyFs::over_real();
+    let mut builder = MultiNode::<Placement>::builder()
+        .identity(
+            ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+                .expect("a node certificate"),
+        )
+        .hosting_policy(crate::multi::HostingPolicy {
+            quarantine: Duration::ZERO,
+            ..Default::default()
+        });
+    builder.fs = Arc::new(fs.clone());
+    let node = start_on(builder, &addr, dir.path()).await;
+    let me = node.id();
+    let leader = heartbeat(&node).from;
+    let other = me.wrapping_add(2);
+
+    // A replica listed by a committed configuration.
+    node.host_on_demand(6, heartbeat(&node)).await;
+    let old = node.group(6).expect("hosted on demand");
+    node.host_on_demand(6, append_configuration(&node, [leader, me], 1))
+        .await;
+    until("the configuration listing the node committed", || {
+        let st = old.status();
+        st.config_index == 1 && st.commit >= 1
+    })
+    .await;
+    node.retire_removed().await;
+    let listed = dir.path().join("groups").join("6").join("listed");
+    assert!(listed.exists(), "the replica was marked listed");
+
+    // The removal's tombstone is written, the marker's deletion fails.
+    fs.inject(FaultRule::new(FileOp::Remove, Fault::Io).on("listed"));
+    node.retire(6, Retire::Removed((1, 3)))
+        .await
+        .expect("group 6 retired");
+    assert!(node.inner.journal.was_removed(6));
+    assert!(listed.exists(), "the marker's deletion was refused");
+    fs.clear();
+
+    // Moved back: the group's leader hosts an empty replica here.
+    let fence = node.inner.journal.fence(6).expect("the removal's fence");
+    assert_eq!(fence.0, 1, "removed by the configuration at index 1");
+    let mut hello = heartbeat(&node);
+    hello.term = fence.1 + 1;
+    node.host_on_demand(6, hello.clone()).await;
+    let hosted = node.group(6).expect("group 6 hosted again on demand");
+
+    // It catches up through a configuration past the fence that does not
+    // list it yet.
+    let term = hello.term;
+    let config = |index, voters: [crate::core::NodeId; 2]| Entry {
+        term,
+        index,
+        payload: Payload::Config(Configuration::new(voters)),
+    };
+    let mut append = hello.clone();
+    append.body = Body::AppendEntries {
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![config(1, [leader, other]), config(2, [leader, other])],
+        commit: 2,
+    };
+    node.host_on_demand(6, append).await;
+    until("the configuration without the node committed", || {
+        let st = hosted.status();
+        st.config_index == 2 && st.commit >= 2
+    })
+    .await;
+    node.retire_removed().await;
+    assert!(
+        node.group(6).is_some(),
+        "the replica hosted again was retired by a configuration that predates its addition"
+    );
+
+    // The move adds it: listed from then on.
+    let mut append = hello;
+    append.body = Body::AppendEntries {
+        prev_index: 2,
+        prev_term: append.term,
+        entries: vec![config(3, [leader, me])],
+        commit: 3,
+    };
+    node.host_on_demand(6, append).await;
+    until("the configuration adding the node committed", || {
+        let st = hosted.status();
+        st.config_index == 3 && st.commit >= 3
+    })
+    .await;
+    node.retire_removed().await;
+    assert!(node.group(6).is_some(), "the replica stays");
+    assert!(listed.exists(), "listed by the configuration adding it");
+    node.shutdown().await.expect("a clean shutdown");
+}
