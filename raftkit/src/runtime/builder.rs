@@ -914,6 +914,22 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 }
             }
         };
+        // A handed socket not bound to the listen address fails before
+        // anything is written: the meta (and a bootstrap's configuration)
+        // would name an address the peer never serves on, and an existing
+        // directory ignores the builder's listen on every later start.
+        if let (None, Some(socket)) = (&self.transport, &self.listen_socket) {
+            let bound = socket
+                .local_addr()
+                .map_err(|e| Error::Transport(format!("the listen socket's address: {e}")))?;
+            let listen = resolve(&meta.listen)?;
+            if bound != listen {
+                return Err(Error::Rejected(format!(
+                    "the listen socket is bound to {bound}, not to the listen address {} ({listen}); nothing was written or served",
+                    meta.listen
+                )));
+            }
+        }
         // A missing certificate fails before anything is written, saying
         // what to add. (Not a compile-time typestate: a restart finds the
         // identity in its data directory, which only the run time knows.)
@@ -1094,18 +1110,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 };
                 let identity = with_revocation_lists(identity, &self.revocation_lists, &meta.name)?;
                 let listen = resolve(&meta.listen)?;
+                // Checked against `listen` before anything was written.
                 let mut socket = self.listen_socket.take();
-                if let Some(bound) = socket.as_ref().map(std::net::UdpSocket::local_addr) {
-                    let bound = bound.map_err(|e| {
-                        Error::Transport(format!("the listen socket's address: {e}"))
-                    })?;
-                    if bound != listen {
-                        return Err(Error::Rejected(format!(
-                            "the listen socket is bound to {bound}, not to the listen address {} ({listen}); nothing was served",
-                            meta.listen
-                        )));
-                    }
-                }
                 let config_identity = identity.clone();
                 let mut config =
                     QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);

@@ -100,3 +100,59 @@ async fn a_listen_address_other_than_the_sockets_is_refused() {
         Ok(_) => panic!("a peer started on a socket not bound to its listen address"),
     }
 }
+
+/// The refusal of a mismatched listen address comes before the data
+/// directory is written (no meta, no bootstrapped log naming an address
+/// the peer never served on): a corrected start on the same directory
+/// then starts, named after the socket it serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_listen_address_leaves_the_data_directory_unwritten() {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path().join("peer");
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
+    let other = std::net::UdpSocket::bind("127.0.0.1:0").expect("another free port");
+    let elsewhere = other.local_addr().expect("its address").to_string();
+    let (_ca, mut ids) = dev_cluster([format!("handed@{elsewhere}")]).expect("dev CA");
+    let started = Handed::peer()
+        .data_dir(&dir)
+        .listen(elsewhere.clone())
+        .listen_socket(socket)
+        .bootstrap()
+        .identity(ids.pop().expect("node identity"))
+        .tick(Duration::from_millis(20))
+        .start()
+        .await;
+    match started {
+        Err(Error::Rejected(_)) => {}
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("a peer started on a socket not bound to its listen address"),
+    }
+    let written: Vec<_> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        written.is_empty(),
+        "a refused start wrote into the data directory: {written:?}"
+    );
+
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
+    let addr = socket.local_addr().expect("its address");
+    let (_ca, mut ids) = dev_cluster([format!("handed@{addr}")]).expect("dev CA");
+    let peer = Handed::peer()
+        .data_dir(&dir)
+        .listen_socket(socket)
+        .bootstrap()
+        .identity(ids.pop().expect("node identity"))
+        .tick(Duration::from_millis(20))
+        .start()
+        .await
+        .expect("the corrected start on the same directory starts");
+    assert_eq!(peer.local_addr(), Some(addr), "the handed socket's address");
+    assert_eq!(peer.name(), format!("handed@{addr}"), "named after it");
+    peer.shutdown().await.expect("shutdown");
+}
