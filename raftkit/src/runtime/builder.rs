@@ -1112,6 +1112,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 let listen = resolve(&meta.listen)?;
                 // Checked against `listen` before anything was written.
                 let mut socket = self.listen_socket.take();
+                // A start on a handed socket is never retried: a retry would
+                // find the socket taken and bind the address again, reopening
+                // the window in which another process takes the port.
+                let handed = socket.is_some();
                 let config_identity = identity.clone();
                 let mut config =
                     QuicConfig::new(listen, &meta.name, identity, S::SCHEMA_FINGERPRINT);
@@ -1136,9 +1140,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                         InboxTx::Charged(inbox_tx.clone(), budget.clone()),
                         None,
                         Some(clients_tx.clone()),
-                        // Taken by the first attempt: one that fails on a
-                        // handed socket is not retried (no address is
-                        // bound, so none can be in use).
+                        // Taken by the first attempt (see `handed`).
                         socket.take(),
                     )
                     .await
@@ -1146,6 +1148,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                         Ok(ok) => break ok,
                         Err(crate::transport::quic::TransportError::Bind { source, .. })
                             if source.kind() == std::io::ErrorKind::AddrInUse
+                                && !handed
                                 && tokio::time::Instant::now() < deadline =>
                         {
                             tokio::time::sleep(Duration::from_millis(50)).await;
