@@ -31,7 +31,9 @@ impl Handed {
 
 /// The peer listens on the very socket it was handed (its address, its
 /// name, a client's write through it), and the port stays taken from the
-/// caller's bind on: binding it again fails all along.
+/// caller's bind on: binding it again fails all along. A second handle on
+/// the socket stays open through the start, so a peer that bound the port
+/// by address (the release-then-rebind race) fails to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_serves_on_the_socket_it_was_handed() {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
@@ -46,6 +48,9 @@ async fn a_peer_serves_on_the_socket_it_was_handed() {
     };
     let (ca, mut ids) = dev_cluster([format!("handed@{addr}")]).expect("dev CA");
     let node = ids.pop().expect("node identity");
+    // Held through the start: a peer that released the handed socket and
+    // bound its address again would find the port taken and fail to start.
+    let dup = socket.try_clone().expect("a second handle on the socket");
     let builder = Handed::peer()
         .in_memory()
         .listen_socket(socket)
@@ -53,7 +58,11 @@ async fn a_peer_serves_on_the_socket_it_was_handed() {
         .identity(node)
         .tick(Duration::from_millis(20));
     taken("handed to the builder");
-    let peer = builder.start().await.expect("peer starts");
+    let peer = builder
+        .start()
+        .await
+        .expect("the peer starts on the handed socket, not by binding its address");
+    drop(dup);
     taken("served");
     assert_eq!(peer.local_addr(), Some(addr), "the handed socket's address");
     assert_eq!(peer.name(), format!("handed@{addr}"), "named after it");
