@@ -349,6 +349,13 @@ impl RaftLog {
         &self.entries
     }
 
+    /// Test-only: sets the commit index as given, past the last entry too
+    /// (a log no correct core holds, for the oracle's unit tests).
+    #[cfg(all(test, feature = "sim"))]
+    pub(crate) fn set_committed_unchecked(&mut self, index: Index) {
+        self.committed = index;
+    }
+
     /// The storage cursors `(persisted, unstable)`, for the test-only
     /// `truncation_not_persisted` switch.
     #[cfg(any(test, feature = "sim"))]

@@ -301,6 +301,12 @@ impl Raft {
         &self.log
     }
 
+    /// Test-only: the log, to break it by hand (the oracle's unit tests).
+    #[cfg(all(test, feature = "sim"))]
+    pub(crate) fn log_mut_unchecked(&mut self) -> &mut RaftLog {
+        &mut self.log
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &Configuration {
         &self.conf

@@ -43,6 +43,9 @@
 //!   leaves out (a leader losing an entry it committed itself shows here).
 //!   Entries first seen committed in a later term are not asked of a stale
 //!   leader. Compacted entries count as held (a snapshot covers them).
+//! - **Commit within log** (Raft Figure 2, AppendEntries rule 5): a node's
+//!   commit index is at most its own last index (a follower never takes a
+//!   leader's commit index past the entries it holds).
 //! - **Membership** (thesis §4.2): a node that is not a voter of the
 //!   configuration in its own log (a learner, a removed node that learned
 //!   of its removal, a new node not yet replicated to) never campaigns, and
@@ -200,6 +203,22 @@ impl Oracle {
             });
         }
         view.commit = log.committed();
+        // Commit within log: a node's commit index never runs past its own
+        // last entry (a follower caps the leader's at its last new entry,
+        // Raft Figure 2, AppendEntries rule 5; a leader commits only what it
+        // holds). The agreement check skips indexes a log lacks, so it
+        // cannot see this.
+        if log.committed() > log.last_index() {
+            return Err(Violation {
+                property: "commit within log",
+                detail: format!(
+                    "node {id}'s commit index {} is past its last entry {} (term {})",
+                    log.committed(),
+                    log.last_index(),
+                    raft.term()
+                ),
+            });
+        }
         // Leader append-only (Figure 3): within its term a leader only
         // appends.
         let first_new = new_entries.first().map(|e| e.index);

@@ -470,3 +470,31 @@ fn a_leader_still_leading_once_its_removal_committed_breaks_membership() {
         }
     }
 }
+
+#[test]
+fn a_commit_index_past_the_nodes_last_entry_breaks_commit_within_log() {
+    // A follower holding entries 1 and 2 whose commit index says 3 (as a
+    // follower taking the leader's commit index without capping it at its
+    // last new entry would, Raft Figure 2, AppendEntries rule 5).
+    let mut b = node(
+        2,
+        &[1, 2, 3],
+        1,
+        vec![command(1, 1, "a"), command(2, 1, "b")],
+    );
+    b.log_mut_unchecked().set_committed_unchecked(3);
+    assert_eq!(
+        (b.log().committed(), b.log().last_index()),
+        (3, 2),
+        "premise"
+    );
+    violates(
+        Oracle::default().observe(&b, &[], false),
+        "commit within log",
+    );
+    // At its last entry: fine.
+    b.log_mut_unchecked().set_committed_unchecked(2);
+    Oracle::default()
+        .observe(&b, &[], false)
+        .expect("a commit index at the last entry");
+}
