@@ -79,7 +79,7 @@
 //! writes durable; the group's own later writes wait behind it, in order.
 //! Only once the save returned `Ok` (the file written, fsynced, renamed
 //! into place, the directory fsynced: atomic, see
-//! [`crate::storage::snapshot`]) does the commit thread record the
+//! `storage/snapshot.rs`) does the commit thread record the
 //! compaction behind it and the rest of that write. So a crash leaves
 //! either the old snapshot in force (a temporary file, deleted when the
 //! store opens) or the new one, with the log not yet compacted behind it

@@ -15,7 +15,7 @@ use crate::error::{Applied, Error};
 impl Client {
     /// The status of the member at `addr` (no leader needed).
     ///
-    /// It ends by the client's timeout ([`ClientOptions::timeout`]) or an
+    /// It ends by the client's timeout ([`ClientOptions::timeout`](super::ClientOptions::timeout)) or an
     /// enclosing [`by_deadline`](super::by_deadline), whichever is first, looking `addr` up
     /// included: a member that takes the connection and never answers ends
     /// it [`Error::Unavailable`] then, as does a name that does not resolve
@@ -51,7 +51,7 @@ impl Client {
     ///
     /// A request that changes nothing
     /// ([`NodeRequest::Groups`]) ends by
-    /// the client's timeout ([`ClientOptions::timeout`]) or an enclosing
+    /// the client's timeout ([`ClientOptions::timeout`](super::ClientOptions::timeout)) or an enclosing
     /// [`by_deadline`](super::by_deadline), whichever is first, looking `addr` up included,
     /// and then with [`Error::Unavailable`]. One that may start something
     /// and is answered only once it is done (a balancer round, a move,
