@@ -29,6 +29,12 @@
 //!   earlier attempt was), a write past the session window `Rejected`
 //!   (nothing was); and sessions expire by the entries' stamps
 //!   (replicated time), so a write under an expired one is not applied.
+//!
+//! Size: past 1,000 lines because these are the tests of one module's
+//! invariants on one harness (`Thread` and the entry and session helpers at
+//! the top). The tests of the sender applying a batch itself, on the
+//! `Shared` harness at the end, would move first, beside
+//! `apply_inline_tests.rs`.
 
 use std::sync::Arc;
 

@@ -1,5 +1,11 @@
 //! Unit tests: the conformance suite on every built-in store, and the
 //! WAL-, snapshot- and group-commit-specific behaviour.
+//!
+//! Size: past 1,000 lines because its sections share one set of helpers
+//! (`cmd`, `snap`, `tmp_wal` and `reopen`, and `last_segment` and
+//! `content_end` to damage files on disk), the fault tests included. The
+//! group-commit tests, with their own stores (`FailingSync`,
+//! `CountingStore`), would move out first.
 
 use std::path::Path;
 use std::sync::mpsc;

@@ -78,6 +78,12 @@
 //! 7. Which node a link speaks for comes from the dialer's certificate,
 //!    never from what it says: every message forwarded to the inbox has
 //!    `from == node_id(certificate name)`.
+//!
+//! Size: past 1,000 lines because the outbound side of the links stays
+//! together: the private peer table (`Inner`) that `send`, `set_links` and
+//! the learned-link sweeper change, and the link state (`PeerShared`) that
+//! `send` and each peer's task (`peer_task`, `dial`, `pump`) share.
+//! Accepting is apart already; `QuicConfig` would move out first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;

@@ -9,6 +9,12 @@
 //! replicas diverged, a node cannot restart from its disk, a write was
 //! applied twice or an acknowledged one lost, or the history is not
 //! linearizable with `S` as the specification.
+//!
+//! Size: past 1,000 lines because the `World`'s node table and failure
+//! record stay private to this module, and what starts, crashes, restarts
+//! and judges the nodes (`World`'s methods, `run_one`, `nemesis`) reads
+//! them; `client.rs` and `moves.rs` use only its crate-visible items. The
+//! nemesis would move first, into a child module.
 
 use std::collections::BTreeMap;
 use std::future::Future;
