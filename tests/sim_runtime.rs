@@ -492,8 +492,10 @@ fn rehost_caught_at(seed: u64) -> Result<(), String> {
 /// A seed at which the rehost tooth breaks a check the bug breaks (the
 /// whole-runtime simulation found the bug at seed 1864 before the tooth
 /// existed; the snapshot transfer's pacing changed the schedules since, and
-/// a sweep of `0..4000` found this one).
-const REHOST_SEED: u64 = 2311;
+/// a sweep of `0..4000` found 2311; stop 55's changes, the multi-group
+/// journal saving a received snapshot on a thread of its own among them,
+/// changed them again, and the same sweep found this one).
+const REHOST_SEED: u64 = 426;
 
 /// A demultiplexer that hands some of a group's messages to another
 /// group's replica on the same node is caught by the per-group checks.
