@@ -309,3 +309,68 @@ async fn a_client_follows_its_members_names_to_their_new_addresses() {
         client.members()
     );
 }
+
+/// The members at `names` (scripted to their addresses) answering every
+/// request `Ok`, and a client of them (`max_backoff` 20 ms: a call makes
+/// many attempts while they refuse every dial).
+async fn served_by_names(names: [&str; 2], label: &str) -> ([FakeMember; 2], Client) {
+    let (ca, nodes) = dev_cluster([format!("fake-{label}-1"), format!("fake-{label}-2")])
+        .expect("dev certificates");
+    let client_id = ca.issue_client(label).expect("client certificate");
+    let members = [&nodes[0], &nodes[1]]
+        .map(|node| FakeMember::start(node, |_| Act::answer(ClientResponse::Ok(b"ok".to_vec()))));
+    for (name, member) in names.iter().zip(&members) {
+        stub::slow(name, member.addr(), Duration::ZERO);
+    }
+    let client = Client::connect_with(
+        names,
+        client_id,
+        0,
+        ClientOptions::default()
+            .with_timeout(Duration::from_millis(300))
+            .with_backoff(Duration::from_millis(5))
+            .with_max_backoff(Duration::from_millis(20)),
+    )
+    .await
+    .expect("connects");
+    (members, client)
+}
+
+/// Review s55 client #6: nothing showed that a member that is down but
+/// not moved (its name answers the same address) costs at most one lookup
+/// of its name per [`FAILED_FOR`](crate::client::resolve::FAILED_FOR),
+/// however many attempts fail: every failed attempt suspects its member
+/// and asks for a refresh. Both members refuse every dial for 1.5 s of
+/// calls (each call tens of attempts): each name is looked up at the
+/// connect and at most once more per `FAILED_FOR` since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_but_not_moved_costs_one_lookup_of_its_name_per_failed_for() {
+    use crate::client::resolve::FAILED_FOR;
+    const NAMES: [&str; 2] = ["node-d1.down.invalid:7000", "node-d2.down.invalid:7000"];
+    let start = tokio::time::Instant::now();
+    let (members, client) = served_by_names(NAMES, "down").await;
+    let first = client.read(b"get".to_vec()).await;
+    assert_eq!(first.as_deref().ok(), Some(&b"ok"[..]), "{first:?}");
+    for member in &members {
+        member.restart(usize::MAX);
+    }
+    let mut failed = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        let r = client.read(b"get".to_vec()).await;
+        assert!(r.is_err(), "every dial is refused: {r:?}");
+        failed += 1;
+    }
+    let elapsed = start.elapsed();
+    // The connect's lookup, and one per `FAILED_FOR` since it (the first
+    // may start as soon as `FAILED_FOR` passed, hence the one more).
+    let windows =
+        usize::try_from(elapsed.as_millis() / FAILED_FOR.as_millis()).unwrap_or(usize::MAX);
+    let allowed = 2 + windows;
+    for name in NAMES {
+        let looked_up = stub::started(name);
+        assert!(
+            looked_up <= allowed,
+            "{name} was looked up {looked_up} times in {elapsed:?} ({failed} calls failed; bound {allowed})"
+        );
+    }
+}
