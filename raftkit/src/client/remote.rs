@@ -258,8 +258,35 @@ struct Inner {
     opts: ClientOptions,
     rotate: AtomicU64,
     suspects: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
-    /// The names this client resolved (its cluster addresses, hints).
+    /// The names this client resolved (its cluster addresses, hints); a
+    /// sharded client's group clients share one table.
     names: Names,
+    /// Keeps this client's cluster addresses in `names`.
+    _pinned: Pinned,
+}
+
+/// The cluster addresses a client was given, kept in its (maybe shared)
+/// name table while the client lives ([`Names::unpin`] on drop).
+struct Pinned {
+    names: Names,
+    given: Vec<String>,
+}
+
+impl Pinned {
+    /// Pins `given` in `names` until dropped.
+    fn new(names: &Names, given: Vec<String>) -> Pinned {
+        names.pin(&given);
+        Pinned {
+            names: names.clone(),
+            given,
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.names.unpin(&self.given);
+    }
 }
 
 tokio::task_local! {
@@ -423,24 +450,35 @@ impl Client {
             S::SCHEMA_FINGERPRINT,
             Some(S::schema()),
             opts,
+            Names::default(),
         )
         .await
     }
 
     /// [`Client::connect_with_for`] with the state machine's schema given
-    /// as values (the sharded client's per-group clients).
-    pub(crate) async fn connect_typed<I, A>(
+    /// as values (`None`: an untyped client), whose names are looked up
+    /// and kept in `names`, a table it shares with the other clients given
+    /// clones of it (the placement and group clients of one sharded
+    /// client: `resolve`, "Invariants").
+    pub(super) async fn connect_typed<I, A>(
         addrs: I,
         identity: Identity,
         schema: u64,
-        schema_desc: crate::schema::Schema,
+        schema_desc: Option<crate::schema::Schema>,
         opts: ClientOptions,
+        names: Names,
     ) -> Result<Client, Error>
     where
         I: IntoIterator<Item = A>,
         A: AsRef<str>,
     {
-        Self::connect_inner(addrs, identity, schema, Some(schema_desc), opts).await
+        Self::connect_inner(addrs, identity, schema, schema_desc, opts, names).await
+    }
+
+    /// The table of the names this client looks up, shared with the
+    /// clients given clones of it ([`Client::connect_typed`]).
+    pub(super) fn names(&self) -> &Names {
+        &self.inner.names
     }
 
     /// The client identity in `$RAFTKIT_CERTS`. A missing variable or
@@ -481,7 +519,7 @@ impl Client {
         I: IntoIterator<Item = A>,
         A: AsRef<str>,
     {
-        Self::connect_inner(addrs, identity, schema, None, opts).await
+        Self::connect_inner(addrs, identity, schema, None, opts, Names::default()).await
     }
 
     async fn connect_inner<I, A>(
@@ -490,6 +528,7 @@ impl Client {
         schema: u64,
         schema_desc: Option<crate::schema::Schema>,
         opts: ClientOptions,
+        names: Names,
     ) -> Result<Client, Error>
     where
         I: IntoIterator<Item = A>,
@@ -503,8 +542,10 @@ impl Client {
         // does not fail `New` for an endpoint it cannot dial either): the
         // connect fails for it only when no address resolves.
         let given: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_string()).collect();
-        let names = Names::default();
-        let resolved = names.resolve_all(&given, deadline).await;
+        // Kept in the table while the client lives; unpinned when it (or
+        // this connect, failing or cancelled) is gone.
+        let pinned = Pinned::new(&names, given);
+        let resolved = names.resolve_all(&pinned.given, deadline).await;
         let unresolved = resolved.why;
         for why in &unresolved {
             tracing::warn!(error = %why, "a cluster address does not resolve; left out");
@@ -548,6 +589,7 @@ impl Client {
                 rotate: AtomicU64::new(0),
                 suspects: std::sync::Mutex::new(HashMap::new()),
                 names,
+                _pinned: pinned,
             }),
         };
         // Dial every member at once, each again after a backoff while its

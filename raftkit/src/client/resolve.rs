@@ -57,10 +57,15 @@
 //!   the thread of a lookup that ends starts the next queued one; a queued
 //!   lookup whose runtime shut down before a thread took it is started by
 //!   the next use of any name;
-//! - the table holds at most [`MAX_NAMES`] names (hints come from the
-//!   network): the cluster addresses given to connect are never evicted,
-//!   another name not being looked up is, oldest first, to make room; with
-//!   every slot in use, a new name fails at once.
+//! - the table holds at most [`MAX_NAMES`] names besides the cluster
+//!   addresses (hints come from the network): the cluster addresses of a
+//!   live client are never evicted, another name not being looked up is,
+//!   oldest first, to make room; with every slot in use, a new name fails
+//!   at once;
+//! - the group clients of one sharded client share one table (clones of
+//!   [`Names`]), so every bound above holds per sharded client, not per
+//!   group (review s55 client #1: 64 groups on 3 named replicas looked
+//!   each name up 64 times, and ran up to 256 lookups at once).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -106,8 +111,9 @@ struct Entry {
     failed: Option<(String, Instant)>,
     /// The lookup in flight (its number, and where its outcome comes).
     in_flight: Option<(u64, watch::Receiver<Option<Outcome>>)>,
-    /// A cluster address given to connect: never evicted.
-    pinned: bool,
+    /// How many clients sharing the table were given it as a cluster
+    /// address: never evicted while any is.
+    pins: usize,
     /// When the entry was made or last changed (eviction order).
     touched: Instant,
 }
@@ -118,7 +124,7 @@ impl Entry {
             found: None,
             failed: None,
             in_flight: None,
-            pinned: false,
+            pins: 0,
             touched: now,
         }
     }
@@ -166,16 +172,19 @@ impl Table {
         due
     }
 
-    /// Whether a new name fits, evicting the oldest name that is neither
-    /// pinned nor being looked up if the table is full.
+    /// Whether a new name that is no cluster address fits, evicting the
+    /// oldest name that is neither pinned nor being looked up if
+    /// [`MAX_NAMES`] such names are kept (cluster addresses come from the
+    /// configuration and the placement, not from what members say: they
+    /// do not count).
     fn make_room(&mut self) -> bool {
-        if self.entries.len() < MAX_NAMES {
+        if self.entries.values().filter(|e| e.pins == 0).count() < MAX_NAMES {
             return true;
         }
         let oldest = self
             .entries
             .iter()
-            .filter(|(_, e)| !e.pinned && e.live_lookup().is_none())
+            .filter(|(_, e)| e.pins == 0 && e.live_lookup().is_none())
             .min_by_key(|(_, e)| e.touched)
             .map(|(name, _)| name.clone());
         match oldest {
@@ -418,7 +427,10 @@ impl Drop for Runner {
 }
 
 /// The names a client resolved, with their addresses, and their lookups
-/// (module doc, "Invariants").
+/// (module doc, "Invariants"). A clone shares the table, its lookups and
+/// their bounds: the group clients of one sharded client share one
+/// (review s55 client #1).
+#[derive(Clone)]
 pub(super) struct Names {
     state: Arc<State>,
 }
@@ -521,17 +533,28 @@ impl Names {
         self.state.moves.load(Ordering::Acquire)
     }
 
-    /// Marks `given` as cluster addresses: never evicted from the table.
-    fn pin(&self, given: &[String]) {
+    /// Marks `given` as cluster addresses of one more client: never
+    /// evicted from the table until each client that pinned them unpinned
+    /// them ([`Names::unpin`]).
+    pub(super) fn pin(&self, given: &[String]) {
         let now = Instant::now();
         let mut table = self.state.lock();
         for name in given.iter().filter(|n| n.parse::<SocketAddr>().is_err()) {
-            if table.entries.contains_key(name) || table.make_room() {
-                table
-                    .entries
-                    .entry(name.clone())
-                    .or_insert_with(|| Entry::new(now))
-                    .pinned = true;
+            table
+                .entries
+                .entry(name.clone())
+                .or_insert_with(|| Entry::new(now))
+                .pins += 1;
+        }
+    }
+
+    /// The client that pinned `given` ([`Names::pin`]) is gone:
+    /// they may be evicted once no other client of the table pinned them.
+    pub(super) fn unpin(&self, given: &[String]) {
+        let mut table = self.state.lock();
+        for name in given.iter().filter(|n| n.parse::<SocketAddr>().is_err()) {
+            if let Some(entry) = table.entries.get_mut(name) {
+                entry.pins = entry.pins.saturating_sub(1);
             }
         }
     }
@@ -546,7 +569,6 @@ impl Names {
     /// name that fails, or is still unresolved then, is left out (with a
     /// warn); its lookup goes on ([`Names::known`] has it once it ends).
     pub(super) async fn resolve_all(&self, given: &[String], deadline: Instant) -> Resolved {
-        self.pin(given);
         let mut pending: FuturesUnordered<_> = given
             .iter()
             .enumerate()
