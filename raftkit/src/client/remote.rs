@@ -572,6 +572,8 @@ impl Client {
         .map_err(|_| Error::Unavailable("bad bind address".into()))?;
         let endpoint = Endpoint::client(bind)
             .map_err(|e| Error::Unavailable(format!("cannot open a client socket: {e}")))?;
+        // Later lookups take addresses the endpoint can reach.
+        names.prefer_family(first.is_ipv4());
         let client = Client {
             consistency: Consistency::default(),
             staleness: Arc::default(),
@@ -721,7 +723,13 @@ impl Client {
     /// looked up again in case it moved (bounded: [`Names::refresh`]).
     pub(super) fn suspect(&self, addr: SocketAddr) {
         if let Ok(mut s) = self.inner.suspects.lock() {
-            s.insert(addr, Instant::now());
+            let now = Instant::now();
+            // A suspicion past `SUSPECT_FOR` has no effect (`is_suspect`,
+            // `round_robin`): dropped here, so the map holds the members
+            // that failed lately, not every address ever suspected
+            // (review s55 client #5).
+            s.retain(|_, at| now.saturating_duration_since(*at) < SUSPECT_FOR);
+            s.insert(addr, now);
         }
         self.inner.members.unreachable(addr, &self.inner.names);
     }
@@ -1009,7 +1017,21 @@ impl Client {
     /// was last found at (a member that cannot be reached has its name
     /// looked up again: [`Client::suspect`]).
     fn member_list(&self) -> Arc<Vec<SocketAddr>> {
-        self.inner.members.current(&self.inner.names)
+        // The leader remembered at the old address of a name that moved is
+        // forgotten: the node there now is another (review s55 client #2).
+        self.inner.members.current(&self.inner.names, |old| {
+            if let Ok(mut l) = self.inner.leader.lock()
+                && *l == Some(old)
+            {
+                *l = None;
+            }
+        })
+    }
+
+    /// Whether a name standing for the member at `addr` is being looked
+    /// up: the member may be about to move.
+    pub(super) fn member_moving(&self, addr: SocketAddr) -> bool {
+        self.inner.members.moving(addr, &self.inner.names)
     }
 
     fn set_leader(&self, addr: Option<SocketAddr>) {

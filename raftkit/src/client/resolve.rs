@@ -36,6 +36,14 @@
 //!   address while the refresh runs, and after it failed; a refresh that
 //!   answers replaces it in this table, and counts as a move
 //!   ([`Names::moves`]) if the address changed;
+//! - a cluster address given by name is also looked up again by age: a
+//!   client checks its members' names at most every
+//!   [`Names::age_check_every`], and one older than [`RESOLVED_FOR`] is
+//!   refreshed in the background, calls going on with the old address
+//!   meanwhile (review s55 client #2: a name that moved while the node at
+//!   its old address still answered was never looked up again);
+//! - a lookup takes an address of the client endpoint's family when the
+//!   name has one ([`Names::prefer_family`]);
 //! - a cluster address given by name is looked up again when its member
 //!   cannot be reached ([`Names::refresh`]: at most once per
 //!   [`FAILED_FOR`] per name, and not while a lookup of it is in flight),
@@ -69,7 +77,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,6 +225,9 @@ struct State {
     /// How many lookups found their name at another address than it had
     /// ([`Names::moves`]): bumped under the table's lock.
     moves: AtomicU64,
+    /// The address family the client's endpoint is bound to
+    /// ([`Names::prefer_family`]): 4, 6, or 0 (not bound yet).
+    family: AtomicU8,
 }
 
 impl State {
@@ -383,9 +394,7 @@ impl Runner {
         // not a runtime worker, waits for it.
         let outcome = match blocking_lookup(&next.name) {
             Err(e) => Err(e.to_string()),
-            Ok(found) => found
-                .into_iter()
-                .next()
+            Ok(found) => pick(&found, self.state.family.load(Ordering::Acquire))
                 .ok_or_else(|| "it resolves to no address".to_string()),
         };
         self.state.record(&next.name, next.id, &outcome);
@@ -452,6 +461,7 @@ impl Names {
                 resolved_for,
                 failed_for,
                 moves: AtomicU64::new(0),
+                family: AtomicU8::new(0),
             }),
         }
     }
@@ -524,6 +534,34 @@ impl Names {
             let after = self.state.failed_for.min(self.state.resolved_for);
             let _ = self.state.consult(name, after);
         }
+    }
+
+    /// The client's endpoint is bound to IPv4 (`ipv4`) or IPv6: a lookup
+    /// takes an address of that family when the name has one (review s55
+    /// client #8: the first address of either family, unreachable from
+    /// the endpoint). The clients sharing a table bind alike (each to the
+    /// family of its first member).
+    pub(super) fn prefer_family(&self, ipv4: bool) {
+        self.state
+            .family
+            .store(if ipv4 { 4 } else { 6 }, Ordering::Release);
+    }
+
+    /// Whether a lookup of `name` is in flight (its member may be about to
+    /// move).
+    pub(super) fn looking_up(&self, name: &str) -> bool {
+        self.state
+            .lock()
+            .entries
+            .get(name)
+            .is_some_and(|e| e.live_lookup().is_some())
+    }
+
+    /// How often a client checks the age of its members' names
+    /// ([`RESOLVED_FOR`] / 8, at most a second): a name is looked up again
+    /// at most that long after it became older than [`RESOLVED_FOR`].
+    pub(super) fn age_check_every(&self) -> Duration {
+        (self.state.resolved_for / 8).min(Duration::from_secs(1))
     }
 
     /// How many lookups so far found their name at another address than
@@ -638,6 +676,22 @@ pub(super) struct Resolved {
     pub(super) left_out: Vec<String>,
 }
 
+/// The address to take of those a lookup `found`: the first of `family`
+/// (4 or 6: the client's endpoint's, [`Names::prefer_family`]), else the
+/// first (review s55 client #8).
+fn pick(found: &[SocketAddr], family: u8) -> Option<SocketAddr> {
+    let of_family = |a: &&SocketAddr| match family {
+        4 => a.is_ipv4(),
+        6 => a.is_ipv6(),
+        _ => true,
+    };
+    found
+        .iter()
+        .find(of_family)
+        .or_else(|| found.first())
+        .copied()
+}
+
 /// The system's lookup of `name` (it blocks: run it on the blocking pool).
 pub(super) fn blocking_lookup(name: &str) -> std::io::Result<Vec<SocketAddr>> {
     #[cfg(test)]
@@ -675,6 +729,9 @@ pub(crate) mod stub {
         Answer(SocketAddr, Duration),
         /// Blocks like a name under [`STALLS`].
         Stall,
+        /// Answers both addresses, in this order, at once (a dual-stack
+        /// name).
+        Answers([SocketAddr; 2]),
     }
 
     #[derive(Default)]
@@ -764,6 +821,7 @@ pub(crate) mod stub {
                 std::thread::sleep(delay);
                 return Some(Ok(vec![addr]));
             }
+            Some(Script::Answers(both)) => return Some(Ok(both.to_vec())),
             Some(Script::Stall) => {}
             None if host.ends_with(FAILS) => {
                 return Some(Err(std::io::Error::other("no such name (scripted)")));
