@@ -250,3 +250,32 @@ async fn queued_lookups_run_once_running_ones_end() {
         "{peak} lookups ran at once (bound {MAX_LOOKUPS})"
     );
 }
+
+/// Review s55 client #8 (task #4): a lookup took the first address the
+/// system resolver gave, of either family. A name that came back
+/// IPv6-first to a client bound to IPv4 (or the reverse) was unreachable
+/// for the client's life: every refresh found the same address. A lookup
+/// takes an address of the client's family when the name has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_taken_at_an_address_of_the_clients_family() {
+    let (v4, v6) = (
+        addr(7400),
+        SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 7400)),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    for (name, ipv4, answers, want) in [
+        ("dual-a.family.invalid:7000", true, [v6, v4], v4),
+        ("dual-b.family.invalid:7000", false, [v4, v6], v6),
+    ] {
+        stub::script(name, Script::Answers(answers));
+        let names = Names::default();
+        names.prefer_family(ipv4);
+        let found = names.resolve(name, deadline).await;
+        assert_eq!(
+            found.as_ref().ok(),
+            Some(&want),
+            "a client bound to IPv{} got {found:?} for {answers:?}",
+            if ipv4 { 4 } else { 6 }
+        );
+    }
+}

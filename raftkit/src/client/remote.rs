@@ -258,8 +258,35 @@ struct Inner {
     opts: ClientOptions,
     rotate: AtomicU64,
     suspects: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
-    /// The names this client resolved (its cluster addresses, hints).
+    /// The names this client resolved (its cluster addresses, hints); a
+    /// sharded client's group clients share one table.
     names: Names,
+    /// Keeps this client's cluster addresses in `names`.
+    _pinned: Pinned,
+}
+
+/// The cluster addresses a client was given, kept in its (maybe shared)
+/// name table while the client lives ([`Names::unpin`] on drop).
+struct Pinned {
+    names: Names,
+    given: Vec<String>,
+}
+
+impl Pinned {
+    /// Pins `given` in `names` until dropped.
+    fn new(names: &Names, given: Vec<String>) -> Pinned {
+        names.pin(&given);
+        Pinned {
+            names: names.clone(),
+            given,
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.names.unpin(&self.given);
+    }
 }
 
 tokio::task_local! {
@@ -423,24 +450,35 @@ impl Client {
             S::SCHEMA_FINGERPRINT,
             Some(S::schema()),
             opts,
+            Names::default(),
         )
         .await
     }
 
     /// [`Client::connect_with_for`] with the state machine's schema given
-    /// as values (the sharded client's per-group clients).
-    pub(crate) async fn connect_typed<I, A>(
+    /// as values (`None`: an untyped client), whose names are looked up
+    /// and kept in `names`, a table it shares with the other clients given
+    /// clones of it (the placement and group clients of one sharded
+    /// client: `resolve`, "Invariants").
+    pub(super) async fn connect_typed<I, A>(
         addrs: I,
         identity: Identity,
         schema: u64,
-        schema_desc: crate::schema::Schema,
+        schema_desc: Option<crate::schema::Schema>,
         opts: ClientOptions,
+        names: Names,
     ) -> Result<Client, Error>
     where
         I: IntoIterator<Item = A>,
         A: AsRef<str>,
     {
-        Self::connect_inner(addrs, identity, schema, Some(schema_desc), opts).await
+        Self::connect_inner(addrs, identity, schema, schema_desc, opts, names).await
+    }
+
+    /// The table of the names this client looks up, shared with the
+    /// clients given clones of it ([`Client::connect_typed`]).
+    pub(super) fn names(&self) -> &Names {
+        &self.inner.names
     }
 
     /// The client identity in `$RAFTKIT_CERTS`. A missing variable or
@@ -481,7 +519,7 @@ impl Client {
         I: IntoIterator<Item = A>,
         A: AsRef<str>,
     {
-        Self::connect_inner(addrs, identity, schema, None, opts).await
+        Self::connect_inner(addrs, identity, schema, None, opts, Names::default()).await
     }
 
     async fn connect_inner<I, A>(
@@ -490,6 +528,7 @@ impl Client {
         schema: u64,
         schema_desc: Option<crate::schema::Schema>,
         opts: ClientOptions,
+        names: Names,
     ) -> Result<Client, Error>
     where
         I: IntoIterator<Item = A>,
@@ -503,8 +542,10 @@ impl Client {
         // does not fail `New` for an endpoint it cannot dial either): the
         // connect fails for it only when no address resolves.
         let given: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_string()).collect();
-        let names = Names::default();
-        let resolved = names.resolve_all(&given, deadline).await;
+        // Kept in the table while the client lives; unpinned when it (or
+        // this connect, failing or cancelled) is gone.
+        let pinned = Pinned::new(&names, given);
+        let resolved = names.resolve_all(&pinned.given, deadline).await;
         let unresolved = resolved.why;
         for why in &unresolved {
             tracing::warn!(error = %why, "a cluster address does not resolve; left out");
@@ -531,6 +572,8 @@ impl Client {
         .map_err(|_| Error::Unavailable("bad bind address".into()))?;
         let endpoint = Endpoint::client(bind)
             .map_err(|e| Error::Unavailable(format!("cannot open a client socket: {e}")))?;
+        // Later lookups take addresses the endpoint can reach.
+        names.prefer_family(first.is_ipv4());
         let client = Client {
             consistency: Consistency::default(),
             staleness: Arc::default(),
@@ -548,6 +591,7 @@ impl Client {
                 rotate: AtomicU64::new(0),
                 suspects: std::sync::Mutex::new(HashMap::new()),
                 names,
+                _pinned: pinned,
             }),
         };
         // Dial every member at once, each again after a backoff while its
@@ -679,7 +723,13 @@ impl Client {
     /// looked up again in case it moved (bounded: [`Names::refresh`]).
     pub(super) fn suspect(&self, addr: SocketAddr) {
         if let Ok(mut s) = self.inner.suspects.lock() {
-            s.insert(addr, Instant::now());
+            let now = Instant::now();
+            // A suspicion past `SUSPECT_FOR` has no effect (`is_suspect`,
+            // `round_robin`): dropped here, so the map holds the members
+            // that failed lately, not every address ever suspected
+            // (review s55 client #5).
+            s.retain(|_, at| now.saturating_duration_since(*at) < SUSPECT_FOR);
+            s.insert(addr, now);
         }
         self.inner.members.unreachable(addr, &self.inner.names);
     }
@@ -967,7 +1017,21 @@ impl Client {
     /// was last found at (a member that cannot be reached has its name
     /// looked up again: [`Client::suspect`]).
     fn member_list(&self) -> Arc<Vec<SocketAddr>> {
-        self.inner.members.current(&self.inner.names)
+        // The leader remembered at the old address of a name that moved is
+        // forgotten: the node there now is another (review s55 client #2).
+        self.inner.members.current(&self.inner.names, |old| {
+            if let Ok(mut l) = self.inner.leader.lock()
+                && *l == Some(old)
+            {
+                *l = None;
+            }
+        })
+    }
+
+    /// Whether a name standing for the member at `addr` is being looked
+    /// up: the member may be about to move.
+    pub(super) fn member_moving(&self, addr: SocketAddr) -> bool {
+        self.inner.members.moving(addr, &self.inner.names)
     }
 
     fn set_leader(&self, addr: Option<SocketAddr>) {

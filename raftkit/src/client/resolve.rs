@@ -36,6 +36,14 @@
 //!   address while the refresh runs, and after it failed; a refresh that
 //!   answers replaces it in this table, and counts as a move
 //!   ([`Names::moves`]) if the address changed;
+//! - a cluster address given by name is also looked up again by age: a
+//!   client checks its members' names at most every
+//!   [`Names::age_check_every`], and one older than [`RESOLVED_FOR`] is
+//!   refreshed in the background, calls going on with the old address
+//!   meanwhile (review s55 client #2: a name that moved while the node at
+//!   its old address still answered was never looked up again);
+//! - a lookup takes an address of the client endpoint's family when the
+//!   name has one ([`Names::prefer_family`]);
 //! - a cluster address given by name is looked up again when its member
 //!   cannot be reached ([`Names::refresh`]: at most once per
 //!   [`FAILED_FOR`] per name, and not while a lookup of it is in flight),
@@ -57,14 +65,19 @@
 //!   the thread of a lookup that ends starts the next queued one; a queued
 //!   lookup whose runtime shut down before a thread took it is started by
 //!   the next use of any name;
-//! - the table holds at most [`MAX_NAMES`] names (hints come from the
-//!   network): the cluster addresses given to connect are never evicted,
-//!   another name not being looked up is, oldest first, to make room; with
-//!   every slot in use, a new name fails at once.
+//! - the table holds at most [`MAX_NAMES`] names besides the cluster
+//!   addresses (hints come from the network): the cluster addresses of a
+//!   live client are never evicted, another name not being looked up is,
+//!   oldest first, to make room; with every slot in use, a new name fails
+//!   at once;
+//! - the group clients of one sharded client share one table (clones of
+//!   [`Names`]), so every bound above holds per sharded client, not per
+//!   group (review s55 client #1: 64 groups on 3 named replicas looked
+//!   each name up 64 times, and ran up to 256 lookups at once).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,8 +119,9 @@ struct Entry {
     failed: Option<(String, Instant)>,
     /// The lookup in flight (its number, and where its outcome comes).
     in_flight: Option<(u64, watch::Receiver<Option<Outcome>>)>,
-    /// A cluster address given to connect: never evicted.
-    pinned: bool,
+    /// How many clients sharing the table were given it as a cluster
+    /// address: never evicted while any is.
+    pins: usize,
     /// When the entry was made or last changed (eviction order).
     touched: Instant,
 }
@@ -118,7 +132,7 @@ impl Entry {
             found: None,
             failed: None,
             in_flight: None,
-            pinned: false,
+            pins: 0,
             touched: now,
         }
     }
@@ -166,16 +180,19 @@ impl Table {
         due
     }
 
-    /// Whether a new name fits, evicting the oldest name that is neither
-    /// pinned nor being looked up if the table is full.
+    /// Whether a new name that is no cluster address fits, evicting the
+    /// oldest name that is neither pinned nor being looked up if
+    /// [`MAX_NAMES`] such names are kept (cluster addresses come from the
+    /// configuration and the placement, not from what members say: they
+    /// do not count).
     fn make_room(&mut self) -> bool {
-        if self.entries.len() < MAX_NAMES {
+        if self.entries.values().filter(|e| e.pins == 0).count() < MAX_NAMES {
             return true;
         }
         let oldest = self
             .entries
             .iter()
-            .filter(|(_, e)| !e.pinned && e.live_lookup().is_none())
+            .filter(|(_, e)| e.pins == 0 && e.live_lookup().is_none())
             .min_by_key(|(_, e)| e.touched)
             .map(|(name, _)| name.clone());
         match oldest {
@@ -208,6 +225,9 @@ struct State {
     /// How many lookups found their name at another address than it had
     /// ([`Names::moves`]): bumped under the table's lock.
     moves: AtomicU64,
+    /// The address family the client's endpoint is bound to
+    /// ([`Names::prefer_family`]): 4, 6, or 0 (not bound yet).
+    family: AtomicU8,
 }
 
 impl State {
@@ -374,9 +394,7 @@ impl Runner {
         // not a runtime worker, waits for it.
         let outcome = match blocking_lookup(&next.name) {
             Err(e) => Err(e.to_string()),
-            Ok(found) => found
-                .into_iter()
-                .next()
+            Ok(found) => pick(&found, self.state.family.load(Ordering::Acquire))
                 .ok_or_else(|| "it resolves to no address".to_string()),
         };
         self.state.record(&next.name, next.id, &outcome);
@@ -418,7 +436,10 @@ impl Drop for Runner {
 }
 
 /// The names a client resolved, with their addresses, and their lookups
-/// (module doc, "Invariants").
+/// (module doc, "Invariants"). A clone shares the table, its lookups and
+/// their bounds: the group clients of one sharded client share one
+/// (review s55 client #1).
+#[derive(Clone)]
 pub(super) struct Names {
     state: Arc<State>,
 }
@@ -440,6 +461,7 @@ impl Names {
                 resolved_for,
                 failed_for,
                 moves: AtomicU64::new(0),
+                family: AtomicU8::new(0),
             }),
         }
     }
@@ -514,6 +536,34 @@ impl Names {
         }
     }
 
+    /// The client's endpoint is bound to IPv4 (`ipv4`) or IPv6: a lookup
+    /// takes an address of that family when the name has one (review s55
+    /// client #8: the first address of either family, unreachable from
+    /// the endpoint). The clients sharing a table bind alike (each to the
+    /// family of its first member).
+    pub(super) fn prefer_family(&self, ipv4: bool) {
+        self.state
+            .family
+            .store(if ipv4 { 4 } else { 6 }, Ordering::Release);
+    }
+
+    /// Whether a lookup of `name` is in flight (its member may be about to
+    /// move).
+    pub(super) fn looking_up(&self, name: &str) -> bool {
+        self.state
+            .lock()
+            .entries
+            .get(name)
+            .is_some_and(|e| e.live_lookup().is_some())
+    }
+
+    /// How often a client checks the age of its members' names
+    /// ([`RESOLVED_FOR`] / 8, at most a second): a name is looked up again
+    /// at most that long after it became older than [`RESOLVED_FOR`].
+    pub(super) fn age_check_every(&self) -> Duration {
+        (self.state.resolved_for / 8).min(Duration::from_secs(1))
+    }
+
     /// How many lookups so far found their name at another address than
     /// it had. Read before [`Names::known`]: a move counted after this read
     /// changes the count again.
@@ -521,17 +571,28 @@ impl Names {
         self.state.moves.load(Ordering::Acquire)
     }
 
-    /// Marks `given` as cluster addresses: never evicted from the table.
-    fn pin(&self, given: &[String]) {
+    /// Marks `given` as cluster addresses of one more client: never
+    /// evicted from the table until each client that pinned them unpinned
+    /// them ([`Names::unpin`]).
+    pub(super) fn pin(&self, given: &[String]) {
         let now = Instant::now();
         let mut table = self.state.lock();
         for name in given.iter().filter(|n| n.parse::<SocketAddr>().is_err()) {
-            if table.entries.contains_key(name) || table.make_room() {
-                table
-                    .entries
-                    .entry(name.clone())
-                    .or_insert_with(|| Entry::new(now))
-                    .pinned = true;
+            table
+                .entries
+                .entry(name.clone())
+                .or_insert_with(|| Entry::new(now))
+                .pins += 1;
+        }
+    }
+
+    /// The client that pinned `given` ([`Names::pin`]) is gone:
+    /// they may be evicted once no other client of the table pinned them.
+    pub(super) fn unpin(&self, given: &[String]) {
+        let mut table = self.state.lock();
+        for name in given.iter().filter(|n| n.parse::<SocketAddr>().is_err()) {
+            if let Some(entry) = table.entries.get_mut(name) {
+                entry.pins = entry.pins.saturating_sub(1);
             }
         }
     }
@@ -546,7 +607,6 @@ impl Names {
     /// name that fails, or is still unresolved then, is left out (with a
     /// warn); its lookup goes on ([`Names::known`] has it once it ends).
     pub(super) async fn resolve_all(&self, given: &[String], deadline: Instant) -> Resolved {
-        self.pin(given);
         let mut pending: FuturesUnordered<_> = given
             .iter()
             .enumerate()
@@ -616,6 +676,22 @@ pub(super) struct Resolved {
     pub(super) left_out: Vec<String>,
 }
 
+/// The address to take of those a lookup `found`: the first of `family`
+/// (4 or 6: the client's endpoint's, [`Names::prefer_family`]), else the
+/// first (review s55 client #8).
+fn pick(found: &[SocketAddr], family: u8) -> Option<SocketAddr> {
+    let of_family = |a: &&SocketAddr| match family {
+        4 => a.is_ipv4(),
+        6 => a.is_ipv6(),
+        _ => true,
+    };
+    found
+        .iter()
+        .find(of_family)
+        .or_else(|| found.first())
+        .copied()
+}
+
 /// The system's lookup of `name` (it blocks: run it on the blocking pool).
 pub(super) fn blocking_lookup(name: &str) -> std::io::Result<Vec<SocketAddr>> {
     #[cfg(test)]
@@ -653,6 +729,9 @@ pub(crate) mod stub {
         Answer(SocketAddr, Duration),
         /// Blocks like a name under [`STALLS`].
         Stall,
+        /// Answers both addresses, in this order, at once (a dual-stack
+        /// name).
+        Answers([SocketAddr; 2]),
     }
 
     #[derive(Default)]
@@ -742,6 +821,7 @@ pub(crate) mod stub {
                 std::thread::sleep(delay);
                 return Some(Ok(vec![addr]));
             }
+            Some(Script::Answers(both)) => return Some(Ok(both.to_vec())),
             Some(Script::Stall) => {}
             None if host.ends_with(FAILS) => {
                 return Some(Err(std::io::Error::other("no such name (scripted)")));

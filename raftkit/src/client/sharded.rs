@@ -63,6 +63,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use super::resolve::Names;
 use super::{Client, ClientOptions, Submit};
 use crate::error::{Applied, Error};
 use crate::multi::GroupId;
@@ -125,10 +126,15 @@ impl<S: StateMachine> ShardedClient<S> {
         A: AsRef<str>,
     {
         let seeds: Vec<String> = seeds.into_iter().map(|a| a.as_ref().to_string()).collect();
-        let placement = Client::connect_with_for::<S, _, _>(
+        // One name table for the placement and every group client: the
+        // bounds on lookups hold per sharded client (review s55 client #1).
+        let placement = Client::connect_typed(
             &seeds,
             identity.clone(),
+            S::SCHEMA_FINGERPRINT,
+            Some(S::schema()),
             opts.clone().with_group(PLACEMENT_GROUP),
+            Names::default(),
         )
         .await?;
         let client = ShardedClient {
@@ -219,8 +225,9 @@ impl<S> ShardedClient<S> {
             &shard.replicas,
             inner.identity.clone(),
             inner.schema,
-            inner.schema_desc.clone(),
+            Some(inner.schema_desc.clone()),
             inner.opts.clone().with_group(group),
+            inner.placement.names().clone(),
         )
         .await?;
         let mut groups = self.inner.groups.lock().await;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::ShardedClient;
-use crate::client::ClientOptions;
 use crate::client::fake_member::{Act, FakeMember, not_hosted};
 use crate::client::wire::{ClientRequest, ClientResponse, WireError};
+use crate::client::{ClientOptions, Submit};
 use crate::error::Error;
 use crate::multi::placement::{PlacementReadOutput, Shard};
 use crate::prelude::*;
@@ -92,4 +92,89 @@ async fn no_reread_of_the_placement_starts_after_the_calls_deadline() {
     assert_eq!(err, Error::NotHosted { group: 1 });
     // Its timeout, not a quarter more (slack for a loaded machine).
     assert!(took < T + T / 8, "took {took:?}");
+}
+
+/// Review s55 client #1: each group client of a sharded client had a name
+/// table of its own, so the bounds on lookups (one in flight per name, one
+/// per [`FAILED_FOR`] while its member is down, [`MAX_LOOKUPS`] at once)
+/// held per group: a sharded client over 64 groups on 3 named replicas
+/// looked each name up 64 times at its first calls, and 64 times per
+/// `FAILED_FOR` during an outage. Here 8 groups on 2 named replicas that
+/// then refuse every dial for 2.5 s of calls to every group: each name is
+/// looked up once for all the groups, and at most once more per
+/// `FAILED_FOR` since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_clients_share_the_lookups_of_their_replicas_names() {
+    use crate::client::resolve::{FAILED_FOR, MAX_LOOKUPS, stub};
+    const GROUPS: u64 = 8;
+    const GROUP: &str = "sharded-names.invalid";
+    const NAMES: [&str; 2] = [
+        "n1.sharded-names.invalid:7000",
+        "n2.sharded-names.invalid:7000",
+    ];
+    let (ca, nodes) = dev_cluster(["fake-sp", "fake-s1", "fake-s2"]).expect("dev certificates");
+    let client_id = ca.issue_client("app").expect("client certificate");
+    let replicas: Vec<String> = NAMES.iter().map(|n| n.to_string()).collect();
+    let listed = ClientResponse::Ok(
+        crate::state_machine::encode(
+            "placement",
+            &PlacementReadOutput::Shards(crate::multi::placement::even(GROUPS, &replicas)),
+        )
+        .expect("encodes"),
+    );
+    let placement = FakeMember::start(&nodes[0], move |_| Act::answer(listed.clone()));
+    let data = [&nodes[1], &nodes[2]]
+        .map(|node| FakeMember::start(node, |_| Act::answer(ClientResponse::Ok(Vec::new()))));
+    for (name, member) in NAMES.iter().zip(&data) {
+        stub::slow(name, member.addr(), Duration::ZERO);
+    }
+    let opts = ClientOptions::default()
+        .with_timeout(Duration::from_millis(500))
+        .with_backoff(Duration::from_millis(5))
+        .with_max_backoff(Duration::from_millis(20));
+    let start = Instant::now();
+    let sharded = tokio::time::timeout(
+        Duration::from_secs(10),
+        ShardedClient::<Keys>::connect_with([placement.addr().to_string()], client_id, opts),
+    )
+    .await
+    .expect("connects in time")
+    .expect("connects");
+    let groups = tokio::time::timeout(Duration::from_secs(10), sharded.group_clients())
+        .await
+        .expect("dials in time")
+        .expect("every group's replicas answer");
+    assert_eq!(groups.len(), GROUPS as usize);
+    for member in &data {
+        member.restart(usize::MAX);
+    }
+    let calls = groups.iter().map(|(group, client)| async move {
+        let mut failed = 0;
+        while start.elapsed() < Duration::from_millis(2500) {
+            let r = client.read(b"get".to_vec()).await;
+            assert!(r.is_err(), "group {group}: every dial is refused: {r:?}");
+            failed += 1;
+        }
+        failed
+    });
+    let failed: usize = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .sum();
+    let elapsed = start.elapsed();
+    // The first lookup, and one per `FAILED_FOR` since (the first may
+    // start as soon as `FAILED_FOR` passed, hence the one more).
+    let windows =
+        usize::try_from(elapsed.as_millis() / FAILED_FOR.as_millis()).unwrap_or(usize::MAX);
+    let allowed = 2 + windows;
+    for name in NAMES {
+        let looked_up = stub::started(name);
+        assert!(
+            looked_up <= allowed,
+            "{name} was looked up {looked_up} times in {elapsed:?} by {GROUPS} group clients \
+             ({failed} calls failed; bound {allowed})"
+        );
+    }
+    let peak = stub::peak(GROUP);
+    assert!(peak <= MAX_LOOKUPS, "{peak} lookups ran at once");
 }

@@ -353,7 +353,6 @@ impl<S: StateMachine> Watch<S> {
                 backoff: opts.backoff,
             })
             .deadline;
-        let members = self.client.members();
         // The members that answered they cannot serve this watch at all
         // (`Compacted`: the index left their journal; `NotHosted`: not a
         // replica of the client's group; `Tls`: it refused this client's
@@ -372,6 +371,9 @@ impl<S: StateMachine> Watch<S> {
             self.back_off(deadline, &opts).await;
         }
         loop {
+            // The members now, not those of the outage's start: their
+            // names may move during it (review s55 client #7).
+            let members = self.client.members();
             let mut addr = self.client.round_robin();
             if refused.contains(&addr) {
                 // Round robin skips suspected members while others are
@@ -397,7 +399,10 @@ impl<S: StateMachine> Watch<S> {
                     // `client::refusal`).
                     debug!(member = %addr, error = %e, "member cannot serve the watch; asking the others");
                     refused.insert(addr);
-                    if matches!(e, Error::Tls(_)) {
+                    if matches!(e, Error::Tls(_) | Error::NotHosted { .. }) {
+                        // Its name, if it has one, is looked up again: the
+                        // member may have moved, and the node at its old
+                        // address is another.
                         self.client.suspect(addr);
                     }
                     // `Compacted` first, then `NotHosted`, then `Tls`.
@@ -409,10 +414,17 @@ impl<S: StateMachine> Watch<S> {
                     if refusal.as_ref().is_none_or(|r| rank(&e) >= rank(r)) {
                         refusal = Some(e);
                     }
+                    let members = self.client.members();
                     if members.iter().all(|m| refused.contains(m)) {
-                        return Err(refusal.unwrap_or(Error::Timeout));
+                        // Unless a refusing member's name is being looked
+                        // up: it may move to an address not asked yet
+                        // (backed off below, until the deadline).
+                        if !members.iter().any(|m| self.client.member_moving(*m)) {
+                            return Err(refusal.unwrap_or(Error::Timeout));
+                        }
+                    } else {
+                        continue;
                     }
-                    continue;
                 }
                 Ok(Err(e)) if !e.is_retryable() => return Err(e),
                 Ok(Err(e)) => {
@@ -775,5 +787,103 @@ mod tests {
                 "after event {index} the watch would resume at"
             );
         }
+    }
+
+    /// Review s55 client #7 (task #3): a watch's reconnect took the
+    /// members once, when it began, and asked only those; and a member
+    /// that refused the watch (`NotHosted`) did not have its name looked
+    /// up again. When the members' names move during an outage and the
+    /// nodes at their old addresses refuse (here both answer `NotHosted`),
+    /// the watch ended with that refusal although the new address was
+    /// never asked. It reconnects to the member at its new address.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_follows_its_members_to_their_new_addresses_during_an_outage() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use crate::client::resolve::{Names, stub};
+
+        const NAMES: [&str; 2] = [
+            "node-w1.watch-moves.invalid:7000",
+            "node-w2.watch-moves.invalid:7000",
+        ];
+        let (ca, nodes) = dev_cluster(["fake-w1", "fake-w2", "fake-w3"]).expect("dev certificates");
+        let client_id = ca.issue_client("watcher").expect("client certificate");
+        let [n1, n2, n3] = nodes.as_slice() else {
+            panic!("three nodes");
+        };
+        let refuse =
+            |_: &ClientRequest| Act::answer(ClientResponse::Err(WireError::Rejected("no".into())));
+        let moved = Arc::new(AtomicBool::new(false));
+        // The nodes at the old addresses accept watches until the names
+        // move, then answer `NotHosted`.
+        let old = [n1, n2].map(|node| {
+            let member = FakeMember::start(node, refuse);
+            let moved = moved.clone();
+            member.answer_watches_with(move |_| {
+                if moved.load(Ordering::SeqCst) {
+                    vec![ClientResponse::Err(WireError::NotHosted { group: 0 })]
+                } else {
+                    vec![ClientResponse::Events {
+                        events: Vec::new(),
+                        next: 1,
+                    }]
+                }
+            });
+            member
+        });
+        let command =
+            crate::state_machine::encode("command", &NothingWrite::Touch).expect("encodes");
+        let output =
+            crate::state_machine::encode("output", &NothingWriteOutput::Touch(0)).expect("encodes");
+        let new = FakeMember::start(n3, refuse);
+        new.answer_watches(vec![ClientResponse::Events {
+            events: vec![crate::client::wire::WatchEvent {
+                index: 1,
+                command: command.into(),
+                output: crate::client::wire::WatchOutput::Ok(output.into()),
+            }],
+            next: 2,
+        }]);
+        for (name, member) in NAMES.iter().zip(&old) {
+            stub::slow(name, member.addr(), Duration::ZERO);
+        }
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            Client::connect_typed(
+                NAMES,
+                client_id,
+                0,
+                None,
+                ClientOptions::default().with_timeout(Duration::from_secs(5)),
+                // Refreshes never held back by the last answer's age (a
+                // member refusing within `FAILED_FOR` of it is not looked
+                // up again: that bound has tests of its own).
+                Names::with_lifetimes(Duration::from_secs(30), Duration::from_millis(1)),
+            ),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects");
+        let mut w = tokio::time::timeout(Duration::from_secs(10), client.watch::<Nothing>(Some(1)))
+            .await
+            .expect("opens in time")
+            .expect("opens");
+        // The first name moves (its lookup answers a while later: the
+        // move lands during the reconnect), and the old addresses refuse.
+        stub::slow(NAMES[0], new.addr(), Duration::from_millis(300));
+        moved.store(true, Ordering::SeqCst);
+        let event = tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("the watch goes on in time");
+        match event {
+            Some(Ok(e)) => assert_eq!(e.index, 1),
+            other => panic!(
+                "the watch ended with {other:?}; members {:?}, new address {}",
+                client.members(),
+                new.addr()
+            ),
+        }
+        assert_eq!(w.member(), Some(new.addr()));
     }
 }

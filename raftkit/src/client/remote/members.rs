@@ -19,6 +19,10 @@
 //!   addresses of the connect for the client's life, so a client whose
 //!   members all moved, as in a rolling redeploy behind DNS names, stayed
 //!   `Unavailable`);
+//! - a name of the roster older than its lifetime is looked up again in
+//!   the background, at most once per [`Names::age_check_every`] per
+//!   client (review s55 client #2), and the leader a client remembers is
+//!   forgotten when it is the old address of a name that moved;
 //! - a call reads the list through [`Members::current`], which costs one
 //!   read lock and two atomic loads while no name is left out and none
 //!   moved.
@@ -47,6 +51,10 @@ pub(super) struct Members {
     has_late: AtomicBool,
     /// The count of moved names ([`Names::moves`]) the roster follows.
     moves_seen: AtomicU64,
+    /// When the roster's names were last checked for age, in
+    /// milliseconds since `born` ([`Members::refresh_old`]).
+    aged_at: AtomicU64,
+    born: std::time::Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,6 +88,8 @@ impl Members {
             // Any move counted makes the first call look: the roster has
             // each name's latest address after it.
             moves_seen: AtomicU64::new(0),
+            aged_at: AtomicU64::new(0),
+            born: std::time::Instant::now(),
         }
     }
 
@@ -87,13 +97,19 @@ impl Members {
     /// out of the connect whose lookup ended since (restarting, in the
     /// background, the lookup of one whose last lookup failed a while
     /// ago), and follows the names that moved.
-    pub(super) fn current(&self, names: &Names) -> Arc<Vec<SocketAddr>> {
+    /// `moved_from` is told each address a name of the roster left.
+    pub(super) fn current(
+        &self,
+        names: &Names,
+        moved_from: impl FnMut(SocketAddr),
+    ) -> Arc<Vec<SocketAddr>> {
         if self.has_late.load(Ordering::Acquire) {
             self.adopt_late(names);
         }
+        self.refresh_old(names);
         let moves = names.moves();
         if moves != self.moves_seen.load(Ordering::Acquire) {
-            self.follow_moves(names, moves);
+            self.follow_moves(names, moves, moved_from);
         }
         match self.list.read() {
             Ok(l) => Arc::clone(&l),
@@ -110,6 +126,39 @@ impl Members {
             if let Some(name) = name {
                 names.refresh(name);
             }
+        }
+    }
+
+    /// Whether a name standing for `addr` is being looked up (its member
+    /// may be about to move).
+    pub(super) fn moving(&self, addr: SocketAddr, names: &Names) -> bool {
+        lock(&self.roster)
+            .iter()
+            .filter(|(_, a)| *a == addr)
+            .filter_map(|(name, _)| name.as_deref())
+            .any(|name| names.looking_up(name))
+    }
+
+    /// At most once per [`Names::age_check_every`]: each name of the
+    /// roster older than its lifetime is looked up again in the
+    /// background ([`Names::prefetch`]; no call waits for it), so that a
+    /// name that moved while the node at its old address still answers is
+    /// followed too (review s55 client #2).
+    fn refresh_old(&self, names: &Names) {
+        let every = u64::try_from(names.age_check_every().as_millis()).unwrap_or(u64::MAX);
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.aged_at.load(Ordering::Acquire);
+        if now.saturating_sub(last) < every
+            || self
+                .aged_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let roster = lock(&self.roster);
+        for name in roster.iter().filter_map(|(name, _)| name.as_deref()) {
+            names.prefetch(name);
         }
     }
 
@@ -141,7 +190,7 @@ impl Members {
     }
 
     /// Gives each name of the roster the address its latest lookup found.
-    fn follow_moves(&self, names: &Names, moves: u64) {
+    fn follow_moves(&self, names: &Names, moves: u64, mut moved_from: impl FnMut(SocketAddr)) {
         let mut roster = lock(&self.roster);
         // Before reading the addresses: a move counted after `moves` was
         // read makes the next call look again.
@@ -155,6 +204,7 @@ impl Members {
                 && now != *addr
             {
                 tracing::info!(address = %name, old = %addr, new = %now, "a member's name moved; calls go to its new address");
+                moved_from(*addr);
                 *addr = now;
                 moved = true;
             }

@@ -9,12 +9,13 @@
 //! made on the worker blocks the whole runtime, the member's tasks and the
 //! test's own timers included, which is what they catch.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{Client, ClientOptions};
 use crate::client::Submit;
 use crate::client::fake_member::{Act, FakeMember};
-use crate::client::resolve::stub;
+use crate::client::resolve::{Names, stub};
 use crate::client::wire::{ClientResponse, NodeRequest, WireError};
 use crate::error::{Applied, Error};
 use crate::tls::dev_cluster;
@@ -307,5 +308,167 @@ async fn a_client_follows_its_members_names_to_their_new_addresses() {
         client.members().contains(&left.addr()),
         "{:?} lacks the member that answered last",
         client.members()
+    );
+}
+
+/// The members at `names` (scripted to their addresses) answering every
+/// request `Ok`, and a client of them (`max_backoff` 20 ms: a call makes
+/// many attempts while they refuse every dial).
+async fn served_by_names(names: [&str; 2], label: &str) -> ([FakeMember; 2], Client) {
+    let (ca, nodes) = dev_cluster([format!("fake-{label}-1"), format!("fake-{label}-2")])
+        .expect("dev certificates");
+    let client_id = ca.issue_client(label).expect("client certificate");
+    let members = [&nodes[0], &nodes[1]]
+        .map(|node| FakeMember::start(node, |_| Act::answer(ClientResponse::Ok(b"ok".to_vec()))));
+    for (name, member) in names.iter().zip(&members) {
+        stub::slow(name, member.addr(), Duration::ZERO);
+    }
+    let client = Client::connect_with(
+        names,
+        client_id,
+        0,
+        ClientOptions::default()
+            .with_timeout(Duration::from_millis(300))
+            .with_backoff(Duration::from_millis(5))
+            .with_max_backoff(Duration::from_millis(20)),
+    )
+    .await
+    .expect("connects");
+    (members, client)
+}
+
+/// Review s55 client #6: nothing showed that a member that is down but
+/// not moved (its name answers the same address) costs at most one lookup
+/// of its name per [`FAILED_FOR`](crate::client::resolve::FAILED_FOR),
+/// however many attempts fail: every failed attempt suspects its member
+/// and asks for a refresh. Both members refuse every dial for 1.5 s of
+/// calls (each call tens of attempts): each name is looked up at the
+/// connect and at most once more per `FAILED_FOR` since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_but_not_moved_costs_one_lookup_of_its_name_per_failed_for() {
+    use crate::client::resolve::FAILED_FOR;
+    const NAMES: [&str; 2] = ["node-d1.down.invalid:7000", "node-d2.down.invalid:7000"];
+    let start = tokio::time::Instant::now();
+    let (members, client) = served_by_names(NAMES, "down").await;
+    let first = client.read(b"get".to_vec()).await;
+    assert_eq!(first.as_deref().ok(), Some(&b"ok"[..]), "{first:?}");
+    for member in &members {
+        member.restart(usize::MAX);
+    }
+    let mut failed = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        let r = client.read(b"get".to_vec()).await;
+        assert!(r.is_err(), "every dial is refused: {r:?}");
+        failed += 1;
+    }
+    let elapsed = start.elapsed();
+    // The connect's lookup, and one per `FAILED_FOR` since it (the first
+    // may start as soon as `FAILED_FOR` passed, hence the one more).
+    let windows =
+        usize::try_from(elapsed.as_millis() / FAILED_FOR.as_millis()).unwrap_or(usize::MAX);
+    let allowed = 2 + windows;
+    for name in NAMES {
+        let looked_up = stub::started(name);
+        assert!(
+            looked_up <= allowed,
+            "{name} was looked up {looked_up} times in {elapsed:?} ({failed} calls failed; bound {allowed})"
+        );
+    }
+}
+
+/// Review s55 client #2: names were looked up again only when their member
+/// could not be reached, never by age. A name that moved while the node at
+/// its old address still answers (its IP went to another node) kept
+/// getting the calls there. A name older than its lifetime is looked up
+/// again in the background on a later call (none waits for it): the
+/// member is followed to its new address with no call failing, and no
+/// call goes to the old address after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_name_moved_is_followed_by_age_while_its_old_address_answers() {
+    const NAMES: [&str; 2] = ["node-a1.aged.invalid:7000", "node-a2.aged.invalid:7000"];
+    let (ca, nodes) =
+        dev_cluster(["fake-aged-1", "fake-aged-2", "fake-aged-3"]).expect("dev certificates");
+    let client_id = ca.issue_client("aged").expect("client certificate");
+    let [n1, n2, n3] = nodes.as_slice() else {
+        panic!("three nodes");
+    };
+    let serve = |node| FakeMember::start(node, |_| Act::answer(ClientResponse::Ok(b"ok".to_vec())));
+    let (old, other, new) = (serve(n1), serve(n2), serve(n3));
+    stub::slow(NAMES[0], old.addr(), Duration::ZERO);
+    stub::slow(NAMES[1], other.addr(), Duration::ZERO);
+    let client = Client::connect_typed(
+        NAMES,
+        client_id,
+        0,
+        None,
+        ClientOptions::default().with_timeout(Duration::from_secs(5)),
+        Names::with_lifetimes(Duration::from_millis(200), Duration::from_millis(100)),
+    )
+    .await
+    .expect("connects");
+    let first = client.read(b"get".to_vec()).await;
+    assert_eq!(first.as_deref().ok(), Some(&b"ok"[..]), "{first:?}");
+    // The first name moves; the node at its old address keeps answering.
+    stub::slow(NAMES[0], new.addr(), Duration::ZERO);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let members = client.members();
+        if members.contains(&new.addr()) && !members.contains(&old.addr()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the client never followed {} to its new address {}: members {members:?}",
+            NAMES[0],
+            new.addr()
+        );
+        let r = client.read(b"get".to_vec()).await;
+        assert_eq!(r.as_deref().ok(), Some(&b"ok"[..]), "a call failed: {r:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at_old = old.received().len();
+    for _ in 0..5 {
+        let r = client.read(b"get".to_vec()).await;
+        assert_eq!(r.as_deref().ok(), Some(&b"ok"[..]), "{r:?}");
+    }
+    assert_eq!(
+        old.received().len(),
+        at_old,
+        "calls still went to the old address of a moved name"
+    );
+}
+
+/// Review s55 client #5: the suspicion of every address ever suspected
+/// was kept for the client's life (with members moving on every redeploy,
+/// the map only grew). A suspicion past [`SUSPECT_FOR`](super::SUSPECT_FOR)
+/// has no effect, and is dropped when another member is suspected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspicions_past_their_time_are_dropped() {
+    let names = ["node-p1.prune.invalid:7000", "node-p2.prune.invalid:7000"];
+    let (_members, client) = served_by_names(names, "prune").await;
+    let long_ago = tokio::time::Instant::now()
+        .checked_sub(super::SUSPECT_FOR * 2)
+        .expect("the clock started a while ago");
+    {
+        let mut suspects = client.inner.suspects.lock().expect("not poisoned");
+        for port in 0..100 {
+            suspects.insert(SocketAddr::from(([127, 0, 0, 2], 1000 + port)), long_ago);
+        }
+    }
+    let down = SocketAddr::from(([127, 0, 0, 3], 7000));
+    client.suspect(down);
+    let kept: Vec<SocketAddr> = client
+        .inner
+        .suspects
+        .lock()
+        .expect("not poisoned")
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(
+        kept,
+        vec![down],
+        "{} suspicions kept after one suspect",
+        kept.len()
     );
 }
