@@ -261,8 +261,10 @@ impl<S: StateMachine> Peer<S> {
         }
     }
 
+    /// The core's election timeout: its `election_ticks` ticks (as the
+    /// watch server's liveness uses it), the unit of every wait here.
     fn election_timeout(&self) -> Duration {
-        self.inner.tick * 10
+        self.inner.election_timeout
     }
 
     async fn wait_caught_up(
