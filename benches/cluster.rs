@@ -71,7 +71,7 @@ use raftkit::tls::{Identity, dev_cluster};
 use raftkit::transport::{MemoryNetwork, Transport};
 
 mod support;
-use support::{bench_dir, free_addrs, percentile, raw_fsync};
+use support::{bench_dir, free_sockets, percentile, raw_fsync};
 
 #[path = "support/benchkv.rs"]
 mod benchkv;
@@ -398,7 +398,7 @@ async fn wait_leader(peers: &[Peer<Kv>]) -> usize {
 }
 
 async fn start_quic(store: Store) -> QuicCluster {
-    let addrs = free_addrs(3);
+    let (sockets, addrs) = free_sockets(3);
     let names: Vec<String> = addrs.iter().map(|a| format!("benchkv@{a}")).collect();
     let (ca, ids) = dev_cluster(&names).expect("dev CA");
     let client_identity = ca.issue_client("client").expect("client identity");
@@ -406,9 +406,9 @@ async fn start_quic(store: Store) -> QuicCluster {
     let apply_inline = std::env::var_os("RAFTKIT_BENCH_APPLY_INLINE").is_some_and(|v| v != "0");
     let normal_sched = std::env::var_os("RAFTKIT_BENCH_NORMAL_SCHED").is_some_and(|v| v != "0");
     let mut peers = Vec::new();
-    for (addr, id) in addrs.iter().zip(ids) {
+    for ((addr, id), socket) in addrs.iter().zip(ids).zip(sockets) {
         let b = Kv::peer()
-            .listen(addr.clone())
+            .listen_socket(socket)
             .bootstrap_members(addrs.clone())
             .identity(id)
             .apply_small_batches_inline(apply_inline)

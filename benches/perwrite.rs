@@ -40,7 +40,7 @@ use raftkit::tls::dev_cluster;
 use raftkit::transport::{MemoryNetwork, Transport};
 
 mod support;
-use support::{bench_dir, free_addrs};
+use support::{bench_dir, free_sockets};
 
 #[path = "support/benchkv.rs"]
 mod benchkv;
@@ -133,15 +133,15 @@ async fn start_quic(
     conns: usize,
     load: &tokio::runtime::Handle,
 ) -> (tempfile::TempDir, Vec<Peer<Kv>>, Vec<KvClient<Client>>) {
-    let addrs = free_addrs(3);
+    let (sockets, addrs) = free_sockets(3);
     let names: Vec<String> = addrs.iter().map(|a| format!("benchkv@{a}")).collect();
     let (ca, ids) = dev_cluster(&names).expect("dev CA");
     let client_identity = ca.issue_client("client").expect("client identity");
     let dir = bench_dir();
     let mut peers = Vec::new();
-    for (addr, id) in addrs.iter().zip(ids) {
+    for ((addr, id), socket) in addrs.iter().zip(ids).zip(sockets) {
         let peer = Kv::peer()
-            .listen(addr.clone())
+            .listen_socket(socket)
             .bootstrap_members(addrs.clone())
             .identity(id)
             .data_dir(dir.path().join(addr))

@@ -26,7 +26,7 @@ use raftkit::prelude::*;
 use raftkit::tls::dev_cluster;
 
 mod support;
-use support::{free_addrs, percentile};
+use support::{free_sockets, percentile};
 
 #[path = "support/benchkv.rs"]
 mod benchkv;
@@ -91,14 +91,14 @@ struct Cluster {
 }
 
 async fn start(nodes: usize) -> Cluster {
-    let addrs = free_addrs(nodes);
+    let (sockets, addrs) = free_sockets(nodes);
     let names: Vec<String> = addrs.iter().map(|a| format!("benchkv@{a}")).collect();
     let (ca, ids) = dev_cluster(&names).expect("dev CA");
     let identity = ca.issue_client("client").expect("client identity");
     let mut peers = Vec::new();
-    for (addr, id) in addrs.iter().zip(ids) {
+    for (id, socket) in ids.into_iter().zip(sockets) {
         let peer = Kv::peer()
-            .listen(addr.clone())
+            .listen_socket(socket)
             .bootstrap_members(addrs.clone())
             .identity(id)
             .in_memory()

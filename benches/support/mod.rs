@@ -46,13 +46,17 @@ pub fn raw_fsync(secs: f64) -> (Duration, Duration, usize) {
     (percentile(&lat, 0.5), percentile(&lat, 0.99), lat.len())
 }
 
-/// `n` distinct loopback addresses whose UDP ports were free a moment ago.
-pub fn free_addrs(n: usize) -> Vec<String> {
+/// `n` UDP sockets bound to distinct free loopback ports, with their
+/// addresses: each peer serves on its socket (`PeerBuilder::listen_socket`,
+/// as `raftkit::dev` does), so no port is released for another process to
+/// take before its peer listens.
+pub fn free_sockets(n: usize) -> (Vec<std::net::UdpSocket>, Vec<String>) {
     let sockets: Vec<_> = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
         .collect();
-    sockets
+    let addrs = sockets
         .iter()
         .map(|s| s.local_addr().expect("addr").to_string())
-        .collect()
+        .collect();
+    (sockets, addrs)
 }

@@ -263,6 +263,18 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let dir = tempfile::tempdir()
         .map_err(|e| Failure::Failed(format!("demo: no temporary directory: {e}")))?;
     let (sockets, addrs) = loopback_sockets(3)?;
+    // A second handle on each node's socket, kept for the whole demo: the
+    // killed node restarts on it (its data directory stores the same
+    // address), so its port is never released for another socket (a
+    // client endpoint of this demo binding port 0, say) to take while it
+    // is down. A node restarted in another process could not do this: it
+    // binds its stored address again (the peer retries AddrInUse for 10 s,
+    // then fails naming the address).
+    let mut spares = sockets
+        .iter()
+        .map(|s| s.try_clone().map(Some))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Failed(format!("demo: cannot keep a node's socket: {e}")))?;
     let names: Vec<String> = addrs.iter().map(|a| format!("kv@{a}")).collect();
     let (ca, identities) =
         dev_cluster(&names).map_err(|e| Failure::Failed(format!("demo: certificates: {e}")))?;
@@ -391,8 +403,13 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     tokio::time::sleep(phase / 2).await;
 
     // Restart the killed node from its directory alone.
+    let spare = spares
+        .get_mut(victim)
+        .and_then(Option::take)
+        .ok_or_else(|| Failure::Failed(format!("demo: no socket kept for node {victim}")))?;
     let restarted = Kv::peer()
         .data_dir(&data_dirs[victim])
+        .listen_socket(spare)
         .tick(TICK)
         .start()
         .await

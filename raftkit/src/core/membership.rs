@@ -138,6 +138,9 @@ impl Raft {
             return Err(ProposeError::InvalidConfiguration(why));
         }
         let index = self.append_entry(Payload::Config(next));
+        // Every member, those the configuration adds included (in probe
+        // mode, `send_append`), is sent an AppendEntries now, as etcd raft
+        // probes the replicas a configuration adds.
         self.broadcast_append();
         Ok(index)
     }

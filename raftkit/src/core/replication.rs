@@ -109,6 +109,11 @@ impl Raft {
             self.send_snapshot(to);
             return false;
         };
+        // A follower in probe mode gets its probe even with nothing to
+        // send: a member a configuration just added (its `next` is past
+        // the log) is probed in the step that appends the configuration
+        // (thesis §4.1: the leader uses it from then on; §4.2.1: its
+        // catch-up starts), not a heartbeat interval later.
         if entries.is_empty() && !(allow_empty || pr.mode == Mode::Probe) {
             return false;
         }

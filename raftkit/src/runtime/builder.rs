@@ -422,6 +422,14 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// Test only: the election timeout in ticks (default 10; elections
+    /// then take `n`–`2n` ticks). Must stay above the heartbeat's 2 ticks.
+    #[cfg(test)]
+    pub(crate) fn election_ticks(mut self, n: u32) -> Self {
+        self.election_ticks = n;
+        self
+    }
+
     /// The clock drift bound of lease reads (default 1.25): the largest
     /// factor by which the monotonic clocks of two members may run apart
     /// over an election timeout, pauses included. A leader's lease lasts
@@ -1228,9 +1236,13 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let (status_tx, status_rx) = watch::channel(PeerStatus::default());
         let (fault_tx, fault_rx) = watch::channel(None);
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
+        // The election timeout as the core is configured (not the
+        // builder's default): the watch server's liveness and the
+        // membership calls' bounds (`runtime::membership`) both use it.
+        let election_timeout = self.tick * raft.params().election_ticks;
         let liveness = super::watch::Liveness::new(
             status_rx.clone(),
-            self.tick * raft.params().election_ticks,
+            election_timeout,
             self.tick_gate.clone(),
         );
         let task = NodeTask {
@@ -1282,7 +1294,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 name: meta.name,
                 id,
                 local_addr,
-                tick: self.tick,
+                election_timeout,
                 session_ttl_ms: u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX),
                 max_sessions: self.max_sessions,
                 schemas,

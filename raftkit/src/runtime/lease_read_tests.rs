@@ -121,6 +121,18 @@ impl Captured {
 
 const ADDRS: [&str; 3] = ["lease-a:1", "lease-b:1", "lease-c:1"];
 
+/// Awaits `step` for at most 20 s, panicking with `what` after that: a
+/// deliberate bug that leaves a write, a read or a shutdown unanswered
+/// fails these tests within seconds instead of hanging the suite (teeth,
+/// stop 54: with apply.rs's `*i > applied` -> `>=` in `serve_reads`, the
+/// tick-clock test waited for ever on its set-up's lease read).
+async fn within<T>(what: &str, step: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(20), step).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: not answered within 20 s"),
+    }
+}
+
 async fn start(net: &MemoryNetwork, addr: &str) -> Peer<Ledger> {
     let net = net.clone();
     Ledger::peer()
@@ -169,8 +181,10 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     GATE.hold_thread_of(ADDRS[b]);
 
     // B's apply thread blocks on `hold`; A and C apply it.
-    peers[a].write(LedgerWrite::Hold).await.expect("hold");
-    GATE.wait_entered().await;
+    within("the hold write", peers[a].write(LedgerWrite::Hold))
+        .await
+        .expect("hold");
+    within("B's apply thread entering the gate", GATE.wait_entered()).await;
     // 32 MiB committed behind B's blocked apply thread pause B's core
     // (the backlog bound): it hands no more committed entries to the apply
     // thread, and, a follower, takes in no entry past its log (flow
@@ -203,12 +217,14 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
             .await;
             cap.store(last_pad, Ordering::SeqCst);
         }
-        peers[a]
-            .write(LedgerWrite::Pad {
+        within(
+            "a padding write",
+            peers[a].write(LedgerWrite::Pad {
                 bytes: vec![7u8; 1 << 20],
-            })
-            .await
-            .expect("pad");
+            }),
+        )
+        .await
+        .expect("pad");
         last_pad = peers[a].status().commit;
     }
     assert!(
@@ -217,10 +233,12 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     );
     // The write the old leader acknowledges.
     assert!(matches!(
-        peers[a]
-            .write(LedgerWrite::Add { by: 1 })
-            .await
-            .expect("add"),
+        within(
+            "the old leader's add(1)",
+            peers[a].write(LedgerWrite::Add { by: 1 })
+        )
+        .await
+        .expect("add"),
         LedgerWriteOutput::Add(1)
     ));
     cap.store(u64::MAX, Ordering::SeqCst);
@@ -278,7 +296,9 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
     );
 
     // Leadership moves to B; B commits an entry of its term.
-    peers[a].transfer_leadership(b_id).await.expect("transfer");
+    within("the transfer to B", peers[a].transfer_leadership(b_id))
+        .await
+        .expect("transfer");
     until("B leads with an entry of its term committed", || {
         let s = peers[b].status();
         (s.role == Role::Leader && s.commit > written).then_some(())
@@ -305,7 +325,9 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
         }
         // Commands are handled in order: once this one is answered, the
         // read was handled (handed to the apply thread, or to ReadIndex).
-        peers[b].transfer_leadership(b_id).await.expect("no-op");
+        within("a no-op command to B", peers[b].transfer_leadership(b_id))
+            .await
+            .expect("no-op");
         if captured.count(&b_name) > before {
             lease_read = Some(read);
         } else {
@@ -349,7 +371,7 @@ async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_w
         staleness.applied
     );
     for p in &peers {
-        p.shutdown().await.expect("shutdown");
+        within("a shutdown", p.shutdown()).await.expect("shutdown");
     }
 }
 
@@ -389,14 +411,18 @@ async fn quiet_cluster(
     .await;
     // An entry of A's term committed, and a lease read served (A's lease
     // holds, refreshed by every heartbeat round).
-    peers[a]
-        .write(LedgerWrite::Add { by: 0 })
-        .await
-        .expect("write");
-    peers[a]
-        .read_with(LedgerRead::Get, Consistency::Lease)
-        .await
-        .expect("lease read");
+    within(
+        "the set-up's write",
+        peers[a].write(LedgerWrite::Add { by: 0 }),
+    )
+    .await
+    .expect("write");
+    within(
+        "the set-up's lease read",
+        peers[a].read_with(LedgerRead::Get, Consistency::Lease),
+    )
+    .await
+    .expect("lease read");
     (peers, gates, a)
 }
 
@@ -449,10 +475,12 @@ async fn a_leader_woken_by_a_lease_read_judges_its_lease_on_the_caught_up_clock(
     })
     .await;
     assert!(matches!(
-        peers[b]
-            .write(LedgerWrite::Add { by: 1 })
-            .await
-            .expect("add"),
+        within(
+            "the new leader's add(1)",
+            peers[b].write(LedgerWrite::Add { by: 1 })
+        )
+        .await
+        .expect("add"),
         LedgerWriteOutput::Add(1)
     ));
     assert!(
@@ -487,7 +515,7 @@ async fn a_leader_woken_by_a_lease_read_judges_its_lease_on_the_caught_up_clock(
     }
     net.heal();
     for p in &peers {
-        p.shutdown().await.expect("shutdown");
+        within("a shutdown", p.shutdown()).await.expect("shutdown");
     }
 }
 
@@ -538,6 +566,6 @@ async fn a_write_on_a_leader_asleep_and_cut_off_wakes_its_ticks_and_it_steps_dow
         "the write on the cut-off leader ended {answered:?}"
     );
     for p in peers.iter() {
-        p.shutdown().await.expect("shutdown");
+        within("a shutdown", p.shutdown()).await.expect("shutdown");
     }
 }

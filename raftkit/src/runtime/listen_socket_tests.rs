@@ -81,18 +81,28 @@ async fn a_peer_serves_on_the_socket_it_was_handed() {
     peer.shutdown().await.expect("shutdown");
 }
 
-/// A listen address that is not the handed socket's is refused at start,
-/// nothing served: the peer would be named (and its certificate issued)
-/// after an address it does not listen on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listen_address_other_than_the_sockets_is_refused() {
+/// Starts a bootstrapping peer (in memory, or on `dir`) handed a socket
+/// bound to a free loopback port but told to listen on another one (held
+/// by the returned socket, so nobody else takes it): the handed socket's
+/// address, the other address, the socket holding it, and the outcome.
+async fn start_mismatched(
+    dir: Option<&std::path::Path>,
+) -> (
+    std::net::SocketAddr,
+    String,
+    std::net::UdpSocket,
+    Result<Peer<Handed>, Error>,
+) {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
     let addr = socket.local_addr().expect("its address");
     let other = std::net::UdpSocket::bind("127.0.0.1:0").expect("another free port");
     let elsewhere = other.local_addr().expect("its address").to_string();
     let (_ca, mut ids) = dev_cluster([format!("handed@{elsewhere}")]).expect("dev CA");
-    let started = Handed::peer()
-        .in_memory()
+    let builder = match dir {
+        Some(dir) => Handed::peer().data_dir(dir),
+        None => Handed::peer().in_memory(),
+    };
+    let started = builder
         .listen(elsewhere.clone())
         .listen_socket(socket)
         .bootstrap()
@@ -100,6 +110,15 @@ async fn a_listen_address_other_than_the_sockets_is_refused() {
         .tick(Duration::from_millis(20))
         .start()
         .await;
+    (addr, elsewhere, other, started)
+}
+
+/// A listen address that is not the handed socket's is refused at start,
+/// nothing served: the peer would be named (and its certificate issued)
+/// after an address it does not listen on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_address_other_than_the_sockets_is_refused() {
+    let (addr, elsewhere, _other, started) = start_mismatched(None).await;
     match started {
         Err(Error::Rejected(why)) => assert!(
             why.contains(&addr.to_string()) && why.contains(&elsewhere),
@@ -118,19 +137,7 @@ async fn a_listen_address_other_than_the_sockets_is_refused() {
 async fn a_refused_listen_address_leaves_the_data_directory_unwritten() {
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let dir = tmp.path().join("peer");
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
-    let other = std::net::UdpSocket::bind("127.0.0.1:0").expect("another free port");
-    let elsewhere = other.local_addr().expect("its address").to_string();
-    let (_ca, mut ids) = dev_cluster([format!("handed@{elsewhere}")]).expect("dev CA");
-    let started = Handed::peer()
-        .data_dir(&dir)
-        .listen(elsewhere.clone())
-        .listen_socket(socket)
-        .bootstrap()
-        .identity(ids.pop().expect("node identity"))
-        .tick(Duration::from_millis(20))
-        .start()
-        .await;
+    let (_, _, _other, started) = start_mismatched(Some(&dir)).await;
     match started {
         Err(Error::Rejected(_)) => {}
         Err(e) => panic!("expected a refusal, got {e}"),

@@ -261,44 +261,48 @@ impl<S: StateMachine> Peer<S> {
         }
     }
 
+    /// The core's election timeout: its `election_ticks` ticks (as the
+    /// watch server's liveness uses it), the unit of every wait here.
     fn election_timeout(&self) -> Duration {
-        self.inner.tick * 10
+        self.inner.election_timeout
     }
 
+    /// Waits until learner `id` has caught up by the rounds rule
+    /// ([`catch_up_in_rounds`]), timed in this node's election timeout.
     async fn wait_caught_up(
         &self,
         id: NodeId,
         progress: &mut impl FnMut(&str),
     ) -> Result<(), Error> {
         let timeout = self.election_timeout();
-        for round in 1..=MAX_CATCH_UP_ROUNDS {
-            let target = self.status().last_index;
-            let started = Instant::now();
-            let mut w = self.watch();
-            let reached = tokio::time::timeout(
-                timeout * 10,
-                w.wait_for(|s| {
-                    s.members
-                        .iter()
-                        .any(|m| m.id == id && m.matched.is_some_and(|x| x >= target))
-                }),
-            )
-            .await;
-            if !matches!(reached, Ok(Ok(_))) {
-                return Err(Error::Timeout);
-            }
-            let took = started.elapsed();
-            progress(&format!(
-                "catch-up round {round}: {} entries in {took:?}",
-                target
-            ));
-            if took <= timeout {
-                return Ok(());
-            }
+        catch_up_in_rounds(timeout, progress, move || self.catch_up_round(id, timeout)).await
+    }
+
+    /// One catch-up round of learner `id`: waits until it holds the
+    /// leader's last index as it was when the round began; that index and
+    /// how long it took. [`Error::Timeout`] after ten election timeouts
+    /// (`timeout`).
+    async fn catch_up_round(
+        &self,
+        id: NodeId,
+        timeout: Duration,
+    ) -> Result<(Index, Duration), Error> {
+        let target = self.status().last_index;
+        let started = Instant::now();
+        let mut w = self.watch();
+        let reached = tokio::time::timeout(
+            timeout * 10,
+            w.wait_for(|s| {
+                s.members
+                    .iter()
+                    .any(|m| m.id == id && m.matched.is_some_and(|x| x >= target))
+            }),
+        )
+        .await;
+        if !matches!(reached, Ok(Ok(_))) {
+            return Err(Error::Timeout);
         }
-        Err(Error::Rejected(format!(
-            "learner did not catch up within {MAX_CATCH_UP_ROUNDS} rounds; it stays a learner"
-        )))
+        Ok((target, started.elapsed()))
     }
 
     /// Refuses, with [`Error::Rejected`], to promote learner `id` if its
@@ -368,6 +372,34 @@ impl<S: StateMachine> Peer<S> {
         let st = self.status();
         st.config_index > st.commit || st.joint
     }
+}
+
+/// The thesis §4.2.1 rounds rule: runs catch-up rounds (`round` returns
+/// the index a round replicated up to and how long the learner took to
+/// reach it) until one completes within `timeout`, the election timeout,
+/// telling `progress` of each; at most [`MAX_CATCH_UP_ROUNDS`] of them,
+/// after which the learner is not close enough to be promoted without
+/// hurting availability ([`Error::Rejected`]: nothing promoted). A round's
+/// error ends the wait with it.
+async fn catch_up_in_rounds<R, F>(
+    timeout: Duration,
+    progress: &mut impl FnMut(&str),
+    mut round: R,
+) -> Result<(), Error>
+where
+    R: FnMut() -> F,
+    F: std::future::Future<Output = Result<(Index, Duration), Error>>,
+{
+    for n in 1..=MAX_CATCH_UP_ROUNDS {
+        let (target, took) = round().await?;
+        progress(&format!("catch-up round {n}: {target} entries in {took:?}"));
+        if took <= timeout {
+            return Ok(());
+        }
+    }
+    Err(Error::Rejected(format!(
+        "learner did not catch up within {MAX_CATCH_UP_ROUNDS} rounds; it stays a learner"
+    )))
 }
 
 /// An error after a configuration change was proposed: the change may still
@@ -521,9 +553,57 @@ impl ConfEdit {
 
 #[cfg(test)]
 mod tests {
-    use super::ConfEdit;
+    use std::time::Duration;
+
+    use super::{ConfEdit, MAX_CATCH_UP_ROUNDS, catch_up_in_rounds};
     use crate::core::Configuration;
     use crate::error::Error;
+
+    /// Runs the rounds rule with an election timeout of 100 ms over rounds
+    /// that took `took[0]`, `took[1]`, ... (a round past the list takes a
+    /// second); its answer and how many rounds it ran.
+    async fn rounds(took: &[u64]) -> (Result<(), Error>, usize) {
+        let timeout = Duration::from_millis(100);
+        let mut ran = 0;
+        let mut said = Vec::new();
+        let answer = catch_up_in_rounds(timeout, &mut |s: &str| said.push(s.to_string()), || {
+            let ms = took.get(ran).copied().unwrap_or(1_000);
+            ran += 1;
+            std::future::ready(Ok((7, Duration::from_millis(ms))))
+        })
+        .await;
+        assert_eq!(said.len(), ran, "one progress line per round: {said:?}");
+        (answer, ran)
+    }
+
+    /// Thesis §4.2.1 at its edges: the learner is caught up by the first
+    /// round that completes within an election timeout (exactly one
+    /// included), and it gets exactly [`MAX_CATCH_UP_ROUNDS`] (10) rounds:
+    /// one caught up in the tenth is promoted, one that is not is refused
+    /// after the tenth (teeth, stop 55: mutant RM2, nine rounds, survived).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_learner_gets_exactly_ten_catch_up_rounds() {
+        assert_eq!(MAX_CATCH_UP_ROUNDS, 10);
+        let (answer, ran) = rounds(&[50]).await;
+        assert!(answer.is_ok() && ran == 1, "{answer:?} after {ran} rounds");
+        let (answer, ran) = rounds(&[300, 100]).await;
+        assert!(
+            answer.is_ok() && ran == 2,
+            "a round of exactly the election timeout: {answer:?} after {ran} rounds"
+        );
+        let mut slow = vec![300; 9];
+        slow.push(90);
+        let (answer, ran) = rounds(&slow).await;
+        assert!(
+            answer.is_ok() && ran == 10,
+            "a learner caught up in the tenth round: {answer:?} after {ran} rounds"
+        );
+        let (answer, ran) = rounds(&[]).await;
+        assert!(
+            matches!(answer, Err(Error::Rejected(_))) && ran == 10,
+            "a learner never caught up: {answer:?} after {ran} rounds"
+        );
+    }
 
     /// Voters 1 and 2, learner 3, each with an address.
     fn latest() -> Configuration {
@@ -655,6 +735,23 @@ mod tests {
             let got = edit.target(&latest());
             assert!(matches!(got, Err(Error::Rejected(_))), "{why}: {got:?}");
         }
+    }
+
+    /// A replacement counts as made (nothing to propose) only when `from`
+    /// is no member at all, not merely no voter: with `to` voting and
+    /// `from` still a learner (it was demoted, or removed and added back
+    /// as one, meanwhile), the replacement is refused, nothing changed,
+    /// rather than answered as done while `from` is still in the group
+    /// (teeth, stop 55: mutant RM7, `!member(from)` -> `!next.voters.
+    /// contains(from)`, survived).
+    #[test]
+    fn a_replacement_whose_from_is_still_a_learner_is_refused_not_done() {
+        // Voters 1 and 2, learner 3: from = 3 (a learner), to = 2 (a voter).
+        let got = replace(3, 2, "b").target(&latest());
+        assert!(
+            matches!(got, Err(Error::Rejected(_))),
+            "a replacement whose `from` is still a learner: {got:?}"
+        );
     }
 
     /// While joint, the edit applies to the incoming half: a member only

@@ -80,6 +80,8 @@ mod membership;
 pub(crate) use membership::pause as membership_pause;
 #[cfg(test)]
 mod membership_tests;
+#[cfg(test)]
+mod membership_wait_tests;
 mod node;
 #[doc(hidden)]
 pub mod persist;
@@ -139,7 +141,9 @@ struct Inner {
     name: String,
     id: NodeId,
     local_addr: Option<std::net::SocketAddr>,
-    tick: std::time::Duration,
+    /// The core's election timeout (`election_ticks` ticks): the unit of
+    /// the membership calls' waits (`membership`).
+    election_timeout: std::time::Duration,
     session_ttl_ms: u64,
     max_sessions: u64,
     /// This binary's schema and what it knows of the voters' (the gate of
