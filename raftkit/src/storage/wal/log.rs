@@ -233,6 +233,19 @@ impl Wal {
                     ),
                 ));
             }
+            // What the scan read may sit only in the page cache: written by
+            // a process that stopped (a kill, a failed `fdatasync`) before
+            // its sync, and read back through the cache on the same boot.
+            // Reported below as durable (entries this node acknowledges
+            // again without a write, a vote it grants again: Raft §5.2,
+            // §5.3), so it is made durable first. Only the last segment can
+            // hold unsynced bytes (a sealed one was synced before the next
+            // was created); a clean file syncs cheaply. A failure fails the
+            // open. (Bytes whose own `fdatasync` failed may be marked clean
+            // by the kernel and stay unwritten: see `StorageError::Failed`.)
+            for seg in &wal.segments {
+                seg.sync()?;
+            }
             wal.durable_hard_state = wal.hard_state;
             wal.durable_boundary = (wal.first - 1, wal.boundary_term);
             // Every segment must open with a checkpoint frame (so that older
