@@ -220,6 +220,23 @@ impl FileSnapshotStore {
         sync_dir(&*self.fs, &self.dir)
     }
 
+    /// The latest `(index, term)` among the snapshot files in `dir`, by
+    /// their names alone, without opening, verifying or changing anything
+    /// (`None` if `dir` is missing or holds none): whether a log existed
+    /// beside them, asked before the log's directory is locked.
+    pub(crate) fn latest_name_in(
+        fs: &dyn super::vfs::Vfs,
+        dir: &Path,
+    ) -> Result<Option<(Index, Term)>, StorageError> {
+        if !fs.is_dir(dir) {
+            return Ok(None);
+        }
+        let names = fs
+            .list_dir(dir)
+            .map_err(|e| StorageError::io("list directory", dir, e))?;
+        Ok(names.iter().filter_map(|n| parse_name(n)).max())
+    }
+
     /// The directory holding the snapshots.
     pub fn dir(&self) -> &Path {
         &self.dir
