@@ -86,6 +86,8 @@ mod node;
 #[doc(hidden)]
 pub mod persist;
 #[cfg(test)]
+mod persist_lost_log_tests;
+#[cfg(test)]
 mod persist_open_tests;
 mod reads;
 pub(crate) mod receive_budget;

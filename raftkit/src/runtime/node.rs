@@ -1404,7 +1404,12 @@ impl NodeTask {
     }
 
     fn fail(&mut self, st: &mut State, reason: String) {
-        error!(node = %self.name, %reason, "node stopped: storage is no longer trustworthy");
+        error!(
+            node = %self.name,
+            %reason,
+            restart = "only after a reboot or after dropping the page cache: a failed fsync can leave unwritten log records readable in it",
+            "node stopped: storage is no longer trustworthy"
+        );
         st.fatal = Some(reason.clone());
         self.fault.send_replace(Some(reason.clone()));
         st.pending.clear();

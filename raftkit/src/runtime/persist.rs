@@ -139,21 +139,33 @@ fn storage_error(e: StorageError) -> Error {
     Error::Storage(e.to_string())
 }
 
+/// The marker file in a data directory saying that its write-ahead log
+/// (`wal/`) was created: written (atomically, its directory fsynced) by
+/// [`open`] once the log's first segment is durable, before anything is
+/// written to the log. A data directory without it (new, or written by a
+/// release before it) proves nothing: its log may be created.
+const LOG_MARKER: &str = "wal.created";
+
 /// Opens the stores (on the file system `fs`) and reads back the durable
 /// state.
 ///
 /// Refuses, as corruption naming both directories, a log whose first index
 /// lies past the latest snapshot's index + 1: the entries between them
 /// exist nowhere, so starting would silently lose committed writes.
+///
+/// On disk, also refuses (as corruption naming `wal/`) a log that is
+/// missing (no segment) when a snapshot exists or the directory's
+/// `wal.created` marker says a log was created: starting afresh would
+/// restart the node at term 0 with no vote (a second vote in a term it
+/// voted in, Raft §5.2), without the entries it acknowledged, or found the
+/// cluster again under `bootstrap`. A first start that stopped before its
+/// log was created leaves no marker, so it still opens.
 pub fn open(choice: &StorageChoice, fs: &SharedFs, wal: WalOptions) -> Result<Opened, Error> {
     let (log, snapshots): (BoxedLog, Box<dyn SnapshotStore + Send>) = match choice {
-        StorageChoice::Disk(dir) => (
-            Box::new(Wal::open_in(fs.clone(), dir.join("wal"), wal).map_err(storage_error)?),
-            Box::new(
-                FileSnapshotStore::open_in(fs.clone(), dir.join("snapshots"), 1)
-                    .map_err(storage_error)?,
-            ),
-        ),
+        StorageChoice::Disk(dir) => {
+            let (log, snapshots) = open_disk(fs, dir, wal).map_err(storage_error)?;
+            (Box::new(log), Box::new(snapshots))
+        }
         StorageChoice::Memory => (
             Box::new(MemLogStore::new()),
             Box::new(MemSnapshotStore::new(1)),
@@ -164,6 +176,49 @@ pub fn open(choice: &StorageChoice, fs: &SharedFs, wal: WalOptions) -> Result<Op
         StorageChoice::Memory => ("memory".into(), "memory".into()),
     };
     open_stores(log, snapshots, places)
+}
+
+/// The stores of the data directory `dir`: the log, which must exist if a
+/// snapshot file does or the marker ([`LOG_MARKER`]) says it was created,
+/// then the snapshots (after the log's lock: the snapshot store's open
+/// removes files), then the marker, if missing.
+fn open_disk(
+    fs: &SharedFs,
+    dir: &Path,
+    wal: WalOptions,
+) -> Result<(Wal, FileSnapshotStore), StorageError> {
+    let snap_dir = dir.join("snapshots");
+    let marker = dir.join(LOG_MARKER);
+    let marked = match fs.read(&marker) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(StorageError::io("read", &marker, e)),
+    };
+    let why = match (FileSnapshotStore::latest_name_in(&**fs, &snap_dir)?, marked) {
+        (Some((index, term)), _) => Some(format!(
+            "{} holds a snapshot at index {index} term {term}",
+            snap_dir.display()
+        )),
+        (None, true) => Some(format!("{} records that it was created", marker.display())),
+        (None, false) => None,
+    };
+    let log = match why {
+        Some(why) => Wal::open_existing_in(fs.clone(), &dir.join("wal"), wal, &why)?,
+        None => Wal::open_in(fs.clone(), dir.join("wal"), wal)?,
+    };
+    let snapshots = FileSnapshotStore::open_in(fs.clone(), snap_dir, 1)?;
+    if !marked {
+        // The log's first segment is durable (renamed into place, its
+        // directory fsynced) before the marker is written: the marker
+        // never names a log that a crash can take.
+        write_atomic(
+            &**fs,
+            &marker,
+            b"raftkit: the write-ahead log in wal/ was created; a data directory without it \
+              is refused\n",
+        )?;
+    }
+    Ok((log, snapshots))
 }
 
 /// [`open`] on stores already opened (a group of a multi-group node: its

@@ -46,7 +46,12 @@ pub struct PeerStatus {
     /// cluster then tolerates one fewer failure).
     pub halted: Option<String>,
     /// Set when storage failed: the node stopped (it acknowledges and
-    /// serves nothing more; restart it on a healthy disk).
+    /// serves nothing more; restart it on a healthy disk). After a failed
+    /// write or fsync (not a full disk), restart it only after a reboot, or
+    /// after dropping the page cache (`echo 1 > /proc/sys/vm/drop_caches`):
+    /// Linux may mark the pages of a failed fsync clean, so a restart on
+    /// the same boot reads back, and trusts as durable, log records that
+    /// never reached the disk.
     pub fatal: Option<String>,
     /// Proposals accepted while leader.
     pub proposals: u64,

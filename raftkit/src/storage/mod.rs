@@ -74,6 +74,8 @@ mod crash_tests;
 mod error;
 mod group_commit;
 mod memory;
+#[cfg(test)]
+mod reopen_tests;
 mod snapshot;
 pub mod vfs;
 pub mod wal;

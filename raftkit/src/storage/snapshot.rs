@@ -199,7 +199,8 @@ impl FileSnapshotStore {
 
     /// Removes the snapshot files `doomed` (a file already gone is fine)
     /// and fsyncs the directory. On failure, what was not removed is left
-    /// to the next save ([`Self::strays`]).
+    /// to the next save ([`Self::strays`]); callers log the error and go
+    /// on (a snapshot beyond the limit costs disk space, nothing else).
     fn remove_snapshots(&mut self, doomed: Vec<(Index, Term)>) -> Result<(), StorageError> {
         if doomed.is_empty() {
             return Ok(());
@@ -218,6 +219,23 @@ impl FileSnapshotStore {
             }
         }
         sync_dir(&*self.fs, &self.dir)
+    }
+
+    /// The latest `(index, term)` among the snapshot files in `dir`, by
+    /// their names alone, without opening, verifying or changing anything
+    /// (`None` if `dir` is missing or holds none): whether a log existed
+    /// beside them, asked before the log's directory is locked.
+    pub(crate) fn latest_name_in(
+        fs: &dyn super::vfs::Vfs,
+        dir: &Path,
+    ) -> Result<Option<(Index, Term)>, StorageError> {
+        if !fs.is_dir(dir) {
+            return Ok(None);
+        }
+        let names = fs
+            .list_dir(dir)
+            .map_err(|e| StorageError::io("list directory", dir, e))?;
+        Ok(names.iter().filter_map(|n| parse_name(n)).max())
     }
 
     /// The directory holding the snapshots.
@@ -301,7 +319,22 @@ impl SnapshotStore for FileSnapshotStore {
         // And whatever failed saves and removals left behind.
         let on_disk = &self.on_disk;
         doomed.extend(self.strays.drain(..).filter(|k| !on_disk.contains(k)));
-        self.remove_snapshots(doomed)
+        // The new snapshot is durable: a failed removal of an old one (kept
+        // in `strays`) or of its directory fsync (a removal that may come
+        // back at a crash, removed again by the next open, which keeps no
+        // more than the limit) is left to the next save or open. Failing
+        // the save would stop a node over a received snapshot it holds, or
+        // leave its log never compacted while the removal keeps failing.
+        if let Err(e) = self.remove_snapshots(doomed) {
+            warn!(
+                dir = %self.dir.display(),
+                index = key.0,
+                term = key.1,
+                error = %e,
+                "saved the snapshot, but cannot remove old snapshots: left to the next save or open"
+            );
+        }
+        Ok(())
     }
 
     fn latest(&self) -> Result<Option<Snapshot>, StorageError> {

@@ -128,7 +128,32 @@ impl Wal {
         dir: impl AsRef<Path>,
         opts: WalOptions,
     ) -> Result<Wal, StorageError> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::open_or_refuse(fs, dir.as_ref(), opts, None)
+    }
+
+    /// [`Wal::open_in`] on a log that must exist: a directory holding no
+    /// segment fails with [`StorageError::Corrupt`] naming it, saying
+    /// `why` the log must exist, and nothing is created in it (an empty
+    /// segment created there would let the next open take the lost log
+    /// for a new one).
+    pub(crate) fn open_existing_in(
+        fs: SharedFs,
+        dir: &Path,
+        opts: WalOptions,
+        why: &str,
+    ) -> Result<Wal, StorageError> {
+        Self::open_or_refuse(fs, dir, opts, Some(why))
+    }
+
+    /// Opens the log in `dir`; with `refuse_missing`, fails instead of
+    /// creating a new log when `dir` holds no segment.
+    fn open_or_refuse(
+        fs: SharedFs,
+        dir: &Path,
+        opts: WalOptions,
+        refuse_missing: Option<&str>,
+    ) -> Result<Wal, StorageError> {
+        let dir = dir.to_path_buf();
         create_dir_durable(&*fs, &dir)?;
         let lock = lock_dir(&*fs, &dir)?;
 
@@ -186,6 +211,20 @@ impl Wal {
             failed: None,
         };
 
+        if let (true, Some(why)) = (seqs.is_empty(), refuse_missing) {
+            error!(dir = %wal.dir.display(), why, "the write-ahead log is missing");
+            return Err(StorageError::corrupt(
+                &wal.dir,
+                0,
+                format!(
+                    "the write-ahead log is missing (the directory holds no segment) but {why}: \
+                     its entries, term and vote are lost, and starting afresh could make this \
+                     node vote twice in a term (Raft §5.2) or forget writes it acknowledged; \
+                     restore the log from the same backup as the rest of the data directory, \
+                     or remove the data directory and add the node back as a new member"
+                ),
+            ));
+        }
         if seqs.is_empty() {
             let checkpoint = wal.checkpoint_frame();
             let step = Segment::step_for(&*wal.fs, wal.opts.segment_size);
@@ -232,6 +271,19 @@ impl Wal {
                         wal.first + i as Index
                     ),
                 ));
+            }
+            // What the scan read may sit only in the page cache: written by
+            // a process that stopped (a kill, a failed `fdatasync`) before
+            // its sync, and read back through the cache on the same boot.
+            // Reported below as durable (entries this node acknowledges
+            // again without a write, a vote it grants again: Raft §5.2,
+            // §5.3), so it is made durable first. Only the last segment can
+            // hold unsynced bytes (a sealed one was synced before the next
+            // was created); a clean file syncs cheaply. A failure fails the
+            // open. (Bytes whose own `fdatasync` failed may be marked clean
+            // by the kernel and stay unwritten: see `StorageError::Failed`.)
+            for seg in &wal.segments {
+                seg.sync()?;
             }
             wal.durable_hard_state = wal.hard_state;
             wal.durable_boundary = (wal.first - 1, wal.boundary_term);

@@ -275,6 +275,13 @@ impl Segment {
         while pos < file_len {
             let remaining = file_len - pos;
             if remaining < FRAME_HEADER_LEN as u64 {
+                // Zeros too short for a header end the content, as longer
+                // zeros do below (a preallocation step's end falling less
+                // than a header after the last frame): not a torn tail.
+                if last && self.all_zero(pos, file_len)? {
+                    self.len = pos;
+                    return Ok(());
+                }
                 return self.torn_or_corrupt(last, pos, "incomplete frame header");
             }
             let mut hbuf = [0u8; FRAME_HEADER_LEN];
