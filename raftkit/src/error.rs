@@ -102,8 +102,8 @@ pub enum Error {
     },
     /// The leader refused the command before it entered the log: it does
     /// not decode, it is larger than the maximum command size, a
-    /// configuration change is already in flight, ...; or a read whose
-    /// handler panicked (a read applies nothing). Nothing was applied, and
+    /// configuration change is already in flight, ...; or the caller could
+    /// not encode it ([`Error::not_sent`]); or a read whose handler panicked (a read applies nothing). Nothing was applied, and
     /// retrying the same call would be refused again.
     #[error("rejected: {0}")]
     Rejected(String),
@@ -251,6 +251,14 @@ impl From<TlsError> for Error {
 }
 
 impl Error {
+    /// The error of a command or query that failed to encode on the
+    /// caller's side: it never left the process, so it is
+    /// [`Rejected`](Error::Rejected) (applied `No`, not retryable: the same
+    /// value fails again), with the codec error's text.
+    pub fn not_sent(err: CodecError) -> Self {
+        Error::Rejected(format!("not sent: {err}"))
+    }
+
     /// Whether the command of the failed call may have been applied; see
     /// the [module documentation](self) for every variant.
     pub fn applied(&self) -> Applied {

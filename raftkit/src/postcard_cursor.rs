@@ -28,6 +28,10 @@ pub(crate) enum CursorError {
     /// A tag (of an enum variant or an option) this decoder does not know.
     #[error("unknown tag {0}")]
     UnknownTag(u32),
+    /// Bytes are left after the value, which a decoder that must read the
+    /// whole input refuses (e.g. a field a newer binary appended).
+    #[error("{0} trailing bytes after the value")]
+    Trailing(usize),
 }
 
 /// A cursor over postcard bytes.

@@ -819,3 +819,53 @@ fn a_state_machine_defined_in_macro_rules_dispatches() {
     let restored = Named::restore(&local.with(|t| t.snapshot()).unwrap()).unwrap();
     assert_eq!((restored.n, restored.seen), (11, vec![7, 4]));
 }
+
+/// A typed-client write whose argument fails to encode never leaves the
+/// process: the error says it was not applied (review stop 56, finding 3).
+mod unencodable_argument {
+    use super::*;
+
+    /// An argument whose `Serialize` always fails (as a `#[serde(flatten)]`
+    /// struct or an unsized `collect_seq` does under postcard).
+    #[derive(Debug, Clone, Deserialize)]
+    pub struct Unencodable(pub u32);
+
+    impl Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("this argument never encodes"))
+        }
+    }
+
+    #[derive(StateMachine, Default, Serialize, Deserialize)]
+    pub struct Sink {
+        taken: u32,
+    }
+
+    #[raftkit::state_machine]
+    impl Sink {
+        #[write]
+        fn take(&mut self, arg: Unencodable) -> u32 {
+            self.taken += arg.0;
+            self.taken
+        }
+
+        #[read]
+        fn taken(&self) -> u32 {
+            self.taken
+        }
+    }
+
+    #[test]
+    fn a_write_whose_argument_does_not_encode_is_not_applied() {
+        let local = Local::new(Sink::default());
+        let sink = SinkClient::new(local);
+        let err = block_on(sink.take(Unencodable(5))).expect_err("cannot be sent");
+        assert_eq!(err.applied(), raftkit::error::Applied::No, "{err:?}");
+        assert!(!err.is_retryable(), "{err:?}");
+        assert!(
+            err.to_string().contains("never encodes"),
+            "the cause is kept: {err}"
+        );
+        assert_eq!(block_on(sink.taken()), Ok(0));
+    }
+}

@@ -75,7 +75,9 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
             #(#cfgs)*
             #(#lints)*
             pub async fn #method(&self #(, #params)*) -> ::core::result::Result<#output, ::raftkit::Error> {
-                let __command = ::raftkit::state_machine::encode(#encoded, &#command)?;
+                // Not sent: nothing was applied (`Rejected`, applied No).
+                let __command = ::raftkit::state_machine::encode(#encoded, &#command)
+                    .map_err(::raftkit::Error::not_sent)?;
                 let __reply = ::raftkit::client::Submit::#submit(&self.submit, __command).await?;
                 #[allow(unreachable_patterns)]
                 match ::raftkit::state_machine::decode::<#out>(#what, &__reply)? {

@@ -8,14 +8,26 @@
 //! # Invariants
 //!
 //! 1. **Same format, same verdict.** For every input, [`EnvelopeRef::decode`]
-//!    returns what `postcard::from_bytes::<EnvelopeRef>` returns: the same
-//!    value when that decodes (trailing bytes ignored, as postcard does),
-//!    an error when it does not (the error's kind may differ). Replicas
+//!    returns what `postcard::take_from_bytes::<EnvelopeRef>` returns when
+//!    it reads the whole input: the same value when that decodes and leaves
+//!    no byte, an error when it does not (the error's kind may differ).
+//!    Replicas
 //!    running this build and replicas running one that decodes through
 //!    serde therefore apply, or halt on, exactly the same entries. Pinned
 //!    by a property test against the serde derive, which stays as the
 //!    reference.
-//! 2. **Bounded and checked.** Entry bytes come from the network and the
+//! 2. **Trailing bytes are refused**, as `state_machine::decode` refuses
+//!    them in a command: postcard writes a variant's fields one after the
+//!    other, so an entry from a newer binary whose `Op` variant gained a
+//!    field at its end starts with a valid encoding of the older variant.
+//!    Decoding that prefix would drop the field and let older replicas
+//!    apply another operation than newer ones (divergence during a rolling
+//!    upgrade); refused, the entry halts the older replica as any entry it
+//!    cannot decode does (`runtime::apply`). No encoder ever wrote bytes
+//!    after an envelope (the leader encodes exactly one
+//!    [`Envelope`](super::session::Envelope) per
+//!    entry, `runtime::node`), so no existing log changes verdict.
+//! 3. **Bounded and checked.** Entry bytes come from the network and the
 //!    disk: every read is checked against the input's length, varints are
 //!    bounded as postcard bounds them (at most 5, 10 or 19 bytes for
 //!    `u32`, `u64` and `u128`, the last byte holding only the bits the type
@@ -48,8 +60,8 @@ fn owner(r: &mut Cursor<'_>) -> Result<Owner, CursorError> {
 impl<'a> EnvelopeRef<'a> {
     /// Decodes an envelope from a log entry's payload, borrowing its
     /// command (see the module doc: the verdict of postcard's, without
-    /// serde). Bytes after the envelope are ignored, as
-    /// `postcard::from_bytes` ignores them.
+    /// serde). Bytes after the envelope are an error
+    /// ([`CursorError::Trailing`], invariant 2).
     pub(crate) fn decode(bytes: &'a [u8]) -> Result<EnvelopeRef<'a>, EnvelopeDecodeError> {
         let mut r = Cursor::new(bytes);
         let stamp_ms = r.u64()?;
@@ -89,7 +101,10 @@ impl<'a> EnvelopeRef<'a> {
             },
             tag => return Err(CursorError::UnknownTag(tag)),
         };
-        Ok(EnvelopeRef { stamp_ms, op })
+        match r.rest().len() {
+            0 => Ok(EnvelopeRef { stamp_ms, op }),
+            left => Err(CursorError::Trailing(left)),
+        }
     }
 }
 
@@ -100,8 +115,13 @@ mod tests {
     use super::*;
     use crate::runtime::session::{Envelope, Op};
 
+    /// The serde derive's verdict, with bytes left after the envelope
+    /// refused (as `state_machine::decode` refuses them).
     fn reference(bytes: &[u8]) -> Option<EnvelopeRef<'_>> {
-        postcard::from_bytes::<EnvelopeRef<'_>>(bytes).ok()
+        match postcard::take_from_bytes::<EnvelopeRef<'_>>(bytes) {
+            Ok((envelope, [])) => Some(envelope),
+            _ => None,
+        }
     }
 
     fn owner() -> impl Strategy<Value = Owner> {
@@ -152,7 +172,7 @@ mod tests {
 
     proptest! {
         /// Every envelope the leader encodes decodes to what serde decodes
-        /// (and to the envelope itself), with or without trailing bytes.
+        /// (and to the envelope itself); with bytes after it, it is refused.
         #[test]
         fn encoded_envelopes_decode_as_serde_does(e in envelope(), tail in proptest::collection::vec(any::<u8>(), 0..4)) {
             let mut bytes = postcard::to_allocvec(&e).expect("encodes");
@@ -167,7 +187,12 @@ mod tests {
             prop_assert_eq!(command, owned);
             prop_assert_eq!(decoded.stamp_ms, e.stamp_ms);
             bytes.extend_from_slice(&tail);
-            prop_assert_eq!(EnvelopeRef::decode(&bytes).ok(), reference(&bytes));
+            let with_tail = EnvelopeRef::decode(&bytes);
+            if tail.is_empty() {
+                prop_assert!(with_tail.is_ok());
+            } else {
+                prop_assert_eq!(with_tail, Err(CursorError::Trailing(tail.len())));
+            }
         }
 
         /// Damaged envelopes (a byte changed, the end cut off) get the
@@ -186,6 +211,56 @@ mod tests {
         #[test]
         fn arbitrary_bytes_get_serde_verdict(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             prop_assert_eq!(EnvelopeRef::decode(&bytes).ok(), reference(&bytes));
+        }
+    }
+
+    /// Each variant of `Op` with one byte appended (a field a newer binary
+    /// added at the end of the variant) is refused, not decoded with the
+    /// byte dropped: the entry halts an older replica instead of applying
+    /// something else than the newer ones do (finding 4, review stop 56).
+    #[test]
+    fn a_byte_after_any_variant_is_refused() {
+        let owner = Owner::Certificate([9; 32]);
+        let session = SessionRef {
+            id: SessionId(7),
+            seq: 3,
+            acked_below: 2,
+        };
+        let ops = [
+            Op::Write {
+                command: vec![1, 2],
+            },
+            Op::SessionWrite {
+                session,
+                owner,
+                command: vec![3],
+            },
+            Op::OpenSession {
+                id: SessionId(8),
+                owner: Owner::Local,
+                ttl_ms: 60_000,
+                max_sessions: 10,
+            },
+            Op::CloseSession {
+                id: SessionId(8),
+                owner,
+            },
+            Op::OpenSessionFair {
+                id: SessionId(9),
+                owner,
+                ttl_ms: 1,
+                max_sessions: 2,
+            },
+        ];
+        for op in ops {
+            let mut bytes = postcard::to_allocvec(&Envelope { stamp_ms: 5, op }).expect("encodes");
+            assert!(EnvelopeRef::decode(&bytes).is_ok(), "{bytes:02x?}");
+            bytes.push(0);
+            assert_eq!(
+                EnvelopeRef::decode(&bytes),
+                Err(CursorError::Trailing(1)),
+                "input {bytes:02x?}"
+            );
         }
     }
 

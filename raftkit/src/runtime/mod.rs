@@ -491,13 +491,17 @@ impl<S: StateMachine> Peer<S> {
 
     /// Proposes a write command (this peer must be the leader).
     pub async fn write(&self, command: S::Write) -> Result<S::WriteOutput, Error> {
-        let out = self.write_encoded(encode("command", &command)?).await?;
+        let out = self
+            .write_encoded(encode("command", &command).map_err(Error::not_sent)?)
+            .await?;
         Ok(decode("write output", &out)?)
     }
 
     /// Serves a query linearizably (this peer must be the leader).
     pub async fn read(&self, query: S::Read) -> Result<S::ReadOutput, Error> {
-        let out = self.read_encoded(encode("query", &query)?).await?;
+        let out = self
+            .read_encoded(encode("query", &query).map_err(Error::not_sent)?)
+            .await?;
         Ok(decode("read output", &out)?)
     }
 
