@@ -528,7 +528,7 @@ impl Client {
         schema: u64,
         schema_desc: Option<crate::schema::Schema>,
         opts: ClientOptions,
-        names: Names,
+        mut names: Names,
     ) -> Result<Client, Error>
     where
         I: IntoIterator<Item = A>,
@@ -572,7 +572,8 @@ impl Client {
         .map_err(|_| Error::Unavailable("bad bind address".into()))?;
         let endpoint = Endpoint::client(bind)
             .map_err(|e| Error::Unavailable(format!("cannot open a client socket: {e}")))?;
-        // Later lookups take addresses the endpoint can reach.
+        // This client is given addresses its endpoint can reach (its own
+        // family: the other clients sharing the table keep theirs).
         names.prefer_family(first.is_ipv4());
         let client = Client {
             consistency: Consistency::default(),

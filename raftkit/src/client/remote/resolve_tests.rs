@@ -477,3 +477,37 @@ async fn suspicions_past_their_time_are_dropped() {
         kept.len()
     );
 }
+
+/// Review s56 client #1: nothing checked that a connect tells its name
+/// table the family of the endpoint it bound (every family test set it by
+/// hand). A client of a member at an IPv4 address is given the IPv4
+/// address of a dual-stack name that the resolver lists IPv6 first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_takes_its_endpoints_family_for_later_names() {
+    use crate::client::resolve::stub::Script;
+    const NAME: &str = "dual.connect-family.invalid:7000";
+    let (ca, nodes) = dev_cluster(["fake-family-1"]).expect("dev certificates");
+    let client_id = ca.issue_client("family").expect("client certificate");
+    let member = FakeMember::start(&nodes[0], |_| {
+        Act::answer(ClientResponse::Ok(b"ok".to_vec()))
+    });
+    assert!(member.addr().is_ipv4(), "{}", member.addr());
+    let client = Client::connect_with(
+        [member.addr().to_string()],
+        client_id,
+        0,
+        ClientOptions::default().with_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .expect("connects");
+    let v4 = SocketAddr::from(([127, 0, 0, 1], 7402));
+    let v6 = SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 7402));
+    stub::script(NAME, Script::Answers([v6, v4]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let got = client.inner.names.resolve(NAME, deadline).await;
+    assert_eq!(
+        got.as_ref().ok(),
+        Some(&v4),
+        "a client bound to IPv4 got {got:?} for [{v6}, {v4}]"
+    );
+}
