@@ -268,7 +268,7 @@ async fn a_name_is_taken_at_an_address_of_the_clients_family() {
         ("dual-b.family.invalid:7000", false, [v4, v6], v6),
     ] {
         stub::script(name, Script::Answers(answers));
-        let names = Names::default();
+        let mut names = Names::default();
         names.prefer_family(ipv4);
         let found = names.resolve(name, deadline).await;
         assert_eq!(
@@ -278,4 +278,34 @@ async fn a_name_is_taken_at_an_address_of_the_clients_family() {
             if ipv4 { 4 } else { 6 }
         );
     }
+}
+
+/// Review s56 client #1: the family was one setting of the whole shared
+/// table, so the client that bound last chose it for every client of a
+/// sharded client: a group client bound to IPv6 made the IPv4-bound
+/// placement client (and every other group client) get the IPv6 address
+/// of a dual-stack name, which its socket cannot dial. Each client
+/// sharing a table is given the address of its own family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_sharing_a_table_each_get_their_own_familys_address() {
+    const NAME: &str = "dual.shared-family.invalid:7000";
+    let (v4, v6) = (
+        addr(7401),
+        SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 7401)),
+    );
+    stub::script(NAME, Script::Answers([v6, v4]));
+    let shared = Names::default();
+    let mut bound_v4 = shared.clone();
+    bound_v4.prefer_family(true);
+    let mut bound_v6 = shared.clone();
+    bound_v6.prefer_family(false);
+    let deadline = Instant::now() + DEADLINE;
+    let got_v4 = bound_v4.resolve(NAME, deadline).await;
+    let got_v6 = bound_v6.resolve(NAME, deadline).await;
+    assert_eq!(
+        (got_v4.as_ref().ok(), got_v6.as_ref().ok()),
+        (Some(&v4), Some(&v6)),
+        "the IPv4-bound client got {got_v4:?}, the IPv6-bound one {got_v6:?}"
+    );
+    assert_eq!(stub::started(NAME), 1, "one lookup for both clients");
 }

@@ -528,7 +528,7 @@ impl Client {
         schema: u64,
         schema_desc: Option<crate::schema::Schema>,
         opts: ClientOptions,
-        names: Names,
+        mut names: Names,
     ) -> Result<Client, Error>
     where
         I: IntoIterator<Item = A>,
@@ -572,7 +572,8 @@ impl Client {
         .map_err(|_| Error::Unavailable("bad bind address".into()))?;
         let endpoint = Endpoint::client(bind)
             .map_err(|e| Error::Unavailable(format!("cannot open a client socket: {e}")))?;
-        // Later lookups take addresses the endpoint can reach.
+        // This client is given addresses its endpoint can reach (its own
+        // family: the other clients sharing the table keep theirs).
         names.prefer_family(first.is_ipv4());
         let client = Client {
             consistency: Consistency::default(),
@@ -1019,6 +1020,13 @@ impl Client {
     fn member_list(&self) -> Arc<Vec<SocketAddr>> {
         // The leader remembered at the old address of a name that moved is
         // forgotten: the node there now is another (review s55 client #2).
+        // Kept though it can drop a leader that moved onto that address in
+        // an IP swap (review s56 client #4; a routing hint only: no verdict
+        // changes, such calls end `NotLeader`/`Unavailable`, not applied,
+        // until the leader's own name is refreshed): without it a client
+        // whose calls all go to the remembered leader (`next_target`) keeps
+        // calling the old address for as long as the node there answers,
+        // which is the bug of s55 #2 (the age test's last assertion).
         self.inner.members.current(&self.inner.names, |old| {
             if let Ok(mut l) = self.inner.leader.lock()
                 && *l == Some(old)

@@ -42,8 +42,10 @@
 //!   refreshed in the background, calls going on with the old address
 //!   meanwhile (review s55 client #2: a name that moved while the node at
 //!   its old address still answered was never looked up again);
-//! - a lookup takes an address of the client endpoint's family when the
-//!   name has one ([`Names::prefer_family`]);
+//! - a lookup keeps the first address of each family the name has, and
+//!   each client takes the one of its endpoint's family
+//!   ([`Names::prefer_family`]): the clients sharing a table may be bound
+//!   to different families (review s56 client #1);
 //! - a cluster address given by name is looked up again when its member
 //!   cannot be reached ([`Names::refresh`]: at most once per
 //!   [`FAILED_FOR`] per name, and not while a lookup of it is in flight),
@@ -77,7 +79,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,13 +110,46 @@ pub(super) const RESOLVED_FOR: Duration = Duration::from_secs(30);
 pub(super) const FAILED_FOR: Duration = Duration::from_secs(2);
 
 /// The outcome of one lookup, shared by every caller waiting for it: the
-/// address, or why there is none.
-type Outcome = Result<SocketAddr, String>;
+/// addresses, or why there are none.
+type Outcome = Result<Found, String>;
+
+/// The addresses one lookup found: the first the system gave, and the
+/// first of each family (each client takes its endpoint's:
+/// [`Found::for_family`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Found {
+    first: SocketAddr,
+    v4: Option<SocketAddr>,
+    v6: Option<SocketAddr>,
+}
+
+impl Found {
+    /// What a lookup that answered `all` found (`None`: no address).
+    fn of(all: &[SocketAddr]) -> Option<Found> {
+        Some(Found {
+            first: *all.first()?,
+            v4: all.iter().copied().find(SocketAddr::is_ipv4),
+            v6: all.iter().copied().find(SocketAddr::is_ipv6),
+        })
+    }
+
+    /// The address for a client of `family` (4 or 6: its endpoint's,
+    /// [`Names::prefer_family`]; 0: not bound yet): the first of that
+    /// family, else the first (review s55 client #8).
+    fn for_family(&self, family: u8) -> SocketAddr {
+        let of_family = match family {
+            4 => self.v4,
+            6 => self.v6,
+            _ => None,
+        };
+        of_family.unwrap_or(self.first)
+    }
+}
 
 /// What the client knows of one name.
 struct Entry {
-    /// The address last found, and when.
-    found: Option<(SocketAddr, Instant)>,
+    /// The addresses last found, and when.
+    found: Option<(Found, Instant)>,
     /// Why the last lookup failed, and when (cleared by one that answers).
     failed: Option<(String, Instant)>,
     /// The lookup in flight (its number, and where its outcome comes).
@@ -207,8 +242,8 @@ impl Table {
 
 /// What [`State::consult`] found for a name.
 enum Known {
-    /// Its address (possibly being refreshed).
-    Addr(SocketAddr),
+    /// Its addresses (possibly being refreshed).
+    Addr(Found),
     /// Its lookup failed a short while ago, or cannot be made: why.
     Failed(String),
     /// A lookup is in flight: its outcome comes here.
@@ -225,9 +260,6 @@ struct State {
     /// How many lookups found their name at another address than it had
     /// ([`Names::moves`]): bumped under the table's lock.
     moves: AtomicU64,
-    /// The address family the client's endpoint is bound to
-    /// ([`Names::prefer_family`]): 4, 6, or 0 (not bound yet).
-    family: AtomicU8,
 }
 
 impl State {
@@ -333,14 +365,14 @@ impl State {
                 if let Some((old, _)) = entry.found
                     && old != *addr
                 {
-                    tracing::info!(name, %old, new = %addr, "a name moved to another address");
+                    tracing::info!(name, old = %old.first, new = %addr.first, "a name moved to another address");
                     self.moves.fetch_add(1, Ordering::AcqRel);
                 }
                 entry.found = Some((*addr, now));
                 entry.failed = None;
             }
             Err(why) => {
-                tracing::debug!(name, error = %why, kept = ?entry.found.map(|(a, _)| a), "address lookup failed");
+                tracing::debug!(name, error = %why, kept = ?entry.found.map(|(a, _)| a.first), "address lookup failed");
                 entry.failed = Some((why.clone(), now));
             }
         }
@@ -394,8 +426,7 @@ impl Runner {
         // not a runtime worker, waits for it.
         let outcome = match blocking_lookup(&next.name) {
             Err(e) => Err(e.to_string()),
-            Ok(found) => pick(&found, self.state.family.load(Ordering::Acquire))
-                .ok_or_else(|| "it resolves to no address".to_string()),
+            Ok(found) => Found::of(&found).ok_or_else(|| "it resolves to no address".to_string()),
         };
         self.state.record(&next.name, next.id, &outcome);
         next.tx.send_replace(Some(outcome));
@@ -442,6 +473,11 @@ impl Drop for Runner {
 #[derive(Clone)]
 pub(super) struct Names {
     state: Arc<State>,
+    /// The address family of the endpoint of the client using this handle
+    /// ([`Names::prefer_family`]): 4, 6, or 0 (not bound yet). Per handle,
+    /// not shared: each client of a shared table takes its own family's
+    /// addresses (review s56 client #1).
+    family: u8,
 }
 
 impl Default for Names {
@@ -461,8 +497,8 @@ impl Names {
                 resolved_for,
                 failed_for,
                 moves: AtomicU64::new(0),
-                family: AtomicU8::new(0),
             }),
+            family: 0,
         }
     }
 
@@ -476,7 +512,7 @@ impl Names {
             return Ok(addr);
         }
         let mut pending = match self.state.consult(name, self.state.resolved_for) {
-            Known::Addr(addr) => return Ok(addr),
+            Known::Addr(found) => return Ok(found.for_family(self.family)),
             Known::Failed(why) => {
                 return Err(Error::Unavailable(format!(
                     "cannot resolve {name:?}: {why} (nothing was sent)"
@@ -497,9 +533,11 @@ impl Names {
                     .clone()
                     .unwrap_or_else(|| Err("its lookup ended with no outcome".to_string())),
             };
-        outcome.map_err(|why| {
-            Error::Unavailable(format!("cannot resolve {name:?}: {why} (nothing was sent)"))
-        })
+        outcome
+            .map(|found| found.for_family(self.family))
+            .map_err(|why| {
+                Error::Unavailable(format!("cannot resolve {name:?}: {why} (nothing was sent)"))
+            })
     }
 
     /// The address this client knows for `name` (parsed, or found by a
@@ -512,7 +550,7 @@ impl Names {
             .lock()
             .entries
             .get(name)
-            .and_then(|e| e.found.map(|(addr, _)| addr))
+            .and_then(|e| e.found.map(|(found, _)| found.for_family(self.family)))
     }
 
     /// Starts a lookup of `name` in the background if none is in flight and
@@ -536,15 +574,14 @@ impl Names {
         }
     }
 
-    /// The client's endpoint is bound to IPv4 (`ipv4`) or IPv6: a lookup
-    /// takes an address of that family when the name has one (review s55
-    /// client #8: the first address of either family, unreachable from
-    /// the endpoint). The clients sharing a table bind alike (each to the
-    /// family of its first member).
-    pub(super) fn prefer_family(&self, ipv4: bool) {
-        self.state
-            .family
-            .store(if ipv4 { 4 } else { 6 }, Ordering::Release);
+    /// The endpoint of the client using this handle is bound to IPv4
+    /// (`ipv4`) or IPv6: the addresses it is given are of that family when
+    /// the name has one (review s55 client #8: the first address of either
+    /// family, unreachable from the endpoint). Only this handle's: the
+    /// other clients sharing the table keep their own (review s56 client
+    /// #1: one family set by the client that bound last, for all).
+    pub(super) fn prefer_family(&mut self, ipv4: bool) {
+        self.family = if ipv4 { 4 } else { 6 };
     }
 
     /// Whether a lookup of `name` is in flight (its member may be about to
@@ -674,22 +711,6 @@ pub(super) struct Resolved {
     pub(super) why: Vec<String>,
     /// The names left out (failed, or still being looked up).
     pub(super) left_out: Vec<String>,
-}
-
-/// The address to take of those a lookup `found`: the first of `family`
-/// (4 or 6: the client's endpoint's, [`Names::prefer_family`]), else the
-/// first (review s55 client #8).
-fn pick(found: &[SocketAddr], family: u8) -> Option<SocketAddr> {
-    let of_family = |a: &&SocketAddr| match family {
-        4 => a.is_ipv4(),
-        6 => a.is_ipv6(),
-        _ => true,
-    };
-    found
-        .iter()
-        .find(of_family)
-        .or_else(|| found.first())
-        .copied()
 }
 
 /// The system's lookup of `name` (it blocks: run it on the blocking pool).

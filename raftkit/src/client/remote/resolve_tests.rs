@@ -313,7 +313,9 @@ async fn a_client_follows_its_members_names_to_their_new_addresses() {
 
 /// The members at `names` (scripted to their addresses) answering every
 /// request `Ok`, and a client of them (`max_backoff` 20 ms: a call makes
-/// many attempts while they refuse every dial).
+/// many attempts while they refuse every dial). Its timeout is a generous
+/// 5 s (a TLS handshake on a loaded CI machine): a test bounds the calls
+/// it makes while the members are down itself ([`super::by_deadline`]).
 async fn served_by_names(names: [&str; 2], label: &str) -> ([FakeMember; 2], Client) {
     let (ca, nodes) = dev_cluster([format!("fake-{label}-1"), format!("fake-{label}-2")])
         .expect("dev certificates");
@@ -328,7 +330,7 @@ async fn served_by_names(names: [&str; 2], label: &str) -> ([FakeMember; 2], Cli
         client_id,
         0,
         ClientOptions::default()
-            .with_timeout(Duration::from_millis(300))
+            .with_timeout(Duration::from_secs(5))
             .with_backoff(Duration::from_millis(5))
             .with_max_backoff(Duration::from_millis(20)),
     )
@@ -355,9 +357,12 @@ async fn a_member_down_but_not_moved_costs_one_lookup_of_its_name_per_failed_for
     for member in &members {
         member.restart(usize::MAX);
     }
+    let down = tokio::time::Instant::now();
     let mut failed = 0;
-    while start.elapsed() < Duration::from_millis(1500) {
-        let r = client.read(b"get".to_vec()).await;
+    while down.elapsed() < Duration::from_millis(1500) {
+        // Only the calls made while the members are down are bounded short.
+        let bound = tokio::time::Instant::now() + Duration::from_millis(300);
+        let r = super::by_deadline(bound, client.read(b"get".to_vec())).await;
         assert!(r.is_err(), "every dial is refused: {r:?}");
         failed += 1;
     }
@@ -470,5 +475,39 @@ async fn suspicions_past_their_time_are_dropped() {
         vec![down],
         "{} suspicions kept after one suspect",
         kept.len()
+    );
+}
+
+/// Review s56 client #1: nothing checked that a connect tells its name
+/// table the family of the endpoint it bound (every family test set it by
+/// hand). A client of a member at an IPv4 address is given the IPv4
+/// address of a dual-stack name that the resolver lists IPv6 first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_takes_its_endpoints_family_for_later_names() {
+    use crate::client::resolve::stub::Script;
+    const NAME: &str = "dual.connect-family.invalid:7000";
+    let (ca, nodes) = dev_cluster(["fake-family-1"]).expect("dev certificates");
+    let client_id = ca.issue_client("family").expect("client certificate");
+    let member = FakeMember::start(&nodes[0], |_| {
+        Act::answer(ClientResponse::Ok(b"ok".to_vec()))
+    });
+    assert!(member.addr().is_ipv4(), "{}", member.addr());
+    let client = Client::connect_with(
+        [member.addr().to_string()],
+        client_id,
+        0,
+        ClientOptions::default().with_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .expect("connects");
+    let v4 = SocketAddr::from(([127, 0, 0, 1], 7402));
+    let v6 = SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 7402));
+    stub::script(NAME, Script::Answers([v6, v4]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let got = client.inner.names.resolve(NAME, deadline).await;
+    assert_eq!(
+        got.as_ref().ok(),
+        Some(&v4),
+        "a client bound to IPv4 got {got:?} for [{v6}, {v4}]"
     );
 }
