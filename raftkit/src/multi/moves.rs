@@ -641,7 +641,8 @@ impl<S: PeerExt> MultiNode<S> {
     /// `to`, the learner the move added (`added`; one that was a learner
     /// before the move stays), and says what the group is left in. A
     /// removal that fails leaves the learner: a failed
-    /// [`MoveStep::JointChange`] step, `abort_move` removes it.
+    /// [`MoveStep::AddLearner`] step ([`learner_not_removed`]),
+    /// `abort_move` removes it.
     async fn undo_learner(
         &self,
         peer: &Peer<S>,
@@ -711,15 +712,7 @@ impl<S: PeerExt> MultiNode<S> {
             }
             Err(e) => {
                 tracing::warn!(group, to, error = %e, "removing the learner of a refused move failed");
-                MoveError::Step {
-                    group,
-                    step,
-                    applied: Applied::Maybe,
-                    leaves: format!(
-                        "the joint change was refused, nothing appended ({why}); {to}, the learner this move added, may still be one: abort_move removes it"
-                    ),
-                    source: e,
-                }
+                learner_not_removed(group, to, &why, e)
             }
         }
     }
@@ -866,6 +859,26 @@ pub(super) fn counts_against_target(e: &MoveError) -> bool {
         MoveError::NotHosted { .. } | MoveError::NotLeader { .. } | MoveError::Invalid { .. } => {
             false
         }
+    }
+}
+
+/// What a move refused at its joint change (`why`) fails with when the
+/// removal of the learner it added failed (`source`): the learner may
+/// still be one. Reported as [`MultiNode::abort_move`] reports a failed
+/// removal, a failed [`MoveStep::AddLearner`] step (its undoing): the
+/// target's own steps are done, and a removal that failed for the group
+/// or this node (a `Timeout` waiting for the change to commit, without
+/// the target's vote) does not count against the target
+/// ([`counts_against_target`]).
+fn learner_not_removed(group: GroupId, to: &str, why: &str, source: Error) -> MoveError {
+    MoveError::Step {
+        group,
+        step: MoveStep::AddLearner,
+        applied: Applied::Maybe,
+        leaves: format!(
+            "the joint change was refused, nothing appended ({why}); {to}, the learner this move added, may still be one: abort_move removes it"
+        ),
+        source,
     }
 }
 

@@ -721,4 +721,25 @@ mod decisions {
             reason: String::new()
         }));
     }
+
+    /// A move refused at its joint change whose learner could not be
+    /// removed again (the removal timed out: the group's trouble, or this
+    /// node's, never the target's; the target's own steps are done) does
+    /// not count against the target, whatever the removal failed with.
+    /// Before: it was reported as a failed `JointChange` step, and a
+    /// removal's `Timeout` there counted as the target's.
+    #[test]
+    fn a_failed_removal_of_a_refused_moves_learner_does_not_count_against_the_target() {
+        for source in [
+            Error::Timeout,
+            Error::NotLeader { hint: None },
+            Error::Unavailable("the group's replica stopped".into()),
+            Error::Storage("disk full".into()),
+        ] {
+            let e = learner_not_removed(1, "10.0.0.4:7000", "a change in flight", source);
+            assert!(!counts_against_target(&e), "{e:?}");
+            assert_eq!(e.applied(), Applied::Maybe, "{e:?}");
+            assert!(e.to_string().contains("may still be one"), "{e}");
+        }
+    }
 }
