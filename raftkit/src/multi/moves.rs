@@ -75,7 +75,19 @@
 //! fails it after the whole catch-up timeout, every round) is skipped by
 //! later rounds until its schema changes or a doubling backoff runs out
 //! ([`balance::RefusedTargets`](super::balance::RefusedTargets)); a move
-//! to it that succeeds forgets it.
+//! to it that succeeds forgets it. A balancing move that fails before its
+//! joint change (a dead target's catch-up timed out, or the learner could
+//! not be added, or removed again after a refusal) removes the learner it
+//! added, as [`MultiNode::abort_move`] does: left in the group, a dead
+//! learner would be probed or sent snapshots by the leader for the whole
+//! backoff. A removal that fails (a change in flight, the group unable to
+//! commit) is logged and tried again at the start of each later round,
+//! until it succeeds or this node no longer leads the group (the learner
+//! then stays: the new leader's node does not know of it). It never
+//! counts against the target. A learner another admin added to the same
+//! node meanwhile (another move to it in flight) is removed by such a
+//! retry too: that move then fails at its joint change, refused, and may
+//! be called again.
 
 use std::time::Duration;
 
@@ -805,6 +817,8 @@ impl<S: PeerExt> MultiNode<S> {
                     .collect(),
             });
         }
+        // Learners of earlier failed moves whose removal failed.
+        self.remove_stray_learners().await;
         let ids: Vec<NodeId> = nodes.keys().copied().collect();
         let schemas = self.schema_book();
         let skip = self.refused_targets(|r| r.round(|id| schemas.peer(id)));
@@ -822,15 +836,87 @@ impl<S: PeerExt> MultiNode<S> {
         let moved = self.move_replica_with(mv.group, mv.from, addr, &opts).await;
         match &moved {
             Ok(_) => self.refused_targets(|r| r.moved(mv.to)),
-            Err(e) if counts_against_target(e) => {
-                let heard = schemas.peer(mv.to);
-                self.refused_targets(|r| r.refused(mv.to, heard));
-                info!(group = mv.group, to = %addr, error = %e, "replica move to this target refused or failed: later rounds skip it until its schema changes or the backoff ends");
+            Err(e) => {
+                if counts_against_target(e) {
+                    let heard = schemas.peer(mv.to);
+                    self.refused_targets(|r| r.refused(mv.to, heard));
+                    info!(group = mv.group, to = %addr, error = %e, "replica move to this target refused or failed: later rounds skip it until its schema changes or the backoff ends");
+                }
+                if leaves_its_learner(e) {
+                    self.stray_learners(|s| s.insert((mv.group, addr.clone())));
+                    self.remove_stray_learners().await;
+                }
             }
-            Err(_) => {}
         }
         moved.map(Some)
     }
+
+    /// Removes `to`, the learner a failed balancing move left in `group`
+    /// ([`abort_move`](Self::abort_move); tests may fail it first,
+    /// `hooks::fail_stray_removals`).
+    async fn remove_stray(&self, group: GroupId, to: &str) -> Result<(), MoveError> {
+        #[cfg(test)]
+        if hooks::stray_removal_fails(self.id()) {
+            return Err(MoveError::Step {
+                group,
+                step: MoveStep::AddLearner,
+                applied: Applied::Maybe,
+                leaves: "the test failed this removal".into(),
+                source: Error::Timeout,
+            });
+        }
+        self.abort_move(group, to).await
+    }
+
+    /// Removes the learners that failed balancing moves left
+    /// ([`leaves_its_learner`]), as [`abort_move`](Self::abort_move)
+    /// does; one whose removal fails is kept for the next round, one this
+    /// node can no longer remove (it does not lead or host the group, the
+    /// node votes now) is forgotten.
+    async fn remove_stray_learners(&self) {
+        let strays: Vec<(GroupId, String)> = self.stray_learners(|s| s.iter().cloned().collect());
+        for (group, to) in strays {
+            let keep = match self.remove_stray(group, &to).await {
+                Ok(()) => {
+                    info!(group, to = %to, "removed the learner of a failed balancing move");
+                    false
+                }
+                Err(e @ MoveError::Step { .. }) => {
+                    tracing::warn!(group, to = %to, error = %e, "removing the learner of a failed balancing move failed; the next round tries again");
+                    true
+                }
+                Err(e) => {
+                    info!(group, to = %to, error = %e, "not removing the learner of a failed balancing move");
+                    false
+                }
+            };
+            if !keep {
+                self.stray_learners(|s| s.remove(&(group, to)));
+            }
+        }
+    }
+}
+
+/// Whether a failed move may leave behind a learner it added before its
+/// joint change, which the replica balancer then removes
+/// ([`MultiNode::abort_move`]): its catch-up failed (whatever the cause,
+/// when the move added the learner: `applied` is `Yes`), or the learner's
+/// addition failed (it may have been added), or its removal after a
+/// refused joint change did ([`learner_not_removed`]). Not a learner that
+/// was one before the move (`applied: No` at its catch-up), nor one whose
+/// joint change may be in the log.
+pub(super) fn leaves_its_learner(e: &MoveError) -> bool {
+    matches!(
+        e,
+        MoveError::Step {
+            step: MoveStep::AddLearner,
+            ..
+        } | MoveError::Step {
+            step: MoveStep::CatchUp,
+            applied: Applied::Yes,
+            ..
+        }
+    )
 }
 
 /// Whether a failed move counts against its target, so that the replica
@@ -869,7 +955,8 @@ pub(super) fn counts_against_target(e: &MoveError) -> bool {
 /// target's own steps are done, and a removal that failed for the group
 /// or this node (a `Timeout` waiting for the change to commit, without
 /// the target's vote) does not count against the target
-/// ([`counts_against_target`]).
+/// ([`counts_against_target`]); the replica balancer removes the learner
+/// later ([`leaves_its_learner`]).
 fn learner_not_removed(group: GroupId, to: &str, why: &str, source: Error) -> MoveError {
     MoveError::Step {
         group,
@@ -923,6 +1010,36 @@ pub fn into_error(e: MoveError) -> Error {
         MoveError::NotLeader { hint, .. } => Error::NotLeader { hint },
         e if e.applied() == Applied::No => Error::Rejected(e.to_string()),
         e => Error::Ambiguous(e.to_string()),
+    }
+}
+
+/// Test-only faults of the replica balancer.
+#[cfg(test)]
+pub(super) mod hooks {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use crate::core::NodeId;
+
+    /// Per node: how many of its next stray-learner removals fail.
+    static FAIL: Mutex<BTreeMap<NodeId, usize>> = Mutex::new(BTreeMap::new());
+
+    /// Fails the next `n` removals of a failed balancing move's learner
+    /// by node `id`'s balancer.
+    pub(crate) fn fail_stray_removals(id: NodeId, n: usize) {
+        FAIL.lock().unwrap_or_else(|p| p.into_inner()).insert(id, n);
+    }
+
+    /// Whether node `id`'s removal fails now (counting it).
+    pub(super) fn stray_removal_fails(id: NodeId) -> bool {
+        let mut fail = FAIL.lock().unwrap_or_else(|p| p.into_inner());
+        match fail.get_mut(&id) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 }
 

@@ -436,16 +436,18 @@ async fn a_lost_moves_record_is_made_by_the_new_node_through_the_nodes_it_shared
     t.shutdown().await;
 }
 
-/// A move to a node that never answers (nothing listens at its address)
-/// fails at its catch-up, after the whole catch-up timeout (120 s by
-/// default). The next balancing rounds skip that target for a backoff
-/// (doubling with each failure, capped, see `balance::RefusedTargets`)
-/// instead of trying it again every round. Before: only a refused joint
-/// change counted against a target, and every round spent its catch-up
-/// timeout on the same dead node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
-    let ca = ClusterCa::generate("balance-backoff").expect("a CA");
+/// A node leading groups 1 and 2 alone, whose replica balancer knows a
+/// node with no group that never answers (nothing listens at its
+/// address): one move planned, to that dead node, whose catch-up fails
+/// after 300 ms.
+struct DeadTarget {
+    _dir: tempfile::TempDir,
+    a: MultiNode<Placement>,
+    dead: String,
+}
+
+async fn dead_target(ca_name: &str) -> DeadTarget {
+    let ca = ClusterCa::generate(ca_name).expect("a CA");
     let addr = free_addr();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let a = node(&ca, &addr, dir.path()).await;
@@ -454,7 +456,6 @@ async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
         step_timeout: Duration::from_secs(5),
         ..MoveOptions::default()
     });
-    // Two groups led here, a known node with none: one move planned.
     for g in [1, 2] {
         let peer = a
             .create_group(g, std::slice::from_ref(&addr))
@@ -468,7 +469,19 @@ async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
     }
     let dead = free_addr();
     a.set_known_nodes(vec![addr.clone(), dead.clone()]);
+    DeadTarget { _dir: dir, a, dead }
+}
 
+/// A move to a node that never answers (nothing listens at its address)
+/// fails at its catch-up, after the whole catch-up timeout (120 s by
+/// default). The next balancing rounds skip that target for a backoff
+/// (doubling with each failure, capped, see `balance::RefusedTargets`)
+/// instead of trying it again every round. Before: only a refused joint
+/// change counted against a target, and every round spent its catch-up
+/// timeout on the same dead node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
+    let DeadTarget { _dir, a, dead: _ } = dead_target("balance-backoff").await;
     let first = a.balance_replicas().await;
     assert!(
         matches!(&first, Err(e) if e.is_retryable() && e.to_string().contains("CatchUp")),
@@ -481,6 +494,66 @@ async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
             "round {round} after the failed move tried the dead target again: {again:?}"
         );
     }
+    a.shutdown().await.expect("a clean shutdown");
+}
+
+/// A balancing move whose catch-up failed removes the learner it added:
+/// left in the group, the dead target would be probed (or sent
+/// snapshots) by the leader for the whole backoff, and a later round
+/// might add a second learner. Before: the balancer never called
+/// `abort_move`, and the dead node stayed a learner of the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancing_move_whose_catch_up_failed_removes_its_learner() {
+    let DeadTarget { _dir, a, dead } = dead_target("balance-abort").await;
+    let dead_id = Peer::<Placement>::member_id(&dead);
+    let failed = a.balance_replicas().await;
+    let Err(super::MoveError::Step { group, .. }) = &failed else {
+        panic!("the move to a node that never answers: {failed:?}");
+    };
+    let peer = a.group(*group).expect("the group of the move");
+    let (voters, learners) = until("the group's configuration settled", || {
+        settled_members(&peer.status())
+    })
+    .await;
+    assert!(
+        !learners.contains(&dead_id) && !voters.contains(&dead_id),
+        "the failed move's learner stays in group {group}: voters {voters:?}, learners {learners:?}"
+    );
+    a.shutdown().await.expect("a clean shutdown");
+}
+
+/// A failed balancing move's learner whose removal fails stays, and is
+/// removed by the next round (the removal's failure does not count
+/// against the target: the round is skipped for the catch-up's failure
+/// only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_removal_of_a_balancing_moves_learner_is_tried_again_next_round() {
+    let DeadTarget { _dir, a, dead } = dead_target("balance-abort-retry").await;
+    let dead_id = Peer::<Placement>::member_id(&dead);
+    super::hooks::fail_stray_removals(a.id(), 1);
+    let failed = a.balance_replicas().await;
+    let Err(super::MoveError::Step { group, .. }) = &failed else {
+        panic!("the move to a node that never answers: {failed:?}");
+    };
+    let peer = a.group(*group).expect("the group of the move");
+    let (_, learners) = until("settled after the failed removal", || {
+        settled_members(&peer.status())
+    })
+    .await;
+    assert!(
+        learners.contains(&dead_id),
+        "the learner whose removal failed is gone: {learners:?}"
+    );
+    let again = a.balance_replicas().await;
+    assert!(matches!(again, Ok(None)), "the next round: {again:?}");
+    let (_, learners) = until("settled after the next round", || {
+        settled_members(&peer.status())
+    })
+    .await;
+    assert!(
+        !learners.contains(&dead_id),
+        "the next round did not remove the learner: {learners:?}"
+    );
     a.shutdown().await.expect("a clean shutdown");
 }
 
@@ -741,5 +814,48 @@ mod decisions {
             assert_eq!(e.applied(), Applied::Maybe, "{e:?}");
             assert!(e.to_string().contains("may still be one"), "{e}");
         }
+    }
+
+    /// Which failed moves leave a learner that the replica balancer then
+    /// removes: one that failed before its joint change, when the move
+    /// added the learner (or may have); never a learner that was one
+    /// before the move, nor a move whose joint change may be in the log.
+    #[test]
+    fn a_move_failed_before_its_joint_change_leaves_its_learner() {
+        let failed = |step, applied| MoveError::Step {
+            group: 1,
+            step,
+            applied,
+            leaves: String::new(),
+            source: Error::Timeout,
+        };
+        assert!(leaves_its_learner(&failed(
+            MoveStep::AddLearner,
+            Applied::Maybe
+        )));
+        assert!(leaves_its_learner(&failed(MoveStep::CatchUp, Applied::Yes)));
+        assert!(!leaves_its_learner(&failed(MoveStep::CatchUp, Applied::No)));
+        for step in [
+            MoveStep::Settle,
+            MoveStep::JointChange,
+            MoveStep::LeaveJoint,
+        ] {
+            for applied in [Applied::No, Applied::Maybe, Applied::Yes] {
+                assert!(!leaves_its_learner(&failed(step, applied)), "{step:?}");
+            }
+        }
+        assert!(leaves_its_learner(&learner_not_removed(
+            1,
+            "10.0.0.4:7000",
+            "a change in flight",
+            Error::Timeout
+        )));
+        assert!(!leaves_its_learner(&MoveError::Refused {
+            group: 1,
+            step: MoveStep::JointChange,
+            cause: RefusalCause::Configuration,
+            leaves: String::new(),
+            source: Error::Rejected(String::new()),
+        }));
     }
 }
