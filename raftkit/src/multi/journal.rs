@@ -87,7 +87,10 @@
 //! (`runtime::persist::open_stores`): never a journal compacted behind a
 //! snapshot that is not on disk. A failed save fails the write and every
 //! later write of the group's sink (invariant 4), as the single-group
-//! persister does.
+//! persister does. A save that panics fails them too, and the journal
+//! (every later write refused); a poisoned journal lock fails every
+//! write, the held ones included: no write is ever left pending
+//! (`journal_commit.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -277,10 +280,13 @@ enum Msg {
     Write(Job),
     /// A write whose received snapshot the snapshot worker saved (or
     /// failed to), at `(index, term)`: the rest of it is recorded now.
+    /// `panicked`: the save panicked (`result` says so), and the journal
+    /// fails.
     Saved {
         job: Job,
         at: (Index, Term),
         result: Result<(), StorageError>,
+        panicked: bool,
     },
 }
 

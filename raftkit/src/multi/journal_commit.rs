@@ -10,14 +10,19 @@
 //! is recorded only if the save succeeded, and only if the group was not
 //! removed meanwhile (a save completing after its group's removal never
 //! brings the group back: nothing of it, nor of the writes held behind
-//! it, is recorded).
+//! it, is recorded). Every write is completed, whatever happens: a panic
+//! in a save (the store's bug, a file-system call that panics) is caught
+//! and fails that write, the writes held behind it and the journal; a
+//! poisoned journal lock fails every write, the held ones included. None
+//! is left pending (a group's shutdown barrier is a write, and
+//! [`Journal::close`](super::Journal::close) waits for the held ones).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, error};
 
 use super::GroupId;
 use super::{GATHER_YIELDS, Job, MAX_BATCH_BYTES, Msg, Save, Shared, State};
@@ -40,8 +45,21 @@ pub(super) async fn run(
     let mut held: BTreeMap<GroupId, Held> = BTreeMap::new();
     while let Some(first) = rx.recv().await {
         let Ok(mut st) = shared.state() else {
+            // A panic while the lock was held: nothing can be recorded
+            // any more. Every write fails, the held ones too (their
+            // save's outcome could never be recorded, and a held
+            // snapshot's handle back here would keep this queue open).
             let (Msg::Write(job) | Msg::Saved { job, .. }) = first;
-            let _ = job.done.send(Err(StorageError::Closed));
+            fail_closed(job);
+            if !held.is_empty() {
+                error!(
+                    groups = held.len(),
+                    "the journal's lock is poisoned (a panic while it was held): failing the writes held behind received snapshots"
+                );
+            }
+            for h in std::mem::take(&mut held).into_values() {
+                h.queue.into_iter().for_each(fail_closed);
+            }
             continue;
         };
         let mut taker = Taker {
@@ -117,7 +135,12 @@ impl Taker<'_> {
                 Some(held) => held.queue.push_back(job),
                 None => self.take(job, None),
             },
-            Msg::Saved { job, at, result } => {
+            Msg::Saved {
+                job,
+                at,
+                result,
+                panicked,
+            } => {
                 // The write's save is done: the rest of it, then the
                 // group's writes that waited, until one holds it again.
                 // A group removed meanwhile (its log gone, or a new
@@ -126,6 +149,10 @@ impl Taker<'_> {
                 // (invariant 4).
                 let group = job.group;
                 let Held { mut queue, as_of } = self.held.remove(&group).unwrap_or_default();
+                if panicked && let Err(e) = &result {
+                    // Invariant 4: the journal refuses every later write.
+                    self.st.failed.get_or_insert_with(|| e.to_string());
+                }
                 let removed = (as_of.0 && !self.st.groups.contains_key(&group))
                     || self.st.removed.get(&group).copied() != as_of.1;
                 let result = match result {
@@ -219,10 +246,19 @@ fn empty_write() -> Write {
     }
 }
 
+/// Fails `job` with [`StorageError::Closed`] (nothing of it applied),
+/// and its sink's later writes with it (invariant 4).
+fn fail_closed(job: Job) {
+    job.record_failure(&StorageError::Closed);
+    let _ = job.done.send(Err(StorageError::Closed));
+}
+
 /// The snapshot worker: saves each received snapshot handed to it (the
 /// file written and fsynced, renamed into place, the directory fsynced:
 /// [`SnapshotStore::save`](crate::storage::SnapshotStore::save)), outside
-/// the journal's lock, and hands its write back to the commit thread.
+/// the journal's lock, and hands its write back to the commit thread,
+/// always: a save that panics is caught and handed back failed
+/// (`panicked`), and the journal fails.
 pub(super) async fn save_snapshots(mut rx: mpsc::UnboundedReceiver<Save>) {
     while let Some(Save {
         job,
@@ -231,17 +267,33 @@ pub(super) async fn save_snapshots(mut rx: mpsc::UnboundedReceiver<Save>) {
     }) = rx.recv().await
     {
         let at = (snapshot.meta.index, snapshot.meta.term);
-        let result = job
-            .snapshots
-            .lock()
-            .map_err(|_| StorageError::Closed)
-            .and_then(|mut store| store.save(&snapshot));
+        let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            job.snapshots
+                .lock()
+                .map_err(|_| StorageError::Closed)
+                .and_then(|mut store| store.save(&snapshot))
+        }));
         drop(snapshot);
+        let (result, panicked) = match saved {
+            Ok(result) => (result, false),
+            Err(payload) => {
+                let cause = crate::handler_panic::message(payload.as_ref());
+                error!(group = job.group, index = at.0, cause = %cause, "saving a received snapshot panicked; the journal refuses every later write");
+                let cause = format!("saving a received snapshot panicked: {cause}");
+                (Err(StorageError::Failed { cause }), true)
+            }
+        };
         if let Err(e) = &result {
             debug!(group = job.group, index = at.0, error = %e, "a received snapshot was not saved");
         }
         // The commit thread's queue stays open while `reply` lives.
-        if let Err(mpsc::error::SendError(msg)) = reply.send(Msg::Saved { job, at, result }) {
+        let msg = Msg::Saved {
+            job,
+            at,
+            result,
+            panicked,
+        };
+        if let Err(mpsc::error::SendError(msg)) = reply.send(msg) {
             let (Msg::Write(job) | Msg::Saved { job, .. }) = msg;
             let _ = job.done.send(Err(StorageError::Closed));
         }

@@ -372,3 +372,119 @@ fn a_snapshot_saved_after_its_groups_removal_does_not_bring_the_group_back() {
     assert_eq!(j.fence(1), Some((5, 2)), "the tombstone stays");
     close(j);
 }
+
+/// A snapshot store whose save panics (a bug in it, or a file-system
+/// call that panics).
+struct Panicking;
+
+impl SnapshotStore for Panicking {
+    fn save(&mut self, _: &Snapshot) -> Result<(), StorageError> {
+        panic!("the test's snapshot store panics in its save");
+    }
+    fn latest(&self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(None)
+    }
+    fn latest_meta(&self) -> Option<SnapshotMeta> {
+        None
+    }
+}
+
+/// Whether `j` closes within [`DEADLINE`] (a close that hangs is left
+/// behind on its thread).
+fn closes_in_time(j: Journal) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        close(j);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(DEADLINE).is_ok()
+}
+
+/// A panic while the snapshot worker saves group 1's received snapshot
+/// fails that write and the group's writes held behind it (a write and
+/// a second received snapshot) instead of leaving them pending for ever
+/// (the peer-shutdown barrier among them: `retire` and `shutdown` hung),
+/// and the journal reports itself failed; it closes. Before: the worker
+/// thread died with the write, the held writes never completed, and the
+/// queued snapshot's handle back to the commit thread kept `close`
+/// waiting.
+#[test]
+fn a_panic_in_a_snapshot_save_fails_the_held_writes_and_the_journal() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.path().join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal opens");
+    let a = j.sink(1, shared(Panicking));
+    let b = j.sink(2, shared(MemSnapshotStore::new(1)));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    a.write(received(10, 2), tx.clone(), 1);
+    a.write(write(vec![entry(11, 2)], None), tx.clone(), 2);
+    a.write(received(20, 2), tx.clone(), 3);
+    let outcomes: Vec<_> = (0..3).map(|_| next(&mut rx).map(|r| r.is_ok())).collect();
+    assert_eq!(
+        outcomes,
+        vec![Some(false), Some(false), Some(false)],
+        "group 1's snapshot whose save panicked, and its writes held behind it"
+    );
+    let (b_tx, mut b_rx) = mpsc::unbounded_channel();
+    b.write(write(vec![entry(1, 1)], None), b_tx, 7);
+    assert!(
+        matches!(next(&mut b_rx), Some(Err(StorageError::Failed { .. }))),
+        "another group's write after the panic"
+    );
+    assert!(
+        matches!(j.create_group(3), Err(StorageError::Failed { .. })),
+        "the journal reports itself failed"
+    );
+    drop((a, b));
+    assert!(closes_in_time(j), "the journal did not close");
+}
+
+/// A journal lock poisoned (a panic while it was held) while group 1's
+/// received snapshot is being saved: the save's write and the group's
+/// writes held behind it fail, none is left pending, and the journal
+/// closes. Before: the commit thread answered only the message in hand,
+/// and the held writes never completed.
+#[test]
+fn a_poisoned_journal_lock_fails_the_held_writes() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.path().join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal opens");
+    let gate = Arc::new(Gate::default());
+    let _open = OpenOnDrop(gate.clone());
+    let a = j.sink(
+        1,
+        shared(Gated {
+            inner: Box::new(MemSnapshotStore::new(1)),
+            gate: gate.clone(),
+        }),
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    a.write(received(10, 2), tx.clone(), 1);
+    assert!(gate.reached(), "group 1's snapshot save started");
+    a.write(write(vec![entry(11, 2)], None), tx.clone(), 2);
+    a.write(received(20, 2), tx.clone(), 3);
+    let shared_state = j.shared.clone();
+    let poisoner = std::thread::spawn(move || {
+        let _held = shared_state.state.lock();
+        panic!("the test poisons the journal's lock");
+    });
+    assert!(poisoner.join().is_err(), "the lock is poisoned");
+
+    gate.open();
+    let outcomes: Vec<_> = (0..3).map(|_| next(&mut rx).map(|r| r.is_ok())).collect();
+    assert_eq!(
+        outcomes,
+        vec![Some(false), Some(false), Some(false)],
+        "group 1's snapshot and its writes held behind it, after the poisoning"
+    );
+    drop(a);
+    assert!(closes_in_time(j), "the journal did not close");
+}
