@@ -89,8 +89,9 @@
 //! later write of the group's sink (invariant 4), as the single-group
 //! persister does. A save that panics fails them too, and the journal
 //! (every later write refused); a poisoned journal lock fails every
-//! write, the held ones included: no write is ever left pending
-//! (`journal_commit.rs`).
+//! write, the held ones included: no write is ever left pending. A save
+//! that completes after its group's removal is not recorded, and its file
+//! is deleted (`journal_commit.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -270,6 +271,17 @@ impl Job {
         {
             error!(group = self.group, error = %e, "a group's journal write failed; refusing its further writes");
             *f = Some(e.to_string());
+        }
+    }
+
+    /// Refuses the job's sink's later writes (invariant 4) because its
+    /// group was removed from the journal meanwhile: nothing failed, no
+    /// error is logged.
+    fn record_removed(&self) {
+        if let Ok(mut f) = self.failed.lock()
+            && f.is_none()
+        {
+            *f = Some(format!("group {} was removed from this node", self.group));
         }
     }
 }

@@ -10,7 +10,8 @@
 //! is recorded only if the save succeeded, and only if the group was not
 //! removed meanwhile (a save completing after its group's removal never
 //! brings the group back: nothing of it, nor of the writes held behind
-//! it, is recorded). Every write is completed, whatever happens: a panic
+//! it, is recorded; its file is deleted at once unless the journal holds
+//! the group again). Every write is completed, whatever happens: a panic
 //! in a save (the store's bug, a file-system call that panics) is caught
 //! and fails that write, the writes held behind it and the journal; a
 //! poisoned journal lock fails every write, the held ones included. None
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
 use super::GroupId;
 use super::{GATHER_YIELDS, Job, MAX_BATCH_BYTES, Msg, Save, Shared, State};
@@ -155,18 +156,10 @@ impl Taker<'_> {
                 }
                 let removed = (as_of.0 && !self.st.groups.contains_key(&group))
                     || self.st.removed.get(&group).copied() != as_of.1;
-                let result = match result {
-                    Ok(()) if removed => {
-                        debug!(
-                            group,
-                            index = at.0,
-                            "a received snapshot was saved after its group was removed: not recorded"
-                        );
-                        Err(StorageError::Closed)
-                    }
-                    r => r,
-                };
-                self.take(job, Some((at, result)));
+                match result {
+                    Ok(()) if removed => self.refuse_late(job, at),
+                    r => self.take(job, Some((at, r))),
+                }
                 while let Some(job) = queue.pop_front() {
                     match self.held.get_mut(&group) {
                         Some(again) => again.queue.push_back(job),
@@ -175,6 +168,44 @@ impl Taker<'_> {
                 }
             }
         }
+    }
+
+    /// A received snapshot saved at `at` after its group was removed
+    /// (`job`, its write): not recorded, the write fails
+    /// ([`StorageError::Closed`]: nothing of it applied) and the sink's
+    /// later writes with it (invariant 4), without an error logged (the
+    /// group is merely gone). The removal deleted the group's snapshot
+    /// files before this one was written: it is deleted now, under the
+    /// journal's lock, while the journal does not hold the group, so
+    /// before any new replica of it is created (a replica hosted again is
+    /// created in the journal before its snapshot store opens,
+    /// `MultiNode::host_on_demand`). If the journal holds the group
+    /// again, or the store is busy (its lock held), the file is left to
+    /// the next start's sweep: a new replica may have found it already.
+    fn refuse_late(&mut self, job: Job, at: (Index, Term)) {
+        let group = job.group;
+        let hosted_again = self.st.groups.contains_key(&group);
+        let deleted = !hosted_again
+            && match job.snapshots.try_lock() {
+                Ok(mut store) => store
+                    .discard_all()
+                    .map_err(|e| {
+                        debug!(group, error = %e, "cannot delete a removed group's snapshot files");
+                    })
+                    .is_ok(),
+                Err(_) => false,
+            };
+        info!(
+            group,
+            index = at.0,
+            term = at.1,
+            deleted,
+            hosted_again,
+            "a received snapshot was saved after its group was removed: not recorded"
+        );
+        job.record_removed();
+        self.batch
+            .push((job.done, job.token, Err(StorageError::Closed)));
     }
 
     /// Applies `job` to the batch, or hands its received snapshot to the

@@ -143,6 +143,9 @@ impl SnapshotStore for Gated {
     fn latest_meta(&self) -> Option<SnapshotMeta> {
         self.inner.latest_meta()
     }
+    fn discard_all(&mut self) -> Result<(), StorageError> {
+        self.inner.discard_all()
+    }
 }
 
 fn shared(store: impl SnapshotStore + Send + 'static) -> SharedSnapshots {
@@ -321,27 +324,20 @@ fn a_crash_anywhere_in_a_snapshots_save_leaves_the_old_one_or_the_new_one() {
     );
 }
 
-/// A received snapshot whose save completes after its group was removed
-/// (the replica retired while the file was being written) is refused:
-/// its compaction is not recorded, so neither the journal nor its replay
-/// after a restart holds the removed group again, and the write behind it
-/// is refused too. Before: the `Compact` record re-created the group.
-#[test]
-fn a_snapshot_saved_after_its_groups_removal_does_not_bring_the_group_back() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let open = || {
-        Journal::open(
-            crate::storage::vfs::real(),
-            &dir.path().join("journal"),
-            JournalOptions::default(),
-        )
-        .expect("the journal opens")
-    };
-    let j = open();
+/// Group 1's received snapshot at 10 saved (into `dir/snapshots`) while
+/// the group is removed, a write queued behind it; returns whether each
+/// of the two completed `Ok`, the journal closed.
+fn save_after_removal(dir: &Path) -> Vec<Option<bool>> {
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal opens");
     j.create_group(1).expect("group 1 created");
     let gate = Arc::new(Gate::default());
     let _open = OpenOnDrop(gate.clone());
-    let store = FileSnapshotStore::open(dir.path().join("snapshots"), 1).expect("a store");
+    let store = FileSnapshotStore::open(dir.join("snapshots"), 1).expect("a store");
     let a = j.sink(
         1,
         shared(Gated {
@@ -358,19 +354,56 @@ fn a_snapshot_saved_after_its_groups_removal_does_not_bring_the_group_back() {
 
     gate.open();
     let outcomes: Vec<_> = (0..2).map(|_| next(&mut rx).map(|r| r.is_ok())).collect();
-    assert_eq!(
-        outcomes,
-        vec![Some(false), Some(false)],
-        "the removed group's snapshot and the write behind it"
-    );
     assert_eq!(j.groups(), Vec::<GroupId>::new(), "live, after the save");
     drop(a);
     close(j);
+    outcomes
+}
 
-    let j = open();
+/// A received snapshot whose save completes after its group was removed
+/// (the replica retired while the file was being written) is refused:
+/// its compaction is not recorded, so neither the journal nor its replay
+/// after a restart holds the removed group again, and the write behind it
+/// is refused too. Before: the `Compact` record re-created the group.
+#[test]
+fn a_snapshot_saved_after_its_groups_removal_does_not_bring_the_group_back() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    assert_eq!(
+        save_after_removal(dir.path()),
+        vec![Some(false), Some(false)],
+        "the removed group's snapshot and the write behind it"
+    );
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.path().join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal reopens");
     assert_eq!(j.groups(), Vec::<GroupId>::new(), "replayed");
     assert_eq!(j.fence(1), Some((5, 2)), "the tombstone stays");
     close(j);
+}
+
+/// The file of a received snapshot whose save was refused as late (its
+/// group removed meanwhile) is deleted at once: the removal deleted the
+/// group's files before the save wrote it, and it would otherwise hold
+/// its disk until the next start's sweep (and a replica hosted again
+/// before then would find it as its latest snapshot). Before: the file
+/// stayed.
+#[test]
+fn a_snapshot_saved_after_its_groups_removal_leaves_no_file() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    assert_eq!(
+        save_after_removal(dir.path()),
+        vec![Some(false), Some(false)],
+        "the removed group's snapshot and the write behind it"
+    );
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("snapshots"))
+        .expect("the snapshot directory")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "the late save's files stay: {left:?}");
 }
 
 /// A snapshot store whose save panics (a bug in it, or a file-system
