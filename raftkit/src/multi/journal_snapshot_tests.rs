@@ -521,3 +521,124 @@ fn a_poisoned_journal_lock_fails_the_held_writes() {
     drop(a);
     assert!(closes_in_time(j), "the journal did not close");
 }
+
+/// A snapshot store that fails its `fail_at`-th save (1-based; `None`:
+/// none), the first save waiting at a [`Gate`].
+struct Flaky {
+    inner: FileSnapshotStore,
+    gate: Arc<Gate>,
+    fail_at: Option<usize>,
+    saves: usize,
+}
+
+impl SnapshotStore for Flaky {
+    fn save(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        self.saves += 1;
+        if self.saves == 1 {
+            self.gate.pass();
+        }
+        if Some(self.saves) == self.fail_at {
+            return Err(StorageError::Invalid("the test fails this save".into()));
+        }
+        self.inner.save(snapshot)
+    }
+    fn latest(&self) -> Result<Option<Snapshot>, StorageError> {
+        self.inner.latest()
+    }
+    fn latest_meta(&self) -> Option<SnapshotMeta> {
+        self.inner.latest_meta()
+    }
+}
+
+/// Two received snapshots of one group in a row (the second sent while
+/// the first is being saved) and a write after both: the second waits
+/// for the first and replaces it (its file the only one left), and the
+/// write lands after it, all completed in order. If the first save fails,
+/// the second and the write are refused (invariant 4: they were built on
+/// it); if the second fails, the first stays in force and the write is
+/// refused. After a restart the journal holds what was completed `Ok`.
+#[test]
+fn two_received_snapshots_in_a_row_are_saved_in_order() {
+    // (the save that fails, the completions, the log's first index, the
+    // snapshot in force)
+    let cases = [
+        (None, [true, true, true], 21, Some(20)),
+        (Some(1), [false, false, false], 1, None),
+        (Some(2), [true, false, false], 11, Some(10)),
+    ];
+    for (fail_at, completed, first, in_force) in cases {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let open = || {
+            Journal::open(
+                crate::storage::vfs::real(),
+                &dir.path().join("journal"),
+                JournalOptions::default(),
+            )
+            .expect("the journal opens")
+        };
+        let j = open();
+        j.create_group(1).expect("group 1 created");
+        let gate = Arc::new(Gate::default());
+        let _open = OpenOnDrop(gate.clone());
+        let store = FileSnapshotStore::open(dir.path().join("snapshots"), 0).expect("a store");
+        let a = j.sink(
+            1,
+            shared(Flaky {
+                inner: store,
+                gate: gate.clone(),
+                fail_at,
+                saves: 0,
+            }),
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        a.write(received(10, 2), tx.clone(), 1);
+        assert!(gate.reached(), "{fail_at:?}: the first save started");
+        a.write(received(20, 2), tx.clone(), 2);
+        a.write(write(vec![entry(21, 2)], Some(hs(2, 21))), tx.clone(), 3);
+        assert!(
+            rx.try_recv().is_err(),
+            "{fail_at:?}: a write completed while the first snapshot was being saved"
+        );
+        gate.open();
+        let outcomes: Vec<_> = (0..3)
+            .map(|_| next(&mut rx).map(|r| r.map_err(|e| e.to_string())))
+            .collect();
+        let expected: Vec<_> = completed.iter().zip(1..).map(|(ok, t)| (*ok, t)).collect();
+        assert_eq!(
+            outcomes
+                .iter()
+                .map(|o| o.as_ref().map(|r| r.is_ok()))
+                .collect::<Vec<_>>(),
+            expected.iter().map(|(ok, _)| Some(*ok)).collect::<Vec<_>>(),
+            "{fail_at:?}: {outcomes:?}"
+        );
+        for (o, (ok, token)) in outcomes.iter().zip(&expected) {
+            if *ok {
+                assert_eq!(o, &Some(Ok(*token)), "{fail_at:?}: in order");
+            }
+        }
+        let live = |j: &Journal| (j.log(1).first_index(), j.log(1).last_index());
+        let want_log = (first, if first == 21 { 21 } else { first - 1 });
+        assert_eq!(live(&j), want_log, "{fail_at:?}: the group's log");
+        drop(a);
+        close(j);
+
+        let j = open();
+        assert_eq!(live(&j), want_log, "{fail_at:?}: the group's log, replayed");
+        close(j);
+        let store = FileSnapshotStore::open(dir.path().join("snapshots"), 0).expect("a store");
+        assert_eq!(
+            store.latest_meta().map(|m| m.index),
+            in_force,
+            "{fail_at:?}: the snapshot in force"
+        );
+        let files = std::fs::read_dir(dir.path().join("snapshots"))
+            .expect("the snapshot directory")
+            .count();
+        assert_eq!(
+            files,
+            usize::from(in_force.is_some()),
+            "{fail_at:?}: one file, the latest"
+        );
+    }
+}
