@@ -89,9 +89,13 @@
 //! later write of the group's sink (invariant 4), as the single-group
 //! persister does. A save that panics fails them too, and the journal
 //! (every later write refused); a poisoned journal lock fails every
-//! write, the held ones included: no write is ever left pending. A save
-//! that completes after its group's removal is not recorded, and its file
-//! is deleted (`journal_commit.rs`).
+//! write, the held ones included: no write is ever left pending. A panic
+//! in the commit thread itself is caught too: the journal fails and every
+//! write not answered yet is, [`StorageError::Failed`] ("may have been
+//! applied") for a write that may be durable (its batch's fsync begun, or
+//! its received snapshot saved), [`StorageError::Closed`] ("not applied")
+//! for every other. A save that completes after its group's removal is not
+//! recorded, and its file is deleted (`journal_commit.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -14,8 +14,9 @@
 //! the group again). Every write is completed, whatever happens: a panic
 //! in a save (the store's bug, a file-system call that panics) is caught
 //! and fails that write, the writes held behind it and the journal; a
-//! poisoned journal lock fails every write, the held ones included. None
-//! is left pending (a group's shutdown barrier is a write, and
+//! poisoned journal lock fails every write, the held ones included; a
+//! panic in the commit thread itself is caught, fails the journal and
+//! answers every write in flight (`Open::fail`). None is left pending (a group's shutdown barrier is a write, and
 //! [`Journal::close`](super::Journal::close) waits for the held ones).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -35,16 +36,47 @@ use crate::storage::StorageError;
 /// syncs once, completes each. A write carrying a received snapshot goes
 /// to the snapshot worker first; its group's later writes wait in `held`
 /// until it comes back saved, while other groups' writes go on.
+///
+/// A panic in the loop (a bug of the write-ahead log, of the file system,
+/// of a group's snapshot store) is caught: every write not yet answered
+/// is answered then, the journal fails (invariant 4) and the thread ends
+/// (see [`Open::fail`]). The node task's completion channel never closes
+/// (it holds a sender itself), so a write dropped unanswered would leave
+/// its group waiting for ever.
 pub(super) async fn run(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
     saver: mpsc::UnboundedSender<Save>,
 ) {
-    let mut batch: Batched = Vec::new();
-    // The groups whose received snapshot is being saved, each with its
-    // writes queued behind it, in order.
-    let mut held: BTreeMap<GroupId, Held> = BTreeMap::new();
-    while let Some(first) = rx.recv().await {
+    let mut open = Open {
+        rx,
+        batch: Vec::new(),
+        held: BTreeMap::new(),
+        in_hand: None,
+        sync: SyncPhase::NotBegun,
+    };
+    let ended = {
+        let mut looped = std::pin::pin!(commit_loop(&shared, &mut open, &saver));
+        std::future::poll_fn(|cx| {
+            let polled =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| looped.as_mut().poll(cx)));
+            match polled {
+                Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+                Ok(std::task::Poll::Ready(())) => std::task::Poll::Ready(Ok(())),
+                Err(payload) => std::task::Poll::Ready(Err(payload)),
+            }
+        })
+        .await
+    };
+    if let Err(payload) = ended {
+        let cause = crate::handler_panic::message(payload.as_ref());
+        open.fail(&shared, &cause);
+    }
+}
+
+/// The commit loop of [`run`], its writes in flight kept in `open`.
+async fn commit_loop(shared: &Shared, open: &mut Open, saver: &mpsc::UnboundedSender<Save>) {
+    while let Some(first) = open.rx.recv().await {
         let Ok(mut st) = shared.state() else {
             // A panic while the lock was held: nothing can be recorded
             // any more. Every write fails, the held ones too (their
@@ -52,38 +84,42 @@ pub(super) async fn run(
             // snapshot's handle back here would keep this queue open).
             let (Msg::Write(job) | Msg::Saved { job, .. }) = first;
             fail_closed(job);
-            if !held.is_empty() {
+            if !open.held.is_empty() {
                 error!(
-                    groups = held.len(),
+                    groups = open.held.len(),
                     "the journal's lock is poisoned (a panic while it was held): failing the writes held behind received snapshots"
                 );
             }
-            for h in std::mem::take(&mut held).into_values() {
+            for h in std::mem::take(&mut open.held).into_values() {
                 h.queue.into_iter().for_each(fail_closed);
             }
             continue;
         };
+        open.sync = SyncPhase::NotBegun;
         let mut taker = Taker {
             st: &mut st,
-            held: &mut held,
-            saver: &saver,
-            batch: &mut batch,
+            held: &mut open.held,
+            saver,
+            batch: &mut open.batch,
+            in_hand: &mut open.in_hand,
             bytes: 0,
         };
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             taker.take_msg(msg);
             if taker.batch.len() < 65_536 && taker.bytes < MAX_BATCH_BYTES {
-                next = rx.try_recv().ok();
+                next = open.rx.try_recv().ok();
                 let mut yields = 0;
                 while next.is_none() && yields < GATHER_YIELDS {
                     std::thread::yield_now();
                     yields += 1;
-                    next = rx.try_recv().ok();
+                    next = open.rx.try_recv().ok();
                 }
             }
         }
+        open.sync = SyncPhase::Begun;
         let synced = st.sync(&shared.counters);
+        open.sync = SyncPhase::Done(synced.clone());
         if synced.is_ok()
             && let Err(e) = st.maybe_checkpoint(&shared.counters)
         {
@@ -93,14 +129,117 @@ pub(super) async fn run(
         shared
             .counters
             .writes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for (done, token, r) in batch.drain(..) {
-            let outcome = match (&synced, r) {
-                (Err(e), _) => Err(e.clone()),
-                (Ok(()), Err(e)) => Err(e),
-                (Ok(()), Ok(())) => Ok(token),
-            };
-            let _ = done.send(outcome);
+            .fetch_add(open.batch.len() as u64, Ordering::Relaxed);
+        for (done, token, r) in open.batch.drain(..) {
+            let _ = done.send(outcome(&synced, token, r));
+        }
+    }
+}
+
+/// A taken write's outcome once its batch's sync returned `synced`.
+fn outcome(
+    synced: &Result<(), StorageError>,
+    token: u64,
+    r: Result<(), StorageError>,
+) -> Result<u64, StorageError> {
+    match (synced, r) {
+        (Err(e), _) => Err(e.clone()),
+        (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(())) => Ok(token),
+    }
+}
+
+/// Where the current batch's sync stands (what a write taken into it is
+/// answered if the commit thread panics).
+enum SyncPhase {
+    /// Not begun: nothing of the batch was written.
+    NotBegun,
+    /// Begun, not returned: the batch may be durable.
+    Begun,
+    /// Returned this (the batch is durable if `Ok`).
+    Done(Result<(), StorageError>),
+}
+
+/// Every write the commit thread has not answered yet: queued, held
+/// behind a received snapshot, in hand, taken into the current batch.
+struct Open {
+    rx: mpsc::UnboundedReceiver<Msg>,
+    batch: Batched,
+    /// The groups whose received snapshot is being saved, each with its
+    /// writes queued behind it, in order.
+    held: BTreeMap<GroupId, Held>,
+    /// The write being taken (see [`InHand`]).
+    in_hand: Option<InHand>,
+    sync: SyncPhase,
+}
+
+/// A second handle on the completion of the write being taken, which a
+/// panic meanwhile would drop unanswered: `(done, token, maybe)`, `maybe`
+/// if its received snapshot is saved already (on disk, in force after a
+/// restart). Cleared once the write is in the batch.
+type InHand = (Done, u64, bool);
+
+impl Open {
+    /// After a panic in the commit loop (`cause`): the journal fails
+    /// (every later write and call refused, invariant 4) and every write
+    /// not answered yet is. A write answered "may have been applied"
+    /// ([`StorageError::Failed`]) is one that may be durable: taken into a
+    /// batch whose sync had begun and not returned, or whose received
+    /// snapshot was saved; one the sync made durable is answered `Ok`
+    /// (the panic came after it, in a checkpoint); every other one is
+    /// answered "not applied" ([`StorageError::Closed`]): nothing of it
+    /// was written, nor will be (its records only in memory, the journal
+    /// failed). The queue is closed: later writes are refused at once.
+    fn fail(mut self, shared: &Shared, cause: &str) {
+        error!(
+            cause = %cause,
+            taken = self.batch.len(),
+            held = self.held.len(),
+            "the journal's commit thread panicked; failing its writes in flight, the journal refuses every later write"
+        );
+        let cause = format!("the journal's commit thread panicked: {cause}");
+        shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .failed
+            .get_or_insert_with(|| cause.clone());
+        let maybe = || StorageError::Failed {
+            cause: format!("{cause} (this write may be durable)"),
+        };
+        if let Some((done, _, in_force)) = self.in_hand.take() {
+            let _ = done.send(Err(if in_force {
+                maybe()
+            } else {
+                StorageError::Closed
+            }));
+        }
+        let synced = match std::mem::replace(&mut self.sync, SyncPhase::NotBegun) {
+            SyncPhase::NotBegun => Err(StorageError::Closed),
+            SyncPhase::Begun => Err(maybe()),
+            SyncPhase::Done(synced) => synced,
+        };
+        for (done, token, r) in self.batch.drain(..) {
+            let _ = done.send(outcome(&synced, token, r));
+        }
+        for h in std::mem::take(&mut self.held).into_values() {
+            h.queue.into_iter().for_each(fail_closed);
+        }
+        self.rx.close();
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Write(job) => fail_closed(job),
+                Msg::Saved {
+                    job,
+                    result: Ok(()),
+                    ..
+                } => {
+                    let e = maybe();
+                    job.record_failure(&e);
+                    let _ = job.done.send(Err(e));
+                }
+                Msg::Saved { job, .. } => fail_closed(job),
+            }
         }
     }
 }
@@ -125,6 +264,7 @@ struct Taker<'a> {
     held: &'a mut BTreeMap<GroupId, Held>,
     saver: &'a mpsc::UnboundedSender<Save>,
     batch: &'a mut Batched,
+    in_hand: &'a mut Option<InHand>,
     /// Entry bytes taken so far.
     bytes: usize,
 }
@@ -183,6 +323,7 @@ impl Taker<'_> {
     /// again, or the store is busy (its lock held), the file is left to
     /// the next start's sweep: a new replica may have found it already.
     fn refuse_late(&mut self, job: Job, at: (Index, Term)) {
+        *self.in_hand = Some((job.done.clone(), job.token, false));
         let group = job.group;
         let hosted_again = self.st.groups.contains_key(&group);
         let deleted = !hosted_again
@@ -206,12 +347,15 @@ impl Taker<'_> {
         job.record_removed();
         self.batch
             .push((job.done, job.token, Err(StorageError::Closed)));
+        *self.in_hand = None;
     }
 
     /// Applies `job` to the batch, or hands its received snapshot to the
     /// snapshot worker and holds its group; `saved` is the outcome of its
     /// snapshot's save when it comes back from there.
     fn take(&mut self, mut job: Job, saved: Option<((Index, Term), Result<(), StorageError>)>) {
+        let in_force = matches!(saved, Some((_, Ok(()))));
+        *self.in_hand = Some((job.done.clone(), job.token, in_force));
         self.bytes = job
             .write
             .entries
@@ -244,6 +388,7 @@ impl Taker<'_> {
                                         as_of,
                                     },
                                 );
+                                *self.in_hand = None;
                                 return;
                             }
                             Err(mpsc::error::SendError(Save { job: back, .. })) => {
@@ -264,6 +409,7 @@ impl Taker<'_> {
             job.record_failure(e);
         }
         self.batch.push((job.done, job.token, r));
+        *self.in_hand = None;
     }
 }
 
@@ -317,6 +463,7 @@ pub(super) async fn save_snapshots(mut rx: mpsc::UnboundedReceiver<Save>) {
         if let Err(e) = &result {
             debug!(group = job.group, index = at.0, error = %e, "a received snapshot was not saved");
         }
+        let saved_ok = result.is_ok();
         // The commit thread's queue stays open while `reply` lives.
         let msg = Msg::Saved {
             job,
@@ -324,9 +471,19 @@ pub(super) async fn save_snapshots(mut rx: mpsc::UnboundedReceiver<Save>) {
             result,
             panicked,
         };
+        // Refused only once the commit thread has ended after a panic: a
+        // snapshot saved is on disk (in force after a restart), so its
+        // write "may have been applied"; one not saved was not.
         if let Err(mpsc::error::SendError(msg)) = reply.send(msg) {
             let (Msg::Write(job) | Msg::Saved { job, .. }) = msg;
-            let _ = job.done.send(Err(StorageError::Closed));
+            let e = if saved_ok {
+                StorageError::Failed {
+                    cause: "the journal's commit thread ended; the received snapshot was saved (this write may be durable)".into(),
+                }
+            } else {
+                StorageError::Closed
+            };
+            let _ = job.done.send(Err(e));
         }
     }
 }

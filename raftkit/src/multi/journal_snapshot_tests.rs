@@ -77,7 +77,7 @@ fn close(j: Journal) {
 }
 
 /// Where a [`Gated`] store pauses a save.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Gate {
     /// (a save reached the gate, the gate is open)
     state: Mutex<(bool, bool)>,
@@ -641,4 +641,167 @@ fn two_received_snapshots_in_a_row_are_saved_in_order() {
             "{fail_at:?}: one file, the latest"
         );
     }
+}
+
+/// A file system whose next file sync, once armed, completes (the data
+/// durable), then waits at a [`Gate`] and panics: a bug (the file
+/// system's, the write-ahead log's) in the commit thread right after a
+/// batch's fsync.
+#[derive(Debug)]
+struct PanicAfterSync {
+    gate: Arc<Gate>,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug)]
+struct PanicAfterSyncFile {
+    inner: Box<dyn crate::storage::vfs::VfsFile>,
+    gate: Arc<Gate>,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PanicAfterSyncFile {
+    fn after_sync(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.gate.pass();
+            panic!("the test panics in the journal's commit thread after an fsync");
+        }
+    }
+}
+
+impl crate::storage::vfs::VfsFile for PanicAfterSyncFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()?;
+        self.after_sync();
+        Ok(())
+    }
+    fn sync_all(&self) -> std::io::Result<()> {
+        self.inner.sync_all()?;
+        self.after_sync();
+        Ok(())
+    }
+}
+
+impl crate::storage::vfs::Vfs for PanicAfterSync {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        crate::storage::vfs::RealFs.create_dir_all(dir)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        crate::storage::vfs::RealFs.is_dir(path)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        crate::storage::vfs::RealFs.list_dir(dir)
+    }
+    fn open(
+        &self,
+        path: &Path,
+        mode: crate::storage::vfs::OpenMode,
+    ) -> std::io::Result<Box<dyn crate::storage::vfs::VfsFile>> {
+        Ok(Box::new(PanicAfterSyncFile {
+            inner: crate::storage::vfs::RealFs.open(path, mode)?,
+            gate: self.gate.clone(),
+            armed: self.armed.clone(),
+        }))
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        crate::storage::vfs::RealFs.read(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        crate::storage::vfs::RealFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        crate::storage::vfs::RealFs.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        crate::storage::vfs::RealFs.sync_dir(dir)
+    }
+    fn lock(&self, path: &Path) -> std::io::Result<Box<dyn crate::storage::vfs::VfsLock>> {
+        crate::storage::vfs::RealFs.lock(path)
+    }
+}
+
+/// A panic in the commit thread itself (here right after the fsync of a
+/// batch holding group 1's write) answers every write instead of leaving
+/// them pending for ever (the node task's completion channel never closes,
+/// so a dropped write is a hang): the write whose fsync may have completed
+/// "may have been applied" ([`StorageError::Failed`]; it did reach the
+/// disk, the reopened journal holds it), the write still queued behind it
+/// not applied ([`StorageError::Closed`]), like every later write; the
+/// journal refuses its own calls and closes. Before: the commit thread
+/// died with both writes, neither ever completed.
+#[test]
+fn a_panic_in_the_commit_thread_answers_every_write() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let gate = Arc::new(Gate::default());
+    let _open = OpenOnDrop(gate.clone());
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fs: SharedFs = Arc::new(PanicAfterSync {
+        gate: gate.clone(),
+        armed: armed.clone(),
+    });
+    let j = Journal::open(fs, &dir.path().join("journal"), JournalOptions::default())
+        .expect("the journal opens");
+    let a = j.sink(1, shared(MemSnapshotStore::new(1)));
+    let b = j.sink(2, shared(MemSnapshotStore::new(1)));
+    let (a_tx, mut a_rx) = mpsc::unbounded_channel();
+    let (b_tx, mut b_rx) = mpsc::unbounded_channel();
+    a.write(write(vec![entry(1, 1)], None), a_tx.clone(), 1);
+    assert_eq!(
+        next(&mut a_rx).map(|r| r.map_err(|e| e.to_string())),
+        Some(Ok(1))
+    );
+
+    armed.store(true, Ordering::SeqCst);
+    a.write(write(vec![entry(2, 1)], None), a_tx.clone(), 2);
+    assert!(gate.reached(), "the commit thread synced group 1's write");
+    b.write(write(vec![entry(1, 1)], None), b_tx.clone(), 7);
+    gate.open();
+    let synced = next(&mut a_rx);
+    assert!(
+        matches!(synced, Some(Err(StorageError::Failed { .. }))),
+        "group 1's write, fsynced before the panic (may have been applied): {synced:?}"
+    );
+    let queued = next(&mut b_rx);
+    assert!(
+        matches!(queued, Some(Err(StorageError::Closed))),
+        "group 2's write, queued at the panic (not applied): {queued:?}"
+    );
+    b.write(write(vec![entry(1, 1)], None), b_tx, 8);
+    let later = next(&mut b_rx);
+    assert!(
+        matches!(later, Some(Err(StorageError::Closed))),
+        "a write after the panic (not applied): {later:?}"
+    );
+    assert!(
+        j.create_group(3).is_err(),
+        "the journal refuses its own writes after the panic"
+    );
+    drop((a, b));
+    assert!(closes_in_time(j), "the journal did not close");
+
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.path().join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal reopens");
+    assert_eq!(
+        j.log(1).last_index(),
+        2,
+        "group 1's write answered \"may have been applied\" is durable"
+    );
+    assert_eq!(j.log(2).last_index(), 0, "group 2's write never reached it");
+    close(j);
 }
