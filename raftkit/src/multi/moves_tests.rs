@@ -497,62 +497,36 @@ async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
     a.shutdown().await.expect("a clean shutdown");
 }
 
-/// A balancing move whose catch-up failed removes the learner it added:
-/// left in the group, the dead target would be probed (or sent
-/// snapshots) by the leader for the whole backoff, and a later round
-/// might add a second learner. Before: the balancer never called
-/// `abort_move`, and the dead node stayed a learner of the group.
+/// A balancing move whose catch-up failed keeps its learner (as before
+/// 8897e64): the balancer cannot tell a dead target from one alive but
+/// slower than the catch-up timeout, and a kept learner goes on being
+/// filled so that the next attempt resumes. The returned error says so.
+/// Before (8897e64): the balancer removed the learner after every
+/// catch-up failure, so a slow target started from zero each attempt and
+/// could never be filled (review of stop 56, finding 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_balancing_move_whose_catch_up_failed_removes_its_learner() {
-    let DeadTarget { _dir, a, dead } = dead_target("balance-abort").await;
+async fn a_balancing_move_whose_catch_up_failed_keeps_its_learner() {
+    let DeadTarget { _dir, a, dead } = dead_target("balance-keep").await;
     let dead_id = Peer::<Placement>::member_id(&dead);
     let failed = a.balance_replicas().await;
-    let Err(super::MoveError::Step { group, .. }) = &failed else {
+    let Err(super::MoveError::Step {
+        group,
+        step: super::MoveStep::CatchUp,
+        leaves,
+        ..
+    }) = &failed
+    else {
         panic!("the move to a node that never answers: {failed:?}");
     };
+    assert!(leaves.contains("resumes"), "{leaves}");
     let peer = a.group(*group).expect("the group of the move");
     let (voters, learners) = until("the group's configuration settled", || {
         settled_members(&peer.status())
     })
     .await;
     assert!(
-        !learners.contains(&dead_id) && !voters.contains(&dead_id),
-        "the failed move's learner stays in group {group}: voters {voters:?}, learners {learners:?}"
-    );
-    a.shutdown().await.expect("a clean shutdown");
-}
-
-/// A failed balancing move's learner whose removal fails stays, and is
-/// removed by the next round (the removal's failure does not count
-/// against the target: the round is skipped for the catch-up's failure
-/// only).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_removal_of_a_balancing_moves_learner_is_tried_again_next_round() {
-    let DeadTarget { _dir, a, dead } = dead_target("balance-abort-retry").await;
-    let dead_id = Peer::<Placement>::member_id(&dead);
-    super::hooks::fail_stray_removals(a.id(), 1);
-    let failed = a.balance_replicas().await;
-    let Err(super::MoveError::Step { group, .. }) = &failed else {
-        panic!("the move to a node that never answers: {failed:?}");
-    };
-    let peer = a.group(*group).expect("the group of the move");
-    let (_, learners) = until("settled after the failed removal", || {
-        settled_members(&peer.status())
-    })
-    .await;
-    assert!(
-        learners.contains(&dead_id),
-        "the learner whose removal failed is gone: {learners:?}"
-    );
-    let again = a.balance_replicas().await;
-    assert!(matches!(again, Ok(None)), "the next round: {again:?}");
-    let (_, learners) = until("settled after the next round", || {
-        settled_members(&peer.status())
-    })
-    .await;
-    assert!(
-        !learners.contains(&dead_id),
-        "the next round did not remove the learner: {learners:?}"
+        learners.contains(&dead_id) && !voters.contains(&dead_id),
+        "the failed move's learner is gone from group {group}: voters {voters:?}, learners {learners:?}"
     );
     a.shutdown().await.expect("a clean shutdown");
 }
@@ -817,9 +791,10 @@ mod decisions {
     }
 
     /// Which failed moves leave a learner that the replica balancer then
-    /// removes: one that failed before its joint change, when the move
-    /// added the learner (or may have); never a learner that was one
-    /// before the move, nor a move whose joint change may be in the log.
+    /// removes: one whose addition failed (it may have been added) or
+    /// whose removal after a refusal failed; never one whose catch-up
+    /// failed (the target may be slow, the next attempt resumes), nor a
+    /// move whose joint change may be in the log.
     #[test]
     fn a_move_failed_before_its_joint_change_leaves_its_learner() {
         let failed = |step, applied| MoveError::Step {
@@ -833,9 +808,8 @@ mod decisions {
             MoveStep::AddLearner,
             Applied::Maybe
         )));
-        assert!(leaves_its_learner(&failed(MoveStep::CatchUp, Applied::Yes)));
-        assert!(!leaves_its_learner(&failed(MoveStep::CatchUp, Applied::No)));
         for step in [
+            MoveStep::CatchUp,
             MoveStep::Settle,
             MoveStep::JointChange,
             MoveStep::LeaveJoint,
