@@ -504,6 +504,18 @@ fn a_poisoned_journal_lock_fails_the_held_writes() {
     assert!(gate.reached(), "group 1's snapshot save started");
     a.write(write(vec![entry(11, 2)], None), tx.clone(), 2);
     a.write(received(20, 2), tx.clone(), 3);
+    // Sync point: group 2's write is queued after writes 2 and 3 on the
+    // commit thread's one FIFO channel; once it completes, the thread has
+    // taken 2 and 3 into its held queue, so they are held (not the
+    // message in hand) when the lock is poisoned.
+    let b = j.sink(2, shared(MemSnapshotStore::new(1)));
+    let (b_tx, mut b_rx) = mpsc::unbounded_channel();
+    b.write(write(vec![entry(1, 1)], None), b_tx, 7);
+    assert_eq!(
+        next(&mut b_rx).map(|r| r.map_err(|e| e.to_string())),
+        Some(Ok(7)),
+        "group 2's write, taken after group 1's held writes"
+    );
     let shared_state = j.shared.clone();
     let poisoner = std::thread::spawn(move || {
         let _held = shared_state.state.lock();
@@ -518,7 +530,7 @@ fn a_poisoned_journal_lock_fails_the_held_writes() {
         vec![Some(false), Some(false), Some(false)],
         "group 1's snapshot and its writes held behind it, after the poisoning"
     );
-    drop(a);
+    drop((a, b));
     assert!(closes_in_time(j), "the journal did not close");
 }
 
