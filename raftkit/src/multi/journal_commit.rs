@@ -319,9 +319,16 @@ impl Taker<'_> {
     /// journal's lock, while the journal does not hold the group, so
     /// before any new replica of it is created (a replica hosted again is
     /// created in the journal before its snapshot store opens,
-    /// `MultiNode::host_on_demand`). If the journal holds the group
-    /// again, or the store is busy (its lock held), the file is left to
-    /// the next start's sweep: a new replica may have found it already.
+    /// `MultiNode::host_on_demand`). If the store is busy (its lock
+    /// held) and the group is not hosted again, the file is left to the
+    /// next start's sweep. If the journal holds the group again, the file
+    /// is left in the new replica's directory, and no sweep deletes it
+    /// (`hosting::sweep` skips every group the journal holds): the new
+    /// replica's store adopts it as its latest snapshot at its next open
+    /// if it has no newer one, else prunes it once a newer save knows
+    /// it. That is benign: the file is a committed prefix of the same
+    /// group, and the journal is never compacted behind a missing
+    /// snapshot; and rare (re-hosting within one save).
     fn refuse_late(&mut self, job: Job, at: (Index, Term)) {
         *self.in_hand = Some((job.done.clone(), job.token, false));
         let group = job.group;
