@@ -87,7 +87,15 @@
 //! (`runtime::persist::open_stores`): never a journal compacted behind a
 //! snapshot that is not on disk. A failed save fails the write and every
 //! later write of the group's sink (invariant 4), as the single-group
-//! persister does.
+//! persister does. A save that panics fails them too, and the journal
+//! (every later write refused); a poisoned journal lock fails every
+//! write, the held ones included: no write is ever left pending. A panic
+//! in the commit thread itself is caught too: the journal fails and every
+//! write not answered yet is, [`StorageError::Failed`] ("may have been
+//! applied") for a write that may be durable (its batch's fsync begun, or
+//! its received snapshot saved), [`StorageError::Closed`] ("not applied")
+//! for every other. A save that completes after its group's removal is not
+//! recorded, and its file is deleted (`journal_commit.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -269,6 +277,17 @@ impl Job {
             *f = Some(e.to_string());
         }
     }
+
+    /// Refuses the job's sink's later writes (invariant 4) because its
+    /// group was removed from the journal meanwhile: nothing failed, no
+    /// error is logged.
+    fn record_removed(&self) {
+        if let Ok(mut f) = self.failed.lock()
+            && f.is_none()
+        {
+            *f = Some(format!("group {} was removed from this node", self.group));
+        }
+    }
 }
 
 /// What the commit thread's queue carries.
@@ -277,10 +296,13 @@ enum Msg {
     Write(Job),
     /// A write whose received snapshot the snapshot worker saved (or
     /// failed to), at `(index, term)`: the rest of it is recorded now.
+    /// `panicked`: the save panicked (`result` says so), and the journal
+    /// fails.
     Saved {
         job: Job,
         at: (Index, Term),
         result: Result<(), StorageError>,
+        panicked: bool,
     },
 }
 

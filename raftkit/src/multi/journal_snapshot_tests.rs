@@ -77,7 +77,7 @@ fn close(j: Journal) {
 }
 
 /// Where a [`Gated`] store pauses a save.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Gate {
     /// (a save reached the gate, the gate is open)
     state: Mutex<(bool, bool)>,
@@ -142,6 +142,9 @@ impl SnapshotStore for Gated {
     }
     fn latest_meta(&self) -> Option<SnapshotMeta> {
         self.inner.latest_meta()
+    }
+    fn discard_all(&mut self) -> Result<(), StorageError> {
+        self.inner.discard_all()
     }
 }
 
@@ -321,27 +324,20 @@ fn a_crash_anywhere_in_a_snapshots_save_leaves_the_old_one_or_the_new_one() {
     );
 }
 
-/// A received snapshot whose save completes after its group was removed
-/// (the replica retired while the file was being written) is refused:
-/// its compaction is not recorded, so neither the journal nor its replay
-/// after a restart holds the removed group again, and the write behind it
-/// is refused too. Before: the `Compact` record re-created the group.
-#[test]
-fn a_snapshot_saved_after_its_groups_removal_does_not_bring_the_group_back() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let open = || {
-        Journal::open(
-            crate::storage::vfs::real(),
-            &dir.path().join("journal"),
-            JournalOptions::default(),
-        )
-        .expect("the journal opens")
-    };
-    let j = open();
+/// Group 1's received snapshot at 10 saved (into `dir/snapshots`) while
+/// the group is removed, a write queued behind it; returns whether each
+/// of the two completed `Ok`, the journal closed.
+fn save_after_removal(dir: &Path) -> Vec<Option<bool>> {
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal opens");
     j.create_group(1).expect("group 1 created");
     let gate = Arc::new(Gate::default());
     let _open = OpenOnDrop(gate.clone());
-    let store = FileSnapshotStore::open(dir.path().join("snapshots"), 1).expect("a store");
+    let store = FileSnapshotStore::open(dir.join("snapshots"), 1).expect("a store");
     let a = j.sink(
         1,
         shared(Gated {
@@ -358,17 +354,466 @@ fn a_snapshot_saved_after_its_groups_removal_does_not_bring_the_group_back() {
 
     gate.open();
     let outcomes: Vec<_> = (0..2).map(|_| next(&mut rx).map(|r| r.is_ok())).collect();
-    assert_eq!(
-        outcomes,
-        vec![Some(false), Some(false)],
-        "the removed group's snapshot and the write behind it"
-    );
     assert_eq!(j.groups(), Vec::<GroupId>::new(), "live, after the save");
     drop(a);
     close(j);
+    outcomes
+}
 
-    let j = open();
+/// A received snapshot whose save completes after its group was removed
+/// (the replica retired while the file was being written) is refused:
+/// its compaction is not recorded, so neither the journal nor its replay
+/// after a restart holds the removed group again, and the write behind it
+/// is refused too. Before: the `Compact` record re-created the group.
+#[test]
+fn a_snapshot_saved_after_its_groups_removal_does_not_bring_the_group_back() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    assert_eq!(
+        save_after_removal(dir.path()),
+        vec![Some(false), Some(false)],
+        "the removed group's snapshot and the write behind it"
+    );
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.path().join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal reopens");
     assert_eq!(j.groups(), Vec::<GroupId>::new(), "replayed");
     assert_eq!(j.fence(1), Some((5, 2)), "the tombstone stays");
+    close(j);
+}
+
+/// The file of a received snapshot whose save was refused as late (its
+/// group removed meanwhile) is deleted at once: the removal deleted the
+/// group's files before the save wrote it, and it would otherwise hold
+/// its disk until the next start's sweep (and a replica hosted again
+/// before then would find it as its latest snapshot). Before: the file
+/// stayed.
+#[test]
+fn a_snapshot_saved_after_its_groups_removal_leaves_no_file() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    assert_eq!(
+        save_after_removal(dir.path()),
+        vec![Some(false), Some(false)],
+        "the removed group's snapshot and the write behind it"
+    );
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("snapshots"))
+        .expect("the snapshot directory")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "the late save's files stay: {left:?}");
+}
+
+/// A snapshot store whose save panics (a bug in it, or a file-system
+/// call that panics).
+struct Panicking;
+
+impl SnapshotStore for Panicking {
+    fn save(&mut self, _: &Snapshot) -> Result<(), StorageError> {
+        panic!("the test's snapshot store panics in its save");
+    }
+    fn latest(&self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(None)
+    }
+    fn latest_meta(&self) -> Option<SnapshotMeta> {
+        None
+    }
+}
+
+/// Whether `j` closes within [`DEADLINE`] (a close that hangs is left
+/// behind on its thread).
+fn closes_in_time(j: Journal) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        close(j);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(DEADLINE).is_ok()
+}
+
+/// A panic while the snapshot worker saves group 1's received snapshot
+/// fails that write and the group's writes held behind it (a write and
+/// a second received snapshot) instead of leaving them pending for ever
+/// (the peer-shutdown barrier among them: `retire` and `shutdown` hung),
+/// and the journal reports itself failed; it closes. Before: the worker
+/// thread died with the write, the held writes never completed, and the
+/// queued snapshot's handle back to the commit thread kept `close`
+/// waiting.
+#[test]
+fn a_panic_in_a_snapshot_save_fails_the_held_writes_and_the_journal() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.path().join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal opens");
+    let a = j.sink(1, shared(Panicking));
+    let b = j.sink(2, shared(MemSnapshotStore::new(1)));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    a.write(received(10, 2), tx.clone(), 1);
+    a.write(write(vec![entry(11, 2)], None), tx.clone(), 2);
+    a.write(received(20, 2), tx.clone(), 3);
+    let outcomes: Vec<_> = (0..3).map(|_| next(&mut rx).map(|r| r.is_ok())).collect();
+    assert_eq!(
+        outcomes,
+        vec![Some(false), Some(false), Some(false)],
+        "group 1's snapshot whose save panicked, and its writes held behind it"
+    );
+    let (b_tx, mut b_rx) = mpsc::unbounded_channel();
+    b.write(write(vec![entry(1, 1)], None), b_tx, 7);
+    assert!(
+        matches!(next(&mut b_rx), Some(Err(StorageError::Failed { .. }))),
+        "another group's write after the panic"
+    );
+    assert!(
+        matches!(j.create_group(3), Err(StorageError::Failed { .. })),
+        "the journal reports itself failed"
+    );
+    drop((a, b));
+    assert!(closes_in_time(j), "the journal did not close");
+}
+
+/// A journal lock poisoned (a panic while it was held) while group 1's
+/// received snapshot is being saved: the save's write and the group's
+/// writes held behind it fail, none is left pending, and the journal
+/// closes. Before: the commit thread answered only the message in hand,
+/// and the held writes never completed.
+#[test]
+fn a_poisoned_journal_lock_fails_the_held_writes() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.path().join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal opens");
+    let gate = Arc::new(Gate::default());
+    let _open = OpenOnDrop(gate.clone());
+    let a = j.sink(
+        1,
+        shared(Gated {
+            inner: Box::new(MemSnapshotStore::new(1)),
+            gate: gate.clone(),
+        }),
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    a.write(received(10, 2), tx.clone(), 1);
+    assert!(gate.reached(), "group 1's snapshot save started");
+    a.write(write(vec![entry(11, 2)], None), tx.clone(), 2);
+    a.write(received(20, 2), tx.clone(), 3);
+    // Sync point: group 2's write is queued after writes 2 and 3 on the
+    // commit thread's one FIFO channel; once it completes, the thread has
+    // taken 2 and 3 into its held queue, so they are held (not the
+    // message in hand) when the lock is poisoned.
+    let b = j.sink(2, shared(MemSnapshotStore::new(1)));
+    let (b_tx, mut b_rx) = mpsc::unbounded_channel();
+    b.write(write(vec![entry(1, 1)], None), b_tx, 7);
+    assert_eq!(
+        next(&mut b_rx).map(|r| r.map_err(|e| e.to_string())),
+        Some(Ok(7)),
+        "group 2's write, taken after group 1's held writes"
+    );
+    let shared_state = j.shared.clone();
+    let poisoner = std::thread::spawn(move || {
+        let _held = shared_state.state.lock();
+        panic!("the test poisons the journal's lock");
+    });
+    assert!(poisoner.join().is_err(), "the lock is poisoned");
+
+    gate.open();
+    let outcomes: Vec<_> = (0..3).map(|_| next(&mut rx).map(|r| r.is_ok())).collect();
+    assert_eq!(
+        outcomes,
+        vec![Some(false), Some(false), Some(false)],
+        "group 1's snapshot and its writes held behind it, after the poisoning"
+    );
+    drop((a, b));
+    assert!(closes_in_time(j), "the journal did not close");
+}
+
+/// A snapshot store that fails its `fail_at`-th save (1-based; `None`:
+/// none), the first save waiting at a [`Gate`].
+struct Flaky {
+    inner: FileSnapshotStore,
+    gate: Arc<Gate>,
+    fail_at: Option<usize>,
+    saves: usize,
+}
+
+impl SnapshotStore for Flaky {
+    fn save(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        self.saves += 1;
+        if self.saves == 1 {
+            self.gate.pass();
+        }
+        if Some(self.saves) == self.fail_at {
+            return Err(StorageError::Invalid("the test fails this save".into()));
+        }
+        self.inner.save(snapshot)
+    }
+    fn latest(&self) -> Result<Option<Snapshot>, StorageError> {
+        self.inner.latest()
+    }
+    fn latest_meta(&self) -> Option<SnapshotMeta> {
+        self.inner.latest_meta()
+    }
+}
+
+/// Two received snapshots of one group in a row (the second sent while
+/// the first is being saved) and a write after both: the second waits
+/// for the first and replaces it (its file the only one left), and the
+/// write lands after it, all completed in order. If the first save fails,
+/// the second and the write are refused (invariant 4: they were built on
+/// it); if the second fails, the first stays in force and the write is
+/// refused. After a restart the journal holds what was completed `Ok`.
+#[test]
+fn two_received_snapshots_in_a_row_are_saved_in_order() {
+    // (the save that fails, the completions, the log's first index, the
+    // snapshot in force)
+    let cases = [
+        (None, [true, true, true], 21, Some(20)),
+        (Some(1), [false, false, false], 1, None),
+        (Some(2), [true, false, false], 11, Some(10)),
+    ];
+    for (fail_at, completed, first, in_force) in cases {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let open = || {
+            Journal::open(
+                crate::storage::vfs::real(),
+                &dir.path().join("journal"),
+                JournalOptions::default(),
+            )
+            .expect("the journal opens")
+        };
+        let j = open();
+        j.create_group(1).expect("group 1 created");
+        let gate = Arc::new(Gate::default());
+        let _open = OpenOnDrop(gate.clone());
+        let store = FileSnapshotStore::open(dir.path().join("snapshots"), 0).expect("a store");
+        let a = j.sink(
+            1,
+            shared(Flaky {
+                inner: store,
+                gate: gate.clone(),
+                fail_at,
+                saves: 0,
+            }),
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        a.write(received(10, 2), tx.clone(), 1);
+        assert!(gate.reached(), "{fail_at:?}: the first save started");
+        a.write(received(20, 2), tx.clone(), 2);
+        a.write(write(vec![entry(21, 2)], Some(hs(2, 21))), tx.clone(), 3);
+        assert!(
+            rx.try_recv().is_err(),
+            "{fail_at:?}: a write completed while the first snapshot was being saved"
+        );
+        gate.open();
+        let outcomes: Vec<_> = (0..3)
+            .map(|_| next(&mut rx).map(|r| r.map_err(|e| e.to_string())))
+            .collect();
+        let expected: Vec<_> = completed.iter().zip(1..).map(|(ok, t)| (*ok, t)).collect();
+        assert_eq!(
+            outcomes
+                .iter()
+                .map(|o| o.as_ref().map(|r| r.is_ok()))
+                .collect::<Vec<_>>(),
+            expected.iter().map(|(ok, _)| Some(*ok)).collect::<Vec<_>>(),
+            "{fail_at:?}: {outcomes:?}"
+        );
+        for (o, (ok, token)) in outcomes.iter().zip(&expected) {
+            if *ok {
+                assert_eq!(o, &Some(Ok(*token)), "{fail_at:?}: in order");
+            }
+        }
+        let live = |j: &Journal| (j.log(1).first_index(), j.log(1).last_index());
+        let want_log = (first, if first == 21 { 21 } else { first - 1 });
+        assert_eq!(live(&j), want_log, "{fail_at:?}: the group's log");
+        drop(a);
+        close(j);
+
+        let j = open();
+        assert_eq!(live(&j), want_log, "{fail_at:?}: the group's log, replayed");
+        close(j);
+        let store = FileSnapshotStore::open(dir.path().join("snapshots"), 0).expect("a store");
+        assert_eq!(
+            store.latest_meta().map(|m| m.index),
+            in_force,
+            "{fail_at:?}: the snapshot in force"
+        );
+        let files = std::fs::read_dir(dir.path().join("snapshots"))
+            .expect("the snapshot directory")
+            .count();
+        assert_eq!(
+            files,
+            usize::from(in_force.is_some()),
+            "{fail_at:?}: one file, the latest"
+        );
+    }
+}
+
+/// A file system whose next file sync, once armed, completes (the data
+/// durable), then waits at a [`Gate`] and panics: a bug (the file
+/// system's, the write-ahead log's) in the commit thread right after a
+/// batch's fsync.
+#[derive(Debug)]
+struct PanicAfterSync {
+    gate: Arc<Gate>,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug)]
+struct PanicAfterSyncFile {
+    inner: Box<dyn crate::storage::vfs::VfsFile>,
+    gate: Arc<Gate>,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PanicAfterSyncFile {
+    fn after_sync(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.gate.pass();
+            panic!("the test panics in the journal's commit thread after an fsync");
+        }
+    }
+}
+
+impl crate::storage::vfs::VfsFile for PanicAfterSyncFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()?;
+        self.after_sync();
+        Ok(())
+    }
+    fn sync_all(&self) -> std::io::Result<()> {
+        self.inner.sync_all()?;
+        self.after_sync();
+        Ok(())
+    }
+}
+
+impl crate::storage::vfs::Vfs for PanicAfterSync {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        crate::storage::vfs::RealFs.create_dir_all(dir)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        crate::storage::vfs::RealFs.is_dir(path)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        crate::storage::vfs::RealFs.list_dir(dir)
+    }
+    fn open(
+        &self,
+        path: &Path,
+        mode: crate::storage::vfs::OpenMode,
+    ) -> std::io::Result<Box<dyn crate::storage::vfs::VfsFile>> {
+        Ok(Box::new(PanicAfterSyncFile {
+            inner: crate::storage::vfs::RealFs.open(path, mode)?,
+            gate: self.gate.clone(),
+            armed: self.armed.clone(),
+        }))
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        crate::storage::vfs::RealFs.read(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        crate::storage::vfs::RealFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        crate::storage::vfs::RealFs.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        crate::storage::vfs::RealFs.sync_dir(dir)
+    }
+    fn lock(&self, path: &Path) -> std::io::Result<Box<dyn crate::storage::vfs::VfsLock>> {
+        crate::storage::vfs::RealFs.lock(path)
+    }
+}
+
+/// A panic in the commit thread itself (here right after the fsync of a
+/// batch holding group 1's write) answers every write instead of leaving
+/// them pending for ever (the node task's completion channel never closes,
+/// so a dropped write is a hang): the write whose fsync may have completed
+/// "may have been applied" ([`StorageError::Failed`]; it did reach the
+/// disk, the reopened journal holds it), the write still queued behind it
+/// not applied ([`StorageError::Closed`]), like every later write; the
+/// journal refuses its own calls and closes. Before: the commit thread
+/// died with both writes, neither ever completed.
+#[test]
+fn a_panic_in_the_commit_thread_answers_every_write() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let gate = Arc::new(Gate::default());
+    let _open = OpenOnDrop(gate.clone());
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fs: SharedFs = Arc::new(PanicAfterSync {
+        gate: gate.clone(),
+        armed: armed.clone(),
+    });
+    let j = Journal::open(fs, &dir.path().join("journal"), JournalOptions::default())
+        .expect("the journal opens");
+    let a = j.sink(1, shared(MemSnapshotStore::new(1)));
+    let b = j.sink(2, shared(MemSnapshotStore::new(1)));
+    let (a_tx, mut a_rx) = mpsc::unbounded_channel();
+    let (b_tx, mut b_rx) = mpsc::unbounded_channel();
+    a.write(write(vec![entry(1, 1)], None), a_tx.clone(), 1);
+    assert_eq!(
+        next(&mut a_rx).map(|r| r.map_err(|e| e.to_string())),
+        Some(Ok(1))
+    );
+
+    armed.store(true, Ordering::SeqCst);
+    a.write(write(vec![entry(2, 1)], None), a_tx.clone(), 2);
+    assert!(gate.reached(), "the commit thread synced group 1's write");
+    b.write(write(vec![entry(1, 1)], None), b_tx.clone(), 7);
+    gate.open();
+    let synced = next(&mut a_rx);
+    assert!(
+        matches!(synced, Some(Err(StorageError::Failed { .. }))),
+        "group 1's write, fsynced before the panic (may have been applied): {synced:?}"
+    );
+    let queued = next(&mut b_rx);
+    assert!(
+        matches!(queued, Some(Err(StorageError::Closed))),
+        "group 2's write, queued at the panic (not applied): {queued:?}"
+    );
+    b.write(write(vec![entry(1, 1)], None), b_tx, 8);
+    let later = next(&mut b_rx);
+    assert!(
+        matches!(later, Some(Err(StorageError::Closed))),
+        "a write after the panic (not applied): {later:?}"
+    );
+    assert!(
+        j.create_group(3).is_err(),
+        "the journal refuses its own writes after the panic"
+    );
+    drop((a, b));
+    assert!(closes_in_time(j), "the journal did not close");
+
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.path().join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal reopens");
+    assert_eq!(
+        j.log(1).last_index(),
+        2,
+        "group 1's write answered \"may have been applied\" is durable"
+    );
+    assert_eq!(j.log(2).last_index(), 0, "group 2's write never reached it");
     close(j);
 }

@@ -75,7 +75,23 @@
 //! fails it after the whole catch-up timeout, every round) is skipped by
 //! later rounds until its schema changes or a doubling backoff runs out
 //! ([`balance::RefusedTargets`](super::balance::RefusedTargets)); a move
-//! to it that succeeds forgets it.
+//! to it that succeeds forgets it. A balancing move whose catch-up failed
+//! keeps its learner: the balancer cannot tell a dead target from one
+//! that is alive but slower than the catch-up timeout (a large snapshot,
+//! a throttled link), and a kept learner goes on receiving the snapshot
+//! and the log during the backoff, so the next attempt resumes
+//! (`added == false`) instead of starting from zero. A balancing move
+//! whose learner may have been added but whose addition failed, or whose
+//! learner could not be removed again after a refusal
+//! (`leaves_its_learner`), has that learner removed, as
+//! [`MultiNode::abort_move`] does. A removal that fails (a change in
+//! flight, the group unable to commit) is logged and tried again at the
+//! start of each later round, until it succeeds or this node no longer
+//! leads the group (the learner then stays: the new leader's node does
+//! not know of it). It never counts against the target. Such a retry
+//! removes whatever learner the target is then, whoever added it: a move
+//! to the same (group, target) started meanwhile by an admin loses its
+//! learner and fails (see the report of stop 56: not yet guarded).
 
 use std::time::Duration;
 
@@ -641,7 +657,8 @@ impl<S: PeerExt> MultiNode<S> {
     /// `to`, the learner the move added (`added`; one that was a learner
     /// before the move stays), and says what the group is left in. A
     /// removal that fails leaves the learner: a failed
-    /// [`MoveStep::JointChange`] step, `abort_move` removes it.
+    /// [`MoveStep::AddLearner`] step ([`learner_not_removed`]),
+    /// `abort_move` removes it.
     async fn undo_learner(
         &self,
         peer: &Peer<S>,
@@ -711,15 +728,7 @@ impl<S: PeerExt> MultiNode<S> {
             }
             Err(e) => {
                 tracing::warn!(group, to, error = %e, "removing the learner of a refused move failed");
-                MoveError::Step {
-                    group,
-                    step,
-                    applied: Applied::Maybe,
-                    leaves: format!(
-                        "the joint change was refused, nothing appended ({why}); {to}, the learner this move added, may still be one: abort_move removes it"
-                    ),
-                    source: e,
-                }
+                learner_not_removed(group, to, &why, e)
             }
         }
     }
@@ -812,6 +821,8 @@ impl<S: PeerExt> MultiNode<S> {
                     .collect(),
             });
         }
+        // Learners of earlier failed moves whose removal failed.
+        self.remove_stray_learners().await;
         let ids: Vec<NodeId> = nodes.keys().copied().collect();
         let schemas = self.schema_book();
         let skip = self.refused_targets(|r| r.round(|id| schemas.peer(id)));
@@ -829,15 +840,73 @@ impl<S: PeerExt> MultiNode<S> {
         let moved = self.move_replica_with(mv.group, mv.from, addr, &opts).await;
         match &moved {
             Ok(_) => self.refused_targets(|r| r.moved(mv.to)),
-            Err(e) if counts_against_target(e) => {
-                let heard = schemas.peer(mv.to);
-                self.refused_targets(|r| r.refused(mv.to, heard));
-                info!(group = mv.group, to = %addr, error = %e, "replica move to this target refused or failed: later rounds skip it until its schema changes or the backoff ends");
+            Err(e) => {
+                if counts_against_target(e) {
+                    let heard = schemas.peer(mv.to);
+                    self.refused_targets(|r| r.refused(mv.to, heard));
+                    info!(group = mv.group, to = %addr, error = %e, "replica move to this target refused or failed: later rounds skip it until its schema changes or the backoff ends");
+                }
+                if leaves_its_learner(e) {
+                    self.stray_learners(|s| s.insert((mv.group, addr.clone())));
+                    self.remove_stray_learners().await;
+                }
             }
-            Err(_) => {}
         }
         moved.map(Some)
     }
+
+    /// Removes `to`, the learner a failed balancing move left in `group`
+    /// ([`abort_move`](Self::abort_move)).
+    async fn remove_stray(&self, group: GroupId, to: &str) -> Result<(), MoveError> {
+        self.abort_move(group, to).await
+    }
+
+    /// Removes the learners that failed balancing moves left
+    /// ([`leaves_its_learner`]), as [`abort_move`](Self::abort_move)
+    /// does; one whose removal fails is kept for the next round, one this
+    /// node can no longer remove (it does not lead or host the group, the
+    /// node votes now) is forgotten.
+    async fn remove_stray_learners(&self) {
+        let strays: Vec<(GroupId, String)> = self.stray_learners(|s| s.iter().cloned().collect());
+        for (group, to) in strays {
+            let keep = match self.remove_stray(group, &to).await {
+                Ok(()) => {
+                    info!(group, to = %to, "removed the learner of a failed balancing move");
+                    false
+                }
+                Err(e @ MoveError::Step { .. }) => {
+                    tracing::warn!(group, to = %to, error = %e, "removing the learner of a failed balancing move failed; the next round tries again");
+                    true
+                }
+                Err(e) => {
+                    info!(group, to = %to, error = %e, "not removing the learner of a failed balancing move");
+                    false
+                }
+            };
+            if !keep {
+                self.stray_learners(|s| s.remove(&(group, to)));
+            }
+        }
+    }
+}
+
+/// Whether a failed move may leave behind a learner it added before its
+/// joint change, which the replica balancer then removes
+/// ([`MultiNode::abort_move`]): the learner's addition failed (it may
+/// have been added), or its removal after a refused joint change did
+/// ([`learner_not_removed`]). Not a learner whose catch-up failed: the
+/// target may be alive but slow, and a kept learner lets the next attempt
+/// resume its catch-up (8897e64 removed it, so a target slower than the
+/// catch-up timeout could never be filled). Nor one whose joint change
+/// may be in the log.
+pub(super) fn leaves_its_learner(e: &MoveError) -> bool {
+    matches!(
+        e,
+        MoveError::Step {
+            step: MoveStep::AddLearner,
+            ..
+        }
+    )
 }
 
 /// Whether a failed move counts against its target, so that the replica
@@ -866,6 +935,27 @@ pub(super) fn counts_against_target(e: &MoveError) -> bool {
         MoveError::NotHosted { .. } | MoveError::NotLeader { .. } | MoveError::Invalid { .. } => {
             false
         }
+    }
+}
+
+/// What a move refused at its joint change (`why`) fails with when the
+/// removal of the learner it added failed (`source`): the learner may
+/// still be one. Reported as [`MultiNode::abort_move`] reports a failed
+/// removal, a failed [`MoveStep::AddLearner`] step (its undoing): the
+/// target's own steps are done, and a removal that failed for the group
+/// or this node (a `Timeout` waiting for the change to commit, without
+/// the target's vote) does not count against the target
+/// ([`counts_against_target`]); the replica balancer removes the learner
+/// later ([`leaves_its_learner`]).
+fn learner_not_removed(group: GroupId, to: &str, why: &str, source: Error) -> MoveError {
+    MoveError::Step {
+        group,
+        step: MoveStep::AddLearner,
+        applied: Applied::Maybe,
+        leaves: format!(
+            "the joint change was refused, nothing appended ({why}); {to}, the learner this move added, may still be one: abort_move removes it"
+        ),
+        source,
     }
 }
 

@@ -436,16 +436,18 @@ async fn a_lost_moves_record_is_made_by_the_new_node_through_the_nodes_it_shared
     t.shutdown().await;
 }
 
-/// A move to a node that never answers (nothing listens at its address)
-/// fails at its catch-up, after the whole catch-up timeout (120 s by
-/// default). The next balancing rounds skip that target for a backoff
-/// (doubling with each failure, capped, see `balance::RefusedTargets`)
-/// instead of trying it again every round. Before: only a refused joint
-/// change counted against a target, and every round spent its catch-up
-/// timeout on the same dead node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
-    let ca = ClusterCa::generate("balance-backoff").expect("a CA");
+/// A node leading groups 1 and 2 alone, whose replica balancer knows a
+/// node with no group that never answers (nothing listens at its
+/// address): one move planned, to that dead node, whose catch-up fails
+/// after 300 ms.
+struct DeadTarget {
+    _dir: tempfile::TempDir,
+    a: MultiNode<Placement>,
+    dead: String,
+}
+
+async fn dead_target(ca_name: &str) -> DeadTarget {
+    let ca = ClusterCa::generate(ca_name).expect("a CA");
     let addr = free_addr();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let a = node(&ca, &addr, dir.path()).await;
@@ -454,7 +456,6 @@ async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
         step_timeout: Duration::from_secs(5),
         ..MoveOptions::default()
     });
-    // Two groups led here, a known node with none: one move planned.
     for g in [1, 2] {
         let peer = a
             .create_group(g, std::slice::from_ref(&addr))
@@ -468,7 +469,19 @@ async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
     }
     let dead = free_addr();
     a.set_known_nodes(vec![addr.clone(), dead.clone()]);
+    DeadTarget { _dir: dir, a, dead }
+}
 
+/// A move to a node that never answers (nothing listens at its address)
+/// fails at its catch-up, after the whole catch-up timeout (120 s by
+/// default). The next balancing rounds skip that target for a backoff
+/// (doubling with each failure, capped, see `balance::RefusedTargets`)
+/// instead of trying it again every round. Before: only a refused joint
+/// change counted against a target, and every round spent its catch-up
+/// timeout on the same dead node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
+    let DeadTarget { _dir, a, dead: _ } = dead_target("balance-backoff").await;
     let first = a.balance_replicas().await;
     assert!(
         matches!(&first, Err(e) if e.is_retryable() && e.to_string().contains("CatchUp")),
@@ -481,6 +494,40 @@ async fn the_replica_balancer_backs_off_a_target_whose_move_failed() {
             "round {round} after the failed move tried the dead target again: {again:?}"
         );
     }
+    a.shutdown().await.expect("a clean shutdown");
+}
+
+/// A balancing move whose catch-up failed keeps its learner (as before
+/// 8897e64): the balancer cannot tell a dead target from one alive but
+/// slower than the catch-up timeout, and a kept learner goes on being
+/// filled so that the next attempt resumes. The returned error says so.
+/// Before (8897e64): the balancer removed the learner after every
+/// catch-up failure, so a slow target started from zero each attempt and
+/// could never be filled (review of stop 56, finding 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancing_move_whose_catch_up_failed_keeps_its_learner() {
+    let DeadTarget { _dir, a, dead } = dead_target("balance-keep").await;
+    let dead_id = Peer::<Placement>::member_id(&dead);
+    let failed = a.balance_replicas().await;
+    let Err(super::MoveError::Step {
+        group,
+        step: super::MoveStep::CatchUp,
+        leaves,
+        ..
+    }) = &failed
+    else {
+        panic!("the move to a node that never answers: {failed:?}");
+    };
+    assert!(leaves.contains("resumes"), "{leaves}");
+    let peer = a.group(*group).expect("the group of the move");
+    let (voters, learners) = until("the group's configuration settled", || {
+        settled_members(&peer.status())
+    })
+    .await;
+    assert!(
+        learners.contains(&dead_id) && !voters.contains(&dead_id),
+        "the failed move's learner is gone from group {group}: voters {voters:?}, learners {learners:?}"
+    );
     a.shutdown().await.expect("a clean shutdown");
 }
 
@@ -719,6 +766,70 @@ mod decisions {
         assert!(!counts_against_target(&MoveError::Invalid {
             group: 1,
             reason: String::new()
+        }));
+    }
+
+    /// A move refused at its joint change whose learner could not be
+    /// removed again (the removal timed out: the group's trouble, or this
+    /// node's, never the target's; the target's own steps are done) does
+    /// not count against the target, whatever the removal failed with.
+    /// Before: it was reported as a failed `JointChange` step, and a
+    /// removal's `Timeout` there counted as the target's.
+    #[test]
+    fn a_failed_removal_of_a_refused_moves_learner_does_not_count_against_the_target() {
+        for source in [
+            Error::Timeout,
+            Error::NotLeader { hint: None },
+            Error::Unavailable("the group's replica stopped".into()),
+            Error::Storage("disk full".into()),
+        ] {
+            let e = learner_not_removed(1, "10.0.0.4:7000", "a change in flight", source);
+            assert!(!counts_against_target(&e), "{e:?}");
+            assert_eq!(e.applied(), Applied::Maybe, "{e:?}");
+            assert!(e.to_string().contains("may still be one"), "{e}");
+        }
+    }
+
+    /// Which failed moves leave a learner that the replica balancer then
+    /// removes: one whose addition failed (it may have been added) or
+    /// whose removal after a refusal failed; never one whose catch-up
+    /// failed (the target may be slow, the next attempt resumes), nor a
+    /// move whose joint change may be in the log.
+    #[test]
+    fn a_move_failed_before_its_joint_change_leaves_its_learner() {
+        let failed = |step, applied| MoveError::Step {
+            group: 1,
+            step,
+            applied,
+            leaves: String::new(),
+            source: Error::Timeout,
+        };
+        assert!(leaves_its_learner(&failed(
+            MoveStep::AddLearner,
+            Applied::Maybe
+        )));
+        for step in [
+            MoveStep::CatchUp,
+            MoveStep::Settle,
+            MoveStep::JointChange,
+            MoveStep::LeaveJoint,
+        ] {
+            for applied in [Applied::No, Applied::Maybe, Applied::Yes] {
+                assert!(!leaves_its_learner(&failed(step, applied)), "{step:?}");
+            }
+        }
+        assert!(leaves_its_learner(&learner_not_removed(
+            1,
+            "10.0.0.4:7000",
+            "a change in flight",
+            Error::Timeout
+        )));
+        assert!(!leaves_its_learner(&MoveError::Refused {
+            group: 1,
+            step: MoveStep::JointChange,
+            cause: RefusalCause::Configuration,
+            leaves: String::new(),
+            source: Error::Rejected(String::new()),
         }));
     }
 }

@@ -20,7 +20,7 @@
 //! answer a membership query) must stay beside it; the decisions
 //! themselves are in the policy modules above.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -420,6 +420,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 tasks: Mutex::new(Vec::new()),
                 known: Mutex::new(Vec::new()),
                 refused: Mutex::new(Default::default()),
+                stray_learners: Mutex::new(BTreeSet::new()),
                 identity: client_identity,
                 #[cfg(test)]
                 window: Mutex::new(None),
@@ -555,6 +556,9 @@ pub(super) struct Inner<S> {
     /// Targets of refused replica moves the balancer skips
     /// ([`super::balance::RefusedTargets`]).
     refused: Mutex<super::balance::RefusedTargets>,
+    /// Learners that failed replica-balancing moves left, to remove
+    /// (`moves::leaves_its_learner`): (group, the target's address).
+    stray_learners: Mutex<BTreeSet<(GroupId, String)>>,
     /// The node's certificate, for its own requests to the placement group
     /// ([`super::placement_sync`]).
     identity: Identity,
@@ -1331,6 +1335,18 @@ impl<S: PeerExt> MultiNode<S> {
         match self.inner.refused.lock() {
             Ok(mut r) => f(&mut r),
             Err(_) => f(&mut Default::default()),
+        }
+    }
+
+    /// Runs `f` on the learners failed replica-balancing moves left (a
+    /// poisoned lock: on a fresh, empty set).
+    pub(super) fn stray_learners<T>(
+        &self,
+        f: impl FnOnce(&mut BTreeSet<(GroupId, String)>) -> T,
+    ) -> T {
+        match self.inner.stray_learners.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(_) => f(&mut BTreeSet::new()),
         }
     }
 

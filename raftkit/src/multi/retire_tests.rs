@@ -855,3 +855,70 @@ async fn a_group_moved_back_is_not_retired_by_a_leftover_listed_marker() {
     assert!(listed.exists(), "listed by the configuration adding it");
     node.shutdown().await.expect("a clean shutdown");
 }
+
+/// Hosting on demand a group this node left, when the earlier replica's
+/// leftover marker cannot be deleted (`hosting::clear_markers` fails):
+/// the group is not hosted, and nothing of it is recorded in the
+/// journal; the leader's next message (it resends) hosts it once the
+/// disk lets the marker go, and the marker is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_old_marker_cannot_be_deleted_is_hosted_on_a_later_message() {
+    use crate::storage::vfs::{Fault, FaultRule, FaultyFs, FileOp};
+    let addr = free_addr();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = ClusterCa::generate("retire-test").expect("a CA");
+    let fs = FaultyFs::over_real();
+    let mut builder = MultiNode::<Placement>::builder()
+        .identity(
+            ca.issue_node(&format!("raftkit_placement@{addr}"), &[])
+                .expect("a node certificate"),
+        )
+        .hosting_policy(crate::multi::HostingPolicy {
+            quarantine: Duration::ZERO,
+            ..Default::default()
+        });
+    builder.fs = Arc::new(fs.clone());
+    let node = start_on(builder, &addr, dir.path()).await;
+    let leader = heartbeat(&node).from;
+
+    // A replica listed by a committed configuration, then removed; the
+    // marker's deletion fails, and goes on failing.
+    node.host_on_demand(6, heartbeat(&node)).await;
+    let old = node.group(6).expect("hosted on demand");
+    node.host_on_demand(6, append_configuration(&node, [leader, node.id()], 1))
+        .await;
+    until("the configuration listing the node committed", || {
+        let st = old.status();
+        st.config_index == 1 && st.commit >= 1
+    })
+    .await;
+    node.retire_removed().await;
+    let listed = dir.path().join("groups").join("6").join("listed");
+    assert!(listed.exists(), "the replica was marked listed");
+    fs.inject(FaultRule::new(FileOp::Remove, Fault::Io).on("listed"));
+    node.retire(6, Retire::Removed((1, 3)))
+        .await
+        .expect("group 6 retired");
+    assert!(listed.exists(), "the marker's deletion was refused");
+
+    // Moved back: the leader's message finds the marker undeletable.
+    let fence = node.inner.journal.fence(6).expect("the removal's fence");
+    let mut hello = heartbeat(&node);
+    hello.term = fence.1 + 1;
+    node.host_on_demand(6, hello.clone()).await;
+    assert!(
+        node.group(6).is_none(),
+        "hosted with an earlier replica's marker left"
+    );
+    assert!(
+        !node.inner.journal.groups().contains(&6),
+        "the group recorded in the journal although not hosted"
+    );
+
+    // The disk recovers; the leader resends.
+    fs.clear();
+    node.host_on_demand(6, hello).await;
+    assert!(node.group(6).is_some(), "hosted on the leader's resend");
+    assert!(!listed.exists(), "the earlier replica's marker deleted");
+    node.shutdown().await.expect("a clean shutdown");
+}

@@ -56,6 +56,16 @@ pub trait SnapshotStore {
 
     /// The latest snapshot's metadata, without reading its data.
     fn latest_meta(&self) -> Option<SnapshotMeta>;
+
+    /// Deletes every snapshot the store holds: its group was removed from
+    /// this node, and a save finished after the removal had deleted the
+    /// group's files (a multi-group journal's late save). The store holds
+    /// nothing afterwards. The default deletes nothing (a store kept in
+    /// memory is dropped with its group; a file store that does not
+    /// delete leaves its files to whatever sweeps its directory).
+    fn discard_all(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 const MAGIC: [u8; 8] = *b"RKSNAP01";
@@ -363,6 +373,13 @@ impl SnapshotStore for FileSnapshotStore {
     fn latest_meta(&self) -> Option<SnapshotMeta> {
         self.latest_meta.clone()
     }
+
+    fn discard_all(&mut self) -> Result<(), StorageError> {
+        let mut doomed = std::mem::take(&mut self.on_disk);
+        doomed.append(&mut self.strays);
+        self.latest_meta = None;
+        self.remove_snapshots(doomed)
+    }
 }
 
 /// A [`SnapshotStore`] in memory, keeping at most `retain_old` snapshots
@@ -417,5 +434,10 @@ impl SnapshotStore for MemSnapshotStore {
 
     fn latest_meta(&self) -> Option<SnapshotMeta> {
         self.snapshots.last().map(|s| s.meta.clone())
+    }
+
+    fn discard_all(&mut self) -> Result<(), StorageError> {
+        self.snapshots.clear();
+        Ok(())
     }
 }
