@@ -317,6 +317,19 @@ impl CodecError {
     }
 }
 
+impl CodecError {
+    /// A value nested deeper than the decoder allows (see [`decode`]).
+    fn too_deep(what: &'static str) -> Self {
+        CodecError {
+            what,
+            reason: format!(
+                "the value is nested deeper than {} levels (refused: decoding it could overflow the stack)",
+                crate::depth::MAX_DEPTH
+            ),
+        }
+    }
+}
+
 /// Values up to this many bytes are encoded on the stack first (see
 /// [`encode`]).
 const ENCODE_ON_STACK: usize = 256;
@@ -413,10 +426,23 @@ pub(crate) fn encode_shared<T: Serialize>(
 /// (`runtime::apply`). Every caller passes exactly one encoded value (a
 /// log entry's command is narrowed to its length prefix, a reply or a
 /// snapshot body is its own buffer).
+///
+/// A value nested deeper than 128 compound levels (a recursive type such as
+/// `enum Expr { Lit(u64), Neg(Box<Expr>) }`) is refused with an error
+/// naming the depth: decoding it could overflow the stack, which aborts the
+/// process (see the `depth` module). The verdict depends only on the type
+/// and the bytes, so every replica gives the same one.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
-    match postcard::take_from_bytes(bytes) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(CodecError::trailing(what, rest.len())),
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let value = crate::depth::deserialize_limited(&mut de, crate::depth::MAX_DEPTH).map_err(
+        |e| match e {
+            Some(e) => CodecError::postcard(what, e),
+            None => CodecError::too_deep(what),
+        },
+    )?;
+    match de.finalize() {
+        Ok([]) => Ok(value),
+        Ok(rest) => Err(CodecError::trailing(what, rest.len())),
         Err(e) => Err(CodecError::postcard(what, e)),
     }
 }
