@@ -1,6 +1,20 @@
 //! A serde `Deserializer` adapter that refuses values nested deeper than a
-//! limit, so that decoding bytes from a client, a peer or a file can never
-//! overflow the stack.
+//! limit, so that decoding a client's bytes can never overflow the stack.
+//!
+//! # Where the limit applies: ingress only
+//!
+//! The limit is used through `state_machine::decode_untrusted`, at ingress
+//! only, where a refusal means "not applied": the leader's (and a
+//! follower's) check of a client's command, the decode of a read's query,
+//! and the local and sharded clients' decode of what they were handed.
+//! Committed log entries, snapshots (take, restore, install) and replies
+//! decode with plain `state_machine::decode`, without a limit, as before
+//! the limit existed: entries were checked at ingress (or committed by a
+//! previous release, which a new replica must still apply), a snapshot is
+//! the state machine's own state (a list or trie grown by many shallow
+//! writes nests far deeper than any one command), and a reply comes from
+//! the authenticated server after the command applied (refusing it would
+//! report an applied write as "maybe applied").
 //!
 //! A recursive type (`enum Expr { Lit(u64), Neg(Box<Expr>) }`, a JSON-like
 //! `Value`) decodes through serde recursion: one group of stack frames per
@@ -43,7 +57,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, Visitor};
 /// a few kilobytes of frames (the user's visitor, this adapter's and
 /// postcard's); 128 levels stay under half a megabyte, leaving the rest to
 /// the async poll stack above the leader's check. No command or state of a
-/// real schema nests 128 compound values deep.
+/// real schema's *command or query* nests 128 compound values deep (a state
+/// may; it is not decoded under this limit, see the module doc).
 pub(crate) const MAX_DEPTH: usize = 128;
 
 /// Decodes `T` from `de`, refusing a value nested deeper than `limit`
