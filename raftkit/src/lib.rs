@@ -28,6 +28,7 @@ mod byte_field;
 pub mod client;
 pub mod context;
 pub mod core;
+mod depth;
 pub mod dev;
 pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]

@@ -317,6 +317,19 @@ impl CodecError {
     }
 }
 
+impl CodecError {
+    /// A value nested deeper than the decoder allows (see [`decode_untrusted`]).
+    fn too_deep(what: &'static str) -> Self {
+        CodecError {
+            what,
+            reason: format!(
+                "the value is nested deeper than {} levels (refused: decoding it could overflow the stack)",
+                crate::depth::MAX_DEPTH
+            ),
+        }
+    }
+}
+
 /// Values up to this many bytes are encoded on the stack first (see
 /// [`encode`]).
 const ENCODE_ON_STACK: usize = 256;
@@ -413,10 +426,49 @@ pub(crate) fn encode_shared<T: Serialize>(
 /// (`runtime::apply`). Every caller passes exactly one encoded value (a
 /// log entry's command is narrowed to its length prefix, a reply or a
 /// snapshot body is its own buffer).
+///
+/// No nesting limit: this decodes values that were already checked at
+/// ingress (committed log entries: the leader's check ran
+/// [`decode_untrusted`] on them), that the state machine itself produced
+/// (snapshots, which may legitimately nest far deeper than a command: a
+/// list or trie grown by many shallow writes) or that the authenticated
+/// server sent (replies, events). Refusing those for depth would halt a
+/// replica, make a snapshot unrestorable or report a applied write as
+/// failed. Bytes straight from a client go through [`decode_untrusted`].
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
     match postcard::take_from_bytes(bytes) {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(CodecError::trailing(what, rest.len())),
+        Err(e) => Err(CodecError::postcard(what, e)),
+    }
+}
+
+/// [`decode`] of a client's bytes at ingress, before anything is proposed
+/// or applied: the leader's (and a follower's) check of a command
+/// ([`validate_command`]), a read's query ([`query_encoded`]), the local
+/// and sharded clients' decode of a command or query they were handed.
+/// A refusal there means "not applied", so it is safe.
+///
+/// A value nested deeper than 128 compound levels (a recursive type such as
+/// `enum Expr { Lit(u64), Neg(Box<Expr>) }`) is refused with an error
+/// naming the depth: decoding it could overflow the stack, which aborts the
+/// process (see the `depth` module). The verdict depends only on the type
+/// and the bytes, so every replica gives the same one; below the limit it
+/// is [`decode`]'s verdict.
+pub fn decode_untrusted<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let value = crate::depth::deserialize_limited(&mut de, crate::depth::MAX_DEPTH).map_err(
+        |e| match e {
+            Some(e) => CodecError::postcard(what, e),
+            None => CodecError::too_deep(what),
+        },
+    )?;
+    match de.finalize() {
+        Ok([]) => Ok(value),
+        Ok(rest) => Err(CodecError::trailing(what, rest.len())),
         Err(e) => Err(CodecError::postcard(what, e)),
     }
 }
@@ -450,7 +502,7 @@ pub enum ApplyError {
 /// leader's apply thread (see `runtime::apply`), which then does not decode
 /// the entry a second time.
 pub fn validate_command<S: StateMachine>(bytes: &[u8]) -> Result<S::Write, CodecError> {
-    decode::<S::Write>("command", bytes)
+    decode_untrusted::<S::Write>("command", bytes)
 }
 
 #[doc(hidden)]
@@ -523,7 +575,7 @@ pub fn query_encoded<S: StateMachine>(
     ctx: &Ctx,
     bytes: &[u8],
 ) -> Result<Vec<u8>, ApplyError> {
-    let query: S::Read = decode("query", bytes).map_err(ApplyError::Decode)?;
+    let query: S::Read = decode_untrusted("query", bytes).map_err(ApplyError::Decode)?;
     let handler = S::query_name(&query);
     match handler_panic::catch(|| sm.query(ctx, query)) {
         Ok(output) => encode("read output", &output).map_err(|e| ApplyError::Panicked {

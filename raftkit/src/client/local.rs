@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::Submit;
 use crate::error::Error;
 use crate::handler_panic::message as panic_message;
-use crate::state_machine::{ApplyError, Ctx, StateMachine, apply_decoded, decode, query_encoded};
+use crate::state_machine::{
+    ApplyError, Ctx, StateMachine, apply_decoded, decode_untrusted, query_encoded,
+};
 
 /// A clock in ms since the Unix epoch.
 type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
@@ -159,7 +161,9 @@ impl<S: StateMachine> Submit for Local<S> {
         // check refuses it before the log); its output's `Serialize`
         // panicking, after the handler ran and changed the state, halts the
         // state machine (`Halted`, as a node halts at that entry).
-        let decoded = catch_unwind(AssertUnwindSafe(|| decode::<S::Write>("command", &command)));
+        let decoded = catch_unwind(AssertUnwindSafe(|| {
+            decode_untrusted::<S::Write>("command", &command)
+        }));
         let command = match decoded {
             Ok(Ok(command)) => command,
             Ok(Err(e)) => return Err(Error::Rejected(e.to_string())),

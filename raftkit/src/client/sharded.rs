@@ -68,7 +68,7 @@ use super::{Client, ClientOptions, Submit};
 use crate::error::{Applied, Error};
 use crate::multi::GroupId;
 use crate::multi::placement::{PLACEMENT_GROUP, PlacementClient, Routes, Shard};
-use crate::state_machine::{StateMachine, decode};
+use crate::state_machine::{StateMachine, decode, decode_untrusted};
 use crate::tls::Identity;
 
 /// A client of a sharded deployment of `S` (see the [module
@@ -519,7 +519,10 @@ fn stale_placement(e: &Error) -> bool {
 
 impl<S: StateMachine> Submit for ShardedClient<S> {
     async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
-        let decoded: S::Write = decode("command", &command)?;
+        // Nothing was sent yet: a command that does not decode (or nests too
+        // deep, see `decode_untrusted`) is refused, not applied.
+        let decoded: S::Write =
+            decode_untrusted("command", &command).map_err(|e| Error::Rejected(e.to_string()))?;
         let key = S::shard_key(&decoded).ok_or_else(|| {
             Error::Rejected(format!(
                 "`{}` has no shard key: a sharded client routes a command by the argument marked \
@@ -536,7 +539,8 @@ impl<S: StateMachine> Submit for ShardedClient<S> {
     }
 
     async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
-        let decoded: S::Read = decode("query", &query)?;
+        let decoded: S::Read =
+            decode_untrusted("query", &query).map_err(|e| Error::Rejected(e.to_string()))?;
         let key = S::read_shard_key(&decoded).ok_or_else(|| {
             Error::Rejected(format!(
                 "`{}` has no shard key: a sharded client routes a query by the argument marked \
