@@ -967,7 +967,16 @@ impl Client {
         r
     }
 
+    /// Where the next attempt goes: the remembered leader, unless `spread`
+    /// or none is remembered, else the next member in turn.
     fn next_target(&self, spread: bool) -> SocketAddr {
+        // The member list is read first, even when the remembered leader is
+        // taken: that read is what refreshes names by age and forgets a
+        // leader remembered at the old address of a name that moved
+        // ([`Client::member_list`]). Without it a client whose calls all go
+        // to the leader never refreshed a name while the node at its old
+        // address answered (review s56 client, follow-up 3).
+        let _ = self.member_list();
         if !spread
             && let Ok(l) = self.inner.leader.lock()
             && let Some(a) = *l

@@ -511,3 +511,75 @@ async fn a_connect_takes_its_endpoints_family_for_later_names() {
         "a client bound to IPv4 got {got:?} for [{v6}, {v4}]"
     );
 }
+
+/// Review s56 client (follow-up 3): the age refresh ran only when the
+/// member list was read, and a client whose calls all went to the
+/// remembered leader never read it (`next_target`), so a moved name whose
+/// old address still answers was never refreshed by age in production;
+/// the test above passed only because its loop read `members()`. Here
+/// only ordinary reads are made: they leave the old address once the
+/// name's lifetime has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordinary_calls_alone_follow_a_moved_leaders_name_by_age() {
+    const NAMES: [&str; 2] = [
+        "node-c1.aged-calls.invalid:7000",
+        "node-c2.aged-calls.invalid:7000",
+    ];
+    let (ca, nodes) =
+        dev_cluster(["fake-agedc-1", "fake-agedc-2", "fake-agedc-3"]).expect("dev certificates");
+    let client_id = ca.issue_client("aged-calls").expect("client certificate");
+    let [n1, n2, n3] = nodes.as_slice() else {
+        panic!("three nodes");
+    };
+    let serve = |node| FakeMember::start(node, |_| Act::answer(ClientResponse::Ok(b"ok".to_vec())));
+    let (old, other, new) = (serve(n1), serve(n2), serve(n3));
+    stub::slow(NAMES[0], old.addr(), Duration::ZERO);
+    stub::slow(NAMES[1], other.addr(), Duration::ZERO);
+    let client = Client::connect_typed(
+        NAMES,
+        client_id,
+        0,
+        None,
+        ClientOptions::default().with_timeout(Duration::from_secs(5)),
+        Names::with_lifetimes(Duration::from_millis(200), Duration::from_millis(100)),
+    )
+    .await
+    .expect("connects");
+    // The leader is the member at the first name (connect takes whichever
+    // answered first).
+    client.set_leader(Some(old.addr()));
+    let first = client.read(b"get".to_vec()).await;
+    assert_eq!(first.as_deref().ok(), Some(&b"ok"[..]), "{first:?}");
+    assert_eq!(old.received().len(), 1, "the first read went to the leader");
+    // The first name moves; the node at its old address keeps answering.
+    stub::slow(NAMES[0], new.addr(), Duration::ZERO);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let at_old = old.received().len();
+        let r = client.read(b"get".to_vec()).await;
+        assert_eq!(r.as_deref().ok(), Some(&b"ok"[..]), "a call failed: {r:?}");
+        if old.received().len() == at_old {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "ordinary calls kept going to the old address {} of {} (moved to {}): {} calls there",
+            old.addr(),
+            NAMES[0],
+            new.addr(),
+            old.received().len()
+        );
+        // Pacing only (the names' lifetime is 200 ms).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at_old = old.received().len();
+    for _ in 0..5 {
+        let r = client.read(b"get".to_vec()).await;
+        assert_eq!(r.as_deref().ok(), Some(&b"ok"[..]), "{r:?}");
+    }
+    assert_eq!(
+        old.received().len(),
+        at_old,
+        "calls still went to the old address of a moved name"
+    );
+}
