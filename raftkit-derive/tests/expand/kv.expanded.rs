@@ -1205,9 +1205,10 @@ impl<__Submit: ::raftkit::client::Submit> KvClient<__Submit> {
         value: String,
     ) -> ::core::result::Result<Option<String>, ::raftkit::Error> {
         let __command = ::raftkit::state_machine::encode(
-            "command",
-            &KvWrite::Put { key, value },
-        )?;
+                "command",
+                &KvWrite::Put { key, value },
+            )
+            .map_err(::raftkit::Error::not_sent)?;
         let __reply = ::raftkit::client::Submit::write(&self.submit, __command).await?;
         #[allow(unreachable_patterns)]
         match ::raftkit::state_machine::decode::<
@@ -1231,9 +1232,10 @@ impl<__Submit: ::raftkit::client::Submit> KvClient<__Submit> {
         key: String,
     ) -> ::core::result::Result<Option<String>, ::raftkit::Error> {
         let __command = ::raftkit::state_machine::encode(
-            "command",
-            &KvWrite::Delete { key },
-        )?;
+                "command",
+                &KvWrite::Delete { key },
+            )
+            .map_err(::raftkit::Error::not_sent)?;
         let __reply = ::raftkit::client::Submit::write(&self.submit, __command).await?;
         #[allow(unreachable_patterns)]
         match ::raftkit::state_machine::decode::<
@@ -1259,9 +1261,10 @@ impl<__Submit: ::raftkit::client::Submit> KvClient<__Submit> {
         new: String,
     ) -> ::core::result::Result<Result<(), Mismatch>, ::raftkit::Error> {
         let __command = ::raftkit::state_machine::encode(
-            "command",
-            &KvWrite::Cas { key, old, new },
-        )?;
+                "command",
+                &KvWrite::Cas { key, old, new },
+            )
+            .map_err(::raftkit::Error::not_sent)?;
         let __reply = ::raftkit::client::Submit::write(&self.submit, __command).await?;
         #[allow(unreachable_patterns)]
         match ::raftkit::state_machine::decode::<
@@ -1284,7 +1287,8 @@ impl<__Submit: ::raftkit::client::Submit> KvClient<__Submit> {
         &self,
         key: String,
     ) -> ::core::result::Result<Option<String>, ::raftkit::Error> {
-        let __command = ::raftkit::state_machine::encode("query", &KvRead::Get { key })?;
+        let __command = ::raftkit::state_machine::encode("query", &KvRead::Get { key })
+            .map_err(::raftkit::Error::not_sent)?;
         let __reply = ::raftkit::client::Submit::read(&self.submit, __command).await?;
         #[allow(unreachable_patterns)]
         match ::raftkit::state_machine::decode::<
