@@ -199,7 +199,7 @@ fn storage_failure(reason: &str, dir: &Path) -> Failure {
         )
     } else {
         format!(
-            "the node's storage failed and it stopped without acknowledging anything more; check the disk holding {dir}, then reboot the machine (or drop the page cache: a failed fsync can leave data that never reached the disk readable in it) and restart it with `kv serve --data {dir}` ({reason})"
+            "the node's storage failed and it stopped without acknowledging anything more; check the disk holding {dir}, then restart it with `kv serve --data {dir}` (on tmpfs, FUSE or NFS, or off Linux, reboot the machine or drop the page cache first: a failed fsync can leave data that never reached the disk readable in it) ({reason})"
         )
     })
 }

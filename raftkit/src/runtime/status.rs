@@ -46,12 +46,14 @@ pub struct PeerStatus {
     /// cluster then tolerates one fewer failure).
     pub halted: Option<String>,
     /// Set when storage failed: the node stopped (it acknowledges and
-    /// serves nothing more; restart it on a healthy disk). After a failed
-    /// write or fsync (not a full disk), restart it only after a reboot, or
-    /// after dropping the page cache (`echo 1 > /proc/sys/vm/drop_caches`):
-    /// Linux may mark the pages of a failed fsync clean, so a restart on
-    /// the same boot reads back, and trusts as durable, log records that
-    /// never reached the disk.
+    /// serves nothing more; restart it on a healthy disk). Linux may mark
+    /// the pages of a failed fsync clean, so that they stay readable
+    /// although they never reached the disk: on Linux the log drops the
+    /// cached pages of its last segment at open, so a restart on the same
+    /// boot reads what the disk holds. On a file system that ignores that
+    /// (tmpfs, FUSE, NFS) or another system, after a failed write or fsync
+    /// (not a full disk), restart it only after a reboot, or after dropping
+    /// the page cache (`echo 1 > /proc/sys/vm/drop_caches`).
     pub fatal: Option<String>,
     /// Proposals accepted while leader.
     pub proposals: u64,

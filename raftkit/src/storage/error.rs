@@ -18,10 +18,13 @@ use crate::core::types::Index;
 ///   or an fsync refuses every later call with [`Failed`](Self::Failed): after
 ///   a failed fsync the page cache may hold data that will never reach the
 ///   disk, so retrying and carrying on could acknowledge lost writes. The
-///   same holds for the next process on the same boot: Linux may mark those
-///   pages clean, so a reopened log reads them back, and a sync at open does
-///   not write them. Restart a store whose fsync failed only after a reboot
-///   or after dropping the page cache.
+///   next process on the same boot is protected: Linux may mark those pages
+///   clean (readable, never written), so the write-ahead log drops its last
+///   segment's cached pages at open before reading it (`storage::wal`,
+///   "Recovery"). Where that cannot work (a file system that ignores
+///   `POSIX_FADV_DONTNEED`, such as tmpfs, FUSE or NFS; systems other than
+///   Linux), restart a store whose fsync failed only after a reboot or after
+///   dropping the page cache.
 /// - *request* errors ([`Compacted`](Self::Compacted),
 ///   [`Unavailable`](Self::Unavailable), [`Invalid`](Self::Invalid)): the call
 ///   was wrong (or raced with compaction); the store did nothing and remains

@@ -69,6 +69,101 @@ fn what_a_reopened_log_reports_survives_a_crash() {
     );
 }
 
+/// Found by review (stop 56, finding 1(ii)): an `fdatasync` that fails
+/// with EIO leaves its pages *clean* on Linux, holding the frame's bytes
+/// while the device never got them; a later sync does not write them. A
+/// node that stopped on the failure and was restarted on the same boot read
+/// them back and reported the frame's entries, term and vote as durable
+/// (the open's own sync cannot help: nothing is dirty). A crash, at any
+/// time later, then lost them. The open now drops the last segment's
+/// cached pages before reading it, so it reports what is on the disk; and
+/// the log it reports survives a crash after more writes.
+#[test]
+fn a_failed_fsync_is_not_read_back_on_the_same_boot() {
+    let root = Path::new("/node");
+    let dir = root.join("wal");
+    let crash = CrashFs::new(root);
+    let fs: Arc<dyn Vfs> = Arc::new(crash.clone());
+    let opts = WalOptions {
+        segment_size: 1 << 20,
+    };
+    let durable_hs = HardState {
+        term: 1,
+        vote: 3,
+        commit: 2,
+    };
+    let mut wal = Wal::open_in(fs.clone(), &dir, opts.clone()).expect("open wal");
+    wal.append(&entries(1, 3, 1)).expect("append");
+    wal.save_hard_state(durable_hs).expect("hard state");
+    wal.sync().expect("sync");
+    crash.fail_syncs(".wal", 1);
+    wal.append(&entries(4, 6, 2)).expect("append");
+    wal.save_hard_state(HardState {
+        term: 2,
+        vote: 7,
+        commit: 3,
+    })
+    .expect("hard state");
+    assert!(wal.sync().is_err(), "the failing sync did not fail");
+    // The node stops on the failure (fail-stop) and is restarted at once:
+    // same boot, no crash.
+    drop(wal);
+    let mut wal = Wal::open_in(fs.clone(), &dir, opts.clone()).expect("reopen");
+    assert_eq!(
+        (wal.last_index(), wal.hard_state()),
+        (3, durable_hs),
+        "the reopened log reports what a failed fsync never wrote"
+    );
+    // It works on: a new frame, synced, then a power cut.
+    wal.append(&entries(4, 4, 3)).expect("append after reopen");
+    wal.sync().expect("sync after reopen");
+    drop(wal);
+    crash.crash();
+    let wal = Wal::open_in(fs, &dir, opts).expect("reopen after crash");
+    assert_eq!(wal.last_index(), 4);
+    assert_eq!(
+        wal.entries(1, 5).expect("entries"),
+        [entries(1, 3, 1), entries(4, 4, 3)].concat()
+    );
+    assert_eq!(wal.hard_state(), durable_hs);
+}
+
+/// Checked (stop 57, task 1): a snapshot file whose fsync failed is never
+/// trusted by a reopen on the same boot. It is written under a temporary
+/// name and renamed only after its `sync_all` succeeded; a failed sync
+/// removes the temporary file, and an open deletes any left over. So the
+/// store reports the previous snapshot, before and after a crash.
+#[test]
+fn a_snapshot_whose_fsync_failed_is_not_trusted_at_reopen() {
+    use crate::core::types::SnapshotMeta;
+    let root = Path::new("/node");
+    let dir = root.join("snapshots");
+    let crash = CrashFs::new(root);
+    let fs: Arc<dyn Vfs> = Arc::new(crash.clone());
+    let snapshot = |index: Index, byte: u8| Snapshot {
+        meta: SnapshotMeta {
+            index,
+            term: 1,
+            ..SnapshotMeta::default()
+        },
+        data: vec![byte; 3000],
+    };
+    let mut store = FileSnapshotStore::open_in(fs.clone(), &dir, 1).expect("open");
+    store.save(&snapshot(5, 1)).expect("save");
+    crash.fail_syncs(".snap", 1);
+    assert!(
+        store.save(&snapshot(9, 2)).is_err(),
+        "the failing sync did not fail"
+    );
+    drop(store);
+    let store = FileSnapshotStore::open_in(fs.clone(), &dir, 1).expect("reopen");
+    assert_eq!(store.latest().expect("latest"), Some(snapshot(5, 1)));
+    drop(store);
+    crash.crash();
+    let store = FileSnapshotStore::open_in(fs, &dir, 1).expect("reopen after crash");
+    assert_eq!(store.latest().expect("latest"), Some(snapshot(5, 1)));
+}
+
 /// Found by review (stop 56, finding 4): zeros ending the last segment
 /// less than a frame header's length after its content (content ending 1
 /// to 11 bytes before the end of a preallocation step) were "repaired" as a

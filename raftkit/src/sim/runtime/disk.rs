@@ -17,9 +17,14 @@
 //!   crashed process stop working: their generation is gone.
 //! - faults ([`DiskFaults`]): with a seeded probability, a write fails
 //!   with ENOSPC (nothing written) or EIO (a prefix written), a sync fails
-//!   with EIO (nothing made durable); optionally only for paths containing
-//!   a given substring (for example `snapshots`, to fail snapshot saves
-//!   alone).
+//!   with EIO; optionally only for paths containing a given substring (for
+//!   example `snapshots`, to fail snapshot saves alone). A file's failed
+//!   sync is one as Linux fails it: a seeded prefix of its writes reached
+//!   the device (the last one perhaps torn), and the pages of all of them
+//!   are marked clean: reads still see them, a later sync does not write
+//!   them (it makes durable only the writes since), and a crash or
+//!   [`VfsFile::drop_cache`] leaves what the device holds (plus, for
+//!   `drop_cache`, the writes since, which are dirty and stay cached).
 //!
 //! Not modelled: fsync latency (the [`Vfs`] calls are synchronous and the
 //! simulated time does not advance inside them), writes reaching the disk
@@ -51,10 +56,38 @@ pub struct DiskFaults {
 #[derive(Clone, Debug, Default)]
 struct FileData {
     durable: Vec<u8>,
+    /// What reads see: `durable` with `unsynced` applied, plus the writes
+    /// of a failed sync (clean pages) until a crash or a `drop_cache`.
     volatile: Vec<u8>,
     /// Writes (offset, bytes) and length changes (`None` bytes: set_len to
-    /// offset) since the last sync, in order.
+    /// offset) since the last sync (successful or failed), in order: the
+    /// dirty pages.
     unsynced: Vec<(u64, Option<Vec<u8>>)>,
+}
+
+impl FileData {
+    /// `bytes` with the first `keep` unsynced changes applied, the last of
+    /// them cut to `cut` bytes if given.
+    fn apply(&self, mut bytes: Vec<u8>, keep: usize, cut: Option<usize>) -> Vec<u8> {
+        for (i, (offset, w)) in self.unsynced.iter().take(keep).enumerate() {
+            match w {
+                Some(w) => {
+                    let n = cut
+                        .filter(|_| i + 1 == keep)
+                        .unwrap_or(w.len())
+                        .min(w.len());
+                    write_at(&mut bytes, *offset, &w[..n]);
+                }
+                None => set_len(&mut bytes, *offset),
+            }
+        }
+        bytes
+    }
+
+    /// The durable bytes with every dirty change applied.
+    fn durable_and_dirty(&self) -> Vec<u8> {
+        self.apply(self.durable.clone(), self.unsynced.len(), None)
+    }
 }
 
 #[derive(Debug)]
@@ -420,10 +453,25 @@ impl VfsFile for SimFile {
         self.with(|s, id| {
             let eio = s.faults.sync_eio;
             if SimDisk::roll(s, &path, eio) {
+                // As Linux fails a write-back (module docs): a seeded part
+                // reached the device, and every page is clean now.
+                let pending = s.files.get(&id).map_or(0, |d| d.unsynced.len());
+                let keep = s.rng.random_range(0..=pending);
+                let cut = s.rng.random_range(0..=usize::MAX >> 1);
+                let data = s.files.entry(id).or_default();
+                let last_len = keep
+                    .checked_sub(1)
+                    .and_then(|i| data.unsynced.get(i))
+                    .and_then(|(_, w)| w.as_ref())
+                    .map_or(0, Vec::len);
+                let cut = cut % (last_len + 1);
+                let durable = std::mem::take(&mut data.durable);
+                data.durable = data.apply(durable, keep, Some(cut));
+                data.unsynced.clear();
                 return Err(io::Error::other("EIO (simulated): fsync failed"));
             }
             let data = s.files.entry(id).or_default();
-            data.durable = data.volatile.clone();
+            data.durable = data.durable_and_dirty();
             data.unsynced.clear();
             Ok(())
         })
@@ -431,6 +479,15 @@ impl VfsFile for SimFile {
 
     fn sync_all(&self) -> io::Result<()> {
         self.sync_data()
+    }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        self.with(|s, id| {
+            if let Some(data) = s.files.get_mut(&id) {
+                data.volatile = data.durable_and_dirty();
+            }
+            Ok(())
+        })
     }
 }
 
@@ -543,6 +600,61 @@ mod tests {
             );
         }
         assert!(header_tears > 0, "no seed tore a header over zeros");
+    }
+
+    /// Stop 57 (review stop 56, finding 1(ii)), on the simulated disk: a
+    /// log whose fsync failed (the frame's pages left clean, a seeded part
+    /// of it on the device), reopened on the same boot (no crash), reports
+    /// only what a crash then keeps. Before the open dropped the last
+    /// segment's cache it reported the failed frame (entry 2, term 2), and
+    /// a crash then lost it.
+    #[test]
+    fn a_wal_reopened_after_a_failed_fsync_reports_what_a_crash_keeps() {
+        use crate::core::types::{Entry, HardState, Payload};
+        use crate::storage::{LogStore, Wal, WalOptions};
+
+        let entry = |index: u64| Entry {
+            term: index,
+            index,
+            payload: Payload::Command(vec![index as u8 | 0x80; 300].into()),
+        };
+        let dir = Path::new("/n/wal");
+        let mut kept_whole = 0;
+        for seed in 0..64 {
+            let disk = SimDisk::new(seed);
+            let fs: Arc<dyn Vfs> = Arc::new(disk.clone());
+            let open = || Wal::open_in(fs.clone(), dir, WalOptions::default());
+            let mut wal = open().unwrap();
+            wal.append(&[entry(1)]).unwrap();
+            wal.sync().unwrap();
+            wal.append(&[entry(2)]).unwrap();
+            wal.save_hard_state(HardState {
+                term: 2,
+                vote: 9,
+                commit: 1,
+            })
+            .unwrap();
+            disk.set_faults(DiskFaults {
+                sync_eio: 1.0,
+                only: Some(".wal".into()),
+                ..Default::default()
+            });
+            assert!(wal.sync().is_err(), "seed {seed}");
+            disk.set_faults(DiskFaults::default());
+            drop(wal);
+            let wal = open().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            let reported = (wal.last_index(), wal.hard_state());
+            drop(wal);
+            disk.crash(false);
+            let wal = open().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert_eq!(
+                (wal.last_index(), wal.hard_state()),
+                reported,
+                "seed {seed}: the reopened log reported what a crash lost"
+            );
+            kept_whole += usize::from(reported.0 == 2);
+        }
+        assert!(kept_whole < 64, "no seed lost the failed frame");
     }
 
     #[test]

@@ -38,6 +38,14 @@
 //!   all of the file's pending writes persisted. Nothing synced is ever
 //!   lost.
 //!
+//! A failed sync, as Linux fails one ([`CrashFs::fail_syncs`]): the sync
+//! returns EIO, nothing of it becomes durable, and its pages are marked
+//! clean: the file's reads still see the failed writes, a later sync
+//! does not write them (it makes durable only the changes since the failed
+//! one), a crash drops them, and so does [`VfsFile::drop_cache`] (which
+//! leaves reads seeing the durable bytes with the changes since made on
+//! top: dirty pages stay cached).
+//!
 //! Preallocation ([`Vfs::preallocates`]) is off unless the file system was
 //! made with [`CrashFs::preallocating`], which makes the write-ahead log
 //! zero its segments ahead of the content and cut the zeros at sealing.
@@ -72,12 +80,31 @@ enum Change {
 
 #[derive(Debug, Default)]
 struct Inode {
+    /// What reads see: `durable` with `pending` applied, plus the writes
+    /// of a failed sync (clean pages) until a crash or a
+    /// [`VfsFile::drop_cache`].
     volatile: Vec<u8>,
     durable: Vec<u8>,
-    /// The changes since the last sync, in order.
+    /// The changes since the last sync (successful or failed), in order:
+    /// the dirty pages.
     pending: Vec<Change>,
     /// Whether the file was synced since its creation.
     synced: bool,
+}
+
+impl Inode {
+    /// The durable bytes with the dirty changes applied: what a sync makes
+    /// durable, and what reads see once the clean pages were dropped.
+    fn durable_and_dirty(&self) -> Vec<u8> {
+        let mut bytes = self.durable.clone();
+        for change in &self.pending {
+            match change {
+                Change::Write { at, bytes: w } => write_at(&mut bytes, *at, w),
+                Change::SetLen(len) => bytes.resize(usize::try_from(*len).unwrap_or(usize::MAX), 0),
+            }
+        }
+        bytes
+    }
 }
 
 /// One change to a directory's entries, applied atomically.
@@ -112,6 +139,9 @@ struct State {
     armed: Option<Armed>,
     /// Crashes inside a sync so far.
     crashed_in_sync: u64,
+    /// Syncs of files whose path contains the fragment fail, as Linux
+    /// fails them (module docs), this many more times.
+    failing_syncs: Option<(String, u64)>,
 }
 
 /// The crashable file system (see the module docs); clones share it.
@@ -304,6 +334,15 @@ impl CrashFs {
     /// before it.
     pub(crate) fn crash_in_sync(&self, after: u64, seed: u64) {
         self.lock_state().armed = Some(Armed { after, seed });
+    }
+
+    /// Makes the next `times` syncs ([`VfsFile::sync_data`],
+    /// [`VfsFile::sync_all`]) of files whose path contains `fragment` fail
+    /// with EIO as Linux fails them (module docs): nothing of them becomes
+    /// durable, and their writes stay readable, as clean pages, until a
+    /// crash or [`VfsFile::drop_cache`].
+    pub(crate) fn fail_syncs(&self, fragment: &str, times: u64) {
+        self.lock_state().failing_syncs = Some((fragment.to_string(), times));
     }
 
     /// How many armed crashes ([`CrashFs::crash_in_sync`]) happened.
@@ -509,11 +548,30 @@ impl VfsFile for CrashFile {
     fn sync_data(&self) -> io::Result<()> {
         self.with(|s, id| {
             s.sync_point()?;
+            let names = &s.names;
+            let failing = match &mut s.failing_syncs {
+                Some((fragment, times))
+                    if *times > 0
+                        && names.iter().any(|(p, i)| {
+                            *i == id && p.to_string_lossy().contains(fragment.as_str())
+                        }) =>
+                {
+                    *times -= 1;
+                    true
+                }
+                _ => false,
+            };
             let inode = s
                 .inodes
                 .get_mut(&id)
                 .ok_or_else(|| io::Error::other("the file is gone"))?;
-            inode.durable = inode.volatile.clone();
+            if failing {
+                // The write-back failed and its pages were marked clean:
+                // still read, never written (module docs).
+                inode.pending.clear();
+                return Err(io::Error::from_raw_os_error(5));
+            }
+            inode.durable = inode.durable_and_dirty();
             inode.pending.clear();
             inode.synced = true;
             Ok(())
@@ -522,6 +580,10 @@ impl VfsFile for CrashFile {
 
     fn sync_all(&self) -> io::Result<()> {
         self.sync_data()
+    }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        self.inode(|i| i.volatile = i.durable_and_dirty())
     }
 }
 

@@ -343,6 +343,10 @@ impl VfsFile for FaultyFile {
         self.fs
             .guard(FileOp::Fsync, &[&self.path], || self.file.sync_all())
     }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        self.file.drop_cache()
+    }
 }
 
 #[cfg(test)]

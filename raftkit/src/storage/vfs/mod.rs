@@ -113,6 +113,25 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// Makes the file's data and all its metadata durable (`fsync`).
     fn sync_all(&self) -> io::Result<()>;
+    /// Drops the file's *clean* cached pages, so that the next reads come
+    /// from the device (dirty pages stay: sync first to drop them all).
+    ///
+    /// Why: after a sync failed (EIO), Linux marks the pages whose
+    /// write-back failed clean. They keep the new bytes, readable until
+    /// evicted or rebooted, while the device never got them, and a later
+    /// successful sync does not write them either. A process that opens
+    /// the file again on the same boot would read, and trust, bytes that
+    /// are not on the disk. A store calls this on a file that a previous
+    /// process may have been writing, after syncing it and before reading
+    /// it (see `storage::wal`, "Open").
+    ///
+    /// Advisory: [`RealFs`] uses `posix_fadvise(POSIX_FADV_DONTNEED)` on
+    /// Linux and Android, which drops the clean pages that nothing maps;
+    /// elsewhere, and by default, it does nothing. A model of a page cache
+    /// (the test file systems) drops what a failed sync left readable.
+    fn drop_cache(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A held lock (see [`Vfs::lock`]); dropping it releases the lock.
@@ -267,6 +286,22 @@ impl VfsFile for RealFile {
 
     fn sync_all(&self) -> io::Result<()> {
         self.0.sync_all()
+    }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: `posix_fadvise` only reads its integer arguments; the
+            // descriptor is owned by `self.0`, open for the whole call.
+            let rc =
+                unsafe { libc::posix_fadvise(self.0.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            // It returns the error number itself (not -1 and `errno`).
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+        }
+        Ok(())
     }
 }
 

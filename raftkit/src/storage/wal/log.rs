@@ -236,10 +236,12 @@ impl Wal {
             let count = seqs.len();
             for (i, seq) in seqs.into_iter().enumerate() {
                 let step = Segment::step_for(&*wal.fs, wal.opts.segment_size);
-                let mut seg = Segment::open(&*wal.fs, wal.dir.join(segment_name(seq)), seq, step)?;
+                let last = i + 1 == count;
+                let path = wal.dir.join(segment_name(seq));
+                let mut seg = Segment::open(&*wal.fs, path, seq, step, last)?;
                 let mut max_entry = 0;
                 let prev = wal.segments.back().map(|p| (p.path.clone(), p.len));
-                seg.scan(i + 1 == count, |offset, payload| {
+                seg.scan(last, |offset, payload| {
                     wal.replay_frame(
                         &seg_path(&wal.dir, seq),
                         seq,
@@ -272,16 +274,9 @@ impl Wal {
                     ),
                 ));
             }
-            // What the scan read may sit only in the page cache: written by
-            // a process that stopped (a kill, a failed `fdatasync`) before
-            // its sync, and read back through the cache on the same boot.
-            // Reported below as durable (entries this node acknowledges
-            // again without a write, a vote it grants again: Raft §5.2,
-            // §5.3), so it is made durable first. Only the last segment can
-            // hold unsynced bytes (a sealed one was synced before the next
-            // was created); a clean file syncs cheaply. A failure fails the
-            // open. (Bytes whose own `fdatasync` failed may be marked clean
-            // by the kernel and stay unwritten: see `StorageError::Failed`.)
+            // The last segment was synced and its cache dropped before the
+            // scan (`Segment::open`): what it reported is on the device.
+            // The sealed ones are synced again here as before.
             for seg in &wal.segments {
                 seg.sync()?;
             }

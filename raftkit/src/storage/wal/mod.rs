@@ -57,6 +57,25 @@
 //!
 //! # Recovery (open)
 //!
+//! Before the **last** segment is read, it is synced and its cached pages
+//! dropped ([`VfsFile::drop_cache`](crate::storage::vfs::VfsFile::drop_cache),
+//! `posix_fadvise(POSIX_FADV_DONTNEED)` on Linux): a previous process on
+//! the same boot may have left frames there that never reached the disk,
+//! and the open reports what it reads as durable (entries the node
+//! acknowledges again without a write, a vote it grants again: Raft §5.2,
+//! §5.3). Frames a killed process left dirty in the page cache are made
+//! durable by the sync; frames whose `fdatasync` failed, which Linux keeps
+//! cached but marks clean (never written, not even by a later sync), are
+//! dropped, so the scan reads what the device holds. Only the last segment
+//! can hold either: a failed sync fails the log, so no segment is sealed
+//! after one, and a sealed segment's frames were all synced before the
+//! next segment was created. The remaining gap: a file system on which
+//! `POSIX_FADV_DONTNEED` keeps clean pages (pages mapped by another
+//! process; tmpfs, FUSE and network file systems that ignore it; systems
+//! other than Linux and Android, where it is not called): there, restart a
+//! node whose fsync failed only after a reboot or after dropping the page
+//! cache.
+//!
 //! Segments are scanned oldest first; every frame is checked (header checksum
 //! over the length, payload checksum) and replayed. In the **last** segment a
 //! header that fails with only zeros from it to the end of the file is the

@@ -183,10 +183,31 @@ impl Segment {
     /// Opens an existing segment and checks its header. Call
     /// [`scan`](Self::scan) next. `step` is the preallocation step for
     /// later appends (see [`step_for`](Self::step_for)).
-    pub fn open(fs: &dyn Vfs, path: PathBuf, seq: u64, step: u64) -> Result<Segment, StorageError> {
+    ///
+    /// With `last` (the log's last segment, the only one a previous process
+    /// can have written without a successful sync: see "Open" in
+    /// [`crate::storage::wal`]), the file is first synced, then its cached
+    /// pages dropped ([`VfsFile::drop_cache`]), so that what is read from
+    /// here on is what the device holds: bytes a killed process left dirty
+    /// are durable now, and bytes whose sync failed (left cached, clean,
+    /// never written) are read as what the device has instead. A failure of
+    /// either fails the open.
+    pub fn open(
+        fs: &dyn Vfs,
+        path: PathBuf,
+        seq: u64,
+        step: u64,
+        last: bool,
+    ) -> Result<Segment, StorageError> {
         let file = fs
             .open(&path, OpenMode::Existing)
             .map_err(|e| StorageError::io("open segment", &path, e))?;
+        if last {
+            file.sync_data()
+                .map_err(|e| StorageError::io("fsync segment", &path, e))?;
+            file.drop_cache()
+                .map_err(|e| StorageError::io("drop the cached pages of", &path, e))?;
+        }
         let len = file
             .size()
             .map_err(|e| StorageError::io("stat segment", &path, e))?;
