@@ -364,7 +364,23 @@ impl Journal {
         opts: JournalOptions,
         threads: &crate::runtime::threads::Threads,
     ) -> Result<Journal, StorageError> {
-        let wal = Wal::open_in(fs, dir, opts.wal.clone())?;
+        Journal::open_checked(fs, dir, opts, threads, None)
+    }
+
+    /// [`Journal::open_on`]; with `must_exist`, a journal directory holding
+    /// no segment is refused (`Wal::open_existing_in`, saying why it must
+    /// exist) instead of created: see `multi::lost_journal`.
+    pub(crate) fn open_checked(
+        fs: SharedFs,
+        dir: &Path,
+        opts: JournalOptions,
+        threads: &crate::runtime::threads::Threads,
+        must_exist: Option<&str>,
+    ) -> Result<Journal, StorageError> {
+        let wal = match must_exist {
+            Some(why) => Wal::open_existing_in(fs, dir, opts.wal.clone(), why)?,
+            None => Wal::open_in(fs, dir, opts.wal.clone())?,
+        };
         let mut replay = Replay::default();
         let (first, last) = (wal.first_index(), wal.last_index());
         let mut replayed_bytes = 0u64;

@@ -66,7 +66,9 @@
 //!   dropped and counted.
 //! - A restart rebuilds every group from the journal (and its snapshot
 //!   directory): the groups the journal holds are the groups the node
-//!   hosts.
+//!   hosts. A journal that the data directory proves existed (its
+//!   `journal.created` marker, a group's snapshot or marker) and that is
+//!   missing is refused at start, never created afresh (`lost_journal`).
 //! - Schemas are checked as for single-group peers ([`crate::schema`]): the
 //!   node's data directory records its binary's schema (one for all data
 //!   groups, `dir_schema`) and refuses an incompatible binary at start; its
@@ -99,6 +101,9 @@ mod dir_schema;
 pub mod hosting;
 pub mod journal;
 mod links;
+mod lost_journal;
+#[cfg(test)]
+mod lost_journal_tests;
 pub mod moves;
 mod node;
 pub mod placement;

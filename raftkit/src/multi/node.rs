@@ -299,7 +299,11 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                     .with_revocation_list_pem(pem)
                     .map_err(|e| Error::Tls(format!("the identity of {name}: {e}")))
             })?;
-        let journal = Journal::open(self.fs.clone(), &dir.join("journal"), self.journal)
+        // Refused if lost (`lost_journal`); before anything under
+        // `groups/` is read or swept.
+        // Refused if lost (`lost_journal`); before anything under
+        // `groups/` is read or swept.
+        let journal = super::lost_journal::open(&self.fs, &dir, self.journal, &Threads::default())
             .map_err(|e| Error::Storage(e.to_string()))?;
         let listen_addr: SocketAddr = listen
             .parse()
