@@ -275,11 +275,11 @@ impl Wal {
                 ));
             }
             // The last segment was synced and its cache dropped before the
-            // scan (`Segment::open`): what it reported is on the device.
-            // The sealed ones are synced again here as before.
-            for seg in &wal.segments {
-                seg.sync()?;
-            }
+            // scan (`Segment::open`), and a repair syncs what it writes:
+            // what the scan reported is on the device. The sealed ones need
+            // no sync (module docs of `wal`, "Recovery": each was synced
+            // whole before the next one was created), and the directory
+            // and its parent were synced above.
             wal.durable_hard_state = wal.hard_state;
             wal.durable_boundary = (wal.first - 1, wal.boundary_term);
             // Every segment must open with a checkpoint frame (so that older
