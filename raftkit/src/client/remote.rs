@@ -1045,10 +1045,17 @@ impl Client {
         })
     }
 
-    /// Whether a name standing for the member at `addr` is being looked
-    /// up: the member may be about to move.
-    pub(super) fn member_moving(&self, addr: SocketAddr) -> bool {
-        self.inner.members.moving(addr, &self.inner.names)
+    /// Waits until the lookups in flight of the names standing for the
+    /// members at `addrs` ended (their members may be about to move);
+    /// `false` at once if none is in flight. Unbounded: the caller bounds
+    /// it by its deadline.
+    pub(super) async fn member_lookups_end(&self, addrs: &[SocketAddr]) -> bool {
+        let lookups = self.inner.members.lookups_of(addrs, &self.inner.names);
+        if lookups.is_empty() {
+            return false;
+        }
+        futures_util::future::join_all(lookups).await;
+        true
     }
 
     fn set_leader(&self, addr: Option<SocketAddr>) {

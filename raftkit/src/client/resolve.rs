@@ -711,8 +711,22 @@ impl Names {
         self.family = if ipv4 { 4 } else { 6 };
     }
 
-    /// Whether a lookup of `name` is in flight (its member may be about to
-    /// move).
+    /// The end of the lookup of `name` in flight, if one is: ready once it
+    /// recorded its outcome (or was dropped unrun). Waiting for it starts
+    /// nothing.
+    pub(super) fn lookup_end(
+        &self,
+        name: &str,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + use<>> {
+        let mut rx = self.state.lock().entries.get(name)?.live_lookup()?.clone();
+        Some(async move {
+            // `Err`: the lookup is gone (its runtime stopped): ended too.
+            let _ = rx.wait_for(Option::is_some).await;
+        })
+    }
+
+    /// Whether a lookup of `name` is in flight (tests wait on it).
+    #[cfg(test)]
     pub(super) fn looking_up(&self, name: &str) -> bool {
         self.state
             .lock()

@@ -129,14 +129,20 @@ impl Members {
         }
     }
 
-    /// Whether a name standing for `addr` is being looked up (its member
-    /// may be about to move).
-    pub(super) fn moving(&self, addr: SocketAddr, names: &Names) -> bool {
+    /// The ends of the lookups in flight of the names standing for the
+    /// members at `addrs` (their members may be about to move): each ready
+    /// once its lookup recorded its outcome ([`Names::lookup_end`]).
+    pub(super) fn lookups_of(
+        &self,
+        addrs: &[SocketAddr],
+        names: &Names,
+    ) -> Vec<impl std::future::Future<Output = ()> + Send + use<>> {
         lock(&self.roster)
             .iter()
-            .filter(|(_, a)| *a == addr)
+            .filter(|(_, a)| addrs.contains(a))
             .filter_map(|(name, _)| name.as_deref())
-            .any(|name| names.looking_up(name))
+            .filter_map(|name| names.lookup_end(name))
+            .collect()
     }
 
     /// At most once per [`Names::age_check_every`]: each name of the
