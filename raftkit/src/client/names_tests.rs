@@ -309,3 +309,104 @@ async fn clients_sharing_a_table_each_get_their_own_familys_address() {
     );
     assert_eq!(stub::started(NAME), 1, "one lookup for both clients");
 }
+
+/// Waits (without sleeping, and without letting a paused clock run on)
+/// until no lookup of `name` is in flight.
+async fn until_looked_up(names: &Names, name: &str) {
+    let give_up = std::time::Instant::now() + DEADLINE;
+    while names.looking_up(name) {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the lookup of {name} never ended"
+        );
+        std::thread::yield_now();
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Review s56 client #5 (stop 57 task #1): a failed age refresh was made
+/// again [`FAILED_FOR`](super::FAILED_FOR) later, so with the name server
+/// down and the cluster healthy every member name was looked up every 2 s
+/// for as long as calls ran. A failing age refresh backs off (doubling,
+/// up to the address's lifetime) while the old address keeps serving, and
+/// a refresh that answers again replaces it. Paused clock: deterministic.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_failing_age_refresh_backs_off_while_the_old_address_serves() {
+    const NAME: &str = "member.age-backoff.invalid:7000";
+    let (old, new) = (addr(7501), addr(7502));
+    stub::script(NAME, Script::Answer(old, Duration::ZERO));
+    let names = Names::default();
+    names.prefetch(NAME);
+    until_looked_up(&names, NAME).await;
+    assert_eq!(names.known(NAME), Some(old));
+    // The name server goes down for ten minutes, the address ages, and
+    // calls use the name (an age check) every half second.
+    stub::script(NAME, Script::Fail);
+    tokio::time::advance(super::RESOLVED_FOR).await;
+    let outage = Duration::from_secs(600);
+    let step = Duration::from_millis(500);
+    let mut waited = Duration::ZERO;
+    while waited < outage {
+        names.prefetch(NAME);
+        until_looked_up(&names, NAME).await;
+        assert_eq!(names.known(NAME), Some(old), "the old address serves");
+        tokio::time::advance(step).await;
+        waited += step;
+    }
+    let refreshes = stub::started(NAME) - 1;
+    // Doubling from 2 s up to 30 s: 2+4+8+16 s, then one per 30 s (24 in
+    // 600 s); one per 2 s would be 300.
+    assert!(
+        (10..=30).contains(&refreshes),
+        "{refreshes} failed age refreshes in a {outage:?} outage"
+    );
+    // The name server answers again (the name moved meanwhile): within
+    // the address's lifetime the refresh finds the new address.
+    stub::script(NAME, Script::Answer(new, Duration::ZERO));
+    let mut waited = Duration::ZERO;
+    while names.known(NAME) != Some(new) {
+        assert!(
+            waited <= super::RESOLVED_FOR,
+            "the name server answers again, the name's refresh did not follow"
+        );
+        names.prefetch(NAME);
+        until_looked_up(&names, NAME).await;
+        tokio::time::advance(step).await;
+        waited += step;
+    }
+}
+
+/// Review s56 client #5 (stop 57 task #1): background lookups (age
+/// refreshes, names left out of a connect) of a stalling name server took
+/// every lookup slot, so a lookup a call waits for (a `NotLeader` hint, a
+/// new group client's replicas) queued behind them and the call ended at
+/// its deadline. Background lookups leave one slot to calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_background_lookups_leave_a_slot_to_a_call() {
+    const GROUP: &str = "slots.stall.invalid";
+    const NEEDED: &str = "hint.slots.invalid:7000";
+    let background: Vec<String> = (0..2 * MAX_LOOKUPS)
+        .map(|i| format!("n{i}.{GROUP}:7000"))
+        .collect();
+    let _release = Release(background.clone());
+    stub::script(NEEDED, Script::Answer(addr(7503), Duration::ZERO));
+    let names = Names::default();
+    for name in &background {
+        names.prefetch(name);
+    }
+    // Far shorter than a stalled lookup (8 s), far longer than one that
+    // answers at once.
+    let got = names
+        .resolve(NEEDED, Instant::now() + Duration::from_secs(4))
+        .await;
+    assert_eq!(
+        got.as_ref().ok(),
+        Some(&addr(7503)),
+        "the call's lookup: {got:?}"
+    );
+    let peak = stub::peak(GROUP);
+    assert!(
+        peak < MAX_LOOKUPS,
+        "{peak} background lookups ran at once (slots {MAX_LOOKUPS})"
+    );
+}

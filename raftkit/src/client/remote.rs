@@ -970,13 +970,14 @@ impl Client {
     /// Where the next attempt goes: the remembered leader, unless `spread`
     /// or none is remembered, else the next member in turn.
     fn next_target(&self, spread: bool) -> SocketAddr {
-        // The member list is read first, even when the remembered leader is
-        // taken: that read is what refreshes names by age and forgets a
-        // leader remembered at the old address of a name that moved
-        // ([`Client::member_list`]). Without it a client whose calls all go
+        // The members are brought up to date first, even when the
+        // remembered leader is taken: that is what refreshes names by age
+        // and forgets a leader remembered at the old address of a name that
+        // moved ([`Client::sync_members`]; atomic loads only while nothing
+        // changed). Without it a client whose calls all go
         // to the leader never refreshed a name while the node at its old
         // address answered (review s56 client, follow-up 3).
-        let _ = self.member_list();
+        self.sync_members();
         if !spread
             && let Ok(l) = self.inner.leader.lock()
             && let Some(a) = *l
@@ -1036,19 +1037,40 @@ impl Client {
         // whose calls all go to the remembered leader (`next_target`) keeps
         // calling the old address for as long as the node there answers,
         // which is the bug of s55 #2 (the age test's last assertion).
-        self.inner.members.current(&self.inner.names, |old| {
-            if let Ok(mut l) = self.inner.leader.lock()
-                && *l == Some(old)
-            {
-                *l = None;
-            }
-        })
+        self.inner
+            .members
+            .current(&self.inner.names, |old| self.forget_leader_at(old))
     }
 
-    /// Whether a name standing for the member at `addr` is being looked
-    /// up: the member may be about to move.
-    pub(super) fn member_moving(&self, addr: SocketAddr) -> bool {
-        self.inner.members.moving(addr, &self.inner.names)
+    /// What [`Client::member_list`] does, without reading the list: a call
+    /// to the remembered leader needs none ([`Members::sync`]).
+    fn sync_members(&self) {
+        self.inner
+            .members
+            .sync(&self.inner.names, |old| self.forget_leader_at(old));
+    }
+
+    /// Forgets the remembered leader if it is `old`, an address a member's
+    /// name left (see [`Client::member_list`]).
+    fn forget_leader_at(&self, old: SocketAddr) {
+        if let Ok(mut l) = self.inner.leader.lock()
+            && *l == Some(old)
+        {
+            *l = None;
+        }
+    }
+
+    /// Waits until the lookups in flight of the names standing for the
+    /// members at `addrs` ended (their members may be about to move);
+    /// `false` at once if none is in flight. Unbounded: the caller bounds
+    /// it by its deadline.
+    pub(super) async fn member_lookups_end(&self, addrs: &[SocketAddr]) -> bool {
+        let lookups = self.inner.members.lookups_of(addrs, &self.inner.names);
+        if lookups.is_empty() {
+            return false;
+        }
+        futures_util::future::join_all(lookups).await;
+        true
     }
 
     fn set_leader(&self, addr: Option<SocketAddr>) {

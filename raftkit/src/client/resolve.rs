@@ -31,11 +31,21 @@
 //!   [`FAILED_FOR`] (a negative cache): calls that need it meanwhile fail
 //!   at once, [`Error::Unavailable`];
 //! - an address found is used as it is for [`RESOLVED_FOR`]; past that,
-//!   the next use starts a refresh in the background (one at a time, at
-//!   most one per [`FAILED_FOR`] while they fail) and keeps using the old
-//!   address while the refresh runs, and after it failed; a refresh that
-//!   answers replaces it in this table, and counts as a move
-//!   ([`Names::moves`]) if the address changed;
+//!   the next use starts a refresh in the background (one at a time) and
+//!   keeps using the old address while the refresh runs, and after it
+//!   failed; a refresh that answers replaces it in this table, and counts
+//!   as a move ([`Names::moves`]) if the address changed;
+//! - refreshes by age that keep failing back off: the next is made
+//!   [`FAILED_FOR`] after the first failure, then twice as long after
+//!   each further one, at most [`RESOLVED_FOR`] (review s56 client #5:
+//!   with the name server down and the cluster healthy, every member name
+//!   was looked up every [`FAILED_FOR`] for as long as calls ran); a
+//!   lookup that answers ends the backoff;
+//! - a lookup a caller waits for (a name with no address yet: a
+//!   `NotLeader` hint, a new group client's replicas) runs before every
+//!   lookup nobody waits for (refreshes, prefetches), and those take at
+//!   most [`MAX_LOOKUPS`] - 1 slots, so a name server that stalls them
+//!   cannot hold every slot while a call waits (review s56 client #5);
 //! - a cluster address given by name is also looked up again by age: a
 //!   client checks its members' names at most every
 //!   [`Names::age_check_every`], and one older than [`RESOLVED_FOR`] is
@@ -102,6 +112,10 @@ const DIAL_RESERVE: Duration = Duration::from_secs(1);
 /// The most lookups of one client that run at once.
 pub(super) const MAX_LOOKUPS: usize = 4;
 
+/// The most lookups nobody waits for (refreshes, prefetches) that run at
+/// once: one slot is kept for the lookups calls wait for.
+const MAX_BACKGROUND_LOOKUPS: usize = MAX_LOOKUPS - 1;
+
 /// How long an address found is used before it is looked up again (in the
 /// background: the old one is used meanwhile).
 pub(super) const RESOLVED_FOR: Duration = Duration::from_secs(30);
@@ -152,6 +166,9 @@ struct Entry {
     found: Option<(Found, Instant)>,
     /// Why the last lookup failed, and when (cleared by one that answers).
     failed: Option<(String, Instant)>,
+    /// How many lookups in a row failed (0 after one that answers): the
+    /// backoff of refreshes by age ([`State::age_backoff`]).
+    fails: u32,
     /// The lookup in flight (its number, and where its outcome comes).
     in_flight: Option<(u64, watch::Receiver<Option<Outcome>>)>,
     /// How many clients sharing the table were given it as a cluster
@@ -166,6 +183,7 @@ impl Entry {
         Entry {
             found: None,
             failed: None,
+            fails: 0,
             in_flight: None,
             pins: 0,
             touched: now,
@@ -188,6 +206,10 @@ struct Queued {
     name: String,
     id: u64,
     tx: watch::Sender<Option<Outcome>>,
+    /// Whether no caller waits for it (a refresh, a prefetch): it runs
+    /// after every lookup a caller waits for, in at most
+    /// [`MAX_BACKGROUND_LOOKUPS`] slots.
+    background: bool,
 }
 
 #[derive(Default)]
@@ -202,17 +224,46 @@ struct Table {
     /// The lookups running, each on a thread of the blocking pool, or
     /// handed to the pool to run next: at most [`MAX_LOOKUPS`].
     running: usize,
+    /// How many of the lookups running are background ones
+    /// ([`Queued::background`]): at most [`MAX_BACKGROUND_LOOKUPS`].
+    running_background: usize,
 }
 
 impl Table {
     /// How many more lookups may run now, counted as running: the caller
     /// hands that many [`Runner`]s to the blocking pool.
     fn runners_due(&mut self) -> usize {
-        let due = MAX_LOOKUPS
-            .saturating_sub(self.running)
-            .min(self.queued.len());
+        let background = self.queued.iter().filter(|q| q.background).count();
+        let may_run = (self.queued.len() - background)
+            + background.min(MAX_BACKGROUND_LOOKUPS.saturating_sub(self.running_background));
+        let due = MAX_LOOKUPS.saturating_sub(self.running).min(may_run);
         self.running += due;
         due
+    }
+
+    /// The next lookup to run, counted as running (background ones in
+    /// [`Table::running_background`]): the oldest a caller waits for, else
+    /// the oldest background one while fewer than
+    /// [`MAX_BACKGROUND_LOOKUPS`] of those run.
+    fn next_lookup(&mut self) -> Option<Queued> {
+        let at = self.queued.iter().position(|q| !q.background).or_else(|| {
+            (self.running_background < MAX_BACKGROUND_LOOKUPS)
+                .then(|| self.queued.iter().position(|q| q.background))
+                .flatten()
+        })?;
+        let next = self.queued.remove(at)?;
+        if next.background {
+            self.running_background += 1;
+        }
+        Some(next)
+    }
+
+    /// A caller waits for the lookup `id` of a name: if it is queued in
+    /// the background, it runs with the lookups callers wait for.
+    fn wanted(&mut self, id: u64) {
+        if let Some(q) = self.queued.iter_mut().find(|q| q.id == id) {
+            q.background = false;
+        }
     }
 
     /// Whether a new name that is no cluster address fits, evicting the
@@ -250,6 +301,17 @@ enum Known {
     Pending(watch::Receiver<Option<Outcome>>),
 }
 
+/// Who consults a name ([`State::consult`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Why {
+    /// A call that waits for the address if there is none yet.
+    Call,
+    /// Nobody waits: a prefetch, or a refresh by age.
+    Background,
+    /// Its member could not be reached: it may have moved (nobody waits).
+    Unreachable,
+}
+
 /// What the names of a client and their lookups share.
 struct State {
     table: Mutex<Table>,
@@ -267,15 +329,38 @@ impl State {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long after its last failure a name with an address is looked
+    /// up again by age, `fails` lookups of it having failed in a row:
+    /// [`FAILED_FOR`] doubled per failure after the first, at most
+    /// [`RESOLVED_FOR`] (module doc, "Invariants").
+    fn age_backoff(&self, fails: u32) -> Duration {
+        let doublings = fails.saturating_sub(1).min(20);
+        self.failed_for
+            .saturating_mul(1 << doublings)
+            .min(self.resolved_for.max(self.failed_for))
+    }
+
     /// What is known of `name`, starting its lookup if it is needed and
     /// none is in flight (and, for an address at least `refresh_after`
-    /// old, a refresh in the background).
-    fn consult(self: &Arc<Self>, name: &str, refresh_after: Duration) -> Known {
+    /// old, a refresh in the background). `why` says who asks: a caller
+    /// that waits for a name with no address yet has its lookup run before
+    /// background ones; a refresh by age backs off while it fails.
+    fn consult(self: &Arc<Self>, name: &str, refresh_after: Duration, why: Why) -> Known {
         let now = Instant::now();
         // A lookup runs on the blocking pool of the caller's runtime.
         let runtime = tokio::runtime::Handle::try_current().ok();
         let mut guard = self.lock();
         let table = &mut *guard;
+        // A caller that will wait for a lookup queued in the background
+        // has it run with the lookups callers wait for.
+        let joined = table
+            .entries
+            .get(name)
+            .filter(|e| why == Why::Call && e.found.is_none())
+            .and_then(|e| e.in_flight.as_ref().map(|(id, _)| *id));
+        if let Some(id) = joined {
+            table.wanted(id);
+        }
         let (refresh, known) = match table.entries.get(name) {
             Some(e) => {
                 let failed_lately = e
@@ -283,10 +368,21 @@ impl State {
                     .as_ref()
                     .filter(|(_, at)| now.saturating_duration_since(*at) < self.failed_for);
                 match (e.found, e.live_lookup(), failed_lately) {
-                    (Some((addr, at)), in_flight, failed) => {
+                    (Some((addr, at)), in_flight, _) => {
                         let stale = now.saturating_duration_since(at) >= refresh_after;
+                        // An unreachable member's name is looked up again
+                        // `FAILED_FOR` after a failure; one refreshed by
+                        // age backs off while its lookups fail.
+                        let hold = match why {
+                            Why::Unreachable => self.failed_for,
+                            Why::Call | Why::Background => self.age_backoff(e.fails),
+                        };
+                        let held = e
+                            .failed
+                            .as_ref()
+                            .is_some_and(|(_, at)| now.saturating_duration_since(*at) < hold);
                         (
-                            stale && in_flight.is_none() && failed.is_none(),
+                            stale && in_flight.is_none() && !held,
                             Some(Known::Addr(addr)),
                         )
                     }
@@ -305,7 +401,11 @@ impl State {
             }
         };
         let started = match (&runtime, refresh) {
-            (Some(_), true) => Some(Self::enqueue(table, name, now)),
+            (Some(_), true) => {
+                // A caller waits for it only if the name has no address.
+                let background = why != Why::Call || known.is_some();
+                Some(Self::enqueue(table, name, now, background))
+            }
             _ => None,
         };
         // Also when no lookup was started here: a queued one whose runner
@@ -332,7 +432,12 @@ impl State {
 
     /// Queues a lookup of `name`: its outcome is recorded in the table and
     /// sent to the receiver returned.
-    fn enqueue(table: &mut Table, name: &str, now: Instant) -> watch::Receiver<Option<Outcome>> {
+    fn enqueue(
+        table: &mut Table,
+        name: &str,
+        now: Instant,
+        background: bool,
+    ) -> watch::Receiver<Option<Outcome>> {
         let (tx, rx) = watch::channel(None);
         table.lookups += 1;
         let id = table.lookups;
@@ -345,6 +450,7 @@ impl State {
             name: name.to_string(),
             id,
             tx,
+            background,
         });
         rx
     }
@@ -370,9 +476,11 @@ impl State {
                 }
                 entry.found = Some((*addr, now));
                 entry.failed = None;
+                entry.fails = 0;
             }
             Err(why) => {
-                tracing::debug!(name, error = %why, kept = ?entry.found.map(|(a, _)| a.first), "address lookup failed");
+                entry.fails = entry.fails.saturating_add(1);
+                tracing::debug!(name, error = %why, fails = entry.fails, kept = ?entry.found.map(|(a, _)| a.first), "address lookup failed");
                 entry.failed = Some((why.clone(), now));
             }
         }
@@ -389,6 +497,8 @@ struct Runner {
     state: Arc<State>,
     /// Whether it still counts in [`Table::running`].
     counted: bool,
+    /// Whether the lookup it runs counts in [`Table::running_background`].
+    background: bool,
 }
 
 impl Runner {
@@ -397,6 +507,7 @@ impl Runner {
         Runner {
             state: Arc::clone(state),
             counted: true,
+            background: false,
         }
     }
 
@@ -411,11 +522,15 @@ impl Runner {
     fn run(mut self) {
         let next = {
             let mut table = self.state.lock();
-            let next = table.queued.pop_front();
-            if next.is_none() {
-                // Under the lock that queues (as below).
-                table.running = table.running.saturating_sub(1);
-                self.counted = false;
+            let next = table.next_lookup();
+            match &next {
+                // Under the lock that queues (as below): nothing it may
+                // run (background lookups wait for a background slot).
+                None => {
+                    table.running = table.running.saturating_sub(1);
+                    self.counted = false;
+                }
+                Some(q) => self.background = q.background,
             }
             next
         };
@@ -433,6 +548,9 @@ impl Runner {
         drop(next);
         let more = {
             let mut table = self.state.lock();
+            if std::mem::take(&mut self.background) {
+                table.running_background = table.running_background.saturating_sub(1);
+            }
             if table.queued.is_empty() {
                 // Under the lock that queues: a lookup queued after this
                 // sees the place free, and starts a runner of its own.
@@ -453,9 +571,16 @@ impl Runner {
 
     /// No longer counted in [`Table::running`].
     fn release(&mut self) {
-        if std::mem::take(&mut self.counted) {
+        let background = std::mem::take(&mut self.background);
+        let counted = std::mem::take(&mut self.counted);
+        if counted || background {
             let mut table = self.state.lock();
-            table.running = table.running.saturating_sub(1);
+            if background {
+                table.running_background = table.running_background.saturating_sub(1);
+            }
+            if counted {
+                table.running = table.running.saturating_sub(1);
+            }
         }
     }
 }
@@ -511,7 +636,7 @@ impl Names {
         if let Ok(addr) = name.parse::<SocketAddr>() {
             return Ok(addr);
         }
-        let mut pending = match self.state.consult(name, self.state.resolved_for) {
+        let mut pending = match self.state.consult(name, self.state.resolved_for, Why::Call) {
             Known::Addr(found) => return Ok(found.for_family(self.family)),
             Known::Failed(why) => {
                 return Err(Error::Unavailable(format!(
@@ -557,7 +682,9 @@ impl Names {
     /// none failed within [`FAILED_FOR`] (and refreshes an old address).
     pub(super) fn prefetch(&self, name: &str) {
         if name.parse::<SocketAddr>().is_err() {
-            let _ = self.state.consult(name, self.state.resolved_for);
+            let _ = self
+                .state
+                .consult(name, self.state.resolved_for, Why::Background);
         }
     }
 
@@ -570,7 +697,7 @@ impl Names {
     pub(super) fn refresh(&self, name: &str) {
         if name.parse::<SocketAddr>().is_err() {
             let after = self.state.failed_for.min(self.state.resolved_for);
-            let _ = self.state.consult(name, after);
+            let _ = self.state.consult(name, after, Why::Unreachable);
         }
     }
 
@@ -584,8 +711,22 @@ impl Names {
         self.family = if ipv4 { 4 } else { 6 };
     }
 
-    /// Whether a lookup of `name` is in flight (its member may be about to
-    /// move).
+    /// The end of the lookup of `name` in flight, if one is: ready once it
+    /// recorded its outcome (or was dropped unrun). Waiting for it starts
+    /// nothing.
+    pub(super) fn lookup_end(
+        &self,
+        name: &str,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + use<>> {
+        let mut rx = self.state.lock().entries.get(name)?.live_lookup()?.clone();
+        Some(async move {
+            // `Err`: the lookup is gone (its runtime stopped): ended too.
+            let _ = rx.wait_for(Option::is_some).await;
+        })
+    }
+
+    /// Whether a lookup of `name` is in flight (tests wait on it).
+    #[cfg(test)]
     pub(super) fn looking_up(&self, name: &str) -> bool {
         self.state
             .lock()
@@ -753,6 +894,9 @@ pub(crate) mod stub {
         /// Answers both addresses, in this order, at once (a dual-stack
         /// name).
         Answers([SocketAddr; 2]),
+        /// Fails at once, like a name under [`FAILS`] (a name server that
+        /// is down).
+        Fail,
     }
 
     #[derive(Default)]
@@ -844,6 +988,9 @@ pub(crate) mod stub {
             }
             Some(Script::Answers(both)) => return Some(Ok(both.to_vec())),
             Some(Script::Stall) => {}
+            Some(Script::Fail) => {
+                return Some(Err(std::io::Error::other("name server is down (scripted)")));
+            }
             None if host.ends_with(FAILS) => {
                 return Some(Err(std::io::Error::other("no such name (scripted)")));
             }

@@ -65,7 +65,9 @@
 //! member that no longer holds the next index answers
 //! [`Error::Compacted`], and one that does not host the client's group
 //! [`Error::NotHosted`]: the watch asks every other member (each once, a
-//! suspected one too) before returning that answer. Across processes, keep
+//! suspected one too) before returning that answer, and waits (within the
+//! outage's deadline) for the lookups in flight of the refusing members'
+//! names, asking at once a member whose name moved. Across processes, keep
 //! [`Watch::resume_from`] and open a new watch from it.
 //!
 //! # Cancellation
@@ -415,16 +417,28 @@ impl<S: StateMachine> Watch<S> {
                         refusal = Some(e);
                     }
                     let members = self.client.members();
-                    if members.iter().all(|m| refused.contains(m)) {
-                        // Unless a refusing member's name is being looked
-                        // up: it may move to an address not asked yet
-                        // (backed off below, until the deadline).
-                        if !members.iter().any(|m| self.client.member_moving(*m)) {
-                            return Err(refusal.unwrap_or(Error::Timeout));
-                        }
-                    } else {
+                    if members.iter().any(|m| !refused.contains(m)) {
                         continue;
                     }
+                    // Every member refused. A refusing member's name being
+                    // looked up may move to an address not asked yet: the
+                    // watch waits for those lookups (until the deadline),
+                    // then asks the new addresses at once, or, if none
+                    // moved, ends with the refusal then (review s56 client
+                    // #3: it backed off and asked again while lookups were
+                    // in flight, each refusal starting another, so a watch
+                    // of a group that left its members ended only at the
+                    // outage's deadline).
+                    let waited =
+                        tokio::time::timeout_at(deadline, self.client.member_lookups_end(&members))
+                            .await;
+                    if matches!(waited, Ok(true))
+                        && self.client.members().iter().any(|m| !refused.contains(m))
+                    {
+                        debug!("a refusing member's name moved; asking it at its new address");
+                        continue;
+                    }
+                    return Err(refusal.unwrap_or(Error::Timeout));
                 }
                 Ok(Err(e)) if !e.is_retryable() => return Err(e),
                 Ok(Err(e)) => {
@@ -887,3 +901,7 @@ mod tests {
         assert_eq!(w.member(), Some(new.addr()));
     }
 }
+
+#[cfg(test)]
+#[path = "watch_moves_tests.rs"]
+mod moves_tests;

@@ -24,8 +24,9 @@
 //!   client (review s55 client #2), and the leader a client remembers is
 //!   forgotten when it is the old address of a name that moved;
 //! - a call reads the list through [`Members::current`], which costs one
-//!   read lock and two atomic loads while no name is left out and none
-//!   moved.
+//!   read lock and a few atomic loads while no name is left out and none
+//!   moved; a call to the remembered leader only keeps the roster up to
+//!   date ([`Members::sync`]: the atomic loads, no lock).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -103,6 +104,20 @@ impl Members {
         names: &Names,
         moved_from: impl FnMut(SocketAddr),
     ) -> Arc<Vec<SocketAddr>> {
+        self.sync(names, moved_from);
+        match self.list.read() {
+            Ok(l) => Arc::clone(&l),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// What [`Members::current`] does before it reads the list (joins the
+    /// late names that resolved, refreshes old names, follows moves),
+    /// without reading it: atomic loads only, no lock, while nothing
+    /// changed. A call that goes to the remembered leader needs no list
+    /// (stop 57 task #4: it read the list, a read lock and an `Arc` clone
+    /// on a cache line every caller shares, and dropped it).
+    pub(super) fn sync(&self, names: &Names, moved_from: impl FnMut(SocketAddr)) {
         if self.has_late.load(Ordering::Acquire) {
             self.adopt_late(names);
         }
@@ -110,10 +125,6 @@ impl Members {
         let moves = names.moves();
         if moves != self.moves_seen.load(Ordering::Acquire) {
             self.follow_moves(names, moves, moved_from);
-        }
-        match self.list.read() {
-            Ok(l) => Arc::clone(&l),
-            Err(p) => Arc::clone(&p.into_inner()),
         }
     }
 
@@ -129,14 +140,20 @@ impl Members {
         }
     }
 
-    /// Whether a name standing for `addr` is being looked up (its member
-    /// may be about to move).
-    pub(super) fn moving(&self, addr: SocketAddr, names: &Names) -> bool {
+    /// The ends of the lookups in flight of the names standing for the
+    /// members at `addrs` (their members may be about to move): each ready
+    /// once its lookup recorded its outcome ([`Names::lookup_end`]).
+    pub(super) fn lookups_of(
+        &self,
+        addrs: &[SocketAddr],
+        names: &Names,
+    ) -> Vec<impl std::future::Future<Output = ()> + Send + use<>> {
         lock(&self.roster)
             .iter()
-            .filter(|(_, a)| *a == addr)
+            .filter(|(_, a)| addrs.contains(a))
             .filter_map(|(name, _)| name.as_deref())
-            .any(|name| names.looking_up(name))
+            .filter_map(|name| names.lookup_end(name))
+            .collect()
     }
 
     /// At most once per [`Names::age_check_every`]: each name of the
@@ -224,3 +241,7 @@ impl Members {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "members_tests.rs"]
+mod members_tests;
