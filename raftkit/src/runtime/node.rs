@@ -1055,8 +1055,12 @@ impl NodeTask {
                 // it: one message, one wake-up of the apply thread; or none,
                 // when the batch is small and the thread idle (applied here,
                 // see `apply::inline`).
-                self.apply_tx
-                    .entries(std::mem::take(&mut st.registers), rd.committed_entries);
+                // The next batch's list starts at this one's size: under
+                // load it would otherwise grow from empty by doubling, a
+                // reallocation and copy every few proposals (issue 16).
+                let capacity = st.registers.len();
+                let registers = std::mem::replace(&mut st.registers, Vec::with_capacity(capacity));
+                self.apply_tx.entries(registers, rd.committed_entries);
             }
             for r in rd.reads {
                 let Some((query, reply, arrived)) = st.reads.remove(&r.ctx) else {
