@@ -111,9 +111,10 @@ pub enum Error {
     /// may not have been applied.
     #[error("transport: {0}")]
     Transport(String),
-    /// The handler panicked under the `skip` policy: every replica skipped
-    /// the command at the same entry (it counts as applied; whatever the
-    /// handler changed before it panicked stays).
+    /// The handler panicked, or its output's `Serialize` returned an error,
+    /// under the `skip` policy: every replica skipped the command at the
+    /// same entry (it counts as applied; whatever the handler changed
+    /// stays).
     #[error("handler failed: {message}")]
     Handler {
         /// The panic message.

@@ -53,6 +53,8 @@ mod apply_failure_tests;
 #[cfg(test)]
 mod apply_inline_tests;
 #[cfg(test)]
+mod apply_output_error_tests;
+#[cfg(test)]
 mod apply_tests;
 mod arena;
 pub mod authorization;
