@@ -29,7 +29,29 @@ impl Serialize for Refusing {
     }
 }
 
-/// `put` under the default policy (`skip`), `put_strict` under `halt`.
+/// The output whose decoding fails.
+pub(crate) const UNREADABLE: u64 = 999;
+
+/// A write output that encodes, but whose `Deserialize` refuses
+/// [`UNREADABLE`]: the reply of a write that applied does not decode at
+/// the caller.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct OneWay(pub(crate) u64);
+
+impl<'de> Deserialize<'de> for OneWay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        if v == UNREADABLE {
+            return Err(serde::de::Error::custom(
+                "OneWay::deserialize fails on purpose",
+            ));
+        }
+        Ok(OneWay(v))
+    }
+}
+
+/// `put` under the default policy (`skip`), `put_strict` under `halt`;
+/// `keep`'s output may not decode.
 #[derive(StateMachine, Default, Serialize, Deserialize)]
 pub(crate) struct Picky {
     pub(crate) n: u64,
@@ -47,6 +69,12 @@ impl Picky {
     fn put_strict(&mut self, v: u64) -> Refusing {
         self.n = v;
         Refusing(v)
+    }
+
+    #[write]
+    fn keep(&mut self, v: u64) -> OneWay {
+        self.n = v;
+        OneWay(v)
     }
 
     #[read]
@@ -171,4 +199,58 @@ fn the_local_client_follows_the_policy_of_an_output_encode_error() {
         .block_on(client.put(5))
         .expect_err("refused after the halt");
     assert_eq!(later.applied(), Applied::No, "{later:?}");
+}
+
+/// A write whose reply does not decode at the caller was applied (the
+/// reply came back from its apply): the error says applied `Yes`, not
+/// `Maybe` (which invites a caller without a session to apply it again).
+/// Before (stop 56): `Error::Codec`, applied `Maybe`.
+#[test]
+fn a_write_reply_that_does_not_decode_says_applied() {
+    let local = crate::client::Local::new(Picky::default());
+    let client = PickyClient::new(local.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let e = rt
+        .block_on(client.keep(UNREADABLE))
+        .expect_err("the reply does not decode");
+    assert_eq!(e.applied(), Applied::Yes, "{e:?}");
+    assert!(!e.is_retryable(), "{e:?}");
+    assert!(e.to_string().contains("write output"), "{e}");
+    assert_eq!(local.with(|p| p.n), UNREADABLE, "it was applied");
+    assert_eq!(rt.block_on(client.keep(2)).ok(), Some(OneWay(2)));
+}
+
+/// A submitter whose every write answers with `reply`.
+struct Answers(Vec<u8>);
+
+impl crate::client::Submit for Answers {
+    async fn write(&self, _command: Vec<u8>) -> Result<Vec<u8>, Error> {
+        Ok(self.0.clone())
+    }
+
+    async fn read(&self, _query: Vec<u8>) -> Result<Vec<u8>, Error> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A write answered with another handler's output (a peer of another
+/// version) was applied too: applied `Yes`. Before (stop 56):
+/// `Error::Protocol`, applied `Maybe`.
+#[test]
+fn a_write_reply_of_another_handler_says_applied() {
+    let other = encode("write output", &PickyWriteOutput::Keep(OneWay(1))).expect("encodes");
+    let client = PickyClient::new(Answers(other));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let e = rt
+        .block_on(client.put(1))
+        .expect_err("another handler's output");
+    assert_eq!(e.applied(), Applied::Yes, "{e:?}");
+    assert!(!e.is_retryable(), "{e:?}");
+    // A read applies nothing, whatever its answer: never `Yes`.
+    let read = rt.block_on(client.get()).expect_err("not a read output");
+    assert_ne!(read.applied(), Applied::Yes, "{read:?}");
 }

@@ -13,7 +13,7 @@ use super::test_gate::until;
 use crate::core::Role;
 use crate::error::{Applied, Error};
 use crate::prelude::*;
-use crate::state_machine::output_tests::{Picky, PickyRead, PickyWrite, REFUSED};
+use crate::state_machine::output_tests::{Picky, PickyRead, PickyWrite, REFUSED, UNREADABLE};
 use crate::transport::memory::MemoryNetwork;
 
 const ADDRS: [&str; 3] = ["picky:1", "picky:2", "picky:3"];
@@ -119,6 +119,38 @@ async fn an_output_encode_error_under_skip_is_a_handler_error_and_the_cluster_go
     assert!(r.is_ok(), "{r:?}");
     for p in &peers {
         assert_eq!(p.status().halted, None);
+        let _ = p.shutdown().await;
+    }
+}
+
+/// `Peer::write` of a write whose reply does not decode here: it was
+/// applied, and the error says so (`Yes`). Before (stop 56):
+/// `Error::Codec`, applied `Maybe`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_write_whose_reply_does_not_decode_says_applied() {
+    let peers = cluster(23).await;
+    let r = on_the_leader(&peers, |p| async move {
+        p.write(PickyWrite::Keep { v: UNREADABLE }).await
+    })
+    .await;
+    match &r {
+        Err(e) => {
+            assert_eq!(e.applied(), Applied::Yes, "{e:?}");
+            assert!(!e.is_retryable(), "{e:?}");
+        }
+        other => panic!("a write whose reply does not decode got {other:?}"),
+    }
+    let n = on_the_leader(&peers, |p| async move { p.read(PickyRead::Get).await }).await;
+    assert!(
+        matches!(
+            n,
+            Ok(crate::state_machine::output_tests::PickyReadOutput::Get(
+                UNREADABLE
+            ))
+        ),
+        "{n:?}"
+    );
+    for p in &peers {
         let _ = p.shutdown().await;
     }
 }
