@@ -31,9 +31,11 @@
 //!
 //! 1. **Depth counts compound values only.** Each `deserialize_*` of a
 //!    compound value (seq, tuple, tuple struct, map, struct, enum, option,
-//!    newtype struct) is one level for everything decoded inside it. The
-//!    elements of a sequence or map are siblings, not nested: a
-//!    `Vec<u8>` of a million bytes is two levels deep, not a million.
+//!    newtype struct), and `deserialize_any` and `deserialize_ignored_any`
+//!    (which may visit any of them), is one level for everything decoded
+//!    inside it. The elements of a sequence or map are siblings, not
+//!    nested: a `Vec<u8>` of a million bytes is two levels deep, not a
+//!    million.
 //! 2. **Everything nested goes through the counter.** The visitor, and the
 //!    `SeqAccess`, `MapAccess`, `EnumAccess`, `VariantAccess` and seeds it
 //!    is handed, are wrapped, so a nested `deserialize_*` is always the
@@ -152,13 +154,28 @@ macro_rules! flat {
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for Limited<'_, D> {
     type Error = D::Error;
 
+    // `deserialize_any` and `deserialize_ignored_any` may hand the visitor
+    // anything, compound values included (under a self-describing codec:
+    // serde's buffering of untagged enums and `flatten`, a JSON-like
+    // `Value`, `IgnoredAny` skipping a nested value), so each is one
+    // level. postcard refuses both at once, so this changes no verdict
+    // under it.
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        let budget = self.budget().enter()?;
+        self.inner.deserialize_any(budget.wrap(visitor))
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        let budget = self.budget().enter()?;
+        self.inner.deserialize_ignored_any(budget.wrap(visitor))
+    }
+
     flat! {
-        deserialize_any deserialize_bool
+        deserialize_bool
         deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64 deserialize_i128
         deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128
         deserialize_f32 deserialize_f64 deserialize_char deserialize_str deserialize_string
         deserialize_bytes deserialize_byte_buf deserialize_unit deserialize_identifier
-        deserialize_ignored_any
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {

@@ -35,6 +35,7 @@
 //! | [`WatchLagged`](Error::WatchLagged) | No (a watch applies nothing) | no (re-read the state, then watch from there) |
 //! | [`NotHosted`](Error::NotHosted) | No | no (a sharded client re-reads the placement and re-routes) |
 //! | [`AnswerTooLarge`](Error::AnswerTooLarge) | Yes | no (a retry gets the same stored answer) |
+//! | [`AnswerUndecodable`](Error::AnswerUndecodable) | Yes | no (a retry gets the same stored answer) |
 //!
 //! A call may end with an error that is `Maybe` and not retried only when
 //! retrying could do no better: a codec or protocol error would recur, and
@@ -111,9 +112,10 @@ pub enum Error {
     /// may not have been applied.
     #[error("transport: {0}")]
     Transport(String),
-    /// The handler panicked under the `skip` policy: every replica skipped
-    /// the command at the same entry (it counts as applied; whatever the
-    /// handler changed before it panicked stays).
+    /// The handler panicked, or its output's `Serialize` returned an error,
+    /// under the `skip` policy: every replica skipped the command at the
+    /// same entry (it counts as applied; whatever the handler changed
+    /// stays).
     #[error("handler failed: {message}")]
     Handler {
         /// The panic message.
@@ -241,6 +243,18 @@ pub enum Error {
     /// too large is [`Error::Rejected`]: a read changes nothing.)
     #[error("applied, but its answer cannot be carried (do not send it again): {0}")]
     AnswerTooLarge(String),
+    /// The write was applied (its answer came back from the state machine
+    /// that applied it), but the answer does not decode here as the
+    /// write's output: it does not decode at all (the output's
+    /// `Deserialize` refuses what its `Serialize` wrote), or it is another
+    /// handler's output (the caller and the cluster run different versions
+    /// of the state machine). Made by the caller's side only
+    /// ([`Error::undecodable_answer`]), never sent by a member. Do not
+    /// send the write again: a retry through the same
+    /// [`WriteOnce`](crate::client::WriteOnce) handle gets the same stored
+    /// answer, so this same error.
+    #[error("applied, but its answer does not decode here (do not send it again): {0}")]
+    AnswerUndecodable(String),
 }
 
 impl From<TlsError> for Error {
@@ -259,6 +273,16 @@ impl Error {
         Error::Rejected(format!("not sent: {err}"))
     }
 
+    /// The error of a write whose answer came back (the write was
+    /// applied) but does not decode as its output on the caller's side:
+    /// [`AnswerUndecodable`](Error::AnswerUndecodable) (applied `Yes`, not
+    /// retryable), with `why` (the codec error, or which output came back
+    /// instead). A read's answer that does not decode is not this: a read
+    /// applies nothing.
+    pub fn undecodable_answer(why: impl std::fmt::Display) -> Self {
+        Error::AnswerUndecodable(why.to_string())
+    }
+
     /// Whether the command of the failed call may have been applied; see
     /// the [module documentation](self) for every variant.
     pub fn applied(&self) -> Applied {
@@ -274,7 +298,9 @@ impl Error {
             | Error::Compacted { .. }
             | Error::WatchLagged { .. }
             | Error::NotHosted { .. } => Applied::No,
-            Error::Handler { .. } | Error::AnswerTooLarge(_) => Applied::Yes,
+            Error::Handler { .. } | Error::AnswerTooLarge(_) | Error::AnswerUndecodable(_) => {
+                Applied::Yes
+            }
             Error::Timeout
             | Error::Transport(_)
             | Error::Codec(_)
@@ -311,7 +337,8 @@ impl Error {
             | Error::Compacted { .. }
             | Error::WatchLagged { .. }
             | Error::NotHosted { .. }
-            | Error::AnswerTooLarge(_) => false,
+            | Error::AnswerTooLarge(_)
+            | Error::AnswerUndecodable(_) => false,
         }
     }
 
@@ -384,6 +411,7 @@ mod tests {
             (Error::WatchLagged { next: 1 }, Applied::No, false),
             (Error::NotHosted { group: 3 }, Applied::No, false),
             (Error::AnswerTooLarge("x".into()), Applied::Yes, false),
+            (Error::AnswerUndecodable("x".into()), Applied::Yes, false),
         ];
         for (e, applied, retry) in all {
             assert_eq!(e.applied(), applied, "{e:?}");

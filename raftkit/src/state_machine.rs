@@ -13,8 +13,8 @@
 //!   same result and the same new state on every replica. No clocks, no
 //!   randomness, no IO in handlers: the replicated time and a seeded random
 //!   generator come in the handler's [`Ctx`].
-//! - Whatever a handler does, including panicking, the log is neither lost
-//!   nor reordered: under [`ErrorPolicy::Skip`] the entry is consumed with an
+//! - Whatever a handler does, including panicking or returning an output
+//!   whose `Serialize` fails, the log is neither lost nor reordered: under [`ErrorPolicy::Skip`] the entry is consumed with an
 //!   error reply on every replica alike; under [`ErrorPolicy::Halt`] the node
 //!   stops applying at that entry and keeps it in the log for a fixed binary.
 //! - A command, query, reply or state decodes only as a whole ([`decode`]):
@@ -480,18 +480,20 @@ pub enum ApplyError {
     /// The command bytes do not decode as this state machine's `Write`.
     #[error("undecodable command: {0}")]
     Decode(CodecError),
-    /// The handler panicked and its policy is `skip`: the entry is consumed
-    /// and the caller receives this error.
-    #[error("handler panicked: {message}")]
+    /// The handler panicked, or its output's `Serialize` returned an
+    /// error, and its policy is `skip`: the entry is consumed and the
+    /// caller receives this error.
+    #[error("handler failed: {message}")]
     Panicked {
-        /// The panic message.
+        /// The panic message, or what did not encode.
         message: String,
     },
-    /// The handler panicked and its policy is `halt`: this node must stop
-    /// applying at this entry.
-    #[error("handler panicked, node halted: {message}")]
+    /// The handler panicked, or its output's `Serialize` returned an
+    /// error, and its policy is `halt`: this node must stop applying at
+    /// this entry.
+    #[error("handler failed, node halted: {message}")]
     Halted {
-        /// The panic message.
+        /// The panic message, or what did not encode.
         message: String,
     },
 }
@@ -549,8 +551,26 @@ pub(crate) fn apply_decoded_as<S: StateMachine, O>(
     let handler = S::handler_name(&command);
     let index = ctx.index();
     match handler_panic::catch(|| sm.apply(ctx, command)) {
-        Ok(output) => encode_output(&output).map_err(|e| ApplyError::Panicked {
-            message: e.to_string(),
+        // The handler ran and changed the state, but its output's
+        // `Serialize` returned an error: a failure of the handler's code
+        // like a panic in it, so it follows the handler's policy (a panic
+        // in the `Serialize` halts whatever the policy: `runtime::apply`).
+        // The error depends only on the output, so every replica decides
+        // alike.
+        Ok(output) => encode_output(&output).map_err(|e| {
+            let message = format!("the output of `{handler}` did not encode ({e}); the handler ran and its change to the state stays");
+            match policy {
+                ErrorPolicy::Skip => {
+                    tracing::error!(handler, index, error = %e, policy = "skip",
+                        "a write's output did not encode; the entry is applied on every replica and its caller gets Error::Handler");
+                    ApplyError::Panicked { message }
+                }
+                ErrorPolicy::Halt => {
+                    tracing::error!(handler, index, error = %e, policy = "halt",
+                        "a write's output did not encode under the halt policy; this node stops applying");
+                    ApplyError::Halted { message }
+                }
+            }
         }),
         Err(Caught { message, location }) => match policy {
             ErrorPolicy::Skip => {
@@ -656,3 +676,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "state_machine_output_tests.rs"]
+pub(crate) mod output_tests;

@@ -113,7 +113,11 @@ async fn a_deeply_nested_command_or_query_is_refused_and_every_peer_keeps_servin
         .expect("every peer applies the first write in time")
         .expect("peer alive");
     }
+    let mut followers = 0;
     for peer in cluster.peers() {
+        if peer.status().role != raftkit::core::Role::Leader {
+            followers += 1;
+        }
         for (kind, e) in [
             (
                 "write",
@@ -127,6 +131,14 @@ async fn a_deeply_nested_command_or_query_is_refused_and_every_peer_keeps_servin
                     .await
                     .expect_err("refused"),
             ),
+            // A stale read is served by the member asked, from its own
+            // apply thread: a follower decodes the query itself.
+            (
+                "stale read",
+                peer.read_encoded_with(deep_bytes(DEEP), raftkit::client::Consistency::Stale)
+                    .await
+                    .expect_err("refused"),
+            ),
         ] {
             let name = peer.name();
             assert!(
@@ -136,6 +148,8 @@ async fn a_deeply_nested_command_or_query_is_refused_and_every_peer_keeps_servin
             assert_eq!(e.applied(), Applied::No, "{name} {kind}: {e:?}");
         }
     }
+
+    assert!(followers >= 2, "the follower reads were not tried");
 
     // Every peer still serves: a normal write commits on all three, and
     // nothing of the refused ones was applied.

@@ -70,6 +70,21 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
             "the reply to `{method}` is the output of another handler (does the peer run another \
              version of `{ident}`?)"
         );
+        // A write's answer came back from its apply: one that does not
+        // decode says applied (`AnswerUndecodable`). A read applied
+        // nothing: `Codec` and `Protocol` as before.
+        let (undecodable, other_output) = match h.kind {
+            Kind::Write => (
+                quote_internal!(::raftkit::Error::undecodable_answer(__e)),
+                quote_internal!(::raftkit::Error::undecodable_answer(#mismatch)),
+            ),
+            Kind::Read => (
+                quote_internal!(::raftkit::Error::Codec(__e)),
+                quote_internal!(::raftkit::Error::Protocol(
+                    ::std::string::ToString::to_string(#mismatch),
+                )),
+            ),
+        };
         quote_internal! {
             #docs
             #(#cfgs)*
@@ -80,11 +95,10 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
                     .map_err(::raftkit::Error::not_sent)?;
                 let __reply = ::raftkit::client::Submit::#submit(&self.submit, __command).await?;
                 #[allow(unreachable_patterns)]
-                match ::raftkit::state_machine::decode::<#out>(#what, &__reply)? {
-                    #out::#variant(__value) => ::core::result::Result::Ok(__value),
-                    _ => ::core::result::Result::Err(::raftkit::Error::Protocol(
-                        ::std::string::ToString::to_string(#mismatch),
-                    )),
+                match ::raftkit::state_machine::decode::<#out>(#what, &__reply) {
+                    ::core::result::Result::Ok(#out::#variant(__value)) => ::core::result::Result::Ok(__value),
+                    ::core::result::Result::Ok(_) => ::core::result::Result::Err(#other_output),
+                    ::core::result::Result::Err(__e) => ::core::result::Result::Err(#undecodable),
                 }
             }
         }
@@ -107,7 +121,7 @@ pub fn client(model: &ImplModel, names: &Names) -> TokenStream {
          twice. `Unavailable`, `NotLeader` and `Overloaded` (retryable), and `Tls` (every \
          member refused this client's certificate: nothing was sent), `Unauthorized`, \
          `Rejected`, `Unsupported`, `SchemaMismatch` and `NotHosted` (not retryable) say it \
-         was not applied; `Handler` and `AnswerTooLarge` that it was. To retry \
+         was not applied; `Handler`, `AnswerTooLarge` and `AnswerUndecodable` that it was. To retry \
          exactly-once, make the call through [`write_once()`](Self::write_once) and retry \
          through that same handle:\n\n\
          ```ignore\n\

@@ -1059,7 +1059,7 @@ It wraps any [`Submit`](raftkit::client::Submit): the network client of a cluste
 
 # Retries and exactly-once
 
-Against a cluster, each write call is one logical write of the client's session: the client retries it by itself (redirects, lost connections, leader changes) under one sequence number, so **one call applies its command at most once**. When a write call returns an error whose [`applied()`](raftkit::Error::applied) is `Maybe` (`Timeout`, `Ambiguous`, `Transport`, `Halted`, `Storage`, `Codec`, `Protocol`, `SessionExpired`) the command may or may not have been applied, and **calling the method again is a new write** that can apply it twice. `Unavailable`, `NotLeader` and `Overloaded` (retryable), and `Tls` (every member refused this client's certificate: nothing was sent), `Unauthorized`, `Rejected`, `Unsupported`, `SchemaMismatch` and `NotHosted` (not retryable) say it was not applied; `Handler` and `AnswerTooLarge` that it was. To retry exactly-once, make the call through [`write_once()`](Self::write_once) and retry through that same handle:
+Against a cluster, each write call is one logical write of the client's session: the client retries it by itself (redirects, lost connections, leader changes) under one sequence number, so **one call applies its command at most once**. When a write call returns an error whose [`applied()`](raftkit::Error::applied) is `Maybe` (`Timeout`, `Ambiguous`, `Transport`, `Halted`, `Storage`, `Codec`, `Protocol`, `SessionExpired`) the command may or may not have been applied, and **calling the method again is a new write** that can apply it twice. `Unavailable`, `NotLeader` and `Overloaded` (retryable), and `Tls` (every member refused this client's certificate: nothing was sent), `Unauthorized`, `Rejected`, `Unsupported`, `SchemaMismatch` and `NotHosted` (not retryable) say it was not applied; `Handler`, `AnswerTooLarge` and `AnswerUndecodable` that it was. To retry exactly-once, make the call through [`write_once()`](Self::write_once) and retry through that same handle:
 
 ```ignore
 let once = client.write_once(); // one handle per logical write
@@ -1213,16 +1213,19 @@ impl<__Submit: ::raftkit::client::Submit> KvClient<__Submit> {
         #[allow(unreachable_patterns)]
         match ::raftkit::state_machine::decode::<
             KvWriteOutput,
-        >("write output", &__reply)? {
-            KvWriteOutput::Put(__value) => ::core::result::Result::Ok(__value),
-            _ => {
+        >("write output", &__reply) {
+            ::core::result::Result::Ok(KvWriteOutput::Put(__value)) => {
+                ::core::result::Result::Ok(__value)
+            }
+            ::core::result::Result::Ok(_) => {
                 ::core::result::Result::Err(
-                    ::raftkit::Error::Protocol(
-                        ::std::string::ToString::to_string(
-                            "the reply to `put` is the output of another handler (does the peer run another version of `Kv`?)",
-                        ),
+                    ::raftkit::Error::undecodable_answer(
+                        "the reply to `put` is the output of another handler (does the peer run another version of `Kv`?)",
                     ),
                 )
+            }
+            ::core::result::Result::Err(__e) => {
+                ::core::result::Result::Err(::raftkit::Error::undecodable_answer(__e))
             }
         }
     }
@@ -1240,16 +1243,19 @@ impl<__Submit: ::raftkit::client::Submit> KvClient<__Submit> {
         #[allow(unreachable_patterns)]
         match ::raftkit::state_machine::decode::<
             KvWriteOutput,
-        >("write output", &__reply)? {
-            KvWriteOutput::Delete(__value) => ::core::result::Result::Ok(__value),
-            _ => {
+        >("write output", &__reply) {
+            ::core::result::Result::Ok(KvWriteOutput::Delete(__value)) => {
+                ::core::result::Result::Ok(__value)
+            }
+            ::core::result::Result::Ok(_) => {
                 ::core::result::Result::Err(
-                    ::raftkit::Error::Protocol(
-                        ::std::string::ToString::to_string(
-                            "the reply to `delete` is the output of another handler (does the peer run another version of `Kv`?)",
-                        ),
+                    ::raftkit::Error::undecodable_answer(
+                        "the reply to `delete` is the output of another handler (does the peer run another version of `Kv`?)",
                     ),
                 )
+            }
+            ::core::result::Result::Err(__e) => {
+                ::core::result::Result::Err(::raftkit::Error::undecodable_answer(__e))
             }
         }
     }
@@ -1269,16 +1275,19 @@ impl<__Submit: ::raftkit::client::Submit> KvClient<__Submit> {
         #[allow(unreachable_patterns)]
         match ::raftkit::state_machine::decode::<
             KvWriteOutput,
-        >("write output", &__reply)? {
-            KvWriteOutput::Cas(__value) => ::core::result::Result::Ok(__value),
-            _ => {
+        >("write output", &__reply) {
+            ::core::result::Result::Ok(KvWriteOutput::Cas(__value)) => {
+                ::core::result::Result::Ok(__value)
+            }
+            ::core::result::Result::Ok(_) => {
                 ::core::result::Result::Err(
-                    ::raftkit::Error::Protocol(
-                        ::std::string::ToString::to_string(
-                            "the reply to `cas` is the output of another handler (does the peer run another version of `Kv`?)",
-                        ),
+                    ::raftkit::Error::undecodable_answer(
+                        "the reply to `cas` is the output of another handler (does the peer run another version of `Kv`?)",
                     ),
                 )
+            }
+            ::core::result::Result::Err(__e) => {
+                ::core::result::Result::Err(::raftkit::Error::undecodable_answer(__e))
             }
         }
     }
@@ -1291,11 +1300,11 @@ impl<__Submit: ::raftkit::client::Submit> KvClient<__Submit> {
             .map_err(::raftkit::Error::not_sent)?;
         let __reply = ::raftkit::client::Submit::read(&self.submit, __command).await?;
         #[allow(unreachable_patterns)]
-        match ::raftkit::state_machine::decode::<
-            KvReadOutput,
-        >("read output", &__reply)? {
-            KvReadOutput::Get(__value) => ::core::result::Result::Ok(__value),
-            _ => {
+        match ::raftkit::state_machine::decode::<KvReadOutput>("read output", &__reply) {
+            ::core::result::Result::Ok(KvReadOutput::Get(__value)) => {
+                ::core::result::Result::Ok(__value)
+            }
+            ::core::result::Result::Ok(_) => {
                 ::core::result::Result::Err(
                     ::raftkit::Error::Protocol(
                         ::std::string::ToString::to_string(
@@ -1303,6 +1312,9 @@ impl<__Submit: ::raftkit::client::Submit> KvClient<__Submit> {
                         ),
                     ),
                 )
+            }
+            ::core::result::Result::Err(__e) => {
+                ::core::result::Result::Err(::raftkit::Error::Codec(__e))
             }
         }
     }

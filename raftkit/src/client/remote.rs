@@ -96,6 +96,9 @@
 //! - [`Error::Handler`]: applied, and the handler panicked (policy `skip`).
 //! - [`Error::AnswerTooLarge`]: applied, but its answer is larger than a
 //!   frame carries; do not send it again.
+//! - [`Error::AnswerUndecodable`]: applied, but its answer does not decode
+//!   as the write's output on this side (made by the typed client, never
+//!   sent); do not send it again.
 //!
 //! Reads are never applied, so any read may be retried freely.
 //!

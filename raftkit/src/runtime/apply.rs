@@ -33,8 +33,10 @@
 //!   ([`StateMachine::snapshot_copy`]), the copy and a clone of the session
 //!   table made before the next entry and serialized later on the snapshot
 //!   thread ([`TakenBody::Deferred`]) while this thread goes on applying;
-//! - the thread *halts* at an entry whose handler panics under the `halt`
-//!   policy, or that this binary cannot decode (a newer binary wrote it):
+//! - the thread *halts* at an entry whose handler panics, or whose output's
+//!   `Serialize` returns an error, under the `halt` policy (under `skip`
+//!   either is the caller's `Error::Handler`, applied, on every replica
+//!   alike), or that this binary cannot decode (a newer binary wrote it):
 //!   it applies nothing more, the log keeps the entry, and every waiting
 //!   and later caller is answered [`Error::Halted`] (a fixed binary will
 //!   apply the write, so it is never reported as failed), but a read, which
@@ -1185,10 +1187,11 @@ impl<S: StateMachine> Apply<S> {
             Ok(out) => Ok(out),
             Err(ApplyError::Halted { message }) => {
                 return Outcome::Halt(format!(
-                    "handler panicked at entry {index} under the halt policy: {message}"
+                    "the write handler failed at entry {index} under the halt policy: {message}"
                 ));
             }
-            // Reported by `apply_encoded` (one error event per panic).
+            // Logged by `apply_decoded_as` (one error event per panic or
+            // output that did not encode).
             Err(ApplyError::Panicked { message }) => Err(message),
             Err(ApplyError::Decode(err)) => {
                 // Only binaries that disagree on the schema get here (the

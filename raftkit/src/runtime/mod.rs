@@ -53,6 +53,8 @@ mod apply_failure_tests;
 #[cfg(test)]
 mod apply_inline_tests;
 #[cfg(test)]
+mod apply_output_error_tests;
+#[cfg(test)]
 mod apply_tests;
 mod arena;
 pub mod authorization;
@@ -491,11 +493,14 @@ impl<S: StateMachine> Peer<S> {
     }
 
     /// Proposes a write command (this peer must be the leader).
+    ///
+    /// An answer that does not decode as the output is
+    /// [`Error::AnswerUndecodable`]: the write was applied.
     pub async fn write(&self, command: S::Write) -> Result<S::WriteOutput, Error> {
         let out = self
             .write_encoded(encode("command", &command).map_err(Error::not_sent)?)
             .await?;
-        Ok(decode("write output", &out)?)
+        decode("write output", &out).map_err(Error::undecodable_answer)
     }
 
     /// Serves a query linearizably (this peer must be the leader).

@@ -1,0 +1,156 @@
+//! A write whose output's `Serialize` returns `Err` (not a panic), on a
+//! three-node cluster: it follows the handler's error policy on every
+//! replica alike. Under `halt` every replica halts at that entry and the
+//! caller is answered `Halted`; under `skip` (the default) the caller gets
+//! `Error::Handler` (applied `Yes`), the state change stays, and the
+//! cluster goes on. Before (stop 56): `Error::Handler` under `halt` too,
+//! and no node halted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::test_gate::until;
+use crate::core::Role;
+use crate::error::{Applied, Error};
+use crate::prelude::*;
+use crate::state_machine::output_tests::{Picky, PickyRead, PickyWrite, REFUSED, UNREADABLE};
+use crate::transport::memory::MemoryNetwork;
+
+const ADDRS: [&str; 3] = ["picky:1", "picky:2", "picky:3"];
+
+/// Three peers on an in-memory network.
+async fn cluster(net_seed: u64) -> Vec<Peer<Picky>> {
+    let net = MemoryNetwork::new(net_seed);
+    let mut peers = Vec::new();
+    for addr in ADDRS {
+        let net = net.clone();
+        let peer = Picky::peer()
+            .in_memory()
+            .listen(addr)
+            .bootstrap_members(ADDRS)
+            .tick(Duration::from_millis(50))
+            .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+            .start()
+            .await
+            .expect("peer starts");
+        peers.push(peer);
+    }
+    peers
+}
+
+/// `f` run on the current leader, retried while it answers `NotLeader`
+/// (not proposed: a leader change under load) for up to 20 s.
+async fn on_the_leader<T, F>(
+    peers: &[Peer<Picky>],
+    f: impl Fn(Peer<Picky>) -> F,
+) -> Result<T, Error>
+where
+    F: std::future::Future<Output = Result<T, Error>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = until("a leader", || {
+            peers.iter().position(|p| p.status().role == Role::Leader)
+        })
+        .await;
+        let r = tokio::time::timeout(Duration::from_secs(5), f(peers[leader].clone()))
+            .await
+            .unwrap_or_else(|_| panic!("not answered within 5 s"));
+        match r {
+            Err(Error::NotLeader { .. }) if std::time::Instant::now() < deadline => continue,
+            r => return r,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_encode_error_under_halt_halts_every_replica() {
+    let peers = cluster(21).await;
+    let r = on_the_leader(&peers, |p| async move {
+        p.write(PickyWrite::PutStrict { v: REFUSED }).await
+    })
+    .await;
+    match &r {
+        Err(e @ Error::Halted { message }) => {
+            assert_eq!(e.applied(), Applied::Maybe, "{e:?}");
+            assert!(message.contains("did not encode"), "{e}");
+        }
+        other => panic!("a write whose output does not encode under halt got {other:?}"),
+    }
+    // Deterministic: every replica halts at that entry.
+    for (i, p) in peers.iter().enumerate() {
+        let halted = until(&format!("peer {i} halts"), || p.status().halted).await;
+        assert!(halted.contains("`put_strict`"), "peer {i}: {halted}");
+    }
+    for p in &peers {
+        let _ = p.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_encode_error_under_skip_is_a_handler_error_and_the_cluster_goes_on() {
+    let peers = cluster(22).await;
+    let r = on_the_leader(&peers, |p| async move {
+        p.write(PickyWrite::Put { v: REFUSED }).await
+    })
+    .await;
+    match &r {
+        Err(e @ Error::Handler { message }) => {
+            assert_eq!(e.applied(), Applied::Yes, "{e:?}");
+            assert!(message.contains("did not encode"), "{e}");
+        }
+        other => panic!("a write whose output does not encode under skip got {other:?}"),
+    }
+    // The state change stays, and later writes apply.
+    let n = on_the_leader(&peers, |p| async move { p.read(PickyRead::Get).await }).await;
+    assert!(
+        matches!(
+            n,
+            Ok(crate::state_machine::output_tests::PickyReadOutput::Get(
+                REFUSED
+            ))
+        ),
+        "{n:?}"
+    );
+    let r = on_the_leader(&peers, |p| async move {
+        p.write(PickyWrite::Put { v: 8 }).await
+    })
+    .await;
+    assert!(r.is_ok(), "{r:?}");
+    for p in &peers {
+        assert_eq!(p.status().halted, None);
+        let _ = p.shutdown().await;
+    }
+}
+
+/// `Peer::write` of a write whose reply does not decode here: it was
+/// applied, and the error says so (`Yes`). Before (stop 56):
+/// `Error::Codec`, applied `Maybe`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_write_whose_reply_does_not_decode_says_applied() {
+    let peers = cluster(23).await;
+    let r = on_the_leader(&peers, |p| async move {
+        p.write(PickyWrite::Keep { v: UNREADABLE }).await
+    })
+    .await;
+    match &r {
+        Err(e) => {
+            assert_eq!(e.applied(), Applied::Yes, "{e:?}");
+            assert!(!e.is_retryable(), "{e:?}");
+        }
+        other => panic!("a write whose reply does not decode got {other:?}"),
+    }
+    let n = on_the_leader(&peers, |p| async move { p.read(PickyRead::Get).await }).await;
+    assert!(
+        matches!(
+            n,
+            Ok(crate::state_machine::output_tests::PickyReadOutput::Get(
+                UNREADABLE
+            ))
+        ),
+        "{n:?}"
+    );
+    for p in &peers {
+        let _ = p.shutdown().await;
+    }
+}
