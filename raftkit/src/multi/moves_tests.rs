@@ -535,6 +535,7 @@ async fn a_balancing_move_whose_catch_up_failed_keeps_its_learner() {
 /// from `moves.rs`, stop 53; unchanged).
 mod decisions {
     use super::super::*;
+    use crate::multi::rebalance::{counts_against_target, leaves_its_learner};
     use crate::runtime::MemberStatus;
 
     const A: NodeId = 1;

@@ -557,7 +557,7 @@ pub(super) struct Inner<S> {
     /// ([`super::balance::RefusedTargets`]).
     refused: Mutex<super::balance::RefusedTargets>,
     /// Learners that failed replica-balancing moves left, to remove
-    /// (`moves::leaves_its_learner`): (group, the target's address).
+    /// (`rebalance::leaves_its_learner`): (group, the target's address).
     stray_learners: Mutex<BTreeSet<(GroupId, String)>>,
     /// The node's certificate, for its own requests to the placement group
     /// ([`super::placement_sync`]).
