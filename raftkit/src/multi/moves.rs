@@ -75,23 +75,28 @@
 //! fails it after the whole catch-up timeout, every round) is skipped by
 //! later rounds until its schema changes or a doubling backoff runs out
 //! ([`balance::RefusedTargets`](super::balance::RefusedTargets)); a move
-//! to it that succeeds forgets it. A balancing move whose catch-up failed
-//! keeps its learner: the balancer cannot tell a dead target from one
-//! that is alive but slower than the catch-up timeout (a large snapshot,
-//! a throttled link), and a kept learner goes on receiving the snapshot
-//! and the log during the backoff, so the next attempt resumes
-//! (`added == false`) instead of starting from zero. A balancing move
-//! whose learner may have been added but whose addition failed, or whose
-//! learner could not be removed again after a refusal
-//! (`rebalance::leaves_its_learner`), has that learner removed, as
-//! [`MultiNode::abort_move`] does. A removal that fails (a change in
-//! flight, the group unable to commit) is logged and tried again at the
-//! start of each later round, until it succeeds or this node no longer
-//! leads the group (the learner then stays: the new leader's node does
-//! not know of it). It never counts against the target. Such a retry
-//! removes whatever learner the target is then, whoever added it: a move
-//! to the same (group, target) started meanwhile by an admin loses its
-//! learner and fails (see the report of stop 56: not yet guarded).
+//! to it that succeeds forgets it, and so does a refused move whatever
+//! became of its learner's removal. A balancing move whose catch-up timed
+//! out keeps its learner if the target showed a sign of life during the
+//! catch-up (a message of the group from it, or its match index moving):
+//! it is alive but slower than the catch-up timeout (a large snapshot, a
+//! throttled link), and a kept learner goes on receiving the snapshot and
+//! the log during the backoff, so the next attempt resumes
+//! (`added == false`) instead of starting from zero. One whose target
+//! showed none during the whole catch-up (down, unreachable, or not
+//! hosting the group) has its learner removed, as [`MultiNode::abort_move`]
+//! does: nothing else would remove the learner of a target that never
+//! comes back. So does a balancing move whose learner may have been added
+//! but whose addition failed, or whose learner could not be removed again
+//! after a refusal (`rebalance::leaves_its_learner`). A removal that fails
+//! (a change in flight, the group unable to commit) is logged and tried
+//! again at the start of each later round, until it succeeds or this node
+//! no longer leads the group (the learner then stays: the new leader's
+//! node does not know of it). It never counts against the target.
+//! Such a retry removes whatever learner the target is then, whoever
+//! added it: a move to the same (group, target) started meanwhile by an
+//! admin loses its learner and fails (see the report of stop 56: not yet
+//! guarded).
 
 use std::time::Duration;
 
@@ -123,6 +128,20 @@ impl Default for MoveOptions {
             step_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// What a move saw that its result does not say, for the replica
+/// balancer ([`super::rebalance`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct MoveSeen {
+    /// Its catch-up timed out without a sign of life from the target: no
+    /// message of the group came from it and its match index did not move
+    /// during the whole catch-up (a target that is down, unreachable, or
+    /// does not host the group).
+    pub(super) target_silent: bool,
+    /// Its joint change was refused, for this cause (whatever became of
+    /// the learner's removal after it).
+    pub(super) refused: Option<RefusalCause>,
 }
 
 /// A step of a replica move (see the [module documentation](self)).
@@ -307,7 +326,7 @@ fn leaves(step: MoveStep, to: &str) -> String {
     }
 }
 
-fn is_member(st: &PeerStatus, id: NodeId) -> bool {
+pub(super) fn is_member(st: &PeerStatus, id: NodeId) -> bool {
     st.members.iter().any(|m| m.id == id)
 }
 
@@ -424,11 +443,25 @@ impl<S: PeerExt> MultiNode<S> {
         to: &str,
         opts: &MoveOptions,
     ) -> Result<MoveReport, MoveError> {
+        self.move_replica_seen(group, from, to, opts, &mut MoveSeen::default())
+            .await
+    }
+
+    /// [`move_replica_with`](Self::move_replica_with), telling `seen` what
+    /// the result does not say.
+    pub(super) async fn move_replica_seen(
+        &self,
+        group: GroupId,
+        from: NodeId,
+        to: &str,
+        opts: &MoveOptions,
+        seen: &mut MoveSeen,
+    ) -> Result<MoveReport, MoveError> {
         // The replica the move runs on, held for step 5: when this node
         // leaves the group, its replica retires once `C_new` commits
         // (`hosting`), possibly before step 5 looks for it.
         let held = self.group(group);
-        let result = self.run_move(group, from, to, opts).await;
+        let result = self.run_move(group, from, to, opts, seen).await;
         // Step 5: the placement follows the committed configuration, also
         // after a failure that left a change behind (the core finishes a
         // joint change by itself).
@@ -449,6 +482,7 @@ impl<S: PeerExt> MultiNode<S> {
         from: NodeId,
         to: &str,
         opts: &MoveOptions,
+        seen: &mut MoveSeen,
     ) -> Result<MoveReport, MoveError> {
         let started = Instant::now();
         let peer = self.group(group).ok_or(MoveError::NotHosted { group })?;
@@ -537,13 +571,42 @@ impl<S: PeerExt> MultiNode<S> {
         let if_added = if added { Applied::Yes } else { Applied::No };
         let maybe_joint = if added { Applied::Yes } else { Applied::Maybe };
 
-        // 2. Wait until it caught up.
+        // 2. Wait until it caught up, watching for a sign of life from the
+        // target meanwhile: a message of the group from it, or its match
+        // index moving.
         let lag = opts.catch_up_lag;
-        let st = wait_for(&peer, opts.catch_up_timeout, |s| {
+        let heard = self.watch_heard(group, to_id);
+        let matched_at = |s: &PeerStatus| {
+            s.members
+                .iter()
+                .find(|m| m.id == to_id)
+                .and_then(|m| m.matched)
+        };
+        let matched_before = matched_at(&peer.status());
+        #[cfg(test)]
+        hooks::catch_up_begun(me);
+        let caught = wait_for(&peer, opts.catch_up_timeout, |s| {
             s.role != Role::Leader || caught_up(s, to_id, lag)
-        })
-        .await
-        .map_err(|e| fail(MoveStep::CatchUp, if_added, e))?;
+        });
+        #[cfg(test)]
+        let caught = hooks::held_until_heard(me, &heard, opts.catch_up_timeout, caught);
+        let st = match caught.await {
+            Ok(st) => st,
+            Err(e) => {
+                if matches!(e, Error::Timeout) {
+                    seen.target_silent =
+                        !heard.heard() && matched_at(&peer.status()) == matched_before;
+                    info!(
+                        group,
+                        to,
+                        silent = seen.target_silent,
+                        "replica move's catch-up timed out"
+                    );
+                }
+                return Err(fail(MoveStep::CatchUp, if_added, e));
+            }
+        };
+        drop(heard);
         if st.role != Role::Leader {
             return Err(fail(
                 MoveStep::CatchUp,
@@ -566,7 +629,14 @@ impl<S: PeerExt> MultiNode<S> {
             // Refused before anything was appended (`Peer::replace_voter`):
             // the learner this move added goes again.
             Err(Error::Rejected(why)) => {
-                return Err(self.undo_learner(&peer, group, to, added, why, opts).await);
+                // Judged before the learner goes: the same check the
+                // refusal made (`Peer::replace_voter`), against the node's
+                // schema book.
+                let cause = self.refusal_cause(&peer, to);
+                seen.refused = Some(cause);
+                return Err(self
+                    .undo_learner(&peer, group, to, added, why, cause, opts)
+                    .await);
             }
             // Not the leader when it was proposed: nothing appended.
             Err(e @ Error::NotLeader { .. }) => {
@@ -652,12 +722,14 @@ impl<S: PeerExt> MultiNode<S> {
         Ok(report)
     }
 
-    /// After the joint change was refused (`why`, nothing appended): removes
+    /// After the joint change was refused (`why`, nothing appended, for
+    /// `cause`): removes
     /// `to`, the learner the move added (`added`; one that was a learner
     /// before the move stays), and says what the group is left in. A
     /// removal that fails leaves the learner: a failed
     /// [`MoveStep::AddLearner`] step ([`learner_not_removed`]),
     /// `abort_move` removes it.
+    #[allow(clippy::too_many_arguments)]
     async fn undo_learner(
         &self,
         peer: &Peer<S>,
@@ -665,12 +737,10 @@ impl<S: PeerExt> MultiNode<S> {
         to: &str,
         added: bool,
         why: String,
+        cause: RefusalCause,
         opts: &MoveOptions,
     ) -> MoveError {
         let step = MoveStep::JointChange;
-        // Judged before the learner goes: the same check the refusal made
-        // (`Peer::replace_voter`), against the node's schema book.
-        let cause = self.refusal_cause(peer, to);
         tracing::warn!(group, to, reason = %why, %cause, learner_added = added, "replica move refused at its joint change");
         if !added {
             return MoveError::Refused {
@@ -855,6 +925,11 @@ pub fn into_error(e: MoveError) -> Error {
     }
 }
 
+/// Test-only faults and probes of moves and of the replica balancer.
+#[cfg(test)]
+#[path = "moves_hooks.rs"]
+pub(super) mod hooks;
+
 #[cfg(test)]
 #[path = "moves_tests.rs"]
-mod moves_tests;
+pub(super) mod moves_tests;

@@ -750,6 +750,16 @@ impl<S: PeerExt> MultiNode<S> {
         &self.inner.links
     }
 
+    /// Watches for a message of `group` from node `node` (a sign of
+    /// life, see [`super::moves`]).
+    pub(super) fn watch_heard(
+        &self,
+        group: GroupId,
+        node: crate::core::NodeId,
+    ) -> super::links::Heard {
+        self.inner.links.watch_heard(group, node)
+    }
+
     /// The groups this node hosts, in order.
     pub fn groups(&self) -> Vec<GroupId> {
         self.inner.groups().keys().copied().collect()

@@ -8,7 +8,7 @@
 use tracing::info;
 
 use super::balance::{ReplicaView, plan_replicas_avoiding};
-use super::moves::{MoveError, MoveReport, MoveStep, settled};
+use super::moves::{MoveError, MoveReport, MoveSeen, MoveStep, is_member, settled};
 use super::{GroupId, MultiNode};
 use crate::core::{NodeId, Role};
 use crate::error::Error;
@@ -63,27 +63,52 @@ impl<S: PeerExt> MultiNode<S> {
         };
         info!(group = mv.group, from = mv.from, to = %addr, "moving a replica to balance replica counts");
         let opts = self.balance_move_options();
-        let moved = self.move_replica_with(mv.group, mv.from, addr, &opts).await;
-        match &moved {
-            Ok(_) => self.refused_targets(|r| r.moved(mv.to)),
-            Err(e) => {
-                if counts_against_target(e) {
-                    let heard = schemas.peer(mv.to);
-                    self.refused_targets(|r| r.refused(mv.to, heard));
-                    info!(group = mv.group, to = %addr, error = %e, "replica move to this target refused or failed: later rounds skip it until its schema changes or the backoff ends");
-                }
-                if leaves_its_learner(e) {
-                    self.stray_learners(|s| s.insert((mv.group, addr.clone())));
-                    self.remove_stray_learners().await;
-                }
+        let mut seen = MoveSeen::default();
+        let e = match self
+            .move_replica_seen(mv.group, mv.from, addr, &opts, &mut seen)
+            .await
+        {
+            Ok(report) => {
+                self.refused_targets(|r| r.moved(mv.to));
+                return Ok(Some(report));
             }
+            Err(e) => e,
+        };
+        if counts_against_target(&e, &seen) {
+            let heard = schemas.peer(mv.to);
+            self.refused_targets(|r| r.refused(mv.to, heard));
+            info!(group = mv.group, to = %addr, error = %e, "replica move to this target refused or failed: later rounds skip it until its schema changes or the backoff ends");
         }
-        moved.map(Some)
+        if !leaves_its_learner(&e, &seen) {
+            return Err(e);
+        }
+        self.stray_learners(|s| s.insert((mv.group, addr.clone())));
+        self.remove_stray_learners().await;
+        if !seen.target_silent {
+            return Err(e);
+        }
+        // The catch-up's error says a later move resumes: not so once the
+        // learner was removed.
+        let removed = self
+            .group(mv.group)
+            .is_some_and(|p| !is_member(&p.status(), mv.to));
+        Err(silent_target_left(e, addr, removed))
     }
 
     /// Removes `to`, the learner a failed balancing move left in `group`
-    /// ([`abort_move`](Self::abort_move)).
+    /// ([`abort_move`](Self::abort_move); tests may fail it first,
+    /// `moves::hooks::fail_stray_removals`).
     async fn remove_stray(&self, group: GroupId, to: &str) -> Result<(), MoveError> {
+        #[cfg(test)]
+        if super::moves::hooks::stray_removal_fails(self.id()) {
+            return Err(MoveError::Step {
+                group,
+                step: MoveStep::AddLearner,
+                applied: crate::error::Applied::Maybe,
+                leaves: "the test failed this removal".into(),
+                source: Error::Timeout,
+            });
+        }
         self.abort_move(group, to).await
     }
 
@@ -92,7 +117,7 @@ impl<S: PeerExt> MultiNode<S> {
     /// does; one whose removal fails is kept for the next round, one this
     /// node can no longer remove (it does not lead or host the group, the
     /// node votes now) is forgotten.
-    async fn remove_stray_learners(&self) {
+    pub(super) async fn remove_stray_learners(&self) {
         let strays: Vec<(GroupId, String)> = self.stray_learners(|s| s.iter().cloned().collect());
         for (group, to) in strays {
             let keep = match self.remove_stray(group, &to).await {
@@ -120,19 +145,67 @@ impl<S: PeerExt> MultiNode<S> {
 /// joint change, which the replica balancer then removes
 /// ([`MultiNode::abort_move`]): the learner's addition failed (it may
 /// have been added), or its removal after a refused joint change did
-/// ([`learner_not_removed`](super::moves::learner_not_removed)). Not a learner whose catch-up failed: the
-/// target may be alive but slow, and a kept learner lets the next attempt
-/// resume its catch-up (8897e64 removed it, so a target slower than the
-/// catch-up timeout could never be filled). Nor one whose joint change
+/// ([`learner_not_removed`](super::moves::learner_not_removed)), or its
+/// catch-up timed out while the target showed no sign of life
+/// (`seen.target_silent`: down, unreachable, or not hosting the group;
+/// nothing else would remove the learner of a target that never comes
+/// back). Not a learner whose catch-up failed while the target showed
+/// life: it may be alive but slower than the catch-up timeout, and a kept
+/// learner lets the next attempt resume its catch-up (8897e64 removed it,
+/// so such a target could never be filled). Nor one whose joint change
 /// may be in the log.
-pub(super) fn leaves_its_learner(e: &MoveError) -> bool {
-    matches!(
-        e,
+pub(super) fn leaves_its_learner(e: &MoveError, seen: &MoveSeen) -> bool {
+    match e {
         MoveError::Step {
             step: MoveStep::AddLearner,
             ..
-        }
-    )
+        } => true,
+        MoveError::Step {
+            step: MoveStep::CatchUp,
+            source: Error::Timeout,
+            ..
+        } => seen.target_silent,
+        _ => false,
+    }
+}
+
+/// What a balancing move whose target was silent for its whole catch-up
+/// (`e`, its error) left, once the balancer tried to remove its learner:
+/// `removed`, or the learner may remain (the balancer tries again).
+fn silent_target_left(e: MoveError, to: &str, removed: bool) -> MoveError {
+    match e {
+        MoveError::Step {
+            group,
+            step,
+            source,
+            ..
+        } if removed => MoveError::Step {
+            group,
+            step,
+            // The learner's addition, or its removal, committed.
+            applied: crate::error::Applied::Yes,
+            leaves: format!(
+                "{to} showed no sign of life during the whole catch-up: the replica balancer removed its learner again (a later move adds it anew); nothing else of the move is in force"
+            ),
+            source,
+        },
+        MoveError::Step {
+            group,
+            step,
+            applied,
+            source,
+            ..
+        } => MoveError::Step {
+            group,
+            step,
+            applied,
+            leaves: format!(
+                "{to} showed no sign of life during the whole catch-up and may still be a learner: the replica balancer tries to remove it again at its next rounds, abort_move removes it"
+            ),
+            source,
+        },
+        e => e,
+    }
 }
 
 /// Whether a failed move counts against its target, so that the replica
@@ -149,7 +222,16 @@ pub(super) fn leaves_its_learner(e: &MoveError) -> bool {
 /// cut the joint entry off, [`Error::NotLeader`]), another change hiding
 /// the joint change's outcome ([`Error::Ambiguous`]), this node's replica
 /// stopping or its storage failing.
-pub(super) fn counts_against_target(e: &MoveError) -> bool {
+///
+/// A move whose joint change was refused counts whatever became of the
+/// removal of its learner after it (`seen.refused`): a removal that
+/// failed makes its error a failed [`MoveStep::AddLearner`] step, which
+/// alone would not count, and a target whose schema refused the
+/// promotion would be tried again at once (review s56, finding 3).
+pub(super) fn counts_against_target(e: &MoveError, seen: &MoveSeen) -> bool {
+    if seen.refused.is_some() {
+        return true;
+    }
     match e {
         MoveError::Refused { .. } => true,
         MoveError::Step { step, source, .. } => {
@@ -163,3 +245,7 @@ pub(super) fn counts_against_target(e: &MoveError) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "rebalance_tests.rs"]
+mod rebalance_tests;
