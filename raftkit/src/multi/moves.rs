@@ -93,10 +93,17 @@
 //! again at the start of each later round, until it succeeds or this node
 //! no longer leads the group (the learner then stays: the new leader's
 //! node does not know of it). It never counts against the target.
-//! Such a retry removes whatever learner the target is then, whoever
-//! added it: a move to the same (group, target) started meanwhile by an
-//! admin loses its learner and fails (see the report of stop 56: not yet
-//! guarded).
+//!
+//! Moves and those removals exclude each other per (group, target)
+//! (`MultiNode::move_lock`): every move holds its pair's lock shared
+//! while it runs, a removal holds it exclusively and is skipped (kept
+//! for a later round) while a move to the pair is in flight; a move
+//! waits for a removal in progress before it reads the configuration,
+//! and takes the pair's learner over (the balancer forgets it: the move's
+//! own outcome says what becomes of it). So a retry never removes the
+//! learner of a move in flight to the same node, an admin's included
+//! (review s56, finding 2: it did, and that move then waited its whole
+//! catch-up timeout and failed as if the target were dead).
 
 use std::time::Duration;
 
@@ -457,6 +464,15 @@ impl<S: PeerExt> MultiNode<S> {
         opts: &MoveOptions,
         seen: &mut MoveSeen,
     ) -> Result<MoveReport, MoveError> {
+        // In flight to (group, to) until it returns: the balancer's removal
+        // of a stray learner there waits (`rebalance`), and one in
+        // progress finishes before this move reads the configuration.
+        // This move takes such a learner over: the balancer forgets it.
+        let _in_flight = self
+            .move_lock(group, Peer::<S>::member_id(to))
+            .read_owned()
+            .await;
+        self.stray_learners(|s| s.remove(&(group, to.to_string())));
         // The replica the move runs on, held for step 5: when this node
         // leaves the group, its replica retires once `C_new` commits
         // (`hosting`), possibly before step 5 looks for it.

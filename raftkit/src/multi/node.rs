@@ -421,6 +421,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 known: Mutex::new(Vec::new()),
                 refused: Mutex::new(Default::default()),
                 stray_learners: Mutex::new(BTreeSet::new()),
+                move_locks: Mutex::new(BTreeMap::new()),
                 identity: client_identity,
                 #[cfg(test)]
                 window: Mutex::new(None),
@@ -559,6 +560,9 @@ pub(super) struct Inner<S> {
     /// Learners that failed replica-balancing moves left, to remove
     /// (`rebalance::leaves_its_learner`): (group, the target's address).
     stray_learners: Mutex<BTreeSet<(GroupId, String)>>,
+    /// The locks of replica moves per (group, target)
+    /// ([`MultiNode::move_lock`]); one nobody holds is dropped.
+    move_locks: Mutex<BTreeMap<(GroupId, crate::core::NodeId), Arc<tokio::sync::RwLock<()>>>>,
     /// The node's certificate, for its own requests to the placement group
     /// ([`super::placement_sync`]).
     identity: Identity,
@@ -1358,6 +1362,25 @@ impl<S: PeerExt> MultiNode<S> {
             Ok(mut s) => f(&mut s),
             Err(_) => f(&mut BTreeSet::new()),
         }
+    }
+
+    /// The lock of replica moves to node `to` in `group`: every move to
+    /// the pair holds it shared while it runs, the replica balancer's
+    /// removal of a stray learner there exclusively (see
+    /// [`super::moves`], "Replica balancing").
+    pub(super) fn move_lock(
+        &self,
+        group: GroupId,
+        to: crate::core::NodeId,
+    ) -> Arc<tokio::sync::RwLock<()>> {
+        let mut locks = self
+            .inner
+            .move_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Held by nobody (only the map refers to it): dropped.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry((group, to)).or_default().clone()
     }
 
     /// The node's schema book (its own schema and its peers' hellos).

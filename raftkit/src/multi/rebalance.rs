@@ -116,10 +116,19 @@ impl<S: PeerExt> MultiNode<S> {
     /// ([`leaves_its_learner`]), as [`abort_move`](Self::abort_move)
     /// does; one whose removal fails is kept for the next round, one this
     /// node can no longer remove (it does not lead or host the group, the
-    /// node votes now) is forgotten.
+    /// node votes now) is forgotten. One whose (group, node) has a move in
+    /// flight is kept, untouched (the pair's lock, see
+    /// [`MultiNode::move_lock`]): that move may be resuming it.
     pub(super) async fn remove_stray_learners(&self) {
         let strays: Vec<(GroupId, String)> = self.stray_learners(|s| s.iter().cloned().collect());
         for (group, to) in strays {
+            let Ok(_removing) = self
+                .move_lock(group, Peer::<S>::member_id(&to))
+                .try_write_owned()
+            else {
+                info!(group, to = %to, "a move to this learner's node is in flight: its removal waits for a later round");
+                continue;
+            };
             let keep = match self.remove_stray(group, &to).await {
                 Ok(()) => {
                     info!(group, to = %to, "removed the learner of a failed balancing move");

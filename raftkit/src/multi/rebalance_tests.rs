@@ -223,3 +223,68 @@ async fn a_balancing_move_to_a_target_silent_for_its_whole_catch_up_removes_its_
     );
     a.shutdown().await.expect("a clean shutdown");
 }
+
+/// The balancer's retry of a stray learner's removal skips a (group,
+/// node) with a move in flight (review s56, finding 2): a balancing move
+/// to a dead node leaves a learner whose removal fails (the hook), so the
+/// balancer keeps it to remove at its next round; an admin then moves
+/// the group to that node (its catch-up waits); the next round must leave
+/// the learner to that move. Then, the pair's lock held by that move, a
+/// stray of the pair remembered again is kept, not removed. Before: the
+/// round removed the learner under the admin's move, which then waited
+/// its whole catch-up timeout and failed as if the target were dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_learner_retry_skips_a_node_with_a_move_in_flight() {
+    let DeadTarget { _dir, a, dead } = dead_target("balance-in-flight").await;
+    let dead_id = Peer::<Placement>::member_id(&dead);
+    crate::multi::moves::hooks::fail_stray_removals(a.id(), 1);
+    let failed = a.balance_replicas().await;
+    let Err(super::MoveError::Step { group, .. }) = &failed else {
+        panic!("the move to a node that never answers: {failed:?}");
+    };
+    let group = *group;
+    let peer = a.group(group).expect("the group of the move");
+    let member = |peer: &Peer<Placement>| {
+        settled_members(&peer.status()).map(|(_, learners)| learners.contains(&dead_id))
+    };
+    assert!(
+        until("settled after the failed removal", || member(&peer)).await,
+        "the learner whose removal failed is gone"
+    );
+    let begun = crate::multi::moves::hooks::catch_ups_begun(a.id());
+    let admin = tokio::spawn({
+        let (a, dead) = (a.clone(), dead.clone());
+        async move {
+            let opts = MoveOptions {
+                catch_up_timeout: Duration::from_secs(60),
+                step_timeout: Duration::from_secs(10),
+                ..MoveOptions::default()
+            };
+            a.move_replica_with(group, a.id(), &dead, &opts).await
+        }
+    });
+    until("the admin's move waits for its catch-up", || {
+        (crate::multi::moves::hooks::catch_ups_begun(a.id()) > begun).then_some(())
+    })
+    .await;
+    let again = a.balance_replicas().await;
+    assert!(matches!(again, Ok(None)), "the next round: {again:?}");
+    assert!(
+        until("settled after the next round", || member(&peer)).await,
+        "the next round removed the learner of the admin's move in flight"
+    );
+    // A stray of the pair remembered while the move is in flight is kept
+    // for a later round, untouched.
+    a.stray_learners(|s| s.insert((group, dead.clone())));
+    a.remove_stray_learners().await;
+    assert!(
+        a.stray_learners(|s| s.contains(&(group, dead.clone()))),
+        "the stray of a pair with a move in flight was forgotten"
+    );
+    assert!(
+        until("settled after the retry", || member(&peer)).await,
+        "the retry removed the learner of the admin's move in flight"
+    );
+    admin.abort();
+    a.shutdown().await.expect("a clean shutdown");
+}
