@@ -578,6 +578,10 @@ impl<S: PeerExt> MultiNode<S> {
             })
             .await
             .map_err(|e| fail(MoveStep::AddLearner, Applied::Maybe, e))?;
+            #[cfg(test)]
+            if hooks::add_step_fails(me) {
+                return Err(fail(MoveStep::AddLearner, Applied::Maybe, Error::Timeout));
+            }
             done_step(&mut report, MoveStep::AddLearner, &mut step_start);
         }
 

@@ -35,6 +35,29 @@ pub(crate) fn stray_removal_fails(id: NodeId) -> bool {
     }
 }
 
+/// Per node: how many of its moves' next add steps fail (their
+/// learner added and committed, as when the wait for the commit
+/// times out just after it).
+static ADD: Mutex<BTreeMap<NodeId, usize>> = Mutex::new(BTreeMap::new());
+
+/// Fails the add step of node `id`'s next `n` moves, their learner
+/// added.
+pub(crate) fn fail_add_steps(id: NodeId, n: usize) {
+    ADD.lock().unwrap_or_else(|p| p.into_inner()).insert(id, n);
+}
+
+/// Whether node `id`'s move's add step fails now (counting it).
+pub(super) fn add_step_fails(id: NodeId) -> bool {
+    let mut fail = ADD.lock().unwrap_or_else(|p| p.into_inner());
+    match fail.get_mut(&id) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A move of node `id` begins its catch-up.
 pub(super) fn catch_up_begun(id: NodeId) {
     *BEGUN

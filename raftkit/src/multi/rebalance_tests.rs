@@ -288,3 +288,64 @@ async fn a_stray_learner_retry_skips_a_node_with_a_move_in_flight() {
     admin.abort();
     a.shutdown().await.expect("a clean shutdown");
 }
+
+/// The stray-learner retry on real nodes (no test covered it since
+/// ea8f9e4): a balancing move to a live node whose add step fails (its
+/// learner added: the hook) leaves a learner, whose removal right after
+/// fails too (the hook); the next round's retry removes it before it
+/// plans, and that round's move to the same node then adds the learner
+/// anew (a failed add step does not count against the target) and
+/// completes. A coverage test: it passes on main with the hooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_learner_left_by_a_failed_add_step_is_removed_by_the_next_round() {
+    let LiveTarget {
+        _dirs,
+        a,
+        c,
+        c_addr,
+    } = live_target("balance-stray-retry").await;
+    let c_id = Peer::<Placement>::member_id(&c_addr);
+    crate::multi::moves::hooks::fail_add_steps(a.id(), 1);
+    crate::multi::moves::hooks::fail_stray_removals(a.id(), 1);
+    let failed = a.balance_replicas().await;
+    let Err(super::MoveError::Step {
+        group,
+        step: super::MoveStep::AddLearner,
+        ..
+    }) = &failed
+    else {
+        panic!("the move whose add step fails: {failed:?}");
+    };
+    let group = *group;
+    let peer = a.group(group).expect("the group of the move");
+    let (_, learners) = until("settled after the failed removal", || {
+        settled_members(&peer.status())
+    })
+    .await;
+    assert!(
+        learners.contains(&c_id),
+        "the learner whose removal failed is gone: {learners:?}"
+    );
+    assert!(
+        a.stray_learners(|s| s.contains(&(group, c_addr.clone()))),
+        "the stray is not remembered for the next round"
+    );
+    let next = a.balance_replicas().await;
+    let Ok(Some(report)) = &next else {
+        panic!("the next round: {next:?}");
+    };
+    assert_eq!((report.group, report.to), (group, c_id), "{report:?}");
+    assert!(
+        report
+            .steps
+            .iter()
+            .any(|(step, _)| *step == super::MoveStep::AddLearner),
+        "the next round's move found the stray learner still there (the retry did not remove it): {report:?}"
+    );
+    assert!(
+        a.stray_learners(|s| s.is_empty()),
+        "a stray is still remembered after its removal"
+    );
+    let _ = c.shutdown().await;
+    let _ = a.shutdown().await;
+}
