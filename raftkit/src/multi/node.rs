@@ -562,7 +562,7 @@ pub(super) struct Inner<S> {
     stray_learners: Mutex<BTreeSet<(GroupId, String)>>,
     /// The locks of replica moves per (group, target)
     /// ([`MultiNode::move_lock`]); one nobody holds is dropped.
-    move_locks: Mutex<BTreeMap<(GroupId, crate::core::NodeId), Arc<tokio::sync::RwLock<()>>>>,
+    move_locks: Mutex<MoveLocks>,
     /// The node's certificate, for its own requests to the placement group
     /// ([`super::placement_sync`]).
     identity: Identity,
@@ -575,6 +575,10 @@ pub(super) struct Inner<S> {
     #[cfg(test)]
     balance_moves: Mutex<Option<super::MoveOptions>>,
 }
+
+/// The locks of replica moves per (group, target)
+/// ([`MultiNode::move_lock`]).
+type MoveLocks = BTreeMap<(GroupId, crate::core::NodeId), Arc<tokio::sync::RwLock<()>>>;
 
 /// The runtime of the groups' workers (dropped without waiting: dropping
 /// a runtime may happen on a task, where waiting is not allowed).
