@@ -95,7 +95,12 @@
 //! applied") for a write that may be durable (its batch's fsync begun, or
 //! its received snapshot saved), [`StorageError::Closed`] ("not applied")
 //! for every other. A save that completes after its group's removal is not
-//! recorded, and its file is deleted (`journal_commit.rs`).
+//! recorded, and its file is deleted (`journal_commit.rs`). A write of a
+//! group the journal removed and does not hold again (a retired replica
+//! whose node task still wrote) is refused, "not applied"
+//! ([`StorageError::Closed`]), its snapshot not saved: a removed group
+//! comes back only through [`Journal::create_group`], never through a
+//! late record (review s56, finding 7).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -720,12 +725,28 @@ fn note_removal(removed: &mut BTreeMap<GroupId, (Index, Term)>, group: GroupId, 
 }
 
 impl State {
-    /// Applies `rec` to the group now and queues it for the next sync.
+    /// Whether this node removed `group` and has not created it again
+    /// since: a write of it comes from a retired replica, and is refused.
+    fn removed_not_held(&self, group: GroupId) -> bool {
+        !self.groups.contains_key(&group) && self.removed.contains_key(&group)
+    }
+
+    /// Applies `rec` to the group now and queues it for the next sync. A
+    /// change to the log of a group removed and not created again is
+    /// refused ([`StorageError::Closed`], nothing recorded): it would
+    /// bring the group back, live and on replay.
     fn record(&mut self, group: GroupId, rec: Rec) -> Result<(), StorageError> {
         if let Some(cause) = &self.failed {
             return Err(StorageError::Failed {
                 cause: cause.clone(),
             });
+        }
+        if matches!(
+            rec,
+            Rec::Append(_) | Rec::Truncate(_) | Rec::Compact(..) | Rec::HardState(_)
+        ) && self.removed_not_held(group)
+        {
+            return Err(StorageError::Closed);
         }
         note_removal(&mut self.removed, group, &rec);
         // The group's log copies the entries it keeps: no clone of the

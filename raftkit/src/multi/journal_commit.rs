@@ -370,6 +370,16 @@ impl Taker<'_> {
             .fold(self.bytes, |b, e| b.saturating_add(e.approx_size()));
         let r = match (job.refused(), saved) {
             (Some(e), _) | (None, Some((_, Err(e)))) => Err(e),
+            // Its group was removed before it came (and not created
+            // again): nothing of it is recorded, nor its snapshot saved.
+            (None, None) if !is_empty(&job.write) && self.st.removed_not_held(job.group) => {
+                info!(
+                    group = job.group,
+                    "a write of a group removed from this node: refused, not applied"
+                );
+                job.record_removed();
+                Err(StorageError::Closed)
+            }
             (None, Some((at, Ok(())))) => {
                 let write = std::mem::replace(&mut job.write, empty_write());
                 self.st.apply_write(job.group, write, Some(at))
@@ -418,6 +428,14 @@ impl Taker<'_> {
         self.batch.push((job.done, job.token, r));
         *self.in_hand = None;
     }
+}
+
+/// Whether `write` records nothing (a barrier).
+fn is_empty(write: &Write) -> bool {
+    write.snapshot.is_none()
+        && write.compact.is_none()
+        && write.entries.is_empty()
+        && write.hard_state.is_none()
 }
 
 /// A write of nothing (what is left of a job once its write was taken).

@@ -817,3 +817,64 @@ fn a_panic_in_the_commit_thread_answers_every_write() {
     assert_eq!(j.log(2).last_index(), 0, "group 2's write never reached it");
     close(j);
 }
+
+/// A write its group's sink hands the journal after the group's removal
+/// (a retired replica whose node task still wrote: its shutdown failed)
+/// is refused, "not applied" ([`StorageError::Closed`]), whether it
+/// carries a hard state or a received snapshot, and brings the group back
+/// neither live nor on replay; the tombstone stays (review s56, finding
+/// 7). Before: `apply` re-created the group for the write's first
+/// record, live and on replay.
+#[test]
+fn a_write_taken_after_its_groups_removal_is_refused_and_brings_nothing_back() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("journal");
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &path,
+        JournalOptions::default(),
+    )
+    .expect("the journal opens");
+    j.create_group(1).expect("group 1 created");
+    let (a, b) = (j.sink(1, snaps()), j.sink(1, snaps()));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    a.write(write(vec![entry(1, 1)], Some(hs(1, 1))), tx.clone(), 1);
+    assert!(
+        matches!(next(&mut rx), Some(Ok(1))),
+        "group 1's write before its removal"
+    );
+    j.remove_group(1, (1, 1)).expect("group 1 removed");
+    a.write(write(Vec::new(), Some(hs(1, 2))), tx.clone(), 2);
+    let hard_state = next(&mut rx);
+    b.write(received(10, 2), tx.clone(), 3);
+    let snapshot = next(&mut rx);
+    let live = j.groups();
+    drop((a, b));
+    close(j);
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &path,
+        JournalOptions::default(),
+    )
+    .expect("the journal reopens");
+    let replayed = j.groups();
+    let fence = j.fence(1);
+    close(j);
+    assert!(
+        matches!(hard_state, Some(Err(StorageError::Closed))),
+        "a hard state written after the removal: {hard_state:?}"
+    );
+    assert!(
+        matches!(snapshot, Some(Err(StorageError::Closed))),
+        "a received snapshot written after the removal: {snapshot:?}"
+    );
+    assert_eq!(
+        (live, replayed, fence),
+        (Vec::new(), Vec::new(), Some((1, 1))),
+        "the removed group (live, replayed) and its tombstone"
+    );
+}
+
+fn snaps() -> SharedSnapshots {
+    shared(MemSnapshotStore::new(1))
+}

@@ -44,10 +44,15 @@
 //!   budget): one more is dropped and counted as for a full inbox, so a
 //!   slow group never holds the bytes the other groups' messages need;
 //!   the messages waiting for the hoster (for groups not hosted here, any
-//!   number of them) hold at most the group share together, as one group.
+//!   number of them) hold at most the group share together, as one group;
+//! - a [`Heard`] watch of (group, node) is set by the first message of
+//!   that group from that node delivered (or dropped for a full inbox)
+//!   after it was made: a sign that the node is alive and hosts the group
+//!   (a replica move's catch-up, see [`super::moves`]). While no watch
+//!   lives, delivering costs one relaxed load more.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -112,6 +117,33 @@ pub(crate) struct Links {
     /// node's link to that leader went with the old replica; and the
     /// periodic placement check's last seeds ([`Links::recent_known`]).
     known: Mutex<Known>,
+    /// The live [`Heard`] watches: (group, node, its flag).
+    heard: Mutex<Vec<(GroupId, NodeId, Arc<AtomicBool>)>>,
+    /// How many there are (read on every delivery, without the lock).
+    watching: AtomicUsize,
+}
+
+/// Whether a message of a group from a node was delivered since the watch
+/// was made ([`Links::watch_heard`]); unregistered when dropped.
+pub(crate) struct Heard {
+    links: Arc<Links>,
+    flag: Arc<AtomicBool>,
+}
+
+impl Heard {
+    /// Whether a message of the group came from the node since the watch
+    /// was made.
+    pub(crate) fn heard(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Heard {
+    fn drop(&mut self) {
+        let mut heard = self.links.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.retain(|(_, _, f)| !Arc::ptr_eq(f, &self.flag));
+        self.links.watching.store(heard.len(), Ordering::Release);
+    }
 }
 
 /// The nodes [`Links`] remembers: each one's address, and when a group's
@@ -138,6 +170,8 @@ impl Links {
             hosting_held: Arc::new(AtomicUsize::new(0)),
             askers: Mutex::new(Default::default()),
             known: Mutex::new(Known::default()),
+            heard: Mutex::new(Vec::new()),
+            watching: AtomicUsize::new(0),
         })
     }
 
@@ -262,6 +296,9 @@ impl Links {
     /// charged nothing). Dropped (its charge given back) if the group's
     /// inbox is full or its waiting messages hold the group share.
     pub(crate) fn deliver(&self, group: GroupId, msg: Message, charge: Option<InboxCharge>) {
+        if self.watching.load(Ordering::Acquire) > 0 {
+            self.note_heard(group, msg.from);
+        }
         let groups = self.groups();
         let delivered = match groups.get(&group) {
             Some(h) => match charge {
@@ -296,6 +333,28 @@ impl Links {
                 group,
                 "message for a group not hosted here or with a full inbox; dropped"
             );
+        }
+    }
+
+    /// Watches for a message of `group` from `node` (see [`Heard`]).
+    pub(crate) fn watch_heard(self: &Arc<Self>, group: GroupId, node: NodeId) -> Heard {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.push((group, node, flag.clone()));
+        self.watching.store(heard.len(), Ordering::Release);
+        Heard {
+            links: self.clone(),
+            flag,
+        }
+    }
+
+    /// Sets the watches of (`group`, `from`).
+    fn note_heard(&self, group: GroupId, from: NodeId) {
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        for (g, n, flag) in heard.iter() {
+            if *g == group && *n == from {
+                flag.store(true, Ordering::Release);
+            }
         }
     }
 

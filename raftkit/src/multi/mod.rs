@@ -109,6 +109,7 @@ mod node;
 pub mod placement;
 pub mod placement_sync;
 pub mod quiesce;
+mod rebalance;
 pub mod removal;
 pub mod service;
 

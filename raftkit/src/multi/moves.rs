@@ -75,30 +75,41 @@
 //! fails it after the whole catch-up timeout, every round) is skipped by
 //! later rounds until its schema changes or a doubling backoff runs out
 //! ([`balance::RefusedTargets`](super::balance::RefusedTargets)); a move
-//! to it that succeeds forgets it. A balancing move whose catch-up failed
-//! keeps its learner: the balancer cannot tell a dead target from one
-//! that is alive but slower than the catch-up timeout (a large snapshot,
-//! a throttled link), and a kept learner goes on receiving the snapshot
-//! and the log during the backoff, so the next attempt resumes
-//! (`added == false`) instead of starting from zero. A balancing move
-//! whose learner may have been added but whose addition failed, or whose
-//! learner could not be removed again after a refusal
-//! (`leaves_its_learner`), has that learner removed, as
-//! [`MultiNode::abort_move`] does. A removal that fails (a change in
-//! flight, the group unable to commit) is logged and tried again at the
-//! start of each later round, until it succeeds or this node no longer
-//! leads the group (the learner then stays: the new leader's node does
-//! not know of it). It never counts against the target. Such a retry
-//! removes whatever learner the target is then, whoever added it: a move
-//! to the same (group, target) started meanwhile by an admin loses its
-//! learner and fails (see the report of stop 56: not yet guarded).
+//! to it that succeeds forgets it, and so does a refused move whatever
+//! became of its learner's removal. A balancing move whose catch-up timed
+//! out keeps its learner if the target showed a sign of life during the
+//! catch-up (a message of the group from it, or its match index moving):
+//! it is alive but slower than the catch-up timeout (a large snapshot, a
+//! throttled link), and a kept learner goes on receiving the snapshot and
+//! the log during the backoff, so the next attempt resumes
+//! (`added == false`) instead of starting from zero. One whose target
+//! showed none during the whole catch-up (down, unreachable, or not
+//! hosting the group) has its learner removed, as [`MultiNode::abort_move`]
+//! does: nothing else would remove the learner of a target that never
+//! comes back. So does a balancing move whose learner may have been added
+//! but whose addition failed, or whose learner could not be removed again
+//! after a refusal (`rebalance::leaves_its_learner`). A removal that fails
+//! (a change in flight, the group unable to commit) is logged and tried
+//! again at the start of each later round, until it succeeds or this node
+//! no longer leads the group (the learner then stays: the new leader's
+//! node does not know of it). It never counts against the target.
+//!
+//! Moves and those removals exclude each other per (group, target)
+//! (`MultiNode::move_lock`): every move holds its pair's lock shared
+//! while it runs, a removal holds it exclusively and is skipped (kept
+//! for a later round) while a move to the pair is in flight; a move
+//! waits for a removal in progress before it reads the configuration,
+//! and takes the pair's learner over (the balancer forgets it: the move's
+//! own outcome says what becomes of it). So a retry never removes the
+//! learner of a move in flight to the same node, an admin's included
+//! (review s56, finding 2: it did, and that move then waited its whole
+//! catch-up timeout and failed as if the target were dead).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::info;
 
-use super::balance::{ReplicaView, plan_replicas_avoiding};
 use super::{GroupId, MultiNode};
 use crate::core::{Index, NodeId, Role};
 use crate::error::{Applied, Error};
@@ -124,6 +135,20 @@ impl Default for MoveOptions {
             step_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// What a move saw that its result does not say, for the replica
+/// balancer ([`super::rebalance`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct MoveSeen {
+    /// Its catch-up timed out without a sign of life from the target: no
+    /// message of the group came from it and its match index did not move
+    /// during the whole catch-up (a target that is down, unreachable, or
+    /// does not host the group).
+    pub(super) target_silent: bool,
+    /// Its joint change was refused, for this cause (whatever became of
+    /// the learner's removal after it).
+    pub(super) refused: Option<RefusalCause>,
 }
 
 /// A step of a replica move (see the [module documentation](self)).
@@ -308,7 +333,7 @@ fn leaves(step: MoveStep, to: &str) -> String {
     }
 }
 
-fn is_member(st: &PeerStatus, id: NodeId) -> bool {
+pub(super) fn is_member(st: &PeerStatus, id: NodeId) -> bool {
     st.members.iter().any(|m| m.id == id)
 }
 
@@ -317,7 +342,7 @@ fn is_voter(st: &PeerStatus, id: NodeId) -> bool {
 }
 
 /// Whether the configuration in force is committed and not joint.
-fn settled(st: &PeerStatus) -> bool {
+pub(super) fn settled(st: &PeerStatus) -> bool {
     !st.joint && st.commit >= st.config_index
 }
 
@@ -425,11 +450,34 @@ impl<S: PeerExt> MultiNode<S> {
         to: &str,
         opts: &MoveOptions,
     ) -> Result<MoveReport, MoveError> {
+        self.move_replica_seen(group, from, to, opts, &mut MoveSeen::default())
+            .await
+    }
+
+    /// [`move_replica_with`](Self::move_replica_with), telling `seen` what
+    /// the result does not say.
+    pub(super) async fn move_replica_seen(
+        &self,
+        group: GroupId,
+        from: NodeId,
+        to: &str,
+        opts: &MoveOptions,
+        seen: &mut MoveSeen,
+    ) -> Result<MoveReport, MoveError> {
+        // In flight to (group, to) until it returns: the balancer's removal
+        // of a stray learner there waits (`rebalance`), and one in
+        // progress finishes before this move reads the configuration.
+        // This move takes such a learner over: the balancer forgets it.
+        let _in_flight = self
+            .move_lock(group, Peer::<S>::member_id(to))
+            .read_owned()
+            .await;
+        self.stray_learners(|s| s.remove(&(group, to.to_string())));
         // The replica the move runs on, held for step 5: when this node
         // leaves the group, its replica retires once `C_new` commits
         // (`hosting`), possibly before step 5 looks for it.
         let held = self.group(group);
-        let result = self.run_move(group, from, to, opts).await;
+        let result = self.run_move(group, from, to, opts, seen).await;
         // Step 5: the placement follows the committed configuration, also
         // after a failure that left a change behind (the core finishes a
         // joint change by itself).
@@ -450,6 +498,7 @@ impl<S: PeerExt> MultiNode<S> {
         from: NodeId,
         to: &str,
         opts: &MoveOptions,
+        seen: &mut MoveSeen,
     ) -> Result<MoveReport, MoveError> {
         let started = Instant::now();
         let peer = self.group(group).ok_or(MoveError::NotHosted { group })?;
@@ -529,6 +578,10 @@ impl<S: PeerExt> MultiNode<S> {
             })
             .await
             .map_err(|e| fail(MoveStep::AddLearner, Applied::Maybe, e))?;
+            #[cfg(test)]
+            if hooks::add_step_fails(me) {
+                return Err(fail(MoveStep::AddLearner, Applied::Maybe, Error::Timeout));
+            }
             done_step(&mut report, MoveStep::AddLearner, &mut step_start);
         }
 
@@ -538,13 +591,42 @@ impl<S: PeerExt> MultiNode<S> {
         let if_added = if added { Applied::Yes } else { Applied::No };
         let maybe_joint = if added { Applied::Yes } else { Applied::Maybe };
 
-        // 2. Wait until it caught up.
+        // 2. Wait until it caught up, watching for a sign of life from the
+        // target meanwhile: a message of the group from it, or its match
+        // index moving.
         let lag = opts.catch_up_lag;
-        let st = wait_for(&peer, opts.catch_up_timeout, |s| {
+        let heard = self.watch_heard(group, to_id);
+        let matched_at = |s: &PeerStatus| {
+            s.members
+                .iter()
+                .find(|m| m.id == to_id)
+                .and_then(|m| m.matched)
+        };
+        let matched_before = matched_at(&peer.status());
+        #[cfg(test)]
+        hooks::catch_up_begun(me);
+        let caught = wait_for(&peer, opts.catch_up_timeout, |s| {
             s.role != Role::Leader || caught_up(s, to_id, lag)
-        })
-        .await
-        .map_err(|e| fail(MoveStep::CatchUp, if_added, e))?;
+        });
+        #[cfg(test)]
+        let caught = hooks::held_until_heard(me, &heard, opts.catch_up_timeout, caught);
+        let st = match caught.await {
+            Ok(st) => st,
+            Err(e) => {
+                if matches!(e, Error::Timeout) {
+                    seen.target_silent =
+                        !heard.heard() && matched_at(&peer.status()) == matched_before;
+                    info!(
+                        group,
+                        to,
+                        silent = seen.target_silent,
+                        "replica move's catch-up timed out"
+                    );
+                }
+                return Err(fail(MoveStep::CatchUp, if_added, e));
+            }
+        };
+        drop(heard);
         if st.role != Role::Leader {
             return Err(fail(
                 MoveStep::CatchUp,
@@ -567,7 +649,14 @@ impl<S: PeerExt> MultiNode<S> {
             // Refused before anything was appended (`Peer::replace_voter`):
             // the learner this move added goes again.
             Err(Error::Rejected(why)) => {
-                return Err(self.undo_learner(&peer, group, to, added, why, opts).await);
+                // Judged before the learner goes: the same check the
+                // refusal made (`Peer::replace_voter`), against the node's
+                // schema book.
+                let cause = self.refusal_cause(&peer, to);
+                seen.refused = Some(cause);
+                return Err(self
+                    .undo_learner(&peer, group, to, added, why, cause, opts)
+                    .await);
             }
             // Not the leader when it was proposed: nothing appended.
             Err(e @ Error::NotLeader { .. }) => {
@@ -653,12 +742,14 @@ impl<S: PeerExt> MultiNode<S> {
         Ok(report)
     }
 
-    /// After the joint change was refused (`why`, nothing appended): removes
+    /// After the joint change was refused (`why`, nothing appended, for
+    /// `cause`): removes
     /// `to`, the learner the move added (`added`; one that was a learner
     /// before the move stays), and says what the group is left in. A
     /// removal that fails leaves the learner: a failed
     /// [`MoveStep::AddLearner`] step ([`learner_not_removed`]),
     /// `abort_move` removes it.
+    #[allow(clippy::too_many_arguments)]
     async fn undo_learner(
         &self,
         peer: &Peer<S>,
@@ -666,12 +757,10 @@ impl<S: PeerExt> MultiNode<S> {
         to: &str,
         added: bool,
         why: String,
+        cause: RefusalCause,
         opts: &MoveOptions,
     ) -> MoveError {
         let step = MoveStep::JointChange;
-        // Judged before the learner goes: the same check the refusal made
-        // (`Peer::replace_voter`), against the node's schema book.
-        let cause = self.refusal_cause(peer, to);
         tracing::warn!(group, to, reason = %why, %cause, learner_added = added, "replica move refused at its joint change");
         if !added {
             return MoveError::Refused {
@@ -788,154 +877,6 @@ impl<S: PeerExt> MultiNode<S> {
         info!(group, to, "replica move aborted: learner removed");
         Ok(())
     }
-
-    /// One round of the replica-count balancer: plans moves over the groups
-    /// this node leads ([`plan_replicas`](super::balance::plan_replicas)) and carries out the first one.
-    /// The nodes considered are those the node's groups list plus those
-    /// given to [`MultiNode::set_known_nodes`]. Returns the move made.
-    pub async fn balance_replicas(&self) -> Result<Option<MoveReport>, MoveError> {
-        let mut nodes: std::collections::BTreeMap<NodeId, String> = self
-            .known_nodes()
-            .into_iter()
-            .map(|a| (Peer::<S>::member_id(&a), a))
-            .collect();
-        let mut view = Vec::new();
-        for group in self.groups() {
-            let Some(peer) = self.group(group) else {
-                continue;
-            };
-            let st = peer.status();
-            for m in &st.members {
-                if let Some(a) = &m.addr {
-                    nodes.entry(m.id).or_insert_with(|| a.clone());
-                }
-            }
-            view.push(ReplicaView {
-                group,
-                led_here: st.role == Role::Leader && settled(&st),
-                voters: st
-                    .members
-                    .iter()
-                    .filter(|m| m.voter)
-                    .map(|m| m.id)
-                    .collect(),
-            });
-        }
-        // Learners of earlier failed moves whose removal failed.
-        self.remove_stray_learners().await;
-        let ids: Vec<NodeId> = nodes.keys().copied().collect();
-        let schemas = self.schema_book();
-        let skip = self.refused_targets(|r| r.round(|id| schemas.peer(id)));
-        let Some(mv) = plan_replicas_avoiding(&view, &ids, &skip)
-            .into_iter()
-            .next()
-        else {
-            return Ok(None);
-        };
-        let Some(addr) = nodes.get(&mv.to) else {
-            return Ok(None);
-        };
-        info!(group = mv.group, from = mv.from, to = %addr, "moving a replica to balance replica counts");
-        let opts = self.balance_move_options();
-        let moved = self.move_replica_with(mv.group, mv.from, addr, &opts).await;
-        match &moved {
-            Ok(_) => self.refused_targets(|r| r.moved(mv.to)),
-            Err(e) => {
-                if counts_against_target(e) {
-                    let heard = schemas.peer(mv.to);
-                    self.refused_targets(|r| r.refused(mv.to, heard));
-                    info!(group = mv.group, to = %addr, error = %e, "replica move to this target refused or failed: later rounds skip it until its schema changes or the backoff ends");
-                }
-                if leaves_its_learner(e) {
-                    self.stray_learners(|s| s.insert((mv.group, addr.clone())));
-                    self.remove_stray_learners().await;
-                }
-            }
-        }
-        moved.map(Some)
-    }
-
-    /// Removes `to`, the learner a failed balancing move left in `group`
-    /// ([`abort_move`](Self::abort_move)).
-    async fn remove_stray(&self, group: GroupId, to: &str) -> Result<(), MoveError> {
-        self.abort_move(group, to).await
-    }
-
-    /// Removes the learners that failed balancing moves left
-    /// ([`leaves_its_learner`]), as [`abort_move`](Self::abort_move)
-    /// does; one whose removal fails is kept for the next round, one this
-    /// node can no longer remove (it does not lead or host the group, the
-    /// node votes now) is forgotten.
-    async fn remove_stray_learners(&self) {
-        let strays: Vec<(GroupId, String)> = self.stray_learners(|s| s.iter().cloned().collect());
-        for (group, to) in strays {
-            let keep = match self.remove_stray(group, &to).await {
-                Ok(()) => {
-                    info!(group, to = %to, "removed the learner of a failed balancing move");
-                    false
-                }
-                Err(e @ MoveError::Step { .. }) => {
-                    tracing::warn!(group, to = %to, error = %e, "removing the learner of a failed balancing move failed; the next round tries again");
-                    true
-                }
-                Err(e) => {
-                    info!(group, to = %to, error = %e, "not removing the learner of a failed balancing move");
-                    false
-                }
-            };
-            if !keep {
-                self.stray_learners(|s| s.remove(&(group, to)));
-            }
-        }
-    }
-}
-
-/// Whether a failed move may leave behind a learner it added before its
-/// joint change, which the replica balancer then removes
-/// ([`MultiNode::abort_move`]): the learner's addition failed (it may
-/// have been added), or its removal after a refused joint change did
-/// ([`learner_not_removed`]). Not a learner whose catch-up failed: the
-/// target may be alive but slow, and a kept learner lets the next attempt
-/// resume its catch-up (8897e64 removed it, so a target slower than the
-/// catch-up timeout could never be filled). Nor one whose joint change
-/// may be in the log.
-pub(super) fn leaves_its_learner(e: &MoveError) -> bool {
-    matches!(
-        e,
-        MoveError::Step {
-            step: MoveStep::AddLearner,
-            ..
-        }
-    )
-}
-
-/// Whether a failed move counts against its target, so that the replica
-/// balancer backs off from it ([`RefusedTargets`](super::balance::RefusedTargets)):
-/// a refused joint change, and a failed step that needs the target — its
-/// catch-up (a target that is down, unreachable or too slow fails it after
-/// the whole [`MoveOptions::catch_up_timeout`], 120 s by default, every
-/// time), or a configuration change whose new majority includes it, that
-/// timed out ([`Error::Timeout`]). Not a move that never reached the
-/// target: this node no longer leads the group, the move made no sense, an
-/// earlier change was still in flight, or the learner could not be added
-/// (the group's own trouble); nor a step that failed for this node or the
-/// group, whatever the step: leadership lost (at catch-up, or a new leader
-/// cut the joint entry off, [`Error::NotLeader`]), another change hiding
-/// the joint change's outcome ([`Error::Ambiguous`]), this node's replica
-/// stopping or its storage failing.
-pub(super) fn counts_against_target(e: &MoveError) -> bool {
-    match e {
-        MoveError::Refused { .. } => true,
-        MoveError::Step { step, source, .. } => {
-            matches!(
-                step,
-                MoveStep::CatchUp | MoveStep::JointChange | MoveStep::LeaveJoint
-            ) && matches!(source, Error::Timeout)
-        }
-        MoveError::NotHosted { .. } | MoveError::NotLeader { .. } | MoveError::Invalid { .. } => {
-            false
-        }
-    }
 }
 
 /// What a move refused at its joint change (`why`) fails with when the
@@ -945,9 +886,10 @@ pub(super) fn counts_against_target(e: &MoveError) -> bool {
 /// target's own steps are done, and a removal that failed for the group
 /// or this node (a `Timeout` waiting for the change to commit, without
 /// the target's vote) does not count against the target
-/// ([`counts_against_target`]); the replica balancer removes the learner
-/// later ([`leaves_its_learner`]).
-fn learner_not_removed(group: GroupId, to: &str, why: &str, source: Error) -> MoveError {
+/// ([`counts_against_target`](super::rebalance::counts_against_target));
+/// the replica balancer removes the learner later
+/// ([`leaves_its_learner`](super::rebalance::leaves_its_learner)).
+pub(super) fn learner_not_removed(group: GroupId, to: &str, why: &str, source: Error) -> MoveError {
     MoveError::Step {
         group,
         step: MoveStep::AddLearner,
@@ -1003,6 +945,11 @@ pub fn into_error(e: MoveError) -> Error {
     }
 }
 
+/// Test-only faults and probes of moves and of the replica balancer.
+#[cfg(test)]
+#[path = "moves_hooks.rs"]
+pub(super) mod hooks;
+
 #[cfg(test)]
 #[path = "moves_tests.rs"]
-mod moves_tests;
+pub(super) mod moves_tests;

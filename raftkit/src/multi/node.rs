@@ -425,6 +425,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 known: Mutex::new(Vec::new()),
                 refused: Mutex::new(Default::default()),
                 stray_learners: Mutex::new(BTreeSet::new()),
+                move_locks: Mutex::new(BTreeMap::new()),
                 identity: client_identity,
                 #[cfg(test)]
                 window: Mutex::new(None),
@@ -561,8 +562,11 @@ pub(super) struct Inner<S> {
     /// ([`super::balance::RefusedTargets`]).
     refused: Mutex<super::balance::RefusedTargets>,
     /// Learners that failed replica-balancing moves left, to remove
-    /// (`moves::leaves_its_learner`): (group, the target's address).
+    /// (`rebalance::leaves_its_learner`): (group, the target's address).
     stray_learners: Mutex<BTreeSet<(GroupId, String)>>,
+    /// The locks of replica moves per (group, target)
+    /// ([`MultiNode::move_lock`]); one nobody holds is dropped.
+    move_locks: Mutex<MoveLocks>,
     /// The node's certificate, for its own requests to the placement group
     /// ([`super::placement_sync`]).
     identity: Identity,
@@ -575,6 +579,10 @@ pub(super) struct Inner<S> {
     #[cfg(test)]
     balance_moves: Mutex<Option<super::MoveOptions>>,
 }
+
+/// The locks of replica moves per (group, target)
+/// ([`MultiNode::move_lock`]).
+type MoveLocks = BTreeMap<(GroupId, crate::core::NodeId), Arc<tokio::sync::RwLock<()>>>;
 
 /// The runtime of the groups' workers (dropped without waiting: dropping
 /// a runtime may happen on a task, where waiting is not allowed).
@@ -752,6 +760,16 @@ impl<S: PeerExt> MultiNode<S> {
     /// [`super::placement_sync`]).
     pub(super) fn links(&self) -> &Links {
         &self.inner.links
+    }
+
+    /// Watches for a message of `group` from node `node` (a sign of
+    /// life, see [`super::moves`]).
+    pub(super) fn watch_heard(
+        &self,
+        group: GroupId,
+        node: crate::core::NodeId,
+    ) -> super::links::Heard {
+        self.inner.links.watch_heard(group, node)
     }
 
     /// The groups this node hosts, in order.
@@ -1352,6 +1370,25 @@ impl<S: PeerExt> MultiNode<S> {
             Ok(mut s) => f(&mut s),
             Err(_) => f(&mut BTreeSet::new()),
         }
+    }
+
+    /// The lock of replica moves to node `to` in `group`: every move to
+    /// the pair holds it shared while it runs, the replica balancer's
+    /// removal of a stray learner there exclusively (see
+    /// [`super::moves`], "Replica balancing").
+    pub(super) fn move_lock(
+        &self,
+        group: GroupId,
+        to: crate::core::NodeId,
+    ) -> Arc<tokio::sync::RwLock<()>> {
+        let mut locks = self
+            .inner
+            .move_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Held by nobody (only the map refers to it): dropped.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry((group, to)).or_default().clone()
     }
 
     /// The node's schema book (its own schema and its peers' hellos).
