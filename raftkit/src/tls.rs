@@ -94,6 +94,17 @@
 //!   entries of its choosing that no other member holds. Committed entries
 //!   it already holds cannot be rewritten, and nothing it sends can crash
 //!   the node or grow its memory past the configured bounds.
+//! - **any node certificate on a multi-group node** (also a non-member's,
+//!   not revoked): write the placement group 0 ([`crate::multi::service`]),
+//!   which routes every sharded client: it can route a group's clients to
+//!   an address of its choosing (`set_replicas`), and clients check only
+//!   that the server's certificate is a node certificate of the CA, not
+//!   which node it is. Not closed yet (found by review, stop 57): the
+//!   leader of a data group records its replicas there with its node
+//!   certificate, also a node that shares no group with group 0's leader,
+//!   so a membership check at that leader needs the placement's own
+//!   replica lists, not only the configurations it hosts. Revoke the
+//!   certificates of retired nodes and spares.
 //!
 //! Issue node certificates to nodes only, and revoke a certificate that
 //! leaks or whose node was removed (below); re-key the cluster (a new CA)
