@@ -141,6 +141,7 @@ pub struct PeerBuilder<S> {
     max_in_flight: (usize, usize),
     admission_wait: Duration,
     client_limits: super::intake::ConnectionLimits,
+    client_body_stall: Duration,
     client_receive_window: u64,
     peer_connections: (usize, usize),
     handshakes: (usize, Duration),
@@ -227,6 +228,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             ),
             admission_wait: admission::DEFAULT_ADMISSION_WAIT,
             client_limits: super::intake::ConnectionLimits::default(),
+            client_body_stall: super::intake::DEFAULT_BODY_STALL,
             client_receive_window: crate::transport::quic::DEFAULT_CLIENT_RECEIVE_WINDOW,
             peer_connections: (
                 crate::transport::quic::DEFAULT_PEER_CONNECTIONS_PER_NODE,
@@ -600,6 +602,21 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             per_certificate: per_certificate.max(1),
             total: total.max(1),
         };
+        self
+    }
+
+    /// How long a client request's body may go without a byte once its
+    /// room in the node's budget of received requests
+    /// ([`max_in_flight`](Self::max_in_flight)'s bytes) is taken (default
+    /// [`DEFAULT_BODY_STALL`](super::DEFAULT_BODY_STALL), 5 s; at least
+    /// 1 ms). Past it the room is given back and the request read no
+    /// further: on a stream of its own it is answered
+    /// [`Error::Overloaded`] (nothing applied), a multiplexed stream ends
+    /// (its client's waiting calls fail and are retried on a fresh
+    /// connection). A body that keeps coming, however slowly, is read
+    /// whole. Keep it above the [admission wait](Self::admission_wait).
+    pub fn client_body_stall(mut self, stall: Duration) -> Self {
+        self.client_body_stall = stall.max(Duration::from_millis(1));
         self
     }
 
@@ -1367,6 +1384,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             clients_rx,
             crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
             self.client_limits,
+            self.client_body_stall,
         ));
         // (`join` without QUIC was refused above: the identity is there.)
         if let (Some(seeds), Some(identity)) = (self.join, join_identity) {

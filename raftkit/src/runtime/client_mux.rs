@@ -28,7 +28,11 @@
 //!   stream is not read (flow control pushes back on the client), and the
 //!   wait is polled whatever else the task does; a frame that gets no room
 //!   within the admission wait is answered `Overloaded` (nothing applied)
-//!   and its body dropped as it arrives;
+//!   and its body dropped as it arrives; a frame whose body stops arriving
+//!   for the intake's stall bound (no byte of it, measured across the
+//!   task's polls) gives its room back and ends the stream's reading (the
+//!   client's calls still waiting fail; requests already read are
+//!   answered first);
 //! - a frame that is too large or has no readable id ends the stream with a
 //!   logged warning (the client fails its waiting calls and retries on a
 //!   fresh connection); a readable id with an unreadable request is
@@ -147,6 +151,14 @@ pub(super) async fn serve<F: Front>(
                         (body, Ok(room))
                     }
                     Ok(Incoming::Refused(head, refusal)) => (Bytes::from(head), Err(refusal)),
+                    Ok(Incoming::Stalled(len)) => {
+                        warn!(len,
+                            stall_ms = u64::try_from(intake.stall().as_millis()).unwrap_or(u64::MAX),
+                            "a multiplexed request's body stopped arriving; its room given back, that stream ends");
+                        frames.stop(0);
+                        reading = false;
+                        continue;
+                    }
                     Err(FrameError::Closed) => {
                         reading = false;
                         next = Next::Len;
@@ -208,10 +220,15 @@ struct Answer {
 enum Next {
     /// Waiting for a frame's length prefix.
     Len,
-    /// Waiting for room for the frame (the wait ends `Overloaded`).
-    Room(Pin<Box<dyn Future<Output = Result<Room, Error>> + Send>>),
-    /// Room taken: reading the frame's body.
-    Body(Room),
+    /// Waiting for room for the frame of this length (the wait ends
+    /// `Overloaded`).
+    Room(
+        Pin<Box<dyn Future<Output = Result<Room, Error>> + Send>>,
+        usize,
+    ),
+    /// Room taken: reading the frame's body, of this length; the last
+    /// time a byte of it arrived (or the room was taken).
+    Body(Room, usize, tokio::time::Instant),
     /// No room came: discarding the frame, to answer it `refusal`.
     Refused(Error),
 }
@@ -223,6 +240,9 @@ enum Incoming {
     /// The first bytes of a frame refused for want of room (its id), and
     /// the refusal.
     Refused(Vec<u8>, Error),
+    /// A frame of this length whose body stopped arriving: its room given
+    /// back, the rest of the stream not to be read.
+    Stalled(usize),
 }
 
 /// The stream's next request, its room taken before its body is read:
@@ -244,21 +264,27 @@ async fn next_request(
                 }
                 let len = frames.next_len(max).await?;
                 *next = match intake.try_take(len) {
-                    Some(room) => Next::Body(room),
-                    None => Next::Room(Box::pin(intake.clone().take(len))),
+                    Some(room) => Next::Body(room, len, tokio::time::Instant::now()),
+                    None => Next::Room(Box::pin(intake.clone().take(len)), len),
                 };
             }
-            Next::Room(wait) => {
+            Next::Room(wait, len) => {
                 let taken = wait.as_mut().await;
                 *next = match taken {
-                    Ok(room) => Next::Body(room),
+                    Ok(room) => Next::Body(room, *len, tokio::time::Instant::now()),
                     Err(refusal) => Next::Refused(refusal),
                 };
             }
-            Next::Body(_) => {
-                let body = frames.next(max).await?;
-                if let Next::Body(room) = std::mem::replace(next, Next::Len) {
-                    return Ok(Incoming::Request(body, room));
+            Next::Body(_, _, last) => {
+                let body = frames
+                    .next_unless_stalled_since(max, intake.stall(), last)
+                    .await?;
+                if let Next::Body(room, len, _) = std::mem::replace(next, Next::Len) {
+                    return Ok(match body {
+                        Some(body) => Incoming::Request(body, room),
+                        // The room is dropped here: given back.
+                        None => Incoming::Stalled(len),
+                    });
                 }
             }
             Next::Refused(_) => {

@@ -25,7 +25,9 @@
 //! Every request frame, on either path, takes room in the node's budget of
 //! received requests before its body is read, and holds it until it is
 //! answered; one that finds none within the admission wait is answered
-//! `Overloaded` (see `intake`). A connection past the node's limits of
+//! `Overloaded` (see `intake`), and so is one whose body stops arriving
+//! for the intake's stall bound (its room given back, nothing of it
+//! decoded; on the multiplexed stream the stream ends instead). A connection past the node's limits of
 //! connections (per client certificate, and in all) is closed before
 //! anything of it is read (see `intake`).
 
@@ -48,7 +50,9 @@ use crate::core::Role;
 use crate::error::Error;
 use crate::state_machine::StateMachine;
 use crate::tls::Principal;
-use crate::transport::frame::{FrameError, read_frame_len, read_frame_rest, write_frame};
+use crate::transport::frame::{
+    FrameError, read_frame_len, read_frame_rest_unless_stalled, write_frame,
+};
 use crate::transport::frame_reader::FrameReader;
 use crate::transport::quic::{AcceptedClient, CLOSE_TOO_MANY_CONNECTIONS};
 use tracing::Instrument;
@@ -199,19 +203,28 @@ pub(crate) async fn serve_front<F: Front>(
     conns: mpsc::Receiver<AcceptedClient>,
     max_frame: usize,
 ) {
-    serve_front_limited(front, conns, max_frame, ConnectionLimits::default()).await
+    serve_front_limited(
+        front,
+        conns,
+        max_frame,
+        ConnectionLimits::default(),
+        super::intake::DEFAULT_BODY_STALL,
+    )
+    .await
 }
 
-/// [`serve_front`] serving at most `limits` connections at once (see
-/// `intake`).
+/// [`serve_front`] serving at most `limits` connections at once, giving
+/// back the room of a request body of which no byte arrived for `stall`
+/// (see `intake`).
 pub(crate) async fn serve_front_limited<F: Front>(
     front: F,
     conns: mpsc::Receiver<AcceptedClient>,
     max_frame: usize,
     limits: ConnectionLimits,
+    stall: Duration,
 ) {
     let (bytes, wait) = front.intake_budget();
-    let intake = Intake::with_limits(bytes, wait, limits);
+    let intake = Intake::with_limits(bytes, wait, limits, stall);
     serve_front_with(front, conns, max_frame, intake).await
 }
 
@@ -405,7 +418,9 @@ async fn serve_stream<F: Front>(
     max_frame: usize,
     intake: ConnectionIntake,
 ) {
-    // Room for the frame before its body is read (see `intake`).
+    // Room for the frame before its body is read (see `intake`), held
+    // only while the body keeps coming.
+    let stall = intake.stall();
     let len = read_frame_len(&mut recv, max_frame).await;
     let mut room = None;
     if let Ok(len) = &len {
@@ -417,11 +432,22 @@ async fn serve_stream<F: Front>(
             }
         }
     }
-    let decoded = match len {
-        Ok(len) => read_frame_rest(&mut recv, len).await,
+    let body = match len {
+        Ok(len) => match read_frame_rest_unless_stalled(&mut recv, len, stall).await {
+            Ok(Some(body)) => Ok(body),
+            Ok(None) => {
+                drop(room);
+                warn!(remote = %caller.remote, principal = %caller.principal, len,
+                    stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX),
+                    "a client request's body stopped arriving; its room given back, answered Overloaded");
+                front.note_overloaded();
+                return refuse_stalled(send, recv, max_frame).await;
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
-    }
-    .and_then(|body| {
+    };
+    let decoded = body.and_then(|body| {
         if let Some(room) = &mut room {
             room.holds(body.len());
         }
@@ -500,6 +526,21 @@ async fn refuse_unread(
     let _ = send.finish();
     let drain = async { while let Ok(Some(_)) = recv.read_chunk(64 << 10, true).await {} };
     let _ = tokio::time::timeout(DRAIN_REFUSED, drain).await;
+}
+
+/// Answers a request whose body stopped arriving `Overloaded` (it was
+/// never decoded: nothing applied; the client may send it again) and reads
+/// no more of its stream.
+async fn refuse_stalled(mut send: SendStream, mut recv: RecvStream, max_frame: usize) {
+    let _ = recv.stop(0u32.into());
+    let answer = ClientResponse::Err(Error::Overloaded.into());
+    // Bounded: a client that sends nothing may read nothing either.
+    let write = write_frame(&mut send, &answer, max_frame);
+    if tokio::time::timeout(DRAIN_REFUSED, write).await.is_ok() {
+        let _ = send.finish();
+    } else {
+        let _ = send.reset(0u32.into());
+    }
 }
 
 /// Authorizes and answers one request of `caller`, whichever stream it came

@@ -15,7 +15,7 @@
 //! - the client service takes room for a request's frame, as many bytes
 //!   as its length prefix says, before it reads the frame's body, and
 //!   holds it until the request is answered (or dropped: the connection
-//!   ends). So the bodies of requests received and not yet answered, on
+//!   ends, or its body stalls, below). So the bodies of requests received and not yet answered, on
 //!   every connection of the node together, are at most the node's budget
 //!   ([`Intake::new`]: the node's in-flight byte budget, see
 //!   [`PeerBuilder::max_in_flight`](super::PeerBuilder::max_in_flight)),
@@ -23,6 +23,27 @@
 //!   ([`CONNECTION_SHARE`]); a frame larger than a budget takes all of it;
 //! - while a stream waits for room its frame is not read: QUIC flow
 //!   control holds the rest of it, and what follows, at the sender;
+//! - room is held for a body only while its bytes keep coming: once no
+//!   byte of it arrived for the intake's stall bound
+//!   ([`ConnectionIntake::stall`], [`DEFAULT_BODY_STALL`], set by
+//!   [`PeerBuilder::client_body_stall`](super::PeerBuilder::client_body_stall)),
+//!   the room is given back and the request is not read further: on a
+//!   stream of its own it is answered
+//!   [`Overloaded`](crate::error::Error::Overloaded) (it was never decoded:
+//!   nothing applied), a multiplexed stream ends (its client fails the
+//!   calls still waiting there). Without it a length prefix alone held its
+//!   claim for as long as its connection lived (keep-alives hold it): four
+//!   4-byte prefixes held a default node's whole budget and every other
+//!   client was refused `Overloaded` (found by review, stop 57). As the
+//!   peer side's charged frames (`transport::inbox_bytes`, `read_charged`).
+//!   The whole claim is still taken up front, not as bytes arrive: a
+//!   request that holds part of its room while it waits for the rest
+//!   would, with others doing the same, hold the budget with none of them
+//!   able to finish (hold and wait); a claim taken whole in FIFO order
+//!   cannot. So a sender that keeps trickling a byte within each stall
+//!   bound still holds its claim (as a slow legitimate upload does): at
+//!   most a [`CONNECTION_SHARE`] per connection, and the connection
+//!   limits below bound how many such connections one certificate has;
 //! - a request that finds no room within the admission wait is answered
 //!   [`Overloaded`](crate::error::Error::Overloaded) (it never reached the
 //!   log: nothing was applied, the client retries after a backoff); its
@@ -100,6 +121,14 @@ pub(crate) const DEFAULT_CONNECTIONS_PER_CERTIFICATE: usize = 1024;
 /// The default most client connections a node serves at once.
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 
+/// The default longest time no byte of a request's body, whose room is
+/// taken, may arrive before the room is given back (module doc): longer
+/// than the admission wait, which a connection's own streams waiting for
+/// room may take to give back the connection's receive window (their
+/// unread bytes fill it until they are refused and drained), so that a
+/// body held back that way is not taken for a stalled one.
+pub const DEFAULT_BODY_STALL: Duration = Duration::from_secs(5);
+
 /// How many client connections a node serves at once (module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ConnectionLimits {
@@ -174,6 +203,8 @@ pub(crate) struct Intake {
     node_max: u32,
     connection_max: u32,
     wait: Duration,
+    /// How long a body with room may go without a byte (module doc).
+    stall: Duration,
     refused: AtomicU64,
     limits: ConnectionLimits,
     open: Mutex<Open>,
@@ -204,14 +235,22 @@ impl Intake {
     /// `wait` for room; the default [`ConnectionLimits`] (tests).
     #[cfg(test)]
     pub(crate) fn new(bytes: usize, wait: Duration) -> Arc<Intake> {
-        Intake::with_limits(bytes, wait, ConnectionLimits::default())
+        Intake::with_stall(bytes, wait, DEFAULT_BODY_STALL)
     }
 
-    /// [`Intake::new`] serving at most `limits` connections.
+    /// [`Intake::new`] whose bodies may stall for `stall` (tests).
+    #[cfg(test)]
+    pub(crate) fn with_stall(bytes: usize, wait: Duration, stall: Duration) -> Arc<Intake> {
+        Intake::with_limits(bytes, wait, ConnectionLimits::default(), stall)
+    }
+
+    /// [`Intake::new`] serving at most `limits` connections, giving back
+    /// the room of a body of which no byte arrived for `stall`.
     pub(crate) fn with_limits(
         bytes: usize,
         wait: Duration,
         limits: ConnectionLimits,
+        stall: Duration,
     ) -> Arc<Intake> {
         let node_max = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
         Arc::new(Intake {
@@ -219,6 +258,7 @@ impl Intake {
             node_max,
             connection_max: (node_max / CONNECTION_SHARE as u32).max(1),
             wait,
+            stall,
             refused: AtomicU64::new(0),
             limits,
             open: Mutex::default(),
@@ -281,6 +321,12 @@ impl Intake {
         self.node_max as usize
     }
 
+    /// The room of the node's budget not taken now, in bytes.
+    #[cfg(test)]
+    pub(crate) fn available(&self) -> usize {
+        self.node.available_permits()
+    }
+
     /// The most bytes of request bodies held at once so far ([`Room::holds`]).
     #[cfg(test)]
     pub(crate) fn peak_held(&self) -> usize {
@@ -289,6 +335,12 @@ impl Intake {
 }
 
 impl ConnectionIntake {
+    /// How long no byte of a body whose room is taken may arrive before
+    /// its room is given back and it is read no further (module doc).
+    pub(crate) fn stall(&self) -> Duration {
+        self.node.stall
+    }
+
     /// Room for a frame of `bytes` if both budgets have it now.
     pub(crate) fn try_take(&self, bytes: usize) -> Option<Room> {
         let (c, n) = self.units(bytes);
@@ -447,7 +499,8 @@ mod tests {
             per_certificate: 2,
             total: 3,
         };
-        let intake = Intake::with_limits(400, Duration::from_millis(20), limits);
+        let intake =
+            Intake::with_limits(400, Duration::from_millis(20), limits, DEFAULT_BODY_STALL);
         let (a, b) = ([1; 32], [2; 32]);
         let a1 = intake.admit(a).expect("a's first");
         let a2 = intake.admit(a).expect("a's second");

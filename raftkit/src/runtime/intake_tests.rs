@@ -539,3 +539,211 @@ async fn a_client_connection_buffers_at_most_its_receive_window_unread() {
     conn.close(0u32.into(), b"done");
     transport.shutdown().await;
 }
+
+/// Found by review (stop 57, transport #1): a frame's room in the intake
+/// budget was taken when its length prefix arrived and held while its body
+/// was read, with no bound on how long the body may take. A holder of any
+/// certificate of the CA (here a *node* certificate: room is taken before
+/// authorization) sent only a length prefix, and every other client was
+/// refused `Overloaded` for as long as that connection lived. Now a
+/// charged body of which no byte arrives for the intake's stall bound
+/// gives its room back: on a stream of its own the request is answered
+/// `Overloaded` (nothing was read whole, nothing applied), on the
+/// multiplexed stream that stream ends. A body that keeps coming, however
+/// slowly, is read whole (its stall measured from its last byte).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gives_its_room_back() {
+    use crate::client::mux::MUX_VERSION;
+    use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, WireError};
+    use crate::error::Applied;
+    use crate::transport::frame::{FrameError, encode_frame, read_frame};
+    use crate::transport::quic::connect_client;
+
+    /// Long enough that a loaded machine never trips it for a body that
+    /// keeps coming (a piece every 100 ms below), short for the test.
+    const STALL: Duration = Duration::from_secs(1);
+    let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let server = Endpoint::server(
+        quic_server_config(&ids[0]).expect("server config"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("endpoint");
+    let server_addr = server.local_addr().expect("addr");
+    let intake = Intake::with_stall(1 << 20, Duration::from_millis(200), STALL);
+    let (conns_tx, conns_rx) = mpsc::channel(16);
+    tokio::spawn(serve_front_with(
+        AtOnce,
+        conns_rx,
+        DEFAULT_MAX_FRAME_BYTES,
+        intake.clone(),
+    ));
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let Ok(principal) = peer_principal(&conn) else {
+                continue;
+            };
+            if conns_tx
+                .send(AcceptedClient { conn, principal })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    async fn hello(
+        conn: &quinn::Connection,
+        version: u32,
+    ) -> (quinn::SendStream, quinn::RecvStream) {
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        let hello = ClientHello {
+            version,
+            schema: 0,
+            schema_desc: None,
+        };
+        let mut frame = Vec::new();
+        encode_frame(&hello, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+        send.write_all(&frame).await.expect("hello sent");
+        let answer: ClientResponse = read_frame(&mut recv, 1 << 20).await.expect("hello answer");
+        assert!(matches!(answer, ClientResponse::Ok(_)), "{answer:?}");
+        (send, recv)
+    }
+    let read_frame_bytes = || {
+        let mut frame = Vec::new();
+        encode_frame(
+            &ClientRequest::Read { query: vec![1] },
+            DEFAULT_MAX_FRAME_BYTES,
+            &mut frame,
+        )
+        .expect("encode");
+        frame
+    };
+    // A legitimate client reads on a stream of its own, retrying an
+    // `Overloaded` as a client does, until answered or past its deadline.
+    let app = ca.issue_client("app").expect("client cert");
+    let app_conn = connect_client(server_addr, &app).await.expect("connect");
+    let _app_hello = hello(&app_conn, 1).await;
+    let read_until_served = |why: &'static str| {
+        let (conn, frame) = (app_conn.clone(), read_frame_bytes());
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+                send.write_all(&frame).await.expect("request sent");
+                send.finish().expect("finish");
+                let answer: ClientResponse =
+                    tokio::time::timeout(DEADLINE, read_frame(&mut recv, 1 << 20))
+                        .await
+                        .expect("an answer in time")
+                        .expect("an answer");
+                if answer == ClientResponse::Ok(vec![1]) || tokio::time::Instant::now() > deadline {
+                    assert_eq!(answer, ClientResponse::Ok(vec![1]), "{why}");
+                    return;
+                }
+            }
+        }
+    };
+    read_until_served("control: no request holds room").await;
+
+    // A stream of its own carrying only a prefix claiming 16 MiB (all of
+    // this node's budget of 1 MiB), from a node certificate.
+    let attacker = connect_client(server_addr, &ids[1]).await.expect("connect");
+    let _attacker_hello = hello(&attacker, 1).await;
+    let (mut held_send, mut held_recv) = attacker.open_bi().await.expect("stream");
+    held_send
+        .write_all(&(16u32 << 20).to_be_bytes())
+        .await
+        .expect("prefix");
+    until("the prefix took the node's budget", || {
+        (intake.available() == 0).then_some(())
+    })
+    .await;
+    read_until_served("a legitimate read after a prefix-only stream took the node's budget").await;
+    let answer: ClientResponse =
+        tokio::time::timeout(DEADLINE, read_frame(&mut held_recv, 1 << 20))
+            .await
+            .expect("the stalled request answered in time")
+            .expect("an answer");
+    let ClientResponse::Err(refusal) = answer else {
+        panic!("a stalled request was answered {answer:?}");
+    };
+    assert!(matches!(refusal, WireError::Overloaded), "{refusal:?}");
+    assert_eq!(crate::error::Error::from(refusal).applied(), Applied::No);
+
+    // The same on a multiplexed stream: the frame's prefix and its id, no
+    // more; the stream ends, unanswered.
+    let mux = connect_client(server_addr, &ids[1]).await.expect("connect");
+    let (mut mux_send, mut mux_recv) = hello(&mux, MUX_VERSION).await;
+    let mut head = (16u32 << 20).to_be_bytes().to_vec();
+    head.push(9);
+    mux_send.write_all(&head).await.expect("prefix and id");
+    until("the multiplexed prefix took the node's budget", || {
+        (intake.available() == 0).then_some(())
+    })
+    .await;
+    read_until_served(
+        "a legitimate read after a prefix-only multiplexed frame took the node's budget",
+    )
+    .await;
+    let ended = tokio::time::timeout(
+        DEADLINE,
+        read_frame::<(u64, ClientResponse), _>(&mut mux_recv, 1 << 20),
+    )
+    .await
+    .expect("the stalled stream ended in time");
+    assert!(
+        matches!(ended, Err(FrameError::Closed)),
+        "a stalled multiplexed stream was answered {ended:?}"
+    );
+
+    // A body that keeps coming, for longer than the stall bound in all, is
+    // read whole and answered, on either path.
+    for version in [1, MUX_VERSION] {
+        let conn = connect_client(server_addr, &app).await.expect("connect");
+        let (hello_send, hello_recv) = hello(&conn, version).await;
+        let (mut send, mut recv) = if version == MUX_VERSION {
+            (hello_send, hello_recv)
+        } else {
+            conn.open_bi().await.expect("stream")
+        };
+        let mut frame = Vec::new();
+        let read = ClientRequest::Read {
+            query: vec![1; 2000],
+        };
+        if version == MUX_VERSION {
+            encode_frame(&(3u64, &read), DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+        } else {
+            encode_frame(&read, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+        }
+        let pieces = 20;
+        let piece = frame.len().div_ceil(pieces);
+        for bytes in frame.chunks(piece) {
+            send.write_all(bytes).await.expect("a piece sent");
+            // Pacing the sender (not synchronisation): the whole body takes
+            // twice the stall bound, no gap is a tenth of it.
+            tokio::time::sleep(STALL / 10).await;
+        }
+        let answer = if version == MUX_VERSION {
+            let (id, answer): (u64, ClientResponse) =
+                tokio::time::timeout(DEADLINE, read_frame(&mut recv, 1 << 20))
+                    .await
+                    .expect("an answer in time")
+                    .expect("an answer");
+            assert_eq!(id, 3);
+            answer
+        } else {
+            send.finish().expect("finish");
+            tokio::time::timeout(DEADLINE, read_frame(&mut recv, 1 << 20))
+                .await
+                .expect("an answer in time")
+                .expect("an answer")
+        };
+        assert_eq!(
+            answer,
+            ClientResponse::Ok(vec![1]),
+            "version {version}: a slow body that kept coming"
+        );
+    }
+    drop((held_send, attacker, mux_send, mux));
+}

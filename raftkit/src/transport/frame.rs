@@ -497,6 +497,30 @@ pub(crate) async fn read_frame_rest<R: AsyncRead + Unpin>(
     }
 }
 
+/// [`read_frame_rest`], unless no byte of the body arrives for `stall`:
+/// then `Ok(None)` (what arrived is dropped; the stream is not read
+/// further). However slowly its bytes come, a body whose bytes keep coming
+/// is read whole.
+pub(crate) async fn read_frame_rest_unless_stalled<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len_usize: usize,
+    stall: std::time::Duration,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    // Grown as the bytes arrive (`read_frame_rest`).
+    let mut body = Vec::with_capacity(len_usize.min(BODY_START_BYTES));
+    while body.len() < len_usize {
+        let rest = u64::try_from(len_usize - body.len()).unwrap_or(u64::MAX);
+        let mut limited = (&mut *r).take(rest);
+        match tokio::time::timeout(stall, limited.read_buf(&mut body)).await {
+            Err(_) => return Ok(None),
+            Ok(Ok(0)) => return Err(FrameError::Closed),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(FrameError::Io(e)),
+        }
+    }
+    Ok(Some(body))
+}
+
 /// The memory a frame body starts with before its bytes arrive.
 const BODY_START_BYTES: usize = 64 * 1024;
 

@@ -415,15 +415,39 @@ impl FrameReader {
         max: usize,
         stall: std::time::Duration,
     ) -> Result<Option<Bytes>, FrameError> {
+        let mut last = tokio::time::Instant::now();
+        self.next_unless_stalled_since(max, stall, &mut last).await
+    }
+
+    /// [`Self::next_unless_stalled`], the stall measured from `last`, which
+    /// is moved to the arrival of every chunk: a caller that polls this
+    /// among other work (and so calls it again and again) keeps one
+    /// measure across its calls. Cancel-safe.
+    pub(crate) async fn next_unless_stalled_since(
+        &mut self,
+        max: usize,
+        stall: std::time::Duration,
+        last: &mut tokio::time::Instant,
+    ) -> Result<Option<Bytes>, FrameError> {
         loop {
             if let Some(body) = self.buf.take_frame(max)? {
                 return Ok(Some(body));
             }
-            match tokio::time::timeout(stall, self.read_more(max)).await {
-                Ok(read) => read?,
+            match tokio::time::timeout_at(*last + stall, self.read_more(max)).await {
+                Ok(read) => {
+                    read?;
+                    *last = tokio::time::Instant::now();
+                }
                 Err(_) => return Ok(None),
             }
         }
+    }
+
+    /// Tells the sender that nothing more of the stream will be read
+    /// (`STOP_SENDING` with `code`): its writes fail, and what it had in
+    /// flight is dropped.
+    pub(crate) fn stop(&mut self, code: u32) {
+        let _ = self.recv.stop(code.into());
     }
 
     /// Discards the next frame (module doc, invariant 5) and returns the
