@@ -13,6 +13,10 @@ pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 /// within 25% of each other.
 pub const DEFAULT_CLOCK_DRIFT_BOUND: f64 = 1.25;
 
+/// The largest [`Config::election_ticks`] (2^31 - 1): randomized election
+/// timeouts are drawn from `[T, 2T)` in `u32` (Raft §5.2).
+pub const MAX_ELECTION_TICKS: u32 = u32::MAX / 2;
+
 /// The default [`Config::snapshot_log_ratio`].
 pub const DEFAULT_SNAPSHOT_LOG_RATIO: f64 = 1.0;
 
@@ -23,7 +27,8 @@ pub struct Config {
     pub id: NodeId,
     /// `T`: a follower campaigns after a randomized timeout in `[T, 2T)`
     /// ticks without hearing from a leader (Raft §5.2). A leader with
-    /// `check_quorum` steps down after `T` ticks without a quorum.
+    /// `check_quorum` steps down after `T` ticks without a quorum. At most
+    /// [`MAX_ELECTION_TICKS`].
     pub election_ticks: u32,
     /// A leader sends heartbeats every this many ticks. Must be less than
     /// `election_ticks`.
@@ -136,6 +141,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == super::types::NO_NODE {
             return Err(ConfigError("node id 0 is reserved".into()));
+        }
+        if self.election_ticks > MAX_ELECTION_TICKS {
+            // The randomized timeout's range `[T, 2T)` must fit in u32.
+            return Err(ConfigError(format!(
+                "election_ticks ({}) must be at most {MAX_ELECTION_TICKS}",
+                self.election_ticks
+            )));
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
             return Err(ConfigError(format!(

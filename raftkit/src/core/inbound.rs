@@ -13,21 +13,22 @@
 //! |---|---|---|
 //! | any | not addressed to this node, or "from" this node or from node 0 | misrouted or forged |
 //! | any | its term more than [`MAX_TERM_JUMP`] (2^24) above this node's | no correct peer is that far ahead (below); one message must not exhaust the terms |
-//! | RequestVote (and PreVote) | the sender is not a member | §4.2.3: a removed server must not disrupt the cluster; a new server not yet replicated to has nothing to elect |
+//! | RequestVote (and PreVote) | the sender is not a member, while this node is in a lease or its startup lease, or has no configuration yet (a new server not yet replicated to has nothing to elect) | §4.2.3: a removed server must not disrupt the cluster. Outside a lease they are handled (§4.1: a server grants its vote to a candidate outside its latest configuration; the candidate may be a voter of a configuration this node missed, and its vote may be needed to elect anybody) |
 //! | a response, TimeoutNow | the sender is neither a member nor a node the leader still replicates to | it answers nothing this node sent; only the leader orders a campaign |
 //! | RequestVote with `transfer` | the candidate is not a voter of this node's configuration | §3.10: a leader transfers only to a voter, and a transfer vote overrides the lease (a learner could depose a settled leader) |
-//! | TimeoutNow | not from the leader this node follows, at this node's term (from another node, at another term, or while no leader is known) | §3.10: the transfer is the leader's, sent to a target that acknowledged its whole log in its term |
-//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, from a non-member, while this node has a configuration and is in a leader lease (a leader, or a follower that heard from its leader within an election timeout, with CheckQuorum on) | the §4.2.3 lease argument applied to leader messages: while a leader is known to be alive, a node outside the configuration cannot be a newer leader this node must follow |
+//! | TimeoutNow | not from the leader of this node's term, at that term (from another node, at another term, or while no leader of this term is known; a pre-candidate remembers its term's leader) | §3.10: the transfer is the leader's, sent to a target that acknowledged its whole log in its term; a transfer vote overrides leases (§6.4.1), so nobody else may order one |
+//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, from a non-voter (a learner or a non-member), while this node has a configuration and is in a leader lease (a leader, or a follower that heard from its leader within an election timeout, with CheckQuorum on) | the §4.2.3 lease argument applied to leader messages: while a leader is known to be alive, a node that is not a voter of the configuration cannot be a newer leader this node must follow (a leader is a voter of its own configuration) |
+//! | any other message but a vote request (responses, read requests) | at a *higher* term, from a non-voter, under the same lease condition | its term would depose the leader or make a follower forget it (Raft §5.1), on the word of a node that cannot have been elected; voters carry a real new term |
 //! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader we follow (or when we lead) | Raft §5.2 Election Safety: at most one leader per term |
 //! | ReadIndexRequest | the sender is not a member; or the leader already holds [`MAX_REMOTE_READS`](super::read_index::MAX_REMOTE_READS) followers' reads | thesis §6.4.1: only members forward reads; a bounded queue |
 //! | ReadIndexResponse | not from the leader we follow at our term, or for a context this node is not waiting for (a read it already failed or never forwarded); from a node we know in a higher term it is admitted only to raise our term (Raft §5.1), which fails the forwarded reads first, so it answers none | an answer of an old leader must not release a read (it fails and is retried instead); a leader that stepped down answers in its new term, and the read fails at once instead of after two election timeouts |
 //!
-//! Leader messages from non-members are **accepted** outside a lease, and
+//! Leader messages from non-voters are **accepted** outside a lease, and
 //! always by a node with no configuration yet: a node being added hears
 //! from the leader before it knows any configuration, and a member that
 //! was cut off may have missed the configuration that made today's leader
-//! a member. That is the price of membership changes: a holder of a node
-//! certificate who is not a member can still present itself as a leader of
+//! a voter. That is the price of membership changes: a holder of a node
+//! certificate who is not a voter can still present itself as a leader of
 //! a higher term to a node outside a lease (for example right after an
 //! election). That costs the node its term and its uncommitted entries, and
 //! more: the fake leader's entries and commit index are taken as a real
@@ -71,9 +72,11 @@
 //!   more before decoding it, this check covers other transports); entries
 //!   at consecutive indexes starting right after `prev_index` (no
 //!   overflow), terms non-decreasing, none below `prev_term` and none above
-//!   the message's term; none conflicting with an entry this node knows
-//!   committed (Raft §5.4, Leader Completeness: a correct leader never
-//!   sends one).
+//!   the message's term; at this node's term or a later one, none
+//!   conflicting with an entry this node knows committed (Raft §5.4,
+//!   Leader Completeness: a correct leader of that term never sends one;
+//!   a leader of an *earlier* term may, and is answered with this node's
+//!   term, §5.1, its entries left alone).
 //! - No entry or snapshot index past [`MAX_INDEX`] (2^62), so that no index
 //!   arithmetic anywhere can overflow.
 //! - A configuration, in an entry or in a snapshot's metadata: at most
@@ -122,13 +125,16 @@ use super::types::{Configuration, Entry, Index, NO_NODE, Payload, Term};
 pub enum DropReason {
     /// Not addressed to this node, or from this node itself or node 0.
     Misaddressed,
-    /// A vote request from a node outside the configuration.
+    /// A vote request from a node outside the configuration, while this
+    /// node is in a leader lease (or its startup lease).
     VoteFromNonMember,
     /// A response or TimeoutNow from a node this node has no business with.
     FromStranger,
     /// TimeoutNow not from the leader we follow at our term.
     TimeoutNowNotFromLeader,
-    /// A leader message at a higher term from a non-member during a lease.
+    /// A leader message at a higher term from a node that is not a voter
+    /// (a non-member or a learner) during a lease. (The name predates
+    /// learners being refused too; it is kept for metrics.)
     NonMemberInLease,
     /// A leader message at our term from another node than our term's
     /// leader.
@@ -176,6 +182,11 @@ pub enum DropReason {
     /// groups' receive buffers): the reception is abandoned and its bytes
     /// released; the leader starts it over.
     SnapshotOverBudget,
+    /// A message other than a leader message or a vote request (a
+    /// response, a read request) at a higher term from a node that is not
+    /// a voter of this node's configuration, while this node is in a
+    /// leader lease: its term is not adopted (thesis §4.2.3, §6.4.1).
+    HigherTermFromNonVoter,
 }
 
 /// The largest log index accepted from a peer (2^62): no log gets near
@@ -198,7 +209,7 @@ pub const MAX_ADDR_LEN: usize = 256;
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::Misaddressed,
         DropReason::VoteFromNonMember,
         DropReason::FromStranger,
@@ -221,6 +232,7 @@ impl DropReason {
         DropReason::TransferFromNonVoter,
         DropReason::ConfigTooLarge,
         DropReason::SnapshotOverBudget,
+        DropReason::HigherTermFromNonVoter,
     ];
 
     /// A stable snake_case name (metrics label values).
@@ -248,6 +260,7 @@ impl DropReason {
             DropReason::TransferFromNonVoter => "transfer_from_non_voter",
             DropReason::ConfigTooLarge => "config_too_large",
             DropReason::SnapshotOverBudget => "snapshot_over_budget",
+            DropReason::HigherTermFromNonVoter => "higher_term_from_non_voter",
         }
     }
 
@@ -256,7 +269,7 @@ impl DropReason {
         match self {
             DropReason::Misaddressed => "not addressed to this node, or from itself or node 0",
             DropReason::VoteFromNonMember => {
-                "vote request from a node outside the configuration (thesis 4.2.3)"
+                "vote request from a node outside the configuration during a lease (thesis 4.2.3)"
             }
             DropReason::FromStranger => {
                 "a response or TimeoutNow from a node outside the configuration"
@@ -265,7 +278,7 @@ impl DropReason {
                 "TimeoutNow not from the leader this node follows at its term"
             }
             DropReason::NonMemberInLease => {
-                "a leader message at a higher term from a node outside the configuration while a leader is alive"
+                "a leader message at a higher term from a non-voter while a leader is alive"
             }
             DropReason::SecondLeader => {
                 "a leader message at this term from a node that is not this term's leader"
@@ -299,6 +312,9 @@ impl DropReason {
             }
             DropReason::SnapshotOverBudget => {
                 "a snapshot chunk past the node's receive budget (the reception is abandoned and restarted)"
+            }
+            DropReason::HigherTermFromNonVoter => {
+                "a response or read request at a higher term from a non-voter while a leader is alive"
             }
         }
     }
@@ -443,8 +459,27 @@ impl Raft {
         }
         let member = self.conf.contains(m.from);
         let known = member || self.progress.contains_key(&m.from);
+        // Thesis §4.2.3, §6.4.1: while this node is in a leader lease, only
+        // a voter of its configuration can be a newer leader (a leader is a
+        // voter of its own configuration), and only a voter can have been
+        // elected in a newer term. A node with no configuration yet cannot
+        // tell voters from others, so it has no such protection.
+        let has_conf = !self.conf.voters.is_empty();
+        let protected = has_conf && self.in_lease();
+        let voter = self.conf.is_voter(m.from);
         match &m.body {
-            Body::RequestVote { .. } if !member => return Err(DropReason::VoteFromNonMember),
+            // Thesis §4.1: a server processes vote requests without
+            // consulting its configuration (a candidate may be a voter of a
+            // configuration this node has not received, and its vote may be
+            // needed to elect anybody); §4.2.3: inside a lease (or the
+            // startup lease) they are disregarded, so a removed server
+            // cannot disrupt the cluster. A node with no configuration yet
+            // (a new server not yet replicated to) votes in no election.
+            Body::RequestVote { .. }
+                if !member && (!has_conf || self.in_lease() || self.in_startup_lease()) =>
+            {
+                return Err(DropReason::VoteFromNonMember);
+            }
             // Thesis §3.10: a leader transfers only to a voter, and a
             // transfer vote overrides the lease; nobody else may ask for one.
             Body::RequestVote { transfer: true, .. } if !self.conf.is_voter(m.from) => {
@@ -467,19 +502,26 @@ impl Raft {
             Body::TimeoutNow if !member => return Err(DropReason::FromStranger),
             // Thesis §3.10: only the leader orders a transfer campaign, and
             // only to a target that acknowledged its whole log in its term,
-            // so the honest sender is the leader this node follows, at this
-            // node's term (or no leader known at that term: a target whose
-            // election timer fired is a pre-candidate, which forgets its
-            // leader without a new term, and the transfer must go on).
-            Body::TimeoutNow
-                if m.term != self.term || (self.leader != m.from && self.leader != NO_NODE) =>
-            {
+            // so the honest sender is the leader of this node's term, at
+            // that term. `term_leader` survives pre-candidacy (a target
+            // whose election timer fired forgot its leader without a new
+            // term, and the transfer must go on), and is never NO_NODE for
+            // a target: it heard the leader in this term. A TimeoutNow
+            // while no leader of this term is known is dropped (stop 57: a
+            // learner made a follower forget its leader with a higher term,
+            // then ordered it to campaign with a transfer vote, which voters
+            // grant inside the real leader's lease, thesis §6.4.1).
+            Body::TimeoutNow if m.term != self.term || m.from != self.term_leader => {
                 return Err(DropReason::TimeoutNowNotFromLeader);
             }
             body if body.is_response() && !known => return Err(DropReason::FromStranger),
             Body::AppendEntries { .. } | Body::Heartbeat { .. } | Body::InstallSnapshot { .. } => {
-                let has_conf = !self.conf.voters.is_empty();
-                if m.term > self.term && !member && has_conf && self.in_lease() {
+                // Stop 57: `is_voter`, not `contains`: a learner is a
+                // member, but not a possible leader. A voter promoted in a
+                // configuration this node has not received is followed once
+                // the lease is over (thesis §4.1), at the cost of at most
+                // one lease.
+                if m.term > self.term && !voter && protected {
                     return Err(DropReason::NonMemberInLease);
                 }
                 if m.term == self.term
@@ -488,6 +530,20 @@ impl Raft {
                 {
                     return Err(DropReason::SecondLeader);
                 }
+            }
+            // Any other message at a higher term (a response, a read
+            // request) from a non-voter inside a lease: adopting its term
+            // (Raft §5.1) would depose the leader or make a follower forget
+            // it, on the word of a node that cannot lead (stop 57). An old
+            // leader still learns the new term from the voters, or steps
+            // down by CheckQuorum (thesis §6.2). Vote requests are left to
+            // the lease rule of §4.2.3 (`Raft::step`).
+            body if m.term > self.term
+                && !voter
+                && protected
+                && !matches!(body, Body::RequestVote { .. }) =>
+            {
+                return Err(DropReason::HigherTermFromNonVoter);
             }
             _ => {}
         }
@@ -542,6 +598,12 @@ impl Raft {
             return Err(DropReason::TooManyEntries);
         }
         let committed = self.log.committed();
+        // Raft §5.1: a message of an earlier term is only answered with
+        // this node's term (`Raft::handle_stale` never touches the log), so
+        // its entries rewrite nothing. An old leader that missed the
+        // election still replicates its uncommitted entries at indexes a
+        // newer leader committed: that is not an attack (stop 57).
+        let current = term >= self.term;
         let mut expected = prev_index;
         let mut last_term = prev_term;
         for e in entries {
@@ -561,7 +623,10 @@ impl Raft {
             if let Payload::Config(conf) = &e.payload {
                 check_config(conf).map_err(|(reason, _)| reason)?;
             }
-            if e.index <= committed && self.log.term(e.index).is_some_and(|t| t != e.term) {
+            if current
+                && e.index <= committed
+                && self.log.term(e.index).is_some_and(|t| t != e.term)
+            {
                 return Err(DropReason::CommittedRewrite);
             }
         }

@@ -53,7 +53,7 @@ mod tests;
 /// The shared byte buffer of [`Payload::Command`] (re-exported from the
 /// `bytes` crate).
 pub use bytes::Bytes;
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, MAX_ELECTION_TICKS};
 pub use inbound::{DropCounts, DropReason, MAX_ADDR_LEN, MAX_MEMBERS, MAX_TERM_JUMP};
 pub use message::{Body, MAX_ENTRIES_PER_APPEND, Message};
 pub use raft::{NotLeader, ProposeError, Raft, Restored, Role, Status};

@@ -169,6 +169,13 @@ pub struct Raft {
     pub(super) term: Term,
     pub(super) vote: NodeId,
     pub(super) leader: NodeId,
+    /// The leader of the current term, once heard from (or this node, when
+    /// it leads): unlike `leader`, kept when a pre-candidacy starts, since
+    /// the term did not change (thesis §3.10: the only node that may order
+    /// a transfer campaign with TimeoutNow). `NO_NODE` until known; reset
+    /// with every new term. At most one leader per term (Raft §5.2), so it
+    /// never changes within a term once set.
+    pub(super) term_leader: NodeId,
     pub(super) role: Role,
     pub(super) log: RaftLog,
     /// The configuration in force: the last one in the log (thesis §4.1).
@@ -239,6 +246,7 @@ impl Raft {
             term: hard_state.term,
             vote: hard_state.vote,
             leader: NO_NODE,
+            term_leader: NO_NODE,
             role: Role::Follower,
             conf,
             conf_index,
@@ -397,6 +405,7 @@ impl Raft {
         if self.term != term {
             self.term = term;
             self.vote = NO_NODE;
+            self.term_leader = NO_NODE;
             // Its leader's chunks are stale from now on (Raft §5.1).
             let committed = self.log.committed();
             self.snapshots.forget_obsolete_receiving(term, committed);
@@ -420,6 +429,9 @@ impl Raft {
     pub(super) fn become_follower(&mut self, term: Term, leader: NodeId) {
         self.reset(term);
         self.leader = leader;
+        if leader != NO_NODE {
+            self.term_leader = leader;
+        }
         self.role = Role::Follower;
         // Reads failed in reset() carry no hint; the leader is known now.
     }
@@ -442,6 +454,7 @@ impl Raft {
         let term = self.term;
         self.reset(term);
         self.leader = self.id;
+        self.term_leader = self.id;
         self.role = Role::Leader;
         let next = self.log.last_index() + 1;
         for id in self.conf.members() {
@@ -479,14 +492,16 @@ impl Raft {
     ///
     /// Messages are checked before anything else (see `inbound`): among
     /// others, messages not addressed to this node are dropped, and so are
-    /// vote requests from nodes outside the configuration in force (thesis
-    /// §4.2.3: a server removed from the cluster, that may not know it, must
-    /// not disrupt it; its vote requests are dropped before their term is
-    /// looked at, in or out of a lease, PreVote or not; a node that knows of
-    /// no configuration including the candidate, a new server not yet
-    /// replicated to, ignores it too. Learners are members: a candidate may
-    /// already count them as voters in a newer configuration, and a grant
-    /// from a node the candidate does not count as voter is never counted).
+    /// vote requests from nodes outside the configuration in force while
+    /// this node is in a lease (thesis §4.2.3: a server removed from the
+    /// cluster, that may not know it, must not disrupt it). Outside a lease
+    /// they are handled like any other (thesis §4.1: a server grants its
+    /// vote to a candidate outside its latest configuration; the candidate
+    /// may be a voter of a configuration this node missed, and that vote
+    /// may be needed to elect anybody). A removed server still cannot win:
+    /// the nodes that hold its removal are a quorum of the configuration
+    /// in force, and with PreVote (thesis §9.6) it does not even raise
+    /// anybody's term unless it could.
     pub fn step(&mut self, m: Message) {
         let _ = self.step_checked(m);
     }
@@ -553,6 +568,7 @@ impl Raft {
                     self.become_follower(self.term, m.from);
                 }
                 self.leader = m.from;
+                self.term_leader = m.from;
                 self.election_elapsed = 0;
                 match m.body {
                     Body::AppendEntries { .. } => self.handle_append(m),

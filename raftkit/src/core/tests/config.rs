@@ -1,7 +1,7 @@
 //! `Config::validate`: every setting the core cannot run with is refused
 //! when the node is built, and the boundary just inside is taken.
 
-use crate::core::{Config, Raft};
+use crate::core::{Config, MAX_ELECTION_TICKS, Raft};
 
 use super::harness::*;
 
@@ -12,7 +12,7 @@ use super::harness::*;
 #[test]
 fn every_invalid_setting_is_refused() {
     type Tweak = fn(&mut Config);
-    let refused: [(&str, Tweak); 7] = [
+    let refused: [(&str, Tweak); 8] = [
         ("node id 0", |c| c.id = 0),
         ("heartbeat_ticks", |c| c.heartbeat_ticks = 0),
         ("heartbeat_ticks", |c| c.heartbeat_ticks = c.election_ticks),
@@ -21,6 +21,11 @@ fn every_invalid_setting_is_refused() {
         ("snapshot_log_ratio", |c| c.snapshot_log_ratio = f64::NAN),
         // M8: empty chunks would carry a snapshot transfer no further.
         ("snapshot_chunk_bytes", |c| c.snapshot_chunk_bytes = 0),
+        // Review stop 57: `[T, 2T)` overflowed u32 in `Raft::new` (a
+        // panic in debug builds, an empty range in release).
+        ("election_ticks", |c| {
+            c.election_ticks = MAX_ELECTION_TICKS + 1
+        }),
     ];
     for (name, tweak) in refused {
         let mut cfg = config(1);
@@ -30,7 +35,8 @@ fn every_invalid_setting_is_refused() {
             Ok(_) => panic!("{name}: an invalid setting was taken"),
         }
     }
-    let taken: [Tweak; 4] = [
+    let taken: [Tweak; 5] = [
+        |c| c.election_ticks = MAX_ELECTION_TICKS,
         |c| c.heartbeat_ticks = c.election_ticks - 1,
         |c| c.heartbeat_ticks = 1,
         |c| c.max_inflight = 1,

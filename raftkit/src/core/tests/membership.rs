@@ -552,10 +552,18 @@ fn a_non_member_leader_is_ignored_during_a_lease() {
     assert_eq!(log_of(&f), [(1, 1), (2, 3)]);
 }
 
-/// Vote requests (real, pre-vote, or for a transfer) from a node outside
-/// the configuration (neither voter nor learner) are ignored, even at a
-/// higher term and outside the lease; vote requests from a learner or a
+/// Vote requests from a node outside the configuration (neither voter nor
+/// learner) are ignored inside a lease (thesis §4.2.3: a removed server
+/// must not disrupt a cluster that has a leader), and handled outside one
+/// (thesis §4.1: a server grants its vote to a candidate outside its latest
+/// configuration, which may be a voter of a configuration it missed; stop
+/// 57). A transfer vote request from a non-voter is always dropped (only a
+/// voter is a transferee, thesis §3.10). Vote requests from a learner or a
 /// voter are handled as usual.
+///
+/// Until stop 57 this test pinned the opposite rule (non-members' vote
+/// requests dropped in or out of a lease), which can leave a cluster
+/// without a leader: `review_s57::s57_three_of_four_voters_elect_nobody`.
 #[test]
 fn nodes_ignore_vote_requests_from_non_members() {
     let conf = with_learners(&[1, 2, 3], &[4]);
@@ -572,22 +580,55 @@ fn nodes_ignore_vote_requests_from_non_members() {
             },
         )
     };
+    // Inside the lease of leader 1: dropped, whatever the kind.
     for m in [
         vote_req(9, 2, 5, (9, 9)),
         pre_vote_req(9, 2, 5, (9, 9)),
         transfer_req(9, 2, 5),
     ] {
         let mut f = Raft::new(config(2), Restored::bootstrap(conf.clone())).expect("config");
-        let out = step(&mut f, m.clone());
+        step(&mut f, heartbeat(1, 2, 1, 0));
+        assert_eq!(f.leader(), Some(1));
+        assert_eq!(
+            f.step_checked(m.clone()),
+            Err(crate::core::DropReason::VoteFromNonMember),
+            "{m:?}"
+        );
+        let out = flush(&mut f);
         assert!(out.all().is_empty(), "{m:?} answered: {:?}", out.all());
-        assert_eq!(f.term(), 1, "{m:?} raised the term");
+        assert_eq!((f.term(), f.leader()), (1, Some(1)), "{m:?}");
     }
     let mut leader = Raft::new(config(1), Restored::bootstrap(conf.clone())).expect("config");
     make_settled_leader(&mut leader);
     let term = leader.term();
-    step(&mut leader, transfer_req(9, 1, term + 1));
-    assert_eq!(leader.role(), Role::Leader);
-    assert_eq!(leader.term(), term);
+    for m in [
+        vote_req(9, 1, term + 1, (9, 9)),
+        transfer_req(9, 1, term + 1),
+    ] {
+        step(&mut leader, m);
+        assert_eq!((leader.role(), leader.term()), (Role::Leader, term));
+    }
+
+    // Outside a lease: a vote and a pre-vote are granted (§4.1); a
+    // transfer vote request is still dropped, as a non-voter's.
+    let mut f = Raft::new(config(2), Restored::bootstrap(conf.clone())).expect("config");
+    let out = step(&mut f, pre_vote_req(9, 2, 5, (9, 9)));
+    assert_eq!(f.term(), 1, "a pre-vote raised the term");
+    let granted = |out: &Out| {
+        out.all()
+            .iter()
+            .any(|m| m.to == 9 && matches!(m.body, Body::RequestVoteResponse { granted: true, .. }))
+    };
+    assert!(granted(&out), "pre-vote not granted: {:?}", out.all());
+    let out = step(&mut f, vote_req(9, 2, 5, (9, 9)));
+    assert_eq!((f.term(), f.hard_state().vote), (5, 9));
+    assert!(granted(&out), "vote not granted: {:?}", out.all());
+    let mut f = Raft::new(config(2), Restored::bootstrap(conf.clone())).expect("config");
+    assert_eq!(
+        f.step_checked(transfer_req(9, 2, 5)),
+        Err(crate::core::DropReason::TransferFromNonVoter)
+    );
+    assert_eq!(f.term(), 1);
 
     // Members are heard: a voter's request is granted, and so is one from
     // a node the follower knows as learner (it may be a voter already in

@@ -21,6 +21,7 @@ mod paper_election;
 mod paper_replication;
 mod paper_safety;
 mod read_index;
+mod review_s57;
 mod snapshot;
 mod snapshot_receive;
 mod transfer;
