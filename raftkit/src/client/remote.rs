@@ -1064,16 +1064,30 @@ impl Client {
     }
 
     /// Waits until the lookups in flight of the names standing for the
-    /// members at `addrs` ended (their members may be about to move);
-    /// `false` at once if none is in flight. Unbounded: the caller bounds
-    /// it by its deadline.
-    pub(super) async fn member_lookups_end(&self, addrs: &[SocketAddr]) -> bool {
-        let lookups = self.inner.members.lookups_of(addrs, &self.inner.names);
-        if lookups.is_empty() {
-            return false;
+    /// members at `addrs` ended (their members may be about to move), or
+    /// until, at the end of one of them, `moved` holds of the member list;
+    /// at once if none is in flight. Unbounded: the caller bounds it by its
+    /// deadline.
+    pub(super) async fn member_lookups_end(
+        &self,
+        addrs: &[SocketAddr],
+        moved: impl Fn(&[SocketAddr]) -> bool,
+    ) {
+        use futures_util::StreamExt as _;
+        let mut lookups: futures_util::stream::FuturesUnordered<_> = self
+            .inner
+            .members
+            .lookups_of(addrs, &self.inner.names)
+            .into_iter()
+            .collect();
+        // Each lookup's end is a chance that its member moved: one that
+        // moved is followed at once, not after the slowest lookup (review
+        // s57 client #2).
+        while lookups.next().await.is_some() {
+            if moved(&self.members()) {
+                return;
+            }
         }
-        futures_util::future::join_all(lookups).await;
-        true
     }
 
     fn set_leader(&self, addr: Option<SocketAddr>) {

@@ -429,12 +429,16 @@ impl<S: StateMachine> Watch<S> {
                     // in flight, each refusal starting another, so a watch
                     // of a group that left its members ended only at the
                     // outage's deadline).
-                    let waited =
-                        tokio::time::timeout_at(deadline, self.client.member_lookups_end(&members))
-                            .await;
-                    if matches!(waited, Ok(true))
-                        && self.client.members().iter().any(|m| !refused.contains(m))
-                    {
+                    // The members are read again whatever the wait gave: a
+                    // lookup that answered between the read above and the
+                    // wait leaves nothing in flight, yet moved a member.
+                    let moved = |now: &[SocketAddr]| now.iter().any(|m| !refused.contains(m));
+                    let _ = tokio::time::timeout_at(
+                        deadline,
+                        self.client.member_lookups_end(&members, &moved),
+                    )
+                    .await;
+                    if moved(&self.client.members()) {
                         debug!("a refusing member's name moved; asking it at its new address");
                         continue;
                     }

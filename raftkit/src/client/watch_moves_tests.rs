@@ -113,3 +113,96 @@ async fn a_watch_of_a_group_that_left_its_members_ends_once_their_lookups_answer
         "the watch ended {took:?} after the group left (outage deadline {TIMEOUT:?})"
     );
 }
+
+/// Review s57 client #2: with every member refusing, the watch waited for
+/// *all* the refusing names' lookups before it looked at the members
+/// again, so one stalling lookup held it until its outage deadline even
+/// though the other name had already moved to a member that serves the
+/// group. It follows the moved name when that lookup ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_follows_a_moved_name_while_another_names_lookup_stalls() {
+    const NAMES: [&str; 2] = [
+        "node-m1.watch-mixed.invalid:7000",
+        "node-m2.watch-mixed.invalid:7000",
+    ];
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let (ca, nodes) = dev_cluster(["fake-m1", "fake-m2", "fake-m3"]).expect("dev certificates");
+    let client_id = ca.issue_client("watcher").expect("client certificate");
+    let refuse =
+        |_: &ClientRequest| Act::answer(ClientResponse::Err(WireError::Rejected("no".into())));
+    let left = Arc::new(AtomicBool::new(false));
+    // The two first members serve the watch until the group leaves them,
+    // then answer `NotHosted`.
+    let members: Vec<FakeMember> = nodes[..2]
+        .iter()
+        .map(|node| {
+            let member = FakeMember::start(node, refuse);
+            let left = left.clone();
+            member.answer_watches_with(move |_| {
+                if left.load(Ordering::SeqCst) {
+                    vec![ClientResponse::Err(WireError::NotHosted { group: 0 })]
+                } else {
+                    vec![ClientResponse::Events {
+                        events: Vec::new(),
+                        next: 1,
+                    }]
+                }
+            });
+            member
+        })
+        .collect();
+    // The third hosts the group now; it notes when it is asked.
+    let asked = Arc::new(AtomicBool::new(false));
+    let third = FakeMember::start(&nodes[2], refuse);
+    {
+        let asked = asked.clone();
+        third.answer_watches_with(move |_| {
+            asked.store(true, Ordering::SeqCst);
+            vec![ClientResponse::Events {
+                events: Vec::new(),
+                next: 1,
+            }]
+        });
+    }
+    for (name, member) in NAMES.iter().zip(&members) {
+        stub::slow(name, member.addr(), Duration::ZERO);
+    }
+    let client = tokio::time::timeout(
+        TIMEOUT,
+        Client::connect_typed(
+            NAMES,
+            client_id,
+            0,
+            None,
+            ClientOptions::default().with_timeout(TIMEOUT),
+            Names::with_lifetimes(Duration::from_secs(30), Duration::from_millis(1)),
+        ),
+    )
+    .await
+    .expect("connects in time")
+    .expect("connects");
+    let mut w = tokio::time::timeout(TIMEOUT, client.watch::<Idle>(Some(1)))
+        .await
+        .expect("opens in time")
+        .expect("opens");
+    // The first name's lookups now stall; the second's answer the third
+    // member 300 ms later. The group leaves the first two.
+    stub::script(NAMES[0], stub::Script::Stall);
+    stub::slow(NAMES[1], third.addr(), Duration::from_millis(300));
+    left.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let watch = tokio::spawn(async move {
+        let next = w.next().await;
+        (w, next)
+    });
+    let deadline = start + TIMEOUT / 2;
+    while !asked.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the moved member was not asked within {:?} of the move (outage deadline {TIMEOUT:?})",
+            TIMEOUT / 2
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watch.abort();
+}
