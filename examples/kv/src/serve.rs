@@ -199,7 +199,7 @@ fn storage_failure(reason: &str, dir: &Path) -> Failure {
         )
     } else {
         format!(
-            "the node's storage failed and it stopped without acknowledging anything more; check the disk holding {dir}, then restart it with `kv serve --data {dir}` (on tmpfs, FUSE or NFS, or off Linux, reboot the machine or drop the page cache first: a failed fsync can leave data that never reached the disk readable in it) ({reason})"
+            "the node's storage failed and it stopped without acknowledging anything more; check the disk holding {dir}, then restart it with `kv serve --data {dir}` (dropping the log's cached pages at open is best effort: if anything else may be reading {dir}, on tmpfs, FUSE or NFS, or off Linux, reboot the machine or drop the page cache first: a failed fsync can leave data that never reached the disk readable in it) ({reason})"
         )
     })
 }

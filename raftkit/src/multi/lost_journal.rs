@@ -17,10 +17,12 @@
 //!   directory before it returns), before anything is written to the
 //!   journal: a marker never names a journal that a crash can take;
 //! - the journal is opened before any group starts and before anything is
-//!   written under `groups/`, so a group's snapshot file or a `listed` or
-//!   `founded` marker (`hosting`) proves that a journal was created, also
-//!   in a directory of a release before the marker;
-//! - with neither the marker nor such a file, the journal may be created:
+//!   written under `groups/`, so any group's directory there (a name that
+//!   is a group id, as `hosting::sweep` tells them; even an empty one, as
+//!   a group the node left or hosted on demand leaves it) proves that a
+//!   journal was created, also in a directory of a release before the
+//!   marker;
+//! - with neither the marker nor such a directory, the journal may be created:
 //!   a new directory, or a first start that stopped before its journal was
 //!   durable, opens as before. A directory of the previous release has its
 //!   journal: it opens, and is marked.
@@ -30,8 +32,8 @@ use std::path::Path;
 use super::GroupId;
 use super::journal::{Journal, JournalOptions};
 use crate::runtime::threads::Threads;
+use crate::storage::StorageError;
 use crate::storage::vfs::{SharedFs, Vfs, write_atomic};
-use crate::storage::{FileSnapshotStore, StorageError};
 
 /// The marker file in a multi-group node's data directory saying that its
 /// journal (`journal/`) was created (see the module docs).
@@ -70,9 +72,14 @@ pub(crate) fn open(
     Ok(journal)
 }
 
-/// A file under `dir/groups` that only a node with a journal writes: a
-/// group's snapshot, or its `listed` or `founded` marker; `None` if there
-/// is none (or no `groups/`).
+/// An entry under `dir/groups` whose name is a group id (the test
+/// `hosting::sweep` uses to call something a group's files): only a node
+/// whose journal was open creates one (`start_group` opens
+/// `groups/<id>/snapshots`), and it stays when the node leaves the group
+/// (`hosting::delete_group_files` keeps the empty `snapshots/`), so it
+/// also proves a journal for a group the node left (whose tombstone and
+/// vote fence lived only there) or hosted on demand; `None` if there is
+/// none (or no `groups/`).
 fn evidence(fs: &dyn Vfs, dir: &Path) -> Result<Option<String>, StorageError> {
     let groups = dir.join("groups");
     if !fs.is_dir(&groups) {
@@ -81,30 +88,13 @@ fn evidence(fs: &dyn Vfs, dir: &Path) -> Result<Option<String>, StorageError> {
     let names = fs
         .list_dir(&groups)
         .map_err(|e| StorageError::io("list directory", &groups, e))?;
-    for name in names {
-        if name.parse::<GroupId>().is_err() {
-            continue;
-        }
-        let gdir = groups.join(&name);
-        let snaps = gdir.join("snapshots");
-        if let Some((index, term)) = FileSnapshotStore::latest_name_in(fs, &snaps)? {
-            return Ok(Some(format!(
-                "{} holds a snapshot at index {index} term {term}",
-                snaps.display()
-            )));
-        }
-        if !fs.is_dir(&gdir) {
-            continue;
-        }
-        let files = fs
-            .list_dir(&gdir)
-            .map_err(|e| StorageError::io("list directory", &gdir, e))?;
-        if let Some(m) = files.iter().find(|n| *n == "listed" || *n == "founded") {
-            return Ok(Some(format!(
-                "{} holds the group's `{m}` marker",
-                gdir.display()
-            )));
-        }
-    }
-    Ok(None)
+    Ok(names
+        .iter()
+        .find(|name| name.parse::<GroupId>().is_ok())
+        .map(|name| {
+            format!(
+                "{} holds the files of group {name}, which only a node with a journal writes",
+                groups.display()
+            )
+        }))
 }

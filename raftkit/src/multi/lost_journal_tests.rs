@@ -42,7 +42,9 @@ async fn start(
 /// journal directory was lost started as new (every group at term 0, no
 /// vote: Raft §5.2), and its start then swept the groups' directories as
 /// orphans. It is refused now, naming `journal/`; with the marker, and,
-/// for a directory of the release before it, by the group's files.
+/// for a directory of the release before it, by the group's directory
+/// (review s57 storage #1: also when it holds only an empty `snapshots/`,
+/// as a group the node left, or hosted on demand, leaves it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_node_that_lost_its_journal_is_refused() {
     let addr = free_addr();
@@ -72,8 +74,33 @@ async fn a_multi_node_that_lost_its_journal_is_refused() {
     std::fs::remove_dir_all(&journal).expect("remove the journal");
     for marked in [true, false] {
         if !marked {
-            // As the release before the marker left the directory.
+            // As the release before the marker left the directory, of a
+            // node that then left group 1 (`hosting::delete_group_files`:
+            // no marker, no snapshot, an empty `snapshots/`) or hosted it
+            // on demand before it was listed: only the group's directory
+            // proves that a journal existed (its tombstone and fence).
             std::fs::remove_file(dir.path().join(JOURNAL_MARKER)).expect("remove the marker");
+            let group = dir.path().join("groups").join("1");
+            for name in ["founded", "listed"] {
+                match std::fs::remove_file(group.join(name)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        panic!("remove groups/1/{name}: {e}")
+                    }
+                    _ => {}
+                }
+            }
+            let snaps = group.join("snapshots");
+            for entry in std::fs::read_dir(&snaps).expect("list groups/1/snapshots") {
+                let path = entry.expect("a directory entry").path();
+                if path.is_file() {
+                    std::fs::remove_file(&path).expect("remove a snapshot file");
+                }
+            }
+            let left: Vec<_> = std::fs::read_dir(&group)
+                .expect("list groups/1")
+                .map(|e| e.expect("a directory entry").file_name())
+                .collect();
+            assert_eq!(left, ["snapshots"], "only the empty snapshots/ is left");
         }
         match start(&addr, dir.path(), None).await {
             Err(Error::Storage(why)) => {

@@ -301,8 +301,6 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             })?;
         // Refused if lost (`lost_journal`); before anything under
         // `groups/` is read or swept.
-        // Refused if lost (`lost_journal`); before anything under
-        // `groups/` is read or swept.
         let journal = super::lost_journal::open(&self.fs, &dir, self.journal, &Threads::default())
             .map_err(|e| Error::Storage(e.to_string()))?;
         let listen_addr: SocketAddr = listen

@@ -1413,7 +1413,7 @@ impl NodeTask {
         error!(
             node = %self.name,
             %reason,
-            restart = "once the disk is fixed; on Linux the log drops the page cache of its last segment at open (a failed fsync leaves unwritten records readable there); on tmpfs, FUSE, NFS or other systems, only after a reboot or after dropping the page cache",
+            restart = "once the disk is fixed; on Linux the log drops the page cache of its last segment at open, best effort (a failed fsync leaves unwritten records readable there; pages mapped or in use elsewhere are kept); if anything else may be reading the data directory, on tmpfs, FUSE, NFS or other systems, only after a reboot or after dropping the page cache",
             "node stopped: storage is no longer trustworthy"
         );
         st.fatal = Some(reason.clone());

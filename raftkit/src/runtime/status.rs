@@ -50,8 +50,12 @@ pub struct PeerStatus {
     /// the pages of a failed fsync clean, so that they stay readable
     /// although they never reached the disk: on Linux the log drops the
     /// cached pages of its last segment at open, so a restart on the same
-    /// boot reads what the disk holds. On a file system that ignores that
-    /// (tmpfs, FUSE, NFS) or another system, after a failed write or fsync
+    /// boot reads what the disk holds. That is best effort: pages mapped or
+    /// in use elsewhere (a backup reading the data directory) are kept. If
+    /// anything else may be reading the data directory, on a file system
+    /// that ignores it (tmpfs, FUSE, NFS), with a custom
+    /// [`Vfs`](crate::storage::vfs::Vfs) whose files do not implement
+    /// `drop_cache`, or on another system, after a failed write or fsync
     /// (not a full disk), restart it only after a reboot, or after dropping
     /// the page cache (`echo 1 > /proc/sys/vm/drop_caches`).
     pub fatal: Option<String>,

@@ -21,9 +21,11 @@ use crate::core::types::Index;
 ///   next process on the same boot is protected: Linux may mark those pages
 ///   clean (readable, never written), so the write-ahead log drops its last
 ///   segment's cached pages at open before reading it (`storage::wal`,
-///   "Recovery"). Where that cannot work (a file system that ignores
-///   `POSIX_FADV_DONTNEED`, such as tmpfs, FUSE or NFS; systems other than
-///   Linux), restart a store whose fsync failed only after a reboot or after
+///   "Recovery"), best effort: pages mapped or in use elsewhere are kept.
+///   Where that may not work (anything else reading the data directory; a
+///   file system that ignores `POSIX_FADV_DONTNEED`, such as tmpfs, FUSE or
+///   NFS; a custom `Vfs` whose files do not implement `drop_cache`; systems
+///   other than Linux), restart a store whose fsync failed only after a reboot or after
 ///   dropping the page cache.
 /// - *request* errors ([`Compacted`](Self::Compacted),
 ///   [`Unavailable`](Self::Unavailable), [`Invalid`](Self::Invalid)): the call

@@ -125,10 +125,17 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// process may have been writing, after syncing it and before reading
     /// it (see `storage::wal`, "Open").
     ///
-    /// Advisory: [`RealFs`] uses `posix_fadvise(POSIX_FADV_DONTNEED)` on
-    /// Linux and Android, which drops the clean pages that nothing maps;
-    /// elsewhere, and by default, it does nothing. A model of a page cache
-    /// (the test file systems) drops what a failed sync left readable.
+    /// Best effort: [`RealFs`] uses `posix_fadvise(POSIX_FADV_DONTNEED)`
+    /// on Linux and Android, which drops only the clean pages that nothing
+    /// maps or holds (pages mapped, locked or in use by another reader,
+    /// e.g. a backup, are kept, and it still succeeds); elsewhere, and by
+    /// default, it does nothing. A model of a page cache (the test file
+    /// systems) drops what a failed sync left readable.
+    ///
+    /// The default does nothing, so a custom [`Vfs`] gets this protection
+    /// only if its files implement it: a file that wraps another (a
+    /// [`RealFs`] file for metrics, encryption or quotas) must forward it.
+    /// An error fails the log's open.
     fn drop_cache(&self) -> io::Result<()> {
         Ok(())
     }

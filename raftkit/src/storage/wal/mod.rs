@@ -86,12 +86,13 @@
 //! `wal::open_cost_tests::an_open_syncs_the_last_segment_only`.) A sealed
 //! segment written by a release before stop 56 on the same boot, after a
 //! kill, then reopened without a sync and rolled over by that release, is
-//! not covered. The remaining gap: a file system on which
-//! `POSIX_FADV_DONTNEED` keeps clean pages (pages mapped by another
-//! process; tmpfs, FUSE and network file systems that ignore it; systems
-//! other than Linux and Android, where it is not called): there, restart a
-//! node whose fsync failed only after a reboot or after dropping the page
-//! cache.
+//! not covered. The remaining gap: `POSIX_FADV_DONTNEED` is best effort
+//! and keeps clean pages that are mapped, locked or in use by another
+//! reader (a backup reading the data directory); tmpfs, FUSE and network
+//! file systems ignore it; a custom `Vfs` whose files do not implement
+//! `drop_cache` does nothing; systems other than Linux and Android do not
+//! call it. There, restart a node whose fsync failed only after a reboot
+//! or after dropping the page cache.
 //!
 //! Segments are scanned oldest first; every frame is checked (header checksum
 //! over the length, payload checksum) and replayed. In the **last** segment a
