@@ -30,7 +30,18 @@ use serde::{Serialize, de::DeserializeOwned};
 pub use crate::context::Ctx;
 use crate::handler_panic::{self, Caught};
 
-/// What happens when a `#[write]` handler panics (DESIGN §6).
+/// What happens when a `#[write]` handler panics, or returns an output
+/// whose `Serialize` returns `Err` (DESIGN §6).
+///
+/// # Upgrading
+///
+/// Releases before this one consumed an entry whose output did not encode
+/// as a skip under either policy. The rule is this binary's, not the
+/// entry's (entries do not record the binary that wrote them), so a node
+/// upgraded to this release that replays such an old entry of a `Halt`
+/// handler halts where the others applied it: take a snapshot on every
+/// node before upgrading a cluster whose state machine can fail to encode
+/// an output under `Halt` (README, "Changing your state machine").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ErrorPolicy {
     /// Log the panic, answer the caller with a handler error, and go on with
@@ -557,18 +568,29 @@ pub(crate) fn apply_decoded_as<S: StateMachine, O>(
         // in the `Serialize` halts whatever the policy: `runtime::apply`).
         // The error depends only on the output, so every replica decides
         // alike.
+        //
+        // postcard drops the `Serialize` impl's own message, so the event
+        // names the output type. The skip message goes into the replicated
+        // session table and must be the same bytes on every replica and
+        // binary: `type_name` may change between compiler versions, so it
+        // stays out of it (it is in the halt message, which is this node's
+        // status only, and in the event).
         Ok(output) => encode_output(&output).map_err(|e| {
-            let message = format!("the output of `{handler}` did not encode ({e}); the handler ran and its change to the state stays");
+            let output_type = std::any::type_name::<S::WriteOutput>();
             match policy {
                 ErrorPolicy::Skip => {
-                    tracing::error!(handler, index, error = %e, policy = "skip",
+                    tracing::error!(handler, index, output_type, error = %e, policy = "skip",
                         "a write's output did not encode; the entry is applied on every replica and its caller gets Error::Handler");
-                    ApplyError::Panicked { message }
+                    ApplyError::Panicked {
+                        message: format!("the output of `{handler}` did not encode ({e}); the handler ran and its change to the state stays"),
+                    }
                 }
                 ErrorPolicy::Halt => {
-                    tracing::error!(handler, index, error = %e, policy = "halt",
+                    tracing::error!(handler, index, output_type, error = %e, policy = "halt",
                         "a write's output did not encode under the halt policy; this node stops applying");
-                    ApplyError::Halted { message }
+                    ApplyError::Halted {
+                        message: format!("the output of `{handler}` (type `{output_type}`) did not encode ({e}); the handler ran and its change to the state stays"),
+                    }
                 }
             }
         }),

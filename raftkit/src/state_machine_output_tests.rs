@@ -134,8 +134,10 @@ fn an_output_encode_error_under_skip_is_a_handler_error_and_is_logged() {
         log.contains("ERROR")
             && log.contains("handler=\"put\"")
             && log.contains("index=5")
-            && log.contains("policy=\"skip\""),
-        "no error event with the handler and the entry: {log:?}"
+            && log.contains("policy=\"skip\"")
+            && log
+                .contains("output_type=\"raftkit::state_machine::output_tests::PickyWriteOutput\""),
+        "no error event with the handler, the entry and the output type: {log:?}"
     );
     match &r {
         Err(ApplyError::Panicked { message }) => assert!(
@@ -162,7 +164,11 @@ fn an_output_encode_error_under_halt_halts() {
     let (r, log) = logged(|| apply_encoded(&mut sm, &mut Ctx::new(9, 1, 0), &command));
     match &r {
         Err(ApplyError::Halted { message }) => {
-            assert!(message.contains("`put_strict`"), "{message}")
+            assert!(
+                message.contains("`put_strict`")
+                    && message.contains("`raftkit::state_machine::output_tests::PickyWriteOutput`"),
+                "{message}"
+            )
         }
         other => panic!("an output that does not encode under halt gave {other:?}"),
     }
