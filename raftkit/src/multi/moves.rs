@@ -99,8 +99,12 @@
 //! while it runs, a removal holds it exclusively and is skipped (kept
 //! for a later round) while a move to the pair is in flight; a move
 //! waits for a removal in progress before it reads the configuration,
-//! and takes the pair's learner over (the balancer forgets it: the move's
-//! own outcome says what becomes of it). So a retry never removes the
+//! (for at most its [`MoveOptions::step_timeout`], then it fails at its
+//! `Settle` step, nothing changed), and takes the pair's learner over
+//! (the balancer forgets it: the move's own outcome says what becomes of
+//! it), unless it fails before taking charge of it (its checks, its
+//! `Settle` step, or a refused joint change): then the balancer gets it
+//! back (review s57, finding 1). So a retry never removes the
 //! learner of a move in flight to the same node, an admin's included
 //! (review s56, finding 2: it did, and that move then waited its whole
 //! catch-up timeout and failed as if the target were dead).
@@ -397,6 +401,27 @@ fn joint_outcome(s: &PeerStatus, index: Index, to: NodeId) -> Option<JointOutcom
     }
 }
 
+/// Whether a move that failed with `e` never took charge of a stray
+/// learner of its pair (one a failed balancing move left), so the
+/// balancer keeps removing it (review s57, finding 1): the move failed
+/// its checks or its `Settle` step before touching the learner, or its
+/// joint change was refused (the learner stays as it was, or is gone: a
+/// retry of a learner that is gone or votes forgets it). Not a failure at
+/// a later step: the move's error says what becomes of the learner.
+fn leaves_the_stray(e: &MoveError) -> bool {
+    matches!(
+        e,
+        MoveError::Invalid { .. }
+            | MoveError::NotHosted { .. }
+            | MoveError::NotLeader { .. }
+            | MoveError::Refused { .. }
+            | MoveError::Step {
+                step: MoveStep::Settle,
+                ..
+            }
+    )
+}
+
 /// Waits until `done` holds for `peer`'s status, or `timeout` passes.
 async fn wait_for<S: PeerExt>(
     peer: &Peer<S>,
@@ -466,13 +491,30 @@ impl<S: PeerExt> MultiNode<S> {
     ) -> Result<MoveReport, MoveError> {
         // In flight to (group, to) until it returns: the balancer's removal
         // of a stray learner there waits (`rebalance`), and one in
-        // progress finishes before this move reads the configuration.
-        // This move takes such a learner over: the balancer forgets it.
-        let _in_flight = self
-            .move_lock(group, Peer::<S>::member_id(to))
-            .read_owned()
-            .await;
-        self.stray_learners(|s| s.remove(&(group, to.to_string())));
+        // progress finishes before this move reads the configuration, for
+        // at most a step timeout (review s57, finding 3).
+        let lock = self.move_lock(group, Peer::<S>::member_id(to));
+        let Ok(_in_flight) = tokio::time::timeout(opts.step_timeout, lock.read_owned()).await
+        else {
+            tracing::warn!(
+                group,
+                from,
+                to,
+                "replica move waited too long for the removal of a stray learner on its target"
+            );
+            return Err(MoveError::Step {
+                group,
+                step: MoveStep::Settle,
+                applied: Applied::No,
+                leaves: format!(
+                    "the removal of a learner a failed balancing move left on {to} is still in progress; nothing was changed"
+                ),
+                source: Error::Timeout,
+            });
+        };
+        // This move takes such a learner over: the balancer forgets it,
+        // and gets it back if the move fails without taking charge of it.
+        let took = self.stray_learners(|s| s.remove(&(group, to.to_string())));
         // The replica the move runs on, held for step 5: when this node
         // leaves the group, its replica retires once `C_new` commits
         // (`hosting`), possibly before step 5 looks for it.
@@ -487,6 +529,9 @@ impl<S: PeerExt> MultiNode<S> {
         };
         if changed {
             self.record_after_move(group, held, opts.step_timeout).await;
+        }
+        if took && result.as_ref().is_err_and(leaves_the_stray) {
+            self.stray_learners(|s| s.insert((group, to.to_string())));
         }
         result
     }

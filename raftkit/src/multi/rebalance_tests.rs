@@ -228,9 +228,12 @@ async fn a_balancing_move_to_a_target_silent_for_its_whole_catch_up_removes_its_
 /// node) with a move in flight (review s56, finding 2): a balancing move
 /// to a dead node leaves a learner whose removal fails (the hook), so the
 /// balancer keeps it to remove at its next round; an admin then moves
-/// the group to that node (its catch-up waits); the next round must leave
-/// the learner to that move. Then, the pair's lock held by that move, a
-/// stray of the pair remembered again is kept, not removed. Before: the
+/// the group to that node (its catch-up waits). Part 1, the takeover: that
+/// move took the stray over (the balancer forgets it while the move is in
+/// flight), so the next round leaves the learner to it. Part 2, the lock:
+/// the pair's lock held by that move, a stray of the pair remembered
+/// again is kept, not removed (review s57, finding 5: part 1 passes with
+/// the takeover alone, part 2 needs the lock). Before: the
 /// round removed the learner under the admin's move, which then waited
 /// its whole catch-up timeout and failed as if the target were dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,6 +270,10 @@ async fn a_stray_learner_retry_skips_a_node_with_a_move_in_flight() {
         (crate::multi::moves::hooks::catch_ups_begun(a.id()) > begun).then_some(())
     })
     .await;
+    assert!(
+        !a.stray_learners(|s| s.contains(&(group, dead.clone()))),
+        "the admin's move in flight did not take the stray over"
+    );
     let again = a.balance_replicas().await;
     assert!(matches!(again, Ok(None)), "the next round: {again:?}");
     assert!(
@@ -348,4 +355,92 @@ async fn a_stray_learner_left_by_a_failed_add_step_is_removed_by_the_next_round(
     );
     let _ = c.shutdown().await;
     let _ = a.shutdown().await;
+}
+
+/// A move that fails before it touches the pair's stray learner gives the
+/// stray back to the balancer (review s57, finding 1): a balancing move
+/// to a dead node leaves a learner whose removal fails (the hook), so the
+/// balancer keeps it; an admin's move to that node from a node that is no
+/// longer a voter is refused at its checks (`Invalid`, nothing changed);
+/// the stray is still remembered, and the next round removes the learner.
+/// Before: the move forgot the stray as soon as it started, and nothing
+/// but a manual `abort_move` removed the learner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_failing_before_it_touches_a_stray_learner_gives_it_back() {
+    let DeadTarget { _dir, a, dead } = dead_target("balance-stray-back").await;
+    let dead_id = Peer::<Placement>::member_id(&dead);
+    crate::multi::moves::hooks::fail_stray_removals(a.id(), 1);
+    let failed = a.balance_replicas().await;
+    let Err(super::MoveError::Step { group, .. }) = &failed else {
+        panic!("the move to a node that never answers: {failed:?}");
+    };
+    let group = *group;
+    assert!(
+        a.stray_learners(|s| s.contains(&(group, dead.clone()))),
+        "the stray whose removal failed is not remembered"
+    );
+    let not_a_voter = Peer::<Placement>::member_id(&free_addr());
+    let invalid = a
+        .move_replica_with(group, not_a_voter, &dead, &MoveOptions::default())
+        .await;
+    assert!(
+        matches!(invalid, Err(super::MoveError::Invalid { .. })),
+        "a move from a node that is not a voter: {invalid:?}"
+    );
+    assert!(
+        a.stray_learners(|s| s.contains(&(group, dead.clone()))),
+        "a move refused at its checks made the balancer forget the stray learner"
+    );
+    let _ = a.balance_replicas().await;
+    let peer = a.group(group).expect("the group of the move");
+    let (voters, learners) = until("settled after the next round", || {
+        settled_members(&peer.status())
+    })
+    .await;
+    assert!(
+        !learners.contains(&dead_id) && !voters.contains(&dead_id),
+        "the next round left the stray learner in group {group}: voters {voters:?}, learners {learners:?}"
+    );
+    a.shutdown().await.expect("a clean shutdown");
+}
+
+/// A move's wait for a stray learner's removal in progress on its (group,
+/// target) is bounded by its `step_timeout` (review s57, finding 3): the
+/// pair's lock held exclusively (as a removal holds it), a move to the
+/// pair fails at its `Settle` step once the step timeout passes, nothing
+/// changed. Before: it waited, outside its own deadlines, for as long as
+/// the removal took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moves_wait_for_a_stray_removal_is_bounded_by_its_step_timeout() {
+    let DeadTarget { _dir, a, dead } = dead_target("balance-lock-wait").await;
+    let dead_id = Peer::<Placement>::member_id(&dead);
+    let _removing = a.move_lock(1, dead_id).write_owned().await;
+    let opts = MoveOptions {
+        step_timeout: Duration::from_millis(500),
+        catch_up_timeout: Duration::from_millis(300),
+        ..MoveOptions::default()
+    };
+    let moved = tokio::time::timeout(
+        Duration::from_secs(30),
+        a.move_replica_with(1, a.id(), &dead, &opts),
+    )
+    .await;
+    assert!(
+        matches!(
+            &moved,
+            Ok(Err(super::MoveError::Step {
+                step: super::MoveStep::Settle,
+                applied: crate::error::Applied::No,
+                source: crate::error::Error::Timeout,
+                ..
+            }))
+        ),
+        "a move waiting for a removal on its pair (30 s: Err(Elapsed)): {moved:?}"
+    );
+    let st = a.group(1).expect("group 1").status();
+    assert!(
+        !crate::multi::moves::is_member(&st, dead_id),
+        "the move changed the group though it failed at Settle"
+    );
+    a.shutdown().await.expect("a clean shutdown");
 }
