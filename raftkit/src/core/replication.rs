@@ -341,6 +341,14 @@ impl Raft {
         pr.recent_active = true;
         pr.read_round = pr.read_round.max(round);
         pr.on_ack(last, self.ticks);
+        // Thesis §3.10: resend TimeoutNow to a caught-up transfer target on
+        // each heartbeat answer. A target that restarted since its last ack
+        // knows no leader of this term and drops the TimeoutNow that
+        // `transfer_leadership` sent at once (inbound admission); the
+        // heartbeat it answers made it learn us, so this one is obeyed
+        // (review s57, core2 #3). A duplicate reaches a target that already
+        // campaigned at a higher term and is dropped there.
+        let transfer_due = self.transfer_target == Some(from) && pr.matched == last;
         // At most one retry per heartbeat interval (`Progress::resend_due`):
         // read rounds bring answers about once per round trip.
         let interval_start = self.ticks.saturating_sub(u64::from(self.heartbeat_elapsed));
@@ -361,6 +369,9 @@ impl Raft {
                 pr.resent_at = Some(self.ticks);
                 self.send_append_all(from, true);
             }
+        }
+        if transfer_due {
+            self.send(from, Body::TimeoutNow);
         }
         self.check_read_quorum();
     }

@@ -311,3 +311,45 @@ fn a_node_halted_during_its_campaign_stops_it() {
     }
     assert_eq!((r.role(), r.term()), (Role::Follower, 1), "no term raised");
 }
+
+/// Review s57 (core2 #3): a target restarted since its last ack knows no
+/// leader of its term, so it drops the TimeoutNow that `transfer_leadership`
+/// sends at once (only the leader of its term orders a transfer campaign).
+/// The leader resends TimeoutNow on the target's heartbeat answers during a
+/// transfer: the heartbeat made the target learn its leader first, and the
+/// transfer completes (thesis §3.10) within the transfer timeout.
+#[test]
+fn a_transfer_to_a_just_restarted_target_completes() {
+    use crate::core::{Raft, Restored, SnapshotMeta};
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"x");
+    let term = c.node(1).term();
+    // Node 2 restarts from its persisted state (a rolling upgrade).
+    let n2 = c.node(2);
+    let restored = Restored {
+        hard_state: n2.hard_state(),
+        snapshot: SnapshotMeta::default(),
+        snapshot_data: None,
+        entries: n2.log().entries().to_vec(),
+    };
+    let restarted = Raft::new(config(2), restored).expect("valid config");
+    c.nodes.insert(2, restarted);
+    // Drain the leader to node 2 at once, before any heartbeat.
+    c.node_mut(1).transfer_leadership(2).expect("leader");
+    c.deliver();
+    for _ in 0..T {
+        if c.leaders() == [2] {
+            break;
+        }
+        c.tick(1);
+    }
+    assert_eq!(
+        c.leaders(),
+        [2],
+        "the transfer to the restarted node 2 did not complete within {T} ticks: {:?} / {:?}",
+        c.node(1).status(),
+        c.node(2).status()
+    );
+    assert_eq!(c.node(2).term(), term + 1);
+}
