@@ -95,36 +95,9 @@ async fn requests_waiting_for_admission_over_quic_stay_within_the_node_budget() 
     // The node's client service on an endpoint of the test's own, with its
     // budget at hand.
     let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
-    let server = Endpoint::server(
-        quic_server_config(&ids[0]).expect("server config"),
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .expect("endpoint");
-    let server_addr = server.local_addr().expect("addr").to_string();
     let (bytes, wait) = Front::intake_budget(&peer);
     let intake = Intake::new(bytes, wait);
-    let (conns_tx, conns_rx) = mpsc::channel(16);
-    tokio::spawn(serve_front_with(
-        peer.clone(),
-        conns_rx,
-        DEFAULT_MAX_FRAME_BYTES,
-        intake.clone(),
-    ));
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            let Ok(conn) = incoming.await else { continue };
-            let Ok(principal) = peer_principal(&conn) else {
-                continue;
-            };
-            if conns_tx
-                .send(AcceptedClient { conn, principal })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
+    let server_addr = serve_on_loopback(peer.clone(), &ids[0], intake.clone()).to_string();
 
     // Every client opens its session (a write) before the apply thread is
     // held; the first then holds it.
@@ -186,6 +159,95 @@ async fn requests_waiting_for_admission_over_quic_stay_within_the_node_budget() 
     peer.shutdown().await.expect("shutdown");
 }
 
+/// Serves the client service of `front`, with `intake` as the node's
+/// budget of received requests, on a loopback endpoint of its own with the
+/// node identity `id`; returns its address.
+fn serve_on_loopback<F: Front>(
+    front: F,
+    id: &crate::tls::Identity,
+    intake: Arc<Intake>,
+) -> std::net::SocketAddr {
+    let server = Endpoint::server(
+        quic_server_config(id).expect("server config"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("endpoint");
+    let server_addr = server.local_addr().expect("addr");
+    let (conns_tx, conns_rx) = mpsc::channel(16);
+    tokio::spawn(serve_front_with(
+        front,
+        conns_rx,
+        DEFAULT_MAX_FRAME_BYTES,
+        intake,
+    ));
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let Ok(principal) = peer_principal(&conn) else {
+                continue;
+            };
+            if conns_tx
+                .send(AcceptedClient { conn, principal })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    server_addr
+}
+
+/// Says hello on a new stream of `conn` (protocol `version`) and checks
+/// the answer; returns the stream (the multiplexed one, for version 2).
+async fn hello(conn: &quinn::Connection, version: u32) -> (quinn::SendStream, quinn::RecvStream) {
+    use crate::client::wire::{ClientHello, ClientResponse};
+    use crate::transport::frame::{encode_frame, read_frame};
+
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let hello = ClientHello {
+        version,
+        schema: 0,
+        schema_desc: None,
+    };
+    let mut frame = Vec::new();
+    encode_frame(&hello, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+    send.write_all(&frame).await.expect("hello sent");
+    let answer: ClientResponse = read_frame(&mut recv, 1 << 20).await.expect("hello answer");
+    assert!(matches!(answer, ClientResponse::Ok(_)), "{answer:?}");
+    (send, recv)
+}
+
+/// A legitimate client's read on a stream of its own of `conn`, retried
+/// after an `Overloaded` as a client does, until answered or past 10 s;
+/// fails, saying `why`, if the last answer is not the read's.
+async fn read_until_served(conn: &quinn::Connection, why: &str) {
+    use crate::client::wire::{ClientRequest, ClientResponse};
+    use crate::transport::frame::{encode_frame, read_frame};
+
+    let mut frame = Vec::new();
+    encode_frame(
+        &ClientRequest::Read { query: vec![1] },
+        DEFAULT_MAX_FRAME_BYTES,
+        &mut frame,
+    )
+    .expect("encode");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        send.write_all(&frame).await.expect("request sent");
+        send.finish().expect("finish");
+        let answer: ClientResponse = tokio::time::timeout(DEADLINE, read_frame(&mut recv, 1 << 20))
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        if answer == ClientResponse::Ok(vec![1]) || tokio::time::Instant::now() > deadline {
+            assert_eq!(answer, ClientResponse::Ok(vec![1]), "{why}");
+            return;
+        }
+    }
+}
+
 /// Answers every request `Ok` at once.
 #[derive(Clone)]
 struct AtOnce;
@@ -233,35 +295,8 @@ async fn a_request_without_room_is_answered_overloaded_unread() {
     use crate::transport::quic::connect_client;
 
     let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
-    let server = Endpoint::server(
-        quic_server_config(&ids[0]).expect("server config"),
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .expect("endpoint");
-    let server_addr = server.local_addr().expect("addr");
     let intake = Intake::new(1 << 20, Duration::from_millis(200));
-    let (conns_tx, conns_rx) = mpsc::channel(16);
-    tokio::spawn(serve_front_with(
-        AtOnce,
-        conns_rx,
-        DEFAULT_MAX_FRAME_BYTES,
-        intake.clone(),
-    ));
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            let Ok(conn) = incoming.await else { continue };
-            let Ok(principal) = peer_principal(&conn) else {
-                continue;
-            };
-            if conns_tx
-                .send(AcceptedClient { conn, principal })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
+    let server_addr = serve_on_loopback(AtOnce, &ids[0], intake.clone());
     // The node's whole budget is taken.
     let taken = intake.connection().take(1 << 20).await.expect("room");
     let write = ClientRequest::Write {
@@ -554,7 +589,7 @@ async fn a_client_connection_buffers_at_most_its_receive_window_unread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_gives_its_room_back() {
     use crate::client::mux::MUX_VERSION;
-    use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, WireError};
+    use crate::client::wire::{ClientRequest, ClientResponse, WireError};
     use crate::error::Applied;
     use crate::transport::frame::{FrameError, encode_frame, read_frame};
     use crate::transport::quic::connect_client;
@@ -563,88 +598,14 @@ async fn a_stalled_body_gives_its_room_back() {
     /// keeps coming (a piece every 100 ms below), short for the test.
     const STALL: Duration = Duration::from_secs(1);
     let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
-    let server = Endpoint::server(
-        quic_server_config(&ids[0]).expect("server config"),
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .expect("endpoint");
-    let server_addr = server.local_addr().expect("addr");
     let intake = Intake::with_stall(1 << 20, Duration::from_millis(200), STALL);
-    let (conns_tx, conns_rx) = mpsc::channel(16);
-    tokio::spawn(serve_front_with(
-        AtOnce,
-        conns_rx,
-        DEFAULT_MAX_FRAME_BYTES,
-        intake.clone(),
-    ));
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            let Ok(conn) = incoming.await else { continue };
-            let Ok(principal) = peer_principal(&conn) else {
-                continue;
-            };
-            if conns_tx
-                .send(AcceptedClient { conn, principal })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    async fn hello(
-        conn: &quinn::Connection,
-        version: u32,
-    ) -> (quinn::SendStream, quinn::RecvStream) {
-        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-        let hello = ClientHello {
-            version,
-            schema: 0,
-            schema_desc: None,
-        };
-        let mut frame = Vec::new();
-        encode_frame(&hello, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
-        send.write_all(&frame).await.expect("hello sent");
-        let answer: ClientResponse = read_frame(&mut recv, 1 << 20).await.expect("hello answer");
-        assert!(matches!(answer, ClientResponse::Ok(_)), "{answer:?}");
-        (send, recv)
-    }
-    let read_frame_bytes = || {
-        let mut frame = Vec::new();
-        encode_frame(
-            &ClientRequest::Read { query: vec![1] },
-            DEFAULT_MAX_FRAME_BYTES,
-            &mut frame,
-        )
-        .expect("encode");
-        frame
-    };
+    let server_addr = serve_on_loopback(AtOnce, &ids[0], intake.clone());
     // A legitimate client reads on a stream of its own, retrying an
     // `Overloaded` as a client does, until answered or past its deadline.
     let app = ca.issue_client("app").expect("client cert");
     let app_conn = connect_client(server_addr, &app).await.expect("connect");
     let _app_hello = hello(&app_conn, 1).await;
-    let read_until_served = |why: &'static str| {
-        let (conn, frame) = (app_conn.clone(), read_frame_bytes());
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-                send.write_all(&frame).await.expect("request sent");
-                send.finish().expect("finish");
-                let answer: ClientResponse =
-                    tokio::time::timeout(DEADLINE, read_frame(&mut recv, 1 << 20))
-                        .await
-                        .expect("an answer in time")
-                        .expect("an answer");
-                if answer == ClientResponse::Ok(vec![1]) || tokio::time::Instant::now() > deadline {
-                    assert_eq!(answer, ClientResponse::Ok(vec![1]), "{why}");
-                    return;
-                }
-            }
-        }
-    };
-    read_until_served("control: no request holds room").await;
+    read_until_served(&app_conn, "control: no request holds room").await;
 
     // A stream of its own carrying only a prefix claiming 16 MiB (all of
     // this node's budget of 1 MiB), from a node certificate.
@@ -659,7 +620,11 @@ async fn a_stalled_body_gives_its_room_back() {
         (intake.available() == 0).then_some(())
     })
     .await;
-    read_until_served("a legitimate read after a prefix-only stream took the node's budget").await;
+    read_until_served(
+        &app_conn,
+        "a legitimate read after a prefix-only stream took the node's budget",
+    )
+    .await;
     let answer: ClientResponse =
         tokio::time::timeout(DEADLINE, read_frame(&mut held_recv, 1 << 20))
             .await
@@ -683,6 +648,7 @@ async fn a_stalled_body_gives_its_room_back() {
     })
     .await;
     read_until_served(
+        &app_conn,
         "a legitimate read after a prefix-only multiplexed frame took the node's budget",
     )
     .await;
