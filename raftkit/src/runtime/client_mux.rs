@@ -30,7 +30,9 @@
 //!   within the admission wait is answered `Overloaded` (nothing applied)
 //!   and its body dropped as it arrives; a frame whose body stops arriving
 //!   for the intake's stall bound (no byte of it, measured across the
-//!   task's polls) gives its room back and ends the stream's reading (the
+//!   task's polls), or is not here whole by its deadline (the stall bound
+//!   plus its length at the intake's minimum body rate, from when its room
+//!   was taken), gives its room back and ends the stream's reading (the
 //!   client's calls still waiting fail; requests already read are
 //!   answered first);
 //! - a frame that is too large or has no readable id ends the stream with a
@@ -154,7 +156,7 @@ pub(super) async fn serve<F: Front>(
                     Ok(Incoming::Stalled(len)) => {
                         warn!(len,
                             stall_ms = u64::try_from(intake.stall().as_millis()).unwrap_or(u64::MAX),
-                            "a multiplexed request's body stopped arriving; its room given back, that stream ends");
+                            "a multiplexed request's body stopped arriving, or came slower than the intake's minimum rate; its room given back, that stream ends");
                         frames.stop(0);
                         reading = false;
                         continue;
@@ -227,8 +229,9 @@ enum Next {
         usize,
     ),
     /// Room taken: reading the frame's body, of this length; the last
-    /// time a byte of it arrived (or the room was taken).
-    Body(Room, usize, tokio::time::Instant),
+    /// time a byte of it arrived (or the room was taken); when it must be
+    /// here whole (`intake`'s body deadline).
+    Body(Room, usize, tokio::time::Instant, tokio::time::Instant),
     /// No room came: discarding the frame, to answer it `refusal`.
     Refused(Error),
 }
@@ -240,8 +243,9 @@ enum Incoming {
     /// The first bytes of a frame refused for want of room (its id), and
     /// the refusal.
     Refused(Vec<u8>, Error),
-    /// A frame of this length whose body stopped arriving: its room given
-    /// back, the rest of the stream not to be read.
+    /// A frame of this length whose body stopped arriving, or missed its
+    /// deadline: its room given back, the rest of the stream not to be
+    /// read.
     Stalled(usize),
 }
 
@@ -264,22 +268,25 @@ async fn next_request(
                 }
                 let len = frames.next_len(max).await?;
                 *next = match intake.try_take(len) {
-                    Some(room) => Next::Body(room, len, tokio::time::Instant::now()),
+                    Some(room) => body_of(intake, room, len),
                     None => Next::Room(Box::pin(intake.clone().take(len)), len),
                 };
             }
             Next::Room(wait, len) => {
                 let taken = wait.as_mut().await;
                 *next = match taken {
-                    Ok(room) => Next::Body(room, *len, tokio::time::Instant::now()),
+                    Ok(room) => body_of(intake, room, *len),
                     Err(refusal) => Next::Refused(refusal),
                 };
             }
-            Next::Body(_, _, last) => {
-                let body = frames
-                    .next_unless_stalled_since(max, intake.stall(), last)
-                    .await?;
-                if let Next::Body(room, len, _) = std::mem::replace(next, Next::Len) {
+            Next::Body(_, _, last, deadline) => {
+                let body = tokio::time::timeout_at(
+                    *deadline,
+                    frames.next_unless_stalled_since(max, intake.stall(), last),
+                )
+                .await
+                .unwrap_or(Ok(None))?;
+                if let Next::Body(room, len, _, _) = std::mem::replace(next, Next::Len) {
                     return Ok(match body {
                         Some(body) => Incoming::Request(body, room),
                         // The room is dropped here: given back.
@@ -295,6 +302,13 @@ async fn next_request(
             }
         }
     }
+}
+
+/// Reading the body of a frame of `len` bytes whose `room` was just
+/// taken: its stall and its deadline measured from now.
+fn body_of(intake: &ConnectionIntake, room: Room, len: usize) -> Next {
+    let now = tokio::time::Instant::now();
+    Next::Body(room, len, now, intake.body_deadline(len, now))
 }
 
 /// A request of the stream to answer.

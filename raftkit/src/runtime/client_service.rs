@@ -26,8 +26,10 @@
 //! received requests before its body is read, and holds it until it is
 //! answered; one that finds none within the admission wait is answered
 //! `Overloaded` (see `intake`), and so is one whose body stops arriving
-//! for the intake's stall bound (its room given back, nothing of it
-//! decoded; on the multiplexed stream the stream ends instead). A connection past the node's limits of
+//! for the intake's stall bound, or is not here whole by its deadline (the
+//! stall bound plus its length at the intake's minimum body rate): its
+//! room given back, nothing of it decoded; on the multiplexed stream the
+//! stream ends instead. A connection past the node's limits of
 //! connections (per client certificate, and in all) is closed before
 //! anything of it is read (see `intake`).
 
@@ -41,7 +43,7 @@ use tracing::{debug, warn};
 
 use super::Peer;
 use super::authorization::{authorize, request_kind};
-use super::intake::{ConnectionIntake, ConnectionLimits, Intake};
+use super::intake::{BodyBounds, ConnectionIntake, ConnectionLimits, Intake};
 use super::session::Owner;
 use crate::client::mux::{MUX_ACCEPTED, MUX_VERSION};
 use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, StatusReport, WireError};
@@ -208,23 +210,23 @@ pub(crate) async fn serve_front<F: Front>(
         conns,
         max_frame,
         ConnectionLimits::default(),
-        super::intake::DEFAULT_BODY_STALL,
+        BodyBounds::default(),
     )
     .await
 }
 
 /// [`serve_front`] serving at most `limits` connections at once, giving
-/// back the room of a request body of which no byte arrived for `stall`
+/// back the room of a request body that takes longer than `body` allows
 /// (see `intake`).
 pub(crate) async fn serve_front_limited<F: Front>(
     front: F,
     conns: mpsc::Receiver<AcceptedClient>,
     max_frame: usize,
     limits: ConnectionLimits,
-    stall: Duration,
+    body: BodyBounds,
 ) {
     let (bytes, wait) = front.intake_budget();
-    let intake = Intake::with_limits(bytes, wait, limits, stall);
+    let intake = Intake::with_limits(bytes, wait, limits, body);
     serve_front_with(front, conns, max_frame, intake).await
 }
 
@@ -419,13 +421,17 @@ async fn serve_stream<F: Front>(
     intake: ConnectionIntake,
 ) {
     // Room for the frame before its body is read (see `intake`), held
-    // only while the body keeps coming.
+    // only while the body keeps coming, and until its deadline.
     let stall = intake.stall();
     let len = read_frame_len(&mut recv, max_frame).await;
     let mut room = None;
+    let mut taken_at = tokio::time::Instant::now();
     if let Ok(len) = &len {
-        match intake.take(*len).await {
-            Ok(r) => room = Some(r),
+        match intake.clone().take(*len).await {
+            Ok(r) => {
+                room = Some(r);
+                taken_at = tokio::time::Instant::now();
+            }
             Err(e) => {
                 front.note_overloaded();
                 return refuse_unread(send, recv, e, max_frame).await;
@@ -433,13 +439,19 @@ async fn serve_stream<F: Front>(
         }
     }
     let body = match len {
-        Ok(len) => match read_frame_rest_unless_stalled(&mut recv, len, stall).await {
+        Ok(len) => match tokio::time::timeout_at(
+            intake.body_deadline(len, taken_at),
+            read_frame_rest_unless_stalled(&mut recv, len, stall),
+        )
+        .await
+        .unwrap_or(Ok(None))
+        {
             Ok(Some(body)) => Ok(body),
             Ok(None) => {
                 drop(room);
                 warn!(remote = %caller.remote, principal = %caller.principal, len,
                     stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX),
-                    "a client request's body stopped arriving; its room given back, answered Overloaded");
+                    "a client request's body stopped arriving, or came slower than the intake's minimum rate; its room given back, answered Overloaded");
                 front.note_overloaded();
                 return refuse_stalled(send, recv, max_frame).await;
             }

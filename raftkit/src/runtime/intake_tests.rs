@@ -598,7 +598,13 @@ async fn a_stalled_body_gives_its_room_back() {
     /// keeps coming (a piece every 100 ms below), short for the test.
     const STALL: Duration = Duration::from_secs(1);
     let (ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
-    let intake = Intake::with_stall(1 << 20, Duration::from_millis(200), STALL);
+    // A slow rate: the slow body below (2 KB over 2 s) is within it; the
+    // stall bound is what this test is about.
+    let body = super::intake::BodyBounds {
+        stall: STALL,
+        min_rate: 256,
+    };
+    let intake = Intake::with_body(1 << 20, Duration::from_millis(200), body);
     let server_addr = serve_on_loopback(AtOnce, &ids[0], intake.clone());
     // A legitimate client reads on a stream of its own, retrying an
     // `Overloaded` as a client does, until answered or past its deadline.
@@ -712,4 +718,107 @@ async fn a_stalled_body_gives_its_room_back() {
         );
     }
     drop((held_send, attacker, mux_send, mux));
+}
+
+/// Found by review (stop 58 brief, after the stall bound of stop 57): the
+/// stall bound gave room back only to a body of which *no* byte arrived
+/// for the bound. A sender that trickled one byte within every bound held
+/// its claim, up to the node's whole budget, for as long as its connection
+/// lived, and every other client was refused `Overloaded`. Now the whole
+/// body must arrive within the stall bound plus its length at the intake's
+/// minimum body rate: a trickler holds its room at most that long, then
+/// its request is answered `Overloaded` (a stream of its own: nothing
+/// applied) or its stream ends (multiplexed), and other clients are
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_gives_its_room_back_past_its_deadline() {
+    use crate::client::mux::MUX_VERSION;
+    use crate::client::wire::{ClientResponse, WireError};
+    use crate::error::Applied;
+    use crate::transport::frame::{FrameError, read_frame};
+    use crate::transport::quic::connect_client;
+
+    use super::intake::BodyBounds;
+
+    const STALL: Duration = Duration::from_secs(1);
+    // A 16 MiB claim must arrive whole within STALL + 1 s.
+    let body = BodyBounds {
+        stall: STALL,
+        min_rate: 16 << 20,
+    };
+    let intake = Intake::with_body(1 << 20, Duration::from_millis(200), body);
+    let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
+    let server_addr = serve_on_loopback(AtOnce, &ids[0], intake.clone());
+    let app = ca.issue_client("app").expect("client cert");
+    let app_conn = connect_client(server_addr, &app).await.expect("connect");
+    let _app_hello = hello(&app_conn, 1).await;
+    read_until_served(&app_conn, "control: no request holds room").await;
+
+    // A client certificate (allowed to write), on a stream of its own and
+    // on the multiplexed stream: a prefix claiming 16 MiB (all of this
+    // node's budget of 1 MiB), then a byte every fifth of the stall bound.
+    let trickler = ca.issue_client("trickler").expect("client cert");
+    for version in [1, MUX_VERSION] {
+        let conn = connect_client(server_addr, &trickler)
+            .await
+            .expect("connect");
+        let (hello_send, hello_recv) = hello(&conn, version).await;
+        let (mut send, mut recv) = if version == MUX_VERSION {
+            (hello_send, hello_recv)
+        } else {
+            conn.open_bi().await.expect("stream")
+        };
+        let mut head = (16u32 << 20).to_be_bytes().to_vec();
+        if version == MUX_VERSION {
+            // The request's id.
+            head.push(9);
+        }
+        send.write_all(&head).await.expect("prefix");
+        until("the prefix took the node's budget", || {
+            (intake.available() == 0).then_some(())
+        })
+        .await;
+        let trickle = tokio::spawn(async move {
+            // Pacing the sender (not synchronisation): never a gap near
+            // the stall bound; ends once the node stops reading.
+            loop {
+                tokio::time::sleep(STALL / 5).await;
+                if send.write_all(&[0]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        read_until_served(
+            &app_conn,
+            &format!(
+                "version {version}: a legitimate read while a trickled body holds the node's budget"
+            ),
+        )
+        .await;
+        if version == MUX_VERSION {
+            let ended = tokio::time::timeout(
+                DEADLINE,
+                read_frame::<(u64, ClientResponse), _>(&mut recv, 1 << 20),
+            )
+            .await
+            .expect("the trickled stream ended in time");
+            assert!(
+                matches!(ended, Err(FrameError::Closed)),
+                "a trickled multiplexed stream was answered {ended:?}"
+            );
+        } else {
+            let answer: ClientResponse =
+                tokio::time::timeout(DEADLINE, read_frame(&mut recv, 1 << 20))
+                    .await
+                    .expect("the trickled request answered in time")
+                    .expect("an answer");
+            let ClientResponse::Err(refusal) = answer else {
+                panic!("a trickled request was answered {answer:?}");
+            };
+            assert!(matches!(refusal, WireError::Overloaded), "{refusal:?}");
+            assert_eq!(crate::error::Error::from(refusal).applied(), Applied::No);
+        }
+        trickle.abort();
+        drop(conn);
+    }
 }
