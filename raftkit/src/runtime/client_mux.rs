@@ -112,6 +112,8 @@ pub(super) async fn serve<F: Front>(
     let mut done: VecDeque<Answer> = VecDeque::new();
     let mut reading = true;
     let mut next = Next::Len;
+    // The role's cap, checked before a frame takes room.
+    let cap = front.max_request_bytes(&caller.principal, max_frame);
     loop {
         let window = running.len() + done.len() < MUX_WINDOW;
         tokio::select! {
@@ -145,7 +147,7 @@ pub(super) async fn serve<F: Front>(
             }
             // Cancel-safe: a frame half received, or room being waited
             // for, when an answer completes stays in `frames` and `next`.
-            incoming = next_request(&mut frames, &mut next, &intake, max_frame, window), if reading => {
+            incoming = next_request(&mut frames, &mut next, &intake, (max_frame, cap), window), if reading => {
                 crate::probe::mark("s.frame_in");
                 let (head, decoded) = match incoming {
                     Ok(Incoming::Request(body, mut room)) => {
@@ -181,7 +183,9 @@ pub(super) async fn serve<F: Front>(
                 let request = match decoded {
                     Ok(room) => Request::Read(RequestId::decode_request(rest), room),
                     Err(refusal) => {
-                        front.note_overloaded();
+                        if matches!(refusal, Error::Overloaded) {
+                            front.note_overloaded();
+                        }
                         Request::Refused(refusal)
                     }
                 };
@@ -251,13 +255,16 @@ enum Incoming {
 
 /// The stream's next request, its room taken before its body is read:
 /// once the prefix is here, room is taken at once if there is some, else
-/// waited for (at most the admission wait); `window`: whether a new frame
-/// may be started. Cancel-safe: the state lives in `frames` and `next`.
+/// waited for (at most the admission wait); `(max, cap)`: the frame cap
+/// and the caller's role's ([`Front::max_request_bytes`]: a frame past it
+/// takes no room and is refused `Unauthorized`, skipped unread);
+/// `window`: whether a new frame may be started. Cancel-safe: the state
+/// lives in `frames` and `next`.
 async fn next_request(
     frames: &mut FrameReader,
     next: &mut Next,
     intake: &ConnectionIntake,
-    max: usize,
+    (max, cap): (usize, usize),
     window: bool,
 ) -> Result<Incoming, FrameError> {
     loop {
@@ -267,9 +274,15 @@ async fn next_request(
                     std::future::pending::<()>().await;
                 }
                 let len = frames.next_len(max).await?;
-                *next = match intake.try_take(len) {
-                    Some(room) => body_of(intake, room, len),
-                    None => Next::Room(Box::pin(intake.clone().take(len)), len),
+                *next = if len > cap {
+                    Next::Refused(Error::Unauthorized(format!(
+                        "a request of {len} bytes refused unread: this certificate's role may send at most {cap} bytes a request"
+                    )))
+                } else {
+                    match intake.try_take(len) {
+                        Some(room) => body_of(intake, room, len),
+                        None => Next::Room(Box::pin(intake.clone().take(len)), len),
+                    }
                 };
             }
             Next::Room(wait, len) => {

@@ -59,6 +59,19 @@ use crate::transport::frame_reader::FrameReader;
 use crate::transport::quic::{AcceptedClient, CLOSE_TOO_MANY_CONNECTIONS};
 use tracing::Instrument;
 
+/// The largest request frame a `node` certificate may send a single peer
+/// ([`Front::max_request_bytes`]): its requests there (a status, asking to
+/// be added with its address) are a few hundred bytes.
+pub(crate) const MAX_NODE_REQUEST_BYTES: usize = 64 << 10;
+
+/// The refusal of a frame of `len` bytes past what `principal`'s role may
+/// send (`cap`), before it takes room or is read.
+pub(crate) fn too_large_for_role(principal: &Principal, len: usize, cap: usize) -> Error {
+    Error::Unauthorized(format!(
+        "a request of {len} bytes refused unread: a {principal} may send at most {cap} bytes a request"
+    ))
+}
+
 /// How long the service waits for a write or read before answering
 /// `Timeout` (the client retries with the same session sequence number).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,6 +105,19 @@ pub(crate) trait Front: Clone + Send + Sync + 'static {
         _meta: Option<RequestMeta>,
     ) -> Result<(), Error> {
         authorize(self.state_machine(), principal, request)
+    }
+    /// The largest request frame `principal` may send, checked from its
+    /// length prefix before the frame takes room in the node's budget
+    /// (`intake`): a larger one is refused [`Error::Unauthorized`]
+    /// (nothing applied) unread. A `node` certificate may make only small
+    /// requests of a single peer (a status, asking to be added: see
+    /// [`super::authorization`]): at most [`MAX_NODE_REQUEST_BYTES`]; any
+    /// other role up to `max_frame`.
+    fn max_request_bytes(&self, principal: &Principal, max_frame: usize) -> usize {
+        match principal.role {
+            crate::tls::CertRole::Node => max_frame.min(MAX_NODE_REQUEST_BYTES),
+            _ => max_frame,
+        }
     }
     /// Answers one authorized request.
     fn handle(
@@ -257,7 +283,7 @@ pub(super) async fn serve_front_with<F: Front>(
 
 /// Who a connection's requests come from, and whether a refusal was logged.
 pub(crate) struct Caller {
-    principal: Principal,
+    pub(super) principal: Principal,
     remote: std::net::SocketAddr,
     refusal_logged: AtomicBool,
 }
@@ -427,6 +453,14 @@ async fn serve_stream<F: Front>(
     let mut room = None;
     let mut taken_at = tokio::time::Instant::now();
     if let Ok(len) = &len {
+        // The role first: no room for what it may not send.
+        let cap = front.max_request_bytes(&caller.principal, max_frame);
+        if *len > cap {
+            let refusal = too_large_for_role(&caller.principal, *len, cap);
+            debug!(remote = %caller.remote, principal = %caller.principal, len, cap,
+                "a client request larger than its role may send; refused unread");
+            return refuse_unread(send, recv, refusal, max_frame).await;
+        }
         match intake.clone().take(*len).await {
             Ok(r) => {
                 room = Some(r);

@@ -614,8 +614,12 @@ async fn a_stalled_body_gives_its_room_back() {
     read_until_served(&app_conn, "control: no request holds room").await;
 
     // A stream of its own carrying only a prefix claiming 16 MiB (all of
-    // this node's budget of 1 MiB), from a node certificate.
-    let attacker = connect_client(server_addr, &ids[1]).await.expect("connect");
+    // this node's budget of 1 MiB), from a client certificate (a node's is
+    // refused such a frame unread since stop 58).
+    let attacker_id = ca.issue_client("attacker").expect("client cert");
+    let attacker = connect_client(server_addr, &attacker_id)
+        .await
+        .expect("connect");
     let _attacker_hello = hello(&attacker, 1).await;
     let (mut held_send, mut held_recv) = attacker.open_bi().await.expect("stream");
     held_send
@@ -644,7 +648,9 @@ async fn a_stalled_body_gives_its_room_back() {
 
     // The same on a multiplexed stream: the frame's prefix and its id, no
     // more; the stream ends, unanswered.
-    let mux = connect_client(server_addr, &ids[1]).await.expect("connect");
+    let mux = connect_client(server_addr, &attacker_id)
+        .await
+        .expect("connect");
     let (mut mux_send, mut mux_recv) = hello(&mux, MUX_VERSION).await;
     let mut head = (16u32 << 20).to_be_bytes().to_vec();
     head.push(9);
@@ -821,4 +827,117 @@ async fn a_trickled_body_gives_its_room_back_past_its_deadline() {
         trickle.abort();
         drop(conn);
     }
+}
+
+/// Found by review (stop 57, transport #1, "authorize before taking
+/// room"): a `node` certificate on the client ALPN, whose requests on a
+/// single peer are all small (a status, asking to be added), took room in
+/// the node's budget for whatever its length prefix claimed, and had its
+/// body read, before its role was checked. Now a frame past what its
+/// role may send is refused `Unauthorized` (nothing applied) from its
+/// length prefix: no room taken, its body never held; its small requests
+/// are served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_takes_no_room_past_what_its_role_may_send() {
+    use crate::client::mux::MUX_VERSION;
+    use crate::client::wire::{ClientRequest, ClientResponse, WireError};
+    use crate::error::Applied;
+    use crate::transport::frame::read_frame;
+    use crate::transport::quic::connect_client;
+
+    let intake = Intake::new(1 << 20, Duration::from_millis(200));
+    let (_ca, ids) = dev_cluster(["t@a", "t@b"]).expect("certs");
+    let server_addr = serve_on_loopback(AtOnce, &ids[0], intake.clone());
+    let unauthorized = |answer: ClientResponse, why: &str| {
+        let ClientResponse::Err(refusal) = answer else {
+            panic!("{why}: answered {answer:?}");
+        };
+        assert!(
+            matches!(refusal, WireError::Unauthorized(_)),
+            "{why}: {refusal:?}"
+        );
+        assert_eq!(crate::error::Error::from(refusal).applied(), Applied::No);
+    };
+    // A read (refused to a node by authorization anyway) larger than any
+    // request a node may make.
+    let large = ClientRequest::Read {
+        query: vec![1; 256 << 10],
+    };
+    for version in [1, MUX_VERSION] {
+        let conn = connect_client(server_addr, &ids[1]).await.expect("connect");
+        let (mut mux_send, mut mux_recv) = hello(&conn, version).await;
+        assert_eq!(
+            ask(
+                &conn,
+                version,
+                &mut mux_send,
+                &mut mux_recv,
+                &ClientRequest::Status,
+                1
+            )
+            .await,
+            ClientResponse::Ok(vec![1]),
+            "version {version}: a node's status"
+        );
+        let held = intake.peak_held();
+        unauthorized(
+            ask(&conn, version, &mut mux_send, &mut mux_recv, &large, 2).await,
+            &format!("version {version}: a node's large request"),
+        );
+        assert_eq!(
+            intake.peak_held(),
+            held,
+            "version {version}: a node's large request was read before its role was checked"
+        );
+    }
+    // A bare prefix claiming 16 MiB, no body: refused at once, not held
+    // until its body stalls.
+    let conn = connect_client(server_addr, &ids[1]).await.expect("connect");
+    let _hello = hello(&conn, 1).await;
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&(16u32 << 20).to_be_bytes())
+        .await
+        .expect("prefix");
+    let answer: ClientResponse = tokio::time::timeout(DEADLINE, read_frame(&mut recv, 1 << 20))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    unauthorized(answer, "a node's bare 16 MiB prefix");
+    assert_eq!(intake.available(), intake.budget(), "room still taken");
+}
+
+/// Sends `request` (id `id` on the multiplexed stream `mux_*` of version
+/// 2, else on a stream of its own of `conn`) and returns its answer.
+async fn ask(
+    conn: &quinn::Connection,
+    version: u32,
+    mux_send: &mut quinn::SendStream,
+    mux_recv: &mut quinn::RecvStream,
+    request: &crate::client::wire::ClientRequest,
+    id: u64,
+) -> crate::client::wire::ClientResponse {
+    use crate::client::mux::MUX_VERSION;
+    use crate::client::wire::ClientResponse;
+    use crate::transport::frame::{encode_frame, read_frame};
+
+    let mut frame = Vec::new();
+    if version == MUX_VERSION {
+        encode_frame(&(id, request), DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+        mux_send.write_all(&frame).await.expect("request sent");
+        let (answered, answer): (u64, ClientResponse) =
+            tokio::time::timeout(DEADLINE, read_frame(mux_recv, 1 << 20))
+                .await
+                .expect("an answer in time")
+                .expect("an answer");
+        assert_eq!(answered, id);
+        return answer;
+    }
+    encode_frame(request, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&frame).await.expect("request sent");
+    send.finish().expect("finish");
+    tokio::time::timeout(DEADLINE, read_frame(&mut recv, 1 << 20))
+        .await
+        .expect("an answer in time")
+        .expect("an answer")
 }
