@@ -38,7 +38,14 @@ fn the_lease_is_shorter_than_the_election_timeout_by_the_drift_bound() {
     let (r, _) = leased_leader();
     assert_eq!(r.params().clock_drift_bound, 1.25);
     assert_eq!(r.lease_ticks(), 7); // floor(9 / 1.25)
+    // 1.0, the smallest bound `validate` accepts (no drift), is a full
+    // lease, not none.
     let mut cfg = lease_config(1);
+    cfg.clock_drift_bound = 1.0;
+    assert!(cfg.validate().is_ok(), "a drift bound of 1 is accepted");
+    let conf = crate::core::Configuration::new([1, 2, 3]);
+    let r = Raft::new(cfg.clone(), crate::core::Restored::bootstrap(conf)).expect("cfg");
+    assert_eq!(r.lease_ticks(), 9); // floor(9 / 1.0)
     cfg.clock_drift_bound = 0.5;
     assert!(cfg.validate().is_err(), "a drift bound below 1 is refused");
     cfg.clock_drift_bound = f64::NAN;
