@@ -17,7 +17,7 @@
 //! | a response, TimeoutNow | the sender is neither a member nor a node the leader still replicates to | it answers nothing this node sent; only the leader orders a campaign |
 //! | RequestVote with `transfer` | the candidate is not a voter of this node's configuration | §3.10: a leader transfers only to a voter, and a transfer vote overrides the lease (a learner could depose a settled leader) |
 //! | TimeoutNow | not from the leader of this node's term, at that term (from another node, at another term, or while no leader of this term is known; a pre-candidate remembers its term's leader), or from a leader that was not a voter of this node's configuration when this node first followed it | §3.10: the transfer is the leader's, sent to a target that acknowledged its whole log in its term; a transfer vote overrides leases (§6.4.1), so nobody else may order one, not even a non-voter this node followed after its window (below) |
-//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, or at *our* term before its leader is known, from a non-voter (a learner or a non-member), while this node has a configuration and is in its *window*: it leads, is in a leader lease, or heard from its term's leader (or started) less than the longest election timeout (2 × `election_ticks`) ago | the §4.2.3 lease argument applied to leader messages: a node that is not a voter of the configuration cannot be elected (thesis §3.4, §4.2.1). The window covers a restarted node and a pre-candidate (stop 58), and it ends: a voter promoted by a configuration this node missed may be the leader it must follow (§4.1) |
+//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, or at *our* term before its leader is known, from a non-voter (a learner or a non-member), while this node has a configuration and is in its *window*: it leads, is in a leader lease, or heard from its term's leader (or started) less than the longest election timeout (2 × `election_ticks`) ago | the §4.2.3 lease argument applied to leader messages: a node that is not a voter of the configuration cannot be elected (thesis §3.4, §4.2.1). The window covers a restarted node and a pre-candidate (stop 58), and it ends: a voter promoted by a configuration this node missed may be the leader it must follow (§4.1). A node that stops leading starts a new window (stop 58). At our term, a voter of the last committed configuration is taken while a newer one is pending in this node's log (§4.2.2: the leader of a change that removes it keeps replicating it) |
 //! | any other message but a vote request (responses, read requests) | at a *higher* term, from a non-voter, whenever this node has a configuration | its term would depose the leader or make a follower forget it (Raft §5.1), on the word of a node that cannot have been elected; voters carry a real new term, and no node needs a non-voter to learn it (candidates count only voters; an old leader hears it from voters, or steps down by CheckQuorum) |
 //! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader of our term once known (`term_leader`, which a pre-candidate keeps), or when we lead | Raft §5.2 Election Safety: at most one leader per term |
 //! | ReadIndexRequest | the sender is not a member; or the leader already holds [`MAX_REMOTE_READS`](super::read_index::MAX_REMOTE_READS) followers' reads | thesis §6.4.1: only members forward reads; a bounded queue |
@@ -32,7 +32,14 @@
 //! a higher term (or of its term, before it heard the leader) to a node
 //! outside its window (one cut off from its leader for two election
 //! timeouts). It cannot order that node to run a transfer campaign
-//! (TimeoutNow, above), so leases hold. That costs the node its term and its uncommitted entries, and
+//! (TimeoutNow, above), so leases hold, with one limit: this node judges
+//! "voter" by its own configuration, which may be stale. A node that still
+//! lists a demoted or removed voter as a voter follows it at a higher term
+//! inside a lease and obeys its TimeoutNow; voters in the real leader's
+//! lease still refuse that campaign's transfer vote, since it comes two
+//! terms above theirs and a transfer overrides a lease only one term up
+//! (`Raft::step_admitted`; review s58, finding 2). The complete fix names
+//! the ordering leader in the vote request, a wire change not made. That costs the node its term and its uncommitted entries, and
 //! more: the fake leader's entries and commit index are taken as a real
 //! leader's would be, so the node can apply entries the fake leader made up
 //! (past what it knew committed; it never rewrites an entry it knew
@@ -473,6 +480,19 @@ impl Raft {
                 || self.ticks.saturating_sub(self.leader_heard_at) < window)
     }
 
+    /// Whether a configuration newer than the last committed one is
+    /// pending in this node's log and `id` is a voter of that committed
+    /// configuration: the leader of the change, which (thesis §4.2.2) keeps
+    /// replicating a C_new that removes it until C_new commits. A learner
+    /// or a non-member of the committed configuration never is; a voter it
+    /// demoted is (see the module docs on stale configurations). Scans the
+    /// log back to that configuration, only for a same-term leader message
+    /// from a non-voter inside the window.
+    fn voter_of_committed_conf_pending_change(&self, id: super::types::NodeId) -> bool {
+        let committed = self.log.committed();
+        self.conf_index > committed && self.log.config_at(committed).is_voter(id)
+    }
+
     /// The checks of the module docs, before any rule sees the message.
     fn admit(&self, m: &Message) -> Result<(), DropReason> {
         if m.to != self.id || m.from == self.id || m.from == NO_NODE {
@@ -549,8 +569,10 @@ impl Raft {
             // once its window is over (a promotion it missed, §4.1), but a
             // transfer vote overrides the leases of the voters that grant
             // it, so a learner followed that way must not order one. (A
-            // leader that removed itself, §4.2.2, was a voter when its
-            // followers first heard it, and may still transfer.)
+            // leader that removed itself, §4.2.2, may transfer only to a
+            // target that does not hold C_new yet: one that does finds it
+            // no member and drops its TimeoutNow as `FromStranger`; such a
+            // leader steps down once C_new commits.)
             Body::TimeoutNow
                 if m.term != self.term || m.from != self.term_leader || !self.term_leader_voter =>
             {
@@ -578,7 +600,12 @@ impl Raft {
                 // Not known yet (restarted, or the term came with a vote):
                 // a non-voter cannot be elected (thesis §3.4, §4.2.1), so
                 // it is refused during the window, as at a higher term.
-                if m.term == self.term && self.term_leader == NO_NODE && !voter && protected {
+                if m.term == self.term
+                    && self.term_leader == NO_NODE
+                    && !voter
+                    && protected
+                    && !self.voter_of_committed_conf_pending_change(m.from)
+                {
                     return Err(DropReason::NonMemberInLease);
                 }
             }

@@ -412,6 +412,14 @@ impl Raft {
 
     /// Common reset when the term or role changes.
     fn reset(&mut self, term: Term) {
+        if self.role == Role::Leader {
+            // Leading is hearing this term's leader: a node that stops
+            // leading (a transfer, a voter's higher term, CheckQuorum)
+            // knows no leader of its new term until that leader's first
+            // message, and gets the whole window against non-voters
+            // (`inbound`; review s58, finding 1).
+            self.leader_heard_at = self.ticks;
+        }
         if self.term != term {
             self.term = term;
             self.vote = NO_NODE;
@@ -549,8 +557,15 @@ impl Raft {
             {
                 // Thesis §4.2.3 / §9.6: while a follower hears from a leader
                 // it ignores vote requests, so a removed or partitioned node
-                // cannot disrupt a healthy cluster. A transfer overrides it.
-                if (self.in_lease() || self.in_startup_lease()) && !transfer {
+                // cannot disrupt a healthy cluster. A transfer overrides it
+                // (§3.10), but only one term above ours: the real target
+                // was at its leader's term, which a voter in that leader's
+                // lease is at, and campaigns at the next one. A node its
+                // stale configuration let a demoted voter lead at a higher
+                // term campaigns further up (review s58, finding 2).
+                if (self.in_lease() || self.in_startup_lease())
+                    && !(*transfer && m.term == self.term.saturating_add(1))
+                {
                     return;
                 }
                 if *pre_vote {
