@@ -100,7 +100,7 @@ impl Fragile {
     /// A read whose query never encodes ([`Unsendable`]).
     #[read]
     fn unsent(&self, u: Unsendable) -> u64 {
-        drop(u);
+        let Unsendable = u;
         self.n
     }
 }
