@@ -603,6 +603,7 @@ async fn a_stalled_body_gives_its_room_back() {
     let body = super::intake::BodyBounds {
         stall: STALL,
         min_rate: 256,
+        per_certificate: None,
     };
     let intake = Intake::with_body(1 << 20, Duration::from_millis(200), body);
     let server_addr = serve_on_loopback(AtOnce, &ids[0], intake.clone());
@@ -751,6 +752,7 @@ async fn a_trickled_body_gives_its_room_back_past_its_deadline() {
     let body = BodyBounds {
         stall: STALL,
         min_rate: 16 << 20,
+        per_certificate: None,
     };
     let intake = Intake::with_body(1 << 20, Duration::from_millis(200), body);
     let (ca, ids) = dev_cluster(["t@a"]).expect("certs");
