@@ -1328,6 +1328,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 .receive_budget
                 .take()
                 .map(super::receive_budget::ReceiveShare::new),
+            lease_reads: 0,
         };
         // Everything that can fail has passed: the directory is this
         // binary's now (see `schema_to_save`). Should the save fail, the
