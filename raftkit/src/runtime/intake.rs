@@ -481,7 +481,8 @@ impl ConnectionIntake {
         self.node.body.deadline(len, from)
     }
 
-    /// Room for a frame of `bytes` if both budgets have it now.
+    /// Room for a frame of `bytes` if every budget ([`take`](Self::take))
+    /// has it now.
     pub(crate) fn try_take(&self, bytes: usize) -> Option<Room> {
         let units = self.units(bytes);
         let connection = Arc::clone(&self.connection)
