@@ -33,7 +33,7 @@
 //! Test support only (`cfg(test)`): nothing here is part of the library.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use quinn::{Connection, Endpoint};
@@ -169,6 +169,22 @@ impl FakeMember {
         script: impl FnMut(&ClientRequest) -> Vec<ClientResponse> + Send + 'static,
     ) {
         *lock(&self.shared.watch_script) = Some(Box::new(script));
+    }
+
+    /// Serves every watch (an empty batch of events, from index 1) until
+    /// `gone` is set, then answers `NotHosted` for group 0: the group left
+    /// this member.
+    pub(crate) fn serve_watches_until(&self, gone: Arc<AtomicBool>) {
+        self.answer_watches_with(move |_| {
+            if gone.load(Ordering::SeqCst) {
+                vec![ClientResponse::Err(WireError::NotHosted { group: 0 })]
+            } else {
+                vec![ClientResponse::Events {
+                    events: Vec::new(),
+                    next: 1,
+                }]
+            }
+        });
     }
 
     /// How many watch streams were served.

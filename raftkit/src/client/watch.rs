@@ -837,17 +837,7 @@ mod tests {
         // move, then answer `NotHosted`.
         let old = [n1, n2].map(|node| {
             let member = FakeMember::start(node, refuse);
-            let moved = moved.clone();
-            member.answer_watches_with(move |_| {
-                if moved.load(Ordering::SeqCst) {
-                    vec![ClientResponse::Err(WireError::NotHosted { group: 0 })]
-                } else {
-                    vec![ClientResponse::Events {
-                        events: Vec::new(),
-                        next: 1,
-                    }]
-                }
-            });
+            member.serve_watches_until(moved.clone());
             member
         });
         let command =

@@ -29,6 +29,35 @@ impl Idle {
     }
 }
 
+/// A client of the members named `names` (every lookup's answer
+/// refreshed at once: refreshes never held back by the last answer's age)
+/// and its watch of [`Idle`] from index 1, both within `timeout`.
+async fn watch_from_one(
+    names: [&str; 2],
+    client_id: crate::tls::Identity,
+    timeout: Duration,
+) -> (Client, crate::client::watch::Watch<Idle>) {
+    let client = tokio::time::timeout(
+        timeout,
+        Client::connect_typed(
+            names,
+            client_id,
+            0,
+            None,
+            ClientOptions::default().with_timeout(timeout),
+            Names::with_lifetimes(Duration::from_secs(30), Duration::from_millis(1)),
+        ),
+    )
+    .await
+    .expect("connects in time")
+    .expect("connects");
+    let w = tokio::time::timeout(timeout, client.watch::<Idle>(Some(1)))
+        .await
+        .expect("opens in time")
+        .expect("opens");
+    (client, w)
+}
+
 /// Review s56 client #3: a `NotHosted` answer made the member's name be
 /// looked up again, and while a lookup of a refusing member's name was in
 /// flight the watch backed off and asked again; each new refusal started
@@ -56,41 +85,14 @@ async fn a_watch_of_a_group_that_left_its_members_ends_once_their_lookups_answer
         .iter()
         .map(|node| {
             let member = FakeMember::start(node, refuse);
-            let left = left.clone();
-            member.answer_watches_with(move |_| {
-                if left.load(Ordering::SeqCst) {
-                    vec![ClientResponse::Err(WireError::NotHosted { group: 0 })]
-                } else {
-                    vec![ClientResponse::Events {
-                        events: Vec::new(),
-                        next: 1,
-                    }]
-                }
-            });
+            member.serve_watches_until(left.clone());
             member
         })
         .collect();
     for (name, member) in NAMES.iter().zip(&members) {
         stub::slow(name, member.addr(), Duration::ZERO);
     }
-    let client = tokio::time::timeout(
-        TIMEOUT,
-        Client::connect_typed(
-            NAMES,
-            client_id,
-            0,
-            None,
-            ClientOptions::default().with_timeout(TIMEOUT),
-            Names::with_lifetimes(Duration::from_secs(30), Duration::from_millis(1)),
-        ),
-    )
-    .await
-    .expect("connects in time")
-    .expect("connects");
-    let mut w = tokio::time::timeout(TIMEOUT, client.watch::<Idle>(Some(1)))
-        .await
-        .expect("opens in time")
-        .expect("opens");
+    let (_client, mut w) = watch_from_one(NAMES, client_id, TIMEOUT).await;
     // Every lookup of the names now answers (the same address) 300 ms
     // later, and the group leaves the members.
     for (name, member) in NAMES.iter().zip(&members) {
@@ -137,17 +139,7 @@ async fn a_watch_follows_a_moved_name_while_another_names_lookup_stalls() {
         .iter()
         .map(|node| {
             let member = FakeMember::start(node, refuse);
-            let left = left.clone();
-            member.answer_watches_with(move |_| {
-                if left.load(Ordering::SeqCst) {
-                    vec![ClientResponse::Err(WireError::NotHosted { group: 0 })]
-                } else {
-                    vec![ClientResponse::Events {
-                        events: Vec::new(),
-                        next: 1,
-                    }]
-                }
-            });
+            member.serve_watches_until(left.clone());
             member
         })
         .collect();
@@ -167,24 +159,7 @@ async fn a_watch_follows_a_moved_name_while_another_names_lookup_stalls() {
     for (name, member) in NAMES.iter().zip(&members) {
         stub::slow(name, member.addr(), Duration::ZERO);
     }
-    let client = tokio::time::timeout(
-        TIMEOUT,
-        Client::connect_typed(
-            NAMES,
-            client_id,
-            0,
-            None,
-            ClientOptions::default().with_timeout(TIMEOUT),
-            Names::with_lifetimes(Duration::from_secs(30), Duration::from_millis(1)),
-        ),
-    )
-    .await
-    .expect("connects in time")
-    .expect("connects");
-    let mut w = tokio::time::timeout(TIMEOUT, client.watch::<Idle>(Some(1)))
-        .await
-        .expect("opens in time")
-        .expect("opens");
+    let (_client, mut w) = watch_from_one(NAMES, client_id, TIMEOUT).await;
     // The first name's lookups now stall; the second's answer the third
     // member 300 ms later. The group leaves the first two.
     stub::script(NAMES[0], stub::Script::Stall);

@@ -160,13 +160,7 @@ fn shared(store: impl SnapshotStore + Send + 'static) -> SharedSnapshots {
 /// until it ended.
 #[test]
 fn a_groups_snapshot_save_holds_up_no_other_groups_writes() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let j = Journal::open(
-        crate::storage::vfs::real(),
-        &dir.path().join("journal"),
-        JournalOptions::default(),
-    )
-    .expect("the journal opens");
+    let (dir, j) = journal_in_tempdir();
     let gate = Arc::new(Gate::default());
     let _open = OpenOnDrop(gate.clone());
     let store = FileSnapshotStore::open(dir.path().join("snapshots"), 1).expect("a store");
@@ -443,13 +437,7 @@ fn closes_in_time(j: Journal) -> bool {
 /// waiting.
 #[test]
 fn a_panic_in_a_snapshot_save_fails_the_held_writes_and_the_journal() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let j = Journal::open(
-        crate::storage::vfs::real(),
-        &dir.path().join("journal"),
-        JournalOptions::default(),
-    )
-    .expect("the journal opens");
+    let (_dir, j) = journal_in_tempdir();
     let a = j.sink(1, shared(Panicking));
     let b = j.sink(2, shared(MemSnapshotStore::new(1)));
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -483,13 +471,7 @@ fn a_panic_in_a_snapshot_save_fails_the_held_writes_and_the_journal() {
 /// and the held writes never completed.
 #[test]
 fn a_poisoned_journal_lock_fails_the_held_writes() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let j = Journal::open(
-        crate::storage::vfs::real(),
-        &dir.path().join("journal"),
-        JournalOptions::default(),
-    )
-    .expect("the journal opens");
+    let (_dir, j) = journal_in_tempdir();
     let gate = Arc::new(Gate::default());
     let _open = OpenOnDrop(gate.clone());
     let a = j.sink(
@@ -883,13 +865,7 @@ fn a_write_taken_after_its_groups_removal_is_refused_and_brings_nothing_back() {
 /// unwritten entries for possibly durable.
 #[test]
 fn every_write_after_its_groups_removal_is_refused_not_applied() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let j = Journal::open(
-        crate::storage::vfs::real(),
-        &dir.path().join("journal"),
-        JournalOptions::default(),
-    )
-    .expect("the journal opens");
+    let (_dir, j) = journal_in_tempdir();
     j.create_group(1).expect("group 1 created");
     let a = j.sink(1, snaps());
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -917,6 +893,19 @@ fn every_write_after_its_groups_removal_is_refused_not_applied() {
             i + 1
         );
     }
+}
+
+/// A journal with the default options in a new temporary directory (kept
+/// while the directory is).
+fn journal_in_tempdir() -> (tempfile::TempDir, Journal) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.path().join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal opens");
+    (dir, j)
 }
 
 fn snaps() -> SharedSnapshots {

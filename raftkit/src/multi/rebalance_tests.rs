@@ -188,6 +188,40 @@ async fn a_balancing_move_to_a_live_target_keeps_its_learner_and_a_later_round_r
     let _ = a.shutdown().await;
 }
 
+/// Balances `a`'s replicas, a move to `target` (a node that `what`) that
+/// must fail in its catch-up; asserts that the group is left without the
+/// target, neither learner nor voter, and that the error says the learner
+/// was removed (not that a later move resumes).
+async fn catch_up_failed_and_removed_its_learner(
+    a: &MultiNode<Placement>,
+    target: crate::core::NodeId,
+    what: &str,
+) {
+    let failed = a.balance_replicas().await;
+    let Err(super::MoveError::Step {
+        group,
+        step: super::MoveStep::CatchUp,
+        leaves,
+        ..
+    }) = &failed
+    else {
+        panic!("the move to a node that {what}: {failed:?}");
+    };
+    let peer = a.group(*group).expect("the group of the move");
+    let (voters, learners) = until("the group's configuration settled", || {
+        settled_members(&peer.status())
+    })
+    .await;
+    assert!(
+        !learners.contains(&target) && !voters.contains(&target),
+        "the learner of a target that {what} stays in group {group}: voters {voters:?}, learners {learners:?}; {leaves}"
+    );
+    assert!(
+        leaves.contains("removed") && !leaves.contains("resumes"),
+        "the error says what the group is left in: {leaves}"
+    );
+}
+
 /// A balancing move whose target showed no sign of life during its whole
 /// catch-up (nothing listens at its address: no message of the group ever
 /// came from it) removes the learner it left: nothing else would remove
@@ -198,29 +232,7 @@ async fn a_balancing_move_to_a_live_target_keeps_its_learner_and_a_later_round_r
 async fn a_balancing_move_to_a_target_silent_for_its_whole_catch_up_removes_its_learner() {
     let DeadTarget { _dir, a, dead } = dead_target("balance-silent").await;
     let dead_id = Peer::<Placement>::member_id(&dead);
-    let failed = a.balance_replicas().await;
-    let Err(super::MoveError::Step {
-        group,
-        step: super::MoveStep::CatchUp,
-        leaves,
-        ..
-    }) = &failed
-    else {
-        panic!("the move to a node that never answers: {failed:?}");
-    };
-    let peer = a.group(*group).expect("the group of the move");
-    let (voters, learners) = until("the group's configuration settled", || {
-        settled_members(&peer.status())
-    })
-    .await;
-    assert!(
-        !learners.contains(&dead_id) && !voters.contains(&dead_id),
-        "the learner of a target silent for the whole catch-up stays in group {group}: voters {voters:?}, learners {learners:?}"
-    );
-    assert!(
-        leaves.contains("removed") && !leaves.contains("resumes"),
-        "the error says what the group is left in: {leaves}"
-    );
+    catch_up_failed_and_removed_its_learner(&a, dead_id, "never answers").await;
     a.shutdown().await.expect("a clean shutdown");
 }
 
@@ -246,29 +258,7 @@ async fn a_balancing_move_to_a_target_that_answers_but_never_catches_up_removes_
         ..MoveOptions::default()
     });
     a.deafen_to_appends_from(c_id);
-    let failed = a.balance_replicas().await;
-    let Err(super::MoveError::Step {
-        group,
-        step: super::MoveStep::CatchUp,
-        leaves,
-        ..
-    }) = &failed
-    else {
-        panic!("the move to a node that never catches up: {failed:?}");
-    };
-    let peer = a.group(*group).expect("the group of the move");
-    let (voters, learners) = until("the group's configuration settled", || {
-        settled_members(&peer.status())
-    })
-    .await;
-    assert!(
-        !learners.contains(&c_id) && !voters.contains(&c_id),
-        "the learner of a target that never progressed stays in group {group}: voters {voters:?}, learners {learners:?}; {leaves}"
-    );
-    assert!(
-        leaves.contains("removed") && !leaves.contains("resumes"),
-        "the error says what the group is left in: {leaves}"
-    );
+    catch_up_failed_and_removed_its_learner(&a, c_id, "never catches up").await;
     let _ = c.shutdown().await;
     let _ = a.shutdown().await;
 }

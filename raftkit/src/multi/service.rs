@@ -43,6 +43,11 @@
 //!   retired node's not revoked, and the placement routes every sharded
 //!   client, so such a certificate can misroute them (`set_replicas`);
 //!   revoke the certificates of retired nodes (a revocation list).
+//! - A node certificate's request frames are at most
+//!   `MAX_NODE_REQUEST_BYTES` (64 KiB, as on a single peer), checked from
+//!   their length prefix before they take room in the node's budget of
+//!   received requests (`runtime::intake`); a larger one is refused
+//!   `Unauthorized` unread (not applied).
 //! - Sessions are per group: each group's session table is replicated by
 //!   that group, so a client opens one session per group it writes to.
 //! - The service holds the node weakly: it never keeps a stopped node
@@ -138,10 +143,21 @@ impl<S: PeerExt> client_service::Front for Front<S> {
         check_hello::<S>(&self.schemas, hello, remote)
     }
 
-    /// Every role up to `max_frame`: a node certificate keeps the placement
-    /// group (writes of its own), so its frames are not small here.
-    fn max_request_bytes(&self, _: &crate::tls::Principal, max_frame: usize) -> usize {
-        max_frame
+    /// A node certificate up to `MAX_NODE_REQUEST_BYTES` (64 KiB), as on a
+    /// single peer: its requests here are small too (keeping the
+    /// placement: a `set_replicas` of one group, reads of group 0, the
+    /// session its writes need; a status). Checked from the length prefix,
+    /// before the frame takes room in the node's budget: authorization
+    /// needs the request's group, in its body, so a larger frame of a node
+    /// certificate took room up to the frame cap before its role was
+    /// checked (review, stop 59). Every other role up to `max_frame`.
+    fn max_request_bytes(&self, principal: &crate::tls::Principal, max_frame: usize) -> usize {
+        match principal.role {
+            crate::tls::CertRole::Node => {
+                max_frame.min(crate::runtime::client_service::MAX_NODE_REQUEST_BYTES)
+            }
+            _ => max_frame,
+        }
     }
 
     fn authorize(
@@ -316,6 +332,49 @@ pub(super) async fn propose_formation<S: PeerExt>(peer: Peer<PlacementGroup<S>>,
         }
         if status.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::client_service::{Front as _, MAX_NODE_REQUEST_BYTES};
+    use crate::tls::CertRole;
+    use crate::transport::frame::DEFAULT_MAX_FRAME_BYTES;
+
+    /// Found by review (stop 59, intake (c)): on a multi-group node a
+    /// `node` certificate's frame took room in the node's budget, up to
+    /// the frame cap (16 MiB), before its role was checked (authorization
+    /// needs the request's group, in its body). Its requests here (keeping
+    /// the placement: `set_replicas` of one group, reads of group 0, a
+    /// session; a status) are small as on a single peer, so the node
+    /// certificate's cap ([`MAX_NODE_REQUEST_BYTES`]) applies before any
+    /// room is taken; other roles keep the frame cap.
+    #[test]
+    fn a_node_certificate_may_send_only_small_frames_to_a_multi_group_node() {
+        let front: Front<crate::multi::placement::Placement> = Front {
+            node: std::sync::Weak::new(),
+            schemas: std::sync::Arc::new(crate::schema::SchemaBook::new(
+                <crate::multi::placement::Placement as crate::StateMachine>::schema(),
+                None,
+            )),
+        };
+        let who = |role| Principal {
+            role,
+            name: "x".into(),
+            cert_fingerprint: [7; 32],
+        };
+        assert_eq!(
+            front.max_request_bytes(&who(CertRole::Node), DEFAULT_MAX_FRAME_BYTES),
+            MAX_NODE_REQUEST_BYTES,
+            "a node certificate's frames take room up to the frame cap before its role is checked"
+        );
+        for role in [CertRole::Client, CertRole::Admin] {
+            assert_eq!(
+                front.max_request_bytes(&who(role), DEFAULT_MAX_FRAME_BYTES),
+                DEFAULT_MAX_FRAME_BYTES
+            );
         }
     }
 }

@@ -143,6 +143,7 @@ pub struct PeerBuilder<S> {
     client_limits: super::intake::ConnectionLimits,
     client_body_stall: Duration,
     client_min_body_rate: u64,
+    client_unreceived_per_certificate: Option<usize>,
     client_receive_window: u64,
     peer_connections: (usize, usize),
     handshakes: (usize, Duration),
@@ -228,6 +229,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             client_limits: super::intake::ConnectionLimits::default(),
             client_body_stall: super::intake::DEFAULT_BODY_STALL,
             client_min_body_rate: super::intake::DEFAULT_MIN_BODY_RATE,
+            client_unreceived_per_certificate: None,
             client_receive_window: crate::transport::quic::DEFAULT_CLIENT_RECEIVE_WINDOW,
             peer_connections: (
                 crate::transport::quic::DEFAULT_PEER_CONNECTIONS_PER_NODE,
@@ -628,6 +630,27 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// slow links.
     pub fn client_min_body_rate(mut self, bytes_per_second: u64) -> Self {
         self.client_min_body_rate = bytes_per_second.max(1);
+        self
+    }
+
+    /// The most bytes of client requests one client certificate may have
+    /// claimed in the node's budget of received requests
+    /// ([`max_in_flight`](Self::max_in_flight)'s bytes) and not yet sent,
+    /// on all its connections together (default: a quarter of that
+    /// budget, 16 MiB of the default 64 MiB; at least 1, at most the
+    /// budget). Each request counts at least 4 KiB against it while its
+    /// body is on its way; a request larger than it takes all of it. A
+    /// request past it waits for room, up to the
+    /// [admission wait](Self::admission_wait), and is answered
+    /// [`Error::Overloaded`] past that (nothing applied; the client
+    /// retries after a backoff). It keeps one certificate from holding the
+    /// whole budget with requests whose bodies it sends slowly, or not at
+    /// all. The cost to an application of a single certificate: at most
+    /// this many bytes of its requests (or this many over 4 KiB requests)
+    /// are on their way to the node at once; raise it to the budget for
+    /// one that uploads more at once and is the node's only client.
+    pub fn client_unreceived_bytes_per_certificate(mut self, bytes: usize) -> Self {
+        self.client_unreceived_per_certificate = Some(bytes.max(1));
         self
     }
 
@@ -1305,6 +1328,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 .receive_budget
                 .take()
                 .map(super::receive_budget::ReceiveShare::new),
+            lease_reads: 0,
         };
         // Everything that can fail has passed: the directory is this
         // binary's now (see `schema_to_save`). Should the save fail, the
@@ -1348,6 +1372,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             super::intake::BodyBounds {
                 stall: self.client_body_stall,
                 min_rate: self.client_min_body_rate,
+                per_certificate: self.client_unreceived_per_certificate,
             },
         ));
         // (`join` without QUIC was refused above: the identity is there.)

@@ -139,43 +139,17 @@ impl super::client_service::Front for Silent {
 /// it, and the room it holds in the node's intake budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_on_a_stream_of_its_own_is_answered_timeout() {
-    use super::client_service::serve_front_with;
     use super::intake::Intake;
     use crate::client::wire::ClientHello;
     use crate::transport::frame::{DEFAULT_MAX_FRAME_BYTES, encode_frame, read_frame};
-    use crate::transport::quic::{
-        AcceptedClient, connect_client, peer_principal, quic_server_config,
-    };
+    use crate::transport::quic::connect_client;
 
     let (ca, ids) = crate::tls::dev_cluster(["t@a"]).expect("certs");
-    let server = quinn::Endpoint::server(
-        quic_server_config(&ids[0]).expect("server config"),
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .expect("endpoint");
-    let server_addr = server.local_addr().expect("addr");
-    let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(serve_front_with(
+    let server_addr = super::intake_tests::serve_on_loopback(
         Silent,
-        conns_rx,
-        DEFAULT_MAX_FRAME_BYTES,
+        &ids[0],
         Intake::new(1 << 20, Duration::from_secs(1)),
-    ));
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            let Ok(conn) = incoming.await else { continue };
-            let Ok(principal) = peer_principal(&conn) else {
-                continue;
-            };
-            if conns_tx
-                .send(AcceptedClient { conn, principal })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
+    );
     let client_id = ca.issue_client("app").expect("client cert");
     let conn = connect_client(server_addr, &client_id)
         .await

@@ -50,9 +50,28 @@
 //!   holding a claim of `len` bytes for its whole deadline costs a sender
 //!   `len` bytes sent at the minimum rate (a slow legitimate upload pays
 //!   the same): with the defaults, holding a node's whole budget (four
-//!   connections of a 16 MiB claim each) takes 256 KiB/s of sending, for
-//!   as long as it is held. That is not closed here (no per-certificate
-//!   cap on claimed bytes: see "Why per node" below);
+//!   connections of a 16 MiB claim each) took 256 KiB/s of sending, for
+//!   as long as it was held (review, stop 59), hence the next bound;
+//! - one client certificate's claimed, unreceived bytes, on all its
+//!   connections together, are at most its cap ([`BodyBounds`]'s
+//!   `per_certificate`, by default a [`CERTIFICATE_SHARE`] of the node's
+//!   budget, 16 MiB of the default 64 MiB, set by
+//!   [`PeerBuilder::client_unreceived_bytes_per_certificate`](super::PeerBuilder::client_unreceived_bytes_per_certificate)),
+//!   each claim counting at least [`MIN_CLAIM`] (4 KiB) against it, and a
+//!   claim larger than the cap taking all of it: a claim past it waits,
+//!   and is refused [`Overloaded`](crate::error::Error::Overloaded) as any
+//!   claim without room (nothing applied; retryable). A claim's part of
+//!   its certificate's cap is given back once its body is here (the rest
+//!   of its room is held until it is answered). So holding the whole
+//!   budget unsent takes [`CERTIFICATE_SHARE`] certificates, and one
+//!   certificate holds at most `cap / MIN_CLAIM` claims unsent at once
+//!   (4,096 with the defaults), not one per stream of its up to 1,024
+//!   connections, each held for the stall bound. The cost to an
+//!   application of a single certificate: at most the cap of its request
+//!   bodies are on their way to a node at once (16 MiB by default, or
+//!   4,096 small requests); more wait for room, up to the admission wait,
+//!   and are refused `Overloaded` past it. Raise the cap (up to the whole
+//!   budget) for such an application that uploads more than that at once;
 //! - a request that finds no room within the admission wait is answered
 //!   [`Overloaded`](crate::error::Error::Overloaded) (it never reached the
 //!   log: nothing was applied, the client retries after a backoff); its
@@ -68,9 +87,12 @@
 //! Why per node, not per certificate: the memory to bound is the node's,
 //! and a per-certificate budget would multiply with the certificates the
 //! CA issued; one client of many connections can take the node's whole
-//! budget, as it can take the whole admission budget, and then the others
-//! wait and are refused `Overloaded` as they would be there. The
-//! per-connection share keeps one connection from taking it all alone.
+//! budget with requests it sent whole, as it can take the whole admission
+//! budget, and then the others wait and are refused `Overloaded` as they
+//! would be there. The per-connection share keeps one connection from
+//! taking it all alone, and the per-certificate cap of unreceived bytes
+//! (above, within the node's budget, not beside it) one certificate from
+//! holding it with claims it does not send.
 //!
 //! Connections: the client service serves at most
 //! [`ConnectionLimits::per_certificate`] connections of one client
@@ -119,6 +141,17 @@ use crate::error::Error;
 /// The part of the node's budget one connection may hold: one quarter.
 pub(crate) const CONNECTION_SHARE: usize = 4;
 
+/// The part of the node's budget one client certificate's claimed,
+/// unreceived bytes may hold by default: one quarter (module doc).
+pub(crate) const CERTIFICATE_SHARE: usize = 4;
+
+/// The least a claim counts against its certificate's cap of unreceived
+/// bytes, whatever its length (module doc): 4 KiB, so that one
+/// certificate holds at most `cap / MIN_CLAIM` claims (4,096 with the
+/// defaults) whose bodies it has not sent, not one per stream its
+/// connections may open (1,024 connections of 100 streams each).
+pub(crate) const MIN_CLAIM: usize = 4 << 10;
+
 /// The default most client connections of one certificate a node serves at
 /// once (a client opens one per member it talks to; an application of many
 /// processes sharing a certificate opens one per process and member, and
@@ -154,6 +187,11 @@ pub(crate) struct BodyBounds {
     /// least 1): the whole body must be here within `stall` plus its
     /// length at this rate of the room being taken.
     pub(crate) min_rate: u64,
+    /// The most bytes one client certificate may have claimed and not yet
+    /// sent, on all its connections together (each claim counting at
+    /// least [`MIN_CLAIM`]); `None`: a [`CERTIFICATE_SHARE`] of the
+    /// node's budget.
+    pub(crate) per_certificate: Option<usize>,
 }
 
 impl Default for BodyBounds {
@@ -161,6 +199,7 @@ impl Default for BodyBounds {
         BodyBounds {
             stall: DEFAULT_BODY_STALL,
             min_rate: DEFAULT_MIN_BODY_RATE,
+            per_certificate: None,
         }
     }
 }
@@ -218,7 +257,15 @@ pub(crate) enum ConnectionRefusal {
 #[derive(Debug, Default)]
 struct Open {
     total: usize,
-    per_certificate: HashMap<[u8; 32], usize>,
+    per_certificate: HashMap<[u8; 32], Certificate>,
+}
+
+/// One client certificate's open connections and its budget of claimed,
+/// unreceived bytes (shared by those connections; dropped with the last).
+#[derive(Debug)]
+struct Certificate {
+    connections: usize,
+    unreceived: Arc<Semaphore>,
 }
 
 /// One connection's place in the node's [`ConnectionLimits`]; given back
@@ -233,9 +280,9 @@ impl Drop for Place {
     fn drop(&mut self) {
         let mut open = lock_open(&self.intake.open);
         open.total = open.total.saturating_sub(1);
-        if let Some(n) = open.per_certificate.get_mut(&self.certificate) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(c) = open.per_certificate.get_mut(&self.certificate) {
+            c.connections = c.connections.saturating_sub(1);
+            if c.connections == 0 {
                 open.per_certificate.remove(&self.certificate);
             }
         }
@@ -254,6 +301,8 @@ pub(crate) struct Intake {
     node: Arc<Semaphore>,
     node_max: u32,
     connection_max: u32,
+    /// The cap of one certificate's claimed, unreceived bytes.
+    certificate_max: u32,
     wait: Duration,
     /// How long a body with room may take (module doc).
     body: BodyBounds,
@@ -269,6 +318,9 @@ pub(crate) struct Intake {
 pub(crate) struct ConnectionIntake {
     node: Arc<Intake>,
     connection: Arc<Semaphore>,
+    /// Its certificate's budget of claimed, unreceived bytes (`None`
+    /// outside the connection limits: tests of the budgets).
+    certificate: Option<Arc<Semaphore>>,
     _place: Option<Arc<Place>>,
 }
 
@@ -277,6 +329,9 @@ pub(crate) struct ConnectionIntake {
 pub(crate) struct Room {
     _connection: Option<OwnedSemaphorePermit>,
     _node: Option<OwnedSemaphorePermit>,
+    /// Its certificate's part, given back once the body is here
+    /// ([`Room::holds`]).
+    unreceived: Option<OwnedSemaphorePermit>,
     #[cfg(test)]
     held: Option<(Arc<Gauge>, usize)>,
 }
@@ -305,10 +360,15 @@ impl Intake {
         body: BodyBounds,
     ) -> Arc<Intake> {
         let node_max = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+        let certificate_max = match body.per_certificate {
+            Some(bytes) => u32::try_from(bytes).unwrap_or(u32::MAX),
+            None => node_max / CERTIFICATE_SHARE as u32,
+        };
         Arc::new(Intake {
             node: Arc::new(Semaphore::new(node_max as usize)),
             node_max,
             connection_max: (node_max / CONNECTION_SHARE as u32).max(1),
+            certificate_max: certificate_max.clamp(1, node_max),
             wait,
             body: BodyBounds {
                 min_rate: body.min_rate.max(1),
@@ -326,7 +386,7 @@ impl Intake {
     /// (tests of the budgets).
     #[cfg(test)]
     pub(crate) fn connection(self: &Arc<Self>) -> ConnectionIntake {
-        self.budget_of(None)
+        self.budget_of(None, None)
     }
 
     /// A place and a budget for a new connection of the client
@@ -337,29 +397,43 @@ impl Intake {
         self: &Arc<Self>,
         certificate: [u8; 32],
     ) -> Result<ConnectionIntake, ConnectionRefusal> {
-        {
+        let unreceived = {
             let mut open = lock_open(&self.open);
             if open.total >= self.limits.total {
                 return Err(ConnectionRefusal::Total(open.total));
             }
-            let mine = open.per_certificate.entry(certificate).or_insert(0);
-            if *mine >= self.limits.per_certificate {
-                return Err(ConnectionRefusal::PerCertificate(*mine));
+            let certificate_max = self.certificate_max as usize;
+            let mine = open
+                .per_certificate
+                .entry(certificate)
+                .or_insert_with(|| Certificate {
+                    connections: 0,
+                    unreceived: Arc::new(Semaphore::new(certificate_max)),
+                });
+            if mine.connections >= self.limits.per_certificate {
+                return Err(ConnectionRefusal::PerCertificate(mine.connections));
             }
-            *mine += 1;
+            mine.connections += 1;
+            let unreceived = Arc::clone(&mine.unreceived);
             open.total += 1;
-        }
+            unreceived
+        };
         let place = Place {
             intake: Arc::clone(self),
             certificate,
         };
-        Ok(self.budget_of(Some(Arc::new(place))))
+        Ok(self.budget_of(Some(unreceived), Some(Arc::new(place))))
     }
 
-    fn budget_of(self: &Arc<Self>, place: Option<Arc<Place>>) -> ConnectionIntake {
+    fn budget_of(
+        self: &Arc<Self>,
+        certificate: Option<Arc<Semaphore>>,
+        place: Option<Arc<Place>>,
+    ) -> ConnectionIntake {
         ConnectionIntake {
             node: Arc::clone(self),
             connection: Arc::new(Semaphore::new(self.connection_max as usize)),
+            certificate,
             _place: place,
         }
     }
@@ -407,58 +481,101 @@ impl ConnectionIntake {
         self.node.body.deadline(len, from)
     }
 
-    /// Room for a frame of `bytes` if both budgets have it now.
+    /// Room for a frame of `bytes` if every budget ([`take`](Self::take))
+    /// has it now.
     pub(crate) fn try_take(&self, bytes: usize) -> Option<Room> {
-        let (c, n) = self.units(bytes);
+        let units = self.units(bytes);
         let connection = Arc::clone(&self.connection)
-            .try_acquire_many_owned(c)
+            .try_acquire_many_owned(units.connection)
             .ok()?;
-        let node = Arc::clone(&self.node.node).try_acquire_many_owned(n).ok()?;
-        Some(self.room(connection, node))
+        let unreceived = match &self.certificate {
+            Some(certificate) => Some(
+                Arc::clone(certificate)
+                    .try_acquire_many_owned(units.certificate)
+                    .ok()?,
+            ),
+            None => None,
+        };
+        let node = Arc::clone(&self.node.node)
+            .try_acquire_many_owned(units.node)
+            .ok()?;
+        Some(self.room(connection, unreceived, node))
     }
 
-    /// Waits (at most the admission wait) for room for a frame of `bytes`;
-    /// [`Error::Overloaded`] when none came.
+    /// Waits (at most the admission wait) for room for a frame of `bytes`,
+    /// in its connection's share, its certificate's cap of unreceived
+    /// bytes and the node's budget, taken in that order (every request
+    /// takes them in the same order: no two wait on each other);
+    /// [`Error::Overloaded`] when none came (nothing applied: the client
+    /// may send it again after a backoff).
     pub(crate) async fn take(self, bytes: usize) -> Result<Room, Error> {
         if let Some(room) = self.try_take(bytes) {
             return Ok(room);
         }
-        let (c, n) = self.units(bytes);
+        let units = self.units(bytes);
+        let mut waiting_on = "connection";
         let acquire = async {
             let connection = Arc::clone(&self.connection)
-                .acquire_many_owned(c)
+                .acquire_many_owned(units.connection)
                 .await
                 .ok()?;
+            let unreceived = match &self.certificate {
+                Some(certificate) => {
+                    waiting_on = "certificate";
+                    Some(
+                        Arc::clone(certificate)
+                            .acquire_many_owned(units.certificate)
+                            .await
+                            .ok()?,
+                    )
+                }
+                None => None,
+            };
+            waiting_on = "node";
             let node = Arc::clone(&self.node.node)
-                .acquire_many_owned(n)
+                .acquire_many_owned(units.node)
                 .await
                 .ok()?;
-            Some((connection, node))
+            Some((connection, unreceived, node))
         };
-        match tokio::time::timeout(self.node.wait, acquire).await {
-            Ok(Some((connection, node))) => Ok(self.room(connection, node)),
+        let taken = tokio::time::timeout(self.node.wait, acquire).await;
+        match taken {
+            Ok(Some((connection, unreceived, node))) => Ok(self.room(connection, unreceived, node)),
             _ => {
                 self.node.refused.fetch_add(1, Ordering::Relaxed);
-                debug!(bytes, "no room for a client request; answered Overloaded");
+                debug!(
+                    bytes,
+                    budget = waiting_on,
+                    "no room for a client request; answered Overloaded"
+                );
                 Err(Error::Overloaded)
             }
         }
     }
 
-    /// The units of each budget a frame of `bytes` takes (all of a budget
-    /// it exceeds).
-    fn units(&self, bytes: usize) -> (u32, u32) {
+    /// The units of each budget a frame of `bytes` takes: its length, all
+    /// of a budget it exceeds, and at least [`MIN_CLAIM`] of its
+    /// certificate's.
+    fn units(&self, bytes: usize) -> Units {
         let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-        (
-            bytes.min(self.node.connection_max),
-            bytes.min(self.node.node_max),
-        )
+        let intake = &self.node;
+        Units {
+            connection: bytes.min(intake.connection_max),
+            certificate: bytes.max(MIN_CLAIM as u32).min(intake.certificate_max),
+            node: bytes.min(intake.node_max),
+        }
     }
 
-    fn room(&self, connection: OwnedSemaphorePermit, node: OwnedSemaphorePermit) -> Room {
+    fn room(
+        &self,
+        connection: OwnedSemaphorePermit,
+        unreceived: Option<OwnedSemaphorePermit>,
+        node: OwnedSemaphorePermit,
+    ) -> Room {
         Room {
             _connection: Some(connection),
             _node: Some(node),
+            unreceived,
             #[cfg(test)]
             held: None,
         }
@@ -466,10 +583,22 @@ impl ConnectionIntake {
     }
 }
 
+/// What a frame takes of each budget ([`ConnectionIntake::units`]).
+#[derive(Clone, Copy, Debug)]
+struct Units {
+    connection: u32,
+    certificate: u32,
+    node: u32,
+}
+
 impl Room {
-    /// Notes that this room's request holds a body of `bytes` (what the
-    /// tests measure: bodies held, whatever room was taken).
+    /// Notes that this room's request holds a body of `bytes`, received
+    /// whole: its certificate's part is given back (its cap bounds bytes
+    /// claimed and not yet sent; the connection's and the node's parts are
+    /// held until the request is answered), and the tests' gauge counts
+    /// it (bodies held, whatever room was taken).
     pub(crate) fn holds(&mut self, bytes: usize) {
+        self.unreceived = None;
         #[cfg(test)]
         if let Some((gauge, held)) = &mut self.held {
             gauge.add(bytes);
@@ -603,6 +732,7 @@ mod tests {
         let body = BodyBounds {
             stall: Duration::from_secs(5),
             min_rate: 64 << 10,
+            per_certificate: None,
         };
         let from = tokio::time::Instant::now();
         assert_eq!(body.deadline(0, from), from + Duration::from_secs(5));
@@ -617,8 +747,122 @@ mod tests {
         let never = BodyBounds {
             stall: Duration::MAX,
             min_rate: 1,
+            per_certificate: None,
         };
         assert!(never.deadline(usize::MAX, from) > from);
+    }
+
+    /// Found by review (stop 59, intake (a)): a sender at the minimum
+    /// body rate holds its claims for their whole deadline, and nothing
+    /// bounded what one certificate claimed but had not sent: four 16 MiB
+    /// claims of one certificate, on four connections, held a default
+    /// node's whole 64 MiB budget for a minute, and every other client was
+    /// refused `Overloaded`. Now one certificate's claimed, unreceived
+    /// bytes are capped (a quarter of the budget by default): its next
+    /// claim waits, and is refused `Overloaded` (nothing applied,
+    /// retryable) after the wait; another certificate is served; a
+    /// received body no longer counts against its certificate.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn one_certificate_cannot_claim_the_whole_budget_unreceived() {
+        let intake = Intake::with_limits(
+            64 << 20,
+            Duration::from_millis(20),
+            ConnectionLimits::default(),
+            BodyBounds::default(),
+        );
+        let (a, b) = ([1; 32], [2; 32]);
+        let conns: Vec<_> = (0..4)
+            .map(|_| intake.admit(a).expect("a connection"))
+            .collect();
+        let mut first = conns[0].clone().take(16 << 20).await.expect("room");
+        let second = conns[1].clone().take(16 << 20).await;
+        assert!(
+            matches!(second, Err(Error::Overloaded)),
+            "one certificate claimed a second 16 MiB unreceived: {second:?}"
+        );
+        assert_eq!(
+            Error::Overloaded.applied(),
+            crate::error::Applied::No,
+            "the refusal says not applied"
+        );
+        let other = intake.admit(b).expect("b's connection");
+        let served = other.take(16 << 20).await.expect("another certificate");
+        // Received: the body no longer counts against its certificate.
+        first.holds(16 << 20);
+        let again = conns[2].clone().take(16 << 20).await.expect("room again");
+        drop((first, served, again, conns));
+        assert_eq!(intake.available(), intake.budget());
+    }
+
+    /// Found by review (stop 59, intake (b)): small claims that send
+    /// nothing were each held for the stall bound, as many as one
+    /// certificate's connections (up to 1,024) could open streams (100
+    /// each). Now every claim counts at least [`MIN_CLAIM`] against its
+    /// certificate's cap, so one certificate holds at most
+    /// `cap / MIN_CLAIM` claims unreceived at once.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn one_certificate_holds_a_bounded_number_of_small_claims() {
+        let intake = Intake::with_limits(
+            1 << 20,
+            Duration::from_millis(20),
+            ConnectionLimits::default(),
+            BodyBounds::default(),
+        );
+        let a = [1; 32];
+        let conns: Vec<_> = (0..8)
+            .map(|_| intake.admit(a).expect("a connection"))
+            .collect();
+        // A quarter of the budget, at least MIN_CLAIM a claim.
+        let most = (1 << 20) / 4 / 4096;
+        let mut held = Vec::new();
+        for i in 0..most {
+            held.push(conns[i % 8].clone().take(4).await.expect("room"));
+        }
+        let past = conns[0].clone().take(4).await;
+        assert!(
+            matches!(past, Err(Error::Overloaded)),
+            "one certificate held {} four-byte claims unreceived: {past:?}",
+            most + 1
+        );
+        let other = intake.admit([2; 32]).expect("b's connection");
+        drop(other.take(4).await.expect("another certificate"));
+        drop((held, conns));
+        assert_eq!(intake.available(), intake.budget());
+    }
+
+    /// The cap of a certificate's unreceived bytes is configurable
+    /// (`PeerBuilder::client_unreceived_bytes_per_certificate`): raised to
+    /// the whole budget, one certificate may claim all of it; a claim
+    /// larger than the cap takes all of the cap, not more.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_certificate_cap_is_configurable() {
+        let whole = BodyBounds {
+            per_certificate: Some(1 << 20),
+            ..BodyBounds::default()
+        };
+        let limits = ConnectionLimits::default();
+        let intake = Intake::with_limits(1 << 20, Duration::from_millis(20), limits, whole);
+        let rooms: Vec<_> = (0..4)
+            .map(|_| {
+                let conn = intake.admit([1; 32]).expect("a connection");
+                conn.try_take(256 << 10).expect("room")
+            })
+            .collect();
+        assert_eq!(intake.available(), 0, "one certificate claimed it all");
+        drop(rooms);
+        let small = BodyBounds {
+            per_certificate: Some(64 << 10),
+            ..BodyBounds::default()
+        };
+        let intake = Intake::with_limits(1 << 20, Duration::from_millis(20), limits, small);
+        let a = intake.admit([1; 32]).expect("a connection");
+        let large = a
+            .try_take(200 << 10)
+            .expect("a claim past the cap takes all of it");
+        assert!(a.try_take(1).is_none(), "the cap is taken");
+        assert_eq!(intake.available(), (1 << 20) - (200 << 10));
+        drop(large);
+        assert!(a.try_take(1).is_some());
     }
 
     /// A waiter gets room released during its wait, ahead of a later one.

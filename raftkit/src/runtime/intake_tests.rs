@@ -162,7 +162,7 @@ async fn requests_waiting_for_admission_over_quic_stay_within_the_node_budget() 
 /// Serves the client service of `front`, with `intake` as the node's
 /// budget of received requests, on a loopback endpoint of its own with the
 /// node identity `id`; returns its address.
-fn serve_on_loopback<F: Front>(
+pub(super) fn serve_on_loopback<F: Front>(
     front: F,
     id: &crate::tls::Identity,
     intake: Arc<Intake>,
@@ -289,7 +289,7 @@ impl Front for AtOnce {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_room_is_answered_overloaded_unread() {
     use crate::client::mux::MUX_VERSION;
-    use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, WireError};
+    use crate::client::wire::{ClientRequest, ClientResponse, WireError};
     use crate::error::Applied;
     use crate::transport::frame::{encode_frame, read_frame};
     use crate::transport::quic::connect_client;
@@ -313,17 +313,7 @@ async fn a_request_without_room_is_answered_overloaded_unread() {
         let conn = connect_client(server_addr, &client_id)
             .await
             .expect("connect");
-        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-        let hello = ClientHello {
-            version,
-            schema: 0,
-            schema_desc: None,
-        };
-        let mut frame = Vec::new();
-        encode_frame(&hello, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
-        send.write_all(&frame).await.expect("hello sent");
-        let answer: ClientResponse = read_frame(&mut recv, 1 << 20).await.expect("hello answer");
-        assert!(matches!(answer, ClientResponse::Ok(_)), "{answer:?}");
+        let (mut send, mut recv) = hello(&conn, version).await;
         let answer = if version == MUX_VERSION {
             let mut frame = Vec::new();
             encode_frame(&(5u64, &write), DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encode");
@@ -603,6 +593,7 @@ async fn a_stalled_body_gives_its_room_back() {
     let body = super::intake::BodyBounds {
         stall: STALL,
         min_rate: 256,
+        per_certificate: None,
     };
     let intake = Intake::with_body(1 << 20, Duration::from_millis(200), body);
     let server_addr = serve_on_loopback(AtOnce, &ids[0], intake.clone());
@@ -751,6 +742,7 @@ async fn a_trickled_body_gives_its_room_back_past_its_deadline() {
     let body = BodyBounds {
         stall: STALL,
         min_rate: 16 << 20,
+        per_certificate: None,
     };
     let intake = Intake::with_body(1 << 20, Duration::from_millis(200), body);
     let (ca, ids) = dev_cluster(["t@a"]).expect("certs");

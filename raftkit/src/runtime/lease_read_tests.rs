@@ -119,6 +119,21 @@ impl Captured {
     }
 }
 
+/// Captures the `runtime::reads` trace events (lease reads) of every task
+/// on this thread until the guard is dropped.
+fn capture_read_traces() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "raftkit::runtime::reads=trace",
+        ))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
 const ADDRS: [&str; 3] = ["lease-a:1", "lease-b:1", "lease-c:1"];
 
 /// Awaits `step` for at most 20 s, panicking with `what` after that: a
@@ -153,18 +168,9 @@ async fn start(net: &MemoryNetwork, addr: &str) -> Peer<Ledger> {
 /// See the module docs.
 #[tokio::test(flavor = "current_thread")]
 async fn a_lease_read_on_a_new_leader_with_a_paused_apply_sees_the_old_leaders_write() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "raftkit::runtime::reads=trace",
-        ))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
     // Every task of the cluster runs on this (current-thread) runtime's
     // thread: the subscriber sees the node tasks' events.
-    let _trace = tracing::subscriber::set_default(subscriber);
+    let (captured, _trace) = capture_read_traces();
     let _open = GATE.open_on_drop();
 
     let net = MemoryNetwork::new(7);
@@ -422,16 +428,7 @@ async fn quiet_cluster(
     )
     .await
     .expect("write");
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "raftkit::runtime::reads=trace",
-        ))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let trace = tracing::subscriber::set_default(subscriber);
+    let (captured, trace) = capture_read_traces();
     let a_name = peers[a].status().name;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

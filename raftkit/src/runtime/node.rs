@@ -258,6 +258,9 @@ pub struct NodeTask {
     /// This group's share of its node's snapshot receive budget (a
     /// multi-group node's replicas; see `receive_budget`).
     pub(super) receive_share: Option<super::receive_budget::ReceiveShare>,
+    /// Reads served on the leader's lease since the peer started
+    /// ([`PeerStatus::lease_reads`]).
+    pub(super) lease_reads: u64,
 }
 
 struct Pending {
@@ -1515,6 +1518,7 @@ impl NodeTask {
                 session_replies,
                 session_evictions,
                 session_expiries,
+                lease_reads,
             } = s;
             let mut changed = false;
             let c = &mut changed;
@@ -1553,6 +1557,7 @@ impl NodeTask {
             set(c, session_replies, apply.session_replies);
             set(c, session_evictions, apply.session_counters.evicted);
             set(c, session_expiries, apply.session_counters.expired);
+            set(c, lease_reads, self.lease_reads);
             changed
         });
     }
@@ -1673,6 +1678,7 @@ impl NodeTask {
                 apply.session_counters.expired,
             ),
             (st.snap.index, st.snap.failures, self.admission.refused()),
+            self.lease_reads,
             (
                 apply.longest_pause,
                 st.handed_bytes as u64,
@@ -1691,6 +1697,7 @@ impl NodeTask {
                     s.session_expiries,
                 ),
                 (s.snapshot_index, s.snapshot_failures, s.overloaded),
+                s.lease_reads,
                 (
                     s.longest_apply_pause,
                     s.apply_backlog_bytes,
@@ -1699,7 +1706,7 @@ impl NodeTask {
                 ),
             );
             let mut changed = was != now;
-            let (indexes, counters, sessions, snapshots, apply_figures) = now;
+            let (indexes, counters, sessions, snapshots, lease_reads, apply_figures) = now;
             (s.commit, s.applied, s.last_index) = indexes;
             (s.proposals, s.leader_changes, s.leader_contact) = counters;
             (
@@ -1709,6 +1716,7 @@ impl NodeTask {
                 s.session_expiries,
             ) = sessions;
             (s.snapshot_index, s.snapshot_failures, s.overloaded) = snapshots;
+            s.lease_reads = lease_reads;
             (
                 s.longest_apply_pause,
                 s.apply_backlog_bytes,

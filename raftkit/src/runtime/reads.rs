@@ -143,6 +143,7 @@ impl NodeTask {
                 });
                 match lease {
                     Some(index) => {
+                        self.lease_reads += 1;
                         tracing::trace!(node = %self.name, index, "lease read");
                         let _ = self.apply_tx.send(ApplyMsg::Read {
                             index,

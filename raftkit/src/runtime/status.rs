@@ -118,6 +118,13 @@ pub struct PeerStatus {
     /// Sessions this peer dropped after their time-to-live of replicated
     /// time since it started.
     pub session_expiries: u64,
+    /// Reads this peer served on its lease as leader
+    /// ([`Consistency::Lease`](crate::client::Consistency::Lease): no
+    /// ReadIndex round, thesis §6.4.1) since it started. A lease read
+    /// whose lease did not hold went through ReadIndex instead and is not
+    /// counted: a low count against many lease reads says the leases
+    /// lapse (a loaded node, a slow quorum).
+    pub lease_reads: u64,
 }
 
 /// A latency histogram in the Prometheus style: fixed buckets, counts per
