@@ -767,8 +767,9 @@ impl<S: PeerExt> MultiNode<S> {
         &self.inner.links
     }
 
-    /// Watches for a snapshot chunk of `group` taken by node `node` (a
-    /// sign of progress, see [`super::moves`]).
+    /// Watches for snapshot chunks of `group` taken by node `node`
+    /// further on than the first (a sign of progress, see
+    /// [`super::moves`]).
     pub(super) fn watch_heard(
         &self,
         group: GroupId,
