@@ -14,7 +14,7 @@
 //!
 //! | role | issued by | may | may not |
 //! |---|---|---|---|
-//! | `node` | [`ClusterCa::issue_node`] | open peer links ([`PEER_ALPN`]) under the name its certificate states, and only that name; accept peer and client connections (it is the only role valid as a TLS server); on the client protocol: `Status`, and `AddServer` / `AddLearner` of **itself** (a joining node asking to be added) | claim another node's name; send data commands or open or close sessions; add anyone else, remove servers, transfer leadership |
+//! | `node` | [`ClusterCa::issue_node`] | open peer links ([`PEER_ALPN`]) under the name its certificate states, and only that name; accept peer and client connections (it is the only role valid as a TLS server); on the client protocol: `Status`, and `AddServer` / `AddLearner` of **itself** (a joining node asking to be added) | claim another node's name; send data commands or open or close sessions (except writes to the placement group 0 of a multi-group node, by a node it knows as a member, below); add anyone else, remove servers, transfer leadership |
 //! | `client` | [`ClusterCa::issue_client`] | on the client protocol ([`CLIENT_ALPN`]): data commands (`Write`, `Read`), `OpenSession` and `CloseSession` (sessions owned by this certificate: only its own sessions can be written under or closed), and `Status` | open peer links; change membership; transfer leadership; act as a server; use another certificate's session |
 //! | `admin` | [`ClusterCa::issue_admin`] | everything a `client` may, plus `AddServer`, `AddLearner`, `RemoveServer`, `TransferLeader` | open peer links; act as a server |
 //! | none (no role, several roles, no name, or a certificate from before roles) | — | nothing: refused on every connection, peer or client | — |
@@ -94,17 +94,25 @@
 //!   entries of its choosing that no other member holds. Committed entries
 //!   it already holds cannot be rewritten, and nothing it sends can crash
 //!   the node or grow its memory past the configured bounds.
-//! - **any node certificate on a multi-group node** (also a non-member's,
-//!   not revoked): write the placement group 0 ([`crate::multi::service`]),
-//!   which routes every sharded client: it can route a group's clients to
-//!   an address of its choosing (`set_replicas`), and clients check only
-//!   that the server's certificate is a node certificate of the CA, not
-//!   which node it is. Not closed yet (found by review, stop 57): the
-//!   leader of a data group records its replicas there with its node
-//!   certificate, also a node that shares no group with group 0's leader,
-//!   so a membership check at that leader needs the placement's own
-//!   replica lists, not only the configurations it hosts. Revoke the
-//!   certificates of retired nodes and spares.
+//! - **a node certificate on a multi-group node**: write the placement
+//!   group 0 ([`crate::multi::service`]), which routes every sharded client,
+//!   only if group 0's **leader** finds its node in group 0's committed
+//!   configuration, in the committed placement's replica lists, in the
+//!   committed configuration of a group the placement lists (as the
+//!   leader's own replica of it holds it), or among the nodes a group the
+//!   placement still lists the leader for moved to from the leader (since
+//!   its last restart) (`multi::placement_auth`). Any other node
+//!   certificate (a spare's, a retired node's no longer listed, one known
+//!   only through a group the placement does not list, such as a group it
+//!   founded and made members learners of: review s58) is refused
+//!   `Unauthorized`, not applied. Still possible: a member's (or a listed
+//!   node's) certificate can route any group's clients to an address of
+//!   its choosing (`set_replicas`), and clients check only that the
+//!   server's certificate is a node certificate of the CA, not which node
+//!   it is; a retired node stays listed while a move's record is missing;
+//!   and a non-member that makes a listed group's replica on group 0's
+//!   leader adopt a configuration naming it (above) then counts as its
+//!   member. Revoke the certificates of retired nodes.
 //!
 //! Issue node certificates to nodes only, and revoke a certificate that
 //! leaks or whose node was removed (below); re-key the cluster (a new CA)

@@ -139,17 +139,12 @@ async fn a_client_certificate_reads_the_placement_but_may_not_write_it() {
 
 /// Found by review (stop 57, transport #3): any node certificate of the
 /// cluster's CA, also one of a node that is a member of nothing (a spare's,
-/// a retired node's not revoked), can write the placement and route every
+/// a retired node's not revoked), could write the placement and route every
 /// sharded client of a group to an address of its choosing; a member's
-/// must still write it (the placement sync and moves do). Fails today
-/// ("a non-member's node certificate may not write the placement: true"):
-/// a known limit (`tls.rs`, "What each certificate can still do"). A check
-/// of membership in group 0's or a hosted group's configuration alone
-/// breaks `moves_tests::a_lost_moves_record_is_made_by_the_new_node_...`
-/// (the new node shares no group with group 0's leader); the check needs
-/// the placement's replica lists too.
+/// must still write it (the placement sync and moves do). Before the check
+/// (`multi::placement_auth`) it failed with "a non-member's node
+/// certificate may not write the placement: true".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known limit: a non-member node certificate may still write the placement (tls.rs)"]
 async fn a_non_member_node_certificate_may_not_write_the_placement() {
     let members = free_addrs(3);
     let ca = ClusterCa::generate("placement-auth-node-test").unwrap();
@@ -192,6 +187,73 @@ async fn a_non_member_node_certificate_may_not_write_the_placement() {
         "a member's node certificate writes the placement"
     );
 
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// Found by review (stop 58): a node certificate of no member, running stock
+/// raftkit, makes itself "known" to every member by founding a group of
+/// its own and adding them as learners (hosting on demand starts their
+/// replicas, whose configuration lists the outsider); `knows_member` then
+/// lets it write the placement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsider_known_through_its_own_group_may_not_write_the_placement() {
+    let members = free_addrs(3);
+    let ca = ClusterCa::generate("placement-auth-rogue-test").unwrap();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for addr in &members {
+        let (node, dir) = start_node(addr, &ca).await;
+        nodes.push(node);
+        dirs.push(dir);
+    }
+    for node in &nodes {
+        node.form_shards(SHARDS, &members).await.unwrap();
+    }
+    let outsider_addr = free_addrs(1).pop().unwrap();
+    let (outsider, _outsider_dir) = start_node(&outsider_addr, &ca).await;
+    const ROGUE: GroupId = 777;
+    let rogue = outsider
+        .create_group(ROGUE, std::slice::from_ref(&outsider_addr))
+        .await
+        .unwrap();
+    for m in &members {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), rogue.add_learner(m)).await {
+                Ok(Ok(())) => break,
+                other => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "add_learner({m}): {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !nodes.iter().all(|n| {
+        n.group(ROGUE)
+            .is_some_and(|p| p.status().members.iter().any(|m| m.id == outsider.id()))
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "members host the rogue group"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cert = ca.issue_node(&format!("pkv@{outsider_addr}"), &[]).unwrap();
+    let as_outsider = placement(&members, cert).await;
+    let written = as_outsider
+        .set_replicas(1, vec![outsider_addr.clone()])
+        .await;
+    let after = as_outsider.shards().await.unwrap();
+    assert!(
+        written.is_err(),
+        "an outsider that founded its own group and added the members as learners wrote the \
+         placement: {written:?}; now {after:?}"
+    );
+    outsider.shutdown().await.unwrap();
     for node in &nodes {
         node.shutdown().await.unwrap();
     }

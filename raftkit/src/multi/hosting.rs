@@ -33,7 +33,12 @@
 //! - within [`HostingPolicy::quarantine`] of a removal the in-memory
 //!   tombstone refuses it too (kept for the window before the journal's
 //!   removal record is durable);
-//! - it can be switched off ([`MultiNodeBuilder::host_on_demand`](super::MultiNodeBuilder::host_on_demand)).
+//! - it can be switched off ([`MultiNodeBuilder::host_on_demand`](super::MultiNodeBuilder::host_on_demand));
+//! - a group hosted here counts for nothing when group 0's leader decides
+//!   whether a node certificate may write the placement, unless the
+//!   placement lists the group (`multi::placement_auth`, review s58: a
+//!   founder of its own group would otherwise make itself known by adding
+//!   members as learners).
 //!
 //! # Retiring a removed replica
 //!

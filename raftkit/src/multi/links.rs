@@ -45,14 +45,19 @@
 //!   slow group never holds the bytes the other groups' messages need;
 //!   the messages waiting for the hoster (for groups not hosted here, any
 //!   number of them) hold at most the group share together, as one group;
-//! - a [`Heard`] watch of (group, node) is set by the first snapshot chunk
+//! - a [`Heard`] watch of (group, node) is set by a snapshot chunk
 //!   acknowledgement (an `InstallSnapshotResponse` not rejected) of that
-//!   group from that node delivered (or dropped for a full inbox) after it
-//!   was made: a sign that the node is receiving a snapshot of the group,
-//!   which its match index does not show until it installed it (a replica
-//!   move's catch-up, see [`super::moves`]; any other message, e.g. a
-//!   heartbeat answer, shows no progress). While no watch lives,
-//!   delivering costs one relaxed load more.
+//!   group from that node, delivered (or dropped for a full inbox) after it
+//!   was made, that is **further on** than the first one it saw: a later
+//!   snapshot (`index`), a later offset (`next_offset`) of the same one,
+//!   or the snapshot installed (`done`). A sign that the node is receiving
+//!   a snapshot of the group, which its match index does not show until it
+//!   installed it (a replica move's catch-up, see [`super::moves`]). Any
+//!   other message, e.g. a heartbeat answer, shows no progress, and nor
+//!   does the same chunk acknowledged again (the leader resends a chunk
+//!   whose answer it did not get; a target that never gets further is not
+//!   progressing: review s58). While no watch lives, delivering costs one
+//!   relaxed load more.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -64,7 +69,7 @@ use tokio::time::Instant;
 use tracing::trace;
 
 use super::GroupId;
-use crate::core::{Body, Message, NodeId};
+use crate::core::{Body, Index, Message, NodeId};
 use crate::transport::frame::PeerFrame;
 use crate::transport::inbox_bytes::{Charged, ChargedGroup, InboxCharge};
 use crate::transport::{GroupInbound, QuicTransport, Transport};
@@ -120,8 +125,8 @@ pub(crate) struct Links {
     /// node's link to that leader went with the old replica; and the
     /// periodic placement check's last seeds ([`Links::recent_known`]).
     known: Mutex<Known>,
-    /// The live [`Heard`] watches: (group, node, its flag).
-    heard: Mutex<Vec<(GroupId, NodeId, Arc<AtomicBool>)>>,
+    /// The live [`Heard`] watches.
+    heard: Mutex<Vec<Watch>>,
     /// How many there are (read on every delivery, without the lock).
     watching: AtomicUsize,
     /// Drops every `AppendEntriesResponse` from this node (tests only: a
@@ -130,16 +135,26 @@ pub(crate) struct Links {
     deaf_to_appends_from: Mutex<Option<NodeId>>,
 }
 
-/// Whether a node acknowledged a snapshot chunk of a group since the watch
-/// was made ([`Links::watch_heard`]); unregistered when dropped.
+/// One live [`Heard`] watch.
+struct Watch {
+    group: GroupId,
+    node: NodeId,
+    /// The first acknowledgement seen: (snapshot index, next offset).
+    first: Option<(Index, u64)>,
+    flag: Arc<AtomicBool>,
+}
+
+/// Whether a node acknowledged a snapshot chunk of a group further on than
+/// the first one since the watch was made ([`Links::watch_heard`]; module
+/// docs); unregistered when dropped.
 pub(crate) struct Heard {
     links: Arc<Links>,
     flag: Arc<AtomicBool>,
 }
 
 impl Heard {
-    /// Whether the node acknowledged a snapshot chunk of the group since
-    /// the watch was made.
+    /// Whether the node acknowledged a snapshot chunk of the group further
+    /// on than the first one since the watch was made.
     pub(crate) fn heard(&self) -> bool {
         self.flag.load(Ordering::Acquire)
     }
@@ -148,7 +163,7 @@ impl Heard {
 impl Drop for Heard {
     fn drop(&mut self) {
         let mut heard = self.links.heard.lock().unwrap_or_else(|p| p.into_inner());
-        heard.retain(|(_, _, f)| !Arc::ptr_eq(f, &self.flag));
+        heard.retain(|w| !Arc::ptr_eq(&w.flag, &self.flag));
         self.links.watching.store(heard.len(), Ordering::Release);
     }
 }
@@ -316,15 +331,14 @@ impl Links {
             return;
         }
         if self.watching.load(Ordering::Acquire) > 0
-            && matches!(
-                msg.body,
-                Body::InstallSnapshotResponse {
-                    rejected: false,
-                    ..
-                }
-            )
+            && let Body::InstallSnapshotResponse {
+                index,
+                next_offset,
+                done,
+                rejected: false,
+            } = msg.body
         {
-            self.note_heard(group, msg.from);
+            self.note_heard(group, msg.from, (index, next_offset), done);
         }
         let groups = self.groups();
         let delivered = match groups.get(&group) {
@@ -373,12 +387,17 @@ impl Links {
             .unwrap_or_else(|p| p.into_inner()) = Some(node);
     }
 
-    /// Watches for a snapshot chunk of `group` taken by `node` (see
-    /// [`Heard`]).
+    /// Watches for snapshot chunks of `group` taken by `node`, further on
+    /// than the first one (see [`Heard`]).
     pub(crate) fn watch_heard(self: &Arc<Self>, group: GroupId, node: NodeId) -> Heard {
         let flag = Arc::new(AtomicBool::new(false));
         let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        heard.push((group, node, flag.clone()));
+        heard.push(Watch {
+            group,
+            node,
+            first: None,
+            flag: flag.clone(),
+        });
         self.watching.store(heard.len(), Ordering::Release);
         Heard {
             links: self.clone(),
@@ -386,12 +405,20 @@ impl Links {
         }
     }
 
-    /// Sets the watches of (`group`, `from`).
-    fn note_heard(&self, group: GroupId, from: NodeId) {
-        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        for (g, n, flag) in heard.iter() {
-            if *g == group && *n == from {
-                flag.store(true, Ordering::Release);
+    /// Notes an acknowledgement of a snapshot chunk of `group` by `from`
+    /// at `at` (snapshot index, next offset), `done` once installed: sets
+    /// the watches it is progress for (module docs).
+    fn note_heard(&self, group: GroupId, from: NodeId, at: (Index, u64), done: bool) {
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        for w in heard.iter_mut() {
+            if w.group != group || w.node != from {
+                continue;
+            }
+            match w.first {
+                None if done => w.flag.store(true, Ordering::Release),
+                None => w.first = Some(at),
+                Some(first) if done || at > first => w.flag.store(true, Ordering::Release),
+                Some(_) => {}
             }
         }
     }
@@ -814,6 +841,59 @@ mod tests {
             assert_eq!(links.dropped(), 0, "round {k}");
             assert_eq!(budget.held(), 0, "round {k}");
         }
+        quic.shutdown().await;
+    }
+
+    /// A move's target that keeps acknowledging the same snapshot chunk
+    /// (the leader resends it, the target never gets further) shows no
+    /// progress; a chunk acknowledged further on (or the snapshot
+    /// installed, or a later snapshot) does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_same_snapshot_chunk_acknowledged_again_is_no_progress() {
+        let (_ca, mut ids) = dev_cluster(["links@s"]).expect("certs");
+        let identity = ids.pop().expect("node identity");
+        let config = QuicConfig::new("127.0.0.1:0".parse().expect("addr"), "links@s", identity, 0);
+        let (quic, _addr) = QuicTransport::start(config, mpsc::channel(1).0, None)
+            .await
+            .expect("transport starts");
+        let me = node_id("links@s");
+        let links = Arc::new(Links::new(quic.clone(), usize::MAX));
+        let (inbox, _inbox) = mpsc::channel(64);
+        links.register(7, inbox);
+        let ack = |from: NodeId, index: Index, next_offset: u64, done: bool| Message {
+            from,
+            to: me,
+            term: 3,
+            body: Body::InstallSnapshotResponse {
+                index,
+                next_offset,
+                done,
+                rejected: false,
+            },
+        };
+        let heard = links.watch_heard(7, 2);
+        for round in 0..3 {
+            links.deliver(7, ack(2, 50, 4096, false), None);
+            assert!(
+                !heard.heard(),
+                "round {round}: one chunk acknowledged, again and again, counted as progress"
+            );
+        }
+        // Another node's or another group's acknowledgement says nothing.
+        links.deliver(7, ack(3, 50, 8192, false), None);
+        links.deliver(8, ack(2, 50, 8192, false), None);
+        assert!(!heard.heard());
+        links.deliver(7, ack(2, 50, 8192, false), None);
+        assert!(heard.heard(), "the next chunk is progress");
+
+        let installed = links.watch_heard(7, 2);
+        links.deliver(7, ack(2, 50, 8192, false), None);
+        links.deliver(7, ack(2, 50, 8192, true), None);
+        assert!(installed.heard(), "the snapshot installed is progress");
+        let later = links.watch_heard(7, 2);
+        links.deliver(7, ack(2, 50, 8192, false), None);
+        links.deliver(7, ack(2, 90, 0, false), None);
+        assert!(later.heard(), "a later snapshot is progress");
         quic.shutdown().await;
     }
 }

@@ -107,6 +107,7 @@ mod lost_journal_tests;
 pub mod moves;
 mod node;
 pub mod placement;
+mod placement_auth;
 pub mod placement_sync;
 pub mod quiesce;
 mod rebalance;

@@ -78,8 +78,9 @@
 //! to it that succeeds forgets it, and so does a refused move whatever
 //! became of its learner's removal. A balancing move whose catch-up timed
 //! out keeps its learner if the target showed a sign of progress during
-//! the catch-up (its match index moving, or a snapshot chunk it took; a
-//! heartbeat answer alone is none):
+//! the catch-up (its match index moving, or snapshot chunks it took
+//! further on than the first; a heartbeat answer, or the same chunk
+//! acknowledged again, is none):
 //! it is alive but slower than the catch-up timeout (a large snapshot, a
 //! throttled link), and a kept learner goes on receiving the snapshot and
 //! the log during the backoff, so the next attempt resumes
@@ -148,7 +149,8 @@ impl Default for MoveOptions {
 pub(super) struct MoveSeen {
     /// Its catch-up timed out without a sign of progress from the target:
     /// its match index did not move past where it was before the move, and
-    /// it took no snapshot chunk, during the whole catch-up (a target that
+    /// it took no snapshot chunk further on than the first it acknowledged,
+    /// during the whole catch-up (a target that
     /// is down, unreachable, does not host the group, or answers but does
     /// not catch up).
     pub(super) target_silent: bool,
@@ -641,7 +643,8 @@ impl<S: PeerExt> MultiNode<S> {
         // 2. Wait until it caught up, watching for a sign of progress from
         // the target meanwhile: its match index moving past where it was
         // before this move's learner was added (`st`: none for a learner
-        // added now), or a snapshot chunk it took (a snapshot shows in the
+        // added now), or snapshot chunks it took further on than the first
+        // (one chunk acknowledged again is none; a snapshot shows in the
         // match index only once installed). A message alone is none: a
         // target that answers heartbeats but never catches up is kept
         // only while it progresses.

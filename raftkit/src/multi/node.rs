@@ -48,11 +48,11 @@ use super::links::{Links, demultiplex};
 use super::placement::{PLACEMENT_GROUP, PlacementGroup};
 use super::quiesce::{self, Hosting, Timing, Watched};
 use super::removal::{self, Asker};
-use crate::core::Index;
+use crate::core::{Index, NodeId};
 use crate::error::Error;
 use crate::identity::{default_name, node_id};
 use crate::runtime::threads::{Threads, Worker};
-use crate::runtime::{GroupStorage, Peer, PeerExt, TickGate};
+use crate::runtime::{GroupStorage, Peer, PeerExt, PeerStatus, TickGate};
 use crate::schema::SchemaBook;
 use crate::storage::vfs::SharedFs;
 use crate::storage::{FileSnapshotStore, LogStore};
@@ -419,6 +419,7 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 tombstones: Mutex::new(Default::default()),
                 retiring: tokio::sync::Mutex::new(()),
                 unretired: Mutex::new(BTreeMap::new()),
+                successors: Mutex::new(BTreeMap::new()),
                 tasks: Mutex::new(Vec::new()),
                 known: Mutex::new(Vec::new()),
                 refused: Mutex::new(Default::default()),
@@ -550,6 +551,12 @@ pub(super) struct Inner<S> {
     /// the group stays retiring here (see [`super::hosting`], "A
     /// retirement the journal refuses").
     unretired: Mutex<BTreeMap<GroupId, (Index, crate::core::Term)>>,
+    /// The voters of the committed, settled configuration that removed
+    /// each group's last replica retired here (memory only, not kept across
+    /// restarts): the nodes a group went on with, which may write the
+    /// placement for it while the placement still lists this node for it
+    /// ([`super::placement_auth`]).
+    successors: Mutex<BTreeMap<GroupId, Vec<NodeId>>>,
     /// The hosting, retiring, placement-recording and replica-balancing
     /// tasks.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -760,8 +767,9 @@ impl<S: PeerExt> MultiNode<S> {
         &self.inner.links
     }
 
-    /// Watches for a snapshot chunk of `group` taken by node `node` (a
-    /// sign of progress, see [`super::moves`]).
+    /// Watches for snapshot chunks of `group` taken by node `node`
+    /// further on than the first (a sign of progress, see
+    /// [`super::moves`]).
     pub(super) fn watch_heard(
         &self,
         group: GroupId,
@@ -790,6 +798,29 @@ impl<S: PeerExt> MultiNode<S> {
     /// refuses").
     pub fn pending_retirements(&self) -> Vec<GroupId> {
         self.inner.unretired().keys().copied().collect()
+    }
+
+    /// The status of this node's replica of `group`, and whether that
+    /// replica ever held a configuration listing this node (a replica
+    /// hosted on demand that never did is a learner being caught up, or
+    /// one a stranger started): for [`super::placement_auth`].
+    pub(super) fn hosted_status(&self, group: GroupId) -> Option<(PeerStatus, bool)> {
+        self.inner
+            .groups()
+            .get(&group)
+            .map(|h| (h.peer.status(), h.listed))
+    }
+
+    /// The voters of the committed configuration that removed this node's
+    /// last replica of `group` here, if it retired on one since this node
+    /// started (memory only): for [`super::placement_auth`].
+    pub(super) fn successors(&self, group: GroupId) -> Option<Vec<NodeId>> {
+        self.inner
+            .successors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .cloned()
     }
 
     /// This node's replica of `group`.
@@ -1684,6 +1715,30 @@ impl<S: PeerExt> MultiNode<S> {
         }
         let stopped = h.peer.shutdown().await;
         self.inner.links.unregister(group);
+        // The nodes the group went on with, when the replica's last
+        // configuration is the committed, settled one that removed it (the
+        // retirer's case; an answer's retirement may hold an unsettled one,
+        // which names nobody here).
+        let last = h.peer.status();
+        let successors = (!last.joint && last.config_index > 0 && last.commit >= last.config_index)
+            .then(|| {
+                last.members
+                    .iter()
+                    .filter(|m| m.voter && m.id != self.id())
+                    .map(|m| m.id)
+                    .collect::<Vec<_>>()
+            });
+        {
+            let mut known = self
+                .inner
+                .successors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match successors {
+                Some(s) => known.insert(group, s),
+                None => known.remove(&group),
+            };
+        }
         // The fence: the committed configuration that removed the replica,
         // and the latest term it knew, read once it has stopped (it never
         // voted in a later one; its votes were durable before they left).

@@ -82,10 +82,14 @@
 //!   added to every client's seeds (a new client makes a handshake and a
 //!   hello with each seed).
 //! - Writes go to group 0 through the client service, with the node's
-//!   certificate ([`super::service`] lets any node certificate of the CA
-//!   read and write group 0, a known limit documented there), so
+//!   certificate ([`super::service`] lets a node certificate write group 0
+//!   when its node is a member of group 0, listed in the placement, or a
+//!   committed member of a listed group as group 0's leader knows it), so
 //!   a node that leads a data group but holds no replica of group 0 (a
-//!   node a replica moved to) records it too.
+//!   node a replica moved to) records it too. A move's new node whose
+//!   record was lost is let through by a group 0 leader that hosts the
+//!   group or that the group moved off (and has not restarted since);
+//!   otherwise it waits for a listed node to record the group.
 //!
 //! # How long a stale record lasts
 //!

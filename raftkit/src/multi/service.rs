@@ -38,11 +38,15 @@
 //!   One exception: a **node** certificate may also read and write the
 //!   placement group 0 (and open and close the session its writes need),
 //!   so that the leader of a data group records the group's committed
-//!   replicas there ([`super::placement_sync`]). Limit, known: this holds
-//!   for any node certificate of the cluster's CA, also a spare's or a
-//!   retired node's not revoked, and the placement routes every sharded
-//!   client, so such a certificate can misroute them (`set_replicas`);
-//!   revoke the certificates of retired nodes (a revocation list).
+//!   replicas there ([`super::placement_sync`]). Its writes are checked
+//!   when handled (not in `authorize`: the check reads the placement),
+//!   and decided by group 0's leader only (a follower answers `NotLeader`):
+//!   only the certificate of a node in group 0's committed configuration,
+//!   listed in the placement, or a committed member of a group the
+//!   placement lists as that leader knows it, may write it; any other
+//!   node certificate (a spare's, a retired node's not revoked, a node's
+//!   known only through a group the placement does not list) is refused
+//!   `Unauthorized`, not applied (`multi::placement_auth`).
 //! - A node certificate's request frames are at most
 //!   `MAX_NODE_REQUEST_BYTES` (64 KiB, as on a single peer), checked from
 //!   their length prefix before they take room in the node's budget of
@@ -246,6 +250,15 @@ impl<S: PeerExt> client_service::Front for Front<S> {
         }
         match self.target(meta) {
             Ok(Target::Placement(peer)) => {
+                let checked = match self.node() {
+                    Ok(node) => super::placement_auth::check(&node, &peer, principal, &request)
+                        .await
+                        .map_err(WireError::from),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = checked {
+                    return ClientResponse::Err(e);
+                }
                 client_service::Front::handle(&peer, principal, request, routed(meta)).await
             }
             Ok(Target::Data(peer)) => {
