@@ -17,7 +17,7 @@
 //! | a response, TimeoutNow | the sender is neither a member nor a node the leader still replicates to | it answers nothing this node sent; only the leader orders a campaign |
 //! | RequestVote with `transfer` | the candidate is not a voter of this node's configuration | §3.10: a leader transfers only to a voter, and a transfer vote overrides the lease (a learner could depose a settled leader) |
 //! | TimeoutNow | not from the leader of this node's term, at that term (from another node, at another term, or while no leader of this term is known; a pre-candidate remembers its term's leader), or from a leader that was not a voter of this node's configuration when this node first followed it | §3.10: the transfer is the leader's, sent to a target that acknowledged its whole log in its term; a transfer vote overrides leases (§6.4.1), so nobody else may order one, not even a non-voter this node followed after its window (below) |
-//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, or at *our* term before its leader is known, from a non-voter (a learner or a non-member), while this node has a configuration and is in its *window*: it leads, is in a leader lease, or heard from its term's leader (or started) less than the longest election timeout (2 × `election_ticks`) ago | the §4.2.3 lease argument applied to leader messages: a node that is not a voter of the configuration cannot be elected (thesis §3.4, §4.2.1). The window covers a restarted node and a pre-candidate (stop 58), and it ends: a voter promoted by a configuration this node missed may be the leader it must follow (§4.1). A node that stops leading starts a new window (stop 58). At our term, a voter of the last committed configuration is taken while a newer one is pending in this node's log (§4.2.2: the leader of a change that removes it keeps replicating it) |
+//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, or at *our* term before its leader is known, from a non-voter (a learner or a non-member), while this node has a configuration and is in its *window*: it leads, is in a leader lease, or heard from its term's leader (or started) less than the longest election timeout (2 × `election_ticks`) ago | the §4.2.3 lease argument applied to leader messages: a node that is not a voter of the configuration cannot be elected (thesis §3.4, §4.2.1). The window covers a restarted node and a pre-candidate (stop 58), and it ends: a voter promoted by a configuration this node missed may be the leader it must follow (§4.1). A node that stops leading starts a new window (stop 58), and so does one that grants a vote, a window that spares the candidate it voted for at the term of that vote (stop 59; `Raft::guards_against_non_voters`). At our term, a voter of the last committed configuration is taken while a newer one is pending in this node's log (§4.2.2: the leader of a change that removes it keeps replicating it) |
 //! | any other message but a vote request (responses, read requests) | at a *higher* term, from a non-voter, whenever this node has a configuration | its term would depose the leader or make a follower forget it (Raft §5.1), on the word of a node that cannot have been elected; voters carry a real new term, and no node needs a non-voter to learn it (candidates count only voters; an old leader hears it from voters, or steps down by CheckQuorum) |
 //! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader of our term once known (`term_leader`, which a pre-candidate keeps), or when we lead | Raft §5.2 Election Safety: at most one leader per term |
 //! | ReadIndexRequest | the sender is not a member; or the leader already holds [`MAX_REMOTE_READS`](super::read_index::MAX_REMOTE_READS) followers' reads | thesis §6.4.1: only members forward reads; a bounded queue |
@@ -126,7 +126,7 @@
 
 use super::message::{Body, MAX_ENTRIES_PER_APPEND, Message};
 use super::raft::{Raft, Role};
-use super::types::{Configuration, Entry, Index, NO_NODE, Payload, Term};
+use super::types::{Configuration, Entry, Index, NO_NODE, NodeId, Payload, Term};
 
 /// Why an inbound message was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -464,20 +464,49 @@ impl Raft {
         self.leader != NO_NODE && self.election_elapsed < self.cfg.election_ticks
     }
 
-    /// Whether this node refuses a non-voter's leadership and terms (module
-    /// docs): it has a configuration, and it leads, is in a leader lease,
-    /// or heard from its term's leader (or started) less than the longest
-    /// election timeout (`2 * election_ticks`) ago. That covers a
-    /// restarted node and a pre-candidate, which know no leader but have
-    /// not been without one for long (review s57, core2 #1, #2). The
-    /// window ends: a voter promoted by a configuration this node missed
-    /// may be the leader it must follow (thesis §4.1).
-    fn guards_against_non_voters(&self) -> bool {
+    /// Whether this node refuses the leadership and terms of `from`, a
+    /// non-voter, claiming `term` (module docs): it has a configuration,
+    /// and it leads, is in a leader lease, or heard from its term's leader
+    /// (or started) less than the longest election timeout
+    /// (`2 * election_ticks`) ago. That covers a restarted node and a
+    /// pre-candidate, which know no leader but have not been without one
+    /// for long (review s57, core2 #1, #2). The window ends: a voter
+    /// promoted by a configuration this node missed may be the leader it
+    /// must follow (thesis §4.1).
+    ///
+    /// A second window of the same length starts when this node grants a
+    /// real vote (review s58, finding 1: a voter of a slow election, past
+    /// its old leader's window, knows no leader of the new term until the
+    /// winner's first message). A granted vote is evidence of a live
+    /// cluster as a leader's heartbeat is (the premise of the §4.2.3
+    /// rule): an election of that term is under way among the voters.
+    /// It refuses every non-voter but one: the candidate this node voted
+    /// for, claiming the term of that vote. That candidate campaigned,
+    /// which a node does only while it believes itself a voter (thesis
+    /// §3.4, §4.2.1), and this node judged its log at least as up to date
+    /// as its own (Raft §5.4.1); if it wins, this node's configuration
+    /// missed its promotion (§4.1), and it may have needed this very vote.
+    /// Refusing it too (the first attempt, stop 58) made such a winner step
+    /// down by CheckQuorum (§6.2) for want of this node, which then voted
+    /// again and restarted its window: nobody ever led
+    /// (`review_s57::s57_a_freshly_promoted_voter_wins_an_election`). Any
+    /// other non-voter winning that term won without this node's vote, so
+    /// the window costs this node at most the longest election timeout of
+    /// lag, as the leader window does. The window only adds refusals: the
+    /// candidate spared is refused whenever the leader window refuses it,
+    /// and at any other term; a learner that asked for this node's vote
+    /// outside a lease (§4.1 handles a member's request) leads it no
+    /// sooner than it could without this window.
+    fn guards_against_non_voters(&self, from: NodeId, term: Term) -> bool {
         let window = u64::from(self.cfg.election_ticks).saturating_mul(2);
+        let within = |at: u64| self.ticks.saturating_sub(at) < window;
+        let voted_recently = self.voted_at.is_some_and(within)
+            && !(term == self.term && from == self.vote && self.vote != NO_NODE);
         !self.conf.voters.is_empty()
             && (self.role == Role::Leader
                 || self.in_lease()
-                || self.ticks.saturating_sub(self.leader_heard_at) < window)
+                || within(self.leader_heard_at)
+                || voted_recently)
     }
 
     /// Whether a configuration newer than the last committed one is
@@ -488,7 +517,7 @@ impl Raft {
     /// demoted is (see the module docs on stale configurations). Scans the
     /// log back to that configuration, only for a same-term leader message
     /// from a non-voter inside the window.
-    fn voter_of_committed_conf_pending_change(&self, id: super::types::NodeId) -> bool {
+    fn voter_of_committed_conf_pending_change(&self, id: NodeId) -> bool {
         let committed = self.log.committed();
         self.conf_index > committed && self.log.config_at(committed).is_voter(id)
     }
@@ -511,7 +540,7 @@ impl Raft {
         // elected in a newer term. A node with no configuration yet cannot
         // tell voters from others, so it has no such protection.
         let has_conf = !self.conf.voters.is_empty();
-        let protected = self.guards_against_non_voters();
+        let protected = self.guards_against_non_voters(m.from, m.term);
         let voter = self.conf.is_voter(m.from);
         match &m.body {
             // Thesis §4.1: a server processes vote requests without

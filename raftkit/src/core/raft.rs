@@ -184,6 +184,10 @@ pub struct Raft {
     /// or started): for the window in which it refuses a non-voter's
     /// leadership and terms (see `inbound`).
     pub(super) leader_heard_at: u64,
+    /// The tick this node last granted a real (not a pre-) vote, if it
+    /// did since it started: a second window against non-voters, which
+    /// spares the candidate it voted for (see `inbound`).
+    pub(super) voted_at: Option<u64>,
     pub(super) role: Role,
     pub(super) log: RaftLog,
     /// The configuration in force: the last one in the log (thesis §4.1).
@@ -257,6 +261,7 @@ impl Raft {
             term_leader: NO_NODE,
             term_leader_voter: false,
             leader_heard_at: 0,
+            voted_at: None,
             role: Role::Follower,
             conf,
             conf_index,
