@@ -514,12 +514,12 @@ impl Raft {
     /// configuration: the leader of the change, which (thesis §4.2.2) keeps
     /// replicating a C_new that removes it until C_new commits. A learner
     /// or a non-member of the committed configuration never is; a voter it
-    /// demoted is (see the module docs on stale configurations). Scans the
-    /// log back to that configuration, only for a same-term leader message
-    /// from a non-voter inside the window.
+    /// demoted is (see the module docs on stale configurations). O(1): the
+    /// log keeps the last committed configuration's index
+    /// ([`RaftLog::committed_config`](super::log::RaftLog::committed_config)),
+    /// so a non-voter's stream of such messages costs no scan.
     fn voter_of_committed_conf_pending_change(&self, id: NodeId) -> bool {
-        let committed = self.log.committed();
-        self.conf_index > committed && self.log.config_at(committed).is_voter(id)
+        self.conf_index > self.log.committed() && self.log.committed_config().1.is_voter(id)
     }
 
     /// The checks of the module docs, before any rule sees the message.
