@@ -385,13 +385,7 @@ impl DropCounts {
 /// sentence for a local caller (`Raft::propose_config`).
 pub(super) fn check_config(conf: &Configuration) -> Result<(), (DropReason, String)> {
     // Counted without allocating: the configuration came from the network.
-    let voters = conf.voters.union(&conf.outgoing).count();
-    let learners = conf
-        .learners
-        .iter()
-        .filter(|id| !conf.is_voter(**id))
-        .count();
-    let members = voters.saturating_add(learners);
+    let members = conf.member_count();
     if members > MAX_MEMBERS {
         return Err((
             DropReason::ConfigTooLarge,

@@ -135,6 +135,20 @@ impl Configuration {
         self.is_voter(id) || self.learners.contains(&id)
     }
 
+    /// How many members there are (voters of either half and learners,
+    /// each counted once): `members().len()` without allocating, for a
+    /// configuration that may have come from the network (its sets are
+    /// bounded when decoded, see `member_bound`).
+    pub fn member_count(&self) -> usize {
+        let voters = self.voters.union(&self.outgoing).count();
+        let learners = self
+            .learners
+            .iter()
+            .filter(|id| !self.is_voter(**id))
+            .count();
+        voters.saturating_add(learners)
+    }
+
     /// Every member, voters and learners, in ascending order, once each.
     pub fn members(&self) -> BTreeSet<NodeId> {
         let mut all = self.voters.clone();
