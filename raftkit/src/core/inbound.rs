@@ -32,14 +32,39 @@
 //! a higher term (or of its term, before it heard the leader) to a node
 //! outside its window (one cut off from its leader for two election
 //! timeouts). It cannot order that node to run a transfer campaign
-//! (TimeoutNow, above), so leases hold, with one limit: this node judges
-//! "voter" by its own configuration, which may be stale. A node that still
-//! lists a demoted or removed voter as a voter follows it at a higher term
-//! inside a lease and obeys its TimeoutNow; voters in the real leader's
-//! lease still refuse that campaign's transfer vote, since it comes two
-//! terms above theirs and a transfer overrides a lease only one term up
-//! (`Raft::step_admitted`; review s58, finding 2). The complete fix names
-//! the ordering leader in the vote request, a wire change not made. That costs the node its term and its uncommitted entries, and
+//! (TimeoutNow, above), so leases hold, with two limits, both because this
+//! node judges "voter" by its own configuration:
+//!
+//! - *A stale configuration* (review s58, finding 2). A node that still
+//!   lists a demoted or removed voter as a voter follows it at a higher
+//!   term inside a lease and obeys its TimeoutNow; voters in the real
+//!   leader's lease still refuse that campaign's transfer vote, since it
+//!   comes two terms above theirs and a transfer overrides a lease only
+//!   one term up (`Raft::step_admitted`).
+//! - *A configuration the non-voter wrote* (stop 59). Leader `L` leads
+//!   term `t`; voter 3 is in its lease; voter 2, cut off for two election
+//!   timeouts, is still at `t - 1` (it missed the election). Learner 4
+//!   leads 2 at `t - 1` (outside 2's window: accepted, §4.1, but not
+//!   trusted with a TimeoutNow), appends a made-up configuration making
+//!   itself a voter and commits it by its commit index, then leads 2 at
+//!   `t`: now a voter of 2's configuration, so trusted. It appends a
+//!   made-up entry of term `t` (2's log is then the most up to date) and
+//!   sends TimeoutNow: 2 campaigns at `t + 1` with a transfer vote, one
+//!   term above voter 3's, which grants it inside `L`'s lease; 2 can win
+//!   while `L` still serves lease reads (§6.4.1)
+//!   (`non_voters::limit_a_learner_that_wrote_its_own_promotion_orders_a_transfer_campaign`).
+//!   No narrow rule tells this from the honest case it copies: a node
+//!   that missed a promotion (§4.1) takes it, and its commit, from the
+//!   promoted leader it did not know as a voter, exactly so. Trusting
+//!   only a *committed* configuration does not help (the commit index
+//!   comes from the same leader); distrusting every configuration taken
+//!   from a leader followed as a non-voter would refuse the honest
+//!   leader's transfers to that node until it restarts.
+//!
+//! The complete fix for both names the ordering leader in the transfer
+//! vote request, which a voter in a lease compares with the leader of its
+//! term: a wire change, not made. Following a fake leader costs the node
+//! its term and its uncommitted entries, and
 //! more: the fake leader's entries and commit index are taken as a real
 //! leader's would be, so the node can apply entries the fake leader made up
 //! (past what it knew committed; it never rewrites an entry it knew

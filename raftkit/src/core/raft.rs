@@ -179,6 +179,18 @@ pub struct Raft {
     /// Whether `term_leader` was a voter of this node's configuration when
     /// first followed (or this node had none yet, or leads): only such a
     /// leader may order a transfer campaign (see `inbound`, TimeoutNow).
+    ///
+    /// Frozen for the term at first follow, on purpose: a node that
+    /// followed a leader before it held the configuration promoting that
+    /// leader (a promotion it missed, thesis §4.1) refuses its TimeoutNow
+    /// for the rest of the term even once it holds the promotion, and a
+    /// transfer to it is abandoned after an election timeout (see
+    /// [`Raft::transfer_leadership`]). Recomputing the flag from the log
+    /// would trust a configuration the leader itself wrote, which a
+    /// learner can make up (module docs of `inbound`, stop 59). A node
+    /// with no configuration yet trusts any leader it follows: harmless,
+    /// since voters refuse a transfer vote from a node that is not a voter
+    /// of theirs (`TransferFromNonVoter`), which such a node is.
     pub(super) term_leader_voter: bool,
     /// The tick this node last heard from the leader of its term (or led,
     /// or started): for the window in which it refuses a non-voter's

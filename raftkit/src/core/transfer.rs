@@ -37,6 +37,17 @@ impl Raft {
     /// to itself is a no-op; asking again for the transfer in progress
     /// sends the target what it needs again but does not extend the
     /// transfer's election timeout.
+    ///
+    /// A target that first followed this leader in this term before it
+    /// held the configuration that made this leader a voter (a promotion
+    /// it missed, thesis §4.1) drops the TimeoutNow for the rest of the
+    /// term (`DropReason::TimeoutNowNotFromLeader`; see the `inbound`
+    /// module docs: a learner can write such a configuration itself). The
+    /// transfer is then abandoned after an election timeout, proposals
+    /// being refused meanwhile ([`ProposeError::Transferring`]): choose
+    /// another target, or retry in a later term.
+    ///
+    /// [`ProposeError::Transferring`]: super::ProposeError::Transferring
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
         if self.role != Role::Leader {
             return Err(self.not_leader().into());

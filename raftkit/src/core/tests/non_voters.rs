@@ -638,3 +638,68 @@ fn only_a_voter_of_the_committed_configuration_leads_a_restarted_node_early() {
     assert_eq!(f.step_checked(heartbeat(1, 2, 2, 3)), Ok(()));
     assert_eq!(f.leader(), Some(1));
 }
+
+/// The documented limit of stop 59 (module docs of `inbound`, "a
+/// configuration the non-voter wrote"), pinned so that a fix shows here.
+/// Leader 1 leads term `t + 1` and voter 3 is in its lease; voter 2, cut
+/// off for the longest election timeout, is still at `t`. Learner 4 leads
+/// 2 at `t` (outside the window, thesis §4.1), but is not trusted with a
+/// TimeoutNow, even once 2 holds the configuration 4 wrote promoting
+/// itself (the flag is frozen for the term: the honest form of this is a
+/// promotion 2 missed, and its leader's transfer to 2 is refused for the
+/// term). At `t + 1`, 4 is a voter of 2's configuration: its TimeoutNow
+/// is obeyed, and voter 3 grants the transfer vote at `t + 2`, one term
+/// above its own, inside leader 1's lease (§6.4.1).
+#[test]
+fn limit_a_learner_that_wrote_its_own_promotion_orders_a_transfer_campaign() {
+    use crate::core::{Configuration, Entry, Payload};
+    let t = 2;
+    let mut f = with_learner_at(2, t, lease_reads);
+    for _ in 0..2 * T {
+        f.tick();
+        flush(&mut f);
+    }
+    let mut g = with_learner_at(3, t + 1, lease_reads);
+    assert_eq!(g.step_checked(heartbeat(1, 3, t + 1, 2)), Ok(()));
+    let promotion = Entry {
+        index: 3,
+        term: t,
+        payload: Payload::Config(Configuration::new([1, 2, 3, 4])),
+    };
+    assert_eq!(f.step_checked(heartbeat(4, 2, t, 0)), Ok(()));
+    assert_eq!(
+        f.step_checked(append(4, 2, t, (2, t), vec![promotion], 3)),
+        Ok(())
+    );
+    assert!(f.config().is_voter(4) && f.log().committed() == 3);
+    // Same term: still not trusted (review s58, finding 4: frozen).
+    assert_eq!(
+        f.step_checked(msg(4, 2, t, Body::TimeoutNow)),
+        Err(DropReason::TimeoutNowNotFromLeader)
+    );
+    // The next term: a voter of 2's configuration now.
+    assert_eq!(f.step_checked(heartbeat(4, 2, t + 1, 3)), Ok(()));
+    let made_up = vec![command(4, t + 1, b"made up")];
+    assert_eq!(
+        f.step_checked(append(4, 2, t + 1, (3, t), made_up, 3)),
+        Ok(())
+    );
+    assert_eq!(f.step_checked(msg(4, 2, t + 1, Body::TimeoutNow)), Ok(()));
+    assert_eq!((f.role(), f.term()), (Role::Candidate, t + 2));
+    let mut granted = false;
+    for v in flush(&mut f).all().into_iter().filter(|m| m.to == 3) {
+        for m in step(&mut g, v).all() {
+            granted |= matches!(
+                m.body,
+                Body::RequestVoteResponse {
+                    granted: true,
+                    pre_vote: false
+                }
+            );
+        }
+    }
+    assert!(
+        granted,
+        "the documented limit no longer holds: update the module docs of `inbound`"
+    );
+}
