@@ -169,3 +169,19 @@ pub struct SnapshotMeta {
     /// The configuration in force at `index`.
     pub config: Configuration,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Configuration;
+
+    /// `member_count` is `members().len()`: voters of both halves and
+    /// learners, each counted once (a learner listed as a voter too, as an
+    /// earlier version's joint configuration may have it, counts once).
+    #[test]
+    fn member_count_counts_each_member_once() {
+        let mut c = Configuration::joint([1, 2, 3], [3, 4]);
+        c.learners.extend([4, 5, 6]);
+        assert_eq!((c.member_count(), c.members().len()), (6, 6));
+        assert_eq!(Configuration::default().member_count(), 0);
+    }
+}
