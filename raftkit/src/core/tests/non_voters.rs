@@ -703,3 +703,76 @@ fn limit_a_learner_that_wrote_its_own_promotion_orders_a_transfer_campaign() {
         "the documented limit no longer holds: update the module docs of `inbound`"
     );
 }
+
+/// Review s59 (§5 gap): the §4.2.2 pass goes by the configuration at the
+/// commit index, not by an older committed one (the snapshot's). 4 was a
+/// voter of the snapshot's configuration, was removed (committed at 3-4)
+/// and re-added as a learner (committed at 5); a pending change at 6
+/// removes 1. A restarted node gives 4 no pass.
+#[test]
+fn rev_a_voter_of_an_older_committed_configuration_gets_no_pass() {
+    use crate::core::{Configuration, Entry, Payload};
+    let mut r = restored(&[1, 2, 3, 4], 2, &[1, 2]);
+    let conf = |index, c| Entry {
+        index,
+        term: 2,
+        payload: Payload::Config(c),
+    };
+    r.entries
+        .push(conf(3, Configuration::joint([1, 2, 3], [1, 2, 3, 4])));
+    r.entries.push(conf(4, Configuration::new([1, 2, 3])));
+    let mut learner = Configuration::new([1, 2, 3]);
+    learner.learners.insert(4);
+    r.entries.push(conf(5, learner));
+    let mut joint = Configuration::joint([2, 3], [1, 2, 3]);
+    joint.learners.insert(4);
+    r.entries.push(conf(6, joint));
+    r.hard_state.commit = 5;
+    let mut f = Raft::new(config(2), r).expect("valid");
+    assert_eq!(
+        f.step_checked(heartbeat(4, 2, 2, 0)),
+        Err(DropReason::NonMemberInLease)
+    );
+}
+
+/// Review s59 (finding 2, the cache of the committed configuration): the
+/// last committed configuration moves when the commit index does, here by
+/// a heartbeat. Voters {1, 2, 3, 4}; C_old,new (3) is committed, C_new
+/// removing 4 (4) is pending, another change (5) follows. Leader 1's
+/// heartbeat commits C_new; node 2 then moves to term 3 by a vote (no
+/// leader of that term known, inside its window): 4, a voter of the old
+/// committed configuration only, gets no pass at term 3 although a change
+/// (5) is still pending.
+#[test]
+fn a_removal_committed_by_a_heartbeat_ends_the_removed_voters_pass() {
+    use crate::core::{Configuration, Entry, Payload};
+    let mut r = restored(&[1, 2, 3, 4], 2, &[1, 2]);
+    let conf = |index, c| Entry {
+        index,
+        term: 2,
+        payload: Payload::Config(c),
+    };
+    r.entries
+        .push(conf(3, Configuration::joint([1, 2, 3], [1, 2, 3, 4])));
+    r.entries.push(conf(4, Configuration::new([1, 2, 3])));
+    let mut next = Configuration::new([1, 2, 3]);
+    next.learners.insert(5);
+    r.entries.push(conf(5, next));
+    r.hard_state.commit = 3;
+    let mut cfg = config(2);
+    // Without CheckQuorum, a vote request right after the leader's
+    // heartbeat is handled (thesis §4.2.3 guards only against non-members).
+    cfg.check_quorum = false;
+    let mut f = Raft::new(cfg, r).expect("valid");
+    assert_eq!(f.step_checked(heartbeat(1, 2, 2, 4)), Ok(()));
+    assert_eq!(f.log().committed(), 4);
+    assert_eq!(f.step_checked(vote_req(3, 2, 3, (5, 2))), Ok(()));
+    flush(&mut f);
+    assert_eq!((f.term(), f.leader()), (3, None));
+    assert_eq!(
+        f.step_checked(heartbeat(4, 2, 3, 0)),
+        Err(DropReason::NonMemberInLease),
+        "removed 4 led node 2 after its removal committed (leader {:?})",
+        f.leader()
+    );
+}
