@@ -17,7 +17,7 @@
 //! | a response, TimeoutNow | the sender is neither a member nor a node the leader still replicates to | it answers nothing this node sent; only the leader orders a campaign |
 //! | RequestVote with `transfer` | the candidate is not a voter of this node's configuration | §3.10: a leader transfers only to a voter, and a transfer vote overrides the lease (a learner could depose a settled leader) |
 //! | TimeoutNow | not from the leader of this node's term, at that term (from another node, at another term, or while no leader of this term is known; a pre-candidate remembers its term's leader), or from a leader that was not a voter of this node's configuration when this node first followed it | §3.10: the transfer is the leader's, sent to a target that acknowledged its whole log in its term; a transfer vote overrides leases (§6.4.1), so nobody else may order one, not even a non-voter this node followed after its window (below) |
-//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, or at *our* term before its leader is known, from a non-voter (a learner or a non-member), while this node has a configuration and is in its *window*: it leads, is in a leader lease, or heard from its term's leader (or started) less than the longest election timeout (2 × `election_ticks`) ago | the §4.2.3 lease argument applied to leader messages: a node that is not a voter of the configuration cannot be elected (thesis §3.4, §4.2.1). The window covers a restarted node and a pre-candidate (stop 58), and it ends: a voter promoted by a configuration this node missed may be the leader it must follow (§4.1). A node that stops leading starts a new window (stop 58), and so does one that grants a vote, a window that spares the candidate it voted for at the term of that vote (stop 59; `Raft::guards_against_non_voters`). At our term, a voter of the last committed configuration is taken while a newer one is pending in this node's log (§4.2.2: the leader of a change that removes it keeps replicating it) |
+//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, or at *our* term before its leader is known, from a non-voter (a learner or a non-member), while this node has a configuration and is in its *window*: it leads, is in a leader lease, or heard from its term's leader (or started) less than the longest election timeout (2 × `election_ticks`) ago | the §4.2.3 lease argument applied to leader messages: a node that is not a voter of the configuration cannot be elected (thesis §3.4, §4.2.1). The window covers a restarted node and a pre-candidate (stop 58), and it ends: a voter promoted by a configuration this node missed may be the leader it must follow (§4.1). A node that stops leading starts a new window (stop 58), and so does one that grants a vote, a window that spares the candidate it voted for at the term of that vote (stop 59; `Raft::guards_against_non_voters`). At our term, a voter of the last committed configuration is taken while a newer one is pending in this node's log (§4.2.2: the leader of a change that removes it keeps replicating it). Limit (review s59, finding 2): so is any other voter that pending change removes; a node restarted during a removal follows the first such voter it hears, applies entries that voter makes up, and refuses the real leader for the term (`non_voters::limit_a_removed_voter_leads_a_restarted_node_while_its_removal_is_pending`) |
 //! | any other message but a vote request (responses, read requests) | at a *higher* term, from a non-voter, whenever this node has a configuration | its term would depose the leader or make a follower forget it (Raft §5.1), on the word of a node that cannot have been elected; voters carry a real new term, and no node needs a non-voter to learn it (candidates count only voters; an old leader hears it from voters, or steps down by CheckQuorum) |
 //! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader of our term once known (`term_leader`, which a pre-candidate keeps), or when we lead | Raft §5.2 Election Safety: at most one leader per term |
 //! | ReadIndexRequest | the sender is not a member; or the leader already holds [`MAX_REMOTE_READS`](super::read_index::MAX_REMOTE_READS) followers' reads | thesis §6.4.1: only members forward reads; a bounded queue |
@@ -35,12 +35,21 @@
 //! (TimeoutNow, above), so leases hold, with two limits, both because this
 //! node judges "voter" by its own configuration:
 //!
-//! - *A stale configuration* (review s58, finding 2). A node that still
-//!   lists a demoted or removed voter as a voter follows it at a higher
-//!   term inside a lease and obeys its TimeoutNow; voters in the real
-//!   leader's lease still refuse that campaign's transfer vote, since it
-//!   comes two terms above theirs and a transfer overrides a lease only
-//!   one term up (`Raft::step_admitted`).
+//! - *A stale configuration* (review s58, finding 2; review s59,
+//!   finding 1). A node that still lists a demoted or removed voter as a
+//!   voter follows it and obeys its TimeoutNow. Leases hold only when the
+//!   node was captured at a term *above* the lease's: its transfer vote
+//!   then comes two terms above the lease holders' and a transfer
+//!   overrides a lease only one term up (`Raft::step_admitted`;
+//!   `non_voters::a_demoted_voter_cannot_order_a_transfer_through_a_lagging_node`).
+//!   They do **not** hold against a node captured at the lease's own term
+//!   (restarted, it knows no leader of that term, and the window spares
+//!   voters) or taken up to it from a lower one (lagging, it missed that
+//!   term's election): its campaign comes one term up, as an honest
+//!   target's does, and voters in the real leader's lease grant it, so
+//!   the node can win while that leader still serves lease reads
+//!   (§6.4.1; the ignored `non_voters::rev_same_term_demoted_voter_orders_a_transfer_through_a_restarted_node`
+//!   and `non_voters::rev_lower_term_demoted_voter_orders_a_transfer_through_a_lagging_node`).
 //! - *A configuration the non-voter wrote* (stop 59). Leader `L` leads
 //!   term `t`; voter 3 is in its lease; voter 2, cut off for two election
 //!   timeouts, is still at `t - 1` (it missed the election). Learner 4
@@ -532,8 +541,17 @@ impl Raft {
     /// pending in this node's log and `id` is a voter of that committed
     /// configuration: the leader of the change, which (thesis §4.2.2) keeps
     /// replicating a C_new that removes it until C_new commits. A learner
-    /// or a non-member of the committed configuration never is; a voter it
-    /// demoted is (see the module docs on stale configurations). O(1): the
+    /// or a non-member of the committed configuration never is; any voter
+    /// the pending change removes or demotes is, its leader or another
+    /// (see the module docs on stale configurations). That is a stated
+    /// limit (review s59, finding 2): nothing in this node's log tells
+    /// the change's leader from another removed voter, so a node restarted
+    /// while a removal is pending follows whichever of them it hears first
+    /// at its term, takes (and applies) entries that one makes up, and then
+    /// refuses the real leader as [`DropReason::SecondLeader`] for the term
+    /// (`non_voters::limit_a_removed_voter_leads_a_restarted_node_while_its_removal_is_pending`).
+    /// Such a voter cannot order a transfer campaign: it is no voter of the
+    /// configuration in force, so `term_leader_voter` stays false. O(1): the
     /// log keeps the last committed configuration's index
     /// ([`RaftLog::committed_config`](super::log::RaftLog::committed_config)),
     /// so a non-voter's stream of such messages costs no scan.

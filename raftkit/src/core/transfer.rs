@@ -4,7 +4,12 @@
 //! then sends it `TimeoutNow`; the target campaigns at once, skipping
 //! PreVote, with a flag that lets voters grant the vote even though they
 //! still hear from the current leader. A transfer that does not complete
-//! within an election timeout is abandoned (see `election`).
+//! within an election timeout is abandoned (see `election`). The flag
+//! overrides a voter's lease only one term above its own (`Raft::step_admitted`),
+//! so with `lease_reads` a voter in its startup lease whose persisted term
+//! lags the leader's (it was down across a term change) refuses the
+//! transfer vote for its first election timeout: the transfer then needs
+//! the other voters (review s59, finding 3).
 //!
 //! Invariants:
 //! - a transfer is timed on its own clock (`transfer_elapsed`), started when
