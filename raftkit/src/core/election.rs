@@ -173,6 +173,10 @@ impl Raft {
             if !pre_vote {
                 self.election_elapsed = 0;
                 self.vote = m.from;
+                // An election of this term is under way and this node
+                // takes part: the vote window against non-voters starts
+                // (`inbound`, review s58 finding 1).
+                self.voted_at = Some(self.ticks);
             }
             self.send_with_term(
                 m.from,

@@ -17,7 +17,7 @@
 //! | a response, TimeoutNow | the sender is neither a member nor a node the leader still replicates to | it answers nothing this node sent; only the leader orders a campaign |
 //! | RequestVote with `transfer` | the candidate is not a voter of this node's configuration | §3.10: a leader transfers only to a voter, and a transfer vote overrides the lease (a learner could depose a settled leader) |
 //! | TimeoutNow | not from the leader of this node's term, at that term (from another node, at another term, or while no leader of this term is known; a pre-candidate remembers its term's leader), or from a leader that was not a voter of this node's configuration when this node first followed it | §3.10: the transfer is the leader's, sent to a target that acknowledged its whole log in its term; a transfer vote overrides leases (§6.4.1), so nobody else may order one, not even a non-voter this node followed after its window (below) |
-//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, or at *our* term before its leader is known, from a non-voter (a learner or a non-member), while this node has a configuration and is in its *window*: it leads, is in a leader lease, or heard from its term's leader (or started) less than the longest election timeout (2 × `election_ticks`) ago | the §4.2.3 lease argument applied to leader messages: a node that is not a voter of the configuration cannot be elected (thesis §3.4, §4.2.1). The window covers a restarted node and a pre-candidate (stop 58), and it ends: a voter promoted by a configuration this node missed may be the leader it must follow (§4.1). A node that stops leading starts a new window (stop 58). At our term, a voter of the last committed configuration is taken while a newer one is pending in this node's log (§4.2.2: the leader of a change that removes it keeps replicating it) |
+//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, or at *our* term before its leader is known, from a non-voter (a learner or a non-member), while this node has a configuration and is in its *window*: it leads, is in a leader lease, or heard from its term's leader (or started) less than the longest election timeout (2 × `election_ticks`) ago | the §4.2.3 lease argument applied to leader messages: a node that is not a voter of the configuration cannot be elected (thesis §3.4, §4.2.1). The window covers a restarted node and a pre-candidate (stop 58), and it ends: a voter promoted by a configuration this node missed may be the leader it must follow (§4.1). A node that stops leading starts a new window (stop 58), and so does one that grants a vote, a window that spares the candidate it voted for at the term of that vote (stop 59; `Raft::guards_against_non_voters`). At our term, a voter of the last committed configuration is taken while a newer one is pending in this node's log (§4.2.2: the leader of a change that removes it keeps replicating it). Limit (review s59, finding 2): so is any other voter that pending change removes; a node restarted during a removal follows the first such voter it hears, applies entries that voter makes up, and refuses the real leader for the term (`non_voters::limit_a_removed_voter_leads_a_restarted_node_while_its_removal_is_pending`) |
 //! | any other message but a vote request (responses, read requests) | at a *higher* term, from a non-voter, whenever this node has a configuration | its term would depose the leader or make a follower forget it (Raft §5.1), on the word of a node that cannot have been elected; voters carry a real new term, and no node needs a non-voter to learn it (candidates count only voters; an old leader hears it from voters, or steps down by CheckQuorum) |
 //! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader of our term once known (`term_leader`, which a pre-candidate keeps), or when we lead | Raft §5.2 Election Safety: at most one leader per term |
 //! | ReadIndexRequest | the sender is not a member; or the leader already holds [`MAX_REMOTE_READS`](super::read_index::MAX_REMOTE_READS) followers' reads | thesis §6.4.1: only members forward reads; a bounded queue |
@@ -32,14 +32,48 @@
 //! a higher term (or of its term, before it heard the leader) to a node
 //! outside its window (one cut off from its leader for two election
 //! timeouts). It cannot order that node to run a transfer campaign
-//! (TimeoutNow, above), so leases hold, with one limit: this node judges
-//! "voter" by its own configuration, which may be stale. A node that still
-//! lists a demoted or removed voter as a voter follows it at a higher term
-//! inside a lease and obeys its TimeoutNow; voters in the real leader's
-//! lease still refuse that campaign's transfer vote, since it comes two
-//! terms above theirs and a transfer overrides a lease only one term up
-//! (`Raft::step_admitted`; review s58, finding 2). The complete fix names
-//! the ordering leader in the vote request, a wire change not made. That costs the node its term and its uncommitted entries, and
+//! (TimeoutNow, above), so leases hold, with two limits, both because this
+//! node judges "voter" by its own configuration:
+//!
+//! - *A stale configuration* (review s58, finding 2; review s59,
+//!   finding 1). A node that still lists a demoted or removed voter as a
+//!   voter follows it and obeys its TimeoutNow. Leases hold only when the
+//!   node was captured at a term *above* the lease's: its transfer vote
+//!   then comes two terms above the lease holders' and a transfer
+//!   overrides a lease only one term up (`Raft::step_admitted`;
+//!   `non_voters::a_demoted_voter_cannot_order_a_transfer_through_a_lagging_node`).
+//!   They do **not** hold against a node captured at the lease's own term
+//!   (restarted, it knows no leader of that term, and the window spares
+//!   voters) or taken up to it from a lower one (lagging, it missed that
+//!   term's election): its campaign comes one term up, as an honest
+//!   target's does, and voters in the real leader's lease grant it, so
+//!   the node can win while that leader still serves lease reads
+//!   (§6.4.1; the ignored `non_voters::rev_same_term_demoted_voter_orders_a_transfer_through_a_restarted_node`
+//!   and `non_voters::rev_lower_term_demoted_voter_orders_a_transfer_through_a_lagging_node`).
+//! - *A configuration the non-voter wrote* (stop 59). Leader `L` leads
+//!   term `t`; voter 3 is in its lease; voter 2, cut off for two election
+//!   timeouts, is still at `t - 1` (it missed the election). Learner 4
+//!   leads 2 at `t - 1` (outside 2's window: accepted, §4.1, but not
+//!   trusted with a TimeoutNow), appends a made-up configuration making
+//!   itself a voter and commits it by its commit index, then leads 2 at
+//!   `t`: now a voter of 2's configuration, so trusted. It appends a
+//!   made-up entry of term `t` (2's log is then the most up to date) and
+//!   sends TimeoutNow: 2 campaigns at `t + 1` with a transfer vote, one
+//!   term above voter 3's, which grants it inside `L`'s lease; 2 can win
+//!   while `L` still serves lease reads (§6.4.1)
+//!   (`non_voters::limit_a_learner_that_wrote_its_own_promotion_orders_a_transfer_campaign`).
+//!   No narrow rule tells this from the honest case it copies: a node
+//!   that missed a promotion (§4.1) takes it, and its commit, from the
+//!   promoted leader it did not know as a voter, exactly so. Trusting
+//!   only a *committed* configuration does not help (the commit index
+//!   comes from the same leader); distrusting every configuration taken
+//!   from a leader followed as a non-voter would refuse the honest
+//!   leader's transfers to that node until it restarts.
+//!
+//! The complete fix for both names the ordering leader in the transfer
+//! vote request, which a voter in a lease compares with the leader of its
+//! term: a wire change, not made. Following a fake leader costs the node
+//! its term and its uncommitted entries, and
 //! more: the fake leader's entries and commit index are taken as a real
 //! leader's would be, so the node can apply entries the fake leader made up
 //! (past what it knew committed; it never rewrites an entry it knew
@@ -126,7 +160,7 @@
 
 use super::message::{Body, MAX_ENTRIES_PER_APPEND, Message};
 use super::raft::{Raft, Role};
-use super::types::{Configuration, Entry, Index, NO_NODE, Payload, Term};
+use super::types::{Configuration, Entry, Index, NO_NODE, NodeId, Payload, Term};
 
 /// Why an inbound message was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -385,13 +419,7 @@ impl DropCounts {
 /// sentence for a local caller (`Raft::propose_config`).
 pub(super) fn check_config(conf: &Configuration) -> Result<(), (DropReason, String)> {
     // Counted without allocating: the configuration came from the network.
-    let voters = conf.voters.union(&conf.outgoing).count();
-    let learners = conf
-        .learners
-        .iter()
-        .filter(|id| !conf.is_voter(**id))
-        .count();
-    let members = voters.saturating_add(learners);
+    let members = conf.member_count();
     if members > MAX_MEMBERS {
         return Err((
             DropReason::ConfigTooLarge,
@@ -464,33 +492,71 @@ impl Raft {
         self.leader != NO_NODE && self.election_elapsed < self.cfg.election_ticks
     }
 
-    /// Whether this node refuses a non-voter's leadership and terms (module
-    /// docs): it has a configuration, and it leads, is in a leader lease,
-    /// or heard from its term's leader (or started) less than the longest
-    /// election timeout (`2 * election_ticks`) ago. That covers a
-    /// restarted node and a pre-candidate, which know no leader but have
-    /// not been without one for long (review s57, core2 #1, #2). The
-    /// window ends: a voter promoted by a configuration this node missed
-    /// may be the leader it must follow (thesis §4.1).
-    fn guards_against_non_voters(&self) -> bool {
+    /// Whether this node refuses the leadership and terms of `from`, a
+    /// non-voter, claiming `term` (module docs): it has a configuration,
+    /// and it leads, is in a leader lease, or heard from its term's leader
+    /// (or started) less than the longest election timeout
+    /// (`2 * election_ticks`) ago. That covers a restarted node and a
+    /// pre-candidate, which know no leader but have not been without one
+    /// for long (review s57, core2 #1, #2). The window ends: a voter
+    /// promoted by a configuration this node missed may be the leader it
+    /// must follow (thesis §4.1).
+    ///
+    /// A second window of the same length starts when this node grants a
+    /// real vote (review s58, finding 1: a voter of a slow election, past
+    /// its old leader's window, knows no leader of the new term until the
+    /// winner's first message). A granted vote is evidence of a live
+    /// cluster as a leader's heartbeat is (the premise of the §4.2.3
+    /// rule): an election of that term is under way among the voters.
+    /// It refuses every non-voter but one: the candidate this node voted
+    /// for, claiming the term of that vote. That candidate campaigned,
+    /// which a node does only while it believes itself a voter (thesis
+    /// §3.4, §4.2.1), and this node judged its log at least as up to date
+    /// as its own (Raft §5.4.1); if it wins, this node's configuration
+    /// missed its promotion (§4.1), and it may have needed this very vote.
+    /// Refusing it too (the first attempt, stop 58) made such a winner step
+    /// down by CheckQuorum (§6.2) for want of this node, which then voted
+    /// again and restarted its window: nobody ever led
+    /// (`review_s57::s57_a_freshly_promoted_voter_wins_an_election`). Any
+    /// other non-voter winning that term won without this node's vote, so
+    /// the window costs this node at most the longest election timeout of
+    /// lag, as the leader window does. The window only adds refusals: the
+    /// candidate spared is refused whenever the leader window refuses it,
+    /// and at any other term; a learner that asked for this node's vote
+    /// outside a lease (§4.1 handles a member's request) leads it no
+    /// sooner than it could without this window.
+    fn guards_against_non_voters(&self, from: NodeId, term: Term) -> bool {
         let window = u64::from(self.cfg.election_ticks).saturating_mul(2);
+        let within = |at: u64| self.ticks.saturating_sub(at) < window;
+        let voted_recently = self.voted_at.is_some_and(within)
+            && !(term == self.term && from == self.vote && self.vote != NO_NODE);
         !self.conf.voters.is_empty()
             && (self.role == Role::Leader
                 || self.in_lease()
-                || self.ticks.saturating_sub(self.leader_heard_at) < window)
+                || within(self.leader_heard_at)
+                || voted_recently)
     }
 
     /// Whether a configuration newer than the last committed one is
     /// pending in this node's log and `id` is a voter of that committed
     /// configuration: the leader of the change, which (thesis §4.2.2) keeps
     /// replicating a C_new that removes it until C_new commits. A learner
-    /// or a non-member of the committed configuration never is; a voter it
-    /// demoted is (see the module docs on stale configurations). Scans the
-    /// log back to that configuration, only for a same-term leader message
-    /// from a non-voter inside the window.
-    fn voter_of_committed_conf_pending_change(&self, id: super::types::NodeId) -> bool {
-        let committed = self.log.committed();
-        self.conf_index > committed && self.log.config_at(committed).is_voter(id)
+    /// or a non-member of the committed configuration never is; any voter
+    /// the pending change removes or demotes is, its leader or another
+    /// (see the module docs on stale configurations). That is a stated
+    /// limit (review s59, finding 2): nothing in this node's log tells
+    /// the change's leader from another removed voter, so a node restarted
+    /// while a removal is pending follows whichever of them it hears first
+    /// at its term, takes (and applies) entries that one makes up, and then
+    /// refuses the real leader as [`DropReason::SecondLeader`] for the term
+    /// (`non_voters::limit_a_removed_voter_leads_a_restarted_node_while_its_removal_is_pending`).
+    /// Such a voter cannot order a transfer campaign: it is no voter of the
+    /// configuration in force, so `term_leader_voter` stays false. O(1): the
+    /// log keeps the last committed configuration's index
+    /// ([`RaftLog::committed_config`](super::log::RaftLog::committed_config)),
+    /// so a non-voter's stream of such messages costs no scan.
+    fn voter_of_committed_conf_pending_change(&self, id: NodeId) -> bool {
+        self.conf_index > self.log.committed() && self.log.committed_config().1.is_voter(id)
     }
 
     /// The checks of the module docs, before any rule sees the message.
@@ -511,7 +577,7 @@ impl Raft {
         // elected in a newer term. A node with no configuration yet cannot
         // tell voters from others, so it has no such protection.
         let has_conf = !self.conf.voters.is_empty();
-        let protected = self.guards_against_non_voters();
+        let protected = self.guards_against_non_voters(m.from, m.term);
         let voter = self.conf.is_voter(m.from);
         match &m.body {
             // Thesis §4.1: a server processes vote requests without

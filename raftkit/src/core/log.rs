@@ -20,6 +20,12 @@
 //!
 //! Invariants: `entries[i].index == snapshot.index + 1 + i`; terms never
 //! decrease along the log; committed entries are never truncated.
+//! `committed_config` is the index of the last configuration entry at or
+//! before `committed`, or at most `snapshot.index` when that is the
+//! snapshot's configuration: it moves only when `committed` does (a
+//! truncation never reaches a committed entry, a compaction only drops
+//! entries the snapshot's configuration covers), so
+//! [`RaftLog::committed_config`] answers without scanning.
 
 use super::types::{Configuration, Entry, Index, Payload, SnapshotMeta, Term};
 
@@ -29,6 +35,10 @@ pub struct RaftLog {
     snapshot: SnapshotMeta,
     entries: Vec<Entry>,
     committed: Index,
+    /// The index of the last configuration entry at or before
+    /// `committed`; at most `snapshot.index` when none is held in
+    /// `entries` (the snapshot's configuration is then the one).
+    committed_config: Index,
     applied: Index,
     persisted: Index,
     unstable: Index,
@@ -40,14 +50,38 @@ impl RaftLog {
     pub fn restore(snapshot: SnapshotMeta, entries: Vec<Entry>, committed: Index) -> Self {
         let last = snapshot.index + entries.len() as Index;
         let committed = committed.clamp(snapshot.index, last);
-        RaftLog {
+        let mut log = RaftLog {
             applied: snapshot.index,
             persisted: last,
             unstable: last + 1,
+            committed_config: snapshot.index,
             snapshot,
             entries,
             committed,
+        };
+        log.committed_config = log
+            .last_config_in(log.snapshot.index, committed)
+            .unwrap_or(log.snapshot.index);
+        log
+    }
+
+    /// The index of the last configuration entry held in `(lo, hi]`, if
+    /// any (a backward scan of that range only).
+    fn last_config_in(&self, lo: Index, hi: Index) -> Option<Index> {
+        let first = self.first_index();
+        let from = lo.saturating_add(1).max(first);
+        let hi = hi.min(self.last_index());
+        if from > hi {
+            return None;
         }
+        let (a, b) = ((from - first) as usize, (hi - first) as usize);
+        self.entries
+            .get(a..=b)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .find(|e| matches!(e.payload, Payload::Config(_)))
+            .map(|e| e.index)
     }
 
     /// The snapshot the log starts after.
@@ -213,6 +247,10 @@ impl RaftLog {
     pub fn commit_to(&mut self, index: Index) {
         let index = index.min(self.last_index());
         if index > self.committed {
+            // Each entry is looked at once, when it becomes committed.
+            if let Some(at) = self.last_config_in(self.committed, index) {
+                self.committed_config = at;
+            }
             self.committed = index;
         }
     }
@@ -272,6 +310,17 @@ impl RaftLog {
             .unwrap_or((self.snapshot.index, &self.snapshot.config))
     }
 
+    /// The last committed configuration: the last one appended at or
+    /// before the commit index (`config_at(committed())`) with its index
+    /// (the snapshot's index when it is the snapshot's), without scanning
+    /// the log (module docs).
+    pub fn committed_config(&self) -> (Index, &Configuration) {
+        match self.entry(self.committed_config).map(|e| &e.payload) {
+            Some(Payload::Config(c)) => (self.committed_config, c),
+            _ => (self.snapshot.index, &self.snapshot.config),
+        }
+    }
+
     /// The configuration in force at `index`: the last one appended at or
     /// before it.
     pub fn config_at(&self, index: Index) -> &Configuration {
@@ -310,6 +359,13 @@ impl RaftLog {
             self.entries.clear();
         }
         self.committed = self.committed.max(meta.index);
+        // The snapshot's configuration is the one at `meta.index`; a
+        // configuration entry kept after it stays the last committed one.
+        self.committed_config = if keep_tail {
+            self.committed_config.max(meta.index)
+        } else {
+            meta.index
+        };
         self.applied = self.applied.max(meta.index);
         if !keep_tail {
             self.persisted = meta.index;
@@ -354,6 +410,9 @@ impl RaftLog {
     #[cfg(all(test, feature = "sim"))]
     pub(crate) fn set_committed_unchecked(&mut self, index: Index) {
         self.committed = index;
+        self.committed_config = self
+            .last_config_in(self.snapshot.index, index)
+            .unwrap_or(self.snapshot.index);
     }
 
     /// The storage cursors `(persisted, unstable)`, for the test-only
@@ -526,6 +585,102 @@ mod tests {
                 payload: Payload::Noop,
             })
             .collect()
+    }
+
+    /// `committed_config` (kept up to date, no scan) answers as
+    /// `config_at(committed)` (a scan) through appends, truncations,
+    /// commits, compactions and snapshot installs, with and without a kept
+    /// tail, in a pseudo-random mix.
+    #[test]
+    fn the_committed_configuration_is_the_one_at_the_commit_index() {
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let conf = |k: u64| Configuration::new([1, 2, k + 3]);
+        for _run in 0..50 {
+            let mut log = RaftLog::restore(SnapshotMeta::default(), Vec::new(), 0);
+            let mut term: Term = 1;
+            let mut configs = 0;
+            for step in 0..300 {
+                let last = log.last_index();
+                match next(10) {
+                    0..=3 => {
+                        configs += 1;
+                        let payload = if next(3) == 0 {
+                            Payload::Config(conf(configs))
+                        } else {
+                            Payload::Noop
+                        };
+                        log.push(Entry {
+                            term,
+                            index: last + 1,
+                            payload,
+                        });
+                    }
+                    4 if last > log.committed() => {
+                        // A new leader's entry replaces an uncommitted suffix.
+                        term += 1;
+                        let at = log.committed() + 1 + next(last - log.committed());
+                        configs += 1;
+                        let e = Entry {
+                            term,
+                            index: at,
+                            payload: Payload::Config(conf(configs)),
+                        };
+                        log.append_after(at - 1, vec![e]);
+                    }
+                    5 | 6 => log.commit_to(log.committed() + next(4)),
+                    7 => {
+                        log.persisted_to(last, log.last_term());
+                        log.take_committed(usize::MAX);
+                        let at = log.applied();
+                        if at > log.snapshot().index {
+                            let meta = SnapshotMeta {
+                                index: at,
+                                term: log.term(at).unwrap_or(0),
+                                config: log.config_at(at).clone(),
+                            };
+                            log.compact_to(meta, Vec::new());
+                        }
+                    }
+                    8 if last > log.snapshot().index => {
+                        // A leader's snapshot the log agrees with.
+                        let at = log.snapshot().index + 1 + next(last - log.snapshot().index);
+                        let meta = SnapshotMeta {
+                            index: at,
+                            term: log.term(at).unwrap_or(0),
+                            config: log.config_at(at).clone(),
+                        };
+                        log.install_snapshot(meta);
+                    }
+                    9 => {
+                        // One it does not: the whole log goes.
+                        term += 1;
+                        configs += 1;
+                        let meta = SnapshotMeta {
+                            index: last + 1 + next(3),
+                            term,
+                            config: conf(configs),
+                        };
+                        log.install_snapshot(meta);
+                    }
+                    _ => {}
+                }
+                let (index, got) = log.committed_config();
+                assert_eq!(
+                    got,
+                    log.config_at(log.committed()),
+                    "step {step}: committed {} (config at {index}), snapshot {}",
+                    log.committed(),
+                    log.snapshot().index
+                );
+                assert!(index <= log.committed() && index >= log.snapshot().index);
+            }
+        }
     }
 
     #[test]

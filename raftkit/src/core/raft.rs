@@ -179,11 +179,27 @@ pub struct Raft {
     /// Whether `term_leader` was a voter of this node's configuration when
     /// first followed (or this node had none yet, or leads): only such a
     /// leader may order a transfer campaign (see `inbound`, TimeoutNow).
+    ///
+    /// Frozen for the term at first follow, on purpose: a node that
+    /// followed a leader before it held the configuration promoting that
+    /// leader (a promotion it missed, thesis §4.1) refuses its TimeoutNow
+    /// for the rest of the term even once it holds the promotion, and a
+    /// transfer to it is abandoned after an election timeout (see
+    /// [`Raft::transfer_leadership`]). Recomputing the flag from the log
+    /// would trust a configuration the leader itself wrote, which a
+    /// learner can make up (module docs of `inbound`, stop 59). A node
+    /// with no configuration yet trusts any leader it follows: harmless,
+    /// since voters refuse a transfer vote from a node that is not a voter
+    /// of theirs (`TransferFromNonVoter`), which such a node is.
     pub(super) term_leader_voter: bool,
     /// The tick this node last heard from the leader of its term (or led,
     /// or started): for the window in which it refuses a non-voter's
     /// leadership and terms (see `inbound`).
     pub(super) leader_heard_at: u64,
+    /// The tick this node last granted a real (not a pre-) vote, if it
+    /// did since it started: a second window against non-voters, which
+    /// spares the candidate it voted for (see `inbound`).
+    pub(super) voted_at: Option<u64>,
     pub(super) role: Role,
     pub(super) log: RaftLog,
     /// The configuration in force: the last one in the log (thesis §4.1).
@@ -257,6 +273,7 @@ impl Raft {
             term_leader: NO_NODE,
             term_leader_voter: false,
             leader_heard_at: 0,
+            voted_at: None,
             role: Role::Follower,
             conf,
             conf_index,

@@ -192,14 +192,8 @@ impl Raft {
     fn remote_read_share(&self) -> usize {
         let conf = &self.conf;
         // Counted without allocating (the members are bounded, MAX_MEMBERS).
-        let voters = conf.voters.union(&conf.outgoing).count();
-        let learners = conf
-            .learners
-            .iter()
-            .filter(|id| !conf.is_voter(**id))
-            .count();
-        let others = voters
-            .saturating_add(learners)
+        let others = conf
+            .member_count()
             .saturating_sub(usize::from(conf.contains(self.id)))
             .max(1);
         (MAX_REMOTE_READS / others).max(1)

@@ -4,7 +4,12 @@
 //! then sends it `TimeoutNow`; the target campaigns at once, skipping
 //! PreVote, with a flag that lets voters grant the vote even though they
 //! still hear from the current leader. A transfer that does not complete
-//! within an election timeout is abandoned (see `election`).
+//! within an election timeout is abandoned (see `election`). The flag
+//! overrides a voter's lease only one term above its own (`Raft::step_admitted`),
+//! so with `lease_reads` a voter in its startup lease whose persisted term
+//! lags the leader's (it was down across a term change) refuses the
+//! transfer vote for its first election timeout: the transfer then needs
+//! the other voters (review s59, finding 3).
 //!
 //! Invariants:
 //! - a transfer is timed on its own clock (`transfer_elapsed`), started when
@@ -37,6 +42,17 @@ impl Raft {
     /// to itself is a no-op; asking again for the transfer in progress
     /// sends the target what it needs again but does not extend the
     /// transfer's election timeout.
+    ///
+    /// A target that first followed this leader in this term before it
+    /// held the configuration that made this leader a voter (a promotion
+    /// it missed, thesis §4.1) drops the TimeoutNow for the rest of the
+    /// term (`DropReason::TimeoutNowNotFromLeader`; see the `inbound`
+    /// module docs: a learner can write such a configuration itself). The
+    /// transfer is then abandoned after an election timeout, proposals
+    /// being refused meanwhile ([`ProposeError::Transferring`]): choose
+    /// another target, or retry in a later term.
+    ///
+    /// [`ProposeError::Transferring`]: super::ProposeError::Transferring
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
         if self.role != Role::Leader {
             return Err(self.not_leader().into());

@@ -135,6 +135,20 @@ impl Configuration {
         self.is_voter(id) || self.learners.contains(&id)
     }
 
+    /// How many members there are (voters of either half and learners,
+    /// each counted once): `members().len()` without allocating, for a
+    /// configuration that may have come from the network (its sets are
+    /// bounded when decoded, see `member_bound`).
+    pub fn member_count(&self) -> usize {
+        let voters = self.voters.union(&self.outgoing).count();
+        let learners = self
+            .learners
+            .iter()
+            .filter(|id| !self.is_voter(**id))
+            .count();
+        voters.saturating_add(learners)
+    }
+
     /// Every member, voters and learners, in ascending order, once each.
     pub fn members(&self) -> BTreeSet<NodeId> {
         let mut all = self.voters.clone();
@@ -154,4 +168,20 @@ pub struct SnapshotMeta {
     pub term: Term,
     /// The configuration in force at `index`.
     pub config: Configuration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Configuration;
+
+    /// `member_count` is `members().len()`: voters of both halves and
+    /// learners, each counted once (a learner listed as a voter too, as an
+    /// earlier version's joint configuration may have it, counts once).
+    #[test]
+    fn member_count_counts_each_member_once() {
+        let mut c = Configuration::joint([1, 2, 3], [3, 4]);
+        c.learners.extend([4, 5, 6]);
+        assert_eq!((c.member_count(), c.members().len()), (6, 6));
+        assert_eq!(Configuration::default().member_count(), 0);
+    }
 }
