@@ -202,3 +202,84 @@ fn zeros_shorter_than_a_frame_header_are_not_a_torn_tail() {
         assert_eq!(faulty.fired(), 0, "the open wrote to the log");
     }
 }
+
+/// Teeth (stop 59, S1): a torn last frame whose payload holds bytes that
+/// check out as a frame header (client bytes can: a header is a length and
+/// the checksum of that length). The repair zeros and syncs what follows
+/// the frame header before it zeros the header (`Segment::torn_or_corrupt`):
+/// a crash during the repair (at any of its syncs, any subset of the
+/// unsynced writes kept) or after it must leave a log that opens with the
+/// same entries. Zeroing the header first, or not syncing the body's zeros,
+/// can leave a zeroed header over the planted one: `Corrupt`, and the node
+/// never restarts.
+#[test]
+fn a_crash_in_or_after_a_torn_tail_repair_over_a_planted_header_opens() {
+    let root = Path::new("/node");
+    let dir = root.join("wal");
+    let opts = WalOptions {
+        segment_size: 1 << 20,
+    };
+    let mut failures = Vec::new();
+    for at in 0..8u64 {
+        for seed in 0..32u64 {
+            let crash = CrashFs::new(root);
+            let fs: Arc<dyn Vfs> = Arc::new(crash.clone());
+            let mut wal = Wal::open_in(fs.clone(), &dir, opts.clone()).expect("open");
+            wal.append(&entries(1, 3, 1)).expect("append");
+            wal.sync().expect("sync");
+            drop(wal);
+            let seg = dir.join("00000000000000000001.wal");
+            let bytes = fs.read(&seg).expect("read");
+            // The end of the frames: `len:u32le crc hcrc payload[len]`
+            // after the 16-byte segment header.
+            let mut end = 16usize;
+            while let Some(h) = bytes.get(end..end + 4) {
+                let n = u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize;
+                if n == 0 {
+                    break;
+                }
+                end += 12 + n;
+            }
+            // A last frame whose header checks out and whose payload fails
+            // its checksum (torn), planting a header that checks out.
+            let n = 2000u32;
+            let mut frame = Vec::new();
+            frame.extend_from_slice(&n.to_le_bytes());
+            frame.extend_from_slice(&0xdead_beefu32.to_le_bytes());
+            frame.extend_from_slice(&crc32fast::hash(&n.to_le_bytes()).to_le_bytes());
+            let mut payload = vec![0xabu8; n as usize];
+            let len = 40u32.to_le_bytes();
+            payload[1000..1004].copy_from_slice(&len);
+            payload[1004..1008].copy_from_slice(&[0; 4]);
+            payload[1008..1012].copy_from_slice(&crc32fast::hash(&len).to_le_bytes());
+            frame.extend_from_slice(&payload);
+            let f = fs
+                .open(&seg, super::vfs::OpenMode::Existing)
+                .expect("open segment");
+            f.write_all_at(&frame, end as u64).expect("write");
+            f.sync_data().expect("sync");
+            drop(f);
+            crash.crash_in_sync(at, seed);
+            let first = Wal::open_in(fs.clone(), &dir, opts.clone());
+            if crash.crashes_in_sync() == 0 {
+                let w = first.expect("open with repair");
+                assert_eq!(w.last_index(), 3);
+                drop(w);
+                crash.crash_seeded(seed);
+            } else {
+                drop(first);
+            }
+            match Wal::open_in(Arc::new(crash.clone()), &dir, opts.clone()) {
+                Ok(w) if w.last_index() == 3 => {}
+                Ok(w) => failures.push(format!("at {at} seed {seed}: last {}", w.last_index())),
+                Err(e) => failures.push(format!("at {at} seed {seed}: {e}")),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+}

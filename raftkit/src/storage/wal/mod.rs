@@ -160,6 +160,8 @@
 
 #[cfg(test)]
 mod bound_tests;
+#[cfg(test)]
+mod damage_tests;
 mod log;
 #[cfg(test)]
 mod open_cost_tests;

@@ -266,13 +266,31 @@ impl Segment {
     ///   written in order and each is synced before the next is written, so
     ///   a synced frame after the damage would have its header there: with
     ///   none, nothing from `pos` on was synced. A header that checks out
-    ///   after the damage (a later frame, or payload bytes that happen to
-    ///   look like one) leaves it [`StorageError::Corrupt`]: damage in the
-    ///   middle of the log is never cut off as a tail. What this cannot
+    ///   after the damage (a later frame, or payload bytes that look like
+    ///   one) leaves it [`StorageError::Corrupt`]: damage in the middle of
+    ///   the log is never cut off as a tail. What this cannot
     ///   tell from a torn write is the header of the log's last synced
     ///   frame alone damaged afterwards; that frame is then dropped like a
     ///   torn one (DESIGN §4: a torn or corrupt tail is cut back to the
     ///   last good record).
+    ///
+    /// A limit of the last rule: payload bytes are chosen by clients (a
+    /// command is stored as sent), and a frame header that checks out is
+    /// only a length and the checksum of that length, so a client can plant
+    /// one in a command. A power cut that loses the header sector of that
+    /// command's frame while the sector holding the planted header reached
+    /// the disk then leaves the log [`StorageError::Corrupt`] at open
+    /// instead of cutting the torn frame: no acknowledged write is lost,
+    /// but the node does not restart by itself. (Also requiring the
+    /// candidate's payload checksum would raise the bar without closing
+    /// it: a whole frame can be planted.) Operator action: the error names
+    /// the segment and the offset of the damaged header. If that segment is
+    /// the last one and the damaged frame is the last one written (nothing
+    /// after it was ever acknowledged, e.g. the node lost power mid-write),
+    /// cut the file at that offset (`truncate -s OFFSET FILE`) and start the
+    /// node; whatever follows the offset is dropped. Otherwise, or in any
+    /// doubt, remove the node's data directory and add it back as a new
+    /// member, as for any other corruption.
     ///
     /// The torn bytes are overwritten with zeros and fsynced (the file keeps
     /// its size: see "Preallocation").
@@ -383,7 +401,12 @@ impl Segment {
         // a crash in the middle of the repair then leaves a torn tail again
         // (a whole header over a partly zeroed rest, or a partly zeroed
         // header over zeros), never a zeroed header over the frame's old
-        // bytes, which no open would take for a torn tail.
+        // bytes. The last rule of `scan` takes such a header for a torn
+        // tail too, unless the old bytes hold a frame header that checks
+        // out (client bytes can, see `scan`): that is `Corrupt`, and the
+        // node would not restart. So both the order and the first sync
+        // matter. Test: `storage::reopen_tests::
+        // a_crash_in_or_after_a_torn_tail_repair_over_a_planted_header_opens`.
         let body = (pos + FRAME_HEADER_LEN as u64).min(end);
         self.zero(body, end)?;
         self.zero(pos, body)?;
