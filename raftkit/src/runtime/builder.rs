@@ -147,6 +147,9 @@ pub struct PeerBuilder<S> {
     handshakes: (usize, Duration),
     session_ttl: Duration,
     max_sessions: u64,
+    max_sessions_per_owner: u64,
+    max_reply_bytes_per_session: u64,
+    max_reply_bytes_per_owner: u64,
     wall_clock: Option<WallClock>,
     threads: super::threads::Threads,
     apply_inline: bool,
@@ -237,6 +240,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             ),
             session_ttl: Duration::from_millis(SESSION_TTL_MS),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_sessions_per_owner: super::session::DEFAULT_MAX_SESSIONS_PER_OWNER,
+            max_reply_bytes_per_session: super::session::DEFAULT_MAX_REPLY_BYTES_PER_SESSION,
+            max_reply_bytes_per_owner: super::session::DEFAULT_MAX_REPLY_BYTES_PER_OWNER,
             wall_clock: None,
             threads: super::threads::Threads::default(),
             apply_inline: false,
@@ -686,8 +692,51 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// before fair shares; `runtime::session` rule 8; counted in
     /// [`PeerStatus::session_evictions`]). Applies to sessions opened while
     /// this peer leads.
+    ///
+    /// Size it with [`Self::max_reply_bytes_per_owner`]: the table's
+    /// stored replies take up to about that many bytes per client
+    /// identity holding sessions, on every replica and in every snapshot.
     pub fn max_sessions(mut self, sessions: u64) -> Self {
         self.max_sessions = sessions.max(1);
+        self
+    }
+
+    /// The most sessions one client identity (certificate) holds in the
+    /// replicated session table (default
+    /// [`DEFAULT_MAX_SESSIONS_PER_OWNER`](super::session::DEFAULT_MAX_SESSIONS_PER_OWNER),
+    /// 1,000; at least 1): opening one more evicts that identity's own
+    /// session idle the longest. Takes effect only once every voter runs a
+    /// raftkit that applies it (runtime log version 2, `runtime::session`
+    /// rule 9); applies to sessions opened while this peer leads.
+    pub fn max_sessions_per_owner(mut self, sessions: u64) -> Self {
+        self.max_sessions_per_owner = sessions.max(1);
+        self
+    }
+
+    /// The most bytes of stored replies (unacknowledged answers kept for
+    /// retries) one session holds (default
+    /// [`DEFAULT_MAX_REPLY_BYTES_PER_SESSION`](super::session::DEFAULT_MAX_REPLY_BYTES_PER_SESSION),
+    /// 4 MiB). A reply counts its output's bytes plus
+    /// [`REPLY_OVERHEAD_BYTES`](super::session::REPLY_OVERHEAD_BYTES). A
+    /// write of a session without room for one more reply is refused, not
+    /// applied ([`Error::Overloaded`] while acknowledgements can make
+    /// room, else [`Error::Rejected`]); a write whose output does not fit
+    /// in the room left is applied, but its output is not kept: its caller
+    /// gets it, a retry gets [`Error::AnswerTooLarge`] (applied). Takes
+    /// effect only once every voter runs a raftkit that applies it
+    /// (`runtime::session` rule 9); applies to writes proposed while this
+    /// peer leads.
+    pub fn max_reply_bytes_per_session(mut self, bytes: u64) -> Self {
+        self.max_reply_bytes_per_session = bytes;
+        self
+    }
+
+    /// The most bytes of stored replies all sessions of one client
+    /// identity hold together (default
+    /// [`DEFAULT_MAX_REPLY_BYTES_PER_OWNER`](super::session::DEFAULT_MAX_REPLY_BYTES_PER_OWNER),
+    /// 64 MiB), as [`Self::max_reply_bytes_per_session`] per session.
+    pub fn max_reply_bytes_per_owner(mut self, bytes: u64) -> Self {
+        self.max_reply_bytes_per_owner = bytes;
         self
     }
 
@@ -1312,8 +1361,15 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 id,
                 local_addr,
                 election_timeout,
-                session_ttl_ms: u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX),
-                max_sessions: self.max_sessions,
+                session_limits: super::session::SessionLimits {
+                    ttl_ms: u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX),
+                    max_sessions: self.max_sessions,
+                    max_owner_sessions: self.max_sessions_per_owner,
+                    bounds: super::session::ReplyBounds {
+                        session_bytes: self.max_reply_bytes_per_session,
+                        owner_bytes: self.max_reply_bytes_per_owner,
+                    },
+                },
                 schemas,
                 session_ids: self
                     .session_ids

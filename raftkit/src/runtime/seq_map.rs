@@ -109,6 +109,11 @@ impl<T> SeqMap<T> {
         self.queue.get(at).map(|(_, v)| v)
     }
 
+    /// The values, in key order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
+        self.queue.iter().map(|(_, v)| v)
+    }
+
     /// The smallest key, if any.
     pub(crate) fn first_key(&self) -> Option<Index> {
         self.queue.front().map(|&(i, _)| i)

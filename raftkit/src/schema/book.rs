@@ -532,12 +532,17 @@ mod tests {
         assert!(!book.knows_runtime_log(1, [2, 3]), "voter 3 is older");
         book.accept_peer(3, schema(&[0])).unwrap();
         assert!(book.knows_runtime_log(1, [2, 3]));
-        assert!(!book.knows_runtime_log(2, [2, 3]), "unknown to this binary");
+        assert!(book.knows_runtime_log(crate::schema::RUNTIME_LOG, [2, 3]));
+        assert!(
+            !book.knows_runtime_log(crate::schema::RUNTIME_LOG + 1, [2, 3]),
+            "unknown to this binary"
+        );
         // Enabled: a learner of the older raftkit is not promoted.
         book.accept_peer(4, old()).unwrap();
         match book.check_promotion(4, &[2, 3]) {
             Err(PromotionRefused::Shrinks(why)) => {
-                assert!(why.contains("log entries of version 1"), "{why}")
+                let version = format!("log entries of version {}", crate::schema::RUNTIME_LOG);
+                assert!(why.contains(&version), "{why}")
             }
             other => panic!("{other:?}"),
         }

@@ -169,11 +169,18 @@ pub struct Schema {
 /// The version of raftkit's own log entries this raftkit applies (see
 /// [`Schema::runtime_log`]): 0, the entries of `runtime::session::Op` up
 /// to `CloseSession`; 1 adds `Op::OpenSessionFair` (a session open under
-/// the fair-share eviction rule, `runtime::session` rule 8).
-pub const RUNTIME_LOG: u32 = 1;
+/// the fair-share eviction rule, `runtime::session` rule 8); 2 adds
+/// `Op::SessionWriteBounded` and `Op::OpenSessionBounded` (byte bounds of
+/// stored replies and a per-owner cap of sessions, `runtime::session`
+/// rule 9).
+pub const RUNTIME_LOG: u32 = 2;
 
 /// The runtime log version that brings `Op::OpenSessionFair`.
 pub const RUNTIME_LOG_FAIR_SESSIONS: u32 = 1;
+
+/// The runtime log version that brings `Op::SessionWriteBounded` and
+/// `Op::OpenSessionBounded`.
+pub const RUNTIME_LOG_BOUNDED_SESSIONS: u32 = 2;
 
 /// Why two schemas are not compatible: which handler (or `state`), and
 /// how. Becomes [`crate::Error::SchemaMismatch`].
