@@ -197,7 +197,7 @@ fn bytes_full(
         BytesFull::Owner { .. } => ("client identity", bounds.owner_bytes),
     };
     Error::Rejected(format!(
-        "the {what} of session {} holds {bound} bytes of unacknowledged replies of writes after write {}, which was not applied",
+        "the {what} of session {} has no room under its bound of {bound} bytes of stored replies, held by unacknowledged replies of writes after write {}, which was not applied",
         session.id, session.seq
     ))
 }

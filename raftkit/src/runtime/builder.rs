@@ -707,7 +707,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// 1,000; at least 1): opening one more evicts that identity's own
     /// session idle the longest. Takes effect only once every voter runs a
     /// raftkit that applies it (runtime log version 2, `runtime::session`
-    /// rule 9); applies to sessions opened while this peer leads.
+    /// rule 9); applies to sessions opened while this peer leads. Does not
+    /// cap in-process sessions
+    /// ([`Owner::Local`](super::session::Owner::Local)).
     pub fn max_sessions_per_owner(mut self, sessions: u64) -> Self {
         self.max_sessions_per_owner = sessions.max(1);
         self
@@ -726,8 +728,12 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// effect only once every voter runs a raftkit that applies it
     /// (`runtime::session` rule 9); applies to writes proposed while this
     /// peer leads.
+    ///
+    /// At least [`MIN_REPLY_BYTES`](super::session::MIN_REPLY_BYTES) (a
+    /// smaller value, 0 included, is raised to it: room for one reply of
+    /// a handler error), so that a session can always store an answer.
     pub fn max_reply_bytes_per_session(mut self, bytes: u64) -> Self {
-        self.max_reply_bytes_per_session = bytes;
+        self.max_reply_bytes_per_session = bytes.max(super::session::MIN_REPLY_BYTES);
         self
     }
 
@@ -735,8 +741,12 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// identity hold together (default
     /// [`DEFAULT_MAX_REPLY_BYTES_PER_OWNER`](super::session::DEFAULT_MAX_REPLY_BYTES_PER_OWNER),
     /// 64 MiB), as [`Self::max_reply_bytes_per_session`] per session.
+    /// At least [`MIN_REPLY_BYTES`](super::session::MIN_REPLY_BYTES), as
+    /// that setter. Does not bound in-process sessions
+    /// ([`Owner::Local`](super::session::Owner::Local): trusted code of
+    /// every peer, bounded per session and by the table's bound only).
     pub fn max_reply_bytes_per_owner(mut self, bytes: u64) -> Self {
-        self.max_reply_bytes_per_owner = bytes;
+        self.max_reply_bytes_per_owner = bytes.max(super::session::MIN_REPLY_BYTES);
         self
     }
 

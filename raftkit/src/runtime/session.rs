@@ -123,6 +123,18 @@
 //!      session or an owner holds never pass its bound, and no retry is
 //!      ever applied twice.
 //!
+//!    - An owner without room for a write first **reclaims**: the stored
+//!      outputs of its other sessions, idle the longest first (ties:
+//!      smallest id), each one's replies in write order, become
+//!      [`StoredReply::Dropped`] markers until there is room (a retry of
+//!      one is answered `AnswerTooLarge`, applied, as above). Idle or
+//!      crashed clients thus never keep their owner's later writes out
+//!      until their sessions expire; the write is refused only when the
+//!      owner's markers and handler messages alone fill its bound.
+//!    - [`Owner::Local`] (in-process code of every peer, one owner
+//!      cluster-wide, trusted) has no per-owner cap and no owner byte
+//!      bound: only `max_sessions` and the per-session bound apply.
+//!
 //!    The byte counts are derived from the table (recounted on restore,
 //!    as the owner counts): no new snapshot field. [`Op::SessionWrite`]
 //!    and the older open entries keep their rules for ever (no byte bound,
@@ -207,6 +219,11 @@ pub const REPLY_OVERHEAD_BYTES: u64 = 64;
 /// [`REPLY_OVERHEAD_BYTES`]) whatever its length, and the length it is
 /// cut to when stored under [`Op::SessionWriteBounded`] (rule 9).
 pub const STORED_MESSAGE_BYTES: usize = 256;
+
+/// The smallest byte bound of stored replies a `PeerBuilder` accepts
+/// (smaller settings are raised to it): room for one reply holding a
+/// handler's error message.
+pub const MIN_REPLY_BYTES: u64 = REPLY_OVERHEAD_BYTES + STORED_MESSAGE_BYTES as u64;
 
 /// The bounds of stored reply bytes a [`Op::SessionWriteBounded`] entry
 /// carries (the leader's settings when it proposed; rule 9).
@@ -885,7 +902,13 @@ impl Sessions {
             // Decoded without a recount: count now.
             self.recount();
         }
-        let cap = usize::try_from(max_owner_sessions.max(1)).unwrap_or(usize::MAX);
+        // In-process code of every peer is one owner, trusted: no cap.
+        let cap = match owner {
+            Owner::Local => usize::MAX,
+            Owner::Certificate(_) => {
+                usize::try_from(max_owner_sessions.max(1)).unwrap_or(usize::MAX)
+            }
+        };
         while self.owner_sessions(owner) >= cap {
             let victim = self
                 .table
@@ -972,9 +995,11 @@ impl Sessions {
     /// Whether write `s` of `owner`, which [`Sessions::check`] found
     /// [`Dedup::New`], may be applied under `bounds` (rule 9 of the module
     /// docs): its session and its owner each have room for one more
-    /// reply of no output. Changes nothing.
+    /// reply of no output. An owner without room first reclaims the
+    /// stored outputs of its other sessions ([`Sessions::reclaim`]); no
+    /// owner bound applies to [`Owner::Local`].
     pub fn admits(
-        &self,
+        &mut self,
         s: SessionRef,
         owner: Owner,
         bounds: ReplyBounds,
@@ -985,6 +1010,13 @@ impl Sessions {
         if st.bytes.saturating_add(REPLY_OVERHEAD_BYTES) > bounds.session_bytes {
             return Err(BytesFull::Session);
         }
+        if owner == Owner::Local {
+            return Ok(());
+        }
+        self.reclaim(s.id, owner, REPLY_OVERHEAD_BYTES, bounds.owner_bytes);
+        let Some(st) = self.table.get(&s.id) else {
+            return Ok(());
+        };
         let held = self.owner_reply_bytes(owner);
         if held.saturating_add(REPLY_OVERHEAD_BYTES) > bounds.owner_bytes {
             return Err(BytesFull::Owner {
@@ -1023,8 +1055,13 @@ impl Sessions {
             None => return false,
         };
         let need = reply.counted_bytes();
-        let fits = session_held.saturating_add(need) <= bounds.session_bytes
-            && self.owner_reply_bytes(owner).saturating_add(need) <= bounds.owner_bytes;
+        let session_fits = session_held.saturating_add(need) <= bounds.session_bytes;
+        if session_fits {
+            self.reclaim(s.id, owner, need, bounds.owner_bytes);
+        }
+        let fits = session_fits
+            && (owner == Owner::Local
+                || self.owner_reply_bytes(owner).saturating_add(need) <= bounds.owner_bytes);
         if fits {
             self.record(s, reply);
             return true;
@@ -1036,6 +1073,64 @@ impl Sessions {
         };
         self.record(s, StoredReply::Dropped { len });
         false
+    }
+
+    /// Makes room for `need` more bytes of `owner` under its bound `bound`
+    /// (rule 9 of the module docs) by turning the stored outputs of its
+    /// sessions other than `keep` into [`StoredReply::Dropped`] markers:
+    /// sessions idle the longest first (ties: smallest id), each one's
+    /// replies in write order, until there is room or no output is left.
+    /// Only outputs are reclaimed (handler messages and markers stay): a
+    /// retry of a reclaimed write is answered `AnswerTooLarge` (applied),
+    /// never applied again. Idle or crashed clients thus never keep their
+    /// owner's later writes out until their sessions expire. Depends only
+    /// on the table: every replica reclaims alike. [`Owner::Local`] has no
+    /// owner bound and is never reclaimed from.
+    fn reclaim(&mut self, keep: SessionId, owner: Owner, need: u64, bound: u64) {
+        if owner == Owner::Local || self.owner_reply_bytes(owner).saturating_add(need) <= bound {
+            return;
+        }
+        let mut order: Vec<(u64, SessionId)> = self
+            .table
+            .iter()
+            .filter(|(id, st)| **id != keep && st.owner == owner && st.bytes > 0)
+            .map(|(id, st)| (st.last_used_ms, *id))
+            .collect();
+        order.sort_unstable();
+        let mut reclaimed = 0u64;
+        for (_, id) in order {
+            let Some(st) = self.table.get_mut(&id) else {
+                continue;
+            };
+            let mut freed = 0u64;
+            let mut held = self.owner_bytes.get(&owner).copied().unwrap_or(0);
+            for r in st.replies.values_mut() {
+                if held.saturating_add(need) <= bound {
+                    break;
+                }
+                if let StoredReply::Ok(out) = r
+                    && !out.is_empty()
+                {
+                    let len = out.len() as u64;
+                    *r = StoredReply::Dropped { len };
+                    freed += len;
+                    held = held.saturating_sub(len);
+                }
+            }
+            st.bytes = st.bytes.saturating_sub(freed);
+            reclaimed += freed;
+            self.forget_bytes(owner, freed);
+            if self.owner_reply_bytes(owner).saturating_add(need) <= bound {
+                break;
+            }
+        }
+        if reclaimed > 0 {
+            tracing::debug!(
+                ?owner,
+                reclaimed,
+                "stored outputs of idle sessions dropped for the owner's byte bound"
+            );
+        }
     }
 }
 
@@ -1136,3 +1231,7 @@ fn varint_len(n: u64) -> usize {
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "session_owner_tests.rs"]
+mod owner_tests;

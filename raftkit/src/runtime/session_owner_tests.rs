@@ -1,0 +1,111 @@
+//! Tests of rule 9's per-owner bounds (`session.rs`), review s57 of
+//! d3350fd: [`Owner::Local`] is exempt from the per-owner caps (finding
+//! 4), a full owner reclaims its idle sessions' stored outputs before a
+//! write is refused (finding 1), and the running counts always equal a
+//! recount (finding 5).
+
+use super::*;
+
+const B: Owner = Owner::Certificate([7; 32]);
+
+fn at(id: u128, seq: u64, acked_below: u64) -> SessionRef {
+    SessionRef {
+        id: SessionId(id),
+        seq,
+        acked_below,
+    }
+}
+
+/// Finding 4: every peer's in-process sessions are one owner,
+/// [`Owner::Local`], so the per-owner cap and byte bound would bound the
+/// embedder cluster-wide; only the table's bound and the per-session
+/// byte bound apply to it.
+#[test]
+fn local_sessions_are_exempt_from_the_per_owner_caps() {
+    let mut s = Sessions::default();
+    s.advance(1_000);
+    for id in 1..=5u128 {
+        s.open_bounded(SessionId(id), Owner::Local, 600_000, 100, 3)
+            .unwrap();
+    }
+    assert_eq!(s.owner_sessions(Owner::Local), 5, "local sessions evicted");
+    assert_eq!(s.counters().evicted, 0);
+    let bounds = ReplyBounds {
+        session_bytes: 1 << 20,
+        owner_bytes: 1_000,
+    };
+    for id in 1..=3u128 {
+        assert_eq!(s.check(at(id, 1, 1), Owner::Local), Dedup::New);
+        assert_eq!(s.admits(at(id, 1, 1), Owner::Local, bounds), Ok(()));
+        assert!(
+            s.record_bounded(at(id, 1, 1), StoredReply::Ok(vec![1; 900]), bounds),
+            "a local output dropped for the owner bound"
+        );
+    }
+    // The per-session bound still applies.
+    let tight = ReplyBounds {
+        session_bytes: 1_000,
+        owner_bytes: 1_000,
+    };
+    assert_eq!(s.check(at(1, 2, 1), Owner::Local), Dedup::New);
+    assert_eq!(
+        s.admits(at(1, 2, 1), Owner::Local, tight),
+        Err(BytesFull::Session)
+    );
+}
+
+/// Finding 1: session 1 of `B` holds the owner's bound and goes idle (a
+/// crashed client); session 2's writes are applied, the idle session's
+/// outputs turning into [`StoredReply::Dropped`] markers (its retries say
+/// applied, output not kept), idle-longest first.
+#[test]
+fn a_full_owner_reclaims_its_idle_sessions_outputs_before_refusing() {
+    let bounds = ReplyBounds {
+        session_bytes: 1 << 20,
+        owner_bytes: 3 * (REPLY_OVERHEAD_BYTES + 1_000),
+    };
+    let mut s = Sessions::default();
+    s.advance(1_000);
+    for id in 1..=3u128 {
+        s.open_bounded(SessionId(id), B, 600_000, 100, 10).unwrap();
+    }
+    // Session 2 writes first (idle the longest), then session 1.
+    s.advance(2_000);
+    assert_eq!(s.check(at(2, 1, 1), B), Dedup::New);
+    assert!(s.record_bounded(at(2, 1, 1), StoredReply::Ok(vec![2; 1_000]), bounds));
+    s.advance(3_000);
+    for seq in 1..=2 {
+        assert_eq!(s.check(at(1, seq, 1), B), Dedup::New);
+        assert!(s.record_bounded(at(1, seq, 1), StoredReply::Ok(vec![1; 1_000]), bounds));
+    }
+    assert_eq!(s.owner_reply_bytes(B), bounds.owner_bytes);
+    // Session 3 writes: room is made from session 2 (idle the longest).
+    s.advance(4_000);
+    assert_eq!(s.check(at(3, 1, 1), B), Dedup::New);
+    assert_eq!(s.admits(at(3, 1, 1), B, bounds), Ok(()));
+    assert!(s.record_bounded(at(3, 1, 1), StoredReply::Ok(vec![3; 500]), bounds));
+    assert_eq!(
+        s.check(at(2, 1, 1), B),
+        Dedup::Duplicate(StoredReply::Dropped { len: 1_000 })
+    );
+    assert_eq!(
+        s.check(at(1, 1, 1), B),
+        Dedup::Duplicate(StoredReply::Ok(vec![1; 1_000])),
+        "session 1 was used more recently than session 2"
+    );
+    assert!(s.owner_reply_bytes(B) <= bounds.owner_bytes);
+    let mut back = s.clone();
+    back.recount();
+    assert_eq!(back.owner_reply_bytes(B), s.owner_reply_bytes(B));
+    assert_eq!(back.stored_reply_bytes(), s.stored_reply_bytes());
+    // Session 3 keeps writing without session 1 or 2 ever writing again.
+    for seq in 2..=20 {
+        assert_eq!(s.check(at(3, seq, seq), B), Dedup::New);
+        assert_eq!(s.admits(at(3, seq, seq), B, bounds), Ok(()), "write {seq}");
+        assert!(s.record_bounded(at(3, seq, seq), StoredReply::Ok(vec![3; 500]), bounds));
+    }
+    assert_eq!(
+        s.check(at(1, 2, 1), B),
+        Dedup::Duplicate(StoredReply::Dropped { len: 1_000 })
+    );
+}
