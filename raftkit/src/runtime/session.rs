@@ -127,7 +127,8 @@
 //!      outputs of its other sessions, idle the longest first (ties:
 //!      smallest id), each one's replies in write order, become
 //!      [`StoredReply::Dropped`] markers until there is room (a retry of
-//!      one is answered `AnswerTooLarge`, applied, as above). Idle or
+//!      one is answered `AnswerTooLarge`, applied, as above; nothing is
+//!      reclaimed when all of them would not make room). Idle or
 //!      crashed clients thus never keep their owner's later writes out
 //!      until their sessions expire; the write is refused only when the
 //!      owner's markers and handler messages alone fill its bound.
@@ -1079,23 +1080,37 @@ impl Sessions {
     /// (rule 9 of the module docs) by turning the stored outputs of its
     /// sessions other than `keep` into [`StoredReply::Dropped`] markers:
     /// sessions idle the longest first (ties: smallest id), each one's
-    /// replies in write order, until there is room or no output is left.
-    /// Only outputs are reclaimed (handler messages and markers stay): a
-    /// retry of a reclaimed write is answered `AnswerTooLarge` (applied),
-    /// never applied again. Idle or crashed clients thus never keep their
-    /// owner's later writes out until their sessions expire. Depends only
-    /// on the table: every replica reclaims alike. [`Owner::Local`] has no
-    /// owner bound and is never reclaimed from.
+    /// replies in write order, until there is room. Reclaims nothing when
+    /// all those outputs together would not make room (they would be lost
+    /// for nothing). Only outputs are reclaimed (handler messages and
+    /// markers stay): a retry of a reclaimed write is answered
+    /// `AnswerTooLarge` (applied), never applied again. Idle or crashed
+    /// clients thus never keep their owner's later writes out until their
+    /// sessions expire. Depends only on the table: every replica reclaims
+    /// alike. [`Owner::Local`] has no owner bound and is never reclaimed
+    /// from.
     fn reclaim(&mut self, keep: SessionId, owner: Owner, need: u64, bound: u64) {
-        if owner == Owner::Local || self.owner_reply_bytes(owner).saturating_add(need) <= bound {
+        let held = self.owner_reply_bytes(owner);
+        if owner == Owner::Local || held.saturating_add(need) <= bound {
             return;
         }
-        let mut order: Vec<(u64, SessionId)> = self
-            .table
-            .iter()
-            .filter(|(id, st)| **id != keep && st.owner == owner && st.bytes > 0)
-            .map(|(id, st)| (st.last_used_ms, *id))
-            .collect();
+        let others = || {
+            self.table
+                .iter()
+                .filter(move |(id, st)| **id != keep && st.owner == owner && st.bytes > 0)
+        };
+        let reclaimable: u64 = others()
+            .flat_map(|(_, st)| st.replies.values())
+            .map(|r| match r {
+                StoredReply::Ok(out) => out.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        if held.saturating_sub(reclaimable).saturating_add(need) > bound {
+            return;
+        }
+        let mut order: Vec<(u64, SessionId)> =
+            others().map(|(id, st)| (st.last_used_ms, *id)).collect();
         order.sort_unstable();
         let mut reclaimed = 0u64;
         for (_, id) in order {

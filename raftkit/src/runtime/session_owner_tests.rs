@@ -98,14 +98,60 @@ fn a_full_owner_reclaims_its_idle_sessions_outputs_before_refusing() {
     back.recount();
     assert_eq!(back.owner_reply_bytes(B), s.owner_reply_bytes(B));
     assert_eq!(back.stored_reply_bytes(), s.stored_reply_bytes());
-    // Session 3 keeps writing without session 1 or 2 ever writing again.
-    for seq in 2..=20 {
-        assert_eq!(s.check(at(3, seq, seq), B), Dedup::New);
-        assert_eq!(s.admits(at(3, seq, seq), B, bounds), Ok(()), "write {seq}");
-        assert!(s.record_bounded(at(3, seq, seq), StoredReply::Ok(vec![3; 500]), bounds));
+    // Session 3 keeps writing, acknowledging nothing (a caller holding
+    // its answers), and neither session 1 nor 2 ever writes again: session
+    // 1's outputs (no longer used than session 2, smaller id) are
+    // reclaimed in write order while session 3's outputs are kept.
+    for seq in 2..=5 {
+        assert_eq!(s.check(at(3, seq, 1), B), Dedup::New);
+        assert_eq!(s.admits(at(3, seq, 1), B, bounds), Ok(()), "write {seq}");
+        assert!(
+            s.record_bounded(at(3, seq, 1), StoredReply::Ok(vec![3; 500]), bounds),
+            "write {seq}'s output dropped"
+        );
+        assert!(s.owner_reply_bytes(B) <= bounds.owner_bytes);
     }
+    for seq in 1..=2 {
+        assert_eq!(
+            s.check(at(1, seq, 1), B),
+            Dedup::Duplicate(StoredReply::Dropped { len: 1_000 }),
+            "session 1's write {seq}"
+        );
+    }
+    // Nothing reclaimable is left: the next output is not kept.
+    assert_eq!(s.check(at(3, 6, 1), B), Dedup::New);
+    assert_eq!(s.admits(at(3, 6, 1), B, bounds), Ok(()));
+    assert!(!s.record_bounded(at(3, 6, 1), StoredReply::Ok(vec![3; 500]), bounds));
+    let mut back = s.clone();
+    back.recount();
+    assert_eq!(back.owner_reply_bytes(B), s.owner_reply_bytes(B));
+    assert_eq!(back.stored_reply_bytes(), s.stored_reply_bytes());
+}
+
+/// Reclaiming that cannot make room reclaims nothing: an output larger
+/// than all the owner's reclaimable outputs together is not kept, and the
+/// other sessions keep theirs (else they would be lost for nothing).
+#[test]
+fn an_output_that_cannot_fit_reclaims_nothing() {
+    let bounds = ReplyBounds {
+        session_bytes: 1 << 20,
+        owner_bytes: 2_000,
+    };
+    let mut s = Sessions::default();
+    s.advance(1_000);
+    for id in 1..=2u128 {
+        s.open_bounded(SessionId(id), B, 600_000, 100, 10).unwrap();
+    }
+    assert_eq!(s.check(at(1, 1, 1), B), Dedup::New);
+    assert!(s.record_bounded(at(1, 1, 1), StoredReply::Ok(vec![1; 1_000]), bounds));
+    s.advance(2_000);
+    assert_eq!(s.check(at(2, 1, 1), B), Dedup::New);
+    assert_eq!(s.admits(at(2, 1, 1), B, bounds), Ok(()));
+    assert!(!s.record_bounded(at(2, 1, 1), StoredReply::Ok(vec![2; 5_000]), bounds));
     assert_eq!(
-        s.check(at(1, 2, 1), B),
-        Dedup::Duplicate(StoredReply::Dropped { len: 1_000 })
+        s.check(at(1, 1, 1), B),
+        Dedup::Duplicate(StoredReply::Ok(vec![1; 1_000])),
+        "an output reclaimed for nothing"
     );
+    assert_eq!(s.owner_reply_bytes(B), 2 * REPLY_OVERHEAD_BYTES + 1_000);
 }

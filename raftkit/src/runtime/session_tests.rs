@@ -782,51 +782,83 @@ fn a_bounded_open_caps_the_sessions_of_one_owner() {
     assert_eq!(old.owner_sessions(B), 5);
 }
 
-/// Rule 9: the owner bound counts every session of the owner; a write
-/// whose owner's other sessions hold the bytes is refused with
-/// `elsewhere` (their acknowledgements make room).
+/// Rule 9: the owner bound counts every session of the owner. A write
+/// whose owner's other sessions hold the bytes first reclaims their stored
+/// outputs; it is refused with `elsewhere` (their acknowledgements make
+/// room) only when nothing reclaimable is left (handler messages and
+/// markers are kept), and with `elsewhere: false` when its own session
+/// holds them all.
 #[test]
 fn the_owner_byte_bound_counts_all_its_sessions() {
+    let message = REPLY_OVERHEAD_BYTES + STORED_MESSAGE_BYTES as u64;
     let bounds = ReplyBounds {
         session_bytes: 1 << 20,
-        owner_bytes: 2 * (REPLY_OVERHEAD_BYTES + 100),
+        owner_bytes: 2 * message,
     };
     let mut s = Sessions::default();
     s.open(SessionId(1), B, 600_000, 100, FAIR).unwrap();
     s.open(SessionId(2), B, 600_000, 100, FAIR).unwrap();
-    s.open(SessionId(3), A, 600_000, 100, FAIR).unwrap();
-    let at = |id: u128, seq: u64| SessionRef {
+    s.open(SessionId(3), C, 600_000, 100, FAIR).unwrap();
+    let at = |id: u128, seq: u64, acked_below: u64| SessionRef {
         id: SessionId(id),
         seq,
-        acked_below: 1,
+        acked_below,
     };
+    // Session 1 holds the owner's bound in handler messages: nothing to
+    // reclaim.
     for seq in 1..=2 {
-        assert_eq!(s.check(at(1, seq), B), Dedup::New);
-        assert_eq!(s.admits(at(1, seq), B, bounds), Ok(()));
-        assert!(s.record_bounded(at(1, seq), StoredReply::Ok(vec![0; 100]), bounds));
+        assert_eq!(s.check(at(1, seq, 1), B), Dedup::New);
+        assert_eq!(s.admits(at(1, seq, 1), B, bounds), Ok(()));
+        assert!(s.record_bounded(at(1, seq, 1), StoredReply::Handler("boom".into()), bounds));
     }
     assert_eq!(s.owner_reply_bytes(B), bounds.owner_bytes);
-    assert_eq!(s.check(at(2, 1), B), Dedup::New);
+    assert_eq!(s.check(at(2, 1, 1), B), Dedup::New);
     assert_eq!(
-        s.admits(at(2, 1), B, bounds),
+        s.admits(at(2, 1, 1), B, bounds),
         Err(BytesFull::Owner { elsewhere: true })
     );
+    assert_eq!(s.check(at(1, 3, 1), B), Dedup::New);
+    assert_eq!(
+        s.admits(at(1, 3, 1), B, bounds),
+        Err(BytesFull::Owner { elsewhere: false })
+    );
+    assert_eq!(
+        s.owner_reply_bytes(B),
+        bounds.owner_bytes,
+        "a refusal reclaimed"
+    );
     // Another owner is not charged for B's bytes.
-    assert_eq!(s.admits(at(3, 1), A, bounds), Ok(()));
-    // Acknowledging session 1's replies makes room.
-    let ack = SessionRef {
-        id: SessionId(1),
-        seq: 3,
-        acked_below: 3,
-    };
-    assert_eq!(s.check(ack, B), Dedup::New);
-    assert_eq!(s.owner_reply_bytes(B), 0);
-    assert_eq!(s.admits(at(2, 1), B, bounds), Ok(()));
-    // The derived counts come back on restore.
+    assert_eq!(s.admits(at(3, 1, 1), C, bounds), Ok(()));
+    // The derived counts come back on restore, while bytes are held.
     let mut back: Sessions = postcard::from_bytes(&postcard::to_allocvec(&s).unwrap()).unwrap();
     back.recount();
-    assert_eq!(back.owner_reply_bytes(B), s.owner_reply_bytes(B));
-    assert_eq!(back.stored_reply_bytes(), s.stored_reply_bytes());
+    assert_eq!(back.owner_reply_bytes(B), 2 * message);
+    assert_eq!(back.stored_reply_bytes(), 2 * message);
+    assert_eq!(back.owner_sessions(B), 2);
+    // Acknowledging session 1's replies makes room.
+    assert_eq!(s.check(at(1, 3, 3), B), Dedup::New);
+    assert_eq!(s.owner_reply_bytes(B), 0);
+    assert_eq!(s.admits(at(2, 1, 1), B, bounds), Ok(()));
+    assert!(s.record_bounded(at(2, 1, 1), StoredReply::Handler("boom".into()), bounds));
+    // Session 1 stores an output; session 2 fills the bound again: its
+    // next write reclaims session 1's output instead of being refused.
+    assert_eq!(s.admits(at(1, 3, 3), B, bounds), Ok(()));
+    let output = vec![1; STORED_MESSAGE_BYTES];
+    assert!(s.record_bounded(at(1, 3, 3), StoredReply::Ok(output), bounds));
+    assert_eq!(s.owner_reply_bytes(B), bounds.owner_bytes);
+    assert_eq!(s.check(at(2, 2, 1), B), Dedup::New);
+    assert_eq!(s.admits(at(2, 2, 1), B, bounds), Ok(()));
+    assert_eq!(
+        s.check(at(1, 3, 3), B),
+        Dedup::Duplicate(StoredReply::Dropped {
+            len: STORED_MESSAGE_BYTES as u64
+        })
+    );
+    assert_eq!(
+        s.owner_reply_bytes(B),
+        message + REPLY_OVERHEAD_BYTES,
+        "session 1's output reclaimed"
+    );
 }
 
 /// Rule 9: an output that does not fit in the room left is not kept (a
