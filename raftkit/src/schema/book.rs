@@ -8,9 +8,11 @@
 //!
 //! What a voter not heard from since this node started is taken to know
 //! (hellos on a QUIC link bring every voter's schema once it links): with
-//! hellos, for a write tag, the oldest schema this node's data directory
-//! recorded (file `schema.floor`, [`crate::schema::load_oldest_schema`]),
-//! and version 0 of raftkit's own entries; without hellos (in-process
+//! hellos, the oldest schema this node's data directory recorded (file
+//! `schema.floor`, [`crate::schema::load_oldest_schema`]), for a write tag
+//! and for raftkit's own entries alike (before stop 58 the latter took
+//! version 0, so a leader that restarted with a voter down proposed the
+//! unbounded session entries again); without hellos (in-process
 //! transports) the floor, the schema the directory held at this start,
 //! or nothing would ever be enabled. Not the floor with hellos: after two
 //! starts on a newer binary the floor is that binary's schema, while a voter
@@ -23,7 +25,8 @@
 //! The oldest schema is raised to this node's own once a check of a
 //! write finds every voter it names heard since this start on a schema
 //! that knows every write of this one (same test as for one tag, for
-//! each): each of them recorded a schema at least that new in its data
+//! each) and applies its runtime log version ([`Schema::runtime_log`]):
+//! each of them recorded a schema at least that new in its data
 //! directory before running on it, and a binary refuses a directory whose
 //! schema has a handler it lacks ([`Schema::check_upgrade_from`],
 //! [`crate::schema`]), so no voter can run an older binary again; a node
@@ -329,7 +332,9 @@ impl SchemaBook {
                 .and_then(|p| p.iter().find(|(id, _)| *id == voter));
             let (known, source) = match seen.map(|(_, schema)| schema) {
                 Some(schema) => {
-                    raise = raise && self.knows_every_local_write(schema);
+                    raise = raise
+                        && self.knows_every_local_write(schema)
+                        && schema.runtime_log >= self.local.runtime_log;
                     (schema.handler(kind, tag).is_some(), "its binary")
                 }
                 None => {
@@ -359,13 +364,15 @@ impl SchemaBook {
     /// Whether the leader may propose raftkit's own log entries of
     /// `version` ([`Schema::runtime_log`]): this binary applies them, and
     /// so does every voter of `voters`, as its last hello showed. A voter
-    /// not heard from since this node started counts as version 0 when
-    /// hellos carry schemas to this book: the floor is this node's own
-    /// past schema and says nothing of a voter still down on an older
-    /// binary, while the older entry is always safe (the newer one waits
-    /// for its hello). Without hellos, the floor, as for
-    /// [`Self::check_enabled`]. When not, the leader proposes the older
-    /// entry instead (a voter that cannot decode an entry halts at it).
+    /// not heard from since this node started counts as the schema
+    /// [`Self::check_enabled`] takes it to know: when hellos carry schemas
+    /// to this book, the oldest schema the data directory recorded, raised
+    /// to this binary's once every voter was heard on a schema that knows
+    /// every write of this one and applies its runtime log version (module
+    /// docs; not the floor, this node's own past schema, which says nothing
+    /// of a voter still down on an older binary); without hellos, the
+    /// floor. When not, the leader proposes the older entry instead (a
+    /// voter that cannot decode an entry halts at it).
     pub fn knows_runtime_log(
         &self,
         version: u32,
@@ -374,6 +381,14 @@ impl SchemaBook {
         if self.local.runtime_log < version {
             return false;
         }
+        let unheard = if self.hears_peers.load(Ordering::Relaxed) {
+            self.oldest
+                .lock()
+                .map(|o| o.runtime_log)
+                .unwrap_or_else(|p| p.into_inner().runtime_log)
+        } else {
+            self.floor.runtime_log
+        };
         let peers = self.peers.lock().ok();
         voters.into_iter().all(|voter| {
             let seen = peers
@@ -381,8 +396,7 @@ impl SchemaBook {
                 .and_then(|p| p.iter().find(|(id, _)| *id == voter));
             match seen {
                 Some((_, schema)) => schema.runtime_log >= version,
-                None if self.hears_peers.load(Ordering::Relaxed) => version == 0,
-                None => self.floor.runtime_log >= version,
+                None => unheard >= version,
             }
         })
     }
@@ -438,7 +452,7 @@ impl SchemaBook {
         }
         // The runtime log version every voter applies (so the leader may
         // propose its entries): the learner must apply it too. Unheard
-        // voters count as the floor here, not as version 0 as in
+        // voters count as the floor here, not as the oldest schema as in
         // `knows_runtime_log` (which would let more learners through):
         // entries of the floor's version, proposed before this node
         // restarted, may be in the log the learner would apply.
@@ -553,16 +567,17 @@ mod tests {
     }
 
     /// A voter this leader has not heard from since it started counts as
-    /// applying no newer raftkit entry, whatever the floor says: the floor
-    /// is this node's own last schema, which says nothing of a voter still
-    /// down on the older binary (stop 44). Promotion keeps the floor: the
-    /// log may hold newer entries proposed before the restart.
+    /// the oldest schema the directory recorded, whatever the floor says:
+    /// the floor is this node's own last schema, which says nothing of a
+    /// voter still down on the older binary (stop 44). Promotion keeps the
+    /// floor: the log may hold newer entries proposed before the restart.
     #[test]
     fn a_voter_not_heard_from_counts_as_the_oldest_runtime_log() {
         let old = || with_runtime_log(schema(&[0]), 0);
         // A leader restarted on the new binary: its directory's floor is
-        // the new raftkit; voter 3 is down, still on the old one.
-        let book = SchemaBook::new(schema(&[0]), Some(schema(&[0])));
+        // the new raftkit, its oldest schema the old one; voter 3 is down,
+        // still on the old one.
+        let book = SchemaBook::new(schema(&[0]), Some(schema(&[0]))).with_oldest(Some(old()));
         book.hear_peers();
         book.accept_peer(2, schema(&[0])).unwrap();
         assert!(
@@ -761,5 +776,79 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A data directory upgraded from a raftkit applying runtime log
+    /// version 1 (its `schema.floor`) to this one, and a book of this
+    /// raftkit reading it, as a start does.
+    fn upgraded_runtime_dir() -> (tempfile::TempDir, SchemaBook) {
+        use crate::schema::{load_oldest_schema, save_schema};
+        use crate::storage::vfs::RealFs;
+        let dir = tempfile::tempdir().unwrap();
+        save_schema(&RealFs, dir.path(), &with_runtime_log(schema(&[0]), 1)).unwrap();
+        save_schema(&RealFs, dir.path(), &schema(&[0])).unwrap();
+        let book = SchemaBook::new(schema(&[0]), Some(schema(&[0])))
+            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap())
+            .with_oldest_file(crate::storage::vfs::real(), dir.path().to_path_buf());
+        book.hear_peers();
+        (dir, book)
+    }
+
+    /// Review s57 (sessions #2): a voter unheard since this node started
+    /// counts, for raftkit's own entries, as the oldest schema recorded,
+    /// raised or not, as for a write tag: once every voter was heard on
+    /// this raftkit, a leader that restarts (or a new one) with a voter
+    /// down keeps proposing the bounded session entries (rule 9 of
+    /// `runtime::session`) instead of falling back to the unbounded ones.
+    #[test]
+    fn an_unheard_voter_counts_as_the_raised_runtime_log() {
+        use crate::schema::{RUNTIME_LOG_BOUNDED_SESSIONS, load_oldest_schema};
+        use crate::storage::vfs::RealFs;
+        let bounded =
+            |book: &SchemaBook, voters: [NodeId; 2]| crate::runtime::session::bounded(book, voters);
+        let (dir, book) = upgraded_runtime_dir();
+        book.accept_peer(2, schema(&[0])).unwrap();
+        assert!(!bounded(&book, [2, 3]), "not raised, voter 3 unheard");
+        book.accept_peer(3, schema(&[0])).unwrap();
+        assert!(bounded(&book, [2, 3]));
+        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
+        book.wait_raise_written();
+        assert_eq!(
+            load_oldest_schema(&RealFs, dir.path()).unwrap(),
+            Some(schema(&[0]))
+        );
+        assert!(bounded(&book, [2, 4]), "raised, voter 4 unheard");
+        // A leader that restarted: voter 3 down since.
+        let restarted = SchemaBook::new(schema(&[0]), Some(schema(&[0])))
+            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap());
+        restarted.hear_peers();
+        restarted.accept_peer(2, schema(&[0])).unwrap();
+        assert!(
+            bounded(&restarted, [2, 3]),
+            "the gate fell back to the unbounded entries with voter 3 unheard after the raise"
+        );
+        assert!(restarted.knows_runtime_log(RUNTIME_LOG_BOUNDED_SESSIONS, [2, 3]));
+    }
+
+    /// Review s57 (sessions #2): the oldest schema is raised only once
+    /// every voter was heard applying this binary's runtime log version
+    /// too, else the raise would take an unheard voter to apply entries it
+    /// cannot decode.
+    #[test]
+    fn voters_on_an_older_runtime_log_prevent_the_raise() {
+        use crate::schema::load_oldest_schema;
+        use crate::storage::vfs::RealFs;
+        let (dir, book) = upgraded_runtime_dir();
+        book.accept_peer(2, schema(&[0])).unwrap();
+        book.accept_peer(3, with_runtime_log(schema(&[0]), 1))
+            .unwrap();
+        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
+        book.wait_raise_written();
+        assert_eq!(
+            load_oldest_schema(&RealFs, dir.path()).unwrap(),
+            Some(with_runtime_log(schema(&[0]), 1)),
+            "raised with voter 3 applying runtime log version 1"
+        );
+        assert!(!crate::runtime::session::bounded(&book, [2, 4]));
     }
 }
