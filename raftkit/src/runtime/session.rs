@@ -169,6 +169,14 @@
 //! variants are only ever appended;
 //! this layout is the first released one (snapshots written before it do
 //! not load).
+//!
+//! This file is past 1,000 lines on purpose: the rules above are
+//! enforced by one type, [`Sessions`], whose methods keep derived counts
+//! (replies, bytes and sessions per owner) that only hold if every
+//! mutation updates them together; keeping the table, its counts, its
+//! bounds and its wire layout in one place keeps those invariants
+//! reviewable at once. Its tests live next to it (`session_tests.rs`,
+//! `session_owner_tests.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -56,6 +56,14 @@
 //!   without hellos) states it
 //!   ([`SchemaBook::knows_runtime_log`]); until then it proposes the older
 //!   entry, whose meaning never changes (replaying it gives what it gave).
+//!
+//!   **Upgrade note: an upgrade is one-way once a gate opens.** Once the
+//!   leader proposes an entry of a newer runtime log version (e.g.
+//!   [`RUNTIME_LOG_BOUNDED_SESSIONS`], v2: every voter was heard on a
+//!   schema stating it), the log and the snapshots hold entries that a
+//!   binary of an older version cannot apply: it halts at the first of
+//!   them. Roll a node back only before the gate opened; after, only
+//!   forward (or restore the whole cluster from a backup taken before).
 //! - **Before a promotion** (the leader, [`SchemaBook::check_promotion`]):
 //!   `add_server` makes a learner a voter only if its schema (from its
 //!   hello) knows every write the voters have enabled and a state version
