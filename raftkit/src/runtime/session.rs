@@ -106,8 +106,9 @@
 //!      error message counts [`STORED_MESSAGE_BYTES`] whatever its length,
 //!      and is stored cut to that length: panic messages need not be equal
 //!      on every replica, the count must be). A new write is applied only
-//!      while its session and its owner each have room for one more reply
-//!      of no output (`REPLY_OVERHEAD_BYTES`); otherwise it is refused,
+//!      while its session and its owner each have room for one more
+//!      handler error's reply ([`MIN_REPLY_BYTES`], so a handler's error
+//!      is always kept and a retry answers it); otherwise it is refused,
 //!      **not applied** (the handler does not run): `Overloaded` while
 //!      writes below it are unacknowledged or the owner's other sessions
 //!      hold bytes (acknowledgements make room: retried), else `Rejected`
@@ -1004,7 +1005,8 @@ impl Sessions {
     /// Whether write `s` of `owner`, which [`Sessions::check`] found
     /// [`Dedup::New`], may be applied under `bounds` (rule 9 of the module
     /// docs): its session and its owner each have room for one more
-    /// reply of no output. An owner without room first reclaims the
+    /// handler error's reply ([`MIN_REPLY_BYTES`]), so a handler error is
+    /// always kept as it came. An owner without room first reclaims the
     /// stored outputs of its other sessions ([`Sessions::reclaim`]); no
     /// owner bound applies to [`Owner::Local`].
     pub fn admits(
@@ -1016,18 +1018,18 @@ impl Sessions {
         let Some(st) = self.table.get(&s.id) else {
             return Ok(());
         };
-        if st.bytes.saturating_add(REPLY_OVERHEAD_BYTES) > bounds.session_bytes {
+        if st.bytes.saturating_add(MIN_REPLY_BYTES) > bounds.session_bytes {
             return Err(BytesFull::Session);
         }
         if owner == Owner::Local {
             return Ok(());
         }
-        self.reclaim(s.id, owner, REPLY_OVERHEAD_BYTES, bounds.owner_bytes);
+        self.reclaim(s.id, owner, MIN_REPLY_BYTES, bounds.owner_bytes);
         let Some(st) = self.table.get(&s.id) else {
             return Ok(());
         };
         let held = self.owner_reply_bytes(owner);
-        if held.saturating_add(REPLY_OVERHEAD_BYTES) > bounds.owner_bytes {
+        if held.saturating_add(MIN_REPLY_BYTES) > bounds.owner_bytes {
             return Err(BytesFull::Owner {
                 elsewhere: held > st.bytes,
             });

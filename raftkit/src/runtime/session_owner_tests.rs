@@ -273,3 +273,54 @@ proptest::proptest! {
         }
     }
 }
+
+/// Review s57 (#6): a write is admitted only with room, in its session
+/// and its owner, for a handler error's reply ([`MIN_REPLY_BYTES`]), so a
+/// handler error is always stored as it came (its retry answers the same
+/// error, never an `AnswerTooLarge` marker).
+#[test]
+fn a_write_is_admitted_only_with_room_for_a_handler_error() {
+    use crate::runtime::session::MIN_REPLY_BYTES;
+    for (session_bytes, owner_bytes, bound) in [
+        (1_000, 1 << 20, BytesFull::Session),
+        (1 << 20, 1_000, BytesFull::Owner { elsewhere: false }),
+    ] {
+        let bounds = ReplyBounds {
+            session_bytes,
+            owner_bytes,
+        };
+        let mut s = Sessions::default();
+        s.advance(1_000);
+        s.open_bounded(SessionId(1), B, 600_000, 100, 3).unwrap();
+        // Room left: one byte short of a handler error's reply, more than
+        // a reply of no output.
+        let out = 1_000 - (MIN_REPLY_BYTES - 1) - REPLY_OVERHEAD_BYTES;
+        assert_eq!(s.check(at(1, 1, 1), B), Dedup::New);
+        assert_eq!(s.admits(at(1, 1, 1), B, bounds), Ok(()));
+        assert!(s.record_bounded(at(1, 1, 1), StoredReply::Ok(vec![1; out as usize]), bounds));
+        assert_eq!(s.check(at(1, 2, 1), B), Dedup::New);
+        assert_eq!(
+            s.admits(at(1, 2, 1), B, bounds),
+            Err(bound),
+            "admitted without room for a handler error's reply"
+        );
+        // One byte less held: admitted, and a handler error is kept.
+        let mut s = Sessions::default();
+        s.advance(1_000);
+        s.open_bounded(SessionId(1), B, 600_000, 100, 3).unwrap();
+        assert_eq!(s.check(at(1, 1, 1), B), Dedup::New);
+        assert_eq!(s.admits(at(1, 1, 1), B, bounds), Ok(()));
+        assert!(s.record_bounded(
+            at(1, 1, 1),
+            StoredReply::Ok(vec![1; out as usize - 1]),
+            bounds
+        ));
+        assert_eq!(s.check(at(1, 2, 1), B), Dedup::New);
+        assert_eq!(s.admits(at(1, 2, 1), B, bounds), Ok(()));
+        let long = "e".repeat(2 * STORED_MESSAGE_BYTES);
+        assert!(
+            s.record_bounded(at(1, 2, 1), StoredReply::Handler(long), bounds),
+            "an admitted write's handler error was not kept"
+        );
+    }
+}
