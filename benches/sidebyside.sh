@@ -3,7 +3,8 @@
 # Installs etcd (Debian's etcd-server/etcd-client) and protoc when missing,
 # builds `kv` and the bench in release mode, runs it. Arguments go to the
 # bench (see `--help`): e.g. `benches/sidebyside.sh --runs 3`, or
-# `--no-curve` for the four main cells only.
+# `--no-curve` for the four main cells only, `--only raftkit --cells put:64
+# --no-curve` for one cell of one system (to measure or profile it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()

@@ -66,6 +66,10 @@ mod tests {
         assert_eq!(to_snake("KvStore"), "kv_store");
         assert_eq!(to_snake("HTTPCache"), "http_cache");
         assert_eq!(to_snake("Counter2"), "counter2");
+        // A capital after a digit starts a word: the default name is in
+        // peer names and data directories, so it must not change.
+        assert_eq!(to_snake("V2Store"), "v2_store");
+        assert_eq!(to_snake("Kv2Cache"), "kv2_cache");
         assert_eq!(to_snake("already_snake"), "already_snake");
     }
 }

@@ -118,7 +118,7 @@ pub enum Error {
     /// stays).
     #[error("handler failed: {message}")]
     Handler {
-        /// The panic message.
+        /// The panic message, or the output's `Serialize` error.
         message: String,
     },
     /// A value could not be encoded or decoded.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, ConnectOptions};
 
 use crate::cluster::{Proc, free_ports, run_load};
-use crate::{Args, CELLS, Cell, SNAPSHOT_EVERY, SystemRun};
+use crate::{Args, Cell, SNAPSHOT_EVERY, SystemRun};
 
 /// Starts the cluster, runs every cell against its leader, stops it.
 pub async fn run_all(args: &Args, dir: &Path) -> Result<SystemRun, String> {
@@ -61,8 +61,8 @@ pub async fn run_all(args: &Args, dir: &Path) -> Result<SystemRun, String> {
     eprintln!("  etcd: 3 members up, leader {leader}");
     let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
     let mut out = SystemRun::default();
-    for (op, n) in CELLS {
-        out.cells.push(cell(args, &leader, op, n, &pids).await?);
+    for (op, n) in args.main_cells() {
+        out.cells.push(cell(args, &leader, &op, n, &pids).await?);
     }
     if !args.no_curve {
         for &n in &args.curve {

@@ -86,6 +86,15 @@ pub struct Args {
     /// Skip the scaling curve (only the main cells).
     #[arg(long)]
     pub no_curve: bool,
+    /// Run one system only (`raftkit` or `etcd`), e.g. to measure or
+    /// profile a cell without the other; the table leaves the other's
+    /// columns and the ratios empty.
+    #[arg(long, value_parser = ["raftkit", "etcd"])]
+    pub only: Option<String>,
+    /// The main cells to run, as `op:clients`, comma-separated (default:
+    /// all four, `put:1,put:64,put:256,get:64`), e.g. `--cells put:64`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_cell)]
+    pub cells: Vec<(String, usize)>,
     /// Where the clusters keep their data (default: the system temporary
     /// directory). Benchmark the disk you will run on.
     #[arg(long)]
@@ -167,6 +176,39 @@ pub const SNAPSHOT_EVERY: u64 = 100_000;
 /// The main cells: (op, clients).
 pub const CELLS: [(&str, usize); 4] = [("put", 1), ("put", 64), ("put", 256), ("get", 64)];
 
+/// Parses one `--cells` item, `op:clients` (op `put` or `get`).
+fn parse_cell(s: &str) -> Result<(String, usize), String> {
+    let (op, n) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}`: expected op:clients, e.g. put:64"))?;
+    if op != "put" && op != "get" {
+        return Err(format!("`{op}`: the op is put or get"));
+    }
+    let n: usize = n
+        .parse()
+        .map_err(|e| format!("`{n}`: clients must be a number ({e})"))?;
+    if n == 0 {
+        return Err("clients must be at least 1".into());
+    }
+    Ok((op.to_string(), n))
+}
+
+impl Args {
+    /// The main cells this run measures: `--cells`, or all of [`CELLS`].
+    pub fn main_cells(&self) -> Vec<(String, usize)> {
+        if self.cells.is_empty() {
+            CELLS.iter().map(|&(op, n)| (op.to_string(), n)).collect()
+        } else {
+            self.cells.clone()
+        }
+    }
+
+    /// Whether this run includes `system` (see `--only`).
+    pub fn runs_system(&self, system: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == system)
+    }
+}
+
 async fn run(args: Args) -> Result<(), String> {
     if !args.kv.exists() {
         return Err(format!(
@@ -197,6 +239,9 @@ async fn run(args: Args) -> Result<(), String> {
         } else {
             ["raftkit", "etcd"]
         } {
+            if !args.runs_system(system) {
+                continue;
+            }
             if system == "etcd" {
                 run.etcd = etcd::run_all(&args, &base.path().join("etcd")).await?;
             } else {

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::cluster::{Proc, free_ports, run_load, wait_for};
-use crate::{Args, CELLS, Cell, SystemRun};
+use crate::{Args, Cell, SystemRun};
 
 /// Starts the cluster, runs every cell, stops it. Also returns the QUIC
 /// request/response p50 (a `status` call, which skips Raft) measured
@@ -60,13 +60,20 @@ pub async fn run_all(args: &Args, dir: &Path) -> Result<(SystemRun, u64), String
         }
     }
     wait_voters(args, &certs, &addrs, 3, &mut procs).await?;
-    eprintln!("  raftkit: 3 nodes up at {}", addrs.join(","));
     let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
+    eprintln!(
+        "  raftkit: 3 nodes up at {} (pids {})",
+        addrs.join(","),
+        pids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     let rtt = cell(args, &certs, &addrs, "status", 1, &[]).await?.p50_us;
     let mut out = SystemRun::default();
-    for (op, n) in CELLS {
+    for (op, n) in args.main_cells() {
         out.cells
-            .push(cell(args, &certs, &addrs, op, n, &pids).await?);
+            .push(cell(args, &certs, &addrs, &op, n, &pids).await?);
     }
     if !args.no_curve {
         for &n in &args.curve {

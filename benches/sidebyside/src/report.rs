@@ -114,69 +114,91 @@ pub fn table(run: &Run, machine: &str, runs: usize) -> String {
         "| cell | etcd ops/s | etcd p50 | etcd p99 | raftkit ops/s | raftkit p50 | raftkit p99 | throughput | p99 | CPU µs/write/node etcd | raftkit |"
     );
     let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-    for (e, r) in run.etcd.cells.iter().zip(&run.raftkit.cells) {
-        let name = match e.op.as_str() {
-            "get" => format!("linearizable get, {} clients", e.clients),
+    // With `--only`, one side is empty: its columns and the ratios say "-".
+    let rows = run.etcd.cells.len().max(run.raftkit.cells.len());
+    for i in 0..rows {
+        let (e, r) = (run.etcd.cells.get(i), run.raftkit.cells.get(i));
+        let Some(any) = e.or(r) else { break };
+        let name = match any.op.as_str() {
+            "get" => format!("linearizable get, {} clients", any.clients),
             _ => format!(
                 "put, {} client{}",
-                e.clients,
-                if e.clients == 1 { "" } else { "s" }
+                any.clients,
+                if any.clients == 1 { "" } else { "s" }
             ),
         };
-        let cpu = |c: &Cell| {
-            if c.op == "put" {
-                format!("{:.1}", c.cpu_us_per_op_node)
-            } else {
-                "-".into()
-            }
+        let cpu = |c: Option<&Cell>| match c {
+            Some(c) if c.op == "put" => format!("{:.1}", c.cpu_us_per_op_node),
+            _ => "-".into(),
         };
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {} | {} | {} | {} | {:.2}x | {:.2}x | {} | {} |",
-            ops(e.ops_per_s),
-            ms(e.p50_us),
-            ms(e.p99_us),
-            ops(r.ops_per_s),
-            ms(r.p50_us),
-            ms(r.p99_us),
-            ratio(r.ops_per_s, e.ops_per_s),
-            ratio(r.p99_us as f64, e.p99_us as f64),
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            opt(e, |c| ops(c.ops_per_s)),
+            opt(e, |c| ms(c.p50_us)),
+            opt(e, |c| ms(c.p99_us)),
+            opt(r, |c| ops(c.ops_per_s)),
+            opt(r, |c| ms(c.p50_us)),
+            opt(r, |c| ms(c.p99_us)),
+            both(e, r, |e, r| ratio(r.ops_per_s, e.ops_per_s)),
+            both(e, r, |e, r| ratio(r.p99_us as f64, e.p99_us as f64)),
             cpu(e),
             cpu(r),
         );
     }
     let floor = run.fsync_p50_us + run.quic_rtt_p50_us;
+    let one = run
+        .raftkit
+        .cells
+        .iter()
+        .find(|c| c.op == "put" && c.clients == 1);
     let _ = writeln!(
         s,
-        "\nfloors (same run): fsync p50 {}, QUIC request/response p50 {}; one client's put p50 is {:.2}x (fsync + round trip)",
+        "\nfloors (same run): fsync p50 {}, QUIC request/response p50 {}{}",
         ms(run.fsync_p50_us),
         ms(run.quic_rtt_p50_us),
-        run.raftkit
-            .cells
-            .first()
-            .map_or(0.0, |c| ratio(c.p50_us as f64, floor as f64)),
+        one.map_or_else(String::new, |c| format!(
+            "; one client's put p50 is {:.2}x (fsync + round trip)",
+            ratio(c.p50_us as f64, floor as f64)
+        )),
     );
-    if !run.raftkit.curve.is_empty() {
+    let rows = run.etcd.curve.len().max(run.raftkit.curve.len());
+    if rows > 0 {
         let _ = writeln!(s, "\nscaling (durable puts):\n");
         let _ = writeln!(
             s,
             "| clients | etcd ops/s | etcd p99 | raftkit ops/s | raftkit p99 | throughput |"
         );
         let _ = writeln!(s, "|--:|--:|--:|--:|--:|--:|");
-        for (e, r) in run.etcd.curve.iter().zip(&run.raftkit.curve) {
+        for i in 0..rows {
+            let (e, r) = (run.etcd.curve.get(i), run.raftkit.curve.get(i));
+            let Some(any) = e.or(r) else { break };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {:.2}x |",
-                r.clients,
-                ops(e.ops_per_s),
-                ms(e.p99_us),
-                ops(r.ops_per_s),
-                ms(r.p99_us),
-                ratio(r.ops_per_s, e.ops_per_s),
+                "| {} | {} | {} | {} | {} | {} |",
+                any.clients,
+                opt(e, |c| ops(c.ops_per_s)),
+                opt(e, |c| ms(c.p99_us)),
+                opt(r, |c| ops(c.ops_per_s)),
+                opt(r, |c| ms(c.p99_us)),
+                both(e, r, |e, r| ratio(r.ops_per_s, e.ops_per_s)),
             );
         }
     }
     s
+}
+
+/// A cell's figure, or "-" when that system did not run (`--only`).
+fn opt(c: Option<&Cell>, f: impl Fn(&Cell) -> String) -> String {
+    c.map_or_else(|| "-".into(), f)
+}
+
+/// A ratio of both systems' cells, or "-" when one did not run.
+fn both(e: Option<&Cell>, r: Option<&Cell>, f: impl Fn(&Cell, &Cell) -> f64) -> String {
+    match (e, r) {
+        (Some(e), Some(r)) => format!("{:.2}x", f(e, r)),
+        _ => "-".into(),
+    }
 }
 
 fn ratio(a: f64, b: f64) -> f64 {

@@ -93,7 +93,8 @@
 //! - [`Error::Rejected`]: refused, not applied (a command that does not
 //!   decode or is larger than the maximum command size, a session owned by
 //!   another certificate, a `WriteOnce` handle reused for another command).
-//! - [`Error::Handler`]: applied, and the handler panicked (policy `skip`).
+//! - [`Error::Handler`]: applied, and the handler panicked or its output's
+//!   `Serialize` returned an error (policy `skip`).
 //! - [`Error::AnswerTooLarge`]: applied, but its answer is larger than a
 //!   frame carries; do not send it again.
 //! - [`Error::AnswerUndecodable`]: applied, but its answer does not decode

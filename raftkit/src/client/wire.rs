@@ -399,8 +399,9 @@ pub struct WatchEvent {
 pub enum WatchOutput {
     /// The encoded `WriteOutput`.
     Ok(bytes::Bytes),
-    /// The handler panicked under the `skip` policy (every replica skipped
-    /// the entry alike; [`Error::Handler`] for the writer).
+    /// The handler panicked, or its output's `Serialize` returned an error,
+    /// under the `skip` policy (every replica skipped the entry alike;
+    /// [`Error::Handler`] for the writer).
     Handler(String),
 }
 
@@ -432,7 +433,8 @@ pub enum WireError {
     },
     /// Refused before entering the log.
     Rejected(String),
-    /// The handler panicked under the `skip` policy.
+    /// The handler panicked, or its output's `Serialize` returned an
+    /// error, under the `skip` policy.
     Handler(String),
     /// The peer cannot take the call (nothing was applied).
     Unavailable(String),

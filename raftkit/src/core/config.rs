@@ -43,7 +43,10 @@ pub struct Config {
     pub pre_vote: bool,
     /// A leader steps down when it has not heard from a quorum within an
     /// election timeout, and followers ignore vote requests while they hear
-    /// from a leader (thesis §6.2, §9.6).
+    /// from a leader (thesis §6.2, §9.6). Off, a node still ignores vote
+    /// requests from nodes outside its configuration while it heard from a
+    /// leader within the minimum election timeout (thesis §4.2.3), so a
+    /// removed server cannot depose the leader even with PreVote off.
     pub check_quorum: bool,
     /// Ask for a snapshot once this many entries were applied since the
     /// last one (0: never), and (see `snapshot_log_ratio`) once the log

@@ -13,24 +13,33 @@
 //! |---|---|---|
 //! | any | not addressed to this node, or "from" this node or from node 0 | misrouted or forged |
 //! | any | its term more than [`MAX_TERM_JUMP`] (2^24) above this node's | no correct peer is that far ahead (below); one message must not exhaust the terms |
-//! | RequestVote (and PreVote) | the sender is not a member, while this node is in a lease or its startup lease, or has no configuration yet (a new server not yet replicated to has nothing to elect) | §4.2.3: a removed server must not disrupt the cluster. Outside a lease they are handled (§4.1: a server grants its vote to a candidate outside its latest configuration; the candidate may be a voter of a configuration this node missed, and its vote may be needed to elect anybody) |
+//! | RequestVote (and PreVote) | the sender is not a member, while this node leads or heard from its leader within the minimum election timeout (with or without CheckQuorum), or is in its startup lease, or has no configuration yet (a new server not yet replicated to has nothing to elect) | §4.2.3: a removed server must not disrupt the cluster. Outside a lease they are handled (§4.1: a server grants its vote to a candidate outside its latest configuration; the candidate may be a voter of a configuration this node missed, and its vote may be needed to elect anybody) |
 //! | a response, TimeoutNow | the sender is neither a member nor a node the leader still replicates to | it answers nothing this node sent; only the leader orders a campaign |
 //! | RequestVote with `transfer` | the candidate is not a voter of this node's configuration | §3.10: a leader transfers only to a voter, and a transfer vote overrides the lease (a learner could depose a settled leader) |
-//! | TimeoutNow | not from the leader of this node's term, at that term (from another node, at another term, or while no leader of this term is known; a pre-candidate remembers its term's leader) | §3.10: the transfer is the leader's, sent to a target that acknowledged its whole log in its term; a transfer vote overrides leases (§6.4.1), so nobody else may order one |
-//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, from a non-voter (a learner or a non-member), while this node has a configuration and is in a leader lease (a leader, or a follower that heard from its leader within an election timeout, with CheckQuorum on) | the §4.2.3 lease argument applied to leader messages: while a leader is known to be alive, a node that is not a voter of the configuration cannot be a newer leader this node must follow (a leader is a voter of its own configuration) |
-//! | any other message but a vote request (responses, read requests) | at a *higher* term, from a non-voter, under the same lease condition | its term would depose the leader or make a follower forget it (Raft §5.1), on the word of a node that cannot have been elected; voters carry a real new term |
-//! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader we follow (or when we lead) | Raft §5.2 Election Safety: at most one leader per term |
+//! | TimeoutNow | not from the leader of this node's term, at that term (from another node, at another term, or while no leader of this term is known; a pre-candidate remembers its term's leader), or from a leader that was not a voter of this node's configuration when this node first followed it | §3.10: the transfer is the leader's, sent to a target that acknowledged its whole log in its term; a transfer vote overrides leases (§6.4.1), so nobody else may order one, not even a non-voter this node followed after its window (below) |
+//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, or at *our* term before its leader is known, from a non-voter (a learner or a non-member), while this node has a configuration and is in its *window*: it leads, is in a leader lease, or heard from its term's leader (or started) less than the longest election timeout (2 × `election_ticks`) ago | the §4.2.3 lease argument applied to leader messages: a node that is not a voter of the configuration cannot be elected (thesis §3.4, §4.2.1). The window covers a restarted node and a pre-candidate (stop 58), and it ends: a voter promoted by a configuration this node missed may be the leader it must follow (§4.1). A node that stops leading starts a new window (stop 58). At our term, a voter of the last committed configuration is taken while a newer one is pending in this node's log (§4.2.2: the leader of a change that removes it keeps replicating it) |
+//! | any other message but a vote request (responses, read requests) | at a *higher* term, from a non-voter, whenever this node has a configuration | its term would depose the leader or make a follower forget it (Raft §5.1), on the word of a node that cannot have been elected; voters carry a real new term, and no node needs a non-voter to learn it (candidates count only voters; an old leader hears it from voters, or steps down by CheckQuorum) |
+//! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader of our term once known (`term_leader`, which a pre-candidate keeps), or when we lead | Raft §5.2 Election Safety: at most one leader per term |
 //! | ReadIndexRequest | the sender is not a member; or the leader already holds [`MAX_REMOTE_READS`](super::read_index::MAX_REMOTE_READS) followers' reads | thesis §6.4.1: only members forward reads; a bounded queue |
 //! | ReadIndexResponse | not from the leader we follow at our term, or for a context this node is not waiting for (a read it already failed or never forwarded); from a node we know in a higher term it is admitted only to raise our term (Raft §5.1), which fails the forwarded reads first, so it answers none | an answer of an old leader must not release a read (it fails and is retried instead); a leader that stepped down answers in its new term, and the read fails at once instead of after two election timeouts |
 //!
-//! Leader messages from non-voters are **accepted** outside a lease, and
+//! Leader messages from non-voters are **accepted** outside the window, and
 //! always by a node with no configuration yet: a node being added hears
 //! from the leader before it knows any configuration, and a member that
 //! was cut off may have missed the configuration that made today's leader
 //! a voter. That is the price of membership changes: a holder of a node
 //! certificate who is not a voter can still present itself as a leader of
-//! a higher term to a node outside a lease (for example right after an
-//! election). That costs the node its term and its uncommitted entries, and
+//! a higher term (or of its term, before it heard the leader) to a node
+//! outside its window (one cut off from its leader for two election
+//! timeouts). It cannot order that node to run a transfer campaign
+//! (TimeoutNow, above), so leases hold, with one limit: this node judges
+//! "voter" by its own configuration, which may be stale. A node that still
+//! lists a demoted or removed voter as a voter follows it at a higher term
+//! inside a lease and obeys its TimeoutNow; voters in the real leader's
+//! lease still refuse that campaign's transfer vote, since it comes two
+//! terms above theirs and a transfer overrides a lease only one term up
+//! (`Raft::step_admitted`; review s58, finding 2). The complete fix names
+//! the ordering leader in the vote request, a wire change not made. That costs the node its term and its uncommitted entries, and
 //! more: the fake leader's entries and commit index are taken as a real
 //! leader's would be, so the node can apply entries the fake leader made up
 //! (past what it knew committed; it never rewrites an entry it knew
@@ -126,15 +135,18 @@ pub enum DropReason {
     /// Not addressed to this node, or from this node itself or node 0.
     Misaddressed,
     /// A vote request from a node outside the configuration, while this
-    /// node is in a leader lease (or its startup lease).
+    /// node heard from a leader within the minimum election timeout (or is
+    /// in its startup lease).
     VoteFromNonMember,
     /// A response or TimeoutNow from a node this node has no business with.
     FromStranger,
     /// TimeoutNow not from the leader we follow at our term.
     TimeoutNowNotFromLeader,
-    /// A leader message at a higher term from a node that is not a voter
-    /// (a non-member or a learner) during a lease. (The name predates
-    /// learners being refused too; it is kept for metrics.)
+    /// A leader message at a higher term, or at this node's term before
+    /// its leader is known, from a node that is not a voter (a non-member
+    /// or a learner) while this node leads, is in a lease, or heard from a
+    /// leader (or started) within the longest election timeout. (The name
+    /// predates learners and the window; it is kept for metrics.)
     NonMemberInLease,
     /// A leader message at our term from another node than our term's
     /// leader.
@@ -184,8 +196,8 @@ pub enum DropReason {
     SnapshotOverBudget,
     /// A message other than a leader message or a vote request (a
     /// response, a read request) at a higher term from a node that is not
-    /// a voter of this node's configuration, while this node is in a
-    /// leader lease: its term is not adopted (thesis §4.2.3, §6.4.1).
+    /// a voter of this node's configuration: its term is not adopted
+    /// (thesis §4.2.3, §6.4.1).
     HigherTermFromNonVoter,
 }
 
@@ -278,7 +290,7 @@ impl DropReason {
                 "TimeoutNow not from the leader this node follows at its term"
             }
             DropReason::NonMemberInLease => {
-                "a leader message at a higher term from a non-voter while a leader is alive"
+                "a leader message at a higher term (or this term, leader unknown) from a non-voter within the window"
             }
             DropReason::SecondLeader => {
                 "a leader message at this term from a node that is not this term's leader"
@@ -314,7 +326,7 @@ impl DropReason {
                 "a snapshot chunk past the node's receive budget (the reception is abandoned and restarted)"
             }
             DropReason::HigherTermFromNonVoter => {
-                "a response or read request at a higher term from a non-voter while a leader is alive"
+                "a response or read request at a higher term from a non-voter"
             }
         }
     }
@@ -442,9 +454,43 @@ impl Raft {
     /// the leader it follows within an election timeout (thesis §4.2.3,
     /// §6.2; needs CheckQuorum).
     pub(super) fn in_lease(&self) -> bool {
-        self.cfg.check_quorum
-            && self.leader != NO_NODE
-            && self.election_elapsed < self.cfg.election_ticks
+        self.cfg.check_quorum && self.heard_leader_recently()
+    }
+
+    /// Whether this node leads, or heard from the leader it follows within
+    /// the minimum election timeout: the rule of thesis §4.2.3 taken
+    /// literally, without CheckQuorum (which [`Raft::in_lease`] adds).
+    fn heard_leader_recently(&self) -> bool {
+        self.leader != NO_NODE && self.election_elapsed < self.cfg.election_ticks
+    }
+
+    /// Whether this node refuses a non-voter's leadership and terms (module
+    /// docs): it has a configuration, and it leads, is in a leader lease,
+    /// or heard from its term's leader (or started) less than the longest
+    /// election timeout (`2 * election_ticks`) ago. That covers a
+    /// restarted node and a pre-candidate, which know no leader but have
+    /// not been without one for long (review s57, core2 #1, #2). The
+    /// window ends: a voter promoted by a configuration this node missed
+    /// may be the leader it must follow (thesis §4.1).
+    fn guards_against_non_voters(&self) -> bool {
+        let window = u64::from(self.cfg.election_ticks).saturating_mul(2);
+        !self.conf.voters.is_empty()
+            && (self.role == Role::Leader
+                || self.in_lease()
+                || self.ticks.saturating_sub(self.leader_heard_at) < window)
+    }
+
+    /// Whether a configuration newer than the last committed one is
+    /// pending in this node's log and `id` is a voter of that committed
+    /// configuration: the leader of the change, which (thesis §4.2.2) keeps
+    /// replicating a C_new that removes it until C_new commits. A learner
+    /// or a non-member of the committed configuration never is; a voter it
+    /// demoted is (see the module docs on stale configurations). Scans the
+    /// log back to that configuration, only for a same-term leader message
+    /// from a non-voter inside the window.
+    fn voter_of_committed_conf_pending_change(&self, id: super::types::NodeId) -> bool {
+        let committed = self.log.committed();
+        self.conf_index > committed && self.log.config_at(committed).is_voter(id)
     }
 
     /// The checks of the module docs, before any rule sees the message.
@@ -465,7 +511,7 @@ impl Raft {
         // elected in a newer term. A node with no configuration yet cannot
         // tell voters from others, so it has no such protection.
         let has_conf = !self.conf.voters.is_empty();
-        let protected = has_conf && self.in_lease();
+        let protected = self.guards_against_non_voters();
         let voter = self.conf.is_voter(m.from);
         match &m.body {
             // Thesis §4.1: a server processes vote requests without
@@ -475,8 +521,13 @@ impl Raft {
             // startup lease) they are disregarded, so a removed server
             // cannot disrupt the cluster. A node with no configuration yet
             // (a new server not yet replicated to) votes in no election.
+            // The lease here is the rule of §4.2.3 itself (a leader heard
+            // within the minimum election timeout), with or without
+            // CheckQuorum (review s57, core2 #4: without it, a removed
+            // server's elections deposed the leader).
             Body::RequestVote { .. }
-                if !member && (!has_conf || self.in_lease() || self.in_startup_lease()) =>
+                if !member
+                    && (!has_conf || self.heard_leader_recently() || self.in_startup_lease()) =>
             {
                 return Err(DropReason::VoteFromNonMember);
             }
@@ -511,7 +562,20 @@ impl Raft {
             // learner made a follower forget its leader with a higher term,
             // then ordered it to campaign with a transfer vote, which voters
             // grant inside the real leader's lease, thesis §6.4.1).
-            Body::TimeoutNow if m.term != self.term || m.from != self.term_leader => {
+            //
+            // Stop 58 (review s57, core2 #1): and only if that leader was a
+            // voter of this node's configuration when this node first
+            // followed it. A node may follow a non-voter claiming its term
+            // once its window is over (a promotion it missed, §4.1), but a
+            // transfer vote overrides the leases of the voters that grant
+            // it, so a learner followed that way must not order one. (A
+            // leader that removed itself, §4.2.2, may transfer only to a
+            // target that does not hold C_new yet: one that does finds it
+            // no member and drops its TimeoutNow as `FromStranger`; such a
+            // leader steps down once C_new commits.)
+            Body::TimeoutNow
+                if m.term != self.term || m.from != self.term_leader || !self.term_leader_voter =>
+            {
                 return Err(DropReason::TimeoutNowNotFromLeader);
             }
             body if body.is_response() && !known => return Err(DropReason::FromStranger),
@@ -524,11 +588,25 @@ impl Raft {
                 if m.term > self.term && !voter && protected {
                     return Err(DropReason::NonMemberInLease);
                 }
+                // Raft §5.2, Election Safety: once this term's leader is
+                // known (also by a pre-candidate, which forgot `leader`
+                // but not `term_leader`), nobody else leads it.
                 if m.term == self.term
                     && (self.role == Role::Leader
-                        || (self.leader != NO_NODE && self.leader != m.from))
+                        || (self.term_leader != NO_NODE && self.term_leader != m.from))
                 {
                     return Err(DropReason::SecondLeader);
+                }
+                // Not known yet (restarted, or the term came with a vote):
+                // a non-voter cannot be elected (thesis §3.4, §4.2.1), so
+                // it is refused during the window, as at a higher term.
+                if m.term == self.term
+                    && self.term_leader == NO_NODE
+                    && !voter
+                    && protected
+                    && !self.voter_of_committed_conf_pending_change(m.from)
+                {
+                    return Err(DropReason::NonMemberInLease);
                 }
             }
             // Any other message at a higher term (a response, a read
@@ -538,9 +616,16 @@ impl Raft {
             // leader still learns the new term from the voters, or steps
             // down by CheckQuorum (thesis §6.2). Vote requests are left to
             // the lease rule of §4.2.3 (`Raft::step`).
+            //
+            // Stop 58 (review s57, core2 #2): whenever this node has a
+            // configuration, not only in a lease. No node needs a
+            // non-voter's word to learn a term: candidates count only
+            // voters, and a restarted voter or a pre-candidate that took a
+            // learner's term deposed the leader by answering it in that
+            // term.
             body if m.term > self.term
                 && !voter
-                && protected
+                && has_conf
                 && !matches!(body, Body::RequestVote { .. }) =>
             {
                 return Err(DropReason::HigherTermFromNonVoter);

@@ -151,6 +151,54 @@ mod tests {
         assert!(is_quorum(&joint, |id| id <= 5));
     }
 
+    /// Raft §5.2: a candidate that has not yet lost keeps waiting: a vote
+    /// is lost only once the answers still missing could not make a
+    /// majority even if all granted. These cases sit on that boundary
+    /// (`yes + missing == need`).
+    #[test]
+    fn a_vote_a_missing_answer_could_still_win_is_pending() {
+        let answers = |yes: &'static [NodeId], no: &'static [NodeId]| {
+            move |id| {
+                if yes.contains(&id) {
+                    Some(true)
+                } else if no.contains(&id) {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
+        };
+        let three = set(&[1, 2, 3]);
+        let five = set(&[1, 2, 3, 4, 5]);
+        assert_eq!(
+            majority_vote(&three, answers(&[1], &[2])),
+            VoteResult::Pending,
+            "3 voters: 1 yes, 1 no, 1 unanswered"
+        );
+        assert_eq!(
+            majority_vote(&five, answers(&[1, 2], &[3, 4])),
+            VoteResult::Pending,
+            "5 voters: 2 yes, 2 no, 1 unanswered"
+        );
+        assert_eq!(
+            majority_vote(&five, answers(&[1], &[2, 3])),
+            VoteResult::Pending,
+            "5 voters: 1 yes, 2 no, 2 unanswered"
+        );
+        assert_eq!(
+            majority_vote(&five, answers(&[1], &[2, 3, 4])),
+            VoteResult::Lost,
+            "5 voters: 1 yes, 3 no, 1 unanswered"
+        );
+        // The same boundary in either half of a joint configuration.
+        let joint = Configuration::joint([1, 2, 3], [3, 4, 5]);
+        assert_eq!(
+            vote_result(&joint, answers(&[3], &[1, 4])),
+            VoteResult::Pending,
+            "each half: 1 yes, 1 no, 1 unanswered"
+        );
+    }
+
     #[test]
     fn joint_commit_needs_both_majorities() {
         let acked = |id: NodeId| [0, 9, 9, 9, 1, 1, 1][id as usize];

@@ -176,6 +176,14 @@ pub struct Raft {
     /// with every new term. At most one leader per term (Raft §5.2), so it
     /// never changes within a term once set.
     pub(super) term_leader: NodeId,
+    /// Whether `term_leader` was a voter of this node's configuration when
+    /// first followed (or this node had none yet, or leads): only such a
+    /// leader may order a transfer campaign (see `inbound`, TimeoutNow).
+    pub(super) term_leader_voter: bool,
+    /// The tick this node last heard from the leader of its term (or led,
+    /// or started): for the window in which it refuses a non-voter's
+    /// leadership and terms (see `inbound`).
+    pub(super) leader_heard_at: u64,
     pub(super) role: Role,
     pub(super) log: RaftLog,
     /// The configuration in force: the last one in the log (thesis §4.1).
@@ -247,6 +255,8 @@ impl Raft {
             vote: hard_state.vote,
             leader: NO_NODE,
             term_leader: NO_NODE,
+            term_leader_voter: false,
+            leader_heard_at: 0,
             role: Role::Follower,
             conf,
             conf_index,
@@ -402,10 +412,19 @@ impl Raft {
 
     /// Common reset when the term or role changes.
     fn reset(&mut self, term: Term) {
+        if self.role == Role::Leader {
+            // Leading is hearing this term's leader: a node that stops
+            // leading (a transfer, a voter's higher term, CheckQuorum)
+            // knows no leader of its new term until that leader's first
+            // message, and gets the whole window against non-voters
+            // (`inbound`; review s58, finding 1).
+            self.leader_heard_at = self.ticks;
+        }
         if self.term != term {
             self.term = term;
             self.vote = NO_NODE;
             self.term_leader = NO_NODE;
+            self.term_leader_voter = false;
             // Its leader's chunks are stale from now on (Raft §5.1).
             let committed = self.log.committed();
             self.snapshots.forget_obsolete_receiving(term, committed);
@@ -430,10 +449,28 @@ impl Raft {
         self.reset(term);
         self.leader = leader;
         if leader != NO_NODE {
-            self.term_leader = leader;
+            self.follow_term_leader(leader);
         }
         self.role = Role::Follower;
         // Reads failed in reset() carry no hint; the leader is known now.
+    }
+
+    /// Records `leader` as the leader of the current term, heard from now.
+    /// Raft §5.2 (at most one leader per term): once set, `term_leader`
+    /// never changes within the term (`inbound` drops the leader messages
+    /// of anyone else).
+    fn follow_term_leader(&mut self, leader: NodeId) {
+        debug_assert!(
+            self.term_leader == NO_NODE || self.term_leader == leader,
+            "a second leader of term {}: {leader} after {}",
+            self.term,
+            self.term_leader
+        );
+        if self.term_leader == NO_NODE {
+            self.term_leader = leader;
+            self.term_leader_voter = self.conf.voters.is_empty() || self.conf.is_voter(leader);
+        }
+        self.leader_heard_at = self.ticks;
     }
 
     pub(super) fn become_pre_candidate(&mut self) {
@@ -455,6 +492,8 @@ impl Raft {
         self.reset(term);
         self.leader = self.id;
         self.term_leader = self.id;
+        self.term_leader_voter = true;
+        self.leader_heard_at = self.ticks;
         self.role = Role::Leader;
         let next = self.log.last_index() + 1;
         for id in self.conf.members() {
@@ -518,8 +557,15 @@ impl Raft {
             {
                 // Thesis §4.2.3 / §9.6: while a follower hears from a leader
                 // it ignores vote requests, so a removed or partitioned node
-                // cannot disrupt a healthy cluster. A transfer overrides it.
-                if (self.in_lease() || self.in_startup_lease()) && !transfer {
+                // cannot disrupt a healthy cluster. A transfer overrides it
+                // (§3.10), but only one term above ours: the real target
+                // was at its leader's term, which a voter in that leader's
+                // lease is at, and campaigns at the next one. A node its
+                // stale configuration let a demoted voter lead at a higher
+                // term campaigns further up (review s58, finding 2).
+                if (self.in_lease() || self.in_startup_lease())
+                    && !(*transfer && m.term == self.term.saturating_add(1))
+                {
                     return;
                 }
                 if *pre_vote {
@@ -568,7 +614,7 @@ impl Raft {
                     self.become_follower(self.term, m.from);
                 }
                 self.leader = m.from;
-                self.term_leader = m.from;
+                self.follow_term_leader(m.from);
                 self.election_elapsed = 0;
                 match m.body {
                     Body::AppendEntries { .. } => self.handle_append(m),
@@ -794,8 +840,8 @@ impl Raft {
             snapshot,
             persist_marker,
             entries,
-            messages: std::mem::take(&mut self.msgs),
-            persisted_messages: std::mem::take(&mut self.msgs_after_persist),
+            messages: take_sized_like(&mut self.msgs),
+            persisted_messages: take_sized_like(&mut self.msgs_after_persist),
             committed_entries: if self.apply_paused {
                 Vec::new()
             } else {
@@ -829,4 +875,14 @@ impl Raft {
             }
         }
     }
+}
+
+/// Takes the messages of a [`Ready`], leaving an empty list with room for
+/// as many as it held: under load every `ready` hands out about as many
+/// messages as the last, and a list regrown from empty reallocates several
+/// times per batch (`log2` of its length). An empty list leaves an empty,
+/// unallocated one (an idle node allocates nothing).
+fn take_sized_like(msgs: &mut Vec<Message>) -> Vec<Message> {
+    let room = msgs.len();
+    std::mem::replace(msgs, Vec::with_capacity(room))
 }

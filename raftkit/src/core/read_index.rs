@@ -36,7 +36,10 @@
 //! round's reads are released only by acknowledgements of that round or a
 //! later one; the leader holds at most [`MAX_REMOTE_READS`] followers' reads
 //! (more are dropped and counted, so a hostile member cannot grow its
-//! memory).
+//! memory), and of those at most a fair share per member: the room divided
+//! among the members other than the leader (stop 58: one member, a learner
+//! is enough, kept the whole room full and every other follower's reads
+//! were dropped). `remote` is the sum of `remote_by`.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -76,6 +79,8 @@ pub(super) struct ReadIndex {
     round: u64,
     /// Followers' reads held by this leader.
     remote: usize,
+    /// Followers' reads held by this leader, per follower (no zeros).
+    remote_by: BTreeMap<NodeId, usize>,
     /// Follower: reads sent to the leader, with the tick they were sent at.
     forwarded: BTreeMap<u64, u64>,
 }
@@ -106,6 +111,7 @@ impl ReadIndex {
             all.extend(readers);
         }
         self.remote = 0;
+        self.remote_by.clear();
         let mut local: Vec<u64> = std::mem::take(&mut self.forwarded).into_keys().collect();
         let mut remote = Vec::new();
         for r in all {
@@ -170,12 +176,33 @@ impl Raft {
             self.send(from, Body::ReadIndexResponse { ctx, index: None });
             return;
         }
-        if self.reads.remote >= MAX_REMOTE_READS {
+        let held = self.reads.remote_by.get(&from).copied().unwrap_or(0);
+        if self.reads.remote >= MAX_REMOTE_READS || held >= self.remote_read_share() {
             self.dropped.record(super::DropReason::ReadQueueFull);
             return;
         }
         self.reads.remote += 1;
+        self.reads.remote_by.insert(from, held + 1);
         self.enqueue_read(Reader::Remote(from, ctx));
+    }
+
+    /// The most followers' reads the leader holds for one member: the room
+    /// ([`MAX_REMOTE_READS`]) divided among the members other than itself
+    /// (at least one read each).
+    fn remote_read_share(&self) -> usize {
+        let conf = &self.conf;
+        // Counted without allocating (the members are bounded, MAX_MEMBERS).
+        let voters = conf.voters.union(&conf.outgoing).count();
+        let learners = conf
+            .learners
+            .iter()
+            .filter(|id| !conf.is_voter(**id))
+            .count();
+        let others = voters
+            .saturating_add(learners)
+            .saturating_sub(usize::from(conf.contains(self.id)))
+            .max(1);
+        (MAX_REMOTE_READS / others).max(1)
     }
 
     /// Follower: the leader's answer to a forwarded read (admitted: from
@@ -279,6 +306,12 @@ impl Raft {
                     }),
                     Reader::Remote(to, ctx) => {
                         self.reads.remote = self.reads.remote.saturating_sub(1);
+                        if let Some(held) = self.reads.remote_by.get_mut(&to) {
+                            *held = held.saturating_sub(1);
+                            if *held == 0 {
+                                self.reads.remote_by.remove(&to);
+                            }
+                        }
                         self.send(
                             to,
                             Body::ReadIndexResponse {

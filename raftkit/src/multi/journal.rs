@@ -109,7 +109,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use super::GroupId;
 use crate::core::types::{Entry, HardState, Index, Payload, Term};
@@ -249,6 +249,16 @@ struct State {
     failed: Option<String>,
 }
 
+/// Why a group's sink refuses its later writes (invariant 4).
+enum SinkRefusal {
+    /// A write failed: later ones are answered [`StorageError::Failed`]
+    /// (may have been applied, as the first).
+    Failed(String),
+    /// The group was removed from the journal: later writes are answered
+    /// [`StorageError::Closed`] (not applied), as the first was.
+    Removed,
+}
+
 struct Job {
     group: GroupId,
     write: Write,
@@ -256,7 +266,7 @@ struct Job {
     done: Done,
     token: u64,
     /// The first failed write of the job's sink (invariant 4).
-    failed: Arc<Mutex<Option<String>>>,
+    failed: Arc<Mutex<Option<SinkRefusal>>>,
     /// For a write carrying a received snapshot: where the snapshot worker
     /// hands the job back once the snapshot is saved (a sender of the
     /// commit thread's queue, which therefore stays open until it is).
@@ -269,7 +279,14 @@ impl Job {
     fn refused(&self) -> Option<StorageError> {
         self.failed.lock().map_or_else(
             |_| Some(StorageError::Closed),
-            |f| f.clone().map(|cause| StorageError::Failed { cause }),
+            |f| match &*f {
+                None => None,
+                Some(SinkRefusal::Failed(cause)) => Some(StorageError::Failed {
+                    cause: cause.clone(),
+                }),
+                // Nothing failed: the group is gone, nothing is written.
+                Some(SinkRefusal::Removed) => Some(StorageError::Closed),
+            },
         )
     }
 
@@ -279,7 +296,7 @@ impl Job {
             && f.is_none()
         {
             error!(group = self.group, error = %e, "a group's journal write failed; refusing its further writes");
-            *f = Some(e.to_string());
+            *f = Some(SinkRefusal::Failed(e.to_string()));
         }
     }
 
@@ -290,7 +307,11 @@ impl Job {
         if let Ok(mut f) = self.failed.lock()
             && f.is_none()
         {
-            *f = Some(format!("group {} was removed from this node", self.group));
+            debug!(
+                group = self.group,
+                "the group was removed from this node; refusing its sink's further writes, not applied"
+            );
+            *f = Some(SinkRefusal::Removed);
         }
     }
 }
@@ -990,7 +1011,7 @@ pub struct GroupSink {
     group: GroupId,
     snapshots: SharedSnapshots,
     /// The first failed write of this sink (invariant 4).
-    failed: Arc<Mutex<Option<String>>>,
+    failed: Arc<Mutex<Option<SinkRefusal>>>,
 }
 
 impl SharedSink for GroupSink {

@@ -875,6 +875,50 @@ fn a_write_taken_after_its_groups_removal_is_refused_and_brings_nothing_back() {
     );
 }
 
+/// Every write a removed group's sink hands the journal after the removal
+/// is refused the same way, "not applied" ([`StorageError::Closed`]), not
+/// only the first: the removal recorded on the sink is not a failure.
+/// Before: the first was `Closed` and every later one `Failed` ("may have
+/// been applied"), so the retired replica's node task took its own
+/// unwritten entries for possibly durable.
+#[test]
+fn every_write_after_its_groups_removal_is_refused_not_applied() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let j = Journal::open(
+        crate::storage::vfs::real(),
+        &dir.path().join("journal"),
+        JournalOptions::default(),
+    )
+    .expect("the journal opens");
+    j.create_group(1).expect("group 1 created");
+    let a = j.sink(1, snaps());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    a.write(write(vec![entry(1, 1)], Some(hs(1, 1))), tx.clone(), 1);
+    assert!(
+        matches!(next(&mut rx), Some(Ok(1))),
+        "group 1's write before its removal"
+    );
+    j.remove_group(1, (1, 1)).expect("group 1 removed");
+    let mut answers = Vec::new();
+    for token in 2..5 {
+        a.write(
+            write(vec![entry(token, 1)], Some(hs(1, 1))),
+            tx.clone(),
+            token,
+        );
+        answers.push(next(&mut rx));
+    }
+    drop(a);
+    close(j);
+    for (i, answer) in answers.iter().enumerate() {
+        assert!(
+            matches!(answer, Some(Err(StorageError::Closed))),
+            "write {} after the removal: {answer:?}",
+            i + 1
+        );
+    }
+}
+
 fn snaps() -> SharedSnapshots {
     shared(MemSnapshotStore::new(1))
 }

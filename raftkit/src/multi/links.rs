@@ -45,11 +45,14 @@
 //!   slow group never holds the bytes the other groups' messages need;
 //!   the messages waiting for the hoster (for groups not hosted here, any
 //!   number of them) hold at most the group share together, as one group;
-//! - a [`Heard`] watch of (group, node) is set by the first message of
-//!   that group from that node delivered (or dropped for a full inbox)
-//!   after it was made: a sign that the node is alive and hosts the group
-//!   (a replica move's catch-up, see [`super::moves`]). While no watch
-//!   lives, delivering costs one relaxed load more.
+//! - a [`Heard`] watch of (group, node) is set by the first snapshot chunk
+//!   acknowledgement (an `InstallSnapshotResponse` not rejected) of that
+//!   group from that node delivered (or dropped for a full inbox) after it
+//!   was made: a sign that the node is receiving a snapshot of the group,
+//!   which its match index does not show until it installed it (a replica
+//!   move's catch-up, see [`super::moves`]; any other message, e.g. a
+//!   heartbeat answer, shows no progress). While no watch lives,
+//!   delivering costs one relaxed load more.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -61,7 +64,7 @@ use tokio::time::Instant;
 use tracing::trace;
 
 use super::GroupId;
-use crate::core::{Message, NodeId};
+use crate::core::{Body, Message, NodeId};
 use crate::transport::frame::PeerFrame;
 use crate::transport::inbox_bytes::{Charged, ChargedGroup, InboxCharge};
 use crate::transport::{GroupInbound, QuicTransport, Transport};
@@ -121,9 +124,13 @@ pub(crate) struct Links {
     heard: Mutex<Vec<(GroupId, NodeId, Arc<AtomicBool>)>>,
     /// How many there are (read on every delivery, without the lock).
     watching: AtomicUsize,
+    /// Drops every `AppendEntriesResponse` from this node (tests only: a
+    /// target that answers heartbeats but never catches up).
+    #[cfg(test)]
+    deaf_to_appends_from: Mutex<Option<NodeId>>,
 }
 
-/// Whether a message of a group from a node was delivered since the watch
+/// Whether a node acknowledged a snapshot chunk of a group since the watch
 /// was made ([`Links::watch_heard`]); unregistered when dropped.
 pub(crate) struct Heard {
     links: Arc<Links>,
@@ -131,8 +138,8 @@ pub(crate) struct Heard {
 }
 
 impl Heard {
-    /// Whether a message of the group came from the node since the watch
-    /// was made.
+    /// Whether the node acknowledged a snapshot chunk of the group since
+    /// the watch was made.
     pub(crate) fn heard(&self) -> bool {
         self.flag.load(Ordering::Acquire)
     }
@@ -172,6 +179,8 @@ impl Links {
             known: Mutex::new(Known::default()),
             heard: Mutex::new(Vec::new()),
             watching: AtomicUsize::new(0),
+            #[cfg(test)]
+            deaf_to_appends_from: Mutex::new(None),
         })
     }
 
@@ -296,7 +305,25 @@ impl Links {
     /// charged nothing). Dropped (its charge given back) if the group's
     /// inbox is full or its waiting messages hold the group share.
     pub(crate) fn deliver(&self, group: GroupId, msg: Message, charge: Option<InboxCharge>) {
-        if self.watching.load(Ordering::Acquire) > 0 {
+        #[cfg(test)]
+        if matches!(msg.body, Body::AppendEntriesResponse { .. })
+            && *self
+                .deaf_to_appends_from
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                == Some(msg.from)
+        {
+            return;
+        }
+        if self.watching.load(Ordering::Acquire) > 0
+            && matches!(
+                msg.body,
+                Body::InstallSnapshotResponse {
+                    rejected: false,
+                    ..
+                }
+            )
+        {
             self.note_heard(group, msg.from);
         }
         let groups = self.groups();
@@ -336,7 +363,18 @@ impl Links {
         }
     }
 
-    /// Watches for a message of `group` from `node` (see [`Heard`]).
+    /// Drops every `AppendEntriesResponse` from `node` from now on (tests
+    /// only).
+    #[cfg(test)]
+    pub(crate) fn deafen_to_appends_from(&self, node: NodeId) {
+        *self
+            .deaf_to_appends_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(node);
+    }
+
+    /// Watches for a snapshot chunk of `group` taken by `node` (see
+    /// [`Heard`]).
     pub(crate) fn watch_heard(self: &Arc<Self>, group: GroupId, node: NodeId) -> Heard {
         let flag = Arc::new(AtomicBool::new(false));
         let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());

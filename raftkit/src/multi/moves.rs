@@ -77,8 +77,9 @@
 //! ([`balance::RefusedTargets`](super::balance::RefusedTargets)); a move
 //! to it that succeeds forgets it, and so does a refused move whatever
 //! became of its learner's removal. A balancing move whose catch-up timed
-//! out keeps its learner if the target showed a sign of life during the
-//! catch-up (a message of the group from it, or its match index moving):
+//! out keeps its learner if the target showed a sign of progress during
+//! the catch-up (its match index moving, or a snapshot chunk it took; a
+//! heartbeat answer alone is none):
 //! it is alive but slower than the catch-up timeout (a large snapshot, a
 //! throttled link), and a kept learner goes on receiving the snapshot and
 //! the log during the backoff, so the next attempt resumes
@@ -145,10 +146,11 @@ impl Default for MoveOptions {
 /// balancer ([`super::rebalance`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct MoveSeen {
-    /// Its catch-up timed out without a sign of life from the target: no
-    /// message of the group came from it and its match index did not move
-    /// during the whole catch-up (a target that is down, unreachable, or
-    /// does not host the group).
+    /// Its catch-up timed out without a sign of progress from the target:
+    /// its match index did not move past where it was before the move, and
+    /// it took no snapshot chunk, during the whole catch-up (a target that
+    /// is down, unreachable, does not host the group, or answers but does
+    /// not catch up).
     pub(super) target_silent: bool,
     /// Its joint change was refused, for this cause (whatever became of
     /// the learner's removal after it).
@@ -636,9 +638,13 @@ impl<S: PeerExt> MultiNode<S> {
         let if_added = if added { Applied::Yes } else { Applied::No };
         let maybe_joint = if added { Applied::Yes } else { Applied::Maybe };
 
-        // 2. Wait until it caught up, watching for a sign of life from the
-        // target meanwhile: a message of the group from it, or its match
-        // index moving.
+        // 2. Wait until it caught up, watching for a sign of progress from
+        // the target meanwhile: its match index moving past where it was
+        // before this move's learner was added (`st`: none for a learner
+        // added now), or a snapshot chunk it took (a snapshot shows in the
+        // match index only once installed). A message alone is none: a
+        // target that answers heartbeats but never catches up is kept
+        // only while it progresses.
         let lag = opts.catch_up_lag;
         let heard = self.watch_heard(group, to_id);
         let matched_at = |s: &PeerStatus| {
@@ -647,20 +653,23 @@ impl<S: PeerExt> MultiNode<S> {
                 .find(|m| m.id == to_id)
                 .and_then(|m| m.matched)
         };
-        let matched_before = matched_at(&peer.status());
+        let matched_before = matched_at(&st);
+        // A new learner's progress starts at 0 with no answer from it.
+        let progressed = || {
+            heard.heard() || matched_at(&peer.status()).unwrap_or(0) > matched_before.unwrap_or(0)
+        };
         #[cfg(test)]
         hooks::catch_up_begun(me);
         let caught = wait_for(&peer, opts.catch_up_timeout, |s| {
             s.role != Role::Leader || caught_up(s, to_id, lag)
         });
         #[cfg(test)]
-        let caught = hooks::held_until_heard(me, &heard, opts.catch_up_timeout, caught);
+        let caught = hooks::held_until_progress(me, &progressed, opts.catch_up_timeout, caught);
         let st = match caught.await {
             Ok(st) => st,
             Err(e) => {
                 if matches!(e, Error::Timeout) {
-                    seen.target_silent =
-                        !heard.heard() && matched_at(&peer.status()) == matched_before;
+                    seen.target_silent = !progressed();
                     info!(
                         group,
                         to,

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crate::core::NodeId;
 use crate::error::Error;
-use crate::multi::links::Heard;
 use crate::runtime::PeerStatus;
 
 /// Per node: how many of its next stray-learner removals fail.
@@ -79,7 +78,7 @@ pub(crate) fn catch_ups_begun(id: NodeId) -> usize {
 
 /// While `on`, the catch-ups of node `id`'s moves end as a target
 /// alive but slower than the catch-up timeout does: they time out as
-/// soon as the target was heard from (or once the timeout passed).
+/// soon as the target progressed (or once the timeout passed).
 pub(crate) fn hold_catch_up(id: NodeId, on: bool) {
     let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
     if on {
@@ -90,10 +89,10 @@ pub(crate) fn hold_catch_up(id: NodeId, on: bool) {
 }
 
 /// `caught`, or, while [`hold_catch_up`] holds node `id`'s catch-ups,
-/// a timeout once `heard` is set or `timeout` passed.
-pub(super) async fn held_until_heard(
+/// a timeout once the target `progressed` or `timeout` passed.
+pub(super) async fn held_until_progress(
     id: NodeId,
-    heard: &Heard,
+    progressed: &impl Fn() -> bool,
     timeout: Duration,
     caught: impl Future<Output = Result<PeerStatus, Error>>,
 ) -> Result<PeerStatus, Error> {
@@ -101,7 +100,7 @@ pub(super) async fn held_until_heard(
         return caught.await;
     }
     let deadline = tokio::time::Instant::now() + timeout;
-    while !heard.heard() && tokio::time::Instant::now() < deadline {
+    while !progressed() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Err(Error::Timeout)

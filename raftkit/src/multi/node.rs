@@ -760,14 +760,21 @@ impl<S: PeerExt> MultiNode<S> {
         &self.inner.links
     }
 
-    /// Watches for a message of `group` from node `node` (a sign of
-    /// life, see [`super::moves`]).
+    /// Watches for a snapshot chunk of `group` taken by node `node` (a
+    /// sign of progress, see [`super::moves`]).
     pub(super) fn watch_heard(
         &self,
         group: GroupId,
         node: crate::core::NodeId,
     ) -> super::links::Heard {
         self.inner.links.watch_heard(group, node)
+    }
+
+    /// Drops every `AppendEntriesResponse` from `node` from now on (tests
+    /// only: a target that answers heartbeats but never catches up).
+    #[cfg(test)]
+    pub(crate) fn deafen_to_appends_from(&self, node: crate::core::NodeId) {
+        self.inner.links.deafen_to_appends_from(node);
     }
 
     /// The groups this node hosts, in order.

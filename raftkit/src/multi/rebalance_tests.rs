@@ -224,6 +224,55 @@ async fn a_balancing_move_to_a_target_silent_for_its_whole_catch_up_removes_its_
     a.shutdown().await.expect("a clean shutdown");
 }
 
+/// A balancing move whose target answers (heartbeats) but never makes
+/// progress during its whole catch-up (here: A never hears its append
+/// answers, so C's match index never moves) removes the learner it left,
+/// as for a silent target: any message used to count as a sign of life,
+/// so such a target kept its learner and every retry cost a whole
+/// catch-up timeout. Only progress (the match index moving, a snapshot
+/// chunk taken) counts now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancing_move_to_a_target_that_answers_but_never_catches_up_removes_its_learner() {
+    let LiveTarget {
+        _dirs,
+        a,
+        c,
+        c_addr,
+    } = live_target("balance-stuck").await;
+    let c_id = Peer::<Placement>::member_id(&c_addr);
+    a.set_balance_move_options(MoveOptions {
+        catch_up_timeout: Duration::from_secs(2),
+        step_timeout: Duration::from_secs(10),
+        ..MoveOptions::default()
+    });
+    a.deafen_to_appends_from(c_id);
+    let failed = a.balance_replicas().await;
+    let Err(super::MoveError::Step {
+        group,
+        step: super::MoveStep::CatchUp,
+        leaves,
+        ..
+    }) = &failed
+    else {
+        panic!("the move to a node that never catches up: {failed:?}");
+    };
+    let peer = a.group(*group).expect("the group of the move");
+    let (voters, learners) = until("the group's configuration settled", || {
+        settled_members(&peer.status())
+    })
+    .await;
+    assert!(
+        !learners.contains(&c_id) && !voters.contains(&c_id),
+        "the learner of a target that never progressed stays in group {group}: voters {voters:?}, learners {learners:?}; {leaves}"
+    );
+    assert!(
+        leaves.contains("removed") && !leaves.contains("resumes"),
+        "the error says what the group is left in: {leaves}"
+    );
+    let _ = c.shutdown().await;
+    let _ = a.shutdown().await;
+}
+
 /// The balancer's retry of a stray learner's removal skips a (group,
 /// node) with a move in flight (review s56, finding 2): a balancing move
 /// to a dead node leaves a learner whose removal fails (the hook), so the

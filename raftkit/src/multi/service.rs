@@ -138,6 +138,12 @@ impl<S: PeerExt> client_service::Front for Front<S> {
         check_hello::<S>(&self.schemas, hello, remote)
     }
 
+    /// Every role up to `max_frame`: a node certificate keeps the placement
+    /// group (writes of its own), so its frames are not small here.
+    fn max_request_bytes(&self, _: &crate::tls::Principal, max_frame: usize) -> usize {
+        max_frame
+    }
+
     fn authorize(
         &self,
         principal: &Principal,

@@ -52,6 +52,19 @@ impl Serialize for Out {
     }
 }
 
+/// A query argument whose `Serialize` fails (an error, not a panic): a
+/// query carrying it cannot be sent.
+#[derive(Clone, Debug, Deserialize)]
+struct Unsendable;
+
+impl Serialize for Unsendable {
+    fn serialize<Z: Serializer>(&self, _: Z) -> Result<Z::Ok, Z::Error> {
+        Err(serde::ser::Error::custom(
+            "Unsendable::serialize fails on purpose",
+        ))
+    }
+}
+
 #[derive(StateMachine, Default, Serialize, Deserialize)]
 struct Fragile {
     n: u64,
@@ -82,6 +95,13 @@ impl Fragile {
     #[read]
     fn shown(&self, v: u64) -> Out {
         Out(v)
+    }
+
+    /// A read whose query never encodes ([`Unsendable`]).
+    #[read]
+    fn unsent(&self, u: Unsendable) -> u64 {
+        let Unsendable = u;
+        self.n
     }
 }
 
@@ -826,4 +846,39 @@ async fn goes_on_after_a_failed_snapshot(
         "the next snapshot got {:?}",
         taken.map(|r| r.map(|t| t.index))
     );
+}
+
+/// A query whose `Serialize` fails is never sent: every read path answers
+/// an error saying nothing was applied (`Applied::No`), `read_with` at any
+/// consistency as `read` does. (Stop 57's apply note: `read_with` answered
+/// `Codec`, "may have been applied".)
+#[tokio::test]
+async fn a_query_that_does_not_encode_is_answered_not_sent_on_every_read_path() {
+    use crate::client::Consistency;
+    let (peers, leader) = cluster(false, 40).await;
+    let peer = &peers[leader];
+    for consistency in [
+        Consistency::Linearizable,
+        Consistency::Lease,
+        Consistency::Stale,
+    ] {
+        let e = peer
+            .read_with(FragileRead::Unsent { u: Unsendable }, consistency)
+            .await
+            .expect_err("a query that does not encode is not served");
+        assert_eq!(
+            e.applied(),
+            Applied::No,
+            "read_with at {consistency:?}: {e:?}"
+        );
+        assert!(
+            e.to_string().contains("not sent"),
+            "read_with at {consistency:?} says the query was not sent: {e}"
+        );
+    }
+    let e = peer
+        .read(FragileRead::Unsent { u: Unsendable })
+        .await
+        .expect_err("a query that does not encode is not served");
+    assert_eq!(e.applied(), Applied::No, "read: {e:?}");
 }

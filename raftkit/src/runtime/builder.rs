@@ -142,6 +142,7 @@ pub struct PeerBuilder<S> {
     admission_wait: Duration,
     client_limits: super::intake::ConnectionLimits,
     client_body_stall: Duration,
+    client_min_body_rate: u64,
     client_receive_window: u64,
     peer_connections: (usize, usize),
     handshakes: (usize, Duration),
@@ -229,6 +230,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             admission_wait: admission::DEFAULT_ADMISSION_WAIT,
             client_limits: super::intake::ConnectionLimits::default(),
             client_body_stall: super::intake::DEFAULT_BODY_STALL,
+            client_min_body_rate: super::intake::DEFAULT_MIN_BODY_RATE,
             client_receive_window: crate::transport::quic::DEFAULT_CLIENT_RECEIVE_WINDOW,
             peer_connections: (
                 crate::transport::quic::DEFAULT_PEER_CONNECTIONS_PER_NODE,
@@ -617,6 +619,21 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// whole. Keep it above the [admission wait](Self::admission_wait).
     pub fn client_body_stall(mut self, stall: Duration) -> Self {
         self.client_body_stall = stall.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The slowest a client request's body may arrive on average once its
+    /// room in the node's budget of received requests is taken, in bytes
+    /// per second (default
+    /// [`DEFAULT_MIN_BODY_RATE`](super::DEFAULT_MIN_BODY_RATE), 64 KiB/s;
+    /// at least 1): the whole body must be here within the
+    /// [body stall](Self::client_body_stall) plus its length at this rate,
+    /// or it is dropped as a stalled one is. Without it a sender that
+    /// trickled a byte within every stall bound held its room for as long
+    /// as it liked. Lower it for clients that upload large writes over
+    /// slow links.
+    pub fn client_min_body_rate(mut self, bytes_per_second: u64) -> Self {
+        self.client_min_body_rate = bytes_per_second.max(1);
         self
     }
 
@@ -1394,7 +1411,10 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             clients_rx,
             crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
             self.client_limits,
-            self.client_body_stall,
+            super::intake::BodyBounds {
+                stall: self.client_body_stall,
+                min_rate: self.client_min_body_rate,
+            },
         ));
         // (`join` without QUIC was refused above: the identity is there.)
         if let (Some(seeds), Some(identity)) = (self.join, join_identity) {

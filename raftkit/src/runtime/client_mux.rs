@@ -30,7 +30,9 @@
 //!   within the admission wait is answered `Overloaded` (nothing applied)
 //!   and its body dropped as it arrives; a frame whose body stops arriving
 //!   for the intake's stall bound (no byte of it, measured across the
-//!   task's polls) gives its room back and ends the stream's reading (the
+//!   task's polls), or is not here whole by its deadline (the stall bound
+//!   plus its length at the intake's minimum body rate, from when its room
+//!   was taken), gives its room back and ends the stream's reading (the
 //!   client's calls still waiting fail; requests already read are
 //!   answered first);
 //! - a frame that is too large or has no readable id ends the stream with a
@@ -110,6 +112,8 @@ pub(super) async fn serve<F: Front>(
     let mut done: VecDeque<Answer> = VecDeque::new();
     let mut reading = true;
     let mut next = Next::Len;
+    // The role's cap, checked before a frame takes room.
+    let cap = front.max_request_bytes(&caller.principal, max_frame);
     loop {
         let window = running.len() + done.len() < MUX_WINDOW;
         tokio::select! {
@@ -143,7 +147,7 @@ pub(super) async fn serve<F: Front>(
             }
             // Cancel-safe: a frame half received, or room being waited
             // for, when an answer completes stays in `frames` and `next`.
-            incoming = next_request(&mut frames, &mut next, &intake, max_frame, window), if reading => {
+            incoming = next_request(&mut frames, &mut next, &intake, (max_frame, cap), window), if reading => {
                 crate::probe::mark("s.frame_in");
                 let (head, decoded) = match incoming {
                     Ok(Incoming::Request(body, mut room)) => {
@@ -154,7 +158,7 @@ pub(super) async fn serve<F: Front>(
                     Ok(Incoming::Stalled(len)) => {
                         warn!(len,
                             stall_ms = u64::try_from(intake.stall().as_millis()).unwrap_or(u64::MAX),
-                            "a multiplexed request's body stopped arriving; its room given back, that stream ends");
+                            "a multiplexed request's body stopped arriving, or came slower than the intake's minimum rate; its room given back, that stream ends");
                         frames.stop(0);
                         reading = false;
                         continue;
@@ -179,7 +183,9 @@ pub(super) async fn serve<F: Front>(
                 let request = match decoded {
                     Ok(room) => Request::Read(RequestId::decode_request(rest), room),
                     Err(refusal) => {
-                        front.note_overloaded();
+                        if matches!(refusal, Error::Overloaded) {
+                            front.note_overloaded();
+                        }
                         Request::Refused(refusal)
                     }
                 };
@@ -227,8 +233,9 @@ enum Next {
         usize,
     ),
     /// Room taken: reading the frame's body, of this length; the last
-    /// time a byte of it arrived (or the room was taken).
-    Body(Room, usize, tokio::time::Instant),
+    /// time a byte of it arrived (or the room was taken); when it must be
+    /// here whole (`intake`'s body deadline).
+    Body(Room, usize, tokio::time::Instant, tokio::time::Instant),
     /// No room came: discarding the frame, to answer it `refusal`.
     Refused(Error),
 }
@@ -240,20 +247,24 @@ enum Incoming {
     /// The first bytes of a frame refused for want of room (its id), and
     /// the refusal.
     Refused(Vec<u8>, Error),
-    /// A frame of this length whose body stopped arriving: its room given
-    /// back, the rest of the stream not to be read.
+    /// A frame of this length whose body stopped arriving, or missed its
+    /// deadline: its room given back, the rest of the stream not to be
+    /// read.
     Stalled(usize),
 }
 
 /// The stream's next request, its room taken before its body is read:
 /// once the prefix is here, room is taken at once if there is some, else
-/// waited for (at most the admission wait); `window`: whether a new frame
-/// may be started. Cancel-safe: the state lives in `frames` and `next`.
+/// waited for (at most the admission wait); `(max, cap)`: the frame cap
+/// and the caller's role's ([`Front::max_request_bytes`]: a frame past it
+/// takes no room and is refused `Unauthorized`, skipped unread);
+/// `window`: whether a new frame may be started. Cancel-safe: the state
+/// lives in `frames` and `next`.
 async fn next_request(
     frames: &mut FrameReader,
     next: &mut Next,
     intake: &ConnectionIntake,
-    max: usize,
+    (max, cap): (usize, usize),
     window: bool,
 ) -> Result<Incoming, FrameError> {
     loop {
@@ -263,23 +274,32 @@ async fn next_request(
                     std::future::pending::<()>().await;
                 }
                 let len = frames.next_len(max).await?;
-                *next = match intake.try_take(len) {
-                    Some(room) => Next::Body(room, len, tokio::time::Instant::now()),
-                    None => Next::Room(Box::pin(intake.clone().take(len)), len),
+                *next = if len > cap {
+                    Next::Refused(Error::Unauthorized(format!(
+                        "a request of {len} bytes refused unread: this certificate's role may send at most {cap} bytes a request"
+                    )))
+                } else {
+                    match intake.try_take(len) {
+                        Some(room) => body_of(intake, room, len),
+                        None => Next::Room(Box::pin(intake.clone().take(len)), len),
+                    }
                 };
             }
             Next::Room(wait, len) => {
                 let taken = wait.as_mut().await;
                 *next = match taken {
-                    Ok(room) => Next::Body(room, *len, tokio::time::Instant::now()),
+                    Ok(room) => body_of(intake, room, *len),
                     Err(refusal) => Next::Refused(refusal),
                 };
             }
-            Next::Body(_, _, last) => {
-                let body = frames
-                    .next_unless_stalled_since(max, intake.stall(), last)
-                    .await?;
-                if let Next::Body(room, len, _) = std::mem::replace(next, Next::Len) {
+            Next::Body(_, _, last, deadline) => {
+                let body = tokio::time::timeout_at(
+                    *deadline,
+                    frames.next_unless_stalled_since(max, intake.stall(), last),
+                )
+                .await
+                .unwrap_or(Ok(None))?;
+                if let Next::Body(room, len, _, _) = std::mem::replace(next, Next::Len) {
                     return Ok(match body {
                         Some(body) => Incoming::Request(body, room),
                         // The room is dropped here: given back.
@@ -295,6 +315,13 @@ async fn next_request(
             }
         }
     }
+}
+
+/// Reading the body of a frame of `len` bytes whose `room` was just
+/// taken: its stall and its deadline measured from now.
+fn body_of(intake: &ConnectionIntake, room: Room, len: usize) -> Next {
+    let now = tokio::time::Instant::now();
+    Next::Body(room, len, now, intake.body_deadline(len, now))
 }
 
 /// A request of the stream to answer.

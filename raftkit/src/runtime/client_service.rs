@@ -26,8 +26,10 @@
 //! received requests before its body is read, and holds it until it is
 //! answered; one that finds none within the admission wait is answered
 //! `Overloaded` (see `intake`), and so is one whose body stops arriving
-//! for the intake's stall bound (its room given back, nothing of it
-//! decoded; on the multiplexed stream the stream ends instead). A connection past the node's limits of
+//! for the intake's stall bound, or is not here whole by its deadline (the
+//! stall bound plus its length at the intake's minimum body rate): its
+//! room given back, nothing of it decoded; on the multiplexed stream the
+//! stream ends instead. A connection past the node's limits of
 //! connections (per client certificate, and in all) is closed before
 //! anything of it is read (see `intake`).
 
@@ -41,7 +43,7 @@ use tracing::{debug, warn};
 
 use super::Peer;
 use super::authorization::{authorize, request_kind};
-use super::intake::{ConnectionIntake, ConnectionLimits, Intake};
+use super::intake::{BodyBounds, ConnectionIntake, ConnectionLimits, Intake};
 use super::session::Owner;
 use crate::client::mux::{MUX_ACCEPTED, MUX_VERSION};
 use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, StatusReport, WireError};
@@ -56,6 +58,19 @@ use crate::transport::frame::{
 use crate::transport::frame_reader::FrameReader;
 use crate::transport::quic::{AcceptedClient, CLOSE_TOO_MANY_CONNECTIONS};
 use tracing::Instrument;
+
+/// The largest request frame a `node` certificate may send a single peer
+/// ([`Front::max_request_bytes`]): its requests there (a status, asking to
+/// be added with its address) are a few hundred bytes.
+pub(crate) const MAX_NODE_REQUEST_BYTES: usize = 64 << 10;
+
+/// The refusal of a frame of `len` bytes past what `principal`'s role may
+/// send (`cap`), before it takes room or is read.
+pub(crate) fn too_large_for_role(principal: &Principal, len: usize, cap: usize) -> Error {
+    Error::Unauthorized(format!(
+        "a request of {len} bytes refused unread: a {principal} may send at most {cap} bytes a request"
+    ))
+}
 
 /// How long the service waits for a write or read before answering
 /// `Timeout` (the client retries with the same session sequence number).
@@ -90,6 +105,19 @@ pub(crate) trait Front: Clone + Send + Sync + 'static {
         _meta: Option<RequestMeta>,
     ) -> Result<(), Error> {
         authorize(self.state_machine(), principal, request)
+    }
+    /// The largest request frame `principal` may send, checked from its
+    /// length prefix before the frame takes room in the node's budget
+    /// (`intake`): a larger one is refused [`Error::Unauthorized`]
+    /// (nothing applied) unread. A `node` certificate may make only small
+    /// requests of a single peer (a status, asking to be added: see
+    /// [`super::authorization`]): at most [`MAX_NODE_REQUEST_BYTES`]; any
+    /// other role up to `max_frame`.
+    fn max_request_bytes(&self, principal: &Principal, max_frame: usize) -> usize {
+        match principal.role {
+            crate::tls::CertRole::Node => max_frame.min(MAX_NODE_REQUEST_BYTES),
+            _ => max_frame,
+        }
     }
     /// Answers one authorized request.
     fn handle(
@@ -208,23 +236,23 @@ pub(crate) async fn serve_front<F: Front>(
         conns,
         max_frame,
         ConnectionLimits::default(),
-        super::intake::DEFAULT_BODY_STALL,
+        BodyBounds::default(),
     )
     .await
 }
 
 /// [`serve_front`] serving at most `limits` connections at once, giving
-/// back the room of a request body of which no byte arrived for `stall`
+/// back the room of a request body that takes longer than `body` allows
 /// (see `intake`).
 pub(crate) async fn serve_front_limited<F: Front>(
     front: F,
     conns: mpsc::Receiver<AcceptedClient>,
     max_frame: usize,
     limits: ConnectionLimits,
-    stall: Duration,
+    body: BodyBounds,
 ) {
     let (bytes, wait) = front.intake_budget();
-    let intake = Intake::with_limits(bytes, wait, limits, stall);
+    let intake = Intake::with_limits(bytes, wait, limits, body);
     serve_front_with(front, conns, max_frame, intake).await
 }
 
@@ -255,7 +283,7 @@ pub(super) async fn serve_front_with<F: Front>(
 
 /// Who a connection's requests come from, and whether a refusal was logged.
 pub(crate) struct Caller {
-    principal: Principal,
+    pub(super) principal: Principal,
     remote: std::net::SocketAddr,
     refusal_logged: AtomicBool,
 }
@@ -419,13 +447,25 @@ async fn serve_stream<F: Front>(
     intake: ConnectionIntake,
 ) {
     // Room for the frame before its body is read (see `intake`), held
-    // only while the body keeps coming.
+    // only while the body keeps coming, and until its deadline.
     let stall = intake.stall();
     let len = read_frame_len(&mut recv, max_frame).await;
     let mut room = None;
+    let mut taken_at = tokio::time::Instant::now();
     if let Ok(len) = &len {
-        match intake.take(*len).await {
-            Ok(r) => room = Some(r),
+        // The role first: no room for what it may not send.
+        let cap = front.max_request_bytes(&caller.principal, max_frame);
+        if *len > cap {
+            let refusal = too_large_for_role(&caller.principal, *len, cap);
+            debug!(remote = %caller.remote, principal = %caller.principal, len, cap,
+                "a client request larger than its role may send; refused unread");
+            return refuse_unread(send, recv, refusal, max_frame).await;
+        }
+        match intake.clone().take(*len).await {
+            Ok(r) => {
+                room = Some(r);
+                taken_at = tokio::time::Instant::now();
+            }
             Err(e) => {
                 front.note_overloaded();
                 return refuse_unread(send, recv, e, max_frame).await;
@@ -433,13 +473,19 @@ async fn serve_stream<F: Front>(
         }
     }
     let body = match len {
-        Ok(len) => match read_frame_rest_unless_stalled(&mut recv, len, stall).await {
+        Ok(len) => match tokio::time::timeout_at(
+            intake.body_deadline(len, taken_at),
+            read_frame_rest_unless_stalled(&mut recv, len, stall),
+        )
+        .await
+        .unwrap_or(Ok(None))
+        {
             Ok(Some(body)) => Ok(body),
             Ok(None) => {
                 drop(room);
                 warn!(remote = %caller.remote, principal = %caller.principal, len,
                     stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX),
-                    "a client request's body stopped arriving; its room given back, answered Overloaded");
+                    "a client request's body stopped arriving, or came slower than the intake's minimum rate; its room given back, answered Overloaded");
                 front.note_overloaded();
                 return refuse_stalled(send, recv, max_frame).await;
             }

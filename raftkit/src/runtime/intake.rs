@@ -35,15 +35,24 @@
 //!   claim for as long as its connection lived (keep-alives hold it): four
 //!   4-byte prefixes held a default node's whole budget and every other
 //!   client was refused `Overloaded` (found by review, stop 57). As the
-//!   peer side's charged frames (`transport::inbox_bytes`, `read_charged`).
-//!   The whole claim is still taken up front, not as bytes arrive: a
-//!   request that holds part of its room while it waits for the rest
-//!   would, with others doing the same, hold the budget with none of them
-//!   able to finish (hold and wait); a claim taken whole in FIFO order
-//!   cannot. So a sender that keeps trickling a byte within each stall
-//!   bound still holds its claim (as a slow legitimate upload does): at
-//!   most a [`CONNECTION_SHARE`] per connection, and the connection
-//!   limits below bound how many such connections one certificate has;
+//!   peer side's charged frames (`transport::inbox_bytes`, `read_charged`);
+//! - and only until its deadline: the whole body must be here within the
+//!   stall bound plus its length at the intake's minimum body rate
+//!   ([`BodyBounds`], [`DEFAULT_MIN_BODY_RATE`] 64 KiB/s, set by
+//!   [`PeerBuilder::client_min_body_rate`](super::PeerBuilder::client_min_body_rate)),
+//!   from when its room was taken; past it the body is dropped as a
+//!   stalled one is. Without it a sender that trickled a byte within each
+//!   stall bound held its claim for as long as it liked (stop 58). The
+//!   whole claim is still taken up front, not as bytes arrive: a request
+//!   that holds part of its room while it waits for the rest would, with
+//!   others doing the same, hold the budget with none of them able to
+//!   finish (hold and wait); a claim taken whole in FIFO order cannot. So
+//!   holding a claim of `len` bytes for its whole deadline costs a sender
+//!   `len` bytes sent at the minimum rate (a slow legitimate upload pays
+//!   the same): with the defaults, holding a node's whole budget (four
+//!   connections of a 16 MiB claim each) takes 256 KiB/s of sending, for
+//!   as long as it is held. That is not closed here (no per-certificate
+//!   cap on claimed bytes: see "Why per node" below);
 //! - a request that finds no room within the admission wait is answered
 //!   [`Overloaded`](crate::error::Error::Overloaded) (it never reached the
 //!   log: nothing was applied, the client retries after a backoff); its
@@ -129,6 +138,49 @@ pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 /// body held back that way is not taken for a stalled one.
 pub const DEFAULT_BODY_STALL: Duration = Duration::from_secs(5);
 
+/// The default slowest a request's body, whose room is taken, may arrive
+/// on average, in bytes per second (module doc): 64 KiB/s, a 16 MiB frame
+/// (the default frame cap) in a little over four minutes, well below any
+/// link a client of a cluster writes over.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 64 << 10;
+
+/// How long a request's body, whose room is taken, may take to arrive
+/// (module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BodyBounds {
+    /// The longest time no byte of it may arrive.
+    pub(crate) stall: Duration,
+    /// The slowest it may arrive on average, in bytes per second (at
+    /// least 1): the whole body must be here within `stall` plus its
+    /// length at this rate of the room being taken.
+    pub(crate) min_rate: u64,
+}
+
+impl Default for BodyBounds {
+    fn default() -> Self {
+        BodyBounds {
+            stall: DEFAULT_BODY_STALL,
+            min_rate: DEFAULT_MIN_BODY_RATE,
+        }
+    }
+}
+
+impl BodyBounds {
+    /// When a body of `len` bytes whose room was taken at `from` must be
+    /// here whole: `from + stall + len / min_rate`.
+    pub(crate) fn deadline(&self, len: usize, from: tokio::time::Instant) -> tokio::time::Instant {
+        let len = u64::try_from(len).unwrap_or(u64::MAX);
+        // Whole seconds and the rest apart: no overflow for any length.
+        let rate = self.min_rate.max(1);
+        let nanos = (len % rate).saturating_mul(1_000_000_000) / rate;
+        let transfer = Duration::from_secs(len / rate) + Duration::from_nanos(nanos);
+        from.checked_add(self.stall.saturating_add(transfer))
+            // Past any instant the runtime can represent: a year is as
+            // good as never for a body (and still ends).
+            .unwrap_or_else(|| from + Duration::from_secs(365 * 24 * 3600))
+    }
+}
+
 /// How many client connections a node serves at once (module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ConnectionLimits {
@@ -203,8 +255,8 @@ pub(crate) struct Intake {
     node_max: u32,
     connection_max: u32,
     wait: Duration,
-    /// How long a body with room may go without a byte (module doc).
-    stall: Duration,
+    /// How long a body with room may take (module doc).
+    body: BodyBounds,
     refused: AtomicU64,
     limits: ConnectionLimits,
     open: Mutex<Open>,
@@ -235,22 +287,22 @@ impl Intake {
     /// `wait` for room; the default [`ConnectionLimits`] (tests).
     #[cfg(test)]
     pub(crate) fn new(bytes: usize, wait: Duration) -> Arc<Intake> {
-        Intake::with_stall(bytes, wait, DEFAULT_BODY_STALL)
+        Intake::with_body(bytes, wait, BodyBounds::default())
     }
 
-    /// [`Intake::new`] whose bodies may stall for `stall` (tests).
+    /// [`Intake::new`] whose bodies may take `body` (tests).
     #[cfg(test)]
-    pub(crate) fn with_stall(bytes: usize, wait: Duration, stall: Duration) -> Arc<Intake> {
-        Intake::with_limits(bytes, wait, ConnectionLimits::default(), stall)
+    pub(crate) fn with_body(bytes: usize, wait: Duration, body: BodyBounds) -> Arc<Intake> {
+        Intake::with_limits(bytes, wait, ConnectionLimits::default(), body)
     }
 
     /// [`Intake::new`] serving at most `limits` connections, giving back
-    /// the room of a body of which no byte arrived for `stall`.
+    /// the room of a body that takes longer than `body` allows.
     pub(crate) fn with_limits(
         bytes: usize,
         wait: Duration,
         limits: ConnectionLimits,
-        stall: Duration,
+        body: BodyBounds,
     ) -> Arc<Intake> {
         let node_max = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
         Arc::new(Intake {
@@ -258,7 +310,10 @@ impl Intake {
             node_max,
             connection_max: (node_max / CONNECTION_SHARE as u32).max(1),
             wait,
-            stall,
+            body: BodyBounds {
+                min_rate: body.min_rate.max(1),
+                ..body
+            },
             refused: AtomicU64::new(0),
             limits,
             open: Mutex::default(),
@@ -338,7 +393,18 @@ impl ConnectionIntake {
     /// How long no byte of a body whose room is taken may arrive before
     /// its room is given back and it is read no further (module doc).
     pub(crate) fn stall(&self) -> Duration {
-        self.node.stall
+        self.node.body.stall
+    }
+
+    /// When a body of `len` bytes whose room was taken at `from` must be
+    /// here whole, or its room is given back and it is read no further
+    /// ([`BodyBounds::deadline`], module doc).
+    pub(crate) fn body_deadline(
+        &self,
+        len: usize,
+        from: tokio::time::Instant,
+    ) -> tokio::time::Instant {
+        self.node.body.deadline(len, from)
     }
 
     /// Room for a frame of `bytes` if both budgets have it now.
@@ -499,8 +565,12 @@ mod tests {
             per_certificate: 2,
             total: 3,
         };
-        let intake =
-            Intake::with_limits(400, Duration::from_millis(20), limits, DEFAULT_BODY_STALL);
+        let intake = Intake::with_limits(
+            400,
+            Duration::from_millis(20),
+            limits,
+            BodyBounds::default(),
+        );
         let (a, b) = ([1; 32], [2; 32]);
         let a1 = intake.admit(a).expect("a's first");
         let a2 = intake.admit(a).expect("a's second");
@@ -524,6 +594,31 @@ mod tests {
         drop((a2, a3, b1));
         assert_eq!(lock_open(&intake.open).total, 0);
         assert!(lock_open(&intake.open).per_certificate.is_empty());
+    }
+
+    /// A body's deadline is the stall bound plus its length at the
+    /// minimum rate, from when its room was taken, and never overflows.
+    #[test]
+    fn a_body_deadline_is_the_stall_plus_its_length_at_the_minimum_rate() {
+        let body = BodyBounds {
+            stall: Duration::from_secs(5),
+            min_rate: 64 << 10,
+        };
+        let from = tokio::time::Instant::now();
+        assert_eq!(body.deadline(0, from), from + Duration::from_secs(5));
+        assert_eq!(
+            body.deadline(16 << 20, from),
+            from + Duration::from_secs(5 + 256)
+        );
+        assert_eq!(
+            body.deadline(96 << 10, from),
+            from + Duration::from_millis(6_500)
+        );
+        let never = BodyBounds {
+            stall: Duration::MAX,
+            min_rate: 1,
+        };
+        assert!(never.deadline(usize::MAX, from) > from);
     }
 
     /// A waiter gets room released during its wait, ahead of a later one.

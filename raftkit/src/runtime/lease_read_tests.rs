@@ -409,20 +409,48 @@ async fn quiet_cluster(
         peers.iter().position(|p| p.status().role == Role::Leader)
     })
     .await;
-    // An entry of A's term committed, and a lease read served (A's lease
-    // holds, refreshed by every heartbeat round).
+    // An entry of A's term committed, and a lease read served from the
+    // lease (A's lease holds, refreshed by every heartbeat round). The
+    // tests' premise is that lease: a leader that never had one refuses
+    // their reads whatever the code under test (teeth, stop 58: with a
+    // drift bound of 1.0 giving no lease, both tests still passed). A read
+    // that found no lease yet goes through ReadIndex: try again until one
+    // took the lease path (its trace event).
     within(
         "the set-up's write",
         peers[a].write(LedgerWrite::Add { by: 0 }),
     )
     .await
     .expect("write");
-    within(
-        "the set-up's lease read",
-        peers[a].read_with(LedgerRead::Get, Consistency::Lease),
-    )
-    .await
-    .expect("lease read");
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "raftkit::runtime::reads=trace",
+        ))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let trace = tracing::subscriber::set_default(subscriber);
+    let a_name = peers[a].status().name;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        within(
+            "the set-up's lease read",
+            peers[a].read_with(LedgerRead::Get, Consistency::Lease),
+        )
+        .await
+        .expect("lease read");
+        if captured.count(&a_name) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "premise: A never served a read from its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(trace);
     (peers, gates, a)
 }
 

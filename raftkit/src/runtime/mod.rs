@@ -123,7 +123,7 @@ use tokio::task::JoinHandle;
 pub use admission::{DEFAULT_ADMISSION_WAIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT_BYTES};
 pub(crate) use builder::GroupStorage;
 pub use builder::{DEFAULT_MAX_COMMAND_BYTES, PeerBuilder, PeerExt};
-pub use intake::DEFAULT_BODY_STALL;
+pub use intake::{DEFAULT_BODY_STALL, DEFAULT_MIN_BODY_RATE};
 pub use status::{LATENCY_BOUNDS_US, LatencyHistogram, MemberStatus, PeerStatus};
 pub use threads::set_batch_scheduling;
 pub use tick_gate::TickGate;

@@ -220,7 +220,10 @@ impl<S: crate::StateMachine> super::Peer<S> {
         consistency: Consistency,
     ) -> Result<(S::ReadOutput, Option<Staleness>), Error> {
         let (out, staleness) = self
-            .read_encoded_with(crate::state_machine::encode("query", &query)?, consistency)
+            .read_encoded_with(
+                crate::state_machine::encode("query", &query).map_err(Error::not_sent)?,
+                consistency,
+            )
             .await?;
         Ok((
             crate::state_machine::decode("read output", &out)?,

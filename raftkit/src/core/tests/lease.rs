@@ -38,7 +38,14 @@ fn the_lease_is_shorter_than_the_election_timeout_by_the_drift_bound() {
     let (r, _) = leased_leader();
     assert_eq!(r.params().clock_drift_bound, 1.25);
     assert_eq!(r.lease_ticks(), 7); // floor(9 / 1.25)
+    // 1.0, the smallest bound `validate` accepts (no drift), is a full
+    // lease, not none.
     let mut cfg = lease_config(1);
+    cfg.clock_drift_bound = 1.0;
+    assert!(cfg.validate().is_ok(), "a drift bound of 1 is accepted");
+    let conf = crate::core::Configuration::new([1, 2, 3]);
+    let r = Raft::new(cfg.clone(), crate::core::Restored::bootstrap(conf)).expect("cfg");
+    assert_eq!(r.lease_ticks(), 9); // floor(9 / 1.0)
     cfg.clock_drift_bound = 0.5;
     assert!(cfg.validate().is_err(), "a drift bound below 1 is refused");
     cfg.clock_drift_bound = f64::NAN;
@@ -354,4 +361,43 @@ fn lease_remaining_counts_down_and_is_zero_without_a_lease() {
         assert_eq!(r.lease_remaining(), lease - k, "after {k} ticks");
     }
     assert!(r.lease_read().is_none(), "the lease ran out");
+}
+
+/// Review teeth s58 (T5), thesis §4.2.3 and lease.rs "Restarts": a node
+/// restarted with lease reads on, knowing no leader and with no vote in its
+/// term, drops a non-member's vote request at that very term during its
+/// startup lease (it may have acknowledged a leader whose lease still
+/// runs); after an election timeout the request is handled (§4.1).
+#[test]
+fn a_restarted_node_drops_a_non_members_vote_request_in_its_startup_lease() {
+    let mut r = node_with(2, &[1, 2, 3], 2, &[1, 2], |c| c.lease_reads = true);
+    let got = r.step_checked(vote_req(9, 2, 2, (9, 9)));
+    let out = flush(&mut r);
+    assert_eq!(
+        (got, out.all().len(), r.hard_state().vote),
+        (Err(crate::core::DropReason::VoteFromNonMember), 0, 0),
+        "a non-member's vote request was handled in the startup lease: {:?}",
+        out.all()
+    );
+    assert_eq!(
+        r.dropped().get(crate::core::DropReason::VoteFromNonMember),
+        1
+    );
+    for _ in 0..T {
+        r.tick();
+    }
+    flush(&mut r);
+    assert_eq!(r.step_checked(vote_req(9, 2, 2, (9, 9))), Ok(()));
+    let out = flush(&mut r);
+    assert!(
+        out.all().iter().any(|m| m.to == 9
+            && m.body
+                == Body::RequestVoteResponse {
+                    granted: true,
+                    pre_vote: false
+                }),
+        "after the startup lease the vote is handled (§4.1): {:?}",
+        out.all()
+    );
+    assert_eq!(r.hard_state().vote, 9);
 }

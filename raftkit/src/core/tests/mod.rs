@@ -17,6 +17,7 @@ mod hostile;
 mod joint;
 mod lease;
 mod membership;
+mod non_voters;
 mod paper_election;
 mod paper_replication;
 mod paper_safety;

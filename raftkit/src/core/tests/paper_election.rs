@@ -401,8 +401,31 @@ fn pre_vote_round_precedes_the_election() {
     let mut r = node(1, &[1, 2, 3], 3, &[1]);
     tick_until_campaign(&mut r);
     step(&mut r, vote_resp(2, 1, 3, false, true));
+    assert_eq!(
+        (r.role(), r.term()),
+        (Role::PreCandidate, 3),
+        "one refusal of three: 3's pre-vote could still make a majority"
+    );
     step(&mut r, vote_resp(3, 1, 3, false, true));
     assert_eq!((r.role(), r.term()), (Role::Follower, 3));
+}
+
+/// §5.2: a candidate returns to follower only once a majority refused. In
+/// three voters, one refusal leaves it a candidate, since the third vote
+/// can still elect it; that grant then does.
+#[test]
+fn one_refusal_of_three_leaves_a_candidate_that_the_last_grant_elects() {
+    let mut r = node_with(1, &[1, 2, 3], 1, &[1], |c| c.pre_vote = false);
+    make_candidate(&mut r);
+    let term = r.term();
+    step(&mut r, vote_resp(2, 1, term, false, false));
+    assert_eq!(
+        (r.role(), r.term()),
+        (Role::Candidate, term),
+        "one refusal of three: 3's vote could still make a majority"
+    );
+    step(&mut r, vote_resp(3, 1, term, true, false));
+    assert_eq!((r.role(), r.term()), (Role::Leader, term));
 }
 
 /// Thesis §9.6: a pre-vote is not a vote. Pre-vote grants that arrive

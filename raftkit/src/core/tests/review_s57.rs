@@ -226,9 +226,9 @@ fn s57_a_stale_leaders_append_is_answered_not_counted_as_a_rewrite() {
 /// promoted to voter by a configuration entry this node has not received
 /// yet is a possible leader once the lease is over (thesis §4.1: RPCs are
 /// processed without consulting the configuration). Inside the lease of
-/// leader 1 its AppendEntries (carrying the promotion) is dropped; after an
-/// election timeout without leader 1 it is followed and the promotion
-/// taken.
+/// leader 1 its AppendEntries (carrying the promotion) is dropped; after the
+/// longest election timeout without leader 1 it is followed and the
+/// promotion taken.
 #[test]
 fn s57_a_promoted_learner_is_followed_once_the_lease_is_over() {
     use crate::core::{Configuration, DropReason, Entry, Payload};
@@ -243,7 +243,9 @@ fn s57_a_promoted_learner_is_followed_once_the_lease_is_over() {
     let m = append(4, 3, 3, (2, 2), vec![promotion], 2);
     assert_eq!(f.step_checked(m.clone()), Err(DropReason::NonMemberInLease));
     assert_eq!((f.term(), f.leader()), (2, Some(1)));
-    for _ in 0..T {
+    // Stop 58: the window is the longest election timeout (2T), so that a
+    // pre-candidate is covered too.
+    for _ in 0..2 * T {
         f.tick();
     }
     flush(&mut f);

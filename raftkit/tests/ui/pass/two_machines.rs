@@ -37,7 +37,9 @@ impl Counter {
     }
 }
 
+// The default state version, written out: accepted.
 #[derive(StateMachine, Default, Serialize, Deserialize)]
+#[raftkit(version = 1)]
 pub struct Register {
     value: Option<String>,
 }
