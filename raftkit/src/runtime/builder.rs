@@ -955,8 +955,6 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         // a binary whose schema keeps every handler of the one it held.
         let schema = S::schema();
         let mut stored_schema = None;
-        // The oldest schema the directory recorded (crate::schema::SchemaBook).
-        let mut oldest_schema = None;
         // Whether the directory held a peer already: then it belongs to the
         // binary that last ran on it until this start has succeeded.
         let existing = meta.is_some();
@@ -964,7 +962,6 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             Some(mut m) => {
                 if let Some(StorageChoice::Disk(dir)) = &self.storage {
                     stored_schema = crate::schema::load_schema(&*self.fs, dir)?;
-                    oldest_schema = crate::schema::load_oldest_schema(&*self.fs, dir)?;
                 }
                 match &stored_schema {
                     Some(old) => {
@@ -1086,15 +1083,19 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let schemas = match self.schema_book.take() {
             Some(book) => book,
             None => {
-                let book = crate::schema::SchemaBook::new(schema, stored_schema.clone())
-                    .with_oldest(oldest_schema.or(stored_schema));
                 // The raise of the oldest schema is recorded in the
                 // directory, whose `schema` file holds this binary's
                 // schema before any write is checked (saved above, or
                 // before the node task starts).
                 Arc::new(match &storage {
-                    StorageChoice::Disk(dir) => book.with_oldest_file(self.fs.clone(), dir.clone()),
-                    _ => book,
+                    StorageChoice::Disk(dir) => crate::schema::SchemaBook::of_dir(
+                        schema,
+                        stored_schema,
+                        self.fs.clone(),
+                        dir.clone(),
+                    )?,
+                    // No directory: nothing recorded, nothing to raise.
+                    _ => crate::schema::SchemaBook::new(schema, stored_schema),
                 })
             }
         };
@@ -1406,6 +1407,20 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             }),
             _sm: PhantomData,
         };
+        // The raise of the oldest schema on hellos too (not only on a
+        // checked write: review s58 sessions #2), from now on: the
+        // directory's `schema` holds this binary's schema (saved above).
+        // A no-op for a book without its directory.
+        let status = peer.inner.status.clone();
+        peer.inner.schemas.raise_on_hellos(move || {
+            status
+                .borrow()
+                .members
+                .iter()
+                .filter(|m| m.voter && m.id != id)
+                .map(|m| m.id)
+                .collect()
+        });
         tokio::spawn(super::client_service::serve_front_limited(
             peer.clone(),
             clients_rx,

@@ -8,11 +8,14 @@
 //!
 //! What a voter not heard from since this node started is taken to know
 //! (hellos on a QUIC link bring every voter's schema once it links): with
-//! hellos, the oldest schema this node's data directory recorded (file
-//! `schema.floor`, [`crate::schema::load_oldest_schema`]), for a write tag
-//! and for raftkit's own entries alike (before stop 58 the latter took
-//! version 0, so a leader that restarted with a voter down proposed the
-//! unbounded session entries again); without hellos (in-process
+//! hellos, for a write tag the oldest schema this node's data directory
+//! recorded (file `schema.floor`, [`crate::schema::load_oldest_schema`]),
+//! and for raftkit's own entries the runtime log version of the last raise
+//! proven (in this process, or recorded in `schema.raised`,
+//! [`crate::schema::load_raised_schema`]), else version 0: a fresh
+//! directory's floor is this node's own schema and proves nothing of the
+//! other voters (review s58 sessions #1: a node provisioned mid-upgrade
+//! would propose entries an old voter halts on); without hellos (in-process
 //! transports) the floor, the schema the directory held at this start,
 //! or nothing would ever be enabled. Not the floor with hellos: after two
 //! starts on a newer binary the floor is that binary's schema, while a voter
@@ -39,7 +42,16 @@
 //! check. Only a book given its file ([`SchemaBook::with_oldest_file`],
 //! a single-group peer with a data directory) raises: a multi-group
 //! node's book serves groups with different voters, and one group's voters
-//! say nothing of another's. Limit: a voter's hello can reach this node
+//! say nothing of another's. The raise is tried on each checked write
+//! and, for a single-group peer, on each hello accepted
+//! ([`SchemaBook::raise_on_hellos`]), so a follower that never checked a
+//! write records it too (review s58 sessions #2). Limit, not closed: a
+//! write tag's gate still takes an unheard voter to know the floor file,
+//! which for a fresh directory is this node's own schema (a node on a new
+//! binary provisioned mid-upgrade enables its new writes for a voter it
+//! never heard); unlike an entry of raftkit's there is no older entry to
+//! fall back to, and refusing would refuse every write of a new cluster
+//! until each voter linked. Limit: a voter's hello can reach this node
 //! before that voter saved its schema file (its transport, and its
 //! learned link back to this leader, start before the last steps of its
 //! start that can fail); a voter whose start fails after that point and
@@ -54,7 +66,7 @@
 //! the second gate refuses.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
@@ -90,6 +102,18 @@ pub struct SchemaBook {
     /// book of a multi-group node, whose groups have different voters, or
     /// of a node without a directory).
     oldest_file: Option<(SharedFs, PathBuf)>,
+    /// The runtime log version ([`Schema::runtime_log`]) a voter not heard
+    /// from is taken to apply when hellos carry schemas
+    /// ([`Self::knows_runtime_log`]): that of the last raise proven, by
+    /// this book or recorded in `schema.raised`
+    /// ([`crate::schema::load_raised_schema`]), else 0. Not `oldest`'s: a
+    /// fresh directory's `schema.floor` is this node's own schema, which
+    /// proves nothing of the other voters (review s58 sessions #1).
+    proven_log: AtomicU32,
+    /// The voters of this node's current configuration, this node
+    /// excluded (as [`Self::check_enabled`] is given them), for the raise
+    /// on a hello ([`Self::accept_peer`]). None: no raise on hellos.
+    voters: Mutex<Option<VoterSource>>,
     /// The thread writing the raise, if one was started (joined by tests).
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Each peer's schema from its last hello, at most one entry per peer.
@@ -102,6 +126,16 @@ pub struct SchemaBook {
     /// this node, and [`Self::check_promotion`] waits for it instead of
     /// assuming the floor.
     hears_peers: AtomicBool,
+}
+
+/// Where [`SchemaBook::accept_peer`] reads the current voters (this node
+/// excluded) from.
+struct VoterSource(Box<dyn Fn() -> Vec<NodeId> + Send + Sync>);
+
+impl std::fmt::Debug for VoterSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VoterSource")
+    }
 }
 
 /// Why [`SchemaBook::check_promotion`] does not allow a promotion (yet).
@@ -126,6 +160,8 @@ impl SchemaBook {
             oldest: Mutex::new(floor.clone()),
             raised: Arc::new(AtomicBool::new(false)),
             oldest_file: None,
+            proven_log: AtomicU32::new(0),
+            voters: Mutex::new(None),
             writer: Mutex::new(None),
             floor,
             local,
@@ -142,6 +178,51 @@ impl SchemaBook {
             self.oldest = Mutex::new(Arc::new(oldest));
         }
         self
+    }
+
+    /// Sets the schema of the last raise the data directory recorded
+    /// (`schema.raised`, [`crate::schema::load_raised_schema`]; none: no
+    /// raise proven, and a voter not heard from is taken to apply runtime
+    /// log version 0 only, see [`Self::knows_runtime_log`]).
+    pub fn with_raised(self, raised: Option<Schema>) -> SchemaBook {
+        if let Some(raised) = raised {
+            self.proven_log.store(
+                raised.runtime_log.min(self.local.runtime_log),
+                Ordering::Release,
+            );
+        }
+        self
+    }
+
+    /// The book of a single-group peer whose data directory `dir` held
+    /// `stored` when it started (none: a new directory, whose `schema`
+    /// this start saved already) and records `local` from now on: the
+    /// oldest schema and the last raise it recorded are read from it, and
+    /// raises are written to it ([`Self::with_oldest_file`]).
+    pub(crate) fn of_dir(
+        local: Schema,
+        stored: Option<Schema>,
+        fs: SharedFs,
+        dir: PathBuf,
+    ) -> Result<SchemaBook, Error> {
+        let oldest = crate::schema::load_oldest_schema(&*fs, &dir)?.or_else(|| stored.clone());
+        let raised = crate::schema::load_raised_schema(&*fs, &dir)?;
+        Ok(SchemaBook::new(local, stored)
+            .with_oldest(oldest)
+            .with_raised(raised)
+            .with_oldest_file(fs, dir))
+    }
+
+    /// Lets [`Self::accept_peer`] try the raise of the oldest schema too
+    /// (review s58 sessions #2: not only a node that checks writes, so a
+    /// follower that later leads after a restart with a voter down still
+    /// proposes the bounded entries): `voters` gives the voters of this
+    /// node's current configuration, this node excluded. Only for a book
+    /// with its file ([`Self::with_oldest_file`]).
+    pub(crate) fn raise_on_hellos(&self, voters: impl Fn() -> Vec<NodeId> + Send + Sync + 'static) {
+        if let Ok(mut v) = self.voters.lock() {
+            *v = Some(VoterSource(Box::new(voters)));
+        }
     }
 
     /// Lets [`Self::check_enabled`] raise the oldest schema to the local
@@ -180,6 +261,8 @@ impl SchemaBook {
         if let Ok(mut oldest) = self.oldest.lock() {
             *oldest = self.local.clone();
         }
+        self.proven_log
+            .store(self.local.runtime_log, Ordering::Release);
         let (fs, dir, local) = (fs.clone(), dir.clone(), self.local.clone());
         let raised = self.raised.clone();
         let spawned = std::thread::Builder::new()
@@ -208,7 +291,7 @@ impl SchemaBook {
 
     /// Waits for the thread writing a raise, if one was started.
     #[cfg(test)]
-    fn wait_raise_written(&self) {
+    pub(super) fn wait_raise_written(&self) {
         let handle = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(handle) = handle {
             handle.join().ok();
@@ -237,6 +320,10 @@ impl SchemaBook {
 
     /// Checks a peer's schema from its hello and, if compatible, records it
     /// as what `from` knows.
+    /// Then, once every voter of the current configuration was heard on a
+    /// schema that proves the raise (see the module docs), raises the
+    /// oldest schema, if [`Self::raise_on_hellos`] said where the voters
+    /// are.
     pub fn accept_peer(&self, from: NodeId, remote: Schema) -> Result<(), Mismatch> {
         self.local.check_peer(&remote)?;
         if let Ok(mut peers) = self.peers.lock() {
@@ -246,7 +333,39 @@ impl SchemaBook {
                 None => peers.push((from, remote)),
             }
         }
+        if self.oldest_file.is_some()
+            && self.hears_peers.load(Ordering::Relaxed)
+            && !self.raised.load(Ordering::Acquire)
+        {
+            let voters = match self.voters.lock() {
+                Ok(source) => source.as_ref().map(|s| (s.0)()),
+                Err(_) => None,
+            };
+            if let Some(voters) = voters
+                && self.every_voter_proves_the_raise(&voters)
+            {
+                self.raise_oldest();
+            }
+        }
         Ok(())
+    }
+
+    /// Whether `voters` (this node excluded) are some, and every one was
+    /// heard since this start on a schema that knows every write of this
+    /// one and applies its runtime log version: the proof of a raise
+    /// (module docs).
+    fn every_voter_proves_the_raise(&self, voters: &[NodeId]) -> bool {
+        let Ok(peers) = self.peers.lock() else {
+            return false;
+        };
+        !voters.is_empty()
+            && voters.iter().all(|voter| {
+                peers.iter().any(|(id, schema)| {
+                    id == voter
+                        && self.knows_every_local_write(schema)
+                        && schema.runtime_log >= self.local.runtime_log
+                })
+            })
     }
 
     /// The schema `id` showed in its last hello, if any.
@@ -364,14 +483,14 @@ impl SchemaBook {
     /// Whether the leader may propose raftkit's own log entries of
     /// `version` ([`Schema::runtime_log`]): this binary applies them, and
     /// so does every voter of `voters`, as its last hello showed. A voter
-    /// not heard from since this node started counts as the schema
-    /// [`Self::check_enabled`] takes it to know: when hellos carry schemas
-    /// to this book, the oldest schema the data directory recorded, raised
-    /// to this binary's once every voter was heard on a schema that knows
-    /// every write of this one and applies its runtime log version (module
-    /// docs; not the floor, this node's own past schema, which says nothing
-    /// of a voter still down on an older binary); without hellos, the
-    /// floor. When not, the leader proposes the older entry instead (a
+    /// not heard from since this node started counts, when hellos carry
+    /// schemas to this book, as the runtime log version of the last raise
+    /// proven (every voter heard on a schema that knows every write of
+    /// this one and applies its runtime log version, in this process or
+    /// recorded in `schema.raised`), else version 0 (module docs; not the
+    /// floor nor the oldest schema recorded: a fresh directory records
+    /// this node's own, which says nothing of a voter still on an older
+    /// binary); without hellos, the floor. When not, the leader proposes the older entry instead (a
     /// voter that cannot decode an entry halts at it).
     pub fn knows_runtime_log(
         &self,
@@ -382,10 +501,7 @@ impl SchemaBook {
             return false;
         }
         let unheard = if self.hears_peers.load(Ordering::Relaxed) {
-            self.oldest
-                .lock()
-                .map(|o| o.runtime_log)
-                .unwrap_or_else(|p| p.into_inner().runtime_log)
+            self.proven_log.load(Ordering::Acquire)
         } else {
             self.floor.runtime_log
         };
@@ -820,7 +936,8 @@ mod tests {
         assert!(bounded(&book, [2, 4]), "raised, voter 4 unheard");
         // A leader that restarted: voter 3 down since.
         let restarted = SchemaBook::new(schema(&[0]), Some(schema(&[0])))
-            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap());
+            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap())
+            .with_raised(crate::schema::load_raised_schema(&RealFs, dir.path()).unwrap());
         restarted.hear_peers();
         restarted.accept_peer(2, schema(&[0])).unwrap();
         assert!(

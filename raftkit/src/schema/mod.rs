@@ -84,6 +84,8 @@
 //! the voter's last hello) is thus a lower bound of what the voter knows.
 
 mod book;
+#[cfg(test)]
+mod book_raise_tests;
 mod shape;
 pub mod state;
 mod store;
@@ -95,7 +97,9 @@ use serde::{Deserialize, Serialize};
 pub use book::{PromotionRefused, SchemaBook};
 pub use shape::Shape;
 pub use state::{decode_state, encode_state, encode_state_onto};
-pub use store::{load_oldest_schema, load_schema, raise_oldest_schema, save_schema};
+pub use store::{
+    load_oldest_schema, load_raised_schema, load_schema, raise_oldest_schema, save_schema,
+};
 
 /// `#[write]` or `#[read]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
