@@ -839,24 +839,26 @@ fn the_owner_byte_bound_counts_all_its_sessions() {
     assert_eq!(s.check(at(1, 3, 3), B), Dedup::New);
     assert_eq!(s.owner_reply_bytes(B), 0);
     assert_eq!(s.admits(at(2, 1, 1), B, bounds), Ok(()));
-    assert!(s.record_bounded(at(2, 1, 1), StoredReply::Handler("boom".into()), bounds));
-    // Session 1 stores an output; session 2 fills the bound again: its
-    // next write reclaims session 1's output instead of being refused.
+    assert!(s.record_bounded(at(2, 1, 1), StoredReply::Ok(Vec::new()), bounds));
+    // Session 1 stores an output that fills the bound: session 2's next
+    // write reclaims it instead of being refused (it frees more than the
+    // room of a handler error's reply, `MIN_REPLY_BYTES`, that a write
+    // needs).
     assert_eq!(s.admits(at(1, 3, 3), B, bounds), Ok(()));
-    let output = vec![1; STORED_MESSAGE_BYTES];
+    let len = bounds.owner_bytes - 2 * REPLY_OVERHEAD_BYTES;
+    assert!(len >= MIN_REPLY_BYTES);
+    let output = vec![1; usize::try_from(len).unwrap()];
     assert!(s.record_bounded(at(1, 3, 3), StoredReply::Ok(output), bounds));
     assert_eq!(s.owner_reply_bytes(B), bounds.owner_bytes);
     assert_eq!(s.check(at(2, 2, 1), B), Dedup::New);
     assert_eq!(s.admits(at(2, 2, 1), B, bounds), Ok(()));
     assert_eq!(
         s.check(at(1, 3, 3), B),
-        Dedup::Duplicate(StoredReply::Dropped {
-            len: STORED_MESSAGE_BYTES as u64
-        })
+        Dedup::Duplicate(StoredReply::Dropped { len })
     );
     assert_eq!(
         s.owner_reply_bytes(B),
-        message + REPLY_OVERHEAD_BYTES,
+        2 * REPLY_OVERHEAD_BYTES,
         "session 1's output reclaimed"
     );
 }
