@@ -313,3 +313,84 @@ fn writes_of_the_format_before_keep_the_rule_before() {
         assert!(sessions.stored_reply_bytes() > 40 * 1024);
     });
 }
+
+/// Write `seq` of session `id` under `bounds`, acknowledging nothing,
+/// returning 1 KiB.
+fn write_under(id: SessionId, seq: u64, bounds: ReplyBounds) -> Op {
+    Op::SessionWriteBounded {
+        session: SessionRef {
+            id,
+            seq,
+            acked_below: 0,
+        },
+        owner: OWNER,
+        bounds,
+        command: fill(1024),
+    }
+}
+
+/// The same at the owner's bound: a restored replica derives each owner's
+/// bytes from the table too, so an owner bound (not the session's) bites
+/// at the same entry on both, after the same reclaims of the idle
+/// session's outputs.
+#[test]
+fn a_replica_restored_from_a_snapshot_enforces_the_same_owner_bound() {
+    const OTHER: SessionId = SessionId(42);
+    const OWNER_BOUNDS: ReplyBounds = ReplyBounds {
+        session_bytes: 1 << 30,
+        owner_bytes: 12 * 1024,
+    };
+    runtime().block_on(async {
+        let mut a = Thread::start_with(Blob::default());
+        let mut head = vec![
+            entry(1, 1, open_bounded()),
+            entry(
+                2,
+                1,
+                Op::OpenSessionBounded {
+                    id: OTHER,
+                    owner: OWNER,
+                    ttl_ms: 600_000,
+                    max_sessions: 16,
+                    max_owner_sessions: 4,
+                },
+            ),
+        ];
+        for seq in 1..=5 {
+            head.push(entry(seq + 2, 1, write_under(ID, seq, OWNER_BOUNDS)));
+        }
+        answers(&a, head).await;
+        let taken = a.snapshot().await;
+        assert_eq!(taken.index, 7);
+        let mut b = Thread::start_with(Blob::default());
+        b.send(ApplyMsg::Restore {
+            index: taken.index,
+            data: std::sync::Arc::new(taken.body.encode().expect("serializes")),
+        });
+        let tail = || -> Vec<Entry> {
+            (1..=40)
+                .map(|seq| entry(seq + 7, 1, write_under(OTHER, seq, OWNER_BOUNDS)))
+                .collect()
+        };
+        let on_a = answers(&a, tail()).await;
+        let on_b = answers(&b, tail()).await;
+        let verdicts = |got: &[(Index, Result<Vec<u8>, Error>)]| -> Vec<(Index, Option<usize>)> {
+            got.iter().map(|(i, r)| (*i, output_len(r))).collect()
+        };
+        assert!(
+            on_a.iter()
+                .any(|(_, r)| matches!(r, Err(Error::Overloaded))),
+            "the owner bound never bit on the replica that took the snapshot"
+        );
+        assert_eq!(
+            verdicts(&on_b),
+            verdicts(&on_a),
+            "the restored replica applied other entries"
+        );
+        assert_eq!(writes(&b).await, writes(&a).await);
+        let (on_a, on_b) = (table(&mut a).await, table(&mut b).await);
+        assert!(on_a.owner_reply_bytes(OWNER) <= OWNER_BOUNDS.owner_bytes);
+        assert_eq!(on_b.owner_reply_bytes(OWNER), on_a.owner_reply_bytes(OWNER));
+        assert_eq!(on_b.stored_reply_bytes(), on_a.stored_reply_bytes());
+    });
+}
