@@ -133,6 +133,16 @@
 //!      crashed clients thus never keep their owner's later writes out
 //!      until their sessions expire; the write is refused only when the
 //!      owner's markers and handler messages alone fill its bound.
+//!      **Limit** (review s58 #3, not fixed): each reclaimed output keeps
+//!      a marker of [`REPLY_OVERHEAD_BYTES`], so reclaiming small outputs
+//!      frees little (an 8-byte output frees 8 of its 72 counted bytes):
+//!      an owner whose idle sessions hold many small unacknowledged
+//!      replies (say 4,096 each in a few hundred crashed processes) fills
+//!      its bound with markers, and its later writes are refused
+//!      `Overloaded` until those sessions expire (their TTL). The harm
+//!      stays within that owner (one certificate). One marker per run of
+//!      dropped writes, or evicting the owner's idle-longest session once
+//!      only markers are left, would close it.
 //!    - [`Owner::Local`] (in-process code of every peer, one owner
 //!      cluster-wide, trusted) has no per-owner cap and no owner byte
 //!      bound: only `max_sessions` and the per-session bound apply.
