@@ -322,7 +322,7 @@ impl SchemaBook {
     /// as what `from` knows.
     /// Then, once every voter of the current configuration was heard on a
     /// schema that proves the raise (see the module docs), raises the
-    /// oldest schema, if [`Self::raise_on_hellos`] said where the voters
+    /// oldest schema, if the peer said where the voters
     /// are.
     pub fn accept_peer(&self, from: NodeId, remote: Schema) -> Result<(), Mismatch> {
         self.local.check_peer(&remote)?;
