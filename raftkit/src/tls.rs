@@ -76,7 +76,29 @@
 //!   table, evicting when full the longest idle of the identity holding the
 //!   most, so not another's within its fair share), and use server resources
 //!   within the frame and request caps. Nothing in the peer protocol or
-//!   membership, and no other certificate's session.
+//!   membership, and no other certificate's session. The session table is
+//!   replicated state (on every replica, in every snapshot, rebuilt on
+//!   restart), so what one certificate stores there is bounded: at most
+//!   `max_sessions_per_owner` sessions (default 1,000; opening more evicts
+//!   its own) and `max_reply_bytes_per_owner` bytes of stored replies
+//!   (default 64 MiB; `max_reply_bytes_per_session`, 4 MiB, per session),
+//!   past which the stored outputs of its other sessions, idle the longest
+//!   first, are dropped (a retry of one is answered `AnswerTooLarge`), then
+//!   its writes are refused, not applied (`runtime::session` rule 9). These
+//!   bounds apply to the session entries a leader proposes once it knows
+//!   that every voter applies them (runtime log version 2): it heard each
+//!   voter on such a raftkit since it started, or its data directory
+//!   recorded that every voter was heard on one (the raised oldest schema,
+//!   `schema::SchemaBook`). Until then (a voter still on an older raftkit,
+//!   or a leader whose directory never recorded the raise and that has not
+//!   heard from every voter since its start) a client certificate that
+//!   never acknowledges its answers can hold every session of the table
+//!   with 4096 replies each, of any size, and exhaust every replica's
+//!   memory, again after each restart; the replies stored before the gate
+//!   opened stay until acknowledged or their sessions end. With many
+//!   client certificates, the table may hold up to about (certificates
+//!   holding sessions) × `max_reply_bytes_per_owner`: size `max_sessions`
+//!   and the byte bounds for the memory of the smallest replica.
 //! - **admin**: everything a client can, plus reshape the membership (add
 //!   nodes it also holds node certificates for, remove members down to one)
 //!   and move leadership: it controls the cluster.

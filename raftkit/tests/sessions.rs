@@ -579,3 +579,49 @@ async fn session_ids_are_128_random_bits() {
     assert!((44.0..84.0).contains(&mean), "mean bit flips {mean}");
     c.shutdown().await;
 }
+
+/// Review s57 finding 2: a session that acknowledges nothing kept up to
+/// 4096 replies whatever their bytes, on every replica. With a byte bound
+/// on the builder, its writes past the bound are refused `Overloaded`
+/// (not applied: the counter does not count them) on the leader, and
+/// every replica's table holds the same replies, within the bound
+/// (`runtime::session` rule 9).
+#[tokio::test(start_paused = true)]
+async fn a_session_past_its_reply_byte_bound_is_refused_not_applied_on_every_replica() {
+    const BOUND: u64 = 640;
+    let c = Cluster::start(3, |b| b.max_reply_bytes_per_session(BOUND)).await;
+    let p = c.leader().await;
+    let s = c.on(p, open_on).await.unwrap();
+    let (mut applied, mut refused) = (0, 0);
+    for seq in 1..=30 {
+        match c.on(p, write_on(s, seq, 1, "b", 1)).await {
+            Ok(v) => {
+                assert_eq!(refused, 0, "write {seq} applied after a refusal");
+                applied += 1;
+                assert_eq!(v, applied);
+            }
+            Err(e) => {
+                assert!(matches!(e, Error::Overloaded), "write {seq}: {e:?}");
+                assert_eq!(e.applied(), raftkit::error::Applied::No);
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        applied > 0 && refused > 0,
+        "{applied} applied, {refused} refused"
+    );
+    c.settle().await;
+    for q in &c.peers {
+        let st = q.status();
+        assert_eq!(st.session_replies, applied as usize, "{}", st.name);
+        assert!(
+            st.session_replies as u64 * raftkit::runtime::session::REPLY_OVERHEAD_BYTES <= BOUND,
+            "{}: {} replies",
+            st.name,
+            st.session_replies
+        );
+    }
+    assert_eq!(c.on(p, get_on("b")).await.unwrap(), applied);
+    c.shutdown().await;
+}

@@ -103,8 +103,9 @@ use tracing::{debug, error, info};
 use super::admission::Permit;
 use super::seq_map::SeqMap;
 use super::session::{
-    AppSnapshot, CopiedSnapshot, Dedup, EnvelopeRef, Eviction, OpRef, SESSION_WINDOW,
-    SessionCounters, SessionRefusal, Sessions, StoredReply, encode_app_snapshot,
+    AppSnapshot, BytesFull, CopiedSnapshot, Dedup, EnvelopeRef, Eviction, OpRef, Owner,
+    ReplyBounds, SESSION_WINDOW, SessionCounters, SessionRef, SessionRefusal, Sessions,
+    StoredReply, encode_app_snapshot,
 };
 use super::watch::{Journal, event as watch_event};
 use crate::client::wire::WatchEvent;
@@ -161,7 +162,44 @@ fn stored_to_result(r: StoredReply) -> Result<Vec<u8>, Error> {
         // Not written any more (a command that does not decode halts the
         // node instead); it would mean the entry was refused at apply.
         StoredReply::Rejected(why) => Err(Error::Rejected(why)),
+        // Applied, its output not kept (`session.rs` rule 9).
+        StoredReply::Dropped { len } => Err(Error::AnswerTooLarge(format!(
+            "the write was applied, but its output ({len} bytes) was not kept for retries: its session's or client identity's stored replies were at their byte bound; do not send it again"
+        ))),
     }
+}
+
+/// The refusal of write `session` of `owner` that `full` says has no
+/// room under `bounds` (`session.rs` rule 9): not applied either way.
+/// `Overloaded` (retried) while acknowledgements can make room: writes
+/// below it are unanswered, or the owner's other sessions hold some of the
+/// bytes; else `Rejected` (final): the bytes are held by replies of this
+/// session's later writes, acknowledged only once this one is answered.
+fn bytes_full(
+    index: Index,
+    session: SessionRef,
+    owner: Owner,
+    bounds: ReplyBounds,
+    full: BytesFull,
+) -> Error {
+    let retried = match full {
+        BytesFull::Session => session.acked_below < session.seq,
+        BytesFull::Owner { elsewhere } => elsewhere || session.acked_below < session.seq,
+    };
+    // Every replica decides alike: debug, not a log flood.
+    debug!(index, session = %session.id, seq = session.seq, ?owner, ?full, retried,
+        "no room for the reply under the stored-reply byte bound; write not applied");
+    if retried {
+        return Error::Overloaded;
+    }
+    let (what, bound) = match full {
+        BytesFull::Session => ("session", bounds.session_bytes),
+        BytesFull::Owner { .. } => ("client identity", bounds.owner_bytes),
+    };
+    Error::Rejected(format!(
+        "the {what} of session {} has no room under its bound of {bound} bytes of stored replies, held by unacknowledged replies of writes after write {}, which was not applied",
+        session.id, session.seq
+    ))
 }
 
 /// Where a caller's answer goes, with the caller's room in the node's
@@ -1066,66 +1104,33 @@ impl<S: StateMachine> Apply<S> {
             }
         };
         self.sessions.advance(envelope.stamp_ms);
-        let (command, session) = match envelope.op {
-            OpRef::Write { command } => (command, None),
+        let (command, session, bounds) = match envelope.op {
+            OpRef::Write { command } => (command, None, None),
             OpRef::SessionWrite {
                 session,
                 owner,
                 command,
             } => {
-                match self.sessions.check(session, owner) {
-                    Dedup::New => {}
-                    // Tooth (simulation builds only): apply a retry again.
-                    #[cfg(feature = "sim")]
-                    Dedup::Duplicate(_)
-                        if crate::sim::runtime::teeth::on(
-                            crate::sim::runtime::teeth::Tooth::ReapplyRetriedWrite,
-                        ) => {}
-                    Dedup::Duplicate(reply) => return Outcome::Reply(stored_to_result(reply)),
-                    Dedup::Unknown => {
-                        return Outcome::Reply(Err(Error::SessionExpired(format!(
-                            "session {} is not open (expired, evicted or closed); write {} was not applied now",
-                            session.id, session.seq
-                        ))));
-                    }
-                    Dedup::Foreign => {
-                        // Every replica sees it: debug, not a log flood.
-                        debug!(index, session = %session.id, ?owner, "write under a session owned by another identity; refused");
-                        return Outcome::Reply(Err(Error::Rejected(format!(
-                            "session {} belongs to another client identity; write {} refused, nothing changed",
-                            session.id, session.seq
-                        ))));
-                    }
-                    Dedup::Stale => {
-                        // Its answer was acknowledged, so an earlier attempt
-                        // was answered (and may have been applied): this one
-                        // is not applied, and "not applied" would be untrue.
-                        return Outcome::Reply(Err(Error::Ambiguous(format!(
-                            "write {} of session {} was already answered and acknowledged; this attempt was not applied, an earlier one may have been",
-                            session.seq, session.id
-                        ))));
-                    }
-                    // The replies held are of writes below this one that
-                    // its client has not acknowledged yet (it acknowledges
-                    // each once answered): room is made as they are, so
-                    // the client retries, with its acknowledgement then.
-                    Dedup::WindowFull if session.acked_below < session.seq => {
-                        debug!(index, session = %session.id, seq = session.seq, acked_below = session.acked_below,
-                            "session window full of replies below this write; answered Overloaded (retried)");
-                        return Outcome::Reply(Err(Error::Overloaded));
-                    }
-                    // This write is its client's lowest unanswered one: the
-                    // replies held are of later writes, which it cannot
-                    // acknowledge before this one is answered, so waiting
-                    // makes no room: refused for good.
-                    Dedup::WindowFull => {
-                        return Outcome::Reply(Err(Error::Rejected(format!(
-                            "session {} holds {SESSION_WINDOW} unacknowledged replies of writes after write {}, which was not applied",
-                            session.id, session.seq
-                        ))));
-                    }
+                if let Err(refusal) = self.dedup(index, session, owner) {
+                    return refusal;
                 }
-                (command, Some(session))
+                (command, Some(session), None)
+            }
+            // Rule 9 of `session.rs`: refused, not applied, without room
+            // for one more reply.
+            OpRef::SessionWriteBounded {
+                session,
+                owner,
+                bounds,
+                command,
+            } => {
+                if let Err(refusal) = self.dedup(index, session, owner) {
+                    return refusal;
+                }
+                if let Err(full) = self.sessions.admits(session, owner, bounds) {
+                    return Outcome::Reply(Err(bytes_full(index, session, owner, bounds, full)));
+                }
+                (command, Some(session), Some(bounds))
             }
             // The eviction rule is the entry's, never this binary's
             // (`session.rs` rule 8): replaying a log gives the same table.
@@ -1147,6 +1152,18 @@ impl<S: StateMachine> Apply<S> {
             } => {
                 let rule = Eviction::FairShare;
                 let opened = self.sessions.open(id, owner, ttl_ms, max_sessions, rule);
+                return Outcome::Reply(open_reply(opened, id));
+            }
+            OpRef::OpenSessionBounded {
+                id,
+                owner,
+                ttl_ms,
+                max_sessions,
+                max_owner_sessions,
+            } => {
+                let opened =
+                    self.sessions
+                        .open_bounded(id, owner, ttl_ms, max_sessions, max_owner_sessions);
                 return Outcome::Reply(open_reply(opened, id));
             }
             OpRef::CloseSession { id, owner } => {
@@ -1194,7 +1211,16 @@ impl<S: StateMachine> Apply<S> {
                 Ok(out) => StoredReply::Ok(out.to_vec()),
                 Err(m) => StoredReply::Handler(m.clone()),
             };
-            self.sessions.record(s, stored);
+            match bounds {
+                None => self.sessions.record(s, stored),
+                Some(bounds) => {
+                    if !self.sessions.record_bounded(s, stored, bounds) {
+                        // Every replica decides alike: debug, not a flood.
+                        debug!(index, session = %s.id, seq = s.seq,
+                            "applied; its output does not fit in the stored-reply byte bound and is not kept for retries");
+                    }
+                }
+            }
         }
         // The caller's answer, if one waits here (the leader that proposed
         // it); otherwise only whether it succeeded matters (it is logged),
@@ -1213,6 +1239,66 @@ impl<S: StateMachine> Apply<S> {
         };
         self.events.push(watch_event(index, command, output));
         Outcome::Reply(reply)
+    }
+
+    /// The session table's verdict on write `session` of `owner` (rules
+    /// 3 to 6 of `session.rs`): `Ok` to apply it, else its answer (a
+    /// stored reply, or a refusal that says truly whether it may have been
+    /// applied).
+    fn dedup(&mut self, index: Index, session: SessionRef, owner: Owner) -> Result<(), Outcome> {
+        match self.sessions.check(session, owner) {
+            Dedup::New => {}
+            // Tooth (simulation builds only): apply a retry again.
+            #[cfg(feature = "sim")]
+            Dedup::Duplicate(_)
+                if crate::sim::runtime::teeth::on(
+                    crate::sim::runtime::teeth::Tooth::ReapplyRetriedWrite,
+                ) => {}
+            Dedup::Duplicate(reply) => return Err(Outcome::Reply(stored_to_result(reply))),
+            Dedup::Unknown => {
+                return Err(Outcome::Reply(Err(Error::SessionExpired(format!(
+                    "session {} is not open (expired, evicted or closed); write {} was not applied now",
+                    session.id, session.seq
+                )))));
+            }
+            Dedup::Foreign => {
+                // Every replica sees it: debug, not a log flood.
+                debug!(index, session = %session.id, ?owner, "write under a session owned by another identity; refused");
+                return Err(Outcome::Reply(Err(Error::Rejected(format!(
+                    "session {} belongs to another client identity; write {} refused, nothing changed",
+                    session.id, session.seq
+                )))));
+            }
+            Dedup::Stale => {
+                // Its answer was acknowledged, so an earlier attempt
+                // was answered (and may have been applied): this one
+                // is not applied, and "not applied" would be untrue.
+                return Err(Outcome::Reply(Err(Error::Ambiguous(format!(
+                    "write {} of session {} was already answered and acknowledged; this attempt was not applied, an earlier one may have been",
+                    session.seq, session.id
+                )))));
+            }
+            // The replies held are of writes below this one that
+            // its client has not acknowledged yet (it acknowledges
+            // each once answered): room is made as they are, so
+            // the client retries, with its acknowledgement then.
+            Dedup::WindowFull if session.acked_below < session.seq => {
+                debug!(index, session = %session.id, seq = session.seq, acked_below = session.acked_below,
+                        "session window full of replies below this write; answered Overloaded (retried)");
+                return Err(Outcome::Reply(Err(Error::Overloaded)));
+            }
+            // This write is its client's lowest unanswered one: the
+            // replies held are of later writes, which it cannot
+            // acknowledge before this one is answered, so waiting
+            // makes no room: refused for good.
+            Dedup::WindowFull => {
+                return Err(Outcome::Reply(Err(Error::Rejected(format!(
+                    "session {} holds {SESSION_WINDOW} unacknowledged replies of writes after write {}, which was not applied",
+                    session.id, session.seq
+                )))));
+            }
+        }
+        Ok(())
     }
 
     fn restore(&mut self, index: Index, data: &[u8]) {

@@ -1464,3 +1464,6 @@ fn a_handler_panic_in_a_batch_applied_by_the_sender_is_answered_and_the_sender_g
         assert_eq!(output(third.try_recv().expect("answered")), 11);
     });
 }
+
+#[path = "session_bytes_tests.rs"]
+mod session_bytes;

@@ -149,6 +149,9 @@ pub struct PeerBuilder<S> {
     handshakes: (usize, Duration),
     session_ttl: Duration,
     max_sessions: u64,
+    max_sessions_per_owner: u64,
+    max_reply_bytes_per_session: u64,
+    max_reply_bytes_per_owner: u64,
     wall_clock: Option<WallClock>,
     threads: super::threads::Threads,
     apply_inline: bool,
@@ -241,6 +244,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             ),
             session_ttl: Duration::from_millis(SESSION_TTL_MS),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_sessions_per_owner: super::session::DEFAULT_MAX_SESSIONS_PER_OWNER,
+            max_reply_bytes_per_session: super::session::DEFAULT_MAX_REPLY_BYTES_PER_SESSION,
+            max_reply_bytes_per_owner: super::session::DEFAULT_MAX_REPLY_BYTES_PER_OWNER,
             wall_clock: None,
             threads: super::threads::Threads::default(),
             apply_inline: false,
@@ -726,8 +732,61 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// before fair shares; `runtime::session` rule 8; counted in
     /// [`PeerStatus::session_evictions`]). Applies to sessions opened while
     /// this peer leads.
+    ///
+    /// Size it with [`Self::max_reply_bytes_per_owner`]: the table's
+    /// stored replies take up to about that many bytes per client
+    /// identity holding sessions, on every replica and in every snapshot.
     pub fn max_sessions(mut self, sessions: u64) -> Self {
         self.max_sessions = sessions.max(1);
+        self
+    }
+
+    /// The most sessions one client identity (certificate) holds in the
+    /// replicated session table (default
+    /// [`DEFAULT_MAX_SESSIONS_PER_OWNER`](super::session::DEFAULT_MAX_SESSIONS_PER_OWNER),
+    /// 1,000; at least 1): opening one more evicts that identity's own
+    /// session idle the longest. Takes effect only once every voter runs a
+    /// raftkit that applies it (runtime log version 2, `runtime::session`
+    /// rule 9); applies to sessions opened while this peer leads. Does not
+    /// cap in-process sessions
+    /// ([`Owner::Local`](super::session::Owner::Local)).
+    pub fn max_sessions_per_owner(mut self, sessions: u64) -> Self {
+        self.max_sessions_per_owner = sessions.max(1);
+        self
+    }
+
+    /// The most bytes of stored replies (unacknowledged answers kept for
+    /// retries) one session holds (default
+    /// [`DEFAULT_MAX_REPLY_BYTES_PER_SESSION`](super::session::DEFAULT_MAX_REPLY_BYTES_PER_SESSION),
+    /// 4 MiB). A reply counts its output's bytes plus
+    /// [`REPLY_OVERHEAD_BYTES`](super::session::REPLY_OVERHEAD_BYTES). A
+    /// write of a session without room for one more reply is refused, not
+    /// applied ([`Error::Overloaded`] while acknowledgements can make
+    /// room, else [`Error::Rejected`]); a write whose output does not fit
+    /// in the room left is applied, but its output is not kept: its caller
+    /// gets it, a retry gets [`Error::AnswerTooLarge`] (applied). Takes
+    /// effect only once every voter runs a raftkit that applies it
+    /// (`runtime::session` rule 9); applies to writes proposed while this
+    /// peer leads.
+    ///
+    /// At least [`MIN_REPLY_BYTES`](super::session::MIN_REPLY_BYTES) (a
+    /// smaller value, 0 included, is raised to it: room for one reply of
+    /// a handler error), so that a session can always store an answer.
+    pub fn max_reply_bytes_per_session(mut self, bytes: u64) -> Self {
+        self.max_reply_bytes_per_session = bytes.max(super::session::MIN_REPLY_BYTES);
+        self
+    }
+
+    /// The most bytes of stored replies all sessions of one client
+    /// identity hold together (default
+    /// [`DEFAULT_MAX_REPLY_BYTES_PER_OWNER`](super::session::DEFAULT_MAX_REPLY_BYTES_PER_OWNER),
+    /// 64 MiB), as [`Self::max_reply_bytes_per_session`] per session.
+    /// At least [`MIN_REPLY_BYTES`](super::session::MIN_REPLY_BYTES), as
+    /// that setter. Does not bound in-process sessions
+    /// ([`Owner::Local`](super::session::Owner::Local): trusted code of
+    /// every peer, bounded per session and by the table's bound only).
+    pub fn max_reply_bytes_per_owner(mut self, bytes: u64) -> Self {
+        self.max_reply_bytes_per_owner = bytes.max(super::session::MIN_REPLY_BYTES);
         self
     }
 
@@ -919,8 +978,6 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         // a binary whose schema keeps every handler of the one it held.
         let schema = S::schema();
         let mut stored_schema = None;
-        // The oldest schema the directory recorded (crate::schema::SchemaBook).
-        let mut oldest_schema = None;
         // Whether the directory held a peer already: then it belongs to the
         // binary that last ran on it until this start has succeeded.
         let existing = meta.is_some();
@@ -928,7 +985,6 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             Some(mut m) => {
                 if let Some(StorageChoice::Disk(dir)) = &self.storage {
                     stored_schema = crate::schema::load_schema(&*self.fs, dir)?;
-                    oldest_schema = crate::schema::load_oldest_schema(&*self.fs, dir)?;
                 }
                 match &stored_schema {
                     Some(old) => {
@@ -1050,15 +1106,19 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let schemas = match self.schema_book.take() {
             Some(book) => book,
             None => {
-                let book = crate::schema::SchemaBook::new(schema, stored_schema.clone())
-                    .with_oldest(oldest_schema.or(stored_schema));
                 // The raise of the oldest schema is recorded in the
                 // directory, whose `schema` file holds this binary's
                 // schema before any write is checked (saved above, or
                 // before the node task starts).
                 Arc::new(match &storage {
-                    StorageChoice::Disk(dir) => book.with_oldest_file(self.fs.clone(), dir.clone()),
-                    _ => book,
+                    StorageChoice::Disk(dir) => crate::schema::SchemaBook::of_dir(
+                        schema,
+                        stored_schema,
+                        self.fs.clone(),
+                        dir.clone(),
+                    )?,
+                    // No directory: nothing recorded, nothing to raise.
+                    _ => crate::schema::SchemaBook::new(schema, stored_schema),
                 })
             }
         };
@@ -1353,8 +1413,15 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 id,
                 local_addr,
                 election_timeout,
-                session_ttl_ms: u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX),
-                max_sessions: self.max_sessions,
+                session_limits: super::session::SessionLimits {
+                    ttl_ms: u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX),
+                    max_sessions: self.max_sessions,
+                    max_owner_sessions: self.max_sessions_per_owner,
+                    bounds: super::session::ReplyBounds {
+                        session_bytes: self.max_reply_bytes_per_session,
+                        owner_bytes: self.max_reply_bytes_per_owner,
+                    },
+                },
                 schemas,
                 session_ids: self
                     .session_ids
@@ -1364,6 +1431,20 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             }),
             _sm: PhantomData,
         };
+        // The raise of the oldest schema on hellos too (not only on a
+        // checked write: review s58 sessions #2), from now on: the
+        // directory's `schema` holds this binary's schema (saved above).
+        // A no-op for a book without its directory.
+        let status = peer.inner.status.clone();
+        peer.inner.schemas.raise_on_hellos(move || {
+            status
+                .borrow()
+                .members
+                .iter()
+                .filter(|m| m.voter && m.id != id)
+                .map(|m| m.id)
+                .collect()
+        });
         tokio::spawn(super::client_service::serve_front_limited(
             peer.clone(),
             clients_rx,

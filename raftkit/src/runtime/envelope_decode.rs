@@ -34,7 +34,7 @@
 //!    has left; non-minimal encodings are accepted, as postcard does), and
 //!    nothing is allocated.
 
-use super::session::{EnvelopeRef, OpRef, Owner};
+use super::session::{EnvelopeRef, OpRef, Owner, ReplyBounds};
 use crate::client::wire::{SessionId, SessionRef};
 use crate::postcard_cursor::{Cursor, CursorError};
 
@@ -99,6 +99,31 @@ impl<'a> EnvelopeRef<'a> {
                 ttl_ms: r.u64()?,
                 max_sessions: r.u64()?,
             },
+            5 => {
+                let session = SessionRef {
+                    id: session_id(&mut r)?,
+                    seq: r.u64()?,
+                    acked_below: r.u64()?,
+                };
+                let owner = owner(&mut r)?;
+                let bounds = ReplyBounds {
+                    session_bytes: r.u64()?,
+                    owner_bytes: r.u64()?,
+                };
+                OpRef::SessionWriteBounded {
+                    session,
+                    owner,
+                    bounds,
+                    command: r.bytes()?,
+                }
+            }
+            6 => OpRef::OpenSessionBounded {
+                id: session_id(&mut r)?,
+                owner: owner(&mut r)?,
+                ttl_ms: r.u64()?,
+                max_sessions: r.u64()?,
+                max_owner_sessions: r.u64()?,
+            },
             tag => return Err(CursorError::UnknownTag(tag)),
         };
         match r.rest().len() {
@@ -135,8 +160,14 @@ mod tests {
         let command = proptest::collection::vec(any::<u8>(), 0..300);
         let op = prop_oneof![
             command.clone().prop_map(|command| Op::Write { command }),
-            (any::<u128>(), any::<u64>(), any::<u64>(), owner(), command).prop_map(
-                |(id, seq, acked_below, owner, command)| Op::SessionWrite {
+            (
+                any::<u128>(),
+                any::<u64>(),
+                any::<u64>(),
+                owner(),
+                command.clone()
+            )
+                .prop_map(|(id, seq, acked_below, owner, command)| Op::SessionWrite {
                     session: SessionRef {
                         id: SessionId(id),
                         seq,
@@ -144,8 +175,7 @@ mod tests {
                     },
                     owner,
                     command,
-                }
-            ),
+                }),
             (any::<u128>(), owner(), any::<u64>(), any::<u64>()).prop_map(
                 |(id, owner, ttl_ms, max_sessions)| Op::OpenSession {
                     id: SessionId(id),
@@ -166,6 +196,47 @@ mod tests {
                     max_sessions,
                 }
             ),
+            (
+                any::<u128>(),
+                any::<u64>(),
+                any::<u64>(),
+                owner(),
+                any::<(u64, u64)>(),
+                command.clone()
+            )
+                .prop_map(
+                    |(id, seq, acked_below, owner, (session_bytes, owner_bytes), command)| {
+                        Op::SessionWriteBounded {
+                            session: SessionRef {
+                                id: SessionId(id),
+                                seq,
+                                acked_below,
+                            },
+                            owner,
+                            bounds: ReplyBounds {
+                                session_bytes,
+                                owner_bytes,
+                            },
+                            command,
+                        }
+                    }
+                ),
+            (
+                any::<u128>(),
+                owner(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(id, owner, ttl_ms, max_sessions, max_owner_sessions)| {
+                    Op::OpenSessionBounded {
+                        id: SessionId(id),
+                        owner,
+                        ttl_ms,
+                        max_sessions,
+                        max_owner_sessions,
+                    }
+                }),
         ];
         (any::<u64>(), op).prop_map(|(stamp_ms, op)| Envelope { stamp_ms, op })
     }
@@ -182,6 +253,7 @@ mod tests {
             let (command, owned) = match (&decoded.op, &e.op) {
                 (OpRef::Write { command }, Op::Write { command: c }) => (command.to_vec(), c.clone()),
                 (OpRef::SessionWrite { command, .. }, Op::SessionWrite { command: c, .. }) => (command.to_vec(), c.clone()),
+                (OpRef::SessionWriteBounded { command, .. }, Op::SessionWriteBounded { command: c, .. }) => (command.to_vec(), c.clone()),
                 _ => (Vec::new(), Vec::new()),
             };
             prop_assert_eq!(command, owned);

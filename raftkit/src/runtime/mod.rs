@@ -149,8 +149,9 @@ struct Inner {
     /// The core's election timeout (`election_ticks` ticks): the unit of
     /// the membership calls' waits (`membership`).
     election_timeout: std::time::Duration,
-    session_ttl_ms: u64,
-    max_sessions: u64,
+    /// What this peer writes into session entries while it leads
+    /// (`session.rs` rules 8 and 9).
+    session_limits: session::SessionLimits,
     /// This binary's schema and what it knows of the voters' (the gate of
     /// new handlers, `crate::schema`).
     schemas: Arc<crate::schema::SchemaBook>,
@@ -309,16 +310,17 @@ impl<S: StateMachine> Peer<S> {
     ) -> Result<Vec<u8>, Error> {
         let decoded = self.check_command(&command)?;
         let bytes = command.len();
-        self.propose_write(
-            Op::SessionWrite {
-                session,
-                owner,
-                command,
-            },
-            bytes,
-            decoded,
-        )
-        .await
+        // Byte bounds once every voter applies them (`session.rs` rule 9),
+        // the entry before until then.
+        let bounded = session::bounded(&self.inner.schemas, self.other_voters());
+        let op = session::write_entry(
+            bounded,
+            session,
+            owner,
+            self.inner.session_limits.bounds,
+            command,
+        );
+        self.propose_write(op, bytes, decoded).await
     }
 
     /// Opens a client session owned by this process (this peer must be the
@@ -331,15 +333,14 @@ impl<S: StateMachine> Peer<S> {
 
     pub(crate) async fn open_session_as(&self, owner: Owner) -> Result<SessionId, Error> {
         let id = (self.inner.session_ids)()?;
-        // Fair-share eviction once every voter applies it (`session.rs`
-        // rule 8), the rule before until then.
+        // Fair-share eviction and the owner cap once every voter applies
+        // them (`session.rs` rules 8 and 9), the rules before until then.
         let op = session::open_entry(
             &self.inner.schemas,
             self.other_voters(),
             id,
             owner,
-            self.inner.session_ttl_ms,
-            self.inner.max_sessions,
+            self.inner.session_limits,
         );
         self.propose(op, 0).await?;
         Ok(id)

@@ -921,7 +921,9 @@ impl NodeTask {
         let stamp_ms = self.stamp(st).unwrap_or(0);
         // Sized once: the command plus the envelope's few varints.
         let capacity = match &op {
-            Op::Write { command } | Op::SessionWrite { command, .. } => command.len(),
+            Op::Write { command }
+            | Op::SessionWrite { command, .. }
+            | Op::SessionWriteBounded { command, .. } => command.len(),
             _ => 0,
         } + 64;
         let envelope = Envelope { stamp_ms, op };

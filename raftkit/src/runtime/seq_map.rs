@@ -109,6 +109,16 @@ impl<T> SeqMap<T> {
         self.queue.get(at).map(|(_, v)| v)
     }
 
+    /// The values, in key order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
+        self.queue.iter().map(|(_, v)| v)
+    }
+
+    /// The values, in key order, to change in place.
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.queue.iter_mut().map(|(_, v)| v)
+    }
+
     /// The smallest key, if any.
     pub(crate) fn first_key(&self) -> Option<Index> {
         self.queue.front().map(|&(i, _)| i)

@@ -89,9 +89,75 @@
 //!    snapshot format is unchanged. Every decision above depends only on
 //!    the log, so all replicas keep identical tables.
 //!
-//!    Stored replies are bounded per session in number ([`SESSION_WINDOW`]),
-//!    not in bytes: a byte bound would change what a write's entry does,
-//!    and needs a variant of its own, gated the same way (not done).
+//! 9. **Stored replies are bounded in bytes, per session and per owner;
+//!    sessions per owner in number** (runtime log version 2,
+//!    [`crate::schema::RUNTIME_LOG_BOUNDED_SESSIONS`]). Without it one
+//!    client certificate could hold every session of the table, each with
+//!    [`SESSION_WINDOW`] replies of any size, on every replica, in every
+//!    snapshot, and again after a restart. The bounds travel in the
+//!    entries, so a replica applies the leader's numbers, never its own:
+//!    - [`Op::OpenSessionBounded`] carries `max_owner_sessions`: an owner
+//!      already holding that many sessions first loses its own idle the
+//!      longest (ties: smallest id), then the table's bound applies as for
+//!      [`Op::OpenSessionFair`]. An owner opening sessions without end
+//!      thus only ever holds `max_owner_sessions`, whatever `max_sessions`.
+//!    - [`Op::SessionWriteBounded`] carries [`ReplyBounds`]. A reply counts
+//!      [`REPLY_OVERHEAD_BYTES`] plus its output's length (a handler's
+//!      error message counts [`STORED_MESSAGE_BYTES`] whatever its length,
+//!      and is stored cut to that length: panic messages need not be equal
+//!      on every replica, the count must be). A new write is applied only
+//!      while its session and its owner each have room for one more
+//!      handler error's reply ([`MIN_REPLY_BYTES`], so a handler's error
+//!      is always kept and a retry answers it); otherwise it is refused,
+//!      **not applied** (the handler does not run): `Overloaded` while
+//!      writes below it are unacknowledged or the owner's other sessions
+//!      hold bytes (acknowledgements make room: retried), else `Rejected`
+//!      (the bytes are held by this session's later writes, acknowledged
+//!      only once this one is answered: final), as for a full window.
+//!    - An output is known only once the handler ran. If its reply does
+//!      not fit in the room left, the write **is applied**, its caller
+//!      waiting at the leader gets its output, and the session keeps a
+//!      [`StoredReply::Dropped`] marker (counted as a reply of no output)
+//!      instead: a retry of it is answered
+//!      [`Error::AnswerTooLarge`](crate::Error::AnswerTooLarge) (applied =
+//!      Yes, not retried) saying its output was not kept. So the bytes a
+//!      session or an owner holds never pass its bound, and no retry is
+//!      ever applied twice.
+//!
+//!    - An owner without room for a write first **reclaims**: the stored
+//!      outputs of its other sessions, idle the longest first (ties:
+//!      smallest id), each one's replies in write order, become
+//!      [`StoredReply::Dropped`] markers until there is room (a retry of
+//!      one is answered `AnswerTooLarge`, applied, as above; nothing is
+//!      reclaimed when all of them would not make room). Idle or
+//!      crashed clients thus never keep their owner's later writes out
+//!      until their sessions expire; the write is refused only when the
+//!      owner's markers and handler messages alone fill its bound.
+//!      **Limit** (review s58 #3, not fixed): each reclaimed output keeps
+//!      a marker of [`REPLY_OVERHEAD_BYTES`], so reclaiming small outputs
+//!      frees little (an 8-byte output frees 8 of its 72 counted bytes):
+//!      an owner whose idle sessions hold many small unacknowledged
+//!      replies (say 4,096 each in a few hundred crashed processes) fills
+//!      its bound with markers, and its later writes are refused
+//!      `Overloaded` until those sessions expire (their TTL). The harm
+//!      stays within that owner (one certificate). One marker per run of
+//!      dropped writes, or evicting the owner's idle-longest session once
+//!      only markers are left, would close it.
+//!    - [`Owner::Local`] (in-process code of every peer, one owner
+//!      cluster-wide, trusted) has no per-owner cap and no owner byte
+//!      bound: only `max_sessions` and the per-session bound apply.
+//!
+//!    The byte counts are derived from the table (recounted on restore,
+//!    as the owner counts): no new snapshot field. [`Op::SessionWrite`]
+//!    and the older open entries keep their rules for ever (no byte bound,
+//!    no owner cap), so a log or snapshot written before version 2
+//!    replays to the same table; the leader proposes the new entries only
+//!    once every voter applies version 2 (as for rule 8), and the
+//!    [`StoredReply::Dropped`] marker, which an older binary cannot decode
+//!    in a snapshot, is only written by [`Op::SessionWriteBounded`].
+//!    The memory the table can hold is thus about `owners ×
+//!    max_reply_bytes_per_owner` (`PeerBuilder`), and at most
+//!    `max_sessions × SESSION_WINDOW` small replies in all.
 //!
 //! # Formats
 //!
@@ -101,13 +167,27 @@
 //! `SessionWrite { session: SessionRef { id: u128, seq, acked_below },
 //! owner, command }`, `OpenSession { id, owner, ttl_ms, max_sessions }`,
 //! `CloseSession { id, owner }`, `OpenSessionFair { id, owner, ttl_ms,
-//! max_sessions }` (tag 4, runtime log version 1); [`Owner`] is `Local` (tag 0) or
-//! `Certificate([u8; 32])` (tag 1). A snapshot is an [`AppSnapshot`]
-//! `{ sessions, state, index }` where `sessions` is `{ table: map of id to
-//! { owner, ttl_ms, last_used_ms, acked_below, replies: map of seq to
-//! StoredReply }, now_ms, swept_ms }`. New variants are only ever appended;
+//! max_sessions }` (tag 4, runtime log version 1), `SessionWriteBounded {
+//! session, owner, bounds: ReplyBounds { session_bytes, owner_bytes },
+//! command }` (tag 5, version 2), `OpenSessionBounded { id, owner, ttl_ms,
+//! max_sessions, max_owner_sessions }` (tag 6, version 2); [`Owner`] is
+//! `Local` (tag 0) or `Certificate([u8; 32])` (tag 1). A snapshot is an
+//! [`AppSnapshot`] `{ sessions, state, index }` where `sessions` is
+//! `{ table: map of id to { owner, ttl_ms, last_used_ms, acked_below,
+//! replies: map of seq to StoredReply }, now_ms, swept_ms }`; a
+//! [`StoredReply`] is `Ok(bytes)`, `Handler(string)`, `Rejected(string)` or
+//! `Dropped { len }` (tag 3, written only by version 2 entries). New
+//! variants are only ever appended;
 //! this layout is the first released one (snapshots written before it do
 //! not load).
+//!
+//! This file is past 1,000 lines on purpose: the rules above are
+//! enforced by one type, [`Sessions`], whose methods keep derived counts
+//! (replies, bytes and sessions per owner) that only hold if every
+//! mutation updates them together; keeping the table, its counts, its
+//! bounds and its wire layout in one place keeps those invariants
+//! reviewable at once. Its tests live next to it (`session_tests.rs`,
+//! `session_owner_tests.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -138,6 +218,55 @@ pub const MAX_STAMP_STEP_MS: u64 = 60 * 1000;
 /// may be unacknowledged (the client library acknowledges every answer, so
 /// it stays far below this unless a caller holds many retry handles).
 pub const SESSION_WINDOW: usize = 4096;
+
+/// The default bound of sessions one owner (client certificate) holds
+/// (rule 9 of the module docs): a tenth of [`DEFAULT_MAX_SESSIONS`].
+pub const DEFAULT_MAX_SESSIONS_PER_OWNER: u64 = 1_000;
+
+/// The default bound of the bytes of stored replies per session (rule 9).
+pub const DEFAULT_MAX_REPLY_BYTES_PER_SESSION: u64 = 4 << 20;
+
+/// The default bound of the bytes of stored replies per owner, all its
+/// sessions together (rule 9).
+pub const DEFAULT_MAX_REPLY_BYTES_PER_OWNER: u64 = 64 << 20;
+
+/// What one stored reply counts beyond its output's bytes (its queue
+/// slot and allocation; rule 9): the size of a marker or of an empty
+/// output.
+pub const REPLY_OVERHEAD_BYTES: u64 = 64;
+
+/// What a stored handler error message counts (beyond
+/// [`REPLY_OVERHEAD_BYTES`]) whatever its length, and the length it is
+/// cut to when stored under [`Op::SessionWriteBounded`] (rule 9).
+pub const STORED_MESSAGE_BYTES: usize = 256;
+
+/// The smallest byte bound of stored replies a `PeerBuilder` accepts
+/// (smaller settings are raised to it): room for one reply holding a
+/// handler's error message.
+pub const MIN_REPLY_BYTES: u64 = REPLY_OVERHEAD_BYTES + STORED_MESSAGE_BYTES as u64;
+
+/// The bounds of stored reply bytes a [`Op::SessionWriteBounded`] entry
+/// carries (the leader's settings when it proposed; rule 9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyBounds {
+    /// The most bytes the write's session may hold.
+    pub session_bytes: u64,
+    /// The most bytes all sessions of the write's owner may hold.
+    pub owner_bytes: u64,
+}
+
+/// Why [`Sessions::admits`] refuses a write: which bound has no room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BytesFull {
+    /// The session's replies hold its bound.
+    Session,
+    /// The owner's sessions' replies together hold its bound; `elsewhere`:
+    /// some of them are other sessions' (acknowledged independently).
+    Owner {
+        /// Whether sessions other than the write's hold some of the bytes.
+        elsewhere: bool,
+    },
+}
 
 /// Where a peer draws session ids from: [`new_session_id`] in production;
 /// the whole-runtime simulation injects a seeded source.
@@ -246,22 +375,117 @@ pub enum Op {
         /// The table's bound at the leader that proposed it.
         max_sessions: u64,
     },
+    /// A write of a session, as [`Op::SessionWrite`], under byte bounds of
+    /// the stored replies (rule 9 of the module docs). Runtime log version
+    /// 2 ([`crate::schema::RUNTIME_LOG_BOUNDED_SESSIONS`]).
+    SessionWriteBounded {
+        /// The session, sequence number and acknowledgement.
+        session: SessionRef,
+        /// Who sent it.
+        owner: Owner,
+        /// The leader's bounds when it proposed.
+        bounds: ReplyBounds,
+        /// The encoded `Write` command.
+        #[serde(with = "crate::byte_field")]
+        command: Vec<u8>,
+    },
+    /// Opens a session, as [`Op::OpenSessionFair`], after evicting the
+    /// owner's own session idle the longest while it holds
+    /// `max_owner_sessions` (rule 9 of the module docs). Runtime log
+    /// version 2.
+    OpenSessionBounded {
+        /// The new session's id, drawn by the leader.
+        id: SessionId,
+        /// Who it belongs to.
+        owner: Owner,
+        /// Its time-to-live when idle (replicated time).
+        ttl_ms: u64,
+        /// The table's bound at the leader that proposed it.
+        max_sessions: u64,
+        /// The bound of one owner's sessions at the leader that proposed it.
+        max_owner_sessions: u64,
+    },
+}
+
+/// The session settings a leader writes into its entries (rules 8 and 9
+/// of the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SessionLimits {
+    /// Idle time-to-live (replicated time).
+    pub ttl_ms: u64,
+    /// The table's bound.
+    pub max_sessions: u64,
+    /// One owner's bound of sessions.
+    pub max_owner_sessions: u64,
+    /// The byte bounds of stored replies.
+    pub bounds: ReplyBounds,
+}
+
+/// Whether the leader may propose the entries of rule 9 (byte bounds,
+/// owner cap): this binary and every voter of `voters` apply runtime log
+/// version 2.
+pub(crate) fn bounded(
+    schemas: &crate::schema::SchemaBook,
+    voters: impl IntoIterator<Item = NodeId>,
+) -> bool {
+    schemas.knows_runtime_log(crate::schema::RUNTIME_LOG_BOUNDED_SESSIONS, voters)
+}
+
+/// The entry a leader proposes for write `session` of `owner`:
+/// [`Op::SessionWriteBounded`] when `bounded` (see [`bounded`]), else
+/// [`Op::SessionWrite`] (rule 9 of the module docs).
+pub(crate) fn write_entry(
+    bounded: bool,
+    session: SessionRef,
+    owner: Owner,
+    bounds: ReplyBounds,
+    command: Vec<u8>,
+) -> Op {
+    if bounded {
+        Op::SessionWriteBounded {
+            session,
+            owner,
+            bounds,
+            command,
+        }
+    } else {
+        Op::SessionWrite {
+            session,
+            owner,
+            command,
+        }
+    }
 }
 
 /// The entry a leader proposes to open session `id` for `owner`:
-/// [`Op::OpenSessionFair`] when this binary and every voter of `voters`
+/// [`Op::OpenSessionBounded`] when this binary and every voter of `voters`
 /// (this node excluded) apply it, as `schemas` knows them
 /// ([`SchemaBook::knows_runtime_log`](crate::schema::SchemaBook::knows_runtime_log)),
-/// else [`Op::OpenSession`] (rule 8 of the module docs).
+/// else [`Op::OpenSessionFair`] if they all apply that, else
+/// [`Op::OpenSession`] (rules 8 and 9 of the module docs).
 pub(crate) fn open_entry(
     schemas: &crate::schema::SchemaBook,
     voters: impl IntoIterator<Item = NodeId>,
     id: SessionId,
     owner: Owner,
-    ttl_ms: u64,
-    max_sessions: u64,
+    limits: SessionLimits,
 ) -> Op {
-    if schemas.knows_runtime_log(crate::schema::RUNTIME_LOG_FAIR_SESSIONS, voters) {
+    let SessionLimits {
+        ttl_ms,
+        max_sessions,
+        max_owner_sessions,
+        ..
+    } = limits;
+    let voters: Vec<NodeId> = voters.into_iter().collect();
+    if bounded(schemas, voters.iter().copied()) {
+        Op::OpenSessionBounded {
+            id,
+            owner,
+            ttl_ms,
+            max_sessions,
+            max_owner_sessions,
+        }
+    } else if schemas.knows_runtime_log(crate::schema::RUNTIME_LOG_FAIR_SESSIONS, voters) {
         Op::OpenSessionFair {
             id,
             owner,
@@ -341,6 +565,30 @@ pub(crate) enum OpRef<'a> {
         /// The table's bound at the leader that proposed it.
         max_sessions: u64,
     },
+    /// [`Op::SessionWriteBounded`].
+    SessionWriteBounded {
+        /// The session, sequence number and acknowledgement.
+        session: SessionRef,
+        /// Who sent it.
+        owner: Owner,
+        /// The leader's bounds when it proposed.
+        bounds: ReplyBounds,
+        /// The encoded `Write` command.
+        command: &'a [u8],
+    },
+    /// [`Op::OpenSessionBounded`].
+    OpenSessionBounded {
+        /// The new session's id.
+        id: SessionId,
+        /// Who it belongs to.
+        owner: Owner,
+        /// Its time-to-live when idle.
+        ttl_ms: u64,
+        /// The table's bound at the leader that proposed it.
+        max_sessions: u64,
+        /// The bound of one owner's sessions.
+        max_owner_sessions: u64,
+    },
 }
 
 /// A reply as remembered for retries.
@@ -354,6 +602,27 @@ pub enum StoredReply {
     /// command that does not decode halts the node (see `apply.rs`); the
     /// variant stays so that the format keeps its tags.
     Rejected(String),
+    /// The write was applied, but its output did not fit in the room its
+    /// session or owner had left (rule 9 of the module docs): not kept. A
+    /// retry is answered [`Error::AnswerTooLarge`](crate::Error::AnswerTooLarge)
+    /// (applied). Written only under [`Op::SessionWriteBounded`].
+    Dropped {
+        /// The output's length in bytes.
+        len: u64,
+    },
+}
+
+impl StoredReply {
+    /// What the reply counts against the byte bounds (rule 9): a function
+    /// of the replicated table only, equal on every replica.
+    pub fn counted_bytes(&self) -> u64 {
+        REPLY_OVERHEAD_BYTES
+            + match self {
+                StoredReply::Ok(out) => out.len() as u64,
+                StoredReply::Handler(_) | StoredReply::Rejected(_) => STORED_MESSAGE_BYTES as u64,
+                StoredReply::Dropped { .. } => 0,
+            }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,6 +636,10 @@ struct SessionState {
     /// a client numbers its writes in order and acknowledges them from the
     /// lowest, so an index-ordered queue (encoded as a map).
     replies: SeqMap<StoredReply>,
+    /// The replies' [`StoredReply::counted_bytes`] (derived; recounted on
+    /// restore).
+    #[serde(skip)]
+    bytes: u64,
 }
 
 /// What the table says about a session write.
@@ -440,6 +713,10 @@ pub struct Sessions {
     /// length). An owner holding none has no entry.
     #[serde(skip)]
     owners: HashMap<Owner, usize>,
+    /// Counted bytes of stored replies per owner (derived, as `owners`;
+    /// an owner holding none has no entry).
+    #[serde(skip)]
+    owner_bytes: HashMap<Owner, u64>,
 }
 
 impl Sessions {
@@ -458,6 +735,22 @@ impl Sessions {
         self.stored
     }
 
+    /// Counted bytes of the replies stored across all sessions (rule 9
+    /// of the module docs: [`StoredReply::counted_bytes`]).
+    pub fn stored_reply_bytes(&self) -> u64 {
+        self.table.values().map(|s| s.bytes).sum()
+    }
+
+    /// Counted bytes of the replies stored in `owner`'s sessions.
+    pub fn owner_reply_bytes(&self, owner: Owner) -> u64 {
+        self.owner_bytes.get(&owner).copied().unwrap_or(0)
+    }
+
+    /// Sessions in the table owned by `owner`.
+    pub fn owner_sessions(&self, owner: Owner) -> usize {
+        self.owners.get(&owner).copied().unwrap_or(0)
+    }
+
     /// Replicated time: the largest stamp applied, capped per entry.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
@@ -472,8 +765,13 @@ impl Sessions {
     pub fn recount(&mut self) {
         self.stored = self.table.values().map(|s| s.replies.len()).sum();
         self.owners.clear();
-        for s in self.table.values() {
+        self.owner_bytes.clear();
+        for s in self.table.values_mut() {
+            s.bytes = s.replies.values().map(StoredReply::counted_bytes).sum();
             *self.owners.entry(s.owner).or_default() += 1;
+            if s.bytes > 0 {
+                *self.owner_bytes.entry(s.owner).or_default() += s.bytes;
+            }
         }
     }
 
@@ -481,8 +779,19 @@ impl Sessions {
     fn remove(&mut self, id: SessionId) -> Option<SessionState> {
         let s = self.table.remove(&id)?;
         self.stored = self.stored.saturating_sub(s.replies.len());
+        self.forget_bytes(s.owner, s.bytes);
         self.forget_owner(s.owner);
         Some(s)
+    }
+
+    /// `bytes` fewer stored for `owner` in the derived counts.
+    fn forget_bytes(&mut self, owner: Owner, bytes: u64) {
+        if let Some(n) = self.owner_bytes.get_mut(&owner) {
+            *n = n.saturating_sub(bytes);
+            if *n == 0 {
+                self.owner_bytes.remove(&owner);
+            }
+        }
     }
 
     /// One session fewer for `owner` in the derived counts.
@@ -544,12 +853,13 @@ impl Sessions {
                 let live = s.last_used_ms.saturating_add(s.ttl_ms) > now;
                 if !live {
                     dropped += s.replies.len();
-                    gone.push(s.owner);
+                    gone.push((s.owner, s.bytes));
                 }
                 live
             });
             self.stored = self.stored.saturating_sub(dropped);
-            for owner in gone {
+            for (owner, bytes) in gone {
+                self.forget_bytes(owner, bytes);
                 self.forget_owner(owner);
             }
             self.counters.expired += (before - self.table.len()) as u64;
@@ -586,9 +896,51 @@ impl Sessions {
                 last_used_ms: self.now_ms,
                 acked_below: 0,
                 replies: SeqMap::default(),
+                bytes: 0,
             },
         );
         Ok(())
+    }
+
+    /// Opens session `id` for `owner` under [`Op::OpenSessionBounded`]
+    /// (rule 9 of the module docs): while `owner` holds
+    /// `max_owner_sessions` sessions or more, its own session idle the
+    /// longest is evicted (ties: smallest id); then as [`Sessions::open`]
+    /// with [`Eviction::FairShare`].
+    pub fn open_bounded(
+        &mut self,
+        id: SessionId,
+        owner: Owner,
+        ttl_ms: u64,
+        max_sessions: u64,
+        max_owner_sessions: u64,
+    ) -> Result<(), SessionRefusal> {
+        if self.table.contains_key(&id) {
+            return Err(SessionRefusal::IdInUse);
+        }
+        if self.owners.values().sum::<usize>() != self.table.len() {
+            // Decoded without a recount: count now.
+            self.recount();
+        }
+        // In-process code of every peer is one owner, trusted: no cap.
+        let cap = match owner {
+            Owner::Local => usize::MAX,
+            Owner::Certificate(_) => {
+                usize::try_from(max_owner_sessions.max(1)).unwrap_or(usize::MAX)
+            }
+        };
+        while self.owner_sessions(owner) >= cap {
+            let victim = self
+                .table
+                .iter()
+                .filter(|(_, s)| s.owner == owner)
+                .min_by_key(|(id, s)| (s.last_used_ms, **id))
+                .map(|(id, _)| *id);
+            let Some(victim) = victim else { break };
+            self.remove(victim);
+            self.counters.evicted += 1;
+        }
+        self.open(id, owner, ttl_ms, max_sessions, Eviction::FairShare)
     }
 
     /// Closes session `id` (a session already gone is closed).
@@ -617,9 +969,19 @@ impl Sessions {
         let ack = s.acked_below.min(s.seq);
         if ack > st.acked_below {
             st.acked_below = ack;
+            let mut freed = 0;
             while st.replies.first_key().is_some_and(|k| k < ack) {
-                st.replies.pop_first();
+                if let Some((_, r)) = st.replies.pop_first() {
+                    freed += r.counted_bytes();
+                }
                 self.stored = self.stored.saturating_sub(1);
+            }
+            st.bytes = st.bytes.saturating_sub(freed);
+            if let Some(n) = self.owner_bytes.get_mut(&st.owner) {
+                *n = n.saturating_sub(freed);
+                if *n == 0 {
+                    self.owner_bytes.remove(&st.owner);
+                }
             }
         }
         if s.seq < st.acked_below {
@@ -639,11 +1001,170 @@ impl Sessions {
     /// said [`Dedup::New`]).
     pub fn record(&mut self, s: SessionRef, reply: StoredReply) {
         let now = self.now_ms;
+        let bytes = reply.counted_bytes();
         if let Some(st) = self.table.get_mut(&s.id)
             && st.replies.insert(s.seq, reply).is_none()
         {
             st.last_used_ms = now;
+            st.bytes += bytes;
+            *self.owner_bytes.entry(st.owner).or_default() += bytes;
             self.stored += 1;
+        }
+    }
+
+    /// Whether write `s` of `owner`, which [`Sessions::check`] found
+    /// [`Dedup::New`], may be applied under `bounds` (rule 9 of the module
+    /// docs): its session and its owner each have room for one more
+    /// handler error's reply ([`MIN_REPLY_BYTES`]), so a handler error is
+    /// always kept as it came. An owner without room first reclaims the
+    /// stored outputs of its other sessions ([`Sessions::reclaim`]); no
+    /// owner bound applies to [`Owner::Local`].
+    pub fn admits(
+        &mut self,
+        s: SessionRef,
+        owner: Owner,
+        bounds: ReplyBounds,
+    ) -> Result<(), BytesFull> {
+        let Some(st) = self.table.get(&s.id) else {
+            return Ok(());
+        };
+        if st.bytes.saturating_add(MIN_REPLY_BYTES) > bounds.session_bytes {
+            return Err(BytesFull::Session);
+        }
+        if owner == Owner::Local {
+            return Ok(());
+        }
+        self.reclaim(s.id, owner, MIN_REPLY_BYTES, bounds.owner_bytes);
+        let Some(st) = self.table.get(&s.id) else {
+            return Ok(());
+        };
+        let held = self.owner_reply_bytes(owner);
+        if held.saturating_add(MIN_REPLY_BYTES) > bounds.owner_bytes {
+            return Err(BytesFull::Owner {
+                elsewhere: held > st.bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records the reply of a write applied under `bounds` (after
+    /// [`Sessions::admits`] said yes; rule 9): a handler's message cut to
+    /// [`STORED_MESSAGE_BYTES`], and an output that does not fit in the
+    /// room left replaced by [`StoredReply::Dropped`]. Returns whether the
+    /// reply was kept as it came.
+    pub fn record_bounded(
+        &mut self,
+        s: SessionRef,
+        reply: StoredReply,
+        bounds: ReplyBounds,
+    ) -> bool {
+        let reply = match reply {
+            StoredReply::Handler(mut m) => {
+                if m.len() > STORED_MESSAGE_BYTES {
+                    let mut cut = STORED_MESSAGE_BYTES;
+                    while !m.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    m.truncate(cut);
+                }
+                StoredReply::Handler(m)
+            }
+            other => other,
+        };
+        let (session_held, owner) = match self.table.get(&s.id) {
+            Some(st) => (st.bytes, st.owner),
+            None => return false,
+        };
+        let need = reply.counted_bytes();
+        let session_fits = session_held.saturating_add(need) <= bounds.session_bytes;
+        if session_fits {
+            self.reclaim(s.id, owner, need, bounds.owner_bytes);
+        }
+        let fits = session_fits
+            && (owner == Owner::Local
+                || self.owner_reply_bytes(owner).saturating_add(need) <= bounds.owner_bytes);
+        if fits {
+            self.record(s, reply);
+            return true;
+        }
+        let len = match &reply {
+            StoredReply::Ok(out) => out.len() as u64,
+            StoredReply::Handler(m) | StoredReply::Rejected(m) => m.len() as u64,
+            StoredReply::Dropped { len } => *len,
+        };
+        self.record(s, StoredReply::Dropped { len });
+        false
+    }
+
+    /// Makes room for `need` more bytes of `owner` under its bound `bound`
+    /// (rule 9 of the module docs) by turning the stored outputs of its
+    /// sessions other than `keep` into [`StoredReply::Dropped`] markers:
+    /// sessions idle the longest first (ties: smallest id), each one's
+    /// replies in write order, until there is room. Reclaims nothing when
+    /// all those outputs together would not make room (they would be lost
+    /// for nothing). Only outputs are reclaimed (handler messages and
+    /// markers stay): a retry of a reclaimed write is answered
+    /// `AnswerTooLarge` (applied), never applied again. Idle or crashed
+    /// clients thus never keep their owner's later writes out until their
+    /// sessions expire. Depends only on the table: every replica reclaims
+    /// alike. [`Owner::Local`] has no owner bound and is never reclaimed
+    /// from.
+    fn reclaim(&mut self, keep: SessionId, owner: Owner, need: u64, bound: u64) {
+        let held = self.owner_reply_bytes(owner);
+        if owner == Owner::Local || held.saturating_add(need) <= bound {
+            return;
+        }
+        let others = || {
+            self.table
+                .iter()
+                .filter(move |(id, st)| **id != keep && st.owner == owner && st.bytes > 0)
+        };
+        let reclaimable: u64 = others()
+            .flat_map(|(_, st)| st.replies.values())
+            .map(|r| match r {
+                StoredReply::Ok(out) => out.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        if held.saturating_sub(reclaimable).saturating_add(need) > bound {
+            return;
+        }
+        let mut order: Vec<(u64, SessionId)> =
+            others().map(|(id, st)| (st.last_used_ms, *id)).collect();
+        order.sort_unstable();
+        let mut reclaimed = 0u64;
+        for (_, id) in order {
+            let Some(st) = self.table.get_mut(&id) else {
+                continue;
+            };
+            let mut freed = 0u64;
+            let mut held = self.owner_bytes.get(&owner).copied().unwrap_or(0);
+            for r in st.replies.values_mut() {
+                if held.saturating_add(need) <= bound {
+                    break;
+                }
+                if let StoredReply::Ok(out) = r
+                    && !out.is_empty()
+                {
+                    let len = out.len() as u64;
+                    *r = StoredReply::Dropped { len };
+                    freed += len;
+                    held = held.saturating_sub(len);
+                }
+            }
+            st.bytes = st.bytes.saturating_sub(freed);
+            reclaimed += freed;
+            self.forget_bytes(owner, freed);
+            if self.owner_reply_bytes(owner).saturating_add(need) <= bound {
+                break;
+            }
+        }
+        if reclaimed > 0 {
+            tracing::debug!(
+                ?owner,
+                reclaimed,
+                "stored outputs of idle sessions dropped for the owner's byte bound"
+            );
         }
     }
 }
@@ -745,3 +1266,7 @@ fn varint_len(n: u64) -> usize {
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "session_owner_tests.rs"]
+mod owner_tests;

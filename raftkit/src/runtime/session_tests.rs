@@ -155,6 +155,30 @@ fn owned(op: OpRef<'_>) -> Op {
             ttl_ms,
             max_sessions,
         },
+        OpRef::SessionWriteBounded {
+            session,
+            owner,
+            bounds,
+            command,
+        } => Op::SessionWriteBounded {
+            session,
+            owner,
+            bounds,
+            command: command.to_vec(),
+        },
+        OpRef::OpenSessionBounded {
+            id,
+            owner,
+            ttl_ms,
+            max_sessions,
+            max_owner_sessions,
+        } => Op::OpenSessionBounded {
+            id,
+            owner,
+            ttl_ms,
+            max_sessions,
+            max_owner_sessions,
+        },
     }
 }
 
@@ -188,6 +212,22 @@ fn a_borrowed_envelope_decodes_every_owned_encoding_without_copying_the_command(
             ttl_ms: 5,
             max_sessions: u64::MAX,
         },
+        Op::SessionWriteBounded {
+            session: w(6, 2),
+            owner: B,
+            bounds: ReplyBounds {
+                session_bytes: 4096,
+                owner_bytes: u64::MAX,
+            },
+            command: vec![8; 200],
+        },
+        Op::OpenSessionBounded {
+            id: SessionId(4),
+            owner: A,
+            ttl_ms: 6,
+            max_sessions: 10,
+            max_owner_sessions: 3,
+        },
     ];
     for op in ops {
         let envelope = Envelope {
@@ -197,7 +237,9 @@ fn a_borrowed_envelope_decodes_every_owned_encoding_without_copying_the_command(
         let bytes = postcard::to_allocvec(&envelope).expect("encodes");
         let borrowed: EnvelopeRef<'_> = postcard::from_bytes(&bytes).expect("decodes");
         assert_eq!(borrowed.stamp_ms, envelope.stamp_ms);
-        if let OpRef::Write { command } | OpRef::SessionWrite { command, .. } = &borrowed.op
+        if let OpRef::Write { command }
+        | OpRef::SessionWrite { command, .. }
+        | OpRef::SessionWriteBounded { command, .. } = &borrowed.op
             && !command.is_empty()
         {
             assert!(
@@ -628,7 +670,17 @@ fn the_fair_open_is_proposed_only_once_every_voter_applies_it() {
         s.runtime_log = runtime_log;
         s
     };
-    let entry = |book: &SchemaBook| open_entry(book, [2, 3], SessionId(5), B, 7, 9);
+    let limits = SessionLimits {
+        ttl_ms: 7,
+        max_sessions: 9,
+        max_owner_sessions: 4,
+        bounds: ReplyBounds {
+            session_bytes: 1,
+            owner_bytes: 2,
+        },
+    };
+    let entry = |book: &SchemaBook| open_entry(book, [2, 3], SessionId(5), B, limits);
+    let fair_log = crate::schema::RUNTIME_LOG_FAIR_SESSIONS;
     let old = Op::OpenSession {
         id: SessionId(5),
         owner: B,
@@ -649,10 +701,240 @@ fn the_fair_open_is_proposed_only_once_every_voter_applies_it() {
         .unwrap();
     book.accept_peer(3, schema(0)).unwrap();
     assert_eq!(entry(&book), old, "voter 3 runs the older raftkit");
+    book.accept_peer(3, schema(fair_log)).unwrap();
+    assert_eq!(
+        entry(&book),
+        fair,
+        "voter 3 applies fair opens, not bounded ones"
+    );
     book.accept_peer(3, schema(crate::schema::RUNTIME_LOG))
         .unwrap();
-    assert_eq!(entry(&book), fair);
-    // A new cluster of this raftkit proposes it from the start.
+    assert_eq!(entry(&book), bounded_open());
+    // A new cluster of this raftkit proposes the newest from the start.
     let book = SchemaBook::new(schema(crate::schema::RUNTIME_LOG), None);
-    assert_eq!(entry(&book), fair);
+    assert_eq!(entry(&book), bounded_open());
+}
+
+/// The open [`open_entry`] proposes once every voter applies runtime log
+/// version 2 (rule 9), for the limits of the test above.
+fn bounded_open() -> Op {
+    Op::OpenSessionBounded {
+        id: SessionId(5),
+        owner: B,
+        ttl_ms: 7,
+        max_sessions: 9,
+        max_owner_sessions: 4,
+    }
+}
+
+/// Rule 9: under [`Op::OpenSessionBounded`] an owner holding its cap of
+/// sessions loses its own idle the longest, never another owner's, however
+/// large the table; under [`Op::OpenSessionFair`] (the rule before) it
+/// keeps opening until the table is full.
+#[test]
+fn a_bounded_open_caps_the_sessions_of_one_owner() {
+    let mut s = Sessions::default();
+    s.advance(1_000);
+    s.open(SessionId(1), A, 600_000, 100, FAIR).unwrap();
+    for i in 0..5u128 {
+        s.advance(2_000 + 1_000 * i as u64);
+        s.open_bounded(SessionId(10 + i), B, 600_000, 100, 3)
+            .unwrap();
+    }
+    assert_eq!(s.owner_sessions(B), 3);
+    assert_eq!(
+        s.owner_sessions(A),
+        1,
+        "another owner's session was evicted"
+    );
+    assert_eq!(s.counters().evicted, 2);
+    for gone in [10, 11] {
+        assert_eq!(
+            s.check(
+                SessionRef {
+                    id: SessionId(gone),
+                    seq: 1,
+                    acked_below: 1
+                },
+                B
+            ),
+            Dedup::Unknown
+        );
+    }
+    for kept in [12, 13, 14] {
+        assert_eq!(
+            s.check(
+                SessionRef {
+                    id: SessionId(kept),
+                    seq: 1,
+                    acked_below: 1
+                },
+                B
+            ),
+            Dedup::New
+        );
+    }
+    // The rule before: no owner cap.
+    let mut old = Sessions::default();
+    for i in 0..5u128 {
+        old.open(SessionId(10 + i), B, 600_000, 100, FAIR).unwrap();
+    }
+    assert_eq!(old.owner_sessions(B), 5);
+}
+
+/// Rule 9: the owner bound counts every session of the owner. A write
+/// whose owner's other sessions hold the bytes first reclaims their stored
+/// outputs; it is refused with `elsewhere` (their acknowledgements make
+/// room) only when nothing reclaimable is left (handler messages and
+/// markers are kept), and with `elsewhere: false` when its own session
+/// holds them all.
+#[test]
+fn the_owner_byte_bound_counts_all_its_sessions() {
+    let message = REPLY_OVERHEAD_BYTES + STORED_MESSAGE_BYTES as u64;
+    let bounds = ReplyBounds {
+        session_bytes: 1 << 20,
+        owner_bytes: 2 * message,
+    };
+    let mut s = Sessions::default();
+    s.open(SessionId(1), B, 600_000, 100, FAIR).unwrap();
+    s.open(SessionId(2), B, 600_000, 100, FAIR).unwrap();
+    s.open(SessionId(3), C, 600_000, 100, FAIR).unwrap();
+    let at = |id: u128, seq: u64, acked_below: u64| SessionRef {
+        id: SessionId(id),
+        seq,
+        acked_below,
+    };
+    // Session 1 holds the owner's bound in handler messages: nothing to
+    // reclaim.
+    for seq in 1..=2 {
+        assert_eq!(s.check(at(1, seq, 1), B), Dedup::New);
+        assert_eq!(s.admits(at(1, seq, 1), B, bounds), Ok(()));
+        assert!(s.record_bounded(at(1, seq, 1), StoredReply::Handler("boom".into()), bounds));
+    }
+    assert_eq!(s.owner_reply_bytes(B), bounds.owner_bytes);
+    assert_eq!(s.check(at(2, 1, 1), B), Dedup::New);
+    assert_eq!(
+        s.admits(at(2, 1, 1), B, bounds),
+        Err(BytesFull::Owner { elsewhere: true })
+    );
+    assert_eq!(s.check(at(1, 3, 1), B), Dedup::New);
+    assert_eq!(
+        s.admits(at(1, 3, 1), B, bounds),
+        Err(BytesFull::Owner { elsewhere: false })
+    );
+    assert_eq!(
+        s.owner_reply_bytes(B),
+        bounds.owner_bytes,
+        "a refusal reclaimed"
+    );
+    // Another owner is not charged for B's bytes.
+    assert_eq!(s.admits(at(3, 1, 1), C, bounds), Ok(()));
+    // The derived counts come back on restore, while bytes are held.
+    let mut back: Sessions = postcard::from_bytes(&postcard::to_allocvec(&s).unwrap()).unwrap();
+    back.recount();
+    assert_eq!(back.owner_reply_bytes(B), 2 * message);
+    assert_eq!(back.stored_reply_bytes(), 2 * message);
+    assert_eq!(back.owner_sessions(B), 2);
+    // Acknowledging session 1's replies makes room.
+    assert_eq!(s.check(at(1, 3, 3), B), Dedup::New);
+    assert_eq!(s.owner_reply_bytes(B), 0);
+    assert_eq!(s.admits(at(2, 1, 1), B, bounds), Ok(()));
+    assert!(s.record_bounded(at(2, 1, 1), StoredReply::Ok(Vec::new()), bounds));
+    // Session 1 stores an output that fills the bound: session 2's next
+    // write reclaims it instead of being refused (it frees more than the
+    // room of a handler error's reply, `MIN_REPLY_BYTES`, that a write
+    // needs).
+    assert_eq!(s.admits(at(1, 3, 3), B, bounds), Ok(()));
+    let len = bounds.owner_bytes - 2 * REPLY_OVERHEAD_BYTES;
+    assert!(len >= MIN_REPLY_BYTES);
+    let output = vec![1; usize::try_from(len).unwrap()];
+    assert!(s.record_bounded(at(1, 3, 3), StoredReply::Ok(output), bounds));
+    assert_eq!(s.owner_reply_bytes(B), bounds.owner_bytes);
+    assert_eq!(s.check(at(2, 2, 1), B), Dedup::New);
+    assert_eq!(s.admits(at(2, 2, 1), B, bounds), Ok(()));
+    assert_eq!(
+        s.check(at(1, 3, 3), B),
+        Dedup::Duplicate(StoredReply::Dropped { len })
+    );
+    assert_eq!(
+        s.owner_reply_bytes(B),
+        2 * REPLY_OVERHEAD_BYTES,
+        "session 1's output reclaimed"
+    );
+}
+
+/// Rule 9: an output that does not fit in the room left is not kept (a
+/// marker instead), and a handler's message is stored cut to
+/// [`STORED_MESSAGE_BYTES`] and counted as that much whatever its length
+/// (its bytes need not be equal on every replica; the count must be).
+#[test]
+fn replies_past_the_room_left_are_markers_and_messages_count_a_fixed_size() {
+    let bounds = ReplyBounds {
+        session_bytes: 1_000,
+        owner_bytes: u64::MAX,
+    };
+    let mut s = Sessions::default();
+    s.open(SessionId(7), A, 600_000, 100, FAIR).unwrap();
+    assert!(!s.record_bounded(w(1, 1), StoredReply::Ok(vec![1; 2_000]), bounds));
+    assert_eq!(
+        s.check(w(1, 1), A),
+        Dedup::Duplicate(StoredReply::Dropped { len: 2_000 })
+    );
+    assert_eq!(s.stored_reply_bytes(), REPLY_OVERHEAD_BYTES);
+    assert!(s.record_bounded(w(2, 1), StoredReply::Handler("é".repeat(1_000)), bounds));
+    match s.check(w(2, 1), A) {
+        Dedup::Duplicate(StoredReply::Handler(m)) => {
+            assert!(m.len() <= STORED_MESSAGE_BYTES && m.len() >= STORED_MESSAGE_BYTES - 1)
+        }
+        other => panic!("{other:?}"),
+    }
+    let short = StoredReply::Handler("x".into()).counted_bytes();
+    assert_eq!(
+        short,
+        StoredReply::Handler("y".repeat(STORED_MESSAGE_BYTES)).counted_bytes()
+    );
+    assert_eq!(
+        s.stored_reply_bytes(),
+        2 * REPLY_OVERHEAD_BYTES + STORED_MESSAGE_BYTES as u64
+    );
+}
+
+/// Rule 9's gate: a leader proposes [`Op::SessionWriteBounded`] only once
+/// every voter applies runtime log version 2; [`Op::SessionWrite`] until
+/// then (an older replica would halt at the new entry).
+#[test]
+fn the_bounded_write_is_proposed_only_once_every_voter_applies_it() {
+    use crate::schema::{HandlerKind, Schema, SchemaBook, Shape};
+    let schema = |runtime_log: u32| {
+        let mut s = Schema::new("kv", 1, Shape::Unit);
+        s.push(HandlerKind::Write, 0, "put", Shape::Str, Shape::Unit);
+        s.runtime_log = runtime_log;
+        s
+    };
+    let bounds = ReplyBounds {
+        session_bytes: 5,
+        owner_bytes: 6,
+    };
+    let entry = |book: &SchemaBook| write_entry(bounded(book, [2, 3]), w(4, 2), B, bounds, vec![1]);
+    let old = Op::SessionWrite {
+        session: w(4, 2),
+        owner: B,
+        command: vec![1],
+    };
+    let new = Op::SessionWriteBounded {
+        session: w(4, 2),
+        owner: B,
+        bounds,
+        command: vec![1],
+    };
+    let book = SchemaBook::new(schema(crate::schema::RUNTIME_LOG), Some(schema(1)));
+    assert_eq!(entry(&book), old, "unheard voters of the raftkit before");
+    book.accept_peer(2, schema(crate::schema::RUNTIME_LOG))
+        .unwrap();
+    book.accept_peer(3, schema(crate::schema::RUNTIME_LOG_FAIR_SESSIONS))
+        .unwrap();
+    assert_eq!(entry(&book), old, "voter 3 applies version 1 only");
+    book.accept_peer(3, schema(crate::schema::RUNTIME_LOG))
+        .unwrap();
+    assert_eq!(entry(&book), new);
 }

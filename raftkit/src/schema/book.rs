@@ -8,9 +8,14 @@
 //!
 //! What a voter not heard from since this node started is taken to know
 //! (hellos on a QUIC link bring every voter's schema once it links): with
-//! hellos, for a write tag, the oldest schema this node's data directory
+//! hellos, for a write tag the oldest schema this node's data directory
 //! recorded (file `schema.floor`, [`crate::schema::load_oldest_schema`]),
-//! and version 0 of raftkit's own entries; without hellos (in-process
+//! and for raftkit's own entries the runtime log version of the last raise
+//! proven (in this process, or recorded in `schema.raised`,
+//! [`crate::schema::load_raised_schema`]), else version 0: a fresh
+//! directory's floor is this node's own schema and proves nothing of the
+//! other voters (review s58 sessions #1: a node provisioned mid-upgrade
+//! would propose entries an old voter halts on); without hellos (in-process
 //! transports) the floor, the schema the directory held at this start,
 //! or nothing would ever be enabled. Not the floor with hellos: after two
 //! starts on a newer binary the floor is that binary's schema, while a voter
@@ -23,7 +28,8 @@
 //! The oldest schema is raised to this node's own once a check of a
 //! write finds every voter it names heard since this start on a schema
 //! that knows every write of this one (same test as for one tag, for
-//! each): each of them recorded a schema at least that new in its data
+//! each) and applies its runtime log version ([`Schema::runtime_log`]):
+//! each of them recorded a schema at least that new in its data
 //! directory before running on it, and a binary refuses a directory whose
 //! schema has a handler it lacks ([`Schema::check_upgrade_from`],
 //! [`crate::schema`]), so no voter can run an older binary again; a node
@@ -36,7 +42,16 @@
 //! check. Only a book given its file ([`SchemaBook::with_oldest_file`],
 //! a single-group peer with a data directory) raises: a multi-group
 //! node's book serves groups with different voters, and one group's voters
-//! say nothing of another's. Limit: a voter's hello can reach this node
+//! say nothing of another's. The raise is tried on each checked write
+//! and, for a single-group peer, on each hello accepted
+//! ([`SchemaBook::raise_on_hellos`]), so a follower that never checked a
+//! write records it too (review s58 sessions #2). Limit, not closed: a
+//! write tag's gate still takes an unheard voter to know the floor file,
+//! which for a fresh directory is this node's own schema (a node on a new
+//! binary provisioned mid-upgrade enables its new writes for a voter it
+//! never heard); unlike an entry of raftkit's there is no older entry to
+//! fall back to, and refusing would refuse every write of a new cluster
+//! until each voter linked. Limit: a voter's hello can reach this node
 //! before that voter saved its schema file (its transport, and its
 //! learned link back to this leader, start before the last steps of its
 //! start that can fail); a voter whose start fails after that point and
@@ -51,7 +66,7 @@
 //! the second gate refuses.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
@@ -87,6 +102,18 @@ pub struct SchemaBook {
     /// book of a multi-group node, whose groups have different voters, or
     /// of a node without a directory).
     oldest_file: Option<(SharedFs, PathBuf)>,
+    /// The runtime log version ([`Schema::runtime_log`]) a voter not heard
+    /// from is taken to apply when hellos carry schemas
+    /// ([`Self::knows_runtime_log`]): that of the last raise proven, by
+    /// this book or recorded in `schema.raised`
+    /// ([`crate::schema::load_raised_schema`]), else 0. Not `oldest`'s: a
+    /// fresh directory's `schema.floor` is this node's own schema, which
+    /// proves nothing of the other voters (review s58 sessions #1).
+    proven_log: AtomicU32,
+    /// The voters of this node's current configuration, this node
+    /// excluded (as [`Self::check_enabled`] is given them), for the raise
+    /// on a hello ([`Self::accept_peer`]). None: no raise on hellos.
+    voters: Mutex<Option<VoterSource>>,
     /// The thread writing the raise, if one was started (joined by tests).
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Each peer's schema from its last hello, at most one entry per peer.
@@ -99,6 +126,16 @@ pub struct SchemaBook {
     /// this node, and [`Self::check_promotion`] waits for it instead of
     /// assuming the floor.
     hears_peers: AtomicBool,
+}
+
+/// Where [`SchemaBook::accept_peer`] reads the current voters (this node
+/// excluded) from.
+struct VoterSource(Box<dyn Fn() -> Vec<NodeId> + Send + Sync>);
+
+impl std::fmt::Debug for VoterSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VoterSource")
+    }
 }
 
 /// Why [`SchemaBook::check_promotion`] does not allow a promotion (yet).
@@ -123,6 +160,8 @@ impl SchemaBook {
             oldest: Mutex::new(floor.clone()),
             raised: Arc::new(AtomicBool::new(false)),
             oldest_file: None,
+            proven_log: AtomicU32::new(0),
+            voters: Mutex::new(None),
             writer: Mutex::new(None),
             floor,
             local,
@@ -139,6 +178,51 @@ impl SchemaBook {
             self.oldest = Mutex::new(Arc::new(oldest));
         }
         self
+    }
+
+    /// Sets the schema of the last raise the data directory recorded
+    /// (`schema.raised`, [`crate::schema::load_raised_schema`]; none: no
+    /// raise proven, and a voter not heard from is taken to apply runtime
+    /// log version 0 only, see [`Self::knows_runtime_log`]).
+    pub fn with_raised(self, raised: Option<Schema>) -> SchemaBook {
+        if let Some(raised) = raised {
+            self.proven_log.store(
+                raised.runtime_log.min(self.local.runtime_log),
+                Ordering::Release,
+            );
+        }
+        self
+    }
+
+    /// The book of a single-group peer whose data directory `dir` held
+    /// `stored` when it started (none: a new directory, whose `schema`
+    /// this start saved already) and records `local` from now on: the
+    /// oldest schema and the last raise it recorded are read from it, and
+    /// raises are written to it ([`Self::with_oldest_file`]).
+    pub(crate) fn of_dir(
+        local: Schema,
+        stored: Option<Schema>,
+        fs: SharedFs,
+        dir: PathBuf,
+    ) -> Result<SchemaBook, Error> {
+        let oldest = crate::schema::load_oldest_schema(&*fs, &dir)?.or_else(|| stored.clone());
+        let raised = crate::schema::load_raised_schema(&*fs, &dir)?;
+        Ok(SchemaBook::new(local, stored)
+            .with_oldest(oldest)
+            .with_raised(raised)
+            .with_oldest_file(fs, dir))
+    }
+
+    /// Lets [`Self::accept_peer`] try the raise of the oldest schema too
+    /// (review s58 sessions #2: not only a node that checks writes, so a
+    /// follower that later leads after a restart with a voter down still
+    /// proposes the bounded entries): `voters` gives the voters of this
+    /// node's current configuration, this node excluded. Only for a book
+    /// with its file ([`Self::with_oldest_file`]).
+    pub(crate) fn raise_on_hellos(&self, voters: impl Fn() -> Vec<NodeId> + Send + Sync + 'static) {
+        if let Ok(mut v) = self.voters.lock() {
+            *v = Some(VoterSource(Box::new(voters)));
+        }
     }
 
     /// Lets [`Self::check_enabled`] raise the oldest schema to the local
@@ -177,6 +261,8 @@ impl SchemaBook {
         if let Ok(mut oldest) = self.oldest.lock() {
             *oldest = self.local.clone();
         }
+        self.proven_log
+            .store(self.local.runtime_log, Ordering::Release);
         let (fs, dir, local) = (fs.clone(), dir.clone(), self.local.clone());
         let raised = self.raised.clone();
         let spawned = std::thread::Builder::new()
@@ -205,7 +291,7 @@ impl SchemaBook {
 
     /// Waits for the thread writing a raise, if one was started.
     #[cfg(test)]
-    fn wait_raise_written(&self) {
+    pub(super) fn wait_raise_written(&self) {
         let handle = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(handle) = handle {
             handle.join().ok();
@@ -234,6 +320,10 @@ impl SchemaBook {
 
     /// Checks a peer's schema from its hello and, if compatible, records it
     /// as what `from` knows.
+    /// Then, once every voter of the current configuration was heard on a
+    /// schema that proves the raise (see the module docs), raises the
+    /// oldest schema, if the peer said where the voters
+    /// are.
     pub fn accept_peer(&self, from: NodeId, remote: Schema) -> Result<(), Mismatch> {
         self.local.check_peer(&remote)?;
         if let Ok(mut peers) = self.peers.lock() {
@@ -243,7 +333,39 @@ impl SchemaBook {
                 None => peers.push((from, remote)),
             }
         }
+        if self.oldest_file.is_some()
+            && self.hears_peers.load(Ordering::Relaxed)
+            && !self.raised.load(Ordering::Acquire)
+        {
+            let voters = match self.voters.lock() {
+                Ok(source) => source.as_ref().map(|s| (s.0)()),
+                Err(_) => None,
+            };
+            if let Some(voters) = voters
+                && self.every_voter_proves_the_raise(&voters)
+            {
+                self.raise_oldest();
+            }
+        }
         Ok(())
+    }
+
+    /// Whether `voters` (this node excluded) are some, and every one was
+    /// heard since this start on a schema that knows every write of this
+    /// one and applies its runtime log version: the proof of a raise
+    /// (module docs).
+    fn every_voter_proves_the_raise(&self, voters: &[NodeId]) -> bool {
+        let Ok(peers) = self.peers.lock() else {
+            return false;
+        };
+        !voters.is_empty()
+            && voters.iter().all(|voter| {
+                peers.iter().any(|(id, schema)| {
+                    id == voter
+                        && self.knows_every_local_write(schema)
+                        && schema.runtime_log >= self.local.runtime_log
+                })
+            })
     }
 
     /// The schema `id` showed in its last hello, if any.
@@ -329,7 +451,9 @@ impl SchemaBook {
                 .and_then(|p| p.iter().find(|(id, _)| *id == voter));
             let (known, source) = match seen.map(|(_, schema)| schema) {
                 Some(schema) => {
-                    raise = raise && self.knows_every_local_write(schema);
+                    raise = raise
+                        && self.knows_every_local_write(schema)
+                        && schema.runtime_log >= self.local.runtime_log;
                     (schema.handler(kind, tag).is_some(), "its binary")
                 }
                 None => {
@@ -359,13 +483,15 @@ impl SchemaBook {
     /// Whether the leader may propose raftkit's own log entries of
     /// `version` ([`Schema::runtime_log`]): this binary applies them, and
     /// so does every voter of `voters`, as its last hello showed. A voter
-    /// not heard from since this node started counts as version 0 when
-    /// hellos carry schemas to this book: the floor is this node's own
-    /// past schema and says nothing of a voter still down on an older
-    /// binary, while the older entry is always safe (the newer one waits
-    /// for its hello). Without hellos, the floor, as for
-    /// [`Self::check_enabled`]. When not, the leader proposes the older
-    /// entry instead (a voter that cannot decode an entry halts at it).
+    /// not heard from since this node started counts, when hellos carry
+    /// schemas to this book, as the runtime log version of the last raise
+    /// proven (every voter heard on a schema that knows every write of
+    /// this one and applies its runtime log version, in this process or
+    /// recorded in `schema.raised`), else version 0 (module docs; not the
+    /// floor nor the oldest schema recorded: a fresh directory records
+    /// this node's own, which says nothing of a voter still on an older
+    /// binary); without hellos, the floor. When not, the leader proposes the older entry instead (a
+    /// voter that cannot decode an entry halts at it).
     pub fn knows_runtime_log(
         &self,
         version: u32,
@@ -374,6 +500,11 @@ impl SchemaBook {
         if self.local.runtime_log < version {
             return false;
         }
+        let unheard = if self.hears_peers.load(Ordering::Relaxed) {
+            self.proven_log.load(Ordering::Acquire)
+        } else {
+            self.floor.runtime_log
+        };
         let peers = self.peers.lock().ok();
         voters.into_iter().all(|voter| {
             let seen = peers
@@ -381,8 +512,7 @@ impl SchemaBook {
                 .and_then(|p| p.iter().find(|(id, _)| *id == voter));
             match seen {
                 Some((_, schema)) => schema.runtime_log >= version,
-                None if self.hears_peers.load(Ordering::Relaxed) => version == 0,
-                None => self.floor.runtime_log >= version,
+                None => unheard >= version,
             }
         })
     }
@@ -438,7 +568,7 @@ impl SchemaBook {
         }
         // The runtime log version every voter applies (so the leader may
         // propose its entries): the learner must apply it too. Unheard
-        // voters count as the floor here, not as version 0 as in
+        // voters count as the floor here, not as the oldest schema as in
         // `knows_runtime_log` (which would let more learners through):
         // entries of the floor's version, proposed before this node
         // restarted, may be in the log the learner would apply.
@@ -532,12 +662,17 @@ mod tests {
         assert!(!book.knows_runtime_log(1, [2, 3]), "voter 3 is older");
         book.accept_peer(3, schema(&[0])).unwrap();
         assert!(book.knows_runtime_log(1, [2, 3]));
-        assert!(!book.knows_runtime_log(2, [2, 3]), "unknown to this binary");
+        assert!(book.knows_runtime_log(crate::schema::RUNTIME_LOG, [2, 3]));
+        assert!(
+            !book.knows_runtime_log(crate::schema::RUNTIME_LOG + 1, [2, 3]),
+            "unknown to this binary"
+        );
         // Enabled: a learner of the older raftkit is not promoted.
         book.accept_peer(4, old()).unwrap();
         match book.check_promotion(4, &[2, 3]) {
             Err(PromotionRefused::Shrinks(why)) => {
-                assert!(why.contains("log entries of version 1"), "{why}")
+                let version = format!("log entries of version {}", crate::schema::RUNTIME_LOG);
+                assert!(why.contains(&version), "{why}")
             }
             other => panic!("{other:?}"),
         }
@@ -548,16 +683,17 @@ mod tests {
     }
 
     /// A voter this leader has not heard from since it started counts as
-    /// applying no newer raftkit entry, whatever the floor says: the floor
-    /// is this node's own last schema, which says nothing of a voter still
-    /// down on the older binary (stop 44). Promotion keeps the floor: the
-    /// log may hold newer entries proposed before the restart.
+    /// the oldest schema the directory recorded, whatever the floor says:
+    /// the floor is this node's own last schema, which says nothing of a
+    /// voter still down on the older binary (stop 44). Promotion keeps the
+    /// floor: the log may hold newer entries proposed before the restart.
     #[test]
     fn a_voter_not_heard_from_counts_as_the_oldest_runtime_log() {
         let old = || with_runtime_log(schema(&[0]), 0);
         // A leader restarted on the new binary: its directory's floor is
-        // the new raftkit; voter 3 is down, still on the old one.
-        let book = SchemaBook::new(schema(&[0]), Some(schema(&[0])));
+        // the new raftkit, its oldest schema the old one; voter 3 is down,
+        // still on the old one.
+        let book = SchemaBook::new(schema(&[0]), Some(schema(&[0]))).with_oldest(Some(old()));
         book.hear_peers();
         book.accept_peer(2, schema(&[0])).unwrap();
         assert!(
@@ -756,5 +892,80 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A data directory upgraded from a raftkit applying runtime log
+    /// version 1 (its `schema.floor`) to this one, and a book of this
+    /// raftkit reading it, as a start does.
+    fn upgraded_runtime_dir() -> (tempfile::TempDir, SchemaBook) {
+        use crate::schema::{load_oldest_schema, save_schema};
+        use crate::storage::vfs::RealFs;
+        let dir = tempfile::tempdir().unwrap();
+        save_schema(&RealFs, dir.path(), &with_runtime_log(schema(&[0]), 1)).unwrap();
+        save_schema(&RealFs, dir.path(), &schema(&[0])).unwrap();
+        let book = SchemaBook::new(schema(&[0]), Some(schema(&[0])))
+            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap())
+            .with_oldest_file(crate::storage::vfs::real(), dir.path().to_path_buf());
+        book.hear_peers();
+        (dir, book)
+    }
+
+    /// Review s57 (sessions #2): a voter unheard since this node started
+    /// counts, for raftkit's own entries, as the oldest schema recorded,
+    /// raised or not, as for a write tag: once every voter was heard on
+    /// this raftkit, a leader that restarts (or a new one) with a voter
+    /// down keeps proposing the bounded session entries (rule 9 of
+    /// `runtime::session`) instead of falling back to the unbounded ones.
+    #[test]
+    fn an_unheard_voter_counts_as_the_raised_runtime_log() {
+        use crate::schema::{RUNTIME_LOG_BOUNDED_SESSIONS, load_oldest_schema};
+        use crate::storage::vfs::RealFs;
+        let bounded =
+            |book: &SchemaBook, voters: [NodeId; 2]| crate::runtime::session::bounded(book, voters);
+        let (dir, book) = upgraded_runtime_dir();
+        book.accept_peer(2, schema(&[0])).unwrap();
+        assert!(!bounded(&book, [2, 3]), "not raised, voter 3 unheard");
+        book.accept_peer(3, schema(&[0])).unwrap();
+        assert!(bounded(&book, [2, 3]));
+        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
+        book.wait_raise_written();
+        assert_eq!(
+            load_oldest_schema(&RealFs, dir.path()).unwrap(),
+            Some(schema(&[0]))
+        );
+        assert!(bounded(&book, [2, 4]), "raised, voter 4 unheard");
+        // A leader that restarted: voter 3 down since.
+        let restarted = SchemaBook::new(schema(&[0]), Some(schema(&[0])))
+            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap())
+            .with_raised(crate::schema::load_raised_schema(&RealFs, dir.path()).unwrap());
+        restarted.hear_peers();
+        restarted.accept_peer(2, schema(&[0])).unwrap();
+        assert!(
+            bounded(&restarted, [2, 3]),
+            "the gate fell back to the unbounded entries with voter 3 unheard after the raise"
+        );
+        assert!(restarted.knows_runtime_log(RUNTIME_LOG_BOUNDED_SESSIONS, [2, 3]));
+    }
+
+    /// Review s57 (sessions #2): the oldest schema is raised only once
+    /// every voter was heard applying this binary's runtime log version
+    /// too, else the raise would take an unheard voter to apply entries it
+    /// cannot decode.
+    #[test]
+    fn voters_on_an_older_runtime_log_prevent_the_raise() {
+        use crate::schema::load_oldest_schema;
+        use crate::storage::vfs::RealFs;
+        let (dir, book) = upgraded_runtime_dir();
+        book.accept_peer(2, schema(&[0])).unwrap();
+        book.accept_peer(3, with_runtime_log(schema(&[0]), 1))
+            .unwrap();
+        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
+        book.wait_raise_written();
+        assert_eq!(
+            load_oldest_schema(&RealFs, dir.path()).unwrap(),
+            Some(with_runtime_log(schema(&[0]), 1)),
+            "raised with voter 3 applying runtime log version 1"
+        );
+        assert!(!crate::runtime::session::bounded(&book, [2, 4]));
     }
 }

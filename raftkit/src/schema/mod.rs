@@ -56,6 +56,14 @@
 //!   without hellos) states it
 //!   ([`SchemaBook::knows_runtime_log`]); until then it proposes the older
 //!   entry, whose meaning never changes (replaying it gives what it gave).
+//!
+//!   **Upgrade note: an upgrade is one-way once a gate opens.** Once the
+//!   leader proposes an entry of a newer runtime log version (e.g.
+//!   [`RUNTIME_LOG_BOUNDED_SESSIONS`], v2: every voter was heard on a
+//!   schema stating it), the log and the snapshots hold entries that a
+//!   binary of an older version cannot apply: it halts at the first of
+//!   them. Roll a node back only before the gate opened; after, only
+//!   forward (or restore the whole cluster from a backup taken before).
 //! - **Before a promotion** (the leader, [`SchemaBook::check_promotion`]):
 //!   `add_server` makes a learner a voter only if its schema (from its
 //!   hello) knows every write the voters have enabled and a state version
@@ -76,6 +84,8 @@
 //! the voter's last hello) is thus a lower bound of what the voter knows.
 
 mod book;
+#[cfg(test)]
+mod book_raise_tests;
 mod shape;
 pub mod state;
 mod store;
@@ -87,7 +97,9 @@ use serde::{Deserialize, Serialize};
 pub use book::{PromotionRefused, SchemaBook};
 pub use shape::Shape;
 pub use state::{decode_state, encode_state, encode_state_onto};
-pub use store::{load_oldest_schema, load_schema, raise_oldest_schema, save_schema};
+pub use store::{
+    load_oldest_schema, load_raised_schema, load_schema, raise_oldest_schema, save_schema,
+};
 
 /// `#[write]` or `#[read]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -169,11 +181,18 @@ pub struct Schema {
 /// The version of raftkit's own log entries this raftkit applies (see
 /// [`Schema::runtime_log`]): 0, the entries of `runtime::session::Op` up
 /// to `CloseSession`; 1 adds `Op::OpenSessionFair` (a session open under
-/// the fair-share eviction rule, `runtime::session` rule 8).
-pub const RUNTIME_LOG: u32 = 1;
+/// the fair-share eviction rule, `runtime::session` rule 8); 2 adds
+/// `Op::SessionWriteBounded` and `Op::OpenSessionBounded` (byte bounds of
+/// stored replies and a per-owner cap of sessions, `runtime::session`
+/// rule 9).
+pub const RUNTIME_LOG: u32 = 2;
 
 /// The runtime log version that brings `Op::OpenSessionFair`.
 pub const RUNTIME_LOG_FAIR_SESSIONS: u32 = 1;
+
+/// The runtime log version that brings `Op::SessionWriteBounded` and
+/// `Op::OpenSessionBounded`.
+pub const RUNTIME_LOG_BOUNDED_SESSIONS: u32 = 2;
 
 /// Why two schemas are not compatible: which handler (or `state`), and
 /// how. Becomes [`crate::Error::SchemaMismatch`].

@@ -1,8 +1,12 @@
 //! The schema files of a data directory, each postcard behind a CRC-32,
 //! written atomically: `schema`, the [`Schema`] of the binary that last
-//! opened it, and `schema.floor`, the oldest schema the directory recorded
+//! opened it, `schema.floor`, the oldest schema the directory recorded
 //! (what [`crate::schema::SchemaBook::check_enabled`] assumes of a voter not
-//! heard from).
+//! heard from), and `schema.raised`, the schema of the last raise, written
+//! only by [`raise_oldest_schema`]: the proof that every voter was heard on
+//! it (what [`crate::schema::SchemaBook::knows_runtime_log`] assumes of a
+//! voter not heard from; a fresh directory's floor is this node's own
+//! schema and proves nothing of the other voters, review s58 sessions #1).
 //!
 //! Invariant: `schema.floor` exists before `schema` is ever rewritten:
 //! [`save_schema`] writes it first, with the schema the `schema` file held
@@ -22,6 +26,7 @@ use crate::storage::vfs::{Vfs, write_atomic};
 
 const SCHEMA_FILE: &str = "schema";
 const FLOOR_FILE: &str = "schema.floor";
+const RAISED_FILE: &str = "schema.raised";
 
 /// Reads the schema file of `dir`, if there is one. A damaged file is a
 /// storage error, never a silent "no schema".
@@ -35,6 +40,14 @@ pub fn load_schema(fs: &dyn Vfs, dir: &Path) -> Result<Option<Schema>, Error> {
 /// file is a storage error.
 pub fn load_oldest_schema(fs: &dyn Vfs, dir: &Path) -> Result<Option<Schema>, Error> {
     load(fs, &dir.join(FLOOR_FILE))
+}
+
+/// Reads the schema of the last raise `dir` recorded (file
+/// `schema.raised`, written by [`raise_oldest_schema`] only), if there is
+/// one: a directory never raised, or raised only by a raftkit before the
+/// file, has none. A damaged file is a storage error.
+pub fn load_raised_schema(fs: &dyn Vfs, dir: &Path) -> Result<Option<Schema>, Error> {
+    load(fs, &dir.join(RAISED_FILE))
 }
 
 fn load(fs: &dyn Vfs, path: &Path) -> Result<Option<Schema>, Error> {
@@ -73,9 +86,13 @@ pub fn save_schema(fs: &dyn Vfs, dir: &Path, schema: &Schema) -> Result<(), Erro
 /// for [`crate::schema::SchemaBook`] once every voter was heard on a
 /// schema that knows every write of `schema` (see its docs). The caller
 /// passes the schema the `schema` file holds (this binary's, after its
-/// start saved it), never one newer.
+/// start saved it), never one newer. Then records `schema` in
+/// `schema.raised` ([`load_raised_schema`]), the proof of the raise: a
+/// crash between the two writes leaves the floor raised without the
+/// proof, which only makes a later start assume less.
 pub fn raise_oldest_schema(fs: &dyn Vfs, dir: &Path, schema: &Schema) -> Result<(), Error> {
-    save(fs, &dir.join(FLOOR_FILE), schema)
+    save(fs, &dir.join(FLOOR_FILE), schema)?;
+    save(fs, &dir.join(RAISED_FILE), schema)
 }
 
 fn save(fs: &dyn Vfs, path: &Path, schema: &Schema) -> Result<(), Error> {
