@@ -98,16 +98,25 @@ impl Raft {
         {
             return;
         }
+        // Thesis §3.10: the transfer vote names the leader that ordered
+        // it, the leader of the term being left (`inbound` admits a
+        // TimeoutNow only from `term_leader`, at this term), so that a
+        // voter in a lease grants the override only for its own leader
+        // (see `transfer`). Read before the new term forgets it.
+        let ordered_by = transfer.then_some(self.term_leader);
         if self.cfg.pre_vote && !transfer {
             self.become_pre_candidate();
-            self.request_votes(true, false);
+            self.request_votes(true, None);
         } else {
             self.become_candidate();
-            self.request_votes(false, transfer);
+            self.request_votes(false, ordered_by);
         }
     }
 
-    fn request_votes(&mut self, pre_vote: bool, transfer: bool) {
+    /// Asks every other voter for its vote (or pre-vote): with
+    /// `transfer`, a [`Body::TransferVote`] naming the leader that ordered
+    /// the campaign.
+    fn request_votes(&mut self, pre_vote: bool, transfer: Option<super::types::NodeId>) {
         self.votes.insert(self.id, true);
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let voters: Vec<_> = self
@@ -120,30 +129,44 @@ impl Raft {
             if !self.conf.is_voter(id) {
                 continue;
             }
-            self.send(
-                id,
-                Body::RequestVote {
+            let body = match transfer {
+                Some(leader) => Body::TransferVote {
+                    last_index,
+                    last_term,
+                    leader,
+                },
+                None => Body::RequestVote {
                     last_index,
                     last_term,
                     pre_vote,
-                    transfer,
+                    transfer: false,
                 },
-            );
+            };
+            self.send(id, body);
         }
         self.tally_votes();
     }
 
     /// Raft §5.2: a voter grants its vote to the first candidate of a term
     /// whose log is at least as up to date as its own (§5.4.1).
+    /// Both forms of a transfer vote ([`Body::TransferVote`], and the
+    /// earlier [`Body::RequestVote`] with `transfer`) are judged here as
+    /// any vote request: the lease they may override was looked at before
+    /// (`Raft::step_admitted`).
     pub(super) fn handle_request_vote(&mut self, m: Message) {
-        let Body::RequestVote {
-            last_index,
-            last_term,
-            pre_vote,
-            transfer,
-        } = m.body
-        else {
-            return;
+        let (last_index, last_term, pre_vote, transfer) = match m.body {
+            Body::RequestVote {
+                last_index,
+                last_term,
+                pre_vote,
+                transfer,
+            } => (last_index, last_term, pre_vote, transfer),
+            Body::TransferVote {
+                last_index,
+                last_term,
+                ..
+            } => (last_index, last_term, false, true),
+            _ => return,
         };
         let can_vote = self.vote == m.from
             || (self.vote == NO_NODE && self.leader == NO_NODE)
@@ -228,7 +251,7 @@ impl Raft {
         match result {
             VoteResult::Won if self.role == Role::PreCandidate => {
                 self.become_candidate();
-                self.request_votes(false, false);
+                self.request_votes(false, None);
             }
             VoteResult::Won => self.become_leader(),
             VoteResult::Lost => self.become_follower(self.term, NO_NODE),

@@ -15,9 +15,9 @@
 //! | any | its term more than [`MAX_TERM_JUMP`] (2^24) above this node's | no correct peer is that far ahead (below); one message must not exhaust the terms |
 //! | RequestVote (and PreVote) | the sender is not a member, while this node leads or heard from its leader within the minimum election timeout (with or without CheckQuorum), or is in its startup lease, or has no configuration yet (a new server not yet replicated to has nothing to elect) | §4.2.3: a removed server must not disrupt the cluster. Outside a lease they are handled (§4.1: a server grants its vote to a candidate outside its latest configuration; the candidate may be a voter of a configuration this node missed, and its vote may be needed to elect anybody) |
 //! | a response, TimeoutNow | the sender is neither a member nor a node the leader still replicates to | it answers nothing this node sent; only the leader orders a campaign |
-//! | RequestVote with `transfer` | the candidate is not a voter of this node's configuration | §3.10: a leader transfers only to a voter, and a transfer vote overrides the lease (a learner could depose a settled leader) |
+//! | TransferVote, or RequestVote with `transfer` (its earlier form) | the candidate is not a voter of this node's configuration | §3.10: a leader transfers only to a voter, and a transfer vote overrides the lease (a learner could depose a settled leader) |
 //! | TimeoutNow | not from the leader of this node's term, at that term (from another node, at another term, or while no leader of this term is known; a pre-candidate remembers its term's leader), or from a leader that was not a voter of this node's configuration when this node first followed it | §3.10: the transfer is the leader's, sent to a target that acknowledged its whole log in its term; a transfer vote overrides leases (§6.4.1), so nobody else may order one, not even a non-voter this node followed after its window (below) |
-//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, or at *our* term before its leader is known, from a non-voter (a learner or a non-member), while this node has a configuration and is in its *window*: it leads, is in a leader lease, or heard from its term's leader (or started) less than the longest election timeout (2 × `election_ticks`) ago | the §4.2.3 lease argument applied to leader messages: a node that is not a voter of the configuration cannot be elected (thesis §3.4, §4.2.1). The window covers a restarted node and a pre-candidate (stop 58), and it ends: a voter promoted by a configuration this node missed may be the leader it must follow (§4.1). A node that stops leading starts a new window (stop 58), and so does one that grants a vote, a window that spares the candidate it voted for at the term of that vote (stop 59; `Raft::guards_against_non_voters`). At our term, a voter of the last committed configuration is taken while a newer one is pending in this node's log (§4.2.2: the leader of a change that removes it keeps replicating it). Limit (review s59, finding 2): so is any other voter that pending change removes; a node restarted during a removal follows the first such voter it hears, applies entries that voter makes up, and refuses the real leader for the term (`non_voters::limit_a_removed_voter_leads_a_restarted_node_while_its_removal_is_pending`) |
+//! | AppendEntries, Heartbeat, InstallSnapshot | at a *higher* term, or at *our* term before its leader is known, from a non-voter (a learner or a non-member), while this node has a configuration and is in its *window*: it leads, is in a leader lease, or heard from its term's leader (or started) less than the longest election timeout (2 × `election_ticks`) ago | the §4.2.3 lease argument applied to leader messages: a node that is not a voter of the configuration cannot be elected (thesis §3.4, §4.2.1). The window covers a restarted node and a pre-candidate (stop 58), and it ends: a voter promoted by a configuration this node missed may be the leader it must follow (§4.1). A node that stops leading starts a new window (stop 58), and so does one that grants a vote, a window that spares the candidate it voted for at the term of that vote (stop 59; `Raft::guards_against_non_voters`), or votes for itself as it campaigns (stop 60). At our term, a voter of the last committed configuration is taken while a newer one is pending in this node's log (§4.2.2: the leader of a change that removes it keeps replicating it). Limit (review s59, finding 2): so is any other voter that pending change removes; a node restarted during a removal follows the first such voter it hears, applies entries that voter makes up, and refuses the real leader for the term (`non_voters::limit_a_removed_voter_leads_a_restarted_node_while_its_removal_is_pending`) |
 //! | any other message but a vote request (responses, read requests) | at a *higher* term, from a non-voter, whenever this node has a configuration | its term would depose the leader or make a follower forget it (Raft §5.1), on the word of a node that cannot have been elected; voters carry a real new term, and no node needs a non-voter to learn it (candidates count only voters; an old leader hears it from voters, or steps down by CheckQuorum) |
 //! | AppendEntries, Heartbeat, InstallSnapshot | at *our* term, from another node than the leader of our term once known (`term_leader`, which a pre-candidate keeps), or when we lead | Raft §5.2 Election Safety: at most one leader per term |
 //! | ReadIndexRequest | the sender is not a member; or the leader already holds [`MAX_REMOTE_READS`](super::read_index::MAX_REMOTE_READS) followers' reads | thesis §6.4.1: only members forward reads; a bounded queue |
@@ -32,48 +32,45 @@
 //! a higher term (or of its term, before it heard the leader) to a node
 //! outside its window (one cut off from its leader for two election
 //! timeouts). It cannot order that node to run a transfer campaign
-//! (TimeoutNow, above), so leases hold, with two limits, both because this
-//! node judges "voter" by its own configuration:
+//! (TimeoutNow, above). A node may still obey the TimeoutNow of a node
+//! that is no voter of the cluster's, because it judges "voter" by its own
+//! configuration:
 //!
 //! - *A stale configuration* (review s58, finding 2; review s59,
 //!   finding 1). A node that still lists a demoted or removed voter as a
-//!   voter follows it and obeys its TimeoutNow. Leases hold only when the
-//!   node was captured at a term *above* the lease's: its transfer vote
-//!   then comes two terms above the lease holders' and a transfer
-//!   overrides a lease only one term up (`Raft::step_admitted`;
-//!   `non_voters::a_demoted_voter_cannot_order_a_transfer_through_a_lagging_node`).
-//!   They do **not** hold against a node captured at the lease's own term
-//!   (restarted, it knows no leader of that term, and the window spares
-//!   voters) or taken up to it from a lower one (lagging, it missed that
-//!   term's election): its campaign comes one term up, as an honest
-//!   target's does, and voters in the real leader's lease grant it, so
-//!   the node can win while that leader still serves lease reads
-//!   (§6.4.1; the ignored `non_voters::rev_same_term_demoted_voter_orders_a_transfer_through_a_restarted_node`
-//!   and `non_voters::rev_lower_term_demoted_voter_orders_a_transfer_through_a_lagging_node`).
+//!   voter follows it and obeys its TimeoutNow, whether captured at a term
+//!   above the lease's, at the lease's own term (restarted, it knows no
+//!   leader of that term, and the window spares voters) or taken up to it
+//!   from a lower one (lagging, it missed that term's election).
 //! - *A configuration the non-voter wrote* (stop 59). Leader `L` leads
 //!   term `t`; voter 3 is in its lease; voter 2, cut off for two election
 //!   timeouts, is still at `t - 1` (it missed the election). Learner 4
 //!   leads 2 at `t - 1` (outside 2's window: accepted, §4.1, but not
 //!   trusted with a TimeoutNow), appends a made-up configuration making
 //!   itself a voter and commits it by its commit index, then leads 2 at
-//!   `t`: now a voter of 2's configuration, so trusted. It appends a
-//!   made-up entry of term `t` (2's log is then the most up to date) and
-//!   sends TimeoutNow: 2 campaigns at `t + 1` with a transfer vote, one
-//!   term above voter 3's, which grants it inside `L`'s lease; 2 can win
-//!   while `L` still serves lease reads (§6.4.1)
-//!   (`non_voters::limit_a_learner_that_wrote_its_own_promotion_orders_a_transfer_campaign`).
-//!   No narrow rule tells this from the honest case it copies: a node
-//!   that missed a promotion (§4.1) takes it, and its commit, from the
-//!   promoted leader it did not know as a voter, exactly so. Trusting
-//!   only a *committed* configuration does not help (the commit index
-//!   comes from the same leader); distrusting every configuration taken
-//!   from a leader followed as a non-voter would refuse the honest
-//!   leader's transfers to that node until it restarts.
+//!   `t`: now a voter of 2's configuration, so trusted, and it sends
+//!   TimeoutNow. No narrow rule tells this from the honest case it
+//!   copies: a node that missed a promotion (§4.1) takes it, and its
+//!   commit, from the promoted leader it did not know as a voter, exactly
+//!   so.
 //!
-//! The complete fix for both names the ordering leader in the transfer
-//! vote request, which a voter in a lease compares with the leader of its
-//! term: a wire change, not made. Following a fake leader costs the node
-//! its term and its uncommitted entries, and
+//! Leases hold all the same: the captured node's transfer vote
+//! ([`Body::TransferVote`]) names the node that sent it the TimeoutNow,
+//! and a voter in a lease lets a transfer vote override it only when it
+//! names that voter's own leader of the term below, one term up
+//! (`transfer` module docs). Voters in `L`'s lease therefore refuse it as
+//! an ordinary vote request (§4.2.3), and `L`'s lease reads stay fresh
+//! (§6.4.1; `non_voters::rev_same_term_demoted_voter_orders_a_transfer_through_a_restarted_node`,
+//! `non_voters::rev_lower_term_demoted_voter_orders_a_transfer_through_a_lagging_node`,
+//! `non_voters::a_demoted_voter_cannot_order_a_transfer_through_a_lagging_node`,
+//! `non_voters::a_learner_that_wrote_its_own_promotion_cannot_order_a_transfer_through_a_lease`).
+//! The limit left is the earlier form of a transfer vote, which names
+//! nobody and keeps the earlier rule, from or to a peer of an earlier
+//! binary during a rolling upgrade (`transfer` module docs, "Mixed
+//! versions").
+//!
+//! Following a fake leader still costs the node its term and its
+//! uncommitted entries, and
 //! more: the fake leader's entries and commit index are taken as a real
 //! leader's would be, so the node can apply entries the fake leader made up
 //! (past what it knew committed; it never rewrites an entry it knew
@@ -503,7 +500,9 @@ impl Raft {
     /// must follow (thesis §4.1).
     ///
     /// A second window of the same length starts when this node grants a
-    /// real vote (review s58, finding 1: a voter of a slow election, past
+    /// real vote, or votes for itself as it campaigns (stop 60: a
+    /// candidate past its leader's window had none) (review s58, finding
+    /// 1: a voter of a slow election, past
     /// its old leader's window, knows no leader of the new term until the
     /// winner's first message). A granted vote is evidence of a live
     /// cluster as a leader's heartbeat is (the premise of the §4.2.3
@@ -591,15 +590,17 @@ impl Raft {
             // within the minimum election timeout), with or without
             // CheckQuorum (review s57, core2 #4: without it, a removed
             // server's elections deposed the leader).
-            Body::RequestVote { .. }
-                if !member
-                    && (!has_conf || self.heard_leader_recently() || self.in_startup_lease()) =>
+            body if body.is_vote_request()
+                && !member
+                && (!has_conf || self.heard_leader_recently() || self.in_startup_lease()) =>
             {
                 return Err(DropReason::VoteFromNonMember);
             }
             // Thesis §3.10: a leader transfers only to a voter, and a
             // transfer vote overrides the lease; nobody else may ask for one.
-            Body::RequestVote { transfer: true, .. } if !self.conf.is_voter(m.from) => {
+            Body::RequestVote { transfer: true, .. } | Body::TransferVote { .. }
+                if !self.conf.is_voter(m.from) =>
+            {
                 return Err(DropReason::TransferFromNonVoter);
             }
             Body::ReadIndexRequest { .. } if !member => return Err(DropReason::FromStranger),
@@ -692,7 +693,7 @@ impl Raft {
             body if m.term > self.term
                 && !voter
                 && has_conf
-                && !matches!(body, Body::RequestVote { .. }) =>
+                && !body.is_vote_request() =>
             {
                 return Err(DropReason::HigherTermFromNonVoter);
             }

@@ -56,7 +56,12 @@ pub enum Body {
         /// A PreVote probe: receivers neither adopt the term nor record a vote.
         pre_vote: bool,
         /// Sent because of a leadership transfer: receivers grant it even
-        /// while they believe a leader is alive (thesis §3.10).
+        /// while they believe a leader is alive (thesis §3.10), one term
+        /// above theirs. The earlier form of a transfer vote, which names
+        /// no leader: this binary sends [`Body::TransferVote`] instead (the
+        /// transport turns it into this form for a peer of an earlier
+        /// binary), and takes this form from such peers with the earlier
+        /// rule (module docs of `transfer`, "Mixed versions").
         transfer: bool,
     },
     /// The answer to a [`Body::RequestVote`].
@@ -147,6 +152,28 @@ pub enum Body {
         /// The read index, if leadership was confirmed.
         index: Option<Index>,
     },
+    /// RequestVote sent because of a leadership transfer (thesis §3.10),
+    /// naming the leader that ordered it: `leader` sent the candidate
+    /// `TimeoutNow` as the leader of term `term - 1` (the message's term
+    /// less one). A voter inside a lease (thesis §4.2.3, §6.4.1) grants
+    /// the transfer override only when `leader` is the leader it knows for
+    /// that term; otherwise the request is an ordinary vote request, which
+    /// a lease refuses (`Raft::step_admitted`).
+    ///
+    /// The successor of [`Body::RequestVote`] with `transfer` set, which
+    /// named nobody. Appended last (postcard encodes variants by index), and
+    /// sent over a peer link only to a peer that announced it understands
+    /// it; a peer of an earlier binary gets [`Body::legacy_form`] instead
+    /// (`transport::peer_features`).
+    TransferVote {
+        /// Index of the candidate's last log entry.
+        last_index: Index,
+        /// Term of the candidate's last log entry.
+        last_term: Term,
+        /// The leader that ordered the transfer (the sender of the
+        /// candidate's TimeoutNow), leader of the term below the message's.
+        leader: NodeId,
+    },
 }
 
 impl Body {
@@ -179,6 +206,35 @@ impl Body {
             Body::InstallSnapshotResponse { .. } => "InstallSnapshotResponse",
             Body::ReadIndexRequest { .. } => "ReadIndexRequest",
             Body::ReadIndexResponse { .. } => "ReadIndexResponse",
+            Body::TransferVote { .. } => "TransferVote",
+        }
+    }
+
+    /// Whether this body asks for a vote or a pre-vote: a
+    /// [`Body::RequestVote`] or a [`Body::TransferVote`].
+    pub fn is_vote_request(&self) -> bool {
+        matches!(self, Body::RequestVote { .. } | Body::TransferVote { .. })
+    }
+
+    /// This body as a peer of an earlier binary understands it: a
+    /// [`Body::TransferVote`] becomes the [`Body::RequestVote`] with
+    /// `transfer` set that it replaces (the ordering leader is not named,
+    /// so such a peer's voters apply the earlier, weaker rule: see the
+    /// module docs of `raft`, "Mixed versions"); every other body is
+    /// unchanged.
+    pub fn legacy_form(self) -> Body {
+        match self {
+            Body::TransferVote {
+                last_index,
+                last_term,
+                ..
+            } => Body::RequestVote {
+                last_index,
+                last_term,
+                pre_vote: false,
+                transfer: true,
+            },
+            other => other,
         }
     }
 }

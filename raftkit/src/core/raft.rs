@@ -15,6 +15,12 @@
 //!   before the message is handled (Raft §5.1);
 //! - at most one vote per term (Raft §5.2), made durable before any message
 //!   that depends on it leaves (see [`Raft::send`]);
+//! - inside a lease (it leads, heard its leader within an election
+//!   timeout, or is in its startup lease) a node ignores vote requests of
+//!   a higher term (thesis §4.2.3), but a transfer vote (§3.10) one term
+//!   up that names this node's leader of its term as the ordering leader
+//!   (`Body::TransferVote`; or the earlier form, which names nobody, from
+//!   a peer of an earlier binary): see the module docs of `transfer`;
 //! - every pending proposal or read either succeeds or gets an error: a
 //!   leader that steps down fails its pending reads with [`NotLeader`].
 
@@ -196,9 +202,10 @@ pub struct Raft {
     /// or started): for the window in which it refuses a non-voter's
     /// leadership and terms (see `inbound`).
     pub(super) leader_heard_at: u64,
-    /// The tick this node last granted a real (not a pre-) vote, if it
-    /// did since it started: a second window against non-voters, which
-    /// spares the candidate it voted for (see `inbound`).
+    /// The tick this node last granted a real (not a pre-) vote, to
+    /// another candidate or to itself when it campaigned, if it did since
+    /// it started: a second window against non-voters, which spares the
+    /// candidate it voted for (see `inbound`).
     pub(super) voted_at: Option<u64>,
     pub(super) role: Role,
     pub(super) log: RaftLog,
@@ -501,6 +508,12 @@ impl Raft {
         let term = self.term + 1;
         self.reset(term);
         self.vote = self.id;
+        // Its own vote is a real vote of this term: the vote window
+        // against non-voters starts (`inbound`), as for a vote granted to
+        // another candidate. Without it, a candidate campaigning more than
+        // the longest election timeout after it last heard its leader had
+        // no window, and a learner could lead its term on it (stop 60).
+        self.voted_at = Some(self.ticks);
         self.role = Role::Candidate;
     }
 
@@ -568,24 +581,18 @@ impl Raft {
         #[cfg(any(test, feature = "sim"))]
         let stale = stale && !(self.cfg.bugs.stale_responses_as_current && m.body.is_response());
         if m.term > self.term {
-            if let Body::RequestVote {
-                pre_vote, transfer, ..
-            } = &m.body
-            {
+            if m.body.is_vote_request() {
                 // Thesis §4.2.3 / §9.6: while a follower hears from a leader
                 // it ignores vote requests, so a removed or partitioned node
                 // cannot disrupt a healthy cluster. A transfer overrides it
-                // (§3.10), but only one term above ours: the real target
-                // was at its leader's term, which a voter in that leader's
-                // lease is at, and campaigns at the next one. A node its
-                // stale configuration let a demoted voter lead at a higher
-                // term campaigns further up (review s58, finding 2).
+                // (§3.10) only when ordered by this node's own leader of
+                // the term below the request's (`transfer`, module docs).
                 if (self.in_lease() || self.in_startup_lease())
-                    && !(*transfer && m.term == self.term.saturating_add(1))
+                    && !self.transfer_overrides_lease(&m)
                 {
                     return;
                 }
-                if *pre_vote {
+                if matches!(m.body, Body::RequestVote { pre_vote: true, .. }) {
                     // A PreVote probe does not raise our term.
                     self.handle_request_vote(m);
                     return;
@@ -620,7 +627,7 @@ impl Raft {
         }
 
         match m.body {
-            Body::RequestVote { .. } => self.handle_request_vote(m),
+            Body::RequestVote { .. } | Body::TransferVote { .. } => self.handle_request_vote(m),
             Body::RequestVoteResponse { granted, pre_vote } => {
                 self.handle_vote_response(m.from, granted, pre_vote)
             }
@@ -669,6 +676,15 @@ impl Raft {
                     Body::RequestVoteResponse {
                         granted: false,
                         pre_vote,
+                    },
+                );
+            }
+            Body::TransferVote { .. } => {
+                self.send(
+                    m.from,
+                    Body::RequestVoteResponse {
+                        granted: false,
+                        pre_vote: false,
                     },
                 );
             }

@@ -2,14 +2,49 @@
 //!
 //! The leader stops accepting proposals, brings the target's log up to date,
 //! then sends it `TimeoutNow`; the target campaigns at once, skipping
-//! PreVote, with a flag that lets voters grant the vote even though they
-//! still hear from the current leader. A transfer that does not complete
-//! within an election timeout is abandoned (see `election`). The flag
-//! overrides a voter's lease only one term above its own (`Raft::step_admitted`),
-//! so with `lease_reads` a voter in its startup lease whose persisted term
-//! lags the leader's (it was down across a term change) refuses the
-//! transfer vote for its first election timeout: the transfer then needs
-//! the other voters (review s59, finding 3).
+//! PreVote, with a [`Body::TransferVote`] naming the leader that ordered it
+//! (the sender of the TimeoutNow, which `inbound` admits only from the
+//! leader of the target's term, at that term). A transfer that does not
+//! complete within an election timeout is abandoned (see `election`).
+//!
+//! # Which transfer votes override a lease
+//!
+//! A voter inside a lease (it leads, or heard its leader within an
+//! election timeout, or is in its startup lease: thesis §4.2.3, §6.4.1)
+//! ignores vote requests; a transfer vote overrides that
+//! (`Raft::transfer_overrides_lease`) only when
+//!
+//! - it comes one term above the voter's: the honest target was at its
+//!   leader's term, which a voter in that leader's lease is at, and
+//!   campaigns at the next one (review s58, finding 2); and
+//! - it names as the ordering leader the voter's own leader of that term
+//!   (`term_leader`, which a voter knows from that leader's messages, or
+//!   is, when it leads).
+//!
+//! So only the leader whose lease is at stake can lift it, which is what
+//! the leader gives up when it starts a transfer (`lease`, "What voids a
+//! lease"). A node that followed someone else at that term (a demoted or
+//! removed voter its stale configuration still lists, or a learner that
+//! wrote its own promotion: module docs of `inbound`) and obeys its
+//! TimeoutNow names that node, and voters in the real leader's lease
+//! refuse it as an ordinary vote request (review s59, finding 1; stop 59).
+//! A voter that knows no leader of its term (restarted, or it learnt the
+//! term from a vote) refuses every transfer vote inside its startup lease:
+//! the honest transfer then needs the other voters, or is retried once the
+//! voter heard its leader (a heartbeat interval).
+//!
+//! # Mixed versions
+//!
+//! A peer of an earlier binary neither sends nor understands a
+//! `TransferVote`: the transport sends it the earlier form,
+//! [`Body::RequestVote`] with `transfer` set ([`Body::legacy_form`];
+//! `transport::peer_features`), and a transfer vote in that form, which
+//! names nobody, keeps the earlier rule: it overrides a lease one term up,
+//! whoever ordered it. That is the limit of a cluster that is not wholly
+//! upgraded: the holes above stay open for a candidate of the earlier
+//! binary, and for one whose link to the voter came up to a voter of the
+//! earlier binary (the feature is learnt per link, at its hello) —
+//! `tests::non_voters::mixed_version_legacy_transfer_vote_keeps_the_earlier_rule`.
 //!
 //! Invariants:
 //! - a transfer is timed on its own clock (`transfer_elapsed`), started when
@@ -20,11 +55,13 @@
 //! - asking again for the transfer in progress (same target) does not
 //!   restart its clock: it is abandoned an election timeout after it was
 //!   first asked for, and the leader takes proposals again; a transfer to
-//!   another target is a new transfer, with a new election timeout.
+//!   another target is a new transfer, with a new election timeout;
+//! - this core sends transfer votes only as [`Body::TransferVote`], naming
+//!   the sender of the TimeoutNow that started the campaign.
 
-use super::message::Body;
+use super::message::{Body, Message};
 use super::raft::{Raft, Role};
-use super::types::NodeId;
+use super::types::{NO_NODE, NodeId};
 
 /// Why a leadership transfer could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +116,25 @@ impl Raft {
             self.send_append_all(to, true);
         }
         Ok(())
+    }
+
+    /// Whether the vote request `m`, at a term above this node's, is a
+    /// transfer vote that lifts this node's lease (module docs): one term
+    /// up, and a [`Body::TransferVote`] naming this node's leader of its
+    /// term, or the earlier form (a [`Body::RequestVote`] with `transfer`,
+    /// from a peer of an earlier binary), which names nobody and keeps the
+    /// earlier rule ("Mixed versions").
+    pub(super) fn transfer_overrides_lease(&self, m: &Message) -> bool {
+        if m.term != self.term.saturating_add(1) {
+            return false;
+        }
+        match m.body {
+            Body::TransferVote { leader, .. } => {
+                leader != NO_NODE && leader == self.term_leader
+            }
+            Body::RequestVote { transfer, .. } => transfer,
+            _ => false,
+        }
     }
 
     /// The target of a transfer campaigns immediately.

@@ -314,6 +314,11 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     commit: 4,
                     round: 7,
                 }),
+                msg(Body::TransferVote {
+                    last_index: 5,
+                    last_term: 3,
+                    leader: 1,
+                }),
             ];
             for f in &frames {
                 all.extend_from_slice(&frame(f));

@@ -321,12 +321,32 @@ impl Cluster {
             out
         };
         let body = match input.pick(14) {
-            0 => Body::RequestVote {
-                last_index: index(input),
-                last_term: term(input),
-                pre_vote: input.bool(),
-                transfer: input.bool(),
-            },
+            0 => {
+                let (last_index, last_term) = (index(input), term(input));
+                let (pre_vote, transfer) = (input.bool(), input.bool());
+                // A transfer vote in either form: the earlier one (no
+                // leader named) or a `TransferVote` naming a voter, a
+                // stranger or nobody as the ordering leader.
+                if transfer && input.bool() {
+                    let leader = match input.pick(5) {
+                        0..=2 => IDS.get(usize::from(input.pick(3))).copied().unwrap_or(1),
+                        3 => STRANGER,
+                        _ => NO_NODE,
+                    };
+                    Body::TransferVote {
+                        last_index,
+                        last_term,
+                        leader,
+                    }
+                } else {
+                    Body::RequestVote {
+                        last_index,
+                        last_term,
+                        pre_vote,
+                        transfer,
+                    }
+                }
+            }
             1 => Body::RequestVoteResponse {
                 granted: input.bool(),
                 pre_vote: input.bool(),

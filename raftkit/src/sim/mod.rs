@@ -26,7 +26,10 @@
 //!   errors that stop the node;
 //! - **protocol**: leader churn, Raft Figure 8 both at random and step by
 //!   step, split elections with slow voters, leadership transfers to any
-//!   target (lagging, unreachable, learner, removed), membership changes
+//!   target (lagging, unreachable, learner, removed), their votes named
+//!   for the leader that ordered them (`Body::TransferVote`) or, in a
+//!   quarter of the seeds, in the earlier form to even-numbered nodes (a
+//!   mixed-version cluster), membership changes
 //!   with partitions across them, PreVote and CheckQuorum each off in a
 //!   quarter of the seeds, snapshots of up to a dozen chunks replaced by
 //!   newer ones mid-transfer, 4 to 8 clients on 3 to 10 keys.

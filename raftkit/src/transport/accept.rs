@@ -648,8 +648,10 @@ async fn serve_link(
     let AcceptedHello { from, name, addr } = hello;
     // Within the handshake's deadline, as the hello was: a dialer that
     // grants no stream credit would hold the write (and the slot) for ever.
+    // The answer announces the message shapes this binary understands
+    // (`peer_features`); a dialer of an earlier binary ignores that.
     let answered =
-        match tokio::time::timeout_at(deadline, write_frame(&mut send, &PeerFrame::HelloOk, max))
+        match tokio::time::timeout_at(deadline, super::peer_features::write_hello_ok(&mut send, max))
             .await
         {
             Ok(answered) => answered.map_err(|e| e.to_string()),

@@ -6,9 +6,13 @@
 //! ```text
 //! dialer                              acceptor
 //!   Hello { from, name, addr, schema, version } ─▶
-//!                                      ◀─ HelloOk | Refused { reason } (then close)
+//!                                      ◀─ HelloOk ++ HelloOkTail { features } | Refused { reason } (then close)
 //!   Msg(..) Msg(..) ... ─▶
 //! ```
+//!
+//! The acceptor's `HelloOk` is followed, in the same frame, by the feature
+//! bits of the message shapes it understands (`transport::peer_features`;
+//! a dialer of an earlier binary decodes the `HelloOk` and ignores them).
 //!
 //! A hello whose schema is too large with its detailed shapes offers them,
 //! and the acceptor asks for them before it answers (`SendSchemaDetail`,
@@ -34,8 +38,15 @@
 //!    `crate::multi::quiesce`) and [`MAX_MEMBERS`] members (no
 //!    configuration in force has more).
 //! 5. Postcard encodes enum variants by index, so variants of [`PeerFrame`]
-//!    are only ever appended; [`PROTOCOL_VERSION`] changes when the meaning of
-//!    existing bytes changes.
+//!    and of the message [`Body`](crate::core::Body) are only ever
+//!    appended, and an existing variant's fields never change;
+//!    [`PROTOCOL_VERSION`] changes when the meaning of existing bytes
+//!    changes (it must match for a link to come up, so a rolling upgrade
+//!    never changes it). An appended variant an earlier binary cannot
+//!    decode is sent only to a peer that announced it understands it
+//!    (`transport::peer_features`), the earlier shape to any other: so
+//!    far `Body::TransferVote` (feature `TRANSFER_VOTE`), in place of
+//!    `Body::RequestVote` with `transfer` set.
 
 use std::io;
 

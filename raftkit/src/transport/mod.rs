@@ -13,7 +13,8 @@
 //!   connection's certificate says is there, and what it may do) is
 //!   `accept`; how many inbound peer connections it serves is
 //!   `peer_limits`, how many inbound handshakes it runs at once and for
-//!   how long is `handshakes`.
+//!   how long is `handshakes`, which message shapes a peer of another
+//!   binary understands (announced after the hello) is `peer_features`.
 //! - [`memory`]: an in-process transport with fault injection (drop, delay,
 //!   partition, one-way cut) for tests.
 //!
@@ -32,6 +33,7 @@ mod hello_detail;
 pub(crate) mod inbox_bytes;
 pub mod memory;
 mod out_queue;
+mod peer_features;
 mod peer_limits;
 pub mod quic;
 mod quic_tuning;

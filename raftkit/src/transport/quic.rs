@@ -25,9 +25,13 @@
 //!    ([`check_hello`]: a `node` certificate whose name is the hello's name,
 //!    whose id is the hello's id) and answers [`PeerFrame::HelloOk`], or
 //!    [`PeerFrame::Refused`] with a reason and closes (both sides log it,
-//!    the dialer's [`LinkState`] becomes [`LinkState::Refused`]);
-//! 3. the dialer streams [`PeerFrame::Msg`] frames, which the acceptor
-//!    forwards to the node's inbox.
+//!    the dialer's [`LinkState`] becomes [`LinkState::Refused`]); its
+//!    `HelloOk` announces the message shapes it understands
+//!    (`peer_features`);
+//! 3. the dialer streams [`PeerFrame::Msg`] frames, each message in the
+//!    shapes the acceptor announced (a transfer vote in its earlier form to
+//!    an acceptor of an earlier binary), which the acceptor forwards to the
+//!    node's inbox.
 //!
 //! Client connections ([`CLIENT_ALPN`]) are handed over with the
 //! [`Principal`](crate::tls::Principal) their certificate states ([`AcceptedClient`]); a
@@ -113,9 +117,10 @@ pub use super::accept::{
 };
 use super::frame::{
     DEFAULT_MAX_FRAME_BYTES, FrameError, MemberAnswer, PROTOCOL_VERSION, PeerFrame,
-    encode_frame_bytes, read_frame, write_frame,
+    encode_frame_bytes, write_frame,
 };
 use super::handshakes::Handshakes;
+use super::peer_features;
 pub use super::hello_detail::MAX_DETAIL_BYTES;
 use super::hello_detail::fitted_hello;
 use super::inbox_bytes::{GroupTx, InboxTx};
@@ -988,12 +993,15 @@ async fn peer_task(
     let mut failures: u32 = 0;
     loop {
         match dial(&endpoint, &link, peer, &addr).await {
-            Ok((conn, send)) => {
+            Ok((conn, send, features)) => {
                 backoff = link.backoff_min;
                 failures = 0;
                 shared.state.send_replace(LinkState::Connected);
-                info!(node = link.node, peer, %addr, "peer link up");
-                let why = pump(&link, &conn, send, &shared).await;
+                info!(node = link.node, peer, %addr, features, "peer link up");
+                if features & peer_features::TRANSFER_VOTE == 0 {
+                    info!(node = link.node, peer, %addr, "peer of an earlier binary: transfer votes go to it in the earlier form (mixed-version limit, see core::transfer)");
+                }
+                let why = pump(&link, &conn, send, &shared, features).await;
                 shared.state.send_replace(LinkState::Connecting);
                 warn!(node = link.node, peer, %addr, reason = %why, "peer link lost; reconnecting");
                 conn.close(VarInt::from_u32(CLOSE_NORMAL), b"reconnecting");
@@ -1028,14 +1036,15 @@ async fn peer_task(
     }
 }
 
-/// Connects, opens the link stream and says hello. Returns the connection
-/// and the stream to write messages on once the hello is accepted.
+/// Connects, opens the link stream and says hello. Returns the connection,
+/// the stream to write messages on once the hello is accepted, and the
+/// features the acceptor announced with its acceptance (`peer_features`).
 async fn dial(
     endpoint: &Endpoint,
     link: &LinkConfig,
     peer: NodeId,
     addr: &str,
-) -> Result<(Connection, SendStream), TransportError> {
+) -> Result<(Connection, SendStream, u64), TransportError> {
     let target = resolve(endpoint, addr).await?;
     link.handshakes.resolved(peer, addr, target);
     let conn = endpoint
@@ -1066,16 +1075,18 @@ async fn dial(
         };
         let hello = fitted_hello(hello, link.max_frame_bytes);
         hello.write(&mut send, link.max_frame_bytes).await?;
-        let mut answer = read_frame(&mut recv, link.max_frame_bytes).await?;
+        let (mut answer, mut features) =
+            peer_features::read_hello_answer(&mut recv, link.max_frame_bytes).await?;
         // Asked for the detail the hello offered (an acceptor of the
         // earlier binary answers at once instead: `hello_detail`).
         if let (PeerFrame::SendSchemaDetail, Some(detail)) = (&answer, &hello.detail) {
             let cap = link.max_frame_bytes.min(MAX_DETAIL_BYTES);
             write_frame(&mut send, detail, cap).await?;
-            answer = read_frame(&mut recv, link.max_frame_bytes).await?;
+            (answer, features) =
+                peer_features::read_hello_answer(&mut recv, link.max_frame_bytes).await?;
         }
         match answer {
-            PeerFrame::HelloOk => Ok(send),
+            PeerFrame::HelloOk => Ok((send, features)),
             PeerFrame::Refused { reason } => Err(TransportError::Refused(reason)),
             other => Err(TransportError::Refused(format!(
                 "unexpected answer to hello: {}",
@@ -1088,7 +1099,7 @@ async fn dial(
         Err(_) => Err(TransportError::Timeout),
     };
     match result {
-        Ok(send) => Ok((conn, send)),
+        Ok((send, features)) => Ok((conn, send, features)),
         Err(e) => {
             let code = match e {
                 TransportError::Refused(_) => CLOSE_REFUSED,
@@ -1119,12 +1130,15 @@ async fn resolve(endpoint: &Endpoint, addr: &str) -> Result<SocketAddr, Transpor
         .ok_or_else(|| resolve_err("no address".into()))
 }
 
-/// Writes queued messages to the link until it fails; returns why.
+/// Writes queued messages to the link until it fails; returns why. Each
+/// message goes in the shapes the acceptor's `features` allow
+/// (`peer_features::for_peer`).
 async fn pump(
     link: &LinkConfig,
     conn: &Connection,
     mut send: SendStream,
     shared: &PeerShared,
+    features: u64,
 ) -> String {
     let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
     // Many groups queue messages to this peer one after another: let them
@@ -1181,6 +1195,7 @@ async fn pump(
                 }
                 _ => {}
             }
+            let msg = peer_features::for_peer(msg, features);
             let (to, kind) = (msg.to, msg.body.kind());
             let frame = match group {
                 None => PeerFrame::Msg(msg),

@@ -56,7 +56,7 @@ fn a_pre_candidate_ignores_a_learner_claiming_its_term() {
     );
     assert_eq!(hb, Err(DropReason::SecondLeader));
     assert_eq!(tn, Err(DropReason::TimeoutNowNotFromLeader));
-    assert!(out.of_kind("RequestVote").is_empty());
+    assert!(out.of_kind("RequestVote").is_empty() && out.of_kind("TransferVote").is_empty());
     // Its term's leader is still followed, and still may order a transfer.
     assert_eq!(f.step_checked(heartbeat(1, 2, 2, 0)), Ok(()));
     assert_eq!((f.role(), f.leader()), (Role::Follower, Some(1)));
@@ -175,7 +175,7 @@ fn a_learner_followed_after_the_window_cannot_order_a_campaign() {
         "a learner ordered a transfer campaign ({got:?})"
     );
     assert_eq!(got, Err(DropReason::TimeoutNowNotFromLeader));
-    assert!(out.of_kind("RequestVote").is_empty());
+    assert!(out.of_kind("RequestVote").is_empty() && out.of_kind("TransferVote").is_empty());
 }
 
 /// Thesis §4.1, the honest side of the window: node 4 was promoted by a
@@ -639,19 +639,19 @@ fn only_a_voter_of_the_committed_configuration_leads_a_restarted_node_early() {
     assert_eq!(f.leader(), Some(1));
 }
 
-/// The documented limit of stop 59 (module docs of `inbound`, "a
-/// configuration the non-voter wrote"), pinned so that a fix shows here.
+/// Stop 59's limit (module docs of `inbound`, "a configuration the
+/// non-voter wrote"), closed by the transfer vote naming its leader.
 /// Leader 1 leads term `t + 1` and voter 3 is in its lease; voter 2, cut
 /// off for the longest election timeout, is still at `t`. Learner 4 leads
 /// 2 at `t` (outside the window, thesis §4.1), but is not trusted with a
 /// TimeoutNow, even once 2 holds the configuration 4 wrote promoting
-/// itself (the flag is frozen for the term: the honest form of this is a
-/// promotion 2 missed, and its leader's transfer to 2 is refused for the
-/// term). At `t + 1`, 4 is a voter of 2's configuration: its TimeoutNow
-/// is obeyed, and voter 3 grants the transfer vote at `t + 2`, one term
-/// above its own, inside leader 1's lease (§6.4.1).
+/// itself (the flag is frozen for the term). At `t + 1`, 4 is a voter of
+/// 2's configuration: its TimeoutNow is obeyed, and 2 campaigns at
+/// `t + 2`, one term above voter 3's. Voter 3 granted that vote inside
+/// leader 1's lease (§6.4.1); now the vote names 4, not 3's leader of
+/// `t + 1`, and 3 refuses it (thesis §4.2.3).
 #[test]
-fn limit_a_learner_that_wrote_its_own_promotion_orders_a_transfer_campaign() {
+fn a_learner_that_wrote_its_own_promotion_cannot_order_a_transfer_through_a_lease() {
     use crate::core::{Configuration, Entry, Payload};
     let t = 2;
     let mut f = with_learner_at(2, t, lease_reads);
@@ -686,22 +686,13 @@ fn limit_a_learner_that_wrote_its_own_promotion_orders_a_transfer_campaign() {
     );
     assert_eq!(f.step_checked(msg(4, 2, t + 1, Body::TimeoutNow)), Ok(()));
     assert_eq!((f.role(), f.term()), (Role::Candidate, t + 2));
-    let mut granted = false;
-    for v in flush(&mut f).all().into_iter().filter(|m| m.to == 3) {
-        for m in step(&mut g, v).all() {
-            granted |= matches!(
-                m.body,
-                Body::RequestVoteResponse {
-                    granted: true,
-                    pre_vote: false
-                }
-            );
-        }
-    }
+    let granted = transfer_vote_granted(&mut g, &mut f);
     assert!(
-        granted,
-        "the documented limit no longer holds: update the module docs of `inbound`"
+        !granted,
+        "voter 3 (lease of 1, term {}) granted 2's transfer vote ordered by learner 4",
+        g.term()
     );
+    assert_eq!((g.term(), g.leader(), g.hard_state().vote), (t + 1, Some(1), 0));
 }
 
 /// Review s59 (§5 gap): the §4.2.2 pass goes by the configuration at the
@@ -836,9 +827,10 @@ fn transfer_vote_granted(g: &mut Raft, f: &mut Raft) -> bool {
 /// configuration still lists 4 as a voter) knows no leader of its term
 /// `t`. Demoted 4 leads it at `t`, makes its log the most up to date and
 /// orders a transfer campaign at `t + 1`, one term above voter 3's lease
-/// (of leader 1), which grants it (§6.4.1).
+/// (of leader 1), which granted it (§6.4.1). Now the transfer vote names
+/// 4, not voter 3's leader of `t`: refused as an ordinary vote request
+/// inside the lease (thesis §4.2.3; module docs of `transfer`).
 #[test]
-#[ignore = "known limit: a stale configuration's demoted voter captures a restarted node at the lease's term and its transfer vote is one term up (wire change: RequestVote names the ordering leader)"]
 fn rev_same_term_demoted_voter_orders_a_transfer_through_a_restarted_node() {
     let t = 2;
     let mut f = node_with(2, &[1, 2, 3, 4], t, &[1, 2], lease_reads);
@@ -858,9 +850,8 @@ fn rev_same_term_demoted_voter_orders_a_transfer_through_a_restarted_node() {
 }
 
 /// Review s59, finding 1 (lagging): as above, node 2 one term behind (it
-/// missed the election of `t`); 4 leads it at `t`.
+/// missed the election of `t`); 4 leads it at `t`. Refused likewise.
 #[test]
-#[ignore = "known limit: a stale configuration's demoted voter captures a lagging node at the current term and its transfer vote is one term up (wire change: RequestVote names the ordering leader)"]
 fn rev_lower_term_demoted_voter_orders_a_transfer_through_a_lagging_node() {
     let t = 2;
     let mut f = node_with(2, &[1, 2, 3, 4], t - 1, &[1], lease_reads);
@@ -877,4 +868,143 @@ fn rev_lower_term_demoted_voter_orders_a_transfer_through_a_lagging_node() {
         g.term(),
         f.term()
     );
+}
+
+/// The transfer vote's rule itself (module docs of `transfer`): voter 3,
+/// in leader 1's lease at term `t`, grants a transfer vote at `t + 1`
+/// only when it names 1; naming another node (4, or nobody) it is an
+/// ordinary vote request, ignored inside the lease (thesis §4.2.3); two
+/// terms up it is ignored whoever it names (review s58, finding 2).
+#[test]
+fn a_transfer_vote_lifts_a_lease_only_for_the_voters_own_leader() {
+    let t = 2;
+    let vote = |term, leader| {
+        msg(
+            2,
+            3,
+            term,
+            Body::TransferVote {
+                last_index: 2,
+                last_term: t,
+                leader,
+            },
+        )
+    };
+    let granted = |out: Out| {
+        out.all().iter().any(|m| {
+            matches!(
+                m.body,
+                Body::RequestVoteResponse {
+                    granted: true,
+                    pre_vote: false
+                }
+            )
+        })
+    };
+    for (term, leader, want) in [
+        (t + 1, 4, false),
+        (t + 1, 0, false),
+        (t + 2, 1, false),
+        (t + 1, 1, true),
+    ] {
+        let mut g = node_with(3, &[1, 2, 3, 4], t, &[1, 2], lease_reads);
+        step(&mut g, heartbeat(1, 3, t, 2));
+        let out = step(&mut g, vote(term, leader));
+        assert_eq!(
+            granted(out),
+            want,
+            "a transfer vote at {term} naming {leader} (voter 3 in 1's lease at {t})"
+        );
+        let after = if want { (term, 2) } else { (t, 0) };
+        assert_eq!((g.term(), g.hard_state().vote), after, "naming {leader}");
+    }
+    // A voter that knows no leader of its term (restarted: startup lease)
+    // cannot tell who may lift its lease, and refuses every transfer vote.
+    let mut g = node_with(3, &[1, 2, 3, 4], t, &[1, 2], lease_reads);
+    assert!(!granted(step(&mut g, vote(t + 1, 1))));
+    assert_eq!(g.term(), t);
+}
+
+/// The mixed-version limit (module docs of `transfer`, "Mixed
+/// versions"): the same-term capture of
+/// `rev_same_term_demoted_voter_orders_a_transfer_through_a_restarted_node`,
+/// its transfer vote reaching voter 3 in the earlier form (a
+/// `RequestVote` with `transfer`, as the transport sends it to a peer of
+/// an earlier binary, or as a candidate of an earlier binary sends it),
+/// which names nobody: voter 3 keeps the earlier rule and grants it one
+/// term up, inside leader 1's lease. Pinned so that a change shows here.
+#[test]
+fn mixed_version_legacy_transfer_vote_keeps_the_earlier_rule() {
+    let t = 2;
+    let mut f = node_with(2, &[1, 2, 3, 4], t, &[1, 2], lease_reads);
+    let mut g = with_learner_at(3, t, lease_reads);
+    step(&mut g, heartbeat(1, 3, t, 2));
+    assert_eq!(f.step_checked(heartbeat(4, 2, t, 0)), Ok(()));
+    let made_up = vec![command(3, t, b"made up")];
+    assert_eq!(f.step_checked(append(4, 2, t, (2, t), made_up, 0)), Ok(()));
+    assert_eq!(f.step_checked(msg(4, 2, t, Body::TimeoutNow)), Ok(()));
+    let mut granted = false;
+    let mut seen = false;
+    for mut v in flush(&mut f).all().into_iter().filter(|m| m.to == 3) {
+        seen |= matches!(v.body, Body::TransferVote { leader: 4, .. });
+        v.body = v.body.legacy_form();
+        for m in step(&mut g, v).all() {
+            granted |= matches!(
+                m.body,
+                Body::RequestVoteResponse {
+                    granted: true,
+                    pre_vote: false
+                }
+            );
+        }
+    }
+    assert!(seen, "node 2 sent no transfer vote naming 4");
+    assert!(
+        granted,
+        "the mixed-version limit no longer holds: update the module docs of `transfer`"
+    );
+}
+
+/// Stop 60 (the vote window's other half): a voter that campaigns more
+/// than the longest election timeout after it last heard its leader votes
+/// for itself in `become_candidate`, not through `handle_request_vote`,
+/// so its vote window never started and a learner could lead the term of
+/// its campaign on it (thesis §3.4, §4.2.1: a learner is never elected).
+/// Its own candidacy (after a granted PreVote round, thesis §9.6: a live
+/// quorum) is a vote like another: it starts the window.
+#[test]
+fn a_candidate_past_its_leaders_window_refuses_a_learner_claiming_its_term() {
+    let mut f = voter_out_of_its_leaders_lease();
+    let t = f.term();
+    // Held back until past the window of leader 1's last heartbeat (tick
+    // T): 2T after it.
+    f.randomized_timeout = 10 * T;
+    while f.ticks < u64::from(3 * T + 1) {
+        f.tick();
+        flush(&mut f);
+    }
+    f.randomized_timeout = f.election_elapsed + 1;
+    f.tick();
+    flush(&mut f);
+    assert_eq!(f.role(), Role::PreCandidate);
+    step(&mut f, vote_resp(1, 2, t + 1, true, true));
+    step(&mut f, vote_resp(3, 2, t + 1, true, true));
+    assert_eq!((f.role(), f.term(), f.leader()), (Role::Candidate, t + 1, None));
+    let last = f.log().last_index();
+    let got = f.step_checked(append(
+        4,
+        2,
+        t + 1,
+        (last, t),
+        vec![command(last + 1, t + 1, b"made up")],
+        last + 1,
+    ));
+    assert_eq!(
+        (got, f.leader(), f.log().last_index()),
+        (Err(DropReason::NonMemberInLease), None, last),
+        "a candidate past its leader's window followed learner 4 at the term of its campaign"
+    );
+    // The voter that wins the term is followed at once.
+    assert_eq!(f.step_checked(heartbeat(3, 2, t + 1, 0)), Ok(()));
+    assert_eq!(f.leader(), Some(3));
 }

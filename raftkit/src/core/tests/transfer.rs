@@ -353,3 +353,61 @@ fn a_transfer_to_a_just_restarted_target_completes() {
     );
     assert_eq!(c.node(2).term(), term + 1);
 }
+
+/// The honest transfer inside a lease (thesis §3.10, §6.4.1): every voter
+/// is in leader 1's lease (CheckQuorum on, heartbeats heard); target 2's
+/// transfer vote names 1, the voters' leader of the term below, and is
+/// granted: 2 leads the next term.
+#[test]
+fn an_honest_transfer_vote_names_its_leader_and_lifts_the_leases() {
+    let mut c = Cluster::with(&[1, 2, 3], |cfg| cfg.lease_reads = true);
+    c.elect(1);
+    c.propose(1, b"x");
+    c.tick_all(2 * T);
+    let term = c.node(1).term();
+    assert_eq!(c.leaders(), [1]);
+    let before = c.delivered.len();
+    c.node_mut(1).transfer_leadership(2).expect("leader");
+    c.deliver();
+    assert_eq!(c.leaders(), [2]);
+    assert_eq!(c.node(2).term(), term + 1);
+    let votes: Vec<_> = c.delivered[before..]
+        .iter()
+        .filter(|m| m.from == 2 && m.body.is_vote_request())
+        .map(|m| (m.to, m.term, m.body.clone()))
+        .collect();
+    assert_eq!(votes.len(), 2, "{votes:?}");
+    for (to, t, body) in votes {
+        assert_eq!(t, term + 1, "to {to}");
+        assert!(
+            matches!(body, Body::TransferVote { leader: 1, .. }),
+            "to {to}: {body:?}"
+        );
+    }
+}
+
+/// Rolling upgrade: the transport sends a transfer vote to a peer of an
+/// earlier binary in the earlier form (`Body::legacy_form`), which names
+/// no leader; voters of either binary grant it one term up, as before, so
+/// an honest transfer still completes in a mixed-version cluster.
+#[test]
+fn a_transfer_vote_in_the_earlier_form_still_elects_the_target() {
+    let mut c = Cluster::with(&[1, 2, 3], |cfg| cfg.lease_reads = true);
+    c.elect(1);
+    c.tick_all(2 * T);
+    let term = c.node(1).term();
+    let legacy = std::rc::Rc::new(std::cell::Cell::new(0));
+    let seen = legacy.clone();
+    c.filter = Some(Box::new(move |m| {
+        if matches!(m.body, Body::TransferVote { .. }) {
+            m.body = m.body.clone().legacy_form();
+            seen.set(seen.get() + 1);
+        }
+        true
+    }));
+    c.node_mut(1).transfer_leadership(2).expect("leader");
+    c.deliver();
+    assert_eq!(legacy.get(), 2, "transfer votes rewritten");
+    assert_eq!(c.leaders(), [2]);
+    assert_eq!(c.node(2).term(), term + 1);
+}
