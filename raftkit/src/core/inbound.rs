@@ -690,11 +690,7 @@ impl Raft {
             // voters, and a restarted voter or a pre-candidate that took a
             // learner's term deposed the leader by answering it in that
             // term.
-            body if m.term > self.term
-                && !voter
-                && has_conf
-                && !body.is_vote_request() =>
-            {
+            body if m.term > self.term && !voter && has_conf && !body.is_vote_request() => {
                 return Err(DropReason::HigherTermFromNonVoter);
             }
             _ => {}

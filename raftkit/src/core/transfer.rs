@@ -129,9 +129,7 @@ impl Raft {
             return false;
         }
         match m.body {
-            Body::TransferVote { leader, .. } => {
-                leader != NO_NODE && leader == self.term_leader
-            }
+            Body::TransferVote { leader, .. } => leader != NO_NODE && leader == self.term_leader,
             Body::RequestVote { transfer, .. } => transfer,
             _ => false,
         }

@@ -650,13 +650,15 @@ async fn serve_link(
     // grants no stream credit would hold the write (and the slot) for ever.
     // The answer announces the message shapes this binary understands
     // (`peer_features`); a dialer of an earlier binary ignores that.
-    let answered =
-        match tokio::time::timeout_at(deadline, super::peer_features::write_hello_ok(&mut send, max))
-            .await
-        {
-            Ok(answered) => answered.map_err(|e| e.to_string()),
-            Err(_) => Err("the answer to the hello was not taken in time".to_string()),
-        };
+    let answered = match tokio::time::timeout_at(
+        deadline,
+        super::peer_features::write_hello_ok(&mut send, max),
+    )
+    .await
+    {
+        Ok(answered) => answered.map_err(|e| e.to_string()),
+        Err(_) => Err("the answer to the hello was not taken in time".to_string()),
+    };
     drop(slot);
     if let Err(e) = answered {
         // The dialer stopped reading (or went): the link never comes up.

@@ -148,7 +148,9 @@ mod tests {
         let mut junk = body_of(&PeerFrame::HelloOk);
         junk.extend_from_slice(&[0xff; 12]);
         assert_eq!(hello_answer(&junk).expect("junk"), (PeerFrame::HelloOk, 0));
-        let refused = PeerFrame::Refused { reason: "no".into() };
+        let refused = PeerFrame::Refused {
+            reason: "no".into(),
+        };
         let mut with_tail = body_of(&refused);
         with_tail.extend_from_slice(&body_of(&HelloOkTail { features: 1 }));
         assert_eq!(hello_answer(&with_tail).expect("refused").1, 0);

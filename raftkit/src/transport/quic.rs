@@ -120,11 +120,11 @@ use super::frame::{
     encode_frame_bytes, write_frame,
 };
 use super::handshakes::Handshakes;
-use super::peer_features;
 pub use super::hello_detail::MAX_DETAIL_BYTES;
 use super::hello_detail::fitted_hello;
 use super::inbox_bytes::{GroupTx, InboxTx};
 use super::out_queue::OutQueue;
+use super::peer_features;
 use super::peer_limits::{PeerConnectionLimits, PeerPlaces};
 use crate::core::{Message, NodeId};
 use crate::identity::node_id;

@@ -692,7 +692,10 @@ fn a_learner_that_wrote_its_own_promotion_cannot_order_a_transfer_through_a_leas
         "voter 3 (lease of 1, term {}) granted 2's transfer vote ordered by learner 4",
         g.term()
     );
-    assert_eq!((g.term(), g.leader(), g.hard_state().vote), (t + 1, Some(1), 0));
+    assert_eq!(
+        (g.term(), g.leader(), g.hard_state().vote),
+        (t + 1, Some(1), 0)
+    );
 }
 
 /// Review s59 (§5 gap): the §4.2.2 pass goes by the configuration at the
@@ -989,7 +992,10 @@ fn a_candidate_past_its_leaders_window_refuses_a_learner_claiming_its_term() {
     assert_eq!(f.role(), Role::PreCandidate);
     step(&mut f, vote_resp(1, 2, t + 1, true, true));
     step(&mut f, vote_resp(3, 2, t + 1, true, true));
-    assert_eq!((f.role(), f.term(), f.leader()), (Role::Candidate, t + 1, None));
+    assert_eq!(
+        (f.role(), f.term(), f.leader()),
+        (Role::Candidate, t + 1, None)
+    );
     let last = f.log().last_index();
     let got = f.step_checked(append(
         4,

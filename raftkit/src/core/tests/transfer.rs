@@ -354,13 +354,13 @@ fn a_transfer_to_a_just_restarted_target_completes() {
     assert_eq!(c.node(2).term(), term + 1);
 }
 
-/// The honest transfer inside a lease (thesis §3.10, §6.4.1): every voter
+/// The honest transfer inside a lease (thesis §3.10, §4.2.3): every voter
 /// is in leader 1's lease (CheckQuorum on, heartbeats heard); target 2's
 /// transfer vote names 1, the voters' leader of the term below, and is
 /// granted: 2 leads the next term.
 #[test]
 fn an_honest_transfer_vote_names_its_leader_and_lifts_the_leases() {
-    let mut c = Cluster::with(&[1, 2, 3], |cfg| cfg.lease_reads = true);
+    let mut c = Cluster::new(&[1, 2, 3]);
     c.elect(1);
     c.propose(1, b"x");
     c.tick_all(2 * T);
@@ -392,7 +392,7 @@ fn an_honest_transfer_vote_names_its_leader_and_lifts_the_leases() {
 /// an honest transfer still completes in a mixed-version cluster.
 #[test]
 fn a_transfer_vote_in_the_earlier_form_still_elects_the_target() {
-    let mut c = Cluster::with(&[1, 2, 3], |cfg| cfg.lease_reads = true);
+    let mut c = Cluster::new(&[1, 2, 3]);
     c.elect(1);
     c.tick_all(2 * T);
     let term = c.node(1).term();
