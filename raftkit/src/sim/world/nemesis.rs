@@ -27,7 +27,7 @@ impl World {
         // transfer vote, and transfer votes reach them in the earlier
         // form, as the transport sends them to such a peer. Drawn from the
         // seed, not the generator, so that no other event moves.
-        let m = if self.seed.rotate_left(23) & 3 == 0 && m.to % 2 == 0 {
+        let m = if self.seed.rotate_left(23) & 3 == 0 && m.to.is_multiple_of(2) {
             Message {
                 body: m.body.legacy_form(),
                 ..m
