@@ -11,9 +11,13 @@
 //! fingerprint), about 240 instructions a lookup.
 //!
 //! Invariants:
-//! - the hash is a multiply-rotate fold (the one rustc's `FxHasher` uses)
-//!   of the 8-byte words of what the key writes; it is not keyed, so it
-//!   does not resist chosen collisions. It needs not: a key is either
+//! - the hash folds the 8-byte words of what the key writes, each with a
+//!   folded multiply (the 128-bit product of the running hash, xored with
+//!   the word, and a constant, its halves xored: every input bit reaches
+//!   every output bit; a plain multiply-rotate, rustc's `FxHasher`, was
+//!   tried first and two owners one bit apart collided, see the tests);
+//!   it is not keyed, so it does not resist chosen collisions. It needs
+//!   not: a key is either
 //!   [`Owner::Local`] or the SHA-256 of a client certificate that the
 //!   cluster's CA signed, so nobody who cannot get certificates issued
 //!   chooses keys, and colliding 64-bit hashes means finding SHA-256
@@ -44,18 +48,20 @@ impl BuildHasher for OwnerHashing {
     }
 }
 
-/// A multiply-rotate fold of the 8-byte words written (module docs).
+/// A folded-multiply fold of the 8-byte words written (module docs).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct OwnerHasher(u64);
 
-/// rustc's `FxHasher` constant: odd, with its bits spread, so that one
-/// multiplication carries every input bit into the high bits that
-/// `hashbrown` takes its control byte from.
-const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+/// An odd constant with its bits spread (the fractional part of pi):
+/// one multiplication carries every bit of the other factor into the
+/// high half of the product, which the fold brings back into the low.
+const SEED: u64 = 0x24_3f_6a_88_85_a3_08_d3;
 
 impl OwnerHasher {
     fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
+        let product = u128::from(self.0 ^ word) * u128::from(SEED);
+        // Both halves of the product, kept: the cast keeps the low one.
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
     }
 }
 
