@@ -133,7 +133,10 @@ mod tests {
                 );
             }
         }
-        assert_eq!(hash(Owner::Certificate(base)), hash(Owner::Certificate(base)));
+        assert_eq!(
+            hash(Owner::Certificate(base)),
+            hash(Owner::Certificate(base))
+        );
     }
 
     /// The map behaves as a map: every owner found with its own value
