@@ -213,7 +213,10 @@ impl Raft {
         // `on_config_changed`), so most of them learned of their removal;
         // one that did not (it was down or cut off) cannot disrupt the
         // cluster either, see `Raft::step`.
-        let members = self.conf.members();
+        // Membership is asked of the configuration itself, not of a set
+        // built from it: this runs on every commit advance of a leader,
+        // and the set was one allocation each time (issue 16). The
+        // configuration does not change until the retain below.
         // One last AppendEntries to each member it removed, carrying the
         // commit index that covers its removal: a removed node learns that
         // its removal committed (and may delete its state) instead of
@@ -221,7 +224,7 @@ impl Raft {
         let removed: Vec<NodeId> = self
             .progress
             .keys()
-            .filter(|id| **id != self.id && !members.contains(id))
+            .filter(|id| **id != self.id && !self.conf.contains(**id))
             .copied()
             .collect();
         for id in removed {
@@ -246,7 +249,8 @@ impl Raft {
                 );
             }
         }
-        self.progress.retain(|id, _| members.contains(id));
+        let conf = &self.conf;
+        self.progress.retain(|id, _| conf.contains(*id));
         if self.conf.is_joint() {
             // Thesis §4.3: once C_old,new commits, the leader appends C_new.
             let members: BTreeSet<_> = self

@@ -85,6 +85,7 @@ mod membership_tests;
 #[cfg(test)]
 mod membership_wait_tests;
 mod node;
+mod owner_hash;
 #[doc(hidden)]
 pub mod persist;
 #[cfg(test)]

@@ -189,7 +189,7 @@
 //! reviewable at once. Its tests live next to it (`session_tests.rs`,
 //! `session_owner_tests.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -712,11 +712,11 @@ pub struct Sessions {
     /// before a fair-share eviction if it does not add up to the table's
     /// length). An owner holding none has no entry.
     #[serde(skip)]
-    owners: HashMap<Owner, usize>,
+    owners: super::owner_hash::OwnerMap<usize>,
     /// Counted bytes of stored replies per owner (derived, as `owners`;
     /// an owner holding none has no entry).
     #[serde(skip)]
-    owner_bytes: HashMap<Owner, u64>,
+    owner_bytes: super::owner_hash::OwnerMap<u64>,
 }
 
 impl Sessions {

@@ -622,8 +622,8 @@ fn the_old_open_entry_keeps_evicting_the_least_recently_used() {
 /// decoded without a recount still evicts by fair share.
 #[test]
 fn the_owner_counts_follow_the_table_and_its_snapshots() {
-    fn counted(s: &Sessions) -> HashMap<Owner, usize> {
-        let mut n = HashMap::new();
+    fn counted(s: &Sessions) -> crate::runtime::owner_hash::OwnerMap<usize> {
+        let mut n = crate::runtime::owner_hash::OwnerMap::default();
         for st in s.table.values() {
             *n.entry(st.owner).or_default() += 1;
         }

@@ -173,8 +173,10 @@ pub(crate) fn is_body_stalled(e: &std::io::Error) -> bool {
 #[derive(Debug)]
 pub(crate) struct InboxCharge {
     /// Of the budget or its small reserve (none only if a semaphore were
-    /// closed: they never are).
-    permits: Vec<OwnedSemaphorePermit>,
+    /// closed: they never are). One at most: a charge is granted whole,
+    /// never added to (`InboxBytes::wait_for`), so no `Vec` (one
+    /// allocation per message received, issue 16).
+    permit: Option<OwnedSemaphorePermit>,
     /// The budget's [`InboxBytes::freed`], for a charge of the budget's
     /// bytes (not the reserve's): notified once they are given back.
     freed: Option<Arc<Notify>>,
@@ -382,7 +384,7 @@ impl InboxBytes {
                 permit = &mut reserve => {
                     let mut charge = InboxCharge::none();
                     // The semaphore is never closed, so this always holds one.
-                    charge.permits.extend(permit.ok());
+                    charge.permit = permit.ok();
                     charge.bytes = bytes;
                     return charge;
                 }
@@ -394,7 +396,7 @@ impl InboxBytes {
     /// A charge of `bytes` held by `permit`, of the budget's bytes.
     fn of_budget(&self, permit: OwnedSemaphorePermit, bytes: usize) -> InboxCharge {
         InboxCharge {
-            permits: vec![permit],
+            permit: Some(permit),
             freed: Some(Arc::clone(&self.freed)),
             bytes,
             group: None,
@@ -422,7 +424,7 @@ impl InboxBytes {
         // The semaphore is never closed, so this always holds a permit.
         let permit = Arc::clone(&self.bytes).acquire_many_owned(n).await.ok();
         told.disarm();
-        charge.permits.extend(permit);
+        charge.permit = permit;
         charge.freed = Some(Arc::clone(&self.freed));
         charge.bytes = bytes;
         charge
@@ -434,7 +436,7 @@ impl InboxCharge {
     /// one a node hands itself) in a charged inbox.
     pub(crate) fn none() -> InboxCharge {
         InboxCharge {
-            permits: Vec::new(),
+            permit: None,
             freed: None,
             bytes: 0,
             group: None,
@@ -484,7 +486,7 @@ impl Drop for InboxCharge {
         }
         // The bytes back first, then the small messages waiting for the
         // reserve told (`InboxBytes::charge_bytes`).
-        self.permits.clear();
+        drop(self.permit.take());
         if let Some(freed) = &self.freed {
             freed.notify_waiters();
         }
