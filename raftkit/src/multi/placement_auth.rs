@@ -227,6 +227,10 @@ pub(super) async fn check<S: PeerExt>(
 }
 
 #[cfg(test)]
+#[path = "placement_auth_tests.rs"]
+mod cluster_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::runtime::MemberStatus;
