@@ -9,6 +9,7 @@ use super::super::placement::{PLACEMENT_GROUP, Placement, PlacementClient};
 use super::super::placement_sync::hooks;
 use super::*;
 use crate::client::{Client, ClientOptions};
+use crate::state_machine::StateMachine;
 use crate::test_ports::free_addr;
 use crate::tls::ClusterCa;
 
