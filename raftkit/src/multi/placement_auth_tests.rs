@@ -40,7 +40,9 @@ async fn a_follower_of_group_0_answers_not_leader_without_a_read() {
         nodes.push(node(&ca, addr, dir.path()).await);
     }
     for n in &nodes {
-        n.form_shards(2, &addrs).await.expect("the placement formed");
+        n.form_shards(2, &addrs)
+            .await
+            .expect("the placement formed");
     }
     // A follower of group 0 that knows its leader (so that a read there
     // would go through it).
@@ -53,7 +55,7 @@ async fn a_follower_of_group_0_answers_not_leader_without_a_read() {
     })
     .await;
     let placement = follower.placement().expect("group 0 hosted");
-    let reads = placement.status().read_index_latency.count;
+    let reads = read_hook::count(follower.id());
     let writer = node_principal(&addrs[0]);
     let answer = check(&follower, &placement, &writer, &ClientRequest::OpenSession).await;
     assert!(
@@ -61,9 +63,33 @@ async fn a_follower_of_group_0_answers_not_leader_without_a_read() {
         "a follower answered {answer:?}"
     );
     assert_eq!(
-        placement.status().read_index_latency.count,
+        read_hook::count(follower.id()),
         reads,
         "a follower read the placement before answering NotLeader"
+    );
+    // The hook counts: group 0's leader reads, then admits a member.
+    let leader = until("group 0's leader", || {
+        nodes
+            .iter()
+            .find(|n| {
+                n.placement()
+                    .is_some_and(|p| p.status().role == Role::Leader)
+            })
+            .cloned()
+    })
+    .await;
+    let before = read_hook::count(leader.id());
+    let placement = leader.placement().expect("group 0 hosted");
+    let answer = check(&leader, &placement, &writer, &ClientRequest::OpenSession).await;
+    // `NotLeader` if leadership moved meanwhile: the read was made anyway.
+    assert!(
+        matches!(answer, Ok(()) | Err(Error::NotLeader { .. })),
+        "the leader answered {answer:?}"
+    );
+    assert_eq!(
+        read_hook::count(leader.id()),
+        before + 1,
+        "the leader reads"
     );
     for n in &nodes {
         let _ = n.shutdown().await;
@@ -129,10 +155,7 @@ async fn a_restarted_leader_admits_the_new_nodes_lost_record_repair() {
     let as_b = PlacementClient::new(client);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let written = loop {
-        match as_b
-            .set_replicas(MOVED, vec![b_addr.clone()])
-            .await
-        {
+        match as_b.set_replicas(MOVED, vec![b_addr.clone()]).await {
             // Group 0's replica on A elects itself after the restart.
             Err(Error::NotLeader { .. } | Error::Unavailable(_) | Error::Timeout)
                 if tokio::time::Instant::now() < deadline =>
