@@ -16,10 +16,10 @@
 //! A node certificate's `Write`, `OpenSession` and `CloseSession` to
 //! group 0 (reads stay open to it) are decided by **group 0's leader**
 //! only, after a linearizable read of the placement there: a follower
-//! answers `NotLeader` with the leader's address (the client follows it,
-//! as it would for the write itself), so every decision rests on the
-//! committed placement and on the leader's own replicas, not on what
-//! whichever node a request reached happens to host. The writer's node
+//! answers `NotLeader` with the leader's address at once, before any read
+//! (the client follows it, as it would for the write itself), so every
+//! decision rests on the committed placement and on the leader's own
+//! replicas, not on what whichever node a request reached happens to host. The writer's node
 //! must be, at group 0's leader:
 //!
 //! 1. a member (voter or learner) of group 0's **committed**, settled
