@@ -120,26 +120,31 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn free_addrs(n: usize) -> Vec<String> {
+/// `n` UDP sockets bound to distinct free loopback ports, with their
+/// addresses: each node serves on its socket
+/// (`MultiNodeBuilder::listen_socket`), so no port is released for another
+/// process to take before its node listens.
+fn free_sockets(n: usize) -> (Vec<std::net::UdpSocket>, Vec<String>) {
     let sockets: Vec<_> = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port"))
         .collect();
-    sockets
+    let addrs = sockets
         .iter()
         .map(|s| s.local_addr().expect("address").to_string())
-        .collect()
+        .collect();
+    (sockets, addrs)
 }
 
 async fn start_nodes(base: &std::path::Path, quiesce: bool) -> (Vec<MultiNode<Kv>>, Vec<String>) {
-    let addrs = free_addrs(3);
+    let (sockets, addrs) = free_sockets(3);
     let ca = ClusterCa::generate("multi-bench").expect("a CA");
     let mut nodes = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
+    for (i, (addr, socket)) in addrs.iter().zip(sockets).enumerate() {
         let identity = ca
             .issue_node(&format!("bkv@{addr}"), &[])
             .expect("an identity");
         let mut builder = MultiNode::<Kv>::builder()
-            .listen(addr.clone())
+            .listen_socket(socket)
             .data_dir(base.join(format!("node{i}")))
             .identity(identity)
             .quiesce(quiesce);
@@ -438,15 +443,15 @@ async fn throughput(base: &std::path::Path, secs: u64, runs: u64) {
 /// The `move` cell: the time to move one replica of a group of `mb` MB.
 async fn move_time(base: &std::path::Path, mb: u64) {
     const VALUE: usize = 32 << 10;
-    let addrs = free_addrs(4);
+    let (sockets, addrs) = free_sockets(4);
     let ca = ClusterCa::generate("multi-bench-move").expect("a CA");
     let mut nodes = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
+    for (i, (addr, socket)) in addrs.iter().zip(sockets).enumerate() {
         let identity = ca
             .issue_node(&format!("bkv@{addr}"), &[])
             .expect("an identity");
         let node = MultiNode::<Kv>::builder()
-            .listen(addr.clone())
+            .listen_socket(socket)
             .data_dir(base.join(format!("node{i}")))
             .identity(identity)
             .snapshot_every(1000)

@@ -122,8 +122,8 @@
 //!   configuration, in the committed placement's replica lists, in the
 //!   committed configuration of a group the placement lists (as the
 //!   leader's own replica of it holds it), or among the nodes a group the
-//!   placement still lists the leader for moved to from the leader (since
-//!   its last restart) (`multi::placement_auth`). Any other node
+//!   placement still lists the leader for moved to from the leader (kept a
+//!   day, across restarts) (`multi::placement_auth`). Any other node
 //!   certificate (a spare's, a retired node's no longer listed, one known
 //!   only through a group the placement does not list, such as a group it
 //!   founded and made members learners of: review s58) is refused

@@ -111,8 +111,10 @@ mod placement_auth;
 pub mod placement_sync;
 pub mod quiesce;
 mod rebalance;
+mod refusal_log;
 pub mod removal;
 pub mod service;
+mod successors;
 
 pub use hosting::{DEFAULT_SNAPSHOT_RECEIVE_BYTES, HostingPolicy};
 pub use journal::{GroupLog, GroupSink, Journal, JournalOptions, JournalStats};

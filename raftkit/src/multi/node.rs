@@ -34,6 +34,9 @@ use tracing::info;
 #[path = "inbox_share_tests.rs"]
 mod inbox_share_tests;
 #[cfg(test)]
+#[path = "listen_socket_tests.rs"]
+mod listen_socket_tests;
+#[cfg(test)]
 #[path = "receive_budget_tests.rs"]
 mod receive_budget_tests;
 #[cfg(test)]
@@ -71,6 +74,8 @@ const ELECTION_TICKS: u32 = 10;
 /// Builds a [`MultiNode`]: `MultiNode::<S>::builder()`.
 pub struct MultiNodeBuilder<S> {
     listen: Option<String>,
+    /// A socket the caller bound ([`MultiNodeBuilder::listen_socket`]).
+    listen_socket: Option<std::net::UdpSocket>,
     advertise: Option<String>,
     dir: Option<PathBuf>,
     identity: Option<Identity>,
@@ -147,9 +152,26 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         self
     }
 
-    /// The UDP address to listen on (required).
+    /// The UDP address to listen on (required, unless
+    /// [`listen_socket`](Self::listen_socket) hands a socket).
     pub fn listen(mut self, addr: impl Into<String>) -> Self {
         self.listen = Some(addr.into());
+        self
+    }
+
+    /// Serves on `socket`, a UDP socket the caller bound already (to port
+    /// 0, say, to learn a free port): the node takes it over and binds
+    /// nothing itself, so no other process can take the port between the
+    /// caller learning it and the node listening on it (as it could if the
+    /// caller released the port for [`listen`](Self::listen) to bind), as
+    /// [`PeerBuilder::listen_socket`](crate::runtime::PeerBuilder::listen_socket)
+    /// does for a single-group peer. The listen address is the socket's
+    /// local address, unless `listen` names one: that must be the
+    /// socket's address, or [`start`](Self::start) fails with
+    /// [`Error::Rejected`] before anything is served. A start on a handed
+    /// socket does not retry a failed bind.
+    pub fn listen_socket(mut self, socket: std::net::UdpSocket) -> Self {
+        self.listen_socket = Some(socket);
         self
     }
 
@@ -268,9 +290,25 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         let dir = self
             .dir
             .ok_or_else(|| Error::Rejected("a multi-group node needs a data directory".into()))?;
-        let listen = self
-            .listen
-            .ok_or_else(|| Error::Rejected("a multi-group node needs a listen address".into()))?;
+        let mut socket = self.listen_socket;
+        let bound = socket
+            .as_ref()
+            .map(|s| {
+                s.local_addr()
+                    .map_err(|e| Error::Transport(format!("the listen socket's address: {e}")))
+            })
+            .transpose()?;
+        let listen = match (self.listen, bound) {
+            (Some(listen), _) => listen,
+            (None, Some(bound)) => bound.to_string(),
+            (None, None) => {
+                return Err(Error::Rejected(
+                    "a multi-group node needs a listen address (MultiNodeBuilder::listen or \
+                     MultiNodeBuilder::listen_socket)"
+                        .into(),
+                ));
+            }
+        };
         let advertise = self.advertise.unwrap_or_else(|| listen.clone());
         let name = default_name(S::NAME, &advertise);
         // Before anything is written: the binary must read the log the
@@ -303,9 +341,25 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
         // `groups/` is read or swept.
         let journal = super::lost_journal::open(&self.fs, &dir, self.journal, &Threads::default())
             .map_err(|e| Error::Storage(e.to_string()))?;
-        let listen_addr: SocketAddr = listen
-            .parse()
-            .map_err(|e| Error::Rejected(format!("listen address {listen}: {e}")))?;
+        let listen_addr: SocketAddr = match listen.parse() {
+            Ok(addr) => addr,
+            Err(e) => {
+                journal.close().await;
+                return Err(Error::Rejected(format!("listen address {listen}: {e}")));
+            }
+        };
+        // A handed socket bound elsewhere than the listen address would
+        // serve an address the node's name does not name.
+        if let Some(bound) = bound
+            && bound != listen_addr
+        {
+            journal.close().await;
+            return Err(Error::Rejected(format!(
+                "the listen socket is bound to {bound}, not to the listen address {listen}; \
+                 nothing was served"
+            )));
+        }
+        let handed = socket.is_some();
         // One inbox budget for all the node's groups: their messages hold
         // their charge from the link to the group's node task
         // (`transport::inbox_bytes`, `links`).
@@ -349,13 +403,17 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                     inbox_bytes.clone(),
                 )),
                 Some(clients_tx.clone()),
-                None,
+                // Taken by the first attempt: a retry would bind the
+                // address again, reopening the window `listen_socket`
+                // closes.
+                socket.take(),
             )
             .await
             {
                 Ok(ok) => break ok,
                 Err(crate::transport::quic::TransportError::Bind { source, .. })
                     if source.kind() == std::io::ErrorKind::AddrInUse
+                        && !handed
                         && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -389,6 +447,9 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
             },
         };
         let (member_tx, member_rx) = mpsc::channel(256);
+        // Rule 4's successors kept by earlier runs (`super::successors`).
+        let successors =
+            super::successors::Successors::load(&*self.fs, &dir, std::time::SystemTime::now());
         let node = MultiNode {
             inner: Arc::new(Inner {
                 name,
@@ -419,7 +480,8 @@ impl<S: PeerExt> MultiNodeBuilder<S> {
                 tombstones: Mutex::new(Default::default()),
                 retiring: tokio::sync::Mutex::new(()),
                 unretired: Mutex::new(BTreeMap::new()),
-                successors: Mutex::new(BTreeMap::new()),
+                successors: Mutex::new(successors),
+                refusals: Mutex::new(super::refusal_log::RefusalLog::default()),
                 tasks: Mutex::new(Vec::new()),
                 known: Mutex::new(Vec::new()),
                 refused: Mutex::new(Default::default()),
@@ -552,11 +614,13 @@ pub(super) struct Inner<S> {
     /// retirement the journal refuses").
     unretired: Mutex<BTreeMap<GroupId, (Index, crate::core::Term)>>,
     /// The voters of the committed, settled configuration that removed
-    /// each group's last replica retired here (memory only, not kept across
-    /// restarts): the nodes a group went on with, which may write the
-    /// placement for it while the placement still lists this node for it
-    /// ([`super::placement_auth`]).
-    successors: Mutex<BTreeMap<GroupId, Vec<NodeId>>>,
+    /// each group's last replica retired here, kept in the data directory
+    /// (bounded, see [`super::successors`]): the nodes a group went on
+    /// with, which may write the placement for it while the placement
+    /// still lists this node for it ([`super::placement_auth`], rule 4).
+    successors: Mutex<super::successors::Successors>,
+    /// The refused placement writers logged ([`super::refusal_log`]).
+    refusals: Mutex<super::refusal_log::RefusalLog>,
     /// The hosting, retiring, placement-recording and replica-balancing
     /// tasks.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -708,6 +772,7 @@ impl<S: PeerExt> MultiNode<S> {
     pub fn builder() -> MultiNodeBuilder<S> {
         MultiNodeBuilder {
             listen: None,
+            listen_socket: None,
             advertise: None,
             dir: None,
             identity: None,
@@ -812,15 +877,29 @@ impl<S: PeerExt> MultiNode<S> {
     }
 
     /// The voters of the committed configuration that removed this node's
-    /// last replica of `group` here, if it retired on one since this node
-    /// started (memory only): for [`super::placement_auth`].
+    /// last replica of `group` here, if it retired on one within
+    /// [`super::successors::KEEP_FOR`] (kept across restarts, see
+    /// [`super::successors`]): for [`super::placement_auth`].
     pub(super) fn successors(&self, group: GroupId) -> Option<Vec<NodeId>> {
         self.inner
             .successors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&group)
-            .cloned()
+            .get(group, std::time::SystemTime::now())
+    }
+
+    /// Notes a refused placement write by `writer` at `now`: `Some` when
+    /// it is to be logged ([`super::refusal_log`]).
+    pub(super) fn note_refusal(
+        &self,
+        writer: NodeId,
+        now: std::time::Instant,
+    ) -> Option<super::refusal_log::Logged> {
+        self.inner
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(writer, now)
     }
 
     /// This node's replica of `group`.
@@ -1728,16 +1807,18 @@ impl<S: PeerExt> MultiNode<S> {
                     .map(|m| m.id)
                     .collect::<Vec<_>>()
             });
+        // Durable before the tombstone (`super::successors`): a removal the
+        // journal acknowledged keeps them across a restart.
         {
             let mut known = self
                 .inner
                 .successors
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            match successors {
-                Some(s) => known.insert(group, s),
-                None => known.remove(&group),
-            };
+            known.record(group, successors, std::time::SystemTime::now());
+            if let Err(e) = known.save(&*self.inner.fs, &self.inner.dir) {
+                tracing::warn!(group, error = %e, "cannot keep a retired replica's successors on disk; kept in memory until a restart (rule 4 of placement_auth)");
+            }
         }
         // The fence: the committed configuration that removed the replica,
         // and the latest term it knew, read once it has stopped (it never

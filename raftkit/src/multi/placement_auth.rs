@@ -16,10 +16,10 @@
 //! A node certificate's `Write`, `OpenSession` and `CloseSession` to
 //! group 0 (reads stay open to it) are decided by **group 0's leader**
 //! only, after a linearizable read of the placement there: a follower
-//! answers `NotLeader` with the leader's address (the client follows it,
-//! as it would for the write itself), so every decision rests on the
-//! committed placement and on the leader's own replicas, not on what
-//! whichever node a request reached happens to host. The writer's node
+//! answers `NotLeader` with the leader's address at once, before any read
+//! (the client follows it, as it would for the write itself), so every
+//! decision rests on the committed placement and on the leader's own
+//! replicas, not on what whichever node a request reached happens to host. The writer's node
 //! must be, at group 0's leader:
 //!
 //! 1. a member (voter or learner) of group 0's **committed**, settled
@@ -58,18 +58,32 @@
 //!   replicas (the rule does not check that the writer belongs to the
 //!   group it writes). A member's certificate is as trusted as its node,
 //!   which already holds the data of its groups.
-//! - (4) is kept in memory: after a restart of group 0's leader, or when
-//!   group 0's leader is neither a member of the group nor the node it
-//!   moved off, a move whose record was lost is refused for the new node
-//!   until one of 1-3 holds (a listed node leads the group and records
-//!   it, or an admin writes the placement). Review s58, finding 2: the
-//!   general fix asks a node the placement lists for the group (a peer
-//!   control frame) and keeps successors in the journal's tombstone; not
-//!   made.
-//! - (3) trusts this node's replica's configuration: a node certificate
-//!   that makes a replica adopt entries of its choosing (`crate::tls`,
-//!   "What each certificate can still do") can also make it a member
-//!   here.
+//! - (4)'s successors are kept in the data directory, written before the
+//!   replica's tombstone, and read back at start ([`super::successors`]),
+//!   for a day after the retirement and for the 256 latest retirements
+//!   only. Past that, or when group 0's leader is neither a member of the
+//!   group nor the node it moved off, a move whose record was lost is
+//!   refused for the new node until one of 1-3 holds (a listed node leads
+//!   the group and records it, or an admin writes the placement). Review
+//!   s58, finding 2: the general fix asks a node the placement lists for
+//!   the group (a peer control frame); not made.
+//! - (3) trusts this node's replica's configuration, whoever made it. A
+//!   node certificate of a non-member can make a replica outside a
+//!   leader's lease adopt and commit entries of its choosing (`crate::tls`,
+//!   "What each certificate can still do"), among them a configuration
+//!   naming itself and this node, and rule 3 then admits it (pinned by
+//!   `limit_a_forged_committed_configuration_naming_this_node_passes_rule_3`).
+//!   Requiring the configuration to be committed (done) and the replica to
+//!   have been listed by one (done) does not tell a forged one apart: the
+//!   sender chooses the entries and the commit index it announces.
+//!   Requiring the placement to list the writer is rule 2, and would
+//!   refuse the repair rule 3 exists for (the group's new node, listed
+//!   nowhere, leading the group). Requiring this node to lead the group
+//!   would refuse the forgery (a leader adopts no one's entries), but only
+//!   in the cases where this node records the group itself, so rule 3
+//!   would add nothing. The forgery needs a replica of a listed group on
+//!   group 0's leader that has heard no leader for an election timeout (or
+//!   just restarted), and a certificate of the cluster's CA.
 
 use super::GroupId;
 use super::MultiNode;
@@ -179,6 +193,18 @@ pub(super) async fn check<S: PeerExt>(
         return Ok(());
     }
     let writer = node_id(&principal.name);
+    // Decided at group 0's leader only: a follower answers at once, with
+    // the leader's address, without a read (a follower's linearizable read
+    // is a ReadIndex round through the leader, Raft thesis §6.4, wasted
+    // here).
+    let role = placement.status();
+    if role.role != Role::Leader {
+        return Err(Error::NotLeader {
+            hint: role.leader_addr,
+        });
+    }
+    #[cfg(test)]
+    read_hook::note(node.id());
     let shards = PlacementClient::new(placement.clone())
         .shards()
         .await
@@ -192,8 +218,7 @@ pub(super) async fn check<S: PeerExt>(
         })?;
     let st = placement.status();
     if st.role != Role::Leader {
-        // Decided at group 0's leader only (a follower read may be served
-        // locally; the write would be redirected anyway).
+        // Leadership lost during the read: the new leader decides.
         return Err(Error::NotLeader {
             hint: st.leader_addr,
         });
@@ -211,12 +236,18 @@ pub(super) async fn check<S: PeerExt>(
         tracing::trace!(principal = %principal, node = writer, ?grant, "a placement write by a node certificate let through");
         return Ok(());
     }
-    tracing::warn!(
-        principal = %principal,
-        node = writer,
-        request = crate::runtime::authorization::request_kind(request),
-        "refused a placement write by a node certificate of no member"
-    );
+    // Throttled per writer (`refusal_log`): a hostile certificate retrying
+    // must not flood the log.
+    if let Some(logged) = node.note_refusal(writer, std::time::Instant::now()) {
+        tracing::warn!(
+            principal = %principal,
+            node = writer,
+            request = crate::runtime::authorization::request_kind(request),
+            suppressed = logged.suppressed,
+            overflow = logged.overflow,
+            "refused a placement write by a node certificate of no member"
+        );
+    }
     Err(Error::Unauthorized(format!(
         "{} refused: the placement (group 0) routes every sharded client; a node certificate \
          may write it only if its node is a member of group 0's committed configuration, is \
@@ -225,6 +256,41 @@ pub(super) async fn check<S: PeerExt>(
         crate::runtime::authorization::request_kind(request)
     )))
 }
+
+/// The placement reads [`check`] made, per node (tests only: a follower
+/// answers without one).
+#[cfg(test)]
+mod read_hook {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use crate::core::NodeId;
+
+    static READS: Mutex<BTreeMap<NodeId, u64>> = Mutex::new(BTreeMap::new());
+
+    /// Node `id`'s check reads the placement.
+    pub(super) fn note(id: NodeId) {
+        *READS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default() += 1;
+    }
+
+    /// The reads node `id`'s checks made so far.
+    pub(super) fn count(id: NodeId) -> u64 {
+        READS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+#[path = "placement_auth_tests.rs"]
+mod cluster_tests;
 
 #[cfg(test)]
 mod tests {
@@ -319,6 +385,22 @@ mod tests {
         assert_eq!(grant(&g0, &shards, &[unsettled], &[]), None);
         let on_demand = (1, status(&[ME, 2, W], true), false);
         assert_eq!(grant(&g0, &shards, &[on_demand], &[]), None);
+    }
+
+    /// Limit (module docs, rule 3): a configuration that a non-member made
+    /// this node's replica adopt and commit (it chose the entries and the
+    /// commit index it announced), naming this node and itself, admits it.
+    /// Pinned: a fix of the limit changes this test and the docs.
+    #[test]
+    fn limit_a_forged_committed_configuration_naming_this_node_passes_rule_3() {
+        let g0 = status(&[ME], true);
+        let shards = [shard(1, &[ME, 2])];
+        let forged = (1, status(&[ME, W], true), true);
+        assert_eq!(
+            grant(&g0, &shards, &[forged], &[]),
+            Some(Grant::Member(1)),
+            "the limit is gone: update the module docs"
+        );
     }
 
     /// A move off this node whose record was lost: its successors may
