@@ -534,6 +534,60 @@ async fn a_write_once_retry_after_an_unknown_outcome_resends_its_sequence_number
     );
 }
 
+/// Mutant M48 (teeth s60): a `WriteOnce` call answered by its member with
+/// something it cannot read as an answer (here watch events for a write:
+/// `Error::Protocol`, outcome unknown) at its first attempt, so not retried
+/// and never `uncertain`, released its sequence number when the handle
+/// recorded only `uncertain` as "an attempt may have been applied", not the
+/// outcome itself: the retry through the handle took a new number, and a
+/// write the member had applied would apply twice (thesis §6.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_once_answered_unreadably_keeps_its_sequence_number_for_the_retry() {
+    let (a_id, _, client_id) = identities();
+    let mut writes = 0;
+    let a = FakeMember::start(&a_id, move |request| match request {
+        ClientRequest::OpenSession => session_opened(7),
+        ClientRequest::Write { .. } => {
+            writes += 1;
+            match writes {
+                1 => Act::answer(ClientResponse::Events {
+                    events: Vec::new(),
+                    next: 0,
+                }),
+                _ => Act::answer(ClientResponse::Ok(b"done".to_vec())),
+            }
+        }
+        _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
+    });
+    let client = client_of(&[&a], client_id, None, &a).await;
+    let once = client.write_once();
+    let first = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time");
+    assert_eq!(
+        first.as_ref().err().map(Error::applied),
+        Some(Applied::Maybe),
+        "{first:?}"
+    );
+    let again = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time");
+    assert_eq!(again, Ok(b"done".to_vec()));
+    let seqs: Vec<u64> = a
+        .received()
+        .iter()
+        .filter_map(|r| match r {
+            ClientRequest::Write { session, .. } => Some(session.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs.len(), 2, "{seqs:?}");
+    assert_eq!(
+        seqs[0], seqs[1],
+        "the retry through the handle took a new sequence number"
+    );
+}
+
 /// Found by review, stop 50: a call whose every member was down ended
 /// `Timeout` ("may have been applied") at its deadline, although no
 /// attempt ever left the client (every dial refused): `final_error` turned

@@ -308,6 +308,38 @@ fn a_late_acknowledgement_does_not_move_the_lease_start() {
     );
 }
 
+/// An acknowledgement of a round confirms the rounds before it too: the
+/// lease counts from the start of the latest round a quorum acknowledged
+/// (thesis §6.4.1). Mutant M15 (teeth s60): taking the earliest such round
+/// in `update_lease` (`position` for `rposition`) survived every test; the
+/// lease then ran out early, and reads it could serve took ReadIndex
+/// rounds.
+#[test]
+fn an_acknowledgement_of_several_rounds_starts_the_lease_at_the_latest() {
+    let (mut r, commit) = leased_leader();
+    let term = r.term();
+    let mut rounds = Vec::new();
+    while rounds.len() < 2 {
+        assert!(r.ticks < u64::from(T) * 2, "no heartbeats");
+        r.tick();
+        if let Some(round) = heartbeat_round(&flush(&mut r)) {
+            rounds.push((round, r.ticks));
+        }
+    }
+    let (latest, started) = rounds[1];
+    assert!(rounds[0].1 < started, "two rounds at two ticks: {rounds:?}");
+    step(
+        &mut r,
+        msg(2, 1, term, Body::HeartbeatResponse { round: latest }),
+    );
+    assert_eq!(r.lease_read(), Some(commit));
+    assert_eq!(
+        r.lease_remaining(),
+        started + r.lease_ticks() - r.ticks,
+        "the lease does not count from the latest acknowledged round ({rounds:?})"
+    );
+}
+
 /// Mutant "the lease survives a change of term" (mutation round, stop 46):
 /// a node that stepped down and was elected again within its old lease
 /// served lease reads on the old term's acknowledgements, which say nothing

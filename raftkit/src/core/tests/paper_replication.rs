@@ -123,6 +123,32 @@ fn leader_counts_itself_only_once_its_write_is_durable() {
     assert_eq!(out.committed, [command(index, term, b"x")]);
 }
 
+/// Thesis §10.2.1: the leader's own write counts only as far as it is
+/// durable: when an earlier Ready's write completes, the leader counts
+/// itself for that Ready's entries, not for entries appended since (still
+/// in memory). Mutant M31 (teeth s60): counting `last_index` instead of the
+/// persisted index at `on_persisted` survived every test; it committed an
+/// entry held durably by one node of three.
+#[test]
+fn an_earlier_write_completing_counts_the_leader_only_for_its_own_entries() {
+    let mut r = node(1, &[1, 2, 3], 1, &[1]);
+    make_settled_leader(&mut r);
+    let (x, term) = r.propose(b"x".to_vec()).expect("leader");
+    let rd = r.ready();
+    assert_eq!(rd.entries, [command(x, term, b"x")]);
+    // A second entry, appended but not yet handed out for writing.
+    let (y, _) = r.propose(b"y".to_vec()).expect("leader");
+    // Follower 2 holds both durably; follower 3 nothing.
+    r.step(append_ok(2, 1, term, y));
+    // The leader's write of x (only) becomes durable.
+    r.on_persisted(rd.persist_marker);
+    assert_eq!(
+        r.log().committed(),
+        x,
+        "y is durable on one node of three (follower 2) only"
+    );
+}
+
 /// Thesis §10.2.1: "the leader can write to its disk in parallel with
 /// replicating to the followers ... the leader may even commit an entry
 /// before it has been written to its own disk, if a majority of followers
