@@ -108,7 +108,7 @@ impl Raft {
             self.become_pre_candidate();
             self.request_votes(true, None);
         } else {
-            self.become_candidate();
+            self.become_candidate(transfer);
             self.request_votes(false, ordered_by);
         }
     }
@@ -250,7 +250,7 @@ impl Raft {
         };
         match result {
             VoteResult::Won if self.role == Role::PreCandidate => {
-                self.become_candidate();
+                self.become_candidate(true);
                 self.request_votes(false, None);
             }
             VoteResult::Won => self.become_leader(),

@@ -220,7 +220,7 @@ impl Body {
     /// [`Body::TransferVote`] becomes the [`Body::RequestVote`] with
     /// `transfer` set that it replaces (the ordering leader is not named,
     /// so such a peer's voters apply the earlier, weaker rule: see the
-    /// module docs of `raft`, "Mixed versions"); every other body is
+    /// module docs of `transfer`, "Mixed versions"); every other body is
     /// unchanged.
     pub fn legacy_form(self) -> Body {
         match self {

@@ -504,16 +504,26 @@ impl Raft {
         self.role = Role::PreCandidate;
     }
 
-    pub(super) fn become_candidate(&mut self) {
+    /// Becomes a candidate of the next term, voting for itself.
+    ///
+    /// `window`: the campaign follows a granted PreVote round (thesis
+    /// §9.6: a live quorum heard no leader) or a TimeoutNow of its leader
+    /// (§3.10). Then its own vote is a real vote of this term and the vote
+    /// window against non-voters starts (`inbound`), as for a vote granted
+    /// to another candidate: without it, a candidate campaigning more than
+    /// the longest election timeout after it last heard its leader had no
+    /// window, and a learner could lead its term on it (stop 60). Not for a
+    /// campaign without PreVote: its timeouts (in [T, 2T)) would restart the
+    /// 2T window before it closed, for as long as it campaigns, and a
+    /// voter that missed a learner's promotion (§4.1) would refuse the new
+    /// voter's leadership for ever (review s60 core #1).
+    pub(super) fn become_candidate(&mut self, window: bool) {
         let term = self.term + 1;
         self.reset(term);
         self.vote = self.id;
-        // Its own vote is a real vote of this term: the vote window
-        // against non-voters starts (`inbound`), as for a vote granted to
-        // another candidate. Without it, a candidate campaigning more than
-        // the longest election timeout after it last heard its leader had
-        // no window, and a learner could lead its term on it (stop 60).
-        self.voted_at = Some(self.ticks);
+        if window {
+            self.voted_at = Some(self.ticks);
+        }
         self.role = Role::Candidate;
     }
 

@@ -30,8 +30,11 @@
 //! refuse it as an ordinary vote request (review s59, finding 1; stop 59).
 //! A voter that knows no leader of its term (restarted, or it learnt the
 //! term from a vote) refuses every transfer vote inside its startup lease:
-//! the honest transfer then needs the other voters, or is retried once the
-//! voter heard its leader (a heartbeat interval).
+//! the honest transfer then needs the other voters' grants; nothing
+//! retries it (with 3 voters the old leader's grant and the target's own
+//! make a majority; with 5 whose other 3 just restarted, the transfer
+//! fails and the cluster elects normally after an election timeout, review
+//! s60 core #2).
 //!
 //! # Mixed versions
 //!

@@ -843,10 +843,16 @@ fn rev_same_term_demoted_voter_orders_a_transfer_through_a_restarted_node() {
     let made_up = vec![command(3, t, b"made up")];
     let b = f.step_checked(append(4, 2, t, (2, t), made_up, 0));
     let c = f.step_checked(msg(4, 2, t, Body::TimeoutNow));
+    // The premise (review s60 core #3): 2 followed 4 and campaigns.
+    assert_eq!(
+        (a, b, c, f.role(), f.term()),
+        (Ok(()), Ok(()), Ok(()), Role::Candidate, t + 1),
+        "node 2 did not follow demoted 4 into a transfer campaign"
+    );
     let granted = transfer_vote_granted(&mut g, &mut f);
     assert!(
         !granted,
-        "voter 3 (lease of 1, term {}) granted 2's transfer vote at {} ordered by demoted 4 ({a:?} {b:?} {c:?})",
+        "voter 3 (lease of 1, term {}) granted 2's transfer vote at {} ordered by demoted 4",
         g.term(),
         f.term()
     );
@@ -864,10 +870,16 @@ fn rev_lower_term_demoted_voter_orders_a_transfer_through_a_lagging_node() {
     let made_up = vec![command(2, t, b"x"), command(3, t, b"made up")];
     let b = f.step_checked(append(4, 2, t, (1, 1), made_up, 0));
     let c = f.step_checked(msg(4, 2, t, Body::TimeoutNow));
+    // The premise (review s60 core #3): 2 followed 4 and campaigns.
+    assert_eq!(
+        (a, b, c, f.role(), f.term()),
+        (Ok(()), Ok(()), Ok(()), Role::Candidate, t + 1),
+        "node 2 did not follow demoted 4 into a transfer campaign"
+    );
     let granted = transfer_vote_granted(&mut g, &mut f);
     assert!(
         !granted,
-        "voter 3 (lease of 1, term {}) granted 2's transfer vote at {} ordered by demoted 4 ({a:?} {b:?} {c:?})",
+        "voter 3 (lease of 1, term {}) granted 2's transfer vote at {} ordered by demoted 4",
         g.term(),
         f.term()
     );
@@ -1013,4 +1025,48 @@ fn a_candidate_past_its_leaders_window_refuses_a_learner_claiming_its_term() {
     // The voter that wins the term is followed at once.
     assert_eq!(f.step_checked(heartbeat(3, 2, t + 1, 0)), Ok(()));
     assert_eq!(f.leader(), Some(3));
+}
+
+/// Review s60 (core #1): without PreVote a campaign is no evidence of a
+/// live quorum, and election timeouts (in [T, 2T)) would restart a 2T
+/// window before it closed for as long as the node campaigns: a voter
+/// that missed node 4's promotion (thesis §4.1) would refuse 4's
+/// leadership for ever and its climbing term would depose 4. So only a
+/// campaign after a granted PreVote round (previous test) or a TimeoutNow
+/// starts the window; this one keeps the earlier rule: past 2T since it
+/// heard its leader, it follows the node that leads its term.
+#[test]
+fn a_candidate_without_pre_vote_opens_no_window_and_follows_the_promoted_leader() {
+    let mut f = with_learner_at(2, 2, |c| {
+        c.lease_reads = true;
+        c.pre_vote = false;
+    });
+    let t = f.term();
+    for _ in 0..T {
+        f.tick();
+    }
+    step(&mut f, heartbeat(1, 2, t, 0));
+    f.randomized_timeout = 10 * T;
+    while f.ticks < u64::from(3 * T + 1) {
+        f.tick();
+        flush(&mut f);
+    }
+    f.randomized_timeout = f.election_elapsed + 1;
+    f.tick();
+    flush(&mut f);
+    assert_eq!((f.role(), f.term()), (Role::Candidate, t + 1));
+    let last = f.log().last_index();
+    let got = f.step_checked(append(
+        4,
+        2,
+        t + 1,
+        (last, t),
+        vec![command(last + 1, t + 1, b"promoted")],
+        last + 1,
+    ));
+    assert_eq!(
+        (got, f.leader()),
+        (Ok(()), Some(4)),
+        "a candidate without PreVote refused node 4's leadership of its term (its own campaign opened a vote window)"
+    );
 }
