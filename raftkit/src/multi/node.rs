@@ -1808,17 +1808,23 @@ impl<S: PeerExt> MultiNode<S> {
                     .collect::<Vec<_>>()
             });
         // Durable before the tombstone (`super::successors`): a removal the
-        // journal acknowledged keeps them across a restart.
-        {
+        // journal acknowledged keeps them across a restart. Encoded under
+        // the lock, written after it (retirements are serialised, so no
+        // older encoding overtakes this one).
+        let encoded = {
             let mut known = self
                 .inner
                 .successors
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             known.record(group, successors, std::time::SystemTime::now());
-            if let Err(e) = known.save(&*self.inner.fs, &self.inner.dir) {
-                tracing::warn!(group, error = %e, "cannot keep a retired replica's successors on disk; kept in memory until a restart (rule 4 of placement_auth)");
-            }
+            known.encode()
+        };
+        let saved = encoded.and_then(|bytes| {
+            super::successors::Successors::write(&*self.inner.fs, &self.inner.dir, &bytes)
+        });
+        if let Err(e) = saved {
+            tracing::warn!(group, error = %e, "cannot keep a retired replica's successors on disk; kept in memory until a restart (rule 4 of placement_auth)");
         }
         // The fence: the committed configuration that removed the replica,
         // and the latest term it knew, read once it has stopped (it never

@@ -32,9 +32,11 @@
 //!   write or start. A lost move record is normally re-made within
 //!   seconds to minutes (the new node's periodic check); past a day the
 //!   new node needs one of rules 1-3 (a listed node leading the group
-//!   records it) or an admin writing the placement. A clock set back keeps
-//!   an entry at most until the clock passes its time again plus
-//!   `KEEP_FOR`; one set forward drops it early (a refusal).
+//!   records it) or an admin writing the placement. An entry counts only
+//!   while the clock reads within `KEEP_FOR` of its time, either side: a
+//!   retirement recorded while the clock ran far ahead stops counting once
+//!   the clock is corrected (review s60 placement #1); a clock set forward
+//!   drops entries early (a refusal, the safe side).
 //! - **How many**: at most [`MAX_KEPT`] groups (256), the most recent
 //!   retirements; each with at most `core::MAX_MEMBERS` voters (a
 //!   configuration is never longer), so the file stays below a few MB and
@@ -49,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use super::GroupId;
 use crate::core::NodeId;
 use crate::storage::StorageError;
-use crate::storage::vfs::{Vfs, write_atomic};
+use crate::storage::vfs::{OpenMode, Vfs, write_atomic};
 
 /// The file, in the node's data directory.
 pub(crate) const SUCCESSORS_FILE: &str = "placement.successors";
@@ -58,7 +60,7 @@ pub(crate) const KEEP_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 /// The most groups whose successors are kept (the latest retirements).
 pub(crate) const MAX_KEPT: usize = 256;
 /// The largest file a start reads (a larger one is ignored).
-pub(crate) const MAX_FILE_BYTES: usize = 16 << 20;
+pub(crate) const MAX_FILE_BYTES: usize = 4 << 20;
 
 /// One group's successors and when its replica retired here.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +100,17 @@ impl Successors {
     /// docs).
     pub(crate) fn load(fs: &dyn Vfs, dir: &Path, now: SystemTime) -> Successors {
         let file = path(dir);
+        // The size first, so that a planted huge file is never read whole
+        // (review s60 placement #2).
+        match fs.open(&file, OpenMode::Existing).and_then(|f| f.size()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Successors::default(),
+            Ok(len) if len > MAX_FILE_BYTES as u64 => {
+                tracing::warn!(path = %file.display(), len, max = MAX_FILE_BYTES, "an oversized successors file is ignored; none kept (a lost move record is re-made through rules 1-3 or an admin)");
+                return Successors::default();
+            }
+            // A file that cannot be opened is reported by the read below.
+            Ok(_) | Err(_) => {}
+        }
         let bytes = match fs.read(&file) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Successors::default(),
@@ -130,6 +143,11 @@ impl Successors {
             return Err("checksum mismatch".into());
         }
         let stored: Stored = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+        // This code never writes more; more would make `prune` scan for
+        // long at start (review s60 placement #3).
+        if stored.groups.len() > MAX_KEPT {
+            return Err(format!("{} groups, over {MAX_KEPT}", stored.groups.len()));
+        }
         Ok(Successors {
             groups: stored
                 .groups
@@ -139,8 +157,10 @@ impl Successors {
         })
     }
 
-    /// The file's contents.
-    fn encode(&self) -> Result<Vec<u8>, StorageError> {
+    /// The file's contents, to be written by [`Self::write`] after the
+    /// lock that guards `self` is released (its fsyncs must not hold up
+    /// group 0's write checks, review s60 placement #4).
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, StorageError> {
         let stored = Stored {
             groups: self.groups.iter().map(|(g, k)| (*g, k.clone())).collect(),
         };
@@ -157,7 +177,7 @@ impl Successors {
     fn prune(&mut self, now: SystemTime) {
         let now = secs(now);
         self.groups
-            .retain(|_, k| now.saturating_sub(k.retired_at) <= KEEP_FOR.as_secs());
+            .retain(|_, k| now.abs_diff(k.retired_at) <= KEEP_FOR.as_secs());
         while self.groups.len() > MAX_KEPT {
             let oldest = self
                 .groups
@@ -177,7 +197,7 @@ impl Successors {
         let now = secs(now);
         self.groups
             .get(&group)
-            .filter(|k| now.saturating_sub(k.retired_at) <= KEEP_FOR.as_secs())
+            .filter(|k| now.abs_diff(k.retired_at) <= KEEP_FOR.as_secs())
             .map(|k| k.voters.clone())
     }
 
@@ -203,8 +223,15 @@ impl Successors {
     }
 
     /// Writes them to `dir` atomically (module docs): durable on return.
+    #[cfg(test)]
     pub(crate) fn save(&self, fs: &dyn Vfs, dir: &Path) -> Result<(), StorageError> {
-        write_atomic(fs, &path(dir), &self.encode()?)
+        Self::write(fs, dir, &self.encode()?)
+    }
+
+    /// Writes `bytes` (from [`Self::encoded`]) as the file, atomically
+    /// and durably.
+    pub(crate) fn write(fs: &dyn Vfs, dir: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+        write_atomic(fs, &path(dir), bytes)
     }
 }
 
@@ -263,6 +290,51 @@ mod tests {
         std::fs::write(&file, &bytes).expect("damaged");
         assert!(Successors::load(&RealFs, dir.path(), now).groups.is_empty());
         std::fs::write(&file, [1u8, 2]).expect("truncated");
+        assert!(Successors::load(&RealFs, dir.path(), now).groups.is_empty());
+    }
+
+    /// Review s60 placement #1: a retirement recorded while the clock ran
+    /// far ahead stops counting once the clock is corrected.
+    #[test]
+    fn an_entry_recorded_ahead_of_the_clock_counts_only_within_keep_for_of_it() {
+        let ahead = at(1_000_000) + 10 * KEEP_FOR;
+        let mut s = Successors::default();
+        s.record(1, Some(vec![7]), ahead);
+        let corrected = at(1_000_000);
+        assert_eq!(
+            s.get(1, corrected),
+            None,
+            "an entry dated ten days ahead counted at the corrected time"
+        );
+        assert_eq!(s.get(1, ahead - KEEP_FOR), Some(vec![7]));
+        s.prune(corrected);
+        assert!(s.groups.is_empty(), "pruned at the corrected time");
+    }
+
+    /// Review s60 placement #2/#3: a file with more groups than this code
+    /// writes, or larger than it ever is, is ignored whole.
+    #[test]
+    fn a_file_with_too_many_groups_or_too_many_bytes_keeps_nothing() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let now = at(5_000);
+        let mut s = Successors::default();
+        for g in 0..=(MAX_KEPT as u64) {
+            s.groups.insert(
+                g + 1,
+                Kept {
+                    voters: vec![4],
+                    retired_at: 5_000,
+                },
+            );
+        }
+        s.save(&RealFs, dir.path()).expect("saved");
+        assert!(
+            Successors::load(&RealFs, dir.path(), now).groups.is_empty(),
+            "a file of {} groups was taken",
+            MAX_KEPT + 1
+        );
+        let file = dir.path().join(SUCCESSORS_FILE);
+        std::fs::write(&file, vec![0u8; MAX_FILE_BYTES + 1]).expect("oversized");
         assert!(Successors::load(&RealFs, dir.path(), now).groups.is_empty());
     }
 }
