@@ -320,6 +320,42 @@ mod tests {
         }
     }
 
+    /// Thesis §4.2.1: each catch-up round ends at the leader's last index
+    /// when the round *began*. A member that keeps acknowledging but stays
+    /// behind a leader taking writes never completes a short round, so it
+    /// is never caught up. Mutant M163 (teeth s61): a completed round's
+    /// successor ending at the member's own match point (every later
+    /// acknowledgement then completed a one-tick round) survived every
+    /// `core::` test; a learner 90 entries behind counted as caught up and
+    /// could be promoted (§4.2.1: the cluster may then be unavailable while
+    /// it catches up).
+    #[test]
+    fn a_round_ends_at_the_leaders_last_index_when_it_began() {
+        const TIMEOUT: u64 = 10;
+        let mut pr = Progress::new(101, 4);
+        // The first round: everything up to 100, done at tick 50 (slow),
+        // while the leader has grown to 200.
+        pr.start_rounds(0);
+        for (matched, now) in [(40, 20), (100, 50)] {
+            assert!(pr.maybe_update(matched));
+            pr.on_ack(200, now);
+        }
+        assert_eq!(pr.last_round, Some(50));
+        assert!(!pr.caught_up(50, TIMEOUT));
+        // The next round ends at 200: quick acknowledgements short of it
+        // complete nothing.
+        for (matched, now) in [(110, 51), (120, 52)] {
+            assert!(pr.maybe_update(matched));
+            pr.on_ack(300, now);
+            assert_eq!(pr.last_round, Some(50), "a round ended at {matched}");
+            assert!(!pr.caught_up(now, TIMEOUT), "caught up at {matched}");
+        }
+        assert!(pr.maybe_update(200));
+        pr.on_ack(300, 55);
+        assert_eq!(pr.last_round, Some(5));
+        assert!(pr.caught_up(55, TIMEOUT));
+    }
+
     /// Raft §5.3 (etcd's `MaybeDecrTo` likewise): in replicate mode a
     /// rejection at exactly the match point is stale too, the follower
     /// acknowledged holding that entry (a rejection sent before it did,
@@ -358,5 +394,42 @@ mod tests {
         assert!(!pr.maybe_decrease(4, 0), "stale");
         assert!(pr.maybe_decrease(7, 0));
         assert_eq!(pr.next, 6);
+    }
+
+    /// A successful probe switches to streaming from just past the new
+    /// match point (Raft §5.3), not from where `next` stood: an answer
+    /// acknowledging less than the probe's position (one to an earlier
+    /// message) leaves entries between the two the follower may lack.
+    /// Mutant M108 (teeth s61): `become_replicate` keeping `next` survived
+    /// every `core::` test; the leader then streamed past a gap and lost a
+    /// round trip to the follower's rejection.
+    #[test]
+    fn a_successful_probe_streams_from_just_past_the_match_point() {
+        let mut pr = Progress::new(10, 4);
+        pr.sent_entries(9);
+        assert!(pr.maybe_update(5), "an acknowledgement of index 5");
+        pr.become_replicate();
+        assert_eq!((pr.mode, pr.next), (Mode::Replicate, 6));
+        assert!(pr.inflights.is_empty());
+    }
+
+    /// Leaving a snapshot transfer resumes probing after the snapshot even
+    /// before an acknowledgement raised `matched` to it (the module's
+    /// contract, as etcd raft's `BecomeProbe`): the entries up to the
+    /// snapshot are not offered again. Mutant M104 (teeth s61): `next =
+    /// matched + 1` survived every `core::` test; today's callers raise
+    /// `matched` first, so this pins the contract for the next one.
+    #[test]
+    fn leaving_a_snapshot_transfer_probes_past_the_snapshot() {
+        let mut pr = Progress::new(1, 4);
+        pr.maybe_update(3);
+        pr.become_snapshot(20);
+        assert!(pr.is_paused());
+        pr.become_probe();
+        assert_eq!(
+            (pr.mode, pr.next, pr.pending_snapshot),
+            (Mode::Probe, 21, 0)
+        );
+        assert!(!pr.is_paused());
     }
 }

@@ -408,3 +408,53 @@ fn a_write_is_admitted_only_with_room_for_a_handler_error() {
         );
     }
 }
+
+/// Rule 9: within a session the reclaim takes its stored outputs in write
+/// order, oldest first, and stops once there is room: the newest outputs,
+/// the ones a client is likeliest still to retry, are kept longest.
+/// Mutant M161 (teeth s61): the newest taken first survived every
+/// `runtime::` test (`a_full_owner_reclaims_its_idle_sessions_outputs_
+/// before_refusing` reclaims all of an idle session's outputs, in either
+/// order).
+#[test]
+fn the_reclaim_takes_a_sessions_outputs_oldest_first_and_only_what_is_needed() {
+    let bounds = ReplyBounds {
+        session_bytes: 1 << 20,
+        owner_bytes: 3 * (REPLY_OVERHEAD_BYTES + 1_000),
+    };
+    let mut s = Sessions::default();
+    s.advance(1_000);
+    for id in 1..=2u128 {
+        s.open_bounded(SessionId(id), B, 600_000, 100, 10).unwrap();
+    }
+    s.advance(2_000);
+    for seq in 1..=3 {
+        assert_eq!(s.check(at(1, seq, 1), B), Dedup::New);
+        assert!(s.record_bounded(
+            at(1, seq, 1),
+            StoredReply::Ok(vec![seq as u8; 1_000]),
+            bounds
+        ));
+    }
+    assert_eq!(s.owner_reply_bytes(B), bounds.owner_bytes);
+    // Session 2 writes: one output of session 1 makes room for it.
+    s.advance(3_000);
+    assert_eq!(s.check(at(2, 1, 1), B), Dedup::New);
+    assert_eq!(s.admits(at(2, 1, 1), B, bounds), Ok(()));
+    assert!(s.record_bounded(at(2, 1, 1), StoredReply::Ok(vec![7; 500]), bounds));
+    // Each of session 1's writes: its output's first byte, or `None` once
+    // reclaimed.
+    let kept: Vec<Option<u8>> = (1..=3)
+        .map(|seq| match s.check(at(1, seq, 1), B) {
+            Dedup::Duplicate(StoredReply::Ok(out)) => out.first().copied(),
+            Dedup::Duplicate(StoredReply::Dropped { len: 1_000 }) => None,
+            other => panic!("session 1's write {seq}: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [None, Some(2), Some(3)],
+        "session 1's outputs after the reclaim (None: dropped)"
+    );
+    assert!(s.owner_reply_bytes(B) <= bounds.owner_bytes);
+}

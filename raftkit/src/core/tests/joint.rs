@@ -184,3 +184,44 @@ fn adding_a_voter_goes_through_the_joint_configuration() {
     let delivered_to_4 = c.count(|m| m.to == 4 && matches!(m.body, Body::AppendEntries { .. }));
     assert!(delivered_to_4 > 0);
 }
+
+/// Thesis §6.2 with §4.3: CheckQuorum, like every decision while the
+/// configuration is joint, needs a majority of each half. A leader that
+/// hears from a majority of C_new but not of C_old (or the reverse) can
+/// commit nothing, so it steps down within two election timeouts instead of
+/// holding the cluster; one that hears from a majority of each half stays.
+/// Mutant M123 (teeth s61): CheckQuorum counting the incoming voters only
+/// survived every `core::` test.
+#[test]
+fn check_quorum_in_a_joint_configuration_needs_both_majorities() {
+    // (nodes cut off, whether the leader stays)
+    let cases: [(&[u64], bool); 3] = [(&[4, 5], false), (&[2, 3], false), (&[3, 5], true)];
+    for (cut, stays) in cases {
+        let mut c = joint_cluster(&[1, 2, 3], &[1, 4, 5]);
+        // The outgoing half's acknowledgements of entries are lost, so the
+        // no-op never commits and the configuration stays joint (left
+        // otherwise, see above); their heartbeat answers get through.
+        c.filter = Some(Box::new(|m| {
+            !(matches!(m.from, 4 | 5) && m.body.kind() == "AppendEntriesResponse")
+        }));
+        c.elect(1);
+        assert!(c.node(1).config().is_joint(), "the premise: still joint");
+        let term = c.node(1).term();
+        for &id in cut {
+            c.isolate(id);
+        }
+        // Only the leader ticks: nobody else campaigns. The first check
+        // may still count what it heard before the cut; the second cannot.
+        for _ in 0..2 * T {
+            c.tick(1);
+        }
+        assert_eq!(
+            c.node(1).role() == Role::Leader,
+            stays,
+            "with {cut:?} cut off the leader is {:?}",
+            c.node(1).role()
+        );
+        assert_eq!(c.node(1).term(), term, "stepping down keeps the term");
+        assert!(c.node(1).config().is_joint(), "the premise: still joint");
+    }
+}

@@ -150,6 +150,28 @@ fn a_small_gap_inside_the_replayed_entries_is_corruption() {
     );
 }
 
+/// Replay applies records in order: an entry record replaces whatever the
+/// log held from its index on (as the append that wrote it did), whether or
+/// not a truncation record came first (a writer that left it out). Mutant
+/// M175 (teeth s61): the replay's `slots.truncate(pos)` removed survived
+/// every `storage::` test; an entry 2 of term 2 after 1..=3 was then slotted
+/// at position 4, so `last_index` said 4 and `term(4)` answered entry 2's.
+#[test]
+fn a_replayed_entry_replaces_the_entries_from_its_index_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let two = Entry {
+        term: 2,
+        index: 2,
+        payload: Payload::Command(vec![9; 8].into()),
+    };
+    let tail = framed(&[&[RecordRef::Entry(&two)]]);
+    let wal = reopened_with(&dir.path().join("wal"), &tail).expect("opens");
+    assert_eq!((wal.first_index(), wal.last_index()), (1, 2));
+    assert_eq!(wal.term(2).expect("term"), Some(2));
+    assert_eq!(wal.term(3).expect("term"), None);
+    assert_eq!(wal.entries(1, 3).expect("entries"), vec![cmd(1), two]);
+}
+
 /// Mutant S6 (stop 59): "entry below the first index" removed. After a
 /// compaction to 5, an entry 3: the replay's `index - first` underflowed (a
 /// panic in a debug build).
