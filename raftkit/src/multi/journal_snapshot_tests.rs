@@ -879,17 +879,16 @@ fn every_write_after_its_groups_removal_is_refused_not_applied() {
     }
 }
 
+/// Where a sink's writes are answered (the write's token, or its error).
+type AnswerTx = mpsc::UnboundedSender<Result<u64, StorageError>>;
+/// The other end of an [`AnswerTx`].
+type AnswerRx = mpsc::UnboundedReceiver<Result<u64, StorageError>>;
+
 /// Group 1 created in `j` with `N` sinks, a write of entry 1 (term 1)
 /// through the first answered, then the group removed with the fence
 /// (1, 1): the sinks of a retired replica whose node task may still write,
 /// and the channel their writes are answered on.
-fn removed_after_a_write<const N: usize>(
-    j: &Journal,
-) -> (
-    [GroupSink; N],
-    mpsc::UnboundedSender<Result<u64, StorageError>>,
-    mpsc::UnboundedReceiver<Result<u64, StorageError>>,
-) {
+fn removed_after_a_write<const N: usize>(j: &Journal) -> ([GroupSink; N], AnswerTx, AnswerRx) {
     j.create_group(1).expect("group 1 created");
     let sinks: [GroupSink; N] = std::array::from_fn(|_| j.sink(1, snaps()));
     let (tx, mut rx) = mpsc::unbounded_channel();
