@@ -47,6 +47,7 @@ pub mod state_machine;
 pub mod storage;
 pub mod tls;
 pub mod transport;
+mod word_hash;
 
 /// Loopback addresses for the unit tests' nodes: below the kernel's
 /// ephemeral range, each handed out once (the file the integration tests

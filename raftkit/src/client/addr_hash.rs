@@ -4,9 +4,12 @@
 //!
 //! std's default SipHash-1-3 cost about 234 instructions per lookup of a
 //! `SocketAddr` (callgrind, issue 16, stop 51: more than half of
-//! `Client::live_mux`); this one a multiply and a rotate per word the
-//! address hashes (its kind, its IP's bytes, its port): `live_mux` went
-//! from 421 to 188 instructions per call (stop 52).
+//! `Client::live_mux`); a multiply and a rotate per word the address
+//! hashes (its kind, its IP's bytes, its port) took `live_mux` from 421
+//! to 188 instructions per call (stop 52). The hash is now the crate's
+//! [`WordHashing`] (`word_hash`: a folded multiply per word instead of
+//! that multiply-rotate, whose word fold it shared; not measured again
+//! since).
 //!
 //! # Invariants
 //!
@@ -18,73 +21,10 @@
 //! 2. Equal addresses hash equally (a plain function of the bytes `Hash`
 //!    writes, no seed), so lookups find what was inserted.
 
-use std::hash::{BuildHasherDefault, Hasher};
+use crate::word_hash::WordHashing;
 
-/// The multiplier of rustc's FxHash (a 64-bit odd constant with good
-/// bit dispersion).
-const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-/// FxHash-style hasher for socket addresses (module doc).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct AddrHasher(u64);
-
-/// Builds [`AddrHasher`]s: the `S` of a `HashMap` keyed by `SocketAddr`.
-pub(crate) type AddrHash = BuildHasherDefault<AddrHasher>;
-
-impl AddrHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
-    }
-}
-
-impl Hasher for AddrHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(c);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-}
+/// Builds the hashers of a `HashMap` keyed by `SocketAddr` (module doc).
+pub(crate) type AddrHash = WordHashing;
 
 #[cfg(test)]
 mod tests {

@@ -817,15 +817,7 @@ fn a_write_taken_after_its_groups_removal_is_refused_and_brings_nothing_back() {
         JournalOptions::default(),
     )
     .expect("the journal opens");
-    j.create_group(1).expect("group 1 created");
-    let (a, b) = (j.sink(1, snaps()), j.sink(1, snaps()));
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    a.write(write(vec![entry(1, 1)], Some(hs(1, 1))), tx.clone(), 1);
-    assert!(
-        matches!(next(&mut rx), Some(Ok(1))),
-        "group 1's write before its removal"
-    );
-    j.remove_group(1, (1, 1)).expect("group 1 removed");
+    let ([a, b], tx, mut rx) = removed_after_a_write(&j);
     a.write(write(Vec::new(), Some(hs(1, 2))), tx.clone(), 2);
     let hard_state = next(&mut rx);
     b.write(received(10, 2), tx.clone(), 3);
@@ -866,15 +858,7 @@ fn a_write_taken_after_its_groups_removal_is_refused_and_brings_nothing_back() {
 #[test]
 fn every_write_after_its_groups_removal_is_refused_not_applied() {
     let (_dir, j) = journal_in_tempdir();
-    j.create_group(1).expect("group 1 created");
-    let a = j.sink(1, snaps());
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    a.write(write(vec![entry(1, 1)], Some(hs(1, 1))), tx.clone(), 1);
-    assert!(
-        matches!(next(&mut rx), Some(Ok(1))),
-        "group 1's write before its removal"
-    );
-    j.remove_group(1, (1, 1)).expect("group 1 removed");
+    let ([a], tx, mut rx) = removed_after_a_write(&j);
     let mut answers = Vec::new();
     for token in 2..5 {
         a.write(
@@ -893,6 +877,29 @@ fn every_write_after_its_groups_removal_is_refused_not_applied() {
             i + 1
         );
     }
+}
+
+/// Where a sink's writes are answered (the write's token, or its error).
+type AnswerTx = mpsc::UnboundedSender<Result<u64, StorageError>>;
+/// The other end of an [`AnswerTx`].
+type AnswerRx = mpsc::UnboundedReceiver<Result<u64, StorageError>>;
+
+/// Group 1 created in `j` with `N` sinks, a write of entry 1 (term 1)
+/// through the first answered, then the group removed with the fence
+/// (1, 1): the sinks of a retired replica whose node task may still write,
+/// and the channel their writes are answered on.
+fn removed_after_a_write<const N: usize>(j: &Journal) -> ([GroupSink; N], AnswerTx, AnswerRx) {
+    j.create_group(1).expect("group 1 created");
+    let sinks: [GroupSink; N] = std::array::from_fn(|_| j.sink(1, snaps()));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let first = sinks.first().expect("a sink");
+    first.write(write(vec![entry(1, 1)], Some(hs(1, 1))), tx.clone(), 1);
+    assert!(
+        matches!(next(&mut rx), Some(Ok(1))),
+        "group 1's write before its removal"
+    );
+    j.remove_group(1, (1, 1)).expect("group 1 removed");
+    (sinks, tx, rx)
 }
 
 /// A journal with the default options in a new temporary directory (kept

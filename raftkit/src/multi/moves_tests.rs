@@ -267,17 +267,24 @@ async fn undoing_a_refused_move_never_removes_a_target_that_votes_now() {
 /// and A leading group 1: the topology of the `multi_shards` move tests,
 /// where B knows no member of group 0 (module docs of
 /// [`super::super::placement_sync`], Limits).
-struct MovedOff {
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-    a: MultiNode<Placement>,
-    b: MultiNode<Placement>,
-    b_addr: String,
+pub(crate) struct MovedOff {
+    /// The data directories of A and B (kept while the test runs).
+    pub(crate) dirs: (tempfile::TempDir, tempfile::TempDir),
+    /// The nodes' CA (a restarted node's certificate, a client's).
+    pub(crate) ca: ClusterCa,
+    pub(crate) a: MultiNode<Placement>,
+    pub(crate) a_addr: String,
+    pub(crate) b: MultiNode<Placement>,
+    pub(crate) b_addr: String,
 }
 
 /// The group [`MovedOff`] moves from A to B.
-const MOVED: GroupId = 1;
+pub(crate) const MOVED: GroupId = 1;
 
-async fn moved_off(name: &str) -> MovedOff {
+/// Nodes A and B (certified by a new CA named `name`), A alone forming a
+/// sharded deployment of one data group ([`MOVED`]) and leading it with a
+/// committed configuration: the start of a move off A. B hosts nothing.
+pub(crate) async fn moved_off(name: &str) -> MovedOff {
     let ca = ClusterCa::generate(name).expect("a CA");
     let (a_addr, b_addr) = (free_addr(), free_addr());
     let dirs = (
@@ -297,8 +304,10 @@ async fn moved_off(name: &str) -> MovedOff {
     })
     .await;
     MovedOff {
-        _dirs: dirs,
+        dirs,
+        ca,
         a,
+        a_addr,
         b,
         b_addr,
     }

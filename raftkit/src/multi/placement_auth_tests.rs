@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::super::moves::moves_tests::{node, settled_members, until};
+use super::super::moves::moves_tests::{MOVED, MovedOff, moved_off, node, until};
 use super::super::placement::{PLACEMENT_GROUP, Placement, PlacementClient};
 use super::super::placement_sync::hooks;
 use super::*;
@@ -98,10 +98,6 @@ async fn a_follower_of_group_0_answers_not_leader_without_a_read() {
     }
 }
 
-/// The group [`a_restarted_leader_admits_the_new_nodes_lost_record_repair`]
-/// moves from A to B.
-const MOVED: GroupId = 1;
-
 /// Review s58, finding 2 (task placement 3): rule 4's successors lived in
 /// memory only, so group 0's leader, restarted after a move off it whose
 /// record was lost, refused the new node's repair of that record until
@@ -111,24 +107,14 @@ const MOVED: GroupId = 1;
 /// B's repair (its node certificate writing B's replicas) must pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_leader_admits_the_new_nodes_lost_record_repair() {
-    let ca = ClusterCa::generate("auth-successors-restart-test").expect("a CA");
-    let (a_addr, b_addr) = (free_addr(), free_addr());
-    let (a_dir, b_dir) = (
-        tempfile::tempdir().expect("a temporary directory"),
-        tempfile::tempdir().expect("a temporary directory"),
-    );
-    let a = node(&ca, &a_addr, a_dir.path()).await;
-    let b = node(&ca, &b_addr, b_dir.path()).await;
-    a.form_shards(1, std::slice::from_ref(&a_addr))
-        .await
-        .expect("the placement formed");
-    until("A leading group 1 with a committed configuration", || {
-        a.group(MOVED).and_then(|p| {
-            let st = p.status();
-            (st.role == Role::Leader && settled_members(&st).is_some()).then_some(())
-        })
-    })
-    .await;
+    let MovedOff {
+        dirs: (a_dir, _b_dir),
+        ca,
+        a,
+        a_addr,
+        b,
+        b_addr,
+    } = moved_off("auth-successors-restart-test").await;
     hooks::silence_check(b.id());
     hooks::fail_records(a.id());
     a.move_replica(MOVED, a.id(), &b_addr)

@@ -52,6 +52,40 @@ async fn client_of(
     client
 }
 
+/// Two calls through one `WriteOnce` handle of `client`, whose calls go
+/// to `a` first: the first must end with its outcome unknown
+/// (`Applied::Maybe`; `a` is scripted so), the second must be answered
+/// `done`, and both must carry the same sequence number (thesis §6.3: a
+/// retry the cluster can recognise as a duplicate).
+async fn a_write_once_retry_resends_its_number(client: &Client, a: &FakeMember) {
+    let once = client.write_once();
+    let first = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time");
+    assert_eq!(
+        first.as_ref().err().map(Error::applied),
+        Some(Applied::Maybe),
+        "{first:?}"
+    );
+    let again = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
+        .await
+        .expect("the call ends in time");
+    assert_eq!(again, Ok(b"done".to_vec()));
+    let seqs: Vec<u64> = a
+        .received()
+        .iter()
+        .filter_map(|r| match r {
+            ClientRequest::Write { session, .. } => Some(session.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs.len(), 2, "{seqs:?}");
+    assert_eq!(
+        seqs[0], seqs[1],
+        "the retry through the handle took a new sequence number"
+    );
+}
+
 /// Opens the client's session at A, the member its calls go to first.
 async fn open_at_a(client: &Client) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -506,32 +540,7 @@ async fn a_write_once_retry_after_an_unknown_outcome_resends_its_sequence_number
     .expect("connects in time")
     .expect("connects");
     client.set_leader(Some(a.addr()));
-    let once = client.write_once();
-    let first = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
-        .await
-        .expect("the call ends in time");
-    assert_eq!(
-        first.as_ref().err().map(Error::applied),
-        Some(Applied::Maybe),
-        "{first:?}"
-    );
-    let again = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
-        .await
-        .expect("the call ends in time");
-    assert_eq!(again, Ok(b"done".to_vec()));
-    let seqs: Vec<u64> = a
-        .received()
-        .iter()
-        .filter_map(|r| match r {
-            ClientRequest::Write { session, .. } => Some(session.seq),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(seqs.len(), 2, "{seqs:?}");
-    assert_eq!(
-        seqs[0], seqs[1],
-        "the retry through the handle took a new sequence number"
-    );
+    a_write_once_retry_resends_its_number(&client, &a).await;
 }
 
 /// Mutant M48 (teeth s60): a `WriteOnce` call answered by its member with
@@ -560,32 +569,7 @@ async fn a_write_once_answered_unreadably_keeps_its_sequence_number_for_the_retr
         _ => Act::answer(ClientResponse::Err(WireError::NotLeader { hint: None })),
     });
     let client = client_of(&[&a], client_id, None, &a).await;
-    let once = client.write_once();
-    let first = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
-        .await
-        .expect("the call ends in time");
-    assert_eq!(
-        first.as_ref().err().map(Error::applied),
-        Some(Applied::Maybe),
-        "{first:?}"
-    );
-    let again = tokio::time::timeout(DEADLINE, once.write(b"put".to_vec()))
-        .await
-        .expect("the call ends in time");
-    assert_eq!(again, Ok(b"done".to_vec()));
-    let seqs: Vec<u64> = a
-        .received()
-        .iter()
-        .filter_map(|r| match r {
-            ClientRequest::Write { session, .. } => Some(session.seq),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(seqs.len(), 2, "{seqs:?}");
-    assert_eq!(
-        seqs[0], seqs[1],
-        "the retry through the handle took a new sequence number"
-    );
+    a_write_once_retry_resends_its_number(&client, &a).await;
 }
 
 /// Found by review, stop 50: a call whose every member was down ended

@@ -9,7 +9,10 @@
 
 use super::harness::*;
 use crate::core::read_index::MAX_REMOTE_READS;
-use crate::core::{Body, Config, DropReason, HardState, Raft, Role, Term};
+use crate::core::{
+    Body, Config, Configuration, DropReason, Entry, HardState, Index, Payload, Raft, Restored,
+    Role, Term,
+};
 
 /// Voters 1, 2, 3 and learner 4: node `id`, just (re)started at `term`
 /// with a log of terms [1, 2] and no leader known, parameters adjusted by
@@ -29,6 +32,59 @@ fn with_learner_at(id: u64, term: Term, tweak: impl Fn(&mut Config)) -> Raft {
 
 fn lease_reads(c: &mut Config) {
     c.lease_reads = true;
+}
+
+/// Node 2 at term `t` with `last` its last index: learner 4's append at
+/// `t + 1` of an entry it made up is refused (`NonMemberInLease`: no
+/// leader taken, nothing appended; `why` names the failure), and voter 3's
+/// heartbeat at that term is followed at once (the voter that wins the
+/// term leads it).
+#[track_caller]
+fn refuses_learner_4_then_follows_3(f: &mut Raft, t: Term, last: Index, why: &str) {
+    let got = step_4s_append(f, t, last, b"made up");
+    assert_eq!(
+        (got, f.leader(), f.log().last_index()),
+        (Err(DropReason::NonMemberInLease), None, last),
+        "{why}"
+    );
+    assert_eq!(f.step_checked(heartbeat(3, 2, t + 1, 0)), Ok(()));
+    assert_eq!(f.leader(), Some(3));
+}
+
+/// Node 4's append to node 2 at term `t + 1` of one entry (`data`) after
+/// `last` (of term `t`), committing it: what node 2's core answers.
+fn step_4s_append(f: &mut Raft, t: Term, last: Index, data: &[u8]) -> Result<(), DropReason> {
+    f.step_checked(append(
+        4,
+        2,
+        t + 1,
+        (last, t),
+        vec![command(last + 1, t + 1, data)],
+        last + 1,
+    ))
+}
+
+/// A configuration entry of term 2 at `index`.
+fn config_entry(index: Index, c: Configuration) -> Entry {
+    Entry {
+        index,
+        term: 2,
+        payload: Payload::Config(c),
+    }
+}
+
+/// Voters {1, 2, 3, 4} restored at term 2 with a log of terms [1, 2],
+/// then the operator's removal of 4: C_old,new (index 3) and C_new
+/// {1, 2, 3} (index 4), both of term 2 and not yet committed.
+fn restored_removing_4() -> Restored {
+    let mut r = restored(&[1, 2, 3, 4], 2, &[1, 2]);
+    r.entries.push(config_entry(
+        3,
+        Configuration::joint([1, 2, 3], [1, 2, 3, 4]),
+    ));
+    r.entries
+        .push(config_entry(4, Configuration::new([1, 2, 3])));
+    r
 }
 
 /// Review s57 (core2 #1): a pre-candidate forgot its leader but not its
@@ -476,21 +532,12 @@ fn a_voter_that_just_granted_a_vote_refuses_a_learner_claiming_that_term() {
         (f.role(), f.term(), f.leader()),
         (Role::Follower, t + 1, None)
     );
-    let got = f.step_checked(append(
-        4,
-        2,
-        t + 1,
-        (last, t),
-        vec![command(last + 1, t + 1, b"made up")],
-        last + 1,
-    ));
-    assert_eq!(
-        (got, f.leader(), f.log().last_index()),
-        (Err(DropReason::NonMemberInLease), None, last),
-        "a voter that just voted followed learner 4 at the new term"
+    refuses_learner_4_then_follows_3(
+        &mut f,
+        t,
+        last,
+        "a voter that just voted followed learner 4 at the new term",
     );
-    assert_eq!(f.step_checked(heartbeat(3, 2, t + 1, 0)), Ok(()));
-    assert_eq!(f.leader(), Some(3));
 }
 
 /// The other side of the vote window (stop 59): the candidate this node
@@ -705,22 +752,13 @@ fn a_learner_that_wrote_its_own_promotion_cannot_order_a_transfer_through_a_leas
 /// removes 1. A restarted node gives 4 no pass.
 #[test]
 fn rev_a_voter_of_an_older_committed_configuration_gets_no_pass() {
-    use crate::core::{Configuration, Entry, Payload};
-    let mut r = restored(&[1, 2, 3, 4], 2, &[1, 2]);
-    let conf = |index, c| Entry {
-        index,
-        term: 2,
-        payload: Payload::Config(c),
-    };
-    r.entries
-        .push(conf(3, Configuration::joint([1, 2, 3], [1, 2, 3, 4])));
-    r.entries.push(conf(4, Configuration::new([1, 2, 3])));
+    let mut r = restored_removing_4();
     let mut learner = Configuration::new([1, 2, 3]);
     learner.learners.insert(4);
-    r.entries.push(conf(5, learner));
+    r.entries.push(config_entry(5, learner));
     let mut joint = Configuration::joint([2, 3], [1, 2, 3]);
     joint.learners.insert(4);
-    r.entries.push(conf(6, joint));
+    r.entries.push(config_entry(6, joint));
     r.hard_state.commit = 5;
     let mut f = Raft::new(config(2), r).expect("valid");
     assert_eq!(
@@ -739,19 +777,10 @@ fn rev_a_voter_of_an_older_committed_configuration_gets_no_pass() {
 /// (5) is still pending.
 #[test]
 fn a_removal_committed_by_a_heartbeat_ends_the_removed_voters_pass() {
-    use crate::core::{Configuration, Entry, Payload};
-    let mut r = restored(&[1, 2, 3, 4], 2, &[1, 2]);
-    let conf = |index, c| Entry {
-        index,
-        term: 2,
-        payload: Payload::Config(c),
-    };
-    r.entries
-        .push(conf(3, Configuration::joint([1, 2, 3], [1, 2, 3, 4])));
-    r.entries.push(conf(4, Configuration::new([1, 2, 3])));
+    let mut r = restored_removing_4();
     let mut next = Configuration::new([1, 2, 3]);
     next.learners.insert(5);
-    r.entries.push(conf(5, next));
+    r.entries.push(config_entry(5, next));
     r.hard_state.commit = 3;
     let mut cfg = config(2);
     // Without CheckQuorum, a vote request right after the leader's
@@ -780,16 +809,7 @@ fn a_removal_committed_by_a_heartbeat_ends_the_removed_voters_pass() {
 /// made up; leader 1 is then a second leader of the term.
 #[test]
 fn limit_a_removed_voter_leads_a_restarted_node_while_its_removal_is_pending() {
-    use crate::core::{Configuration, Entry, Payload};
-    let mut r = restored(&[1, 2, 3, 4], 2, &[1, 2]);
-    let conf = |index, c| Entry {
-        index,
-        term: 2,
-        payload: Payload::Config(c),
-    };
-    r.entries
-        .push(conf(3, Configuration::joint([1, 2, 3], [1, 2, 3, 4])));
-    r.entries.push(conf(4, Configuration::new([1, 2, 3])));
+    let mut r = restored_removing_4();
     r.hard_state.commit = 3;
     let mut f = Raft::new(config(2), r).expect("valid");
     assert_eq!(f.step_checked(heartbeat(4, 2, 2, 3)), Ok(()));
@@ -1009,22 +1029,12 @@ fn a_candidate_past_its_leaders_window_refuses_a_learner_claiming_its_term() {
         (Role::Candidate, t + 1, None)
     );
     let last = f.log().last_index();
-    let got = f.step_checked(append(
-        4,
-        2,
-        t + 1,
-        (last, t),
-        vec![command(last + 1, t + 1, b"made up")],
-        last + 1,
-    ));
-    assert_eq!(
-        (got, f.leader(), f.log().last_index()),
-        (Err(DropReason::NonMemberInLease), None, last),
-        "a candidate past its leader's window followed learner 4 at the term of its campaign"
+    refuses_learner_4_then_follows_3(
+        &mut f,
+        t,
+        last,
+        "a candidate past its leader's window followed learner 4 at the term of its campaign",
     );
-    // The voter that wins the term is followed at once.
-    assert_eq!(f.step_checked(heartbeat(3, 2, t + 1, 0)), Ok(()));
-    assert_eq!(f.leader(), Some(3));
 }
 
 /// Review s60 (core #1): without PreVote a campaign is no evidence of a
@@ -1056,14 +1066,7 @@ fn a_candidate_without_pre_vote_opens_no_window_and_follows_the_promoted_leader(
     flush(&mut f);
     assert_eq!((f.role(), f.term()), (Role::Candidate, t + 1));
     let last = f.log().last_index();
-    let got = f.step_checked(append(
-        4,
-        2,
-        t + 1,
-        (last, t),
-        vec![command(last + 1, t + 1, b"promoted")],
-        last + 1,
-    ));
+    let got = step_4s_append(&mut f, t, last, b"promoted");
     assert_eq!(
         (got, f.leader()),
         (Ok(()), Some(4)),

@@ -10,8 +10,9 @@
 
 use std::path::Path;
 
-use super::record::{FRAME_HEADER_LEN, FrameBuf, RecordRef};
-use super::segment::{SEGMENT_HEADER_LEN, segment_name};
+use super::hand_written::write_after_frames;
+use super::record::{FrameBuf, RecordRef};
+use super::segment::segment_name;
 use super::{Wal, WalOptions};
 use crate::core::inbound::MAX_INDEX;
 use crate::core::types::{Entry, Index, Payload};
@@ -40,24 +41,7 @@ fn written(path: &Path, upto: Index, entries: &[Entry]) {
 fn append_by_hand(path: &Path, record: RecordRef<'_>) {
     let mut frame = FrameBuf::new();
     frame.push(&record);
-    let frame = frame.finish().to_vec();
-    let seg = path.join(segment_name(1));
-    let mut bytes = std::fs::read(&seg).expect("segment");
-    // The end of the frames (`len:u32le crc hcrc payload[len]` after the
-    // segment header), then the preallocated zeros.
-    let mut end = SEGMENT_HEADER_LEN as usize;
-    while let Some(h) = bytes.get(end..end + 4) {
-        let n = u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize;
-        if n == 0 {
-            break;
-        }
-        end += FRAME_HEADER_LEN + n;
-    }
-    if bytes.len() < end + frame.len() {
-        bytes.resize(end + frame.len(), 0);
-    }
-    bytes[end..end + frame.len()].copy_from_slice(&frame);
-    std::fs::write(&seg, &bytes).expect("write");
+    write_after_frames(&path.join(segment_name(1)), frame.finish());
 }
 
 /// An entry at the bound is appended, replayed and read back (index, term

@@ -16,6 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::hand_written::write_after_frames;
 use super::record::{FRAME_HEADER_LEN, FrameBuf, RecordRef};
 use super::segment::{SEGMENT_HEADER_LEN, segment_name};
 use super::{Wal, WalOptions};
@@ -29,20 +30,6 @@ fn cmd(index: Index) -> Entry {
         index,
         payload: Payload::Command(vec![index as u8; 8].into()),
     }
-}
-
-/// The offset where the frames of `bytes` (a segment) end: the first frame
-/// header whose length is zero (the preallocated zeros), or the file's end.
-fn frames_end(bytes: &[u8]) -> usize {
-    let mut end = SEGMENT_HEADER_LEN as usize;
-    while let Some(h) = bytes.get(end..end + 4) {
-        let n = u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize;
-        if n == 0 {
-            break;
-        }
-        end += FRAME_HEADER_LEN + n;
-    }
-    end
 }
 
 /// One frame per element of `frames`, each holding its records, with valid
@@ -66,14 +53,7 @@ fn reopened_with(path: &Path, tail: &[u8]) -> Result<Wal, StorageError> {
     wal.append(&[cmd(1), cmd(2), cmd(3)]).expect("append");
     wal.sync().expect("sync");
     drop(wal);
-    let seg = path.join(segment_name(1));
-    let mut bytes = std::fs::read(&seg).expect("segment");
-    let end = frames_end(&bytes);
-    if bytes.len() < end + tail.len() {
-        bytes.resize(end + tail.len(), 0);
-    }
-    bytes[end..end + tail.len()].copy_from_slice(tail);
-    std::fs::write(&seg, &bytes).expect("write");
+    write_after_frames(&path.join(segment_name(1)), tail);
     Wal::open(path, WalOptions::default())
 }
 

@@ -821,24 +821,7 @@ mod tests {
         wal.append(&[cmd(1), cmd(2), cmd(3)]).expect("append");
         wal.sync().expect("sync");
         drop(wal);
-        let seg = path.join(segment_name(1));
-        let mut bytes = std::fs::read(&seg).expect("segment");
-        // The end of the frames (`len:u32le crc hcrc payload[len]` after the
-        // segment header), then the preallocated zeros.
-        let mut end = super::super::segment::SEGMENT_HEADER_LEN as usize;
-        while let Some(h) = bytes.get(end..end + 4) {
-            let n = u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize;
-            if n == 0 {
-                break;
-            }
-            end += FRAME_HEADER_LEN + n;
-        }
-        let frame = tail;
-        if bytes.len() < end + frame.len() {
-            bytes.resize(end + frame.len(), 0);
-        }
-        bytes[end..end + frame.len()].copy_from_slice(&frame);
-        std::fs::write(&seg, &bytes).expect("write");
+        super::super::hand_written::write_after_frames(&path.join(segment_name(1)), &tail);
         let r = Wal::open(&path, WalOptions::default());
         drop(dir);
         r

@@ -162,6 +162,8 @@
 mod bound_tests;
 #[cfg(test)]
 mod damage_tests;
+#[cfg(test)]
+mod hand_written;
 mod log;
 #[cfg(test)]
 mod open_cost_tests;
