@@ -29,6 +29,24 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D:
 
 struct ByteBuf;
 
+/// The same encoding for a shared-buffer field (`bytes::Bytes`): written
+/// exactly as [`serialize`] writes a `Vec<u8>` (so a value moved from one
+/// to the other keeps its bytes on disk and on the wire), read into one
+/// allocation that the `Bytes` then owns (no copy).
+pub(crate) mod shared {
+    use serde::{Deserializer, Serializer};
+
+    /// Writes the bytes as one byte string.
+    pub(crate) fn serialize<S: Serializer>(v: &bytes::Bytes, s: S) -> Result<S::Ok, S::Error> {
+        super::serialize(v, s)
+    }
+
+    /// Reads a byte string (or a sequence of `u8`s).
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
+        super::deserialize(d).map(bytes::Bytes::from)
+    }
+}
+
 impl<'de> Visitor<'de> for ByteBuf {
     type Value = Vec<u8>;
 
@@ -89,6 +107,38 @@ mod tests {
             let back: Tagged = postcard::from_bytes(&p).expect("decodes");
             assert_eq!(back, tagged);
             let back: Plain = postcard::from_bytes(&t).expect("decodes");
+            assert_eq!(back, plain);
+        }
+    }
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Shared {
+        a: u64,
+        #[serde(with = "super::shared")]
+        data: bytes::Bytes,
+        b: u8,
+    }
+
+    #[test]
+    fn shared_encoding_is_the_vec_encoding() {
+        for len in [0usize, 1, 127, 128, 300, 70_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 5 % 256) as u8).collect();
+            let plain = Plain {
+                a: 7,
+                data: data.clone(),
+                b: 3,
+            };
+            let shared = Shared {
+                a: 7,
+                data: bytes::Bytes::from(data),
+                b: 3,
+            };
+            let p = postcard::to_allocvec(&plain).expect("encodes");
+            let s = postcard::to_allocvec(&shared).expect("encodes");
+            assert_eq!(p, s, "length {len}");
+            let back: Shared = postcard::from_bytes(&p).expect("decodes");
+            assert_eq!(back, shared);
+            let back: Plain = postcard::from_bytes(&s).expect("decodes");
             assert_eq!(back, plain);
         }
     }

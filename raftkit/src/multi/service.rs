@@ -230,30 +230,43 @@ impl<S: PeerExt> client_service::Front for Front<S> {
         request: ClientRequest,
         meta: Option<RequestMeta>,
     ) -> ClientResponse {
+        // The rare paths (node requests, the placement group's checks)
+        // are boxed, so that this future stays small for the request
+        // streams that move it (`client_mux` boxes nothing itself); the
+        // group's own handler boxes its path (`Front for Peer`).
         if let ClientRequest::Node(request) = request {
             let node = match self.node() {
                 Ok(node) => node,
                 Err(e) => return ClientResponse::Err(e),
             };
-            return match request {
-                NodeRequest::Groups => encoded("group status", &groups(&node)),
-                NodeRequest::BalanceLeaders => encoded("transfers", &node.balance_leaders().await),
-                NodeRequest::MoveReplica { group, from, to } => {
-                    let from_id =
-                        crate::identity::node_id(&crate::identity::default_name(S::NAME, &from));
-                    match node.move_replica(group, from_id, &to).await {
-                        Ok(r) => encoded("move report", &super::moves::summary(&r, &from, &to)),
-                        Err(e) => ClientResponse::Err(super::moves::into_error(e).into()),
+            return Box::pin(async move {
+                match request {
+                    NodeRequest::Groups => encoded("group status", &groups(&node)),
+                    NodeRequest::BalanceLeaders => {
+                        encoded("transfers", &node.balance_leaders().await)
+                    }
+                    NodeRequest::MoveReplica { group, from, to } => {
+                        let from_id = crate::identity::node_id(&crate::identity::default_name(
+                            S::NAME,
+                            &from,
+                        ));
+                        match node.move_replica(group, from_id, &to).await {
+                            Ok(r) => encoded("move report", &super::moves::summary(&r, &from, &to)),
+                            Err(e) => ClientResponse::Err(super::moves::into_error(e).into()),
+                        }
                     }
                 }
-            };
+            })
+            .await;
         }
         match self.target(meta) {
             Ok(Target::Placement(peer)) => {
                 let checked = match self.node() {
-                    Ok(node) => super::placement_auth::check(&node, &peer, principal, &request)
-                        .await
-                        .map_err(WireError::from),
+                    Ok(node) => Box::pin(super::placement_auth::check(
+                        &node, &peer, principal, &request,
+                    ))
+                    .await
+                    .map_err(WireError::from),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = checked {

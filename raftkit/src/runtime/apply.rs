@@ -148,14 +148,14 @@ fn narrow(mut whole: Bytes, range: std::ops::Range<usize>) -> Bytes {
 fn open_reply(
     opened: Result<(), SessionRefusal>,
     id: crate::client::wire::SessionId,
-) -> Result<Vec<u8>, Error> {
+) -> Result<Bytes, Error> {
     match opened {
-        Ok(()) => Ok(Vec::new()),
+        Ok(()) => Ok(Bytes::new()),
         Err(_) => Err(Error::Rejected(format!("session id {id} is in use"))),
     }
 }
 
-fn stored_to_result(r: StoredReply) -> Result<Vec<u8>, Error> {
+fn stored_to_result(r: StoredReply) -> Result<Bytes, Error> {
     match r {
         StoredReply::Ok(out) => Ok(out),
         StoredReply::Handler(message) => Err(Error::Handler { message }),
@@ -206,7 +206,7 @@ fn bytes_full(
 /// budgets (returned when the answer is sent, or the reply dropped).
 #[derive(Debug)]
 pub struct Reply {
-    tx: oneshot::Sender<Result<Vec<u8>, Error>>,
+    tx: oneshot::Sender<Result<Bytes, Error>>,
     _permit: Option<Permit>,
     /// The caller's trace span (a client request's `raftkit.request` span):
     /// the parent of the apply or read span that answers it.
@@ -221,7 +221,7 @@ pub struct Reply {
 impl Reply {
     /// A reply holding `permit` until it is answered, traced under the
     /// current span.
-    pub fn new(tx: oneshot::Sender<Result<Vec<u8>, Error>>, permit: Option<Permit>) -> Self {
+    pub fn new(tx: oneshot::Sender<Result<Bytes, Error>>, permit: Option<Permit>) -> Self {
         Reply {
             tx,
             _permit: permit,
@@ -238,7 +238,7 @@ impl Reply {
     }
 
     /// Answers the caller (who may have gone: then nobody hears it).
-    pub fn send(self, r: Result<Vec<u8>, Error>) {
+    pub fn send(self, r: Result<Bytes, Error>) {
         crate::probe::mark("a.reply");
         let _ = self.tx.send(r);
     }
@@ -246,7 +246,7 @@ impl Reply {
     /// [`Reply::send`], keeping the caller's room in the budgets in `room`
     /// (see [`Permit::absorb`]): returned when `room` is dropped, together
     /// with the rest of the batch's.
-    fn send_pooled(self, r: Result<Vec<u8>, Error>, room: &mut Option<Permit>) {
+    fn send_pooled(self, r: Result<Bytes, Error>, room: &mut Option<Permit>) {
         crate::probe::mark("a.reply");
         let _ = self.tx.send(r);
         match (room.as_mut(), self._permit) {
@@ -1050,7 +1050,7 @@ impl<S: StateMachine> Apply<S> {
                         }
                     }
                 }
-                Payload::Noop | Payload::Config(_) => Ok(Vec::new()),
+                Payload::Noop | Payload::Config(_) => Ok(Bytes::new()),
             };
             self.applied = e.index;
             self.applied_term = e.term;
@@ -1168,7 +1168,7 @@ impl<S: StateMachine> Apply<S> {
             }
             OpRef::CloseSession { id, owner } => {
                 return Outcome::Reply(match self.sessions.close(id, owner) {
-                    Ok(()) => Ok(Vec::new()),
+                    Ok(()) => Ok(Bytes::new()),
                     Err(SessionRefusal::Foreign | SessionRefusal::IdInUse) => Err(Error::Rejected(
                         format!("session {id} belongs to another client identity; not closed"),
                     )),
@@ -1176,8 +1176,9 @@ impl<S: StateMachine> Apply<S> {
             }
         };
         let mut ctx = Ctx::new(index, term, self.sessions.now_ms());
-        // Shared bytes (see `encode_shared`): the journal keeps them, and
-        // a copy is made only for a caller or the session table.
+        // Shared bytes (see `encode_shared`): the journal, the session
+        // table and the caller's answer hold the same buffer (no copy here;
+        // the client service copies it once, into its answer).
         let encode_output = |out: &S::WriteOutput| encode_shared("write output", out);
         let applied = match decoded {
             Some(c) => apply_decoded_as(&mut self.sm, &mut ctx, *c, encode_output),
@@ -1208,7 +1209,7 @@ impl<S: StateMachine> Apply<S> {
         };
         if let Some(s) = session {
             let stored = match &output {
-                Ok(out) => StoredReply::Ok(out.to_vec()),
+                Ok(out) => StoredReply::Ok(out.clone()),
                 Err(m) => StoredReply::Handler(m.clone()),
             };
             match bounds {
@@ -1223,11 +1224,11 @@ impl<S: StateMachine> Apply<S> {
             }
         }
         // The caller's answer, if one waits here (the leader that proposed
-        // it); otherwise only whether it succeeded matters (it is logged),
-        // and nothing is copied for it.
+        // it): the same shared bytes, not a copy; otherwise only whether it
+        // succeeded matters (it is logged).
         let reply = match &output {
-            Ok(out) if answered => Ok(out.to_vec()),
-            Ok(_) => Ok(Vec::new()),
+            Ok(out) if answered => Ok(out.clone()),
+            Ok(_) => Ok(Bytes::new()),
             Err(message) => Err(Error::Handler {
                 message: message.clone(),
             }),
@@ -1436,13 +1437,13 @@ impl<S: StateMachine> Apply<S> {
                 })
                 .map_err(read_error);
             debug!(ok = answer.is_ok(), "read served");
-            reply.send(answer);
+            reply.send(answer.map(Bytes::from));
         }
     }
 }
 
 enum Outcome {
-    Reply(Result<Vec<u8>, Error>),
+    Reply(Result<Bytes, Error>),
     Halt(String),
 }
 

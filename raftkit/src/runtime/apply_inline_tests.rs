@@ -54,7 +54,7 @@ fn add_one(index: Index) -> Entry {
 }
 
 /// The sum a write answered with.
-fn sum(r: Result<Vec<u8>, Error>) -> Result<u64, Error> {
+fn sum(r: Result<bytes::Bytes, Error>) -> Result<u64, Error> {
     let bytes = r?;
     match decode::<SumWriteOutput>("output", &bytes).expect("decodes") {
         SumWriteOutput::Add(n) => Ok(n),

@@ -145,7 +145,7 @@ impl Thread {
 
     /// Sends a read (`TallyRead::Get`) to be served at `index`; its answer
     /// comes on the receiver.
-    fn read_at(&self, index: Index) -> oneshot::Receiver<Result<Vec<u8>, Error>> {
+    fn read_at(&self, index: Index) -> oneshot::Receiver<Result<bytes::Bytes, Error>> {
         let (tx, rx) = oneshot::channel();
         self.send(ApplyMsg::Read {
             index,
@@ -157,7 +157,7 @@ impl Thread {
 
     /// Registers a proposal at (index, term); its answer comes on the
     /// returned receiver.
-    fn register(&self, index: Index, term: Term) -> oneshot::Receiver<Result<Vec<u8>, Error>> {
+    fn register(&self, index: Index, term: Term) -> oneshot::Receiver<Result<bytes::Bytes, Error>> {
         let (tx, rx) = oneshot::channel();
         self.send(ApplyMsg::Register(vec![(
             index,
@@ -250,7 +250,7 @@ fn session_add(id: SessionId, seq: u64, acked_below: u64, by: u64) -> Op {
     }
 }
 
-fn output(r: Result<Vec<u8>, Error>) -> u64 {
+fn output(r: Result<bytes::Bytes, Error>) -> u64 {
     let bytes = r.expect("applied");
     match decode::<TallyWriteOutput>("output", &bytes).expect("decodes") {
         TallyWriteOutput::Add(n) | TallyWriteOutput::Boom(n) => n,
@@ -268,7 +268,11 @@ async fn within<T>(f: impl std::future::Future<Output = T>, what: &str) -> T {
 
 /// The read `what` answered on `rx` is refused "not applied":
 /// `Unavailable` naming `why` (a refused read changed nothing).
-async fn refused_not_applied(rx: oneshot::Receiver<Result<Vec<u8>, Error>>, what: &str, why: &str) {
+async fn refused_not_applied(
+    rx: oneshot::Receiver<Result<bytes::Bytes, Error>>,
+    what: &str,
+    why: &str,
+) {
     match within(rx, what).await {
         Ok(Err(e @ Error::Unavailable(_))) => {
             assert_eq!(e.applied(), Applied::No, "{what}: {e:?}");
@@ -1120,7 +1124,7 @@ fn a_proposal_registered_again_at_its_index_leaves_the_earlier_one_waiting_for_t
             entry(1, 1, write(5)),
             entry(2, 3, write(1)),
         ]));
-        let wait = |rx: oneshot::Receiver<Result<Vec<u8>, Error>>| async move {
+        let wait = |rx: oneshot::Receiver<Result<bytes::Bytes, Error>>| async move {
             tokio::time::timeout(std::time::Duration::from_secs(5), rx)
                 .await
                 .expect("the caller is answered within 5 s")
@@ -1241,7 +1245,7 @@ fn a_panicking_read_handler_says_nothing_was_applied() {
 /// A registration as the node task sends it.
 type Registered = (Index, Term, Reply);
 /// Where a proposal's answer comes.
-type Answer = oneshot::Receiver<Result<Vec<u8>, Error>>;
+type Answer = oneshot::Receiver<Result<bytes::Bytes, Error>>;
 
 /// The node task's end ([`apply::ApplyTx`]) of an apply thread (a task of
 /// the current-thread runtime) on shared state: small batches may be

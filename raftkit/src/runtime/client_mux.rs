@@ -346,13 +346,12 @@ async fn answer_one<F: Front>(
     match request {
         Request::Read(Ok((request, meta)), room) => {
             let changes = changes_state(&request);
-            // Boxed: the answering future (a write's whole path through
-            // the node) is large, and this one is moved into the stream's
-            // `FuturesUnordered` (a copy of its every byte, callgrind ~380
-            // instructions a write, issue 16) before it first runs; boxed
-            // at its first poll, it is copied once, into its box, and the
-            // future moved into the set stays small.
-            let response = Box::pin(answer(front, caller, request, meta)).await;
+            // Not boxed: the large part of the answering future (a
+            // request's whole path through the node) is boxed once where
+            // it starts (`Front::handle`), so this one stays small when it
+            // is moved into the stream's `FuturesUnordered`; a second box
+            // here cost one allocation per request (issue 16).
+            let response = answer(front, caller, request, meta).await;
             // Answered: the request's bytes are gone.
             drop(room);
             (id, response, changes)

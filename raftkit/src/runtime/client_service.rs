@@ -654,6 +654,15 @@ fn result(r: Result<Vec<u8>, Error>) -> ClientResponse {
     }
 }
 
+/// [`result`] of a write's shared output: copied once, into the answer
+/// (the session table and the watch journal keep the shared bytes).
+fn shared_result(r: Result<bytes::Bytes, Error>) -> ClientResponse {
+    match r {
+        Ok(out) => ClientResponse::Ok(Vec::from(out)),
+        Err(e) => ClientResponse::Err(e.into()),
+    }
+}
+
 /// Answers one request from `principal`, which the caller has authorized
 /// ([`super::authorization::authorize`]). Sessions are opened, used and
 /// closed on behalf of the principal's certificate ([`Owner::of`]).
@@ -687,7 +696,7 @@ pub(crate) async fn handle_untimed<S: StateMachine>(
     let owner = Owner::of(principal);
     match request {
         ClientRequest::Write { session, command } => {
-            result(peer.write_as(command, session, owner).await)
+            shared_result(peer.write_as(command, session, owner).await)
         }
         ClientRequest::OpenSession => result(
             async {

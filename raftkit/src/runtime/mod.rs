@@ -276,7 +276,7 @@ impl<S: StateMachine> Peer<S> {
     /// does not decode is refused before it enters the log. The write is
     /// part of no session: a caller that retries it may apply it twice.
     pub async fn write_encoded(&self, command: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.write_in_session(command, None).await
+        self.write_shared(command, None).await.map(Vec::from)
     }
 
     /// [`Peer::write_encoded`] as part of a session opened in this process
@@ -290,6 +290,17 @@ impl<S: StateMachine> Peer<S> {
         command: Vec<u8>,
         session: Option<session::SessionRef>,
     ) -> Result<Vec<u8>, Error> {
+        self.write_shared(command, session).await.map(Vec::from)
+    }
+
+    /// [`Peer::write_in_session`] answering with the output the apply
+    /// thread encoded, shared (no copy; the session table and the watch
+    /// journal hold the same bytes).
+    pub(crate) async fn write_shared(
+        &self,
+        command: Vec<u8>,
+        session: Option<session::SessionRef>,
+    ) -> Result<bytes::Bytes, Error> {
         match session {
             Some(session) => self.write_as(command, session, Owner::Local).await,
             None => {
@@ -308,7 +319,7 @@ impl<S: StateMachine> Peer<S> {
         command: Vec<u8>,
         session: session::SessionRef,
         owner: Owner,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<bytes::Bytes, Error> {
         let decoded = self.check_command(&command)?;
         let bytes = command.len();
         // Byte bounds once every voter applies them (`session.rs` rule 9),
@@ -453,7 +464,7 @@ impl<S: StateMachine> Peer<S> {
 
     /// Proposes `op` once the node admits `bytes` more of commands in
     /// flight (backpressure); the room is returned with the answer.
-    async fn propose(&self, op: Op, bytes: usize) -> Result<Vec<u8>, Error> {
+    async fn propose(&self, op: Op, bytes: usize) -> Result<bytes::Bytes, Error> {
         let permit = self.inner.admission.admit(bytes).await?;
         self.call(|tx| Command::Write {
             op,
@@ -470,7 +481,7 @@ impl<S: StateMachine> Peer<S> {
         op: Op,
         bytes: usize,
         decoded: S::Write,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<bytes::Bytes, Error> {
         let permit = self.inner.admission.admit(bytes).await?;
         crate::probe::mark("s.cmd_send");
         self.call(|tx| Command::Write {
@@ -483,6 +494,12 @@ impl<S: StateMachine> Peer<S> {
     /// Serves an encoded query linearizably on this peer, which must be the
     /// leader.
     pub async fn read_encoded(&self, query: Vec<u8>) -> Result<Vec<u8>, Error> {
+        self.read_shared(query).await.map(Vec::from)
+    }
+
+    /// [`Peer::read_encoded`] answering with the encoded output as the
+    /// apply thread made it.
+    async fn read_shared(&self, query: Vec<u8>) -> Result<bytes::Bytes, Error> {
         self.check_enabled(crate::schema::HandlerKind::Read, &query)?;
         let permit = self.inner.admission.admit(query.len()).await?;
         self.call(|tx| Command::Read {
@@ -500,7 +517,7 @@ impl<S: StateMachine> Peer<S> {
     /// [`Error::AnswerUndecodable`]: the write was applied.
     pub async fn write(&self, command: S::Write) -> Result<S::WriteOutput, Error> {
         let out = self
-            .write_encoded(encode("command", &command).map_err(Error::not_sent)?)
+            .write_shared(encode("command", &command).map_err(Error::not_sent)?, None)
             .await?;
         decode("write output", &out).map_err(Error::undecodable_answer)
     }
@@ -508,7 +525,7 @@ impl<S: StateMachine> Peer<S> {
     /// Serves a query linearizably (this peer must be the leader).
     pub async fn read(&self, query: S::Read) -> Result<S::ReadOutput, Error> {
         let out = self
-            .read_encoded(encode("query", &query).map_err(Error::not_sent)?)
+            .read_shared(encode("query", &query).map_err(Error::not_sent)?)
             .await?;
         Ok(decode("read output", &out)?)
     }

@@ -211,7 +211,7 @@ impl<S: crate::StateMachine> super::Peer<S> {
                 staleness,
             })
             .await?;
-        Ok((out, srx.await.ok()))
+        Ok((Vec::from(out), srx.await.ok()))
     }
 
     /// Serves a query at `consistency` (see [`Self::read_encoded_with`]).

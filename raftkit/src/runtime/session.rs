@@ -594,8 +594,10 @@ pub(crate) enum OpRef<'a> {
 /// A reply as remembered for retries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredReply {
-    /// The encoded output.
-    Ok(#[serde(with = "crate::byte_field")] Vec<u8>),
+    /// The encoded output (shared with the caller's answer and the watch
+    /// journal; encoded exactly as a `Vec<u8>` was, see
+    /// `byte_field::shared`).
+    Ok(#[serde(with = "crate::byte_field::shared")] bytes::Bytes),
     /// The handler failed (panicked under `skip`).
     Handler(String),
     /// The command was refused at apply time. Not written any more: a

@@ -116,7 +116,7 @@ async fn table(t: &mut Thread) -> Sessions {
 
 /// The answers of `entries`, each registered (as its proposal) before
 /// they are sent.
-async fn answers(t: &Thread, entries: Vec<Entry>) -> Vec<(Index, Result<Vec<u8>, Error>)> {
+async fn answers(t: &Thread, entries: Vec<Entry>) -> Vec<(Index, Result<bytes::Bytes, Error>)> {
     let waits: Vec<_> = entries
         .iter()
         .map(|e| (e.index, t.register(e.index, e.term)))
@@ -129,7 +129,7 @@ async fn answers(t: &Thread, entries: Vec<Entry>) -> Vec<(Index, Result<Vec<u8>,
     out
 }
 
-fn output_len(r: &Result<Vec<u8>, Error>) -> Option<usize> {
+fn output_len(r: &Result<bytes::Bytes, Error>) -> Option<usize> {
     let bytes = r.as_ref().ok()?;
     match decode::<BlobWriteOutput>("output", bytes).ok()? {
         BlobWriteOutput::Fill(v) => Some(v.len()),
@@ -264,7 +264,7 @@ fn a_replica_restored_from_a_snapshot_enforces_the_same_byte_bound() {
         };
         let on_a = answers(&a, tail()).await;
         let on_b = answers(&b, tail()).await;
-        let verdicts = |got: &[(Index, Result<Vec<u8>, Error>)]| -> Vec<(Index, bool)> {
+        let verdicts = |got: &[(Index, Result<bytes::Bytes, Error>)]| -> Vec<(Index, bool)> {
             got.iter().map(|(i, r)| (*i, r.is_ok())).collect()
         };
         assert!(
@@ -374,9 +374,10 @@ fn a_replica_restored_from_a_snapshot_enforces_the_same_owner_bound() {
         };
         let on_a = answers(&a, tail()).await;
         let on_b = answers(&b, tail()).await;
-        let verdicts = |got: &[(Index, Result<Vec<u8>, Error>)]| -> Vec<(Index, Option<usize>)> {
-            got.iter().map(|(i, r)| (*i, output_len(r))).collect()
-        };
+        let verdicts =
+            |got: &[(Index, Result<bytes::Bytes, Error>)]| -> Vec<(Index, Option<usize>)> {
+                got.iter().map(|(i, r)| (*i, output_len(r))).collect()
+            };
         assert!(
             on_a.iter()
                 .any(|(_, r)| matches!(r, Err(Error::Overloaded))),

@@ -38,7 +38,11 @@ fn local_sessions_are_exempt_from_the_per_owner_caps() {
         assert_eq!(s.check(at(id, 1, 1), Owner::Local), Dedup::New);
         assert_eq!(s.admits(at(id, 1, 1), Owner::Local, bounds), Ok(()));
         assert!(
-            s.record_bounded(at(id, 1, 1), StoredReply::Ok(vec![1; 900]), bounds),
+            s.record_bounded(
+                at(id, 1, 1),
+                StoredReply::Ok(bytes::Bytes::from(vec![1; 900])),
+                bounds
+            ),
             "a local output dropped for the owner bound"
         );
     }
@@ -72,25 +76,37 @@ fn a_full_owner_reclaims_its_idle_sessions_outputs_before_refusing() {
     // Session 2 writes first (idle the longest), then session 1.
     s.advance(2_000);
     assert_eq!(s.check(at(2, 1, 1), B), Dedup::New);
-    assert!(s.record_bounded(at(2, 1, 1), StoredReply::Ok(vec![2; 1_000]), bounds));
+    assert!(s.record_bounded(
+        at(2, 1, 1),
+        StoredReply::Ok(bytes::Bytes::from(vec![2; 1_000])),
+        bounds
+    ));
     s.advance(3_000);
     for seq in 1..=2 {
         assert_eq!(s.check(at(1, seq, 1), B), Dedup::New);
-        assert!(s.record_bounded(at(1, seq, 1), StoredReply::Ok(vec![1; 1_000]), bounds));
+        assert!(s.record_bounded(
+            at(1, seq, 1),
+            StoredReply::Ok(bytes::Bytes::from(vec![1; 1_000])),
+            bounds
+        ));
     }
     assert_eq!(s.owner_reply_bytes(B), bounds.owner_bytes);
     // Session 3 writes: room is made from session 2 (idle the longest).
     s.advance(4_000);
     assert_eq!(s.check(at(3, 1, 1), B), Dedup::New);
     assert_eq!(s.admits(at(3, 1, 1), B, bounds), Ok(()));
-    assert!(s.record_bounded(at(3, 1, 1), StoredReply::Ok(vec![3; 500]), bounds));
+    assert!(s.record_bounded(
+        at(3, 1, 1),
+        StoredReply::Ok(bytes::Bytes::from(vec![3; 500])),
+        bounds
+    ));
     assert_eq!(
         s.check(at(2, 1, 1), B),
         Dedup::Duplicate(StoredReply::Dropped { len: 1_000 })
     );
     assert_eq!(
         s.check(at(1, 1, 1), B),
-        Dedup::Duplicate(StoredReply::Ok(vec![1; 1_000])),
+        Dedup::Duplicate(StoredReply::Ok(bytes::Bytes::from(vec![1; 1_000]))),
         "session 1 was used more recently than session 2"
     );
     assert!(s.owner_reply_bytes(B) <= bounds.owner_bytes);
@@ -106,7 +122,11 @@ fn a_full_owner_reclaims_its_idle_sessions_outputs_before_refusing() {
         assert_eq!(s.check(at(3, seq, 1), B), Dedup::New);
         assert_eq!(s.admits(at(3, seq, 1), B, bounds), Ok(()), "write {seq}");
         assert!(
-            s.record_bounded(at(3, seq, 1), StoredReply::Ok(vec![3; 500]), bounds),
+            s.record_bounded(
+                at(3, seq, 1),
+                StoredReply::Ok(bytes::Bytes::from(vec![3; 500])),
+                bounds
+            ),
             "write {seq}'s output dropped"
         );
         assert!(s.owner_reply_bytes(B) <= bounds.owner_bytes);
@@ -150,14 +170,22 @@ fn an_output_that_cannot_fit_reclaims_nothing() {
         s.open_bounded(SessionId(id), B, 600_000, 100, 10).unwrap();
     }
     assert_eq!(s.check(at(1, 1, 1), B), Dedup::New);
-    assert!(s.record_bounded(at(1, 1, 1), StoredReply::Ok(vec![1; 1_000]), bounds));
+    assert!(s.record_bounded(
+        at(1, 1, 1),
+        StoredReply::Ok(bytes::Bytes::from(vec![1; 1_000])),
+        bounds
+    ));
     s.advance(2_000);
     assert_eq!(s.check(at(2, 1, 1), B), Dedup::New);
     assert_eq!(s.admits(at(2, 1, 1), B, bounds), Ok(()));
-    assert!(!s.record_bounded(at(2, 1, 1), StoredReply::Ok(vec![2; 5_000]), bounds));
+    assert!(!s.record_bounded(
+        at(2, 1, 1),
+        StoredReply::Ok(bytes::Bytes::from(vec![2; 5_000])),
+        bounds
+    ));
     assert_eq!(
         s.check(at(1, 1, 1), B),
-        Dedup::Duplicate(StoredReply::Ok(vec![1; 1_000])),
+        Dedup::Duplicate(StoredReply::Ok(bytes::Bytes::from(vec![1; 1_000]))),
         "an output reclaimed for nothing"
     );
     assert_eq!(s.owner_reply_bytes(B), 2 * REPLY_OVERHEAD_BYTES + 1_000);
@@ -296,7 +324,7 @@ fn the_running_counts_always_equal_a_recount() {
                         let reply = if handler {
                             StoredReply::Handler("e".repeat(out))
                         } else {
-                            StoredReply::Ok(vec![0; out])
+                            StoredReply::Ok(bytes::Bytes::from(vec![0; out]))
                         };
                         if !bounded {
                             all_bounded = false;
@@ -381,7 +409,11 @@ fn a_write_is_admitted_only_with_room_for_a_handler_error() {
         let out = 1_000 - (MIN_REPLY_BYTES - 1) - REPLY_OVERHEAD_BYTES;
         assert_eq!(s.check(at(1, 1, 1), B), Dedup::New);
         assert_eq!(s.admits(at(1, 1, 1), B, bounds), Ok(()));
-        assert!(s.record_bounded(at(1, 1, 1), StoredReply::Ok(vec![1; out as usize]), bounds));
+        assert!(s.record_bounded(
+            at(1, 1, 1),
+            StoredReply::Ok(bytes::Bytes::from(vec![1; out as usize])),
+            bounds
+        ));
         assert_eq!(s.check(at(1, 2, 1), B), Dedup::New);
         assert_eq!(
             s.admits(at(1, 2, 1), B, bounds),
@@ -396,7 +428,7 @@ fn a_write_is_admitted_only_with_room_for_a_handler_error() {
         assert_eq!(s.admits(at(1, 1, 1), B, bounds), Ok(()));
         assert!(s.record_bounded(
             at(1, 1, 1),
-            StoredReply::Ok(vec![1; out as usize - 1]),
+            StoredReply::Ok(bytes::Bytes::from(vec![1; out as usize - 1])),
             bounds
         ));
         assert_eq!(s.check(at(1, 2, 1), B), Dedup::New);

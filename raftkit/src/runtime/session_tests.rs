@@ -22,7 +22,7 @@ fn copy_of(len: usize, onto: bool) -> crate::state_machine::SnapshotCopy {
 fn a_copied_snapshot_is_the_bytes_of_the_owned_one_whatever_the_hint() {
     let mut sessions = opened();
     assert_eq!(sessions.check(w(1, 1), A), Dedup::New);
-    sessions.record(w(1, 1), StoredReply::Ok(vec![9, 8]));
+    sessions.record(w(1, 1), StoredReply::Ok(bytes::Bytes::from(vec![9, 8])));
     // Lengths on both sides of each varint width, hints right and
     // wrong, reused buffers too small and large enough.
     for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
@@ -88,7 +88,7 @@ fn a_copy_that_removes_bytes_it_did_not_write_is_an_error() {
 fn a_snapshot_written_in_place_decodes_as_the_owned_one() {
     let mut sessions = opened();
     assert_eq!(sessions.check(w(1, 1), A), Dedup::New);
-    sessions.record(w(1, 1), StoredReply::Ok(vec![9, 8]));
+    sessions.record(w(1, 1), StoredReply::Ok(bytes::Bytes::from(vec![9, 8])));
     let owned = AppSnapshot {
         sessions: sessions.clone(),
         state: vec![1, 2, 3, 250],
@@ -262,16 +262,16 @@ fn opened() -> Sessions {
 fn duplicates_are_answered_in_any_order_and_acks_drop_replies() {
     let mut s = opened();
     assert_eq!(s.check(w(1, 1), A), Dedup::New);
-    s.record(w(1, 1), StoredReply::Ok(vec![1]));
+    s.record(w(1, 1), StoredReply::Ok(bytes::Bytes::from(vec![1])));
     assert_eq!(
         s.check(w(1, 1), A),
-        Dedup::Duplicate(StoredReply::Ok(vec![1]))
+        Dedup::Duplicate(StoredReply::Ok(bytes::Bytes::from(vec![1])))
     );
     // Concurrent writes of one client may apply out of order.
     assert_eq!(s.check(w(3, 1), A), Dedup::New);
-    s.record(w(3, 1), StoredReply::Ok(vec![3]));
+    s.record(w(3, 1), StoredReply::Ok(bytes::Bytes::from(vec![3])));
     assert_eq!(s.check(w(2, 1), A), Dedup::New);
-    s.record(w(2, 1), StoredReply::Ok(vec![2]));
+    s.record(w(2, 1), StoredReply::Ok(bytes::Bytes::from(vec![2])));
     assert_eq!(s.stored_replies(), 3);
     // The client saw 1..=3 answered: write 4 acknowledges them.
     assert_eq!(s.check(w(4, 4), A), Dedup::New);
@@ -293,14 +293,17 @@ fn the_reply_of_the_write_an_acknowledgement_names_is_kept_for_its_retry() {
     let mut s = opened();
     for seq in 1..=2 {
         assert_eq!(s.check(w(seq, 1), A), Dedup::New);
-        s.record(w(seq, 1), StoredReply::Ok(vec![seq as u8]));
+        s.record(
+            w(seq, 1),
+            StoredReply::Ok(bytes::Bytes::from(vec![seq as u8])),
+        );
     }
     // The client saw write 1 answered, not yet write 2: write 3 says so.
     assert_eq!(s.check(w(3, 2), A), Dedup::New);
-    s.record(w(3, 2), StoredReply::Ok(vec![3]));
+    s.record(w(3, 2), StoredReply::Ok(bytes::Bytes::from(vec![3])));
     assert_eq!(
         s.check(w(2, 2), A),
-        Dedup::Duplicate(StoredReply::Ok(vec![2])),
+        Dedup::Duplicate(StoredReply::Ok(bytes::Bytes::from(vec![2]))),
         "a retry of write 2, acknowledged below 2, would be applied again"
     );
     assert_eq!(s.stored_replies(), 2, "the replies of writes 2 and 3");
@@ -324,15 +327,15 @@ fn the_first_stamp_sets_replicated_time_at_once() {
 fn a_write_cannot_acknowledge_itself_and_the_window_is_never_overrun() {
     let mut s = opened();
     assert_eq!(s.check(w(5, 99), A), Dedup::New);
-    s.record(w(5, 99), StoredReply::Ok(vec![]));
+    s.record(w(5, 99), StoredReply::Ok(bytes::Bytes::from(vec![])));
     assert_eq!(
         s.check(w(5, 99), A),
-        Dedup::Duplicate(StoredReply::Ok(vec![]))
+        Dedup::Duplicate(StoredReply::Ok(bytes::Bytes::from(vec![])))
     );
     let mut s = opened();
     for seq in 1..=SESSION_WINDOW as u64 {
         assert_eq!(s.check(w(seq, 1), A), Dedup::New);
-        s.record(w(seq, 1), StoredReply::Ok(vec![]));
+        s.record(w(seq, 1), StoredReply::Ok(bytes::Bytes::from(vec![])));
     }
     let next = SESSION_WINDOW as u64 + 1;
     assert_eq!(s.check(w(next, 1), A), Dedup::WindowFull);
@@ -346,7 +349,7 @@ fn unknown_and_foreign_sessions_are_refused_and_change_nothing() {
     assert_eq!(s.check(w(1, 1), A), Dedup::Unknown);
     let mut s = opened();
     s.check(w(1, 1), A);
-    s.record(w(1, 1), StoredReply::Ok(vec![1]));
+    s.record(w(1, 1), StoredReply::Ok(bytes::Bytes::from(vec![1])));
     let before = s.clone();
     // Another identity, even acknowledging everything, changes nothing.
     assert_eq!(s.check(w(1, 50), B), Dedup::Foreign);
@@ -399,7 +402,7 @@ fn a_session_expires_at_the_sweep_that_reaches_its_time_to_live() {
         acked_below: 1,
     };
     assert_eq!(s.check(r, A), Dedup::New);
-    s.record(r, StoredReply::Ok(vec![]));
+    s.record(r, StoredReply::Ok(bytes::Bytes::from(vec![])));
     assert_eq!(s.len(), 2, "a sweep before the time-to-live");
     s.advance(3_000);
     assert_eq!(s.now_ms(), 3_000);
@@ -430,11 +433,11 @@ fn a_duplicate_restarts_the_idle_time_at_its_own_stamp() {
         s.advance(1_000);
         s.open(SessionId(7), A, 2_000, 100, LRU).unwrap();
         assert_eq!(s.check(w(1, 1), A), Dedup::New);
-        s.record(w(1, 1), StoredReply::Ok(vec![1]));
+        s.record(w(1, 1), StoredReply::Ok(bytes::Bytes::from(vec![1])));
         s.advance(2_500);
         assert_eq!(
             s.check(w(1, 1), A),
-            Dedup::Duplicate(StoredReply::Ok(vec![1]))
+            Dedup::Duplicate(StoredReply::Ok(bytes::Bytes::from(vec![1])))
         );
         s.advance(next_ms);
         s.check(w(2, 1), A)
@@ -468,7 +471,7 @@ fn a_full_table_evicts_the_longest_idle_sessions() {
         acked_below: 1,
     };
     assert_eq!(s.check(r, A), Dedup::New);
-    s.record(r, StoredReply::Ok(vec![]));
+    s.record(r, StoredReply::Ok(bytes::Bytes::from(vec![])));
     s.open(SessionId(9), A, SESSION_TTL_MS, 3, LRU).unwrap();
     assert_eq!(s.len(), 3);
     assert_eq!(s.counters().evicted, 1);
@@ -508,7 +511,7 @@ fn write_in(s: &mut Sessions, id: u128, owner: Owner, seq: u64) {
         acked_below: 1,
     };
     assert_eq!(s.check(r, owner), Dedup::New);
-    s.record(r, StoredReply::Ok(vec![seq as u8]));
+    s.record(r, StoredReply::Ok(bytes::Bytes::from(vec![seq as u8])));
 }
 
 /// Whether session `id`'s write `seq` is still answered from its reply.
@@ -839,7 +842,11 @@ fn the_owner_byte_bound_counts_all_its_sessions() {
     assert_eq!(s.check(at(1, 3, 3), B), Dedup::New);
     assert_eq!(s.owner_reply_bytes(B), 0);
     assert_eq!(s.admits(at(2, 1, 1), B, bounds), Ok(()));
-    assert!(s.record_bounded(at(2, 1, 1), StoredReply::Ok(Vec::new()), bounds));
+    assert!(s.record_bounded(
+        at(2, 1, 1),
+        StoredReply::Ok(bytes::Bytes::from(Vec::new())),
+        bounds
+    ));
     // Session 1 stores an output that fills the bound: session 2's next
     // write reclaims it instead of being refused (it frees more than the
     // room of a handler error's reply, `MIN_REPLY_BYTES`, that a write
@@ -848,7 +855,11 @@ fn the_owner_byte_bound_counts_all_its_sessions() {
     let len = bounds.owner_bytes - 2 * REPLY_OVERHEAD_BYTES;
     assert!(len >= MIN_REPLY_BYTES);
     let output = vec![1; usize::try_from(len).unwrap()];
-    assert!(s.record_bounded(at(1, 3, 3), StoredReply::Ok(output), bounds));
+    assert!(s.record_bounded(
+        at(1, 3, 3),
+        StoredReply::Ok(bytes::Bytes::from(output)),
+        bounds
+    ));
     assert_eq!(s.owner_reply_bytes(B), bounds.owner_bytes);
     assert_eq!(s.check(at(2, 2, 1), B), Dedup::New);
     assert_eq!(s.admits(at(2, 2, 1), B, bounds), Ok(()));
@@ -875,7 +886,11 @@ fn replies_past_the_room_left_are_markers_and_messages_count_a_fixed_size() {
     };
     let mut s = Sessions::default();
     s.open(SessionId(7), A, 600_000, 100, FAIR).unwrap();
-    assert!(!s.record_bounded(w(1, 1), StoredReply::Ok(vec![1; 2_000]), bounds));
+    assert!(!s.record_bounded(
+        w(1, 1),
+        StoredReply::Ok(bytes::Bytes::from(vec![1; 2_000])),
+        bounds
+    ));
     assert_eq!(
         s.check(w(1, 1), A),
         Dedup::Duplicate(StoredReply::Dropped { len: 2_000 })

@@ -58,7 +58,7 @@ impl Drop for Bomb {
     }
 }
 
-type Answer = oneshot::Receiver<Result<Vec<u8>, Error>>;
+type Answer = oneshot::Receiver<Result<bytes::Bytes, Error>>;
 
 /// A reply and where its answer arrives.
 fn reply() -> (Reply, Answer) {
@@ -87,7 +87,7 @@ fn shared() -> (Arc<Shared<Tally>>, ProgressRx) {
 }
 
 /// An answer, or why there was none: [`WAITING`] or [`DROPPED`].
-type Got = Result<Result<Vec<u8>, Error>, String>;
+type Got = Result<Result<bytes::Bytes, Error>, String>;
 
 /// No answer yet: the reply is held somewhere, unanswered (its caller
 /// waits until its own deadline).
