@@ -1093,13 +1093,23 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         // binary writes reaches the log before then (the node task, started
         // after the save, is what writes).
         let schema_to_save = (stored_schema.as_ref() != Some(&schema)).then(|| schema.clone());
+        // A new directory whose node does not found its cluster joins one
+        // (`join`, or waits to be added): its own schema proves nothing
+        // of the other voters, which may run an older binary (a node
+        // provisioned mid-upgrade), so its floor is one with no write
+        // (`crate::schema::save_joined_schema`).
+        let joins = !existing && self.bootstrap.is_none();
         if let StorageChoice::Disk(dir) = &storage {
             crate::storage::vfs::create_dir_durable(&*self.fs, dir)
                 .map_err(|e| Error::Storage(e.to_string()))?;
             if !existing {
                 meta.save_in(&*self.fs, dir)?;
-                if let Some(schema) = &schema_to_save {
-                    crate::schema::save_schema(&*self.fs, dir, schema)?;
+                match &schema_to_save {
+                    Some(schema) if joins => {
+                        crate::schema::save_joined_schema(&*self.fs, dir, schema)?
+                    }
+                    Some(schema) => crate::schema::save_schema(&*self.fs, dir, schema)?,
+                    None => {}
                 }
             }
         }
@@ -1117,8 +1127,13 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                         self.fs.clone(),
                         dir.clone(),
                     )?,
-                    // No directory: nothing recorded, nothing to raise.
-                    _ => crate::schema::SchemaBook::new(schema, stored_schema),
+                    // No directory: nothing recorded, nothing to raise; a
+                    // node that joins proves nothing of the other voters
+                    // (as `save_joined_schema` records for a directory).
+                    _ => {
+                        let joined = joins.then(|| crate::schema::joined_floor(&schema));
+                        crate::schema::SchemaBook::new(schema, stored_schema).with_oldest(joined)
+                    }
                 })
             }
         };

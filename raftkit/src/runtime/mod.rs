@@ -292,7 +292,7 @@ impl<S: StateMachine> Peer<S> {
         match session {
             Some(session) => self.write_as(command, session, Owner::Local).await,
             None => {
-                let decoded = self.check_command(&command)?;
+                let decoded = self.check_command_heard(&command).await?;
                 let bytes = command.len();
                 self.propose_write(Op::Write { command }, bytes, decoded)
                     .await
@@ -308,7 +308,7 @@ impl<S: StateMachine> Peer<S> {
         session: session::SessionRef,
         owner: Owner,
     ) -> Result<Vec<u8>, Error> {
-        let decoded = self.check_command(&command)?;
+        let decoded = self.check_command_heard(&command).await?;
         let bytes = command.len();
         // Byte bounds once every voter applies them (`session.rs` rule 9),
         // the entry before until then.
@@ -401,10 +401,61 @@ impl<S: StateMachine> Peer<S> {
             // Not even a tag: the decode check refuses it.
             return Ok(());
         };
-        self.inner
+        let checked = self
+            .inner
             .schemas
-            .check_enabled(kind, tag, self.other_voters())
-            .map_err(|e| self.name_the_voter(e))
+            .check_enabled(kind, tag, self.other_voters());
+        if checked.is_err()
+            && kind == crate::schema::HandlerKind::Write
+            && self.inner.schemas.local().handler(kind, tag).is_some()
+        {
+            // Refused for what a voter may not know: only the leader's
+            // gate decides (a follower never appends to the log), and a
+            // follower's book may not have heard voters the leader has (a
+            // node that joined its cluster on a new directory takes a
+            // voter it never heard to know no write): the caller is sent
+            // to the leader rather than refused for good.
+            let status = self.inner.status.borrow();
+            if status.role != crate::core::Role::Leader {
+                return Err(Error::NotLeader {
+                    hint: status.leader_addr.clone(),
+                });
+            }
+        }
+        checked.map_err(|e| self.name_the_voter(e))
+    }
+
+    /// [`Self::check_command`], but a write refused (`Unsupported`) while
+    /// a voter has not linked to this leader since it started is checked
+    /// again once every voter was heard, waiting for their hellos up to an
+    /// election timeout: a leader just elected hears its live voters
+    /// within a heartbeat or two, and until then takes one unheard to know
+    /// only what its data directory proves (nothing, for a node that
+    /// joined its cluster on a new directory, see
+    /// [`SchemaBook`](crate::schema::SchemaBook)).
+    async fn check_command_heard(&self, command: &[u8]) -> Result<S::Write, Error> {
+        let known = |tag| {
+            let write = crate::schema::HandlerKind::Write;
+            self.inner.schemas.local().handler(write, tag).is_some()
+        };
+        match self.check_command(command) {
+            Err(Error::Unsupported(why))
+                if crate::schema::encoded_tag(command).is_some_and(known) =>
+            {
+                let deadline = tokio::time::Instant::now() + self.inner.election_timeout;
+                let heard = self
+                    .inner
+                    .schemas
+                    .wait_heard(|| self.other_voters().collect(), deadline)
+                    .await;
+                if heard {
+                    self.check_command(command)
+                } else {
+                    Err(Error::Unsupported(why))
+                }
+            }
+            checked => checked,
+        }
     }
 
     /// A write refused because a voter may not know its handler names

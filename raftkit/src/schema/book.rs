@@ -45,13 +45,34 @@
 //! say nothing of another's. The raise is tried on each checked write
 //! and, for a single-group peer, on each hello accepted
 //! ([`SchemaBook::raise_on_hellos`]), so a follower that never checked a
-//! write records it too (review s58 sessions #2). Limit, not closed: a
-//! write tag's gate still takes an unheard voter to know the floor file,
-//! which for a fresh directory is this node's own schema (a node on a new
-//! binary provisioned mid-upgrade enables its new writes for a voter it
-//! never heard); unlike an entry of raftkit's there is no older entry to
-//! fall back to, and refusing would refuse every write of a new cluster
-//! until each voter linked. Limit: a voter's hello can reach this node
+//! write records it too (review s58 sessions #2).
+//!
+//! A fresh directory's floor depends on how its node entered its cluster
+//! (s60 schema #1). One that **founded** it (`bootstrap`) records its own
+//! schema: every founding member runs one binary, so that schema is the
+//! cluster's first and every voter knows it, and a new cluster's writes do
+//! not wait for each voter to link. One that **joined** an existing
+//! cluster (`join`, or started empty to be added) records a floor with no
+//! write ([`crate::schema::joined_floor`]): the other voters may still run
+//! any older compatible binary (a node provisioned mid-upgrade), and this
+//! node's own schema says nothing of them. Such a node, should it lead,
+//! enables a write only for voters it heard on a binary that knows it, and
+//! refuses every write while a voter is unheard (after waiting up to an
+//! election timeout for its hello, so that a leader just elected does not
+//! refuse for a voter about to link), until a raise proves every voter
+//! knows this binary's writes. Short of that, once hellos from every
+//! voter of its configuration were heard, the writes they all know are
+//! recorded (a partial raise, [`SchemaBook::accept_peer`]): a node that
+//! joined a cluster still on the older binary keeps that binary's writes
+//! enabled after a restart with a voter down. Raises write the floor, so
+//! a restart keeps them. A follower's gate sends the caller to the
+//! leader rather than refusing (only the leader's gate decides). A
+//! directory from before this distinction keeps its floor (taken as
+//! founded). Limit: a joined node that leads before it ever heard every
+//! voter, while one is down, refuses every write until that voter links
+//! (or another node leads); a replicated record of the schema the
+//! cluster has proven, carried in the log and snapshots, would lift it.
+//! Limit: a voter's hello can reach this node
 //! before that voter saved its schema file (its transport, and its
 //! learned link back to this leader, start before the last steps of its
 //! start that can fail); a voter whose start fails after that point and
@@ -126,6 +147,9 @@ pub struct SchemaBook {
     /// this node, and [`Self::check_promotion`] waits for it instead of
     /// assuming the floor.
     hears_peers: AtomicBool,
+    /// Woken at each hello recorded ([`Self::accept_peer`]), for
+    /// [`Self::wait_heard`].
+    heard: tokio::sync::Notify,
 }
 
 /// Where [`SchemaBook::accept_peer`] reads the current voters (this node
@@ -167,6 +191,7 @@ impl SchemaBook {
             local,
             peers: Mutex::new(Vec::new()),
             hears_peers: AtomicBool::new(false),
+            heard: tokio::sync::Notify::new(),
         }
     }
 
@@ -252,10 +277,7 @@ impl SchemaBook {
     /// the caller, an async task). A failed write is logged and tried
     /// again at a later check.
     fn raise_oldest(&self) {
-        let Some((fs, dir)) = &self.oldest_file else {
-            return;
-        };
-        if self.raised.swap(true, Ordering::AcqRel) {
+        if self.oldest_file.is_none() || self.raised.swap(true, Ordering::AcqRel) {
             return;
         }
         if let Ok(mut oldest) = self.oldest.lock() {
@@ -263,30 +285,124 @@ impl SchemaBook {
         }
         self.proven_log
             .store(self.local.runtime_log, Ordering::Release);
-        let (fs, dir, local) = (fs.clone(), dir.clone(), self.local.clone());
+        self.write_raise(self.local.clone(), true);
+    }
+
+    /// Raises the oldest schema, short of the local one, to `proven`: the
+    /// local schema's writes that every voter of the configuration knows
+    /// (each heard since this start), at the lowest runtime log version
+    /// among them ([`Self::known_by_every_voter`]). A voter never runs an
+    /// older binary again (its directory refuses one), so this holds for
+    /// good, as the full raise does: a node that joined its cluster
+    /// mid-upgrade (floor with no write) keeps the older binary's writes
+    /// enabled after a restart with a voter down. Only when `proven`
+    /// knows every write the oldest schema does and one more; in memory
+    /// at once, in `schema.floor` and `schema.raised` on a thread of its
+    /// own (a failed write is logged: a later start assumes less).
+    fn raise_partly(&self, proven: Schema) {
+        if self.oldest_file.is_none() || self.raised.load(Ordering::Acquire) {
+            return;
+        }
+        let proven = Arc::new(proven);
+        {
+            let Ok(mut oldest) = self.oldest.lock() else {
+                return;
+            };
+            let writes = |s: &Schema| {
+                s.handlers
+                    .iter()
+                    .filter(|h| h.kind == HandlerKind::Write)
+                    .map(|h| h.tag)
+                    .collect::<Vec<u32>>()
+            };
+            let (had, has) = (writes(&oldest), writes(&proven));
+            if has.len() <= had.len() || !had.iter().all(|t| has.contains(t)) {
+                return;
+            }
+            *oldest = proven.clone();
+        }
+        self.proven_log
+            .fetch_max(proven.runtime_log, Ordering::AcqRel);
+        self.write_raise(proven, false);
+    }
+
+    /// Writes `schema` to `schema.floor` and `schema.raised`
+    /// ([`crate::schema::raise_oldest_schema`]) on a thread of its own,
+    /// after the thread of the raise before, if any (so a later raise is
+    /// never overwritten by an earlier one). `full`: the raise to the local
+    /// schema, whose failure clears `raised` so a later check retries it.
+    fn write_raise(&self, schema: Arc<Schema>, full: bool) {
+        let Some((fs, dir)) = &self.oldest_file else {
+            return;
+        };
+        let (fs, dir) = (fs.clone(), dir.clone());
         let raised = self.raised.clone();
+        let Ok(mut writer) = self.writer.lock() else {
+            warn!(dir = %dir.display(), "the schema writer's lock is poisoned; the raise is not recorded");
+            if full {
+                self.raised.store(false, Ordering::Release);
+            }
+            return;
+        };
+        let before = writer.take();
         let spawned = std::thread::Builder::new()
             .name("raftkit-schema-floor".into())
             .spawn(move || {
-                match crate::schema::raise_oldest_schema(&*fs, &dir, &local) {
-                    Ok(()) => info!(dir = %dir.display(), handlers = local.handlers.len(), "every voter knows this binary's writes: the oldest schema recorded is raised to it"),
+                if let Some(before) = before {
+                    before.join().ok();
+                }
+                let writes = schema.handlers.iter().filter(|h| h.kind == HandlerKind::Write).count();
+                match crate::schema::raise_oldest_schema(&*fs, &dir, &schema) {
+                    Ok(()) => info!(dir = %dir.display(), writes, full, "every voter knows these writes: the oldest schema recorded is raised to them"),
                     Err(e) => {
-                        warn!(dir = %dir.display(), error = %e, "raising the oldest schema recorded failed; retried at a later write");
-                        raised.store(false, Ordering::Release);
+                        warn!(dir = %dir.display(), error = %e, full, "raising the oldest schema recorded failed; a full raise is retried at a later write");
+                        if full {
+                            raised.store(false, Ordering::Release);
+                        }
                     }
                 }
             });
         match spawned {
-            Ok(handle) => {
-                if let Ok(mut writer) = self.writer.lock() {
-                    *writer = Some(handle);
+            Ok(handle) => *writer = Some(handle),
+            Err(e) => {
+                warn!(error = %e, full, "no thread to raise the oldest schema recorded; a full raise is retried at a later write");
+                if full {
+                    self.raised.store(false, Ordering::Release);
                 }
             }
-            Err(e) => {
-                warn!(error = %e, "no thread to raise the oldest schema recorded; retried at a later write");
-                self.raised.store(false, Ordering::Release);
-            }
         }
+    }
+
+    /// The local schema restricted to the writes every voter of `voters`
+    /// (this node excluded) knows, as each was heard since this start, at
+    /// the lowest runtime log version among them and this binary's: what
+    /// [`Self::raise_partly`] proves. None when a voter was not heard (or
+    /// none is given).
+    fn known_by_every_voter(&self, voters: &[NodeId]) -> Option<Schema> {
+        let heard: Vec<Arc<Schema>> = {
+            let peers = self.peers.lock().ok()?;
+            voters
+                .iter()
+                .map(|voter| {
+                    peers
+                        .iter()
+                        .find(|(id, _)| id == voter)
+                        .map(|(_, schema)| schema.clone())
+                })
+                .collect::<Option<Vec<_>>>()?
+        };
+        if heard.is_empty() {
+            return None;
+        }
+        let mut proven = (*self.local).clone();
+        proven.handlers.retain(|h| {
+            h.kind != HandlerKind::Write || heard.iter().all(|s| s.handler(h.kind, h.tag).is_some())
+        });
+        proven.runtime_log = heard
+            .iter()
+            .map(|s| s.runtime_log)
+            .fold(self.local.runtime_log, u32::min);
+        Some(proven)
     }
 
     /// Waits for the thread writing a raise, if one was started.
@@ -323,7 +439,9 @@ impl SchemaBook {
     /// Then, once every voter of the current configuration was heard on a
     /// schema that proves the raise (see the module docs), raises the
     /// oldest schema, if the peer said where the voters
-    /// are.
+    /// are; once every voter was heard, on schemas that do not all prove
+    /// it, raises the oldest schema partly, to the writes they all know
+    /// (when that adds one).
     pub fn accept_peer(&self, from: NodeId, remote: Schema) -> Result<(), Mismatch> {
         self.local.check_peer(&remote)?;
         if let Ok(mut peers) = self.peers.lock() {
@@ -333,6 +451,7 @@ impl SchemaBook {
                 None => peers.push((from, remote)),
             }
         }
+        self.heard.notify_waiters();
         if self.oldest_file.is_some()
             && self.hears_peers.load(Ordering::Relaxed)
             && !self.raised.load(Ordering::Acquire)
@@ -341,10 +460,12 @@ impl SchemaBook {
                 Ok(source) => source.as_ref().map(|s| (s.0)()),
                 Err(_) => None,
             };
-            if let Some(voters) = voters
-                && self.every_voter_proves_the_raise(&voters)
-            {
-                self.raise_oldest();
+            if let Some(voters) = voters {
+                if self.every_voter_proves_the_raise(&voters) {
+                    self.raise_oldest();
+                } else if let Some(proven) = self.known_by_every_voter(&voters) {
+                    self.raise_partly(proven);
+                }
             }
         }
         Ok(())
@@ -366,6 +487,43 @@ impl SchemaBook {
                         && schema.runtime_log >= self.local.runtime_log
                 })
             })
+    }
+
+    /// Waits until every voter `voters()` names (this node excluded) was
+    /// heard since this start, or until `deadline`: true if one was not
+    /// heard at first and every one was by the end (a check of a write
+    /// may then pass where it did not), false at once without hellos or
+    /// when every voter was heard already (nothing to wait for).
+    pub(crate) async fn wait_heard(
+        &self,
+        voters: impl Fn() -> Vec<NodeId>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        if !self.hears_peers.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut waited = false;
+        loop {
+            let notified = self.heard.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let voters = voters();
+            let all = {
+                let Ok(peers) = self.peers.lock() else {
+                    return false;
+                };
+                voters
+                    .iter()
+                    .all(|v| peers.iter().any(|(id, _)| id == v))
+            };
+            if all {
+                return waited;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+            waited = true;
+        }
     }
 
     /// The schema `id` showed in its last hello, if any.
@@ -432,9 +590,14 @@ impl SchemaBook {
             self.floor.clone()
         };
         let (unheard, unheard_source) = if hears_peers {
+            let joined = !oldest.handlers.iter().any(|h| h.kind == HandlerKind::Write);
             (
                 &oldest,
-                "it has not linked to this leader since the leader started, and the oldest schema this node's data directory recorded",
+                if joined {
+                    "it has not linked to this leader since the leader started, and this leader joined its cluster on a new data directory, which proves no write of a voter until every voter was heard on a binary that knows this one's writes"
+                } else {
+                    "it has not linked to this leader since the leader started, and the oldest schema this node's data directory recorded"
+                },
             )
         } else {
             (
