@@ -6,9 +6,9 @@
 //!
 //! The scenario: a 3-node cluster on v1; nodes 0 and 1 are upgraded to v2
 //! (restarts on their directories); node 2, still v1, is down; a v2 node
-//! joins on a new directory and is made leader. v2's `delete` (write tag
-//! 1) must stay refused (`Unsupported`, nothing applied): node 2 has never
-//! linked to the joiner and runs v1.
+//! joins on a new directory and is made leader. v2's `delete` (write
+//! tag 1) must stay refused (`Unsupported`, nothing applied): node 2 has
+//! never linked to the joiner and runs v1.
 
 mod support;
 use std::time::Duration;
@@ -108,10 +108,7 @@ async fn a_joined_fresh_leader_does_not_enable_a_write_an_unheard_voter_lacks() 
     let target = joiner.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     while joiner.status().role != Role::Leader {
-        if let Some(leader) = v2_nodes
-            .iter()
-            .find(|p| p.status().role == Role::Leader)
-        {
+        if let Some(leader) = v2_nodes.iter().find(|p| p.status().role == Role::Leader) {
             drop(leader.transfer_leadership(target).await);
         }
         assert!(Instant::now() < deadline, "the joiner never led");
@@ -120,9 +117,10 @@ async fn a_joined_fresh_leader_does_not_enable_a_write_an_unheard_voter_lacks() 
 
     // Node 2 (v1, never heard by the joiner) lacks `delete`.
     let node2_id = Peer::<v2::Kv>::member_id(&addrs[2]);
-    let client = v2::KvClient::connect_with(&[addr.clone()], client_identity.clone(), opts)
-        .await
-        .expect("v2 client connects");
+    let client =
+        v2::KvClient::connect_with(std::slice::from_ref(&addr), client_identity.clone(), opts)
+            .await
+            .expect("v2 client connects");
     match client.delete("a".into()).await {
         Err(Error::Unsupported(why)) => {
             assert!(why.contains("tag 1"), "{why}");

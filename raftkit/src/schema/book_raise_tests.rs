@@ -229,7 +229,10 @@ fn the_joined_floor_is_kept_across_saves_until_raised() {
         Some(floor.clone())
     );
     save_schema(&RealFs, dir.path(), &v2).unwrap();
-    assert_eq!(load_oldest_schema(&RealFs, dir.path()).unwrap(), Some(floor));
+    assert_eq!(
+        load_oldest_schema(&RealFs, dir.path()).unwrap(),
+        Some(floor)
+    );
     raise_oldest_schema(&RealFs, dir.path(), &v2).unwrap();
     assert_eq!(load_oldest_schema(&RealFs, dir.path()).unwrap(), Some(v2));
 }
@@ -255,8 +258,10 @@ fn a_joined_directory_records_the_writes_every_voter_was_heard_to_know() {
     book.wait_raise_written();
     let floor = load_oldest_schema(&RealFs, dir.path()).unwrap();
     assert!(
-        floor.as_ref().is_some_and(|f| f.handler(HandlerKind::Write, 0).is_some()
-            && f.handler(HandlerKind::Write, 1).is_none()),
+        floor
+            .as_ref()
+            .is_some_and(|f| f.handler(HandlerKind::Write, 0).is_some()
+                && f.handler(HandlerKind::Write, 1).is_none()),
         "the floor does not record v1's writes, proven by every voter: {floor:?}"
     );
     book.check_enabled(HandlerKind::Write, 0, [2, 4]).unwrap();
