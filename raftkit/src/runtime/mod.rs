@@ -70,6 +70,8 @@ mod flow_control_tests;
 mod halted_hint_tests;
 #[cfg(test)]
 mod handle_timeout_tests;
+#[cfg(test)]
+mod heard_wait_tests;
 mod intake;
 #[cfg(test)]
 mod intake_tests;
@@ -134,6 +136,24 @@ use crate::error::Error;
 use crate::state_machine::{StateMachine, decode, encode, validate_command};
 use node::Command;
 use session::{Op, Owner, SessionId};
+
+/// The longest a write refused while a voter is unheard waits for the
+/// voters' hellos ([`heard_wait`]): half the client service's request
+/// timeout ([`client_service::REQUEST_TIMEOUT`]), so that a write refused
+/// after the wait, never proposed, is answered `Unsupported` (nothing
+/// applied) and not the service's `Timeout` (may have been applied), with
+/// room left for the rest of the request (review s60 schema L2).
+const MAX_HEARD_WAIT: std::time::Duration =
+    std::time::Duration::from_millis(client_service::REQUEST_TIMEOUT.as_millis() as u64 / 2);
+
+/// How long a write refused while a voter is unheard waits for the
+/// voters' hellos before it is refused for good (`Peer::check_command_heard`):
+/// an election timeout (a leader just elected hears its live voters
+/// within it), at most [`MAX_HEARD_WAIT`] (with a long tick an election
+/// timeout reaches the request timeout).
+fn heard_wait(election_timeout: std::time::Duration) -> std::time::Duration {
+    election_timeout.min(MAX_HEARD_WAIT)
+}
 
 struct Inner {
     commands: mpsc::Sender<Command>,
@@ -428,7 +448,7 @@ impl<S: StateMachine> Peer<S> {
     /// [`Self::check_command`], but a write refused (`Unsupported`) while
     /// a voter has not linked to this leader since it started is checked
     /// again once every voter was heard, waiting for their hellos up to an
-    /// election timeout: a leader just elected hears its live voters
+    /// election timeout ([`heard_wait`]): a leader just elected hears its live voters
     /// within a heartbeat or two, and until then takes one unheard to know
     /// only what its data directory proves (nothing, for a node that
     /// joined its cluster on a new directory, see
@@ -442,7 +462,8 @@ impl<S: StateMachine> Peer<S> {
             Err(Error::Unsupported(why))
                 if crate::schema::encoded_tag(command).is_some_and(known) =>
             {
-                let deadline = tokio::time::Instant::now() + self.inner.election_timeout;
+                let deadline =
+                    tokio::time::Instant::now() + heard_wait(self.inner.election_timeout);
                 let heard = self
                     .inner
                     .schemas

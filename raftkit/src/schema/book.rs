@@ -45,7 +45,12 @@
 //! say nothing of another's. The raise is tried on each checked write
 //! and, for a single-group peer, on each hello accepted
 //! ([`SchemaBook::raise_on_hellos`]), so a follower that never checked a
-//! write records it too (review s58 sessions #2).
+//! write records it too (review s58 sessions #2), and each time the
+//! peer's voter set changes ([`SchemaBook::try_raise_heard`]): a node that
+//! joins hears the voters' hellos before its log holds the configuration
+//! naming them, and the last node to join hears none after it, so it
+//! would never raise, and once a voter was gone for good would refuse
+//! every write should it lead (review s60 schema H1).
 //!
 //! A fresh directory's floor depends on how its node entered its cluster
 //! (s60 schema #1). One that **founded** it (`bootstrap`) records its own
@@ -68,9 +73,12 @@
 //! a restart keeps them. A follower's gate sends the caller to the
 //! leader rather than refusing (only the leader's gate decides). A
 //! directory from before this distinction keeps its floor (taken as
-//! founded). Limit: a joined node that leads before it ever heard every
-//! voter, while one is down, refuses every write until that voter links
-//! (or another node leads); a replicated record of the schema the
+//! founded). Limit: a joined node that never heard every voter of its
+//! configuration at once since it joined (one was down from before it
+//! joined until after it restarted), and leads while that voter is down,
+//! refuses every write (after waiting, at most
+//! half the client request timeout, for that voter's hello) until that voter links, is
+//! removed, or another node leads; a replicated record of the schema the
 //! cluster has proven, carried in the log and snapshots, would lift it.
 //! Limit: a voter's hello can reach this node
 //! before that voter saved its schema file (its transport, and its
@@ -150,6 +158,9 @@ pub struct SchemaBook {
     /// Woken at each hello recorded ([`Self::accept_peer`]), for
     /// [`Self::wait_heard`].
     heard: tokio::sync::Notify,
+    /// How many [`Self::wait_heard`] calls are waiting now (tests).
+    #[cfg(test)]
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// Where [`SchemaBook::accept_peer`] reads the current voters (this node
@@ -192,6 +203,8 @@ impl SchemaBook {
             peers: Mutex::new(Vec::new()),
             hears_peers: AtomicBool::new(false),
             heard: tokio::sync::Notify::new(),
+            #[cfg(test)]
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -452,23 +465,40 @@ impl SchemaBook {
             }
         }
         self.heard.notify_waiters();
-        if self.oldest_file.is_some()
-            && self.hears_peers.load(Ordering::Relaxed)
-            && !self.raised.load(Ordering::Acquire)
-        {
-            let voters = match self.voters.lock() {
-                Ok(source) => source.as_ref().map(|s| (s.0)()),
-                Err(_) => None,
-            };
-            if let Some(voters) = voters {
-                if self.every_voter_proves_the_raise(&voters) {
-                    self.raise_oldest();
-                } else if let Some(proven) = self.known_by_every_voter(&voters) {
-                    self.raise_partly(proven);
-                }
+        self.try_raise_heard();
+        Ok(())
+    }
+
+    /// Raises the oldest schema, fully or partly, if the hellos heard since
+    /// this start prove it for every voter of the current configuration
+    /// (the source given to [`Self::raise_on_hellos`]; none: nothing). Tried
+    /// at each hello ([`Self::accept_peer`]) and, by the peer, each time
+    /// its voter set changes (review s60 schema H1: a node that joins hears
+    /// the voters' hellos before its log holds the configuration naming
+    /// them, and the last node to join hears no hello after it).
+    pub(crate) fn try_raise_heard(&self) {
+        if self.raise_settled() {
+            return;
+        }
+        let voters = match self.voters.lock() {
+            Ok(source) => source.as_ref().map(|s| (s.0)()),
+            Err(_) => None,
+        };
+        if let Some(voters) = voters {
+            if self.every_voter_proves_the_raise(&voters) {
+                self.raise_oldest();
+            } else if let Some(proven) = self.known_by_every_voter(&voters) {
+                self.raise_partly(proven);
             }
         }
-        Ok(())
+    }
+
+    /// Whether no raise is left to try: the book has no file to record one
+    /// in, hears no hello, or was raised to the local schema already.
+    pub(crate) fn raise_settled(&self) -> bool {
+        self.oldest_file.is_none()
+            || !self.hears_peers.load(Ordering::Relaxed)
+            || self.raised.load(Ordering::Acquire)
     }
 
     /// Whether `voters` (this node excluded) are some, and every one was
@@ -517,11 +547,22 @@ impl SchemaBook {
             if all {
                 return waited;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            #[cfg(test)]
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let woken = tokio::time::timeout_at(deadline, notified).await;
+            #[cfg(test)]
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            if woken.is_err() {
                 return false;
             }
             waited = true;
         }
+    }
+
+    /// How many writes are waiting in [`Self::wait_heard`] now.
+    #[cfg(test)]
+    pub(crate) fn waiting_for_hellos(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// The schema `id` showed in its last hello, if any.
@@ -623,8 +664,15 @@ impl SchemaBook {
                 }
             };
             if !known {
+                // Review s60 schema L3: for a voter not heard, running a
+                // newer binary elsewhere does not help; it must link.
+                let until = if seen.is_some() || !hears_peers {
+                    "it is enabled once every voter runs a binary that knows it"
+                } else {
+                    "it is enabled once that voter links to this leader on a binary that knows it (if it is down for good, remove it from the configuration or move leadership to a node that heard it)"
+                };
                 return Err(Error::Unsupported(format!(
-                    "{} is not enabled yet: voter {voter} may not know it ({source} has no {} tag {tag}); it is enabled once every voter runs a binary that knows it. Nothing was applied",
+                    "{} is not enabled yet: voter {voter} may not know it ({source} has no {} tag {tag}); {until}. Nothing was applied",
                     handler.label(),
                     kind.as_str()
                 )));

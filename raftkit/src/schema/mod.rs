@@ -98,6 +98,7 @@ use serde::{Deserialize, Serialize};
 pub use book::{PromotionRefused, SchemaBook};
 pub use shape::Shape;
 pub use state::{decode_state, encode_state, encode_state_onto};
+pub(crate) use store::save_new_schema;
 pub use store::{
     joined_floor, load_oldest_schema, load_raised_schema, load_schema, raise_oldest_schema,
     save_joined_schema, save_schema,

@@ -8,7 +8,8 @@
 //! voter not heard from; a fresh directory's floor is this node's own
 //! schema and proves nothing of the other voters, review s58 sessions #1).
 //!
-//! Invariant: `schema.floor` exists before `schema` is ever rewritten:
+//! Invariant: `schema.floor` exists before `schema` is ever rewritten
+//! (and before the peer meta is first written):
 //! [`save_schema`] writes it first, with the schema the `schema` file held
 //! (the new one for a new directory), and never rewrites it. It is only
 //! raised, by [`raise_oldest_schema`], to the schema the `schema` file
@@ -24,7 +25,11 @@
 //! every voter), or, when its node joins an existing cluster
 //! ([`save_joined_schema`]), a schema with no write ([`joined_floor`]):
 //! the cluster's other voters may still run an older binary, and this
-//! node knows nothing of them until it hears them.
+//! node knows nothing of them until it hears them. A node's first start
+//! writes both ([`save_new_schema`]) before the peer meta: a directory
+//! without its meta counts as new at the next start, which writes them
+//! anew, so no crash leaves a joining node's directory with its own
+//! schema as floor (review s60 schema L1).
 
 use std::path::Path;
 
@@ -105,6 +110,28 @@ pub fn save_joined_schema(fs: &dyn Vfs, dir: &Path, schema: &Schema) -> Result<(
         };
         save(fs, &dir.join(FLOOR_FILE), &floor)?;
     }
+    save(fs, &dir.join(SCHEMA_FILE), schema)
+}
+
+/// Writes the schema files of a directory whose node starts for the first
+/// time (it holds no peer meta yet): `schema.floor` (this node's own
+/// `schema` if it founds its cluster, [`joined_floor`] if it joins one),
+/// then `schema`, each atomically, whatever files an earlier first start
+/// cut short left there. The caller writes the meta only after them (review
+/// s60 schema L1), so that a crash at any point either leaves no meta (the
+/// next start is a first start again and writes them anew) or leaves both.
+pub(crate) fn save_new_schema(
+    fs: &dyn Vfs,
+    dir: &Path,
+    schema: &Schema,
+    joins: bool,
+) -> Result<(), Error> {
+    let floor = if joins {
+        joined_floor(schema)
+    } else {
+        schema.clone()
+    };
+    save(fs, &dir.join(FLOOR_FILE), &floor)?;
     save(fs, &dir.join(SCHEMA_FILE), schema)
 }
 
