@@ -1093,14 +1093,25 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         // binary writes reaches the log before then (the node task, started
         // after the save, is what writes).
         let schema_to_save = (stored_schema.as_ref() != Some(&schema)).then(|| schema.clone());
+        // A new directory whose node does not found its cluster joins one
+        // (`join`, or waits to be added): its own schema proves nothing
+        // of the other voters, which may run an older binary (a node
+        // provisioned mid-upgrade), so its floor is one with no write
+        // (`crate::schema::save_joined_schema`).
+        let joins = !existing && self.bootstrap.is_none();
         if let StorageChoice::Disk(dir) = &storage {
             crate::storage::vfs::create_dir_durable(&*self.fs, dir)
                 .map_err(|e| Error::Storage(e.to_string()))?;
             if !existing {
+                // The schema files before the meta (review s60 schema L1):
+                // a directory without its meta is new at the next start,
+                // which writes them again from scratch, whatever a crash
+                // left of them; one with its meta has them. (Meta first, a
+                // crash between made the restart `existing` with no
+                // schema: its floor became this binary's own, a joining
+                // node taken for a founder.)
+                crate::schema::save_new_schema(&*self.fs, dir, &schema, joins)?;
                 meta.save_in(&*self.fs, dir)?;
-                if let Some(schema) = &schema_to_save {
-                    crate::schema::save_schema(&*self.fs, dir, schema)?;
-                }
             }
         }
         let schemas = match self.schema_book.take() {
@@ -1117,8 +1128,13 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                         self.fs.clone(),
                         dir.clone(),
                     )?,
-                    // No directory: nothing recorded, nothing to raise.
-                    _ => crate::schema::SchemaBook::new(schema, stored_schema),
+                    // No directory: nothing recorded, nothing to raise; a
+                    // node that joins proves nothing of the other voters
+                    // (as `save_joined_schema` records for a directory).
+                    _ => {
+                        let joined = joins.then(|| crate::schema::joined_floor(&schema));
+                        crate::schema::SchemaBook::new(schema, stored_schema).with_oldest(joined)
+                    }
                 })
             }
         };
@@ -1445,6 +1461,18 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 .map(|m| m.id)
                 .collect()
         });
+        // And each time the voter set changes (review s60 schema H1): a
+        // node that joins hears the voters' hellos before its log holds
+        // the configuration naming them, and the last one to join hears
+        // none after; without this it never raised, and once a voter was
+        // gone for good it refused every write should it lead.
+        if !peer.inner.schemas.raise_settled() {
+            tokio::spawn(raise_on_voter_changes(
+                peer.inner.schemas.clone(),
+                peer.inner.status.clone(),
+                id,
+            ));
+        }
         tokio::spawn(super::client_service::serve_front_limited(
             peer.clone(),
             clients_rx,
@@ -1466,6 +1494,37 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
             }
         }
         Ok(peer)
+    }
+}
+
+/// Tries the raise of the oldest schema `book` recorded
+/// ([`crate::schema::SchemaBook::try_raise_heard`]) each time the voters
+/// (`id` excluded) that `status` shows change, from the first status on,
+/// until no raise is left to try or the node stops (its status closes).
+async fn raise_on_voter_changes(
+    book: Arc<crate::schema::SchemaBook>,
+    mut status: watch::Receiver<PeerStatus>,
+    id: NodeId,
+) {
+    let mut last: Vec<NodeId> = Vec::new();
+    loop {
+        if book.raise_settled() {
+            return;
+        }
+        let voters: Vec<NodeId> = status
+            .borrow_and_update()
+            .members
+            .iter()
+            .filter(|m| m.voter && m.id != id)
+            .map(|m| m.id)
+            .collect();
+        if voters != last {
+            book.try_raise_heard();
+            last = voters;
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
     }
 }
 

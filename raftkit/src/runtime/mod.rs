@@ -70,6 +70,8 @@ mod flow_control_tests;
 mod halted_hint_tests;
 #[cfg(test)]
 mod handle_timeout_tests;
+#[cfg(test)]
+mod heard_wait_tests;
 mod intake;
 #[cfg(test)]
 mod intake_tests;
@@ -135,6 +137,24 @@ use crate::error::Error;
 use crate::state_machine::{StateMachine, decode, encode, validate_command};
 use node::Command;
 use session::{Op, Owner, SessionId};
+
+/// The longest a write refused while a voter is unheard waits for the
+/// voters' hellos ([`heard_wait`]): half the client service's request
+/// timeout ([`client_service::REQUEST_TIMEOUT`]), so that a write refused
+/// after the wait, never proposed, is answered `Unsupported` (nothing
+/// applied) and not the service's `Timeout` (may have been applied), with
+/// room left for the rest of the request (review s60 schema L2).
+const MAX_HEARD_WAIT: std::time::Duration =
+    std::time::Duration::from_millis(client_service::REQUEST_TIMEOUT.as_millis() as u64 / 2);
+
+/// How long a write refused while a voter is unheard waits for the
+/// voters' hellos before it is refused for good (`Peer::check_command_heard`):
+/// an election timeout (a leader just elected hears its live voters
+/// within it), at most [`MAX_HEARD_WAIT`] (with a long tick an election
+/// timeout reaches the request timeout).
+fn heard_wait(election_timeout: std::time::Duration) -> std::time::Duration {
+    election_timeout.min(MAX_HEARD_WAIT)
+}
 
 struct Inner {
     commands: mpsc::Sender<Command>,
@@ -304,7 +324,7 @@ impl<S: StateMachine> Peer<S> {
         match session {
             Some(session) => self.write_as(command, session, Owner::Local).await,
             None => {
-                let decoded = self.check_command(&command)?;
+                let decoded = self.check_command_heard(&command).await?;
                 let bytes = command.len();
                 self.propose_write(Op::Write { command }, bytes, decoded)
                     .await
@@ -320,7 +340,7 @@ impl<S: StateMachine> Peer<S> {
         session: session::SessionRef,
         owner: Owner,
     ) -> Result<bytes::Bytes, Error> {
-        let decoded = self.check_command(&command)?;
+        let decoded = self.check_command_heard(&command).await?;
         let bytes = command.len();
         // Byte bounds once every voter applies them (`session.rs` rule 9),
         // the entry before until then.
@@ -413,10 +433,62 @@ impl<S: StateMachine> Peer<S> {
             // Not even a tag: the decode check refuses it.
             return Ok(());
         };
-        self.inner
+        let checked = self
+            .inner
             .schemas
-            .check_enabled(kind, tag, self.other_voters())
-            .map_err(|e| self.name_the_voter(e))
+            .check_enabled(kind, tag, self.other_voters());
+        if checked.is_err()
+            && kind == crate::schema::HandlerKind::Write
+            && self.inner.schemas.local().handler(kind, tag).is_some()
+        {
+            // Refused for what a voter may not know: only the leader's
+            // gate decides (a follower never appends to the log), and a
+            // follower's book may not have heard voters the leader has (a
+            // node that joined its cluster on a new directory takes a
+            // voter it never heard to know no write): the caller is sent
+            // to the leader rather than refused for good.
+            let status = self.inner.status.borrow();
+            if status.role != crate::core::Role::Leader {
+                return Err(Error::NotLeader {
+                    hint: status.leader_addr.clone(),
+                });
+            }
+        }
+        checked.map_err(|e| self.name_the_voter(e))
+    }
+
+    /// [`Self::check_command`], but a write refused (`Unsupported`) while
+    /// a voter has not linked to this leader since it started is checked
+    /// again once every voter was heard, waiting for their hellos up to an
+    /// election timeout ([`heard_wait`]): a leader just elected hears its live voters
+    /// within a heartbeat or two, and until then takes one unheard to know
+    /// only what its data directory proves (nothing, for a node that
+    /// joined its cluster on a new directory, see
+    /// [`SchemaBook`](crate::schema::SchemaBook)).
+    async fn check_command_heard(&self, command: &[u8]) -> Result<S::Write, Error> {
+        let known = |tag| {
+            let write = crate::schema::HandlerKind::Write;
+            self.inner.schemas.local().handler(write, tag).is_some()
+        };
+        match self.check_command(command) {
+            Err(Error::Unsupported(why))
+                if crate::schema::encoded_tag(command).is_some_and(known) =>
+            {
+                let deadline =
+                    tokio::time::Instant::now() + heard_wait(self.inner.election_timeout);
+                let heard = self
+                    .inner
+                    .schemas
+                    .wait_heard(|| self.other_voters().collect(), deadline)
+                    .await;
+                if heard {
+                    self.check_command(command)
+                } else {
+                    Err(Error::Unsupported(why))
+                }
+            }
+            checked => checked,
+        }
     }
 
     /// A write refused because a voter may not know its handler names

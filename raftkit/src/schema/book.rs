@@ -45,13 +45,42 @@
 //! say nothing of another's. The raise is tried on each checked write
 //! and, for a single-group peer, on each hello accepted
 //! ([`SchemaBook::raise_on_hellos`]), so a follower that never checked a
-//! write records it too (review s58 sessions #2). Limit, not closed: a
-//! write tag's gate still takes an unheard voter to know the floor file,
-//! which for a fresh directory is this node's own schema (a node on a new
-//! binary provisioned mid-upgrade enables its new writes for a voter it
-//! never heard); unlike an entry of raftkit's there is no older entry to
-//! fall back to, and refusing would refuse every write of a new cluster
-//! until each voter linked. Limit: a voter's hello can reach this node
+//! write records it too (review s58 sessions #2), and each time the
+//! peer's voter set changes ([`SchemaBook::try_raise_heard`]): a node that
+//! joins hears the voters' hellos before its log holds the configuration
+//! naming them, and the last node to join hears none after it, so it
+//! would never raise, and once a voter was gone for good would refuse
+//! every write should it lead (review s60 schema H1).
+//!
+//! A fresh directory's floor depends on how its node entered its cluster
+//! (s60 schema #1). One that **founded** it (`bootstrap`) records its own
+//! schema: every founding member runs one binary, so that schema is the
+//! cluster's first and every voter knows it, and a new cluster's writes do
+//! not wait for each voter to link. One that **joined** an existing
+//! cluster (`join`, or started empty to be added) records a floor with no
+//! write ([`crate::schema::joined_floor`]): the other voters may still run
+//! any older compatible binary (a node provisioned mid-upgrade), and this
+//! node's own schema says nothing of them. Such a node, should it lead,
+//! enables a write only for voters it heard on a binary that knows it, and
+//! refuses every write while a voter is unheard (after waiting up to an
+//! election timeout for its hello, so that a leader just elected does not
+//! refuse for a voter about to link), until a raise proves every voter
+//! knows this binary's writes. Short of that, once hellos from every
+//! voter of its configuration were heard, the writes they all know are
+//! recorded (a partial raise, [`SchemaBook::accept_peer`]): a node that
+//! joined a cluster still on the older binary keeps that binary's writes
+//! enabled after a restart with a voter down. Raises write the floor, so
+//! a restart keeps them. A follower's gate sends the caller to the
+//! leader rather than refusing (only the leader's gate decides). A
+//! directory from before this distinction keeps its floor (taken as
+//! founded). Limit: a joined node that never heard every voter of its
+//! configuration at once since it joined (one was down from before it
+//! joined until after it restarted), and leads while that voter is down,
+//! refuses every write (after waiting, at most
+//! half the client request timeout, for that voter's hello) until that voter links, is
+//! removed, or another node leads; a replicated record of the schema the
+//! cluster has proven, carried in the log and snapshots, would lift it.
+//! Limit: a voter's hello can reach this node
 //! before that voter saved its schema file (its transport, and its
 //! learned link back to this leader, start before the last steps of its
 //! start that can fail); a voter whose start fails after that point and
@@ -126,6 +155,12 @@ pub struct SchemaBook {
     /// this node, and [`Self::check_promotion`] waits for it instead of
     /// assuming the floor.
     hears_peers: AtomicBool,
+    /// Woken at each hello recorded ([`Self::accept_peer`]), for
+    /// [`Self::wait_heard`].
+    heard: tokio::sync::Notify,
+    /// How many [`Self::wait_heard`] calls are waiting now (tests).
+    #[cfg(test)]
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// Where [`SchemaBook::accept_peer`] reads the current voters (this node
@@ -167,6 +202,9 @@ impl SchemaBook {
             local,
             peers: Mutex::new(Vec::new()),
             hears_peers: AtomicBool::new(false),
+            heard: tokio::sync::Notify::new(),
+            #[cfg(test)]
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -252,10 +290,7 @@ impl SchemaBook {
     /// the caller, an async task). A failed write is logged and tried
     /// again at a later check.
     fn raise_oldest(&self) {
-        let Some((fs, dir)) = &self.oldest_file else {
-            return;
-        };
-        if self.raised.swap(true, Ordering::AcqRel) {
+        if self.oldest_file.is_none() || self.raised.swap(true, Ordering::AcqRel) {
             return;
         }
         if let Ok(mut oldest) = self.oldest.lock() {
@@ -263,30 +298,124 @@ impl SchemaBook {
         }
         self.proven_log
             .store(self.local.runtime_log, Ordering::Release);
-        let (fs, dir, local) = (fs.clone(), dir.clone(), self.local.clone());
+        self.write_raise(self.local.clone(), true);
+    }
+
+    /// Raises the oldest schema, short of the local one, to `proven`: the
+    /// local schema's writes that every voter of the configuration knows
+    /// (each heard since this start), at the lowest runtime log version
+    /// among them ([`Self::known_by_every_voter`]). A voter never runs an
+    /// older binary again (its directory refuses one), so this holds for
+    /// good, as the full raise does: a node that joined its cluster
+    /// mid-upgrade (floor with no write) keeps the older binary's writes
+    /// enabled after a restart with a voter down. Only when `proven`
+    /// knows every write the oldest schema does and one more; in memory
+    /// at once, in `schema.floor` and `schema.raised` on a thread of its
+    /// own (a failed write is logged: a later start assumes less).
+    fn raise_partly(&self, proven: Schema) {
+        if self.oldest_file.is_none() || self.raised.load(Ordering::Acquire) {
+            return;
+        }
+        let proven = Arc::new(proven);
+        {
+            let Ok(mut oldest) = self.oldest.lock() else {
+                return;
+            };
+            let writes = |s: &Schema| {
+                s.handlers
+                    .iter()
+                    .filter(|h| h.kind == HandlerKind::Write)
+                    .map(|h| h.tag)
+                    .collect::<Vec<u32>>()
+            };
+            let (had, has) = (writes(&oldest), writes(&proven));
+            if has.len() <= had.len() || !had.iter().all(|t| has.contains(t)) {
+                return;
+            }
+            *oldest = proven.clone();
+        }
+        self.proven_log
+            .fetch_max(proven.runtime_log, Ordering::AcqRel);
+        self.write_raise(proven, false);
+    }
+
+    /// Writes `schema` to `schema.floor` and `schema.raised`
+    /// ([`crate::schema::raise_oldest_schema`]) on a thread of its own,
+    /// after the thread of the raise before, if any (so a later raise is
+    /// never overwritten by an earlier one). `full`: the raise to the local
+    /// schema, whose failure clears `raised` so a later check retries it.
+    fn write_raise(&self, schema: Arc<Schema>, full: bool) {
+        let Some((fs, dir)) = &self.oldest_file else {
+            return;
+        };
+        let (fs, dir) = (fs.clone(), dir.clone());
         let raised = self.raised.clone();
+        let Ok(mut writer) = self.writer.lock() else {
+            warn!(dir = %dir.display(), "the schema writer's lock is poisoned; the raise is not recorded");
+            if full {
+                self.raised.store(false, Ordering::Release);
+            }
+            return;
+        };
+        let before = writer.take();
         let spawned = std::thread::Builder::new()
             .name("raftkit-schema-floor".into())
             .spawn(move || {
-                match crate::schema::raise_oldest_schema(&*fs, &dir, &local) {
-                    Ok(()) => info!(dir = %dir.display(), handlers = local.handlers.len(), "every voter knows this binary's writes: the oldest schema recorded is raised to it"),
+                if let Some(before) = before {
+                    before.join().ok();
+                }
+                let writes = schema.handlers.iter().filter(|h| h.kind == HandlerKind::Write).count();
+                match crate::schema::raise_oldest_schema(&*fs, &dir, &schema) {
+                    Ok(()) => info!(dir = %dir.display(), writes, full, "every voter knows these writes: the oldest schema recorded is raised to them"),
                     Err(e) => {
-                        warn!(dir = %dir.display(), error = %e, "raising the oldest schema recorded failed; retried at a later write");
-                        raised.store(false, Ordering::Release);
+                        warn!(dir = %dir.display(), error = %e, full, "raising the oldest schema recorded failed; a full raise is retried at a later write");
+                        if full {
+                            raised.store(false, Ordering::Release);
+                        }
                     }
                 }
             });
         match spawned {
-            Ok(handle) => {
-                if let Ok(mut writer) = self.writer.lock() {
-                    *writer = Some(handle);
+            Ok(handle) => *writer = Some(handle),
+            Err(e) => {
+                warn!(error = %e, full, "no thread to raise the oldest schema recorded; a full raise is retried at a later write");
+                if full {
+                    self.raised.store(false, Ordering::Release);
                 }
             }
-            Err(e) => {
-                warn!(error = %e, "no thread to raise the oldest schema recorded; retried at a later write");
-                self.raised.store(false, Ordering::Release);
-            }
         }
+    }
+
+    /// The local schema restricted to the writes every voter of `voters`
+    /// (this node excluded) knows, as each was heard since this start, at
+    /// the lowest runtime log version among them and this binary's: what
+    /// [`Self::raise_partly`] proves. None when a voter was not heard (or
+    /// none is given).
+    fn known_by_every_voter(&self, voters: &[NodeId]) -> Option<Schema> {
+        let heard: Vec<Arc<Schema>> = {
+            let peers = self.peers.lock().ok()?;
+            voters
+                .iter()
+                .map(|voter| {
+                    peers
+                        .iter()
+                        .find(|(id, _)| id == voter)
+                        .map(|(_, schema)| schema.clone())
+                })
+                .collect::<Option<Vec<_>>>()?
+        };
+        if heard.is_empty() {
+            return None;
+        }
+        let mut proven = (*self.local).clone();
+        proven.handlers.retain(|h| {
+            h.kind != HandlerKind::Write || heard.iter().all(|s| s.handler(h.kind, h.tag).is_some())
+        });
+        proven.runtime_log = heard
+            .iter()
+            .map(|s| s.runtime_log)
+            .fold(self.local.runtime_log, u32::min);
+        Some(proven)
     }
 
     /// Waits for the thread writing a raise, if one was started.
@@ -323,7 +452,9 @@ impl SchemaBook {
     /// Then, once every voter of the current configuration was heard on a
     /// schema that proves the raise (see the module docs), raises the
     /// oldest schema, if the peer said where the voters
-    /// are.
+    /// are; once every voter was heard, on schemas that do not all prove
+    /// it, raises the oldest schema partly, to the writes they all know
+    /// (when that adds one).
     pub fn accept_peer(&self, from: NodeId, remote: Schema) -> Result<(), Mismatch> {
         self.local.check_peer(&remote)?;
         if let Ok(mut peers) = self.peers.lock() {
@@ -333,21 +464,41 @@ impl SchemaBook {
                 None => peers.push((from, remote)),
             }
         }
-        if self.oldest_file.is_some()
-            && self.hears_peers.load(Ordering::Relaxed)
-            && !self.raised.load(Ordering::Acquire)
-        {
-            let voters = match self.voters.lock() {
-                Ok(source) => source.as_ref().map(|s| (s.0)()),
-                Err(_) => None,
-            };
-            if let Some(voters) = voters
-                && self.every_voter_proves_the_raise(&voters)
-            {
+        self.heard.notify_waiters();
+        self.try_raise_heard();
+        Ok(())
+    }
+
+    /// Raises the oldest schema, fully or partly, if the hellos heard since
+    /// this start prove it for every voter of the current configuration
+    /// (the source given to [`Self::raise_on_hellos`]; none: nothing). Tried
+    /// at each hello ([`Self::accept_peer`]) and, by the peer, each time
+    /// its voter set changes (review s60 schema H1: a node that joins hears
+    /// the voters' hellos before its log holds the configuration naming
+    /// them, and the last node to join hears no hello after it).
+    pub(crate) fn try_raise_heard(&self) {
+        if self.raise_settled() {
+            return;
+        }
+        let voters = match self.voters.lock() {
+            Ok(source) => source.as_ref().map(|s| (s.0)()),
+            Err(_) => None,
+        };
+        if let Some(voters) = voters {
+            if self.every_voter_proves_the_raise(&voters) {
                 self.raise_oldest();
+            } else if let Some(proven) = self.known_by_every_voter(&voters) {
+                self.raise_partly(proven);
             }
         }
-        Ok(())
+    }
+
+    /// Whether no raise is left to try: the book has no file to record one
+    /// in, hears no hello, or was raised to the local schema already.
+    pub(crate) fn raise_settled(&self) -> bool {
+        self.oldest_file.is_none()
+            || !self.hears_peers.load(Ordering::Relaxed)
+            || self.raised.load(Ordering::Acquire)
     }
 
     /// Whether `voters` (this node excluded) are some, and every one was
@@ -366,6 +517,52 @@ impl SchemaBook {
                         && schema.runtime_log >= self.local.runtime_log
                 })
             })
+    }
+
+    /// Waits until every voter `voters()` names (this node excluded) was
+    /// heard since this start, or until `deadline`: true if one was not
+    /// heard at first and every one was by the end (a check of a write
+    /// may then pass where it did not), false at once without hellos or
+    /// when every voter was heard already (nothing to wait for).
+    pub(crate) async fn wait_heard(
+        &self,
+        voters: impl Fn() -> Vec<NodeId>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        if !self.hears_peers.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut waited = false;
+        loop {
+            let notified = self.heard.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let voters = voters();
+            let all = {
+                let Ok(peers) = self.peers.lock() else {
+                    return false;
+                };
+                voters.iter().all(|v| peers.iter().any(|(id, _)| id == v))
+            };
+            if all {
+                return waited;
+            }
+            #[cfg(test)]
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let woken = tokio::time::timeout_at(deadline, notified).await;
+            #[cfg(test)]
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            if woken.is_err() {
+                return false;
+            }
+            waited = true;
+        }
+    }
+
+    /// How many writes are waiting in [`Self::wait_heard`] now.
+    #[cfg(test)]
+    pub(crate) fn waiting_for_hellos(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// The schema `id` showed in its last hello, if any.
@@ -432,9 +629,14 @@ impl SchemaBook {
             self.floor.clone()
         };
         let (unheard, unheard_source) = if hears_peers {
+            let joined = !oldest.handlers.iter().any(|h| h.kind == HandlerKind::Write);
             (
                 &oldest,
-                "it has not linked to this leader since the leader started, and the oldest schema this node's data directory recorded",
+                if joined {
+                    "it has not linked to this leader since the leader started, and this leader joined its cluster on a new data directory, which proves no write of a voter until every voter was heard on a binary that knows this one's writes"
+                } else {
+                    "it has not linked to this leader since the leader started, and the oldest schema this node's data directory recorded"
+                },
             )
         } else {
             (
@@ -462,8 +664,15 @@ impl SchemaBook {
                 }
             };
             if !known {
+                // Review s60 schema L3: for a voter not heard, running a
+                // newer binary elsewhere does not help; it must link.
+                let until = if seen.is_some() || !hears_peers {
+                    "it is enabled once every voter runs a binary that knows it"
+                } else {
+                    "it is enabled once that voter links to this leader on a binary that knows it (if it is down for good, remove it from the configuration or move leadership to a node that heard it)"
+                };
                 return Err(Error::Unsupported(format!(
-                    "{} is not enabled yet: voter {voter} may not know it ({source} has no {} tag {tag}); it is enabled once every voter runs a binary that knows it. Nothing was applied",
+                    "{} is not enabled yet: voter {voter} may not know it ({source} has no {} tag {tag}); {until}. Nothing was applied",
                     handler.label(),
                     kind.as_str()
                 )));
@@ -593,379 +802,5 @@ impl SchemaBook {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::schema::Shape;
-
-    fn schema(writes: &[u32]) -> Schema {
-        let mut s = Schema::new("kv", 1, Shape::Unit);
-        for &t in writes {
-            s.push(
-                HandlerKind::Write,
-                t,
-                &format!("w{t}"),
-                Shape::Str,
-                Shape::Unit,
-            );
-        }
-        s
-    }
-
-    #[test]
-    fn a_new_write_is_enabled_once_every_voter_knows_it() {
-        let book = SchemaBook::new(schema(&[0, 1]), Some(schema(&[0])));
-        // Unknown voters are assumed to know the floor.
-        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
-        let e = book
-            .check_enabled(HandlerKind::Write, 1, [2, 3])
-            .unwrap_err();
-        assert!(
-            matches!(&e, Error::Unsupported(m) if m.contains("`w1` (write tag 1)")),
-            "{e}"
-        );
-        book.accept_peer(2, schema(&[0, 1])).unwrap();
-        assert!(book.check_enabled(HandlerKind::Write, 1, [2, 3]).is_err());
-        book.accept_peer(3, schema(&[0])).unwrap();
-        assert!(book.check_enabled(HandlerKind::Write, 1, [2, 3]).is_err());
-        book.accept_peer(3, schema(&[0, 1])).unwrap();
-        book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
-        // A tag this binary does not know is never enabled.
-        assert!(matches!(
-            book.check_enabled(HandlerKind::Write, 7, []),
-            Err(Error::Unsupported(_))
-        ));
-        // An incompatible peer is refused and not recorded.
-        let mut bad = schema(&[0]);
-        bad.handlers[0].args = Shape::U64;
-        assert!(book.accept_peer(4, bad).is_err());
-        assert!(book.peer(4).is_none());
-    }
-
-    fn with_runtime_log(mut s: Schema, version: u32) -> Schema {
-        s.runtime_log = version;
-        s
-    }
-
-    /// raftkit's own newer log entries are proposed only once every voter
-    /// applies them (its hello, or the floor for a voter unheard since the
-    /// start), and a learner that does not is not promoted once they are.
-    #[test]
-    fn a_newer_runtime_entry_is_proposed_once_every_voter_applies_it() {
-        let old = || with_runtime_log(schema(&[0]), 0);
-        let book = SchemaBook::new(schema(&[0]), Some(old()));
-        assert!(book.knows_runtime_log(1, []), "alone");
-        assert!(!book.knows_runtime_log(1, [2, 3]), "voters on the floor");
-        assert!(book.knows_runtime_log(0, [2, 3]));
-        book.accept_peer(2, schema(&[0])).unwrap();
-        assert!(!book.knows_runtime_log(1, [2, 3]), "voter 3 unheard");
-        book.accept_peer(3, old()).unwrap();
-        assert!(!book.knows_runtime_log(1, [2, 3]), "voter 3 is older");
-        book.accept_peer(3, schema(&[0])).unwrap();
-        assert!(book.knows_runtime_log(1, [2, 3]));
-        assert!(book.knows_runtime_log(crate::schema::RUNTIME_LOG, [2, 3]));
-        assert!(
-            !book.knows_runtime_log(crate::schema::RUNTIME_LOG + 1, [2, 3]),
-            "unknown to this binary"
-        );
-        // Enabled: a learner of the older raftkit is not promoted.
-        book.accept_peer(4, old()).unwrap();
-        match book.check_promotion(4, &[2, 3]) {
-            Err(PromotionRefused::Shrinks(why)) => {
-                let version = format!("log entries of version {}", crate::schema::RUNTIME_LOG);
-                assert!(why.contains(&version), "{why}")
-            }
-            other => panic!("{other:?}"),
-        }
-        // Not enabled (voter 3 went back to the older raftkit's hello):
-        // nothing to shrink.
-        book.accept_peer(3, old()).unwrap();
-        book.check_promotion(4, &[2, 3]).unwrap();
-    }
-
-    /// A voter this leader has not heard from since it started counts as
-    /// the oldest schema the directory recorded, whatever the floor says:
-    /// the floor is this node's own last schema, which says nothing of a
-    /// voter still down on the older binary (stop 44). Promotion keeps the
-    /// floor: the log may hold newer entries proposed before the restart.
-    #[test]
-    fn a_voter_not_heard_from_counts_as_the_oldest_runtime_log() {
-        let old = || with_runtime_log(schema(&[0]), 0);
-        // A leader restarted on the new binary: its directory's floor is
-        // the new raftkit, its oldest schema the old one; voter 3 is down,
-        // still on the old one.
-        let book = SchemaBook::new(schema(&[0]), Some(schema(&[0]))).with_oldest(Some(old()));
-        book.hear_peers();
-        book.accept_peer(2, schema(&[0])).unwrap();
-        assert!(
-            !book.knows_runtime_log(1, [2, 3]),
-            "a voter not heard from since the start was taken to apply runtime log version 1 (the floor)"
-        );
-        assert!(book.knows_runtime_log(0, [2, 3]));
-        book.accept_peer(3, old()).unwrap();
-        assert!(!book.knows_runtime_log(1, [2, 3]), "voter 3 is older");
-        book.accept_peer(3, schema(&[0])).unwrap();
-        assert!(book.knows_runtime_log(1, [2, 3]), "every voter heard");
-        // Voters 2 and 3 unheard again (a new book): a learner of the
-        // older raftkit is still not promoted, as the floor says entries
-        // of version 1 may be in the log.
-        let book = SchemaBook::new(schema(&[0]), Some(schema(&[0])));
-        book.hear_peers();
-        book.accept_peer(4, old()).unwrap();
-        assert!(matches!(
-            book.check_promotion(4, &[2, 3]),
-            Err(PromotionRefused::Shrinks(_))
-        ));
-        // Without hellos (no QUIC) nothing would ever be heard: the floor
-        // stands, and a new cluster proposes the newer entries.
-        let book = SchemaBook::new(schema(&[0]), None);
-        assert!(book.knows_runtime_log(1, [2, 3]));
-    }
-
-    /// A voter this leader has not heard from since it started counts, for
-    /// a write, as knowing only the oldest schema the data directory
-    /// recorded, not the floor (stop 45): after the leader restarted twice
-    /// on v2 the floor is v2's schema, which says nothing of a voter still
-    /// down on v1; that voter would halt at the first v2 write.
-    #[test]
-    fn a_voter_not_heard_from_counts_as_the_oldest_recorded_schema() {
-        // v1 knows write tag 0, v2 adds tag 1. The leader's directory
-        // recorded v1 first, then v2 (its first v2 start): floor v2.
-        let book =
-            SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1]))).with_oldest(Some(schema(&[0])));
-        book.hear_peers();
-        book.accept_peer(2, schema(&[0, 1])).unwrap();
-        let e = book.check_enabled(HandlerKind::Write, 1, [2, 3]);
-        assert!(
-            matches!(&e, Err(Error::Unsupported(m)) if m.contains("voter 3")),
-            "a voter not heard from since the start was taken to know write tag 1 (the floor, v2): {e:?}"
-        );
-        // What every binary that ran on the directory knows stays enabled.
-        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
-        book.accept_peer(3, schema(&[0])).unwrap();
-        assert!(book.check_enabled(HandlerKind::Write, 1, [2, 3]).is_err());
-        book.accept_peer(3, schema(&[0, 1])).unwrap();
-        book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
-        // Promotion keeps the floor for unheard voters (the stricter
-        // choice: writes of tag 1 may be in the log from before).
-        let book =
-            SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1]))).with_oldest(Some(schema(&[0])));
-        book.hear_peers();
-        book.accept_peer(4, schema(&[0])).unwrap();
-        assert!(matches!(
-            book.check_promotion(4, &[2, 3]),
-            Err(PromotionRefused::Shrinks(_))
-        ));
-        // Without hellos (no QUIC) nothing would ever be heard: the floor
-        // stands.
-        let book =
-            SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1]))).with_oldest(Some(schema(&[0])));
-        book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
-    }
-
-    /// A data directory upgraded v1 then v2 (its `schema.floor` holds v1),
-    /// and a book of v2 reading it, as a start does.
-    fn upgraded_dir() -> (tempfile::TempDir, SchemaBook) {
-        use crate::schema::{load_oldest_schema, save_schema};
-        use crate::storage::vfs::RealFs;
-        let dir = tempfile::tempdir().unwrap();
-        save_schema(&RealFs, dir.path(), &schema(&[0])).unwrap();
-        save_schema(&RealFs, dir.path(), &schema(&[0, 1])).unwrap();
-        let book = SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1])))
-            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap())
-            .with_oldest_file(crate::storage::vfs::real(), dir.path().to_path_buf());
-        book.hear_peers();
-        (dir, book)
-    }
-
-    /// Once every voter was heard on v2, the oldest schema is raised to v2,
-    /// in memory and in `schema.floor`: after a restart, a voter down or
-    /// not linked yet no longer keeps v2's new write refused.
-    #[test]
-    fn the_oldest_schema_is_raised_once_every_voter_was_heard_on_this_one() {
-        use crate::schema::load_oldest_schema;
-        use crate::storage::vfs::RealFs;
-        let (dir, book) = upgraded_dir();
-        assert!(book.check_enabled(HandlerKind::Write, 1, [2, 3]).is_err());
-        book.accept_peer(2, schema(&[0, 1])).unwrap();
-        book.accept_peer(3, schema(&[0, 1])).unwrap();
-        book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
-        book.wait_raise_written();
-        assert_eq!(
-            load_oldest_schema(&RealFs, dir.path()).unwrap(),
-            Some(schema(&[0, 1])),
-            "the oldest schema recorded was not raised after every voter was heard on v2"
-        );
-        // In memory at once: a voter of a later configuration not heard
-        // from is taken to know v2.
-        book.check_enabled(HandlerKind::Write, 1, [2, 4]).unwrap();
-        // After a restart (a new book from the directory), voter 3 not
-        // heard from yet.
-        let restarted = SchemaBook::new(schema(&[0, 1]), Some(schema(&[0, 1])))
-            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap());
-        restarted.hear_peers();
-        restarted.accept_peer(2, schema(&[0, 1])).unwrap();
-        restarted
-            .check_enabled(HandlerKind::Write, 1, [2, 3])
-            .unwrap();
-    }
-
-    /// A voter heard on an older schema, or not heard from, keeps the
-    /// oldest schema where it is.
-    #[test]
-    fn a_voter_on_an_older_schema_or_unheard_prevents_the_raise() {
-        use crate::schema::load_oldest_schema;
-        use crate::storage::vfs::RealFs;
-        let (dir, book) = upgraded_dir();
-        book.accept_peer(2, schema(&[0, 1])).unwrap();
-        // Voter 3 unheard.
-        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
-        // Voter 3 heard on v1.
-        book.accept_peer(3, schema(&[0])).unwrap();
-        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
-        assert!(book.check_enabled(HandlerKind::Write, 1, [2, 3]).is_err());
-        book.wait_raise_written();
-        assert_eq!(
-            load_oldest_schema(&RealFs, dir.path()).unwrap(),
-            Some(schema(&[0])),
-            "the oldest schema was raised with a voter on v1 or unheard"
-        );
-        // Still refused for an unheard voter.
-        let e = book
-            .check_enabled(HandlerKind::Write, 1, [2, 4])
-            .unwrap_err();
-        assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
-    }
-
-    /// With no voter given (the node task has not published its
-    /// configuration yet, so the voters read as none), nothing is raised:
-    /// a voter down on v1 would otherwise count as knowing v2 for good
-    /// (review, stop 45).
-    #[test]
-    fn no_voter_to_hear_raises_nothing() {
-        use crate::schema::load_oldest_schema;
-        use crate::storage::vfs::RealFs;
-        let (dir, book) = upgraded_dir();
-        book.check_enabled(HandlerKind::Write, 1, []).unwrap();
-        book.wait_raise_written();
-        assert_eq!(
-            load_oldest_schema(&RealFs, dir.path()).unwrap(),
-            Some(schema(&[0])),
-            "the oldest schema was raised with no voter heard"
-        );
-        let e = book
-            .check_enabled(HandlerKind::Write, 1, [2, 3])
-            .unwrap_err();
-        assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
-    }
-
-    #[test]
-    fn a_learner_is_promoted_only_if_it_knows_every_enabled_write() {
-        let book = SchemaBook::new(schema(&[0, 1]), None);
-        // Without hellos (no QUIC), an unheard learner is taken to know
-        // the floor, like a voter.
-        book.check_promotion(4, &[2, 3]).unwrap();
-        book.hear_peers();
-        assert_eq!(
-            book.check_promotion(4, &[2, 3]),
-            Err(PromotionRefused::Unheard)
-        );
-        // Tag 1 is enabled (voters 2 and 3 are taken to know the floor):
-        // a learner without it is refused.
-        book.accept_peer(4, schema(&[0])).unwrap();
-        match book.check_promotion(4, &[2, 3]) {
-            Err(PromotionRefused::Shrinks(why)) => assert!(why.contains("write tag 1"), "{why}"),
-            other => panic!("{other:?}"),
-        }
-        // Not enabled (voter 3 runs the older binary): nothing to shrink.
-        book.accept_peer(3, schema(&[0])).unwrap();
-        book.check_promotion(4, &[2, 3]).unwrap();
-        // A lower state version than every voter's is refused.
-        let mut newer = schema(&[0, 1]);
-        newer.state_version = 2;
-        let book = SchemaBook::new(newer.clone(), None);
-        book.hear_peers();
-        book.accept_peer(2, newer).unwrap();
-        book.accept_peer(4, schema(&[0, 1])).unwrap();
-        match book.check_promotion(4, &[2]) {
-            Err(PromotionRefused::Shrinks(why)) => {
-                assert!(why.contains("state version 1"), "{why}")
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    /// A data directory upgraded from a raftkit applying runtime log
-    /// version 1 (its `schema.floor`) to this one, and a book of this
-    /// raftkit reading it, as a start does.
-    fn upgraded_runtime_dir() -> (tempfile::TempDir, SchemaBook) {
-        use crate::schema::{load_oldest_schema, save_schema};
-        use crate::storage::vfs::RealFs;
-        let dir = tempfile::tempdir().unwrap();
-        save_schema(&RealFs, dir.path(), &with_runtime_log(schema(&[0]), 1)).unwrap();
-        save_schema(&RealFs, dir.path(), &schema(&[0])).unwrap();
-        let book = SchemaBook::new(schema(&[0]), Some(schema(&[0])))
-            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap())
-            .with_oldest_file(crate::storage::vfs::real(), dir.path().to_path_buf());
-        book.hear_peers();
-        (dir, book)
-    }
-
-    /// Review s57 (sessions #2): a voter unheard since this node started
-    /// counts, for raftkit's own entries, as the oldest schema recorded,
-    /// raised or not, as for a write tag: once every voter was heard on
-    /// this raftkit, a leader that restarts (or a new one) with a voter
-    /// down keeps proposing the bounded session entries (rule 9 of
-    /// `runtime::session`) instead of falling back to the unbounded ones.
-    #[test]
-    fn an_unheard_voter_counts_as_the_raised_runtime_log() {
-        use crate::schema::{RUNTIME_LOG_BOUNDED_SESSIONS, load_oldest_schema};
-        use crate::storage::vfs::RealFs;
-        let bounded =
-            |book: &SchemaBook, voters: [NodeId; 2]| crate::runtime::session::bounded(book, voters);
-        let (dir, book) = upgraded_runtime_dir();
-        book.accept_peer(2, schema(&[0])).unwrap();
-        assert!(!bounded(&book, [2, 3]), "not raised, voter 3 unheard");
-        book.accept_peer(3, schema(&[0])).unwrap();
-        assert!(bounded(&book, [2, 3]));
-        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
-        book.wait_raise_written();
-        assert_eq!(
-            load_oldest_schema(&RealFs, dir.path()).unwrap(),
-            Some(schema(&[0]))
-        );
-        assert!(bounded(&book, [2, 4]), "raised, voter 4 unheard");
-        // A leader that restarted: voter 3 down since.
-        let restarted = SchemaBook::new(schema(&[0]), Some(schema(&[0])))
-            .with_oldest(load_oldest_schema(&RealFs, dir.path()).unwrap())
-            .with_raised(crate::schema::load_raised_schema(&RealFs, dir.path()).unwrap());
-        restarted.hear_peers();
-        restarted.accept_peer(2, schema(&[0])).unwrap();
-        assert!(
-            bounded(&restarted, [2, 3]),
-            "the gate fell back to the unbounded entries with voter 3 unheard after the raise"
-        );
-        assert!(restarted.knows_runtime_log(RUNTIME_LOG_BOUNDED_SESSIONS, [2, 3]));
-    }
-
-    /// Review s57 (sessions #2): the oldest schema is raised only once
-    /// every voter was heard applying this binary's runtime log version
-    /// too, else the raise would take an unheard voter to apply entries it
-    /// cannot decode.
-    #[test]
-    fn voters_on_an_older_runtime_log_prevent_the_raise() {
-        use crate::schema::load_oldest_schema;
-        use crate::storage::vfs::RealFs;
-        let (dir, book) = upgraded_runtime_dir();
-        book.accept_peer(2, schema(&[0])).unwrap();
-        book.accept_peer(3, with_runtime_log(schema(&[0]), 1))
-            .unwrap();
-        book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
-        book.wait_raise_written();
-        assert_eq!(
-            load_oldest_schema(&RealFs, dir.path()).unwrap(),
-            Some(with_runtime_log(schema(&[0]), 1)),
-            "raised with voter 3 applying runtime log version 1"
-        );
-        assert!(!crate::runtime::session::bounded(&book, [2, 4]));
-    }
-}
+#[path = "book_tests.rs"]
+mod tests;

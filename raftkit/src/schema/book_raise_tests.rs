@@ -125,3 +125,162 @@ fn hellos_with_no_voter_known_raise_nothing() {
     assert_eq!(load_raised_schema(&RealFs, dir.path()).unwrap(), None);
     assert!(!bounded(&book, [2, 3]));
 }
+
+/// A schema of this raftkit with the write tags `writes`.
+fn with_writes(writes: &[u32]) -> Schema {
+    let mut s = Schema::new("kv", 1, Shape::Unit);
+    for &t in writes {
+        s.push(
+            HandlerKind::Write,
+            t,
+            &format!("w{t}"),
+            Shape::Str,
+            Shape::Unit,
+        );
+    }
+    s
+}
+
+/// The book of a new directory as a start of `local` builds it, the node
+/// founding its cluster (`joined` false) or joining one.
+fn new_dir(local: &Schema, joined: bool) -> (tempfile::TempDir, SchemaBook) {
+    let dir = tempfile::tempdir().unwrap();
+    if joined {
+        crate::schema::save_joined_schema(&RealFs, dir.path(), local).unwrap();
+    } else {
+        save_schema(&RealFs, dir.path(), local).unwrap();
+    }
+    let book = SchemaBook::of_dir(
+        local.clone(),
+        None,
+        crate::storage::vfs::real(),
+        dir.path().to_path_buf(),
+    )
+    .unwrap();
+    book.hear_peers();
+    (dir, book)
+}
+
+/// s60 schema #1: a node that joined its cluster on a new directory (a v2
+/// machine provisioned mid-upgrade) and leads takes a voter it never
+/// heard to know no write: that voter may run v1, and would halt at v2's
+/// write tag 1. Once every voter was heard on v2 the floor is raised, and
+/// a restart keeps it.
+#[test]
+fn a_joined_directory_takes_an_unheard_voter_to_know_no_write() {
+    let (dir, book) = new_dir(&with_writes(&[0, 1]), true);
+    book.accept_peer(2, with_writes(&[0, 1])).unwrap();
+    for tag in [0, 1] {
+        let e = book.check_enabled(HandlerKind::Write, tag, [2, 3]);
+        assert!(
+            matches!(&e, Err(crate::Error::Unsupported(m)) if m.contains("voter 3") && m.contains("joined its cluster")),
+            "a leader that joined on a fresh directory enabled write tag {tag} for voter 3, never heard: {e:?}"
+        );
+    }
+    // Voter 3 heard on v1: what it knows is enabled, v2's write is not,
+    // and nothing is raised.
+    book.accept_peer(3, with_writes(&[0])).unwrap();
+    book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
+    assert!(book.check_enabled(HandlerKind::Write, 1, [2, 3]).is_err());
+    book.wait_raise_written();
+    assert_eq!(load_raised_schema(&RealFs, dir.path()).unwrap(), None);
+    assert!(book.check_enabled(HandlerKind::Write, 0, [2, 4]).is_err());
+    // Every voter on v2: raised, in memory and in the directory.
+    book.accept_peer(3, with_writes(&[0, 1])).unwrap();
+    book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
+    book.wait_raise_written();
+    book.check_enabled(HandlerKind::Write, 1, [2, 4]).unwrap();
+    let restarted = SchemaBook::of_dir(
+        with_writes(&[0, 1]),
+        Some(with_writes(&[0, 1])),
+        crate::storage::vfs::real(),
+        dir.path().to_path_buf(),
+    )
+    .unwrap();
+    restarted.hear_peers();
+    restarted
+        .check_enabled(HandlerKind::Write, 1, [2, 3])
+        .unwrap();
+}
+
+/// A node that founded its cluster (every founding member runs one
+/// binary) takes a voter not heard yet to know its own schema: a new
+/// cluster's writes do not wait for each voter to link.
+#[test]
+fn a_founded_directory_takes_an_unheard_voter_to_know_its_own_writes() {
+    let (_dir, book) = new_dir(&with_writes(&[0, 1]), false);
+    book.check_enabled(HandlerKind::Write, 0, [2, 3]).unwrap();
+    book.check_enabled(HandlerKind::Write, 1, [2, 3]).unwrap();
+}
+
+/// The joined floor is kept by later saves (an upgrade of the joined
+/// node) and replaced only by a raise; it has no write and runtime log 0.
+#[test]
+fn the_joined_floor_is_kept_across_saves_until_raised() {
+    use crate::schema::{joined_floor, load_oldest_schema, raise_oldest_schema};
+    let (v1, v2) = (with_writes(&[0]), with_writes(&[0, 1]));
+    let floor = joined_floor(&v1);
+    assert!(floor.handlers.iter().all(|h| h.kind != HandlerKind::Write));
+    assert_eq!(floor.runtime_log, 0);
+    let dir = tempfile::tempdir().unwrap();
+    crate::schema::save_joined_schema(&RealFs, dir.path(), &v1).unwrap();
+    assert_eq!(
+        load_oldest_schema(&RealFs, dir.path()).unwrap(),
+        Some(floor.clone())
+    );
+    save_schema(&RealFs, dir.path(), &v2).unwrap();
+    assert_eq!(
+        load_oldest_schema(&RealFs, dir.path()).unwrap(),
+        Some(floor)
+    );
+    raise_oldest_schema(&RealFs, dir.path(), &v2).unwrap();
+    assert_eq!(load_oldest_schema(&RealFs, dir.path()).unwrap(), Some(v2));
+}
+
+/// A node that joined on v2 a cluster still on v1, once every voter was
+/// heard (on v1), records what they proved: v1's writes. After a restart
+/// with a voter down it still enables them (not v2's): the joined floor
+/// no longer refuses every write.
+#[test]
+fn a_joined_directory_records_the_writes_every_voter_was_heard_to_know() {
+    use crate::schema::load_oldest_schema;
+    let (v1, v2) = (with_writes(&[0]), with_writes(&[0, 1]));
+    let (dir, book) = new_dir(&v2, true);
+    book.raise_on_hellos(|| vec![2, 3]);
+    book.accept_peer(2, v1.clone()).unwrap();
+    book.wait_raise_written();
+    assert_eq!(
+        load_raised_schema(&RealFs, dir.path()).unwrap(),
+        None,
+        "raised with voter 3 unheard"
+    );
+    book.accept_peer(3, v1.clone()).unwrap();
+    book.wait_raise_written();
+    let floor = load_oldest_schema(&RealFs, dir.path()).unwrap();
+    assert!(
+        floor
+            .as_ref()
+            .is_some_and(|f| f.handler(HandlerKind::Write, 0).is_some()
+                && f.handler(HandlerKind::Write, 1).is_none()),
+        "the floor does not record v1's writes, proven by every voter: {floor:?}"
+    );
+    book.check_enabled(HandlerKind::Write, 0, [2, 4]).unwrap();
+    assert!(book.check_enabled(HandlerKind::Write, 1, [2, 4]).is_err());
+    let restarted = SchemaBook::of_dir(
+        v2.clone(),
+        Some(v2.clone()),
+        crate::storage::vfs::real(),
+        dir.path().to_path_buf(),
+    )
+    .unwrap();
+    restarted.hear_peers();
+    restarted.accept_peer(2, v2.clone()).unwrap();
+    restarted
+        .check_enabled(HandlerKind::Write, 0, [2, 3])
+        .unwrap();
+    let e = restarted.check_enabled(HandlerKind::Write, 1, [2, 3]);
+    assert!(
+        matches!(&e, Err(crate::Error::Unsupported(m)) if m.contains("voter 3")),
+        "{e:?}"
+    );
+}

@@ -45,10 +45,11 @@
 //!   meets a command it cannot decode. A new handler is therefore enabled
 //!   cluster-wide once every voter runs a binary that knows it. A voter
 //!   not heard from since the leader started is taken to know the oldest
-//!   schema the leader's data directory recorded (file `schema.floor`,
-//!   raised to the leader's own once every voter was heard on a schema
-//!   that knows its writes), or, without hellos, the one it held at this start (see
-//!   [`SchemaBook`]). raftkit's
+//!   schema the leader's data directory recorded (file `schema.floor`:
+//!   the founding binary's for a node that founded its cluster, no write
+//!   for one that joined it; raised to the leader's own once every voter
+//!   was heard on a schema that knows its writes), or, without hellos,
+//!   the one it held at this start (see [`SchemaBook`]). raftkit's
 //!   own log entries are gated the same way: a schema states the version of
 //!   them its binary applies ([`Schema::runtime_log`]), and the leader
 //!   proposes an entry of a newer version only once every voter's schema
@@ -97,8 +98,10 @@ use serde::{Deserialize, Serialize};
 pub use book::{PromotionRefused, SchemaBook};
 pub use shape::Shape;
 pub use state::{decode_state, encode_state, encode_state_onto};
+pub(crate) use store::save_new_schema;
 pub use store::{
-    load_oldest_schema, load_raised_schema, load_schema, raise_oldest_schema, save_schema,
+    joined_floor, load_oldest_schema, load_raised_schema, load_schema, raise_oldest_schema,
+    save_joined_schema, save_schema,
 };
 
 /// `#[write]` or `#[read]`.

@@ -8,7 +8,8 @@
 //! voter not heard from; a fresh directory's floor is this node's own
 //! schema and proves nothing of the other voters, review s58 sessions #1).
 //!
-//! Invariant: `schema.floor` exists before `schema` is ever rewritten:
+//! Invariant: `schema.floor` exists before `schema` is ever rewritten
+//! (and before the peer meta is first written):
 //! [`save_schema`] writes it first, with the schema the `schema` file held
 //! (the new one for a new directory), and never rewrites it. It is only
 //! raised, by [`raise_oldest_schema`], to the schema the `schema` file
@@ -17,10 +18,22 @@
 //! directory whose `schema` a raftkit before `schema.floor` rewrote records,
 //! at its first save by this one, the schema of the last binary that ran
 //! on it; a binary before it ignores the file.
+//!
+//! A new directory records as its floor either its own schema, when its
+//! node founds the cluster ([`save_schema`]: every founding member runs
+//! one binary, so that schema is the cluster's first and is known to
+//! every voter), or, when its node joins an existing cluster
+//! ([`save_joined_schema`]), a schema with no write ([`joined_floor`]):
+//! the cluster's other voters may still run an older binary, and this
+//! node knows nothing of them until it hears them. A node's first start
+//! writes both ([`save_new_schema`]) before the peer meta: a directory
+//! without its meta counts as new at the next start, which writes them
+//! anew, so no crash leaves a joining node's directory with its own
+//! schema as floor (review s60 schema L1).
 
 use std::path::Path;
 
-use super::Schema;
+use super::{HandlerKind, Schema};
 use crate::error::Error;
 use crate::storage::vfs::{Vfs, write_atomic};
 
@@ -79,6 +92,59 @@ pub fn save_schema(fs: &dyn Vfs, dir: &Path, schema: &Schema) -> Result<(), Erro
         save(fs, &dir.join(FLOOR_FILE), oldest.as_ref().unwrap_or(schema))?;
     }
     save(fs, &dir.join(SCHEMA_FILE), schema)
+}
+
+/// Writes the schema file of a new directory `dir` whose node joins an
+/// existing cluster (it did not found it: no bootstrap), after
+/// `schema.floor` if the directory has none yet, as [`save_schema`] does,
+/// but with a floor that proves nothing ([`joined_floor`]): the other
+/// voters of a cluster this node joined may run any older compatible
+/// binary, so what this node's binary knows says nothing of them. A voter
+/// not heard from is then taken to know no write until a raise proves
+/// every voter knows this binary's ([`crate::schema::SchemaBook`]).
+pub fn save_joined_schema(fs: &dyn Vfs, dir: &Path, schema: &Schema) -> Result<(), Error> {
+    if load_oldest_schema(fs, dir)?.is_none() {
+        let floor = match load_schema(fs, dir)? {
+            Some(oldest) => oldest,
+            None => joined_floor(schema),
+        };
+        save(fs, &dir.join(FLOOR_FILE), &floor)?;
+    }
+    save(fs, &dir.join(SCHEMA_FILE), schema)
+}
+
+/// Writes the schema files of a directory whose node starts for the first
+/// time (it holds no peer meta yet): `schema.floor` (this node's own
+/// `schema` if it founds its cluster, [`joined_floor`] if it joins one),
+/// then `schema`, each atomically, whatever files an earlier first start
+/// cut short left there. The caller writes the meta only after them (review
+/// s60 schema L1), so that a crash at any point either leaves no meta (the
+/// next start is a first start again and writes them anew) or leaves both.
+pub(crate) fn save_new_schema(
+    fs: &dyn Vfs,
+    dir: &Path,
+    schema: &Schema,
+    joins: bool,
+) -> Result<(), Error> {
+    let floor = if joins {
+        joined_floor(schema)
+    } else {
+        schema.clone()
+    };
+    save(fs, &dir.join(FLOOR_FILE), &floor)?;
+    save(fs, &dir.join(SCHEMA_FILE), schema)
+}
+
+/// The floor of a directory that joined its cluster ([`save_joined_schema`]):
+/// `schema` without its write handlers, at runtime log version 0, so that
+/// a voter not heard from counts as knowing no write and none of
+/// raftkit's newer entries. A binary before this one reads it as an
+/// oldest schema like any other, and assumes as little.
+pub fn joined_floor(schema: &Schema) -> Schema {
+    let mut floor = schema.clone();
+    floor.handlers.retain(|h| h.kind != HandlerKind::Write);
+    floor.runtime_log = 0;
+    floor
 }
 
 /// Raises the oldest schema `dir` recorded (file `schema.floor`) to

@@ -1,0 +1,187 @@
+//! The wait of a write refused while a voter is unheard
+//! (`Peer::check_command_heard`, review s60 schema M1 and L2): a leader
+//! whose book hears hellos and whose directory proves no write of a
+//! voter it has not heard (a node that joined its cluster on a new
+//! directory) waits for that voter's hello before it refuses.
+//!
+//! Set-up: three in-memory peers, A, B and C. A's schema book is that of
+//! a joined directory and hears hellos, but the memory transport carries
+//! none: B and C stay unheard until the test records their hellos itself
+//! (`SchemaBook::accept_peer`). A is made leader by a transfer (its own
+//! election timeout is long).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::client_service::{REQUEST_TIMEOUT, handle};
+use super::test_gate::until;
+use crate::client::wire::{ClientRequest, ClientResponse, SessionRef, WireError};
+use crate::core::Role;
+use crate::prelude::*;
+use crate::schema::{SchemaBook, joined_floor};
+use crate::transport::memory::MemoryNetwork;
+
+#[derive(StateMachine, Default, Serialize, Deserialize)]
+struct Counter {
+    n: u64,
+}
+
+#[crate::state_machine]
+impl Counter {
+    #[write]
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+
+    #[read]
+    fn get(&self) -> u64 {
+        self.n
+    }
+}
+
+const TICK: Duration = Duration::from_millis(10);
+
+/// A (leading, its book that of a joined directory, B and C unheard), B
+/// and C; A's election timeout is `a_election_ticks` ticks. B or C leads
+/// first (A may ignore votes for an election timeout after its start),
+/// then hands leadership to A.
+async fn joined_leader(
+    seed: u64,
+    a_election_ticks: u32,
+) -> (Peer<Counter>, Vec<Peer<Counter>>, Arc<SchemaBook>) {
+    let addrs: Vec<String> = (1..=3).map(|i| format!("heard-{seed}:{i}")).collect();
+    let net = MemoryNetwork::new(seed);
+    let local = Counter::schema();
+    let book =
+        Arc::new(SchemaBook::new(local.clone(), None).with_oldest(Some(joined_floor(&local))));
+    book.hear_peers();
+    let start = |addr: &str| {
+        let net = net.clone();
+        Counter::peer()
+            .in_memory()
+            .listen(addr)
+            .bootstrap_members(addrs.clone())
+            .tick(TICK)
+            .transport(move |id, inbox| Arc::new(net.endpoint(id, inbox)))
+    };
+    let a = start(&addrs[0])
+        .election_ticks(a_election_ticks)
+        .schema_book(book.clone())
+        .start()
+        .await
+        .expect("A starts");
+    let mut others = Vec::new();
+    for addr in &addrs[1..] {
+        others.push(start(addr).start().await.expect("peer starts"));
+    }
+    let a_id = a.id();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while a.status().role != Role::Leader {
+        if let Some(leader) = others.iter().find(|p| p.status().role == Role::Leader) {
+            drop(leader.transfer_leadership(a_id).await);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "A never led");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (a, others, book)
+}
+
+async fn stop(a: Peer<Counter>, others: Vec<Peer<Counter>>) {
+    a.shutdown().await.ok();
+    for p in others {
+        p.shutdown().await.ok();
+    }
+}
+
+/// Review s60 schema M1: a write refused for a voter not heard yet passes
+/// once that voter's hello arrives within the wait, and is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_arriving_within_the_wait_lets_the_write_through() {
+    // A's election timeout is 10 s: the wait outlasts the test's steps.
+    let (a, others, book) = joined_leader(71, 1000).await;
+    let write = tokio::spawn({
+        let a = a.clone();
+        async move { a.write(CounterWrite::Add { by: 5 }).await }
+    });
+    until("the write to wait for the voters' hellos", || {
+        (book.waiting_for_hellos() > 0).then_some(())
+    })
+    .await;
+    assert!(
+        !write.is_finished(),
+        "the write was answered without waiting"
+    );
+    for p in &others {
+        book.accept_peer(p.id(), Counter::schema())
+            .expect("the voter's schema is A's");
+    }
+    let written = tokio::time::timeout(Duration::from_secs(5), write)
+        .await
+        .expect("the write is answered once B is heard")
+        .expect("the write's task");
+    assert!(
+        matches!(written, Ok(CounterWriteOutput::Add(5))),
+        "the write did not pass once every voter was heard on a binary that knows it: {written:?}"
+    );
+    let read = a.read(CounterRead::Get).await;
+    assert!(matches!(read, Ok(CounterReadOutput::Get(5))), "{read:?}");
+    stop(a, others).await;
+}
+
+/// Review s60 schema L2: with a long election timeout (here 10 s, a tick
+/// of 1 s would give as much) the wait must end before the client
+/// service's request timeout: a write refused for an unheard voter is
+/// never proposed, and is answered `Unsupported` (not applied), never
+/// `Timeout` (may have been applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_the_wait_is_unsupported_before_the_request_timeout() {
+    let (a, others, _book) = joined_leader(72, 1000).await;
+    let session = a.open_session().await.expect("a session");
+    let (ca, _) = crate::tls::dev_cluster(["t@a"]).expect("certs");
+    let principal = ca
+        .issue_client("app")
+        .expect("client cert")
+        .principal()
+        .expect("principal");
+    let command =
+        crate::state_machine::encode("command", &CounterWrite::Add { by: 1 }).expect("command");
+    let started = tokio::time::Instant::now();
+    let answered = tokio::time::timeout(
+        REQUEST_TIMEOUT + Duration::from_secs(10),
+        handle(
+            &a,
+            &principal,
+            ClientRequest::Write {
+                session: SessionRef {
+                    id: session,
+                    seq: 1,
+                    acked_below: 1,
+                },
+                command,
+            },
+        ),
+    )
+    .await
+    .expect("handle answers");
+    let took = started.elapsed();
+    match answered {
+        ClientResponse::Err(WireError::Unsupported(why)) => {
+            assert!(why.contains("is not enabled yet"), "{why}")
+        }
+        other => panic!(
+            "a write never proposed (voters B and C unheard) was answered {other:?} after {took:?}, not Unsupported (nothing applied)"
+        ),
+    }
+    assert!(
+        took < REQUEST_TIMEOUT && took >= super::MAX_HEARD_WAIT,
+        "answered after {took:?} (the wait is {:?})",
+        super::MAX_HEARD_WAIT
+    );
+    let read = a.read(CounterRead::Get).await;
+    assert!(
+        matches!(read, Ok(CounterReadOutput::Get(0))),
+        "nothing was applied: {read:?}"
+    );
+    stop(a, others).await;
+}
