@@ -330,6 +330,92 @@ async fn eio_on_a_directory_fsync_stops_the_leader_cleanly() {
     .await;
 }
 
+/// A leader whose log fsync fails hands leadership over at once instead of
+/// leaving the cluster to notice its silence (DESIGN §6: "a node whose
+/// storage failed acknowledges nothing more"; the cluster stays
+/// available): it sends `TimeoutNow` (thesis §3.10) to the voter that
+/// acknowledged the most of its log, steps down, and never campaigns
+/// again; that voter is elected within a round trip or two, not after an
+/// election timeout. With 200 ms ticks the followers' own election timeout
+/// is 2-4 s and the last heartbeat came at most 400 ms before the failure,
+/// so a cluster that only times out elects no one within 1.6 s.
+///
+/// Before (s61): the failed leader stopped ticking and stepping but kept
+/// its role; the new leader came only after the followers' election
+/// timeout, and the failed node's status said `Leader` for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_fsync_fails_hands_leadership_over_at_once() {
+    const SLOW_TICK: Duration = Duration::from_millis(200);
+    /// Well under the 1.6 s a cluster that only times out needs.
+    const HANDOVER: Duration = Duration::from_millis(1200);
+    let c = Cluster::start_with(SLOW_TICK).await;
+    let client = c.client().await;
+    let value = "v".repeat(64);
+    let acked = write(&client, 0, 5, &value).await;
+    assert_eq!(acked.len(), 5);
+    let l = c.leader(&[0, 1, 2]).await;
+    let rest: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let old_term = c.peer(l).status().term;
+    c.fs[l].inject(FaultRule::new(FileOp::Fsync, Fault::Io).on(".wal"));
+    let mut failed = c.peer(l).watch();
+    // The write that meets the failure, and the failover timed from the
+    // moment the failed leader's status shows it.
+    let during = client.put("during".into(), value.clone());
+    let failover = async {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            failed.wait_for(|s| s.fatal.is_some()),
+        )
+        .await
+        .expect("the leader's fsync failed")
+        .expect("status watch");
+        let failed_at = Instant::now();
+        let deadline = failed_at + Duration::from_secs(15);
+        let new = loop {
+            if let Some(&i) = rest.iter().find(|&&i| {
+                let s = c.peer(i).status();
+                s.role == Role::Leader && s.term > old_term
+            }) {
+                break i;
+            }
+            assert!(Instant::now() < deadline, "no new leader in 15 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        (new, failed_at.elapsed())
+    };
+    let (outcome, (new, took)) = tokio::join!(during, failover);
+    eprintln!("new leader {new} {took:?} after the leader's storage failed");
+    let role = c.peer(l).status().role;
+    assert!(
+        took < HANDOVER && role != Role::Leader,
+        "the failed leader did not hand over: a new leader came {took:?} after the failure \
+         (an election timeout is 2-4 s), and the failed node's role is {role:?}"
+    );
+    // The write in flight either succeeded (retried on the new leader, once)
+    // or says truthfully that it may have been applied; never "applied".
+    if let Err(e) = &outcome {
+        assert_ne!(e.applied(), Applied::Yes, "{e}");
+    }
+    // The failed node never acknowledges again, nor leads again.
+    let t = Instant::now();
+    let more = write(&client, 5, 25, &value).await;
+    assert_eq!(more.len(), 20, "writes failed after the handover");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "writes after the handover took {:?}",
+        t.elapsed()
+    );
+    for key in acked.iter().chain(&more) {
+        assert_eq!(
+            client.get(key.clone()).await.unwrap().as_ref(),
+            Some(&value)
+        );
+    }
+    let s = c.peer(l).status();
+    assert!(s.fatal.is_some() && s.role != Role::Leader, "{:?}", s.role);
+    c.shutdown().await;
+}
+
 /// A disk that hangs for a while slows the leader down; nothing fails, no
 /// write is lost, and speed comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

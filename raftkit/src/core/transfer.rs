@@ -138,6 +138,57 @@ impl Raft {
         }
     }
 
+    /// Gives up leadership for good because this node's storage failed
+    /// (DESIGN §4: never retry after a failed fsync; §6: a node whose
+    /// storage failed acknowledges nothing more). Such a node steps no
+    /// message and persists nothing from now on, so it can neither lead nor
+    /// vote until restarted: it is marked halted (it never campaigns) and
+    /// steps down at once. If it led, the returned `TimeoutNow` hands
+    /// leadership over (thesis §3.10) to the voter whose log matched the
+    /// most of this leader's (the lowest id among equals), provided that
+    /// voter holds every entry this leader knows committed: it then
+    /// campaigns at once, without waiting out its election timeout, and
+    /// the others grant it their votes if its log is as up to date as
+    /// theirs (§5.4.1; otherwise the election fails and the cluster
+    /// elects a leader after an election timeout, as it would have
+    /// anyway). Unlike [`Raft::transfer_leadership`] it does not first
+    /// bring the target up to date, which would need the responses this
+    /// node no longer steps.
+    ///
+    /// The caller sends the message itself: no [`Ready`](super::Ready) of a
+    /// core whose storage failed may be taken (its writes could never be
+    /// made durable). The message claims nothing durable: its term was
+    /// durable before this node led. `None` when this node did not lead,
+    /// or no voter qualifies.
+    pub fn abdicate(&mut self) -> Option<Message> {
+        self.halted = true;
+        if self.role != Role::Leader {
+            if self.role != Role::Follower {
+                // A campaign under way stops.
+                self.become_follower(self.term, NO_NODE);
+            }
+            return None;
+        }
+        let committed = self.log.committed();
+        let target = self
+            .progress
+            .iter()
+            .filter(|(id, p)| **id != self.id && self.conf.is_voter(**id) && p.matched >= committed)
+            .max_by_key(|(id, p)| (p.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id);
+        // The target's campaign is granted inside leases (§3.10); this
+        // node serves no read again.
+        self.lease.revoke();
+        let term = self.term;
+        self.become_follower(term, NO_NODE);
+        target.map(|to| Message {
+            from: self.id,
+            to,
+            term,
+            body: Body::TimeoutNow,
+        })
+    }
+
     /// The target of a transfer campaigns immediately.
     pub(super) fn handle_timeout_now(&mut self) {
         if self.role != Role::Leader {

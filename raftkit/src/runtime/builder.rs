@@ -586,7 +586,8 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
     /// requests it received and has not answered within `bytes` too (a
     /// quarter of it per connection), taken before a request's frame is
     /// read: a request that finds no room within the admission wait is
-    /// answered `Overloaded` unread.
+    /// answered `Overloaded` unread, and one larger than `bytes` is
+    /// refused [`Error::Rejected`] unread (nothing applied).
     pub fn max_in_flight(mut self, commands: usize, bytes: usize) -> Self {
         self.max_in_flight = (commands.max(1), bytes.max(1));
         self

@@ -467,7 +467,9 @@ async fn serve_stream<F: Front>(
                 taken_at = tokio::time::Instant::now();
             }
             Err(e) => {
-                front.note_overloaded();
+                if matches!(e, Error::Overloaded) {
+                    front.note_overloaded();
+                }
                 return refuse_unread(send, recv, e, max_frame).await;
             }
         }

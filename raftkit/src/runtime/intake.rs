@@ -20,7 +20,12 @@
 //!   ([`Intake::new`]: the node's in-flight byte budget, see
 //!   [`PeerBuilder::max_in_flight`](super::PeerBuilder::max_in_flight)),
 //!   and on one connection at most a quarter of it
-//!   ([`CONNECTION_SHARE`]); a frame larger than a budget takes all of it;
+//!   ([`CONNECTION_SHARE`]); a frame larger than its connection's share
+//!   or its certificate's cap takes all of it; one larger than the node's
+//!   whole budget is refused unread ([`Rejected`](crate::error::Error::Rejected):
+//!   nothing applied, and sending it again cannot help), whatever the
+//!   frame cap or its role's cap: the node never reads a body it has no
+//!   room for (s61: such a frame took the whole budget and was read whole);
 //! - while a stream waits for room its frame is not read: QUIC flow
 //!   control holds the rest of it, and what follows, at the sender;
 //! - room is held for a body only while its bytes keep coming: once no
@@ -484,6 +489,9 @@ impl ConnectionIntake {
     /// Room for a frame of `bytes` if every budget ([`take`](Self::take))
     /// has it now.
     pub(crate) fn try_take(&self, bytes: usize) -> Option<Room> {
+        if bytes > self.node.node_max as usize {
+            return None;
+        }
         let units = self.units(bytes);
         let connection = Arc::clone(&self.connection)
             .try_acquire_many_owned(units.connection)
@@ -507,8 +515,21 @@ impl ConnectionIntake {
     /// bytes and the node's budget, taken in that order (every request
     /// takes them in the same order: no two wait on each other);
     /// [`Error::Overloaded`] when none came (nothing applied: the client
-    /// may send it again after a backoff).
+    /// may send it again after a backoff); [`Error::Rejected`] at once for
+    /// a frame larger than the node's whole budget (nothing applied, and
+    /// no wait could make room for it).
     pub(crate) async fn take(self, bytes: usize) -> Result<Room, Error> {
+        let budget = self.node.node_max as usize;
+        if bytes > budget {
+            debug!(
+                bytes,
+                budget, "a client request larger than the node's whole budget; refused unread"
+            );
+            return Err(Error::Rejected(format!(
+                "a request of {bytes} bytes refused unread (not applied): larger than this \
+                 node's whole budget of received requests, {budget} bytes (`max_in_flight`)"
+            )));
+        }
         if let Some(room) = self.try_take(bytes) {
             return Ok(room);
         }
@@ -649,8 +670,8 @@ mod tests {
     use super::*;
 
     /// Room is taken per connection and per node, a frame larger than a
-    /// budget takes all of it, a request without room is refused after
-    /// the wait, and dropped room comes back.
+    /// connection's share takes all of it, a request without room is
+    /// refused after the wait, and dropped room comes back.
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn room_is_bounded_per_connection_and_per_node() {
         let intake = Intake::new(400, Duration::from_millis(20));
@@ -677,8 +698,9 @@ mod tests {
         let e1 = intake.connection().take(100).await.expect("room returned");
         drop((a2, c1, d1, e1));
         assert_eq!(intake.node.available_permits(), 400);
-        // Larger than the node's budget: takes all of it.
-        let all = intake.connection().take(10_000).await.expect("room");
+        // The node's whole budget: takes all of it (larger: refused, see
+        // `a_frame_larger_than_the_node_budget_is_refused_unread`).
+        let all = intake.connection().take(400).await.expect("room");
         assert!(intake.connection().try_take(1).is_none());
         drop(all);
         assert_eq!(intake.node.available_permits(), 400);
@@ -863,6 +885,36 @@ mod tests {
         assert_eq!(intake.available(), (1 << 20) - (200 << 10));
         drop(large);
         assert!(a.try_take(1).is_some());
+    }
+
+    /// A request frame larger than the node's whole budget is refused
+    /// unread, `Rejected` (nothing applied; sending it again cannot help),
+    /// and takes no room: the node never buffers more than its budget of
+    /// request bodies, whatever the frame cap (a `max_in_flight` budget
+    /// below the 16 MiB frame cap, or a role's cap above it). Before (s61):
+    /// such a frame took the whole budget and its body, larger than the
+    /// budget, was read whole.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_frame_larger_than_the_node_budget_is_refused_unread() {
+        let intake = Intake::new(400, Duration::from_millis(20));
+        let a = intake.connection();
+        assert!(a.try_take(401).is_none());
+        match a.clone().take(401).await {
+            Err(e @ Error::Rejected(_)) => {
+                assert_eq!(e.applied(), crate::error::Applied::No);
+                assert!(!e.is_retryable(), "{e}");
+            }
+            other => panic!(
+                "a frame of 401 bytes against a budget of 400: {:?}",
+                other.map(|_| "room taken")
+            ),
+        }
+        assert_eq!(intake.available(), 400);
+        assert_eq!(intake.refused(), 0, "not counted as Overloaded");
+        // The whole budget still fits one frame.
+        let all = a.clone().take(400).await.expect("room");
+        drop(all);
+        assert_eq!(intake.available(), 400);
     }
 
     /// A waiter gets room released during its wait, ahead of a later one.

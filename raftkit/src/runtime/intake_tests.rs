@@ -604,7 +604,7 @@ async fn a_stalled_body_gives_its_room_back() {
     let _app_hello = hello(&app_conn, 1).await;
     read_until_served(&app_conn, "control: no request holds room").await;
 
-    // A stream of its own carrying only a prefix claiming 16 MiB (all of
+    // A stream of its own carrying only a prefix claiming 1 MiB (all of
     // this node's budget of 1 MiB), from a client certificate (a node's is
     // refused such a frame unread since stop 58).
     let attacker_id = ca.issue_client("attacker").expect("client cert");
@@ -614,7 +614,7 @@ async fn a_stalled_body_gives_its_room_back() {
     let _attacker_hello = hello(&attacker, 1).await;
     let (mut held_send, mut held_recv) = attacker.open_bi().await.expect("stream");
     held_send
-        .write_all(&(16u32 << 20).to_be_bytes())
+        .write_all(&(1u32 << 20).to_be_bytes())
         .await
         .expect("prefix");
     until("the prefix took the node's budget", || {
@@ -643,7 +643,7 @@ async fn a_stalled_body_gives_its_room_back() {
         .await
         .expect("connect");
     let (mut mux_send, mut mux_recv) = hello(&mux, MUX_VERSION).await;
-    let mut head = (16u32 << 20).to_be_bytes().to_vec();
+    let mut head = (1u32 << 20).to_be_bytes().to_vec();
     head.push(9);
     mux_send.write_all(&head).await.expect("prefix and id");
     until("the multiplexed prefix took the node's budget", || {
@@ -738,10 +738,10 @@ async fn a_trickled_body_gives_its_room_back_past_its_deadline() {
     use super::intake::BodyBounds;
 
     const STALL: Duration = Duration::from_secs(1);
-    // A 16 MiB claim must arrive whole within STALL + 1 s.
+    // A 1 MiB claim must arrive whole within STALL + 1 s.
     let body = BodyBounds {
         stall: STALL,
-        min_rate: 16 << 20,
+        min_rate: 1 << 20,
         per_certificate: None,
     };
     let intake = Intake::with_body(1 << 20, Duration::from_millis(200), body);
@@ -753,7 +753,7 @@ async fn a_trickled_body_gives_its_room_back_past_its_deadline() {
     read_until_served(&app_conn, "control: no request holds room").await;
 
     // A client certificate (allowed to write), on a stream of its own and
-    // on the multiplexed stream: a prefix claiming 16 MiB (all of this
+    // on the multiplexed stream: a prefix claiming 1 MiB (all of this
     // node's budget of 1 MiB), then a byte every fifth of the stall bound.
     let trickler = ca.issue_client("trickler").expect("client cert");
     for version in [1, MUX_VERSION] {
@@ -766,7 +766,7 @@ async fn a_trickled_body_gives_its_room_back_past_its_deadline() {
         } else {
             conn.open_bi().await.expect("stream")
         };
-        let mut head = (16u32 << 20).to_be_bytes().to_vec();
+        let mut head = (1u32 << 20).to_be_bytes().to_vec();
         if version == MUX_VERSION {
             // The request's id.
             head.push(9);

@@ -19,7 +19,12 @@
 //!   are in its log with [`Error::Storage`] (may have been applied) and
 //!   every call it never proposed (waiting or later) not applied, as a
 //!   halted node does, reports the error in its status, and `shutdown`
-//!   returns it;
+//!   returns it; a leader first hands leadership over
+//!   ([`Raft::abdicate`]: a TimeoutNow, thesis §3.10, to the voter that
+//!   matched the most of its log, if that voter holds every committed
+//!   entry) and steps down, and the node never campaigns again, so the
+//!   cluster elects a new leader within a round trip or two instead of
+//!   after an election timeout;
 //! - a halted state machine (see `apply`) makes the core give up leadership
 //!   and never campaign ([`Raft::set_halted`]); the callers whose
 //!   proposals are in its log get [`Error::Halted`] (may have been
@@ -1422,6 +1427,25 @@ impl NodeTask {
         st.fatal = Some(reason.clone());
         self.fault.send_replace(Some(reason.clone()));
         st.pending.clear();
+        // A leader hands leadership over before it goes quiet (thesis
+        // §3.10), so that the cluster need not wait out an election
+        // timeout; the core steps down and never campaigns again
+        // (`Raft::abdicate`). Sent directly: no Ready is taken after a
+        // failure.
+        let was_leader = self.raft.role() == Role::Leader;
+        let handover = self.raft.abdicate();
+        match &handover {
+            Some(m) => {
+                warn!(node = %self.name, to = m.to, term = m.term, "storage failed while leading: handing leadership over (TimeoutNow); stepped down");
+            }
+            None if was_leader => {
+                warn!(node = %self.name, "storage failed while leading: no voter holds every committed entry to hand leadership to; stepped down (the others elect a leader after their election timeout)");
+            }
+            None => {}
+        }
+        if let Some(m) = handover {
+            self.transport.send(m);
+        }
         // Reads waiting for their read index, writes waiting for the stamp
         // anchor and configuration changes parked for this leader's first
         // commit were never proposed: not applied (`release_deferred` would

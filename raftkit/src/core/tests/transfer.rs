@@ -411,3 +411,45 @@ fn a_transfer_vote_in_the_earlier_form_still_elects_the_target() {
     assert_eq!(c.leaders(), [2]);
     assert_eq!(c.node(2).term(), term + 1);
 }
+
+/// DESIGN §4 and §6, thesis §3.10: a leader whose storage failed
+/// (`Raft::abdicate`) steps down at once, hands leadership to the voter
+/// that matched the most of its log (the lowest id among equals; never one
+/// missing a committed entry), and never campaigns again. The target
+/// campaigns at once and wins; the failed node, which steps nothing more
+/// in the runtime (isolated here), stays a follower however long it ticks.
+#[test]
+fn a_leader_whose_storage_failed_hands_over_to_the_most_up_to_date_voter() {
+    let mut c = Cluster::new(&[1, 2, 3, 4, 5]);
+    c.elect(1);
+    let term = c.node(1).term();
+    // Node 2 misses a committed entry; 3, 4 and 5 hold it.
+    c.isolate(2);
+    let (index, _) = c.propose(1, b"x");
+    assert_eq!(c.node(1).log().committed(), index);
+    let handover = c.node_mut(1).abdicate().expect("a voter qualifies");
+    assert_eq!(
+        (handover.from, handover.to, handover.term, &handover.body),
+        (1, 3, term, &Body::TimeoutNow)
+    );
+    assert_eq!(c.node(1).role(), Role::Follower);
+    assert_eq!(c.node(1).leader(), None);
+    assert!(c.node(1).is_halted());
+    c.heal();
+    c.isolate(1);
+    c.node_mut(3).step(handover);
+    c.deliver();
+    assert_eq!(c.leaders(), [3]);
+    assert_eq!(c.node(3).term(), term + 1);
+    for _ in 0..4 * T {
+        c.tick(1);
+    }
+    assert_eq!(
+        c.node(1).role(),
+        Role::Follower,
+        "the failed node campaigned"
+    );
+    // A follower whose storage failed has nothing to hand over.
+    assert_eq!(c.node_mut(4).abdicate(), None);
+    assert!(c.node(4).is_halted());
+}

@@ -141,7 +141,9 @@ struct State {
     crashed_in_sync: u64,
     /// Syncs of files whose path contains the fragment fail, as Linux
     /// fails them (module docs), this many more times.
-    failing_syncs: Option<(String, u64)>,
+    /// Syncs to fail: a path fragment, matching syncs to let through
+    /// first, matching syncs to fail then.
+    failing_syncs: Option<(String, u64, u64)>,
 }
 
 /// The crashable file system (see the module docs); clones share it.
@@ -342,7 +344,14 @@ impl CrashFs {
     /// durable, and their writes stay readable, as clean pages, until a
     /// crash or [`VfsFile::drop_cache`].
     pub(crate) fn fail_syncs(&self, fragment: &str, times: u64) {
-        self.lock_state().failing_syncs = Some((fragment.to_string(), times));
+        self.fail_syncs_after(fragment, 0, times);
+    }
+
+    /// [`CrashFs::fail_syncs`] after `skip` syncs of files whose path
+    /// contains `fragment` succeeded: to fail a later sync of a file than
+    /// its first (a renamed file matches under its new name only).
+    pub(crate) fn fail_syncs_after(&self, fragment: &str, skip: u64, times: u64) {
+        self.lock_state().failing_syncs = Some((fragment.to_string(), skip, times));
     }
 
     /// How many armed crashes ([`CrashFs::crash_in_sync`]) happened.
@@ -550,14 +559,19 @@ impl VfsFile for CrashFile {
             s.sync_point()?;
             let names = &s.names;
             let failing = match &mut s.failing_syncs {
-                Some((fragment, times))
+                Some((fragment, skip, times))
                     if *times > 0
                         && names.iter().any(|(p, i)| {
                             *i == id && p.to_string_lossy().contains(fragment.as_str())
                         }) =>
                 {
-                    *times -= 1;
-                    true
+                    if *skip > 0 {
+                        *skip -= 1;
+                        false
+                    } else {
+                        *times -= 1;
+                        true
+                    }
                 }
                 _ => false,
             };

@@ -168,6 +168,8 @@ mod log;
 #[cfg(test)]
 mod open_cost_tests;
 mod record;
+#[cfg(test)]
+mod roll_failure_tests;
 mod segment;
 
 pub use log::{Wal, WalOptions};
