@@ -473,7 +473,11 @@ fn the_reclaim_takes_a_sessions_outputs_oldest_first_and_only_what_is_needed() {
     s.advance(3_000);
     assert_eq!(s.check(at(2, 1, 1), B), Dedup::New);
     assert_eq!(s.admits(at(2, 1, 1), B, bounds), Ok(()));
-    assert!(s.record_bounded(at(2, 1, 1), StoredReply::Ok(bytes::Bytes::from(vec![7; 500])), bounds));
+    assert!(s.record_bounded(
+        at(2, 1, 1),
+        StoredReply::Ok(bytes::Bytes::from(vec![7; 500])),
+        bounds
+    ));
     // Each of session 1's writes: its output's first byte, or `None` once
     // reclaimed.
     let kept: Vec<Option<u8>> = (1..=3)
