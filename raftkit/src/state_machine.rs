@@ -417,8 +417,11 @@ pub(crate) fn encode_shared<T: Serialize>(
             ))
         }
         Ok(used) => Ok(bytes::Bytes::copy_from_slice(used)),
+        // `to_allocvec` grows its buffer by doubling; the boxed slice drops
+        // the spare capacity, so the bytes a session table keeps are the
+        // bytes its bounds count (review s61 perf L1).
         Err(postcard::Error::SerializeBufferFull) => postcard::to_allocvec(value)
-            .map(bytes::Bytes::from)
+            .map(|v| bytes::Bytes::from(v.into_boxed_slice()))
             .map_err(|e| CodecError::postcard(what, e)),
         Err(e) => Err(CodecError::postcard(what, e)),
     }

@@ -955,6 +955,28 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         self
     }
 
+    /// The default data directory, `data/<name>`, of a peer given no
+    /// [`Self::data_dir`]: the name given, or the default one of the
+    /// advertised (else listen) address. None without a listen address
+    /// (a new peer then fails for want of one; a restart needs it to find
+    /// its directory, as the directory is named after it).
+    fn default_data_dir(&self) -> Result<Option<PathBuf>, Error> {
+        let listen = match (&self.listen, &self.listen_socket) {
+            (Some(listen), _) => listen.clone(),
+            (None, Some(socket)) => socket
+                .local_addr()
+                .map_err(|e| Error::Transport(format!("the listen socket's address: {e}")))?
+                .to_string(),
+            (None, None) => return Ok(None),
+        };
+        let advertise = self.advertise.clone().unwrap_or(listen);
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(S::NAME, &advertise));
+        Ok(Some(PathBuf::from("data").join(name)))
+    }
+
     /// Opens (or creates) the peer's storage and starts it.
     pub async fn start(mut self) -> Result<Peer<S>, Error> {
         let frame = crate::transport::frame::DEFAULT_MAX_FRAME_BYTES;
@@ -970,9 +992,18 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
                 "joining a cluster needs the QUIC transport".into(),
             ));
         }
-        // 1. Who we are: from the data directory when it holds a peer.
+        // 1. Who we are: from the data directory when it holds a peer. The
+        // default directory (`data/<name>`) is looked in too (review s61
+        // schema H2: looking only in a directory given by `data_dir` took
+        // every restart on the default one for a first start, which
+        // skipped the schema's upgrade check and rewrote its floor).
+        let meta_dir = match &self.storage {
+            Some(StorageChoice::Disk(dir)) => Some(dir.clone()),
+            Some(StorageChoice::Memory) => None,
+            None => self.default_data_dir()?,
+        };
         let mut meta = None;
-        if let Some(StorageChoice::Disk(dir)) = &self.storage {
+        if let Some(dir) = &meta_dir {
             meta = PeerMeta::load_in(&*self.fs, dir)?;
         }
         // The structural schema (crate::schema): a data directory accepts
@@ -984,7 +1015,7 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         let existing = meta.is_some();
         let meta = match meta {
             Some(mut m) => {
-                if let Some(StorageChoice::Disk(dir)) = &self.storage {
+                if let Some(dir) = &meta_dir {
                     stored_schema = crate::schema::load_schema(&*self.fs, dir)?;
                 }
                 match &stored_schema {
@@ -1453,15 +1484,9 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
         // directory's `schema` holds this binary's schema (saved above).
         // A no-op for a book without its directory.
         let status = peer.inner.status.clone();
-        peer.inner.schemas.raise_on_hellos(move || {
-            status
-                .borrow()
-                .members
-                .iter()
-                .filter(|m| m.voter && m.id != id)
-                .map(|m| m.id)
-                .collect()
-        });
+        peer.inner
+            .schemas
+            .raise_on_hellos(move || voters_naming_self(&status.borrow(), id));
         // And each time the voter set changes (review s60 schema H1): a
         // node that joins hears the voters' hellos before its log holds
         // the configuration naming them, and the last one to join hears
@@ -1512,13 +1537,7 @@ async fn raise_on_voter_changes(
         if book.raise_settled() {
             return;
         }
-        let voters: Vec<NodeId> = status
-            .borrow_and_update()
-            .members
-            .iter()
-            .filter(|m| m.voter && m.id != id)
-            .map(|m| m.id)
-            .collect();
+        let voters = voters_naming_self(&status.borrow_and_update(), id);
         if voters != last {
             book.try_raise_heard();
             last = voters;
@@ -1527,6 +1546,26 @@ async fn raise_on_voter_changes(
             return;
         }
     }
+}
+
+/// The voters (node `id` excluded) of the configuration `status` shows,
+/// or none while that configuration does not name node `id` (review s61
+/// schema H1): a node catching up holds an older configuration (a
+/// snapshot's, an entry's before the one that added it), whose voters
+/// may be fewer than the cluster's; a raise proven against them would
+/// take a voter added since to know writes it may lack. A configuration
+/// naming the node comes at or after the entry that added it, so it names
+/// every voter of that time (later changes show as new statuses).
+pub(super) fn voters_naming_self(status: &PeerStatus, id: NodeId) -> Vec<NodeId> {
+    if !status.members.iter().any(|m| m.id == id) {
+        return Vec::new();
+    }
+    status
+        .members
+        .iter()
+        .filter(|m| m.voter && m.id != id)
+        .map(|m| m.id)
+        .collect()
 }
 
 /// Asks the cluster at `seeds` to add this peer, until it is a voter or the

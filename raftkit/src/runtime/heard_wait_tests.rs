@@ -185,3 +185,33 @@ async fn a_refusal_after_the_wait_is_unsupported_before_the_request_timeout() {
     );
     stop(a, others).await;
 }
+
+/// The voters a raise is proven against come only from a configuration
+/// that names this node (review s61 schema H1): a node catching up holds
+/// an older configuration (a snapshot's, taken before a voter was added),
+/// and a raise proven against its fewer voters would take the voter
+/// added since to know writes it may lack.
+#[test]
+fn a_raise_counts_voters_only_of_a_configuration_naming_this_node() {
+    use super::builder::voters_naming_self;
+    use super::status::{MemberStatus, PeerStatus};
+    let member = |id, voter| MemberStatus {
+        id,
+        voter,
+        ..MemberStatus::default()
+    };
+    let mut status = PeerStatus {
+        id: 3,
+        members: vec![member(1, true), member(2, true)],
+        ..PeerStatus::default()
+    };
+    assert_eq!(
+        voters_naming_self(&status, 3),
+        Vec::<u64>::new(),
+        "a configuration before this node's addition proves nothing"
+    );
+    status.members.push(member(3, false));
+    assert_eq!(voters_naming_self(&status, 3), vec![1, 2], "as a learner");
+    status.members.push(member(4, true));
+    assert_eq!(voters_naming_self(&status, 3), vec![1, 2, 4]);
+}

@@ -471,21 +471,20 @@ impl<S: StateMachine> Peer<S> {
             self.inner.schemas.local().handler(write, tag).is_some()
         };
         match self.check_command(command) {
-            Err(Error::Unsupported(why))
+            Err(Error::Unsupported(_))
                 if crate::schema::encoded_tag(command).is_some_and(known) =>
             {
                 let deadline =
                     tokio::time::Instant::now() + heard_wait(self.inner.election_timeout);
-                let heard = self
-                    .inner
+                // Checked again whether or not every voter was heard
+                // (review s61 schema L1): leadership may have moved during
+                // the wait, and the caller is owed `NotLeader` then, which
+                // it retries, not an `Unsupported` it does not.
+                self.inner
                     .schemas
                     .wait_heard(|| self.other_voters().collect(), deadline)
                     .await;
-                if heard {
-                    self.check_command(command)
-                } else {
-                    Err(Error::Unsupported(why))
-                }
+                self.check_command(command)
             }
             checked => checked,
         }

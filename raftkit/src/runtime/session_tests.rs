@@ -953,3 +953,23 @@ fn the_bounded_write_is_proposed_only_once_every_voter_applies_it() {
         .unwrap();
     assert_eq!(entry(&book), new);
 }
+
+/// A stored output is written in snapshots and session entries exactly as
+/// the `Vec<u8>` it was before it became shared bytes (variant 0, length,
+/// bytes), and reads back the same: snapshots of either binary read in the
+/// other (review s61 perf L2).
+#[test]
+fn a_stored_output_encodes_as_the_vec_form_did() {
+    let reply = StoredReply::Ok(bytes::Bytes::from_static(b"ab"));
+    let encoded = postcard::to_allocvec(&reply).expect("encodes");
+    assert_eq!(encoded, [0, 2, b'a', b'b']);
+    let back: StoredReply = postcard::from_bytes(&encoded).expect("decodes");
+    assert_eq!(back, reply);
+    #[derive(serde::Serialize)]
+    enum Before {
+        Ok(Vec<u8>),
+    }
+    let before = postcard::to_allocvec(&Before::Ok(vec![7; 300])).expect("encodes");
+    let shared = StoredReply::Ok(bytes::Bytes::from(vec![7; 300]));
+    assert_eq!(postcard::to_allocvec(&shared).expect("encodes"), before);
+}
