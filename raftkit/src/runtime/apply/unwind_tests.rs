@@ -138,7 +138,11 @@ fn unwind_the_loop<S: StateMachine>(
             rx: Some(rx),
             snapshots,
         };
-        panic!("the apply loop panics on purpose");
+        // Unwinds as `panic!` would, without running the panic hook: the
+        // hook prints the message (and, under `RUST_BACKTRACE`, resolves a
+        // backtrace, taking milliseconds) before the guard runs, which
+        // only slows the tests racing it and says nothing about the guard.
+        std::panic::resume_unwind(Box::new("the apply loop panics on purpose"));
     }));
     assert!(unwound.is_err(), "the loop's panic goes on unwinding");
 }
@@ -454,30 +458,43 @@ fn every_send_racing_the_guards_close_is_answered() {
     const ROUNDS: usize = 3_000;
     /// Sends the racing thread makes before the guard runs (it is running).
     const WARM: usize = 32;
-    /// Sends after which the racing thread gives up (the guard never ran).
-    const MOST: usize = 1_000_000;
+    /// How long the racing thread sends before it gives up (the guard
+    /// never closed the queue): a bound on its memory, far above any
+    /// scheduling delay of the thread running the guard.
+    const GIVE_UP: Duration = Duration::from_secs(20);
     for round in 0..ROUNDS {
         let (shared, status) = shared();
         let (tx, rx) = mpsc::unbounded_channel();
         let sender = ApplyTx::thread_only(tx, Arc::clone(&shared) as Arc<dyn super::Inline>);
         let (snap_tx, _snapshots) = mpsc::unbounded_channel();
         let sent = Arc::new(AtomicUsize::new(0));
+        // Set once the guard has run: every send after it must be refused.
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let racing = std::thread::spawn({
-            let sent = Arc::clone(&sent);
+            let (sent, closed) = (Arc::clone(&sent), Arc::clone(&closed));
             move || {
                 let mut answers = Vec::new();
-                loop {
+                let give_up = std::time::Instant::now() + GIVE_UP;
+                // How the sending ended: refused (`Ok`), or why not.
+                let end = loop {
+                    let after_close = closed.load(Ordering::SeqCst);
                     let (r, r_rx) = reply();
                     let queued = sender.send(ApplyMsg::Register(vec![(1, 1, r)]));
                     answers.push(r_rx);
                     sent.fetch_add(1, Ordering::SeqCst);
-                    if !queued || answers.len() >= MOST {
-                        break;
+                    if !queued {
+                        break Ok(());
                     }
-                }
+                    if after_close {
+                        break Err("a send after the guard closed the queue was queued");
+                    }
+                    if std::time::Instant::now() > give_up {
+                        break Err("the guard did not close the queue within 20 s");
+                    }
+                };
                 // The sender is kept: dropping it would free what it left
                 // in the queue (and drop those replies).
-                (sender, answers)
+                (sender, answers, end)
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -489,11 +506,11 @@ fn every_send_racing_the_guards_close_is_answered() {
             std::thread::yield_now();
         }
         unwind_the_loop(&shared, rx, &snap_tx);
-        let (sender, answers) = racing.join().expect("the racing sender panicked");
-        assert!(
-            answers.len() < MOST,
-            "round {round}: the sender was never refused"
-        );
+        closed.store(true, Ordering::SeqCst);
+        let (sender, answers, end) = racing.join().expect("the racing sender panicked");
+        if let Err(why) = end {
+            panic!("round {round}: the sender was never refused: {why}");
+        }
         assert!(status.borrow().halted.is_some(), "the node did not halt");
         let n = answers.len();
         for (i, a) in answers.into_iter().enumerate() {
