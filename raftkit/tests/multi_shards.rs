@@ -87,6 +87,26 @@ async fn connect_patiently(
 }
 
 /// The address of the node that leads `group`, as the nodes report it.
+/// Moves `group`'s leadership to `to` and waits until it leads there. A
+/// transfer waits two election timeouts (400 ms at these 20 ms ticks) for
+/// the target to lead and then fails `Timeout`, which a loaded CI machine
+/// can cause; a transfer changes nothing, so it is asked again until the
+/// target leads (s62: it was one call, unwrapped).
+async fn transfer_to(client: &ShardedClient<Kv>, addrs: &[String], group: GroupId, to: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let asked = client.transfer_leader(group, to).await;
+        if leader_of(client, addrs, group).await == to {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group {group}: the leadership never moved to {to} (last answer: {asked:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn leader_of(client: &ShardedClient<Kv>, addrs: &[String], group: GroupId) -> String {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
@@ -206,8 +226,7 @@ async fn a_typed_client_routes_by_shard_key_and_follows_the_placement() {
     let group = routes.shard_of(keys[0].as_bytes()).unwrap().group;
     let old = leader_of(&sharded, &members, group).await;
     let to = members.iter().find(|a| **a != old).unwrap().clone();
-    sharded.transfer_leader(group, &to).await.unwrap();
-    assert_eq!(leader_of(&sharded, &members, group).await, to);
+    transfer_to(&sharded, &members, group, &to).await;
     assert_eq!(
         kv.put(keys[0].clone(), "moved".into()).await.unwrap(),
         Some(format!("v-{}", keys[0]))
@@ -238,25 +257,21 @@ async fn a_typed_client_routes_by_shard_key_and_follows_the_placement() {
             .await
             .unwrap()
     );
-    // (A short timeout: the client re-reads the placement until it names
-    // other replicas, or its timeout passes.)
+    // (The client re-reads the placement until it names other replicas, or
+    // its timeout passes: `opts`' 10 s, which the group's leader putting the
+    // placement right must fit in. It was 2 s, within reach of a loaded CI
+    // machine; a client that does not re-read fails whatever its timeout.)
     let fresh = KvClient::new(
-        ShardedClient::<Kv>::connect_with(
-            &members,
-            admin.clone(),
-            opts().with_timeout(Duration::from_secs(2)),
-        )
-        .await
-        .unwrap(),
+        ShardedClient::<Kv>::connect_with(&members, admin.clone(), opts())
+            .await
+            .unwrap(),
     );
     // The stranger says so: a client that knows only it ends there.
     let lost = KvClient::new(
         Client::connect_with_for::<Kv, _, _>(
             std::slice::from_ref(&spare),
             admin.clone(),
-            opts()
-                .with_group(moved)
-                .with_timeout(Duration::from_secs(2)),
+            opts().with_group(moved),
         )
         .await
         .unwrap(),
@@ -326,15 +341,7 @@ async fn an_admin_moves_a_replica_and_the_placement_follows() {
 
     // Led by the last replica the placement lists: the move is asked of a
     // node that does not lead first, and follows its NotLeader hint.
-    sharded.transfer_leader(group, &members[2]).await.unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while leader_of(&sharded, &members, group).await != members[2] {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the leadership never moved"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    transfer_to(&sharded, &members, group, &members[2]).await;
     // Asked right after the transfer: the new leader may not have
     // committed an entry of its term yet, which a configuration change
     // needs (Raft thesis §4.1); the move waits for it rather than failing.
@@ -1062,9 +1069,9 @@ async fn peer_connection_and_watch_caps_are_tunable_on_a_multi_group_node() {
     let client = Client::connect_with_for::<Kv, _, _>(
         std::slice::from_ref(&member),
         ca.issue_client("watcher").unwrap(),
-        ClientOptions::default()
-            .with_timeout(Duration::from_secs(2))
-            .with_group(data_group),
+        // (10 s, the default: the connect and the first watch fit in it
+        // however loaded the machine; it was 2 s.)
+        ClientOptions::default().with_group(data_group),
     )
     .await
     .unwrap();
@@ -1094,7 +1101,8 @@ async fn peer_connection_and_watch_caps_are_tunable_on_a_multi_group_node() {
 /// call's timeout) or two timeouts (the call routed again to the same
 /// replicas): with `TIMEOUT` = 500 ms both are >= 1 s, so the bound is 1 s,
 /// i.e. 500 ms of slack for a timer's wake-up and one round trip on a
-/// loaded machine (it was 300 ms with 600 ms / 900 ms: a flake).
+/// loaded machine (it was 300 ms with 600 ms / 900 ms: a flake). It bounds
+/// the quickest of three calls, not each one (s62): a defect slows each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_to_a_group_whose_replicas_are_all_down_takes_one_timeout() {
     const TIMEOUT: Duration = Duration::from_millis(500);
@@ -1156,21 +1164,26 @@ async fn a_call_to_a_group_whose_replicas_are_all_down_takes_one_timeout() {
     );
     // Group 0 (on the member) answers at once: only group 1 is down.
     assert!(kv.get(key_in(&sharded, 2, "up")).await.is_ok());
-    for _ in 0..2 {
+    // The bound holds for the quickest of three calls: each defect slows
+    // every call (by 500 ms or more), while a stall of a loaded CI machine
+    // (500 ms of slack is within its reach) would have to strike all three.
+    let mut took = Vec::new();
+    for _ in 0..3 {
         let start = tokio::time::Instant::now();
         let got = quick.get(key.clone()).await;
-        let took = start.elapsed();
+        took.push(start.elapsed());
         eprintln!("a call to a group whose replicas are down took {took:?}");
         assert!(
             matches!(got, Err(Error::Unavailable(_))),
             "a group whose replicas are down: {got:?}"
         );
         assert_eq!(got.unwrap_err().applied(), raftkit::error::Applied::No);
-        assert!(
-            took < BOUND,
-            "one call took {took:?}, its timeout is {TIMEOUT:?}"
-        );
     }
+    let quickest = took.iter().min().copied().unwrap_or_default();
+    assert!(
+        quickest < BOUND,
+        "the quickest of three calls took {quickest:?} ({took:?}), their timeout is {TIMEOUT:?}"
+    );
     a.shutdown().await.unwrap();
 }
 

@@ -547,12 +547,15 @@ async fn a_deposed_partitioned_leader_cannot_answer_a_read() {
     assert_eq!(fresh.add("x".into(), 1).await.unwrap(), 2);
     // The old leader must not answer with its stale state: it fails the
     // read (it cannot confirm leadership and steps down by CheckQuorum).
-    let stale = tokio::time::timeout(Duration::from_secs(5), client.get("x".into())).await;
+    // (20 s: the read fails once CheckQuorum steps the old leader down,
+    // an election timeout or two; 5 s was within reach of a loaded CI
+    // machine. A stale answer fails at any speed.)
+    let stale = tokio::time::timeout(Duration::from_secs(20), client.get("x".into())).await;
     match stale {
         Ok(Ok(v)) => panic!("a deposed leader answered a read with {v}"),
         Ok(Err(Error::NotLeader { .. })) => {}
         Ok(Err(e)) => panic!("unexpected error {e}"),
-        Err(_) => panic!("the read neither failed nor answered within 5 s"),
+        Err(_) => panic!("the read neither failed nor answered within 20 s"),
     }
     // After the partition heals, the old leader converges on the new log.
     net.heal();
@@ -704,8 +707,9 @@ async fn followers_serve_linearizable_and_stale_reads_lease_reads_fall_back() {
     assert!(s.applied <= s.leader_commit, "{s:?}");
     assert!(s.leader_commit > 0);
     // A lease read on the leader: served (at the latest value, since the
-    // lease holds and every write was acknowledged before).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // lease holds and every write was acknowledged before). (20 s: a bound
+    // against a hang; 5 s was within reach of a loaded CI machine.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let (v, _) = peers[leader]
         .read_with(CounterRead::Get { key: "k".into() }, Consistency::Lease)
         .await

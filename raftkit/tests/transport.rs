@@ -1671,7 +1671,10 @@ async fn strangers_stalling_their_handshakes_do_not_lock_a_member_out() {
     a.t.set_peers(BTreeMap::from([b.peer_entry()]));
     b.t.set_peers(BTreeMap::from([a.peer_entry()]));
     b.t.send(msg(&b, &a, 1));
-    let bound = Duration::from_secs(2);
+    // 5 s: it arrives in milliseconds, and a member locked out gets in
+    // only once a stranger's handshake or TLS bound ends (10 s). It was 2 s,
+    // one stall of a CI machine running every test binary at once.
+    let bound = Duration::from_secs(5);
     match tokio::time::timeout(bound, a.rx.recv()).await {
         Ok(Some(got)) => assert_eq!(got, msg(&b, &a, 1)),
         Ok(None) => panic!("a's inbox closed"),

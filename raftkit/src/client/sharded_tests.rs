@@ -89,9 +89,13 @@ async fn no_reread_of_the_placement_starts_after_the_calls_deadline() {
         .expect("ends")
         .expect_err("no replica hosts the group");
     let took = started.elapsed();
+    // The teeth: a re-read started at the deadline finds group 0 silent
+    // and ends the call with its `Unavailable`, not this `NotHosted`.
     assert_eq!(err, Error::NotHosted { group: 1 });
-    // Its timeout, not a quarter more (slack for a loaded machine).
-    assert!(took < T + T / 8, "took {took:?}");
+    // Ended by its deadline, not at the test's bound (10 s). The bound was
+    // `T + T / 8` (250 ms over the deadline: one stall of a loaded CI
+    // machine); the error above tells the defect apart at any speed.
+    assert!(took < T + Duration::from_secs(5), "took {took:?}");
 }
 
 /// Review s55 client #1: each group client of a sharded client had a name

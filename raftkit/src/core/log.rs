@@ -815,6 +815,30 @@ mod tests {
         assert_eq!(log.persisted(), 2);
     }
 
+    /// `append_after` never truncates a committed entry: an entry that
+    /// conflicts with one at or below the commit index ends the append and
+    /// the log is left as it was. `inbound` drops every AppendEntries that
+    /// would carry one (see the method's docs), so only a direct call
+    /// reaches the guard (`Some(_) if index <= self.committed => break`);
+    /// without it, committed entry 2 is replaced and this test fails (s62,
+    /// mutation teeth).
+    #[test]
+    fn an_entry_conflicting_with_a_committed_one_is_ignored() {
+        let mut log = RaftLog::restore(SnapshotMeta::default(), ents(&[1, 1, 1]), 2);
+        let (last_new, truncated) = log.append_after(1, ents(&[1, 2, 2]).split_off(1));
+        assert_eq!(
+            (last_new, truncated),
+            (1, false),
+            "an append over committed entry 2"
+        );
+        assert_eq!(
+            (1..=3).map(|i| log.term(i)).collect::<Vec<_>>(),
+            [Some(1), Some(1), Some(1)],
+            "the log after an append that conflicts with committed entry 2"
+        );
+        assert_eq!(log.committed(), 2);
+    }
+
     #[test]
     fn committed_entries_wait_for_persistence() {
         let mut log = RaftLog::restore(SnapshotMeta::default(), ents(&[1]), 1);

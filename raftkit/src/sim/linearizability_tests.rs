@@ -485,7 +485,10 @@ fn large_random_history_is_checked_quickly() {
     let result = check(&history, DEFAULT_BUDGET);
     let elapsed = started.elapsed();
     assert_eq!(result, CheckResult::Linearizable, "{result}");
-    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    // A loose wall-clock bound (it was 1 s: a CPU-bound check on a loaded
+    // CI machine, every test binary at once, can be descheduled that long);
+    // the teeth are the step counts below, whatever the machine.
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
     // Deterministically: the just-in-time search stays far below the budget.
     for key in 0..3 {
         let ops: Vec<&Operation> = history.iter().filter(|op| op.key() == key).collect();

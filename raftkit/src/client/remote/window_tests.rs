@@ -78,7 +78,10 @@ async fn a_write_refused_for_a_full_session_window_is_retried_with_its_latest_ac
             )))),
         }
     });
-    let opts = ClientOptions::default().with_timeout(Duration::from_secs(3));
+    // (8 s: the connect and write 2's retry must fit in the client's
+    // timeout; 3 s was within reach of a loaded CI machine. The defect ends
+    // write 2 `Overloaded` at the timeout, whatever its length.)
+    let opts = ClientOptions::default().with_timeout(Duration::from_secs(8));
     let client = tokio::time::timeout(
         DEADLINE,
         Client::connect_with([member.addr().to_string()], client_id, 0, opts),
@@ -147,8 +150,11 @@ async fn a_write_refused_for_a_full_window_is_not_resent_while_the_write_below_i
             )))),
         }
     });
+    // (5 s: the connect, and each call that succeeds, must fit in the
+    // client's timeout; 1 s was within reach of a loaded CI machine. The
+    // defects show at the timeout, whatever its length.)
     let opts = ClientOptions::default()
-        .with_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(5))
         .with_backoff(Duration::from_millis(5))
         .with_max_backoff(Duration::from_millis(20));
     let client = tokio::time::timeout(
@@ -253,8 +259,11 @@ async fn an_answered_write_once_handle_kept_alive_does_not_hold_the_session_wind
             )))),
         }
     });
+    // (5 s: the connect, and each call that succeeds, must fit in the
+    // client's timeout; 1 s was within reach of a loaded CI machine. The
+    // defects show at the timeout, whatever its length.)
     let opts = ClientOptions::default()
-        .with_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(5))
         .with_backoff(Duration::from_millis(5))
         .with_max_backoff(Duration::from_millis(20));
     let client = tokio::time::timeout(

@@ -225,3 +225,36 @@ fn check_quorum_in_a_joint_configuration_needs_both_majorities() {
         assert!(c.node(1).config().is_joint(), "the premise: still joint");
     }
 }
+
+/// `propose_config` refuses a change while the configuration in force is
+/// joint even when its entry is committed (`membership.rs`: the
+/// `self.conf.is_joint()` of the "change in flight" check). The core never
+/// holds that state itself: the leader's commit index only advances in
+/// `maybe_commit`, whose `on_commit_advanced` appends C_new in the same
+/// step once C_old,new commits (thesis §4.3), so from then on the
+/// configuration entry in force is uncommitted again. The state is made
+/// here by hand (the commit index raised past the no-op without that
+/// step): without the check, a new joint change would be proposed from a
+/// joint configuration, and this test fails (s62, mutation teeth).
+#[cfg(feature = "sim")]
+#[test]
+fn no_change_is_proposed_from_a_committed_joint_configuration() {
+    use crate::core::ProposeError;
+    let mut r = joint_node(1, &[1, 2, 3], &[1, 4, 5]);
+    make_candidate(&mut r);
+    let term = r.term();
+    for from in [2, 4] {
+        step(&mut r, vote_resp(from, 1, term, true, false));
+    }
+    assert_eq!(r.role(), Role::Leader);
+    // The leader's no-op committed without `on_commit_advanced`.
+    let last = r.log().last_index();
+    r.log_mut_unchecked().set_committed_unchecked(last);
+    assert!(r.config().is_joint());
+    let target = Configuration::new([1, 2, 3]);
+    let proposed = r.propose_config(target);
+    assert!(
+        matches!(proposed, Err(ProposeError::ChangeInFlight(_))),
+        "a change proposed from a committed joint configuration: {proposed:?}"
+    );
+}
