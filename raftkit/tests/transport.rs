@@ -1381,10 +1381,12 @@ async fn reconnect_delays_are_capped() {
     assert!(took < Duration::from_secs(8), "12 attempts took {took:?}");
 }
 
-/// Waits at most 2 s for the acceptor to close `conn` after `what`;
-/// `Err` says how it was not closed with application code `code`.
+/// Waits at most 5 s for the acceptor to close `conn` after `what`;
+/// `Err` says how it was not closed with application code `code`. (It
+/// was 2 s, within reach of a loaded CI machine; the acceptor closes at
+/// once, or, under the defects pinned, with another code or not at all.)
 async fn closed_after(what: &str, conn: &quinn::Connection, code: u32) -> Result<(), String> {
-    let limit = Duration::from_secs(2);
+    let limit = Duration::from_secs(5);
     match tokio::time::timeout(limit, conn.closed()).await {
         Ok(quinn::ConnectionError::ApplicationClosed(close))
             if close.error_code == quinn::VarInt::from_u32(code) =>

@@ -338,3 +338,30 @@ async fn serve_watches(conn: Connection, shared: Arc<Shared>) {
         let _ = send.finish();
     }
 }
+
+/// A client of `addrs` (schema 0) with `opts`, connected patiently. A
+/// connect is bounded by the client's call timeout (under a second in
+/// several tests), which a loaded CI machine's TLS handshake can outlast;
+/// the tests using this are not about connecting, and a connect applies
+/// nothing, so a retryable failure is tried again for up to 30 s (s62:
+/// these tests connected once).
+pub(crate) async fn connect_patiently(
+    addrs: &[String],
+    identity: &Identity,
+    opts: super::ClientOptions,
+) -> super::Client {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let connected = tokio::time::timeout_at(
+            deadline,
+            super::Client::connect_with(addrs, identity.clone(), 0, opts.clone()),
+        )
+        .await
+        .expect("connects within 30 s");
+        match connected {
+            Ok(client) => return client,
+            Err(e) if e.is_retryable() => {}
+            Err(e) => panic!("the connect failed: {e:?}"),
+        }
+    }
+}

@@ -118,8 +118,10 @@ async fn lookups_running_at_once_are_bounded() {
         assert_eq!(e.applied(), Applied::No, "{e:?}");
     }
     let took = start.elapsed();
+    // (5 s: it was 3 s, within reach of a loaded CI machine; callers that
+    // wait for the stalled lookups wait for `stub::STALL_FOR`, 8 s.)
     assert!(
-        took < Duration::from_secs(3),
+        took < Duration::from_secs(5),
         "the callers waited {took:?} (deadline 500 ms)"
     );
     let peak = stub::peak(GROUP);

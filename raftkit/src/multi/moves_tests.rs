@@ -155,7 +155,9 @@ async fn a_learner_added_while_a_move_waits_for_its_joint_change_stays() {
         let opts = MoveOptions {
             catch_up_lag: 0,
             catch_up_timeout: DEADLINE,
-            step_timeout: Duration::from_secs(5),
+            // (30 s, the default: a step that does not commit in 5 s on a
+            // loaded CI machine failed the move.)
+            step_timeout: Duration::from_secs(30),
         };
         async move { leader.move_replica_with(G, from, &d, &opts).await }
     });
@@ -210,7 +212,8 @@ async fn undoing_a_refused_move_never_removes_a_target_that_votes_now() {
     let opts = MoveOptions {
         catch_up_lag: 0,
         catch_up_timeout: DEADLINE,
-        step_timeout: Duration::from_secs(5),
+        // (30 s, the default: 5 s was within reach of a loaded CI machine.)
+        step_timeout: Duration::from_secs(30),
     };
     leader
         .move_replica_with(G, from, &d, &opts)

@@ -19,28 +19,41 @@ use crate::tls::dev_cluster;
 /// never ended): the test fails there instead of hanging.
 const HANG: Duration = Duration::from_secs(10);
 
-/// How far past its deadline a call may end (a loaded 2-core machine).
-const SLACK: Duration = Duration::from_secs(2);
+/// How far past its deadline a call may end (a loaded 2-core machine
+/// running every test binary at once: it was 2 s). The defects pinned here
+/// never end the call: they fail at [`HANG`].
+const SLACK: Duration = Duration::from_secs(5);
 
 /// A member that takes the connection and the hello, and never answers a
-/// request; a client of it with timeout `timeout`.
+/// request; a client of it with timeout `timeout`. The connect is bounded
+/// by that timeout too (200 ms here), which a loaded CI machine's TLS
+/// handshake can outlast: the tests are not about connecting, and a connect
+/// applies nothing, so a retryable failure is tried again until [`HANG`]
+/// (s62: one try).
 async fn silent(name: &'static str, timeout: Duration) -> (FakeMember, Client) {
     let (ca, nodes) = dev_cluster([name]).expect("dev certificates");
     let client_id = ca.issue_client("silent").expect("client certificate");
     let node = nodes.first().expect("one node");
     let member = FakeMember::start(node, |_: &ClientRequest| Act::Ignore);
-    let client = tokio::time::timeout(
-        HANG,
-        Client::connect_with(
-            [member.addr().to_string()],
-            client_id,
-            0,
-            ClientOptions::default().with_timeout(timeout),
-        ),
-    )
-    .await
-    .expect("connects in time")
-    .expect("connects");
+    let deadline = tokio::time::Instant::now() + HANG;
+    let client = loop {
+        let connected = tokio::time::timeout_at(
+            deadline,
+            Client::connect_with(
+                [member.addr().to_string()],
+                client_id.clone(),
+                0,
+                ClientOptions::default().with_timeout(timeout),
+            ),
+        )
+        .await
+        .expect("connects in time");
+        match connected {
+            Ok(client) => break client,
+            Err(e) if e.is_retryable() => {}
+            Err(e) => panic!("the connect failed: {e:?}"),
+        }
+    };
     (member, client)
 }
 

@@ -460,18 +460,12 @@ async fn first_writes_whose_session_cannot_be_opened_end_in_one_timeout_not_appl
         _ => Act::answer(ClientResponse::Ok(Vec::new())),
     });
     let timeout = Duration::from_millis(500);
-    let client = tokio::time::timeout(
-        DEADLINE,
-        Client::connect_with(
-            [a.addr().to_string()],
-            client_id,
-            0,
-            ClientOptions::default().with_timeout(timeout),
-        ),
+    let client = crate::client::fake_member::connect_patiently(
+        &[a.addr().to_string()],
+        &client_id,
+        ClientOptions::default().with_timeout(timeout),
     )
-    .await
-    .expect("connects in time")
-    .expect("connects");
+    .await;
     let start = tokio::time::Instant::now();
     let calls: Vec<_> = (0..5)
         .map(|_| {
@@ -588,18 +582,12 @@ async fn a_call_whose_every_member_is_down_ends_unavailable_not_applied() {
     let a = FakeMember::start(&a_id, open);
     let b = FakeMember::start(&b_id, open);
     let timeout = Duration::from_millis(600);
-    let client = tokio::time::timeout(
-        DEADLINE,
-        Client::connect_with(
-            [a.addr().to_string(), b.addr().to_string()],
-            client_id,
-            0,
-            ClientOptions::default().with_timeout(timeout),
-        ),
+    let client = crate::client::fake_member::connect_patiently(
+        &[a.addr().to_string(), b.addr().to_string()],
+        &client_id,
+        ClientOptions::default().with_timeout(timeout),
     )
-    .await
-    .expect("connects in time")
-    .expect("connects");
+    .await;
     client.set_leader(Some(a.addr()));
     open_at_a(&client).await;
     // Both go down for good: every dial is refused before anything is sent.
@@ -634,10 +622,7 @@ async fn client_with_timeout(
 ) -> Client {
     let addrs: Vec<String> = members.iter().map(|m| m.addr().to_string()).collect();
     let opts = ClientOptions::default().with_timeout(timeout);
-    let client = tokio::time::timeout(DEADLINE, Client::connect_with(addrs, identity, 0, opts))
-        .await
-        .expect("connects in time")
-        .expect("connects");
+    let client = crate::client::fake_member::connect_patiently(&addrs, &identity, opts).await;
     client.set_leader(Some(first));
     client
 }
