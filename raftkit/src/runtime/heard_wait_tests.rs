@@ -42,10 +42,19 @@ impl Counter {
 
 const TICK: Duration = Duration::from_millis(10);
 
+/// B's and C's election timeout, in ticks: 2-4 s, longer than the wait
+/// (2.5 s at most). At 10 ticks (100-200 ms) a loaded CI machine that
+/// delayed A's heartbeats that long had B or C elected during the wait,
+/// and the write was answered `NotLeader` (s62, under two CPU hogs: "a
+/// write never proposed (voters B and C unheard) was answered
+/// Err(NotLeader { hint: Some("heard-72:2") }) after 2.50354454s, not
+/// Unsupported").
+const FOLLOWER_ELECTION_TICKS: u32 = 200;
+
 /// A (leading, its book that of a joined directory, B and C unheard), B
-/// and C; A's election timeout is `a_election_ticks` ticks. B or C leads
-/// first (A may ignore votes for an election timeout after its start),
-/// then hands leadership to A.
+/// and C; A's election timeout is `a_election_ticks` ticks, theirs
+/// [`FOLLOWER_ELECTION_TICKS`]. B or C leads first (A may ignore votes for
+/// an election timeout after its start), then hands leadership to A.
 async fn joined_leader(
     seed: u64,
     a_election_ticks: u32,
@@ -73,7 +82,13 @@ async fn joined_leader(
         .expect("A starts");
     let mut others = Vec::new();
     for addr in &addrs[1..] {
-        others.push(start(addr).start().await.expect("peer starts"));
+        others.push(
+            start(addr)
+                .election_ticks(FOLLOWER_ELECTION_TICKS)
+                .start()
+                .await
+                .expect("peer starts"),
+        );
     }
     let a_id = a.id();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
