@@ -155,7 +155,16 @@ async fn an_admin_client_transfers_leadership_and_removes_a_member() -> Result<(
         raftkit::client::ClientOptions::default(),
     )
     .await?;
-    let leader = cluster.leader().expect("start waits for a leader").id();
+    // (Waited for: `start` waited for a leader, but on a loaded machine
+    // the cluster may be between leaders again by now; s62 saw it.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let leader = loop {
+        if let Some(leader) = cluster.leader() {
+            break leader.id();
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     let (target, target_addr) = cluster
         .peers()
         .iter()
