@@ -140,26 +140,47 @@ impl Raft {
 
     /// Gives up leadership for good because this node's storage failed
     /// (DESIGN §4: never retry after a failed fsync; §6: a node whose
-    /// storage failed acknowledges nothing more). Such a node steps no
-    /// message and persists nothing from now on, so it can neither lead nor
-    /// vote until restarted: it is marked halted (it never campaigns) and
-    /// steps down at once. If it led, the returned `TimeoutNow` hands
-    /// leadership over (thesis §3.10) to the voter whose log matched the
-    /// most of this leader's (the lowest id among equals), provided that
-    /// voter holds every entry this leader knows committed: it then
-    /// campaigns at once, without waiting out its election timeout, and
-    /// the others grant it their votes if its log is as up to date as
-    /// theirs (§5.4.1; otherwise the election fails and the cluster
-    /// elects a leader after an election timeout, as it would have
-    /// anyway). Unlike [`Raft::transfer_leadership`] it does not first
-    /// bring the target up to date, which would need the responses this
-    /// node no longer steps.
+    /// storage failed acknowledges nothing more). The core is marked
+    /// halted, so it never campaigns again, not even when a later leader
+    /// sends it a TimeoutNow (it never leads again until restarted), and
+    /// steps down at once. It would still vote and take in entries if it
+    /// were stepped: what keeps a node whose storage failed from voting or
+    /// acknowledging is that its runtime steps, ticks and persists nothing
+    /// more (`runtime::node`, `NodeTask::fail`), and that no write of it
+    /// can become durable.
+    ///
+    /// If it led, the returned `TimeoutNow` hands leadership over (thesis
+    /// §3.10): the target campaigns at once, without waiting out its
+    /// election timeout, and the others grant it their votes if its log is
+    /// as up to date as theirs (§5.4.1; otherwise the election fails and
+    /// the cluster elects a leader after an election timeout, as it would
+    /// have anyway). The target is the voter ranked first by, in order:
+    ///
+    /// 1. holding every entry this leader knows committed (its `matched`
+    ///    at or past the commit index): such a voter can win;
+    /// 2. among those, being the target of a leadership transfer in
+    ///    flight ([`Raft::transfer_leadership`]): where an operator wanted
+    ///    leadership to go;
+    /// 3. the highest `matched`: right after an election, before any
+    ///    follower answered in this term, every `matched` is 0 and no
+    ///    voter passes rule 1; one is chosen anyway, since only the
+    ///    election decides whether it may lead (§5.4.1), and a failed
+    ///    election costs no more than no hand-over (review s61, 2a);
+    /// 4. a hash of this core's seed ([`Config::seed`](super::Config::seed),
+    ///    distinct per group in the runtime), its term and the voter's id:
+    ///    deterministic, and spreading the leaderships of the many groups
+    ///    a failed multi-group node led over their voters, where the
+    ///    lowest id would pile them on one node (review s61, 2c).
+    ///
+    /// Unlike [`Raft::transfer_leadership`] it does not first bring the
+    /// target up to date, which would need the responses this node no
+    /// longer steps.
     ///
     /// The caller sends the message itself: no [`Ready`](super::Ready) of a
     /// core whose storage failed may be taken (its writes could never be
     /// made durable). The message claims nothing durable: its term was
     /// durable before this node led. `None` when this node did not lead,
-    /// or no voter qualifies.
+    /// or no other voter is known.
     pub fn abdicate(&mut self) -> Option<Message> {
         self.halted = true;
         if self.role != Role::Leader {
@@ -169,13 +190,7 @@ impl Raft {
             }
             return None;
         }
-        let committed = self.log.committed();
-        let target = self
-            .progress
-            .iter()
-            .filter(|(id, p)| **id != self.id && self.conf.is_voter(**id) && p.matched >= committed)
-            .max_by_key(|(id, p)| (p.matched, std::cmp::Reverse(**id)))
-            .map(|(id, _)| *id);
+        let target = self.handover_target();
         // The target's campaign is granted inside leases (§3.10); this
         // node serves no read again.
         self.lease.revoke();
@@ -187,6 +202,32 @@ impl Raft {
             term,
             body: Body::TimeoutNow,
         })
+    }
+
+    /// The voter [`Raft::abdicate`] hands leadership to (its rules 1-4).
+    fn handover_target(&self) -> Option<NodeId> {
+        let committed = self.log.committed();
+        let operator = self.transfer_target;
+        self.progress
+            .iter()
+            .filter(|(id, _)| **id != self.id && self.conf.is_voter(**id))
+            .max_by_key(|(id, p)| {
+                let holds_committed = p.matched >= committed;
+                (
+                    holds_committed,
+                    holds_committed && operator == Some(**id),
+                    p.matched,
+                    self.tie_rank(**id),
+                )
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// Rule 4 of [`Raft::abdicate`]: a hash of this core's seed, its term
+    /// and `id`.
+    fn tie_rank(&self, id: NodeId) -> u64 {
+        use std::hash::BuildHasher;
+        crate::word_hash::WordHashing.hash_one((self.cfg.seed, self.term, id))
     }
 
     /// The target of a transfer campaigns immediately.

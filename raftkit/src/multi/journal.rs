@@ -57,7 +57,17 @@
 //!    it acknowledged; and no choice of records makes every batch safe
 //!    alone, since a log longer than one batch takes several.
 //! 4. After a failed sync the journal refuses every later write
-//!    ([`StorageError::Failed`]); nothing is retried (DESIGN §4). After a
+//!    ([`StorageError::Failed`]); nothing is retried (DESIGN §4). Every
+//!    group's sink is told at once ([`GroupSink`]'s
+//!    [`SharedSink::fault`]), with or without a write in the failed
+//!    batch: every group hosted here lost its storage, and each runs its
+//!    node's failure path (`runtime::node`, `NodeTask::fail`: a leader
+//!    hands leadership over, no group acknowledges anything more). Before
+//!    (review s61, 1), only the groups with a write in the failed batch
+//!    learnt it, from that write's answer; a group this node led with
+//!    nothing to write (heartbeats write nothing) kept leading until its
+//!    next client write failed. The same holds after a failed checkpoint,
+//!    a panicking save and a panic of the commit thread. After a
 //!    failed write of one group (a received snapshot whose save failed, a
 //!    refused record) the journal refuses every later write of that
 //!    group's sink (the running replica, which built them on the failed
@@ -108,12 +118,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info};
 
 use super::GroupId;
 use crate::core::types::{Entry, HardState, Index, Payload, Term};
-use crate::runtime::persist::{Done, SharedSink, SharedSnapshots, Write};
+use crate::runtime::persist::{Done, SharedSink, SharedSnapshots, StoreFault, Write};
 use crate::storage::vfs::SharedFs;
 use crate::storage::{LogStore, MemLogStore, Snapshot, StorageError, Wal, WalOptions};
 
@@ -247,6 +257,9 @@ struct State {
     next_check: u64,
     checkpoint_bytes: u64,
     failed: Option<String>,
+    /// Tells every group's sink the journal failed (invariant 4), with
+    /// `failed`'s cause.
+    fault: Arc<watch::Sender<Option<String>>>,
 }
 
 /// Why a group's sink refuses its later writes (invariant 4).
@@ -343,6 +356,8 @@ struct Save {
 struct Shared {
     state: Mutex<State>,
     counters: Counters,
+    /// [`State::fault`], for the sinks to subscribe to without the lock.
+    fault: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Shared {
@@ -433,6 +448,7 @@ impl Journal {
             info!(dir = %dir.display(), first = c.first, "an unfinished checkpoint at the end of the journal is ignored");
         }
         info!(dir = %dir.display(), groups = groups.len(), batches = last + 1 - first, "journal replayed");
+        let fault = Arc::new(watch::Sender::new(None));
         let state = State {
             dir: dir.to_path_buf(),
             wal,
@@ -443,10 +459,12 @@ impl Journal {
             next_check: opts.checkpoint_bytes.max(replayed_bytes),
             checkpoint_bytes: opts.checkpoint_bytes.max(1),
             failed: None,
+            fault: fault.clone(),
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             counters: Counters::default(),
+            fault,
         });
         let (jobs, rx) = mpsc::unbounded_channel();
         let (saves, saves_rx) = mpsc::unbounded_channel();
@@ -560,6 +578,7 @@ impl Journal {
             group,
             snapshots,
             failed: Arc::default(),
+            fault: self.shared.fault.subscribe(),
         }
     }
 
@@ -746,6 +765,15 @@ fn note_removal(removed: &mut BTreeMap<GroupId, (Index, Term)>, group: GroupId, 
 }
 
 impl State {
+    /// The journal failed for `cause` (the first cause stays): it refuses
+    /// every later write, and every group's sink is told (invariant 4).
+    fn fail(&mut self, cause: String) {
+        if self.failed.is_none() {
+            self.failed = Some(cause.clone());
+            self.fault.send_replace(Some(cause));
+        }
+    }
+
     /// Whether this node removed `group` and has not created it again
     /// since: a write of it comes from a retired replica, and is refused.
     fn removed_not_held(&self, group: GroupId) -> bool {
@@ -798,7 +826,7 @@ impl State {
         counters.max_groups.fetch_max(groups, Ordering::Relaxed);
         if let Err(e) = &result {
             error!(dir = %self.dir.display(), error = %e, "journal sync failed; refusing further writes");
-            self.failed = Some(e.to_string());
+            self.fail(e.to_string());
         }
         result
     }
@@ -906,7 +934,7 @@ impl State {
             // one states the same), and every later write is refused
             // (invariant 4).
             error!(dir = %self.dir.display(), error = %e, "journal checkpoint failed; refusing further writes");
-            self.failed = Some(e.to_string());
+            self.fail(e.to_string());
             return written;
         }
         counters.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -1012,9 +1040,15 @@ pub struct GroupSink {
     snapshots: SharedSnapshots,
     /// The first failed write of this sink (invariant 4).
     failed: Arc<Mutex<Option<SinkRefusal>>>,
+    /// The journal's failure (invariant 4).
+    fault: watch::Receiver<Option<String>>,
 }
 
 impl SharedSink for GroupSink {
+    fn fault(&self) -> Option<StoreFault> {
+        Some(self.fault.clone())
+    }
+
     fn write(&self, write: Write, done: Done, token: u64) {
         let reply = match write.snapshot {
             Some(_) => self.jobs.clone(),

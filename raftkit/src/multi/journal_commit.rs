@@ -83,6 +83,14 @@ async fn commit_loop(shared: &Shared, open: &mut Open, saver: &mpsc::UnboundedSe
             // save's outcome could never be recorded, and a held
             // snapshot's handle back here would keep this queue open).
             let (Msg::Write(job) | Msg::Saved { job, .. }) = first;
+            // Every group learns it, with a write or not (invariant 4).
+            shared.fault.send_if_modified(|f| {
+                let first = f.is_none();
+                if first {
+                    *f = Some("the journal's lock is poisoned (a panic while it was held)".into());
+                }
+                first
+            });
             fail_closed(job);
             if !open.held.is_empty() {
                 error!(
@@ -202,8 +210,7 @@ impl Open {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .failed
-            .get_or_insert_with(|| cause.clone());
+            .fail(cause.clone());
         let maybe = || StorageError::Failed {
             cause: format!("{cause} (this write may be durable)"),
         };
@@ -292,7 +299,7 @@ impl Taker<'_> {
                 let Held { mut queue, as_of } = self.held.remove(&group).unwrap_or_default();
                 if panicked && let Err(e) = &result {
                     // Invariant 4: the journal refuses every later write.
-                    self.st.failed.get_or_insert_with(|| e.to_string());
+                    self.st.fail(e.to_string());
                 }
                 let removed = (as_of.0 && !self.st.groups.contains_key(&group))
                     || self.st.removed.get(&group).copied() != as_of.1;

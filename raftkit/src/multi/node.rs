@@ -53,6 +53,9 @@ pub use builder::MultiNodeBuilder;
 #[path = "inbox_share_tests.rs"]
 mod inbox_share_tests;
 #[cfg(test)]
+#[path = "journal_failure_tests.rs"]
+mod journal_failure_tests;
+#[cfg(test)]
 #[path = "listen_socket_tests.rs"]
 mod listen_socket_tests;
 #[cfg(test)]

@@ -20,11 +20,15 @@
 //!   every call it never proposed (waiting or later) not applied, as a
 //!   halted node does, reports the error in its status, and `shutdown`
 //!   returns it; a leader first hands leadership over
-//!   ([`Raft::abdicate`]: a TimeoutNow, thesis §3.10, to the voter that
-//!   matched the most of its log, if that voter holds every committed
-//!   entry) and steps down, and the node never campaigns again, so the
-//!   cluster elects a new leader within a round trip or two instead of
-//!   after an election timeout;
+//!   ([`Raft::abdicate`]: a TimeoutNow, thesis §3.10, to the voter
+//!   best placed to win, see there) and steps down, and the node never
+//!   campaigns again, so the cluster elects a new leader within a round
+//!   trip or two instead of after an election timeout. The step-down is
+//!   published in the status before the TimeoutNow leaves (next
+//!   invariants but one). A group of a multi-group node stops so as soon
+//!   as the node's shared journal fails, whether or not it had a write in
+//!   the failed batch ([`SharedSink::fault`](super::persist::SharedSink::fault)): its storage is gone all
+//!   the same;
 //! - a halted state machine (see `apply`) makes the core give up leadership
 //!   and never campaign ([`Raft::set_halted`]); the callers whose
 //!   proposals are in its log get [`Error::Halted`] (may have been
@@ -114,7 +118,7 @@ use super::admission::Admission;
 use super::apply::{ApplyMsg, ProgressRx, Reply, Taken};
 use super::dropped::DropLog;
 use super::membership::ConfEdit;
-use super::persist::{Persister, SaveJob, Saved, SnapshotSaver, Write};
+use super::persist::{Persister, SaveJob, Saved, SnapshotSaver, StoreFault, Write};
 use super::session::{Envelope, Op, STAMP_SLACK_MS};
 use super::stamps::{Deferred, StampClock, anchor_ready};
 use super::status::{LatencyHistogram, MemberStatus, PeerStatus};
@@ -460,6 +464,8 @@ impl NodeTask {
         // registered and dropped a timer entry each time.
         let mut status_timer = Box::pin(tokio::time::sleep(Duration::ZERO));
         let mut status_timer_at: Option<Instant> = None;
+        // The shared journal's failure (a multi-group node's replica).
+        let mut store_fault = self.persister.as_ref().and_then(Persister::shared_fault);
         self.drain_ready(&mut st);
         self.publish(&mut st);
         loop {
@@ -502,6 +508,10 @@ impl NodeTask {
                 }
                 _ = gate_woken(&self.gate), if asleep => ticker.reset(),
                 Some(done) = persisted_rx.recv() => self.on_persisted(&mut st, done),
+                // Once: `fail` sets `fatal`.
+                cause = store_failed(&mut store_fault), if st.fatal.is_none() => {
+                    self.fail(&mut st, format!("storage failed: the node's shared journal failed: {cause}"));
+                }
                 Some(taken) = self.snapshot_rx.recv() => self.on_snapshot_taken(&mut st, taken),
                 Some(saved) = saved_rx.recv() => self.on_snapshot_saved(&mut st, saved),
                 // Taken in below, as after every other input.
@@ -1439,10 +1449,14 @@ impl NodeTask {
                 warn!(node = %self.name, to = m.to, term = m.term, "storage failed while leading: handing leadership over (TimeoutNow); stepped down");
             }
             None if was_leader => {
-                warn!(node = %self.name, "storage failed while leading: no voter holds every committed entry to hand leadership to; stepped down (the others elect a leader after their election timeout)");
+                warn!(node = %self.name, "storage failed while leading: no other voter to hand leadership to; stepped down");
             }
             None => {}
         }
+        // The step-down shows in the status before the hand-over leaves
+        // (module invariants): the target leads a round trip later, and
+        // until then this node's status must not name it leading.
+        self.publish(st);
         if let Some(m) = handover {
             self.transport.send(m);
         }
@@ -1771,6 +1785,22 @@ async fn gate_woken(gate: &Option<Arc<super::TickGate>>) {
     }
 }
 
+/// Resolves with the cause once the shared store failed (never without
+/// one, or once it is gone).
+async fn store_failed(fault: &mut Option<StoreFault>) -> String {
+    let Some(fault) = fault else {
+        return std::future::pending().await;
+    };
+    let cause = match fault.wait_for(Option::is_some).await {
+        Ok(cause) => cause.clone(),
+        Err(_) => None,
+    };
+    match cause {
+        Some(cause) => cause,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -1778,6 +1808,9 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+#[cfg(test)]
+#[path = "failure_handover_tests.rs"]
+mod failure_handover_tests;
 #[cfg(test)]
 #[path = "status_lag_tests.rs"]
 mod status_lag_tests;

@@ -325,7 +325,21 @@ pub trait SharedSink: Send + Sync + 'static {
     /// Queues `write`; `done` gets `Ok(token)` once it is durable, or the
     /// first failure.
     fn write(&self, write: Write, done: Done, token: u64);
+
+    /// The failure of the whole shared store, if it can fail for every
+    /// group at once (the journal of `crate::multi` after a failed sync):
+    /// the watched value becomes `Some(cause)` then, and the node task
+    /// stops as if a write of its own had failed (`runtime::node`,
+    /// `NodeTask::fail`), whether or not it had a write in the failed
+    /// batch. `None` (the default): only the writes' answers say so.
+    fn fault(&self) -> Option<StoreFault> {
+        None
+    }
 }
+
+/// A watch of a shared store's failure (see [`SharedSink::fault`]):
+/// `None` while healthy, then `Some(cause)` for good.
+pub type StoreFault = tokio::sync::watch::Receiver<Option<String>>;
 
 /// The storage thread's side of releasing persisted-only messages: the
 /// transport, and whether a write ever failed (after which nothing is
@@ -387,6 +401,16 @@ impl Persister {
             written: Cell::new(None),
             deferred: Cell::new(None),
         })
+    }
+
+    /// The failure of the shared store this persister writes through, if
+    /// it is one that can fail for every group at once
+    /// ([`SharedSink::fault`]).
+    pub(crate) fn shared_fault(&self) -> Option<StoreFault> {
+        match &self.sink {
+            Sink::Shared(sink) => sink.fault(),
+            Sink::Thread(_) | Sink::Inline(_) => None,
+        }
     }
 
     /// Writes through a storage thread shared with other groups.

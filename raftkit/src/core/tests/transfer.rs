@@ -413,9 +413,10 @@ fn a_transfer_vote_in_the_earlier_form_still_elects_the_target() {
 }
 
 /// DESIGN §4 and §6, thesis §3.10: a leader whose storage failed
-/// (`Raft::abdicate`) steps down at once, hands leadership to the voter
-/// that matched the most of its log (the lowest id among equals; never one
-/// missing a committed entry), and never campaigns again. The target
+/// (`Raft::abdicate`) steps down at once, hands leadership to a voter
+/// that matched the most of its log (equals are ranked by a hash, see
+/// `abdicate_spreads_ties_over_the_voters`; never one missing a committed
+/// entry), and never campaigns again. The target
 /// campaigns at once and wins; the failed node, which steps nothing more
 /// in the runtime (isolated here), stays a follower however long it ticks.
 #[test]
@@ -428,19 +429,21 @@ fn a_leader_whose_storage_failed_hands_over_to_the_most_up_to_date_voter() {
     let (index, _) = c.propose(1, b"x");
     assert_eq!(c.node(1).log().committed(), index);
     let handover = c.node_mut(1).abdicate().expect("a voter qualifies");
+    let to = handover.to;
+    assert!([3, 4, 5].contains(&to), "handed to {to}");
     assert_eq!(
-        (handover.from, handover.to, handover.term, &handover.body),
-        (1, 3, term, &Body::TimeoutNow)
+        (handover.from, handover.term, &handover.body),
+        (1, term, &Body::TimeoutNow)
     );
     assert_eq!(c.node(1).role(), Role::Follower);
     assert_eq!(c.node(1).leader(), None);
     assert!(c.node(1).is_halted());
     c.heal();
     c.isolate(1);
-    c.node_mut(3).step(handover);
+    c.node_mut(to).step(handover);
     c.deliver();
-    assert_eq!(c.leaders(), [3]);
-    assert_eq!(c.node(3).term(), term + 1);
+    assert_eq!(c.leaders(), [to]);
+    assert_eq!(c.node(to).term(), term + 1);
     for _ in 0..4 * T {
         c.tick(1);
     }
@@ -450,6 +453,130 @@ fn a_leader_whose_storage_failed_hands_over_to_the_most_up_to_date_voter() {
         "the failed node campaigned"
     );
     // A follower whose storage failed has nothing to hand over.
-    assert_eq!(c.node_mut(4).abdicate(), None);
-    assert!(c.node(4).is_halted());
+    let follower = if to == 3 { 4 } else { 3 };
+    assert_eq!(c.node_mut(follower).abdicate(), None);
+    assert!(c.node(follower).is_halted());
+}
+
+/// Review s61 (2a): right after an election the new leader has heard no
+/// AppendEntries answer yet, so every follower's `matched` is 0, below
+/// the entries committed in earlier terms; `abdicate` then found no voter
+/// "holding every committed entry" and handed over to nobody, leaving the
+/// cluster an election timeout without a leader. It falls back to the
+/// voter with the highest `matched`: safe, since the target must still
+/// win an election (§5.4.1), and here it does.
+#[test]
+fn a_leader_abdicating_before_any_answer_of_its_term_still_hands_over() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"x");
+    // The followers learn the commit index from a heartbeat.
+    c.tick_all(2);
+    assert!(c.node(2).log().committed() > 0);
+    // Node 2 is elected (by a transfer) and hears no AppendEntries answer
+    // of its term.
+    c.filter = Some(Box::new(|m| {
+        !matches!(m.body, Body::AppendEntriesResponse { .. })
+    }));
+    c.node_mut(1).transfer_leadership(2).expect("leader");
+    c.deliver();
+    assert_eq!(c.leaders(), [2]);
+    let term = c.node(2).term();
+    let handover = c
+        .node_mut(2)
+        .abdicate()
+        .expect("a hand-over although no follower answered in this term yet");
+    assert_eq!(
+        (handover.from, handover.term, &handover.body),
+        (2, term, &Body::TimeoutNow)
+    );
+    let to = handover.to;
+    assert!([1, 3].contains(&to), "handed to {to}");
+    c.filter = None;
+    c.isolate(2);
+    c.node_mut(to).step(handover);
+    c.deliver();
+    assert_eq!(c.leaders(), [to]);
+    assert_eq!(c.node(to).term(), term + 1);
+}
+
+/// Review s61 (2b): a leader whose storage fails while an operator's
+/// transfer is in flight hands over to that transfer's target (it holds
+/// every committed entry), where the operator wanted leadership, not to
+/// whichever voter ranks first otherwise.
+#[test]
+fn abdicate_prefers_the_target_of_a_transfer_in_flight() {
+    let mut c = Cluster::new(&[1, 2, 3, 4, 5]);
+    c.elect(1);
+    c.propose(1, b"x");
+    // The transfer's TimeoutNow is lost: the transfer stays in flight.
+    c.isolate(4);
+    c.node_mut(1).transfer_leadership(4).expect("leader");
+    c.deliver();
+    let handover = c.node_mut(1).abdicate().expect("a voter qualifies");
+    assert_eq!(
+        handover.to, 4,
+        "the hand-over ignored the operator's transfer to node 4"
+    );
+}
+
+/// Review s61 (2c): among equally caught-up voters `abdicate` chose the
+/// lowest id, so a node leading many groups whose shared journal failed
+/// handed every one of them to the same node. Ties are broken by a hash
+/// of the core's seed, its term and the candidate: the same core state
+/// picks the same voter, and different terms (or, in the runtime, groups,
+/// whose seeds differ) spread over the voters.
+#[test]
+fn abdicate_spreads_ties_over_the_voters() {
+    let leader_at = |term| {
+        let mut c = Cluster::from_logs(&[1, 2, 3, 4, 5], &[(term, &[1][..]); 5], |_| {});
+        c.elect(1);
+        c
+    };
+    let mut targets = std::collections::BTreeMap::new();
+    for term in 1..=16 {
+        let to = leader_at(term)
+            .node_mut(1)
+            .abdicate()
+            .expect("a voter qualifies")
+            .to;
+        assert_eq!(
+            leader_at(term).node_mut(1).abdicate().map(|m| m.to),
+            Some(to),
+            "the same state chose another voter"
+        );
+        *targets.entry(to).or_insert(0) += 1;
+    }
+    assert!(
+        targets.len() >= 3,
+        "16 hand-overs among 4 equal voters went to {targets:?}"
+    );
+}
+
+/// Review s61 (2d), what the doc of `Raft::abdicate` promises: a core
+/// that abdicated never leads again, not even when a later leader tells it
+/// to campaign (a transfer's TimeoutNow): it is halted. (It would still
+/// vote and take entries if stepped: the runtime stops stepping it, see
+/// `runtime::node`.)
+#[test]
+fn an_abdicated_core_never_leads_again_even_when_told_to() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    let handover = c.node_mut(1).abdicate().expect("a voter qualifies");
+    let to = handover.to;
+    c.node_mut(to).step(handover);
+    c.deliver();
+    assert_eq!(c.leaders(), [to]);
+    c.tick_all(2);
+    c.node_mut(to).transfer_leadership(1).expect("leader");
+    c.deliver();
+    for _ in 0..4 * T {
+        c.tick_all(1);
+        assert_eq!(
+            c.node(1).role(),
+            Role::Follower,
+            "the abdicated core campaigned"
+        );
+    }
+    assert_eq!(c.leaders(), [to]);
 }
