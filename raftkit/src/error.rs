@@ -29,7 +29,7 @@
 //! | [`Ambiguous`](Error::Ambiguous) | Maybe | yes |
 //! | [`SessionExpired`](Error::SessionExpired) | Maybe | no (the client opens a new session) |
 //! | [`Tls`](Error::Tls) | No | no (fix the certificates or the builder) |
-//! | [`Unsupported`](Error::Unsupported) | No | no (the handler is not enabled on the cluster yet) |
+//! | [`Unsupported`](Error::Unsupported) | No | no (the handler is not enabled on the cluster yet: final until a binary is upgraded, unless [`Error::awaits_voter_link`], when the same call may succeed later) |
 //! | [`SchemaMismatch`](Error::SchemaMismatch) | No | no |
 //! | [`Compacted`](Error::Compacted) | No (a watch applies nothing) | no (re-read the state, then watch from there) |
 //! | [`WatchLagged`](Error::WatchLagged) | No (a watch applies nothing) | no (re-read the state, then watch from there) |
@@ -45,6 +45,12 @@
 
 use crate::state_machine::CodecError;
 use crate::tls::TlsError;
+
+/// The mark of an [`Error::Unsupported`] that may succeed later with no
+/// upgrade ([`Error::awaits_voter_link`]), in its message: part of what
+/// peers and clients exchange, so never reworded.
+pub(crate) const AWAITS_VOTER_LINK: &str =
+    "[may succeed later: waits for a voter to link to the leader]";
 
 /// Whether a failed command may have been applied (see [`Error::applied`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -178,10 +184,30 @@ pub enum Error {
     /// to it): nothing was sent, so nothing was applied.
     #[error("TLS: {0}")]
     Tls(String),
-    /// The handler of the command is not enabled on this cluster: the
-    /// answering node's binary does not know it, or some voter runs a binary
-    /// that does not know it yet (a rolling upgrade is under way; see
-    /// [`crate::schema`]). It never entered the log: nothing was applied.
+    /// The handler of the command is not enabled on this cluster. It never
+    /// entered the log: nothing was applied. Two cases, told apart by
+    /// [`Error::awaits_voter_link`]:
+    ///
+    /// - **final until an upgrade** (`awaits_voter_link` false): the
+    ///   answering node's binary does not know the handler, or a voter's
+    ///   binary does not (as its last hello showed, or as the leader's data
+    ///   directory records when there are no hellos): a rolling upgrade is
+    ///   under way (see [`crate::schema`]), and the same call cannot succeed
+    ///   before that binary is upgraded;
+    /// - **may succeed later** (`awaits_voter_link` true): a voter has not
+    ///   linked to the leader since the leader started, and nothing the
+    ///   leader holds proves that voter knows the handler (the leader joined
+    ///   its cluster on a new data directory, or the voter may still run an
+    ///   older binary). The leader waited for that voter's hello (up to an
+    ///   election timeout) before refusing; the same call may succeed, with
+    ///   no upgrade, once the voter links, is removed, or another node
+    ///   leads.
+    ///
+    /// The network client retries neither by itself
+    /// ([`Error::is_retryable`] is false): a caller that wants to retry the
+    /// second case does so later, at its own pace. A peer from before this
+    /// distinction sends the second case without its mark: it reads as
+    /// final, as that peer documented it.
     #[error("unsupported (nothing was applied): {0}")]
     Unsupported(String),
     /// Two schemas are not compatible (see [`crate::schema`]): a data
@@ -340,6 +366,27 @@ impl Error {
             | Error::AnswerTooLarge(_)
             | Error::AnswerUndecodable(_) => false,
         }
+    }
+
+    /// Whether this is an [`Error::Unsupported`] that may succeed later
+    /// with no upgrade: refused only because a voter has not linked to the
+    /// leader since the leader started (see [`Error::Unsupported`]). False
+    /// for every other error, and for an `Unsupported` that is final until
+    /// a binary is upgraded.
+    ///
+    /// The mark travels in the message, which the wire carries intact (the
+    /// wire's `Unsupported` variant is unchanged, so clients and peers of
+    /// any version decode it); an older peer's refusal has no mark and
+    /// reads as final.
+    ///
+    /// ```
+    /// use raftkit::Error;
+    /// let final_ = Error::Unsupported("no write handler with tag 9".into());
+    /// assert!(!final_.awaits_voter_link());
+    /// assert!(!Error::Timeout.awaits_voter_link());
+    /// ```
+    pub fn awaits_voter_link(&self) -> bool {
+        matches!(self, Error::Unsupported(why) if why.contains(AWAITS_VOTER_LINK))
     }
 
     /// Whether the member that answered with this error cannot serve

@@ -73,10 +73,15 @@
 //!   TLS handshake (or the leader did, and the others redirect to it);
 //!   nothing was sent, not applied, and retrying with the same certificate
 //!   cannot succeed. So for [`Error::Unauthorized`] (the certificate may
-//!   not make this call), [`Error::Unsupported`] and
-//!   [`Error::SchemaMismatch`] (the cluster's binary does not serve this
-//!   command), and [`Error::NotHosted`] (no member hosts the client's
-//!   group: re-read the placement).
+//!   not make this call), [`Error::SchemaMismatch`] (the cluster's binary
+//!   does not serve this command), [`Error::NotHosted`] (no member hosts
+//!   the client's group: re-read the placement), and
+//!   [`Error::Unsupported`] (the command's handler is not enabled on the
+//!   cluster): final until a binary is upgraded, except when
+//!   [`Error::awaits_voter_link`] is true (the leader refused only
+//!   because a voter has not linked to it since it started, and the same
+//!   call may succeed later with no upgrade; the client does not retry
+//!   it by itself: the caller may, later).
 //! - [`Error::Ambiguous`], [`Error::Halted`], [`Error::Storage`],
 //!   [`Error::Transport`], [`Error::Codec`], [`Error::Protocol`]: as for
 //!   `Timeout`, the write's outcome is unknown;
@@ -1121,8 +1126,10 @@ impl Client {
     ///   [`Error::Tls`] (every member refused this client's TLS handshake,
     ///   or the leader did and the others redirect to it: nothing was sent),
     ///   [`Error::Unauthorized`], [`Error::Rejected`],
-    ///   [`Error::Unsupported`], [`Error::SchemaMismatch`],
-    ///   [`Error::NotHosted`] (not retryable);
+    ///   [`Error::Unsupported`] (final until an upgrade, unless
+    ///   [`Error::awaits_voter_link`]: then it may succeed later),
+    ///   [`Error::SchemaMismatch`], [`Error::NotHosted`] (not retried by
+    ///   the client);
     /// - may have been applied ([`Applied::Maybe`]): [`Error::Timeout`] (the
     ///   deadline passed after an attempt that may have been applied: its
     ///   request left this client and no answer said it was not, or an

@@ -21,6 +21,39 @@
 //! oldest schema the directory recorded (`schema.floor`, written once by
 //! [`save_schema`] before `schema` is first rewritten) is what the node's
 //! [`crate::schema::SchemaBook`] assumes of a voter not heard from.
+//!
+//! # What a multi-group node's gate gives, and what it does not
+//!
+//! Unlike a single-group peer's (see the [`crate::schema::SchemaBook`]
+//! module docs), a multi-group node's book (one for the node, shared by
+//! every group it hosts) neither raises its floor nor tells a directory
+//! that founded its cluster from one that joined it (review s61 schema
+//! #6; the node's builder, `multi::node::builder`, builds the book without
+//! its file and records the schema with [`save_schema`] whichever way the
+//! node entered its cluster). What a user gets, per group (the leader of
+//! a group checks each write against that group's voters):
+//!
+//! - a voter heard since the leader's node started (its hello on any link
+//!   to that node) is taken to know what its binary knows: a write whose
+//!   tag it lacks is refused with [`Error::Unsupported`], final until that
+//!   voter is upgraded;
+//! - a voter not heard since then is taken to know the oldest schema the
+//!   directory recorded: for a new directory, **this node's own schema,
+//!   even if the node joined an existing cluster**. So a node on a newer
+//!   binary added mid-upgrade, leading a group while a voter of that group
+//!   still on the older binary is unheard (down, or not linked yet),
+//!   enables the newer writes, and that voter halts at the first such
+//!   entry (its status shows `halted`; its log is kept) until it runs the
+//!   newer binary. Add nodes on a newer binary only once every node runs
+//!   it, or upgrade the cluster before adding nodes;
+//! - no raise: after an upgrade v1 → v2 the floor stays v1, so after each
+//!   restart a group leader refuses v2's new writes while a voter of the
+//!   group is unheard (an [`Error::Unsupported`] whose
+//!   [`Error::awaits_voter_link`] is true: it may succeed once that voter
+//!   links), and proposes raftkit's newer log entries (the bounded session
+//!   entries, [`crate::schema::Schema::runtime_log`]) only once every voter
+//!   of the group was heard (no `schema.raised` is ever recorded). A voter
+//!   gone for good is to be removed from its groups.
 
 use std::path::Path;
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::admission::{self, Admission};
 use super::apply::{self, ApplyStatus};
@@ -1524,26 +1524,67 @@ impl<S: StateMachine + Default> PeerBuilder<S> {
 }
 
 /// Tries the raise of the oldest schema `book` recorded
-/// ([`crate::schema::SchemaBook::try_raise_heard`]) each time the voters
-/// (`id` excluded) that `status` shows change, from the first status on,
-/// until no raise is left to try or the node stops (its status closes).
-async fn raise_on_voter_changes(
+/// ([`crate::schema::SchemaBook::try_raise_heard`]) from the first status
+/// on, each time the configuration `status` shows changes (compared by
+/// its index before anything is built: review s61 schema L4), and again
+/// after a failed write of a raise (made here, on a hello or on a checked
+/// write), once the book's retry delay after the failure is over, on a
+/// timer of its own if no status comes (review s61 schema L3: a failure
+/// does not end the watch). Ends once nothing is left to raise (the raise
+/// durable: woken by the end of its write, not by a later status), or
+/// when the node stops (its status closes).
+pub(super) async fn raise_on_voter_changes(
     book: Arc<crate::schema::SchemaBook>,
     mut status: watch::Receiver<PeerStatus>,
     id: NodeId,
 ) {
-    let mut last: Vec<NodeId> = Vec::new();
+    let mut ended = book.raise_ended();
+    // The configuration last tried: its index, and whether the status
+    // showed no member (the first status, before the node task
+    // published one, and a bootstrap configuration may share index 0).
+    let mut tried: Option<(crate::core::Index, bool)> = None;
+    let mut failures = book.raise_failures();
+    let mut retry_due = false;
     loop {
         if book.raise_settled() {
             return;
         }
-        let voters = voters_naming_self(&status.borrow_and_update(), id);
-        if voters != last {
-            book.try_raise_heard();
-            last = voters;
+        let failed = book.raise_failures();
+        if failed != failures {
+            failures = failed;
+            retry_due = true;
         }
-        if status.changed().await.is_err() {
-            return;
+        let config = {
+            let st = status.borrow_and_update();
+            (st.config_index, st.members.is_empty())
+        };
+        let wait = book
+            .raise_retry_at()
+            .filter(|at| *at > std::time::Instant::now());
+        if (retry_due || tried != Some(config)) && wait.is_none() {
+            if tried != Some(config) {
+                debug!(
+                    node = id,
+                    config_index = config.0,
+                    "the configuration changed: trying the schema raise"
+                );
+            }
+            book.try_raise_heard();
+            tried = Some(config);
+            retry_due = false;
+        }
+        let retry_at = wait.filter(|_| retry_due || tried != Some(config));
+        tokio::select! {
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            // The sender lives in `book`, held here: never closed.
+            _ = ended.changed() => {}
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(
+                retry_at.unwrap_or_else(std::time::Instant::now),
+            )), if retry_at.is_some() => {}
         }
     }
 }

@@ -230,3 +230,102 @@ fn a_raise_counts_voters_only_of_a_configuration_naming_this_node() {
     status.members.push(member(4, true));
     assert_eq!(voters_naming_self(&status, 3), vec![1, 2, 4]);
 }
+
+/// A status whose configuration (appended at `config_index`) has voters
+/// 1, 2 and 3, at commit index `commit`.
+fn three_voters(config_index: u64, commit: u64) -> super::status::PeerStatus {
+    use super::status::{MemberStatus, PeerStatus};
+    let voter = |id| MemberStatus {
+        id,
+        voter: true,
+        ..MemberStatus::default()
+    };
+    PeerStatus {
+        id: 3,
+        members: vec![voter(1), voter(2), voter(3)],
+        config_index,
+        commit,
+        ..PeerStatus::default()
+    }
+}
+
+/// Node 3's watcher of its voter set (`raise_on_voter_changes`), its book
+/// `book` raising on hellos from the voters the watched status shows.
+fn watch_voters(
+    book: &Arc<SchemaBook>,
+) -> (
+    tokio::sync::watch::Sender<super::status::PeerStatus>,
+    tokio::task::JoinHandle<()>,
+) {
+    use super::builder::{raise_on_voter_changes, voters_naming_self};
+    let (tx, rx) = tokio::sync::watch::channel(super::status::PeerStatus::default());
+    let seen = rx.clone();
+    book.raise_on_hellos(move || voters_naming_self(&seen.borrow(), 3));
+    let watcher = tokio::spawn(raise_on_voter_changes(book.clone(), rx, 3));
+    (tx, watcher)
+}
+
+/// Review s61 schema L4: the watcher of the voter set ends once nothing
+/// is left to raise (the raise durable), without waiting for another
+/// status; it does not live as long as the peer.
+#[tokio::test]
+async fn the_voter_watcher_ends_once_the_raise_is_durable() {
+    use crate::schema::book_write_tests::{HookedFs, PATIENCE, joined_book, with_writes};
+    let fs = Arc::new(HookedFs::default());
+    let (dir, book) = joined_book(fs);
+    let (tx, watcher) = watch_voters(&book);
+    // Heard before the configuration names node 3 (it is joining).
+    book.accept_peer(1, with_writes(&[0, 1])).unwrap();
+    book.accept_peer(2, with_writes(&[0, 1])).unwrap();
+    tx.send(three_voters(5, 5)).unwrap();
+    tokio::time::timeout(PATIENCE, watcher)
+        .await
+        .expect("the watcher outlived the raise")
+        .unwrap();
+    assert_eq!(
+        crate::schema::load_raised_schema(&crate::storage::vfs::RealFs, dir.path()).unwrap(),
+        Some(with_writes(&[0, 1]))
+    );
+}
+
+/// Review s61 schema L3: a failed write of the raise does not end the
+/// watcher: it tries again (at the latest at the next status, here one
+/// with the same configuration) and ends once the raise is durable.
+#[tokio::test]
+async fn the_voter_watcher_tries_a_failed_raise_again() {
+    use crate::schema::book_write_tests::{HookedFs, PATIENCE, joined_book, with_writes};
+    let fs = Arc::new(HookedFs::default());
+    let (dir, book) = joined_book(fs.clone());
+    fs.fail_floor_writes(1);
+    let (tx, watcher) = watch_voters(&book);
+    book.accept_peer(1, with_writes(&[0, 1])).unwrap();
+    book.accept_peer(2, with_writes(&[0, 1])).unwrap();
+    tx.send(three_voters(5, 5)).unwrap();
+    // The first write fails (the injected failure is used up).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let written = {
+            let book = book.clone();
+            tokio::task::spawn_blocking(move || book.wait_raise_written())
+        };
+        written.await.unwrap();
+        if fs.floor_failures_left() == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the raise was never tried"
+        );
+        tokio::task::yield_now().await;
+    }
+    // A status with the same configuration (a commit went by).
+    tx.send(three_voters(5, 6)).unwrap();
+    tokio::time::timeout(PATIENCE, watcher)
+        .await
+        .expect("the watcher never wrote the raise again after its failure")
+        .unwrap();
+    assert_eq!(
+        crate::schema::load_raised_schema(&crate::storage::vfs::RealFs, dir.path()).unwrap(),
+        Some(with_writes(&[0, 1]))
+    );
+}

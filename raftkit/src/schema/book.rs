@@ -36,10 +36,19 @@
 //! added later is promoted only if it knows every enabled write. Else a
 //! node that restarts after an upgrade v1 → v2 → v3 would refuse every
 //! write added since v1 while one voter is down or not linked yet, after
-//! every restart. The raise holds in memory at once and is written to
-//! `schema.floor` on a thread of its own (an fsync does not block the
-//! async caller); a failed write is logged and tried again at a later
-//! check. Only a book given its file ([`SchemaBook::with_oldest_file`],
+//! every restart. A raise is written to `schema.floor` and
+//! `schema.raised` on a thread of its own (an fsync does not block the
+//! async caller), and the book assumes it only once durable (both files
+//! written and fsynced, their directory fsynced: review s61 schema #5),
+//! so that no gate opens that a crash right after would close again; until
+//! then a voter not heard counts as before. The check that a raise is
+//! above what is durable and what is already queued, and its queueing,
+//! are one critical section, and the writes reach the disk in that order
+//! (review s61 schema L2, see `RaiseState`). A failed write changes
+//! nothing, is logged (a `warn` event with the directory and the error),
+//! and is tried again at a later hello, checked write or change of the
+//! voter set, no sooner than a second after the failure (review s61
+//! schema L3). Only a book given its file ([`SchemaBook::with_oldest_file`],
 //! a single-group peer with a data directory) raises: a multi-group
 //! node's book serves groups with different voters, and one group's voters
 //! say nothing of another's. The raise is tried on each checked write
@@ -95,8 +104,9 @@
 //! the second gate refuses.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -115,36 +125,18 @@ pub struct SchemaBook {
     /// know: the schema the data directory held when this node started (or
     /// the local one for a new directory).
     floor: Arc<Schema>,
-    /// What a voter whose schema this node has not seen is assumed to know
-    /// for [`Self::check_enabled`] when hellos carry schemas: the oldest
-    /// schema the data directory recorded (file `schema.floor`, see
-    /// [`crate::schema::load_oldest_schema`]), the floor if none; the
-    /// local schema once raised (see the module docs).
-    oldest: Mutex<Arc<Schema>>,
-    /// Whether `oldest` was raised to the local schema and its file written
-    /// (or the write is under way): the fast check of
-    /// [`Self::check_enabled`], which tries a raise only while it is false.
-    /// Set back to false by a failed write, so a later check retries it.
-    raised: Arc<AtomicBool>,
+    /// What the book raised, durably, and the raise being written: shared
+    /// with the thread that writes it.
+    raise: Arc<RaiseState>,
     /// Where the raise is recorded (`schema.floor` of the data directory,
     /// [`crate::schema::raise_oldest_schema`]). None: no raise at all (a
     /// book of a multi-group node, whose groups have different voters, or
     /// of a node without a directory).
     oldest_file: Option<(SharedFs, PathBuf)>,
-    /// The runtime log version ([`Schema::runtime_log`]) a voter not heard
-    /// from is taken to apply when hellos carry schemas
-    /// ([`Self::knows_runtime_log`]): that of the last raise proven, by
-    /// this book or recorded in `schema.raised`
-    /// ([`crate::schema::load_raised_schema`]), else 0. Not `oldest`'s: a
-    /// fresh directory's `schema.floor` is this node's own schema, which
-    /// proves nothing of the other voters (review s58 sessions #1).
-    proven_log: AtomicU32,
     /// The voters of this node's current configuration, this node
     /// excluded (as [`Self::check_enabled`] is given them), for the raise
     /// on a hello ([`Self::accept_peer`]). None: no raise on hellos.
     voters: Mutex<Option<VoterSource>>,
-    /// The thread writing the raise, if one was started (joined by tests).
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Each peer's schema from its last hello, at most one entry per peer.
     /// A list, not a map: a cluster has a handful of peers, and the
     /// leader looks every voter up on each write ([`Self::check_enabled`]),
@@ -161,6 +153,141 @@ pub struct SchemaBook {
     /// How many [`Self::wait_heard`] calls are waiting now (tests).
     #[cfg(test)]
     waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// How long after a failed write of a raise no raise is written again (a
+/// failing disk is not rewritten at every hello, write or status).
+const RAISE_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The raise of a [`SchemaBook`]: what it holds durably (what its gates
+/// use) and the write under way.
+///
+/// Invariants: `oldest`, `raised` and `proven_log` change only once the
+/// raise is durable (both files written, fsynced and their directory
+/// fsynced, [`crate::schema::raise_oldest_schema`]), by the thread that
+/// wrote it, holding `queue`: a gate opens only on what a restart reads
+/// back (review s61 schema #5). A raise is queued, holding `queue`, only
+/// if it is above both what is durable and what is queued (a full raise
+/// above every partial one; a partial one above another only if it adds
+/// a write), and written after the write queued before it: the writes
+/// reach the disk in the order of their schemas, so a partial raise never
+/// overwrites a full one (review s61 schema L2).
+#[derive(Debug)]
+struct RaiseState {
+    /// What a voter whose schema this node has not seen is assumed to know
+    /// for [`SchemaBook::check_enabled`] when hellos carry schemas: the
+    /// oldest schema the data directory recorded (file `schema.floor`,
+    /// see [`crate::schema::load_oldest_schema`]), the floor if none; a
+    /// raise's schema once durable (see the module docs).
+    oldest: Mutex<Arc<Schema>>,
+    /// Whether `oldest` was raised to the local schema, durably: the fast
+    /// check of [`SchemaBook::check_enabled`], which tries a raise only
+    /// while it is false. Never set back.
+    raised: AtomicBool,
+    /// The runtime log version ([`Schema::runtime_log`]) a voter not heard
+    /// from is taken to apply when hellos carry schemas
+    /// ([`SchemaBook::knows_runtime_log`]): that of the last raise proven
+    /// and durable, by this book or recorded in `schema.raised`
+    /// ([`crate::schema::load_raised_schema`]), else 0. Not `oldest`'s: a
+    /// fresh directory's `schema.floor` is this node's own schema, which
+    /// proves nothing of the other voters (review s58 sessions #1).
+    proven_log: AtomicU32,
+    /// The raise being written, if any, and when the next may be.
+    queue: Mutex<RaiseQueue>,
+    /// How many writes of a raise failed (for the peer's watcher of its
+    /// voter set, which tries again).
+    failures: AtomicU64,
+    /// Bumped each time a write of a raise ends (durable or failed): wakes
+    /// the peer's watcher of its voter set, which ends once nothing is
+    /// left to raise and tries a failed raise again.
+    ended: tokio::sync::watch::Sender<u64>,
+}
+
+/// The write of a raise under way (see [`RaiseState`]).
+#[derive(Debug)]
+struct RaiseQueue {
+    /// The schema of the last raise queued and not ended yet, and whether
+    /// it is the full one (the local schema).
+    pending: Option<(Arc<Schema>, bool)>,
+    /// The thread writing the raises queued (each waits for the one
+    /// before).
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// After a failed write: no raise is queued before this time.
+    retry_at: Option<Instant>,
+    /// The wait after a failed write ([`RAISE_RETRY_DELAY`]; tests set it).
+    retry_delay: Duration,
+}
+
+/// The write tags of `schema`.
+fn write_tags(schema: &Schema) -> impl Iterator<Item = u32> + '_ {
+    schema
+        .handlers
+        .iter()
+        .filter(|h| h.kind == HandlerKind::Write)
+        .map(|h| h.tag)
+}
+
+/// Whether a partial raise to `to` is above `from`: it knows every write
+/// `from` does and one more.
+fn adds_writes(from: &Schema, to: &Schema) -> bool {
+    let has: Vec<u32> = write_tags(to).collect();
+    let mut had = 0usize;
+    for tag in write_tags(from) {
+        if !has.contains(&tag) {
+            return false;
+        }
+        had += 1;
+    }
+    has.len() > had
+}
+
+impl RaiseState {
+    /// Records the end of the write of `schema` (`full`: the local one):
+    /// once durable, the book assumes it of a voter not heard; after a
+    /// failure, nothing changes and a raise is queued again no sooner than
+    /// the retry delay.
+    fn ended(
+        &self,
+        schema: &Arc<Schema>,
+        full: bool,
+        written: Result<(), Error>,
+        dir: &std::path::Path,
+    ) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let writes = write_tags(schema).count();
+        match written {
+            Ok(()) => {
+                {
+                    let mut oldest = self.oldest.lock().unwrap_or_else(|p| p.into_inner());
+                    if full || adds_writes(&oldest, schema) {
+                        *oldest = schema.clone();
+                    }
+                }
+                self.proven_log
+                    .fetch_max(schema.runtime_log, Ordering::AcqRel);
+                if full {
+                    self.raised.store(true, Ordering::Release);
+                }
+                queue.retry_at = None;
+                info!(dir = %dir.display(), writes, full, runtime_log = schema.runtime_log, "every voter knows these writes: the oldest schema recorded is raised to them, durably");
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::AcqRel);
+                queue.retry_at = Some(Instant::now() + queue.retry_delay);
+                let retry_ms = u64::try_from(queue.retry_delay.as_millis()).unwrap_or(u64::MAX);
+                warn!(dir = %dir.display(), error = %e, writes, full, retry_ms, "writing the raise of the oldest schema recorded failed: nothing is enabled by it; tried again at the next hello, checked write or voter status after the retry delay");
+            }
+        }
+        if queue
+            .pending
+            .as_ref()
+            .is_some_and(|(p, _)| Arc::ptr_eq(p, schema))
+        {
+            queue.pending = None;
+        }
+        drop(queue);
+        self.ended.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// Where [`SchemaBook::accept_peer`] reads the current voters (this node
@@ -192,12 +319,21 @@ impl SchemaBook {
         let local = Arc::new(local);
         let floor = floor.map(Arc::new).unwrap_or_else(|| local.clone());
         SchemaBook {
-            oldest: Mutex::new(floor.clone()),
-            raised: Arc::new(AtomicBool::new(false)),
+            raise: Arc::new(RaiseState {
+                oldest: Mutex::new(floor.clone()),
+                raised: AtomicBool::new(false),
+                proven_log: AtomicU32::new(0),
+                queue: Mutex::new(RaiseQueue {
+                    pending: None,
+                    writer: None,
+                    retry_at: None,
+                    retry_delay: RAISE_RETRY_DELAY,
+                }),
+                failures: AtomicU64::new(0),
+                ended: tokio::sync::watch::Sender::new(0),
+            }),
             oldest_file: None,
-            proven_log: AtomicU32::new(0),
             voters: Mutex::new(None),
-            writer: Mutex::new(None),
             floor,
             local,
             peers: Mutex::new(Vec::new()),
@@ -211,9 +347,9 @@ impl SchemaBook {
     /// Sets the oldest schema the data directory recorded (none: the
     /// floor stays), what [`Self::check_enabled`] assumes of a voter not
     /// heard from when hellos carry schemas.
-    pub fn with_oldest(mut self, oldest: Option<Schema>) -> SchemaBook {
+    pub fn with_oldest(self, oldest: Option<Schema>) -> SchemaBook {
         if let Some(oldest) = oldest {
-            self.oldest = Mutex::new(Arc::new(oldest));
+            *self.raise.oldest.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(oldest);
         }
         self
     }
@@ -224,7 +360,7 @@ impl SchemaBook {
     /// log version 0 only, see [`Self::knows_runtime_log`]).
     pub fn with_raised(self, raised: Option<Schema>) -> SchemaBook {
         if let Some(raised) = raised {
-            self.proven_log.store(
+            self.raise.proven_log.store(
                 raised.runtime_log.min(self.local.runtime_log),
                 Ordering::Release,
             );
@@ -245,10 +381,20 @@ impl SchemaBook {
     ) -> Result<SchemaBook, Error> {
         let oldest = crate::schema::load_oldest_schema(&*fs, &dir)?.or_else(|| stored.clone());
         let raised = crate::schema::load_raised_schema(&*fs, &dir)?;
-        Ok(SchemaBook::new(local, stored)
+        let book = SchemaBook::new(local, stored)
             .with_oldest(oldest)
             .with_raised(raised)
-            .with_oldest_file(fs, dir))
+            .with_oldest_file(fs, dir);
+        // Raised already (a restart after the raise): nothing left to
+        // raise, so nothing is rewritten, and the peer watches no voter
+        // set for it (review s61 schema L4).
+        let settled = {
+            let oldest = book.raise.oldest.lock().unwrap_or_else(|p| p.into_inner());
+            **oldest == *book.local
+                && book.raise.proven_log.load(Ordering::Acquire) >= book.local.runtime_log
+        };
+        book.raise.raised.store(settled, Ordering::Release);
+        Ok(book)
     }
 
     /// Lets [`Self::accept_peer`] try the raise of the oldest schema too
@@ -285,20 +431,10 @@ impl SchemaBook {
             .all(|h| remote.handler(h.kind, h.tag).is_some())
     }
 
-    /// Raises the oldest schema to the local one: at once in memory, and
-    /// in `schema.floor` on a thread of its own (an fsync must not block
-    /// the caller, an async task). A failed write is logged and tried
-    /// again at a later check.
-    fn raise_oldest(&self) {
-        if self.oldest_file.is_none() || self.raised.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        if let Ok(mut oldest) = self.oldest.lock() {
-            *oldest = self.local.clone();
-        }
-        self.proven_log
-            .store(self.local.runtime_log, Ordering::Release);
-        self.write_raise(self.local.clone(), true);
+    /// Raises the oldest schema to the local one: queues its write
+    /// ([`Self::queue_raise`]); the book assumes it once durable.
+    pub(super) fn raise_oldest(&self) {
+        self.queue_raise(self.local.clone(), true);
     }
 
     /// Raises the oldest schema, short of the local one, to `proven`: the
@@ -309,79 +445,73 @@ impl SchemaBook {
     /// good, as the full raise does: a node that joined its cluster
     /// mid-upgrade (floor with no write) keeps the older binary's writes
     /// enabled after a restart with a voter down. Only when `proven`
-    /// knows every write the oldest schema does and one more; in memory
-    /// at once, in `schema.floor` and `schema.raised` on a thread of its
-    /// own (a failed write is logged: a later start assumes less).
-    fn raise_partly(&self, proven: Schema) {
-        if self.oldest_file.is_none() || self.raised.load(Ordering::Acquire) {
-            return;
-        }
-        let proven = Arc::new(proven);
-        {
-            let Ok(mut oldest) = self.oldest.lock() else {
-                return;
-            };
-            let writes = |s: &Schema| {
-                s.handlers
-                    .iter()
-                    .filter(|h| h.kind == HandlerKind::Write)
-                    .map(|h| h.tag)
-                    .collect::<Vec<u32>>()
-            };
-            let (had, has) = (writes(&oldest), writes(&proven));
-            if has.len() <= had.len() || !had.iter().all(|t| has.contains(t)) {
-                return;
-            }
-            *oldest = proven.clone();
-        }
-        self.proven_log
-            .fetch_max(proven.runtime_log, Ordering::AcqRel);
-        self.write_raise(proven, false);
+    /// knows every write the oldest schema (and any raise queued) does and
+    /// one more; queued as the full raise is ([`Self::queue_raise`]).
+    pub(super) fn raise_partly(&self, proven: Schema) {
+        self.queue_raise(Arc::new(proven), false);
     }
 
-    /// Writes `schema` to `schema.floor` and `schema.raised`
-    /// ([`crate::schema::raise_oldest_schema`]) on a thread of its own,
-    /// after the thread of the raise before, if any (so a later raise is
-    /// never overwritten by an earlier one). `full`: the raise to the local
-    /// schema, whose failure clears `raised` so a later check retries it.
-    fn write_raise(&self, schema: Arc<Schema>, full: bool) {
+    /// Queues the write of a raise to `schema` (`full`: the local schema)
+    /// to `schema.floor` and `schema.raised`
+    /// ([`crate::schema::raise_oldest_schema`]) on a thread of its own (an
+    /// fsync must not block the caller, an async task), after the write
+    /// queued before, if any: the check that it is above what is durable
+    /// and what is queued, and the queueing, are one critical section
+    /// (the `queue` lock; review s61 schema L2). Nothing is assumed of it
+    /// before it is durable ([`RaiseState`]); a failed write is logged,
+    /// and a raise is queued again at a later hello, checked write or
+    /// voter status, no sooner than the retry delay.
+    fn queue_raise(&self, schema: Arc<Schema>, full: bool) {
         let Some((fs, dir)) = &self.oldest_file else {
             return;
         };
-        let (fs, dir) = (fs.clone(), dir.clone());
-        let raised = self.raised.clone();
-        let Ok(mut writer) = self.writer.lock() else {
-            warn!(dir = %dir.display(), "the schema writer's lock is poisoned; the raise is not recorded");
-            if full {
-                self.raised.store(false, Ordering::Release);
-            }
+        let state = &self.raise;
+        let Ok(mut queue) = state.queue.lock() else {
+            warn!(dir = %dir.display(), full, "the schema raise's lock is poisoned; the raise is not recorded");
             return;
         };
-        let before = writer.take();
+        if state.raised.load(Ordering::Acquire)
+            || queue.retry_at.is_some_and(|at| Instant::now() < at)
+        {
+            return;
+        }
+        let above = match &queue.pending {
+            Some((_, true)) => false,
+            Some((pending, false)) => full || adds_writes(pending, &schema),
+            None => {
+                full || adds_writes(
+                    &state.oldest.lock().unwrap_or_else(|p| p.into_inner()),
+                    &schema,
+                )
+            }
+        };
+        if !above {
+            return;
+        }
+        let before = queue.writer.take();
+        let (fs, at, shared, target) = (fs.clone(), dir.clone(), state.clone(), schema.clone());
         let spawned = std::thread::Builder::new()
             .name("raftkit-schema-floor".into())
             .spawn(move || {
                 if let Some(before) = before {
                     before.join().ok();
                 }
-                let writes = schema.handlers.iter().filter(|h| h.kind == HandlerKind::Write).count();
-                match crate::schema::raise_oldest_schema(&*fs, &dir, &schema) {
-                    Ok(()) => info!(dir = %dir.display(), writes, full, "every voter knows these writes: the oldest schema recorded is raised to them"),
-                    Err(e) => {
-                        warn!(dir = %dir.display(), error = %e, full, "raising the oldest schema recorded failed; a full raise is retried at a later write");
-                        if full {
-                            raised.store(false, Ordering::Release);
-                        }
-                    }
-                }
+                let written = crate::schema::raise_oldest_schema(&*fs, &at, &target);
+                shared.ended(&target, full, written, &at);
             });
         match spawned {
-            Ok(handle) => *writer = Some(handle),
+            Ok(handle) => {
+                queue.writer = Some(handle);
+                queue.pending = Some((schema, full));
+            }
             Err(e) => {
-                warn!(error = %e, full, "no thread to raise the oldest schema recorded; a full raise is retried at a later write");
-                if full {
-                    self.raised.store(false, Ordering::Release);
-                }
+                // The thread before (if any) was not waited for: it ends
+                // on its own, and records its own end.
+                state.failures.fetch_add(1, Ordering::AcqRel);
+                queue.retry_at = Some(Instant::now() + queue.retry_delay);
+                warn!(dir = %dir.display(), error = %e, full, "no thread to write the raise of the oldest schema recorded; tried again later");
+                drop(queue);
+                state.ended.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
     }
@@ -420,11 +550,50 @@ impl SchemaBook {
 
     /// Waits for the thread writing a raise, if one was started.
     #[cfg(test)]
-    pub(super) fn wait_raise_written(&self) {
-        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+    pub(crate) fn wait_raise_written(&self) {
+        let handle = self
+            .raise
+            .queue
+            .lock()
+            .ok()
+            .and_then(|mut q| q.writer.take());
         if let Some(handle) = handle {
             handle.join().ok();
         }
+    }
+
+    /// The oldest schema the book assumes of a voter not heard now.
+    #[cfg(test)]
+    pub(super) fn oldest_now(&self) -> Arc<Schema> {
+        self.raise
+            .oldest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sets the wait after a failed write of a raise (tests: none).
+    #[cfg(test)]
+    pub(crate) fn set_raise_retry_delay(&self, delay: Duration) {
+        if let Ok(mut queue) = self.raise.queue.lock() {
+            queue.retry_delay = delay;
+        }
+    }
+
+    /// How many writes of a raise failed so far.
+    pub(crate) fn raise_failures(&self) -> u64 {
+        self.raise.failures.load(Ordering::Acquire)
+    }
+
+    /// When a raise may be queued again after a failed write (none: now).
+    pub(crate) fn raise_retry_at(&self) -> Option<Instant> {
+        self.raise.queue.lock().ok().and_then(|q| q.retry_at)
+    }
+
+    /// A receiver woken each time a write of a raise ends, durable or
+    /// failed.
+    pub(crate) fn raise_ended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.raise.ended.subscribe()
     }
 
     /// Says that peers' hellos carry their schemas to this book (the
@@ -494,11 +663,16 @@ impl SchemaBook {
     }
 
     /// Whether no raise is left to try: the book has no file to record one
-    /// in, hears no hello, or was raised to the local schema already.
+    /// in, hears no hello, or was raised to the local schema already,
+    /// durably (a raise being written, or whose write failed, is still to
+    /// try). A founding directory's floor is this node's own schema, but
+    /// it still has a raise to make until one is recorded: the runtime
+    /// log version a voter not heard is taken to apply (`schema.raised`,
+    /// [`Self::knows_runtime_log`]).
     pub(crate) fn raise_settled(&self) -> bool {
         self.oldest_file.is_none()
             || !self.hears_peers.load(Ordering::Relaxed)
-            || self.raised.load(Ordering::Acquire)
+            || self.raise.raised.load(Ordering::Acquire)
     }
 
     /// Whether `voters` (this node excluded) are some, and every one was
@@ -592,7 +766,7 @@ impl SchemaBook {
     ) -> Result<(), Error> {
         let Some(handler) = self.local.handler(kind, tag) else {
             return Err(Error::Unsupported(format!(
-                "this binary of `{}` has no {} handler with tag {tag} (the caller runs a newer schema); nothing was applied",
+                "this binary of `{}` has no {} handler with tag {tag} (the caller runs a newer schema); nothing was applied, and the same call cannot succeed before this node runs a binary that knows it",
                 self.local.name,
                 kind.as_str()
             )));
@@ -614,14 +788,14 @@ impl SchemaBook {
         // would take every voter to know this binary unheard (review,
         // stop 45); a node alone enables every write anyway.
         let mut voters = voters.into_iter().peekable();
-        let mut raise = hears_peers
-            && self.oldest_file.is_some()
-            && !self.raised.load(Ordering::Acquire)
-            && voters.peek().is_some();
-        let oldest = if hears_peers && self.raised.load(Ordering::Acquire) {
+        let raised = self.raise.raised.load(Ordering::Acquire);
+        let mut raise =
+            hears_peers && self.oldest_file.is_some() && !raised && voters.peek().is_some();
+        let oldest = if hears_peers && raised {
             self.local.clone()
         } else if hears_peers {
-            self.oldest
+            self.raise
+                .oldest
                 .lock()
                 .map(|o| o.clone())
                 .unwrap_or_else(|p| p.into_inner().clone())
@@ -666,13 +840,24 @@ impl SchemaBook {
             if !known {
                 // Review s60 schema L3: for a voter not heard, running a
                 // newer binary elsewhere does not help; it must link.
-                let until = if seen.is_some() || !hears_peers {
-                    "it is enabled once every voter runs a binary that knows it"
+                // Review s61 schema L5: the message says whether the same
+                // call may succeed later with no upgrade (the mark of
+                // `Error::awaits_voter_link`) or not.
+                let (until, mark) = if seen.is_some() || !hears_peers {
+                    (
+                        format!(
+                            "it is enabled once every voter runs a binary that knows it: the same call cannot succeed before voter {voter} is upgraded"
+                        ),
+                        "",
+                    )
                 } else {
-                    "it is enabled once that voter links to this leader on a binary that knows it (if it is down for good, remove it from the configuration or move leadership to a node that heard it)"
+                    (
+                        "it is enabled once that voter links to this leader on a binary that knows it (if it is down for good, remove it from the configuration or move leadership to a node that heard it): the same call may succeed later, with no upgrade ".to_string(),
+                        crate::error::AWAITS_VOTER_LINK,
+                    )
                 };
                 return Err(Error::Unsupported(format!(
-                    "{} is not enabled yet: voter {voter} may not know it ({source} has no {} tag {tag}); {until}. Nothing was applied",
+                    "{} is not enabled yet: voter {voter} may not know it ({source} has no {} tag {tag}); {until}{mark}. Nothing was applied",
                     handler.label(),
                     kind.as_str()
                 )));
@@ -710,7 +895,7 @@ impl SchemaBook {
             return false;
         }
         let unheard = if self.hears_peers.load(Ordering::Relaxed) {
-            self.proven_log.load(Ordering::Acquire)
+            self.raise.proven_log.load(Ordering::Acquire)
         } else {
             self.floor.runtime_log
         };

@@ -87,6 +87,8 @@
 mod book;
 #[cfg(test)]
 mod book_raise_tests;
+#[cfg(test)]
+pub(crate) mod book_write_tests;
 mod shape;
 pub mod state;
 mod store;
