@@ -32,8 +32,7 @@ impl Outgoing {
     pub(crate) fn is_ok(&self) -> bool {
         matches!(
             self,
-            Outgoing::Ok(_)
-                | Outgoing::Response(ClientResponse::Ok(_) | ClientResponse::Status(_))
+            Outgoing::Ok(_) | Outgoing::Response(ClientResponse::Ok(_) | ClientResponse::Status(_))
         )
     }
 }
@@ -75,8 +74,7 @@ mod tests {
     /// The frame `(id, answer)` as the multiplexed stream writes it.
     fn frame<T: Serialize>(id: u64, answer: &T) -> Bytes {
         let mut buf = BytesMut::new();
-        encode_frame_bytes(&(id, answer), DEFAULT_MAX_FRAME_BYTES, &mut buf)
-            .expect("encodes");
+        encode_frame_bytes(&(id, answer), DEFAULT_MAX_FRAME_BYTES, &mut buf).expect("encodes");
         buf.freeze()
     }
 
@@ -97,8 +95,7 @@ mod tests {
                     "output of {len} bytes, id {id}"
                 );
                 let body = postcard::to_allocvec(&(id, &shared)).expect("encodes");
-                let decoded: (u64, ClientResponse) =
-                    postcard::from_bytes(&body).expect("decodes");
+                let decoded: (u64, ClientResponse) = postcard::from_bytes(&body).expect("decodes");
                 assert_eq!(decoded, (id, old.clone()));
             }
         }
