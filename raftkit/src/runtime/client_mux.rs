@@ -62,7 +62,7 @@ use quinn::SendStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::client_service::{Caller, Front, answer};
+use super::client_service::{Caller, Front, Outgoing, answer};
 use super::intake::{ConnectionIntake, Room};
 use super::request_deadline::{Expiring, Sweep, is_timed};
 use crate::client::wire::{ClientRequest, ClientResponse, RequestId, RequestMeta, WireError};
@@ -214,7 +214,7 @@ pub(super) async fn serve<F: Front>(
 struct Answer {
     /// The request id.
     id: u64,
-    response: ClientResponse,
+    response: Outgoing,
     /// Whether other requests of the stream were still being answered when
     /// it completed.
     others: bool,
@@ -342,7 +342,7 @@ async fn answer_one<F: Front>(
     caller: &Caller,
     id: u64,
     request: Request,
-) -> (u64, ClientResponse, bool) {
+) -> (u64, Outgoing, bool) {
     match request {
         Request::Read(Ok((request, meta)), room) => {
             let changes = changes_state(&request);
@@ -359,9 +359,9 @@ async fn answer_one<F: Front>(
         Request::Read(Err(e), _) => {
             warn!(error = %e, "malformed client request; answered Rejected");
             let refused = WireError::Rejected(format!("malformed request: {e}"));
-            (id, ClientResponse::Err(refused), false)
+            (id, ClientResponse::Err(refused).into(), false)
         }
-        Request::Refused(refusal) => (id, ClientResponse::Err(refusal.into()), false),
+        Request::Refused(refusal) => (id, ClientResponse::Err(refusal.into()).into(), false),
     }
 }
 
@@ -729,7 +729,7 @@ mod tests {
             let (tx, rx) = mpsc::channel(MUX_WINDOW);
             let writer = tokio::spawn(write_answers(send, rx, 1 << 20, Duration::from_millis(200)));
             for id in 0..64 {
-                let response = ClientResponse::Ok(vec![5; 4096]);
+                let response = ClientResponse::Ok(vec![5; 4096]).into();
                 let answer = Answer {
                     id,
                     response,

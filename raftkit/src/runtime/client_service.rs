@@ -44,6 +44,7 @@ use tracing::{debug, warn};
 use super::Peer;
 use super::authorization::{authorize, request_kind};
 use super::intake::{BodyBounds, ConnectionIntake, ConnectionLimits, Intake};
+pub(crate) use super::outgoing::Outgoing;
 use super::session::Owner;
 use crate::client::mux::{MUX_ACCEPTED, MUX_VERSION};
 use crate::client::wire::{ClientHello, ClientRequest, ClientResponse, StatusReport, WireError};
@@ -126,6 +127,18 @@ pub(crate) trait Front: Clone + Send + Sync + 'static {
         request: ClientRequest,
         meta: Option<RequestMeta>,
     ) -> impl std::future::Future<Output = ClientResponse> + Send;
+    /// [`Front::handle`] for a response frame: the same answer, which a
+    /// front may give as an [`Outgoing::Ok`] of shared bytes (a write's
+    /// output as the apply thread encoded it) rather than copying them into
+    /// a `ClientResponse::Ok` (the frame's bytes are the same).
+    fn handle_outgoing(
+        &self,
+        principal: &Principal,
+        request: ClientRequest,
+        meta: Option<RequestMeta>,
+    ) -> impl std::future::Future<Output = Outgoing> + Send {
+        async move { Outgoing::Response(self.handle(principal, request, meta).await) }
+    }
     /// The budget of received, unanswered request bytes of the node and
     /// how long a request waits for room in it (`intake`): the node's
     /// in-flight byte budget and admission wait.
@@ -193,6 +206,32 @@ impl<S: StateMachine> Front for Peer<S> {
             consistency,
         ))
         .await
+    }
+
+    async fn handle_outgoing(
+        &self,
+        principal: &Principal,
+        request: ClientRequest,
+        meta: Option<RequestMeta>,
+    ) -> Outgoing {
+        match request {
+            // A write's output goes into the frame as the apply thread
+            // encoded it (no copy into a `Vec`); the answer is the one
+            // `handle` gives (`handle_untimed`'s write arm).
+            ClientRequest::Write { session, command } if meta.and_then(|m| m.group).is_none() => {
+                // Boxed, as in `handle`: the write path's state is
+                // allocated once, not copied by every move of the futures
+                // waiting on it.
+                Box::pin(async move {
+                    match self.write_as(command, session, Owner::of(principal)).await {
+                        Ok(output) => Outgoing::Ok(output),
+                        Err(e) => Outgoing::Response(ClientResponse::Err(e.into())),
+                    }
+                })
+                .await
+            }
+            request => Outgoing::Response(self.handle(principal, request, meta).await),
+        }
     }
 
     async fn watch(
@@ -536,7 +575,7 @@ async fn serve_stream<F: Front>(
     let response = if super::request_deadline::is_timed(&request) {
         tokio::time::timeout(REQUEST_TIMEOUT, answer(&front, &caller, request, meta))
             .await
-            .unwrap_or(ClientResponse::Err(WireError::Timeout))
+            .unwrap_or(Outgoing::Response(ClientResponse::Err(WireError::Timeout)))
     } else {
         answer(&front, &caller, request, meta).await
     };
@@ -598,17 +637,16 @@ pub(crate) async fn answer<F: Front>(
     caller: &Caller,
     request: ClientRequest,
     meta: Option<RequestMeta>,
-) -> ClientResponse {
+) -> Outgoing {
     let span = request_span(caller, &request, meta);
     match front.authorize(&caller.principal, &request, meta) {
         Ok(()) => {
             async {
                 debug!("client request received");
-                let response = front.handle(&caller.principal, request, meta).await;
-                debug!(
-                    ok = matches!(response, ClientResponse::Ok(_) | ClientResponse::Status(_)),
-                    "client request answered"
-                );
+                let response = front
+                    .handle_outgoing(&caller.principal, request, meta)
+                    .await;
+                debug!(ok = response.is_ok(), "client request answered");
                 response
             }
             .instrument(span)
@@ -621,7 +659,7 @@ pub(crate) async fn answer<F: Front>(
             } else {
                 debug!(remote = %caller.remote, principal = %caller.principal, request = request_kind(&request), "client request refused");
             }
-            ClientResponse::Err(e.into())
+            Outgoing::Response(ClientResponse::Err(e.into()))
         }
     }
 }
@@ -657,7 +695,10 @@ fn result(r: Result<Vec<u8>, Error>) -> ClientResponse {
 }
 
 /// [`result`] of a write's shared output: copied once, into the answer
-/// (the session table and the watch journal keep the shared bytes).
+/// (the session table and the watch journal keep the shared bytes). A
+/// single peer's client streams skip the copy (`Front::handle_outgoing`:
+/// the output goes into the frame as it is); this serves [`handle`]'s
+/// callers (a multi-group node's groups).
 fn shared_result(r: Result<bytes::Bytes, Error>) -> ClientResponse {
     match r {
         Ok(out) => ClientResponse::Ok(Vec::from(out)),

@@ -87,6 +87,7 @@ mod membership_tests;
 #[cfg(test)]
 mod membership_wait_tests;
 mod node;
+mod outgoing;
 mod owner_hash;
 #[doc(hidden)]
 pub mod persist;

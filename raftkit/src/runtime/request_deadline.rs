@@ -98,8 +98,8 @@ impl<F> Expiring<F> {
     }
 }
 
-impl<F: Future<Output = (u64, ClientResponse, bool)>> Future for Expiring<F> {
-    type Output = (u64, ClientResponse, bool);
+impl<R: From<ClientResponse>, F: Future<Output = (u64, R, bool)>> Future for Expiring<F> {
+    type Output = (u64, R, bool);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -117,7 +117,7 @@ impl<F: Future<Output = (u64, ClientResponse, bool)>> Future for Expiring<F> {
             );
             return Poll::Ready((
                 *this.id,
-                ClientResponse::Err(WireError::Timeout),
+                ClientResponse::Err(WireError::Timeout).into(),
                 *this.changes,
             ));
         }
