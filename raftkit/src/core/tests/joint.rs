@@ -251,7 +251,9 @@ fn no_change_is_proposed_from_a_committed_joint_configuration() {
     let last = r.log().last_index();
     r.log_mut_unchecked().set_committed_unchecked(last);
     assert!(r.config().is_joint());
-    let target = Configuration::new([1, 2, 3]);
+    // A target other than either half: the mutant would start a new
+    // joint change from a joint configuration (not merely leave it).
+    let target = Configuration::new([1, 2, 6]);
     let proposed = r.propose_config(target);
     assert!(
         matches!(proposed, Err(ProposeError::ChangeInFlight(_))),
