@@ -626,10 +626,33 @@ async fn a_node_halted_by_a_panic_keeps_its_log_and_the_quorum_keeps_serving() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    if buggy.status().role == Role::Leader {
-        buggy.transfer_leadership(good[0].id()).await.unwrap();
-    }
-    let leader = wait_leader(&good).await;
+    // A transfer only starts (thesis §3.10) and lapses under load: asked
+    // again while the buggy node leads, until a good one leads.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        if let Some(i) = good.iter().position(|p| p.status().role == Role::Leader) {
+            break i;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leadership never left the buggy node"
+        );
+        if buggy.status().role == Role::Leader {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                buggy.transfer_leadership(good[0].id()),
+            )
+            .await;
+            let mut w = good[0].watch();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                w.wait_for(|s| s.role == Role::Leader),
+            )
+            .await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
     let client = CounterClient::new(good[leader].clone());
     assert_eq!(client.add("k".into(), 13).await.unwrap(), 13);
     // The buggy node halted at that entry and says so; its log goes on.
