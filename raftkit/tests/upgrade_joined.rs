@@ -29,10 +29,7 @@ use tokio::time::Instant;
 mod kv_versions;
 pub use kv_versions::{v1, v2};
 
-// 100 ms: elections every 1-2 s of silence. At 20 ms (200-400 ms) a loaded
-// machine's scheduling gaps set off elections among the two live voters
-// again and again (s62: "the restarted last joiner never led" after 30 s).
-const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(20);
 
 async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
