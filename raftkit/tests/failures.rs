@@ -908,11 +908,27 @@ async fn fresh_leader_holding_its_noop(
         }
         deliver
     }));
-    peers[l].transfer_leadership(target).await.unwrap();
-    wait_for("the transfer target to lead", 10, || {
-        (peers[t].status().role == Role::Leader).then_some(())
-    })
-    .await;
+    // A transfer only starts (thesis §3.10) and lapses if the target is not
+    // elected within an election timeout, which a loaded machine can cause:
+    // it is asked again of whoever leads until the target leads.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut w = peers[t].watch();
+    while peers[t].status().role != Role::Leader {
+        assert!(Instant::now() < deadline, "the transfer target never led");
+        let now = peers.iter().position(|p| p.status().role == Role::Leader);
+        if let Some(now) = now.filter(|&now| now != t) {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                peers[now].transfer_leadership(target),
+            )
+            .await;
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            w.wait_for(|s| s.role == Role::Leader),
+        )
+        .await;
+    }
     wait_for("the new leader's no-op to be held", 10, || {
         (held.load(Ordering::SeqCst) > 0).then_some(())
     })

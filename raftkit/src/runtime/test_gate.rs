@@ -127,3 +127,39 @@ pub(super) async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Moves leadership to `peers[to]` and returns once it leads. A transfer
+/// only starts (thesis §3.10): it lapses if the target is not elected
+/// within an election timeout, which a loaded machine can cause, and
+/// another node can be elected meanwhile. A transfer changes nothing else,
+/// so whoever leads is asked again until the target leads; panics after
+/// 30 s.
+pub(super) async fn lead_by<S: crate::state_machine::StateMachine>(
+    peers: &[super::Peer<S>],
+    to: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let target = peers[to].id();
+    let mut w = peers[to].watch();
+    while peers[to].status().role != crate::core::Role::Leader {
+        assert!(
+            Instant::now() < deadline,
+            "leadership never moved to node {to}"
+        );
+        let now = peers
+            .iter()
+            .position(|p| p.status().role == crate::core::Role::Leader);
+        if let Some(now) = now.filter(|&now| now != to) {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                peers[now].transfer_leadership(target),
+            )
+            .await;
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            w.wait_for(|s| s.role == crate::core::Role::Leader),
+        )
+        .await;
+    }
+}

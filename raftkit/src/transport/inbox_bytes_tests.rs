@@ -666,18 +666,24 @@ const STALL: Duration = Duration::from_secs(3);
 /// than the old deadline: it arrives, and its link stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_whose_body_trickles_in_steadily_arrives() {
+    // s62: twice `STALL`, and pauses twice as long: a pause has 4.8 s (it
+    // had 2.4 s) before it reaches the stall bound, and the trickle (7
+    // pauses, 8.4 s at least: the pacing only lengthens it) still outlasts
+    // the old deadline, as asserted below.
+    const TRICKLE_STALL: Duration = Duration::from_secs(6);
     const PIECES: usize = 8;
-    const PAUSE: Duration = Duration::from_millis(600);
+    const PAUSE: Duration = Duration::from_millis(1200);
     let peer = "t@s";
     let (a_id, [cert]) = a_and_peer_certs([peer]);
     let (t, addr, mut inbox, budget) = node_inbox_with("t@a", a_id, |c| {
-        c.handshake_timeout = STALL;
+        c.handshake_timeout = TRICKLE_STALL;
     })
     .await;
     let (mut send, conn, _endpoint) = hostile_link(&cert, peer, addr).await;
     let frame = big_append_frame(node_id(peer), node_id("t@a"), 1);
     // The old deadline: the grace, and the body at 256 KiB/s.
-    let old_deadline = STALL + Duration::from_secs_f64(frame.len() as f64 / (256.0 * 1024.0));
+    let old_deadline =
+        TRICKLE_STALL + Duration::from_secs_f64(frame.len() as f64 / (256.0 * 1024.0));
     let piece = frame.len().div_ceil(PIECES);
     let mut pieces = frame.chunks(piece);
     let first = pieces.next().expect("a first piece");
