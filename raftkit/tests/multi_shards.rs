@@ -86,7 +86,6 @@ async fn connect_patiently(
     }
 }
 
-/// The address of the node that leads `group`, as the nodes report it.
 /// Moves `group`'s leadership to `to` and waits until it leads there. A
 /// transfer waits two election timeouts (400 ms at these 20 ms ticks) for
 /// the target to lead and then fails `Timeout`, which a loaded CI machine
@@ -96,6 +95,14 @@ async fn transfer_to(client: &ShardedClient<Kv>, addrs: &[String], group: GroupI
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let asked = client.transfer_leader(group, to).await;
+        if let Err(e) = &asked {
+            // A refusal no retry can change (the transfer itself is
+            // broken) fails at once, not after the deadline.
+            assert!(
+                e.is_retryable(),
+                "group {group}: the transfer to {to} was refused: {e:?}"
+            );
+        }
         if leader_of(client, addrs, group).await == to {
             return;
         }
@@ -107,6 +114,7 @@ async fn transfer_to(client: &ShardedClient<Kv>, addrs: &[String], group: GroupI
     }
 }
 
+/// The address of the node that leads `group`, as the nodes report it.
 async fn leader_of(client: &ShardedClient<Kv>, addrs: &[String], group: GroupId) -> String {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {

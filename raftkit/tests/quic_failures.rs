@@ -816,8 +816,13 @@ async fn a_write_to_a_cluster_whose_every_member_halted_ends_not_applied() {
         .await
         {
             Ok(client) => break client,
-            Err(e) => assert!(Instant::now() < deadline, "client connects: {e:?}"),
+            Err(e) => {
+                assert!(e.is_retryable(), "client connects: {e:?}");
+                assert!(Instant::now() < deadline, "client connects: {e:?}");
+            }
         }
+        // (A pause before the next try, not a synchronisation.)
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     // The session is open.
     client
