@@ -441,24 +441,7 @@ async fn a_slow_watcher_is_disconnected_with_watch_lagged() {
     cluster.leader().await;
     let kv = cluster.client().await;
     let watcher = cluster.client().await;
-    let mut slow = watcher.watch_from_now().await.expect("watch");
     let value = "x".repeat(64 << 10);
-    for i in 0..256 {
-        kv.put(format!("k{i}"), value.clone()).await.expect("put");
-    }
-    // It gets what got through before the member gave up on it, then the
-    // error; then nothing.
-    let deadline = Instant::now() + DEADLINE;
-    let mut delivered = 0;
-    let err = loop {
-        assert!(Instant::now() < deadline, "no error in time");
-        match tokio::time::timeout(DEADLINE, slow.next()).await {
-            Ok(Some(Ok(_))) => delivered += 1,
-            Ok(Some(Err(e))) => break e,
-            Ok(None) => panic!("ended without an error"),
-            Err(_) => panic!("the slow watcher was never disconnected"),
-        }
-    };
     // Two answers keep the watch's contract (`client::watch`, "Errors that
     // end a watch"; `runtime::watch`): the member serving it disconnects it
     // with `WatchLagged` when its next event is dropped; or, on a loaded
@@ -469,24 +452,58 @@ async fn a_slow_watcher_is_disconnected_with_watch_lagged() {
     // member holds it any longer: `Compacted`, from exactly where it left
     // off (no event skipped). Both say: re-read the state and watch again
     // (s62: `Compacted { requested: 3, first_available: 246 } after 0
-    // events` with every test binary running at once).
-    let resume = slow.resume_from();
-    match &err {
-        Error::WatchLagged { .. } => {}
-        Error::Compacted {
-            requested,
-            first_available,
-        } => {
-            assert!(
-                resume.is_none_or(|r| r == *requested) && requested < first_available,
-                "{err:?} after {delivered} events, the watch resuming from {resume:?}"
-            );
+    // events` with every test binary running at once). `WatchLagged` must
+    // still be seen: this is the one end-to-end test of the member's lag
+    // reset reaching the client as `WatchLagged` (a broken one ends every
+    // attempt `Compacted`), so up to `ATTEMPTS` slow watchers are tried.
+    const ATTEMPTS: usize = 3;
+    let mut ends = Vec::new();
+    for attempt in 0..ATTEMPTS {
+        let mut slow = watcher.watch_from_now().await.expect("watch");
+        for i in 0..256 {
+            kv.put(format!("k{attempt}-{i}"), value.clone())
+                .await
+                .expect("put");
         }
-        _ => panic!("{err:?} after {delivered} events"),
+        // It gets what got through before the member gave up on it, then
+        // the error; then nothing.
+        let deadline = Instant::now() + DEADLINE;
+        let mut delivered = 0;
+        let err = loop {
+            assert!(Instant::now() < deadline, "no error in time");
+            match tokio::time::timeout(DEADLINE, slow.next()).await {
+                Ok(Some(Ok(_))) => delivered += 1,
+                Ok(Some(Err(e))) => break e,
+                Ok(None) => panic!("ended without an error"),
+                Err(_) => panic!("the slow watcher was never disconnected"),
+            }
+        };
+        let resume = slow.resume_from();
+        assert!(delivered < 256, "{delivered}");
+        assert_eq!(err.applied(), Applied::No);
+        assert!(slow.next().await.is_none(), "a lagged watch ends");
+        match &err {
+            Error::WatchLagged { .. } => {
+                ends.clear();
+                break;
+            }
+            Error::Compacted {
+                requested,
+                first_available,
+            } => {
+                assert!(
+                    resume.is_none_or(|r| r == *requested) && requested < first_available,
+                    "{err:?} after {delivered} events, the watch resuming from {resume:?}"
+                );
+            }
+            _ => panic!("{err:?} after {delivered} events"),
+        }
+        ends.push(format!("{err:?} after {delivered} events"));
     }
-    assert!(delivered < 256, "{delivered}");
-    assert_eq!(err.applied(), Applied::No);
-    assert!(slow.next().await.is_none(), "a lagged watch ends");
+    assert!(
+        ends.is_empty(),
+        "no slow watcher of {ATTEMPTS} was disconnected with WatchLagged: {ends:?}"
+    );
     // A watcher that keeps up is not disconnected.
     let mut fast = watcher.watch_from_now().await.expect("watch");
     let reader = tokio::spawn(async move {
