@@ -189,6 +189,9 @@ impl<S: StateMachine> Front for Peer<S> {
         meta: Option<RequestMeta>,
     ) -> ClientResponse {
         // A request for a numbered group went to a single-group peer.
+        // (Client writes arrive through `handle_outgoing`, which takes
+        // its own path for a write with no group and comes here for the
+        // rest: a check added here for writes must be added there too.)
         if let Some(group) = meta.and_then(|m| m.group) {
             return ClientResponse::Err(WireError::NotHosted { group });
         }
@@ -217,7 +220,8 @@ impl<S: StateMachine> Front for Peer<S> {
         match request {
             // A write's output goes into the frame as the apply thread
             // encoded it (no copy into a `Vec`); the answer is the one
-            // `handle` gives (`handle_untimed`'s write arm).
+            // `handle` gives (`handle_untimed`'s write arm): keep the two
+            // alike (a check `handle` makes of writes belongs here too).
             ClientRequest::Write { session, command } if meta.and_then(|m| m.group).is_none() => {
                 // Boxed, as in `handle`: the write path's state is
                 // allocated once, not copied by every move of the futures
