@@ -158,14 +158,18 @@ impl Raft {
     ///
     /// 1. holding every entry this leader knows committed (its `matched`
     ///    at or past the commit index): such a voter can win;
-    /// 2. among those, being the target of a leadership transfer in
+    /// 2. the highest `matched`: a voter further ahead wins any election
+    ///    one behind it would lose to it (§5.4.1); right after an
+    ///    election, before any follower answered in this term, every
+    ///    `matched` is 0 and no voter passes rule 1; one is chosen anyway,
+    ///    since only the election decides whether it may lead (§5.4.1),
+    ///    and a failed election costs no more than no hand-over (review
+    ///    s61, 2a);
+    /// 3. among equals, being the target of a leadership transfer in
     ///    flight ([`Raft::transfer_leadership`]): where an operator wanted
-    ///    leadership to go;
-    /// 3. the highest `matched`: right after an election, before any
-    ///    follower answered in this term, every `matched` is 0 and no
-    ///    voter passes rule 1; one is chosen anyway, since only the
-    ///    election decides whether it may lead (§5.4.1), and a failed
-    ///    election costs no more than no hand-over (review s61, 2a);
+    ///    leadership to go (it breaks ties only: ranked above a voter
+    ///    further ahead, it could lose the election that voter would win,
+    ///    review s62 failure M1);
     /// 4. a hash of this core's seed ([`Config::seed`](super::Config::seed),
     ///    distinct per group in the runtime), its term and the voter's id:
     ///    deterministic, and spreading the leaderships of the many groups
@@ -215,8 +219,8 @@ impl Raft {
                 let holds_committed = p.matched >= committed;
                 (
                     holds_committed,
-                    holds_committed && operator == Some(**id),
                     p.matched,
+                    operator == Some(**id),
                     self.tie_rank(**id),
                 )
             })

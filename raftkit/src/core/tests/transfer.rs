@@ -501,22 +501,57 @@ fn a_leader_abdicating_before_any_answer_of_its_term_still_hands_over() {
 }
 
 /// Review s61 (2b): a leader whose storage fails while an operator's
-/// transfer is in flight hands over to that transfer's target (it holds
-/// every committed entry), where the operator wanted leadership, not to
-/// whichever voter ranks first otherwise.
+/// transfer is in flight hands over to that transfer's target when no
+/// voter is further ahead (the operator's choice breaks ties of `matched`),
+/// where the operator wanted leadership, not to whichever voter ranks
+/// first otherwise. Every voter is tried as the target, so the tie-break
+/// hash alone (which puts one of them first) cannot pass the test.
 #[test]
 fn abdicate_prefers_the_target_of_a_transfer_in_flight() {
+    for target in [2, 3, 4, 5] {
+        let mut c = Cluster::new(&[1, 2, 3, 4, 5]);
+        c.elect(1);
+        c.propose(1, b"x");
+        // The transfer's TimeoutNow is lost: the transfer stays in flight.
+        c.isolate(target);
+        c.node_mut(1).transfer_leadership(target).expect("leader");
+        c.deliver();
+        let handover = c.node_mut(1).abdicate().expect("a voter qualifies");
+        assert_eq!(
+            handover.to, target,
+            "the hand-over ignored the operator's transfer to node {target}"
+        );
+    }
+}
+
+/// Review s62 failure M1: the operator's target only breaks ties of
+/// `matched`. Every voter holds the committed entries; node 2 also holds
+/// the leader's last entry (not committed yet), the operator's target 4
+/// does not: node 2 wins any election node 4 would lose to it (§5.4.1),
+/// so the hand-over goes to node 2.
+#[test]
+fn abdicate_prefers_a_voter_further_ahead_over_the_operators_target() {
     let mut c = Cluster::new(&[1, 2, 3, 4, 5]);
     c.elect(1);
     c.propose(1, b"x");
-    // The transfer's TimeoutNow is lost: the transfer stays in flight.
-    c.isolate(4);
+    let committed = c.node(1).log().committed();
+    // Only node 2 receives "y": it is not committed.
+    for id in [3, 4, 5] {
+        c.isolate(id);
+    }
+    c.propose(1, b"y");
+    let last = c.node(1).log().last_index();
+    assert_eq!(c.node(1).log().committed(), committed, "y is not committed");
+    assert_eq!(c.node(1).progress_of(2).map(|(m, _)| m), Some(last));
+    assert_eq!(c.node(1).progress_of(4).map(|(m, _)| m), Some(committed));
+    // Node 4 lacks "y": the transfer stays in flight, catching it up.
     c.node_mut(1).transfer_leadership(4).expect("leader");
     c.deliver();
     let handover = c.node_mut(1).abdicate().expect("a voter qualifies");
     assert_eq!(
-        handover.to, 4,
-        "the hand-over ignored the operator's transfer to node 4"
+        handover.to, 2,
+        "the hand-over went to node {}, not to node 2, which holds the leader's whole log (the operator's target 4 lacks its last entry)",
+        handover.to
     );
 }
 
